@@ -1,0 +1,415 @@
+"""The actor: one process serving ops on `<name>.rpc` and streams on `<name>.pub`.
+
+Request path, in order (each step answers and stops when it applies):
+  undecodable frame            -> bad_request / unsupported_version (id echoed when readable)
+  (sid, id) in the reply cache -> the cached reply, not run again
+  same (sid, id) still running -> attached to the running call, answered with it
+  deadline passed              -> deadline_expired, not run
+  inbound batch over the limit -> busy (with retry_after_ms), not run
+  unknown op / bad arguments   -> unknown_op / bad_args
+  handler returns              -> the reply; raises MoorageError -> that error;
+                                  raises anything else -> internal (logged), actor serves on
+  handler returns DEFERRED     -> the call is answered later by `call.reply` / `call.fail`,
+                                  or `timeout` by the runtime once its deadline passed
+Every request gets exactly one reply. Service time and outcome go to the op's histogram after
+the reply is sent, and to the metrics actor about once a second.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+from loguru import logger
+
+from actors.runtime.loop import Loop, Timer
+from actors.runtime.registry import OpSpec, collect, op
+from actors.runtime.reply_cache import ReplyCache
+from actors.runtime.stats import OpStats
+from actors.runtime.streams import Publisher
+from protocol import endpoints, limits
+from protocol.envelope import (
+    PROTO_VERSION,
+    TAG,
+    DecodeError,
+    Request,
+    decode_request,
+    encode_error,
+    encode_reply,
+    packb,
+)
+from protocol.errors import Category, MoorageError, WireError
+
+VERSION = "0.1.0"
+DEFERRED = object()  # a handler's return value: "I will answer through call.reply later"
+
+
+class Attached:
+    """A result with raw attachment frames (file contents, terminal bytes) beside the body."""
+
+    __slots__ = ("attachments", "body")
+
+    def __init__(self, body: Any, attachments: list[bytes]) -> None:
+        self.body = body
+        self.attachments = attachments
+
+
+class Call:
+    """One request being served: its identity, deadline, and the way to answer it."""
+
+    __slots__ = ("_actor", "_timer", "answered", "attachments", "deadline_ms", "id", "op",
+                 "routes", "sid", "started")
+
+    def __init__(self, actor: Actor, routes: list[list[bytes]], req: Request, started: float):
+        self._actor = actor
+        self.routes = routes
+        self.id = req.id
+        self.sid = req.sid
+        self.op = req.op
+        self.deadline_ms = req.deadline_ms
+        self.attachments = req.attachments
+        self.started = started
+        self.answered = False
+        self._timer: Timer | None = None
+
+    def remaining_ms(self) -> int | None:
+        """Milliseconds left before the caller's deadline (for calls this one makes)."""
+        if self.deadline_ms is None:
+            return None
+        return self.deadline_ms - int(time.time() * 1000)
+
+    def reply(self, result: Any = None) -> None:
+        self._actor._finish(self, result, None)
+
+    def fail(self, error: WireError | MoorageError) -> None:
+        if isinstance(error, MoorageError):
+            error = error.error
+        self._actor._finish(self, None, error)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Actor:
+    """Base class; subclasses declare ops with `@op` and may override the hooks."""
+
+    name = "actor"
+    category = Category.NETWORK  # the category of this actor's internal errors
+    nodrop = False  # streams: backpressure (True) or visible gaps (False) for slow subscribers
+
+    def __init__(self, name: str | None, runtime_dir: Path | str, config: dict | None = None):
+        self.name = name or type(self).name
+        self.runtime_dir = Path(runtime_dir)
+        self.config = config or {}
+        self.epoch = secrets.token_hex(8)
+        self.started_at = time.monotonic()
+        self.loop = Loop()
+        self.ops: dict[str, OpSpec] = collect(self)
+        self.cache = ReplyCache(
+            self.config.get("reply_cache_entries", 4096),
+            self.config.get("reply_cache_bytes", 32 * 1024 * 1024),
+        )
+        self.stats = OpStats()
+        self.queue_limit = int(self.config.get("queue_limit", 1000))
+        self.busy_retry_ms = int(self.config.get("busy_retry_ms", 50))
+        self.pending: dict[tuple[str, int], Call] = {}
+        self.received = 0
+        self.rejected_busy = 0
+        self.undecodable = 0
+        self._stopping = False
+        self.ready_hook: Callable[[], None] | None = None  # set by the launcher
+        self.ctx = zmq.Context()
+        self.rpc = self._bind_rpc()
+        self.pub_socket = self.ctx.socket(zmq.XPUB)
+        self.pub_socket.setsockopt(zmq.LINGER, 0)
+        self.pub_socket.setsockopt(zmq.SNDHWM, int(self.config.get("pub_hwm", 10_000)))
+        if self.nodrop:
+            self.pub_socket.setsockopt(zmq.XPUB_NODROP, 1)
+        self._bind(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))
+        self.publisher = Publisher(
+            self.pub_socket, self.epoch, nodrop=self.nodrop,
+            max_messages=int(self.config.get("retention_messages", 10_000)),
+            max_bytes=int(self.config.get("retention_bytes", 16 * 1024 * 1024)),
+            on_writable_needed=self._want_pub_writable,
+        )
+        self.metrics_push: zmq.Socket | None = None
+        if self.name != "metrics" and self.config.get("push_metrics", True):
+            self.metrics_push = self.ctx.socket(zmq.PUSH)
+            self.metrics_push.setsockopt(zmq.LINGER, 0)
+            self.metrics_push.setsockopt(zmq.SNDHWM, 100)
+            self.metrics_push.connect(endpoints.metrics_in(self.runtime_dir))
+
+    # --- sockets ------------------------------------------------------------------------------
+
+    def _bind(self, sock: zmq.Socket, endpoint: str) -> None:
+        path = endpoint.removeprefix("ipc://")
+        # A predecessor killed with SIGKILL leaves its socket file; binding over it is safe
+        # because the supervisor only starts us once the predecessor is dead.
+        if os.path.exists(path):
+            os.unlink(path)
+        sock.bind(endpoint)
+
+    def _bind_rpc(self) -> zmq.Socket:
+        s = self.ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        s.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
+        s.setsockopt(zmq.RCVHWM, limits.HWM)
+        s.setsockopt(zmq.SNDHWM, limits.HWM)
+        s.setsockopt(zmq.SNDTIMEO, 0)
+        self._bind(s, endpoints.rpc(self.runtime_dir, self.name))
+        return s
+
+    def _want_pub_writable(self, on: bool) -> None:
+        if on:
+            self.loop.add_writer(self.pub_socket, self.publisher.flush)
+        else:
+            self.loop.remove_writer(self.pub_socket)
+
+    def _drain_subscriptions(self) -> None:
+        try:
+            while True:
+                self.pub_socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    # --- hooks for subclasses -----------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Runs once the sockets are bound, before the first request."""
+
+    def on_stop(self) -> None:
+        """Runs when the actor stops gracefully (SIGTERM or sys.stop)."""
+
+    def info(self) -> dict[str, Any]:
+        """Extra fields for sys.info."""
+        return {}
+
+    # --- built-in ops ---------------------------------------------------------------------------
+
+    @op("sys.ping", idempotent=True, timeout_ms=1000)
+    def _op_ping(self, call: Call) -> dict[str, Any]:
+        """Liveness, answered by the actor's own loop."""
+        return {"ep": self.epoch}
+
+    @op("sys.hello", args={"client": (str, "")}, idempotent=True, timeout_ms=1000)
+    def _op_hello(self, call: Call, client: str) -> dict[str, Any]:
+        """Who answers here: a new epoch means the actor restarted since the last hello."""
+        return {
+            "actor": self.name,
+            "ep": self.epoch,
+            "proto": PROTO_VERSION,
+            "version": VERSION,
+            "pid": os.getpid(),
+            "max_msg": limits.MAX_MESSAGE_SIZE,
+        }
+
+    @op("sys.info", idempotent=True, timeout_ms=1000)
+    def _op_info(self, call: Call) -> dict[str, Any]:
+        """pid, epoch, uptime, version, the op table, and the runtime's own counters."""
+        return {
+            "actor": self.name,
+            "pid": os.getpid(),
+            "ep": self.epoch,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "version": VERSION,
+            "ops": {name: spec.describe() for name, spec in sorted(self.ops.items())},
+            "received": self.received,
+            "rejected_busy": self.rejected_busy,
+            "undecodable": self.undecodable,
+            "pending": len(self.pending),
+            "reply_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
+                            "hits": self.cache.hits},
+            "topics": {t.name: t.seq for t in self.publisher.topics.values()},
+            **self.info(),
+        }
+
+    @op("sys.stop", timeout_ms=1000)
+    def _op_stop(self, call: Call) -> dict[str, Any]:
+        """Stop gracefully after answering."""
+        self.loop.call_later(0, self.stop)
+        return {"stopping": True}
+
+    @op("replay", args={"topic": str, "from_seq": int, "max": (int, 1000)}, idempotent=True)
+    def _op_replay(self, call: Call, topic: str, from_seq: int, max: int) -> Attached:
+        """Messages of `topic` from `from_seq` on, from retention; `lost` is what it dropped."""
+        r = self.publisher.replay(topic, from_seq, min(max, 10_000))
+        atts: list[bytes] = []
+        msgs = []
+        for m in r["messages"]:
+            msgs.append([m.seq, m.body, len(m.attachments)])
+            atts.extend(m.attachments)
+        r["messages"] = msgs
+        return Attached(r, atts)
+
+    # --- request path -------------------------------------------------------------------------
+
+    def _on_rpc(self) -> None:
+        batch: list[list[bytes]] = []
+        sock = self.rpc
+        try:
+            while len(batch) < self.queue_limit * 2:
+                batch.append(sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        for i, frames in enumerate(batch):
+            self._handle(frames, over_limit=i >= self.queue_limit)
+
+    def _send(self, route: list[bytes], frames: list[bytes]) -> None:
+        try:
+            self.rpc.send_multipart(route + frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the client went away; its retry will find the reply cache.
+            # EAGAIN: its queue is full; same outcome. Neither may stop the actor.
+            logger.debug("reply to a gone or full peer dropped: {}", exc)
+
+    def _handle(self, frames: list[bytes], over_limit: bool = False) -> None:
+        t0 = time.perf_counter()
+        self.received += 1
+        route = frames[:1]
+        try:
+            req = decode_request(frames[1:])
+        except DecodeError as exc:
+            self.undecodable += 1
+            self._send(route, encode_error(exc.request_id, self.epoch, exc.error))
+            return
+        key = (req.sid, req.id)
+        cached = self.cache.get(req.sid, req.id)
+        if cached is not None:
+            self._send(route, cached)
+            return
+        running = self.pending.get(key)
+        if running is not None:
+            running.routes.append(route)
+            return
+        if req.deadline_ms is not None and req.deadline_ms < now_ms():
+            self._refuse(route, req, WireError.of("deadline_expired", f"{req.op}: not run"))
+            return
+        if over_limit or self._stopping:
+            self.rejected_busy += 1
+            name = "stopping" if self._stopping else "busy"
+            self._refuse(route, req, WireError.of(
+                name, f"{self.name}: inbound queue over {self.queue_limit}",
+                retry_after_ms=self.busy_retry_ms))
+            return
+        spec = self.ops.get(req.op)
+        call = Call(self, [route], req, t0)
+        if spec is None:
+            err = WireError.of("unknown_op", f"{self.name} has no op {req.op!r}")
+            self._finish(call, None, err)
+            return
+        try:
+            kwargs = spec.bind(req.args)
+            result = spec.handler(call, **kwargs)
+        except MoorageError as exc:
+            self._finish(call, None, exc.error)
+            return
+        except Exception as exc:
+            logger.exception("{} raised", req.op)
+            self._finish(call, None, WireError.of(
+                "internal", f"{type(exc).__name__}: {exc}", category=self.category))
+            return
+        if result is DEFERRED:
+            if not call.answered:
+                self.pending[key] = call
+                limit_ms = call.remaining_ms()
+                if limit_ms is None:
+                    limit_ms = spec.timeout_ms
+                # The handler owns the answer; this timer only guarantees there is one.
+                call._timer = self.loop.call_later(
+                    max(0, limit_ms) / 1000 + 0.05,
+                    lambda: call.answered or self._finish(
+                        call, None, WireError.of("timeout", f"{req.op}: no result in time")),
+                )
+            return
+        self._finish(call, result, None)
+
+    def _refuse(self, route: list[bytes], req: Request, error: WireError) -> None:
+        # Not run, so not cached: a retry may run it.
+        self._send(route, encode_error(req.id, self.epoch, error))
+        self.stats.record(req.op, 0, False)
+
+    def _finish(self, call: Call, result: Any, error: WireError | None) -> None:
+        if call.answered:
+            return
+        call.answered = True
+        if call._timer is not None:
+            call._timer.cancel()
+        self.pending.pop((call.sid, call.id), None)
+        if error is None:
+            if isinstance(result, Attached):
+                frames = encode_reply(call.id, self.epoch, result.body, result.attachments)
+            else:
+                try:
+                    frames = encode_reply(call.id, self.epoch, result)
+                except (TypeError, ValueError) as exc:
+                    logger.error("{}: result not encodable: {}", call.op, exc)
+                    error = WireError.of("internal", f"result not encodable: {exc}",
+                                         category=self.category)
+        if error is not None:
+            frames = encode_error(call.id, self.epoch, error)
+        for route in call.routes:
+            self._send(route, frames)
+        if error is None or error.name not in ("unknown_op", "bad_args"):
+            self.cache.put(call.sid, call.id, frames)
+        self.stats.record(call.op, int((time.perf_counter() - call.started) * 1e6), error is None)
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def _push_metrics(self) -> None:
+        if self.metrics_push is None or not self.stats.pending():
+            return
+        drained = self.stats.drain()
+        msg = [TAG, packb({"actor": self.name, "pid": os.getpid(), "ep": self.epoch}),
+               packb(drained)]
+        try:
+            self.metrics_push.send_multipart(msg, zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.restore(drained)  # metrics actor away: keep counting, send later
+
+    # --- life ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.loop.stop()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.loop.call_soon_threadsafe(self.stop)
+
+    def serve(self) -> None:
+        """Run until stopped; then answer what is pending and close."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.loop.add_reader(self.rpc, self._on_rpc)
+        self.loop.add_reader(self.pub_socket, self._drain_subscriptions)
+        self.loop.call_every(float(self.config.get("metrics_interval_s", 1.0)), self._push_metrics)
+        self.on_start()
+        if self.ready_hook is not None:
+            self.ready_hook()
+        logger.info("{} serving (pid {}, epoch {})", self.name, os.getpid(), self.epoch)
+        try:
+            self.loop.run()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self.on_stop()
+        except Exception:
+            logger.exception("{}: on_stop raised", self.name)
+        for call in list(self.pending.values()):
+            self._finish(call, None, WireError.of("stopping", f"{self.name} stopped"))
+        self._push_metrics()
+        logger.info("{} stopped", self.name)
+        self.ctx.destroy(linger=0)
+        self.loop.close()

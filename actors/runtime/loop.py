@@ -1,0 +1,167 @@
+"""One event loop per actor: ZeroMQ sockets, plain fds (PTYs, pipes), timers, and wake-ups
+from other threads, all on one poller so handlers never need locks.
+
+Callbacks run to completion; a callback that raises is logged and the loop goes on (a bug in
+one handler must not take the actor's other sessions down with it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from loguru import logger
+
+Callback = Callable[[], Any]
+
+
+class Timer:
+    __slots__ = ("cancelled", "fn", "when")
+
+    def __init__(self, when: float, fn: Callback) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.poller = zmq.Poller()
+        self._handlers: dict[Any, tuple[Callback | None, Callback | None]] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._soon: deque[Callback] = deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.add_reader(self._wake_r, self._drain_wakeups)
+        self.running = False
+
+    # --- registration ---------------------------------------------------------------------
+
+    def _update(self, key: Any) -> None:
+        on_read, on_write = self._handlers.get(key, (None, None))
+        flags = (zmq.POLLIN if on_read else 0) | (zmq.POLLOUT if on_write else 0)
+        if flags:
+            self.poller.register(key, flags)
+        else:
+            self._handlers.pop(key, None)
+            with contextlib.suppress(KeyError):
+                self.poller.unregister(key)
+
+    def add_reader(self, key: Any, fn: Callback) -> None:
+        """`key` is a zmq socket or an fd; `fn` runs when it is readable."""
+        self._handlers[key] = (fn, self._handlers.get(key, (None, None))[1])
+        self._update(key)
+
+    def remove_reader(self, key: Any) -> None:
+        if key in self._handlers:
+            self._handlers[key] = (None, self._handlers[key][1])
+            self._update(key)
+
+    def add_writer(self, key: Any, fn: Callback) -> None:
+        self._handlers[key] = (self._handlers.get(key, (None, None))[0], fn)
+        self._update(key)
+
+    def remove_writer(self, key: Any) -> None:
+        if key in self._handlers:
+            self._handlers[key] = (self._handlers[key][0], None)
+            self._update(key)
+
+    def call_later(self, delay: float, fn: Callback) -> Timer:
+        t = Timer(time.monotonic() + delay, fn)
+        heapq.heappush(self._timers, (t.when, next(self._seq), t))
+        return t
+
+    def call_every(self, interval: float, fn: Callback) -> Timer:
+        """Run `fn` every `interval` seconds (first run after one interval)."""
+        handle = Timer(0.0, fn)
+
+        def tick() -> None:
+            if handle.cancelled:
+                return
+            try:
+                fn()
+            finally:
+                if not handle.cancelled:
+                    self.call_later(interval, tick)
+
+        self.call_later(interval, tick)
+        return handle
+
+    def call_soon_threadsafe(self, fn: Callback) -> None:
+        """From any thread: run `fn` on the loop's thread, soon."""
+        self._soon.append(fn)
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already; the loop is awake
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._soon:
+            self._run(self._soon.popleft())
+
+    # --- running ----------------------------------------------------------------------------
+
+    def _run(self, fn: Callback) -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("loop callback {} raised", getattr(fn, "__qualname__", fn))
+
+    def _timeout_ms(self) -> int | None:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if self._soon:
+            return 0
+        if not self._timers:
+            return None
+        return max(0, int((self._timers[0][0] - time.monotonic()) * 1000 + 0.999))
+
+    def run_once(self, timeout_ms: int | None = None) -> None:
+        t = self._timeout_ms()
+        if timeout_ms is not None:
+            t = timeout_ms if t is None else min(t, timeout_ms)
+        events = self.poller.poll(t)
+        for key, flags in events:
+            handlers = self._handlers.get(key)
+            if handlers is None:
+                continue
+            if flags & zmq.POLLIN and handlers[0]:
+                self._run(handlers[0])
+            if flags & zmq.POLLOUT:
+                handlers = self._handlers.get(key)
+                if handlers and handlers[1]:
+                    self._run(handlers[1])
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self._run(timer.fn)
+        while self._soon:
+            self._run(self._soon.popleft())
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            self.run_once()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)

@@ -1,0 +1,106 @@
+"""Calls from inside an actor's loop to other actors, answered by callback, never blocking.
+
+An actor that needs another (the supervisor pinging its children, the terminal asking the
+parser) must keep serving while it waits, so a call here registers a callback and returns.
+One attempt per call; the caller decides about retries. A deadline given by the caller's own
+request is carried on, so the callee refuses work nobody waits for any more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from actors.runtime.loop import Timer
+from protocol import endpoints, limits
+from protocol.envelope import DecodeError, Reply, decode_reply, encode_request
+from protocol.errors import WireError
+
+if TYPE_CHECKING:
+    from actors.runtime.actor import Actor
+
+OnDone = Callable[[Reply | None, WireError | None], None]
+
+
+class Outbound:
+    def __init__(self, actor: Actor) -> None:
+        self.actor = actor
+        self.sid = f"{actor.name}-{actor.epoch}"
+        self._ids = itertools.count(1)
+        self._socks: dict[str, zmq.Socket] = {}
+        self._waiting: dict[int, tuple[OnDone, Timer]] = {}
+
+    def _sock(self, target: str) -> zmq.Socket:
+        s = self._socks.get(target)
+        if s is None:
+            s = self.actor.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RECONNECT_IVL, 5)
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+            s.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
+            s.setsockopt(zmq.SNDHWM, 1000)
+            s.connect(endpoints.rpc(self.actor.runtime_dir, target))
+            self._socks[target] = s
+            self.actor.loop.add_reader(s, lambda: self._on_readable(s))
+        return s
+
+    def call(
+        self,
+        target: str,
+        op: str,
+        args: Any = None,
+        *,
+        timeout: float,
+        on_done: OnDone,
+        deadline_ms: int | None = None,
+    ) -> int:
+        """Send one request; `on_done(reply, None)` or `on_done(None, error)` runs exactly once."""
+        rid = next(self._ids)
+        own = int((time.time() + timeout) * 1000)
+        deadline = own if deadline_ms is None else min(own, deadline_ms)
+        frames = encode_request(rid, self.sid, op, args, deadline)
+
+        def expire() -> None:
+            entry = self._waiting.pop(rid, None)
+            if entry is not None:
+                entry[0](None, WireError.of("timeout", f"{target}:{op}: no reply in {timeout}s"))
+
+        timer = self.actor.loop.call_later(max(0.0, deadline / 1000 - time.time()), expire)
+        self._waiting[rid] = (on_done, timer)
+        try:
+            self._sock(target).send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            timer.cancel()
+            del self._waiting[rid]
+            on_done(None, WireError.of("unavailable", f"{target}: {exc}"))
+        return rid
+
+    def _on_readable(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = decode_reply(frames)
+            except DecodeError:
+                continue
+            entry = self._waiting.pop(reply.id, None)  # type: ignore[arg-type]
+            if entry is None:
+                continue  # late: its caller was already told "timeout"
+            on_done, timer = entry
+            timer.cancel()
+            if reply.ok:
+                on_done(reply, None)
+            else:
+                on_done(None, WireError.from_wire(reply.body))
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            self.actor.loop.remove_reader(s)
+            s.close(0)
+        self._socks.clear()

@@ -1,0 +1,140 @@
+"""Published streams: a seq per topic, a bounded retention per topic, and replay from it.
+
+A PUB socket drops at its high-water mark without a word, so every message is kept in its
+topic's retention (by count and bytes) before it is sent, and `replay` serves what a
+subscriber missed. What fell out of retention is reported as lost, with the range, never
+skipped silently. A publisher made with `nodrop` turns a full subscriber into backpressure
+instead: messages wait in `backlog` (the owner can stop producing while it is non-empty) and
+go out in order once the socket is writable.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from protocol.envelope import encode_stream
+
+
+@dataclass(slots=True)
+class Retained:
+    seq: int
+    body: Any
+    attachments: list[bytes]
+    size: int
+
+
+class Topic:
+    def __init__(self, name: str, max_messages: int, max_bytes: int) -> None:
+        self.name = name
+        self.seq = 0
+        self.kept: deque[Retained] = deque()
+        self.bytes = 0
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+
+    def keep(self, body: Any, attachments: list[bytes], size: int) -> int:
+        self.seq += 1
+        self.kept.append(Retained(self.seq, body, attachments, size))
+        self.bytes += size
+        while self.kept and (
+            len(self.kept) > self.max_messages or self.bytes > self.max_bytes
+        ):
+            self.bytes -= self.kept.popleft().size
+        return self.seq
+
+    @property
+    def first_seq(self) -> int:
+        """Oldest seq still retained (seq + 1 when nothing is)."""
+        return self.kept[0].seq if self.kept else self.seq + 1
+
+
+class Publisher:
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        epoch: str,
+        *,
+        nodrop: bool = False,
+        max_messages: int = 10_000,
+        max_bytes: int = 16 * 1024 * 1024,
+        on_writable_needed: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.socket = socket
+        self.epoch = epoch
+        self.nodrop = nodrop
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.topics: dict[str, Topic] = {}
+        self.backlog: deque[list[bytes]] = deque()
+        self._want_writable = on_writable_needed or (lambda _on: None)
+        self.sent = 0
+
+    def topic(self, name: str) -> Topic:
+        t = self.topics.get(name)
+        if t is None:
+            t = self.topics[name] = Topic(name, self.max_messages, self.max_bytes)
+        return t
+
+    def publish(self, topic: str, body: Any, attachments: list[bytes] | None = None) -> int:
+        """Retain, then send (or queue behind the backlog). Returns the message's seq."""
+        atts = attachments or []
+        t = self.topic(topic)
+        size = 64 + sum(len(a) for a in atts)
+        seq = t.keep(body, atts, size)
+        frames = encode_stream(topic, seq, self.epoch, body, atts)
+        if self.backlog:
+            self.backlog.append(frames)
+            return seq
+        self._send(frames)
+        return seq
+
+    def _send(self, frames: list[bytes]) -> bool:
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+        except zmq.Again:
+            if not self.nodrop:
+                return True  # PUB semantics: dropped for the slow peer; its seq gap shows it
+            self.backlog.appendleft(frames) if self.backlog else self.backlog.append(frames)
+            self._want_writable(True)
+            return False
+        self.sent += 1
+        return True
+
+    def flush(self) -> None:
+        """Send the backlog while the socket takes it (called when it becomes writable)."""
+        while self.backlog:
+            frames = self.backlog.popleft()
+            if not self._send(frames):
+                return
+        self._want_writable(False)
+
+    def replay(self, topic: str, from_seq: int, max_messages: int = 1000) -> dict[str, Any]:
+        """What a subscriber missed from `from_seq` on; `lost` names what retention dropped."""
+        t = self.topics.get(topic)
+        if t is None:
+            return {"epoch": self.epoch, "last_seq": 0, "first_seq": 1, "messages": [],
+                    "lost": None, "more": False}
+        lost = None
+        if from_seq < t.first_seq:
+            lost = [max(1, from_seq), t.first_seq - 1] if t.first_seq > 1 else None
+        start = max(from_seq, t.first_seq)
+        msgs = []
+        if t.kept and start <= t.seq:
+            offset = start - t.kept[0].seq
+            for i in range(offset, min(len(t.kept), offset + max_messages)):
+                r = t.kept[i]
+                msgs.append(r)
+        more = bool(msgs) and msgs[-1].seq < t.seq
+        return {
+            "epoch": self.epoch,
+            "first_seq": t.first_seq,
+            "last_seq": t.seq,
+            "messages": msgs,
+            "lost": lost,
+            "more": more,
+        }

@@ -1,0 +1,236 @@
+"""What the sync and asyncio clients share: every decision, none of the I/O.
+
+A call is a `CallPlan`: it owns the request id (kept across retries, so the actor's reply
+cache can answer a retry without running it again), the deadline, and the rules for what to
+do on a reply, a timeout or a disconnect. The adapters only move frames and wait.
+
+Retry rules (see PROTOCOL.md, "Retries"):
+  - an error reply is retried only when it says `retryable` and the op is idempotent, or when
+    it says the request was not run (busy, deadline_expired, stopping);
+  - an attempt that timed out is resent only for idempotent ops; otherwise the call fails
+    with `outcome_unknown` at its deadline, because the request may have run;
+  - every wait is capped exponential back-off, or the actor's `retry_after_ms`;
+  - the breaker of the actor sees each transport failure and each reply.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from protocol import endpoints, limits
+from protocol.envelope import Reply, encode_request
+from protocol.errors import MoorageError, WireError
+from protocol.histogram import Recorder, summary
+from protocol.recovery import Backoff, CircuitBreaker, max_retries_for
+
+# Ops every actor serves that are safe to repeat.
+BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
+# Errors that mean "the actor did not run it": safe to resend whatever the op.
+NOT_RUN = frozenset({"busy", "deadline_expired", "stopping"})
+
+
+@dataclass
+class ClientOptions:
+    timeout: float = 5.0  # whole call, all attempts, seconds
+    attempt_timeout: float = 1.0  # one attempt of an idempotent call before it is resent
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.01, 2.0, 0.5, jitter=0.2))
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 0.5
+    reconnect_ivl_ms: int = 5  # libzmq's default of 100 ms would add 100 ms to each restart
+    reconnect_ivl_max_ms: int = 200
+    idempotent_ops: frozenset[str] = frozenset()
+
+
+class Done:
+    """The plan's verdict: the call is over with `result` or `error`."""
+
+    __slots__ = ("error", "reply")
+
+    def __init__(self, reply: Reply | None = None, error: MoorageError | None = None) -> None:
+        self.reply = reply
+        self.error = error
+
+
+class Resend:
+    """The plan's verdict: send the same request again after `delay` seconds."""
+
+    __slots__ = ("delay",)
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+
+class Wait:
+    """The plan's verdict: keep waiting for a reply (until `until`, monotonic)."""
+
+    __slots__ = ("until",)
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+
+
+class CallPlan:
+    def __init__(
+        self,
+        core: ClientCore,
+        actor: str,
+        op: str,
+        args: Any,
+        timeout: float | None,
+        idempotent: bool | None,
+        attachments: Sequence[bytes] = (),
+    ) -> None:
+        self.core = core
+        self.actor = actor
+        self.op = op
+        self.id = core.next_id()
+        self.started = time.monotonic()
+        self.timeout = core.options.timeout if timeout is None else timeout
+        self.deadline = self.started + self.timeout
+        self.deadline_ms = int((time.time() + self.timeout) * 1000)
+        if idempotent is None:
+            idempotent = op in BUILTIN_IDEMPOTENT or op in core.options.idempotent_ops
+        self.idempotent = idempotent
+        self.frames = encode_request(self.id, core.sid, op, args, self.deadline_ms, attachments)
+        self.attempts = 0
+        self.retries = 0
+        self.last_error: WireError | None = None
+
+    def _error(self, err: WireError) -> MoorageError:
+        return MoorageError(err, op=self.op, actor=self.actor, attempts=self.attempts)
+
+    def start(self, now: float) -> Done | Wait:
+        """Before the first send: the breaker may refuse at once."""
+        br = self.core.breaker(self.actor)
+        if not br.allow(now):
+            return Done(error=self._error(WireError.of(
+                "circuit_open", f"{self.actor}: breaker open",
+                retry_after_ms=int(br.retry_after(now) * 1000))))
+        self.attempts += 1
+        return Wait(self.attempt_deadline(now))
+
+    def attempt_deadline(self, now: float) -> float:
+        if self.idempotent:
+            return min(self.deadline, now + self.core.options.attempt_timeout)
+        return self.deadline
+
+    def on_reply(self, reply: Reply, now: float) -> Done | Resend:
+        br = self.core.breaker(self.actor)
+        br.record_success(now)  # any reply proves the actor alive
+        self.core.record_latency(self.op, now - self.started)
+        if reply.ok:
+            return Done(reply=reply)
+        err = WireError.from_wire(reply.body)
+        self.last_error = err
+        may_retry = err.name in NOT_RUN or (self.idempotent and err.retryable)
+        if may_retry and self.retries < max_retries_for(err):
+            delay = self.core.options.backoff.delay(self.retries)
+            if err.retry_after_ms is not None:
+                delay = max(delay, err.retry_after_ms / 1000)
+            if now + delay < self.deadline:
+                self.retries += 1
+                return Resend(delay)
+        return Done(error=self._error(err))
+
+    def on_timeout(self, now: float) -> Done | Resend:
+        """The attempt's wait ran out with no reply."""
+        self.core.breaker(self.actor).record_failure(now)
+        if now >= self.deadline:
+            if self.idempotent:
+                err = WireError.of("timeout", f"no reply in {self.timeout:.3g}s "
+                                   f"({self.attempts} attempts)")
+            else:
+                err = WireError.of("outcome_unknown", f"no reply in {self.timeout:.3g}s; the "
+                                   "request may or may not have run")
+            return Done(error=self._error(err))
+        if not self.idempotent:
+            return Done(error=self._error(WireError.of("outcome_unknown", "no reply")))
+        self.retries += 1
+        return Resend(min(self.core.options.backoff.delay(self.retries - 1),
+                          max(0.0, self.deadline - now)))
+
+    def on_disconnect(self, now: float) -> Resend | Wait:
+        """The actor's connection dropped (it died): idempotent calls are resent at once;
+        they wait in the socket's queue until the successor is up."""
+        if self.idempotent:
+            return Resend(0.0)
+        return Wait(self.deadline)
+
+    def resend(self, now: float) -> Done | Wait:
+        br = self.core.breaker(self.actor)
+        if not br.allow(now):
+            return Done(error=self._error(self.last_error or WireError.of(
+                "circuit_open", f"{self.actor}: breaker open")))
+        self.attempts += 1
+        return Wait(self.attempt_deadline(now))
+
+
+class ClientCore:
+    """Session identity, request ids, breakers, socket options, client-side latency."""
+
+    def __init__(
+        self,
+        runtime_dir: Path | str | None = None,
+        *,
+        instance: str | None = None,
+        sid: str | None = None,
+        options: ClientOptions | None = None,
+    ) -> None:
+        self.runtime_dir = Path(runtime_dir) if runtime_dir else endpoints.runtime_dir(instance)
+        self.sid = sid or f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.options = options or ClientOptions()
+        self._ids = itertools.count(1)
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.latency: dict[str, Recorder] = {}
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def breaker(self, actor: str) -> CircuitBreaker:
+        b = self.breakers.get(actor)
+        if b is None:
+            b = self.breakers[actor] = CircuitBreaker(
+                self.options.breaker_threshold, self.options.breaker_cooldown)
+        return b
+
+    def record_latency(self, op: str, seconds: float) -> None:
+        r = self.latency.get(op)
+        if r is None:
+            r = self.latency[op] = Recorder()
+        r.record(int(seconds * 1e6))
+
+    def latency_report(self) -> dict[str, dict[str, float]]:
+        """End-to-end latency per op as this client saw it (microseconds, retries included)."""
+        return {op: summary(r.histogram()) for op, r in self.latency.items()}
+
+    def configure_dealer(self, sock: zmq.Socket, actor: str) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, self.options.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.options.reconnect_ivl_max_ms)
+        sock.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
+        sock.setsockopt(zmq.SNDHWM, limits.HWM)
+        sock.setsockopt(zmq.RCVHWM, limits.HWM)
+        sock.connect(endpoints.rpc(self.runtime_dir, actor))
+
+    def configure_sub(self, sock: zmq.Socket, actor: str, topics: Sequence[str]) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, self.options.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.options.reconnect_ivl_max_ms)
+        sock.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
+        sock.setsockopt(zmq.RCVHWM, limits.HWM)
+        for t in topics or [""]:
+            sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        sock.connect(endpoints.pub(self.runtime_dir, actor))
+
+
+def monitor_events() -> int:
+    return zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED

@@ -1,0 +1,138 @@
+"""Stream bookkeeping shared by both clients: order, gaps, replay, loss (no I/O here).
+
+Each topic is tracked by (epoch, last seq delivered). A message with the next seq is
+delivered; one past a gap asks for a replay from the first missing seq (the adapter calls the
+actor's `replay` op and feeds the answer back); duplicates (seq already delivered) are
+dropped. What the publisher no longer retains comes back as a `Loss` event, and a new epoch
+(the publisher restarted; its seqs begin again at 1) as a `Reset`. Nothing is skipped without
+an event saying so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.envelope import StreamMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """Messages `first`..`last` of `topic` were published but can no longer be had."""
+
+    topic: str
+    first: int
+    last: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The publisher restarted: `topic` continues in `new_epoch` from seq 1."""
+
+    topic: str
+    old_epoch: str
+    new_epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedReplay:
+    topic: str
+    from_seq: int
+
+
+StreamEvent = StreamMessage | Loss | Reset
+
+
+@dataclass
+class _TopicState:
+    epoch: str
+    last: int
+
+
+class StreamTracker:
+    def __init__(self, from_seq: int | None = None) -> None:
+        # from_seq: for a topic seen first, replay from here (1: everything retained).
+        self.from_seq = from_seq
+        self.topics: dict[str, _TopicState] = {}
+        self.replaying: set[str] = set()
+        self.held: dict[str, list[StreamMessage]] = {}
+
+    def on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
+        if msg.topic in self.replaying:
+            self.held.setdefault(msg.topic, []).append(msg)
+            return [], None
+        st = self.topics.get(msg.topic)
+        out: list[StreamEvent] = []
+        if st is None:
+            if self.from_seq is not None and msg.seq > self.from_seq:
+                self.topics[msg.topic] = _TopicState(msg.epoch, self.from_seq - 1)
+                return self._ask(msg)
+            self.topics[msg.topic] = _TopicState(msg.epoch, msg.seq)
+            return [msg], None
+        if msg.epoch != st.epoch:
+            out.append(Reset(msg.topic, st.epoch, msg.epoch))
+            st.epoch, st.last = msg.epoch, 0
+        if msg.seq <= st.last:
+            return out, None  # duplicate
+        if msg.seq == st.last + 1:
+            st.last = msg.seq
+            out.append(msg)
+            return out, None
+        events, need = self._ask(msg)
+        return out + events, need
+
+    def _ask(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay]:
+        st = self.topics[msg.topic]
+        self.replaying.add(msg.topic)
+        self.held[msg.topic] = [msg]
+        return [], NeedReplay(msg.topic, st.last + 1)
+
+    def on_replay(
+        self, topic: str, answer: dict[str, Any], attachments: list[bytes]
+    ) -> tuple[list[StreamEvent], NeedReplay | None]:
+        """Feed the `replay` op's answer; returns events and maybe the next page to ask for."""
+        st = self.topics[topic]
+        out: list[StreamEvent] = []
+        epoch = answer.get("epoch", st.epoch)
+        if epoch != st.epoch:
+            out.append(Reset(topic, st.epoch, epoch))
+            st.epoch, st.last = epoch, 0
+        lost = answer.get("lost")
+        if lost and lost[1] > st.last:
+            out.append(Loss(topic, max(lost[0], st.last + 1), lost[1], epoch))
+            st.last = lost[1]
+        i = 0
+        for seq, body, n_att in answer.get("messages", []):
+            atts = attachments[i : i + n_att]
+            i += n_att
+            if seq == st.last + 1:
+                st.last = seq
+                out.append(StreamMessage(topic, seq, epoch, body, atts))
+        if answer.get("more"):
+            return out, NeedReplay(topic, st.last + 1)
+        self.replaying.discard(topic)
+        # Messages that arrived during the replay: deliver those past it, in order.
+        held = self.held.pop(topic, [])
+        for m in sorted(held, key=lambda m: m.seq):
+            events, need = self.on_message(m)
+            out.extend(events)
+            if need is not None:
+                rest = [x for x in held if x.seq > m.seq]
+                self.held.setdefault(topic, []).extend(rest)
+                return out, need
+        return out, None
+
+    def on_replay_failed(self, topic: str) -> list[StreamEvent]:
+        """The replay itself failed (publisher gone): report the gap as lost, go on."""
+        st = self.topics[topic]
+        held = sorted(self.held.pop(topic, []), key=lambda m: m.seq)
+        self.replaying.discard(topic)
+        out: list[StreamEvent] = []
+        if held and held[0].epoch == st.epoch and held[0].seq > st.last + 1:
+            out.append(Loss(topic, st.last + 1, held[0].seq - 1, st.epoch))
+            st.last = held[0].seq - 1
+        for m in held:
+            events, _ = self.on_message(m)
+            out.extend(events)
+        return out

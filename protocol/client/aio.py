@@ -1,0 +1,213 @@
+"""The asyncio client: the same plans as the blocking client, awaited instead of polled.
+
+Any number of calls may be in flight at once from one task or many; a reader task per actor
+hands each reply to the call that owns its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from protocol.client._core import (
+    CallPlan,
+    ClientCore,
+    ClientOptions,
+    Done,
+    Resend,
+    Wait,
+    monitor_events,
+)
+from protocol.client._streams import StreamEvent, StreamTracker
+from protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
+from protocol.errors import MoorageError
+from protocol.recovery import BreakerState
+
+_DISCONNECT = object()
+
+
+class _AConn:
+    def __init__(self, core: ClientCore, ctx: zmq.asyncio.Context, actor: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        core.configure_dealer(self.sock, actor)
+        self.monitor = self.sock.get_monitor_socket(monitor_events())
+        self.waiters: dict[int, asyncio.Queue] = {}
+        self.tasks = [
+            asyncio.ensure_future(self._read()),
+            asyncio.ensure_future(self._watch()),
+        ]
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                reply = decode_reply(frames)
+            except DecodeError:
+                continue
+            q = self.waiters.get(reply.id)  # type: ignore[arg-type]
+            if q is not None:
+                q.put_nowait(reply)
+
+    async def _watch(self) -> None:
+        while True:
+            ev = parse_monitor_message(await self.monitor.recv_multipart())
+            if ev["event"] == zmq.EVENT_DISCONNECTED:
+                for q in self.waiters.values():
+                    q.put_nowait(_DISCONNECT)
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        runtime_dir: Path | str | None = None,
+        *,
+        instance: str | None = None,
+        sid: str | None = None,
+        options: ClientOptions | None = None,
+        **option_overrides: Any,
+    ) -> None:
+        opts = options or ClientOptions()
+        for k, v in option_overrides.items():
+            setattr(opts, k, v)
+        self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts)
+        self.ctx = zmq.asyncio.Context()
+        self._conns: dict[str, _AConn] = {}
+
+    @property
+    def sid(self) -> str:
+        return self.core.sid
+
+    def _conn(self, actor: str) -> _AConn:
+        c = self._conns.get(actor)
+        if c is None:
+            c = self._conns[actor] = _AConn(self.core, self.ctx, actor)
+        return c
+
+    def breaker_state(self, actor: str) -> BreakerState:
+        return self.core.breaker(actor).current(time.monotonic())
+
+    async def request(
+        self,
+        actor: str,
+        op: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        attachments: Sequence[bytes] = (),
+    ) -> Reply:
+        plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
+        conn = self._conn(actor)
+        inbox: asyncio.Queue = asyncio.Queue()
+        conn.waiters[plan.id] = inbox
+        try:
+            verdict: Done | Wait | Resend = plan.start(time.monotonic())
+            if isinstance(verdict, Wait):
+                await conn.sock.send_multipart(plan.frames, copy=False)
+            while True:
+                if isinstance(verdict, Done):
+                    if verdict.error is not None:
+                        raise verdict.error
+                    assert verdict.reply is not None
+                    return verdict.reply
+                if isinstance(verdict, Resend):
+                    if verdict.delay > 0:
+                        await asyncio.sleep(verdict.delay)
+                    verdict = plan.resend(time.monotonic())
+                    if isinstance(verdict, Wait):
+                        await conn.sock.send_multipart(plan.frames, copy=False)
+                    continue
+                left = verdict.until - time.monotonic()
+                try:
+                    item = await asyncio.wait_for(inbox.get(), max(0.0, left))
+                except TimeoutError:
+                    verdict = plan.on_timeout(time.monotonic())
+                    continue
+                if item is _DISCONNECT:
+                    v = plan.on_disconnect(time.monotonic())
+                    verdict = v if isinstance(v, Resend) else verdict
+                    continue
+                verdict = plan.on_reply(item, time.monotonic())
+        finally:
+            conn.waiters.pop(plan.id, None)
+
+    async def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
+        return (await self.request(actor, op, args, **kw)).body
+
+    async def hello(self, actor: str) -> dict[str, Any]:
+        return await self.call(actor, "sys.hello", {"client": f"python-asyncio {self.sid}"})
+
+    def subscribe(
+        self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None
+    ) -> AsyncSubscription:
+        return AsyncSubscription(self, actor, topics, from_seq)
+
+    async def close(self) -> None:
+        for c in self._conns.values():
+            await c.close()
+        self._conns.clear()
+        self.ctx.term()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncSubscription:
+    def __init__(
+        self, client: AsyncClient, actor: str, topics: Sequence[str], from_seq: int | None
+    ) -> None:
+        self.client = client
+        self.actor = actor
+        self.sock = client.ctx.socket(zmq.SUB)
+        client.core.configure_sub(self.sock, actor, topics)
+        self.tracker = StreamTracker(from_seq)
+        self._ready: list[StreamEvent] = []
+
+    async def next(self, timeout: float | None = None) -> StreamEvent | None:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._ready:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            try:
+                frames = await asyncio.wait_for(self.sock.recv_multipart(), left)
+            except TimeoutError:
+                return None
+            try:
+                msg = decode_stream(frames)
+            except DecodeError:
+                continue
+            events, need = self.tracker.on_message(msg)
+            self._ready.extend(events)
+            while need is not None:
+                try:
+                    reply = await self.client.request(
+                        self.actor, "replay", {"topic": need.topic, "from_seq": need.from_seq})
+                except MoorageError:
+                    self._ready.extend(self.tracker.on_replay_failed(need.topic))
+                    break
+                events, need = self.tracker.on_replay(need.topic, reply.body, reply.attachments)
+                self._ready.extend(events)
+        return self._ready.pop(0)
+
+    def close(self) -> None:
+        self.sock.close(0)

@@ -1,0 +1,274 @@
+"""The blocking client: one DEALER per actor, one call at a time (plus `pipeline`).
+
+Not thread-safe: give each thread its own `Client` (ZeroMQ sockets belong to one thread).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from protocol.client._core import (
+    CallPlan,
+    ClientCore,
+    ClientOptions,
+    Done,
+    Resend,
+    Wait,
+    monitor_events,
+)
+from protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
+from protocol.errors import MoorageError
+from protocol.recovery import BreakerState
+
+
+class _Conn:
+    def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        core.configure_dealer(self.sock, actor)
+        self.monitor = self.sock.get_monitor_socket(monitor_events())
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+
+
+class Client:
+    """`Client(instance="default").call("metrics", "metrics.query", {"op": "sys.ping"})`."""
+
+    def __init__(
+        self,
+        runtime_dir: Path | str | None = None,
+        *,
+        instance: str | None = None,
+        sid: str | None = None,
+        options: ClientOptions | None = None,
+        **option_overrides: Any,
+    ) -> None:
+        opts = options or ClientOptions()
+        for k, v in option_overrides.items():
+            setattr(opts, k, v)
+        self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts)
+        self.ctx = zmq.Context()
+        self._conns: dict[str, _Conn] = {}
+
+    @property
+    def sid(self) -> str:
+        return self.core.sid
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.core.runtime_dir
+
+    def _conn(self, actor: str) -> _Conn:
+        c = self._conns.get(actor)
+        if c is None:
+            c = self._conns[actor] = _Conn(self.core, self.ctx, actor)
+        return c
+
+    def breaker_state(self, actor: str) -> BreakerState:
+        return self.core.breaker(actor).current(time.monotonic())
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def request(
+        self,
+        actor: str,
+        op: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        attachments: Sequence[bytes] = (),
+    ) -> Reply:
+        """One call; returns the whole reply (body and attachments) or raises MoorageError."""
+        plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
+        verdict: Done | Wait | Resend = plan.start(time.monotonic())
+        conn = self._conn(actor)
+        if isinstance(verdict, Wait):
+            conn.sock.send_multipart(plan.frames, copy=False)
+        while True:
+            if isinstance(verdict, Done):
+                if verdict.error is not None:
+                    raise verdict.error
+                assert verdict.reply is not None
+                return verdict.reply
+            if isinstance(verdict, Resend):
+                if verdict.delay > 0:
+                    time.sleep(verdict.delay)
+                verdict = plan.resend(time.monotonic())
+                if isinstance(verdict, Wait):
+                    conn.sock.send_multipart(plan.frames, copy=False)
+                continue
+            verdict = self._wait(conn, plan, verdict.until)
+
+    def _wait(self, conn: _Conn, plan: CallPlan, until: float) -> Done | Wait | Resend:
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return plan.on_timeout(time.monotonic())
+            events = dict(conn.poller.poll(max(1, int(left * 1000))))
+            if conn.monitor in events:
+                ev = recv_monitor_message(conn.monitor)
+                if ev["event"] == zmq.EVENT_DISCONNECTED:
+                    v = plan.on_disconnect(time.monotonic())
+                    if isinstance(v, Resend):
+                        return v
+            if conn.sock in events:
+                try:
+                    reply = decode_reply(conn.sock.recv_multipart())
+                except DecodeError:
+                    continue  # not ours to answer; a malformed reply is dropped
+                if reply.id != plan.id:
+                    continue  # a late reply to an earlier attempt or call
+                return plan.on_reply(reply, time.monotonic())
+
+    def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
+        """One call; returns the reply body or raises MoorageError."""
+        return self.request(actor, op, args, **kw).body
+
+    def hello(self, actor: str) -> dict[str, Any]:
+        return self.call(actor, "sys.hello", {"client": f"python-sync {self.sid}"})
+
+    def pipeline(
+        self,
+        actor: str,
+        calls: Iterable[tuple[str, Any]],
+        *,
+        window: int = 256,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+    ) -> list[Any]:
+        """Many calls with up to `window` in flight; results (or MoorageError instances) in
+        call order."""
+        conn = self._conn(actor)
+        it = iter(calls)
+        plans: dict[int, tuple[int, CallPlan]] = {}
+        results: list[Any] = []
+        index = 0
+        exhausted = False
+        while True:
+            while not exhausted and len(plans) < window:
+                try:
+                    op, args = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                plan = CallPlan(self.core, actor, op, args, timeout, idempotent)
+                v = plan.start(time.monotonic())
+                results.append(None)
+                if isinstance(v, Done):
+                    results[index] = v.error
+                else:
+                    plans[plan.id] = (index, plan)
+                    conn.sock.send_multipart(plan.frames, copy=False)
+                index += 1
+            if not plans:
+                return results
+            # Plans share one timeout and are kept in creation order: the first is due first.
+            deadline = next(iter(plans.values()))[1].deadline
+            left = deadline - time.monotonic()
+            if left <= 0 or not conn.sock.poll(max(1, int(left * 1000))):
+                now = time.monotonic()
+                for rid, (i, p) in list(plans.items()):
+                    if p.deadline <= now:
+                        v = p.on_timeout(now)
+                        if isinstance(v, Done):
+                            results[i] = v.error
+                            del plans[rid]
+                continue
+            try:
+                while True:
+                    frames = conn.sock.recv_multipart(zmq.NOBLOCK)
+                    try:
+                        reply = decode_reply(frames)
+                    except DecodeError:
+                        continue
+                    entry = plans.get(reply.id)  # type: ignore[arg-type]
+                    if entry is None:
+                        continue
+                    i, p = entry
+                    v = p.on_reply(reply, time.monotonic())
+                    if isinstance(v, Resend):
+                        if isinstance(p.resend(time.monotonic()), Wait):
+                            conn.sock.send_multipart(p.frames, copy=False)
+                            continue
+                        v = Done(error=MoorageError(p.last_error))  # type: ignore[arg-type]
+                    del plans[reply.id]  # type: ignore[arg-type]
+                    results[i] = v.error if v.error is not None else v.reply.body
+            except zmq.Again:
+                pass
+
+    # --- streams -------------------------------------------------------------------------
+
+    def subscribe(
+        self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None
+    ) -> Subscription:
+        return Subscription(self, actor, topics, from_seq)
+
+    def close(self) -> None:
+        for c in self._conns.values():
+            c.close()
+        self._conns.clear()
+        self.ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Subscription:
+    """Ordered, gap-repaired stream events from one actor: `StreamMessage`, `Loss`, `Reset`."""
+
+    def __init__(
+        self, client: Client, actor: str, topics: Sequence[str], from_seq: int | None
+    ) -> None:
+        self.client = client
+        self.actor = actor
+        self.sock = client.ctx.socket(zmq.SUB)
+        client.core.configure_sub(self.sock, actor, topics)
+        self.tracker = StreamTracker(from_seq)
+        self._ready: list[StreamEvent] = []
+
+    def _replay(self, need: NeedReplay) -> None:
+        while need is not None:
+            try:
+                reply = self.client.request(
+                    self.actor, "replay", {"topic": need.topic, "from_seq": need.from_seq})
+            except MoorageError:
+                self._ready.extend(self.tracker.on_replay_failed(need.topic))
+                return
+            events, need = self.tracker.on_replay(need.topic, reply.body, reply.attachments)
+            self._ready.extend(events)
+
+    def next(self, timeout: float | None = None) -> StreamEvent | None:
+        """The next event, or None when `timeout` seconds pass with none."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._ready:
+            left = None if end is None else max(0, int((end - time.monotonic()) * 1000))
+            if not self.sock.poll(left):
+                return None
+            try:
+                msg = decode_stream(self.sock.recv_multipart())
+            except DecodeError:
+                continue
+            events, need = self.tracker.on_message(msg)
+            self._ready.extend(events)
+            if need is not None:
+                self._replay(need)
+        return self._ready.pop(0)
+
+    def close(self) -> None:
+        self.sock.close(0)

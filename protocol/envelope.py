@@ -1,0 +1,227 @@
+"""Frames on the wire, and their bounded encoding and decoding.
+
+    request  [TAG] [header {id, sid, op, deadline_ms?}] [body: args] [attachment...]
+    reply    [TAG] [header {id, ok, ep}]                [body: result | error] [attachment...]
+    stream   [topic] [TAG] [header {seq, ep}]           [body] [attachment...]
+
+A ROUTER adds the routing-id frame(s) in front; they are transport, not protocol. Header and
+body are msgpack; attachments are raw bytes that never pass through msgpack (file contents,
+terminal output). Everything here is pure: no sockets, so the conformance vectors can be
+checked against it byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+
+from protocol import limits
+from protocol.errors import MoorageError, WireError
+
+TAG = b"MOOR1"
+PROTO_VERSION = 1
+
+
+class Request(NamedTuple):
+    id: int
+    sid: str
+    op: str
+    deadline_ms: int | None
+    args: Any
+    attachments: list[bytes]
+
+
+class Reply(NamedTuple):
+    id: int | None
+    ok: bool
+    epoch: str
+    body: Any
+    attachments: list[bytes]
+
+
+class StreamMessage(NamedTuple):
+    topic: str
+    seq: int
+    epoch: str
+    body: Any
+    attachments: list[bytes]
+
+
+class DecodeError(MoorageError):
+    """A frame that cannot be taken; `request_id` is set when the header was readable."""
+
+    request_id: int | None = None
+
+
+def _decode_error(name: str, message: str, request_id: int | None = None) -> DecodeError:
+    err = DecodeError(WireError.of(name, message))
+    err.request_id = request_id
+    return err
+
+
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def packb(obj: Any) -> bytes:
+    return _pack(obj)
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not part of the protocol")
+
+
+def _unpackb(data: bytes) -> Any:
+    # msgpack >= 1.0 defaults: raw=False, strict_map_key=True (str/bytes keys only), and every
+    # length limit derived from len(data), which the callers have already bounded.
+    return msgpack.unpackb(data, ext_hook=_reject_ext)
+
+
+def unpackb(data: bytes, max_len: int = limits.MAX_BODY_SIZE) -> Any:
+    """Decode one msgpack value under the protocol's limits, depth included."""
+    if len(data) > max_len:
+        raise _decode_error("message_too_large", f"{len(data)} bytes > {max_len}")
+    try:
+        obj = _unpackb(data)
+    except (ValueError, TypeError, msgpack.StackError, msgpack.ExtraData) as exc:
+        # ExtraData and FormatError are ValueError subclasses; StackError is nesting past
+        # msgpack's own stack; UnicodeDecodeError (a ValueError) is invalid UTF-8 in a str.
+        raise _decode_error("bad_request", f"undecodable msgpack: {exc}") from exc
+    if isinstance(obj, (list, dict)) and _too_deep(obj):
+        raise _decode_error("bad_request", f"nesting deeper than {limits.MAX_DEPTH}")
+    return obj
+
+
+def _too_deep(obj: list | dict) -> bool:
+    # Iterative, so a hostile depth cannot exhaust the Python stack; flat bodies (the common
+    # case) cost one pass over their values.
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limits.MAX_DEPTH:
+            return True
+        values = node.values() if isinstance(node, dict) else node
+        for v in values:
+            if isinstance(v, (list, dict)):
+                stack.append((v, depth + 1))
+    return False
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+def encode_request(
+    id: int,
+    sid: str,
+    op: str,
+    args: Any = None,
+    deadline_ms: int | None = None,
+    attachments: Sequence[bytes] = (),
+) -> list[bytes]:
+    header: dict[str, Any] = {"id": id, "sid": sid, "op": op}
+    if deadline_ms is not None:
+        header["deadline_ms"] = deadline_ms
+    return [TAG, _pack(header), _pack(args), *attachments]
+
+
+def _header(frame: bytes) -> dict:
+    # Headers are small and flat; the length check bounds every msgpack limit (unpackb's own
+    # limits follow the buffer's length), so no depth walk is needed here.
+    if len(frame) > limits.MAX_HEADER_SIZE:
+        raise _decode_error("message_too_large", f"header {len(frame)} bytes")
+    try:
+        h = _unpackb(frame)
+    except (ValueError, TypeError, msgpack.StackError) as exc:
+        raise _decode_error("bad_request", f"undecodable header: {exc}") from exc
+    if type(h) is not dict:
+        raise _decode_error("bad_request", "header is not a map")
+    return h
+
+
+def decode_request(frames: Sequence[bytes]) -> Request:
+    """Frames after the routing ids. Raises DecodeError with whatever id could be read."""
+    if len(frames) < 3:
+        raise _decode_error("bad_request", f"expected >= 3 frames, got {len(frames)}")
+    if frames[0] != TAG:
+        raise _decode_error("unsupported_version", f"tag {bytes(frames[0][:16])!r} != {TAG!r}")
+    if len(frames) - 3 > limits.MAX_ATTACHMENTS:
+        raise _decode_error("message_too_large", f"{len(frames) - 3} attachments")
+    header = _header(frames[1])
+    rid = header.get("id")
+    if type(rid) is not int or not 0 <= rid <= limits.MAX_ID:
+        raise _decode_error("bad_request", f"id must be an integer in [0, 2^53): {rid!r:.40}")
+    sid = header.get("sid")
+    op = header.get("op")
+    if type(sid) is not str or not 0 < len(sid) <= 128:
+        raise _decode_error("bad_request", "sid must be a non-empty string", rid)
+    if type(op) is not str or not 0 < len(op) <= limits.MAX_OP_LEN:
+        raise _decode_error("bad_request", "op must be a non-empty string", rid)
+    deadline = header.get("deadline_ms")
+    if deadline is not None and type(deadline) is not int:
+        raise _decode_error("bad_request", "deadline_ms must be an integer", rid)
+    body = frames[2]
+    if body == b"\xc0":
+        args = None  # the common "no arguments"
+    else:
+        try:
+            args = unpackb(body)
+        except DecodeError as exc:
+            exc.request_id = rid
+            raise
+    return Request(rid, sid, op, deadline, args, list(frames[3:]) if len(frames) > 3 else [])
+
+
+# --- replies ----------------------------------------------------------------------------
+
+
+def encode_reply(
+    id: int | None, epoch: str, result: Any = None, attachments: Sequence[bytes] = ()
+) -> list[bytes]:
+    return [TAG, _pack({"id": id, "ok": True, "ep": epoch}), _pack(result), *attachments]
+
+
+def encode_error(id: int | None, epoch: str, error: WireError) -> list[bytes]:
+    return [TAG, _pack({"id": id, "ok": False, "ep": epoch}), _pack(error.to_wire())]
+
+
+def decode_reply(frames: Sequence[bytes]) -> Reply:
+    if len(frames) < 3:
+        raise _decode_error("bad_request", f"reply: expected >= 3 frames, got {len(frames)}")
+    if frames[0] != TAG:
+        raise _decode_error("unsupported_version", f"reply tag {bytes(frames[0][:16])!r}")
+    header = _header(frames[1])
+    if type(header.get("ok")) is not bool:
+        raise _decode_error("bad_request", "reply header needs a bool 'ok'")
+    rid = header.get("id")
+    if rid is not None and type(rid) is not int:
+        raise _decode_error("bad_request", "reply id must be an integer or nil")
+    epoch = header.get("ep")
+    body = unpackb(frames[2], limits.MAX_MESSAGE_SIZE)
+    return Reply(rid, header["ok"], epoch if isinstance(epoch, str) else "", body, list(frames[3:]))
+
+
+# --- streams ----------------------------------------------------------------------------
+
+
+def encode_stream(
+    topic: str, seq: int, epoch: str, body: Any, attachments: Sequence[bytes] = ()
+) -> list[bytes]:
+    return [topic.encode(), TAG, _pack({"seq": seq, "ep": epoch}), _pack(body), *attachments]
+
+
+def decode_stream(frames: Sequence[bytes]) -> StreamMessage:
+    if len(frames) < 4 or frames[1] != TAG:
+        raise _decode_error("bad_request", "stream message: expected [topic, TAG, header, body]")
+    header = _header(frames[2])
+    if type(header.get("seq")) is not int:
+        raise _decode_error("bad_request", "stream header needs an integer 'seq'")
+    epoch = header.get("ep")
+    try:
+        topic = bytes(frames[0]).decode()
+    except UnicodeDecodeError as exc:
+        raise _decode_error("bad_request", "stream topic is not UTF-8") from exc
+    body = unpackb(frames[3], limits.MAX_MESSAGE_SIZE)
+    return StreamMessage(
+        topic, header["seq"], epoch if isinstance(epoch, str) else "", body, list(frames[4:])
+    )

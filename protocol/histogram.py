@@ -1,0 +1,66 @@
+"""HDR histograms for latency, recorded cheaply on hot paths.
+
+Recording into an HDR histogram costs about a microsecond in Python; incrementing a counter
+costs a tenth of that, and latencies cluster on few distinct microsecond values. So hot paths
+count values (`Recorder.record`) and fold the counts into a histogram when one is needed.
+Every moorage histogram has the same shape, so encoded histograms from any process merge.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000  # an hour, in microseconds
+DIGITS = 2
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+
+
+def decode(encoded: bytes | str) -> HdrHistogram:
+    h = new_histogram()
+    h.decode_and_add(encoded)
+    return h
+
+
+class Recorder:
+    """Counts of microsecond values, folded into an HDR histogram on demand."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+
+    def record(self, micros: int) -> None:
+        self.counts[micros if micros > 0 else 1] += 1
+
+    def fold_into(self, h: HdrHistogram) -> HdrHistogram:
+        for v, n in self.counts.items():
+            h.record_value(min(v, HIGHEST_US), n)
+        return h
+
+    def histogram(self) -> HdrHistogram:
+        return self.fold_into(new_histogram())
+
+    def add_histogram(self, h: HdrHistogram) -> None:
+        for item in h.get_recorded_iterator():
+            self.counts[item.value_iterated_to] += item.count_at_value_iterated_to
+
+
+def summary(h: HdrHistogram) -> dict[str, float]:
+    """count, p50, p90, p99, p99.9, max (microseconds)."""
+    n = h.get_total_count()
+    if n == 0:
+        return {"count": 0, "p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0}
+    return {
+        "count": n,
+        "p50": h.get_value_at_percentile(50),
+        "p90": h.get_value_at_percentile(90),
+        "p99": h.get_value_at_percentile(99),
+        "p999": h.get_value_at_percentile(99.9),
+        "max": h.get_max_value(),
+    }

@@ -1,0 +1,17 @@
+"""Decoding limits: a hostile frame costs an error reply, never memory or a crash.
+
+The same numbers are set on sockets (`zmq.MAXMSGSIZE`, so libzmq drops an oversized peer
+before Python sees a byte) and passed to msgpack, whose own limits otherwise follow the buffer
+size. PROTOCOL.md lists them; a client should apply the same to what it receives.
+"""
+
+from __future__ import annotations
+
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # one frame, attachments included (zmq.MAXMSGSIZE)
+MAX_HEADER_SIZE = 4096  # the msgpack header frame
+MAX_BODY_SIZE = 16 * 1024 * 1024  # the msgpack body frame; bulk bytes go in raw frames
+MAX_ATTACHMENTS = 16
+MAX_DEPTH = 32  # nesting of arrays and maps in a body
+MAX_OP_LEN = 64
+MAX_ID = 2**53 - 1  # request ids and seqs stay exact in JavaScript
+HWM = 100_000  # socket high-water marks, in messages

@@ -1,0 +1,107 @@
+"""A supervisor's view of one child: its spec, its current process, and its history."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from actors.runtime.loop import Timer
+from supervisor.policy import ExitReason, Heartbeat, RestartBackoff
+from supervisor.spec import ChildSpec, SupervisorSpec
+
+
+class ChildState(StrEnum):
+    STARTING = "starting"  # forked, not ready yet
+    RUNNING = "running"
+    STOPPING = "stopping"  # asked to stop; waiting for its exit
+    BACKOFF = "backoff"  # dead, waiting out its restart delay
+    STOPPED = "stopped"  # not running and not to be restarted (for now)
+    FAILED = "failed"  # gave up: temporary/transient death, or fallbacks exhausted
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    backoff: RestartBackoff
+    heartbeat: Heartbeat
+    state: ChildState = ChildState.STOPPED
+    pid: int | None = None
+    pidfd: int | None = None
+    generation: int = 0  # bumped per start, so late events of an old process are ignored
+    started_at: float = 0.0
+    ready_at: float | None = None
+    restarts: int = 0
+    last_exit: ExitReason | None = None
+    stop_requested: bool = False
+    stop_stage: str = ""  # term | kill: how far a requested stop had to go
+    kill_reason: str = ""  # why the supervisor killed it (start timeout, missed heartbeats)
+    fallback_index: int = -1  # -1: normal mode
+    timers: list[Timer] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def fallback(self) -> str | None:
+        if self.fallback_index < 0:
+            return None
+        return self.spec.fallbacks[self.fallback_index]
+
+    def uptime(self, now: float | None = None) -> float:
+        if self.pid is None:
+            return 0.0
+        return (now or time.monotonic()) - self.started_at
+
+    def cancel_timers(self) -> None:
+        for t in self.timers:
+            t.cancel()
+        self.timers.clear()
+
+    def signal(self, sig: int) -> bool:
+        """Signal the current process through its pidfd (immune to pid reuse)."""
+        if self.pidfd is None:
+            if self.pid is None:
+                return False
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                return False
+            return True
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def forget_process(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        self.pid = None
+        self.pidfd = None
+        self.ready_at = None
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.spec.type,
+            "restart": str(self.spec.restart),
+            "state": str(self.state),
+            "pid": self.pid,
+            "uptime_s": round(self.uptime(now), 3) if self.ready_at else 0.0,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit.describe() if self.last_exit else None,
+            "fallback": self.fallback,
+        }
+
+
+def new_child(spec: ChildSpec, owner: SupervisorSpec) -> Child:
+    return Child(
+        spec=spec,
+        backoff=RestartBackoff(owner.backoff, owner.stable_after_s),
+        heartbeat=Heartbeat(owner.heartbeat.misses),
+    )

@@ -1,0 +1,150 @@
+"""Supervision policy as pure functions over an injected monotonic clock (no processes).
+
+The words are OTP's, so Erlang's documentation of `supervisor` documents these too:
+
+  restart type   permanent: always restarted; transient: restarted unless it exited
+                 normally; temporary: never restarted (not even by a sibling's restart)
+  strategy       one_for_one: restart the dead child; one_for_all: stop the others and
+                 restart all; rest_for_one: stop those started after it, restart it and them
+  intensity      more than `intensity` restarts within `period` seconds and the supervisor
+                 gives up: it stops its children and exits, and its parent decides (escalation)
+
+Beyond OTP: restarts wait a capped exponential back-off (so a crash loop is not a restart
+storm), reset once a child has stayed up `stable_after` seconds; and a child may name
+fallbacks, engaged in order instead of escalating when the intensity is exceeded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+from protocol.recovery import Backoff
+
+
+class RestartType(StrEnum):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class Strategy(StrEnum):
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+
+
+class ExitKind(StrEnum):
+    NORMAL = "normal"  # exit code 0
+    SHUTDOWN = "shutdown"  # stopped by its supervisor (or SIGTERM/SIGINT)
+    ABNORMAL = "abnormal"  # non-zero exit, a signal, a failed start, a missed heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class ExitReason:
+    kind: ExitKind
+    code: int | None = None
+    signal: int | None = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            text = f"killed by signal {self.signal}"
+        elif self.code is not None:
+            text = f"exit code {self.code}"
+        else:
+            text = self.kind.value
+        if self.kind is ExitKind.SHUTDOWN:
+            text = f"shutdown, {text}" if text != "shutdown" else text
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+def classify_exit(code: int | None, signal: int | None, requested: bool) -> ExitReason:
+    """An exit status as OTP would see it. `requested`: the supervisor asked it to stop."""
+    if requested:
+        return ExitReason(ExitKind.SHUTDOWN, code, signal)
+    if signal is None and code == 0:
+        return ExitReason(ExitKind.NORMAL, code)
+    return ExitReason(ExitKind.ABNORMAL, code, signal)
+
+
+# The restart decision as a table: (restart type, exit kind) -> restart?
+RESTART_TABLE: dict[tuple[RestartType, ExitKind], bool] = {
+    (RestartType.PERMANENT, ExitKind.NORMAL): True,
+    (RestartType.PERMANENT, ExitKind.SHUTDOWN): True,
+    (RestartType.PERMANENT, ExitKind.ABNORMAL): True,
+    (RestartType.TRANSIENT, ExitKind.NORMAL): False,
+    (RestartType.TRANSIENT, ExitKind.SHUTDOWN): False,
+    (RestartType.TRANSIENT, ExitKind.ABNORMAL): True,
+    (RestartType.TEMPORARY, ExitKind.NORMAL): False,
+    (RestartType.TEMPORARY, ExitKind.SHUTDOWN): False,
+    (RestartType.TEMPORARY, ExitKind.ABNORMAL): False,
+}
+
+
+def should_restart(restart: RestartType, reason: ExitReason) -> bool:
+    return RESTART_TABLE[(restart, reason.kind)]
+
+
+def affected(strategy: Strategy, order: list[str], dead: str) -> list[str]:
+    """Children to (re)start, in start order, after `dead` died. They are stopped first in
+    the reverse of this order (except `dead`, which is already gone)."""
+    if strategy is Strategy.ONE_FOR_ONE:
+        return [dead]
+    if strategy is Strategy.ONE_FOR_ALL:
+        return list(order)
+    i = order.index(dead)
+    return order[i:]
+
+
+class Intensity:
+    """OTP's restart intensity: a sliding window of restart times."""
+
+    def __init__(self, intensity: int, period: float) -> None:
+        self.intensity = intensity
+        self.period = period
+        self.times: deque[float] = deque()
+
+    def add(self, now: float) -> bool:
+        """Record a restart; False when this one exceeds the intensity (give up)."""
+        self.times.append(now)
+        while self.times and self.times[0] <= now - self.period:
+            self.times.popleft()
+        return len(self.times) <= self.intensity
+
+    def clear(self) -> None:
+        self.times.clear()
+
+
+class RestartBackoff:
+    """Delay before each restart of one child: none for the first after a stable run, then
+    capped exponential; `stable_after` seconds of uptime resets it."""
+
+    def __init__(self, backoff: Backoff, stable_after: float) -> None:
+        self.backoff = backoff
+        self.stable_after = stable_after
+        self.consecutive = 0
+
+    def next_delay(self, uptime: float) -> float:
+        if uptime >= self.stable_after:
+            self.consecutive = 0
+        delay = 0.0 if self.consecutive == 0 else self.backoff.delay(self.consecutive - 1)
+        self.consecutive += 1
+        return delay
+
+
+class Heartbeat:
+    """Missed-ping accounting for one child: `misses` pings in a row unanswered = hung."""
+
+    def __init__(self, misses: int) -> None:
+        self.misses = misses
+        self.outstanding = 0
+
+    def sent(self) -> bool:
+        """A ping goes out; returns True when the child is now considered hung."""
+        self.outstanding += 1
+        return self.outstanding > self.misses
+
+    def answered(self) -> None:
+        self.outstanding = 0

@@ -1,0 +1,40 @@
+"""sd_notify(3) without libsystemd: so systemd (Type=notify, WatchdogSec=) can supervise the
+root supervisor itself."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors.runtime.loop import Loop
+
+
+class Notifier:
+    def __init__(self, address: str, watchdog_usec: int | None) -> None:
+        # An address starting with "@" is in the abstract namespace.
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        self.watchdog_usec = watchdog_usec
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @classmethod
+    def from_env(cls) -> Notifier | None:
+        addr = os.environ.get("NOTIFY_SOCKET")
+        if not addr:
+            return None
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        wd = int(usec) if usec and (not pid or int(pid) == os.getpid()) else None
+        return cls(addr, wd)
+
+    def send(self, *fields: str) -> None:
+        try:
+            self.sock.sendto("\n".join(fields).encode(), self.address)
+        except OSError:
+            pass  # systemd gone or not listening: nothing to tell
+
+    def start_watchdog(self, loop: Loop) -> None:
+        """Ping at half the watchdog interval, from the loop: a wedged loop stops the pings."""
+        if self.watchdog_usec:
+            loop.call_every(self.watchdog_usec / 2e6, lambda: self.send("WATCHDOG=1"))

@@ -1,0 +1,201 @@
+"""Child specs and supervisor specs, read from the config tree and checked up front.
+
+A config error is reported with the path of the bad key (`children[2].restart: ...`) before
+anything starts, never as a crash half way through bringing the tree up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.recovery import Backoff
+from supervisor.policy import RestartType, Strategy
+
+BRUTAL_KILL = "brutal_kill"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot describe a tree; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class HeartbeatSpec:
+    interval_ms: int = 200
+    misses: int = 3
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    id: str
+    start: str = ""  # "module:Class" of the actor (workers)
+    restart: RestartType = RestartType.PERMANENT
+    shutdown_ms: int | str = 5000  # milliseconds, or "brutal_kill"
+    type: str = "worker"  # worker | supervisor
+    config: dict[str, Any] = field(default_factory=dict)
+    fallbacks: tuple[str, ...] = ()
+    supervisor: SupervisorSpec | None = None  # for type == "supervisor"
+
+    @property
+    def brutal(self) -> bool:
+        return self.shutdown_ms == BRUTAL_KILL
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    id: str
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    intensity: int = 5
+    period_s: float = 10.0
+    stable_after_s: float = 5.0
+    start_timeout_ms: int = 10_000
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.02, 2.0, 2.0))
+    heartbeat: HeartbeatSpec = field(default_factory=HeartbeatSpec)
+    children: tuple[ChildSpec, ...] = ()
+
+    def walk(self) -> list[tuple[SupervisorSpec, ChildSpec]]:
+        """Every (owner, child) pair in the tree, depth first in start order."""
+        out = []
+        for c in self.children:
+            out.append((self, c))
+            if c.supervisor is not None:
+                out.extend(c.supervisor.walk())
+        return out
+
+    def find(self, child_id: str) -> tuple[SupervisorSpec, ChildSpec] | None:
+        for owner, c in self.walk():
+            if c.id == child_id:
+                return owner, c
+        return None
+
+    def modules(self) -> list[str]:
+        return sorted({c.start.partition(":")[0] for _, c in self.walk() if c.start})
+
+
+_ID_OK = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+RESERVED = {"supervisor"}
+
+
+def _want(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+def _num(d: dict, key: str, where: str, default: float, lo: float = 0) -> float:
+    v = d.get(key, default)
+    _want(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= lo,
+          f"{where}.{key}", f"must be a number >= {lo}, got {v!r}")
+    return v
+
+
+def _backoff(d: Any, where: str) -> Backoff:
+    _want(isinstance(d, dict), where, "must be a table")
+    initial = _num(d, "initial_ms", where, 20) / 1000
+    factor = _num(d, "factor", where, 2.0, 1)
+    cap = _num(d, "max_ms", where, 2000) / 1000
+    return Backoff(initial, factor, cap)
+
+
+def parse_supervisor(
+    sid: str, d: dict, children: list, where: str, actor_config: dict, seen: set[str]
+) -> SupervisorSpec:
+    known = {"strategy", "intensity", "period_s", "stable_after_s", "start_timeout_ms",
+             "backoff", "heartbeat"}
+    for k in d:
+        _want(k in known, f"{where}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+    strategy = d.get("strategy", "one_for_one")
+    _want(strategy in Strategy.__members__.values(), f"{where}.strategy",
+          f"must be one of {[s.value for s in Strategy]}, got {strategy!r}")
+    hb = d.get("heartbeat", {})
+    _want(isinstance(hb, dict), f"{where}.heartbeat", "must be a table")
+    _want(isinstance(children, list), f"{where}.children", "must be a list of tables")
+    kids = tuple(
+        parse_child(c, f"{where}.children[{i}]", actor_config, seen)
+        for i, c in enumerate(children)
+    )
+    return SupervisorSpec(
+        id=sid,
+        strategy=Strategy(strategy),
+        intensity=int(_num(d, "intensity", where, 5)),
+        period_s=_num(d, "period_s", where, 10, 0.001),
+        stable_after_s=_num(d, "stable_after_s", where, 5),
+        start_timeout_ms=int(_num(d, "start_timeout_ms", where, 10_000, 1)),
+        backoff=_backoff(d.get("backoff", {}), f"{where}.backoff"),
+        heartbeat=HeartbeatSpec(
+            int(_num(hb, "interval_ms", f"{where}.heartbeat", 200, 10)),
+            int(_num(hb, "misses", f"{where}.heartbeat", 3, 1)),
+        ),
+        children=kids,
+    )
+
+
+def parse_child(d: Any, where: str, actor_config: dict, seen: set[str]) -> ChildSpec:
+    _want(isinstance(d, dict), where, "must be a table")
+    cid = d.get("id")
+    _want(isinstance(cid, str) and cid != "" and set(cid) <= _ID_OK and len(cid) <= 32,
+          f"{where}.id", f"must be 1-32 chars of [a-z0-9_-], got {cid!r}")
+    _want(cid not in seen, f"{where}.id", f"{cid!r} is used twice (ids are tree-wide)")
+    _want(cid not in RESERVED, f"{where}.id", f"{cid!r} is reserved")
+    seen.add(cid)
+    ctype = d.get("type", "worker")
+    _want(ctype in ("worker", "supervisor"), f"{where}.type", "must be worker or supervisor")
+    restart = d.get("restart", "permanent")
+    _want(restart in RestartType.__members__.values(), f"{where}.restart",
+          f"must be one of {[r.value for r in RestartType]}, got {restart!r}")
+    shutdown = d.get("shutdown_ms", 5000 if ctype == "worker" else 30_000)
+    _want(shutdown == BRUTAL_KILL or (isinstance(shutdown, int) and shutdown >= 0),
+          f"{where}.shutdown_ms", f"must be milliseconds or {BRUTAL_KILL!r}")
+    config = dict(d.get("config", {}))
+    config.update(actor_config.get(cid, {}))
+    fallbacks = d.get("fallbacks", [])
+    _want(isinstance(fallbacks, list) and all(isinstance(f, str) for f in fallbacks),
+          f"{where}.fallbacks", "must be a list of strings")
+    sup = None
+    start = d.get("start", "")
+    if ctype == "supervisor":
+        sd = {k: v for k, v in d.items() if k not in
+              ("id", "type", "restart", "shutdown_ms", "children", "config", "fallbacks")}
+        sup = parse_supervisor(cid, sd, d.get("children", []), where, actor_config, seen)
+    else:
+        _want(isinstance(start, str) and ":" in start, f"{where}.start",
+              f"must be 'module:Class', got {start!r}")
+        for k in d:
+            _want(k in ("id", "start", "restart", "shutdown_ms", "type", "config", "fallbacks"),
+                  f"{where}.{k}", "unknown key for a worker")
+    return ChildSpec(
+        id=cid,
+        start=start,
+        restart=RestartType(restart),
+        shutdown_ms=shutdown,
+        type=ctype,
+        config=config,
+        fallbacks=tuple(fallbacks),
+        supervisor=sup,
+    )
+
+
+def parse_tree(doc: dict) -> SupervisorSpec:
+    """The root supervisor's spec from a merged config document."""
+    actor_config = doc.get("actor", {})
+    _want(isinstance(actor_config, dict), "actor", "must be a table of tables")
+    shared = {"targets": doc.get("targets", {}), "timeouts": doc.get("timeouts", {})}
+    merged_actor_config = {
+        cid: {**shared, **cfg} for cid, cfg in actor_config.items()
+    }
+    seen: set[str] = set()
+    root = parse_supervisor("supervisor", doc.get("supervisor", {}), doc.get("children", []),
+                            "supervisor", merged_actor_config, seen)
+    return _with_shared(root, shared)
+
+
+def _with_shared(spec: SupervisorSpec, shared: dict) -> SupervisorSpec:
+    # Every actor sees the tree-wide tables (targets, timeouts) under its own config.
+    kids = []
+    for c in spec.children:
+        cfg = {**shared, **c.config}
+        sup = _with_shared(c.supervisor, shared) if c.supervisor else None
+        kids.append(ChildSpec(c.id, c.start, c.restart, c.shutdown_ms, c.type, cfg,
+                              c.fallbacks, sup))
+    return SupervisorSpec(spec.id, spec.strategy, spec.intensity, spec.period_s,
+                          spec.stable_after_s, spec.start_timeout_ms, spec.backoff,
+                          spec.heartbeat, tuple(kids))

@@ -1,0 +1,529 @@
+"""The supervisor process: starts its children in order, watches them, restarts them.
+
+Ops (on `<id>.rpc`; the root's id is `supervisor`):
+
+  op            args                 reply                                   errors
+  sup.status    {}                   {id, strategy, pid, children: [...]}    -
+                                     nested supervisors include their tree
+  sup.restart   {child}              {restarted: child}                      unknown_actor
+  sup.kill      {child, signal?}     {signalled: child, pid, signal}         unknown_actor,
+                                                                             bad_args
+  sup.stop      {}                   {stopping: true}  (then the tree stops) -
+  sup.endpoints {}                   {actor: {rpc, pub}} for the whole tree   -
+
+Events on `<id>.pub`, topic `sup.event`, body {event, supervisor, child, pid, ...}:
+started, exited (code or signal, reason), restarted, hung, escalated, fallback, alert,
+stopping. A supervisor republishes its nested supervisors' events, so the root's
+`supervisor.pub` carries the whole tree's; it also republishes metrics alerts.
+
+Deaths are seen at once: the zygote reaps on SIGCHLD and writes the exit status to the
+supervisor's socketpair, which the loop polls. Hangs are seen by `sys.ping`s the child's own
+loop must answer: `heartbeat.misses` unanswered in a row and it is SIGKILLed and restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+from loguru import logger
+
+from actors.runtime import DEFERRED, Actor, Call, op
+from actors.runtime.outbound import Outbound
+from protocol import endpoints
+from protocol.envelope import DecodeError, decode_stream
+from protocol.errors import WireError, fail
+from supervisor import sdnotify
+from supervisor.children import Child, ChildState, new_child
+from supervisor.policy import (
+    ExitKind,
+    ExitReason,
+    Intensity,
+    affected,
+    classify_exit,
+    should_restart,
+)
+from supervisor.spec import SupervisorSpec
+from supervisor.zygote import ZygoteHandle
+
+EVENT_TOPIC = "sup.event"
+ESCALATED_EXIT_CODE = 3
+
+
+class Supervisor(Actor):
+    def __init__(
+        self,
+        spec: SupervisorSpec,
+        runtime_dir: Path | str,
+        zygote: ZygoteHandle,
+        doc: dict[str, Any],
+        *,
+        root: bool = False,
+    ) -> None:
+        super().__init__(spec.id, runtime_dir, {})
+        self.spec = spec
+        self.doc = doc
+        self.zygote = zygote
+        self.root = root
+        self.children: dict[str, Child] = {c.id: new_child(c, spec) for c in spec.children}
+        self.order = [c.id for c in spec.children]
+        self.by_pid: dict[int, Child] = {}
+        self.intensity = Intensity(spec.intensity, spec.period_s)
+        self.jobs: deque[tuple[str, Child]] = deque()
+        self.current_job: tuple[str, Child] | None = None
+        self.outbound = Outbound(self)
+        self.shutting_down = False
+        self.exit_code = 0
+        self.initial_start_done = False
+        self._ready_callback: Callable[[], None] | None = None
+        self._subs: dict[str, zmq.Socket] = {}
+        self.notify = sdnotify.Notifier.from_env() if root else None
+
+    # --- events -------------------------------------------------------------------------------
+
+    def event(self, name: str, child: Child | None = None, **fields: Any) -> None:
+        body = {"event": name, "supervisor": self.name, "time": time.time(), **fields}
+        if child is not None:
+            body.setdefault("child", child.id)
+            body.setdefault("pid", child.pid)
+        logger.info("event {}", body)
+        self.publisher.publish(EVENT_TOPIC, body)
+
+    def _subscribe(self, actor: str, topic: str) -> None:
+        """Republish `actor`'s `topic` messages as our own events (nested trees, alerts)."""
+        if actor in self._subs:
+            return
+        s = self.ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 20)
+        s.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        s.connect(endpoints.pub(self.runtime_dir, actor))
+        self._subs[actor] = s
+
+        def relay() -> None:
+            while True:
+                try:
+                    frames = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                try:
+                    msg = decode_stream(frames)
+                except DecodeError:
+                    continue
+                if not isinstance(msg.body, dict):
+                    continue
+                if msg.topic == EVENT_TOPIC:
+                    self.publisher.publish(EVENT_TOPIC, msg.body)
+                else:
+                    self.event("alert", source=actor, alert=msg.body)
+
+        self.loop.add_reader(s, relay)
+
+    # --- life ---------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._ready_callback, self.ready_hook = self.ready_hook, None
+        self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
+        interval = self.spec.heartbeat.interval_ms / 1000
+        self.loop.call_every(interval, self._heartbeat)
+        if self.notify is not None:
+            self.notify.start_watchdog(self.loop)
+        for cid in self.order:
+            child = self.children[cid]
+            if child.spec.type == "supervisor":
+                self._subscribe(cid, EVENT_TOPIC)
+            if child.spec.id == "metrics":
+                self._subscribe(cid, "metrics.alert")
+            self.jobs.append(("start", child))
+        self._next_job()
+
+    def _initial_start_finished(self) -> None:
+        self.initial_start_done = True
+        logger.info("{}: all children started", self.name)
+        if self._ready_callback is not None:
+            cb, self._ready_callback = self._ready_callback, None
+            cb()
+        if self.notify is not None:
+            self.notify.send("READY=1", f"STATUS=moorage tree up ({len(self.children)} children)")
+
+    def stop(self) -> None:
+        """Stop every child in reverse start order (asks, waits, kills), then ourselves."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        self._stopping = True
+        self.event("stopping")
+        if self.notify is not None:
+            self.notify.send("STOPPING=1")
+        self.jobs.clear()
+        for cid in reversed(self.order):
+            child = self.children[cid]
+            child.cancel_timers()
+            if child.state is ChildState.BACKOFF:
+                child.state = ChildState.STOPPED
+            self.jobs.append(("stop", child))
+        if self.current_job is None or self.current_job[0] == "start":
+            self.current_job = None
+            self._next_job()
+
+    def _all_stopped(self) -> None:
+        self.loop.stop()
+
+    def _shutdown(self) -> None:
+        self.outbound.close()
+        for s in self._subs.values():
+            s.close(0)
+        super()._shutdown()
+        self.zygote.close()
+
+    # --- the job queue: starts and stops that must happen one after another -------------
+
+    def _next_job(self) -> None:
+        while self.current_job is None and self.jobs:
+            kind, child = self.jobs.popleft()
+            if kind == "start":
+                if self.shutting_down or child.state in (ChildState.RUNNING, ChildState.STARTING):
+                    continue
+                self.current_job = (kind, child)
+                self._spawn(child)
+            else:
+                if child.state not in (ChildState.RUNNING, ChildState.STARTING,
+                                       ChildState.STOPPING):
+                    continue
+                self.current_job = (kind, child)
+                self._request_stop(child)
+        if self.current_job is None and not self.jobs and self.shutting_down:
+            self._all_stopped()
+        self._check_initial_start()
+
+    def _check_initial_start(self) -> None:
+        # Ready (for the parent, and systemd) once every child has come up: a child that
+        # fails at start delays it; one that keeps failing escalates instead.
+        if self.initial_start_done or self.shutting_down:
+            return
+        if all(c.state is ChildState.RUNNING or (c.state is not ChildState.BACKOFF
+               and c.spec.restart.value != "permanent" and c.last_exit is not None)
+               for c in self.children.values()):
+            self._initial_start_finished()
+
+    def _job_done(self, child: Child) -> None:
+        if self.current_job is not None and self.current_job[1] is child:
+            self.current_job = None
+            self._next_job()
+
+    # --- starting -------------------------------------------------------------------------------
+
+    def _spawn(self, child: Child) -> None:
+        child.generation += 1
+        child.state = ChildState.STARTING
+        child.stop_requested = False
+        child.stop_stage = ""
+        child.heartbeat.answered()
+        child.started_at = time.monotonic()
+        config = dict(child.spec.config)
+        if child.fallback is not None:
+            config["fallback"] = child.fallback
+        if child.spec.type == "supervisor":
+            self.zygote.spawn(child.id, "supervisor", {
+                "id": child.id, "runtime_dir": str(self.runtime_dir), "doc": self.doc})
+        else:
+            self.zygote.spawn(child.id, "actor", {
+                "entry": child.spec.start, "name": child.id,
+                "runtime_dir": str(self.runtime_dir), "config": config})
+        gen = child.generation
+        timeout = self.spec.start_timeout_ms / 1000
+        child.timers.append(self.loop.call_later(timeout, lambda: self._start_timeout(child, gen)))
+
+    def _start_timeout(self, child: Child, gen: int) -> None:
+        if child.generation == gen and child.state is ChildState.STARTING:
+            logger.warning("{}: not ready after {} ms; killing", child.id,
+                           self.spec.start_timeout_ms)
+            child.kill_reason = "start timeout"
+            child.signal(signal.SIGKILL)
+
+    def _on_zygote(self) -> None:
+        try:
+            events = self.zygote.read_events()
+        except EOFError:
+            logger.error("{}: zygote died; giving up", self.name)
+            self.exit_code = ESCALATED_EXIT_CODE
+            self.loop.stop()
+            return
+        for ev in events:
+            kind = ev.get("ev")
+            if kind == "spawned":
+                self._on_spawned(self.children[ev["child"]], ev["pid"])
+            elif kind == "spawn_failed":
+                child = self.children[ev["child"]]
+                logger.error("{}: fork failed: {}", child.id, ev.get("error"))
+                self._on_exit(child, ExitReason(ExitKind.ABNORMAL, detail=f"fork: {ev['error']}"))
+            elif kind == "ready":
+                child = self.by_pid.get(ev["pid"])
+                if child is not None:
+                    self._on_ready(child)
+            elif kind == "exited":
+                child = self.by_pid.pop(ev["pid"], None)
+                if child is not None:
+                    reason = classify_exit(ev.get("code"), ev.get("signal"),
+                                           child.stop_requested)
+                    self._on_exit(child, reason)
+
+    def _on_spawned(self, child: Child, pid: int) -> None:
+        child.pid = pid
+        self.by_pid[pid] = child
+        try:
+            child.pidfd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            child.pidfd = None  # already gone; its "exited" event is on the way
+
+    def _on_ready(self, child: Child) -> None:
+        if child.state is not ChildState.STARTING:
+            return
+        child.state = ChildState.RUNNING
+        child.ready_at = time.monotonic()
+        was_restart = child.restarts > 0
+        self.event("restarted" if was_restart else "started", child,
+                   fallback=child.fallback, start_ms=round(
+                       (child.ready_at - child.started_at) * 1000, 2))
+        self._job_done(child)
+        self._check_initial_start()
+
+    # --- stopping -------------------------------------------------------------------------------
+
+    def _request_stop(self, child: Child) -> None:
+        child.cancel_timers()
+        child.stop_requested = True
+        child.state = ChildState.STOPPING
+        if child.spec.brutal:
+            child.stop_stage = "kill"
+            child.signal(signal.SIGKILL)
+            return
+        child.stop_stage = "term"
+        if not child.signal(signal.SIGTERM):
+            return
+        gen = child.generation
+
+        def escalate_to_kill() -> None:
+            if child.generation == gen and child.state is ChildState.STOPPING:
+                logger.warning("{}: still alive {} ms after SIGTERM; SIGKILL", child.id,
+                               child.spec.shutdown_ms)
+                child.stop_stage = "kill"
+                child.signal(signal.SIGKILL)
+
+        child.timers.append(self.loop.call_later(child.spec.shutdown_ms / 1000, escalate_to_kill))
+
+    # --- deaths ---------------------------------------------------------------------------------
+
+    def _on_exit(self, child: Child, reason: ExitReason) -> None:
+        now = time.monotonic()
+        detail = child.kill_reason or reason.detail
+        if not detail and reason.kind is ExitKind.ABNORMAL and child.state is ChildState.STARTING:
+            detail = "died during start"
+        if detail != reason.detail:
+            reason = ExitReason(reason.kind, reason.code, reason.signal, detail)
+        child.kill_reason = ""
+        uptime = child.uptime(now)
+        was = child.state
+        pid = child.pid
+        child.cancel_timers()
+        child.forget_process()
+        child.last_exit = reason
+        self.event("exited", child, pid=pid, reason=reason.kind.value, code=reason.code,
+                   signal=reason.signal, detail=reason.detail, stage=child.stop_stage or None,
+                   uptime_s=round(uptime, 3))
+        if was is ChildState.STOPPING or self.shutting_down:
+            child.state = ChildState.STOPPED
+            self._job_done(child)
+            return
+        if self.current_job is not None and self.current_job[1] is child:
+            self.current_job = None  # a start that failed; the restart logic below takes over
+        if not should_restart(child.spec.restart, reason):
+            child.state = ChildState.FAILED if reason.kind is ExitKind.ABNORMAL \
+                else ChildState.STOPPED
+            self._next_job()
+            return
+        if not self.intensity.add(now):
+            if child.fallback_index + 1 < len(child.spec.fallbacks):
+                child.fallback_index += 1
+                self.intensity.clear()
+                child.backoff.consecutive = 0
+                self.event("fallback", child, fallback=child.fallback,
+                           reason=f"more than {self.spec.intensity} restarts in "
+                           f"{self.spec.period_s}s")
+            else:
+                self._escalate(child)
+                return
+        self._schedule_restart(child, uptime)
+        self._next_job()
+
+    def _schedule_restart(self, child: Child, uptime: float) -> None:
+        group = [self.children[c] for c in affected(self.spec.strategy, self.order, child.id)]
+        for other in reversed(group):
+            if other is not child:
+                other.cancel_timers()
+                if other.state in (ChildState.RUNNING, ChildState.STARTING):
+                    self.jobs.append(("stop", other))
+        delay = child.backoff.next_delay(uptime)
+        child.state = ChildState.BACKOFF
+        restart_group = [c for c in group if c is child or c.spec.restart.value != "temporary"]
+
+        def restart() -> None:
+            if self.shutting_down:
+                return
+            for c in restart_group:
+                c.restarts += 1
+                self.jobs.append(("start", c))
+            self._next_job()
+
+        if delay > 0:
+            logger.info("{}: restarting in {:.0f} ms", child.id, delay * 1000)
+        child.timers.append(self.loop.call_later(delay, restart))
+
+    def _escalate(self, child: Child) -> None:
+        msg = (f"{child.id}: more than {self.spec.intensity} restarts in {self.spec.period_s}s"
+               " and no fallback left")
+        logger.error("{}: escalating: {}", self.name, msg)
+        self.event("escalated", child, reason=msg)
+        self.exit_code = ESCALATED_EXIT_CODE
+        child.state = ChildState.FAILED
+        self.stop()
+
+    # --- heartbeats -------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        interval = self.spec.heartbeat.interval_ms / 1000
+        for child in self.children.values():
+            if child.state is not ChildState.RUNNING:
+                continue
+            if child.heartbeat.sent():
+                self._hung(child)
+                continue
+            gen = child.generation
+
+            def answered(reply: Any, err: WireError | None, child: Child = child,
+                         gen: int = gen) -> None:
+                if err is None and child.generation == gen:
+                    child.heartbeat.answered()
+
+            self.outbound.call(child.id, "sys.ping", on_done=answered,
+                               timeout=interval * (child.heartbeat.misses + 1))
+
+    def _hung(self, child: Child) -> None:
+        misses = child.heartbeat.misses
+        logger.warning("{}: {} heartbeats unanswered; SIGKILL", child.id, misses)
+        self.event("hung", child, misses=misses)
+        child.kill_reason = "missed heartbeats"
+        child.signal(signal.SIGKILL)
+
+    # --- control ops ----------------------------------------------------------------------
+
+    def _owner_path(self, child_id: str) -> str | None:
+        """Which direct child supervisor holds `child_id` in its subtree (None: ours)."""
+        if child_id in self.children:
+            return None
+        for cid in self.order:
+            c = self.children[cid]
+            if c.spec.supervisor is not None and c.spec.supervisor.find(child_id):
+                return cid
+        raise fail("unknown_actor", f"no child {child_id!r} in {self.name}'s tree")
+
+    def _forward(self, call: Call, via: str, op_name: str, args: dict) -> object:
+        def done(reply: Any, err: WireError | None) -> None:
+            if err is not None:
+                call.fail(err)
+            else:
+                call.reply(reply.body)
+
+        self.outbound.call(via, op_name, args, timeout=5.0, on_done=done,
+                           deadline_ms=call.deadline_ms)
+        return DEFERRED
+
+    @op("sup.status", idempotent=True, timeout_ms=5000)
+    def _op_status(self, call: Call) -> object:
+        """The tree: state, pid, uptime, restarts and last exit of every child."""
+        now = time.monotonic()
+        me = {"id": self.name, "strategy": str(self.spec.strategy), "pid": os.getpid(),
+              "intensity": self.spec.intensity, "period_s": self.spec.period_s,
+              "children": [self.children[c].describe(now) for c in self.order]}
+        nested = [c for c in me["children"] if c["type"] == "supervisor" and
+                  c["state"] == ChildState.RUNNING]
+        if not nested:
+            return me
+        waiting = {c["id"] for c in nested}
+
+        def got(cid: str) -> Callable[[Any, WireError | None], None]:
+            def done(reply: Any, err: WireError | None) -> None:
+                entry = next(c for c in me["children"] if c["id"] == cid)
+                entry["tree"] = reply.body if err is None else {"error": err.to_wire()}
+                waiting.discard(cid)
+                if not waiting:
+                    call.reply(me)
+            return done
+
+        for c in nested:
+            self.outbound.call(c["id"], "sup.status", timeout=2.0, on_done=got(c["id"]),
+                               deadline_ms=call.deadline_ms)
+        return DEFERRED
+
+    @op("sup.restart", args={"child": str}, timeout_ms=15000)
+    def _op_restart(self, call: Call, child: str) -> object:
+        """Stop a child and start it again (not counted against the intensity)."""
+        via = self._owner_path(child)
+        if via is not None:
+            return self._forward(call, via, "sup.restart", {"child": child})
+        c = self.children[child]
+        c.cancel_timers()
+        if c.state in (ChildState.RUNNING, ChildState.STARTING):
+            self.jobs.append(("stop", c))
+        c.restarts += 1
+        self.jobs.append(("start", c))
+        self._next_job()
+        return {"restarted": child}
+
+    @op("sup.kill", args={"child": str, "signal": ((str, int), "SIGKILL")})
+    def _op_kill(self, call: Call, child: str, signal: str | int) -> object:
+        """Send a signal to a child's process (a death is then handled like any other)."""
+        via = self._owner_path(child)
+        if via is not None:
+            return self._forward(call, via, "sup.kill", {"child": child, "signal": signal})
+        sig = parse_signal(signal)
+        c = self.children[child]
+        if c.pid is None or not c.signal(sig):
+            raise fail("unavailable", f"{child} has no running process ({c.state})")
+        return {"signalled": child, "pid": c.pid, "signal": sig}
+
+    @op("sup.stop", timeout_ms=2000)
+    def _op_stop(self, call: Call) -> dict[str, Any]:
+        """Stop the whole tree after answering."""
+        self.loop.call_later(0, self.stop)
+        return {"stopping": True}
+
+    @op("sup.endpoints", idempotent=True)
+    def _op_endpoints(self, call: Call) -> dict[str, Any]:
+        """Where every actor of the tree listens."""
+        rd = self.runtime_dir
+        names = [self.name] + [c.id for _, c in self.spec.walk()]
+        out = {n: {"rpc": endpoints.rpc(rd, n), "pub": endpoints.pub(rd, n)} for n in names}
+        if any(c.id == "metrics" for _, c in self.spec.walk()):
+            out["metrics"]["in"] = endpoints.metrics_in(rd)
+        return out
+
+
+def parse_signal(value: str | int) -> int:
+    if isinstance(value, int):
+        if value in {s.value for s in signal.Signals}:
+            return value
+        raise fail("bad_args", f"no signal number {value}")
+    name = value.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return signal.Signals[name].value
+    except KeyError:
+        raise fail("bad_args", f"no signal named {value!r}") from None

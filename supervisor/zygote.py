@@ -1,0 +1,232 @@
+"""The zygote: a small, thread-free process that forks a supervisor's children.
+
+Forking the supervisor itself is unsafe once it has a ZeroMQ context (its I/O threads do not
+survive a fork), and starting a fresh interpreter costs ~100 ms of imports. So each
+supervisor forks a zygote before it creates any thread; the zygote imports the children's
+modules once and forks a child per request in about a millisecond.
+
+Lifetimes, so that no orphan survives (parent death is a SIGKILL via PR_SET_PDEATHSIG):
+  supervisor --(pdeathsig)--> zygote --(pdeathsig)--> every child
+and the zygote also exits when its command socket reaches EOF (the supervisor is gone).
+
+Messages (msgpack maps on a SOCK_SEQPACKET socketpair, one map per datagram):
+  supervisor -> zygote  {cmd: "spawn", child, kind, payload} | {cmd: "exit"}
+  zygote -> supervisor  {ev: "spawned", child, pid} | {ev: "spawn_failed", child, error}
+                        {ev: "exited", pid, code, signal}
+  child -> supervisor   {ev: "ready", pid}  (the child inherits the zygote's end)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+
+import msgpack
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent(expected_parent: int, sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to kill us when our parent dies; exit now if it already has."""
+    if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != expected_parent:  # it died before the prctl took effect
+        os._exit(70)
+
+
+def _decode(data: bytes) -> dict:
+    return msgpack.unpackb(data)
+
+
+def _encode(msg: dict) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+# What a child runs, by kind: set by the supervisor package at import time, so the zygote
+# (a fork of the supervisor) has it without importing anything by name.
+Launcher = Callable[[dict, Callable[[], None]], None]
+LAUNCHERS: dict[str, Launcher] = {}
+
+
+class ZygoteHandle:
+    """The supervisor's side: send spawn requests, read events from `sock`."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def spawn(self, child: str, kind: str, payload: dict) -> None:
+        self.sock.send(_encode({"cmd": "spawn", "child": child, "kind": kind,
+                                "payload": payload}))
+
+    def read_events(self) -> list[dict]:
+        out = []
+        while True:
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            if not data:
+                raise EOFError("zygote gone")
+            out.append(_decode(data))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.send(_encode({"cmd": "exit"}))
+        self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> ZygoteHandle:
+    """Fork the zygote. Must be called before this process starts any thread. `close_fds`
+    are the supervisor's own (its instance lock) that children must not hold."""
+    parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            parent_end.close()
+            for fd in close_fds:
+                os.close(fd)
+            die_with_parent(parent)
+            _Zygote(zygote_end, list(preload)).run()
+        except BaseException:
+            traceback.print_exc()
+            code = 71
+        finally:
+            os._exit(code)
+    zygote_end.close()
+    parent_end.set_inheritable(False)
+    return ZygoteHandle(pid, parent_end)
+
+
+class _Zygote:
+    def __init__(self, sock: socket.socket, preload: list[str]) -> None:
+        self.sock = sock
+        self.children: set[int] = set()
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # the child will fail at start and be reported then
+                print(f"zygote: preload {module}: {exc}", file=sys.stderr)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the supervisor's EOF ends us
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def send(self, msg: dict) -> None:
+        try:
+            self.sock.send(_encode(msg))
+        except OSError:
+            pass  # supervisor gone; EOF on the next read ends us
+
+    def run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(self.wake_r, selectors.EVENT_READ)
+        while True:
+            for key, _ in sel.select():
+                if key.fileobj is self.sock:
+                    try:
+                        data = self.sock.recv(1 << 20)
+                    except InterruptedError:
+                        continue
+                    if not data:
+                        self._end()
+                        return
+                    msg = _decode(data)
+                    if msg.get("cmd") == "exit":
+                        self._end()
+                        return
+                    if msg.get("cmd") == "spawn":
+                        self._spawn(msg)
+                else:
+                    try:
+                        while os.read(self.wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self._reap()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            self.send({"ev": "exited", "pid": pid,
+                       "code": code if code >= 0 else None,
+                       "signal": -code if code < 0 else None})
+
+    def _spawn(self, msg: dict) -> None:
+        launcher = LAUNCHERS.get(msg["kind"])
+        if launcher is None:
+            self.send({"ev": "spawn_failed", "child": msg["child"],
+                       "error": f"unknown kind {msg['kind']!r}"})
+            return
+        me = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.send({"ev": "spawn_failed", "child": msg["child"], "error": str(exc)})
+            return
+        if pid == 0:
+            self._become_child(me, launcher, msg["payload"])
+        self.children.add(pid)
+        self.send({"ev": "spawned", "child": msg["child"], "pid": pid})
+
+    def _become_child(self, zygote: int, launcher: Launcher, payload: dict) -> None:
+        code = 0
+        try:
+            signal.set_wakeup_fd(-1)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+                signal.signal(s, signal.SIG_DFL)
+            die_with_parent(zygote)
+            sock = self.sock
+            sock.set_inheritable(False)
+
+            def ready() -> None:
+                try:
+                    sock.send(_encode({"ev": "ready", "pid": os.getpid()}))
+                finally:
+                    sock.close()
+
+            launcher(payload, ready)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _end(self) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)

@@ -1,0 +1,66 @@
+"""Small actors for the supervisor's tests, misbehaving on request (config keys):
+
+  fail_at_start: true        raise while starting (before binding)
+  start_delay_s: float       take this long to start
+  crash_after: int           os._exit(3) on the Nth `fake.work` request
+  hang_after: int            spin for ever (holding the loop) on the Nth `fake.work`
+  ignore_sigterm: true       SIGTERM does nothing (the supervisor must SIGKILL)
+  exit_normally_after: int   exit(0) on the Nth `fake.work` (transient children)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from actors.runtime import Actor, Call, op
+
+
+class FakeActor(Actor):
+    name = "fake"
+
+    def __init__(self, name: str | None, runtime_dir: Any, config: dict | None = None) -> None:
+        config = config or {}
+        if config.get("fail_at_start"):
+            raise RuntimeError("configured to fail at start")
+        if config.get("start_delay_s"):
+            time.sleep(float(config["start_delay_s"]))
+        super().__init__(name, runtime_dir, config)
+        self.work_done = 0
+        self.side_effects = 0
+
+    def on_start(self) -> None:
+        # Runs after Actor.serve installed its SIGTERM handler, so this replaces it.
+        if self.config.get("ignore_sigterm"):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    @op("fake.work", args={"n": (int, 0)})
+    def work(self, call: Call, n: int) -> dict[str, Any]:
+        """Count a unit of work, misbehaving when configured to."""
+        self.work_done += 1
+        if self.work_done == self.config.get("crash_after"):
+            os._exit(3)
+        if self.work_done == self.config.get("hang_after"):
+            while True:
+                pass
+        if self.work_done == self.config.get("exit_normally_after"):
+            os._exit(0)
+        return {"done": self.work_done, "pid": os.getpid()}
+
+    @op("fake.effect")
+    def effect(self, call: Call) -> dict[str, Any]:
+        """A side effect that must happen once per request id (the reply cache's job)."""
+        self.side_effects += 1
+        return {"effects": self.side_effects}
+
+    @op("fake.count", idempotent=True)
+    def count(self, call: Call) -> dict[str, Any]:
+        """How many side effects happened in this process."""
+        return {"effects": self.side_effects, "pid": os.getpid()}
+
+    @op("fake.fail")
+    def fail_op(self, call: Call) -> None:
+        """Raise a plain exception (it must become an `internal` error reply)."""
+        raise ValueError("configured failure")
