@@ -15,7 +15,7 @@ import signal
 import time
 from typing import Any
 
-from actors.runtime import Actor, Call, op
+from actors.runtime import DEFERRED, Actor, Call, op
 
 
 class FakeActor(Actor):
@@ -59,6 +59,21 @@ class FakeActor(Actor):
     def count(self, call: Call) -> dict[str, Any]:
         """How many side effects happened in this process."""
         return {"effects": self.side_effects, "pid": os.getpid()}
+
+    @op("fake.publish", args={"topic": str, "n": int, "size": (int, 0)})
+    def publish(self, call: Call, topic: str, n: int, size: int) -> dict[str, Any]:
+        """Publish `n` messages on `topic` (body {i}, plus `size` bytes as an attachment)."""
+        last = 0
+        for i in range(n):
+            atts = [bytes([i % 256]) * size] if size else None
+            last = self.publisher.publish(topic, {"i": i}, atts)
+        return {"last_seq": last}
+
+    @op("fake.slow", args={"ms": int})
+    def slow(self, call: Call, ms: int) -> object:
+        """Answer after `ms` milliseconds, without blocking the loop (a deferred reply)."""
+        self.loop.call_later(ms / 1000, lambda: call.reply({"slept_ms": ms}))
+        return DEFERRED
 
     @op("fake.fail")
     def fail_op(self, call: Call) -> None:

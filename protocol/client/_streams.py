@@ -46,7 +46,7 @@ StreamEvent = StreamMessage | Loss | Reset
 
 @dataclass
 class _TopicState:
-    epoch: str
+    epoch: str | None  # None until the first message or replay tells it
     last: int
 
 
@@ -57,6 +57,15 @@ class StreamTracker:
         self.topics: dict[str, _TopicState] = {}
         self.replaying: set[str] = set()
         self.held: dict[str, list[StreamMessage]] = {}
+
+    def begin(self, topic: str) -> NeedReplay:
+        """Ask for the retained history of `topic` before any live message arrives (a
+        subscriber that joins late would otherwise wait for the next message to notice)."""
+        start = self.from_seq or 1
+        self.topics[topic] = _TopicState(None, start - 1)
+        self.replaying.add(topic)
+        self.held.setdefault(topic, [])
+        return NeedReplay(topic, start)
 
     def on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
         if msg.topic in self.replaying:
@@ -70,7 +79,9 @@ class StreamTracker:
                 return self._ask(msg)
             self.topics[msg.topic] = _TopicState(msg.epoch, msg.seq)
             return [msg], None
-        if msg.epoch != st.epoch:
+        if st.epoch is None:
+            st.epoch = msg.epoch
+        elif msg.epoch != st.epoch:
             out.append(Reset(msg.topic, st.epoch, msg.epoch))
             st.epoch, st.last = msg.epoch, 0
         if msg.seq <= st.last:
@@ -95,7 +106,9 @@ class StreamTracker:
         st = self.topics[topic]
         out: list[StreamEvent] = []
         epoch = answer.get("epoch", st.epoch)
-        if epoch != st.epoch:
+        if st.epoch is None:
+            st.epoch = epoch
+        elif epoch != st.epoch:
             out.append(Reset(topic, st.epoch, epoch))
             st.epoch, st.last = epoch, 0
         lost = answer.get("lost")
@@ -129,7 +142,7 @@ class StreamTracker:
         held = sorted(self.held.pop(topic, []), key=lambda m: m.seq)
         self.replaying.discard(topic)
         out: list[StreamEvent] = []
-        if held and held[0].epoch == st.epoch and held[0].seq > st.last + 1:
+        if held and held[0].epoch in (st.epoch, None) and held[0].seq > st.last + 1:
             out.append(Loss(topic, st.last + 1, held[0].seq - 1, st.epoch))
             st.last = held[0].seq - 1
         for m in held:

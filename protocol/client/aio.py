@@ -26,7 +26,7 @@ from protocol.client._core import (
     Wait,
     monitor_events,
 )
-from protocol.client._streams import StreamEvent, StreamTracker
+from protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
 from protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from protocol.errors import MoorageError
 from protocol.recovery import BreakerState
@@ -183,9 +183,24 @@ class AsyncSubscription:
         client.core.configure_sub(self.sock, actor, topics)
         self.tracker = StreamTracker(from_seq)
         self._ready: list[StreamEvent] = []
+        # Exact topics get their retained history on the first `next` (see StreamTracker.begin).
+        self._initial = [t for t in topics if t] if from_seq is not None else []
+
+    async def _replay(self, need: NeedReplay | None) -> None:
+        while need is not None:
+            try:
+                reply = await self.client.request(
+                    self.actor, "replay", {"topic": need.topic, "from_seq": need.from_seq})
+            except MoorageError:
+                self._ready.extend(self.tracker.on_replay_failed(need.topic))
+                return
+            events, need = self.tracker.on_replay(need.topic, reply.body, reply.attachments)
+            self._ready.extend(events)
 
     async def next(self, timeout: float | None = None) -> StreamEvent | None:
         end = None if timeout is None else time.monotonic() + timeout
+        while self._initial:
+            await self._replay(self.tracker.begin(self._initial.pop(0)))
         while not self._ready:
             left = None if end is None else max(0.0, end - time.monotonic())
             try:
@@ -198,15 +213,7 @@ class AsyncSubscription:
                 continue
             events, need = self.tracker.on_message(msg)
             self._ready.extend(events)
-            while need is not None:
-                try:
-                    reply = await self.client.request(
-                        self.actor, "replay", {"topic": need.topic, "from_seq": need.from_seq})
-                except MoorageError:
-                    self._ready.extend(self.tracker.on_replay_failed(need.topic))
-                    break
-                events, need = self.tracker.on_replay(need.topic, reply.body, reply.attachments)
-                self._ready.extend(events)
+            await self._replay(need)
         return self._ready.pop(0)
 
     def close(self) -> None:

@@ -241,8 +241,12 @@ class Subscription:
         client.core.configure_sub(self.sock, actor, topics)
         self.tracker = StreamTracker(from_seq)
         self._ready: list[StreamEvent] = []
+        if from_seq is not None:
+            for topic in topics:
+                if topic:  # a prefix subscription cannot be replayed; exact topics can
+                    self._replay(self.tracker.begin(topic))
 
-    def _replay(self, need: NeedReplay) -> None:
+    def _replay(self, need: NeedReplay | None) -> None:
         while need is not None:
             try:
                 reply = self.client.request(

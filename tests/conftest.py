@@ -1,0 +1,249 @@
+"""Fixtures that start real actors and real trees, and always take them down again.
+
+Nothing here waits on a sleep: a test waits for a reply, a supervisor event (by seq), or a
+process's exit (its pidfd). Every process a test starts is killed at teardown, even when the
+test failed, and the teardown checks that none is left.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from actors.runtime.process import run_actor
+from protocol.client import Client
+from protocol.envelope import StreamMessage
+from protocol.errors import MoorageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    # Short paths: a Unix socket path must fit in 107 bytes.
+    d = Path(tempfile.mkdtemp(prefix="mt-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def wait_pid_exit(pid: int, timeout: float) -> bool:
+    """Block until `pid` exits (its pidfd turns readable), or `timeout` passes."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def assert_all_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        p.kill()
+    assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
+
+
+# --- a single actor in a forked process ----------------------------------------------------
+
+
+class ActorProcess:
+    def __init__(self, runtime_dir: Path, entry: str, name: str, config: dict) -> None:
+        self.runtime_dir = runtime_dir
+        self.name = name
+        ctx = multiprocessing.get_context("fork")
+        self.proc = ctx.Process(target=run_actor, args=(entry, name, runtime_dir, config),
+                                daemon=True)
+        self.proc.start()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(10)
+
+
+@pytest.fixture
+def spawn_actor(runtime_dir: Path) -> Iterator[Callable[..., ActorProcess]]:
+    started: list[ActorProcess] = []
+
+    def spawn(
+        entry: str = "tests.fakes:FakeActor", name: str = "fake", **config: Any
+    ) -> ActorProcess:
+        config.setdefault("push_metrics", False)
+        a = ActorProcess(runtime_dir, entry, name, config)
+        started.append(a)
+        return a
+
+    yield spawn
+    for a in started:
+        a.stop()
+
+
+@pytest.fixture
+def client(runtime_dir: Path) -> Iterator[Client]:
+    c = Client(runtime_dir, timeout=10.0)
+    yield c
+    c.close()
+
+
+# --- a whole tree, started by the CLI ----------------------------------------------------------
+
+
+class Tree:
+    """`moorage up` in a subprocess on a test config, with a client and the event stream."""
+
+    def __init__(self, runtime_dir: Path, config: str) -> None:
+        self.runtime_dir = runtime_dir
+        self.config_path = runtime_dir / "moorage.toml"
+        self.config_path.write_text(config)
+        self.out = runtime_dir / "up.out"
+        self.proc: subprocess.Popen | None = None
+        self.client = Client(runtime_dir, timeout=10.0)
+        self.events: Any = None
+        self.seen_pids: set[int] = set()
+
+    def start(self, wait: bool = True) -> Tree:
+        with open(self.out, "wb") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(self.runtime_dir),
+                 "up", "--config", str(self.config_path)],
+                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                start_new_session=True)
+        # from_seq=1: every retained event, whenever we happen to connect (no slow joiner).
+        self.events = self.client.subscribe("supervisor", ["sup.event"], from_seq=1)
+        if wait:
+            self.wait_all_running()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
+        return self.client.call(actor, op, args, **kw)
+
+    def status(self) -> dict:
+        tree = self.call("supervisor", "sup.status")
+        self._note_pids(tree)
+        return tree
+
+    def _note_pids(self, tree: dict) -> None:
+        for ch in tree.get("children", []):
+            if ch["pid"]:
+                self.seen_pids.add(ch["pid"])
+            if "tree" in ch:
+                self._note_pids(ch["tree"])
+
+    def child(self, cid: str) -> dict:
+        def find(tree: dict) -> dict | None:
+            for ch in tree.get("children", []):
+                if ch["id"] == cid:
+                    return ch
+                if "tree" in ch:
+                    got = find(ch["tree"])
+                    if got:
+                        return got
+            return None
+
+        found = find(self.status())
+        assert found is not None, f"no child {cid}"
+        return found
+
+    def wait_all_running(self, timeout: float = 20) -> dict:
+        """Until every child reports running: re-checked on each supervisor event."""
+        end = time.monotonic() + timeout
+        while True:
+            tree = self.status()
+            if _all_running(tree):
+                return tree
+            left = end - time.monotonic()
+            assert left > 0, f"tree not all running: {tree}\n{self.output()}"
+            self.events.next(timeout=min(left, 1.0))
+
+    def wait_event(self, pred: Callable[[dict], bool], timeout: float = 20) -> dict:
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            assert left > 0, f"no matching event within {timeout}s\n{self.output()}"
+            ev = self.events.next(timeout=left)
+            if isinstance(ev, StreamMessage) and pred(ev.body):
+                return ev.body
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        tree_procs: list[psutil.Process] = []
+        if self.proc.poll() is None:
+            tree_procs = [psutil.Process(self.pid), *descendants(self.pid)]
+            with Client(self.runtime_dir, timeout=5.0) as c:
+                try:
+                    c.call("supervisor", "sup.stop")
+                except MoorageError:
+                    pass  # not answering: the SIGKILL below takes it down
+            if not wait_pid_exit(self.pid, 20):
+                os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        if self.events is not None:
+            self.events.close()
+        self.client.close()
+        extra = []
+        for pid in self.seen_pids:
+            try:
+                extra.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        assert_all_gone(tree_procs + extra)
+
+
+def _all_running(tree: dict) -> bool:
+    for ch in tree.get("children", []):
+        if ch["state"] != "running":
+            return False
+        if "tree" in ch and not _all_running(ch["tree"]):
+            return False
+    return True
+
+
+@pytest.fixture
+def make_tree(runtime_dir: Path) -> Iterator[Callable[[str], Tree]]:
+    trees: list[Tree] = []
+
+    def make(config: str) -> Tree:
+        t = Tree(runtime_dir, config)
+        trees.append(t)
+        return t
+
+    yield make
+    for t in trees:
+        t.stop()
