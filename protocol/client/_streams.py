@@ -67,6 +67,16 @@ class StreamTracker:
         self.held.setdefault(topic, [])
         return NeedReplay(topic, start)
 
+    def catch_up(self) -> list[NeedReplay]:
+        """After a reconnection: ask every known topic for what came after its last seq."""
+        out = []
+        for topic, st in self.topics.items():
+            if topic not in self.replaying:
+                self.replaying.add(topic)
+                self.held.setdefault(topic, [])
+                out.append(NeedReplay(topic, st.last + 1))
+        return out
+
     def on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
         if msg.topic in self.replaying:
             self.held.setdefault(msg.topic, []).append(msg)
@@ -109,8 +119,10 @@ class StreamTracker:
         if st.epoch is None:
             st.epoch = epoch
         elif epoch != st.epoch:
+            # A new life of the publisher: its seqs restarted, so ask again from the first.
             out.append(Reset(topic, st.epoch, epoch))
             st.epoch, st.last = epoch, 0
+            return out, NeedReplay(topic, 1)
         lost = answer.get("lost")
         if lost and lost[1] > st.last:
             out.append(Loss(topic, max(lost[0], st.last + 1), lost[1], epoch))

@@ -239,6 +239,13 @@ class Subscription:
         self.actor = actor
         self.sock = client.ctx.socket(zmq.SUB)
         client.core.configure_sub(self.sock, actor, topics)
+        # Reconnections (the publisher restarted) are caught up by replay: what it published
+        # before we were connected again is in its retention.
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self._connections = 0
         self.tracker = StreamTracker(from_seq)
         self._ready: list[StreamEvent] = []
         if from_seq is not None:
@@ -262,8 +269,16 @@ class Subscription:
         end = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
             left = None if end is None else max(0, int((end - time.monotonic()) * 1000))
-            if not self.sock.poll(left):
+            events = dict(self.poller.poll(left))
+            if not events:
                 return None
+            if self.monitor in events:
+                recv_monitor_message(self.monitor)
+                self._connections += 1
+                if self._connections > 1:
+                    for need in self.tracker.catch_up():
+                        self._replay(need)
+                continue
             try:
                 msg = decode_stream(self.sock.recv_multipart())
             except DecodeError:
@@ -275,4 +290,6 @@ class Subscription:
         return self._ready.pop(0)
 
     def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
         self.sock.close(0)
