@@ -84,28 +84,45 @@ def unpackb(data: bytes, max_len: int = limits.MAX_BODY_SIZE) -> Any:
         raise _decode_error("message_too_large", f"{len(data)} bytes > {max_len}")
     try:
         obj = _unpackb(data)
-    except (ValueError, TypeError, msgpack.StackError, msgpack.ExtraData) as exc:
-        # ExtraData and FormatError are ValueError subclasses; StackError is nesting past
-        # msgpack's own stack; UnicodeDecodeError (a ValueError) is invalid UTF-8 in a str.
+    except msgpack.StackError as exc:
+        raise _decode_error("bad_request", "undecodable msgpack: nesting too deep") from exc
+    except (ValueError, TypeError) as exc:
+        # ExtraData and FormatError are ValueError subclasses; UnicodeDecodeError (also one)
+        # is invalid UTF-8 in a str.
         raise _decode_error("bad_request", f"undecodable msgpack: {exc}") from exc
-    if isinstance(obj, (list, dict)) and _too_deep(obj):
-        raise _decode_error("bad_request", f"nesting deeper than {limits.MAX_DEPTH}")
+    if type(obj) in (list, dict) or isinstance(obj, msgpack.Timestamp):
+        problem = shape_problem(obj)
+        if problem:
+            raise _decode_error("bad_request", problem)
     return obj
 
 
-def _too_deep(obj: list | dict) -> bool:
-    # Iterative, so a hostile depth cannot exhaust the Python stack; flat bodies (the common
-    # case) cost one pass over their values.
+def shape_problem(obj: Any) -> str | None:
+    """Why `obj` is not a protocol value (too deep, a non-str map key, a timestamp), or None.
+
+    Iterative, so a hostile depth cannot exhaust the Python stack; flat bodies (the common
+    case) cost one pass over their values. Also applied to results before they are sent.
+    """
+    if isinstance(obj, msgpack.Timestamp):
+        return "msgpack timestamps are not part of the protocol"
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > limits.MAX_DEPTH:
-            return True
-        values = node.values() if isinstance(node, dict) else node
+            return f"nesting deeper than {limits.MAX_DEPTH}"
+        if type(node) is dict:
+            for k in node:
+                if type(k) is not str:
+                    return f"map keys must be strings, not {type(k).__name__}"
+            values = node.values()
+        else:
+            values = node
         for v in values:
-            if isinstance(v, (list, dict)):
+            if type(v) in (list, dict):
                 stack.append((v, depth + 1))
-    return False
+            elif isinstance(v, msgpack.Timestamp):
+                return "msgpack timestamps are not part of the protocol"
+    return None
 
 
 # --- requests ---------------------------------------------------------------------------
@@ -145,8 +162,6 @@ def decode_request(frames: Sequence[bytes]) -> Request:
         raise _decode_error("bad_request", f"expected >= 3 frames, got {len(frames)}")
     if frames[0] != TAG:
         raise _decode_error("unsupported_version", f"tag {bytes(frames[0][:16])!r} != {TAG!r}")
-    if len(frames) - 3 > limits.MAX_ATTACHMENTS:
-        raise _decode_error("message_too_large", f"{len(frames) - 3} attachments")
     header = _header(frames[1])
     rid = header.get("id")
     if type(rid) is not int or not 0 <= rid <= limits.MAX_ID:
@@ -160,6 +175,8 @@ def decode_request(frames: Sequence[bytes]) -> Request:
     deadline = header.get("deadline_ms")
     if deadline is not None and type(deadline) is not int:
         raise _decode_error("bad_request", "deadline_ms must be an integer", rid)
+    if len(frames) - 3 > limits.MAX_ATTACHMENTS:
+        raise _decode_error("message_too_large", f"{len(frames) - 3} attachments", rid)
     body = frames[2]
     if body == b"\xc0":
         args = None  # the common "no arguments"
@@ -191,13 +208,17 @@ def decode_reply(frames: Sequence[bytes]) -> Reply:
     if frames[0] != TAG:
         raise _decode_error("unsupported_version", f"reply tag {bytes(frames[0][:16])!r}")
     header = _header(frames[1])
-    if type(header.get("ok")) is not bool:
-        raise _decode_error("bad_request", "reply header needs a bool 'ok'")
     rid = header.get("id")
     if rid is not None and type(rid) is not int:
         raise _decode_error("bad_request", "reply id must be an integer or nil")
+    if type(header.get("ok")) is not bool:
+        raise _decode_error("bad_request", "reply header needs a bool 'ok'", rid)
     epoch = header.get("ep")
-    body = unpackb(frames[2], limits.MAX_MESSAGE_SIZE)
+    try:
+        body = unpackb(frames[2], limits.MAX_MESSAGE_SIZE)
+    except DecodeError as exc:
+        exc.request_id = rid  # so the caller waiting for it hears why, instead of timing out
+        raise
     return Reply(rid, header["ok"], epoch if isinstance(epoch, str) else "", body, list(frames[3:]))
 
 

@@ -145,14 +145,14 @@ class WireError:
     @classmethod
     def from_wire(cls, body: Any) -> WireError:
         """Read an error body; a peer that sent garbage still yields a classified error."""
-        if not isinstance(body, dict) or not isinstance(body.get("code"), int):
+        if not isinstance(body, dict) or type(body.get("code")) is not int:
             return cls.of("bad_request", f"malformed error body: {body!r:.200}")
         known = BY_CODE.get(body["code"])
         base = cls.of(known.name) if known else cls.of("internal")
 
         def pick(key: str, typ: type, default: Any) -> Any:
             v = body.get(key)
-            return v if isinstance(v, typ) else default
+            return v if type(v) is typ else default
 
         return cls(
             code=body["code"],

@@ -43,11 +43,15 @@ from protocol.envelope import (
     encode_error,
     encode_reply,
     packb,
+    shape_problem,
 )
-from protocol.errors import Category, MoorageError, WireError
+from protocol.errors import Category, MoorageError, WireError, fail
 
 VERSION = "0.1.0"
 DEFERRED = object()  # a handler's return value: "I will answer through call.reply later"
+# Error replies not kept in the reply cache: nothing ran (the first two), or a retry should
+# get a fresh chance rather than the same non-answer (timeout of a deferred call).
+UNCACHED = frozenset({"unknown_op", "bad_args", "timeout"})
 
 
 class Attached:
@@ -241,6 +245,8 @@ class Actor:
     @op("replay", args={"topic": str, "from_seq": int, "max": (int, 1000)}, idempotent=True)
     def _op_replay(self, call: Call, topic: str, from_seq: int, max: int) -> Attached:
         """Messages of `topic` from `from_seq` on, from retention; `lost` is what it dropped."""
+        if max < 1 or from_seq < 1:
+            raise fail("bad_args", "replay: from_seq and max must be >= 1")
         r = self.publisher.replay(topic, from_seq, min(max, 10_000))
         atts: list[bytes] = []
         msgs = []
@@ -335,7 +341,7 @@ class Actor:
     def _refuse(self, route: list[bytes], req: Request, error: WireError) -> None:
         # Not run, so not cached: a retry may run it.
         self._send(route, encode_error(req.id, self.epoch, error))
-        self.stats.record(req.op, 0, False)
+        self.stats.record(req.op if req.op in self.ops else "(unknown)", 0, False)
 
     def _finish(self, call: Call, result: Any, error: WireError | None) -> None:
         if call.answered:
@@ -345,22 +351,27 @@ class Actor:
             call._timer.cancel()
         self.pending.pop((call.sid, call.id), None)
         if error is None:
-            if isinstance(result, Attached):
-                frames = encode_reply(call.id, self.epoch, result.body, result.attachments)
-            else:
-                try:
-                    frames = encode_reply(call.id, self.epoch, result)
-                except (TypeError, ValueError) as exc:
-                    logger.error("{}: result not encodable: {}", call.op, exc)
-                    error = WireError.of("internal", f"result not encodable: {exc}",
-                                         category=self.category)
+            body, atts = (result.body, result.attachments) if isinstance(result, Attached) \
+                else (result, ())
+            problem = shape_problem(body) if type(body) in (list, dict) else None
+            try:
+                if problem:
+                    raise ValueError(problem)
+                frames = encode_reply(call.id, self.epoch, body, atts)
+            except (TypeError, ValueError) as exc:
+                # The client could not decode it: answer with what went wrong instead.
+                logger.error("{}: result not sendable: {}", call.op, exc)
+                error = WireError.of("internal", f"result not sendable: {exc}",
+                                     category=self.category)
         if error is not None:
             frames = encode_error(call.id, self.epoch, error)
         for route in call.routes:
             self._send(route, frames)
-        if error is None or error.name not in ("unknown_op", "bad_args"):
+        if error is None or error.name not in UNCACHED:
             self.cache.put(call.sid, call.id, frames)
-        self.stats.record(call.op, int((time.perf_counter() - call.started) * 1e6), error is None)
+        # Unknown op names are the caller's text: one key for all, or junk fills the metrics.
+        name = call.op if call.op in self.ops else "(unknown)"
+        self.stats.record(name, int((time.perf_counter() - call.started) * 1e6), error is None)
 
     # --- metrics ------------------------------------------------------------------------------
 
@@ -408,7 +419,10 @@ class Actor:
         except Exception:
             logger.exception("{}: on_stop raised", self.name)
         for call in list(self.pending.values()):
-            self._finish(call, None, WireError.of("stopping", f"{self.name} stopped"))
+            # These had started: their effects may have happened, so not "stopping" (which
+            # tells a client it is safe to resend anything).
+            self._finish(call, None, WireError.of(
+                "outcome_unknown", f"{self.name} stopped while {call.op} was running"))
         self._push_metrics()
         logger.info("{} stopped", self.name)
         self.ctx.destroy(linger=0)

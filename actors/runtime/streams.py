@@ -84,9 +84,8 @@ class Publisher:
         """Retain, then send (or queue behind the backlog). Returns the message's seq."""
         atts = attachments or []
         t = self.topic(topic)
-        size = 64 + sum(len(a) for a in atts)
-        seq = t.keep(body, atts, size)
-        frames = encode_stream(topic, seq, self.epoch, body, atts)
+        frames = encode_stream(topic, t.seq + 1, self.epoch, body, atts)
+        seq = t.keep(body, atts, sum(map(len, frames)))
         if self.backlog:
             self.backlog.append(frames)
             return seq

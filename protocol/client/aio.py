@@ -49,10 +49,11 @@ class _AConn:
         while True:
             frames = await self.sock.recv_multipart()
             try:
-                reply = decode_reply(frames)
-            except DecodeError:
-                continue
-            q = self.waiters.get(reply.id)  # type: ignore[arg-type]
+                reply: Reply | DecodeError = decode_reply(frames)
+                rid = reply.id
+            except DecodeError as exc:
+                reply, rid = exc, exc.request_id
+            q = self.waiters.get(rid)  # type: ignore[arg-type]
             if q is not None:
                 q.put_nowait(reply)
 
@@ -90,6 +91,7 @@ class AsyncClient:
         self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts)
         self.ctx = zmq.asyncio.Context()
         self._conns: dict[str, _AConn] = {}
+        self._subs: set[AsyncSubscription] = set()
 
     @property
     def sid(self) -> str:
@@ -145,6 +147,8 @@ class AsyncClient:
                     v = plan.on_disconnect(time.monotonic())
                     verdict = v if isinstance(v, Resend) else verdict
                     continue
+                if isinstance(item, DecodeError):  # ours, but unreadable
+                    raise MoorageError(item.error, op=op, actor=actor)
                 verdict = plan.on_reply(item, time.monotonic())
         finally:
             conn.waiters.pop(plan.id, None)
@@ -158,9 +162,13 @@ class AsyncClient:
     def subscribe(
         self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None
     ) -> AsyncSubscription:
-        return AsyncSubscription(self, actor, topics, from_seq)
+        sub = AsyncSubscription(self, actor, topics, from_seq)
+        self._subs.add(sub)
+        return sub
 
     async def close(self) -> None:
+        for s in list(self._subs):
+            s.close()
         for c in self._conns.values():
             await c.close()
         self._conns.clear()
@@ -229,6 +237,9 @@ class AsyncSubscription:
         return self._ready.pop(0)
 
     def close(self) -> None:
+        if self.sock.closed:
+            return
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close(0)
+        self.client._subs.discard(self)

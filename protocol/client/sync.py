@@ -61,6 +61,7 @@ class Client:
         self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts)
         self.ctx = zmq.Context()
         self._conns: dict[str, _Conn] = {}
+        self._subs: set[Subscription] = set()
 
     @property
     def sid(self) -> str:
@@ -127,8 +128,10 @@ class Client:
             if conn.sock in events:
                 try:
                     reply = decode_reply(conn.sock.recv_multipart())
-                except DecodeError:
-                    continue  # not ours to answer; a malformed reply is dropped
+                except DecodeError as exc:
+                    if exc.request_id == plan.id:  # ours, but unreadable: say so now
+                        return Done(error=MoorageError(exc.error, op=plan.op, actor=plan.actor))
+                    continue
                 if reply.id != plan.id:
                     continue  # a late reply to an earlier attempt or call
                 return plan.on_reply(reply, time.monotonic())
@@ -214,9 +217,15 @@ class Client:
     def subscribe(
         self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None
     ) -> Subscription:
-        return Subscription(self, actor, topics, from_seq)
+        sub = Subscription(self, actor, topics, from_seq)
+        self._subs.add(sub)
+        return sub
 
     def close(self) -> None:
+        """Close every socket, subscriptions included (a context with an open socket would
+        never terminate)."""
+        for s in list(self._subs):
+            s.close()
         for c in self._conns.values():
             c.close()
         self._conns.clear()
@@ -290,6 +299,9 @@ class Subscription:
         return self._ready.pop(0)
 
     def close(self) -> None:
+        if self.sock.closed:
+            return
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close(0)
+        self.client._subs.discard(self)

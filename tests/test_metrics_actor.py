@@ -1,0 +1,484 @@
+"""The metrics actor: pushes merged per (actor, op), percentiles, bad pushes, alerts, Prometheus.
+
+The pure parts (push decoding, windows, alert edges, the Prometheus text) are fed injected data;
+the actor itself runs in a real child process on real sockets, and the tests wait for facts
+(a reply showing a count, a stream event) under a bounded deadline, never for a sleep.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import multiprocessing
+import shutil
+import struct
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+from hdrh.histogram import HdrHistogram
+
+from actors.metrics import (
+    AlertPolicy,
+    Alerts,
+    BadPush,
+    MetricsTable,
+    Settings,
+    decode_ops,
+    decode_push,
+    fold_histogram,
+    render_prometheus,
+    summarize,
+)
+from actors.runtime.process import run_actor
+from actors.runtime.stats import OpStats
+from protocol import endpoints
+from protocol.client import Client, Subscription
+from protocol.envelope import TAG, StreamMessage, packb
+from protocol.histogram import Recorder, summary
+
+pytestmark = pytest.mark.timeout(60)
+
+METRICS = "actors.metrics:MetricsActor"
+ECHO = "actors.runtime.actor:Actor"
+FORK = multiprocessing.get_context("fork")
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def hist(values: Iterable[int]) -> bytes:
+    r = Recorder()
+    for v in values:
+        r.record(v)
+    return r.histogram().encode()
+
+
+def op_entry(ok: int, error: int, micros: int = 100) -> dict[str, Any]:
+    return {"ok": ok, "error": error, "hist": hist([micros] * (ok + error))}
+
+
+def push_frames(actor: str, body: Any, pid: int = 4242, ep: str = "ep-1") -> list[bytes]:
+    return [TAG, packb({"actor": actor, "pid": pid, "ep": ep}), packb(body)]
+
+
+def samples(op: str, ok: int, error: int, micros: int = 100):
+    return decode_ops({op: op_entry(ok, error, micros)})
+
+
+def wait_for(probe: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Repeat `probe` (a round trip to an actor) until it answers something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout} s")
+
+
+class Tree:
+    """Actors in forked children, then this process's sockets; everything closed at the end.
+
+    Children are forked before any ZeroMQ context exists here, so none inherits one.
+    """
+
+    def __init__(self, rundir: Path) -> None:
+        self.rundir = rundir
+        self.procs: list[Any] = []
+        self.ctx: zmq.Context | None = None
+        self.sockets: list[zmq.Socket] = []
+        self.subs: list[Subscription] = []
+        self._client: Client | None = None
+
+    def start(self, entry: str, name: str, config: dict[str, Any]) -> None:
+        assert self.ctx is None and self._client is None, "fork before opening sockets"
+        p = FORK.Process(target=run_actor, args=(entry, name, str(self.rundir), config),
+                         name=f"actor-{name}", daemon=True)
+        p.start()
+        self.procs.append(p)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.rundir, timeout=10.0)
+        return self._client
+
+    def call(self, actor: str, op: str, args: Any = None) -> Any:
+        return self.client.call(actor, op, args, idempotent=op != "metrics.reset")
+
+    def subscribe(self, actor: str, topics: list[str]) -> Subscription:
+        sub = self.client.subscribe(actor, topics, from_seq=1)
+        self.subs.append(sub)
+        return sub
+
+    def pusher(self) -> zmq.Socket:
+        """A PUSH socket connected where every actor pushes its metrics."""
+        if self.ctx is None:
+            self.ctx = zmq.Context()
+        s = self.ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoints.metrics_in(self.rundir))
+        self.sockets.append(s)
+        return s
+
+    def close(self) -> None:
+        try:
+            for sub in self.subs:
+                sub.close()
+            if self._client is not None:
+                self._client.close()
+            for s in self.sockets:
+                s.close(0)
+            if self.ctx is not None:
+                self.ctx.term()
+        finally:
+            for p in self.procs:
+                p.terminate()
+            for p in self.procs:
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
+
+
+@pytest.fixture
+def tree():
+    # pytest's tmp_path can exceed the 107-byte limit of an ipc:// path.
+    rundir = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
+    t = Tree(rundir)
+    try:
+        yield t
+    finally:
+        try:
+            t.close()
+        finally:
+            shutil.rmtree(rundir)
+
+
+def query(tree: Tree, **args: Any) -> dict[str, Any]:
+    return tree.call("metrics", "metrics.query", args)
+
+
+def row(reply: dict[str, Any], actor: str, op: str) -> dict[str, Any] | None:
+    return next((r for r in reply["ops"] if r["actor"] == actor and r["op"] == op), None)
+
+
+# --- decoding pushes ---------------------------------------------------------------------------
+
+
+def test_a_push_round_trips_through_msgpack_into_its_counts_and_latencies():
+    frames = push_frames("echo", {"sys.ping": {"ok": 3, "error": 1, "hist": hist([5, 9, 9, 700])}})
+    push = decode_push(frames)
+    assert (push.actor, push.pid, push.ep) == ("echo", 4242, "ep-1")
+    [s] = push.ops
+    assert (s.op, s.ok, s.error) == ("sys.ping", 3, 1)
+    assert sum(s.counts.values()) == 4 and s.counts[9] == 2
+    assert s.sum_us == sum(v * n for v, n in s.counts.items())
+
+
+def test_a_drained_op_stats_decodes_like_a_push_does():
+    stats = OpStats()
+    for micros, ok in [(10, True), (20, True), (30_000, False)]:
+        stats.record("fs.read", micros, ok)
+    [s] = decode_ops(msgpack.unpackb(packb(stats.drain())))
+    assert (s.ok, s.error, sum(s.counts.values())) == (2, 1, 3)
+
+
+def _foreign_shape() -> bytes:
+    h = HdrHistogram(1, 1000, 3)
+    h.record_value(5)
+    return h.encode()
+
+
+def _zlib_bomb() -> bytes:
+    payload = zlib.compress(b"\0" * (8 * 1024 * 1024))
+    return base64.b64encode(struct.pack(">II", 0x1C849314, len(payload)) + payload)
+
+
+def _deep(n: int) -> Any:
+    v: Any = 1
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+BAD_PUSHES = {
+    "one frame": [b"junk"],
+    "wrong tag": [b"MOOR9", packb({"actor": "a", "pid": 1, "ep": "e"}), packb({})],
+    "header not msgpack": [TAG, b"\xc1", packb({})],
+    "header not a map": [TAG, packb([1, 2]), packb({})],
+    "no actor": [TAG, packb({"pid": 1, "ep": "e"}), packb({})],
+    "body not a map": push_frames("a", [1, 2, 3]),
+    "body too deep": push_frames("a", {"x": _deep(100)}),
+    "negative count": push_frames("a", {"x": {"ok": -1, "error": 0, "hist": hist([])}}),
+    "bool count": push_frames("a", {"x": {"ok": True, "error": 0, "hist": hist([5])}}),
+    "hist not base64": push_frames("a", {"x": {"ok": 1, "error": 0, "hist": "not base64!"}}),
+    "hist not hdr": push_frames("a", {"x": {"ok": 1, "error": 0, "hist": b"SGVsbG8="}}),
+    "hist of another shape": push_frames("a", {"x": {"ok": 1, "error": 0,
+                                                     "hist": _foreign_shape()}}),
+    "hist a zlib bomb": push_frames("a", {"x": {"ok": 1, "error": 0, "hist": _zlib_bomb()}}),
+    "hist disagrees with counts": push_frames("a", {"x": {"ok": 5, "error": 0,
+                                                          "hist": hist([1])}}),
+}
+
+
+@pytest.mark.parametrize("frames", BAD_PUSHES.values(), ids=BAD_PUSHES.keys())
+def test_a_malformed_push_is_refused_whole_with_bad_push(frames):
+    with pytest.raises(BadPush):
+        decode_push(frames)
+
+
+def test_folding_an_encoded_histogram_gives_what_recorder_add_histogram_gives():
+    values = [1, 2, 3, 99, 100, 101, 1_000, 12_345, 999_999, 3_000_000_000]
+    r = Recorder()
+    for v in values * 3:
+        r.record(v)
+    slow = Recorder()
+    slow.add_histogram(r.histogram())
+    assert fold_histogram(r.histogram().encode()) == slow.counts
+
+
+@pytest.mark.parametrize("values", [[7], [1, 1, 2], list(range(1, 2000, 3)),
+                                    [10] * 990 + [5_000] * 10, [3, 40_000, 40_001, 2**31]])
+def test_percentiles_are_those_of_protocol_histogram_summary(values):
+    r = Recorder()
+    for v in values:
+        r.record(v)
+    counts = fold_histogram(r.histogram().encode())
+    mine = summarize(len(values), 0, counts)
+    theirs = summary(r.histogram())
+    assert {k: mine[k] for k in theirs} == theirs
+
+
+# --- windows and the table ---------------------------------------------------------------------
+
+
+def test_the_window_forgets_intervals_older_than_its_span_and_keeps_a_running_total():
+    table = MetricsTable(window_s=3, bucket_s=1, max_keys=10)
+    for idx, (ok, error) in enumerate([(10, 0), (0, 5), (7, 1)]):
+        [s] = samples("fs.read", ok, error, micros=100 * (idx + 1))
+        table.merge("watcher", s, idx)
+    series = table.series[("watcher", "fs.read")]
+    assert (series.window.ok, series.window.error) == (17, 6)
+    assert table.expire(2) == []
+    assert table.expire(3) == [series]  # interval 0 left the window
+    assert (series.window.ok, series.window.error) == (7, 6)
+    assert 100 not in series.window.counts
+    assert table.expire(5) == [series]
+    assert series.window.requests == 0 and not series.window.counts
+    assert (series.ok, series.error) == (17, 6)  # lifetime keeps everything
+
+
+def test_the_table_keeps_at_most_max_keys_and_counts_the_rest_as_dropped():
+    table = MetricsTable(window_s=60, bucket_s=1, max_keys=2)
+    for name in ("a", "b", "c", "c"):
+        [s] = samples(name, 1, 0)
+        table.merge("x", s, 0)
+    assert sorted(table.series) == [("x", "a"), ("x", "b")]
+    assert table.dropped_keys == 2
+
+
+def test_a_config_that_cannot_describe_a_window_or_targets_is_refused():
+    for bad in ({"window_s": 0}, {"bucket_s": 5, "window_s": 1}, {"targets": {"x": [1]}},
+                {"alert_clear_ratio": 1.5}):
+        with pytest.raises(ValueError):
+            Settings.from_config(bad)
+    st = Settings.from_config({"targets": {"sys.ping": [100, 500, 2000]}})
+    assert st.policy.latency_threshold("sys.ping") == 1000.0
+    assert st.policy.latency_threshold("fs.read") is None
+
+
+# --- alerts (pure) -----------------------------------------------------------------------------
+
+
+def _alerts(**kw: Any) -> Alerts:
+    return Alerts(AlertPolicy(**kw), window_s=60, history=100)
+
+
+def test_a_failure_burst_raises_one_alert_not_one_per_sample_and_clears_once():
+    a = _alerts()
+    events = []
+    for errors in range(1, 40):  # the window fills with failures, one evaluation per sample
+        events += a.evaluate("fs", "fs.read", requests=20 + errors, errors=errors, p99=None,
+                             now=float(errors))
+    assert [(e["kind"], e["state"]) for e in events] == [("failure_rate", "raised")]
+    assert events[0]["value"] == pytest.approx(3 / 23) and events[0]["threshold"] == 0.10
+    # Between the clear level (0.8 x 10%) and the threshold: still raised, nothing new.
+    assert a.evaluate("fs", "fs.read", requests=1000, errors=90, p99=None, now=50) == []
+    [cleared] = a.evaluate("fs", "fs.read", requests=1000, errors=80, p99=None, now=51)
+    assert cleared["state"] == "cleared" and not a.active
+    assert a.evaluate("fs", "fs.read", requests=1000, errors=0, p99=None, now=52) == []
+    assert (a.raised_total, a.cleared_total, len(a.recent)) == (1, 1, 2)
+
+
+def test_a_failure_rate_over_too_few_requests_raises_nothing():
+    a = _alerts(min_samples=20)
+    assert a.evaluate("fs", "fs.read", requests=19, errors=19, p99=None, now=1) == []
+    assert len(a.evaluate("fs", "fs.read", requests=20, errors=19, p99=None, now=2)) == 1
+
+
+def test_a_latency_alert_needs_p99_over_twice_the_target_and_only_ops_with_a_target():
+    a = _alerts(p99_targets={"sys.ping": 500.0})
+    assert a.evaluate("x", "sys.ping", requests=50, errors=0, p99=1000, now=1) == []
+    [raised] = a.evaluate("x", "sys.ping", requests=50, errors=0, p99=1001, now=2)
+    assert (raised["kind"], raised["value"], raised["threshold"]) == ("latency", 1001, 1000.0)
+    assert a.evaluate("x", "sys.ping", requests=50, errors=0, p99=900, now=3) == []
+    assert a.evaluate("x", "fs.read", requests=50, errors=0, p99=10**9, now=4) == []
+    [cleared] = a.evaluate("x", "sys.ping", requests=50, errors=0, p99=800, now=5)
+    assert cleared["state"] == "cleared"
+
+
+def test_an_alert_clears_when_its_window_empties():
+    a = _alerts(p99_targets={"op": 10.0})
+    events = a.evaluate("x", "op", requests=30, errors=30, p99=10**6, now=1)
+    assert {e["kind"] for e in events} == {"failure_rate", "latency"}
+    events = a.evaluate("x", "op", requests=0, errors=0, p99=0, now=2)
+    assert {(e["kind"], e["state"]) for e in events} == {("failure_rate", "cleared"),
+                                                          ("latency", "cleared")}
+
+
+def test_clearing_all_alerts_reports_each_active_one_as_cleared_and_forgets_history():
+    a = _alerts()
+    a.evaluate("x", "op", requests=30, errors=30, p99=None, now=1)
+    [cleared] = a.clear_all(now=2)
+    assert (cleared["state"], cleared["reason"]) == ("cleared", "reset")
+    assert not a.active and not a.recent and a.clear_all(now=3) == []
+
+
+# --- Prometheus (pure) -------------------------------------------------------------------------
+
+
+def _rendered() -> str:
+    table = MetricsTable(window_s=60, bucket_s=1, max_keys=10)
+    for actor in ("echo", 'we"ird\\act\nor'):
+        for s in decode_ops({"sys.ping": {"ok": 2, "error": 1, "hist": hist([10, 20, 30])}}):
+            table.merge(actor, s, 0)
+    table.series[("echo", "sys.ping")].window.expire(1000)  # an empty window: NaN quantiles
+    return render_prometheus(table.select(), pushes_ok=3, pushes_bad=1, dropped_keys=0,
+                             alerts_active=Counter(latency=1), window_s=60)
+
+
+def test_prometheus_text_declares_each_family_once_and_escapes_label_values():
+    text = _rendered()
+    assert text.endswith("\n")
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(types) == len(set(types)) == 5
+    assert 'actor="we\\"ird\\\\act\\nor"' in text
+    assert 'moorage_op_latency_microseconds{actor="echo",op="sys.ping",quantile="0.99"} NaN' \
+        in text
+    assert 'moorage_alerts_active{kind="latency"} 1' in text
+
+
+def test_prometheus_text_reads_back_with_prometheus_clients_parser():
+    parser = pytest.importorskip("prometheus_client.parser")
+    families = {f.name: f for f in parser.text_string_to_metric_families(_rendered())}
+    assert families["moorage_op_latency_microseconds"].type == "summary"
+    reqs = families["moorage_op_requests"].samples
+    assert {s.labels["actor"] for s in reqs} == {"echo", 'we"ird\\act\nor'}
+    q99 = [s for s in families["moorage_op_latency_microseconds"].samples
+           if s.labels.get("quantile") == "0.99"]
+    assert any(math.isnan(s.value) for s in q99) and any(s.value == 30 for s in q99)
+
+
+# --- the actor, in a real process --------------------------------------------------------------
+
+
+def test_n_pings_to_an_actor_show_up_as_n_sys_ping_with_sensible_percentiles(tree):
+    tree.start(METRICS, "metrics", {})
+    tree.start(ECHO, "echo", {"metrics_interval_s": 0.1})
+    tree.client.hello("echo")  # ready; hello is not the op counted below
+    n = 50
+    for _ in range(n):
+        tree.call("echo", "sys.ping")
+
+    def counted():
+        r = row(query(tree, actor="echo", op="sys.ping"), "echo", "sys.ping")
+        return r if r and r["lifetime"]["count"] == n else None
+
+    r = wait_for(counted, f"{n} sys.ping for echo")
+    life, win = r["lifetime"], r["window"]
+    assert (life["ok"], life["error"], life["error_rate"]) == (n, 0, 0.0)
+    assert 1 <= life["p50"] <= life["p90"] <= life["p99"] <= life["p999"] <= life["max"]
+    assert life["max"] < 1_000_000  # a ping is served in well under a second
+    assert win["count"] == n and win["seconds"] == 60
+    reply = query(tree, actor="echo")
+    assert reply["actors"]["echo"]["pushes"] >= 1 and reply["bad_pushes"] == 0
+
+
+def test_a_bad_push_is_counted_and_logged_and_the_actor_keeps_answering(tree):
+    tree.start(METRICS, "metrics", {})
+    push = tree.pusher()
+    bad = list(BAD_PUSHES.values())
+    for frames in bad:
+        push.send_multipart(frames)
+    wait_for(lambda: query(tree)["bad_pushes"] == len(bad), f"{len(bad)} bad pushes")
+    push.send_multipart(push_frames("fake", {"fs.read": op_entry(4, 1)}))
+    r = wait_for(lambda: row(query(tree, actor="fake"), "fake", "fs.read"), "the good push")
+    assert (r["lifetime"]["ok"], r["lifetime"]["error"]) == (4, 1)
+    reply = query(tree)
+    assert (reply["received_pushes"], reply["bad_pushes"]) == (len(bad) + 1, len(bad))
+    log = (tree.rundir / "logs" / "metrics.log").read_text()
+    assert "bad metrics push" in log
+
+
+def test_an_injected_failure_burst_raises_exactly_one_alert_then_clears(tree):
+    tree.start(METRICS, "metrics", {"alert_min_samples": 20, "alert_failure_rate": 0.10})
+    tree.client.hello("metrics")
+    sub = tree.subscribe("metrics", ["metrics.alert"])
+    push = tree.pusher()
+    for _ in range(4):  # 40 requests, half failed: one alert once the 20th arrives
+        push.send_multipart(push_frames("fake", {"fs.read": op_entry(5, 5)}))
+    raised = sub.next(timeout=10)
+    assert isinstance(raised, StreamMessage), raised
+    assert raised.body["state"] == "raised" and raised.body["kind"] == "failure_rate"
+    assert (raised.body["actor"], raised.body["op"]) == ("fake", "fs.read")
+    push.send_multipart(push_frames("fake", {"fs.read": op_entry(400, 0)}))  # 20/440 < 8%
+    cleared = sub.next(timeout=10)
+    assert isinstance(cleared, StreamMessage), cleared
+    assert cleared.body["state"] == "cleared" and cleared.seq == raised.seq + 1
+    alerts = tree.call("metrics", "metrics.alerts")
+    mine = [e for e in alerts["recent"] if e["actor"] == "fake"]
+    assert [e["state"] for e in mine] == ["raised", "cleared"]
+    assert alerts["active"] == []
+
+
+def test_the_metrics_actor_counts_its_own_ops(tree):
+    tree.start(METRICS, "metrics", {"bucket_s": 0.1})
+    tree.call("metrics", "metrics.alerts")
+    r = wait_for(lambda: row(query(tree, actor="metrics"), "metrics", "metrics.alerts"),
+                 "metrics.alerts in the metrics actor's own figures")
+    assert r["lifetime"]["count"] == 1
+
+
+def test_the_prometheus_op_answers_text_that_prometheus_client_parses(tree):
+    parser = pytest.importorskip("prometheus_client.parser")
+    tree.start(METRICS, "metrics", {})
+    push = tree.pusher()
+    push.send_multipart(push_frames('od"d\nname', {"fs.read": op_entry(3, 1, micros=250)}))
+    wait_for(lambda: query(tree)["ops"], "the push")
+    reply = tree.call("metrics", "metrics.prometheus")
+    assert reply["content_type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in parser.text_string_to_metric_families(reply["text"])}
+    count = next(s for s in families["moorage_op_latency_microseconds"].samples
+                 if s.name.endswith("_count"))
+    assert count.labels["actor"] == 'od"d\nname' and count.value == 4
+
+
+def test_reset_forgets_every_series_and_counter(tree):
+    tree.start(METRICS, "metrics", {})
+    push = tree.pusher()
+    push.send_multipart(push_frames("fake", {"fs.read": op_entry(1, 0)}))
+    push.send_multipart([b"junk"])
+    wait_for(lambda: query(tree)["bad_pushes"] == 1 and query(tree, actor="fake")["ops"],
+             "the pushes")
+    assert tree.call("metrics", "metrics.reset") == {"reset": True}
+    reply = query(tree, actor="fake")
+    assert (reply["ops"], reply["bad_pushes"], reply["received_pushes"]) == ([], 0, 0)
