@@ -17,7 +17,8 @@ from typing import Any
 
 from loguru import logger
 
-from actors.runtime.process import resolve, setup_logging
+from actors.runtime.logs import setup_logging
+from actors.runtime.process import resolve
 from protocol import endpoints
 from supervisor.spec import SupervisorSpec, parse_tree
 from supervisor.zygote import LAUNCHERS, start_zygote

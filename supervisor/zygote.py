@@ -118,6 +118,9 @@ class _Zygote:
     def __init__(self, sock: socket.socket, preload: list[str]) -> None:
         self.sock = sock
         self.children: set[int] = set()
+        from actors.runtime.logs import install_handlers
+
+        install_handlers()  # once here, not in every child (see actors.runtime.logs)
         for module in preload:
             try:
                 importlib.import_module(module)

@@ -48,6 +48,7 @@ from protocol.envelope import (
 from protocol.errors import Category, MoorageError, WireError, fail
 
 VERSION = "0.1.0"
+NOBLOCK = int(zmq.NOBLOCK)
 DEFERRED = object()  # a handler's return value: "I will answer through call.reply later"
 # Error replies not kept in the reply cache: nothing ran (the first two), or a retry should
 # get a fresh chance rather than the same non-answer (timeout of a deferred call).
@@ -260,10 +261,11 @@ class Actor:
 
     def _on_rpc(self) -> None:
         batch: list[list[bytes]] = []
-        sock = self.rpc
+        recv = self.rpc.recv_multipart
+        cap = self.queue_limit * 2
         try:
-            while len(batch) < self.queue_limit * 2:
-                batch.append(sock.recv_multipart(zmq.NOBLOCK))
+            while len(batch) < cap:
+                batch.append(recv(NOBLOCK))
         except zmq.Again:
             pass
         for i, frames in enumerate(batch):
@@ -271,7 +273,7 @@ class Actor:
 
     def _send(self, route: list[bytes], frames: list[bytes]) -> None:
         try:
-            self.rpc.send_multipart(route + frames, zmq.NOBLOCK)
+            self.rpc.send_multipart(route + frames, NOBLOCK)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client went away; its retry will find the reply cache.
             # EAGAIN: its queue is full; same outcome. Neither may stop the actor.

@@ -20,6 +20,8 @@ import zmq
 from loguru import logger
 
 Callback = Callable[[], Any]
+# pyzmq's constants are enums; arithmetic on them builds enum objects (a microsecond each).
+POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 
 
 class Timer:
@@ -49,7 +51,7 @@ class Loop:
 
     def _update(self, key: Any) -> None:
         on_read, on_write = self._handlers.get(key, (None, None))
-        flags = (zmq.POLLIN if on_read else 0) | (zmq.POLLOUT if on_write else 0)
+        flags = (POLLIN if on_read else 0) | (POLLOUT if on_write else 0)
         if flags:
             self.poller.register(key, flags)
         else:
@@ -140,9 +142,9 @@ class Loop:
             handlers = self._handlers.get(key)
             if handlers is None:
                 continue
-            if flags & zmq.POLLIN and handlers[0]:
+            if flags & POLLIN and handlers[0]:
                 self._run(handlers[0])
-            if flags & zmq.POLLOUT:
+            if flags & POLLOUT:
                 handlers = self._handlers.get(key)
                 if handlers and handlers[1]:
                     self._run(handlers[1])

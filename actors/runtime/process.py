@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
-
-def setup_logging(
-    runtime_dir: Path, name: str, level: str = "INFO", console_level: str = "WARNING"
-) -> None:
-    """One log file per actor in the runtime dir; the console gets warnings and worse."""
-    logs = runtime_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    logger.remove()
-    logger.add(sys.stderr, level=console_level, format="{time:HH:mm:ss.SSS} {extra[actor]} "
-               "{level} {message}")
-    logger.add(logs / f"{name}.log", level=level, rotation="10 MB", retention=2,
-               format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level:<7} {extra[actor]}[{process}] "
-               "{message}")
-    logger.configure(extra={"actor": name})
+from actors.runtime.logs import setup_logging
 
 
 def resolve(entry: str) -> Any:

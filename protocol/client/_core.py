@@ -46,7 +46,7 @@ class ClientOptions:
     breaker_threshold: int = 5
     breaker_cooldown: float = 0.5
     reconnect_ivl_ms: int = 5  # libzmq's default of 100 ms would add 100 ms to each restart
-    reconnect_ivl_max_ms: int = 200
+    reconnect_ivl_max_ms: int = 0  # no growth: a restarted actor is found within 5 ms
     idempotent_ops: frozenset[str] = frozenset()
 
 

@@ -123,7 +123,7 @@ class AsyncClient:
         try:
             verdict: Done | Wait | Resend = plan.start(time.monotonic())
             if isinstance(verdict, Wait):
-                await conn.sock.send_multipart(plan.frames, copy=False)
+                await conn.sock.send_multipart(plan.frames)
             while True:
                 if isinstance(verdict, Done):
                     if verdict.error is not None:
@@ -135,7 +135,7 @@ class AsyncClient:
                         await asyncio.sleep(verdict.delay)
                     verdict = plan.resend(time.monotonic())
                     if isinstance(verdict, Wait):
-                        await conn.sock.send_multipart(plan.frames, copy=False)
+                        await conn.sock.send_multipart(plan.frames)
                     continue
                 left = verdict.until - time.monotonic()
                 try:

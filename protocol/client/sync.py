@@ -27,15 +27,27 @@ from protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from protocol.errors import MoorageError
 from protocol.recovery import BreakerState
 
+# A waiting call blocks in recv for at most this long before it looks at the connection's
+# monitor: a blocking recv is the cheapest way to wait for a reply (no poll call), and the
+# slice bounds how late a disconnect (the actor died) is noticed.
+WAIT_SLICE_MS = 10
+NOBLOCK = int(zmq.NOBLOCK)
+
 
 class _Conn:
     def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         core.configure_dealer(self.sock, actor)
+        self.sock.setsockopt(zmq.RCVTIMEO, WAIT_SLICE_MS)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
-        self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
-        self.poller.register(self.monitor, zmq.POLLIN)
+
+    def disconnected(self) -> bool:
+        """Did the actor's connection drop since we last looked?"""
+        dropped = False
+        while self.monitor.poll(0):
+            ev = recv_monitor_message(self.monitor)
+            dropped = dropped or ev["event"] == zmq.EVENT_DISCONNECTED
+        return dropped
 
     def close(self) -> None:
         self.sock.disable_monitor()
@@ -97,7 +109,7 @@ class Client:
         verdict: Done | Wait | Resend = plan.start(time.monotonic())
         conn = self._conn(actor)
         if isinstance(verdict, Wait):
-            conn.sock.send_multipart(plan.frames, copy=False)
+            conn.sock.send_multipart(plan.frames)
         while True:
             if isinstance(verdict, Done):
                 if verdict.error is not None:
@@ -109,32 +121,33 @@ class Client:
                     time.sleep(verdict.delay)
                 verdict = plan.resend(time.monotonic())
                 if isinstance(verdict, Wait):
-                    conn.sock.send_multipart(plan.frames, copy=False)
+                    conn.sock.send_multipart(plan.frames)
                 continue
             verdict = self._wait(conn, plan, verdict.until)
 
     def _wait(self, conn: _Conn, plan: CallPlan, until: float) -> Done | Wait | Resend:
+        recv = conn.sock.recv_multipart
         while True:
-            left = until - time.monotonic()
-            if left <= 0:
-                return plan.on_timeout(time.monotonic())
-            events = dict(conn.poller.poll(max(1, int(left * 1000))))
-            if conn.monitor in events:
-                ev = recv_monitor_message(conn.monitor)
-                if ev["event"] == zmq.EVENT_DISCONNECTED:
-                    v = plan.on_disconnect(time.monotonic())
+            try:
+                frames = recv()
+            except zmq.Again:
+                now = time.monotonic()
+                if now >= until:
+                    return plan.on_timeout(now)
+                if conn.disconnected():
+                    v = plan.on_disconnect(now)
                     if isinstance(v, Resend):
                         return v
-            if conn.sock in events:
-                try:
-                    reply = decode_reply(conn.sock.recv_multipart())
-                except DecodeError as exc:
-                    if exc.request_id == plan.id:  # ours, but unreadable: say so now
-                        return Done(error=MoorageError(exc.error, op=plan.op, actor=plan.actor))
-                    continue
-                if reply.id != plan.id:
-                    continue  # a late reply to an earlier attempt or call
-                return plan.on_reply(reply, time.monotonic())
+                continue
+            try:
+                reply = decode_reply(frames)
+            except DecodeError as exc:
+                if exc.request_id == plan.id:  # ours, but unreadable: say so now
+                    return Done(error=MoorageError(exc.error, op=plan.op, actor=plan.actor))
+                continue
+            if reply.id != plan.id:
+                continue  # a late reply to an earlier attempt or call
+            return plan.on_reply(reply, time.monotonic())
 
     def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         """One call; returns the reply body or raises MoorageError."""
@@ -174,7 +187,7 @@ class Client:
                     results[index] = v.error
                 else:
                     plans[plan.id] = (index, plan)
-                    conn.sock.send_multipart(plan.frames, copy=False)
+                    conn.sock.send_multipart(plan.frames)
                 index += 1
             if not plans:
                 return results
@@ -192,7 +205,7 @@ class Client:
                 continue
             try:
                 while True:
-                    frames = conn.sock.recv_multipart(zmq.NOBLOCK)
+                    frames = conn.sock.recv_multipart(NOBLOCK)
                     try:
                         reply = decode_reply(frames)
                     except DecodeError:
@@ -204,7 +217,7 @@ class Client:
                     v = p.on_reply(reply, time.monotonic())
                     if isinstance(v, Resend):
                         if isinstance(p.resend(time.monotonic()), Wait):
-                            conn.sock.send_multipart(p.frames, copy=False)
+                            conn.sock.send_multipart(p.frames)
                             continue
                         v = Done(error=MoorageError(p.last_error))  # type: ignore[arg-type]
                     del plans[reply.id]  # type: ignore[arg-type]

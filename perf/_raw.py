@@ -1,0 +1,85 @@
+"""The physical limit the IPC benchmarks are compared against: bare pyzmq, same frames.
+
+A ROUTER in its own process echoes every message back; a DEALER in this process sends the
+same three frames a `sys.ping` request has (tag, header, body). No decoding, no dispatch:
+what remains is libzmq, the ipc transport and pyzmq's Python layer on this machine, now.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import zmq
+
+from protocol.envelope import encode_request
+
+
+def _echo(endpoint: str) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    s.bind(endpoint)
+    while True:
+        frames = s.recv_multipart()
+        s.send_multipart(frames)
+        if frames[-1] == b"stop":
+            break
+    s.close(0)
+    ctx.term()
+
+
+class RawEcho:
+    def __init__(self, directory: Path) -> None:
+        self.endpoint = f"ipc://{directory}/raw-echo.sock"
+        self.proc = multiprocessing.get_context("fork").Process(
+            target=_echo, args=(self.endpoint,), daemon=True)
+        self.proc.start()
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(self.endpoint)
+        self.frames = encode_request(1, "raw-echo-0123456789", "sys.ping", None,
+                                     int(time.time() * 1000) + 5000)
+        for _ in range(200):
+            self.round_trip()
+
+    def round_trip(self) -> None:
+        self.sock.send_multipart(self.frames)
+        self.sock.recv_multipart()
+
+    def latencies(self, n: int) -> list[float]:
+        out = []
+        pc = time.perf_counter
+        for _ in range(n):
+            t0 = pc()
+            self.sock.send_multipart(self.frames)
+            self.sock.recv_multipart()
+            out.append((pc() - t0) * 1e6)
+        return out
+
+    def pipelined(self, n: int, window: int = 256) -> float:
+        """Messages per second with up to `window` in flight."""
+        s = self.sock
+        sent = got = 0
+        t0 = time.perf_counter()
+        while got < n:
+            while sent < n and sent - got < window:
+                s.send_multipart(self.frames)
+                sent += 1
+            s.recv_multipart()
+            got += 1
+            try:
+                while got < sent:
+                    s.recv_multipart(zmq.NOBLOCK)
+                    got += 1
+            except zmq.Again:
+                pass
+        return n / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.sock.send_multipart([b"stop"])
+        self.sock.recv_multipart()
+        self.proc.join(5)
+        self.sock.close(0)
+        self.ctx.term()

@@ -1,0 +1,67 @@
+"""Start and stop a real tree for a benchmark (the same `moorage up` a user runs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from protocol.client import Client
+from protocol.errors import MoorageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchTree:
+    def __init__(self, config: str | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mp-", dir="/tmp"))
+        self.config = None
+        if config is not None:
+            self.config = self.dir / "moorage.toml"
+            self.config.write_text(config)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> float:
+        """Start `moorage up`; returns seconds until every actor answered sys.ping."""
+        cmd = [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(self.dir), "up",
+               "--log-level", "WARNING"]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        with Client(self.dir, timeout=30.0) as c:
+            names = c.call("supervisor", "sup.endpoints")
+            for name in names:
+                c.call(name, "sys.ping")
+        return time.perf_counter() - t0
+
+    def client(self, **kw: object) -> Client:
+        return Client(self.dir, **kw)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with Client(self.dir, timeout=5.0) as c:
+                try:
+                    c.call("supervisor", "sup.stop")
+                except MoorageError:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> BenchTree:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,73 @@
+"""P1 (sys.ping round trip through the client) and P2 (pipelined throughput), each beside
+bare pyzmq on the same frames, measured in alternating blocks of the same run.
+
+    python -m perf.p1_p2_ipc [--n 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from perf._raw import RawEcho
+from perf._report import Report, Row, percentiles, plot_percentiles
+from perf._tree import BenchTree
+
+ACTOR = "metrics"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20_000, help="round trips per side")
+    ap.add_argument("--blocks", type=int, default=10)
+    args = ap.parse_args(argv)
+    report = Report("p1_p2_ipc")
+    tree = BenchTree()
+    tree.start()
+    raw = RawEcho(tree.dir)
+    client = tree.client(timeout=10.0)
+    try:
+        pc = __import__("time").perf_counter
+        for _ in range(2000):
+            client.call(ACTOR, "sys.ping")
+        ours: list[float] = []
+        limit: list[float] = []
+        per_block = args.n // args.blocks
+        for _ in range(args.blocks):
+            limit += raw.latencies(per_block)
+            for _ in range(per_block):
+                t0 = pc()
+                client.call(ACTOR, "sys.ping")
+                ours.append((pc() - t0) * 1e6)
+        po, pl = percentiles(ours), percentiles(limit)
+        report.add(Row("P1", "sys.ping p50 via client (ipc)", "µs", "<= 1.15x limit",
+                       po[50], pl[50], po[50] <= 1.15 * pl[50]))
+        report.add(Row("P1", "sys.ping p99 via client (ipc)", "µs", "<= 500 µs",
+                       po[99], pl[99], po[99] <= 500))
+        report.add(Row("P1", "sys.ping p99.9 via client (ipc)", "µs", "(seed 2 ms)",
+                       po[99.9], pl[99.9], po[99.9] <= 2000))
+        plot_percentiles("p1_ping", {"moorage client sys.ping": ours, "raw pyzmq echo": limit})
+
+        n = args.n * 2
+        rates_ours, rates_raw = [], []
+        for _ in range(3):
+            rates_raw.append(raw.pipelined(n))
+            t0 = pc()
+            client.pipeline(ACTOR, [("sys.ping", None)] * n, window=256)
+            rates_ours.append(n / (pc() - t0))
+        ro, rl = max(rates_ours), max(rates_raw)
+        report.add(Row("P2", "pipelined sys.ping through client", "/s",
+                       ">= 100k/s and >= 50% limit", ro, rl, ro >= 100_000 and ro >= 0.5 * rl,
+                       note=f"best of 3; ratio-only target (>= 50%): "
+                            f"{'PASS' if ro >= 0.5 * rl else 'FAIL'}"))
+        report.extra = {"p1_us": {"ours": po, "limit": pl},
+                        "p2_per_run": {"ours": rates_ours, "limit": rates_raw}}
+    finally:
+        client.close()
+        raw.close()
+        tree.stop()
+    return report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
