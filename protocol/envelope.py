@@ -47,6 +47,9 @@ class StreamMessage(NamedTuple):
     epoch: str
     body: Any
     attachments: list[bytes]
+    # A welcome is not a message of the stream: the publisher's answer to a new subscription,
+    # carrying the topic's current seq (so a late joiner knows what to replay).
+    welcome: bool = False
 
 
 class DecodeError(MoorageError):
@@ -244,5 +247,10 @@ def decode_stream(frames: Sequence[bytes]) -> StreamMessage:
         raise _decode_error("bad_request", "stream topic is not UTF-8") from exc
     body = unpackb(frames[3], limits.MAX_MESSAGE_SIZE)
     return StreamMessage(
-        topic, header["seq"], epoch if isinstance(epoch, str) else "", body, list(frames[4:])
+        topic, header["seq"], epoch if isinstance(epoch, str) else "", body, list(frames[4:]),
+        header.get("welcome") is True,
     )
+
+
+def encode_welcome(topic: str, seq: int, epoch: str) -> list[bytes]:
+    return [topic.encode(), TAG, _pack({"seq": seq, "ep": epoch, "welcome": True}), _pack(None)]

@@ -135,6 +135,7 @@ class Actor:
         self.pub_socket = self.ctx.socket(zmq.XPUB)
         self.pub_socket.setsockopt(zmq.LINGER, 0)
         self.pub_socket.setsockopt(zmq.SNDHWM, int(self.config.get("pub_hwm", 10_000)))
+        self.pub_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription gets a welcome
         if self.nodrop:
             self.pub_socket.setsockopt(zmq.XPUB_NODROP, 1)
         self._bind(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))
@@ -182,7 +183,10 @@ class Actor:
     def _drain_subscriptions(self) -> None:
         try:
             while True:
-                self.pub_socket.recv(zmq.NOBLOCK)
+                frame = self.pub_socket.recv(NOBLOCK)
+                if frame[:1] == b"\x01":
+                    topic = frame[1:].decode(errors="replace")
+                    self.publisher.welcome(topic)
         except zmq.Again:
             pass
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from protocol.envelope import encode_stream
+from protocol.envelope import encode_stream, encode_welcome
 
 
 @dataclass(slots=True)
@@ -103,6 +103,17 @@ class Publisher:
             return False
         self.sent += 1
         return True
+
+    def welcome(self, topic: str) -> None:
+        """Answer a new subscription with the topic's current seq: the subscriber then knows
+        its subscription is live and what to replay (no slow-joiner loss). Best effort: a
+        welcome that cannot be sent is only a missed hint, the next message shows the gap."""
+        t = self.topics.get(topic)
+        frames = encode_welcome(topic, t.seq if t else 0, self.epoch)
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def flush(self) -> None:
         """Send the backlog while the socket takes it (called when it becomes writable)."""

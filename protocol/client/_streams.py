@@ -1,11 +1,13 @@
 """Stream bookkeeping shared by both clients: order, gaps, replay, loss (no I/O here).
 
-Each topic is tracked by (epoch, last seq delivered). A message with the next seq is
-delivered; one past a gap asks for a replay from the first missing seq (the adapter calls the
-actor's `replay` op and feeds the answer back); duplicates (seq already delivered) are
-dropped. What the publisher no longer retains comes back as a `Loss` event, and a new epoch
-(the publisher restarted; its seqs begin again at 1) as a `Reset`. Nothing is skipped without
-an event saying so.
+Each topic is tracked by (epoch, last seq delivered). The publisher answers every
+subscription (a new one, or one renewed after a reconnection) with a welcome carrying the
+topic's current seq, so a subscriber learns at once what it has missed. A message with the
+next seq is delivered; one past a gap asks for a replay from the first missing seq (the
+adapter calls the actor's `replay` op and feeds the answer back); duplicates (seq already
+delivered) are dropped. What the publisher no longer retains comes back as a `Loss` event,
+and a new epoch (the publisher restarted; its seqs begin again at 1) as a `Reset`. Nothing
+is skipped without an event saying so.
 """
 
 from __future__ import annotations
@@ -58,26 +60,9 @@ class StreamTracker:
         self.replaying: set[str] = set()
         self.held: dict[str, list[StreamMessage]] = {}
 
-    def begin(self, topic: str) -> NeedReplay:
-        """Ask for the retained history of `topic` before any live message arrives (a
-        subscriber that joins late would otherwise wait for the next message to notice)."""
-        start = self.from_seq or 1
-        self.topics[topic] = _TopicState(None, start - 1)
-        self.replaying.add(topic)
-        self.held.setdefault(topic, [])
-        return NeedReplay(topic, start)
-
-    def catch_up(self) -> list[NeedReplay]:
-        """After a reconnection: ask every known topic for what came after its last seq."""
-        out = []
-        for topic, st in self.topics.items():
-            if topic not in self.replaying:
-                self.replaying.add(topic)
-                self.held.setdefault(topic, [])
-                out.append(NeedReplay(topic, st.last + 1))
-        return out
-
     def on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
+        if msg.welcome:
+            return self._on_welcome(msg)
         if msg.topic in self.replaying:
             self.held.setdefault(msg.topic, []).append(msg)
             return [], None
@@ -102,6 +87,28 @@ class StreamTracker:
             return out, None
         events, need = self._ask(msg)
         return out + events, need
+
+    def _on_welcome(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
+        # Our subscription is live. Anything published before it is in retention: replay
+        # what we have not seen (a new epoch: from its first seq).
+        if msg.topic in self.replaying:
+            return [], None
+        st = self.topics.get(msg.topic)
+        if st is None:
+            if self.from_seq is None or msg.seq < self.from_seq:
+                return [], None
+            st = self.topics[msg.topic] = _TopicState(msg.epoch, self.from_seq - 1)
+        out: list[StreamEvent] = []
+        if st.epoch is None:
+            st.epoch = msg.epoch
+        elif msg.epoch != st.epoch:
+            out.append(Reset(msg.topic, st.epoch, msg.epoch))
+            st.epoch, st.last = msg.epoch, 0
+        if msg.seq <= st.last:
+            return out, None
+        self.replaying.add(msg.topic)
+        self.held.setdefault(msg.topic, [])
+        return out, NeedReplay(msg.topic, st.last + 1)
 
     def _ask(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay]:
         st = self.topics[msg.topic]

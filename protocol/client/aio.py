@@ -189,12 +189,8 @@ class AsyncSubscription:
         self.actor = actor
         self.sock = client.ctx.socket(zmq.SUB)
         client.core.configure_sub(self.sock, actor, topics)
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._connections = 0
         self.tracker = StreamTracker(from_seq)
         self._ready: list[StreamEvent] = []
-        # Exact topics get their retained history on the first `next` (see StreamTracker.begin).
-        self._initial = [t for t in topics if t] if from_seq is not None else []
 
     async def _replay(self, need: NeedReplay | None) -> None:
         while need is not None:
@@ -209,24 +205,12 @@ class AsyncSubscription:
 
     async def next(self, timeout: float | None = None) -> StreamEvent | None:
         end = None if timeout is None else time.monotonic() + timeout
-        while self._initial:
-            await self._replay(self.tracker.begin(self._initial.pop(0)))
         while not self._ready:
             left = None if end is None else max(0.0, end - time.monotonic())
-            poller = zmq.asyncio.Poller()
-            poller.register(self.sock, zmq.POLLIN)
-            poller.register(self.monitor, zmq.POLLIN)
-            events = dict(await poller.poll(None if left is None else int(left * 1000)))
-            if not events:
+            try:
+                frames = await asyncio.wait_for(self.sock.recv_multipart(), left)
+            except TimeoutError:
                 return None
-            if self.monitor in events:
-                await self.monitor.recv_multipart()
-                self._connections += 1
-                if self._connections > 1:  # reconnected: catch up from retention
-                    for need in self.tracker.catch_up():
-                        await self._replay(need)
-                continue
-            frames = await self.sock.recv_multipart()
             try:
                 msg = decode_stream(frames)
             except DecodeError:
@@ -239,7 +223,5 @@ class AsyncSubscription:
     def close(self) -> None:
         if self.sock.closed:
             return
-        self.sock.disable_monitor()
-        self.monitor.close(0)
         self.sock.close(0)
         self.client._subs.discard(self)

@@ -261,19 +261,8 @@ class Subscription:
         self.actor = actor
         self.sock = client.ctx.socket(zmq.SUB)
         client.core.configure_sub(self.sock, actor, topics)
-        # Reconnections (the publisher restarted) are caught up by replay: what it published
-        # before we were connected again is in its retention.
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
-        self.poller.register(self.monitor, zmq.POLLIN)
-        self._connections = 0
         self.tracker = StreamTracker(from_seq)
         self._ready: list[StreamEvent] = []
-        if from_seq is not None:
-            for topic in topics:
-                if topic:  # a prefix subscription cannot be replayed; exact topics can
-                    self._replay(self.tracker.begin(topic))
 
     def _replay(self, need: NeedReplay | None) -> None:
         while need is not None:
@@ -291,16 +280,8 @@ class Subscription:
         end = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
             left = None if end is None else max(0, int((end - time.monotonic()) * 1000))
-            events = dict(self.poller.poll(left))
-            if not events:
+            if not self.sock.poll(left):
                 return None
-            if self.monitor in events:
-                recv_monitor_message(self.monitor)
-                self._connections += 1
-                if self._connections > 1:
-                    for need in self.tracker.catch_up():
-                        self._replay(need)
-                continue
             try:
                 msg = decode_stream(self.sock.recv_multipart())
             except DecodeError:
@@ -314,7 +295,5 @@ class Subscription:
     def close(self) -> None:
         if self.sock.closed:
             return
-        self.sock.disable_monitor()
-        self.monitor.close(0)
         self.sock.close(0)
         self.client._subs.discard(self)
