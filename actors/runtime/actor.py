@@ -46,9 +46,9 @@ from protocol.envelope import (
     shape_problem,
 )
 from protocol.errors import Category, MoorageError, WireError, fail
+from protocol.wire import NOBLOCK, recv_frames, send_frames
 
 VERSION = "0.1.0"
-NOBLOCK = int(zmq.NOBLOCK)
 DEFERRED = object()  # a handler's return value: "I will answer through call.reply later"
 # Error replies not kept in the reply cache: nothing ran (the first two), or a retry should
 # get a fresh chance rather than the same non-answer (timeout of a deferred call).
@@ -265,11 +265,11 @@ class Actor:
 
     def _on_rpc(self) -> None:
         batch: list[list[bytes]] = []
-        recv = self.rpc.recv_multipart
+        sock = self.rpc
         cap = self.queue_limit * 2
         try:
             while len(batch) < cap:
-                batch.append(recv(NOBLOCK))
+                batch.append(recv_frames(sock, NOBLOCK))
         except zmq.Again:
             pass
         for i, frames in enumerate(batch):
@@ -277,7 +277,7 @@ class Actor:
 
     def _send(self, route: list[bytes], frames: list[bytes]) -> None:
         try:
-            self.rpc.send_multipart(route + frames, NOBLOCK)
+            send_frames(self.rpc, route + frames, NOBLOCK)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client went away; its retry will find the reply cache.
             # EAGAIN: its queue is full; same outcome. Neither may stop the actor.

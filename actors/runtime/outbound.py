@@ -19,6 +19,7 @@ from actors.runtime.loop import Timer
 from protocol import endpoints, limits
 from protocol.envelope import DecodeError, Reply, decode_reply, encode_request
 from protocol.errors import WireError
+from protocol.wire import NOBLOCK, recv_frames, send_frames
 
 if TYPE_CHECKING:
     from actors.runtime.actor import Actor
@@ -72,7 +73,7 @@ class Outbound:
         timer = self.actor.loop.call_later(max(0.0, deadline / 1000 - time.time()), expire)
         self._waiting[rid] = (on_done, timer)
         try:
-            self._sock(target).send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self._sock(target), frames, NOBLOCK)
         except zmq.ZMQError as exc:
             timer.cancel()
             del self._waiting[rid]
@@ -82,7 +83,7 @@ class Outbound:
     def _on_readable(self, sock: zmq.Socket) -> None:
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
             try:

@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 
 from protocol.envelope import encode_stream, encode_welcome
+from protocol.wire import NOBLOCK, send_frames
 
 
 @dataclass(slots=True)
@@ -94,7 +95,7 @@ class Publisher:
 
     def _send(self, frames: list[bytes]) -> bool:
         try:
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+            send_frames(self.socket, frames, NOBLOCK)
         except zmq.Again:
             if not self.nodrop:
                 return True  # PUB semantics: dropped for the slow peer; its seq gap shows it

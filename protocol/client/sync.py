@@ -26,12 +26,12 @@ from protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
 from protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from protocol.errors import MoorageError
 from protocol.recovery import BreakerState
+from protocol.wire import NOBLOCK, recv_frames, send_frames
 
 # A waiting call blocks in recv for at most this long before it looks at the connection's
 # monitor: a blocking recv is the cheapest way to wait for a reply (no poll call), and the
 # slice bounds how late a disconnect (the actor died) is noticed.
 WAIT_SLICE_MS = 10
-NOBLOCK = int(zmq.NOBLOCK)
 
 
 class _Conn:
@@ -109,7 +109,7 @@ class Client:
         verdict: Done | Wait | Resend = plan.start(time.monotonic())
         conn = self._conn(actor)
         if isinstance(verdict, Wait):
-            conn.sock.send_multipart(plan.frames)
+            send_frames(conn.sock, plan.frames)
         while True:
             if isinstance(verdict, Done):
                 if verdict.error is not None:
@@ -121,15 +121,15 @@ class Client:
                     time.sleep(verdict.delay)
                 verdict = plan.resend(time.monotonic())
                 if isinstance(verdict, Wait):
-                    conn.sock.send_multipart(plan.frames)
+                    send_frames(conn.sock, plan.frames)
                 continue
             verdict = self._wait(conn, plan, verdict.until)
 
     def _wait(self, conn: _Conn, plan: CallPlan, until: float) -> Done | Wait | Resend:
-        recv = conn.sock.recv_multipart
+        sock = conn.sock
         while True:
             try:
-                frames = recv()
+                frames = recv_frames(sock)
             except zmq.Again:
                 now = time.monotonic()
                 if now >= until:
@@ -187,7 +187,7 @@ class Client:
                     results[index] = v.error
                 else:
                     plans[plan.id] = (index, plan)
-                    conn.sock.send_multipart(plan.frames)
+                    send_frames(conn.sock, plan.frames)
                 index += 1
             if not plans:
                 return results
@@ -205,7 +205,7 @@ class Client:
                 continue
             try:
                 while True:
-                    frames = conn.sock.recv_multipart(NOBLOCK)
+                    frames = recv_frames(conn.sock, NOBLOCK)
                     try:
                         reply = decode_reply(frames)
                     except DecodeError:
@@ -217,7 +217,7 @@ class Client:
                     v = p.on_reply(reply, time.monotonic())
                     if isinstance(v, Resend):
                         if isinstance(p.resend(time.monotonic()), Wait):
-                            conn.sock.send_multipart(p.frames)
+                            send_frames(conn.sock, p.frames)
                             continue
                         v = Done(error=MoorageError(p.last_error))  # type: ignore[arg-type]
                     del plans[reply.id]  # type: ignore[arg-type]
@@ -283,7 +283,7 @@ class Subscription:
             if not self.sock.poll(left):
                 return None
             try:
-                msg = decode_stream(self.sock.recv_multipart())
+                msg = decode_stream(recv_frames(self.sock))
             except DecodeError:
                 continue
             events, need = self.tracker.on_message(msg)
