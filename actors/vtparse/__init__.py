@@ -1,0 +1,84 @@
+"""vtparse: a pure, bounded, incremental parser for terminal byte streams (no sockets).
+
+It finds the shell-integration markers (OSC 633, 133, 7, 1337) with absolute stream offsets,
+optionally every token and the text between them, and strips sequences from a command's
+output. The parser actor serves it per stream; the terminal actor uses it in-process when
+the parser actor is down.
+
+Layout:
+  _events    the event records (markers, tokens, text, warnings) and their wire form
+  _markers   OSC 633/133/7/1337 payload -> marker event; unescaping; the nonce rules
+  _machine   the DEC ANSI state machine, byte by byte, with every bound and policy documented
+  _codec     bytes to values: CSI parameters (whole and across chunks), UTF-8 cut points
+  _parser    `Parser`: the fast paths (find / regex) in front of the machine; feed, flush, mode
+  _recovery  the seed's recovery modes (5.1) and how the reported mode moves
+  _text      `clean()` and `TextCollector`: a command's output without escape sequences
+  _dispatch  `Dispatcher`: in-process delivery of events to callbacks by kind
+
+    parser = Parser(nonce="N0NCE")
+    for event in parser.feed(chunk):
+        print(event.kind, event.start, event.end, event.to_wire())
+"""
+
+from actors.vtparse._dispatch import Dispatcher
+from actors.vtparse._events import (
+    EVENT_TYPES,
+    KINDS,
+    CommandFinished,
+    CommandLine,
+    Control,
+    Csi,
+    Cwd,
+    Dcs,
+    Esc,
+    Event,
+    Invalid,
+    Mark,
+    Marker,
+    Osc,
+    OutputStart,
+    Overflow,
+    PromptEnd,
+    PromptStart,
+    Property,
+    Rejected,
+    Text,
+    Token,
+)
+from actors.vtparse._markers import unescape
+from actors.vtparse._parser import Parser
+from actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode
+from actors.vtparse._text import TextCollector, clean, layout
+
+__all__ = [
+    "EVENT_TYPES",
+    "KINDS",
+    "MAX_BUFFER_SIZE",
+    "CommandFinished",
+    "CommandLine",
+    "Control",
+    "Csi",
+    "Cwd",
+    "Dcs",
+    "Dispatcher",
+    "Esc",
+    "Event",
+    "Invalid",
+    "Mark",
+    "Marker",
+    "Osc",
+    "OutputStart",
+    "Overflow",
+    "Parser",
+    "PromptEnd",
+    "PromptStart",
+    "Property",
+    "RecoveryMode",
+    "Rejected",
+    "Text",
+    "TextCollector",
+    "Token",
+    "clean",
+    "layout",
+    "unescape",
+]

@@ -1,0 +1,308 @@
+"""P5 (parser throughput and per-KB latency) and P9 (in-process event dispatch).
+
+    python -m perf.p5_parser [--mb 4] [--repeat 5]
+
+P5: `actors.vtparse.Parser` in the parser actor's configuration (markers only, with a nonce),
+on three generated inputs of a few MB each (deterministic: a fixed seed):
+
+  coloured  compiler-like output, SGR-heavy, with a shell-integration cycle every 40 lines
+  plain     the same text without a single escape sequence
+  dense     a full-screen TUI redraw: cursor moves, 256-colour and truecolour SGR, DEC modes,
+            titles and hyperlinks (OSC), one or two characters between sequences
+
+The limit, on the same bytes in the same chunks and the same run, is pyte's `ByteStream` with a
+listener whose every method does nothing (pyte's parser, no screen). Throughput is the median
+of `--repeat` runs over the whole input fed in 64 KiB chunks; per-KB latency is each 1 KiB
+feed timed on its own. The markers found are checked against the count generated, so a fast
+parser that misses markers fails. Other configurations (text, tokens, clean()) are printed
+for information only.
+
+P9: one parsed event delivered through `Dispatcher.dispatch` to a registered callback, each
+delivery timed on its own (the timer's own cost included); the limit is a direct call of the
+same callback, timed the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import pyte
+
+from actors.vtparse import Dispatcher, Event, Parser, clean
+from perf._report import Report, Row, percentiles, plot_percentiles
+
+NONCE = "perf-nonce-1234"
+CHUNK = 64 * 1024
+WORDS = [
+    "error", "warning", "note", "expected", "declaration", "identifier", "unused", "variable",
+    "function", "argument", "pointer", "struct", "return", "type", "incompatible", "implicit",
+    "conversion", "from", "to", "in", "of",
+]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def marker_cycle(rnd: random.Random) -> bytes:
+    """What our bash integration prints around one command: 6 markers."""
+    n = NONCE.encode()
+    return (
+        b"\x1b]633;D;%d;%s\x07\x1b]633;P;Cwd=/home/u/src\\x3bx;%s\x07\x1b]633;A;%s\x07"
+        b"\x1b[1;32mu@h\x1b[0m:\x1b[1;34m~/src\x1b[0m$ \x1b]633;B;%s\x07"
+        b"\x1b]633;E;make\\x20-j4;%s\x07\x1b]633;C;%s\x07"
+    ) % (rnd.randint(0, 2), n, n, n, n, n, n)
+
+
+def coloured(size: int, rnd: random.Random) -> tuple[bytes, int]:
+    parts: list[bytes] = []
+    total = markers = 0
+    line = 0
+    while total < size:
+        if line % 40 == 0:
+            part = marker_cycle(rnd)
+            markers += 6
+        else:
+            f = f"src/{rnd.choice(WORDS)}_{rnd.randint(1, 99)}.c"
+            msg = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(4, 9)))
+            kind = rnd.choice(["\x1b[1;31merror", "\x1b[1;35mwarning", "\x1b[1;36mnote"])
+            code = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 8)))
+            text = (
+                f"\x1b[1m{f}:{rnd.randint(1, 999)}:{rnd.randint(1, 80)}: \x1b[0m{kind}: \x1b[0m"
+                f"\x1b[1m{msg} [\x1b[0;1;35m-W{rnd.choice(WORDS)}\x1b[0m\x1b[1m]\x1b[0m\r\n"
+                f"  {rnd.randint(1, 999):>4} | {code};\r\n"
+                f"       | \x1b[0;1;32m{'~' * rnd.randint(1, 6)}^\x1b[0m\r\n"
+            )
+            part = text.encode()
+        parts.append(part)
+        total += len(part)
+        line += 1
+    return b"".join(parts), markers
+
+
+def plain(size: int, rnd: random.Random) -> tuple[bytes, int]:
+    parts: list[bytes] = []
+    total = 0
+    while total < size:
+        words = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(5, 14)))
+        part = f"{time.strftime('%H:%M:%S', time.gmtime(total))} INFO {words} é→✓\r\n".encode()
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts), 0
+
+
+def dense(size: int, rnd: random.Random) -> tuple[bytes, int]:
+    parts: list[bytes] = [b"\x1b[?1049h\x1b[?25l\x1b[2J"]
+    total = markers = 0
+    while total < size:
+        r = rnd.random()
+        if r < 0.35:
+            part = b"\x1b[%d;%dH" % (rnd.randint(1, 50), rnd.randint(1, 200))
+        elif r < 0.55:
+            part = b"\x1b[38;5;%dm\x1b[48;5;%dm" % (rnd.randint(0, 255), rnd.randint(0, 255))
+        elif r < 0.7:
+            part = b"\x1b[38;2;%d;%d;%dm" % (rnd.randint(0, 255), rnd.randint(0, 255), 9)
+        elif r < 0.75:
+            part = b"\x1b[?2026h\x1b[K\x1b(B\x1b[m"
+        elif r < 0.78:
+            part = b"\x1b]0;vim - file%d.c\x07" % rnd.randint(0, 99)
+        elif r < 0.80:
+            part = b"\x1b]8;;file:///src/x%d.c\x1b\\x\x1b]8;;\x1b\\" % rnd.randint(0, 99)
+        elif r < 0.801:
+            part = b"\x1b]7;file://host/home/u/dir%d\x1b\\" % rnd.randint(0, 9)
+            markers += 1
+        else:
+            part = rnd.choice(["a", "│", "█", " ", "xy", "─"]).encode()
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts), markers
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement
+# ---------------------------------------------------------------------------------------------
+
+
+class NullListener:
+    """A pyte listener on which every event is a no-op: pyte's parser cost alone."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _noop
+
+
+def _noop(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def chunks_of(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def ours_factory(**kw: object) -> Callable[[], Callable[[bytes], object]]:
+    return lambda: Parser(NONCE, **kw).feed  # type: ignore[arg-type]
+
+
+def pyte_factory() -> Callable[[bytes], object]:
+    return pyte.ByteStream(NullListener()).feed
+
+
+def throughput(
+    make: Callable[[], Callable[[bytes], object]], chunks: list[bytes], repeat: int
+) -> float:
+    """Median MB/s over `repeat` runs, each with a fresh parser."""
+    size = sum(map(len, chunks))
+    rates = []
+    for _ in range(repeat):
+        feed = make()
+        t0 = time.perf_counter()
+        for c in chunks:
+            feed(c)
+        rates.append(size / (time.perf_counter() - t0) / 1e6)
+    return statistics.median(rates)
+
+
+def per_kb(make: Callable[[], Callable[[bytes], object]], data: bytes, limit: int) -> list[float]:
+    """Microseconds for each 1 KiB feed, over the first `limit` bytes."""
+    feed = make()
+    clock = time.perf_counter_ns
+    out = []
+    for c in chunks_of(data[:limit], 1024):
+        t0 = clock()
+        feed(c)
+        out.append((clock() - t0) / 1000)
+    return out
+
+
+def count_markers(data: bytes) -> int:
+    parser = Parser(NONCE)
+    return sum(1 for c in chunks_of(data, CHUNK) for e in parser.feed(c) if e.kind != "rejected")
+
+
+def dispatch_latency(events: list[Event], rounds: int) -> tuple[list[float], list[float]]:
+    """Per-delivery µs through a Dispatcher, and for a direct call (the limit)."""
+    sink: list[int] = []
+
+    def handler(event: Event) -> None:
+        sink.append(event.end)
+
+    dispatcher = Dispatcher()
+    for kind in {e.kind for e in events}:
+        dispatcher.on(kind, handler)
+    dispatch = dispatcher.dispatch
+    clock = time.perf_counter_ns
+    via: list[float] = []
+    direct: list[float] = []
+    for _ in range(rounds):
+        for e in events:
+            t0 = clock()
+            dispatch(e)
+            t1 = clock()
+            handler(e)
+            t2 = clock()
+            via.append((t1 - t0) / 1000)
+            direct.append((t2 - t1) / 1000)
+        sink.clear()
+    return via, direct
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+FLOORS = {"coloured": 100.0, "plain": 1000.0, "dense": 0.0}  # MB/s, targets.md P5
+
+
+def p5(report: Report, name: str, data: bytes, expected: int, repeat: int) -> dict[str, list]:
+    """P5 rows for one input; returns its per-KB latency series for the plot."""
+    found = count_markers(data)
+    if found != expected:
+        raise SystemExit(f"{name}: found {found} markers, generated {expected}")
+    chunks = chunks_of(data, CHUNK)
+    ours = throughput(ours_factory(), chunks, repeat)
+    peer = throughput(pyte_factory, chunks, max(1, repeat // 2))
+    floor = FLOORS[name]
+    report.add(
+        Row(
+            "P5",
+            f"parser, {name} ({len(data) / 1e6:.1f} MB, {expected} markers)",
+            "MB/s",
+            ">= 5x pyte" + (f", >= {floor:g} MB/s" if floor else ""),
+            ours,
+            peer,
+            ours >= floor and ours >= 5 * peer,
+            note=f"limit: pyte ByteStream, null listener; x{ours / peer:.1f}",
+        )
+    )
+    lat = per_kb(ours_factory(), data, 2_000_000)
+    lat_peer = per_kb(pyte_factory, data, 500_000)
+    p, pp = percentiles(lat), percentiles(lat_peer)
+    for q, seed in ((50, 10), (99, 50)):
+        report.add(
+            Row("P5", f"per KB p{q}, {name}", "µs", f"<= {seed} µs (seed)", p[q], pp[q],
+                p[q] <= seed, note="limit: pyte, 1 KiB feeds")
+        )  # fmt: skip
+    return {f"vtparse {name}": lat, f"pyte {name}": lat_peer}
+
+
+def p9(report: Report, data: bytes) -> list[float]:
+    """P9 rows: deliveries of the tokens and markers parsed from `data`."""
+    parser = Parser(NONCE, tokens=True)
+    events = [e for c in chunks_of(data, CHUNK) for e in parser.feed(c)][:20_000]
+    via, direct = dispatch_latency(events, 10)
+    pv, pd = percentiles(via), percentiles(direct)
+    note = "limit: a direct call of the handler; the timer's cost is in both"
+    report.add(
+        Row("P9", f"event dispatch p50 ({len(via)} deliveries)", "µs", "<= 1 µs", pv[50],
+            pd[50], pv[50] <= 1.0, note=note)
+    )  # fmt: skip
+    report.add(
+        Row("P9", "event dispatch p99", "µs", "<= 10 µs (seed)", pv[99], pd[99], pv[99] <= 10)
+    )
+    return via
+
+
+def info(name: str, data: bytes) -> dict[str, float]:
+    """Throughput of the other configurations, for information (no target)."""
+    chunks = chunks_of(data, CHUNK)
+    out = {
+        f"{name} {label} MB/s": throughput(ours_factory(**kw), chunks, 1)
+        for label, kw in (("text", {"text": True}), ("tokens", {"tokens": True}))
+    }
+    t0 = time.perf_counter()
+    clean(data)
+    out[f"{name} clean() MB/s"] = len(data) / (time.perf_counter() - t0) / 1e6
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=4.0, help="size of each input, MB")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per throughput figure")
+    args = ap.parse_args(argv)
+    size = int(args.mb * 1_000_000)
+    report = Report("p5_parser")
+    inputs = {
+        "coloured": coloured(size, random.Random(5)),
+        "plain": plain(size, random.Random(6)),
+        "dense": dense(size, random.Random(7)),
+    }
+    series: dict[str, list[float]] = {}
+    extra: dict[str, float] = {}
+    for name, (data, expected) in inputs.items():
+        series |= p5(report, name, data, expected, args.repeat)
+        extra |= info(name, data)
+    series["dispatch"] = p9(report, inputs["coloured"][0])
+    report.extra["info_mb_s"] = extra
+    print("\ninformation only (not targets):")
+    for key, value in extra.items():
+        print(f"  {key:<32} {value:10.1f}")
+    plot_percentiles("p5_parser_latency", series)
+    return report.finish()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
