@@ -53,6 +53,7 @@ DEFERRED = object()  # a handler's return value: "I will answer through call.rep
 # Error replies not kept in the reply cache: nothing ran (the first two), or a retry should
 # get a fresh chance rather than the same non-answer (timeout of a deferred call).
 UNCACHED = frozenset({"unknown_op", "bad_args", "timeout"})
+PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
 
 
 class Attached:
@@ -130,6 +131,8 @@ class Actor:
         self.undecodable = 0
         self._stopping = False
         self.ready_hook: Callable[[], None] | None = None  # set by the launcher
+        self.pressure_level = "normal"  # as last told by the resource actor (sys.pressure)
+        self.quality = 3
         self.ctx = zmq.Context()
         self.rpc = self._bind_rpc()
         self.pub_socket = self.ctx.socket(zmq.XPUB)
@@ -202,6 +205,12 @@ class Actor:
         """Extra fields for sys.info."""
         return {}
 
+    def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
+        """React to the tree's pressure level (normal, moderate, high, critical) and quality
+        level (3 = everything on .. 0 = minimum). Returns what was done, for the record.
+        The runtime's own reaction (its reply cache) happens before this is called."""
+        return {}
+
     # --- built-in ops ---------------------------------------------------------------------------
 
     @op("sys.ping", idempotent=True, timeout_ms=1000)
@@ -240,6 +249,18 @@ class Actor:
             "topics": {t.name: t.seq for t in self.publisher.topics.values()},
             **self.info(),
         }
+
+    @op("sys.pressure", args={"level": str, "quality": int}, idempotent=True, timeout_ms=2000)
+    def _op_pressure(self, call: Call, level: str, quality: int) -> dict[str, Any]:
+        """Told by the resource actor: shed memory and features as the level asks."""
+        if level not in PRESSURE_LEVELS or not 0 <= quality <= 3:
+            raise fail("bad_args", f"level must be one of {PRESSURE_LEVELS}, quality 0..3")
+        done: dict[str, Any] = {}
+        if level in ("moderate", "high", "critical"):
+            done["reply_cache_dropped"] = self.cache.trim(0.5 if level == "moderate" else 1.0)
+        self.pressure_level, self.quality = level, quality
+        done.update(self.on_pressure(level, quality))
+        return {"actor": self.name, "level": level, "quality": quality, "done": done}
 
     @op("sys.stop", timeout_ms=1000)
     def _op_stop(self, call: Call) -> dict[str, Any]:
