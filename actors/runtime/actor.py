@@ -54,6 +54,7 @@ DEFERRED = object()  # a handler's return value: "I will answer through call.rep
 # get a fresh chance rather than the same non-answer (timeout of a deferred call).
 UNCACHED = frozenset({"unknown_op", "bad_args", "timeout"})
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
+PUB_LINGER_MS = 500
 
 
 class Attached:
@@ -452,5 +453,8 @@ class Actor:
                 "outcome_unknown", f"{self.name} stopped while {call.op} was running"))
         self._push_metrics()
         logger.info("{} stopped", self.name)
+        # Let subscribers have the last messages (the final events of a stopping supervisor)
+        # for a moment; nothing else may delay the exit.
+        self.pub_socket.close(linger=PUB_LINGER_MS)
         self.ctx.destroy(linger=0)
         self.loop.close()

@@ -1,0 +1,211 @@
+"""Restart types, fallbacks, start timeouts, shutdown order and systemd notification, on
+real trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from protocol.errors import MoorageError
+from tests.conftest import ROOT, Tree, wait_pid_exit
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def moorage(tree: Tree, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(tree.runtime_dir), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+
+
+RESTART_TYPES = """
+[supervisor]
+backoff = { initial_ms = 10, factor = 2.0, max_ms = 100 }
+[[children]]
+id = "perm"
+start = "tests.fakes:FakeActor"
+config = { exit_normally_after = 1 }
+[[children]]
+id = "trans"
+start = "tests.fakes:FakeActor"
+restart = "transient"
+config = { exit_normally_after = 1, crash_after = 2 }
+[[children]]
+id = "temp"
+start = "tests.fakes:FakeActor"
+restart = "temporary"
+"""
+
+
+def test_a_permanent_child_is_restarted_even_after_a_normal_exit(make_tree):
+    tree = make_tree(RESTART_TYPES).start()
+    old = tree.child("perm")["pid"]
+    with pytest.raises(MoorageError):
+        tree.call("perm", "fake.work", timeout=1.0)  # it exits(0) instead of answering
+    ev = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "perm")
+    assert ev["pid"] != old
+    assert tree.child("perm")["last_exit"] == "exit code 0"
+
+
+def test_a_transient_child_is_not_restarted_after_a_normal_exit(make_tree):
+    tree = make_tree(RESTART_TYPES).start()
+    with pytest.raises(MoorageError):
+        tree.call("trans", "fake.work", timeout=1.0)
+    ev = tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "trans")
+    assert ev["reason"] == "normal"
+    st = tree.child("trans")
+    assert st["state"] == "stopped" and st["pid"] is None and st["restarts"] == 0
+
+
+def test_a_temporary_child_is_never_restarted(make_tree):
+    tree = make_tree(RESTART_TYPES).start()
+    os.kill(tree.child("temp")["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "temp")
+    st = tree.child("temp")
+    assert st["state"] == "failed" and st["restarts"] == 0
+
+
+FALLBACK = """
+[supervisor]
+intensity = 2
+period_s = 30
+backoff = { initial_ms = 10, factor = 2.0, max_ms = 50 }
+[[children]]
+id = "flaky"
+start = "tests.fakes:FakeActor"
+fallbacks = ["degraded"]
+config = { crash_after = 1 }
+"""
+
+
+def test_exceeding_the_intensity_engages_the_childs_fallback_instead_of_escalating(make_tree):
+    tree = make_tree(FALLBACK).start()
+    for _ in range(3):  # three deaths: the third exceeds intensity 2
+        pid = tree.child("flaky")["pid"]
+        with pytest.raises(MoorageError):
+            tree.call("flaky", "fake.work", timeout=1.0)
+        assert wait_pid_exit(pid, 10)
+    ev = tree.wait_event(lambda e: e["event"] == "fallback" and e["child"] == "flaky")
+    assert ev["fallback"] == "degraded"
+    started = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "flaky"
+                              and e["fallback"] == "degraded")
+    assert started["pid"] == tree.child("flaky")["pid"]
+    assert tree.child("flaky")["fallback"] == "degraded"
+    # The fallback reached the actor's config.
+    assert tree.call("flaky", "sys.info")["actor"] == "flaky"
+
+
+SLOW_START = """
+[supervisor]
+start_timeout_ms = 300
+intensity = 1
+period_s = 60
+[[children]]
+id = "ok"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "sleepy"
+start = "tests.fakes:FakeActor"
+config = { start_delay_s = 30 }
+"""
+
+
+def test_a_child_that_does_not_become_ready_in_time_is_killed_and_counted(make_tree):
+    tree = make_tree(SLOW_START).start(wait=False)
+    ev = tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "sleepy")
+    assert ev["detail"] == "start timeout" and ev["signal"] == signal.SIGKILL
+    tree.wait_event(lambda e: e["event"] == "escalated")
+    assert tree.proc.wait(30) == 3  # the root gave up: exit code 3
+
+
+ORDER = """
+[[children]]
+id = "one"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "two"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "three"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_children_start_in_order_and_stop_in_reverse_order(make_tree):
+    tree = make_tree(ORDER).start()
+    sub = tree.client.subscribe("supervisor", ["sup.event"], from_seq=1)
+    try:
+        events = [sub.next(timeout=10).body for _ in range(3)]  # caught up: the 3 starts
+        assert moorage(tree, "down").returncode == 0
+        # The stopping supervisor's last events are flushed before it exits.
+        while not (events[-1]["event"] == "exited" and events[-1]["child"] == "one"):
+            events.append(sub.next(timeout=10).body)
+    finally:
+        sub.close()
+    started = [e["child"] for e in events if e["event"] == "started"]
+    stopped = [e["child"] for e in events if e["event"] == "exited"]
+    assert started == ["one", "two", "three"]
+    assert stopped == ["three", "two", "one"]
+    assert all(e["reason"] == "shutdown" for e in events if e["event"] == "exited")
+
+
+def test_the_cli_restarts_kills_and_reports_in_json(make_tree):
+    tree = make_tree(ORDER).start()
+    before = tree.child("two")["pid"]
+    assert moorage(tree, "restart", "two").returncode == 0
+    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "two")
+    out = moorage(tree, "status", "--json")
+    doc = json.loads(out.stdout)
+    two = next(c for c in doc["children"] if c["id"] == "two")
+    assert two["pid"] != before and two["state"] == "running" and two["restarts"] == 1
+    out = moorage(tree, "kill", "three", "--signal", "TERM")
+    assert out.returncode == 0 and "signal 15" in out.stdout
+    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "three")
+    out = moorage(tree, "events", "--replay", "--count", "3")
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [x["event"] for x in lines] == ["started", "started", "started"]
+    out = moorage(tree, "logs")
+    assert out.returncode == 0 and "all children started" in out.stdout
+    out = moorage(tree, "logs", "nosuch")
+    assert out.returncode == 2 and "no log for 'nosuch'" in out.stderr
+
+
+def test_the_root_speaks_sd_notify_when_systemd_asks(make_tree, runtime_dir):
+    path = str(runtime_dir / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+    tree = make_tree(ORDER)
+    with open(tree.out, "wb") as f:
+        tree.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(runtime_dir), "up",
+             "--config", str(tree.config_path)], stdout=f, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=env, start_new_session=True)
+    try:
+        seen: list[str] = []
+        while "READY=1" not in seen or "WATCHDOG=1" not in seen:
+            seen += sock.recv(4096).decode().split("\n")
+        assert any(s.startswith("STATUS=") for s in seen)
+        assert moorage(tree, "down").returncode == 0
+        while "STOPPING=1" not in seen:
+            seen += sock.recv(4096).decode().split("\n")
+    finally:
+        sock.close()
+
+
+def test_up_detach_returns_once_the_tree_answers_and_down_stops_it(make_tree):
+    tree = make_tree(ORDER)
+    out = moorage(tree, "up", "--detach", "--config", str(tree.config_path))
+    assert out.returncode == 0, out.stderr
+    assert "moorage tree up" in out.stdout
+    st = moorage(tree, "status")
+    assert st.returncode == 0 and st.stdout.count("running") == 3
+    assert moorage(tree, "down").returncode == 0
+    assert moorage(tree, "status").returncode == 2
