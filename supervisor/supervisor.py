@@ -31,13 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
 from loguru import logger
 
 from actors.runtime import DEFERRED, Actor, Call, op
+from actors.runtime.follow import Follow
 from actors.runtime.outbound import Outbound
 from protocol import endpoints
-from protocol.envelope import DecodeError, decode_stream
+from protocol.client._streams import Loss, StreamEvent
+from protocol.envelope import StreamMessage
 from protocol.errors import WireError, fail
 from supervisor import sdnotify
 from supervisor.children import Child, ChildState, new_child
@@ -82,7 +83,7 @@ class Supervisor(Actor):
         self.exit_code = 0
         self.initial_start_done = False
         self._ready_callback: Callable[[], None] | None = None
-        self._subs: dict[str, zmq.Socket] = {}
+        self._follows: dict[str, Follow] = {}
         self.notify = sdnotify.Notifier.from_env() if root else None
 
     # --- events -------------------------------------------------------------------------------
@@ -95,35 +96,25 @@ class Supervisor(Actor):
         logger.info("event {}", body)
         self.publisher.publish(EVENT_TOPIC, body)
 
-    def _subscribe(self, actor: str, topic: str) -> None:
-        """Republish `actor`'s `topic` messages as our own events (nested trees, alerts)."""
-        if actor in self._subs:
+    def _follow(self, actor: str, topic: str) -> None:
+        """Republish `actor`'s `topic` as our own events (nested trees' events, metrics
+        alerts), in order and gap-repaired: the root's stream is the whole tree's."""
+        if actor in self._follows:
             return
-        s = self.ctx.socket(zmq.SUB)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RECONNECT_IVL, 20)
-        s.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        s.connect(endpoints.pub(self.runtime_dir, actor))
-        self._subs[actor] = s
 
-        def relay() -> None:
-            while True:
-                try:
-                    frames = s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+        def republish(ev: StreamEvent) -> None:
+            if isinstance(ev, StreamMessage):
+                if not isinstance(ev.body, dict):
                     return
-                try:
-                    msg = decode_stream(frames)
-                except DecodeError:
-                    continue
-                if not isinstance(msg.body, dict):
-                    continue
-                if msg.topic == EVENT_TOPIC:
-                    self.publisher.publish(EVENT_TOPIC, msg.body)
+                if ev.topic == EVENT_TOPIC:
+                    self.publisher.publish(EVENT_TOPIC, ev.body)
                 else:
-                    self.event("alert", source=actor, alert=msg.body)
+                    self.event("alert", source=actor, alert=ev.body)
+            elif isinstance(ev, Loss):
+                self.event("relay_loss", source=actor, topic=ev.topic, first=ev.first,
+                           last=ev.last)
 
-        self.loop.add_reader(s, relay)
+        self._follows[actor] = Follow(self, self.outbound, actor, topic, republish)
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -137,9 +128,9 @@ class Supervisor(Actor):
         for cid in self.order:
             child = self.children[cid]
             if child.spec.type == "supervisor":
-                self._subscribe(cid, EVENT_TOPIC)
+                self._follow(cid, EVENT_TOPIC)
             if child.spec.id == "metrics":
-                self._subscribe(cid, "metrics.alert")
+                self._follow(cid, "metrics.alert")
             self.jobs.append(("start", child))
         self._next_job()
 
@@ -177,8 +168,8 @@ class Supervisor(Actor):
 
     def _shutdown(self) -> None:
         self.outbound.close()
-        for s in self._subs.values():
-            s.close(0)
+        for f in self._follows.values():
+            f.close()
         super()._shutdown()
         self.zygote.close()
 

@@ -27,6 +27,7 @@ from actors.runtime.process import run_actor
 from protocol.client import Client
 from protocol.envelope import StreamMessage
 from protocol.errors import MoorageError
+from supervisor.cli import tree_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,6 +203,14 @@ class Tree:
 
     def stop(self) -> None:
         if self.proc is None:
+            # Started some other way (`up --detach`), or not at all: whatever holds this
+            # instance's lock goes now.
+            self.client.close()
+            pid = tree_pid(self.runtime_dir)
+            if pid is not None and pid > 0:
+                procs = [psutil.Process(pid), *descendants(pid)]
+                os.kill(pid, signal.SIGKILL)
+                assert_all_gone(procs)
             return
         tree_procs: list[psutil.Process] = []
         if self.proc.poll() is None:

@@ -1,0 +1,84 @@
+"""Following another actor's stream from inside an actor's loop, with nothing lost unseen.
+
+The same bookkeeping as a client subscription (protocol.client._streams.StreamTracker: seq
+order, welcome, gap -> replay, loss and reset reported), but non-blocking: replays go out
+through `Outbound` and their answers come back as callbacks on the loop. A supervisor uses it
+to republish its nested supervisors' events and the metrics actor's alerts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from protocol import endpoints
+from protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from protocol.envelope import DecodeError, decode_stream
+from protocol.errors import WireError
+from protocol.wire import NOBLOCK, recv_frames
+
+if TYPE_CHECKING:
+    from actors.runtime.actor import Actor
+    from actors.runtime.outbound import Outbound
+
+
+class Follow:
+    def __init__(
+        self,
+        actor: Actor,
+        outbound: Outbound,
+        source: str,
+        topic: str,
+        on_event: Callable[[StreamEvent], None],
+    ) -> None:
+        self.source = source
+        self.outbound = outbound
+        self.on_event = on_event
+        self.tracker = StreamTracker(from_seq=1)
+        self.sock = actor.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 5)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self.sock.connect(endpoints.pub(actor.runtime_dir, source))
+        self._loop = actor.loop
+        self._loop.add_reader(self.sock, self._on_readable)
+
+    def _on_readable(self) -> None:
+        while True:
+            try:
+                frames = recv_frames(self.sock, NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode_stream(frames)
+            except DecodeError:
+                continue
+            events, need = self.tracker.on_message(msg)
+            self._deliver(events)
+            self._replay(need)
+
+    def _deliver(self, events: list[StreamEvent]) -> None:
+        for ev in events:
+            self.on_event(ev)
+
+    def _replay(self, need: NeedReplay | None) -> None:
+        if need is None:
+            return
+
+        def done(reply: Any, err: WireError | None, topic: str = need.topic) -> None:
+            if err is not None:
+                self._deliver(self.tracker.on_replay_failed(topic))
+                return
+            events, more = self.tracker.on_replay(topic, reply.body, reply.attachments)
+            self._deliver(events)
+            self._replay(more)
+
+        self.outbound.call(self.source, "replay", {"topic": need.topic, "from_seq": need.from_seq},
+                           timeout=2.0, on_done=done)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock)
+        self.sock.close(0)
