@@ -1,0 +1,1 @@
+"""The metrics actor's parts: push decoding, series and windows, alerts, Prometheus text."""
