@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from protocol.client import Client
 from protocol.errors import MoorageError
 from tests.conftest import ROOT, Tree, wait_pid_exit
 
@@ -209,3 +210,20 @@ def test_up_detach_returns_once_the_tree_answers_and_down_stops_it(make_tree):
     assert st.returncode == 0 and st.stdout.count("running") == 3
     assert moorage(tree, "down").returncode == 0
     assert moorage(tree, "status").returncode == 2
+
+
+def test_the_runtime_dir_is_private_and_the_client_sees_a_restart_as_a_new_epoch(make_tree,
+                                                                               runtime_dir):
+    tree = make_tree(ORDER)
+    tree.runtime_dir = runtime_dir / "inst"
+    tree.runtime_dir.mkdir(mode=0o755)
+    tree.config_path = runtime_dir / "moorage.toml"
+    tree.client.close()
+    tree.client = Client(tree.runtime_dir, timeout=10.0)
+    tree.start()
+    assert tree.runtime_dir.stat().st_mode & 0o777 == 0o700
+    first = tree.client.hello("one")["ep"]
+    os.kill(tree.child("one")["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "one")
+    assert tree.client.hello("one")["ep"] != first
+    assert tree.client.core.restarts_seen["one"] == 1

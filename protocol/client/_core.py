@@ -127,6 +127,7 @@ class CallPlan:
         br = self.core.breaker(self.actor)
         br.record_success(now)  # any reply proves the actor alive
         self.core.record_latency(self.op, now - self.started)
+        self.core.note_epoch(self.actor, reply.epoch)
         if reply.ok:
             return Done(reply=reply)
         err = WireError.from_wire(reply.body)
@@ -191,6 +192,8 @@ class ClientCore:
         self._ids = itertools.count(1)
         self.breakers: dict[str, CircuitBreaker] = {}
         self.latency: dict[str, Recorder] = {}
+        self.epochs: dict[str, str] = {}  # the epoch each actor last answered with
+        self.restarts_seen: dict[str, int] = {}
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -201,6 +204,15 @@ class ClientCore:
             b = self.breakers[actor] = CircuitBreaker(
                 self.options.breaker_threshold, self.options.breaker_cooldown)
         return b
+
+    def note_epoch(self, actor: str, epoch: str) -> None:
+        """A new epoch in a reply: the actor restarted since we last heard from it, and what
+        was in flight to its predecessor may not have run (PROTOCOL.md, section 8)."""
+        old = self.epochs.get(actor)
+        if old != epoch and epoch:
+            if old is not None:
+                self.restarts_seen[actor] = self.restarts_seen.get(actor, 0) + 1
+            self.epochs[actor] = epoch
 
     def record_latency(self, op: str, seconds: float) -> None:
         r = self.latency.get(op)
