@@ -343,14 +343,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _wire(event: Any) -> dict[str, Any]:
     """The event as a dict for msgpack: its kind, then its fields; options become a dict and
     tuples become lists."""
+    cls = type(event)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # dataclasses.fields() per event is a fifth of the actor's feed cost
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(event))
     out: dict[str, Any] = {"kind": event.kind}
-    for f in fields(event):
-        value = getattr(event, f.name)
-        if f.name == "options":
-            out["options"] = dict(value)
-        else:
-            out[f.name] = _plain(value)
+    for name in names:
+        value = getattr(event, name)
+        out[name] = dict(value) if name == "options" else _plain(value)
     return out
