@@ -46,7 +46,7 @@ from protocol.envelope import (
     shape_problem,
 )
 from protocol.errors import Category, MoorageError, WireError, fail
-from protocol.wire import NOBLOCK, recv_frames, send_frames
+from protocol.wire import NOBLOCK, send_frames
 
 VERSION = "0.1.0"
 DEFERRED = object()  # a handler's return value: "I will answer through call.reply later"
@@ -285,15 +285,9 @@ class Actor:
 
     # --- request path -------------------------------------------------------------------------
 
-    def _on_rpc(self) -> None:
-        batch: list[list[bytes]] = []
-        sock = self.rpc
-        cap = self.queue_limit * 2
-        try:
-            while len(batch) < cap:
-                batch.append(recv_frames(sock, NOBLOCK))
-        except zmq.Again:
-            pass
+    def _on_batch(self, batch: list[list[bytes]]) -> None:
+        # Up to twice the queue limit is read at once; those past the limit are refused with
+        # `busy` rather than left to wait behind the others.
         for i, frames in enumerate(batch):
             self._handle(frames, over_limit=i >= self.queue_limit)
 
@@ -429,7 +423,7 @@ class Actor:
         """Run until stopped; then answer what is pending and close."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.loop.add_reader(self.rpc, self._on_rpc)
+        self.loop.set_primary(self.rpc, self._on_batch, self.ctx, self.queue_limit * 2)
         self.loop.add_reader(self.pub_socket, self._drain_subscriptions)
         self.loop.call_every(float(self.config.get("metrics_interval_s", 1.0)), self._push_metrics)
         self.on_start()

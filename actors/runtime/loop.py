@@ -3,6 +3,13 @@ from other threads, all on one poller so handlers never need locks.
 
 Callbacks run to completion; a callback that raises is logged and the loop goes on (a bug in
 one handler must not take the actor's other sessions down with it).
+
+The fast path: an actor's request socket can be made the loop's *primary* socket. While
+every other reader is a ZeroMQ socket (no plain fds, no writers), the loop then waits in a
+blocking `recv` on it instead of `zmq_poll` (measured here: ~17 µs less per round trip, a
+tenth of it), checks the other sockets' ZMQ_EVENTS after each wake-up, and wakes at least
+every HOUSEKEEPING_MS for them. Wake-ups from other threads then arrive on the primary socket
+itself, as messages from WAKE_ID over an inproc connection.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import contextlib
 import heapq
 import itertools
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,9 +27,14 @@ from typing import Any
 import zmq
 from loguru import logger
 
+from protocol.wire import NOBLOCK, recv_frames
+
 Callback = Callable[[], Any]
 # pyzmq's constants are enums; arithmetic on them builds enum objects (a microsecond each).
 POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
+EVENTS, RCVTIMEO = int(zmq.EVENTS), int(zmq.RCVTIMEO)
+HOUSEKEEPING_MS = 100
+WAKE_ID = b"\xffmoorage-wake"
 
 
 class Timer:
@@ -46,6 +59,46 @@ class Loop:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._wake_r, self._drain_wakeups)
         self.running = False
+        self._primary: zmq.Socket | None = None
+        self._on_batch: Callable[[list[list[bytes]]], Any] | None = None
+        self._batch_cap = 1
+        self._wake_sock: zmq.Socket | None = None
+        self._wake_lock = threading.Lock()
+        self._rcvtimeo = -1
+
+    def set_primary(
+        self,
+        sock: zmq.Socket,
+        on_batch: Callable[[list[list[bytes]]], Any],
+        ctx: zmq.Context,
+        batch_cap: int,
+    ) -> None:
+        """Make `sock` (a ROUTER) the socket the loop blocks on; `on_batch` gets what it
+        receives, up to `batch_cap` messages at a time, wake-up messages removed."""
+        endpoint = f"inproc://moorage-wake-{id(self)}"
+        sock.bind(endpoint)
+        wake = ctx.socket(zmq.DEALER)
+        wake.setsockopt(zmq.ROUTING_ID, WAKE_ID)
+        wake.setsockopt(zmq.LINGER, 0)
+        wake.setsockopt(zmq.SNDHWM, 16)
+        wake.connect(endpoint)
+        self._wake_sock = wake
+        self._primary, self._on_batch, self._batch_cap = sock, on_batch, batch_cap
+        self.add_reader(sock, self._drain_primary)
+
+    def _drain_primary(self, first: list[bytes] | None = None) -> None:
+        assert self._primary is not None and self._on_batch is not None
+        batch: list[list[bytes]] = [] if first is None or first[0] == WAKE_ID else [first]
+        sock, cap = self._primary, self._batch_cap
+        try:
+            while len(batch) < cap:
+                frames = recv_frames(sock, NOBLOCK)
+                if frames[0] != WAKE_ID:
+                    batch.append(frames)
+        except zmq.Again:
+            pass
+        if batch:
+            self._on_batch(batch)
 
     # --- registration ---------------------------------------------------------------------
 
@@ -102,6 +155,12 @@ class Loop:
     def call_soon_threadsafe(self, fn: Callback) -> None:
         """From any thread: run `fn` on the loop's thread, soon."""
         self._soon.append(fn)
+        if self._wake_sock is not None:
+            with self._wake_lock:
+                try:
+                    self._wake_sock.send(b"w", NOBLOCK)
+                except zmq.Again:
+                    pass  # wake-ups are queued already; the loop will run `fn` with them
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
@@ -133,7 +192,56 @@ class Loop:
             return None
         return max(0, int((self._timers[0][0] - time.monotonic()) * 1000 + 0.999))
 
+    def _fast_path_ok(self) -> bool:
+        if self._primary is None:
+            return False
+        for key, (_, on_write) in self._handlers.items():
+            if on_write is not None:
+                return False
+            if not isinstance(key, zmq.Socket) and key != self._wake_r:
+                return False
+        return True
+
+    def _run_fast(self) -> None:
+        """Block in recv on the primary socket; see the module docstring."""
+        sock = self._primary
+        assert sock is not None
+        t = self._timeout_ms()
+        t = HOUSEKEEPING_MS if t is None else min(t, HOUSEKEEPING_MS)
+        if t != self._rcvtimeo:
+            sock.setsockopt(RCVTIMEO, t)
+            self._rcvtimeo = t
+        try:
+            first: list[bytes] | None = recv_frames(sock)
+        except zmq.Again:
+            first = None
+        if first is not None:
+            try:
+                self._drain_primary(first)
+            except Exception:
+                logger.exception("primary socket handler raised")
+        for key, (on_read, _) in list(self._handlers.items()):
+            if key is sock or key == self._wake_r or on_read is None:
+                continue
+            if key.get(EVENTS) & POLLIN:
+                self._run(on_read)
+        if self._soon:
+            self._drain_wakeups()
+        self._run_timers()
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self._run(timer.fn)
+        while self._soon:
+            self._run(self._soon.popleft())
+
     def run_once(self, timeout_ms: int | None = None) -> None:
+        if timeout_ms is None and self._fast_path_ok():
+            self._run_fast()
+            return
         t = self._timeout_ms()
         if timeout_ms is not None:
             t = timeout_ms if t is None else min(t, timeout_ms)
@@ -148,13 +256,7 @@ class Loop:
                 handlers = self._handlers.get(key)
                 if handlers and handlers[1]:
                     self._run(handlers[1])
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
-                self._run(timer.fn)
-        while self._soon:
-            self._run(self._soon.popleft())
+        self._run_timers()
 
     def run(self) -> None:
         self.running = True
@@ -165,5 +267,7 @@ class Loop:
         self.running = False
 
     def close(self) -> None:
+        if self._wake_sock is not None:
+            self._wake_sock.close(0)
         os.close(self._wake_r)
         os.close(self._wake_w)
