@@ -1,4 +1,6 @@
 """moorage's actors: the runtime (actors.runtime) and one module per actor.
 
   metrics   merges every actor's histograms; percentiles, alerts, Prometheus text
+  resource  samples the tree's memory and CPU; pressure level, quality, runaway kills
+  parser    escape-sequence and shell-integration marker parsing per stream (actors.vtparse)
 """

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors.pressure.levels import FEATURES_OFF
 from protocol import endpoints
 from protocol.client import Client, Loss, Reset
 from protocol.envelope import StreamMessage
@@ -184,14 +185,41 @@ def print_table(head: list[str], rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def has_child(tree: dict, cid: str) -> bool:
+    return any(ch["id"] == cid or has_child(ch.get("tree", {}), cid)
+               for ch in tree.get("children", []))
+
+
+def resource_level(c: Client, tree: dict) -> dict | None:
+    """The resource actor's {level, pressure, quality}, an {error} if it does not answer,
+    or None when the tree has no resource actor."""
+    if not has_child(tree, "resource"):
+        return None
+    try:
+        return c.call("resource", "resource.level", timeout=1.0)
+    except MoorageError as exc:
+        return {"error": exc.name}
+
+
+def resource_line(r: dict) -> str:
+    if "error" in r:
+        return f"resource: not answering ({r['error']})"
+    off = FEATURES_OFF.get(r["quality"], ())
+    return (f"pressure {r['pressure']}/100  level {r['level']}  quality {r['quality']}/3"
+            + (f" (off: {', '.join(off)})" if off else ""))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with connect(args) as c:
         tree = c.call("supervisor", "sup.status")
+        level = resource_level(c, tree)
     if args.json:
-        print(json.dumps(tree, indent=2))
+        print(json.dumps(tree if level is None else {**tree, "resource": level}, indent=2))
         return EXIT_OK
     print(f"supervisor pid {tree['pid']}  strategy {tree['strategy']}  "
           f"runtime dir {args.runtime_dir}")
+    if level is not None:
+        print(resource_line(level))
     print_table(["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "FALLBACK"],
                 status_rows(tree))
     return EXIT_OK

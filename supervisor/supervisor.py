@@ -17,8 +17,9 @@ stopping. A supervisor republishes its nested supervisors' events, so the root's
 `supervisor.pub` carries the whole tree's; it also republishes metrics alerts.
 
 Deaths are seen at once: the zygote reaps on SIGCHLD and writes the exit status to the
-supervisor's socketpair, which the loop polls. Hangs are seen by `sys.ping`s the child's own
-loop must answer: `heartbeat.misses` unanswered in a row and it is SIGKILLed and restarted.
+supervisor's socketpair, which the loop polls. Hangs are seen by `sys.heartbeat` probes that
+the child's own loop must answer: `heartbeat.misses` unanswered in a row and it is SIGKILLed
+and restarted.
 """
 
 from __future__ import annotations
@@ -402,7 +403,7 @@ class Supervisor(Actor):
                 if err is None and child.generation == gen:
                     child.heartbeat.answered()
 
-            self.outbound.call(child.id, "sys.ping", on_done=answered,
+            self.outbound.call(child.id, "sys.heartbeat", on_done=answered,
                                timeout=interval * (child.heartbeat.misses + 1))
 
     def _hung(self, child: Child) -> None:

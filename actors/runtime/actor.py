@@ -134,6 +134,11 @@ class Actor:
         self.ready_hook: Callable[[], None] | None = None  # set by the launcher
         self.pressure_level = "normal"  # as last told by the resource actor (sys.pressure)
         self.quality = 3
+        # Below this quality, non-essential ops are answered busy (seed 9.2, Resource
+        # Recoverable: throttle) with a retry in about one sampling interval.
+        self.shed_below_quality = int(self.config.get("shed_below_quality", 2))
+        self.shed_retry_ms = int(self.config.get("shed_retry_ms", 1000))
+        self.shed = 0
         self.ctx = zmq.Context()
         self.rpc = self._bind_rpc()
         self.pub_socket = self.ctx.socket(zmq.XPUB)
@@ -219,6 +224,12 @@ class Actor:
         """Liveness, answered by the actor's own loop."""
         return {"ep": self.epoch}
 
+    @op("sys.heartbeat", idempotent=True, timeout_ms=1000, recorded=False)
+    def _op_heartbeat(self, call: Call) -> dict[str, Any]:
+        """The supervisor's liveness probe: like sys.ping, but not counted in the metrics, so
+        an idle actor has nothing to push (five probes a second would keep it busy)."""
+        return {"ep": self.epoch}
+
     @op("sys.hello", args={"client": (str, "")}, idempotent=True, timeout_ms=1000)
     def _op_hello(self, call: Call, client: str) -> dict[str, Any]:
         """Who answers here: a new epoch means the actor restarted since the last hello."""
@@ -243,6 +254,8 @@ class Actor:
             "ops": {name: spec.describe() for name, spec in sorted(self.ops.items())},
             "received": self.received,
             "rejected_busy": self.rejected_busy,
+            "shed": self.shed,
+            "pressure": {"level": self.pressure_level, "quality": self.quality},
             "undecodable": self.undecodable,
             "pending": len(self.pending),
             "reply_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
@@ -329,6 +342,12 @@ class Actor:
                 retry_after_ms=self.busy_retry_ms))
             return
         spec = self.ops.get(req.op)
+        if spec is not None and not spec.essential and self.quality < self.shed_below_quality:
+            self.shed += 1
+            self._refuse(route, req, WireError.of(
+                "busy", f"{self.name}: {req.op} shed at quality {self.quality} "
+                f"({self.pressure_level})", retry_after_ms=self.shed_retry_ms))
+            return
         call = Call(self, [route], req, t0)
         if spec is None:
             err = WireError.of("unknown_op", f"{self.name} has no op {req.op!r}")
@@ -392,8 +411,12 @@ class Actor:
         if error is None or error.name not in UNCACHED:
             self.cache.put(call.sid, call.id, frames)
         # Unknown op names are the caller's text: one key for all, or junk fills the metrics.
-        name = call.op if call.op in self.ops else "(unknown)"
-        self.stats.record(name, int((time.perf_counter() - call.started) * 1e6), error is None)
+        spec = self.ops.get(call.op)
+        if spec is None:
+            self.stats.record("(unknown)", 0, False)
+        elif spec.recorded:
+            self.stats.record(call.op, int((time.perf_counter() - call.started) * 1e6),
+                              error is None)
 
     # --- metrics ------------------------------------------------------------------------------
 

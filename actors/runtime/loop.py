@@ -31,9 +31,9 @@ from protocol.wire import NOBLOCK, recv_frames
 
 Callback = Callable[[], Any]
 # pyzmq's constants are enums; arithmetic on them builds enum objects (a microsecond each).
-POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
+POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 EVENTS, RCVTIMEO = int(zmq.EVENTS), int(zmq.RCVTIMEO)
-HOUSEKEEPING_MS = 100
+HOUSEKEEPING_MS = 250
 WAKE_ID = b"\xffmoorage-wake"
 
 
@@ -221,8 +221,8 @@ class Loop:
             except Exception:
                 logger.exception("primary socket handler raised")
         for key, (on_read, _) in list(self._handlers.items()):
-            if key is sock or key == self._wake_r or on_read is None:
-                continue
+            if key is sock or on_read is None or not isinstance(key, zmq.Socket):
+                continue  # plain fds registered by a handler just now: the next poll has them
             if key.get(EVENTS) & POLLIN:
                 self._run(on_read)
         if self._soon:
@@ -250,7 +250,9 @@ class Loop:
             handlers = self._handlers.get(key)
             if handlers is None:
                 continue
-            if flags & POLLIN and handlers[0]:
+            # A plain fd's hang-up (a PTY or pipe at EOF) comes as POLLERR alone: its reader
+            # must run to see the EOF, or the loop would spin on it.
+            if flags & (POLLIN | POLLERR) and handlers[0]:
                 self._run(handlers[0])
             if flags & POLLOUT:
                 handlers = self._handlers.get(key)

@@ -36,6 +36,7 @@ class OpSpec:
     idempotent: bool = False
     timeout_ms: int = 5000
     essential: bool = True  # non-essential ops are shed first under pressure
+    recorded: bool = True  # counted in the op's metrics (not liveness probes)
     doc: str = ""
     _names: frozenset[str] = field(default=frozenset())
 
@@ -101,6 +102,7 @@ def op(
     idempotent: bool = False,
     timeout_ms: int = 5000,
     essential: bool = True,
+    recorded: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a method as the handler of `name`. `args` maps each name to a type, or to
     `(type, default)` for an optional one."""
@@ -113,6 +115,7 @@ def op(
             idempotent=idempotent,
             timeout_ms=timeout_ms,
             essential=essential,
+            recorded=recorded,
             doc=(fn.__doc__ or "").strip().split("\n")[0],
         )
         return fn
@@ -130,6 +133,6 @@ def collect(obj: object) -> dict[str, OpSpec]:
                 bound = getattr(obj, attr)
                 table[spec.name] = OpSpec(
                     spec.name, bound, spec.args, spec.idempotent, spec.timeout_ms,
-                    spec.essential, spec.doc,
+                    spec.essential, spec.recorded, spec.doc,
                 )
     return table

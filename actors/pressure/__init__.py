@@ -1,0 +1,30 @@
+"""The resource actor's pure parts: sampling the tree, and deciding from the samples.
+
+  sampler     psutil over the tree's processes: memory, CPU and role (supervisor, zygote,
+              actor, descendant) of each, found from the root supervisor's `sup.status`
+  levels      the pressure formula, the level (seed 6.1) and quality (seed 9.2) state
+              machines with hysteresis; pure, fed numbers and an injected clock
+  escalation  what happens while critical persists: alert, then kill the largest runaway
+              process that no actor is (pure decisions; the actor carries them out)
+  settings    the resource actor's config keys, checked
+"""
+
+from actors.pressure.escalation import Decision, Escalation, pick_runaway
+from actors.pressure.levels import (
+    ENTER,
+    FEATURES_OFF,
+    LEVELS,
+    LevelTracker,
+    Pressure,
+    PressureModel,
+    QualityTracker,
+    Reading,
+    raw_level,
+)
+from actors.pressure.sampler import ProcRow, Roles, Sample, TreeSampler, roles_from_status
+
+__all__ = [
+    "ENTER", "FEATURES_OFF", "LEVELS", "Decision", "Escalation", "LevelTracker", "Pressure",
+    "PressureModel", "ProcRow", "QualityTracker", "Reading", "Roles", "Sample", "TreeSampler",
+    "pick_runaway", "raw_level", "roles_from_status",
+]

@@ -1,0 +1,193 @@
+"""P14: the idle tree's total RSS and CPU, with the resource actor sampling it; and the cost
+of one sample.
+
+Two trees are brought up in turn by `moorage up`: the default tree plus the resource actor
+(defaults: one sample a second), and the default tree without it, the reference measured in
+the same run. Each is left alone for a warm-up, then every process of it (found from the
+root's pid) is measured over `--seconds`: CPU from /proc cpu times at both ends, RSS (the
+target's figure) and PSS (what the tree really costs: forked actors share the interpreter's
+pages) at the end. The sampler's own cost is then measured in this process against the
+running tree: one `TreeSampler.sample` (this thread's CPU time), beside one psutil
+`children(recursive=True)` of the root, the naive way of finding the tree.
+
+    python -m perf.p14_idle [--seconds 10] [--warmup 3] [--samples 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from typing import Any
+
+import psutil
+
+from actors.pressure.sampler import TreeSampler, roles_from_status
+from perf._report import Report, Row, percentiles
+from perf._tree import BenchTree
+from supervisor.config import default_document
+
+RESOURCE = {"id": "resource", "start": "actors.resource:ResourceActor",
+            "restart": "permanent", "shutdown_ms": 2000}
+MB = 1024 * 1024
+
+
+# --- a config: the default tree's children, with or without the resource actor -------------
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot render {v!r} as TOML")
+
+
+def _children(children: list[dict], prefix: str = "children") -> list[str]:
+    out = []
+    for c in children:
+        out.append(f"[[{prefix}]]")
+        out += [f"{k} = {_value(v)}" for k, v in c.items() if k != "children"]
+        if "children" in c:
+            out += _children(c["children"], prefix + ".children")
+    return out
+
+
+def tree_config(with_resource: bool) -> str:
+    """The default document's tree, the resource actor added (or removed); `[actor.*]`
+    tables stay as the default has them."""
+    children = [c for c in default_document()["children"] if c["id"] != "resource"]
+    if with_resource:
+        children.append(RESOURCE)
+    text = "\n".join(_children(children)) + "\n"
+    assert tomllib.loads(text)["children"] == children  # the rendering is faithful
+    return text
+
+
+# --- measuring an idle tree --------------------------------------------------------------------
+
+
+def tree_processes(root: int) -> list[psutil.Process]:
+    p = psutil.Process(root)
+    return [p, *p.children(recursive=True)]
+
+
+def cpu_seconds(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+def measure_idle(with_resource: bool, seconds: float, warmup: float,
+                 samples: int) -> dict[str, Any]:
+    tree = BenchTree(tree_config(with_resource))
+    tree.start()
+    try:
+        with tree.client(timeout=10.0) as c:
+            status = c.call("supervisor", "sup.status")
+            roles = roles_from_status(status)
+            time.sleep(warmup)  # a benchmark, not a test: start-up work settles first
+            procs = tree_processes(status["pid"])
+            before = {p.pid: cpu_seconds(p) for p in procs}
+            t0 = time.monotonic()
+            time.sleep(seconds)
+            elapsed = time.monotonic() - t0
+            rows = []
+            for p in procs:
+                with p.oneshot():
+                    full = p.memory_full_info()
+                    cpu = cpu_seconds(p) - before[p.pid]
+                name = roles.actors.get(p.pid) or roles.supervisors.get(p.pid) or "zygote"
+                rows.append({"pid": p.pid, "name": name, "rss_mb": full.rss / MB,
+                             "pss_mb": full.pss / MB, "cpu_pct": 100 * cpu / elapsed})
+            resource = c.call("resource", "resource.status") if with_resource else None
+            sampler = measure_sampler(status, samples) if with_resource else None
+    finally:
+        tree.stop()
+    return {
+        "rows": rows,
+        "rss_mb": sum(r["rss_mb"] for r in rows),
+        "pss_mb": sum(r["pss_mb"] for r in rows),
+        "cpu_pct": sum(r["cpu_pct"] for r in rows),
+        "seconds": elapsed,
+        "resource": resource,
+        "sampler": sampler,
+    }
+
+
+# --- the sampler's own cost ----------------------------------------------------------------------
+
+
+def measure_sampler(status: dict, n: int) -> dict[str, Any]:
+    roles = roles_from_status(status)
+    out: dict[str, Any] = {}
+    for metric in ("rss", "pss"):
+        s = TreeSampler(metric)
+        s.sample(roles)  # the first sample reads every pid's parent
+        costs = [s.sample(roles).cost_us for _ in range(n)]
+        out[metric] = percentiles(costs)
+    root = psutil.Process(status["pid"])
+    naive = []
+    for _ in range(n):
+        t0 = time.thread_time_ns()
+        root.children(recursive=True)
+        naive.append((time.thread_time_ns() - t0) / 1000)
+    out["children_recursive"] = percentiles(naive)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--samples", type=int, default=300)
+    args = ap.parse_args(argv)
+    report = Report("p14_idle")
+    ref = measure_idle(False, args.seconds, args.warmup, args.samples)
+    got = measure_idle(True, args.seconds, args.warmup, args.samples)
+    n = len(got["rows"])
+    report.add(Row("P14", f"idle tree total RSS ({n} processes)", "MB", "<= 200 MB",
+                   got["rss_mb"], ref["rss_mb"], got["rss_mb"] <= 200,
+                   note=f"limit: the same tree without the resource actor; PSS (shared "
+                        f"pages once) {got['pss_mb']:.1f} MB vs {ref['pss_mb']:.1f} MB"))
+    report.add(Row("P14", f"idle tree CPU over {got['seconds']:.0f} s", "%", "<= 1% of a core",
+                   got["cpu_pct"], ref["cpu_pct"], got["cpu_pct"] <= 1.0,
+                   note="% of one core; limit: the same tree without the resource actor"))
+    res = next(r for r in got["rows"] if r["name"] == "resource")
+    report.add(Row("P14", "resource actor alone: CPU (1 sample/s)", "%", "(part of P14)",
+                   res["cpu_pct"], None, res["cpu_pct"] <= 1.0,
+                   note=f"RSS {res['rss_mb']:.1f} MB, PSS {res['pss_mb']:.1f} MB; "
+                        f"in-actor mean sample cost "
+                        f"{got['resource']['sampler']['mean_cost_us']:.0f} us"))
+    s = got["sampler"]
+    report.add(Row("P14", "one sample of the tree (rss), p50", "us", "<= 2 ms (0.2%/s)",
+                   s["rss"][50], s["children_recursive"][50], s["rss"][50] <= 2000,
+                   note=f"p99 {s['rss'][99]:.0f} us; limit: psutil children(recursive) of "
+                        f"the root alone, p50"))
+    report.add(Row("P14", "one sample of the tree (pss), p50", "us", "(informative)",
+                   s["pss"][50], s["children_recursive"][50], True,
+                   note=f"p99 {s['pss'][99]:.0f} us: smaps_rollup costs ~0.35 ms per process"))
+    print("\nper process, with the resource actor (idle):")
+    for r in got["rows"]:
+        print(f"  {r['pid']:>7}  {r['name']:<12} rss {r['rss_mb']:6.1f} MB  pss "
+              f"{r['pss_mb']:6.1f} MB  cpu {r['cpu_pct']:5.2f}%")
+    print(f"resource.status: level {got['resource']['level']}, pressure "
+          f"{got['resource']['pressure']}, quality {got['resource']['quality']}, totals "
+          f"{got['resource']['totals']['rss'] / MB:.1f} MB RSS over "
+          f"{got['resource']['totals']['processes']} processes")
+    report.extra = {"with_resource": {k: got[k] for k in ("rows", "rss_mb", "pss_mb",
+                                                          "cpu_pct", "seconds", "sampler")},
+                    "reference": {k: ref[k] for k in ("rows", "rss_mb", "pss_mb", "cpu_pct",
+                                                      "seconds")}}
+    return report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The tree sampler on real process trees: roles, memory, reparenting, and `sup.status`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from actors.pressure import Roles, TreeSampler, roles_from_status
+from actors.pressure.sampler import _read_ppid
+from tests.conftest import wait_pid_exit
+
+pytestmark = pytest.mark.timeout(60)
+
+MB = 1024 * 1024
+
+# supervisor -> zygote -> actor -> hog (holding `mb` MB), the layout of a real tree; each
+# prints "<name> <pid>" and then waits for its stdin (shared) to close. With "reap", a dead
+# child is reaped at once (SIGCHLD ignored); without, it stays a zombie until its parent exits.
+CHAIN = r"""
+import os, signal, sys
+mb = int(sys.argv[1])
+if sys.argv[2] == "reap":
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+names = ["supervisor", "zygote", "actor", "hog"]
+for i, name in enumerate(names):
+    if name == "hog":
+        data = b"x" * (mb * 1024 * 1024)
+    sys.stdout.write(f"{name} {os.getpid()}\n")
+    sys.stdout.flush()
+    if name == "hog" or os.fork() != 0:
+        sys.stdin.buffer.read()
+        os._exit(0)
+"""
+
+
+@dataclass
+class Chain:
+    proc: subprocess.Popen
+    pids: dict[str, int]
+
+    def roles(self, *, with_actor: bool = True) -> Roles:
+        sup, actor = self.pids["supervisor"], self.pids["actor"]
+        return Roles(root_pid=sup, supervisors={sup: "supervisor"},
+                     actors={actor: "fake"} if with_actor else {},
+                     workers={"fake": actor} if with_actor else {})
+
+
+@pytest.fixture
+def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
+    reap = "reap" if getattr(request, "param", False) else "keep"
+    proc = subprocess.Popen([sys.executable, "-c", CHAIN, "40", reap], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    pids = {}
+    for _ in range(4):
+        name, pid = proc.stdout.readline().split()
+        pids[name] = int(pid)
+    yield Chain(proc, pids)
+    proc.stdin.close()
+    for pid in pids.values():
+        if not wait_pid_exit(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()
+
+
+def by_pid(sample) -> dict:
+    return {r.pid: r for r in sample.rows}
+
+
+def test_every_process_of_the_tree_is_found_with_its_role(chain):
+    s = TreeSampler()
+    rows = by_pid(s.sample(chain.roles()))
+    p = chain.pids
+    assert set(rows) == set(p.values())
+    assert (rows[p["supervisor"]].role, rows[p["supervisor"]].owner) == ("supervisor",
+                                                                         "supervisor")
+    assert (rows[p["zygote"]].role, rows[p["zygote"]].owner) == ("zygote", "supervisor")
+    assert (rows[p["actor"]].role, rows[p["actor"]].owner) == ("actor", "fake")
+    assert (rows[p["hog"]].role, rows[p["hog"]].owner) == ("descendant", "fake")
+    assert rows[p["hog"]].rss >= 40 * MB
+    assert rows[p["hog"]].ppid == p["actor"]
+    assert os.getpid() not in rows  # the test process is the supervisor's parent: outside
+
+
+def test_a_child_of_a_zygote_missing_from_the_status_is_an_actor_never_a_runaway(chain):
+    rows = by_pid(TreeSampler().sample(chain.roles(with_actor=False)))
+    assert rows[chain.pids["actor"]].role == "actor"
+    assert rows[chain.pids["actor"]].owner == ""
+    assert rows[chain.pids["hog"]].role == "descendant"
+
+
+def test_psutil_objects_are_kept_between_samples_and_totals_add_up(chain):
+    s = TreeSampler()
+    first = s.sample(chain.roles())
+    kept = s.process(chain.pids["hog"])
+    second = s.sample(chain.roles())
+    assert s.process(chain.pids["hog"]) is kept
+    assert second.rss == sum(r.rss for r in second.rows) and second.memory == second.rss
+    assert second.totals()["processes"] == 4
+    assert second.system_total >= second.system_available > 0
+    assert first.cost_us > 0 and second.reading().memory_bytes == second.memory
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["zombie", "reaped"], indirect=True)
+def test_a_killed_descendant_is_gone_from_the_next_sample(chain):
+    s = TreeSampler()
+    s.sample(chain.roles())
+    os.kill(chain.pids["hog"], signal.SIGKILL)
+    assert wait_pid_exit(chain.pids["hog"], 10)
+    rows = by_pid(s.sample(chain.roles()))
+    # Dead but not yet reaped by its parent: a zombie holds no memory, so it counts nothing.
+    assert chain.pids["hog"] not in rows or rows[chain.pids["hog"]].rss == 0
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["zombie_parent", "reaped_parent"],
+                         indirect=True)
+def test_a_process_whose_parent_died_leaves_the_tree(chain):
+    s = TreeSampler()
+    s.sample(chain.roles())
+    hog = psutil.Process(chain.pids["hog"])
+    os.kill(chain.pids["actor"], signal.SIGKILL)
+    assert wait_pid_exit(chain.pids["actor"], 10)
+    rows = by_pid(s.sample(chain.roles()))
+    assert hog.pid not in rows
+    hog.kill()  # an orphan now: the chain fixture's stdin no longer reaches it in time
+
+
+def test_pss_counts_shared_pages_once(chain):
+    s = TreeSampler(metric="pss")
+    sample = s.sample(chain.roles())
+    for r in sample.rows:
+        assert 0 < r.memory <= r.rss
+    # The zygote-like forks share the interpreter's pages: PSS is well below the RSS sum.
+    assert sample.memory < sample.rss
+
+
+def test_an_unknown_memory_metric_is_refused():
+    with pytest.raises(ValueError):
+        TreeSampler(metric="vms")
+
+
+def test_no_root_means_an_empty_sample_with_the_machine_s_memory():
+    sample = TreeSampler().sample(Roles())
+    assert sample.rows == [] and sample.memory == 0 and sample.system_total > 0
+
+
+def test_the_parent_pid_is_read_past_a_process_name_with_spaces_and_parentheses(tmp_path: Path):
+    odd = tmp_path / "a) b (c"
+    odd.symlink_to(sys.executable)
+    with subprocess.Popen([str(odd), "-c", "import sys; sys.stdin.read()"],
+                          stdin=subprocess.PIPE) as p:
+        try:
+            assert psutil.Process(p.pid).name().startswith("a) b (c")
+            assert _read_ppid(p.pid) == os.getpid()
+        finally:
+            p.kill()
+
+
+def test_roles_are_read_from_a_nested_sup_status():
+    status = {
+        "id": "supervisor", "pid": 100, "children": [
+            {"id": "metrics", "type": "worker", "state": "running", "pid": 110},
+            {"id": "resource", "type": "worker", "state": "starting", "pid": 111},
+            {"id": "parser", "type": "worker", "state": "backoff", "pid": None},
+            {"id": "terminals", "type": "supervisor", "state": "running", "pid": 120,
+             "tree": {"id": "terminals", "pid": 120, "children": [
+                 {"id": "ptykeeper", "type": "worker", "state": "running", "pid": 130},
+                 {"id": "terminal", "type": "worker", "state": "running", "pid": 131}]}},
+            {"id": "other", "type": "supervisor", "state": "running", "pid": 140,
+             "tree": {"error": {"code": 200}}},
+        ]}
+    r = roles_from_status(status)
+    assert r.root_pid == 100
+    assert r.supervisors == {100: "supervisor", 120: "terminals", 140: "other"}
+    assert r.actors == {110: "metrics", 111: "resource", 130: "ptykeeper", 131: "terminal"}
+    assert r.workers == {"metrics": 110, "ptykeeper": 130, "terminal": 131}
