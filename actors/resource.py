@@ -27,9 +27,10 @@ Streams:
                   memory, rss, ...} and {kind: "critical", action: "no_runaway" |
                   "persisting", ...}.
 
-Every `interval_s` the actor asks the root supervisor for `sup.status` (who is who), samples
-the tree with psutil (actors.pressure.sampler), computes the pressure, level and quality
-(actors.pressure.levels) and acts (actors.pressure.escalation):
+Every `interval_s` the actor samples the tree with psutil (actors.pressure.sampler; it asks
+the root supervisor for `sup.status`, who is who, only after its `sup.event` stream says the
+tree changed), computes the pressure, level and quality (actors.pressure.levels) and acts
+(actors.pressure.escalation):
   - a change of level or quality is told to every running worker as `sys.pressure {level,
     quality}` (the runtime trims its reply cache and calls the actor's `on_pressure`); a
     worker restarted since is told the current state on its own;
@@ -70,6 +71,7 @@ from actors.pressure.levels import (
 from actors.pressure.sampler import ProcRow, Roles, Sample, TreeSampler, roles_from_status
 from actors.pressure.settings import MB, Settings
 from actors.runtime import DEFERRED, Actor, Call, op
+from actors.runtime.follow import Follow
 from actors.runtime.outbound import Outbound
 from protocol.envelope import Reply
 from protocol.errors import Category, WireError, fail
@@ -126,10 +128,19 @@ class ResourceActor(Actor):
     # --- life ---------------------------------------------------------------------------------
 
     def on_start(self) -> None:
+        # Who is who changes only when the supervisor says so: `sup.status` is asked again
+        # after one of its events, not every interval (an idle tree stays idle).
+        self._roles_stale = True
+        self._follow = Follow(self, self.outbound, self.settings.supervisor, "sup.event",
+                              self._on_tree_event)
         self.loop.call_later(0, self._tick)
         self.loop.call_every(self.settings.interval_s, self._tick)
 
+    def _on_tree_event(self, event: object) -> None:
+        self._roles_stale = True
+
     def on_stop(self) -> None:
+        self._follow.close()
         self.outbound.close()
 
     def info(self) -> dict[str, Any]:
@@ -142,6 +153,10 @@ class ResourceActor(Actor):
         if self._status_pending:
             self.counters["ticks_skipped"] += 1  # the previous status is still on its way
             return
+        if not self._roles_stale and not self._fresh_next:
+            self._sample_and_react()  # the same processes as last time: no need to ask
+            return
+        self._roles_stale = False
         self._status_pending = True
         self._fresh_now, self._fresh_next = self._fresh_next, []
         timeout = min(self.settings.status_timeout_s, max(0.05, self.settings.interval_s))
