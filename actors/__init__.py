@@ -3,4 +3,5 @@
   metrics   merges every actor's histograms; percentiles, alerts, Prometheus text
   resource  samples the tree's memory and CPU; pressure level, quality, runaway kills
   parser    escape-sequence and shell-integration marker parsing per stream (actors.vtparse)
+  watcher   cached file service and lossless watches (actors.watching)
 """

@@ -408,10 +408,13 @@ class Actor:
             frames = encode_error(call.id, self.epoch, error)
         for route in call.routes:
             self._send(route, frames)
-        if error is None or error.name not in UNCACHED:
+        spec = self.ops.get(call.op)
+        # Only a non-idempotent op's reply must survive for a retry; an idempotent one may
+        # run again (its retry while it still runs joins it through `pending`).
+        if spec is not None and not spec.idempotent and (
+                error is None or error.name not in UNCACHED):
             self.cache.put(call.sid, call.id, frames)
         # Unknown op names are the caller's text: one key for all, or junk fills the metrics.
-        spec = self.ops.get(call.op)
         if spec is None:
             self.stats.record("(unknown)", 0, False)
         elif spec.recorded:

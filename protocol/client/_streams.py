@@ -12,7 +12,7 @@ is skipped without an event saying so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.envelope import StreamMessage
@@ -50,6 +50,9 @@ StreamEvent = StreamMessage | Loss | Reset
 class _TopicState:
     epoch: str | None  # None until the first message or replay tells it
     last: int
+    # Epochs a Reset moved past: their messages still queued in the socket are dropped (the
+    # Reset said they may be gone), never a Reset back to them.
+    superseded: set[str] = field(default_factory=set)
 
 
 class StreamTracker:
@@ -74,10 +77,13 @@ class StreamTracker:
                 return self._ask(msg)
             self.topics[msg.topic] = _TopicState(msg.epoch, msg.seq)
             return [msg], None
+        if msg.epoch in st.superseded:
+            return [], None
         if st.epoch is None:
             st.epoch = msg.epoch
         elif msg.epoch != st.epoch:
             out.append(Reset(msg.topic, st.epoch, msg.epoch))
+            st.superseded.add(st.epoch)
             st.epoch, st.last = msg.epoch, 0
         if msg.seq <= st.last:
             return out, None  # duplicate
@@ -99,10 +105,13 @@ class StreamTracker:
                 return [], None
             st = self.topics[msg.topic] = _TopicState(msg.epoch, self.from_seq - 1)
         out: list[StreamEvent] = []
+        if msg.epoch in st.superseded:
+            return [], None
         if st.epoch is None:
             st.epoch = msg.epoch
         elif msg.epoch != st.epoch:
             out.append(Reset(msg.topic, st.epoch, msg.epoch))
+            st.superseded.add(st.epoch)
             st.epoch, st.last = msg.epoch, 0
         if msg.seq <= st.last:
             return out, None
@@ -128,6 +137,7 @@ class StreamTracker:
         elif epoch != st.epoch:
             # A new life of the publisher: its seqs restarted, so ask again from the first.
             out.append(Reset(topic, st.epoch, epoch))
+            st.superseded.add(st.epoch)
             st.epoch, st.last = epoch, 0
             return out, NeedReplay(topic, 1)
         lost = answer.get("lost")

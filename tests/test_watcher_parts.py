@@ -1,0 +1,499 @@
+"""The watcher's parts without sockets: retry policy, cache, confinement, coalescing, journal,
+walk and diff, watches, and the event pipeline, on real files in a temporary directory."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from actors.watching import snapshot
+from actors.watching.cache import FileCache, etag, stat_key
+from actors.watching.coalesce import CREATED, DELETED, MODIFIED, Coalescer
+from actors.watching.confine import Roots
+from actors.watching.files import FileService
+from actors.watching.journal import Clock, Journal
+from actors.watching.pipeline import Pipeline
+from actors.watching.retry import Attempts, RetryPolicy, Verdict, classify
+from actors.watching.snapshot import Index, diff, walk
+from actors.watching.watches import Watches
+from protocol.errors import MoorageError
+from protocol.recovery import Backoff
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Later:
+    """A `schedule` that records each delay and runs the callback at once (no waiting)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, delay: float, fn):  # type: ignore[no-untyped-def]
+        self.delays.append(delay)
+        fn()
+
+        class _T:
+            def cancel(self) -> None:
+                pass
+
+        return _T()
+
+
+def failing(*errnos: int, then=lambda: "ok"):  # type: ignore[no-untyped-def]
+    """An attempt that raises the given errnos in turn, then returns `then()`."""
+    left = list(errnos)
+    calls = []
+
+    def attempt():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if left:
+            code = left.pop(0)
+            raise OSError(code, os.strerror(code))
+        return then()
+
+    attempt.calls = calls  # type: ignore[attr-defined]
+    return attempt
+
+
+POLICY = RetryPolicy(retries=3, backoff=Backoff(0.01, 2.0, 0.5))
+
+
+# --- retry policy ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "verdict", "kind"), [
+    (errno.EINTR, Verdict.RETRY_NOW, "io_error"),
+    (errno.EIO, Verdict.TRANSIENT, "io_error"),
+    (errno.ESTALE, Verdict.TRANSIENT, "io_error"),
+    (errno.ETIMEDOUT, Verdict.TRANSIENT, "io_error"),
+    (errno.ECONNRESET, Verdict.TRANSIENT, "io_error"),
+    (errno.ECONNABORTED, Verdict.TRANSIENT, "io_error"),
+    (errno.ENOENT, Verdict.PERMANENT, "not_found"),
+    (errno.EACCES, Verdict.PERMANENT, "forbidden"),
+    (errno.EISDIR, Verdict.PERMANENT, "is_directory"),
+    (errno.ENOSPC, Verdict.PERMANENT, "no_space"),
+    (errno.EFBIG, Verdict.PERMANENT, "file_too_large"),
+    (errno.ENOTDIR, Verdict.PERMANENT, "not_a_directory"),
+    (errno.ENXIO, Verdict.PERMANENT, "io_error"),
+])
+def test_errnos_are_classified_as_retry_now_transient_or_a_permanent_kind(code, verdict, kind):
+    assert classify(OSError(code, "x")) == (verdict, kind)
+
+
+def test_eintr_is_retried_at_once_without_any_back_off():
+    later = Later()
+    attempt = failing(errno.EINTR, errno.EINTR)
+    p = Attempts(POLICY, attempt, later, "/f").run()
+    assert p.done and p.value == "ok" and later.delays == [] and len(attempt.calls) == 3
+
+
+def test_transient_errors_back_off_exponentially_then_succeed():
+    later = Later()
+    p = Attempts(POLICY, failing(errno.EIO, errno.ESTALE), later, "/f").run()
+    assert p.value == "ok" and later.delays == [0.01, 0.02]
+
+
+def test_transient_errors_give_up_after_the_matrix_retries_with_io_error():
+    later = Later()
+    attempt = failing(*[errno.ETIMEDOUT] * 10)
+    p = Attempts(POLICY, attempt, later, "/f").run()
+    assert later.delays == [0.01, 0.02, 0.04] and len(attempt.calls) == 4
+    with pytest.raises(MoorageError) as e:
+        p.unwrap()
+    assert e.value.name == "io_error" and e.value.retryable
+    assert e.value.error.detail["attempts"] == 4 and e.value.error.detail["errno"] == "ETIMEDOUT"
+
+
+def test_back_off_is_capped():
+    later = Later()
+    policy = RetryPolicy(retries=6, backoff=Backoff(0.125, 2.0, 0.5))
+    Attempts(policy, failing(*[errno.EIO] * 10), later, "/f").run()
+    assert later.delays == [0.125, 0.25, 0.5, 0.5, 0.5, 0.5]
+
+
+def test_permanent_errors_are_answered_at_once_without_retrying():
+    later = Later()
+    attempt = failing(errno.ENOENT)
+    p = Attempts(POLICY, attempt, later, "/f").run()
+    assert len(attempt.calls) == 1 and later.delays == []
+    assert p.error.name == "not_found"
+
+
+def test_a_retry_that_is_scheduled_leaves_the_outcome_pending_until_it_runs():
+    queued = []
+    p = Attempts(POLICY, failing(errno.EIO), lambda d, fn: queued.append(fn), "/f").run()
+    assert not p.done
+    got = []
+    p.then(got.append)
+    queued.pop()()
+    assert p.done and got == [p] and p.value == "ok"
+
+
+# --- files: cache, stale fallback, confinement ---------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"alpha")
+    (tmp_path / "outside.txt").write_bytes(b"secret")
+    return root
+
+
+def service(root: Path, **kw) -> FileService:  # type: ignore[no-untyped-def]
+    return FileService(Roots([str(root)]), FileCache(), POLICY, Later(), **kw)
+
+
+def test_a_read_is_cached_and_a_hit_is_revalidated_by_stat(tree):
+    fs = service(tree)
+    path = str(tree / "a.txt")
+    assert fs.read(path).unwrap().attachments == [b"alpha"]
+    hit = fs.read_cached(path, 0, None)
+    assert hit is not None and hit.attachments == [b"alpha"] and fs.cache.hits == 1
+    (tree / "a.txt").write_bytes(b"bravo")  # same size: mtime/ctime tell
+    assert fs.read_cached(path, 0, None) is None
+    assert fs.read(path).unwrap().attachments == [b"bravo"]
+
+
+def test_a_cp_p_replacement_with_the_same_mtime_and_size_is_not_a_cache_hit(tree):
+    fs = service(tree)
+    a, b = tree / "a.txt", tree / "b.txt"
+    b.write_bytes(b"BRAVO")
+    st = a.stat()
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fs.read(str(a)).unwrap().attachments == [b"alpha"]
+    subprocess.run(["cp", "-p", str(b), str(a)], check=True)
+    after = a.stat()
+    assert after.st_mtime_ns == st.st_mtime_ns and after.st_size == st.st_size
+    assert fs.read_cached(str(a), 0, None) is None
+    assert fs.read(str(a)).unwrap().attachments == [b"BRAVO"]
+
+
+def test_a_read_failing_transiently_after_retries_answers_the_cached_copy_marked_stale(tree):
+    fs = service(tree)
+    path = str(tree / "a.txt")
+    fs.read(path).unwrap()
+    (tree / "a.txt").write_bytes(b"changed")  # the cached copy is no longer current
+    calls = []
+
+    def broken(real, offset, length):  # type: ignore[no-untyped-def]
+        calls.append(real)
+        raise OSError(errno.EIO, "Input/output error")
+
+    fs.reader = broken
+    ans = fs.read(path).unwrap()
+    assert ans.body["stale"] is True and ans.attachments == [b"alpha"]
+    assert "Input/output error" in ans.body["stale_reason"]
+    assert len(calls) == 4 and fs.cache.stale_served == 1
+
+
+def test_a_permanent_failure_is_not_hidden_behind_a_stale_copy(tree):
+    fs = service(tree)
+    path = str(tree / "a.txt")
+    fs.read(path).unwrap()
+    os.unlink(path)
+    os.mkdir(path)  # replaced by a directory: is_directory is permanent
+    with pytest.raises(MoorageError) as e:
+        fs.read(path).unwrap()
+    assert e.value.name == "is_directory"
+
+
+def test_a_transient_failure_with_nothing_cached_is_an_io_error(tree):
+    fs = service(tree)
+    fs.reader = lambda real, offset, length: (_ for _ in ()).throw(OSError(errno.ESTALE, "x"))
+    with pytest.raises(MoorageError) as e:
+        fs.read(str(tree / "a.txt")).unwrap()
+    assert e.value.name == "io_error" and e.value.error.detail["attempts"] == 4
+
+
+def test_paths_that_lead_outside_the_roots_are_forbidden(tree):
+    fs = service(tree)
+    os.symlink(tree.parent / "outside.txt", tree / "link-out")
+    os.symlink(tree / "a.txt", tree / "link-in")
+    (tree / "sub").mkdir()
+    for bad in ["../outside.txt", str(tree / "sub/../../outside.txt"), str(tree / "link-out"),
+                str(tree.parent / "outside.txt"), "/etc/passwd"]:
+        with pytest.raises(MoorageError) as e:
+            fs.read(bad).unwrap()
+        assert e.value.name == "forbidden", bad
+    assert fs.read("link-in").unwrap().attachments == [b"alpha"]
+    assert fs.read(str(tree / "sub/../a.txt")).unwrap().attachments == [b"alpha"]
+    with pytest.raises(MoorageError) as e:
+        fs.write("link-out", b"x").unwrap()
+    assert e.value.name == "forbidden"
+    assert (tree.parent / "outside.txt").read_bytes() == b"secret"
+
+
+def test_a_descriptor_swapped_outside_after_resolution_is_refused(tree):
+    roots = Roots([str(tree)])
+    fd = os.open(tree.parent / "outside.txt", os.O_RDONLY)
+    try:
+        with pytest.raises(MoorageError) as e:
+            roots.check_fd(fd, "a.txt")
+        assert e.value.name == "forbidden"
+    finally:
+        os.close(fd)
+
+
+def test_big_reads_are_refused_and_paged_reads_reassemble_the_file(tree):
+    fs = service(tree, max_read=1000)
+    data = bytes(range(256)) * 10
+    (tree / "big").write_bytes(data)
+    with pytest.raises(MoorageError) as e:
+        fs.read("big").unwrap()
+    assert e.value.name == "file_too_large" and e.value.error.detail["size"] == 2560
+    parts = [fs.read("big", off, 1000).unwrap() for off in range(0, 2560, 1000)]
+    assert b"".join(p.attachments[0] for p in parts) == data
+    assert [p.body["length"] for p in parts] == [1000, 1000, 560]
+
+
+def test_writes_honour_if_match_and_atomic_writes_leave_no_temporary_behind(tree):
+    fs = service(tree)
+    path = str(tree / "a.txt")
+    tag = etag(stat_key(os.stat(path)))
+    with pytest.raises(MoorageError) as e:
+        fs.write(path, b"x", if_match="0-0-0-0-0").unwrap()
+    assert e.value.name == "conflict" and e.value.error.detail["current"] == tag
+    with pytest.raises(MoorageError) as e:
+        fs.write(path, b"x", if_match="").unwrap()
+    assert e.value.name == "conflict"
+    out = fs.write(path, b"new", if_match=tag).unwrap()
+    assert (tree / "a.txt").read_bytes() == b"new" and out["bytes"] == 3
+    assert fs.write(str(tree / "n.txt"), b"fresh", if_match="").unwrap()["atomic"]
+    assert sorted(os.listdir(tree)) == ["a.txt", "n.txt"]
+    assert fs.read_cached(path, 0, None).attachments == [b"new"]
+
+
+def test_listing_is_confined_recursive_and_filtered_by_glob(tree):
+    fs = service(tree)
+    (tree / "d").mkdir()
+    (tree / "d" / "x.py").write_text("1")
+    (tree / "d" / "y.txt").write_text("2")
+    names = {e["name"] for e in fs.list_dir(str(tree), recursive=True)["entries"]}
+    assert names == {"a.txt", "d", "d/x.py", "d/y.txt"}
+    assert [e["name"] for e in fs.list_dir(str(tree), True, "*.py")["entries"]] == ["d/x.py"]
+    with pytest.raises(MoorageError) as e:
+        fs.list_dir(str(tree / "a.txt"))
+    assert e.value.name == "not_a_directory"
+
+
+# --- coalescing, journal ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "then", "result"), [
+    (CREATED, DELETED, None), (DELETED, CREATED, MODIFIED), (CREATED, MODIFIED, CREATED),
+    (MODIFIED, MODIFIED, MODIFIED), (MODIFIED, DELETED, DELETED)])
+def test_coalescing_follows_the_settle_rules(first, then, result):
+    c = Coalescer()
+    c.add("/p", first, False)
+    c.add("/p", then, False)
+    got = c.take()
+    assert (got["/p"][0] if got else None) == result
+
+
+def test_coalesced_events_keep_the_order_in_which_paths_first_changed():
+    c = Coalescer()
+    for path, kind in [("/a", CREATED), ("/b", CREATED), ("/a", MODIFIED), ("/c", CREATED),
+                       ("/b", DELETED), ("/b", CREATED)]:
+        c.add(path, kind, False)
+    assert [(p, v[0]) for p, v in c.take().items()] == [
+        ("/a", CREATED), ("/c", CREATED), ("/b", CREATED)]
+
+
+def test_since_answers_from_the_journal_or_says_fresh_instance():
+    j = Journal("inst", max_events=5)
+    for i in range(3):
+        j.append({"kind": "created", "path": f"/{i}"})
+    got = j.since(Clock("inst", 0, 1))
+    assert [e["path"] for e in got["events"]] == ["/1", "/2"] and not got["fresh_instance"]
+    assert got["clock"] == ["inst", 0, 3]
+    assert j.since(Clock("other", 0, 1))["fresh_instance"]
+    for i in range(3, 10):
+        j.append({"kind": "created", "path": f"/{i}"})
+    old = j.since(Clock("inst", 0, 2))
+    assert old["fresh_instance"] and "older" in old["reason"]
+    page = j.since(Clock("inst", 0, 5), max_events=2)
+    assert page["more"] and page["clock"] == ["inst", 0, 7]
+    with pytest.raises(MoorageError):
+        Clock.from_wire(["inst", "x", 3])
+
+
+# --- walk, diff, index, checkpoint ------------------------------------------------------------
+
+
+def test_the_diff_reports_creations_deletions_and_modifications_but_not_directory_times(tree):
+    (tree / "d").mkdir()
+    (tree / "d" / "gone").write_text("x")
+    before = walk(str(tree))
+    os.unlink(tree / "d" / "gone")
+    (tree / "d" / "new").write_text("y")  # changes d's mtime: not a change of d
+    (tree / "a.txt").write_bytes(b"alpha")  # same contents, new ctime
+    got = diff(before, walk(str(tree)))
+    assert got == [(DELETED, str(tree / "d/gone"), False), (MODIFIED, str(tree / "a.txt"), False),
+                   (CREATED, str(tree / "d/new"), False)]
+
+
+def test_a_checkpoint_survives_a_round_trip_and_diffs_clean(tree, tmp_path):
+    entries = walk(str(tree))
+    path = str(tmp_path / "snap.msgpack")
+    snapshot.save(path, {"entries": entries, "seq": 7})
+    doc = snapshot.load(path)
+    assert doc["seq"] == 7 and diff(doc["entries"], walk(str(tree))) == []
+    Path(path).write_bytes(b"\xc1garbage")
+    assert snapshot.load(path) is None
+
+
+def test_removing_a_directory_from_the_index_removes_everything_below_it():
+    idx = Index()
+    for p in ["/r/d", "/r/d/a", "/r/d/e", "/r/d/e/f", "/r/x"]:
+        idx.set(p, (1, 1, 0, 0, 0, 0o040000))
+    idx.remove("/r/d")
+    assert set(idx.entries) == {"/r/x"}
+
+
+# --- watches ---------------------------------------------------------------------------------
+
+
+def test_watches_cover_their_scope_minus_excludes_and_are_observed_once():
+    ws = Watches()
+    w = ws.add("/r", True, ["node_modules", ".git/objects", "*.log"])
+    assert w.covers("/r/src/a.py") and not w.covers("/r")
+    assert not w.covers("/r/a/node_modules/x.js") and not w.covers("/r/.git/objects/ab")
+    assert w.covers("/r/.git/HEAD") and not w.covers("/r/x/debug.log")
+    flat = ws.add("/other", False, [])
+    assert flat.covers("/other/a") and not flat.covers("/other/a/b")
+    ws.add("/r/src", True, [])
+    ws.add("/r/src/deep", False, [])
+    assert ws.observed_roots() == {"/r": True, "/other": False}
+    assert ws.matching("/r/src/a.py") == ["w1", "w3"]
+    with pytest.raises(MoorageError):
+        ws.remove("w99")
+
+
+# --- the pipeline, in memory ----------------------------------------------------------------
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.st_mode = 0o100644
+        self.st_dev, self.st_ino, self.st_size = 1, 2, 3
+        self.st_mtime_ns = self.st_ctime_ns = 4
+
+
+def pipeline(published: list, settle: float = 0.0) -> Pipeline:
+    ws = Watches()
+    ws.add("/w", True, [])
+    return Pipeline(Journal("i"), ws, Index(), published.append, Later(), settle_s=settle,
+                    lstat=lambda p: Stats())
+
+
+def test_events_get_consecutive_clocks_and_are_published_after_being_journaled():
+    out: list = []
+    p = pipeline(out)
+    p.feed([("created", "/w/a", "", False), ("modified", "/w/a", "", False),
+            ("created", "/elsewhere/x", "", False), ("moved", "/w/a", "/w/b", False)])
+    events = [e for m in out for e in m["events"]]
+    assert [(e["kind"], e["path"]) for e in events] == [("created", "/w/b")]
+    assert events[0]["moved_from"] == "/w/a" and events[0]["clock"] == ["i", 0, 1]
+    assert p.journal.events[-1] is events[0] and set(p.index.entries) == {"/w/b"}
+
+
+def test_a_cookie_flushes_what_came_before_it_then_reports_itself():
+    out: list = []
+    seen = []
+    p = pipeline(out, settle=10.0)
+    p.on_cookie = lambda path, kind: seen.append((path, len(out)))
+    p.feed([("created", "/w/a", "", False), ("created", "/w/.moorage-cookie-1", "", False)])
+    assert seen == [("/w/.moorage-cookie-1", 1)] and out[0]["events"][0]["path"] == "/w/a"
+
+
+def test_a_resync_publishes_markers_around_the_diff_and_replaces_the_index():
+    out: list = []
+    p = pipeline(out)
+    p.feed([("created", "/w/a", "", False)])
+    f = (1, 2, 3, 4, 4, 0o100644)
+    summary = p.resync("overflow", {"/w/b": f}, p.index.entries)
+    events = [e for m in out for e in m["events"]][1:]
+    assert [(e["kind"], e.get("path")) for e in events] == [
+        ("resync_begin", None), ("deleted", "/w/a"), ("created", "/w/b"), ("resync_end", None)]
+    assert all(e["synthetic"] for e in events[1:3]) and events[0]["epoch"] == 1
+    assert summary["changes"] == 2 and set(p.index.entries) == {"/w/b"}
+    seqs = [e["clock"][2] for e in events]
+    assert seqs == list(range(2, 6))
+
+
+def test_own_writes_are_tagged_origin_self_not_hidden():
+    out: list = []
+    p = pipeline(out)
+    p.note_self_write("/w/mine", (1, 2, 3, 4, 4))
+    p.note_self_write("/w/.mine.moorage-1.tmp", None)
+    p.feed([("created", "/w/mine", "", False), ("created", "/w/theirs", "", False)])
+    p.flush()
+    p.feed([("deleted", "/w/.mine.moorage-1.tmp", "", False)])
+    origin = {e["path"]: e["origin"] for m in out for e in m["events"]}
+    assert origin == {"/w/mine": "self", "/w/theirs": "external",
+                      "/w/.mine.moorage-1.tmp": "self"}
+
+
+def test_rmtree_of_a_watched_subtree_in_the_index_goes_in_one_event(tmp_path):
+    out: list = []
+    p = pipeline(out)
+    for path in ["/w/d", "/w/d/x"]:
+        p.index.set(path, (1, 1, 0, 0, 0, 0o040000))
+    p.feed([("deleted", "/w/d", "", True)])
+    assert p.index.entries == {} and out[-1]["events"][0]["kind"] == "deleted"
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# --- the observer's hand-off ---------------------------------------------------------------
+
+
+def test_a_failing_handler_is_reported_and_a_full_buffer_is_flagged_not_silent():
+    from watchdog.events import FileCreatedEvent
+
+    from actors.watching.observer import ObserverManager
+
+    wakes = []
+    mgr = ObserverManager(wakes.append, lambda: None, buffer_max=2)
+    for i in range(3):
+        mgr.handler.dispatch(FileCreatedEvent(f"/w/{i}"))
+    mgr.handler.dispatch(FileCreatedEvent(None))  # type: ignore[arg-type]
+    raws, overflowed, problems = mgr.take()
+    assert [r[1] for r in raws] == ["/w/0", "/w/1"] and overflowed
+    assert problems and problems[0][0] == "handler_error"
+    assert len(wakes) == 1  # one wake-up per batch, not per event
+    assert mgr.take() == ([], False, [])
+
+
+def test_resyncs_run_at_once_after_quiet_and_back_off_while_they_keep_coming():
+    from actors.watching.resync import ResyncScheduler
+
+    clock = [100.0]
+    timers: list = []
+    ran: list = []
+    sched = ResyncScheduler(lambda d, fn: timers.append((d, fn)) or object(),
+                            lambda reason, recreate: ran.append((reason, recreate)),
+                            backoff_max=0.3, now=lambda: clock[0])
+
+    def fire() -> None:
+        _, fn = timers.pop(0)
+        fn()
+        sched.done()
+
+    assert sched.request("overflow") == 0.0
+    assert sched.request("enospc", recreate=True) is None  # joins the scheduled one
+    fire()
+    assert ran == [("enospc+overflow", True)]
+    delays = []
+    for _ in range(4):
+        delays.append(sched.request("overflow"))
+        fire()
+    assert delays == [0.05, 0.1, 0.2, 0.3]
+    clock[0] += 60
+    assert sched.request("overflow") == 0.0
