@@ -27,7 +27,7 @@ from actors.runtime.process import run_actor
 from protocol.client import Client
 from protocol.envelope import StreamMessage
 from protocol.errors import MoorageError
-from supervisor.cli import tree_pid
+from supervisor.cli import all_children_running, tree_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,6 +154,12 @@ class Tree:
     def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         return self.client.call(actor, op, args, **kw)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`moorage --instance-dir <this tree's dir> ARGS...`, as a user runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(self.runtime_dir),
+             *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+
     def status(self) -> dict:
         tree = self.call("supervisor", "sup.status")
         self._note_pids(tree)
@@ -186,7 +192,7 @@ class Tree:
         end = time.monotonic() + timeout
         while True:
             tree = self.status()
-            if _all_running(tree):
+            if all_children_running(tree):
                 return tree
             left = end - time.monotonic()
             assert left > 0, f"tree not all running: {tree}\n{self.output()}"
@@ -233,15 +239,6 @@ class Tree:
             except psutil.NoSuchProcess:
                 pass
         assert_all_gone(tree_procs + extra)
-
-
-def _all_running(tree: dict) -> bool:
-    for ch in tree.get("children", []):
-        if ch["state"] != "running":
-            return False
-        if "tree" in ch and not _all_running(ch["tree"]):
-            return False
-    return True
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
 
 from protocol.errors import MoorageError
-from tests.conftest import ROOT, Tree, descendants, wait_pid_exit
+from tests.conftest import Tree, descendants, wait_pid_exit
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,21 +29,15 @@ shutdown_ms = 500
 """
 
 
-def moorage(tree: Tree, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(tree.runtime_dir), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=60)
-
-
 def test_up_status_down_leaves_no_process(make_tree):
     tree = make_tree(TWO).start()
     procs = [psutil.Process(tree.pid), *descendants(tree.pid)]
     # root, the root's zygote, and two actors
     assert len(procs) == 4
-    out = moorage(tree, "status")
+    out = tree.cli("status")
     assert out.returncode == 0, out.stderr
     assert "alpha" in out.stdout and "running" in out.stdout
-    down = moorage(tree, "down")
+    down = tree.cli("down")
     assert down.returncode == 0, down.stderr
     _, alive = psutil.wait_procs(procs, timeout=10)
     assert alive == []
@@ -204,7 +196,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_its_shutdown_time(make_tre
     tree = make_tree(TWO.replace('shutdown_ms = 500',
                                  'shutdown_ms = 300\nconfig = { ignore_sigterm = true }')).start()
     t0 = time.monotonic()
-    assert moorage(tree, "down").returncode == 0
+    assert tree.cli("down").returncode == 0
     assert time.monotonic() - t0 >= 0.3
     ev_text = tree.runtime_dir.joinpath("logs", "supervisor.log").read_text()
     assert "still alive 300 ms after SIGTERM; SIGKILL" in ev_text
@@ -212,7 +204,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_its_shutdown_time(make_tre
 
 def test_a_second_up_on_a_live_instance_refuses_clearly(make_tree):
     tree = make_tree(TWO).start()
-    out = moorage(tree, "up", "--config", str(tree.config_path))
+    out = tree.cli("up", "--config", str(tree.config_path))
     assert out.returncode == 2
     assert "already running" in out.stderr
 
@@ -233,16 +225,16 @@ def test_stale_sockets_of_a_dead_tree_are_cleaned_and_a_new_tree_comes_up(make_t
 
 def test_cli_says_clearly_when_no_tree_runs_or_the_input_is_bad(make_tree):
     tree = make_tree(TWO)
-    out = moorage(tree, "status")
+    out = tree.cli("status")
     assert out.returncode == 2 and "no moorage tree is running" in out.stderr
     tree.start()
-    out = moorage(tree, "call", "nosuch", "sys.ping")
+    out = tree.cli("call", "nosuch", "sys.ping")
     assert out.returncode == 2 and "unknown actor 'nosuch'" in out.stderr
-    out = moorage(tree, "call", "alpha", "fake.work", "{not json")
+    out = tree.cli("call", "alpha", "fake.work", "{not json")
     assert out.returncode == 2 and "bad JSON" in out.stderr
-    out = moorage(tree, "call", "alpha", "fake.work", '{"n": "x"}')
+    out = tree.cli("call", "alpha", "fake.work", '{"n": "x"}')
     assert out.returncode == 1 and "bad_args" in out.stderr
-    out = moorage(tree, "call", "alpha", "fake.work", '{"n": 2}')
+    out = tree.cli("call", "alpha", "fake.work", '{"n": 2}')
     assert out.returncode == 0 and '"done": 1' in out.stdout
-    out = moorage(tree, "kill", "alpha", "--signal", "SIGNOPE")
+    out = tree.cli("kill", "alpha", "--signal", "SIGNOPE")
     assert out.returncode == 1 and "no signal named" in out.stderr

@@ -14,15 +14,9 @@ import pytest
 
 from protocol.client import Client
 from protocol.errors import MoorageError
-from tests.conftest import ROOT, Tree, wait_pid_exit
+from tests.conftest import ROOT, wait_pid_exit
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def moorage(tree: Tree, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(tree.runtime_dir), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
 
 
 RESTART_TYPES = """
@@ -143,7 +137,7 @@ def test_children_start_in_order_and_stop_in_reverse_order(make_tree):
     sub = tree.client.subscribe("supervisor", ["sup.event"], from_seq=1)
     try:
         events = [sub.next(timeout=10).body for _ in range(3)]  # caught up: the 3 starts
-        assert moorage(tree, "down").returncode == 0
+        assert tree.cli("down").returncode == 0
         # The stopping supervisor's last events are flushed before it exits.
         while not (events[-1]["event"] == "exited" and events[-1]["child"] == "one"):
             events.append(sub.next(timeout=10).body)
@@ -159,21 +153,21 @@ def test_children_start_in_order_and_stop_in_reverse_order(make_tree):
 def test_the_cli_restarts_kills_and_reports_in_json(make_tree):
     tree = make_tree(ORDER).start()
     before = tree.child("two")["pid"]
-    assert moorage(tree, "restart", "two").returncode == 0
+    assert tree.cli("restart", "two").returncode == 0
     tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "two")
-    out = moorage(tree, "status", "--json")
+    out = tree.cli("status", "--json")
     doc = json.loads(out.stdout)
     two = next(c for c in doc["children"] if c["id"] == "two")
     assert two["pid"] != before and two["state"] == "running" and two["restarts"] == 1
-    out = moorage(tree, "kill", "three", "--signal", "TERM")
+    out = tree.cli("kill", "three", "--signal", "TERM")
     assert out.returncode == 0 and "signal 15" in out.stdout
     tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "three")
-    out = moorage(tree, "events", "--replay", "--count", "3")
+    out = tree.cli("events", "--replay", "--count", "3")
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert [x["event"] for x in lines] == ["started", "started", "started"]
-    out = moorage(tree, "logs")
+    out = tree.cli("logs")
     assert out.returncode == 0 and "all children started" in out.stdout
-    out = moorage(tree, "logs", "nosuch")
+    out = tree.cli("logs", "nosuch")
     assert out.returncode == 2 and "no log for 'nosuch'" in out.stderr
 
 
@@ -194,7 +188,7 @@ def test_the_root_speaks_sd_notify_when_systemd_asks(make_tree, runtime_dir):
         while "READY=1" not in seen or "WATCHDOG=1" not in seen:
             seen += sock.recv(4096).decode().split("\n")
         assert any(s.startswith("STATUS=") for s in seen)
-        assert moorage(tree, "down").returncode == 0
+        assert tree.cli("down").returncode == 0
         while "STOPPING=1" not in seen:
             seen += sock.recv(4096).decode().split("\n")
     finally:
@@ -203,13 +197,13 @@ def test_the_root_speaks_sd_notify_when_systemd_asks(make_tree, runtime_dir):
 
 def test_up_detach_returns_once_the_tree_answers_and_down_stops_it(make_tree):
     tree = make_tree(ORDER)
-    out = moorage(tree, "up", "--detach", "--config", str(tree.config_path))
+    out = tree.cli("up", "--detach", "--config", str(tree.config_path))
     assert out.returncode == 0, out.stderr
     assert "moorage tree up" in out.stdout
-    st = moorage(tree, "status")
+    st = tree.cli("status")
     assert st.returncode == 0 and st.stdout.count("running") == 3
-    assert moorage(tree, "down").returncode == 0
-    assert moorage(tree, "status").returncode == 2
+    assert tree.cli("down").returncode == 0
+    assert tree.cli("status").returncode == 2
 
 
 def test_the_runtime_dir_is_private_and_the_client_sees_a_restart_as_a_new_epoch(make_tree,

@@ -77,14 +77,8 @@ class StreamTracker:
                 return self._ask(msg)
             self.topics[msg.topic] = _TopicState(msg.epoch, msg.seq)
             return [msg], None
-        if msg.epoch in st.superseded:
+        if not self._adopt_epoch(st, msg, out):
             return [], None
-        if st.epoch is None:
-            st.epoch = msg.epoch
-        elif msg.epoch != st.epoch:
-            out.append(Reset(msg.topic, st.epoch, msg.epoch))
-            st.superseded.add(st.epoch)
-            st.epoch, st.last = msg.epoch, 0
         if msg.seq <= st.last:
             return out, None  # duplicate
         if msg.seq == st.last + 1:
@@ -105,19 +99,27 @@ class StreamTracker:
                 return [], None
             st = self.topics[msg.topic] = _TopicState(msg.epoch, self.from_seq - 1)
         out: list[StreamEvent] = []
-        if msg.epoch in st.superseded:
+        if not self._adopt_epoch(st, msg, out):
             return [], None
+        if msg.seq <= st.last:
+            return out, None
+        self.replaying.add(msg.topic)
+        self.held.setdefault(msg.topic, [])
+        return out, NeedReplay(msg.topic, st.last + 1)
+
+    @staticmethod
+    def _adopt_epoch(st: _TopicState, msg: StreamMessage, out: list[StreamEvent]) -> bool:
+        """Take the message's epoch: a new one is a Reset (seqs restart). False for an epoch
+        a Reset already moved past: the message is dropped."""
+        if msg.epoch in st.superseded:
+            return False
         if st.epoch is None:
             st.epoch = msg.epoch
         elif msg.epoch != st.epoch:
             out.append(Reset(msg.topic, st.epoch, msg.epoch))
             st.superseded.add(st.epoch)
             st.epoch, st.last = msg.epoch, 0
-        if msg.seq <= st.last:
-            return out, None
-        self.replaying.add(msg.topic)
-        self.held.setdefault(msg.topic, [])
-        return out, NeedReplay(msg.topic, st.last + 1)
+        return True
 
     def _ask(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay]:
         st = self.topics[msg.topic]
