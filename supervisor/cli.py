@@ -89,6 +89,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         doc, spec = load(args.config)
     except ConfigError as exc:
         raise CliError(f"bad configuration: {exc}") from None
+    if args.metrics_http:
+        from supervisor.prom import parse_listen
+
+        try:
+            parse_listen(args.metrics_http)
+        except ValueError as exc:
+            raise CliError(f"--metrics-http: {exc}") from None
+        doc["metrics_http"] = args.metrics_http
     if tree_pid(args.runtime_dir) is not None:
         raise CliError(f"a moorage tree is already running in {args.runtime_dir} "
                        f"(pid {tree_pid(args.runtime_dir)}); `moorage down` stops it")
@@ -112,6 +120,8 @@ def detach(args: argparse.Namespace) -> int:
            "--log-level", args.log_level]
     if args.config:
         cmd += ["--config", str(Path(args.config).resolve())]
+    if args.metrics_http:
+        cmd += ["--metrics-http", args.metrics_http]
     with open(out, "ab") as f:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
                                 start_new_session=True, cwd=os.getcwd())
@@ -331,6 +341,56 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """`500ms`, `10s`, `2m` or plain milliseconds, as a whole number of ms > 0."""
+    t = text.strip().lower()
+    for unit in ("ms", "s", "m"):  # "ms" before "s" and "m"
+        if t.endswith(unit):
+            num, scale = t[: -len(unit)], _UNITS_MS[unit]
+            break
+    else:
+        num, scale = t, 1
+    try:
+        ms = round(float(num) * scale)
+    except ValueError:
+        raise CliError(f"not a duration: {text!r} (use 500ms, 10s, 2m or plain ms)") from None
+    if ms <= 0:
+        raise CliError(f"a timeout must be positive, got {text!r}")
+    return ms
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    with connect(args) as c:
+        if args.action == "set":
+            if args.key is None or args.value is None:
+                raise CliError("usage: moorage config set timeout.<op> VALUE (500ms, 10s, 2m)")
+            if not args.key.startswith("timeout."):
+                raise CliError(f"unknown key {args.key!r}; known: timeout.<op>")
+            r = c.call("supervisor", "sup.config.set",
+                       {"key": args.key, "value": parse_duration_ms(args.value)})
+            if args.json:
+                print(json.dumps(r, indent=2))
+                return EXIT_OK
+            print(f"{r['key']} = {r['value']} ms (until the tree stops); told "
+                  f"{len(r['told'])} actors, applied by: {', '.join(r['applied']) or 'none'}")
+            for actor, err in sorted(r["failed"].items()):
+                print(f"  not told: {actor} ({err}); it gets it when it restarts")
+            return EXIT_ERROR if r["failed"] else EXIT_OK
+        r = c.call("supervisor", "sup.config.get")
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return EXIT_OK
+    keys = sorted(set(r["defaults"]) | set(r["overrides"]))
+    if args.key is not None:
+        keys = [k for k in keys if k == args.key]
+    rows = [[k, str(r["defaults"].get(k, "-")), str(r["overrides"].get(k, "-"))] for k in keys]
+    print_table(["KEY", "DEFAULT_MS", "OVERRIDE_MS"], rows)
+    return EXIT_OK
+
+
 # --- parsing ---------------------------------------------------------------------------------
 
 
@@ -345,6 +405,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--config", help="a moorage.toml (default: ./moorage.toml if present)")
     up.add_argument("--detach", action="store_true", help="run in the background")
     up.add_argument("--log-level", default="INFO")
+    up.add_argument("--metrics-http", metavar="127.0.0.1:PORT",
+                    help="serve Prometheus metrics over HTTP on this loopback address")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("down", help="stop the tree").set_defaults(func=cmd_down)
@@ -383,6 +445,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--prometheus", action="store_true")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_metrics)
+
+    cf = sub.add_parser("config", help="run-time settings: config set timeout.term.exec 10s")
+    cf.add_argument("action", choices=["get", "set"])
+    cf.add_argument("key", nargs="?")
+    cf.add_argument("value", nargs="?")
+    cf.add_argument("--json", action="store_true")
+    cf.set_defaults(func=cmd_config)
     return p
 
 

@@ -10,6 +10,10 @@ Ops (on `<id>.rpc`; the root's id is `supervisor`):
                                                                              bad_args
   sup.stop      {}                   {stopping: true}  (then the tree stops) -
   sup.endpoints {}                   {actor: {rpc, pub}} for the whole tree   -
+  sup.config.set {key: "timeout.<op>", {key, value, told: [actor], applied:    bad_args
+                 value: ms}           [actor], failed: {actor: error}}
+                                     kept until the tree stops (supervisor.overrides)
+  sup.config.get {}                  {defaults: {key: ms}, overrides: {key: ms}} -
 
 Events on `<id>.pub`, topic `sup.event`, body {event, supervisor, child, pid, ...}:
 started, exited (code or signal, reason), restarted, hung, escalated, fallback, alert,
@@ -43,6 +47,7 @@ from protocol.envelope import StreamMessage
 from protocol.errors import WireError, fail
 from supervisor import sdnotify
 from supervisor.children import Child, ChildState, new_child
+from supervisor.overrides import Overrides, check_ms, parse_key, tell_all
 from supervisor.policy import (
     ExitKind,
     ExitReason,
@@ -86,6 +91,8 @@ class Supervisor(Actor):
         self._ready_callback: Callable[[], None] | None = None
         self._follows: dict[str, Follow] = {}
         self.notify = sdnotify.Notifier.from_env() if root else None
+        self.overrides = Overrides()
+        self.metrics_http: Any = None  # (server, thread) of --metrics-http, root only
 
     # --- events -------------------------------------------------------------------------------
 
@@ -126,6 +133,10 @@ class Supervisor(Actor):
         self.loop.call_every(interval, self._heartbeat)
         if self.notify is not None:
             self.notify.start_watchdog(self.loop)
+        if self.root and self.doc.get("metrics_http"):
+            from supervisor.prom import MetricsHttp  # threads: only after the zygote's fork
+
+            self.metrics_http = MetricsHttp(self.runtime_dir, self.doc["metrics_http"])
         for cid in self.order:
             child = self.children[cid]
             if child.spec.type == "supervisor":
@@ -168,6 +179,8 @@ class Supervisor(Actor):
         self.loop.stop()
 
     def _shutdown(self) -> None:
+        if self.metrics_http is not None:
+            self.metrics_http.close()
         self.outbound.close()
         for f in self._follows.values():
             f.close()
@@ -218,7 +231,7 @@ class Supervisor(Actor):
         child.stop_stage = ""
         child.heartbeat.answered()
         child.started_at = time.monotonic()
-        config = dict(child.spec.config)
+        config = self.overrides.spawn_config(child.id, dict(child.spec.config))
         if child.fallback is not None:
             config["fallback"] = child.fallback
         if child.spec.type == "supervisor":
@@ -285,6 +298,16 @@ class Supervisor(Actor):
                        (child.ready_at - child.started_at) * 1000, 2))
         self._job_done(child)
         self._check_initial_start()
+        self._retell(child)
+
+    def _retell(self, child: Child) -> None:
+        """A child that came up without the current overrides is told them now."""
+        calls = self.overrides.on_ready(child.id, child.spec.type == "supervisor")
+        for op_name, args in calls:
+            def done(reply: Any, err: WireError | None, op_name: str = op_name) -> None:
+                if err is not None:
+                    logger.warning("{}: {} not applied: {}", child.id, op_name, err)
+            self.outbound.call(child.id, op_name, args, timeout=2.0, on_done=done)
 
     # --- stopping -------------------------------------------------------------------------------
 
@@ -495,6 +518,35 @@ class Supervisor(Actor):
         """Stop the whole tree after answering."""
         self.loop.call_later(0, self.stop)
         return {"stopping": True}
+
+    @op("sup.config.set", args={"key": str, "value": int}, idempotent=True, timeout_ms=5000)
+    def _op_config_set(self, call: Call, key: str, value: int) -> object:
+        """Override a setting for the whole tree until it stops (now: `timeout.<op>` ms)."""
+        op_name, ms = parse_key(key), check_ms(value)
+        self.overrides.timeouts[op_name] = ms
+        self.set_timeouts({op_name: ms})
+        calls = []
+        for cid in self.order:
+            c = self.children[cid]
+            if c.state is not ChildState.RUNNING:
+                continue  # spawned with it, or told when it comes up
+            if c.spec.type == "supervisor":
+                calls.append((cid, "sup.config.set", {"key": key, "value": ms}))
+            else:
+                calls.append((cid, "sys.config", {"timeouts": {op_name: ms}}))
+
+        def done(out: dict[str, Any]) -> None:
+            if op_name in self.ops:
+                out["applied"].append(self.name)
+            call.reply({"key": key, "value": ms, **out})
+
+        tell_all(self.outbound, calls, call.deadline_ms, done)
+        return DEFERRED
+
+    @op("sup.config.get", idempotent=True, timeout_ms=1000)
+    def _op_config_get(self, call: Call) -> dict[str, Any]:
+        """The tree's `[timeouts]` defaults and the run-time overrides on top of them."""
+        return self.overrides.describe(self.doc.get("timeouts") or {})
 
     @op("sup.endpoints", idempotent=True)
     def _op_endpoints(self, call: Call) -> dict[str, Any]:

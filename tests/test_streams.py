@@ -57,3 +57,19 @@ def test_a_new_epoch_is_a_reset_and_the_old_epochs_stragglers_never_reset_back()
     # A message of the superseded epoch still queued in the socket: dropped, no Reset.
     assert t.on_message(msg(2, "old")) == ([], None)
     assert t.on_message(msg(3, "new")) == ([msg(3, "new")], None)
+
+
+def test_a_replay_answered_by_a_successor_lets_the_old_epochs_queued_messages_through_first():
+    t = StreamTracker()
+    t.on_message(msg(1, "old"))
+    events, need = t.on_message(msg(3, "old"))  # a gap: replay asked, its publisher dies
+    assert need == NeedReplay("t", 2)
+    events, need = t.on_replay("t", answer("new", [1]), [])
+    assert need is None
+    assert events == [Loss("t", 2, 2, "old"), msg(3, "old")]
+    # Still queued in the socket, ahead of the new epoch: delivered, gaps reported as loss.
+    assert t.on_message(msg(4, "old")) == ([msg(4, "old")], None)
+    assert t.on_message(msg(6, "old"))[0] == [Loss("t", 5, 5, "old"), msg(6, "old")]
+    # Then the new epoch's welcome: the Reset, and its history from the start.
+    events, need = t.on_message(msg(2, "new", welcome=True))
+    assert events == [Reset("t", "old", "new")] and need == NeedReplay("t", 1)

@@ -119,6 +119,8 @@ class Actor:
         self.started_at = time.monotonic()
         self.loop = Loop()
         self.ops: dict[str, OpSpec] = collect(self)
+        # Tree config `[timeouts]` (op -> ms) overrides the @op declarations (seed 9.1).
+        self.set_timeouts(self.config.get("timeouts") or {})
         self.cache = ReplyCache(
             self.config.get("reply_cache_entries", 4096),
             self.config.get("reply_cache_bytes", 32 * 1024 * 1024),
@@ -217,7 +219,25 @@ class Actor:
         The runtime's own reaction (its reply cache) happens before this is called."""
         return {}
 
+    def set_timeouts(self, timeouts: dict[str, Any]) -> dict[str, int]:
+        """Override ops' timeout_ms (the DEFERRED guard, sys.info); returns those applied here.
+        Names of other actors' ops are ignored: the table is tree-wide."""
+        bad = {k: v for k, v in timeouts.items()
+               if not isinstance(k, str) or type(v) is not int or v <= 0}
+        if bad:
+            raise fail("bad_args", f"timeouts must map op names to ms > 0, got {bad!r}")
+        applied = {k: v for k, v in timeouts.items() if k in self.ops}
+        for k, v in applied.items():
+            self.ops[k].timeout_ms = v
+        return applied
+
     # --- built-in ops ---------------------------------------------------------------------------
+
+    @op("sys.config", args={"timeouts": (dict, None)}, idempotent=True, timeout_ms=1000)
+    def _op_config(self, call: Call, timeouts: dict | None) -> dict[str, Any]:
+        """Run-time overrides ({timeouts: {op: ms}}), kept until this process exits."""
+        applied = self.set_timeouts(timeouts or {})
+        return {"actor": self.name, "timeouts": applied}
 
     @op("sys.ping", idempotent=True, timeout_ms=1000)
     def _op_ping(self, call: Call) -> dict[str, Any]:

@@ -7,8 +7,10 @@ do on a reply, a timeout or a disconnect. The adapters only move frames and wait
 Retry rules (see PROTOCOL.md, "Retries"):
   - an error reply is retried only when it says `retryable` and the op is idempotent, or when
     it says the request was not run (busy, deadline_expired, stopping);
-  - an attempt that timed out is resent only for idempotent ops; otherwise the call fails
-    with `outcome_unknown` at its deadline, because the request may have run;
+  - an attempt that timed out is resent only for idempotent ops, with the attempt timeout
+    doubled, at most TIMEOUT_RETRIES times (the seed's Timeout row: increase timeout, then
+    cancel) and then fails `timeout`; a non-idempotent op fails with `outcome_unknown`,
+    because the request may have run;
   - every wait is capped exponential back-off, or the actor's `retry_after_ms`;
   - the breaker of the actor sees each transport failure and each reply.
 """
@@ -30,12 +32,14 @@ from protocol import endpoints, limits
 from protocol.envelope import Reply, encode_request
 from protocol.errors import MoorageError, WireError
 from protocol.histogram import Recorder, summary
-from protocol.recovery import Backoff, CircuitBreaker, max_retries_for
+from protocol.recovery import Backoff, CircuitBreaker, max_retries_for, recovery_for
 
 # Ops every actor serves that are safe to repeat.
 BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
 # Errors that mean "the actor did not run it": safe to resend whatever the op.
 NOT_RUN = frozenset({"busy", "deadline_expired", "stopping"})
+_TIMEOUT_ROW = recovery_for("timeout", "recoverable")
+TIMEOUT_RETRIES = _TIMEOUT_ROW.max_retries if _TIMEOUT_ROW and _TIMEOUT_ROW.max_retries else 2
 
 
 @dataclass
@@ -103,6 +107,7 @@ class CallPlan:
         self.frames = encode_request(self.id, core.sid, op, args, self.deadline_ms, attachments)
         self.attempts = 0
         self.retries = 0
+        self.timeout_retries = 0  # attempts that timed out and were resent (the ladder)
         self.last_error: WireError | None = None
 
     def _error(self, err: WireError) -> MoorageError:
@@ -118,9 +123,13 @@ class CallPlan:
         self.attempts += 1
         return Wait(self.attempt_deadline(now))
 
+    def attempt_timeout(self) -> float:
+        """This attempt's wait: the configured one, doubled per attempt that timed out."""
+        return self.core.options.attempt_timeout * 2 ** self.timeout_retries
+
     def attempt_deadline(self, now: float) -> float:
         if self.idempotent:
-            return min(self.deadline, now + self.core.options.attempt_timeout)
+            return min(self.deadline, now + self.attempt_timeout())
         return self.deadline
 
     def on_reply(self, reply: Reply, now: float) -> Done | Resend:
@@ -155,7 +164,12 @@ class CallPlan:
             return Done(error=self._error(err))
         if not self.idempotent:
             return Done(error=self._error(WireError.of("outcome_unknown", "no reply")))
+        if self.timeout_retries >= TIMEOUT_RETRIES:
+            return Done(error=self._error(WireError.of(
+                "timeout", f"no reply in {self.attempts} attempts (last waited "
+                f"{self.attempt_timeout():.3g}s); cancelled")))
         self.retries += 1
+        self.timeout_retries += 1
         return Resend(min(self.core.options.backoff.delay(self.retries - 1),
                           max(0.0, self.deadline - now)))
 

@@ -53,6 +53,11 @@ class _TopicState:
     # Epochs a Reset moved past: their messages still queued in the socket are dropped (the
     # Reset said they may be gone), never a Reset back to them.
     superseded: set[str] = field(default_factory=set)
+    # A newer epoch a replay answer revealed (the publisher restarted) while this one's
+    # messages may still be queued in our socket, ahead of the newer ones: those are
+    # delivered first (their gaps cannot be replayed any more: Loss), and the Reset comes
+    # with the first message of the newer epoch.
+    successor: str | None = None
 
 
 class StreamTracker:
@@ -84,6 +89,10 @@ class StreamTracker:
         if msg.seq == st.last + 1:
             st.last = msg.seq
             out.append(msg)
+            return out, None
+        if st.successor is not None:  # its publisher is gone: the gap cannot be replayed
+            out += [Loss(msg.topic, st.last + 1, msg.seq - 1, msg.epoch), msg]
+            st.last = msg.seq
             return out, None
         events, need = self._ask(msg)
         return out + events, need
@@ -118,7 +127,7 @@ class StreamTracker:
         elif msg.epoch != st.epoch:
             out.append(Reset(msg.topic, st.epoch, msg.epoch))
             st.superseded.add(st.epoch)
-            st.epoch, st.last = msg.epoch, 0
+            st.epoch, st.last, st.successor = msg.epoch, 0, None
         return True
 
     def _ask(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay]:
@@ -137,11 +146,11 @@ class StreamTracker:
         if st.epoch is None:
             st.epoch = epoch
         elif epoch != st.epoch:
-            # A new life of the publisher: its seqs restarted, so ask again from the first.
-            out.append(Reset(topic, st.epoch, epoch))
-            st.superseded.add(st.epoch)
-            st.epoch, st.last = epoch, 0
-            return out, NeedReplay(topic, 1)
+            # The publisher restarted: what this epoch missed cannot be replayed any more,
+            # but its messages still queued in our socket come first; the newer epoch starts
+            # (with a Reset) at its first message or welcome.
+            st.successor = epoch
+            return self.on_replay_failed(topic), None
         lost = answer.get("lost")
         if lost and lost[1] > st.last:
             out.append(Loss(topic, max(lost[0], st.last + 1), lost[1], epoch))
