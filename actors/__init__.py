@@ -4,4 +4,6 @@
   resource  samples the tree's memory and CPU; pressure level, quality, runaway kills
   parser    escape-sequence and shell-integration marker parsing per stream (actors.vtparse)
   watcher   cached file service and lossless watches (actors.watching)
+  ptykeeper owns the shells' PTYs (posix_spawn, no fork) and their unacknowledged output
+  terminal  sessions and term.exec over the keeper (termsession, shell_integration)
 """

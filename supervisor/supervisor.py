@@ -60,6 +60,9 @@ from supervisor.spec import SupervisorSpec
 from supervisor.zygote import ZygoteHandle
 
 EVENT_TOPIC = "sup.event"
+# Children whose alerts a supervisor republishes as `alert` events, for an editor to show.
+ALERT_TOPICS = {"metrics": "metrics.alert", "resource": "resource.alert",
+                "terminal": "term.alert"}
 ESCALATED_EXIT_CODE = 3
 
 
@@ -141,8 +144,8 @@ class Supervisor(Actor):
             child = self.children[cid]
             if child.spec.type == "supervisor":
                 self._follow(cid, EVENT_TOPIC)
-            if child.spec.id == "metrics":
-                self._follow(cid, "metrics.alert")
+            if cid in ALERT_TOPICS:
+                self._follow(cid, ALERT_TOPICS[cid])
             self.jobs.append(("start", child))
         self._next_job()
 

@@ -37,6 +37,10 @@ HOUSEKEEPING_MS = 250
 WAKE_ID = b"\xffmoorage-wake"
 
 
+def _noop() -> None:
+    pass
+
+
 class Timer:
     __slots__ = ("cancelled", "fn", "when")
 
@@ -46,7 +50,10 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
+        # Drop the callback now: a cancelled timer stays in the heap until its time, and must
+        # not keep what it closed over (a deferred call and its request) alive until then.
         self.cancelled = True
+        self.fn = _noop
 
 
 class Loop:

@@ -1,0 +1,59 @@
+# moorage shell integration for zsh: OSC 633 markers with the session's nonce, as bash.sh
+# describes (A B prompt, E command line, C output, D;exit finished, P;Cwd). precmd and
+# preexec hooks; the user's hooks and prompt keep working (ours wrap PS1 again when a theme
+# rebuilds it). Only builtins run per command: no subshell.
+__moorage_nonce=${MOORAGE_NONCE-}
+unset MOORAGE_NONCE
+if [[ -z $__moorage_nonce ]]; then
+  return 0
+fi
+typeset -g __moorage_state=start  # start, prompt (reading a command), running (after C)
+
+__moorage_escape() {
+  emulate -L zsh
+  local LC_ALL=C s=$1 i h c
+  s=${s//\\/\\\\}
+  s=${s//;/\\x3b}
+  s=${s// /\\x20}
+  s=${s//$'\n'/\\x0a}
+  if [[ $s == *[$'\001'-$'\037']* ]]; then
+    for (( i = 1; i < 32; i++ )); do
+      h=${(l:2::0:)$(( [##16] i ))}
+      c=${(#)i}
+      s=${s//$c/\\x$h}
+    done
+  fi
+  typeset -g __moorage_esc=$s
+}
+
+__moorage_precmd() {
+  local ret=$?
+  __moorage_escape "$PWD"
+  if [[ $__moorage_state == running ]]; then
+    builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s;%s\a' \
+      "$__moorage_esc" "$__moorage_nonce" "$ret" "$__moorage_nonce"
+  elif [[ $__moorage_state == prompt ]]; then
+    builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s\a' \
+      "$__moorage_esc" "$__moorage_nonce" "$__moorage_nonce"
+  fi
+  __moorage_state=prompt
+  return $ret
+}
+
+__moorage_preexec() {
+  __moorage_escape "$1"
+  builtin printf '\e]633;E;%s;%s\a\e]633;C;%s\a' \
+    "$__moorage_esc" "$__moorage_nonce" "$__moorage_nonce"
+  __moorage_state=running
+}
+
+__moorage_wrap_prompt() {
+  if [[ $PS1 != *"633;B;$__moorage_nonce"* ]]; then
+    PS1=$'%{\e]633;A;'$__moorage_nonce$'\a%}'$PS1$'%{\e]633;B;'$__moorage_nonce$'\a%}'
+  fi
+}
+
+# ours first (D before the user's precmd output), the prompt wrap last
+precmd_functions=(__moorage_precmd $precmd_functions __moorage_wrap_prompt)
+preexec_functions=(__moorage_preexec $preexec_functions)
+__moorage_wrap_prompt

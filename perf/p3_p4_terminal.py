@@ -1,0 +1,240 @@
+"""P3 (`term.exec "echo test"` end to end), P4 (terminal output streamed to a subscriber),
+P13 (terminal actor memory over many commands) and R7 (100 sessions at once), each beside
+its limit measured in the same run.
+
+  P3 limit: a raw PTY round trip (write `echo test`, read to the shell's trusted D marker, in
+            this process, same bash and integration script) + P1's limit (a bare pyzmq echo).
+  P4 limit: a raw PTY read loop of `cat` of the same file, in this process.
+
+    python -m perf.p3_p4_terminal [--n 3000] [--mb 50] [--p13 10000] [--sessions 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import select
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from actors.ptyspawn import spawn_on_pty
+from actors.shell_integration import prepare
+from perf._raw import RawEcho
+from perf._report import Report, Row, percentiles, plot_percentiles
+from perf._tree import BenchTree
+from protocol.envelope import StreamMessage
+
+TREE = """
+[[children]]
+id = "metrics"
+start = "actors.metrics:MetricsActor"
+
+[[children]]
+id = "terminals"
+type = "supervisor"
+strategy = "rest_for_one"
+
+[[children.children]]
+id = "ptykeeper"
+start = "actors.ptykeeper:PtyKeeper"
+shutdown_ms = 5000
+
+[[children.children]]
+id = "terminal"
+start = "actors.terminal:TerminalActor"
+shutdown_ms = 3000
+
+[actor.terminal]
+shells = ["bash"]
+"""
+
+
+def bench_env(home: Path) -> dict[str, str]:
+    return {"HOME": str(home), "PATH": os.environ.get("PATH", os.defpath), "TERM": "xterm"}
+
+
+class RawPty:
+    """bash with the same integration on a PTY read by this process: the physical limit."""
+
+    def __init__(self, home: Path) -> None:
+        self.nonce = secrets.token_hex(16)
+        launch = prepare("/bin/bash", [], bench_env(home), self.nonce)
+        self.sp = spawn_on_pty(launch.path, launch.argv, launch.env, str(home), 80, 24)
+        self.read_until(f"633;B;{self.nonce}".encode())
+
+    def read_until(self, needle: bytes, buf: bytes = b"", timeout: float = 10.0) -> bytes:
+        """Read until `needle` is in what was read (starting with `buf`); returns it all."""
+        end = time.monotonic() + timeout
+        while needle not in buf:
+            if not select.select([self.sp.master], [], [], max(0, end - time.monotonic()))[0]:
+                raise TimeoutError(needle)
+            buf += os.read(self.sp.master, 1 << 16)
+        return buf
+
+    def round_trip(self) -> float:
+        done = f"633;D;0;{self.nonce}".encode()
+        t0 = time.perf_counter()
+        os.write(self.sp.master, b"echo test\r")
+        buf = self.read_until(done)
+        t1 = time.perf_counter()
+        # back at the prompt, as the terminal actor is before its next command
+        self.read_until(f"633;B;{self.nonce}".encode(), buf[buf.index(done):])
+        return (t1 - t0) * 1e6
+
+    def close(self) -> None:
+        os.close(self.sp.master)
+        os.waitpid(self.sp.pid, 0)
+
+
+def raw_cat_mb_s(path: Path, size: int) -> float:
+    sp = spawn_on_pty("/bin/cat", ["cat", str(path)], {"PATH": os.defpath}, None, 80, 24)
+    got = 0
+    t0 = time.perf_counter()
+    try:
+        while True:
+            select.select([sp.master], [], [])
+            try:
+                got += len(os.read(sp.master, 1 << 16))
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+    finally:
+        os.close(sp.master)
+        os.waitpid(sp.pid, 0)
+    assert got == size, (got, size)
+    return size / (time.perf_counter() - t0) / 1e6
+
+
+def streamed_mb_s(client, sid: str, path: Path, size: int) -> float:
+    sub = client.subscribe("terminal", [f"term.out.{sid}"])
+    client.call("terminal", "term.exec", {"session": sid, "command": "true"})  # subscribed
+    while sub.next(timeout=0.2) is not None:
+        pass
+    seen = 0
+    t0 = time.perf_counter()
+    client.call("terminal", "term.write", {"session": sid, "data": f"cat {path}\r"})
+    tail = b""
+    while seen < size:
+        ev = sub.next(timeout=30)
+        assert ev is not None, f"stream stalled at {seen} of {size}"
+        if isinstance(ev, StreamMessage):
+            seen += sum(a.count(b"Q") for a in ev.attachments)
+            tail = b"".join(ev.attachments)[-4096:]
+    rate = size / (time.perf_counter() - t0) / 1e6
+    while b"633;B;" not in tail:  # the command is over and the prompt is back
+        ev = sub.next(timeout=30)
+        assert ev is not None, "no prompt after the cat"
+        if isinstance(ev, StreamMessage):
+            tail = tail[-16:] + b"".join(ev.attachments)
+    sub.close()
+    return rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=3000, help="echo test round trips per side")
+    ap.add_argument("--mb", type=int, default=50, help="size of the file for P4")
+    ap.add_argument("--p13", type=int, default=10_000, help="commands for P13 (0: skip)")
+    ap.add_argument("--sessions", type=int, default=100, help="sessions for R7 (0: skip)")
+    args = ap.parse_args(argv)
+    report = Report("p3_p4_terminal")
+    work = Path(tempfile.mkdtemp(prefix="p3-", dir="/tmp"))
+    home = work / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("")
+    tree = BenchTree(TREE)
+    tree.start()
+    client = tree.client(timeout=60.0)
+    raw_zmq = RawEcho(tree.dir)
+    raw_pty = RawPty(home)
+    try:
+        sid = client.call("terminal", "term.create",
+                          {"shell": "bash", "env": bench_env(home)})["session"]
+        for _ in range(300):
+            client.call("terminal", "term.exec", {"session": sid, "command": "echo test"})
+            raw_pty.round_trip()
+        ours, pty_us, zmq_us = [], [], []
+        blocks = 10
+        for _ in range(blocks):
+            zmq_us += raw_zmq.latencies(args.n // blocks)
+            for _ in range(args.n // blocks):
+                pty_us.append(raw_pty.round_trip())
+            for _ in range(args.n // blocks):
+                t0 = time.perf_counter()
+                r = client.call("terminal", "term.exec", {"session": sid, "command": "echo test"})
+                ours.append((time.perf_counter() - t0) * 1e6)
+                assert r["exit_code"] == 0 and r["output"] == "test", r
+        po, pp, pz = percentiles(ours), percentiles(pty_us), percentiles(zmq_us)
+        limit50 = pp[50] + pz[50]
+        report.add(Row("P3", "term.exec echo test p50 (warm bash)", "µs",
+                       "<= 2.5x limit, <= 1 ms", po[50], limit50,
+                       po[50] <= 2.5 * limit50 and po[50] <= 1000,
+                       note=f"limit = raw PTY {pp[50]:.0f} µs + raw zmq {pz[50]:.0f} µs"))
+        report.add(Row("P3", "term.exec echo test p99", "µs", "<= 10 ms (seed)", po[99],
+                       pp[99] + pz[99], po[99] <= 10_000))
+        plot_percentiles("p3_exec_echo", {"term.exec via client": ours,
+                                          "raw PTY round trip": pty_us,
+                                          "raw zmq echo": zmq_us})
+
+        size = args.mb * 1_000_000
+        data = work / "p4.dat"
+        data.write_bytes(b"Q" * size)
+        ours_rates, raw_rates = [], []
+        for _ in range(5):  # alternating, so both see the same machine
+            raw_rates.append(raw_cat_mb_s(data, size))
+            ours_rates.append(streamed_mb_s(client, sid, data, size))
+        ro, rl = max(ours_rates), max(raw_rates)
+        report.add(Row("P4", f"cat {args.mb} MB streamed to a subscriber", "MB/s",
+                       ">= 30 MB/s, >= 60% limit", ro, rl, ro >= 30 and ro >= 0.6 * rl,
+                       note=f"best of 5; ours {[round(r, 1) for r in ours_rates]}, "
+                            f"raw {[round(r, 1) for r in raw_rates]}"))
+
+        if args.p13:
+            pid = client.call("terminal", "sys.info")["pid"]
+            proc = psutil.Process(pid)
+            for _ in range(2000):  # warm-up: retention and reply cache reach their bounds
+                client.call("terminal", "term.exec", {"session": sid, "command": "echo test"})
+            before = proc.memory_info().rss
+            for _ in range(args.p13):
+                client.call("terminal", "term.exec", {"session": sid, "command": "echo test"})
+            growth = (proc.memory_info().rss - before) / 1e6
+            report.add(Row("P13", f"terminal RSS growth over {args.p13} echo test", "MB",
+                           "<= 2 MB after warm-up", growth, None, growth <= 2.0,
+                           note=f"RSS after: {proc.memory_info().rss / 1e6:.1f} MB"))
+
+        if args.sessions:
+            n = args.sessions
+            t0 = time.perf_counter()
+            created = client.pipeline("terminal", [
+                ("term.create", {"shell": "bash", "env": bench_env(home)})] * n,
+                window=n, timeout=120)
+            sids = [c["session"] for c in created if isinstance(c, dict)]
+            t1 = time.perf_counter()
+            results = client.pipeline("terminal", [
+                ("term.exec", {"session": s, "command": f"echo r7-{i}; (exit {i % 3})"})
+                for i, s in enumerate(sids)], window=n, timeout=120)
+            ok = sum(1 for i, r in enumerate(results) if isinstance(r, dict)
+                     and r["exit_code"] == i % 3 and r["output"] == f"r7-{i}")
+            rate = ok / n * 100
+            report.add(Row("R7", f"{n} sessions running a command at once", "%",
+                           ">= 99% succeed", rate, None, rate >= 99,
+                           note=f"created {len(sids)}/{n} in {t1 - t0:.1f} s; commands "
+                                f"{time.perf_counter() - t1:.2f} s"))
+        report.extra = {"p3_us": {"ours": po, "raw_pty": pp, "raw_zmq": pz},
+                        "p4_mb_s": {"ours": ours_rates, "raw": raw_rates}}
+    finally:
+        raw_pty.close()
+        raw_zmq.close()
+        client.close()
+        tree.stop()
+    return report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Helpers for the terminal tests: a raw keeper link, a byte-exact output collector, and a
+private HOME so the machine's own ~/.bashrc (pyenv, ...) neither slows nor changes a test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from actors.ptylink import FrameReader, encode
+from protocol import endpoints
+from protocol.client import Client
+from protocol.client._streams import Loss, Reset
+from protocol.envelope import StreamMessage, decode_stream
+
+
+def make_home(tmp: Path, bashrc: str = "", zshrc: str = "") -> Path:
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".bashrc").write_text(bashrc)
+    (home / ".zshrc").write_text(zshrc)
+    return home
+
+
+class RawLink:
+    """A blocking client of the keeper's socket, as the terminal actor would be."""
+
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.reader = FrameReader()
+        self.pending: list[dict[str, Any]] = []
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.sendall(encode(msg))
+
+    def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while not self.pending:
+            left = end - time.monotonic()
+            assert left > 0, "no message from the keeper in time"
+            self.sock.settimeout(left)
+            data = self.sock.recv(1 << 20)
+            assert data, "keeper closed the connection"
+            self.pending.extend(self.reader.feed(data))
+        return self.pending.pop(0)
+
+    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
+             on_other: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """The first message matching `pred`; the others go to `on_other`, or stay queued
+        (in order) for the next `recv` when there is none."""
+        end = time.monotonic() + timeout
+        kept: list[dict[str, Any]] = []
+        try:
+            while True:
+                msg = self.recv(max(0.001, end - time.monotonic()))
+                if pred(msg):
+                    return msg
+                if on_other is not None:
+                    on_other(msg)
+                else:
+                    kept.append(msg)
+        finally:
+            self.pending[:0] = kept
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Output:
+    """A session's output stream as a subscriber sees it, put together by absolute offset:
+    a repeated byte (a replayed chunk) must equal what was there; a gap fails the test."""
+
+    def __init__(self, client: Client, sid: str, actor: str = "terminal") -> None:
+        self.sub = client.subscribe(actor, [f"term.out.{sid}"], from_seq=1)
+        self.data = bytearray()
+        self.resets = 0
+        self.losses: list[Loss] = []
+        self.repeated = 0
+
+    def _take(self, timeout: float) -> bool:
+        ev = self.sub.next(timeout=timeout)
+        if ev is None:
+            return False
+        if isinstance(ev, Reset):
+            self.resets += 1
+        elif isinstance(ev, Loss):
+            self.losses.append(ev)
+        elif isinstance(ev, StreamMessage):
+            off = ev.body["offset"]
+            chunk = b"".join(ev.attachments)
+            have = len(self.data)
+            assert off <= have, f"gap in the output: have {have} bytes, next chunk at {off}"
+            overlap = min(have - off, len(chunk))
+            assert self.data[off : off + overlap] == chunk[:overlap], "a repeat differs"
+            self.repeated += overlap
+            self.data += chunk[overlap:]
+        return True
+
+    def until(self, pred: Callable[[bytes], bool], timeout: float = 30.0) -> bytes:
+        end = time.monotonic() + timeout
+        while not pred(bytes(self.data)):
+            left = end - time.monotonic()
+            assert left > 0, f"output not as expected in time: {bytes(self.data[-300:])!r}"
+            self._take(min(left, 1.0))
+        return bytes(self.data)
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+class RawOutput:
+    """`term.out.<session>` read with a bare SUB socket and put together by offset alone,
+    which is the stream's contract: a chunk may come twice (a restarted terminal actor
+    republishes the keeper's tail), and around a restart the dead publisher's last messages
+    and the new one's arrive interleaved (two connections, fair-queued). A repeat must equal
+    what is there; what is ahead waits for the bytes before it. Every welcome (our
+    subscription is live, maybe with a new publisher) is followed by a `replay` of what that
+    publisher sent before it, from its retention.
+
+    (The client's Subscription is not used here: its tracker mishandles that interleaving,
+    and its 100,000-message receive queue keeps backpressure from engaging; see the
+    report.)"""
+
+    def __init__(self, client: Client, sid: str, actor: str = "terminal") -> None:
+        self.client = client
+        self.sid = sid
+        self.actor = actor
+        self.topic = f"term.out.{sid}"
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 5)
+        # A small queue: a slow reader then holds the publisher back (XPUB_NODROP), and a
+        # restarted publisher cannot run past its retention before our replay.
+        self.sock.setsockopt(zmq.RCVHWM, 16)
+        self.sock.setsockopt(zmq.SUBSCRIBE, self.topic.encode())
+        self.sock.connect(endpoints.pub(client.runtime_dir, actor))
+        self.data = bytearray()
+        self.ahead: dict[int, bytes] = {}
+        self.epochs: list[str] = []
+        self.last_seq: dict[str, int] = {}
+        self.welcomes = 0
+        self.repeated = 0
+        self.lost: list[tuple[str, list[int]]] = []  # seq ranges retention no longer had
+
+    def _add(self, off: int, chunk: bytes) -> None:
+        have = len(self.data)
+        if off > have:
+            if len(chunk) > len(self.ahead.get(off, b"")):
+                self.ahead[off] = chunk
+            return
+        overlap = min(have - off, len(chunk))
+        assert self.data[off : off + overlap] == chunk[:overlap], "a repeat differs"
+        self.repeated += overlap
+        self.data += chunk[overlap:]
+        while self.ahead:
+            ready = [o for o in self.ahead if o <= len(self.data)]
+            if not ready:
+                return
+            o = min(ready)
+            self._add(o, self.ahead.pop(o))
+
+    def _message(self, epoch: str, seq: int, body: dict, chunk: bytes) -> None:
+        if not self.epochs or self.epochs[-1] != epoch:
+            self.epochs.append(epoch)
+        self.last_seq[epoch] = max(seq, self.last_seq.get(epoch, 0))
+        self._add(body["offset"], chunk)
+
+    def _replay(self, epoch: str) -> None:
+        frm = self.last_seq.get(epoch, 0) + 1
+        while True:
+            reply = self.client.request(self.actor, "replay", {"topic": self.topic,
+                                                               "from_seq": frm})
+            body = reply.body
+            if body["epoch"] != epoch:
+                return  # yet another publisher: its own welcome will follow
+            if body["lost"]:
+                self.lost.append((epoch, body["lost"]))
+            i = 0
+            for seq, mbody, n in body["messages"]:
+                self._message(epoch, seq, mbody, b"".join(reply.attachments[i : i + n]))
+                i += n
+                frm = seq + 1
+            if not body["more"]:
+                return
+
+    def _take(self, timeout: float) -> None:
+        if not self.sock.poll(int(timeout * 1000)):
+            return
+        msg = decode_stream(self.sock.recv_multipart())
+        if msg.welcome:
+            self.welcomes += 1
+            self._replay(msg.epoch)
+            return
+        self._message(msg.epoch, msg.seq, msg.body, b"".join(msg.attachments))
+
+    def wait_live(self, timeout: float = 10.0) -> None:
+        """Until our subscription is live (the publisher's welcome came)."""
+        end = time.monotonic() + timeout
+        while not self.welcomes:
+            left = end - time.monotonic()
+            assert left > 0, "no welcome from the publisher"
+            self._take(min(left, 1.0))
+
+    def until(self, pred: Callable[[bytes], bool], timeout: float = 30.0) -> bytes:
+        end = time.monotonic() + timeout
+        while not pred(bytes(self.data)):
+            left = end - time.monotonic()
+            assert left > 0, (f"output not as expected in time: {bytes(self.data[-300:])!r}; "
+                              f"epochs {self.epochs}, ahead {sorted(self.ahead)[:5]}, "
+                              f"lost {self.lost}")
+            self._take(min(left, 1.0))
+        return bytes(self.data)
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class Commands:
+    """`term.cmd.<session>` records, in order."""
+
+    def __init__(self, client: Client, sid: str) -> None:
+        self.sub = client.subscribe("terminal", [f"term.cmd.{sid}"], from_seq=1)
+
+    def next_event(self, event: str, timeout: float = 30.0) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            assert left > 0, f"no {event} record in time"
+            ev = self.sub.next(timeout=left)
+            if isinstance(ev, StreamMessage) and ev.body.get("event") == event:
+                return ev.body
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+def env_for(home: Path) -> dict[str, str]:
+    return {"HOME": str(home), "PATH": os.environ.get("PATH", os.defpath)}

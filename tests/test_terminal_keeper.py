@@ -1,0 +1,217 @@
+"""The pty keeper alone, driven over its socket as the terminal actor drives it: real PTYs,
+real shells, offsets, the window, acks, a new connection getting everything again."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+
+import pytest
+
+from actors.ptyspawn import SpawnError, get_winsize, spawn_on_pty
+from tests.conftest import assert_all_gone, descendants, wait_pid_exit
+from tests.terminal_support import RawLink
+
+pytestmark = pytest.mark.timeout(60)
+
+SH = "/bin/sh"
+ENV = {"PATH": os.defpath, "TERM": "dumb", "PS1": "$ "}
+
+
+@pytest.fixture
+def keeper(spawn_actor, runtime_dir):
+    def start(**config):
+        spawn_actor("actors.ptykeeper:PtyKeeper", "ptykeeper", **config)
+        return runtime_dir / "ptykeeper.sock"
+
+    return start
+
+
+@pytest.fixture
+def links():
+    opened: list[RawLink] = []
+    yield opened
+    for link in opened:
+        link.close()
+
+
+@pytest.fixture
+def connect(links):
+    def connect(client, path) -> RawLink:
+        client.call("ptykeeper", "sys.ping")  # bound: the socket exists once it answers
+        link = RawLink(path)
+        links.append(link)
+        link.send({"t": "hello"})
+        assert link.recv()["t"] == "welcome"
+        return link
+
+    return connect
+
+
+def create(link: RawLink, sid: str, r: int = 1, **kw) -> dict:
+    msg = {"t": "create", "r": r, "s": sid, "path": SH, "argv": ["sh"], "env": ENV,
+           "cwd": "/", "cols": 80, "rows": 24, "meta": {"n": sid}} | kw
+    link.send(msg)
+    return link.wait(lambda m: m.get("r") == r)
+
+
+def test_spawned_shell_has_the_pty_as_controlling_terminal_and_its_own_session(tmp_path):
+    sp = spawn_on_pty(SH, ["sh", "-c", "ps -o sid=,pgid=,tty= -p $$; pwd"], ENV, str(tmp_path),
+                      100, 30)
+    try:
+        assert get_winsize(sp.master) == (100, 30)
+        out = b""
+        while select.select([sp.master], [], [], 10)[0]:
+            try:
+                out += os.read(sp.master, 4096)
+            except OSError:  # EIO: the shell side is closed, everything has been read
+                break
+        sid, pgid, tty = out.split(b"\r\n")[0].split()
+        assert int(sid) == sp.pid and int(pgid) == sp.pid
+        assert sp.tty.endswith(tty.decode())
+        assert out.split(b"\r\n")[1] == str(tmp_path).encode()
+    finally:
+        os.close(sp.master)
+        os.waitpid(sp.pid, 0)
+
+
+def test_a_missing_program_or_cwd_fails_at_once_with_its_errno(tmp_path):
+    with pytest.raises(SpawnError) as e1:
+        spawn_on_pty("/no/such/shell", ["x"], ENV, None, 80, 24)
+    assert e1.value.errno == 2
+    with pytest.raises(SpawnError) as e2:
+        spawn_on_pty(SH, ["sh"], ENV, str(tmp_path / "missing"), 80, 24)
+    assert e2.value.errno == 2
+
+
+def test_output_arrives_with_contiguous_offsets_and_exit_after_the_last_byte(
+        keeper, client, connect):
+    link = connect(client, keeper())
+    ok = create(link, "a", argv=["sh", "-c", "seq 1 20000; exit 7"])
+    assert ok["t"] == "ok" and ok["pid"] > 0
+    data = bytearray()
+
+    def take(m):
+        if m["t"] == "out":
+            assert m["off"] == len(data)
+            data.extend(m["data"])
+            link.send({"t": "ack", "s": "a", "off": m["off"] + len(m["data"])})
+
+    ex = link.wait(lambda m: m["t"] == "exit", on_other=take)
+    assert ex == {"t": "exit", "s": "a", "code": 7, "signal": None}
+    assert bytes(data).split(b"\r\n")[:-1] == [str(i).encode() for i in range(1, 20001)]
+
+
+def test_a_full_window_stops_reading_until_acked_and_nothing_is_lost(keeper, client, connect):
+    link = connect(client, keeper(window_bytes=65536))
+    create(link, "w", argv=["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' y; echo; exit 0"])
+    data = bytearray()
+    unacked = 0
+    max_unacked = 0
+
+    def take(m):
+        nonlocal unacked, max_unacked
+        if m["t"] != "out":
+            return
+        assert m["off"] == len(data)
+        data.extend(m["data"])
+        unacked += len(m["data"])
+        max_unacked = max(max_unacked, unacked)
+        if unacked >= 65536:  # ack only a full window: the keeper must have stopped there
+            link.send({"t": "ack", "s": "w", "off": len(data)})
+            unacked = 0
+
+    link.wait(lambda m: m["t"] == "exit", on_other=take)
+    assert max_unacked == 65536
+    assert data.count(b"y") == 1_000_000
+
+
+def test_a_new_connection_gets_every_session_and_all_unacknowledged_output_again(
+        keeper, client, connect, links):
+    path = keeper()
+    link = connect(client, path)
+    create(link, "r", argv=["sh", "-c", "echo one; echo two; sleep 30"])
+    first = bytearray()
+
+    def take(m):
+        if m["t"] == "out":
+            first.extend(m["data"])
+
+    while b"two" not in first:
+        take(link.recv())
+    link.send({"t": "ack", "s": "r", "off": 5})  # "one\r\n" published, the rest not
+    link.send({"t": "meta", "s": "r", "meta": {"nonce": "N"}})
+    link.close()
+    again = RawLink(path)
+    links.append(again)
+    again.send({"t": "hello"})
+    welcome = again.recv()
+    assert welcome["t"] == "welcome"
+    (entry,) = welcome["sessions"]
+    # the tail before `acked` (kept for the actor's scrollback) and everything after it
+    assert entry["s"] == "r" and entry["acked"] == 5 and entry["base"] == 0
+    assert entry["meta"] == {"nonce": "N"}
+    out = again.recv()
+    assert out["t"] == "out" and out["off"] == 0 and out["data"] == bytes(first)
+    again.send({"t": "close", "r": 9, "s": "r"})
+    assert again.wait(lambda m: m.get("r") == 9)["t"] == "ok"
+    assert wait_pid_exit(entry["pid"], 10)
+
+
+def test_input_resize_and_signals_reach_the_session(keeper, client, connect):
+    link = connect(client, keeper())
+    ok = create(link, "i", argv=["sh", "-i"])
+    seen = bytearray()
+
+    def take(m):
+        if m["t"] == "out":
+            seen.extend(m["data"])
+
+    link.send({"t": "resize", "r": 2, "s": "i", "cols": 132, "rows": 43})
+    assert link.wait(lambda m: m.get("r") == 2, on_other=take)["t"] == "ok"
+    # `st''arted`: the echo of the typed line is not the output
+    link.send({"t": "write", "s": "i",
+               "data": b"stty size; sh -c 'echo st''arted; exec sleep 30'\r"})
+    while b"started" not in seen:
+        take(link.recv())
+    assert b"43 132" in seen
+    link.send({"t": "signal", "r": 3, "s": "i", "sig": int(signal.SIGINT), "to": "fg"})
+    reply = link.wait(lambda m: m.get("r") == 3, on_other=take)
+    assert reply["t"] == "ok" and reply["pgid"] != ok["pid"]  # the sleep's group, not sh's
+    link.send({"t": "write", "s": "i", "data": b"echo after-$?\r"})
+    while b"after-130" not in seen:
+        take(link.recv())
+
+
+def test_bad_messages_get_error_replies_and_the_keeper_serves_on(keeper, client, connect):
+    link = connect(client, keeper())
+    link.send({"t": "nonsense", "r": 1})
+    assert link.recv()["name"] == "bad_args"
+    link.send({"t": "write", "r": 2, "s": "nope", "data": b"x"})
+    assert link.recv()["name"] == "session_not_found"
+    err = create(link, "x", r=3, path="/no/such/shell")
+    assert err["t"] == "err" and err["name"] == "pty_failed" and err["errno"] == 2
+    link.send({"t": "create", "r": 4, "s": "y"})  # missing fields
+    assert link.recv()["name"] == "bad_args"
+    assert create(link, "z", r=5)["t"] == "ok"
+    assert client.call("ptykeeper", "pty.list")["sessions"][0]["s"] == "z"
+
+
+def test_stopping_the_keeper_ends_every_shell_and_its_jobs(
+        spawn_actor, runtime_dir, client, connect):
+    proc = spawn_actor("actors.ptykeeper:PtyKeeper", "ptykeeper", stop_grace_ms=300)
+    link = connect(client, runtime_dir / "ptykeeper.sock")
+    script = "trap '' HUP; sleep 60 & echo bg-started; wait"
+    pids = [create(link, f"s{i}", r=i, argv=["sh", "-c", script])["pid"] for i in range(3)]
+    seen = {f"s{i}": b"" for i in range(3)}
+    while not all(b"bg-started" in v for v in seen.values()):
+        m = link.recv()
+        if m["t"] == "out":
+            seen[m["s"]] += m["data"]
+    procs = descendants(proc.pid)
+    assert len(procs) >= 6  # three shells, three sleeps
+    assert {p.pid for p in procs} >= set(pids)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert wait_pid_exit(proc.pid, 10)
+    assert_all_gone(procs, timeout=5)

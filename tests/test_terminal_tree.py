@@ -1,0 +1,161 @@
+"""The terminals supervisor in a real tree (`moorage up`): the shells outlive a SIGKILLed
+terminal actor with every output byte, and a dead keeper's sessions are reported and
+started again once."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from protocol.envelope import StreamMessage
+from tests.terminal_support import Commands, RawOutput, env_for, make_home
+
+pytestmark = pytest.mark.timeout(180)
+
+# The block for the default tree (supervisor/default.toml), with test heartbeats.
+TREE = """
+[supervisor]
+heartbeat = { interval_ms = 200, misses = 5 }
+backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
+
+[[children]]
+id = "metrics"
+start = "actors.metrics:MetricsActor"
+
+[[children]]
+id = "terminals"
+type = "supervisor"
+strategy = "rest_for_one"
+intensity = 5
+period_s = 10
+
+[[children.children]]
+id = "ptykeeper"
+start = "actors.ptykeeper:PtyKeeper"
+shutdown_ms = 5000
+
+[[children.children]]
+id = "terminal"
+start = "actors.terminal:TerminalActor"
+shutdown_ms = 3000
+
+[actor.terminal]
+shells = ["bash"]
+"""
+
+LINES = 1_500_000  # about 11 MB of output: still running when the actor is killed
+
+
+def expected_seq(n: int) -> bytes:
+    return b"".join(b"%d\r\n" % i for i in range(1, n + 1))
+
+
+def test_sigkill_of_the_terminal_during_heavy_output_keeps_the_shell_and_every_byte(
+        make_tree, tmp_path):
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
+    sid = s["session"]
+    keeper = tree.child("ptykeeper")
+    out = RawOutput(c, sid)
+    out.wait_live()
+    cmds = Commands(c, sid)
+    c.call("terminal", "term.write", {"session": sid,
+                                      "data": f"seq 1 {LINES}; echo seq-''done\r"})
+    out.until(lambda d: len(d) > 500_000)
+    victim = tree.child("terminal")["pid"]
+    os.kill(victim, signal.SIGKILL)
+    ev = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "terminal")
+    assert ev["pid"] != victim
+    # the shell was still writing after its reader died
+    (held,) = c.call("ptykeeper", "pty.list")["sessions"]
+    total = len(expected_seq(LINES))
+    assert held["pid"] == s["pid"] and held["read"] < total
+
+    data = out.until(lambda d: b"seq-done\r\n" in d, timeout=120)
+    assert expected_seq(LINES) in data  # in order, whole, once: the collector checks repeats
+    assert data.count(b"\r\n%d\r\n" % (LINES // 2)) == 1
+    assert len(out.epochs) >= 2 and out.repeated > 0  # two publishers; the tail came again
+    end = cmds.next_event("end")
+    assert end["exit_code"] == 0
+
+    (listed,) = c.call("terminal", "term.list")["sessions"]
+    assert listed["pid"] == s["pid"]
+    assert len(out.until(lambda d: len(d) >= listed["offset"])) == listed["offset"]
+    r = c.call("terminal", "term.exec", {"session": sid, "command": "echo after"}, timeout=30)
+    assert (r["exit_code"], r["output"], r["mode"]) == (0, "after", "integration")
+    after = tree.child("ptykeeper")
+    assert after["pid"] == keeper["pid"] and after["restarts"] == 0
+    out.close()
+    cmds.close()
+
+
+def test_a_long_running_command_keeps_running_through_a_terminal_restart(make_tree, tmp_path):
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                 timeout=30)["session"]
+    (home / "go").write_text("")
+    out = RawOutput(c, sid)
+    out.wait_live()
+    script = "while [ -e ~/go ]; do sleep 0.05; done; echo lo''op-ended $$"
+    c.call("terminal", "term.write", {"session": sid, "data": script + "\r"})
+    cmds = Commands(c, sid)
+    cmds.next_event("start")
+    out.until(lambda d: b"633;E;" in d)
+    os.kill(tree.child("terminal")["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "terminal")
+    (listed,) = c.call("terminal", "term.list")["sessions"]
+    assert listed["state"] == "running"
+    (home / "go").unlink()  # the same loop, in the same shell, sees it
+    data = out.until(lambda d: b"loop-ended" in d)
+    assert f"loop-ended {listed['pid']}".encode() in data
+    assert cmds.next_event("end")["exit_code"] == 0  # seen by the new actor
+    assert c.call("terminal", "term.exec", {"session": sid, "command": "echo $$"},
+                  timeout=30)["output"] == str(listed["pid"])
+    out.close()
+    cmds.close()
+
+
+def test_a_dead_keepers_sessions_are_reported_alerted_and_started_again_once(make_tree,
+                                                                           tmp_path):
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home),
+                                           "cwd": str(tmp_path)}, timeout=30)
+    sid = s["session"]
+    events = c.subscribe("terminal", ["term.session", "term.alert"], from_seq=1)
+    seen: list[tuple[str, dict]] = []
+
+    def gather(*wanted: str) -> dict[str, dict]:
+        """Events until each wanted kind was seen (two topics: no order between them)."""
+        found: dict[str, dict] = {}
+        for topic, body in seen:
+            found.setdefault(body.get("event") or topic, body)
+        while not all(w in found for w in wanted):
+            ev = events.next(timeout=30)
+            assert ev is not None, f"no terminal event in time; have {list(found)}"
+            if isinstance(ev, StreamMessage):
+                seen.append((ev.topic, ev.body))
+                found.setdefault(ev.body.get("event") or ev.topic, ev.body)
+        return found
+
+    os.kill(tree.child("ptykeeper")["pid"], signal.SIGKILL)
+    found = gather("lost", "term.alert", "recreated")
+    assert found["lost"]["session"] == sid
+    assert found["term.alert"]["sessions"] == [sid]
+    assert found["term.alert"]["severity"] == "critical"
+    assert found["recreated"]["session"] == sid and found["recreated"]["pid"] != s["pid"]
+    r = c.call("terminal", "term.exec", {"session": sid, "command": "pwd"}, timeout=30)
+    assert (r["exit_code"], r["output"]) == (0, str(tmp_path))
+
+    seen.clear()
+    os.kill(tree.child("ptykeeper")["pid"], signal.SIGKILL)
+    assert gather("gone")["gone"]["session"] == sid
+    assert c.call("terminal", "term.list")["sessions"] == []
+    events.close()
