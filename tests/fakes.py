@@ -26,7 +26,7 @@ class FakeActor(Actor):
         if config.get("fail_at_start"):
             raise RuntimeError("configured to fail at start")
         if config.get("start_delay_s"):
-            time.sleep(float(config["start_delay_s"]))
+            time.sleep(float(config["start_delay_s"]))  # sleep-ok: the slow start it fakes
         super().__init__(name, runtime_dir, config)
         self.work_done = 0
         self.side_effects = 0

@@ -243,7 +243,7 @@ def test_a_full_hand_off_buffer_ends_in_a_resync_with_the_full_diff(start, data,
         # Injected stall of the actor's loop (set before the fork): while `hold` exists the
         # loop does not drain, so watchdog's threads fill the 16-event buffer.
         while hold.exists():
-            time.sleep(0.005)
+            time.sleep(0.005)  # sleep-ok: the injected stall itself, in the actor
         real_drain(self)
 
     monkeypatch.setattr(watcher_mod.WatcherActor, "_drain", stalled_drain)
