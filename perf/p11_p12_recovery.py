@@ -32,11 +32,14 @@ stable_after_s = 0
 ACTOR = "metrics"
 
 
-def successor_time(client, actor: str, old_epoch: str, t0: float) -> tuple[float, str]:
-    while True:
-        hello = client.call(actor, "sys.hello", timeout=10.0)
-        if hello["ep"] != old_epoch:
-            return time.perf_counter() - t0, hello["ep"]
+def signal_to_successor_ms(client, actor: str, sig: int) -> float:
+    """Signal the actor; milliseconds until a reply carries its successor's epoch."""
+    hello = client.call(actor, "sys.hello")
+    t0 = time.perf_counter()
+    os.kill(hello["pid"], sig)
+    while client.call(actor, "sys.hello", timeout=10.0)["ep"] == hello["ep"]:
+        pass
+    return (time.perf_counter() - t0) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     tree.start()
     client = tree.client(timeout=10.0, attempt_timeout=0.5)
     try:
-        kills: list[float] = []
-        for _ in range(args.kills):
-            hello = client.call(ACTOR, "sys.hello")
-            t0 = time.perf_counter()
-            os.kill(hello["pid"], signal.SIGKILL)
-            dt, _ = successor_time(client, ACTOR, hello["ep"], t0)
-            kills.append(dt * 1000)
+        kills = [signal_to_successor_ms(client, ACTOR, signal.SIGKILL)
+                 for _ in range(args.kills)]
         pk = percentiles(kills)
         report.add(Row("P11", "SIGKILL -> successor's first reply p50", "ms", "<= 30 ms",
                        pk[50], None, pk[50] <= 30))
@@ -71,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stops: list[float] = []
         for _ in range(args.stops):
-            hello = client.call(ACTOR, "sys.hello")
-            t0 = time.perf_counter()
-            os.kill(hello["pid"], signal.SIGSTOP)
-            dt, _ = successor_time(client, ACTOR, hello["ep"], t0)
-            stops.append(dt * 1000)
+            stops.append(signal_to_successor_ms(client, ACTOR, signal.SIGSTOP))
             # Let the successor count as stable (default stable_after_s = 5), so the next hang
             # is a first failure again, not part of a crash loop.
             wait_stable = time.monotonic() + 5.2

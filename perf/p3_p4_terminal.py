@@ -29,26 +29,8 @@ from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 from protocol.envelope import StreamMessage
 
+# The default tree (its terminals supervisor included), with bash as the only shell.
 TREE = """
-[[children]]
-id = "metrics"
-start = "actors.metrics:MetricsActor"
-
-[[children]]
-id = "terminals"
-type = "supervisor"
-strategy = "rest_for_one"
-
-[[children.children]]
-id = "ptykeeper"
-start = "actors.ptykeeper:PtyKeeper"
-shutdown_ms = 5000
-
-[[children.children]]
-id = "terminal"
-start = "actors.terminal:TerminalActor"
-shutdown_ms = 3000
-
 [actor.terminal]
 shells = ["bash"]
 """
