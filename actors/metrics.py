@@ -1,4 +1,5 @@
-"""The metrics actor: merges what every actor pushes, answers percentiles, raises alerts.
+"""The metrics actor: merges what every actor pushes, answers percentiles, raises alerts,
+and keeps the SLO record (seed 11) across its own restarts.
 
   op                  args                     reply                                   errors
   metrics.query       {op?: str, actor?: str}  {ops: [{actor, op, lifetime, window}],  bad_args
@@ -8,14 +9,22 @@
                                                 raised_total, cleared_total, policy}
   metrics.prometheus  {}                       {text, content_type}                    bad_args
   metrics.reset       {}                       {reset: true}                           bad_args
+  metrics.slo         {}                       {slo: [objective], windows: {1h, 24h,   bad_args
+                                                30d}, open_incidents, recent_incidents,
+                                                rto_s, children, since, now, file}
 
 `lifetime` and `window` are {count, ok, error, error_rate, p50, p90, p99, p999, max}, latencies
-in microseconds; `window` adds `seconds`. query's filters match exactly. The first three ops
-are idempotent; reset is not (it also publishes every active alert as cleared).
+in microseconds; `window` adds `seconds`. query's filters match exactly. All but reset are
+idempotent; reset is not (it also publishes every active alert as cleared). reset forgets the
+recent figures, not the SLO record.
 
 Config (all optional): window_s 60, bucket_s 1, max_keys 2000, alert_history 100,
 alert_min_samples 20, alert_failure_rate 0.10, alert_latency_factor 2.0, alert_clear_ratio 0.8,
-targets {op: [p50_us, p99_us, p999_us]}. A config that cannot work fails the start.
+targets {op: [p50_us, p99_us, p999_us]}, supervisor "supervisor" (whose events are followed),
+slo_file "metrics-slo.msgpack" (in the runtime dir), slo_save_s 5, probe_timeout_s 5,
+rto_s {child: s} (default terminal and ptykeeper 1, others `rto_default_s` 5),
+slo {availability 0.999, error_rate 0.001, p99_us 100000, recovery_s 5}. A config that cannot
+work fails the start.
 
 Input: a PULL on `metrics.in`. Every other actor pushes about once a second
 `[TAG, {actor, pid, ep}, {op: {ok, error, hist}}]` (see `Actor._push_metrics`); this actor's
@@ -35,14 +44,23 @@ Alerts (seed 8.1), evaluated over the window after each merge and each interval:
 Each is raised once when its condition starts and cleared once when the value falls to
 `alert_clear_ratio` (0.8) of the threshold, or the window empties; both edges go out on
 `metrics.alert` as {kind, state, actor, op, value, threshold, window_s, time, samples}.
+A third kind, data_loss, is raised when an actor's loss counter (`op` names the counter) is
+above zero over the last hour and cleared when it is back to zero.
+
+The SLO record (actors/metering/slo.py, recovery.py, slo_report.py): every push and this
+actor's own figures also go into minute and hour buckets for the 1 h, 24 h and 30 d windows,
+with the loss counters of each push header; the root supervisor's `sup.event` stream is
+followed (from seq 1, skipping what the saved cursor says was taken) to time each recovery
+from the exit the supervisor saw to the successor's first good reply. It is saved to
+`<runtime_dir>/<slo_file>` every `slo_save_s` when it changed and when the actor stops, and
+loaded at start; a file that cannot be read is logged and renamed `<slo_file>.corrupt-<time>`,
+and the record starts afresh.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +70,17 @@ from loguru import logger
 from actors.metering.alerts import AlertPolicy, Alerts
 from actors.metering.prometheus import CONTENT_TYPE, render_prometheus
 from actors.metering.push import BadPush, OpSample, Push, decode_ops, decode_push, fold_histogram
-from actors.metering.series import MAX_SPAN, MetricsTable, Series, summarize
+from actors.metering.record import SloRecord
+from actors.metering.recovery import Incident
+from actors.metering.series import MetricsTable, Series, summarize
+from actors.metering.settings import Settings
+from actors.metering.slo_report import build_report
 from actors.runtime import Actor, Call, op
+from actors.runtime.follow import Follow
+from actors.runtime.outbound import Outbound
 from protocol import endpoints, limits
+from protocol.envelope import StreamMessage
+from protocol.errors import WireError
 
 PUSH_BATCH = 256  # pushes taken per wake-up, so requests are not starved
 
@@ -65,26 +91,6 @@ __all__ = [
 
 
 # --- the actor ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    window_s: float
-    bucket_s: float
-    max_keys: int
-    history: int
-    policy: AlertPolicy
-
-    @classmethod
-    def from_config(cls, c: Mapping[str, Any]) -> Settings:
-        s = cls(c.get("window_s", 60), c.get("bucket_s", 1), int(c.get("max_keys", 2000)),
-                int(c.get("alert_history", 100)), AlertPolicy.from_config(c))
-        if not (isinstance(s.window_s, (int, float)) and isinstance(s.bucket_s, (int, float))
-                and 0 < s.bucket_s <= s.window_s and s.window_s / s.bucket_s <= MAX_SPAN):
-            raise ValueError(f"need 0 < bucket_s <= window_s <= {MAX_SPAN} x bucket_s")
-        if s.max_keys < 1 or s.history < 1:
-            raise ValueError("max_keys and alert_history must be >= 1")
-        return s
 
 
 class MetricsActor(Actor):
@@ -100,18 +106,39 @@ class MetricsActor(Actor):
         self.received_pushes = 0  # every message on metrics.in, bad ones included
         self.bad_pushes = 0
         self.actors: dict[str, dict[str, Any]] = {}
+        self.record = SloRecord(self.runtime_dir / st.slo_file, st)
+        self.record.load(time.time())
+        self.slo, self.recovery = self.record.store, self.record.tracker
+        self.serving_since = time.time()  # set again at the first loop turn
+        self.outbound = Outbound(self)
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.MAXMSGSIZE, limits.MAX_BODY_SIZE)
         self._bind(self.pull, endpoints.metrics_in(self.runtime_dir))
 
     def on_start(self) -> None:
+        # Replies to recovery probes and supervisor events are timed as they arrive: they
+        # must not wait for the request socket's next wake-up (runtime/loop.py).
+        self.loop.fast_path = False
         self.loop.add_reader(self.pull, self._on_pushes)
         self.loop.call_every(self.settings.bucket_s, self._tick)
+        self.loop.call_later(0, self._first_turn)
+        self.loop.call_every(self.settings.slo_save_s, lambda: self.record.save(time.time()))
+        self.loop.call_every(60.0, self._evaluate_losses)  # the 1 h window moves per minute
+        self._follow = Follow(self, self.outbound, self.settings.supervisor, "sup.event",
+                              self._on_tree_event)
+
+    def on_stop(self) -> None:
+        self._follow.close()
+        self.outbound.close()
+        self.record.dirty = True
+        self.record.save(time.time(), force=True)
 
     def info(self) -> dict[str, Any]:
         return {"received_pushes": self.received_pushes, "bad_pushes": self.bad_pushes,
-                "keys": len(self.table.series), "dropped_keys": self.table.dropped_keys}
+                "keys": len(self.table.series), "dropped_keys": self.table.dropped_keys,
+                "slo_file": str(self.record.path), "slo_saves": self.record.saves,
+                "slo_save_ms": round(self.record.save_cost_s * 1000, 3)}
 
     # --- merging ---------------------------------------------------------------------------
 
@@ -132,6 +159,7 @@ class MetricsActor(Actor):
                 continue
             self._note_actor(push)
             self._merge(push.actor, push.ops, idx)
+            self._take_losses(push.actor, push.loss)
 
     def _note_actor(self, push: Push) -> None:
         seen = self.actors.get(push.actor)
@@ -146,21 +174,47 @@ class MetricsActor(Actor):
         seen["pushes"] += 1
 
     def _merge(self, actor: str, samples: list[OpSample], idx: int) -> None:
+        now = time.time()
         for s in samples:
             series = self.table.merge(actor, s, idx)
-            if series is not None:
+            if series is not None:  # the table's key bound holds for the SLO record too
+                self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now)
+                self.record.dirty = True
                 self._evaluate(series)
+
+    def _take_losses(self, actor: str, loss: dict[str, int]) -> None:
+        if not loss:
+            return
+        now = time.time()
+        self.slo.add_loss(actor, loss, now)
+        self.record.dirty = True
+        logger.warning("data loss reported by {}: {}", actor, loss)
+        for counter in loss:
+            self._publish_alerts(self.alerts.evaluate_loss(
+                actor, counter, self.slo.loss_in(actor, counter, now), now))
+
+    def _evaluate_losses(self) -> None:
+        """Data-loss alerts clear once their hour has passed without a new loss."""
+        now = time.time()
+        for kind, actor, counter in list(self.alerts.active):
+            if kind == "data_loss":
+                self._publish_alerts(self.alerts.evaluate_loss(
+                    actor, counter, self.slo.loss_in(actor, counter, now), now))
+
+    def _publish_alerts(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            logger.warning("alert {} {}: {} {} {:.4g} (threshold {:.4g})", event["kind"],
+                           event["state"], event["actor"], event["op"], event["value"],
+                           event["threshold"])
+            self.publisher.publish("metrics.alert", event)
 
     def _evaluate(self, s: Series) -> None:
         w = s.window
         p99 = None
         if self.alerts.policy.latency_threshold(s.op) is not None:
             p99 = summarize(w.ok, w.error, w.counts)["p99"]
-        for event in self.alerts.evaluate(s.actor, s.op, requests=w.requests, errors=w.error,
-                                          p99=p99, now=time.time()):
-            logger.warning("alert {} {}: {} {} {:.4g} (threshold {:.4g})", event["kind"],
-                           event["state"], s.actor, s.op, event["value"], event["threshold"])
-            self.publisher.publish("metrics.alert", event)
+        self._publish_alerts(self.alerts.evaluate(s.actor, s.op, requests=w.requests,
+                                                  errors=w.error, p99=p99, now=time.time()))
 
     def _advance(self) -> int:
         """Expire old intervals everywhere and re-evaluate the series that changed."""
@@ -171,6 +225,8 @@ class MetricsActor(Actor):
 
     def _tick(self) -> None:
         idx = self._advance()
+        self.slo.observe(time.time())
+        self._take_losses(self.name, self.losses.drain())
         if self.stats.pending():  # our own ops: no push socket to ourselves
             try:
                 samples = decode_ops(self.stats.drain())
@@ -178,6 +234,48 @@ class MetricsActor(Actor):
                 logger.exception("own op stats undecodable")
                 return
             self._merge(self.name, samples, idx)
+
+    # --- the SLO record ----------------------------------------------------------------------
+
+    def _first_turn(self) -> None:
+        self.serving_since = time.time()
+
+    def _on_tree_event(self, ev: object) -> None:
+        if not isinstance(ev, StreamMessage) or not isinstance(ev.body, dict):
+            return  # a Loss is counted by Follow; a Reset is a new tree, seen in `take`
+        if self.recovery.seen(ev.epoch, ev.seq):
+            return
+        inc = self.recovery.take(ev.epoch, ev.seq, ev.body)
+        self.record.dirty = True
+        if inc is None:
+            return
+        assert inc.ready_at is not None
+        if inc.child == self.name and inc.new_pid == os.getpid():
+            self._close_incident(inc, max(self.serving_since, inc.exited_at), "self")
+        elif inc.ready_at >= self.serving_since:
+            self._probe(inc)
+        else:
+            self._close_incident(inc, inc.ready_at, "ready")
+
+    def _probe(self, inc: Incident) -> None:
+        """Ask the successor for a first good reply, on a socket connected just now."""
+        deaths = inc.deaths
+
+        def answered(reply: Any, err: WireError | None) -> None:
+            if inc.deaths != deaths:
+                return  # the successor died before answering; the incident goes on
+            if err is None:
+                self._close_incident(inc, time.time(), "reply")
+            else:
+                logger.warning("recovery probe of {} failed: {}", inc.child, err)
+                assert inc.ready_at is not None  # set while its deaths stay the same
+                self._close_incident(inc, inc.ready_at, "ready")
+
+        self.outbound.call(inc.child, "sys.hello", {"client": "metrics.recovery"},
+                           timeout=self.settings.probe_timeout_s, on_done=answered, fresh=True)
+
+    def _close_incident(self, inc: Incident, answered_at: float, how: str) -> None:
+        self.record.close(inc, answered_at, how)
 
     # --- ops -------------------------------------------------------------------------------
 
@@ -218,6 +316,15 @@ class MetricsActor(Actor):
             pushes_bad=self.bad_pushes, dropped_keys=self.table.dropped_keys,
             alerts_active=self.alerts.active_by_kind(), window_s=self.settings.window_s)
         return {"text": text, "content_type": CONTENT_TYPE}
+
+    @op("metrics.slo", idempotent=True)
+    def _op_slo(self, call: Call) -> dict[str, Any]:
+        """The SLO report over 1 h, 24 h and 30 d, recovery incidents and data-loss counts."""
+        self._advance()
+        report = build_report(self.slo, self.recovery, time.time(),
+                              self.alerts.policy.p99_targets, self.settings.objectives)
+        report["file"] = str(self.record.path)
+        return report
 
     @op("metrics.reset")
     def _op_reset(self, call: Call) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The seed's alerts (8.1) as a pure state machine over window figures, time passed in.
 
 Raised once when a condition starts, cleared once when it ends below a lower threshold
-(hysteresis), so a burst gives one alert, not one per sample.
+(hysteresis), so a burst gives one alert, not one per sample. Kinds: failure_rate and latency
+per (actor, op) over the recent window; data_loss per (actor, loss counter) over the last hour
+(any loss raises it; it clears when the hour holds none).
 """
 
 from __future__ import annotations
@@ -67,8 +69,15 @@ class Alerts:
             events += self._edge("latency", actor, op, p99 or 0, limit, enough, requests, now)
         return events
 
+    def evaluate_loss(self, actor: str, counter: str, lost: int,
+                      now: float) -> list[dict[str, Any]]:
+        """`lost`: what `actor` counted in `counter` over the last hour."""
+        return self._edge("data_loss", actor, counter, lost, 0, True, lost, now,
+                          window_s=3600)
+
     def _edge(self, kind: str, actor: str, op: str, value: float, threshold: float,
-              enough: bool, samples: int, now: float) -> list[dict[str, Any]]:
+              enough: bool, samples: int, now: float,
+              window_s: float | None = None) -> list[dict[str, Any]]:
         key = (kind, actor, op)
         on = key in self.active
         if not on and enough and value > threshold:
@@ -80,7 +89,8 @@ class Alerts:
         else:
             return []
         event = {"kind": kind, "state": state, "actor": actor, "op": op, "value": value,
-                 "threshold": threshold, "window_s": self.window_s, "time": now,
+                 "threshold": threshold,
+                 "window_s": self.window_s if window_s is None else window_s, "time": now,
                  "samples": samples}
         if state == "raised":
             self.active[key] = event

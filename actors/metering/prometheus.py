@@ -59,7 +59,7 @@ def render_prometheus(series: Iterable[Series], *, pushes_ok: int, pushes_bad: i
            "Op entries not kept because the (actor, op) table was full.")
     out.append(f"moorage_metrics_dropped_keys_total {dropped_keys}")
     family("moorage_alerts_active", "gauge", "Alerts currently raised, by kind.")
-    for kind in ("failure_rate", "latency"):
+    for kind in ("failure_rate", "latency", "data_loss"):
         out.append(f'moorage_alerts_active{{kind="{kind}"}} {alerts_active.get(kind, 0)}')
     return "\n".join(out) + "\n"
 

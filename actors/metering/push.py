@@ -20,6 +20,7 @@ from protocol.envelope import TAG, DecodeError, unpackb
 from protocol.histogram import DIGITS, HIGHEST_US, LOWEST_US, decode
 
 MAX_OPS_PER_PUSH = 1000
+MAX_LOSS_COUNTERS = 32  # names in a push header's `loss` (actors.runtime.stats.LOSS_COUNTERS)
 MAX_HIST_BYTES = 256 * 1024  # encoded; one of our shape is a few KiB at most
 MAX_HIST_PAYLOAD = 256 * 1024  # decompressed: bounds a zlib bomb before hdrh sees it
 _EXT_HEADER = struct.Struct(">II")  # cookie, length of the compressed payload
@@ -47,6 +48,7 @@ class Push:
     pid: int
     ep: str
     ops: list[OpSample]
+    loss: dict[str, int]  # data-loss counts since the sender's last push, by counter name
 
 
 def _count(v: Any, what: str) -> int:
@@ -129,6 +131,20 @@ def decode_push(frames: Sequence[bytes]) -> Push:
         raise BadPush(f"header.actor must be a non-empty string: {actor!r:.40}")
     if type(ep) is not str or len(ep) > 128:
         raise BadPush("header.ep must be a string")
-    return Push(actor, _count(pid, "header.pid"), ep, decode_ops(body))
+    return Push(actor, _count(pid, "header.pid"), ep, decode_ops(body),
+                decode_loss(header.get("loss")))
+
+
+def decode_loss(loss: Any) -> dict[str, int]:
+    """The optional `loss` map of a push header: {counter name: count}, names bounded."""
+    if loss is None:
+        return {}
+    if type(loss) is not dict or len(loss) > MAX_LOSS_COUNTERS:
+        raise BadPush(f"header.loss must be a map of at most {MAX_LOSS_COUNTERS} counters")
+    for name, n in loss.items():
+        if type(name) is not str or not 0 < len(name) <= 64:
+            raise BadPush(f"header.loss: bad counter name {name!r:.40}")
+        _count(n, f"header.loss.{name}")
+    return dict(loss)
 
 

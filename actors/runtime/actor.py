@@ -31,7 +31,7 @@ from loguru import logger
 from actors.runtime.loop import Loop, Timer
 from actors.runtime.registry import OpSpec, collect, op
 from actors.runtime.reply_cache import ReplyCache
-from actors.runtime.stats import OpStats
+from actors.runtime.stats import LossCounters, OpStats
 from actors.runtime.streams import Publisher
 from protocol import endpoints, limits
 from protocol.envelope import (
@@ -126,6 +126,7 @@ class Actor:
             self.config.get("reply_cache_bytes", 32 * 1024 * 1024),
         )
         self.stats = OpStats()
+        self.losses = LossCounters()  # data the tree saw lost (stats.LOSS_COUNTERS)
         self.queue_limit = int(self.config.get("queue_limit", 1000))
         self.busy_retry_ms = int(self.config.get("busy_retry_ms", 50))
         self.pending: dict[tuple[str, int], Call] = {}
@@ -308,6 +309,10 @@ class Actor:
         if max < 1 or from_seq < 1:
             raise fail("bad_args", "replay: from_seq and max must be >= 1")
         r = self.publisher.replay(topic, from_seq, min(max, 10_000))
+        if r["lost"] and from_seq > 1:
+            # A subscriber that had seen part of the stream cannot have the rest: a gap. (From
+            # seq 1 is "whatever you still have", not a claim to history that was dropped.)
+            self.losses.add("replay_beyond_retention", r["lost"][1] - r["lost"][0] + 1)
         atts: list[bytes] = []
         msgs = []
         for m in r["messages"]:
@@ -329,7 +334,9 @@ class Actor:
             send_frames(self.rpc, route + frames, NOBLOCK)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client went away; its retry will find the reply cache.
-            # EAGAIN: its queue is full; same outcome. Neither may stop the actor.
+            # EAGAIN: its queue is full; same outcome. Neither may stop the actor, and
+            # neither goes unrecorded: a reply that never left is a request never answered.
+            self.losses.add("replies_undelivered")
             logger.debug("reply to a gone or full peer dropped: {}", exc)
 
     def _handle(self, frames: list[bytes], over_limit: bool = False) -> None:
@@ -444,15 +451,19 @@ class Actor:
     # --- metrics ------------------------------------------------------------------------------
 
     def _push_metrics(self) -> None:
-        if self.metrics_push is None or not self.stats.pending():
+        if self.metrics_push is None or not (self.stats.pending() or self.losses.pending()):
             return
         drained = self.stats.drain()
-        msg = [TAG, packb({"actor": self.name, "pid": os.getpid(), "ep": self.epoch}),
-               packb(drained)]
+        lost = self.losses.drain()
+        header: dict[str, Any] = {"actor": self.name, "pid": os.getpid(), "ep": self.epoch}
+        if lost:
+            header["loss"] = lost
+        msg = [TAG, packb(header), packb(drained)]
         try:
             self.metrics_push.send_multipart(msg, zmq.NOBLOCK)
         except zmq.Again:
             self.stats.restore(drained)  # metrics actor away: keep counting, send later
+            self.losses.restore(lost)
 
     # --- life ---------------------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ The same bookkeeping as a client subscription (protocol.client._streams.StreamTr
 order, welcome, gap -> replay, loss and reset reported), but non-blocking: replays go out
 through `Outbound` and their answers come back as callbacks on the loop. A supervisor uses it
 to republish its nested supervisors' events and the metrics actor's alerts.
+
+Losses it could not repair count in the actor's `stream_lost` counter (pushed to the metrics
+actor), except those a replay answer reported: the publisher counted those already.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from protocol import endpoints
-from protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from protocol.client._streams import Loss, NeedReplay, StreamEvent, StreamTracker
 from protocol.envelope import DecodeError, decode_stream
 from protocol.errors import WireError
 from protocol.wire import NOBLOCK, recv_frames
@@ -34,6 +37,7 @@ class Follow:
         on_event: Callable[[StreamEvent], None],
     ) -> None:
         self.source = source
+        self.actor = actor
         self.outbound = outbound
         self.on_event = on_event
         self.tracker = StreamTracker(from_seq=1)
@@ -60,8 +64,11 @@ class Follow:
             self._deliver(events)
             self._replay(need)
 
-    def _deliver(self, events: list[StreamEvent]) -> None:
+    def _deliver(self, events: list[StreamEvent], counted_by: str | None = None) -> None:
+        """`counted_by`: the epoch of a publisher whose replay answer reported its losses."""
         for ev in events:
+            if isinstance(ev, Loss) and ev.epoch != counted_by:
+                self.actor.losses.add("stream_lost", ev.last - ev.first + 1)
             self.on_event(ev)
 
     def _replay(self, need: NeedReplay | None) -> None:
@@ -73,7 +80,8 @@ class Follow:
                 self._deliver(self.tracker.on_replay_failed(topic))
                 return
             events, more = self.tracker.on_replay(topic, reply.body, reply.attachments)
-            self._deliver(events)
+            answer = reply.body if isinstance(reply.body, dict) else {}
+            self._deliver(events, counted_by=answer.get("epoch"))
             self._replay(more)
 
         self.outbound.call(self.source, "replay", {"topic": need.topic, "from_seq": need.from_seq},

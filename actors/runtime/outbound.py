@@ -3,7 +3,13 @@
 An actor that needs another (the supervisor pinging its children, the terminal asking the
 parser) must keep serving while it waits, so a call here registers a callback and returns.
 One attempt per call; the caller decides about retries. A deadline given by the caller's own
-request is carried on, so the callee refuses work nobody waits for any more.
+request is carried on, so the callee refuses work nobody waits for any more. A call that gets
+no reply in time is counted in the actor's `calls_unanswered` loss counter, except liveness
+probes (LIVENESS_OPS), whose silence is the very thing they look for.
+
+A `fresh` call goes out on a socket of its own, connected just for it: a probe of an actor
+that has just restarted must not wait out the shared socket's reconnect back-off (up to
+RECONNECT_IVL_MAX after its peer died), or it would measure that back-off.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ if TYPE_CHECKING:
     from actors.runtime.actor import Actor
 
 OnDone = Callable[[Reply | None, WireError | None], None]
+LIVENESS_OPS = frozenset({"sys.heartbeat", "sys.hello", "sys.ping"})
 
 
 class Outbound:
@@ -34,20 +41,30 @@ class Outbound:
         self._ids = itertools.count(1)
         self._socks: dict[str, zmq.Socket] = {}
         self._waiting: dict[int, tuple[OnDone, Timer]] = {}
+        self._oneshot: dict[int, zmq.Socket] = {}  # rid -> the socket of a `fresh` call
+
+    def _new_socket(self, target: str) -> zmq.Socket:
+        s = self.actor.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 5)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        s.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        s.connect(endpoints.rpc(self.actor.runtime_dir, target))
+        self.actor.loop.add_reader(s, lambda: self._on_readable(s))
+        return s
 
     def _sock(self, target: str) -> zmq.Socket:
         s = self._socks.get(target)
         if s is None:
-            s = self.actor.ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.RECONNECT_IVL, 5)
-            s.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
-            s.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
-            s.setsockopt(zmq.SNDHWM, 1000)
-            s.connect(endpoints.rpc(self.actor.runtime_dir, target))
-            self._socks[target] = s
-            self.actor.loop.add_reader(s, lambda: self._on_readable(s))
+            s = self._socks[target] = self._new_socket(target)
         return s
+
+    def _close_oneshot(self, rid: int) -> None:
+        s = self._oneshot.pop(rid, None)
+        if s is not None:
+            self.actor.loop.remove_reader(s)
+            s.close(0)
 
     def call(
         self,
@@ -58,8 +75,10 @@ class Outbound:
         timeout: float,
         on_done: OnDone,
         deadline_ms: int | None = None,
+        fresh: bool = False,
     ) -> int:
-        """Send one request; `on_done(reply, None)` or `on_done(None, error)` runs exactly once."""
+        """Send one request; `on_done(reply, None)` or `on_done(None, error)` runs exactly once.
+        `fresh`: on a socket of its own, connected now (see the module docstring)."""
         rid = next(self._ids)
         own = int((time.time() + timeout) * 1000)
         deadline = own if deadline_ms is None else min(own, deadline_ms)
@@ -67,16 +86,24 @@ class Outbound:
 
         def expire() -> None:
             entry = self._waiting.pop(rid, None)
+            self._close_oneshot(rid)
             if entry is not None:
+                if op not in LIVENESS_OPS:
+                    self.actor.losses.add("calls_unanswered")
                 entry[0](None, WireError.of("timeout", f"{target}:{op}: no reply in {timeout}s"))
 
         timer = self.actor.loop.call_later(max(0.0, deadline / 1000 - time.time()), expire)
         self._waiting[rid] = (on_done, timer)
         try:
-            send_frames(self._sock(target), frames, NOBLOCK)
+            if fresh:
+                sock = self._oneshot[rid] = self._new_socket(target)
+            else:
+                sock = self._sock(target)
+            send_frames(sock, frames, NOBLOCK)
         except zmq.ZMQError as exc:
             timer.cancel()
             del self._waiting[rid]
+            self._close_oneshot(rid)
             on_done(None, WireError.of("unavailable", f"{target}: {exc}"))
         return rid
 
@@ -95,12 +122,22 @@ class Outbound:
                 continue  # late: its caller was already told "timeout"
             on_done, timer = entry
             timer.cancel()
-            if reply.ok:
-                on_done(reply, None)
-            else:
-                on_done(None, WireError.from_wire(reply.body))
+            if reply.id in self._oneshot:
+                self._close_oneshot(reply.id)  # type: ignore[arg-type]
+                self._deliver(reply, on_done)
+                return  # that socket is closed: nothing more to read from it
+            self._deliver(reply, on_done)
+
+    @staticmethod
+    def _deliver(reply: Reply, on_done: OnDone) -> None:
+        if reply.ok:
+            on_done(reply, None)
+        else:
+            on_done(None, WireError.from_wire(reply.body))
 
     def close(self) -> None:
+        for rid in list(self._oneshot):
+            self._close_oneshot(rid)
         for s in self._socks.values():
             self.actor.loop.remove_reader(s)
             s.close(0)

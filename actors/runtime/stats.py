@@ -59,3 +59,38 @@ class OpStats:
             c.ok += d["ok"]
             c.error += d["error"]
             c.times.add_histogram(decode(d["hist"]))
+
+
+# What the tree can see of its own data loss, counted where it happens and pushed with the op
+# figures (the push header's `loss`), so the metrics actor's SLO report can say "zero" or not.
+LOSS_COUNTERS = {
+    "stream_lost": "stream messages a follower inside the tree could not get back (the "
+                   "publisher was gone or had restarted)",
+    "replay_beyond_retention": "messages a subscriber that had seen part of a stream asked "
+                               "`replay` for after retention had dropped them",
+    "replies_undelivered": "replies an actor could not send (the caller was gone or full)",
+    "calls_unanswered": "calls between actors that got no reply in time (liveness probes "
+                        "excepted: their silence is what they look for)",
+}
+
+
+class LossCounters:
+    """Counts since the last drain, by name (one of LOSS_COUNTERS); drained like OpStats."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def add(self, name: str, n: int = 1) -> None:
+        if n > 0:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def pending(self) -> bool:
+        return bool(self._counts)
+
+    def drain(self) -> dict[str, int]:
+        out, self._counts = self._counts, {}
+        return out
+
+    def restore(self, drained: dict[str, int]) -> None:
+        for name, n in drained.items():
+            self.add(name, n)

@@ -1,0 +1,95 @@
+"""The SLO record on disk: the SLO windows and the recovery incidents, saved together.
+
+Saved together because the incidents and the supervisor-event cursor must agree: after a
+SIGKILL of the metrics actor, the events taken since the last save are taken again from the
+supervisor's retention, and nothing is counted twice or missed. A file that cannot be read is
+logged and set aside (`<name>.corrupt-<time>`), and the record starts afresh: losing the
+history must not stop the metrics.
+
+A save costs time on the actor's loop: only the buckets written since the last save are packed
+again (the rest are kept packed), but the whole file is written and fsynced (a few KB for a
+quiet editor session; about 10 MB and 20 ms for 50 ops busy every hour for 30 days). Saves are
+spaced at least SAVE_COST_FACTOR times the last one's cost apart: the loop spends at most
+1/SAVE_COST_FACTOR of its time saving.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from actors.metering.recovery import Incident, RecoveryTracker
+from actors.metering.settings import Settings
+from actors.metering.slo import STATE_VERSION, SloStore, load_state, save_state, set_aside
+
+SAVE_COST_FACTOR = 20
+
+
+class SloRecord:
+    def __init__(self, path: Path, settings: Settings) -> None:
+        self.path = path
+        self.settings = settings
+        self.store = SloStore()
+        self.tracker = self._new_tracker()
+        self.dirty = False
+        self.saves = 0
+        self.loaded = False
+        self.save_cost_s = 0.0  # what the last save took
+        self._last_save = float("-inf")  # monotonic
+
+    def _new_tracker(self) -> RecoveryTracker:
+        return RecoveryTracker(self.settings.rto_s, self.settings.rto_default_s)
+
+    def load(self, now: float) -> None:
+        """Take the saved record, if there is a readable one."""
+        try:
+            state = load_state(self.path)
+            if state is None:
+                return
+            store = SloStore.from_state(state.get("slo"))
+            tracker = self._new_tracker()
+            tracker.load(state.get("recovery"))
+        except (ValueError, OSError) as exc:
+            logger.error("SLO record {} unreadable ({}); starting afresh", self.path, exc)
+            try:
+                logger.error("the unreadable record is kept as {}", set_aside(self.path, now))
+            except OSError as err:
+                logger.error("could not set it aside: {}", err)
+            return
+        self.store, self.tracker, self.loaded = store, tracker, True
+        logger.info("SLO record loaded from {} (since {})", self.path, store.first)
+        for inc in list(tracker.open.values()):
+            if inc.ready_at is not None:  # its probe was on the way when we stopped
+                self.close(inc, inc.ready_at, "ready")
+
+    def save(self, now: float, force: bool = False) -> None:
+        """Write the record if it changed (and, unless `force`, the last save's cost allows);
+        a failure is logged and retried at the next save."""
+        started = time.monotonic()
+        if not self.dirty or (not force and
+                              started - self._last_save < SAVE_COST_FACTOR * self.save_cost_s):
+            return
+        state: dict[str, Any] = {"v": STATE_VERSION, "saved_at": now,
+                                 "slo": self.store.to_state(),
+                                 "recovery": self.tracker.to_state()}
+        try:
+            save_state(self.path, state)
+        except OSError as exc:
+            logger.error("SLO record not saved to {}: {}", self.path, exc)
+            return
+        self.dirty = False
+        self.saves += 1
+        self._last_save = time.monotonic()
+        self.save_cost_s = self._last_save - started
+
+    def close(self, inc: Incident, answered_at: float, how: str) -> None:
+        """`inc`'s successor first answered at `answered_at`: the outage goes on record."""
+        if not self.tracker.close(inc, answered_at, how):
+            return
+        self.store.add_down(inc.child, inc.exited_at, answered_at)
+        self.dirty = True
+        logger.info("{} recovered from {} in {:.1f} ms ({}; RTO {:.0f} ms)", inc.child,
+                    inc.kind, inc.recovery_ms, how, self.tracker.rto(inc.child) * 1000)
