@@ -69,7 +69,7 @@ def render(r: dict[str, Any]) -> list[str]:
     out.append("")
     rows = [["requests"] + [str(w[n]["requests"]) for n in WINDOWS],
             ["errors"] + [f"{w[n]['errors']} ({_pct(w[n]['error_rate'])})" for n in WINDOWS],
-            ["p99, all ops"] + [_us(w[n]["p99_us"]) if w[n]["requests"] else "-"
+            ["p99 (ops of ours)"] + [_us(w[n]["p99_us"]) if w[n]["requests"] else "-"
                                 for n in WINDOWS],
             ["availability"] + [_pct(w[n]["availability"]) for n in WINDOWS],
             ["watched"] + [f"{w[n]['observed_s'] / 60:.1f} min" for n in WINDOWS],

@@ -301,3 +301,16 @@ def test_a_window_read_twice_sees_writes_to_current_and_closed_buckets():
     assert s.window("24h", t0 + HOUR + 2).down["c"] == 10
     s.add_ops("a", "x", 1, 0, {10: 1}, t0 + 2 * HOUR)  # the ring moves on
     assert s.window("24h", t0 + 2 * HOUR).ops[("a", "x")].ok == 4
+
+
+def test_the_p99_objective_leaves_out_the_ops_whose_time_is_the_users():
+    s, r = SloStore(), RecoveryTracker()
+    s.add_ops("terminal", "term.exec", 50, 0, {5_000_000: 50}, T0)  # `sleep 5`
+    s.add_ops("watcher", "fs.read", 950, 0, {300: 950}, T0)
+    rep = build_report(s, r, T0 + 1, {}, Objectives())
+    assert rep["windows"]["1h"]["p99_us"] < 400
+    assert rep["windows"]["1h"]["requests"] == 1000
+    rep = build_report(s, r, T0 + 1, {}, Objectives.from_config({"p99_exclude": []}))
+    assert rep["windows"]["1h"]["p99_us"] >= 5_000_000
+    with pytest.raises(ValueError):
+        Objectives.from_config({"p99_exclude": "term.exec"})
