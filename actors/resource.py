@@ -8,13 +8,16 @@
                                                          system, processes: [{pid,
                                                          ppid, name, role, id, rss,
                                                          memory, cpu}], counters,
-                                                         sampler, recent_alerts}
+                                                         sampler, shed,
+                                                         recent_alerts}
                          fresh: answer after the next sample whose `sup.status` was asked
                          after this request (waits up to one interval)
   resource.level         {}                             {level, pressure, quality} -
   resource.quality.set   {quality: int 0..3,            {quality, derived_quality, bad_args
                           duration_s: number = 60;       level, override_left_s}
                           0 removes the override}
+                         kept in <runtime_dir>/<name>.quality, so a restarted resource actor
+                         holds it for what is left of its duration (pressure.override_file)
 
 Streams:
   resource.level  on every change of (level, quality), once every worker has answered the
@@ -24,8 +27,10 @@ Streams:
                   The first sample always publishes (previous None): a restarted resource
                   actor tells the tree where it stands.
   resource.alert  {kind: "runaway", action: "warn" | "killed" | "gone", pid, name, id,
-                  memory, rss, ...} and {kind: "critical", action: "no_runaway" |
-                  "persisting", ...}.
+                  memory, rss, ...}, {kind: "critical", action: "no_runaway" |
+                  "persisting", ...} and {kind: "shed", action: "stopped" | "restored" |
+                  "failed", actors, failed, reason}. The supervisors republish them on
+                  `supervisor.pub` as `alert` events.
 
 Every `interval_s` the actor samples the tree with psutil (actors.pressure.sampler; it asks
 the root supervisor for `sup.status`, who is who, only after its `sup.event` stream says the
@@ -36,19 +41,25 @@ tree changed), computes the pressure, level and quality (actors.pressure.levels)
     worker restarted since is told the current state on its own;
   - at critical, the largest process of the tree that is not an actor, supervisor or zygote
     is alerted, then killed with SIGKILL if the pressure stays critical (81 or more in each
-    sample, whatever hysteresis holds the level at) for `kill_after_samples` samples.
+    sample, whatever hysteresis holds the level at) for `kill_after_samples` samples;
+  - critical for `persist_after_samples` samples in a row: the supervisors stop the
+    non-essential actors (`sup.shed {on: true}`, children with `essential = false`); they
+    are started again (`sup.shed {on: false}`) once the held level has stayed at or below
+    `restore_level` for `restore_after_samples` samples. Whether the tree is shed is the
+    root's `shedding` in `sup.status`: a restarted resource actor adopts it (and so does one
+    whose tree was shed by hand), and brings the actors back the same way.
 
 Config (all optional; a config that cannot work fails the start):
   interval_s 1.0, memory_budget_mb 1024, memory_metric "rss" | "pss", cpu_budget_cores (the
   machine's CPU count), cpu_weight 0.8, cpu_samples 5, system_reserve 0.10, margin 5,
   up_samples 1, down_samples 3, quality_up_samples 3, kill_runaways true,
   kill_after_samples 2, runaway_min_share 0.10 (of the budget), persist_after_samples 10,
-  tell_timeout_s 1.0, status_timeout_s 1.0, rescan_every 30, supervisor "supervisor".
+  shed_nonessential true, restore_level "moderate", restore_after_samples 10, quality_file
+  true, tell_timeout_s 1.0, status_timeout_s 1.0, rescan_every 30, supervisor "supervisor".
 """
 
 from __future__ import annotations
 
-import signal
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -57,7 +68,8 @@ from typing import Any
 
 from loguru import logger
 
-from actors.pressure.escalation import Decision, Escalation, pick_runaway
+from actors.pressure.critical import CriticalActions
+from actors.pressure.escalation import Escalation, Shedder, pick_runaway
 from actors.pressure.levels import (
     FEATURES_OFF,
     LEVELS,
@@ -68,7 +80,8 @@ from actors.pressure.levels import (
     QualityTracker,
     raw_level,
 )
-from actors.pressure.sampler import ProcRow, Roles, Sample, TreeSampler, roles_from_status
+from actors.pressure.override_file import OverrideFile
+from actors.pressure.sampler import Roles, Sample, TreeSampler, roles_from_status
 from actors.pressure.settings import MB, Settings
 from actors.runtime import DEFERRED, Actor, Call, op
 from actors.runtime.follow import Follow
@@ -89,7 +102,7 @@ class Broadcast:
     actions: dict[str, Any] = field(default_factory=dict)
 
 
-class ResourceActor(Actor):
+class ResourceActor(CriticalActions, Actor):
     name = "resource"
     category = Category.RESOURCE
 
@@ -107,7 +120,14 @@ class ResourceActor(Actor):
         self.escalation = Escalation(kill_after=s.kill_after_samples,
                                      persist_after=s.persist_after_samples,
                                      kill=s.kill_runaways)
+        self.shedder = Shedder(persist_after=s.persist_after_samples,
+                               restore_after=s.restore_after_samples,
+                               restore_level=s.restore_level, enabled=s.shed_nonessential)
         super().__init__(name, runtime_dir, config)
+        self.override_file = OverrideFile(self.runtime_dir / f"{self.name}.quality") \
+            if s.quality_file else None
+        self._shed_pending = False
+        self.shed_actors: list[str] = []
         self.outbound = Outbound(self)
         self.roles = Roles()
         self.sample: Sample | None = None
@@ -131,6 +151,7 @@ class ResourceActor(Actor):
         # Who is who changes only when the supervisor says so: `sup.status` is asked again
         # after one of its events, not every interval (an idle tree stays idle).
         self._roles_stale = True
+        self._restore_override()
         self._follow = Follow(self, self.outbound, self.settings.supervisor, "sup.event",
                               self._on_tree_event)
         self.loop.call_later(0, self._tick)
@@ -167,6 +188,11 @@ class ResourceActor(Actor):
         self._status_pending = False
         if reply is not None and isinstance(reply.body, dict):
             self.roles = roles_from_status(reply.body)
+            if not self._shed_pending:  # a restart of ours, or a shed by hand: adopt it
+                self.shedder.shed = bool(reply.body.get("shedding"))
+                # (a child still stopping is not `shed` in the status yet: keep what we knew)
+                self.shed_actors = sorted(self.roles.shed | set(self.shed_actors)) \
+                    if self.shedder.shed else []
         else:
             # Sample with what we last knew: the processes have not moved because the
             # supervisor is slow to answer.
@@ -188,6 +214,9 @@ class ResourceActor(Actor):
         # The kill decision follows the pressure itself, not the level hysteresis holds.
         for decision in self.escalation.feed(raw_level(self.pressure.value), candidate):
             self._carry_out(decision, sample)
+        shed = self.shedder.feed(self.escalation.episode, self.level)
+        if shed is not None and not self._shed_pending:
+            self._shed(shed == "shed")
         self._publish_if_changed()
         self._tell_restarted()
 
@@ -274,44 +303,15 @@ class ResourceActor(Actor):
                 self.counters["retold"] += 1
                 self._tell(w, None)
 
-    # --- critical: runaway processes ------------------------------------------------------------
+    # --- the quality override ---------------------------------------------------------------
 
-    def _alert(self, body: dict[str, Any]) -> None:
-        body = {**body, "level": LEVELS[self.level], "pressure": self.pressure.value,
-                "time": time.time()}
-        self.counters["alerts"] += 1
-        self.recent_alerts.append(body)
-        logger.warning("resource alert {}", body)
-        self.publisher.publish("resource.alert", body)
-
-    def _carry_out(self, d: Decision, sample: Sample) -> None:
-        row = next((r for r in sample.rows if r.pid == d.pid), None)
-        if d.kind == "no_runaway":
-            top = sorted(sample.rows, key=lambda r: r.memory, reverse=True)[:3]
-            self._alert({"kind": "critical", "action": "no_runaway",
-                         "top": [r.describe() for r in top]})
-        elif d.kind == "persisting":
-            self._alert({"kind": "critical", "action": "persisting", "samples": d.streak,
-                         "next": "stop non-essential actors (needs a supervisor op)"})
-        elif row is not None and d.kind == "warn":
-            self._alert({"kind": "runaway", "action": "warn", **_who(row),
-                         "kill_after_samples": self.settings.kill_after_samples})
-        elif row is not None and d.kind == "kill":
-            self._kill(row)
-
-    def _kill(self, row: ProcRow) -> None:
-        proc = self.sampler.process(row.pid)
-        action = "killed"
-        try:
-            if proc is None:
-                raise ProcessLookupError(row.pid)
-            proc.send_signal(signal.SIGKILL)  # psutil refuses if the pid was reused
-        except Exception as exc:  # NoSuchProcess, AccessDenied, ProcessLookupError
-            action = "gone"
-            logger.info("runaway {} not killed: {}", row.pid, exc)
-        else:
-            self.counters["kills"] += 1
-        self._alert({"kind": "runaway", "action": action, **_who(row)})
+    def _restore_override(self) -> None:
+        """Hold an override a predecessor was given, for what is left of it."""
+        saved = self.override_file.load() if self.override_file is not None else None
+        if saved is not None:
+            self.qualities.set_override(*saved)
+            self.counters["override_restored"] += 1
+            logger.info("quality override {} restored, {:.1f} s left", *saved)
 
     # --- ops ------------------------------------------------------------------------------------
 
@@ -345,6 +345,8 @@ class ResourceActor(Actor):
                         "age_s": _round(time.monotonic() - s.taken_at) if s else None},
             "counters": dict(self.counters),
             "actions": dict(self.actions),
+            "shed": {"shedding": self.shedder.shed, "actors": self.shed_actors,
+                     "calm_samples": self.shedder.calm, "pending": self._shed_pending},
             "recent_alerts": list(self.recent_alerts),
         }
 
@@ -363,6 +365,8 @@ class ResourceActor(Actor):
             raise fail("bad_args", f"resource.quality.set: duration_s must be in "
                                    f"[0, {MAX_OVERRIDE_S:.0f}], not {duration_s}")
         self.qualities.set_override(quality, float(duration_s))
+        if self.override_file is not None:
+            self.override_file.save(quality, float(duration_s))
         self.counters["overrides"] += 1
         self._publish_if_changed()
         return {**self._level_body(), "derived_quality": self.qualities.derived,
@@ -371,11 +375,6 @@ class ResourceActor(Actor):
     def _level_body(self) -> dict[str, Any]:
         return {"level": LEVELS[self.level], "pressure": self.pressure.value,
                 "quality": self.effective_quality}
-
-
-def _who(row: ProcRow) -> dict[str, Any]:
-    return {"pid": row.pid, "name": row.name, "id": row.owner, "memory": row.memory,
-            "rss": row.rss}
 
 
 def _round(v: float | None) -> float | None:

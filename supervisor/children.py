@@ -21,6 +21,7 @@ class ChildState(StrEnum):
     BACKOFF = "backoff"  # dead, waiting out its restart delay
     STOPPED = "stopped"  # not running and not to be restarted (for now)
     FAILED = "failed"  # gave up: temporary/transient death, or fallbacks exhausted
+    SHED = "shed"  # stopped by `sup.shed` under critical pressure; back when it passes
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Child:
     stop_stage: str = ""  # term | kill: how far a requested stop had to go
     kill_reason: str = ""  # why the supervisor killed it (start timeout, missed heartbeats)
     fallback_index: int = -1  # -1: normal mode
+    shed: bool = False  # held stopped by `sup.shed`: no start, no restart, until resumed
+    resuming: bool = False  # the start under way brings it back from being shed
+    sheds: int = 0  # how often it was shed (a shed is neither a failure nor a restart)
     timers: list[Timer] = field(default_factory=list)
 
     @property
@@ -96,6 +100,8 @@ class Child:
             "restarts": self.restarts,
             "last_exit": self.last_exit.describe() if self.last_exit else None,
             "fallback": self.fallback,
+            "essential": self.spec.essential,
+            "sheds": self.sheds,
         }
 
 

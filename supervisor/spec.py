@@ -35,6 +35,9 @@ class ChildSpec:
     config: dict[str, Any] = field(default_factory=dict)
     fallbacks: tuple[str, ...] = ()
     supervisor: SupervisorSpec | None = None  # for type == "supervisor"
+    # False: stopped gracefully while critical pressure persists (`sup.shed`), started again
+    # when it has passed; the editor keeps working without it.
+    essential: bool = True
 
     @property
     def brutal(self) -> bool:
@@ -74,6 +77,9 @@ class SupervisorSpec:
 
 _ID_OK = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 RESERVED = {"supervisor"}
+# The resource actor decides when shed actors come back: it cannot be shed itself.
+NEVER_SHED = ("actors.resource:",)
+CHILD_KEYS = ("id", "type", "restart", "shutdown_ms", "config", "fallbacks", "essential")
 
 
 def _want(cond: bool, where: str, msg: str) -> None:
@@ -150,18 +156,20 @@ def parse_child(d: Any, where: str, actor_config: dict, seen: set[str]) -> Child
     fallbacks = d.get("fallbacks", [])
     _want(isinstance(fallbacks, list) and all(isinstance(f, str) for f in fallbacks),
           f"{where}.fallbacks", "must be a list of strings")
+    essential = d.get("essential", True)
+    _want(isinstance(essential, bool), f"{where}.essential", "must be true or false")
     sup = None
     start = d.get("start", "")
     if ctype == "supervisor":
-        sd = {k: v for k, v in d.items() if k not in
-              ("id", "type", "restart", "shutdown_ms", "children", "config", "fallbacks")}
+        sd = {k: v for k, v in d.items() if k not in (*CHILD_KEYS, "children")}
         sup = parse_supervisor(cid, sd, d.get("children", []), where, actor_config, seen)
     else:
         _want(isinstance(start, str) and ":" in start, f"{where}.start",
               f"must be 'module:Class', got {start!r}")
         for k in d:
-            _want(k in ("id", "start", "restart", "shutdown_ms", "type", "config", "fallbacks"),
-                  f"{where}.{k}", "unknown key for a worker")
+            _want(k in (*CHILD_KEYS, "start"), f"{where}.{k}", "unknown key for a worker")
+        _want(essential or not start.startswith(NEVER_SHED), f"{where}.essential",
+              "the resource actor brings shed actors back: it must stay essential")
     return ChildSpec(
         id=cid,
         start=start,
@@ -171,6 +179,7 @@ def parse_child(d: Any, where: str, actor_config: dict, seen: set[str]) -> Child
         config=config,
         fallbacks=tuple(fallbacks),
         supervisor=sup,
+        essential=essential,
     )
 
 
@@ -195,7 +204,7 @@ def _with_shared(spec: SupervisorSpec, shared: dict) -> SupervisorSpec:
         cfg = {**shared, **c.config}
         sup = _with_shared(c.supervisor, shared) if c.supervisor else None
         kids.append(ChildSpec(c.id, c.start, c.restart, c.shutdown_ms, c.type, cfg,
-                              c.fallbacks, sup))
+                              c.fallbacks, sup, c.essential))
     return SupervisorSpec(spec.id, spec.strategy, spec.intensity, spec.period_s,
                           spec.stable_after_s, spec.start_timeout_ms, spec.backoff,
                           spec.heartbeat, tuple(kids))

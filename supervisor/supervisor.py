@@ -3,9 +3,12 @@
 Ops (on `<id>.rpc`; the root's id is `supervisor`):
 
   op            args                 reply                                   errors
-  sup.status    {}                   {id, strategy, pid, children: [...]}    -
-                                     nested supervisors include their tree
-  sup.restart   {child}              {restarted: child}                      unknown_actor
+  sup.status    {}                   {id, strategy, pid, shedding, children:  -
+                                     [{id, state, pid, restarts, essential,
+                                     sheds, ...}]}; nested supervisors include
+                                     their tree
+  sup.restart   {child}              {restarted: child}                      unknown_actor,
+                                                                             busy (shed)
   sup.kill      {child, signal?}     {signalled: child, pid, signal}         unknown_actor,
                                                                              bad_args
   sup.stop      {}                   {stopping: true}  (then the tree stops) -
@@ -14,11 +17,21 @@ Ops (on `<id>.rpc`; the root's id is `supervisor`):
                  value: ms}           [actor], failed: {actor: error}}
                                      kept until the tree stops (supervisor.overrides)
   sup.config.get {}                  {defaults: {key: ms}, overrides: {key: ms}} -
+  sup.shed      {on: bool,           {shedding, shed: [child], resumed:       -
+                 reason?: str}        [child], held: [child], failed:
+                                     {supervisor: error}}
+                                     stop (on) or start again (off) the tree's
+                                     non-essential children (supervisor.shedding)
+
+The ops are in supervisor.control and supervisor.shedding, the events and their relaying in
+supervisor.relay (mixins); this module is the life cycle: the job queue, spawns, deaths and
+restarts, heartbeats.
 
 Events on `<id>.pub`, topic `sup.event`, body {event, supervisor, child, pid, ...}:
 started, exited (code or signal, reason), restarted, hung, escalated, fallback, alert,
-stopping. A supervisor republishes its nested supervisors' events, so the root's
-`supervisor.pub` carries the whole tree's; it also republishes metrics alerts.
+shed, unshed, stopping. A supervisor republishes its nested supervisors' events, so the root's
+`supervisor.pub` carries the whole tree's; it also republishes the metrics, resource and
+terminal alerts. A child state `shed` is held stopped by `sup.shed` (not a failure).
 
 Deaths are seen at once: the zygote reaps on SIGCHLD and writes the exit status to the
 supervisor's socketpair, which the loop polls. Hangs are seen by `sys.heartbeat` probes that
@@ -38,16 +51,14 @@ from typing import Any
 
 from loguru import logger
 
-from actors.runtime import DEFERRED, Actor, Call, op
+from actors.runtime import Actor
 from actors.runtime.follow import Follow
 from actors.runtime.outbound import Outbound
-from protocol import endpoints
-from protocol.client._streams import Loss, StreamEvent
-from protocol.envelope import StreamMessage
-from protocol.errors import WireError, fail
+from protocol.errors import WireError
 from supervisor import sdnotify
 from supervisor.children import Child, ChildState, new_child
-from supervisor.overrides import Overrides, check_ms, parse_key, tell_all
+from supervisor.control import ControlOps
+from supervisor.overrides import Overrides
 from supervisor.policy import (
     ExitKind,
     ExitReason,
@@ -56,17 +67,15 @@ from supervisor.policy import (
     classify_exit,
     should_restart,
 )
+from supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
+from supervisor.shedding import SheddingOps
 from supervisor.spec import SupervisorSpec
 from supervisor.zygote import ZygoteHandle
 
-EVENT_TOPIC = "sup.event"
-# Children whose alerts a supervisor republishes as `alert` events, for an editor to show.
-ALERT_TOPICS = {"metrics": "metrics.alert", "resource": "resource.alert",
-                "terminal": "term.alert"}
 ESCALATED_EXIT_CODE = 3
 
 
-class Supervisor(Actor):
+class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
     def __init__(
         self,
         spec: SupervisorSpec,
@@ -95,37 +104,8 @@ class Supervisor(Actor):
         self._follows: dict[str, Follow] = {}
         self.notify = sdnotify.Notifier.from_env() if root else None
         self.overrides = Overrides()
+        self.shedding = False  # sup.shed {on: true} holds the non-essential children stopped
         self.metrics_http: Any = None  # (server, thread) of --metrics-http, root only
-
-    # --- events -------------------------------------------------------------------------------
-
-    def event(self, name: str, child: Child | None = None, **fields: Any) -> None:
-        body = {"event": name, "supervisor": self.name, "time": time.time(), **fields}
-        if child is not None:
-            body.setdefault("child", child.id)
-            body.setdefault("pid", child.pid)
-        logger.info("event {}", body)
-        self.publisher.publish(EVENT_TOPIC, body)
-
-    def _follow(self, actor: str, topic: str) -> None:
-        """Republish `actor`'s `topic` as our own events (nested trees' events, metrics
-        alerts), in order and gap-repaired: the root's stream is the whole tree's."""
-        if actor in self._follows:
-            return
-
-        def republish(ev: StreamEvent) -> None:
-            if isinstance(ev, StreamMessage):
-                if not isinstance(ev.body, dict):
-                    return
-                if ev.topic == EVENT_TOPIC:
-                    self.publisher.publish(EVENT_TOPIC, ev.body)
-                else:
-                    self.event("alert", source=actor, alert=ev.body)
-            elif isinstance(ev, Loss):
-                self.event("relay_loss", source=actor, topic=ev.topic, first=ev.first,
-                           last=ev.last)
-
-        self._follows[actor] = Follow(self, self.outbound, actor, topic, republish)
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -196,7 +176,8 @@ class Supervisor(Actor):
         while self.current_job is None and self.jobs:
             kind, child = self.jobs.popleft()
             if kind == "start":
-                if self.shutting_down or child.state in (ChildState.RUNNING, ChildState.STARTING):
+                if self.shutting_down or child.shed or child.state in (ChildState.RUNNING,
+                                                                       ChildState.STARTING):
                     continue
                 self.current_job = (kind, child)
                 self._spawn(child)
@@ -215,7 +196,8 @@ class Supervisor(Actor):
         # fails at start delays it; one that keeps failing escalates instead.
         if self.initial_start_done or self.shutting_down:
             return
-        if all(c.state is ChildState.RUNNING or (c.state is not ChildState.BACKOFF
+        if all(c.state in (ChildState.RUNNING, ChildState.SHED) or (
+               c.state is not ChildState.BACKOFF
                and c.spec.restart.value != "permanent" and c.last_exit is not None)
                for c in self.children.values()):
             self._initial_start_finished()
@@ -295,17 +277,21 @@ class Supervisor(Actor):
             return
         child.state = ChildState.RUNNING
         child.ready_at = time.monotonic()
-        was_restart = child.restarts > 0
+        was_restart = child.restarts > 0 and not child.resuming
+        extra = {"resumed": True} if child.resuming else {}
+        child.resuming = False
         self.event("restarted" if was_restart else "started", child,
                    fallback=child.fallback, start_ms=round(
-                       (child.ready_at - child.started_at) * 1000, 2))
+                       (child.ready_at - child.started_at) * 1000, 2), **extra)
         self._job_done(child)
         self._check_initial_start()
         self._retell(child)
 
     def _retell(self, child: Child) -> None:
-        """A child that came up without the current overrides is told them now."""
+        """A child that came up without the current overrides (or, a nested supervisor,
+        without the tree's shedding) is told them now."""
         calls = self.overrides.on_ready(child.id, child.spec.type == "supervisor")
+        calls += self.shed_calls_on_ready(child)
         for op_name, args in calls:
             def done(reply: Any, err: WireError | None, op_name: str = op_name) -> None:
                 if err is not None:
@@ -356,11 +342,15 @@ class Supervisor(Actor):
                    signal=reason.signal, detail=reason.detail, stage=child.stop_stage or None,
                    uptime_s=round(uptime, 3))
         if was is ChildState.STOPPING or self.shutting_down:
-            child.state = ChildState.STOPPED
+            child.state = ChildState.SHED if child.shed else ChildState.STOPPED
             self._job_done(child)
             return
         if self.current_job is not None and self.current_job[1] is child:
             self.current_job = None  # a start that failed; the restart logic below takes over
+        if child.shed:  # died while being shed: it stays down, and it is not a failure
+            child.state = ChildState.SHED
+            self._next_job()
+            return
         if not should_restart(child.spec.restart, reason):
             child.state = ChildState.FAILED if reason.kind is ExitKind.ABNORMAL \
                 else ChildState.STOPPED
@@ -438,139 +428,3 @@ class Supervisor(Actor):
         self.event("hung", child, misses=misses)
         child.kill_reason = "missed heartbeats"
         child.signal(signal.SIGKILL)
-
-    # --- control ops ----------------------------------------------------------------------
-
-    def _owner_path(self, child_id: str) -> str | None:
-        """Which direct child supervisor holds `child_id` in its subtree (None: ours)."""
-        if child_id in self.children:
-            return None
-        for cid in self.order:
-            c = self.children[cid]
-            if c.spec.supervisor is not None and c.spec.supervisor.find(child_id):
-                return cid
-        raise fail("unknown_actor", f"no child {child_id!r} in {self.name}'s tree")
-
-    def _forward(self, call: Call, via: str, op_name: str, args: dict) -> object:
-        def done(reply: Any, err: WireError | None) -> None:
-            if err is not None:
-                call.fail(err)
-            else:
-                call.reply(reply.body)
-
-        self.outbound.call(via, op_name, args, timeout=5.0, on_done=done,
-                           deadline_ms=call.deadline_ms)
-        return DEFERRED
-
-    @op("sup.status", idempotent=True, timeout_ms=5000)
-    def _op_status(self, call: Call) -> object:
-        """The tree: state, pid, uptime, restarts and last exit of every child."""
-        now = time.monotonic()
-        me = {"id": self.name, "strategy": str(self.spec.strategy), "pid": os.getpid(),
-              "intensity": self.spec.intensity, "period_s": self.spec.period_s,
-              "children": [self.children[c].describe(now) for c in self.order]}
-        nested = [c for c in me["children"] if c["type"] == "supervisor" and
-                  c["state"] == ChildState.RUNNING]
-        if not nested:
-            return me
-        waiting = {c["id"] for c in nested}
-
-        def got(cid: str) -> Callable[[Any, WireError | None], None]:
-            def done(reply: Any, err: WireError | None) -> None:
-                entry = next(c for c in me["children"] if c["id"] == cid)
-                entry["tree"] = reply.body if err is None else {"error": err.to_wire()}
-                waiting.discard(cid)
-                if not waiting:
-                    call.reply(me)
-            return done
-
-        for c in nested:
-            self.outbound.call(c["id"], "sup.status", timeout=2.0, on_done=got(c["id"]),
-                               deadline_ms=call.deadline_ms)
-        return DEFERRED
-
-    @op("sup.restart", args={"child": str}, timeout_ms=15000)
-    def _op_restart(self, call: Call, child: str) -> object:
-        """Stop a child and start it again (not counted against the intensity)."""
-        via = self._owner_path(child)
-        if via is not None:
-            return self._forward(call, via, "sup.restart", {"child": child})
-        c = self.children[child]
-        c.cancel_timers()
-        if c.state in (ChildState.RUNNING, ChildState.STARTING):
-            self.jobs.append(("stop", c))
-        c.restarts += 1
-        self.jobs.append(("start", c))
-        self._next_job()
-        return {"restarted": child}
-
-    @op("sup.kill", args={"child": str, "signal": ((str, int), "SIGKILL")})
-    def _op_kill(self, call: Call, child: str, signal: str | int) -> object:
-        """Send a signal to a child's process (a death is then handled like any other)."""
-        via = self._owner_path(child)
-        if via is not None:
-            return self._forward(call, via, "sup.kill", {"child": child, "signal": signal})
-        sig = parse_signal(signal)
-        c = self.children[child]
-        if c.pid is None or not c.signal(sig):
-            raise fail("unavailable", f"{child} has no running process ({c.state})")
-        return {"signalled": child, "pid": c.pid, "signal": sig}
-
-    @op("sup.stop", timeout_ms=2000)
-    def _op_stop(self, call: Call) -> dict[str, Any]:
-        """Stop the whole tree after answering."""
-        self.loop.call_later(0, self.stop)
-        return {"stopping": True}
-
-    @op("sup.config.set", args={"key": str, "value": int}, idempotent=True, timeout_ms=5000)
-    def _op_config_set(self, call: Call, key: str, value: int) -> object:
-        """Override a setting for the whole tree until it stops (now: `timeout.<op>` ms)."""
-        op_name, ms = parse_key(key), check_ms(value)
-        self.overrides.timeouts[op_name] = ms
-        self.set_timeouts({op_name: ms})
-        calls = []
-        for cid in self.order:
-            c = self.children[cid]
-            if c.state is not ChildState.RUNNING:
-                continue  # spawned with it, or told when it comes up
-            if c.spec.type == "supervisor":
-                calls.append((cid, "sup.config.set", {"key": key, "value": ms}))
-            else:
-                calls.append((cid, "sys.config", {"timeouts": {op_name: ms}}))
-
-        def done(out: dict[str, Any]) -> None:
-            if op_name in self.ops:
-                out["applied"].append(self.name)
-            call.reply({"key": key, "value": ms, **out})
-
-        tell_all(self.outbound, calls, call.deadline_ms, done)
-        return DEFERRED
-
-    @op("sup.config.get", idempotent=True, timeout_ms=1000)
-    def _op_config_get(self, call: Call) -> dict[str, Any]:
-        """The tree's `[timeouts]` defaults and the run-time overrides on top of them."""
-        return self.overrides.describe(self.doc.get("timeouts") or {})
-
-    @op("sup.endpoints", idempotent=True)
-    def _op_endpoints(self, call: Call) -> dict[str, Any]:
-        """Where every actor of the tree listens."""
-        rd = self.runtime_dir
-        names = [self.name] + [c.id for _, c in self.spec.walk()]
-        out = {n: {"rpc": endpoints.rpc(rd, n), "pub": endpoints.pub(rd, n)} for n in names}
-        if any(c.id == "metrics" for _, c in self.spec.walk()):
-            out["metrics"]["in"] = endpoints.metrics_in(rd)
-        return out
-
-
-def parse_signal(value: str | int) -> int:
-    if isinstance(value, int):
-        if value in {s.value for s in signal.Signals}:
-            return value
-        raise fail("bad_args", f"no signal number {value}")
-    name = value.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return signal.Signals[name].value
-    except KeyError:
-        raise fail("bad_args", f"no signal named {value!r}") from None

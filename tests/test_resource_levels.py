@@ -16,10 +16,12 @@ from actors.pressure import (
     PressureModel,
     QualityTracker,
     Reading,
+    Shedder,
     pick_runaway,
     raw_level,
 )
 from actors.pressure.levels import CRITICAL, HIGH, MODERATE, NORMAL
+from actors.pressure.override_file import OverrideFile
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -262,3 +264,78 @@ def test_with_killing_off_the_runaway_is_only_alerted():
     cand = R(7, "descendant", 10)
     kinds = [d.kind for _ in range(5) for d in e.feed(CRITICAL, cand)]
     assert kinds == ["warn"]
+
+
+# --- shedding the non-essential actors --------------------------------------------------------
+
+
+def run_shedder(sh: Shedder, e: Escalation, levels: list[int]) -> list[str | None]:
+    """Feed each level as both the raw and the held level; a decision is taken as done."""
+    out = []
+    for lvl in levels:
+        e.feed(lvl, None)
+        d = sh.feed(e.episode, lvl)
+        if d is not None:
+            sh.shed = d == "shed"
+        out.append(d)
+    return out
+
+
+def test_shedding_waits_for_critical_to_persist_and_a_dip_starts_the_count_again():
+    sh, e = Shedder(persist_after=3, restore_after=2), Escalation(persist_after=3)
+    got = run_shedder(sh, e, [CRITICAL, CRITICAL, HIGH, CRITICAL, CRITICAL, CRITICAL])
+    assert got == [None, None, None, None, None, "shed"]
+
+
+def test_shed_actors_come_back_after_calm_samples_in_a_row_at_or_below_restore_level():
+    sh, e = Shedder(persist_after=1, restore_after=3, restore_level="moderate"), Escalation()
+    got = run_shedder(sh, e, [CRITICAL, HIGH, MODERATE, MODERATE, HIGH, NORMAL, MODERATE,
+                              NORMAL, NORMAL])
+    # HIGH is not calm enough, and one HIGH sample restarts the count.
+    assert got == ["shed", None, None, None, None, None, None, "restore", None]
+
+
+def test_a_pressure_hovering_at_the_critical_boundary_sheds_once_and_does_not_flap():
+    sh, e = Shedder(persist_after=2, restore_after=3), Escalation(persist_after=2)
+    levels = LevelTracker()
+    held = []
+    for p in [82, 79, 83, 85, 80, 81, 79, 82, 80, 83] * 3:
+        lvl = levels.feed(p)
+        e.feed(raw_level(p), None)
+        d = sh.feed(e.episode, lvl)
+        if d is not None:
+            sh.shed = d == "shed"
+        held.append(d)
+    assert [d for d in held if d] == ["shed"]
+
+
+def test_a_disabled_shedder_never_sheds_and_a_bad_one_is_refused():
+    sh, e = Shedder(persist_after=1, enabled=False), Escalation()
+    assert run_shedder(sh, e, [CRITICAL] * 5) == [None] * 5
+    for kw in ({"persist_after": 0}, {"restore_after": 0}, {"restore_level": "critical"},
+               {"restore_level": "calm"}):
+        with pytest.raises(ValueError):
+            Shedder(**kw)
+
+
+# --- the quality override on disk -------------------------------------------------------------
+
+
+def test_a_saved_override_loads_with_what_is_left_and_is_removed_when_cleared(tmp_path):
+    f = OverrideFile(tmp_path / "resource.quality")
+    assert f.load() is None
+    f.save(1, 60)
+    quality, left = f.load()
+    assert quality == 1 and 55 < left <= 60
+    f.save(2, 0)  # a duration of 0 removes the override
+    assert not f.path.exists() and f.load() is None
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"quality": 7, "until": 9e99}',
+                                  '{"quality": 1, "until": "soon"}',
+                                  '{"quality": 1, "until": 1}'])
+def test_an_unreadable_malformed_or_expired_override_file_is_dropped(tmp_path, text):
+    f = OverrideFile(tmp_path / "resource.quality")
+    f.path.write_text(text)
+    assert f.load() is None
+    assert not f.path.exists()

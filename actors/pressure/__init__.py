@@ -5,11 +5,12 @@
   levels      the pressure formula, the level (seed 6.1) and quality (seed 9.2) state
               machines with hysteresis; pure, fed numbers and an injected clock
   escalation  what happens while critical persists: alert, then kill the largest runaway
-              process that no actor is (pure decisions; the actor carries them out)
+              process that no actor is, then shed the non-essential actors and bring them
+              back when it has passed (pure decisions; the actor carries them out)
   settings    the resource actor's config keys, checked
 """
 
-from actors.pressure.escalation import Decision, Escalation, pick_runaway
+from actors.pressure.escalation import Decision, Escalation, Shedder, pick_runaway
 from actors.pressure.levels import (
     ENTER,
     FEATURES_OFF,
@@ -25,6 +26,7 @@ from actors.pressure.sampler import ProcRow, Roles, Sample, TreeSampler, roles_f
 
 __all__ = [
     "ENTER", "FEATURES_OFF", "LEVELS", "Decision", "Escalation", "LevelTracker", "Pressure",
-    "PressureModel", "ProcRow", "QualityTracker", "Reading", "Roles", "Sample", "TreeSampler",
+    "PressureModel", "ProcRow", "QualityTracker", "Reading", "Roles", "Sample", "Shedder",
+    "TreeSampler",
     "pick_runaway", "raw_level", "roles_from_status",
 ]

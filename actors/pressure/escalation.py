@@ -11,9 +11,14 @@ shell's child, or any process an actor started). In one critical episode:
                            sample); the streak starts again, so the next kill needs the
                            critical level to persist as long again
   no candidate             alert "no_runaway" once: the memory is the actors' own
-  persist_after samples    alert "persisting" once: the next step, stopping non-essential
-                           actors gracefully, is the supervisor's (see the report)
+  persist_after samples    alert "persisting" once; `Shedder` then asks the supervisors to
+                           stop the non-essential actors gracefully (`sup.shed`)
 Leaving critical ends the episode and resets everything.
+
+Shedding has its own hysteresis (`Shedder`): the actors stopped come back only once the
+held level has stayed at or below `restore_level` (default moderate) for `restore_after`
+samples in a row. Bringing them back costs memory again: coming back at the first quiet
+sample would be a flap of whole processes.
 
 Decisions are made on the level of each sample's own pressure (its raw level), not on the
 held level: hysteresis keeps the level critical for a few samples after a kill has freed the
@@ -30,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from actors.pressure.levels import CRITICAL
+from actors.pressure.levels import CRITICAL, LEVELS
 
 
 class Row(Protocol):
@@ -96,3 +101,31 @@ class Escalation:
             self._told_persisting = True
             out.append(Decision("persisting", None, self.episode))
         return out
+
+
+class Shedder:
+    """When to shed the non-essential actors (`shed`) and when to bring them back
+    (`restore`). `shed` is what the tree is known to be in: the caller sets it once the
+    supervisor has done it, and adopts it from `sup.status` after a restart."""
+
+    def __init__(self, *, persist_after: int = 10, restore_after: int = 10,
+                 restore_level: str = "moderate", enabled: bool = True) -> None:
+        if persist_after < 1 or restore_after < 1:
+            raise ValueError("persist_after and restore_after must be >= 1")
+        if restore_level not in LEVELS[:CRITICAL]:
+            raise ValueError(f"restore_level must be one of {LEVELS[:CRITICAL]}")
+        self.persist_after = persist_after
+        self.restore_after = restore_after
+        self.restore_level = LEVELS.index(restore_level)
+        self.enabled = enabled
+        self.shed = False
+        self.calm = 0  # samples in a row at or below restore_level while shed
+
+    def feed(self, episode: int, level: int) -> str | None:
+        """`episode`: critical samples in a row (Escalation.episode); `level`: the held
+        level. Returns "shed", "restore" or None; asked again each sample until done."""
+        if not self.shed:
+            self.calm = 0
+            return "shed" if self.enabled and episode >= self.persist_after else None
+        self.calm = self.calm + 1 if level <= self.restore_level else 0
+        return "restore" if self.calm >= self.restore_after else None

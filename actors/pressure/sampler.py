@@ -55,6 +55,7 @@ class Roles:
     supervisors: dict[int, str] = field(default_factory=dict)  # pid -> supervisor id
     actors: dict[int, str] = field(default_factory=dict)  # pid -> worker id
     workers: dict[str, int] = field(default_factory=dict)  # running worker id -> pid
+    shed: set[str] = field(default_factory=set)  # children held stopped by `sup.shed`
 
 
 def roles_from_status(status: dict[str, Any]) -> Roles:
@@ -66,6 +67,8 @@ def roles_from_status(status: dict[str, Any]) -> Roles:
             roles.supervisors[tree["pid"]] = sid
         for ch in tree.get("children", []):
             pid = ch.get("pid")
+            if ch.get("state") == "shed":
+                roles.shed.add(ch["id"])
             if ch.get("type") == "supervisor":
                 sub = ch.get("tree")
                 if isinstance(sub, dict) and "children" in sub:

@@ -32,6 +32,10 @@ class Settings:
     kill_after_samples: int = 2
     runaway_min_share: float = 0.10
     persist_after_samples: int = 10
+    shed_nonessential: bool = True
+    restore_level: str = "moderate"
+    restore_after_samples: int = 10
+    quality_file: bool = True
     tell_timeout_s: float = 1.0
     status_timeout_s: float = 1.0
     rescan_every: int = 30

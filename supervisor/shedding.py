@@ -1,0 +1,116 @@
+"""Shedding: a supervisor stops its non-essential children while critical pressure persists.
+
+  op        args                      reply
+  sup.shed  {on: bool, reason?: str}  {supervisor, shedding, shed: [child], resumed: [child],
+                                       held: [child], failed: {supervisor: error name}}
+
+`on: true` (the resource actor asks, once critical pressure has persisted): every child whose
+spec says `essential = false` is stopped the way the tree stops any child (SIGTERM, then
+SIGKILL after its `shutdown_ms`) and then held in state `shed`: not restarted, not counted as
+a failure or a restart, not started again by a sibling's restart (rest_for_one, one_for_all).
+A `shed` event names each one. `on: false` starts them again: an `unshed` event, then their
+`started` event with `resumed: true`. When to do either is the resource actor's decision (it
+holds the hysteresis); a supervisor only carries it out.
+
+The op reaches the whole tree: it is forwarded to every running nested supervisor, whose
+answer is merged in (`shed` lists every child stopped now, wherever it is); a nested
+supervisor that is non-essential itself is shed whole instead. A nested supervisor that comes
+up while its parent is shedding (a restart) is told on its way up, so its non-essential
+children do not come back by the side door. Idempotent: shedding twice sheds what has come up
+since (`held`: what was shed already); resuming twice does nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from actors.runtime import DEFERRED, Call, op
+from actors.runtime.outbound import Outbound
+from protocol.envelope import Reply
+from protocol.errors import WireError
+from supervisor.children import Child, ChildState
+
+TELL_TIMEOUT_S = 3.0
+LISTS = ("shed", "resumed", "held")
+
+
+class SheddingOps:
+    """`sup.shed`; mixed into Supervisor, whose job queue carries the stops and starts."""
+
+    name: str
+    children: dict[str, Child]
+    order: list[str]
+    jobs: deque[tuple[str, Child]]
+    outbound: Outbound
+    shedding: bool
+
+    @op("sup.shed", args={"on": bool, "reason": (str, "")}, idempotent=True, timeout_ms=5000)
+    def _op_shed(self, call: Call, on: bool, reason: str) -> object:
+        """Stop (on) or start again (off) the non-essential children of the whole tree."""
+        self.shedding = on
+        out: dict[str, Any] = {"supervisor": self.name, "shedding": on,
+                               **{k: [] for k in LISTS}, "failed": {}}
+        for cid in self.order:
+            c = self.children[cid]
+            if not c.spec.essential:
+                (self._shed_one if on else self._resume_one)(c, reason, out)
+        self._next_job()  # type: ignore[attr-defined]
+        nested = [cid for cid in self.order if self.children[cid].spec.type == "supervisor"
+                  and self.children[cid].spec.essential
+                  and self.children[cid].state is ChildState.RUNNING]
+        if not nested:
+            return out
+        left = len(nested)
+
+        def merge(cid: str) -> Callable[[Reply | None, WireError | None], None]:
+            def got(reply: Reply | None, err: WireError | None) -> None:
+                nonlocal left
+                body = reply.body if reply is not None and isinstance(reply.body, dict) else {}
+                if err is not None or reply is None:
+                    out["failed"][cid] = err.name if err is not None else "internal"
+                for k in LISTS:
+                    out[k].extend(body.get(k, []))
+                out["failed"].update(body.get("failed", {}))
+                left -= 1
+                if left == 0:
+                    call.reply(out)
+            return got
+
+        for cid in nested:
+            self.outbound.call(cid, "sup.shed", {"on": on, "reason": reason},
+                               timeout=TELL_TIMEOUT_S, on_done=merge(cid),
+                               deadline_ms=call.deadline_ms)
+        return DEFERRED
+
+    def _shed_one(self, c: Child, reason: str, out: dict[str, Any]) -> None:
+        if c.shed:
+            out["held"].append(c.id)
+            return
+        if c.state in (ChildState.RUNNING, ChildState.STARTING):
+            self.jobs.append(("stop", c))  # after the job under way, like any stop
+        elif c.state is ChildState.BACKOFF:
+            c.state = ChildState.SHED  # its pending restart will find it shed and skip it
+        elif c.state is not ChildState.STOPPING:
+            return  # stopped or failed already: nothing to shed, nothing to bring back
+        c.shed = True
+        c.sheds += 1
+        out["shed"].append(c.id)
+        self.event("shed", c, reason=reason)  # type: ignore[attr-defined]
+
+    def _resume_one(self, c: Child, reason: str, out: dict[str, Any]) -> None:
+        if not c.shed:
+            return
+        c.shed = False
+        # Still stopping: the start waits its turn behind the stop in the job queue.
+        c.resuming = c.state is not ChildState.RUNNING
+        self.jobs.append(("start", c))
+        out["resumed"].append(c.id)
+        self.event("unshed", c, reason=reason)  # type: ignore[attr-defined]
+
+    def shed_calls_on_ready(self, child: Child) -> list[tuple[str, dict[str, Any]]]:
+        """What a nested supervisor that just came up is told while the tree is shedding."""
+        if self.shedding and child.spec.type == "supervisor":
+            return [("sup.shed", {"on": True, "reason": "shedding when it started"})]
+        return []
