@@ -305,6 +305,8 @@ class MetricsActor(Actor):
                 "policy": {"min_samples": pol.min_samples, "failure_rate": pol.failure_rate,
                            "latency_factor": pol.latency_factor, "clear_ratio": pol.clear_ratio,
                            "p99_targets": dict(pol.p99_targets),
+                           "targets": {k: list(v) for k, v
+                                       in dict(self.config.get("targets") or {}).items()},
                            "window_s": self.settings.window_s}}
 
     @op("metrics.prometheus", idempotent=True)

@@ -27,16 +27,42 @@ def decode(encoded: bytes | str) -> HdrHistogram:
     return h
 
 
+# A recorder that lives long (a client's lifetime view) folds its counts to HDR precision
+# when it holds more distinct values than this, so its memory stays bounded.
+MAX_DISTINCT = 4096
+
+
+def equivalent_counts(h: HdrHistogram) -> Counter[int]:
+    """A histogram as counts of its buckets' highest equivalent values (what `add_histogram`
+    gives, walking only the counts array instead of hdrh's Python iterator)."""
+    counts: Counter[int] = Counter()
+    for i, n in enumerate(h.counts[: h.counts_len]):
+        if n:
+            counts[h.get_highest_equivalent_value(h.get_value_from_index(i))] += n
+    return counts
+
+
 class Recorder:
     """Counts of microsecond values, folded into an HDR histogram on demand."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "limit")
 
     def __init__(self) -> None:
         self.counts: Counter[int] = Counter()
+        self.limit = MAX_DISTINCT
 
     def record(self, micros: int) -> None:
-        self.counts[micros if micros > 0 else 1] += 1
+        counts = self.counts
+        v = micros if micros > 0 else 1
+        counts[v] = counts.get(v, 0) + 1  # dict.get: half the cost of Counter's `+= 1`
+
+    def bound(self) -> None:
+        """Fold to HDR precision (2 significant digits, as every histogram here) once more
+        than `limit` distinct values are held; percentiles do not change, memory stops
+        growing. The next fold waits until the count has doubled again."""
+        if len(self.counts) > self.limit:
+            self.counts = equivalent_counts(self.histogram())
+            self.limit = max(MAX_DISTINCT, 2 * len(self.counts))
 
     def fold_into(self, h: HdrHistogram) -> HdrHistogram:
         for v, n in self.counts.items():

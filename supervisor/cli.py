@@ -148,8 +148,9 @@ def all_running(runtime_dir: Path) -> bool:
 
 
 def all_children_running(tree: dict) -> bool:
+    """Every child up, or held down on purpose by a shed (sup.shed)."""
     for ch in tree.get("children", []):
-        if ch["state"] != "running":
+        if ch["state"] not in ("running", "shed"):
             return False
         if "tree" in ch and not all_children_running(ch["tree"]):
             return False
@@ -318,27 +319,55 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    """Service time per (actor, op), with the end-to-end time of clients that push theirs
+    (`client.<name>` rows, op `<actor>/<op>`) beside it."""
+    from supervisor.top import join_clients
+
     with connect(args) as c:
         if args.prometheus:
             print(c.call("metrics", "metrics.prometheus")["text"], end="")
             return EXIT_OK
-        q = c.call("metrics", "metrics.query", {"op": args.op} if args.op else {})
-        client_view = c.core.latency_report()
+        # Unfiltered: a client's row for `op` is named `<actor>/<op>`, so the filter is ours.
+        q = join_clients(c.call("metrics", "metrics.query"), args.op)
+    if args.op is not None:
+        q["ops"] = [r for r in q["ops"] if r["op"] == args.op]
     if args.json:
         print(json.dumps(q, indent=2))
         return EXIT_OK
     rows = []
-    for r in q["ops"]:
+    for r in q["services"]:
         lt, w = r["lifetime"], r["window"]
-        rows.append([r["actor"], r["op"], str(lt["count"]), f"{lt['error_rate']:.2%}",
-                     f"{lt['p50']}", f"{lt['p90']}", f"{lt['p99']}", f"{lt['p999']}",
-                     f"{lt['max']}", str(w["count"])])
+        row = [r["actor"], r["op"], str(lt["count"]), f"{lt['error_rate']:.2%}",
+               f"{lt['p50']}", f"{lt['p90']}", f"{lt['p99']}", f"{lt['p999']}",
+               f"{lt['max']}", str(w["count"])]
+        clients = sorted(r["clients"].items()) or [("-", None)]
+        for i, (name, cl) in enumerate(clients):
+            client = [name, "-", "-"] if cl is None else [
+                name, f"{cl['lifetime']['p50']}", f"{cl['lifetime']['p99']}"]
+            rows.append((row if i == 0 else [""] * len(row)) + client)
     print_table(["ACTOR", "OP", "COUNT", "ERRORS", "P50us", "P90us", "P99us", "P99.9us",
-                 "MAXus", f"LAST {q['window_s']}s"], rows)
-    if client_view:
-        print("\nthis client's end-to-end view (us):",
-              ", ".join(f"{k} p50 {v['p50']}" for k, v in client_view.items()))
+                 "MAXus", f"LAST {q['window_s']}s", "CLIENT", "CLIENT_P50us", "CLIENT_P99us"],
+                rows)
+    for r in q["clients"]:
+        if r["matched"]:
+            continue
+        lt = r["lifetime"]
+        print(f"client {r['client']}: {r['target_actor']} {r['target_op']} count {lt['count']} "
+              f"p50 {lt['p50']}us p99 {lt['p99']}us (no service time recorded)")
     return EXIT_OK
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from supervisor.top import config_targets, run
+
+    if not args.interval > 0:
+        raise CliError(f"--interval must be a positive number of seconds, not {args.interval}")
+    try:
+        targets = config_targets(args.config)
+    except ConfigError as exc:
+        raise CliError(f"bad configuration: {exc}") from None
+    need_tree(args.runtime_dir)
+    return run(args.runtime_dir, args.interval, args.once, targets)
 
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000}
@@ -446,12 +475,22 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_metrics)
 
+    tp = sub.add_parser("top", help="live view: tree, pressure, op latency, alerts (q quits)")
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    tp.add_argument("--once", action="store_true", help="print one frame and exit")
+    tp.add_argument("--config", help="the tree's moorage.toml, for its p50 targets "
+                    "(default: ./moorage.toml if present; p99 targets come from the tree)")
+    tp.set_defaults(func=cmd_top)
+
     cf = sub.add_parser("config", help="run-time settings: config set timeout.term.exec 10s")
     cf.add_argument("action", choices=["get", "set"])
     cf.add_argument("key", nargs="?")
     cf.add_argument("value", nargs="?")
     cf.add_argument("--json", action="store_true")
     cf.set_defaults(func=cmd_config)
+
+    from supervisor.slo_view import add_slo_command  # it imports this module's helpers
+    add_slo_command(sub)
     return p
 
 

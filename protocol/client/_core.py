@@ -13,6 +13,9 @@ Retry rules (see PROTOCOL.md, "Retries"):
     because the request may have run;
   - every wait is capped exponential back-off, or the actor's `retry_after_ms`;
   - the breaker of the actor sees each transport failure and each reply.
+
+Each call's end-to-end time is recorded once, when its plan says it is over (`Done`), with its
+outcome: see _latency.py for what is kept and how it can reach the metrics actor.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from typing import Any
 import zmq
 
 from protocol import endpoints, limits
+from protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
 from protocol.envelope import Reply, encode_request
 from protocol.errors import MoorageError, WireError
-from protocol.histogram import Recorder, summary
 from protocol.recovery import Backoff, CircuitBreaker, max_retries_for, recovery_for
 
 # Ops every actor serves that are safe to repeat.
@@ -52,6 +55,9 @@ class ClientOptions:
     reconnect_ivl_ms: int = 5  # libzmq's default of 100 ms would add 100 ms to each restart
     reconnect_ivl_max_ms: int = 0  # no growth: a restarted actor is found within 5 ms
     idempotent_ops: frozenset[str] = frozenset()
+    # Push this client's latencies to the metrics actor as `client.<metrics_name>` (opt-in).
+    metrics_name: str | None = None
+    metrics_interval: float = 1.0  # seconds between pushes
 
 
 class Done:
@@ -113,13 +119,22 @@ class CallPlan:
     def _error(self, err: WireError) -> MoorageError:
         return MoorageError(err, op=self.op, actor=self.actor, attempts=self.attempts)
 
+    def done(self, now: float, reply: Reply | None = None,
+             error: MoorageError | WireError | None = None) -> Done:
+        """The call is over: its client time is recorded once, whatever the outcome."""
+        if isinstance(error, WireError):
+            error = self._error(error)
+        self.core.record_call(self.actor, self.op, now - self.started,
+                              error is None and reply is not None and reply.ok)
+        return Done(reply, error)
+
     def start(self, now: float) -> Done | Wait:
         """Before the first send: the breaker may refuse at once."""
         br = self.core.breaker(self.actor)
         if not br.allow(now):
-            return Done(error=self._error(WireError.of(
+            return self.done(now, error=WireError.of(
                 "circuit_open", f"{self.actor}: breaker open",
-                retry_after_ms=int(br.retry_after(now) * 1000))))
+                retry_after_ms=int(br.retry_after(now) * 1000)))
         self.attempts += 1
         return Wait(self.attempt_deadline(now))
 
@@ -135,10 +150,9 @@ class CallPlan:
     def on_reply(self, reply: Reply, now: float) -> Done | Resend:
         br = self.core.breaker(self.actor)
         br.record_success(now)  # any reply proves the actor alive
-        self.core.record_latency(self.op, now - self.started)
         self.core.note_epoch(self.actor, reply.epoch)
         if reply.ok:
-            return Done(reply=reply)
+            return self.done(now, reply=reply)
         err = WireError.from_wire(reply.body)
         self.last_error = err
         may_retry = err.name in NOT_RUN or (self.idempotent and err.retryable)
@@ -149,7 +163,7 @@ class CallPlan:
             if now + delay < self.deadline:
                 self.retries += 1
                 return Resend(delay)
-        return Done(error=self._error(err))
+        return self.done(now, error=err)
 
     def on_timeout(self, now: float) -> Done | Resend:
         """The attempt's wait ran out with no reply."""
@@ -161,13 +175,13 @@ class CallPlan:
             else:
                 err = WireError.of("outcome_unknown", f"no reply in {self.timeout:.3g}s; the "
                                    "request may or may not have run")
-            return Done(error=self._error(err))
+            return self.done(now, error=err)
         if not self.idempotent:
-            return Done(error=self._error(WireError.of("outcome_unknown", "no reply")))
+            return self.done(now, error=WireError.of("outcome_unknown", "no reply"))
         if self.timeout_retries >= TIMEOUT_RETRIES:
-            return Done(error=self._error(WireError.of(
+            return self.done(now, error=WireError.of(
                 "timeout", f"no reply in {self.attempts} attempts (last waited "
-                f"{self.attempt_timeout():.3g}s); cancelled")))
+                f"{self.attempt_timeout():.3g}s); cancelled"))
         self.retries += 1
         self.timeout_retries += 1
         return Resend(min(self.core.options.backoff.delay(self.retries - 1),
@@ -183,14 +197,15 @@ class CallPlan:
     def resend(self, now: float) -> Done | Wait:
         br = self.core.breaker(self.actor)
         if not br.allow(now):
-            return Done(error=self._error(self.last_error or WireError.of(
-                "circuit_open", f"{self.actor}: breaker open")))
+            return self.done(now, error=self.last_error or WireError.of(
+                "circuit_open", f"{self.actor}: breaker open"))
         self.attempts += 1
         return Wait(self.attempt_deadline(now))
 
 
 class ClientCore:
-    """Session identity, request ids, breakers, socket options, client-side latency."""
+    """Session identity, request ids, breakers, socket options, client-side latency (and its
+    pusher, which the adapter starts with its context and stops before terminating it)."""
 
     def __init__(
         self,
@@ -203,9 +218,12 @@ class ClientCore:
         self.runtime_dir = Path(runtime_dir) if runtime_dir else endpoints.runtime_dir(instance)
         self.sid = sid or f"{os.getpid()}-{secrets.token_hex(6)}"
         self.options = options or ClientOptions()
+        if self.options.metrics_name is not None:
+            check_metrics_name(self.options.metrics_name)  # fail at construction, not later
         self._ids = itertools.count(1)
         self.breakers: dict[str, CircuitBreaker] = {}
-        self.latency: dict[str, Recorder] = {}
+        self.latency = LatencyBook(pushing=self.options.metrics_name is not None)
+        self.pusher: LatencyPusher | None = None
         self.epochs: dict[str, str] = {}  # the epoch each actor last answered with
         self.restarts_seen: dict[str, int] = {}
 
@@ -228,15 +246,36 @@ class ClientCore:
                 self.restarts_seen[actor] = self.restarts_seen.get(actor, 0) + 1
             self.epochs[actor] = epoch
 
-    def record_latency(self, op: str, seconds: float) -> None:
-        r = self.latency.get(op)
-        if r is None:
-            r = self.latency[op] = Recorder()
-        r.record(int(seconds * 1e6))
+    def record_call(self, actor: str, op: str, seconds: float, ok: bool) -> None:
+        self.latency.record(actor, op, int(seconds * 1e6), ok)
 
-    def latency_report(self) -> dict[str, dict[str, float]]:
-        """End-to-end latency per op as this client saw it (microseconds, retries included)."""
-        return {op: summary(r.histogram()) for op, r in self.latency.items()}
+    def latency_report(self) -> list[dict[str, Any]]:
+        """End-to-end latency per (actor, op) as this client saw it, over its life:
+        [{actor, op, ok, error, count, p50, p90, p99, p999, max}], microseconds, retries and
+        waits for a restarted actor included."""
+        return self.latency.report()
+
+    def start_pusher(self, ctx: zmq.Context) -> None:
+        """With `metrics_name` set, start pushing on a socket of `ctx` (an asyncio context is
+        shadowed: the pusher's thread uses a plain socket)."""
+        name = self.options.metrics_name
+        if name is None or self.pusher is not None:
+            return
+        if type(ctx) is not zmq.Context:
+            ctx = zmq.Context.shadow(ctx.underlying)
+        self.pusher = LatencyPusher(self.latency, ctx, self.runtime_dir, name, self.sid,
+                                    self.options.metrics_interval)
+
+    def push_latency(self) -> int:
+        """Push what was recorded since the last push now; the number of messages sent
+        (0 when pushing is off or nothing is pending)."""
+        return 0 if self.pusher is None else self.pusher.push_now()
+
+    def close(self) -> None:
+        """Stop the pusher (after one last push); before the context is terminated."""
+        if self.pusher is not None:
+            self.pusher.close()
+            self.pusher = None
 
     def configure_dealer(self, sock: zmq.Socket, actor: str) -> None:
         sock.setsockopt(zmq.LINGER, 0)

@@ -92,6 +92,7 @@ class AsyncClient:
         self.ctx = zmq.asyncio.Context()
         self._conns: dict[str, _AConn] = {}
         self._subs: set[AsyncSubscription] = set()
+        self.core.start_pusher(self.ctx)
 
     @property
     def sid(self) -> str:
@@ -148,13 +149,23 @@ class AsyncClient:
                     verdict = v if isinstance(v, Resend) else verdict
                     continue
                 if isinstance(item, DecodeError):  # ours, but unreadable
-                    raise MoorageError(item.error, op=op, actor=actor)
+                    verdict = plan.done(time.monotonic(), error=item.error)
+                    continue
                 verdict = plan.on_reply(item, time.monotonic())
         finally:
             conn.waiters.pop(plan.id, None)
 
     async def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         return (await self.request(actor, op, args, **kw)).body
+
+    def latency_report(self) -> list[dict[str, Any]]:
+        """This client's end-to-end latency per (actor, op): see ClientCore.latency_report."""
+        return self.core.latency_report()
+
+    def push_latency(self) -> int:
+        """Push the latencies recorded since the last push now (with `metrics_name` set);
+        it does not wait on the metrics actor, so it is safe on the event loop."""
+        return self.core.push_latency()
 
     async def hello(self, actor: str) -> dict[str, Any]:
         return await self.call(actor, "sys.hello", {"client": f"python-asyncio {self.sid}"})
@@ -172,6 +183,7 @@ class AsyncClient:
         for c in self._conns.values():
             await c.close()
         self._conns.clear()
+        self.core.close()
         self.ctx.term()
 
     async def __aenter__(self) -> AsyncClient:

@@ -74,6 +74,7 @@ class Client:
         self.ctx = zmq.Context()
         self._conns: dict[str, _Conn] = {}
         self._subs: set[Subscription] = set()
+        self.core.start_pusher(self.ctx)
 
     @property
     def sid(self) -> str:
@@ -143,7 +144,7 @@ class Client:
                 reply = decode_reply(frames)
             except DecodeError as exc:
                 if exc.request_id == plan.id:  # ours, but unreadable: say so now
-                    return Done(error=MoorageError(exc.error, op=plan.op, actor=plan.actor))
+                    return plan.done(time.monotonic(), error=exc.error)
                 continue
             if reply.id != plan.id:
                 continue  # a late reply to an earlier attempt or call
@@ -152,6 +153,14 @@ class Client:
     def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         """One call; returns the reply body or raises MoorageError."""
         return self.request(actor, op, args, **kw).body
+
+    def latency_report(self) -> list[dict[str, Any]]:
+        """This client's end-to-end latency per (actor, op): see ClientCore.latency_report."""
+        return self.core.latency_report()
+
+    def push_latency(self) -> int:
+        """Push the latencies recorded since the last push now (with `metrics_name` set)."""
+        return self.core.push_latency()
 
     def hello(self, actor: str) -> dict[str, Any]:
         return self.call(actor, "sys.hello", {"client": f"python-sync {self.sid}"})
@@ -216,10 +225,11 @@ class Client:
                     i, p = entry
                     v = p.on_reply(reply, time.monotonic())
                     if isinstance(v, Resend):
-                        if isinstance(p.resend(time.monotonic()), Wait):
+                        # Resent at once: a pipeline does not hold one call back for a delay.
+                        v = p.resend(time.monotonic())
+                        if isinstance(v, Wait):
                             send_frames(conn.sock, p.frames)
                             continue
-                        v = Done(error=MoorageError(p.last_error))  # type: ignore[arg-type]
                     del plans[reply.id]  # type: ignore[arg-type]
                     results[i] = v.error if v.error is not None else v.reply.body
             except zmq.Again:
@@ -242,6 +252,7 @@ class Client:
         for c in self._conns.values():
             c.close()
         self._conns.clear()
+        self.core.close()
         self.ctx.term()
 
     def __enter__(self) -> Client:

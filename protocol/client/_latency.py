@@ -1,0 +1,222 @@
+"""End-to-end latency as a client sees it, kept per (actor, op), optionally pushed to metrics.
+
+A call's client time runs from the moment its plan is made to the moment it is over: the
+actor's service time plus both hops, the client's own encoding and decoding, waits in a queue
+while the actor restarted, and every retry. `LatencyBook` records one value per finished call
+(ok or error) on the calling thread, into a per-op `Recorder` (a counter increment: protocol/
+histogram.py explains why not an HDR histogram on the hot path).
+
+Pushing is opt-in (`ClientOptions.metrics_name`): a client that opts in also counts each call
+into a pending table, and a `LatencyPusher` thread takes that table once an interval and sends
+it to `metrics.in` in the same frames every actor pushes, under the actor name
+`client.<metrics_name>` and with op names `<actor>/<op>`, so the metrics actor keeps the client
+view of watcher's fs.read apart from its service view. The thread, not the call, folds and
+encodes the histograms and sends without blocking; the call pays one uncontended lock. A push
+that cannot be sent (metrics away, its queue full) goes back into the table and leaves with the
+next one. Opt-in because every name becomes keys in the metrics actor's bounded table: a short-
+lived client (a CLI command) would only add noise to it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from protocol import endpoints, limits
+from protocol.envelope import TAG, packb
+from protocol.histogram import Recorder, decode, summary
+
+MAX_OPS_PER_PUSH = 1000  # the metrics actor refuses a push with more (actors/metering/push.py)
+MAX_NAME = 100  # `client.<name>` must fit the push header's 128 characters
+SNDHWM = 100  # as actors' PUSH sockets: past this a push is kept and merged into the next
+CLOSE_LINGER_MS = 250  # how long closing may wait for the last push when metrics is away
+
+
+def pushed_op(actor: str, op: str) -> str:
+    """The op name a client's row carries in the metrics actor: `<actor>/<op>`, cut to the
+    wire's op-name limit (a longer one would get the whole push refused)."""
+    return f"{actor}/{op}"[: limits.MAX_OP_LEN]
+
+
+def check_metrics_name(name: Any) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or not name.isprintable():
+        raise ValueError(f"metrics_name must be a printable string of 1 to {MAX_NAME} "
+                         f"characters, not {name!r:.60}")
+    return name
+
+
+class _Pending:
+    __slots__ = ("error", "ok", "times")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.error = 0
+        self.times = Recorder()
+
+    def add(self, other: _Pending) -> None:
+        self.ok += other.ok
+        self.error += other.error
+        self.times.counts.update(other.times.counts)
+
+
+def _merge(into: dict[tuple[str, str], _Pending], src: dict[tuple[str, str], _Pending]) -> None:
+    for key, c in src.items():
+        mine = into.get(key)
+        if mine is None:
+            mine = into[key] = _Pending()
+        mine.add(c)
+
+
+class LatencyBook:
+    """Per (actor, op): every finished call's client time since the client was made.
+
+    A call is counted once, into `_recent`. Not pushing, that table is the whole record (its
+    recorders bounded as they grow). Pushing, the pusher's thread takes `_recent` each
+    interval, folds it into `_older` and sends it, so the call pays for one table and one
+    uncontended lock, and the thread for the rest; `report` adds the two up.
+    """
+
+    def __init__(self, pushing: bool = False) -> None:
+        self.pushing = pushing
+        self._recent: dict[tuple[str, str], _Pending] = {}
+        self._older: dict[tuple[str, str], _Pending] = {}  # taken by the pusher, pushing only
+        self._unsent: dict[tuple[str, str], _Pending] = {}  # taken, not sent: goes next time
+        self._lock = threading.Lock()
+
+    def record(self, actor: str, op: str, micros: int, ok: bool) -> None:
+        pushing = self.pushing
+        if pushing:
+            self._lock.acquire()
+        c = self._recent.get((actor, op))
+        if c is None:
+            c = self._recent[(actor, op)] = _Pending()
+        if ok:
+            c.ok += 1
+        else:
+            c.error += 1
+        c.times.record(micros)
+        if pushing:
+            self._lock.release()
+        elif len(c.times.counts) > c.times.limit:
+            c.times.bound()
+
+    def report(self) -> list[dict[str, Any]]:
+        """One row per (actor, op): {actor, op, ok, error, count, p50, p90, p99, p999, max},
+        latencies in microseconds, over the client's life."""
+        with self._lock:
+            total: dict[tuple[str, str], _Pending] = {}
+            _merge(total, self._older)
+            _merge(total, self._recent)
+        return [{"actor": actor, "op": op, "ok": c.ok, "error": c.error,
+                 **summary(c.times.histogram())} for (actor, op), c in sorted(total.items())]
+
+    def take(self) -> dict[tuple[str, str], _Pending]:
+        """What to push now: the calls since the last take, and what could not be sent
+        before. Only the pusher calls this; not pushing, there is nothing to take."""
+        if not self.pushing:
+            return {}
+        with self._lock:
+            recent, self._recent = self._recent, {}
+            _merge(self._older, recent)
+            for c in self._older.values():
+                if len(c.times.counts) > c.times.limit:
+                    c.times.bound()
+            unsent, self._unsent = self._unsent, {}
+        _merge(unsent, recent)
+        return unsent
+
+    def put_back(self, drained: dict[str, dict[str, Any]]) -> None:
+        """A push that could not be sent, kept (merged, so its size stays bounded by the
+        number of ops) for the next push; it is already in the lifetime record."""
+        with self._lock:
+            for name, d in drained.items():
+                actor, _, op = name.partition("/")  # pushed_op of (actor, op) is name again
+                p = self._unsent.get((actor, op))
+                if p is None:
+                    p = self._unsent[(actor, op)] = _Pending()
+                p.ok += d["ok"]
+                p.error += d["error"]
+                p.times.add_histogram(decode(d["hist"]))
+
+
+def encode_pending(taken: dict[tuple[str, str], _Pending]) -> Iterator[dict[str, dict]]:
+    """Push bodies `{<actor>/<op>: {ok, error, hist}}`, at most MAX_OPS_PER_PUSH ops each.
+    Two keys cut to the same name are merged rather than sent twice."""
+    merged: dict[str, _Pending] = {}
+    for (actor, op), c in taken.items():
+        name = pushed_op(actor, op)
+        m = merged.get(name)
+        if m is None:
+            merged[name] = c
+            continue
+        m.ok += c.ok
+        m.error += c.error
+        m.times.counts.update(c.times.counts)
+    body: dict[str, dict] = {}
+    for name, c in merged.items():
+        body[name] = {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()}
+        if len(body) == MAX_OPS_PER_PUSH:
+            yield body
+            body = {}
+    if body:
+        yield body
+
+
+class LatencyPusher:
+    """A daemon thread that pushes the book's pending table every `interval` seconds, and
+    once more when closed. It owns its PUSH socket; `push_now` and the thread share it under a
+    lock, so it is used by one thread at a time."""
+
+    def __init__(self, book: LatencyBook, ctx: zmq.Context, runtime_dir: Any, name: str,
+                 sid: str, interval: float) -> None:
+        if not interval > 0:
+            raise ValueError(f"metrics_interval must be > 0 seconds, not {interval!r}")
+        self.book = book
+        self.header = packb({"actor": f"client.{check_metrics_name(name)}", "pid": os.getpid(),
+                             "ep": sid})
+        self.interval = interval
+        self.sent = 0  # pushes handed to ZeroMQ
+        self.deferred = 0  # pushes kept for later because the queue was full
+        self._send_lock = threading.Lock()
+        self.sock = ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        self.sock.connect(endpoints.metrics_in(runtime_dir))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="moorage-latency-push",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.push_now()
+
+    def push_now(self) -> int:
+        """Send what is pending now; returns the number of messages sent (0: nothing pending,
+        or kept for the next push because the metrics actor is not taking them)."""
+        with self._send_lock:
+            if self.sock.closed:
+                return 0
+            sent = 0
+            for body in encode_pending(self.book.take()):
+                try:
+                    self.sock.send_multipart([TAG, self.header, packb(body)], zmq.NOBLOCK)
+                    sent += 1
+                except zmq.Again:
+                    self.deferred += 1
+                    self.book.put_back(body)
+            self.sent += sent
+            return sent
+
+    def close(self) -> None:
+        """Stop the thread, push the rest, close: the context's term waits up to
+        CLOSE_LINGER_MS for that last push to leave, and drops it after that."""
+        self._stop.set()
+        self._thread.join()
+        self.push_now()
+        with self._send_lock:
+            self.sock.close(CLOSE_LINGER_MS)

@@ -1,0 +1,246 @@
+"""The client's own view of latency: recorded once per call, reported per (actor, op), pushed
+to the metrics actor as `client.<name>`, and shown by `moorage metrics` beside service time.
+
+The pure parts (the book, the push bodies, bounded recorders) are fed values; the rest runs
+real actors, a real metrics actor and the real CLI, and waits for a reply showing the fact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from actors.metering.push import decode_push
+from protocol.client import AsyncClient, Client
+from protocol.client._latency import (
+    MAX_OPS_PER_PUSH,
+    LatencyBook,
+    check_metrics_name,
+    encode_pending,
+    pushed_op,
+)
+from protocol.envelope import TAG, packb
+from protocol.errors import MoorageError
+from protocol.histogram import MAX_DISTINCT, Recorder, summary
+from protocol.limits import MAX_OP_LEN
+
+pytestmark = pytest.mark.timeout(90)
+
+METRICS = "actors.metrics:MetricsActor"
+FAKE = "tests.fakes:FakeActor"
+
+TREE = """
+[supervisor]
+heartbeat = { interval_ms = 100, misses = 3 }
+[[children]]
+id = "metrics"
+start = "actors.metrics:MetricsActor"
+[[children]]
+id = "alpha"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def wait_for(probe: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    """Repeat `probe` (a round trip to an actor) until it answers something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout} s")
+
+
+def client_rows(c: Client, name: str) -> dict[str, dict[str, Any]]:
+    q = c.call("metrics", "metrics.query", {"actor": f"client.{name}"}, idempotent=True)
+    return {r["op"]: r for r in q["ops"]}
+
+
+# --- the book and the push bodies ------------------------------------------------------------
+
+
+def test_the_book_keeps_each_actor_and_op_apart_with_outcomes():
+    book = LatencyBook()
+    for v in (100, 200, 300):
+        book.record("watcher", "fs.read", v, ok=True)
+    book.record("watcher", "fs.read", 5000, ok=False)
+    book.record("parser", "sys.ping", 50, ok=True)
+    rows = {(r["actor"], r["op"]): r for r in book.report()}
+    read = rows[("watcher", "fs.read")]
+    assert (read["ok"], read["error"], read["count"]) == (3, 1, 4)
+    assert read["p50"] == 200 and read["max"] == pytest.approx(5000, rel=0.01)
+    assert rows[("parser", "sys.ping")]["count"] == 1
+    assert book.take() == {}  # not pushing: nothing pending
+
+
+def test_pending_calls_leave_once_and_an_unsent_push_comes_back_whole():
+    book = LatencyBook(pushing=True)
+    for i in range(50):
+        book.record("alpha", "fake.work", 100 + i, ok=i % 10 != 0)
+    bodies = list(encode_pending(book.take()))
+    assert len(bodies) == 1 and list(bodies[0]) == ["alpha/fake.work"]
+    assert (bodies[0]["alpha/fake.work"]["ok"], bodies[0]["alpha/fake.work"]["error"]) == (45, 5)
+    assert book.take() == {}
+    book.put_back(bodies[0])  # as when the metrics actor's queue is full
+    book.record("alpha", "fake.work", 100, ok=True)
+    again = list(encode_pending(book.take()))
+    assert (again[0]["alpha/fake.work"]["ok"], again[0]["alpha/fake.work"]["error"]) == (46, 5)
+    assert book.report()[0]["count"] == 51  # the lifetime view is not drained
+
+
+def test_push_bodies_pass_the_metrics_actors_own_decoder():
+    book = LatencyBook(pushing=True)
+    book.record("alpha", "fake.work", 120, ok=True)
+    book.record("alpha", "fake.fail", 90, ok=False)
+    body = next(encode_pending(book.take()))
+    push = decode_push([TAG, packb({"actor": "client.editor", "pid": 1, "ep": "s"}),
+                        packb(body)])
+    got = {s.op: (s.ok, s.error) for s in push.ops}
+    assert got == {"alpha/fake.work": (1, 0), "alpha/fake.fail": (0, 1)}
+
+
+def test_many_ops_are_split_into_pushes_the_metrics_actor_accepts():
+    book = LatencyBook(pushing=True)
+    for i in range(MAX_OPS_PER_PUSH + 5):
+        book.record("alpha", f"op.{i}", 10, ok=True)
+    bodies = list(encode_pending(book.take()))
+    assert [len(b) for b in bodies] == [MAX_OPS_PER_PUSH, 5]
+
+
+def test_long_names_are_cut_to_the_op_limit_and_merged_when_they_collide():
+    long_op = "x" * MAX_OP_LEN
+    assert len(pushed_op("alpha", long_op)) == MAX_OP_LEN
+    book = LatencyBook(pushing=True)
+    book.record("alpha", long_op + "a", 10, ok=True)
+    book.record("alpha", long_op + "b", 10, ok=False)
+    (body,) = encode_pending(book.take())
+    (entry,) = body.values()
+    assert (entry["ok"], entry["error"]) == (1, 1)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 101, "tab\there", 7, None])
+def test_a_bad_metrics_name_is_refused_when_the_client_is_made(name, runtime_dir):
+    with pytest.raises(ValueError):
+        check_metrics_name(name)
+    if name is not None:
+        with pytest.raises(ValueError):
+            Client(runtime_dir, metrics_name=name)
+
+
+def test_a_long_lived_recorder_stays_bounded_and_keeps_its_percentiles():
+    rng = random.Random(7)
+    bounded, exact = Recorder(), Recorder()
+    for _ in range(200_000):
+        v = int(rng.lognormvariate(8, 1.5))
+        bounded.record(v)
+        bounded.bound()
+        exact.record(v)
+    assert len(exact.counts) > MAX_DISTINCT
+    assert len(bounded.counts) <= 2 * MAX_DISTINCT
+    a, b = summary(bounded.histogram()), summary(exact.histogram())
+    assert a == b  # both are read at HDR precision, which the fold keeps
+
+
+# --- a real client against real actors -------------------------------------------------------
+
+
+def test_calls_are_recorded_once_each_with_retries_and_errors_counted(spawn_actor, client):
+    spawn_actor(FAKE, "alpha")
+    for _ in range(20):
+        client.call("alpha", "fake.work")
+    for _ in range(3):
+        with pytest.raises(MoorageError):
+            client.call("alpha", "fake.fail")
+    client.pipeline("alpha", [("sys.ping", None)] * 30)
+    rows = {(r["actor"], r["op"]): r for r in client.latency_report()}
+    assert rows[("alpha", "fake.work")]["ok"] == 20
+    assert (rows[("alpha", "fake.fail")]["ok"], rows[("alpha", "fake.fail")]["error"]) == (0, 3)
+    assert rows[("alpha", "sys.ping")]["count"] == 30
+    assert client.push_latency() == 0  # pushing is opt-in
+
+
+def test_a_pushing_client_shows_up_in_metrics_beside_the_service(spawn_actor, runtime_dir):
+    spawn_actor(FAKE, "alpha")
+    spawn_actor(METRICS, "metrics")
+    with Client(runtime_dir, timeout=10.0, metrics_name="editor",
+                metrics_interval=0.1) as c:
+        for _ in range(40):
+            c.call("alpha", "fake.work")
+        # No explicit push: the pusher's thread sends within an interval.
+        rows = wait_for(lambda: (r := client_rows(c, "editor")).get("alpha/fake.work")
+                        and r["alpha/fake.work"]["lifetime"]["count"] == 40 and r,
+                        "the client's pushed row")
+        own = {(r["actor"], r["op"]): r for r in c.latency_report()}
+        assert rows["alpha/fake.work"]["lifetime"]["p50"] == own[("alpha", "fake.work")]["p50"]
+        assert c.core.pusher is not None and c.core.pusher.deferred == 0
+
+
+def test_pushes_made_while_metrics_is_down_arrive_when_it_starts(spawn_actor, runtime_dir):
+    spawn_actor(FAKE, "alpha")
+    with Client(runtime_dir, timeout=10.0, metrics_name="late", metrics_interval=60) as c:
+        for _ in range(5):
+            c.call("alpha", "fake.work")
+        with pytest.raises(MoorageError):
+            c.call("alpha", "fake.fail")
+        assert c.push_latency() == 1  # queued on the socket: nobody listens yet
+        spawn_actor(METRICS, "metrics")
+        rows = wait_for(lambda: client_rows(c, "late"), "the queued push")
+        assert rows["alpha/fake.work"]["lifetime"]["ok"] == 5
+        assert rows["alpha/fake.fail"]["lifetime"]["error"] == 1
+
+
+def test_the_async_client_records_and_pushes_through_the_same_core(spawn_actor, runtime_dir):
+    spawn_actor(FAKE, "alpha")
+    spawn_actor(METRICS, "metrics")
+
+    async def main() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        async with AsyncClient(runtime_dir, timeout=10.0, metrics_name="async",
+                               metrics_interval=60) as ac:
+            await asyncio.gather(*(ac.call("alpha", "fake.work") for _ in range(25)))
+            assert ac.push_latency() == 1
+            deadline = time.monotonic() + 20
+            while True:  # until the metrics actor answers with the pushed row
+                q = await ac.call("metrics", "metrics.query", {"actor": "client.async"},
+                                  idempotent=True)
+                if q["ops"] or time.monotonic() > deadline:
+                    return ac.latency_report(), {r["op"]: r for r in q["ops"]}
+
+    report, rows = asyncio.run(main())
+    assert report[0]["count"] == 25
+    assert rows["alpha/fake.work"]["lifetime"]["count"] == 25
+
+
+def test_moorage_metrics_shows_service_and_client_time_side_by_side(make_tree):
+    tree = make_tree(TREE).start()
+    with Client(tree.runtime_dir, timeout=10.0, metrics_name="editor") as c:
+        for _ in range(30):
+            c.call("alpha", "fake.work")
+        c.push_latency()
+        wait_for(lambda: client_rows(c, "editor"), "the client's row")
+    # The actor pushes its service time about once a second.
+    wait_for(lambda: tree.call("metrics", "metrics.query",
+                               {"actor": "alpha", "op": "fake.work"})["ops"], "alpha's row")
+    out = tree.cli("metrics", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    (row,) = [r for r in doc["services"] if (r["actor"], r["op"]) == ("alpha", "fake.work")]
+    assert row["lifetime"]["count"] == 30 and row["lifetime"]["p99"] > 0
+    editor = row["clients"]["editor"]["lifetime"]
+    assert editor["count"] == 30 and editor["p50"] >= row["lifetime"]["p50"]
+    # The client's own metrics.query calls are pushed too.
+    assert {(c["client"], c["target_actor"], c["target_op"]) for c in doc["clients"]} == {
+        ("editor", "alpha", "fake.work"), ("editor", "metrics", "metrics.query")}
+
+    table = tree.cli("metrics", "fake.work")
+    assert table.returncode == 0, table.stderr
+    head, *lines = table.stdout.splitlines()
+    assert "CLIENT_P50us" in head and "CLIENT_P99us" in head
+    (line,) = [ln for ln in lines if ln.split()[:2] == ["alpha", "fake.work"]]
+    assert line.split()[-3:] == ["editor", str(editor["p50"]), str(editor["p99"])]
