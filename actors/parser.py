@@ -3,9 +3,9 @@
   op           args                          reply                            errors
   parse.open   {stream, nonce?, mode?,       {stream, offset, mode, opened,   bad_args
                 tokens?, text?, offset?}      options}
-  parse.feed   {stream, offset, data?},      {events, offset, mode, skipped,  bad_args,
-               the bytes as one raw           unparsed}                       message_too_large,
-               attachment (or as `data`)                                      stream_gap,
+  parse.feed   {stream, offset, data?,       {events, offset, mode, skipped,  bad_args,
+               create?}, the bytes as one     unparsed, buffered}             message_too_large,
+               raw attachment (or `data`)                                     stream_gap,
                                                                               stream_not_found,
                                                                               parse_error
   parse.reset  {stream}                      {stream, offset, mode, dropped}  stream_not_found
@@ -21,7 +21,9 @@ Streams belong to a client session: the key is (sid, stream), so two clients nev
 `open` is safe to repeat: the same options answer the open stream (`opened` false); other
 options are `bad_args` (close it first). `offset` there is where a new stream starts (a
 terminal reopening after a parser restart passes its scrollback offset); an open stream keeps
-its own. A feed to an unknown stream opens it with default options when its offset is 0.
+its own. A feed to an unknown stream opens it with default options when its offset is 0,
+unless the feed says `create: false` (a caller that opened the stream with options of its
+own, a nonce, wants `stream_not_found` when the stream was evicted, not a default stream).
 
 Offsets make a resent feed safe (`parse.feed` is idempotent): `offset` is the absolute stream
 offset of the data's first byte. Behind the stream's offset, the overlap was parsed already and
@@ -29,6 +31,9 @@ is skipped (`skipped` bytes; its events went out with the first reply); ahead of
 `stream_gap` with detail {expected}. The reply's `offset` is the stream's new offset: when it is
 short of the data's end (`unparsed` > 0), the per-feed event budget was spent and the caller
 sends the rest from there. `mode` is the recovery mode after the feed (RecoveryMode values).
+`buffered` is what the stream holds at its offset (a sequence cut by the data's end): a
+caller that moves the stream elsewhere (the terminal's in-process fallback) starts the new
+parser that many bytes earlier, so the cut sequence is not lost.
 
 Bounds, all from config (defaults in `Settings`): `max_streams` open streams in all, and
 `max_streams_per_session` per client; opening one more closes the least recently used stream
@@ -311,9 +316,10 @@ class ParserActor(Actor):
         return {"stream": stream, "offset": s.parser.offset, "mode": s.parser.mode.value,
                 "opened": opened, "options": options.to_wire()}
 
-    @op("parse.feed", args={"stream": str, "offset": int, "data": (bytes, None)},
-        idempotent=True)
-    def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None) -> dict:
+    @op("parse.feed", args={"stream": str, "offset": int, "data": (bytes, None),
+                            "create": (bool, True)}, idempotent=True)
+    def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None,
+                 create: bool) -> dict:
         """Parse the stream's next bytes; the events they complete."""
         if (0 if data is None else 1) + len(call.attachments) != 1:
             raise fail("bad_args", "parse.feed takes its bytes as exactly one raw attachment "
@@ -330,12 +336,13 @@ class ParserActor(Actor):
         s = self.table.get(call.sid, stream)
         if s is not None:
             self.table.touch(s)
-        elif offset == 0:
+        elif offset == 0 and create:
             s = self._open(call.sid, stream, self._options(None, "skip_invalid", False, False), 0)
         else:
             self.counts["not_found"] += 1
             raise fail("stream_not_found", f"no stream {stream!r:.80} in this session (a feed "
-                       "opens one only at offset 0)", detail={"stream": stream[:MAX_STREAM_NAME]})
+                       "opens one only at offset 0, and only with create)",
+                       detail={"stream": stream[:MAX_STREAM_NAME]})
         expected = s.parser.offset
         if offset > expected:
             self.counts["gaps"] += 1
@@ -350,7 +357,7 @@ class ParserActor(Actor):
         self.counts["events"] += len(events)
         return {"events": [e.to_wire() for e in events], "offset": s.parser.offset,
                 "mode": s.parser.mode.value, "skipped": skipped,
-                "unparsed": size - skipped - parsed}
+                "unparsed": size - skipped - parsed, "buffered": s.parser.buffered_bytes()}
 
     def _parse(self, s: Stream, data: bytes, start: int) -> list[Event]:
         """Feed data[start:] in slices until the event budget is spent; a library error

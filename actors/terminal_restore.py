@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -27,13 +28,45 @@ from actors.runtime import Call
 from actors.shell_integration import Launch, prepare
 from actors.termsession import Session
 from actors.vtparse import clean
-from protocol.errors import WireError
+from protocol.errors import WireError, fail
 
 if TYPE_CHECKING:
     from actors.runtime.loop import Timer
     from actors.terminal import TerminalActor
 
 MINIMAL_SHELL = "/bin/sh"
+
+
+def base_env(term: str, env: dict[str, Any] | None) -> dict[str, str]:
+    """This process's environment (without our nonces) with TERM and the caller's changes
+    (a None value unsets); bad_args for a name or value a process could not take."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_NONCE")}
+    out["TERM"] = term
+    for k, v in (env or {}).items():
+        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+            raise fail("bad_args", f"env: bad variable name {k!r}")
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, str) and "\0" not in v:
+            out[k] = v
+        else:
+            raise fail("bad_args", f"env: {k} must be a string without NUL, or nil")
+    return out
+
+
+def candidates(asked: str | None, shells: list[str],
+               default_shell: str) -> list[tuple[str, str | None]]:
+    """(name asked for, resolved path or None) in the order of seed 2.2, each path once."""
+    names = ([asked] if asked else []) + shells + [default_shell]
+    out: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    for name in names:
+        path = shutil.which(name)
+        key = path or name
+        if key not in seen:
+            seen.add(key)
+            out.append((name, path))
+    return out
 
 
 class Creation:
@@ -43,7 +76,7 @@ class Creation:
         self.sid = sid
         self.spec = spec
         self.call = call
-        self.queue = actor.candidates(spec.get("shell"))
+        self.queue = candidates(spec.get("shell"), actor.shells, actor.default_shell)
         self.asked = spec.get("shell")
         self.attempts: list[dict[str, Any]] = []
         self.minimal_tried = False
@@ -59,7 +92,7 @@ class Creation:
                 self.attempts.append({"shell": name, "error": "not found"})
                 continue
             args = self.spec["args"] if self.asked and name == self.asked else []
-            self._try(path, args, self.a.base_env(self.spec.get("env")), minimal=False)
+            self._try(path, args, base_env(self.a.term, self.spec.get("env")), minimal=False)
             return
         if not self.minimal_tried:
             self.minimal_tried = True
@@ -203,7 +236,7 @@ def reconcile(a: TerminalActor, entries: list[dict[str, Any]]) -> None:
                               "recreated": 0})
         logger.info("session {} restored: pid {}, output from {}", sid, s.pid, e["base"])
     for sid in [sid for sid in a.sessions if sid not in held]:
-        a.sessions.pop(sid).abort(WireError.of("shell_exited", "the pty keeper lost it"))
+        a.sessions.pop(sid).close(WireError.of("shell_exited", "the pty keeper lost it"))
     lost = [sid for sid in a.specs.specs if sid not in held]
     if not lost:
         return

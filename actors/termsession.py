@@ -3,7 +3,12 @@ command being run in it. The actor (actors/terminal.py) owns the sockets; this m
 
 Output arrives from the keeper with absolute offsets. A byte at an offset already seen is a
 repeat (the keeper resends what was not acknowledged when the actor restarts) and is dropped
-here; new bytes go to the scrollback, out on `term.out.<id>`, and through the parser.
+here; new bytes go to the scrollback, out on `term.out.<id>`, and to the session's parser hop
+(actors/term/parsehop.py: the parser actor, or the library in this process). Its markers come
+back in stream order with their offsets; one that starts before the end of the last marker
+applied is one a new parser found again after a switch, and is dropped, so no marker counts
+twice. A marker from before the command was sent never completes it (with the parser actor,
+markers may arrive after the next command was written).
 
 How a command completes, by the session's mode (seed 2.1: the fallback chain):
   integration     the command is sent (a multi-line one as one bracketed paste); the exec
@@ -23,19 +28,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from actors.runtime import Call
+from actors.term.parsehop import ParseHop
+from actors.term.scrollback import Scrollback
 from actors.vtparse import (
     CommandFinished,
     CommandLine,
     Cwd,
+    Event,
     OutputStart,
-    Parser,
     PromptEnd,
     PromptStart,
     clean,
@@ -49,54 +55,6 @@ MODES = ("integration", "no_integration", "raw_output")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
 # zsh's PROMPT_SP: after a command, the end-of-line mark, spaces to the margin, "\r \r"
 _ZSH_PROMPT_SP = re.compile(r"[%#]? *\r \r$")
-
-
-class Scrollback:
-    """At least the last `cap` bytes of a stream, addressed by absolute offset; kept as the
-    chunks that arrived (no copy on append, whole chunks dropped from the front)."""
-
-    def __init__(self, cap: int, base: int = 0) -> None:
-        self.cap = cap
-        self.base = base
-        self.chunks: deque[bytes] = deque()
-        self.size = 0
-
-    @property
-    def end(self) -> int:
-        return self.base + self.size
-
-    def append(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-        if self.size - len(self.chunks[0]) >= self.cap:
-            self.trim(self.cap)
-
-    def trim(self, keep: int) -> int:
-        """Drop whole chunks from the front while at least `keep` bytes remain."""
-        dropped = 0
-        while self.chunks and self.size - len(self.chunks[0]) >= keep:
-            n = len(self.chunks.popleft())
-            self.size -= n
-            self.base += n
-            dropped += n
-        return dropped
-
-    def get(self, start: int, end: int) -> bytes:
-        start = max(start, self.base)
-        end = min(end, self.end)
-        if end <= start:
-            return b""
-        parts = []
-        pos = self.end
-        for chunk in reversed(self.chunks):  # the end is what is asked for most
-            cstart = pos - len(chunk)
-            if cstart < end:
-                parts.append(chunk[max(0, start - cstart) : end - cstart])
-            pos = cstart
-            if pos <= start:
-                break
-        parts.reverse()
-        return b"".join(parts)
 
 
 @dataclass
@@ -132,7 +90,8 @@ class Session:
         self.hold_acks = False  # restarted: waiting for the output's subscribers to return
         self.replay_until = replay_until  # bytes before this were seen by our predecessor
         self.scroll = Scrollback(host.scrollback_bytes, base)
-        self.parser: Parser | None = Parser(nonce=self.nonce, offset=base)
+        self.marker_end = base  # end of the last marker applied
+        self.repeated_markers = 0  # found again by a parser that took over, dropped
         self.state = "starting"  # starting | prompt | running | exited
         self.exec: Exec | None = None
         self.exited: dict[str, Any] | None = None
@@ -146,6 +105,9 @@ class Session:
         self._quiet_from = 0.0  # monotonic: quiet counts from here or the last output
         self.last_prompt_at = -1  # offset of the last trusted prompt start
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
+        self._via = "local"  # the parser whose markers are being applied
+        self.hop = ParseHop(host.parse_link, sid, self.nonce, base, self._apply,
+                            host.acks_ready, local_until=replay_until)
 
     # --- output ---------------------------------------------------------------------------------
 
@@ -161,26 +123,28 @@ class Session:
             # The keeper never skips; if it ever did, say so and carry on from there.
             logger.error("session {}: output jumps from {} to {}", self.id, self.offset, off)
             self.scroll = Scrollback(self.scroll.cap, off)
-            self.parser = Parser(nonce=self.nonce, offset=off) if self.parser else None
+            self.marker_end = off
+            self.hop.restart_at(off)
         self.offset = end
         self.scroll.append(data)
         self.last_output = time.monotonic()
-        replay = off < self.replay_until
-        self._parse(data, replay)  # first: a command that ends here is answered sooner
-        self.host.publish_output(self, off, data, replay)
+        self.hop.take(data)  # first: a command that ends here is answered sooner
+        self.host.publish_output(self, off, data, off < self.replay_until)
         return True
 
-    def _parse(self, data: bytes, replay: bool) -> None:
-        if self.parser is None:
-            return
-        try:
-            events = self.parser.feed(data)
-        except Exception:  # vtparse promises never to raise; if it does, stop parsing
-            logger.exception("session {}: parser failed; raw output mode", self.id)
-            self.parser = None
+    def _apply(self, events: list[Event], via: str) -> None:
+        """Markers from the parser hop, in stream order (`via`: actor, local; raw when
+        nothing can parse any more)."""
+        if via == "raw":
             self.set_mode("raw_output")
             return
+        self._via = via
         for ev in events:
+            if ev.start < self.marker_end:
+                self.repeated_markers += 1
+                continue
+            self.marker_end = ev.end
+            replay = ev.start < self.replay_until
             trusted = getattr(ev, "trusted", False)
             if not trusted:
                 if isinstance(ev, (CommandFinished, OutputStart, PromptStart, CommandLine)):
@@ -208,10 +172,16 @@ class Session:
         for cb in callbacks:
             cb()
 
+    def _exec_at(self, at: int) -> Exec | None:
+        """The exec a marker at `at` belongs to: none if it came before the command was
+        sent (the parser actor's markers can arrive after the next command went out)."""
+        ex = self.exec
+        return ex if ex is not None and at >= ex.sent_off else None
+
     def _on_output_start(self, at: int, replay: bool) -> None:
         self.state = "running"
         self.command_start = (at, time.time())
-        ex = self.exec
+        ex = self._exec_at(at)
         if ex is not None and ex.mode == "integration" and ex.out_start is None:
             ex.out_start = at
         if not replay:
@@ -225,7 +195,7 @@ class Session:
     def _publish_start(self) -> None:
         record, self._start_record = self._start_record, None
         assert record is not None
-        ex = self.exec
+        ex = self._exec_at(record["offset"])
         record["command"] = self.command_line or (ex.command if ex is not None else None)
         self.host.publish_command(self, record)
 
@@ -235,7 +205,7 @@ class Session:
             self._publish_start()
         self.state = "prompt"
         self.command_start = None
-        ex = self.exec
+        ex = self._exec_at(at)
         if not replay and start is not None:
             command = self.command_line or (ex.command if ex is not None else None)
             self.host.publish_command(self, {
@@ -245,7 +215,7 @@ class Session:
         self.command_line = None
         if ex is not None and ex.mode == "integration":
             begin = ex.out_start if ex.out_start is not None else ex.sent_off
-            self._complete(exit_code, self._text(begin, at))
+            self._complete(exit_code, self._text(begin, at), self._via)
 
     # --- time: one sweep for every deadline, no timer per command ---------------------------
     # (a cancelled loop timer stays queued, with what it refers to, until it is due)
@@ -288,7 +258,7 @@ class Session:
 
     def start_exec(self, call: Call, command: str, timeout_s: float) -> None:
         mode = self.mode if self.host.integration_allowed() else "no_integration"
-        if mode == "integration" and self.parser is None:
+        if mode == "integration" and self.hop.via is None:
             mode = "raw_output"
         data = command.encode()
         if mode == "integration" and b"\n" in data:
@@ -355,7 +325,8 @@ class Session:
             text = "[output truncated]\n" + text
         return text
 
-    def _complete(self, exit_code: int | None, output: str) -> None:
+    def _complete(self, exit_code: int | None, output: str,
+                  parser: str | None = None) -> None:
         ex = self.exec
         if ex is None or ex.done:
             return
@@ -367,8 +338,8 @@ class Session:
             "session": self.id, "exit_code": exit_code, "output": output, "cwd": self.cwd,
             "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
             "mode": ex.mode, "trusted": ex.mode == "integration",
+            "parser": parser if ex.mode == "integration" else self.hop.via,
         })
-        _release(ex.call)
 
     def _fail(self, err: WireError) -> None:
         ex = self.exec
@@ -377,7 +348,6 @@ class Session:
         ex.done = True
         self.exec = None
         ex.call.fail(err)
-        _release(ex.call)
 
     def on_exit(self, info: dict[str, Any]) -> None:
         """The shell is gone (all its output has arrived before this)."""
@@ -393,9 +363,18 @@ class Session:
             cb()
 
     def abort(self, err: WireError) -> None:
-        """The session is going away (closed, or the keeper is gone)."""
+        """The command in flight fails (the session is closed, or the keeper is gone)."""
         self._fail(err)
         self.on_quiet = []
+
+    def parse_lags(self) -> bool:
+        """Too much output waits for the parser: hold the keeper's acks (backpressure)."""
+        return self.hop.lag() > self.host.parse_link.lag_bytes
+
+    def close(self, err: WireError) -> None:
+        """The session is gone for good: its command fails, its parser stream closes."""
+        self.abort(err)
+        self.hop.close()
 
     def set_mode(self, mode: str) -> None:
         if mode != self.mode:
@@ -410,20 +389,8 @@ class Session:
             "cols": self.cols, "rows": self.rows, "offset": self.offset,
             "scrollback_from": self.scroll.base, "exited": self.exited,
             "busy": self.exec is not None, "untrusted_markers": self.untrusted,
+            "parser": self.hop.via, "repeated_markers": self.repeated_markers,
         }
-
-
-def _release(call: Call) -> None:
-    """Workaround until the runtime's Timer.cancel drops its callback: the runtime's guard
-    timer of a deferred call stays in the loop's heap until the call's deadline (a minute),
-    and its closure holds the Call and the request. Answered, it needs neither."""
-    timer = getattr(call, "_timer", None)
-    if timer is not None and timer.cancelled:
-        timer.fn = _noop
-
-
-def _noop() -> None:
-    pass
 
 
 def _cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:

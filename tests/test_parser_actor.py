@@ -209,6 +209,27 @@ def test_a_feed_to_an_unknown_stream_opens_it_at_offset_zero_only(parser, client
     assert (state["stream"], state["offset"], state["mode"]) == ("new", 8, "skip_invalid")
 
 
+def test_a_feed_with_create_false_never_opens_a_default_stream(parser, client):
+    err = error(client.request, "parser", "parse.feed",
+                {"stream": "mine", "offset": 0, "create": False}, attachments=[A])
+    assert err.name == "stream_not_found"
+    assert client.call("parser", "parse.list")["streams"] == []
+
+
+def test_a_feed_says_how_many_bytes_of_a_cut_sequence_the_stream_holds(parser, client):
+    client.call("parser", "parse.open", {"stream": "s", "nonce": "N0NCE"})
+    first = feed(client, "s", 0, b"text" + b"\x1b]633;D;0;N0")
+    assert (first["events"], first["offset"], first["buffered"]) == ([], 16, 12)
+    # a new parser started that many bytes earlier (at the ESC) finds the marker whole
+    local = Parser(nonce="N0NCE", offset=16 - first["buffered"])
+    [done] = local.feed(b"\x1b]633;D;0;N0" + b"NCE\x07")
+    second = feed(client, "s", 16, b"NCE\x07")
+    [marker] = second["events"]
+    assert (marker["kind"], marker["start"], marker["exit_code"], marker["trusted"]) == \
+        ("command_finished", done.start, 0, True)
+    assert second["buffered"] == 0
+
+
 def test_streams_belong_to_the_client_session_that_opened_them(parser, client, runtime_dir):
     feed(client, "s", 0, A)
     with Client(runtime_dir, sid="another-session", timeout=10.0) as other:
@@ -397,7 +418,7 @@ def test_the_raw_passthrough_fallback_parses_nothing_and_every_reply_says_so(spa
     assert opened["options"]["policy"] == "raw_passthrough"
     reply = feed(client, "s", 0, A + B)
     assert reply == {"events": [], "offset": 16, "mode": "raw_passthrough", "skipped": 0,
-                     "unparsed": 0}
+                     "unparsed": 0, "buffered": 0}
     assert feed(client, "auto", 0, A)["mode"] == "raw_passthrough"
     assert client.call("parser", "sys.info")["fallback"] == "raw_passthrough"
 

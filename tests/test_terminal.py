@@ -69,6 +69,7 @@ def term_config() -> dict:
 
 @pytest.fixture
 def term(spawn_actor, client, tmp_path, term_config):
+    spawn_actor("actors.parser:ParserActor", "parser")
     spawn_actor("actors.ptykeeper:PtyKeeper", "ptykeeper")
     spawn_actor("actors.terminal:TerminalActor", "terminal", **term_config)
     t = Term(client, make_home(tmp_path))

@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from protocol.envelope import StreamMessage
-from tests.terminal_support import Commands, RawOutput, env_for, make_home
+from tests.terminal_support import Commands, Output, RawOutput, env_for, make_home
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,6 +23,10 @@ backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
 [[children]]
 id = "metrics"
 start = "actors.metrics:MetricsActor"
+
+[[children]]
+id = "parser"
+start = "actors.parser:ParserActor"
 
 [[children]]
 id = "terminals"
@@ -159,3 +163,28 @@ def test_a_dead_keepers_sessions_are_reported_alerted_and_started_again_once(mak
     assert gather("gone")["gone"]["session"] == sid
     assert c.call("terminal", "term.list")["sessions"] == []
     events.close()
+
+
+def test_a_subscriber_sees_a_terminal_restart_as_a_new_epoch_and_loses_no_byte(make_tree,
+                                                                              tmp_path):
+    """Through the client's own Subscription: a seq belongs to one publisher's life, so the
+    restart shows as a Reset (a new epoch, seqs from 1), never as a Loss; the successor
+    republishes the keeper's tail and the bytes, put together by offset, are whole."""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                 timeout=30)["session"]
+    out = Output(c, sid)
+    c.call("terminal", "term.write", {"session": sid,
+                                      "data": f"seq 1 {LINES}; echo seq-''done\r"})
+    out.until(lambda d: len(d) > 500_000)
+    os.kill(tree.child("terminal")["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "terminal")
+    data = out.until(lambda d: b"seq-done\r\n" in d, timeout=120)
+    assert expected_seq(LINES) in data  # the collector fails on a gap or a differing repeat
+    assert data.count(b"\r\n%d\r\n" % (LINES // 2)) == 1
+    assert out.resets >= 1 and out.losses == [] and out.repeated > 0
+    (listed,) = c.call("terminal", "term.list")["sessions"]
+    assert len(out.until(lambda d: len(d) >= listed["offset"])) == listed["offset"]
+    out.close()

@@ -1,0 +1,60 @@
+"""What each session was created from, kept on disk for a successor, and signal names."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from loguru import logger
+
+from protocol.errors import fail
+
+
+class SpecStore:
+    """What each session was created from, on disk, for a successor (msgpack, 0600): a
+    terminal actor that finds a session here that the keeper no longer holds knows that the
+    keeper died with it, and starts it again from this."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.specs: dict[str, dict[str, Any]] = {}
+        try:
+            loaded = msgpack.unpackb(path.read_bytes())
+            if isinstance(loaded, dict):
+                self.specs = loaded
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            logger.warning("session records {} unreadable, ignored: {}", path, exc)
+
+    def put(self, sid: str, spec: dict[str, Any]) -> None:
+        self.specs[sid] = spec
+        self._save()
+
+    def drop(self, sid: str) -> None:
+        if self.specs.pop(sid, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgpack.packb(self.specs, use_bin_type=True))
+        os.replace(tmp, self.path)
+
+
+def parse_signal(value: str | int) -> int:
+    """A signal by number or name (`INT`, `SIGINT`); bad_args for one that does not exist."""
+    if isinstance(value, int):
+        if value in {s.value for s in signal.Signals}:
+            return value
+        raise fail("bad_args", f"no signal number {value}")
+    name = value.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    try:
+        return signal.Signals[name].value
+    except KeyError:
+        raise fail("bad_args", f"no signal named {value!r}") from None

@@ -1,0 +1,179 @@
+"""The terminal's parser hop in a real tree: output goes to the parser actor and its markers
+complete the commands; with the parser actor down or killed the terminal parses in-process
+and comes back to the actor when it is up again; no marker counts twice across a switch."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from protocol.client import Client
+from protocol.errors import MoorageError
+from tests.terminal_support import Commands, Output, env_for, make_home
+
+pytestmark = pytest.mark.timeout(180)
+
+TREE = """
+[supervisor]
+heartbeat = { interval_ms = 200, misses = 5 }
+backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
+
+[[children]]
+id = "metrics"
+start = "actors.metrics:MetricsActor"
+
+[[children]]
+id = "parser"
+start = "actors.parser:ParserActor"
+essential = false
+
+[[children]]
+id = "terminals"
+type = "supervisor"
+strategy = "rest_for_one"
+
+[[children.children]]
+id = "ptykeeper"
+start = "actors.ptykeeper:PtyKeeper"
+shutdown_ms = 5000
+
+[[children.children]]
+id = "terminal"
+start = "actors.terminal:TerminalActor"
+shutdown_ms = 3000
+
+[actor.terminal]
+shells = ["bash"]
+parse_timeout_ms = 500
+parse_retry_ms = 200
+parse_retry_max_ms = 400
+"""
+
+
+class Session:
+    """A bash session in the tree and every command run in it, to check the records."""
+
+    def __init__(self, tree: Any, tmp_path: Any) -> None:
+        self.c = tree.client
+        self.home = make_home(tmp_path)
+        self.sid = self.c.call("terminal", "term.create",
+                               {"shell": "bash", "env": env_for(self.home)},
+                               timeout=30)["session"]
+        self.cmds = Commands(self.c, self.sid)
+        self.codes: list[int] = []
+
+    def exec(self, n: int) -> dict:
+        """`echo n` with exit code n % 7, checked; the reply."""
+        r = self.c.call("terminal", "term.exec", {"session": self.sid,
+                                                  "command": f"echo n{n}; (exit {n % 7})"},
+                        timeout=30)
+        assert (r["exit_code"], r["output"], r["mode"]) == (n % 7, f"n{n}", "integration"), r
+        self.codes.append(n % 7)
+        return r
+
+    def until_parser(self, via: str, first: int, limit: int = 400) -> int:
+        """Run commands until one is served by `via`; returns the next command number."""
+        for n in range(first, first + limit):
+            if self.exec(n)["parser"] == via:
+                return n + 1
+        raise AssertionError(f"no command served by the {via} parser in {limit}")
+
+    def check_records(self) -> None:
+        """One end record per command, with its exit code: no marker was applied twice
+        (a doubled D would end a command early, or end one twice)."""
+        ends = [self.cmds.next_event("end")["exit_code"] for _ in self.codes]
+        assert ends == self.codes
+        (listed,) = self.c.call("terminal", "term.list")["sessions"]
+        assert listed["untrusted_markers"] == 0
+        self.cmds.close()
+
+
+def test_commands_complete_through_the_parser_actor(make_tree, tmp_path):
+    tree = make_tree(TREE).start()
+    s = Session(tree, tmp_path)
+    before = tree.call("parser", "parse.stats")["feeds"]
+    for n in range(5):
+        assert s.exec(n)["parser"] == "actor"
+    assert tree.call("parser", "parse.stats")["feeds"] > before
+    parse = tree.call("terminal", "sys.info")["parse"]
+    assert parse["mode"] == "actor" and parse["breaker"] == "closed"
+    assert parse.get("to_local", 0) == 0 and parse["actor_events"] > 0
+    s.check_records()
+
+
+def test_parse_local_in_config_keeps_the_parser_actor_out(make_tree, tmp_path):
+    tree = make_tree(TREE + 'parse = "local"\n').start()
+    s = Session(tree, tmp_path)
+    for n in range(3):
+        assert s.exec(n)["parser"] == "local"
+    assert tree.call("parser", "parse.stats")["feeds"] == 0
+    assert tree.call("terminal", "sys.info")["parse"]["mode"] == "local"
+    s.check_records()
+
+
+def test_a_parser_actor_that_is_down_leaves_parsing_local_until_it_is_back(make_tree,
+                                                                           tmp_path):
+    tree = make_tree(TREE).start()
+    s = Session(tree, tmp_path)
+    assert s.exec(0)["parser"] == "actor"
+    assert tree.call("supervisor", "sup.shed", {"on": True})["shed"] == ["parser"]
+    tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "parser")
+    for n in range(1, 6):  # the first waits for its feed's timeout, the others not at all
+        assert s.exec(n)["parser"] == "local"
+    info = tree.call("terminal", "sys.info")["parse"]
+    assert info["breaker"] != "closed" and info["to_local"] >= 1
+    tree.call("supervisor", "sup.shed", {"on": False})
+    tree.wait_event(lambda e: e["event"] == "started" and e["child"] == "parser")
+    n = s.until_parser("actor", 6)
+    for m in range(n, n + 3):  # and it stays there
+        assert s.exec(m)["parser"] == "actor"
+    assert tree.call("terminal", "sys.info")["parse"]["breaker"] == "closed"
+    s.check_records()
+
+
+def test_sigkill_of_the_parser_during_output_loses_no_marker_and_doubles_none(make_tree,
+                                                                              tmp_path):
+    tree = make_tree(TREE).start()
+    s = Session(tree, tmp_path)
+    assert s.exec(0)["parser"] == "actor"
+    out = Output(s.c, s.sid)
+    go = s.home / "go"
+    go.write_text("")
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        with Client(s.c.runtime_dir, timeout=120.0) as c:
+            try:
+                box["reply"] = c.call("terminal", "term.exec", {
+                    "session": s.sid,
+                    "command": "while [ -e ~/go ]; do seq 1 2000; done; echo tail-end; (exit 3)"})
+            except MoorageError as exc:
+                box["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        out.until(lambda d: len(d) > 300_000)
+        victim = tree.child("parser")["pid"]
+        tree.call("supervisor", "sup.kill", {"child": "parser", "signal": "SIGKILL"})
+        ev = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "parser")
+        assert ev["pid"] != victim
+        seen = len(out.data)
+        out.until(lambda d: len(d) > seen + 2_000_000)  # output went on over the switches
+    finally:
+        go.unlink()
+        t.join(120)
+        out.close()
+    assert "error" not in box, box.get("error")
+    r = box["reply"]
+    assert r["exit_code"] == 3 and r["output"].endswith("2000\ntail-end"), r["output"][-200:]
+    s.codes.append(3)
+    n = s.until_parser("actor", 1)  # back to the parser actor once it answers again
+    for m in range(n, n + 3):
+        assert s.exec(m)["parser"] == "actor"
+    parse = tree.call("terminal", "sys.info")["parse"]
+    # the hop saw the parser go: its stream was gone (reopened) or its feed unanswered (local)
+    assert parse.get("reopened", 0) + parse.get("to_local", 0) >= 1, parse
+    s.check_records()
