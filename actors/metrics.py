@@ -183,7 +183,7 @@ class MetricsActor(Actor):
                 self._evaluate(series)
 
     def _take_losses(self, actor: str, loss: dict[str, int]) -> None:
-        if not loss:
+        if not loss or actor not in self.actors:  # the actor bound (max_keys) holds here too
             return
         now = time.time()
         self.slo.add_loss(actor, loss, now)

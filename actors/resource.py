@@ -127,6 +127,8 @@ class ResourceActor(CriticalActions, Actor):
         self.override_file = OverrideFile(self.runtime_dir / f"{self.name}.quality") \
             if s.quality_file else None
         self._shed_pending = False
+        self._shed_replies = 0
+        self._status_asked_at = 0  # _shed_replies when the pending sup.status was sent
         self.shed_actors: list[str] = []
         self.outbound = Outbound(self)
         self.roles = Roles()
@@ -180,6 +182,7 @@ class ResourceActor(CriticalActions, Actor):
         self._roles_stale = False
         self._status_pending = True
         self._fresh_now, self._fresh_next = self._fresh_next, []
+        self._status_asked_at = self._shed_replies
         timeout = min(self.settings.status_timeout_s, max(0.05, self.settings.interval_s))
         self.outbound.call(self.settings.supervisor, "sup.status", timeout=timeout,
                            on_done=self._on_status)
@@ -188,7 +191,9 @@ class ResourceActor(CriticalActions, Actor):
         self._status_pending = False
         if reply is not None and isinstance(reply.body, dict):
             self.roles = roles_from_status(reply.body)
-            if not self._shed_pending:  # a restart of ours, or a shed by hand: adopt it
+            # A restart of ours, or a shed by hand: adopt it; but not from a status asked
+            # before our own last sup.shed was answered (it would undo what that did).
+            if not self._shed_pending and self._status_asked_at == self._shed_replies:
                 self.shedder.shed = bool(reply.body.get("shedding"))
                 # (a child still stopping is not `shed` in the status yet: keep what we knew)
                 self.shed_actors = sorted(self.roles.shed | set(self.shed_actors)) \

@@ -324,9 +324,9 @@ def test_a_disabled_shedder_never_sheds_and_a_bad_one_is_refused():
 def test_a_saved_override_loads_with_what_is_left_and_is_removed_when_cleared(tmp_path):
     f = OverrideFile(tmp_path / "resource.quality")
     assert f.load() is None
-    f.save(1, 60)
+    f.save(1, 3600)
     quality, left = f.load()
-    assert quality == 1 and 55 < left <= 60
+    assert quality == 1 and 3600 - 600 < left <= 3600  # the test's timeout bounds the drift
     f.save(2, 0)  # a duration of 0 removes the override
     assert not f.path.exists() and f.load() is None
 

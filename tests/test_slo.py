@@ -275,7 +275,8 @@ def test_a_push_header_carries_loss_counts_and_a_bad_one_is_refused_whole():
     header = {"actor": "w", "pid": 1, "ep": "e", "loss": {"replies_undelivered": 2}}
     assert decode_push([TAG, packb(header), packb({})]).loss == {"replies_undelivered": 2}
     assert decode_push([TAG, packb({**header, "loss": None}), packb({})]).loss == {}
-    for bad in ({"x": -1}, {"x": "1"}, [1], {"": 1}, {str(i): 1 for i in range(40)}):
+    for bad in ({"stream_lost": -1}, {"stream_lost": "1"}, [1], {"": 1},
+                {"made_up_counter": 1}, {str(i): 1 for i in range(40)}):
         with pytest.raises(BadPush):
             decode_push([TAG, packb({**header, "loss": bad}), packb({})])
 

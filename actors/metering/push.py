@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from actors.runtime.stats import LOSS_COUNTERS
 from protocol import limits
 from protocol.envelope import TAG, DecodeError, unpackb
 from protocol.histogram import DIGITS, HIGHEST_US, LOWEST_US, decode
@@ -142,8 +143,8 @@ def decode_loss(loss: Any) -> dict[str, int]:
     if type(loss) is not dict or len(loss) > MAX_LOSS_COUNTERS:
         raise BadPush(f"header.loss must be a map of at most {MAX_LOSS_COUNTERS} counters")
     for name, n in loss.items():
-        if type(name) is not str or not 0 < len(name) <= 64:
-            raise BadPush(f"header.loss: bad counter name {name!r:.40}")
+        if name not in LOSS_COUNTERS:  # a bounded set of names: the SLO record keeps each
+            raise BadPush(f"header.loss: unknown counter {name!r:.40}")
         _count(n, f"header.loss.{name}")
     return dict(loss)
 

@@ -38,6 +38,7 @@ class CriticalActions:
     recent_alerts: deque[dict[str, Any]]
     shed_actors: list[str]
     _shed_pending: bool
+    _shed_replies: int
     _shed_failing: int = 0  # failed sup.shed calls in a row
 
     # --- critical: runaway processes ------------------------------------------------------------
@@ -91,6 +92,7 @@ class CriticalActions:
 
         def done(reply: Reply | None, err: WireError | None) -> None:
             self._shed_pending = False
+            self._shed_replies += 1  # a sup.status asked before this is stale about shedding
             body = reply.body if reply is not None else None
             if err is not None or not isinstance(body, dict):
                 # Asked again next sample; alerted once per run of failures, counted each time.

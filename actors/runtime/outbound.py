@@ -4,8 +4,10 @@ An actor that needs another (the supervisor pinging its children, the terminal a
 parser) must keep serving while it waits, so a call here registers a callback and returns.
 One attempt per call; the caller decides about retries. A deadline given by the caller's own
 request is carried on, so the callee refuses work nobody waits for any more. A call that gets
-no reply in time is counted in the actor's `calls_unanswered` loss counter, except liveness
-probes (LIVENESS_OPS), whose silence is the very thing they look for.
+no reply in time is counted in the actor's `calls_unanswered` loss counter only when its
+caller says it gives data up then (`loses_data`): most callers keep what they sent and go on
+another way (the terminal parses in-process, a supervisor asks again, a probe's silence is
+its answer), and counting those would report losses that did not happen.
 
 A `fresh` call goes out on a socket of its own, connected just for it: a probe of an actor
 that has just restarted must not wait out the shared socket's reconnect back-off (up to
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from actors.runtime.actor import Actor
 
 OnDone = Callable[[Reply | None, WireError | None], None]
-LIVENESS_OPS = frozenset({"sys.heartbeat", "sys.hello", "sys.ping"})
 
 
 class Outbound:
@@ -76,9 +77,11 @@ class Outbound:
         on_done: OnDone,
         deadline_ms: int | None = None,
         fresh: bool = False,
+        loses_data: bool = False,
     ) -> int:
         """Send one request; `on_done(reply, None)` or `on_done(None, error)` runs exactly once.
-        `fresh`: on a socket of its own, connected now (see the module docstring)."""
+        `fresh`: on a socket of its own, connected now (see the module docstring).
+        `loses_data`: no reply in time means data is given up (counted as a loss)."""
         rid = next(self._ids)
         own = int((time.time() + timeout) * 1000)
         deadline = own if deadline_ms is None else min(own, deadline_ms)
@@ -88,7 +91,7 @@ class Outbound:
             entry = self._waiting.pop(rid, None)
             self._close_oneshot(rid)
             if entry is not None:
-                if op not in LIVENESS_OPS:
+                if loses_data:
                     self.actor.losses.add("calls_unanswered")
                 entry[0](None, WireError.of("timeout", f"{target}:{op}: no reply in {timeout}s"))
 

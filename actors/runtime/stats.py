@@ -69,8 +69,8 @@ LOSS_COUNTERS = {
     "replay_beyond_retention": "messages a subscriber that had seen part of a stream asked "
                                "`replay` for after retention had dropped them",
     "replies_undelivered": "replies an actor could not send (the caller was gone or full)",
-    "calls_unanswered": "calls between actors that got no reply in time (liveness probes "
-                        "excepted: their silence is what they look for)",
+    "calls_unanswered": "calls between actors that got no reply in time where the caller "
+                        "gave data up for it (Outbound.call(loses_data=True))",
 }
 
 
