@@ -149,6 +149,7 @@ def test_an_unreadable_record_is_set_aside_and_the_record_starts_afresh(tmp_path
     rec.store.add_ops("a", "b", 1, 0, {1: 1}, T0)
     rec.dirty = True
     rec.save(T0)
+    rec.flush()  # the write runs on its own thread
     assert rec.saves == 1 and load_state(path) is not None
 
 

@@ -321,7 +321,11 @@ def _bucket_from(row: Any) -> tuple[int, Figures]:
 
 def save_state(path: Path, state: Mapping[str, Any]) -> int:
     """Write `state` to `path` atomically and durably; returns the bytes written."""
-    data = packb(dict(state))
+    return write_state(path, packb(dict(state)))
+
+
+def write_state(path: Path, data: bytes) -> int:
+    """Write packed state to `path` atomically and durably (temp, fsync, rename, fsync dir)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
