@@ -29,6 +29,7 @@ class Child:
     spec: ChildSpec
     backoff: RestartBackoff
     heartbeat: Heartbeat
+    slot: int = 0  # its slot on the supervisor's beat board (actors.runtime.beat)
     state: ChildState = ChildState.STOPPED
     pid: int | None = None
     pidfd: int | None = None
@@ -105,9 +106,10 @@ class Child:
         }
 
 
-def new_child(spec: ChildSpec, owner: SupervisorSpec) -> Child:
+def new_child(spec: ChildSpec, owner: SupervisorSpec, slot: int = 0) -> Child:
     return Child(
         spec=spec,
         backoff=RestartBackoff(owner.backoff, owner.stable_after_s),
         heartbeat=Heartbeat(owner.heartbeat.misses),
+        slot=slot,
     )

@@ -135,16 +135,33 @@ class RestartBackoff:
 
 
 class Heartbeat:
-    """Missed-ping accounting for one child: `misses` pings in a row unanswered = hung."""
+    """Missed-beat accounting for one child: `misses` heartbeat ticks in a row without a sign
+    of life = hung. A sign of life is a turn of its loop since the last tick, or its loop
+    blocked in its wait, idle (actors.runtime.beat)."""
 
     def __init__(self, misses: int) -> None:
         self.misses = misses
         self.outstanding = 0
+        self.last_turn = 0
+
+    def observe(self, turn: int, idle: bool) -> bool:
+        """One heartbeat tick: `turn` as read from the child's slot; `idle`, its loop is
+        blocked in its wait with the wait not overdue, and the process is not stopped.
+        True when the child is now considered hung."""
+        if turn != self.last_turn or idle:
+            self.last_turn = turn
+            self.answered()
+        return self.sent()
 
     def sent(self) -> bool:
-        """A ping goes out; returns True when the child is now considered hung."""
+        """A tick (or a ping) goes out; returns True when the child is now considered hung."""
         self.outstanding += 1
         return self.outstanding > self.misses
 
     def answered(self) -> None:
         self.outstanding = 0
+
+    def reset(self) -> None:
+        """A new process of the child: nothing turned yet, nothing missed yet."""
+        self.outstanding = 0
+        self.last_turn = 0

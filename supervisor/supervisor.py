@@ -34,9 +34,12 @@ shed, unshed, stopping. A supervisor republishes its nested supervisors' events,
 terminal alerts. A child state `shed` is held stopped by `sup.shed` (not a failure).
 
 Deaths are seen at once: the zygote reaps on SIGCHLD and writes the exit status to the
-supervisor's socketpair, which the loop polls. Hangs are seen by `sys.heartbeat` probes that
-the child's own loop must answer: `heartbeat.misses` unanswered in a row and it is SIGKILLed
-and restarted.
+supervisor's socketpair, which the loop polls. Hangs are seen by beats (actors.runtime.beat):
+the child's own loop keeps its slot on a board shared through the zygote (it turned; it is
+blocked in its wait until a given time). Read every `heartbeat.interval_ms`, a child that
+neither turned nor waits idle (not stopped, its wait not overdue) for `heartbeat.misses` ticks
+in a row is SIGKILLed and restarted. No message is sent and no idle child is woken for it
+(`sys.heartbeat` stays an op, for clients that probe an actor themselves).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from typing import Any
 from loguru import logger
 
 from actors.runtime import Actor
+from actors.runtime.beat import stopped
 from actors.runtime.follow import Follow
 from actors.runtime.outbound import Outbound
 from protocol.errors import WireError
@@ -90,7 +94,10 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
         self.doc = doc
         self.zygote = zygote
         self.root = root
-        self.children: dict[str, Child] = {c.id: new_child(c, spec) for c in spec.children}
+        if len(spec.children) > zygote.beats.slots:
+            raise ValueError(f"{spec.id}: more than {zygote.beats.slots} children")
+        self.children: dict[str, Child] = {
+            c.id: new_child(c, spec, slot) for slot, c in enumerate(spec.children)}
         self.order = [c.id for c in spec.children]
         self.by_pid: dict[int, Child] = {}
         self.intensity = Intensity(spec.intensity, spec.period_s)
@@ -214,18 +221,20 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
         child.state = ChildState.STARTING
         child.stop_requested = False
         child.stop_stage = ""
-        child.heartbeat.answered()
+        child.heartbeat.reset()
+        self.zygote.beats.clear(child.slot)
         child.started_at = time.monotonic()
         config = self.overrides.spawn_config(child.id, dict(child.spec.config))
         if child.fallback is not None:
             config["fallback"] = child.fallback
+        beat = child.slot
         if child.spec.type == "supervisor":
             self.zygote.spawn(child.id, "supervisor", {
-                "id": child.id, "runtime_dir": str(self.runtime_dir), "doc": self.doc})
+                "id": child.id, "runtime_dir": str(self.runtime_dir), "doc": self.doc}, beat)
         else:
             self.zygote.spawn(child.id, "actor", {
                 "entry": child.spec.start, "name": child.id,
-                "runtime_dir": str(self.runtime_dir), "config": config})
+                "runtime_dir": str(self.runtime_dir), "config": config}, beat)
         gen = child.generation
         timeout = self.spec.start_timeout_ms / 1000
         child.timers.append(self.loop.call_later(timeout, lambda: self._start_timeout(child, gen)))
@@ -405,22 +414,16 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
     # --- heartbeats -------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        interval = self.spec.heartbeat.interval_ms / 1000
+        beats = self.zygote.beats
+        now = time.monotonic_ns()
         for child in self.children.values():
             if child.state is not ChildState.RUNNING:
                 continue
-            if child.heartbeat.sent():
+            turn, until = beats.read(child.slot)
+            idle = until >= now and turn == child.heartbeat.last_turn and (
+                child.pid is None or not stopped(child.pid))
+            if child.heartbeat.observe(turn, idle):
                 self._hung(child)
-                continue
-            gen = child.generation
-
-            def answered(reply: Any, err: WireError | None, child: Child = child,
-                         gen: int = gen) -> None:
-                if err is None and child.generation == gen:
-                    child.heartbeat.answered()
-
-            self.outbound.call(child.id, "sys.heartbeat", on_done=answered,
-                               timeout=interval * (child.heartbeat.misses + 1))
 
     def _hung(self, child: Child) -> None:
         misses = child.heartbeat.misses

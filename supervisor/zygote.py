@@ -10,16 +10,21 @@ Lifetimes, so that no orphan survives (parent death is a SIGKILL via PR_SET_PDEA
 and the zygote also exits when its command socket reaches EOF (the supervisor is gone).
 
 Messages (msgpack maps on a SOCK_SEQPACKET socketpair, one map per datagram):
-  supervisor -> zygote  {cmd: "spawn", child, kind, payload} | {cmd: "exit"}
+  supervisor -> zygote  {cmd: "spawn", child, kind, payload, beat?: slot}
+                        | {cmd: "exit"}
   zygote -> supervisor  {ev: "spawned", child, pid} | {ev: "spawn_failed", child, error}
                         {ev: "exited", pid, code, signal}
   child -> supervisor   {ev: "ready", pid}  (the child inherits the zygote's end)
+
+The supervisor's beat board (actors.runtime.beat) is created here, before the fork, so the
+zygote and every child share it; a child spawned with `beat` has its loop stamp that slot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import os
 import selectors
@@ -30,6 +35,8 @@ import traceback
 from collections.abc import Callable, Iterable
 
 import msgpack
+
+from actors.runtime.beat import BeatBoard, install
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -60,16 +67,20 @@ LAUNCHERS: dict[str, Launcher] = {}
 class ZygoteHandle:
     """The supervisor's side: send spawn requests, read events from `sock`."""
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, beats: BeatBoard) -> None:
         self.pid = pid
         self.sock = sock
+        self.beats = beats
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, child: str, kind: str, payload: dict) -> None:
-        self.sock.send(_encode({"cmd": "spawn", "child": child, "kind": kind,
-                                "payload": payload}))
+    def spawn(self, child: str, kind: str, payload: dict, beat: int | None = None) -> None:
+        """Fork `child`; with `beat` (a slot of `beats`) its loop beats there."""
+        msg = {"cmd": "spawn", "child": child, "kind": kind, "payload": payload}
+        if beat is not None:
+            msg["beat"] = beat
+        self.sock.send(_encode(msg))
 
     def read_events(self) -> list[dict]:
         out = []
@@ -94,6 +105,8 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> 
     """Fork the zygote. Must be called before this process starts any thread. `close_fds`
     are the supervisor's own (its instance lock) that children must not hold."""
     parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    beats = BeatBoard()
+    gc.freeze()  # shared with the zygote and its children from here: see _Zygote.__init__
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -103,7 +116,7 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> 
             for fd in close_fds:
                 os.close(fd)
             die_with_parent(parent)
-            _Zygote(zygote_end, list(preload)).run()
+            _Zygote(zygote_end, list(preload), beats).run()
         except BaseException:
             traceback.print_exc()
             code = 71
@@ -111,12 +124,13 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> 
             os._exit(code)
     zygote_end.close()
     parent_end.set_inheritable(False)
-    return ZygoteHandle(pid, parent_end)
+    return ZygoteHandle(pid, parent_end, beats)
 
 
 class _Zygote:
-    def __init__(self, sock: socket.socket, preload: list[str]) -> None:
+    def __init__(self, sock: socket.socket, preload: list[str], beats: BeatBoard) -> None:
         self.sock = sock
+        self.beats = beats
         self.children: set[int] = set()
         from actors.runtime.logs import install_handlers
 
@@ -126,6 +140,9 @@ class _Zygote:
                 importlib.import_module(module)
             except Exception as exc:  # the child will fail at start and be reported then
                 print(f"zygote: preload {module}: {exc}", file=sys.stderr)
+        # What the children inherit is never garbage: out of the collector's reach, a child's
+        # collections do not write to (and so copy) every shared page that holds an object.
+        gc.freeze()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -187,19 +204,30 @@ class _Zygote:
                        "error": f"unknown kind {msg['kind']!r}"})
             return
         me = os.getpid()
+        # The child's "ready" must not overtake our "spawned" on the shared socket (the
+        # supervisor knows the pid only from "spawned"): it waits for this pipe's EOF first.
+        told_r, told_w = os.pipe2(os.O_CLOEXEC)
         try:
             pid = os.fork()
         except OSError as exc:
+            os.close(told_r)
+            os.close(told_w)
             self.send({"ev": "spawn_failed", "child": msg["child"], "error": str(exc)})
             return
         if pid == 0:
-            self._become_child(me, launcher, msg["payload"])
+            os.close(told_w)
+            self._become_child(me, launcher, msg["payload"], msg.get("beat"), told_r)
+        os.close(told_r)
         self.children.add(pid)
         self.send({"ev": "spawned", "child": msg["child"], "pid": pid})
+        os.close(told_w)
 
-    def _become_child(self, zygote: int, launcher: Launcher, payload: dict) -> None:
+    def _become_child(self, zygote: int, launcher: Launcher, payload: dict,
+                      beat: int | None, told: int) -> None:
         code = 0
         try:
+            if beat is not None:
+                install(self.beats.beater(beat))
             signal.set_wakeup_fd(-1)
             os.close(self.wake_r)
             os.close(self.wake_w)
@@ -211,6 +239,8 @@ class _Zygote:
 
             def ready() -> None:
                 try:
+                    os.read(told, 1)  # EOF once the zygote has sent "spawned"
+                    os.close(told)
                     sock.send(_encode({"ev": "ready", "pid": os.getpid()}))
                 finally:
                     sock.close()

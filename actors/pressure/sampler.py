@@ -1,4 +1,4 @@
-"""One sample of the tree's processes with psutil: memory, CPU and role of each.
+"""One sample of the tree's processes: memory, CPU and role of each.
 
 Which processes: everything under the root supervisor (its pid comes from `sup.status`),
 found by parent pid (read from /proc/<pid>/stat). Process layout (supervisor.zygote): a
@@ -23,9 +23,15 @@ exited but is not reaped yet, whose children were reparented when it died). Ever
 `rescan_every` samples the whole map (and every name: a process may have exec'd) is read
 again, which bounds what a pid reused within one interval could get wrong.
 psutil.Process objects are kept between samples (a signal through one is refused if its pid
-was reused); CPU is the difference of their cpu_times between two samples.
+was reused); the figures themselves are read from /proc directly, through files kept open per
+process (a read of a kept /proc file is a fresh one; a process gone makes it fail, so a reused
+pid is never read as the old one): statm for RSS and stat for CPU time, the numbers psutil's
+memory_info and cpu_times give at about a third of the CPU (stat's own rss field is not used:
+the kernel's count there is approximate), and /proc/meminfo for the machine's (psutil's
+virtual_memory total and available). CPU is the difference of CPU
+times between two samples.
 
-Memory is RSS by default: cheap (statm, about 13 us), and conservative, because pages a
+Memory is RSS by default: cheap (statm, about 10 us), and conservative, because pages a
 zygote's children share are counted once per process. `pss` (smaps_rollup, about 350 us per
 process) counts each shared page once, for a budget that must be exact; it divides a shared
 page among every process on the machine that maps it, so the tree's PSS also moves when
@@ -34,6 +40,7 @@ unrelated processes (other Python interpreters) start or stop.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -45,6 +52,8 @@ from actors.pressure.levels import Reading
 
 GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
 METRICS = ("rss", "pss")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +142,68 @@ class Sample:
                 "cpu_percent": round(self.cpu_percent, 1), "memory_by_role": dict(by_role)}
 
 
+def _read(path: str, size: int = 4096) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _read_stat(pid: int) -> list[bytes]:
+    """/proc/<pid>/stat from the state field on (index 0 = field 3 of proc(5)). The comm
+    field may hold spaces and parentheses: the state follows the last ')'."""
+    data = _read(f"/proc/{pid}/stat")
+    return data[data.rindex(b")") + 2:].split()
+
+
 def _read_ppid(pid: int) -> int:
-    # The comm field may hold spaces and parentheses: the state and ppid follow the last ')'.
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    rest = data[data.rindex(b")") + 2:].split(b" ", 2)
-    return int(rest[1])
+    return int(_read_stat(pid)[1])
+
+
+class _ProcFiles:
+    """A process's statm and stat, kept open between samples; closed with the object (the
+    sampler forgets a process, or is itself dropped)."""
+
+    __slots__ = ("stat", "statm")
+
+    def __init__(self, pid: int) -> None:
+        self.statm = self.stat = -1
+        self.statm = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        self.stat = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+
+    def figures(self) -> tuple[int, float]:
+        """(RSS bytes, user + system CPU seconds), as psutil's memory_info().rss and
+        cpu_times() user + system have them. OSError once the process is gone."""
+        rss = int(os.pread(self.statm, 256, 0).split()[1]) * PAGE_SIZE
+        data = os.pread(self.stat, 4096, 0)
+        f = data[data.rindex(b")") + 2:].split()
+        return rss, float(f[11]) / CLOCK_TICKS + float(f[12]) / CLOCK_TICKS
+
+    def close(self) -> None:
+        for fd in (self.statm, self.stat):
+            if fd >= 0:
+                os.close(fd)
+        self.statm = self.stat = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def system_memory() -> tuple[int, int]:
+    """(total, available) bytes of the machine, as psutil.virtual_memory() has them."""
+    data = _read("/proc/meminfo", 16384)
+    mems = {}
+    for line in data.split(b"\n"):
+        if line.startswith((b"MemTotal:", b"MemFree:", b"MemAvailable:")):
+            name, value = line.split()[:2]
+            mems[name] = int(value) * 1024
+    avail = mems.get(b"MemAvailable:", 0)
+    if b"MemTotal:" not in mems or avail <= 0:
+        vm = psutil.virtual_memory()  # an old or odd kernel: psutil's estimate
+        return vm.total, vm.available
+    total = mems[b"MemTotal:"]
+    return total, mems[b"MemFree:"] if avail > total else avail
 
 
 class TreeSampler:
@@ -152,6 +217,7 @@ class TreeSampler:
         self.samples = 0
         self._ppid: dict[int, int] = {}  # every pid on the machine -> its parent
         self._procs: dict[int, psutil.Process] = {}  # the tree's, kept between samples
+        self._files: dict[int, _ProcFiles] = {}  # their /proc files, kept open too
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when)
         self._names: dict[int, str] = {}
 
@@ -185,12 +251,15 @@ class TreeSampler:
 
     def _forget(self, pid: int) -> None:
         self._procs.pop(pid, None)
+        files = self._files.pop(pid, None)
+        if files is not None:
+            files.close()
         self._cpu.pop(pid, None)
         self._names.pop(pid, None)
 
     def _measure(self, pid: int, now: float) -> tuple[int, int, float, str] | None:
-        # Two reads per process (statm, stat); the name once per process. psutil's oneshot
-        # and cpu_percent cost twice as much for the same numbers.
+        # Two reads per process (statm, stat); the psutil object and the name once per
+        # process.
         p = self._procs.get(pid)
         try:
             if p is None:
@@ -198,18 +267,19 @@ class TreeSampler:
             name = self._names.get(pid)
             if name is None:
                 name = self._names[pid] = p.name()
-            rss = p.memory_info().rss
-            t = p.cpu_times()
+            files = self._files.get(pid)
+            if files is None:
+                files = self._files[pid] = _ProcFiles(pid)
+            rss, total = files.figures()
             memory = rss
             if self.metric == "pss":
                 try:
                     memory = p.memory_full_info().pss
                 except psutil.AccessDenied:
                     pass
-        except GONE:
+        except (*GONE, OSError, ValueError, IndexError):
             self._forget(pid)
             return None
-        total = t.user + t.system
         prev = self._cpu.get(pid)
         self._cpu[pid] = (total, now)
         cpu = 100.0 * (total - prev[0]) / (now - prev[1]) if prev and now > prev[1] else 0.0
@@ -247,9 +317,9 @@ class TreeSampler:
             queue.extend((c, row) for c in kids)
         for pid in self._procs.keys() - seen:
             self._forget(pid)
-        vm = psutil.virtual_memory()
+        total, available = system_memory()
         cost = (time.thread_time_ns() - t0) // 1000
-        return Sample(rows, vm.total, vm.available, now, cost)
+        return Sample(rows, total, available, now, cost)
 
 
 def classify(pid: int, parent: ProcRow | None, roles: Roles) -> tuple[str, str]:

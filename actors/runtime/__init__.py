@@ -1,6 +1,7 @@
 """The actor runtime: what every moorage actor process is made of.
 
   loop         one event loop: zmq sockets, fds, timers, wake-ups from threads
+  beat         the liveness slot the loop keeps and its supervisor reads (hang detection)
   registry     `@op` declarations and argument checking
   actor        `Actor`: binds `<name>.rpc`/`<name>.pub`, the request path, built-in ops
   reply_cache  answers to retried (sid, id) pairs
