@@ -91,7 +91,8 @@ class SheddingOps:
         if c.state in (ChildState.RUNNING, ChildState.STARTING):
             self.jobs.append(("stop", c))  # after the job under way, like any stop
         elif c.state is ChildState.BACKOFF:
-            c.state = ChildState.SHED  # its pending restart will find it shed and skip it
+            # Its pending restart skips it (and still restarts the rest of its group).
+            c.state = ChildState.SHED
         elif c.state is not ChildState.STOPPING:
             return  # stopped or failed already: nothing to shed, nothing to bring back
         c.shed = True

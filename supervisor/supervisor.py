@@ -394,6 +394,8 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
             if self.shutting_down:
                 return
             for c in restart_group:
+                if c.shed:
+                    continue  # held down on purpose: not restarted, not counted
                 c.restarts += 1
                 self.jobs.append(("start", c))
             self._next_job()

@@ -120,6 +120,7 @@ def test_shed_stops_the_non_essential_children_of_the_whole_tree_and_brings_them
     m = ev.mark()
     tree.call("supervisor", "sup.kill", {"child": "inner"})
     ev.all({("restarted", "inner")}, m)
+    assert tree.child("extra")["restarts"] == 0  # and its group's restart does not count it
     # ... nor by its nested supervisor coming back: it is told to shed on its way up.
     m = ev.mark()
     tree.call("supervisor", "sup.kill", {"child": "group"})
