@@ -2,13 +2,17 @@
 bare pyzmq on the same frames in the same run: P1 alternates one raw and one client round
 trip, so both see the same machine (this one is shared and its latency drifts by 2x).
 
-    python -m perf.p1_p2_ipc [--n 20000]
+    python -m perf.p1_p2_ipc [--n 20000]      (or: python perf/p1_p2_ipc.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+if not __package__:  # run as a file: the repository root is what `-m` would have put first
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from perf._raw import RawEcho
 from perf._report import Report, Row, percentiles, plot_percentiles

@@ -52,6 +52,11 @@ class StreamMessage(NamedTuple):
     welcome: bool = False
 
 
+# Builds a NamedTuple from a tuple of all its fields without the generated __new__'s argument
+# handling: a decoded request or reply is made once per message.
+_new_tuple = tuple.__new__
+
+
 class DecodeError(MoorageError):
     """A frame that cannot be taken; `request_id` is set when the header was readable."""
 
@@ -93,19 +98,40 @@ def unpackb(data: bytes, max_len: int = limits.MAX_BODY_SIZE) -> Any:
         # ExtraData and FormatError are ValueError subclasses; UnicodeDecodeError (also one)
         # is invalid UTF-8 in a str.
         raise _decode_error("bad_request", f"undecodable msgpack: {exc}") from exc
-    if type(obj) in (list, dict) or isinstance(obj, msgpack.Timestamp):
+    if type(obj) not in SCALAR_TYPES:  # a container or a timestamp
         problem = shape_problem(obj)
         if problem:
             raise _decode_error("bad_request", problem)
     return obj
 
 
+# Types that are protocol values as they are: a container holding only these needs no walk.
+SCALAR_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def shape_problem(obj: Any) -> str | None:
     """Why `obj` is not a protocol value (too deep, a non-str map key, a timestamp), or None.
 
-    Iterative, so a hostile depth cannot exhaust the Python stack; flat bodies (the common
-    case) cost one pass over their values. Also applied to results before they are sent.
+    A flat map or array of scalars (most bodies and results) is settled in one pass with no
+    stack; anything else is walked iteratively, so a hostile depth cannot exhaust the Python
+    stack. Also applied to results before they are sent (tuples pack as arrays, dict
+    subclasses as maps: both are walked as such).
     """
+    t = type(obj)
+    if t is dict:
+        for k, v in obj.items():
+            if type(k) is not str or type(v) not in SCALAR_TYPES:
+                return _walk(obj)
+        return None
+    if t is list:
+        for v in obj:
+            if type(v) not in SCALAR_TYPES:
+                return _walk(obj)
+        return None
+    return _walk(obj)
+
+
+def _walk(obj: Any) -> str | None:
     if isinstance(obj, msgpack.Timestamp):
         return "msgpack timestamps are not part of the protocol"
     stack: list[tuple[Any, int]] = [(obj, 1)]
@@ -113,15 +139,19 @@ def shape_problem(obj: Any) -> str | None:
         node, depth = stack.pop()
         if depth > limits.MAX_DEPTH:
             return f"nesting deeper than {limits.MAX_DEPTH}"
-        if type(node) is dict:
+        if isinstance(node, dict):
             for k in node:
                 if type(k) is not str:
                     return f"map keys must be strings, not {type(k).__name__}"
-            values = node.values()
-        else:
+            values: Any = node.values()
+        elif isinstance(node, (list, tuple)):
             values = node
+        else:
+            continue  # a scalar at the top
         for v in values:
-            if type(v) in (list, dict):
+            if type(v) in SCALAR_TYPES:
+                continue
+            if isinstance(v, (list, tuple, dict)):
                 stack.append((v, depth + 1))
             elif isinstance(v, msgpack.Timestamp):
                 return "msgpack timestamps are not part of the protocol"
@@ -139,10 +169,51 @@ def encode_request(
     deadline_ms: int | None = None,
     attachments: Sequence[bytes] = (),
 ) -> list[bytes]:
-    header: dict[str, Any] = {"id": id, "sid": sid, "op": op}
-    if deadline_ms is not None:
-        header["deadline_ms"] = deadline_ms
-    return [TAG, _pack(header), _pack(args), *attachments]
+    if type(sid) is not str or type(op) is not str:
+        header: dict[str, Any] = {"id": id, "sid": sid, "op": op}
+        if deadline_ms is not None:
+            header["deadline_ms"] = deadline_ms
+        return [TAG, _pack(header), _pack(args), *attachments]
+    has_deadline = deadline_ms is not None
+    tail = _request_tails.get((sid, op, has_deadline))
+    if tail is None:
+        tail = _request_tail(sid, op, has_deadline)
+    if has_deadline:
+        header_bytes = _REQUEST_HEAD_4 + _pack(id) + tail + _pack(deadline_ms)
+    else:
+        header_bytes = _REQUEST_HEAD_3 + _pack(id) + tail
+    return [TAG, header_bytes, _pack(args), *attachments]
+
+
+# A header is a msgpack map, whose bytes are its head byte and then each key and value packed
+# in order: so the entries that do not change between messages (sid and op of a client's
+# calls, ok and ep of an actor's replies) are packed once, and only the id (and a request's
+# deadline) each time. Byte for byte what packing the dict gives; the conformance vectors
+# check it. The tables are bounded: a caller's op names are its own text.
+_REQUEST_HEAD_3 = b"\x83" + _pack("id")
+_REQUEST_HEAD_4 = b"\x84" + _pack("id")
+_REPLY_HEAD = b"\x83" + _pack("id")
+_TAILS_MAX = 1024
+_request_tails: dict[tuple[str, str, bool], bytes] = {}
+_reply_tails: dict[str, bytes] = {}
+
+
+def _request_tail(sid: str, op: str, has_deadline: bool) -> bytes:
+    tail = _pack("sid") + _pack(sid) + _pack("op") + _pack(op)
+    if has_deadline:
+        tail += _pack("deadline_ms")
+    if len(_request_tails) >= _TAILS_MAX:
+        _request_tails.clear()
+    _request_tails[(sid, op, has_deadline)] = tail
+    return tail
+
+
+def _reply_tail(epoch: str) -> bytes:
+    tail = _pack("ok") + _pack(True) + _pack("ep") + _pack(epoch)
+    if len(_reply_tails) >= _TAILS_MAX:
+        _reply_tails.clear()
+    _reply_tails[epoch] = tail
+    return tail
 
 
 def _header(frame: bytes) -> dict:
@@ -189,7 +260,8 @@ def decode_request(frames: Sequence[bytes]) -> Request:
         except DecodeError as exc:
             exc.request_id = rid
             raise
-    return Request(rid, sid, op, deadline, args, list(frames[3:]) if len(frames) > 3 else [])
+    return _new_tuple(Request, (rid, sid, op, deadline, args,
+                                list(frames[3:]) if len(frames) > 3 else []))
 
 
 # --- replies ----------------------------------------------------------------------------
@@ -198,7 +270,12 @@ def decode_request(frames: Sequence[bytes]) -> Request:
 def encode_reply(
     id: int | None, epoch: str, result: Any = None, attachments: Sequence[bytes] = ()
 ) -> list[bytes]:
-    return [TAG, _pack({"id": id, "ok": True, "ep": epoch}), _pack(result), *attachments]
+    if type(epoch) is not str:
+        return [TAG, _pack({"id": id, "ok": True, "ep": epoch}), _pack(result), *attachments]
+    tail = _reply_tails.get(epoch)
+    if tail is None:
+        tail = _reply_tail(epoch)
+    return [TAG, _REPLY_HEAD + _pack(id) + tail, _pack(result), *attachments]
 
 
 def encode_error(id: int | None, epoch: str, error: WireError) -> list[bytes]:
@@ -214,7 +291,8 @@ def decode_reply(frames: Sequence[bytes]) -> Reply:
     rid = header.get("id")
     if rid is not None and type(rid) is not int:
         raise _decode_error("bad_request", "reply id must be an integer or nil")
-    if type(header.get("ok")) is not bool:
+    ok = header.get("ok")
+    if type(ok) is not bool:
         raise _decode_error("bad_request", "reply header needs a bool 'ok'", rid)
     epoch = header.get("ep")
     try:
@@ -222,7 +300,8 @@ def decode_reply(frames: Sequence[bytes]) -> Reply:
     except DecodeError as exc:
         exc.request_id = rid  # so the caller waiting for it hears why, instead of timing out
         raise
-    return Reply(rid, header["ok"], epoch if isinstance(epoch, str) else "", body, list(frames[3:]))
+    return _new_tuple(Reply, (rid, ok, epoch if type(epoch) is str else "", body,
+                              list(frames[3:])))
 
 
 # --- streams ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from actors.runtime.streams import Publisher
 from protocol import endpoints, limits
 from protocol.envelope import (
     PROTO_VERSION,
+    SCALAR_TYPES,
     TAG,
     DecodeError,
     Request,
@@ -49,6 +50,8 @@ from protocol.errors import Category, MoorageError, WireError, fail
 from protocol.wire import NOBLOCK, send_frames
 
 VERSION = "0.1.0"
+_perf_counter = time.perf_counter
+_time = time.time
 DEFERRED = object()  # a handler's return value: "I will answer through call.reply later"
 # Error replies not kept in the reply cache: nothing ran (the first two), or a retry should
 # get a fresh chance rather than the same non-answer (timeout of a deferred call).
@@ -71,16 +74,14 @@ class Call:
     """One request being served: its identity, deadline, and the way to answer it."""
 
     __slots__ = ("_actor", "_timer", "answered", "attachments", "deadline_ms", "id", "op",
-                 "routes", "sid", "started")
+                 "routes", "sid", "spec", "started")
 
-    def __init__(self, actor: Actor, routes: list[list[bytes]], req: Request, started: float):
+    def __init__(self, actor: Actor, routes: list[list[bytes]], req: Request, started: float,
+                 spec: OpSpec | None = None):
         self._actor = actor
         self.routes = routes
-        self.id = req.id
-        self.sid = req.sid
-        self.op = req.op
-        self.deadline_ms = req.deadline_ms
-        self.attachments = req.attachments
+        self.id, self.sid, self.op, self.deadline_ms, _, self.attachments = req
+        self.spec = spec  # None: an op this actor does not have
         self.started = started
         self.answered = False
         self._timer: Timer | None = None
@@ -240,18 +241,19 @@ class Actor:
         applied = self.set_timeouts(timeouts or {})
         return {"actor": self.name, "timeouts": applied}
 
-    @op("sys.ping", idempotent=True, timeout_ms=1000)
+    @op("sys.ping", idempotent=True, timeout_ms=1000, checked=False)
     def _op_ping(self, call: Call) -> dict[str, Any]:
         """Liveness, answered by the actor's own loop."""
         return {"ep": self.epoch}
 
-    @op("sys.heartbeat", idempotent=True, timeout_ms=1000, recorded=False)
+    @op("sys.heartbeat", idempotent=True, timeout_ms=1000, recorded=False, checked=False)
     def _op_heartbeat(self, call: Call) -> dict[str, Any]:
         """The supervisor's liveness probe: like sys.ping, but not counted in the metrics, so
         an idle actor has nothing to push (five probes a second would keep it busy)."""
         return {"ep": self.epoch}
 
-    @op("sys.hello", args={"client": (str, "")}, idempotent=True, timeout_ms=1000)
+    @op("sys.hello", args={"client": (str, "")}, idempotent=True, timeout_ms=1000,
+        checked=False)
     def _op_hello(self, call: Call, client: str) -> dict[str, Any]:
         """Who answers here: a new epoch means the actor restarted since the last hello."""
         return {
@@ -297,7 +299,7 @@ class Actor:
         done.update(self.on_pressure(level, quality))
         return {"actor": self.name, "level": level, "quality": quality, "done": done}
 
-    @op("sys.stop", timeout_ms=1000)
+    @op("sys.stop", timeout_ms=1000, checked=False)
     def _op_stop(self, call: Call) -> dict[str, Any]:
         """Stop gracefully after answering."""
         self.loop.call_later(0, self.stop)
@@ -326,8 +328,14 @@ class Actor:
     def _on_batch(self, batch: list[list[bytes]]) -> None:
         # Up to twice the queue limit is read at once; those past the limit are refused with
         # `busy` rather than left to wait behind the others.
+        handle = self._handle
+        limit = self.queue_limit
+        if len(batch) <= limit:
+            for frames in batch:
+                handle(frames)
+            return
         for i, frames in enumerate(batch):
-            self._handle(frames, over_limit=i >= self.queue_limit)
+            handle(frames, i >= limit)
 
     def _send(self, route: list[bytes], frames: list[bytes]) -> None:
         try:
@@ -340,7 +348,7 @@ class Actor:
             logger.debug("reply to a gone or full peer dropped: {}", exc)
 
     def _handle(self, frames: list[bytes], over_limit: bool = False) -> None:
-        t0 = time.perf_counter()
+        t0 = _perf_counter()
         self.received += 1
         route = frames[:1]
         try:
@@ -358,7 +366,7 @@ class Actor:
         if running is not None:
             running.routes.append(route)
             return
-        if req.deadline_ms is not None and req.deadline_ms < now_ms():
+        if req.deadline_ms is not None and req.deadline_ms < int(_time() * 1000):
             self._refuse(route, req, WireError.of("deadline_expired", f"{req.op}: not run"))
             return
         if over_limit or self._stopping:
@@ -375,7 +383,7 @@ class Actor:
                 "busy", f"{self.name}: {req.op} shed at quality {self.quality} "
                 f"({self.pressure_level})", retry_after_ms=self.shed_retry_ms))
             return
-        call = Call(self, [route], req, t0)
+        call = Call(self, [route], req, t0, spec)
         if spec is None:
             err = WireError.of("unknown_op", f"{self.name} has no op {req.op!r}")
             self._finish(call, None, err)
@@ -417,11 +425,15 @@ class Actor:
         call.answered = True
         if call._timer is not None:
             call._timer.cancel()
-        self.pending.pop((call.sid, call.id), None)
+        if self.pending:  # only deferred calls are kept there
+            self.pending.pop((call.sid, call.id), None)
+        spec = call.spec
         if error is None:
             body, atts = (result.body, result.attachments) if isinstance(result, Attached) \
                 else (result, ())
-            problem = shape_problem(body) if type(body) in (list, dict) else None
+            # A scalar needs no check; a result the runtime built (spec.checked off) neither.
+            problem = shape_problem(body) if type(body) not in SCALAR_TYPES and (
+                spec is None or spec.checked) else None
             try:
                 if problem:
                     raise ValueError(problem)
@@ -435,7 +447,6 @@ class Actor:
             frames = encode_error(call.id, self.epoch, error)
         for route in call.routes:
             self._send(route, frames)
-        spec = self.ops.get(call.op)
         # Only a non-idempotent op's reply must survive for a retry; an idempotent one may
         # run again (its retry while it still runs joins it through `pending`).
         if spec is not None and not spec.idempotent and (
@@ -445,7 +456,7 @@ class Actor:
         if spec is None:
             self.stats.record("(unknown)", 0, False)
         elif spec.recorded:
-            self.stats.record(call.op, int((time.perf_counter() - call.started) * 1e6),
+            self.stats.record(call.op, int((_perf_counter() - call.started) * 1e6),
                               error is None)
 
     # --- metrics ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from protocol.errors import fail
 
 _MISSING = object()
 REQUIRED = _MISSING
+_NO_ARGS: dict[str, Any] = {}  # what an op without arguments is called with; never mutated
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,9 @@ class OpSpec:
     essential: bool = True  # non-essential ops are shed first under pressure
     recorded: bool = True  # counted in the op's metrics (not liveness probes)
     doc: str = ""
+    # Results are checked for protocol shape before they are sent. False only for ops whose
+    # result the runtime builds itself from values of known types (sys.ping's {ep: str}).
+    checked: bool = True
     _names: frozenset[str] = field(default=frozenset())
 
     def __post_init__(self) -> None:
@@ -46,6 +50,8 @@ class OpSpec:
     def bind(self, raw: Any) -> dict[str, Any]:
         """Validate wire arguments: a map (or nil when the op takes none) of declared names."""
         if raw is None:
+            if not self.args:
+                return _NO_ARGS
             raw = {}
         if not isinstance(raw, dict):
             kind = type(raw).__name__
@@ -103,9 +109,12 @@ def op(
     timeout_ms: int = 5000,
     essential: bool = True,
     recorded: bool = True,
+    checked: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a method as the handler of `name`. `args` maps each name to a type, or to
-    `(type, default)` for an optional one."""
+    `(type, default)` for an optional one. `checked=False` skips the shape check of results
+    (OpSpec.checked): only for results built from values of known types; an unencodable
+    result still becomes `internal`."""
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__moorage_op__ = OpSpec(  # type: ignore[attr-defined]
@@ -117,6 +126,7 @@ def op(
             essential=essential,
             recorded=recorded,
             doc=(fn.__doc__ or "").strip().split("\n")[0],
+            checked=checked,
         )
         return fn
 
@@ -133,6 +143,6 @@ def collect(obj: object) -> dict[str, OpSpec]:
                 bound = getattr(obj, attr)
                 table[spec.name] = OpSpec(
                     spec.name, bound, spec.args, spec.idempotent, spec.timeout_ms,
-                    spec.essential, spec.recorded, spec.doc,
+                    spec.essential, spec.recorded, spec.doc, spec.checked,
                 )
     return table

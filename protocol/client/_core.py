@@ -35,7 +35,13 @@ from protocol import endpoints, limits
 from protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
 from protocol.envelope import Reply, encode_request
 from protocol.errors import MoorageError, WireError
-from protocol.recovery import Backoff, CircuitBreaker, max_retries_for, recovery_for
+from protocol.recovery import (
+    Backoff,
+    BreakerState,
+    CircuitBreaker,
+    max_retries_for,
+    recovery_for,
+)
 
 # Ops every actor serves that are safe to repeat.
 BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
@@ -43,6 +49,9 @@ BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
 NOT_RUN = frozenset({"busy", "deadline_expired", "stopping"})
 _TIMEOUT_ROW = recovery_for("timeout", "recoverable")
 TIMEOUT_RETRIES = _TIMEOUT_ROW.max_retries if _TIMEOUT_ROW and _TIMEOUT_ROW.max_retries else 2
+_CLOSED = BreakerState.CLOSED
+_monotonic = time.monotonic
+_time = time.time
 
 
 @dataclass
@@ -89,6 +98,10 @@ class Wait:
 
 
 class CallPlan:
+    __slots__ = ("actor", "attempts", "core", "deadline", "deadline_ms", "frames", "id",
+                 "idempotent", "last_error", "op", "retries", "started", "timeout",
+                 "timeout_retries")
+
     def __init__(
         self,
         core: ClientCore,
@@ -102,15 +115,17 @@ class CallPlan:
         self.core = core
         self.actor = actor
         self.op = op
-        self.id = core.next_id()
-        self.started = time.monotonic()
-        self.timeout = core.options.timeout if timeout is None else timeout
-        self.deadline = self.started + self.timeout
-        self.deadline_ms = int((time.time() + self.timeout) * 1000)
+        self.id = rid = next(core._ids)
+        self.started = started = _monotonic()
+        if timeout is None:
+            timeout = core.options.timeout
+        self.timeout = timeout
+        self.deadline = started + timeout
+        self.deadline_ms = deadline_ms = int((_time() + timeout) * 1000)
         if idempotent is None:
             idempotent = op in BUILTIN_IDEMPOTENT or op in core.options.idempotent_ops
         self.idempotent = idempotent
-        self.frames = encode_request(self.id, core.sid, op, args, self.deadline_ms, attachments)
+        self.frames = encode_request(rid, core.sid, op, args, deadline_ms, attachments)
         self.attempts = 0
         self.retries = 0
         self.timeout_retries = 0  # attempts that timed out and were resent (the ladder)
@@ -124,14 +139,15 @@ class CallPlan:
         """The call is over: its client time is recorded once, whatever the outcome."""
         if isinstance(error, WireError):
             error = self._error(error)
-        self.core.record_call(self.actor, self.op, now - self.started,
-                              error is None and reply is not None and reply.ok)
+        self.core.latency.record(self.actor, self.op, int((now - self.started) * 1e6),
+                                 error is None and reply is not None and reply.ok)
         return Done(reply, error)
 
     def start(self, now: float) -> Done | Wait:
         """Before the first send: the breaker may refuse at once."""
         br = self.core.breaker(self.actor)
-        if not br.allow(now):
+        # A closed breaker allows without changing (CircuitBreaker.allow): asked only when not.
+        if br.state is not _CLOSED and not br.allow(now):
             return self.done(now, error=WireError.of(
                 "circuit_open", f"{self.actor}: breaker open",
                 retry_after_ms=int(br.retry_after(now) * 1000)))
@@ -148,9 +164,14 @@ class CallPlan:
         return self.deadline
 
     def on_reply(self, reply: Reply, now: float) -> Done | Resend:
-        br = self.core.breaker(self.actor)
-        br.record_success(now)  # any reply proves the actor alive
-        self.core.note_epoch(self.actor, reply.epoch)
+        core = self.core
+        br = core.breaker(self.actor)
+        # Any reply proves the actor alive; a closed breaker with no failures counted is
+        # already where a success would put it.
+        if br.failures or br.state is not _CLOSED:
+            br.record_success(now)
+        if core.epochs.get(self.actor) != reply.epoch:
+            core.note_epoch(self.actor, reply.epoch)
         if reply.ok:
             return self.done(now, reply=reply)
         err = WireError.from_wire(reply.body)

@@ -32,6 +32,7 @@ from protocol.wire import NOBLOCK, recv_frames, send_frames
 # monitor: a blocking recv is the cheapest way to wait for a reply (no poll call), and the
 # slice bounds how late a disconnect (the actor died) is noticed.
 WAIT_SLICE_MS = 10
+_monotonic = time.monotonic
 
 
 class _Conn:
@@ -107,24 +108,24 @@ class Client:
     ) -> Reply:
         """One call; returns the whole reply (body and attachments) or raises MoorageError."""
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
-        verdict: Done | Wait | Resend = plan.start(time.monotonic())
-        conn = self._conn(actor)
+        verdict: Done | Wait | Resend = plan.start(plan.started)
+        conn = self._conns.get(actor) or self._conn(actor)
         if isinstance(verdict, Wait):
             send_frames(conn.sock, plan.frames)
         while True:
-            if isinstance(verdict, Done):
+            if isinstance(verdict, Wait):
+                verdict = self._wait(conn, plan, verdict.until)
+            elif isinstance(verdict, Done):
                 if verdict.error is not None:
                     raise verdict.error
                 assert verdict.reply is not None
                 return verdict.reply
-            if isinstance(verdict, Resend):
+            else:
                 if verdict.delay > 0:
                     time.sleep(verdict.delay)
-                verdict = plan.resend(time.monotonic())
+                verdict = plan.resend(_monotonic())
                 if isinstance(verdict, Wait):
                     send_frames(conn.sock, plan.frames)
-                continue
-            verdict = self._wait(conn, plan, verdict.until)
 
     def _wait(self, conn: _Conn, plan: CallPlan, until: float) -> Done | Wait | Resend:
         sock = conn.sock
@@ -148,7 +149,7 @@ class Client:
                 continue
             if reply.id != plan.id:
                 continue  # a late reply to an earlier attempt or call
-            return plan.on_reply(reply, time.monotonic())
+            return plan.on_reply(reply, _monotonic())
 
     def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         """One call; returns the reply body or raises MoorageError."""
