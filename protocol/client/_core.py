@@ -64,6 +64,9 @@ class ClientOptions:
     reconnect_ivl_ms: int = 5  # libzmq's default of 100 ms would add 100 ms to each restart
     reconnect_ivl_max_ms: int = 0  # no growth: a restarted actor is found within 5 ms
     idempotent_ops: frozenset[str] = frozenset()
+    # Ask each actor once (sys.info) which of its ops are idempotent, before the first call of
+    # an op this client cannot tell about: retries then follow the actor's own table.
+    learn_ops: bool = True
     # Push this client's latencies to the metrics actor as `client.<metrics_name>` (opt-in).
     metrics_name: str | None = None
     metrics_interval: float = 1.0  # seconds between pushes
@@ -123,7 +126,8 @@ class CallPlan:
         self.deadline = started + timeout
         self.deadline_ms = deadline_ms = int((_time() + timeout) * 1000)
         if idempotent is None:
-            idempotent = op in BUILTIN_IDEMPOTENT or op in core.options.idempotent_ops
+            idempotent = op in BUILTIN_IDEMPOTENT or op in core.options.idempotent_ops \
+                or op in core.learned.get(actor, ())
         self.idempotent = idempotent
         self.frames = encode_request(rid, core.sid, op, args, deadline_ms, attachments)
         self.attempts = 0
@@ -246,10 +250,24 @@ class ClientCore:
         self.latency = LatencyBook(pushing=self.options.metrics_name is not None)
         self.pusher: LatencyPusher | None = None
         self.epochs: dict[str, str] = {}  # the epoch each actor last answered with
+        self.learned: dict[str, frozenset[str]] = {}  # actor -> its idempotent ops (sys.info)
         self.restarts_seen: dict[str, int] = {}
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def should_learn(self, actor: str, op: str, idempotent: bool | None) -> bool:
+        """Is this the first call to `actor` of an op whose idempotency only it can tell?"""
+        return (idempotent is None and self.options.learn_ops and actor not in self.learned
+                and op not in BUILTIN_IDEMPOTENT and op not in self.options.idempotent_ops)
+
+    def learn(self, actor: str, info: Any) -> frozenset[str]:
+        """Take the idempotent ops from a sys.info reply (PROTOCOL.md section 10)."""
+        ops = info.get("ops") if isinstance(info, dict) else None
+        known = frozenset(name for name, d in (ops or {}).items()
+                          if isinstance(name, str) and isinstance(d, dict) and d.get("idempotent"))
+        self.learned[actor] = known
+        return known
 
     def breaker(self, actor: str) -> CircuitBreaker:
         b = self.breakers.get(actor)

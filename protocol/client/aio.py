@@ -117,6 +117,8 @@ class AsyncClient:
         idempotent: bool | None = None,
         attachments: Sequence[bytes] = (),
     ) -> Reply:
+        if self.core.should_learn(actor, op, idempotent):
+            await self.learn_ops(actor, timeout)
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
         conn = self._conn(actor)
         inbox: asyncio.Queue = asyncio.Queue()
@@ -166,6 +168,14 @@ class AsyncClient:
         """Push the latencies recorded since the last push now (with `metrics_name` set);
         it does not wait on the metrics actor, so it is safe on the event loop."""
         return self.core.push_latency()
+
+    async def learn_ops(self, actor: str, timeout: float | None = None) -> frozenset[str]:
+        """Ask `actor` which of its ops are idempotent: see Client.learn_ops."""
+        t = min(1.0, timeout if timeout is not None else self.core.options.timeout)
+        try:
+            return self.core.learn(actor, await self.call(actor, "sys.info", timeout=t))
+        except MoorageError:
+            return frozenset()
 
     async def hello(self, actor: str) -> dict[str, Any]:
         return await self.call(actor, "sys.hello", {"client": f"python-asyncio {self.sid}"})

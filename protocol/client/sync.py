@@ -107,6 +107,8 @@ class Client:
         attachments: Sequence[bytes] = (),
     ) -> Reply:
         """One call; returns the whole reply (body and attachments) or raises MoorageError."""
+        if self.core.should_learn(actor, op, idempotent):
+            self.learn_ops(actor, timeout)
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
         verdict: Done | Wait | Resend = plan.start(plan.started)
         conn = self._conns.get(actor) or self._conn(actor)
@@ -163,6 +165,16 @@ class Client:
         """Push the latencies recorded since the last push now (with `metrics_name` set)."""
         return self.core.push_latency()
 
+    def learn_ops(self, actor: str, timeout: float | None = None) -> frozenset[str]:
+        """Ask `actor` which of its ops are idempotent (done once, before the first call that
+        needs it). An actor that cannot say now is asked again next time; meanwhile its ops
+        count as not idempotent, the safe side."""
+        t = min(1.0, timeout if timeout is not None else self.core.options.timeout)
+        try:
+            return self.core.learn(actor, self.call(actor, "sys.info", timeout=t))
+        except MoorageError:
+            return frozenset()
+
     def hello(self, actor: str) -> dict[str, Any]:
         return self.call(actor, "sys.hello", {"client": f"python-sync {self.sid}"})
 
@@ -177,6 +189,8 @@ class Client:
     ) -> list[Any]:
         """Many calls with up to `window` in flight; results (or MoorageError instances) in
         call order."""
+        if self.core.should_learn(actor, "", idempotent):
+            self.learn_ops(actor, timeout)
         conn = self._conn(actor)
         it = iter(calls)
         plans: dict[int, tuple[int, CallPlan]] = {}
