@@ -105,7 +105,9 @@ class CircuitBreaker:
     open -> half_open once `cooldown` seconds passed; half_open lets `probes` requests through:
     a success closes it, a failure opens it again with the cooldown doubled (up to
     `max_cooldown`). Errors the actor answered (bad_args, not_found...) are successes here: the
-    actor is alive. Time is passed in, never read, so tests drive it with a fake clock.
+    actor is alive. A probe whose outcome is never recorded (its caller went away) is given up
+    after `probe_lease` seconds and another is let through, so the breaker cannot stay
+    half-open for good. Time is passed in, never read, so tests drive it with a fake clock.
     """
 
     def __init__(
@@ -114,11 +116,14 @@ class CircuitBreaker:
         cooldown: float = 0.5,
         max_cooldown: float = 10.0,
         probes: int = 1,
+        probe_lease: float = 30.0,
     ) -> None:
         self.threshold = threshold
         self.base_cooldown = cooldown
         self.max_cooldown = max_cooldown
         self.probes = probes
+        self.probe_lease = probe_lease
+        self._probe_at = 0.0
         self.state = BreakerState.CLOSED
         self.failures = 0
         self.opened_at = 0.0
@@ -142,9 +147,13 @@ class CircuitBreaker:
         state = self.current(now)
         if state is BreakerState.CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and self._probes_out < self.probes:
-            self._probes_out += 1
-            return True
+        if state is BreakerState.HALF_OPEN:
+            if self._probes_out >= self.probes and now - self._probe_at >= self.probe_lease:
+                self._probes_out = 0  # the probes out never came back: give them up
+            if self._probes_out < self.probes:
+                self._probes_out += 1
+                self._probe_at = now
+                return True
         return False
 
     def retry_after(self, now: float) -> float:

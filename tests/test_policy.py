@@ -131,6 +131,16 @@ def test_a_failed_probe_reopens_the_breaker_with_a_longer_cooldown():
     assert br.current(3.0) is BreakerState.HALF_OPEN
 
 
+def test_a_probe_that_never_reports_back_is_given_up_after_its_lease():
+    br = CircuitBreaker(threshold=1, cooldown=1.0, probe_lease=5.0)
+    br.record_failure(0.0)
+    assert br.allow(1.0)  # the probe goes out, and its caller forgets it
+    assert not br.allow(2.0) and not br.allow(5.9)
+    assert br.allow(6.0)  # another probe after the lease
+    br.record_success(6.1)
+    assert br.current(6.1) is BreakerState.CLOSED
+
+
 def test_the_recovery_matrix_is_the_seeds_table():
     assert len(MATRIX) == 11
     row = recovery_for("filesystem", "recoverable")
