@@ -77,7 +77,9 @@ _TABLE: tuple[tuple[int, str, Category, Severity, bool, bool, str], ...] = (
     (502, "shell_exited", _C.TERMINAL, _S.CRITICAL, True, True, "the session's shell is gone"),
     (503, "exec_failed", _C.TERMINAL, _S.RECOVERABLE, True, True, "command did not complete"),
     (504, "session_busy", _C.TERMINAL, _S.RECOVERABLE, True, False, "a command is running"),
-    (600, "parse_error", _C.PARSER, _S.RECOVERABLE, True, True, "input could not be parsed"),
+    # Not retryable: the data it names was dropped and the stream reset past it, so a resend
+    # would be skipped as already parsed, and the caller would lose the error.
+    (600, "parse_error", _C.PARSER, _S.RECOVERABLE, False, True, "input could not be parsed"),
     (601, "stream_not_found", _C.PARSER, _S.WARNING, False, False, "no such parser stream"),
     (602, "buffer_overflow", _C.PARSER, _S.CRITICAL, False, True, "partial buffer over cap"),
     (603, "stream_gap", _C.PARSER, _S.WARNING, False, False, "offset skips ahead"),
