@@ -2,7 +2,8 @@
 
   op         args   reply                                                    errors
   pty.list   {}     {connected, sessions: [{s, pid, tty, cols, rows,         -
-                     read, acked, base, buffered, paused, exited}]}
+                     read, acked, base, buffered, paused, pending,
+                     exited}]}
 
 Everything else goes over `<runtime_dir>/<name>.sock` (actors/ptylink.py has the messages),
 from the one terminal actor connected at a time; the PTY side is actors/term/keeper_ptys.py.
@@ -22,7 +23,10 @@ The keeper
   unacknowledged output again, with absolute offsets, so the actor continues each stream
   without a lost or doubled byte (a repeated byte is recognisable by its offset);
 - writes input without blocking, from a bounded queue per session (a 1 MB paste waits for
-  the shell to read it; the loop never stalls);
+  the shell to read it; the loop never stalls). A terminal actor that asks gets each PTY
+  master passed too, and writes a command line there itself while nothing of the session's
+  waits here (the `pending` of a write's reply and of the welcome tells it); it closes its
+  copies when the link ends, so the PTYs still hang up with the keeper;
 - on stop (SIGTERM), hangs every session up, waits `stop_grace_ms` for the shells, then
   SIGKILLs whatever is left in their sessions and reaps. If the keeper is killed, its master
   fds close and the kernel hangs the PTYs up (SIGHUP): the sessions end with it.
@@ -71,6 +75,7 @@ class PtyKeeper(PtyIO, Actor):
         self.sessions: dict[str, PtySession] = {}
         self.closing: dict[int, PtySession] = {}  # pidfd -> a closed session not yet reaped
         self.link: Link | None = None
+        self.pass_fds = False  # the connected peer takes the PTY masters (its hello said so)
         self.sock_path = self.runtime_dir / f"{self.name}.sock"
         with contextlib.suppress(FileNotFoundError):
             self.sock_path.unlink()  # a killed predecessor's; we are its replacement
@@ -160,6 +165,7 @@ class PtyKeeper(PtyIO, Actor):
             if self.link is not None:
                 self.link.close("replaced by a new connection")
         self.link = Link(self.loop, conn, self._on_message, self._on_link_closed)
+        self.pass_fds = False
         logger.info("terminal actor connected")
 
     def _on_link_closed(self, reason: str) -> None:
@@ -194,9 +200,12 @@ class PtyKeeper(PtyIO, Actor):
     # --- messages -------------------------------------------------------------------------------
 
     def _m_hello(self, msg: dict[str, Any]) -> None:
+        self.pass_fds = bool(msg.get("fds"))
         self._tell({"t": "welcome", "pid": os.getpid(), "sessions": [
             s.describe() | {"meta": s.meta, "base": max(s.base, s.acked - self.keep)}
             for s in self.sessions.values()]})
+        for s in self.sessions.values():
+            self._pass_fd(s)
         for s in self.sessions.values():
             # the tail (at most keep_bytes of it) and the unacknowledged output, again
             step = self.read_batch
@@ -230,6 +239,14 @@ class PtyKeeper(PtyIO, Actor):
         self.loop.add_reader(pidfd, lambda: self._reap(s))
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
         self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid, "tty": sp.tty})
+        self._pass_fd(s)
+
+    def _pass_fd(self, s: PtySession) -> None:
+        """The PTY master to a peer that asked for it (`hello {fds: true}`), so that it can
+        write a command line itself: one process switch and one turn of this loop fewer per
+        command. Input it cannot write at once still comes here, behind what waits."""
+        if self.link is not None and self.pass_fds and not (s.closing or s.eof):
+            self.link.send_fd({"t": "fd", "s": s.id}, s.master)
 
     def _m_write(self, msg: dict[str, Any]) -> None:
         s = self._session(msg)
@@ -252,7 +269,8 @@ class PtyKeeper(PtyIO, Actor):
             if was_empty:
                 self._writable(s)
         if msg.get("r") is not None:
-            self._tell({"t": "ok", "r": msg["r"], "s": s.id, "queued": len(data)})
+            self._tell({"t": "ok", "r": msg["r"], "s": s.id, "queued": len(data),
+                        "pending": s.inq_bytes})
 
     def _m_resize(self, msg: dict[str, Any]) -> None:
         s = self._session(msg)

@@ -172,7 +172,7 @@ class TerminalActor(KeeperSide, Actor):
         done: dict[str, Any] = {}
         if level in ("moderate", "high", "critical"):
             keep = self.scrollback_bytes // (2 if level == "moderate" else 8)
-            trimmed = sum(s.scroll.trim(keep, exact=True) for s in self.sessions.values())
+            trimmed = sum(s.scroll.trim(keep) for s in self.sessions.values())
             self.shed["scrollback_bytes"] += trimmed
             done["scrollback_trimmed"] = trimmed
         if level in ("high", "critical"):
@@ -345,7 +345,7 @@ class TerminalActor(KeeperSide, Actor):
             def done(_r: dict | None, err: WireError | None) -> None:
                 call.fail(err) if err is not None else call.reply({"queued": len(raw)})
 
-            self.keeper_request({"t": "write", "s": s.id, "data": raw}, done)
+            self.keeper_input(s, raw, done)
             return DEFERRED
 
         return self._when_ready(call, run)
@@ -406,18 +406,24 @@ class TerminalActor(KeeperSide, Actor):
         return self._when_ready(call, run)
 
     @op("term.list", idempotent=True)
-    def _op_list(self, call: Call) -> dict[str, Any]:
-        """Every session with its state, mode, cwd and output offset."""
-        return {"sessions": [s.describe() for s in self.sessions.values()],
-                "keeper": {"connected": self.welcomed, "pid": self.keeper_pid}}
+    def _op_list(self, call: Call) -> Any:
+        """Every session with its state, mode, cwd and output offset; after a restart, once
+        the keeper's sessions are restored (before, the list would be wrong, not short)."""
+        return self._when_ready(call, lambda: {
+            "sessions": [s.describe() for s in self.sessions.values()],
+            "keeper": {"connected": self.welcomed, "pid": self.keeper_pid}})
 
     @op("term.scrollback", args={"session": str, "from_offset": (int, None),
                                  "max_bytes": (int, 1 << 20)}, idempotent=True)
     def _op_scrollback(self, call: Call, session: str, from_offset: int | None,
-                       max_bytes: int) -> Attached:
-        """Raw output from an absolute offset (default: the last `max_bytes`)."""
+                       max_bytes: int) -> Any:
+        """Raw output from an absolute offset (default: the last `max_bytes`); after a
+        restart, once the keeper's sessions are restored."""
         if max_bytes < 1 or (from_offset is not None and from_offset < 0):
             raise fail("bad_args", "max_bytes must be >= 1 and from_offset >= 0")
+        return self._when_ready(call, lambda: self._scrollback(session, from_offset, max_bytes))
+
+    def _scrollback(self, session: str, from_offset: int | None, max_bytes: int) -> Attached:
         s = self.session(session)
         sb = s.scroll
         start = max(sb.base, sb.end - max_bytes) if from_offset is None else from_offset

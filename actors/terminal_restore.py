@@ -218,12 +218,16 @@ def reconcile(a: TerminalActor, entries: list[dict[str, Any]]) -> None:
         sid = e["s"]
         held.add(sid)
         if sid in a.sessions:
-            continue  # the same actor reconnected: the resent output is recognised by offset
+            # the same actor reconnected: the resent output is recognised by offset
+            a.sessions[sid].keeper_backlog = bool(e.get("pending"))
+            continue
         meta = e.get("meta") or {}
         if not meta.get("nonce"):
             meta = {**meta, "nonce": secrets.token_hex(16), "mode": "no_integration"}
-        s = Session(a, sid, meta, base=e["base"], replay_until=e["acked"])
+        s = Session(a, sid, meta, base=e["base"], replay_until=e["acked"],
+                    catch_up=e.get("read", e["acked"]))
         s.pid, s.tty, s.cols, s.rows = e["pid"], e["tty"], e["cols"], e["rows"]
+        s.keeper_backlog = bool(e.get("pending"))  # a predecessor's input still waits there
         if s.mode != "integration":
             s.state = "prompt"
         a.sessions[sid] = s

@@ -26,16 +26,16 @@ A command past its timeout gets SIGINT in its process group and the caller a `ti
 
 from __future__ import annotations
 
-import re
+import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from actors.runtime import Call
+from actors.term.execs import ZSH_PROMPT_SP, Exec, cut_echo_and_prompt
 from actors.term.parsehop import ParseHop
-from actors.term.scrollback import Scrollback
+from actors.term.scrollback import Ring
 from actors.vtparse import (
     CommandFinished,
     CommandLine,
@@ -53,26 +53,11 @@ if TYPE_CHECKING:
 
 MODES = ("integration", "no_integration", "raw_output")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
-# zsh's PROMPT_SP: after a command, the end-of-line mark, spaces to the margin, "\r \r"
-_ZSH_PROMPT_SP = re.compile(r"[%#]? *\r \r$")
-
-
-@dataclass
-class Exec:
-    call: Call
-    command: str
-    mode: str
-    started: float  # monotonic
-    sent_off: int  # the stream offset when the command was written
-    deadline: float  # monotonic: SIGINT and the timeout error after this
-    detect_by: float  # monotonic: no trusted marker by then, no integration
-    out_start: int | None = None  # after the trusted C
-    done: bool = False
 
 
 class Session:
     def __init__(self, host: TerminalActor, sid: str, meta: dict[str, Any], base: int = 0,
-                 replay_until: int = 0) -> None:
+                 replay_until: int = 0, catch_up: int = 0) -> None:
         self.host = host
         self.id = sid
         self.meta = meta
@@ -89,7 +74,7 @@ class Session:
         self.acked = replay_until  # what the keeper was last told is published
         self.hold_acks = False  # restarted: waiting for the output's subscribers to return
         self.replay_until = replay_until  # bytes before this were seen by our predecessor
-        self.scroll = Scrollback(host.scrollback_bytes, base)
+        self.scroll = Ring(host.scrollback_bytes, base)
         self.marker_end = base  # end of the last marker applied
         self.repeated_markers = 0  # found again by a parser that took over, dropped
         self.state = "starting"  # starting | prompt | running | exited
@@ -100,14 +85,20 @@ class Session:
         self.command_line: str | None = None
         self.command_start: tuple[int, float] | None = None  # (offset, time)
         self.untrusted = 0
+        self.input_fd: int | None = None  # the PTY master, passed by the keeper
+        self.keeper_writes = 0  # input sent through the keeper, not answered yet
+        self.keeper_backlog = False  # the keeper holds input not yet written to the PTY
         self.on_prompt: list[Any] = []  # one-shot callbacks: first trusted prompt seen
         self.on_quiet: list[Any] = []  # one-shot callbacks: output went quiet
         self._quiet_from = 0.0  # monotonic: quiet counts from here or the last output
         self.last_prompt_at = -1  # offset of the last trusted prompt start
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
         self._via = "local"  # the parser whose markers are being applied
+        self._records: list[dict[str, Any]] = []  # term.cmd records, published after a batch
+        # what the keeper resends to a successor (all it read, acknowledged or not) is
+        # parsed here as it arrives, so the session's state is right before an op is served
         self.hop = ParseHop(host.parse_link, sid, self.nonce, base, self._apply,
-                            host.acks_ready, local_until=replay_until)
+                            host.acks_ready, local_until=max(replay_until, catch_up))
 
     # --- output ---------------------------------------------------------------------------------
 
@@ -122,7 +113,7 @@ class Session:
         elif off > self.offset:
             # The keeper never skips; if it ever did, say so and carry on from there.
             logger.error("session {}: output jumps from {} to {}", self.id, self.offset, off)
-            self.scroll = Scrollback(self.scroll.cap, off)
+            self.scroll = Ring(self.scroll.cap, off)
             self.marker_end = off
             self.hop.restart_at(off)
         self.offset = end
@@ -139,6 +130,16 @@ class Session:
             self.set_mode("raw_output")
             return
         self._via = via
+        try:
+            self._apply_markers(events)
+        finally:
+            # Command records go out after the markers, so an exec that ends here is
+            # answered first (before any other op runs, they are retained all the same).
+            records, self._records = self._records, []
+            for record in records:
+                self.host.publish_command(self, record)
+
+    def _apply_markers(self, events: list[Event]) -> None:
         for ev in events:
             if ev.start < self.marker_end:
                 self.repeated_markers += 1
@@ -179,7 +180,8 @@ class Session:
         return ex if ex is not None and at >= ex.sent_off else None
 
     def _on_output_start(self, at: int, replay: bool) -> None:
-        self.state = "running"
+        if self.exited is None:
+            self.state = "running"
         self.command_start = (at, time.time())
         ex = self._exec_at(at)
         if ex is not None and ex.mode == "integration" and ex.out_start is None:
@@ -197,18 +199,19 @@ class Session:
         assert record is not None
         ex = self._exec_at(record["offset"])
         record["command"] = self.command_line or (ex.command if ex is not None else None)
-        self.host.publish_command(self, record)
+        self._records.append(record)
 
     def _on_finished(self, at: int, exit_code: int | None, replay: bool) -> None:
         start = self.command_start
         if self._start_record is not None:  # no E came (a bare subshell, in bash)
             self._publish_start()
-        self.state = "prompt"
+        if self.exited is None:
+            self.state = "prompt"
         self.command_start = None
         ex = self._exec_at(at)
         if not replay and start is not None:
             command = self.command_line or (ex.command if ex is not None else None)
-            self.host.publish_command(self, {
+            self._records.append({
                 "event": "end", "command": command, "cwd": self.cwd,
                 "exit_code": exit_code, "start_offset": start[0], "end_offset": at,
                 "start": start[1], "end": time.time()})
@@ -302,7 +305,7 @@ class Session:
         # where the output ends
         end = self.last_prompt_at if self.last_prompt_at > ex.sent_off else self.offset
         text = self._text(ex.sent_off, end, raw=ex.mode == "raw_output")
-        self._complete(None, _cut_echo_and_prompt(text, ex.command, self.meta.get("prompt")))
+        self._complete(None, cut_echo_and_prompt(text, ex.command, self.meta.get("prompt")))
 
     def _timed_out(self, ex: Exec) -> None:
         if ex is not self.exec or ex.done:
@@ -320,7 +323,7 @@ class Session:
         data = self.scroll.get(max(start, end - limit), end)
         text = data.decode("utf-8", "replace") if raw else clean(data)
         if self.kind == "zsh":
-            text = _ZSH_PROMPT_SP.sub("", text)
+            text = ZSH_PROMPT_SP.sub("", text)
         if truncated:
             text = "[output truncated]\n" + text
         return text
@@ -350,9 +353,15 @@ class Session:
         ex.call.fail(err)
 
     def on_exit(self, info: dict[str, Any]) -> None:
-        """The shell is gone (all its output has arrived before this)."""
+        """The shell is gone. All its output has arrived before this, but may still be on its
+        way through the parser actor: the command in flight is answered once its markers
+        are in (a marker parsed after this must not find it still waiting, nor make the
+        session look alive again)."""
         self.exited = info
         self.state = "exited"
+        self.hop.when_parsed(self.offset, lambda: self._shell_gone(info))
+
+    def _shell_gone(self, info: dict[str, Any]) -> None:
         ex = self.exec
         if ex is not None and not ex.done:
             # `exit` (or a crash) ended the shell: the command's result is the shell's.
@@ -373,8 +382,18 @@ class Session:
 
     def close(self, err: WireError) -> None:
         """The session is gone for good: its command fails, its parser stream closes."""
+        self.drop_input_fd()  # before the keeper hangs the PTY up: ours would keep it open
         self.abort(err)
         self.hop.close()
+
+    def set_input_fd(self, fd: int) -> None:
+        self.drop_input_fd()
+        self.input_fd = fd
+
+    def drop_input_fd(self) -> None:
+        fd, self.input_fd = self.input_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def set_mode(self, mode: str) -> None:
         if mode != self.mode:
@@ -391,21 +410,3 @@ class Session:
             "busy": self.exec is not None, "untrusted_markers": self.untrusted,
             "parser": self.hop.via, "repeated_markers": self.repeated_markers,
         }
-
-
-def _cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:
-    """Without markers, the output also holds the shell's echo of the command and the next
-    prompt: cut the first from the front and the second from the end, when they are there.
-    The prompt is the one seen at start-up, or what preceded the command on its echo line."""
-    lines = [line.lstrip("\r") for line in text.split("\n")]
-    prompts = {prompt.rstrip()} if prompt else set()
-    for i, cmd_line in enumerate(command.split("\n")):
-        cmd_line = cmd_line.rstrip()
-        if not lines or not lines[0].rstrip().endswith(cmd_line):
-            break
-        echo = lines.pop(0).rstrip()
-        if i == 0 and cmd_line:
-            prompts.add(echo[: len(echo) - len(cmd_line)].rstrip())
-    if lines and prompts and lines[-1].rstrip() in prompts - {""}:
-        lines.pop()
-    return "\n".join(lines)

@@ -64,7 +64,7 @@ class PtySession:
         return {"s": self.id, "pid": self.pid, "tty": self.tty, "cols": self.cols,
                 "rows": self.rows, "read": self.read_off, "acked": self.acked,
                 "base": self.base, "buffered": len(self.buf), "paused": self.paused,
-                "exited": self.exit_info()}
+                "pending": self.inq_bytes, "exited": self.exit_info()}
 
     def exit_info(self) -> dict[str, Any] | None:
         if self.status is None:

@@ -296,8 +296,10 @@ class ParseHop:
         return True
 
     def _opened(self, body: dict[str, Any]) -> None:
-        # the feeds went out behind it already; a new stream name starts where asked
-        self._declined(body)
+        # the feeds went out behind it (a new stream name starts where asked); what the open
+        # held back of the `FLYING` goes now
+        if not self._declined(body):
+            self._pump()
 
     def _fed(self, body: dict[str, Any]) -> None:
         if self._declined(body):
