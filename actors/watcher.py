@@ -32,10 +32,12 @@ observed root and answers once each cookie has come back through the pipeline, a
 event before it was published (a polling root: once its deletion has come back too).
 
 Resyncs (resync_begin, synthetic diff events, resync_end) happen at every start, on a kernel
-or hand-off queue overflow, on ENOSPC (that root then moves to polling, with a `warning`
-event), when an observer thread is found dead (checked every `liveness_s`), on a handler
-error, when a health cookie does not come back within `health_timeout_s`, and when watching
-resumes after quality 0. Repeated resyncs back off (doubling up to `resync_backoff_max_s`).
+or hand-off queue overflow, on ENOSPC (the subtree whose inotify watch could not be placed is
+then polled, with a `warning` event; past `max_polled_subtrees` in one root, the whole root),
+when an observer thread is found dead (checked every `liveness_s`), on a handler error, when
+a health cookie does not come back within `health_timeout_s`, and when watching resumes after
+quality 0. Repeated resyncs back off (doubling up to `resync_backoff_max_s`). The loop side
+of all this is actors.watching.driving; the watch ops are actors.watching.watch_ops.
 
 Restart without loss (R3; actors.watching.state): the watches, a write-ahead log of the paths
 of published events and a lagging checkpoint of the told state survive in `state_dir`. The
@@ -55,15 +57,15 @@ Config: roots [], watch [] (static watches: path or {path, recursive, exclude}),
 buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_max_file_bytes
 4 MiB, max_read_bytes 16 MiB, list_max 50000, retry {retries 3, initial_ms 10, factor 2,
 max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
-checkpoint_s 1, resync_backoff_max_s 10, state_dir "<runtime_dir>/<name>.state".
+max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10,
+state_dir "<runtime_dir>/<name>.state".
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,25 +73,24 @@ from loguru import logger
 
 from actors.runtime import DEFERRED, Actor, Call, op
 from actors.watching import cookies as cookie_files
-from actors.watching import snapshot
 from actors.watching.cache import FileCache
 from actors.watching.confine import Roots
-from actors.watching.cookies import COOKIE, Cookies, Sync
+from actors.watching.cookies import Cookies, Sync
+from actors.watching.driving import Driving
 from actors.watching.files import FileService
-from actors.watching.journal import Clock, Journal
+from actors.watching.journal import Journal
 from actors.watching.observer import ObserverManager
 from actors.watching.pipeline import Pipeline
 from actors.watching.resync import ResyncScheduler
-from actors.watching.retry import Pending, RetryPolicy, os_error
-from actors.watching.snapshot import Index, Stat
+from actors.watching.retry import Pending, RetryPolicy
+from actors.watching.snapshot import Index
 from actors.watching.state import State, tree_identity
+from actors.watching.watch_ops import WatchOps
 from actors.watching.watches import Watches
-from protocol.errors import Category, WireError, fail
-
-_INDEX: Any = object()  # resync base: the told-state index
+from protocol.errors import Category, fail
 
 
-class WatcherActor(Actor):
+class WatcherActor(WatchOps, Driving, Actor):
     name = "watcher"
     category = Category.FILESYSTEM
 
@@ -152,7 +153,9 @@ class WatcherActor(Actor):
             self.loop.call_soon_threadsafe, self._drain,
             mode="polling" if self.fallback == "polling" else "inotify",
             buffer_max=int(self.config.get("buffer_max", 65536)),
-            poll_interval=float(self.config.get("poll_interval_s", 1.0)))
+            poll_interval=float(self.config.get("poll_interval_s", 1.0)),
+            max_polled=int(self.config.get("max_polled_subtrees", 16)),
+            wanted=self.watches.needs)
         warnings = self.obs.set_roots(self.watches.observed_roots())  # watches first
         cookie_files.remove_stale(list(self.obs.roots))
         if saved_watches is None:  # the first life in this tree: nothing to diff against
@@ -171,156 +174,11 @@ class WatcherActor(Actor):
             self.obs.stop()
         self.state.close()
 
-    def _checkpoint(self) -> None:
-        cost = 0.0
-        try:
-            cost = self.state.checkpoint(self.journal.seq, lambda: {
-                "instance": self.journal.instance, "watch_ids": [w.id for w in self.watches],
-                "entries": dict(self.index.entries)})
-        finally:
-            interval = float(self.config.get("checkpoint_s", 1.0))
-            self.loop.call_later(max(interval, 10 * cost), self._checkpoint)
-
-    # --- events ---------------------------------------------------------------------------
-
     def _publish(self, body: dict[str, Any]) -> None:
         self.publisher.publish("fs.event", body)
 
     def _note_self_write(self, path: str, key: Any) -> None:
         self.pipeline.note_self_write(path, key)
-
-    def _drain(self) -> None:
-        """Runs on the loop when the observer handed something over."""
-        if self.obs is None:
-            return
-        raws, overflowed, problems = self.obs.take()
-        if overflowed:
-            self.request_resync("overflow")  # first, so syncs in `raws` wait for it
-        if raws:
-            try:
-                self.pipeline.feed(raws)
-            except Exception:
-                logger.exception("watcher: event handling failed")
-                self.request_resync("handler_error")
-        for kind, detail in problems:
-            self._on_problem(kind, detail)
-
-    def _on_problem(self, kind: str, detail: str) -> None:
-        if kind == "enospc" and self.obs is not None:
-            root = self.obs.root_of(detail)
-            if root is not None and self.obs.to_polling(root):
-                self.pipeline.marker(
-                    "warning", reason="enospc", path=detail, root=root, mode="polling",
-                    message=f"inotify watch limit reached under {root}: polling it instead")
-        self.request_resync(kind)
-
-    def request_resync(self, reason: str, recreate: bool = False) -> None:
-        self.resyncs.request(reason, recreate)
-
-    def _ours(self, path: str) -> bool:
-        """The actor's own files: cookies and its state directory."""
-        return COOKIE in path or path.startswith(str(self.state.dir))
-
-    def _walk(self) -> dict[str, Stat]:
-        out: dict[str, Stat] = {}
-        keep = self.watches.in_scope if any(w.exclude for w in self.watches) else None
-        for path, recursive in self.watches.observed_roots().items():
-            snapshot.walk(path, keep, recursive, into=out)
-        for p in [p for p in out if self._ours(p)]:
-            del out[p]
-        return out
-
-    def resync(self, reason: str, *, recreate: bool = False,
-               base: Mapping[str, Stat] | None = _INDEX) -> dict[str, Any] | None:
-        """Watches first (already in place, or recreated), then walk, diff against `base`
-        (default: the told state), publish the markers and the diff."""
-        if self.obs is None or self.paused:
-            return None
-        t0 = time.perf_counter()
-        if recreate:
-            self.obs.recreate()
-        raws, _, problems = self.obs.take()  # all before the walk: the walk covers them
-        t1 = time.perf_counter()
-        walk_started = time.monotonic()
-        new = self._walk()
-        walk_ms = round((time.perf_counter() - t1) * 1000, 3)
-        summary = self.pipeline.resync(reason, new, self.index.entries if base is _INDEX
-                                       else base, walk_ms=walk_ms)
-        summary["walk_ms"] = walk_ms
-        summary["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        self.last_resync = summary
-        self.resync_total += 1
-        for r in reason.split("+"):
-            self.resync_counts[r] += 1
-        self.resyncs.done()
-        logger.info("watcher: resync {}", summary)
-        for s in self.cookies.covered(walk_started):
-            s.done(s)
-        after, self._after_resync = self._after_resync, []
-        for fn in after:
-            fn()
-        cookies = [r for r in raws if COOKIE in r[1] or (r[2] and COOKIE in r[2])]
-        if cookies:
-            self.pipeline.feed(cookies)
-        for kind, detail in problems:
-            if kind == "enospc":
-                self._on_problem(kind, detail)
-        return summary
-
-    # --- cookies: fs.sync and the health check --------------------------------------------
-
-    def _start_sync(self, done: Callable[[Sync], None]) -> tuple[Sync | None, list[str]]:
-        assert self.obs is not None
-        return self.cookies.start({p: r.via for p, r in self.obs.roots.items()}, done)
-
-    def _on_cookie(self, path: str, etype: str) -> None:
-        s = self.cookies.seen(path, etype)
-        if s is None:
-            return
-        if self.resyncs.pending:
-            self._after_resync.append(lambda: s.done(s))  # the diff must go out first
-        else:
-            s.done(s)
-
-    def _health(self) -> None:
-        """The seed's 3.2 health check: a cookie that does not come back means the observer
-        is not delivering; recreate it and resync."""
-        if self.obs is None or self.paused or self._health_wait is not None:
-            return
-
-        def ok(_s: Sync) -> None:
-            self.health["ok"] += 1
-            self._health_wait = None
-
-        s, _ = self._start_sync(ok)
-        if s is None:
-            return
-        self._health_wait = s
-
-        def check() -> None:
-            if not s.finished:
-                self.cookies.drop(s)
-                self._health_wait = None
-                self.health["failed"] += 1
-                self.request_resync("health_cookie", recreate=True)
-
-        self.loop.call_later(float(self.config.get("health_timeout_s", 10.0)), check)
-
-    def _liveness(self) -> None:
-        self.pipeline.expire_self_writes()
-        if self.obs is None or self.paused:
-            return
-        found = self.obs.check()
-        for path in found["missing"]:
-            self.pipeline.marker("warning", reason="root_missing", path=path,
-                                 message=f"{path} is gone; watching resumes when it is back")
-        if found["dead"]:
-            logger.error("watcher: observer threads dead: {}", found["dead"])
-            self.request_resync("observer_dead", recreate=True)
-        elif found["back"]:
-            self.request_resync("root_back")
-
-    # --- op helpers ---------------------------------------------------------------------------
 
     @staticmethod
     def _settle(call: Call, p: Pending) -> Any:
@@ -328,15 +186,6 @@ class WatcherActor(Actor):
             return p.unwrap()
         p.then(lambda p: call.fail(p.error) if p.error is not None else call.reply(p.value))
         return DEFERRED
-
-    def _need_watching(self) -> ObserverManager:
-        if self.obs is None:
-            raise fail("resource_exhausted", "watching is off: the watcher runs in its "
-                       "cache_only fallback", detail={"fallback": "cache_only"})
-        if self.paused:
-            raise fail("busy", "watching is paused at quality level 0",
-                       detail={"quality": self.quality}, retry_after_ms=5000)
-        return self.obs
 
     # --- file ops ---------------------------------------------------------------------------
 
@@ -372,96 +221,7 @@ class WatcherActor(Actor):
         """Entries of a directory, optionally recursive and filtered by a glob."""
         return self.files.list_dir(path, recursive, glob)
 
-    # --- watch ops ---------------------------------------------------------------------------
-
-    @op("fs.watch", args={"path": str, "recursive": (bool, True), "exclude": (list, None)},
-        idempotent=True, timeout_ms=30_000)
-    def _op_watch(self, call: Call, path: str, recursive: bool,
-                  exclude: list | None) -> dict[str, Any]:
-        """Watch a directory; events for it are published on fs.event."""
-        obs = self._need_watching()
-        real = self.roots.resolve_fast(path)
-        try:
-            if not os.path.isdir(real):
-                os.stat(real)
-                raise NotADirectoryError(20, "Not a directory", real)
-        except OSError as exc:
-            raise os_error(exc, path) from exc
-        excl = tuple(exclude or ())
-        w = self.watches.find(real, recursive, excl)
-        if w is None:
-            before = list(self.watches)
-            w = self.watches.add(real, recursive, excl)
-            try:
-                warnings = obs.set_roots(self.watches.observed_roots())
-            except OSError as exc:
-                self.watches.remove(w.id)
-                obs.set_roots(self.watches.observed_roots())
-                raise os_error(exc, path) from exc
-            # The new scope's base is the tree as it is now, after the watch is in place.
-            fresh = snapshot.walk(real, w.covers if w.exclude else None, recursive)
-            for p in [p for p in fresh if self._ours(p)]:
-                del fresh[p]
-            if not before and not self.index.entries:
-                self.index.replace(fresh)
-            else:
-                for p, s in fresh.items():
-                    if not any(o.covers(p) for o in before):
-                        self.index.set(p, s)
-            self.state.save_watches(self.watches.to_wire())
-            for msg in warnings:
-                self.pipeline.marker("warning", reason="inotify_unavailable", message=msg,
-                                     path=real, mode="polling")
-        root = obs.roots.get(obs.root_of(real) or "")
-        spec = w.spec()
-        return {"watch": spec.pop("id"), **spec, "via": root.via if root else "missing",
-                "clock": self.journal.clock().to_wire()}
-
-    @op("fs.unwatch", args={"watch": str})
-    def _op_unwatch(self, call: Call, watch: str) -> dict[str, Any]:
-        """Stop a watch (the directories no other watch needs are no longer observed)."""
-        obs = self._need_watching()
-        self.watches.remove(watch)
-        obs.set_roots(self.watches.observed_roots())
-        self.index.prune(self.watches.in_scope)
-        self.state.save_watches(self.watches.to_wire())
-        return {"removed": watch}
-
-    @op("fs.since", args={"clock": list, "max": (int, 10_000)}, idempotent=True)
-    def _op_since(self, call: Call, clock: list, max: int) -> dict[str, Any]:
-        """Journaled events after `clock`, or fresh_instance when it cannot tell."""
-        self._need_watching()
-        if max < 1:
-            raise fail("bad_args", "max must be >= 1")
-        return self.journal.since(Clock.from_wire(clock), min(max, 10_000))
-
-    @op("fs.sync", args={"timeout_ms": (int, 10_000)}, idempotent=True, timeout_ms=120_000)
-    def _op_sync(self, call: Call, timeout_ms: int) -> Any:
-        """Answer once every change made before this call has been published."""
-        self._need_watching()
-        if not 0 < timeout_ms <= 110_000:
-            raise fail("bad_args", "timeout_ms must be in (0, 110000]")
-
-        def done(s: Sync) -> None:
-            self.syncs_answered += 1
-            call.reply({"clock": self.journal.clock().to_wire(), "roots": len(s.cookies),
-                        "unsynced": unsynced,
-                        "waited_ms": round((time.monotonic() - s.started) * 1000, 3)})
-
-        s, unsynced = self._start_sync(done)
-        if s is None:
-            self.pipeline.flush()
-            return {"clock": self.journal.clock().to_wire(), "roots": 0,
-                    "unsynced": unsynced, "waited_ms": 0.0}
-
-        def expire() -> None:
-            if not s.finished:
-                self.cookies.drop(s)
-                call.fail(WireError.of("timeout", f"fs.sync: cookies not back in {timeout_ms}"
-                                       " ms", detail={"roots": list(s.cookies.values())}))
-
-        self.loop.call_later(timeout_ms / 1000, expire)
-        return DEFERRED
+    # --- stats -----------------------------------------------------------------------------
 
     @op("fs.stats", idempotent=True)
     def _op_stats(self, call: Call) -> dict[str, Any]:
@@ -474,6 +234,8 @@ class WatcherActor(Actor):
         if self.paused:
             return "paused"
         vias = {r.via for r in self.obs.roots.values()} - {"missing"}
+        if self.obs.polled:  # inotify roots with subtrees polled after ENOSPC
+            vias.add("polling")
         return vias.pop() if len(vias) == 1 else ("mixed" if vias else self.obs.mode)
 
     def _stats(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 
 from actors import watcher as watcher_mod
 from actors.watching import files as files_mod
-from actors.watching import observer as observer_mod
+from actors.watching import guarded as guarded_mod
 from actors.watching.coalesce import Coalescer
 from protocol.client import Loss
 from protocol.envelope import StreamMessage
@@ -190,6 +190,25 @@ def test_events_name_their_watches_and_excluded_paths_are_not_published(start, d
     assert e.value.name == "watch_not_found"
 
 
+def test_excluded_subtrees_get_no_inotify_watch_until_a_watch_needs_them(start, data):
+    for d in ("node_modules/a/b", "node_modules/c", "src/deep"):
+        (data / d).mkdir(parents=True)
+    w = start()
+    w.watch(exclude=["node_modules"])
+    # data, src, src/deep: nothing inside node_modules is watched (nor walked for it).
+    assert w.call("fs.stats")["observer"]["inotify_watches"] == 3
+    (data / "node_modules" / "d").mkdir()  # a new excluded directory stays unwatched too
+    (data / "src" / "new").mkdir()
+    w.sync()
+    assert w.call("fs.stats")["observer"]["inotify_watches"] == 4
+    # A second watch without the exclude needs them: they are watched before fs.watch answers.
+    all_of_it = w.watch(path=data / "node_modules")["watch"]
+    assert w.call("fs.stats")["observer"]["inotify_watches"] == 9
+    (data / "node_modules" / "a" / "b" / "x.js").write_text("1")
+    evs = [e for e in w.sync() if e.get("path", "").endswith("x.js")]
+    assert [(e["kind"], e["watches"]) for e in evs] == [("created", [all_of_it])]
+
+
 def test_own_writes_are_tagged_origin_self_and_external_ones_external(start, data):
     w = start()
     w.watch()
@@ -260,24 +279,50 @@ def test_a_full_hand_off_buffer_ends_in_a_resync_with_the_full_diff(start, data,
     assert w.call("fs.stats")["observer"]["dropped_to_resync"] > 0
 
 
-def test_enospc_on_a_subdirectory_moves_the_root_to_polling_with_a_warning(
+def test_enospc_on_a_subdirectory_polls_that_subtree_only_with_a_warning(
         start, data, monkeypatch):
     (data / "deep" / "er").mkdir(parents=True)
+    (data / "beside").mkdir()
 
     def no_watches_left(path: bytes) -> None:
         if b"/deep" in path:
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
-    monkeypatch.setattr(observer_mod, "add_watch_fault", no_watches_left)  # inherited by fork
+    monkeypatch.setattr(guarded_mod, "add_watch_fault", no_watches_left)  # inherited by fork
     w = start(poll_interval_s=0.1)
     w.watch()
     warning = w.wait_for(lambda e: e["kind"] == "warning")
     assert warning["reason"] == "enospc" and warning["mode"] == "polling"
-    assert warning["root"] == str(data) and "/deep" in warning["path"]
+    assert warning["root"] == str(data) and warning["scope"] == "subtree"
+    assert warning["polled"] == str(data / "deep")
+    # fs.sync also waits for a cookie in the polled subtree: its change is in by then.
     (data / "deep" / "er" / "new.txt").write_text("seen by polling")
-    assert ("created", "deep/er/new.txt") in kinds(w.sync(), data)
+    (data / "beside" / "b.txt").write_text("seen by inotify")
+    got = kinds(w.sync(), data)
+    assert ("created", "deep/er/new.txt") in got and ("created", "beside/b.txt") in got
     stats = w.call("fs.stats")
-    assert stats["mode"] == "polling" and stats["resyncs"]["by_reason"].get("enospc") == 1
+    assert stats["observer"]["roots"][str(data)]["via"] == "inotify"
+    assert stats["observer"]["polled_subtrees"] == [str(data / "deep")]
+    assert stats["mode"] == "mixed" and stats["resyncs"]["by_reason"].get("enospc", 0) >= 1
+
+
+def test_enospc_in_more_subtrees_than_the_cap_polls_the_whole_root(start, data, monkeypatch):
+    for name in ("a", "b", "c"):
+        (data / name).mkdir()
+
+    def no_watches_left(path: bytes) -> None:
+        if path != os.fsencode(data):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(guarded_mod, "add_watch_fault", no_watches_left)
+    w = start(poll_interval_s=0.1, max_polled_subtrees=2)
+    w.watch()
+    whole = w.wait_for(lambda e: e["kind"] == "warning" and e.get("scope") == "root")
+    assert whole["polled"] == str(data)
+    (data / "c" / "late.txt").write_text("1")
+    assert ("created", "c/late.txt") in kinds(w.sync(), data)
+    stats = w.call("fs.stats")
+    assert stats["mode"] == "polling" and stats["observer"]["polled_subtrees"] == []
 
 
 def test_a_dead_observer_thread_is_found_within_a_second_recreated_and_resynced(
@@ -289,7 +334,7 @@ def test_a_dead_observer_thread_is_found_within_a_second_recreated_and_resynced(
             fired.append(path)
             raise RuntimeError("injected: kills watchdog's inotify reader thread")
 
-    monkeypatch.setattr(observer_mod, "add_watch_fault", boom)
+    monkeypatch.setattr(guarded_mod, "add_watch_fault", boom)
     w = start(liveness_s=0.2)
     w.watch()
     (data / "boom").mkdir()  # its IN_CREATE reaches the fault inside the reader thread
@@ -310,7 +355,7 @@ def test_a_health_cookie_that_does_not_come_back_recreates_the_observer(
             fired.append(path)
             raise RuntimeError("injected: the inotify reader thread dies")
 
-    monkeypatch.setattr(observer_mod, "add_watch_fault", boom)
+    monkeypatch.setattr(guarded_mod, "add_watch_fault", boom)
     # The liveness check is kept out of the way, so only the health cookie can notice.
     w = start(liveness_s=3600, health_interval_s=0.2, health_timeout_s=0.5)
     w.watch()

@@ -428,6 +428,30 @@ def test_a_resync_publishes_markers_around_the_diff_and_replaces_the_index():
     assert seqs == list(range(2, 6))
 
 
+def test_a_create_and_delete_that_cancel_out_still_delete_what_a_resync_reported():
+    """The R3 race, in memory: the restart walk sees a file created after the observer's
+    buffer was taken, reports it (synthetic), and then the file's own `created` event and
+    its deletion fall into one settle window. add+delete = nothing would leave subscribers
+    believing in it; the index says they were told, so the deletion goes out."""
+    out: list = []
+    p = pipeline(out, settle=10.0)  # one window: `Later` fires it after the feed
+    f = (1, 2, 3, 4, 4, 0o100644)
+    p.resync("restart", {"/w/seen": f}, {})
+    p.feed([("created", "/w/seen", "", False), ("modified", "/w/seen", "", False),
+            ("deleted", "/w/seen", "", False),
+            ("created", "/w/never", "", False), ("deleted", "/w/never", "", False),
+            ("created", "/w/back", "", False), ("deleted", "/w/back", "", False),
+            ("created", "/w/back", "", False)])
+    live = [e for m in out for e in m["events"] if not e.get("synthetic") and "path" in e]
+    assert [(e["kind"], e["path"]) for e in live] == [
+        ("deleted", "/w/seen"), ("created", "/w/back")]
+    assert live[0]["type"] == "file" and set(p.index.entries) == {"/w/back"}
+    assert p.stats()["told_deletes"] == 1
+    n = len(out)
+    p.feed([("created", "/w/seen", "", False), ("deleted", "/w/seen", "", False)])
+    assert len(out) == n  # told deleted by now: a later cancel-out needs no event
+
+
 def test_own_writes_are_tagged_origin_self_not_hidden():
     out: list = []
     p = pipeline(out)
@@ -469,6 +493,24 @@ def test_a_failing_handler_is_reported_and_a_full_buffer_is_flagged_not_silent()
     assert problems and problems[0][0] == "handler_error"
     assert len(wakes) == 1  # one wake-up per batch, not per event
     assert mgr.take() == ([], False, [])
+
+
+def test_a_bounded_take_leaves_the_rest_pending_without_more_wake_ups():
+    from watchdog.events import FileCreatedEvent
+
+    from actors.watching.observer import ObserverManager
+
+    wakes = []
+    mgr = ObserverManager(wakes.append, lambda: None)
+    for i in range(5):
+        mgr.handler.dispatch(FileCreatedEvent(f"/w/{i}"))
+    first, _, _ = mgr.take(2)
+    mgr.handler.dispatch(FileCreatedEvent("/w/5"))  # the taker comes back for it: no wake
+    assert [r[1] for r in first] == ["/w/0", "/w/1"] and mgr.backlog == 4 and len(wakes) == 1
+    rest, _, _ = mgr.take(10)
+    assert [r[1] for r in rest] == ["/w/2", "/w/3", "/w/4", "/w/5"] and mgr.backlog == 0
+    mgr.handler.dispatch(FileCreatedEvent("/w/6"))  # all taken: the next one wakes again
+    assert len(wakes) == 2
 
 
 def test_resyncs_run_at_once_after_quiet_and_back_off_while_they_keep_coming():

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.timeout(180)
 
 TREE = """
 [supervisor]
-heartbeat = {{ interval_ms = 200, misses = 5 }}
+# Hang detection is not under test: on a loaded machine a watcher draining a burst can go a
+# second without a loop turn, and a hang-kill would be one more restart (allowed, below).
+heartbeat = {{ interval_ms = 200, misses = 25 }}
 backoff = {{ initial_ms = 20, factor = 2.0, max_ms = 400 }}
 [[children]]
 id = "watcher"
@@ -102,10 +104,6 @@ class Consumer(threading.Thread):
             self.done.set()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known race, open in issue 5: about 1 run in 6 on a loaded 2-core machine, the consumer "
-    "still believes in one file deleted right at the SIGKILL (a delete the restart diff "
-    "does not re-report)"))
 def test_sigkill_of_the_watcher_during_a_burst_loses_no_change(make_tree, tmp_path):
     data = Path(os.path.realpath(tmp_path)) / "data"
     data.mkdir()
@@ -126,10 +124,47 @@ def test_sigkill_of_the_watcher_during_a_burst_loses_no_change(make_tree, tmp_pa
         writer.join()
     consumer.final = tree.call("watcher", "fs.sync", timeout=60)["clock"]
     assert consumer.done.wait(60) and consumer.error is None, consumer.error
-    assert consumer.resets == 1 and "restart" in consumer.reasons
+    # One restart per SIGKILL; any further one (a hang-kill under load) must lose nothing
+    # either, so the criterion below holds across all of them.
+    assert consumer.resets >= 1 and "restart" in consumer.reasons
     truth = on_disk(data)
     state = consumer.state
     missing = {p: s for p, s in truth.items() if state.get(p) != s}
     ghosts = set(state) - set(truth)
     assert not missing and not ghosts, (len(missing), list(missing.items())[:5], list(ghosts)[:5])
     assert len(truth) > 9000
+
+
+BIG_TREE = """
+[supervisor]
+heartbeat = {{ interval_ms = 50, misses = 3 }}
+[[children]]
+id = "watcher"
+start = "actors.watcher:WatcherActor"
+[actor.watcher]
+roots = ["{data}"]
+push_metrics = false
+"""
+
+
+def test_watching_a_tree_larger_than_one_loop_turn_may_take_is_not_taken_for_a_hang(
+        make_tree, tmp_path):
+    # Walking 60,000 entries takes longer than this tree's hang detection (3 x 50 ms)
+    # allows one loop turn; the walk says it is moving, so the watcher is not killed for it.
+    data = Path(os.path.realpath(tmp_path)) / "data"
+    flat = data / "flat"
+    flat.mkdir(parents=True)
+    for i in range(40_000):
+        (flat / f"f{i}").touch()
+    for d in range(200):
+        sub = data / f"d{d}"
+        sub.mkdir()
+        for i in range(100):
+            (sub / f"g{i}").touch()
+    tree = make_tree(BIG_TREE.format(data=data)).start()
+    pid = tree.child("watcher")["pid"]
+    tree.call("watcher", "fs.watch", {"path": str(data)}, timeout=60)
+    (data / "after").write_bytes(b"x")
+    tree.call("watcher", "fs.sync", timeout=60)
+    child = tree.child("watcher")
+    assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()

@@ -81,6 +81,18 @@ class Beater:
         self._cells[self._turn] = time.monotonic_ns()
 
 
+def progress() -> None:
+    """Long work on the loop (a walk of a large tree, a big diff) says it is still moving.
+
+    A loop turn that legitimately takes longer than the supervisor's interval x misses (the
+    first walk of a 100,000-file repository) would otherwise look hung and be killed, and its
+    successor would start the same walk. Only code that is making progress calls this; a
+    handler stuck in a loop or a blocking call does not, and is still seen."""
+    b = _installed
+    if b is not None and b.pid == os.getpid():
+        b.woke()
+
+
 def stopped(pid: int) -> bool:
     """Is `pid` stopped (SIGSTOP, a tracer)? A gone process is not: its exit is on the way."""
     try:

@@ -9,6 +9,11 @@ Each surviving event keeps the position of the path's first event in the window,
 order of a batch is the order in which paths first changed. A path whose events cancelled
 out starts afresh (at the end) if it changes again in the same window.
 
+"Nothing" is right only for a subscriber that never heard of the path. One that did (a resync
+walk saw the file and reported it, and the file's own `created` event, queued behind the
+walk, then met its deletion in one window) must hear the deletion: so cancelled paths are
+kept aside (`take_cancelled`) for the pipeline to check against what it told.
+
 The window itself is the pipeline's business (when to `take`); this is only the table.
 """
 
@@ -32,10 +37,11 @@ _RULES: dict[tuple[str, str], str | None] = {
 class Coalescer:
     """Pending events by path: [kind, is_dir, hint] where hint is the other end of a move."""
 
-    __slots__ = ("absorbed", "pending")
+    __slots__ = ("absorbed", "cancelled", "pending")
 
     def __init__(self) -> None:
         self.pending: dict[str, list] = {}
+        self.cancelled: dict[str, bool] = {}  # path -> is_dir, events that cancelled out
         self.absorbed = 0  # events folded into another or cancelled (a statistic)
 
     def __len__(self) -> int:
@@ -50,6 +56,7 @@ class Coalescer:
         self.absorbed += 1
         if new is None:
             del self.pending[path]
+            self.cancelled[path] = is_dir
             self.absorbed += 1
             return
         p[0] = new
@@ -62,7 +69,16 @@ class Coalescer:
         self.pending = {}
         return out
 
+    def take_cancelled(self) -> dict[str, bool]:
+        """Paths whose events cancelled out in this window (path -> is_dir); a path that
+        changed again afterwards is also in `pending`."""
+        out = self.cancelled
+        if out:
+            self.cancelled = {}
+        return out
+
     def clear(self) -> int:
         n = len(self.pending)
         self.pending = {}
+        self.cancelled = {}
         return n

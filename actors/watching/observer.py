@@ -3,25 +3,26 @@
 watchdog 7.x alone loses events without telling anyone: an inotify queue overflow is only
 logged, an ENOSPC while watching a subdirectory is swallowed, and an exception in a handler
 kills the dispatch thread. So, here:
-  - the inotify watch group is subclassed to report an overflow and a failed subdirectory
-    watch (ENOSPC, ENOMEM, EMFILE) instead of swallowing them (`report`);
+  - the inotify watch group is subclassed (actors.watching.guarded) to report an overflow
+    and a failed subdirectory watch (ENOSPC, ENOMEM, EMFILE) instead of swallowing them;
   - our handler only appends to a bounded buffer and wakes the actor's loop (one wake-up
     per batch, through `call_soon_threadsafe`); a full buffer drops the event but sets
     `overflowed`, which the actor turns into a resync, and a handler error is reported;
+  - directories no watch needs (inside an excluded subtree, `wanted` false) get no inotify
+    watch and are not walked for one; `refresh` adds the ones a new watch needs;
   - every observer thread (dispatcher, inotify reader, one emitter per root) can be listed
     for the liveness check, and `recreate` builds the observers afresh;
   - a root whose inotify watch cannot be placed (ENOSPC at the root, no inotify instance
-    left) is observed by a PollingObserver instead, and so is one `to_polling` moves there.
+    left) is observed by a PollingObserver instead, and so is one `to_polling` moves there;
+    a subdirectory whose watch cannot be placed (ENOSPC below the root) is polled by itself
+    (`poll_subtree`) while inotify keeps the rest of its root, up to `max_polled` subtrees
+    per root (each polling emitter is a thread): past that the whole root is polled.
 Everything here runs on watchdog's threads except the methods the actor calls; shared state
-is guarded by one lock.
-
-Seam: `add_watch_fault(path: bytes)`, when set, runs before each inotify watch is added and
-may raise (tests set it in the test process before forking the actor, to inject ENOSPC).
+is guarded by one lock. The inotify subclasses are in actors.watching.guarded.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 from collections.abc import Callable
@@ -44,71 +45,18 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-try:  # the guarded inotify classes depend on watchdog 7.x internals
-    from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-    from watchdog.observers.inotify_c import InotifyFD
-    GUARDED = hasattr(InotifyWatchGroup, "_add_callback") and hasattr(
-        InotifyWatchGroup, "on_queue_overflow")
-except ImportError:  # pragma: no cover - not Linux, or another watchdog layout
-    GUARDED = False
+from actors.watching.guarded import (
+    GUARDED,
+    WATCH_LIMIT_ERRNOS,
+    InotifyObserver,
+    Wanted,
+    guarded_emitter,
+)
 
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
     DirMovedEvent, FileModifiedEvent, FileAttribEvent]
-WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
-
 Raw = tuple[str, str, str, bool]  # (watchdog event type, src, dest, is_dir)
-Report = Callable[[str, str], None]
-
-add_watch_fault: Callable[[bytes], None] | None = None
-
-
-def _guarded_emitter(report: Report) -> type:
-    """An InotifyEmitter whose watch group reports what watchdog would swallow."""
-
-    class Group(InotifyWatchGroup):  # type: ignore[misc,valid-type]
-        def on_queue_overflow(self) -> None:
-            report("overflow", os.fsdecode(self.path))
-            super().on_queue_overflow()
-
-        def _add_callback(self, path: bytes) -> None:
-            try:
-                if add_watch_fault is not None:
-                    add_watch_fault(path)
-                wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback,
-                                                   self._id)
-            except OSError as exc:
-                if path == self.path:
-                    raise
-                if exc.errno in WATCH_LIMIT_ERRNOS:
-                    report("enospc", os.fsdecode(path))
-                return  # vanished or unreadable since listed: the walk and diff cover it
-            self._active_callbacks_by_path[path] = wd
-            self._active_callbacks_by_watch[wd] = path
-
-    class Emitter(InotifyEmitter):  # type: ignore[misc,valid-type]
-        def on_thread_start(self) -> None:
-            self._inotify = Group(
-                self._inotify_fd, os.fsencode(self.watch.path),
-                is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(),
-                follow_symlink=self.watch.follow_symlink)
-
-    return Emitter
-
-
-class _InotifyObserver(BaseObserver):
-    """InotifyObserver with our emitter class; the reader thread is ours to check."""
-
-    def __init__(self, emitter_class: type, timeout: float) -> None:
-        self.inotify_fd = InotifyFD()
-        self.inotify_fd.start()
-        super().__init__(emitter_class, timeout=timeout, inotify_fd=self.inotify_fd)
-
-    def on_thread_stop(self) -> None:
-        super().on_thread_stop()
-        self.inotify_fd.stop()
-        self.inotify_fd.join(2.0)
 
 
 class _Handler(FileSystemEventHandler):
@@ -140,6 +88,8 @@ class ObserverManager:
         mode: str = "inotify",
         buffer_max: int = 65536,
         poll_interval: float = 1.0,
+        max_polled: int = 16,
+        wanted: Wanted | None = None,
     ) -> None:
         self.wake = wake
         self.on_ready = on_ready
@@ -152,9 +102,13 @@ class ObserverManager:
         self.problems: list[tuple[str, str]] = []
         self._wake_pending = False
         self.handler = _Handler(self)
-        self.inotify: _InotifyObserver | None = None
+        self.inotify: InotifyObserver | None = None
         self.polling: BaseObserver | None = None
         self.roots: dict[str, Root] = {}
+        # Subtrees of inotify roots that inotify could not watch (ENOSPC), polled instead.
+        self.polled: dict[str, Root] = {}
+        self.max_polled = max_polled
+        self.wanted = wanted
         self.raw_events = 0
         self.dropped = 0
         self.peak = 0
@@ -189,19 +143,30 @@ class ObserverManager:
 
     # --- the actor's loop calls the rest --------------------------------------------------
 
-    def take(self) -> tuple[list[Raw], bool, list[tuple[str, str]]]:
-        """Everything handed over since the last call: events, overflow flag, problems."""
+    def take(self, limit: int | None = None) -> tuple[list[Raw], bool, list[tuple[str, str]]]:
+        """What was handed over since the last call: events (the oldest `limit` of them),
+        overflow flag, problems. Events left behind keep the wake-up pending: the caller
+        takes them on its next turn (`backlog`), and no thread wakes it for them again."""
         with self._lock:
-            buf, self.buffer = self.buffer, []
+            if limit is None or len(self.buffer) <= limit:
+                buf, self.buffer = self.buffer, []
+            else:
+                buf, self.buffer = self.buffer[:limit], self.buffer[limit:]
             overflowed, self.overflowed = self.overflowed, False
             problems, self.problems = self.problems, []
-            self._wake_pending = False
+            self._wake_pending = bool(self.buffer)
         return buf, overflowed, problems
+
+    @property
+    def backlog(self) -> int:
+        """Events handed over and not yet taken."""
+        return len(self.buffer)
 
     def _observer(self, via: str) -> BaseObserver:
         if via == "inotify":
             if self.inotify is None:
-                self.inotify = _InotifyObserver(_guarded_emitter(self.report), 1.0)
+                self.inotify = InotifyObserver(
+                    guarded_emitter(self.report, self.wanted), 1.0)
                 self.inotify.start()
             return self.inotify
         if self.polling is None:
@@ -244,6 +209,7 @@ class ObserverManager:
         """Observe exactly `wanted` (path -> recursive); returns fallback warnings."""
         warnings = []
         for path in [p for p, r in self.roots.items() if wanted.get(p) != r.recursive]:
+            self._drop_polled(path)
             self._unschedule(self.roots.pop(path))
         for path, recursive in wanted.items():
             if path not in self.roots:
@@ -257,9 +223,57 @@ class ObserverManager:
         root = self.roots.get(path)
         if root is None or root.via == "polling":
             return False
+        self._drop_polled(path)
         self._unschedule(root)
         self._schedule(root, "polling")
         return True
+
+    def poll_subtree(self, path: str) -> tuple[str, str] | None:
+        """inotify could not watch the directory `path` (ENOSPC): poll that subtree alone.
+        Returns (its root, "subtree"), or (its root, "root") when the root already has
+        `max_polled` polled subtrees and moves to polling as a whole; None when there is
+        nothing new to poll (already polled, gone, or not below an inotify root)."""
+        rp = self.root_of(path)
+        root = self.roots.get(rp) if rp is not None else None
+        if rp is None or root is None or root.via != "inotify" or not os.path.isdir(path):
+            return None
+        if any(path == p or path.startswith(p + "/") for p in self.polled):
+            return None
+        mine = [p for p in self.polled if self.root_of(p) == rp]
+        if path == rp or len(mine) >= self.max_polled:
+            self.to_polling(rp)
+            return rp, "root"
+        for p in [p for p in mine if p.startswith(path + "/")]:
+            self._unschedule(self.polled.pop(p))
+        sub = self.polled[path] = Root(path, True, "polling")
+        sub.watch = self._observer("polling").schedule(
+            self.handler, path, recursive=True, event_filter=EVENT_FILTER)
+        return rp, "subtree"
+
+    def _drop_polled(self, root_path: str) -> None:
+        """Stop polling the subtrees of `root_path` (it goes, or is polled whole)."""
+        for p in [p for p in self.polled if self.root_of(p) == root_path]:
+            self._unschedule(self.polled.pop(p))
+
+    def sync_points(self) -> dict[str, str]:
+        """Where fs.sync writes its cookies: every root and every polled subtree (path ->
+        "inotify" | "polling" | "missing")."""
+        out = {p: r.via for p, r in self.roots.items()}
+        out.update((p, "polling") for p in self.polled)
+        return out
+
+    def refresh(self) -> int:
+        """After a watch was added: place the inotify watches it needs that the others'
+        excludes had left out (`wanted` changed); returns how many were added."""
+        obs = self.inotify
+        if obs is None or not GUARDED:
+            return 0
+        added = 0
+        for em in list(obs.emitters):
+            group = getattr(em, "_inotify", None)
+            if group is not None and hasattr(group, "add_missing"):
+                added += group.add_missing()
+        return added
 
     def root_of(self, path: str) -> str | None:
         best = None
@@ -283,6 +297,12 @@ class ObserverManager:
                 out["dead"].append("inotify reader")
             for em in list(obs.emitters):
                 if em.is_alive():
+                    continue
+                sub = self.polled.get(em.watch.path) if name == "polling" else None
+                if sub is not None and not os.path.isdir(sub.path):
+                    # A polled subtree was deleted (its emitter stops itself); inotify on
+                    # the root reported that, and watches it anew if it comes back.
+                    self._unschedule(self.polled.pop(sub.path))
                     continue
                 root = self.roots.get(em.watch.path)
                 if os.path.isdir(em.watch.path) or root is None:
@@ -308,7 +328,7 @@ class ObserverManager:
             except Exception:
                 logger.exception("watcher: stopping an observer failed")
         self.inotify = self.polling = None
-        for root in self.roots.values():
+        for root in (*self.roots.values(), *self.polled.values()):
             root.watch = None
 
     def recreate(self) -> None:
@@ -318,6 +338,10 @@ class ObserverManager:
         self.stop()
         for path, root in self.roots.items():
             self._schedule(root, "polling" if vias[path] == "polling" else self.mode)
+        for path, sub in list(self.polled.items()):
+            self._schedule(sub, "polling")
+            if sub.via == "missing":  # deleted meanwhile: nothing left to poll
+                del self.polled[path]
 
     def inotify_watches(self) -> int | None:
         """Watches this process holds (from /proc/self/fdinfo), to compare with the limit."""
@@ -334,6 +358,7 @@ class ObserverManager:
         return {
             "mode": self.mode, "guarded": GUARDED,
             "roots": {p: {"recursive": r.recursive, "via": r.via} for p, r in self.roots.items()},
+            "polled_subtrees": sorted(self.polled),
             "raw_events": self.raw_events, "buffer_max": self.buffer_max,
             "buffer_peak": self.peak, "dropped_to_resync": self.dropped,
             "recreated": self.recreated, "inotify_watches": self.inotify_watches(),

@@ -7,7 +7,9 @@
          cannot postpone publication; 0: at once): each
          coalesced path is matched against the watches (dropped when nobody watches it),
          lstat'ed, tagged `origin: self` when it is the actor's own write, stamped with the
-         next clock in the journal, applied to the told-state index, and published
+         next clock in the journal, applied to the told-state index, and published; a path
+         whose events cancelled out (created + deleted) but that the index holds (a resync
+         walk reported it before its own `created` event came through) is published deleted
   resync replaces the index with a fresh walk and publishes resync_begin, the diff (events
          marked synthetic) and resync_end, all journaled like live events
 
@@ -30,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from actors.runtime.beat import progress
 from actors.watching.cache import FileCache, StatKey
 from actors.watching.coalesce import CREATED, DELETED, MODIFIED, Coalescer
 from actors.watching.cookies import COOKIE
@@ -83,6 +86,7 @@ class Pipeline:
         self.published = 0
         self.batches = 0
         self.fed = 0
+        self.told_deletes = 0  # cancelled-out paths published deleted: the index held them
 
     # --- own writes -------------------------------------------------------------------
 
@@ -127,7 +131,7 @@ class Pipeline:
                     cache.invalidate_tree(src)
                 else:
                     cache.changed(src)
-        if not self.coalescer.pending:
+        if not self.coalescer.pending and not self.coalescer.cancelled:
             return
         if self.settle_s <= 0:
             self.flush()
@@ -144,8 +148,9 @@ class Pipeline:
             self._timer.cancel()
             self._timer = None
         self.last_flush = self.now()
+        cancelled = self.coalescer.take_cancelled()
         items = self.coalescer.take()
-        if not items:
+        if not items and not cancelled:
             return 0
         # The hot path of P10: `Watches.matching`'s per-directory memo and `Index.set` are
         # inlined here, sharing one split of the path.
@@ -157,7 +162,9 @@ class Pipeline:
         remove = self.index.remove
         lstat = self.lstat
         mine = self.self_writes
-        out = []
+        out: list[dict[str, Any]] = []
+        if cancelled:
+            self._told_gone(cancelled, items, out)
         for path, (kind, d, hint) in items.items():
             parent, _, name = path.rpartition("/")
             ids = by_dir.get(parent) if by_dir is not None else None
@@ -211,6 +218,26 @@ class Pipeline:
         self._send(out)
         return len(out)
 
+    def _told_gone(self, cancelled: dict[str, bool], items: dict[str, list],
+                   out: list[dict[str, Any]]) -> None:
+        """Deletions for paths whose created + deleted cancelled out in this window although
+        the subscribers had been told they exist (the index holds them): a resync walk saw
+        the file, then its own `created` event, queued behind the walk, met its deletion."""
+        entries = self.index.entries
+        for path, d in cancelled.items():
+            told = entries.get(path)
+            if told is None or path in items:  # never told, or it changed again since
+                continue
+            ids = self.watches.matching(path)
+            if not ids:
+                continue
+            kind = ("dir" if is_dir(told) else "file") if told != UNKNOWN else (
+                "dir" if d else "file")
+            out.append({"kind": DELETED, "path": path, "type": kind, "origin": "external",
+                        "watches": ids})
+            self.index.remove(path)
+            self.told_deletes += 1
+
     def _send(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
@@ -246,7 +273,9 @@ class Pipeline:
                           "fresh": base is None, **detail})]
         changes = diff(base, new) if base is not None else []
         cache = self.cache
-        for kind, path, d in changes:
+        for n, (kind, path, d) in enumerate(changes):
+            if not n & 1023:
+                progress()  # a diff of 100,000 paths is longer than one loop turn may be
             ids = matching(path)
             if not ids:
                 continue
@@ -276,4 +305,5 @@ class Pipeline:
     def stats(self) -> dict[str, Any]:
         return {"fed": self.fed, "published": self.published, "messages": self.batches,
                 "coalesced_away": self.coalescer.absorbed, "pending": len(self.coalescer),
+                "told_deletes": self.told_deletes,
                 "settle_ms": self.settle_s * 1000, "self_writes": len(self.self_writes)}

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from actors.runtime.beat import progress
 from actors.watching.coalesce import CREATED, DELETED, MODIFIED
 
 Stat = tuple[int, int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns, mode
@@ -49,14 +50,19 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
     out: dict[str, Stat] = {} if into is None else into
     stack = [root]
     lstat_dir = _DIR
+    seen = 0
     while stack:
         top = stack.pop()
+        progress()  # a big tree takes longer than the hang detection allows one loop turn
         try:
             it = os.scandir(top)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue  # gone or unreadable since it was listed: its parent's diff says so
         with it:
             for e in it:
+                seen += 1
+                if not seen & 4095:
+                    progress()  # (a directory of 100,000 entries too)
                 path = e.path
                 if keep is not None and not keep(path):
                     continue

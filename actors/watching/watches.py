@@ -6,7 +6,8 @@ also crosses `/`): one without a `/` matches any path component below the watch 
 `node_modules` or `*.log` exclude at any depth), one with a `/` matches the path relative to
 the watch or one of its ancestors (`.git/objects` excludes that directory and everything in
 it). Overlapping watches are observed once: a recursive watch makes every watch below it
-free. Excludes only filter: watchdog still places inotify watches inside excluded trees.
+free. A directory that no watch needs (`needs`: inside a subtree every watch over it excludes)
+gets no inotify watch at all.
 """
 
 from __future__ import annotations
@@ -127,6 +128,18 @@ class Watches:
                 self.by_dir = {}
             ids = self.by_dir[d] = [w.id for w in self._list if w.covers(path)]
         return ids
+
+    def needs(self, directory: str) -> bool:
+        """Whether `directory` must be observed: it is a watch's directory or above one, or
+        a recursive watch covers it. An excluded directory's whole subtree is excluded (a
+        pattern that matches a path matches every path below it), so it needs nothing.
+        Called from the observer's threads: it reads only the immutable watch tuple."""
+        below = directory.rstrip("/") + "/"
+        for w in self._list:
+            if w.path == directory or w.path.startswith(below) or (
+                    w.recursive and w.covers(directory)):
+                return True
+        return False
 
     def in_scope(self, path: str) -> bool:
         return any(w.covers(path) for w in self._list)
