@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.runtime.beat import progress
 from protocol.envelope import DecodeError, packb, unpackb
 
 BINS_PER_OCTAVE = 16
@@ -171,6 +172,7 @@ class Ring:
             for idx, b in self.buckets.items():
                 if first <= idx < self.newest:
                     sealed.add(b)
+                    progress()  # 720 busy hours can take longer than one loop turn may
         out = Figures()
         out.add(sealed)
         current = self.buckets.get(self.newest)
