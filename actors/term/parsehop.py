@@ -5,8 +5,8 @@ design.md's data flow: output chunks go, with their absolute offsets, to the par
 their offsets and the session completes its execs from them. Each session has a `ParseHop`
 that says which parser serves it (`via`):
 
-  actor   the parser actor, one feed in flight per session; what arrives meanwhile is sent
-          with the next feed (at most `parse_feed_bytes`).
+  actor   the parser actor: each chunk is sent as it arrives (at most `parse_feed_bytes` a
+          feed), up to FLYING feeds in flight per session.
   local   the same library in this process, fed as the bytes arrive (seed 1.2, Network
           Critical: local mode) when the parser actor is down or its breaker is open.
   None    nothing parses (the library failed in this process too): raw output mode.
@@ -273,15 +273,20 @@ class ParseHop:
         self.flying += 1
 
         def done(reply: Reply | None, err: WireError | None) -> None:
+            # The breaker hears every outcome, a stale one too: it may be the half-open probe,
+            # and a probe never reported would hold the breaker half-open.
+            now = time.monotonic()
+            if err is not None and err.name in TRANSPORT:
+                self.link.breaker.record_failure(now)
+            else:
+                self.link.breaker.record_success(now)  # answered: the actor is alive
             if gen != self.gen or wave != self.wave:
                 return  # from before a switch or a resend: dropped
             self.flying -= 1
-            now = time.monotonic()
             if err is not None:
                 self._failed(op, err)
                 return
             assert reply is not None
-            self.link.breaker.record_success(now)
             then(reply.body)
 
         outbound.call(self.link.target, op, args, timeout=self.link.timeout_s, on_done=done)
@@ -330,9 +335,7 @@ class ParseHop:
             self.link.counts["reopened"] += 1
             self._to_actor(self.ground())
             return
-        if err.name in TRANSPORT:
-            self.link.breaker.record_failure(time.monotonic())
-        else:
+        if err.name not in TRANSPORT:  # (the breaker has heard it already, in `done`)
             logger.warning("session {}: {} answered {}: {}", self.sid, op, err.name,
                            err.message)
         self._to_local(self.ground(), f"{op}: {err.name}")
