@@ -221,7 +221,7 @@ class TerminalActor(KeeperSide, Actor):
 
     def _when_ready(self, call: Call, fn: Callable[[], Any]) -> Any:
         """Run `fn` now if the keeper is connected, else when it is (or fail `unavailable`)."""
-        if self.welcomed:
+        if self.ready:
             return fn()
 
         def later(ok: bool) -> None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 KeeperCallback = Callable[[dict[str, Any] | None, WireError | None], None]
 RECONNECT_S = 0.1
 ACK_DELAY_S = 0.05
+CATCH_UP_MAX_S = 2.0  # a restored session whose resent output never completes is served anyway
 
 
 class KeeperSide:
@@ -65,6 +66,9 @@ class KeeperSide:
         self._ack_timer: Timer | None = None
         self.subscribed: set[str] = set()  # topic prefixes subscribers asked for, ever
         self._until_ready: list[Callable[[bool], None]] = []
+        # restored sessions -> the offset the keeper had read: ops wait until their output
+        # is back and parsed, so a list or an exec never sees a half-restored session
+        self._catching_up: dict[str, int] = {}
         self._keeper = {"welcome": self._k_welcome, "out": self._k_out, "exit": self._k_exit,
                         "ok": self._k_reply, "err": self._k_reply, "fd": self._k_fd}
 
@@ -87,6 +91,7 @@ class KeeperSide:
         logger.warning("keeper link closed: {}", reason)
         self.link = None
         self.welcomed = False
+        self._catching_up.clear()
         waiting, self._waiting = self._waiting, {}
         for cb in waiting.values():
             cb(None, WireError.of("outcome_unknown", f"pty keeper connection lost ({reason})"))
@@ -189,17 +194,48 @@ class KeeperSide:
     def _k_welcome(self, msg: dict[str, Any]) -> None:
         self.keeper_pid = msg.get("pid")
         self.welcomed = True
-        reconcile(self, msg.get("sessions", []))  # type: ignore[arg-type]
+        entries = msg.get("sessions", [])
+        reconcile(self, entries)  # type: ignore[arg-type]
+        for e in entries:
+            s = self.sessions.get(e["s"])
+            target = int(e.get("read", e["acked"]))
+            if s is not None and s.offset < target:
+                self._catching_up[s.id] = target
         self._announce_ready()
+        if self._catching_up:
+            self.loop.call_later(CATCH_UP_MAX_S, self._caught_up_anyway)
+        else:
+            self._release_waiting()
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and every restored session caught up with what the keeper had read."""
+        return self.welcomed and not self._catching_up
+
+    def _release_waiting(self) -> None:
         waiting, self._until_ready = self._until_ready, []
         for fn in waiting:
             fn(True)
+
+    def _caught_up(self, sid: str) -> None:
+        if self._catching_up.pop(sid, None) is not None and not self._catching_up:
+            self._release_waiting()
+
+    def _caught_up_anyway(self) -> None:
+        if self._catching_up:
+            logger.warning("keeper resent less than it had read for {}; serving anyway",
+                           sorted(self._catching_up))
+            self._catching_up.clear()
+            self._release_waiting()
 
     def _k_out(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
         if s is not None:
             s.on_output(int(msg["off"]), msg["data"])
             self._ack_due.add(s)
+            target = self._catching_up.get(s.id)
+            if target is not None and s.offset >= target:
+                self._caught_up(s.id)
 
     def _k_fd(self, msg: dict[str, Any]) -> None:
         fd = self.link.take_fd() if self.link is not None else None
@@ -216,6 +252,7 @@ class KeeperSide:
         if s is None or s.exited is not None:
             return
         info = {"code": msg.get("code"), "signal": msg.get("signal")}
+        self._caught_up(s.id)  # nothing more will come
         s.on_exit(info)
         self.publisher.publish("term.session", {"session": s.id, "event": "exited", **info})
 
