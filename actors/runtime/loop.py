@@ -51,19 +51,29 @@ def _noop() -> None:
     pass
 
 
-class Timer:
-    __slots__ = ("cancelled", "fn", "when")
+COMPACT_MIN = 512  # cancelled timers tolerated in the heap before it may be rebuilt
 
-    def __init__(self, when: float, fn: Callback) -> None:
+
+class Timer:
+    __slots__ = ("cancelled", "fn", "loop", "when")
+
+    def __init__(self, when: float, fn: Callback, loop: Loop | None = None) -> None:
         self.when = when
         self.fn = fn
         self.cancelled = False
+        self.loop = loop  # while it is in that loop's heap
 
     def cancel(self) -> None:
-        # Drop the callback now: a cancelled timer stays in the heap until its time, and must
-        # not keep what it closed over (a deferred call and its request) alive until then.
+        # Drop the callback now: a cancelled timer stays in the heap until its time (or the
+        # heap's next compaction), and must not keep what it closed over (a deferred call and
+        # its request) alive until then.
+        if self.cancelled:
+            return
         self.cancelled = True
         self.fn = _noop
+        loop, self.loop = self.loop, None
+        if loop is not None:
+            loop._timer_cancelled()
 
 
 class Loop:
@@ -71,6 +81,7 @@ class Loop:
         self.poller = zmq.Poller()
         self._handlers: dict[Any, tuple[Callback | None, Callback | None]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
+        self._cancelled = 0  # cancelled timers still in the heap
         self._seq = itertools.count()
         self._soon: deque[Callback] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -152,9 +163,19 @@ class Loop:
             self._update(key)
 
     def call_later(self, delay: float, fn: Callback) -> Timer:
-        t = Timer(time.monotonic() + delay, fn)
+        t = Timer(time.monotonic() + delay, fn, self)
         heapq.heappush(self._timers, (t.when, next(self._seq), t))
         return t
+
+    def _timer_cancelled(self) -> None:
+        """Rebuild the heap once most of it is cancelled timers: every deferred call has a
+        guard timer due at its deadline (often a minute on), cancelled when it is answered,
+        and thousands of them would otherwise sit in the heap until then."""
+        self._cancelled += 1
+        if self._cancelled > COMPACT_MIN and 2 * self._cancelled > len(self._timers):
+            self._timers = [e for e in self._timers if not e[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
 
     def call_every(self, interval: float, fn: Callback) -> Timer:
         """Run `fn` every `interval` seconds (first run after one interval)."""
@@ -206,6 +227,7 @@ class Loop:
     def _timeout_ms(self) -> int | None:
         while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
+            self._cancelled = max(0, self._cancelled - 1)
         if self._soon:
             return 0
         if not self._timers:
@@ -260,7 +282,10 @@ class Loop:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
+            if timer.cancelled:
+                self._cancelled = max(0, self._cancelled - 1)
+            else:
+                timer.loop = None  # out of the heap: a cancel from now on is not counted
                 self._run(timer.fn)
         while self._soon:
             self._run(self._soon.popleft())

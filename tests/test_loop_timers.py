@@ -1,0 +1,30 @@
+"""The loop's timer heap: cancelled timers do not pile up, and compaction keeps order."""
+
+from __future__ import annotations
+
+from actors.runtime.loop import COMPACT_MIN, Loop
+
+
+def test_cancelled_timers_are_dropped_from_the_heap_and_the_rest_still_run_in_order():
+    loop = Loop()
+    try:
+        check_compaction(loop)
+    finally:
+        loop.close()
+
+
+def check_compaction(loop: Loop) -> None:
+    ran: list[int] = []
+    keep = [loop.call_later(0.001 * (i % 7), lambda i=i: ran.append(i)) for i in range(50)]
+    guards = [loop.call_later(3600, lambda: ran.append(-1)) for _ in range(10 * COMPACT_MIN)]
+    for t in guards:
+        t.cancel()
+        t.cancel()  # twice: counted once
+    assert len(loop._timers) < 2 * COMPACT_MIN + len(keep)
+    keep[3].cancel()
+    while len(ran) < len(keep) - 1:
+        loop.run_once(5)
+    assert -1 not in ran and 3 not in ran
+    assert ran == sorted(ran, key=lambda i: (i % 7, i))  # due order, then creation order
+    keep[5].cancel()  # after it ran: nothing to count
+    assert loop._cancelled >= 0
