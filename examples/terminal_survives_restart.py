@@ -1,0 +1,77 @@
+"""SIGKILL the terminal actor while a command runs in a session: the shell, the command and
+every byte of its output survive, and the session goes on serving.
+
+    moorage up --detach && python examples/terminal_survives_restart.py [--instance NAME]
+
+A bash loop prints 20 ticks 0.3 s apart; after tick 5 the terminal actor is killed. Its
+successor finds the same shell (same pid) still running the loop, the loop finishes, the
+next `term.exec` is answered, and the scrollback holds every tick exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import time
+
+from protocol.client import Client
+
+LOOP = "for i in $(seq 1 20); do echo tick $i; sleep 0.3; done; echo LOOP $((40+2))\n"
+ESCAPES = re.compile(r"\x1b\][^\x07]*\x07|\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def terminal_pid(c: Client) -> int:
+    st = c.call("supervisor", "sup.status")
+    terms = next(ch for ch in st["children"] if ch["id"] == "terminals")
+    return next(ch for ch in terms["tree"]["children"] if ch["id"] == "terminal")["pid"]
+
+
+def scrollback(c: Client, sid: str) -> bytes:
+    return c.request("terminal", "term.scrollback", {"session": sid}).attachments[0]
+
+
+def session(c: Client, sid: str) -> dict:
+    return next(x for x in c.call("terminal", "term.list")["sessions"] if x["session"] == sid)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--instance", default="default")
+    args = ap.parse_args()
+    with Client(instance=args.instance, timeout=30) as c:
+        s = c.call("terminal", "term.create", {"shell": "bash", "cols": 80, "rows": 24})
+        sid = s["session"]
+        print(f"{now()} session {sid}: shell pid {s['pid']}, mode {s['mode']}")
+        c.call("terminal", "term.write", {"session": sid, "data": LOOP})
+        while b"tick 5\r\n" not in scrollback(c, sid):
+            pass
+        tpid = terminal_pid(c)
+        print(f"{now()} 'tick 5' printed; SIGKILL terminal actor pid {tpid}")
+        os.kill(tpid, signal.SIGKILL)
+        x = session(c, sid)  # answered once the successor has restored the session
+        print(f"{now()} terminal actor pid {terminal_pid(c)} answers; session {sid}: shell pid "
+              f"{x['pid']} ({'same' if x['pid'] == s['pid'] else 'NOT the same'}), "
+              f"state {x['state']}, offset {x['offset']}")
+        while session(c, sid)["state"] != "prompt":
+            pass
+        print(f"{now()} the loop finished in the same shell, back at its prompt")
+        r = c.call("terminal", "term.exec",
+                   {"session": sid, "command": "echo after the loop in $PWD"})
+        print(f"{now()} next term.exec: {r['output']!r} exit {r['exit_code']} mode {r['mode']} "
+              f"parser {r.get('parser')}")
+        text = ESCAPES.sub("", scrollback(c, sid).decode(errors="replace")).replace("\r", "")
+        lines = [ln for ln in text.splitlines() if ln.startswith("tick") or ln == "LOOP 42"]
+        ticks = [int(ln.split()[1]) for ln in lines if ln.startswith("tick")]
+        print(f"{now()} scrollback: {len(lines)} lines: {lines[0]} .. {lines[-1]}; "
+              f"every tick once: {ticks == list(range(1, 21))}")
+        c.call("terminal", "term.close", {"session": sid})
+
+
+if __name__ == "__main__":
+    main()
