@@ -75,9 +75,10 @@ from typing import Any
 
 from actors.runtime import DEFERRED, Actor, Attached, Call, op
 from actors.runtime.loop import Timer
+from actors.runtime.signals import parse_signal
 from actors.term.keeperside import KeeperSide
 from actors.term.parsehop import ParserLink
-from actors.term.specs import SpecStore, parse_signal
+from actors.term.specs import SpecStore
 from actors.terminal_restore import Creation, base_env
 from actors.termsession import Session
 from protocol.errors import Category, MoorageError, WireError, fail

@@ -8,13 +8,13 @@ supervisor is forwarded to the direct child supervisor that holds it.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from actors.runtime import DEFERRED, Call, op
 from actors.runtime.outbound import Outbound
+from actors.runtime.signals import parse_signal
 from protocol import endpoints
 from protocol.errors import WireError, fail
 from supervisor.children import Child, ChildState
@@ -157,17 +157,3 @@ class ControlOps:
         if any(c.id == "metrics" for _, c in self.spec.walk()):
             out["metrics"]["in"] = endpoints.metrics_in(rd)
         return out
-
-
-def parse_signal(value: str | int) -> int:
-    if isinstance(value, int):
-        if value in {s.value for s in signal.Signals}:
-            return value
-        raise fail("bad_args", f"no signal number {value}")
-    name = value.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return signal.Signals[name].value
-    except KeyError:
-        raise fail("bad_args", f"no signal named {value!r}") from None

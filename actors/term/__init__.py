@@ -7,6 +7,6 @@ Layout:
                with the in-process fallback and raw output behind it
   keeperside   the terminal actor's side of the pty keeper link: requests, output, acks
   execs        a `term.exec` as its session tracks it; cutting output without markers
-  specs        what each session was created from (for a successor), signal names
+  specs        what each session was created from (for a successor)
   keeper_ptys  the pty keeper's PTYs: reading, writing, reaping, hanging up
 """

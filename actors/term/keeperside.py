@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from actors.ptylink import Link
-from actors.term.specs import parse_signal
+from actors.runtime.signals import parse_signal
 from actors.terminal_restore import reconcile
 from protocol.errors import KINDS, WireError
 

@@ -1,16 +1,13 @@
-"""What each session was created from, kept on disk for a successor, and signal names."""
+"""What each session was created from, kept on disk for a successor."""
 
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
 import msgpack
 from loguru import logger
-
-from protocol.errors import fail
 
 
 class SpecStore:
@@ -44,17 +41,3 @@ class SpecStore:
         with os.fdopen(fd, "wb") as f:
             f.write(msgpack.packb(self.specs, use_bin_type=True))
         os.replace(tmp, self.path)
-
-
-def parse_signal(value: str | int) -> int:
-    """A signal by number or name (`INT`, `SIGINT`); bad_args for one that does not exist."""
-    if isinstance(value, int):
-        if value in {s.value for s in signal.Signals}:
-            return value
-        raise fail("bad_args", f"no signal number {value}")
-    name = value.upper()
-    name = name if name.startswith("SIG") else "SIG" + name
-    try:
-        return signal.Signals[name].value
-    except KeyError:
-        raise fail("bad_args", f"no signal named {value!r}") from None
