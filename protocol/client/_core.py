@@ -24,7 +24,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,9 @@ from protocol.recovery import (
 
 # Ops every actor serves that are safe to repeat.
 BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
+# Of a call's time, the share that learning the actor's idempotent ops may take first (an
+# actor slow to start answers late, not never; a call still has the rest of its time).
+LEARN_SHARE = 0.5
 # Errors that mean "the actor did not run it": safe to resend whatever the op.
 NOT_RUN = frozenset({"busy", "deadline_expired", "stopping"})
 _TIMEOUT_ROW = recovery_for("timeout", "recoverable")
@@ -260,6 +263,14 @@ class ClientCore:
         """Is this the first call to `actor` of an op whose idempotency only it can tell?"""
         return (idempotent is None and self.options.learn_ops and actor not in self.learned
                 and op not in BUILTIN_IDEMPOTENT and op not in self.options.idempotent_ops)
+
+    def after_learning(self, timeout: float | None,
+                       learn: Callable[[float], object]) -> float:
+        """Run `learn` within a share of the call's time; what is left is the call's."""
+        started = _monotonic()
+        whole = timeout if timeout is not None else self.options.timeout
+        learn(LEARN_SHARE * whole)
+        return max(0.001, whole - (_monotonic() - started))
 
     def learn(self, actor: str, info: Any) -> frozenset[str]:
         """Take the idempotent ops from a sys.info reply (PROTOCOL.md section 10)."""

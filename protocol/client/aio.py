@@ -18,6 +18,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol.client._core import (
+    LEARN_SHARE,
     CallPlan,
     ClientCore,
     ClientOptions,
@@ -118,7 +119,10 @@ class AsyncClient:
         attachments: Sequence[bytes] = (),
     ) -> Reply:
         if self.core.should_learn(actor, op, idempotent):
-            await self.learn_ops(actor, timeout)
+            started = time.monotonic()
+            whole = timeout if timeout is not None else self.core.options.timeout
+            await self.learn_ops(actor, min(whole, LEARN_SHARE * whole))
+            timeout = max(0.001, whole - (time.monotonic() - started))
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
         conn = self._conn(actor)
         inbox: asyncio.Queue = asyncio.Queue()
@@ -171,7 +175,7 @@ class AsyncClient:
 
     async def learn_ops(self, actor: str, timeout: float | None = None) -> frozenset[str]:
         """Ask `actor` which of its ops are idempotent: see Client.learn_ops."""
-        t = min(1.0, timeout if timeout is not None else self.core.options.timeout)
+        t = timeout if timeout is not None else self.core.options.timeout
         try:
             return self.core.learn(actor, await self.call(actor, "sys.info", timeout=t))
         except MoorageError:

@@ -108,7 +108,7 @@ class Client:
     ) -> Reply:
         """One call; returns the whole reply (body and attachments) or raises MoorageError."""
         if self.core.should_learn(actor, op, idempotent):
-            self.learn_ops(actor, timeout)
+            timeout = self.core.after_learning(timeout, lambda t: self.learn_ops(actor, t))
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
         verdict: Done | Wait | Resend = plan.start(plan.started)
         conn = self._conns.get(actor) or self._conn(actor)
@@ -169,7 +169,7 @@ class Client:
         """Ask `actor` which of its ops are idempotent (done once, before the first call that
         needs it). An actor that cannot say now is asked again next time; meanwhile its ops
         count as not idempotent, the safe side."""
-        t = min(1.0, timeout if timeout is not None else self.core.options.timeout)
+        t = timeout if timeout is not None else self.core.options.timeout
         try:
             return self.core.learn(actor, self.call(actor, "sys.info", timeout=t))
         except MoorageError:
