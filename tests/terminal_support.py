@@ -245,3 +245,42 @@ class Commands:
 
 def env_for(home: Path) -> dict[str, str]:
     return {"HOME": str(home), "PATH": os.environ.get("PATH", os.defpath)}
+
+
+def terminal_tree(terminal: str = "", parser: str = "") -> str:
+    """The default tree's terminal part (metrics, parser, and the terminals supervisor with
+    the keeper first), with test heartbeats; `parser` lines go into the parser's child table,
+    `terminal` lines into [actor.terminal] after its bash-only shell list."""
+    return f"""
+[supervisor]
+heartbeat = {{ interval_ms = 200, misses = 5 }}
+backoff = {{ initial_ms = 20, factor = 2.0, max_ms = 400 }}
+
+[[children]]
+id = "metrics"
+start = "actors.metrics:MetricsActor"
+
+[[children]]
+id = "parser"
+start = "actors.parser:ParserActor"
+{parser}
+
+[[children]]
+id = "terminals"
+type = "supervisor"
+strategy = "rest_for_one"
+
+[[children.children]]
+id = "ptykeeper"
+start = "actors.ptykeeper:PtyKeeper"
+shutdown_ms = 5000
+
+[[children.children]]
+id = "terminal"
+start = "actors.terminal:TerminalActor"
+shutdown_ms = 3000
+
+[actor.terminal]
+shells = ["bash"]
+{terminal}
+"""

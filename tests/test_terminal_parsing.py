@@ -11,45 +11,14 @@ import pytest
 
 from protocol.client import Client
 from protocol.errors import MoorageError
-from tests.terminal_support import Commands, Output, env_for, make_home
+from tests.terminal_support import Commands, Output, env_for, make_home, terminal_tree
 
 pytestmark = pytest.mark.timeout(180)
 
-TREE = """
-[supervisor]
-heartbeat = { interval_ms = 200, misses = 5 }
-backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
-
-[[children]]
-id = "metrics"
-start = "actors.metrics:MetricsActor"
-
-[[children]]
-id = "parser"
-start = "actors.parser:ParserActor"
-essential = false
-
-[[children]]
-id = "terminals"
-type = "supervisor"
-strategy = "rest_for_one"
-
-[[children.children]]
-id = "ptykeeper"
-start = "actors.ptykeeper:PtyKeeper"
-shutdown_ms = 5000
-
-[[children.children]]
-id = "terminal"
-start = "actors.terminal:TerminalActor"
-shutdown_ms = 3000
-
-[actor.terminal]
-shells = ["bash"]
+TREE = terminal_tree(parser="essential = false", terminal="""
 parse_timeout_ms = 500
 parse_retry_ms = 200
-parse_retry_max_ms = 400
-"""
+parse_retry_max_ms = 400""")
 
 
 class Session:

@@ -8,43 +8,13 @@ import pytest
 
 from protocol.envelope import StreamMessage
 from protocol.errors import MoorageError
-from tests.terminal_support import Commands, env_for, make_home
+from tests.terminal_support import Commands, env_for, make_home, terminal_tree
 
 pytestmark = pytest.mark.timeout(120)
 
-TREE = """
-[supervisor]
-heartbeat = { interval_ms = 200, misses = 5 }
-backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
-
-[[children]]
-id = "metrics"
-start = "actors.metrics:MetricsActor"
-
-[[children]]
-id = "parser"
-start = "actors.parser:ParserActor"
-
-[[children]]
-id = "terminals"
-type = "supervisor"
-strategy = "rest_for_one"
-
-[[children.children]]
-id = "ptykeeper"
-start = "actors.ptykeeper:PtyKeeper"
-shutdown_ms = 5000
-
-[[children.children]]
-id = "terminal"
-start = "actors.terminal:TerminalActor"
-shutdown_ms = 3000
-
-[actor.terminal]
-shells = ["bash"]
+TREE = terminal_tree(terminal="""
 idle_close_s = 0       # any session not running a command counts as idle
-scrollback_bytes = 65536
-"""
+scrollback_bytes = 65536""")
 
 
 def pressure(tree, level: str, quality: int) -> dict:

@@ -10,44 +10,18 @@ import signal
 import pytest
 
 from protocol.envelope import StreamMessage
-from tests.terminal_support import Commands, Output, RawOutput, env_for, make_home
+from tests.terminal_support import (
+    Commands,
+    Output,
+    RawOutput,
+    env_for,
+    make_home,
+    terminal_tree,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
-# The block for the default tree (supervisor/default.toml), with test heartbeats.
-TREE = """
-[supervisor]
-heartbeat = { interval_ms = 200, misses = 5 }
-backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
-
-[[children]]
-id = "metrics"
-start = "actors.metrics:MetricsActor"
-
-[[children]]
-id = "parser"
-start = "actors.parser:ParserActor"
-
-[[children]]
-id = "terminals"
-type = "supervisor"
-strategy = "rest_for_one"
-intensity = 5
-period_s = 10
-
-[[children.children]]
-id = "ptykeeper"
-start = "actors.ptykeeper:PtyKeeper"
-shutdown_ms = 5000
-
-[[children.children]]
-id = "terminal"
-start = "actors.terminal:TerminalActor"
-shutdown_ms = 3000
-
-[actor.terminal]
-shells = ["bash"]
-"""
+TREE = terminal_tree()
 
 LINES = 1_500_000  # about 11 MB of output: still running when the actor is killed
 
