@@ -145,22 +145,27 @@ class Creation:
             s.wait_quiet(self._quiet)
             self.timer = loop.call_later(self.a.detect_s, self._quiet)
 
-    def _prompted(self) -> None:
+    def _starting(self) -> Session | None:
+        """The session still being started; None when it is settled, or when its shell died
+        meanwhile (the next candidate is then tried)."""
         s = self.session
         if self.done or s is None:
-            return
+            return None
         if s.exited is not None:
             self._died(s)
+            return None
+        return s
+
+    def _prompted(self) -> None:
+        s = self._starting()
+        if s is None:
             return
         s.state = "prompt"
         self._succeed(s)
 
     def _no_prompt(self) -> None:
-        s = self.session
-        if self.done or s is None:
-            return
-        if s.exited is not None:
-            self._died(s)
+        s = self._starting()
+        if s is None:
             return
         logger.warning("session {}: no prompt marker in {} s; no integration", s.id,
                        self.a.detect_s)
@@ -168,11 +173,8 @@ class Creation:
         self._quiet()
 
     def _quiet(self) -> None:
-        s = self.session
-        if self.done or s is None:
-            return
-        if s.exited is not None:
-            self._died(s)
+        s = self._starting()
+        if s is None:
             return
         lines = clean(s.scroll.get(s.scroll.base, s.offset)).rstrip("\n").split("\n")
         s.meta["prompt"] = lines[-1] if lines else ""
