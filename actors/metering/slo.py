@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.runtime.beat import progress
+from actors.runtime.statefile import write_atomic
 from protocol.envelope import DecodeError, packb, unpackb
 
 BINS_PER_OCTAVE = 16
@@ -328,22 +329,7 @@ def save_state(path: Path, state: Mapping[str, Any]) -> int:
 
 def write_state(path: Path, data: bytes) -> int:
     """Write packed state to `path` atomically and durably (temp, fsync, rename, fsync dir)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return len(data)
+    return write_atomic(path, data, durable=True)
 
 
 def load_state(path: Path) -> dict[str, Any] | None:

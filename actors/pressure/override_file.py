@@ -12,11 +12,12 @@ removed, never trusted half way.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from loguru import logger
+
+from actors.runtime.statefile import write_atomic
 
 
 class OverrideFile:
@@ -28,9 +29,8 @@ class OverrideFile:
         if duration_s <= 0:
             self.clear()
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"quality": quality, "until": time.time() + duration_s}))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(
+            {"quality": quality, "until": time.time() + duration_s}).encode())
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

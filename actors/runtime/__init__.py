@@ -3,6 +3,7 @@
   loop         one event loop: zmq sockets, fds, timers, wake-ups from threads
   beat         the liveness slot the loop keeps and its supervisor reads (hang detection)
   signals      signal names and numbers in requests (sup.kill, term.signal)
+  statefile    state files replaced whole (checkpoints, specs, records), durable on request
   registry     `@op` declarations and argument checking
   actor        `Actor`: binds `<name>.rpc`/`<name>.pub`, the request path, built-in ops
   reply_cache  answers to retried (sid, id) pairs

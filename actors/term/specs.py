@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import msgpack
 from loguru import logger
+
+from actors.runtime.statefile import write_atomic
 
 
 class SpecStore:
@@ -36,8 +37,4 @@ class SpecStore:
             self._save()
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgpack.packb(self.specs, use_bin_type=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, msgpack.packb(self.specs, use_bin_type=True))

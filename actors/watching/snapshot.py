@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 
 from actors.runtime.beat import progress
+from actors.runtime.statefile import write_atomic
 from actors.watching.coalesce import CREATED, DELETED, MODIFIED
 
 Stat = tuple[int, int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns, mode
@@ -166,12 +167,7 @@ FORMAT = 1
 
 def save(path: str, doc: dict[str, Any]) -> int:
     """Write `doc` (msgpack) to `path` atomically; returns the bytes written."""
-    data = msgpack.packb({"format": FORMAT, **doc}, use_bin_type=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return len(data)
+    return write_atomic(path, msgpack.packb({"format": FORMAT, **doc}, use_bin_type=True))
 
 
 def load(path: str) -> dict[str, Any] | None:
