@@ -223,8 +223,9 @@ def test_quality_override_holds_for_its_duration_and_is_told_to_restarted_worker
     # A short override expires by itself and the derived quality comes back.
     tree.call("resource", "resource.quality.set", {"quality": 0, "duration_s": 0.5})
     w.level(lambda b: b["quality"] == 0)
-    back = w.level(lambda b: b["quality"] == 3)
-    assert not back["override"] and back["previous_quality"] == 0
+    # (back to what the pressure gives: 3 on a quiet machine, less on a busy one)
+    back = w.level(lambda b: not b["override"])
+    assert back["previous_quality"] == 0 and back["quality"] == back["derived_quality"]
     status = tree.call("resource", "resource.status")
     assert status["override_left_s"] is None and status["counters"]["retold"] >= 1
 
