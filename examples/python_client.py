@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from protocol.client import Client, Loss, Reset
-from protocol.envelope import StreamMessage
-from protocol.errors import MoorageError
+from moorage.protocol.client import Client, Loss, Reset
+from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
 
 
 def main() -> None:

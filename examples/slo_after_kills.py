@@ -15,8 +15,8 @@ import argparse
 import os
 import signal
 
-from protocol.client import Client
-from supervisor.cli import all_children_running
+from moorage.protocol.client import Client
+from moorage.supervisor.cli.commands import all_children_running
 
 
 def pid_of(c: Client, cid: str) -> int | None:

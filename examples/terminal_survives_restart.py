@@ -16,7 +16,7 @@ import re
 import signal
 import time
 
-from protocol.client import Client
+from moorage.protocol.client import Client
 
 LOOP = "for i in $(seq 1 20); do echo tick $i; sleep 0.3; done; echo LOOP $((40+2))\n"
 ESCAPES = re.compile(r"\x1b\][^\x07]*\x07|\x1b\[[0-9;?]*[A-Za-z]")

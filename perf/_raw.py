@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zmq
 
-from protocol.envelope import encode_request
+from moorage.protocol.envelope import encode_request
 
 
 def _echo(endpoint: str) -> None:

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from protocol.client import Client
-from protocol.errors import MoorageError
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,8 @@ class BenchTree:
 
     def start(self) -> float:
         """Start `moorage up`; returns seconds until every actor answered sys.ping."""
-        cmd = [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(self.dir), "up",
+        cmd = [sys.executable, "-m", "moorage.supervisor.cli",
+               "--instance-dir", str(self.dir), "up",
                "--log-level", "WARNING"]
         if self.config:
             cmd += ["--config", str(self.config)]

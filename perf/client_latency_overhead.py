@@ -17,9 +17,9 @@ import sys
 import time
 import timeit
 
+from moorage.protocol.client._latency import LatencyBook
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
-from protocol.client._latency import LatencyBook
 
 ACTOR = "parser"  # an idle actor, as P1 uses
 

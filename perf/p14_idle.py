@@ -27,12 +27,12 @@ from typing import Any
 
 import psutil
 
-from actors.pressure.sampler import TreeSampler, roles_from_status
+from moorage.actors.resource.sampler import TreeSampler, roles_from_status
+from moorage.supervisor.config import default_document
 from perf._report import Report, Row, percentiles
 from perf._tree import BenchTree
-from supervisor.config import default_document
 
-RESOURCE = {"id": "resource", "start": "actors.resource:ResourceActor",
+RESOURCE = {"id": "resource", "start": "moorage.actors.resource.actor:ResourceActor",
             "restart": "permanent", "shutdown_ms": 2000}
 MB = 1024 * 1024
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import psutil
 
-from actors.ptyspawn import spawn_on_pty
-from actors.shell_integration import prepare
+from moorage.actors.terminal.keeper.spawn import spawn_on_pty
+from moorage.actors.terminal.shell import prepare
+from moorage.protocol.envelope import StreamMessage
 from perf._raw import RawEcho
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
-from protocol.envelope import StreamMessage
 
 # The default tree (its terminals supervisor included), with bash as the only shell.
 TREE = """

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import pyte
 
-from actors.vtparse import Dispatcher, Event, Parser, clean
+from moorage.actors.vtparse import Dispatcher, Event, Parser, clean
 from perf._report import Report, Row, percentiles, plot_percentiles
 
 NONCE = "perf-nonce-1234"

@@ -32,21 +32,21 @@ from pathlib import Path
 
 import zmq
 
+from moorage.protocol.client import Client
+from moorage.protocol.envelope import encode_request
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 from perf.p5_parser import NONCE, chunks_of, coloured
-from protocol.client import Client
-from protocol.envelope import encode_request
 
 TREE = """
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 restart = "permanent"
 
 [[children]]
 id = "parser"
-start = "actors.parser:ParserActor"
+start = "moorage.actors.parser.actor:ParserActor"
 restart = "permanent"
 shutdown_ms = 2000
 fallbacks = ["raw_passthrough"]
@@ -105,7 +105,7 @@ class RawFeed:
 
 
 def library_seconds(chunks: list[bytes]) -> list[float]:
-    from actors.vtparse import Parser
+    from moorage.actors.vtparse import Parser
 
     feed = Parser(NONCE).feed
     pc = time.perf_counter

@@ -28,18 +28,18 @@ from typing import Any
 
 import msgpack
 
-from actors.watching.cache import FileCache
-from actors.watching.confine import Roots
-from actors.watching.files import FileService
-from actors.watching.journal import Journal
-from actors.watching.pipeline import Pipeline
-from actors.watching.retry import RetryPolicy
-from actors.watching.snapshot import Index, Wal
-from actors.watching.watches import Watches
+from moorage.actors.watcher.cache import FileCache
+from moorage.actors.watcher.confine import Roots
+from moorage.actors.watcher.files import FileService
+from moorage.actors.watcher.journal import Journal
+from moorage.actors.watcher.pipeline import Pipeline
+from moorage.actors.watcher.retry import RetryPolicy
+from moorage.actors.watcher.snapshot import Index, Wal
+from moorage.actors.watcher.watches import Watches
+from moorage.protocol.envelope import StreamMessage
 from perf._raw import RawEcho
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
-from protocol.envelope import StreamMessage
 
 CONFIG = """
 [supervisor]
@@ -47,13 +47,13 @@ heartbeat = {{ interval_ms = 1000, misses = 10 }}
 start_timeout_ms = 60000
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 [[children]]
 id = "watcher"
-start = "actors.watcher:WatcherActor"
+start = "moorage.actors.watcher.actor:WatcherActor"
 [[children]]
 id = "nocache"
-start = "actors.watcher:WatcherActor"
+start = "moorage.actors.watcher.actor:WatcherActor"
 [actor.watcher]
 roots = ["{data}"]
 [actor.nocache]

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from moorage.protocol.envelope import StreamMessage
 from perf._report import Report, Row
 from perf._tree import BenchTree
-from protocol.envelope import StreamMessage
 
 MB = 1024 * 1024
 HOG = ("import sys; held = []\n"

@@ -10,7 +10,7 @@ Layout:
   PROTOCOL.md the language-neutral contract; vectors/ the conformance vectors
 """
 
-from protocol.envelope import TAG
-from protocol.errors import Category, MoorageError, Severity, WireError
+from moorage.protocol.envelope import TAG
+from moorage.protocol.errors import Category, MoorageError, Severity, WireError
 
 __all__ = ["TAG", "Category", "MoorageError", "Severity", "WireError"]

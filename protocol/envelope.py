@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from protocol import limits
-from protocol.errors import MoorageError, WireError
+from moorage.protocol import limits
+from moorage.protocol.errors import MoorageError, WireError
 
 TAG = b"MOOR1"
 PROTO_VERSION = 1

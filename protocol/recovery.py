@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocol.errors import Category, Severity, WireError
+from moorage.protocol.errors import Category, Severity, WireError
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from actors.runtime.loop import Timer
-from supervisor.policy import ExitReason, Heartbeat, RestartBackoff
-from supervisor.spec import ChildSpec, SupervisorSpec
+from moorage.actors.runtime.loop import Timer
+from moorage.supervisor.policy import ExitReason, Heartbeat, RestartBackoff
+from moorage.supervisor.spec import ChildSpec, SupervisorSpec
 
 
 class ChildState(StrEnum):
@@ -29,7 +29,7 @@ class Child:
     spec: ChildSpec
     backoff: RestartBackoff
     heartbeat: Heartbeat
-    slot: int = 0  # its slot on the supervisor's beat board (actors.runtime.beat)
+    slot: int = 0  # its slot on the supervisor's beat board (moorage.actors.runtime.beat)
     state: ChildState = ChildState.STOPPED
     pid: int | None = None
     pidfd: int | None = None

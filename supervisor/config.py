@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from supervisor.spec import ConfigError, SupervisorSpec, parse_tree
+from moorage.supervisor.spec import ConfigError, SupervisorSpec, parse_tree
 
 
 def default_document() -> dict[str, Any]:

@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.runtime import DEFERRED, Call, op
-from actors.runtime.outbound import Outbound
-from actors.runtime.signals import parse_signal
-from protocol import endpoints
-from protocol.errors import WireError, fail
-from supervisor.children import Child, ChildState
-from supervisor.overrides import Overrides, check_ms, parse_key, tell_all
-from supervisor.spec import SupervisorSpec
+from moorage.actors.runtime import DEFERRED, Call, op
+from moorage.actors.runtime.outbound import Outbound
+from moorage.actors.runtime.signals import parse_signal
+from moorage.protocol import endpoints
+from moorage.protocol.errors import WireError, fail
+from moorage.supervisor.children import Child, ChildState
+from moorage.supervisor.overrides import Overrides, check_ms, parse_key, tell_all
+from moorage.supervisor.spec import SupervisorSpec
 
 
 class ControlOps:

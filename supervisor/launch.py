@@ -17,11 +17,11 @@ from typing import Any
 
 from loguru import logger
 
-from actors.runtime.logs import setup_logging
-from actors.runtime.process import resolve
-from protocol import endpoints
-from supervisor.spec import SupervisorSpec, parse_tree
-from supervisor.zygote import LAUNCHERS, start_zygote
+from moorage.actors.runtime.logs import setup_logging
+from moorage.actors.runtime.process import resolve
+from moorage.protocol import endpoints
+from moorage.supervisor.spec import SupervisorSpec, parse_tree
+from moorage.supervisor.zygote import LAUNCHERS, start_zygote
 
 SOCKET_SUFFIXES = (".rpc", ".pub", ".in")
 
@@ -61,7 +61,7 @@ def remove_stale_sockets(runtime_dir: Path) -> list[str]:
 def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
              log_level: str = "INFO") -> int:
     """Run the tree in this process until it stops; returns the exit code."""
-    from supervisor.supervisor import Supervisor
+    from moorage.supervisor.supervisor import Supervisor
 
     endpoints.ensure_private_dir(runtime_dir)
     lock_fd = acquire_instance_lock(runtime_dir)
@@ -96,7 +96,7 @@ def _launch_actor(payload: dict, ready: Callable[[], None]) -> None:
 
 
 def _launch_supervisor(payload: dict, ready: Callable[[], None]) -> None:
-    from supervisor.supervisor import Supervisor
+    from moorage.supervisor.supervisor import Supervisor
 
     runtime_dir = Path(payload["runtime_dir"])
     doc = payload["doc"]

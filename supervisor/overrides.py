@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from actors.runtime.outbound import Outbound
-from protocol.envelope import Reply
-from protocol.errors import WireError, fail
+from moorage.actors.runtime.outbound import Outbound
+from moorage.protocol.envelope import Reply
+from moorage.protocol.errors import WireError, fail
 
 TIMEOUT_PREFIX = "timeout."
 MAX_TIMEOUT_MS = 3_600_000  # one hour: longer is a mistake, not a timeout

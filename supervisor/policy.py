@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocol.recovery import Backoff
+from moorage.protocol.recovery import Backoff
 
 
 class RestartType(StrEnum):
@@ -137,7 +137,7 @@ class RestartBackoff:
 class Heartbeat:
     """Missed-beat accounting for one child: `misses` heartbeat ticks in a row without a sign
     of life = hung. A sign of life is a turn of its loop since the last tick, or its loop
-    blocked in its wait, idle (actors.runtime.beat)."""
+    blocked in its wait, idle (moorage.actors.runtime.beat)."""
 
     def __init__(self, misses: int) -> None:
         self.misses = misses

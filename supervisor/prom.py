@@ -36,8 +36,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from protocol.client import Client
-from protocol.errors import MoorageError
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
 
 LOOPBACK = ("127.0.0.1", "localhost")
 QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"), ("0.999", "p999"), ("1", "max"))

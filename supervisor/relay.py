@@ -14,12 +14,12 @@ from typing import Any
 
 from loguru import logger
 
-from actors.runtime.follow import Follow
-from actors.runtime.outbound import Outbound
-from actors.runtime.streams import Publisher
-from protocol.client._streams import Loss, StreamEvent
-from protocol.envelope import StreamMessage
-from supervisor.children import Child
+from moorage.actors.runtime.follow import Follow
+from moorage.actors.runtime.outbound import Outbound
+from moorage.actors.runtime.streams import Publisher
+from moorage.protocol.client._streams import Loss, StreamEvent
+from moorage.protocol.envelope import StreamMessage
+from moorage.supervisor.children import Child
 
 EVENT_TOPIC = "sup.event"
 # Children whose alerts a supervisor republishes as `alert` events, for an editor to show.

@@ -8,7 +8,7 @@ import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from actors.runtime.loop import Loop
+    from moorage.actors.runtime.loop import Loop
 
 
 class Notifier:

@@ -26,11 +26,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from actors.runtime import DEFERRED, Call, op
-from actors.runtime.outbound import Outbound
-from protocol.envelope import Reply
-from protocol.errors import WireError
-from supervisor.children import Child, ChildState
+from moorage.actors.runtime import DEFERRED, Call, op
+from moorage.actors.runtime.outbound import Outbound
+from moorage.protocol.envelope import Reply
+from moorage.protocol.errors import WireError
+from moorage.supervisor.children import Child, ChildState
 
 TELL_TIMEOUT_S = 3.0
 LISTS = ("shed", "resumed", "held")

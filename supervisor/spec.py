@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.recovery import Backoff
-from supervisor.policy import RestartType, Strategy
+from moorage.protocol.recovery import Backoff
+from moorage.supervisor.policy import RestartType, Strategy
 
 BRUTAL_KILL = "brutal_kill"
 
@@ -78,7 +78,7 @@ class SupervisorSpec:
 _ID_OK = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 RESERVED = {"supervisor"}
 # The resource actor decides when shed actors come back: it cannot be shed itself.
-NEVER_SHED = ("actors.resource:",)
+NEVER_SHED = ("moorage.actors.resource.actor:",)
 CHILD_KEYS = ("id", "type", "restart", "shutdown_ms", "config", "fallbacks", "essential")
 
 

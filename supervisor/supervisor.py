@@ -15,16 +15,16 @@ Ops (on `<id>.rpc`; the root's id is `supervisor`):
   sup.endpoints {}                   {actor: {rpc, pub}} for the whole tree   -
   sup.config.set {key: "timeout.<op>", {key, value, told: [actor], applied:    bad_args
                  value: ms}           [actor], failed: {actor: error}}
-                                     kept until the tree stops (supervisor.overrides)
+                                     kept until the tree stops (moorage.supervisor.overrides)
   sup.config.get {}                  {defaults: {key: ms}, overrides: {key: ms}} -
   sup.shed      {on: bool,           {shedding, shed: [child], resumed:       -
                  reason?: str}        [child], held: [child], failed:
                                      {supervisor: error}}
                                      stop (on) or start again (off) the tree's
-                                     non-essential children (supervisor.shedding)
+                                     non-essential children (moorage.supervisor.shedding)
 
 The ops are in supervisor.control and supervisor.shedding, the events and their relaying in
-supervisor.relay (mixins); this module is the life cycle: the job queue, spawns, deaths and
+moorage.supervisor.relay (mixins); this module is the life cycle: the job queue, spawns, deaths and
 restarts, heartbeats.
 
 Events on `<id>.pub`, topic `sup.event`, body {event, supervisor, child, pid, ...}:
@@ -54,16 +54,16 @@ from typing import Any
 
 from loguru import logger
 
-from actors.runtime import Actor
-from actors.runtime.beat import stopped
-from actors.runtime.follow import Follow
-from actors.runtime.outbound import Outbound
-from protocol.errors import WireError
-from supervisor import sdnotify
-from supervisor.children import Child, ChildState, new_child
-from supervisor.control import ControlOps
-from supervisor.overrides import Overrides
-from supervisor.policy import (
+from moorage.actors.runtime import Actor
+from moorage.actors.runtime.beat import stopped
+from moorage.actors.runtime.follow import Follow
+from moorage.actors.runtime.outbound import Outbound
+from moorage.protocol.errors import WireError
+from moorage.supervisor import sdnotify
+from moorage.supervisor.children import Child, ChildState, new_child
+from moorage.supervisor.control import ControlOps
+from moorage.supervisor.overrides import Overrides
+from moorage.supervisor.policy import (
     ExitKind,
     ExitReason,
     Intensity,
@@ -71,10 +71,10 @@ from supervisor.policy import (
     classify_exit,
     should_restart,
 )
-from supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
-from supervisor.shedding import SheddingOps
-from supervisor.spec import SupervisorSpec
-from supervisor.zygote import ZygoteHandle
+from moorage.supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
+from moorage.supervisor.shedding import SheddingOps
+from moorage.supervisor.spec import SupervisorSpec
+from moorage.supervisor.zygote import ZygoteHandle
 
 ESCALATED_EXIT_CODE = 3
 
@@ -124,7 +124,7 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
         if self.notify is not None:
             self.notify.start_watchdog(self.loop)
         if self.root and self.doc.get("metrics_http"):
-            from supervisor.prom import MetricsHttp  # threads: only after the zygote's fork
+            from moorage.supervisor.prom import MetricsHttp  # threads: only after the zygote's fork
 
             self.metrics_http = MetricsHttp(self.runtime_dir, self.doc["metrics_http"])
         for cid in self.order:

@@ -16,7 +16,7 @@ Messages (msgpack maps on a SOCK_SEQPACKET socketpair, one map per datagram):
                         {ev: "exited", pid, code, signal}
   child -> supervisor   {ev: "ready", pid}  (the child inherits the zygote's end)
 
-The supervisor's beat board (actors.runtime.beat) is created here, before the fork, so the
+The supervisor's beat board (moorage.actors.runtime.beat) is created here, before the fork, so the
 zygote and every child share it; a child spawned with `beat` has its loop stamp that slot.
 """
 
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 
 import msgpack
 
-from actors.runtime.beat import BeatBoard, install
+from moorage.actors.runtime.beat import BeatBoard, install
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -132,9 +132,9 @@ class _Zygote:
         self.sock = sock
         self.beats = beats
         self.children: set[int] = set()
-        from actors.runtime.logs import install_handlers
+        from moorage.actors.runtime.logs import install_handlers
 
-        install_handlers()  # once here, not in every child (see actors.runtime.logs)
+        install_handlers()  # once here, not in every child (see moorage.actors.runtime.logs)
         for module in preload:
             try:
                 importlib.import_module(module)

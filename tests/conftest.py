@@ -23,11 +23,12 @@ from typing import Any
 import psutil
 import pytest
 
-from actors.runtime.process import run_actor
-from protocol.client import Client
-from protocol.envelope import StreamMessage
-from protocol.errors import MoorageError
-from supervisor.cli import all_children_running, tree_pid
+from moorage.actors.runtime.process import run_actor
+from moorage.protocol.client import Client
+from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
+from moorage.supervisor.cli.commands import all_children_running
+from moorage.supervisor.cli.common import tree_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,7 +134,8 @@ class Tree:
     def start(self, wait: bool = True) -> Tree:
         with open(self.out, "wb") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(self.runtime_dir),
+                [sys.executable, "-m", "moorage.supervisor.cli",
+                 "--instance-dir", str(self.runtime_dir),
                  "up", "--config", str(self.config_path)],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                 start_new_session=True)
@@ -157,8 +159,9 @@ class Tree:
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """`moorage --instance-dir <this tree's dir> ARGS...`, as a user runs it."""
         return subprocess.run(
-            [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(self.runtime_dir),
-             *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+            [sys.executable, "-m", "moorage.supervisor.cli",
+             "--instance-dir", str(self.runtime_dir), *args],
+            capture_output=True, text=True, cwd=ROOT, timeout=60)
 
     def status(self) -> dict:
         tree = self.call("supervisor", "sup.status")

@@ -15,7 +15,7 @@ import signal
 import time
 from typing import Any
 
-from actors.runtime import DEFERRED, Actor, Call, op
+from moorage.actors.runtime import DEFERRED, Actor, Call, op
 
 
 class FakeActor(Actor):

@@ -12,11 +12,11 @@ from typing import Any
 
 import zmq
 
-from actors.ptylink import FrameReader, encode
-from protocol import endpoints
-from protocol.client import Client
-from protocol.client._streams import Loss, Reset
-from protocol.envelope import StreamMessage, decode_stream
+from moorage.actors.terminal.link import FrameReader, encode
+from moorage.protocol import endpoints
+from moorage.protocol.client import Client
+from moorage.protocol.client._streams import Loss, Reset
+from moorage.protocol.envelope import StreamMessage, decode_stream
 
 
 def make_home(tmp: Path, bashrc: str = "", zshrc: str = "") -> Path:
@@ -258,11 +258,11 @@ backoff = {{ initial_ms = 20, factor = 2.0, max_ms = 400 }}
 
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 
 [[children]]
 id = "parser"
-start = "actors.parser:ParserActor"
+start = "moorage.actors.parser.actor:ParserActor"
 {parser}
 
 [[children]]
@@ -272,12 +272,12 @@ strategy = "rest_for_one"
 
 [[children.children]]
 id = "ptykeeper"
-start = "actors.ptykeeper:PtyKeeper"
+start = "moorage.actors.terminal.keeper.actor:PtyKeeper"
 shutdown_ms = 5000
 
 [[children.children]]
 id = "terminal"
-start = "actors.terminal:TerminalActor"
+start = "moorage.actors.terminal.actor:TerminalActor"
 shutdown_ms = 3000
 
 [actor.terminal]

@@ -12,10 +12,10 @@ import psutil
 import pytest
 import zmq
 
-from protocol import endpoints
-from protocol.client import AsyncClient, Client, Loss, Reset
-from protocol.envelope import TAG, StreamMessage, decode_reply, encode_request, packb
-from protocol.errors import MoorageError
+from moorage.protocol import endpoints
+from moorage.protocol.client import AsyncClient, Client, Loss, Reset
+from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, encode_request, packb
+from moorage.protocol.errors import MoorageError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from protocol.envelope import StreamMessage
-from protocol.errors import MoorageError
+from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -20,7 +20,7 @@ CONFIG = """
 heartbeat = { interval_ms = 100, misses = 3 }
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 [[children]]
 id = "alpha"
 start = "tests.fakes:FakeActor"

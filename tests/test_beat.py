@@ -1,4 +1,4 @@
-"""Liveness beats (actors.runtime.beat): the board across fork, the loop's marks, the
+"""Liveness beats (moorage.actors.runtime.beat): the board across fork, the loop's marks, the
 supervisor's reading of them, and hangs found without a message to the child."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 import psutil
 import pytest
 
-from actors.pressure.sampler import _ProcFiles, system_memory
-from actors.runtime import Call, beat, op
-from actors.runtime.loop import Loop
-from protocol.errors import MoorageError
-from supervisor.policy import Heartbeat
+from moorage.actors.resource.sampler import _ProcFiles, system_memory
+from moorage.actors.runtime import Call, beat, op
+from moorage.actors.runtime.loop import Loop
+from moorage.protocol.errors import MoorageError
+from moorage.supervisor.policy import Heartbeat
 from tests.fakes import FakeActor
 
 pytestmark = pytest.mark.timeout(90)

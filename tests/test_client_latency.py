@@ -16,23 +16,23 @@ from typing import Any
 
 import pytest
 
-from actors.metering.push import decode_push
-from protocol.client import AsyncClient, Client
-from protocol.client._latency import (
+from moorage.actors.metrics.push import decode_push
+from moorage.protocol.client import AsyncClient, Client
+from moorage.protocol.client._latency import (
     MAX_OPS_PER_PUSH,
     LatencyBook,
     check_metrics_name,
     encode_pending,
     pushed_op,
 )
-from protocol.envelope import TAG, packb
-from protocol.errors import MoorageError
-from protocol.histogram import MAX_DISTINCT, Recorder, summary
-from protocol.limits import MAX_OP_LEN
+from moorage.protocol.envelope import TAG, packb
+from moorage.protocol.errors import MoorageError
+from moorage.protocol.histogram import MAX_DISTINCT, Recorder, summary
+from moorage.protocol.limits import MAX_OP_LEN
 
 pytestmark = pytest.mark.timeout(90)
 
-METRICS = "actors.metrics:MetricsActor"
+METRICS = "moorage.actors.metrics.actor:MetricsActor"
 FAKE = "tests.fakes:FakeActor"
 
 TREE = """
@@ -40,7 +40,7 @@ TREE = """
 heartbeat = { interval_ms = 100, misses = 3 }
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 [[children]]
 id = "alpha"
 start = "tests.fakes:FakeActor"

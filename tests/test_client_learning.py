@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.client import Client
-from protocol.client._core import CallPlan
+from moorage.protocol.client import Client
+from moorage.protocol.client._core import CallPlan
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import limits
-from protocol.envelope import (
+from moorage.protocol import limits
+from moorage.protocol.envelope import (
     TAG,
     DecodeError,
     decode_reply,
@@ -20,7 +20,7 @@ from protocol.envelope import (
     encode_stream,
     packb,
 )
-from protocol.errors import WireError
+from moorage.protocol.errors import WireError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.runtime import Actor, Call, op
-from actors.runtime.registry import collect
-from protocol import limits
-from protocol.envelope import (
+from moorage.actors.runtime import Actor, Call, op
+from moorage.actors.runtime.registry import collect
+from moorage.protocol import limits
+from moorage.protocol.envelope import (
     _walk,
     decode_reply,
     encode_reply,
@@ -24,8 +24,8 @@ from protocol.envelope import (
     packb,
     shape_problem,
 )
-from protocol.errors import MoorageError
-from protocol.wire import COPY_THRESHOLD, recv_frames, send_frames
+from moorage.protocol.errors import MoorageError
+from moorage.protocol.wire import COPY_THRESHOLD, recv_frames, send_frames
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -141,7 +141,7 @@ def test_unsendable_results_become_internal_and_the_actor_serves_on(spawn_actor,
 def test_a_retried_unsendable_result_gets_the_same_internal_reply(spawn_actor, client, runtime_dir):
     import zmq
 
-    from protocol import endpoints
+    from moorage.protocol import endpoints
 
     spawn_actor("tests.test_hot_path:ResultsActor", "results")
     client.hello("results")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.runtime.loop import COMPACT_MIN, Loop
+from moorage.actors.runtime.loop import COMPACT_MIN, Loop
 
 
 def test_cancelled_timers_are_dropped_from_the_heap_and_the_rest_still_run_in_order():

@@ -25,7 +25,7 @@ import pytest
 import zmq
 from hdrh.histogram import HdrHistogram
 
-from actors.metrics import (
+from moorage.actors.metrics.actor import (
     AlertPolicy,
     Alerts,
     BadPush,
@@ -37,17 +37,17 @@ from actors.metrics import (
     render_prometheus,
     summarize,
 )
-from actors.runtime.process import run_actor
-from actors.runtime.stats import OpStats
-from protocol import endpoints
-from protocol.client import Client, Subscription
-from protocol.envelope import TAG, StreamMessage, packb
-from protocol.histogram import Recorder, summary
+from moorage.actors.runtime.process import run_actor
+from moorage.actors.runtime.stats import OpStats
+from moorage.protocol import endpoints
+from moorage.protocol.client import Client, Subscription
+from moorage.protocol.envelope import TAG, StreamMessage, packb
+from moorage.protocol.histogram import Recorder, summary
 
 pytestmark = pytest.mark.timeout(60)
 
-METRICS = "actors.metrics:MetricsActor"
-ECHO = "actors.runtime.actor:Actor"
+METRICS = "moorage.actors.metrics.actor:MetricsActor"
+ECHO = "moorage.actors.runtime.actor:Actor"
 FORK = multiprocessing.get_context("fork")
 
 

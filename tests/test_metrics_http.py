@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.prom import ADDR_FILE
+from moorage.supervisor.prom import ADDR_FILE
 from tests.conftest import ROOT, Tree
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,10 +24,10 @@ heartbeat = { interval_ms = 100, misses = 3 }
 backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 [[children]]
 id = "resource"
-start = "actors.resource:ResourceActor"
+start = "moorage.actors.resource.actor:ResourceActor"
 [[children]]
 id = "fake"
 start = "tests.fakes:FakeActor"
@@ -44,7 +44,8 @@ class HttpTree(Tree):
     def start(self, wait: bool = True) -> Tree:
         with open(self.out, "wb") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(self.runtime_dir),
+                [sys.executable, "-m", "moorage.supervisor.cli",
+                 "--instance-dir", str(self.runtime_dir),
                  "up", "--config", str(self.config_path), "--metrics-http", self.listen],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                 start_new_session=True)
@@ -133,7 +134,7 @@ def test_a_source_that_does_not_answer_is_reported_not_fatal(http_tree):
 
 def test_metrics_http_listens_on_loopback_only(runtime_dir):
     out = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(runtime_dir), "up",
+        [sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir", str(runtime_dir), "up",
          "--metrics-http", "0.0.0.0:9464"], capture_output=True, text=True, cwd=ROOT,
         timeout=60)
     assert out.returncode == 2 and "loopback only" in out.stderr

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 import zmq
 
-from actors.parser import Options, ParserActor, Settings, Stream, StreamTable
-from actors.vtparse import Parser, RecoveryMode
-from protocol import endpoints
-from protocol.client import Client
-from protocol.envelope import TAG, StreamMessage, decode_reply, packb
-from protocol.errors import MoorageError
+from moorage.actors.parser.actor import Options, ParserActor, Settings, Stream, StreamTable
+from moorage.actors.vtparse import Parser, RecoveryMode
+from moorage.protocol import endpoints
+from moorage.protocol.client import Client
+from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, packb
+from moorage.protocol.errors import MoorageError
 
 pytestmark = pytest.mark.timeout(120)
 
-ENTRY = "actors.parser:ParserActor"
+ENTRY = "moorage.actors.parser.actor:ParserActor"
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "vtparse.json").read_text())["vectors"]
 A = b"\x1b]633;A\x07"
 B = b"\x1b]633;B\x07"
@@ -618,12 +618,12 @@ backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
 
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 restart = "permanent"
 
 [[children]]
 id = "parser"
-start = "actors.parser:ParserActor"
+start = "moorage.actors.parser.actor:ParserActor"
 restart = "permanent"
 shutdown_ms = 2000
 fallbacks = ["raw_passthrough"]

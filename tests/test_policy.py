@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.client._core import CallPlan, ClientCore, ClientOptions, Done, Resend
-from protocol.envelope import Reply
-from protocol.errors import KINDS, WireError
-from protocol.recovery import (
+from moorage.protocol.client._core import CallPlan, ClientCore, ClientOptions, Done, Resend
+from moorage.protocol.envelope import Reply
+from moorage.protocol.errors import KINDS, WireError
+from moorage.protocol.recovery import (
     MATRIX,
     Backoff,
     BreakerState,
@@ -15,7 +15,7 @@ from protocol.recovery import (
     max_retries_for,
     recovery_for,
 )
-from supervisor.policy import (
+from moorage.supervisor.policy import (
     ExitKind,
     Heartbeat,
     Intensity,
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.timeout(10)
     ],
 )
 def test_restart_decisions_follow_otp(restart, kind, expected):
-    from supervisor.policy import ExitReason
+    from moorage.supervisor.policy import ExitReason
 
     assert should_restart(restart, ExitReason(kind)) is expected
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from actors.pressure import (
+from moorage.actors.resource import (
     ENTER,
     LEVELS,
     Escalation,
@@ -20,8 +20,8 @@ from actors.pressure import (
     pick_runaway,
     raw_level,
 )
-from actors.pressure.levels import CRITICAL, HIGH, MODERATE, NORMAL
-from actors.pressure.override_file import OverrideFile
+from moorage.actors.resource.levels import CRITICAL, HIGH, MODERATE, NORMAL
+from moorage.actors.resource.override_file import OverrideFile
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from actors.pressure import Roles, TreeSampler, roles_from_status
-from actors.pressure.sampler import _read_ppid
+from moorage.actors.resource import Roles, TreeSampler, roles_from_status
+from moorage.actors.resource.sampler import _read_ppid
 from tests.conftest import wait_pid_exit
 
 pytestmark = pytest.mark.timeout(60)

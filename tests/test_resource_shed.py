@@ -22,12 +22,12 @@ heartbeat = {{ interval_ms = 200, misses = 5 }}
 
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 essential = false
 
 [[children]]
 id = "resource"
-start = "actors.resource:ResourceActor"
+start = "moorage.actors.resource.actor:ResourceActor"
 
 [[children]]
 id = "hog"
@@ -39,7 +39,7 @@ type = "supervisor"
 
 [[children.children]]
 id = "parser"
-start = "actors.parser:ParserActor"
+start = "moorage.actors.parser.actor:ParserActor"
 essential = false
 
 [actor.resource]

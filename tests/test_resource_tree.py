@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from actors.runtime import Actor, Call, op
-from protocol.envelope import StreamMessage
-from protocol.errors import MoorageError
+from moorage.actors.runtime import Actor, Call, op
+from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
 from tests.conftest import Tree, wait_pid_exit
 
 pytestmark = pytest.mark.timeout(120)
@@ -80,10 +80,10 @@ def tree_config(budget_mb: int, metric: str = "pss") -> str:
     return f"""
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 [[children]]
 id = "resource"
-start = "actors.resource:ResourceActor"
+start = "moorage.actors.resource.actor:ResourceActor"
 [[children]]
 id = "hog"
 start = "tests.test_resource_tree:HogActor"
@@ -231,7 +231,7 @@ def test_quality_override_holds_for_its_duration_and_is_told_to_restarted_worker
 
 
 def test_a_config_that_cannot_work_fails_the_start(runtime_dir):
-    from actors.resource import ResourceActor
+    from moorage.actors.resource.actor import ResourceActor
 
     for bad in ({"interval_s": 0}, {"memory_budget_mb": "big"}, {"memory_metric": "vms"},
                 {"cpu_weight": 2.0}, {"margin": 2.5}):
@@ -240,7 +240,7 @@ def test_a_config_that_cannot_work_fails_the_start(runtime_dir):
 
 
 def test_without_a_supervisor_answering_it_still_samples_and_serves(spawn_actor, client):
-    spawn_actor("actors.resource:ResourceActor", "resource", interval_s=0.05,
+    spawn_actor("moorage.actors.resource.actor:ResourceActor", "resource", interval_s=0.05,
                 status_timeout_s=0.05)
     status = client.call("resource", "resource.status", {"fresh": True})
     assert status["counters"]["status_failures"] >= 1

@@ -11,12 +11,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from actors.metering.alerts import AlertPolicy, Alerts
-from actors.metering.push import BadPush, decode_push
-from actors.metering.record import SloRecord
-from actors.metering.recovery import RecoveryTracker, failure_type
-from actors.metering.settings import Settings
-from actors.metering.slo import (
+from moorage.actors.metrics.alerts import AlertPolicy, Alerts
+from moorage.actors.metrics.push import BadPush, decode_push
+from moorage.actors.metrics.record import SloRecord
+from moorage.actors.metrics.recovery import RecoveryTracker, failure_type
+from moorage.actors.metrics.settings import Settings
+from moorage.actors.metrics.slo import (
     HOUR,
     STATE_VERSION,
     SloStore,
@@ -26,9 +26,9 @@ from actors.metering.slo import (
     percentile,
     save_state,
 )
-from actors.metering.slo_report import Objectives, build_report
-from actors.runtime.stats import LOSS_COUNTERS, LossCounters
-from protocol.envelope import TAG, packb
+from moorage.actors.metrics.slo_report import Objectives, build_report
+from moorage.actors.runtime.stats import LOSS_COUNTERS, LossCounters
+from moorage.protocol.envelope import TAG, packb
 
 pytestmark = pytest.mark.timeout(60)
 

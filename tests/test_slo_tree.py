@@ -25,7 +25,7 @@ heartbeat = { interval_ms = 100, misses = 3 }
 backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 [[children]]
 id = "alpha"
 start = "tests.fakes:FakeActor"

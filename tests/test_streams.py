@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.client._streams import Loss, NeedReplay, Reset, StreamTracker
-from protocol.envelope import StreamMessage
+from moorage.protocol.client._streams import Loss, NeedReplay, Reset, StreamTracker
+from moorage.protocol.envelope import StreamMessage
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from protocol.client import Client
-from protocol.errors import MoorageError
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
 from tests.terminal_support import Commands, Output, RawOutput, env_for, make_home
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,9 +69,9 @@ def term_config() -> dict:
 
 @pytest.fixture
 def term(spawn_actor, client, tmp_path, term_config):
-    spawn_actor("actors.parser:ParserActor", "parser")
-    spawn_actor("actors.ptykeeper:PtyKeeper", "ptykeeper")
-    spawn_actor("actors.terminal:TerminalActor", "terminal", **term_config)
+    spawn_actor("moorage.actors.parser.actor:ParserActor", "parser")
+    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+    spawn_actor("moorage.actors.terminal.actor:TerminalActor", "terminal", **term_config)
     t = Term(client, make_home(tmp_path))
     yield t
     for o in t.opened:
@@ -168,8 +168,8 @@ def test_a_user_prompt_command_and_debug_trap_still_run_with_the_status(spawn_ac
     home = make_home(tmp_path, bashrc=(
         'PROMPT_COMMAND=\'echo "pc:$?" >> ~/pc.log\'\n'
         "trap 'echo \"dbg:$BASH_COMMAND\" >> ~/dbg.log' DEBUG\n"))
-    spawn_actor("actors.ptykeeper:PtyKeeper", "ptykeeper")
-    spawn_actor("actors.terminal:TerminalActor", "terminal")
+    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+    spawn_actor("moorage.actors.terminal.actor:TerminalActor", "terminal")
     term = Term(client, home)
     sid = term.create("bash")["session"]
     assert term.exec(sid, "false")["exit_code"] == 1

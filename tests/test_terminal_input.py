@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.term.scrollback import Ring
-from protocol.client import Client
+from moorage.actors.terminal.scrollback import Ring
+from moorage.protocol.client import Client
 from tests.terminal_support import env_for, make_home
 
 
@@ -65,10 +65,11 @@ def ptmx_fds(pid: int) -> int:
 
 @pytest.fixture
 def actors(spawn_actor, runtime_dir: Path) -> None:
-    spawn_actor("actors.parser:ParserActor", "parser")
-    spawn_actor("actors.ptykeeper:PtyKeeper", "ptykeeper")
+    spawn_actor("moorage.actors.parser.actor:ParserActor", "parser")
+    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
     # parsed in-process: the configuration where command lines take the direct way
-    spawn_actor("actors.terminal:TerminalActor", "terminal", shells=["bash"], parse="local")
+    spawn_actor("moorage.actors.terminal.actor:TerminalActor",
+                "terminal", shells=["bash"], parse="local")
 
 
 def test_the_terminal_holds_each_live_sessions_pty_master_and_drops_it_on_close(

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from actors.ptyspawn import SpawnError, get_winsize, spawn_on_pty
+from moorage.actors.terminal.keeper.spawn import SpawnError, get_winsize, spawn_on_pty
 from tests.conftest import assert_all_gone, descendants, wait_pid_exit
 from tests.terminal_support import RawLink
 
@@ -22,7 +22,7 @@ ENV = {"PATH": os.defpath, "TERM": "dumb", "PS1": "$ "}
 @pytest.fixture
 def keeper(spawn_actor, runtime_dir):
     def start(**config):
-        spawn_actor("actors.ptykeeper:PtyKeeper", "ptykeeper", **config)
+        spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper", **config)
         return runtime_dir / "ptykeeper.sock"
 
     return start
@@ -200,7 +200,8 @@ def test_bad_messages_get_error_replies_and_the_keeper_serves_on(keeper, client,
 
 def test_stopping_the_keeper_ends_every_shell_and_its_jobs(
         spawn_actor, runtime_dir, client, connect):
-    proc = spawn_actor("actors.ptykeeper:PtyKeeper", "ptykeeper", stop_grace_ms=300)
+    proc = spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper",
+                       "ptykeeper", stop_grace_ms=300)
     link = connect(client, runtime_dir / "ptykeeper.sock")
     script = "trap '' HUP; sleep 60 & echo bg-started; wait"
     pids = [create(link, f"s{i}", r=i, argv=["sh", "-c", script])["pid"] for i in range(3)]

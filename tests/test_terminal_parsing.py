@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from protocol.client import Client
-from protocol.errors import MoorageError
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
 from tests.terminal_support import Commands, Output, env_for, make_home, terminal_tree
 
 pytestmark = pytest.mark.timeout(180)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.envelope import StreamMessage
-from protocol.errors import MoorageError
+from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
 from tests.terminal_support import Commands, env_for, make_home, terminal_tree
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from protocol.envelope import StreamMessage
+from moorage.protocol.envelope import StreamMessage
 from tests.terminal_support import (
     Commands,
     Output,

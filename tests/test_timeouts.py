@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 import zmq
 
-from actors.runtime import DEFERRED, Actor, Call, op
-from actors.runtime.outbound import Outbound
-from protocol import endpoints
-from protocol.client._core import CallPlan, ClientCore, ClientOptions, Done, Resend, Wait
-from protocol.envelope import StreamMessage, decode_reply, encode_request
-from protocol.errors import MoorageError, WireError
-from protocol.recovery import recovery_for
-from supervisor.cli import CliError, parse_duration_ms
+from moorage.actors.runtime import DEFERRED, Actor, Call, op
+from moorage.actors.runtime.outbound import Outbound
+from moorage.protocol import endpoints
+from moorage.protocol.client._core import CallPlan, ClientCore, ClientOptions, Done, Resend, Wait
+from moorage.protocol.envelope import StreamMessage, decode_reply, encode_request
+from moorage.protocol.errors import MoorageError, WireError
+from moorage.protocol.recovery import recovery_for
+from moorage.supervisor.cli.commands import parse_duration_ms
+from moorage.supervisor.cli.common import CliError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -127,7 +128,7 @@ def test_the_ladder_never_waits_past_the_call_deadline():
 
 
 def test_a_reply_on_the_second_rung_ends_the_call_with_it():
-    from protocol.envelope import Reply
+    from moorage.protocol.envelope import Reply
 
     p = plan()
     t = p.start(p.started).until

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.client import Client
+from moorage.protocol.client import Client
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.timeout(120),
@@ -33,10 +33,10 @@ heartbeat = { interval_ms = 100, misses = 3 }
 backoff = { initial_ms = 20, factor = 2.0, max_ms = 400 }
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 [[children]]
 id = "resource"
-start = "actors.resource:ResourceActor"
+start = "moorage.actors.resource.actor:ResourceActor"
 [[children]]
 id = "alpha"
 start = "tests.fakes:FakeActor"
@@ -123,7 +123,8 @@ def screen(tmp_path: Path) -> Iterator[Screen]:
 
 
 def top_argv(runtime_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(runtime_dir), "top",
+    return [sys.executable, "-m", "moorage.supervisor.cli",
+            "--instance-dir", str(runtime_dir), "top",
             *extra]
 
 

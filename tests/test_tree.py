@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from protocol.errors import MoorageError
+from moorage.protocol.errors import MoorageError
 from tests.conftest import Tree, descendants, wait_pid_exit
 
 pytestmark = pytest.mark.timeout(90)

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from protocol.client import Client
-from protocol.errors import MoorageError
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
 from tests.conftest import ROOT, wait_pid_exit
 
 pytestmark = pytest.mark.timeout(90)
@@ -180,7 +180,8 @@ def test_the_root_speaks_sd_notify_when_systemd_asks(make_tree, runtime_dir):
     tree = make_tree(ORDER)
     with open(tree.out, "wb") as f:
         tree.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "--instance-dir", str(runtime_dir), "up",
+            [sys.executable, "-m", "moorage.supervisor.cli",
+             "--instance-dir", str(runtime_dir), "up",
              "--config", str(tree.config_path)], stdout=f, stderr=subprocess.STDOUT,
             cwd=ROOT, env=env, start_new_session=True)
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import MoorageError
-from supervisor.spec import ConfigError, parse_tree
+from moorage.protocol.errors import MoorageError
+from moorage.supervisor.spec import ConfigError, parse_tree
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -16,7 +16,7 @@ heartbeat = { interval_ms = 200, misses = 5 }
 
 [[children]]
 id = "metrics"
-start = "actors.metrics:MetricsActor"
+start = "moorage.actors.metrics.actor:MetricsActor"
 essential = false
 
 [[children]]
@@ -144,14 +144,14 @@ def test_essential_is_checked_and_the_resource_actor_cannot_be_shed():
     base = {"children": [{"id": "a", "start": "tests.fakes:FakeActor", "essential": "no"}]}
     with pytest.raises(ConfigError, match=r"children\[0\]\.essential"):
         parse_tree(base)
-    res = {"children": [{"id": "resource", "start": "actors.resource:ResourceActor",
+    res = {"children": [{"id": "resource", "start": "moorage.actors.resource.actor:ResourceActor",
                          "essential": False}]}
     with pytest.raises(ConfigError, match="must stay essential"):
         parse_tree(res)
     ok = parse_tree({"children": [{"id": "a", "start": "tests.fakes:FakeActor",
                                    "essential": False}]})
     assert ok.children[0].essential is False
-    from supervisor.config import default_document
+    from moorage.supervisor.config import default_document
 
     default = {c.id: c.essential for _, c in parse_tree(default_document()).walk()}
     assert default == {"metrics": False, "resource": True, "parser": False, "watcher": True,

@@ -18,10 +18,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from protocol import envelope, limits
-from protocol.envelope import TAG, DecodeError
-from protocol.errors import _TABLE, BY_CODE, KINDS, WireError
-from protocol.recovery import MATRIX
+from moorage.protocol import envelope, limits
+from moorage.protocol.envelope import TAG, DecodeError
+from moorage.protocol.errors import _TABLE, BY_CODE, KINDS, WireError
+from moorage.protocol.recovery import MATRIX
 
 pytestmark = pytest.mark.timeout(30)
 

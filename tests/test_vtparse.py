@@ -1,4 +1,4 @@
-"""actors.vtparse: the conformance vectors, and each documented policy on its own.
+"""moorage.actors.vtparse: the conformance vectors, and each documented policy on its own.
 
 The vectors (tests/vectors/vtparse.json) are fed as their chunks say and also byte by byte,
 which sends every sequence through the byte machine instead of the fast paths: both must give
@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from actors.vtparse import (
+from moorage.actors.vtparse import (
     EVENT_TYPES,
     KINDS,
     MAX_BUFFER_SIZE,

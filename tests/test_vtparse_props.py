@@ -13,7 +13,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.vtparse import (
+from moorage.actors.vtparse import (
     Event,
     Parser,
     RecoveryMode,

@@ -17,18 +17,18 @@ from typing import Any
 
 import pytest
 
-from actors import watcher as watcher_mod
-from actors.watching import files as files_mod
-from actors.watching import guarded as guarded_mod
-from actors.watching.coalesce import Coalescer
-from protocol.client import Loss
-from protocol.envelope import StreamMessage
-from protocol.errors import MoorageError
+from moorage.actors.watcher import actor as watcher_mod
+from moorage.actors.watcher import files as files_mod
+from moorage.actors.watcher import guarded as guarded_mod
+from moorage.actors.watcher.coalesce import Coalescer
+from moorage.protocol.client import Loss
+from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
 from tests.conftest import wait_pid_exit
 
 pytestmark = pytest.mark.timeout(180)
 
-ENTRY = "actors.watcher:WatcherActor"
+ENTRY = "moorage.actors.watcher.actor:WatcherActor"
 
 
 class Watcher:

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from actors.watching import snapshot
-from actors.watching.cache import FileCache, etag, stat_key
-from actors.watching.coalesce import CREATED, DELETED, MODIFIED, Coalescer
-from actors.watching.confine import Roots
-from actors.watching.files import FileService
-from actors.watching.journal import Clock, Journal
-from actors.watching.pipeline import Pipeline
-from actors.watching.retry import Attempts, RetryPolicy, Verdict, classify
-from actors.watching.snapshot import Index, diff, walk
-from actors.watching.watches import Watches
-from protocol.errors import MoorageError
-from protocol.recovery import Backoff
+from moorage.actors.watcher import snapshot
+from moorage.actors.watcher.cache import FileCache, etag, stat_key
+from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalescer
+from moorage.actors.watcher.confine import Roots
+from moorage.actors.watcher.files import FileService
+from moorage.actors.watcher.journal import Clock, Journal
+from moorage.actors.watcher.pipeline import Pipeline
+from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
+from moorage.actors.watcher.snapshot import Index, diff, walk
+from moorage.actors.watcher.watches import Watches
+from moorage.protocol.errors import MoorageError
+from moorage.protocol.recovery import Backoff
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -481,7 +481,7 @@ def test_rmtree_of_a_watched_subtree_in_the_index_goes_in_one_event(tmp_path):
 def test_a_failing_handler_is_reported_and_a_full_buffer_is_flagged_not_silent():
     from watchdog.events import FileCreatedEvent
 
-    from actors.watching.observer import ObserverManager
+    from moorage.actors.watcher.observer import ObserverManager
 
     wakes = []
     mgr = ObserverManager(wakes.append, lambda: None, buffer_max=2)
@@ -498,7 +498,7 @@ def test_a_failing_handler_is_reported_and_a_full_buffer_is_flagged_not_silent()
 def test_a_bounded_take_leaves_the_rest_pending_without_more_wake_ups():
     from watchdog.events import FileCreatedEvent
 
-    from actors.watching.observer import ObserverManager
+    from moorage.actors.watcher.observer import ObserverManager
 
     wakes = []
     mgr = ObserverManager(wakes.append, lambda: None)
@@ -514,7 +514,7 @@ def test_a_bounded_take_leaves_the_rest_pending_without_more_wake_ups():
 
 
 def test_resyncs_run_at_once_after_quiet_and_back_off_while_they_keep_coming():
-    from actors.watching.resync import ResyncScheduler
+    from moorage.actors.watcher.resync import ResyncScheduler
 
     clock = [100.0]
     timers: list = []

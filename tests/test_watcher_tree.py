@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.client import Client, Loss, Reset
-from protocol.envelope import StreamMessage
+from moorage.protocol.client import Client, Loss, Reset
+from moorage.protocol.envelope import StreamMessage
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,7 +27,7 @@ heartbeat = {{ interval_ms = 200, misses = 25 }}
 backoff = {{ initial_ms = 20, factor = 2.0, max_ms = 400 }}
 [[children]]
 id = "watcher"
-start = "actors.watcher:WatcherActor"
+start = "moorage.actors.watcher.actor:WatcherActor"
 fallbacks = ["polling", "cache_only"]
 [actor.watcher]
 roots = ["{data}"]
@@ -140,7 +140,7 @@ BIG_TREE = """
 heartbeat = {{ interval_ms = 50, misses = 3 }}
 [[children]]
 id = "watcher"
-start = "actors.watcher:WatcherActor"
+start = "moorage.actors.watcher.actor:WatcherActor"
 [actor.watcher]
 roots = ["{data}"]
 push_metrics = false

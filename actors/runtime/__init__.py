@@ -12,7 +12,7 @@
   process      logging set-up and the process entry point
 """
 
-from actors.runtime.actor import DEFERRED, Actor, Attached, Call
-from actors.runtime.registry import op
+from moorage.actors.runtime.actor import DEFERRED, Actor, Attached, Call
+from moorage.actors.runtime.registry import op
 
 __all__ = ["DEFERRED", "Actor", "Attached", "Call", "op"]

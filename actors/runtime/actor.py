@@ -28,13 +28,13 @@ from typing import Any
 import zmq
 from loguru import logger
 
-from actors.runtime.loop import Loop, Timer
-from actors.runtime.registry import OpSpec, collect, op
-from actors.runtime.reply_cache import ReplyCache
-from actors.runtime.stats import LossCounters, OpStats
-from actors.runtime.streams import Publisher
-from protocol import endpoints, limits
-from protocol.envelope import (
+from moorage.actors.runtime.loop import Loop, Timer
+from moorage.actors.runtime.registry import OpSpec, collect, op
+from moorage.actors.runtime.reply_cache import ReplyCache
+from moorage.actors.runtime.stats import LossCounters, OpStats
+from moorage.actors.runtime.streams import Publisher
+from moorage.protocol import endpoints, limits
+from moorage.protocol.envelope import (
     PROTO_VERSION,
     SCALAR_TYPES,
     TAG,
@@ -46,8 +46,8 @@ from protocol.envelope import (
     packb,
     shape_problem,
 )
-from protocol.errors import Category, MoorageError, WireError, fail
-from protocol.wire import NOBLOCK, send_frames
+from moorage.protocol.errors import Category, MoorageError, WireError, fail
+from moorage.protocol.wire import NOBLOCK, send_frames
 
 VERSION = "0.1.0"
 _perf_counter = time.perf_counter

@@ -1,6 +1,6 @@
 """Following another actor's stream from inside an actor's loop, with nothing lost unseen.
 
-The same bookkeeping as a client subscription (protocol.client._streams.StreamTracker: seq
+The same bookkeeping as a client subscription (moorage.protocol.client._streams.StreamTracker: seq
 order, welcome, gap -> replay, loss and reset reported), but non-blocking: replays go out
 through `Outbound` and their answers come back as callbacks on the loop. A supervisor uses it
 to republish its nested supervisors' events and the metrics actor's alerts.
@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from protocol import endpoints
-from protocol.client._streams import Loss, NeedReplay, StreamEvent, StreamTracker
-from protocol.envelope import DecodeError, decode_stream
-from protocol.errors import WireError
-from protocol.wire import NOBLOCK, recv_frames
+from moorage.protocol import endpoints
+from moorage.protocol.client._streams import Loss, NeedReplay, StreamEvent, StreamTracker
+from moorage.protocol.envelope import DecodeError, decode_stream
+from moorage.protocol.errors import WireError
+from moorage.protocol.wire import NOBLOCK, recv_frames
 
 if TYPE_CHECKING:
-    from actors.runtime.actor import Actor
-    from actors.runtime.outbound import Outbound
+    from moorage.actors.runtime.actor import Actor
+    from moorage.actors.runtime.outbound import Outbound
 
 
 class Follow:

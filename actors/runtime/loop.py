@@ -36,8 +36,8 @@ from typing import Any
 import zmq
 from loguru import logger
 
-from actors.runtime import beat
-from protocol.wire import NOBLOCK, recv_frames
+from moorage.actors.runtime import beat
+from moorage.protocol.wire import NOBLOCK, recv_frames
 
 Callback = Callable[[], Any]
 # pyzmq's constants are enums; arithmetic on them builds enum objects (a microsecond each).

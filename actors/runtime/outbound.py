@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from actors.runtime.loop import Timer
-from protocol import endpoints, limits
-from protocol.envelope import DecodeError, Reply, decode_reply, encode_request
-from protocol.errors import WireError
-from protocol.wire import NOBLOCK, recv_frames, send_frames
+from moorage.actors.runtime.loop import Timer
+from moorage.protocol import endpoints, limits
+from moorage.protocol.envelope import DecodeError, Reply, decode_reply, encode_request
+from moorage.protocol.errors import WireError
+from moorage.protocol.wire import NOBLOCK, recv_frames, send_frames
 
 if TYPE_CHECKING:
-    from actors.runtime.actor import Actor
+    from moorage.actors.runtime.actor import Actor
 
 OnDone = Callable[[Reply | None, WireError | None], None]
 

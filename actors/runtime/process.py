@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from actors.runtime.logs import setup_logging
+from moorage.actors.runtime.logs import setup_logging
 
 
 def resolve(entry: str) -> Any:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import fail
+from moorage.protocol.errors import fail
 
 _MISSING = object()
 REQUIRED = _MISSING

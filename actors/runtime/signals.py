@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from protocol.errors import fail
+from moorage.protocol.errors import fail
 
 
 def parse_signal(value: str | int) -> int:

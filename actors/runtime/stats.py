@@ -1,12 +1,12 @@
 """Service time and outcome per op, counted on the hot path, drained once a push interval.
 
 The drain is what the metrics actor receives: per op, the ok and error counts and an encoded
-HDR histogram of service time (protocol.histogram's shape, so all of them merge).
+HDR histogram of service time (moorage.protocol.histogram's shape, so all of them merge).
 """
 
 from __future__ import annotations
 
-from protocol.histogram import Recorder, decode
+from moorage.protocol.histogram import Recorder, decode
 
 
 class OpCounts:

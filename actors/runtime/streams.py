@@ -17,8 +17,8 @@ from typing import Any
 
 import zmq
 
-from protocol.envelope import encode_stream, encode_welcome
-from protocol.wire import NOBLOCK, send_frames
+from moorage.protocol.envelope import encode_stream, encode_welcome
+from moorage.protocol.wire import NOBLOCK, send_frames
 
 
 @dataclass(slots=True)

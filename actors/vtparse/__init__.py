@@ -20,8 +20,8 @@ Layout:
         print(event.kind, event.start, event.end, event.to_wire())
 """
 
-from actors.vtparse._dispatch import Dispatcher
-from actors.vtparse._events import (
+from moorage.actors.vtparse._dispatch import Dispatcher
+from moorage.actors.vtparse._events import (
     EVENT_TYPES,
     KINDS,
     CommandFinished,
@@ -45,10 +45,10 @@ from actors.vtparse._events import (
     Text,
     Token,
 )
-from actors.vtparse._markers import unescape
-from actors.vtparse._parser import Parser
-from actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode
-from actors.vtparse._text import TextCollector, clean, layout
+from moorage.actors.vtparse._markers import unescape
+from moorage.actors.vtparse._parser import Parser
+from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode
+from moorage.actors.vtparse._text import TextCollector, clean, layout
 
 __all__ = [
     "EVENT_TYPES",

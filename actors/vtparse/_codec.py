@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from actors.vtparse._events import Param
+from moorage.actors.vtparse._events import Param
 
 MAX_PARAMS = 32
 """Parameter values in one CSI or DCS header, sub-parameters included (vte's MAX_PARAMS)."""

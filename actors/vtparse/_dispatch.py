@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from actors.vtparse._events import KINDS, Event
+from moorage.actors.vtparse._events import KINDS, Event
 
 Handler = Callable[[Event], object]
 

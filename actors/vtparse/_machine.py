@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import re
 
-from actors.vtparse._codec import ParamReader
-from actors.vtparse._events import (
+from moorage.actors.vtparse._codec import ParamReader
+from moorage.actors.vtparse._events import (
     Control,
     Csi,
     Dcs,
@@ -53,7 +53,7 @@ from actors.vtparse._events import (
     Param,
     Text,
 )
-from actors.vtparse._markers import MARKER_COMMANDS, decode_marker
+from moorage.actors.vtparse._markers import MARKER_COMMANDS, decode_marker
 
 # States. GROUND is 0 so `if self._state:` reads "inside a sequence".
 GROUND = 0

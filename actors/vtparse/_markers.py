@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
-from actors.vtparse._events import (
+from moorage.actors.vtparse._events import (
     CommandFinished,
     CommandLine,
     Cwd,

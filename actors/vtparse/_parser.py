@@ -24,10 +24,10 @@ from __future__ import annotations
 import functools
 import re
 
-from actors.vtparse._codec import parse_params, utf8_hold
-from actors.vtparse._events import Control, Csi, Esc, Event, Invalid, Text
-from actors.vtparse._machine import GROUND, Machine
-from actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode, next_mode
+from moorage.actors.vtparse._codec import parse_params, utf8_hold
+from moorage.actors.vtparse._events import Control, Csi, Esc, Event, Invalid, Text
+from moorage.actors.vtparse._machine import GROUND, Machine
+from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode, next_mode
 
 # Well-formed sequences, exactly as the machine accepts them: CSI with one optional private
 # marker first, at most 32 values, at most 2 intermediates; ESC with at most 2 intermediates,

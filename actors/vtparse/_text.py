@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 
-from actors.vtparse._events import Event, Text
-from actors.vtparse._parser import Parser
-from actors.vtparse._recovery import MAX_BUFFER_SIZE
+from moorage.actors.vtparse._events import Event, Text
+from moorage.actors.vtparse._parser import Parser
+from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE
 
 _DROPPED = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 _FIND_RE = re.compile(_DROPPED)  # searching without the `+` is 2.5 times as fast

@@ -31,11 +31,11 @@ from typing import Any
 
 import zmq
 
-from protocol import endpoints, limits
-from protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
-from protocol.envelope import Reply, encode_request
-from protocol.errors import MoorageError, WireError
-from protocol.recovery import (
+from moorage.protocol import endpoints, limits
+from moorage.protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
+from moorage.protocol.envelope import Reply, encode_request
+from moorage.protocol.errors import MoorageError, WireError
+from moorage.protocol.recovery import (
     Backoff,
     BreakerState,
     CircuitBreaker,

@@ -26,9 +26,9 @@ from typing import Any
 
 import zmq
 
-from protocol import endpoints, limits
-from protocol.envelope import TAG, packb
-from protocol.histogram import Recorder, decode, summary
+from moorage.protocol import endpoints, limits
+from moorage.protocol.envelope import TAG, packb
+from moorage.protocol.histogram import Recorder, decode, summary
 
 MAX_OPS_PER_PUSH = 1000  # the metrics actor refuses a push with more (actors/metering/push.py)
 MAX_NAME = 100  # `client.<name>` must fit the push header's 128 characters

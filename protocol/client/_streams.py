@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.envelope import StreamMessage
+from moorage.protocol.envelope import StreamMessage
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from protocol.client._core import (
+from moorage.protocol.client._core import (
     LEARN_SHARE,
     CallPlan,
     ClientCore,
@@ -27,10 +27,10 @@ from protocol.client._core import (
     Wait,
     monitor_events,
 )
-from protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
-from protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
-from protocol.errors import MoorageError
-from protocol.recovery import BreakerState
+from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
+from moorage.protocol.errors import MoorageError
+from moorage.protocol.recovery import BreakerState
 
 _DISCONNECT = object()
 

@@ -13,7 +13,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from protocol.client._core import (
+from moorage.protocol.client._core import (
     CallPlan,
     ClientCore,
     ClientOptions,
@@ -22,11 +22,11 @@ from protocol.client._core import (
     Wait,
     monitor_events,
 )
-from protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
-from protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
-from protocol.errors import MoorageError
-from protocol.recovery import BreakerState
-from protocol.wire import NOBLOCK, recv_frames, send_frames
+from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
+from moorage.protocol.errors import MoorageError
+from moorage.protocol.recovery import BreakerState
+from moorage.protocol.wire import NOBLOCK, recv_frames, send_frames
 
 # A waiting call blocks in recv for at most this long before it looks at the connection's
 # monitor: a blocking recv is the cheapest way to wait for a reply (no poll call), and the

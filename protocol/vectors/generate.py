@@ -19,15 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+import msgpack
 
-import msgpack  # noqa: E402
-
-from protocol import envelope, limits  # noqa: E402
-from protocol.envelope import TAG, DecodeError, packb  # noqa: E402
-from protocol.errors import _TABLE, KINDS, WireError  # noqa: E402
+from moorage.protocol import envelope, limits
+from moorage.protocol.envelope import TAG, DecodeError, packb
+from moorage.protocol.errors import _TABLE, KINDS, WireError
 
 OUT = Path(__file__).with_name("envelope.json")
 SID = "4242-1f2e3d4c5b6a"  # the Python client's form: "<pid>-<12 hex>"
@@ -378,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if a.check:
         if OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is stale: run python {Path(__file__).relative_to(ROOT)}",
+            print(f"{OUT} is stale: run python protocol/vectors/generate.py",
                   file=sys.stderr)
             return 1
         return 0

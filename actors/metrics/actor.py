@@ -1,0 +1,348 @@
+"""The metrics actor: merges what every actor pushes, answers percentiles, raises alerts,
+and keeps the SLO record (seed 11) across its own restarts.
+
+  op                  args                     reply                                   errors
+  metrics.query       {op?: str, actor?: str}  {ops: [{actor, op, lifetime, window}],  bad_args
+                                                received_pushes, bad_pushes,
+                                                dropped_keys, window_s, actors}
+  metrics.alerts      {}                       {active: [alert], recent: [alert],      bad_args
+                                                raised_total, cleared_total, policy}
+  metrics.prometheus  {}                       {text, content_type}                    bad_args
+  metrics.reset       {}                       {reset: true}                           bad_args
+  metrics.slo         {}                       {slo: [objective], windows: {1h, 24h,   bad_args
+                                                30d}, open_incidents, recent_incidents,
+                                                rto_s, children, since, now, file}
+
+`lifetime` and `window` are {count, ok, error, error_rate, p50, p90, p99, p999, max}, latencies
+in microseconds; `window` adds `seconds`. query's filters match exactly. All but reset are
+idempotent; reset is not (it also publishes every active alert as cleared). reset forgets the
+recent figures, not the SLO record.
+
+Config (all optional): window_s 60, bucket_s 1, max_keys 2000, alert_history 100,
+alert_min_samples 20, alert_failure_rate 0.10, alert_latency_factor 2.0, alert_clear_ratio 0.8,
+targets {op: [p50_us, p99_us, p999_us]}, supervisor "supervisor" (whose events are followed),
+slo_file "metrics-slo.msgpack" (in the runtime dir), slo_save_s 5, probe_timeout_s 5,
+rto_s {child: s} (default terminal and ptykeeper 1, others `rto_default_s` 5),
+slo {availability 0.999, error_rate 0.001, p99_us 100000, recovery_s 5}. A config that cannot
+work fails the start.
+
+Input: a PULL on `metrics.in`. Every other actor pushes about once a second
+`[TAG, {actor, pid, ep}, {op: {ok, error, hist}}]` (see `Actor._push_metrics`); this actor's
+own ops are merged from `self.stats` on the bucket timer. A push is taken whole or not at all:
+one that fails bounded decoding is counted in `bad_pushes`, logged, and dropped.
+
+Per (actor, op): lifetime counts and latency counts, plus a window of `window_s` seconds made of
+`bucket_s` intervals with a running total, so reading the window sums no intervals. Latencies are
+kept as counts of HDR-equivalent microsecond values (protocol.histogram's shape), decoded once
+per push. At most `max_keys` (actor, op) pairs are kept; entries for more count in
+`dropped_keys`.
+
+Alerts (seed 8.1), evaluated over the window after each merge and each interval:
+  failure_rate  raised when requests >= alert_min_samples and errors/requests > alert_failure_rate
+  latency       raised when requests >= alert_min_samples and p99 > alert_latency_factor x the
+                op's p99 target (config `targets`: op -> [p50_us, p99_us, p999_us])
+Each is raised once when its condition starts and cleared once when the value falls to
+`alert_clear_ratio` (0.8) of the threshold, or the window empties; both edges go out on
+`metrics.alert` as {kind, state, actor, op, value, threshold, window_s, time, samples}.
+A third kind, data_loss, is raised when an actor's loss counter (`op` names the counter) is
+above zero over the last hour and cleared when it is back to zero.
+
+The SLO record (actors/metering/slo.py, recovery.py, slo_report.py): every push and this
+actor's own figures also go into minute and hour buckets for the 1 h, 24 h and 30 d windows,
+with the loss counters of each push header; the root supervisor's `sup.event` stream is
+followed (from seq 1, skipping what the saved cursor says was taken) to time each recovery
+from the exit the supervisor saw to the successor's first good reply. It is saved to
+`<runtime_dir>/<slo_file>` every `slo_save_s` when it changed and when the actor stops, and
+loaded at start; a file that cannot be read is logged and renamed `<slo_file>.corrupt-<time>`,
+and the record starts afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+from loguru import logger
+
+from moorage.actors.metrics.alerts import AlertPolicy, Alerts
+from moorage.actors.metrics.prometheus import CONTENT_TYPE, render_prometheus
+from moorage.actors.metrics.push import (
+    BadPush,
+    OpSample,
+    Push,
+    decode_ops,
+    decode_push,
+    fold_histogram,
+)
+from moorage.actors.metrics.record import SloRecord
+from moorage.actors.metrics.recovery import Incident
+from moorage.actors.metrics.series import MetricsTable, Series, summarize
+from moorage.actors.metrics.settings import Settings
+from moorage.actors.metrics.slo_report import build_report
+from moorage.actors.runtime import Actor, Call, op
+from moorage.actors.runtime.follow import Follow
+from moorage.actors.runtime.outbound import Outbound
+from moorage.protocol import endpoints, limits
+from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import WireError
+
+PUSH_BATCH = 256  # pushes taken per wake-up, so requests are not starved
+
+__all__ = [
+    "AlertPolicy", "Alerts", "BadPush", "MetricsActor", "MetricsTable", "OpSample", "Push",
+    "Settings", "decode_ops", "decode_push", "fold_histogram", "render_prometheus", "summarize",
+]
+
+
+# --- the actor ---------------------------------------------------------------------------------
+
+
+class MetricsActor(Actor):
+    name = "metrics"
+
+    def __init__(self, name: str | None, runtime_dir: Path | str,
+                 config: dict | None = None) -> None:
+        self.settings = Settings.from_config(config or {})  # a bad config fails before binding
+        super().__init__(name, runtime_dir, config)
+        st = self.settings
+        self.table = MetricsTable(st.window_s, st.bucket_s, st.max_keys)
+        self.alerts = Alerts(st.policy, st.window_s, st.history)
+        self.received_pushes = 0  # every message on metrics.in, bad ones included
+        self.bad_pushes = 0
+        self.actors: dict[str, dict[str, Any]] = {}
+        self.record = SloRecord(self.runtime_dir / st.slo_file, st)
+        self.record.load(time.time())
+        self.slo, self.recovery = self.record.store, self.record.tracker
+        self.serving_since = time.time()  # set again at the first loop turn
+        self.outbound = Outbound(self)
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.MAXMSGSIZE, limits.MAX_BODY_SIZE)
+        self._bind(self.pull, endpoints.metrics_in(self.runtime_dir))
+
+    def on_start(self) -> None:
+        # Replies to recovery probes and supervisor events are timed as they arrive: they
+        # must not wait for the request socket's next wake-up (runtime/loop.py).
+        self.loop.fast_path = False
+        self.loop.add_reader(self.pull, self._on_pushes)
+        self.loop.call_every(self.settings.bucket_s, self._tick)
+        self.loop.call_later(0, self._first_turn)
+        self.loop.call_every(self.settings.slo_save_s, lambda: self.record.save(time.time()))
+        self.loop.call_every(60.0, self._evaluate_losses)  # the 1 h window moves per minute
+        self._follow = Follow(self, self.outbound, self.settings.supervisor, "sup.event",
+                              self._on_tree_event)
+
+    def on_stop(self) -> None:
+        self._follow.close()
+        self.outbound.close()
+        self.record.dirty = True
+        self.record.save(time.time(), force=True)
+
+    def info(self) -> dict[str, Any]:
+        return {"received_pushes": self.received_pushes, "bad_pushes": self.bad_pushes,
+                "keys": len(self.table.series), "dropped_keys": self.table.dropped_keys,
+                "slo_file": str(self.record.path), "slo_saves": self.record.saves,
+                "slo_save_ms": round(self.record.save_cost_s * 1000, 3)}
+
+    # --- merging ---------------------------------------------------------------------------
+
+    def _on_pushes(self) -> None:
+        idx = self.table.interval(time.monotonic())
+        for _ in range(PUSH_BATCH):
+            try:
+                frames = self.pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.received_pushes += 1
+            try:
+                push = decode_push(frames)
+            except BadPush as exc:
+                self.bad_pushes += 1
+                if self.bad_pushes <= 10 or self.bad_pushes % 1000 == 0:
+                    logger.warning("bad metrics push (#{}): {}", self.bad_pushes, exc)
+                continue
+            self._note_actor(push)
+            self._merge(push.actor, push.ops, idx)
+            self._take_losses(push.actor, push.loss)
+
+    def _note_actor(self, push: Push) -> None:
+        seen = self.actors.get(push.actor)
+        if seen is None:
+            if len(self.actors) >= self.settings.max_keys:
+                return
+            seen = self.actors[push.actor] = {"pid": push.pid, "ep": push.ep, "pushes": 0,
+                                              "epochs": 1}
+        elif seen["ep"] != push.ep:
+            seen["epochs"] += 1  # the actor restarted
+        seen.update(pid=push.pid, ep=push.ep, last_push=time.time())
+        seen["pushes"] += 1
+
+    def _merge(self, actor: str, samples: list[OpSample], idx: int) -> None:
+        now = time.time()
+        for s in samples:
+            series = self.table.merge(actor, s, idx)
+            if series is not None:  # the table's key bound holds for the SLO record too
+                self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now)
+                self.record.dirty = True
+                self._evaluate(series)
+
+    def _take_losses(self, actor: str, loss: dict[str, int]) -> None:
+        if not loss or actor not in self.actors:  # the actor bound (max_keys) holds here too
+            return
+        now = time.time()
+        self.slo.add_loss(actor, loss, now)
+        self.record.dirty = True
+        logger.warning("data loss reported by {}: {}", actor, loss)
+        for counter in loss:
+            self._publish_alerts(self.alerts.evaluate_loss(
+                actor, counter, self.slo.loss_in(actor, counter, now), now))
+
+    def _evaluate_losses(self) -> None:
+        """Data-loss alerts clear once their hour has passed without a new loss."""
+        now = time.time()
+        for kind, actor, counter in list(self.alerts.active):
+            if kind == "data_loss":
+                self._publish_alerts(self.alerts.evaluate_loss(
+                    actor, counter, self.slo.loss_in(actor, counter, now), now))
+
+    def _publish_alerts(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            logger.warning("alert {} {}: {} {} {:.4g} (threshold {:.4g})", event["kind"],
+                           event["state"], event["actor"], event["op"], event["value"],
+                           event["threshold"])
+            self.publisher.publish("metrics.alert", event)
+
+    def _evaluate(self, s: Series) -> None:
+        w = s.window
+        p99 = None
+        if self.alerts.policy.latency_threshold(s.op) is not None:
+            p99 = summarize(w.ok, w.error, w.counts)["p99"]
+        self._publish_alerts(self.alerts.evaluate(s.actor, s.op, requests=w.requests,
+                                                  errors=w.error, p99=p99, now=time.time()))
+
+    def _advance(self) -> int:
+        """Expire old intervals everywhere and re-evaluate the series that changed."""
+        idx = self.table.interval(time.monotonic())
+        for s in self.table.expire(idx):
+            self._evaluate(s)
+        return idx
+
+    def _tick(self) -> None:
+        idx = self._advance()
+        self.slo.observe(time.time())
+        self._take_losses(self.name, self.losses.drain())
+        if self.stats.pending():  # our own ops: no push socket to ourselves
+            try:
+                samples = decode_ops(self.stats.drain())
+            except BadPush:
+                logger.exception("own op stats undecodable")
+                return
+            self._merge(self.name, samples, idx)
+
+    # --- the SLO record ----------------------------------------------------------------------
+
+    def _first_turn(self) -> None:
+        self.serving_since = time.time()
+
+    def _on_tree_event(self, ev: object) -> None:
+        if not isinstance(ev, StreamMessage) or not isinstance(ev.body, dict):
+            return  # a Loss is counted by Follow; a Reset is a new tree, seen in `take`
+        if self.recovery.seen(ev.epoch, ev.seq):
+            return
+        inc = self.recovery.take(ev.epoch, ev.seq, ev.body)
+        self.record.dirty = True
+        if inc is None:
+            return
+        assert inc.ready_at is not None
+        if inc.child == self.name and inc.new_pid == os.getpid():
+            self._close_incident(inc, max(self.serving_since, inc.exited_at), "self")
+        elif inc.ready_at >= self.serving_since:
+            self._probe(inc)
+        else:
+            self._close_incident(inc, inc.ready_at, "ready")
+
+    def _probe(self, inc: Incident) -> None:
+        """Ask the successor for a first good reply, on a socket connected just now."""
+        deaths = inc.deaths
+
+        def answered(reply: Any, err: WireError | None) -> None:
+            if inc.deaths != deaths:
+                return  # the successor died before answering; the incident goes on
+            if err is None:
+                self._close_incident(inc, time.time(), "reply")
+            else:
+                logger.warning("recovery probe of {} failed: {}", inc.child, err)
+                assert inc.ready_at is not None  # set while its deaths stay the same
+                self._close_incident(inc, inc.ready_at, "ready")
+
+        self.outbound.call(inc.child, "sys.hello", {"client": "metrics.recovery"},
+                           timeout=self.settings.probe_timeout_s, on_done=answered, fresh=True)
+
+    def _close_incident(self, inc: Incident, answered_at: float, how: str) -> None:
+        self.record.close(inc, answered_at, how)
+
+    # --- ops -------------------------------------------------------------------------------
+
+    @op("metrics.query", args={"op": (str, None), "actor": (str, None)}, idempotent=True)
+    def _op_query(self, call: Call, op: str | None, actor: str | None) -> dict[str, Any]:
+        """Counts and percentiles per (actor, op), lifetime and over the recent window."""
+        self._advance()
+        rows = []
+        for s in self.table.select(actor, op):
+            w = s.window
+            rows.append({"actor": s.actor, "op": s.op,
+                         "lifetime": summarize(s.ok, s.error, s.counts),
+                         "window": {**summarize(w.ok, w.error, w.counts),
+                                    "seconds": self.settings.window_s}})
+        return {"ops": rows, "received_pushes": self.received_pushes,
+                "bad_pushes": self.bad_pushes, "dropped_keys": self.table.dropped_keys,
+                "window_s": self.settings.window_s,
+                "actors": {a: d for a, d in self.actors.items() if actor in (None, a)}}
+
+    @op("metrics.alerts", idempotent=True)
+    def _op_alerts(self, call: Call) -> dict[str, Any]:
+        """Alerts raised now, and the last alert events (raised and cleared)."""
+        self._advance()
+        a, pol = self.alerts, self.alerts.policy
+        return {"active": list(a.active.values()), "recent": list(a.recent),
+                "raised_total": a.raised_total, "cleared_total": a.cleared_total,
+                "policy": {"min_samples": pol.min_samples, "failure_rate": pol.failure_rate,
+                           "latency_factor": pol.latency_factor, "clear_ratio": pol.clear_ratio,
+                           "p99_targets": dict(pol.p99_targets),
+                           "targets": {k: list(v) for k, v
+                                       in dict(self.config.get("targets") or {}).items()},
+                           "window_s": self.settings.window_s}}
+
+    @op("metrics.prometheus", idempotent=True)
+    def _op_prometheus(self, call: Call) -> dict[str, Any]:
+        """Everything in Prometheus text exposition format 0.0.4."""
+        self._advance()
+        text = render_prometheus(
+            self.table.select(), pushes_ok=self.received_pushes - self.bad_pushes,
+            pushes_bad=self.bad_pushes, dropped_keys=self.table.dropped_keys,
+            alerts_active=self.alerts.active_by_kind(), window_s=self.settings.window_s)
+        return {"text": text, "content_type": CONTENT_TYPE}
+
+    @op("metrics.slo", idempotent=True)
+    def _op_slo(self, call: Call) -> dict[str, Any]:
+        """The SLO report over 1 h, 24 h and 30 d, recovery incidents and data-loss counts."""
+        self._advance()
+        report = build_report(self.slo, self.recovery, time.time(),
+                              self.alerts.policy.p99_targets, self.settings.objectives)
+        report["file"] = str(self.record.path)
+        return report
+
+    @op("metrics.reset")
+    def _op_reset(self, call: Call) -> dict[str, Any]:
+        """Forget everything (tests, benchmarks); active alerts are published as cleared."""
+        for event in self.alerts.clear_all(time.time()):
+            self.publisher.publish("metrics.alert", event)
+        self.table.clear()
+        self.stats.drain()
+        self.actors.clear()
+        self.received_pushes = self.bad_pushes = 0
+        logger.info("metrics reset (pid {})", os.getpid())
+        return {"reset": True}

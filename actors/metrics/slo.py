@@ -1,0 +1,363 @@
+"""The SLO windows (seed 11.1): 1 h, 24 h and 30 d of per-op counts and latencies, data-loss
+counts, downtime and observed time, in buckets that survive a restart of the metrics actor.
+
+Pure: time is passed in (wall-clock seconds, because the windows outlive the process), and
+persistence is `to_state` / `from_state` here plus `save_state` / `load_state` of one msgpack
+file, written atomically (temp file, fsync, rename, fsync of the directory) so a kill at any
+moment leaves the previous file or the new one, never half of one.
+
+Every figure lands in its minute bucket (the last MINUTES_KEPT: the 1 h window and the
+current minute) and in its hour bucket (the last HOURS_KEPT: 30 d and the current hour). The
+1 h window reads minutes; 24 h and 30 d read hours, so their far edges fall on whole hours.
+Latencies are kept in log bins 2^(1/16) wide (4.4%) and a percentile is reported as its bin's
+highest integer: never below the true value, at most 4.4% above it. The size is bounded by
+the (actor, op) keys the metrics table accepts (its max_keys) times the buckets kept, and a
+bucket holds only the keys that saw traffic in it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moorage.actors.runtime.beat import progress
+from moorage.actors.runtime.statefile import write_atomic
+from moorage.protocol.envelope import DecodeError, packb, unpackb
+
+BINS_PER_OCTAVE = 16
+MINUTE, HOUR = 60, 3600
+MINUTES_KEPT = 61
+HOURS_KEPT = 721
+WINDOWS = {"1h": HOUR, "24h": 24 * HOUR, "30d": 30 * 24 * HOUR}
+STATE_VERSION = 2  # 2: buckets packed one by one
+MAX_STATE_BYTES = 256 * 1024 * 1024
+OBSERVE_MAX_GAP_S = 60.0  # a longer gap between two ticks is not counted as observed time
+
+
+def latency_bin(us: int) -> int:
+    """The log bin of a latency in microseconds (values below 1 share bin 0 with 1)."""
+    if us <= 1:
+        return 0
+    b = int(math.log2(us) * BINS_PER_OCTAVE)
+    while bin_top(b) < us:  # float rounding at a bin's edge
+        b += 1
+    return b
+
+
+def bin_top(b: int) -> int:
+    """The highest integer in bin `b` (what a percentile in that bin is reported as)."""
+    return max(1, math.ceil(2 ** ((b + 1) / BINS_PER_OCTAVE)) - 1)
+
+
+def bins_of(counts: Mapping[int, int]) -> Counter[int]:
+    out: Counter[int] = Counter()
+    for us, n in counts.items():
+        out[latency_bin(us)] += n
+    return out
+
+
+def percentile(bins: Mapping[int, int], p: float) -> int:
+    """HDR's rule (the first bin whose cumulative count reaches round(p% x total)); 0 if empty."""
+    total = sum(bins.values())
+    if not total:
+        return 0
+    target = max(1, int(p * total / 100 + 0.5))
+    seen = 0
+    for b, n in sorted(bins.items()):
+        seen += n
+        if seen >= target:
+            return bin_top(b)
+    return bin_top(max(bins))
+
+
+class OpFigures:
+    """ok, error and latency bins of one (actor, op) in one bucket or window."""
+
+    __slots__ = ("bins", "error", "ok")
+
+    def __init__(self, ok: int = 0, error: int = 0, bins: Counter[int] | None = None) -> None:
+        self.ok = ok
+        self.error = error
+        self.bins: Counter[int] = bins if bins is not None else Counter()
+
+    def add(self, other: OpFigures) -> None:
+        self.ok += other.ok
+        self.error += other.error
+        self.bins.update(other.bins)
+
+    @property
+    def requests(self) -> int:
+        return self.ok + self.error
+
+
+@dataclass(slots=True)
+class Figures:
+    """What one bucket, or a window folded from buckets, holds."""
+
+    ops: dict[tuple[str, str], OpFigures] = field(default_factory=dict)
+    loss: Counter[tuple[str, str]] = field(default_factory=Counter)  # (actor, counter) -> n
+    down: Counter[str] = field(default_factory=Counter)  # child -> seconds down
+    observed: float = 0.0  # seconds the metrics actor was watching
+
+    def add(self, other: Figures) -> None:
+        for key, f in other.ops.items():
+            mine = self.ops.get(key)
+            if mine is None:
+                mine = self.ops[key] = OpFigures()
+            mine.add(f)
+        self.loss.update(other.loss)
+        self.down.update(other.down)
+        self.observed += other.observed
+
+
+class Ring:
+    """The last `keep` buckets of `width` seconds, by bucket index (time // width)."""
+
+    def __init__(self, width: int, keep: int) -> None:
+        self.width = width
+        self.keep = keep
+        self.buckets: dict[int, Figures] = {}
+        self.newest = -1
+        self._dirty: set[int] = set()  # buckets written since they were last packed
+        self._packed: dict[int, bytes] = {}
+        self._past_writes = 0  # writes to buckets older than the newest (they unseal folds)
+        self._sealed_key: tuple[int, int] = (-1, -1)
+        self._sealed: dict[int, Figures] = {}  # first bucket -> sum of closed buckets from it
+
+    def packed_rows(self) -> list[bytes]:
+        """Every bucket as msgpack bytes, re-packing only the buckets written since the last
+        call: a save of 30 days costs the hour that changed, not all 720 of them."""
+        for idx in self._dirty:
+            b = self.buckets.get(idx)
+            if b is not None:
+                self._packed[idx] = packb(_bucket_state(idx, b))
+        self._dirty.clear()
+        for idx in [i for i in self._packed if i not in self.buckets]:
+            del self._packed[idx]
+        return [self._packed[i] for i in sorted(self._packed)]
+
+    def at(self, t: float) -> Figures | None:
+        """The bucket of time `t`; None when `t` is older than what is kept (a clock that went
+        back a long way: dropped rather than growing the ring)."""
+        idx = int(t // self.width)
+        if idx <= self.newest - self.keep:
+            return None
+        self._dirty.add(idx)  # every caller of `at` writes to the bucket
+        if idx < self.newest:
+            self._past_writes += 1
+        b = self.buckets.get(idx)
+        if b is None:
+            b = self.buckets[idx] = Figures()
+            if idx > self.newest:
+                self.newest = idx
+                for old in [i for i in self.buckets if i <= idx - self.keep]:
+                    del self.buckets[old]
+        return b
+
+    def fold(self, since: float) -> Figures:
+        """The buckets from `since` on. The closed buckets' sum is kept until the ring moves
+        on or one of them is written, so a report over 30 days folds 720 hours once an hour,
+        not on every call."""
+        first = int(since // self.width)
+        key = (self.newest, self._past_writes)
+        if self._sealed_key != key:
+            self._sealed_key, self._sealed = key, {}
+        sealed = self._sealed.get(first)
+        if sealed is None:
+            sealed = self._sealed[first] = Figures()
+            for idx, b in self.buckets.items():
+                if first <= idx < self.newest:
+                    sealed.add(b)
+                    progress()  # 720 busy hours can take longer than one loop turn may
+        out = Figures()
+        out.add(sealed)
+        current = self.buckets.get(self.newest)
+        if current is not None and self.newest >= first:
+            out.add(current)
+        return out
+
+
+class SloStore:
+    def __init__(self) -> None:
+        self.minutes = Ring(MINUTE, MINUTES_KEPT)
+        self.hours = Ring(HOUR, HOURS_KEPT)
+        self.first: float | None = None  # when the first figure came in
+        self.last_observed: float | None = None
+
+    def _buckets(self, t: float) -> list[Figures]:
+        if self.first is None or t < self.first:
+            self.first = t
+        return [b for b in (self.minutes.at(t), self.hours.at(t)) if b is not None]
+
+    def add_ops(self, actor: str, op: str, ok: int, error: int, counts: Mapping[int, int],
+                now: float) -> None:
+        bins = bins_of(counts)
+        for b in self._buckets(now):
+            f = b.ops.get((actor, op))
+            if f is None:
+                f = b.ops[(actor, op)] = OpFigures()
+            f.add(OpFigures(ok, error, bins))
+
+    def add_loss(self, actor: str, counts: Mapping[str, int], now: float) -> None:
+        if not any(counts.values()):
+            return
+        for b in self._buckets(now):
+            for name, n in counts.items():
+                b.loss[(actor, name)] += n
+
+    def add_down(self, child: str, start: float, end: float) -> None:
+        """`child` was down from `start` to `end`: each bucket gets its own share."""
+        for ring in (self.minutes, self.hours):
+            t = start
+            while t < end:
+                edge = min(end, (int(t // ring.width) + 1) * ring.width)
+                b = ring.at(t)
+                if b is not None:
+                    b.down[child] += edge - t
+                t = edge
+        if self.first is None or start < self.first:
+            self.first = start
+
+    def observe(self, now: float) -> None:
+        """Called on every tick: the time since the last tick was watched."""
+        last, self.last_observed = self.last_observed, now
+        if last is None or not 0 < now - last <= OBSERVE_MAX_GAP_S:
+            return
+        for b in self._buckets(now):
+            b.observed += now - last
+
+    def window(self, name: str, now: float) -> Figures:
+        """One of WINDOWS, ending now."""
+        seconds = WINDOWS[name]
+        ring = self.minutes if seconds <= HOUR else self.hours
+        return ring.fold(now - seconds + ring.width)
+
+    def loss_in(self, actor: str, counter: str, now: float) -> int:
+        return self.window("1h", now).loss.get((actor, counter), 0)
+
+    # --- persistence ---------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        return {"first": self.first, "minutes": self.minutes.packed_rows(),
+                "hours": self.hours.packed_rows()}
+
+    @classmethod
+    def from_state(cls, d: Any) -> SloStore:
+        """Raises ValueError on anything not of the shape `to_state` writes."""
+        _want(isinstance(d, dict), "slo state must be a map")
+        s = cls()
+        first = d.get("first")
+        _want(first is None or isinstance(first, (int, float)), "first must be a time")
+        s.first = first
+        for ring, key in ((s.minutes, "minutes"), (s.hours, "hours")):
+            rows = d.get(key)
+            _want(isinstance(rows, list), f"{key} must be a list")
+            for row in rows:
+                _want(isinstance(row, bytes), "a bucket is packed msgpack")
+                try:
+                    idx, fig = _bucket_from(unpackb(row, MAX_STATE_BYTES))
+                except DecodeError as exc:
+                    raise ValueError(exc.error.message) from exc
+                ring.buckets[idx] = fig
+                ring._packed[idx] = row
+                ring.newest = max(ring.newest, idx)
+            for old in [i for i in ring.buckets if i <= ring.newest - ring.keep]:
+                del ring.buckets[old]
+        return s
+
+
+def _want(cond: bool, what: str) -> None:
+    if not cond:
+        raise ValueError(what)
+
+
+def _count(v: Any) -> int:
+    _want(type(v) is int and v >= 0, f"not a count: {v!r:.40}")
+    return v
+
+
+def _bucket_state(idx: int, b: Figures) -> list[Any]:
+    ops = [[a, o, f.ok, f.error, [[k, n] for k, n in sorted(f.bins.items())]]
+           for (a, o), f in sorted(b.ops.items())]
+    return [idx, b.observed, ops, [[a, c, n] for (a, c), n in sorted(b.loss.items())],
+            [[c, s] for c, s in sorted(b.down.items())]]
+
+
+def _bucket_from(row: Any) -> tuple[int, Figures]:
+    _want(isinstance(row, list) and len(row) == 5, "a bucket is [idx, observed, ops, loss, down]")
+    idx, observed, ops, loss, down = row
+    _want(type(idx) is int and isinstance(observed, (int, float)) and observed >= 0,
+          "bucket idx and observed")
+    _want(isinstance(ops, list) and isinstance(loss, list) and isinstance(down, list),
+          "bucket lists")
+    f = Figures(observed=float(observed))
+    for op_row in ops:
+        _want(isinstance(op_row, list) and len(op_row) == 5,
+              "an op is [actor, op, ok, error, bins]")
+        actor, op, ok, error, bins = op_row
+        _want(isinstance(actor, str) and isinstance(op, str) and isinstance(bins, list),
+              "op names and bins")
+        counts: Counter[int] = Counter()
+        for pair in bins:
+            _want(isinstance(pair, list) and len(pair) == 2, "a bin is [bin, count]")
+            counts[_count(pair[0])] += _count(pair[1])
+        f.ops[(actor, op)] = OpFigures(_count(ok), _count(error), counts)
+    for loss_row in loss:
+        _want(isinstance(loss_row, list) and len(loss_row) == 3
+              and all(isinstance(x, str) for x in loss_row[:2]), "a loss is [actor, counter, n]")
+        f.loss[(loss_row[0], loss_row[1])] += _count(loss_row[2])
+    for down_row in down:
+        _want(isinstance(down_row, list) and len(down_row) == 2 and isinstance(down_row[0], str)
+              and isinstance(down_row[1], (int, float)) and down_row[1] >= 0,
+              "a downtime is [child, seconds]")
+        f.down[down_row[0]] += float(down_row[1])
+    return idx, f
+
+
+# --- the file ----------------------------------------------------------------------------------
+
+
+def save_state(path: Path, state: Mapping[str, Any]) -> int:
+    """Write `state` to `path` atomically and durably; returns the bytes written."""
+    return write_state(path, packb(dict(state)))
+
+
+def write_state(path: Path, data: bytes) -> int:
+    """Write packed state to `path` atomically and durably (temp, fsync, rename, fsync dir)."""
+    return write_atomic(path, data, durable=True)
+
+
+def load_state(path: Path) -> dict[str, Any] | None:
+    """The saved state; None when there is none; ValueError when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    try:
+        state = unpackb(data, MAX_STATE_BYTES)
+    except DecodeError as exc:
+        raise ValueError(exc.error.message) from exc
+    _want(isinstance(state, dict) and state.get("v") == STATE_VERSION,
+          f"not a version {STATE_VERSION} state file")
+    return state
+
+
+def set_aside(path: Path, now: float) -> Path:
+    """Move an unreadable state file out of the way (kept for a post-mortem)."""
+    dest = path.with_name(f"{path.name}.corrupt-{int(now)}")
+    os.replace(path, dest)
+    return dest
+
+
+def loss_totals(loss: Iterable[tuple[tuple[str, str], int]]) -> dict[str, int]:
+    """Loss counts by counter name, summed over actors."""
+    out: Counter[str] = Counter()
+    for (_, name), n in loss:
+        out[name] += n
+    return dict(out)

@@ -1,0 +1,386 @@
+"""The resource actor: measures the tree's pressure, sets its level and quality, sheds load.
+
+  op                     args                           reply                     errors
+  resource.status        {fresh: bool = false}          {pressure, level,         timeout
+                                                         quality, derived_quality,
+                                                         override_left_s, budget,
+                                                         components, totals,
+                                                         system, processes: [{pid,
+                                                         ppid, name, role, id, rss,
+                                                         memory, cpu}], counters,
+                                                         sampler, shed,
+                                                         recent_alerts}
+                         fresh: answer after the next sample whose `sup.status` was asked
+                         after this request (waits up to one interval)
+  resource.level         {}                             {level, pressure, quality} -
+  resource.quality.set   {quality: int 0..3,            {quality, derived_quality, bad_args
+                          duration_s: number = 60;       level, override_left_s}
+                          0 removes the override}
+                         kept in <runtime_dir>/<name>.quality, so a restarted resource actor
+                         holds it for what is left of its duration (pressure.override_file)
+
+Streams:
+  resource.level  on every change of (level, quality), once every worker has answered the
+                  `sys.pressure` it was told (or failed to): {level, pressure, quality,
+                  previous, previous_quality, derived_quality, override, components,
+                  features_off, sample, time, actions: {actor: what it did | {error}}}.
+                  The first sample always publishes (previous None): a restarted resource
+                  actor tells the tree where it stands.
+  resource.alert  {kind: "runaway", action: "warn" | "killed" | "gone", pid, name, id,
+                  memory, rss, ...}, {kind: "critical", action: "no_runaway" |
+                  "persisting", ...} and {kind: "shed", action: "stopped" | "restored" |
+                  "failed", actors, failed, reason}. The supervisors republish them on
+                  `supervisor.pub` as `alert` events.
+
+Every `interval_s` the actor samples the tree with psutil (moorage.actors.resource.sampler; it asks
+the root supervisor for `sup.status`, who is who, only after its `sup.event` stream says the
+tree changed), computes the pressure, level and quality (moorage.actors.resource.levels) and acts
+(moorage.actors.resource.escalation):
+  - a change of level or quality is told to every running worker as `sys.pressure {level,
+    quality}` (the runtime trims its reply cache and calls the actor's `on_pressure`); a
+    worker restarted since is told the current state on its own;
+  - at critical, the largest process of the tree that is not an actor, supervisor or zygote
+    is alerted, then killed with SIGKILL if the pressure stays critical (81 or more in each
+    sample, whatever hysteresis holds the level at) for `kill_after_samples` samples;
+  - critical for `persist_after_samples` samples in a row: the supervisors stop the
+    non-essential actors (`sup.shed {on: true}`, children with `essential = false`); they
+    are started again (`sup.shed {on: false}`) once the held level has stayed at or below
+    `restore_level` for `restore_after_samples` samples. Whether the tree is shed is the
+    root's `shedding` in `sup.status`: a restarted resource actor adopts it (and so does one
+    whose tree was shed by hand), and brings the actors back the same way.
+
+Config (all optional; a config that cannot work fails the start):
+  interval_s 1.0, memory_budget_mb 1024, memory_metric "rss" | "pss", cpu_budget_cores (the
+  machine's CPU count), cpu_weight 0.8, cpu_samples 5, system_reserve 0.10, margin 5,
+  up_samples 1, down_samples 3, quality_up_samples 3, kill_runaways true,
+  kill_after_samples 2, runaway_min_share 0.10 (of the budget), persist_after_samples 10,
+  shed_nonessential true, restore_level "moderate", restore_after_samples 10, quality_file
+  true, tell_timeout_s 1.0, status_timeout_s 1.0, rescan_every 30, supervisor "supervisor".
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from moorage.actors.resource.critical import CriticalActions
+from moorage.actors.resource.escalation import Escalation, Shedder, pick_runaway
+from moorage.actors.resource.levels import (
+    FEATURES_OFF,
+    LEVELS,
+    NORMAL,
+    LevelTracker,
+    Pressure,
+    PressureModel,
+    QualityTracker,
+    raw_level,
+)
+from moorage.actors.resource.override_file import OverrideFile
+from moorage.actors.resource.sampler import Roles, Sample, TreeSampler, roles_from_status
+from moorage.actors.resource.settings import MB, Settings
+from moorage.actors.runtime import DEFERRED, Actor, Call, op
+from moorage.actors.runtime.follow import Follow
+from moorage.actors.runtime.outbound import Outbound
+from moorage.protocol.envelope import Reply
+from moorage.protocol.errors import Category, WireError, fail
+
+MAX_OVERRIDE_S = 86_400.0
+RECENT_ALERTS = 20
+
+
+@dataclass(slots=True)
+class Broadcast:
+    """One level/quality change being told to the workers; published once all answered."""
+
+    body: dict[str, Any]
+    waiting: set[str]
+    actions: dict[str, Any] = field(default_factory=dict)
+
+
+class ResourceActor(CriticalActions, Actor):
+    name = "resource"
+    category = Category.RESOURCE
+
+    def __init__(self, name: str | None, runtime_dir: Path | str,
+                 config: dict | None = None) -> None:
+        s = self.settings = Settings.from_config(config or {})
+        # Everything that can refuse the config is built before the sockets are bound.
+        self.sampler = TreeSampler(s.memory_metric, s.rescan_every)
+        self.model = PressureModel(int(s.memory_budget_mb * MB), s.cpu_budget_cores,
+                                   cpu_weight=s.cpu_weight, cpu_samples=s.cpu_samples,
+                                   system_reserve=s.system_reserve)
+        self.levels = LevelTracker(margin=s.margin, up_samples=s.up_samples,
+                                   down_samples=s.down_samples)
+        self.qualities = QualityTracker(up_samples=s.quality_up_samples)
+        self.escalation = Escalation(kill_after=s.kill_after_samples,
+                                     persist_after=s.persist_after_samples,
+                                     kill=s.kill_runaways)
+        self.shedder = Shedder(persist_after=s.persist_after_samples,
+                               restore_after=s.restore_after_samples,
+                               restore_level=s.restore_level, enabled=s.shed_nonessential)
+        super().__init__(name, runtime_dir, config)
+        self.override_file = OverrideFile(self.runtime_dir / f"{self.name}.quality") \
+            if s.quality_file else None
+        self._shed_pending = False
+        self._shed_replies = 0
+        self._status_asked_at = 0  # _shed_replies when the pending sup.status was sent
+        self.shed_actors: list[str] = []
+        self.outbound = Outbound(self)
+        self.roles = Roles()
+        self.sample: Sample | None = None
+        self.pressure = Pressure(0, 0.0, 0.0, 0.0)
+        self.level = NORMAL
+        self.effective_quality = 3
+        self._told: tuple[int, int] | None = None  # the (level, quality) last broadcast
+        self._told_pids: dict[str, int] = {}  # worker -> the pid that was told
+        self._broadcasts: deque[Broadcast] = deque()
+        self._status_pending = False
+        self._fresh_next: list[Call] = []  # resource.status {fresh}: waiting for a tick
+        self._fresh_now: list[Call] = []  # ... whose sample is being taken
+        self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
+        self.counters: Counter[str] = Counter()
+        self.actions: Counter[str] = Counter()  # summed over every worker's `done`
+        self._cost_total_us = 0
+
+    # --- life ---------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        # Who is who changes only when the supervisor says so: `sup.status` is asked again
+        # after one of its events, not every interval (an idle tree stays idle).
+        self._roles_stale = True
+        self._restore_override()
+        self._follow = Follow(self, self.outbound, self.settings.supervisor, "sup.event",
+                              self._on_tree_event)
+        self.loop.call_later(0, self._tick)
+        self.loop.call_every(self.settings.interval_s, self._tick)
+
+    def _on_tree_event(self, event: object) -> None:
+        self._roles_stale = True
+
+    def on_stop(self) -> None:
+        self._follow.close()
+        self.outbound.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"level": LEVELS[self.level], "pressure": self.pressure.value,
+                "quality": self.effective_quality, "samples": self.sampler.samples}
+
+    # --- the sampling cycle -----------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._status_pending:
+            self.counters["ticks_skipped"] += 1  # the previous status is still on its way
+            return
+        if not self._roles_stale and not self._fresh_next:
+            self._sample_and_react()  # the same processes as last time: no need to ask
+            return
+        self._roles_stale = False
+        self._status_pending = True
+        self._fresh_now, self._fresh_next = self._fresh_next, []
+        self._status_asked_at = self._shed_replies
+        timeout = min(self.settings.status_timeout_s, max(0.05, self.settings.interval_s))
+        self.outbound.call(self.settings.supervisor, "sup.status", timeout=timeout,
+                           on_done=self._on_status)
+
+    def _on_status(self, reply: Reply | None, err: WireError | None) -> None:
+        self._status_pending = False
+        if reply is not None and isinstance(reply.body, dict):
+            self.roles = roles_from_status(reply.body)
+            # A restart of ours, or a shed by hand: adopt it; but not from a status asked
+            # before our own last sup.shed was answered (it would undo what that did).
+            if not self._shed_pending and self._status_asked_at == self._shed_replies:
+                self.shedder.shed = bool(reply.body.get("shedding"))
+                # (a child still stopping is not `shed` in the status yet: keep what we knew)
+                self.shed_actors = sorted(self.roles.shed | set(self.shed_actors)) \
+                    if self.shedder.shed else []
+        else:
+            # Sample with what we last knew: the processes have not moved because the
+            # supervisor is slow to answer.
+            self.counters["status_failures"] += 1
+            logger.debug("sup.status failed: {}", err)
+        self._sample_and_react()
+        waiting, self._fresh_now = self._fresh_now, []
+        for call in waiting:
+            call.reply(self._status_body())
+
+    def _sample_and_react(self) -> None:
+        sample = self.sample = self.sampler.sample(self.roles)
+        self._cost_total_us += sample.cost_us
+        self.pressure = self.model.feed(sample.reading())
+        self.level = self.levels.feed(self.pressure.value)
+        self.qualities.feed(self.level)
+        budget = int(self.settings.memory_budget_mb * MB)
+        candidate = pick_runaway(sample.rows, int(budget * self.settings.runaway_min_share))
+        # The kill decision follows the pressure itself, not the level hysteresis holds.
+        for decision in self.escalation.feed(raw_level(self.pressure.value), candidate):
+            self._carry_out(decision, sample)
+        shed = self.shedder.feed(self.escalation.episode, self.level)
+        if shed is not None and not self._shed_pending:
+            self._shed(shed == "shed")
+        self._publish_if_changed()
+        self._tell_restarted()
+
+    # --- telling the workers --------------------------------------------------------------
+
+    def _publish_if_changed(self) -> None:
+        quality = self.qualities.effective()
+        state = (self.level, quality)
+        if state == self._told:
+            return
+        previous = self._told
+        self._told = state
+        self.effective_quality = quality
+        self.counters["broadcasts"] += 1
+        if previous is not None and previous[0] != self.level:
+            self.counters["level_changes"] += 1
+        if previous is not None and previous[1] != quality:
+            self.counters["quality_changes"] += 1
+        left = self.qualities.override_left()
+        body = {
+            "level": LEVELS[self.level], "pressure": self.pressure.value, "quality": quality,
+            "previous": LEVELS[previous[0]] if previous else None,
+            "previous_quality": previous[1] if previous else None,
+            "derived_quality": self.qualities.derived,
+            "override": left is not None,
+            "components": self.pressure.components(),
+            "features_off": list(FEATURES_OFF[quality]),
+            "sample": self.sampler.samples, "time": time.time(),
+        }
+        logger.info("pressure {} -> level {} quality {}", self.pressure.value,
+                    body["level"], quality)
+        workers = dict(self.roles.workers)
+        b = Broadcast(body, set(workers))
+        self._broadcasts.append(b)
+        self._told_pids = workers
+        for w in workers:
+            self._tell(w, b)
+        self._flush()
+
+    def _tell(self, worker: str, b: Broadcast | None) -> None:
+        level, quality = self._told or (NORMAL, 3)
+
+        def done(reply: Reply | None, err: WireError | None) -> None:
+            if err is None and reply is not None and isinstance(reply.body, dict):
+                did = reply.body.get("done", {})
+                self.counters["told_ok"] += 1
+                self._count_actions(did)
+            else:
+                did = {"error": err.name if err else "bad_reply"}
+                self.counters["told_failed"] += 1
+            if b is not None:
+                b.actions[worker] = did
+                b.waiting.discard(worker)
+                self._flush()
+
+        self.outbound.call(worker, "sys.pressure", {"level": LEVELS[level], "quality": quality},
+                           timeout=self.settings.tell_timeout_s, on_done=done)
+
+    def _count_actions(self, did: Any) -> None:
+        if not isinstance(did, dict):
+            return
+        for k, v in did.items():
+            if isinstance(v, bool):
+                self.actions[k] += int(v)
+            elif isinstance(v, (int, float)):
+                self.actions[k] += v
+            elif v:
+                self.actions[k] += 1
+
+    def _flush(self) -> None:
+        """Publish finished broadcasts in the order the changes happened."""
+        while self._broadcasts and not self._broadcasts[0].waiting:
+            b = self._broadcasts.popleft()
+            self.publisher.publish("resource.level", {**b.body, "actions": b.actions})
+
+    def _tell_restarted(self) -> None:
+        """A worker restarted since the last broadcast starts at normal/3: tell it where the
+        tree stands (nothing to tell while the tree is at normal/3 itself)."""
+        for w, pid in self.roles.workers.items():
+            if self._told_pids.get(w) == pid:
+                continue
+            self._told_pids[w] = pid
+            if self._told is not None and self._told != (NORMAL, 3):
+                self.counters["retold"] += 1
+                self._tell(w, None)
+
+    # --- the quality override ---------------------------------------------------------------
+
+    def _restore_override(self) -> None:
+        """Hold an override a predecessor was given, for what is left of it."""
+        saved = self.override_file.load() if self.override_file is not None else None
+        if saved is not None:
+            self.qualities.set_override(*saved)
+            self.counters["override_restored"] += 1
+            logger.info("quality override {} restored, {:.1f} s left", *saved)
+
+    # --- ops ------------------------------------------------------------------------------------
+
+    @op("resource.status", args={"fresh": (bool, False)}, idempotent=True, timeout_ms=10_000)
+    def _op_status(self, call: Call, fresh: bool) -> object:
+        """The tree's processes with their memory and CPU, totals, pressure, level, quality."""
+        if fresh:
+            self._fresh_next.append(call)
+            return DEFERRED
+        return self._status_body()
+
+    def _status_body(self) -> dict[str, Any]:
+        s = self.sample
+        n = max(1, self.sampler.samples)
+        return {
+            **self._level_body(),
+            "derived_quality": self.qualities.derived,
+            "override_left_s": _round(self.qualities.override_left()),
+            "features_off": list(FEATURES_OFF[self.effective_quality]),
+            "components": self.pressure.components(),
+            "budget": {"memory_bytes": int(self.settings.memory_budget_mb * MB),
+                       "memory_metric": self.settings.memory_metric,
+                       "cpu_cores": self.settings.cpu_budget_cores},
+            "totals": s.totals() if s else None,
+            "system": {"total": s.system_total, "available": s.system_available} if s
+            else None,
+            "processes": [r.describe() for r in s.rows] if s else [],
+            "sampler": {"samples": self.sampler.samples, "interval_s": self.settings.interval_s,
+                        "last_cost_us": s.cost_us if s else None,
+                        "mean_cost_us": round(self._cost_total_us / n, 1),
+                        "age_s": _round(time.monotonic() - s.taken_at) if s else None},
+            "counters": dict(self.counters),
+            "actions": dict(self.actions),
+            "shed": {"shedding": self.shedder.shed, "actors": self.shed_actors,
+                     "calm_samples": self.shedder.calm, "pending": self._shed_pending},
+            "recent_alerts": list(self.recent_alerts),
+        }
+
+    @op("resource.level", idempotent=True, timeout_ms=1000)
+    def _op_level(self, call: Call) -> dict[str, Any]:
+        """The current level, pressure and quality."""
+        return self._level_body()
+
+    @op("resource.quality.set", args={"quality": int, "duration_s": ((int, float), 60.0)},
+        timeout_ms=2000)
+    def _op_quality_set(self, call: Call, quality: int, duration_s: float) -> dict[str, Any]:
+        """Hold the quality at `quality` for `duration_s` seconds (0 removes the override)."""
+        if not 0 <= quality <= 3:
+            raise fail("bad_args", f"resource.quality.set: quality must be 0..3, not {quality}")
+        if not 0 <= duration_s <= MAX_OVERRIDE_S:
+            raise fail("bad_args", f"resource.quality.set: duration_s must be in "
+                                   f"[0, {MAX_OVERRIDE_S:.0f}], not {duration_s}")
+        self.qualities.set_override(quality, float(duration_s))
+        if self.override_file is not None:
+            self.override_file.save(quality, float(duration_s))
+        self.counters["overrides"] += 1
+        self._publish_if_changed()
+        return {**self._level_body(), "derived_quality": self.qualities.derived,
+                "override_left_s": _round(self.qualities.override_left())}
+
+    def _level_body(self) -> dict[str, Any]:
+        return {"level": LEVELS[self.level], "pressure": self.pressure.value,
+                "quality": self.effective_quality}
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)

@@ -1,0 +1,437 @@
+"""The terminal actor: PTY sessions with shell integration; the shells live in the pty keeper.
+
+  op               args                                 reply                      errors
+  term.create      {shell?, args?, cwd?, env?, cols?,   {session, pid, tty, shell, bad_args,
+                    rows?, integration?}                 kind, mode, attempts}      pty_failed,
+                                                                                    busy
+  term.exec        {session, command, timeout_ms?}      {session, exit_code,       not_found*,
+                                                         output, cwd, duration_ms,  session_busy,
+                                                         mode, trusted, parser}     shell_exited,
+                                                                                    timeout,
+                                                                                    outcome_unknown
+  term.write       {session, data: str|bin}             {queued}                   not_found*,
+                                                                                    shell_exited,
+                                                                                    busy
+  term.resize      {session, cols, rows}                {cols, rows}               not_found*
+  term.signal      {session, signal?: "SIGINT",         {pgid, signal}             not_found*,
+                    target?: foreground|shell}                                      shell_exited,
+                                                                                    bad_args
+  term.close       {session}                            {closed}                   not_found*
+  term.list        {}                                   {sessions, keeper}         -
+  term.scrollback  {session, from_offset?, max_bytes?}  {session, from, to,        not_found*
+                                                         first, end, lost?} and
+                                                         the bytes (attachment)
+not_found* is session_not_found. Every op that needs the keeper waits for it (up to
+`keeper_wait_ms`), then answers `unavailable`. `mode` is the fallback step that served:
+integration, no_integration, raw_output (actors/termsession.py); `parser` which parser found
+the markers that completed it: actor, local, or nil (raw output); `attempts` lists the shells
+tried before the one that ran.
+
+Streams: `term.out.<session>` body {offset, replay?} with the raw bytes as an attachment;
+`term.cmd.<session>` {event: start|end, command, cwd, exit_code, offsets, times};
+`term.session` {session, event: exited|lost|recreated|gone|closed, ...}; `term.alert` {kind:
+"sessions_lost", sessions, ...} when the keeper died with sessions. Offsets continue across
+restarts of this actor; seqs do not: a seq numbers a message of one publisher's life (its
+epoch, PROTOCOL.md section 12), and the successor cannot know the seqs its predecessor gave
+the messages it had queued but not yet acknowledged. So a subscriber sees a new epoch (the
+client's `Reset`), replays the new epoch from seq 1, and loses no byte: the successor
+republishes the keeper's tail (`keep_bytes`, which covers what the predecessor could have had
+in flight), marked `replay`, and a subscriber drops by offset what it already has.
+
+The keeper (actors/ptykeeper.py, the link in actors/term/keeperside.py) holds the shells and
+the unacknowledged output; this actor acknowledges a chunk once it is published, and not
+while the publisher has a backlog (a slow subscriber, XPUB_NODROP) or the session's parser
+lags: the keeper's window fills, it stops reading, the shell blocks.
+Creation walks the shells (seed 2.2): the one asked for, the configured ones (`shells`,
+default $SHELL), `default_shell` (/bin/sh), then a minimal PTY (/bin/sh, bare environment, no
+integration). A shell that exits before its first prompt counts as failed. Sessions are
+recorded in `<runtime_dir>/<name>.sessions`, so that a successor can tell that the keeper lost
+them, alert, and start each once more (seed 1.2: Terminal Critical, recreate, alert, 1 retry).
+Output is parsed by the parser actor (`parse.feed` with absolute offsets), or in this
+process with the same library when that actor is down or its breaker is open, or not at all
+(raw output) when that fails too: actors/term/parsehop.py. Pressure (sys.pressure): high and
+critical trim the scrollback and close idle sessions, critical refuses term.create (busy),
+quality 1 and 0 turn shell integration off (see `on_pressure`).
+
+Config: parse ("actor" | "local"), parser ("parser"), parse_timeout_ms (1000),
+parse_feed_bytes (1 MiB), parse_lag_bytes (4 MiB), parse_retry_ms (1000) and
+parse_retry_max_ms (10000: the breaker's cooldown, doubling), keeper ("ptykeeper"), shells,
+default_shell, term, integration_detect_ms (5000), quiet_ms (300), exec_timeout_ms (60000),
+scrollback_bytes (2 MiB), max_output_bytes (1 MiB), keeper_wait_ms (3000), idle_close_s
+(600), ack_bytes (256 KiB), resume_wait_ms (5000),
+pub_hwm (8: bounds what a crash can lose in flight, see PtyKeeper keep_bytes),
+retention_messages (2000) and retention_bytes (8 MiB) per topic, reply_cache_entries (1024).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
+from moorage.actors.runtime.loop import Timer
+from moorage.actors.runtime.signals import parse_signal
+from moorage.actors.terminal.keeper_client import KeeperSide
+from moorage.actors.terminal.parsehop import ParserLink
+from moorage.actors.terminal.restore import Creation, base_env
+from moorage.actors.terminal.session import Session
+from moorage.actors.terminal.specs import SpecStore
+from moorage.protocol.errors import Category, MoorageError, WireError, fail
+
+TICK_S = 0.02  # resolution of exec timeouts, integration detection and quiet detection
+PRESSURE_RETRY_MS = 1000
+
+
+class TerminalActor(KeeperSide, Actor):
+    name = "terminal"
+    category = Category.TERMINAL
+    nodrop = True  # a slow subscriber is backpressure (see the module docstring), not a gap
+
+    def __init__(self, name: str | None, runtime_dir: Path | str,
+                 config: dict | None = None) -> None:
+        config = dict(config or {})
+        config.setdefault("pub_hwm", 8)
+        # per topic, and there are two per session: output is bounded by bytes, records by
+        # count (the runtime's 10,000 would hold 10,000 records of `echo test` per session)
+        config.setdefault("retention_messages", 2000)
+        config.setdefault("retention_bytes", 8 * 1024 * 1024)
+        config.setdefault("reply_cache_entries", 1024)
+        super().__init__(name, runtime_dir, config)
+        cfg = self.config
+        self.keeper_path = self.runtime_dir / f"{cfg.get('keeper', 'ptykeeper')}.sock"
+        self.shells: list[str] = list(cfg.get("shells") or [os.environ.get("SHELL") or "bash"])
+        self.default_shell = str(cfg.get("default_shell", "/bin/sh"))
+        self.term = str(cfg.get("term", "xterm-256color"))
+        self.detect_s = int(cfg.get("integration_detect_ms", 5000)) / 1000
+        self.quiet_s = int(cfg.get("quiet_ms", 300)) / 1000
+        self.exec_timeout_ms = int(cfg.get("exec_timeout_ms", 60_000))
+        self.scrollback_bytes = int(cfg.get("scrollback_bytes", 2 << 20))
+        self.max_output = int(cfg.get("max_output_bytes", 1 << 20))
+        self.keeper_wait_s = int(cfg.get("keeper_wait_ms", 3000)) / 1000
+        self.idle_close_s = float(cfg.get("idle_close_s", 600))
+        self.ack_bytes = int(cfg.get("ack_bytes", 256 << 10))  # keeper window / 4
+        self.resume_wait_s = int(cfg.get("resume_wait_ms", 5000)) / 1000
+        self.parse_link = ParserLink(self, cfg)
+        self.sessions: dict[str, Session] = {}
+        self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
+        self.shed: Counter[str] = Counter()  # what pressure made us drop, for sys.info
+        self._ticking: set[Session] = set()
+        self._tick_timer: Timer | None = None
+        self._ready_callback: Callable[[], None] | None = None
+        self._init_keeper_side()
+        welcome = self.publisher.welcome
+
+        def on_subscribe(topic: str) -> None:
+            welcome(topic)
+            self._subscribed(topic)
+
+        # The runtime has no hook for "a subscriber arrived"; its welcome is the moment.
+        self.publisher.welcome = on_subscribe  # type: ignore[method-assign]
+
+    # --- life -------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        # Ready (for the supervisor) once the keeper has told us its sessions, or after
+        # keeper_wait_ms without it (then ops wait or answer `unavailable`).
+        self._ready_callback, self.ready_hook = self.ready_hook, None
+        self.loop.call_later(self.keeper_wait_s, self._announce_ready)
+        self._connect()
+
+    def _announce_ready(self) -> None:
+        if self._ready_callback is not None:
+            cb, self._ready_callback = self._ready_callback, None
+            cb()
+
+    def on_stop(self) -> None:
+        for s in self.sessions.values():
+            s.abort(WireError.of("outcome_unknown", f"{self.name} stopped while it ran"))
+        if self.link is not None:
+            self.link.close("terminal stopping")
+        self.parse_link.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"sessions": len(self.sessions), "keeper_connected": self.welcomed,
+                "keeper_pid": self.keeper_pid, "pub_backlog": len(self.publisher.backlog),
+                "parse": self.parse_link.info(), "pressure_shed": dict(self.shed)}
+
+    def _want_pub_writable(self, on: bool) -> None:
+        super()._want_pub_writable(on)
+        if not on:  # the backlog has drained: the acks held back can go
+            self._flush_acks(now=True)
+
+    # --- pressure (seed 6 and 9.2) -----------------------------------------------------------
+
+    def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
+        """moderate: scrollback to half; high and critical: to an eighth, and sessions idle
+        for `idle_close_s` are closed (each with a `closed` event on term.session);
+        critical: term.create answers busy. Quality 1 and 0: no shell integration."""
+        done: dict[str, Any] = {}
+        if level in ("moderate", "high", "critical"):
+            keep = self.scrollback_bytes // (2 if level == "moderate" else 8)
+            trimmed = sum(s.scroll.trim(keep) for s in self.sessions.values())
+            self.shed["scrollback_bytes"] += trimmed
+            done["scrollback_trimmed"] = trimmed
+        if level in ("high", "critical"):
+            now = time.monotonic()
+            idle = [s.id for s in self.sessions.values() if s.exec is None
+                    and s.state != "running" and now - s.last_use >= self.idle_close_s]
+            for sid in idle:
+                self._close_session(sid, "pressure")
+            self.shed["idle_sessions_closed"] += len(idle)
+            done["idle_sessions_closed"] = idle
+        done["creating"] = level != "critical"
+        done["integration"] = self.integration_allowed()
+        return done
+
+    def integration_allowed(self) -> bool:
+        """Quality 1 and 0 turn shell integration off (seed 9.2)."""
+        return self.quality > 1
+
+    # --- used by sessions ----------------------------------------------------------------------
+
+    def need_tick(self, s: Session) -> None:
+        self._ticking.add(s)
+        if self._tick_timer is None:
+            self._tick_timer = self.loop.call_later(TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        self._tick_timer = None
+        now = time.monotonic()
+        for s in list(self._ticking):
+            if not s.tick(now):
+                self._ticking.discard(s)
+        if self._ticking:
+            self._tick_timer = self.loop.call_later(TICK_S, self._tick)
+
+    def publish_output(self, s: Session, off: int, data: bytes, replay: bool) -> None:
+        body: dict[str, Any] = {"offset": off}
+        if replay:
+            body["replay"] = True
+        self.publisher.publish(f"term.out.{s.id}", body, [data])
+
+    def publish_command(self, s: Session, body: dict[str, Any]) -> None:
+        if self.quality >= 3:  # command records are the first feature to go (seed 9.2)
+            self.publisher.publish(f"term.cmd.{s.id}", {"session": s.id, **body})
+
+    # --- helpers for ops ---------------------------------------------------------------------
+
+    def _when_ready(self, call: Call, fn: Callable[[], Any]) -> Any:
+        """Run `fn` now if the keeper is connected, else when it is (or fail `unavailable`)."""
+        if self.ready:
+            return fn()
+
+        def later(ok: bool) -> None:
+            if call.answered:
+                return
+            if not ok:
+                call.fail(WireError.of("unavailable", "the pty keeper is not connected"))
+                return
+            try:
+                result = fn()
+            except MoorageError as exc:
+                call.fail(exc)
+                return
+            if result is not DEFERRED:
+                call.reply(result)
+
+        self._until_ready.append(later)
+
+        def give_up() -> None:
+            if later in self._until_ready:
+                self._until_ready.remove(later)
+                later(False)
+
+        self.loop.call_later(self.keeper_wait_s, give_up)
+        return DEFERRED
+
+    def session(self, sid: str) -> Session:
+        s = self.sessions.get(sid)
+        if s is None:
+            raise fail("session_not_found", f"no session {sid!r}")
+        return s
+
+    def _close_session(self, sid: str, reason: str = "term.close") -> None:
+        s = self.sessions.pop(sid, None)
+        self.specs.drop(sid)
+        self._ack_due.discard(s)  # type: ignore[arg-type]
+        if s is not None:
+            s.close(WireError.of("shell_exited", f"session {sid} was closed ({reason})"))
+        self.keeper_request({"t": "close", "s": sid}, lambda _r, _e: None)
+        self.publisher.publish("term.session", {"session": sid, "event": "closed",
+                                                "reason": reason})
+
+    # --- ops ----------------------------------------------------------------------------------
+
+    @op("term.create", args={"shell": (str, None), "args": (list, None), "cwd": (str, None),
+                             "env": (dict, None), "cols": (int, 80), "rows": (int, 24),
+                             "integration": (bool, True)}, timeout_ms=30_000)
+    def _op_create(self, call: Call, shell: str | None, args: list | None, cwd: str | None,
+                   env: dict | None, cols: int, rows: int, integration: bool) -> Any:
+        """Start a shell on a new PTY (walking the fallback shells); answers at its prompt."""
+        if self.pressure_level == "critical":
+            raise fail("busy", "no new sessions under critical memory pressure",
+                       retry_after_ms=PRESSURE_RETRY_MS)
+        if not (1 <= cols <= 10_000 and 1 <= rows <= 10_000):
+            raise fail("bad_args", "cols and rows must be 1..10000")
+        if args is not None and not all(isinstance(a, str) and "\0" not in a for a in args):
+            raise fail("bad_args", "args must be strings without NUL")
+        if cwd is not None and not os.path.isdir(cwd):
+            raise fail("bad_args", f"cwd {cwd!r} is not a directory")
+        spec = {"shell": shell, "args": args or [], "cwd": cwd, "env": env or {},
+                "cols": cols, "rows": rows, "integration": integration, "recreated": 0}
+        base_env(self.term, env)  # validate now, not half way through the chain
+
+        def start() -> Any:
+            Creation(self, "t" + secrets.token_hex(6), spec, call).next()
+            return DEFERRED
+
+        return self._when_ready(call, start)
+
+    @op("term.exec", args={"session": str, "command": str, "timeout_ms": (int, None)},
+        timeout_ms=24 * 3600 * 1000)
+    def _op_exec(self, call: Call, session: str, command: str, timeout_ms: int | None) -> Any:
+        """Run a command line in a session; answers when it finished (see the modes)."""
+        if "\0" in command:
+            raise fail("bad_args", "command contains NUL")
+        limit = self.exec_timeout_ms if timeout_ms is None else timeout_ms
+        if limit <= 0:
+            raise fail("bad_args", "timeout_ms must be > 0")
+        left = call.remaining_ms()
+        if left is not None:
+            limit = min(limit, left - 100)  # our timeout error, before the caller's deadline
+            if limit <= 0:
+                raise fail("deadline_expired", "no time left to run the command")
+
+        def start(s: Session) -> None:
+            if self.sessions.get(session) is not s:
+                raise fail("session_not_found", f"session {session} was closed")
+            if s.exited is not None:
+                raise fail("shell_exited", f"session {session}'s shell has exited")
+            reason = s.busy_reason()
+            if reason:
+                raise fail("session_busy", f"session {session}: {reason}")
+            s.start_exec(call, command, limit / 1000)
+
+        def start_later(s: Session) -> None:
+            if call.answered:
+                return
+            try:
+                start(s)
+            except MoorageError as exc:
+                call.fail(exc)
+
+        def run() -> Any:
+            # The session's state is that of all its output so far: output still on its way
+            # through the parser actor is waited for (it may start a command).
+            s = self.session(session)
+            s.hop.when_parsed(s.offset, lambda: start_later(s))
+            return DEFERRED
+
+        return self._when_ready(call, run)
+
+    @op("term.write", args={"session": str, "data": (str, bytes)}, timeout_ms=10_000)
+    def _op_write(self, call: Call, session: str, data: str | bytes) -> Any:
+        """Type into a session (keystrokes, a paste); queued without blocking."""
+        raw = data.encode() if isinstance(data, str) else data
+
+        def run() -> Any:
+            s = self.session(session)
+            s.last_use = time.monotonic()
+
+            def done(_r: dict | None, err: WireError | None) -> None:
+                call.fail(err) if err is not None else call.reply({"queued": len(raw)})
+
+            self.keeper_input(s, raw, done)
+            return DEFERRED
+
+        return self._when_ready(call, run)
+
+    @op("term.resize", args={"session": str, "cols": int, "rows": int})
+    def _op_resize(self, call: Call, session: str, cols: int, rows: int) -> Any:
+        """Set the window size (the foreground job gets SIGWINCH)."""
+        if not (1 <= cols <= 10_000 and 1 <= rows <= 10_000):
+            raise fail("bad_args", "cols and rows must be 1..10000")
+
+        def run() -> Any:
+            s = self.session(session)
+
+            def done(_r: dict | None, err: WireError | None) -> None:
+                if err is not None:
+                    call.fail(err)
+                    return
+                s.cols, s.rows = cols, rows
+                call.reply({"cols": cols, "rows": rows})
+
+            self.keeper_request({"t": "resize", "s": s.id, "cols": cols, "rows": rows}, done)
+            return DEFERRED
+
+        return self._when_ready(call, run)
+
+    @op("term.signal", args={"session": str, "signal": ((str, int), "SIGINT"),
+                             "target": (str, "foreground")})
+    def _op_signal(self, call: Call, session: str, signal: str | int, target: str) -> Any:
+        """Signal the session's foreground process group (or the shell's)."""
+        if target not in ("foreground", "shell"):
+            raise fail("bad_args", "target must be 'foreground' or 'shell'")
+        sig = parse_signal(signal)
+
+        def run() -> Any:
+            s = self.session(session)
+
+            def done(r: dict | None, err: WireError | None) -> None:
+                if err is not None:
+                    call.fail(err)
+                else:
+                    assert r is not None
+                    call.reply({"pgid": r["pgid"], "signal": sig})
+
+            self.keeper_request({"t": "signal", "s": s.id, "sig": sig,
+                                 "to": "fg" if target == "foreground" else "shell"}, done)
+            return DEFERRED
+
+        return self._when_ready(call, run)
+
+    @op("term.close", args={"session": str})
+    def _op_close(self, call: Call, session: str) -> Any:
+        """End a session: its shell and jobs are hung up."""
+        def run() -> Any:
+            self.session(session)
+            self._close_session(session)
+            return {"closed": session}
+
+        return self._when_ready(call, run)
+
+    @op("term.list", idempotent=True)
+    def _op_list(self, call: Call) -> Any:
+        """Every session with its state, mode, cwd and output offset; after a restart, once
+        the keeper's sessions are restored (before, the list would be wrong, not short)."""
+        return self._when_ready(call, lambda: {
+            "sessions": [s.describe() for s in self.sessions.values()],
+            "keeper": {"connected": self.welcomed, "pid": self.keeper_pid}})
+
+    @op("term.scrollback", args={"session": str, "from_offset": (int, None),
+                                 "max_bytes": (int, 1 << 20)}, idempotent=True)
+    def _op_scrollback(self, call: Call, session: str, from_offset: int | None,
+                       max_bytes: int) -> Any:
+        """Raw output from an absolute offset (default: the last `max_bytes`); after a
+        restart, once the keeper's sessions are restored."""
+        if max_bytes < 1 or (from_offset is not None and from_offset < 0):
+            raise fail("bad_args", "max_bytes must be >= 1 and from_offset >= 0")
+        return self._when_ready(call, lambda: self._scrollback(session, from_offset, max_bytes))
+
+    def _scrollback(self, session: str, from_offset: int | None, max_bytes: int) -> Attached:
+        s = self.session(session)
+        sb = s.scroll
+        start = max(sb.base, sb.end - max_bytes) if from_offset is None else from_offset
+        first = max(start, sb.base)
+        data = sb.get(first, min(sb.end, first + max_bytes))
+        body: dict[str, Any] = {"session": session, "from": first, "to": first + len(data),
+                                "first": sb.base, "end": sb.end}
+        if start < sb.base:
+            body["lost"] = [start, sb.base]
+        return Attached(body, [data])

@@ -1,0 +1,301 @@
+"""The link between the pty keeper and the terminal actor: length-prefixed msgpack on a Unix
+stream socket, non-blocking on both ends, driven by the actor's loop.
+
+A frame is a 4-byte big-endian length and a msgpack map with a `t` (its type). One connection
+at a time, the terminal actor's; the keeper takes a new one over from an old one. Messages
+(`s` is a session id, `r` a request number the reply echoes, `off` an absolute byte offset of
+the session's output stream):
+
+  terminal -> keeper
+    hello   {fds?}                                  -> welcome, then each session's tail and
+                                                       everything not acknowledged (and, with
+                                                       `fds`, each session's `fd`)
+    create  {r, s, path, argv, env, cwd, cols, rows, meta}  -> ok {pid, tty} | err
+    write   {r?, s, data}                           input, queued -> ok {queued, pending}
+                                                    when `r` is given (`pending`: input still
+                                                    queued for the PTY after it); err {r?, s,
+                                                    what: "write"} always
+    resize  {r?, s, cols, rows}                     -> ok | err
+    signal  {r, s, sig, to: "fg"|"shell"}           -> ok {pgid} | err
+    close   {r, s}                                  -> ok   (hangs the session up)
+    ack     {s, off}                                output before `off` is published: drop it
+    meta    {s, meta}                               the actor's state for the session (kept
+                                                    for the actor's successor)
+  keeper -> terminal
+    welcome {pid, sessions: [{s, pid, tty, cols, rows, meta, base, acked, exited, pending}]}
+    fd      {s}                                     the session's PTY master rides along
+                                                    (SCM_RIGHTS), after its `ok` or `welcome`,
+                                                    for a peer that said `hello {fds: true}`:
+                                                    it may write input there directly
+    out     {s, off, data}                          output; `off` continues without gaps
+    exit    {s, code, signal}                       after the last `out` of the session
+    ok      {r, ...} / err {r, name, message}       a request's reply
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from loguru import logger
+
+from moorage.actors.runtime.loop import Loop
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024  # a chunk of output or input is far smaller; this is a guard
+READ_SIZE = 1 << 20
+IOV_BATCH = 64
+MAX_FDS = 16  # passed descriptors taken from one receive
+
+
+class LinkError(ValueError):
+    """The peer sent something that is not a frame of this protocol."""
+
+
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack  # one per process: no setup
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    body = _pack(msg)
+    return HEADER.pack(len(body)) + body
+
+
+def encode_parts(msg: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The frame as (length, body): sent together with sendmsg, a big chunk of output is
+    not copied once more just to put four bytes in front of it."""
+    body = _pack(msg)
+    return HEADER.pack(len(body)), body
+
+
+class FrameReader:
+    """Bytes in, whole messages out; a partial frame is kept for the next feed."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> list[dict[str, Any]]:
+        """Whole messages in what arrived (`data` may be a view of a buffer that is reused
+        afterwards: nothing here keeps a reference to it)."""
+        if self._buf:
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        # Parsed straight from what was received (memoryview slices: no copies); only an
+        # incomplete last frame is kept.
+        out = []
+        pos = 0
+        end = len(data)
+        view = memoryview(data)
+        try:
+            while end - pos >= 4:
+                (n,) = HEADER.unpack_from(data, pos)
+                if n > self.max_frame:
+                    raise LinkError(f"frame of {n} bytes is over the {self.max_frame} limit")
+                if end - pos - 4 < n:
+                    break
+                try:
+                    msg = msgpack.unpackb(view[pos + 4 : pos + 4 + n], raw=False,
+                                          strict_map_key=True)
+                except Exception as exc:
+                    raise LinkError(f"undecodable frame: {exc}") from exc
+                if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+                    raise LinkError("a frame must be a map with a string `t`")
+                out.append(msg)
+                pos += 4 + n
+        finally:
+            view.release()
+        if pos < end:
+            self._buf += data[pos:]
+        return out
+
+
+class Link:
+    """One connected socket on the loop: `send(msg)` queues, the loop writes when it can;
+    `on_message(msg)` per frame received; `on_close(reason)` once, when it ends."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        on_message: Callable[[dict[str, Any]], None],
+        on_close: Callable[[str], None],
+        on_batch_end: Callable[[], None] | None = None,
+        accept_fds: bool = False,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        self.on_message = on_message
+        self.on_close = on_close
+        self.on_batch_end = on_batch_end
+        self.reader = FrameReader()
+        # Received into one buffer for the link's life: a fresh 1 MiB `recv` per message is
+        # an mmap, a page fault, an mremap and a munmap each time, on both ends of every hop.
+        self._rbuf = bytearray(READ_SIZE)
+        # Descriptors passed by the peer, in the order their frames come (a frame that says
+        # it carries one takes the first); unclaimed ones are closed with the link.
+        self._anc = socket.CMSG_SPACE(MAX_FDS * 4) if accept_fds else 0
+        self.fds: deque[int] = deque()
+        # what waits to be written: frames' bytes, and (bytes, fds) where descriptors must
+        # ride with the first byte of those bytes
+        self.out: deque[bytes | tuple[bytes, list[int]]] = deque()
+        self.out_bytes = 0
+        self.closed = False
+        loop.add_reader(self.fd, self._readable)
+
+    def send_fd(self, msg: dict[str, Any], fd: int) -> None:
+        """`msg` with a descriptor: the peer gets its own duplicate (ours stays open)."""
+        if self.closed:
+            return
+        head, body = encode_parts(msg)
+        self.out.append((head + body, [fd]))
+        self.out_bytes += len(head) + len(body)
+        self._writable()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        head, body = encode_parts(msg)
+        size = len(head) + len(body)
+        if not self.out:
+            try:
+                n = self.sock.sendmsg((head, body))
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                self.close(f"send: {exc}")
+                return
+            if n == size:
+                return
+            self.loop.add_writer(self.fd, self._writable)
+            if n >= len(head):
+                self.out.append(body[n - len(head) :])
+                self.out_bytes += size - n
+                return
+            head = head[n:]
+            size -= n
+        self.out.append(head)
+        self.out.append(body)
+        self.out_bytes += size
+
+    def _writable(self) -> None:
+        while self.out:
+            first = self.out[0]
+            if isinstance(first, tuple):  # descriptors go with the first byte of these
+                data, fds = first
+                try:
+                    n = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                    array.array("i", fds))])
+                except BlockingIOError:
+                    self.loop.add_writer(self.fd, self._writable)
+                    return
+                except OSError as exc:
+                    self.close(f"send: {exc}")
+                    return
+                self.out_bytes -= n
+                if n < len(data):
+                    self.out[0] = data[n:]  # sent: the rest is plain bytes
+                else:
+                    self.out.popleft()
+                continue
+            batch = []
+            for item in self.out:
+                if isinstance(item, tuple) or len(batch) == IOV_BATCH:
+                    break
+                batch.append(item)
+            try:
+                n = self.sock.sendmsg(batch)
+            except BlockingIOError:
+                self.loop.add_writer(self.fd, self._writable)
+                return
+            except OSError as exc:
+                self.close(f"send: {exc}")
+                return
+            self.out_bytes -= n
+            while n:
+                head = self.out[0]
+                assert not isinstance(head, tuple)
+                if n >= len(head):
+                    n -= len(head)
+                    self.out.popleft()
+                else:
+                    self.out[0] = head[n:]
+                    n = 0
+        self.loop.remove_writer(self.fd)
+
+    def _readable(self) -> None:
+        for _ in range(16):  # bounded, so one busy peer cannot starve the loop
+            try:
+                if self._anc:
+                    n, anc, flags, _ = self.sock.recvmsg_into(
+                        [self._rbuf], self._anc, socket.MSG_CMSG_CLOEXEC)
+                    if anc or flags & socket.MSG_CTRUNC:
+                        self._take_fds(anc, flags)
+                else:
+                    n = self.sock.recv_into(self._rbuf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.close(f"recv: {exc}")
+                return
+            if not n:
+                self.close("peer closed the connection")
+                return
+            with memoryview(self._rbuf) as view:
+                try:
+                    msgs = self.reader.feed(view[:n])
+                except LinkError as exc:
+                    self.close(str(exc))
+                    return
+            for msg in msgs:
+                if self.closed:
+                    return
+                self.on_message(msg)
+            if n < READ_SIZE:
+                break
+        if self.on_batch_end is not None and not self.closed:
+            self.on_batch_end()
+
+    def _take_fds(self, anc: list[tuple[int, int, bytes]], flags: int) -> None:
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            # more than MAX_FDS at once: the kernel closed the rest; their frames find none
+            # and their sessions write through the peer instead
+            logger.warning("link: passed descriptors were cut off (MSG_CTRUNC)")
+
+    def take_fd(self) -> int | None:
+        """The next descriptor the peer passed (for the frame that says it carries one)."""
+        return self.fds.popleft() if self.fds else None
+
+    def drain(self) -> None:
+        """Take whatever the peer sent before it went (or before it is replaced)."""
+        if not self.closed:
+            self._readable()
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.fd)
+        self.loop.remove_writer(self.fd)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.out.clear()
+        self.out_bytes = 0
+        while self.fds:
+            with contextlib.suppress(OSError):
+                os.close(self.fds.popleft())
+        self.on_close(reason)

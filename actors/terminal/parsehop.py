@@ -1,0 +1,387 @@
+"""The parser hop: a session's output goes to the parser actor, its markers come back.
+
+design.md's data flow: output chunks go, with their absolute offsets, to the parser actor
+(`parse.feed`, sent from the loop by `Outbound`, never blocking it); the reply's markers carry
+their offsets and the session completes its execs from them. Each session has a `ParseHop`
+that says which parser serves it (`via`):
+
+  actor   the parser actor: each chunk is sent as it arrives (at most `parse_feed_bytes` a
+          feed), up to FLYING feeds in flight per session.
+  local   the same library in this process, fed as the bytes arrive (seed 1.2, Network
+          Critical: local mode) when the parser actor is down or its breaker is open.
+  None    nothing parses (the library failed in this process too): raw output mode.
+
+Switching never misses or doubles a marker. A parser's `offset` minus the bytes it holds (a
+sequence cut by a chunk's end, from its ESC; `buffered` in the parser actor's reply) is where
+a new parser, in ground state, can start and find everything not yet reported: the hop keeps
+the bytes from there on, and the next parser starts a little before it (`SLACK`, a margin
+that costs nothing but a few bytes parsed twice). Markers it reports again are
+recognised by their offsets (the session drops a marker that starts before the end of the
+last one it applied), and a parser actor's reply that comes after the switch is dropped (each
+switch is a new generation and a new stream name). The parser actor's offsets make a resent
+feed safe on its side too (`parse.feed` is idempotent).
+
+The breaker (protocol/recovery.py) is one for all sessions: a transport failure (timeout,
+unavailable, busy, stopping) opens it and every session parses locally; after its cooldown
+one session probes the actor again, and a success closes it, after which each session goes
+back to the actor with its next output. A stream the parser actor no longer has (it
+restarted, or evicted it) is opened again from the ground point; that is not a failure.
+
+While a session's unparsed output is over `parse_lag_bytes` the terminal holds back its acks
+to the keeper, so a slow parser slows the shell down instead of growing this buffer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from moorage.actors.runtime.outbound import Outbound
+from moorage.actors.terminal.scrollback import Scrollback
+from moorage.actors.vtparse import (
+    CommandFinished,
+    CommandLine,
+    Cwd,
+    Event,
+    Mark,
+    OutputStart,
+    Parser,
+    PromptEnd,
+    PromptStart,
+    Property,
+)
+from moorage.protocol.envelope import Reply
+from moorage.protocol.errors import WireError
+from moorage.protocol.recovery import BreakerState, CircuitBreaker
+
+if TYPE_CHECKING:
+    from moorage.actors.runtime import Actor
+
+PARSE_MODES = ("actor", "local")
+FLYING = 4  # feeds in flight per session
+SLACK = 16  # bytes before a parser's ground point that the next parser parses again
+# errors that say the parser actor is not serving (the breaker counts them)
+TRANSPORT = frozenset({"timeout", "unavailable", "busy", "stopping", "deadline_expired",
+                       "outcome_unknown"})
+MARKERS: dict[str, type] = {t.kind: t for t in (
+    PromptStart, PromptEnd, OutputStart, CommandFinished, CommandLine, Property, Cwd, Mark)}
+_FIELDS: dict[type, tuple[str, ...]] = {t: tuple(f.name for f in fields(t))
+                                        for t in MARKERS.values()}
+
+
+def marker_from_wire(d: dict[str, Any]) -> Event | None:
+    """A marker of the parser actor's reply as the library's record; None for other kinds
+    (warnings) or a record this version does not know."""
+    cls = MARKERS.get(d.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        return None
+    try:
+        kw = {n: d[n] for n in _FIELDS[cls] if n in d}
+        if "options" in kw:
+            kw["options"] = tuple((d["options"] or {}).items())
+        return cls(**kw)  # type: ignore[no-any-return]
+    except (KeyError, TypeError, AttributeError):
+        logger.warning("parser actor sent an unreadable {} record", d.get("kind"))
+        return None
+
+
+class ParserLink:
+    """The terminal's side of the parser actor, shared by every session: the mode asked for
+    in config, the outbound socket, the breaker, and the counters `sys.info` shows."""
+
+    def __init__(self, actor: Actor, config: dict[str, Any]) -> None:
+        mode = str(config.get("parse", "actor"))
+        if mode not in PARSE_MODES:
+            raise ValueError(f"[actor.terminal] parse must be one of {PARSE_MODES}, not "
+                             f"{mode!r}")
+        self.mode = mode
+        self.target = str(config.get("parser", "parser"))
+        self.timeout_s = int(config.get("parse_timeout_ms", 1000)) / 1000
+        self.feed_bytes = max(4096, int(config.get("parse_feed_bytes", 1 << 20)))
+        self.lag_bytes = max(self.feed_bytes, int(config.get("parse_lag_bytes", 4 << 20)))
+        self.breaker = CircuitBreaker(
+            threshold=1, cooldown=int(config.get("parse_retry_ms", 1000)) / 1000,
+            max_cooldown=int(config.get("parse_retry_max_ms", 10_000)) / 1000)
+        self.outbound = Outbound(actor) if mode == "actor" else None
+        self.counts: Counter[str] = Counter()
+
+    def closed(self, now: float) -> bool:
+        """May a session go (back) to the parser actor now? In half-open, this takes the
+        one probe."""
+        if self.outbound is None:
+            return False
+        state = self.breaker.current(now)
+        if state is BreakerState.CLOSED:
+            return True
+        return state is BreakerState.HALF_OPEN and self.breaker.allow(now)
+
+    def is_open(self, now: float) -> bool:
+        """Open: no session sends to the parser actor (half-open: the probe is on its way)."""
+        return self.breaker.current(now) is BreakerState.OPEN
+
+    def info(self) -> dict[str, Any]:
+        return {"mode": self.mode, "breaker": self.breaker.state.value,
+                "breaker_transitions": self.breaker.transitions, **self.counts}
+
+    def close(self) -> None:
+        if self.outbound is not None:
+            self.outbound.close()
+
+
+class ParseHop:
+    """One session's parsing. `take(data)` gets each new byte once, in order; markers go to
+    `apply(events, via)` in stream order; `caught_up()` is called when the unparsed
+    output fell back under the lag limit."""
+
+    def __init__(self, link: ParserLink, sid: str, nonce: str, base: int,
+                 apply: Callable[[list[Event], str], None],
+                 caught_up: Callable[[], None], local_until: int = 0) -> None:
+        self.link = link
+        self.sid = sid
+        self.nonce = nonce
+        self.apply = apply
+        self.caught_up = caught_up
+        self.buf = Scrollback(0, base)  # from (about) the ground point to the end
+        self.parsed = base  # the serving parser's offset
+        self.held = 0  # bytes it holds at `parsed`
+        self.gen = 0
+        self.wave = 0  # a resend within a stream: replies to the feeds before it are dropped
+        self.opened = False
+        self.sent = base  # what the feeds sent so far cover
+        self.flying = 0  # requests awaiting their replies
+        self._waiting: list[tuple[int, Callable[[], None]]] = []  # (offset, when parsed)
+        self.local: Parser | None = None
+        self.via: str | None = "actor"
+        # A restarted terminal's session gets its predecessor's output again first: parsed
+        # here, at once, so the session's state (prompt, running, cwd) is right before it
+        # serves an op; what comes after it goes to the parser actor.
+        self.local_until = local_until
+        if local_until <= base and link.closed(time.monotonic()):
+            self._to_actor(base)
+        else:
+            self._to_local(base, "parse = local" if link.outbound is None else
+                           "catching up" if local_until > base else
+                           "the parser actor's breaker is open")
+
+    @property
+    def end(self) -> int:
+        return self.buf.end
+
+    def lag(self) -> int:
+        return self.end - self.parsed
+
+    def ground(self) -> int:
+        """Where a new parser may start and report every marker not reported yet."""
+        return max(self.buf.base, self.parsed - self.held - SLACK)
+
+    def take(self, data: bytes) -> None:
+        self.buf.append(data)
+        if self.via == "local":
+            self._feed_local(data)
+            if self.end >= self.local_until and self.link.closed(time.monotonic()):
+                self._to_actor(self.ground())
+        elif self.via == "actor":
+            self._pump()
+        else:
+            self.buf.drop_before(self.end)
+
+    def when_parsed(self, offset: int, fn: Callable[[], None]) -> None:
+        """Call `fn` once every byte before `offset` has been parsed (at once when it has,
+        or when no parser runs): the session's state then reflects all that output."""
+        if self.via != "actor" or self.parsed >= offset:
+            fn()
+        else:
+            self.link.counts["waits"] += 1
+            self._waiting.append((offset, fn))
+
+    def _parsed_to(self) -> None:
+        if not self._waiting:
+            return
+        ready = [fn for off, fn in self._waiting if self.via != "actor" or self.parsed >= off]
+        if ready:
+            self._waiting = [(o, f) for o, f in self._waiting
+                             if self.via == "actor" and self.parsed < o]
+            for fn in ready:
+                fn()
+
+    def restart_at(self, offset: int) -> None:
+        """The stream jumped (it never should): parse on from `offset`, as from a start."""
+        self.buf = Scrollback(0, offset)
+        self.parsed, self.held = offset, 0
+        if self.via == "actor":
+            self._to_actor(offset)
+        elif self.via == "local":
+            self._to_local(offset, "the output jumped")
+
+    def close(self) -> None:
+        """The session is gone: its stream in the parser actor goes too (best effort)."""
+        self.gen += 1
+        if self.via == "actor" and self.opened and self.link.outbound is not None:
+            self.link.outbound.call(self.link.target, "parse.close",
+                                    {"stream": self._stream()}, timeout=self.link.timeout_s,
+                                    on_done=lambda _r, _e: None)
+        self.via = None
+        self._parsed_to()  # an exec waiting for the parser learns that the session is gone
+
+    # --- the parser actor ------------------------------------------------------------------
+
+    def _stream(self) -> str:
+        return f"term.{self.sid}.{self.gen}"
+
+    def _to_actor(self, start: int) -> None:
+        self.gen += 1
+        self.via = "actor"
+        self.local = None
+        self.parsed = self.sent = start
+        self.held = 0
+        self.opened = False
+        self.flying = 0
+        self.link.counts["to_actor"] += 1
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what has not been sent: the open first, then feeds, up to `FLYING` at once
+        (one socket, so the parser actor takes them in order; a chunk that ends a command
+        goes out when it arrives, not after the reply to the chunk before it)."""
+        if self.via != "actor":
+            return
+        if not self.opened:
+            self.opened = True
+            self._call("parse.open", {"stream": self._stream(), "nonce": self.nonce,
+                                      "offset": self.parsed}, self._opened)
+        while self.flying < FLYING and self.sent < self.end:
+            if self.link.is_open(time.monotonic()):
+                self._to_local(self.ground(), "the parser actor's breaker is open")
+                return
+            end = min(self.end, self.sent + self.link.feed_bytes)
+            data = self.buf.get(self.sent, end)
+            self.link.counts["feeds"] += 1
+            self._call("parse.feed", {"stream": self._stream(), "offset": self.sent,
+                                      "data": data, "create": False}, self._fed)
+            self.sent = end
+
+    def _call(self, op: str, args: dict[str, Any],
+              then: Callable[[dict[str, Any]], None]) -> None:
+        outbound = self.link.outbound
+        assert outbound is not None
+        gen, wave = self.gen, self.wave
+        self.flying += 1
+
+        def done(reply: Reply | None, err: WireError | None) -> None:
+            # The breaker hears every outcome, a stale one too: it may be the half-open probe,
+            # and a probe never reported would hold the breaker half-open.
+            now = time.monotonic()
+            if err is not None and err.name in TRANSPORT:
+                self.link.breaker.record_failure(now)
+            else:
+                self.link.breaker.record_success(now)  # answered: the actor is alive
+            if gen != self.gen or wave != self.wave:
+                return  # from before a switch or a resend: dropped
+            self.flying -= 1
+            if err is not None:
+                self._failed(op, err)
+                return
+            assert reply is not None
+            then(reply.body)
+
+        outbound.call(self.link.target, op, args, timeout=self.link.timeout_s, on_done=done)
+
+    def _declined(self, body: dict[str, Any]) -> bool:
+        """The parser actor runs its raw_passthrough fallback (it parses nothing): for the
+        terminal that is as good as down."""
+        if body.get("mode") != "raw_passthrough":
+            return False
+        self.link.breaker.record_failure(time.monotonic())
+        self._to_local(self.ground(), "the parser actor passes everything through")
+        return True
+
+    def _opened(self, body: dict[str, Any]) -> None:
+        # the feeds went out behind it (a new stream name starts where asked); what the open
+        # held back of the `FLYING` goes now
+        if not self._declined(body):
+            self._pump()
+
+    def _fed(self, body: dict[str, Any]) -> None:
+        if self._declined(body):
+            return
+        events = [e for e in map(marker_from_wire, body.get("events", ())) if e is not None]
+        lagging = self.lag() > self.link.lag_bytes
+        self.parsed = int(body["offset"])
+        self.held = int(body.get("buffered", 0))
+        self.buf.drop_before(self.ground())
+        self.link.counts["actor_events"] += len(events)
+        if body.get("unparsed"):
+            # the parser's event budget cut the feed short: the feeds after it would not
+            # fit (stream_gap); drop their replies and send again from its offset
+            self.wave += 1
+            self.flying = 0
+            self.sent = self.parsed
+        if events:
+            self.apply(events, "actor")
+        if lagging and self.lag() <= self.link.lag_bytes:
+            self.caught_up()
+        self._parsed_to()
+        self._pump()
+
+    def _failed(self, op: str, err: WireError) -> None:
+        if err.name in ("stream_not_found", "stream_gap"):
+            # The parser actor restarted or evicted the stream: it is alive; start a new
+            # stream at the ground point.
+            self.link.counts["reopened"] += 1
+            self._to_actor(self.ground())
+            return
+        if err.name not in TRANSPORT:  # (the breaker has heard it already, in `done`)
+            logger.warning("session {}: {} answered {}: {}", self.sid, op, err.name,
+                           err.message)
+        self._to_local(self.ground(), f"{op}: {err.name}")
+
+    # --- in this process ----------------------------------------------------------------------
+
+    def _to_local(self, start: int, reason: str) -> None:
+        self.gen += 1  # a reply still on its way is dropped
+        self.flying = 0
+        self.via = "local"
+        self.link.counts["to_local"] += 1
+        logger.info("session {}: parsing in-process from offset {} ({})", self.sid, start,
+                    reason)
+        try:
+            self.local = Parser(nonce=self.nonce, offset=start)
+        except ValueError:
+            logger.exception("session {}: no local parser; raw output", self.sid)
+            self._raw()
+            return
+        self.parsed, self.held = start, 0
+        self._feed_local(self.buf.get(start, self.end))
+        self.caught_up()  # acks held back for the parser actor's lag may go now
+        self._parsed_to()
+
+    def _feed_local(self, data: bytes) -> None:
+        parser = self.local
+        if parser is None:
+            return
+        try:
+            events = parser.feed(data)
+        except Exception:  # vtparse promises never to raise; if it does, stop parsing
+            logger.exception("session {}: the parser failed; raw output mode", self.sid)
+            self._raw()
+            return
+        self.parsed = parser.offset
+        self.held = parser.buffered_bytes()
+        self.buf.drop_before(self.ground())
+        self.link.counts["local_events"] += len(events)
+        if events:
+            self.apply(events, "local")
+
+    def _raw(self) -> None:
+        self.local = None
+        self.via = None
+        self.link.counts["raw"] += 1
+        self.buf.drop_before(self.end)
+        self.apply([], "raw")
+        self.caught_up()
+        self._parsed_to()

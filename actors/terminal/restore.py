@@ -1,0 +1,264 @@
+"""Bringing sessions into being and back: the creation chain (seed 2.2) and what the terminal
+actor does with the keeper's session list when it (re)connects.
+
+Creation tries, in order: the shell asked for (with its args), the configured shells, the
+system default, then a minimal PTY (/bin/sh, a bare environment, no integration). A shell
+counts as started at its first trusted prompt marker (integrated), or once its start-up output
+went quiet (not integrated). One that cannot be spawned, or exits before that, is recorded in
+`attempts` and the next is tried. An integrated shell without a prompt marker within
+`integration_detect_ms` is kept, in no_integration mode (seed 2.1).
+
+On the keeper's welcome (`reconcile`): sessions it holds are restored from their metadata
+(nonce, mode, shell) and continue from the keeper's offsets; sessions this actor had recorded
+but the keeper does not hold died with a keeper: each gets a `lost` event, together one
+`term.alert`, and each is started again once under the same id (`recreated`), or reported
+`gone` if it already was.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from moorage.actors.runtime import Call
+from moorage.actors.terminal.session import Session
+from moorage.actors.terminal.shell import Launch, prepare
+from moorage.actors.vtparse import clean
+from moorage.protocol.errors import WireError, fail
+
+if TYPE_CHECKING:
+    from moorage.actors.runtime.loop import Timer
+    from moorage.actors.terminal.actor import TerminalActor
+
+MINIMAL_SHELL = "/bin/sh"
+
+
+def base_env(term: str, env: dict[str, Any] | None) -> dict[str, str]:
+    """This process's environment (without our nonces) with TERM and the caller's changes
+    (a None value unsets); bad_args for a name or value a process could not take."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_NONCE")}
+    out["TERM"] = term
+    for k, v in (env or {}).items():
+        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+            raise fail("bad_args", f"env: bad variable name {k!r}")
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, str) and "\0" not in v:
+            out[k] = v
+        else:
+            raise fail("bad_args", f"env: {k} must be a string without NUL, or nil")
+    return out
+
+
+def candidates(asked: str | None, shells: list[str],
+               default_shell: str) -> list[tuple[str, str | None]]:
+    """(name asked for, resolved path or None) in the order of seed 2.2, each path once."""
+    names = ([asked] if asked else []) + shells + [default_shell]
+    out: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    for name in names:
+        path = shutil.which(name)
+        key = path or name
+        if key not in seen:
+            seen.add(key)
+            out.append((name, path))
+    return out
+
+
+class Creation:
+    def __init__(self, actor: TerminalActor, sid: str, spec: dict[str, Any],
+                 call: Call | None) -> None:
+        self.a = actor
+        self.sid = sid
+        self.spec = spec
+        self.call = call
+        self.queue = candidates(spec.get("shell"), actor.shells, actor.default_shell)
+        self.asked = spec.get("shell")
+        self.attempts: list[dict[str, Any]] = []
+        self.minimal_tried = False
+        self.session: Session | None = None
+        self.launch: Launch | None = None
+        self.timer: Timer | None = None
+        self.done = False
+
+    def next(self) -> None:
+        while self.queue:
+            name, path = self.queue.pop(0)
+            if path is None:
+                self.attempts.append({"shell": name, "error": "not found"})
+                continue
+            args = self.spec["args"] if self.asked and name == self.asked else []
+            self._try(path, args, base_env(self.a.term, self.spec.get("env")), minimal=False)
+            return
+        if not self.minimal_tried:
+            self.minimal_tried = True
+            env = {"PATH": os.defpath, "TERM": self.a.term,
+                   "HOME": os.environ.get("HOME", "/")}
+            self._try(MINIMAL_SHELL, [], env, minimal=True)
+            return
+        self._fail(WireError.of("pty_failed", "no shell could be started",
+                                detail={"attempts": self.attempts}))
+
+    def _try(self, path: str, args: list[str], env: dict[str, str], minimal: bool) -> None:
+        nonce = secrets.token_hex(16)
+        integrate = self.spec.get("integration", True) and not minimal
+        launch = prepare(path, args, env, nonce if integrate else None)
+        cwd = self.spec.get("cwd") or env.get("HOME") or "/"
+        if not os.path.isdir(cwd):
+            cwd = "/"
+        meta = {"nonce": nonce, "mode": "integration" if launch.integration else
+                "no_integration", "kind": launch.kind, "shell": path, "cwd": cwd,
+                "minimal": minimal}
+        self.launch = launch
+        self.a.keeper_request(
+            {"t": "create", "s": self.sid, "path": launch.path, "argv": launch.argv,
+             "env": launch.env, "cwd": cwd, "cols": self.spec["cols"],
+             "rows": self.spec["rows"], "meta": meta},
+            lambda r, err: self._created(r, err, launch, meta))
+
+    def _created(self, r: dict[str, Any] | None, err: WireError | None, launch: Launch,
+                 meta: dict[str, Any]) -> None:
+        if err is not None:
+            if err.name in ("unavailable", "outcome_unknown"):
+                self._fail(err)
+                return
+            self.attempts.append({"shell": launch.path, "error": err.message})
+            self.next()
+            return
+        assert r is not None
+        s = Session(self.a, self.sid, meta)
+        s.pid, s.tty = r["pid"], r["tty"]
+        s.cols, s.rows = self.spec["cols"], self.spec["rows"]
+        self.a.sessions[self.sid] = s
+        self.session = s
+        if any(f"term.out.{s.id}".startswith(t) for t in self.a.subscribed):
+            self.a.watched(s)
+        loop = self.a.loop
+        if launch.integration:
+            s.on_prompt.append(self._prompted)
+            self.timer = loop.call_later(self.a.detect_s, self._no_prompt)
+        else:
+            s.wait_quiet(self._quiet)
+            self.timer = loop.call_later(self.a.detect_s, self._quiet)
+
+    def _starting(self) -> Session | None:
+        """The session still being started; None when it is settled, or when its shell died
+        meanwhile (the next candidate is then tried)."""
+        s = self.session
+        if self.done or s is None:
+            return None
+        if s.exited is not None:
+            self._died(s)
+            return None
+        return s
+
+    def _prompted(self) -> None:
+        s = self._starting()
+        if s is None:
+            return
+        s.state = "prompt"
+        self._succeed(s)
+
+    def _no_prompt(self) -> None:
+        s = self._starting()
+        if s is None:
+            return
+        logger.warning("session {}: no prompt marker in {} s; no integration", s.id,
+                       self.a.detect_s)
+        s.set_mode("no_integration")
+        self._quiet()
+
+    def _quiet(self) -> None:
+        s = self._starting()
+        if s is None:
+            return
+        lines = clean(s.scroll.get(s.scroll.base, s.offset)).rstrip("\n").split("\n")
+        s.meta["prompt"] = lines[-1] if lines else ""
+        self.a.keeper_meta(s)
+        s.state = "prompt"
+        self._succeed(s)
+
+    def _died(self, s: Session) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.attempts.append({"shell": s.shell, "error": f"exited at start: {s.exited}"})
+        self.a.sessions.pop(self.sid, None)
+        self.a.keeper_request({"t": "close", "s": self.sid}, lambda _r, _e: None)
+        self.session = None
+        self.next()
+
+    def _succeed(self, s: Session) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.a.specs.put(self.sid, self.spec)
+        result = {"session": s.id, "pid": s.pid, "tty": s.tty, "shell": s.shell,
+                  "kind": s.kind, "mode": s.mode, "attempts": self.attempts}
+        if self.call is not None:
+            self.call.reply(result)
+        else:
+            self.a.publisher.publish("term.session", {"event": "recreated", **result})
+
+    def _fail(self, err: WireError) -> None:
+        self.done = True
+        if self.call is not None:
+            self.call.fail(err)
+        else:
+            self.a.specs.drop(self.sid)
+            self.a.publisher.publish("term.session", {
+                "session": self.sid, "event": "gone", "reason": err.message})
+
+
+def reconcile(a: TerminalActor, entries: list[dict[str, Any]]) -> None:
+    """The keeper's session list after a (re)connection: restore, or report and recreate."""
+    held = set()
+    for e in entries:
+        sid = e["s"]
+        held.add(sid)
+        if sid in a.sessions:
+            # the same actor reconnected: the resent output is recognised by offset
+            a.sessions[sid].keeper_backlog = bool(e.get("pending"))
+            continue
+        meta = e.get("meta") or {}
+        if not meta.get("nonce"):
+            meta = {**meta, "nonce": secrets.token_hex(16), "mode": "no_integration"}
+        s = Session(a, sid, meta, base=e["base"], replay_until=e["acked"],
+                    catch_up=e.get("read", e["acked"]))
+        s.pid, s.tty, s.cols, s.rows = e["pid"], e["tty"], e["cols"], e["rows"]
+        s.keeper_backlog = bool(e.get("pending"))  # a predecessor's input still waits there
+        if s.mode != "integration":
+            s.state = "prompt"
+        a.sessions[sid] = s
+        if meta.get("watched"):
+            a.hold_until_watched(s)
+        if sid not in a.specs.specs:  # created, but its creator died before recording it
+            a.specs.put(sid, {"shell": meta.get("shell"), "args": [], "cwd": meta.get("cwd"),
+                              "env": {}, "cols": s.cols, "rows": s.rows,
+                              "integration": meta.get("mode") == "integration",
+                              "recreated": 0})
+        logger.info("session {} restored: pid {}, output from {}", sid, s.pid, e["base"])
+    for sid in [sid for sid in a.sessions if sid not in held]:
+        a.sessions.pop(sid).close(WireError.of("shell_exited", "the pty keeper lost it"))
+    lost = [sid for sid in a.specs.specs if sid not in held]
+    if not lost:
+        return
+    reason = "the pty keeper restarted; the session's shell died with it"
+    for sid in lost:
+        a.publisher.publish("term.session", {"session": sid, "event": "lost", "reason": reason})
+    a.publisher.publish("term.alert", {"kind": "sessions_lost", "severity": "critical",
+                                       "sessions": lost, "message": reason})
+    logger.error("{} session(s) lost with the pty keeper: {}", len(lost), lost)
+    for sid in lost:
+        spec = dict(a.specs.specs[sid])
+        if spec.get("recreated", 0) >= 1:
+            a.specs.drop(sid)
+            a.publisher.publish("term.session", {
+                "session": sid, "event": "gone", "reason": "lost again after its one restart"})
+            continue
+        spec["recreated"] = spec.get("recreated", 0) + 1
+        a.specs.put(sid, spec)
+        Creation(a, sid, spec, None).next()

@@ -1,0 +1,412 @@
+"""One terminal session as the terminal actor sees it: its output stream, its markers, and the
+command being run in it. The actor (actors/terminal.py) owns the sockets; this module decides.
+
+Output arrives from the keeper with absolute offsets. A byte at an offset already seen is a
+repeat (the keeper resends what was not acknowledged when the actor restarts) and is dropped
+here; new bytes go to the scrollback, out on `term.out.<id>`, and to the session's parser hop
+(actors/term/parsehop.py: the parser actor, or the library in this process). Its markers come
+back in stream order with their offsets; one that starts before the end of the last marker
+applied is one a new parser found again after a switch, and is dropped, so no marker counts
+twice. A marker from before the command was sent never completes it (with the parser actor,
+markers may arrive after the next command was written).
+
+How a command completes, by the session's mode (seed 2.1: the fallback chain):
+  integration     the command is sent (a multi-line one as one bracketed paste); the exec
+                  completes on the first trusted D after it, with D's exit code, the text
+                  between C and D, and the cwd of the P;Cwd before D. Markers without the
+                  session's nonce are ignored: program output cannot end a command.
+                  No trusted C or D within `integration_detect_ms` (5 s) of sending means the
+                  integration is broken: the session drops to no_integration and this exec
+                  completes as one (the command is not sent again: it may have run).
+  no_integration  sent as typed; output collected until the session is quiet for `quiet_ms`;
+                  exit code None; the echoed command and the next prompt are cut off.
+  raw_output      as no_integration, with escape sequences left in (the parser failed).
+A command past its timeout gets SIGINT in its process group and the caller a `timeout` error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from moorage.actors.runtime import Call
+from moorage.actors.terminal.execs import ZSH_PROMPT_SP, Exec, cut_echo_and_prompt
+from moorage.actors.terminal.parsehop import ParseHop
+from moorage.actors.terminal.scrollback import Ring
+from moorage.actors.vtparse import (
+    CommandFinished,
+    CommandLine,
+    Cwd,
+    Event,
+    OutputStart,
+    PromptEnd,
+    PromptStart,
+    clean,
+)
+from moorage.protocol.errors import WireError
+
+if TYPE_CHECKING:
+    from moorage.actors.terminal.actor import TerminalActor
+
+MODES = ("integration", "no_integration", "raw_output")
+PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+
+
+class Session:
+    def __init__(self, host: TerminalActor, sid: str, meta: dict[str, Any], base: int = 0,
+                 replay_until: int = 0, catch_up: int = 0) -> None:
+        self.host = host
+        self.id = sid
+        self.meta = meta
+        self.nonce: str = meta["nonce"]
+        self.mode: str = meta.get("mode", "integration")
+        self.kind: str = meta.get("kind", "other")
+        self.shell: str = meta.get("shell", "")
+        self.cwd: str | None = meta.get("cwd")
+        self.pid = 0
+        self.tty = ""
+        self.cols = 80
+        self.rows = 24
+        self.offset = base  # the next byte expected
+        self.acked = replay_until  # what the keeper was last told is published
+        self.hold_acks = False  # restarted: waiting for the output's subscribers to return
+        self.replay_until = replay_until  # bytes before this were seen by our predecessor
+        self.scroll = Ring(host.scrollback_bytes, base)
+        self.marker_end = base  # end of the last marker applied
+        self.repeated_markers = 0  # found again by a parser that took over, dropped
+        self.state = "starting"  # starting | prompt | running | exited
+        self.exec: Exec | None = None
+        self.exited: dict[str, Any] | None = None
+        self.last_output = time.monotonic()
+        self.last_use = time.monotonic()
+        self.command_line: str | None = None
+        self.command_start: tuple[int, float] | None = None  # (offset, time)
+        self.untrusted = 0
+        self.input_fd: int | None = None  # the PTY master, passed by the keeper
+        self.keeper_writes = 0  # input sent through the keeper, not answered yet
+        self.keeper_backlog = False  # the keeper holds input not yet written to the PTY
+        self.on_prompt: list[Any] = []  # one-shot callbacks: first trusted prompt seen
+        self.on_quiet: list[Any] = []  # one-shot callbacks: output went quiet
+        self._quiet_from = 0.0  # monotonic: quiet counts from here or the last output
+        self.last_prompt_at = -1  # offset of the last trusted prompt start
+        self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
+        self._via = "local"  # the parser whose markers are being applied
+        self._records: list[dict[str, Any]] = []  # term.cmd records, published after a batch
+        # what the keeper resends to a successor (all it read, acknowledged or not) is
+        # parsed here as it arrives, so the session's state is right before an op is served
+        self.hop = ParseHop(host.parse_link, sid, self.nonce, base, self._apply,
+                            host.acks_ready, local_until=max(replay_until, catch_up))
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def on_output(self, off: int, data: bytes) -> bool:
+        """Take a chunk at `off`; False if it was entirely a repeat."""
+        end = off + len(data)
+        if end <= self.offset:
+            return False
+        if off < self.offset:
+            data = data[self.offset - off :]
+            off = self.offset
+        elif off > self.offset:
+            # The keeper never skips; if it ever did, say so and carry on from there.
+            logger.error("session {}: output jumps from {} to {}", self.id, self.offset, off)
+            self.scroll = Ring(self.scroll.cap, off)
+            self.marker_end = off
+            self.hop.restart_at(off)
+        self.offset = end
+        self.scroll.append(data)
+        self.last_output = time.monotonic()
+        self.hop.take(data)  # first: a command that ends here is answered sooner
+        self.host.publish_output(self, off, data, off < self.replay_until)
+        return True
+
+    def _apply(self, events: list[Event], via: str) -> None:
+        """Markers from the parser hop, in stream order (`via`: actor, local; raw when
+        nothing can parse any more)."""
+        if via == "raw":
+            self.set_mode("raw_output")
+            return
+        self._via = via
+        try:
+            self._apply_markers(events)
+        finally:
+            # Command records go out after the markers, so an exec that ends here is
+            # answered first (before any other op runs, they are retained all the same).
+            records, self._records = self._records, []
+            for record in records:
+                self.host.publish_command(self, record)
+
+    def _apply_markers(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.start < self.marker_end:
+                self.repeated_markers += 1
+                continue
+            self.marker_end = ev.end
+            replay = ev.start < self.replay_until
+            trusted = getattr(ev, "trusted", False)
+            if not trusted:
+                if isinstance(ev, (CommandFinished, OutputStart, PromptStart, CommandLine)):
+                    self.untrusted += 1
+                continue
+            if isinstance(ev, (PromptStart, PromptEnd)):
+                if isinstance(ev, PromptStart):
+                    self.last_prompt_at = ev.start
+                self._on_prompt()
+            elif isinstance(ev, CommandLine):
+                self.command_line = ev.command
+                if self._start_record is not None:
+                    self._publish_start()
+            elif isinstance(ev, OutputStart):
+                self._on_output_start(ev.end, replay)
+            elif isinstance(ev, CommandFinished):
+                self._on_finished(ev.start, ev.exit_code, replay)
+            elif isinstance(ev, Cwd):
+                self.cwd = ev.path
+
+    def _on_prompt(self) -> None:
+        if self.state != "exited":
+            self.state = "prompt"
+        callbacks, self.on_prompt = self.on_prompt, []
+        for cb in callbacks:
+            cb()
+
+    def _exec_at(self, at: int) -> Exec | None:
+        """The exec a marker at `at` belongs to: none if it came before the command was
+        sent (the parser actor's markers can arrive after the next command went out)."""
+        ex = self.exec
+        return ex if ex is not None and at >= ex.sent_off else None
+
+    def _on_output_start(self, at: int, replay: bool) -> None:
+        if self.exited is None:
+            self.state = "running"
+        self.command_start = (at, time.time())
+        ex = self._exec_at(at)
+        if ex is not None and ex.mode == "integration" and ex.out_start is None:
+            ex.out_start = at
+        if not replay:
+            self._start_record = {"event": "start", "command": None, "cwd": self.cwd,
+                                  "offset": at, "time": self.command_start[1]}
+            # bash sends E after C (C comes from PS0, E from the DEBUG trap), zsh before it;
+            # a command that started from term.exec is known already
+            if self.command_line is not None or ex is not None:
+                self._publish_start()
+
+    def _publish_start(self) -> None:
+        record, self._start_record = self._start_record, None
+        assert record is not None
+        ex = self._exec_at(record["offset"])
+        record["command"] = self.command_line or (ex.command if ex is not None else None)
+        self._records.append(record)
+
+    def _on_finished(self, at: int, exit_code: int | None, replay: bool) -> None:
+        start = self.command_start
+        if self._start_record is not None:  # no E came (a bare subshell, in bash)
+            self._publish_start()
+        if self.exited is None:
+            self.state = "prompt"
+        self.command_start = None
+        ex = self._exec_at(at)
+        if not replay and start is not None:
+            command = self.command_line or (ex.command if ex is not None else None)
+            self._records.append({
+                "event": "end", "command": command, "cwd": self.cwd,
+                "exit_code": exit_code, "start_offset": start[0], "end_offset": at,
+                "start": start[1], "end": time.time()})
+        self.command_line = None
+        if ex is not None and ex.mode == "integration":
+            begin = ex.out_start if ex.out_start is not None else ex.sent_off
+            self._complete(exit_code, self._text(begin, at), self._via)
+
+    # --- time: one sweep for every deadline, no timer per command ---------------------------
+    # (a cancelled loop timer stays queued, with what it refers to, until it is due)
+
+    def tick(self, now: float) -> bool:
+        """Called every TICK_S while this returns True: deadlines of the exec, and quiet."""
+        ex = self.exec
+        if ex is not None and not ex.done:
+            if now >= ex.deadline:
+                self._timed_out(ex)
+            elif ex.mode == "integration" and ex.out_start is None and now >= ex.detect_by:
+                self._detect(ex)
+        if self.on_quiet and now >= max(self.last_output, self._quiet_from) + \
+                self.host.quiet_s:
+            self._quiet()
+        return bool(self.on_quiet) or (self.exec is not None and not self.exec.done)
+
+    def wait_quiet(self, cb: Any) -> None:
+        self._quiet_from = time.monotonic()
+        self.on_quiet.append(cb)
+        self.host.need_tick(self)
+
+    def _quiet(self) -> None:
+        callbacks, self.on_quiet = self.on_quiet, []
+        for cb in callbacks:
+            cb()
+
+    # --- exec -----------------------------------------------------------------------------------
+
+    def busy_reason(self) -> str | None:
+        if self.exited is not None:
+            return "exited"
+        if self.exec is not None:
+            return "a command is running (term.exec)"
+        if self.state == "running" and self.mode == "integration":
+            return "a command is running"
+        if self.state == "starting":
+            return "the shell is starting"
+        return None
+
+    def start_exec(self, call: Call, command: str, timeout_s: float) -> None:
+        mode = self.mode if self.host.integration_allowed() else "no_integration"
+        if mode == "integration" and self.hop.via is None:
+            mode = "raw_output"
+        data = command.encode()
+        if mode == "integration" and b"\n" in data:
+            payload = PASTE_START + data.replace(b"\r\n", b"\n") + PASTE_END + b"\r"
+        else:
+            payload = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r") + b"\r"
+        now = time.monotonic()
+        ex = Exec(call, command, mode, now, self.offset, now + timeout_s,
+                  now + self.host.detect_s)
+        self.exec = ex
+        self.last_use = now
+        self.host.need_tick(self)
+        if mode != "integration":
+            self.state = "running"
+            self.wait_quiet(lambda: self._quiet_done(ex))
+        if not self.host.keeper_write(self, payload):
+            self._fail(WireError.of("unavailable", "the pty keeper is not connected"))
+
+    def write_failed(self, err: WireError) -> None:
+        """The keeper refused input: it never reached the shell."""
+        ex = self.exec
+        if ex is not None and not ex.done and ex.out_start is None:
+            self._fail(err)
+
+    def _detect(self, ex: Exec) -> None:
+        """No trusted C or D in time: the integration is not working in this session."""
+        if ex is not self.exec or ex.done or ex.out_start is not None:
+            return
+        logger.warning("session {}: no trusted marker {} s after a command; no integration "
+                       "from now on", self.id, self.host.detect_s)
+        self.set_mode("no_integration")
+        ex.mode = "no_integration"
+        self.wait_quiet(lambda: self._quiet_done(ex))
+
+    def _quiet_done(self, ex: Exec) -> None:
+        if ex is not self.exec or ex.done:
+            return
+        if self.state == "running" and ex.mode == "no_integration":
+            self.state = "prompt"
+        # a shell that still marks its prompt (integration turned off by degradation) shows
+        # where the output ends
+        end = self.last_prompt_at if self.last_prompt_at > ex.sent_off else self.offset
+        text = self._text(ex.sent_off, end, raw=ex.mode == "raw_output")
+        self._complete(None, cut_echo_and_prompt(text, ex.command, self.meta.get("prompt")))
+
+    def _timed_out(self, ex: Exec) -> None:
+        if ex is not self.exec or ex.done:
+            return
+        self.host.keeper_signal(self, "SIGINT", "fg")
+        so_far = self._text(ex.out_start or ex.sent_off, self.offset)
+        self._fail(WireError.of(
+            "timeout", f"{ex.command[:80]!r} still running after its timeout: sent SIGINT to "
+            "its process group", detail={"output": so_far[-4096:], "mode": ex.mode,
+                                         "signalled": "SIGINT"}))
+
+    def _text(self, start: int, end: int, raw: bool = False) -> str:
+        limit = self.host.max_output
+        truncated = start < max(self.scroll.base, end - limit)
+        data = self.scroll.get(max(start, end - limit), end)
+        text = data.decode("utf-8", "replace") if raw else clean(data)
+        if self.kind == "zsh":
+            text = ZSH_PROMPT_SP.sub("", text)
+        if truncated:
+            text = "[output truncated]\n" + text
+        return text
+
+    def _complete(self, exit_code: int | None, output: str,
+                  parser: str | None = None) -> None:
+        ex = self.exec
+        if ex is None or ex.done:
+            return
+        ex.done = True
+        self.exec = None
+        if output.endswith("\n"):
+            output = output[:-1]
+        ex.call.reply({
+            "session": self.id, "exit_code": exit_code, "output": output, "cwd": self.cwd,
+            "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
+            "mode": ex.mode, "trusted": ex.mode == "integration",
+            "parser": parser if ex.mode == "integration" else self.hop.via,
+        })
+
+    def _fail(self, err: WireError) -> None:
+        ex = self.exec
+        if ex is None or ex.done:
+            return
+        ex.done = True
+        self.exec = None
+        ex.call.fail(err)
+
+    def on_exit(self, info: dict[str, Any]) -> None:
+        """The shell is gone. All its output has arrived before this, but may still be on its
+        way through the parser actor: the command in flight is answered once its markers
+        are in (a marker parsed after this must not find it still waiting, nor make the
+        session look alive again)."""
+        self.exited = info
+        self.state = "exited"
+        self.hop.when_parsed(self.offset, lambda: self._shell_gone(info))
+
+    def _shell_gone(self, info: dict[str, Any]) -> None:
+        ex = self.exec
+        if ex is not None and not ex.done:
+            # `exit` (or a crash) ended the shell: the command's result is the shell's.
+            begin = ex.out_start if ex.out_start is not None else ex.sent_off
+            self._complete(info.get("code"), self._text(begin, self.offset))
+        callbacks, self.on_prompt = self.on_prompt, []
+        for cb in callbacks:
+            cb()
+
+    def abort(self, err: WireError) -> None:
+        """The command in flight fails (the session is closed, or the keeper is gone)."""
+        self._fail(err)
+        self.on_quiet = []
+
+    def parse_lags(self) -> bool:
+        """Too much output waits for the parser: hold the keeper's acks (backpressure)."""
+        return self.hop.lag() > self.host.parse_link.lag_bytes
+
+    def close(self, err: WireError) -> None:
+        """The session is gone for good: its command fails, its parser stream closes."""
+        self.drop_input_fd()  # before the keeper hangs the PTY up: ours would keep it open
+        self.abort(err)
+        self.hop.close()
+
+    def set_input_fd(self, fd: int) -> None:
+        self.drop_input_fd()
+        self.input_fd = fd
+
+    def drop_input_fd(self) -> None:
+        fd, self.input_fd = self.input_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def set_mode(self, mode: str) -> None:
+        if mode != self.mode:
+            self.mode = mode
+            self.meta["mode"] = mode
+            self.host.keeper_meta(self)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "session": self.id, "pid": self.pid, "tty": self.tty, "shell": self.shell,
+            "kind": self.kind, "mode": self.mode, "state": self.state, "cwd": self.cwd,
+            "cols": self.cols, "rows": self.rows, "offset": self.offset,
+            "scrollback_from": self.scroll.base, "exited": self.exited,
+            "busy": self.exec is not None, "untrusted_markers": self.untrusted,
+            "parser": self.hop.via, "repeated_markers": self.repeated_markers,
+        }

@@ -1,0 +1,30 @@
+"""The watcher's parts: a cached file service, and watches that never lose an event in silence.
+
+General layout (each module small, pure where it can be, no sockets anywhere here):
+
+  confine    the configured roots: every path resolved, `..` and symlinks that lead outside
+             refused, opened descriptors checked again (no check-then-open race)
+  retry      errno classification (retry now / transient / permanent kind) and the seed 3.1
+             retry policy as a loop-driven state machine, so back-off never blocks the actor
+  cache      file contents keyed by (dev, ino, size, mtime_ns, ctime_ns), bounded by bytes
+  files      fs.read / fs.write / fs.stat / fs.list on top of confine, retry and cache; the
+             `reader` and `stat` seams let tests inject failures in-process
+  watches    what clients asked to watch: scopes, excludes, the minimal set of roots to observe
+  observer   the watchdog observers (inotify or polling), the bounded hand-off to the loop, and
+             the facts the health checks read (dead threads, overflow, ENOSPC, handler errors)
+  guarded    watchdog's inotify classes subclassed to report overflow and ENOSPC, and to skip
+             directories no watch needs (excluded subtrees)
+  coalesce   settle-window coalescing (add+delete = nothing unless it was told, delete+add =
+             update, add+update = add)
+  journal    the (instance, epoch, seq) clock, the bounded journal, and `since`
+  pipeline   raw events -> coalesced, stat'ed, journaled, published events
+  cookies    fs.sync and the health check: cookie files that come back through the pipeline
+  snapshot   scandir walk, diff, the told-state index, the checkpoint file, the write-ahead log
+  state      what outlives the process (watches, wal, lagging checkpoint) and the restart base
+  resync     when to resync: merged reasons, back-off while they keep coming
+  driving    the actor's loop side (a mixin): draining the observer, the losses it reports
+             (ENOSPC: poll that subtree), the resync itself, cookies, health, liveness
+  watch_ops  fs.watch / fs.unwatch / fs.since / fs.sync (a mixin)
+
+The actor that wires them together is `actors.watcher.actor.WatcherActor` (with the file ops).
+"""

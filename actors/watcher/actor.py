@@ -1,0 +1,292 @@
+"""The watcher actor: a cached, confined file service, and watches that never lose an event
+in silence.
+
+  op          args                             reply                          errors
+  fs.read     {path, offset?=0, length?}       {stat, stale, size, offset,    not_found forbidden
+                                                length} + the contents as     is_directory bad_args
+                                                one raw attachment            file_too_large
+                                                                              io_error
+  fs.write    {path, data? (else attachment    {path, stat, bytes, atomic}    conflict no_space
+               0), atomic?=true, if_match?                                    forbidden not_found
+               (etag; "" = must not exist)}                                   is_directory io_error
+  fs.stat     {path}                           {path, type, size, mtime_ns,   not_found forbidden
+                                                ctime_ns, ino, dev, mode,
+                                                etag}
+  fs.list     {path, recursive?=false, glob?}  {path, entries: [{name, type,  not_a_directory
+                                                size, mtime_ns}], truncated}  not_found forbidden
+  fs.watch    {path, recursive?=true,          {watch, path, recursive,       not_a_directory busy
+               exclude?}                        exclude, via, clock}          resource_exhausted
+  fs.unwatch  {watch}                          {removed}                      watch_not_found
+  fs.since    {clock, max?=10000}              {fresh_instance, clock,        bad_args busy
+                                                events, more, reason?}        resource_exhausted
+  fs.sync     {timeout_ms?=10000}              {clock, roots, waited_ms,      timeout busy
+                                                unsynced}                     resource_exhausted
+  fs.stats    {}                               {mode, cache, observer,
+                                                watches, journal, pipeline,
+                                                resyncs, checkpoints, health}
+
+Events: topic `fs.event`, one message per flush, {"events": [...]}; each event carries its
+clock [instance, epoch, seq] and is journaled before it is published (see
+moorage.actors.watcher.pipeline for the event shape). `fs.sync` writes a cookie file into every
+observed root and answers once each cookie has come back through the pipeline, after every
+event before it was published (a polling root: once its deletion has come back too).
+
+Resyncs (resync_begin, synthetic diff events, resync_end) happen at every start, on a kernel
+or hand-off queue overflow, on ENOSPC (the subtree whose inotify watch could not be placed is
+then polled, with a `warning` event; past `max_polled_subtrees` in one root, the whole root),
+when an observer thread is found dead (checked every `liveness_s`), on a handler error, when
+a health cookie does not come back within `health_timeout_s`, and when watching resumes after
+quality 0. Repeated resyncs back off (doubling up to `resync_backoff_max_s`). The loop side
+of all this is moorage.actors.watcher.driving; the watch ops are moorage.actors.watcher.watch_ops.
+
+Restart without loss (R3; moorage.actors.watcher.state): the watches, a write-ahead log of the paths
+of published events and a lagging checkpoint of the told state survive in `state_dir`. The
+restart resync's diff covers what was in flight when the process died, what it published
+after its checkpoint and what changed while it was down (at least once: a path reported
+`modified` that a consumer never heard of exists). It is relative to what was published at
+least one `checkpoint_s` before the death: a consumer that lagged further behind, or saw a
+Loss, lists again (as after fresh_instance).
+
+Fallbacks (`config["fallback"]`, set by the supervisor): "polling" observes every root with
+watchdog's PollingObserver; "cache_only" does not watch at all: reads, writes, stat and list
+work (the cache revalidates by stat), watch ops answer resource_exhausted with the fallback.
+Quality 0 (sys.pressure) pauses watching (watch ops answer busy) and resyncs when it returns;
+pressure "moderate" halves the cache, "high"/"critical" clears it.
+
+Config: roots [], watch [] (static watches: path or {path, recursive, exclude}), settle_ms 20,
+buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_max_file_bytes
+4 MiB, max_read_bytes 16 MiB, list_max 50000, retry {retries 3, initial_ms 10, factor 2,
+max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
+max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10,
+state_dir "<runtime_dir>/<name>.state".
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from moorage.actors.runtime import DEFERRED, Actor, Call, op
+from moorage.actors.watcher import cookies as cookie_files
+from moorage.actors.watcher.cache import FileCache
+from moorage.actors.watcher.confine import Roots
+from moorage.actors.watcher.cookies import Cookies, Sync
+from moorage.actors.watcher.driving import Driving
+from moorage.actors.watcher.files import FileService
+from moorage.actors.watcher.journal import Journal
+from moorage.actors.watcher.observer import ObserverManager
+from moorage.actors.watcher.pipeline import Pipeline
+from moorage.actors.watcher.resync import ResyncScheduler
+from moorage.actors.watcher.retry import Pending, RetryPolicy
+from moorage.actors.watcher.snapshot import Index
+from moorage.actors.watcher.state import State, tree_identity
+from moorage.actors.watcher.watch_ops import WatchOps
+from moorage.actors.watcher.watches import Watches
+from moorage.protocol.errors import Category, fail
+
+
+class WatcherActor(WatchOps, Driving, Actor):
+    name = "watcher"
+    category = Category.FILESYSTEM
+
+    def __init__(self, name: str | None, runtime_dir: Path | str,
+                 config: dict | None = None) -> None:
+        super().__init__(name, runtime_dir, config)
+        c = self.config
+        self.fallback = c.get("fallback")
+        self.roots = Roots(c.get("roots", []))
+        self.fcache = FileCache(int(c.get("cache_max_bytes", 64 << 20)),
+                                int(c.get("cache_max_file_bytes", 4 << 20)))
+        self.files = FileService(
+            self.roots, self.fcache, RetryPolicy.from_config(c.get("retry", {})),
+            self.loop.call_later, max_read=int(c.get("max_read_bytes", 16 << 20)),
+            max_list=int(c.get("list_max", 50_000)), on_self_write=self._note_self_write)
+        self.watches = Watches()
+        self.index = Index()
+        self.journal = Journal(self.epoch, int(c.get("journal_max", 50_000)))
+        state_dir = c.get("state_dir") or str(self.runtime_dir / f"{self.name}.state")
+        self.state = State(Path(os.path.realpath(state_dir)), tree_identity(self.runtime_dir))
+        self.pipeline = Pipeline(
+            self.journal, self.watches, self.index, self._publish, self.loop.call_later,
+            settle_s=float(c.get("settle_ms", 20)) / 1000, cache=self.fcache,
+            on_cookie=self._on_cookie, chunk=int(c.get("chunk", 1000)),
+            ignore=(str(self.state.dir),))
+        self.obs: ObserverManager | None = None
+        self.paused = False
+        self.cookies = Cookies()
+        self._after_resync: list[Callable[[], None]] = []
+        self.resyncs = ResyncScheduler(
+            self.loop.call_later, lambda reason, recreate: self.resync(reason, recreate=recreate),
+            float(c.get("resync_backoff_max_s", 10.0)))
+        self.resync_counts: Counter[str] = Counter()
+        self.resync_total = 0
+        self.last_resync: dict[str, Any] | None = None
+        self.health = {"ok": 0, "failed": 0}
+        self._health_wait: Sync | None = None
+        self.syncs_answered = 0
+
+    # --- start and stop -------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        saved_watches, saved = self.state.load()
+        if saved_watches is not None:
+            self.watches.load(saved_watches)
+        for spec in self.config.get("watch", []):
+            spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+            real = self.roots.resolve(spec["path"])
+            exclude = tuple(spec.get("exclude", ()))
+            recursive = bool(spec.get("recursive", True))
+            if self.watches.find(real, recursive, exclude) is None:
+                self.watches.add(real, recursive, exclude)
+        self.state.save_watches(self.watches.to_wire())
+        if self.fallback == "cache_only":
+            logger.warning("watcher: cache_only fallback: not watching")
+            return
+        self.state.open_wal()
+        self.pipeline.before_publish = self.state.log
+        self.obs = ObserverManager(
+            self.loop.call_soon_threadsafe, self._drain,
+            mode="polling" if self.fallback == "polling" else "inotify",
+            buffer_max=int(self.config.get("buffer_max", 65536)),
+            poll_interval=float(self.config.get("poll_interval_s", 1.0)),
+            max_polled=int(self.config.get("max_polled_subtrees", 16)),
+            wanted=self.watches.needs)
+        warnings = self.obs.set_roots(self.watches.observed_roots())  # watches first
+        cookie_files.remove_stale(list(self.obs.roots))
+        if saved_watches is None:  # the first life in this tree: nothing to diff against
+            self.resync("start", base=None)
+        else:
+            self.resync("restart", base=self.state.restart_base(saved, self.watches.in_scope))
+        for w in warnings:
+            self.pipeline.marker("warning", reason="inotify_unavailable", message=w,
+                                 mode="polling")
+        self.loop.call_every(float(self.config.get("liveness_s", 1.0)), self._liveness)
+        self.loop.call_every(float(self.config.get("health_interval_s", 30.0)), self._health)
+        self.loop.call_later(float(self.config.get("checkpoint_s", 1.0)), self._checkpoint)
+
+    def on_stop(self) -> None:
+        if self.obs is not None:
+            self.obs.stop()
+        self.state.close()
+
+    def _publish(self, body: dict[str, Any]) -> None:
+        self.publisher.publish("fs.event", body)
+
+    def _note_self_write(self, path: str, key: Any) -> None:
+        self.pipeline.note_self_write(path, key)
+
+    @staticmethod
+    def _settle(call: Call, p: Pending) -> Any:
+        if p.done:
+            return p.unwrap()
+        p.then(lambda p: call.fail(p.error) if p.error is not None else call.reply(p.value))
+        return DEFERRED
+
+    # --- file ops ---------------------------------------------------------------------------
+
+    @op("fs.read", args={"path": str, "offset": (int, 0), "length": (int, None)},
+        idempotent=True)
+    def _op_read(self, call: Call, path: str, offset: int, length: int | None) -> Any:
+        """Contents (one raw attachment) and stat; `stale` when served from the cache."""
+        if offset >= 0 and (length is None or length >= 0) and path:
+            ans = self.files.read_cached(path, offset, length)
+            if ans is not None:
+                return ans
+        return self._settle(call, self.files.read(path, offset, length))
+
+    @op("fs.write", args={"path": str, "data": (bytes, None), "atomic": (bool, True),
+                          "if_match": (str, None)})
+    def _op_write(self, call: Call, path: str, data: bytes | None, atomic: bool,
+                  if_match: str | None) -> Any:
+        """Write a whole file (atomic: temp + fsync + rename); if_match guards conflicts."""
+        if data is None:
+            if not call.attachments:
+                raise fail("bad_args", "fs.write: give `data` or one attachment")
+            data = bytes(call.attachments[0])
+        return self._settle(call, self.files.write(path, data, atomic, if_match))
+
+    @op("fs.stat", args={"path": str}, idempotent=True)
+    def _op_stat(self, call: Call, path: str) -> Any:
+        """Type, size, times, ids and etag of a path (symlinks followed, confined)."""
+        return self._settle(call, self.files.stat_path(path))
+
+    @op("fs.list", args={"path": str, "recursive": (bool, False), "glob": (str, None)},
+        idempotent=True, timeout_ms=30_000)
+    def _op_list(self, call: Call, path: str, recursive: bool, glob: str | None) -> Any:
+        """Entries of a directory, optionally recursive and filtered by a glob."""
+        return self.files.list_dir(path, recursive, glob)
+
+    # --- stats -----------------------------------------------------------------------------
+
+    @op("fs.stats", idempotent=True)
+    def _op_stats(self, call: Call) -> dict[str, Any]:
+        """Cache, observer, journal, pipeline, resync and checkpoint counters."""
+        return self._stats()
+
+    def _mode(self) -> str:
+        if self.obs is None:
+            return "cache_only"
+        if self.paused:
+            return "paused"
+        vias = {r.via for r in self.obs.roots.values()} - {"missing"}
+        if self.obs.polled:  # inotify roots with subtrees polled after ENOSPC
+            vias.add("polling")
+        return vias.pop() if len(vias) == 1 else ("mixed" if vias else self.obs.mode)
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            "mode": self._mode(),
+            "fallback": self.fallback,
+            "roots": list(self.roots.roots),
+            "cache": self.fcache.stats(),
+            "observer": self.obs.stats() if self.obs is not None else None,
+            "max_user_watches": _read_int("/proc/sys/fs/inotify/max_user_watches"),
+            "watches": [w.spec() for w in self.watches],
+            "index_entries": len(self.index),
+            "journal": self.journal.stats(),
+            "pipeline": self.pipeline.stats(),
+            "resyncs": {"count": self.resync_total, "by_reason": dict(self.resync_counts),
+                        "last": self.last_resync,
+                        "pending": sorted(self.resyncs.reasons)},
+            "checkpoints": self.state.stats(),
+            "health": self.health,
+            "syncs_answered": self.syncs_answered,
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {"mode": self._mode(), "watches": len(self.watches),
+                "clock": self.journal.clock().to_wire()}
+
+    # --- pressure -------------------------------------------------------------------------
+
+    def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
+        done: dict[str, Any] = {}
+        if level == "moderate":
+            done["cache"] = self.fcache.trim(0.5)
+        elif level in ("high", "critical"):
+            done["cache"] = self.fcache.trim(1.0)
+        if self.obs is not None:
+            if quality == 0 and not self.paused:
+                self.pipeline.flush()
+                self.obs.stop()
+                self.paused = True
+                done["watching"] = "paused"
+            elif quality > 0 and self.paused:
+                self.paused = False
+                self.obs.recreate()
+                done["watching"] = "resumed"
+                done["resync"] = self.resync("resumed")
+        return done
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None

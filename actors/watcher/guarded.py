@@ -1,0 +1,120 @@
+"""watchdog's inotify classes, subclassed to report what they would swallow.
+
+watchdog 7.x logs an inotify queue overflow and nothing else, and swallows a failed watch on
+a subdirectory (ENOSPC: the user's watch limit). The group here reports both (`report(kind,
+path)`, kinds "overflow" and "enospc"); the observer manager (moorage.actors.watcher.observer) turns
+them into resyncs and a polled subtree. It also places no watch in, and does not even walk,
+a directory `wanted` says no watch needs (inside an excluded subtree), and `add_missing`
+watches the ones a new watch needs. The observer's reader thread is kept reachable for the
+liveness check.
+
+Seam: `add_watch_fault(path: bytes)`, when set, runs before each inotify watch is added and
+may raise (tests set it in the test process before forking the actor, to inject ENOSPC).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+
+from watchdog.observers.api import BaseObserver
+
+try:  # the guarded inotify classes depend on watchdog 7.x internals
+    from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+    from watchdog.observers.inotify_c import InotifyFD
+    GUARDED = hasattr(InotifyWatchGroup, "_add_callback") and hasattr(
+        InotifyWatchGroup, "on_queue_overflow")
+except ImportError:  # pragma: no cover - not Linux, or another watchdog layout
+    GUARDED = False
+
+WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
+
+Report = Callable[[str, str], None]
+Wanted = Callable[[str], bool]  # does this directory need an inotify watch?
+
+add_watch_fault: Callable[[bytes], None] | None = None
+
+
+def guarded_emitter(report: Report, wanted: Wanted | None = None) -> type:
+    """An InotifyEmitter whose watch group reports what watchdog would swallow, and places
+    no watch in (nor walks) a directory `wanted` says no watch needs."""
+
+    def skip(path: bytes) -> bool:
+        return wanted is not None and not wanted(os.fsdecode(path))
+
+    class Group(InotifyWatchGroup):  # type: ignore[misc,valid-type]
+        def _add_all_callbacks(self, path: bytes) -> None:
+            if path != self.path and skip(path):
+                return
+            self._add_callback(path)
+            if self.is_recursive and os.path.isdir(path):
+                self._add_below(path, only_missing=False)
+
+        def _add_below(self, path: bytes, only_missing: bool) -> int:
+            added = 0
+            for top, dirnames, _ in os.walk(path, followlinks=self.follow_symlink):
+                keep = []
+                for name in dirnames:
+                    full = os.path.join(top, name)
+                    if skip(full) or (not self.follow_symlink and os.path.islink(full)):
+                        continue
+                    keep.append(name)
+                    if not only_missing or full not in self._active_callbacks_by_path:
+                        self._add_callback(full)
+                        added += 1
+                dirnames[:] = keep  # an unwanted subtree is not even walked
+            return added
+
+        def add_missing(self) -> int:
+            """Watch the directories `wanted` needs now that were skipped before."""
+            with self._lock:
+                if not self.is_active or not self.is_recursive:
+                    return 0
+                return self._add_below(self.path, only_missing=True)
+
+        def _recursive_simulate(self, src_path: bytes) -> list:
+            return [] if skip(src_path) else super()._recursive_simulate(src_path)
+
+        def on_queue_overflow(self) -> None:
+            report("overflow", os.fsdecode(self.path))
+            super().on_queue_overflow()
+
+        def _add_callback(self, path: bytes) -> None:
+            try:
+                if add_watch_fault is not None:
+                    add_watch_fault(path)
+                wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback,
+                                                   self._id)
+            except OSError as exc:
+                if path == self.path:
+                    raise
+                if exc.errno in WATCH_LIMIT_ERRNOS:
+                    report("enospc", os.fsdecode(path))
+                return  # vanished or unreadable since listed: the walk and diff cover it
+            self._active_callbacks_by_path[path] = wd
+            self._active_callbacks_by_watch[wd] = path
+
+    class Emitter(InotifyEmitter):  # type: ignore[misc,valid-type]
+        def on_thread_start(self) -> None:
+            self._inotify = Group(
+                self._inotify_fd, os.fsencode(self.watch.path),
+                is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink)
+
+    return Emitter
+
+
+class InotifyObserver(BaseObserver):
+    """InotifyObserver with our emitter class; the reader thread is ours to check."""
+
+    def __init__(self, emitter_class: type, timeout: float) -> None:
+        self.inotify_fd = InotifyFD()
+        self.inotify_fd.start()
+        super().__init__(emitter_class, timeout=timeout, inotify_fd=self.inotify_fd)
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self.inotify_fd.stop()
+        self.inotify_fd.join(2.0)

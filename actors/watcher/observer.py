@@ -1,0 +1,365 @@
+"""watchdog's observers, run so that every loss they suffer is seen.
+
+watchdog 7.x alone loses events without telling anyone: an inotify queue overflow is only
+logged, an ENOSPC while watching a subdirectory is swallowed, and an exception in a handler
+kills the dispatch thread. So, here:
+  - the inotify watch group is subclassed (moorage.actors.watcher.guarded) to report an overflow
+    and a failed subdirectory watch (ENOSPC, ENOMEM, EMFILE) instead of swallowing them;
+  - our handler only appends to a bounded buffer and wakes the actor's loop (one wake-up
+    per batch, through `call_soon_threadsafe`); a full buffer drops the event but sets
+    `overflowed`, which the actor turns into a resync, and a handler error is reported;
+  - directories no watch needs (inside an excluded subtree, `wanted` false) get no inotify
+    watch and are not walked for one; `refresh` adds the ones a new watch needs;
+  - every observer thread (dispatcher, inotify reader, one emitter per root) can be listed
+    for the liveness check, and `recreate` builds the observers afresh;
+  - a root whose inotify watch cannot be placed (ENOSPC at the root, no inotify instance
+    left) is observed by a PollingObserver instead, and so is one `to_polling` moves there;
+    a subdirectory whose watch cannot be placed (ENOSPC below the root) is polled by itself
+    (`poll_subtree`) while inotify keeps the rest of its root, up to `max_polled` subtrees
+    per root (each polling emitter is a thread): past that the whole root is polled.
+Everything here runs on watchdog's threads except the methods the actor calls; shared state
+is guarded by one lock. The inotify subclasses are in moorage.actors.watcher.guarded.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+from moorage.actors.watcher.guarded import (
+    GUARDED,
+    WATCH_LIMIT_ERRNOS,
+    InotifyObserver,
+    Wanted,
+    guarded_emitter,
+)
+
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
+    DirMovedEvent, FileModifiedEvent, FileAttribEvent]
+Raw = tuple[str, str, str, bool]  # (watchdog event type, src, dest, is_dir)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, manager: ObserverManager) -> None:
+        self.manager = manager
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self.manager.push((event.event_type, os.fsdecode(event.src_path),
+                               os.fsdecode(event.dest_path), event.is_directory))
+        except Exception as exc:  # never let it kill watchdog's dispatcher
+            self.manager.report("handler_error", f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Root:
+    path: str
+    recursive: bool
+    via: str  # "inotify" | "polling" | "missing"
+    watch: ObservedWatch | None = None
+
+
+class ObserverManager:
+    def __init__(
+        self,
+        wake: Callable[[Callable[[], None]], None],
+        on_ready: Callable[[], None],
+        *,
+        mode: str = "inotify",
+        buffer_max: int = 65536,
+        poll_interval: float = 1.0,
+        max_polled: int = 16,
+        wanted: Wanted | None = None,
+    ) -> None:
+        self.wake = wake
+        self.on_ready = on_ready
+        self.mode = mode if GUARDED else "polling"
+        self.buffer_max = buffer_max
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self.buffer: list[Raw] = []
+        self.overflowed = False
+        self.problems: list[tuple[str, str]] = []
+        self._wake_pending = False
+        self.handler = _Handler(self)
+        self.inotify: InotifyObserver | None = None
+        self.polling: BaseObserver | None = None
+        self.roots: dict[str, Root] = {}
+        # Subtrees of inotify roots that inotify could not watch (ENOSPC), polled instead.
+        self.polled: dict[str, Root] = {}
+        self.max_polled = max_polled
+        self.wanted = wanted
+        self.raw_events = 0
+        self.dropped = 0
+        self.peak = 0
+        self.recreated = 0
+
+    # --- watchdog's threads call these ------------------------------------------------
+
+    def push(self, raw: Raw) -> None:
+        with self._lock:
+            self.raw_events += 1
+            buf = self.buffer
+            if len(buf) >= self.buffer_max:
+                self.overflowed = True
+                self.dropped += 1
+            else:
+                buf.append(raw)
+                if len(buf) > self.peak:
+                    self.peak = len(buf)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self.wake(self.on_ready)
+
+    def report(self, kind: str, detail: str) -> None:
+        logger.warning("watcher: {} ({})", kind, detail)
+        with self._lock:
+            self.problems.append((kind, detail))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self.wake(self.on_ready)
+
+    # --- the actor's loop calls the rest --------------------------------------------------
+
+    def take(self, limit: int | None = None) -> tuple[list[Raw], bool, list[tuple[str, str]]]:
+        """What was handed over since the last call: events (the oldest `limit` of them),
+        overflow flag, problems. Events left behind keep the wake-up pending: the caller
+        takes them on its next turn (`backlog`), and no thread wakes it for them again."""
+        with self._lock:
+            if limit is None or len(self.buffer) <= limit:
+                buf, self.buffer = self.buffer, []
+            else:
+                buf, self.buffer = self.buffer[:limit], self.buffer[limit:]
+            overflowed, self.overflowed = self.overflowed, False
+            problems, self.problems = self.problems, []
+            self._wake_pending = bool(self.buffer)
+        return buf, overflowed, problems
+
+    @property
+    def backlog(self) -> int:
+        """Events handed over and not yet taken."""
+        return len(self.buffer)
+
+    def _observer(self, via: str) -> BaseObserver:
+        if via == "inotify":
+            if self.inotify is None:
+                self.inotify = InotifyObserver(
+                    guarded_emitter(self.report, self.wanted), 1.0)
+                self.inotify.start()
+            return self.inotify
+        if self.polling is None:
+            self.polling = PollingObserver(timeout=self.poll_interval)
+            self.polling.start()
+        return self.polling
+
+    def _schedule(self, root: Root, via: str) -> str | None:
+        """Observe `root` with `via`; returns a warning when it had to fall back."""
+        warning = None
+        if not os.path.isdir(root.path):
+            root.via, root.watch = "missing", None
+            return None
+        if via == "inotify":
+            try:
+                root.watch = self._observer("inotify").schedule(
+                    self.handler, root.path, recursive=root.recursive,
+                    event_filter=EVENT_FILTER)
+                root.via = "inotify"
+                return None
+            except OSError as exc:
+                if exc.errno not in WATCH_LIMIT_ERRNOS:
+                    raise
+                warning = f"inotify unavailable for {root.path} ({os.strerror(exc.errno)})"
+        root.watch = self._observer("polling").schedule(
+            self.handler, root.path, recursive=root.recursive, event_filter=EVENT_FILTER)
+        root.via = "polling"
+        return warning
+
+    def _unschedule(self, root: Root) -> None:
+        obs = self.inotify if root.via == "inotify" else self.polling
+        if obs is not None and root.watch is not None:
+            try:
+                obs.unschedule(root.watch)
+            except KeyError:
+                pass  # its emitter already stopped itself (the root was deleted)
+        root.watch = None
+
+    def set_roots(self, wanted: dict[str, bool]) -> list[str]:
+        """Observe exactly `wanted` (path -> recursive); returns fallback warnings."""
+        warnings = []
+        for path in [p for p, r in self.roots.items() if wanted.get(p) != r.recursive]:
+            self._drop_polled(path)
+            self._unschedule(self.roots.pop(path))
+        for path, recursive in wanted.items():
+            if path not in self.roots:
+                root = self.roots[path] = Root(path, recursive, "missing")
+                w = self._schedule(root, self.mode)
+                if w:
+                    warnings.append(w)
+        return warnings
+
+    def to_polling(self, path: str) -> bool:
+        root = self.roots.get(path)
+        if root is None or root.via == "polling":
+            return False
+        self._drop_polled(path)
+        self._unschedule(root)
+        self._schedule(root, "polling")
+        return True
+
+    def poll_subtree(self, path: str) -> tuple[str, str] | None:
+        """inotify could not watch the directory `path` (ENOSPC): poll that subtree alone.
+        Returns (its root, "subtree"), or (its root, "root") when the root already has
+        `max_polled` polled subtrees and moves to polling as a whole; None when there is
+        nothing new to poll (already polled, gone, or not below an inotify root)."""
+        rp = self.root_of(path)
+        root = self.roots.get(rp) if rp is not None else None
+        if rp is None or root is None or root.via != "inotify" or not os.path.isdir(path):
+            return None
+        if any(path == p or path.startswith(p + "/") for p in self.polled):
+            return None
+        mine = [p for p in self.polled if self.root_of(p) == rp]
+        if path == rp or len(mine) >= self.max_polled:
+            self.to_polling(rp)
+            return rp, "root"
+        for p in [p for p in mine if p.startswith(path + "/")]:
+            self._unschedule(self.polled.pop(p))
+        sub = self.polled[path] = Root(path, True, "polling")
+        sub.watch = self._observer("polling").schedule(
+            self.handler, path, recursive=True, event_filter=EVENT_FILTER)
+        return rp, "subtree"
+
+    def _drop_polled(self, root_path: str) -> None:
+        """Stop polling the subtrees of `root_path` (it goes, or is polled whole)."""
+        for p in [p for p in self.polled if self.root_of(p) == root_path]:
+            self._unschedule(self.polled.pop(p))
+
+    def sync_points(self) -> dict[str, str]:
+        """Where fs.sync writes its cookies: every root and every polled subtree (path ->
+        "inotify" | "polling" | "missing")."""
+        out = {p: r.via for p, r in self.roots.items()}
+        out.update((p, "polling") for p in self.polled)
+        return out
+
+    def refresh(self) -> int:
+        """After a watch was added: place the inotify watches it needs that the others'
+        excludes had left out (`wanted` changed); returns how many were added."""
+        obs = self.inotify
+        if obs is None or not GUARDED:
+            return 0
+        added = 0
+        for em in list(obs.emitters):
+            group = getattr(em, "_inotify", None)
+            if group is not None and hasattr(group, "add_missing"):
+                added += group.add_missing()
+        return added
+
+    def root_of(self, path: str) -> str | None:
+        best = None
+        for p in self.roots:
+            if (path == p or path.startswith(p.rstrip("/") + "/")) and (
+                    best is None or len(p) > len(best)):
+                best = p
+        return best
+
+    def check(self) -> dict[str, list[str]]:
+        """The liveness check: threads that died while their root still exists (`dead`),
+        roots that disappeared (`missing`: a deleted root stops its own emitter, which is
+        not a failure) and missing roots that exist again and are observed anew (`back`)."""
+        out: dict[str, list[str]] = {"dead": [], "missing": [], "back": []}
+        for name, obs in (("inotify", self.inotify), ("polling", self.polling)):
+            if obs is None:
+                continue
+            if not obs.is_alive():
+                out["dead"].append(f"{name} dispatcher")
+            if name == "inotify" and not obs.inotify_fd.is_alive():  # type: ignore[union-attr]
+                out["dead"].append("inotify reader")
+            for em in list(obs.emitters):
+                if em.is_alive():
+                    continue
+                sub = self.polled.get(em.watch.path) if name == "polling" else None
+                if sub is not None and not os.path.isdir(sub.path):
+                    # A polled subtree was deleted (its emitter stops itself); inotify on
+                    # the root reported that, and watches it anew if it comes back.
+                    self._unschedule(self.polled.pop(sub.path))
+                    continue
+                root = self.roots.get(em.watch.path)
+                if os.path.isdir(em.watch.path) or root is None:
+                    out["dead"].append(f"{name} emitter {em.watch.path}")
+                else:
+                    self._unschedule(root)
+                    root.via = "missing"
+                    out["missing"].append(root.path)
+        for root in self.roots.values():
+            if root.via == "missing" and root.path not in out["missing"] \
+                    and os.path.isdir(root.path):
+                self._schedule(root, self.mode)
+                out["back"].append(root.path)
+        return out
+
+    def stop(self) -> None:
+        for obs in (self.inotify, self.polling):
+            if obs is None:
+                continue
+            try:
+                obs.stop()
+                obs.join(2.0)
+            except Exception:
+                logger.exception("watcher: stopping an observer failed")
+        self.inotify = self.polling = None
+        for root in (*self.roots.values(), *self.polled.values()):
+            root.watch = None
+
+    def recreate(self) -> None:
+        """New observers for the same roots (polling roots stay on polling)."""
+        self.recreated += 1
+        vias = {p: r.via for p, r in self.roots.items()}
+        self.stop()
+        for path, root in self.roots.items():
+            self._schedule(root, "polling" if vias[path] == "polling" else self.mode)
+        for path, sub in list(self.polled.items()):
+            self._schedule(sub, "polling")
+            if sub.via == "missing":  # deleted meanwhile: nothing left to poll
+                del self.polled[path]
+
+    def inotify_watches(self) -> int | None:
+        """Watches this process holds (from /proc/self/fdinfo), to compare with the limit."""
+        fd = getattr(getattr(self.inotify, "inotify_fd", None), "_inotify_fd", None)
+        if fd is None:
+            return None
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                return sum(1 for line in f if line.startswith("inotify wd:"))
+        except OSError:
+            return None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "guarded": GUARDED,
+            "roots": {p: {"recursive": r.recursive, "via": r.via} for p, r in self.roots.items()},
+            "polled_subtrees": sorted(self.polled),
+            "raw_events": self.raw_events, "buffer_max": self.buffer_max,
+            "buffer_peak": self.peak, "dropped_to_resync": self.dropped,
+            "recreated": self.recreated, "inotify_watches": self.inotify_watches(),
+        }

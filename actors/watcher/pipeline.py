@@ -1,0 +1,309 @@
+"""From raw observer events to published, journaled `fs.event` messages.
+
+  feed   raw events in arrival order: cookies are answered (after everything before them has
+         been published), the cache forgets what changed, a move becomes deleted(src) +
+         created(dest), and the rest goes into the coalescer
+  flush  `settle_s` after the first event of a window (a fixed window, so a steady writer
+         cannot postpone publication; 0: at once): each
+         coalesced path is matched against the watches (dropped when nobody watches it),
+         lstat'ed, tagged `origin: self` when it is the actor's own write, stamped with the
+         next clock in the journal, applied to the told-state index, and published; a path
+         whose events cancelled out (created + deleted) but that the index holds (a resync
+         walk reported it before its own `created` event came through) is published deleted
+  resync replaces the index with a fresh walk and publishes resync_begin, the diff (events
+         marked synthetic) and resync_end, all journaled like live events
+
+One message on `fs.event` per flush: {"events": [event, ...]} (at most `chunk` events each; a
+big resync is several messages). An event is
+  {clock: [instance, epoch, seq], kind: created|modified|deleted, path, type: file|dir|...,
+   origin: self|external, watches: [watch id...], size?, mtime_ns?, moved_from?, moved_to?,
+   synthetic?}
+or a marker {clock, kind: resync_begin|resync_end|warning, reason, ...}.
+
+Nothing here touches sockets or the observer: `publish`, `before_publish` (the actor's
+write-ahead log of touched paths), `call_later`, `now` and `lstat` are injected, so the P10
+benchmark and the unit tests drive it in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from moorage.actors.runtime.beat import progress
+from moorage.actors.watcher.cache import FileCache, StatKey
+from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalescer
+from moorage.actors.watcher.cookies import COOKIE
+from moorage.actors.watcher.journal import Journal
+from moorage.actors.watcher.observer import Raw
+from moorage.actors.watcher.snapshot import UNKNOWN, Index, Stat, diff, is_dir
+from moorage.actors.watcher.watches import Watches
+
+_KIND = {"created": CREATED, "deleted": DELETED, "modified": MODIFIED, "attrib": MODIFIED}
+_TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
+SELF_WRITE_TTL = 10.0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        journal: Journal,
+        watches: Watches,
+        index: Index,
+        publish: Callable[[dict[str, Any]], Any],
+        call_later: Callable[[float, Callable[[], None]], Any],
+        *,
+        settle_s: float = 0.02,
+        cache: FileCache | None = None,
+        on_cookie: Callable[[str, str], None] | None = None,
+        before_publish: Callable[[list[dict[str, Any]]], None] | None = None,
+        chunk: int = 1000,
+        ignore: tuple[str, ...] = (),
+        now: Callable[[], float] = time.monotonic,
+        lstat: Callable[[str], os.stat_result] = os.lstat,
+    ) -> None:
+        self.journal = journal
+        self.watches = watches
+        self.index = index
+        self.publish = publish
+        self.call_later = call_later
+        self.settle_s = settle_s
+        self.cache = cache
+        self.on_cookie = on_cookie or (lambda _path, _kind: None)
+        self.before_publish = before_publish
+        self.chunk = chunk
+        # Directories whose changes are the actor's own bookkeeping (its state directory):
+        # reporting them would make every flush write the log that causes the next flush.
+        self.ignore = tuple(p.rstrip("/") + "/" for p in ignore)
+        self.now = now
+        self.lstat = lstat
+        self.coalescer = Coalescer()
+        self.self_writes: dict[str, tuple[StatKey | None, float]] = {}
+        self._timer: Any = None
+        self.last_flush = -1e9
+        self.published = 0
+        self.batches = 0
+        self.fed = 0
+        self.told_deletes = 0  # cancelled-out paths published deleted: the index held them
+
+    # --- own writes -------------------------------------------------------------------
+
+    def note_self_write(self, path: str, key: StatKey | None) -> None:
+        """The actor wrote `path` (key None: a temporary file, any event on it is ours)."""
+        self.self_writes[path] = (key, self.now() + SELF_WRITE_TTL)
+
+    def expire_self_writes(self) -> None:
+        now = self.now()
+        for p in [p for p, (_, t) in self.self_writes.items() if t < now]:
+            del self.self_writes[p]
+
+    # --- live events ------------------------------------------------------------------
+
+    def feed(self, raws: list[Raw]) -> None:
+        add = self.coalescer.add
+        cache = self.cache
+        ignore = self.ignore
+        self.fed += len(raws)
+        for etype, src, dest, d in raws:
+            if ignore and (src.startswith(ignore) or (dest and dest.startswith(ignore))):
+                continue
+            if COOKIE in src or (dest and COOKIE in dest):
+                self.flush()
+                self.on_cookie(dest or src, etype)
+                continue
+            if etype == "moved":
+                add(src, DELETED, d, dest)
+                add(dest, CREATED, d, src)
+                if cache is not None and cache.entries:
+                    if d:
+                        cache.invalidate_tree(src)
+                    cache.changed(src)
+                    cache.changed(dest)
+                continue
+            kind = _KIND.get(etype)
+            if kind is None:
+                continue
+            add(src, kind, d)
+            if cache is not None and cache.entries:
+                if d and kind == DELETED:
+                    cache.invalidate_tree(src)
+                else:
+                    cache.changed(src)
+        if not self.coalescer.pending and not self.coalescer.cancelled:
+            return
+        if self.settle_s <= 0:
+            self.flush()
+        elif self._timer is None:  # the window opens with its first event, never slides
+            self._timer = self.call_later(self.settle_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> int:
+        """Publish everything pending now; returns how many events went out."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.last_flush = self.now()
+        cancelled = self.coalescer.take_cancelled()
+        items = self.coalescer.take()
+        if not items and not cancelled:
+            return 0
+        # The hot path of P10: `Watches.matching`'s per-directory memo and `Index.set` are
+        # inlined here, sharing one split of the path.
+        watches = self.watches
+        matching = watches.matching
+        by_dir = None if watches.has_excludes else watches.by_dir
+        entries = self.index.entries
+        children = self.index.children
+        remove = self.index.remove
+        lstat = self.lstat
+        mine = self.self_writes
+        out: list[dict[str, Any]] = []
+        if cancelled:
+            self._told_gone(cancelled, items, out)
+        for path, (kind, d, hint) in items.items():
+            parent, _, name = path.rpartition("/")
+            ids = by_dir.get(parent) if by_dir is not None else None
+            if ids is None:
+                ids = matching(path)
+            if not ids:
+                continue
+            if kind == DELETED:
+                ev: dict[str, Any] = {"kind": kind, "path": path,
+                                      "type": "dir" if d else "file", "origin": "external",
+                                      "watches": ids}
+                if hint:
+                    ev["moved_to"] = hint
+                out.append(ev)
+                remove(path)
+                if mine and path in mine and mine[path][0] is None:
+                    ev["origin"] = "self"
+                continue
+            try:
+                st = lstat(path)
+            except OSError:
+                ev = {"kind": kind, "path": path, "type": "dir" if d else "file",
+                      "origin": "external", "watches": ids}
+                s: Stat = UNKNOWN  # gone again already: its deletion follows
+            else:
+                mode = st.st_mode
+                fmt = mode & 0o170000
+                if fmt == 0o040000:
+                    s = (st.st_dev, st.st_ino, 0, 0, 0, mode)
+                else:
+                    s = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                         mode)
+                ev = {"kind": kind, "path": path, "type": _TYPES.get(fmt, "other"),
+                      "origin": "external", "watches": ids, "size": st.st_size,
+                      "mtime_ns": st.st_mtime_ns}
+                if mine and path in mine:
+                    key = mine[path][0]
+                    if key is None or key == s[:5]:
+                        ev["origin"] = "self"
+            if hint:
+                ev["moved_from"] = hint
+            out.append(ev)
+            if path not in entries:
+                kids = children.get(parent)
+                if kids is None:
+                    children[parent] = {name}
+                else:
+                    kids.add(name)
+            entries[path] = s
+        self.journal.extend(out)
+        self._send(out)
+        return len(out)
+
+    def _told_gone(self, cancelled: dict[str, bool], items: dict[str, list],
+                   out: list[dict[str, Any]]) -> None:
+        """Deletions for paths whose created + deleted cancelled out in this window although
+        the subscribers had been told they exist (the index holds them): a resync walk saw
+        the file, then its own `created` event, queued behind the walk, met its deletion."""
+        entries = self.index.entries
+        for path, d in cancelled.items():
+            told = entries.get(path)
+            if told is None or path in items:  # never told, or it changed again since
+                continue
+            ids = self.watches.matching(path)
+            if not ids:
+                continue
+            kind = ("dir" if is_dir(told) else "file") if told != UNKNOWN else (
+                "dir" if d else "file")
+            out.append({"kind": DELETED, "path": path, "type": kind, "origin": "external",
+                        "watches": ids})
+            self.index.remove(path)
+            self.told_deletes += 1
+
+    def _send(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        if self.before_publish is not None:
+            self.before_publish(events)  # the write-ahead log: before anyone can see them
+        n = self.chunk
+        for i in range(0, len(events), n):
+            self.publish({"events": events[i:i + n]})
+            self.batches += 1
+        self.published += len(events)
+
+    def marker(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Journal and publish a marker event (a warning, for instance) at once."""
+        self.flush()
+        ev = self.journal.append({"kind": kind, **fields})
+        self._send([ev])
+        return ev
+
+    # --- resync -------------------------------------------------------------------------
+
+    def resync(self, reason: str, new: dict[str, Stat], base: Mapping[str, Stat] | None,
+               **detail: Any) -> dict[str, Any]:
+        """Publish the difference between `base` (what subscribers were told; None: nothing
+        comparable, a fresh start) and `new` (the walk), framed by resync markers; the index
+        becomes `new`. What was pending in the coalescer is covered by the walk."""
+        t0 = time.perf_counter()
+        self.coalescer.clear()
+        epoch = self.journal.new_epoch()
+        append = self.journal.append
+        matching = self.watches.matching
+        mine = self.self_writes
+        events = [append({"kind": "resync_begin", "reason": reason, "epoch": epoch,
+                          "fresh": base is None, **detail})]
+        changes = diff(base, new) if base is not None else []
+        cache = self.cache
+        for n, (kind, path, d) in enumerate(changes):
+            if not n & 1023:
+                progress()  # a diff of 100,000 paths is longer than one loop turn may be
+            ids = matching(path)
+            if not ids:
+                continue
+            ev: dict[str, Any] = {"kind": kind, "path": path, "type": "dir" if d else "file",
+                                  "origin": "external", "watches": ids, "synthetic": True}
+            if kind == DELETED and base.get(path) == UNKNOWN:  # type: ignore[union-attr]
+                ev["type"] = "unknown"
+            s = new.get(path)
+            if s is not None and not is_dir(s):
+                ev["size"] = s[2]
+                ev["mtime_ns"] = s[3]
+                if mine and path in mine and mine[path][0] == s[:5]:
+                    ev["origin"] = "self"
+            events.append(append(ev))
+            if cache is not None and cache.entries:
+                cache.changed(path)
+        n = len(events) - 1
+        self.index.replace(new)
+        took = round((time.perf_counter() - t0) * 1000, 3)
+        events.append(append({"kind": "resync_end", "reason": reason, "epoch": epoch,
+                              "changes": n, "fresh": base is None, "entries": len(new)}))
+        self._send(events)
+        self.last_flush = self.now()
+        return {"reason": reason, "epoch": epoch, "changes": n, "entries": len(new),
+                "fresh": base is None, "diff_ms": took}
+
+    def stats(self) -> dict[str, Any]:
+        return {"fed": self.fed, "published": self.published, "messages": self.batches,
+                "coalesced_away": self.coalescer.absorbed, "pending": len(self.coalescer),
+                "told_deletes": self.told_deletes,
+                "settle_ms": self.settle_s * 1000, "self_writes": len(self.self_writes)}

@@ -1,0 +1,257 @@
+"""The tree as the subscribers were told it, the walk that re-reads it, and the diff between.
+
+`Index` is the told state: path -> stat tuple, changed only when an event is published (or a
+resync replaces it wholesale). It is what a resync diffs against, so anything a subscriber has
+not been told shows up in the diff, and nothing it has been told is silently dropped. A path
+whose stat could not be taken when its event went out holds `UNKNOWN`, which matches nothing
+on disk: a later diff reports it again rather than assume.
+
+Directories are compared by (dev, ino, mode) only: their size and times move with every child
+and would make every diff report every directory. Files by (dev, ino, size, mtime_ns,
+ctime_ns, mode): ctime and ino catch `cp -p`, which keeps mtime.
+
+The checkpoint (`save`/`load`) survives the death of the process (a temporary file renamed
+into place: a reader finds the old or the new file, never a torn one). It is not fsynced: the
+runtime directory does not outlive the machine either.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgpack
+
+from moorage.actors.runtime.beat import progress
+from moorage.actors.runtime.statefile import write_atomic
+from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED
+
+Stat = tuple[int, int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns, mode
+UNKNOWN: Stat = (-1, -1, -1, -1, -1, 0)
+_DIR = stat_mod.S_IFDIR
+
+
+def as_stat(st: os.stat_result) -> Stat:
+    mode = st.st_mode
+    if (mode & 0o170000) == _DIR:
+        return (st.st_dev, st.st_ino, 0, 0, 0, mode)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
+
+
+def is_dir(s: Stat) -> bool:
+    return (s[5] & 0o170000) == _DIR
+
+
+def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool = True,
+         into: dict[str, Stat] | None = None) -> dict[str, Stat]:
+    """Every entry below `root` (not `root` itself) with its stat; symlinks are entries, not
+    followed. `keep(path)` false prunes a path (and, for a directory, what is below it)."""
+    out: dict[str, Stat] = {} if into is None else into
+    stack = [root]
+    lstat_dir = _DIR
+    seen = 0
+    while stack:
+        top = stack.pop()
+        progress()  # a big tree takes longer than the hang detection allows one loop turn
+        try:
+            it = os.scandir(top)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # gone or unreadable since it was listed: its parent's diff says so
+        with it:
+            for e in it:
+                seen += 1
+                if not seen & 4095:
+                    progress()  # (a directory of 100,000 entries too)
+                path = e.path
+                if keep is not None and not keep(path):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                mode = st.st_mode
+                if (mode & 0o170000) == lstat_dir:
+                    out[path] = (st.st_dev, st.st_ino, 0, 0, 0, mode)
+                    if recursive:
+                        stack.append(path)
+                else:
+                    out[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                 st.st_ctime_ns, mode)
+    return out
+
+
+def diff(old: Mapping[str, Stat], new: Mapping[str, Stat]) -> list[tuple[str, str, bool]]:
+    """(kind, path, is_dir) turning `old` into `new`: deletions first (children before their
+    directory), then creations and modifications (parents before children)."""
+    gone = sorted((p for p in old if p not in new), reverse=True)
+    out: list[tuple[str, str, bool]] = [(DELETED, p, is_dir(old[p])) for p in gone]
+    changed = []
+    for p, s in new.items():
+        o = old.get(p)
+        if o is None:
+            changed.append((p, CREATED, s))
+        elif o != s:
+            changed.append((p, MODIFIED, s))
+    changed.sort()
+    out.extend((kind, p, is_dir(s)) for p, kind, s in changed)
+    return out
+
+
+class Index:
+    """The told state, with each directory's children so a subtree goes in one step."""
+
+    __slots__ = ("children", "entries")
+
+    def __init__(self, entries: dict[str, Stat] | None = None) -> None:
+        self.entries: dict[str, Stat] = {}
+        self.children: dict[str, set[str]] = {}
+        if entries:
+            self.replace(entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def replace(self, entries: dict[str, Stat]) -> None:
+        self.entries = entries
+        kids: dict[str, set[str]] = {}
+        for p in entries:
+            parent, _, name = p.rpartition("/")
+            s = kids.get(parent)
+            if s is None:
+                kids[parent] = {name}
+            else:
+                s.add(name)
+        self.children = kids
+
+    def set(self, path: str, s: Stat) -> None:
+        if path not in self.entries:
+            parent, _, name = path.rpartition("/")
+            kids = self.children.get(parent)
+            if kids is None:
+                self.children[parent] = {name}
+            else:
+                kids.add(name)
+        self.entries[path] = s
+
+    def remove(self, path: str) -> None:
+        """Forget `path` and everything below it."""
+        if self.entries.pop(path, None) is not None:
+            parent, _, name = path.rpartition("/")
+            kids = self.children.get(parent)
+            if kids is not None:
+                kids.discard(name)
+        stack = [path]
+        while stack:
+            top = stack.pop()
+            below = self.children.pop(top, None)
+            if below:
+                for name in below:
+                    child = f"{top}/{name}"
+                    self.entries.pop(child, None)
+                    stack.append(child)
+
+    def prune(self, in_scope: Callable[[str], bool]) -> int:
+        """Drop entries no watch covers any more; returns how many."""
+        gone = [p for p in self.entries if not in_scope(p)]
+        for p in gone:
+            self.remove(p)
+        return len(gone)
+
+
+# --- the checkpoint ------------------------------------------------------------------------
+
+FORMAT = 1
+
+
+def save(path: str, doc: dict[str, Any]) -> int:
+    """Write `doc` (msgpack) to `path` atomically; returns the bytes written."""
+    return write_atomic(path, msgpack.packb({"format": FORMAT, **doc}, use_bin_type=True))
+
+
+def load(path: str) -> dict[str, Any] | None:
+    """The saved doc, or None when there is none or it cannot be read (then a resync has no
+    base, which the caller reports)."""
+    try:
+        with open(path, "rb") as f:
+            doc = msgpack.unpackb(f.read(), strict_map_key=False, use_list=False)
+    except (OSError, ValueError, msgpack.UnpackException):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return None
+    return doc
+
+
+class Wal:
+    """The paths of every event, appended before the event is published, in generations.
+
+    A checkpoint is the told state at one moment; the events published after it exist only
+    here. At a restart every path in a generation not older than the checkpoint's counts as
+    unknown: whatever a subscriber may have heard about it, the restart diff reports its
+    current state (or its deletion) again. A capture starts a new generation; once the
+    checkpoint of that capture is written, the older generations are deleted. A torn last
+    record (the process died inside the write) belonged to events never published.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        gens = self.generations()
+        self.gen = (max(gens) + 1) if gens else 1
+        self.fd = self._open(self.gen)
+        self.records = 0
+
+    def _path(self, gen: int) -> str:
+        return os.path.join(self.dir, f"wal.{gen}.msgpack")
+
+    def _open(self, gen: int) -> int:
+        return os.open(self._path(gen), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                       0o600)
+
+    def generations(self) -> list[int]:
+        out = []
+        for name in os.listdir(self.dir):
+            parts = name.split(".")
+            if len(parts) == 3 and parts[0] == "wal" and parts[1].isdigit():
+                out.append(int(parts[1]))
+        return sorted(out)
+
+    def append(self, paths: list[str]) -> None:
+        if paths:
+            os.write(self.fd, msgpack.packb(paths, use_bin_type=True))
+            self.records += 1
+
+    def rotate(self) -> int:
+        """Start a new generation; returns its number (the capture's tag)."""
+        os.close(self.fd)
+        self.gen += 1
+        self.fd = self._open(self.gen)
+        return self.gen
+
+    def drop_before(self, gen: int) -> None:
+        for g in self.generations():
+            if g < gen:
+                try:
+                    os.unlink(self._path(g))
+                except FileNotFoundError:
+                    pass
+
+    def touched(self, since_gen: int) -> set[str]:
+        """Every path recorded in generations >= `since_gen`."""
+        out: set[str] = set()
+        for g in self.generations():
+            if g < since_gen:
+                continue
+            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 30)
+            with open(self._path(g), "rb") as f:
+                unpacker.feed(f.read())
+            try:
+                for rec in unpacker:
+                    if isinstance(rec, list):
+                        out.update(p for p in rec if isinstance(p, str))
+            except (ValueError, msgpack.UnpackException):
+                continue  # a torn tail: those events were never published
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -1,0 +1,171 @@
+"""What clients asked to watch, and the smallest set of directories that must be observed.
+
+A watch is a directory, recursive or not, with exclude patterns. An event is published when
+at least one watch covers its path, and names those watches. Patterns are globs (fnmatch, `*`
+also crosses `/`): one without a `/` matches any path component below the watch (so
+`node_modules` or `*.log` exclude at any depth), one with a `/` matches the path relative to
+the watch or one of its ancestors (`.git/objects` excludes that directory and everything in
+it). Overlapping watches are observed once: a recursive watch makes every watch below it
+free. A directory that no watch needs (`needs`: inside a subtree every watch over it excludes)
+gets no inotify watch at all.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from moorage.protocol.errors import MoorageError, fail
+
+MAX_PATTERNS = 64
+
+
+def _compile(patterns: tuple[str, ...]) -> tuple[re.Pattern | None, re.Pattern | None]:
+    names = [fnmatch.translate(p) for p in patterns if "/" not in p]
+    paths = [fnmatch.translate(p.strip("/")) for p in patterns if "/" in p]
+    return (re.compile("|".join(names)) if names else None,
+            re.compile("|".join(paths)) if paths else None)
+
+
+@dataclass(eq=False)
+class Watch:
+    id: str
+    path: str  # real path of a directory
+    recursive: bool = True
+    exclude: tuple[str, ...] = ()
+    _names: re.Pattern | None = field(default=None, repr=False)
+    _paths: re.Pattern | None = field(default=None, repr=False)
+    _prefix: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        self._names, self._paths = _compile(self.exclude)
+        self._prefix = self.path.rstrip("/") + "/"
+
+    def excluded(self, rel: str) -> bool:
+        if self._names is not None:
+            for part in rel.split("/"):
+                if self._names.match(part):
+                    return True
+        if self._paths is not None:
+            parts = rel.split("/")
+            for i in range(1, len(parts) + 1):
+                if self._paths.match("/".join(parts[:i])):
+                    return True
+        return False
+
+    def covers(self, path: str) -> bool:
+        if not path.startswith(self._prefix):
+            return False
+        rel = path[len(self._prefix):]
+        if not self.recursive and "/" in rel:
+            return False
+        return not (self.exclude and self.excluded(rel))
+
+    def spec(self) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, "recursive": self.recursive,
+                "exclude": list(self.exclude)}
+
+
+class Watches:
+    def __init__(self) -> None:
+        self.by_id: dict[str, Watch] = {}
+        self.next_id = 1
+        self._list: tuple[Watch, ...] = ()
+        # Without excludes, which watches cover a path depends on its directory only: the
+        # answer is remembered per directory (one dict lookup per event on the hot path).
+        self.by_dir: dict[str, list[str]] = {}
+        self.has_excludes = False
+
+    def _changed(self) -> None:
+        self._list = tuple(self.by_id.values())
+        self.by_dir = {}
+        self.has_excludes = any(w.exclude for w in self._list)
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._list)
+
+    def find(self, path: str, recursive: bool, exclude: tuple[str, ...]) -> Watch | None:
+        for w in self._list:
+            if w.path == path and w.recursive == recursive and w.exclude == exclude:
+                return w
+        return None
+
+    def add(self, path: str, recursive: bool, exclude: list[str] | tuple[str, ...],
+            wid: str | None = None) -> Watch:
+        if len(exclude) > MAX_PATTERNS or not all(isinstance(p, str) and p for p in exclude):
+            raise fail("bad_args", f"exclude: at most {MAX_PATTERNS} non-empty strings")
+        try:
+            w = Watch(wid or f"w{self.next_id}", path, recursive, tuple(exclude))
+        except re.error as exc:
+            raise fail("bad_args", f"exclude: {exc}") from exc
+        if wid is None:
+            self.next_id += 1
+        self.by_id[w.id] = w
+        self._changed()
+        return w
+
+    def remove(self, wid: str) -> Watch:
+        w = self.by_id.pop(wid, None)
+        if w is None:
+            raise fail("watch_not_found", f"no watch {wid!r}")
+        self._changed()
+        return w
+
+    def matching(self, path: str) -> list[str]:
+        """Ids of the watches that cover `path` (empty: nobody asked about it). The list may
+        be shared between paths: do not change it."""
+        if self.has_excludes:
+            return [w.id for w in self._list if w.covers(path)]
+        d = path.rpartition("/")[0]
+        ids = self.by_dir.get(d)
+        if ids is None:
+            if len(self.by_dir) > 100_000:
+                self.by_dir = {}
+            ids = self.by_dir[d] = [w.id for w in self._list if w.covers(path)]
+        return ids
+
+    def needs(self, directory: str) -> bool:
+        """Whether `directory` must be observed: it is a watch's directory or above one, or
+        a recursive watch covers it. An excluded directory's whole subtree is excluded (a
+        pattern that matches a path matches every path below it), so it needs nothing.
+        Called from the observer's threads: it reads only the immutable watch tuple."""
+        below = directory.rstrip("/") + "/"
+        for w in self._list:
+            if w.path == directory or w.path.startswith(below) or (
+                    w.recursive and w.covers(directory)):
+                return True
+        return False
+
+    def in_scope(self, path: str) -> bool:
+        return any(w.covers(path) for w in self._list)
+
+    def observed_roots(self) -> dict[str, bool]:
+        """Directories to observe -> recursive, none inside a recursive other."""
+        rec = sorted({w.path for w in self._list if w.recursive})
+        top: list[str] = []
+        for p in rec:
+            if not any(p == t or p.startswith(t.rstrip("/") + "/") for t in top):
+                top.append(p)
+        out = dict.fromkeys(top, True)
+        for w in self._list:
+            if not w.recursive and not any(
+                    w.path == t or w.path.startswith(t.rstrip("/") + "/") for t in top):
+                out[w.path] = False
+        return out
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"next_id": self.next_id, "watches": [w.spec() for w in self._list]}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        for spec in doc.get("watches", []):
+            try:
+                self.add(spec["path"], bool(spec["recursive"]), tuple(spec["exclude"]),
+                         wid=str(spec["id"]))
+            except (KeyError, TypeError, MoorageError):
+                continue  # a saved watch we cannot read back is dropped, not fatal
+        self.next_id = max(int(doc.get("next_id", 1)), self.next_id)
