@@ -1,9 +1,12 @@
-"""moorage's actors: the runtime (moorage.actors.runtime) and one module per actor.
+"""moorage's actors: the runtime every actor process is made of, the parser library, and one
+package per actor (its process in `actor.py`, its parts beside it).
 
-  metrics   merges every actor's histograms; percentiles, alerts, Prometheus text
-  resource  samples the tree's memory and CPU; pressure level, quality, runaway kills
-  parser    escape-sequence and shell-integration marker parsing per stream (moorage.actors.vtparse)
-  watcher   cached file service and lossless watches (moorage.actors.watcher)
-  ptykeeper owns the shells' PTYs (posix_spawn, no fork) and their unacknowledged output
-  terminal  sessions and term.exec over the keeper (termsession, shell_integration)
+  runtime    loop, ops, reply cache, streams, beats, stats: the base of every actor
+  vtparse    the pure, incremental escape-sequence and shell-integration parser
+  metrics    merges every actor's histograms; percentiles, alerts, the SLO, Prometheus text
+  resource   samples the tree's memory and CPU; pressure level, quality, runaway kills
+  parser     `vtparse` served per stream, bounded, as an actor
+  watcher    cached file service and lossless watches
+  terminal   sessions and term.exec with shell integration; keeper/ is the pty keeper process
+             that owns the shells (posix_spawn, no fork) and their unacknowledged output
 """

@@ -1,8 +1,8 @@
 """A supervisor's control ops: status, restart, kill, stop, run-time config, endpoints.
 
-Split from supervisor.supervisor (the life-cycle: jobs, spawns, deaths, heartbeats) as a mixin
-of the Supervisor actor; the op table is documented there. An op naming a child of a nested
-supervisor is forwarded to the direct child supervisor that holds it.
+A component of the Supervisor actor (supervisor.py: the life-cycle, jobs, spawns, deaths,
+heartbeats), which serves its ops; the op table is documented there. An op naming a child of
+a nested supervisor is forwarded to the direct child supervisor that holds it.
 """
 
 from __future__ import annotations
@@ -13,36 +13,29 @@ from collections.abc import Callable
 from typing import Any
 
 from moorage.actors.runtime import DEFERRED, Call, op
-from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.signals import parse_signal
 from moorage.protocol import endpoints
 from moorage.protocol.errors import WireError, fail
-from moorage.supervisor.children import Child, ChildState
-from moorage.supervisor.overrides import Overrides, check_ms, parse_key, tell_all
-from moorage.supervisor.spec import SupervisorSpec
+from moorage.supervisor.children import ChildState
+from moorage.supervisor.host import SupervisorHost
+from moorage.supervisor.overrides import check_ms, parse_key, tell_all
 
 
 class ControlOps:
-    """The `sup.*` control ops; mixed into Supervisor, whose state they read and change."""
+    """The `sup.*` control ops, over the supervisor's state (`SupervisorHost`)."""
 
-    name: str
-    spec: SupervisorSpec
-    doc: dict[str, Any]
-    children: dict[str, Child]
-    order: list[str]
-    outbound: Outbound
-    overrides: Overrides
-    shedding: bool
+    def __init__(self, sup: SupervisorHost) -> None:
+        self.sup = sup
 
     def _owner_path(self, child_id: str) -> str | None:
         """Which direct child supervisor holds `child_id` in its subtree (None: ours)."""
-        if child_id in self.children:
+        if child_id in self.sup.children:
             return None
-        for cid in self.order:
-            c = self.children[cid]
+        for cid in self.sup.order:
+            c = self.sup.children[cid]
             if c.spec.supervisor is not None and c.spec.supervisor.find(child_id):
                 return cid
-        raise fail("unknown_actor", f"no child {child_id!r} in {self.name}'s tree")
+        raise fail("unknown_actor", f"no child {child_id!r} in {self.sup.name}'s tree")
 
     def _forward(self, call: Call, via: str, op_name: str, args: dict) -> object:
         def done(reply: Any, err: WireError | None) -> None:
@@ -51,7 +44,7 @@ class ControlOps:
             else:
                 call.reply(reply.body)
 
-        self.outbound.call(via, op_name, args, timeout=5.0, on_done=done,
+        self.sup.outbound.call(via, op_name, args, timeout=5.0, on_done=done,
                            deadline_ms=call.deadline_ms)
         return DEFERRED
 
@@ -59,10 +52,10 @@ class ControlOps:
     def _op_status(self, call: Call) -> object:
         """The tree: state, pid, uptime, restarts and last exit of every child."""
         now = time.monotonic()
-        me = {"id": self.name, "strategy": str(self.spec.strategy), "pid": os.getpid(),
-              "intensity": self.spec.intensity, "period_s": self.spec.period_s,
-              "shedding": self.shedding,
-              "children": [self.children[c].describe(now) for c in self.order]}
+        me = {"id": self.sup.name, "strategy": str(self.sup.spec.strategy), "pid": os.getpid(),
+              "intensity": self.sup.spec.intensity, "period_s": self.sup.spec.period_s,
+              "shedding": self.sup.shedding,
+              "children": [self.sup.children[c].describe(now) for c in self.sup.order]}
         nested = [c for c in me["children"] if c["type"] == "supervisor" and
                   c["state"] == ChildState.RUNNING]
         if not nested:
@@ -79,7 +72,7 @@ class ControlOps:
             return done
 
         for c in nested:
-            self.outbound.call(c["id"], "sup.status", timeout=2.0, on_done=got(c["id"]),
+            self.sup.outbound.call(c["id"], "sup.status", timeout=2.0, on_done=got(c["id"]),
                                deadline_ms=call.deadline_ms)
         return DEFERRED
 
@@ -89,16 +82,16 @@ class ControlOps:
         via = self._owner_path(child)
         if via is not None:
             return self._forward(call, via, "sup.restart", {"child": child})
-        c = self.children[child]
+        c = self.sup.children[child]
         if c.shed:
             raise fail("busy", f"{child} is shed under critical pressure; it comes back "
                        "when the pressure has passed (or with sup.shed {on: false})")
         c.cancel_timers()
         if c.state in (ChildState.RUNNING, ChildState.STARTING):
-            self.jobs.append(("stop", c))
+            self.sup.jobs.append(("stop", c))
         c.restarts += 1
-        self.jobs.append(("start", c))
-        self._next_job()
+        self.sup.jobs.append(("start", c))
+        self.sup.next_job()
         return {"restarted": child}
 
     @op("sup.kill", args={"child": str, "signal": ((str, int), "SIGKILL")})
@@ -108,7 +101,7 @@ class ControlOps:
         if via is not None:
             return self._forward(call, via, "sup.kill", {"child": child, "signal": signal})
         sig = parse_signal(signal)
-        c = self.children[child]
+        c = self.sup.children[child]
         if c.pid is None or not c.signal(sig):
             raise fail("unavailable", f"{child} has no running process ({c.state})")
         return {"signalled": child, "pid": c.pid, "signal": sig}
@@ -116,18 +109,18 @@ class ControlOps:
     @op("sup.stop", timeout_ms=2000)
     def _op_stop(self, call: Call) -> dict[str, Any]:
         """Stop the whole tree after answering."""
-        self.loop.call_later(0, self.stop)
+        self.sup.loop.call_later(0, self.sup.stop)
         return {"stopping": True}
 
     @op("sup.config.set", args={"key": str, "value": int}, idempotent=True, timeout_ms=5000)
     def _op_config_set(self, call: Call, key: str, value: int) -> object:
         """Override a setting for the whole tree until it stops (now: `timeout.<op>` ms)."""
         op_name, ms = parse_key(key), check_ms(value)
-        self.overrides.timeouts[op_name] = ms
-        self.set_timeouts({op_name: ms})
+        self.sup.overrides.timeouts[op_name] = ms
+        self.sup.set_timeouts({op_name: ms})
         calls = []
-        for cid in self.order:
-            c = self.children[cid]
+        for cid in self.sup.order:
+            c = self.sup.children[cid]
             if c.state is not ChildState.RUNNING:
                 continue  # spawned with it, or told when it comes up
             if c.spec.type == "supervisor":
@@ -136,24 +129,24 @@ class ControlOps:
                 calls.append((cid, "sys.config", {"timeouts": {op_name: ms}}))
 
         def done(out: dict[str, Any]) -> None:
-            if op_name in self.ops:
-                out["applied"].append(self.name)
+            if op_name in self.sup.ops:
+                out["applied"].append(self.sup.name)
             call.reply({"key": key, "value": ms, **out})
 
-        tell_all(self.outbound, calls, call.deadline_ms, done)
+        tell_all(self.sup.outbound, calls, call.deadline_ms, done)
         return DEFERRED
 
     @op("sup.config.get", idempotent=True, timeout_ms=1000)
     def _op_config_get(self, call: Call) -> dict[str, Any]:
         """The tree's `[timeouts]` defaults and the run-time overrides on top of them."""
-        return self.overrides.describe(self.doc.get("timeouts") or {})
+        return self.sup.overrides.describe(self.sup.doc.get("timeouts") or {})
 
     @op("sup.endpoints", idempotent=True)
     def _op_endpoints(self, call: Call) -> dict[str, Any]:
         """Where every actor of the tree listens."""
-        rd = self.runtime_dir
-        names = [self.name] + [c.id for _, c in self.spec.walk()]
+        rd = self.sup.runtime_dir
+        names = [self.sup.name] + [c.id for _, c in self.sup.spec.walk()]
         out = {n: {"rpc": endpoints.rpc(rd, n), "pub": endpoints.pub(rd, n)} for n in names}
-        if any(c.id == "metrics" for _, c in self.spec.walk()):
+        if any(c.id == "metrics" for _, c in self.sup.spec.walk()):
             out["metrics"]["in"] = endpoints.metrics_in(rd)
         return out

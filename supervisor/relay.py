@@ -15,11 +15,10 @@ from typing import Any
 from loguru import logger
 
 from moorage.actors.runtime.follow import Follow
-from moorage.actors.runtime.outbound import Outbound
-from moorage.actors.runtime.streams import Publisher
 from moorage.protocol.client._streams import Loss, StreamEvent
 from moorage.protocol.envelope import StreamMessage
 from moorage.supervisor.children import Child
+from moorage.supervisor.host import SupervisorHost
 
 EVENT_TOPIC = "sup.event"
 # Children whose alerts a supervisor republishes as `alert` events, for an editor to show.
@@ -28,25 +27,24 @@ ALERT_TOPICS = {"metrics": "metrics.alert", "resource": "resource.alert",
 
 
 class EventRelay:
-    """`event()` and `_follow()`; mixed into Supervisor."""
+    """`event()` and `follow()` for the supervisor (`SupervisorHost`) that owns it."""
 
-    name: str
-    publisher: Publisher
-    outbound: Outbound
-    _follows: dict[str, Follow]
+    def __init__(self, sup: SupervisorHost) -> None:
+        self.sup = sup
+        self.follows: dict[str, Follow] = {}
 
     def event(self, name: str, child: Child | None = None, **fields: Any) -> None:
-        body = {"event": name, "supervisor": self.name, "time": time.time(), **fields}
+        body = {"event": name, "supervisor": self.sup.name, "time": time.time(), **fields}
         if child is not None:
             body.setdefault("child", child.id)
             body.setdefault("pid", child.pid)
         logger.info("event {}", body)
-        self.publisher.publish(EVENT_TOPIC, body)
+        self.sup.publisher.publish(EVENT_TOPIC, body)
 
-    def _follow(self, actor: str, topic: str) -> None:
+    def follow(self, actor: str, topic: str) -> None:
         """Republish `actor`'s `topic` as our own events (nested trees' events, metrics
         alerts), in order and gap-repaired: the root's stream is the whole tree's."""
-        if actor in self._follows:
+        if actor in self.follows:
             return
 
         def republish(ev: StreamEvent) -> None:
@@ -54,11 +52,15 @@ class EventRelay:
                 if not isinstance(ev.body, dict):
                     return
                 if ev.topic == EVENT_TOPIC:
-                    self.publisher.publish(EVENT_TOPIC, ev.body)
+                    self.sup.publisher.publish(EVENT_TOPIC, ev.body)
                 else:
                     self.event("alert", source=actor, alert=ev.body)
             elif isinstance(ev, Loss):
                 self.event("relay_loss", source=actor, topic=ev.topic, first=ev.first,
                            last=ev.last)
 
-        self._follows[actor] = Follow(self, self.outbound, actor, topic, republish)
+        self.follows[actor] = Follow(self.sup, self.sup.outbound, actor, topic, republish)
+
+    def close(self) -> None:
+        for f in self.follows.values():
+            f.close()

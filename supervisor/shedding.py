@@ -22,44 +22,39 @@ since (`held`: what was shed already); resuming twice does nothing.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from moorage.actors.runtime import DEFERRED, Call, op
-from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import WireError
 from moorage.supervisor.children import Child, ChildState
+from moorage.supervisor.host import SupervisorHost
 
 TELL_TIMEOUT_S = 3.0
 LISTS = ("shed", "resumed", "held")
 
 
 class SheddingOps:
-    """`sup.shed`; mixed into Supervisor, whose job queue carries the stops and starts."""
+    """`sup.shed`, carried out through the supervisor's job queue (`SupervisorHost`)."""
 
-    name: str
-    children: dict[str, Child]
-    order: list[str]
-    jobs: deque[tuple[str, Child]]
-    outbound: Outbound
-    shedding: bool
+    def __init__(self, sup: SupervisorHost) -> None:
+        self.sup = sup
 
     @op("sup.shed", args={"on": bool, "reason": (str, "")}, idempotent=True, timeout_ms=5000)
     def _op_shed(self, call: Call, on: bool, reason: str) -> object:
         """Stop (on) or start again (off) the non-essential children of the whole tree."""
-        self.shedding = on
-        out: dict[str, Any] = {"supervisor": self.name, "shedding": on,
+        self.sup.shedding = on
+        out: dict[str, Any] = {"supervisor": self.sup.name, "shedding": on,
                                **{k: [] for k in LISTS}, "failed": {}}
-        for cid in self.order:
-            c = self.children[cid]
+        for cid in self.sup.order:
+            c = self.sup.children[cid]
             if not c.spec.essential:
                 (self._shed_one if on else self._resume_one)(c, reason, out)
-        self._next_job()  # type: ignore[attr-defined]
-        nested = [cid for cid in self.order if self.children[cid].spec.type == "supervisor"
-                  and self.children[cid].spec.essential
-                  and self.children[cid].state is ChildState.RUNNING]
+        self.sup.next_job()
+        nested = [cid for cid in self.sup.order if self.sup.children[cid].spec.type == "supervisor"
+                  and self.sup.children[cid].spec.essential
+                  and self.sup.children[cid].state is ChildState.RUNNING]
         if not nested:
             return out
         left = len(nested)
@@ -79,7 +74,7 @@ class SheddingOps:
             return got
 
         for cid in nested:
-            self.outbound.call(cid, "sup.shed", {"on": on, "reason": reason},
+            self.sup.outbound.call(cid, "sup.shed", {"on": on, "reason": reason},
                                timeout=TELL_TIMEOUT_S, on_done=merge(cid),
                                deadline_ms=call.deadline_ms)
         return DEFERRED
@@ -89,7 +84,7 @@ class SheddingOps:
             out["held"].append(c.id)
             return
         if c.state in (ChildState.RUNNING, ChildState.STARTING):
-            self.jobs.append(("stop", c))  # after the job under way, like any stop
+            self.sup.jobs.append(("stop", c))  # after the job under way, like any stop
         elif c.state is ChildState.BACKOFF:
             # Its pending restart skips it (and still restarts the rest of its group).
             c.state = ChildState.SHED
@@ -98,7 +93,7 @@ class SheddingOps:
         c.shed = True
         c.sheds += 1
         out["shed"].append(c.id)
-        self.event("shed", c, reason=reason)  # type: ignore[attr-defined]
+        self.sup.event("shed", c, reason=reason)
 
     def _resume_one(self, c: Child, reason: str, out: dict[str, Any]) -> None:
         if not c.shed:
@@ -106,12 +101,12 @@ class SheddingOps:
         c.shed = False
         # Still stopping: the start waits its turn behind the stop in the job queue.
         c.resuming = c.state is not ChildState.RUNNING
-        self.jobs.append(("start", c))
+        self.sup.jobs.append(("start", c))
         out["resumed"].append(c.id)
-        self.event("unshed", c, reason=reason)  # type: ignore[attr-defined]
+        self.sup.event("unshed", c, reason=reason)
 
     def shed_calls_on_ready(self, child: Child) -> list[tuple[str, dict[str, Any]]]:
         """What a nested supervisor that just came up is told while the tree is shedding."""
-        if self.shedding and child.spec.type == "supervisor":
+        if self.sup.shedding and child.spec.type == "supervisor":
             return [("sup.shed", {"on": True, "reason": "shedding when it started"})]
         return []

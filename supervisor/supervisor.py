@@ -15,17 +15,17 @@ Ops (on `<id>.rpc`; the root's id is `supervisor`):
   sup.endpoints {}                   {actor: {rpc, pub}} for the whole tree   -
   sup.config.set {key: "timeout.<op>", {key, value, told: [actor], applied:    bad_args
                  value: ms}           [actor], failed: {actor: error}}
-                                     kept until the tree stops (moorage.supervisor.overrides)
+                                     kept until the tree stops (overrides.py)
   sup.config.get {}                  {defaults: {key: ms}, overrides: {key: ms}} -
   sup.shed      {on: bool,           {shedding, shed: [child], resumed:       -
                  reason?: str}        [child], held: [child], failed:
                                      {supervisor: error}}
                                      stop (on) or start again (off) the tree's
-                                     non-essential children (moorage.supervisor.shedding)
+                                     non-essential children (shedding.py)
 
-The ops are in supervisor.control and supervisor.shedding, the events and their relaying in
-moorage.supervisor.relay (mixins); this module is the life cycle: the job queue, spawns, deaths and
-restarts, heartbeats.
+The ops are in control.py and shedding.py, the events and their relaying in relay.py
+(components it owns, through host.py's interface); this module is the life cycle: the job
+queue, spawns, deaths and restarts, heartbeats.
 
 Events on `<id>.pub`, topic `sup.event`, body {event, supervisor, child, pid, ...}:
 started, exited (code or signal, reason), restarted, hung, escalated, fallback, alert,
@@ -56,7 +56,6 @@ from loguru import logger
 
 from moorage.actors.runtime import Actor
 from moorage.actors.runtime.beat import stopped
-from moorage.actors.runtime.follow import Follow
 from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol.errors import WireError
 from moorage.supervisor import sdnotify
@@ -79,7 +78,7 @@ from moorage.supervisor.zygote import ZygoteHandle
 ESCALATED_EXIT_CODE = 3
 
 
-class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
+class Supervisor(Actor):
     def __init__(
         self,
         spec: SupervisorSpec,
@@ -108,11 +107,18 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
         self.exit_code = 0
         self.initial_start_done = False
         self._ready_callback: Callable[[], None] | None = None
-        self._follows: dict[str, Follow] = {}
+        self.relay = EventRelay(self)
         self.notify = sdnotify.Notifier.from_env() if root else None
         self.overrides = Overrides()
         self.shedding = False  # sup.shed {on: true} holds the non-essential children stopped
         self.metrics_http: Any = None  # (server, thread) of --metrics-http, root only
+        self.shed_ops = SheddingOps(self)
+        self.add_ops(ControlOps(self))
+        self.add_ops(self.shed_ops)
+
+    def event(self, name: str, child: Child | None = None, **fields: Any) -> None:
+        """An event on `sup.event` (supervisor.relay)."""
+        self.relay.event(name, child, **fields)
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -130,11 +136,11 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
         for cid in self.order:
             child = self.children[cid]
             if child.spec.type == "supervisor":
-                self._follow(cid, EVENT_TOPIC)
+                self.relay.follow(cid, EVENT_TOPIC)
             if cid in ALERT_TOPICS:
-                self._follow(cid, ALERT_TOPICS[cid])
+                self.relay.follow(cid, ALERT_TOPICS[cid])
             self.jobs.append(("start", child))
-        self._next_job()
+        self.next_job()
 
     def _initial_start_finished(self) -> None:
         self.initial_start_done = True
@@ -150,7 +156,7 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
         if self.shutting_down:
             return
         self.shutting_down = True
-        self._stopping = True
+        self.refuse_requests()
         self.event("stopping")
         if self.notify is not None:
             self.notify.send("STOPPING=1")
@@ -163,23 +169,22 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
             self.jobs.append(("stop", child))
         if self.current_job is None or self.current_job[0] == "start":
             self.current_job = None
-            self._next_job()
+            self.next_job()
 
     def _all_stopped(self) -> None:
         self.loop.stop()
 
-    def _shutdown(self) -> None:
+    def on_stop(self) -> None:
+        # Every child has stopped by now (the job queue ran dry): the zygote may go too.
         if self.metrics_http is not None:
             self.metrics_http.close()
         self.outbound.close()
-        for f in self._follows.values():
-            f.close()
-        super()._shutdown()
+        self.relay.close()
         self.zygote.close()
 
     # --- the job queue: starts and stops that must happen one after another -------------
 
-    def _next_job(self) -> None:
+    def next_job(self) -> None:
         while self.current_job is None and self.jobs:
             kind, child = self.jobs.popleft()
             if kind == "start":
@@ -212,7 +217,7 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
     def _job_done(self, child: Child) -> None:
         if self.current_job is not None and self.current_job[1] is child:
             self.current_job = None
-            self._next_job()
+            self.next_job()
 
     # --- starting -------------------------------------------------------------------------------
 
@@ -300,7 +305,7 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
         """A child that came up without the current overrides (or, a nested supervisor,
         without the tree's shedding) is told them now."""
         calls = self.overrides.on_ready(child.id, child.spec.type == "supervisor")
-        calls += self.shed_calls_on_ready(child)
+        calls += self.shed_ops.shed_calls_on_ready(child)
         for op_name, args in calls:
             def done(reply: Any, err: WireError | None, op_name: str = op_name) -> None:
                 if err is not None:
@@ -358,12 +363,12 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
             self.current_job = None  # a start that failed; the restart logic below takes over
         if child.shed:  # died while being shed: it stays down, and it is not a failure
             child.state = ChildState.SHED
-            self._next_job()
+            self.next_job()
             return
         if not should_restart(child.spec.restart, reason):
             child.state = ChildState.FAILED if reason.kind is ExitKind.ABNORMAL \
                 else ChildState.STOPPED
-            self._next_job()
+            self.next_job()
             return
         if not self.intensity.add(now):
             if child.fallback_index + 1 < len(child.spec.fallbacks):
@@ -377,7 +382,7 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
                 self._escalate(child)
                 return
         self._schedule_restart(child, uptime)
-        self._next_job()
+        self.next_job()
 
     def _schedule_restart(self, child: Child, uptime: float) -> None:
         group = [self.children[c] for c in affected(self.spec.strategy, self.order, child.id)]
@@ -398,7 +403,7 @@ class Supervisor(EventRelay, ControlOps, SheddingOps, Actor):
                     continue  # held down on purpose: not restarted, not counted
                 c.restarts += 1
                 self.jobs.append(("start", c))
-            self._next_job()
+            self.next_job()
 
         if delay > 0:
             logger.info("{}: restarting in {:.0f} ms", child.id, delay * 1000)

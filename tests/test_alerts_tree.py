@@ -4,14 +4,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,14 +30,6 @@ alert_failure_rate = 0.10
 metrics_interval_s = 0.05
 """
 
-
-def wait_for(probe: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
 
 
 def errors_merged(tree: Any) -> int:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from moorage.protocol.envelope import TAG, packb
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.histogram import MAX_DISTINCT, Recorder, summary
 from moorage.protocol.limits import MAX_OP_LEN
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,16 +46,6 @@ id = "alpha"
 start = "tests.fakes:FakeActor"
 """
 
-
-def wait_for(probe: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Repeat `probe` (a round trip to an actor) until it answers something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout} s")
 
 
 def client_rows(c: Client, name: str) -> dict[str, dict[str, Any]]:

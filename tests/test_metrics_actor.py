@@ -13,10 +13,9 @@ import multiprocessing
 import shutil
 import struct
 import tempfile
-import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from moorage.protocol import endpoints
 from moorage.protocol.client import Client, Subscription
 from moorage.protocol.envelope import TAG, StreamMessage, packb
 from moorage.protocol.histogram import Recorder, summary
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,16 +72,6 @@ def push_frames(actor: str, body: Any, pid: int = 4242, ep: str = "ep-1") -> lis
 def samples(op: str, ok: int, error: int, micros: int = 100):
     return decode_ops({op: op_entry(ok, error, micros)})
 
-
-def wait_for(probe: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Repeat `probe` (a round trip to an actor) until it answers something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {timeout} s")
 
 
 class Tree:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from tests.conftest import Tree
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,15 +34,6 @@ metrics_interval_s = 0.05
 retention_messages = 5
 """
 
-
-def wait_for(probe: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Ask again (a round trip each time) until the answer is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
 
 
 def slo(tree: Tree) -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from moorage.actors.watcher import actor as watcher_mod
+from moorage.actors.watcher import driving as driving_mod
 from moorage.actors.watcher import files as files_mod
 from moorage.actors.watcher import guarded as guarded_mod
 from moorage.actors.watcher.coalesce import Coalescer
@@ -256,7 +256,7 @@ def test_a_kernel_queue_overflow_ends_in_a_resync_with_the_full_diff(start, data
 
 def test_a_full_hand_off_buffer_ends_in_a_resync_with_the_full_diff(start, data, monkeypatch):
     hold = data.parent / "hold"
-    real_drain = watcher_mod.WatcherActor._drain
+    real_drain = driving_mod.Driving.drain
 
     def stalled_drain(self):  # type: ignore[no-untyped-def]
         # Injected stall of the actor's loop (set before the fork): while `hold` exists the
@@ -265,7 +265,7 @@ def test_a_full_hand_off_buffer_ends_in_a_resync_with_the_full_diff(start, data,
             time.sleep(0.005)  # sleep-ok: the injected stall itself, in the actor
         real_drain(self)
 
-    monkeypatch.setattr(watcher_mod.WatcherActor, "_drain", stalled_drain)
+    monkeypatch.setattr(driving_mod.Driving, "drain", stalled_drain)
     w = start(buffer_max=16)
     w.watch()
     hold.touch()

@@ -121,7 +121,7 @@ class MetricsActor(Actor):
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.MAXMSGSIZE, limits.MAX_BODY_SIZE)
-        self._bind(self.pull, endpoints.metrics_in(self.runtime_dir))
+        self.bind_socket(self.pull, endpoints.metrics_in(self.runtime_dir))
 
     def on_start(self) -> None:
         # Replies to recovery probes and supervisor events are timed as they arrive: they

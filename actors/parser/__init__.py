@@ -1,0 +1,1 @@
+"""The parser actor (actor.py): the vtparse library served per stream."""

@@ -102,7 +102,7 @@ class Broadcast:
     actions: dict[str, Any] = field(default_factory=dict)
 
 
-class ResourceActor(CriticalActions, Actor):
+class ResourceActor(Actor):
     name = "resource"
     category = Category.RESOURCE
 
@@ -126,10 +126,7 @@ class ResourceActor(CriticalActions, Actor):
         super().__init__(name, runtime_dir, config)
         self.override_file = OverrideFile(self.runtime_dir / f"{self.name}.quality") \
             if s.quality_file else None
-        self._shed_pending = False
-        self._shed_replies = 0
-        self._status_asked_at = 0  # _shed_replies when the pending sup.status was sent
-        self.shed_actors: list[str] = []
+        self._status_asked_at = 0  # critical.shed_replies when the pending sup.status was sent
         self.outbound = Outbound(self)
         self.roles = Roles()
         self.sample: Sample | None = None
@@ -145,6 +142,7 @@ class ResourceActor(CriticalActions, Actor):
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
         self.counters: Counter[str] = Counter()
         self.actions: Counter[str] = Counter()  # summed over every worker's `done`
+        self.critical = CriticalActions(self)
         self._cost_total_us = 0
 
     # --- life ---------------------------------------------------------------------------------
@@ -182,7 +180,7 @@ class ResourceActor(CriticalActions, Actor):
         self._roles_stale = False
         self._status_pending = True
         self._fresh_now, self._fresh_next = self._fresh_next, []
-        self._status_asked_at = self._shed_replies
+        self._status_asked_at = self.critical.shed_replies
         timeout = min(self.settings.status_timeout_s, max(0.05, self.settings.interval_s))
         self.outbound.call(self.settings.supervisor, "sup.status", timeout=timeout,
                            on_done=self._on_status)
@@ -193,10 +191,11 @@ class ResourceActor(CriticalActions, Actor):
             self.roles = roles_from_status(reply.body)
             # A restart of ours, or a shed by hand: adopt it; but not from a status asked
             # before our own last sup.shed was answered (it would undo what that did).
-            if not self._shed_pending and self._status_asked_at == self._shed_replies:
+            c = self.critical
+            if not c.shed_pending and self._status_asked_at == c.shed_replies:
                 self.shedder.shed = bool(reply.body.get("shedding"))
                 # (a child still stopping is not `shed` in the status yet: keep what we knew)
-                self.shed_actors = sorted(self.roles.shed | set(self.shed_actors)) \
+                c.shed_actors = sorted(self.roles.shed | set(c.shed_actors)) \
                     if self.shedder.shed else []
         else:
             # Sample with what we last knew: the processes have not moved because the
@@ -218,10 +217,10 @@ class ResourceActor(CriticalActions, Actor):
         candidate = pick_runaway(sample.rows, int(budget * self.settings.runaway_min_share))
         # The kill decision follows the pressure itself, not the level hysteresis holds.
         for decision in self.escalation.feed(raw_level(self.pressure.value), candidate):
-            self._carry_out(decision, sample)
+            self.critical.carry_out(decision, sample)
         shed = self.shedder.feed(self.escalation.episode, self.level)
-        if shed is not None and not self._shed_pending:
-            self._shed(shed == "shed")
+        if shed is not None and not self.critical.shed_pending:
+            self.critical.shed(shed == "shed")
         self._publish_if_changed()
         self._tell_restarted()
 
@@ -350,8 +349,8 @@ class ResourceActor(CriticalActions, Actor):
                         "age_s": _round(time.monotonic() - s.taken_at) if s else None},
             "counters": dict(self.counters),
             "actions": dict(self.actions),
-            "shed": {"shedding": self.shedder.shed, "actors": self.shed_actors,
-                     "calm_samples": self.shedder.calm, "pending": self._shed_pending},
+            "shed": {"shedding": self.shedder.shed, "actors": self.critical.shed_actors,
+                     "calm_samples": self.shedder.calm, "pending": self.critical.shed_pending},
             "recent_alerts": list(self.recent_alerts),
         }
 

@@ -1,7 +1,7 @@
 """What the resource actor does itself while the level is critical, carrying out the
-decisions of moorage.actors.resource.escalation: alerts, killing a runaway process, shedding the
-non-essential actors and bringing them back. A mixin of ResourceActor (actors/resource.py
-documents the alerts and the config keys).
+decisions of escalation.py: alerts, killing a runaway process, shedding the non-essential
+actors and bringing them back. A component of ResourceActor (actor.py documents the alerts and
+the config keys).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -25,7 +25,9 @@ from moorage.protocol.errors import WireError
 SHED_TIMEOUT_S = 5.0
 
 
-class CriticalActions:
+class ResourceHost(Protocol):
+    """What the critical actions need of the resource actor."""
+
     settings: Settings
     sampler: TreeSampler
     escalation: Escalation
@@ -36,38 +38,46 @@ class CriticalActions:
     level: int
     counters: Counter[str]
     recent_alerts: deque[dict[str, Any]]
-    shed_actors: list[str]
-    _shed_pending: bool
-    _shed_replies: int
-    _shed_failing: int = 0  # failed sup.shed calls in a row
+
+
+class CriticalActions:
+    """Alerts, runaway kills and shedding for the resource actor (`ResourceHost`); it keeps
+    the state of the shedding calls it makes (`shed_pending`, `shed_replies`, `shed_actors`)."""
+
+    def __init__(self, r: ResourceHost) -> None:
+        self.r = r
+        self.shed_pending = False
+        self.shed_replies = 0  # sup.shed answers so far: a sup.status asked before is stale
+        self._shed_failing = 0  # failed sup.shed calls in a row
+        self.shed_actors: list[str] = []
 
     # --- critical: runaway processes ------------------------------------------------------------
 
-    def _alert(self, body: dict[str, Any]) -> None:
-        body = {**body, "level": LEVELS[self.level], "pressure": self.pressure.value,
+    def alert(self, body: dict[str, Any]) -> None:
+        body = {**body, "level": LEVELS[self.r.level], "pressure": self.r.pressure.value,
                 "time": time.time()}
-        self.counters["alerts"] += 1
-        self.recent_alerts.append(body)
+        self.r.counters["alerts"] += 1
+        self.r.recent_alerts.append(body)
         logger.warning("resource alert {}", body)
-        self.publisher.publish("resource.alert", body)
+        self.r.publisher.publish("resource.alert", body)
 
-    def _carry_out(self, d: Decision, sample: Sample) -> None:
+    def carry_out(self, d: Decision, sample: Sample) -> None:
         row = next((r for r in sample.rows if r.pid == d.pid), None)
         if d.kind == "no_runaway":
             top = sorted(sample.rows, key=lambda r: r.memory, reverse=True)[:3]
-            self._alert({"kind": "critical", "action": "no_runaway",
+            self.alert({"kind": "critical", "action": "no_runaway",
                          "top": [r.describe() for r in top]})
         elif d.kind == "persisting":
-            self._alert({"kind": "critical", "action": "persisting", "samples": d.streak,
-                         "next": "shed" if self.shedder.enabled else None})
+            self.alert({"kind": "critical", "action": "persisting", "samples": d.streak,
+                         "next": "shed" if self.r.shedder.enabled else None})
         elif row is not None and d.kind == "warn":
-            self._alert({"kind": "runaway", "action": "warn", **_who(row),
-                         "kill_after_samples": self.settings.kill_after_samples})
+            self.alert({"kind": "runaway", "action": "warn", **_who(row),
+                         "kill_after_samples": self.r.settings.kill_after_samples})
         elif row is not None and d.kind == "kill":
             self._kill(row)
 
     def _kill(self, row: ProcRow) -> None:
-        proc = self.sampler.process(row.pid)
+        proc = self.r.sampler.process(row.pid)
         action = "killed"
         try:
             if proc is None:
@@ -77,47 +87,47 @@ class CriticalActions:
             action = "gone"
             logger.info("runaway {} not killed: {}", row.pid, exc)
         else:
-            self.counters["kills"] += 1
-        self._alert({"kind": "runaway", "action": action, **_who(row)})
+            self.r.counters["kills"] += 1
+        self.alert({"kind": "runaway", "action": action, **_who(row)})
 
     # --- critical persisting: non-essential actors --------------------------------------------
 
-    def _shed(self, on: bool) -> None:
+    def shed(self, on: bool) -> None:
         """Ask the root supervisor to stop (or start again) the tree's non-essential actors;
         what was done is alerted and counted. A failed call is asked again next sample."""
-        self._shed_pending = True
-        self.counters["shed_calls" if on else "restore_calls"] += 1
-        reason = (f"critical for {self.escalation.episode} samples" if on else
-                  f"{LEVELS[self.level]} for {self.shedder.calm} samples")
+        self.shed_pending = True
+        self.r.counters["shed_calls" if on else "restore_calls"] += 1
+        reason = (f"critical for {self.r.escalation.episode} samples" if on else
+                  f"{LEVELS[self.r.level]} for {self.r.shedder.calm} samples")
 
         def done(reply: Reply | None, err: WireError | None) -> None:
-            self._shed_pending = False
-            self._shed_replies += 1  # a sup.status asked before this is stale about shedding
+            self.shed_pending = False
+            self.shed_replies += 1  # a sup.status asked before this is stale about shedding
             body = reply.body if reply is not None else None
             if err is not None or not isinstance(body, dict):
                 # Asked again next sample; alerted once per run of failures, counted each time.
-                self.counters["shed_failures"] += 1
+                self.r.counters["shed_failures"] += 1
                 self._shed_failing += 1
                 if self._shed_failing == 1:
-                    self._alert({"kind": "shed", "action": "failed", "on": on,
+                    self.alert({"kind": "shed", "action": "failed", "on": on,
                                  "reason": reason,
                                  "error": err.name if err is not None else "bad_reply"})
                 return
             self._shed_failing = 0
-            self.shedder.shed = on
-            self.shedder.calm = 0
+            self.r.shedder.shed = on
+            self.r.shedder.calm = 0
             if on:
                 self.shed_actors = sorted(set(self.shed_actors) | set(body["shed"])
                                           | set(body["held"]))
-                self.counters["actors_shed"] += len(body["shed"])
+                self.r.counters["actors_shed"] += len(body["shed"])
             else:
                 self.shed_actors = []
-                self.counters["actors_restored"] += len(body["resumed"])
-            self._alert({"kind": "shed", "action": "stopped" if on else "restored",
+                self.r.counters["actors_restored"] += len(body["resumed"])
+            self.alert({"kind": "shed", "action": "stopped" if on else "restored",
                          "actors": body["shed"] if on else body["resumed"],
                          "failed": body.get("failed", {}), "reason": reason})
 
-        self.outbound.call(self.settings.supervisor, "sup.shed", {"on": on, "reason": reason},
+        self.r.outbound.call(self.r.settings.supervisor, "sup.shed", {"on": on, "reason": reason},
                            timeout=SHED_TIMEOUT_S, on_done=done)
 
 

@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class Actor:
         self.pending: dict[tuple[str, int], Call] = {}
         self.received = 0
         self.rejected_busy = 0
+        self.refused: Counter[str] = Counter()  # requests answered without running, by error
         self.undecodable = 0
         self._stopping = False
         self.ready_hook: Callable[[], None] | None = None  # set by the launcher
@@ -151,7 +153,7 @@ class Actor:
         self.pub_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription gets a welcome
         if self.nodrop:
             self.pub_socket.setsockopt(zmq.XPUB_NODROP, 1)
-        self._bind(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))
+        self.bind_socket(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))
         self.publisher = Publisher(
             self.pub_socket, self.epoch, nodrop=self.nodrop,
             max_messages=int(self.config.get("retention_messages", 10_000)),
@@ -167,7 +169,8 @@ class Actor:
 
     # --- sockets ------------------------------------------------------------------------------
 
-    def _bind(self, sock: zmq.Socket, endpoint: str) -> None:
+    def bind_socket(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Bind one of this actor's sockets at its fixed path, over a dead predecessor's."""
         path = endpoint.removeprefix("ipc://")
         # A predecessor killed with SIGKILL leaves its socket file; binding over it is safe
         # because the supervisor only starts us once the predecessor is dead.
@@ -184,7 +187,7 @@ class Actor:
         s.setsockopt(zmq.RCVHWM, limits.HWM)
         s.setsockopt(zmq.SNDHWM, limits.HWM)
         s.setsockopt(zmq.SNDTIMEO, 0)
-        self._bind(s, endpoints.rpc(self.runtime_dir, self.name))
+        self.bind_socket(s, endpoints.rpc(self.runtime_dir, self.name))
         return s
 
     def _want_pub_writable(self, on: bool) -> None:
@@ -192,6 +195,7 @@ class Actor:
             self.loop.add_writer(self.pub_socket, self.publisher.flush)
         else:
             self.loop.remove_writer(self.pub_socket)
+            self.on_backlog_drained()
 
     def _drain_subscriptions(self) -> None:
         try:
@@ -200,6 +204,7 @@ class Actor:
                 if frame[:1] == b"\x01":
                     topic = frame[1:].decode(errors="replace")
                     self.publisher.welcome(topic)
+                    self.on_subscribed(topic)
         except zmq.Again:
             pass
 
@@ -214,6 +219,36 @@ class Actor:
     def info(self) -> dict[str, Any]:
         """Extra fields for sys.info."""
         return {}
+
+    def on_subscribed(self, topic: str) -> None:
+        """A subscriber arrived for `topic` (a prefix: "" is everything); it has had its
+        welcome. For an actor whose streams depend on who listens (the terminal holds a
+        restored session's output until its subscriber is back)."""
+
+    def on_backlog_drained(self) -> None:
+        """The publisher's backlog has gone out (nodrop streams only: a slow subscriber had
+        held it). What was held back for it (the terminal's acks to its keeper) may go."""
+
+    def add_ops(self, provider: object) -> None:
+        """Serve the `@op` methods of `provider` (a component the actor owns) as this actor's
+        ops, with the tree's `[timeouts]` applied; an op name may be declared only once."""
+        table = collect(provider)
+        taken = sorted(set(table) & set(self.ops))
+        if taken:
+            raise ValueError(f"{self.name}: ops declared twice: {taken}")
+        self.ops.update(table)
+        self.set_timeouts({k: v for k, v in (self.config.get("timeouts") or {}).items()
+                           if k in table})
+
+    @property
+    def stopping(self) -> bool:
+        """True once the actor refuses new requests (`stopping`) on its way out."""
+        return self._stopping
+
+    def refuse_requests(self) -> None:
+        """Answer every new request `stopping` from now on, while the loop still runs (a
+        supervisor stopping its children before itself)."""
+        self._stopping = True
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
         """React to the tree's pressure level (normal, moderate, high, critical) and quality
@@ -277,6 +312,7 @@ class Actor:
             "ops": {name: spec.describe() for name, spec in sorted(self.ops.items())},
             "received": self.received,
             "rejected_busy": self.rejected_busy,
+            "refused": dict(self.refused),
             "shed": self.shed,
             "pressure": {"level": self.pressure_level, "quality": self.quality},
             "undecodable": self.undecodable,
@@ -416,6 +452,7 @@ class Actor:
 
     def _refuse(self, route: list[bytes], req: Request, error: WireError) -> None:
         # Not run, so not cached: a retry may run it.
+        self.refused[error.name] += 1
         self._send(route, encode_error(req.id, self.epoch, error))
         self.stats.record(req.op if req.op in self.ops else "(unknown)", 0, False)
 
@@ -481,7 +518,7 @@ class Actor:
     def stop(self) -> None:
         if self._stopping:
             return
-        self._stopping = True
+        self.refuse_requests()
         self.loop.stop()
 
     def _on_signal(self, signum: int, frame: Any) -> None:

@@ -77,7 +77,8 @@ class Timer:
 
 
 class Loop:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # timers' time (injected by tests)
         self.poller = zmq.Poller()
         self._handlers: dict[Any, tuple[Callback | None, Callback | None]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -163,7 +164,7 @@ class Loop:
             self._update(key)
 
     def call_later(self, delay: float, fn: Callback) -> Timer:
-        t = Timer(time.monotonic() + delay, fn, self)
+        t = Timer(self.clock() + delay, fn, self)
         heapq.heappush(self._timers, (t.when, next(self._seq), t))
         return t
 
@@ -232,7 +233,7 @@ class Loop:
             return 0
         if not self._timers:
             return None
-        return max(0, int((self._timers[0][0] - time.monotonic()) * 1000 + 0.999))
+        return max(0, int((self._timers[0][0] - self.clock()) * 1000 + 0.999))
 
     def _fast_path_ok(self) -> bool:
         if self._primary is None or not self.fast_path:
@@ -278,8 +279,13 @@ class Loop:
             self._drain_wakeups()
         self._run_timers()
 
+    @property
+    def timers_queued(self) -> int:
+        """Timers in the heap, cancelled ones not yet dropped included (what it costs)."""
+        return len(self._timers)
+
     def _run_timers(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if timer.cancelled:

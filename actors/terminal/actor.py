@@ -76,9 +76,9 @@ from typing import Any
 from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
 from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.signals import parse_signal
-from moorage.actors.terminal.keeper_client import KeeperSide
+from moorage.actors.terminal.keeper_client import KeeperClient
 from moorage.actors.terminal.parsehop import ParserLink
-from moorage.actors.terminal.restore import Creation, base_env
+from moorage.actors.terminal.restore import Creation, base_env, reconcile
 from moorage.actors.terminal.session import Session
 from moorage.actors.terminal.specs import SpecStore
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
@@ -87,7 +87,7 @@ TICK_S = 0.02  # resolution of exec timeouts, integration detection and quiet de
 PRESSURE_RETRY_MS = 1000
 
 
-class TerminalActor(KeeperSide, Actor):
+class TerminalActor(Actor):
     name = "terminal"
     category = Category.TERMINAL
     nodrop = True  # a slow subscriber is backpressure (see the module docstring), not a gap
@@ -123,15 +123,11 @@ class TerminalActor(KeeperSide, Actor):
         self._ticking: set[Session] = set()
         self._tick_timer: Timer | None = None
         self._ready_callback: Callable[[], None] | None = None
-        self._init_keeper_side()
-        welcome = self.publisher.welcome
-
-        def on_subscribe(topic: str) -> None:
-            welcome(topic)
-            self._subscribed(topic)
-
-        # The runtime has no hook for "a subscriber arrived"; its welcome is the moment.
-        self.publisher.welcome = on_subscribe  # type: ignore[method-assign]
+        self.keeper = KeeperClient(
+            self.loop, self.keeper_path, self.sessions, ack_bytes=self.ack_bytes,
+            resume_wait_s=self.resume_wait_s, backlog=lambda: bool(self.publisher.backlog),
+            stopping=lambda: self.stopping, on_welcome=lambda e: reconcile(self, e),
+            on_ready=self._announce_ready, on_exit=self._shell_exited)
 
     # --- life -------------------------------------------------------------------------------
 
@@ -140,7 +136,7 @@ class TerminalActor(KeeperSide, Actor):
         # keeper_wait_ms without it (then ops wait or answer `unavailable`).
         self._ready_callback, self.ready_hook = self.ready_hook, None
         self.loop.call_later(self.keeper_wait_s, self._announce_ready)
-        self._connect()
+        self.keeper.connect()
 
     def _announce_ready(self) -> None:
         if self._ready_callback is not None:
@@ -150,19 +146,23 @@ class TerminalActor(KeeperSide, Actor):
     def on_stop(self) -> None:
         for s in self.sessions.values():
             s.abort(WireError.of("outcome_unknown", f"{self.name} stopped while it ran"))
-        if self.link is not None:
-            self.link.close("terminal stopping")
+        self.keeper.close("terminal stopping")
         self.parse_link.close()
 
     def info(self) -> dict[str, Any]:
-        return {"sessions": len(self.sessions), "keeper_connected": self.welcomed,
-                "keeper_pid": self.keeper_pid, "pub_backlog": len(self.publisher.backlog),
+        return {"sessions": len(self.sessions), "keeper_connected": self.keeper.welcomed,
+                "keeper_pid": self.keeper.pid, "pub_backlog": len(self.publisher.backlog),
                 "parse": self.parse_link.info(), "pressure_shed": dict(self.shed)}
 
-    def _want_pub_writable(self, on: bool) -> None:
-        super()._want_pub_writable(on)
-        if not on:  # the backlog has drained: the acks held back can go
-            self._flush_acks(now=True)
+    def on_backlog_drained(self) -> None:
+        self.keeper.flush_acks(now=True)  # the acks held back for the backlog can go
+
+    def on_subscribed(self, topic: str) -> None:
+        self.keeper.on_subscribed(topic)
+
+    def _shell_exited(self, s: Session, info: dict[str, Any]) -> None:
+        s.on_exit(info)
+        self.publisher.publish("term.session", {"session": s.id, "event": "exited", **info})
 
     # --- pressure (seed 6 and 9.2) -----------------------------------------------------------
 
@@ -218,11 +218,23 @@ class TerminalActor(KeeperSide, Actor):
         if self.quality >= 3:  # command records are the first feature to go (seed 9.2)
             self.publisher.publish(f"term.cmd.{s.id}", {"session": s.id, **body})
 
+    def keeper_write(self, s: Session, data: bytes) -> bool:
+        return self.keeper.write(s, data)
+
+    def keeper_signal(self, s: Session, sig: str, to: str) -> None:
+        self.keeper.signal(s, sig, to)
+
+    def keeper_meta(self, s: Session) -> None:
+        self.keeper.meta(s)
+
+    def acks_ready(self) -> None:
+        self.keeper.acks_ready()
+
     # --- helpers for ops ---------------------------------------------------------------------
 
     def _when_ready(self, call: Call, fn: Callable[[], Any]) -> Any:
         """Run `fn` now if the keeper is connected, else when it is (or fail `unavailable`)."""
-        if self.ready:
+        if self.keeper.ready:
             return fn()
 
         def later(ok: bool) -> None:
@@ -239,14 +251,7 @@ class TerminalActor(KeeperSide, Actor):
             if result is not DEFERRED:
                 call.reply(result)
 
-        self._until_ready.append(later)
-
-        def give_up() -> None:
-            if later in self._until_ready:
-                self._until_ready.remove(later)
-                later(False)
-
-        self.loop.call_later(self.keeper_wait_s, give_up)
+        self.keeper.when_ready(later, self.keeper_wait_s)
         return DEFERRED
 
     def session(self, sid: str) -> Session:
@@ -258,10 +263,10 @@ class TerminalActor(KeeperSide, Actor):
     def _close_session(self, sid: str, reason: str = "term.close") -> None:
         s = self.sessions.pop(sid, None)
         self.specs.drop(sid)
-        self._ack_due.discard(s)  # type: ignore[arg-type]
         if s is not None:
+            self.keeper.forget(s)
             s.close(WireError.of("shell_exited", f"session {sid} was closed ({reason})"))
-        self.keeper_request({"t": "close", "s": sid}, lambda _r, _e: None)
+        self.keeper.request({"t": "close", "s": sid}, lambda _r, _e: None)
         self.publisher.publish("term.session", {"session": sid, "event": "closed",
                                                 "reason": reason})
 
@@ -346,7 +351,7 @@ class TerminalActor(KeeperSide, Actor):
             def done(_r: dict | None, err: WireError | None) -> None:
                 call.fail(err) if err is not None else call.reply({"queued": len(raw)})
 
-            self.keeper_input(s, raw, done)
+            self.keeper.input(s, raw, done)
             return DEFERRED
 
         return self._when_ready(call, run)
@@ -367,7 +372,7 @@ class TerminalActor(KeeperSide, Actor):
                 s.cols, s.rows = cols, rows
                 call.reply({"cols": cols, "rows": rows})
 
-            self.keeper_request({"t": "resize", "s": s.id, "cols": cols, "rows": rows}, done)
+            self.keeper.request({"t": "resize", "s": s.id, "cols": cols, "rows": rows}, done)
             return DEFERRED
 
         return self._when_ready(call, run)
@@ -390,7 +395,7 @@ class TerminalActor(KeeperSide, Actor):
                     assert r is not None
                     call.reply({"pgid": r["pgid"], "signal": sig})
 
-            self.keeper_request({"t": "signal", "s": s.id, "sig": sig,
+            self.keeper.request({"t": "signal", "s": s.id, "sig": sig,
                                  "to": "fg" if target == "foreground" else "shell"}, done)
             return DEFERRED
 
@@ -412,7 +417,7 @@ class TerminalActor(KeeperSide, Actor):
         the keeper's sessions are restored (before, the list would be wrong, not short)."""
         return self._when_ready(call, lambda: {
             "sessions": [s.describe() for s in self.sessions.values()],
-            "keeper": {"connected": self.welcomed, "pid": self.keeper_pid}})
+            "keeper": {"connected": self.keeper.welcomed, "pid": self.keeper.pid}})
 
     @op("term.scrollback", args={"session": str, "from_offset": (int, None),
                                  "max_bytes": (int, 1 << 20)}, idempotent=True)

@@ -1,4 +1,5 @@
-"""The terminal actor's side of the pty keeper link (actors/ptylink.py has the messages).
+"""The terminal actor's side of the pty keeper link (link.py has the messages): a component the
+actor owns, `KeeperClient`.
 
 The keeper holds the shells and their unacknowledged output. This side connects (and
 reconnects) to it, sends it requests and input, takes its output into the sessions, and
@@ -30,12 +31,10 @@ from loguru import logger
 
 from moorage.actors.runtime.signals import parse_signal
 from moorage.actors.terminal.link import Link
-from moorage.actors.terminal.restore import reconcile
 from moorage.protocol.errors import KINDS, WireError
 
 if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop, Timer
-    from moorage.actors.runtime.streams import Publisher
     from moorage.actors.terminal.session import Session
 
 KeeperCallback = Callable[[dict[str, Any] | None, WireError | None], None]
@@ -44,22 +43,33 @@ ACK_DELAY_S = 0.05
 CATCH_UP_MAX_S = 2.0  # a restored session whose resent output never completes is served anyway
 
 
-class KeeperSide:
-    """Mixed into TerminalActor: the link to the keeper, its messages, and the acks."""
+class KeeperClient:
+    """The link to the keeper, its messages, and the acks, for the sessions the actor holds.
 
-    loop: Loop
-    publisher: Publisher
-    sessions: dict[str, Session]
-    keeper_path: Path
-    ack_bytes: int
-    resume_wait_s: float
-    _stopping: bool
-    _announce_ready: Callable[[], None]
+    What the actor decides stays with it, through the callbacks: `on_welcome(entries)` (the
+    keeper's session list: restore or recreate), `on_ready()` (the sessions are known),
+    `on_exit(session, info)` (a shell ended); `backlog()` says whether the publisher holds
+    messages back (no acks then) and `stopping()` whether to stop reconnecting."""
 
-    def _init_keeper_side(self) -> None:
+    def __init__(self, loop: Loop, path: Path, sessions: dict[str, Session], *,
+                 ack_bytes: int, resume_wait_s: float, backlog: Callable[[], bool],
+                 stopping: Callable[[], bool],
+                 on_welcome: Callable[[list[dict[str, Any]]], None],
+                 on_ready: Callable[[], None],
+                 on_exit: Callable[[Session, dict[str, Any]], None]) -> None:
+        self.loop = loop
+        self.path = path
+        self.sessions = sessions
+        self.ack_bytes = ack_bytes
+        self.resume_wait_s = resume_wait_s
+        self.backlog = backlog
+        self.stopping = stopping
+        self.on_welcome = on_welcome
+        self.on_ready = on_ready
+        self.on_exit = on_exit
         self.link: Link | None = None
         self.welcomed = False
-        self.keeper_pid: int | None = None
+        self.pid: int | None = None
         self._waiting: dict[int, KeeperCallback] = {}
         self._next_r = 1
         self._ack_due: set[Session] = set()
@@ -74,17 +84,17 @@ class KeeperSide:
 
     # --- the connection ------------------------------------------------------------------------
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(str(self.keeper_path))  # a Unix connect: at once or refused
+            sock.connect(str(self.path))  # a Unix connect: at once or refused
         except OSError as exc:
             sock.close()
-            logger.debug("keeper not reachable at {}: {}", self.keeper_path, exc)
-            self.loop.call_later(RECONNECT_S, self._connect)
+            logger.debug("keeper not reachable at {}: {}", self.path, exc)
+            self.loop.call_later(RECONNECT_S, self.connect)
             return
         self.link = Link(self.loop, sock, self._on_keeper, self._on_link_closed,
-                         on_batch_end=self._flush_acks, accept_fds=True)
+                         on_batch_end=self.flush_acks, accept_fds=True)
         self.link.send({"t": "hello", "fds": True})
 
     def _on_link_closed(self, reason: str) -> None:
@@ -101,8 +111,8 @@ class KeeperSide:
         for s in self.sessions.values():
             s.acked = 0  # the next welcome says what the keeper has
             s.drop_input_fd()  # with the keeper gone, the PTYs must hang up
-        if not self._stopping:
-            self.loop.call_later(RECONNECT_S, self._connect)
+        if not self.stopping():
+            self.loop.call_later(RECONNECT_S, self.connect)
 
     def _on_keeper(self, msg: dict[str, Any]) -> None:
         handler = self._keeper.get(msg["t"])
@@ -113,7 +123,7 @@ class KeeperSide:
 
     # --- requests --------------------------------------------------------------------------------
 
-    def keeper_request(self, msg: dict[str, Any], cb: KeeperCallback) -> None:
+    def request(self, msg: dict[str, Any], cb: KeeperCallback) -> None:
         if self.link is None or not self.welcomed:
             cb(None, WireError.of("unavailable", "the pty keeper is not connected"))
             return
@@ -123,7 +133,7 @@ class KeeperSide:
         self._waiting[r] = cb
         self.link.send(msg)
 
-    def keeper_write(self, s: Session, data: bytes) -> bool:
+    def write(self, s: Session, data: bytes) -> bool:
         """Input for a command, written to the PTY here when the keeper passed its master,
         holds none of the session's input (else it would overtake that) and the session
         parses in this process (see below), the rest through the keeper; a refusal comes to
@@ -145,10 +155,10 @@ class KeeperSide:
             if n == len(data):
                 return True
             data = data[n:]
-        self.keeper_input(s, data, None)
+        self.input(s, data, None)
         return True
 
-    def keeper_input(self, s: Session, data: bytes, cb: KeeperCallback | None) -> None:
+    def input(self, s: Session, data: bytes, cb: KeeperCallback | None) -> None:
         """Input through the keeper, counted, so that no input written here directly can
         overtake it: its reply says what still waits there (`pending`)."""
         s.keeper_writes += 1
@@ -162,14 +172,14 @@ class KeeperSide:
             elif err is not None:
                 s.write_failed(err)
 
-        self.keeper_request({"t": "write", "s": s.id, "data": data}, done)
+        self.request({"t": "write", "s": s.id, "data": data}, done)
 
-    def keeper_signal(self, s: Session, sig: str, to: str) -> None:
-        self.keeper_request({"t": "signal", "s": s.id, "sig": parse_signal(sig), "to": to},
+    def signal(self, s: Session, sig: str, to: str) -> None:
+        self.request({"t": "signal", "s": s.id, "sig": parse_signal(sig), "to": to},
                             lambda _r, err: err is None or logger.info(
                                 "session {}: signal not sent: {}", s.id, err.message))
 
-    def keeper_meta(self, s: Session) -> None:
+    def meta(self, s: Session) -> None:
         if self.link is not None:
             self.link.send({"t": "meta", "s": s.id, "meta": s.meta})
 
@@ -192,16 +202,16 @@ class KeeperSide:
                 logger.warning("keeper: {}", err.message)
 
     def _k_welcome(self, msg: dict[str, Any]) -> None:
-        self.keeper_pid = msg.get("pid")
+        self.pid = msg.get("pid")
         self.welcomed = True
         entries = msg.get("sessions", [])
-        reconcile(self, entries)  # type: ignore[arg-type]
+        self.on_welcome(entries)
         for e in entries:
             s = self.sessions.get(e["s"])
             target = int(e.get("read", e["acked"]))
             if s is not None and s.offset < target:
                 self._catching_up[s.id] = target
-        self._announce_ready()
+        self.on_ready()
         if self._catching_up:
             self.loop.call_later(CATCH_UP_MAX_S, self._caught_up_anyway)
         else:
@@ -211,6 +221,25 @@ class KeeperSide:
     def ready(self) -> bool:
         """Connected, and every restored session caught up with what the keeper had read."""
         return self.welcomed and not self._catching_up
+
+    def when_ready(self, fn: Callable[[bool], None], wait_s: float) -> None:
+        """`fn(True)` once ready, or `fn(False)` after `wait_s` without it."""
+        self._until_ready.append(fn)
+
+        def give_up() -> None:
+            if fn in self._until_ready:
+                self._until_ready.remove(fn)
+                fn(False)
+
+        self.loop.call_later(wait_s, give_up)
+
+    def forget(self, s: Session) -> None:
+        """`s` is closed: nothing of it is acknowledged any more."""
+        self._ack_due.discard(s)
+
+    def close(self, reason: str) -> None:
+        if self.link is not None:
+            self.link.close(reason)
 
     def _release_waiting(self) -> None:
         waiting, self._until_ready = self._until_ready, []
@@ -253,12 +282,11 @@ class KeeperSide:
             return
         info = {"code": msg.get("code"), "signal": msg.get("signal")}
         self._caught_up(s.id)  # nothing more will come
-        s.on_exit(info)
-        self.publisher.publish("term.session", {"session": s.id, "event": "exited", **info})
+        self.on_exit(s, info)
 
     # --- acks ---------------------------------------------------------------------------------
 
-    def _flush_acks(self, now: bool = False) -> None:
+    def flush_acks(self, now: bool = False) -> None:
         """Acknowledge what is published; nothing while the publisher has a backlog, and
         nothing for a session whose parser hop lags too far behind.
 
@@ -267,7 +295,7 @@ class KeeperSide:
         few commands): small amounts are acked together `ACK_DELAY_S` later, a quarter
         window's worth at once. What waits for an ack is at most resent to a successor, which
         drops it by offset."""
-        if not self._ack_due or self.link is None or self.publisher.backlog:
+        if not self._ack_due or self.link is None or self.backlog():
             return
         if not now and all(s.offset - s.acked < self.ack_bytes for s in self._ack_due):
             if self._ack_timer is None:
@@ -280,13 +308,13 @@ class KeeperSide:
 
     def _ack_later(self) -> None:
         self._ack_timer = None
-        self._flush_acks(now=True)
+        self.flush_acks(now=True)
 
     def acks_ready(self) -> None:
         """Something that held acks back is over (a parser hop caught up)."""
-        self._flush_acks(now=True)
+        self.flush_acks(now=True)
 
-    def _subscribed(self, topic: str) -> None:
+    def on_subscribed(self, topic: str) -> None:
         """A subscription to `topic` (a prefix): the sessions whose output it covers are
         watched, and those waiting for their subscribers after a restart may go on."""
         self.subscribed.add(topic)
@@ -297,10 +325,10 @@ class KeeperSide:
     def watched(self, s: Session) -> None:
         if not s.meta.get("watched"):
             s.meta["watched"] = True
-            self.keeper_meta(s)
+            self.meta(s)
         if s.hold_acks:
             s.hold_acks = False
-            self._flush_acks(now=True)
+            self.flush_acks(now=True)
 
     def hold_until_watched(self, s: Session) -> None:
         """After a restart: no acks for `s` until its output has a subscriber again."""
@@ -313,6 +341,6 @@ class KeeperSide:
                 logger.warning("session {}: no subscriber back in {} s; output goes on",
                                s.id, self.resume_wait_s)
                 s.hold_acks = False
-                self._flush_acks(now=True)
+                self.flush_acks(now=True)
 
         self.loop.call_later(self.resume_wait_s, give_up)

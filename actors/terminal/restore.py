@@ -20,21 +20,36 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
 from moorage.actors.runtime import Call
-from moorage.actors.terminal.session import Session
+from moorage.actors.terminal.session import Session, SessionHost
 from moorage.actors.terminal.shell import Launch, prepare
 from moorage.actors.vtparse import clean
 from moorage.protocol.errors import WireError, fail
 
 if TYPE_CHECKING:
-    from moorage.actors.runtime.loop import Timer
-    from moorage.actors.terminal.actor import TerminalActor
+    from moorage.actors.runtime.loop import Loop, Timer
+    from moorage.actors.runtime.streams import Publisher
+    from moorage.actors.terminal.keeper_client import KeeperClient
+    from moorage.actors.terminal.specs import SpecStore
 
 MINIMAL_SHELL = "/bin/sh"
+
+
+class RestoreHost(SessionHost, Protocol):
+    """What creating and restoring sessions needs of the actor."""
+
+    term: str
+    shells: list[str]
+    default_shell: str
+    loop: Loop
+    sessions: dict[str, Session]
+    specs: SpecStore
+    publisher: Publisher
+    keeper: KeeperClient
 
 
 def base_env(term: str, env: dict[str, Any] | None) -> dict[str, str]:
@@ -70,7 +85,7 @@ def candidates(asked: str | None, shells: list[str],
 
 
 class Creation:
-    def __init__(self, actor: TerminalActor, sid: str, spec: dict[str, Any],
+    def __init__(self, actor: RestoreHost, sid: str, spec: dict[str, Any],
                  call: Call | None) -> None:
         self.a = actor
         self.sid = sid
@@ -114,7 +129,7 @@ class Creation:
                 "no_integration", "kind": launch.kind, "shell": path, "cwd": cwd,
                 "minimal": minimal}
         self.launch = launch
-        self.a.keeper_request(
+        self.a.keeper.request(
             {"t": "create", "s": self.sid, "path": launch.path, "argv": launch.argv,
              "env": launch.env, "cwd": cwd, "cols": self.spec["cols"],
              "rows": self.spec["rows"], "meta": meta},
@@ -135,8 +150,8 @@ class Creation:
         s.cols, s.rows = self.spec["cols"], self.spec["rows"]
         self.a.sessions[self.sid] = s
         self.session = s
-        if any(f"term.out.{s.id}".startswith(t) for t in self.a.subscribed):
-            self.a.watched(s)
+        if any(f"term.out.{s.id}".startswith(t) for t in self.a.keeper.subscribed):
+            self.a.keeper.watched(s)
         loop = self.a.loop
         if launch.integration:
             s.on_prompt.append(self._prompted)
@@ -187,7 +202,7 @@ class Creation:
             self.timer.cancel()
         self.attempts.append({"shell": s.shell, "error": f"exited at start: {s.exited}"})
         self.a.sessions.pop(self.sid, None)
-        self.a.keeper_request({"t": "close", "s": self.sid}, lambda _r, _e: None)
+        self.a.keeper.request({"t": "close", "s": self.sid}, lambda _r, _e: None)
         self.session = None
         self.next()
 
@@ -213,7 +228,7 @@ class Creation:
                 "session": self.sid, "event": "gone", "reason": err.message})
 
 
-def reconcile(a: TerminalActor, entries: list[dict[str, Any]]) -> None:
+def reconcile(a: RestoreHost, entries: list[dict[str, Any]]) -> None:
     """The keeper's session list after a (re)connection: restore, or report and recreate."""
     held = set()
     for e in entries:
@@ -234,7 +249,7 @@ def reconcile(a: TerminalActor, entries: list[dict[str, Any]]) -> None:
             s.state = "prompt"
         a.sessions[sid] = s
         if meta.get("watched"):
-            a.hold_until_watched(s)
+            a.keeper.hold_until_watched(s)
         if sid not in a.specs.specs:  # created, but its creator died before recording it
             a.specs.put(sid, {"shell": meta.get("shell"), "args": [], "cwd": meta.get("cwd"),
                               "env": {}, "cols": s.cols, "rows": s.rows,

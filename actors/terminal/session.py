@@ -1,5 +1,6 @@
 """One terminal session as the terminal actor sees it: its output stream, its markers, and the
-command being run in it. The actor (actors/terminal.py) owns the sockets; this module decides.
+command being run in it. The actor (actor.py) owns the sockets; this module decides, and
+reaches the actor only through `SessionHost`.
 
 Output arrives from the keeper with absolute offsets. A byte at an offset already seen is a
 repeat (the keeper resends what was not acknowledged when the actor restarts) and is dropped
@@ -28,13 +29,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from loguru import logger
 
 from moorage.actors.runtime import Call
 from moorage.actors.terminal.execs import ZSH_PROMPT_SP, Exec, cut_echo_and_prompt
-from moorage.actors.terminal.parsehop import ParseHop
+from moorage.actors.terminal.parsehop import ParseHop, ParserLink
 from moorage.actors.terminal.scrollback import Ring
 from moorage.actors.vtparse import (
     CommandFinished,
@@ -48,15 +49,32 @@ from moorage.actors.vtparse import (
 )
 from moorage.protocol.errors import WireError
 
-if TYPE_CHECKING:
-    from moorage.actors.terminal.actor import TerminalActor
-
 MODES = ("integration", "no_integration", "raw_output")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
 
 
+class SessionHost(Protocol):
+    """What a session needs of the actor that holds it: its settings, the parser link it
+    shares with the other sessions, the way out for its output and records, and its keeper."""
+
+    scrollback_bytes: int
+    detect_s: float
+    quiet_s: float
+    max_output: int
+    parse_link: ParserLink
+
+    def integration_allowed(self) -> bool: ...
+    def need_tick(self, s: Session) -> None: ...
+    def publish_output(self, s: Session, off: int, data: bytes, replay: bool) -> None: ...
+    def publish_command(self, s: Session, body: dict[str, Any]) -> None: ...
+    def keeper_write(self, s: Session, data: bytes) -> bool: ...
+    def keeper_signal(self, s: Session, sig: str, to: str) -> None: ...
+    def keeper_meta(self, s: Session) -> None: ...
+    def acks_ready(self) -> None: ...
+
+
 class Session:
-    def __init__(self, host: TerminalActor, sid: str, meta: dict[str, Any], base: int = 0,
+    def __init__(self, host: SessionHost, sid: str, meta: dict[str, Any], base: int = 0,
                  replay_until: int = 0, catch_up: int = 0) -> None:
         self.host = host
         self.id = sid

@@ -64,8 +64,6 @@ state_dir "<runtime_dir>/<name>.state".
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +73,12 @@ from moorage.actors.runtime import DEFERRED, Actor, Call, op
 from moorage.actors.watcher import cookies as cookie_files
 from moorage.actors.watcher.cache import FileCache
 from moorage.actors.watcher.confine import Roots
-from moorage.actors.watcher.cookies import Cookies, Sync
+from moorage.actors.watcher.cookies import Cookies
 from moorage.actors.watcher.driving import Driving
 from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import ObserverManager
 from moorage.actors.watcher.pipeline import Pipeline
-from moorage.actors.watcher.resync import ResyncScheduler
 from moorage.actors.watcher.retry import Pending, RetryPolicy
 from moorage.actors.watcher.snapshot import Index
 from moorage.actors.watcher.state import State, tree_identity
@@ -90,7 +87,7 @@ from moorage.actors.watcher.watches import Watches
 from moorage.protocol.errors import Category, fail
 
 
-class WatcherActor(WatchOps, Driving, Actor):
+class WatcherActor(Actor):
     name = "watcher"
     category = Category.FILESYSTEM
 
@@ -111,24 +108,17 @@ class WatcherActor(WatchOps, Driving, Actor):
         self.journal = Journal(self.epoch, int(c.get("journal_max", 50_000)))
         state_dir = c.get("state_dir") or str(self.runtime_dir / f"{self.name}.state")
         self.state = State(Path(os.path.realpath(state_dir)), tree_identity(self.runtime_dir))
+        self.driving = Driving(self)
         self.pipeline = Pipeline(
             self.journal, self.watches, self.index, self._publish, self.loop.call_later,
             settle_s=float(c.get("settle_ms", 20)) / 1000, cache=self.fcache,
-            on_cookie=self._on_cookie, chunk=int(c.get("chunk", 1000)),
+            on_cookie=self.driving.on_cookie, chunk=int(c.get("chunk", 1000)),
             ignore=(str(self.state.dir),))
         self.obs: ObserverManager | None = None
         self.paused = False
         self.cookies = Cookies()
-        self._after_resync: list[Callable[[], None]] = []
-        self.resyncs = ResyncScheduler(
-            self.loop.call_later, lambda reason, recreate: self.resync(reason, recreate=recreate),
-            float(c.get("resync_backoff_max_s", 10.0)))
-        self.resync_counts: Counter[str] = Counter()
-        self.resync_total = 0
-        self.last_resync: dict[str, Any] | None = None
-        self.health = {"ok": 0, "failed": 0}
-        self._health_wait: Sync | None = None
-        self.syncs_answered = 0
+        self.watch_ops = WatchOps(self)
+        self.add_ops(self.watch_ops)
 
     # --- start and stop -------------------------------------------------------------------
 
@@ -150,7 +140,7 @@ class WatcherActor(WatchOps, Driving, Actor):
         self.state.open_wal()
         self.pipeline.before_publish = self.state.log
         self.obs = ObserverManager(
-            self.loop.call_soon_threadsafe, self._drain,
+            self.loop.call_soon_threadsafe, self.driving.drain,
             mode="polling" if self.fallback == "polling" else "inotify",
             buffer_max=int(self.config.get("buffer_max", 65536)),
             poll_interval=float(self.config.get("poll_interval_s", 1.0)),
@@ -159,15 +149,17 @@ class WatcherActor(WatchOps, Driving, Actor):
         warnings = self.obs.set_roots(self.watches.observed_roots())  # watches first
         cookie_files.remove_stale(list(self.obs.roots))
         if saved_watches is None:  # the first life in this tree: nothing to diff against
-            self.resync("start", base=None)
+            self.driving.resync("start", base=None)
         else:
-            self.resync("restart", base=self.state.restart_base(saved, self.watches.in_scope))
+            base = self.state.restart_base(saved, self.watches.in_scope)
+            self.driving.resync("restart", base=base)
         for w in warnings:
             self.pipeline.marker("warning", reason="inotify_unavailable", message=w,
                                  mode="polling")
-        self.loop.call_every(float(self.config.get("liveness_s", 1.0)), self._liveness)
-        self.loop.call_every(float(self.config.get("health_interval_s", 30.0)), self._health)
-        self.loop.call_later(float(self.config.get("checkpoint_s", 1.0)), self._checkpoint)
+        d = self.driving
+        self.loop.call_every(float(self.config.get("liveness_s", 1.0)), d.liveness)
+        self.loop.call_every(float(self.config.get("health_interval_s", 30.0)), d.health_check)
+        self.loop.call_later(float(self.config.get("checkpoint_s", 1.0)), d.checkpoint)
 
     def on_stop(self) -> None:
         if self.obs is not None:
@@ -250,12 +242,13 @@ class WatcherActor(WatchOps, Driving, Actor):
             "index_entries": len(self.index),
             "journal": self.journal.stats(),
             "pipeline": self.pipeline.stats(),
-            "resyncs": {"count": self.resync_total, "by_reason": dict(self.resync_counts),
-                        "last": self.last_resync,
-                        "pending": sorted(self.resyncs.reasons)},
+            "resyncs": {"count": self.driving.resync_total,
+                        "by_reason": dict(self.driving.resync_counts),
+                        "last": self.driving.last_resync,
+                        "pending": sorted(self.driving.resyncs.reasons)},
             "checkpoints": self.state.stats(),
-            "health": self.health,
-            "syncs_answered": self.syncs_answered,
+            "health": self.driving.health,
+            "syncs_answered": self.watch_ops.syncs_answered,
         }
 
     def info(self) -> dict[str, Any]:
@@ -280,7 +273,7 @@ class WatcherActor(WatchOps, Driving, Actor):
                 self.paused = False
                 self.obs.recreate()
                 done["watching"] = "resumed"
-                done["resync"] = self.resync("resumed")
+                done["resync"] = self.driving.resync("resumed")
         return done
 
 

@@ -1,20 +1,20 @@
 """The watcher's loop side: draining the observer, the losses it reports, the resyncs that
 repair them, and the cookies, health and liveness checks that find losses nobody reported.
 
-A mixin of WatcherActor (actors/watcher.py), which owns the parts named below; everything
-here runs on the actor's loop.
+`Driving`, a component of WatcherActor (actor.py), which owns the parts named below and
+reaches them through `WatcherHost`; everything here runs on the actor's loop.
 
-  _drain        the observer handed something over: an overflow asks for a resync first
+  drain         the observer handed something over: an overflow asks for a resync first
                 (so cookies in the same batch wait for its diff), events go to the pipeline,
                 a handler error and the observer's problems ask for a resync
   _on_problem   ENOSPC below a root polls that subtree (or, past `max_polled_subtrees`, the
                 whole root) with a `warning` event; every problem asks for a resync
   resync        watches first (in place, or recreated), then the walk, the diff against the
                 told state, the markers; it answers the syncs that began before its walk
-  _health       the seed's 3.2 check: a cookie that does not come back recreates the
+  health_check  the seed's 3.2 check: a cookie that does not come back recreates the
                 observer and resyncs
-  _liveness     dead observer threads (recreate + resync), roots gone and back
-  _checkpoint   the lagging checkpoint of the told state (moorage.actors.watcher.state)
+  liveness      dead observer threads (recreate + resync), roots gone and back
+  checkpoint    the lagging checkpoint of the told state (state.py)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
@@ -34,6 +34,7 @@ from moorage.actors.watcher.snapshot import Index, Stat
 
 if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
+    from moorage.actors.watcher.confine import Roots
     from moorage.actors.watcher.journal import Journal
     from moorage.actors.watcher.observer import ObserverManager
     from moorage.actors.watcher.pipeline import Pipeline
@@ -46,51 +47,65 @@ INDEX: Any = object()  # resync base: the told-state index
 DRAIN_CHUNK = 5000
 
 
-class Driving:
-    # Owned by WatcherActor.__init__ (declared here for the type checker).
+class WatcherHost(Protocol):
+    """What the watcher's components need of the actor that owns them."""
+
     config: dict[str, Any]
     loop: Loop
+    quality: int
     obs: ObserverManager | None
     paused: bool
+    roots: Roots
     pipeline: Pipeline
     journal: Journal
     watches: Watches
     index: Index
     state: State
     cookies: Cookies
-    resyncs: ResyncScheduler
-    resync_counts: Counter[str]
-    resync_total: int
-    last_resync: dict[str, Any] | None
-    health: dict[str, int]
-    _health_wait: Sync | None
-    _after_resync: list[Callable[[], None]]
+    driving: Driving
 
-    def _checkpoint(self) -> None:
+
+class Driving:
+    """The loop side of the watcher (`WatcherHost`): what the observer hands over, resyncs,
+    cookies, health and liveness, and the counters of each."""
+
+    def __init__(self, w: WatcherHost) -> None:
+        self.w = w
+        self.resyncs = ResyncScheduler(
+            w.loop.call_later, lambda reason, recreate: self.resync(reason, recreate=recreate),
+            float(w.config.get("resync_backoff_max_s", 10.0)))
+        self.resync_counts: Counter[str] = Counter()
+        self.resync_total = 0
+        self.last_resync: dict[str, Any] | None = None
+        self.health = {"ok": 0, "failed": 0}
+        self._health_wait: Sync | None = None
+        self._after_resync: list[Callable[[], None]] = []
+
+    def checkpoint(self) -> None:
         cost = 0.0
         try:
-            cost = self.state.checkpoint(self.journal.seq, lambda: {
-                "instance": self.journal.instance, "watch_ids": [w.id for w in self.watches],
-                "entries": dict(self.index.entries)})
+            cost = self.w.state.checkpoint(self.w.journal.seq, lambda: {
+                "instance": self.w.journal.instance, "watch_ids": [w.id for w in self.w.watches],
+                "entries": dict(self.w.index.entries)})
         finally:
-            interval = float(self.config.get("checkpoint_s", 1.0))
-            self.loop.call_later(max(interval, 10 * cost), self._checkpoint)
+            interval = float(self.w.config.get("checkpoint_s", 1.0))
+            self.w.loop.call_later(max(interval, 10 * cost), self.checkpoint)
 
     # --- what the observer hands over -----------------------------------------------------
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         """Runs on the loop when the observer handed something over (at most DRAIN_CHUNK
         events a turn: the rest on the next one)."""
-        if self.obs is None:
+        if self.w.obs is None:
             return
-        raws, overflowed, problems = self.obs.take(DRAIN_CHUNK)
-        if self.obs.backlog:
-            self.loop.call_later(0, self._drain)
+        raws, overflowed, problems = self.w.obs.take(DRAIN_CHUNK)
+        if self.w.obs.backlog:
+            self.w.loop.call_later(0, self.drain)
         if overflowed:
             self.request_resync("overflow")  # first, so syncs in `raws` wait for it
         if raws:
             try:
-                self.pipeline.feed(raws)
+                self.w.pipeline.feed(raws)
             except Exception:
                 logger.exception("watcher: event handling failed")
                 self.request_resync("handler_error")
@@ -98,13 +113,13 @@ class Driving:
             self._on_problem(kind, detail)
 
     def _on_problem(self, kind: str, detail: str) -> None:
-        if kind == "enospc" and self.obs is not None:
-            got = self.obs.poll_subtree(detail)
+        if kind == "enospc" and self.w.obs is not None:
+            got = self.w.obs.poll_subtree(detail)
             if got is not None:
                 root, scope = got
                 polled = detail if scope == "subtree" else root
                 cookie_files.remove_stale([polled])
-                self.pipeline.marker(
+                self.w.pipeline.marker(
                     "warning", reason="enospc", path=detail, root=root, mode="polling",
                     scope=scope, polled=polled,
                     message=f"inotify watch limit reached at {detail}: polling {polled}")
@@ -115,16 +130,16 @@ class Driving:
 
     # --- resync ---------------------------------------------------------------------------
 
-    def _ours(self, path: str) -> bool:
+    def ours(self, path: str) -> bool:
         """The actor's own files: cookies and its state directory."""
-        return COOKIE in path or path.startswith(str(self.state.dir))
+        return COOKIE in path or path.startswith(str(self.w.state.dir))
 
     def _walk(self) -> dict[str, Stat]:
         out: dict[str, Stat] = {}
-        keep = self.watches.in_scope if any(w.exclude for w in self.watches) else None
-        for path, recursive in self.watches.observed_roots().items():
+        keep = self.w.watches.in_scope if any(w.exclude for w in self.w.watches) else None
+        for path, recursive in self.w.watches.observed_roots().items():
             snapshot.walk(path, keep, recursive, into=out)
-        for p in [p for p in out if self._ours(p)]:
+        for p in [p for p in out if self.ours(p)]:
             del out[p]
         return out
 
@@ -132,17 +147,17 @@ class Driving:
                base: Mapping[str, Stat] | None = INDEX) -> dict[str, Any] | None:
         """Watches first (already in place, or recreated), then walk, diff against `base`
         (default: the told state), publish the markers and the diff."""
-        if self.obs is None or self.paused:
+        if self.w.obs is None or self.w.paused:
             return None
         t0 = time.perf_counter()
         if recreate:
-            self.obs.recreate()
-        raws, _, problems = self.obs.take()  # all before the walk: the walk covers them
+            self.w.obs.recreate()
+        raws, _, problems = self.w.obs.take()  # all before the walk: the walk covers them
         t1 = time.perf_counter()
         walk_started = time.monotonic()
         new = self._walk()
         walk_ms = round((time.perf_counter() - t1) * 1000, 3)
-        summary = self.pipeline.resync(reason, new, self.index.entries if base is INDEX
+        summary = self.w.pipeline.resync(reason, new, self.w.index.entries if base is INDEX
                                        else base, walk_ms=walk_ms)
         summary["walk_ms"] = walk_ms
         summary["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
@@ -152,14 +167,14 @@ class Driving:
             self.resync_counts[r] += 1
         self.resyncs.done()
         logger.info("watcher: resync {}", summary)
-        for s in self.cookies.covered(walk_started):
+        for s in self.w.cookies.covered(walk_started):
             s.done(s)
         after, self._after_resync = self._after_resync, []
         for fn in after:
             fn()
         cookies = [r for r in raws if COOKIE in r[1] or (r[2] and COOKIE in r[2])]
         if cookies:
-            self.pipeline.feed(cookies)
+            self.w.pipeline.feed(cookies)
         for kind, detail in problems:
             if kind == "enospc":
                 self._on_problem(kind, detail)
@@ -167,12 +182,12 @@ class Driving:
 
     # --- cookies: fs.sync and the health check --------------------------------------------
 
-    def _start_sync(self, done: Callable[[Sync], None]) -> tuple[Sync | None, list[str]]:
-        assert self.obs is not None
-        return self.cookies.start(self.obs.sync_points(), done)
+    def start_sync(self, done: Callable[[Sync], None]) -> tuple[Sync | None, list[str]]:
+        assert self.w.obs is not None
+        return self.w.cookies.start(self.w.obs.sync_points(), done)
 
-    def _on_cookie(self, path: str, etype: str) -> None:
-        s = self.cookies.seen(path, etype)
+    def on_cookie(self, path: str, etype: str) -> None:
+        s = self.w.cookies.seen(path, etype)
         if s is None:
             return
         if self.resyncs.pending:
@@ -180,37 +195,37 @@ class Driving:
         else:
             s.done(s)
 
-    def _health(self) -> None:
+    def health_check(self) -> None:
         """The seed's 3.2 health check: a cookie that does not come back means the observer
         is not delivering; recreate it and resync."""
-        if self.obs is None or self.paused or self._health_wait is not None:
+        if self.w.obs is None or self.w.paused or self._health_wait is not None:
             return
 
         def ok(_s: Sync) -> None:
             self.health["ok"] += 1
             self._health_wait = None
 
-        s, _ = self._start_sync(ok)
+        s, _ = self.start_sync(ok)
         if s is None:
             return
         self._health_wait = s
 
         def check() -> None:
             if not s.finished:
-                self.cookies.drop(s)
+                self.w.cookies.drop(s)
                 self._health_wait = None
                 self.health["failed"] += 1
                 self.request_resync("health_cookie", recreate=True)
 
-        self.loop.call_later(float(self.config.get("health_timeout_s", 10.0)), check)
+        self.w.loop.call_later(float(self.w.config.get("health_timeout_s", 10.0)), check)
 
-    def _liveness(self) -> None:
-        self.pipeline.expire_self_writes()
-        if self.obs is None or self.paused:
+    def liveness(self) -> None:
+        self.w.pipeline.expire_self_writes()
+        if self.w.obs is None or self.w.paused:
             return
-        found = self.obs.check()
+        found = self.w.obs.check()
         for path in found["missing"]:
-            self.pipeline.marker("warning", reason="root_missing", path=path,
+            self.w.pipeline.marker("warning", reason="root_missing", path=path,
                                  message=f"{path} is gone; watching resumes when it is back")
         if found["dead"]:
             logger.error("watcher: observer threads dead: {}", found["dead"])

@@ -1,7 +1,7 @@
-"""The watcher's watch ops: fs.watch, fs.unwatch, fs.since, fs.sync (see actors/watcher.py
-for the table of arguments, replies and errors).
+"""The watcher's watch ops: fs.watch, fs.unwatch, fs.since, fs.sync (see actor.py for the
+table of arguments, replies and errors).
 
-A mixin of WatcherActor, next to moorage.actors.watcher.driving: these ops change what is observed
+A component of WatcherActor (actor.py), next to driving.py: these ops change what is observed
 and ask the driving side for cookies; they never touch the observer's threads directly.
 """
 
@@ -20,46 +20,24 @@ from moorage.actors.watcher.retry import os_error
 from moorage.protocol.errors import WireError, fail
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from moorage.actors.runtime.loop import Loop
-    from moorage.actors.watcher.confine import Roots
-    from moorage.actors.watcher.cookies import Cookies
-    from moorage.actors.watcher.journal import Journal
-    from moorage.actors.watcher.pipeline import Pipeline
-    from moorage.actors.watcher.snapshot import Index
-    from moorage.actors.watcher.state import State
-    from moorage.actors.watcher.watches import Watches
+    from moorage.actors.watcher.driving import WatcherHost
 
 
 class WatchOps:
-    # Owned by WatcherActor (declared here for the type checker).
-    loop: Loop
-    quality: int
-    obs: ObserverManager | None
-    paused: bool
-    roots: Roots
-    watches: Watches
-    index: Index
-    journal: Journal
-    pipeline: Pipeline
-    state: State
-    cookies: Cookies
-    syncs_answered: int
+    """fs.watch, fs.unwatch, fs.since and fs.sync, over the watcher's parts (`WatcherHost`)."""
 
-    if TYPE_CHECKING:  # moorage.actors.watcher.driving's (a stub here would shadow it)
-        def _ours(self, path: str) -> bool: ...
-        def _start_sync(self, done: Callable[[Sync], None]
-                        ) -> tuple[Sync | None, list[str]]: ...
+    def __init__(self, w: WatcherHost) -> None:
+        self.w = w
+        self.syncs_answered = 0
 
     def _need_watching(self) -> ObserverManager:
-        if self.obs is None:
+        if self.w.obs is None:
             raise fail("resource_exhausted", "watching is off: the watcher runs in its "
                        "cache_only fallback", detail={"fallback": "cache_only"})
-        if self.paused:
+        if self.w.paused:
             raise fail("busy", "watching is paused at quality level 0",
-                       detail={"quality": self.quality}, retry_after_ms=5000)
-        return self.obs
+                       detail={"quality": self.w.quality}, retry_after_ms=5000)
+        return self.w.obs
 
     @op("fs.watch", args={"path": str, "recursive": (bool, True), "exclude": (list, None)},
         idempotent=True, timeout_ms=30_000)
@@ -67,7 +45,7 @@ class WatchOps:
                   exclude: list | None) -> dict[str, Any]:
         """Watch a directory; events for it are published on fs.event."""
         obs = self._need_watching()
-        real = self.roots.resolve_fast(path)
+        real = self.w.roots.resolve_fast(path)
         try:
             if not os.path.isdir(real):
                 os.stat(real)
@@ -75,45 +53,45 @@ class WatchOps:
         except OSError as exc:
             raise os_error(exc, path) from exc
         excl = tuple(exclude or ())
-        w = self.watches.find(real, recursive, excl)
+        w = self.w.watches.find(real, recursive, excl)
         if w is None:
-            before = list(self.watches)
-            w = self.watches.add(real, recursive, excl)
+            before = list(self.w.watches)
+            w = self.w.watches.add(real, recursive, excl)
             try:
-                warnings = obs.set_roots(self.watches.observed_roots())
+                warnings = obs.set_roots(self.w.watches.observed_roots())
                 if any(o.exclude for o in before):  # they may have left out what w needs
                     obs.refresh()
             except OSError as exc:
-                self.watches.remove(w.id)
-                obs.set_roots(self.watches.observed_roots())
+                self.w.watches.remove(w.id)
+                obs.set_roots(self.w.watches.observed_roots())
                 raise os_error(exc, path) from exc
             # The new scope's base is the tree as it is now, after the watch is in place.
             fresh = snapshot.walk(real, w.covers if w.exclude else None, recursive)
-            for p in [p for p in fresh if self._ours(p)]:
+            for p in [p for p in fresh if self.w.driving.ours(p)]:
                 del fresh[p]
-            if not before and not self.index.entries:
-                self.index.replace(fresh)
+            if not before and not self.w.index.entries:
+                self.w.index.replace(fresh)
             else:
                 for p, s in fresh.items():
                     if not any(o.covers(p) for o in before):
-                        self.index.set(p, s)
-            self.state.save_watches(self.watches.to_wire())
+                        self.w.index.set(p, s)
+            self.w.state.save_watches(self.w.watches.to_wire())
             for msg in warnings:
-                self.pipeline.marker("warning", reason="inotify_unavailable", message=msg,
+                self.w.pipeline.marker("warning", reason="inotify_unavailable", message=msg,
                                      path=real, mode="polling")
         root = obs.roots.get(obs.root_of(real) or "")
         spec = w.spec()
         return {"watch": spec.pop("id"), **spec, "via": root.via if root else "missing",
-                "clock": self.journal.clock().to_wire()}
+                "clock": self.w.journal.clock().to_wire()}
 
     @op("fs.unwatch", args={"watch": str})
     def _op_unwatch(self, call: Call, watch: str) -> dict[str, Any]:
         """Stop a watch (the directories no other watch needs are no longer observed)."""
         obs = self._need_watching()
-        self.watches.remove(watch)
-        obs.set_roots(self.watches.observed_roots())
-        self.index.prune(self.watches.in_scope)
-        self.state.save_watches(self.watches.to_wire())
+        self.w.watches.remove(watch)
+        obs.set_roots(self.w.watches.observed_roots())
+        self.w.index.prune(self.w.watches.in_scope)
+        self.w.state.save_watches(self.w.watches.to_wire())
         return {"removed": watch}
 
     @op("fs.since", args={"clock": list, "max": (int, 10_000)}, idempotent=True)
@@ -122,7 +100,7 @@ class WatchOps:
         self._need_watching()
         if max < 1:
             raise fail("bad_args", "max must be >= 1")
-        return self.journal.since(Clock.from_wire(clock), min(max, 10_000))
+        return self.w.journal.since(Clock.from_wire(clock), min(max, 10_000))
 
     @op("fs.sync", args={"timeout_ms": (int, 10_000)}, idempotent=True, timeout_ms=120_000)
     def _op_sync(self, call: Call, timeout_ms: int) -> Any:
@@ -133,21 +111,21 @@ class WatchOps:
 
         def done(s: Sync) -> None:
             self.syncs_answered += 1
-            call.reply({"clock": self.journal.clock().to_wire(), "roots": len(s.cookies),
+            call.reply({"clock": self.w.journal.clock().to_wire(), "roots": len(s.cookies),
                         "unsynced": unsynced,
                         "waited_ms": round((time.monotonic() - s.started) * 1000, 3)})
 
-        s, unsynced = self._start_sync(done)
+        s, unsynced = self.w.driving.start_sync(done)
         if s is None:
-            self.pipeline.flush()
-            return {"clock": self.journal.clock().to_wire(), "roots": 0,
+            self.w.pipeline.flush()
+            return {"clock": self.w.journal.clock().to_wire(), "roots": 0,
                     "unsynced": unsynced, "waited_ms": 0.0}
 
         def expire() -> None:
             if not s.finished:
-                self.cookies.drop(s)
+                self.w.cookies.drop(s)
                 call.fail(WireError.of("timeout", f"fs.sync: cookies not back in {timeout_ms}"
                                        " ms", detail={"roots": list(s.cookies.values())}))
 
-        self.loop.call_later(timeout_ms / 1000, expire)
+        self.w.loop.call_later(timeout_ms / 1000, expire)
         return DEFERRED

@@ -6,7 +6,7 @@
                      exited}]}
 
 Everything else goes over `<runtime_dir>/<name>.sock` (actors/ptylink.py has the messages),
-from the one terminal actor connected at a time; the PTY side is actors/term/keeper_ptys.py.
+from the one terminal actor connected at a time; the PTY side is ptys.py.
 The keeper
 - starts each shell on a new PTY with posix_spawn (actors/ptyspawn.py says why not fork: this
   process has ZeroMQ threads, to answer the supervisor's `sys.ping`), is the shells' parent,
@@ -52,13 +52,13 @@ from typing import Any
 from loguru import logger
 
 from moorage.actors.runtime import Actor, Call, op
-from moorage.actors.terminal.keeper.ptys import PtyIO, PtySession, foreground_group, session_members
+from moorage.actors.terminal.keeper.ptys import Ptys, PtySession, foreground_group, session_members
 from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty
 from moorage.actors.terminal.link import Link
 from moorage.protocol.errors import Category
 
 
-class PtyKeeper(PtyIO, Actor):
+class PtyKeeper(Actor):
     name = "ptykeeper"
     category = Category.TERMINAL
 
@@ -73,7 +73,6 @@ class PtyKeeper(PtyIO, Actor):
         self.stop_grace = int(cfg.get("stop_grace_ms", 1000)) / 1000
         self.close_grace = int(cfg.get("close_grace_ms", 2000)) / 1000
         self.sessions: dict[str, PtySession] = {}
-        self.closing: dict[int, PtySession] = {}  # pidfd -> a closed session not yet reaped
         self.link: Link | None = None
         self.pass_fds = False  # the connected peer takes the PTY masters (its hello said so)
         self.sock_path = self.runtime_dir / f"{self.name}.sock"
@@ -84,11 +83,8 @@ class PtyKeeper(PtyIO, Actor):
         os.chmod(self.sock_path, 0o600)
         self.listener.listen(4)
         self.listener.setblocking(False)
-        # The masters are watched by an epoll of ours, itself watched by the loop: a master
-        # whose shell side is closed reports POLLHUP without POLLIN, which the loop (zmq_poll)
-        # would pass on as an error it does not dispatch, and so never see the end of output.
-        self.epoll = select.epoll()
-        self.by_fd: dict[int, PtySession] = {}
+        self.ptys = Ptys(self.loop, self.sessions, window=self.window,
+                         read_batch=self.read_batch, tell=self._tell)
         self._handlers = {
             "hello": self._m_hello, "create": self._m_create, "write": self._m_write,
             "resize": self._m_resize, "signal": self._m_signal, "close": self._m_close,
@@ -99,7 +95,7 @@ class PtyKeeper(PtyIO, Actor):
 
     def on_start(self) -> None:
         self.loop.add_reader(self.listener.fileno(), self._accept)
-        self.loop.add_reader(self.epoll.fileno(), self._pty_events)
+        self.loop.add_reader(self.ptys.fileno(), self.ptys.events)
 
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "connected": self.link is not None,
@@ -124,9 +120,9 @@ class PtyKeeper(PtyIO, Actor):
         self.listener.close()
         with contextlib.suppress(OSError):
             self.sock_path.unlink()
-        victims = list(self.sessions.values()) + list(self.closing.values())
+        victims = list(self.sessions.values()) + list(self.ptys.closing.values())
         for s in self.sessions.values():
-            self._hangup(s)
+            self.ptys.hangup(s)
         deadline = time.monotonic() + self.stop_grace
         for s in victims:
             if s.status is None:
@@ -234,9 +230,7 @@ class PtyKeeper(PtyIO, Actor):
         s = PtySession(sid, sp.pid, sp.master, sp.tty, pidfd, int(msg["cols"]),
                        int(msg["rows"]), msg.get("meta"))
         self.sessions[sid] = s
-        self.by_fd[s.master] = s
-        self._watch(s)
-        self.loop.add_reader(pidfd, lambda: self._reap(s))
+        self.ptys.add(s)
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
         self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid, "tty": sp.tty})
         self._pass_fd(s)
@@ -267,7 +261,7 @@ class PtyKeeper(PtyIO, Actor):
             s.inq.append(bytes(data))
             s.inq_bytes += len(data)
             if was_empty:
-                self._writable(s)
+                self.ptys.writable(s)
         if msg.get("r") is not None:
             self._tell({"t": "ok", "r": msg["r"], "s": s.id, "queued": len(data),
                         "pending": s.inq_bytes})
@@ -309,10 +303,10 @@ class PtyKeeper(PtyIO, Actor):
         if s is None:
             return
         del self.sessions[s.id]
-        self._hangup(s)
+        self.ptys.hangup(s)
         if s.status is None:
-            self.closing[s.pidfd] = s
-            self.loop.call_later(self.close_grace, lambda: self._kill_closed(s))
+            self.ptys.closing[s.pidfd] = s
+            self.loop.call_later(self.close_grace, lambda: self.ptys.kill_closed(s))
         else:
             with contextlib.suppress(OSError):
                 os.close(s.pidfd)
@@ -334,7 +328,7 @@ class PtyKeeper(PtyIO, Actor):
             s.base += cut
         if s.paused and s.read_off - s.acked < self.window:
             s.paused = False
-            self._watch(s)
+            self.ptys.watch(s)
 
     def _m_meta(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])

@@ -1,5 +1,6 @@
 """The pty keeper's PTYs: the per-session record, and reading, writing, reaping and hanging
-up (mixed into PtyKeeper, actors/ptykeeper.py, which has the connection and the messages).
+up (`Ptys`, a component of the keeper actor, actor.py, which has the connection and the
+messages).
 
 Each master fd is watched by the keeper's own epoll (itself watched by the loop) for what the
 session wants now: output while its window has room and it has not ended, writability while
@@ -24,7 +25,6 @@ from loguru import logger
 
 if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
-    from moorage.actors.terminal.link import Link
 
 EXIT_WITHOUT_EOF_S = 1.0  # a reaped shell whose PTY another process still holds
 
@@ -98,20 +98,34 @@ def session_members(sid: int) -> list[int]:
     return out
 
 
-class PtyIO:
-    """Mixed into PtyKeeper: the PTY side of every session."""
+class Ptys:
+    """The PTY side of every session the keeper holds: one epoll over the masters (itself
+    watched by the loop: a master whose shell side is closed reports POLLHUP without POLLIN,
+    which zmq_poll would pass on as an error it does not dispatch), the reads into each
+    session's window, the queued input, and the reaping. `tell` sends a message to the
+    terminal actor (dropped while none is connected)."""
 
-    loop: Loop
-    link: Link | None
-    epoll: select.epoll
-    window: int
-    read_batch: int
-    sessions: dict[str, PtySession]
-    closing: dict[int, PtySession]
-    by_fd: dict[int, PtySession]
-    _tell: Callable[[dict[str, Any]], None]
+    def __init__(self, loop: Loop, sessions: dict[str, PtySession], *, window: int,
+                 read_batch: int, tell: Callable[[dict[str, Any]], None]) -> None:
+        self.loop = loop
+        self.sessions = sessions
+        self.window = window
+        self.read_batch = read_batch
+        self._tell = tell
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, PtySession] = {}
+        self.closing: dict[int, PtySession] = {}  # pidfd -> a closed session not yet reaped
 
-    def _watch(self, s: PtySession) -> None:
+    def fileno(self) -> int:
+        return self.epoll.fileno()
+
+    def add(self, s: PtySession) -> None:
+        """A new session: watch its master, and its pidfd for the shell's end."""
+        self.by_fd[s.master] = s
+        self.watch(s)
+        self.loop.add_reader(s.pidfd, lambda: self._reap(s))
+
+    def watch(self, s: PtySession) -> None:
         """Watch `s.master` for what the session wants now: output while it has room and has
         not ended, writability while input waits."""
         want = 0
@@ -130,7 +144,7 @@ class PtyIO:
             self.epoll.modify(s.master, want)
         s.mask = want
 
-    def _pty_events(self) -> None:
+    def events(self) -> None:
         for fd, ev in self.epoll.poll(0, 256):
             s = self.by_fd.get(fd)
             if s is None:
@@ -139,7 +153,7 @@ class PtyIO:
                     select.EPOLLIN:
                 self._readable(s)
             if ev & select.EPOLLOUT and s.inq:
-                self._writable(s)
+                self.writable(s)
 
     def _readable(self, s: PtySession) -> None:
         room = self.window - (s.read_off - s.acked)
@@ -171,13 +185,13 @@ class PtyIO:
             self._tell({"t": "out", "s": s.id, "off": off, "data": data})
         if eof:
             s.eof = True
-            self._watch(s)
+            self.watch(s)
             self._maybe_finished(s)
         elif room <= 0:
             s.paused = True
-            self._watch(s)
+            self.watch(s)
 
-    def _writable(self, s: PtySession) -> None:
+    def writable(self, s: PtySession) -> None:
         while s.inq:
             head = s.inq[0]
             try:
@@ -194,7 +208,7 @@ class PtyIO:
                 s.inq.popleft()
             else:
                 s.inq[0] = head[n:]
-        self._watch(s)
+        self.watch(s)
 
     def _reap(self, s: PtySession) -> None:
         self.loop.remove_reader(s.pidfd)
@@ -227,7 +241,7 @@ class PtyIO:
             s.exit_sent = True
             self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
 
-    def _hangup(self, s: PtySession) -> None:
+    def hangup(self, s: PtySession) -> None:
         """Close the master (the kernel hangs the PTY up: SIGHUP to the session) and tell the
         shell's and the foreground job's process groups so too, in case they ignore it."""
         s.closing = True
@@ -239,13 +253,13 @@ class PtyIO:
             for sig in (signal.SIGHUP, signal.SIGCONT):
                 with contextlib.suppress(OSError):
                     os.killpg(pgid, sig)
-        self._watch(s)  # closing: unregisters
+        self.watch(s)  # closing: unregisters
         self.by_fd.pop(s.master, None)
         with contextlib.suppress(OSError):
             os.close(s.master)
         s.buf = bytearray()
 
-    def _kill_closed(self, s: PtySession) -> None:
+    def kill_closed(self, s: PtySession) -> None:
         if s.status is not None:
             return
         for pid in session_members(s.pid):
