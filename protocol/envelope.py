@@ -86,12 +86,41 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, ext_hook=_reject_ext)
 
 
-def unpackb(data: bytes, max_len: int = limits.MAX_BODY_SIZE) -> Any:
-    """Decode one msgpack value under the protocol's limits, depth included."""
+class _TooManyValues(ValueError):
+    pass
+
+
+def _unpackb_counted(data: bytes, max_values: int) -> Any:
+    """Decode, refusing past `max_values` arrays, maps and their elements: each container is
+    counted as msgpack completes it, and none may declare more than `max_values` elements,
+    which msgpack checks before it allocates; so the work done is bounded by the cap."""
+    left = max_values
+
+    def count(obj: Any) -> Any:
+        nonlocal left
+        left -= 1 + len(obj) * (2 if type(obj) is dict else 1)
+        if left < 0:
+            raise _TooManyValues(f"more than {max_values} values in a body")
+        return obj
+
+    return msgpack.unpackb(data, ext_hook=_reject_ext, list_hook=count, object_hook=count,
+                           max_array_len=max_values, max_map_len=max_values)
+
+
+def unpackb(data: bytes, max_len: int = limits.MAX_BODY_SIZE,
+            max_values: int | None = None) -> Any:
+    """Decode one msgpack value under the protocol's limits, depth included, and at most
+    `max_values` values (arrays, maps, elements) when given. A value takes at least a byte,
+    so a body shorter than the cap cannot exceed it and is decoded without counting."""
     if len(data) > max_len:
         raise _decode_error("message_too_large", f"{len(data)} bytes > {max_len}")
     try:
-        obj = _unpackb(data)
+        if max_values is None or len(data) <= max_values:
+            obj = _unpackb(data)
+        else:
+            obj = _unpackb_counted(data, max_values)
+    except _TooManyValues as exc:
+        raise _decode_error("bad_request", str(exc)) from exc
     except msgpack.StackError as exc:
         raise _decode_error("bad_request", "undecodable msgpack: nesting too deep") from exc
     except (ValueError, TypeError) as exc:
@@ -256,7 +285,7 @@ def decode_request(frames: Sequence[bytes]) -> Request:
         args = None  # the common "no arguments"
     else:
         try:
-            args = unpackb(body)
+            args = unpackb(body, max_values=limits.MAX_BODY_VALUES)
         except DecodeError as exc:
             exc.request_id = rid
             raise

@@ -12,6 +12,12 @@ MAX_HEADER_SIZE = 4096  # the msgpack header frame
 MAX_BODY_SIZE = 16 * 1024 * 1024  # the msgpack body frame; bulk bytes go in raw frames
 MAX_ATTACHMENTS = 16
 MAX_DEPTH = 32  # nesting of arrays and maps in a body
+# Values in a request body (each array and map, and each element of one): what decoding and
+# checking a body costs grows with this, not with its bytes (an array of a million empty
+# arrays is 1 MiB). Bulk bytes ride as one bin or as attachments, each one value.
+MAX_BODY_VALUES = 4096
 MAX_OP_LEN = 64
+MAX_TOPIC_LEN = 256  # a subscription's topic, in bytes: longer ones close the connection
+MAX_SUBSCRIPTIONS = 256  # per connection to a publisher: more are not applied (no welcome)
 MAX_ID = 2**53 - 1  # request ids and seqs stay exact in JavaScript
 HWM = 100_000  # socket high-water marks, in messages

@@ -75,6 +75,14 @@ class FakeActor(Actor):
         self.loop.call_later(ms / 1000, lambda: call.reply({"slept_ms": ms}))
         return DEFERRED
 
+    @op("fake.burn", args={"ms": int})
+    def burn(self, call: Call, ms: int) -> dict[str, Any]:
+        """Hold the loop for `ms` milliseconds of work: a costly request that is allowed."""
+        end = time.perf_counter() + ms / 1000
+        while time.perf_counter() < end:
+            pass
+        return {"burnt_ms": ms}
+
     @op("fake.fail")
     def fail_op(self, call: Call) -> None:
         """Raise a plain exception (it must become an `internal` error reply)."""

@@ -36,6 +36,8 @@ from moorage.actors.metrics.actor import (
     render_prometheus,
     summarize,
 )
+from moorage.actors.metrics.push import MAX_PUSH_HIST_BYTES
+from moorage.actors.runtime import trust
 from moorage.actors.runtime.process import run_actor
 from moorage.actors.runtime.stats import OpStats
 from moorage.protocol import endpoints
@@ -65,8 +67,11 @@ def op_entry(ok: int, error: int, micros: int = 100) -> dict[str, Any]:
     return {"ok": ok, "error": error, "hist": hist([micros] * (ok + error))}
 
 
-def push_frames(actor: str, body: Any, pid: int = 4242, ep: str = "ep-1") -> list[bytes]:
-    return [TAG, packb({"actor": actor, "pid": pid, "ep": ep}), packb(body)]
+def push_frames(actor: str, body: Any, pid: int = 4242, ep: str = "ep-1",
+                tok: str | None = None) -> list[bytes]:
+    """A push as a process of this tree makes it (the tests' processes share its key)."""
+    return [TAG, packb({"actor": actor, "pid": pid, "ep": ep,
+                        "tok": trust.token(actor) if tok is None else tok}), packb(body)]
 
 
 def samples(op: str, ok: int, error: int, micros: int = 100):
@@ -172,6 +177,32 @@ def test_a_push_round_trips_through_msgpack_into_its_counts_and_latencies():
     assert (s.op, s.ok, s.error) == ("sys.ping", 3, 1)
     assert sum(s.counts.values()) == 4 and s.counts[9] == 2
     assert s.sum_us == sum(v * n for v, n in s.counts.items())
+
+
+def test_a_push_naming_an_actor_needs_the_trees_token_for_that_name():
+    body = {"sys.ping": {"ok": 1, "error": 0, "hist": hist([5])}}
+    assert decode_push(push_frames("watcher", body)).actor == "watcher"
+    for tok in ("", "0" * 32, trust.token("terminal")):  # none, forged, another actor's
+        with pytest.raises(BadPush, match="token"):
+            decode_push(push_frames("watcher", body, tok=tok))
+    # anyone may push as a client, without a token, but not the tree's data loss
+    assert decode_push(push_frames("client.editor", body, tok="")).actor == "client.editor"
+    forged_loss = [TAG, packb({"actor": "client.x", "pid": 1, "ep": "e",
+                               "loss": {"stream_lost": 1000}}), packb(body)]
+    with pytest.raises(BadPush, match="loss"):
+        decode_push(forged_loss)
+
+
+def test_a_push_body_is_bounded_in_values_and_histogram_bytes():
+    wide = [TAG, packb({"actor": "client.x", "pid": 1, "ep": "e"}),
+            b"\xdd" + (1 << 20).to_bytes(4, "big") + b"\x90" * (1 << 20)]
+    with pytest.raises(BadPush, match=r"max_array_len|values"):
+        decode_push(wide)
+    # refused on their size alone, before any of them is decoded
+    big = b"A" * (MAX_PUSH_HIST_BYTES // 200)
+    many = {f"op{i}": {"ok": 1, "error": 0, "hist": big} for i in range(256)}
+    with pytest.raises(BadPush, match="histograms"):
+        decode_push(push_frames("client.x", many, tok=""))
 
 
 def test_a_drained_op_stats_decodes_like_a_push_does():

@@ -6,16 +6,23 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
+from moorage.actors.runtime import trust
 from moorage.actors.terminal.keeper.spawn import SpawnError, get_winsize, spawn_on_pty
+from moorage.actors.terminal.link import LINK_TOKEN_NAME
 from tests.conftest import assert_all_gone, descendants, wait_pid_exit
 from tests.terminal_support import RawLink
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 SH = "/bin/sh"
+HELLO = {"t": "hello", "tok": trust.token(LINK_TOKEN_NAME)}  # as a process of the tree
 ENV = {"PATH": os.defpath, "TERM": "dumb", "PS1": "$ "}
 
 
@@ -42,7 +49,7 @@ def connect(links):
         client.call("ptykeeper", "sys.ping")  # bound: the socket exists once it answers
         link = RawLink(path)
         links.append(link)
-        link.send({"t": "hello"})
+        link.send(HELLO)
         assert link.recv()["t"] == "welcome"
         return link
 
@@ -145,7 +152,7 @@ def test_a_new_connection_gets_every_session_and_all_unacknowledged_output_again
     link.close()
     again = RawLink(path)
     links.append(again)
-    again.send({"t": "hello"})
+    again.send(HELLO)
     welcome = again.recv()
     assert welcome["t"] == "welcome"
     (entry,) = welcome["sessions"]
@@ -216,3 +223,33 @@ def test_stopping_the_keeper_ends_every_shell_and_its_jobs(
     os.kill(proc.pid, signal.SIGTERM)
     assert wait_pid_exit(proc.pid, 10)
     assert_all_gone(procs, timeout=5)
+
+
+def test_a_stranger_on_the_keeper_socket_is_refused_and_the_live_link_keeps_working(
+        keeper, client, connect, links):
+    path = keeper()
+    link = connect(client, path)
+    assert create(link, "s1")["t"] == "ok"
+    # a process outside the tree: its own key, so no valid token, whatever it sends
+    stranger = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import socket, struct, msgpack
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect({str(path)!r})
+            body = msgpack.packb({{"t": "hello", "tok": "0" * 32}})
+            s.sendall(struct.pack(">I", len(body)) + body)
+            print(s.recv(1) == b"")  # closed by the keeper, nothing sent back
+            """)], capture_output=True, text=True, timeout=30)
+    assert stranger.stdout.strip() == "True", stranger.stderr
+    # a tree process that says nothing is dropped after its grace, too
+    silent = RawLink(path)
+    links.append(silent)
+    link.send({"t": "write", "r": 2, "s": "s1", "data": b"echo still-here\n"})
+    seen = bytearray()
+    while b"still-here\r\n" not in seen:  # the echo, then the output: the link still serves
+        m = link.recv()
+        if m["t"] == "out":
+            seen.extend(m["data"])
+    info = wait_for(lambda: (i := client.call("ptykeeper", "sys.info"))["strangers_refused"] >= 2
+                    and i, "the silent connection refused")
+    assert info["connected"] and info["peer_pid"] == os.getpid()

@@ -83,6 +83,7 @@ from moorage.actors.metrics.series import MetricsTable, Series, summarize
 from moorage.actors.metrics.settings import Settings
 from moorage.actors.metrics.slo_report import build_report
 from moorage.actors.runtime import Actor, Call, op
+from moorage.actors.runtime.actor import TURN_BUDGET_S
 from moorage.actors.runtime.follow import Follow
 from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol import endpoints, limits
@@ -150,8 +151,13 @@ class MetricsActor(Actor):
     # --- merging ---------------------------------------------------------------------------
 
     def _on_pushes(self) -> None:
+        # At most PUSH_BATCH pushes and TURN_BUDGET_S a turn: the rest stays queued in the
+        # socket, which the loop finds readable again on its next turn.
         idx = self.table.interval(time.monotonic())
+        stop = time.perf_counter() + TURN_BUDGET_S
         for _ in range(PUSH_BATCH):
+            if time.perf_counter() > stop:
+                return
             try:
                 frames = self.pull.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.actors.runtime import trust
 from moorage.actors.runtime.stats import LOSS_COUNTERS
 from moorage.protocol import limits
 from moorage.protocol.envelope import TAG, DecodeError, unpackb
 from moorage.protocol.histogram import DIGITS, HIGHEST_US, LOWEST_US, decode
 
-MAX_OPS_PER_PUSH = 1000
+MAX_OPS_PER_PUSH = 256  # an actor has a few dozen ops; a client's are (actor, op) pairs
+MAX_PUSH_HIST_BYTES = 1 << 20  # all histograms of one push, encoded: bounds its cost
+CLIENT_PREFIX = "client."  # what a process outside the tree may push as (no loss counters)
 MAX_LOSS_COUNTERS = 32  # names in a push header's `loss` (actors.runtime.stats.LOSS_COUNTERS)
 MAX_HIST_BYTES = 256 * 1024  # encoded; one of our shape is a few KiB at most
 MAX_HIST_PAYLOAD = 256 * 1024  # decompressed: bounds a zlib bomb before hdrh sees it
@@ -102,6 +105,10 @@ def decode_ops(body: Any) -> list[OpSample]:
     """`{op: {ok, error, hist}}` (an `OpStats.drain`) -> samples, or BadPush."""
     if type(body) is not dict or len(body) > MAX_OPS_PER_PUSH:
         raise BadPush(f"body must be a map of at most {MAX_OPS_PER_PUSH} ops")
+    hist_bytes = sum(len(d.get("hist") or b"") for d in body.values()
+                     if type(d) is dict and isinstance(d.get("hist"), (bytes, str)))
+    if hist_bytes > MAX_PUSH_HIST_BYTES:
+        raise BadPush(f"histograms of {hist_bytes} bytes in one push > {MAX_PUSH_HIST_BYTES}")
     out = []
     for name, d in body.items():
         if type(name) is not str or not 0 < len(name) <= limits.MAX_OP_LEN:
@@ -122,14 +129,20 @@ def decode_push(frames: Sequence[bytes]) -> Push:
         raise BadPush(f"expected [TAG, header, body], got {len(frames)} frame(s)")
     try:
         header = unpackb(frames[1], limits.MAX_HEADER_SIZE)
-        body = unpackb(frames[2])
+        if type(header) is not dict:
+            raise BadPush("header must be a map")
+        actor, pid, ep = header.get("actor"), header.get("pid"), header.get("ep")
+        if type(actor) is not str or not 0 < len(actor) <= 128:
+            raise BadPush(f"header.actor must be a non-empty string: {actor!r:.40}")
+        if not actor.startswith(CLIENT_PREFIX) and not trust.verify(actor, header.get("tok")):
+            # Only a process of this tree can make the token for an actor's name; anyone
+            # else (any client) pushes its own latency as `client.<name>`.
+            raise BadPush(f"a push as {actor!r:.40} without the tree's token for it")
+        if actor.startswith(CLIENT_PREFIX) and header.get("loss"):
+            raise BadPush("a client cannot report the tree's data loss")
+        body = unpackb(frames[2], max_values=limits.MAX_BODY_VALUES)
     except DecodeError as exc:
         raise BadPush(exc.error.message) from exc
-    if type(header) is not dict:
-        raise BadPush("header must be a map")
-    actor, pid, ep = header.get("actor"), header.get("pid"), header.get("ep")
-    if type(actor) is not str or not 0 < len(actor) <= 128:
-        raise BadPush(f"header.actor must be a non-empty string: {actor!r:.40}")
     if type(ep) is not str or len(ep) > 128:
         raise BadPush("header.ep must be a string")
     return Push(actor, _count(pid, "header.pid"), ep, decode_ops(body),

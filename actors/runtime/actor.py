@@ -21,14 +21,16 @@ import os
 import secrets
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import zmq
 from loguru import logger
+from zmq.utils.monitor import recv_monitor_message
 
+from moorage.actors.runtime import trust
 from moorage.actors.runtime.loop import Loop, Timer
 from moorage.actors.runtime.registry import OpSpec, collect, op
 from moorage.actors.runtime.reply_cache import ReplyCache
@@ -59,6 +61,7 @@ DEFERRED = object()  # a handler's return value: "I will answer through call.rep
 UNCACHED = frozenset({"unknown_op", "bad_args", "timeout"})
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
 PUB_LINGER_MS = 500
+TURN_BUDGET_S = 0.02  # requests handled per loop turn, in time (see `_on_batch`)
 
 
 class Attached:
@@ -132,6 +135,9 @@ class Actor:
         self.queue_limit = int(self.config.get("queue_limit", 1000))
         self.busy_retry_ms = int(self.config.get("busy_retry_ms", 50))
         self.pending: dict[tuple[str, int], Call] = {}
+        self._held: dict[bytes, deque[list[bytes]]] = {}  # requests past a turn's budget
+        self._held_count = 0
+        self._serving_held = False
         self.received = 0
         self.rejected_busy = 0
         self.refused: Counter[str] = Counter()  # requests answered without running, by error
@@ -150,10 +156,20 @@ class Actor:
         self.pub_socket = self.ctx.socket(zmq.XPUB)
         self.pub_socket.setsockopt(zmq.LINGER, 0)
         self.pub_socket.setsockopt(zmq.SNDHWM, int(self.config.get("pub_hwm", 10_000)))
-        self.pub_socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription gets a welcome
+        # Subscriptions are applied here, one by one (XPUB_MANUAL): each gets a welcome, and
+        # a connection gets at most `max_subscriptions`. A subscription message longer than
+        # a topic may be closes its connection inside libzmq, before any of it is stored.
+        self.pub_socket.setsockopt(zmq.XPUB_MANUAL, 1)
+        self.pub_socket.setsockopt(zmq.MAXMSGSIZE, 1 + limits.MAX_TOPIC_LEN)
         if self.nodrop:
             self.pub_socket.setsockopt(zmq.XPUB_NODROP, 1)
         self.bind_socket(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))
+        self.max_subscriptions = int(self.config.get("max_subscriptions",
+                                                     limits.MAX_SUBSCRIPTIONS))
+        self._subs_by_fd: dict[int, int] = {}  # subscriptions applied, per connection (fd)
+        self.subscriptions_refused = 0
+        self._pub_monitor = self.pub_socket.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.publisher = Publisher(
             self.pub_socket, self.epoch, nodrop=self.nodrop,
             max_messages=int(self.config.get("retention_messages", 10_000)),
@@ -161,6 +177,7 @@ class Actor:
             on_writable_needed=self._want_pub_writable,
         )
         self.metrics_push: zmq.Socket | None = None
+        self._push_token = trust.token(self.name)  # metrics accepts our name only with it
         if self.name != "metrics" and self.config.get("push_metrics", True):
             self.metrics_push = self.ctx.socket(zmq.PUSH)
             self.metrics_push.setsockopt(zmq.LINGER, 0)
@@ -198,15 +215,40 @@ class Actor:
             self.on_backlog_drained()
 
     def _drain_subscriptions(self) -> None:
-        try:
-            while True:
-                frame = self.pub_socket.recv(NOBLOCK)
-                if frame[:1] == b"\x01":
-                    topic = frame[1:].decode(errors="replace")
-                    self.publisher.welcome(topic)
-                    self.on_subscribed(topic)
-        except zmq.Again:
-            pass
+        pub = self.pub_socket
+        counts = self._subs_by_fd
+        while True:
+            try:
+                frame = pub.recv(NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            data = frame.bytes
+            try:
+                fd = frame.get(zmq.SRCFD)
+            except zmq.ZMQError:
+                fd = None  # its connection is gone (libzmq dropped what it had)
+            if data[:1] == b"\x01":
+                n = counts.get(fd, 0) if fd is not None else 0
+                if fd is None or n >= self.max_subscriptions:
+                    self.subscriptions_refused += 1
+                    continue
+                pub.setsockopt(zmq.SUBSCRIBE, data[1:])  # for that connection only
+                counts[fd] = n + 1
+                topic = data[1:].decode(errors="replace")
+                self.publisher.welcome(topic)
+                self.on_subscribed(topic)
+            elif data[:1] == b"\x00" and fd is not None and counts.get(fd):
+                pub.setsockopt(zmq.UNSUBSCRIBE, data[1:])
+                counts[fd] -= 1
+
+    def _on_pub_monitor(self) -> None:
+        # A connection's count starts and ends with it (a new one may get the same fd).
+        while True:
+            try:
+                event = recv_monitor_message(self._pub_monitor, NOBLOCK)
+            except zmq.Again:
+                return
+            self._subs_by_fd.pop(event["value"], None)
 
     # --- hooks for subclasses -----------------------------------------------------------------
 
@@ -320,6 +362,9 @@ class Actor:
             "reply_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
                             "hits": self.cache.hits},
             "topics": {t.name: t.seq for t in self.publisher.topics.values()},
+            "subscriptions": {"connections": len(self._subs_by_fd),
+                              "applied": sum(self._subs_by_fd.values()),
+                              "refused": self.subscriptions_refused},
             **self.info(),
         }
 
@@ -362,16 +407,56 @@ class Actor:
     # --- request path -------------------------------------------------------------------------
 
     def _on_batch(self, batch: list[list[bytes]]) -> None:
-        # Up to twice the queue limit is read at once; those past the limit are refused with
-        # `busy` rather than left to wait behind the others.
+        # A turn of the loop handles requests for at most TURN_BUDGET_S; what is left waits
+        # in `_held`, per peer, and is served round-robin on the next turns (after the loop
+        # has beaten and read what arrived meanwhile), so a flood of costly requests from one
+        # peer holds neither the loop nor another peer's `sys.ping`. Past `queue_limit`
+        # waiting, a request is refused `busy` at once rather than left behind the others.
         handle = self._handle
-        limit = self.queue_limit
-        if len(batch) <= limit:
-            for frames in batch:
-                handle(frames)
+        if self._held:
+            self._hold(batch, 0)
             return
+        if len(batch) == 1:
+            handle(batch[0])
+            return
+        stop = _perf_counter() + TURN_BUDGET_S
+        limit = self.queue_limit
         for i, frames in enumerate(batch):
             handle(frames, i >= limit)
+            if _perf_counter() > stop and i + 1 < len(batch):
+                self._hold(batch, i + 1)
+                return
+
+    def _hold(self, batch: list[list[bytes]], start: int) -> None:
+        held = self._held
+        for frames in batch[start:]:
+            if self._held_count >= self.queue_limit:
+                self._handle(frames, True)
+                continue
+            q = held.get(frames[0])
+            if q is None:
+                q = held[frames[0]] = deque()
+            q.append(frames)
+            self._held_count += 1
+        if not self._serving_held:
+            self._serving_held = True
+            self.loop.defer(self._serve_held)
+
+    def _serve_held(self) -> None:
+        held = self._held
+        stop = _perf_counter() + TURN_BUDGET_S
+        while held and _perf_counter() <= stop:
+            for route in list(held):  # one request of each waiting peer per round
+                q = held[route]
+                frames = q.popleft()
+                self._held_count -= 1
+                if not q:
+                    del held[route]
+                self._handle(frames)
+        if held:
+            self.loop.defer(self._serve_held)
+        else:
+            self._serving_held = False
 
     def _send(self, route: list[bytes], frames: list[bytes]) -> None:
         try:
@@ -503,7 +588,8 @@ class Actor:
             return
         drained = self.stats.drain()
         lost = self.losses.drain()
-        header: dict[str, Any] = {"actor": self.name, "pid": os.getpid(), "ep": self.epoch}
+        header: dict[str, Any] = {"actor": self.name, "pid": os.getpid(), "ep": self.epoch,
+                                  "tok": self._push_token}
         if lost:
             header["loss"] = lost
         msg = [TAG, packb(header), packb(drained)]
@@ -530,6 +616,7 @@ class Actor:
         signal.signal(signal.SIGINT, self._on_signal)
         self.loop.set_primary(self.rpc, self._on_batch, self.ctx, self.queue_limit * 2)
         self.loop.add_reader(self.pub_socket, self._drain_subscriptions)
+        self.loop.add_reader(self._pub_monitor, self._on_pub_monitor)
         self.loop.call_every(float(self.config.get("metrics_interval_s", 1.0)), self._push_metrics)
         self.on_start()
         if self.ready_hook is not None:
@@ -545,6 +632,10 @@ class Actor:
             self.on_stop()
         except Exception:
             logger.exception("{}: on_stop raised", self.name)
+        held, self._held = self._held, {}
+        for q in held.values():
+            for frames in q:  # never run: answered `stopping` (safe to resend)
+                self._handle(frames)
         for call in list(self.pending.values()):
             # These had started: their effects may have happened, so not "stopping" (which
             # tells a client it is safe to resend anything).
@@ -554,6 +645,8 @@ class Actor:
         logger.info("{} stopped", self.name)
         # Let subscribers have the last messages (the final events of a stopping supervisor)
         # for a moment; nothing else may delay the exit.
+        self.pub_socket.disable_monitor()
+        self._pub_monitor.close(0)
         self.pub_socket.close(linger=PUB_LINGER_MS)
         self.ctx.destroy(linger=0)
         self.loop.close()

@@ -85,6 +85,7 @@ class Loop:
         self._cancelled = 0  # cancelled timers still in the heap
         self._seq = itertools.count()
         self._soon: deque[Callback] = deque()
+        self._next_turn: list[Callback] = []  # defer(): run after the next wait (0 ms)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._wake_r, self._drain_wakeups)
         self.running = False
@@ -194,6 +195,12 @@ class Loop:
         self.call_later(interval, tick)
         return handle
 
+    def defer(self, fn: Callback) -> None:
+        """Run `fn` on the next turn, after the loop has beaten and looked at its sockets:
+        work cut into slices this way never holds the loop (a hostile flood, a long walk),
+        and what arrived meanwhile (a `sys.ping`) is served in between."""
+        self._next_turn.append(fn)
+
     def call_soon_threadsafe(self, fn: Callback) -> None:
         """From any thread: run `fn` on the loop's thread, soon."""
         self._soon.append(fn)
@@ -229,7 +236,7 @@ class Loop:
         while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
             self._cancelled = max(0, self._cancelled - 1)
-        if self._soon:
+        if self._soon or self._next_turn:
             return 0
         if not self._timers:
             return None
@@ -250,6 +257,7 @@ class Loop:
         sock = self._primary
         assert sock is not None
         due = self._timeout_ms()
+        deferred = self._take_deferred()
         t = HOUSEKEEPING_MS if due is None else min(due, HOUSEKEEPING_MS)
         if t != self._rcvtimeo:
             sock.setsockopt(RCVTIMEO, t)
@@ -263,8 +271,10 @@ class Loop:
             first = None
         if b is not None:
             b.woke()
+        if deferred:
+            self._run_deferred(deferred)
         if first is None:
-            self._idle = t == HOUSEKEEPING_MS
+            self._idle = t == HOUSEKEEPING_MS and not deferred
         else:
             try:
                 self._drain_primary(first)
@@ -296,6 +306,16 @@ class Loop:
         while self._soon:
             self._run(self._soon.popleft())
 
+    def _take_deferred(self) -> list[Callback]:
+        deferred = self._next_turn
+        if deferred:
+            self._next_turn = []
+        return deferred
+
+    def _run_deferred(self, deferred: list[Callback]) -> None:
+        for fn in deferred:
+            self._run(fn)
+
     def run_once(self, timeout_ms: int | None = None) -> None:
         if timeout_ms is None and not self._idle and self._fast_path_ok():
             self._run_fast()
@@ -303,12 +323,15 @@ class Loop:
         t = self._timeout_ms()
         if timeout_ms is not None:
             t = timeout_ms if t is None else min(t, timeout_ms)
+        deferred = self._take_deferred()
         b = self._beat
         if b is not None:
             b.waiting(t)
         events = self.poller.poll(t)
         if b is not None:
             b.woke()
+        if deferred:
+            self._run_deferred(deferred)
         for key, flags in events:
             if key is self._primary:
                 self._idle = False  # requests again: back to the fast path

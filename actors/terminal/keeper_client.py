@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from moorage.actors.runtime import trust
 from moorage.actors.runtime.signals import parse_signal
-from moorage.actors.terminal.link import Link
+from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
 from moorage.protocol.errors import KINDS, WireError
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class KeeperClient:
             return
         self.link = Link(self.loop, sock, self._on_keeper, self._on_link_closed,
                          on_batch_end=self.flush_acks, accept_fds=True)
-        self.link.send({"t": "hello", "fds": True})
+        self.link.send({"t": "hello", "fds": True, "tok": trust.token(LINK_TOKEN_NAME)})
 
     def _on_link_closed(self, reason: str) -> None:
         logger.warning("keeper link closed: {}", reason)

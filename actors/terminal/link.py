@@ -7,7 +7,7 @@ at a time, the terminal actor's; the keeper takes a new one over from an old one
 the session's output stream):
 
   terminal -> keeper
-    hello   {fds?}                                  -> welcome, then each session's tail and
+    hello   {tok, fds?}                             -> welcome, then each session's tail and
                                                        everything not acknowledged (and, with
                                                        `fds`, each session's `fd`)
     create  {r, s, path, argv, env, cwd, cols, rows, meta}  -> ok {pid, tty} | err
@@ -49,6 +49,9 @@ from loguru import logger
 from moorage.actors.runtime.loop import Loop
 
 HEADER = struct.Struct(">I")
+# The hello's `tok` is trust.token(LINK_TOKEN_NAME): the keeper takes a connection only from a
+# process of its own tree, and a stranger never displaces the live link.
+LINK_TOKEN_NAME = "ptykeeper.link"
 MAX_FRAME = 64 * 1024 * 1024  # a chunk of output or input is far smaller; this is a guard
 READ_SIZE = 1 << 20
 IOV_BATCH = 64

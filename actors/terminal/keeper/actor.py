@@ -51,11 +51,13 @@ from typing import Any
 
 from loguru import logger
 
-from moorage.actors.runtime import Actor, Call, op
+from moorage.actors.runtime import Actor, Call, op, trust
 from moorage.actors.terminal.keeper.ptys import Ptys, PtySession, foreground_group, session_members
 from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty
-from moorage.actors.terminal.link import Link
+from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
 from moorage.protocol.errors import Category
+
+HELLO_WAIT_S = 2.0  # a new connection's first message, the hello, within this
 
 
 class PtyKeeper(Actor):
@@ -74,6 +76,8 @@ class PtyKeeper(Actor):
         self.close_grace = int(cfg.get("close_grace_ms", 2000)) / 1000
         self.sessions: dict[str, PtySession] = {}
         self.link: Link | None = None
+        self.peer_pid: int | None = None  # the terminal actor on the link (SO_PEERCRED)
+        self.strangers = 0  # connections refused: not a process of this tree
         self.pass_fds = False  # the connected peer takes the PTY masters (its hello said so)
         self.sock_path = self.runtime_dir / f"{self.name}.sock"
         with contextlib.suppress(FileNotFoundError):
@@ -99,6 +103,7 @@ class PtyKeeper(Actor):
 
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "connected": self.link is not None,
+                "peer_pid": self.peer_pid, "strangers_refused": self.strangers,
                 "buffered": sum(len(s.buf) for s in self.sessions.values())}
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
@@ -145,24 +150,54 @@ class PtyKeeper(Actor):
     # --- the connection -----------------------------------------------------------------------
 
     def _accept(self) -> None:
+        """A connection is a candidate until its first message, a `hello` with the tree's
+        link token (only a process of this tree can make it: actors.runtime.trust) from a
+        process of our uid (SO_PEERCRED); then it replaces the link in place. A stranger
+        is closed and counted, and never disturbs a live link."""
         try:
             conn, _ = self.listener.accept()
         except BlockingIOError:
             return
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _, uid, _ = struct.unpack("3i", creds)
+        pid, uid, _ = struct.unpack("3i", creds)
         if uid != os.getuid():
-            logger.warning("refused a connection from uid {}", uid)
-            conn.close()
+            self._refuse_stranger(conn, f"uid {uid}")
             return
+        candidate: Link | None = None
+
+        def first_message(msg: dict[str, Any]) -> None:
+            assert candidate is not None
+            timer.cancel()
+            if msg.get("t") != "hello" or not trust.verify(LINK_TOKEN_NAME, msg.get("tok")):
+                self._refuse_stranger(candidate, f"pid {pid}: no valid hello")
+                return
+            self._adopt(candidate, pid)
+            self._on_message(msg)
+
+        candidate = Link(self.loop, conn, first_message, lambda reason: timer.cancel())
+        timer = self.loop.call_later(HELLO_WAIT_S, lambda: self._refuse_stranger(
+            candidate, f"pid {pid}: no hello in {HELLO_WAIT_S} s"))
+
+    def _refuse_stranger(self, conn: Link | socket.socket, why: str) -> None:
+        self.strangers += 1
+        logger.warning("refused a connection to the keeper link ({})", why)
+        if isinstance(conn, Link):
+            conn.close("refused")
+        else:
+            conn.close()
+
+    def _adopt(self, link: Link, pid: int) -> None:
         if self.link is not None:
             # the old peer's last acks and meta first: they may still be unread
             self.link.drain()
             if self.link is not None:
                 self.link.close("replaced by a new connection")
-        self.link = Link(self.loop, conn, self._on_message, self._on_link_closed)
+        link.on_message = self._on_message
+        link.on_close = self._on_link_closed
+        self.link = link
+        self.peer_pid = pid
         self.pass_fds = False
-        logger.info("terminal actor connected")
+        logger.info("terminal actor connected (pid {})", pid)
 
     def _on_link_closed(self, reason: str) -> None:
         logger.info("terminal actor link closed: {}", reason)
