@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from moorage.actors.runtime.loop import Timer
-from moorage.supervisor.policy import ExitReason, Heartbeat, RestartBackoff
+from moorage.supervisor.policy import ExitReason, Heartbeat, Intensity, RestartBackoff
 from moorage.supervisor.spec import ChildSpec, SupervisorSpec
 
 
@@ -29,6 +29,7 @@ class Child:
     spec: ChildSpec
     backoff: RestartBackoff
     heartbeat: Heartbeat
+    intensity: Intensity
     slot: int = 0  # its slot on the supervisor's beat board (moorage.actors.runtime.beat)
     state: ChildState = ChildState.STOPPED
     pid: int | None = None
@@ -45,6 +46,8 @@ class Child:
     shed: bool = False  # held stopped by `sup.shed`: no start, no restart, until resumed
     resuming: bool = False  # the start under way brings it back from being shed
     sheds: int = 0  # how often it was shed (a shed is neither a failure nor a restart)
+    adopted: bool = False  # its zygote died: this supervisor is its parent and reaper now
+    last_resort: int = 0  # the root's retries of a child that exhausted its fallbacks
     timers: list[Timer] = field(default_factory=list)
 
     @property
@@ -61,6 +64,10 @@ class Child:
         if self.pid is None:
             return 0.0
         return (now or time.monotonic()) - self.started_at
+
+    def serving_for(self, now: float) -> float:
+        """Seconds since it was ready (0: it never was, this life)."""
+        return 0.0 if self.ready_at is None else now - self.ready_at
 
     def cancel_timers(self) -> None:
         for t in self.timers:
@@ -89,6 +96,7 @@ class Child:
         self.pid = None
         self.pidfd = None
         self.ready_at = None
+        self.adopted = False
 
     def describe(self, now: float) -> dict[str, Any]:
         return {
@@ -111,5 +119,6 @@ def new_child(spec: ChildSpec, owner: SupervisorSpec, slot: int = 0) -> Child:
         spec=spec,
         backoff=RestartBackoff(owner.backoff, owner.stable_after_s),
         heartbeat=Heartbeat(owner.heartbeat.misses),
+        intensity=Intensity(owner.intensity, owner.period_s),
         slot=slot,
     )

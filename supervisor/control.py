@@ -55,6 +55,7 @@ class ControlOps:
         me = {"id": self.sup.name, "strategy": str(self.sup.spec.strategy), "pid": os.getpid(),
               "intensity": self.sup.spec.intensity, "period_s": self.sup.spec.period_s,
               "shedding": self.sup.shedding,
+              "zygote": {"pid": self.sup.zygote.pid, "restarts": self.sup.zygote_restarts},
               "children": [self.sup.children[c].describe(now) for c in self.sup.order]}
         nested = [c for c in me["children"] if c["type"] == "supervisor" and
                   c["state"] == ChildState.RUNNING]

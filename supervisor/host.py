@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from moorage.supervisor.children import Child
     from moorage.supervisor.overrides import Overrides
     from moorage.supervisor.spec import SupervisorSpec
+    from moorage.supervisor.zygote import ZygoteHandle
 
 
 class SupervisorHost(Protocol):
@@ -34,6 +35,8 @@ class SupervisorHost(Protocol):
     order: list[str]
     jobs: deque[tuple[str, Child]]
     shedding: bool
+    zygote: ZygoteHandle
+    zygote_restarts: int
 
     def next_job(self) -> None: ...
     def stop(self) -> None: ...

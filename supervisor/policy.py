@@ -6,12 +6,21 @@ The words are OTP's, so Erlang's documentation of `supervisor` documents these t
                  normally; temporary: never restarted (not even by a sibling's restart)
   strategy       one_for_one: restart the dead child; one_for_all: stop the others and
                  restart all; rest_for_one: stop those started after it, restart it and them
-  intensity      more than `intensity` restarts within `period` seconds and the supervisor
-                 gives up: it stops its children and exits, and its parent decides (escalation)
+  intensity      more than `intensity` restarts of a child within `period` seconds and the
+                 supervisor gives up: it stops its children and exits, and its parent decides
+                 (escalation)
 
-Beyond OTP: restarts wait a capped exponential back-off (so a crash loop is not a restart
-storm), reset once a child has stayed up `stable_after` seconds; and a child may name
-fallbacks, engaged in order instead of escalating when the intensity is exceeded.
+Beyond OTP, so that a crash loop is told apart from deaths that are not the child's doing (a
+tree under chaos, a process killed now and then by hand or by the OOM killer):
+  - intensity is counted per child, and only deaths of a child that was young: it died
+    starting, or within `stable_after` seconds of being ready (or, a nested supervisor, it
+    escalated). A child that had been serving for a while was killed, not crashing: it is
+    restarted at once, and many such deaths spread over the tree never add up to a give-up;
+  - the restarts of a young child wait a capped exponential back-off (so a crash loop is not
+    a restart storm), reset by a death after a stable run;
+  - a child may name fallbacks, engaged in order instead of escalating;
+  - the root supervisor has no parent to escalate to: its last resort is to keep retrying
+    the child, `LAST_RESORT` apart (doubling), never to stop the tree.
 """
 
 from __future__ import annotations
@@ -98,8 +107,16 @@ def affected(strategy: Strategy, order: list[str], dead: str) -> list[str]:
     return order[i:]
 
 
+LAST_RESORT = Backoff(1.0, 2.0, 60.0)  # the root retrying a child that exhausted everything
+
+
+def counts_against_intensity(young: bool, escalated: bool) -> bool:
+    """Does this death count towards its child's intensity (see the module docstring)?"""
+    return young or escalated
+
+
 class Intensity:
-    """OTP's restart intensity: a sliding window of restart times."""
+    """OTP's restart intensity: a sliding window of restart times (one per child here)."""
 
     def __init__(self, intensity: int, period: float) -> None:
         self.intensity = intensity
@@ -119,7 +136,7 @@ class Intensity:
 
 class RestartBackoff:
     """Delay before each restart of one child: none for the first after a stable run, then
-    capped exponential; `stable_after` seconds of uptime resets it."""
+    capped exponential; `stable_after` seconds up since it was ready resets it."""
 
     def __init__(self, backoff: Backoff, stable_after: float) -> None:
         self.backoff = backoff

@@ -44,13 +44,18 @@ class ChildSpec:
         return self.shutdown_ms == BRUTAL_KILL
 
 
+# Serving this long makes a child's death a restart at once that counts against nothing (see
+# supervisor.policy: killed, not crashing); a shorter life is a young death.
+STABLE_AFTER_S = 0.25
+
+
 @dataclass(frozen=True)
 class SupervisorSpec:
     id: str
     strategy: Strategy = Strategy.ONE_FOR_ONE
     intensity: int = 5
     period_s: float = 10.0
-    stable_after_s: float = 5.0
+    stable_after_s: float = STABLE_AFTER_S
     start_timeout_ms: int = 10_000
     backoff: Backoff = field(default_factory=lambda: Backoff(0.02, 2.0, 2.0))
     heartbeat: HeartbeatSpec = field(default_factory=HeartbeatSpec)
@@ -124,7 +129,7 @@ def parse_supervisor(
         strategy=Strategy(strategy),
         intensity=int(_num(d, "intensity", where, 5)),
         period_s=_num(d, "period_s", where, 10, 0.001),
-        stable_after_s=_num(d, "stable_after_s", where, 5),
+        stable_after_s=_num(d, "stable_after_s", where, STABLE_AFTER_S),
         start_timeout_ms=int(_num(d, "start_timeout_ms", where, 10_000, 1)),
         backoff=_backoff(d.get("backoff", {}), f"{where}.backoff"),
         heartbeat=HeartbeatSpec(

@@ -44,6 +44,7 @@ in a row is SIGKILLed and restarted. No message is sent and no idle child is wok
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -63,11 +64,12 @@ from moorage.supervisor.children import Child, ChildState, new_child
 from moorage.supervisor.control import ControlOps
 from moorage.supervisor.overrides import Overrides
 from moorage.supervisor.policy import (
+    LAST_RESORT,
     ExitKind,
     ExitReason,
-    Intensity,
     affected,
     classify_exit,
+    counts_against_intensity,
     should_restart,
 )
 from moorage.supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
@@ -99,7 +101,9 @@ class Supervisor(Actor):
             c.id: new_child(c, spec, slot) for slot, c in enumerate(spec.children)}
         self.order = [c.id for c in spec.children]
         self.by_pid: dict[int, Child] = {}
-        self.intensity = Intensity(spec.intensity, spec.period_s)
+        self.old_zygotes: list[ZygoteHandle] = []  # dead: read until their last ready
+        self.zygote_restarts = 0
+        self.orphans_reaped = 0  # descendants orphaned to us (a subreaper) and reaped
         self.jobs: deque[tuple[str, Child]] = deque()
         self.current_job: tuple[str, Child] | None = None
         self.outbound = Outbound(self)
@@ -124,7 +128,11 @@ class Supervisor(Actor):
 
     def on_start(self) -> None:
         self._ready_callback, self.ready_hook = self.ready_hook, None
-        self.loop.add_reader(self.zygote.fileno(), self._on_zygote)
+        self.loop.add_reader(self.zygote.fileno(), lambda: self._on_zygote(self.zygote))
+        # Our own children: the zygote (a new program after the first), and the children of
+        # a dead zygote (we are a subreaper); anything else orphaned below us is reaped too.
+        signal.signal(signal.SIGCHLD,
+                      lambda *_: self.loop.call_soon_threadsafe(self._reap_children))
         interval = self.spec.heartbeat.interval_ms / 1000
         self.loop.call_every(interval, self._heartbeat)
         if self.notify is not None:
@@ -251,13 +259,16 @@ class Supervisor(Actor):
             child.kill_reason = "start timeout"
             child.signal(signal.SIGKILL)
 
-    def _on_zygote(self) -> None:
+    def _on_zygote(self, zygote: ZygoteHandle) -> None:
         try:
-            events = self.zygote.read_events()
+            events = zygote.read_events()
         except EOFError:
-            logger.error("{}: zygote died; giving up", self.name)
-            self.exit_code = ESCALATED_EXIT_CODE
-            self.loop.stop()
+            # The zygote and every child still starting from it are gone (a live zygote's
+            # end only closes with it: its death itself comes as SIGCHLD).
+            self.loop.remove_reader(zygote.fileno())
+            if zygote in self.old_zygotes:
+                self.old_zygotes.remove(zygote)
+                zygote.sock.close()
             return
         for ev in events:
             kind = ev.get("ev")
@@ -271,12 +282,72 @@ class Supervisor(Actor):
                 child = self.by_pid.get(ev["pid"])
                 if child is not None:
                     self._on_ready(child)
+                elif zygote is not self.zygote:
+                    # Forked by a zygote that died before it could say so: a process we
+                    # never started as far as the tree knows (its child was started again).
+                    logger.warning("{}: killing a stray child {} of a dead zygote", self.name,
+                                   ev["pid"])
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(ev["pid"], signal.SIGKILL)
             elif kind == "exited":
                 child = self.by_pid.pop(ev["pid"], None)
                 if child is not None:
                     reason = classify_exit(ev.get("code"), ev.get("signal"),
                                            child.stop_requested)
                     self._on_exit(child, reason)
+
+    # --- our own children: the zygote, and what it left us --------------------------------
+
+    def _reap_children(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            child = self.by_pid.get(pid)
+            if pid == self.zygote.pid:
+                self._zygote_died(code)
+            elif child is not None and child.adopted:
+                del self.by_pid[pid]
+                self._on_exit(child, classify_exit(code if code >= 0 else None,
+                                                   -code if code < 0 else None,
+                                                   child.stop_requested))
+            else:
+                self.orphans_reaped += 1
+                logger.debug("{}: reaped orphan {} ({})", self.name, pid, code)
+
+    def _zygote_died(self, code: int) -> None:
+        """Its children outlive it (they are ours now, see supervisor.zygote); a new zygote
+        takes its place. A spawn it had not answered is asked of the new one."""
+        if self.shutting_down:
+            return  # it was told to exit
+        old = self.zygote
+        self.zygote_restarts += 1
+        logger.error("{}: zygote {} died ({}); starting another", self.name, old.pid, code)
+        for child in self.children.values():
+            if child.pid is not None:
+                child.adopted = True
+        self.old_zygotes.append(old)
+        self.loop.remove_reader(old.fileno())
+        self.loop.add_reader(old.fileno(), lambda: self._on_zygote(old))
+        self.zygote = old.replacement()
+        new = self.zygote
+        self.loop.add_reader(new.fileno(), lambda: self._on_zygote(new))
+        self.event("zygote_restarted", None, zygote_pid=new.pid, old_pid=old.pid,
+                   restarts=self.zygote_restarts)
+        self._reap_children()  # an adopted child that died with it is a zombie of ours now
+        for child in self.children.values():
+            if child.state is ChildState.STARTING and child.pid is None:
+                # asked of the dead zygote, never confirmed: start it again
+                child.state = ChildState.STOPPED
+                child.cancel_timers()
+                self.jobs.appendleft(("start", child))
+                if self.current_job is not None and self.current_job[1] is child:
+                    self.current_job = None
+        self.next_job()
 
     def _on_spawned(self, child: Child, pid: int) -> None:
         child.pid = pid
@@ -347,6 +418,10 @@ class Supervisor(Actor):
             reason = ExitReason(reason.kind, reason.code, reason.signal, detail)
         child.kill_reason = ""
         uptime = child.uptime(now)
+        serving = child.serving_for(now)
+        young = serving < self.spec.stable_after_s
+        if not young:
+            child.last_resort = 0  # it had been serving: whatever the root tried worked
         was = child.state
         pid = child.pid
         child.cancel_timers()
@@ -370,18 +445,22 @@ class Supervisor(Actor):
                 else ChildState.STOPPED
             self.next_job()
             return
-        if not self.intensity.add(now):
+        escalated = child.spec.type == "supervisor" and reason.code == ESCALATED_EXIT_CODE
+        if counts_against_intensity(young, escalated) and not child.intensity.add(now):
             if child.fallback_index + 1 < len(child.spec.fallbacks):
                 child.fallback_index += 1
-                self.intensity.clear()
+                child.intensity.clear()
                 child.backoff.consecutive = 0
                 self.event("fallback", child, fallback=child.fallback,
                            reason=f"more than {self.spec.intensity} restarts in "
                            f"{self.spec.period_s}s")
+            elif self.root:
+                self._last_resort(child)
+                return
             else:
                 self._escalate(child)
                 return
-        self._schedule_restart(child, uptime)
+        self._schedule_restart(child, serving)
         self.next_job()
 
     def _schedule_restart(self, child: Child, uptime: float) -> None:
@@ -408,6 +487,28 @@ class Supervisor(Actor):
         if delay > 0:
             logger.info("{}: restarting in {:.0f} ms", child.id, delay * 1000)
         child.timers.append(self.loop.call_later(delay, restart))
+
+    def _last_resort(self, child: Child) -> None:
+        """The root has no parent to escalate to, and the tree is what an editor relies on:
+        the child is retried, further and further apart, and the rest keeps serving."""
+        delay = LAST_RESORT.delay(child.last_resort)
+        child.last_resort += 1
+        child.intensity.clear()
+        child.backoff.consecutive = 0
+        child.state = ChildState.BACKOFF
+        msg = (f"{child.id}: more than {self.spec.intensity} restarts in {self.spec.period_s}s"
+               f" and no fallback left; retrying in {delay:.0f}s")
+        logger.error("{}: {}", self.name, msg)
+        self.event("escalated", child, reason=msg, action="retry", retry_in_s=delay)
+
+        def retry() -> None:
+            if not self.shutting_down and not child.shed:
+                child.restarts += 1
+                self.jobs.append(("start", child))
+                self.next_job()
+
+        child.timers.append(self.loop.call_later(delay, retry))
+        self.next_job()
 
     def _escalate(self, child: Child) -> None:
         msg = (f"{child.id}: more than {self.spec.intensity} restarts in {self.spec.period_s}s"

@@ -5,18 +5,29 @@ survive a fork), and starting a fresh interpreter costs ~100 ms of imports. So e
 supervisor forks a zygote before it creates any thread; the zygote imports the children's
 modules once and forks a child per request in about a millisecond.
 
-Lifetimes, so that no orphan survives (parent death is a SIGKILL via PR_SET_PDEATHSIG):
-  supervisor --(pdeathsig)--> zygote --(pdeathsig)--> every child
-and the zygote also exits when its command socket reaches EOF (the supervisor is gone).
+Lifetimes, so that no orphan survives and no child dies with its zygote:
+  - the zygote dies with its supervisor (PR_SET_PDEATHSIG: SIGKILL);
+  - a supervisor is a child subreaper (PR_SET_CHILD_SUBREAPER): when its zygote dies, the
+    zygote's children become the supervisor's own. A child's parent-death signal is
+    REPARENT_SIG, not a kill: on it the child looks at its new parent, and if that is its
+    supervisor it asks for SIGKILL on the supervisor's death from then on (so it still dies
+    with the tree); anything else means the supervisor is gone, and it exits;
+  - a dead zygote is replaced by a new program (`main` here, in a new interpreter: the
+    supervisor has threads by then and must not fork), handed the beat board's memfd and the
+    tree's key (actors.runtime.trust) over its socket; the children that outlived the old one
+    keep running, their supervisor now their parent and reaper.
+The zygote also exits when its command socket reaches EOF (the supervisor is gone).
 
 Messages (msgpack maps on a SOCK_SEQPACKET socketpair, one map per datagram):
-  supervisor -> zygote  {cmd: "spawn", child, kind, payload, beat?: slot}
+  supervisor -> zygote  {cmd: "key", key} (first, to a replacement zygote only)
+                        | {cmd: "spawn", child, kind, payload, beat?: slot}
                         | {cmd: "exit"}
   zygote -> supervisor  {ev: "spawned", child, pid} | {ev: "spawn_failed", child, error}
                         {ev: "exited", pid, code, signal}
-  child -> supervisor   {ev: "ready", pid}  (the child inherits the zygote's end)
+  child -> supervisor   {ev: "ready", pid}  (the child inherits the zygote's end, and closes
+                        it once it has said so)
 
-The supervisor's beat board (moorage.actors.runtime.beat) is created here, before the fork, so the
+The supervisor's beat board (actors.runtime.beat) is created before the first fork, so the
 zygote and every child share it; a child spawned with `beat` has its loop stamp that slot.
 """
 
@@ -36,18 +47,47 @@ from collections.abc import Callable, Iterable
 
 import msgpack
 
+from moorage.actors.runtime import trust
 from moorage.actors.runtime.beat import BeatBoard, install
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+REPARENT_SIG = signal.SIGRTMIN + 2  # a child's parent (its zygote) died: see follow_supervisor
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option})")
 
 
 def die_with_parent(expected_parent: int, sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to kill us when our parent dies; exit now if it already has."""
-    if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    _prctl(PR_SET_PDEATHSIG, sig)
     if os.getppid() != expected_parent:  # it died before the prctl took effect
         os._exit(70)
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (a dead zygote's children) become this process's children."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def follow_supervisor(zygote: int, supervisor: int) -> None:
+    """A child's tie to its supervisor, through the zygote that forked it while that lives
+    and directly once it is gone (see the module docstring)."""
+
+    def parent_gone(*_: object) -> None:
+        if os.getppid() == supervisor:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() == supervisor:  # still: the supervisor had not died meanwhile
+                return
+        os._exit(70)
+
+    signal.signal(REPARENT_SIG, parent_gone)
+    _prctl(PR_SET_PDEATHSIG, REPARENT_SIG)
+    if os.getppid() != zygote:  # it died before the prctl took effect
+        parent_gone()
 
 
 def _decode(data: bytes) -> dict:
@@ -67,10 +107,12 @@ LAUNCHERS: dict[str, Launcher] = {}
 class ZygoteHandle:
     """The supervisor's side: send spawn requests, read events from `sock`."""
 
-    def __init__(self, pid: int, sock: socket.socket, beats: BeatBoard) -> None:
+    def __init__(self, pid: int, sock: socket.socket, beats: BeatBoard,
+                 preload: list[str]) -> None:
         self.pid = pid
         self.sock = sock
         self.beats = beats
+        self.preload = preload  # for a replacement, should this one die
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -100,14 +142,22 @@ class ZygoteHandle:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
 
+    def replacement(self) -> ZygoteHandle:
+        """A new zygote for this one, which died: a new program (this process has threads
+        now), sharing the beat board and the tree's key. Its old socket stays this handle's:
+        children still starting say `ready` there."""
+        return spawn_zygote(self.preload, self.beats)
+
 
 def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> ZygoteHandle:
     """Fork the zygote. Must be called before this process starts any thread. `close_fds`
     are the supervisor's own (its instance lock) that children must not hold."""
+    become_subreaper()
     parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     beats = BeatBoard()
     gc.freeze()  # shared with the zygote and its children from here: see _Zygote.__init__
     parent = os.getpid()
+    preload = list(preload)
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -116,7 +166,7 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> 
             for fd in close_fds:
                 os.close(fd)
             die_with_parent(parent)
-            _Zygote(zygote_end, list(preload), beats).run()
+            _Zygote(zygote_end, preload, beats, parent).run()
         except BaseException:
             traceback.print_exc()
             code = 71
@@ -124,13 +174,52 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> 
             os._exit(code)
     zygote_end.close()
     parent_end.set_inheritable(False)
-    return ZygoteHandle(pid, parent_end, beats)
+    return ZygoteHandle(pid, parent_end, beats, preload)
+
+
+def spawn_zygote(preload: list[str], beats: BeatBoard) -> ZygoteHandle:
+    """Start a zygote as a new program (posix_spawn: no Python runs in a child of this
+    threaded process), handing it the board's fd and, first on its socket, the tree's key."""
+    parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    zygote_end.set_inheritable(True)
+    os.set_inheritable(beats.fd, True)
+    try:
+        # It imports what its predecessor could: this process's sys.path, exactly, set before
+        # anything is imported (not through PYTHONPATH: the environment is the children's,
+        # and the shells' after them).
+        boot = (f"import sys; sys.path[:] = {sys.path!r}; "
+                "from moorage.supervisor import launch, zygote; zygote.main(sys.argv[1:])")
+        argv = [sys.executable, "-P", "-c", boot, str(os.getpid()), str(zygote_end.fileno()),
+                str(beats.fd), str(beats.slots), *preload]
+        pid = os.posix_spawn(sys.executable, argv, dict(os.environ))
+    finally:
+        zygote_end.close()
+        os.set_inheritable(beats.fd, False)
+    parent_end.send(_encode({"cmd": "key", "key": trust.key()}))
+    return ZygoteHandle(pid, parent_end, beats, preload)
+
+
+def main(argv: list[str]) -> None:
+    """A replacement zygote (spawn_zygote, which imported supervisor.launch first: it fills
+    LAUNCHERS): take the key, then serve as the first one did."""
+    supervisor, sock_fd, beat_fd, slots, *preload = argv
+    die_with_parent(int(supervisor))
+    sock = socket.socket(fileno=int(sock_fd))
+    sock.set_inheritable(False)
+    first = _decode(sock.recv(1 << 16))
+    if first.get("cmd") != "key":
+        raise SystemExit("zygote: expected the tree's key first")
+    trust.adopt(first["key"])
+    beats = BeatBoard(int(slots), fd=int(beat_fd))
+    _Zygote(sock, preload, beats, int(supervisor)).run()
 
 
 class _Zygote:
-    def __init__(self, sock: socket.socket, preload: list[str], beats: BeatBoard) -> None:
+    def __init__(self, sock: socket.socket, preload: list[str], beats: BeatBoard,
+                 supervisor: int) -> None:
         self.sock = sock
         self.beats = beats
+        self.supervisor = supervisor
         self.children: set[int] = set()
         from moorage.actors.runtime.logs import install_handlers
 
@@ -233,7 +322,7 @@ class _Zygote:
             os.close(self.wake_w)
             for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(s, signal.SIG_DFL)
-            die_with_parent(zygote)
+            follow_supervisor(zygote, self.supervisor)
             sock = self.sock
             sock.set_inheritable(False)
 
@@ -263,3 +352,4 @@ class _Zygote:
         for pid in list(self.children):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+

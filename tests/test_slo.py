@@ -27,6 +27,7 @@ from moorage.actors.metrics.slo import (
     save_state,
 )
 from moorage.actors.metrics.slo_report import Objectives, build_report
+from moorage.actors.runtime import trust
 from moorage.actors.runtime.stats import LOSS_COUNTERS, LossCounters
 from moorage.protocol.envelope import TAG, packb
 
@@ -273,7 +274,8 @@ def test_loss_counters_drain_and_a_refused_push_restores_them():
 
 
 def test_a_push_header_carries_loss_counts_and_a_bad_one_is_refused_whole():
-    header = {"actor": "w", "pid": 1, "ep": "e", "loss": {"replies_undelivered": 2}}
+    header = {"actor": "w", "pid": 1, "ep": "e", "loss": {"replies_undelivered": 2},
+              "tok": trust.token("w")}  # as the tree's own actor `w` makes it
     assert decode_push([TAG, packb(header), packb({})]).loss == {"replies_undelivered": 2}
     assert decode_push([TAG, packb({**header, "loss": None}), packb({})]).loss == {}
     for bad in ({"stream_lost": -1}, {"stream_lost": "1"}, [1], {"": 1},

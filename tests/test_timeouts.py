@@ -268,7 +268,8 @@ def test_an_override_holds_across_restarts_and_is_gone_with_the_tree(make_tree):
     tree.call("supervisor", "sup.kill", {"child": "inner"})
     tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "inner")
     tree.wait_all_running()
-    assert timeout_of(tree, "hang2") == 300
+    # told to the new `inner` once it is up, and by it to its new worker
+    wait_for(lambda: timeout_of(tree, "hang2") == 300, "the override at the new worker")
     assert tree.call("inner", "sup.config.get")["overrides"] == {"timeout.hang.wait": 300}
 
     # A new tree starts from the config again.

@@ -215,6 +215,10 @@ class Actor:
             self.on_backlog_drained()
 
     def _drain_subscriptions(self) -> None:
+        # Connections come and go on the monitor, subscriptions on the socket: both are fed by
+        # libzmq's I/O thread, a connection's events before its messages, so the monitor goes
+        # first (a new connection may have the fd of one just gone).
+        self._on_pub_monitor()
         pub = self.pub_socket
         counts = self._subs_by_fd
         while True:
@@ -242,13 +246,16 @@ class Actor:
                 counts[fd] -= 1
 
     def _on_pub_monitor(self) -> None:
-        # A connection's count starts and ends with it (a new one may get the same fd).
+        # A connection's count starts and ends with it.
         while True:
             try:
                 event = recv_monitor_message(self._pub_monitor, NOBLOCK)
             except zmq.Again:
                 return
-            self._subs_by_fd.pop(event["value"], None)
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._subs_by_fd[event["value"]] = 0
+            else:
+                self._subs_by_fd.pop(event["value"], None)
 
     # --- hooks for subclasses -----------------------------------------------------------------
 

@@ -17,9 +17,10 @@ set and not past) and not stopped (/proc state T or t: SIGSTOP, a tracer): block
 idle, not hung. Anything else is a missed beat; `misses` in a row and it is hung
 (moorage.supervisor.policy.Heartbeat), as `misses` unanswered probes in a row were.
 
-The board is an anonymous shared mapping the supervisor creates before it forks its zygote,
-so the zygote and every child it forks share it (no file to name, lock or clean up); a nested
-supervisor makes its own for its children. Two 8-byte cells per child, written by the child
+The board is a shared mapping of a memfd the supervisor creates before it forks its zygote,
+so the zygote and every child it forks share it (no file to name, lock or clean up), and a
+zygote started to replace a dead one maps it from the fd it is handed; a nested supervisor
+makes its own for its children. Two 8-byte cells per child, written by the child
 only: aligned 8-byte loads and stores do not tear, so no lock. A reader that sees a wait end
 between its two loads counts one miss, which `misses` absorbs.
 """
@@ -38,9 +39,15 @@ WAIT_FOREVER = (1 << 64) - 1  # `until` of a wait with no timer to end it
 class BeatBoard:
     """The supervisor's side: one slot (turn, until) per child, read on the heartbeat tick."""
 
-    def __init__(self, slots: int = BOARD_SLOTS) -> None:
+    def __init__(self, slots: int = BOARD_SLOTS, fd: int | None = None) -> None:
+        """A new board, or (`fd`) the one another process made and passed on: a zygote that
+        replaces a dead one is a new program, not a fork, and maps the same memory."""
         self.slots = slots
-        self._map = mmap.mmap(-1, slots * 16)  # MAP_SHARED | MAP_ANONYMOUS: kept across fork
+        if fd is None:
+            fd = os.memfd_create("moorage-beats", os.MFD_CLOEXEC)
+            os.ftruncate(fd, slots * 16)
+        self.fd = fd
+        self._map = mmap.mmap(fd, slots * 16)  # MAP_SHARED: kept across fork
         self._cells = (ctypes.c_uint64 * (slots * 2)).from_buffer(self._map)
 
     def read(self, slot: int) -> tuple[int, int]:

@@ -22,6 +22,18 @@ def token(name: str) -> str:
     return hmac.new(_KEY, name.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def adopt(key: bytes) -> None:
+    """Take the tree's key (a zygote started as a new program, to replace a dead one, is
+    handed it by its supervisor over their socket)."""
+    global _KEY
+    _KEY = bytes(key)
+
+
+def key() -> bytes:
+    """The key, for a supervisor to hand to the zygote it starts as a new program."""
+    return _KEY
+
+
 def verify(name: str, tok: object) -> bool:
     """Did a process of this tree make `tok` for `name`?"""
     return isinstance(tok, str) and hmac.compare_digest(tok, token(name))

@@ -1,0 +1,102 @@
+"""A tree that keeps going when its own machinery is killed: a zygote killed is replaced and
+its children live on (their supervisor adopts them), deaths of children that had been serving
+never add up to a give-up, and the tree still leaves nothing behind when its root dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+
+from tests.conftest import assert_all_gone, descendants, wait_pid_exit
+
+pytestmark = pytest.mark.timeout(120)
+
+TWO = """
+[supervisor]
+heartbeat = { interval_ms = 100, misses = 3 }
+[[children]]
+id = "a"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "b"
+start = "tests.fakes:FakeActor"
+"""
+
+NESTED = """
+[supervisor]
+heartbeat = { interval_ms = 100, misses = 3 }
+[[children]]
+id = "a"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "inner"
+type = "supervisor"
+[[children.children]]
+id = "c"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_a_killed_zygote_is_replaced_and_its_children_live_on(make_tree):
+    tree = make_tree(TWO).start()
+    before = tree.status()
+    pids = {c["id"]: c["pid"] for c in before["children"]}
+    old = before["zygote"]["pid"]
+    os.kill(old, signal.SIGKILL)
+    ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
+    assert ev["old_pid"] == old and ev["restarts"] == 1
+    after = tree.status()
+    assert after["zygote"] == {"pid": ev["zygote_pid"], "restarts": 1}
+    assert {c["id"]: c["pid"] for c in after["children"]} == pids  # the same processes
+    assert all(c["state"] == "running" for c in after["children"])
+    assert tree.call("a", "fake.work")["pid"] == pids["a"]
+    # An adopted child's death is seen (we reap it now) and it comes back from the new zygote.
+    os.kill(pids["a"], signal.SIGKILL)
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+    assert back["pid"] != pids["a"]
+    assert psutil.Process(back["pid"]).ppid() == ev["zygote_pid"]
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+
+
+def test_after_a_zygote_was_replaced_the_root_killed_still_leaves_no_process(make_tree):
+    tree = make_tree(NESTED).start()
+    root = tree.pid
+    inner_zygote = tree.child("inner")["tree"]["zygote"]["pid"]
+    os.kill(tree.status()["zygote"]["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["supervisor"] ==
+                    "supervisor")
+    os.kill(inner_zygote, signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["supervisor"] == "inner")
+    tree.wait_all_running()
+    procs = [psutil.Process(root), *descendants(root)]
+    assert len(procs) == 6  # root, its zygote, a, inner, inner's zygote, c
+    os.kill(root, signal.SIGKILL)
+    assert wait_pid_exit(root, 10)
+    assert_all_gone(procs)
+
+
+KILLED = """
+[supervisor]
+intensity = 2
+period_s = 60
+stable_after_s = 0
+[[children]]
+id = "a"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_deaths_of_a_child_that_was_serving_never_add_up_to_a_give_up(make_tree):
+    tree = make_tree(KILLED).start()
+    for _ in range(6):  # three times the intensity
+        pid = tree.child("a")["pid"]
+        assert tree.call("a", "fake.work")["pid"] == pid  # serving
+        os.kill(pid, signal.SIGKILL)
+        assert wait_pid_exit(pid, 10)
+        ev = tree.wait_event(lambda e: e["event"] in ("restarted", "fallback", "escalated")
+                             and e.get("child") == "a")
+        assert ev["event"] == "restarted", ev
+    assert tree.child("a")["restarts"] == 6 and tree.child("a")["fallback"] is None
