@@ -69,9 +69,10 @@ class FakeActor(Actor):
             last = self.publisher.publish(topic, {"i": i}, atts)
         return {"last_seq": last}
 
-    @op("fake.slow", args={"ms": int})
-    def slow(self, call: Call, ms: int) -> object:
-        """Answer after `ms` milliseconds, without blocking the loop (a deferred reply)."""
+    @op("fake.slow", args={"ms": int, "session": (str, None)})
+    def slow(self, call: Call, ms: int, session: str | None) -> object:
+        """Answer after `ms` milliseconds, without blocking the loop (a deferred reply);
+        `session` is only carried (as a terminal op's is)."""
         self.loop.call_later(ms / 1000, lambda: call.reply({"slept_ms": ms}))
         return DEFERRED
 

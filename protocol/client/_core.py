@@ -105,7 +105,7 @@ class Wait:
 
 class CallPlan:
     __slots__ = ("actor", "attempts", "core", "deadline", "deadline_ms", "frames", "id",
-                 "idempotent", "last_error", "op", "retries", "started", "timeout",
+                 "idempotent", "last_error", "op", "retries", "session", "started", "timeout",
                  "timeout_retries")
 
     def __init__(
@@ -133,6 +133,8 @@ class CallPlan:
                 or op in core.learned.get(actor, ())
         self.idempotent = idempotent
         self.frames = encode_request(rid, core.sid, op, args, deadline_ms, attachments)
+        # What a caller told `outcome_unknown` needs to go and look (term.exec, term.create)
+        self.session = args.get("session") if type(args) is dict else None
         self.attempts = 0
         self.retries = 0
         self.timeout_retries = 0  # attempts that timed out and were resent (the ladder)
@@ -215,12 +217,21 @@ class CallPlan:
         return Resend(min(self.core.options.backoff.delay(self.retries - 1),
                           max(0.0, self.deadline - now)))
 
-    def on_disconnect(self, now: float) -> Resend | Wait:
-        """The actor's connection dropped (it died): idempotent calls are resent at once;
-        they wait in the socket's queue until the successor is up."""
+    def on_disconnect(self, now: float) -> Resend | Done:
+        """The actor's connection dropped (it died, or was restarted): idempotent calls are
+        resent at once, and wait in the socket's queue until the successor is up; any other
+        call ends now with `outcome_unknown` (it may have run, or not), rather than at its
+        deadline: the successor cannot answer for it. The detail says which epoch it went to
+        and, for a call naming a session, which session to look at."""
         if self.idempotent:
             return Resend(0.0)
-        return Wait(self.deadline)
+        detail: dict[str, Any] = {"old_epoch": self.core.epochs.get(self.actor),
+                                  "new_epoch": None, "request_id": self.id}
+        if self.session is not None:
+            detail["session"] = self.session
+        return self.done(now, error=WireError.of(
+            "outcome_unknown", f"{self.actor}'s connection dropped while {self.op} was in "
+            "flight; it may or may not have run", detail=detail))
 
     def resend(self, now: float) -> Done | Wait:
         br = self.core.breaker(self.actor)

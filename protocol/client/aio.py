@@ -151,8 +151,7 @@ class AsyncClient:
                     verdict = plan.on_timeout(time.monotonic())
                     continue
                 if item is _DISCONNECT:
-                    v = plan.on_disconnect(time.monotonic())
-                    verdict = v if isinstance(v, Resend) else verdict
+                    verdict = plan.on_disconnect(time.monotonic())
                     continue
                 if isinstance(item, DecodeError):  # ours, but unreadable
                     verdict = plan.done(time.monotonic(), error=item.error)

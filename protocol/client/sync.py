@@ -113,6 +113,7 @@ class Client:
         verdict: Done | Wait | Resend = plan.start(plan.started)
         conn = self._conns.get(actor) or self._conn(actor)
         if isinstance(verdict, Wait):
+            conn.disconnected()  # a drop before this call is not this call's
             send_frames(conn.sock, plan.frames)
         while True:
             if isinstance(verdict, Wait):
@@ -139,9 +140,7 @@ class Client:
                 if now >= until:
                     return plan.on_timeout(now)
                 if conn.disconnected():
-                    v = plan.on_disconnect(now)
-                    if isinstance(v, Resend):
-                        return v
+                    return plan.on_disconnect(now)
                 continue
             try:
                 reply = decode_reply(frames)
@@ -192,6 +191,7 @@ class Client:
         if self.core.should_learn(actor, "", idempotent):
             self.learn_ops(actor, timeout)
         conn = self._conn(actor)
+        conn.disconnected()  # a drop before these calls is not theirs
         it = iter(calls)
         plans: dict[int, tuple[int, CallPlan]] = {}
         results: list[Any] = []
@@ -218,7 +218,19 @@ class Client:
             # Plans share one timeout and are kept in creation order: the first is due first.
             deadline = next(iter(plans.values()))[1].deadline
             left = deadline - time.monotonic()
-            if left <= 0 or not conn.sock.poll(max(1, int(left * 1000))):
+            if conn.disconnected():
+                now = time.monotonic()
+                for rid, (i, p) in list(plans.items()):
+                    v = p.on_disconnect(now)
+                    if isinstance(v, Resend):
+                        v = p.resend(now)
+                    if isinstance(v, Done):
+                        results[i] = v.error
+                        del plans[rid]
+                    else:
+                        send_frames(conn.sock, p.frames)
+                continue
+            if left <= 0 or not conn.sock.poll(max(1, min(int(left * 1000), WAIT_SLICE_MS))):
                 now = time.monotonic()
                 for rid, (i, p) in list(plans.items()):
                     if p.deadline <= now:
