@@ -142,6 +142,15 @@ class ControlOps:
         """The tree's `[timeouts]` defaults and the run-time overrides on top of them."""
         return self.sup.overrides.describe(self.sup.doc.get("timeouts") or {})
 
+    @op("sup.orphan_exit", args={"pid": int}, idempotent=True, timeout_ms=1000)
+    def _op_orphan_exit(self, call: Call, pid: int) -> dict[str, Any]:
+        """The exit status of a process orphaned to this supervisor and reaped by it (a
+        keeper's shell, when that keeper died): for the one that took the shell over."""
+        status = self.sup.orphan_exits.get(pid)
+        if status is None:
+            raise fail("not_found", f"no orphan {pid} reaped here (yet)")
+        return {"pid": pid, "code": status[0], "signal": status[1]}
+
     @op("sup.endpoints", idempotent=True)
     def _op_endpoints(self, call: Call) -> dict[str, Any]:
         """Where every actor of the tree listens."""

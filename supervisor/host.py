@@ -37,6 +37,7 @@ class SupervisorHost(Protocol):
     shedding: bool
     zygote: ZygoteHandle
     zygote_restarts: int
+    orphan_exits: dict[int, tuple[int | None, int | None]]
 
     def next_job(self) -> None: ...
     def stop(self) -> None: ...

@@ -78,6 +78,7 @@ from moorage.supervisor.spec import SupervisorSpec
 from moorage.supervisor.zygote import ZygoteHandle
 
 ESCALATED_EXIT_CODE = 3
+ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_exit
 
 
 class Supervisor(Actor):
@@ -104,6 +105,7 @@ class Supervisor(Actor):
         self.old_zygotes: list[ZygoteHandle] = []  # dead: read until their last ready
         self.zygote_restarts = 0
         self.orphans_reaped = 0  # descendants orphaned to us (a subreaper) and reaped
+        self.orphan_exits: dict[int, tuple[int | None, int | None]] = {}  # pid -> status
         self.jobs: deque[tuple[str, Child]] = deque()
         self.current_job: tuple[str, Child] | None = None
         self.outbound = Outbound(self)
@@ -238,6 +240,7 @@ class Supervisor(Actor):
         self.zygote.beats.clear(child.slot)
         child.started_at = time.monotonic()
         config = self.overrides.spawn_config(child.id, dict(child.spec.config))
+        config["supervised_by"] = self.name  # whom to ask about what we reap for it
         if child.fallback is not None:
             config["fallback"] = child.fallback
         beat = child.slot
@@ -316,7 +319,13 @@ class Supervisor(Actor):
                                                    -code if code < 0 else None,
                                                    child.stop_requested))
             else:
+                # A descendant orphaned to us: a dead keeper's shell among them, whose exit
+                # its successor asks for (sup.orphan_exit).
                 self.orphans_reaped += 1
+                self.orphan_exits[pid] = (code if code >= 0 else None,
+                                          -code if code < 0 else None)
+                while len(self.orphan_exits) > ORPHAN_EXITS_KEPT:
+                    self.orphan_exits.pop(next(iter(self.orphan_exits)))
                 logger.debug("{}: reaped orphan {} ({})", self.name, pid, code)
 
     def _zygote_died(self, code: int) -> None:

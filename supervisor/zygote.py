@@ -49,6 +49,7 @@ import msgpack
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.beat import BeatBoard, install
+from moorage.actors.runtime.process import orphaned
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -82,6 +83,7 @@ def follow_supervisor(zygote: int, supervisor: int) -> None:
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() == supervisor:  # still: the supervisor had not died meanwhile
                 return
+        orphaned()  # what must not outlive the tree goes first (a keeper's shells)
         os._exit(70)
 
     signal.signal(REPARENT_SIG, parent_gone)

@@ -3,6 +3,7 @@ private HOME so the machine's own ~/.bashrc (pyenv, ...) neither slows nor chang
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import zmq
 
 from moorage.actors.terminal.link import FrameReader, encode
+from moorage.actors.terminal.ring import SessionRing
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.client._streams import Loss, Reset
@@ -36,9 +38,17 @@ class RawLink:
         self.sock.connect(str(path))
         self.reader = FrameReader()
         self.pending: list[dict[str, Any]] = []
+        self.fds: list[int] = []  # passed to us, in order (a `fds` message takes two)
+        self.rings: dict[str, SessionRing] = {}  # session -> its ring, mapped here
+        self.masters: dict[str, int] = {}
 
-    def send(self, msg: dict[str, Any]) -> None:
-        self.sock.sendall(encode(msg))
+    def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = encode(msg)
+        if fds:
+            n = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                            array.array("i", fds))])
+            data = data[n:]
+        self.sock.sendall(data)
 
     def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         end = time.monotonic() + timeout
@@ -46,10 +56,33 @@ class RawLink:
             left = end - time.monotonic()
             assert left > 0, "no message from the keeper in time"
             self.sock.settimeout(left)
-            data = self.sock.recv(1 << 20)
+            data, anc, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(64 * 4))
             assert data, "keeper closed the connection"
-            self.pending.extend(self.reader.feed(data))
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(raw[: len(raw) - len(raw) % fds.itemsize])
+                    self.fds.extend(fds)
+            for msg in self.reader.feed(data):
+                if msg["t"] == "fds":  # a session's master and ring: kept, mapped
+                    master, ring = self.fds.pop(0), self.fds.pop(0)
+                    self.masters[msg["s"]] = master
+                    self.rings[msg["s"]] = SessionRing.open(ring)
+                self.pending.append(msg)
         return self.pending.pop(0)
+
+    def read_out(self, msg: dict[str, Any], seen: dict[str, bytearray],
+                 ack: bool = True) -> None:
+        """An `out` message: the new bytes of its session's ring into `seen`; with `ack`, say
+        they were handled (the ring's ack_off) and wake the keeper if it paused."""
+        sid = msg["s"]
+        data = seen.setdefault(sid, bytearray())
+        ring = self.rings[sid]
+        data.extend(ring.read(len(data), msg["end"]))
+        if ack:
+            ring.ack_off = len(data)
+            if msg.get("paused"):
+                self.send({"t": "ack", "s": sid})
 
     def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
              on_other: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -71,6 +104,12 @@ class RawLink:
 
     def close(self) -> None:
         self.sock.close()
+        for ring in self.rings.values():
+            ring.close()
+        for fd in self.masters.values():
+            os.close(fd)
+        self.rings.clear()
+        self.masters.clear()
 
 
 class Output:
@@ -115,14 +154,19 @@ class Output:
         self.sub.close()
 
 
+ACK_EVERY = 256 << 10  # RawOutput acknowledges this often (a quarter of the keeper's window)
+
+
 class RawOutput:
     """`term.out.<session>` read with a bare SUB socket and put together by offset alone,
     which is the stream's contract: a chunk may come twice (a restarted terminal actor
-    republishes the keeper's tail), and around a restart the dead publisher's last messages
-    and the new one's arrive interleaved (two connections, fair-queued). A repeat must equal
-    what is there; what is ahead waits for the bytes before it. Every welcome (our
-    subscription is live, maybe with a new publisher) is followed by a `replay` of what that
-    publisher sent before it, from its retention.
+    republishes the tail of the session's ring), and around a restart the dead publisher's
+    last messages and the new one's arrive interleaved (two connections, fair-queued). A
+    repeat must equal what is there; what is ahead waits for the bytes before it. Every
+    welcome (our subscription is live, maybe with a new publisher) is followed by a `replay`
+    of what that publisher sent before it, from its retention, and so is a gap in a
+    publisher's seqs (our queue overflowed). It acknowledges what it took (`term.ack`), so the
+    session's shell never runs more than the keeper's window ahead of it.
 
     (The client's Subscription is not used here: its tracker mishandles that interleaving,
     and its 100,000-message receive queue keeps backpressure from engaging; see the
@@ -137,8 +181,7 @@ class RawOutput:
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 5)
-        # A small queue: a slow reader then holds the publisher back (XPUB_NODROP), and a
-        # restarted publisher cannot run past its retention before our replay.
+        # A small queue: what overflows it is taken from retention (a gap in the seqs)
         self.sock.setsockopt(zmq.RCVHWM, 16)
         self.sock.setsockopt(zmq.SUBSCRIBE, self.topic.encode())
         self.sock.connect(endpoints.pub(client.runtime_dir, actor))
@@ -149,6 +192,8 @@ class RawOutput:
         self.welcomes = 0
         self.repeated = 0
         self.lost: list[tuple[str, list[int]]] = []  # seq ranges retention no longer had
+        self.acked = 0
+        self.gaps = 0
 
     def _add(self, off: int, chunk: bytes) -> None:
         have = len(self.data)
@@ -170,8 +215,16 @@ class RawOutput:
     def _message(self, epoch: str, seq: int, body: dict, chunk: bytes) -> None:
         if not self.epochs or self.epochs[-1] != epoch:
             self.epochs.append(epoch)
+        last = self.last_seq.get(epoch)
+        if last is not None and seq > last + 1:  # our queue overflowed: take it from retention
+            self.gaps += 1
+            self._replay(epoch)
         self.last_seq[epoch] = max(seq, self.last_seq.get(epoch, 0))
         self._add(body["offset"], chunk)
+        if len(self.data) - self.acked >= ACK_EVERY:
+            self.acked = len(self.data)
+            self.client.call(self.actor, "term.ack", {"session": self.sid,
+                                                      "offset": self.acked})
 
     def _replay(self, epoch: str) -> None:
         frm = self.last_seq.get(epoch, 0) + 1
@@ -268,7 +321,7 @@ start = "moorage.actors.parser.actor:ParserActor"
 [[children]]
 id = "terminals"
 type = "supervisor"
-strategy = "rest_for_one"
+strategy = "one_for_one"
 
 [[children.children]]
 id = "ptykeeper"

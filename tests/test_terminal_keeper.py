@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import psutil
 import pytest
 
 from moorage.actors.runtime import trust
@@ -92,62 +93,51 @@ def test_a_missing_program_or_cwd_fails_at_once_with_its_errno(tmp_path):
     assert e2.value.errno == 2
 
 
-def test_output_arrives_with_contiguous_offsets_and_exit_after_the_last_byte(
+def test_output_arrives_in_the_shared_ring_in_order_and_exit_after_the_last_byte(
         keeper, client, connect):
     link = connect(client, keeper())
     ok = create(link, "a", argv=["sh", "-c", "seq 1 20000; exit 7"])
     assert ok["t"] == "ok" and ok["pid"] > 0
-    data = bytearray()
-
-    def take(m):
-        if m["t"] == "out":
-            assert m["off"] == len(data)
-            data.extend(m["data"])
-            link.send({"t": "ack", "s": "a", "off": m["off"] + len(m["data"])})
-
-    ex = link.wait(lambda m: m["t"] == "exit", on_other=take)
+    seen: dict[str, bytearray] = {}
+    ex = link.wait(lambda m: m["t"] == "exit",
+                   on_other=lambda m: m["t"] == "out" and link.read_out(m, seen))
     assert ex == {"t": "exit", "s": "a", "code": 7, "signal": None}
-    assert bytes(data).split(b"\r\n")[:-1] == [str(i).encode() for i in range(1, 20001)]
+    assert bytes(seen["a"]).split(b"\r\n")[:-1] == [str(i).encode() for i in range(1, 20001)]
 
 
 def test_a_full_window_stops_reading_until_acked_and_nothing_is_lost(keeper, client, connect):
     link = connect(client, keeper(window_bytes=65536))
     create(link, "w", argv=["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' y; echo; exit 0"])
-    data = bytearray()
-    unacked = 0
-    max_unacked = 0
+    seen: dict[str, bytearray] = {}
+    max_unhandled = 0
+    pauses = 0
 
     def take(m):
-        nonlocal unacked, max_unacked
+        nonlocal max_unhandled, pauses
         if m["t"] != "out":
             return
-        assert m["off"] == len(data)
-        data.extend(m["data"])
-        unacked += len(m["data"])
-        max_unacked = max(max_unacked, unacked)
-        if unacked >= 65536:  # ack only a full window: the keeper must have stopped there
-            link.send({"t": "ack", "s": "w", "off": len(data)})
-            unacked = 0
+        ring = link.rings["w"]
+        max_unhandled = max(max_unhandled, m["end"] - ring.ack_off)
+        # handle (ack) only once the keeper says it stopped for a full window
+        link.read_out(m, seen, ack=bool(m.get("paused")))
+        pauses += bool(m.get("paused"))
 
     link.wait(lambda m: m["t"] == "exit", on_other=take)
-    assert max_unacked == 65536
-    assert data.count(b"y") == 1_000_000
+    assert max_unhandled == 65536 and pauses >= 10
+    assert seen["w"].count(b"y") == 1_000_000
 
 
-def test_a_new_connection_gets_every_session_and_all_unacknowledged_output_again(
+def test_a_new_connection_gets_every_session_with_its_master_and_ring(
         keeper, client, connect, links):
     path = keeper()
     link = connect(client, path)
     create(link, "r", argv=["sh", "-c", "echo one; echo two; sleep 30"])
-    first = bytearray()
-
-    def take(m):
+    seen: dict[str, bytearray] = {}
+    while b"two" not in seen.get("r", b""):
+        m = link.recv()
         if m["t"] == "out":
-            first.extend(m["data"])
-
-    while b"two" not in first:
-        take(link.recv())
-    link.send({"t": "ack", "s": "r", "off": 5})  # "one\r\n" published, the rest not
+            link.read_out(m, seen, ack=False)
+    link.rings["r"].ack_off = 5  # "one\r\n" handled, the rest not
     link.send({"t": "meta", "s": "r", "meta": {"nonce": "N"}})
     link.close()
     again = RawLink(path)
@@ -156,38 +146,70 @@ def test_a_new_connection_gets_every_session_and_all_unacknowledged_output_again
     welcome = again.recv()
     assert welcome["t"] == "welcome"
     (entry,) = welcome["sessions"]
-    # the tail before `acked` (kept for the actor's scrollback) and everything after it
     assert entry["s"] == "r" and entry["acked"] == 5 and entry["base"] == 0
     assert entry["meta"] == {"nonce": "N"}
-    out = again.recv()
-    assert out["t"] == "out" and out["off"] == 0 and out["data"] == bytes(first)
+    assert again.recv() == {"t": "fds", "s": "r"}
+    ring = again.rings["r"]  # the same memory: everything read so far is there
+    assert ring.ack_off == 5 and ring.read(0, ring.write_off) == bytes(seen["r"])
     again.send({"t": "close", "r": 9, "s": "r"})
     assert again.wait(lambda m: m.get("r") == 9)["t"] == "ok"
     assert wait_pid_exit(entry["pid"], 10)
 
 
+def test_a_new_keeper_adopts_a_session_from_the_terminal_side_and_the_shell_goes_on(
+        spawn_actor, client, connect, runtime_dir, links):
+    first = spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+    path = runtime_dir / "ptykeeper.sock"
+    link = connect(client, path)
+    ok = create(link, "k", argv=["sh", "-c", "echo a; read x; echo got-$x; exit 3"])
+    seen: dict[str, bytearray] = {}
+    while b"a\r\n" not in seen.get("k", b""):
+        m = link.recv()
+        if m["t"] == "out":
+            link.read_out(m, seen)
+    os.kill(first.pid, signal.SIGKILL)  # we (the terminal side) still hold master and ring
+    assert wait_pid_exit(first.pid, 10)
+    assert psutil.pid_exists(ok["pid"])  # the shell lives on
+    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+    fresh = connect(client, path)
+    fresh.send({"t": "adopt", "r": 1, "s": "k", "pid": ok["pid"], "tty": ok["tty"],
+                "cols": 80, "rows": 24, "meta": {"n": "k"}},
+               fds=[link.masters["k"], link.rings["k"].fd])
+    fresh.rings["k"], fresh.masters["k"] = link.rings.pop("k"), link.masters.pop("k")
+    assert fresh.wait(lambda m: m.get("r") == 1)["t"] == "ok"
+    assert client.call("ptykeeper", "sys.info")["adopted"] == 1
+    fresh.send({"t": "write", "s": "k", "data": b"it\n"})
+    fresh.wait(lambda m: m["t"] == "exit",
+               on_other=lambda m: m["t"] == "out" and fresh.read_out(m, seen))
+    assert seen["k"].endswith(b"got-it\r\n") and seen["k"].count(b"a\r\n") == 1
+    assert wait_pid_exit(ok["pid"], 10)
+
+
 def test_input_resize_and_signals_reach_the_session(keeper, client, connect):
     link = connect(client, keeper())
     ok = create(link, "i", argv=["sh", "-i"])
-    seen = bytearray()
+    seen: dict[str, bytearray] = {}
 
     def take(m):
         if m["t"] == "out":
-            seen.extend(m["data"])
+            link.read_out(m, seen)
+
+    def output() -> bytes:
+        return bytes(seen.get("i", b""))
 
     link.send({"t": "resize", "r": 2, "s": "i", "cols": 132, "rows": 43})
     assert link.wait(lambda m: m.get("r") == 2, on_other=take)["t"] == "ok"
     # `st''arted`: the echo of the typed line is not the output
     link.send({"t": "write", "s": "i",
                "data": b"stty size; sh -c 'echo st''arted; exec sleep 30'\r"})
-    while b"started" not in seen:
+    while b"started" not in output():
         take(link.recv())
-    assert b"43 132" in seen
+    assert b"43 132" in output()
     link.send({"t": "signal", "r": 3, "s": "i", "sig": int(signal.SIGINT), "to": "fg"})
     reply = link.wait(lambda m: m.get("r") == 3, on_other=take)
     assert reply["t"] == "ok" and reply["pgid"] != ok["pid"]  # the sleep's group, not sh's
     link.send({"t": "write", "s": "i", "data": b"echo after-$?\r"})
-    while b"after-130" not in seen:
+    while b"after-130" not in output():
         take(link.recv())
 
 
@@ -212,11 +234,11 @@ def test_stopping_the_keeper_ends_every_shell_and_its_jobs(
     link = connect(client, runtime_dir / "ptykeeper.sock")
     script = "trap '' HUP; sleep 60 & echo bg-started; wait"
     pids = [create(link, f"s{i}", r=i, argv=["sh", "-c", script])["pid"] for i in range(3)]
-    seen = {f"s{i}": b"" for i in range(3)}
-    while not all(b"bg-started" in v for v in seen.values()):
+    seen: dict[str, bytearray] = {}
+    while not all(b"bg-started" in seen.get(f"s{i}", b"") for i in range(3)):
         m = link.recv()
         if m["t"] == "out":
-            seen[m["s"]] += m["data"]
+            link.read_out(m, seen)
     procs = descendants(proc.pid)
     assert len(procs) >= 6  # three shells, three sleeps
     assert {p.pid for p in procs} >= set(pids)
@@ -245,11 +267,11 @@ def test_a_stranger_on_the_keeper_socket_is_refused_and_the_live_link_keeps_work
     silent = RawLink(path)
     links.append(silent)
     link.send({"t": "write", "r": 2, "s": "s1", "data": b"echo still-here\n"})
-    seen = bytearray()
-    while b"still-here\r\n" not in seen:  # the echo, then the output: the link still serves
+    seen: dict[str, bytearray] = {}
+    while b"still-here\r\n" not in seen.get("s1", b""):  # echo, then output: it still serves
         m = link.recv()
         if m["t"] == "out":
-            seen.extend(m["data"])
+            link.read_out(m, seen)
     info = wait_for(lambda: (i := client.call("ptykeeper", "sys.info"))["strangers_refused"] >= 2
                     and i, "the silent connection refused")
     assert info["connected"] and info["peer_pid"] == os.getpid()

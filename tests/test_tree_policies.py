@@ -83,7 +83,7 @@ config = { crash_after = 1 }
 def test_exceeding_the_intensity_engages_the_childs_fallback_instead_of_escalating(make_tree):
     tree = make_tree(FALLBACK).start()
     for _ in range(3):  # three deaths: the third exceeds intensity 2
-        pid = tree.child("flaky")["pid"]
+        pid = tree.wait_all_running()["children"][0]["pid"]
         with pytest.raises(MoorageError):
             tree.call("flaky", "fake.work", timeout=1.0)
         assert wait_pid_exit(pid, 10)

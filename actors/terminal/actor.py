@@ -58,7 +58,7 @@ parse_feed_bytes (1 MiB), parse_lag_bytes (4 MiB), parse_retry_ms (1000) and
 parse_retry_max_ms (10000: the breaker's cooldown, doubling), keeper ("ptykeeper"), shells,
 default_shell, term, integration_detect_ms (5000), quiet_ms (300), exec_timeout_ms (60000),
 scrollback_bytes (2 MiB), max_output_bytes (1 MiB), keeper_wait_ms (3000), idle_close_s
-(600), ack_bytes (256 KiB), resume_wait_ms (5000),
+(600), resume_wait_ms (5000), republish_bytes (2 MiB), consumer_timeout_ms (5000),
 pub_hwm (8: bounds what a crash can lose in flight, see PtyKeeper keep_bytes),
 retention_messages (2000) and retention_bytes (8 MiB) per topic, reply_cache_entries (1024).
 """
@@ -73,12 +73,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
 from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
 from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.signals import parse_signal
 from moorage.actors.terminal.keeper_client import KeeperClient
 from moorage.actors.terminal.parsehop import ParserLink
-from moorage.actors.terminal.restore import Creation, base_env, reconcile
+from moorage.actors.terminal.restore import Creation, base_env, reconcile, restore
 from moorage.actors.terminal.session import Session
 from moorage.actors.terminal.specs import SpecStore
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
@@ -90,12 +92,14 @@ PRESSURE_RETRY_MS = 1000
 class TerminalActor(Actor):
     name = "terminal"
     category = Category.TERMINAL
-    nodrop = True  # a slow subscriber is backpressure (see the module docstring), not a gap
+    # A slow subscriber loses messages at its own queue's limit (a gap it repairs by replay),
+    # never the others': flow control is per session, by the consumers' acks (term.ack).
+    nodrop = False
 
     def __init__(self, name: str | None, runtime_dir: Path | str,
                  config: dict | None = None) -> None:
         config = dict(config or {})
-        config.setdefault("pub_hwm", 8)
+        config.setdefault("pub_hwm", 1000)
         # per topic, and there are two per session: output is bounded by bytes, records by
         # count (the runtime's 10,000 would hold 10,000 records of `echo test` per session)
         config.setdefault("retention_messages", 2000)
@@ -114,8 +118,10 @@ class TerminalActor(Actor):
         self.max_output = int(cfg.get("max_output_bytes", 1 << 20))
         self.keeper_wait_s = int(cfg.get("keeper_wait_ms", 3000)) / 1000
         self.idle_close_s = float(cfg.get("idle_close_s", 600))
-        self.ack_bytes = int(cfg.get("ack_bytes", 256 << 10))  # keeper window / 4
         self.resume_wait_s = int(cfg.get("resume_wait_ms", 5000)) / 1000
+        self.republish_bytes = int(cfg.get("republish_bytes", 2 << 20))
+        self.consumer_timeout_s = int(cfg.get("consumer_timeout_ms", 5000)) / 1000
+        self.counters: Counter[str] = Counter()
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
         self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
@@ -124,10 +130,11 @@ class TerminalActor(Actor):
         self._tick_timer: Timer | None = None
         self._ready_callback: Callable[[], None] | None = None
         self.keeper = KeeperClient(
-            self.loop, self.keeper_path, self.sessions, ack_bytes=self.ack_bytes,
-            resume_wait_s=self.resume_wait_s, backlog=lambda: bool(self.publisher.backlog),
-            stopping=lambda: self.stopping, on_welcome=lambda e: reconcile(self, e),
-            on_ready=self._announce_ready, on_exit=self._shell_exited)
+            self.loop, self.keeper_path, self.sessions, resume_wait_s=self.resume_wait_s,
+            stopping=lambda: self.stopping,
+            on_restore=lambda e, master, ring: restore(self, e, master, ring),
+            on_welcome=lambda entries: reconcile(self, entries),
+            on_ready=self._announce_ready, on_exit=self.session_exited)
 
     # --- life -------------------------------------------------------------------------------
 
@@ -136,6 +143,7 @@ class TerminalActor(Actor):
         # keeper_wait_ms without it (then ops wait or answer `unavailable`).
         self._ready_callback, self.ready_hook = self.ready_hook, None
         self.loop.call_later(self.keeper_wait_s, self._announce_ready)
+        self.loop.call_every(min(1.0, self.consumer_timeout_s / 2), self._drop_silent_consumers)
         self.keeper.connect()
 
     def _announce_ready(self) -> None:
@@ -144,25 +152,39 @@ class TerminalActor(Actor):
             cb()
 
     def on_stop(self) -> None:
+        # Stopped on purpose (a restart by hand, or the tree stopping): the keeper holds the
+        # sessions and their specs; a tree started afresh must not find them lost.
         for s in self.sessions.values():
             s.abort(WireError.of("outcome_unknown", f"{self.name} stopped while it ran"))
+        self.specs.clear()
         self.keeper.close("terminal stopping")
         self.parse_link.close()
 
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "keeper_connected": self.keeper.welcomed,
-                "keeper_pid": self.keeper.pid, "pub_backlog": len(self.publisher.backlog),
-                "parse": self.parse_link.info(), "pressure_shed": dict(self.shed)}
-
-    def on_backlog_drained(self) -> None:
-        self.keeper.flush_acks(now=True)  # the acks held back for the backlog can go
+                "keeper_pid": self.keeper.pid, "keeper_connections": self.keeper.connections,
+                "sessions_adopted_by_keeper": self.keeper.adopted,
+                "parse": self.parse_link.info(), "pressure_shed": dict(self.shed),
+                **self.counters}
 
     def on_subscribed(self, topic: str) -> None:
         self.keeper.on_subscribed(topic)
 
-    def _shell_exited(self, s: Session, info: dict[str, Any]) -> None:
+    def session_exited(self, s: Session, info: dict[str, Any]) -> None:
         s.on_exit(info)
         self.publisher.publish("term.session", {"session": s.id, "event": "exited", **info})
+
+    def _drop_silent_consumers(self) -> None:
+        now = time.monotonic()
+        for s in self.sessions.values():
+            for consumer in s.silent_consumers(now, self.consumer_timeout_s):
+                self.counters["consumers_dropped"] += 1
+                self.publisher.publish("term.session", {
+                    "session": s.id, "event": "consumer_dropped", "consumer": consumer,
+                    "offset": s.offset})
+                logger.warning("session {}: consumer {} dropped (silent for {} s)", s.id,
+                               consumer, self.consumer_timeout_s)
+                self.keeper.flush_acks(s)
 
     # --- pressure (seed 6 and 9.2) -----------------------------------------------------------
 
@@ -264,7 +286,6 @@ class TerminalActor(Actor):
         s = self.sessions.pop(sid, None)
         self.specs.drop(sid)
         if s is not None:
-            self.keeper.forget(s)
             s.close(WireError.of("shell_exited", f"session {sid} was closed ({reason})"))
         self.keeper.request({"t": "close", "s": sid}, lambda _r, _e: None)
         self.publisher.publish("term.session", {"session": sid, "event": "closed",
@@ -418,6 +439,23 @@ class TerminalActor(Actor):
         return self._when_ready(call, lambda: {
             "sessions": [s.describe() for s in self.sessions.values()],
             "keeper": {"connected": self.keeper.welcomed, "pid": self.keeper.pid}})
+
+    @op("term.ack", args={"session": str, "offset": int}, idempotent=True, timeout_ms=2000)
+    def _op_ack(self, call: Call, session: str, offset: int) -> Any:
+        """Say that this client has taken the session's output up to `offset`: from the
+        first ack on, the session's shell is not let more than the keeper's window ahead of
+        it (flow control per session), until it goes silent for `consumer_timeout_ms`."""
+        if offset < 0:
+            raise fail("bad_args", "offset must be >= 0")
+
+        def run() -> Any:
+            s = self.session(session)
+            acked = s.consumer_ack(call.sid, offset, time.monotonic())
+            self.keeper.flush_acks(s)
+            return {"session": session, "acked": acked, "offset": s.offset,
+                    "consumers": len(s.consumers)}
+
+        return self._when_ready(call, run)
 
     @op("term.scrollback", args={"session": str, "from_offset": (int, None),
                                  "max_bytes": (int, 1 << 20)}, idempotent=True)

@@ -1,22 +1,29 @@
 """The terminal actor's side of the pty keeper link (link.py has the messages): a component the
 actor owns, `KeeperClient`.
 
-The keeper holds the shells and their unacknowledged output. This side connects (and
-reconnects) to it, sends it requests and input, takes its output into the sessions, and
-acknowledges a chunk once it is published, and not while the publisher has a backlog (a slow
-subscriber, XPUB_NODROP) or the session's parser hop lags too far behind: the keeper's
-window fills, it stops reading, the shell blocks. After a restart, a session whose output had
-a subscriber holds its acks until a subscriber is back (at most `resume_wait_ms`), so what is
-published meanwhile is bounded by the keeper's window, not by the shell's speed.
+The keeper starts the shells and reads their output into each session's ring (ring.py); this
+side holds a copy of every session's PTY master and ring too, so a session outlives whichever
+of the two processes dies:
+- a new terminal actor (ours died) gets every session the keeper holds, fds included, and
+  `on_restore` makes a session of each from its ring;
+- a new keeper (its predecessor died) gets from us, with `adopt`, every session we hold that it
+  does not: master, ring, the shell's pid, the actor's state.
+While no keeper is connected the sessions stay as they are (the shells block once the PTY's
+buffer is full: nothing is read, nothing is lost), execs in flight go on waiting, and ops that
+need the keeper wait for it (`when_ready`).
 
-Command lines of a session parsed in this process are written to the PTY here, through the
-master the keeper passes along (`hello {fds: true}`), which spares each command a turn of the
-keeper (`keeper_write` says why not with the parser actor); typed input
-(`term.write`, with its queue limit) and whatever cannot be written at once go through the
-keeper, and while the keeper holds any of a session's input (`keeper_writes` unanswered, or
-its last answer's `pending`), the session's command lines go there too, behind it. The
-masters are closed when the session closes or the keeper link ends, so the PTYs still hang up
-with the keeper.
+Output: the keeper says how far the ring has been written (`out {end}`); the actor reads the
+new bytes from the ring and, once they are handled (published, parsed, and taken by the
+consumers that acknowledge, see actor.py), moves the ring's `ack_off` (shared memory: no
+message), which makes room in the keeper's window. Only when the keeper said it stopped for a
+full window does an `ack` message wake it. After a restart, a session whose output had a
+subscriber moves nothing until a subscriber is back (at most `resume_wait_ms`), so what is
+published meanwhile is bounded by the window, not by the shell's speed.
+
+Command lines are written to the PTY here, through our copy of the master, while the keeper
+holds none of the session's input (else they would overtake it) and the session parses in
+this process (`write` says why not with the parser actor); typed input (`term.write`, with its
+queue limit) and whatever cannot be written at once go through the keeper.
 """
 
 from __future__ import annotations
@@ -32,56 +39,55 @@ from loguru import logger
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.signals import parse_signal
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
+from moorage.actors.terminal.ring import RingError, SessionRing
 from moorage.protocol.errors import KINDS, WireError
 
 if TYPE_CHECKING:
-    from moorage.actors.runtime.loop import Loop, Timer
+    from moorage.actors.runtime.loop import Loop
     from moorage.actors.terminal.session import Session
 
 KeeperCallback = Callable[[dict[str, Any] | None, WireError | None], None]
-RECONNECT_S = 0.1
-ACK_DELAY_S = 0.05
-CATCH_UP_MAX_S = 2.0  # a restored session whose resent output never completes is served anyway
+RECONNECT_S = 0.02
+FDS_WAIT_S = 2.0  # a welcome's sessions' fds, all of them within this
 
 
 class KeeperClient:
     """The link to the keeper, its messages, and the acks, for the sessions the actor holds.
 
-    What the actor decides stays with it, through the callbacks: `on_welcome(entries)` (the
-    keeper's session list: restore or recreate), `on_ready()` (the sessions are known),
-    `on_exit(session, info)` (a shell ended); `backlog()` says whether the publisher holds
-    messages back (no acks then) and `stopping()` whether to stop reconnecting."""
+    What the actor decides stays with it, through the callbacks: `on_restore(entry, master,
+    ring)` makes a session of one the keeper holds and we do not, `on_welcome(entries)` (the
+    keeper's whole list, once every session is restored: which of ours are lost),
+    `on_ready()` (the sessions are known), `on_exit(session, info)` (a shell ended);
+    `stopping()` says whether to stop reconnecting."""
 
     def __init__(self, loop: Loop, path: Path, sessions: dict[str, Session], *,
-                 ack_bytes: int, resume_wait_s: float, backlog: Callable[[], bool],
-                 stopping: Callable[[], bool],
+                 resume_wait_s: float, stopping: Callable[[], bool],
+                 on_restore: Callable[[dict[str, Any], int, SessionRing], None],
                  on_welcome: Callable[[list[dict[str, Any]]], None],
                  on_ready: Callable[[], None],
                  on_exit: Callable[[Session, dict[str, Any]], None]) -> None:
         self.loop = loop
         self.path = path
         self.sessions = sessions
-        self.ack_bytes = ack_bytes
         self.resume_wait_s = resume_wait_s
-        self.backlog = backlog
         self.stopping = stopping
+        self.on_restore = on_restore
         self.on_welcome = on_welcome
         self.on_ready = on_ready
         self.on_exit = on_exit
         self.link: Link | None = None
         self.welcomed = False
         self.pid: int | None = None
+        self.connections = 0  # links made: more than one means a keeper (or we) restarted
+        self.adopted = 0  # sessions handed to a keeper that had lost them (its predecessor's)
         self._waiting: dict[int, KeeperCallback] = {}
         self._next_r = 1
-        self._ack_due: set[Session] = set()
-        self._ack_timer: Timer | None = None
         self.subscribed: set[str] = set()  # topic prefixes subscribers asked for, ever
         self._until_ready: list[Callable[[bool], None]] = []
-        # restored sessions -> the offset the keeper had read: ops wait until their output
-        # is back and parsed, so a list or an exec never sees a half-restored session
-        self._catching_up: dict[str, int] = {}
+        self._entries: list[dict[str, Any]] = []  # the welcome being completed
+        self._awaiting_fds: set[str] = set()  # its sessions whose fds have not come yet
         self._keeper = {"welcome": self._k_welcome, "out": self._k_out, "exit": self._k_exit,
-                        "ok": self._k_reply, "err": self._k_reply, "fd": self._k_fd}
+                        "ok": self._k_reply, "err": self._k_reply, "fds": self._k_fds}
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -94,24 +100,26 @@ class KeeperClient:
             logger.debug("keeper not reachable at {}: {}", self.path, exc)
             self.loop.call_later(RECONNECT_S, self.connect)
             return
+        self.connections += 1
         self.link = Link(self.loop, sock, self._on_keeper, self._on_link_closed,
-                         on_batch_end=self.flush_acks, accept_fds=True)
-        self.link.send({"t": "hello", "fds": True, "tok": trust.token(LINK_TOKEN_NAME)})
+                         accept_fds=True)
+        self.link.send({"t": "hello", "tok": trust.token(LINK_TOKEN_NAME),
+                        "held": list(self.sessions)})
 
     def _on_link_closed(self, reason: str) -> None:
         logger.warning("keeper link closed: {}", reason)
         self.link = None
         self.welcomed = False
-        self._catching_up.clear()
+        self._awaiting_fds.clear()
         waiting, self._waiting = self._waiting, {}
         for cb in waiting.values():
             cb(None, WireError.of("outcome_unknown", f"pty keeper connection lost ({reason})"))
         for s in self.sessions.values():
-            s.abort(WireError.of("outcome_unknown", f"pty keeper connection lost ({reason})"))
-        self._ack_due.clear()
-        for s in self.sessions.values():
-            s.acked = 0  # the next welcome says what the keeper has
-            s.drop_input_fd()  # with the keeper gone, the PTYs must hang up
+            # The sessions stay: we hold their masters and rings. A write the keeper was
+            # holding is gone with it; a command waits for its output as before.
+            s.keeper_writes = 0
+            s.keeper_backlog = False
+            s.keeper_paused = False
         if not self.stopping():
             self.loop.call_later(RECONNECT_S, self.connect)
 
@@ -121,6 +129,10 @@ class KeeperClient:
             logger.warning("keeper sent an unknown message {!r}", msg["t"])
             return
         handler(msg)
+
+    def close(self, reason: str) -> None:
+        if self.link is not None:
+            self.link.close(reason)
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -135,10 +147,10 @@ class KeeperClient:
         self.link.send(msg)
 
     def write(self, s: Session, data: bytes) -> bool:
-        """Input for a command, written to the PTY here when the keeper passed its master,
-        holds none of the session's input (else it would overtake that) and the session
-        parses in this process (see below), the rest through the keeper; a refusal comes to
-        the session's `write_failed`. False: no keeper, nothing was sent.
+        """Input for a command, written to the PTY here when the keeper holds none of the
+        session's input (else it would overtake that) and the session parses in this process
+        (see below), the rest through the keeper; a refusal comes to the session's
+        `write_failed`. False: no keeper, nothing was sent.
 
         Why not with the parser actor: a keeper that is not busy with the write reads the
         shell's echo as it comes, in three or four small chunks instead of one or two, and
@@ -147,10 +159,10 @@ class KeeperClient:
         and the turn saved is a tenth to a fifth of the command's time."""
         if self.link is None or not self.welcomed:
             return False
-        if s.input_fd is not None and not s.keeper_writes and not s.keeper_backlog and \
+        if s.master is not None and not s.keeper_writes and not s.keeper_backlog and \
                 s.hop.via != "actor":
             try:
-                n = os.write(s.input_fd, data)
+                n = os.write(s.master, data)
             except OSError:  # full (EAGAIN), or the shell side is gone: the keeper says which
                 n = 0
             if n == len(data):
@@ -177,8 +189,8 @@ class KeeperClient:
 
     def signal(self, s: Session, sig: str, to: str) -> None:
         self.request({"t": "signal", "s": s.id, "sig": parse_signal(sig), "to": to},
-                            lambda _r, err: err is None or logger.info(
-                                "session {}: signal not sent: {}", s.id, err.message))
+                     lambda _r, err: err is None or logger.info(
+                         "session {}: signal not sent: {}", s.id, err.message))
 
     def meta(self, s: Session) -> None:
         if self.link is not None:
@@ -204,24 +216,85 @@ class KeeperClient:
 
     def _k_welcome(self, msg: dict[str, Any]) -> None:
         self.pid = msg.get("pid")
-        self.welcomed = True
         entries = msg.get("sessions", [])
-        self.on_welcome(entries)
-        for e in entries:
-            s = self.sessions.get(e["s"])
-            target = int(e.get("read", e["acked"]))
-            if s is not None and s.offset < target:
-                self._catching_up[s.id] = target
-        self.on_ready()
-        if self._catching_up:
-            self.loop.call_later(CATCH_UP_MAX_S, self._caught_up_anyway)
+        held = {e["s"] for e in entries}
+        for s in self.sessions.values():
+            if s.id not in held and s.exited is None:
+                self._adopt(s)  # the keeper restarted: it gets our copy of the session
+            s.keeper_backlog = bool(next((e.get("pending") for e in entries
+                                          if e["s"] == s.id), False))
+        self._entries = entries
+        self._awaiting_fds = {e["s"] for e in entries if e["s"] not in self.sessions}
+        if self._awaiting_fds:
+            self.loop.call_later(FDS_WAIT_S, self._fds_overdue)
         else:
-            self._release_waiting()
+            self._welcome_done()
+
+    def _adopt(self, s: Session) -> None:
+        assert self.link is not None
+        r = self._next_r
+        self._next_r += 1
+
+        def done(_r: dict[str, Any] | None, err: WireError | None) -> None:
+            if err is not None:
+                logger.error("session {}: the keeper could not take it: {}", s.id, err)
+
+        self._waiting[r] = done
+        self.adopted += 1
+        self.link.send_fds({"t": "adopt", "r": r, "s": s.id, "pid": s.pid, "tty": s.tty,
+                            "cols": s.cols, "rows": s.rows, "meta": s.meta},
+                           [s.master, s.ring.fd])  # type: ignore[list-item]
+        logger.info("session {}: handed to the new keeper", s.id)
+
+    def _k_fds(self, msg: dict[str, Any]) -> None:
+        fds = self.link.take_fds(2) if self.link is not None else None
+        sid = msg["s"]
+        if fds is None:
+            logger.error("session {}: its master and ring did not come", sid)
+            return
+        master, ring_fd = fds
+        s = self.sessions.get(sid)
+        if s is not None:  # a session we created: its copies
+            s.take_custody(master, ring_fd)
+            return
+        entry = next((e for e in self._entries if e["s"] == sid), None)
+        if entry is None or sid not in self._awaiting_fds:
+            for fd in fds:
+                os.close(fd)
+            return
+        try:
+            ring = SessionRing.open(ring_fd)
+        except (RingError, OSError) as exc:
+            logger.error("session {}: unreadable ring: {}", sid, exc)
+            for fd in fds:
+                os.close(fd)
+        else:
+            os.set_blocking(master, False)
+            self.on_restore(entry, master, ring)
+        self._awaiting_fds.discard(sid)
+        if not self._awaiting_fds:
+            self._welcome_done()
+
+    def _fds_overdue(self) -> None:
+        if self._awaiting_fds and self.link is not None and not self.welcomed:
+            logger.error("keeper sent no fds for {}; serving without them",
+                         sorted(self._awaiting_fds))
+            self._awaiting_fds.clear()
+            self._welcome_done()
+
+    def _welcome_done(self) -> None:
+        self.welcomed = True
+        self.on_welcome(self._entries)
+        self._entries = []
+        self.on_ready()
+        waiting, self._until_ready = self._until_ready, []
+        for fn in waiting:
+            fn(True)
 
     @property
     def ready(self) -> bool:
-        """Connected, and every restored session caught up with what the keeper had read."""
-        return self.welcomed and not self._catching_up
+        """Connected, and every session of the keeper's restored here."""
+        return self.welcomed
 
     def when_ready(self, fn: Callable[[bool], None], wait_s: float) -> None:
         """`fn(True)` once ready, or `fn(False)` after `wait_s` without it."""
@@ -234,86 +307,39 @@ class KeeperClient:
 
         self.loop.call_later(wait_s, give_up)
 
-    def forget(self, s: Session) -> None:
-        """`s` is closed: nothing of it is acknowledged any more."""
-        self._ack_due.discard(s)
-
-    def close(self, reason: str) -> None:
-        if self.link is not None:
-            self.link.close(reason)
-
-    def _release_waiting(self) -> None:
-        waiting, self._until_ready = self._until_ready, []
-        for fn in waiting:
-            fn(True)
-
-    def _caught_up(self, sid: str) -> None:
-        if self._catching_up.pop(sid, None) is not None and not self._catching_up:
-            self._release_waiting()
-
-    def _caught_up_anyway(self) -> None:
-        if self._catching_up:
-            logger.warning("keeper resent less than it had read for {}; serving anyway",
-                           sorted(self._catching_up))
-            self._catching_up.clear()
-            self._release_waiting()
-
     def _k_out(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
         if s is not None:
-            s.on_output(int(msg["off"]), msg["data"])
-            self._ack_due.add(s)
-            target = self._catching_up.get(s.id)
-            if target is not None and s.offset >= target:
-                self._caught_up(s.id)
-
-    def _k_fd(self, msg: dict[str, Any]) -> None:
-        fd = self.link.take_fd() if self.link is not None else None
-        if fd is None:
-            return
-        s = self.sessions.get(msg["s"])
-        if s is None:
-            os.close(fd)
-            return
-        s.set_input_fd(fd)
+            s.keeper_paused = bool(msg.get("paused"))
+            s.on_ring(int(msg["end"]))
+            self.flush_acks(s)
 
     def _k_exit(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
         if s is None or s.exited is not None:
             return
-        info = {"code": msg.get("code"), "signal": msg.get("signal")}
-        self._caught_up(s.id)  # nothing more will come
-        self.on_exit(s, info)
+        s.on_ring(s.ring.write_off)  # whatever the shell wrote last
+        self.on_exit(s, {"code": msg.get("code"), "signal": msg.get("signal")})
 
-    # --- acks ---------------------------------------------------------------------------------
+    # --- acks: moving the ring's ack_off -------------------------------------------------------
 
-    def flush_acks(self, now: bool = False) -> None:
-        """Acknowledge what is published; nothing while the publisher has a backlog, and
-        nothing for a session whose parser hop lags too far behind.
-
-        An ack is not on any command's path, and each one wakes the keeper (a process switch
-        and a turn of its loop, a measurable share of a command's cost when they come every
-        few commands): small amounts are acked together `ACK_DELAY_S` later, a quarter
-        window's worth at once. What waits for an ack is at most resent to a successor, which
-        drops it by offset."""
-        if not self._ack_due or self.link is None or self.backlog():
+    def flush_acks(self, s: Session) -> None:
+        """Move `s`'s ring ack to what it has handled (Session.handled); wake the keeper if it
+        had stopped reading for a full window."""
+        if s.hold_acks:
             return
-        if not now and all(s.offset - s.acked < self.ack_bytes for s in self._ack_due):
-            if self._ack_timer is None:
-                self._ack_timer = self.loop.call_later(ACK_DELAY_S, self._ack_later)
-            return
-        for s in [s for s in self._ack_due if not s.hold_acks and not s.parse_lags()]:
-            self.link.send({"t": "ack", "s": s.id, "off": s.offset})
-            s.acked = s.offset
-            self._ack_due.discard(s)
-
-    def _ack_later(self) -> None:
-        self._ack_timer = None
-        self.flush_acks(now=True)
+        handled = s.handled()
+        if handled > s.ring.ack_off:
+            s.ring.ack_off = handled
+            if s.keeper_paused and self.link is not None:
+                s.keeper_paused = False
+                self.link.send({"t": "ack", "s": s.id})
 
     def acks_ready(self) -> None:
-        """Something that held acks back is over (a parser hop caught up)."""
-        self.flush_acks(now=True)
+        """Something that held acks back is over (a parser hop caught up, a consumer
+        acknowledged or was dropped)."""
+        for s in self.sessions.values():
+            self.flush_acks(s)
 
     def on_subscribed(self, topic: str) -> None:
         """A subscription to `topic` (a prefix): the sessions whose output it covers are
@@ -329,7 +355,7 @@ class KeeperClient:
             self.meta(s)
         if s.hold_acks:
             s.hold_acks = False
-            self.flush_acks(now=True)
+            self.flush_acks(s)
 
     def hold_until_watched(self, s: Session) -> None:
         """After a restart: no acks for `s` until its output has a subscriber again."""
@@ -342,6 +368,9 @@ class KeeperClient:
                 logger.warning("session {}: no subscriber back in {} s; output goes on",
                                s.id, self.resume_wait_s)
                 s.hold_acks = False
-                self.flush_acks(now=True)
+                self.flush_acks(s)
 
         self.loop.call_later(self.resume_wait_s, give_up)
+
+    def forget(self, s: Session) -> None:
+        """`s` is closed: nothing of it is acknowledged any more."""

@@ -155,12 +155,13 @@ class Link:
         self.closed = False
         loop.add_reader(self.fd, self._readable)
 
-    def send_fd(self, msg: dict[str, Any], fd: int) -> None:
-        """`msg` with a descriptor: the peer gets its own duplicate (ours stays open)."""
+    def send_fds(self, msg: dict[str, Any], fds: list[int]) -> None:
+        """`msg` with descriptors: the peer gets its own duplicates (ours stay open), taken
+        with `take_fds(len(fds))` when it handles `msg`."""
         if self.closed:
             return
         head, body = encode_parts(msg)
-        self.out.append((head + body, [fd]))
+        self.out.append((head + body, list(fds)))
         self.out_bytes += len(head) + len(body)
         self._writable()
 
@@ -279,9 +280,15 @@ class Link:
             # and their sessions write through the peer instead
             logger.warning("link: passed descriptors were cut off (MSG_CTRUNC)")
 
-    def take_fd(self) -> int | None:
-        """The next descriptor the peer passed (for the frame that says it carries one)."""
-        return self.fds.popleft() if self.fds else None
+    def take_fds(self, n: int) -> list[int] | None:
+        """The next `n` descriptors the peer passed (for the frame that says it carries
+        them), or None when fewer came (those are closed)."""
+        if len(self.fds) < n:
+            while self.fds:
+                with contextlib.suppress(OSError):
+                    os.close(self.fds.popleft())
+            return None
+        return [self.fds.popleft() for _ in range(n)]
 
     def drain(self) -> None:
         """Take whatever the peer sent before it went (or before it is replaced)."""

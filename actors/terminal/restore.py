@@ -1,5 +1,5 @@
 """Bringing sessions into being and back: the creation chain (seed 2.2) and what the terminal
-actor does with the keeper's session list when it (re)connects.
+actor does with the keeper's sessions when it (re)connects.
 
 Creation tries, in order: the shell asked for (with its args), the configured shells, the
 system default, then a minimal PTY (/bin/sh, a bare environment, no integration). A shell
@@ -8,11 +8,14 @@ went quiet (not integrated). One that cannot be spawned, or exits before that, i
 `attempts` and the next is tried. An integrated shell without a prompt marker within
 `integration_detect_ms` is kept, in no_integration mode (seed 2.1).
 
-On the keeper's welcome (`reconcile`): sessions it holds are restored from their metadata
-(nonce, mode, shell) and continue from the keeper's offsets; sessions this actor had recorded
-but the keeper does not hold died with a keeper: each gets a `lost` event, together one
-`term.alert`, and each is started again once under the same id (`recreated`), or reported
-`gone` if it already was.
+On the keeper's welcome: each session it holds that this actor does not (this actor is new)
+is restored from its metadata (nonce, mode, shell, the spec it was created from) and its ring
+(`restore`): its output is taken again from a little before what the predecessor handled, so
+the session's state is rebuilt and what the predecessor may have had in flight is published
+again (marked `replay`). Sessions this actor had recorded that neither holds died with both
+(`reconcile`): each gets a `lost` event, together one `term.alert`, and each is started again
+once under the same id (`recreated`), or reported `gone` if it already was; whatever is left
+of its old session (a job that ignored SIGHUP) is killed first.
 """
 
 from __future__ import annotations
@@ -25,15 +28,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 from loguru import logger
 
 from moorage.actors.runtime import Call
+from moorage.actors.terminal.keeper.ptys import kill_session
 from moorage.actors.terminal.session import Session, SessionHost
 from moorage.actors.terminal.shell import Launch, prepare
 from moorage.actors.vtparse import clean
 from moorage.protocol.errors import WireError, fail
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     from moorage.actors.runtime.loop import Loop, Timer
     from moorage.actors.runtime.streams import Publisher
     from moorage.actors.terminal.keeper_client import KeeperClient
+    from moorage.actors.terminal.ring import SessionRing
     from moorage.actors.terminal.specs import SpecStore
 
 MINIMAL_SHELL = "/bin/sh"
@@ -43,6 +50,7 @@ class RestoreHost(SessionHost, Protocol):
     """What creating and restoring sessions needs of the actor."""
 
     term: str
+    scrollback_bytes: int
     shells: list[str]
     default_shell: str
     loop: Loop
@@ -50,6 +58,10 @@ class RestoreHost(SessionHost, Protocol):
     specs: SpecStore
     publisher: Publisher
     keeper: KeeperClient
+    republish_bytes: int
+    counters: Counter[str]
+
+    def session_exited(self, s: Session, info: dict[str, Any]) -> None: ...
 
 
 def base_env(term: str, env: dict[str, Any] | None) -> dict[str, str]:
@@ -127,12 +139,12 @@ class Creation:
             cwd = "/"
         meta = {"nonce": nonce, "mode": "integration" if launch.integration else
                 "no_integration", "kind": launch.kind, "shell": path, "cwd": cwd,
-                "minimal": minimal}
+                "minimal": minimal, "spec": self.spec}
         self.launch = launch
         self.a.keeper.request(
             {"t": "create", "s": self.sid, "path": launch.path, "argv": launch.argv,
              "env": launch.env, "cwd": cwd, "cols": self.spec["cols"],
-             "rows": self.spec["rows"], "meta": meta},
+             "rows": self.spec["rows"], "meta": meta, "scrollback": self.a.scrollback_bytes},
             lambda r, err: self._created(r, err, launch, meta))
 
     def _created(self, r: dict[str, Any] | None, err: WireError | None, launch: Launch,
@@ -210,7 +222,7 @@ class Creation:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
-        self.a.specs.put(self.sid, self.spec)
+        self.a.specs.put(self.sid, {**self.spec, "pid": s.pid})
         result = {"session": s.id, "pid": s.pid, "tty": s.tty, "shell": s.shell,
                   "kind": s.kind, "mode": s.mode, "attempts": self.attempts}
         if self.call is not None:
@@ -228,44 +240,54 @@ class Creation:
                 "session": self.sid, "event": "gone", "reason": err.message})
 
 
+def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -> None:
+    """A session the keeper holds and this actor does not: made from its entry and ring."""
+    sid = e["s"]
+    meta = e.get("meta") or {}
+    if not meta.get("nonce"):
+        meta = {**meta, "nonce": secrets.token_hex(16), "mode": "no_integration"}
+    # From where our predecessor had handled the output, less what it may have had in flight
+    # to its subscribers (republished, marked replay), and enough to rebuild the state.
+    start = max(ring.base, ring.ack_off - a.republish_bytes)
+    s = Session(a, sid, meta, ring=ring, master=master, base=start,
+                replay_until=ring.ack_off, catch_up=ring.write_off)
+    s.pid, s.tty, s.cols, s.rows = e["pid"], e["tty"], e["cols"], e["rows"]
+    s.keeper_backlog = bool(e.get("pending"))  # a predecessor's input still waits there
+    s.keeper_paused = bool(e.get("paused"))  # it waits for our ack to read on
+    if s.mode != "integration":
+        s.state = "prompt"
+    a.sessions[sid] = s
+    if meta.get("watched"):
+        a.keeper.hold_until_watched(s)
+    spec = meta.get("spec")
+    if sid not in a.specs.specs:  # created, but its creator died before recording it
+        a.specs.put(sid, spec or {"shell": meta.get("shell"), "args": [],
+                                  "cwd": meta.get("cwd"), "env": {}, "cols": s.cols,
+                                  "rows": s.rows, "integration": meta.get("mode") ==
+                                  "integration", "recreated": 0, "pid": s.pid})
+    s.on_ring(ring.write_off)
+    if e.get("exited"):
+        a.session_exited(s, e["exited"])
+    logger.info("session {} restored: pid {}, output from {} to {}", sid, s.pid, start,
+                ring.write_off)
+
+
 def reconcile(a: RestoreHost, entries: list[dict[str, Any]]) -> None:
-    """The keeper's session list after a (re)connection: restore, or report and recreate."""
-    held = set()
-    for e in entries:
-        sid = e["s"]
-        held.add(sid)
-        if sid in a.sessions:
-            # the same actor reconnected: the resent output is recognised by offset
-            a.sessions[sid].keeper_backlog = bool(e.get("pending"))
-            continue
-        meta = e.get("meta") or {}
-        if not meta.get("nonce"):
-            meta = {**meta, "nonce": secrets.token_hex(16), "mode": "no_integration"}
-        s = Session(a, sid, meta, base=e["base"], replay_until=e["acked"],
-                    catch_up=e.get("read", e["acked"]))
-        s.pid, s.tty, s.cols, s.rows = e["pid"], e["tty"], e["cols"], e["rows"]
-        s.keeper_backlog = bool(e.get("pending"))  # a predecessor's input still waits there
-        if s.mode != "integration":
-            s.state = "prompt"
-        a.sessions[sid] = s
-        if meta.get("watched"):
-            a.keeper.hold_until_watched(s)
-        if sid not in a.specs.specs:  # created, but its creator died before recording it
-            a.specs.put(sid, {"shell": meta.get("shell"), "args": [], "cwd": meta.get("cwd"),
-                              "env": {}, "cols": s.cols, "rows": s.rows,
-                              "integration": meta.get("mode") == "integration",
-                              "recreated": 0})
-        logger.info("session {} restored: pid {}, output from {}", sid, s.pid, e["base"])
-    for sid in [sid for sid in a.sessions if sid not in held]:
-        a.sessions.pop(sid).close(WireError.of("shell_exited", "the pty keeper lost it"))
+    """After a welcome: sessions recorded that neither the keeper nor this actor holds died
+    with both (the terminals supervisor, or both processes at once): report, clean up and
+    recreate them."""
+    held = {e["s"] for e in entries} | set(a.sessions)
     lost = [sid for sid in a.specs.specs if sid not in held]
     if not lost:
         return
-    reason = "the pty keeper restarted; the session's shell died with it"
+    reason = "the pty keeper and the terminal actor both died; the shell died with them"
     for sid in lost:
-        a.publisher.publish("term.session", {"session": sid, "event": "lost", "reason": reason})
+        killed = kill_session(int(a.specs.specs[sid].get("pid") or 0))
+        a.publisher.publish("term.session", {"session": sid, "event": "lost",
+                                             "reason": reason, "killed_left": killed})
     a.publisher.publish("term.alert", {"kind": "sessions_lost", "severity": "critical",
                                        "sessions": lost, "message": reason})
+    a.counters["sessions_lost"] += len(lost)
     logger.error("{} session(s) lost with the pty keeper: {}", len(lost), lost)
     for sid in lost:
         spec = dict(a.specs.specs[sid])

@@ -2,14 +2,19 @@
 command being run in it. The actor (actor.py) owns the sockets; this module decides, and
 reaches the actor only through `SessionHost`.
 
-Output arrives from the keeper with absolute offsets. A byte at an offset already seen is a
-repeat (the keeper resends what was not acknowledged when the actor restarts) and is dropped
-here; new bytes go to the scrollback, out on `term.out.<id>`, and to the session's parser hop
-(actors/term/parsehop.py: the parser actor, or the library in this process). Its markers come
-back in stream order with their offsets; one that starts before the end of the last marker
-applied is one a new parser found again after a switch, and is dropped, so no marker counts
-twice. A marker from before the command was sent never completes it (with the parser actor,
-markers may arrive after the next command was written).
+Output is in the session's ring (ring.py), which the keeper writes and this process maps:
+`on_ring(end)` takes the bytes up to `end` that are new here, with their absolute offsets,
+out on `term.out.<id>` and to the session's parser hop (parsehop.py: the parser actor, or the
+library in this process). A byte at an offset already seen is not taken twice. The ring is
+also the scrollback. Markers come back in stream order with their offsets; one that starts
+before the end of the last marker applied is one a new parser found again after a switch, and
+is dropped, so no marker counts twice. A marker from before the command was sent never
+completes it (with the parser actor, markers may arrive after the next command was written).
+
+What the session has handled (`handled`) is what the keeper may drop from its window: output
+published, not too far ahead of its parser, and taken by every consumer that acknowledges
+(`term.ack`: a consumer silent for `consumer_timeout_s` while behind is dropped, so it never
+holds the session for good). Only this session's shell is slowed down by it.
 
 How a command completes, by the session's mode (seed 2.1: the fallback chain):
   integration     the command is sent (a multi-line one as one bracketed paste); the exec
@@ -36,7 +41,7 @@ from loguru import logger
 from moorage.actors.runtime import Call
 from moorage.actors.terminal.execs import ZSH_PROMPT_SP, Exec, cut_echo_and_prompt
 from moorage.actors.terminal.parsehop import ParseHop, ParserLink
-from moorage.actors.terminal.scrollback import Ring
+from moorage.actors.terminal.ring import SessionRing
 from moorage.actors.vtparse import (
     CommandFinished,
     CommandLine,
@@ -73,8 +78,52 @@ class SessionHost(Protocol):
     def acks_ready(self) -> None: ...
 
 
+PUBLISH_CHUNK = 128 << 10  # the largest term.out message
+
+
+class RingScroll:
+    """The session's scrollback, read from its ring: what `term.scrollback`, the output of a
+    command without markers, and pressure trimming see."""
+
+    __slots__ = ("s",)
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    @property
+    def base(self) -> int:
+        """The oldest byte served: what the ring still holds, at most `scrollback_bytes`."""
+        s = self.s
+        if s.ring is None:
+            return s.offset
+        return min(max(s.ring.base, s.offset - s.host.scrollback_bytes), s.offset)
+
+    @property
+    def end(self) -> int:
+        return self.s.offset
+
+    def get(self, start: int, end: int) -> bytes:
+        ring = self.s.ring
+        return b"" if ring is None else ring.read(max(start, self.base), min(end, self.s.offset))
+
+    def trim(self, keep: int) -> int:
+        ring = self.s.ring
+        return 0 if ring is None else ring.trim(keep)
+
+
+class Consumer:
+    """One client that acknowledges a session's output (`term.ack`)."""
+
+    __slots__ = ("acked", "heard")
+
+    def __init__(self, acked: int, heard: float) -> None:
+        self.acked = acked
+        self.heard = heard
+
+
 class Session:
-    def __init__(self, host: SessionHost, sid: str, meta: dict[str, Any], base: int = 0,
+    def __init__(self, host: SessionHost, sid: str, meta: dict[str, Any],
+                 ring: SessionRing | None = None, master: int | None = None, base: int = 0,
                  replay_until: int = 0, catch_up: int = 0) -> None:
         self.host = host
         self.id = sid
@@ -89,10 +138,13 @@ class Session:
         self.cols = 80
         self.rows = 24
         self.offset = base  # the next byte expected
-        self.acked = replay_until  # what the keeper was last told is published
+        self.ring = ring  # the output (shared with the keeper); None until its fds come
+        self.master = master  # our copy of the PTY master (shared custody, input)
         self.hold_acks = False  # restarted: waiting for the output's subscribers to return
         self.replay_until = replay_until  # bytes before this were seen by our predecessor
-        self.scroll = Ring(host.scrollback_bytes, base)
+        self.scroll = RingScroll(self)
+        self.consumers: dict[str, Consumer] = {}  # client sid -> what it acknowledged
+        self.keeper_paused = False  # the keeper stopped reading for a full window
         self.marker_end = base  # end of the last marker applied
         self.repeated_markers = 0  # found again by a parser that took over, dropped
         self.state = "starting"  # starting | prompt | running | exited
@@ -103,7 +155,6 @@ class Session:
         self.command_line: str | None = None
         self.command_start: tuple[int, float] | None = None  # (offset, time)
         self.untrusted = 0
-        self.input_fd: int | None = None  # the PTY master, passed by the keeper
         self.keeper_writes = 0  # input sent through the keeper, not answered yet
         self.keeper_backlog = False  # the keeper holds input not yet written to the PTY
         self.on_prompt: list[Any] = []  # one-shot callbacks: first trusted prompt seen
@@ -120,6 +171,34 @@ class Session:
 
     # --- output ---------------------------------------------------------------------------------
 
+    def take_custody(self, master: int, ring_fd: int) -> None:
+        """Our copies of the session's master and ring, passed by the keeper."""
+        self.drop_custody()
+        os.set_blocking(master, False)
+        self.master = master
+        self.ring = SessionRing.open(ring_fd)
+
+    def drop_custody(self) -> None:
+        fd, self.master = self.master, None
+        if fd is not None:
+            os.close(fd)
+        ring, self.ring = self.ring, None
+        if ring is not None:
+            ring.close()
+
+    def on_ring(self, end: int) -> None:
+        """The ring holds output up to `end`: take what is new here, in publishable pieces."""
+        ring = self.ring
+        if ring is None:
+            return
+        while self.offset < end:
+            start = max(self.offset, ring.base)
+            stop = min(end, start + PUBLISH_CHUNK)
+            data = ring.read(start, stop)
+            if not data:
+                return
+            self.on_output(start, data)
+
     def on_output(self, off: int, data: bytes) -> bool:
         """Take a chunk at `off`; False if it was entirely a repeat."""
         end = off + len(data)
@@ -129,13 +208,11 @@ class Session:
             data = data[self.offset - off :]
             off = self.offset
         elif off > self.offset:
-            # The keeper never skips; if it ever did, say so and carry on from there.
+            # The ring never skips what was not handled; if it ever did, say so and carry on.
             logger.error("session {}: output jumps from {} to {}", self.id, self.offset, off)
-            self.scroll = Ring(self.scroll.cap, off)
             self.marker_end = off
             self.hop.restart_at(off)
         self.offset = end
-        self.scroll.append(data)
         self.last_output = time.monotonic()
         self.hop.take(data)  # first: a command that ends here is answered sooner
         self.host.publish_output(self, off, data, off < self.replay_until)
@@ -398,20 +475,40 @@ class Session:
         """Too much output waits for the parser: hold the keeper's acks (backpressure)."""
         return self.hop.lag() > self.host.parse_link.lag_bytes
 
+    def handled(self) -> int:
+        """Up to where the keeper may forget the output: published, parsed closely enough,
+        and taken by every consumer that acknowledges."""
+        if self.parse_lags():
+            return self.ring.ack_off if self.ring is not None else 0
+        floor = self.offset
+        for c in self.consumers.values():
+            floor = min(floor, c.acked)
+        return floor
+
+    def consumer_ack(self, consumer: str, offset: int, now: float) -> int:
+        """A consumer took the output up to `offset` (it registers with its first ack);
+        returns what it has acknowledged (never more than was published)."""
+        offset = min(offset, self.offset)
+        c = self.consumers.get(consumer)
+        if c is None:
+            c = self.consumers[consumer] = Consumer(offset, now)
+        c.acked, c.heard = max(c.acked, offset), now
+        return c.acked
+
+    def silent_consumers(self, now: float, timeout: float) -> list[str]:
+        """Consumers behind that have not acknowledged for `timeout`: dropped (they catch up
+        by replay or term.scrollback; the session goes on without them)."""
+        gone = [k for k, c in self.consumers.items()
+                if c.acked < self.offset and now - c.heard > timeout]
+        for k in gone:
+            del self.consumers[k]
+        return gone
+
     def close(self, err: WireError) -> None:
         """The session is gone for good: its command fails, its parser stream closes."""
-        self.drop_input_fd()  # before the keeper hangs the PTY up: ours would keep it open
+        self.drop_custody()  # before the keeper hangs the PTY up: ours would keep it open
         self.abort(err)
         self.hop.close()
-
-    def set_input_fd(self, fd: int) -> None:
-        self.drop_input_fd()
-        self.input_fd = fd
-
-    def drop_input_fd(self) -> None:
-        fd, self.input_fd = self.input_fd, None
-        if fd is not None:
-            os.close(fd)
 
     def set_mode(self, mode: str) -> None:
         if mode != self.mode:
@@ -427,4 +524,5 @@ class Session:
             "scrollback_from": self.scroll.base, "exited": self.exited,
             "busy": self.exec is not None, "untrusted_markers": self.untrusted,
             "parser": self.hop.via, "repeated_markers": self.repeated_markers,
+            "consumers": {k: c.acked for k, c in self.consumers.items()},
         }

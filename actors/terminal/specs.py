@@ -36,5 +36,10 @@ class SpecStore:
         if self.specs.pop(sid, None) is not None:
             self._save()
 
+    def clear(self) -> None:
+        """Forget every record (the sessions are in the keeper's hands, or gone on purpose)."""
+        self.specs.clear()
+        self.path.unlink(missing_ok=True)
+
     def _save(self) -> None:
         write_atomic(self.path, msgpack.packb(self.specs, use_bin_type=True))

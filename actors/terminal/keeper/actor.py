@@ -1,40 +1,37 @@
-"""The pty keeper: owns every shell, so the shells outlive the terminal actor.
+"""The pty keeper: starts the shells and reads their output, so that no byte is lost when the
+terminal actor dies; and shares every session with the terminal actor, so that a shell also
+outlives the keeper.
 
   op         args   reply                                                    errors
-  pty.list   {}     {connected, sessions: [{s, pid, tty, cols, rows,         -
-                     read, acked, base, buffered, paused, pending,
-                     exited}]}
+  pty.list   {}     {connected, sessions: [{s, pid, tty, cols, rows, read,   -
+                     acked, base, paused, pending, adopted, exited}]}
 
-Everything else goes over `<runtime_dir>/<name>.sock` (actors/ptylink.py has the messages),
-from the one terminal actor connected at a time; the PTY side is ptys.py.
-The keeper
-- starts each shell on a new PTY with posix_spawn (actors/ptyspawn.py says why not fork: this
-  process has ZeroMQ threads, to answer the supervisor's `sys.ping`), is the shells' parent,
-  holds the master fds, and reaps the shells through a pidfd each (no SIGCHLD handler);
-- reads the output itself, because bytes read by an actor that dies before publishing them are
-  gone: each session keeps its output from the last offset the actor acknowledged (`acked`)
-  to what has been read (`read`), at most `window_bytes` of it. A full window stops reading
-  that PTY, so the shell blocks in write() instead of losing output; an ack moves the window
-  on. This is the flow control for slow subscribers too, since the actor acks only what it
-  has published;
-- keeps `keep_bytes` more before `acked` (the tail), so that a restarted actor gets back its
-  scrollback and republishes what its predecessor may have had queued but never sent;
-- on a (new) connection, after `hello`: the session list, then every session's tail and
-  unacknowledged output again, with absolute offsets, so the actor continues each stream
-  without a lost or doubled byte (a repeated byte is recognisable by its offset);
+Everything else goes over `<runtime_dir>/<name>.sock` (link.py has the messages), from the one
+terminal actor connected at a time; the PTY side is ptys.py. The keeper
+- starts each shell on a new PTY with posix_spawn (spawn.py says why not fork: this process
+  has ZeroMQ threads, to answer `sys.ping`), at most `create_per_turn` a loop turn, and is the
+  shell's parent;
+- reads the output into the session's ring (ring.py: a memfd both processes map), at most
+  `window_bytes` past what the terminal has handled (the ring's `ack_off`): a full window stops
+  reading that PTY, so the shell blocks in write() instead of losing output;
+- shares custody of each session with the terminal actor: the PTY master and the ring's fd
+  ride over the link (SCM_RIGHTS) to whichever of the two is new. A PTY hangs up only when
+  every master is closed and the ring is in neither process, so a session lives as long as
+  either does. When the keeper dies, its shells go to the terminals supervisor (a subreaper);
+  its successor is handed the sessions by the terminal actor (`adopt`), watches the shells
+  through pidfds and asks that supervisor for their exit status (`sup.orphan_exit`);
 - writes input without blocking, from a bounded queue per session (a 1 MB paste waits for
-  the shell to read it; the loop never stalls). A terminal actor that asks gets each PTY
-  master passed too, and writes a command line there itself while nothing of the session's
-  waits here (the `pending` of a write's reply and of the welcome tells it); it closes its
-  copies when the link ends, so the PTYs still hang up with the keeper;
+  the shell to read it; the loop never stalls);
 - on stop (SIGTERM), hangs every session up, waits `stop_grace_ms` for the shells, then
-  SIGKILLs whatever is left in their sessions and reaps. If the keeper is killed, its master
-  fds close and the kernel hangs the PTYs up (SIGHUP): the sessions end with it.
+  SIGKILLs whatever is left in their sessions and reaps; a session closed by the terminal
+  (`close`) gets `close_grace_ms`; if its supervisor is gone (the tree died under it), it kills
+  every session outright before it follows (no job that ignores SIGHUP survives the tree).
 
-Config: window_bytes (1 MiB), keep_bytes (2 MiB), input_limit_bytes (16 MiB), read_batch_bytes
-(128 KiB: the largest `out` chunk), stop_grace_ms (1000), close_grace_ms (2000). What a killed
-terminal actor can lose in flight is at most its publisher's high-water mark (pub_hwm, 8) of
-chunks, 1 MiB by default: keep_bytes must stay above it for the republished tail to cover it.
+Config: window_bytes (1 MiB), scrollback_bytes (2 MiB: the ring holds this much before the
+window, unless the terminal's `create` asks for another size), input_limit_bytes (16 MiB),
+read_batch_bytes (128 KiB a turn per session), create_per_turn (4), stop_grace_ms (1000),
+close_grace_ms (2000), supervised_by (set by the tree: who reaps the shells of a dead
+keeper).
 """
 
 from __future__ import annotations
@@ -42,22 +39,36 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import socket
 import struct
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
 from moorage.actors.runtime import Actor, Call, op, trust
-from moorage.actors.terminal.keeper.ptys import Ptys, PtySession, foreground_group, session_members
+from moorage.actors.runtime.outbound import Outbound
+from moorage.actors.runtime.process import on_orphaned
+from moorage.actors.terminal.keeper.ptys import (
+    Ptys,
+    PtySession,
+    foreground_group,
+    kill_session,
+)
 from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
-from moorage.protocol.errors import Category
+from moorage.actors.terminal.ring import RingError, SessionRing
+from moorage.protocol.envelope import Reply
+from moorage.protocol.errors import Category, WireError
 
 HELLO_WAIT_S = 2.0  # a new connection's first message, the hello, within this
+EXIT_STATUS_TRIES = 10  # an adopted shell's status, asked of the supervisor this often ...
+EXIT_STATUS_RETRY_S = 0.05  # ... this far apart (it reaps on SIGCHLD, a moment later)
+
+Status = tuple[int | None, int | None]
 
 
 class PtyKeeper(Actor):
@@ -69,16 +80,21 @@ class PtyKeeper(Actor):
         super().__init__(name, runtime_dir, config)
         cfg = self.config
         self.window = max(4096, int(cfg.get("window_bytes", 1 << 20)))
-        self.keep = max(0, int(cfg.get("keep_bytes", 2 << 20)))
+        self.scrollback = max(0, int(cfg.get("scrollback_bytes", 2 << 20)))
         self.input_limit = int(cfg.get("input_limit_bytes", 16 << 20))
         self.read_batch = max(4096, int(cfg.get("read_batch_bytes", 128 << 10)))
+        self.create_per_turn = max(1, int(cfg.get("create_per_turn", 4)))
         self.stop_grace = int(cfg.get("stop_grace_ms", 1000)) / 1000
         self.close_grace = int(cfg.get("close_grace_ms", 2000)) / 1000
+        self.supervisor = cfg.get("supervised_by")
         self.sessions: dict[str, PtySession] = {}
         self.link: Link | None = None
         self.peer_pid: int | None = None  # the terminal actor on the link (SO_PEERCRED)
         self.strangers = 0  # connections refused: not a process of this tree
-        self.pass_fds = False  # the connected peer takes the PTY masters (its hello said so)
+        self.adopted = 0  # sessions handed over by the terminal from a keeper that died
+        self._creates: deque[dict[str, Any]] = deque()
+        self._creating = False
+        self.outbound = Outbound(self)
         self.sock_path = self.runtime_dir / f"{self.name}.sock"
         with contextlib.suppress(FileNotFoundError):
             self.sock_path.unlink()  # a killed predecessor's; we are its replacement
@@ -88,11 +104,12 @@ class PtyKeeper(Actor):
         self.listener.listen(4)
         self.listener.setblocking(False)
         self.ptys = Ptys(self.loop, self.sessions, window=self.window,
-                         read_batch=self.read_batch, tell=self._tell)
-        self._handlers = {
+                         read_batch=self.read_batch, tell=self._tell,
+                         exit_status=self._exit_status)
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._m_hello, "create": self._m_create, "write": self._m_write,
             "resize": self._m_resize, "signal": self._m_signal, "close": self._m_close,
-            "ack": self._m_ack, "meta": self._m_meta,
+            "ack": self._m_ack, "meta": self._m_meta, "adopt": self._m_adopt,
         }
 
     # --- life -------------------------------------------------------------------------------
@@ -100,23 +117,18 @@ class PtyKeeper(Actor):
     def on_start(self) -> None:
         self.loop.add_reader(self.listener.fileno(), self._accept)
         self.loop.add_reader(self.ptys.fileno(), self.ptys.events)
+        on_orphaned(self._kill_everything)
 
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "connected": self.link is not None,
                 "peer_pid": self.peer_pid, "strangers_refused": self.strangers,
-                "buffered": sum(len(s.buf) for s in self.sessions.values())}
+                "adopted": self.adopted, "creates_queued": len(self._creates),
+                "unhandled": sum(s.ring.write_off - s.ring.ack_off
+                                 for s in self.sessions.values())}
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
-        if level not in ("high", "critical"):
-            return {}
-        freed = 0
-        for s in self.sessions.values():
-            cut = s.acked - s.base
-            if cut > 0:
-                del s.buf[:cut]
-                s.base = s.acked
-                freed += cut
-        return {"tail_bytes_dropped": freed}
+        # The scrollback in the rings is the terminal actor's to trim (it trims when told).
+        return {}
 
     def on_stop(self) -> None:
         """Hang every session up, give the shells `stop_grace_ms`, then kill what is left."""
@@ -125,27 +137,29 @@ class PtyKeeper(Actor):
         self.listener.close()
         with contextlib.suppress(OSError):
             self.sock_path.unlink()
+        self.outbound.close()
         victims = list(self.sessions.values()) + list(self.ptys.closing.values())
         for s in self.sessions.values():
             self.ptys.hangup(s)
         deadline = time.monotonic() + self.stop_grace
         for s in victims:
-            if s.status is None:
-                self._wait_pidfd(s, deadline)
+            if s.status is None and s.pidfd is not None:
+                left = deadline - time.monotonic()
+                if left > 0:
+                    select.select([s.pidfd], [], [], left)
         for s in victims:
-            for pid in session_members(s.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            if s.status is None:
+            kill_session(s.pid)
+            if s.status is None and not s.adopted:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(s.pid, 0)
-            with contextlib.suppress(OSError):
-                os.close(s.pidfd)
+            if s.pidfd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(s.pidfd)
 
-    def _wait_pidfd(self, s: PtySession, deadline: float) -> None:
-        left = deadline - time.monotonic()
-        if left > 0:
-            select.select([s.pidfd], [], [], left)
+    def _kill_everything(self) -> None:
+        """The tree is gone from under us (our supervisor died): no session may outlive it."""
+        for s in list(self.sessions.values()) + list(self.ptys.closing.values()):
+            kill_session(s.pid)
 
     # --- the connection -----------------------------------------------------------------------
 
@@ -171,10 +185,11 @@ class PtyKeeper(Actor):
             if msg.get("t") != "hello" or not trust.verify(LINK_TOKEN_NAME, msg.get("tok")):
                 self._refuse_stranger(candidate, f"pid {pid}: no valid hello")
                 return
-            self._adopt(candidate, pid)
+            self._take_link(candidate, pid)
             self._on_message(msg)
 
-        candidate = Link(self.loop, conn, first_message, lambda reason: timer.cancel())
+        candidate = Link(self.loop, conn, first_message, lambda reason: timer.cancel(),
+                         accept_fds=True)
         timer = self.loop.call_later(HELLO_WAIT_S, lambda: self._refuse_stranger(
             candidate, f"pid {pid}: no hello in {HELLO_WAIT_S} s"))
 
@@ -186,7 +201,7 @@ class PtyKeeper(Actor):
         else:
             conn.close()
 
-    def _adopt(self, link: Link, pid: int) -> None:
+    def _take_link(self, link: Link, pid: int) -> None:
         if self.link is not None:
             # the old peer's last acks and meta first: they may still be unread
             self.link.drain()
@@ -196,13 +211,12 @@ class PtyKeeper(Actor):
         link.on_close = self._on_link_closed
         self.link = link
         self.peer_pid = pid
-        self.pass_fds = False
         logger.info("terminal actor connected (pid {})", pid)
 
     def _on_link_closed(self, reason: str) -> None:
         logger.info("terminal actor link closed: {}", reason)
         self.link = None
-        # Nothing is sent until the next hello; what was sent and not acked is resent then.
+        self.peer_pid = None
 
     def _tell(self, msg: dict[str, Any]) -> None:
         if self.link is not None:
@@ -228,54 +242,114 @@ class PtyKeeper(Actor):
             self._reply_err(msg, "session_not_found", f"no session {msg['s']!r}")
         return s
 
+    def _pass(self, s: PtySession) -> None:
+        """The session's master and ring to the terminal actor, which keeps copies: either of
+        the two then keeps the session alive."""
+        if self.link is not None:
+            self.link.send_fds({"t": "fds", "s": s.id}, [s.master, s.ring.fd])
+
     # --- messages -------------------------------------------------------------------------------
 
     def _m_hello(self, msg: dict[str, Any]) -> None:
-        self.pass_fds = bool(msg.get("fds"))
+        """A terminal actor (a new one, or one that outlived our predecessor): every session
+        we hold, with its fds, except those it says it holds already; it hands us those it
+        holds that we do not (`adopt`)."""
+        held = set(msg.get("held") or ())
         self._tell({"t": "welcome", "pid": os.getpid(), "sessions": [
-            s.describe() | {"meta": s.meta, "base": max(s.base, s.acked - self.keep)}
-            for s in self.sessions.values()]})
+            s.describe() | {"meta": s.meta} for s in self.sessions.values()]})
         for s in self.sessions.values():
-            self._pass_fd(s)
-        for s in self.sessions.values():
-            # the tail (at most keep_bytes of it) and the unacknowledged output, again
-            step = self.read_batch
-            first = max(0, s.acked - self.keep - s.base)
-            for i in range(first, len(s.buf), step):
-                self._tell({"t": "out", "s": s.id, "off": s.base + i,
-                            "data": bytes(s.buf[i : i + step])})
+            if s.id not in held and not s.closing:
+                self._pass(s)
             if s.exit_sent:
                 self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
+            self.ptys.resume(s)  # what the last terminal handled before it went
+
+    def _m_adopt(self, msg: dict[str, Any]) -> None:
+        """A session the terminal actor held while no keeper did (ours died): its master and
+        ring come with this message."""
+        fds = self.link.take_fds(2) if self.link is not None else None
+        sid = msg["s"]
+        if fds is None:
+            self._reply_err(msg, "bad_args", f"adopt {sid}: the master and ring did not come")
+            return
+        master, ring_fd = fds
+        if sid in self.sessions:
+            for fd in fds:
+                os.close(fd)
+            self._tell({"t": "ok", "r": msg.get("r"), "s": sid})
+            return
+        try:
+            ring = SessionRing.open(ring_fd)
+        except (RingError, OSError) as exc:
+            for fd in fds:
+                os.close(fd)
+            self._reply_err(msg, "bad_args", f"adopt {sid}: {exc}")
+            return
+        os.set_blocking(master, False)
+        pid = int(msg["pid"])
+        try:
+            pidfd: int | None = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None  # already gone: its status is asked for at once
+        recovered = ring.recover()  # a read our predecessor made and did not commit
+        if recovered:
+            logger.info("session {}: took in {} bytes read before the last keeper died", sid,
+                        recovered)
+        s = PtySession(sid, pid, master, str(msg.get("tty", "")), pidfd, ring,
+                       int(msg.get("cols", 80)), int(msg.get("rows", 24)), msg.get("meta"),
+                       adopted=True)
+        self.sessions[sid] = s
+        self.adopted += 1
+        self.ptys.add(s)
+        logger.info("session {}: adopted (shell pid {}, output from {})", sid, pid,
+                    ring.write_off)
+        self._tell({"t": "ok", "r": msg.get("r"), "s": sid})
 
     def _m_create(self, msg: dict[str, Any]) -> None:
+        # Spawning costs milliseconds: a hundred at once must not hold the loop (it would be
+        # taken for a hang), so at most `create_per_turn` a turn.
+        self._creates.append(msg)
+        if not self._creating:
+            self._creating = True
+            self.loop.defer(self._run_creates)
+
+    def _run_creates(self) -> None:
+        for _ in range(min(self.create_per_turn, len(self._creates))):
+            msg = self._creates.popleft()
+            try:
+                self._create(msg)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self._reply_err(msg, "bad_args", f"create: {type(exc).__name__}: {exc}")
+        if self._creates:
+            self.loop.defer(self._run_creates)
+        else:
+            self._creating = False
+
+    def _create(self, msg: dict[str, Any]) -> None:
         sid = msg["s"]
         if not isinstance(sid, str) or sid in self.sessions:
             self._reply_err(msg, "bad_args", f"session id {sid!r} is taken or not a string")
             return
-        env = msg["env"]
         argv = [str(a) for a in msg["argv"]]
+        cols, rows = int(msg["cols"]), int(msg["rows"])
         try:
-            sp = spawn_on_pty(str(msg["path"]), argv, {str(k): str(v) for k, v in env.items()},
-                              msg.get("cwd"), int(msg["cols"]), int(msg["rows"]))
+            sp = spawn_on_pty(str(msg["path"]), argv,
+                              {str(k): str(v) for k, v in msg["env"].items()},
+                              msg.get("cwd"), cols, rows)
         except (SpawnError, OSError) as exc:
             self._reply_err(msg, "pty_failed", f"{msg['path']}: {exc.strerror or exc}",
                             errno=exc.errno)
             return
-        pidfd = os.pidfd_open(sp.pid)
-        s = PtySession(sid, sp.pid, sp.master, sp.tty, pidfd, int(msg["cols"]),
-                       int(msg["rows"]), msg.get("meta"))
+        # the window, and the scrollback the terminal asked for before it
+        scrollback = min(int(msg.get("scrollback", self.scrollback)), 256 << 20)
+        ring = SessionRing.create(self.window + max(0, scrollback), f"moorage-{sid}")
+        s = PtySession(sid, sp.pid, sp.master, sp.tty, os.pidfd_open(sp.pid), ring, cols,
+                       rows, msg.get("meta"))
         self.sessions[sid] = s
         self.ptys.add(s)
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
         self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid, "tty": sp.tty})
-        self._pass_fd(s)
-
-    def _pass_fd(self, s: PtySession) -> None:
-        """The PTY master to a peer that asked for it (`hello {fds: true}`), so that it can
-        write a command line itself: one process switch and one turn of this loop fewer per
-        command. Input it cannot write at once still comes here, behind what waits."""
-        if self.link is not None and self.pass_fds and not (s.closing or s.eof):
-            self.link.send_fd({"t": "fd", "s": s.id}, s.master)
+        self._pass(s)
 
     def _m_write(self, msg: dict[str, Any]) -> None:
         s = self._session(msg)
@@ -339,36 +413,48 @@ class PtyKeeper(Actor):
             return
         del self.sessions[s.id]
         self.ptys.hangup(s)
-        if s.status is None:
-            self.ptys.closing[s.pidfd] = s
-            self.loop.call_later(self.close_grace, lambda: self.ptys.kill_closed(s))
-        else:
-            with contextlib.suppress(OSError):
-                os.close(s.pidfd)
+        self.ptys.release(s)
+        self.ptys.closing[s.pid] = s
+        self.loop.call_later(self.close_grace, lambda: self._closed(s))
         self._tell({"t": "ok", "r": msg.get("r"), "s": s.id})
+
+    def _closed(self, s: PtySession) -> None:
+        self.ptys.finish_closed(s)
+        if s.status is not None:
+            self.ptys.closing.pop(s.pid, None)
 
     def _m_ack(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
-        if s is None:
-            return  # closed meanwhile: nothing to move on
-        off = min(int(msg["off"]), s.read_off)
-        if off <= s.acked:
-            return
-        s.acked = off
-        # Trim the tail in steps, not on every ack: deleting the front of a bytearray moves
-        # what follows, so doing it once per `keep` bytes keeps the cost per byte constant.
-        if s.acked - s.base > self.keep + max(self.keep, 1 << 16):
-            cut = s.acked - self.keep - s.base
-            del s.buf[:cut]
-            s.base += cut
-        if s.paused and s.read_off - s.acked < self.window:
-            s.paused = False
-            self.ptys.watch(s)
+        if s is not None:  # (closed meanwhile: nothing to move on)
+            self.ptys.resume(s)
 
     def _m_meta(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
         if s is not None:
             s.meta = msg.get("meta")
+
+    # --- adopted shells' ends -------------------------------------------------------------
+
+    def _exit_status(self, pid: int, done: Callable[[Status | None], None],
+                     tries: int = EXIT_STATUS_TRIES) -> None:
+        """An adopted shell's status, from the supervisor that reaped it (a subreaper)."""
+        if not self.supervisor:
+            done(None)
+            return
+
+        def got(reply: Reply | None, err: WireError | None) -> None:
+            body = reply.body if reply is not None else None
+            if err is None and isinstance(body, dict):
+                done((body.get("code"), body.get("signal")))
+            elif tries > 1 and (err is None or err.name in ("not_found", "timeout",
+                                                            "unavailable")):
+                self.loop.call_later(EXIT_STATUS_RETRY_S,
+                                     lambda: self._exit_status(pid, done, tries - 1))
+            else:
+                done(None)
+
+        self.outbound.call(self.supervisor, "sup.orphan_exit", {"pid": pid}, timeout=1.0,
+                           on_done=got)
 
     # --- ops ------------------------------------------------------------------------------------
 

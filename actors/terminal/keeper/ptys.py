@@ -4,53 +4,62 @@ messages).
 
 Each master fd is watched by the keeper's own epoll (itself watched by the loop) for what the
 session wants now: output while its window has room and it has not ended, writability while
-input waits. A read takes at most `read_batch` bytes and never more than the window's room; a
-full window stops reading (the shell blocks in write()). A shell is reaped through its pidfd;
-its exit is reported after its last output (EOF on the master), or `EXIT_WITHOUT_EOF_S` after
-the reaping when something it started still holds the PTY.
+input waits. What is read goes into the session's ring (ring.py, shared with the terminal
+actor), at most `read_batch` bytes a turn and never past the window: a full window stops
+reading (the shell blocks in write()), and the terminal moving the ring's `ack_off` (and
+saying so) starts it again. A shell is watched through a pidfd: reaped here when it is our
+child, or, when it was adopted from a keeper that died (the terminals supervisor reaps it
+then, a subreaper), its status is asked of that supervisor. Its exit is reported after its
+last output (EOF on the master), or `EXIT_WITHOUT_EOF_S` after it when something it started
+still holds the PTY.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
+import fcntl
 import os
 import select
 import signal
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from moorage.actors.terminal.ring import SessionRing
+
 if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
 
 EXIT_WITHOUT_EOF_S = 1.0  # a reaped shell whose PTY another process still holds
+READ_CHUNK = 65536
 
 
 class PtySession:
-    """One shell on its PTY: the master fd, the output from `base` to `read_off` (what the
-    actor has not acknowledged, and the tail before it), and the input waiting to be written."""
+    """One shell on its PTY: the master fd, the output ring, the input waiting to be written,
+    and the shell's process (`pid`, also its session id: every job it starts is in it)."""
 
-    __slots__ = ("acked", "base", "buf", "closing", "cols", "eof", "exit_sent", "id", "inq",
-                 "inq_bytes", "mask", "master", "meta", "paused", "pid", "pidfd", "read_off",
-                 "rows", "status", "tty")
+    __slots__ = ("adopted", "closing", "cols", "eof", "exit_sent", "id", "inq", "inq_bytes",
+                 "mask", "master", "meta", "paused", "pid", "pidfd", "ring", "rows", "status",
+                 "tty")
 
-    def __init__(self, sid: str, pid: int, master: int, tty: str, pidfd: int, cols: int,
-                 rows: int, meta: Any) -> None:
+    def __init__(self, sid: str, pid: int, master: int, tty: str, pidfd: int | None,
+                 ring: SessionRing, cols: int, rows: int, meta: Any,
+                 adopted: bool = False) -> None:
         self.id = sid
         self.pid = pid
         self.master = master
         self.tty = tty
         self.pidfd = pidfd
+        self.ring = ring
         self.cols = cols
         self.rows = rows
         self.meta = meta
-        self.buf = bytearray()  # output from `base` to `read_off`
-        self.base = 0
-        self.acked = 0
-        self.read_off = 0
+        self.adopted = adopted  # not our child: a predecessor's, now its supervisor's
         self.paused = False
         self.eof = False
         self.status: tuple[int | None, int | None] | None = None  # (code, signal) once reaped
@@ -61,10 +70,11 @@ class PtySession:
         self.mask = 0  # what the keeper's epoll watches on `master` (0: not registered)
 
     def describe(self) -> dict[str, Any]:
+        r = self.ring
         return {"s": self.id, "pid": self.pid, "tty": self.tty, "cols": self.cols,
-                "rows": self.rows, "read": self.read_off, "acked": self.acked,
-                "base": self.base, "buffered": len(self.buf), "paused": self.paused,
-                "pending": self.inq_bytes, "exited": self.exit_info()}
+                "rows": self.rows, "read": r.write_off, "acked": r.ack_off, "base": r.base,
+                "paused": self.paused, "pending": self.inq_bytes, "adopted": self.adopted,
+                "exited": self.exit_info()}
 
     def exit_info(self) -> dict[str, Any] | None:
         if self.status is None:
@@ -98,32 +108,51 @@ def session_members(sid: int) -> list[int]:
     return out
 
 
+def kill_session(sid: int) -> int:
+    """SIGKILL every process left in the terminal session `sid`, as systemd's KillMode does
+    with a unit's cgroup: a job that ignores SIGHUP and SIGTERM goes too. Returns how many."""
+    killed = 0
+    for pid in session_members(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
 class Ptys:
     """The PTY side of every session the keeper holds: one epoll over the masters (itself
     watched by the loop: a master whose shell side is closed reports POLLHUP without POLLIN,
     which zmq_poll would pass on as an error it does not dispatch), the reads into each
-    session's window, the queued input, and the reaping. `tell` sends a message to the
-    terminal actor (dropped while none is connected)."""
+    session's ring, the queued input, and the shells' ends. `tell` sends a message to the
+    terminal actor (dropped while none is connected); `exit_status(pid, done)` finds the
+    status of an adopted shell (not our child) and calls `done((code, signal) | None)`."""
 
     def __init__(self, loop: Loop, sessions: dict[str, PtySession], *, window: int,
-                 read_batch: int, tell: Callable[[dict[str, Any]], None]) -> None:
+                 read_batch: int, tell: Callable[[dict[str, Any]], None],
+                 exit_status: Callable[[int, Callable[[tuple[int | None, int | None] | None],
+                                                    None]], None]) -> None:
         self.loop = loop
         self.sessions = sessions
         self.window = window
         self.read_batch = read_batch
         self._tell = tell
+        self._exit_status = exit_status
         self.epoll = select.epoll()
         self.by_fd: dict[int, PtySession] = {}
-        self.closing: dict[int, PtySession] = {}  # pidfd -> a closed session not yet reaped
+        self.closing: dict[int, PtySession] = {}  # pid -> a closed session not yet ended
 
     def fileno(self) -> int:
         return self.epoll.fileno()
 
     def add(self, s: PtySession) -> None:
-        """A new session: watch its master, and its pidfd for the shell's end."""
+        """A session from now on: watch its master, and its pidfd for the shell's end (no
+        pidfd: the shell had ended before we could open one)."""
         self.by_fd[s.master] = s
         self.watch(s)
-        self.loop.add_reader(s.pidfd, lambda: self._reap(s))
+        if s.pidfd is not None:
+            self.loop.add_reader(s.pidfd, lambda: self._ended(s))
+        else:
+            self.loop.call_later(0, lambda: self._ended(s))
 
     def watch(self, s: PtySession) -> None:
         """Watch `s.master` for what the session wants now: output while it has room and has
@@ -155,14 +184,24 @@ class Ptys:
             if ev & select.EPOLLOUT and s.inq:
                 self.writable(s)
 
+    def resume(self, s: PtySession) -> None:
+        """The terminal moved the ring's `ack_off`: read again if the window has room."""
+        if s.paused and s.ring.room(self.window) > 0:
+            s.paused = False
+            self.watch(s)
+
     def _readable(self, s: PtySession) -> None:
-        room = self.window - (s.read_off - s.acked)
-        parts = []
+        ring = s.ring
+        room = ring.room(self.window)
         got = 0
         eof = False
+        buf = array.array("i", [0])
         while room > 0 and got < self.read_batch:
             try:
-                data = os.read(s.master, min(65536, room))
+                # Never more than is there: the read then takes all it asks for, which is
+                # what makes it recoverable if we are killed before committing it (ring.py).
+                fcntl.ioctl(s.master, termios.FIONREAD, buf)
+                n = ring.read_from(s.master, min(buf[0] or 1, READ_CHUNK, room))
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -171,24 +210,19 @@ class Ptys:
                     logger.warning("session {}: read: {}", s.id, exc)
                 eof = True
                 break
-            if not data:
+            if not n:
                 eof = True
                 break
-            parts.append(data)
-            got += len(data)
-            room -= len(data)
-        if parts:
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            off = s.read_off
-            s.buf += data
-            s.read_off += len(data)
-            self._tell({"t": "out", "s": s.id, "off": off, "data": data})
+            got += n
+            room -= n
+        if got or room <= 0:
+            s.paused = room <= 0 and not eof
+            self._tell({"t": "out", "s": s.id, "end": ring.write_off, "paused": s.paused})
         if eof:
             s.eof = True
             self.watch(s)
             self._maybe_finished(s)
-        elif room <= 0:
-            s.paused = True
+        elif s.paused:
             self.watch(s)
 
     def writable(self, s: PtySession) -> None:
@@ -210,20 +244,35 @@ class Ptys:
                 s.inq[0] = head[n:]
         self.watch(s)
 
-    def _reap(self, s: PtySession) -> None:
-        self.loop.remove_reader(s.pidfd)
+    # --- the shell's end ------------------------------------------------------------------
+
+    def _ended(self, s: PtySession) -> None:
+        """The pidfd says the shell has exited (or we never had one)."""
+        if s.pidfd is not None:
+            self.loop.remove_reader(s.pidfd)
+        if s.adopted:
+            self._exit_status(s.pid, lambda status: self._reaped(s, status))
+            return
         try:
             pid, status = os.waitpid(s.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status = s.pid, 0
-        if pid == 0:
-            self.loop.add_reader(s.pidfd, lambda: self._reap(s))  # not yet (spurious wake)
+            self._reaped(s, None)
+            return
+        if pid == 0:  # not yet (a spurious wake-up)
+            if s.pidfd is not None:
+                self.loop.add_reader(s.pidfd, lambda: self._ended(s))
             return
         code = os.waitstatus_to_exitcode(status)
-        s.status = (code, None) if code >= 0 else (None, -code)
+        self._reaped(s, (code, None) if code >= 0 else (None, -code))
+
+    def _reaped(self, s: PtySession, status: tuple[int | None, int | None] | None) -> None:
+        s.status = status or (None, None)
         logger.info("session {}: shell {} exited {}", s.id, s.pid, s.exit_info())
-        if self.closing.pop(s.pidfd, None) is not None:
-            os.close(s.pidfd)
+        if s.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(s.pidfd)
+            s.pidfd = None
+        if self.closing.pop(s.pid, None) is not None:
             return
         if not s.eof:
             self.loop.call_later(EXIT_WITHOUT_EOF_S, lambda: self._exit_anyway(s))
@@ -241,9 +290,12 @@ class Ptys:
             s.exit_sent = True
             self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
 
+    # --- closing ----------------------------------------------------------------------------
+
     def hangup(self, s: PtySession) -> None:
-        """Close the master (the kernel hangs the PTY up: SIGHUP to the session) and tell the
-        shell's and the foreground job's process groups so too, in case they ignore it."""
+        """Close our master (when the terminal's copy goes too, the kernel hangs the PTY up:
+        SIGHUP to the session) and tell the shell's and the foreground job's process groups
+        so too, in case they ignore it."""
         s.closing = True
         # a reaped shell's pid may already belong to someone else: only while it is ours
         groups = {s.pid} if s.status is None else set()
@@ -257,11 +309,15 @@ class Ptys:
         self.by_fd.pop(s.master, None)
         with contextlib.suppress(OSError):
             os.close(s.master)
-        s.buf = bytearray()
 
-    def kill_closed(self, s: PtySession) -> None:
-        if s.status is not None:
-            return
-        for pid in session_members(s.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    def release(self, s: PtySession) -> None:
+        """Forget a closed session's ring (our mapping; the terminal's copy is its own)."""
+        s.ring.close()
+
+    def finish_closed(self, s: PtySession) -> None:
+        """`close_grace` after a hang-up: whatever is left of the session is killed (the
+        shell's jobs may ignore SIGHUP and SIGTERM), and a shell not yet reaped is watched
+        until it is."""
+        kill_session(s.pid)
+        if s.status is None and s.pid not in self.closing:
+            self.closing[s.pid] = s

@@ -1,0 +1,215 @@
+"""A session's output in shared memory: a ring of bytes both the keeper and the terminal map.
+
+The ring lives in a memfd that both processes hold, so what the keeper has read from the PTY
+is not in either process: a keeper that dies loses no byte it had read (its successor goes on
+at `write_off`), and a terminal that dies finds the ring as it was. The file descriptor rides
+over the keeper link (SCM_RIGHTS) to whichever process is the newcomer.
+
+  header  magic, cap, write_off, ack_off, floor_off, the read in progress (its offset, length
+          and canary): 8-byte cells, each written by one side
+  data    `cap` bytes: the byte at absolute offset `o` is at data[o % cap]
+
+`write_off` (the keeper's) is the end of what was read; `ack_off` (the terminal's) is the end
+of what it has handled (published, parsed, and taken by the consumers that acknowledge): the
+keeper never writes more than `window` bytes past it, so nothing unhandled is overwritten.
+What lies before `ack_off` and is still in the ring is the session's scrollback; `floor_off`
+(the terminal's) says where it begins once memory pressure gave some of it back (its pages are
+released with MADV_REMOVE). Offsets are absolute over the session's life and only grow.
+
+Aligned 8-byte stores and loads do not tear, and each cell has one writer: no lock. The
+keeper stores the bytes before it moves `write_off` (x86 keeps stores in order; so do the
+loads on the other side), so a reader never sees an offset ahead of its bytes.
+
+A read from the PTY consumes what it reads: a keeper killed between the read and moving
+`write_off` would lose those bytes. So the keeper reads straight into the ring (`read_from`),
+never more than FIONREAD said was there (a PTY master then returns all of it), and first
+writes down the read it is about to make, with a canary in the first bytes of its target: a
+successor that finds a read written down and the canary gone knows the read happened, all of
+it, and takes it in (`recover`). (A canary still in place means it did not: the output
+equalling 16 random bytes is out of reach; a read of fewer than 16 bytes has a shorter one.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+MAGIC = 0x6D6F6F7252494E47  # "moorRING"
+HEADER = 128
+_MAGIC, _CAP, _WRITE, _ACK, _FLOOR, _INTENT_OFF, _INTENT_LEN = range(7)
+_CANARY = 8  # two cells: what the first bytes of an intended read were before it
+_SEED = int.from_bytes(os.urandom(16), "little")
+
+
+class RingError(ValueError):
+    """A descriptor that does not hold a ring of ours (or of the size it claims)."""
+
+
+class SessionRing:
+    """One session's ring, created by the keeper (`create`) or mapped from a descriptor it
+    passed (`open`); `fd` stays open with it, to be passed on again."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd = fd
+        self.cap = cap
+        self._map = mmap.mmap(fd, HEADER + cap)
+        self._cells = (ctypes.c_uint64 * (HEADER // 8)).from_buffer(self._map)
+        self._data = memoryview(self._map)[HEADER:]
+
+    @classmethod
+    def create(cls, cap: int, name: str = "moorage-ring") -> SessionRing:
+        cap = max(mmap.PAGESIZE, (cap + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, HEADER + cap)
+        ring = cls(fd, cap)
+        ring._cells[_CAP] = cap
+        ring._cells[_MAGIC] = MAGIC
+        return ring
+
+    @classmethod
+    def open(cls, fd: int) -> SessionRing:
+        """Map a ring from a descriptor another process passed (ours from then on)."""
+        size = os.fstat(fd).st_size
+        if size < HEADER + mmap.PAGESIZE:
+            raise RingError(f"a ring is at least {HEADER + mmap.PAGESIZE} bytes, not {size}")
+        head = (ctypes.c_uint64 * (HEADER // 8)).from_buffer_copy(os.pread(fd, HEADER, 0))
+        if head[_MAGIC] != MAGIC or head[_CAP] != size - HEADER:
+            raise RingError("not a session ring")
+        return cls(fd, size - HEADER)
+
+    # --- the offsets ---------------------------------------------------------------------
+
+    @property
+    def write_off(self) -> int:
+        return self._cells[_WRITE]
+
+    @property
+    def ack_off(self) -> int:
+        return self._cells[_ACK]
+
+    @ack_off.setter
+    def ack_off(self, off: int) -> None:
+        self._cells[_ACK] = off
+
+    @property
+    def floor_off(self) -> int:
+        return self._cells[_FLOOR]
+
+    @property
+    def base(self) -> int:
+        """The oldest byte still held."""
+        return max(self.write_off - self.cap, self.floor_off)
+
+    def start_at(self, off: int) -> None:
+        """A new ring that continues a stream from `off` (a session recreated, or a keeper
+        that held its output elsewhere): nothing before it is held."""
+        self._cells[_FLOOR] = off
+        self._cells[_ACK] = off
+        self._cells[_WRITE] = off
+
+    # --- bytes ---------------------------------------------------------------------------
+
+    def room(self, window: int) -> int:
+        """How much the keeper may write now without passing `window` unhandled bytes."""
+        return min(window, self.cap) - (self.write_off - self.ack_off)
+
+    def write(self, data: bytes) -> int:
+        """Append (the keeper); returns the new write offset. The caller keeps `room`."""
+        n = len(data)
+        off = self.write_off
+        pos = off % self.cap
+        first = min(n, self.cap - pos)
+        self._data[pos : pos + first] = data[:first]
+        if first < n:
+            self._data[: n - first] = data[first:]
+        self._cells[_WRITE] = off + n
+        return off + n
+
+    def _region(self, off: int, n: int) -> list[memoryview]:
+        pos = off % self.cap
+        first = min(n, self.cap - pos)
+        parts = [self._data[pos : pos + first]]
+        if first < n:
+            parts.append(self._data[: n - first])
+        return parts
+
+    def read_from(self, fd: int, n: int) -> int:
+        """Read at most `n` bytes of `fd` (no more than it holds: see the module docstring)
+        into the ring and commit them; returns how many (0: nothing there). Raises the read's
+        OSError (EIO: the PTY hung up) with nothing committed."""
+        off = self.write_off
+        k = min(n, 16)
+        canary = ((_SEED ^ off) & (2**128 - 1)).to_bytes(16, "little")[:k]
+        parts = self._region(off, n)
+        head = 0
+        for part in parts:  # the canary may itself wrap
+            take = min(k - head, len(part))
+            part[:take] = canary[head : head + take]
+            head += take
+            if head == k:
+                break
+        self._cells[_CANARY] = int.from_bytes(canary[:8].ljust(8, b"\0"), "little")
+        self._cells[_CANARY + 1] = int.from_bytes(canary[8:].ljust(8, b"\0"), "little")
+        self._cells[_INTENT_OFF] = off
+        self._cells[_INTENT_LEN] = n
+        try:
+            got = os.readv(fd, parts)
+        finally:
+            self._cells[_INTENT_LEN] = 0  # (a read that raised read nothing)
+        self._cells[_WRITE] = off + got
+        return got
+
+    def recover(self) -> int:
+        """A keeper's successor: take in a read its predecessor made but did not commit
+        (found by its canary, gone); returns how many bytes that was."""
+        n = self._cells[_INTENT_LEN]
+        off = self._cells[_INTENT_OFF]
+        if not n or off != self.write_off:
+            self._cells[_INTENT_LEN] = 0
+            return 0
+        k = min(n, 16)
+        canary = (self._cells[_CANARY].to_bytes(8, "little")
+                  + self._cells[_CANARY + 1].to_bytes(8, "little"))[:k]
+        here = b"".join(bytes(p) for p in self._region(off, k))
+        self._cells[_INTENT_LEN] = 0
+        if here == canary:
+            return 0  # never read
+        self._cells[_WRITE] = off + n
+        return n
+
+    def read(self, start: int, end: int) -> bytes:
+        """The bytes from `start` to `end`, clipped to what the ring still holds."""
+        start = max(start, self.base)
+        end = min(end, self.write_off)
+        if end <= start:
+            return b""
+        i = start % self.cap
+        j = i + (end - start)
+        if j <= self.cap:
+            return bytes(self._data[i:j])
+        return bytes(self._data[i:]) + bytes(self._data[: j - self.cap])
+
+    def trim(self, keep: int) -> int:
+        """Give back the memory of all but the last `keep` bytes before `ack_off` (memory
+        pressure); returns how many bytes of scrollback went."""
+        new_floor = max(self.base, self.ack_off - max(0, keep))
+        cut = new_floor - self.base
+        if cut <= 0:
+            return 0
+        self._cells[_FLOOR] = new_floor
+        # whole pages of the freed range, which is contiguous or wraps once
+        start = (new_floor - cut) % self.cap
+        for a, b in ((start, min(self.cap, start + cut)), (0, max(0, start + cut - self.cap))):
+            lo = -(-(HEADER + a) // mmap.PAGESIZE) * mmap.PAGESIZE
+            hi = (HEADER + b) // mmap.PAGESIZE * mmap.PAGESIZE
+            if hi > lo:
+                self._map.madvise(mmap.MADV_REMOVE, lo, hi - lo)
+        return cut
+
+    def close(self) -> None:
+        """Unmap and close our descriptor (the other side's copy keeps the ring alive)."""
+        self._data.release()
+        del self._cells
+        self._map.close()
+        os.close(self.fd)

@@ -1,0 +1,107 @@
+"""A session's output ring (actors/terminal/ring.py): shared by two processes, bounded by the
+window, trimmed under pressure, and a read whose keeper died before committing it taken in
+by its successor."""
+
+from __future__ import annotations
+
+import os
+import pty
+
+import pytest
+
+from moorage.actors.terminal.ring import RingError, SessionRing
+
+
+@pytest.fixture
+def ring():
+    r = SessionRing.create(8192)
+    yield r
+    r.close()
+
+
+def test_bytes_wrap_around_and_another_mapping_sees_them(ring):
+    other = SessionRing.open(os.dup(ring.fd))
+    try:
+        for i in range(5):
+            ring.write(bytes([65 + i]) * 3000)
+            ring.ack_off = ring.write_off
+        assert ring.write_off == 15000 and other.write_off == 15000
+        assert other.read(15000 - 3000, 15000) == b"E" * 3000
+        assert other.base == 15000 - 8192
+        assert other.read(0, 15000) == ring.read(15000 - 8192, 15000)  # what is left
+    finally:
+        other.close()
+
+
+def test_the_window_bounds_what_is_not_acknowledged(ring):
+    assert ring.room(4096) == 4096
+    ring.write(b"x" * 4000)
+    assert ring.room(4096) == 96
+    ring.ack_off = 1000
+    assert ring.room(4096) == 1096
+
+
+def test_a_read_made_and_not_committed_is_taken_in_by_a_successor(ring):
+    master, slave = pty.openpty()
+    try:
+        os.write(slave, b"abc" * 20)  # 60 bytes, CR/LF untouched (no newline)
+        assert ring.read_from(master, 60) == 60 and ring.read(0, 60) == b"abc" * 20
+        # A keeper killed right after its read returned: the bytes are in the ring, the
+        # write offset is not moved. Set up exactly that state by hand.
+        os.write(slave, b"xyz" * 10)
+        got = ring.read_from(master, 30)
+        ring._cells[2] -= got  # back to before the commit
+        ring._cells[6] = got  # the intent, still written down
+        ring._cells[5] = ring.write_off
+        successor = SessionRing.open(os.dup(ring.fd))
+        try:
+            assert successor.recover() == 30
+            assert successor.read(60, successor.write_off) == b"xyz" * 10
+            assert successor.recover() == 0  # once
+        finally:
+            successor.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_read_written_down_but_never_made_is_not_taken_in(ring):
+    master, slave = pty.openpty()
+    try:
+        os.write(slave, b"hello")
+        ring.read_from(master, 5)
+        # the intent and canary of a read that never happened (killed before the syscall)
+        os.write(slave, b"later")
+        got = ring.read_from(master, 5)
+        ring._cells[2] -= got
+        ring.write(b"")  # nothing
+        data_before = ring.read(0, ring.write_off)
+        # put the canary back where the read had written: as if it had not happened
+        ring._cells[6] = 5
+        ring._cells[5] = ring.write_off
+        canary = (ring._cells[8].to_bytes(8, "little")
+                  + ring._cells[9].to_bytes(8, "little"))[:5]
+        ring._region(ring.write_off, 5)[0][:5] = canary
+        assert ring.recover() == 0 and ring.read(0, ring.write_off) == data_before
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_trimming_gives_back_all_but_the_last_bytes_before_the_ack(ring):
+    ring.write(b"a" * 6000)
+    ring.ack_off = 6000
+    assert ring.trim(1000) == 5000
+    assert ring.base == 5000 and ring.read(0, 6000) == b"a" * 1000
+    ring.write(b"b" * 100)
+    assert ring.read(5000, 6100) == b"a" * 1000 + b"b" * 100
+
+
+def test_a_descriptor_that_is_not_a_ring_is_refused(tmp_path):
+    fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"\0" * 10000)
+        with pytest.raises(RingError):
+            SessionRing.open(fd)
+    finally:
+        os.close(fd)
