@@ -47,13 +47,14 @@ from moorage.actors.vtparse._events import (
 )
 from moorage.actors.vtparse._markers import unescape
 from moorage.actors.vtparse._parser import Parser
-from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode
+from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, MAX_HEADER, RecoveryMode
 from moorage.actors.vtparse._text import TextCollector, clean, layout
 
 __all__ = [
     "EVENT_TYPES",
     "KINDS",
     "MAX_BUFFER_SIZE",
+    "MAX_HEADER",
     "CommandFinished",
     "CommandLine",
     "Control",

@@ -310,9 +310,10 @@ class Invalid:
 
 @dataclass(slots=True)
 class Overflow:
-    """A string sequence (`what` is "osc" or "dcs") outgrew the buffer cap `limit`: it was
-    dropped and the parser went back to ground at `end`, so the bytes from `end` on are text.
-    This is the seed's "buffer overflow, resetting" warning."""
+    """A string sequence (`what` is "osc" or "dcs") outgrew the buffer cap `limit` at `end`:
+    it is dropped, and the rest of it, up to its terminator, is discarded too (never text).
+    Emitted when the cap is passed, not at the terminator, which may never come. This is the
+    seed's "buffer overflow, resetting" warning."""
 
     kind: ClassVar[str] = "overflow"
     start: int

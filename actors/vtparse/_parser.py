@@ -26,8 +26,13 @@ import re
 
 from moorage.actors.vtparse._codec import parse_params, utf8_hold
 from moorage.actors.vtparse._events import Control, Csi, Esc, Event, Invalid, Text
-from moorage.actors.vtparse._machine import GROUND, Machine
-from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode, next_mode
+from moorage.actors.vtparse._machine import GROUND, STR_ESC, Machine
+from moorage.actors.vtparse._recovery import (
+    MAX_BUFFER_SIZE,
+    MAX_HEADER,
+    RecoveryMode,
+    next_mode,
+)
 
 # Well-formed sequences, exactly as the machine accepts them: CSI with one optional private
 # marker first, at most 32 values, at most 2 intermediates; ESC with at most 2 intermediates,
@@ -85,7 +90,8 @@ class Parser(Machine):
     tokens      also emit C0 controls, ESC, CSI, OSC, DCS and invalid sequences as events.
     mode        the recovery policy (`RecoveryMode`); see `mode` for what reading it gives.
     text        also emit the text between sequences as `Text` events.
-    max_buffer  cap on an OSC or DCS payload, the only thing held that can grow.
+    max_buffer  cap on an OSC or DCS payload, the only thing held that can grow; a longer one
+                is dropped with an `Overflow` and discarded to its terminator.
     offset      absolute offset of the first byte that will be fed.
     """
 
@@ -172,8 +178,32 @@ class Parser(Machine):
         self._mode = next_mode(value, partial=self._held_any(), reset=False)
 
     def buffered_bytes(self) -> int:
-        """Bytes held between chunks; never more than `max_buffer`."""
-        return self.held() + len(self._pending) + len(self._carry)
+        """How far before `offset` a new parser must start to reach the same point: a parser
+        started `offset - buffered_bytes()`, in ground, and fed the same bytes from there,
+        reports what this one has still to report. That is the sequence in progress counted
+        from its ESC (its introducer and header, not only the payload held: a parser started
+        after the `ESC ]` of a cut marker would miss the marker), a cut sequence kept raw, or
+        a cut UTF-8 character.
+
+        At most `max_buffer + MAX_HEADER`. A sequence in progress that began further back
+        than that cannot be read again within the bound: only a string already dropped past
+        the cap, an SOS/PM/APC string or a header of thousands of parameter digits can, and
+        none of them can carry a marker, so 0 (start at `offset`) loses no marker; with text
+        or tokens, the new parser takes the rest of that one sequence as text. An ESC that
+        may end it and start the next sequence is always counted.
+        """
+        if self._carry:
+            return len(self._carry)
+        if self._pending:
+            return len(self._pending)
+        if not self._state:
+            return 0
+        span = self._pos - self._start
+        if span <= self._cap + MAX_HEADER:
+            return span
+        if self._state == STR_ESC:
+            return self._pos - self._esc_at
+        return 0
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse the next chunk of the stream; the events it completes, in stream order."""
