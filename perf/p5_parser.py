@@ -18,8 +18,10 @@ A, B and D are generated from a fixed seed. The limit, on the same bytes in the 
 the same run, is pyte's `ByteStream` with a listener whose every method does nothing (pyte's
 parser, no screen). Throughput is the median of `--repeat` runs over the whole input fed in
 64 KiB chunks; per-KB latency is each 1 KiB feed timed on its own. The markers found are
-checked against the count expected, so a fast parser that misses markers fails. Other
-configurations (text, tokens, clean()) are printed for information only.
+checked against the count expected, so a fast parser that misses markers fails. Which core
+the markers-only scan runs ("compiled" or "python", `vtparse._scan.CORE`) is printed, and the
+Python one is measured beside it for information, as are the other configurations (text,
+tokens, clean()). perf/peers/xterm_headless.py puts the same inputs beside xterm.js.
 
 P9: one parsed event delivered through `Dispatcher.dispatch` to a registered callback, each
 delivery timed on its own (the timer's own cost included); the limit is a direct call of the
@@ -45,6 +47,7 @@ from pathlib import Path
 from moorage.actors.terminal.keeper.spawn import spawn_on_pty
 from moorage.actors.terminal.shell import prepare
 from moorage.actors.vtparse import Dispatcher, Event, Parser, clean
+from moorage.actors.vtparse._scan import CORE
 from perf._report import Report, Row, percentiles, plot_percentiles
 
 NONCE = "perf-nonce-1234"
@@ -330,7 +333,7 @@ def p5(report: Report, corpus: Corpus, repeat: int) -> dict[str, list]:
             peer,
             ours >= floor and ours >= 5 * peer,
             note=f"limit: pyte ByteStream, null listener; x{ours / peer:.1f}; "
-                 f"{density:.1f} markers per 2 KB",
+                 f"{density:.1f} markers per 2 KB; core {CORE}",
         )
     )
     make = ours_factory(corpus.nonce)
@@ -368,6 +371,8 @@ def info(corpus: Corpus) -> dict[str, float]:
     name = corpus.name
     configurations: list[tuple[str, dict]] = [("text", {"text": True}),
                                               ("tokens", {"tokens": True})]
+    if CORE != "python":
+        configurations.insert(0, ("markers, python core", {"core": "python"}))
     out = {f"{name} {label} MB/s": throughput(ours_factory(corpus.nonce, **kw), chunks, 1)
            for label, kw in configurations}  # fmt: skip
     t0 = time.perf_counter()
@@ -383,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="runs per throughput figure")
     args = ap.parse_args(argv)
     report = Report("p5_parser")
+    print(f"markers-only scan: {CORE} core")
     series: dict[str, list[float]] = {}
     extra: dict[str, float] = {}
     with corpora(args.mb, args.commands) as inputs:
@@ -391,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             extra |= info(corpus)
         series["dispatch"] = p9(report, inputs["coloured"].data)
     report.extra["info_mb_s"] = extra
+    report.extra["core"] = CORE
     print("\ninformation only (not targets):")
     for key, value in extra.items():
         print(f"  {key:<40} {value:10.1f}")

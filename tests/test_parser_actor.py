@@ -18,7 +18,8 @@ import pytest
 import zmq
 
 from moorage.actors.parser.actor import Options, ParserActor, Settings, Stream, StreamTable
-from moorage.actors.vtparse import MAX_HEADER, Parser, RecoveryMode
+from moorage.actors.vtparse import CORE, MAX_HEADER, Parser, RecoveryMode
+from moorage.actors.vtparse._scan import SCANNERS
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, packb
@@ -214,6 +215,11 @@ def test_a_feed_with_create_false_never_opens_a_default_stream(parser, client):
                 {"stream": "mine", "offset": 0, "create": False}, attachments=[A])
     assert err.name == "stream_not_found"
     assert client.call("parser", "parse.list")["streams"] == []
+
+
+def test_sys_info_says_which_scan_core_the_actor_runs(parser, client):
+    info = client.call("parser", "sys.info")
+    assert info["core"] == CORE and info["core"] in SCANNERS
 
 
 def test_a_feed_says_how_many_bytes_of_a_cut_sequence_the_stream_holds(parser, client):

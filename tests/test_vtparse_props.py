@@ -84,7 +84,9 @@ def osc(draw: st.DrawFn) -> bytes:
         at = draw(st.integers(0, len(payload)))
         payload = payload[:at] + _b(draw(_noise)) + payload[at:]
     end = draw(st.sampled_from(["\x07", "\x1b\\", "\x1b\\", "", "\x18", "\x1b[m", "\x1bx"]))
-    return b"\x1b]" + payload + _b(end)
+    # DEL and C0 controls between ESC and `]` are ignored or executed: still an OSC
+    opener = draw(st.sampled_from(["\x1b]"] * 6 + ["\x1b\x7f]", "\x1b\n]", "\x1b\x00\x7f]"]))
+    return _b(opener) + payload + _b(end)
 
 
 @st.composite

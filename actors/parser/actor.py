@@ -62,7 +62,7 @@ from typing import Any
 from loguru import logger
 
 from moorage.actors.runtime import Actor, Call, op
-from moorage.actors.vtparse import MAX_BUFFER_SIZE, Event, Parser, RecoveryMode
+from moorage.actors.vtparse import CORE, MAX_BUFFER_SIZE, Event, Parser, RecoveryMode
 from moorage.protocol import limits
 from moorage.protocol.errors import Category, fail
 
@@ -225,7 +225,9 @@ class ParserActor(Actor):
         self.loop.call_every(interval, self._reap)
 
     def info(self) -> dict[str, Any]:
-        return {"streams": len(self.table), "fallback": self.settings.fallback}
+        # core: the markers-only scan this process runs, "compiled" (the optional extension
+        # was built) or "python" (the fallback); both give the same events
+        return {"streams": len(self.table), "fallback": self.settings.fallback, "core": CORE}
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
         """High or critical: close the streams nobody used for `pressure_idle_s`."""

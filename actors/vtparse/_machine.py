@@ -59,8 +59,20 @@ from moorage.actors.vtparse._events import (
     Overflow,
     Param,
     Text,
+    fields_after_span,
 )
 from moorage.actors.vtparse._markers import MARKER_COMMANDS, decode_marker
+from moorage.actors.vtparse._scan import MISS, Spec
+
+MEMO_PAYLOAD = 256  # bytes: a longer OSC payload is decoded each time it comes
+MEMO_ENTRIES = 256  # payloads remembered per parser (at most 64 KiB of them)
+
+
+def osc_command(payload: bytes) -> int | None:
+    """An OSC's command number: its leading digits before `;` (at most 9), or None."""
+    head = payload.partition(b";")[0]
+    return int(head) if 0 < len(head) <= 9 and head.isdigit() else None
+
 
 # States. GROUND is 0 so `if self._state:` reads "inside a sequence".
 GROUND = 0
@@ -112,6 +124,7 @@ class Machine:
         self._errors = 0  # invalid sequences met in the current feed
         self._state = GROUND
         self._params = ParamReader()
+        self._memo: dict[bytes, Spec | None] = {}  # payload -> what it emits (_decode)
         self._clear()
 
     def _clear(self) -> None:
@@ -186,15 +199,34 @@ class Machine:
         return i + 1
 
     def osc_done(self, payload: bytes, start: int, end: int, bell: bool) -> None:
-        """A complete OSC: the token (if asked for) and the marker (if it is one)."""
-        head, _, rest = payload.partition(b";")
-        command = int(head) if 0 < len(head) <= 9 and head.isdigit() else None
+        """A complete OSC: the token (if asked for) and the marker (if it is one), decoded
+        once per payload (the memo, see _scan.py)."""
         if self._tokens:
-            self._out.append(Osc(start, end, command, payload, bell))
+            self._out.append(Osc(start, end, osc_command(payload), payload, bell))
+        spec = self._memo.get(payload, MISS)
+        if spec is MISS:
+            spec = self._decode(payload)
+        if spec is not None:
+            cls, args = spec
+            self._out.append(cls(start, end, *args))
+
+    def _decode(self, payload: bytes) -> Spec | None:
+        """What a payload's OSC emits: its marker's class and fields, or None; kept in the
+        memo when the payload is short (longer ones are decoded each time, so a stream of
+        distinct long payloads costs the memo nothing). A full memo is emptied, not sorted:
+        the payloads a shell repeats are back in it at their next prompt."""
+        spec = None
+        command = osc_command(payload)
         if command is not None and command in MARKER_COMMANDS:
-            event = decode_marker(command, rest, payload, start, end, self._session)
+            rest = payload.partition(b";")[2]
+            event = decode_marker(command, rest, payload, 0, 0, self._session)
             if event is not None:
-                self._out.append(event)
+                spec = (type(event), fields_after_span(event))
+        if len(payload) <= MEMO_PAYLOAD:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[payload] = spec
+        return spec
 
     def _end_string(self, end: int, bell: bool) -> None:
         """The string in progress ended at `end` (exclusive): dispatch it by its kind."""
