@@ -31,9 +31,10 @@ is skipped (`skipped` bytes; its events went out with the first reply); ahead of
 `stream_gap` with detail {expected}. The reply's `offset` is the stream's new offset: when it is
 short of the data's end (`unparsed` > 0), the per-feed event budget was spent and the caller
 sends the rest from there. `mode` is the recovery mode after the feed (RecoveryMode values).
-`buffered` is what the stream holds at its offset (a sequence cut by the data's end): a
-caller that moves the stream elsewhere (the terminal's in-process fallback) starts the new
-parser that many bytes earlier, so the cut sequence is not lost.
+`buffered` is how far before its offset the stream's sequence in progress began (a sequence
+cut by the data's end, counted from its ESC: `Parser.buffered_bytes()`): a caller that moves
+the stream elsewhere (the terminal's in-process fallback) starts the new parser that many
+bytes earlier, so the cut sequence, marker and all, is read again whole.
 
 Bounds, all from config (defaults in `Settings`): `max_streams` open streams in all, and
 `max_streams_per_session` per client; opening one more closes the least recently used stream
