@@ -365,16 +365,18 @@ def p9(report: Report, data: bytes) -> list[float]:
     return via
 
 
-def info(corpus: Corpus) -> dict[str, float]:
-    """Throughput of the other configurations, for information (no target)."""
+def info(corpus: Corpus, repeat: int) -> dict[str, float]:
+    """Throughput of the other configurations, for information (no target): the Python
+    core's markers-only scan (the median of `repeat` runs, as the row's), text and tokens
+    (one run each)."""
     chunks = chunks_of(corpus.data, CHUNK)
     name = corpus.name
-    configurations: list[tuple[str, dict]] = [("text", {"text": True}),
-                                              ("tokens", {"tokens": True})]
+    configurations: list[tuple[str, dict, int]] = [("text", {"text": True}, 1),
+                                                   ("tokens", {"tokens": True}, 1)]
     if CORE != "python":
-        configurations.insert(0, ("markers, python core", {"core": "python"}))
-    out = {f"{name} {label} MB/s": throughput(ours_factory(corpus.nonce, **kw), chunks, 1)
-           for label, kw in configurations}  # fmt: skip
+        configurations.insert(0, ("markers, python core", {"core": "python"}, repeat))
+    out = {f"{name} {label} MB/s": throughput(ours_factory(corpus.nonce, **kw), chunks, runs)
+           for label, kw, runs in configurations}  # fmt: skip
     t0 = time.perf_counter()
     clean(corpus.data)
     out[f"{name} clean() MB/s"] = len(corpus.data) / (time.perf_counter() - t0) / 1e6
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     with corpora(args.mb, args.commands) as inputs:
         for corpus in inputs.values():
             series |= p5(report, corpus, args.repeat)
-            extra |= info(corpus)
+            extra |= info(corpus, args.repeat)
         series["dispatch"] = p9(report, inputs["coloured"].data)
     report.extra["info_mb_s"] = extra
     report.extra["core"] = CORE
