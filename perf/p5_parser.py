@@ -1,21 +1,27 @@
 """P5 (parser throughput and per-KB latency) and P9 (in-process event dispatch).
 
-    python -m perf.p5_parser [--mb 4] [--repeat 5]
+    python -m perf.p5_parser [--mb 4] [--commands 20000] [--repeat 5]
 
 P5: `actors.vtparse.Parser` in the parser actor's configuration (markers only, with a nonce),
-on three generated inputs of a few MB each (deterministic: a fixed seed):
+on four inputs of a few MB each (targets.md X6 calls them A to D):
 
-  coloured  compiler-like output, SGR-heavy, with a shell-integration cycle every 40 lines
-  plain     the same text without a single escape sequence
-  dense     a full-screen TUI redraw: cursor moves, 256-colour and truecolour SGR, DEC modes,
-            titles and hyperlinks (OSC), one or two characters between sequences
+  coloured  (A) compiler-like output, SGR-heavy, with a shell-integration cycle every 40 lines
+  plain     (B) the same text without a single escape sequence
+  prompts   (C) prompt-dense shell-integration output: what our own bash integration
+            (actors/terminal/shell/bash.sh) prints around `--commands` short commands
+            (true, echo x, cd), run by a real bash on a real PTY (`shell_corpus`), 6 markers
+            per command; generated in a temporary directory each run, removed after
+  dense     (D) a full-screen TUI redraw: cursor moves, 256-colour and truecolour SGR, DEC
+            modes, titles and hyperlinks (OSC), one or two characters between sequences
 
-The limit, on the same bytes in the same chunks and the same run, is pyte's `ByteStream` with a
-listener whose every method does nothing (pyte's parser, no screen). Throughput is the median
-of `--repeat` runs over the whole input fed in 64 KiB chunks; per-KB latency is each 1 KiB
-feed timed on its own. The markers found are checked against the count generated, so a fast
-parser that misses markers fails. Other configurations (text, tokens, clean()) are printed
-for information only.
+A, B and D are generated from a fixed seed. The limit, on the same bytes in the same chunks and
+the same run, is pyte's `ByteStream` with a listener whose every method does nothing (pyte's
+parser, no screen). Throughput is the median of `--repeat` runs over the whole input fed in
+64 KiB chunks; per-KB latency is each 1 KiB feed timed on its own. The markers found are
+checked against the count expected, so a fast parser that misses markers fails. Which core
+the markers-only scan runs ("compiled" or "python", `vtparse._scan.CORE`) is printed, and the
+Python one is measured beside it for information, as are the other configurations (text,
+tokens, clean()). perf/peers/xterm_headless.py puts the same inputs beside xterm.js.
 
 P9: one parsed event delivered through `Dispatcher.dispatch` to a registered callback, each
 delivery timed on its own (the timer's own cost included); the limit is a direct call of the
@@ -25,14 +31,23 @@ same callback, timed the same way.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import secrets
+import select
+import signal
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
-import pyte
-
+from moorage.actors.terminal.keeper.spawn import spawn_on_pty
+from moorage.actors.terminal.shell import prepare
 from moorage.actors.vtparse import Dispatcher, Event, Parser, clean
+from moorage.actors.vtparse._scan import CORE
 from perf._report import Report, Row, percentiles, plot_percentiles
 
 NONCE = "perf-nonce-1234"
@@ -123,6 +138,84 @@ def dense(size: int, rnd: random.Random) -> tuple[bytes, int]:
     return b"".join(parts), markers
 
 
+# Debian's colour prompt, as a user's ~/.bashrc sets it
+BASHRC = (
+    "PS1='\\[\\e[01;32m\\]\\u@\\h\\[\\e[00m\\]:\\[\\e[01;34m\\]\\w\\[\\e[00m\\]\\$ '\n"
+    "HISTFILE=/dev/null\n"
+)
+COMMANDS = ("true", "echo x", "cd src", "true", "echo x", "cd ..")
+MARKERS_PER_COMMAND = 6  # P;Cwd, D, A, B (the prompt after it), C, E
+BATCH = 50  # commands typed ahead at once: readline echoes and runs them one by one
+
+
+def shell_corpus(count: int, workdir: Path, timeout: float = 120.0) -> tuple[bytes, int, str]:
+    """C: what bash with our integration prints for `count` short commands on a real PTY.
+
+    The shell is started as the terminal starts it (`shell.prepare`, the keeper's
+    `spawn_on_pty`, a 32-hex nonce as the terminal makes), in a HOME of its own under
+    `workdir`, 120 x 40. Commands go in batches of BATCH, each batch once the previous one's
+    prompts (633 B) are all back. Returns the bytes up to the last prompt, the markers in
+    them, and the nonce. Raises TimeoutError if the shell stops answering."""
+    home = workdir / "home"
+    (home / "src").mkdir(parents=True, exist_ok=True)
+    (home / ".bashrc").write_text(BASHRC)
+    nonce = secrets.token_hex(16)
+    env = {"HOME": str(home), "TERM": "xterm-256color", "PATH": os.defpath, "LANG": "C.UTF-8",
+           "USER": "u"}
+    launch = prepare("/bin/bash", [], env, nonce)
+    child = spawn_on_pty(launch.path, launch.argv, launch.env, str(home), 120, 40)
+    prompt = b"\x1b]633;B;" + nonce.encode()
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        def wait_for_prompts(n: int) -> None:
+            while buf.count(prompt) < n:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([child.master], [], [], left)[0]:
+                    raise TimeoutError(f"bash gave {buf.count(prompt)} prompts of {n}")
+                try:
+                    buf.extend(os.read(child.master, 1 << 16))
+                except BlockingIOError:
+                    continue
+
+        wait_for_prompts(1)
+        sent = 0
+        while sent < count:
+            batch = [COMMANDS[(sent + k) % len(COMMANDS)] for k in range(min(BATCH, count - sent))]
+            os.write(child.master, "".join(c + "\r" for c in batch).encode())
+            sent += len(batch)
+            wait_for_prompts(1 + sent)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        os.waitpid(child.pid, 0)
+        os.close(child.master)
+    data = bytes(buf[: buf.rfind(prompt) + len(prompt) + 1])
+    return data, 2 + MARKERS_PER_COMMAND * count, nonce
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    letter: str  # targets.md X6's name for it
+    data: bytes
+    markers: int  # how many the markers-only parse must find
+    nonce: str  # the session nonce the markers carry
+
+
+@contextmanager
+def corpora(mb: float, commands: int) -> Iterator[dict[str, Corpus]]:
+    """The four inputs; C's shell runs in a temporary directory that is gone afterwards."""
+    size = int(mb * 1_000_000)
+    with tempfile.TemporaryDirectory(prefix="p5-prompts-") as tmp:
+        prompts, markers, nonce = shell_corpus(commands, Path(tmp))
+    yield {
+        "coloured": Corpus("coloured", "A", *coloured(size, random.Random(5)), NONCE),
+        "plain": Corpus("plain", "B", *plain(size, random.Random(6)), NONCE),
+        "prompts": Corpus("prompts", "C", prompts, markers, nonce),
+        "dense": Corpus("dense", "D", *dense(size, random.Random(7)), NONCE),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # measurement
 # ---------------------------------------------------------------------------------------------
@@ -143,11 +236,13 @@ def chunks_of(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-def ours_factory(**kw: object) -> Callable[[], Callable[[bytes], object]]:
-    return lambda: Parser(NONCE, **kw).feed  # type: ignore[arg-type]
+def ours_factory(nonce: str, **kw: object) -> Callable[[], Callable[[bytes], object]]:
+    return lambda: Parser(nonce, **kw).feed  # type: ignore[arg-type]
 
 
 def pyte_factory() -> Callable[[bytes], object]:
+    import pyte  # the perf extra; only this script's limit needs it
+
     return pyte.ByteStream(NullListener()).feed
 
 
@@ -178,9 +273,10 @@ def per_kb(make: Callable[[], Callable[[bytes], object]], data: bytes, limit: in
     return out
 
 
-def count_markers(data: bytes) -> int:
-    parser = Parser(NONCE)
-    return sum(1 for c in chunks_of(data, CHUNK) for e in parser.feed(c) if e.kind != "rejected")
+def count_markers(corpus: Corpus) -> int:
+    parser = Parser(corpus.nonce)
+    chunks = chunks_of(corpus.data, CHUNK)
+    return sum(1 for c in chunks for e in parser.feed(c) if e.kind != "rejected")
 
 
 def dispatch_latency(events: list[Event], rounds: int) -> tuple[list[float], list[float]]:
@@ -213,31 +309,35 @@ def dispatch_latency(events: list[Event], rounds: int) -> tuple[list[float], lis
 # ---------------------------------------------------------------------------------------------
 
 
-FLOORS = {"coloured": 100.0, "plain": 1000.0, "dense": 0.0}  # MB/s, targets.md P5
+FLOORS = {"coloured": 100.0, "plain": 1000.0, "prompts": 50.0, "dense": 0.0}  # targets.md P5
 
 
-def p5(report: Report, name: str, data: bytes, expected: int, repeat: int) -> dict[str, list]:
+def p5(report: Report, corpus: Corpus, repeat: int) -> dict[str, list]:
     """P5 rows for one input; returns its per-KB latency series for the plot."""
-    found = count_markers(data)
-    if found != expected:
-        raise SystemExit(f"{name}: found {found} markers, generated {expected}")
+    name, data = corpus.name, corpus.data
+    found = count_markers(corpus)
+    if found != corpus.markers:
+        raise SystemExit(f"{name}: found {found} markers, expected {corpus.markers}")
     chunks = chunks_of(data, CHUNK)
-    ours = throughput(ours_factory(), chunks, repeat)
+    ours = throughput(ours_factory(corpus.nonce), chunks, repeat)
     peer = throughput(pyte_factory, chunks, max(1, repeat // 2))
     floor = FLOORS[name]
+    density = corpus.markers / len(data) * 2048
     report.add(
         Row(
             "P5",
-            f"parser, {name} ({len(data) / 1e6:.1f} MB, {expected} markers)",
+            f"parser, {corpus.letter} {name} ({len(data) / 1e6:.1f} MB, {corpus.markers} markers)",
             "MB/s",
             ">= 5x pyte" + (f", >= {floor:g} MB/s" if floor else ""),
             ours,
             peer,
             ours >= floor and ours >= 5 * peer,
-            note=f"limit: pyte ByteStream, null listener; x{ours / peer:.1f}",
+            note=f"limit: pyte ByteStream, null listener; x{ours / peer:.1f}; "
+                 f"{density:.1f} markers per 2 KB; core {CORE}",
         )
     )
-    lat = per_kb(ours_factory(), data, 2_000_000)
+    make = ours_factory(corpus.nonce)
+    lat = per_kb(make, data, 2_000_000)
     lat_peer = per_kb(pyte_factory, data, 500_000)
     p, pp = percentiles(lat), percentiles(lat_peer)
     for q, seed in ((50, 10), (99, 50)):
@@ -265,41 +365,44 @@ def p9(report: Report, data: bytes) -> list[float]:
     return via
 
 
-def info(name: str, data: bytes) -> dict[str, float]:
-    """Throughput of the other configurations, for information (no target)."""
-    chunks = chunks_of(data, CHUNK)
-    out = {
-        f"{name} {label} MB/s": throughput(ours_factory(**kw), chunks, 1)
-        for label, kw in (("text", {"text": True}), ("tokens", {"tokens": True}))
-    }
+def info(corpus: Corpus, repeat: int) -> dict[str, float]:
+    """Throughput of the other configurations, for information (no target): the Python
+    core's markers-only scan (the median of `repeat` runs, as the row's), text and tokens
+    (one run each)."""
+    chunks = chunks_of(corpus.data, CHUNK)
+    name = corpus.name
+    configurations: list[tuple[str, dict, int]] = [("text", {"text": True}, 1),
+                                                   ("tokens", {"tokens": True}, 1)]
+    if CORE != "python":
+        configurations.insert(0, ("markers, python core", {"core": "python"}, repeat))
+    out = {f"{name} {label} MB/s": throughput(ours_factory(corpus.nonce, **kw), chunks, runs)
+           for label, kw, runs in configurations}  # fmt: skip
     t0 = time.perf_counter()
-    clean(data)
-    out[f"{name} clean() MB/s"] = len(data) / (time.perf_counter() - t0) / 1e6
+    clean(corpus.data)
+    out[f"{name} clean() MB/s"] = len(corpus.data) / (time.perf_counter() - t0) / 1e6
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=float, default=4.0, help="size of each input, MB")
+    ap.add_argument("--mb", type=float, default=4.0, help="size of inputs A, B and D, MB")
+    ap.add_argument("--commands", type=int, default=20_000, help="commands run for input C")
     ap.add_argument("--repeat", type=int, default=5, help="runs per throughput figure")
     args = ap.parse_args(argv)
-    size = int(args.mb * 1_000_000)
     report = Report("p5_parser")
-    inputs = {
-        "coloured": coloured(size, random.Random(5)),
-        "plain": plain(size, random.Random(6)),
-        "dense": dense(size, random.Random(7)),
-    }
+    print(f"markers-only scan: {CORE} core")
     series: dict[str, list[float]] = {}
     extra: dict[str, float] = {}
-    for name, (data, expected) in inputs.items():
-        series |= p5(report, name, data, expected, args.repeat)
-        extra |= info(name, data)
-    series["dispatch"] = p9(report, inputs["coloured"][0])
+    with corpora(args.mb, args.commands) as inputs:
+        for corpus in inputs.values():
+            series |= p5(report, corpus, args.repeat)
+            extra |= info(corpus, args.repeat)
+        series["dispatch"] = p9(report, inputs["coloured"].data)
     report.extra["info_mb_s"] = extra
+    report.extra["core"] = CORE
     print("\ninformation only (not targets):")
     for key, value in extra.items():
-        print(f"  {key:<32} {value:10.1f}")
+        print(f"  {key:<40} {value:10.1f}")
     plot_percentiles("p5_parser_latency", series)
     return report.finish()
 

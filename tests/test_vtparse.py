@@ -18,6 +18,7 @@ from moorage.actors.vtparse import (
     EVENT_TYPES,
     KINDS,
     MAX_BUFFER_SIZE,
+    MAX_HEADER,
     CommandFinished,
     CommandLine,
     Csi,
@@ -199,15 +200,18 @@ def test_a_cut_utf8_character_also_counts_as_held_in_text_mode() -> None:
     assert parser.buffered_bytes() == 2
 
 
-def test_a_held_osc_that_outgrows_the_buffer_resets_with_a_warning() -> None:
+def test_a_held_osc_that_outgrows_the_buffer_is_dropped_with_a_warning_to_its_end() -> None:
     parser = Parser(max_buffer=64)
     assert parser.feed(b"\x1b]633;E;" + b"x" * 40) == []
     assert parser.mode is RecoveryMode.BUFFER_PARTIAL
     (warning,) = parser.feed(b"y" * 40)
     assert warning.kind == "overflow"
     assert (warning.start, warning.end) == (0, 2 + 64)
-    assert parser.buffered_bytes() == 0
+    # still inside the dropped string until its terminator; what is left of it is no text
+    assert parser.mode is RecoveryMode.BUFFER_PARTIAL
+    assert parser.feed(b"z" * 100 + b"\x07") == []
     assert parser.mode is RecoveryMode.SKIP_INVALID
+    assert parser.buffered_bytes() == 0
     assert parser.feed(b"\x1b]633;A\x07")[0].kind == "prompt_start"
 
 
@@ -263,7 +267,8 @@ def test_memory_stays_under_the_cap_while_a_huge_osc_streams_in() -> None:
     parser.feed(b"\x1b]633;E;")
     for _ in range(200):
         parser.feed(b"z" * 100)
-        assert parser.buffered_bytes() <= 1024
+        assert parser.buffered_bytes() <= 1024 + MAX_HEADER
+        assert len(parser._buf) <= 1024
 
 
 def test_a_huge_parameter_costs_nothing_and_saturates() -> None:
@@ -356,6 +361,93 @@ def test_layout_turns_crlf_into_lf() -> None:
 
 def test_unescape_follows_vs_code_and_leaves_stray_backslashes() -> None:
     assert unescape(b"a\\\\b\\x3B\\x3bc\\q\\x4") == "a\\b;;c\\q\\x4"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile streams (issue 12, item 10)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_window_title_longer_than_the_cap_is_never_text() -> None:
+    """A string past the cap is dropped whole, to its terminator, as vte, xterm.js and pyte
+    do (_machine.py's policy says how each does it); before, its payload came out as text:
+    10.9 MB of a window title in a command's output."""
+    title = b"\x1b]0;" + b"t" * (MAX_BUFFER_SIZE * 4) + b"\x07"
+    data = b"before\r\n" + title + b"after\r\n"
+    assert clean(data) == "before\nafter\n"
+    parser = Parser(text=True)
+    events = [e for k in range(0, len(data), 4096) for e in parser.feed(data[k : k + 4096])]
+    assert [e.kind for e in events] == ["text", "overflow", "text"]
+    assert "".join(e.text for e in events if isinstance(e, Text)) == "before\r\nafter\r\n"
+    assert events[1].to_wire() == {"kind": "overflow", "start": 8, "end": 8 + 2 + MAX_BUFFER_SIZE,
+                                   "what": "osc", "limit": MAX_BUFFER_SIZE}
+
+
+@pytest.mark.parametrize("end", [b"\x07", b"\x1b\\", b"\x18", b"\x1a"])
+def test_a_dropped_osc_ends_at_each_of_its_terminators(end: bytes) -> None:
+    data = b"\x1b]2;" + b"t" * 40 + end + b"ok"
+    events = Parser(text=True, max_buffer=16).feed(data)
+    assert events[0].kind == "overflow"
+    # CAN and SUB are executed (text here, dropped by the layout); nothing else is left
+    assert layout("".join(e.text for e in events[1:] if isinstance(e, Text))) == "ok"
+
+
+def test_a_dropped_dcs_is_discarded_to_its_st_but_not_to_a_bel() -> None:
+    data = b"\x1bPq" + b"#" * 40 + b"\x07still dcs\x1b\\ok"
+    assert clean(data) == "ok"
+    events = Parser(text=True, max_buffer=16).feed(data)
+    assert [e.kind for e in events] == ["overflow", "text"]
+
+
+def test_text_collector_on_a_tokens_parser_keeps_tabs_and_line_ends_as_clean_does() -> None:
+    stream = (b"$ \x1b]633;C\x07col\t1\r\n\x1b[32mok\x1b[0m\tdone\r\n50%\r100%\x07\r\n"
+              b"\x1b]633;D;0\x07$ ")
+    for tokens in (False, True):
+        parser = Parser(tokens=tokens, text=True)
+        collector = TextCollector()
+        span = [0, 0]
+        for event in parser.feed(stream[:9]) + parser.feed(stream[9:]):
+            if isinstance(event, OutputStart):
+                collector.begin()
+                span[0] = event.end
+            elif isinstance(event, CommandFinished):
+                text = collector.end()
+                span[1] = event.start
+            else:
+                collector.add(event)
+        assert text == clean(stream[span[0] : span[1]]) == "col\t1\nok\tdone\n50%\r100%\n"
+
+
+def _resume(data: bytes, cut: int, **kw: Any) -> tuple[list[Event], list[Event]]:
+    """Events after `cut` from the parser that saw everything, and from a new parser started
+    at `cut - buffered_bytes()` (the terminal's parse hop does this when it switches)."""
+    first = Parser("N", offset=0, **kw)
+    first.feed(data[:cut])
+    back = cut - first.buffered_bytes()
+    second = Parser("N", offset=back, **kw)
+    return first.feed(data[cut:]) + first.flush(), second.feed(data[back:]) + second.flush()
+
+
+@pytest.mark.parametrize("cut", [1, 2, 30, 71, 72, 73])
+def test_a_parser_started_at_offset_minus_buffered_finds_a_held_marker(cut: int) -> None:
+    # longer than the 64 bytes kept raw, so the byte machine holds it; before, `buffered`
+    # counted its payload only, and a parser started there read `633;E;...` as text
+    marker = b"\x1b]633;E;" + b"make\\x20" * 8 + b";N\x1b\\"
+    data = b"$ " + marker + b"out"
+    rest, again = _resume(data, cut)
+    assert again == rest and [e.kind for e in again] == ["command_line"]
+
+
+@pytest.mark.parametrize("data", [
+    b"ab\x1bP1;2$q" + b"d" * 70 + b"\x1b\\z",  # a DCS with its header
+    b"ab\x1b[" + b"1;" * 30 + b"1mz",  # a CSI held by the machine
+    b"ab\x1b]0;" + b"t" * 70 + b"\x1b[mz",  # an OSC ended by the ESC of the next sequence
+    b"ab\x1b_apc" + b"x" * 70 + b"\x1b]633;A;N\x07z",  # an APC ended by a marker
+])
+def test_every_held_sequence_is_read_again_whole_from_offset_minus_buffered(data: bytes) -> None:
+    for cut in range(1, len(data)):
+        rest, again = _resume(data, cut, tokens=True, text=True)
+        assert merged(again) == merged(rest), cut
 
 
 # ---------------------------------------------------------------------------------------------

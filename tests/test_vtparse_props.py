@@ -14,10 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moorage.actors.vtparse import (
+    MAX_HEADER,
     Event,
     Parser,
     RecoveryMode,
     Text,
+    TextCollector,
     clean,
     layout,
     unescape,
@@ -82,7 +84,9 @@ def osc(draw: st.DrawFn) -> bytes:
         at = draw(st.integers(0, len(payload)))
         payload = payload[:at] + _b(draw(_noise)) + payload[at:]
     end = draw(st.sampled_from(["\x07", "\x1b\\", "\x1b\\", "", "\x18", "\x1b[m", "\x1bx"]))
-    return b"\x1b]" + payload + _b(end)
+    # DEL and C0 controls between ESC and `]` are ignored or executed: still an OSC
+    opener = draw(st.sampled_from(["\x1b]"] * 6 + ["\x1b\x7f]", "\x1b\n]", "\x1b\x00\x7f]"]))
+    return _b(opener) + payload + _b(end)
 
 
 @st.composite
@@ -138,7 +142,8 @@ def parse(cfg: dict, chunks: list[bytes]) -> list[Event]:
     events: list[Event] = []
     for chunk in chunks:
         events += parser.feed(chunk)
-        assert parser.buffered_bytes() <= cfg["max_buffer"]
+        assert parser.buffered_bytes() <= cfg["max_buffer"] + MAX_HEADER
+        assert len(parser._buf) <= cfg["max_buffer"]
     return events + parser.flush()
 
 
@@ -214,6 +219,51 @@ def test_clean_equals_the_parser_text_with_the_layout_applied(data: bytes) -> No
     events = parse({"nonce": None, "tokens": False, "mode": RecoveryMode.SKIP_INVALID,
                     "text": True, "max_buffer": 65536}, [data])  # fmt: skip
     assert clean(data) == layout("".join(e.text for e in events if isinstance(e, Text)))
+
+
+@SETTINGS
+@given(data=stream, tokens=st.booleans())
+def test_a_text_collector_gathers_what_clean_gives_with_or_without_tokens(
+    data: bytes, tokens: bool
+) -> None:
+    parser = Parser(tokens=tokens, text=True)
+    collector = TextCollector()
+    collector.begin()
+    for event in parser.feed(data) + parser.flush():
+        collector.add(event)
+    assert collector.end() == clean(data)
+
+
+@SETTINGS
+@given(data=stream, cut_at=st.integers(0, 10_000), cfg=config)
+def test_a_parser_started_at_offset_minus_buffered_reports_what_is_left(
+    data: bytes, cut_at: int, cfg: dict
+) -> None:
+    """What the terminal's parse hop relies on when it moves a stream to another parser. The
+    new parser reads the held sequence again from its ESC, so what the old one reported from
+    inside it (an overflow, a control executed in a CSI) comes again, with the same offsets
+    (which is how a consumer recognises it); then the two agree."""
+    cut_at %= len(data) + 1
+    first = make(cfg)
+    before = first.feed(data[:cut_at])
+    held = first.buffered_bytes()
+    back = cut_at - held
+    rest = first.feed(data[cut_at:])
+    second = Parser(cfg["nonce"], cfg["tokens"], cfg["mode"], text=cfg["text"],
+                    max_buffer=cfg["max_buffer"], offset=back)  # fmt: skip
+    again = second.feed(data[back:])
+    if held or first_in_ground(cfg, data[:cut_at]):
+        assert merged(again) == merged([e for e in before if e.start >= back] + rest)
+        assert second.flush() == first.flush()
+    else:  # begun too far back to be counted: it carries no marker
+        assert [e for e in again if e.kind in MARKER_KINDS] == [
+            e for e in rest if e.kind in MARKER_KINDS]  # fmt: skip
+
+
+def first_in_ground(cfg: dict, data: bytes) -> bool:
+    parser = make(cfg)
+    parser.feed(data)
+    return parser.mode is not RecoveryMode.BUFFER_PARTIAL
 
 
 @SETTINGS

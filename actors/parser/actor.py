@@ -31,9 +31,10 @@ is skipped (`skipped` bytes; its events went out with the first reply); ahead of
 `stream_gap` with detail {expected}. The reply's `offset` is the stream's new offset: when it is
 short of the data's end (`unparsed` > 0), the per-feed event budget was spent and the caller
 sends the rest from there. `mode` is the recovery mode after the feed (RecoveryMode values).
-`buffered` is what the stream holds at its offset (a sequence cut by the data's end): a
-caller that moves the stream elsewhere (the terminal's in-process fallback) starts the new
-parser that many bytes earlier, so the cut sequence is not lost.
+`buffered` is how far before its offset the stream's sequence in progress began (a sequence
+cut by the data's end, counted from its ESC: `Parser.buffered_bytes()`): a caller that moves
+the stream elsewhere (the terminal's in-process fallback) starts the new parser that many
+bytes earlier, so the cut sequence, marker and all, is read again whole.
 
 Bounds, all from config (defaults in `Settings`): `max_streams` open streams in all, and
 `max_streams_per_session` per client; opening one more closes the least recently used stream
@@ -62,7 +63,7 @@ from typing import Any
 from loguru import logger
 
 from moorage.actors.runtime import Actor, Call, op
-from moorage.actors.vtparse import MAX_BUFFER_SIZE, Event, Parser, RecoveryMode
+from moorage.actors.vtparse import CORE, MAX_BUFFER_SIZE, Event, Parser, RecoveryMode
 from moorage.protocol import limits
 from moorage.protocol.errors import Category, fail
 
@@ -225,7 +226,9 @@ class ParserActor(Actor):
         self.loop.call_every(interval, self._reap)
 
     def info(self) -> dict[str, Any]:
-        return {"streams": len(self.table), "fallback": self.settings.fallback}
+        # core: the markers-only scan this process runs, "compiled" (the optional extension
+        # was built) or "python" (the fallback); both give the same events
+        return {"streams": len(self.table), "fallback": self.settings.fallback, "core": CORE}
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
         """High or critical: close the streams nobody used for `pressure_idle_s`."""

@@ -11,6 +11,8 @@ Layout:
   _machine   the DEC ANSI state machine, byte by byte, with every bound and policy documented
   _codec     bytes to values: CSI parameters (whole and across chunks), UTF-8 cut points
   _parser    `Parser`: the fast paths (find / regex) in front of the machine; feed, flush, mode
+  _scan      the markers-only scan and its memo of decoded payloads; `CORE` says whether the
+             compiled one (_cscan.c, an optional extension) or the Python one runs
   _recovery  the seed's recovery modes (5.1) and how the reported mode moves
   _text      `clean()` and `TextCollector`: a command's output without escape sequences
   _dispatch  `Dispatcher`: in-process delivery of events to callbacks by kind
@@ -47,13 +49,16 @@ from moorage.actors.vtparse._events import (
 )
 from moorage.actors.vtparse._markers import unescape
 from moorage.actors.vtparse._parser import Parser
-from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode
+from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, MAX_HEADER, RecoveryMode
+from moorage.actors.vtparse._scan import CORE
 from moorage.actors.vtparse._text import TextCollector, clean, layout
 
 __all__ = [
+    "CORE",
     "EVENT_TYPES",
     "KINDS",
     "MAX_BUFFER_SIZE",
+    "MAX_HEADER",
     "CommandFinished",
     "CommandLine",
     "Control",

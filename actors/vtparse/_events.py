@@ -310,9 +310,10 @@ class Invalid:
 
 @dataclass(slots=True)
 class Overflow:
-    """A string sequence (`what` is "osc" or "dcs") outgrew the buffer cap `limit`: it was
-    dropped and the parser went back to ground at `end`, so the bytes from `end` on are text.
-    This is the seed's "buffer overflow, resetting" warning."""
+    """A string sequence (`what` is "osc" or "dcs") outgrew the buffer cap `limit` at `end`:
+    it is dropped, and the rest of it, up to its terminator, is discarded too (never text).
+    Emitted when the cap is passed, not at the terminator, which may never come. This is the
+    seed's "buffer overflow, resetting" warning."""
 
     kind: ClassVar[str] = "overflow"
     start: int
@@ -346,15 +347,24 @@ def _plain(value: Any) -> Any:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
+def _names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # dataclasses.fields() per event is a fifth of the actor's feed cost
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def fields_after_span(event: Any) -> tuple[Any, ...]:
+    """The event's field values after `start` and `end`, in order: with those two in front,
+    `type(event)(start, end, *fields_after_span(event))` is the same event elsewhere."""
+    return tuple(getattr(event, name) for name in _names(type(event))[2:])
+
+
 def _wire(event: Any) -> dict[str, Any]:
     """The event as a dict for msgpack: its kind, then its fields; options become a dict and
     tuples become lists."""
-    cls = type(event)
-    names = _FIELD_NAMES.get(cls)
-    if names is None:  # dataclasses.fields() per event is a fifth of the actor's feed cost
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(event))
     out: dict[str, Any] = {"kind": event.kind}
-    for name in names:
+    for name in _names(type(event)):
         value = getattr(event, name)
         out[name] = dict(value) if name == "options" else _plain(value)
     return out

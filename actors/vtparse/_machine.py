@@ -32,8 +32,15 @@ Policies (each tested in tests/test_vtparse.py):
   and dropped; under RESET_ON_ERROR the machine goes to ground at the offending byte and parses
   that byte again as text. With tokens, an `Invalid` event covers what was dropped.
 - OSC and DCS payloads are capped (`cap` bytes). The byte that would go past the cap makes the
-  machine drop the sequence, emit `Overflow` and go back to ground, where that byte and those
-  after it are text. SOS/PM/APC strings are consumed without being stored (no cap needed).
+  machine drop the sequence and emit `Overflow` at once (the terminator may never come), then
+  discard the rest of the string up to its terminator (BEL for an OSC, ST, CAN, SUB, or an ESC
+  that starts the next sequence), as an ignore state does; with tokens, an `Invalid` event
+  covers the whole dropped string when it ends. So a 10 MB window title is never text. This is
+  what the parsers we follow do: xterm.js keeps its OSC_STRING state to the terminator and its
+  OscHandler/DcsHandler stop collecting past PAYLOAD_LIMIT and do not dispatch (`_hitLimit`);
+  vte (no_std) stops appending to its full `osc_raw` and stays in OscString to the terminator;
+  pyte collects an OSC to its terminator with no cap at all. None of them turns the payload
+  into text. SOS/PM/APC strings are consumed without being stored (no cap needed).
 """
 
 from __future__ import annotations
@@ -52,8 +59,20 @@ from moorage.actors.vtparse._events import (
     Overflow,
     Param,
     Text,
+    fields_after_span,
 )
 from moorage.actors.vtparse._markers import MARKER_COMMANDS, decode_marker
+from moorage.actors.vtparse._scan import MISS, Spec
+
+MEMO_PAYLOAD = 256  # bytes: a longer OSC payload is decoded each time it comes
+MEMO_ENTRIES = 256  # payloads remembered per parser (at most 64 KiB of them)
+
+
+def osc_command(payload: bytes) -> int | None:
+    """An OSC's command number: its leading digits before `;` (at most 9), or None."""
+    head = payload.partition(b";")[0]
+    return int(head) if 0 < len(head) <= 9 and head.isdigit() else None
+
 
 # States. GROUND is 0 so `if self._state:` reads "inside a sequence".
 GROUND = 0
@@ -72,6 +91,7 @@ OSC_STRING = 12
 SOS_STRING = 13  # SOS, PM and APC: consumed, never stored or reported
 STR_ESC = 14
 ESC_IGNORE = 15  # an escape sequence with too many intermediates, consumed to its final
+OSC_IGNORE = 16  # an OSC dropped past the cap, consumed to its terminator
 
 MAX_INTERMEDIATES = 2
 
@@ -79,7 +99,7 @@ _AFTER_ESC = {0x5B: CSI_ENTRY, 0x5D: OSC_STRING, 0x50: DCS_ENTRY, 0x58: SOS_STRI
               0x5E: SOS_STRING, 0x5F: SOS_STRING}  # fmt: skip
 _CSI_IGNORE_STOP = re.compile(rb"[\x00-\x1f\x40-\x7e]")
 _ESC_IGNORE_STOP = re.compile(rb"[\x00-\x1f\x30-\x7e]")
-_OSC_STOP = re.compile(rb"[\x07\x18\x1a\x1b]")
+_OSC_STOP = re.compile(rb"[\x07\x18\x1a\x1b]")  # also OSC_IGNORE's
 _DCS_STOP = re.compile(rb"[\x18\x1a\x1b\x7f]")
 _SOS_STOP = re.compile(rb"[\x18\x1a\x1b]")
 
@@ -104,6 +124,7 @@ class Machine:
         self._errors = 0  # invalid sequences met in the current feed
         self._state = GROUND
         self._params = ParamReader()
+        self._memo: dict[bytes, Spec | None] = {}  # payload -> what it emits (_decode)
         self._clear()
 
     def _clear(self) -> None:
@@ -117,10 +138,6 @@ class Machine:
         self._in_string = GROUND  # the string state an ESC interrupted (STR_ESC)
         self._esc_at = 0  # absolute offset of that ESC
         self._header: tuple[tuple[Param, ...], str, str, str] = ((), "", "", "")
-
-    def held(self) -> int:
-        """Bytes held for the sequence in progress (the string payload; the rest is tiny)."""
-        return len(self._buf)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -182,15 +199,34 @@ class Machine:
         return i + 1
 
     def osc_done(self, payload: bytes, start: int, end: int, bell: bool) -> None:
-        """A complete OSC: the token (if asked for) and the marker (if it is one)."""
-        head, _, rest = payload.partition(b";")
-        command = int(head) if 0 < len(head) <= 9 and head.isdigit() else None
+        """A complete OSC: the token (if asked for) and the marker (if it is one), decoded
+        once per payload (the memo, see _scan.py)."""
         if self._tokens:
-            self._out.append(Osc(start, end, command, payload, bell))
+            self._out.append(Osc(start, end, osc_command(payload), payload, bell))
+        spec = self._memo.get(payload, MISS)
+        if spec is MISS:
+            spec = self._decode(payload)
+        if spec is not None:
+            cls, args = spec
+            self._out.append(cls(start, end, *args))
+
+    def _decode(self, payload: bytes) -> Spec | None:
+        """What a payload's OSC emits: its marker's class and fields, or None; kept in the
+        memo when the payload is short (longer ones are decoded each time, so a stream of
+        distinct long payloads costs the memo nothing). A full memo is emptied, not sorted:
+        the payloads a shell repeats are back in it at their next prompt."""
+        spec = None
+        command = osc_command(payload)
         if command is not None and command in MARKER_COMMANDS:
-            event = decode_marker(command, rest, payload, start, end, self._session)
+            rest = payload.partition(b";")[2]
+            event = decode_marker(command, rest, payload, 0, 0, self._session)
             if event is not None:
-                self._out.append(event)
+                spec = (type(event), fields_after_span(event))
+        if len(payload) <= MEMO_PAYLOAD:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[payload] = spec
+        return spec
 
     def _end_string(self, end: int, bell: bool) -> None:
         """The string in progress ended at `end` (exclusive): dispatch it by its kind."""
@@ -203,24 +239,28 @@ class Machine:
                 self._out.append(
                     Dcs(self._start, end, params, inter, final, private, bytes(self._buf))
                 )
-        elif kind == DCS_IGNORE and self._tokens:
+        elif kind in (DCS_IGNORE, OSC_IGNORE) and self._tokens:
             self._out.append(Invalid(self._start, end, self._why))
         self._buf = bytearray()
         self._state = GROUND
 
     def _store(self, data: bytes, i: int, k: int) -> int:
-        """Append data[i:k] to the string payload; past the cap, drop it and return to ground.
+        """Append data[i:k] to the string payload; past the cap, drop it: `Overflow`, and the
+        rest of the string is discarded in an ignore state (see the module's policy).
 
-        Returns k, or the index of the first byte past the cap (to be parsed as text)."""
+        Returns k, or the index of the first byte past the cap (where the ignore state goes
+        on)."""
         room = self._cap - len(self._buf)
         if k - i <= room:
             self._buf += data[i:k]
             return k
         cut = i + room
-        what = "osc" if self._state == OSC_STRING else "dcs"
+        osc = self._state == OSC_STRING
+        what = "osc" if osc else "dcs"
         self._out.append(Overflow(self._start, self._base + cut, what, self._cap))
         self._buf = bytearray()
-        self._state = GROUND
+        self._why = f"{what} longer than {self._cap} bytes"
+        self._state = OSC_IGNORE if osc else DCS_IGNORE
         return cut
 
     # -- one method per state: (data, i) -> next i ----------------------------------------------
@@ -334,9 +374,11 @@ class Machine:
         return k + 1
 
     def _string(self, data: bytes, i: int) -> int:
-        """OSC, DCS passthrough, DCS ignore and SOS/PM/APC: a run at a time, not a byte."""
+        """OSC, DCS passthrough, the ignore states of both, and SOS/PM/APC: a run at a time,
+        not a byte."""
         st = self._state
-        stop = _OSC_STOP if st == OSC_STRING else _DCS_STOP if st == DCS_PASS else _SOS_STOP
+        stop = (_OSC_STOP if st in (OSC_STRING, OSC_IGNORE) else
+                _DCS_STOP if st == DCS_PASS else _SOS_STOP)  # fmt: skip
         m = stop.search(data, i)
         k = len(data) if m is None else m.start()
         if k > i and st in (OSC_STRING, DCS_PASS):
@@ -350,7 +392,7 @@ class Machine:
             self._in_string = st
             self._esc_at = self._base + k
             self._state = STR_ESC
-        elif b == 0x07:  # only OSC stops at BEL
+        elif b == 0x07:  # only an OSC (kept or ignored) stops at BEL
             self._end_string(self._base + k + 1, True)
         elif b == 0x18 or b == 0x1A:
             self._buf = bytearray()
@@ -389,4 +431,5 @@ _STEPS = (
     Machine._string,  # SOS_STRING
     Machine._str_esc,  # STR_ESC
     Machine._ignore,  # ESC_IGNORE
+    Machine._string,  # OSC_IGNORE
 )

@@ -4,9 +4,10 @@ Text is never walked byte by byte: `bytes.find` (memchr) and compiled regular ex
 text and whole well-formed sequences; only what they refuse goes to the byte machine
 (`_machine.py`). One ground loop per kind of output, so none does work it does not need:
 
-- markers only, invalid sequences skipped (the parser actor's case): jumps from one `ESC ]`
-  or `ESC P` to the next with a single regex search; quiet OSCs (titles, hyperlinks) are
-  skipped inside the search, so SGR-heavy output costs one call per chunk.
+- markers only, invalid sequences skipped (the parser actor's case): `_scan.scan` jumps from
+  one OSC that may carry a marker to the next, builds the events of payloads decoded before
+  and skips titles and hyperlinks, compiled or in Python (`core`); what it cannot take goes
+  to the rules here. SGR-heavy output costs one call per chunk, prompts one event each.
 - markers only under RESET_ON_ERROR: stops at every ESC that does not start a well-formed
   sequence, so every reset is seen and reported.
 - text (`text=True`): stops at every sequence to report the text before it.
@@ -21,13 +22,18 @@ byte by byte (all through the machine), and compare.
 
 from __future__ import annotations
 
-import functools
 import re
 
 from moorage.actors.vtparse._codec import parse_params, utf8_hold
 from moorage.actors.vtparse._events import Control, Csi, Esc, Event, Invalid, Text
-from moorage.actors.vtparse._machine import GROUND, Machine
-from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, RecoveryMode, next_mode
+from moorage.actors.vtparse._machine import GROUND, STR_ESC, Machine
+from moorage.actors.vtparse._recovery import (
+    MAX_BUFFER_SIZE,
+    MAX_HEADER,
+    RecoveryMode,
+    next_mode,
+)
+from moorage.actors.vtparse._scan import CORE, OSC, SCANNERS, compiled
 
 # Well-formed sequences, exactly as the machine accepts them: CSI with one optional private
 # marker first, at most 32 values, at most 2 intermediates; ESC with at most 2 intermediates,
@@ -54,24 +60,9 @@ _OSC_QUIET = rb"\](?!0*(?:7|133|633|1337)[;\x07\x1b])[^\x07\x18\x1a\x1b]{0,%d}(?
 _PREFIX_RE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|[ -/]*|\][^\x07\x18\x1a\x1b]*)")
 # a sequence that leaves the machine in ground and holding nothing (SOS/PM/APC end at an ESC)
 _COMPLETE_RE = re.compile(rb"\x1b(?:" + _CSI_LAX + b"|" + _ESC_LAX + b")")
-# A complete OSC, ended by BEL or ST, of at most `cap` payload bytes (the payload a group).
-_OSC = rb"\x1b\]([^\x07\x18\x1a\x1b]{0,%d})(\x07|\x1b\\)"
-# What the quiet loop must look at: `ESC P`, or an `ESC ]` that starts a marker or an OSC not
-# complete within the cap. The single literal ESC first lets the regex engine skip to each
-# ESC at memchr speed and reject CSI and the rest on the next byte.
-_INTEREST = (
-    rb"\x1b(?:P|\](?:(?=0*(?:7|133|633|1337)[;\x07\x1b])"
-    rb"|(?![^\x07\x18\x1a\x1b]{0,%d}(?:\x07|\x1b\\))))"
-)
 # What the strict loop must look at: an ESC that starts neither a well-formed sequence nor a
 # quiet OSC.
 _STOP = rb"\x1b(?!" + b"|".join((_CSI_BODY, _ESC_BODY, _OSC_QUIET)) + b")"
-
-
-@functools.cache
-def _compiled(pattern: bytes) -> re.Pattern[bytes]:
-    """Patterns with the cap in them, compiled once per cap for every parser."""
-    return re.compile(pattern)
 
 
 class Parser(Machine):
@@ -85,8 +76,11 @@ class Parser(Machine):
     tokens      also emit C0 controls, ESC, CSI, OSC, DCS and invalid sequences as events.
     mode        the recovery policy (`RecoveryMode`); see `mode` for what reading it gives.
     text        also emit the text between sequences as `Text` events.
-    max_buffer  cap on an OSC or DCS payload, the only thing held that can grow.
+    max_buffer  cap on an OSC or DCS payload, the only thing held that can grow; a longer one
+                is dropped with an `Overflow` and discarded to its terminator.
     offset      absolute offset of the first byte that will be fed.
+    core        the markers-only scan: "compiled" or "python" (`_scan.SCANNERS`); None, the
+                best this process has (`_scan.CORE`). Both give the same events.
     """
 
     def __init__(
@@ -98,6 +92,7 @@ class Parser(Machine):
         text: bool = False,
         max_buffer: int = MAX_BUFFER_SIZE,
         offset: int = 0,
+        core: str | None = None,
     ) -> None:
         if max_buffer < 16:
             raise ValueError(f"max_buffer must be at least 16 bytes, not {max_buffer}")
@@ -120,9 +115,13 @@ class Parser(Machine):
         self._pending = b""  # the start of a UTF-8 character cut by the last chunk's end
         self._carry = b""  # a short sequence cut by the last chunk's end (see _cut)
         self._carry_max = min(64, max_buffer)
-        self._osc = _compiled(_OSC % max_buffer)
-        self._stop = _compiled(_STOP % max_buffer)
-        self._interest = _compiled(_INTEREST % max_buffer)
+        self._osc = compiled(OSC % max_buffer)
+        self._stop = compiled(_STOP % max_buffer)
+        core = CORE if core is None else core
+        if core not in SCANNERS:
+            raise ValueError(f"core must be one of {sorted(SCANNERS)}, not {core!r}")
+        self._core = core
+        self._scan_osc = SCANNERS[core]
         self._configure()
 
     def _configure(self) -> None:
@@ -141,6 +140,11 @@ class Parser(Machine):
     @property
     def nonce(self) -> str | None:
         return self._nonce
+
+    @property
+    def core(self) -> str:
+        """Which markers-only scan this parser runs: "compiled" or "python"."""
+        return self._core
 
     @property
     def offset(self) -> int:
@@ -172,8 +176,32 @@ class Parser(Machine):
         self._mode = next_mode(value, partial=self._held_any(), reset=False)
 
     def buffered_bytes(self) -> int:
-        """Bytes held between chunks; never more than `max_buffer`."""
-        return self.held() + len(self._pending) + len(self._carry)
+        """How far before `offset` a new parser must start to reach the same point: a parser
+        started `offset - buffered_bytes()`, in ground, and fed the same bytes from there,
+        reports what this one has still to report. That is the sequence in progress counted
+        from its ESC (its introducer and header, not only the payload held: a parser started
+        after the `ESC ]` of a cut marker would miss the marker), a cut sequence kept raw, or
+        a cut UTF-8 character.
+
+        At most `max_buffer + MAX_HEADER`. A sequence in progress that began further back
+        than that cannot be read again within the bound: only a string already dropped past
+        the cap, an SOS/PM/APC string or a header of thousands of parameter digits can, and
+        none of them can carry a marker, so 0 (start at `offset`) loses no marker; with text
+        or tokens, the new parser takes the rest of that one sequence as text. An ESC that
+        may end it and start the next sequence is always counted.
+        """
+        if self._carry:
+            return len(self._carry)
+        if self._pending:
+            return len(self._pending)
+        if not self._state:
+            return 0
+        span = self._pos - self._start
+        if span <= self._cap + MAX_HEADER:
+            return span
+        if self._state == STR_ESC:
+            return self._pos - self._esc_at
+        return 0
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse the next chunk of the stream; the events it completes, in stream order."""
@@ -243,31 +271,34 @@ class Parser(Machine):
 
         Every `ESC ]` in a stream starts an OSC and every `ESC P` a DCS, whatever the state
         before (an ESC ends or restarts any sequence), and nothing else emits an event here.
-        So the loop jumps from one to the next: quiet OSCs (titles, hyperlinks) are skipped by
-        the search itself, markers are decoded, a DCS goes to the machine (it may overflow).
+        So `_scan.scan` goes from one to the next, and what it hands back is taken here as
+        everywhere: a complete OSC by `osc_done` (which decodes it and fills the memo), the
+        rest by the machine (a DCS may overflow; an ESC before a control may hide an OSC).
         Last, the chunk's last ESC, if it starts a sequence the chunk cuts, is held (kept raw,
         or by the machine), so `mode` says BUFFER_PARTIAL and the next chunk completes it.
         """
-        search = self._interest.search
+        scan = self._scan_osc
         osc = self._osc.match
         base = self._base
-        # plain text: one memchr and out, faster than the regex engine's own skip
-        m = None if data.find(b"\x1b", i) < 0 else search(data, i)
-        while m is not None:
-            j = m.start()
-            if data[j + 1] == 0x5D:  # ESC ]
+        cap = self._cap
+        memo = self._memo
+        out = self._out
+        while True:
+            j = scan(data, i, cap, base, memo, out)
+            if j < 0:
+                i = -1 - j
+                break
+            if data[j + 1 : j + 2] == b"]":
                 m = osc(data, j)
                 if m is not None:
                     i = m.end()
                     self.osc_done(m.group(1), base + j, base + i, m.group(2) == b"\x07")
-                    m = search(data, i)
                     continue
             if self._cut(data, j):
                 return
             i = self.run(data, j)
             if self._state:
                 return
-            m = search(data, i)
         k = data.rfind(b"\x1b", i)
         if k >= 0 and _COMPLETE_RE.match(data, k) is None and not self._cut(data, k):
             self.run(data, k)

@@ -19,6 +19,11 @@ MAX_BUFFER_SIZE = 64 * 1024
 DCS sequence in progress. Everything else it holds is bounded by construction (32 params,
 2 intermediates, 3 bytes of a split UTF-8 character)."""
 
+MAX_HEADER = 64
+"""Room beside the payload cap for a held sequence's introducer and header (`ESC ]`, a DCS's
+`ESC P 1;2$q`, the ESC of an ST not yet complete): `Parser.buffered_bytes()` counts a sequence
+in progress from its ESC as long as that is at most `max_buffer + MAX_HEADER` bytes."""
+
 
 class RecoveryMode(StrEnum):
     """How the parser treats what it cannot parse.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from moorage.actors.vtparse._events import Event, Text
+from moorage.actors.vtparse._events import Control, Event, Text
 from moorage.actors.vtparse._parser import Parser
 from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE
 
@@ -70,9 +70,12 @@ class TextCollector:
     """Gathers the clean text of a command's output from a parser's events, as they come.
 
     Hand it the events in stream order: `begin()` at the command's OutputStart, `add(event)`
-    for each event after it (all but `Text` are ignored), `end()` at its CommandFinished,
-    which returns the text. Text events never straddle a sequence, so this is the text of
-    the bytes between the two markers, the same as `clean()` of that range. At most `limit`
+    for each event after it, `end()` at its CommandFinished, which returns the text. It takes
+    `Text` events and, from a parser with tokens, `Control` events, which carry the C0
+    controls a text-only parser leaves in its text (TAB, CR and LF among them); the layout
+    then treats both alike. Everything else is ignored. Text events never straddle a
+    sequence, so this is the text of the bytes between the two markers, the same as `clean()`
+    of that range, whether the parser was asked for tokens or not. At most `limit`
     characters are kept, the last ones (where errors usually are); `dropped` counts the rest.
     """
 
@@ -90,11 +93,18 @@ class TextCollector:
         self._size = 0
 
     def add(self, event: Event) -> None:
-        if self.active and isinstance(event, Text):
-            self._parts.append(event.text)
-            self._size += len(event.text)
-            if self._size > 2 * self.limit:
-                self._trim()
+        if not self.active:
+            return
+        if isinstance(event, Text):
+            text = event.text
+        elif isinstance(event, Control):
+            text = chr(event.code)
+        else:
+            return
+        self._parts.append(text)
+        self._size += len(text)
+        if self._size > 2 * self.limit:
+            self._trim()
 
     def end(self) -> str:
         self._trim()

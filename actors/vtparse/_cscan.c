@@ -1,0 +1,182 @@
+/* The compiled core of vtparse's markers-only ground loop: `scan`, as _scan.py's `scan_python`
+ * does it (the contract is written there, and the tests hold the two to the same events).
+ *
+ * It walks a chunk from one ESC to the next with memchr. At `ESC ]` it finds the end of the
+ * OSC (BEL or ST, within the cap) and looks its payload up in the parser's memo of decoded
+ * payloads: a hit is built into its event here (one call of the event class), a quiet OSC is
+ * skipped. Everything else it hands back, by index, to the Python code, which holds the rules:
+ * a payload not in the memo yet, a DCS, an ESC followed by a C0 control or DEL, an OSC that is
+ * cut by the end of the chunk, longer than the cap, or ended by CAN, SUB or another ESC.
+ * Other escape sequences (CSI, ESC, SOS/PM/APC) carry no marker and need no state here: an
+ * ESC ends any of them, so the next `ESC ]` starts an OSC whatever came before.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* BEL, CAN, SUB and ESC end an OSC payload (a C0 control otherwise stays in it) */
+static unsigned char ends_osc[256];
+
+/* The OSC numbers that may carry a marker (_markers.MARKER_COMMANDS). */
+static int
+is_marker_command(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t k = 0;
+    long value = 0;
+    while (k < n && p[k] != ';')
+        k++;
+    if (k == 0 || k > 9)
+        return 0;
+    for (Py_ssize_t h = 0; h < k; h++) {
+        if (p[h] < '0' || p[h] > '9')
+            return 0;
+        value = value * 10 + (p[h] - '0');
+    }
+    return value == 7 || value == 133 || value == 633 || value == 1337;
+}
+
+/* Build the event of a memo entry (cls, args) at [start, end) and append it to `out`. */
+static int
+emit(PyObject *out, PyObject *spec, Py_ssize_t start, Py_ssize_t end)
+{
+    PyObject *stack[16];
+    PyObject *cls, *args, *event;
+    Py_ssize_t nargs, k;
+
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a memo entry is (event class, args)");
+        return -1;
+    }
+    cls = PyTuple_GET_ITEM(spec, 0);
+    args = PyTuple_GET_ITEM(spec, 1);
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) > 14) {
+        PyErr_SetString(PyExc_TypeError, "a memo entry's args are a tuple of at most 14");
+        return -1;
+    }
+    nargs = PyTuple_GET_SIZE(args);
+    stack[0] = PyLong_FromSsize_t(start);
+    stack[1] = PyLong_FromSsize_t(end);
+    if (stack[0] == NULL || stack[1] == NULL) {
+        Py_XDECREF(stack[0]);
+        Py_XDECREF(stack[1]);
+        return -1;
+    }
+    for (k = 0; k < nargs; k++)
+        stack[2 + k] = PyTuple_GET_ITEM(args, k);
+    event = PyObject_Vectorcall(cls, stack, 2 + nargs, NULL);
+    Py_DECREF(stack[0]);
+    Py_DECREF(stack[1]);
+    if (event == NULL)
+        return -1;
+    k = PyList_Append(out, event);
+    Py_DECREF(event);
+    return (int)k;
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(data, i, cap, base, memo, out) -> int\n\n"
+"The compiled `_scan.scan_python`: the same contract, the same result.");
+
+static PyObject *
+scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *data, *memo, *out;
+    Py_ssize_t i, cap, base, n, resume;
+    const unsigned char *s;
+
+    (void)module;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "scan takes data, i, cap, base, memo, out");
+        return NULL;
+    }
+    data = args[0];
+    memo = args[4];
+    out = args[5];
+    if (!PyBytes_CheckExact(data) || !PyDict_CheckExact(memo) || !PyList_CheckExact(out)) {
+        PyErr_SetString(PyExc_TypeError, "scan takes bytes, int, int, int, dict, list");
+        return NULL;
+    }
+    i = PyLong_AsSsize_t(args[1]);
+    cap = PyLong_AsSsize_t(args[2]);
+    base = PyLong_AsSsize_t(args[3]);
+    if ((i == -1 || cap == -1 || base == -1) && PyErr_Occurred())
+        return NULL;
+    s = (const unsigned char *)PyBytes_AS_STRING(data);
+    n = PyBytes_GET_SIZE(data);
+    if (i < 0 || i > n || cap < 0) {
+        PyErr_SetString(PyExc_ValueError, "scan: i must be within data and cap >= 0");
+        return NULL;
+    }
+    resume = i;
+    while (i < n) {
+        const unsigned char *esc = memchr(s + i, 0x1b, (size_t)(n - i));
+        Py_ssize_t j, p, q, limit, end;
+        unsigned char b;
+        PyObject *payload, *spec;
+
+        if (esc == NULL)
+            break;
+        j = esc - s;
+        if (j + 1 >= n)
+            return PyLong_FromSsize_t(j);  /* a lone ESC at the end: the caller keeps it */
+        b = s[j + 1];
+        if (b != ']') {
+            if (b == 'P' || b < 0x20 || b == 0x7f)
+                return PyLong_FromSsize_t(j);
+            i = j + 1;  /* a CSI, ESC or SOS/PM/APC sequence: nothing in it for us */
+            continue;
+        }
+        p = j + 2;
+        limit = n - p > cap ? p + cap + 1 : n;
+        for (q = p; q < limit && !ends_osc[s[q]]; q++)
+            ;
+        if (q == limit)
+            return PyLong_FromSsize_t(j);  /* cut by the chunk, or longer than the cap */
+        if (s[q] == 0x07)
+            end = q + 1;
+        else if (s[q] == 0x1b && q + 1 < n && s[q + 1] == '\\')
+            end = q + 2;
+        else
+            return PyLong_FromSsize_t(j);  /* CAN, SUB, or an ESC that is not ST */
+        i = resume = end;
+        if (!is_marker_command(s + p, q - p))
+            continue;
+        payload = PyBytes_FromStringAndSize((const char *)(s + p), q - p);
+        if (payload == NULL)
+            return NULL;
+        spec = PyDict_GetItemWithError(memo, payload);  /* borrowed */
+        Py_DECREF(payload);
+        if (spec == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            return PyLong_FromSsize_t(j);  /* not decoded yet: the caller decodes it */
+        }
+        if (spec != Py_None) {
+            int failed;
+            Py_INCREF(spec);  /* the event's construction runs Python code */
+            failed = emit(out, spec, base + j, base + end) < 0;
+            Py_DECREF(spec);
+            if (failed)
+                return NULL;
+        }
+    }
+    return PyLong_FromSsize_t(-1 - resume);
+}
+
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_cscan",
+    "The compiled core of vtparse's markers-only scan (see _scan.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__cscan(void)
+{
+    ends_osc[0x07] = ends_osc[0x18] = ends_osc[0x1a] = ends_osc[0x1b] = 1;
+    return PyModule_Create(&module_def);
+}

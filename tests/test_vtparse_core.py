@@ -1,0 +1,138 @@
+"""The markers-only scan, compiled and in Python, against the semantics it replaced.
+
+The reference is the byte machine with the memo of decoded payloads emptied before every byte:
+each sequence goes through `_machine.py` a byte at a time and each payload through the
+decoders afresh, as every marker did before the scan and the memo. Every core this process has
+(`_scan.SCANNERS`: "python" always, "compiled" when `pip install` could build it) must give
+exactly its events: on the conformance vectors, on random streams cut anywhere, and on what a
+real bash with our integration prints on a real PTY.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moorage.actors.vtparse import Event, Parser
+from moorage.actors.vtparse._scan import CORE, SCANNERS, scan_python
+from perf.p5_parser import chunks_of, shell_corpus
+from tests.test_vtparse_props import cut, stream
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "vtparse.json").read_text())["vectors"]
+CORES = sorted(SCANNERS)
+
+
+def reference(data: bytes, nonce: str | None, cap: int = 65536) -> list[Event]:
+    parser = Parser(nonce, max_buffer=cap)
+    events: list[Event] = []
+    for b in data:
+        parser._memo.clear()
+        events += parser.feed(bytes([b]))
+    return events + parser.flush()
+
+
+def parse(core: str, chunks: list[bytes], nonce: str | None, cap: int = 65536) -> list[Event]:
+    parser = Parser(nonce, max_buffer=cap, core=core)
+    events: list[Event] = []
+    for chunk in chunks:
+        events += parser.feed(chunk)
+    return events + parser.flush()
+
+
+def test_this_process_says_which_core_it_runs() -> None:
+    assert CORE in SCANNERS and "python" in SCANNERS
+    assert Parser().core == CORE and Parser(core="python").core == "python"
+    with pytest.raises(ValueError, match="core"):
+        Parser(core="fortran")
+    if "compiled" not in SCANNERS:
+        pytest.skip("the compiled core was not built here (no compiler): Python only")
+
+
+def test_without_the_compiled_core_a_parser_runs_the_python_one() -> None:
+    code = ("from moorage.actors.vtparse import Parser; from moorage.actors.vtparse._scan "
+            "import CORE, SCANNERS; p = Parser('N'); "
+            "print(CORE, sorted(SCANNERS), p.feed(b'\\x1b]633;A;N\\x07')[0].trusted)")
+    env = {**os.environ, "MOORAGE_VTPARSE_CORE": "python"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.split() == ["python", "['python']", "True"]
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_every_core_gives_every_vector_s_events(core: str, vector: dict[str, Any]) -> None:
+    spec = vector["parser"]
+    chunks = [bytes.fromhex(c["hex"]) if isinstance(c, dict) else c.encode("latin-1")
+              for c in vector["chunks"]]
+    parser = Parser(spec["nonce"], spec["tokens"], spec["mode"], text=spec["text"],
+                    max_buffer=spec.get("max_buffer", 65536), core=core)
+    events = [e for c in chunks for e in parser.feed(c)]
+    if vector.get("flush"):
+        events += parser.flush()
+    assert len(events) == len(vector["events"])
+    for got, want in zip(events, vector["events"], strict=True):
+        assert got.kind == want["kind"] and (got.start, got.end) == (want["start"], want["end"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=stream, points=st.lists(st.integers(0, 10_000), max_size=8),
+       nonce=st.sampled_from([None, "N0NCE"]), cap=st.sampled_from([16, 40, 65536]))
+def test_every_core_gives_the_events_of_the_byte_machine(
+    data: bytes, points: list[int], nonce: str | None, cap: int
+) -> None:
+    want = reference(data, nonce, cap)
+    for core in CORES:
+        assert parse(core, cut(data, points), nonce, cap) == want, core
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, int, str]:
+    return shell_corpus(400, tmp_path_factory.mktemp("prompts"))
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 4096, 97])
+def test_on_our_bash_integration_s_output_every_core_gives_the_old_events(
+    prompts: tuple[bytes, int, str], size: int
+) -> None:
+    data, markers, nonce = prompts
+    want = reference(data, nonce)
+    assert len(want) == markers
+    assert all(e.trusted for e in want)  # type: ignore[union-attr]
+    for core in CORES:
+        assert parse(core, chunks_of(data, size), nonce) == want, core
+
+
+def test_a_payload_decoded_once_is_built_again_with_its_own_offsets() -> None:
+    parser = Parser("N")
+    first = parser.feed(b"\x1b]633;D;0;N\x07")
+    again = parser.feed(b"xx\x1b]633;D;0;N\x07")
+    assert [(e.start, e.end) for e in first + again] == [(0, 12), (14, 26)]
+    assert first[0].exit_code == again[0].exit_code == 0 and again[0].trusted
+
+
+def test_the_memo_stays_bounded_whatever_the_payloads() -> None:
+    parser = Parser("N")
+    for k in range(2000):
+        parser.feed(b"\x1b]633;E;cmd%d;N\x07" % k)
+    parser.feed(b"\x1b]633;E;" + b"x" * 10_000 + b";N\x07")
+    assert 0 < len(parser._memo) <= 256
+    assert max(map(len, parser._memo)) <= 256
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_scanner_refuses_arguments_it_cannot_read(core: str) -> None:
+    scan = SCANNERS[core]
+    with pytest.raises((TypeError, ValueError)):
+        scan("text", 0, 16, 0, {}, [])  # type: ignore[arg-type]
+    if core == "compiled":
+        with pytest.raises(ValueError):
+            scan(b"abc", 5, 16, 0, {}, [])
+    assert scan(b"abc", 0, 16, 0, {}, []) == scan_python(b"abc", 0, 16, 0, {}, []) == -1
