@@ -215,7 +215,7 @@ class AsyncSubscription:
         self.actor = actor
         self.sock = client.ctx.socket(zmq.SUB)
         client.core.configure_sub(self.sock, actor, topics)
-        self.tracker = StreamTracker(from_seq)
+        self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
     async def _replay(self, need: NeedReplay | None) -> None:

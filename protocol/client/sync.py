@@ -287,7 +287,7 @@ class Subscription:
         self.actor = actor
         self.sock = client.ctx.socket(zmq.SUB)
         client.core.configure_sub(self.sock, actor, topics)
-        self.tracker = StreamTracker(from_seq)
+        self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
     def _replay(self, need: NeedReplay | None) -> None:
