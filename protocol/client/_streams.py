@@ -84,9 +84,12 @@ class StreamTracker:
         self.replaying: set[str] = set()
         self.held: dict[str, list[StreamMessage]] = {}
         self.next_offset: dict[str, int] = {}  # term.out.*: the next byte not yet delivered
+        self.replays_asked = 0  # gaps and welcomes past what was seen: a subscription's record
 
     def on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
         events, need = self._on_message(msg)
+        if need is not None:
+            self.replays_asked += 1
         return self._dedup(events), need
 
     def _is_live(self, topic: str) -> bool:
@@ -179,6 +182,8 @@ class StreamTracker:
     ) -> tuple[list[StreamEvent], NeedReplay | None]:
         """Feed the `replay` op's answer; returns events and maybe the next page to ask for."""
         events, need = self._on_replay(topic, answer, attachments)
+        if need is not None:
+            self.replays_asked += 1
         return self._dedup(events), need
 
     def _on_replay(
