@@ -45,6 +45,13 @@ export interface ClientOptions {
   metricsInterval?: number;
 }
 
+export interface SubscribeOptions {
+  /** A new topic's first seq wanted (1: all that is retained); none: from now. */
+  fromSeq?: number;
+  /** The SUB's receive high-water mark (default 100000). */
+  receiveHighWaterMark?: number;
+}
+
 /** Of a call's time, the share that learning the actor's idempotent ops may take first. */
 const LEARN_SHARE = 0.5;
 
@@ -312,8 +319,8 @@ export class Client {
   }
 
   /** Subscribe to `topics` (prefixes; [""] for all) of `actor`; `fromSeq` 1 for all retained. */
-  subscribe(actor: string, topics: readonly string[] = [""], options: { fromSeq?: number } = {}): Subscription {
-    const sub = new Subscription(this, actor, topics.length ? topics : [""], options.fromSeq ?? null);
+  subscribe(actor: string, topics: readonly string[] = [""], options: SubscribeOptions = {}): Subscription {
+    const sub = new Subscription(this, actor, topics.length ? topics : [""], options);
     this.subs.add(sub);
     return sub;
   }
@@ -352,23 +359,18 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   private pending: Promise<Buffer[]> | null = null;
   private closed = false;
 
-  constructor(readonly client: Client, readonly actor: string, readonly topics: readonly string[], fromSeq: number | null) {
+  constructor(readonly client: Client, readonly actor: string, readonly topics: readonly string[], options: SubscribeOptions) {
     const o = client.options;
     this.sock = new Subscriber({
       linger: 0,
       reconnectInterval: o.reconnectIvlMs,
       reconnectMaxInterval: o.reconnectIvlMaxMs,
       maxMessageSize: MAX_MESSAGE_SIZE,
-      receiveHighWaterMark: HWM,
+      receiveHighWaterMark: options.receiveHighWaterMark ?? HWM,
     });
     for (const t of topics) this.sock.subscribe(t);
     this.sock.connect(client.endpoints.pub(actor));
-    this.tracker = new StreamTracker(fromSeq, topics);
-  }
-
-  /** Set a socket option before anything arrives (tests shrink `receiveHighWaterMark`). */
-  get socket(): Subscriber {
-    return this.sock;
+    this.tracker = new StreamTracker(options.fromSeq ?? null, topics);
   }
 
   /** True once every subscribed prefix's round of welcomes has ended (section 12). */

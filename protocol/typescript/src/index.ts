@@ -6,7 +6,7 @@
  * (every decision of a subscription), histogram.ts and latency.ts (latency recording and
  * pushing), endpoints.ts (the runtime directory), client.ts (sockets and waiting).
  */
-export { Client, Subscription, type ClientOptions } from "./client.js";
+export { Client, Subscription, type ClientOptions, type SubscribeOptions } from "./client.js";
 export { ActorLink, CallPlan, type CallOptions, type Verdict } from "./calls.js";
 export * as envelope from "./envelope.js";
 export type { Reply, Request, StreamMessage } from "./envelope.js";
