@@ -103,21 +103,25 @@ fn integers_past_2_53_stay_exact() {
 #[test]
 fn the_error_table_and_the_matrix_are_protocol_mds() {
     let md = std::fs::read_to_string(common::root().join("protocol/PROTOCOL.md")).unwrap();
-    let mut rows = 0;
+    let mut documented = std::collections::HashMap::new();
     for line in md.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         if cells.len() == 9 && cells[1].len() == 3 && cells[1].chars().all(|c| c.is_ascii_digit()) {
-            let k = kind_of_code(cells[1].parse().unwrap()).unwrap();
-            assert_eq!([format!("`{}`", k.name), k.category.into(), k.severity.into(), k.retryable.to_string(), k.fallback_available.to_string(), k.summary.into()],
-                       [cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]].map(String::from), "{line}");
-            rows += 1;
+            documented.insert(cells[1].parse::<i64>().unwrap(), [cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]].map(String::from));
+            // A code added to the table later is handled by its wire fields (section 16).
+            if kind_of_code(cells[1].parse().unwrap()).is_none() {
+                println!("a code this client's table lacks (handled as received): {}", cells[1]);
+            }
         }
         if cells.len() == 7 && (cells[2] == "critical" || cells[2] == "recoverable") && MATRIX.iter().any(|r| r.0 == cells[1]) {
             let r = MATRIX.iter().find(|r| r.0 == cells[1] && r.1 == cells[2]).unwrap();
             assert_eq!((r.2, r.3.unwrap_or("-"), r.4.map_or("N/A".to_string(), |n| n.to_string())), (cells[3], cells[4], cells[5].to_string()), "{line}");
         }
     }
-    assert_eq!(rows, KINDS.len());
+    for k in KINDS {
+        assert_eq!(documented.get(&k.code), Some(&[format!("`{}`", k.name), k.category.into(), k.severity.into(), k.retryable.to_string(),
+                                                     k.fallback_available.to_string(), k.summary.into()]), "code {}", k.code);
+    }
 }
 
 fn event_json(e: &StreamEvent) -> serde_json::Value {

@@ -111,13 +111,15 @@ test("integers past 2^53 decode as bigint, exactly", () => {
 
 const PROTOCOL_MD = readFileSync(join(ROOT, "protocol/PROTOCOL.md"), "utf8");
 
-test("the error table is PROTOCOL.md's", () => {
+test("every code this client knows is PROTOCOL.md's, row for row", () => {
   const rows = [...PROTOCOL_MD.matchAll(/^\| (\d{3}) \| `(\w+)` \| (\w+) \| (\w+) \| (true|false) \| (true|false) \| (.+) \|$/gm)];
-  assert.equal(rows.length, KINDS.size);
-  for (const [, code, name, cat, sev, retry, fb, summary] of rows) {
-    const k = BY_CODE.get(Number(code))!;
-    assert.deepStrictEqual([k.name, k.category, k.severity, String(k.retryable), String(k.fallbackAvailable), k.summary], [name, cat, sev, retry, fb, summary]);
+  const documented = new Map(rows.map(([, code, ...rest]) => [Number(code), rest]));
+  for (const k of KINDS.values()) {
+    assert.deepStrictEqual(documented.get(k.code), [k.name, k.category, k.severity, String(k.retryable), String(k.fallbackAvailable), k.summary], `code ${k.code}`);
   }
+  // A code added to the table later is handled by its wire fields (section 16): say so.
+  const unknown = [...documented.keys()].filter((c) => !BY_CODE.has(c));
+  if (unknown.length) console.log(`# codes this client's table lacks (handled as received): ${unknown.join(", ")}`);
 });
 
 test("the recovery matrix is PROTOCOL.md's", () => {
