@@ -24,11 +24,12 @@ pytestmark = pytest.mark.timeout(900)
 TS = ROOT / "examples" / "typescript"
 RUST = ROOT / "examples" / "rust"
 MOORAGE = Path(sys.executable).with_name("moorage")
+TARGET = str(ROOT / "protocol" / "rust" / "target")  # one build for the crate and the example
 
 
 def run(cmd: list[str], cwd: Path, runtime_dir: Path, timeout: float = 120) -> str:
     env = {**os.environ, "MOORAGE_RUNTIME_DIR": str(runtime_dir), "MOORAGE_BIN": str(MOORAGE),
-           "CARGO_TARGET_DIR": str(ROOT / "protocol" / "rust" / "target")}
+           "CARGO_TARGET_DIR": TARGET}
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env, stdin=subprocess.DEVNULL)
     out = done.stdout + done.stderr
@@ -50,7 +51,7 @@ def built() -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=TS, check=True, timeout=300)
     subprocess.run(["cargo", "build", "--locked", "--bin", "editor"], cwd=RUST, check=True,
                    timeout=800, capture_output=True,
-                   env={**os.environ, "CARGO_TARGET_DIR": str(ROOT / "protocol" / "rust" / "target")})
+                   env={**os.environ, "CARGO_TARGET_DIR": TARGET})
 
 
 @pytest.fixture
