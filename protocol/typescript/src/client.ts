@@ -57,39 +57,52 @@ const LEARN_SHARE = 0.5;
 
 type Item = { kind: "reply"; reply: Reply } | { kind: "undecodable"; error: DecodeError } | { kind: "verdict"; verdict: Verdict };
 
-/** One call's inbox: what its actor's connection hands it, awaited with a deadline. */
+/** One call's inbox: what its actor's connection hands it, awaited with a deadline (seconds
+ * on the `now()` clock). Deadlines are checked by the connection's sweeper, not by a timer per
+ * wait: a timer per call costs more than the rest of a call's own work. */
 class Inbox {
   private items: Item[] = [];
   private waiter: ((item: Item | null) => void) | null = null;
-  private timer: NodeJS.Timeout | null = null;
+  until = Infinity;
 
   push(item: Item): void {
     if (this.waiter !== null) {
       const w = this.waiter;
       this.waiter = null;
-      if (this.timer !== null) clearTimeout(this.timer);
       w(item);
     } else this.items.push(item);
   }
 
-  next(seconds: number): Promise<Item | null> {
+  /** The deadline passed: the waiting call hears null. */
+  expire(at: number): void {
+    if (this.waiter !== null && at >= this.until) {
+      const w = this.waiter;
+      this.waiter = null;
+      w(null);
+    }
+  }
+
+  next(until: number): Promise<Item | null> {
     const item = this.items.shift();
     if (item !== undefined) return Promise.resolve(item);
+    if (until <= now()) return Promise.resolve(null);
+    this.until = until;
     return new Promise((resolve) => {
       this.waiter = resolve;
-      this.timer = setTimeout(() => {
-        this.waiter = null;
-        resolve(null);
-      }, Math.max(0, seconds * 1000));
     });
   }
 }
+
+/** How often a connection with calls in flight checks their deadlines. */
+const SWEEP_MS = 5;
 
 class Conn {
   readonly sock: Dealer;
   readonly link: ActorLink;
   readonly inboxes = new Map<number, Inbox>();
-  private sending: Promise<void> = Promise.resolve();
+  private sendingNow = false;
+  private readonly sendQueue: [Uint8Array[], () => void, (e: unknown) => void][] = [];
+  private sweeper: NodeJS.Timeout | null = null;
   private closed = false;
 
   constructor(readonly client: Client, readonly actor: string) {
@@ -108,11 +121,43 @@ class Conn {
     void this.read();
   }
 
+  /** Queue frames; zeromq.js takes one send at a time per socket, so they go in order. */
   send(frames: Uint8Array[]): Promise<void> {
-    // zeromq.js takes one send at a time per socket: chain them.
-    const next = this.sending.then(() => this.sock.send(frames));
-    this.sending = next.catch(() => undefined);
-    return next;
+    if (!this.sendingNow) {
+      this.sendingNow = true;
+      const p = this.sock.send(frames);
+      p.then(() => this.drainSends(), () => this.drainSends());
+      return p;
+    }
+    return new Promise((resolve, reject) => this.sendQueue.push([frames, resolve, reject]));
+  }
+
+  private drainSends(): void {
+    const next = this.sendQueue.shift();
+    if (next === undefined) {
+      this.sendingNow = false;
+      return;
+    }
+    const [frames, resolve, reject] = next;
+    this.sock.send(frames).then(resolve, reject).finally(() => this.drainSends());
+  }
+
+  /** A call waits: make sure someone looks at its deadline. */
+  waiting(): void {
+    if (this.sweeper === null) {
+      this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
+      this.sweeper.unref();
+    }
+  }
+
+  private sweep(): void {
+    if (this.inboxes.size === 0) {
+      clearInterval(this.sweeper!);
+      this.sweeper = null;
+      return;
+    }
+    const at = now();
+    for (const inbox of this.inboxes.values()) inbox.expire(at);
   }
 
   private async read(): Promise<void> {
@@ -153,6 +198,7 @@ class Conn {
 
   close(): void {
     this.closed = true;
+    if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sock.close();
   }
 }
@@ -279,7 +325,8 @@ export class Client {
           }
           continue;
         }
-        const item = await inbox.next(v.until - now());
+        conn.waiting();
+        const item = await inbox.next(v.until);
         if (item === null) v = plan.onTimeout(now());
         else if (item.kind === "verdict") v = item.verdict;
         else if (item.kind === "undecodable") v = plan.done(now(), undefined, item.error.error);

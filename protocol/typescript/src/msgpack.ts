@@ -191,8 +191,21 @@ function len(r: Reader, size: 1 | 2 | 4): number {
 
 function str(r: Reader, n: number): string {
   r.need(n);
-  const bytes = r.buf.subarray(r.pos, r.pos + n);
+  const buf = r.buf;
+  const start = r.pos;
   r.pos += n;
+  if (n <= 32) {
+    // Short ASCII (keys, epochs, op names): cheaper by hand than through TextDecoder.
+    let ascii = true;
+    for (let i = start; i < start + n; i++) {
+      if (buf[i] >= 0x80) {
+        ascii = false;
+        break;
+      }
+    }
+    if (ascii) return String.fromCharCode.apply(null, buf.subarray(start, start + n) as unknown as number[]);
+  }
+  const bytes = buf.subarray(start, start + n);
   try {
     return utf8.decode(bytes);
   } catch {
