@@ -498,6 +498,8 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    // A receive still waiting ends with the socket: nobody wants its answer now.
+    this.pending?.catch(() => undefined);
     this.sock.close();
     this.client.forget(this);
   }
