@@ -85,6 +85,7 @@ class StreamTracker:
         self.held: dict[str, list[StreamMessage]] = {}
         self.next_offset: dict[str, int] = {}  # term.out.*: the next byte not yet delivered
         self.replays_asked = 0  # gaps and welcomes past what was seen: a subscription's record
+        self.duplicate_bytes = 0  # term.out.*: bytes dropped as already delivered (by offset)
 
     def on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
         events, need = self._on_message(msg)
@@ -259,6 +260,7 @@ class StreamTracker:
             if expected is not None and off < expected:
                 if out is events:
                     out = list(events)
+                self.duplicate_bytes += min(end, expected) - off
                 if end <= expected:
                     out[i] = None  # type: ignore[call-overload]
                     continue
