@@ -67,6 +67,8 @@ def external_side(cmd: list[str], cwd: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10_000, help="round trips per side")
+    ap.add_argument("--only", choices=["python", "typescript", "rust"], action="append",
+                    help="measure only these clients (default: all three)")
     args = ap.parse_args(argv)
     # Built before anything is timed.
     subprocess.run(["npm", "run", "build"], cwd=TS, check=True, capture_output=True)
@@ -78,11 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     raw = RawEcho(tree.dir)  # the bare ROUTER echo every language's raw DEALER talks to
     sides: dict[str, dict] = {}
     try:
-        sides["python"] = python_side(tree, raw, args.n)
+        only = set(args.only or ["python", "typescript", "rust"])
         common = [str(tree.dir), ACTOR, raw.endpoint, str(args.n)]
-        sides["typescript"] = external_side(["node", "dist/bench/ping.js", *common], TS)
-        sides["rust"] = external_side(
-            [str(RUST / "target" / "release" / "examples" / "bench"), *common], RUST)
+        if "python" in only:
+            sides["python"] = python_side(tree, raw, args.n)
+        if "typescript" in only:
+            sides["typescript"] = external_side(["node", "dist/bench/ping.js", *common], TS)
+        if "rust" in only:
+            sides["rust"] = external_side(
+                [str(RUST / "target" / "release" / "examples" / "bench"), *common], RUST)
     finally:
         raw.close()
         tree.stop()

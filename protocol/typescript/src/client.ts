@@ -58,8 +58,8 @@ const LEARN_SHARE = 0.5;
 type Item = { kind: "reply"; reply: Reply } | { kind: "undecodable"; error: DecodeError } | { kind: "verdict"; verdict: Verdict };
 
 /** One call's inbox: what its actor's connection hands it, awaited with a deadline (seconds
- * on the `now()` clock). Deadlines are checked by the connection's sweeper, not by a timer per
- * wait: a timer per call costs more than the rest of a call's own work. */
+ * on the `now()` clock). Deadlines are checked by the connection's one timer, not by a timer
+ * per wait: a timer per call costs more than the rest of a call's own work. */
 class Inbox {
   private items: Item[] = [];
   private waiter: ((item: Item | null) => void) | null = null;
@@ -71,6 +71,10 @@ class Inbox {
       this.waiter = null;
       w(item);
     } else this.items.push(item);
+  }
+
+  get waiting(): boolean {
+    return this.waiter !== null;
   }
 
   /** The deadline passed: the waiting call hears null. */
@@ -93,16 +97,14 @@ class Inbox {
   }
 }
 
-/** How often a connection with calls in flight checks their deadlines. */
-const SWEEP_MS = 5;
-
 class Conn {
   readonly sock: Dealer;
   readonly link: ActorLink;
   readonly inboxes = new Map<number, Inbox>();
   private sendingNow = false;
   private readonly sendQueue: [Uint8Array[], () => void, (e: unknown) => void][] = [];
-  private sweeper: NodeJS.Timeout | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private timerAt = Infinity;
   private closed = false;
 
   constructor(readonly client: Client, readonly actor: string) {
@@ -142,27 +144,34 @@ class Conn {
     this.sock.send(frames).then(resolve, reject).finally(() => this.drainSends());
   }
 
-  /** A call waits: make sure someone looks at its deadline. */
-  waiting(): void {
-    if (this.sweeper === null) {
-      this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
-      this.sweeper.unref();
-    }
+  /** A call waits until `until`: one timer per connection, armed for the earliest deadline
+   * (re-armed only when an earlier one comes), looks at them. */
+  waiting(until: number): void {
+    if (this.timer === null || until < this.timerAt) this.arm(until);
+  }
+
+  private arm(until: number): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timerAt = until;
+    this.timer = setTimeout(() => this.sweep(), Math.max(0, (until - now()) * 1000) + 1);
+    this.timer.unref();
   }
 
   private sweep(): void {
-    if (this.inboxes.size === 0) {
-      clearInterval(this.sweeper!);
-      this.sweeper = null;
-      return;
-    }
+    this.timer = null;
     const at = now();
-    for (const inbox of this.inboxes.values()) inbox.expire(at);
+    let next = Infinity;
+    for (const inbox of this.inboxes.values()) {
+      inbox.expire(at);
+      if (inbox.waiting && inbox.until < next) next = inbox.until;
+    }
+    if (next !== Infinity) this.arm(next);
   }
 
   private async read(): Promise<void> {
+    const sock = this.sock;
     try {
-      for await (const frames of this.sock) this.onFrames(frames);
+      for (;;) this.onFrames(await sock.receive());
     } catch (e) {
       if (!this.closed) throw e;
     }
@@ -198,7 +207,7 @@ class Conn {
 
   close(): void {
     this.closed = true;
-    if (this.sweeper !== null) clearInterval(this.sweeper);
+    if (this.timer !== null) clearTimeout(this.timer);
     this.sock.close();
   }
 }
@@ -325,7 +334,7 @@ export class Client {
           }
           continue;
         }
-        conn.waiting();
+        conn.waiting(v.until);
         const item = await inbox.next(v.until);
         if (item === null) v = plan.onTimeout(now());
         else if (item.kind === "verdict") v = item.verdict;

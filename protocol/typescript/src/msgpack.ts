@@ -54,9 +54,12 @@ const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 class Reader {
   pos = 0;
-  readonly view: DataView;
-  constructor(readonly buf: Uint8Array) {
-    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  private dv: DataView | null = null;
+  constructor(readonly buf: Uint8Array) {}
+
+  /** Made on first use: most headers and small bodies never need one. */
+  get view(): DataView {
+    return (this.dv ??= new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength));
   }
 
   need(n: number): void {
@@ -184,7 +187,9 @@ function describe(v: Value): string {
 
 function len(r: Reader, size: 1 | 2 | 4): number {
   r.need(size);
-  const v = size === 1 ? r.buf[r.pos] : size === 2 ? r.view.getUint16(r.pos) : r.view.getUint32(r.pos);
+  const b = r.buf;
+  const p = r.pos;
+  const v = size === 1 ? b[p] : size === 2 ? (b[p] << 8) | b[p + 1] : ((b[p] << 24) >>> 0) + ((b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]);
   r.pos += size;
   return v;
 }
@@ -203,7 +208,11 @@ function str(r: Reader, n: number): string {
         break;
       }
     }
-    if (ascii) return String.fromCharCode.apply(null, buf.subarray(start, start + n) as unknown as number[]);
+    if (ascii) {
+      let out = "";
+      for (let i = start; i < start + n; i++) out += String.fromCharCode(buf[i]);
+      return out;
+    }
   }
   const bytes = buf.subarray(start, start + n);
   try {
