@@ -38,6 +38,7 @@ def test_the_rust_client_passes_its_vectors_and_the_live_conformance_suite(
         built: None, conformance_tree: Tree) -> None:  # noqa: F811
     out = cargo("test", "--locked", "--", "--test-threads=1", "--nocapture",
                 env={"MOORAGE_CONFORMANCE_DIR": str(conformance_tree.runtime_dir)})
+    print("".join(re.findall(r"conformance: .*\n|^latency: .*\n|^test result: .*\n", out, re.M)))
     passed = re.findall(r"conformance: (\w+) ok$", out, re.M)
     assert passed == [c["name"] for c in CASES["cases"]], out[-8000:]
     assert "latency: pushed rows merged" in out, out[-8000:]
