@@ -243,6 +243,21 @@ class StreamTracker:
             out.extend(events)
         return out
 
+    def catch_up(self) -> list[NeedReplay]:
+        """Replays that would reveal a lost tail: for every topic seen (and not being replayed
+        already), from the seq after the last delivered. A message dropped at the end of a
+        burst shows as a gap only when a later one comes; a subscriber that must know sooner
+        (its stream went quiet) asks this way (PROTOCOL.md section 12, "Tail loss")."""
+        needs = []
+        for topic, st in self.topics.items():
+            if topic in self.replaying or st.epoch is None or st.successor is not None:
+                continue
+            self.replaying.add(topic)
+            self.held.setdefault(topic, [])
+            needs.append(NeedReplay(topic, st.last + 1))
+        self.replays_asked += len(needs)
+        return needs
+
     def _dedup(self, events: list[StreamEvent]) -> list[StreamEvent]:
         """Terminal output by byte offset: drop bytes already delivered, trim a message that
         straddles the next expected offset (PROTOCOL.md section 14, `term.out`)."""

@@ -246,6 +246,11 @@ class AsyncSubscription:
             await self._replay(need)
         return self._ready.pop(0)
 
+    async def catch_up(self) -> None:
+        """Ask for what may have been lost at the end of a burst: see Subscription.catch_up."""
+        for need in self.tracker.catch_up():
+            await self._replay(need)
+
     def close(self) -> None:
         if self.sock.closed:
             return

@@ -318,6 +318,12 @@ class Subscription:
                 self._replay(need)
         return self._ready.pop(0)
 
+    def catch_up(self) -> None:
+        """Ask for what may have been lost at the end of a burst (the stream went quiet): the
+        events, if any, come from `next`."""
+        for need in self.tracker.catch_up():
+            self._replay(need)
+
     def close(self) -> None:
         if self.sock.closed:
             return

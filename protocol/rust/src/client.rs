@@ -522,6 +522,14 @@ impl Subscription {
         Ok(early)
     }
 
+    /// Ask for what may have been lost at the end of a burst (the stream went quiet): the
+    /// events, if any, come from `next` (section 12, "Tail loss").
+    pub fn catch_up(&mut self) {
+        for n in self.tracker.catch_up() {
+            self.replay(n.topic, n.from_seq);
+        }
+    }
+
     fn replay(&mut self, topic: String, from: u64) {
         let mut need = Some((topic, from));
         while let Some((topic, from)) = need.take() {

@@ -262,6 +262,25 @@ impl StreamTracker {
         out
     }
 
+    /// Replays that would reveal a lost tail (section 12, "Tail loss"): for every topic seen and
+    /// not being replayed already, from the seq after the last delivered.
+    pub fn catch_up(&mut self) -> Vec<NeedReplay> {
+        let mut needs = vec![];
+        for (topic, st) in &self.topics {
+            if self.replaying.contains(topic) || st.epoch.is_none() || st.successor.is_some() {
+                continue;
+            }
+            needs.push(NeedReplay { topic: topic.clone(), from_seq: st.last + 1 });
+        }
+        needs.sort_by(|a, b| a.topic.cmp(&b.topic));
+        for n in &needs {
+            self.replaying.insert(n.topic.clone());
+            self.held.entry(n.topic.clone()).or_default();
+        }
+        self.replays_asked += needs.len() as u64;
+        needs
+    }
+
     /// `term.out.*`: drop bytes already delivered, trim a message straddling the next offset.
     fn dedup(&mut self, events: Vec<StreamEvent>) -> Vec<StreamEvent> {
         let mut out = Vec::with_capacity(events.len());

@@ -482,6 +482,12 @@ export class Subscription implements AsyncIterable<StreamEvent> {
     return this.ready.shift()!;
   }
 
+  /** Ask for what may have been lost at the end of a burst (the stream went quiet): the
+   * events, if any, come from `next()` (section 12, "Tail loss"). */
+  async catchUp(): Promise<void> {
+    for (const need of this.tracker.catchUp()) await this.replay(need.topic, need.fromSeq);
+  }
+
   /** Until every prefix is live (its welcomes arrived), handing on the events meanwhile. */
   async untilLive(timeout: number): Promise<StreamEvent[]> {
     const end = now() + timeout;

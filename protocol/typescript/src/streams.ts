@@ -235,6 +235,20 @@ export class StreamTracker {
     return out;
   }
 
+  /** Replays that would reveal a lost tail (section 12, "Tail loss"): for every topic seen and
+   * not being replayed already, from the seq after the last delivered. */
+  catchUp(): NeedReplay[] {
+    const needs: NeedReplay[] = [];
+    for (const [topic, st] of this.topics) {
+      if (this.replaying.has(topic) || st.epoch === null || st.successor !== null) continue;
+      this.replaying.add(topic);
+      if (!this.held.has(topic)) this.held.set(topic, []);
+      needs.push({ topic, fromSeq: st.last + 1 });
+    }
+    this.replaysAsked += needs.length;
+    return needs;
+  }
+
   /** `term.out.*`: drop bytes already delivered, trim a message straddling the next offset. */
   private dedup(events: StreamEvent[]): StreamEvent[] {
     const out: StreamEvent[] = [];
