@@ -30,12 +30,21 @@ fn main() {
         raw.send_multipart(frames.iter(), 0).unwrap();
         raw.recv_multipart(0).unwrap();
     };
+    let bare = ctx.socket(zmq::DEALER).unwrap(); // the same frames straight to the actor
+    bare.set_linger(0).unwrap();
+    bare.connect(&format!("ipc://{}/{actor}.rpc", dir.display())).unwrap();
+    let bare_frames = encode_request(1, "bare-dealer-0123456789", "sys.ping", &[0xc0], None, &[]);
+    let bare_trip = || {
+        bare.send_multipart(bare_frames.iter(), 0).unwrap();
+        bare.recv_multipart(0).unwrap();
+    };
     let mut client = Client::new(Options { runtime_dir: Some(dir), timeout: 10.0, ..Options::default() }).unwrap();
     for _ in 0..2000 {
         raw_trip();
         client.call(actor, "sys.ping", Value::Nil).unwrap();
+        bare_trip();
     }
-    let (mut ours, mut limit) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut ours, mut limit, mut direct) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         let t0 = Instant::now();
         raw_trip();
@@ -43,6 +52,9 @@ fn main() {
         let t0 = Instant::now();
         client.call(actor, "sys.ping", Value::Nil).unwrap();
         ours.push(t0.elapsed().as_secs_f64() * 1e6);
+        let t0 = Instant::now();
+        bare_trip();
+        direct.push(t0.elapsed().as_secs_f64() * 1e6);
     }
     let (mut rate_raw, mut rate_client) = (0f64, 0f64);
     for _ in 0..3 {
@@ -68,7 +80,8 @@ fn main() {
         assert!(out.iter().all(Result::is_ok));
     }
     println!(
-        "{{\"client\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"rate\": {:.0}}}, \"raw\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"rate\": {:.0}}}}}",
-        pct(&mut ours, 50.0), pct(&mut ours, 99.0), rate_client, pct(&mut limit, 50.0), pct(&mut limit, 99.0), rate_raw
+        "{{\"client\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"rate\": {:.0}}}, \"raw\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"rate\": {:.0}}}, \"actor_direct\": {{\"p50\": {:.1}, \"p99\": {:.1}}}}}",
+        pct(&mut ours, 50.0), pct(&mut ours, 99.0), rate_client, pct(&mut limit, 50.0), pct(&mut limit, 99.0), rate_raw,
+        pct(&mut direct, 50.0), pct(&mut direct, 99.0)
     );
 }

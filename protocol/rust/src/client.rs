@@ -29,6 +29,9 @@ use crate::streams::{StreamEvent, StreamTracker};
 
 /// Of a call's time, the share that learning the actor's idempotent ops may take first.
 const LEARN_SHARE: f64 = 0.5;
+/// A waiting call blocks in receive for at most this long before it looks at the connection's
+/// monitor and its deadlines: how late a drop (the actor died) or a deadline is noticed.
+const WAIT_SLICE_MS: i32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -185,6 +188,7 @@ impl Client {
             sock.set_maxmsgsize(MAX_MESSAGE_SIZE as i64).map_err(zerr)?;
             sock.set_sndhwm(HWM).map_err(zerr)?;
             sock.set_rcvhwm(HWM).map_err(zerr)?;
+            sock.set_rcvtimeo(WAIT_SLICE_MS).map_err(zerr)?;
             self.monitors += 1;
             let addr = format!("inproc://moorage-monitor-{}-{}-{}", self.sid, actor, self.monitors);
             sock.monitor(&addr, zmq::SocketEvent::DISCONNECTED as i32).map_err(zerr)?;
@@ -198,8 +202,11 @@ impl Client {
     }
 
     fn breaker(&mut self, actor: &str) -> &mut CircuitBreaker {
-        let (t, c) = (self.options.breaker_threshold, self.options.breaker_cooldown);
-        self.breakers.entry(actor.to_string()).or_insert_with(|| CircuitBreaker::new(t, c))
+        if !self.breakers.contains_key(actor) {
+            let (t, c) = (self.options.breaker_threshold, self.options.breaker_cooldown);
+            self.breakers.insert(actor.to_string(), CircuitBreaker::new(t, c));
+        }
+        self.breakers.get_mut(actor).unwrap()
     }
 
     pub fn breaker_state(&mut self, actor: &str) -> BreakerState {
@@ -319,21 +326,15 @@ impl Client {
             if flying.is_empty() {
                 continue;
             }
-            let now = self.now();
-            let next = flying.values().map(|(_, d)| match d { Due::Reply(t) | Due::Resend(t) => *t }).fold(f64::INFINITY, f64::min);
-            let wait_ms = ((next - now) * 1000.0).ceil().clamp(0.0, 60_000.0) as i64;
-            let (dealer_ready, monitor_ready) = {
-                let conn = self.conns.get(actor).unwrap();
-                let mut items = [conn.sock.as_poll_item(zmq::POLLIN), conn.monitor.as_poll_item(zmq::POLLIN)];
-                zmq::poll(&mut items, wait_ms).map_err(|e| local_error("unavailable", e.to_string(), actor, ""))?;
-                (items[0].is_readable(), items[1].is_readable())
-            };
-            if monitor_ready {
-                self.on_monitor(actor, &mut flying, &mut out)?;
-            }
-            if dealer_ready {
+            // A blocking receive of at most one slice is the cheapest wait for a reply (as a
+            // bare DEALER waits); between slices the monitor and the deadlines are looked at,
+            // so a drop is noticed within a slice.
+            let first = self.conns.get(actor).unwrap().sock.recv_multipart(0);
+            if let Ok(frames) = first {
+                self.on_reply_frames(actor, frames, &mut flying, &mut out)?;
                 self.on_replies(actor, &mut flying, &mut out)?;
             }
+            self.on_monitor(actor, &mut flying, &mut out)?;
             let now = self.now();
             let due: Vec<u64> = flying.iter().filter(|(_, (_, d))| match d { Due::Reply(t) | Due::Resend(t) => *t <= now }).map(|(id, _)| *id).collect();
             for id in due {
@@ -406,12 +407,16 @@ impl Client {
         Ok(())
     }
 
+    /// Every reply already queued, without waiting.
     fn on_replies(&mut self, actor: &str, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
-        loop {
-            let frames = match self.conns.get(actor).unwrap().sock.recv_multipart(zmq::DONTWAIT) {
-                Ok(f) => f,
-                Err(_) => return Ok(()),
-            };
+        while let Ok(frames) = self.conns.get(actor).unwrap().sock.recv_multipart(zmq::DONTWAIT) {
+            self.on_reply_frames(actor, frames, flying, out)?;
+        }
+        Ok(())
+    }
+
+    fn on_reply_frames(&mut self, actor: &str, frames: Vec<Vec<u8>>, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
+        {
             let reply = match decode_reply(&frames) {
                 Ok(r) => r,
                 Err(e) => {
@@ -420,7 +425,7 @@ impl Client {
                         let v = plan.done(now, Err(e.error));
                         self.apply(actor, plan, v, flying, out)?;
                     }
-                    continue;
+                    return Ok(());
                 }
             };
             let link = &mut self.conns.get_mut(actor).unwrap().link;
@@ -438,6 +443,7 @@ impl Client {
                 self.apply(actor, plan, v, flying, out)?;
             }
         }
+        Ok(())
     }
 
     /// Subscribe to `topics` (prefixes; "" for all) of `actor`.

@@ -45,7 +45,7 @@ pub struct LatencyRow {
 #[derive(Debug, Default)]
 pub struct LatencyBook {
     pub pushing: bool,
-    life: BTreeMap<(String, String), Counts>,
+    life: BTreeMap<String, BTreeMap<String, Counts>>,
     pending: BTreeMap<String, Counts>,
 }
 
@@ -74,16 +74,19 @@ impl LatencyBook {
             }
             c.times.record(micros);
         };
-        add(self.life.entry((actor.to_string(), op.to_string())).or_default());
+        match self.life.get_mut(actor).and_then(|ops| ops.get_mut(op)) {
+            Some(c) => add(c),
+            None => add(self.life.entry(actor.to_string()).or_default().entry(op.to_string()).or_default()),
+        }
         if self.pushing {
             add(self.pending.entry(pushed_op(actor, op)).or_default());
         }
     }
 
     pub fn report(&self) -> Vec<LatencyRow> {
-        self.life.iter().map(|((actor, op), c)| LatencyRow {
+        self.life.iter().flat_map(|(actor, ops)| ops.iter().map(move |(op, c)| LatencyRow {
             actor: actor.clone(), op: op.clone(), ok: c.ok, error: c.error, summary: c.times.summary(),
-        }).collect()
+        })).collect()
     }
 
     fn take(&mut self) -> Vec<(String, Counts)> {

@@ -27,13 +27,23 @@ async function rawTrip(): Promise<void> {
   await raw.receive();
 }
 
+const bare = new Dealer({ linger: 0 }); // the same frames straight to the actor: no client code
+bare.connect(`ipc://${dir}/${actor}.rpc`);
+const bareFrames = encodeRequest(1, "bare-dealer-0123456789", "sys.ping");
+async function bareTrip(): Promise<void> {
+  await bare.send(bareFrames);
+  await bare.receive();
+}
+
 const client = new Client({ runtimeDir: dir, timeout: 10 });
 for (let i = 0; i < 2000; i++) {
   await rawTrip();
   await client.call(actor, "sys.ping");
+  await bareTrip();
 }
 const ours: number[] = [];
 const limit: number[] = [];
+const direct: number[] = [];
 for (let i = 0; i < n; i++) {
   let t0 = performance.now();
   await rawTrip();
@@ -41,6 +51,9 @@ for (let i = 0; i < n; i++) {
   t0 = performance.now();
   await client.call(actor, "sys.ping");
   ours.push((performance.now() - t0) * 1000);
+  t0 = performance.now();
+  await bareTrip();
+  direct.push((performance.now() - t0) * 1000);
 }
 
 async function rawPipelined(count: number): Promise<number> {
@@ -81,6 +94,8 @@ for (let i = 0; i < 3; i++) {
 console.log(JSON.stringify({
   client: { p50: pct(ours, 50), p99: pct(ours, 99), rate: Math.max(...rates.client) },
   raw: { p50: pct(limit, 50), p99: pct(limit, 99), rate: Math.max(...rates.raw) },
+  actor_direct: { p50: pct(direct, 50), p99: pct(direct, 99) },
 }));
 raw.close();
+bare.close();
 await client.close();
