@@ -14,6 +14,19 @@ use moorage_client::{args, CallOptions, Client, Options, StreamEvent, SubscribeO
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+#[derive(serde::Serialize)]
+struct Exec<'a> {
+    session: &'a str,
+    command: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct ExecResult {
+    exit_code: Option<i64>,
+    output: String,
+    mode: String,
+}
+
 /// Adopt the tree, or start one and wait until the actors this editor uses answer.
 fn adopt_or_start(c: &mut Client) -> Result<Option<Child>> {
     let ping = CallOptions { timeout: Some(0.5), ..CallOptions::default() };
@@ -47,10 +60,9 @@ fn run(c: &mut Client, folder: &std::path::Path) -> Result<()> {
     let session = text(&created, "session");
     println!("session {session}");
     let mut output = c.subscribe("terminal", &[&format!("term.out.{session}")], SubscribeOptions { from_seq: Some(1), ..Default::default() })?;
-    let r = c.call("terminal", "term.exec", args([
-        ("session", Value::from(session.as_str())), ("command", Value::from("echo hello from moorage")),
-    ]))?;
-    println!("exit {}: {:?} ({})", get(&r, "exit_code").unwrap(), text(&r, "output"), text(&r, "mode"));
+    // Typed: args from a struct, the result into one (unknown result fields are ignored).
+    let r: ExecResult = c.call_typed("terminal", "term.exec", &Exec { session: &session, command: "echo hello from moorage" })?;
+    println!("exit {}: {:?} ({})", r.exit_code.map_or("none".into(), |x| x.to_string()), r.output, r.mode);
     let mut streamed = String::new();
     while !streamed.contains("hello from moorage\r\n") {
         match output.next(Some(Duration::from_secs(10)))? {

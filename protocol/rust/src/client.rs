@@ -270,6 +270,20 @@ impl Client {
         self.request(actor, op, args, CallOptions::default()).map(|r| r.body)
     }
 
+    /// One call with typed args and result: `args` encoded as a map (`rmp_serde::to_vec_named`;
+    /// bytes as bin with `serde_bytes`), checked by the strict reader like any value, and the
+    /// result read into `R` (a result of another shape is `bad_request`, naming the field).
+    pub fn call_typed<A, R>(&mut self, actor: &str, op: &str, args: &A) -> Result<R, Error>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        let bytes = rmp_serde::to_vec_named(args).map_err(|e| local_error("bad_args", e.to_string(), actor, op))?;
+        let value = codec::decode(&bytes).map_err(|e| local_error("bad_args", e.to_string(), actor, op))?;
+        let body = self.call(actor, op, value)?;
+        rmpv::ext::from_value(body).map_err(|e| local_error("bad_request", format!("result: {e}"), actor, op))
+    }
+
     /// Many calls with up to `window` in flight; outcomes in call order.
     pub fn pipeline(&mut self, actor: &str, calls: Vec<(String, Value)>, window: usize) -> Result<Vec<Result<Value, Error>>, Error> {
         if let Some((op, _)) = calls.first() {

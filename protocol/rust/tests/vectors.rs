@@ -233,3 +233,16 @@ fn the_codec_refuses_what_section_15_refuses() {
     assert!(decode(&deep).is_err(), "depth 33");
     assert!(decode(&deep[1..]).is_ok(), "depth 32");
 }
+
+#[test]
+fn typed_args_encode_as_maps_the_strict_reader_takes() {
+    #[derive(serde::Serialize)]
+    struct Exec<'a> {
+        session: &'a str,
+        command: &'a str,
+        timeout_ms: Option<u64>,
+    }
+    let bytes = rmp_serde::to_vec_named(&Exec { session: "t1", command: "make", timeout_ms: None }).unwrap();
+    let v = moorage_client::codec::decode(&bytes).unwrap();
+    assert_eq!(to_json(&v), json!({"session": "t1", "command": "make", "timeout_ms": null}));
+}
