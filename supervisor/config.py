@@ -11,7 +11,7 @@ from moorage.supervisor.spec import ConfigError, SupervisorSpec, parse_tree
 
 
 def default_document() -> dict[str, Any]:
-    text = resources.files("supervisor").joinpath("default.toml").read_text()
+    text = resources.files("moorage.supervisor").joinpath("default.toml").read_text()
     return tomllib.loads(text)
 
 

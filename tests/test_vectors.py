@@ -86,8 +86,11 @@ def decode(kind: str, frames: list[bytes]) -> dict[str, Any]:
         return {"id": r.id, "ok": False, "ep": r.epoch, "error": as_json(r.body)}
     if kind == "stream":
         s = envelope.decode_stream(frames)
-        return {"topic": s.topic, "seq": s.seq, "ep": s.epoch, "body": as_json(s.body),
-                "attachments": [a.hex() for a in s.attachments]}
+        meaning = {"topic": s.topic, "seq": s.seq, "ep": s.epoch, "body": as_json(s.body),
+                   "attachments": [a.hex() for a in s.attachments]}
+        if s.welcome:
+            meaning["welcome"] = True
+        return meaning
     raise AssertionError(f"unknown kind {kind}")
 
 
@@ -100,6 +103,8 @@ def encode(kind: str, m: dict[str, Any]) -> list[bytes]:
     if kind == "error_reply":
         return envelope.encode_error(m["id"], m["ep"], WireError(**from_json(m["error"])))
     if kind == "stream":
+        if m.get("welcome"):
+            return envelope.encode_welcome(m["topic"], m["seq"], m["ep"])
         return envelope.encode_stream(m["topic"], m["seq"], m["ep"], from_json(m["body"]),
                                       attachments_of(m))
     raise AssertionError(f"unknown kind {kind}")

@@ -20,6 +20,10 @@ import zmq
 from moorage.protocol.envelope import encode_stream, encode_welcome
 from moorage.protocol.wire import NOBLOCK, send_frames
 
+# Welcomes one subscription gets at most (PROTOCOL.md section 12): a subscription to "" on a
+# publisher with many topics (a terminal with many sessions) must not cost without bound.
+MAX_WELCOMES = 1000
+
 
 @dataclass(slots=True)
 class Retained:
@@ -105,14 +109,26 @@ class Publisher:
         self.sent += 1
         return True
 
-    def welcome(self, topic: str) -> None:
-        """Answer a new subscription with the topic's current seq: the subscriber then knows
-        its subscription is live and what to replay (no slow-joiner loss). Best effort: a
-        welcome that cannot be sent is only a missed hint, the next message shows the gap."""
-        t = self.topics.get(topic)
-        frames = encode_welcome(topic, t.seq if t else 0, self.epoch)
+    def welcome(self, prefix: str) -> None:
+        """Answer a subscription to `prefix`: one welcome per topic under it that this epoch
+        published (the newest MAX_WELCOMES), each with its current seq, then one for `prefix`
+        itself (its seq, 0 if it is no topic), which ends the round. A subscriber then knows
+        that its subscription is live and, topic by topic, what to replay (no slow-joiner loss,
+        and a prefix subscriber that reconnected learns which topics it missed). Best effort:
+        a welcome that cannot be sent is only a missed hint, the next message shows the gap."""
+        topics = self.topics
+        if prefix:
+            under = [t for name, t in topics.items() if name.startswith(prefix) and name != prefix]
+        else:
+            under = list(topics.values())
+        for t in under[-MAX_WELCOMES:]:
+            self._send_welcome(t.name, t.seq)
+        own = topics.get(prefix)
+        self._send_welcome(prefix, own.seq if own else 0)
+
+    def _send_welcome(self, topic: str, seq: int) -> None:
         try:
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            send_frames(self.socket, encode_welcome(topic, seq, self.epoch), NOBLOCK)
         except zmq.Again:
             pass
 

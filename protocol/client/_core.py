@@ -6,7 +6,8 @@ do on a reply, a timeout or a disconnect. The adapters only move frames and wait
 
 Retry rules (see PROTOCOL.md, "Retries"):
   - an error reply is retried only when it says `retryable` and the op is idempotent, or when
-    it says the request was not run (busy, deadline_expired, stopping);
+    it says the request was not run and may run later (busy, stopping); `deadline_expired` is
+    final: a retry resends the same frames, so the same deadline, which has passed;
   - an attempt that timed out is resent only for idempotent ops, with the attempt timeout
     doubled, at most TIMEOUT_RETRIES times (the seed's Timeout row: increase timeout, then
     cancel) and then fails `timeout`; a non-idempotent op fails with `outcome_unknown`,
@@ -48,8 +49,10 @@ BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
 # Of a call's time, the share that learning the actor's idempotent ops may take first (an
 # actor slow to start answers late, not never; a call still has the rest of its time).
 LEARN_SHARE = 0.5
-# Errors that mean "the actor did not run it": safe to resend whatever the op.
-NOT_RUN = frozenset({"busy", "deadline_expired", "stopping"})
+# Errors that mean "the actor did not run it, and the same frames may run later": safe to
+# resend whatever the op. (`deadline_expired` was not run either, but a resend carries the same
+# deadline_ms, which has passed: it would only be refused again.)
+NOT_RUN = frozenset({"busy", "stopping"})
 _TIMEOUT_ROW = recovery_for("timeout", "recoverable")
 TIMEOUT_RETRIES = _TIMEOUT_ROW.max_retries if _TIMEOUT_ROW and _TIMEOUT_ROW.max_retries else 2
 _CLOSED = BreakerState.CLOSED

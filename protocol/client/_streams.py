@@ -1,17 +1,25 @@
 """Stream bookkeeping shared by both clients: order, gaps, replay, loss (no I/O here).
 
 Each topic is tracked by (epoch, last seq delivered). The publisher answers every
-subscription (a new one, or one renewed after a reconnection) with a welcome carrying the
-topic's current seq, so a subscriber learns at once what it has missed. A message with the
-next seq is delivered; one past a gap asks for a replay from the first missing seq (the
-adapter calls the actor's `replay` op and feeds the answer back); duplicates (seq already
-delivered) are dropped. What the publisher no longer retains comes back as a `Loss` event,
-and a new epoch (the publisher restarted; its seqs begin again at 1) as a `Reset`. Nothing
-is skipped without an event saying so.
+subscription (a new one, or one renewed after a reconnection) with a round of welcomes: one
+per topic under the subscribed prefix with its current seq, then one for the prefix itself,
+which makes the subscription *live* (PROTOCOL.md section 12). A welcome of a topic not seen
+yet, before the subscription is live, is where that topic starts for a subscriber "from now";
+any topic first seen after it is live appeared while subscribed, so all of it is wanted (from
+seq 1). A message with the next seq is delivered; one past a gap asks for a replay from the
+first missing seq (the adapter calls the actor's `replay` op and feeds the answer back);
+duplicates (seq already delivered) are dropped. What the publisher no longer retains comes back
+as a `Loss` event, and a new epoch (the publisher restarted; its seqs begin again at 1) as a
+`Reset`. Nothing is skipped without an event saying so.
+
+Terminal output (`term.out.<session>`) is also de-duplicated by byte offset, across epochs: a
+restarted terminal actor republishes bytes its predecessor may have published (`replay: true`),
+and a subscriber must show each byte once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +53,9 @@ class NeedReplay:
 
 StreamEvent = StreamMessage | Loss | Reset
 
+# Topics whose messages carry `{offset}` and the bytes as attachment 0, de-duplicated by offset.
+OFFSET_TOPIC_PREFIX = "term.out."
+
 
 @dataclass
 class _TopicState:
@@ -61,24 +72,46 @@ class _TopicState:
 
 
 class StreamTracker:
-    def __init__(self, from_seq: int | None = None) -> None:
+    def __init__(self, from_seq: int | None = None,
+                 prefixes: Sequence[str] | None = None) -> None:
         # from_seq: for a topic seen first, replay from here (1: everything retained).
         self.from_seq = from_seq
+        # The subscribed prefixes: the welcome of one ends its round (None: not told, so no
+        # subscription ever counts as live and unseen topics start where first seen).
+        self.prefixes = frozenset(prefixes) if prefixes is not None else frozenset()
+        self.live: set[str] = set()
         self.topics: dict[str, _TopicState] = {}
         self.replaying: set[str] = set()
         self.held: dict[str, list[StreamMessage]] = {}
+        self.next_offset: dict[str, int] = {}  # term.out.*: the next byte not yet delivered
+        self.replays_asked = 0  # gaps and welcomes past what was seen: a subscription's record
+        self.duplicate_bytes = 0  # term.out.*: bytes dropped as already delivered (by offset)
 
     def on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
+        events, need = self._on_message(msg)
+        if need is not None:
+            self.replays_asked += 1
+        return self._dedup(events), need
+
+    def _is_live(self, topic: str) -> bool:
+        return any(topic.startswith(p) for p in self.live)
+
+    def _on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
         if msg.welcome:
-            return self._on_welcome(msg)
+            out = self._on_welcome(msg)
+            if msg.topic in self.prefixes:
+                self.live.add(msg.topic)
+            return out
         if msg.topic in self.replaying:
             self.held.setdefault(msg.topic, []).append(msg)
             return [], None
         st = self.topics.get(msg.topic)
         out: list[StreamEvent] = []
         if st is None:
-            if self.from_seq is not None and msg.seq > self.from_seq:
-                self.topics[msg.topic] = _TopicState(msg.epoch, self.from_seq - 1)
+            # Appeared while the subscription was live: all of it is wanted.
+            start = 1 if self._is_live(msg.topic) else self.from_seq
+            if start is not None and msg.seq > start:
+                self.topics[msg.topic] = _TopicState(msg.epoch, start - 1)
                 return self._ask(msg)
             self.topics[msg.topic] = _TopicState(msg.epoch, msg.seq)
             return [msg], None
@@ -104,9 +137,18 @@ class StreamTracker:
             return [], None
         st = self.topics.get(msg.topic)
         if st is None:
-            if self.from_seq is None or msg.seq < self.from_seq:
+            if self._is_live(msg.topic):
+                start = 1  # appeared while subscribed (we were away): all of it is wanted
+            elif self.from_seq is not None:
+                start = self.from_seq
+            else:
+                # A subscriber "from now": the stream starts after this welcome.
+                self.topics[msg.topic] = _TopicState(msg.epoch, msg.seq)
                 return [], None
-            st = self.topics[msg.topic] = _TopicState(msg.epoch, self.from_seq - 1)
+            st = self.topics[msg.topic] = _TopicState(msg.epoch, max(start - 1, 0))
+            if msg.seq < start:
+                st.last = start - 1
+                return [], None
         out: list[StreamEvent] = []
         if not self._adopt_epoch(st, msg, out):
             return [], None
@@ -140,6 +182,14 @@ class StreamTracker:
         self, topic: str, answer: dict[str, Any], attachments: list[bytes]
     ) -> tuple[list[StreamEvent], NeedReplay | None]:
         """Feed the `replay` op's answer; returns events and maybe the next page to ask for."""
+        events, need = self._on_replay(topic, answer, attachments)
+        if need is not None:
+            self.replays_asked += 1
+        return self._dedup(events), need
+
+    def _on_replay(
+        self, topic: str, answer: dict[str, Any], attachments: list[bytes]
+    ) -> tuple[list[StreamEvent], NeedReplay | None]:
         st = self.topics[topic]
         out: list[StreamEvent] = []
         epoch = answer.get("epoch", st.epoch)
@@ -150,7 +200,7 @@ class StreamTracker:
             # but its messages still queued in our socket come first; the newer epoch starts
             # (with a Reset) at its first message or welcome.
             st.successor = epoch
-            return self.on_replay_failed(topic), None
+            return self._on_replay_failed(topic), None
         lost = answer.get("lost")
         if lost and lost[1] > st.last:
             out.append(Loss(topic, max(lost[0], st.last + 1), lost[1], epoch))
@@ -168,7 +218,7 @@ class StreamTracker:
         # Messages that arrived during the replay: deliver those past it, in order.
         held = self.held.pop(topic, [])
         for m in sorted(held, key=lambda m: m.seq):
-            events, need = self.on_message(m)
+            events, need = self._on_message(m)
             out.extend(events)
             if need is not None:
                 rest = [x for x in held if x.seq > m.seq]
@@ -178,6 +228,9 @@ class StreamTracker:
 
     def on_replay_failed(self, topic: str) -> list[StreamEvent]:
         """The replay itself failed (publisher gone): report the gap as lost, go on."""
+        return self._dedup(self._on_replay_failed(topic))
+
+    def _on_replay_failed(self, topic: str) -> list[StreamEvent]:
         st = self.topics[topic]
         held = sorted(self.held.pop(topic, []), key=lambda m: m.seq)
         self.replaying.discard(topic)
@@ -186,6 +239,48 @@ class StreamTracker:
             out.append(Loss(topic, st.last + 1, held[0].seq - 1, st.epoch))
             st.last = held[0].seq - 1
         for m in held:
-            events, _ = self.on_message(m)
+            events, _ = self._on_message(m)
             out.extend(events)
         return out
+
+    def catch_up(self) -> list[NeedReplay]:
+        """Replays that would reveal a lost tail: for every topic seen (and not being replayed
+        already), from the seq after the last delivered. A message dropped at the end of a
+        burst shows as a gap only when a later one comes; a subscriber that must know sooner
+        (its stream went quiet) asks this way (PROTOCOL.md section 12, "Tail loss")."""
+        needs = []
+        for topic, st in self.topics.items():
+            if topic in self.replaying or st.epoch is None or st.successor is not None:
+                continue
+            self.replaying.add(topic)
+            self.held.setdefault(topic, [])
+            needs.append(NeedReplay(topic, st.last + 1))
+        self.replays_asked += len(needs)
+        return needs
+
+    def _dedup(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        """Terminal output by byte offset: drop bytes already delivered, trim a message that
+        straddles the next expected offset (PROTOCOL.md section 14, `term.out`)."""
+        out = events
+        for i, ev in enumerate(events):
+            if not (isinstance(ev, StreamMessage) and ev.topic.startswith(OFFSET_TOPIC_PREFIX)):
+                continue
+            body = ev.body
+            if not (isinstance(body, dict) and type(body.get("offset")) is int
+                    and ev.attachments):
+                continue
+            off, data = body["offset"], ev.attachments[0]
+            end = off + len(data)
+            expected = self.next_offset.get(ev.topic)
+            if expected is not None and off < expected:
+                if out is events:
+                    out = list(events)
+                self.duplicate_bytes += min(end, expected) - off
+                if end <= expected:
+                    out[i] = None  # type: ignore[call-overload]
+                    continue
+                cut = expected - off
+                out[i] = ev._replace(body={**body, "offset": expected},
+                                     attachments=[data[cut:], *ev.attachments[1:]])
+            self.next_offset[ev.topic] = max(end, expected or 0)
+        return out if out is events else [e for e in out if e is not None]

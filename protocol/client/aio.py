@@ -214,7 +214,7 @@ class AsyncSubscription:
         self.actor = actor
         self.sock = client.ctx.socket(zmq.SUB)
         client.core.configure_sub(self.sock, actor, topics)
-        self.tracker = StreamTracker(from_seq)
+        self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
     async def _replay(self, need: NeedReplay | None) -> None:
@@ -244,6 +244,11 @@ class AsyncSubscription:
             self._ready.extend(events)
             await self._replay(need)
         return self._ready.pop(0)
+
+    async def catch_up(self) -> None:
+        """Ask for what may have been lost at the end of a burst: see Subscription.catch_up."""
+        for need in self.tracker.catch_up():
+            await self._replay(need)
 
     def close(self) -> None:
         if self.sock.closed:

@@ -299,7 +299,7 @@ class Subscription:
         self.actor = actor
         self.sock = client.ctx.socket(zmq.SUB)
         client.core.configure_sub(self.sock, actor, topics)
-        self.tracker = StreamTracker(from_seq)
+        self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
     def _replay(self, need: NeedReplay | None) -> None:
@@ -329,6 +329,12 @@ class Subscription:
             if need is not None:
                 self._replay(need)
         return self._ready.pop(0)
+
+    def catch_up(self) -> None:
+        """Ask for what may have been lost at the end of a burst (the stream went quiet): the
+        events, if any, come from `next`."""
+        for need in self.tracker.catch_up():
+            self._replay(need)
 
     def close(self) -> None:
         if self.sock.closed:

@@ -78,6 +78,8 @@ def encode(kind: str, m: dict[str, Any]) -> list[bytes]:
     if kind == "error_reply":
         return envelope.encode_error(m["id"], m["ep"], WireError(**to_py(m["error"])))
     if kind == "stream":
+        if m.get("welcome"):
+            return envelope.encode_welcome(m["topic"], m["seq"], m["ep"])
         return envelope.encode_stream(m["topic"], m["seq"], m["ep"], to_py(m["body"]), atts)
     raise ValueError(kind)
 
@@ -95,8 +97,11 @@ def decode(kind: str, frames: list[bytes]) -> dict[str, Any]:
         return {"id": p.id, "ok": False, "ep": p.epoch, "error": to_json(p.body)}
     if kind == "stream":
         s = envelope.decode_stream(frames)
-        return {"topic": s.topic, "seq": s.seq, "ep": s.epoch, "body": to_json(s.body),
-                "attachments": hexes(s.attachments)}
+        out = {"topic": s.topic, "seq": s.seq, "ep": s.epoch, "body": to_json(s.body),
+               "attachments": hexes(s.attachments)}
+        if s.welcome:
+            out["welcome"] = True
+        return out
     raise ValueError(kind)
 
 
@@ -201,6 +206,12 @@ def valid_vectors() -> list[dict[str, Any]]:
             "actor": "metrics", "ep": EP, "proto": 1, "version": "0.1.0", "pid": 4321,
             "max_msg": limits.MAX_MESSAGE_SIZE})),
         v("reply_nil_result", "reply", rep(3, None)),
+        # Results may carry integers past 2^53 (section 17): nanosecond times, inode and
+        # device numbers; a JavaScript decoder must give them as bigint, not rounded.
+        v("reply_integers_past_2_53", "reply", rep(11, {
+            "mtime_ns": 1_767_225_600_123_456_789, "ctime_ns": 1_767_225_600_987_654_321,
+            "ino": 2**64 - 1, "min_int64": -(2**63), "safe": 2**53 - 1, "unsafe": 2**53 + 1,
+            "negative_unsafe": -(2**53) - 1})),
         v("reply_with_attachment", "reply",
           rep(4, {"size": 4, "stale": False}, attachments=(b"\x00\x01\x02\xff",))),
         v("reply_replay_answer_with_lost_more_and_attachments", "reply", rep(9, {
@@ -220,8 +231,9 @@ def valid_vectors() -> list[dict[str, Any]]:
             "busy", "terminal: inbound queue over 1000", retry_after_ms=50))),
         v("error_deadline_expired", "error_reply",
           err(6, WireError.of("deadline_expired", "fs.read: not run"))),
-        v("error_not_found_with_detail", "error_reply",
-          err(7, WireError.of("not_found", "/nope", detail={"path": "/nope", "errno": 2}))),
+        v("error_not_found_with_detail", "error_reply", err(7, WireError.of(
+            "not_found", "/nope: No such file or directory",
+            detail={"path": "/nope", "errno": "ENOENT", "attempts": 1}))),
         v("error_internal_with_actor_category", "error_reply", err(8, WireError.of(
             "internal", "KeyError: 'x'", category="terminal"))),
         v("error_message_too_large_default_message", "error_reply",
@@ -236,6 +248,14 @@ def valid_vectors() -> list[dict[str, Any]]:
           stream("term.out.7", 42, {"offset": 1024}, attachments=(b"$ echo hi\r\nhi\r\n",))),
         v("stream_large_seq", "stream", stream("metrics.alert", limits.MAX_ID, {
             "op": "fs.read", "kind": "failure_rate", "value": 0.25})),
+        v("stream_welcome", "stream", {"topic": "term.out.", "seq": 0, "ep": EP, "body": None,
+                                       "attachments": [], "welcome": True}),
+        v("stream_welcome_of_a_topic", "stream", {
+            "topic": "term.out.t1a2b3c4d5e6", "seq": 17, "ep": EP, "body": None,
+            "attachments": [], "welcome": True}),
+        v("stream_terminal_output_replayed_after_restart", "stream", stream(
+            "term.out.t1a2b3c4d5e6", 1, {"offset": 4096, "replay": True},
+            attachments=(b"$ make\r\n",))),
     ]
 
 

@@ -1,0 +1,600 @@
+//! The blocking client: one DEALER per actor (any number of calls in flight through
+//! `pipeline`), SUB sockets for subscriptions (PROTOCOL.md section 2). Decisions live in
+//! calls.rs and streams.rs; this file moves frames and waits.
+//!
+//! ```no_run
+//! use moorage_client::{Client, Options, Value};
+//! let mut c = Client::new(Options::default())?;
+//! let hello = c.hello("terminal")?;
+//! let r = c.call("watcher", "fs.stat", moorage_client::args([("path", Value::from("/tmp"))]))?;
+//! # Ok::<(), moorage_client::Error>(())
+//! ```
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmpv::Value;
+
+use crate::calls::{ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
+use crate::codec::{self, get};
+use crate::endpoints::{runtime_dir, runtime_dir_of_connection_file, Endpoints};
+use crate::envelope::{decode_reply, decode_stream, Reply};
+use crate::errors::{Error, WireError};
+use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
+use crate::limits::{HWM, MAX_MESSAGE_SIZE};
+use crate::recovery::{Backoff, BreakerState, CircuitBreaker};
+use crate::streams::{StreamEvent, StreamTracker};
+
+/// Of a call's time, the share that learning the actor's idempotent ops may take first.
+const LEARN_SHARE: f64 = 0.5;
+/// A waiting call blocks in receive for at most this long before it looks at the connection's
+/// monitor and its deadlines: how late a drop (the actor died) or a deadline is noticed.
+const WAIT_SLICE_MS: i32 = 10;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The runtime directory itself (wins over everything, section 2).
+    pub runtime_dir: Option<PathBuf>,
+    /// An instance name (section 2's row 1).
+    pub instance: Option<String>,
+    pub sid: Option<String>,
+    /// Whole call, all attempts, seconds.
+    pub timeout: f64,
+    /// One attempt of an idempotent call before it is resent, seconds.
+    pub attempt_timeout: f64,
+    pub backoff: Backoff,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: f64,
+    pub reconnect_ivl_ms: i32,
+    pub reconnect_ivl_max_ms: i32,
+    pub idempotent_ops: HashSet<String>,
+    /// Ask each actor's sys.info which of its ops are idempotent (once, before it matters).
+    pub learn_ops: bool,
+    /// Push this client's latencies to the metrics actor as `client.<metrics_name>`.
+    pub metrics_name: Option<String>,
+    pub metrics_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            runtime_dir: None,
+            instance: None,
+            sid: None,
+            timeout: 5.0,
+            attempt_timeout: 1.0,
+            backoff: Backoff::default(),
+            breaker_threshold: 5,
+            breaker_cooldown: 0.5,
+            reconnect_ivl_ms: 5,
+            reconnect_ivl_max_ms: 0,
+            idempotent_ops: HashSet::new(),
+            learn_ops: true,
+            metrics_name: None,
+            metrics_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Per call: a timeout (seconds) other than the client's, what is known of the op, attachments,
+/// and an id to reuse (a resend of the same op and args, answered from the reply cache).
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    pub timeout: Option<f64>,
+    pub idempotent: Option<bool>,
+    pub attachments: Vec<Vec<u8>>,
+    pub id: Option<u64>,
+}
+
+fn local_error(name: &str, message: String, actor: &str, op: &str) -> Error {
+    Error { error: WireError::of(name, message), actor: actor.to_string(), op: op.to_string(), attempts: 0 }
+}
+
+struct Conn {
+    sock: zmq::Socket,
+    monitor: zmq::Socket,
+    link: ActorLink,
+}
+
+enum Due {
+    Reply(f64),
+    Resend(f64),
+}
+
+/// A client of one tree. Not shared between threads: give each thread its own.
+pub struct Client {
+    ctx: zmq::Context,
+    pub runtime_dir: PathBuf,
+    endpoints: Endpoints,
+    pub sid: String,
+    options: Options,
+    conns: HashMap<String, Conn>,
+    breakers: HashMap<String, CircuitBreaker>,
+    learned: HashMap<String, HashSet<String>>,
+    next_id: u64,
+    latency: Arc<Mutex<LatencyBook>>,
+    _pusher: Option<Pusher>,
+    clock: Instant,
+    rng: u64,
+    monitors: u64,
+}
+
+impl Client {
+    pub fn new(options: Options) -> Result<Client, Error> {
+        Client::with_context(zmq::Context::new(), options)
+    }
+
+    /// A client of the tree a connection file (`tree.json`) describes.
+    pub fn from_connection_file(path: &Path, mut options: Options) -> Result<Client, Error> {
+        let dir = runtime_dir_of_connection_file(path).map_err(|m| local_error("bad_args", m, "", ""))?;
+        options.runtime_dir = Some(dir);
+        Client::new(options)
+    }
+
+    pub fn with_context(ctx: zmq::Context, options: Options) -> Result<Client, Error> {
+        let dir = match &options.runtime_dir {
+            Some(d) => d.clone(),
+            None => runtime_dir(options.instance.as_deref()).map_err(|m| local_error("bad_args", m, "", ""))?,
+        };
+        let seed = Instant::now().elapsed().as_nanos() as u64 ^ (std::process::id() as u64) << 32
+            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let sid = options.sid.clone().unwrap_or_else(|| format!("{}-{:012x}", std::process::id(), random_u64(seed) & 0xffff_ffff_ffff));
+        let endpoints = Endpoints::of(&dir);
+        let latency = Arc::new(Mutex::new(LatencyBook::new(options.metrics_name.is_some())));
+        let pusher = match &options.metrics_name {
+            Some(name) => {
+                check_metrics_name(name).map_err(|m| local_error("bad_args", m, "", ""))?;
+                Some(Pusher::start(&ctx, &endpoints.metrics_in(), latency.clone(), name, &sid, options.metrics_interval)
+                    .map_err(|e| local_error("unavailable", e.to_string(), "metrics", ""))?)
+            }
+            None => None,
+        };
+        Ok(Client {
+            ctx,
+            runtime_dir: dir,
+            endpoints,
+            sid,
+            options,
+            conns: HashMap::new(),
+            breakers: HashMap::new(),
+            learned: HashMap::new(),
+            next_id: 1,
+            latency,
+            _pusher: pusher,
+            clock: Instant::now(),
+            rng: seed | 1,
+            monitors: 0,
+        })
+    }
+
+    fn now(&self) -> f64 {
+        self.clock.elapsed().as_secs_f64()
+    }
+
+    fn unit(&mut self) -> f64 {
+        self.rng = random_u64(self.rng);
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn conn(&mut self, actor: &str) -> Result<&mut Conn, Error> {
+        if !self.conns.contains_key(actor) {
+            let zerr = |e: zmq::Error| local_error("unavailable", format!("{actor}: {e}"), actor, "");
+            let sock = self.ctx.socket(zmq::DEALER).map_err(zerr)?;
+            sock.set_linger(0).map_err(zerr)?;
+            sock.set_reconnect_ivl(self.options.reconnect_ivl_ms).map_err(zerr)?;
+            sock.set_reconnect_ivl_max(self.options.reconnect_ivl_max_ms).map_err(zerr)?;
+            sock.set_maxmsgsize(MAX_MESSAGE_SIZE as i64).map_err(zerr)?;
+            sock.set_sndhwm(HWM).map_err(zerr)?;
+            sock.set_rcvhwm(HWM).map_err(zerr)?;
+            sock.set_rcvtimeo(WAIT_SLICE_MS).map_err(zerr)?;
+            self.monitors += 1;
+            let addr = format!("inproc://moorage-monitor-{}-{}-{}", self.sid, actor, self.monitors);
+            sock.monitor(&addr, zmq::SocketEvent::DISCONNECTED as i32).map_err(zerr)?;
+            let monitor = self.ctx.socket(zmq::PAIR).map_err(zerr)?;
+            monitor.set_linger(0).map_err(zerr)?;
+            monitor.connect(&addr).map_err(zerr)?;
+            sock.connect(&self.endpoints.rpc(actor)).map_err(zerr)?;
+            self.conns.insert(actor.to_string(), Conn { sock, monitor, link: ActorLink::new(None) });
+        }
+        Ok(self.conns.get_mut(actor).unwrap())
+    }
+
+    fn breaker(&mut self, actor: &str) -> &mut CircuitBreaker {
+        if !self.breakers.contains_key(actor) {
+            let (t, c) = (self.options.breaker_threshold, self.options.breaker_cooldown);
+            self.breakers.insert(actor.to_string(), CircuitBreaker::new(t, c));
+        }
+        self.breakers.get_mut(actor).unwrap()
+    }
+
+    pub fn breaker_state(&mut self, actor: &str) -> BreakerState {
+        let now = self.now();
+        self.breaker(actor).current(now)
+    }
+
+    /// The epoch `actor` last answered with (section 8).
+    pub fn epoch(&self, actor: &str) -> Option<&str> {
+        self.conns.get(actor).and_then(|c| c.link.epoch.as_deref())
+    }
+
+    /// How many times this client saw `actor`'s epoch change (a restart).
+    pub fn restarts_seen(&self, actor: &str) -> u32 {
+        self.conns.get(actor).map_or(0, |c| c.link.restarts_seen)
+    }
+
+    fn is_idempotent(&self, actor: &str, op: &str) -> bool {
+        BUILTIN_IDEMPOTENT.contains(&op) || self.options.idempotent_ops.contains(op)
+            || self.learned.get(actor).is_some_and(|s| s.contains(op))
+    }
+
+    fn settings(&self) -> PlanSettings {
+        PlanSettings { timeout: self.options.timeout, attempt_timeout: self.options.attempt_timeout, backoff: self.options.backoff }
+    }
+
+    fn plan(&mut self, actor: &str, op: &str, args: &Value, opts: &CallOptions, timeout: Option<f64>) -> CallPlan {
+        let idempotent = opts.idempotent.unwrap_or_else(|| self.is_idempotent(actor, op));
+        let id = opts.id.unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        });
+        let now = self.now();
+        CallPlan::new(id, &self.sid, actor, op, args, codec::encode(args), idempotent, self.settings(), timeout, &opts.attachments, now)
+    }
+
+    /// Learning first, when the op's idempotency is only the actor's to tell: the call keeps
+    /// the rest of its time.
+    fn learn_first(&mut self, actor: &str, op: &str, opts: &CallOptions) -> Option<f64> {
+        let whole = opts.timeout.unwrap_or(self.options.timeout);
+        if opts.idempotent.is_none() && self.options.learn_ops && !self.learned.contains_key(actor)
+            && !BUILTIN_IDEMPOTENT.contains(&op) && !self.options.idempotent_ops.contains(op) {
+            let t0 = self.now();
+            self.learn_ops(actor, Some(LEARN_SHARE * whole));
+            return Some((whole - (self.now() - t0)).max(0.001));
+        }
+        Some(whole)
+    }
+
+    /// One call: the whole reply (body and attachments), or a classified error.
+    pub fn request(&mut self, actor: &str, op: &str, args: Value, opts: CallOptions) -> Result<Reply, Error> {
+        let timeout = self.learn_first(actor, op, &opts);
+        let plan = self.plan(actor, op, &args, &opts, timeout);
+        let id = plan.id;
+        let mut out = self.drive(actor, vec![plan], 1)?;
+        out.remove(&id).expect("every plan ends with an outcome")
+    }
+
+    /// One call: the reply's body.
+    pub fn call(&mut self, actor: &str, op: &str, args: Value) -> Result<Value, Error> {
+        self.request(actor, op, args, CallOptions::default()).map(|r| r.body)
+    }
+
+    /// One call with typed args and result: `args` encoded as a map (`rmp_serde::to_vec_named`;
+    /// bytes as bin with `serde_bytes`), checked by the strict reader like any value, and the
+    /// result read into `R` (a result of another shape is `bad_request`, naming the field).
+    pub fn call_typed<A, R>(&mut self, actor: &str, op: &str, args: &A) -> Result<R, Error>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        let bytes = rmp_serde::to_vec_named(args).map_err(|e| local_error("bad_args", e.to_string(), actor, op))?;
+        let value = codec::decode(&bytes).map_err(|e| local_error("bad_args", e.to_string(), actor, op))?;
+        let body = self.call(actor, op, value)?;
+        rmpv::ext::from_value(body).map_err(|e| local_error("bad_request", format!("result: {e}"), actor, op))
+    }
+
+    /// Many calls with up to `window` in flight; outcomes in call order.
+    pub fn pipeline(&mut self, actor: &str, calls: Vec<(String, Value)>, window: usize) -> Result<Vec<Result<Value, Error>>, Error> {
+        if let Some((op, _)) = calls.first() {
+            self.learn_first(actor, op, &CallOptions::default());
+        }
+        let plans: Vec<CallPlan> = calls.iter().map(|(op, args)| self.plan(actor, op, args, &CallOptions::default(), None)).collect();
+        let ids: Vec<u64> = plans.iter().map(|p| p.id).collect();
+        let mut out = self.drive(actor, plans, window.max(1))?;
+        Ok(ids.iter().map(|id| out.remove(id).unwrap().map(|r| r.body)).collect())
+    }
+
+    /// sys.hello: who answers, and its epoch (remembered; a new one is a restart).
+    pub fn hello(&mut self, actor: &str) -> Result<Value, Error> {
+        let client = format!("rust {}", self.sid);
+        let r = self.call(actor, "sys.hello", crate::args([("client", Value::from(client))]))?;
+        if get(&r, "proto").and_then(|p| p.as_i64()) != Some(1) {
+            return Err(local_error("unsupported_version", format!("{actor} speaks another protocol"), actor, "sys.hello"));
+        }
+        Ok(r)
+    }
+
+    /// Ask `actor` which of its ops are idempotent; until it can say, none are (the safe side).
+    pub fn learn_ops(&mut self, actor: &str, timeout: Option<f64>) -> HashSet<String> {
+        let opts = CallOptions { timeout, ..CallOptions::default() };
+        match self.request(actor, "sys.info", Value::Nil, opts) {
+            Ok(r) => {
+                let ops: HashSet<String> = get(&r.body, "ops").and_then(|o| o.as_map()).map(|m| {
+                    m.iter().filter(|(_, d)| matches!(get(d, "idempotent"), Some(Value::Boolean(true))))
+                        .filter_map(|(k, _)| k.as_str().map(str::to_string)).collect()
+                }).unwrap_or_default();
+                self.learned.insert(actor.to_string(), ops.clone());
+                ops
+            }
+            Err(_) => HashSet::new(),
+        }
+    }
+
+    /// Run `plans` to their ends with at most `window` in flight.
+    fn drive(&mut self, actor: &str, plans: Vec<CallPlan>, window: usize) -> Result<HashMap<u64, Result<Reply, Error>>, Error> {
+        let mut queue: VecDeque<CallPlan> = plans.into();
+        let mut flying: HashMap<u64, (CallPlan, Due)> = HashMap::new();
+        let mut out: HashMap<u64, Result<Reply, Error>> = HashMap::new();
+        self.conn(actor)?;
+        loop {
+            while flying.len() < window {
+                let Some(mut plan) = queue.pop_front() else { break };
+                let now = self.now();
+                let v = plan.start(now, self.breaker(actor));
+                self.apply(actor, plan, v, &mut flying, &mut out)?;
+            }
+            if flying.is_empty() && queue.is_empty() {
+                return Ok(out);
+            }
+            if flying.is_empty() {
+                continue;
+            }
+            // A blocking receive of at most one slice is the cheapest wait for a reply (as a
+            // bare DEALER waits); between slices the monitor and the deadlines are looked at,
+            // so a drop is noticed within a slice.
+            let first = self.conns.get(actor).unwrap().sock.recv_multipart(0);
+            if let Ok(frames) = first {
+                self.on_reply_frames(actor, frames, &mut flying, &mut out)?;
+                self.on_replies(actor, &mut flying, &mut out)?;
+            }
+            self.on_monitor(actor, &mut flying, &mut out)?;
+            let now = self.now();
+            let due: Vec<u64> = flying.iter().filter(|(_, (_, d))| match d { Due::Reply(t) | Due::Resend(t) => *t <= now }).map(|(id, _)| *id).collect();
+            for id in due {
+                let (mut plan, d) = flying.remove(&id).unwrap();
+                let unit = self.unit();
+                let v = match d {
+                    Due::Reply(_) => plan.on_timeout(now, self.breaker(actor), unit),
+                    Due::Resend(_) => plan.resend(now, self.breaker(actor)),
+                };
+                self.apply(actor, plan, v, &mut flying, &mut out)?;
+            }
+        }
+    }
+
+    /// Act on a verdict: send, schedule, or end (recording the call's time once).
+    fn apply(&mut self, actor: &str, mut plan: CallPlan, v: Verdict, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
+        match v {
+            Verdict::Done(result) => {
+                if let Some((micros, ok)) = plan.recorded {
+                    self.latency.lock().unwrap().record(actor, &plan.op, micros, ok);
+                }
+                self.conns.get_mut(actor).unwrap().link.finished(plan.id);
+                out.insert(plan.id, result);
+            }
+            Verdict::Resend(delay) if delay <= 0.0 => {
+                let now = self.now();
+                let v = plan.resend(now, self.breaker(actor));
+                return self.apply(actor, plan, v, flying, out);
+            }
+            Verdict::Resend(delay) => {
+                let at = self.now() + delay;
+                flying.insert(plan.id, (plan, Due::Resend(at)));
+            }
+            Verdict::Wait(until) => {
+                let conn = self.conns.get_mut(actor).unwrap();
+                // Sent only when the verdict is a fresh attempt (start or resend), not a re-wait.
+                conn.sock.send_multipart(plan.frames.iter(), 0).map_err(|e| local_error("unavailable", e.to_string(), actor, &plan.op))?;
+                conn.link.sent(plan.id);
+                flying.insert(plan.id, (plan, Due::Reply(until)));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_monitor(&mut self, actor: &str, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
+        let mut dropped = false;
+        {
+            let conn = self.conns.get(actor).unwrap();
+            while let Ok(frames) = conn.monitor.recv_multipart(zmq::DONTWAIT) {
+                if frames[0].len() >= 2 && u16::from_le_bytes([frames[0][0], frames[0][1]]) == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                    dropped = true;
+                }
+            }
+        }
+        if dropped {
+            let changes = self.conns.get_mut(actor).unwrap().link.on_disconnect();
+            self.on_changes(actor, changes, flying, out)?;
+        }
+        Ok(())
+    }
+
+    fn on_changes(&mut self, actor: &str, changes: Vec<crate::calls::Change>, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
+        for ch in changes {
+            if let Some((mut plan, _)) = flying.remove(&ch.id) {
+                let now = self.now();
+                let v = plan.on_actor_gone(now, ch.old_epoch.as_deref(), ch.new_epoch.as_deref());
+                self.apply(actor, plan, v, flying, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every reply already queued, without waiting.
+    fn on_replies(&mut self, actor: &str, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
+        while let Ok(frames) = self.conns.get(actor).unwrap().sock.recv_multipart(zmq::DONTWAIT) {
+            self.on_reply_frames(actor, frames, flying, out)?;
+        }
+        Ok(())
+    }
+
+    fn on_reply_frames(&mut self, actor: &str, frames: Vec<Vec<u8>>, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
+        {
+            let reply = match decode_reply(&frames) {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some((mut plan, _)) = e.request_id.and_then(|id| flying.remove(&id)) {
+                        let now = self.now();
+                        let v = plan.done(now, Err(e.error));
+                        self.apply(actor, plan, v, flying, out)?;
+                    }
+                    return Ok(());
+                }
+            };
+            let link = &mut self.conns.get_mut(actor).unwrap().link;
+            if link.epoch.as_deref() != Some(reply.epoch.as_str()) {
+                if let Some(id) = reply.id {
+                    link.finished(id); // its own reply: not a victim of the change
+                }
+                let changes = link.on_epoch(&reply.epoch);
+                self.on_changes(actor, changes, flying, out)?;
+            }
+            if let Some((mut plan, _)) = reply.id.and_then(|id| flying.remove(&id)) {
+                let now = self.now();
+                let unit = self.unit();
+                let v = plan.on_reply(reply, now, self.breaker(actor), unit);
+                self.apply(actor, plan, v, flying, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribe to `topics` (prefixes; "" for all) of `actor`.
+    pub fn subscribe(&mut self, actor: &str, topics: &[&str], opts: SubscribeOptions) -> Result<Subscription, Error> {
+        let zerr = |e: zmq::Error| local_error("unavailable", format!("{actor}: {e}"), actor, "subscribe");
+        let sock = self.ctx.socket(zmq::SUB).map_err(zerr)?;
+        sock.set_linger(0).map_err(zerr)?;
+        sock.set_reconnect_ivl(self.options.reconnect_ivl_ms).map_err(zerr)?;
+        sock.set_reconnect_ivl_max(self.options.reconnect_ivl_max_ms).map_err(zerr)?;
+        sock.set_maxmsgsize(MAX_MESSAGE_SIZE as i64).map_err(zerr)?;
+        sock.set_rcvhwm(opts.rcvhwm.unwrap_or(HWM)).map_err(zerr)?;
+        let topics: Vec<String> = if topics.is_empty() { vec![String::new()] } else { topics.iter().map(|t| t.to_string()).collect() };
+        for t in &topics {
+            sock.set_subscribe(t.as_bytes()).map_err(zerr)?;
+        }
+        sock.connect(&self.endpoints.publisher(actor)).map_err(zerr)?;
+        let replayer = Client::with_context(self.ctx.clone(), Options {
+            runtime_dir: Some(self.runtime_dir.clone()),
+            sid: Some(format!("{}-r{}", self.sid, self.monitors + 1)),
+            metrics_name: None,
+            learn_ops: false,
+            ..self.options.clone()
+        })?;
+        self.monitors += 1;
+        Ok(Subscription { actor: actor.to_string(), topics: topics.clone(), sock, tracker: StreamTracker::new(opts.from_seq, &topics), ready: VecDeque::new(), replayer })
+    }
+
+    /// End-to-end latency per (actor, op), microseconds, over this client's life.
+    pub fn latency_report(&self) -> Vec<LatencyRow> {
+        self.latency.lock().unwrap().report()
+    }
+}
+
+fn random_u64(mut x: u64) -> u64 {
+    // xorshift64*: enough for request jitter and a session id's randomness.
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// A new topic's first seq wanted (1: all that is retained); None: from now.
+    pub from_seq: Option<u64>,
+    /// The SUB's receive high-water mark (default 100000).
+    pub rcvhwm: Option<i32>,
+}
+
+/// Ordered, gap-repaired events of one actor's topics: messages, losses, resets (section 12).
+pub struct Subscription {
+    pub actor: String,
+    pub topics: Vec<String>,
+    sock: zmq::Socket,
+    pub tracker: StreamTracker,
+    ready: VecDeque<StreamEvent>,
+    replayer: Client,
+}
+
+impl Subscription {
+    /// True once every subscribed prefix's round of welcomes has ended.
+    pub fn live(&self) -> bool {
+        self.topics.iter().all(|t| self.tracker.live.contains(t))
+    }
+
+    /// Until every prefix is live; the events meanwhile are kept for `next`, and returned.
+    pub fn until_live(&mut self, timeout: Duration) -> Result<Vec<StreamEvent>, Error> {
+        let end = Instant::now() + timeout;
+        let mut early = Vec::new();
+        while !self.live() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(local_error("timeout", format!("{}: subscription not live", self.actor), &self.actor, "subscribe"));
+            }
+            if let Some(ev) = self.next(Some(left.min(Duration::from_millis(50))))? {
+                early.push(ev);
+            }
+        }
+        for ev in early.iter().rev() {
+            self.ready.push_front(ev.clone());
+        }
+        Ok(early)
+    }
+
+    /// Ask for what may have been lost at the end of a burst (the stream went quiet): the
+    /// events, if any, come from `next` (section 12, "Tail loss").
+    pub fn catch_up(&mut self) {
+        for n in self.tracker.catch_up() {
+            self.replay(n.topic, n.from_seq);
+        }
+    }
+
+    fn replay(&mut self, topic: String, from: u64) {
+        let mut need = Some((topic, from));
+        while let Some((topic, from)) = need.take() {
+            let args = crate::args([("topic", Value::from(topic.as_str())), ("from_seq", Value::from(from))]);
+            match self.replayer.request(&self.actor, "replay", args, CallOptions::default()) {
+                Ok(r) => {
+                    let (events, more) = self.tracker.on_replay(&topic, &r.body, &r.attachments);
+                    self.ready.extend(events);
+                    need = more.map(|n| (n.topic, n.from_seq));
+                }
+                Err(_) => self.ready.extend(self.tracker.on_replay_failed(&topic)),
+            }
+        }
+    }
+
+    /// The next event, or None when `timeout` passes with none (None timeout: wait).
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<StreamEvent>, Error> {
+        let end = timeout.map(|t| Instant::now() + t);
+        while self.ready.is_empty() {
+            let wait_ms = match end {
+                None => -1,
+                Some(e) => e.saturating_duration_since(Instant::now()).as_millis() as i64,
+            };
+            let n = self.sock.poll(zmq::POLLIN, wait_ms).map_err(|e| local_error("unavailable", e.to_string(), &self.actor, "subscribe"))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let frames = match self.sock.recv_multipart(zmq::DONTWAIT) {
+                Ok(f) => f,
+                Err(_) => continue,
+            };
+            let Ok(msg) = decode_stream(&frames) else { continue };
+            let (events, need) = self.tracker.on_message(msg);
+            self.ready.extend(events);
+            if let Some(n) = need {
+                self.replay(n.topic, n.from_seq);
+            }
+        }
+        Ok(self.ready.pop_front())
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Result<StreamEvent, Error>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Subscription::next(self, None).transpose()
+    }
+}

@@ -1,0 +1,209 @@
+//! The error taxonomy (PROTOCOL.md section 6): every failed call is an `Error` carrying a
+//! classified `WireError`, whether an actor answered it or the client decided it.
+
+use rmpv::Value;
+
+use crate::codec::{get, map_of};
+
+/// One row of section 6's table: code, name, category, severity, retryable, fallback, summary.
+pub struct ErrorKind {
+    pub code: i64,
+    pub name: &'static str,
+    pub category: &'static str,
+    pub severity: &'static str,
+    pub retryable: bool,
+    pub fallback_available: bool,
+    pub summary: &'static str,
+}
+
+macro_rules! kinds {
+    ($( ($code:expr, $name:expr, $cat:expr, $sev:expr, $retry:expr, $fb:expr, $sum:expr) ),* $(,)?) => {
+        pub const KINDS: &[ErrorKind] = &[
+            $( ErrorKind { code: $code, name: $name, category: $cat, severity: $sev, retryable: $retry, fallback_available: $fb, summary: $sum } ),*
+        ];
+    };
+}
+
+kinds![
+    (100, "bad_request", "network", "warning", false, false, "malformed frame or header"),
+    (101, "unknown_op", "network", "warning", false, false, "the actor has no such op"),
+    (102, "bad_args", "network", "warning", false, false, "arguments missing or of wrong type"),
+    (103, "unsupported_version", "network", "critical", false, false, "unknown protocol tag"),
+    (104, "message_too_large", "network", "warning", false, false, "over a decoding limit"),
+    (110, "unavailable", "network", "recoverable", true, true, "actor not answering"),
+    (111, "circuit_open", "network", "recoverable", true, true, "breaker open for this actor"),
+    (112, "outcome_unknown", "network", "critical", false, false, "may or may not have run"),
+    (113, "unknown_actor", "network", "warning", false, false, "no such actor in the tree"),
+    (114, "stopping", "network", "recoverable", true, false, "the actor is shutting down"),
+    (200, "timeout", "timeout", "recoverable", true, false, "no reply before the deadline"),
+    (201, "deadline_expired", "timeout", "recoverable", true, false, "expired; not run"),
+    (300, "busy", "resource", "recoverable", true, true, "queue full or load shed; retry"),
+    (301, "resource_exhausted", "resource", "critical", false, true, "a hard limit was hit"),
+    (400, "not_found", "filesystem", "critical", false, false, "no such file or directory"),
+    (401, "forbidden", "filesystem", "critical", false, false, "permission or confinement"),
+    (402, "is_directory", "filesystem", "critical", false, false, "a directory, not a file"),
+    (403, "no_space", "filesystem", "critical", false, false, "the device is full"),
+    (404, "file_too_large", "filesystem", "critical", false, false, "page the read"),
+    (405, "conflict", "filesystem", "critical", false, false, "changed since the caller saw it"),
+    (406, "io_error", "filesystem", "recoverable", true, true, "transient I/O failure"),
+    (407, "not_a_directory", "filesystem", "critical", false, false, "a file, not a dir"),
+    (408, "watch_not_found", "filesystem", "warning", false, false, "no such watch"),
+    (500, "session_not_found", "terminal", "warning", false, false, "no such session"),
+    (501, "pty_failed", "terminal", "critical", true, true, "could not create a PTY"),
+    (502, "shell_exited", "terminal", "critical", true, true, "the session's shell is gone"),
+    (503, "exec_failed", "terminal", "recoverable", true, true, "command did not complete"),
+    (504, "session_busy", "terminal", "recoverable", true, false, "a command is running"),
+    (600, "parse_error", "parser", "recoverable", false, true, "input could not be parsed"),
+    (601, "stream_not_found", "parser", "warning", false, false, "no such parser stream"),
+    (602, "buffer_overflow", "parser", "critical", false, true, "partial buffer over cap"),
+    (603, "stream_gap", "parser", "warning", false, false, "offset skips ahead"),
+    (700, "cancelled", "user_cancelled", "info", false, false, "cancelled by the caller"),
+    (900, "internal", "network", "critical", false, false, "a handler raised; bug report"),
+];
+
+pub fn kind(name: &str) -> Option<&'static ErrorKind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+pub fn kind_of_code(code: i64) -> Option<&'static ErrorKind> {
+    KINDS.iter().find(|k| k.code == code)
+}
+
+/// An error as it travels: the code's classification plus this instance's message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WireError {
+    pub code: i64,
+    pub name: String,
+    pub category: String,
+    pub severity: String,
+    pub retryable: bool,
+    pub fallback_available: bool,
+    pub message: String,
+    pub detail: Option<Value>,
+    pub retry_after_ms: Option<i64>,
+}
+
+impl WireError {
+    /// The error of a known name (panics on a name not in the table: a bug here).
+    pub fn of(name: &str, message: impl Into<String>) -> WireError {
+        let k = kind(name).unwrap_or_else(|| panic!("unknown error name {name}"));
+        let message = message.into();
+        WireError {
+            code: k.code,
+            name: k.name.to_string(),
+            category: k.category.to_string(),
+            severity: k.severity.to_string(),
+            retryable: k.retryable,
+            fallback_available: k.fallback_available,
+            message: if message.is_empty() { k.summary.to_string() } else { message },
+            detail: None,
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: Value) -> WireError {
+        self.detail = if detail.is_nil() { None } else { Some(detail) };
+        self
+    }
+
+    pub fn with_retry_after(mut self, ms: i64) -> WireError {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+
+    /// Read an error body; garbage from a peer still yields a classified error.
+    pub fn from_wire(body: &Value) -> WireError {
+        let code = match get(body, "code").and_then(|c| c.as_i64()) {
+            Some(c) if body.is_map() => c,
+            _ => return WireError::of("bad_request", "malformed error body"),
+        };
+        let base = WireError::of(kind_of_code(code).map_or("internal", |k| k.name), "");
+        let s = |key: &str, d: &str| get(body, key).and_then(|v| v.as_str()).map_or(d.to_string(), str::to_string);
+        let b = |key: &str, d: bool| get(body, key).and_then(|v| v.as_bool()).unwrap_or(d);
+        WireError {
+            code,
+            name: s("name", &base.name),
+            category: s("category", &base.category),
+            severity: s("severity", &base.severity),
+            retryable: b("retryable", base.retryable),
+            fallback_available: b("fallback_available", base.fallback_available),
+            message: s("message", ""),
+            detail: get(body, "detail").filter(|d| !d.is_nil()).cloned(),
+            retry_after_ms: get(body, "retry_after_ms").and_then(|v| v.as_i64()),
+        }
+    }
+
+    /// The body as the reference encoder orders its keys (section 17).
+    pub fn to_wire(&self) -> Value {
+        let mut pairs = vec![
+            ("code", Value::from(self.code)),
+            ("name", Value::from(self.name.as_str())),
+            ("category", Value::from(self.category.as_str())),
+            ("severity", Value::from(self.severity.as_str())),
+            ("retryable", Value::from(self.retryable)),
+            ("fallback_available", Value::from(self.fallback_available)),
+            ("message", Value::from(self.message.as_str())),
+        ];
+        if let Some(d) = &self.detail {
+            pairs.push(("detail", d.clone()));
+        }
+        if let Some(ms) = self.retry_after_ms {
+            pairs.push(("retry_after_ms", Value::from(ms)));
+        }
+        map_of(pairs)
+    }
+}
+
+/// A failed call (an error reply, or one the client decided): act on `error`'s category,
+/// severity, retryable and fallback_available (section 6).
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub error: WireError,
+    pub actor: String,
+    pub op: String,
+    pub attempts: u32,
+}
+
+impl Error {
+    pub fn name(&self) -> &str {
+        &self.error.name
+    }
+    pub fn code(&self) -> i64 {
+        self.error.code
+    }
+    pub fn detail(&self) -> Option<&Value> {
+        self.error.detail.as_ref()
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.op.is_empty() {
+            write!(f, "{}:{} ", self.actor, self.op)?;
+        }
+        write!(f, "{} ({}): {}", self.error.name, self.error.code, self.error.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A frame that cannot be taken; `request_id` is the id its error reply echoes.
+#[derive(Debug, Clone)]
+pub struct DecodeError {
+    pub error: WireError,
+    pub request_id: Option<u64>,
+}
+
+impl DecodeError {
+    pub fn new(name: &str, message: impl Into<String>, request_id: Option<u64>) -> DecodeError {
+        DecodeError { error: WireError::of(name, message), request_id }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error.name, self.error.message)
+    }
+}
+
+impl std::error::Error for DecodeError {}

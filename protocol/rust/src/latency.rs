@@ -1,0 +1,163 @@
+//! End-to-end latency per (actor, op) as this client sees it, optionally pushed to the metrics
+//! actor (PROTOCOL.md section 2, "A client's own latency"): header {actor: client.<name>, pid,
+//! ep: sid}, ops named `<actor>/<op>`, from a background thread.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rmpv::Value;
+
+use crate::codec::{encode, map_of};
+use crate::envelope::TAG;
+use crate::histogram::{Recorder, Summary};
+use crate::limits::MAX_OP_LEN;
+
+pub const MAX_NAME: usize = 100;
+pub const MAX_OPS_PER_PUSH: usize = 1000;
+
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub ok: u64,
+    pub error: u64,
+    pub times: Recorder,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.ok += other.ok;
+        self.error += other.error;
+        self.times.add(&other.times);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencyRow {
+    pub actor: String,
+    pub op: String,
+    pub ok: u64,
+    pub error: u64,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Default)]
+pub struct LatencyBook {
+    pub pushing: bool,
+    life: BTreeMap<String, BTreeMap<String, Counts>>,
+    pending: BTreeMap<String, Counts>,
+}
+
+pub fn check_metrics_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(format!("metrics_name must be 1 to {MAX_NAME} printable characters"));
+    }
+    Ok(())
+}
+
+fn pushed_op(actor: &str, op: &str) -> String {
+    format!("{actor}/{op}").chars().take(MAX_OP_LEN).collect()
+}
+
+impl LatencyBook {
+    pub fn new(pushing: bool) -> LatencyBook {
+        LatencyBook { pushing, ..LatencyBook::default() }
+    }
+
+    pub fn record(&mut self, actor: &str, op: &str, micros: u64, ok: bool) {
+        let add = |c: &mut Counts| {
+            if ok {
+                c.ok += 1;
+            } else {
+                c.error += 1;
+            }
+            c.times.record(micros);
+        };
+        match self.life.get_mut(actor).and_then(|ops| ops.get_mut(op)) {
+            Some(c) => add(c),
+            None => add(self.life.entry(actor.to_string()).or_default().entry(op.to_string()).or_default()),
+        }
+        if self.pushing {
+            add(self.pending.entry(pushed_op(actor, op)).or_default());
+        }
+    }
+
+    pub fn report(&self) -> Vec<LatencyRow> {
+        self.life.iter().flat_map(|(actor, ops)| ops.iter().map(move |(op, c)| LatencyRow {
+            actor: actor.clone(), op: op.clone(), ok: c.ok, error: c.error, summary: c.times.summary(),
+        })).collect()
+    }
+
+    fn take(&mut self) -> Vec<(String, Counts)> {
+        std::mem::take(&mut self.pending).into_iter().collect()
+    }
+
+    fn put_back(&mut self, name: String, c: Counts) {
+        self.pending.entry(name).or_default().add(&c);
+    }
+}
+
+/// The pusher thread: every `interval`, what ended since the last push goes to `metrics.in`;
+/// a push the queue will not take now goes with the next one. Dropping it pushes once more.
+pub struct Pusher {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pusher {
+    pub fn start(ctx: &zmq::Context, endpoint: &str, book: Arc<Mutex<LatencyBook>>, name: &str, sid: &str, interval: Duration) -> zmq::Result<Pusher> {
+        let sock = ctx.socket(zmq::PUSH)?;
+        sock.set_linger(250)?;
+        sock.set_sndhwm(100)?;
+        sock.connect(endpoint)?;
+        let header = encode(&map_of([
+            ("actor", Value::from(format!("client.{name}"))),
+            ("pid", Value::from(std::process::id())),
+            ("ep", Value::from(sid)),
+        ]));
+        let (tx, rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("moorage-latency-push".into()).spawn(move || {
+            loop {
+                let stopping = !matches!(rx.recv_timeout(interval), Err(RecvTimeoutError::Timeout));
+                push(&sock, &header, &book);
+                if stopping {
+                    return;
+                }
+            }
+        }).expect("spawning the pusher thread");
+        Ok(Pusher { stop: Some(tx), thread: Some(thread) })
+    }
+}
+
+fn push(sock: &zmq::Socket, header: &[u8], book: &Mutex<LatencyBook>) {
+    let taken = book.lock().unwrap().take();
+    let mut rest = taken.into_iter().peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<(String, Counts)> = rest.by_ref().take(MAX_OPS_PER_PUSH).collect();
+        let body = map_of(chunk.iter().map(|(name, c)| {
+            (name.clone(), map_of([
+                ("ok", Value::from(c.ok)),
+                ("error", Value::from(c.error)),
+                ("hist", Value::Binary(c.times.encode())),
+            ]))
+        }));
+        let frames: [&[u8]; 3] = [TAG, header, &encode(&body)];
+        if sock.send_multipart(frames, zmq::DONTWAIT).is_err() {
+            let mut b = book.lock().unwrap();
+            for (name, c) in chunk.into_iter().chain(rest) {
+                b.put_back(name, c);
+            }
+            return;
+        }
+    }
+}
+
+impl Drop for Pusher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

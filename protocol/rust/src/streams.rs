@@ -1,0 +1,326 @@
+//! Stream bookkeeping (PROTOCOL.md section 12), pure: order, gaps, welcomes, replay, loss,
+//! resets, and the byte-offset rule of `term.out.*`. A port of the Python client's tracker,
+//! held to the same scenarios (protocol/vectors/client.json).
+
+use std::collections::{HashMap, HashSet};
+
+use rmpv::Value;
+
+use crate::codec::get;
+use crate::envelope::StreamMessage;
+
+/// Topics whose messages carry `{offset}` and bytes as attachment 0: de-duplicated by offset.
+pub const OFFSET_TOPIC_PREFIX: &str = "term.out.";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Message(StreamMessage),
+    /// Messages `first..=last` were published but can no longer be had.
+    Loss { topic: String, first: u64, last: u64, epoch: String },
+    /// The publisher restarted: the topic continues in `new_epoch` from seq 1.
+    Reset { topic: String, old_epoch: String, new_epoch: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedReplay {
+    pub topic: String,
+    pub from_seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct TopicState {
+    epoch: Option<String>,
+    last: u64,
+    superseded: HashSet<String>,
+    successor: Option<String>,
+}
+
+type Step = (Vec<StreamEvent>, Option<NeedReplay>);
+
+#[derive(Debug, Default)]
+pub struct StreamTracker {
+    pub from_seq: Option<u64>,
+    pub prefixes: HashSet<String>,
+    pub live: HashSet<String>,
+    topics: HashMap<String, TopicState>,
+    replaying: HashSet<String>,
+    held: HashMap<String, Vec<StreamMessage>>,
+    next_offset: HashMap<String, u64>,
+    /// Replays asked for (gaps, welcomes past what was seen).
+    pub replays_asked: u64,
+}
+
+fn state(epoch: &str, last: u64) -> TopicState {
+    TopicState { epoch: Some(epoch.to_string()), last, ..TopicState::default() }
+}
+
+impl StreamTracker {
+    pub fn new(from_seq: Option<u64>, prefixes: &[String]) -> StreamTracker {
+        StreamTracker { from_seq, prefixes: prefixes.iter().cloned().collect(), ..StreamTracker::default() }
+    }
+
+    pub fn on_message(&mut self, msg: StreamMessage) -> Step {
+        let (events, need) = self.message(msg);
+        if need.is_some() {
+            self.replays_asked += 1;
+        }
+        (self.dedup(events), need)
+    }
+
+    /// Feed the `replay` op's answer: events, and maybe the next page to ask for.
+    pub fn on_replay(&mut self, topic: &str, answer: &Value, attachments: &[Vec<u8>]) -> Step {
+        let (events, need) = self.replay(topic, answer, attachments);
+        if need.is_some() {
+            self.replays_asked += 1;
+        }
+        (self.dedup(events), need)
+    }
+
+    pub fn on_replay_failed(&mut self, topic: &str) -> Vec<StreamEvent> {
+        let events = self.replay_failed(topic);
+        self.dedup(events)
+    }
+
+    pub fn is_live(&self, topic: &str) -> bool {
+        self.live.iter().any(|p| topic.starts_with(p.as_str()))
+    }
+
+    fn message(&mut self, msg: StreamMessage) -> Step {
+        if msg.welcome {
+            let topic = msg.topic.clone();
+            let out = self.welcome(msg);
+            if self.prefixes.contains(&topic) {
+                self.live.insert(topic);
+            }
+            return out;
+        }
+        if self.replaying.contains(&msg.topic) {
+            self.held.entry(msg.topic.clone()).or_default().push(msg);
+            return (vec![], None);
+        }
+        if !self.topics.contains_key(&msg.topic) {
+            let start = if self.is_live(&msg.topic) { Some(1) } else { self.from_seq };
+            if let Some(start) = start {
+                if msg.seq > start {
+                    self.topics.insert(msg.topic.clone(), state(&msg.epoch, start - 1));
+                    return self.ask(msg);
+                }
+            }
+            self.topics.insert(msg.topic.clone(), state(&msg.epoch, msg.seq));
+            return (vec![StreamEvent::Message(msg)], None);
+        }
+        let mut out = vec![];
+        if !self.adopt_epoch(&msg, &mut out) {
+            return (vec![], None);
+        }
+        let st = self.topics.get_mut(&msg.topic).unwrap();
+        if msg.seq <= st.last {
+            return (out, None);
+        }
+        if msg.seq == st.last + 1 {
+            st.last = msg.seq;
+            out.push(StreamEvent::Message(msg));
+            return (out, None);
+        }
+        if st.successor.is_some() {
+            out.push(StreamEvent::Loss { topic: msg.topic.clone(), first: st.last + 1, last: msg.seq - 1, epoch: msg.epoch.clone() });
+            st.last = msg.seq;
+            out.push(StreamEvent::Message(msg));
+            return (out, None);
+        }
+        let (events, need) = self.ask(msg);
+        out.extend(events);
+        (out, need)
+    }
+
+    fn welcome(&mut self, msg: StreamMessage) -> Step {
+        if self.replaying.contains(&msg.topic) {
+            return (vec![], None);
+        }
+        if !self.topics.contains_key(&msg.topic) {
+            let start = if self.is_live(&msg.topic) {
+                1
+            } else if let Some(f) = self.from_seq {
+                f
+            } else {
+                self.topics.insert(msg.topic.clone(), state(&msg.epoch, msg.seq)); // "from now"
+                return (vec![], None);
+            };
+            self.topics.insert(msg.topic.clone(), state(&msg.epoch, start.saturating_sub(1)));
+            if msg.seq < start {
+                return (vec![], None);
+            }
+        }
+        let mut out = vec![];
+        if !self.adopt_epoch(&msg, &mut out) {
+            return (vec![], None);
+        }
+        let last = self.topics[&msg.topic].last;
+        if msg.seq <= last {
+            return (out, None);
+        }
+        self.replaying.insert(msg.topic.clone());
+        self.held.insert(msg.topic.clone(), vec![]);
+        (out, Some(NeedReplay { topic: msg.topic, from_seq: last + 1 }))
+    }
+
+    fn adopt_epoch(&mut self, msg: &StreamMessage, out: &mut Vec<StreamEvent>) -> bool {
+        let st = self.topics.get_mut(&msg.topic).unwrap();
+        if st.superseded.contains(&msg.epoch) {
+            return false;
+        }
+        match &st.epoch {
+            None => st.epoch = Some(msg.epoch.clone()),
+            Some(e) if *e != msg.epoch => {
+                out.push(StreamEvent::Reset { topic: msg.topic.clone(), old_epoch: e.clone(), new_epoch: msg.epoch.clone() });
+                st.superseded.insert(e.clone());
+                st.epoch = Some(msg.epoch.clone());
+                st.last = 0;
+                st.successor = None;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn ask(&mut self, msg: StreamMessage) -> Step {
+        let from = self.topics[&msg.topic].last + 1;
+        self.replaying.insert(msg.topic.clone());
+        let topic = msg.topic.clone();
+        self.held.insert(topic.clone(), vec![msg]);
+        (vec![], Some(NeedReplay { topic, from_seq: from }))
+    }
+
+    fn replay(&mut self, topic: &str, answer: &Value, attachments: &[Vec<u8>]) -> Step {
+        let mut out = vec![];
+        let st = self.topics.get_mut(topic).expect("a replay of a tracked topic");
+        let epoch = get(answer, "epoch").and_then(|v| v.as_str()).map(str::to_string).or_else(|| st.epoch.clone()).unwrap_or_default();
+        match &st.epoch {
+            None => st.epoch = Some(epoch.clone()),
+            Some(e) if *e != epoch => {
+                st.successor = Some(epoch);
+                return (self.replay_failed(topic), None);
+            }
+            _ => {}
+        }
+        if let Some(lost) = get(answer, "lost").and_then(|v| v.as_array()) {
+            let (a, b) = (lost[0].as_u64().unwrap_or(0), lost[1].as_u64().unwrap_or(0));
+            if b > st.last {
+                out.push(StreamEvent::Loss { topic: topic.to_string(), first: a.max(st.last + 1), last: b, epoch: epoch.clone() });
+                st.last = b;
+            }
+        }
+        let mut i = 0usize;
+        for m in get(answer, "messages").and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or(&[]) {
+            let parts = m.as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if parts.len() != 3 {
+                continue;
+            }
+            let (seq, n) = (parts[0].as_u64().unwrap_or(0), parts[2].as_u64().unwrap_or(0) as usize);
+            let atts = attachments.get(i..(i + n).min(attachments.len())).unwrap_or(&[]).to_vec();
+            i += n;
+            if seq == st.last + 1 {
+                st.last = seq;
+                out.push(StreamEvent::Message(StreamMessage {
+                    topic: topic.to_string(), seq, epoch: epoch.clone(), body: parts[1].clone(), attachments: atts, welcome: false,
+                }));
+            }
+        }
+        if matches!(get(answer, "more"), Some(Value::Boolean(true))) {
+            return (out, Some(NeedReplay { topic: topic.to_string(), from_seq: st.last + 1 }));
+        }
+        self.replaying.remove(topic);
+        let mut held = self.held.remove(topic).unwrap_or_default();
+        held.sort_by_key(|m| m.seq);
+        let mut rest = held.into_iter();
+        while let Some(m) = rest.next() {
+            let (events, need) = self.message(m);
+            out.extend(events);
+            if need.is_some() {
+                self.held.entry(topic.to_string()).or_default().extend(rest);
+                return (out, need);
+            }
+        }
+        (out, None)
+    }
+
+    fn replay_failed(&mut self, topic: &str) -> Vec<StreamEvent> {
+        let mut held = self.held.remove(topic).unwrap_or_default();
+        held.sort_by_key(|m| m.seq);
+        self.replaying.remove(topic);
+        let mut out = vec![];
+        let st = self.topics.get_mut(topic).unwrap();
+        if let Some(first) = held.first() {
+            if Some(&first.epoch) == st.epoch.as_ref() && first.seq > st.last + 1 {
+                out.push(StreamEvent::Loss { topic: topic.to_string(), first: st.last + 1, last: first.seq - 1, epoch: first.epoch.clone() });
+                st.last = first.seq - 1;
+            }
+        }
+        for m in held {
+            out.extend(self.message(m).0);
+        }
+        out
+    }
+
+    /// Replays that would reveal a lost tail (section 12, "Tail loss"): for every topic seen and
+    /// not being replayed already, from the seq after the last delivered.
+    pub fn catch_up(&mut self) -> Vec<NeedReplay> {
+        let mut needs = vec![];
+        for (topic, st) in &self.topics {
+            if self.replaying.contains(topic) || st.epoch.is_none() || st.successor.is_some() {
+                continue;
+            }
+            needs.push(NeedReplay { topic: topic.clone(), from_seq: st.last + 1 });
+        }
+        needs.sort_by(|a, b| a.topic.cmp(&b.topic));
+        for n in &needs {
+            self.replaying.insert(n.topic.clone());
+            self.held.entry(n.topic.clone()).or_default();
+        }
+        self.replays_asked += needs.len() as u64;
+        needs
+    }
+
+    /// `term.out.*`: drop bytes already delivered, trim a message straddling the next offset.
+    fn dedup(&mut self, events: Vec<StreamEvent>) -> Vec<StreamEvent> {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let m = match ev {
+                StreamEvent::Message(m) if m.topic.starts_with(OFFSET_TOPIC_PREFIX) && !m.attachments.is_empty() => m,
+                other => {
+                    out.push(other);
+                    continue;
+                }
+            };
+            let off = match get(&m.body, "offset").and_then(|v| v.as_u64()) {
+                Some(o) => o,
+                None => {
+                    out.push(StreamEvent::Message(m));
+                    continue;
+                }
+            };
+            let end = off + m.attachments[0].len() as u64;
+            let expected = self.next_offset.get(&m.topic).copied();
+            let mut m = m;
+            if let Some(exp) = expected {
+                if off < exp {
+                    if end <= exp {
+                        continue;
+                    }
+                    let cut = (exp - off) as usize;
+                    m.attachments[0] = m.attachments[0][cut..].to_vec();
+                    if let Value::Map(pairs) = &mut m.body {
+                        for (k, v) in pairs.iter_mut() {
+                            if k.as_str() == Some("offset") {
+                                *v = Value::from(exp);
+                            }
+                        }
+                    }
+                }
+            }
+            self.next_offset.insert(m.topic.clone(), end.max(expected.unwrap_or(0)));
+            out.push(StreamEvent::Message(m));
+        }
+        out
+    }
+}

@@ -1,0 +1,224 @@
+/**
+ * Every decision of a call, none of its I/O (PROTOCOL.md sections 9-11): ids kept across
+ * retries (the actor's reply cache answers a retry without running it again), deadlines,
+ * what to do on a reply, a timeout, a dropped connection or a new epoch, and the breaker.
+ * The client only moves frames and waits.
+ */
+import { encodeRequest, type Reply } from "./envelope.js";
+import { MoorageError, type WireError, fromWire, wireError } from "./errors.js";
+import { Backoff, CircuitBreaker, maxRetriesFor } from "./recovery.js";
+
+/** Ops every actor serves that are safe to repeat (section 10). */
+export const BUILTIN_IDEMPOTENT: ReadonlySet<string> = new Set(["sys.ping", "sys.hello", "sys.info", "replay"]);
+/** Error replies meaning "not run, and the same frames may run later": resent whatever the op. */
+export const NOT_RUN: ReadonlySet<string> = new Set(["busy", "stopping"]);
+/** The matrix's Timeout row: an idempotent call's timed-out attempts resent at most this often. */
+export const TIMEOUT_RETRIES = 2;
+/** Ops whose `session` argument goes into an early failure's detail (section 10). */
+const SESSION_OPS: ReadonlySet<string> = new Set(["term.exec", "term.create"]);
+
+export interface CallOptions {
+  /** Whole call, all attempts, in seconds (default: the client's). */
+  timeout?: number;
+  /** Overrides what the client knows of the op (sys.info's `idempotent`). */
+  idempotent?: boolean;
+  attachments?: readonly Uint8Array[];
+  /** Reuse a request id: a retry of the same op and args, answered from the reply cache. */
+  id?: number;
+}
+
+export interface PlanSettings {
+  sid: string;
+  timeout: number;
+  attemptTimeout: number;
+  backoff: Backoff;
+}
+
+export type Verdict =
+  | { kind: "done"; reply?: Reply; error?: MoorageError }
+  | { kind: "resend"; delay: number }
+  | { kind: "wait"; until: number };
+
+export const now = (): number => performance.now() / 1000;
+
+export class CallPlan {
+  readonly started: number;
+  readonly deadline: number;
+  readonly deadlineMs: number;
+  readonly frames: Uint8Array[];
+  readonly timeout: number;
+  attempts = 0;
+  retries = 0;
+  timeoutRetries = 0;
+  lastError: WireError | null = null;
+  /** The actor link's generation when this was last sent (section 10, early failure). */
+  generation = 0;
+  finished = false;
+
+  constructor(
+    readonly id: number,
+    readonly actor: string,
+    readonly op: string,
+    readonly args: unknown,
+    readonly idempotent: boolean,
+    readonly settings: PlanSettings,
+    readonly breaker: CircuitBreaker,
+    readonly record: (micros: number, ok: boolean) => void,
+    timeout: number | undefined,
+    attachments: readonly Uint8Array[] = [],
+    startedAt: number = now(),
+  ) {
+    this.started = startedAt;
+    this.timeout = timeout ?? settings.timeout;
+    this.deadline = this.started + this.timeout;
+    this.deadlineMs = Math.trunc(Date.now() + this.timeout * 1000);
+    this.frames = encodeRequest(id, settings.sid, op, args, this.deadlineMs, attachments);
+  }
+
+  private error(e: WireError): MoorageError {
+    return new MoorageError(e, this.actor, this.op, this.attempts);
+  }
+
+  /** Over: recorded once, whatever the outcome. */
+  done(at: number, reply?: Reply, error?: WireError | MoorageError): Verdict {
+    const err = error === undefined ? undefined : error instanceof MoorageError ? error : this.error(error);
+    this.finished = true;
+    this.record(Math.trunc((at - this.started) * 1e6), err === undefined && reply !== undefined && reply.ok);
+    return { kind: "done", reply, error: err };
+  }
+
+  start(at: number): Verdict {
+    const br = this.breaker;
+    if (br.state !== "closed" && !br.allow(at)) {
+      return this.done(at, undefined, wireError("circuit_open", `${this.actor}: breaker open`, {
+        retry_after_ms: Math.trunc(br.retryAfter(at) * 1000),
+      }));
+    }
+    this.attempts += 1;
+    return { kind: "wait", until: this.attemptDeadline(at) };
+  }
+
+  attemptTimeout(): number {
+    return this.settings.attemptTimeout * 2 ** this.timeoutRetries;
+  }
+
+  attemptDeadline(at: number): number {
+    return this.idempotent ? Math.min(this.deadline, at + this.attemptTimeout()) : this.deadline;
+  }
+
+  onReply(reply: Reply, at: number): Verdict {
+    const br = this.breaker;
+    if (br.failures || br.state !== "closed") br.recordSuccess();
+    if (reply.ok) return this.done(at, reply);
+    const err = fromWire(reply.body);
+    this.lastError = err;
+    const mayRetry = NOT_RUN.has(err.name) || (this.idempotent && err.retryable);
+    if (mayRetry && this.retries < maxRetriesFor(err)) {
+      let delay = this.settings.backoff.delay(this.retries);
+      if (err.retry_after_ms !== undefined) delay = Math.max(delay, err.retry_after_ms / 1000);
+      if (at + delay < this.deadline) {
+        this.retries += 1;
+        return { kind: "resend", delay };
+      }
+    }
+    return this.done(at, undefined, err);
+  }
+
+  onTimeout(at: number): Verdict {
+    this.breaker.recordFailure(at);
+    if (at >= this.deadline) {
+      return this.done(at, undefined, this.idempotent
+        ? wireError("timeout", `no reply in ${this.timeout}s (${this.attempts} attempts)`)
+        : wireError("outcome_unknown", `no reply in ${this.timeout}s; the request may or may not have run`));
+    }
+    if (!this.idempotent) return this.done(at, undefined, wireError("outcome_unknown", "no reply"));
+    if (this.timeoutRetries >= TIMEOUT_RETRIES) {
+      return this.done(at, undefined, wireError("timeout", `no reply in ${this.attempts} attempts; cancelled`));
+    }
+    this.retries += 1;
+    this.timeoutRetries += 1;
+    return { kind: "resend", delay: Math.min(this.settings.backoff.delay(this.retries - 1), Math.max(0, this.deadline - at)) };
+  }
+
+  /** The actor this was sent to is gone (section 10, early failure on a dead actor). */
+  onActorGone(at: number, oldEpoch: string | null, newEpoch: string | null): Verdict {
+    if (this.idempotent) return { kind: "resend", delay: 0 };
+    const detail: Record<string, unknown> = { old_epoch: oldEpoch, new_epoch: newEpoch };
+    const a = this.args as Record<string, unknown> | null;
+    if (SESSION_OPS.has(this.op) && a !== null && typeof a === "object" && typeof a.session === "string") {
+      detail.session = a.session;
+    }
+    return this.done(at, undefined, wireError("outcome_unknown",
+      `${this.actor} ${newEpoch === null ? "dropped its connection" : `restarted (epoch ${newEpoch})`} while ${this.op} was in flight; it may or may not have run`,
+      { detail }));
+  }
+
+  resend(at: number): Verdict {
+    if (!this.breaker.allow(at)) {
+      return this.done(at, undefined, this.lastError ?? wireError("circuit_open", `${this.actor}: breaker open`));
+    }
+    this.attempts += 1;
+    return { kind: "wait", until: this.attemptDeadline(at) };
+  }
+}
+
+/**
+ * One actor as the client knows it: the epoch it recorded, the generation (a drop or a new
+ * epoch each start one), and its calls in flight. Pure: the client tells it what happened and
+ * acts on the verdicts it gets back.
+ */
+export class ActorLink {
+  epoch: string | null = null;
+  generation = 0;
+  restartsSeen = 0;
+  readonly inFlight = new Map<number, CallPlan>();
+  private droppedSinceEpoch = false;
+
+  constructor(readonly actor: string, epoch: string | null = null) {
+    this.epoch = epoch;
+  }
+
+  /** A call goes out (or out again): it belongs to the current generation. */
+  sent(plan: CallPlan): void {
+    plan.generation = this.generation;
+    this.inFlight.set(plan.id, plan);
+  }
+
+  finished(plan: CallPlan): void {
+    this.inFlight.delete(plan.id);
+  }
+
+  /** The DEALER's monitor saw the connection drop. */
+  onDisconnect(at: number): [CallPlan, Verdict][] {
+    this.generation += 1;
+    this.droppedSinceEpoch = true;
+    return this.change(at, this.epoch, null);
+  }
+
+  /** A reply or hello carried `epoch`; a change ends (or resends) what was sent before it. */
+  onEpoch(epoch: string, at: number): [CallPlan, Verdict][] {
+    if (!epoch || epoch === this.epoch) return [];
+    const old = this.epoch;
+    this.epoch = epoch;
+    if (old === null) return [];
+    this.restartsSeen += 1;
+    if (this.droppedSinceEpoch) {
+      // The drop already ended what was sent before it; what was sent since goes to this one.
+      this.droppedSinceEpoch = false;
+      return [];
+    }
+    this.generation += 1;
+    return this.change(at, old, epoch);
+  }
+
+  private change(at: number, oldEpoch: string | null, newEpoch: string | null): [CallPlan, Verdict][] {
+    const out: [CallPlan, Verdict][] = [];
+    for (const plan of [...this.inFlight.values()]) {
+      if (plan.generation >= this.generation || plan.finished) continue;
+      const v = plan.onActorGone(at, oldEpoch, newEpoch);
+      if (v.kind === "done") this.inFlight.delete(plan.id);
+      out.push([plan, v]);
+    }
+    return out;
+  }
+}

@@ -1,0 +1,521 @@
+/**
+ * The client: one DEALER per actor carrying any number of concurrent calls, and SUB sockets
+ * for subscriptions (PROTOCOL.md section 2). Decisions live in calls.ts and streams.ts; this
+ * file moves frames and waits.
+ *
+ *   const client = new Client({ instance: "default" });
+ *   await client.hello("terminal");
+ *   const { session } = await client.call("terminal", "term.create", {}) as { session: string };
+ *   for await (const ev of client.subscribe("terminal", [`term.out.${session}`])) { ... }
+ */
+import { randomBytes } from "node:crypto";
+
+import { Dealer, Subscriber } from "zeromq";
+
+import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, now } from "./calls.js";
+import { endpointsOf, type Endpoints, runtimeDir, runtimeDirOfConnectionFile } from "./endpoints.js";
+import { type Reply, decodeReply, decodeStream } from "./envelope.js";
+import { DecodeError, MoorageError } from "./errors.js";
+import { HWM, MAX_MESSAGE_SIZE } from "./limits.js";
+import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
+import type { Value } from "./msgpack.js";
+import { Backoff, type BreakerState, CircuitBreaker } from "./recovery.js";
+import { type ReplayAnswer, type StreamEvent, StreamTracker } from "./streams.js";
+
+export interface ClientOptions {
+  /** The runtime directory itself (wins over everything, section 2). */
+  runtimeDir?: string;
+  /** An instance name (section 2's row 1). */
+  instance?: string;
+  sid?: string;
+  /** Whole call, all attempts, seconds. */
+  timeout?: number;
+  /** One attempt of an idempotent call before it is resent, seconds. */
+  attemptTimeout?: number;
+  backoff?: Backoff;
+  breakerThreshold?: number;
+  breakerCooldown?: number;
+  reconnectIvlMs?: number;
+  reconnectIvlMaxMs?: number;
+  idempotentOps?: Iterable<string>;
+  /** Ask each actor's sys.info which of its ops are idempotent (once, before it matters). */
+  learnOps?: boolean;
+  /** Push this client's latencies to the metrics actor as `client.<metricsName>`. */
+  metricsName?: string;
+  metricsInterval?: number;
+}
+
+export interface SubscribeOptions {
+  /** A new topic's first seq wanted (1: all that is retained); none: from now. */
+  fromSeq?: number;
+  /** The SUB's receive high-water mark (default 100000). */
+  receiveHighWaterMark?: number;
+}
+
+/** Of a call's time, the share that learning the actor's idempotent ops may take first. */
+const LEARN_SHARE = 0.5;
+
+type Item = { kind: "reply"; reply: Reply } | { kind: "undecodable"; error: DecodeError } | { kind: "verdict"; verdict: Verdict };
+
+/** One call's inbox: what its actor's connection hands it, awaited with a deadline (seconds
+ * on the `now()` clock). Deadlines are checked by the connection's one timer, not by a timer
+ * per wait: a timer per call costs more than the rest of a call's own work. */
+class Inbox {
+  private items: Item[] = [];
+  private waiter: ((item: Item | null) => void) | null = null;
+  until = Infinity;
+
+  push(item: Item): void {
+    if (this.waiter !== null) {
+      const w = this.waiter;
+      this.waiter = null;
+      w(item);
+    } else this.items.push(item);
+  }
+
+  get waiting(): boolean {
+    return this.waiter !== null;
+  }
+
+  /** The deadline passed: the waiting call hears null. */
+  expire(at: number): void {
+    if (this.waiter !== null && at >= this.until) {
+      const w = this.waiter;
+      this.waiter = null;
+      w(null);
+    }
+  }
+
+  next(until: number): Promise<Item | null> {
+    const item = this.items.shift();
+    if (item !== undefined) return Promise.resolve(item);
+    if (until <= now()) return Promise.resolve(null);
+    this.until = until;
+    return new Promise((resolve) => {
+      this.waiter = resolve;
+    });
+  }
+}
+
+class Conn {
+  readonly sock: Dealer;
+  readonly link: ActorLink;
+  readonly inboxes = new Map<number, Inbox>();
+  private sendingNow = false;
+  private readonly sendQueue: [Uint8Array[], () => void, (e: unknown) => void][] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private timerAt = Infinity;
+  private closed = false;
+
+  constructor(readonly client: Client, readonly actor: string) {
+    const o = client.options;
+    this.sock = new Dealer({
+      linger: 0,
+      reconnectInterval: o.reconnectIvlMs,
+      reconnectMaxInterval: o.reconnectIvlMaxMs,
+      maxMessageSize: MAX_MESSAGE_SIZE,
+      sendHighWaterMark: HWM,
+      receiveHighWaterMark: HWM,
+    });
+    this.link = new ActorLink(actor);
+    this.watch();
+    this.sock.connect(client.endpoints.rpc(actor));
+    void this.read();
+  }
+
+  /** Queue frames; zeromq.js takes one send at a time per socket, so they go in order. */
+  send(frames: Uint8Array[]): Promise<void> {
+    if (!this.sendingNow) {
+      this.sendingNow = true;
+      const p = this.sock.send(frames);
+      p.then(() => this.drainSends(), () => this.drainSends());
+      return p;
+    }
+    return new Promise((resolve, reject) => this.sendQueue.push([frames, resolve, reject]));
+  }
+
+  private drainSends(): void {
+    const next = this.sendQueue.shift();
+    if (next === undefined) {
+      this.sendingNow = false;
+      return;
+    }
+    const [frames, resolve, reject] = next;
+    this.sock.send(frames).then(resolve, reject).finally(() => this.drainSends());
+  }
+
+  /** A call waits until `until`: one timer per connection, armed for the earliest deadline
+   * (re-armed only when an earlier one comes), looks at them. */
+  waiting(until: number): void {
+    if (this.timer === null || until < this.timerAt) this.arm(until);
+  }
+
+  private arm(until: number): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timerAt = until;
+    this.timer = setTimeout(() => this.sweep(), Math.max(0, (until - now()) * 1000) + 1);
+    this.timer.unref();
+  }
+
+  private sweep(): void {
+    this.timer = null;
+    const at = now();
+    let next = Infinity;
+    for (const inbox of this.inboxes.values()) {
+      inbox.expire(at);
+      if (inbox.waiting && inbox.until < next) next = inbox.until;
+    }
+    if (next !== Infinity) this.arm(next);
+  }
+
+  private async read(): Promise<void> {
+    const sock = this.sock;
+    try {
+      for (;;) this.onFrames(await sock.receive());
+    } catch (e) {
+      if (!this.closed) throw e;
+    }
+  }
+
+  private onFrames(frames: Buffer[]): void {
+    let reply: Reply;
+    try {
+      reply = decodeReply(frames);
+    } catch (e) {
+      if (e instanceof DecodeError && e.requestId !== null) {
+        this.inboxes.get(e.requestId)?.push({ kind: "undecodable", error: e });
+      }
+      return;
+    }
+    const plan = reply.id === null ? undefined : this.link.inFlight.get(reply.id);
+    if (reply.epoch !== this.link.epoch) {
+      if (plan !== undefined) this.link.finished(plan); // its own reply: not a victim of the change
+      this.dispatch(this.link.onEpoch(reply.epoch, now()));
+      this.client.noteEpoch(this.actor, reply.epoch);
+    }
+    if (reply.id !== null) this.inboxes.get(reply.id)?.push({ kind: "reply", reply });
+  }
+
+  private watch(): void {
+    const events = this.sock.events;
+    events.on("disconnect", () => this.dispatch(this.link.onDisconnect(now())));
+  }
+
+  private dispatch(changes: [CallPlan, Verdict][]): void {
+    for (const [plan, verdict] of changes) this.inboxes.get(plan.id)?.push({ kind: "verdict", verdict });
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.sock.close();
+  }
+}
+
+/** A client of one tree. Any number of calls may be in flight; close() when done. */
+export class Client {
+  readonly options: Required<Omit<ClientOptions, "runtimeDir" | "instance" | "sid" | "metricsName" | "idempotentOps">> & {
+    metricsName: string | undefined;
+  };
+  readonly runtimeDir: string;
+  readonly endpoints: Endpoints;
+  readonly sid: string;
+  private readonly idempotentOps: Set<string>;
+  private readonly conns = new Map<string, Conn>();
+  private readonly breakers = new Map<string, CircuitBreaker>();
+  private readonly learned = new Map<string, Set<string>>();
+  private readonly epochs = new Map<string, string>();
+  private readonly restarts = new Map<string, number>();
+  private readonly subs = new Set<Subscription>();
+  private readonly latency: LatencyBook;
+  private readonly pusher: LatencyPusher | null = null;
+  private nextId = 1;
+
+  constructor(options: ClientOptions = {}) {
+    this.runtimeDir = options.runtimeDir ?? runtimeDir(options.instance);
+    this.endpoints = endpointsOf(this.runtimeDir);
+    this.sid = options.sid ?? `${process.pid}-${randomBytes(6).toString("hex")}`;
+    this.options = {
+      timeout: options.timeout ?? 5,
+      attemptTimeout: options.attemptTimeout ?? 1,
+      backoff: options.backoff ?? new Backoff(0.01, 2, 0.5, 0.2),
+      breakerThreshold: options.breakerThreshold ?? 5,
+      breakerCooldown: options.breakerCooldown ?? 0.5,
+      reconnectIvlMs: options.reconnectIvlMs ?? 5,
+      reconnectIvlMaxMs: options.reconnectIvlMaxMs ?? 0,
+      learnOps: options.learnOps ?? true,
+      metricsName: options.metricsName === undefined ? undefined : checkMetricsName(options.metricsName),
+      metricsInterval: options.metricsInterval ?? 1,
+    };
+    this.idempotentOps = new Set(options.idempotentOps ?? []);
+    this.latency = new LatencyBook(this.options.metricsName !== undefined);
+    if (this.options.metricsName !== undefined) {
+      this.pusher = new LatencyPusher(this.latency, this.endpoints.metricsIn(), this.options.metricsName, this.sid, this.options.metricsInterval);
+    }
+  }
+
+  /** A client of the tree a connection file (`tree.json`) describes. */
+  static fromConnectionFile(path: string, options: ClientOptions = {}): Client {
+    return new Client({ ...options, runtimeDir: runtimeDirOfConnectionFile(path) });
+  }
+
+  private conn(actor: string): Conn {
+    let c = this.conns.get(actor);
+    if (c === undefined) this.conns.set(actor, (c = new Conn(this, actor)));
+    return c;
+  }
+
+  private breaker(actor: string): CircuitBreaker {
+    let b = this.breakers.get(actor);
+    if (b === undefined) this.breakers.set(actor, (b = new CircuitBreaker(this.options.breakerThreshold, this.options.breakerCooldown)));
+    return b;
+  }
+
+  breakerState(actor: string): BreakerState {
+    return this.breaker(actor).current(now());
+  }
+
+  /** The epoch `actor` last answered with (section 8), or null. */
+  epoch(actor: string): string | null {
+    return this.epochs.get(actor) ?? null;
+  }
+
+  /** How many times this client saw `actor`'s epoch change (a restart). */
+  restartsSeen(actor: string): number {
+    return this.restarts.get(actor) ?? 0;
+  }
+
+  /** @internal */
+  noteEpoch(actor: string, epoch: string): void {
+    const old = this.epochs.get(actor);
+    if (!epoch || old === epoch) return;
+    if (old !== undefined) this.restarts.set(actor, (this.restarts.get(actor) ?? 0) + 1);
+    this.epochs.set(actor, epoch);
+  }
+
+  private isIdempotent(actor: string, op: string): boolean {
+    return BUILTIN_IDEMPOTENT.has(op) || this.idempotentOps.has(op) || (this.learned.get(actor)?.has(op) ?? false);
+  }
+
+  /** One call; the whole reply (body and attachments), or a MoorageError. */
+  async request(actor: string, op: string, args: unknown = null, options: CallOptions = {}): Promise<Reply> {
+    let timeout = options.timeout ?? this.options.timeout;
+    if (options.idempotent === undefined && this.options.learnOps && !this.learned.has(actor) && !BUILTIN_IDEMPOTENT.has(op) && !this.idempotentOps.has(op)) {
+      const t0 = now();
+      await this.learnOps(actor, LEARN_SHARE * timeout);
+      timeout = Math.max(0.001, timeout - (now() - t0));
+    }
+    const idempotent = options.idempotent ?? this.isIdempotent(actor, op);
+    const conn = this.conn(actor);
+    const id = options.id ?? this.nextId++;
+    const plan = new CallPlan(id, actor, op, args,  idempotent,
+      { sid: this.sid, timeout: this.options.timeout, attemptTimeout: this.options.attemptTimeout, backoff: this.options.backoff },
+      this.breaker(actor), (micros, ok) => this.latency.record(actor, op, micros, ok), timeout, options.attachments);
+    const inbox = new Inbox();
+    conn.inboxes.set(id, inbox);
+    try {
+      let v = plan.start(plan.started);
+      if (v.kind === "wait") {
+        conn.link.sent(plan);
+        await conn.send(plan.frames);
+      }
+      for (;;) {
+        if (v.kind === "done") {
+          if (v.error !== undefined) throw v.error;
+          return v.reply!;
+        }
+        if (v.kind === "resend") {
+          const delay = v.delay;
+          if (delay > 0) await new Promise((r) => setTimeout(r, delay * 1000));
+          v = plan.resend(now());
+          if (v.kind === "wait") {
+            conn.link.sent(plan);
+            await conn.send(plan.frames);
+          }
+          continue;
+        }
+        conn.waiting(v.until);
+        const item = await inbox.next(v.until);
+        if (item === null) v = plan.onTimeout(now());
+        else if (item.kind === "verdict") v = item.verdict;
+        else if (item.kind === "undecodable") v = plan.done(now(), undefined, item.error.error);
+        else v = plan.onReply(item.reply, now());
+      }
+    } finally {
+      conn.inboxes.delete(id);
+      conn.link.finished(plan);
+    }
+  }
+
+  /** One call; the reply's body, or a MoorageError. */
+  async call(actor: string, op: string, args: unknown = null, options: CallOptions = {}): Promise<Value> {
+    return (await this.request(actor, op, args, options)).body;
+  }
+
+  /** sys.hello: who answers, and its epoch (remembered; a new one is a restart). */
+  async hello(actor: string): Promise<{ actor: string; ep: string; proto: number; version: string; pid: number; max_msg: number }> {
+    const r = (await this.call(actor, "sys.hello", { client: `typescript ${this.sid}` })) as {
+      actor: string; ep: string; proto: number; version: string; pid: number; max_msg: number;
+    };
+    if (r.proto !== 1) throw new MoorageError({ code: 103, name: "unsupported_version", category: "network", severity: "critical", retryable: false, fallback_available: false, message: `${actor} speaks protocol ${r.proto}` }, actor, "sys.hello");
+    return r;
+  }
+
+  /** Ask `actor` which of its ops are idempotent; until it can say, none are (the safe side). */
+  async learnOps(actor: string, timeout?: number): Promise<ReadonlySet<string>> {
+    try {
+      const info = (await this.call(actor, "sys.info", null, { timeout: timeout ?? this.options.timeout })) as { ops?: Record<string, { idempotent?: boolean }> };
+      const ops = new Set(Object.entries(info?.ops ?? {}).filter(([, d]) => d && d.idempotent === true).map(([n]) => n));
+      this.learned.set(actor, ops);
+      return ops;
+    } catch (e) {
+      if (e instanceof MoorageError) return new Set();
+      throw e;
+    }
+  }
+
+  /** Subscribe to `topics` (prefixes; [""] for all) of `actor`; `fromSeq` 1 for all retained. */
+  subscribe(actor: string, topics: readonly string[] = [""], options: SubscribeOptions = {}): Subscription {
+    const sub = new Subscription(this, actor, topics.length ? topics : [""], options);
+    this.subs.add(sub);
+    return sub;
+  }
+
+  /** @internal */
+  forget(sub: Subscription): void {
+    this.subs.delete(sub);
+  }
+
+  /** End-to-end latency per (actor, op), microseconds, over this client's life. */
+  latencyReport(): LatencyRow[] {
+    return this.latency.report();
+  }
+
+  /** Push now what was recorded since the last push (with `metricsName`). */
+  async pushLatency(): Promise<number> {
+    return this.pusher === null ? 0 : this.pusher.pushNow();
+  }
+
+  async close(): Promise<void> {
+    for (const s of [...this.subs]) s.close();
+    for (const c of this.conns.values()) c.close();
+    this.conns.clear();
+    if (this.pusher !== null) await this.pusher.close();
+  }
+}
+
+/**
+ * Ordered, gap-repaired events of one actor's topics: messages, losses and resets (section
+ * 12), by `next()` or `for await`.
+ */
+export class Subscription implements AsyncIterable<StreamEvent> {
+  readonly tracker: StreamTracker;
+  private readonly sock: Subscriber;
+  private readonly ready: StreamEvent[] = [];
+  private pending: Promise<Buffer[]> | null = null;
+  private closed = false;
+
+  constructor(readonly client: Client, readonly actor: string, readonly topics: readonly string[], options: SubscribeOptions) {
+    const o = client.options;
+    this.sock = new Subscriber({
+      linger: 0,
+      reconnectInterval: o.reconnectIvlMs,
+      reconnectMaxInterval: o.reconnectIvlMaxMs,
+      maxMessageSize: MAX_MESSAGE_SIZE,
+      receiveHighWaterMark: options.receiveHighWaterMark ?? HWM,
+    });
+    for (const t of topics) this.sock.subscribe(t);
+    this.sock.connect(client.endpoints.pub(actor));
+    this.tracker = new StreamTracker(options.fromSeq ?? null, topics);
+  }
+
+  /** True once every subscribed prefix's round of welcomes has ended (section 12). */
+  get live(): boolean {
+    return this.topics.every((t) => this.tracker.live.has(t));
+  }
+
+  private async replay(topic: string, fromSeq: number): Promise<void> {
+    let need: { topic: string; fromSeq: number } | null = { topic, fromSeq };
+    while (need !== null) {
+      let reply: Reply;
+      try {
+        reply = await this.client.request(this.actor, "replay", { topic: need.topic, from_seq: need.fromSeq });
+      } catch (e) {
+        if (!(e instanceof MoorageError)) throw e;
+        this.ready.push(...this.tracker.onReplayFailed(need.topic));
+        return;
+      }
+      const [events, more] = this.tracker.onReplay(need.topic, reply.body as ReplayAnswer, reply.attachments);
+      this.ready.push(...events);
+      need = more;
+    }
+  }
+
+  /** The next event, or null when `timeout` seconds pass with none (null timeout: wait). */
+  async next(timeout: number | null = null): Promise<StreamEvent | null> {
+    const end = timeout === null ? null : now() + timeout;
+    while (this.ready.length === 0) {
+      if (this.closed) return null;
+      this.pending ??= this.sock.receive();
+      let frames: Buffer[] | null;
+      if (end === null) frames = await this.pending;
+      else {
+        let timer: NodeJS.Timeout | undefined;
+        frames = await Promise.race([
+          this.pending,
+          new Promise<null>((r) => (timer = setTimeout(() => r(null), Math.max(0, (end - now()) * 1000)))),
+        ]);
+        clearTimeout(timer);
+        if (frames === null) return null;
+      }
+      this.pending = null;
+      let msg;
+      try {
+        msg = decodeStream(frames);
+      } catch {
+        continue;
+      }
+      const [events, need] = this.tracker.onMessage(msg);
+      this.ready.push(...events);
+      if (need !== null) await this.replay(need.topic, need.fromSeq);
+    }
+    return this.ready.shift()!;
+  }
+
+  /** Ask for what may have been lost at the end of a burst (the stream went quiet): the
+   * events, if any, come from `next()` (section 12, "Tail loss"). */
+  async catchUp(): Promise<void> {
+    for (const need of this.tracker.catchUp()) await this.replay(need.topic, need.fromSeq);
+  }
+
+  /** Until every prefix is live (its welcomes arrived), handing on the events meanwhile. */
+  async untilLive(timeout: number): Promise<StreamEvent[]> {
+    const end = now() + timeout;
+    const early: StreamEvent[] = [];
+    while (!this.live) {
+      const left = end - now();
+      if (left <= 0) throw new MoorageError({ code: 200, name: "timeout", category: "timeout", severity: "recoverable", retryable: true, fallback_available: false, message: `${this.actor}: subscription not live in ${timeout}s` }, this.actor, "subscribe");
+      const ev = await this.next(Math.min(left, 0.05));
+      if (ev !== null) early.push(ev);
+    }
+    this.ready.unshift(...early);
+    return early;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<StreamEvent> {
+    for (;;) {
+      const ev = await this.next();
+      if (ev === null) return;
+      yield ev;
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    // A receive still waiting ends with the socket: nobody wants its answer now.
+    this.pending?.catch(() => undefined);
+    this.sock.close();
+    this.client.forget(this);
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * The error taxonomy (PROTOCOL.md section 6): every failure a caller sees is a MoorageError
+ * carrying a classified WireError, whether an actor answered it or the client decided it
+ * (a timeout, an open breaker, an actor that died mid-call).
+ */
+
+export interface ErrorKind {
+  code: number;
+  name: string;
+  category: string;
+  severity: string;
+  retryable: boolean;
+  fallbackAvailable: boolean;
+  summary: string;
+}
+
+// code, name, category, severity, retryable, fallback_available, summary (section 6's table;
+// a test keeps the two identical).
+const TABLE: [number, string, string, string, boolean, boolean, string][] = [
+  [100, "bad_request", "network", "warning", false, false, "malformed frame or header"],
+  [101, "unknown_op", "network", "warning", false, false, "the actor has no such op"],
+  [102, "bad_args", "network", "warning", false, false, "arguments missing or of wrong type"],
+  [103, "unsupported_version", "network", "critical", false, false, "unknown protocol tag"],
+  [104, "message_too_large", "network", "warning", false, false, "over a decoding limit"],
+  [110, "unavailable", "network", "recoverable", true, true, "actor not answering"],
+  [111, "circuit_open", "network", "recoverable", true, true, "breaker open for this actor"],
+  [112, "outcome_unknown", "network", "critical", false, false, "may or may not have run"],
+  [113, "unknown_actor", "network", "warning", false, false, "no such actor in the tree"],
+  [114, "stopping", "network", "recoverable", true, false, "the actor is shutting down"],
+  [200, "timeout", "timeout", "recoverable", true, false, "no reply before the deadline"],
+  [201, "deadline_expired", "timeout", "recoverable", true, false, "expired; not run"],
+  [300, "busy", "resource", "recoverable", true, true, "queue full or load shed; retry"],
+  [301, "resource_exhausted", "resource", "critical", false, true, "a hard limit was hit"],
+  [400, "not_found", "filesystem", "critical", false, false, "no such file or directory"],
+  [401, "forbidden", "filesystem", "critical", false, false, "permission or confinement"],
+  [402, "is_directory", "filesystem", "critical", false, false, "a directory, not a file"],
+  [403, "no_space", "filesystem", "critical", false, false, "the device is full"],
+  [404, "file_too_large", "filesystem", "critical", false, false, "page the read"],
+  [405, "conflict", "filesystem", "critical", false, false, "changed since the caller saw it"],
+  [406, "io_error", "filesystem", "recoverable", true, true, "transient I/O failure"],
+  [407, "not_a_directory", "filesystem", "critical", false, false, "a file, not a dir"],
+  [408, "watch_not_found", "filesystem", "warning", false, false, "no such watch"],
+  [500, "session_not_found", "terminal", "warning", false, false, "no such session"],
+  [501, "pty_failed", "terminal", "critical", true, true, "could not create a PTY"],
+  [502, "shell_exited", "terminal", "critical", true, true, "the session's shell is gone"],
+  [503, "exec_failed", "terminal", "recoverable", true, true, "command did not complete"],
+  [504, "session_busy", "terminal", "recoverable", true, false, "a command is running"],
+  [600, "parse_error", "parser", "recoverable", false, true, "input could not be parsed"],
+  [601, "stream_not_found", "parser", "warning", false, false, "no such parser stream"],
+  [602, "buffer_overflow", "parser", "critical", false, true, "partial buffer over cap"],
+  [603, "stream_gap", "parser", "warning", false, false, "offset skips ahead"],
+  [700, "cancelled", "user_cancelled", "info", false, false, "cancelled by the caller"],
+  [900, "internal", "network", "critical", false, false, "a handler raised; bug report"],
+];
+
+export const KINDS: ReadonlyMap<string, ErrorKind> = new Map(
+  TABLE.map(([code, name, category, severity, retryable, fallbackAvailable, summary]) => [
+    name,
+    { code, name, category, severity, retryable, fallbackAvailable, summary },
+  ]),
+);
+export const BY_CODE: ReadonlyMap<number, ErrorKind> = new Map([...KINDS.values()].map((k) => [k.code, k]));
+
+/** An error as it travels (section 6): the code's classification plus this instance's message. */
+export interface WireError {
+  code: number;
+  name: string;
+  category: string;
+  severity: string;
+  retryable: boolean;
+  fallback_available: boolean;
+  message: string;
+  detail?: unknown;
+  retry_after_ms?: number;
+}
+
+export function wireError(
+  name: string,
+  message = "",
+  extra: { detail?: unknown; retry_after_ms?: number; category?: string } = {},
+): WireError {
+  const k = KINDS.get(name);
+  if (k === undefined) throw new Error(`unknown error name ${name}`);
+  const e: WireError = {
+    code: k.code,
+    name: k.name,
+    category: extra.category ?? k.category,
+    severity: k.severity,
+    retryable: k.retryable,
+    fallback_available: k.fallbackAvailable,
+    message: message || k.summary,
+  };
+  if (extra.detail !== undefined && extra.detail !== null) e.detail = extra.detail;
+  if (extra.retry_after_ms !== undefined) e.retry_after_ms = extra.retry_after_ms;
+  return e;
+}
+
+/** Read an error body; garbage from a peer still yields a classified error (section 6). */
+export function fromWire(body: unknown): WireError {
+  if (typeof body !== "object" || body === null || Array.isArray(body) || body instanceof Uint8Array) {
+    return wireError("bad_request", `malformed error body`);
+  }
+  const b = body as Record<string, unknown>;
+  if (typeof b.code !== "number" || !Number.isInteger(b.code)) {
+    return wireError("bad_request", `malformed error body: code is not an int`);
+  }
+  const known = BY_CODE.get(b.code);
+  const base = wireError(known ? known.name : "internal");
+  const pick = <T>(key: string, type: string, dflt: T): T => (typeof b[key] === type ? (b[key] as T) : dflt);
+  const e: WireError = {
+    code: b.code,
+    name: pick("name", "string", base.name),
+    category: pick("category", "string", base.category),
+    severity: pick("severity", "string", base.severity),
+    retryable: pick("retryable", "boolean", base.retryable),
+    fallback_available: pick("fallback_available", "boolean", base.fallback_available),
+    message: pick("message", "string", ""),
+  };
+  if (b.detail !== undefined && b.detail !== null) e.detail = b.detail;
+  if (typeof b.retry_after_ms === "number" && Number.isInteger(b.retry_after_ms)) e.retry_after_ms = b.retry_after_ms;
+  return e;
+}
+
+/** The error body as the reference encoder orders its keys (section 17). */
+export function toWire(e: WireError): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    code: e.code,
+    name: e.name,
+    category: e.category,
+    severity: e.severity,
+    retryable: e.retryable,
+    fallback_available: e.fallback_available,
+    message: e.message,
+  };
+  if (e.detail !== undefined && e.detail !== null) out.detail = e.detail;
+  if (e.retry_after_ms !== undefined) out.retry_after_ms = e.retry_after_ms;
+  return out;
+}
+
+/**
+ * Thrown for every failed call: an error reply, or one the client decided. `error` is what
+ * travels (act on its category, severity, retryable and fallback_available, section 6).
+ */
+export class MoorageError extends Error {
+  override readonly name = "MoorageError";
+  constructor(
+    readonly error: WireError,
+    readonly actor = "",
+    readonly op = "",
+    readonly attempts = 1,
+  ) {
+    super(`${op ? `${actor}:${op} ` : ""}${error.name} (${error.code}): ${error.message}`);
+  }
+  get code(): number {
+    return this.error.code;
+  }
+  get errorName(): string {
+    return this.error.name;
+  }
+  get retryable(): boolean {
+    return this.error.retryable;
+  }
+  get detail(): unknown {
+    return this.error.detail;
+  }
+}
+
+/** A frame that cannot be taken; `requestId` is the id the error reply echoes (or null). */
+export class DecodeError extends Error {
+  override readonly name = "DecodeError";
+  constructor(
+    readonly error: WireError,
+    readonly requestId: number | null = null,
+  ) {
+    super(`${error.name}: ${error.message}`);
+  }
+}

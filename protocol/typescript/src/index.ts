@@ -1,0 +1,18 @@
+/**
+ * moorage-client: a client of a moorage process tree (protocol/PROTOCOL.md), for Node 18+.
+ *
+ * Layout: msgpack.ts (the strict codec), envelope.ts (frames), errors.ts and recovery.ts (the
+ * taxonomy, the matrix, back-off, breaker), calls.ts (every decision of a call), streams.ts
+ * (every decision of a subscription), histogram.ts and latency.ts (latency recording and
+ * pushing), endpoints.ts (the runtime directory), client.ts (sockets and waiting).
+ */
+export { Client, Subscription, type ClientOptions, type SubscribeOptions } from "./client.js";
+export { ActorLink, CallPlan, type CallOptions, type Verdict } from "./calls.js";
+export * as envelope from "./envelope.js";
+export type { Reply, Request, StreamMessage } from "./envelope.js";
+export { DecodeError, MoorageError, type WireError, KINDS, BY_CODE, fromWire, wireError } from "./errors.js";
+export { CodecError, Float64, decode, encode, type Value } from "./msgpack.js";
+export { Backoff, CircuitBreaker, MATRIX, maxRetriesFor, type BreakerState } from "./recovery.js";
+export { StreamTracker, type Loss, type Message, type Reset, type StreamEvent } from "./streams.js";
+export { Recorder } from "./histogram.js";
+export { runtimeDir, endpointsOf } from "./endpoints.js";

@@ -1,0 +1,157 @@
+/**
+ * End-to-end latency per (actor, op) as this client sees it, optionally pushed to the metrics
+ * actor (PROTOCOL.md section 2, "A client's own latency"): header {actor: client.<name>, pid,
+ * ep: sid}, ops named `<actor>/<op>`.
+ */
+import { Push } from "zeromq";
+
+import { TAG } from "./envelope.js";
+import { Recorder } from "./histogram.js";
+import { MAX_OP_LEN } from "./limits.js";
+import { encode } from "./msgpack.js";
+
+export const MAX_NAME = 100;
+export const MAX_OPS_PER_PUSH = 1000;
+
+export interface Counts {
+  ok: number;
+  error: number;
+  times: Recorder;
+}
+
+function fresh(): Counts {
+  return { ok: 0, error: 0, times: new Recorder() };
+}
+
+export function checkMetricsName(name: unknown): string {
+  if (typeof name !== "string" || name.length === 0 || name.length > MAX_NAME || /[\x00-\x1f\x7f]/.test(name)) {
+    throw new Error(`metricsName must be 1 to ${MAX_NAME} printable characters`);
+  }
+  return name;
+}
+
+export interface LatencyRow {
+  actor: string;
+  op: string;
+  ok: number;
+  error: number;
+  count: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  max: number;
+}
+
+export class LatencyBook {
+  private readonly life = new Map<string, Counts>();
+  private pending = new Map<string, Counts>();
+
+  constructor(readonly pushing: boolean) {}
+
+  record(actor: string, op: string, micros: number, ok: boolean): void {
+    const key = `${actor}\u0000${op}`;
+    for (const table of this.pushing ? [this.life, this.pending] : [this.life]) {
+      let c = table.get(key);
+      if (c === undefined) table.set(key, (c = fresh()));
+      if (ok) c.ok += 1;
+      else c.error += 1;
+      c.times.record(micros);
+    }
+  }
+
+  report(): LatencyRow[] {
+    return [...this.life.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([key, c]) => {
+      const [actor, op] = key.split("\u0000");
+      return { actor, op, ok: c.ok, error: c.error, ...c.times.summary() };
+    });
+  }
+
+  /** What ended since the last take, merged by pushed op name `<actor>/<op>` (cut to 64). */
+  take(): [string, Counts][] {
+    const merged = new Map<string, Counts>();
+    for (const [key, c] of this.pending) {
+      const [actor, op] = key.split("\u0000");
+      const name = `${actor}/${op}`.slice(0, MAX_OP_LEN);
+      const m = merged.get(name);
+      if (m === undefined) merged.set(name, c);
+      else {
+        m.ok += c.ok;
+        m.error += c.error;
+        m.times.add(c.times);
+      }
+    }
+    this.pending = new Map();
+    return [...merged.entries()];
+  }
+
+  /** Counts that could not leave go with the next push. */
+  putBack(name: string, c: Counts): void {
+    const slash = name.indexOf("/");
+    const key = `${name.slice(0, slash)}\u0000${name.slice(slash + 1)}`;
+    const mine = this.pending.get(key);
+    if (mine === undefined) this.pending.set(key, c);
+    else {
+      mine.ok += c.ok;
+      mine.error += c.error;
+      mine.times.add(c.times);
+    }
+  }
+}
+
+/** Pushes the book's pending counts to `metrics.in` every `interval` seconds (a timer, unref'd). */
+export class LatencyPusher {
+  private readonly sock: Push;
+  private readonly header: Uint8Array;
+  private readonly timer: NodeJS.Timeout;
+  sent = 0;
+  deferred = 0;
+
+  constructor(readonly book: LatencyBook, endpoint: string, name: string, sid: string, interval: number) {
+    this.sock = new Push({ linger: 250, sendHighWaterMark: 100 });
+    this.sock.connect(endpoint);
+    this.header = encode({ actor: `client.${checkMetricsName(name)}`, pid: process.pid, ep: sid });
+    this.timer = setInterval(() => void this.pushNow(), interval * 1000);
+    this.timer.unref();
+  }
+
+  private sending: Promise<unknown> | null = null;
+
+  /** Send what is pending; the number of messages handed to ZeroMQ. A push that cannot leave
+   * at once (the metrics actor away, its queue full) waits in ZeroMQ's queue, and what is
+   * recorded meanwhile goes with the next push. */
+  async pushNow(): Promise<number> {
+    if (this.sending !== null) return 0;
+    const groups = this.book.take();
+    let sent = 0;
+    for (let i = 0; i < groups.length; i += MAX_OPS_PER_PUSH) {
+      const chunk = groups.slice(i, i + MAX_OPS_PER_PUSH);
+      const body: Record<string, { ok: number; error: number; hist: Uint8Array }> = {};
+      for (const [name, c] of chunk) body[name] = { ok: c.ok, error: c.error, hist: c.times.encode() };
+      const send = this.sock.send([TAG, this.header, encode(body)]);
+      this.sending = send;
+      const left = await Promise.race([
+        send.then(() => false, () => false),
+        new Promise<boolean>((r) => setTimeout(() => r(true), 50).unref()),
+      ]);
+      if (left) {
+        this.deferred += 1;
+        void send.finally(() => {
+          this.sending = null;
+        });
+        for (const [name, c] of groups.slice(i + MAX_OPS_PER_PUSH)) this.book.putBack(name, c);
+        break;
+      }
+      this.sending = null;
+      sent += 1;
+    }
+    this.sent += sent;
+    return sent;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await this.pushNow();
+    this.sock.close();
+  }
+}

@@ -1,0 +1,10 @@
+/** Decoding limits (PROTOCOL.md section 15). */
+export const MAX_MESSAGE_SIZE = 64 * 1024 * 1024;
+export const MAX_HEADER_SIZE = 4096;
+export const MAX_BODY_SIZE = 16 * 1024 * 1024;
+export const MAX_ATTACHMENTS = 16;
+export const MAX_DEPTH = 32;
+export const MAX_OP_LEN = 64;
+export const MAX_SID_LEN = 128;
+export const MAX_ID = Number.MAX_SAFE_INTEGER;
+export const HWM = 100_000;

@@ -1,0 +1,280 @@
+/**
+ * Stream bookkeeping (PROTOCOL.md section 12), pure: order, gaps, welcomes, replay, loss,
+ * resets, and the byte-offset rule of `term.out.*`. The subscription feeds it messages and
+ * replay answers; it answers with events to deliver and the replay to ask for next. A port of
+ * the Python client's tracker, held to the same scenarios (protocol/vectors/client.json).
+ */
+import type { StreamMessage } from "./envelope.js";
+import type { Value } from "./msgpack.js";
+
+/** Messages `first`..`last` of `topic` were published but can no longer be had. */
+export interface Loss {
+  kind: "loss";
+  topic: string;
+  first: number;
+  last: number;
+  epoch: string;
+}
+
+/** The publisher restarted: `topic` continues in `newEpoch` from seq 1. */
+export interface Reset {
+  kind: "reset";
+  topic: string;
+  oldEpoch: string;
+  newEpoch: string;
+}
+
+export interface Message extends StreamMessage {
+  kind: "message";
+}
+
+export type StreamEvent = Message | Loss | Reset;
+
+export interface NeedReplay {
+  topic: string;
+  fromSeq: number;
+}
+
+/** Topics whose messages carry `{offset}` and bytes as attachment 0: de-duplicated by offset. */
+export const OFFSET_TOPIC_PREFIX = "term.out.";
+
+interface TopicState {
+  epoch: string | null;
+  last: number;
+  superseded: Set<string>;
+  successor: string | null;
+}
+
+type Step = [StreamEvent[], NeedReplay | null];
+
+export interface ReplayAnswer {
+  epoch?: string;
+  first_seq?: number;
+  last_seq?: number;
+  messages?: [number, Value, number][];
+  lost?: [number, number] | null;
+  more?: boolean;
+}
+
+function asMessage(m: StreamMessage): Message {
+  return { kind: "message", topic: m.topic, seq: m.seq, epoch: m.epoch, body: m.body, attachments: m.attachments, welcome: m.welcome };
+}
+
+export class StreamTracker {
+  readonly prefixes: ReadonlySet<string>;
+  readonly live = new Set<string>();
+  readonly topics = new Map<string, TopicState>();
+  readonly replaying = new Set<string>();
+  readonly held = new Map<string, StreamMessage[]>();
+  readonly nextOffset = new Map<string, number>();
+  /** Replays asked for (gaps, welcomes past what was seen): a subscription's record. */
+  replaysAsked = 0;
+
+  /** `fromSeq`: a new topic's start (1: all that is retained); `prefixes`: the subscribed ones. */
+  constructor(
+    readonly fromSeq: number | null = null,
+    prefixes: readonly string[] | null = null,
+  ) {
+    this.prefixes = new Set(prefixes ?? []);
+  }
+
+  onMessage(msg: StreamMessage): Step {
+    const [events, need] = this.message(msg);
+    if (need) this.replaysAsked += 1;
+    return [this.dedup(events), need];
+  }
+
+  onReplay(topic: string, answer: ReplayAnswer, attachments: Uint8Array[]): Step {
+    const [events, need] = this.replay(topic, answer, attachments);
+    if (need) this.replaysAsked += 1;
+    return [this.dedup(events), need];
+  }
+
+  onReplayFailed(topic: string): StreamEvent[] {
+    return this.dedup(this.replayFailed(topic));
+  }
+
+  private isLive(topic: string): boolean {
+    for (const p of this.live) if (topic.startsWith(p)) return true;
+    return false;
+  }
+
+  private message(msg: StreamMessage): Step {
+    if (msg.welcome) {
+      const out = this.welcome(msg);
+      if (this.prefixes.has(msg.topic)) this.live.add(msg.topic);
+      return out;
+    }
+    if (this.replaying.has(msg.topic)) {
+      this.held.get(msg.topic)!.push(msg);
+      return [[], null];
+    }
+    const st = this.topics.get(msg.topic);
+    const out: StreamEvent[] = [];
+    if (st === undefined) {
+      const start = this.isLive(msg.topic) ? 1 : this.fromSeq;
+      if (start !== null && msg.seq > start) {
+        this.topics.set(msg.topic, this.state(msg.epoch, start - 1));
+        return this.ask(msg);
+      }
+      this.topics.set(msg.topic, this.state(msg.epoch, msg.seq));
+      return [[asMessage(msg)], null];
+    }
+    if (!this.adoptEpoch(st, msg, out)) return [[], null];
+    if (msg.seq <= st.last) return [out, null];
+    if (msg.seq === st.last + 1) {
+      st.last = msg.seq;
+      out.push(asMessage(msg));
+      return [out, null];
+    }
+    if (st.successor !== null) {
+      out.push({ kind: "loss", topic: msg.topic, first: st.last + 1, last: msg.seq - 1, epoch: msg.epoch }, asMessage(msg));
+      st.last = msg.seq;
+      return [out, null];
+    }
+    const [events, need] = this.ask(msg);
+    return [[...out, ...events], need];
+  }
+
+  private state(epoch: string | null, last: number): TopicState {
+    return { epoch, last, superseded: new Set(), successor: null };
+  }
+
+  private welcome(msg: StreamMessage): Step {
+    if (this.replaying.has(msg.topic)) return [[], null];
+    let st = this.topics.get(msg.topic);
+    if (st === undefined) {
+      let start: number;
+      if (this.isLive(msg.topic)) start = 1;
+      else if (this.fromSeq !== null) start = this.fromSeq;
+      else {
+        this.topics.set(msg.topic, this.state(msg.epoch, msg.seq)); // "from now": starts here
+        return [[], null];
+      }
+      st = this.state(msg.epoch, Math.max(start - 1, 0));
+      this.topics.set(msg.topic, st);
+      if (msg.seq < start) return [[], null];
+    }
+    const out: StreamEvent[] = [];
+    if (!this.adoptEpoch(st, msg, out)) return [[], null];
+    if (msg.seq <= st.last) return [out, null];
+    this.replaying.add(msg.topic);
+    this.held.set(msg.topic, []);
+    return [out, { topic: msg.topic, fromSeq: st.last + 1 }];
+  }
+
+  private adoptEpoch(st: TopicState, msg: StreamMessage, out: StreamEvent[]): boolean {
+    if (st.superseded.has(msg.epoch)) return false;
+    if (st.epoch === null) st.epoch = msg.epoch;
+    else if (msg.epoch !== st.epoch) {
+      out.push({ kind: "reset", topic: msg.topic, oldEpoch: st.epoch, newEpoch: msg.epoch });
+      st.superseded.add(st.epoch);
+      st.epoch = msg.epoch;
+      st.last = 0;
+      st.successor = null;
+    }
+    return true;
+  }
+
+  private ask(msg: StreamMessage): Step {
+    const st = this.topics.get(msg.topic)!;
+    this.replaying.add(msg.topic);
+    this.held.set(msg.topic, [msg]);
+    return [[], { topic: msg.topic, fromSeq: st.last + 1 }];
+  }
+
+  private replay(topic: string, answer: ReplayAnswer, attachments: Uint8Array[]): Step {
+    const st = this.topics.get(topic)!;
+    const out: StreamEvent[] = [];
+    const epoch = typeof answer.epoch === "string" ? answer.epoch : (st.epoch ?? "");
+    if (st.epoch === null) st.epoch = epoch;
+    else if (epoch !== st.epoch) {
+      st.successor = epoch;
+      return [this.replayFailed(topic), null];
+    }
+    const lost = answer.lost;
+    if (lost && lost[1] > st.last) {
+      out.push({ kind: "loss", topic, first: Math.max(lost[0], st.last + 1), last: lost[1], epoch });
+      st.last = lost[1];
+    }
+    let i = 0;
+    for (const [seq, body, n] of answer.messages ?? []) {
+      const atts = attachments.slice(i, i + n);
+      i += n;
+      if (seq === st.last + 1) {
+        st.last = seq;
+        out.push({ kind: "message", topic, seq, epoch, body, attachments: atts, welcome: false });
+      }
+    }
+    if (answer.more) return [out, { topic, fromSeq: st.last + 1 }];
+    this.replaying.delete(topic);
+    const held = (this.held.get(topic) ?? []).sort((a, b) => a.seq - b.seq);
+    this.held.delete(topic);
+    for (let k = 0; k < held.length; k++) {
+      const [events, need] = this.message(held[k]);
+      out.push(...events);
+      if (need !== null) {
+        this.held.get(topic)!.push(...held.slice(k + 1));
+        return [out, need];
+      }
+    }
+    return [out, null];
+  }
+
+  private replayFailed(topic: string): StreamEvent[] {
+    const st = this.topics.get(topic)!;
+    const held = (this.held.get(topic) ?? []).sort((a, b) => a.seq - b.seq);
+    this.held.delete(topic);
+    this.replaying.delete(topic);
+    const out: StreamEvent[] = [];
+    if (held.length > 0 && (held[0].epoch === st.epoch) && held[0].seq > st.last + 1) {
+      out.push({ kind: "loss", topic, first: st.last + 1, last: held[0].seq - 1, epoch: st.epoch ?? "" });
+      st.last = held[0].seq - 1;
+    }
+    for (const m of held) out.push(...this.message(m)[0]);
+    return out;
+  }
+
+  /** Replays that would reveal a lost tail (section 12, "Tail loss"): for every topic seen and
+   * not being replayed already, from the seq after the last delivered. */
+  catchUp(): NeedReplay[] {
+    const needs: NeedReplay[] = [];
+    for (const [topic, st] of this.topics) {
+      if (this.replaying.has(topic) || st.epoch === null || st.successor !== null) continue;
+      this.replaying.add(topic);
+      if (!this.held.has(topic)) this.held.set(topic, []);
+      needs.push({ topic, fromSeq: st.last + 1 });
+    }
+    this.replaysAsked += needs.length;
+    return needs;
+  }
+
+  /** `term.out.*`: drop bytes already delivered, trim a message straddling the next offset. */
+  private dedup(events: StreamEvent[]): StreamEvent[] {
+    const out: StreamEvent[] = [];
+    for (const ev of events) {
+      if (ev.kind !== "message" || !ev.topic.startsWith(OFFSET_TOPIC_PREFIX) || ev.attachments.length === 0) {
+        out.push(ev);
+        continue;
+      }
+      const body = ev.body as Record<string, Value> | null;
+      const off = body !== null && typeof body === "object" && !Array.isArray(body) ? body.offset : undefined;
+      if (typeof off !== "number") {
+        out.push(ev);
+        continue;
+      }
+      const data = ev.attachments[0];
+      const end = off + data.length;
+      const expected = this.nextOffset.get(ev.topic);
+      if (expected !== undefined && off < expected) {
+        if (end <= expected) continue;
+        const cut = expected - off;
+        out.push({ ...ev, body: { ...body, offset: expected }, attachments: [data.subarray(cut), ...ev.attachments.slice(1)] });
+      } else {
+        out.push(ev);
+      }
+      this.nextOffset.set(ev.topic, Math.max(end, expected ?? 0));
+    }
+    return out;
+  }
+}
