@@ -55,7 +55,10 @@ class ControlOps:
         me = {"id": self.sup.name, "strategy": str(self.sup.spec.strategy), "pid": os.getpid(),
               "intensity": self.sup.spec.intensity, "period_s": self.sup.spec.period_s,
               "shedding": self.sup.shedding,
+              "runtime_dir": str(self.sup.runtime_dir),
               "children": [self.sup.children[c].describe(now) for c in self.sup.order]}
+        if self.sup.lifecycle is not None:
+            me["lifecycle"] = self.sup.lifecycle.describe()
         nested = [c for c in me["children"] if c["type"] == "supervisor" and
                   c["state"] == ChildState.RUNNING]
         if not nested:

@@ -1,4 +1,5 @@
-"""What a supervisor's components (control ops, shedding, the event relay) need of it.
+"""What a supervisor's components (control ops, shedding, the event relay, the root's
+lifecycle) need of it.
 
 The Supervisor actor (supervisor.py) owns the children, the job queue and the life cycle; its
 components reach that state through this interface and nothing else.
@@ -17,7 +18,14 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.streams import Publisher
     from moorage.supervisor.children import Child
     from moorage.supervisor.overrides import Overrides
+    from moorage.supervisor.sdnotify import Notifier
     from moorage.supervisor.spec import SupervisorSpec
+
+
+class LifecycleView(Protocol):
+    """The root's lifecycle component (lifecycle.py), as the control ops see it."""
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class SupervisorHost(Protocol):
@@ -34,6 +42,10 @@ class SupervisorHost(Protocol):
     order: list[str]
     jobs: deque[tuple[str, Child]]
     shedding: bool
+    epoch: str
+    shutting_down: bool
+    notify: Notifier | None
+    lifecycle: LifecycleView | None  # the root's life beside an editor (lifecycle.py)
 
     def next_job(self) -> None: ...
     def stop(self) -> None: ...

@@ -35,11 +35,19 @@ import traceback
 from collections.abc import Callable, Iterable
 
 import msgpack
+import setproctitle
 
 from moorage.actors.runtime.beat import BeatBoard, install
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
+INSTANCE_ENV = "MOORAGE_INSTANCE"  # set by the root for every process of its tree
+
+
+def set_title(role: str) -> None:
+    """`moorage[<instance>]: <role>` in ps and top, so the tree's processes tell apart (they
+    are all the same interpreter running the same script otherwise)."""
+    setproctitle.setproctitle(f"moorage[{os.environ.get(INSTANCE_ENV, '?')}]: {role}")
 
 
 def die_with_parent(expected_parent: int, sig: int = signal.SIGKILL) -> None:
@@ -101,9 +109,11 @@ class ZygoteHandle:
             os.waitpid(self.pid, 0)
 
 
-def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> ZygoteHandle:
-    """Fork the zygote. Must be called before this process starts any thread. `close_fds`
-    are the supervisor's own (its instance lock) that children must not hold."""
+def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
+                 owner: str = "") -> ZygoteHandle:
+    """Fork the zygote of supervisor `owner`. Must be called before this process starts any
+    thread. `close_fds` are the supervisor's own (its instance lock, the ready line's pipe)
+    that children must not hold."""
     parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     beats = BeatBoard()
     gc.freeze()  # shared with the zygote and its children from here: see _Zygote.__init__
@@ -116,6 +126,7 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> 
             for fd in close_fds:
                 os.close(fd)
             die_with_parent(parent)
+            set_title(f"zygote {owner}".rstrip())
             _Zygote(zygote_end, list(preload), beats).run()
         except BaseException:
             traceback.print_exc()

@@ -46,7 +46,8 @@ class HttpTree(Tree):
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moorage.supervisor.cli",
                  "--instance-dir", str(self.runtime_dir),
-                 "up", "--config", str(self.config_path), "--metrics-http", self.listen],
+                 "up", "--config", str(self.config_path), "--metrics-http", self.listen,
+                 "--allow-external-actors"],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                 start_new_session=True)
         self.events = self.client.subscribe("supervisor", ["sup.event"], from_seq=1)

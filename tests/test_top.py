@@ -145,10 +145,10 @@ def restarts_of(text: str, cid: str) -> int | None:
 # --- one frame -----------------------------------------------------------------------------------
 
 
-def test_top_without_a_tree_says_so_and_exits_2(runtime_dir):
+def test_top_without_a_tree_says_so_and_exits_4(runtime_dir):
     out = subprocess.run(top_argv(runtime_dir, "--once"), capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
-    assert out.returncode == 2
+    assert out.returncode == 4
     assert "no moorage tree is running" in out.stderr and out.stdout == ""
 
 
@@ -232,5 +232,5 @@ def test_top_leaves_with_a_clear_message_when_the_tree_stops(make_tree, screen):
     screen.wait(lambda t: restarts_of(t, "alpha") == 0, "the tree")
     with Client(tree.runtime_dir, timeout=10.0) as c:
         c.call("supervisor", "sup.stop")
-    assert screen.wait_exit() == 2
+    assert screen.wait_exit() == 4
     assert "moorage: the tree in" in screen.history()

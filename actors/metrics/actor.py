@@ -21,7 +21,7 @@ recent figures, not the SLO record.
 Config (all optional): window_s 60, bucket_s 1, max_keys 2000, alert_history 100,
 alert_min_samples 20, alert_failure_rate 0.10, alert_latency_factor 2.0, alert_clear_ratio 0.8,
 targets {op: [p50_us, p99_us, p999_us]}, supervisor "supervisor" (whose events are followed),
-slo_file "metrics-slo.msgpack" (in the runtime dir), slo_save_s 5, probe_timeout_s 5,
+slo_file "metrics-slo.msgpack" (in the state dir), slo_save_s 5, probe_timeout_s 5,
 rto_s {child: s} (default terminal and ptykeeper 1, others `rto_default_s` 5),
 slo {availability 0.999, error_rate 0.001, p99_us 100000, recovery_s 5}. A config that cannot
 work fails the start.
@@ -52,7 +52,8 @@ actor's own figures also go into minute and hour buckets for the 1 h, 24 h and 3
 with the loss counters of each push header; the root supervisor's `sup.event` stream is
 followed (from seq 1, skipping what the saved cursor says was taken) to time each recovery
 from the exit the supervisor saw to the successor's first good reply. It is saved to
-`<runtime_dir>/<slo_file>` every `slo_save_s` when it changed and when the actor stops, and
+`<state_dir>/<slo_file>` (actors/runtime/logs.state_dir) every `slo_save_s` when it changed
+and when the actor stops, and
 loaded at start; a file that cannot be read is logged and renamed `<slo_file>.corrupt-<time>`,
 and the record starts afresh.
 """
@@ -84,6 +85,7 @@ from moorage.actors.metrics.settings import Settings
 from moorage.actors.metrics.slo_report import build_report
 from moorage.actors.runtime import Actor, Call, op
 from moorage.actors.runtime.follow import Follow
+from moorage.actors.runtime.logs import state_dir
 from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import StreamMessage
@@ -113,7 +115,7 @@ class MetricsActor(Actor):
         self.received_pushes = 0  # every message on metrics.in, bad ones included
         self.bad_pushes = 0
         self.actors: dict[str, dict[str, Any]] = {}
-        self.record = SloRecord(self.runtime_dir / st.slo_file, st)
+        self.record = SloRecord(state_dir(self.runtime_dir) / st.slo_file, st)
         self.record.load(time.time())
         self.slo, self.recovery = self.record.store, self.record.tracker
         self.serving_since = time.time()  # set again at the first loop turn

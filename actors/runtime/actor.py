@@ -287,11 +287,13 @@ class Actor:
         an idle actor has nothing to push (five probes a second would keep it busy)."""
         return {"ep": self.epoch}
 
-    @op("sys.hello", args={"client": (str, "")}, idempotent=True, timeout_ms=1000,
-        checked=False)
-    def _op_hello(self, call: Call, client: str) -> dict[str, Any]:
-        """Who answers here: a new epoch means the actor restarted since the last hello."""
-        return {
+    @op("sys.hello", args={"client": (str, ""), "adopt": (bool, False), "parent": (int, None)},
+        idempotent=True, timeout_ms=1000, checked=False)
+    def _op_hello(self, call: Call, client: str, adopt: bool,
+                  parent: int | None) -> dict[str, Any]:
+        """Who answers here: a new epoch means the actor restarted since the last hello. With
+        adopt, the caller takes an orphaned tree over (said to the root supervisor)."""
+        out = {
             "actor": self.name,
             "ep": self.epoch,
             "proto": PROTO_VERSION,
@@ -299,6 +301,14 @@ class Actor:
             "pid": os.getpid(),
             "max_msg": limits.MAX_MESSAGE_SIZE,
         }
+        if adopt:
+            out["lifecycle"] = self.on_adopt(parent)
+        return out
+
+    def on_adopt(self, parent: int | None) -> dict[str, Any]:
+        """`sys.hello {adopt: true, parent}`: a new editor (pid `parent`, None: no one) takes
+        the tree over. Only the root supervisor can be adopted; it answers its lifecycle."""
+        raise fail("bad_args", f"{self.name} cannot be adopted; say it to the root supervisor")
 
     @op("sys.info", idempotent=True, timeout_ms=1000)
     def _op_info(self, call: Call) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """`moorage`: bring a tree up, look at it, and drive it.
 
-Exit codes: 0 done; 1 the tree answered with an error; 2 usage error, no tree running,
-unknown actor, bad JSON or bad config; 3 the tree gave up (a supervisor escalated).
+Exit codes are one table for every command: supervisor/cli/common.py's EXIT_TABLE.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ import argparse
 import json
 import os
 import select
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,90 +17,26 @@ from typing import Any
 from moorage.actors.resource.levels import FEATURES_OFF
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client, Loss, Reset
-from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.client.connection import read_connection_file
+from moorage.protocol.envelope import PROTO_VERSION, StreamMessage
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.common import (
     EXIT_ERROR,
-    EXIT_ESCALATED,
+    EXIT_NO_TREE,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
     check_actor,
     connect,
+    exit_table_text,
     need_tree,
     tree_pid,
 )
 from moorage.supervisor.cli.slo_view import add_slo_command
+from moorage.supervisor.cli.up import cmd_adopt, cmd_up, package_version
 from moorage.supervisor.spec import ConfigError
 
 # --- commands ------------------------------------------------------------------------------
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from moorage.supervisor.config import load
-    from moorage.supervisor.launch import AlreadyRunning, run_root
-
-    try:
-        doc, spec = load(args.config)
-    except ConfigError as exc:
-        raise CliError(f"bad configuration: {exc}") from None
-    if args.metrics_http:
-        from moorage.supervisor.prom import parse_listen
-
-        try:
-            parse_listen(args.metrics_http)
-        except ValueError as exc:
-            raise CliError(f"--metrics-http: {exc}") from None
-        doc["metrics_http"] = args.metrics_http
-    if tree_pid(args.runtime_dir) is not None:
-        raise CliError(f"a moorage tree is already running in {args.runtime_dir} "
-                       f"(pid {tree_pid(args.runtime_dir)}); `moorage down` stops it")
-    if args.detach:
-        return detach(args)
-    try:
-        code = run_root(doc, spec, args.runtime_dir, args.log_level)
-    except AlreadyRunning as exc:
-        raise CliError(str(exc)) from None
-    if code == EXIT_ESCALATED:
-        print("moorage: the tree gave up (a child kept dying; see `moorage logs`)",
-              file=sys.stderr)
-    return code
-
-
-def detach(args: argparse.Namespace) -> int:
-    """Start `up` in a new session, wait until every child is running, then return."""
-    endpoints.ensure_private_dir(args.runtime_dir)
-    out = args.runtime_dir / "up.out"
-    cmd = [sys.executable, "-m", "moorage.supervisor.cli",
-           "--instance-dir", str(args.runtime_dir), "up",
-           "--log-level", args.log_level]
-    if args.config:
-        cmd += ["--config", str(Path(args.config).resolve())]
-    if args.metrics_http:
-        cmd += ["--metrics-http", args.metrics_http]
-    with open(out, "ab") as f:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
-                                start_new_session=True, cwd=os.getcwd())
-    deadline = time.monotonic() + args.timeout + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = out.read_text(errors="replace")[-2000:]
-            raise CliError(f"the tree exited during start-up (code {proc.returncode}):\n{tail}",
-                           EXIT_ERROR)
-        if tree_pid(args.runtime_dir) is not None and all_running(args.runtime_dir):
-            print(f"moorage tree up (pid {proc.pid}) in {args.runtime_dir}")
-            return EXIT_OK
-        time.sleep(0.05)
-    raise CliError("the tree did not come up in time; see `moorage logs`", EXIT_ERROR)
-
-
-def all_running(runtime_dir: Path) -> bool:
-    with Client(runtime_dir, timeout=1.0) as c:
-        try:
-            tree = c.call("supervisor", "sup.status")
-        except MoorageError:
-            return False
-    return all_children_running(tree)
 
 
 def all_children_running(tree: dict) -> bool:
@@ -116,9 +50,18 @@ def all_children_running(tree: dict) -> bool:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    pid = need_tree(args.runtime_dir)
+    """Stop the tree and wait for its root to be gone; a tree that is not running is already
+    where `down` would put it (0, as `systemctl stop` of a stopped unit)."""
+    pid = tree_pid(args.runtime_dir)
+    if pid is None:
+        print(f"moorage: not running ({args.runtime_dir})")
+        return EXIT_OK
     with Client(args.runtime_dir, timeout=args.timeout) as c:
-        c.call("supervisor", "sup.stop")
+        try:
+            c.call("supervisor", "sup.stop")
+        except MoorageError as exc:
+            if exc.name != "stopping":  # already on its way down: wait for it below
+                raise
     # Wait for the root to be gone (its pidfd becomes readable when it exits).
     try:
         fd = os.pidfd_open(pid)
@@ -252,7 +195,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    logs = args.runtime_dir / "logs"
+    logs = args.state_dir / "logs"
     name = args.actor or "supervisor"
     path = logs / f"{name}.log"
     if not path.exists():
@@ -381,74 +324,140 @@ def cmd_config(args: argparse.Namespace) -> int:
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moorage", description=__doc__.split("\n")[0])
-    p.add_argument("--instance", help="instance name (default: 'default')")
-    p.add_argument("--instance-dir", help=argparse.SUPPRESS)
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per call (default 5)")
-    sub = p.add_subparsers(dest="command", required=True)
+def global_options(defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, anywhere on the line (before or after the
+    subcommand): the subparsers get them without defaults, so a value given after the
+    subcommand is not overwritten by the top level's default."""
+    p = argparse.ArgumentParser(add_help=False)
+    kw: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    g = p.add_argument_group("global options")
+    g.add_argument("--instance", help="instance name (default: $MOORAGE_RUNTIME_DIR's, "
+                   "else 'default')", **({"default": None} if defaults else kw))
+    g.add_argument("--instance-dir", help=argparse.SUPPRESS,
+                   **({"default": None} if defaults else kw))
+    g.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="the whole command's time budget (default 5)",
+                   **({"default": 5.0} if defaults else kw))
+    return p
 
-    up = sub.add_parser("up", help="start the tree (foreground unless --detach)")
-    up.add_argument("--config", help="a moorage.toml (default: ./moorage.toml if present)")
-    up.add_argument("--detach", action="store_true", help="run in the background")
-    up.add_argument("--log-level", default="INFO")
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moorage", description=__doc__.split("\n")[0],
+                                parents=[global_options(True)], epilog=exit_table_text(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version",
+                   version=f"moorage {package_version()} (protocol {PROTO_VERSION})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [global_options(False)]
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, parents=common,
+                              epilog=exit_table_text(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    up = command("up", "start the tree (foreground unless --detach); one JSON line on stdout "
+                 "once it is ready")
+    up.add_argument("--config", help="a moorage.toml (default: $MOORAGE_CONFIG, else "
+                    "$XDG_CONFIG_HOME/moorage/moorage.toml; never the working directory)")
+    up.add_argument("--detach", action="store_true", help="run in the background; print the "
+                    "ready line once it is up")
+    up.add_argument("--log-level", default="INFO", type=log_level,
+                    help="debug, info, warning, error (any case)")
     up.add_argument("--metrics-http", metavar="127.0.0.1:PORT",
                     help="serve Prometheus metrics over HTTP on this loopback address")
+    up.add_argument("--parent", type=int, metavar="PID", help="follow this process (the "
+                    "editor): when it dies the tree is orphaned for [lifecycle] grace_s, then "
+                    "stops unless adopted")
+    up.add_argument("--exit-on-stdin-eof", action="store_true",
+                    help="end of file on stdin counts as the editor's death (as --parent)")
+    up.add_argument("--ready-fd", type=int, metavar="FD",
+                    help="write the ready (or failed) line to this fd instead of stdout")
+    up.add_argument("--allow-external-actors", action="store_true",
+                    help="let `start =` name modules outside the moorage package (found on "
+                    "PYTHONPATH, never in the working directory)")
     up.set_defaults(func=cmd_up)
 
-    sub.add_parser("down", help="stop the tree").set_defaults(func=cmd_down)
+    ad = command("adopt", "take an orphaned tree over: cancel its shutdown and follow --parent")
+    ad.add_argument("--parent", type=int, metavar="PID", help="the process to follow from now "
+                    "on (default: none; the tree then runs until `moorage down`)")
+    ad.add_argument("--json", action="store_true")
+    ad.set_defaults(func=cmd_adopt)
 
-    st = sub.add_parser("status", help="the tree: state, pid, uptime, restarts")
+    command("down", "stop the tree (0 if it is not running)").set_defaults(func=cmd_down)
+
+    st = command("status", "the tree: state, pid, uptime, restarts")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    rs = sub.add_parser("restart", help="restart one actor")
+    rs = command("restart", "restart one actor")
     rs.add_argument("actor")
     rs.set_defaults(func=cmd_restart)
 
-    k = sub.add_parser("kill", help="send a signal to an actor (default SIGKILL)")
+    k = command("kill", "send a signal to an actor (default SIGKILL)")
     k.add_argument("actor")
-    k.add_argument("--signal", default="SIGKILL")
+    k.add_argument("--signal", default="SIGKILL", help="a name (TERM, SIGTERM) or a number")
     k.set_defaults(func=cmd_kill)
 
-    c = sub.add_parser("call", help="call an op: moorage call ACTOR OP '{\"json\": 1}'")
+    c = command("call", "call an op: moorage call ACTOR OP '{\"json\": 1}'")
     c.add_argument("actor")
     c.add_argument("op")
     c.add_argument("json", nargs="?")
     c.set_defaults(func=cmd_call)
 
-    ev = sub.add_parser("events", help="follow supervisor events")
+    ev = command("events", "follow supervisor events")
     ev.add_argument("--count", type=int, help="exit after this many events")
     ev.add_argument("--replay", action="store_true", help="start with the retained events")
     ev.set_defaults(func=cmd_events)
 
-    lg = sub.add_parser("logs", help="print an actor's log (default: the supervisor's)")
+    lg = command("logs", "print an actor's log (default: the supervisor's)")
     lg.add_argument("actor", nargs="?")
     lg.add_argument("-f", "--follow", action="store_true")
     lg.set_defaults(func=cmd_logs)
 
-    m = sub.add_parser("metrics", help="per-op counts and latency percentiles")
+    m = command("metrics", "per-op counts and latency percentiles")
     m.add_argument("op", nargs="?")
     m.add_argument("--prometheus", action="store_true")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_metrics)
 
-    tp = sub.add_parser("top", help="live view: tree, pressure, op latency, alerts (q quits)")
+    tp = command("top", "live view: tree, pressure, op latency, alerts (q quits)")
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     tp.add_argument("--once", action="store_true", help="print one frame and exit")
     tp.add_argument("--config", help="the tree's moorage.toml, for its p50 targets "
-                    "(default: ./moorage.toml if present; p99 targets come from the tree)")
+                    "(default: as `moorage up` finds it; p99 targets come from the tree)")
     tp.set_defaults(func=cmd_top)
 
-    cf = sub.add_parser("config", help="run-time settings: config set timeout.term.exec 10s")
+    cf = command("config", "run-time settings: config set timeout.term.exec 10s")
     cf.add_argument("action", choices=["get", "set"])
     cf.add_argument("key", nargs="?")
     cf.add_argument("value", nargs="?")
     cf.add_argument("--json", action="store_true")
     cf.set_defaults(func=cmd_config)
 
-    add_slo_command(sub)
+    add_slo_command(sub, common)
     return p
+
+
+def log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level (use {', '.join(x.lower() for x in LOG_LEVELS)})")
+    return level
+
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+def running_state_dir(runtime_dir: Path) -> Path | None:
+    """The state dir a running tree says it uses (its connection file), if it says."""
+    try:
+        info = read_connection_file(runtime_dir / endpoints.CONNECTION_FILE)
+    except (OSError, ValueError):
+        return None
+    return Path(info["state_dir"]) if info.get("state_dir") else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.runtime_dir = (Path(args.instance_dir) if args.instance_dir
                             else endpoints.runtime_dir(args.instance))
+        args.state_dir = running_state_dir(args.runtime_dir) or endpoints.state_dir(
+            args.runtime_dir, args.instance)
     except ValueError as exc:
         print(f"moorage: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -466,5 +477,4 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except MoorageError as exc:
         print(f"moorage: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-
+        return EXIT_NO_TREE if exc.name == "not_running" else EXIT_ERROR

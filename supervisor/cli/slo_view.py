@@ -136,9 +136,10 @@ def cmd_slo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_slo_command(sub: Any) -> None:
-    """Add `slo` to the CLI's subcommands (`sub`: argparse's subparsers action)."""
+def add_slo_command(sub: Any, parents: list[Any]) -> None:
+    """Add `slo` to the CLI's subcommands (`sub`: argparse's subparsers action; `parents`:
+    the global options)."""
     s = sub.add_parser("slo", help="the SLO report: availability, error rate, p99, recovery "
-                                   "times, data loss over 1 h, 24 h and 30 d")
+                                   "times, data loss over 1 h, 24 h and 30 d", parents=parents)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_slo)

@@ -48,7 +48,7 @@ def config_targets(config: str | None) -> dict[str, list[float]]:
     default, then `config` or ./moorage.toml); ConfigError if it cannot be read."""
     from moorage.supervisor.config import load
 
-    doc, _ = load(config)
+    doc, _ = load(config, allow_external=True)  # read for its targets; nothing is run
     return {k: list(v) for k, v in (doc.get("targets") or {}).items()
             if isinstance(v, list) and len(v) >= 2}
 
