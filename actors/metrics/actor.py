@@ -187,7 +187,7 @@ class MetricsActor(Actor):
         for s in samples:
             series = self.table.merge(actor, s, idx)
             if series is not None:  # the table's key bound holds for the SLO record too
-                self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now)
+                self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now, s.caller)
                 self.record.dirty = True
                 self._evaluate(series)
 
@@ -222,8 +222,11 @@ class MetricsActor(Actor):
         p99 = None
         if self.alerts.policy.latency_threshold(s.op) is not None:
             p99 = summarize(w.ok, w.error, w.counts)["p99"]
+        # A failure rate is the service's: errors that were the caller's (a missing file, a
+        # typo in an op) say nothing about its health.
         self._publish_alerts(self.alerts.evaluate(s.actor, s.op, requests=w.requests,
-                                                  errors=w.error, p99=p99, now=time.time()))
+                                                  errors=w.error - w.caller, p99=p99,
+                                                  now=time.time()))
 
     def _advance(self) -> int:
         """Expire old intervals everywhere and re-evaluate the series that changed."""
@@ -296,8 +299,8 @@ class MetricsActor(Actor):
         for s in self.table.select(actor, op):
             w = s.window
             rows.append({"actor": s.actor, "op": s.op,
-                         "lifetime": summarize(s.ok, s.error, s.counts),
-                         "window": {**summarize(w.ok, w.error, w.counts),
+                         "lifetime": summarize(s.ok, s.error, s.counts, s.caller),
+                         "window": {**summarize(w.ok, w.error, w.counts, w.caller),
                                     "seconds": self.settings.window_s}})
         return {"ops": rows, "received_pushes": self.received_pushes,
                 "bad_pushes": self.bad_pushes, "dropped_keys": self.table.dropped_keys,

@@ -47,7 +47,7 @@ from moorage.protocol.envelope import (
     packb,
     shape_problem,
 )
-from moorage.protocol.errors import Category, MoorageError, WireError, fail
+from moorage.protocol.errors import Category, Fault, MoorageError, WireError, fail, fault_of
 from moorage.protocol.wire import NOBLOCK, send_frames
 
 VERSION = "0.1.0"
@@ -464,7 +464,8 @@ class Actor:
         # Not run, so not cached: a retry may run it.
         self.refused[error.name] += 1
         self._send(route, encode_error(req.id, self.epoch, error))
-        self.stats.record(req.op if req.op in self.ops else "(unknown)", 0, False)
+        self.stats.record(req.op if req.op in self.ops else "(unknown)", 0, False,
+                          fault_of(error.name) is Fault.CALLER)
 
     def _finish(self, call: Call, result: Any, error: WireError | None) -> None:
         if call.answered:
@@ -501,10 +502,11 @@ class Actor:
             self.cache.put(call.sid, call.id, frames)
         # Unknown op names are the caller's text: one key for all, or junk fills the metrics.
         if spec is None:
-            self.stats.record("(unknown)", 0, False)
+            self.stats.record("(unknown)", 0, False, True)  # unknown_op: the caller's
         elif spec.recorded:
             self.stats.record(call.op, int((_perf_counter() - call.started) * 1e6),
-                              error is None)
+                              error is None,
+                              error is not None and fault_of(error.name) is Fault.CALLER)
 
     # --- metrics ------------------------------------------------------------------------------
 
