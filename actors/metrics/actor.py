@@ -328,7 +328,7 @@ class MetricsActor(Actor):
         text = render_prometheus(
             self.table.select(), pushes_ok=self.received_pushes - self.bad_pushes,
             pushes_bad=self.bad_pushes, dropped_keys=self.table.dropped_keys,
-            alerts_active=self.alerts.active_by_kind(), window_s=self.settings.window_s)
+            alerts_active=self.alerts.active_by_kind())
         return {"text": text, "content_type": CONTENT_TYPE}
 
     @op("metrics.slo", idempotent=True)

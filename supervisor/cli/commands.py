@@ -226,7 +226,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     with connect(args) as c:
         if args.prometheus:
-            print(c.call("metrics", "metrics.prometheus")["text"], end="")
+            from moorage.supervisor.prom import gather
+
+            print(gather(c, args.timeout), end="")
             return EXIT_OK
         # Unfiltered: a client's row for `op` is named `<actor>/<op>`, so the filter is ours.
         q = join_clients(c.call("metrics", "metrics.query"), args.op)
