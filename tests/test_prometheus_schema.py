@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_metrics_http import HttpTree, free_port
 from tests.test_metrics_http import TREE as HTTP_TREE
+from tests.test_metrics_http import HttpTree, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
