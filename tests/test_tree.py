@@ -233,8 +233,8 @@ def test_cli_says_clearly_when_no_tree_runs_or_the_input_is_bad(make_tree):
     out = tree.cli("call", "alpha", "fake.work", "{not json")
     assert out.returncode == 2 and "bad JSON" in out.stderr
     out = tree.cli("call", "alpha", "fake.work", '{"n": "x"}')
-    assert out.returncode == 1 and "bad_args" in out.stderr
+    assert out.returncode == 2 and "bad_args" in out.stderr
     out = tree.cli("call", "alpha", "fake.work", '{"n": 2}')
     assert out.returncode == 0 and '"done": 1' in out.stdout
     out = tree.cli("kill", "alpha", "--signal", "SIGNOPE")
-    assert out.returncode == 1 and "no signal named" in out.stderr
+    assert out.returncode == 2 and "no signal named" in out.stderr

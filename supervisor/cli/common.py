@@ -7,6 +7,7 @@ show it).
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,9 @@ def exit_table_text() -> str:
     return "exit codes:\n" + "\n".join(f"  {code}  {what}" for code, what in EXIT_TABLE)
 
 
-__all__ = ["EXIT_ERROR", "EXIT_ESCALATED", "EXIT_NO_TREE", "EXIT_OK", "EXIT_USAGE", "CliError",
-           "check_actor", "connect", "known_actors", "need_tree", "tree_pid"]
+__all__ = ["EXIT_ERROR", "EXIT_ESCALATED", "EXIT_NO_TREE", "EXIT_OK", "EXIT_USAGE", "Budget",
+           "CliError", "check_actor", "connect", "known_actors", "need_tree", "print_table",
+           "read", "tree_pid"]
 
 
 class CliError(Exception):
@@ -61,11 +63,38 @@ def connect(args: argparse.Namespace) -> Client:
     return Client(args.runtime_dir, timeout=args.timeout)
 
 
-def known_actors(client: Client) -> dict[str, Any]:
-    return client.call("supervisor", "sup.endpoints")
+class Budget:
+    """A command's whole time (`--timeout`): every call it makes gets what is left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self, cap: float | None = None) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise CliError("out of time (--timeout): the tree did not answer in time",
+                           EXIT_ERROR)
+        return left if cap is None else min(cap, left)
 
 
-def check_actor(client: Client, actor: str) -> None:
-    names = known_actors(client)
+def read(client: Client, actor: str, op: str, args: Any = None, *, budget: Budget,
+         cap: float | None = None) -> Any:
+    """A read-only call within the budget: idempotent, so it is resent while time lasts and
+    ends as `timeout`, never `outcome_unknown`."""
+    return client.call(actor, op, args, timeout=budget.left(cap), idempotent=True)
+
+
+def known_actors(client: Client, budget: Budget | None = None) -> dict[str, Any]:
+    return read(client, "supervisor", "sup.endpoints", budget=budget or Budget(5.0))
+
+
+def check_actor(client: Client, actor: str, budget: Budget | None = None) -> None:
+    names = known_actors(client, budget)
     if actor not in names:
         raise CliError(f"unknown actor {actor!r}; the tree has: {', '.join(sorted(names))}")
+
+
+def print_table(head: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from moorage.supervisor.cli.common import EXIT_OK, connect
+from moorage.supervisor.cli.common import EXIT_OK, Budget, connect, read
 
 WINDOWS = ("1h", "24h", "30d")
 
@@ -135,7 +135,7 @@ def render(r: dict[str, Any]) -> list[str]:
 
 def cmd_slo(args: argparse.Namespace) -> int:
     with connect(args) as c:
-        r = c.call("metrics", "metrics.slo")
+        r = read(c, "metrics", "metrics.slo", budget=Budget(args.timeout))
     if args.json:
         print(json.dumps(r, indent=2))
         return EXIT_OK
