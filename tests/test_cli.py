@@ -219,12 +219,22 @@ def test_subscribe_follows_a_stream_says_its_losses_and_ends_when_the_tree_stops
                             "1", "--raw"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            cwd=ROOT)
     events = subprocess.Popen([sys.executable, "-m", "moorage.supervisor.cli",
-                               "--instance-dir", str(tree.runtime_dir), "events"],
+                               "--instance-dir", str(tree.runtime_dir), "events", "--replay"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     logs = subprocess.Popen([sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir",
                              str(tree.runtime_dir), "logs", "-f"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=ROOT)
     try:
+        # each follower is connected (it has said something) before anything else happens
+        assert raw.stdout is not None and events.stdout is not None and logs.stdout is not None
+        got = b""
+        while len(got) < 15:
+            chunk = os.read(raw.stdout.fileno(), 15 - len(got))
+            assert chunk, raw.stderr.read() if raw.stderr else ""
+            got += chunk
+        assert got == b"".join(bytes([i]) * 3 for i in range(7, 12))
+        assert b'"event": "started"' in events.stdout.readline()
+        assert logs.stdout.readline()
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
         assert first == {"lost": [1, 7], "topic": "t.one"}
@@ -244,8 +254,7 @@ def test_subscribe_follows_a_stream_says_its_losses_and_ends_when_the_tree_stops
         tree.call("supervisor", "sup.stop")
         for p in (proc, raw, events, logs):
             assert p.wait(60) == 0, p.stderr.read() if p.stderr else ""
-        assert raw.stdout is not None
-        assert raw.stdout.read() == b"".join(bytes([i]) * 3 for i in range(7, 12))
+        assert raw.stdout.read() == b""  # nothing more: the later messages have no bytes
         assert events.stdout is not None and b'"event": "stopping"' in events.stdout.read()
         assert logs.stdout is not None and b"supervisor stopped" in logs.stdout.read()
     finally:
