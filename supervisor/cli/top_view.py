@@ -222,7 +222,8 @@ def alert_rows(f: Frame) -> tuple[list[list[Cell]], list[list[Cell]]]:
         detail = ev.get("detail") or ev.get("reason") or ""
         if what == "alert" and isinstance(ev.get("alert"), dict):
             al = ev["alert"]
-            detail = f"{al.get('kind')} {al.get('state')} {al.get('actor')} {al.get('op')}"
+            detail = " ".join(str(al[k]) for k in ("kind", "state", "actor", "op", "sessions")
+                              if al.get(k) is not None)
         elif what == "restarted":
             detail = f"pid {ev.get('pid')}"
         elif what == "exited":
