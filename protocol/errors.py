@@ -3,7 +3,8 @@
 The seed's classification (severity x category, retryable, fallback_available) travels with
 each error reply, so a client in any language can act on an error without knowing the actor
 that raised it. Codes never change meaning; new ones are only added. Categories and severities
-are the seed's words, lower-cased.
+are the seed's words, lower-cased, plus one category of our own, `caller` (the request itself
+is wrong). Each code also says whose fault it is (`Fault`), which the SLO's figures follow.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class Severity(StrEnum):
 
 
 class Category(StrEnum):
+    # The request itself is wrong (an op or argument the actor does not have): the service
+    # is fine, and the same request will fail the same way. Not one of the seed's seven.
+    CALLER = "caller"
     TERMINAL = "terminal"
     FILESYSTEM = "filesystem"
     NETWORK = "network"
@@ -28,6 +32,16 @@ class Category(StrEnum):
     RESOURCE = "resource"
     TIMEOUT = "timeout"
     USER_CANCELLED = "user_cancelled"
+
+
+class Fault(StrEnum):
+    """Whose failure an error is, for the service's own figures (the SLO's error rate counts
+    only the service's): the caller asked for something that cannot be (a missing file, an
+    unknown op, bad arguments, a session it closed), or the service failed to do what it
+    should have (a crash, a timeout, a refusal under load, a tree that is not running)."""
+
+    CALLER = "caller"
+    SERVICE = "service"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,54 +55,97 @@ class ErrorKind:
     retryable: bool
     fallback_available: bool
     summary: str
+    fault: Fault
 
 
 _C, _S = Category, Severity
+CALLER, SERVICE = Fault.CALLER, Fault.SERVICE
 
-# code, name, category, severity, retryable, fallback_available, summary.
+# code, name, category, severity, retryable, fallback_available, summary, fault.
 # Ranges: 1xx protocol/transport, 2xx timeout, 3xx resource, 4xx filesystem, 5xx terminal,
 # 6xx parser, 7xx cancellation, 9xx internal.
-_TABLE: tuple[tuple[int, str, Category, Severity, bool, bool, str], ...] = (
-    (100, "bad_request", _C.NETWORK, _S.WARNING, False, False, "malformed frame or header"),
-    (101, "unknown_op", _C.NETWORK, _S.WARNING, False, False, "the actor has no such op"),
-    (102, "bad_args", _C.NETWORK, _S.WARNING, False, False, "arguments missing or of wrong type"),
-    (103, "unsupported_version", _C.NETWORK, _S.CRITICAL, False, False, "unknown protocol tag"),
-    (104, "message_too_large", _C.NETWORK, _S.WARNING, False, False, "over a decoding limit"),
-    (110, "unavailable", _C.NETWORK, _S.RECOVERABLE, True, True, "actor not answering"),
-    (111, "circuit_open", _C.NETWORK, _S.RECOVERABLE, True, True, "breaker open for this actor"),
-    (112, "outcome_unknown", _C.NETWORK, _S.CRITICAL, False, False, "may or may not have run"),
-    (113, "unknown_actor", _C.NETWORK, _S.WARNING, False, False, "no such actor in the tree"),
-    (114, "stopping", _C.NETWORK, _S.RECOVERABLE, True, False, "the actor is shutting down"),
-    (200, "timeout", _C.TIMEOUT, _S.RECOVERABLE, True, False, "no reply before the deadline"),
-    (201, "deadline_expired", _C.TIMEOUT, _S.RECOVERABLE, True, False, "expired; not run"),
-    (300, "busy", _C.RESOURCE, _S.RECOVERABLE, True, True, "queue full or load shed; retry"),
-    (301, "resource_exhausted", _C.RESOURCE, _S.CRITICAL, False, True, "a hard limit was hit"),
-    (400, "not_found", _C.FILESYSTEM, _S.CRITICAL, False, False, "no such file or directory"),
-    (401, "forbidden", _C.FILESYSTEM, _S.CRITICAL, False, False, "permission or confinement"),
-    (402, "is_directory", _C.FILESYSTEM, _S.CRITICAL, False, False, "a directory, not a file"),
-    (403, "no_space", _C.FILESYSTEM, _S.CRITICAL, False, False, "the device is full"),
-    (404, "file_too_large", _C.FILESYSTEM, _S.CRITICAL, False, False, "page the read"),
-    (405, "conflict", _C.FILESYSTEM, _S.CRITICAL, False, False, "changed since the caller saw it"),
-    (406, "io_error", _C.FILESYSTEM, _S.RECOVERABLE, True, True, "transient I/O failure"),
-    (407, "not_a_directory", _C.FILESYSTEM, _S.CRITICAL, False, False, "a file, not a dir"),
-    (408, "watch_not_found", _C.FILESYSTEM, _S.WARNING, False, False, "no such watch"),
-    (500, "session_not_found", _C.TERMINAL, _S.WARNING, False, False, "no such session"),
-    (501, "pty_failed", _C.TERMINAL, _S.CRITICAL, True, True, "could not create a PTY"),
-    (502, "shell_exited", _C.TERMINAL, _S.CRITICAL, True, True, "the session's shell is gone"),
-    (503, "exec_failed", _C.TERMINAL, _S.RECOVERABLE, True, True, "command did not complete"),
-    (504, "session_busy", _C.TERMINAL, _S.RECOVERABLE, True, False, "a command is running"),
+_TABLE: tuple[tuple[int, str, Category, Severity, bool, bool, str, Fault], ...] = (
+    (100, "bad_request", _C.NETWORK, _S.WARNING, False, False, "malformed frame or header",
+     CALLER),
+    (101, "unknown_op", _C.CALLER, _S.WARNING, False, False, "the actor has no such op", CALLER),
+    (102, "bad_args", _C.CALLER, _S.WARNING, False, False, "arguments missing or of wrong type",
+     CALLER),
+    (103, "unsupported_version", _C.NETWORK, _S.CRITICAL, False, False, "unknown protocol tag",
+     CALLER),
+    (104, "message_too_large", _C.NETWORK, _S.WARNING, False, False, "over a decoding limit",
+     CALLER),
+    (105, "bad_config", _C.CALLER, _S.CRITICAL, False, False,
+     "the configuration cannot describe a tree", CALLER),
+    (110, "unavailable", _C.NETWORK, _S.RECOVERABLE, True, True, "actor not answering", SERVICE),
+    (111, "circuit_open", _C.NETWORK, _S.RECOVERABLE, True, True, "breaker open for this actor",
+     SERVICE),
+    (112, "outcome_unknown", _C.NETWORK, _S.CRITICAL, False, False, "may or may not have run",
+     SERVICE),
+    (113, "unknown_actor", _C.CALLER, _S.WARNING, False, False, "no such actor in the tree",
+     CALLER),
+    (114, "stopping", _C.NETWORK, _S.RECOVERABLE, True, False, "the actor is shutting down",
+     SERVICE),
+    (115, "not_running", _C.NETWORK, _S.CRITICAL, False, False,
+     "no tree is running for this instance", SERVICE),
+    (116, "already_running", _C.NETWORK, _S.WARNING, False, False,
+     "a tree already runs for this instance", CALLER),
+    (117, "start_failed", _C.NETWORK, _S.CRITICAL, False, False,
+     "the tree could not start", SERVICE),
+    (200, "timeout", _C.TIMEOUT, _S.RECOVERABLE, True, False, "no reply before the deadline",
+     SERVICE),
+    (201, "deadline_expired", _C.TIMEOUT, _S.RECOVERABLE, True, False, "expired; not run",
+     SERVICE),
+    (300, "busy", _C.RESOURCE, _S.RECOVERABLE, True, True, "queue full or load shed; retry",
+     SERVICE),
+    (301, "resource_exhausted", _C.RESOURCE, _S.CRITICAL, False, True, "a hard limit was hit",
+     SERVICE),
+    (400, "not_found", _C.FILESYSTEM, _S.CRITICAL, False, False, "no such file or directory",
+     CALLER),
+    (401, "forbidden", _C.FILESYSTEM, _S.CRITICAL, False, False, "permission or confinement",
+     CALLER),
+    (402, "is_directory", _C.FILESYSTEM, _S.CRITICAL, False, False, "a directory, not a file",
+     CALLER),
+    (403, "no_space", _C.FILESYSTEM, _S.CRITICAL, False, False, "the device is full", SERVICE),
+    (404, "file_too_large", _C.FILESYSTEM, _S.CRITICAL, False, False, "page the read", CALLER),
+    (405, "conflict", _C.FILESYSTEM, _S.CRITICAL, False, False,
+     "changed since the caller saw it", CALLER),
+    (406, "io_error", _C.FILESYSTEM, _S.RECOVERABLE, True, True, "transient I/O failure",
+     SERVICE),
+    (407, "not_a_directory", _C.FILESYSTEM, _S.CRITICAL, False, False, "a file, not a dir",
+     CALLER),
+    (408, "watch_not_found", _C.FILESYSTEM, _S.WARNING, False, False, "no such watch", CALLER),
+    (500, "session_not_found", _C.TERMINAL, _S.WARNING, False, False, "no such session", CALLER),
+    (501, "pty_failed", _C.TERMINAL, _S.CRITICAL, True, True, "could not create a PTY", SERVICE),
+    (502, "shell_exited", _C.TERMINAL, _S.CRITICAL, True, True, "the session's shell is gone",
+     SERVICE),
+    (503, "exec_failed", _C.TERMINAL, _S.RECOVERABLE, True, True, "command did not complete",
+     SERVICE),
+    (504, "session_busy", _C.TERMINAL, _S.RECOVERABLE, True, False, "a command is running",
+     CALLER),
     # Not retryable: the data it names was dropped and the stream reset past it, so a resend
     # would be skipped as already parsed, and the caller would lose the error.
-    (600, "parse_error", _C.PARSER, _S.RECOVERABLE, False, True, "input could not be parsed"),
-    (601, "stream_not_found", _C.PARSER, _S.WARNING, False, False, "no such parser stream"),
-    (602, "buffer_overflow", _C.PARSER, _S.CRITICAL, False, True, "partial buffer over cap"),
-    (603, "stream_gap", _C.PARSER, _S.WARNING, False, False, "offset skips ahead"),
-    (700, "cancelled", _C.USER_CANCELLED, _S.INFO, False, False, "cancelled by the caller"),
-    (900, "internal", _C.NETWORK, _S.CRITICAL, False, False, "a handler raised; bug report"),
+    (600, "parse_error", _C.PARSER, _S.RECOVERABLE, False, True, "input could not be parsed",
+     SERVICE),
+    (601, "stream_not_found", _C.PARSER, _S.WARNING, False, False, "no such parser stream",
+     CALLER),
+    (602, "buffer_overflow", _C.PARSER, _S.CRITICAL, False, True, "partial buffer over cap",
+     SERVICE),
+    (603, "stream_gap", _C.PARSER, _S.WARNING, False, False, "offset skips ahead", CALLER),
+    (700, "cancelled", _C.USER_CANCELLED, _S.INFO, False, False, "cancelled by the caller",
+     CALLER),
+    (900, "internal", _C.NETWORK, _S.CRITICAL, False, False, "a handler raised; bug report",
+     SERVICE),
 )
 
 KINDS: dict[str, ErrorKind] = {row[1]: ErrorKind(*row) for row in _TABLE}
 BY_CODE: dict[int, ErrorKind] = {k.code: k for k in KINDS.values()}
+
+
+def fault_of(name: str) -> Fault:
+    """Whose failure an error of this name is; a name this table lacks (a newer peer's) is
+    counted as the service's, the side that does not flatter it."""
+    kind = KINDS.get(name)
+    return kind.fault if kind is not None else Fault.SERVICE
 
 
 @dataclass(slots=True)

@@ -1,13 +1,31 @@
-"""The configuration document: the embedded default, overridden by a moorage.toml."""
+"""The configuration document: the embedded default, overridden by the user's moorage.toml.
+
+Found at `--config FILE`, else `$MOORAGE_CONFIG`, else `$XDG_CONFIG_HOME/moorage/moorage.toml`
+(`~/.config/moorage/moorage.toml`). Never in the working directory: an editor starts the tree
+in the user's workspace, and a file there must not replace the tree or name code for it to
+run. For the same reason `start =` may name only modules of this package unless the caller
+allows external actors (`moorage up --allow-external-actors`), and those are looked up on the
+interpreter's path as it is (`PYTHONPATH`), which never holds the working directory
+(supervisor/cli/__main__.py).
+
+The whole merged document is checked (schema.py) before it is used.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from moorage.supervisor.schema import Document, check_document, check_table
 from moorage.supervisor.spec import ConfigError, SupervisorSpec, parse_tree
+
+PACKAGE = "moorage"
+OWN_PACKAGES = ("moorage.actors", "moorage.protocol", "moorage.supervisor")
 
 
 def default_document() -> dict[str, Any]:
@@ -26,24 +44,74 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def find_config(explicit: str | Path | None) -> Path | None:
-    if explicit:
-        p = Path(explicit)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        return p
-    p = Path("moorage.toml")
+def find_config(explicit: str | Path | None,
+                env: Mapping[str, str] | None = None) -> Path | None:
+    """The user's moorage.toml, if any: --config, $MOORAGE_CONFIG, $XDG_CONFIG_HOME."""
+    env = os.environ if env is None else env
+    for given, what in ((explicit, "--config"), (env.get("MOORAGE_CONFIG"), "MOORAGE_CONFIG")):
+        if given:
+            p = Path(given).expanduser()
+            if not p.is_file():
+                raise ConfigError(f"{what}: {p} is not a file")
+            return p
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    p = Path(base) / "moorage" / "moorage.toml"
     return p if p.is_file() else None
 
 
-def load(explicit: str | Path | None = None) -> tuple[dict[str, Any], SupervisorSpec]:
-    """The merged document and the tree it describes; ConfigError names what is wrong."""
+def check_starts(tree: SupervisorSpec, allow_external: bool) -> None:
+    """Every `start =` names a module that exists, of this package unless `allow_external`."""
+    for owner, c in tree.walk():
+        if not c.start:
+            continue
+        module = c.start.partition(":")[0]
+        where = f"{owner.id}.children.{c.id}.start"
+        own = module.startswith(tuple(p + "." for p in OWN_PACKAGES))
+        if not own and not allow_external:
+            raise ConfigError(f"{where}: {module!r} is not a module of {PACKAGE}; actors from "
+                              "elsewhere run only with `moorage up --allow-external-actors`")
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"{where}: cannot find module {module!r}: {exc}") from None
+        if found is None:
+            raise ConfigError(f"{where}: no module {module!r}")
+        if own and not _inside_package(found.origin):
+            raise ConfigError(f"{where}: {module!r} is not the installed package's "
+                              f"({found.origin})")
+
+
+def _inside_package(origin: str | None) -> bool:
+    if origin is None:
+        return False
+    roots = []
+    for name in OWN_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        roots.extend(spec.submodule_search_locations or [] if spec else [])
+    real = os.path.realpath(origin)
+    return any(real.startswith(os.path.realpath(r) + os.sep) for r in roots)
+
+
+def load(explicit: str | Path | None = None, *, allow_external: bool = False,
+         env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], SupervisorSpec]:
+    """The merged document and the tree it describes, both checked; ConfigError names the
+    key path that is wrong."""
     doc = default_document()
-    path = find_config(explicit)
+    over: dict[str, Any] = {}
+    path = find_config(explicit, env)
     if path is not None:
         try:
             over = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from exc
         doc = merge(doc, over)
-    return doc, parse_tree(doc)
+    try:
+        check_table(doc, Document, "")  # the top level's shape first: parse_tree reads it
+        tree = parse_tree(doc)
+        check_document(doc, tree, over)
+        check_starts(tree, allow_external)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'the default configuration'}: {exc}") from None
+    return doc, tree

@@ -26,6 +26,9 @@ class ControlOps:
 
     def __init__(self, sup: SupervisorHost) -> None:
         self.sup = sup
+        # Each nested supervisor's last status that answered: shown, marked unknown, when it
+        # does not answer (a stopped or hung supervisor must not hide its children).
+        self._last_nested: dict[str, dict[str, Any]] = {}
 
     def _owner_path(self, child_id: str) -> str | None:
         """Which direct child supervisor holds `child_id` in its subtree (None: ours)."""
@@ -50,13 +53,18 @@ class ControlOps:
 
     @op("sup.status", idempotent=True, timeout_ms=5000)
     def _op_status(self, call: Call) -> object:
-        """The tree: state, pid, uptime, restarts and last exit of every child."""
+        """The tree: state, pid, uptime, restarts and last exit of every child. A nested
+        supervisor that does not answer in half of the time left gets `tree` with its last
+        known children, each in state `unknown`, and `tree.error`."""
         now = time.monotonic()
         me = {"id": self.sup.name, "strategy": str(self.sup.spec.strategy), "pid": os.getpid(),
               "intensity": self.sup.spec.intensity, "period_s": self.sup.spec.period_s,
               "shedding": self.sup.shedding,
               "zygote": {"pid": self.sup.zygote.pid, "restarts": self.sup.zygote_restarts},
+              "runtime_dir": str(self.sup.runtime_dir),
               "children": [self.sup.children[c].describe(now) for c in self.sup.order]}
+        if self.sup.lifecycle is not None:
+            me["lifecycle"] = self.sup.lifecycle.describe()
         nested = [c for c in me["children"] if c["type"] == "supervisor" and
                   c["state"] == ChildState.RUNNING]
         if not nested:
@@ -66,16 +74,44 @@ class ControlOps:
         def got(cid: str) -> Callable[[Any, WireError | None], None]:
             def done(reply: Any, err: WireError | None) -> None:
                 entry = next(c for c in me["children"] if c["id"] == cid)
-                entry["tree"] = reply.body if err is None else {"error": err.to_wire()}
+                if err is None:
+                    entry["tree"] = self._last_nested[cid] = reply.body
+                else:
+                    entry["tree"] = {**self.unknown_tree(cid), "error": err.to_wire()}
                 waiting.discard(cid)
                 if not waiting:
                     call.reply(me)
             return done
 
+        # A nested supervisor gets half of the time left, so that our reply, saying it did
+        # not answer, still reaches a caller that waits no longer than its deadline.
+        left = call.remaining_ms()
+        wait = 2.0 if left is None else max(0.01, min(2.0, left / 2000))
         for c in nested:
-            self.sup.outbound.call(c["id"], "sup.status", timeout=2.0, on_done=got(c["id"]),
-                               deadline_ms=call.deadline_ms)
+            self.sup.outbound.call(c["id"], "sup.status", timeout=wait, on_done=got(c["id"]))
         return DEFERRED
+
+    def unknown_tree(self, cid: str) -> dict[str, Any]:
+        """A nested supervisor's subtree as last seen (or as its spec says, never seen), every
+        state `unknown`: it did not answer now."""
+        def mark(tree: dict[str, Any]) -> dict[str, Any]:
+            kids = []
+            for ch in tree.get("children", []):
+                ch = {**ch, "state": "unknown"}
+                if isinstance(ch.get("tree"), dict):
+                    ch["tree"] = mark(ch["tree"])
+                kids.append(ch)
+            return {**tree, "children": kids}
+
+        last = self._last_nested.get(cid)
+        if last is None:
+            spec = self.sup.children[cid].spec.supervisor
+            last = {"id": cid, "children": [
+                {"id": c.id, "type": c.type, "restart": str(c.restart), "pid": None,
+                 "uptime_s": 0.0, "restarts": 0, "last_exit": None, "fallback": None,
+                 "essential": c.essential, "sheds": 0}
+                for c in (spec.children if spec is not None else ())]}
+        return mark(last)
 
     @op("sup.restart", args={"child": str}, timeout_ms=15000)
     def _op_restart(self, call: Call, child: str) -> object:

@@ -1,4 +1,5 @@
-"""What a supervisor's components (control ops, shedding, the event relay) need of it.
+"""What a supervisor's components (control ops, shedding, the event relay, the root's
+lifecycle) need of it.
 
 The Supervisor actor (supervisor.py) owns the children, the job queue and the life cycle; its
 components reach that state through this interface and nothing else.
@@ -17,8 +18,15 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.streams import Publisher
     from moorage.supervisor.children import Child
     from moorage.supervisor.overrides import Overrides
+    from moorage.supervisor.sdnotify import Notifier
     from moorage.supervisor.spec import SupervisorSpec
     from moorage.supervisor.zygote import ZygoteHandle
+
+
+class LifecycleView(Protocol):
+    """The root's lifecycle component (lifecycle.py), as the control ops see it."""
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class SupervisorHost(Protocol):
@@ -38,6 +46,10 @@ class SupervisorHost(Protocol):
     zygote: ZygoteHandle
     zygote_restarts: int
     orphan_exits: dict[int, tuple[int | None, int | None]]
+    epoch: str
+    shutting_down: bool
+    notify: Notifier | None
+    lifecycle: LifecycleView | None  # the root's life beside an editor (lifecycle.py)
 
     def next_job(self) -> None: ...
     def stop(self) -> None: ...

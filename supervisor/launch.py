@@ -1,7 +1,9 @@
 """Bringing a tree up: the root's start-up sequence, and what a forked child runs.
 
-Order matters in the root: take the instance lock, fork the zygote (before any thread
-exists), then create the ZeroMQ context by building the Supervisor actor.
+Order matters in the root: check that every socket path fits, take the instance lock, fork
+the zygote (before any thread exists), then create the ZeroMQ context by building the
+Supervisor actor. On the way out, whatever the way, the root removes what it left in the
+runtime dir: sockets, the connection file, the lock.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from typing import Any
 
 from loguru import logger
 
-from moorage.actors.runtime.logs import setup_logging
+from moorage.actors.runtime.logs import STATE_ENV, setup_logging
 from moorage.actors.runtime.process import resolve
 from moorage.protocol import endpoints
+from moorage.supervisor.lifecycle import LifecycleOptions, remove_connection_file
 from moorage.supervisor.spec import SupervisorSpec, parse_tree
-from moorage.supervisor.zygote import LAUNCHERS, start_zygote
-
-SOCKET_SUFFIXES = (".rpc", ".pub", ".in")
+from moorage.supervisor.zygote import INSTANCE_ENV, LAUNCHERS, set_title, start_zygote
 
 
 class AlreadyRunning(RuntimeError):
@@ -32,7 +33,8 @@ class AlreadyRunning(RuntimeError):
 
 def acquire_instance_lock(runtime_dir: Path) -> int:
     """flock the instance: released by the kernel when the root dies, however it dies."""
-    fd = os.open(runtime_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(runtime_dir / endpoints.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -48,33 +50,57 @@ def acquire_instance_lock(runtime_dir: Path) -> int:
     return fd
 
 
-def remove_stale_sockets(runtime_dir: Path) -> list[str]:
-    """Socket files of a dead tree (we hold the lock, so nothing live owns them)."""
+def remove_stale_sockets(runtime_dir: Path, names: list[str]) -> list[str]:
+    """Socket files of a dead tree, or of our own stopped one (we hold the lock, so nothing
+    live owns them): `<name>.rpc`, `.pub`, `.in`, `.sock` of the tree's actors, nothing else
+    (another program's socket in the same directory is not ours to remove)."""
     gone = []
     for p in runtime_dir.iterdir():
-        if p.suffix in SOCKET_SUFFIXES and p.is_socket():
-            p.unlink()
+        if p.suffix in endpoints.SOCKET_SUFFIXES and p.stem in names and p.is_socket():
+            p.unlink(missing_ok=True)
             gone.append(p.name)
     return gone
 
 
+def tree_names(spec: SupervisorSpec) -> list[str]:
+    return [spec.id] + [c.id for _, c in spec.walk()]
+
+
 def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
-             log_level: str = "INFO") -> int:
-    """Run the tree in this process until it stops; returns the exit code."""
+             log_level: str = "INFO", lifecycle: LifecycleOptions | None = None,
+             state: Path | None = None) -> int:
+    """Run the tree in this process until it stops; returns the exit code. Raises
+    PathTooLong or AlreadyRunning before anything starts. However it ends (a clean stop, an
+    escalation, an exception), it leaves no socket file, connection file or lock behind;
+    the kernel's PR_SET_PDEATHSIG takes every process it started with it."""
     from moorage.supervisor.supervisor import Supervisor
 
+    endpoints.check_socket_paths(runtime_dir, tree_names(spec))
     endpoints.ensure_private_dir(runtime_dir)
     lock_fd = acquire_instance_lock(runtime_dir)
     try:
-        remove_stale_sockets(runtime_dir)
+        remove_stale_sockets(runtime_dir, tree_names(spec))
+        remove_connection_file(runtime_dir)
+        instance = lifecycle.instance if lifecycle is not None else runtime_dir.name
+        # Every process of the tree inherits these: where its logs go, and its title's name.
+        state = state or endpoints.state_dir(runtime_dir)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.environ[STATE_ENV] = str(state)
+        os.environ[INSTANCE_ENV] = instance
+        set_title("supervisor")
         setup_logging(runtime_dir, "supervisor", log_level, console_level="INFO")
-        zygote = start_zygote(spec.modules(), close_fds=[lock_fd])
-        sup = Supervisor(spec, runtime_dir, zygote, doc, root=True)
+        keep_out = [lock_fd]
+        if lifecycle is not None and lifecycle.ready_fd is not None:
+            keep_out.append(lifecycle.ready_fd)  # so only we hold the reader's end open
+        zygote = start_zygote(spec.modules(), close_fds=keep_out, owner=spec.id)
+        sup = Supervisor(spec, runtime_dir, zygote, doc, root=True, lifecycle=lifecycle)
         sup.serve()
         return sup.exit_code
     finally:
+        remove_connection_file(runtime_dir)
+        remove_stale_sockets(runtime_dir, tree_names(spec))
         with contextlib.suppress(OSError):
-            (runtime_dir / "lock").unlink()
+            (runtime_dir / endpoints.LOCK_FILE).unlink()
         os.close(lock_fd)
 
 
@@ -82,6 +108,7 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
 
 
 def _launch_actor(payload: dict, ready: Callable[[], None]) -> None:
+    set_title(payload["name"])
     runtime_dir = Path(payload["runtime_dir"])
     config = payload["config"]
     setup_logging(runtime_dir, payload["name"], config.get("log_level", "INFO"))
@@ -103,8 +130,9 @@ def _launch_supervisor(payload: dict, ready: Callable[[], None]) -> None:
     found = parse_tree(doc).find(payload["id"])
     assert found is not None and found[1].supervisor is not None
     spec = found[1].supervisor
+    set_title(f"supervisor {spec.id}")
     setup_logging(runtime_dir, spec.id)
-    zygote = start_zygote(spec.modules())
+    zygote = start_zygote(spec.modules(), owner=spec.id)
     sup = Supervisor(spec, runtime_dir, zygote, doc)
     sup.ready_hook = ready
     sup.serve()

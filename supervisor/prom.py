@@ -1,48 +1,51 @@
-"""`moorage up --metrics-http 127.0.0.1:PORT`: the tree's metrics for a Prometheus scraper.
+"""The tree's metrics for Prometheus: one schema for `moorage metrics --prometheus` and for
+`moorage up --metrics-http 127.0.0.1:PORT`'s `/metrics`, gathered the same way for both.
 
-Opt-in, loopback only, served by prometheus_client's own HTTP server in threads of the root
-supervisor process (started after the zygote was forked, so no child inherits a thread). Each
-scrape asks the tree through its own blocking `Client` (one per scrape: the client is per
-thread, and the supervisor's sockets belong to its loop):
+The op families are the metrics actor's (`metrics.prometheus`; actors/metrics/prometheus.py
+documents them and why latency is a histogram); this module adds the tree's own:
 
-  metric                                   labels                 from
-  moorage_op_requests_total                actor, op              metrics.query (lifetime)
-  moorage_op_errors_total                  actor, op              metrics.query (lifetime)
-  moorage_op_latency_seconds               actor, op, quantile    metrics.query (lifetime)
-  moorage_op_window_requests               actor, op              metrics.query (window)
-  moorage_op_window_error_ratio            actor, op              metrics.query (window)
-  moorage_child_restarts_total             supervisor, child      sup.status (whole tree)
-  moorage_child_up                         supervisor, child      sup.status: 1 if running
-  moorage_child_uptime_seconds             supervisor, child      sup.status
-  moorage_pressure                         -                      resource.level (0..100)
-  moorage_pressure_level                   level                  resource.level: 1 for now
-  moorage_quality                          -                      resource.level (3..0)
-  moorage_scrape_error                     source                 1 if that source failed
+  moorage_child_restarts_total{supervisor,child}   counter  restarts of a child
+  moorage_child_up{supervisor,child}               gauge    1 running, 0 anything else
+  moorage_child_uptime_seconds{supervisor,child}   gauge    since its current start
+  moorage_pressure_ratio                           gauge    the tree's pressure, 0..1
+  moorage_pressure_level{level}                    gauge    1 for the current level
+  moorage_quality                                  gauge    3 (everything on) .. 0
+  moorage_scrape_error{source}                     gauge    1 if that source did not answer
 
-The metrics and resource actors are asked only when the tree has them.
+The metrics and resource actors are asked only when the tree has them. A source that does not
+answer is reported as `moorage_scrape_error{source}` = 1 and its families are left out; the
+scrape still succeeds with what the others said. The whole gathering is bounded by one
+budget (each source gets what is left of it).
 
-A source that does not answer is reported as `moorage_scrape_error{source}` = 1 and its
-metrics are left out: the scrape itself still succeeds with what the rest said.
+`/metrics` is opt-in, loopback only, served by prometheus_client's HTTP server in threads of
+the root supervisor (started after its zygote was forked, so no child inherits a thread);
+each scrape asks the tree through its own blocking `Client` (the client is per thread, and the
+supervisor's sockets belong to its loop), and hands prometheus_client the families parsed
+back from the same text the CLI prints.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from moorage.actors.metrics.prometheus import CONTENT_TYPE, Text
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 
 LOOPBACK = ("127.0.0.1", "localhost")
-QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"), ("0.999", "p999"), ("1", "max"))
 LEVELS = ("normal", "moderate", "high", "critical")
 ADDR_FILE = "metrics-http"  # in the runtime dir: where the endpoint listens (port 0 resolved)
+
+__all__ = ["CONTENT_TYPE", "MetricsHttp", "gather", "parse_listen", "tree_families"]
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -53,93 +56,86 @@ def parse_listen(text: str) -> tuple[str, int]:
     return "127.0.0.1", int(port)
 
 
-def _walk(tree: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+def walk(tree: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for c in tree.get("children", []):
         yield tree["id"], c
-        if "tree" in c:
-            yield from _walk(c["tree"])
+        if isinstance(c.get("tree"), dict):
+            yield from walk(c["tree"])
+
+
+def tree_families(status: dict[str, Any] | None, level: dict[str, Any] | None,
+                  errors: dict[str, int]) -> str:
+    """The tree's own families from `sup.status` and `resource.level` (None: not asked or
+    not answered)."""
+    t = Text()
+    if status is not None:
+        rows = list(walk(status))
+        t.family("moorage_child_restarts_total", "counter", "Restarts of a child.")
+        for sup, ch in rows:
+            t.sample("moorage_child_restarts_total", {"supervisor": sup, "child": ch["id"]},
+                     ch["restarts"])
+        t.family("moorage_child_up", "gauge", "1 if the child is running, else 0.")
+        for sup, ch in rows:
+            t.sample("moorage_child_up", {"supervisor": sup, "child": ch["id"]},
+                     1 if ch["state"] == "running" else 0)
+        t.family("moorage_child_uptime_seconds", "gauge", "Time since the child's start.")
+        for sup, ch in rows:
+            t.sample("moorage_child_uptime_seconds", {"supervisor": sup, "child": ch["id"]},
+                     float(ch["uptime_s"]))
+    if level is not None:
+        t.family("moorage_pressure_ratio", "gauge",
+                 "The tree's memory and CPU pressure, 0 (none) to 1 (critical).")
+        t.sample("moorage_pressure_ratio", {}, level["pressure"] / 100)
+        t.family("moorage_pressure_level", "gauge", "1 for the current pressure level.")
+        for name in LEVELS:
+            t.sample("moorage_pressure_level", {"level": name}, 1 if level["level"] == name else 0)
+        t.family("moorage_quality", "gauge",
+                 "Degradation level: 3 everything on, 2 no command records, 1 no shell "
+                 "integration, 0 no file watching.")
+        t.sample("moorage_quality", {}, level["quality"])
+    t.family("moorage_scrape_error", "gauge", "1 if that source did not answer this scrape.")
+    for source, failed in sorted(errors.items()):
+        t.sample("moorage_scrape_error", {"source": source}, failed)
+    return t.render()
+
+
+def gather(c: Client, budget: float) -> str:
+    """The whole tree's metrics text, within `budget` seconds."""
+    end = time.monotonic() + budget
+    errors: dict[str, int] = {}
+
+    def ask(actor: str, op: str) -> Any:
+        left = end - time.monotonic()
+        if left <= 0:  # the budget is spent: no answer from this one
+            errors[actor] = 1
+            return None
+        try:
+            out = c.call(actor, op, timeout=left, idempotent=True)
+        except MoorageError as exc:
+            logger.debug("metrics: {} {}: {}", actor, op, exc)
+            errors[actor] = 1
+            return None
+        errors[actor] = 0
+        return out
+
+    status = ask("supervisor", "sup.status")
+    ids = {ch["id"] for _, ch in walk(status)} if status else None
+    ops = ask("metrics", "metrics.prometheus") if ids is None or "metrics" in ids else None
+    level = ask("resource", "resource.level") if ids is None or "resource" in ids else None
+    text = ops["text"] if ops else ""
+    return text + tree_families(status, level, errors)
 
 
 class TreeCollector(Collector):
-    def __init__(self, runtime_dir: Path, timeout: float = 2.0) -> None:
+    def __init__(self, runtime_dir: Path, budget: float = 4.0) -> None:
         self.runtime_dir = runtime_dir
-        self.timeout = timeout
+        self.budget = budget
 
     def collect(self) -> Iterator[Metric]:
-        errors = GaugeMetricFamily("moorage_scrape_error", "1 if that source did not answer",
-                                   labels=["source"])
-        with Client(self.runtime_dir, timeout=self.timeout,
-                    attempt_timeout=self.timeout / 2) as c:
-            status = self._ask(c, errors, "supervisor", "sup.status")
-            if status is not None:
-                yield from self._children(status)
-            # Without the tree's status, ask anyway: an absent actor is then an error.
-            kids = {ch["id"]: ch for _, ch in _walk(status)} if status else None
-            if kids is None or "metrics" in kids:
-                query = self._ask(c, errors, "metrics", "metrics.query")
-                if query is not None:
-                    yield from self._ops(query)
-            if kids is None or "resource" in kids:
-                level = self._ask(c, errors, "resource", "resource.level")
-                if level is not None:
-                    yield from self._pressure(level)
-        yield errors
-
-    def _ask(self, c: Client, errors: GaugeMetricFamily, actor: str, op: str) -> Any:
-        try:
-            out = c.call(actor, op)
-        except MoorageError as exc:
-            logger.warning("metrics-http: {} {}: {}", actor, op, exc)
-            errors.add_metric([actor], 1)
-            return None
-        errors.add_metric([actor], 0)
-        return out
-
-    def _children(self, status: dict[str, Any]) -> Iterator[Metric]:
-        labels = ["supervisor", "child"]
-        restarts = CounterMetricFamily("moorage_child_restarts", "restarts of a child",
-                                       labels=labels)
-        up = GaugeMetricFamily("moorage_child_up", "1 if the child is running", labels=labels)
-        uptime = GaugeMetricFamily("moorage_child_uptime_seconds", "since the child's start",
-                                   labels=labels)
-        for sup, ch in _walk(status):
-            key = [sup, ch["id"]]
-            restarts.add_metric(key, ch["restarts"])
-            up.add_metric(key, 1 if ch["state"] == "running" else 0)
-            uptime.add_metric(key, ch["uptime_s"])
-        yield from (restarts, up, uptime)
-
-    def _ops(self, query: dict[str, Any]) -> Iterator[Metric]:
-        labels = ["actor", "op"]
-        reqs = CounterMetricFamily("moorage_op_requests", "requests answered", labels=labels)
-        errs = CounterMetricFamily("moorage_op_errors", "requests answered with an error",
-                                   labels=labels)
-        lat = GaugeMetricFamily("moorage_op_latency_seconds", "service time quantiles "
-                                "(lifetime)", labels=[*labels, "quantile"])
-        wreq = GaugeMetricFamily("moorage_op_window_requests",
-                                 f"requests in the last {query['window_s']}s", labels=labels)
-        werr = GaugeMetricFamily("moorage_op_window_error_ratio",
-                                 f"error ratio in the last {query['window_s']}s", labels=labels)
-        for r in query["ops"]:
-            key, lt, w = [r["actor"], r["op"]], r["lifetime"], r["window"]
-            reqs.add_metric(key, lt["count"])
-            errs.add_metric(key, lt["error"])
-            for q, field in QUANTILES:
-                lat.add_metric([*key, q], lt[field] / 1e6)
-            wreq.add_metric(key, w["count"])
-            werr.add_metric(key, w["error_rate"])
-        yield from (reqs, errs, lat, wreq, werr)
-
-    def _pressure(self, level: dict[str, Any]) -> Iterator[Metric]:
-        yield GaugeMetricFamily("moorage_pressure", "the tree's resource pressure, 0..100",
-                                value=level["pressure"])
-        lv = GaugeMetricFamily("moorage_pressure_level", "1 for the current level",
-                               labels=["level"])
-        for name in LEVELS:
-            lv.add_metric([name], 1 if level["level"] == name else 0)
-        yield lv
-        yield GaugeMetricFamily("moorage_quality", "quality level, 3 (all on) .. 0",
-                                value=level["quality"])
+        with Client(self.runtime_dir, timeout=self.budget,
+                    attempt_timeout=self.budget / 2) as c:
+            text = gather(c, self.budget)
+        yield from text_string_to_metric_families(text)
 
 
 class MetricsHttp:

@@ -156,6 +156,7 @@ def parse_child(d: Any, where: str, actor_config: dict, seen: set[str]) -> Child
     shutdown = d.get("shutdown_ms", 5000 if ctype == "worker" else 30_000)
     _want(shutdown == BRUTAL_KILL or (isinstance(shutdown, int) and shutdown >= 0),
           f"{where}.shutdown_ms", f"must be milliseconds or {BRUTAL_KILL!r}")
+    _want(isinstance(d.get("config", {}), dict), f"{where}.config", "must be a table")
     config = dict(d.get("config", {}))
     config.update(actor_config.get(cid, {}))
     fallbacks = d.get("fallbacks", [])

@@ -29,7 +29,8 @@ queue, spawns, deaths and restarts, heartbeats.
 
 Events on `<id>.pub`, topic `sup.event`, body {event, supervisor, child, pid, ...}:
 started, exited (code or signal, reason), restarted, hung, escalated, fallback, alert,
-shed, unshed, stopping. A supervisor republishes its nested supervisors' events, so the root's
+shed, unshed, stopping, and the root's orphaned, adopted, orphan_timeout (lifecycle.py). A
+supervisor republishes its nested supervisors' events, so the root's
 `supervisor.pub` carries the whole tree's; it also republishes the metrics, resource and
 terminal alerts. A child state `shed` is held stopped by `sup.shed` (not a failure).
 
@@ -62,6 +63,7 @@ from moorage.protocol.errors import WireError
 from moorage.supervisor import sdnotify
 from moorage.supervisor.children import Child, ChildState, new_child
 from moorage.supervisor.control import ControlOps
+from moorage.supervisor.lifecycle import Lifecycle, LifecycleOptions
 from moorage.supervisor.overrides import Overrides
 from moorage.supervisor.policy import (
     LAST_RESORT,
@@ -90,6 +92,7 @@ class Supervisor(Actor):
         doc: dict[str, Any],
         *,
         root: bool = False,
+        lifecycle: LifecycleOptions | None = None,
     ) -> None:
         super().__init__(spec.id, runtime_dir, {})
         self.spec = spec
@@ -121,6 +124,7 @@ class Supervisor(Actor):
         self.shed_ops = SheddingOps(self)
         self.add_ops(ControlOps(self))
         self.add_ops(self.shed_ops)
+        self.lifecycle = Lifecycle(self, lifecycle) if lifecycle is not None else None
 
     def event(self, name: str, child: Child | None = None, **fields: Any) -> None:
         """An event on `sup.event` (supervisor.relay)."""
@@ -139,6 +143,8 @@ class Supervisor(Actor):
         self.loop.call_every(interval, self._heartbeat)
         if self.notify is not None:
             self.notify.start_watchdog(self.loop)
+        if self.lifecycle is not None:
+            self.lifecycle.start()
         if self.root and self.doc.get("metrics_http"):
             from moorage.supervisor.prom import MetricsHttp  # threads: only after the zygote's fork
 
@@ -155,6 +161,8 @@ class Supervisor(Actor):
     def _initial_start_finished(self) -> None:
         self.initial_start_done = True
         logger.info("{}: all children started", self.name)
+        if self.lifecycle is not None:
+            self.lifecycle.ready()
         if self._ready_callback is not None:
             cb, self._ready_callback = self._ready_callback, None
             cb()
@@ -168,6 +176,8 @@ class Supervisor(Actor):
         self.shutting_down = True
         self.refuse_requests()
         self.event("stopping")
+        if self.lifecycle is not None:
+            self.lifecycle.stopping()
         if self.notify is not None:
             self.notify.send("STOPPING=1")
         self.jobs.clear()
@@ -181,6 +191,11 @@ class Supervisor(Actor):
             self.current_job = None
             self.next_job()
 
+    def on_adopt(self, parent: int | None) -> dict[str, Any]:
+        if self.lifecycle is None:
+            return super().on_adopt(parent)
+        return self.lifecycle.adopt(parent)
+
     def _all_stopped(self) -> None:
         self.loop.stop()
 
@@ -188,6 +203,8 @@ class Supervisor(Actor):
         # Every child has stopped by now (the job queue ran dry): the zygote may go too.
         if self.metrics_http is not None:
             self.metrics_http.close()
+        if self.lifecycle is not None:
+            self.lifecycle.close()
         self.outbound.close()
         self.relay.close()
         self.zygote.close()

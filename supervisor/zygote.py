@@ -46,6 +46,7 @@ import traceback
 from collections.abc import Callable, Iterable
 
 import msgpack
+import setproctitle
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.beat import BeatBoard, install
@@ -55,6 +56,13 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 REPARENT_SIG = signal.SIGRTMIN + 2  # a child's parent (its zygote) died: see follow_supervisor
 _libc = ctypes.CDLL(None, use_errno=True)
+INSTANCE_ENV = "MOORAGE_INSTANCE"  # set by the root for every process of its tree
+
+
+def set_title(role: str) -> None:
+    """`moorage[<instance>]: <role>` in ps and top, so the tree's processes tell apart (they
+    are all the same interpreter running the same script otherwise)."""
+    setproctitle.setproctitle(f"moorage[{os.environ.get(INSTANCE_ENV, '?')}]: {role}")
 
 
 def _prctl(option: int, arg: int) -> None:
@@ -110,11 +118,12 @@ class ZygoteHandle:
     """The supervisor's side: send spawn requests, read events from `sock`."""
 
     def __init__(self, pid: int, sock: socket.socket, beats: BeatBoard,
-                 preload: list[str]) -> None:
+                 preload: list[str], owner: str = "") -> None:
         self.pid = pid
         self.sock = sock
         self.beats = beats
         self.preload = preload  # for a replacement, should this one die
+        self.owner = owner
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -148,12 +157,14 @@ class ZygoteHandle:
         """A new zygote for this one, which died: a new program (this process has threads
         now), sharing the beat board and the tree's key. Its old socket stays this handle's:
         children still starting say `ready` there."""
-        return spawn_zygote(self.preload, self.beats)
+        return spawn_zygote(self.preload, self.beats, self.owner)
 
 
-def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> ZygoteHandle:
-    """Fork the zygote. Must be called before this process starts any thread. `close_fds`
-    are the supervisor's own (its instance lock) that children must not hold."""
+def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
+                 owner: str = "") -> ZygoteHandle:
+    """Fork the zygote of supervisor `owner`. Must be called before this process starts any
+    thread. `close_fds` are the supervisor's own (its instance lock, the ready line's pipe)
+    that children must not hold."""
     become_subreaper()
     parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     beats = BeatBoard()
@@ -168,6 +179,7 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> 
             for fd in close_fds:
                 os.close(fd)
             die_with_parent(parent)
+            set_title(f"zygote {owner}".rstrip())
             _Zygote(zygote_end, preload, beats, parent).run()
         except BaseException:
             traceback.print_exc()
@@ -176,10 +188,10 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = ()) -> 
             os._exit(code)
     zygote_end.close()
     parent_end.set_inheritable(False)
-    return ZygoteHandle(pid, parent_end, beats, preload)
+    return ZygoteHandle(pid, parent_end, beats, preload, owner)
 
 
-def spawn_zygote(preload: list[str], beats: BeatBoard) -> ZygoteHandle:
+def spawn_zygote(preload: list[str], beats: BeatBoard, owner: str = "") -> ZygoteHandle:
     """Start a zygote as a new program (posix_spawn: no Python runs in a child of this
     threaded process), handing it the board's fd and, first on its socket, the tree's key."""
     parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -192,20 +204,21 @@ def spawn_zygote(preload: list[str], beats: BeatBoard) -> ZygoteHandle:
         boot = (f"import sys; sys.path[:] = {sys.path!r}; "
                 "from moorage.supervisor import launch, zygote; zygote.main(sys.argv[1:])")
         argv = [sys.executable, "-P", "-c", boot, str(os.getpid()), str(zygote_end.fileno()),
-                str(beats.fd), str(beats.slots), *preload]
+                str(beats.fd), str(beats.slots), owner, *preload]
         pid = os.posix_spawn(sys.executable, argv, dict(os.environ))
     finally:
         zygote_end.close()
         os.set_inheritable(beats.fd, False)
     parent_end.send(_encode({"cmd": "key", "key": trust.key()}))
-    return ZygoteHandle(pid, parent_end, beats, preload)
+    return ZygoteHandle(pid, parent_end, beats, preload, owner)
 
 
 def main(argv: list[str]) -> None:
     """A replacement zygote (spawn_zygote, which imported supervisor.launch first: it fills
     LAUNCHERS): take the key, then serve as the first one did."""
-    supervisor, sock_fd, beat_fd, slots, *preload = argv
+    supervisor, sock_fd, beat_fd, slots, owner, *preload = argv
     die_with_parent(int(supervisor))
+    set_title(f"zygote {owner}".rstrip())
     sock = socket.socket(fileno=int(sock_fd))
     sock.set_inheritable(False)
     first = _decode(sock.recv(1 << 16))

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from moorage.actors.runtime.process import run_actor
+from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
@@ -31,6 +32,26 @@ from moorage.supervisor.cli.commands import all_children_running
 from moorage.supervisor.cli.common import tree_pid
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every process a test starts sees the same environment: the tests' fake actors importable
+# from PYTHONPATH (a tree never imports from its working directory, and runs them only with
+# --allow-external-actors), and no user configuration or state of the developer's:
+# $XDG_CONFIG_HOME and $XDG_STATE_HOME are the session's own, empty at the start.
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="mt-home-", dir="/tmp"))
+# Only `tests` on that path (not the checkout, whose egg-info would pass for an install).
+(SESSION_HOME / "path").mkdir()
+(SESSION_HOME / "path" / "tests").symlink_to(ROOT / "tests")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(SESSION_HOME / "path"),
+     *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+os.environ["XDG_CONFIG_HOME"] = str(SESSION_HOME / "config")
+os.environ["XDG_STATE_HOME"] = str(SESSION_HOME / "state")
+for _var in ("MOORAGE_CONFIG", "MOORAGE_STATE_DIR", "MOORAGE_RUNTIME_DIR"):
+    os.environ.pop(_var, None)
+
+
+def pytest_unconfigure(config: Any) -> None:
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture
@@ -136,7 +157,7 @@ class Tree:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moorage.supervisor.cli",
                  "--instance-dir", str(self.runtime_dir),
-                 "up", "--config", str(self.config_path)],
+                 "up", "--config", str(self.config_path), "--allow-external-actors"],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                 start_new_session=True)
         # from_seq=1: every retained event, whenever we happen to connect (no slow joiner).
@@ -149,6 +170,11 @@ class Tree:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this tree's logs and SLO record are (its runtime dir holds sockets only)."""
+        return endpoints.state_dir(self.runtime_dir)
 
     def output(self) -> str:
         return self.out.read_text(errors="replace")

@@ -36,9 +36,12 @@ class FakeActor(Actor):
         if self.config.get("ignore_sigterm"):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    @op("fake.work", args={"n": (int, 0)})
-    def work(self, call: Call, n: int) -> dict[str, Any]:
-        """Count a unit of work, misbehaving when configured to."""
+    @op("fake.work", args={"n": (int, 0), "fail": (bool, False)})
+    def work(self, call: Call, n: int, fail: bool) -> dict[str, Any]:
+        """Count a unit of work, misbehaving when configured to; `fail` raises (a failure of
+        the service, `internal`, unlike bad arguments, which are the caller's)."""
+        if fail:
+            raise ValueError("asked to fail")
         self.work_done += 1
         if self.work_done == self.config.get("crash_after"):
             os._exit(3)

@@ -39,13 +39,14 @@ def errors_merged(tree: Any) -> int:
 
 def test_a_failure_burst_raises_one_alert_on_supervisor_pub_and_it_clears(make_tree):
     tree = make_tree(CONFIG).start()
-    # Three batches of failed fake.work (bad arguments), each merged before the next, so the
-    # metrics actor evaluates the failure rate again and again while it stays high.
+    # Three batches of failed fake.work (the service's failures: bad arguments, the caller's,
+    # would not count), each merged before the next, so the metrics actor evaluates the
+    # failure rate again and again while it stays high.
     for batch in range(1, 4):
         for _ in range(10):
             with pytest.raises(MoorageError) as err:
-                tree.call("alpha", "fake.work", {"n": "not a number"})
-            assert err.value.name == "bad_args"
+                tree.call("alpha", "fake.work", {"fail": True})
+            assert err.value.name == "internal"
         wait_for(lambda b=batch: errors_merged(tree) == 10 * b, f"batch {batch} merged")
     raised = tree.wait_event(lambda e: e["event"] == "alert" and e["alert"]["state"] == "raised"
                              and e["alert"]["kind"] == "failure_rate")

@@ -216,14 +216,7 @@ def _hello_epoch(c: Client, actor: str, old: str) -> str | None:
     return ep if ep != old else None
 
 
-EARLY_FAILURE_PENDING = pytest.mark.xfail(
-    strict=True, reason="the Python client's early failure on a dead actor comes with the "
-    "reliability work (issue 12); remove this mark when it lands")
-
-
-@pytest.mark.parametrize("spec", [
-    pytest.param(s, marks=EARLY_FAILURE_PENDING) if s["kind"] == "killed_mid_call" else s
-    for s in CASES["cases"]], ids=[s["name"] for s in CASES["cases"]])
+@pytest.mark.parametrize("spec", CASES["cases"], ids=[s["name"] for s in CASES["cases"]])
 def test_the_python_client_passes_each_conformance_case(
         spec: dict, conformance_tree: Tree, tmp_path: Path) -> None:  # noqa: F811
     fn = BY_KIND[spec["kind"]]

@@ -382,18 +382,17 @@ def _rendered() -> str:
     for actor in ("echo", 'we"ird\\act\nor'):
         for s in decode_ops({"sys.ping": {"ok": 2, "error": 1, "hist": hist([10, 20, 30])}}):
             table.merge(actor, s, 0)
-    table.series[("echo", "sys.ping")].window.expire(1000)  # an empty window: NaN quantiles
     return render_prometheus(table.select(), pushes_ok=3, pushes_bad=1, dropped_keys=0,
-                             alerts_active=Counter(latency=1), window_s=60)
+                             alerts_active=Counter(latency=1))
 
 
 def test_prometheus_text_declares_each_family_once_and_escapes_label_values():
     text = _rendered()
     assert text.endswith("\n")
     types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
-    assert len(types) == len(set(types)) == 5
+    assert len(types) == len(set(types)) == 6
     assert 'actor="we\\"ird\\\\act\\nor"' in text
-    assert 'moorage_op_latency_microseconds{actor="echo",op="sys.ping",quantile="0.99"} NaN' \
+    assert 'moorage_op_duration_seconds_bucket{actor="echo",op="sys.ping",le="5e-05"} 3' \
         in text
     assert 'moorage_alerts_active{kind="latency"} 1' in text
 
@@ -401,12 +400,15 @@ def test_prometheus_text_declares_each_family_once_and_escapes_label_values():
 def test_prometheus_text_reads_back_with_prometheus_clients_parser():
     parser = pytest.importorskip("prometheus_client.parser")
     families = {f.name: f for f in parser.text_string_to_metric_families(_rendered())}
-    assert families["moorage_op_latency_microseconds"].type == "summary"
+    assert families["moorage_op_duration_seconds"].type == "histogram"
     reqs = families["moorage_op_requests"].samples
     assert {s.labels["actor"] for s in reqs} == {"echo", 'we"ird\\act\nor'}
-    q99 = [s for s in families["moorage_op_latency_microseconds"].samples
-           if s.labels.get("quantile") == "0.99"]
-    assert any(math.isnan(s.value) for s in q99) and any(s.value == 30 for s in q99)
+    inf = [s for s in families["moorage_op_duration_seconds"].samples
+           if s.labels.get("le") == "+Inf"]
+    assert [s.value for s in inf] == [3, 3]
+    sums = [s.value for s in families["moorage_op_duration_seconds"].samples
+            if s.name.endswith("_sum")]
+    assert all(math.isclose(v, 60e-6, rel_tol=0.02) for v in sums)
 
 
 # --- the actor, in a real process --------------------------------------------------------------
@@ -488,7 +490,7 @@ def test_the_prometheus_op_answers_text_that_prometheus_client_parses(tree):
     reply = tree.call("metrics", "metrics.prometheus")
     assert reply["content_type"].startswith("text/plain; version=0.0.4")
     families = {f.name: f for f in parser.text_string_to_metric_families(reply["text"])}
-    count = next(s for s in families["moorage_op_latency_microseconds"].samples
+    count = next(s for s in families["moorage_op_duration_seconds"].samples
                  if s.name.endswith("_count"))
     assert count.labels["actor"] == 'od"d\nname' and count.value == 4
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.timeout(120),
@@ -67,12 +68,12 @@ class Screen:
         assert out.returncode == 0, f"tmux {args}: {out.stderr}"
         return out.stdout
 
-    def run(self, argv: list[str]) -> None:
+    def run(self, argv: list[str], size: tuple[int, int] = (160, 50)) -> None:
         # A placeholder first, so remain-on-exit (the screen stays readable after the command
         # ends) is set before the real command can exit. The exit status is written by a shell
         # around the command: tmux itself sometimes reaps its pane's process late.
-        self.tmux("new-session", "-d", "-s", "top", "-x", "160", "-y", "50", "-c", str(ROOT),
-                  "cat")
+        self.tmux("new-session", "-d", "-s", "top", "-x", str(size[0]), "-y", str(size[1]),
+                  "-c", str(ROOT), "cat")
         self.started = True
         self.tmux("set-option", "-t", "top", "remain-on-exit", "on")
         tmp = f"{self.status}.tmp"
@@ -145,10 +146,10 @@ def restarts_of(text: str, cid: str) -> int | None:
 # --- one frame -----------------------------------------------------------------------------------
 
 
-def test_top_without_a_tree_says_so_and_exits_2(runtime_dir):
+def test_top_without_a_tree_says_so_and_exits_4(runtime_dir):
     out = subprocess.run(top_argv(runtime_dir, "--once"), capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
-    assert out.returncode == 2
+    assert out.returncode == 4
     assert "no moorage tree is running" in out.stderr and out.stdout == ""
 
 
@@ -232,5 +233,38 @@ def test_top_leaves_with_a_clear_message_when_the_tree_stops(make_tree, screen):
     screen.wait(lambda t: restarts_of(t, "alpha") == 0, "the tree")
     with Client(tree.runtime_dir, timeout=10.0) as c:
         c.call("supervisor", "sup.stop")
-    assert screen.wait_exit() == 2
+    assert screen.wait_exit() == 4
     assert "moorage: the tree in" in screen.history()
+
+
+# --- small and large terminals -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)])
+def test_top_stays_readable_in_80x24_and_uses_200x50(make_tree, screen, size):
+    tree = make_tree(TREE).start()
+    # many ops (about 30 with traffic), and an alert raised on one of them
+    for actor in ("metrics", "resource", "alpha", "supervisor"):
+        for op in ("sys.ping", "sys.info", "sys.hello"):
+            for _ in range(3):
+                tree.call(actor, op)
+    for _ in range(25):
+        with pytest.raises(MoorageError):
+            tree.call("alpha", "fake.work", {"fail": True})
+    for n in range(12):
+        tree.call("alpha", "fake.publish", {"topic": f"t{n}", "n": 1})
+    tree.wait_event(lambda e: e["event"] == "alert" and e["alert"]["state"] == "raised")
+    screen.run(top_argv(tree.runtime_dir, "--interval", "0.5"), size)
+    text = screen.wait(lambda t: "active failure_rate" in t and "fake.work" in t
+                       and row(t, "alpha") is not None, "the tree, the ops and the alert")
+    lines = text.splitlines()
+    assert len(lines) <= size[1] and all(len(line) <= size[0] for line in lines)
+    assert "…" not in text  # columns drop whole; none is cut
+    for cid in ("metrics", "resource", "alpha"):
+        assert row(text, cid)[2] == "running", text
+    if size == (80, 24):
+        assert "quieter ops" in text  # cut to what fits, the busiest kept
+    else:
+        assert "FALLBACK" in text and "CLIENT P99" in text
+    screen.tmux("send-keys", "-t", "top", "q")
+    assert screen.wait_exit() == 0

@@ -188,8 +188,8 @@ def test_the_root_speaks_sd_notify_when_systemd_asks(make_tree, runtime_dir):
         tree.proc = subprocess.Popen(
             [sys.executable, "-m", "moorage.supervisor.cli",
              "--instance-dir", str(runtime_dir), "up",
-             "--config", str(tree.config_path)], stdout=f, stderr=subprocess.STDOUT,
-            cwd=ROOT, env=env, start_new_session=True)
+             "--config", str(tree.config_path), "--allow-external-actors"], stdout=f,
+            stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     try:
         seen: list[str] = []
         while "READY=1" not in seen or "WATCHDOG=1" not in seen:
@@ -204,13 +204,15 @@ def test_the_root_speaks_sd_notify_when_systemd_asks(make_tree, runtime_dir):
 
 def test_up_detach_returns_once_the_tree_answers_and_down_stops_it(make_tree):
     tree = make_tree(ORDER)
-    out = tree.cli("up", "--detach", "--config", str(tree.config_path))
+    out = tree.cli("up", "--detach", "--config", str(tree.config_path),
+                   "--allow-external-actors")
     assert out.returncode == 0, out.stderr
-    assert "moorage tree up" in out.stdout
+    ready = json.loads(out.stdout)
+    assert ready["moorage"] == "ready" and ready["runtime_dir"] == str(tree.runtime_dir)
     st = tree.cli("status")
     assert st.returncode == 0 and st.stdout.count("running") == 3
     assert tree.cli("down").returncode == 0
-    assert tree.cli("status").returncode == 2
+    assert tree.cli("status").returncode == 4
 
 
 def test_the_runtime_dir_is_private_and_the_client_sees_a_restart_as_a_new_epoch(make_tree,

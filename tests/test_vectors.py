@@ -203,14 +203,15 @@ def markdown_table(text: str, header: str) -> list[list[str]]:
 def test_the_error_table_in_protocol_md_lists_every_code_with_its_classification():
     rows = markdown_table(
         PROTOCOL_MD.read_text(encoding="utf-8"),
-        "| code | name | category | severity | retryable | fallback_available | meaning |")
+        "| code | name | category | severity | retryable | fallback_available | meaning "
+        "| fault |")
     documented = {int(r[0]): r for r in rows}
     assert len(documented) == len(rows), "a code is listed twice"
     assert set(documented) == set(BY_CODE), "codes missing from or unknown to PROTOCOL.md"
-    for code, name, category, severity, retryable, fallback, summary in _TABLE:
+    for code, name, category, severity, retryable, fallback, summary, fault in _TABLE:
         assert documented[code][1:] == [
             name, str(category), str(severity), str(retryable).lower(),
-            str(fallback).lower(), summary,
+            str(fallback).lower(), summary, str(fault),
         ], code
 
 

@@ -21,7 +21,7 @@ recent figures, not the SLO record.
 Config (all optional): window_s 60, bucket_s 1, max_keys 2000, alert_history 100,
 alert_min_samples 20, alert_failure_rate 0.10, alert_latency_factor 2.0, alert_clear_ratio 0.8,
 targets {op: [p50_us, p99_us, p999_us]}, supervisor "supervisor" (whose events are followed),
-slo_file "metrics-slo.msgpack" (in the runtime dir), slo_save_s 5, probe_timeout_s 5,
+slo_file "metrics-slo.msgpack" (in the state dir), slo_save_s 5, probe_timeout_s 5,
 rto_s {child: s} (default terminal and ptykeeper 1, others `rto_default_s` 5),
 slo {availability 0.999, error_rate 0.001, p99_us 100000, recovery_s 5}. A config that cannot
 work fails the start.
@@ -52,7 +52,8 @@ actor's own figures also go into minute and hour buckets for the 1 h, 24 h and 3
 with the loss counters of each push header; the root supervisor's `sup.event` stream is
 followed (from seq 1, skipping what the saved cursor says was taken) to time each recovery
 from the exit the supervisor saw to the successor's first good reply. It is saved to
-`<runtime_dir>/<slo_file>` every `slo_save_s` when it changed and when the actor stops, and
+`<state_dir>/<slo_file>` (actors/runtime/logs.state_dir) every `slo_save_s` when it changed
+and when the actor stops, and
 loaded at start; a file that cannot be read is logged and renamed `<slo_file>.corrupt-<time>`,
 and the record starts afresh.
 """
@@ -85,6 +86,7 @@ from moorage.actors.metrics.slo_report import build_report
 from moorage.actors.runtime import Actor, Call, op
 from moorage.actors.runtime.actor import TURN_BUDGET_S
 from moorage.actors.runtime.follow import Follow
+from moorage.actors.runtime.logs import state_dir
 from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import StreamMessage
@@ -114,7 +116,7 @@ class MetricsActor(Actor):
         self.received_pushes = 0  # every message on metrics.in, bad ones included
         self.bad_pushes = 0
         self.actors: dict[str, dict[str, Any]] = {}
-        self.record = SloRecord(self.runtime_dir / st.slo_file, st)
+        self.record = SloRecord(state_dir(self.runtime_dir) / st.slo_file, st)
         self.record.load(time.time())
         self.slo, self.recovery = self.record.store, self.record.tracker
         self.serving_since = time.time()  # set again at the first loop turn
@@ -191,7 +193,7 @@ class MetricsActor(Actor):
         for s in samples:
             series = self.table.merge(actor, s, idx)
             if series is not None:  # the table's key bound holds for the SLO record too
-                self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now)
+                self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now, s.caller)
                 self.record.dirty = True
                 self._evaluate(series)
 
@@ -226,8 +228,11 @@ class MetricsActor(Actor):
         p99 = None
         if self.alerts.policy.latency_threshold(s.op) is not None:
             p99 = summarize(w.ok, w.error, w.counts)["p99"]
+        # A failure rate is the service's: errors that were the caller's (a missing file, a
+        # typo in an op) say nothing about its health.
         self._publish_alerts(self.alerts.evaluate(s.actor, s.op, requests=w.requests,
-                                                  errors=w.error, p99=p99, now=time.time()))
+                                                  errors=w.error - w.caller, p99=p99,
+                                                  now=time.time()))
 
     def _advance(self) -> int:
         """Expire old intervals everywhere and re-evaluate the series that changed."""
@@ -300,8 +305,8 @@ class MetricsActor(Actor):
         for s in self.table.select(actor, op):
             w = s.window
             rows.append({"actor": s.actor, "op": s.op,
-                         "lifetime": summarize(s.ok, s.error, s.counts),
-                         "window": {**summarize(w.ok, w.error, w.counts),
+                         "lifetime": summarize(s.ok, s.error, s.counts, s.caller),
+                         "window": {**summarize(w.ok, w.error, w.counts, w.caller),
                                     "seconds": self.settings.window_s}})
         return {"ops": rows, "received_pushes": self.received_pushes,
                 "bad_pushes": self.bad_pushes, "dropped_keys": self.table.dropped_keys,
@@ -329,7 +334,7 @@ class MetricsActor(Actor):
         text = render_prometheus(
             self.table.select(), pushes_ok=self.received_pushes - self.bad_pushes,
             pushes_bad=self.bad_pushes, dropped_keys=self.table.dropped_keys,
-            alerts_active=self.alerts.active_by_kind(), window_s=self.settings.window_s)
+            alerts_active=self.alerts.active_by_kind())
         return {"text": text, "content_type": CONTENT_TYPE}
 
     @op("metrics.slo", idempotent=True)

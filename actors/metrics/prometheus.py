@@ -1,20 +1,45 @@
-"""Prometheus text exposition format 0.0.4 for the metrics table."""
+"""The metrics actor's families in Prometheus text exposition format 0.0.4.
+
+One schema for the whole tree (supervisor/prom.py adds the tree's own families: children,
+pressure, quality): names in snake case under `moorage_`, base units (seconds, ratios),
+counters ending in `_total`.
+
+Latency is one **histogram** family per op, `moorage_op_duration_seconds`, not a summary:
+this actor holds every op's service times as exact counts (HDR-equivalent values), so
+cumulative buckets cost nothing to give, and unlike a summary's quantiles they can be summed
+across ops, actors and trees and turned into any quantile over any range in PromQL
+(`histogram_quantile`). Buckets are DURATION_BUCKETS; a value on a bucket's bound counts in
+it (`le`). `_sum` is at HDR resolution (within 1%). All op figures are since the metrics actor
+started (counters reset when it restarts, as Prometheus expects of a process's counters).
+
+  moorage_op_requests_total{actor,op}          counter    requests answered
+  moorage_op_errors_total{actor,op,fault}      counter    of them, errors; fault = caller |
+                                                          service (protocol.errors.Fault)
+  moorage_op_duration_seconds{actor,op}        histogram  service time
+  moorage_metrics_pushes_total{result}         counter    pushes received, ok | bad
+  moorage_metrics_dropped_keys_total           counter    op entries the full table refused
+  moorage_alerts_active{kind}                  gauge      failure_rate | latency | data_loss
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
 
-from moorage.actors.metrics.series import PERCENTILES, Series, summarize
+from moorage.actors.metrics.series import Series
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds: 50 µs (a cache hit) to a minute (a long term.exec), about 2.5x apart.
+DURATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ALERT_KINDS = ("failure_rate", "latency", "data_loss")
 
 
-def _label(v: str) -> str:
+def label(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _num(v: float) -> str:
+def num(v: float) -> str:
     if isinstance(v, int):
         return str(v)
     if math.isnan(v):
@@ -24,43 +49,69 @@ def _num(v: float) -> str:
     return repr(v)
 
 
+class Text:
+    """Families written one after another, each with its HELP and TYPE lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_: str) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
+        ls = ",".join(f'{k}="{label(v)}"' for k, v in labels.items())
+        self.lines.append(f"{name}{{{ls}}} {num(value)}" if ls else f"{name} {num(value)}")
+
+    def render(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def duration_buckets(counts: Mapping[int, int]) -> list[tuple[str, int]]:
+    """Cumulative (le, count) pairs of microsecond values, +Inf last."""
+    edges = [round(b * 1e6) for b in DURATION_BUCKETS]
+    per = [0] * (len(edges) + 1)
+    for us, n in counts.items():
+        i = next((j for j, e in enumerate(edges) if us <= e), len(edges))
+        per[i] += n
+    out, seen = [], 0
+    for b, n in zip([*[f"{b:g}" for b in DURATION_BUCKETS], "+Inf"], per, strict=True):
+        seen += n
+        out.append((b, seen))
+    return out
+
+
 def render_prometheus(series: Iterable[Series], *, pushes_ok: int, pushes_bad: int,
-                      dropped_keys: int, alerts_active: Mapping[str, int],
-                      window_s: float) -> str:
-    """Quantiles are over the recent window (NaN while it is empty), as Prometheus client
-    summaries do with a max age; _sum and _count are since the metrics actor started, and _sum
-    is at HDR resolution (within 1%)."""
+                      dropped_keys: int, alerts_active: Mapping[str, int]) -> str:
     rows = list(series)
-    out: list[str] = []
-
-    def family(name: str, kind: str, help_: str) -> None:
-        out.append(f"# HELP {name} {help_}")
-        out.append(f"# TYPE {name} {kind}")
-
-    family("moorage_op_requests_total", "counter", "Requests served, per actor, op and outcome.")
+    t = Text()
+    t.family("moorage_op_requests_total", "counter",
+             "Requests answered, per actor and op.")
     for s in rows:
-        ls = f'actor="{_label(s.actor)}",op="{_label(s.op)}"'
-        out.append(f'moorage_op_requests_total{{{ls},outcome="ok"}} {s.ok}')
-        out.append(f'moorage_op_requests_total{{{ls},outcome="error"}} {s.error}')
-    name = "moorage_op_latency_microseconds"
-    family(name, "summary", f"Service time per op; quantiles over the last {window_s:g} s.")
+        t.sample("moorage_op_requests_total", {"actor": s.actor, "op": s.op}, s.ok + s.error)
+    t.family("moorage_op_errors_total", "counter",
+             "Requests answered with an error, by whose fault it was: the caller's (bad "
+             "arguments, unknown op, missing file) or the service's.")
     for s in rows:
-        ls = f'actor="{_label(s.actor)}",op="{_label(s.op)}"'
-        w = summarize(s.window.ok, s.window.error, s.window.counts)
-        for key, p in PERCENTILES:
-            q = w[key] if w["count"] else math.nan
-            out.append(f'{name}{{{ls},quantile="{p / 100:g}"}} {_num(q)}')
-        out.append(f"{name}_sum{{{ls}}} {s.sum_us}")
-        out.append(f"{name}_count{{{ls}}} {s.ok + s.error}")
-    family("moorage_metrics_pushes_total", "counter", "Metrics pushes received, by result.")
-    out.append(f'moorage_metrics_pushes_total{{result="ok"}} {pushes_ok}')
-    out.append(f'moorage_metrics_pushes_total{{result="bad"}} {pushes_bad}')
-    family("moorage_metrics_dropped_keys_total", "counter",
-           "Op entries not kept because the (actor, op) table was full.")
-    out.append(f"moorage_metrics_dropped_keys_total {dropped_keys}")
-    family("moorage_alerts_active", "gauge", "Alerts currently raised, by kind.")
-    for kind in ("failure_rate", "latency", "data_loss"):
-        out.append(f'moorage_alerts_active{{kind="{kind}"}} {alerts_active.get(kind, 0)}')
-    return "\n".join(out) + "\n"
-
-
+        for fault, n in (("caller", s.caller), ("service", s.error - s.caller)):
+            t.sample("moorage_op_errors_total", {"actor": s.actor, "op": s.op, "fault": fault},
+                     n)
+    name = "moorage_op_duration_seconds"
+    t.family(name, "histogram", "Service time of an op, in the actor.")
+    for s in rows:
+        key = {"actor": s.actor, "op": s.op}
+        for le, n in duration_buckets(s.counts):
+            t.sample(f"{name}_bucket", {**key, "le": le}, n)
+        t.sample(f"{name}_sum", key, s.sum_us / 1e6)
+        t.sample(f"{name}_count", key, s.ok + s.error)
+    t.family("moorage_metrics_pushes_total", "counter",
+             "Metrics pushes the metrics actor received, by result.")
+    t.sample("moorage_metrics_pushes_total", {"result": "ok"}, pushes_ok)
+    t.sample("moorage_metrics_pushes_total", {"result": "bad"}, pushes_bad)
+    t.family("moorage_metrics_dropped_keys_total", "counter",
+             "Op entries not kept because the (actor, op) table was full.")
+    t.sample("moorage_metrics_dropped_keys_total", {}, dropped_keys)
+    t.family("moorage_alerts_active", "gauge", "Alerts raised now, by kind.")
+    for kind in ALERT_KINDS:
+        t.sample("moorage_alerts_active", {"kind": kind}, alerts_active.get(kind, 0))
+    return t.render()

@@ -44,6 +44,7 @@ class OpSample:
     error: int
     counts: Counter[int]  # HDR highest-equivalent microsecond value -> occurrences
     sum_us: int
+    caller: int = 0  # of `error`, the caller's (protocol.errors.Fault)
 
 
 @dataclass(slots=True)
@@ -102,7 +103,7 @@ def fold_histogram(encoded: Any) -> Counter[int]:
 
 
 def decode_ops(body: Any) -> list[OpSample]:
-    """`{op: {ok, error, hist}}` (an `OpStats.drain`) -> samples, or BadPush."""
+    """`{op: {ok, error, caller?, hist}}` (an `OpStats.drain`) -> samples, or BadPush."""
     if type(body) is not dict or len(body) > MAX_OPS_PER_PUSH:
         raise BadPush(f"body must be a map of at most {MAX_OPS_PER_PUSH} ops")
     hist_bytes = sum(len(d.get("hist") or b"") for d in body.values()
@@ -116,11 +117,15 @@ def decode_ops(body: Any) -> list[OpSample]:
         if type(d) is not dict:
             raise BadPush(f"{name}: entry must be a map")
         ok, error = _count(d.get("ok"), f"{name}.ok"), _count(d.get("error"), f"{name}.error")
+        caller = _count(d.get("caller", 0), f"{name}.caller")
+        if caller > error:
+            raise BadPush(f"{name}: {caller} caller errors of {error} errors")
         counts = fold_histogram(d.get("hist"))
         total = sum(counts.values())
         if total != ok + error:  # every request, ok or not, records its service time
             raise BadPush(f"{name}: hist holds {total} values for {ok + error} requests")
-        out.append(OpSample(name, ok, error, counts, sum(v * n for v, n in counts.items())))
+        out.append(OpSample(name, ok, error, counts, sum(v * n for v, n in counts.items()),
+                            caller))
     return out
 
 

@@ -16,11 +16,12 @@ MAX_SPAN = 86_400  # intervals in one window
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
 
-def summarize(ok: int, error: int, counts: Counter[int]) -> dict[str, Any]:
+def summarize(ok: int, error: int, counts: Counter[int], caller: int = 0) -> dict[str, Any]:
     """Counts and percentiles; the percentiles equal protocol.histogram.summary's on the same
-    values (HDR's rule: the first value whose cumulative count reaches round(p% x total))."""
+    values (HDR's rule: the first value whose cumulative count reaches round(p% x total)).
+    `error_rate` is of all errors; `caller_errors` says how many of them were the caller's."""
     n = ok + error
-    out: dict[str, Any] = {"count": n, "ok": ok, "error": error,
+    out: dict[str, Any] = {"count": n, "ok": ok, "error": error, "caller_errors": caller,
                            "error_rate": error / n if n else 0.0}
     total = sum(counts.values())
     if not total:
@@ -39,23 +40,23 @@ def summarize(ok: int, error: int, counts: Counter[int]) -> dict[str, Any]:
 
 
 class _Bucket:
-    __slots__ = ("counts", "error", "idx", "ok", "sum_us")
+    __slots__ = ("caller", "counts", "error", "idx", "ok", "sum_us")
 
     def __init__(self, idx: int) -> None:
         self.idx = idx
-        self.ok = self.error = self.sum_us = 0
+        self.ok = self.error = self.sum_us = self.caller = 0
         self.counts: Counter[int] = Counter()
 
 
 class Window:
     """The last `span` intervals of one series and their running total (read in O(1))."""
 
-    __slots__ = ("buckets", "counts", "error", "ok", "span", "sum_us")
+    __slots__ = ("buckets", "caller", "counts", "error", "ok", "span", "sum_us")
 
     def __init__(self, span: int) -> None:
         self.span = span
         self.buckets: deque[_Bucket] = deque()
-        self.ok = self.error = self.sum_us = 0
+        self.ok = self.error = self.sum_us = self.caller = 0
         self.counts: Counter[int] = Counter()
 
     def add(self, idx: int, s: OpSample) -> None:
@@ -66,6 +67,7 @@ class Window:
         for target in (b, self):
             target.ok += s.ok
             target.error += s.error
+            target.caller += s.caller
             target.sum_us += s.sum_us
             target.counts.update(s.counts)
 
@@ -76,6 +78,7 @@ class Window:
             b = self.buckets.popleft()
             self.ok -= b.ok
             self.error -= b.error
+            self.caller -= b.caller
             self.sum_us -= b.sum_us
             for v, n in b.counts.items():
                 left = self.counts[v] - n
@@ -94,18 +97,19 @@ class Window:
 class Series:
     """One (actor, op): lifetime totals and the recent window."""
 
-    __slots__ = ("actor", "counts", "error", "ok", "op", "sum_us", "window")
+    __slots__ = ("actor", "caller", "counts", "error", "ok", "op", "sum_us", "window")
 
     def __init__(self, actor: str, op: str, span: int) -> None:
         self.actor = actor
         self.op = op
-        self.ok = self.error = self.sum_us = 0
+        self.ok = self.error = self.sum_us = self.caller = 0
         self.counts: Counter[int] = Counter()
         self.window = Window(span)
 
     def add(self, idx: int, s: OpSample) -> None:
         self.ok += s.ok
         self.error += s.error
+        self.caller += s.caller
         self.sum_us += s.sum_us
         self.counts.update(s.counts)
         self.window.add(idx, s)

@@ -1,4 +1,4 @@
-"""The SLO windows (seed 11.1): 1 h, 24 h and 30 d of per-op counts and latencies, data-loss
+"""The SLO windows: 1 h, 24 h and 30 d of per-op counts and latencies, data-loss
 counts, downtime and observed time, in buckets that survive a restart of the metrics actor.
 
 Pure: time is passed in (wall-clock seconds, because the windows outlive the process), and
@@ -76,23 +76,31 @@ def percentile(bins: Mapping[int, int], p: float) -> int:
 
 
 class OpFigures:
-    """ok, error and latency bins of one (actor, op) in one bucket or window."""
+    """ok, error and latency bins of one (actor, op) in one bucket or window; `caller` is how
+    many of the errors were the caller's (protocol.errors.Fault), `service_errors` the rest."""
 
-    __slots__ = ("bins", "error", "ok")
+    __slots__ = ("bins", "caller", "error", "ok")
 
-    def __init__(self, ok: int = 0, error: int = 0, bins: Counter[int] | None = None) -> None:
+    def __init__(self, ok: int = 0, error: int = 0, bins: Counter[int] | None = None,
+                 caller: int = 0) -> None:
         self.ok = ok
         self.error = error
+        self.caller = caller
         self.bins: Counter[int] = bins if bins is not None else Counter()
 
     def add(self, other: OpFigures) -> None:
         self.ok += other.ok
         self.error += other.error
+        self.caller += other.caller
         self.bins.update(other.bins)
 
     @property
     def requests(self) -> int:
         return self.ok + self.error
+
+    @property
+    def service_errors(self) -> int:
+        return self.error - self.caller
 
 
 @dataclass(slots=True)
@@ -195,13 +203,13 @@ class SloStore:
         return [b for b in (self.minutes.at(t), self.hours.at(t)) if b is not None]
 
     def add_ops(self, actor: str, op: str, ok: int, error: int, counts: Mapping[int, int],
-                now: float) -> None:
+                now: float, caller: int = 0) -> None:
         bins = bins_of(counts)
         for b in self._buckets(now):
             f = b.ops.get((actor, op))
             if f is None:
                 f = b.ops[(actor, op)] = OpFigures()
-            f.add(OpFigures(ok, error, bins))
+            f.add(OpFigures(ok, error, bins, caller))
 
     def add_loss(self, actor: str, counts: Mapping[str, int], now: float) -> None:
         if not any(counts.values()):
@@ -282,7 +290,7 @@ def _count(v: Any) -> int:
 
 
 def _bucket_state(idx: int, b: Figures) -> list[Any]:
-    ops = [[a, o, f.ok, f.error, [[k, n] for k, n in sorted(f.bins.items())]]
+    ops = [[a, o, f.ok, f.error, [[k, n] for k, n in sorted(f.bins.items())], f.caller]
            for (a, o), f in sorted(b.ops.items())]
     return [idx, b.observed, ops, [[a, c, n] for (a, c), n in sorted(b.loss.items())],
             [[c, s] for c, s in sorted(b.down.items())]]
@@ -297,16 +305,19 @@ def _bucket_from(row: Any) -> tuple[int, Figures]:
           "bucket lists")
     f = Figures(observed=float(observed))
     for op_row in ops:
-        _want(isinstance(op_row, list) and len(op_row) == 5,
-              "an op is [actor, op, ok, error, bins]")
-        actor, op, ok, error, bins = op_row
+        # (a record written before caller errors were counted apart has five fields)
+        _want(isinstance(op_row, list) and len(op_row) in (5, 6),
+              "an op is [actor, op, ok, error, bins, caller?]")
+        actor, op, ok, error, bins = op_row[:5]
+        caller = _count(op_row[5]) if len(op_row) == 6 else 0
+        _want(caller <= _count(error), "more caller errors than errors")
         _want(isinstance(actor, str) and isinstance(op, str) and isinstance(bins, list),
               "op names and bins")
         counts: Counter[int] = Counter()
         for pair in bins:
             _want(isinstance(pair, list) and len(pair) == 2, "a bin is [bin, count]")
             counts[_count(pair[0])] += _count(pair[1])
-        f.ops[(actor, op)] = OpFigures(_count(ok), _count(error), counts)
+        f.ops[(actor, op)] = OpFigures(_count(ok), _count(error), counts, caller)
     for loss_row in loss:
         _want(isinstance(loss_row, list) and len(loss_row) == 3
               and all(isinstance(x, str) for x in loss_row[:2]), "a loss is [actor, counter, n]")

@@ -1,9 +1,12 @@
-"""The SLO report (seed 11.1 and 11.2) from the SLO windows and the recovery incidents.
+"""The SLO report from the SLO windows and the recovery incidents.
 
   availability   1 - down child-seconds / observed child-seconds; a child is down from the
                  exit the supervisor saw to its successor's first good reply (open incidents
                  count up to now); judged over 30 d
-  error rate     errors / requests of every op; judged over 24 h
+  error rate     the service's errors / requests of every op; judged over 24 h. An error
+                 that is the caller's (protocol.errors.Fault: a missing file, an unknown op,
+                 bad arguments) is not the service failing: it is counted apart
+                 (`caller_errors`) and shown beside, never in the rate
   p99 latency    of every op's service time together, except the ops whose time is the
                  user's (`p99_exclude`: term.exec runs the user's command, term.create the
                  user's rc files, fs.sync waits for the file system); judged over 1 h (and per
@@ -81,15 +84,18 @@ def _window(name: str, f: Figures, store_now: float, tracker: RecoveryTracker,
     for op, figs in sorted(per_op.items()):
         target = targets.get(op)
         p99 = percentile(figs.bins, 99)
-        ops.append({"op": op, "requests": figs.requests, "errors": figs.error,
-                    "error_rate": figs.error / figs.requests if figs.requests else 0.0,
+        ops.append({"op": op, "requests": figs.requests, "errors": figs.service_errors,
+                    "caller_errors": figs.caller,
+                    "error_rate": figs.service_errors / figs.requests if figs.requests else 0.0,
                     "p50_us": percentile(figs.bins, 50), "p99_us": p99,
                     "target_p99_us": target,
                     "met": None if target is None or not figs.requests else p99 <= target})
     loss = loss_totals(f.loss.items())
     return {"seconds": WINDOWS[name], "observed_s": round(f.observed, 3),
-            "requests": everything.requests, "errors": everything.error,
-            "error_rate": everything.error / everything.requests if everything.requests else 0.0,
+            "requests": everything.requests, "errors": everything.service_errors,
+            "caller_errors": everything.caller,
+            "error_rate": (everything.service_errors / everything.requests
+                           if everything.requests else 0.0),
             "p99_us": percentile(timed.bins, 99), "p99_excludes": list(p99_exclude),
             "availability": availability,
             "down_s": {c: round(s, 3) for c, s in sorted(down.items())},

@@ -49,7 +49,7 @@ from moorage.protocol.envelope import (
     packb,
     shape_problem,
 )
-from moorage.protocol.errors import Category, MoorageError, WireError, fail
+from moorage.protocol.errors import Category, Fault, MoorageError, WireError, fail, fault_of
 from moorage.protocol.wire import NOBLOCK, send_frames
 
 VERSION = "0.1.0"
@@ -336,11 +336,13 @@ class Actor:
         an idle actor has nothing to push (five probes a second would keep it busy)."""
         return {"ep": self.epoch}
 
-    @op("sys.hello", args={"client": (str, "")}, idempotent=True, timeout_ms=1000,
-        checked=False)
-    def _op_hello(self, call: Call, client: str) -> dict[str, Any]:
-        """Who answers here: a new epoch means the actor restarted since the last hello."""
-        return {
+    @op("sys.hello", args={"client": (str, ""), "adopt": (bool, False), "parent": (int, None)},
+        idempotent=True, timeout_ms=1000, checked=False)
+    def _op_hello(self, call: Call, client: str, adopt: bool,
+                  parent: int | None) -> dict[str, Any]:
+        """Who answers here: a new epoch means the actor restarted since the last hello. With
+        adopt, the caller takes an orphaned tree over (said to the root supervisor)."""
+        out = {
             "actor": self.name,
             "ep": self.epoch,
             "proto": PROTO_VERSION,
@@ -348,6 +350,14 @@ class Actor:
             "pid": os.getpid(),
             "max_msg": limits.MAX_MESSAGE_SIZE,
         }
+        if adopt:
+            out["lifecycle"] = self.on_adopt(parent)
+        return out
+
+    def on_adopt(self, parent: int | None) -> dict[str, Any]:
+        """`sys.hello {adopt: true, parent}`: a new editor (pid `parent`, None: no one) takes
+        the tree over. Only the root supervisor can be adopted; it answers its lifecycle."""
+        raise fail("bad_args", f"{self.name} cannot be adopted; say it to the root supervisor")
 
     @op("sys.info", idempotent=True, timeout_ms=1000)
     def _op_info(self, call: Call) -> dict[str, Any]:
@@ -546,7 +556,8 @@ class Actor:
         # Not run, so not cached: a retry may run it.
         self.refused[error.name] += 1
         self._send(route, encode_error(req.id, self.epoch, error))
-        self.stats.record(req.op if req.op in self.ops else "(unknown)", 0, False)
+        self.stats.record(req.op if req.op in self.ops else "(unknown)", 0, False,
+                          fault_of(error.name) is Fault.CALLER)
 
     def _finish(self, call: Call, result: Any, error: WireError | None) -> None:
         if call.answered:
@@ -583,10 +594,11 @@ class Actor:
             self.cache.put(call.sid, call.id, frames)
         # Unknown op names are the caller's text: one key for all, or junk fills the metrics.
         if spec is None:
-            self.stats.record("(unknown)", 0, False)
+            self.stats.record("(unknown)", 0, False, True)  # unknown_op: the caller's
         elif spec.recorded:
             self.stats.record(call.op, int((_perf_counter() - call.started) * 1e6),
-                              error is None)
+                              error is None,
+                              error is not None and fault_of(error.name) is Fault.CALLER)
 
     # --- metrics ------------------------------------------------------------------------------
 

@@ -67,13 +67,24 @@ def install_handlers(level: str = "INFO", console_level: str = "WARNING") -> Non
     _installed = (level, console_level)
 
 
+STATE_ENV = "MOORAGE_STATE_DIR"
+
+
+def state_dir(runtime_dir: Path) -> Path:
+    """Where this process's tree keeps what must outlive a reboot (logs, the SLO record):
+    the root sets MOORAGE_STATE_DIR for every process it starts (moorage.protocol.endpoints
+    .state_dir says where); an actor started on its own (tests) keeps it in its runtime dir."""
+    given = os.environ.get(STATE_ENV)
+    return Path(given) if given else Path(runtime_dir)
+
+
 def setup_logging(
     runtime_dir: Path, name: str, level: str = "INFO", console_level: str = "WARNING"
 ) -> None:
-    """Log as `name` into `<runtime_dir>/logs/<name>.log` (console: warnings and worse)."""
+    """Log as `name` into `<state_dir>/logs/<name>.log` (console: warnings and worse)."""
     if _installed != (level, console_level):
         install_handlers(level, console_level)
-    logs = runtime_dir / "logs"
+    logs = state_dir(runtime_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     SINK.open(logs / f"{name}.log")
     logger.configure(extra={"actor": name})

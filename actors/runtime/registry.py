@@ -125,7 +125,7 @@ def op(
             timeout_ms=timeout_ms,
             essential=essential,
             recorded=recorded,
-            doc=(fn.__doc__ or "").strip().split("\n")[0],
+            doc=" ".join((fn.__doc__ or "").split()),  # whole sentences, on one line
             checked=checked,
         )
         return fn

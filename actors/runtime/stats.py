@@ -1,7 +1,8 @@
 """Service time and outcome per op, counted on the hot path, drained once a push interval.
 
-The drain is what the metrics actor receives: per op, the ok and error counts and an encoded
-HDR histogram of service time (moorage.protocol.histogram's shape, so all of them merge).
+The drain is what the metrics actor receives: per op, the ok and error counts (and of the
+errors, how many were the caller's: protocol.errors.Fault) and an encoded HDR histogram of
+service time (moorage.protocol.histogram's shape, so all of them merge).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from moorage.protocol.histogram import Recorder, decode
 
 
 class OpCounts:
-    __slots__ = ("error", "ok", "times")
+    __slots__ = ("caller", "error", "ok", "times")
 
     def __init__(self) -> None:
         self.ok = 0
         self.error = 0
+        self.caller = 0  # of `error`, those that were the caller's fault
         self.times = Recorder()
 
 
@@ -26,7 +28,8 @@ class OpStats:
         self.total_ok = 0
         self.total_error = 0
 
-    def record(self, op: str, micros: int, ok: bool) -> None:
+    def record(self, op: str, micros: int, ok: bool, caller: bool = False) -> None:
+        """One request of `op`; `caller`: it failed with an error that is the caller's."""
         c = self._ops.get(op)
         if c is None:
             c = self._ops[op] = OpCounts()
@@ -36,17 +39,22 @@ class OpStats:
         else:
             c.error += 1
             self.total_error += 1
+            if caller:
+                c.caller += 1
         c.times.record(micros)
 
     def pending(self) -> bool:
         return bool(self._ops)
 
     def drain(self) -> dict[str, dict]:
-        """{op: {ok, error, hist: encoded HDR}} for everything recorded since the last drain."""
-        out = {
-            name: {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()}
-            for name, c in self._ops.items()
-        }
+        """{op: {ok, error, caller?, hist: encoded HDR}} for everything recorded since the last
+        drain (`caller` only when some errors were the caller's)."""
+        out = {}
+        for name, c in self._ops.items():
+            d = {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()}
+            if c.caller:
+                d["caller"] = c.caller
+            out[name] = d
         self._ops = {}
         return out
 
@@ -58,6 +66,7 @@ class OpStats:
                 c = self._ops[name] = OpCounts()
             c.ok += d["ok"]
             c.error += d["error"]
+            c.caller += d.get("caller", 0)
             c.times.add_histogram(decode(d["hist"]))
 
 

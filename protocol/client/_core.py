@@ -34,6 +34,7 @@ import zmq
 
 from moorage.protocol import endpoints, limits
 from moorage.protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
+from moorage.protocol.client.connection import Connection, locate
 from moorage.protocol.envelope import Reply, encode_request
 from moorage.protocol.errors import MoorageError, WireError
 from moorage.protocol.recovery import (
@@ -257,7 +258,15 @@ class ClientCore:
         sid: str | None = None,
         options: ClientOptions | None = None,
     ) -> None:
-        self.runtime_dir = Path(runtime_dir) if runtime_dir else endpoints.runtime_dir(instance)
+        # Given a directory, the client connects there whatever runs (a tree may come up
+        # later); given an instance (or nothing), it finds the running tree or raises
+        # `not_running` now (connection.py).
+        self.connection: Connection | None = None
+        if runtime_dir:
+            self.runtime_dir = Path(runtime_dir)
+        else:
+            self.connection = locate(instance)
+            self.runtime_dir = self.connection.runtime_dir
         self.sid = sid or f"{os.getpid()}-{secrets.token_hex(6)}"
         self.options = options or ClientOptions()
         if self.options.metrics_name is not None:

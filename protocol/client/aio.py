@@ -28,6 +28,7 @@ from moorage.protocol.client._core import (
     monitor_events,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from moorage.protocol.client.connection import from_file
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
@@ -94,6 +95,15 @@ class AsyncClient:
         self._conns: dict[str, _AConn] = {}
         self._subs: set[AsyncSubscription] = set()
         self.core.start_pusher(self.ctx)
+
+    @classmethod
+    def from_connection_file(cls, path: str | Path, **kw: Any) -> AsyncClient:
+        """A client of the tree that `path` (a `tree.json`) describes; `not_running` at
+        once if that tree is not running (its lock free, or the file gone)."""
+        conn = from_file(path)
+        client = cls(conn.runtime_dir, **kw)
+        client.core.connection = conn
+        return client
 
     @property
     def sid(self) -> str:

@@ -23,6 +23,7 @@ from moorage.protocol.client._core import (
     monitor_events,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from moorage.protocol.client.connection import from_file
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
@@ -76,6 +77,15 @@ class Client:
         self._conns: dict[str, _Conn] = {}
         self._subs: set[Subscription] = set()
         self.core.start_pusher(self.ctx)
+
+    @classmethod
+    def from_connection_file(cls, path: str | Path, **kw: Any) -> Client:
+        """A client of the tree that `path` (a `tree.json`) describes; `not_running` at
+        once if that tree is not running (its lock free, or the file gone)."""
+        conn = from_file(path)
+        client = cls(conn.runtime_dir, **kw)
+        client.core.connection = conn
+        return client
 
     @property
     def sid(self) -> str:

@@ -375,11 +375,12 @@ def render() -> str:
 
 def error_table() -> str:
     """The markdown error table of PROTOCOL.md, from protocol/errors.py."""
-    rows = ["| code | name | category | severity | retryable | fallback_available | meaning |",
-            "|---|---|---|---|---|---|---|"]
-    for code, name, cat, sev, retry, fallback, summary in _TABLE:
+    rows = ["| code | name | category | severity | retryable | fallback_available | meaning "
+            "| fault |",
+            "|---|---|---|---|---|---|---|---|"]
+    for code, name, cat, sev, retry, fallback, summary, fault in _TABLE:
         rows.append(f"| {code} | `{name}` | {cat} | {sev} | {str(retry).lower()} | "
-                    f"{str(fallback).lower()} | {summary} |")
+                    f"{str(fallback).lower()} | {summary} | {fault} |")
     return "\n".join(rows)
 
 

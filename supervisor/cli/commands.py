@@ -1,7 +1,11 @@
 """`moorage`: bring a tree up, look at it, and drive it.
 
-Exit codes: 0 done; 1 the tree answered with an error; 2 usage error, no tree running,
-unknown actor, bad JSON or bad config; 3 the tree gave up (a supervisor escalated).
+The argument parser and `main`: global options anywhere on the line, one exit-code table for
+every command (common.EXIT_TABLE), and no traceback for any input: a usage error, a bad value
+or an error from the tree is one line on stderr and its exit code; a reader that closed the
+pipe early ends the command quietly. The commands themselves are in up.py (up, adopt),
+tree.py (down, status, restart, kill, config), calls.py (call, ops, subscribe, events, logs),
+here (metrics, top), slo_view.py (slo) and completion.py (shell completion).
 """
 
 from __future__ import annotations
@@ -9,103 +13,49 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from moorage.actors.resource.levels import FEATURES_OFF
 from moorage.protocol import endpoints
-from moorage.protocol.client import Client, Loss, Reset
-from moorage.protocol.envelope import StreamMessage
-from moorage.protocol.errors import MoorageError
+from moorage.protocol.client.connection import read_connection_file
+from moorage.protocol.envelope import PROTO_VERSION
+from moorage.protocol.errors import Fault, MoorageError, fault_of
+from moorage.supervisor.cli.calls import cmd_call, cmd_events, cmd_logs, cmd_ops, cmd_subscribe
 from moorage.supervisor.cli.common import (
     EXIT_ERROR,
-    EXIT_ESCALATED,
+    EXIT_NO_TREE,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
-    check_actor,
     connect,
+    exit_table_text,
     need_tree,
-    tree_pid,
+    print_table,
+)
+from moorage.supervisor.cli.completion import (
+    actor_completer,
+    add_completion_command,
+    autocomplete,
+    op_completer,
+    topic_completer,
 )
 from moorage.supervisor.cli.slo_view import add_slo_command
+from moorage.supervisor.cli.tree import (
+    cmd_config,
+    cmd_down,
+    cmd_kill,
+    cmd_restart,
+    cmd_status,
+    parse_duration_ms,
+)
+from moorage.supervisor.cli.up import cmd_adopt, cmd_up, package_version
 from moorage.supervisor.spec import ConfigError
 
-# --- commands ------------------------------------------------------------------------------
+__all__ = ["all_children_running", "main", "parse_duration_ms", "parser"]
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from moorage.supervisor.config import load
-    from moorage.supervisor.launch import AlreadyRunning, run_root
-
-    try:
-        doc, spec = load(args.config)
-    except ConfigError as exc:
-        raise CliError(f"bad configuration: {exc}") from None
-    if args.metrics_http:
-        from moorage.supervisor.prom import parse_listen
-
-        try:
-            parse_listen(args.metrics_http)
-        except ValueError as exc:
-            raise CliError(f"--metrics-http: {exc}") from None
-        doc["metrics_http"] = args.metrics_http
-    if tree_pid(args.runtime_dir) is not None:
-        raise CliError(f"a moorage tree is already running in {args.runtime_dir} "
-                       f"(pid {tree_pid(args.runtime_dir)}); `moorage down` stops it")
-    if args.detach:
-        return detach(args)
-    try:
-        code = run_root(doc, spec, args.runtime_dir, args.log_level)
-    except AlreadyRunning as exc:
-        raise CliError(str(exc)) from None
-    if code == EXIT_ESCALATED:
-        print("moorage: the tree gave up (a child kept dying; see `moorage logs`)",
-              file=sys.stderr)
-    return code
-
-
-def detach(args: argparse.Namespace) -> int:
-    """Start `up` in a new session, wait until every child is running, then return."""
-    endpoints.ensure_private_dir(args.runtime_dir)
-    out = args.runtime_dir / "up.out"
-    cmd = [sys.executable, "-m", "moorage.supervisor.cli",
-           "--instance-dir", str(args.runtime_dir), "up",
-           "--log-level", args.log_level]
-    if args.config:
-        cmd += ["--config", str(Path(args.config).resolve())]
-    if args.metrics_http:
-        cmd += ["--metrics-http", args.metrics_http]
-    with open(out, "ab") as f:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
-                                start_new_session=True, cwd=os.getcwd())
-    deadline = time.monotonic() + args.timeout + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = out.read_text(errors="replace")[-2000:]
-            raise CliError(f"the tree exited during start-up (code {proc.returncode}):\n{tail}",
-                           EXIT_ERROR)
-        if tree_pid(args.runtime_dir) is not None and all_running(args.runtime_dir):
-            print(f"moorage tree up (pid {proc.pid}) in {args.runtime_dir}")
-            return EXIT_OK
-        time.sleep(0.05)
-    raise CliError("the tree did not come up in time; see `moorage logs`", EXIT_ERROR)
-
-
-def all_running(runtime_dir: Path) -> bool:
-    with Client(runtime_dir, timeout=1.0) as c:
-        try:
-            tree = c.call("supervisor", "sup.status")
-        except MoorageError:
-            return False
-    return all_children_running(tree)
-
-
-def all_children_running(tree: dict) -> bool:
+def all_children_running(tree: dict[str, Any]) -> bool:
     """Every child up, or held down on purpose by a shed (sup.shed)."""
     for ch in tree.get("children", []):
         if ch["state"] not in ("running", "shed"):
@@ -115,178 +65,24 @@ def all_children_running(tree: dict) -> bool:
     return True
 
 
-def cmd_down(args: argparse.Namespace) -> int:
-    pid = need_tree(args.runtime_dir)
-    with Client(args.runtime_dir, timeout=args.timeout) as c:
-        c.call("supervisor", "sup.stop")
-    # Wait for the root to be gone (its pidfd becomes readable when it exits).
-    try:
-        fd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        fd = None
-    if fd is not None:
-        ready, _, _ = select.select([fd], [], [], args.timeout + 30)
-        os.close(fd)
-        if not ready:
-            raise CliError(f"the tree (pid {pid}) is still stopping", EXIT_ERROR)
-    while tree_pid(args.runtime_dir) is not None:
-        time.sleep(0.02)
-    print("moorage tree stopped")
-    return EXIT_OK
-
-
-def status_rows(tree: dict, depth: int = 0) -> list[list[str]]:
-    rows = []
-    for ch in tree.get("children", []):
-        rows.append([
-            "  " * depth + ch["id"], ch["type"], ch["state"], str(ch["pid"] or "-"),
-            f"{ch['uptime_s']:.1f}s", str(ch["restarts"]), ch["last_exit"] or "-",
-            ch.get("fallback") or "-",
-        ])
-        if "tree" in ch and "children" in ch["tree"]:
-            rows.extend(status_rows(ch["tree"], depth + 1))
-    return rows
-
-
-def print_table(head: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    for r in [head, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def has_child(tree: dict, cid: str) -> bool:
-    return any(ch["id"] == cid or has_child(ch.get("tree", {}), cid)
-               for ch in tree.get("children", []))
-
-
-def resource_level(c: Client, tree: dict) -> dict | None:
-    """The resource actor's {level, pressure, quality}, an {error} if it does not answer,
-    or None when the tree has no resource actor."""
-    if not has_child(tree, "resource"):
-        return None
-    try:
-        return c.call("resource", "resource.level", timeout=1.0)
-    except MoorageError as exc:
-        return {"error": exc.name}
-
-
-def resource_line(r: dict) -> str:
-    if "error" in r:
-        return f"resource: not answering ({r['error']})"
-    off = FEATURES_OFF.get(r["quality"], ())
-    return (f"pressure {r['pressure']}/100  level {r['level']}  quality {r['quality']}/3"
-            + (f" (off: {', '.join(off)})" if off else ""))
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    with connect(args) as c:
-        tree = c.call("supervisor", "sup.status")
-        level = resource_level(c, tree)
-    if args.json:
-        print(json.dumps(tree if level is None else {**tree, "resource": level}, indent=2))
-        return EXIT_OK
-    print(f"supervisor pid {tree['pid']}  strategy {tree['strategy']}  "
-          f"runtime dir {args.runtime_dir}")
-    if level is not None:
-        print(resource_line(level))
-    print_table(["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "FALLBACK"],
-                status_rows(tree))
-    return EXIT_OK
-
-
-def cmd_restart(args: argparse.Namespace) -> int:
-    with connect(args) as c:
-        check_actor(c, args.actor)
-        c.call("supervisor", "sup.restart", {"child": args.actor})
-    print(f"restarting {args.actor}")
-    return EXIT_OK
-
-
-def cmd_kill(args: argparse.Namespace) -> int:
-    with connect(args) as c:
-        check_actor(c, args.actor)
-        r = c.call("supervisor", "sup.kill", {"child": args.actor, "signal": args.signal})
-    print(f"sent signal {r['signal']} to {args.actor} (pid {r['pid']})")
-    return EXIT_OK
-
-
-def cmd_call(args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.json) if args.json else None
-    except json.JSONDecodeError as exc:
-        raise CliError(f"bad JSON for the arguments: {exc}") from None
-    with connect(args) as c:
-        check_actor(c, args.actor)
-        reply = c.request(args.actor, args.op, payload)
-    print(json.dumps(reply.body, indent=2, default=_jsonable))
-    for i, a in enumerate(reply.attachments):
-        print(f"[attachment {i}: {len(a)} bytes]", file=sys.stderr)
-    return EXIT_OK
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        return obj.decode(errors="replace")
-    return repr(obj)
-
-
-def cmd_events(args: argparse.Namespace) -> int:
-    with connect(args) as c:
-        sub = c.subscribe("supervisor", ["sup.event"], from_seq=1 if args.replay else None)
-        seen = 0
-        try:
-            while args.count is None or seen < args.count:
-                ev = sub.next(timeout=None)
-                if isinstance(ev, StreamMessage):
-                    print(json.dumps({"seq": ev.seq, **ev.body}, default=_jsonable), flush=True)
-                elif isinstance(ev, Loss):
-                    print(json.dumps({"lost": [ev.first, ev.last]}), flush=True)
-                elif isinstance(ev, Reset):
-                    print(json.dumps({"reset": ev.new_epoch}), flush=True)
-                seen += 1
-        except KeyboardInterrupt:
-            pass
-        finally:
-            sub.close()
-    return EXIT_OK
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    logs = args.runtime_dir / "logs"
-    name = args.actor or "supervisor"
-    path = logs / f"{name}.log"
-    if not path.exists():
-        have = sorted(p.stem for p in logs.glob("*.log")) if logs.exists() else []
-        raise CliError(f"no log for {name!r} in {logs}" +
-                       (f"; there are: {', '.join(have)}" if have else ""))
-    with open(path, errors="replace") as f:
-        sys.stdout.write(f.read())
-        sys.stdout.flush()
-        if not args.follow:
-            return EXIT_OK
-        try:
-            while True:
-                line = f.readline()
-                if line:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.2)
-        except KeyboardInterrupt:
-            return EXIT_OK
+# --- metrics, top ----------------------------------------------------------------------------
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Service time per (actor, op), with the end-to-end time of clients that push theirs
     (`client.<name>` rows, op `<actor>/<op>`) beside it."""
+    from moorage.supervisor.cli.common import Budget, read
     from moorage.supervisor.cli.frame import join_clients
 
+    budget = Budget(args.timeout)
     with connect(args) as c:
         if args.prometheus:
-            print(c.call("metrics", "metrics.prometheus")["text"], end="")
+            from moorage.supervisor.prom import gather
+
+            print(gather(c, budget.left()), end="")
             return EXIT_OK
         # Unfiltered: a client's row for `op` is named `<actor>/<op>`, so the filter is ours.
-        q = join_clients(c.call("metrics", "metrics.query"), args.op)
+        q = join_clients(read(c, "metrics", "metrics.query", budget=budget), args.op)
     if args.op is not None:
         q["ops"] = [r for r in q["ops"] if r["op"] == args.op]
     if args.json:
@@ -296,6 +92,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     for r in q["services"]:
         lt, w = r["lifetime"], r["window"]
         row = [r["actor"], r["op"], str(lt["count"]), f"{lt['error_rate']:.2%}",
+               str(lt.get("caller_errors", 0)),
                f"{lt['p50']}", f"{lt['p90']}", f"{lt['p99']}", f"{lt['p999']}",
                f"{lt['max']}", str(w["count"])]
         clients = sorted(r["clients"].items()) or [("-", None)]
@@ -303,9 +100,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             client = [name, "-", "-"] if cl is None else [
                 name, f"{cl['lifetime']['p50']}", f"{cl['lifetime']['p99']}"]
             rows.append((row if i == 0 else [""] * len(row)) + client)
-    print_table(["ACTOR", "OP", "COUNT", "ERRORS", "P50us", "P90us", "P99us", "P99.9us",
-                 "MAXus", f"LAST {q['window_s']}s", "CLIENT", "CLIENT_P50us", "CLIENT_P99us"],
-                rows)
+    print_table(["ACTOR", "OP", "COUNT", "ERRORS", "OF THEM CALLER'S", "P50us", "P90us",
+                 "P99us", "P99.9us", "MAXus", f"LAST {q['window_s']}s", "CLIENT",
+                 "CLIENT_P50us", "CLIENT_P99us"], rows)
     for r in q["clients"]:
         if r["matched"]:
             continue
@@ -328,143 +125,258 @@ def cmd_top(args: argparse.Namespace) -> int:
     return run(args.runtime_dir, args.interval, args.once, targets)
 
 
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000}
-
-
-def parse_duration_ms(text: str) -> int:
-    """`500ms`, `10s`, `2m` or plain milliseconds, as a whole number of ms > 0."""
-    t = text.strip().lower()
-    for unit in ("ms", "s", "m"):  # "ms" before "s" and "m"
-        if t.endswith(unit):
-            num, scale = t[: -len(unit)], _UNITS_MS[unit]
-            break
-    else:
-        num, scale = t, 1
-    try:
-        ms = round(float(num) * scale)
-    except ValueError:
-        raise CliError(f"not a duration: {text!r} (use 500ms, 10s, 2m or plain ms)") from None
-    if ms <= 0:
-        raise CliError(f"a timeout must be positive, got {text!r}")
-    return ms
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    with connect(args) as c:
-        if args.action == "set":
-            if args.key is None or args.value is None:
-                raise CliError("usage: moorage config set timeout.<op> VALUE (500ms, 10s, 2m)")
-            if not args.key.startswith("timeout."):
-                raise CliError(f"unknown key {args.key!r}; known: timeout.<op>")
-            r = c.call("supervisor", "sup.config.set",
-                       {"key": args.key, "value": parse_duration_ms(args.value)})
-            if args.json:
-                print(json.dumps(r, indent=2))
-                return EXIT_OK
-            print(f"{r['key']} = {r['value']} ms (until the tree stops); told "
-                  f"{len(r['told'])} actors, applied by: {', '.join(r['applied']) or 'none'}")
-            for actor, err in sorted(r["failed"].items()):
-                print(f"  not told: {actor} ({err}); it gets it when it restarts")
-            return EXIT_ERROR if r["failed"] else EXIT_OK
-        r = c.call("supervisor", "sup.config.get")
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return EXIT_OK
-    keys = sorted(set(r["defaults"]) | set(r["overrides"]))
-    if args.key is not None:
-        keys = [k for k in keys if k == args.key]
-    rows = [[k, str(r["defaults"].get(k, "-")), str(r["overrides"].get(k, "-"))] for k in keys]
-    print_table(["KEY", "DEFAULT_MS", "OVERRIDE_MS"], rows)
-    return EXIT_OK
-
-
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moorage", description=__doc__.split("\n")[0])
-    p.add_argument("--instance", help="instance name (default: 'default')")
-    p.add_argument("--instance-dir", help=argparse.SUPPRESS)
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per call (default 5)")
-    sub = p.add_subparsers(dest="command", required=True)
+def global_options(defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, anywhere on the line (before or after the
+    subcommand): the subparsers get them without defaults, so a value given after the
+    subcommand is not overwritten by the top level's default."""
+    p = argparse.ArgumentParser(add_help=False)
 
-    up = sub.add_parser("up", help="start the tree (foreground unless --detach)")
-    up.add_argument("--config", help="a moorage.toml (default: ./moorage.toml if present)")
-    up.add_argument("--detach", action="store_true", help="run in the background")
-    up.add_argument("--log-level", default="INFO")
+    def default(v: Any) -> dict[str, Any]:
+        return {"default": v} if defaults else {"default": argparse.SUPPRESS}
+
+    g = p.add_argument_group("global options (anywhere on the line)")
+    g.add_argument("--instance", help="instance name (default: $MOORAGE_RUNTIME_DIR's, "
+                   "else 'default')", **default(None))
+    g.add_argument("--instance-dir", help=argparse.SUPPRESS, **default(None))
+    g.add_argument("--timeout", type=seconds, metavar="SECONDS",
+                   help="the whole command's time budget (default 5)", **default(5.0))
+    return p
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return v
+
+
+def log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level (use {', '.join(x.lower() for x in LOG_LEVELS)})")
+    return level
+
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moorage", description=__doc__.split("\n")[0],
+                                parents=[global_options(True)], epilog=exit_table_text(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version",
+                   version=f"moorage {package_version()} (protocol {PROTO_VERSION})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [global_options(False)]
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, parents=common,
+                              epilog=exit_table_text(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    up = command("up", "start the tree (foreground unless --detach); one JSON line on stdout "
+                 "once it is ready")
+    up.add_argument("--config", help="a moorage.toml (default: $MOORAGE_CONFIG, else "
+                    "$XDG_CONFIG_HOME/moorage/moorage.toml; never the working directory)")
+    up.add_argument("--detach", action="store_true", help="run in the background; print the "
+                    "ready line once it is up")
+    up.add_argument("--log-level", default="INFO", type=log_level,
+                    help="debug, info, warning, error (any case)")
     up.add_argument("--metrics-http", metavar="127.0.0.1:PORT",
                     help="serve Prometheus metrics over HTTP on this loopback address")
+    up.add_argument("--parent", type=int, metavar="PID", help="follow this process (the "
+                    "editor): when it dies the tree is orphaned for [lifecycle] grace_s, then "
+                    "stops unless adopted")
+    up.add_argument("--exit-on-stdin-eof", action="store_true",
+                    help="end of file on stdin counts as the editor's death (as --parent)")
+    up.add_argument("--ready-fd", type=int, metavar="FD",
+                    help="write the ready (or failed) line to this fd instead of stdout")
+    up.add_argument("--allow-external-actors", action="store_true",
+                    help="let `start =` name modules outside the moorage package (found on "
+                    "PYTHONPATH, never in the working directory)")
     up.set_defaults(func=cmd_up)
 
-    sub.add_parser("down", help="stop the tree").set_defaults(func=cmd_down)
+    ad = command("adopt", "take an orphaned tree over: cancel its shutdown and follow --parent")
+    ad.add_argument("--parent", type=int, metavar="PID", help="the process to follow from now "
+                    "on (default: none; the tree then runs until `moorage down`)")
+    ad.add_argument("--json", action="store_true")
+    ad.set_defaults(func=cmd_adopt)
 
-    st = sub.add_parser("status", help="the tree: state, pid, uptime, restarts")
+    command("down", "stop the tree (0 if it is not running)").set_defaults(func=cmd_down)
+
+    st = command("status", "the tree: state, pid, uptime, restarts (exit 1 if a child's state "
+                 "is unknown)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    rs = sub.add_parser("restart", help="restart one actor")
-    rs.add_argument("actor")
+    rs = command("restart", "restart one actor")
+    rs.add_argument("actor").completer = actor_completer  # type: ignore[attr-defined]
     rs.set_defaults(func=cmd_restart)
 
-    k = sub.add_parser("kill", help="send a signal to an actor (default SIGKILL)")
-    k.add_argument("actor")
-    k.add_argument("--signal", default="SIGKILL")
+    k = command("kill", "send a signal to an actor (default SIGKILL)")
+    k.add_argument("actor").completer = actor_completer  # type: ignore[attr-defined]
+    k.add_argument("--signal", default="SIGKILL", help="a name (TERM, SIGTERM) or a number")
     k.set_defaults(func=cmd_kill)
 
-    c = sub.add_parser("call", help="call an op: moorage call ACTOR OP '{\"json\": 1}'")
-    c.add_argument("actor")
-    c.add_argument("op")
-    c.add_argument("json", nargs="?")
+    c = command("call", "call an op: moorage call ACTOR OP '{\"json\": 1}'")
+    c.add_argument("actor").completer = actor_completer  # type: ignore[attr-defined]
+    c.add_argument("op").completer = op_completer  # type: ignore[attr-defined]
+    c.add_argument("json", nargs="?", help="the arguments, a JSON object")
+    c.add_argument("--attach", action="append", metavar="FILE",
+                   help="send FILE's bytes as an attachment (repeatable; - is stdin)")
+    c.add_argument("--data", metavar="@FILE|TEXT",
+                   help="the bytes argument `data`: a file's bytes (@FILE, @- for stdin) or "
+                   "TEXT as UTF-8")
+    c.add_argument("--raw", action="store_true",
+                   help="the reply's attachments to stdout as they are (the body to stderr)")
+    c.add_argument("--out", metavar="FILE", help="the reply's attachments to FILE")
     c.set_defaults(func=cmd_call)
 
-    ev = sub.add_parser("events", help="follow supervisor events")
+    o = command("ops", "the ops of the tree's actors (sys.info): arguments, idempotency, "
+                "timeout, what each does")
+    o.add_argument("actor", nargs="?").completer = actor_completer  # type: ignore[attr-defined]
+    o.add_argument("op", nargs="?").completer = op_completer  # type: ignore[attr-defined]
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=cmd_ops)
+
+    sb = command("subscribe", "follow an actor's stream (term.out.<session>, fs.event, ...) "
+                 "with gap repair, until the tree stops")
+    sb.add_argument("actor").completer = actor_completer  # type: ignore[attr-defined]
+    sb.add_argument("topic", help="a topic, or a prefix of topics (--from-seq replays a whole "
+                    "topic's retention, so it wants a whole name)").completer = \
+        topic_completer  # type: ignore[attr-defined]
+    sb.add_argument("--from-seq", type=int, metavar="N",
+                    help="start with the retained messages from seq N")
+    sb.add_argument("--json", action="store_true", help="one JSON object per line")
+    sb.add_argument("--raw", action="store_true",
+                    help="the messages' bytes (attachments) to stdout as they are")
+    sb.set_defaults(func=cmd_subscribe)
+
+    ev = command("events", "follow supervisor events, until the tree stops")
     ev.add_argument("--count", type=int, help="exit after this many events")
     ev.add_argument("--replay", action="store_true", help="start with the retained events")
     ev.set_defaults(func=cmd_events)
 
-    lg = sub.add_parser("logs", help="print an actor's log (default: the supervisor's)")
-    lg.add_argument("actor", nargs="?")
-    lg.add_argument("-f", "--follow", action="store_true")
+    lg = command("logs", "print an actor's log (default: the supervisor's)")
+    lg.add_argument("actor", nargs="?").completer = actor_completer  # type: ignore[attr-defined]
+    lg.add_argument("-f", "--follow", action="store_true", help="until the tree stops")
     lg.set_defaults(func=cmd_logs)
 
-    m = sub.add_parser("metrics", help="per-op counts and latency percentiles")
+    m = command("metrics", "per-op counts and latency percentiles")
     m.add_argument("op", nargs="?")
-    m.add_argument("--prometheus", action="store_true")
+    m.add_argument("--prometheus", action="store_true",
+                   help="Prometheus text, the same as --metrics-http serves")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_metrics)
 
-    tp = sub.add_parser("top", help="live view: tree, pressure, op latency, alerts (q quits)")
+    tp = command("top", "live view: tree, pressure, op latency, alerts (q quits)")
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     tp.add_argument("--once", action="store_true", help="print one frame and exit")
     tp.add_argument("--config", help="the tree's moorage.toml, for its p50 targets "
-                    "(default: ./moorage.toml if present; p99 targets come from the tree)")
+                    "(default: as `moorage up` finds it; p99 targets come from the tree)")
     tp.set_defaults(func=cmd_top)
 
-    cf = sub.add_parser("config", help="run-time settings: config set timeout.term.exec 10s")
+    cf = command("config", "run-time settings: `config get` shows every op's timeout and where "
+                 "it comes from; `config set timeout.term.exec 10s` changes one until the tree "
+                 "stops")
     cf.add_argument("action", choices=["get", "set"])
     cf.add_argument("key", nargs="?")
     cf.add_argument("value", nargs="?")
     cf.add_argument("--json", action="store_true")
     cf.set_defaults(func=cmd_config)
 
-    add_slo_command(sub)
+    add_slo_command(sub, common)
+    add_completion_command(sub, common)
     return p
 
 
+# --- main ------------------------------------------------------------------------------------
+
+
+def running_state_dir(runtime_dir: Path) -> Path | None:
+    """The state dir a running tree says it uses (its connection file), if it says."""
+    try:
+        info = read_connection_file(runtime_dir / endpoints.CONNECTION_FILE)
+    except (OSError, ValueError):
+        return None
+    return Path(info["state_dir"]) if info.get("state_dir") else None
+
+
+def error_exit(exc: MoorageError) -> tuple[str, int]:
+    """The one line and the exit code for an error the tree (or the client) answered."""
+    msg = str(exc)
+    if exc.name in ("unknown_op", "bad_args") and exc.actor:
+        msg += f"; see `moorage ops {exc.actor}`"
+    if exc.name == "not_running":
+        return msg, EXIT_NO_TREE
+    return msg, EXIT_USAGE if fault_of(exc.name) is Fault.CALLER else EXIT_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    autocomplete(p)
+    try:
+        return run(p, argv)
+    except BrokenPipeError:
+        # The reader went away (`moorage status | head`): nothing more to say to anyone.
+        quiet_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = p.parse_args(argv)
     try:
         args.runtime_dir = (Path(args.instance_dir) if args.instance_dir
                             else endpoints.runtime_dir(args.instance))
+        args.state_dir = running_state_dir(args.runtime_dir) or endpoints.state_dir(
+            args.runtime_dir, args.instance)
     except ValueError as exc:
         print(f"moorage: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe is found here, not at exit
+        return code
     except CliError as exc:
+        sys.stdout.flush()
         print(f"moorage: {exc}", file=sys.stderr)
         return exc.code
     except MoorageError as exc:
-        print(f"moorage: {exc}", file=sys.stderr)
+        msg, code = error_exit(exc)
+        print(f"moorage: {msg}", file=sys.stderr)
+        return code
+    except (BrokenPipeError, KeyboardInterrupt):
+        raise
+    except OSError as exc:
+        print(f"moorage: {exc.strerror or exc}"
+              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # a bug of ours: one line, and how to see more
+        if os.environ.get("MOORAGE_DEBUG"):
+            raise
+        print(f"moorage: unexpected {type(exc).__name__}: {exc} (this is a bug; "
+              "MOORAGE_DEBUG=1 shows where)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's own flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
 

@@ -1,24 +1,47 @@
 """What every `moorage` command shares: the exit codes, the usage error, and finding a live tree.
 
-Exit codes: 0 done; 1 the tree answered with an error; 2 usage error, no tree running,
-unknown actor, bad JSON or bad config; 3 the tree gave up (a supervisor escalated).
+Exit codes are one table, the same for every command (EXIT_TABLE; README and `moorage --help`
+show it).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
+import time
 from pathlib import Path
 from typing import Any
 
 from moorage.protocol.client import Client
+from moorage.protocol.client.connection import tree_pid
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ESCALATED = 0, 1, 2, 3
-EXIT_NO_TREE = EXIT_USAGE
+EXIT_OK = 0  # done
+EXIT_ERROR = 1  # the tree answered with an error, or could not do what was asked
+EXIT_USAGE = 2  # usage or bad input: arguments, JSON, config, an unknown actor or op
+EXIT_ESCALATED = 3  # the tree gave up (a supervisor escalated)
+EXIT_NO_TREE = 4  # no tree is running for this instance
+
+EXIT_TABLE = (
+    (EXIT_OK, "done (`down` of a tree that is not running too: it is stopped)"),
+    (EXIT_ERROR, "the tree answered with an error, or could not do it (already running, "
+                 "failed to start, a child `unknown` in status)"),
+    (EXIT_USAGE, "usage or bad input: arguments, JSON, configuration, unknown actor or op"),
+    (EXIT_ESCALATED, "the tree gave up: a supervisor escalated"),
+    (EXIT_NO_TREE, "no tree is running for this instance"),
+)
+
+
+def exit_table_text() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code}  {what}" for code, what in EXIT_TABLE)
+
+
+__all__ = ["EXIT_ERROR", "EXIT_ESCALATED", "EXIT_NO_TREE", "EXIT_OK", "EXIT_USAGE", "Budget",
+           "CliError", "check_actor", "connect", "known_actors", "need_tree", "print_table",
+           "read", "tree_pid"]
 
 
 class CliError(Exception):
+    """A one-line message for the user and the exit code it means (never a traceback)."""
+
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
@@ -27,30 +50,11 @@ class CliError(Exception):
 # --- finding a live tree -----------------------------------------------------------------
 
 
-def tree_pid(runtime_dir: Path) -> int | None:
-    """The root's pid if a live tree holds the instance lock, else None."""
-    path = runtime_dir / "lock"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 32).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 def need_tree(runtime_dir: Path) -> int:
     pid = tree_pid(runtime_dir)
     if pid is None:
         raise CliError(f"no moorage tree is running in {runtime_dir}; start one with "
-                       "`moorage up` (or pass the right --instance)")
+                       "`moorage up` (or pass the right --instance)", EXIT_NO_TREE)
     return pid
 
 
@@ -59,11 +63,38 @@ def connect(args: argparse.Namespace) -> Client:
     return Client(args.runtime_dir, timeout=args.timeout)
 
 
-def known_actors(client: Client) -> dict[str, Any]:
-    return client.call("supervisor", "sup.endpoints")
+class Budget:
+    """A command's whole time (`--timeout`): every call it makes gets what is left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self, cap: float | None = None) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise CliError("out of time (--timeout): the tree did not answer in time",
+                           EXIT_ERROR)
+        return left if cap is None else min(cap, left)
 
 
-def check_actor(client: Client, actor: str) -> None:
-    names = known_actors(client)
+def read(client: Client, actor: str, op: str, args: Any = None, *, budget: Budget,
+         cap: float | None = None) -> Any:
+    """A read-only call within the budget: idempotent, so it is resent while time lasts and
+    ends as `timeout`, never `outcome_unknown`."""
+    return client.call(actor, op, args, timeout=budget.left(cap), idempotent=True)
+
+
+def known_actors(client: Client, budget: Budget | None = None) -> dict[str, Any]:
+    return read(client, "supervisor", "sup.endpoints", budget=budget or Budget(5.0))
+
+
+def check_actor(client: Client, actor: str, budget: Budget | None = None) -> None:
+    names = known_actors(client, budget)
     if actor not in names:
         raise CliError(f"unknown actor {actor!r}; the tree has: {', '.join(sorted(names))}")
+
+
+def print_table(head: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from moorage.supervisor.cli.common import EXIT_OK, connect
+from moorage.supervisor.cli.common import EXIT_OK, Budget, connect, read
 
 WINDOWS = ("1h", "24h", "30d")
 
@@ -60,17 +60,21 @@ def render(r: dict[str, Any]) -> list[str]:
     since = r.get("since")
     age = f"{(r['now'] - since) / 3600:.2f} h of record" if since else "no record yet"
     out.append(f"SLO report ({age}; kept in {r.get('file', '?')})")
+    out.append("error rate and availability count the service's errors only; the caller's "
+               "(bad arguments, unknown ops, missing files) are shown beside them")
     out.append("")
     rows = []
     for o in r["slo"]:
         target, value = _objective_value(o)
         rows.append([o["name"], target, o["window"], value, _met(o["met"])])
-    out += table_lines(["OBJECTIVE (seed 11.1)", "TARGET", "OVER", "VALUE", ""], rows)
+    out += table_lines(["OBJECTIVE", "TARGET", "OVER", "VALUE", ""], rows)
 
     w = r["windows"]
     out.append("")
     rows = [["requests"] + [str(w[n]["requests"]) for n in WINDOWS],
-            ["errors"] + [f"{w[n]['errors']} ({_pct(w[n]['error_rate'])})" for n in WINDOWS],
+            ["service errors"] + [f"{w[n]['errors']} ({_pct(w[n]['error_rate'])})"
+                                  for n in WINDOWS],
+            ["caller errors"] + [str(w[n].get("caller_errors", 0)) for n in WINDOWS],
             ["p99 (ops of ours)"] + [_us(w[n]["p99_us"]) if w[n]["requests"] else "-"
                                 for n in WINDOWS],
             ["availability"] + [_pct(w[n]["availability"]) for n in WINDOWS],
@@ -81,7 +85,8 @@ def render(r: dict[str, Any]) -> list[str]:
     out += table_lines(["WINDOW", *WINDOWS], rows)
 
     out.append("")
-    out.append("recovery, exit seen -> first good reply (seed 11.2), last 30 d:")
+    out.append("recovery, exit seen -> first good reply, against each child's recovery time "
+               "objective (RTO), last 30 d:")
     rec = w["30d"]["recovery"]
     rows = [[kind, str(g["count"]), _ms(g["p50_ms"]), _ms(g["max_ms"]), str(g["over_rto"]),
              ", ".join(g["children"])] for kind, g in rec["by_type"].items()]
@@ -103,15 +108,17 @@ def render(r: dict[str, Any]) -> list[str]:
     out += table_lines(["COUNTER", *WINDOWS], rows)
 
     out.append("")
-    out.append("per op, last hour (p99 against its seed 7.1 target):")
+    out.append("per op, last hour (p99 against the op's latency target, [targets]):")
     rows = []
     for op in w["1h"]["ops"]:
         target = op["target_p99_us"]
         rows.append([op["op"], str(op["requests"]), _pct(op["error_rate"], 2),
+                     str(op.get("caller_errors", 0)),
                      _us(op["p50_us"]), _us(op["p99_us"]), _us(target),
                      "-" if op["met"] is None else ("ok" if op["met"] else "OVER")])
     if rows:
-        out += table_lines(["OP", "REQUESTS", "ERRORS", "P50", "P99", "TARGET P99", ""], rows)
+        out += table_lines(["OP", "REQUESTS", "SERVICE ERRORS", "CALLER ERRORS", "P50", "P99",
+                            "TARGET P99", ""], rows)
     else:
         out.append("  no requests in the last hour")
     if r["recent_incidents"]:
@@ -128,7 +135,7 @@ def render(r: dict[str, Any]) -> list[str]:
 
 def cmd_slo(args: argparse.Namespace) -> int:
     with connect(args) as c:
-        r = c.call("metrics", "metrics.slo")
+        r = read(c, "metrics", "metrics.slo", budget=Budget(args.timeout))
     if args.json:
         print(json.dumps(r, indent=2))
         return EXIT_OK
@@ -136,9 +143,10 @@ def cmd_slo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_slo_command(sub: Any) -> None:
-    """Add `slo` to the CLI's subcommands (`sub`: argparse's subparsers action)."""
+def add_slo_command(sub: Any, parents: list[Any]) -> None:
+    """Add `slo` to the CLI's subcommands (`sub`: argparse's subparsers action; `parents`:
+    the global options)."""
     s = sub.add_parser("slo", help="the SLO report: availability, error rate, p99, recovery "
-                                   "times, data loss over 1 h, 24 h and 30 d")
+                                   "times, data loss over 1 h, 24 h and 30 d", parents=parents)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_slo)

@@ -48,7 +48,7 @@ def config_targets(config: str | None) -> dict[str, list[float]]:
     default, then `config` or ./moorage.toml); ConfigError if it cannot be read."""
     from moorage.supervisor.config import load
 
-    doc, _ = load(config)
+    doc, _ = load(config, allow_external=True)  # read for its targets; nothing is run
     return {k: list(v) for k, v in (doc.get("targets") or {}).items()
             if isinstance(v, list) and len(v) >= 2}
 
@@ -195,13 +195,13 @@ def run(runtime_dir: Path, interval: float, once: bool,
                 if frame is None:
                     print(f"moorage: the tree in {runtime_dir} stopped", file=sys.stderr)
                     return EXIT_NO_TREE
-                console.print(render(frame))
+                console.print(render(frame, console.width))
                 return EXIT_OK
             with Live(console=console, screen=True, auto_refresh=False) as live:
                 while tree_alive(runtime_dir) and (frame := watcher.frame()) is not None:
                     if keys.stop_requested:
                         return EXIT_OK
-                    live.update(render(frame), refresh=True)
+                    live.update(render(frame, console.width, console.height), refresh=True)
                     if not wait_for_next(watcher, keys, interval):
                         return EXIT_OK
         finally:

@@ -1,0 +1,348 @@
+"""`moorage call|ops|subscribe|events|logs`: any op with bytes in and out, the op tables, and
+following streams and logs until the tree stops.
+
+Bytes: `call ... --attach FILE` (repeatable; `-` is stdin) sends raw attachment frames, and
+`--data @FILE` (or `--data TEXT`) fills a bytes argument `data` (fs.write, parse.feed,
+term.write). A result's attachments (fs.read's contents, term.scrollback's bytes) go to
+stdout as they are with `--raw` (the body then goes to stderr), to a file with `--out FILE`,
+or are shown as text after the body when stdout is a terminal and they are UTF-8; otherwise
+their sizes are said on stderr.
+
+A follower (`subscribe`, `events`, `logs -f`) watches the root's pidfd beside its input and
+ends with 0 once the tree has stopped and what it had said is written out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import select
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zmq
+
+from moorage.protocol.client import Loss, Reset, Subscription
+from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
+from moorage.supervisor.cli.common import (
+    EXIT_OK,
+    Budget,
+    CliError,
+    check_actor,
+    connect,
+    print_table,
+    read,
+    tree_pid,
+)
+
+MAX_INPUT = 64 * 1024 * 1024  # the protocol's message limit
+
+
+def jsonable(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        try:
+            return obj.decode()
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(obj).decode()}
+    return repr(obj)
+
+
+def read_input(spec: str) -> bytes:
+    """`-` (stdin) or a file's bytes, bounded by the protocol's message size."""
+    try:
+        if spec == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT + 1)
+        else:
+            with open(spec, "rb") as f:
+                data = f.read(MAX_INPUT + 1)
+    except OSError as exc:
+        raise CliError(f"cannot read {spec}: {exc.strerror}") from None
+    if len(data) > MAX_INPUT:
+        raise CliError(f"{spec}: more than {MAX_INPUT} bytes, the largest message")
+    return data
+
+
+# --- call ------------------------------------------------------------------------------------
+
+
+def call_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(args.json) if args.json else None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"bad JSON for the arguments: {exc}") from None
+    if payload is not None and not isinstance(payload, dict):
+        raise CliError("the arguments must be a JSON object ({\"name\": value, ...})")
+    if args.data is not None:
+        payload = dict(payload or {})
+        payload["data"] = read_input(args.data[1:]) if args.data.startswith("@") \
+            else args.data.encode()
+    return payload
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    if args.raw and args.out:
+        raise CliError("--raw and --out both say where the attachments go: pick one")
+    payload = call_args(args)
+    attachments = [read_input(a) for a in args.attach or []]
+    budget = Budget(args.timeout)
+    with connect(args) as c:
+        check_actor(c, args.actor, budget)
+        reply = c.request(args.actor, args.op, payload, timeout=budget.left(),
+                          attachments=attachments)
+    body = json.dumps(reply.body, indent=2, default=jsonable)
+    atts = reply.attachments
+    if args.raw:
+        print(body, file=sys.stderr)
+        for a in atts:
+            sys.stdout.buffer.write(a)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    print(body)
+    if args.out:
+        try:
+            with open(args.out, "wb") as f:
+                for a in atts:
+                    f.write(a)
+        except OSError as exc:
+            raise CliError(f"cannot write {args.out}: {exc.strerror}") from None
+        print(f"{sum(map(len, atts))} bytes in {len(atts)} attachment(s) written to "
+              f"{args.out}", file=sys.stderr)
+        return EXIT_OK
+    for i, a in enumerate(atts):
+        text = _text(a) if sys.stdout.isatty() else None
+        if text is not None:
+            print(text, end="" if text.endswith("\n") else "\n")
+        else:
+            print(f"[attachment {i}: {len(a)} bytes; --raw or --out FILE to get them]",
+                  file=sys.stderr)
+    return EXIT_OK
+
+
+def _text(data: bytes) -> str | None:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+# --- ops -------------------------------------------------------------------------------------
+
+
+def arg_text(args: dict[str, Any]) -> str:
+    return ", ".join(f"{n}: {a['type']}" + ("" if a["required"] else "?")
+                     for n, a in args.items()) or "-"
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    budget = Budget(args.timeout)
+    with connect(args) as c:
+        if args.actor is not None:
+            check_actor(c, args.actor, budget)
+            actors = [args.actor]
+        else:
+            actors = sorted(read(c, "supervisor", "sup.endpoints", budget=budget))
+        tables: dict[str, dict[str, Any]] = {}
+        for a in actors:
+            try:
+                tables[a] = read(c, a, "sys.info", budget=budget, cap=2.0)["ops"]
+            except MoorageError as exc:
+                if args.actor is not None:
+                    raise
+                print(f"moorage: {a} does not answer ({exc.name}); its ops are left out",
+                      file=sys.stderr)
+    if args.op is not None:
+        spec = tables[args.actor].get(args.op)
+        if spec is None:
+            raise CliError(f"{args.actor} has no op {args.op!r}; it has: "
+                           f"{', '.join(sorted(tables[args.actor]))}")
+        if args.json:
+            print(json.dumps({args.op: spec}, indent=2))
+            return EXIT_OK
+        print(f"{args.actor} {args.op}")
+        print(f"  {spec.get('doc') or '(no description)'}")
+        print(f"  idempotent: {'yes' if spec['idempotent'] else 'no'}  timeout: "
+              f"{spec['timeout_ms']} ms  shed under pressure: "
+              f"{'no' if spec.get('essential', True) else 'yes'}")
+        if spec["args"]:
+            print("  arguments:")
+            for n, a in spec["args"].items():
+                print(f"    {n}: {a['type']}" + ("" if a["required"] else " (optional)"))
+        else:
+            print("  arguments: none")
+        if "result" in spec:
+            print(f"  result: {json.dumps(spec['result'])}")
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(tables, indent=2))
+        return EXIT_OK
+    rows = []
+    for a, table in tables.items():
+        for name, spec in sorted(table.items()):
+            rows.append([a, name, arg_text(spec["args"]), "yes" if spec["idempotent"] else "no",
+                         str(spec["timeout_ms"]), first_sentence(spec.get("doc") or "")])
+    print_table(["ACTOR", "OP", "ARGS (? optional)", "IDEMPOTENT", "TIMEOUT_MS", "WHAT"], rows)
+    return EXIT_OK
+
+
+def first_sentence(doc: str) -> str:
+    """A table cell: the description's first sentence (`moorage ops ACTOR OP` has it all)."""
+    end = doc.find(". ")
+    return doc if end < 0 else doc[: end + 1]
+
+
+# --- following -------------------------------------------------------------------------------
+
+
+class TreeWatch:
+    """The root's pidfd: readable once the tree has stopped."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        pid = tree_pid(args.runtime_dir)
+        self.fd: int | None = None  # no tree (or gone already): nothing to wait for
+        if pid is not None and pid > 0:
+            try:
+                self.fd = os.pidfd_open(pid)
+            except (ProcessLookupError, OSError):
+                self.fd = None
+
+    def stopped(self, timeout: float = 0.0) -> bool:
+        if self.fd is None:
+            return True
+        return bool(select.select([self.fd], [], [], timeout)[0])
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def follow(sub: Subscription, watch: TreeWatch, emit: Any, count: int | None = None) -> int:
+    """Emit every event until `count` of them, or the tree stops (then 0)."""
+    poller = zmq.Poller()
+    poller.register(sub.sock, zmq.POLLIN)
+    if watch.fd is not None:
+        poller.register(watch.fd, zmq.POLLIN)
+    seen = 0
+    while count is None or seen < count:
+        ev = sub.next(timeout=0)
+        if ev is not None:
+            emit(ev)
+            seen += 1
+            continue
+        ready = dict(poller.poll())
+        if watch.fd is not None and watch.fd in ready:
+            while (ev := sub.next(timeout=0.05)) is not None:  # what it said before it went
+                emit(ev)
+            return EXIT_OK
+    return EXIT_OK
+
+
+def write_raw(out: BinaryIO, chunks: list[bytes]) -> None:
+    for ch in chunks:
+        out.write(ch)
+    out.flush()
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    if args.from_seq is not None and args.from_seq < 1:
+        raise CliError("--from-seq counts from 1")
+    watch = TreeWatch(args)
+    budget = Budget(args.timeout)
+    try:
+        with connect(args) as c:
+            check_actor(c, args.actor, budget)
+            sub = c.subscribe(args.actor, [args.topic], from_seq=args.from_seq)
+            try:
+                return follow(sub, watch, lambda ev: emit_stream(ev, args))
+            finally:
+                sub.close()
+    finally:
+        watch.close()
+
+
+def emit_stream(ev: Any, args: argparse.Namespace) -> None:
+    if isinstance(ev, StreamMessage):
+        if args.raw:
+            write_raw(sys.stdout.buffer, ev.attachments)
+            return
+        if args.json:
+            line = {"seq": ev.seq, "topic": ev.topic, "epoch": ev.epoch, "body": ev.body}
+            if ev.attachments:
+                line["attachments"] = [jsonable(a) for a in ev.attachments]
+            print(json.dumps(line, default=jsonable), flush=True)
+            return
+        size = sum(map(len, ev.attachments))
+        print(f"{ev.topic} #{ev.seq} {json.dumps(ev.body, default=jsonable)}"
+              + (f" +{size} bytes" if ev.attachments else ""), flush=True)
+        return
+    if isinstance(ev, Loss):
+        line = {"lost": [ev.first, ev.last], "topic": ev.topic}
+        text = f"LOSS: messages {ev.first}-{ev.last} of {ev.topic} are gone (beyond retention)"
+    elif isinstance(ev, Reset):
+        line = {"reset": ev.new_epoch}
+        text = f"RESET: the publisher restarted (epoch {ev.new_epoch}); seqs start again"
+    else:
+        return
+    if args.raw:
+        print(text, file=sys.stderr, flush=True)
+    elif args.json:
+        print(json.dumps(line), flush=True)
+    else:
+        print(text, flush=True)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    watch = TreeWatch(args)
+    try:
+        with connect(args) as c:
+            sub = c.subscribe("supervisor", ["sup.event"], from_seq=1 if args.replay else None)
+            try:
+                return follow(sub, watch, emit_event, args.count)
+            finally:
+                sub.close()
+    finally:
+        watch.close()
+
+
+def emit_event(ev: Any) -> None:
+    if isinstance(ev, StreamMessage):
+        print(json.dumps({"seq": ev.seq, **ev.body}, default=jsonable), flush=True)
+    elif isinstance(ev, Loss):
+        print(json.dumps({"lost": [ev.first, ev.last]}), flush=True)
+    elif isinstance(ev, Reset):
+        print(json.dumps({"reset": ev.new_epoch}), flush=True)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    logs: Path = args.state_dir / "logs"
+    name = args.actor or "supervisor"
+    path = logs / f"{name}.log"
+    if not path.exists():
+        have = sorted(p.stem for p in logs.glob("*.log")) if logs.exists() else []
+        raise CliError(f"no log for {name!r} in {logs}" +
+                       (f"; there are: {', '.join(have)}" if have else ""))
+    watch = TreeWatch(args) if args.follow else None
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    sys.stdout.buffer.write(chunk)
+                    continue
+                sys.stdout.buffer.flush()
+                if watch is None:
+                    return EXIT_OK
+                # The file grows by the tree's own writes: look again a little later, or
+                # end once the tree has stopped (after its last lines).
+                if watch.stopped(0.2):
+                    sys.stdout.buffer.write(f.read())
+                    sys.stdout.buffer.flush()
+                    return EXIT_OK
+    finally:
+        if watch is not None:
+            watch.close()
+

@@ -1,0 +1,283 @@
+"""`moorage down|status|restart|kill|config`: the tree's life and its run-time settings.
+
+Every call here is bounded by the command's one budget (`--timeout`, Budget), and the
+read-only ones are sent as idempotent: they are retried while the budget lasts and end as
+`timeout`, never as `outcome_unknown` (which would claim that reading could have changed
+something).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+from typing import Any
+
+from moorage.actors.resource.levels import FEATURES_OFF
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
+from moorage.supervisor.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Budget,
+    CliError,
+    check_actor,
+    connect,
+    print_table,
+    read,
+    tree_pid,
+)
+
+UNKNOWN = "unknown"
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the tree and wait for its root to be gone; a tree that is not running is already
+    where `down` would put it (0, as `systemctl stop` of a stopped unit)."""
+    pid = tree_pid(args.runtime_dir)
+    if pid is None:
+        print(f"moorage: not running ({args.runtime_dir})")
+        return EXIT_OK
+    with Client(args.runtime_dir, timeout=args.timeout) as c:
+        try:
+            c.call("supervisor", "sup.stop")
+        except MoorageError as exc:
+            if exc.name != "stopping":  # already on its way down: wait for it below
+                raise
+    # Wait for the root to be gone (its pidfd becomes readable when it exits).
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        fd = None
+    if fd is not None:
+        ready, _, _ = select.select([fd], [], [], args.timeout + 30)
+        os.close(fd)
+        if not ready:
+            raise CliError(f"the tree (pid {pid}) is still stopping", EXIT_ERROR)
+    print("moorage tree stopped")
+    return EXIT_OK
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def status_rows(tree: dict[str, Any], depth: int = 0) -> list[list[str]]:
+    """One row per child, nested supervisors' children indented under them; a nested
+    supervisor that did not answer is `unknown`, and so are its last known children."""
+    rows = []
+    for ch in tree.get("children", []):
+        sub = ch.get("tree") if isinstance(ch.get("tree"), dict) else None
+        state = UNKNOWN if sub is not None and "error" in sub else ch["state"]
+        rows.append([
+            "  " * depth + ch["id"], ch["type"], state, str(ch["pid"] or "-"),
+            f"{ch['uptime_s']:.1f}s", str(ch["restarts"]), ch["last_exit"] or "-",
+            ch.get("fallback") or "-",
+        ])
+        if sub is not None:
+            rows.extend(status_rows(sub, depth + 1))
+    return rows
+
+
+def unknown_children(tree: dict[str, Any]) -> list[str]:
+    """Ids of the children whose state is not known now."""
+    out = []
+    for ch in tree.get("children", []):
+        sub = ch.get("tree") if isinstance(ch.get("tree"), dict) else None
+        if ch["state"] == UNKNOWN or (sub is not None and "error" in sub):
+            out.append(ch["id"])
+        if sub is not None:
+            out.extend(unknown_children(sub))
+    return out
+
+
+def has_child(tree: dict[str, Any], cid: str) -> bool:
+    return any(ch["id"] == cid or has_child(ch.get("tree") or {}, cid)
+               for ch in tree.get("children", []))
+
+
+def resource_line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"resource: not answering ({r['error']})"
+    off = FEATURES_OFF.get(r["quality"], ())
+    return (f"pressure {r['pressure']}/100  level {r['level']}  quality {r['quality']}/3"
+            + (f" (off: {', '.join(off)})" if off else ""))
+
+
+def lifecycle_line(life: dict[str, Any]) -> str:
+    if life["state"] == "orphaned":
+        return (f"ORPHANED: parent {life['parent']} is gone; stopping in "
+                f"{life.get('stops_in_s', 0):.1f} s unless adopted (`moorage adopt`)")
+    if life["state"] == "attached":
+        return f"following parent pid {life['parent']} (grace {life['grace_s']:g} s)"
+    return "following no parent (runs until `moorage down`)"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    budget = Budget(args.timeout)
+    with connect(args) as c:
+        tree = read(c, "supervisor", "sup.status", budget=budget)
+        level = None
+        if has_child(tree, "resource"):
+            try:
+                level = read(c, "resource", "resource.level", budget=budget, cap=1.0)
+            except MoorageError as exc:
+                level = {"error": exc.name}
+    unknown = unknown_children(tree)
+    if args.json:
+        out = {**tree, "runtime_dir": str(args.runtime_dir)}
+        if level is not None:
+            out["resource"] = level
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"supervisor pid {tree['pid']}  strategy {tree['strategy']}  "
+              f"runtime dir {args.runtime_dir}")
+        if "lifecycle" in tree:
+            print(lifecycle_line(tree["lifecycle"]))
+        if level is not None:
+            print(resource_line(level))
+        print_table(["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT",
+                     "FALLBACK"], status_rows(tree))
+    if unknown:
+        raise CliError(f"not answering, state unknown: {', '.join(unknown)}", EXIT_ERROR)
+    return EXIT_OK
+
+
+# --- restart, kill ---------------------------------------------------------------------------
+
+
+def check_child(c: Client, actor: str, budget: Budget) -> None:
+    if actor == "supervisor":
+        raise CliError("the root supervisor is the tree itself, not one of its children: "
+                       "`moorage down` stops it")
+    check_actor(c, actor, budget)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    budget = Budget(args.timeout)
+    with connect(args) as c:
+        check_child(c, args.actor, budget)
+        c.call("supervisor", "sup.restart", {"child": args.actor}, timeout=budget.left())
+    print(f"restarting {args.actor}")
+    return EXIT_OK
+
+
+def parse_signal(text: str) -> int:
+    """`KILL`, `SIGKILL`, `sigkill` or `9`."""
+    t = text.strip()
+    if t.isdigit():
+        n = int(t)
+        if n in {int(s) for s in signal.Signals}:
+            return n
+        raise CliError(f"no signal number {n}")
+    name = t.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise CliError(f"no signal named {text!r} (use a name like TERM or SIGKILL, or a "
+                       "number)") from None
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    sig = parse_signal(args.signal)
+    budget = Budget(args.timeout)
+    with connect(args) as c:
+        check_child(c, args.actor, budget)
+        r = c.call("supervisor", "sup.kill", {"child": args.actor, "signal": sig},
+                   timeout=budget.left())
+    print(f"sent signal {r['signal']} ({signal.Signals(r['signal']).name}) to {args.actor} "
+          f"(pid {r['pid']})")
+    return EXIT_OK
+
+
+# --- config ----------------------------------------------------------------------------------
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000}
+MAX_TIMEOUT_MS = 3_600_000
+
+
+def parse_duration_ms(text: str) -> int:
+    """`500ms`, `10s`, `2m` or plain milliseconds, as a whole number of ms > 0."""
+    t = text.strip().lower()
+    for unit in ("ms", "s", "m"):  # "ms" before "s" and "m"
+        if t.endswith(unit):
+            num, scale = t[: -len(unit)], _UNITS_MS[unit]
+            break
+    else:
+        num, scale = t, 1
+    try:
+        ms = round(float(num) * scale)
+    except ValueError:
+        raise CliError(f"not a duration: {text!r} (use 500ms, 10s, 2m or plain ms)") from None
+    if ms <= 0:
+        raise CliError(f"a timeout must be positive, got {text!r}")
+    if ms > MAX_TIMEOUT_MS:
+        raise CliError(f"a timeout of more than an hour is a mistake, got {text!r}")
+    return ms
+
+
+def tree_ops(c: Client, budget: Budget) -> dict[str, dict[str, Any]]:
+    """op -> {actors: [...], timeout_ms: {actor: ms}} for every op of every actor answering
+    sys.info now (their effective timeouts, run-time overrides applied)."""
+    names = read(c, "supervisor", "sup.endpoints", budget=budget)
+    ops: dict[str, dict[str, Any]] = {}
+    for actor in names:
+        try:
+            info = read(c, actor, "sys.info", budget=budget, cap=2.0)
+        except MoorageError:
+            continue  # down now: its ops are missing from the table, said by the caller
+        for name, spec in info["ops"].items():
+            o = ops.setdefault(name, {"actors": [], "timeout_ms": {}})
+            o["actors"].append(actor)
+            o["timeout_ms"][actor] = spec["timeout_ms"]
+    return ops
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    budget = Budget(args.timeout)
+    if args.action == "set":
+        if args.key is None or args.value is None:
+            raise CliError("usage: moorage config set timeout.<op> VALUE (500ms, 10s, 2m)")
+        if not args.key.startswith("timeout.") or args.key == "timeout.":
+            raise CliError(f"unknown key {args.key!r}; known: timeout.<op>")
+        ms = parse_duration_ms(args.value)
+    with connect(args) as c:
+        ops = tree_ops(c, budget)
+        if args.action == "set":
+            op = args.key.removeprefix("timeout.")
+            if op not in ops:
+                raise CliError(f"no actor of this tree has an op {op!r}; `moorage ops` lists "
+                               "them")
+            r = c.call("supervisor", "sup.config.set", {"key": args.key, "value": ms},
+                       timeout=budget.left())
+            if args.json:
+                print(json.dumps(r, indent=2))
+                return EXIT_OK
+            print(f"{r['key']} = {r['value']} ms (until the tree stops); told "
+                  f"{len(r['told'])} actors, applied by: {', '.join(r['applied']) or 'none'}")
+            for actor, err in sorted(r["failed"].items()):
+                print(f"  not told: {actor} ({err}); it gets it when it restarts")
+            return EXIT_ERROR if r["failed"] else EXIT_OK
+        r = read(c, "supervisor", "sup.config.get", budget=budget)
+    rows = []
+    for op, o in sorted(ops.items()):
+        key = f"timeout.{op}"
+        source = ("override (config set)" if key in r["overrides"]
+                  else "[timeouts] in the config" if key in r["defaults"] else "the op's own")
+        values = sorted(set(o["timeout_ms"].values()))
+        rows.append({"key": key, "op": op, "timeout_ms": values[0] if len(values) == 1
+                     else o["timeout_ms"], "source": source, "actors": o["actors"]})
+    if args.key is not None:
+        rows = [x for x in rows if x["key"] == args.key or x["op"] == args.key]
+        if not rows:
+            raise CliError(f"no op {args.key!r} in this tree; `moorage ops` lists them")
+    if args.json:
+        print(json.dumps({**r, "ops": rows}, indent=2))
+        return EXIT_OK
+    print_table(["KEY", "TIMEOUT_MS", "FROM", "ACTORS"],
+                [[x["key"], str(x["timeout_ms"]) if isinstance(x["timeout_ms"], int) else
+                  ", ".join(f"{a} {v}" for a, v in sorted(x["timeout_ms"].items())),
+                  x["source"], ", ".join(x["actors"])] for x in rows])
+    return EXIT_OK

@@ -1,0 +1,259 @@
+"""`moorage up` and `moorage adopt`: starting a tree as an editor does, and taking one over.
+
+`up` in the foreground runs the root supervisor in this process. Its stdout carries exactly
+one line, then end of file: `{"moorage": "ready", ...}` once every child answers, or
+`{"moorage": "failed", "error": {code, name, message}}` with a non-zero exit (`--ready-fd N`
+sends the line there instead). Everything else this process and the tree's write on stdout
+goes to stderr: fd 1 is pointed at fd 2 as soon as the line's channel is taken from it.
+
+`up --detach` starts the same command in a new session with the line's pipe as its
+`--ready-fd`, and prints what comes back: the ready line (exit 0), or the failed line after
+stopping everything it started (its process group). It never asks the tree anything, so a tree
+that cannot come up cannot make it wait past `--timeout` plus the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from moorage.protocol import endpoints
+from moorage.protocol.client import Client
+from moorage.protocol.client.connection import adopt
+from moorage.protocol.errors import WireError
+from moorage.supervisor.cli.common import (
+    EXIT_ERROR,
+    EXIT_ESCALATED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    need_tree,
+)
+from moorage.supervisor.spec import ConfigError
+
+DETACH_START_S = 60.0  # on top of --timeout: a loaded machine may take this long to start
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("moorage")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class StartFailed(Exception):
+    """`up` failed before the tree was ready: the error for the failed line, and the exit
+    code."""
+
+    def __init__(self, name: str, message: str, code: int) -> None:
+        super().__init__(message)
+        self.error = WireError.of(name, message)
+        self.code = code
+
+    def line(self) -> dict[str, Any]:
+        e = self.error
+        return {"moorage": "failed", "error": {"code": e.code, "name": e.name,
+                                               "message": e.message}}
+
+
+def take_ready_channel(ready_fd: int | None) -> int:
+    """The fd the ready (or failed) line goes to; from here on fd 1 is stderr, so neither
+    our logs nor any child's output can reach the line's reader."""
+    if ready_fd is not None:
+        try:
+            os.fstat(ready_fd)
+        except OSError:
+            raise CliError(f"--ready-fd {ready_fd}: not an open file descriptor") from None
+        fd = ready_fd
+    else:
+        fd = os.dup(1)
+    os.set_inheritable(fd, False)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    return fd
+
+
+def check_parent(pid: int | None) -> None:
+    if pid is None:
+        return
+    from moorage.supervisor.lifecycle import same_user
+
+    if pid <= 0 or not same_user(pid):
+        raise CliError(f"--parent {pid}: no such process of this user")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if args.detach:
+        if args.exit_on_stdin_eof or args.ready_fd is not None:
+            raise CliError("--detach takes neither --exit-on-stdin-eof nor --ready-fd: the "
+                           "detached tree's stdin is /dev/null and its line is printed here")
+        return detach(args)
+    check_parent(args.parent)
+    fd = take_ready_channel(args.ready_fd)
+    from moorage.supervisor.lifecycle import write_line
+
+    try:
+        code = start(args, fd)
+    except StartFailed as exc:
+        write_line(fd, exc.line())
+        print(f"moorage: {exc}", file=sys.stderr)
+        return exc.code
+    return code
+
+
+def start(args: argparse.Namespace, fd: int) -> int:
+    """Load the config, run the tree; StartFailed for anything that ends it before ready."""
+    from moorage.supervisor.config import load
+    from moorage.supervisor.launch import AlreadyRunning, run_root
+    from moorage.supervisor.lifecycle import LifecycleOptions
+
+    try:
+        doc, spec = load(args.config, allow_external=args.allow_external_actors)
+    except ConfigError as exc:
+        raise StartFailed("bad_config", f"bad configuration: {exc}", EXIT_USAGE) from None
+    if args.metrics_http:
+        from moorage.supervisor.prom import parse_listen
+
+        try:
+            parse_listen(args.metrics_http)
+        except ValueError as exc:
+            raise StartFailed("bad_config", f"--metrics-http: {exc}", EXIT_USAGE) from None
+        doc["metrics_http"] = args.metrics_http
+    opts = LifecycleOptions(
+        instance=args.instance or args.runtime_dir.name, ready_fd=fd, parent=args.parent,
+        stdin_eof=args.exit_on_stdin_eof,
+        grace_s=float((doc.get("lifecycle") or {}).get("grace_s", 60)),
+        version=package_version())
+    try:
+        code = run_root(doc, spec, args.runtime_dir, args.log_level, opts, args.state_dir)
+    except endpoints.PathTooLong as exc:
+        raise StartFailed("start_failed", str(exc), EXIT_USAGE) from None
+    except AlreadyRunning as exc:
+        raise StartFailed("already_running", str(exc), EXIT_ERROR) from None
+    except PermissionError as exc:
+        raise StartFailed("start_failed", str(exc), EXIT_ERROR) from None
+    except OSError as exc:
+        raise StartFailed("start_failed", f"{type(exc).__name__}: {exc}", EXIT_ERROR) from None
+    if opts.ready_fd is not None:  # never got ready
+        why = ("the tree gave up during start: a child kept dying (see `moorage logs`)"
+               if code == EXIT_ESCALATED else f"the tree stopped before it was ready (exit "
+               f"code {code})")
+        raise StartFailed("start_failed", why, code or EXIT_ERROR)
+    if code == EXIT_ESCALATED:
+        print("moorage: the tree gave up (a child kept dying; see `moorage logs`)",
+              file=sys.stderr)
+    return code
+
+
+# --- --detach ------------------------------------------------------------------------------
+
+
+def detach(args: argparse.Namespace) -> int:
+    """Start `up` in a new session; print its ready line once it is ready, or stop what it
+    started and print why it failed."""
+    check_parent(args.parent)
+    log_dir = args.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    out = log_dir / "up.out"
+    r, w = os.pipe2(os.O_CLOEXEC)
+    # -P: the working directory (an editor's workspace) is never on the tree's sys.path.
+    cmd = [sys.executable, "-P", "-m", "moorage.supervisor.cli",
+           "--instance-dir", str(args.runtime_dir), "up", "--ready-fd", str(w),
+           "--log-level", args.log_level]
+    if args.instance:
+        cmd[4:4] = ["--instance", args.instance]
+    if args.config:
+        cmd += ["--config", str(Path(args.config).resolve())]
+    if args.metrics_http:
+        cmd += ["--metrics-http", args.metrics_http]
+    if args.parent is not None:
+        cmd += ["--parent", str(args.parent)]
+    if args.allow_external_actors:
+        cmd.append("--allow-external-actors")
+    env = {**os.environ, "MOORAGE_STATE_DIR": str(args.state_dir)}
+    with open(out, "ab") as f:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env,
+                                start_new_session=True, pass_fds=(w,))
+    os.close(w)
+    try:
+        line = read_line(r, args.timeout + DETACH_START_S)
+    finally:
+        os.close(r)
+    try:
+        msg = json.loads(line) if line else None
+    except ValueError:
+        msg = None
+    if isinstance(msg, dict) and msg.get("moorage") == "ready":
+        print(json.dumps(msg, separators=(",", ":")), flush=True)
+        return EXIT_OK
+    # Failed, died, or too slow: nothing it started may stay.
+    if isinstance(msg, dict) and msg.get("moorage") == "failed":
+        try:  # it exits right after saying why: its exit code is the one to pass on
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    stop_group(proc)
+    if not (isinstance(msg, dict) and msg.get("moorage") == "failed"):
+        what = "did not come up in time" if proc.returncode in (None, -signal.SIGKILL) \
+            else f"exited during start-up (code {proc.returncode})"
+        msg = StartFailed("start_failed", f"the tree {what}; its output is in {out}",
+                          EXIT_ERROR).line()
+    print(json.dumps(msg, separators=(",", ":")), flush=True)
+    print(f"moorage: {msg['error']['message']}", file=sys.stderr)
+    code = proc.returncode if proc.returncode and proc.returncode > 0 else EXIT_ERROR
+    return code
+
+
+def read_line(fd: int, timeout: float) -> str:
+    """The first line written to `fd`, or what came before end of file or the timeout."""
+    data = b""
+    end = time.monotonic() + timeout
+    while b"\n" not in data:
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the detached tree's whole session (the root's group: its zygotes, actors and
+    their shells follow through PR_SET_PDEATHSIG) and reap the root."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+# --- adopt ---------------------------------------------------------------------------------
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    """Take the tree over: cancel an orphaned tree's shutdown, follow --parent from now on."""
+    check_parent(args.parent)
+    need_tree(args.runtime_dir)
+    with Client(args.runtime_dir, timeout=args.timeout) as c:
+        r = adopt(c, args.parent) if args.parent is not None else c.call(
+            "supervisor", "sys.hello", {"client": "moorage adopt", "adopt": True})
+    life = r["lifecycle"]
+    if args.json:
+        print(json.dumps(life))
+        return EXIT_OK
+    who = f"following pid {life['parent']}" if life["parent"] else "following no one (it " \
+        "runs until `moorage down`)"
+    print(f"adopted: the tree is {life['state']}, {who}")
+    return EXIT_OK
+

@@ -1,0 +1,229 @@
+"""The root's life beside an editor: the ready line, the connection file, following the editor,
+the orphaned grace period and adoption.
+
+A component of the root Supervisor (supervisor.py), reached through host.py's interface:
+
+  ready      once every child has come up: `tree.json` in the runtime dir (0600, replaced
+             atomically; what the ready line says plus the root's epoch), then the ready line
+             on the channel `moorage up` gave (stdout or --ready-fd), which is closed after it
+  following  `--parent PID`: the editor's pidfd is polled by the loop, so its death is seen at
+             once, whatever kills it; `--exit-on-stdin-eof`: end of file on stdin means the
+             same (an editor whose pipe to us closed is gone)
+  orphaned   the editor gone: event `orphaned`, `lifecycle.state` "orphaned" in sup.status,
+             and a timer of `[lifecycle] grace_s` (default 60 s). Sessions keep running
+             meanwhile. When it fires: event `orphan_timeout`, and the tree stops cleanly
+             (ask, wait, kill); the root then removes sockets, connection file and lock.
+  adopted    `sys.hello {adopt: true, parent?: pid}` (or `moorage adopt`) cancels the timer;
+             the new parent's pid is followed from then on (none given: the tree follows no
+             one and runs until `moorage down`). Event `adopted`.
+
+States (`lifecycle.state`): attached (following a parent), standalone (following no one),
+orphaned (stopping when the grace period is over unless adopted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from moorage.actors.runtime.logs import STATE_ENV
+from moorage.actors.runtime.loop import Timer
+from moorage.actors.runtime.statefile import write_atomic
+from moorage.protocol import endpoints
+from moorage.protocol.errors import fail
+from moorage.supervisor.host import SupervisorHost
+
+DEFAULT_GRACE_S = 60.0
+
+
+@dataclass
+class LifecycleOptions:
+    """What `moorage up` asked for (supervisor/launch.py fills it from the command line)."""
+
+    instance: str
+    ready_fd: int | None = None  # where the ready line goes; closed after it
+    parent: int | None = None  # the editor's pid, followed through a pidfd
+    stdin_eof: bool = False  # end of file on stdin counts as the editor's death
+    grace_s: float = DEFAULT_GRACE_S
+    version: str = ""
+
+
+def write_line(fd: int, obj: dict[str, Any]) -> None:
+    """One JSON line on `fd`, then close it: a reader sees the line and end of file. A reader
+    that went away (EPIPE) loses nothing it wanted."""
+    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        logger.warning("ready line not delivered: {}", exc)
+    finally:
+        os.close(fd)
+
+
+def same_user(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
+    except OSError:
+        return False
+
+
+class Lifecycle:
+    def __init__(self, sup: SupervisorHost, opts: LifecycleOptions) -> None:
+        self.sup = sup
+        self.opts = opts
+        self.connection_file = sup.runtime_dir / endpoints.CONNECTION_FILE
+        self.state = "standalone"
+        self.parent: int | None = None
+        self._pidfd: int | None = None
+        self._grace: Timer | None = None
+        self._orphaned_at: float | None = None
+        self.ready_at: float | None = None
+
+    # --- start and ready ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """On the root's first loop turn: follow the editor from now on."""
+        if self.opts.parent is not None:
+            self._follow(self.opts.parent)
+        if self.opts.stdin_eof:
+            os.set_blocking(0, False)
+            self.sup.loop.add_reader(0, self._on_stdin)
+
+    def ready_info(self) -> dict[str, Any]:
+        """The ready line (and, with the epoch, the connection file)."""
+        from moorage.protocol.envelope import PROTO_VERSION
+
+        rd = self.sup.runtime_dir
+        names = [self.sup.name] + [c.id for _, c in self.sup.spec.walk()]
+        return {"moorage": "ready", "version": self.opts.version, "protocol": PROTO_VERSION,
+                "pid": os.getpid(), "instance": self.opts.instance, "runtime_dir": str(rd),
+                "connection_file": str(self.connection_file),
+                "endpoints": {n: {"rpc": endpoints.rpc(rd, n), "pub": endpoints.pub(rd, n)}
+                              for n in names}}
+
+    def ready(self) -> None:
+        """Every child is up: write the connection file, then say so on the ready channel."""
+        info = self.ready_info()
+        state = os.environ.get(STATE_ENV, "")
+        write_atomic(self.connection_file, json.dumps(
+            {**info, "epoch": self.sup.epoch, "state_dir": state}, indent=1).encode() + b"\n")
+        self.ready_at = self.sup.loop.clock()
+        fd, self.opts.ready_fd = self.opts.ready_fd, None
+        if fd is not None:
+            write_line(fd, info)
+
+    # --- following the editor ----------------------------------------------------------------
+
+    def _follow(self, pid: int) -> None:
+        self._unfollow()
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.parent = pid
+            self._orphan(f"parent {pid} was gone when the tree started following it")
+            return
+        self.parent = pid
+        self.state = "attached"
+        self.sup.loop.add_reader(self._pidfd, self._parent_gone)
+
+    def _unfollow(self) -> None:
+        if self._pidfd is not None:
+            self.sup.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _parent_gone(self) -> None:
+        self._unfollow()
+        self._orphan(f"parent {self.parent} exited")
+
+    def _on_stdin(self) -> None:
+        try:
+            data = os.read(0, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            data = b""
+            logger.warning("stdin unreadable ({}): taken as end of file", exc)
+        if data:
+            return  # what the editor writes there means nothing to us
+        self.sup.loop.remove_reader(0)
+        self._orphan("end of file on stdin")
+
+    def _orphan(self, why: str) -> None:
+        if self.sup.shutting_down or self.state == "orphaned":
+            return
+        self.state = "orphaned"
+        self._orphaned_at = self.sup.loop.clock()
+        grace = self.opts.grace_s
+        logger.warning("orphaned: {}; stopping in {:g} s unless adopted", why, grace)
+        self.sup.event("orphaned", parent=self.parent, reason=why, grace_s=grace)
+        if self.sup.notify is not None:
+            self.sup.notify.send(f"STATUS=orphaned ({why}); stopping in {grace:g} s "
+                                 "unless adopted")
+        self._grace = self.sup.loop.call_later(grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        logger.warning("nobody adopted the tree in {:g} s: stopping", self.opts.grace_s)
+        self.sup.event("orphan_timeout", parent=self.parent, grace_s=self.opts.grace_s)
+        self.sup.stop()
+
+    # --- adoption ----------------------------------------------------------------------------
+
+    def adopt(self, parent: int | None) -> dict[str, Any]:
+        """`sys.hello {adopt: true}`: cancel an orphaned tree's shutdown; follow `parent`."""
+        if self.sup.shutting_down:
+            raise fail("stopping", "the tree is already stopping; start a new one")
+        if parent is not None and (parent <= 0 or not same_user(parent)):
+            raise fail("bad_args", f"adopt: parent {parent} is not a live process of this "
+                       "user")
+        was = self.state
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self._orphaned_at = None
+        if parent is None:
+            self._unfollow()
+            self.parent, self.state = None, "standalone"
+        else:
+            self._follow(parent)
+        logger.info("adopted (was {}); parent now {}", was, self.parent)
+        self.sup.event("adopted", parent=self.parent, was=was)
+        if self.sup.notify is not None:
+            self.sup.notify.send(f"STATUS=moorage tree up, adopted by {self.parent}")
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state, "parent": self.parent,
+                               "grace_s": self.opts.grace_s}
+        if self._orphaned_at is not None:
+            left = self.opts.grace_s - (self.sup.loop.clock() - self._orphaned_at)
+            out["stops_in_s"] = round(max(0.0, left), 3)
+        return out
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def stopping(self) -> None:
+        """The tree stops: nobody may find it from now on."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        remove_connection_file(self.sup.runtime_dir)
+
+    def close(self) -> None:
+        # A ready channel still open (stopped before it was ready) is launch.py's: it says
+        # why on it.
+        self._unfollow()
+        if self.opts.stdin_eof:
+            self.sup.loop.remove_reader(0)
+
+
+def remove_connection_file(runtime_dir: Path) -> None:
+    (runtime_dir / endpoints.CONNECTION_FILE).unlink(missing_ok=True)
