@@ -12,51 +12,58 @@ export interface ErrorKind {
   retryable: boolean;
   fallbackAvailable: boolean;
   summary: string;
+  /** Whose the failure is: the caller's (its request cannot be) or the service's. */
+  fault: string;
 }
 
-// code, name, category, severity, retryable, fallback_available, summary (section 6's table;
+// code, name, category, severity, retryable, fallback_available, summary, fault (section 6's
+// table;
 // a test keeps the two identical).
-const TABLE: [number, string, string, string, boolean, boolean, string][] = [
-  [100, "bad_request", "network", "warning", false, false, "malformed frame or header"],
-  [101, "unknown_op", "network", "warning", false, false, "the actor has no such op"],
-  [102, "bad_args", "network", "warning", false, false, "arguments missing or of wrong type"],
-  [103, "unsupported_version", "network", "critical", false, false, "unknown protocol tag"],
-  [104, "message_too_large", "network", "warning", false, false, "over a decoding limit"],
-  [110, "unavailable", "network", "recoverable", true, true, "actor not answering"],
-  [111, "circuit_open", "network", "recoverable", true, true, "breaker open for this actor"],
-  [112, "outcome_unknown", "network", "critical", false, false, "may or may not have run"],
-  [113, "unknown_actor", "network", "warning", false, false, "no such actor in the tree"],
-  [114, "stopping", "network", "recoverable", true, false, "the actor is shutting down"],
-  [200, "timeout", "timeout", "recoverable", true, false, "no reply before the deadline"],
-  [201, "deadline_expired", "timeout", "recoverable", true, false, "expired; not run"],
-  [300, "busy", "resource", "recoverable", true, true, "queue full or load shed; retry"],
-  [301, "resource_exhausted", "resource", "critical", false, true, "a hard limit was hit"],
-  [400, "not_found", "filesystem", "critical", false, false, "no such file or directory"],
-  [401, "forbidden", "filesystem", "critical", false, false, "permission or confinement"],
-  [402, "is_directory", "filesystem", "critical", false, false, "a directory, not a file"],
-  [403, "no_space", "filesystem", "critical", false, false, "the device is full"],
-  [404, "file_too_large", "filesystem", "critical", false, false, "page the read"],
-  [405, "conflict", "filesystem", "critical", false, false, "changed since the caller saw it"],
-  [406, "io_error", "filesystem", "recoverable", true, true, "transient I/O failure"],
-  [407, "not_a_directory", "filesystem", "critical", false, false, "a file, not a dir"],
-  [408, "watch_not_found", "filesystem", "warning", false, false, "no such watch"],
-  [500, "session_not_found", "terminal", "warning", false, false, "no such session"],
-  [501, "pty_failed", "terminal", "critical", true, true, "could not create a PTY"],
-  [502, "shell_exited", "terminal", "critical", true, true, "the session's shell is gone"],
-  [503, "exec_failed", "terminal", "recoverable", true, true, "command did not complete"],
-  [504, "session_busy", "terminal", "recoverable", true, false, "a command is running"],
-  [600, "parse_error", "parser", "recoverable", false, true, "input could not be parsed"],
-  [601, "stream_not_found", "parser", "warning", false, false, "no such parser stream"],
-  [602, "buffer_overflow", "parser", "critical", false, true, "partial buffer over cap"],
-  [603, "stream_gap", "parser", "warning", false, false, "offset skips ahead"],
-  [700, "cancelled", "user_cancelled", "info", false, false, "cancelled by the caller"],
-  [900, "internal", "network", "critical", false, false, "a handler raised; bug report"],
+const TABLE: [number, string, string, string, boolean, boolean, string, string][] = [
+  [100, "bad_request", "network", "warning", false, false, "malformed frame or header", "caller"],
+  [101, "unknown_op", "caller", "warning", false, false, "the actor has no such op", "caller"],
+  [102, "bad_args", "caller", "warning", false, false, "arguments missing or of wrong type", "caller"],
+  [103, "unsupported_version", "network", "critical", false, false, "unknown protocol tag", "caller"],
+  [104, "message_too_large", "network", "warning", false, false, "over a decoding limit", "caller"],
+  [105, "bad_config", "caller", "critical", false, false, "the configuration cannot describe a tree", "caller"],
+  [110, "unavailable", "network", "recoverable", true, true, "actor not answering", "service"],
+  [111, "circuit_open", "network", "recoverable", true, true, "breaker open for this actor", "service"],
+  [112, "outcome_unknown", "network", "critical", false, false, "may or may not have run", "service"],
+  [113, "unknown_actor", "caller", "warning", false, false, "no such actor in the tree", "caller"],
+  [114, "stopping", "network", "recoverable", true, false, "the actor is shutting down", "service"],
+  [115, "not_running", "network", "critical", false, false, "no tree is running for this instance", "service"],
+  [116, "already_running", "network", "warning", false, false, "a tree already runs for this instance", "caller"],
+  [117, "start_failed", "network", "critical", false, false, "the tree could not start", "service"],
+  [200, "timeout", "timeout", "recoverable", true, false, "no reply before the deadline", "service"],
+  [201, "deadline_expired", "timeout", "recoverable", true, false, "expired; not run", "service"],
+  [300, "busy", "resource", "recoverable", true, true, "queue full or load shed; retry", "service"],
+  [301, "resource_exhausted", "resource", "critical", false, true, "a hard limit was hit", "service"],
+  [400, "not_found", "filesystem", "critical", false, false, "no such file or directory", "caller"],
+  [401, "forbidden", "filesystem", "critical", false, false, "permission or confinement", "caller"],
+  [402, "is_directory", "filesystem", "critical", false, false, "a directory, not a file", "caller"],
+  [403, "no_space", "filesystem", "critical", false, false, "the device is full", "service"],
+  [404, "file_too_large", "filesystem", "critical", false, false, "page the read", "caller"],
+  [405, "conflict", "filesystem", "critical", false, false, "changed since the caller saw it", "caller"],
+  [406, "io_error", "filesystem", "recoverable", true, true, "transient I/O failure", "service"],
+  [407, "not_a_directory", "filesystem", "critical", false, false, "a file, not a dir", "caller"],
+  [408, "watch_not_found", "filesystem", "warning", false, false, "no such watch", "caller"],
+  [500, "session_not_found", "terminal", "warning", false, false, "no such session", "caller"],
+  [501, "pty_failed", "terminal", "critical", true, true, "could not create a PTY", "service"],
+  [502, "shell_exited", "terminal", "critical", true, true, "the session's shell is gone", "service"],
+  [503, "exec_failed", "terminal", "recoverable", true, true, "command did not complete", "service"],
+  [504, "session_busy", "terminal", "recoverable", true, false, "a command is running", "caller"],
+  [600, "parse_error", "parser", "recoverable", false, true, "input could not be parsed", "service"],
+  [601, "stream_not_found", "parser", "warning", false, false, "no such parser stream", "caller"],
+  [602, "buffer_overflow", "parser", "critical", false, true, "partial buffer over cap", "service"],
+  [603, "stream_gap", "parser", "warning", false, false, "offset skips ahead", "caller"],
+  [700, "cancelled", "user_cancelled", "info", false, false, "cancelled by the caller", "caller"],
+  [900, "internal", "network", "critical", false, false, "a handler raised; bug report", "service"],
 ];
 
 export const KINDS: ReadonlyMap<string, ErrorKind> = new Map(
-  TABLE.map(([code, name, category, severity, retryable, fallbackAvailable, summary]) => [
+  TABLE.map(([code, name, category, severity, retryable, fallbackAvailable, summary, fault]) => [
     name,
-    { code, name, category, severity, retryable, fallbackAvailable, summary },
+    { code, name, category, severity, retryable, fallbackAvailable, summary, fault },
   ]),
 );
 export const BY_CODE: ReadonlyMap<number, ErrorKind> = new Map([...KINDS.values()].map((k) => [k.code, k]));

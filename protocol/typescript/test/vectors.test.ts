@@ -112,10 +112,10 @@ test("integers past 2^53 decode as bigint, exactly", () => {
 const PROTOCOL_MD = readFileSync(join(ROOT, "protocol/PROTOCOL.md"), "utf8");
 
 test("every code this client knows is PROTOCOL.md's, row for row", () => {
-  const rows = [...PROTOCOL_MD.matchAll(/^\| (\d{3}) \| `(\w+)` \| (\w+) \| (\w+) \| (true|false) \| (true|false) \| (.+) \|$/gm)];
+  const rows = [...PROTOCOL_MD.matchAll(/^\| (\d{3}) \| `(\w+)` \| (\w+) \| (\w+) \| (true|false) \| (true|false) \| (.+) \| (\w+) \|$/gm)];
   const documented = new Map(rows.map(([, code, ...rest]) => [Number(code), rest]));
   for (const k of KINDS.values()) {
-    assert.deepStrictEqual(documented.get(k.code), [k.name, k.category, k.severity, String(k.retryable), String(k.fallbackAvailable), k.summary], `code ${k.code}`);
+    assert.deepStrictEqual(documented.get(k.code), [k.name, k.category, k.severity, String(k.retryable), String(k.fallbackAvailable), k.summary, k.fault], `code ${k.code}`);
   }
   // A code added to the table later is handled by its wire fields (section 16): say so.
   const unknown = [...documented.keys()].filter((c) => !BY_CODE.has(c));
