@@ -19,8 +19,9 @@ tree under chaos, a process killed now and then by hand or by the OOM killer):
   - the restarts of a young child wait a capped exponential back-off (so a crash loop is not
     a restart storm), reset by a death after a stable run;
   - a child may name fallbacks, engaged in order instead of escalating;
-  - the root supervisor has no parent to escalate to: its last resort is to keep retrying
-    the child, `LAST_RESORT` apart (doubling), never to stop the tree.
+  - the root supervisor has no parent to escalate to: once the tree has come up, its last
+    resort is to keep retrying the child, `LAST_RESORT` apart (doubling), never to stop the
+    tree (during the first start it still gives up: the tree cannot come up).
 """
 
 from __future__ import annotations

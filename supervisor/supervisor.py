@@ -480,7 +480,9 @@ class Supervisor(Actor):
                 self.event("fallback", child, fallback=child.fallback,
                            reason=f"more than {self.spec.intensity} restarts in "
                            f"{self.spec.period_s}s")
-            elif self.root:
+            elif self.root and self.initial_start_done:
+                # A tree that came up never gives up; one that cannot come up says so (its
+                # editor is waiting for the ready line, or a failure).
                 self._last_resort(child)
                 return
             else:

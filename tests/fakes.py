@@ -1,6 +1,7 @@
 """Small actors for the supervisor's tests, misbehaving on request (config keys):
 
   fail_at_start: true        raise while starting (before binding)
+  fail_at_start_if: path     the same, while that file exists
   start_delay_s: float       take this long to start
   crash_after: int           os._exit(3) on the Nth `fake.work` request
   hang_after: int            spin for ever (holding the loop) on the Nth `fake.work`
@@ -23,7 +24,8 @@ class FakeActor(Actor):
 
     def __init__(self, name: str | None, runtime_dir: Any, config: dict | None = None) -> None:
         config = config or {}
-        if config.get("fail_at_start"):
+        if config.get("fail_at_start") or (
+                config.get("fail_at_start_if") and os.path.exists(config["fail_at_start_if"])):
             raise RuntimeError("configured to fail at start")
         if config.get("start_delay_s"):
             time.sleep(float(config["start_delay_s"]))  # sleep-ok: the slow start it fakes

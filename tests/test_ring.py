@@ -50,9 +50,9 @@ def test_a_read_made_and_not_committed_is_taken_in_by_a_successor(ring):
         # write offset is not moved. Set up exactly that state by hand.
         os.write(slave, b"xyz" * 10)
         got = ring.read_from(master, 30)
-        ring._cells[2] -= got  # back to before the commit
-        ring._cells[6] = got  # the intent, still written down
-        ring._cells[5] = ring.write_off
+        ring._header[2] -= got  # back to before the commit
+        ring._header[6] = got  # the intent, still written down
+        ring._header[5] = ring.write_off
         successor = SessionRing.open(os.dup(ring.fd))
         try:
             assert successor.recover() == 30
@@ -73,14 +73,14 @@ def test_a_read_written_down_but_never_made_is_not_taken_in(ring):
         # the intent and canary of a read that never happened (killed before the syscall)
         os.write(slave, b"later")
         got = ring.read_from(master, 5)
-        ring._cells[2] -= got
+        ring._header[2] -= got
         ring.write(b"")  # nothing
         data_before = ring.read(0, ring.write_off)
         # put the canary back where the read had written: as if it had not happened
-        ring._cells[6] = 5
-        ring._cells[5] = ring.write_off
-        canary = (ring._cells[8].to_bytes(8, "little")
-                  + ring._cells[9].to_bytes(8, "little"))[:5]
+        ring._header[6] = 5
+        ring._header[5] = ring.write_off
+        canary = (ring._header[8].to_bytes(8, "little")
+                  + ring._header[9].to_bytes(8, "little"))[:5]
         ring._region(ring.write_off, 5)[0][:5] = canary
         assert ring.recover() == 0 and ring.read(0, ring.write_off) == data_before
     finally:

@@ -116,13 +116,38 @@ def test_a_child_that_does_not_become_ready_in_time_is_killed_and_counted(make_t
     tree = make_tree(SLOW_START).start(wait=False)
     ev = tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "sleepy")
     assert ev["detail"] == "start timeout" and ev["signal"] == signal.SIGKILL
-    esc = tree.wait_event(lambda e: e["event"] == "escalated")
-    # The root has no parent to give up to: it retries the child later and serves on.
-    assert esc["child"] == "sleepy" and esc["action"] == "retry" and esc["retry_in_s"] == 1.0
+    tree.wait_event(lambda e: e["event"] == "escalated")
+    assert tree.proc.wait(30) == 3  # it never came up: the root gave up, exit code 3
+
+
+RELAPSE = """
+[supervisor]
+intensity = 2
+period_s = 60
+backoff = { initial_ms = 10, factor = 2.0, max_ms = 20 }
+[[children]]
+id = "ok"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "relapsing"
+start = "tests.fakes:FakeActor"
+config = { fail_at_start_if = "%s" }
+"""
+
+
+def test_once_up_the_root_retries_a_child_that_keeps_failing_and_never_gives_up(
+        make_tree, tmp_path):
+    flag = tmp_path / "fail"
+    tree = make_tree(RELAPSE % flag).start()
+    flag.write_text("")  # from now on it fails at start
+    tree.call("supervisor", "sup.kill", {"child": "relapsing"})
+    esc = tree.wait_event(lambda e: e["event"] == "escalated" and e["child"] == "relapsing")
+    # The tree had come up: the root has no parent to give up to, so it retries later.
+    assert esc["action"] == "retry" and esc["retry_in_s"] == 1.0
     assert tree.call("ok", "fake.work")["done"] == 1 and tree.proc.poll() is None
-    again = tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "sleepy"
-                            and e["pid"] != ev["pid"])
-    assert again["detail"] == "start timeout"
+    flag.unlink()
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "relapsing")
+    assert tree.call("relapsing", "fake.work")["pid"] == back["pid"]
 
 
 ORDER = """

@@ -54,7 +54,7 @@ class SessionRing:
         self.fd = fd
         self.cap = cap
         self._map = mmap.mmap(fd, HEADER + cap)
-        self._cells = (ctypes.c_uint64 * (HEADER // 8)).from_buffer(self._map)
+        self._header = (ctypes.c_uint64 * (HEADER // 8)).from_buffer(self._map)
         self._data = memoryview(self._map)[HEADER:]
 
     @classmethod
@@ -63,8 +63,8 @@ class SessionRing:
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(fd, HEADER + cap)
         ring = cls(fd, cap)
-        ring._cells[_CAP] = cap
-        ring._cells[_MAGIC] = MAGIC
+        ring._header[_CAP] = cap
+        ring._header[_MAGIC] = MAGIC
         return ring
 
     @classmethod
@@ -82,19 +82,19 @@ class SessionRing:
 
     @property
     def write_off(self) -> int:
-        return self._cells[_WRITE]
+        return self._header[_WRITE]
 
     @property
     def ack_off(self) -> int:
-        return self._cells[_ACK]
+        return self._header[_ACK]
 
     @ack_off.setter
     def ack_off(self, off: int) -> None:
-        self._cells[_ACK] = off
+        self._header[_ACK] = off
 
     @property
     def floor_off(self) -> int:
-        return self._cells[_FLOOR]
+        return self._header[_FLOOR]
 
     @property
     def base(self) -> int:
@@ -104,9 +104,9 @@ class SessionRing:
     def start_at(self, off: int) -> None:
         """A new ring that continues a stream from `off` (a session recreated, or a keeper
         that held its output elsewhere): nothing before it is held."""
-        self._cells[_FLOOR] = off
-        self._cells[_ACK] = off
-        self._cells[_WRITE] = off
+        self._header[_FLOOR] = off
+        self._header[_ACK] = off
+        self._header[_WRITE] = off
 
     # --- bytes ---------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class SessionRing:
         self._data[pos : pos + first] = data[:first]
         if first < n:
             self._data[: n - first] = data[first:]
-        self._cells[_WRITE] = off + n
+        self._header[_WRITE] = off + n
         return off + n
 
     def _region(self, off: int, n: int) -> list[memoryview]:
@@ -149,33 +149,33 @@ class SessionRing:
             head += take
             if head == k:
                 break
-        self._cells[_CANARY] = int.from_bytes(canary[:8].ljust(8, b"\0"), "little")
-        self._cells[_CANARY + 1] = int.from_bytes(canary[8:].ljust(8, b"\0"), "little")
-        self._cells[_INTENT_OFF] = off
-        self._cells[_INTENT_LEN] = n
+        self._header[_CANARY] = int.from_bytes(canary[:8].ljust(8, b"\0"), "little")
+        self._header[_CANARY + 1] = int.from_bytes(canary[8:].ljust(8, b"\0"), "little")
+        self._header[_INTENT_OFF] = off
+        self._header[_INTENT_LEN] = n
         try:
             got = os.readv(fd, parts)
         finally:
-            self._cells[_INTENT_LEN] = 0  # (a read that raised read nothing)
-        self._cells[_WRITE] = off + got
+            self._header[_INTENT_LEN] = 0  # (a read that raised read nothing)
+        self._header[_WRITE] = off + got
         return got
 
     def recover(self) -> int:
         """A keeper's successor: take in a read its predecessor made but did not commit
         (found by its canary, gone); returns how many bytes that was."""
-        n = self._cells[_INTENT_LEN]
-        off = self._cells[_INTENT_OFF]
+        n = self._header[_INTENT_LEN]
+        off = self._header[_INTENT_OFF]
         if not n or off != self.write_off:
-            self._cells[_INTENT_LEN] = 0
+            self._header[_INTENT_LEN] = 0
             return 0
         k = min(n, 16)
-        canary = (self._cells[_CANARY].to_bytes(8, "little")
-                  + self._cells[_CANARY + 1].to_bytes(8, "little"))[:k]
+        canary = (self._header[_CANARY].to_bytes(8, "little")
+                  + self._header[_CANARY + 1].to_bytes(8, "little"))[:k]
         here = b"".join(bytes(p) for p in self._region(off, k))
-        self._cells[_INTENT_LEN] = 0
+        self._header[_INTENT_LEN] = 0
         if here == canary:
             return 0  # never read
-        self._cells[_WRITE] = off + n
+        self._header[_WRITE] = off + n
         return n
 
     def read(self, start: int, end: int) -> bytes:
@@ -197,7 +197,7 @@ class SessionRing:
         cut = new_floor - self.base
         if cut <= 0:
             return 0
-        self._cells[_FLOOR] = new_floor
+        self._header[_FLOOR] = new_floor
         # whole pages of the freed range, which is contiguous or wraps once
         start = (new_floor - cut) % self.cap
         for a, b in ((start, min(self.cap, start + cut)), (0, max(0, start + cut - self.cap))):
@@ -210,6 +210,6 @@ class SessionRing:
     def close(self) -> None:
         """Unmap and close our descriptor (the other side's copy keeps the ring alive)."""
         self._data.release()
-        del self._cells
+        del self._header
         self._map.close()
         os.close(self.fd)
