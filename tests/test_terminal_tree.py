@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import psutil
 import pytest
 
+from moorage.protocol.client import Client
 from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
 from tests.terminal_support import (
     Commands,
     Output,
@@ -19,6 +22,7 @@ from tests.terminal_support import (
     make_home,
     terminal_tree,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -211,3 +215,51 @@ def test_a_subscriber_sees_a_terminal_restart_as_a_new_epoch_and_loses_no_byte(m
     (listed,) = c.call("terminal", "term.list")["sessions"]
     assert len(out.until(lambda d: len(d) >= listed["offset"])) == listed["offset"]
     out.close()
+
+
+def test_an_exec_in_flight_when_the_terminal_dies_is_answered_by_its_successor(
+        make_tree, tmp_path):
+    """term.exec is resumable: the client resends it to the successor, which had taken the
+    command over from the keeper's record of it and answers it once it completes."""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                 timeout=30)["session"]
+    c.learn_ops("terminal")
+    assert c.core.resumable["terminal"] >= {"term.exec", "term.create"}
+    (home / "go").write_text("")
+    victim = tree.child("terminal")["pid"]
+
+    def kill_then_let_it_finish() -> None:
+        wait_for(lambda: (home / "started").exists(), "the command running")
+        os.kill(victim, signal.SIGKILL)
+        with Client(tree.runtime_dir, timeout=10.0) as other:
+            wait_for(lambda: other.call("terminal", "sys.ping")["ep"] and
+                     other.call("terminal", "sys.info")["pid"] != victim, "the successor")
+        (home / "go").unlink()  # the same loop, in the same shell, ends now
+
+    helper = threading.Thread(target=kill_then_let_it_finish)
+    helper.start()
+    r = c.call("terminal", "term.exec", {
+        "session": sid,
+        "command": "touch ~/started; while [ -e ~/go ]; do sleep 0.05; done; echo R$((6*7))"},
+        timeout=60)
+    helper.join()
+    assert (r["exit_code"], r["output"]) == (0, "R42")
+    assert tree.child("terminal")["pid"] != victim
+
+
+def test_a_session_can_be_named_by_its_creator_and_a_name_is_taken_once(make_tree, tmp_path):
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home),
+                                           "session": "my-shell"}, timeout=30)
+    assert s["session"] == "my-shell"
+    with pytest.raises(MoorageError) as e:
+        c.call("terminal", "term.create", {"shell": "bash", "session": "my-shell"}, timeout=30)
+    assert e.value.name == "conflict"
+    with pytest.raises(MoorageError) as e:
+        c.call("terminal", "term.create", {"session": "no spaces here"}, timeout=30)
+    assert e.value.name == "bad_args"

@@ -109,6 +109,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _new_request(rid: int, sid: str, op: str, deadline_ms: int | None, args: Any) -> Request:
+    return Request(rid, sid, op, deadline_ms, args, [])
+
+
 class Actor:
     """Base class; subclasses declare ops with `@op` and may override the hooks."""
 
@@ -551,6 +555,30 @@ class Actor:
                 )
             return
         self._finish(call, result, None)
+
+    # --- calls that outlive a process (resumable ops) ---------------------------------------
+
+    def resume_call(self, sid: str, rid: int, op: str, deadline_ms: int | None,
+                    args: Any = None) -> Call:
+        """A call of a predecessor's, from a record that outlived it: answered when its work
+        completes, to whoever sent (sid, rid) to us (a resend joins it; one that came before
+        this is it) and to the reply cache for any later resend."""
+        key = (sid, rid)
+        running = self.pending.get(key)
+        if running is not None:
+            return running
+        spec = self.ops.get(op)
+        req = _new_request(rid, sid, op, deadline_ms, args)
+        call = Call(self, [], req, _perf_counter(), spec)
+        self.pending[key] = call
+        limit_ms = call.remaining_ms()
+        if limit_ms is None:
+            limit_ms = spec.timeout_ms if spec is not None else 60_000
+        call._timer = self.loop.call_later(
+            max(0, limit_ms) / 1000 + 0.05,
+            lambda: call.answered or self._finish(
+                call, None, WireError.of("timeout", f"{op}: no result in time")))
+        return call
 
     def _refuse(self, route: list[bytes], req: Request, error: WireError) -> None:
         # Not run, so not cached: a retry may run it.

@@ -42,6 +42,10 @@ class OpSpec:
     # Results are checked for protocol shape before they are sent. False only for ops whose
     # result the runtime builds itself from values of known types (sys.ping's {ep: str}).
     checked: bool = True
+    # Not idempotent, but at most once across the actor's restarts: a successor answers a
+    # resend with the same (sid, id) as its predecessor would have (from a record of the call
+    # that outlives the process), so a client resends it instead of giving up on it.
+    resumable: bool = False
     _names: frozenset[str] = field(default=frozenset())
 
     def __post_init__(self) -> None:
@@ -85,6 +89,7 @@ class OpSpec:
                 for a in self.args
             },
             "idempotent": self.idempotent,
+            "resumable": self.resumable,
             "timeout_ms": self.timeout_ms,
             "essential": self.essential,
             "doc": self.doc,
@@ -110,6 +115,7 @@ def op(
     essential: bool = True,
     recorded: bool = True,
     checked: bool = True,
+    resumable: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a method as the handler of `name`. `args` maps each name to a type, or to
     `(type, default)` for an optional one. `checked=False` skips the shape check of results
@@ -127,6 +133,7 @@ def op(
             recorded=recorded,
             doc=" ".join((fn.__doc__ or "").split()),  # whole sentences, on one line
             checked=checked,
+            resumable=resumable,
         )
         return fn
 
@@ -143,6 +150,6 @@ def collect(obj: object) -> dict[str, OpSpec]:
                 bound = getattr(obj, attr)
                 table[spec.name] = OpSpec(
                     spec.name, bound, spec.args, spec.idempotent, spec.timeout_ms,
-                    spec.essential, spec.recorded, spec.doc, spec.checked,
+                    spec.essential, spec.recorded, spec.doc, spec.checked, spec.resumable,
                 )
     return table

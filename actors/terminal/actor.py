@@ -66,6 +66,7 @@ retention_messages (2000) and retention_bytes (8 MiB) per topic, reply_cache_ent
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections import Counter
@@ -85,6 +86,7 @@ from moorage.actors.terminal.session import Session
 from moorage.actors.terminal.specs import SpecStore
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
+SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TICK_S = 0.02  # resolution of exec timeouts, integration detection and quiet detection
 PRESSURE_RETRY_MS = 1000
 
@@ -122,6 +124,7 @@ class TerminalActor(Actor):
         self.republish_bytes = int(cfg.get("republish_bytes", 2 << 20))
         self.consumer_timeout_s = int(cfg.get("consumer_timeout_ms", 5000)) / 1000
         self.counters: Counter[str] = Counter()
+        self.resumed: set[tuple[str, int]] = set()  # (sid, id) of execs taken over on restore
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
         self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
@@ -295,10 +298,16 @@ class TerminalActor(Actor):
 
     @op("term.create", args={"shell": (str, None), "args": (list, None), "cwd": (str, None),
                              "env": (dict, None), "cols": (int, 80), "rows": (int, 24),
-                             "integration": (bool, True)}, timeout_ms=30_000)
+                             "integration": (bool, True), "session": (str, None)},
+        timeout_ms=30_000, resumable=True)
     def _op_create(self, call: Call, shell: str | None, args: list | None, cwd: str | None,
-                   env: dict | None, cols: int, rows: int, integration: bool) -> Any:
-        """Start a shell on a new PTY (walking the fallback shells); answers at its prompt."""
+                   env: dict | None, cols: int, rows: int, integration: bool,
+                   session: str | None) -> Any:
+        """Start a shell on a new PTY (walking the fallback shells); answers at its prompt.
+        `session` names it (default: a fresh id); a resend of the same request (same sid and
+        id) is answered with the session it created, even by a successor of this actor."""
+        if session is not None and not SESSION_ID.fullmatch(session):
+            raise fail("bad_args", "session must be 1-64 letters, digits, '.', '_' or '-'")
         if self.pressure_level == "critical":
             raise fail("busy", "no new sessions under critical memory pressure",
                        retry_after_ms=PRESSURE_RETRY_MS)
@@ -313,13 +322,20 @@ class TerminalActor(Actor):
         base_env(self.term, env)  # validate now, not half way through the chain
 
         def start() -> Any:
-            Creation(self, "t" + secrets.token_hex(6), spec, call).next()
+            made = next((s for s in self.sessions.values()
+                         if s.meta.get("req") == [call.sid, call.id]), None)
+            if made is not None:  # this very request, resent: the session it made
+                return made.created()
+            sid = session or "t" + secrets.token_hex(6)
+            if sid in self.sessions or sid in self.specs.specs:
+                raise fail("conflict", f"session {sid!r} exists already")
+            Creation(self, sid, spec, call).next()
             return DEFERRED
 
         return self._when_ready(call, start)
 
     @op("term.exec", args={"session": str, "command": str, "timeout_ms": (int, None)},
-        timeout_ms=24 * 3600 * 1000)
+        timeout_ms=24 * 3600 * 1000, resumable=True)
     def _op_exec(self, call: Call, session: str, command: str, timeout_ms: int | None) -> Any:
         """Run a command line in a session; answers when it finished (see the modes)."""
         if "\0" in command:
@@ -352,6 +368,8 @@ class TerminalActor(Actor):
                 call.fail(exc)
 
         def run() -> Any:
+            if (call.sid, call.id) in self.resumed:
+                return DEFERRED  # a resend of a command our predecessor ran: it answers it
             # The session's state is that of all its output so far: output still on its way
             # through the parser actor is waited for (it may start a command).
             s = self.session(session)

@@ -60,6 +60,10 @@ class RestoreHost(SessionHost, Protocol):
     keeper: KeeperClient
     republish_bytes: int
     counters: Counter[str]
+    resumed: set[tuple[str, int]]
+
+    def resume_call(self, sid: str, rid: int, op: str, deadline_ms: int | None,
+                    args: Any = None) -> Call: ...
 
     def session_exited(self, s: Session, info: dict[str, Any]) -> None: ...
 
@@ -139,7 +143,8 @@ class Creation:
             cwd = "/"
         meta = {"nonce": nonce, "mode": "integration" if launch.integration else
                 "no_integration", "kind": launch.kind, "shell": path, "cwd": cwd,
-                "minimal": minimal, "spec": self.spec}
+                "minimal": minimal, "spec": self.spec,
+                "req": [self.call.sid, self.call.id] if self.call is not None else None}
         self.launch = launch
         self.a.keeper.request(
             {"t": "create", "s": self.sid, "path": launch.path, "argv": launch.argv,
@@ -223,8 +228,7 @@ class Creation:
         if self.timer is not None:
             self.timer.cancel()
         self.a.specs.put(self.sid, {**self.spec, "pid": s.pid})
-        result = {"session": s.id, "pid": s.pid, "tty": s.tty, "shell": s.shell,
-                  "kind": s.kind, "mode": s.mode, "attempts": self.attempts}
+        result = {**s.created(), "attempts": self.attempts}
         if self.call is not None:
             self.call.reply(result)
         else:
@@ -265,6 +269,13 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
                                   "cwd": meta.get("cwd"), "env": {}, "cols": s.cols,
                                   "rows": s.rows, "integration": meta.get("mode") ==
                                   "integration", "recreated": 0, "pid": s.pid})
+    rec = meta.get("exec")
+    if isinstance(rec, dict) and isinstance(rec.get("sid"), str) and isinstance(rec.get("id"), int):
+        # A command our predecessor was running: it completes here, for a resend of it.
+        call = a.resume_call(rec["sid"], rec["id"], "term.exec", rec.get("deadline_ms"),
+                             {"session": sid, "command": rec.get("command", "")})
+        a.resumed.add((rec["sid"], rec["id"]))
+        s.resume_exec(call, rec)
     s.on_ring(ring.write_off)
     if e.get("exited"):
         a.session_exited(s, e["exited"])

@@ -366,14 +366,41 @@ class Session:
         now = time.monotonic()
         ex = Exec(call, command, mode, now, self.offset, now + timeout_s,
                   now + self.host.detect_s)
-        self.exec = ex
-        self.last_use = now
-        self.host.need_tick(self)
-        if mode != "integration":
-            self.state = "running"
-            self.wait_quiet(lambda: self._quiet_done(ex))
+        # Written down with the keeper before the command goes to the shell, so that a
+        # successor of ours knows it is running and answers a resend of it (term.exec is
+        # resumable: restore.py).
+        self.meta["exec"] = {"sid": call.sid, "id": call.id, "command": command,
+                             "sent_off": self.offset, "mode": mode,
+                             "deadline_ms": call.deadline_ms,
+                             "timeout_ms": int(timeout_s * 1000)}
+        self.host.keeper_meta(self)
+        self._run(ex)
         if not self.host.keeper_write(self, payload):
             self._fail(WireError.of("unavailable", "the pty keeper is not connected"))
+
+    def _run(self, ex: Exec) -> None:
+        self.exec = ex
+        self.last_use = ex.started
+        self.host.need_tick(self)
+        if ex.mode != "integration":
+            self.state = "running"
+            self.wait_quiet(lambda: self._quiet_done(ex))
+
+    def resume_exec(self, call: Call, record: dict[str, Any]) -> None:
+        """A predecessor's exec, from its record: it completes here as it would have there
+        (on the markers after `sent_off`, or by the mode's rule), answering `call`."""
+        now = time.monotonic()
+        timeout_s = int(record.get("timeout_ms") or 60_000) / 1000
+        deadline = record.get("deadline_ms")
+        if deadline is not None:
+            timeout_s = min(timeout_s, max(0.0, deadline / 1000 - time.time() - 0.1))
+        ex = Exec(call, str(record.get("command", "")), str(record.get("mode", self.mode)),
+                  now, int(record["sent_off"]), now + timeout_s, now + self.host.detect_s)
+        self._run(ex)
+
+    def _exec_done(self) -> None:
+        if self.meta.pop("exec", None) is not None:
+            self.host.keeper_meta(self)
 
     def write_failed(self, err: WireError) -> None:
         """The keeper refused input: it never reached the shell."""
@@ -430,6 +457,7 @@ class Session:
             return
         ex.done = True
         self.exec = None
+        self._exec_done()
         if output.endswith("\n"):
             output = output[:-1]
         ex.call.reply({
@@ -445,6 +473,7 @@ class Session:
             return
         ex.done = True
         self.exec = None
+        self._exec_done()
         ex.call.fail(err)
 
     def on_exit(self, info: dict[str, Any]) -> None:
@@ -515,6 +544,11 @@ class Session:
             self.mode = mode
             self.meta["mode"] = mode
             self.host.keeper_meta(self)
+
+    def created(self) -> dict[str, Any]:
+        """term.create's answer for this session."""
+        return {"session": self.id, "pid": self.pid, "tty": self.tty, "shell": self.shell,
+                "kind": self.kind, "mode": self.mode, "attempts": []}
 
     def describe(self) -> dict[str, Any]:
         return {

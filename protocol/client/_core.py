@@ -109,8 +109,8 @@ class Wait:
 
 class CallPlan:
     __slots__ = ("actor", "attempts", "core", "deadline", "deadline_ms", "frames", "id",
-                 "idempotent", "last_error", "op", "retries", "session", "started", "timeout",
-                 "timeout_retries")
+                 "idempotent", "last_error", "op", "resumable", "retries", "session", "started",
+                 "timeout", "timeout_retries")
 
     def __init__(
         self,
@@ -136,6 +136,7 @@ class CallPlan:
             idempotent = op in BUILTIN_IDEMPOTENT or op in core.options.idempotent_ops \
                 or op in core.learned.get(actor, ())
         self.idempotent = idempotent
+        self.resumable = op in core.resumable.get(actor, ())
         self.frames = encode_request(rid, core.sid, op, args, deadline_ms, attachments)
         # What a caller told `outcome_unknown` needs to go and look (term.exec, term.create)
         self.session = args.get("session") if type(args) is dict else None
@@ -227,7 +228,8 @@ class CallPlan:
         call ends now with `outcome_unknown` (it may have run, or not), rather than at its
         deadline: the successor cannot answer for it. The detail says which epoch it went to
         and, for a call naming a session, which session to look at."""
-        if self.idempotent:
+        if self.idempotent or self.resumable:
+            # (a resumable op's successor answers the same id as its predecessor would have)
             return Resend(0.0)
         detail: dict[str, Any] = {"old_epoch": self.core.epochs.get(self.actor),
                                   "new_epoch": None, "request_id": self.id}
@@ -277,6 +279,7 @@ class ClientCore:
         self.pusher: LatencyPusher | None = None
         self.epochs: dict[str, str] = {}  # the epoch each actor last answered with
         self.learned: dict[str, frozenset[str]] = {}  # actor -> its idempotent ops (sys.info)
+        self.resumable: dict[str, frozenset[str]] = {}  # ... and its resumable ones
         self.restarts_seen: dict[str, int] = {}
 
     def next_id(self) -> int:
@@ -301,6 +304,9 @@ class ClientCore:
         known = frozenset(name for name, d in (ops or {}).items()
                           if isinstance(name, str) and isinstance(d, dict) and d.get("idempotent"))
         self.learned[actor] = known
+        self.resumable[actor] = frozenset(
+            name for name, d in (ops or {}).items()
+            if isinstance(name, str) and isinstance(d, dict) and d.get("resumable"))
         return known
 
     def breaker(self, actor: str) -> CircuitBreaker:
