@@ -125,6 +125,7 @@ class TerminalActor(Actor):
         self.consumer_timeout_s = int(cfg.get("consumer_timeout_ms", 5000)) / 1000
         self.counters: Counter[str] = Counter()
         self.resumed: set[tuple[str, int]] = set()  # (sid, id) of execs taken over on restore
+        self.recreating: dict[str, list[Callable[[], None]]] = {}  # sid -> ops waiting for it
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
         self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
@@ -257,27 +258,41 @@ class TerminalActor(Actor):
 
     # --- helpers for ops ---------------------------------------------------------------------
 
-    def _when_ready(self, call: Call, fn: Callable[[], Any]) -> Any:
-        """Run `fn` now if the keeper is connected, else when it is (or fail `unavailable`)."""
+    def _when_ready(self, call: Call, fn: Callable[[], Any], session: str | None = None) -> Any:
+        """Run `fn` now if the keeper is connected (and `session` is not being recreated),
+        else when it is (or fail `unavailable`)."""
+        if session is not None and session in self.recreating:
+            self.recreating[session].append(lambda: self._answer(call, fn, session))
+            return DEFERRED
         if self.keeper.ready:
             return fn()
 
         def later(ok: bool) -> None:
-            if call.answered:
-                return
-            if not ok:
+            if not ok and not call.answered:
                 call.fail(WireError.of("unavailable", "the pty keeper is not connected"))
-                return
-            try:
-                result = fn()
-            except MoorageError as exc:
-                call.fail(exc)
-                return
-            if result is not DEFERRED:
-                call.reply(result)
+            elif ok:
+                # (the welcome may have started recreating this very session: look again)
+                self._answer(call, fn, session)
 
         self.keeper.when_ready(later, self.keeper_wait_s)
         return DEFERRED
+
+    def _answer(self, call: Call, fn: Callable[[], Any], session: str | None = None) -> None:
+        """Run an op's `fn` that had to wait, answering its call with what it returns."""
+        if call.answered:
+            return
+        try:
+            result = self._when_ready(call, fn, session)
+        except MoorageError as exc:
+            call.fail(exc)
+            return
+        if result is not DEFERRED and not call.answered:
+            call.reply(result)
+
+    def recreated(self, sid: str) -> None:
+        """A recreation is over (done or gone): the ops that waited for it go on."""
+        for fn in self.recreating.pop(sid, []):
+            fn()
 
     def session(self, sid: str) -> Session:
         s = self.sessions.get(sid)
@@ -376,7 +391,7 @@ class TerminalActor(Actor):
             s.hop.when_parsed(s.offset, lambda: start_later(s))
             return DEFERRED
 
-        return self._when_ready(call, run)
+        return self._when_ready(call, run, session)
 
     @op("term.write", args={"session": str, "data": (str, bytes)}, timeout_ms=10_000)
     def _op_write(self, call: Call, session: str, data: str | bytes) -> Any:
@@ -393,7 +408,7 @@ class TerminalActor(Actor):
             self.keeper.input(s, raw, done)
             return DEFERRED
 
-        return self._when_ready(call, run)
+        return self._when_ready(call, run, session)
 
     @op("term.resize", args={"session": str, "cols": int, "rows": int})
     def _op_resize(self, call: Call, session: str, cols: int, rows: int) -> Any:
@@ -414,7 +429,7 @@ class TerminalActor(Actor):
             self.keeper.request({"t": "resize", "s": s.id, "cols": cols, "rows": rows}, done)
             return DEFERRED
 
-        return self._when_ready(call, run)
+        return self._when_ready(call, run, session)
 
     @op("term.signal", args={"session": str, "signal": ((str, int), "SIGINT"),
                              "target": (str, "foreground")})
@@ -438,7 +453,7 @@ class TerminalActor(Actor):
                                  "to": "fg" if target == "foreground" else "shell"}, done)
             return DEFERRED
 
-        return self._when_ready(call, run)
+        return self._when_ready(call, run, session)
 
     @op("term.close", args={"session": str})
     def _op_close(self, call: Call, session: str) -> Any:
@@ -448,7 +463,7 @@ class TerminalActor(Actor):
             self._close_session(session)
             return {"closed": session}
 
-        return self._when_ready(call, run)
+        return self._when_ready(call, run, session)
 
     @op("term.list", idempotent=True)
     def _op_list(self, call: Call) -> Any:
@@ -473,7 +488,7 @@ class TerminalActor(Actor):
             return {"session": session, "acked": acked, "offset": s.offset,
                     "consumers": len(s.consumers)}
 
-        return self._when_ready(call, run)
+        return self._when_ready(call, run, session)
 
     @op("term.scrollback", args={"session": str, "from_offset": (int, None),
                                  "max_bytes": (int, 1 << 20)}, idempotent=True)
@@ -483,7 +498,8 @@ class TerminalActor(Actor):
         restart, once the keeper's sessions are restored."""
         if max_bytes < 1 or (from_offset is not None and from_offset < 0):
             raise fail("bad_args", "max_bytes must be >= 1 and from_offset >= 0")
-        return self._when_ready(call, lambda: self._scrollback(session, from_offset, max_bytes))
+        return self._when_ready(
+            call, lambda: self._scrollback(session, from_offset, max_bytes), session)
 
     def _scrollback(self, session: str, from_offset: int | None, max_bytes: int) -> Attached:
         s = self.session(session)

@@ -14,8 +14,8 @@ is restored from its metadata (nonce, mode, shell, the spec it was created from)
 the session's state is rebuilt and what the predecessor may have had in flight is published
 again (marked `replay`). Sessions this actor had recorded that neither holds died with both
 (`reconcile`): each gets a `lost` event, together one `term.alert`, and each is started again
-once under the same id (`recreated`), or reported `gone` if it already was; whatever is left
-of its old session (a job that ignored SIGHUP) is killed first.
+under the same id (`recreated`, its output from offset 0 again), or reported `gone` if that
+fails; whatever is left of its old session (a job that ignored SIGHUP) is killed first.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
@@ -61,6 +62,9 @@ class RestoreHost(SessionHost, Protocol):
     republish_bytes: int
     counters: Counter[str]
     resumed: set[tuple[str, int]]
+    recreating: dict[str, list[Callable[[], None]]]
+
+    def recreated(self, sid: str) -> None: ...
 
     def resume_call(self, sid: str, rid: int, op: str, deadline_ms: int | None,
                     args: Any = None) -> Call: ...
@@ -233,6 +237,7 @@ class Creation:
             self.call.reply(result)
         else:
             self.a.publisher.publish("term.session", {"event": "recreated", **result})
+            self.a.recreated(self.sid)
 
     def _fail(self, err: WireError) -> None:
         self.done = True
@@ -242,6 +247,7 @@ class Creation:
             self.a.specs.drop(self.sid)
             self.a.publisher.publish("term.session", {
                 "session": self.sid, "event": "gone", "reason": err.message})
+            self.a.recreated(self.sid)
 
 
 def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -> None:
@@ -301,12 +307,10 @@ def reconcile(a: RestoreHost, entries: list[dict[str, Any]]) -> None:
     a.counters["sessions_lost"] += len(lost)
     logger.error("{} session(s) lost with the pty keeper: {}", len(lost), lost)
     for sid in lost:
+        # Each loss is recreated once (seed 1.2, Terminal Critical: recreate, alert, 1 retry);
+        # a recreation that fails is `gone`. Ops on the session wait for it meanwhile.
         spec = dict(a.specs.specs[sid])
-        if spec.get("recreated", 0) >= 1:
-            a.specs.drop(sid)
-            a.publisher.publish("term.session", {
-                "session": sid, "event": "gone", "reason": "lost again after its one restart"})
-            continue
         spec["recreated"] = spec.get("recreated", 0) + 1
         a.specs.put(sid, spec)
+        a.recreating.setdefault(sid, [])
         Creation(a, sid, spec, None).next()
