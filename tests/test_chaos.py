@@ -1,0 +1,32 @@
+"""A short run of perf/chaos.py on the shipped default tree: kills of any non-root process
+under load, fuzzed frames, local abuse. The perf script is the measurement (`python -m
+perf.chaos`: 60 s, 100,000 frames, the success rate); this checks what must never happen."""
+
+from __future__ import annotations
+
+import pytest
+
+from perf import chaos
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_kills_of_any_process_but_the_root_leave_no_hang_no_wrong_result_no_silent_gap():
+    r = chaos.chaos(duration=8.0, interval=0.2, signal_kind="kill")
+    assert (r.hung, r.wrong, r.gaps_unreported, r.orphans) == (0, 0, 0, 0), r
+    # every failure is classified and says what it means: a call that may have run
+    assert set(r.errors) <= {"outcome_unknown"}, r.errors
+    assert r.calls > 100 and r.recovery_s < 30, r
+    assert not r.notes.get("failures"), r.notes
+
+
+def test_fuzzed_frames_at_every_actor_are_each_answered_and_kill_nobody():
+    r = chaos.fuzz(frames=400)
+    assert r.calls == r.ok and r.notes["restarted"] == [] and r.orphans == 0, r
+
+
+def test_local_abuse_kills_no_actor_and_forges_nothing():
+    r = chaos.abuse(big=False)
+    assert r.notes["restarted"] == [] and r.orphans == 0, r
+    assert r.notes["forged_pushes_refused"] >= 50 and r.notes["slo_data_lost"] == 0, r.notes
+    assert r.notes["keeper_strangers_refused"] == 1 and r.notes["creates_ok"] == 20, r.notes
