@@ -1,0 +1,81 @@
+"""Sessions end clean: `term.close` and a SIGKILL of the root leave no process of a session
+behind, a job that ignores SIGHUP and SIGTERM included (killed as systemd's KillMode does),
+and a tree stopped with `down` and started again does not bring old sessions back."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+
+from tests.conftest import assert_all_gone, wait_pid_exit
+from tests.terminal_support import env_for, make_home, terminal_tree
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+TREE = terminal_tree()
+STUBBORN = "trap '' HUP TERM; sh -c \"trap '' HUP TERM; sleep 1000\" & echo stubborn-$!"
+
+
+def session_processes(sid_pid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == sid_pid:
+                out.append(p)
+        except OSError:
+            continue
+    return out
+
+
+def start_stubborn_job(c, tmp_path) -> tuple[str, int, int]:
+    home = make_home(tmp_path)
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
+    r = c.call("terminal", "term.exec", {"session": s["session"], "command": STUBBORN},
+               timeout=30)
+    job = int(r["output"].split("stubborn-")[1])
+    assert psutil.pid_exists(job)
+    return s["session"], s["pid"], job
+
+
+def test_term_close_leaves_no_process_of_the_session_even_one_that_ignores_hup_and_term(
+        make_tree, tmp_path):
+    tree = make_tree(TREE).start()
+    sid, shell, job = start_stubborn_job(tree.client, tmp_path)
+    procs = session_processes(shell)
+    assert len(procs) >= 2
+    tree.call("terminal", "term.close", {"session": sid})
+    assert_all_gone(procs, timeout=15)  # after the keeper's close grace
+    assert not psutil.pid_exists(job)
+
+
+def test_a_sigkill_of_the_root_leaves_no_process_of_any_session(make_tree, tmp_path):
+    tree = make_tree(TREE).start()
+    _, shell, job = start_stubborn_job(tree.client, tmp_path)
+    procs = session_processes(shell)
+    root = tree.pid
+    os.kill(root, signal.SIGKILL)
+    assert wait_pid_exit(root, 10)
+    assert_all_gone(procs, timeout=15)
+    assert not psutil.pid_exists(job)
+
+
+def test_down_then_up_starts_without_the_old_sessions(make_tree, tmp_path):
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    tree.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
+    assert len(tree.call("terminal", "term.list")["sessions"]) == 1
+    tree.stop()
+    again = make_tree(TREE).start()
+    events = again.client.subscribe("terminal", ["term.session", "term.alert"], from_seq=1)
+    try:
+        assert again.call("terminal", "term.list")["sessions"] == []
+        # nothing lost, nothing recreated: no event at all on those topics
+        assert events.next(timeout=1.0) is None
+    finally:
+        events.close()
+    info = wait_for(lambda: again.call("terminal", "sys.info"), "the terminal's info")
+    assert info["sessions"] == 0 and not info.get("sessions_lost")
