@@ -453,9 +453,11 @@ class Supervisor(Actor):
         child.cancel_timers()
         child.forget_process()
         child.last_exit = reason
+        down_since, child.down_since = child.down_since, None
         self.event("exited", child, pid=pid, reason=reason.kind.value, code=reason.code,
                    signal=reason.signal, detail=reason.detail, stage=child.stop_stage or None,
-                   uptime_s=round(uptime, 3))
+                   uptime_s=round(uptime, 3), **({"down_since": down_since}
+                                                 if down_since is not None else {}))
         if was is ChildState.STOPPING or self.shutting_down:
             child.state = ChildState.SHED if child.shed else ChildState.STOPPED
             self._job_done(child)
@@ -558,12 +560,18 @@ class Supervisor(Actor):
             turn, until = beats.read(child.slot)
             idle = until >= now and turn == child.heartbeat.last_turn and (
                 child.pid is None or not stopped(child.pid))
+            # its last sign of life: its loop's last turn (a monotonic stamp), or now if idle
+            child.alive_at = max(child.alive_at, now if idle else turn)
             if child.heartbeat.observe(turn, idle):
                 self._hung(child)
 
     def _hung(self, child: Child) -> None:
         misses = child.heartbeat.misses
         logger.warning("{}: {} heartbeats unanswered; SIGKILL", child.id, misses)
-        self.event("hung", child, misses=misses)
+        # The outage began at the last sign of life, not now: what a client saw.
+        since = time.time() - max(0, time.monotonic_ns() - child.alive_at) / 1e9 \
+            if child.alive_at else None
+        child.down_since = since
+        self.event("hung", child, misses=misses, down_since=since)
         child.kill_reason = "missed heartbeats"
         child.signal(signal.SIGKILL)

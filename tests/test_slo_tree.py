@@ -70,6 +70,25 @@ def test_the_recovery_time_of_a_sigkilled_actor_matches_what_the_supervisor_saw(
     assert down == pytest.approx(inc["recovery_ms"] / 1000, abs=1e-3)
 
 
+def test_a_hang_counts_from_the_last_sign_of_life_and_shows_in_the_failure_type_table(
+        make_tree):
+    tree = make_tree(CONFIG).start()
+    old = tree.child("alpha")["pid"]
+    os.kill(old, signal.SIGSTOP)
+    hung = tree.wait_event(lambda e: e["event"] == "hung" and e["child"] == "alpha")
+    exited = tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "alpha")
+    # It stopped answering before the supervisor could tell (3 missed checks of 100 ms).
+    assert hung["down_since"] < hung["time"] and exited["down_since"] == hung["down_since"]
+    assert exited["time"] - exited["down_since"] >= 0.2
+    inc = wait_for(lambda: incident(tree, "alpha", old), "the alpha incident")
+    assert inc["type"] == "hung (missed heartbeats)"
+    assert inc["exited_at"] == hung["down_since"]
+    assert inc["recovery_ms"] >= (exited["time"] - hung["down_since"]) * 1000
+    for window in ("1h", "24h", "30d"):
+        row = slo(tree)["windows"][window]["recovery"]["by_type"]["hung (missed heartbeats)"]
+        assert row["count"] == 1 and row["max_ms"] == inc["recovery_ms"]
+
+
 def test_the_slo_windows_survive_a_sigkill_of_the_metrics_actor(make_tree):
     tree = make_tree(CONFIG).start()
     n = 30

@@ -1,7 +1,9 @@
 """Recovery time per failure type (seed 11.2), from the root supervisor's events.
 
 An incident opens when `supervisor.pub` says a child exited other than by a requested stop
-(`exited` whose reason is not `shutdown`) and closes at the first good reply of a successor.
+(`exited` whose reason is not `shutdown`), at the event's `down_since` when it has one (a
+hang: the child's last sign of life) and else at the exit, and closes at the first good reply
+of a successor.
 How that reply is timed (`how`):
 
   reply  the metrics actor asked the restarted child `sys.hello` on a fresh socket the moment
@@ -136,7 +138,11 @@ class RecoveryTracker:
             inc.deaths += 1
             inc.ready_at = inc.new_pid = None
             return None
-        self.open[child] = Incident(child, kind, float(t), pid)
+        # A hang's outage began at the child's last sign of life, before the supervisor
+        # gave up on it: that is when a client stopped getting answers.
+        since = ev.get("down_since")
+        start = float(since) if isinstance(since, (int, float)) and since <= t else float(t)
+        self.open[child] = Incident(child, kind, start, pid)
         return None
 
     def close(self, inc: Incident, answered_at: float, how: str) -> bool:
