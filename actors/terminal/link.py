@@ -10,7 +10,8 @@ the session's output stream):
     hello   {tok, fds?}                             -> welcome, then each session's tail and
                                                        everything not acknowledged (and, with
                                                        `fds`, each session's `fd`)
-    create  {r, s, path, argv, env, cwd, cols, rows, meta}  -> ok {pid, tty} | err
+    create  {r, s, path, argv, env, cwd, cols, rows, meta, scrollback?, base?}
+                                                    -> ok {pid, tty}, then fds {s} | err
     write   {r?, s, data}                           input, queued -> ok {queued, pending}
                                                     when `r` is given (`pending`: input still
                                                     queued for the PTY after it); err {r?, s,

@@ -14,8 +14,9 @@ is restored from its metadata (nonce, mode, shell, the spec it was created from)
 the session's state is rebuilt and what the predecessor may have had in flight is published
 again (marked `replay`). Sessions this actor had recorded that neither holds died with both
 (`reconcile`): each gets a `lost` event, together one `term.alert`, and each is started again
-under the same id (`recreated`, its output from offset 0 again), or reported `gone` if that
-fails; whatever is left of its old session (a job that ignored SIGHUP) is killed first.
+under the same id (`recreated`, its output from offset recreated x 2^40 on, past anything
+the lost shell wrote), or reported `gone` if that fails; whatever is left of its old
+session (a job that ignored SIGHUP) is killed first.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from moorage.actors.terminal.specs import SpecStore
 
 MINIMAL_SHELL = "/bin/sh"
+RECREATED_SHIFT = 40
 
 
 class RestoreHost(SessionHost, Protocol):
@@ -113,6 +115,9 @@ class Creation:
         self.call = call
         self.queue = candidates(spec.get("shell"), actor.shells, actor.default_shell)
         self.asked = spec.get("shell")
+        # A session recreated after a loss goes on past every offset its lost shell could
+        # have reached (2^40 bytes a life), so no byte of the new one is taken for an old one.
+        self.base = int(spec.get("recreated", 0)) << RECREATED_SHIFT
         self.attempts: list[dict[str, Any]] = []
         self.minimal_tried = False
         self.session: Session | None = None
@@ -153,7 +158,8 @@ class Creation:
         self.a.keeper.request(
             {"t": "create", "s": self.sid, "path": launch.path, "argv": launch.argv,
              "env": launch.env, "cwd": cwd, "cols": self.spec["cols"],
-             "rows": self.spec["rows"], "meta": meta, "scrollback": self.a.scrollback_bytes},
+             "rows": self.spec["rows"], "meta": meta, "scrollback": self.a.scrollback_bytes,
+             "base": self.base},
             lambda r, err: self._created(r, err, launch, meta))
 
     def _created(self, r: dict[str, Any] | None, err: WireError | None, launch: Launch,
@@ -166,7 +172,7 @@ class Creation:
             self.next()
             return
         assert r is not None
-        s = Session(self.a, self.sid, meta)
+        s = Session(self.a, self.sid, meta, base=self.base)
         s.pid, s.tty = r["pid"], r["tty"]
         s.cols, s.rows = self.spec["cols"], self.spec["rows"]
         self.a.sessions[self.sid] = s

@@ -343,6 +343,9 @@ class PtyKeeper(Actor):
         # the window, and the scrollback the terminal asked for before it
         scrollback = min(int(msg.get("scrollback", self.scrollback)), 256 << 20)
         ring = SessionRing.create(self.window + max(0, scrollback), f"moorage-{sid}")
+        base = int(msg.get("base") or 0)
+        if base:  # a session recreated after a loss: its stream goes on past the old one's
+            ring.start_at(base)
         s = PtySession(sid, sp.pid, sp.master, sp.tty, os.pidfd_open(sp.pid), ring, cols,
                        rows, msg.get("meta"))
         self.sessions[sid] = s
