@@ -619,6 +619,111 @@ def _creates_in_flight(tree: DefaultTree, n: int) -> int:
         return len(ok)
 
 
+class Collector:
+    """One session's output as a consumer takes it: through the client's Subscription (gaps
+    repaired by replay, bytes seen twice dropped by offset), acknowledged as it goes
+    (`term.ack`: the session's shell never runs more than a window ahead of it)."""
+
+    ACK_EVERY = 256 << 10
+
+    def __init__(self, tree: DefaultTree, sid: str) -> None:
+        self.client = tree.client(timeout=10.0)
+        self.sid = sid
+        self.sub = self.client.subscribe("terminal", [f"term.out.{sid}"], from_seq=1)
+        self.data = bytearray()
+        self.acked = 0
+        self.losses = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            ev = self.sub.next(timeout=0.2)
+            if isinstance(ev, Loss):
+                self.losses += 1
+            elif isinstance(ev, StreamMessage):
+                self.data += b"".join(ev.attachments)
+                if len(self.data) - self.acked >= self.ACK_EVERY:
+                    self.acked = len(self.data)
+                    with contextlib.suppress(MoorageError):
+                        self.client.call("terminal", "term.ack",
+                                         {"session": self.sid, "offset": self.acked})
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.sub.close()
+        self.client.close()
+
+
+def expected_seq(n: int) -> bytes:
+    return b"".join(b"%d\r\n" % i for i in range(1, n + 1))
+
+
+def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result:
+    """R14: SIGKILL of the keeper and of the terminal actor, one after the other, `kills`
+    times, while `sessions` sessions each print `seq 1 lines`: the same shells, every byte
+    once, and the next exec of each integrated."""
+    res = Result("R14 custody")
+    tree = DefaultTree()
+    tree.start()
+    try:
+        with tree.client(timeout=30.0) as c:
+            made = _sessions(c, sessions)
+            sids = [s["session"] for s in made]
+            res.rss_before_mb = tree.rss() / 1e6
+            collectors = [Collector(tree, sid) for sid in sids]
+            for sid in sids:
+                c.call("terminal", "term.write",
+                       {"session": sid, "data": f"seq 1 {lines}; echo seq-''done\r"})
+            hit: Counter[str] = Counter()
+            for i in range(kills):
+                victim = "ptykeeper" if i % 2 == 0 else "terminal"
+                pid = c.call(victim, "sys.info")["pid"]
+                os.kill(pid, signal.SIGKILL)
+                hit[victim] += 1
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 30:
+                    with contextlib.suppress(MoorageError):
+                        if c.call(victim, "sys.info", timeout=2.0)["pid"] != pid:
+                            break
+                    time.sleep(0.01)  # polling the successor's own answer
+                time.sleep(gap_s)  # sleep-ok: the pace of the kills
+            whole = expected_seq(lines)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 300 and not all(
+                    b"seq-done\r\n" in col.data for col in collectors):
+                time.sleep(0.05)  # the outputs' own progress, looked at
+            listed = {s["session"]: s for s in c.call("terminal", "term.list")["sessions"]}
+            same = sum(1 for s in made if listed.get(s["session"], {}).get("pid") == s["pid"])
+            exact = sum(1 for col in collectors if whole in col.data
+                        and col.data.count(b"\r\n%d\r\n" % (lines // 2)) == 1)
+            integrated = 0
+            for sid in sids:
+                r = c.call("terminal", "term.exec", {"session": sid, "command": "echo ok"},
+                           timeout=30)
+                integrated += r["output"] == "ok" and r["mode"] == "integration"
+            res.calls = sessions
+            res.ok = min(same, exact, integrated)
+            res.wrong = sessions - exact
+            res.notes = {"kills": dict(hit), "same_shells": f"{same}/{sessions}",
+                         "every_byte_once": f"{exact}/{sessions}",
+                         "integrated_after": f"{integrated}/{sessions}",
+                         "bytes_each": len(whole),
+                         "losses": sum(col.losses for col in collectors)}
+            if same != sessions or exact != sessions or integrated != sessions:
+                res.notes["failures"] = "a shell, a byte or the integration was lost"
+            for col in collectors:
+                col.close()
+            res.rss_after_mb = tree.rss() / 1e6
+            res.recovery_s = round(wait_all_running(c, 60), 3)
+    finally:
+        res.orphans = len(tree.stop())
+        tree.cleanup()
+    return res
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 
@@ -641,6 +746,7 @@ def table(results: list[Result], min_success: float) -> str:
 
 def run(duration: float, interval: float, frames: int, short: bool) -> list[Result]:
     return [chaos(duration, interval, "kill"), chaos(duration / 2, 0.5, "stop"),
+            custody(3, 300_000 if short else 6_000_000, 6 if short else 20),
             fuzz(frames), abuse(big=not short)]
 
 

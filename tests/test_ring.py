@@ -14,7 +14,7 @@ from moorage.actors.terminal.ring import RingError, SessionRing
 
 @pytest.fixture
 def ring():
-    r = SessionRing.create(8192)
+    r = SessionRing.create(8192, 4096)
     yield r
     r.close()
 
@@ -27,18 +27,19 @@ def test_bytes_wrap_around_and_another_mapping_sees_them(ring):
             ring.ack_off = ring.write_off
         assert ring.write_off == 15000 and other.write_off == 15000
         assert other.read(15000 - 3000, 15000) == b"E" * 3000
-        assert other.base == 15000 - 8192
-        assert other.read(0, 15000) == ring.read(15000 - 8192, 15000)  # what is left
+        # what is held: the cap, less the window the keeper may be writing into next
+        assert other.base == 15000 + 4096 - 8192
+        assert other.read(0, 15000) == ring.read(other.base, 15000)
     finally:
         other.close()
 
 
 def test_the_window_bounds_what_is_not_acknowledged(ring):
-    assert ring.room(4096) == 4096
+    assert ring.room() == 4096
     ring.write(b"x" * 4000)
-    assert ring.room(4096) == 96
+    assert ring.room() == 96
     ring.ack_off = 1000
-    assert ring.room(4096) == 1096
+    assert ring.room() == 1096
 
 
 def test_a_read_made_and_not_committed_is_taken_in_by_a_successor(ring):
@@ -89,12 +90,27 @@ def test_a_read_written_down_but_never_made_is_not_taken_in(ring):
 
 
 def test_trimming_gives_back_all_but_the_last_bytes_before_the_ack(ring):
+    ring.write(b"a" * 4000)
+    ring.ack_off = 4000
+    ring.write(b"b" * 2000)
+    ring.ack_off = 6000
+    assert ring.base == 6000 + 4096 - 8192  # 1904
+    assert ring.trim(1000) == 5000 - 1904
+    assert ring.base == 5000 and ring.read(0, 6000) == b"b" * 1000
+    ring.write(b"c" * 100)
+    assert ring.read(5000, 6100) == b"b" * 1000 + b"c" * 100
+
+
+def test_trimming_never_frees_what_the_keeper_may_write_next(ring):
+    # The keeper may write up to ack + window; those bytes land on the positions of the
+    # bytes a cap before them, which are therefore not held (base), and never freed.
     ring.write(b"a" * 6000)
     ring.ack_off = 6000
-    assert ring.trim(1000) == 5000
-    assert ring.base == 5000 and ring.read(0, 6000) == b"a" * 1000
-    ring.write(b"b" * 100)
-    assert ring.read(5000, 6100) == b"a" * 1000 + b"b" * 100
+    before = ring.base
+    assert before == 6000 + 4096 - 8192
+    assert ring.trim(0) == 6000 - before and ring.base == 6000
+    ring.write(b"b" * 4096)  # all the keeper may write now, onto the freed positions too
+    assert ring.read(6000, 10096) == b"b" * 4096
 
 
 def test_a_descriptor_that_is_not_a_ring_is_refused(tmp_path):

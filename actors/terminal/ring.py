@@ -37,7 +37,7 @@ import os
 
 MAGIC = 0x6D6F6F7252494E47  # "moorRING"
 HEADER = 128
-_MAGIC, _CAP, _WRITE, _ACK, _FLOOR, _INTENT_OFF, _INTENT_LEN = range(7)
+_MAGIC, _CAP, _WRITE, _ACK, _FLOOR, _INTENT_OFF, _INTENT_LEN, _WINDOW = range(8)
 _CANARY = 8  # two cells: what the first bytes of an intended read were before it
 _SEED = int.from_bytes(os.urandom(16), "little")
 
@@ -58,12 +58,15 @@ class SessionRing:
         self._data = memoryview(self._map)[HEADER:]
 
     @classmethod
-    def create(cls, cap: int, name: str = "moorage-ring") -> SessionRing:
+    def create(cls, cap: int, window: int, name: str = "moorage-ring") -> SessionRing:
+        """A new ring of at least `cap` bytes, whose writer keeps at most `window` of them
+        unhandled (so the `window` bytes after `ack_off` may be written at any moment)."""
         cap = max(mmap.PAGESIZE, (cap + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE)
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(fd, HEADER + cap)
         ring = cls(fd, cap)
         ring._header[_CAP] = cap
+        ring._header[_WINDOW] = min(window, cap)
         ring._header[_MAGIC] = MAGIC
         return ring
 
@@ -97,9 +100,15 @@ class SessionRing:
         return self._header[_FLOOR]
 
     @property
+    def window(self) -> int:
+        return self._header[_WINDOW]
+
+    @property
     def base(self) -> int:
-        """The oldest byte still held."""
-        return max(self.write_off - self.cap, self.floor_off)
+        """The oldest byte safely held: not before `floor_off`, and not where the keeper may
+        write next (the writer may reach `ack_off + window`, which wraps onto the bytes a
+        cap before it)."""
+        return max(self.ack_off + self.window - self.cap, self.floor_off, 0)
 
     def start_at(self, off: int) -> None:
         """A new ring that continues a stream from `off` (a session recreated, or a keeper
@@ -110,9 +119,9 @@ class SessionRing:
 
     # --- bytes ---------------------------------------------------------------------------
 
-    def room(self, window: int) -> int:
-        """How much the keeper may write now without passing `window` unhandled bytes."""
-        return min(window, self.cap) - (self.write_off - self.ack_off)
+    def room(self) -> int:
+        """How much the keeper may write now without passing the window's unhandled bytes."""
+        return self.window - (self.write_off - self.ack_off)
 
     def write(self, data: bytes) -> int:
         """Append (the keeper); returns the new write offset. The caller keeps `room`."""
@@ -155,9 +164,11 @@ class SessionRing:
         self._header[_INTENT_LEN] = n
         try:
             got = os.readv(fd, parts)
-        finally:
+        except OSError:
             self._header[_INTENT_LEN] = 0  # (a read that raised read nothing)
-        self._header[_WRITE] = off + got
+            raise
+        self._header[_WRITE] = off + got  # committed first: then the intent is stale
+        self._header[_INTENT_LEN] = 0
         return got
 
     def recover(self) -> int:

@@ -342,7 +342,8 @@ class PtyKeeper(Actor):
             return
         # the window, and the scrollback the terminal asked for before it
         scrollback = min(int(msg.get("scrollback", self.scrollback)), 256 << 20)
-        ring = SessionRing.create(self.window + max(0, scrollback), f"moorage-{sid}")
+        ring = SessionRing.create(self.window + max(0, scrollback), self.window,
+                                  f"moorage-{sid}")
         base = int(msg.get("base") or 0)
         if base:  # a session recreated after a loss: its stream goes on past the old one's
             ring.start_at(base)

@@ -186,13 +186,13 @@ class Ptys:
 
     def resume(self, s: PtySession) -> None:
         """The terminal moved the ring's `ack_off`: read again if the window has room."""
-        if s.paused and s.ring.room(self.window) > 0:
+        if s.paused and s.ring.room() > 0:
             s.paused = False
             self.watch(s)
 
     def _readable(self, s: PtySession) -> None:
         ring = s.ring
-        room = ring.room(self.window)
+        room = ring.room()
         got = 0
         eof = False
         buf = array.array("i", [0])
