@@ -369,6 +369,11 @@ class TerminalActor(Actor):
                 raise fail("session_not_found", f"session {session} was closed")
             if s.exited is not None:
                 raise fail("shell_exited", f"session {session}'s shell has exited")
+            if s.state == "starting" and s.exec is None:
+                # its first prompt (a new shell, or one restored in the middle of output) is
+                # on its way: the command goes then
+                s.on_prompt.append(lambda: start_later(s))
+                return
             reason = s.busy_reason()
             if reason:
                 raise fail("session_busy", f"session {session}: {reason}")
