@@ -84,6 +84,7 @@ from moorage.actors.watcher.snapshot import Index
 from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import WatchOps
 from moorage.actors.watcher.watches import Watches
+from moorage.actors.watcher.workers import Workers
 from moorage.protocol.errors import Category, fail
 
 
@@ -99,10 +100,18 @@ class WatcherActor(Actor):
         self.roots = Roots(c.get("roots", []))
         self.fcache = FileCache(int(c.get("cache_max_bytes", 64 << 20)),
                                 int(c.get("cache_max_file_bytes", 4 << 20)))
+        # Syscalls that may block go to worker threads (moorage.actors.watcher.workers):
+        # `io` for fs.write (fsync waits for the disk), `walker` for watch placement and walks.
+        wake = self.loop.call_soon_threadsafe
+        self.io = Workers("io", wake, threads=int(c.get("io_threads", 2)),
+                          queue=int(c.get("io_queue", 32)))
+        self.walker = Workers("walker", wake, threads=1, queue=int(c.get("walk_queue", 8)),
+                              retry_after_ms=1000)
         self.files = FileService(
             self.roots, self.fcache, RetryPolicy.from_config(c.get("retry", {})),
             self.loop.call_later, max_read=int(c.get("max_read_bytes", 16 << 20)),
-            max_list=int(c.get("list_max", 50_000)), on_self_write=self._note_self_write)
+            max_list=int(c.get("list_max", 50_000)), on_self_write=self._note_self_write,
+            offload=self.io.submit)
         self.watches = Watches()
         self.index = Index()
         self.journal = Journal(self.epoch, int(c.get("journal_max", 50_000)))
@@ -162,6 +171,8 @@ class WatcherActor(Actor):
         self.loop.call_later(float(self.config.get("checkpoint_s", 1.0)), d.checkpoint)
 
     def on_stop(self) -> None:
+        self.io.shutdown()
+        self.walker.shutdown()
         if self.obs is not None:
             self.obs.stop()
         self.state.close()
@@ -225,7 +236,7 @@ class WatcherActor(Actor):
             return "cache_only"
         if self.paused:
             return "paused"
-        vias = {r.via for r in self.obs.roots.values()} - {"missing"}
+        vias = {r.via for r in self.obs.roots.values()} - {"missing", "placing"}
         if self.obs.polled:  # inotify roots with subtrees polled after ENOSPC
             vias.add("polling")
         return vias.pop() if len(vias) == 1 else ("mixed" if vias else self.obs.mode)
@@ -249,6 +260,9 @@ class WatcherActor(Actor):
             "checkpoints": self.state.stats(),
             "health": self.driving.health,
             "syncs_answered": self.watch_ops.syncs_answered,
+            "workers": {"io": self.io.stats(), "walker": self.walker.stats()},
+            "watches_placing": len(self.watch_ops.placing),
+            "watch_joins": self.watch_ops.joined,
         }
 
     def info(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from moorage.actors.watcher.pipeline import Pipeline
     from moorage.actors.watcher.state import State
     from moorage.actors.watcher.watches import Watches
+    from moorage.actors.watcher.workers import Workers
 
 INDEX: Any = object()  # resync base: the told-state index
 # Raw events handled in one loop turn: a burst is drained over several turns, so the loop
@@ -63,6 +64,7 @@ class WatcherHost(Protocol):
     state: State
     cookies: Cookies
     driving: Driving
+    walker: Workers
 
 
 class Driving:

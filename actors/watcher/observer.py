@@ -75,8 +75,18 @@ class _Handler(FileSystemEventHandler):
 class Root:
     path: str
     recursive: bool
-    via: str  # "inotify" | "polling" | "missing"
+    via: str  # "inotify" | "polling" | "missing" | "placing" (its watch is being placed)
     watch: ObservedWatch | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What `ObserverManager.place` did: the observer that took the root (or "missing"),
+    its watch, and a warning when inotify had no room."""
+
+    via: str
+    watch: ObservedWatch | None
+    warning: str | None
 
 
 class ObserverManager:
@@ -101,6 +111,8 @@ class ObserverManager:
         self.overflowed = False
         self.problems: list[tuple[str, str]] = []
         self._wake_pending = False
+        self._create_lock = threading.Lock()
+        self.generation = 0  # counts stop(): a placement from an older one is stale
         self.handler = _Handler(self)
         self.inotify: InotifyObserver | None = None
         self.polling: BaseObserver | None = None
@@ -163,38 +175,60 @@ class ObserverManager:
         return len(self.buffer)
 
     def _observer(self, via: str) -> BaseObserver:
-        if via == "inotify":
-            if self.inotify is None:
-                self.inotify = InotifyObserver(
-                    guarded_emitter(self.report, self.wanted), 1.0)
-                self.inotify.start()
-            return self.inotify
-        if self.polling is None:
-            self.polling = PollingObserver(timeout=self.poll_interval)
-            self.polling.start()
-        return self.polling
+        with self._create_lock:  # a placement on a worker may need the polling one first
+            if via == "inotify":
+                if self.inotify is None:
+                    self.inotify = InotifyObserver(
+                        guarded_emitter(self.report, self.wanted), 1.0)
+                    self.inotify.start()
+                return self.inotify
+            if self.polling is None:
+                self.polling = PollingObserver(timeout=self.poll_interval)
+                self.polling.start()
+            return self.polling
 
-    def _schedule(self, root: Root, via: str) -> str | None:
-        """Observe `root` with `via`; returns a warning when it had to fall back."""
+    def place(self, path: str, recursive: bool, via: str) -> Placement:
+        """Observe `path` with `via` (falling back to polling when inotify has no room).
+        This is the slow part: watchdog walks the whole tree to add its inotify watches.
+        It touches only watchdog's observers (which lock for themselves), so it may run
+        on a worker thread; `placed` records the outcome on the loop."""
+        if not os.path.isdir(path):
+            return Placement("missing", None, None)
         warning = None
-        if not os.path.isdir(root.path):
-            root.via, root.watch = "missing", None
-            return None
         if via == "inotify":
             try:
-                root.watch = self._observer("inotify").schedule(
-                    self.handler, root.path, recursive=root.recursive,
-                    event_filter=EVENT_FILTER)
-                root.via = "inotify"
-                return None
+                watch = self._observer("inotify").schedule(
+                    self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+                return Placement("inotify", watch, None)
             except OSError as exc:
                 if exc.errno not in WATCH_LIMIT_ERRNOS:
                     raise
-                warning = f"inotify unavailable for {root.path} ({os.strerror(exc.errno)})"
-        root.watch = self._observer("polling").schedule(
-            self.handler, root.path, recursive=root.recursive, event_filter=EVENT_FILTER)
-        root.via = "polling"
-        return warning
+                warning = f"inotify unavailable for {path} ({os.strerror(exc.errno)})"
+        watch = self._observer("polling").schedule(
+            self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+        return Placement("polling", watch, warning)
+
+    def placed(self, root: Root, got: Placement, generation: int) -> str | None:
+        """Record a placement made off the loop; returns its warning. One that lost its
+        point meanwhile (the root was dropped or moved to polling, or the observers were
+        stopped or rebuilt: `recreate` placed the root again itself) is undone or ignored."""
+        if generation != self.generation:
+            return None
+        if self.roots.get(root.path) is not root or root.via != "placing":
+            # dropped, or moved to polling whole meanwhile (ENOSPC in too many subtrees)
+            self._unschedule(Root(root.path, root.recursive, got.via, got.watch))
+            return None
+        root.via, root.watch = got.via, got.watch
+        if got.via != "inotify":  # subtrees polled during the placement: polled whole now
+            self._drop_polled(root.path)
+        return got.warning
+
+    def _schedule(self, root: Root, via: str) -> str | None:
+        """Observe `root` with `via` now, on the loop; returns a warning when it had to
+        fall back."""
+        got = self.place(root.path, root.recursive, via)
+        root.via, root.watch = got.via, got.watch
+        return got.warning
 
     def _unschedule(self, root: Root) -> None:
         obs = self.inotify if root.via == "inotify" else self.polling
@@ -206,18 +240,27 @@ class ObserverManager:
         root.watch = None
 
     def set_roots(self, wanted: dict[str, bool]) -> list[str]:
-        """Observe exactly `wanted` (path -> recursive); returns fallback warnings."""
+        """Observe exactly `wanted` (path -> recursive) now; returns fallback warnings."""
         warnings = []
+        for root in self.adopt_roots(wanted):
+            w = self._schedule(root, self.mode)
+            if w:
+                warnings.append(w)
+        return warnings
+
+    def adopt_roots(self, wanted: dict[str, bool]) -> list[Root]:
+        """Stop observing what `wanted` no longer has, and register its new roots as
+        "placing" (not observed yet, not synced by cookies); returns them, for `place`
+        (anywhere) and `placed` (on the loop)."""
         for path in [p for p, r in self.roots.items() if wanted.get(p) != r.recursive]:
             self._drop_polled(path)
             self._unschedule(self.roots.pop(path))
+        new = []
         for path, recursive in wanted.items():
             if path not in self.roots:
-                root = self.roots[path] = Root(path, recursive, "missing")
-                w = self._schedule(root, self.mode)
-                if w:
-                    warnings.append(w)
-        return warnings
+                root = self.roots[path] = Root(path, recursive, "placing")
+                new.append(root)
+        return new
 
     def to_polling(self, path: str) -> bool:
         root = self.roots.get(path)
@@ -235,7 +278,9 @@ class ObserverManager:
         nothing new to poll (already polled, gone, or not below an inotify root)."""
         rp = self.root_of(path)
         root = self.roots.get(rp) if rp is not None else None
-        if rp is None or root is None or root.via != "inotify" or not os.path.isdir(path):
+        # A root still being placed reports ENOSPC from inside its placement: inotify.
+        if rp is None or root is None or root.via not in ("inotify", "placing") \
+                or not os.path.isdir(path):
             return None
         if any(path == p or path.startswith(p + "/") for p in self.polled):
             return None
@@ -258,7 +303,7 @@ class ObserverManager:
     def sync_points(self) -> dict[str, str]:
         """Where fs.sync writes its cookies: every root and every polled subtree (path ->
         "inotify" | "polling" | "missing")."""
-        out = {p: r.via for p, r in self.roots.items()}
+        out = {p: "missing" if r.via == "placing" else r.via for p, r in self.roots.items()}
         out.update((p, "polling") for p in self.polled)
         return out
 
@@ -319,6 +364,7 @@ class ObserverManager:
         return out
 
     def stop(self) -> None:
+        self.generation += 1
         for obs in (self.inotify, self.polling):
             if obs is None:
                 continue

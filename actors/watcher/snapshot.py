@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from moorage.actors.runtime.beat import progress
+from moorage.actors.runtime.beat import progress as _progress
 from moorage.actors.runtime.statefile import write_atomic
 from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED
 
@@ -44,11 +44,18 @@ def is_dir(s: Stat) -> bool:
     return (s[5] & 0o170000) == _DIR
 
 
+def _no_beat() -> None:
+    pass
+
+
 def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool = True,
-         into: dict[str, Stat] | None = None) -> dict[str, Stat]:
+         into: dict[str, Stat] | None = None, *, on_loop: bool = True) -> dict[str, Stat]:
     """Every entry below `root` (not `root` itself) with its stat; symlinks are entries, not
-    followed. `keep(path)` false prunes a path (and, for a directory, what is below it)."""
+    followed. `keep(path)` false prunes a path (and, for a directory, what is below it).
+    `on_loop` false: a worker thread walks, and must not beat for the loop (that would hide
+    a loop that really hangs)."""
     out: dict[str, Stat] = {} if into is None else into
+    progress = _progress if on_loop else _no_beat
     stack = [root]
     lstat_dir = _DIR
     seen = 0
@@ -124,6 +131,10 @@ class Index:
             else:
                 s.add(name)
         self.children = kids
+
+    def take(self, other: Index) -> None:
+        """Become `other` (built off the loop), which is not used afterwards."""
+        self.entries, self.children = other.entries, other.children
 
     def set(self, path: str, s: Stat) -> None:
         if path not in self.entries:
