@@ -78,7 +78,7 @@ from moorage.actors.watcher.driving import Driving
 from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import ObserverManager
-from moorage.actors.watcher.pipeline import Pipeline
+from moorage.actors.watcher.pipeline import Pipeline, tune_gc
 from moorage.actors.watcher.retry import Pending, RetryPolicy
 from moorage.actors.watcher.snapshot import Index
 from moorage.actors.watcher.state import State, tree_identity
@@ -95,6 +95,7 @@ class WatcherActor(Actor):
     def __init__(self, name: str | None, runtime_dir: Path | str,
                  config: dict | None = None) -> None:
         super().__init__(name, runtime_dir, config)
+        tune_gc()
         c = self.config
         self.fallback = c.get("fallback")
         self.roots = Roots(c.get("roots", []))

@@ -21,12 +21,13 @@ big resync is several messages). An event is
 or a marker {clock, kind: resync_begin|resync_end|warning, reason, ...}.
 
 Nothing here touches sockets or the observer: `publish`, `before_publish` (the actor's
-write-ahead log of touched paths), `call_later`, `now` and `lstat` are injected, so the P10
-benchmark and the unit tests drive it in memory.
+write-ahead log, given the paths of each batch), `call_later`, `now` and `lstat` are
+injected, so the P10 benchmark and the unit tests drive it in memory.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +41,19 @@ from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import Raw
 from moorage.actors.watcher.snapshot import UNKNOWN, Index, Stat, diff, is_dir
 from moorage.actors.watcher.watches import Watches
+
+# The collector's thresholds in the watcher's process (`tune_gc`, applied by the actor at
+# start and by the P10 benchmark). Every event the journal retains is a tracked dict until a
+# full collection, and a full collection walks the whole heap (the journal, the index, the
+# retained messages): with the default third threshold (10) one ran every few thousand
+# events and took about half of the pipeline's time. Raised, a full collection runs after a
+# thousand second-generation ones; the pipeline makes no reference cycles for it to find.
+GC_THRESHOLDS = (700, 10, 1000)
+
+
+def tune_gc() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 _KIND = {"created": CREATED, "deleted": DELETED, "modified": MODIFIED, "attrib": MODIFIED}
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
@@ -58,7 +72,7 @@ class Pipeline:
         settle_s: float = 0.02,
         cache: FileCache | None = None,
         on_cookie: Callable[[str, str], None] | None = None,
-        before_publish: Callable[[list[dict[str, Any]]], None] | None = None,
+        before_publish: Callable[[list[str]], None] | None = None,
         chunk: int = 1000,
         ignore: tuple[str, ...] = (),
         now: Callable[[], float] = time.monotonic,
@@ -102,8 +116,12 @@ class Pipeline:
     # --- live events ------------------------------------------------------------------
 
     def feed(self, raws: list[Raw]) -> None:
+        # The hot path of P10: the coalescer's first event for a path (the common case) is
+        # inlined; its rules (Coalescer.add) run only when a path changes again.
         add = self.coalescer.add
-        cache = self.cache
+        pending = self.coalescer.pending
+        kinds = _KIND
+        cache = self.cache if self.cache is not None and self.cache.entries else None
         ignore = self.ignore
         self.fed += len(raws)
         for etype, src, dest, d in raws:
@@ -111,26 +129,28 @@ class Pipeline:
                 continue
             if COOKIE in src or (dest and COOKIE in dest):
                 self.flush()
+                pending = self.coalescer.pending  # the flush took the old window
                 self.on_cookie(dest or src, etype)
                 continue
-            if etype == "moved":
+            kind = kinds.get(etype)
+            if kind is not None:
+                if src in pending:
+                    add(src, kind, d)
+                else:
+                    pending[src] = [kind, d, None]
+                if cache is not None:
+                    if d and kind == DELETED:
+                        cache.invalidate_tree(src)
+                    else:
+                        cache.changed(src)
+            elif etype == "moved":
                 add(src, DELETED, d, dest)
                 add(dest, CREATED, d, src)
-                if cache is not None and cache.entries:
+                if cache is not None:
                     if d:
                         cache.invalidate_tree(src)
                     cache.changed(src)
                     cache.changed(dest)
-                continue
-            kind = _KIND.get(etype)
-            if kind is None:
-                continue
-            add(src, kind, d)
-            if cache is not None and cache.entries:
-                if d and kind == DELETED:
-                    cache.invalidate_tree(src)
-                else:
-                    cache.changed(src)
         if not self.coalescer.pending and not self.coalescer.cancelled:
             return
         if self.settle_s <= 0:
@@ -152,8 +172,8 @@ class Pipeline:
         items = self.coalescer.take()
         if not items and not cancelled:
             return 0
-        # The hot path of P10: `Watches.matching`'s per-directory memo and `Index.set` are
-        # inlined here, sharing one split of the path.
+        # The hot path of P10: `Watches.matching`'s per-directory memo, `Index.set` and the
+        # journal's stamping are inlined here, sharing one split of the path and one pass.
         watches = self.watches
         matching = watches.matching
         by_dir = None if watches.has_excludes else watches.by_dir
@@ -162,9 +182,17 @@ class Pipeline:
         remove = self.index.remove
         lstat = self.lstat
         mine = self.self_writes
+        types = _TYPES
+        journal = self.journal
+        inst, epoch, seq = journal.instance, journal.epoch, journal.seq
         out: list[dict[str, Any]] = []
+        paths: list[str] = []
         if cancelled:
             self._told_gone(cancelled, items, out)
+            for ev in out:
+                seq += 1
+                ev["clock"] = (inst, epoch, seq)
+                paths.append(ev["path"])
         for path, (kind, d, hint) in items.items():
             parent, _, name = path.rpartition("/")
             ids = by_dir.get(parent) if by_dir is not None else None
@@ -172,13 +200,15 @@ class Pipeline:
                 ids = matching(path)
             if not ids:
                 continue
+            seq += 1
             if kind == DELETED:
                 ev: dict[str, Any] = {"kind": kind, "path": path,
                                       "type": "dir" if d else "file", "origin": "external",
-                                      "watches": ids}
+                                      "watches": ids, "clock": (inst, epoch, seq)}
                 if hint:
                     ev["moved_to"] = hint
                 out.append(ev)
+                paths.append(path)
                 remove(path)
                 if mine and path in mine and mine[path][0] is None:
                     ev["origin"] = "self"
@@ -187,19 +217,20 @@ class Pipeline:
                 st = lstat(path)
             except OSError:
                 ev = {"kind": kind, "path": path, "type": "dir" if d else "file",
-                      "origin": "external", "watches": ids}
+                      "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
                 s: Stat = UNKNOWN  # gone again already: its deletion follows
             else:
                 mode = st.st_mode
                 fmt = mode & 0o170000
                 if fmt == 0o040000:
                     s = (st.st_dev, st.st_ino, 0, 0, 0, mode)
+                    size, mtime = st.st_size, st.st_mtime_ns
                 else:
-                    s = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                         mode)
-                ev = {"kind": kind, "path": path, "type": _TYPES.get(fmt, "other"),
-                      "origin": "external", "watches": ids, "size": st.st_size,
-                      "mtime_ns": st.st_mtime_ns}
+                    size, mtime = st.st_size, st.st_mtime_ns
+                    s = (st.st_dev, st.st_ino, size, mtime, st.st_ctime_ns, mode)
+                ev = {"kind": kind, "path": path, "type": types.get(fmt, "other"),
+                      "origin": "external", "watches": ids, "size": size,
+                      "mtime_ns": mtime, "clock": (inst, epoch, seq)}
                 if mine and path in mine:
                     key = mine[path][0]
                     if key is None or key == s[:5]:
@@ -207,6 +238,7 @@ class Pipeline:
             if hint:
                 ev["moved_from"] = hint
             out.append(ev)
+            paths.append(path)
             if path not in entries:
                 kids = children.get(parent)
                 if kids is None:
@@ -214,8 +246,10 @@ class Pipeline:
                 else:
                     kids.add(name)
             entries[path] = s
-        self.journal.extend(out)
-        self._send(out)
+        if not out:
+            return 0
+        journal.commit(out, seq)
+        self._send(out, paths)
         return len(out)
 
     def _told_gone(self, cancelled: dict[str, bool], items: dict[str, list],
@@ -238,11 +272,12 @@ class Pipeline:
             self.index.remove(path)
             self.told_deletes += 1
 
-    def _send(self, events: list[dict[str, Any]]) -> None:
+    def _send(self, events: list[dict[str, Any]], paths: list[str] | None = None) -> None:
         if not events:
             return
-        if self.before_publish is not None:
-            self.before_publish(events)  # the write-ahead log: before anyone can see them
+        if self.before_publish is not None:  # the write-ahead log: before anyone can see them
+            self.before_publish(paths if paths is not None else
+                                [e["path"] for e in events if "path" in e])
         n = self.chunk
         for i in range(0, len(events), n):
             self.publish({"events": events[i:i + n]})

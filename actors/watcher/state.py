@@ -84,10 +84,10 @@ class State:
             entries[p] = UNKNOWN
         return {p: s for p, s in entries.items() if in_scope(p)}
 
-    def log(self, events: list[dict[str, Any]]) -> None:
-        """The write-ahead log: the paths of `events`, before they are published."""
+    def log(self, paths: list[str]) -> None:
+        """The write-ahead log: the paths of a batch of events, before it is published."""
         assert self.wal is not None
-        self.wal.append([e["path"] for e in events if "path" in e])
+        self.wal.append(paths)
 
     def checkpoint(self, seq: int, capture: Callable[[], dict[str, Any]]) -> float:
         """Write what was captured one call ago, then capture anew if anything changed;
