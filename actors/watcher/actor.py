@@ -4,11 +4,16 @@ in silence.
   op          args                             reply                          errors
   fs.read     {path, offset?=0, length?}       {stat, stale, size, offset,    not_found forbidden
                                                 length} + the contents as     is_directory bad_args
-                                                one raw attachment            file_too_large
+                                                one raw attachment            (FIFO, device,
+                                                                              socket: detail.type)
+                                                                              file_too_large
                                                                               io_error
   fs.write    {path, data? (else attachment    {path, stat, bytes, atomic}    conflict no_space
                0), atomic?=true, if_match?                                    forbidden not_found
                (etag; "" = must not exist)}                                   is_directory io_error
+                                                                              bad_args (special
+                                                                              file) busy (io
+                                                                              workers full)
   fs.stat     {path}                           {path, type, size, mtime_ns,   not_found forbidden
                                                 ctime_ns, ino, dev, mode,
                                                 etag}
@@ -16,14 +21,25 @@ in silence.
                                                 size, mtime_ns}], truncated}  not_found forbidden
   fs.watch    {path, recursive?=true,          {watch, path, recursive,       not_a_directory busy
                exclude?}                        exclude, via, clock}          resource_exhausted
+                                                                              bad_args (pseudo
+                                                                              file system)
   fs.unwatch  {watch}                          {removed}                      watch_not_found
   fs.since    {clock, max?=10000}              {fresh_instance, clock,        bad_args busy
                                                 events, more, reason?}        resource_exhausted
+  fs.query    {path, glob?, suffix?, type?,    {files, clock,                 watch_not_found
+               since? (clock), fields?,         fresh_instance, cursor,       bad_args
+               max?=10000} or {cursor, max?}    more, scanned}                resource_exhausted
   fs.sync     {timeout_ms?=10000}              {clock, roots, waited_ms,      timeout busy
                                                 unsynced}                     resource_exhausted
   fs.stats    {}                               {mode, cache, observer,
                                                 watches, journal, pipeline,
-                                                resyncs, checkpoints, health}
+                                                resyncs, checkpoints, health,
+                                                workers, query}
+
+Nothing blocks the loop: fs.write's syscalls (fsync, rename) run on the `io` workers and
+fs.watch's placement and base walk on the `walker` thread (moorage.actors.watcher.workers),
+their replies deferred; a full queue answers busy with retry_after_ms. fs.query answers
+from the in-memory index in slices (moorage.actors.watcher.query).
 
 Events: topic `fs.event`, one message per flush, {"events": [...]}; each event carries its
 clock [instance, epoch, seq] and is journaled before it is published (see
@@ -57,8 +73,8 @@ Config: roots [], watch [] (static watches: path or {path, recursive, exclude}),
 buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_max_file_bytes
 4 MiB, max_read_bytes 16 MiB, list_max 50000, retry {retries 3, initial_ms 10, factor 2,
 max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
-max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10,
-state_dir "<runtime_dir>/<name>.state".
+max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10, io_threads 2, io_queue 32,
+walk_queue 8, state_dir "<runtime_dir>/<name>.state".
 """
 
 from __future__ import annotations
@@ -79,6 +95,7 @@ from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import ObserverManager
 from moorage.actors.watcher.pipeline import Pipeline, tune_gc
+from moorage.actors.watcher.query import QueryOps
 from moorage.actors.watcher.retry import Pending, RetryPolicy
 from moorage.actors.watcher.snapshot import Index
 from moorage.actors.watcher.state import State, tree_identity
@@ -129,6 +146,8 @@ class WatcherActor(Actor):
         self.cookies = Cookies()
         self.watch_ops = WatchOps(self)
         self.add_ops(self.watch_ops)
+        self.query_ops = QueryOps(self)
+        self.add_ops(self.query_ops)
 
     # --- start and stop -------------------------------------------------------------------
 
@@ -264,6 +283,7 @@ class WatcherActor(Actor):
             "workers": {"io": self.io.stats(), "walker": self.walker.stats()},
             "watches_placing": len(self.watch_ops.placing),
             "watch_joins": self.watch_ops.joined,
+            "query": self.query_ops.stats(),
         }
 
     def info(self) -> dict[str, Any]:
