@@ -107,7 +107,7 @@ class Driving:
             self.request_resync("overflow")  # first, so syncs in `raws` wait for it
         if raws:
             try:
-                self.w.pipeline.feed(raws)
+                self.w.pipeline.feed(raws, self.w.obs.taken_first_at)
             except Exception:
                 logger.exception("watcher: event handling failed")
                 self.request_resync("handler_error")

@@ -6,7 +6,8 @@ path)`, kinds "overflow" and "enospc"); the observer manager (moorage.actors.wat
 them into resyncs and a polled subtree. It also places no watch in, and does not even walk,
 a directory `wanted` says no watch needs (inside an excluded subtree), and `add_missing`
 watches the ones a new watch needs. The observer's reader thread is kept reachable for the
-liveness check.
+liveness check. Its events go straight from the emitter's thread to the observer manager
+(`deliver`), not through the observer's queue and dispatcher thread.
 
 Seam: `add_watch_fault(path: bytes)`, when set, runs before each inotify watch is added and
 may raise (tests set it in the test process before forking the actor, to inject ENOSPC).
@@ -18,6 +19,7 @@ import errno
 import os
 from collections.abc import Callable
 
+from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
 
 try:  # the guarded inotify classes depend on watchdog 7.x internals
@@ -32,13 +34,18 @@ WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
 
 Report = Callable[[str, str], None]
 Wanted = Callable[[str], bool]  # does this directory need an inotify watch?
+Deliver = Callable[[FileSystemEvent], None]
 
 add_watch_fault: Callable[[bytes], None] | None = None
 
 
-def guarded_emitter(report: Report, wanted: Wanted | None = None) -> type:
+def guarded_emitter(report: Report, wanted: Wanted | None = None,
+                    deliver: Deliver | None = None, kinds: tuple[type, ...] = ()) -> type:
     """An InotifyEmitter whose watch group reports what watchdog would swallow, and places
-    no watch in (nor walks) a directory `wanted` says no watch needs."""
+    no watch in (nor walks) a directory `wanted` says no watch needs. With `deliver`, the
+    emitter hands each event of `kinds` straight to it from its own thread instead of
+    queueing it for the observer's dispatcher thread: one thread hop and one locked queue
+    less per event (a 10,000-file burst spent a sixth of its CPU there)."""
 
     def skip(path: bytes) -> bool:
         return wanted is not None and not wanted(os.fsdecode(path))
@@ -96,6 +103,11 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None) -> type:
             self._active_callbacks_by_watch[wd] = path
 
     class Emitter(InotifyEmitter):  # type: ignore[misc,valid-type]
+        if deliver is not None:
+            def queue_event(self, event: FileSystemEvent) -> None:
+                if isinstance(event, kinds):
+                    deliver(event)
+
         def on_thread_start(self) -> None:
             self._inotify = Group(
                 self._inotify_fd, os.fsencode(self.watch.path),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ from moorage.actors.watcher.guarded import (
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
     DirMovedEvent, FileModifiedEvent, FileAttribEvent]
+EVENT_KINDS = tuple(EVENT_FILTER)
+_monotonic = time.monotonic
 Raw = tuple[str, str, str, bool]  # (watchdog event type, src, dest, is_dir)
 
 
@@ -111,6 +114,10 @@ class ObserverManager:
         self.overflowed = False
         self.problems: list[tuple[str, str]] = []
         self._wake_pending = False
+        # When the oldest event in the buffer arrived, and (for the caller of `take`) in
+        # what it took: the settle window counts from there, not from the loop's turn.
+        self.first_at = 0.0
+        self.taken_first_at = 0.0
         self._create_lock = threading.Lock()
         self.generation = 0  # counts stop(): a placement from an older one is stale
         self.handler = _Handler(self)
@@ -136,6 +143,8 @@ class ObserverManager:
                 self.overflowed = True
                 self.dropped += 1
             else:
+                if not buf:
+                    self.first_at = _monotonic()
                 buf.append(raw)
                 if len(buf) > self.peak:
                     self.peak = len(buf)
@@ -160,6 +169,7 @@ class ObserverManager:
         overflow flag, problems. Events left behind keep the wake-up pending: the caller
         takes them on its next turn (`backlog`), and no thread wakes it for them again."""
         with self._lock:
+            self.taken_first_at = self.first_at
             if limit is None or len(self.buffer) <= limit:
                 buf, self.buffer = self.buffer, []
             else:
@@ -178,8 +188,8 @@ class ObserverManager:
         with self._create_lock:  # a placement on a worker may need the polling one first
             if via == "inotify":
                 if self.inotify is None:
-                    self.inotify = InotifyObserver(
-                        guarded_emitter(self.report, self.wanted), 1.0)
+                    self.inotify = InotifyObserver(guarded_emitter(
+                        self.report, self.wanted, self.handler.dispatch, EVENT_KINDS), 1.0)
                     self.inotify.start()
                 return self.inotify
             if self.polling is None:

@@ -58,6 +58,10 @@ def tune_gc() -> None:
 _KIND = {"created": CREATED, "deleted": DELETED, "modified": MODIFIED, "attrib": MODIFIED}
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 SELF_WRITE_TTL = 10.0
+# The loop's timers have a resolution of 1 ms and fire at the next whole millisecond: the
+# settle window asks for half of one less, so it closes within +-0.5 ms of `settle_s` after
+# its first event instead of 0 to 1 ms after.
+TIMER_SLACK_S = 0.0005
 
 
 class Pipeline:
@@ -115,7 +119,9 @@ class Pipeline:
 
     # --- live events ------------------------------------------------------------------
 
-    def feed(self, raws: list[Raw]) -> None:
+    def feed(self, raws: list[Raw], arrived: float | None = None) -> None:
+        """`raws` in arrival order; `arrived` is when the first of them reached the observer
+        (the settle window opens then; None: now)."""
         # The hot path of P10: the coalescer's first event for a path (the common case) is
         # inlined; its rules (Coalescer.add) run only when a path changes again.
         add = self.coalescer.add
@@ -156,7 +162,9 @@ class Pipeline:
         if self.settle_s <= 0:
             self.flush()
         elif self._timer is None:  # the window opens with its first event, never slides
-            self._timer = self.call_later(self.settle_s, self._on_timer)
+            waited = 0.0 if arrived is None else max(0.0, self.now() - arrived)
+            self._timer = self.call_later(max(0.0, self.settle_s - waited - TIMER_SLACK_S),
+                                          self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

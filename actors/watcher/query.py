@@ -150,36 +150,46 @@ def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bo
     cut = len(prefix)
     f = q.filter
     match, suffixes, types = f.match, f.suffixes, f.types
-    names_only = q.fields == ("name",)
     fields = q.fields
-    out: list[Any] = []
+    names_only = fields == ("name",)
     cands = q.candidates
-    end = min(len(cands), q.pos + budget)
+    out: list[Any] = []
     i = q.pos
-    while i < end:
-        path = cands[i]
-        i += 1
-        if not path.startswith(prefix):
-            continue
-        rel = path[cut:]
-        if match is not None and match(rel) is None:
-            continue
-        if suffixes:
-            dot = rel.rfind(".")
-            if dot < 0 or rel.rfind("/") > dot or rel[dot + 1:].lower() not in suffixes:
+    stop = min(len(cands), i + budget)
+    if match is None and not suffixes and not types:
+        # Nothing to filter but the scope (a full query): whole chunks at C speed, each no
+        # longer than what the page still wants, so it never overfills.
+        while i < stop and len(out) < want:
+            end = min(stop, i + want - len(out))
+            chunk = cands[i:end]
+            i = end
+            if names_only:
+                out += [p[cut:] for p in chunk if p.startswith(prefix)]
+            else:
+                out += [_describe(p[cut:], entries.get(p), fields)
+                        for p in chunk if p.startswith(prefix)]
+    else:
+        while i < stop:
+            path = cands[i]
+            i += 1
+            if not path.startswith(prefix):
                 continue
-        s = entries.get(path)
-        if types:
-            kind = "unknown" if s is None or s == UNKNOWN else _FMT.get(s[5] & 0o170000,
-                                                                        "other")
-            if s is None or kind not in types:
+            rel = path[cut:]
+            if match is not None and match(rel) is None:
                 continue
-        if names_only:
-            out.append(rel)
-        else:
-            out.append(_describe(rel, s, fields))
-        if len(out) >= want:
-            break
+            if suffixes:
+                dot = rel.rfind(".")
+                if dot < 0 or rel.rfind("/") > dot or rel[dot + 1:].lower() not in suffixes:
+                    continue
+            s = entries.get(path)
+            if types:
+                kind = "unknown" if s is None or s == UNKNOWN else _FMT.get(
+                    s[5] & 0o170000, "other")
+                if s is None or kind not in types:
+                    continue
+            out.append(rel if names_only else _describe(rel, s, fields))
+            if len(out) >= want:
+                break
     q.scanned += i - q.pos
     q.pos = i
     return out, len(out) >= want or q.done
