@@ -39,7 +39,7 @@ from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalesce
 from moorage.actors.watcher.cookies import COOKIE
 from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import Raw
-from moorage.actors.watcher.snapshot import UNKNOWN, Index, Stat, diff, is_dir
+from moorage.actors.watcher.snapshot import UNKNOWN, Index, Stat, diff, is_dir, shared
 from moorage.actors.watcher.watches import Watches
 
 # The collector's thresholds in the watcher's process (`tune_gc`, applied by the actor at
@@ -202,7 +202,7 @@ class Pipeline:
                 ev["clock"] = (inst, epoch, seq)
                 paths.append(ev["path"])
         for path, (kind, d, hint) in items.items():
-            parent, _, name = path.rpartition("/")
+            parent = path.rpartition("/")[0]
             ids = by_dir.get(parent) if by_dir is not None else None
             if ids is None:
                 ids = matching(path)
@@ -228,14 +228,15 @@ class Pipeline:
                       "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
                 s: Stat = UNKNOWN  # gone again already: its deletion follows
             else:
-                mode = st.st_mode
+                mode = shared(st.st_mode)
                 fmt = mode & 0o170000
+                size, mtime = st.st_size, st.st_mtime_ns
                 if fmt == 0o040000:
-                    s = (st.st_dev, st.st_ino, 0, 0, 0, mode)
-                    size, mtime = st.st_size, st.st_mtime_ns
+                    s = (shared(st.st_dev), st.st_ino, 0, 0, 0, mode)
                 else:
-                    size, mtime = st.st_size, st.st_mtime_ns
-                    s = (st.st_dev, st.st_ino, size, mtime, st.st_ctime_ns, mode)
+                    ctime = st.st_ctime_ns
+                    s = (shared(st.st_dev), st.st_ino, size, mtime,
+                         mtime if ctime == mtime else ctime, mode)
                 ev = {"kind": kind, "path": path, "type": types.get(fmt, "other"),
                       "origin": "external", "watches": ids, "size": size,
                       "mtime_ns": mtime, "clock": (inst, epoch, seq)}
@@ -250,9 +251,9 @@ class Pipeline:
             if path not in entries:
                 kids = children.get(parent)
                 if kids is None:
-                    children[parent] = {name}
+                    children[parent] = {path}
                 else:
-                    kids.add(name)
+                    kids.add(path)
             entries[path] = s
         if not out:
             return 0
