@@ -168,6 +168,8 @@ class WatcherActor(Actor):
             return
         self.state.open_wal()
         self.pipeline.before_publish = self.state.log
+        self.pipeline.pull = self.driving.pull
+        self.pipeline.after_flush = self.driving.after_flush
         self.obs = ObserverManager(
             self.loop.call_soon_threadsafe, self.driving.drain,
             mode="polling" if self.fallback == "polling" else "inotify",

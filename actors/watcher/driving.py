@@ -4,9 +4,10 @@ repair them, and the cookies, health and liveness checks that find losses nobody
 `Driving`, a component of WatcherActor (actor.py), which owns the parts named below and
 reaches them through `WatcherHost`; everything here runs on the actor's loop.
 
-  drain         the observer handed something over: an overflow asks for a resync first
-                (so cookies in the same batch wait for its diff), events go to the pipeline,
-                a handler error and the observer's problems ask for a resync
+  drain         the observer handed something over: unless a settle window is open (its
+                close pulls what came meanwhile), an overflow asks for a resync first (so
+                cookies in the same batch wait for its diff), events go to the pipeline, a
+                handler error and the observer's problems ask for a resync
   _on_problem   ENOSPC below a root polls that subtree (or, past `max_polled_subtrees`, the
                 whole root) with a `warning` event; every problem asks for a resync
   resync        watches first (in place, or recreated), then the walk, the diff against the
@@ -96,23 +97,40 @@ class Driving:
     # --- what the observer hands over -----------------------------------------------------
 
     def drain(self) -> None:
-        """Runs on the loop when the observer handed something over (at most DRAIN_CHUNK
-        events a turn: the rest on the next one)."""
-        if self.w.obs is None:
+        """Runs on the loop when the observer handed something over. While a settle window
+        is open, what arrives waits in the observer's buffer (its wake-up stays pending, so
+        no thread wakes the loop for it again) and the window's close takes it: one wake-up
+        a window instead of one per event."""
+        if self.w.obs is None or self.w.pipeline.window_open:
             return
-        raws, overflowed, problems = self.w.obs.take(DRAIN_CHUNK)
-        if self.w.obs.backlog:
+        self.pull()
+
+    def pull(self) -> None:
+        """Take what the observer handed over (at most DRAIN_CHUNK events: the rest on the
+        next turn) into the pipeline; also run by the pipeline as a window closes."""
+        obs = self.w.obs
+        if obs is None:
+            return
+        raws, overflowed, problems = obs.take(DRAIN_CHUNK)
+        if obs.backlog:
             self.w.loop.call_later(0, self.drain)
         if overflowed:
             self.request_resync("overflow")  # first, so syncs in `raws` wait for it
         if raws:
             try:
-                self.w.pipeline.feed(raws, self.w.obs.taken_first_at)
+                self.w.pipeline.feed(raws, obs.taken_first_at)
             except Exception:
                 logger.exception("watcher: event handling failed")
                 self.request_resync("handler_error")
         for kind, detail in problems:
             self._on_problem(kind, detail)
+
+    def after_flush(self) -> None:
+        """A flush closed the window: what waited for it in the observer's buffer (its
+        wake-up already spent) is taken on the next turn."""
+        obs = self.w.obs
+        if obs is not None and obs.waiting:
+            self.w.loop.call_later(0, self.drain)
 
     def _on_problem(self, kind: str, detail: str) -> None:
         if kind == "enospc" and self.w.obs is not None:

@@ -184,12 +184,17 @@ class ObserverManager:
         """Events handed over and not yet taken."""
         return len(self.buffer)
 
+    @property
+    def waiting(self) -> bool:
+        """Something was handed over and not taken (events, an overflow, a problem)."""
+        return bool(self.buffer or self.overflowed or self.problems)
+
     def _observer(self, via: str) -> BaseObserver:
         with self._create_lock:  # a placement on a worker may need the polling one first
             if via == "inotify":
                 if self.inotify is None:
                     self.inotify = InotifyObserver(guarded_emitter(
-                        self.report, self.wanted, self.handler.dispatch, EVENT_KINDS), 1.0)
+                        self.report, self.wanted, self.push, EVENT_KINDS), 1.0)
                     self.inotify.start()
                 return self.inotify
             if self.polling is None:

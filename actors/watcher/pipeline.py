@@ -98,6 +98,10 @@ class Pipeline:
         self.now = now
         self.lstat = lstat
         self.coalescer = Coalescer()
+        # Set by the actor: `pull` takes what the observer holds into the window as it
+        # closes, `after_flush` sees to what is left once a flush closed it.
+        self.pull: Callable[[], None] | None = None
+        self.after_flush: Callable[[], None] | None = None
         self.self_writes: dict[str, tuple[StatKey | None, float]] = {}
         self._timer: Any = None
         self.last_flush = -1e9
@@ -166,8 +170,14 @@ class Pipeline:
             self._timer = self.call_later(max(0.0, self.settle_s - waited - TIMER_SLACK_S),
                                           self._on_timer)
 
+    @property
+    def window_open(self) -> bool:
+        return self._timer is not None
+
     def _on_timer(self) -> None:
         self._timer = None
+        if self.pull is not None:
+            self.pull()
         self.flush()
 
     def flush(self) -> int:
@@ -176,6 +186,8 @@ class Pipeline:
             self._timer.cancel()
             self._timer = None
         self.last_flush = self.now()
+        if self.after_flush is not None:
+            self.after_flush()  # (it only schedules: nothing runs inside this flush)
         cancelled = self.coalescer.take_cancelled()
         items = self.coalescer.take()
         if not items and not cancelled:
