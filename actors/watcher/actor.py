@@ -80,6 +80,7 @@ walk_queue 8, state_dir "<runtime_dir>/<name>.state".
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,12 @@ class WatcherActor(Actor):
     def __init__(self, name: str | None, runtime_dir: Path | str,
                  config: dict | None = None) -> None:
         super().__init__(name, runtime_dir, config)
-        tune_gc()
         c = self.config
+        tune_gc()
+        # The watcher's threads (inotify reader, emitter, workers) hand each event to the
+        # loop: a thread woken while another holds the GIL waits up to this long for it
+        # (Python's default, 5 ms, is most of an unsettled event's p99 under load).
+        sys.setswitchinterval(float(c.get("switch_interval_s", 0.001)))
         self.fallback = c.get("fallback")
         self.roots = Roots(c.get("roots", []))
         self.fcache = FileCache(int(c.get("cache_max_bytes", 64 << 20)),

@@ -59,9 +59,9 @@ _KIND = {"created": CREATED, "deleted": DELETED, "modified": MODIFIED, "attrib":
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 SELF_WRITE_TTL = 10.0
 # The loop's timers have a resolution of 1 ms and fire at the next whole millisecond: the
-# settle window asks for half of one less, so it closes within +-0.5 ms of `settle_s` after
-# its first event instead of 0 to 1 ms after.
-TIMER_SLACK_S = 0.0005
+# settle window asks for one less, so it closes `settle_s` after its first event at the
+# latest, instead of up to a millisecond after.
+TIMER_SLACK_S = 0.001
 
 
 class Pipeline:

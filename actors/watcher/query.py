@@ -15,14 +15,18 @@ query is a filter over it: no walk, no syscall. Watchman's `query` answers the s
   fields    of each file: name, exists, type, size, mtime_ns, ino (default: all but ino);
             ["name"] alone answers plain names
 
+The answer is built here from strings, ints, bools and None only, two levels deep, so the
+runtime's walk of a result's shape (50,000 values) is skipped (`checked=False`); a path that
+is not valid UTF-8 still fails its encoding, which the runtime answers as `internal`.
+
 Bounded in time and size: the candidates (a copy of the index's keys, or of the paths the
 journal names after `since`) are taken at once (a C-speed copy), then filtered
 SCAN_SLICE at a time, one slice per loop turn, so a 100,000-file query never holds the loop
-for long. An answer carries at most `max` files (default 10,000); when there are more it
-gives a `cursor`, and `fs.query {cursor}` continues where it stopped. Every page carries the
-clock the query started at: changes made while a client pages through arrive as events
-after it, or through `fs.since` from it. At most MAX_CURSORS cursors are open at a time
-(the oldest goes), each for CURSOR_TTL_S after its last page.
+for long. An answer carries at most `max` files (default 10,000, at most MAX_PAGE); when
+there are more it gives a `cursor`, and `fs.query {cursor}` continues where it stopped.
+Every page carries the clock the query started at: changes made while a client pages
+through arrive as events after it, or through `fs.since` from it. At most MAX_CURSORS
+cursors are open at a time (the oldest goes), each for CURSOR_TTL_S after its last page.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
     from moorage.actors.watcher.driving import WatcherHost
 
 SCAN_SLICE = 20_000  # candidates looked at per loop turn
-MAX_PAGE = 50_000
+MAX_PAGE = 100_000  # names of a 100,000-file tree in one answer: about 2 MB
 MAX_CURSORS = 16
 CURSOR_TTL_S = 60.0
 FIELDS = ("name", "exists", "type", "size", "mtime_ns", "ino")
@@ -224,7 +228,7 @@ class QueryOps:
                           "suffix": ((str, list), None), "type": ((str, list), None),
                           "since": (list, None), "fields": (list, None),
                           "max": (int, 10_000), "cursor": (str, None)},
-        idempotent=True, timeout_ms=30_000)
+        idempotent=True, timeout_ms=30_000, checked=False)
     def _op_query(self, call: Call, path: str | None, glob: str | list | None,
                   suffix: str | list | None, type: str | list | None, since: list | None,
                   fields: list | None, max: int, cursor: str | None) -> Any:
