@@ -82,6 +82,10 @@ class Root:
     watch: ObservedWatch | None = None
 
 
+class _Stale(Exception):
+    """A placement that began before the observers were stopped."""
+
+
 @dataclass(frozen=True)
 class Placement:
     """What `ObserverManager.place` did: the observer that took the root (or "missing"),
@@ -189,8 +193,12 @@ class ObserverManager:
         """Something was handed over and not taken (events, an overflow, a problem)."""
         return bool(self.buffer or self.overflowed or self.problems)
 
-    def _observer(self, via: str) -> BaseObserver:
-        with self._create_lock:  # a placement on a worker may need the polling one first
+    def _observer(self, via: str, generation: int | None = None) -> BaseObserver:
+        """The observer for `via`, started on first use. A placement on a worker passes the
+        generation it began in: once `stop` has run since, no observer is made for it."""
+        with self._create_lock:
+            if generation is not None and generation != self.generation:
+                raise _Stale
             if via == "inotify":
                 if self.inotify is None:
                     self.inotify = InotifyObserver(guarded_emitter(
@@ -202,25 +210,30 @@ class ObserverManager:
                 self.polling.start()
             return self.polling
 
-    def place(self, path: str, recursive: bool, via: str) -> Placement:
+    def place(self, path: str, recursive: bool, via: str, generation: int | None = None
+              ) -> Placement:
         """Observe `path` with `via` (falling back to polling when inotify has no room).
         This is the slow part: watchdog walks the whole tree to add its inotify watches.
         It touches only watchdog's observers (which lock for themselves), so it may run
-        on a worker thread; `placed` records the outcome on the loop."""
+        on a worker thread (passing the `generation` it began in); `placed` records the
+        outcome on the loop."""
         if not os.path.isdir(path):
             return Placement("missing", None, None)
         warning = None
-        if via == "inotify":
-            try:
-                watch = self._observer("inotify").schedule(
-                    self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
-                return Placement("inotify", watch, None)
-            except OSError as exc:
-                if exc.errno not in WATCH_LIMIT_ERRNOS:
-                    raise
-                warning = f"inotify unavailable for {path} ({os.strerror(exc.errno)})"
-        watch = self._observer("polling").schedule(
-            self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+        try:
+            if via == "inotify":
+                try:
+                    watch = self._observer("inotify", generation).schedule(
+                        self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+                    return Placement("inotify", watch, None)
+                except OSError as exc:
+                    if exc.errno not in WATCH_LIMIT_ERRNOS:
+                        raise
+                    warning = f"inotify unavailable for {path} ({os.strerror(exc.errno)})"
+            watch = self._observer("polling", generation).schedule(
+                self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+        except _Stale:  # stopped meanwhile (quality 0, a recreate): nothing placed
+            return Placement("missing", None, None)
         return Placement("polling", watch, warning)
 
     def placed(self, root: Root, got: Placement, generation: int) -> str | None:
@@ -379,8 +392,11 @@ class ObserverManager:
         return out
 
     def stop(self) -> None:
-        self.generation += 1
-        for obs in (self.inotify, self.polling):
+        with self._create_lock:  # a placement under way makes no new observer after this
+            self.generation += 1
+            observers = (self.inotify, self.polling)
+            self.inotify = self.polling = None
+        for obs in observers:
             if obs is None:
                 continue
             try:
@@ -388,7 +404,6 @@ class ObserverManager:
                 obs.join(2.0)
             except Exception:
                 logger.exception("watcher: stopping an observer failed")
-        self.inotify = self.polling = None
         for root in (*self.roots.values(), *self.polled.values()):
             root.watch = None
 

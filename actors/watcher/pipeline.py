@@ -207,6 +207,7 @@ class Pipeline:
         inst, epoch, seq = journal.instance, journal.epoch, journal.seq
         out: list[dict[str, Any]] = []
         paths: list[str] = []
+        mode_key = dev_key = mode = dev = -1
         if cancelled:
             self._told_gone(cancelled, items, out)
             for ev in out:
@@ -240,15 +241,20 @@ class Pipeline:
                       "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
                 s: Stat = UNKNOWN  # gone again already: its deletion follows
             else:
-                mode = shared(st.st_mode)
+                if st.st_mode != mode_key:  # the shared int objects (snapshot.shared)
+                    mode_key = st.st_mode
+                    mode = shared(mode_key)
+                if st.st_dev != dev_key:
+                    dev_key = st.st_dev
+                    dev = shared(dev_key)
                 fmt = mode & 0o170000
                 size, mtime = st.st_size, st.st_mtime_ns
                 if fmt == 0o040000:
-                    s = (shared(st.st_dev), st.st_ino, 0, 0, 0, mode)
+                    s = (dev, st.st_ino, 0, 0, 0, mode)
                 else:
                     ctime = st.st_ctime_ns
-                    s = (shared(st.st_dev), st.st_ino, size, mtime,
-                         mtime if ctime == mtime else ctime, mode)
+                    s = (dev, st.st_ino, size, mtime, mtime if ctime == mtime else ctime,
+                         mode)
                 ev = {"kind": kind, "path": path, "type": types.get(fmt, "other"),
                       "origin": "external", "watches": ids, "size": size,
                       "mtime_ns": mtime, "clock": (inst, epoch, seq)}

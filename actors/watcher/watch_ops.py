@@ -114,7 +114,7 @@ class WatchOps:
             placements: list[Placement | OSError] = []
             for r in roots:
                 try:
-                    placements.append(obs.place(r.path, r.recursive, obs.mode))
+                    placements.append(obs.place(r.path, r.recursive, obs.mode, generation))
                 except OSError as exc:
                     placements.append(exc)
             if refresh:
