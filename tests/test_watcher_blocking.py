@@ -166,6 +166,19 @@ def test_writes_past_the_worker_queue_are_refused_busy_and_the_rest_complete(wat
     assert stats["refused"] == len(busy) and stats["in_flight"] == 0
 
 
+def test_writes_to_one_file_run_one_at_a_time_so_one_etag_admits_one_writer(watcher, data):
+    c = watcher(io_threads=2)
+    (data / "f").write_bytes(b"v0")
+    tag = c.call("watcher", "fs.stat", {"path": "f"})["etag"]
+    sent = [("fs.write", {"path": "f", "data": b"x" * (256 << 10) + bytes([i]), "if_match": tag})
+            for i in range(12)]
+    results = c.pipeline("watcher", sent, window=12)
+    won = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, MoorageError)]
+    assert len(won) == 1 and all(e.name == "conflict" for e in lost), results
+    assert (data / "f").read_bytes()[-1] == won[0]
+
+
 # --- special files: refused before anything can block ---------------------------------------
 
 

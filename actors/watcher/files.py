@@ -82,6 +82,7 @@ class FileService:
         max_list: int = 50_000,
         on_self_write: Callable[[str, StatKey | None], None] | None = None,
         offload: Offload | None = None,
+        max_queued_writes: int = 32,
     ) -> None:
         self.roots = roots
         self.cache = cache
@@ -91,6 +92,9 @@ class FileService:
         self.max_list = max_list
         self.on_self_write = on_self_write or (lambda _path, _key: None)
         self.offload = offload  # None: the syscalls run inline (in-process tests, perf)
+        # Files being written -> the writes waiting for them (started in order).
+        self._writing: dict[str, list[Callable[[], None]]] = {}
+        self.max_queued_writes = max_queued_writes
         self.reader: Callable[[str, int, int | None], tuple[bytes, os.stat_result]] = \
             self.read_file
         self.stat: Callable[[str], os.stat_result] = os.stat
@@ -203,10 +207,34 @@ class FileService:
         if real in self.roots.roots:
             raise fail("is_directory", f"{path}: is a root directory")
         refuse_special(real, path, "written")  # before anything could block on it
-        return Attempts(self.policy,
-                        lambda: self._write_attempt(path, absolute, real, data, atomic,
-                                                    if_match),
-                        self.schedule, path).run()
+        waiting = self._writing.get(real)
+        if waiting is not None and len(waiting) >= self.max_queued_writes:
+            raise fail("busy", f"{path}: {len(waiting)} writes already wait for this file",
+                       retry_after_ms=50, detail={"path": path, "waiting": len(waiting)})
+        out = Pending()
+
+        def start() -> None:
+            p = Attempts(self.policy,
+                         lambda: self._write_attempt(path, absolute, real, data, atomic,
+                                                     if_match),
+                         self.schedule, path).run()
+            p.then(lambda done: (out.resolve(done.value, done.error), self._next_write(real)))
+
+        # One write at a time per file, in arrival order: two on the worker threads at
+        # once could both pass one if_match (check, then write), where one must conflict.
+        if waiting is None:
+            self._writing[real] = []
+            start()
+        else:
+            waiting.append(start)
+        return out
+
+    def _next_write(self, real: str) -> None:
+        waiting = self._writing.get(real)
+        if waiting:
+            waiting.pop(0)()
+        else:
+            self._writing.pop(real, None)
 
     def _write_attempt(self, path: str, absolute: str, real: str, data: bytes,
                        atomic: bool, if_match: str | None) -> Any:
