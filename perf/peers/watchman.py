@@ -63,6 +63,7 @@ start = "moorage.actors.watcher.actor:WatcherActor"
 [actor.watcher]
 roots = ["{data}"]
 push_metrics = false
+list_max = 200000
 [actor.watcher0]
 roots = ["{data}"]
 settle_ms = 0
