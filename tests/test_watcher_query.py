@@ -168,6 +168,19 @@ def test_a_query_outside_every_watch_or_without_watching_is_refused(watcher, dat
     assert c.call("watcher", "fs.query", {"path": str(data)})["files"] == []
 
 
+def test_unwatching_one_watch_forgets_only_what_no_other_watch_covers(watcher, data):
+    (data / "sub" / "deep").mkdir(parents=True)
+    for name in ("top.txt", "sub/y", "sub/deep/x"):
+        (data / name).write_text(name)
+    c = watcher()
+    top = c.call("watcher", "fs.watch", {"path": str(data), "recursive": False})["watch"]
+    c.call("watcher", "fs.watch", {"path": str(data / "sub")})
+    c.call("watcher", "fs.unwatch", {"watch": top})
+    names = set(c.call("watcher", "fs.query", {"path": str(data), "fields": ["name"]})["files"])
+    assert names == {"sub/y", "sub/deep", "sub/deep/x"}
+    assert c.call("watcher", "fs.stats")["index_entries"] == 3
+
+
 def test_a_query_of_the_cache_only_fallback_says_watching_is_off(watcher, data):
     c = watcher(fallback="cache_only")
     with pytest.raises(MoorageError) as e:

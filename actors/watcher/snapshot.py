@@ -189,6 +189,19 @@ class Index:
                     self.entries.pop(child, None)
                     stack.append(child)
 
+    def discard(self, path: str) -> None:
+        """Forget `path` alone (what is below it may still be watched)."""
+        if self.entries.pop(path, None) is None:
+            return
+        parent = path.rpartition("/")[0]
+        kids = self.children.get(parent)
+        if kids is not None:
+            kids.discard(path)
+            if not kids and parent not in self.entries:
+                del self.children[parent]
+        if not self.children.get(path, True):
+            del self.children[path]
+
     def prune(self, in_scope: Callable[[str], bool]) -> int:
         """Drop entries no watch covers any more; returns how many."""
         gone = [p for p in self.entries if not in_scope(p)]

@@ -32,7 +32,7 @@ from moorage.actors.watcher.watches import Watch
 from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
-# Index entries merged per loop turn after a new watch's walk.
+# Index entries merged (after a new watch's walk) or dropped (after fs.unwatch) per turn.
 MERGE_SLICE = 20_000
 
 if TYPE_CHECKING:
@@ -200,11 +200,29 @@ class WatchOps:
     def _op_unwatch(self, call: Call, watch: str) -> dict[str, Any]:
         """Stop a watch (the directories no other watch needs are no longer observed)."""
         obs = self._need_watching()
-        self.w.watches.remove(watch)
+        gone = self.w.watches.remove(watch)
         obs.set_roots(self.w.watches.observed_roots())
-        self.w.index.prune(self.w.watches.in_scope)
+        prefix = gone.path.rstrip("/") + "/"
+        self._forget([p for p in self.w.index.entries if p.startswith(prefix)])
         self.w.state.save_watches(self.w.watches.to_wire())
         return {"removed": watch}
+
+    def _forget(self, paths: list[str]) -> None:
+        """Drop from the index what no watch covers any more, in slices (a big tree's
+        hundred thousand entries would otherwise be one long loop turn)."""
+        items = iter(paths)
+        index = self.w.index
+        in_scope = self.w.watches.in_scope
+
+        def slice_() -> None:
+            for n, p in enumerate(items, 1):
+                if not in_scope(p):
+                    index.discard(p)  # alone: a path below may be another watch's
+                if n >= MERGE_SLICE:
+                    self.w.loop.call_later(0, slice_)
+                    return
+
+        slice_()
 
     @op("fs.since", args={"clock": list, "max": (int, 10_000)}, idempotent=True)
     def _op_since(self, call: Call, clock: list, max: int) -> dict[str, Any]:
