@@ -73,7 +73,8 @@ Config: roots [], watch [] (static watches: path or {path, recursive, exclude}),
 buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_max_file_bytes
 4 MiB, max_read_bytes 16 MiB, list_max 50000, retry {retries 3, initial_ms 10, factor 2,
 max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
-max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10, io_threads 2, io_queue 32,
+max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10, io_threads 2, io_queue 128,
+write_bytes_in_flight 256 MiB,
 walk_queue 8, state_dir "<runtime_dir>/<name>.state".
 """
 
@@ -127,14 +128,15 @@ class WatcherActor(Actor):
         # `io` for fs.write (fsync waits for the disk), `walker` for watch placement and walks.
         wake = self.loop.call_soon_threadsafe
         self.io = Workers("io", wake, threads=int(c.get("io_threads", 2)),
-                          queue=int(c.get("io_queue", 32)))
+                          queue=int(c.get("io_queue", 128)))
         self.walker = Workers("walker", wake, threads=1, queue=int(c.get("walk_queue", 8)),
                               retry_after_ms=1000)
         self.files = FileService(
             self.roots, self.fcache, RetryPolicy.from_config(c.get("retry", {})),
             self.loop.call_later, max_read=int(c.get("max_read_bytes", 16 << 20)),
             max_list=int(c.get("list_max", 50_000)), on_self_write=self._note_self_write,
-            offload=self.io.submit)
+            offload=self.io.submit,
+            max_write_bytes=int(c.get("write_bytes_in_flight", 256 << 20)))
         self.watches = Watches()
         self.index = Index()
         self.journal = Journal(self.epoch, int(c.get("journal_max", 50_000)))
@@ -230,10 +232,12 @@ class WatcherActor(Actor):
         return self._settle(call, self.files.read(path, offset, length))
 
     @op("fs.write", args={"path": str, "data": (bytes, None), "atomic": (bool, True),
-                          "if_match": (str, None)})
+                          "if_match": (str, None)}, checked=False)
     def _op_write(self, call: Call, path: str, data: bytes | None, atomic: bool,
                   if_match: str | None) -> Any:
         """Write a whole file (atomic: temp + fsync + rename); if_match guards conflicts."""
+        # (checked=False: the answer is the path, ints, bools and stat_info's dict of
+        # strings and ints, made by FileService: no shape to walk)
         if data is None:
             if not call.attachments:
                 raise fail("bad_args", "fs.write: give `data` or one attachment")

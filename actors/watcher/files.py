@@ -6,8 +6,14 @@ moved during the read (a writer was busy) the read is torn, and retried as a tra
 so no caller gets half of one version and half of another. A read that still fails after the
 retries, while an earlier copy is cached, answers that copy with `stale: true` (the seed's
 "cache previous"). Reads over `max_read` bytes are refused with `file_too_large`: page them.
+A FIFO, device or socket is refused (`bad_args`, naming it) before it is opened; a file that
+reports no size (procfs) is read to its end within `max_read`, and a file whose contents are
+not its reported size (procfs, sysfs) is never cached: its stat key does not move with them.
 
-Writes happen under a descriptor of the parent directory (no path re-resolution between the
+Writes run on the `offload` workers (fsync waits for the disk), one at a time per file; a
+FIFO, device or socket is refused by its stat before anything opens it, and the open itself
+is O_NONBLOCK (a FIFO swapped in meanwhile fails it instead of waiting for a reader). Writes
+happen under a descriptor of the parent directory (no path re-resolution between the
 check and the write). `atomic` writes a temporary file beside the target, fsyncs it, renames
 it over the target and fsyncs the directory, so a reader sees the old or the new file, never a
 mix. `if_match` is the etag the caller last saw ("" = must not exist): anything else is a
@@ -83,6 +89,7 @@ class FileService:
         on_self_write: Callable[[str, StatKey | None], None] | None = None,
         offload: Offload | None = None,
         max_queued_writes: int = 32,
+        max_write_bytes: int = 256 << 20,
     ) -> None:
         self.roots = roots
         self.cache = cache
@@ -95,6 +102,10 @@ class FileService:
         # Files being written -> the writes waiting for them (started in order).
         self._writing: dict[str, list[Callable[[], None]]] = {}
         self.max_queued_writes = max_queued_writes
+        # Bytes of accepted writes not yet done: past `max_write_bytes`, busy (one write is
+        # always taken, whatever its size, when none is under way).
+        self.max_write_bytes = max_write_bytes
+        self.write_bytes = 0
         self.reader: Callable[[str, int, int | None], tuple[bytes, os.stat_result]] = \
             self.read_file
         self.stat: Callable[[str], os.stat_result] = os.stat
@@ -206,19 +217,25 @@ class FileService:
         real = self.roots.resolve_fast(absolute)
         if real in self.roots.roots:
             raise fail("is_directory", f"{path}: is a root directory")
-        refuse_special(real, path, "written")  # before anything could block on it
         waiting = self._writing.get(real)
         if waiting is not None and len(waiting) >= self.max_queued_writes:
             raise fail("busy", f"{path}: {len(waiting)} writes already wait for this file",
                        retry_after_ms=50, detail={"path": path, "waiting": len(waiting)})
+        if self.write_bytes and self.write_bytes + len(data) > self.max_write_bytes:
+            raise fail("busy", f"{path}: {self.write_bytes} bytes of writes under way",
+                       retry_after_ms=50, detail={"path": path, "bytes": self.write_bytes})
+        self.write_bytes += len(data)
         out = Pending()
 
+        def settled(done: Pending) -> None:
+            self.write_bytes -= len(data)
+            out.resolve(done.value, done.error)
+            self._next_write(real)
+
         def start() -> None:
-            p = Attempts(self.policy,
-                         lambda: self._write_attempt(path, absolute, real, data, atomic,
-                                                     if_match),
-                         self.schedule, path).run()
-            p.then(lambda done: (out.resolve(done.value, done.error), self._next_write(real)))
+            Attempts(self.policy,
+                     lambda: self._write_attempt(path, absolute, real, data, atomic, if_match),
+                     self.schedule, path).run().then(settled)
 
         # One write at a time per file, in arrival order: two on the worker threads at
         # once could both pass one if_match (check, then write), where one must conflict.
@@ -247,13 +264,15 @@ class FileService:
             self.on_self_write(os.path.join(parent, tmp), None)
         self.on_self_write(real, None)
 
-        def blocking() -> os.stat_result:
-            return self._write_once(path, parent, name, data, tmp, if_match)
+        def blocking() -> tuple[os.stat_result, dict[str, Any]]:
+            st = self._write_once(path, parent, name, data, tmp, if_match)
+            return st, stat_info(st)  # (made here: the worker has the time, the loop not)
 
-        def finish(st: os.stat_result) -> dict[str, Any]:
-            self.cache.put(absolute, real, st, data)
+        def finish(got: tuple[os.stat_result, dict[str, Any]]) -> dict[str, Any]:
+            st, info = got
+            self.cache.put(absolute, real, st, data, info)
             self.on_self_write(real, stat_key(st))
-            return {"path": real, "stat": stat_info(st), "bytes": len(data), "atomic": atomic}
+            return {"path": real, "stat": info, "bytes": len(data), "atomic": atomic}
 
         if self.offload is None:
             return finish(blocking())

@@ -5,7 +5,10 @@ of a large tree takes as long as the tree is big, and watchdog places a recursiv
 walking every directory: none of it may run on the actor's loop, whose hang detection would
 take the wait for a hang. `Workers.submit(blocking, finish)` runs `blocking()` on one of a
 few threads and then `finish(value)` back on the loop (through `wake`, the loop's
-`call_soon_threadsafe`), so everything that touches the actor's state stays single-threaded.
+`call_soon_threadsafe`, once for all the jobs that finished meanwhile), so everything that
+touches the actor's state stays single-threaded. The threads are plain daemon threads over
+a SimpleQueue rather than a ThreadPoolExecutor: a job there costs a Future with its own
+Condition, and the loop's share of a pipelined small write was most of the write.
 
 The queue is bounded: past `threads + queue` jobs in flight, `submit` refuses at once with
 `busy` and a `retry_after_ms` (a full queue answers, it does not grow). A job's outcome is a
@@ -16,8 +19,9 @@ retry policy can classify it).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from queue import SimpleQueue
 from typing import Any
 
 from moorage.protocol.errors import fail
@@ -65,7 +69,13 @@ class Workers:
         self.threads = threads
         self.limit = threads + queue
         self.retry_after_ms = retry_after_ms
-        self._pool: ThreadPoolExecutor | None = None
+        # Jobs for the threads (a C queue: a submit costs a put, no Future and no lock of
+        # ours), and finished jobs' loop halves for the loop.
+        self._jobs: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._started: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._done: list[Callable[[], None]] = []
+        self._wake_pending = False
         self.in_flight = 0
         self.done = 0
         self.refused = 0
@@ -80,8 +90,8 @@ class Workers:
             raise fail("busy", f"{self.name}: {self.in_flight} jobs in flight (the most "
                        f"allowed); retry", retry_after_ms=self.retry_after_ms,
                        detail={"pool": self.name, "in_flight": self.in_flight})
-        if self._pool is None:  # threads only once something needs them
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"mw-{self.name}")
+        if len(self._started) < min(self.threads, self.in_flight + 1):
+            self._start_thread()  # threads only as jobs need them
         job = Job()
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
@@ -101,17 +111,49 @@ class Workers:
                 value, error = blocking(), None
             except BaseException as exc:
                 value, error = None, exc
-            self.wake(lambda: on_loop(value, error))
+            self._hand_back(lambda: on_loop(value, error))
 
-        self._pool.submit(run)
+        self._jobs.put(run)
         return job
 
+    def _start_thread(self) -> None:
+        t = threading.Thread(target=self._work, name=f"mw-{self.name}-{len(self._started)}",
+                             daemon=True)
+        t.start()
+        self._started.append(t)
+
+    def _work(self) -> None:
+        get = self._jobs.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            job()
+
+    def _hand_back(self, done: Callable[[], None]) -> None:
+        """From a worker: queue `done` for the loop, waking it only if no wake-up is on its
+        way already (jobs that finish together cost the loop one wake-up, not one each)."""
+        with self._lock:
+            self._done.append(done)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self.wake(self._run_done)
+
+    def _run_done(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+            self._wake_pending = False
+        for fn in done:
+            fn()
+
     def shutdown(self) -> None:
-        """No new jobs; the threads end once their current job returns (a job stuck in a
-        syscall is not waited for: the process is on its way out)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """No new jobs; each thread ends once its current job returns (a job stuck in a
+        syscall is not waited for: the process is on its way out, and they are daemons)."""
+        for _ in self._started:
+            self._jobs.put(None)
 
     def stats(self) -> dict[str, Any]:
-        return {"threads": self.threads, "limit": self.limit, "in_flight": self.in_flight,
-                "peak": self.peak, "done": self.done, "refused": self.refused}
+        return {"threads": len(self._started), "limit": self.limit,
+                "in_flight": self.in_flight, "peak": self.peak, "done": self.done,
+                "refused": self.refused}
