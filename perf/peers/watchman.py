@@ -89,6 +89,19 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def pss_private_mib(pid: int) -> tuple[float, float]:
+    """(PSS, private) of `pid` in MiB: RSS counts in full the pages our actors share with
+    the zygote that forked them (its imports), PSS a fair share of them, private none."""
+    got = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                got[parts[0].rstrip(":")] = int(parts[1])
+    private = got.get("Private_Clean", 0) + got.get("Private_Dirty", 0)
+    return got.get("Pss", 0) / 1024, private / 1024
+
+
 def touch(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
 
@@ -458,11 +471,15 @@ def main(argv: list[str] | None = None) -> int:
                        note=f"names only, best of 3; ours {n_ours:,} entries (files and "
                             f"directories) {how}, watchman {n_theirs:,} from memory"))
         ro, rt = rss_mib(o.pid), rss_mib(wm.pid)
+        (po, uo), (pt, ut) = pss_private_mib(o.pid), pss_private_mib(wm.pid)
         report.add(Row("X4", "RSS of the watching process after all this", "MiB",
                        "<= watchman", ro, rt, ro <= rt,
                        note=f"ours: the watcher actor that holds the {args.files:,}-file "
-                            f"watch; at the start, idle: ours {idle[0]:.1f} MiB, watchman "
-                            f"{idle[1]:.1f} MiB; watchman {version}"))
+                            f"watch; PSS {po:.1f} vs {pt:.1f} MiB, private {uo:.1f} vs "
+                            f"{ut:.1f} MiB; at the start, idle: RSS ours {idle[0]:.1f} MiB, "
+                            f"watchman {idle[1]:.1f} MiB; watchman {version}"))
+        report.extra["memory_mib"] = {"rss": [ro, rt], "pss": [po, pt], "private": [uo, ut],
+                                      "idle_rss": list(idle)}
         report.extra["crawl"] = {"ours_s": crawl_ours, "watchman_s": crawl_theirs,
                                  "query_ours_s": q_ours, "query_watchman_s": q_theirs}
     finally:
