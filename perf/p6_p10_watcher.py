@@ -329,6 +329,19 @@ def bare_event_rate(events: int) -> float:
     return events / (pc() - t0)
 
 
+def resumed_resync(client: Any) -> dict:
+    """Resume watching (quality 3) and return the summary of the resync that follows: the
+    resync walks on the watcher's walker thread, and an fs.sync sent after the resume is
+    answered once its diff is out."""
+    done = client.call("watcher", "sys.pressure", {"level": "normal", "quality": 3},
+                       timeout=120)["done"]
+    assert done["resync"]["reason"] == "resumed", done
+    client.call("watcher", "fs.sync", timeout=120)
+    last = client.call("watcher", "fs.stats")["resyncs"]["last"]
+    assert last["reason"] == "resumed", last
+    return last
+
+
 def resync_rows(report: Report, client: Any, work: Path, files: int) -> None:
     big = work / "big"
     dirs = max(1, files // 1000)
@@ -348,21 +361,19 @@ def resync_rows(report: Report, client: Any, work: Path, files: int) -> None:
     runs = []
     for _ in range(3):
         client.call("watcher", "sys.pressure", {"level": "normal", "quality": 0})
-        done = client.call("watcher", "sys.pressure", {"level": "normal", "quality": 3},
-                           timeout=120)["done"]
-        runs.append(done["resync"])
+        runs.append(resumed_resync(client))
     best = min(runs, key=lambda r: r["total_ms"])
     # And one with 1% of the files changed while watching was off.
     client.call("watcher", "sys.pressure", {"level": "normal", "quality": 0})
     for d in range(dirs):
         for i in range(0, files // dirs, 100):
             os.utime(big / f"d{d:03d}" / f"f{i:04d}")
-    changed = client.call("watcher", "sys.pressure", {"level": "normal", "quality": 3},
-                          timeout=120)["done"]["resync"]
+    changed = resumed_resync(client)
     lim = min(limits) * 1000
     report.add(Row("resync", f"resync over {n:,} files (walk+diff+publish)", "ms", "< 1000 ms",
                    best["total_ms"], lim, best["total_ms"] < 1000,
-                   note=f"walk {best['walk_ms']} ms, diff+publish {best['diff_ms']} ms; limit "
+                   note=f"walk {best['walk_ms']} ms and diff+index {best['diff_ms']} ms on the "
+                        f"walker thread, publish {best['publish_ms']} ms on the loop; limit "
                         f"= a bare scandir+lstat loop in this process; with 1% changed: "
                         f"{changed['total_ms']} ms, {changed['changes']} events"))
     report.add(Row("resync", f"fs.watch of {n:,} files (watches + base walk)", "ms",

@@ -325,3 +325,36 @@ def test_watching_a_big_tree_keeps_the_loop_answering_and_a_repeat_joins_the_pla
         sub.close()
     child = tree.child("watcher")
     assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()
+
+
+def test_a_resync_of_a_big_tree_walks_while_the_loop_answers(make_tree, tmp_path):
+    data = Path(os.path.realpath(tmp_path)) / "data"
+    big = data / "big"
+    big.mkdir(parents=True)
+    entries = make_big_tree(big, 12_000, 4)
+    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    pid = tree.child("watcher")["pid"]
+    with Client(tree.runtime_dir, timeout=60.0) as c:
+        c.call("watcher", "fs.watch", {"path": str(big)}, timeout=120)
+        c.call("watcher", "sys.pressure", {"level": "normal", "quality": 0})
+        (big / "d000" / "e00" / "while-paused").write_bytes(b"x")
+        before = c.call("watcher", "fs.stats")["resyncs"]["count"]
+        done = c.call("watcher", "sys.pressure", {"level": "normal", "quality": 3})["done"]
+        assert done["resync"] == {"reason": "resumed", "walking": True}
+        seen_walking = 0
+        pings: list[float] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pings.append(timed_ping(c))
+            resyncs = c.call("watcher", "fs.stats")["resyncs"]
+            if resyncs["count"] > before:
+                break
+            seen_walking += resyncs["walking"]
+        assert seen_walking, "no fs.stats answered while the resync walked"
+        last = c.call("watcher", "fs.stats")["resyncs"]["last"]
+        assert (last["reason"], last["changes"], last["entries"]) == ("resumed", 1, entries + 1)
+        pings.sort()
+        print(f"\n{len(pings)} pings while a resync walked {entries} entries: "
+              f"p50 {pings[len(pings) // 2]:.2f} ms, max {pings[-1]:.2f} ms")
+    child = tree.child("watcher")
+    assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()

@@ -170,6 +170,14 @@ class Pipeline:
             self._timer = self.call_later(max(0.0, self.settle_s - waited - TIMER_SLACK_S),
                                           self._on_timer)
 
+    def hold(self) -> None:
+        """Drop what is pending without publishing it (a resync's walk starts: it covers
+        all of it), and close the window."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.coalescer.clear()
+
     @property
     def window_open(self) -> bool:
         return self._timer is not None
@@ -321,10 +329,12 @@ class Pipeline:
     # --- resync -------------------------------------------------------------------------
 
     def resync(self, reason: str, new: dict[str, Stat], base: Mapping[str, Stat] | None,
-               **detail: Any) -> dict[str, Any]:
+               *, changes: list[tuple[str, str, bool]] | None = None,
+               index: Index | None = None, **detail: Any) -> dict[str, Any]:
         """Publish the difference between `base` (what subscribers were told; None: nothing
         comparable, a fresh start) and `new` (the walk), framed by resync markers; the index
-        becomes `new`. What was pending in the coalescer is covered by the walk."""
+        becomes `new`. What was pending in the coalescer is covered by the walk. `changes`
+        (the diff) and `index` (built from `new`) may come made already, off the loop."""
         t0 = time.perf_counter()
         self.coalescer.clear()
         epoch = self.journal.new_epoch()
@@ -333,7 +343,8 @@ class Pipeline:
         mine = self.self_writes
         events = [append({"kind": "resync_begin", "reason": reason, "epoch": epoch,
                           "fresh": base is None, **detail})]
-        changes = diff(base, new) if base is not None else []
+        if changes is None:
+            changes = diff(base, new) if base is not None else []
         cache = self.cache
         for n, (kind, path, d) in enumerate(changes):
             if not n & 1023:
@@ -355,7 +366,10 @@ class Pipeline:
             if cache is not None and cache.entries:
                 cache.changed(path)
         n = len(events) - 1
-        self.index.replace(new)
+        if index is not None:
+            self.index.take(index)
+        else:
+            self.index.replace(new)
         took = round((time.perf_counter() - t0) * 1000, 3)
         events.append(append({"kind": "resync_end", "reason": reason, "epoch": epoch,
                               "changes": n, "fresh": base is None, "entries": len(new)}))
