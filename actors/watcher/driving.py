@@ -70,6 +70,7 @@ class WatcherHost(Protocol):
     cookies: Cookies
     driving: Driving
     walker: Workers
+    io: Workers
 
 
 class Driving:
@@ -95,7 +96,7 @@ class Driving:
         try:
             cost = self.w.state.checkpoint(self.w.journal.seq, lambda: {
                 "instance": self.w.journal.instance, "watch_ids": [w.id for w in self.w.watches],
-                "entries": dict(self.w.index.entries)})
+                "entries": dict(self.w.index.entries)}, write=self.w.io.submit)
         finally:
             interval = float(self.w.config.get("checkpoint_s", 1.0))
             self.w.loop.call_later(max(interval, 10 * cost), self.checkpoint)

@@ -202,13 +202,6 @@ class Index:
         if not self.children.get(path, True):
             del self.children[path]
 
-    def prune(self, in_scope: Callable[[str], bool]) -> int:
-        """Drop entries no watch covers any more; returns how many."""
-        gone = [p for p in self.entries if not in_scope(p)]
-        for p in gone:
-            self.remove(p)
-        return len(gone)
-
 
 # --- the checkpoint ------------------------------------------------------------------------
 
