@@ -594,10 +594,12 @@ def test_quality_zero_pauses_watching_and_its_return_resyncs(start, data):
     assert e.value.name == "busy"
     (data / "while-paused").write_text("x")
     done = w.call("sys.pressure", {"level": "normal", "quality": 3})["done"]
-    assert done["watching"] == "resumed" and done["resync"]["changes"] == 1
+    assert done["watching"] == "resumed" and done["resync"]["reason"] == "resumed"
     evs = w.sync()
     assert ("created", "while-paused") in kinds(evs, data)
     assert any(e["kind"] == "resync_begin" and e["reason"] == "resumed" for e in evs)
+    end = next(e for e in evs if e["kind"] == "resync_end" and e["reason"] == "resumed")
+    assert end["changes"] == 1 and w.call("fs.stats")["resyncs"]["last"]["changes"] == 1
 
 
 def test_pressure_halves_then_clears_the_cache(start, data):

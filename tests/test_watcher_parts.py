@@ -371,7 +371,7 @@ def test_watches_cover_their_scope_minus_excludes_and_are_observed_once():
     ws.add("/r/src", True, [])
     ws.add("/r/src/deep", False, [])
     assert ws.observed_roots() == {"/r": True, "/other": False}
-    assert ws.matching("/r/src/a.py") == ["w1", "w3"]
+    assert ws.matching("/r/src/a.py") == ("w1", "w3")
     with pytest.raises(MoorageError):
         ws.remove("w99")
 
@@ -400,7 +400,7 @@ def test_events_get_consecutive_clocks_and_are_published_after_being_journaled()
             ("created", "/elsewhere/x", "", False), ("moved", "/w/a", "/w/b", False)])
     events = [e for m in out for e in m["events"]]
     assert [(e["kind"], e["path"]) for e in events] == [("created", "/w/b")]
-    assert events[0]["moved_from"] == "/w/a" and events[0]["clock"] == ["i", 0, 1]
+    assert events[0]["moved_from"] == "/w/a" and events[0]["clock"] == ("i", 0, 1)
     assert p.journal.events[-1] is events[0] and set(p.index.entries) == {"/w/b"}
 
 

@@ -9,11 +9,15 @@ General layout (each module small, pure where it can be, no sockets anywhere her
   cache      file contents keyed by (dev, ino, size, mtime_ns, ctime_ns), bounded by bytes
   files      fs.read / fs.write / fs.stat / fs.list on top of confine, retry and cache; the
              `reader` and `stat` seams let tests inject failures in-process
+  workers    the bounded pools the syscalls that may block run on (fsync, watch placement,
+             walks, checkpoint writes), their results handed back to the loop
+  mounts     which file system a path is on (pseudo ones are not watched)
   watches    what clients asked to watch: scopes, excludes, the minimal set of roots to observe
   observer   the watchdog observers (inotify or polling), the bounded hand-off to the loop, and
              the facts the health checks read (dead threads, overflow, ENOSPC, handler errors)
-  guarded    watchdog's inotify classes subclassed to report overflow and ENOSPC, and to skip
-             directories no watch needs (excluded subtrees)
+  guarded    watchdog's inotify classes subclassed to report overflow and ENOSPC, to skip
+             directories no watch needs (excluded subtrees), and to hand plain events over
+             as raw tuples from the reader's thread (no event objects, no dispatcher hop)
   coalesce   settle-window coalescing (add+delete = nothing unless it was told, delete+add =
              update, add+update = add)
   journal    the (instance, epoch, seq) clock, the bounded journal, and `since`
@@ -22,9 +26,10 @@ General layout (each module small, pure where it can be, no sockets anywhere her
   snapshot   scandir walk, diff, the told-state index, the checkpoint file, the write-ahead log
   state      what outlives the process (watches, wal, lagging checkpoint) and the restart base
   resync     when to resync: merged reasons, back-off while they keep coming
-  driving    the actor's loop side (a mixin): draining the observer, the losses it reports
+  driving    the actor's loop side (a component): draining the observer, the losses it reports
              (ENOSPC: poll that subtree), the resync itself, cookies, health, liveness
-  watch_ops  fs.watch / fs.unwatch / fs.since / fs.sync (a mixin)
+  watch_ops  fs.watch / fs.unwatch / fs.since / fs.sync (a component)
+  query      fs.query: files of a watched tree from the index, in slices, paged
 
 The actor that wires them together is `actors.watcher.actor.WatcherActor` (with the file ops).
 """

@@ -4,11 +4,16 @@ in silence.
   op          args                             reply                          errors
   fs.read     {path, offset?=0, length?}       {stat, stale, size, offset,    not_found forbidden
                                                 length} + the contents as     is_directory bad_args
-                                                one raw attachment            file_too_large
+                                                one raw attachment            (FIFO, device,
+                                                                              socket: detail.type)
+                                                                              file_too_large
                                                                               io_error
   fs.write    {path, data? (else attachment    {path, stat, bytes, atomic}    conflict no_space
                0), atomic?=true, if_match?                                    forbidden not_found
                (etag; "" = must not exist)}                                   is_directory io_error
+                                                                              bad_args (special
+                                                                              file) busy (io
+                                                                              workers full)
   fs.stat     {path}                           {path, type, size, mtime_ns,   not_found forbidden
                                                 ctime_ns, ino, dev, mode,
                                                 etag}
@@ -16,14 +21,25 @@ in silence.
                                                 size, mtime_ns}], truncated}  not_found forbidden
   fs.watch    {path, recursive?=true,          {watch, path, recursive,       not_a_directory busy
                exclude?}                        exclude, via, clock}          resource_exhausted
+                                                                              bad_args (pseudo
+                                                                              file system)
   fs.unwatch  {watch}                          {removed}                      watch_not_found
   fs.since    {clock, max?=10000}              {fresh_instance, clock,        bad_args busy
                                                 events, more, reason?}        resource_exhausted
+  fs.query    {path, glob?, suffix?, type?,    {files, clock,                 watch_not_found
+               since? (clock), fields?,         fresh_instance, cursor,       bad_args
+               max?=10000} or {cursor, max?}    more, scanned}                resource_exhausted
   fs.sync     {timeout_ms?=10000}              {clock, roots, waited_ms,      timeout busy
                                                 unsynced}                     resource_exhausted
   fs.stats    {}                               {mode, cache, observer,
                                                 watches, journal, pipeline,
-                                                resyncs, checkpoints, health}
+                                                resyncs, checkpoints, health,
+                                                workers, query}
+
+Nothing blocks the loop: fs.write's syscalls (fsync, rename) run on the `io` workers and
+fs.watch's placement and base walk on the `walker` thread (moorage.actors.watcher.workers),
+their replies deferred; a full queue answers busy with retry_after_ms. fs.query answers
+from the in-memory index in slices (moorage.actors.watcher.query).
 
 Events: topic `fs.event`, one message per flush, {"events": [...]}; each event carries its
 clock [instance, epoch, seq] and is journaled before it is published (see
@@ -57,13 +73,15 @@ Config: roots [], watch [] (static watches: path or {path, recursive, exclude}),
 buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_max_file_bytes
 4 MiB, max_read_bytes 16 MiB, list_max 50000, retry {retries 3, initial_ms 10, factor 2,
 max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
-max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10,
-state_dir "<runtime_dir>/<name>.state".
+max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10, io_threads 2, io_queue 128,
+write_bytes_in_flight 256 MiB,
+walk_queue 8, state_dir "<runtime_dir>/<name>.state".
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +96,14 @@ from moorage.actors.watcher.driving import Driving
 from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import ObserverManager
-from moorage.actors.watcher.pipeline import Pipeline
+from moorage.actors.watcher.pipeline import Pipeline, tune_gc
+from moorage.actors.watcher.query import QueryOps
 from moorage.actors.watcher.retry import Pending, RetryPolicy
 from moorage.actors.watcher.snapshot import Index
 from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import WatchOps
 from moorage.actors.watcher.watches import Watches
+from moorage.actors.watcher.workers import Workers
 from moorage.protocol.errors import Category, fail
 
 
@@ -95,14 +115,28 @@ class WatcherActor(Actor):
                  config: dict | None = None) -> None:
         super().__init__(name, runtime_dir, config)
         c = self.config
+        tune_gc()
+        # The watcher's threads (inotify reader, emitter, workers) hand each event to the
+        # loop: a thread woken while another holds the GIL waits up to this long for it
+        # (Python's default, 5 ms, is most of an unsettled event's p99 under load).
+        sys.setswitchinterval(float(c.get("switch_interval_s", 0.001)))
         self.fallback = c.get("fallback")
         self.roots = Roots(c.get("roots", []))
         self.fcache = FileCache(int(c.get("cache_max_bytes", 64 << 20)),
                                 int(c.get("cache_max_file_bytes", 4 << 20)))
+        # Syscalls that may block go to worker threads (moorage.actors.watcher.workers):
+        # `io` for fs.write (fsync waits for the disk), `walker` for watch placement and walks.
+        wake = self.loop.call_soon_threadsafe
+        self.io = Workers("io", wake, threads=int(c.get("io_threads", 2)),
+                          queue=int(c.get("io_queue", 128)))
+        self.walker = Workers("walker", wake, threads=1, queue=int(c.get("walk_queue", 8)),
+                              retry_after_ms=1000)
         self.files = FileService(
             self.roots, self.fcache, RetryPolicy.from_config(c.get("retry", {})),
             self.loop.call_later, max_read=int(c.get("max_read_bytes", 16 << 20)),
-            max_list=int(c.get("list_max", 50_000)), on_self_write=self._note_self_write)
+            max_list=int(c.get("list_max", 50_000)), on_self_write=self._note_self_write,
+            offload=self.io.submit,
+            max_write_bytes=int(c.get("write_bytes_in_flight", 256 << 20)))
         self.watches = Watches()
         self.index = Index()
         self.journal = Journal(self.epoch, int(c.get("journal_max", 50_000)))
@@ -119,6 +153,8 @@ class WatcherActor(Actor):
         self.cookies = Cookies()
         self.watch_ops = WatchOps(self)
         self.add_ops(self.watch_ops)
+        self.query_ops = QueryOps(self)
+        self.add_ops(self.query_ops)
 
     # --- start and stop -------------------------------------------------------------------
 
@@ -139,6 +175,8 @@ class WatcherActor(Actor):
             return
         self.state.open_wal()
         self.pipeline.before_publish = self.state.log
+        self.pipeline.pull = self.driving.pull
+        self.pipeline.after_flush = self.driving.after_flush
         self.obs = ObserverManager(
             self.loop.call_soon_threadsafe, self.driving.drain,
             mode="polling" if self.fallback == "polling" else "inotify",
@@ -162,6 +200,8 @@ class WatcherActor(Actor):
         self.loop.call_later(float(self.config.get("checkpoint_s", 1.0)), d.checkpoint)
 
     def on_stop(self) -> None:
+        self.io.shutdown()
+        self.walker.shutdown()
         if self.obs is not None:
             self.obs.stop()
         self.state.close()
@@ -192,10 +232,12 @@ class WatcherActor(Actor):
         return self._settle(call, self.files.read(path, offset, length))
 
     @op("fs.write", args={"path": str, "data": (bytes, None), "atomic": (bool, True),
-                          "if_match": (str, None)})
+                          "if_match": (str, None)}, checked=False)
     def _op_write(self, call: Call, path: str, data: bytes | None, atomic: bool,
                   if_match: str | None) -> Any:
         """Write a whole file (atomic: temp + fsync + rename); if_match guards conflicts."""
+        # (checked=False: the answer is the path, ints, bools and stat_info's dict of
+        # strings and ints, made by FileService: no shape to walk)
         if data is None:
             if not call.attachments:
                 raise fail("bad_args", "fs.write: give `data` or one attachment")
@@ -225,7 +267,7 @@ class WatcherActor(Actor):
             return "cache_only"
         if self.paused:
             return "paused"
-        vias = {r.via for r in self.obs.roots.values()} - {"missing"}
+        vias = {r.via for r in self.obs.roots.values()} - {"missing", "placing"}
         if self.obs.polled:  # inotify roots with subtrees polled after ENOSPC
             vias.add("polling")
         return vias.pop() if len(vias) == 1 else ("mixed" if vias else self.obs.mode)
@@ -245,10 +287,15 @@ class WatcherActor(Actor):
             "resyncs": {"count": self.driving.resync_total,
                         "by_reason": dict(self.driving.resync_counts),
                         "last": self.driving.last_resync,
-                        "pending": sorted(self.driving.resyncs.reasons)},
+                        "pending": sorted(self.driving.resyncs.reasons),
+                        "walking": self.driving.walking},
             "checkpoints": self.state.stats(),
             "health": self.driving.health,
             "syncs_answered": self.watch_ops.syncs_answered,
+            "workers": {"io": self.io.stats(), "walker": self.walker.stats()},
+            "watches_placing": len(self.watch_ops.placing),
+            "watch_joins": self.watch_ops.joined,
+            "query": self.query_ops.stats(),
         }
 
     def info(self) -> dict[str, Any]:

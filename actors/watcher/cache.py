@@ -90,13 +90,15 @@ class FileCache:
         """Whatever is kept for `real`, current or not (the stale fallback)."""
         return self.entries.get(real)
 
-    def put(self, path: str, real: str, st: os.stat_result, data: bytes) -> None:
+    def put(self, path: str, real: str, st: os.stat_result, data: bytes,
+            info: dict[str, Any] | None = None) -> None:
+        """Keep `data` as `real`'s contents at `st` (`info`: its stat_info, if made already)."""
         if len(data) > self.max_file_bytes or len(data) > self.max_bytes:
             return
         old = self.entries.pop(real, None)
         if old is not None:
             self.bytes -= len(old.data)
-        self.entries[real] = Entry(stat_key(st), data, stat_info(st))
+        self.entries[real] = Entry(stat_key(st), data, info or stat_info(st))
         self.bytes += len(data)
         if len(self.aliases) >= self.max_aliases:
             self.aliases.clear()  # rebuilt by the next misses; cheaper than LRU bookkeeping

@@ -4,13 +4,16 @@ repair them, and the cookies, health and liveness checks that find losses nobody
 `Driving`, a component of WatcherActor (actor.py), which owns the parts named below and
 reaches them through `WatcherHost`; everything here runs on the actor's loop.
 
-  drain         the observer handed something over: an overflow asks for a resync first
-                (so cookies in the same batch wait for its diff), events go to the pipeline,
-                a handler error and the observer's problems ask for a resync
+  drain         the observer handed something over: unless a settle window is open (its
+                close pulls what came meanwhile), an overflow asks for a resync first (so
+                cookies in the same batch wait for its diff), events go to the pipeline, a
+                handler error and the observer's problems ask for a resync
   _on_problem   ENOSPC below a root polls that subtree (or, past `max_polled_subtrees`, the
                 whole root) with a `warning` event; every problem asks for a resync
-  resync        watches first (in place, or recreated), then the walk, the diff against the
-                told state, the markers; it answers the syncs that began before its walk
+  resync        watches first (in place, or recreated), then the walk (on the walker
+                thread: the loop serves meanwhile, and what the observer hands over waits),
+                the diff against the told state, the markers; it answers the syncs that
+                began before its walk
   health_check  the seed's 3.2 check: a cookie that does not come back recreates the
                 observer and resyncs
   liveness      dead observer threads (recreate + resync), roots gone and back
@@ -31,6 +34,8 @@ from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import COOKIE, Cookies, Sync
 from moorage.actors.watcher.resync import ResyncScheduler
 from moorage.actors.watcher.snapshot import Index, Stat
+from moorage.actors.watcher.workers import Job
+from moorage.protocol.errors import MoorageError
 
 if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
     from moorage.actors.watcher.pipeline import Pipeline
     from moorage.actors.watcher.state import State
     from moorage.actors.watcher.watches import Watches
+    from moorage.actors.watcher.workers import Workers
 
 INDEX: Any = object()  # resync base: the told-state index
 # Raw events handled in one loop turn: a burst is drained over several turns, so the loop
@@ -63,6 +69,8 @@ class WatcherHost(Protocol):
     state: State
     cookies: Cookies
     driving: Driving
+    walker: Workers
+    io: Workers
 
 
 class Driving:
@@ -80,13 +88,15 @@ class Driving:
         self.health = {"ok": 0, "failed": 0}
         self._health_wait: Sync | None = None
         self._after_resync: list[Callable[[], None]] = []
+        self.walking = False  # a resync's walk is under way on the walker thread
+        self._again: tuple[str, bool] | None = None  # resync asked for meanwhile
 
     def checkpoint(self) -> None:
         cost = 0.0
         try:
             cost = self.w.state.checkpoint(self.w.journal.seq, lambda: {
                 "instance": self.w.journal.instance, "watch_ids": [w.id for w in self.w.watches],
-                "entries": dict(self.w.index.entries)})
+                "entries": dict(self.w.index.entries)}, write=self.w.io.submit)
         finally:
             interval = float(self.w.config.get("checkpoint_s", 1.0))
             self.w.loop.call_later(max(interval, 10 * cost), self.checkpoint)
@@ -94,23 +104,40 @@ class Driving:
     # --- what the observer hands over -----------------------------------------------------
 
     def drain(self) -> None:
-        """Runs on the loop when the observer handed something over (at most DRAIN_CHUNK
-        events a turn: the rest on the next one)."""
-        if self.w.obs is None:
+        """Runs on the loop when the observer handed something over. While a settle window
+        is open, what arrives waits in the observer's buffer (its wake-up stays pending, so
+        no thread wakes the loop for it again) and the window's close takes it: one wake-up
+        a window instead of one per event."""
+        if self.w.obs is None or self.w.pipeline.window_open or self.walking:
             return
-        raws, overflowed, problems = self.w.obs.take(DRAIN_CHUNK)
-        if self.w.obs.backlog:
+        self.pull()
+
+    def pull(self) -> None:
+        """Take what the observer handed over (at most DRAIN_CHUNK events: the rest on the
+        next turn) into the pipeline; also run by the pipeline as a window closes."""
+        obs = self.w.obs
+        if obs is None or self.walking:  # a resync's walk is under way: after it
+            return
+        raws, overflowed, problems = obs.take(DRAIN_CHUNK)
+        if obs.backlog:
             self.w.loop.call_later(0, self.drain)
         if overflowed:
             self.request_resync("overflow")  # first, so syncs in `raws` wait for it
         if raws:
             try:
-                self.w.pipeline.feed(raws)
+                self.w.pipeline.feed(raws, obs.taken_first_at)
             except Exception:
                 logger.exception("watcher: event handling failed")
                 self.request_resync("handler_error")
         for kind, detail in problems:
             self._on_problem(kind, detail)
+
+    def after_flush(self) -> None:
+        """A flush closed the window: what waited for it in the observer's buffer (its
+        wake-up already spent) is taken on the next turn."""
+        obs = self.w.obs
+        if obs is not None and obs.waiting:
+            self.w.loop.call_later(0, self.drain)
 
     def _on_problem(self, kind: str, detail: str) -> None:
         if kind == "enospc" and self.w.obs is not None:
@@ -134,51 +161,99 @@ class Driving:
         """The actor's own files: cookies and its state directory."""
         return COOKIE in path or path.startswith(str(self.w.state.dir))
 
-    def _walk(self) -> dict[str, Stat]:
-        out: dict[str, Stat] = {}
-        keep = self.w.watches.in_scope if any(w.exclude for w in self.w.watches) else None
-        for path, recursive in self.w.watches.observed_roots().items():
-            snapshot.walk(path, keep, recursive, into=out)
-        for p in [p for p in out if self.ours(p)]:
-            del out[p]
-        return out
-
     def resync(self, reason: str, *, recreate: bool = False,
                base: Mapping[str, Stat] | None = INDEX) -> dict[str, Any] | None:
         """Watches first (already in place, or recreated), then walk, diff against `base`
-        (default: the told state), publish the markers and the diff."""
+        (default: the told state), publish the markers and the diff.
+
+        The walk runs on the walker thread (a big tree takes seconds); meanwhile what the
+        observer hands over waits in its buffer (the walk covers it, or it comes after),
+        and the loop serves requests. Returns what was started ({reason, walking: true}),
+        or None when not watching; the summary is `last_resync` once it is done. A resync
+        asked for during one runs after it."""
         if self.w.obs is None or self.w.paused:
+            return None
+        if self.walking:
+            self._again = (f"{self._again[0]}+{reason}" if self._again else reason,
+                           recreate or (self._again[1] if self._again else False))
             return None
         t0 = time.perf_counter()
         if recreate:
             self.w.obs.recreate()
         raws, _, problems = self.w.obs.take()  # all before the walk: the walk covers them
-        t1 = time.perf_counter()
+        self.w.pipeline.hold()  # and what the pipeline held: the walk covers it too
+        self.walking = True
         walk_started = time.monotonic()
-        new = self._walk()
-        walk_ms = round((time.perf_counter() - t1) * 1000, 3)
-        summary = self.w.pipeline.resync(reason, new, self.w.index.entries if base is INDEX
-                                       else base, walk_ms=walk_ms)
-        summary["walk_ms"] = walk_ms
-        summary["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        self.last_resync = summary
-        self.resync_total += 1
-        for r in reason.split("+"):
-            self.resync_counts[r] += 1
+        roots = self.w.watches.observed_roots()
+        keep = self.w.watches.in_scope if any(w.exclude for w in self.w.watches) else None
+        ours = self.ours
+        # The told state as it is now (a copy: the walker diffs against it while the loop
+        # goes on; nothing is published meanwhile, so it is what subscribers were told).
+        told = dict(self.w.index.entries) if base is INDEX else base
+
+        def blocking() -> tuple[dict[str, Stat], float, list, Index, float]:
+            t1 = time.perf_counter()
+            out: dict[str, Stat] = {}
+            for path, recursive in roots.items():
+                snapshot.walk(path, keep, recursive, into=out, on_loop=False)
+            for p in [p for p in out if ours(p)]:
+                del out[p]
+            t2 = time.perf_counter()
+            changes = snapshot.diff(told, out) if told is not None else []
+            index = Index(out)
+            return out, (t2 - t1) * 1000, changes, index, (time.perf_counter() - t2) * 1000
+
+        def finish(got: tuple[dict[str, Stat], float, list, Index, float]) -> dict[str, Any]:
+            # (the diff and the new index were made on the walker: here only publishing)
+            new, walk_ms, changes, index, diff_ms = got
+            summary = self.w.pipeline.resync(reason, new, told, changes=changes,
+                                             index=index, walk_ms=round(walk_ms, 3))
+            summary["publish_ms"] = summary["diff_ms"]  # the pipeline's part: publishing
+            summary["diff_ms"] = round(diff_ms, 3)
+            summary["walk_ms"] = round(walk_ms, 3)
+            summary["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            self.last_resync = summary
+            self.resync_total += 1
+            for r in reason.split("+"):
+                self.resync_counts[r] += 1
+            logger.info("watcher: resync {}", summary)
+            self._walk_done()
+            for s in self.w.cookies.covered(walk_started):
+                s.done(s)
+            after, self._after_resync = self._after_resync, []
+            for fn in after:
+                fn()
+            cookies = [r for r in raws if COOKIE in r[1] or (r[2] and COOKIE in r[2])]
+            if cookies:
+                self.w.pipeline.feed(cookies)
+            for kind, detail in problems:
+                if kind == "enospc":
+                    self._on_problem(kind, detail)
+            return summary
+
+        def failed(job: Job) -> None:
+            if job.error is not None:
+                logger.opt(exception=job.error).error("watcher: resync walk failed")
+                self._walk_done()
+                self.request_resync(reason)
+
+        try:
+            job = self.w.walker.submit(blocking, finish)
+        except MoorageError:  # the walker's queue is full: try again after a back-off
+            self._walk_done()
+            self.request_resync(reason, recreate)
+            return None
+        job.then(failed)
+        return {"reason": reason, "walking": True}
+
+    def _walk_done(self) -> None:
+        self.walking = False
         self.resyncs.done()
-        logger.info("watcher: resync {}", summary)
-        for s in self.w.cookies.covered(walk_started):
-            s.done(s)
-        after, self._after_resync = self._after_resync, []
-        for fn in after:
-            fn()
-        cookies = [r for r in raws if COOKIE in r[1] or (r[2] and COOKIE in r[2])]
-        if cookies:
-            self.w.pipeline.feed(cookies)
-        for kind, detail in problems:
-            if kind == "enospc":
-                self._on_problem(kind, detail)
-        return summary
+        self.w.loop.call_later(0, self.drain)  # what waited for the walk
+        if self._again is not None:
+            reason, recreate = self._again
+            self._again = None
+            self.request_resync(reason, recreate)
 
     # --- cookies: fs.sync and the health check --------------------------------------------
 
@@ -190,7 +265,7 @@ class Driving:
         s = self.w.cookies.seen(path, etype)
         if s is None:
             return
-        if self.resyncs.pending:
+        if self.resyncs.pending or self.walking:
             self._after_resync.append(lambda: s.done(s))  # the diff must go out first
         else:
             s.done(s)

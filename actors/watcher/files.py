@@ -6,8 +6,14 @@ moved during the read (a writer was busy) the read is torn, and retried as a tra
 so no caller gets half of one version and half of another. A read that still fails after the
 retries, while an earlier copy is cached, answers that copy with `stale: true` (the seed's
 "cache previous"). Reads over `max_read` bytes are refused with `file_too_large`: page them.
+A FIFO, device or socket is refused (`bad_args`, naming it) before it is opened; a file that
+reports no size (procfs) is read to its end within `max_read`, and a file whose contents are
+not its reported size (procfs, sysfs) is never cached: its stat key does not move with them.
 
-Writes happen under a descriptor of the parent directory (no path re-resolution between the
+Writes run on the `offload` workers (fsync waits for the disk), one at a time per file; a
+FIFO, device or socket is refused by its stat before anything opens it, and the open itself
+is O_NONBLOCK (a FIFO swapped in meanwhile fails it instead of waiting for a reader). Writes
+happen under a descriptor of the parent directory (no path re-resolution between the
 check and the write). `atomic` writes a temporary file beside the target, fsyncs it, renames
 it over the target and fsyncs the directory, so a reader sees the old or the new file, never a
 mix. `if_match` is the etag the caller last saw ("" = must not exist): anything else is a
@@ -31,10 +37,36 @@ from moorage.actors.runtime import Attached
 from moorage.actors.watcher.cache import FileCache, StatKey, etag, stat_info, stat_key
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.retry import Attempts, Pending, RetryPolicy, Schedule, os_error
-from moorage.protocol.errors import fail
+from moorage.actors.watcher.workers import Job
+from moorage.protocol.errors import MoorageError, fail
 
 TMP_MARK = ".moorage-"
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
+_SPECIAL = {stat_mod.S_IFIFO: "fifo", stat_mod.S_IFCHR: "character device",
+            stat_mod.S_IFBLK: "block device", stat_mod.S_IFSOCK: "socket"}
+READ_CHUNK = 1 << 16
+# Hands a blocking function to a worker and its bookkeeping back to the loop
+# (moorage.actors.watcher.workers.Workers.submit).
+Offload = Callable[[Callable[[], Any], Callable[[Any], Any]], Job]
+
+
+def special_file(mode: int, path: str, verb: str) -> MoorageError:
+    """The error for a FIFO, device or socket: opening one can wait forever (a FIFO with no
+    reader) or act on hardware, so it is refused before anything is opened."""
+    kind = _SPECIAL.get(stat_mod.S_IFMT(mode), "special file")
+    return fail("bad_args", f"{path}: a {kind}, not a regular file; not {verb}",
+                detail={"path": path, "type": kind})
+
+
+def refuse_special(real: str, path: str, verb: str) -> None:
+    """`special_file` when `real` is one now (an lstat never blocks); anything else, and a
+    path that does not exist, goes on to the attempt, which classifies its own errors."""
+    try:
+        mode = os.lstat(real).st_mode
+    except OSError:
+        return
+    if stat_mod.S_IFMT(mode) in _SPECIAL:
+        raise special_file(mode, path, verb)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -55,6 +87,9 @@ class FileService:
         max_read: int = 16 << 20,
         max_list: int = 50_000,
         on_self_write: Callable[[str, StatKey | None], None] | None = None,
+        offload: Offload | None = None,
+        max_queued_writes: int = 32,
+        max_write_bytes: int = 256 << 20,
     ) -> None:
         self.roots = roots
         self.cache = cache
@@ -63,6 +98,14 @@ class FileService:
         self.max_read = max_read
         self.max_list = max_list
         self.on_self_write = on_self_write or (lambda _path, _key: None)
+        self.offload = offload  # None: the syscalls run inline (in-process tests, perf)
+        # Files being written -> the writes waiting for them (started in order).
+        self._writing: dict[str, list[Callable[[], None]]] = {}
+        self.max_queued_writes = max_queued_writes
+        # Bytes of accepted writes not yet done: past `max_write_bytes`, busy (one write is
+        # always taken, whatever its size, when none is under way).
+        self.max_write_bytes = max_write_bytes
+        self.write_bytes = 0
         self.reader: Callable[[str, int, int | None], tuple[bytes, os.stat_result]] = \
             self.read_file
         self.stat: Callable[[str], os.stat_result] = os.stat
@@ -93,11 +136,14 @@ class FileService:
             raise fail("bad_args", "offset and length must be >= 0")
         absolute = self.roots.absolute(path)
         real = self.roots.resolve_fast(absolute)
+        refuse_special(real, path, "read")
         self.cache.misses += 1
 
         def attempt() -> Attached:
             data, st = self.reader(real, offset, length)
-            if offset == 0 and (length is None or length >= st.st_size):
+            # Only a whole file whose size is what the kernel says: a procfs or sysfs file
+            # (size 0 or 4096 whatever it holds) keeps its stat key when its content changes.
+            if offset == 0 and len(data) == st.st_size:
                 self.cache.put(absolute, real, st, data)
             return self.answer(data, stat_info(st), offset, length, whole=False)
 
@@ -122,7 +168,13 @@ class FileService:
             if stat_mod.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(21, "Is a directory", real)
             if not stat_mod.S_ISREG(st.st_mode):
-                raise fail("bad_args", f"{real}: not a regular file")
+                raise special_file(st.st_mode, real, "read")
+            if st.st_size == 0:  # empty, or a pseudo file that tells no size (procfs)
+                data = self._read_to_eof(fd, real, offset, length)
+                after = os.fstat(fd)
+                if stat_key(after) != stat_key(st):
+                    raise BlockingIOError(11, "changed during the read (torn); retrying", real)
+                return data, after
             end = st.st_size if length is None else min(st.st_size, offset + length)
             n = max(0, end - offset)
             if n > self.max_read:
@@ -141,6 +193,22 @@ class FileService:
         finally:
             os.close(fd)
 
+    def _read_to_eof(self, fd: int, real: str, offset: int, length: int | None) -> bytes:
+        """Read from `offset` to the end (or `length`), never more than `max_read`."""
+        want = self.max_read + 1 if length is None else min(length, self.max_read + 1)
+        parts: list[bytes] = []
+        got = 0
+        while got < want:
+            more = os.pread(fd, min(READ_CHUNK, want - got), offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        if got > self.max_read:
+            raise fail("file_too_large", f"{real}: over {self.max_read} bytes; page it with "
+                       "offset/length", detail={"size": None, "max_read": self.max_read})
+        return b"".join(parts)
+
     # --- writing ------------------------------------------------------------------------
 
     def write(self, path: str, data: bytes, atomic: bool = True,
@@ -149,13 +217,71 @@ class FileService:
         real = self.roots.resolve_fast(absolute)
         if real in self.roots.roots:
             raise fail("is_directory", f"{path}: is a root directory")
-        return Attempts(self.policy,
-                        lambda: self._write_once(path, absolute, real, data, atomic, if_match),
-                        self.schedule, path).run()
+        waiting = self._writing.get(real)
+        if waiting is not None and len(waiting) >= self.max_queued_writes:
+            raise fail("busy", f"{path}: {len(waiting)} writes already wait for this file",
+                       retry_after_ms=50, detail={"path": path, "waiting": len(waiting)})
+        if self.write_bytes and self.write_bytes + len(data) > self.max_write_bytes:
+            raise fail("busy", f"{path}: {self.write_bytes} bytes of writes under way",
+                       retry_after_ms=50, detail={"path": path, "bytes": self.write_bytes})
+        self.write_bytes += len(data)
+        out = Pending()
 
-    def _write_once(self, path: str, absolute: str, real: str, data: bytes, atomic: bool,
-                    if_match: str | None) -> dict[str, Any]:
+        def settled(done: Pending) -> None:
+            self.write_bytes -= len(data)
+            out.resolve(done.value, done.error)
+            self._next_write(real)
+
+        def start() -> None:
+            Attempts(self.policy,
+                     lambda: self._write_attempt(path, absolute, real, data, atomic, if_match),
+                     self.schedule, path).run().then(settled)
+
+        # One write at a time per file, in arrival order: two on the worker threads at
+        # once could both pass one if_match (check, then write), where one must conflict.
+        if waiting is None:
+            self._writing[real] = []
+            start()
+        else:
+            waiting.append(start)
+        return out
+
+    def _next_write(self, real: str) -> None:
+        waiting = self._writing.get(real)
+        if waiting:
+            waiting.pop(0)()
+        else:
+            self._writing.pop(real, None)
+
+    def _write_attempt(self, path: str, absolute: str, real: str, data: bytes,
+                       atomic: bool, if_match: str | None) -> Any:
+        """One try: the syscalls on a worker (`offload`), the bookkeeping back here."""
         parent, name = os.path.split(real)
+        tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp" if atomic else None
+        # The events the write causes may come through the pipeline before the worker is
+        # back: until then any event on these paths is ours (key None).
+        if tmp is not None:
+            self.on_self_write(os.path.join(parent, tmp), None)
+        self.on_self_write(real, None)
+
+        def blocking() -> tuple[os.stat_result, dict[str, Any]]:
+            st = self._write_once(path, parent, name, data, tmp, if_match)
+            return st, stat_info(st)  # (made here: the worker has the time, the loop not)
+
+        def finish(got: tuple[os.stat_result, dict[str, Any]]) -> dict[str, Any]:
+            st, info = got
+            self.cache.put(absolute, real, st, data, info)
+            self.on_self_write(real, stat_key(st))
+            return {"path": real, "stat": info, "bytes": len(data), "atomic": atomic}
+
+        if self.offload is None:
+            return finish(blocking())
+        return self.offload(blocking, finish)
+
+    def _write_once(self, path: str, parent: str, name: str, data: bytes, tmp: str | None,
+                    if_match: str | None) -> os.stat_result:
+        """The write itself (on a worker thread: it may wait for the disk); touches nothing
+        but the file system."""
         dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             self.roots.check_fd(dfd, path)
@@ -164,40 +290,41 @@ class FileService:
             except FileNotFoundError:
                 cur = None
             if cur is not None and stat_mod.S_ISDIR(cur.st_mode):
-                raise IsADirectoryError(21, "Is a directory", real)
+                raise IsADirectoryError(21, "Is a directory", os.path.join(parent, name))
             if cur is not None and stat_mod.S_ISLNK(cur.st_mode):
                 raise fail("forbidden", f"{path}: became a symlink after it was resolved")
+            if cur is not None and not stat_mod.S_ISREG(cur.st_mode):
+                raise special_file(cur.st_mode, path, "written")
             if if_match is not None:
                 have = etag(stat_key(cur)) if cur is not None else ""
                 if have != if_match:
                     raise fail("conflict", f"{path}: changed since the caller saw it",
                                detail={"current": have, "if_match": if_match})
             mode = stat_mod.S_IMODE(cur.st_mode) if cur is not None else 0o644
-            if atomic:
-                self._replace(dfd, parent, name, data, mode)
-            else:
-                # Overwrite, then cut what is left over: truncating to zero first would make
-                # ext4 flush the file on close (its replace-via-truncate heuristic).
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                             mode, dir_fd=dfd)
-                try:
-                    _write_all(fd, data)
-                    if cur is not None and cur.st_size > len(data):
-                        os.ftruncate(fd, len(data))
-                    st = os.fstat(fd)
-                finally:
-                    os.close(fd)
-            if atomic:  # the rename changed the inode's ctime: stat it where it now is
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if tmp is not None:
+                self._replace(dfd, tmp, name, data, mode)
+                # the rename changed the inode's ctime: stat it where it now is
+                return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            # Overwrite, then cut what is left over: truncating to zero first would make
+            # ext4 flush the file on close (its replace-via-truncate heuristic). O_NONBLOCK:
+            # a FIFO swapped in since the check above fails the open instead of waiting.
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK, mode, dir_fd=dfd)
+            try:
+                st = os.fstat(fd)
+                if not stat_mod.S_ISREG(st.st_mode):
+                    raise special_file(st.st_mode, path, "written")
+                _write_all(fd, data)
+                if cur is not None and cur.st_size > len(data):
+                    os.ftruncate(fd, len(data))
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
         finally:
             os.close(dfd)
-        self.cache.put(absolute, real, st, data)
-        self.on_self_write(real, stat_key(st))
-        return {"path": real, "stat": stat_info(st), "bytes": len(data), "atomic": atomic}
 
-    def _replace(self, dfd: int, parent: str, name: str, data: bytes, mode: int) -> None:
-        tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp"
-        self.on_self_write(os.path.join(parent, tmp), None)
+    @staticmethod
+    def _replace(dfd: int, tmp: str, name: str, data: bytes, mode: int) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                      0o600, dir_fd=dfd)
         try:

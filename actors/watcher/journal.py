@@ -10,8 +10,11 @@ A clock is (instance, epoch, seq), Watchman's idea with an explicit epoch:
 Ticks count events, not time, so `since` has no race with the clock of the machine.
 
 Events are journaled before they are published: anything a subscriber can have seen is in
-the journal (while retained). The journal is bounded by count; a clock older than what it
-retains also gets `fresh_instance` (Watchman's rule after a GC prune).
+the journal (while retained). In memory a clock is a tuple (it packs as the same array): a
+tuple of scalars leaves the garbage collector's tracking at its first pass, and the event
+holding it at the next full one, so retained events stop costing the collector anything.
+The journal is bounded by count; a clock older than what it retains also gets
+`fresh_instance` (Watchman's rule after a GC prune).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class Journal:
     def append(self, ev: dict[str, Any]) -> dict[str, Any]:
         """Stamp `ev` with the next clock and keep it (the same dict is then published)."""
         self.seq += 1
-        ev["clock"] = [self.instance, self.epoch, self.seq]
+        ev["clock"] = (self.instance, self.epoch, self.seq)
         self.events.append(ev)
         return ev
 
@@ -68,9 +71,15 @@ class Journal:
         inst, epoch, seq = self.instance, self.epoch, self.seq
         for ev in evs:
             seq += 1
-            ev["clock"] = [inst, epoch, seq]
+            ev["clock"] = (inst, epoch, seq)
         self.seq = seq
         self.events.extend(evs)  # a bounded deque: the oldest fall out
+
+    def commit(self, evs: list[dict[str, Any]], seq: int) -> None:
+        """Keep `evs`, already stamped by the caller with the clocks after `self.seq` up to
+        `seq` (the pipeline stamps while it builds them: one pass instead of two)."""
+        self.seq = seq
+        self.events.extend(evs)
 
     @property
     def first_seq(self) -> int:
@@ -89,7 +98,7 @@ class Journal:
         start = clock.seq + 1 - self.first_seq  # index in the deque
         out = list(islice(self.events, start, start + max_events))
         more = bool(out) and out[-1]["clock"][2] < self.seq
-        last = out[-1]["clock"] if out else now
+        last = list(out[-1]["clock"]) if out else now
         return {"fresh_instance": False, "clock": last if more else now, "events": out,
                 "more": more}
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ from moorage.actors.watcher.guarded import (
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
     DirMovedEvent, FileModifiedEvent, FileAttribEvent]
+EVENT_KINDS = tuple(EVENT_FILTER)
+_monotonic = time.monotonic
 Raw = tuple[str, str, str, bool]  # (watchdog event type, src, dest, is_dir)
 
 
@@ -75,8 +78,22 @@ class _Handler(FileSystemEventHandler):
 class Root:
     path: str
     recursive: bool
-    via: str  # "inotify" | "polling" | "missing"
+    via: str  # "inotify" | "polling" | "missing" | "placing" (its watch is being placed)
     watch: ObservedWatch | None = None
+
+
+class _Stale(Exception):
+    """A placement that began before the observers were stopped."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What `ObserverManager.place` did: the observer that took the root (or "missing"),
+    its watch, and a warning when inotify had no room."""
+
+    via: str
+    watch: ObservedWatch | None
+    warning: str | None
 
 
 class ObserverManager:
@@ -101,6 +118,12 @@ class ObserverManager:
         self.overflowed = False
         self.problems: list[tuple[str, str]] = []
         self._wake_pending = False
+        # When the oldest event in the buffer arrived, and (for the caller of `take`) in
+        # what it took: the settle window counts from there, not from the loop's turn.
+        self.first_at = 0.0
+        self.taken_first_at = 0.0
+        self._create_lock = threading.Lock()
+        self.generation = 0  # counts stop(): a placement from an older one is stale
         self.handler = _Handler(self)
         self.inotify: InotifyObserver | None = None
         self.polling: BaseObserver | None = None
@@ -124,6 +147,8 @@ class ObserverManager:
                 self.overflowed = True
                 self.dropped += 1
             else:
+                if not buf:
+                    self.first_at = _monotonic()
                 buf.append(raw)
                 if len(buf) > self.peak:
                     self.peak = len(buf)
@@ -148,6 +173,7 @@ class ObserverManager:
         overflow flag, problems. Events left behind keep the wake-up pending: the caller
         takes them on its next turn (`backlog`), and no thread wakes it for them again."""
         with self._lock:
+            self.taken_first_at = self.first_at
             if limit is None or len(self.buffer) <= limit:
                 buf, self.buffer = self.buffer, []
             else:
@@ -162,39 +188,75 @@ class ObserverManager:
         """Events handed over and not yet taken."""
         return len(self.buffer)
 
-    def _observer(self, via: str) -> BaseObserver:
-        if via == "inotify":
-            if self.inotify is None:
-                self.inotify = InotifyObserver(
-                    guarded_emitter(self.report, self.wanted), 1.0)
-                self.inotify.start()
-            return self.inotify
-        if self.polling is None:
-            self.polling = PollingObserver(timeout=self.poll_interval)
-            self.polling.start()
-        return self.polling
+    @property
+    def waiting(self) -> bool:
+        """Something was handed over and not taken (events, an overflow, a problem)."""
+        return bool(self.buffer or self.overflowed or self.problems)
+
+    def _observer(self, via: str, generation: int | None = None) -> BaseObserver:
+        """The observer for `via`, started on first use. A placement on a worker passes the
+        generation it began in: once `stop` has run since, no observer is made for it."""
+        with self._create_lock:
+            if generation is not None and generation != self.generation:
+                raise _Stale
+            if via == "inotify":
+                if self.inotify is None:
+                    self.inotify = InotifyObserver(guarded_emitter(
+                        self.report, self.wanted, self.push, EVENT_KINDS), 1.0)
+                    self.inotify.start()
+                return self.inotify
+            if self.polling is None:
+                self.polling = PollingObserver(timeout=self.poll_interval)
+                self.polling.start()
+            return self.polling
+
+    def place(self, path: str, recursive: bool, via: str, generation: int | None = None
+              ) -> Placement:
+        """Observe `path` with `via` (falling back to polling when inotify has no room).
+        This is the slow part: watchdog walks the whole tree to add its inotify watches.
+        It touches only watchdog's observers (which lock for themselves), so it may run
+        on a worker thread (passing the `generation` it began in); `placed` records the
+        outcome on the loop."""
+        if not os.path.isdir(path):
+            return Placement("missing", None, None)
+        warning = None
+        try:
+            if via == "inotify":
+                try:
+                    watch = self._observer("inotify", generation).schedule(
+                        self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+                    return Placement("inotify", watch, None)
+                except OSError as exc:
+                    if exc.errno not in WATCH_LIMIT_ERRNOS:
+                        raise
+                    warning = f"inotify unavailable for {path} ({os.strerror(exc.errno)})"
+            watch = self._observer("polling", generation).schedule(
+                self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+        except _Stale:  # stopped meanwhile (quality 0, a recreate): nothing placed
+            return Placement("missing", None, None)
+        return Placement("polling", watch, warning)
+
+    def placed(self, root: Root, got: Placement, generation: int) -> str | None:
+        """Record a placement made off the loop; returns its warning. One that lost its
+        point meanwhile (the root was dropped or moved to polling, or the observers were
+        stopped or rebuilt: `recreate` placed the root again itself) is undone or ignored."""
+        if generation != self.generation:
+            return None
+        if self.roots.get(root.path) is not root or root.via != "placing":
+            # dropped, or moved to polling whole meanwhile (ENOSPC in too many subtrees)
+            self._unschedule(Root(root.path, root.recursive, got.via, got.watch))
+            return None
+        root.via, root.watch = got.via, got.watch
+        if got.via != "inotify":  # subtrees polled during the placement: polled whole now
+            self._drop_polled(root.path)
+        return got.warning
 
     def _schedule(self, root: Root, via: str) -> str | None:
-        """Observe `root` with `via`; returns a warning when it had to fall back."""
-        warning = None
-        if not os.path.isdir(root.path):
-            root.via, root.watch = "missing", None
-            return None
-        if via == "inotify":
-            try:
-                root.watch = self._observer("inotify").schedule(
-                    self.handler, root.path, recursive=root.recursive,
-                    event_filter=EVENT_FILTER)
-                root.via = "inotify"
-                return None
-            except OSError as exc:
-                if exc.errno not in WATCH_LIMIT_ERRNOS:
-                    raise
-                warning = f"inotify unavailable for {root.path} ({os.strerror(exc.errno)})"
-        root.watch = self._observer("polling").schedule(
-            self.handler, root.path, recursive=root.recursive, event_filter=EVENT_FILTER)
-        root.via = "polling"
-        return warning
+        """Observe `root` with `via` now, on the loop; returns a warning when it had to
+        fall back."""
+        got = self.place(root.path, root.recursive, via)
+        root.via, root.watch = got.via, got.watch
+        return got.warning
 
     def _unschedule(self, root: Root) -> None:
         obs = self.inotify if root.via == "inotify" else self.polling
@@ -206,18 +268,27 @@ class ObserverManager:
         root.watch = None
 
     def set_roots(self, wanted: dict[str, bool]) -> list[str]:
-        """Observe exactly `wanted` (path -> recursive); returns fallback warnings."""
+        """Observe exactly `wanted` (path -> recursive) now; returns fallback warnings."""
         warnings = []
+        for root in self.adopt_roots(wanted):
+            w = self._schedule(root, self.mode)
+            if w:
+                warnings.append(w)
+        return warnings
+
+    def adopt_roots(self, wanted: dict[str, bool]) -> list[Root]:
+        """Stop observing what `wanted` no longer has, and register its new roots as
+        "placing" (not observed yet, not synced by cookies); returns them, for `place`
+        (anywhere) and `placed` (on the loop)."""
         for path in [p for p, r in self.roots.items() if wanted.get(p) != r.recursive]:
             self._drop_polled(path)
             self._unschedule(self.roots.pop(path))
+        new = []
         for path, recursive in wanted.items():
             if path not in self.roots:
-                root = self.roots[path] = Root(path, recursive, "missing")
-                w = self._schedule(root, self.mode)
-                if w:
-                    warnings.append(w)
-        return warnings
+                root = self.roots[path] = Root(path, recursive, "placing")
+                new.append(root)
+        return new
 
     def to_polling(self, path: str) -> bool:
         root = self.roots.get(path)
@@ -235,7 +306,9 @@ class ObserverManager:
         nothing new to poll (already polled, gone, or not below an inotify root)."""
         rp = self.root_of(path)
         root = self.roots.get(rp) if rp is not None else None
-        if rp is None or root is None or root.via != "inotify" or not os.path.isdir(path):
+        # A root still being placed reports ENOSPC from inside its placement: inotify.
+        if rp is None or root is None or root.via not in ("inotify", "placing") \
+                or not os.path.isdir(path):
             return None
         if any(path == p or path.startswith(p + "/") for p in self.polled):
             return None
@@ -258,7 +331,7 @@ class ObserverManager:
     def sync_points(self) -> dict[str, str]:
         """Where fs.sync writes its cookies: every root and every polled subtree (path ->
         "inotify" | "polling" | "missing")."""
-        out = {p: r.via for p, r in self.roots.items()}
+        out = {p: "missing" if r.via == "placing" else r.via for p, r in self.roots.items()}
         out.update((p, "polling") for p in self.polled)
         return out
 
@@ -319,7 +392,11 @@ class ObserverManager:
         return out
 
     def stop(self) -> None:
-        for obs in (self.inotify, self.polling):
+        with self._create_lock:  # a placement under way makes no new observer after this
+            self.generation += 1
+            observers = (self.inotify, self.polling)
+            self.inotify = self.polling = None
+        for obs in observers:
             if obs is None:
                 continue
             try:
@@ -327,7 +404,6 @@ class ObserverManager:
                 obs.join(2.0)
             except Exception:
                 logger.exception("watcher: stopping an observer failed")
-        self.inotify = self.polling = None
         for root in (*self.roots.values(), *self.polled.values()):
             root.watch = None
 

@@ -21,12 +21,13 @@ big resync is several messages). An event is
 or a marker {clock, kind: resync_begin|resync_end|warning, reason, ...}.
 
 Nothing here touches sockets or the observer: `publish`, `before_publish` (the actor's
-write-ahead log of touched paths), `call_later`, `now` and `lstat` are injected, so the P10
-benchmark and the unit tests drive it in memory.
+write-ahead log, given the paths of each batch), `call_later`, `now` and `lstat` are
+injected, so the P10 benchmark and the unit tests drive it in memory.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -38,12 +39,29 @@ from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalesce
 from moorage.actors.watcher.cookies import COOKIE
 from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import Raw
-from moorage.actors.watcher.snapshot import UNKNOWN, Index, Stat, diff, is_dir
+from moorage.actors.watcher.snapshot import UNKNOWN, Index, Stat, diff, is_dir, shared
 from moorage.actors.watcher.watches import Watches
+
+# The collector's thresholds in the watcher's process (`tune_gc`, applied by the actor at
+# start and by the P10 benchmark). Every event the journal retains is a tracked dict until a
+# full collection, and a full collection walks the whole heap (the journal, the index, the
+# retained messages): with the default third threshold (10) one ran every few thousand
+# events and took about half of the pipeline's time. Raised, a full collection runs after a
+# thousand second-generation ones; the pipeline makes no reference cycles for it to find.
+GC_THRESHOLDS = (700, 10, 1000)
+
+
+def tune_gc() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 _KIND = {"created": CREATED, "deleted": DELETED, "modified": MODIFIED, "attrib": MODIFIED}
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 SELF_WRITE_TTL = 10.0
+# The loop's timers have a resolution of 1 ms and fire at the next whole millisecond: the
+# settle window asks for one less, so it closes `settle_s` after its first event at the
+# latest, instead of up to a millisecond after.
+TIMER_SLACK_S = 0.001
 
 
 class Pipeline:
@@ -58,7 +76,7 @@ class Pipeline:
         settle_s: float = 0.02,
         cache: FileCache | None = None,
         on_cookie: Callable[[str, str], None] | None = None,
-        before_publish: Callable[[list[dict[str, Any]]], None] | None = None,
+        before_publish: Callable[[list[str]], None] | None = None,
         chunk: int = 1000,
         ignore: tuple[str, ...] = (),
         now: Callable[[], float] = time.monotonic,
@@ -80,6 +98,10 @@ class Pipeline:
         self.now = now
         self.lstat = lstat
         self.coalescer = Coalescer()
+        # Set by the actor: `pull` takes what the observer holds into the window as it
+        # closes, `after_flush` sees to what is left once a flush closed it.
+        self.pull: Callable[[], None] | None = None
+        self.after_flush: Callable[[], None] | None = None
         self.self_writes: dict[str, tuple[StatKey | None, float]] = {}
         self._timer: Any = None
         self.last_flush = -1e9
@@ -101,9 +123,15 @@ class Pipeline:
 
     # --- live events ------------------------------------------------------------------
 
-    def feed(self, raws: list[Raw]) -> None:
+    def feed(self, raws: list[Raw], arrived: float | None = None) -> None:
+        """`raws` in arrival order; `arrived` is when the first of them reached the observer
+        (the settle window opens then; None: now)."""
+        # The hot path of P10: the coalescer's first event for a path (the common case) is
+        # inlined; its rules (Coalescer.add) run only when a path changes again.
         add = self.coalescer.add
-        cache = self.cache
+        pending = self.coalescer.pending
+        kinds = _KIND
+        cache = self.cache if self.cache is not None and self.cache.entries else None
         ignore = self.ignore
         self.fed += len(raws)
         for etype, src, dest, d in raws:
@@ -111,35 +139,53 @@ class Pipeline:
                 continue
             if COOKIE in src or (dest and COOKIE in dest):
                 self.flush()
+                pending = self.coalescer.pending  # the flush took the old window
                 self.on_cookie(dest or src, etype)
                 continue
-            if etype == "moved":
+            kind = kinds.get(etype)
+            if kind is not None:
+                if src in pending:
+                    add(src, kind, d)
+                else:
+                    pending[src] = [kind, d, None]
+                if cache is not None:
+                    if d and kind == DELETED:
+                        cache.invalidate_tree(src)
+                    else:
+                        cache.changed(src)
+            elif etype == "moved":
                 add(src, DELETED, d, dest)
                 add(dest, CREATED, d, src)
-                if cache is not None and cache.entries:
+                if cache is not None:
                     if d:
                         cache.invalidate_tree(src)
                     cache.changed(src)
                     cache.changed(dest)
-                continue
-            kind = _KIND.get(etype)
-            if kind is None:
-                continue
-            add(src, kind, d)
-            if cache is not None and cache.entries:
-                if d and kind == DELETED:
-                    cache.invalidate_tree(src)
-                else:
-                    cache.changed(src)
         if not self.coalescer.pending and not self.coalescer.cancelled:
             return
         if self.settle_s <= 0:
             self.flush()
         elif self._timer is None:  # the window opens with its first event, never slides
-            self._timer = self.call_later(self.settle_s, self._on_timer)
+            waited = 0.0 if arrived is None else max(0.0, self.now() - arrived)
+            self._timer = self.call_later(max(0.0, self.settle_s - waited - TIMER_SLACK_S),
+                                          self._on_timer)
+
+    def hold(self) -> None:
+        """Drop what is pending without publishing it (a resync's walk starts: it covers
+        all of it), and close the window."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.coalescer.clear()
+
+    @property
+    def window_open(self) -> bool:
+        return self._timer is not None
 
     def _on_timer(self) -> None:
         self._timer = None
+        if self.pull is not None:
+            self.pull()
         self.flush()
 
     def flush(self) -> int:
@@ -148,12 +194,14 @@ class Pipeline:
             self._timer.cancel()
             self._timer = None
         self.last_flush = self.now()
+        if self.after_flush is not None:
+            self.after_flush()  # (it only schedules: nothing runs inside this flush)
         cancelled = self.coalescer.take_cancelled()
         items = self.coalescer.take()
         if not items and not cancelled:
             return 0
-        # The hot path of P10: `Watches.matching`'s per-directory memo and `Index.set` are
-        # inlined here, sharing one split of the path.
+        # The hot path of P10: `Watches.matching`'s per-directory memo, `Index.set` and the
+        # journal's stamping are inlined here, sharing one split of the path and one pass.
         watches = self.watches
         matching = watches.matching
         by_dir = None if watches.has_excludes else watches.by_dir
@@ -162,23 +210,34 @@ class Pipeline:
         remove = self.index.remove
         lstat = self.lstat
         mine = self.self_writes
+        types = _TYPES
+        journal = self.journal
+        inst, epoch, seq = journal.instance, journal.epoch, journal.seq
         out: list[dict[str, Any]] = []
+        paths: list[str] = []
+        mode_key = dev_key = mode = dev = -1
         if cancelled:
             self._told_gone(cancelled, items, out)
+            for ev in out:
+                seq += 1
+                ev["clock"] = (inst, epoch, seq)
+                paths.append(ev["path"])
         for path, (kind, d, hint) in items.items():
-            parent, _, name = path.rpartition("/")
+            parent = path.rpartition("/")[0]
             ids = by_dir.get(parent) if by_dir is not None else None
             if ids is None:
                 ids = matching(path)
             if not ids:
                 continue
+            seq += 1
             if kind == DELETED:
                 ev: dict[str, Any] = {"kind": kind, "path": path,
                                       "type": "dir" if d else "file", "origin": "external",
-                                      "watches": ids}
+                                      "watches": ids, "clock": (inst, epoch, seq)}
                 if hint:
                     ev["moved_to"] = hint
                 out.append(ev)
+                paths.append(path)
                 remove(path)
                 if mine and path in mine and mine[path][0] is None:
                     ev["origin"] = "self"
@@ -187,19 +246,26 @@ class Pipeline:
                 st = lstat(path)
             except OSError:
                 ev = {"kind": kind, "path": path, "type": "dir" if d else "file",
-                      "origin": "external", "watches": ids}
+                      "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
                 s: Stat = UNKNOWN  # gone again already: its deletion follows
             else:
-                mode = st.st_mode
+                if st.st_mode != mode_key:  # the shared int objects (snapshot.shared)
+                    mode_key = st.st_mode
+                    mode = shared(mode_key)
+                if st.st_dev != dev_key:
+                    dev_key = st.st_dev
+                    dev = shared(dev_key)
                 fmt = mode & 0o170000
+                size, mtime = st.st_size, st.st_mtime_ns
                 if fmt == 0o040000:
-                    s = (st.st_dev, st.st_ino, 0, 0, 0, mode)
+                    s = (dev, st.st_ino, 0, 0, 0, mode)
                 else:
-                    s = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                    ctime = st.st_ctime_ns
+                    s = (dev, st.st_ino, size, mtime, mtime if ctime == mtime else ctime,
                          mode)
-                ev = {"kind": kind, "path": path, "type": _TYPES.get(fmt, "other"),
-                      "origin": "external", "watches": ids, "size": st.st_size,
-                      "mtime_ns": st.st_mtime_ns}
+                ev = {"kind": kind, "path": path, "type": types.get(fmt, "other"),
+                      "origin": "external", "watches": ids, "size": size,
+                      "mtime_ns": mtime, "clock": (inst, epoch, seq)}
                 if mine and path in mine:
                     key = mine[path][0]
                     if key is None or key == s[:5]:
@@ -207,15 +273,18 @@ class Pipeline:
             if hint:
                 ev["moved_from"] = hint
             out.append(ev)
+            paths.append(path)
             if path not in entries:
                 kids = children.get(parent)
                 if kids is None:
-                    children[parent] = {name}
+                    children[parent] = {path}
                 else:
-                    kids.add(name)
+                    kids.add(path)
             entries[path] = s
-        self.journal.extend(out)
-        self._send(out)
+        if not out:
+            return 0
+        journal.commit(out, seq)
+        self._send(out, paths)
         return len(out)
 
     def _told_gone(self, cancelled: dict[str, bool], items: dict[str, list],
@@ -238,11 +307,12 @@ class Pipeline:
             self.index.remove(path)
             self.told_deletes += 1
 
-    def _send(self, events: list[dict[str, Any]]) -> None:
+    def _send(self, events: list[dict[str, Any]], paths: list[str] | None = None) -> None:
         if not events:
             return
-        if self.before_publish is not None:
-            self.before_publish(events)  # the write-ahead log: before anyone can see them
+        if self.before_publish is not None:  # the write-ahead log: before anyone can see them
+            self.before_publish(paths if paths is not None else
+                                [e["path"] for e in events if "path" in e])
         n = self.chunk
         for i in range(0, len(events), n):
             self.publish({"events": events[i:i + n]})
@@ -259,10 +329,12 @@ class Pipeline:
     # --- resync -------------------------------------------------------------------------
 
     def resync(self, reason: str, new: dict[str, Stat], base: Mapping[str, Stat] | None,
-               **detail: Any) -> dict[str, Any]:
+               *, changes: list[tuple[str, str, bool]] | None = None,
+               index: Index | None = None, **detail: Any) -> dict[str, Any]:
         """Publish the difference between `base` (what subscribers were told; None: nothing
         comparable, a fresh start) and `new` (the walk), framed by resync markers; the index
-        becomes `new`. What was pending in the coalescer is covered by the walk."""
+        becomes `new`. What was pending in the coalescer is covered by the walk. `changes`
+        (the diff) and `index` (built from `new`) may come made already, off the loop."""
         t0 = time.perf_counter()
         self.coalescer.clear()
         epoch = self.journal.new_epoch()
@@ -271,7 +343,8 @@ class Pipeline:
         mine = self.self_writes
         events = [append({"kind": "resync_begin", "reason": reason, "epoch": epoch,
                           "fresh": base is None, **detail})]
-        changes = diff(base, new) if base is not None else []
+        if changes is None:
+            changes = diff(base, new) if base is not None else []
         cache = self.cache
         for n, (kind, path, d) in enumerate(changes):
             if not n & 1023:
@@ -293,7 +366,10 @@ class Pipeline:
             if cache is not None and cache.entries:
                 cache.changed(path)
         n = len(events) - 1
-        self.index.replace(new)
+        if index is not None:
+            self.index.take(index)
+        else:
+            self.index.replace(new)
         took = round((time.perf_counter() - t0) * 1000, 3)
         events.append(append({"kind": "resync_end", "reason": reason, "epoch": epoch,
                               "changes": n, "fresh": base is None, "entries": len(new)}))

@@ -10,7 +10,10 @@ Unknown errnos are answered as `io_error` without retrying (the seed retries onl
 
 The actor has one thread, so a back-off must not sleep: `Attempts` runs the first try inline
 and schedules later ones through an injected `schedule(delay, fn)` (the loop's `call_later`;
-tests pass one that records the delays and runs at once). The outcome lands in a `Pending`.
+tests pass one that records the delays and runs at once). A try that may block hands its
+syscalls to a worker and returns the worker's `Job` (moorage.actors.watcher.workers): its
+outcome is classified the same way once it is back on the loop. The outcome lands in a
+`Pending`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import Category, MoorageError, Severity, WireError, fail
 from moorage.protocol.recovery import Backoff, recovery_for
 
@@ -150,32 +154,50 @@ class Attempts:
         self.path = path
         self.exhausted = exhausted
         self.tries = 0
+        self.immediate = 0  # EINTR retries so far (bounded by max_immediate)
         self.delays: list[float] = []
         self.pending = Pending()
 
     def run(self) -> Pending:
-        immediate = 0
-        while True:
-            self.tries += 1
-            try:
-                self.pending.resolve(self.attempt())
-                return self.pending
-            except MoorageError as exc:
-                self.pending.resolve(error=exc)
-                return self.pending
-            except OSError as exc:
-                verdict, _ = classify(exc)
-                if verdict is Verdict.RETRY_NOW and immediate < self.policy.max_immediate:
-                    immediate += 1
-                    continue
-                retry = len(self.delays)
-                if verdict is Verdict.TRANSIENT and retry < self.policy.retries:
-                    delay = self.policy.backoff.delay(retry)
-                    self.delays.append(delay)
-                    self.schedule(delay, self.run)
-                    return self.pending
-                self._give_up(exc)
-                return self.pending
+        while self._outcome(self._try_once) == "again":
+            pass
+        return self.pending
+
+    def _try_once(self) -> Any:
+        self.tries += 1
+        return self.attempt()
+
+    def _resume(self, job: Job) -> None:
+        """An attempt that ran on a worker (`attempt` returned its Job) has settled."""
+        if self._outcome(job.result) == "again":
+            self.run()
+
+    def _outcome(self, step: Callable[[], Any]) -> str:
+        """Run `step` (a try, or the result of one a worker ran) and act on what it gave:
+        "done", "later" (a back-off or a worker is on it), or "again" (EINTR: at once)."""
+        try:
+            value = step()
+        except MoorageError as exc:
+            self.pending.resolve(error=exc)
+            return "done"
+        except OSError as exc:
+            verdict, _ = classify(exc)
+            if verdict is Verdict.RETRY_NOW and self.immediate < self.policy.max_immediate:
+                self.immediate += 1
+                return "again"
+            retry = len(self.delays)
+            if verdict is Verdict.TRANSIENT and retry < self.policy.retries:
+                delay = self.policy.backoff.delay(retry)
+                self.delays.append(delay)
+                self.schedule(delay, self.run)
+                return "later"
+            self._give_up(exc)
+            return "done"
+        if isinstance(value, Job):
+            value.then(self._resume)
+            return "later"
+        self.pending.resolve(value)
+        return "done"
 
     def _give_up(self, exc: OSError) -> None:
         verdict, _ = classify(exc)

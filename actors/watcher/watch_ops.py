@@ -3,6 +3,13 @@ table of arguments, replies and errors).
 
 A component of WatcherActor (actor.py), next to driving.py: these ops change what is observed
 and ask the driving side for cookies; they never touch the observer's threads directly.
+
+A new watch is placed off the loop (`_place`): watchdog adds its inotify watches by walking
+the whole tree, and the walk that is the watch's base reads every entry, which for /usr
+(150,000 entries) takes seconds. Both run on the walker thread while the loop serves
+requests (sys.ping included) and events; the reply waits until both are done, and the same
+fs.watch asked again meanwhile (a resend after a timeout, another client) waits for the same
+placement. A path on a pseudo file system (procfs, sysfs...: no inotify events) is refused.
 """
 
 from __future__ import annotations
@@ -11,13 +18,22 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from loguru import logger
+
 from moorage.actors.runtime import DEFERRED, Call, op
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import Sync
 from moorage.actors.watcher.journal import Clock
-from moorage.actors.watcher.observer import ObserverManager
+from moorage.actors.watcher.mounts import pseudo_refusal
+from moorage.actors.watcher.observer import ObserverManager, Placement
 from moorage.actors.watcher.retry import os_error
-from moorage.protocol.errors import WireError, fail
+from moorage.actors.watcher.snapshot import Index, Stat
+from moorage.actors.watcher.watches import Watch
+from moorage.actors.watcher.workers import Job
+from moorage.protocol.errors import Category, MoorageError, WireError, fail
+
+# Index entries merged (after a new watch's walk) or dropped (after fs.unwatch) per turn.
+MERGE_SLICE = 20_000
 
 if TYPE_CHECKING:
     from moorage.actors.watcher.driving import WatcherHost
@@ -29,6 +45,10 @@ class WatchOps:
     def __init__(self, w: WatcherHost) -> None:
         self.w = w
         self.syncs_answered = 0
+        # Watches being placed, by (real path, recursive, exclude): the same fs.watch asked
+        # again meanwhile (a client's resend) joins the placement instead of starting anew.
+        self.placing: dict[tuple[str, bool, tuple[str, ...]], Job] = {}
+        self.joined = 0
 
     def _need_watching(self) -> ObserverManager:
         if self.w.obs is None:
@@ -40,9 +60,9 @@ class WatchOps:
         return self.w.obs
 
     @op("fs.watch", args={"path": str, "recursive": (bool, True), "exclude": (list, None)},
-        idempotent=True, timeout_ms=30_000)
+        idempotent=True, timeout_ms=120_000)
     def _op_watch(self, call: Call, path: str, recursive: bool,
-                  exclude: list | None) -> dict[str, Any]:
+                  exclude: list | None) -> Any:
         """Watch a directory; events for it are published on fs.event."""
         obs = self._need_watching()
         real = self.w.roots.resolve_fast(path)
@@ -52,47 +72,157 @@ class WatchOps:
                 raise NotADirectoryError(20, "Not a directory", real)
         except OSError as exc:
             raise os_error(exc, path) from exc
+        refusal = pseudo_refusal(real, path)
+        if refusal is not None:
+            raise refusal
         excl = tuple(exclude or ())
-        w = self.w.watches.find(real, recursive, excl)
-        if w is None:
-            before = list(self.w.watches)
-            w = self.w.watches.add(real, recursive, excl)
-            try:
-                warnings = obs.set_roots(self.w.watches.observed_roots())
-                if any(o.exclude for o in before):  # they may have left out what w needs
-                    obs.refresh()
-            except OSError as exc:
-                self.w.watches.remove(w.id)
-                obs.set_roots(self.w.watches.observed_roots())
-                raise os_error(exc, path) from exc
-            # The new scope's base is the tree as it is now, after the watch is in place.
-            fresh = snapshot.walk(real, w.covers if w.exclude else None, recursive)
-            for p in [p for p in fresh if self.w.driving.ours(p)]:
-                del fresh[p]
-            if not before and not self.w.index.entries:
-                self.w.index.replace(fresh)
-            else:
-                for p, s in fresh.items():
-                    if not any(o.covers(p) for o in before):
-                        self.w.index.set(p, s)
-            self.w.state.save_watches(self.w.watches.to_wire())
-            for msg in warnings:
-                self.w.pipeline.marker("warning", reason="inotify_unavailable", message=msg,
-                                     path=real, mode="polling")
-        root = obs.roots.get(obs.root_of(real) or "")
+        key = (real, recursive, excl)
+        job = self.placing.get(key)
+        if job is None:
+            w = self.w.watches.find(real, recursive, excl)
+            if w is not None:
+                return self._answer(obs, w)
+            job = self._place(obs, path, real, recursive, excl)
+            self.placing[key] = job
+            job.then(lambda _j: self.placing.pop(key, None))
+        else:
+            self.joined += 1  # the same watch asked again while it is placed: one placement
+        job.then(lambda j: self._reply(call, j, path))
+        return DEFERRED
+
+    def _answer(self, obs: ObserverManager, w: Watch) -> dict[str, Any]:
+        root = obs.roots.get(obs.root_of(w.path) or "")
         spec = w.spec()
         return {"watch": spec.pop("id"), **spec, "via": root.via if root else "missing",
                 "clock": self.w.journal.clock().to_wire()}
+
+    def _place(self, obs: ObserverManager, path: str, real: str, recursive: bool,
+               excl: tuple[str, ...]) -> Job:
+        """A new watch: its inotify watches, then the walk that is its base, both on the
+        walker thread (a tree of 150,000 entries takes seconds); the loop turns meanwhile
+        and takes the result in `finish`. Watches first, then the walk: a change made
+        during the walk is in the walk, in an event, or both."""
+        before = list(self.w.watches)
+        w = self.w.watches.add(real, recursive, excl)
+        roots = obs.adopt_roots(self.w.watches.observed_roots())
+        generation = obs.generation
+        refresh = any(o.exclude for o in before)  # they may have left out what w needs
+        ours = self.w.driving.ours
+        first = not before and not self.w.index.entries
+
+        def blocking() -> tuple[list[Placement | OSError], dict[str, Stat] | Index]:
+            placements: list[Placement | OSError] = []
+            for r in roots:
+                try:
+                    placements.append(obs.place(r.path, r.recursive, obs.mode, generation))
+                except OSError as exc:
+                    placements.append(exc)
+            if refresh:
+                obs.refresh()
+            fresh = snapshot.walk(real, w.covers if w.exclude else None, recursive,
+                                  on_loop=False)
+            for p in [p for p in fresh if ours(p)]:
+                del fresh[p]
+            if first:  # the whole index, built here
+                return placements, Index(fresh)
+            for p in [p for p in fresh if any(o.covers(p) for o in before)]:
+                del fresh[p]  # only what no earlier watch already had in the index
+            return placements, fresh
+
+        def finish(got: tuple[list[Placement | OSError], dict[str, Stat] | Index]
+                   ) -> dict[str, Any]:
+            placements, fresh = got
+            warnings = []
+            failed: OSError | None = None
+            for r, p in zip(roots, placements, strict=True):
+                if isinstance(p, OSError):
+                    failed = failed or p
+                    continue
+                msg = obs.placed(r, p, generation)
+                if msg:
+                    warnings.append(msg)
+            if failed is not None:
+                raise os_error(failed, path) from failed
+            if isinstance(fresh, Index):
+                self.w.index.take(fresh)
+            else:
+                self._merge(fresh)
+            self.w.state.save_watches(self.w.watches.to_wire())
+            for msg in warnings:
+                self.w.pipeline.marker("warning", reason="inotify_unavailable", message=msg,
+                                       path=real, mode="polling")
+            return self._answer(obs, w)
+
+        def undo(job: Job) -> None:
+            if job.error is not None and w.id in self.w.watches.by_id:
+                self.w.watches.remove(w.id)
+                obs.set_roots(self.w.watches.observed_roots())
+
+        try:
+            job = self.w.walker.submit(blocking, finish)
+        except MoorageError:  # busy: the walker's queue is full
+            self.w.watches.remove(w.id)
+            obs.set_roots(self.w.watches.observed_roots())
+            raise
+        job.then(undo)
+        return job
+
+    def _merge(self, fresh: dict[str, Stat]) -> None:
+        """The new scope's base into the index, in slices: a big tree's hundred thousand
+        entries would otherwise be one long loop turn."""
+        items = iter(fresh.items())
+        index = self.w.index
+
+        def slice_() -> None:
+            for n, (p, s) in enumerate(items, 1):
+                index.set(p, s)
+                if n >= MERGE_SLICE:
+                    self.w.loop.call_later(0, slice_)
+                    return
+
+        slice_()
+
+    @staticmethod
+    def _reply(call: Call, job: Job, path: str) -> None:
+        err = job.error
+        if err is None:
+            call.reply(job.value)
+        elif isinstance(err, MoorageError):
+            call.fail(err)
+        elif isinstance(err, OSError):
+            call.fail(os_error(err, path))
+        else:
+            logger.opt(exception=err).error("watcher: placing a watch on {} failed", path)
+            call.fail(WireError.of("internal", f"{type(err).__name__}: {err}",
+                                   category=Category.FILESYSTEM))
 
     @op("fs.unwatch", args={"watch": str})
     def _op_unwatch(self, call: Call, watch: str) -> dict[str, Any]:
         """Stop a watch (the directories no other watch needs are no longer observed)."""
         obs = self._need_watching()
-        self.w.watches.remove(watch)
+        gone = self.w.watches.remove(watch)
         obs.set_roots(self.w.watches.observed_roots())
-        self.w.index.prune(self.w.watches.in_scope)
+        prefix = gone.path.rstrip("/") + "/"
+        self._forget([p for p in self.w.index.entries if p.startswith(prefix)])
         self.w.state.save_watches(self.w.watches.to_wire())
         return {"removed": watch}
+
+    def _forget(self, paths: list[str]) -> None:
+        """Drop from the index what no watch covers any more, in slices (a big tree's
+        hundred thousand entries would otherwise be one long loop turn)."""
+        items = iter(paths)
+        index = self.w.index
+        in_scope = self.w.watches.in_scope
+
+        def slice_() -> None:
+            for n, p in enumerate(items, 1):
+                if not in_scope(p):
+                    index.discard(p)  # alone: a path below may be another watch's
+                if n >= MERGE_SLICE:
+                    self.w.loop.call_later(0, slice_)
+                    return
+
+        slice_()
 
     @op("fs.since", args={"clock": list, "max": (int, 10_000)}, idempotent=True)
     def _op_since(self, call: Call, clock: list, max: int) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class Watches:
         self._list: tuple[Watch, ...] = ()
         # Without excludes, which watches cover a path depends on its directory only: the
         # answer is remembered per directory (one dict lookup per event on the hot path).
-        self.by_dir: dict[str, list[str]] = {}
+        self.by_dir: dict[str, tuple[str, ...]] = {}
         self.has_excludes = False
 
     def _changed(self) -> None:
@@ -116,17 +116,17 @@ class Watches:
         self._changed()
         return w
 
-    def matching(self, path: str) -> list[str]:
-        """Ids of the watches that cover `path` (empty: nobody asked about it). The list may
-        be shared between paths: do not change it."""
+    def matching(self, path: str) -> tuple[str, ...]:
+        """Ids of the watches that cover `path` (empty: nobody asked about it); shared
+        between paths (a tuple: events hold it, and the garbage collector need not)."""
         if self.has_excludes:
-            return [w.id for w in self._list if w.covers(path)]
+            return tuple(w.id for w in self._list if w.covers(path))
         d = path.rpartition("/")[0]
         ids = self.by_dir.get(d)
         if ids is None:
             if len(self.by_dir) > 100_000:
                 self.by_dir = {}
-            ids = self.by_dir[d] = [w.id for w in self._list if w.covers(path)]
+            ids = self.by_dir[d] = tuple(w.id for w in self._list if w.covers(path))
         return ids
 
     def needs(self, directory: str) -> bool:

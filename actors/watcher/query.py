@@ -1,0 +1,327 @@
+"""fs.query: the files of a watched tree, from the watcher's memory, not from the disk.
+
+The told-state index (snapshot.Index) already holds every watched path with its stat, so a
+query is a filter over it: no walk, no syscall. Watchman's `query` answers the same way.
+
+  scope     `path`, a directory some watch covers; names in the answer are relative to it
+  glob      one pattern or a list (any may match) over the relative name: `*` and `?` stay
+            within one path component, `**` spans any number of them (`**/*.py`, `src/**`)
+  suffix    one or a list of file name extensions, without the dot, case-insensitive
+  type      one or a list of file | dir | symlink | other | unknown
+  since     a clock from an earlier answer or event: only the paths changed after it,
+            deleted ones included (`exists: false`). A clock of another life of the watcher,
+            or older than the journal retains, gives `fresh_instance: true` and every file,
+            as Watchman does; no `since` is a fresh-instance query too.
+  fields    of each file: name, exists, type, size, mtime_ns, ino (default: all but ino);
+            ["name"] alone answers plain names
+
+The answer is built here from strings, ints, bools and None only, two levels deep, so the
+runtime's walk of a result's shape (50,000 values) is skipped (`checked=False`); a path that
+is not valid UTF-8 still fails its encoding, which the runtime answers as `internal`.
+
+Bounded in time and size: the candidates (a copy of the index's keys, or of the paths the
+journal names after `since`) are taken at once (a C-speed copy), then filtered
+SCAN_SLICE at a time (SCAN_SLICE_BARE when only the scope is checked: about 10 ms), one
+slice per loop turn, so a 100,000-file query never holds the loop for long. An answer
+carries at most `max` files (default 10,000, at most MAX_PAGE); when there are more it
+gives a `cursor`, and `fs.query {cursor}` continues where it stopped.
+Every page carries the clock the query started at: changes made while a client pages
+through arrive as events after it, or through `fs.since` from it. At most MAX_CURSORS
+cursors are open at a time (the oldest goes), each for CURSOR_TTL_S after its last page.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from moorage.actors.runtime import DEFERRED, Call, op
+from moorage.actors.watcher.journal import Clock
+from moorage.actors.watcher.snapshot import UNKNOWN
+from moorage.protocol.errors import fail
+
+if TYPE_CHECKING:
+    from moorage.actors.watcher.driving import WatcherHost
+
+SCAN_SLICE = 20_000  # candidates looked at per loop turn (filters: about 1 us each)
+SCAN_SLICE_BARE = 100_000  # the same with nothing but the scope to check (about 0.1 us each)
+MAX_PAGE = 100_000  # names of a 100,000-file tree in one answer: about 2 MB
+MAX_CURSORS = 16
+CURSOR_TTL_S = 60.0
+FIELDS = ("name", "exists", "type", "size", "mtime_ns", "ino")
+DEFAULT_FIELDS = ("name", "exists", "type", "size", "mtime_ns")
+TYPES = ("file", "dir", "symlink", "other", "unknown")
+_FMT = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
+
+
+def glob_regex(pattern: str) -> str:
+    """A glob as a regular expression over a relative path: `*` and `?` within one
+    component, `**` across any number, `[...]` a character class."""
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pattern[i + 1:j]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out) + r"\Z"
+
+
+def _names(v: str | list | None, what: str) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    items = [v] if isinstance(v, str) else v
+    if not items or len(items) > 64 or not all(isinstance(x, str) and x for x in items):
+        raise fail("bad_args", f"fs.query: {what} must be a non-empty string or a list of "
+                   "at most 64 of them")
+    return tuple(items)
+
+
+@dataclass
+class Filter:
+    """What a file must be to be in the answer (compiled once per query)."""
+
+    match: Callable[[str], Any] | None = None  # over the relative name
+    suffixes: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+
+    @classmethod
+    def build(cls, glob: str | list | None, suffix: str | list | None,
+              types: str | list | None) -> Filter:
+        globs = _names(glob, "glob")
+        try:
+            match = re.compile("|".join(f"(?:{glob_regex(g)})" for g in globs)).match \
+                if globs else None
+        except re.error as exc:
+            raise fail("bad_args", f"fs.query: glob: {exc}") from exc
+        kinds = frozenset(_names(types, "type"))
+        if kinds - set(TYPES):
+            raise fail("bad_args", f"fs.query: type must be among {TYPES}")
+        return cls(match, frozenset(s.lower().lstrip(".") for s in _names(suffix, "suffix")),
+                   kinds)
+
+
+@dataclass
+class Query:
+    """One query's state between its pages."""
+
+    root: str  # the scope's real path
+    filter: Filter
+    fields: tuple[str, ...]
+    clock: list
+    fresh: bool
+    candidates: list[str]
+    max: int
+    pos: int = 0
+    scanned: int = 0
+    touched: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> bool:
+        return self.pos >= len(self.candidates)
+
+
+def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bool]:
+    """Up to `want` more files, looking at no more than `budget` candidates; returns them
+    and whether the page is complete (full, or no candidates left)."""
+    prefix = q.root.rstrip("/") + "/"
+    cut = len(prefix)
+    f = q.filter
+    match, suffixes, types = f.match, f.suffixes, f.types
+    fields = q.fields
+    names_only = fields == ("name",)
+    cands = q.candidates
+    out: list[Any] = []
+    i = q.pos
+    stop = min(len(cands), i + budget)
+    if match is None and not suffixes and not types:
+        # Nothing to filter but the scope (a full query): whole chunks at C speed, each no
+        # longer than what the page still wants, so it never overfills.
+        while i < stop and len(out) < want:
+            end = min(stop, i + want - len(out))
+            chunk = cands[i:end]
+            i = end
+            if names_only:
+                out += [p[cut:] for p in chunk if p.startswith(prefix)]
+            else:
+                out += [_describe(p[cut:], entries.get(p), fields)
+                        for p in chunk if p.startswith(prefix)]
+    else:
+        while i < stop:
+            path = cands[i]
+            i += 1
+            if not path.startswith(prefix):
+                continue
+            rel = path[cut:]
+            if match is not None and match(rel) is None:
+                continue
+            if suffixes:
+                dot = rel.rfind(".")
+                if dot < 0 or rel.rfind("/") > dot or rel[dot + 1:].lower() not in suffixes:
+                    continue
+            s = entries.get(path)
+            if types:
+                kind = "unknown" if s is None or s == UNKNOWN else _FMT.get(
+                    s[5] & 0o170000, "other")
+                if s is None or kind not in types:
+                    continue
+            out.append(rel if names_only else _describe(rel, s, fields))
+            if len(out) >= want:
+                break
+    q.scanned += i - q.pos
+    q.pos = i
+    return out, len(out) >= want or q.done
+
+
+def _describe(rel: str, s: tuple | None, fields: tuple[str, ...]) -> dict[str, Any]:
+    if s is None:  # deleted since the clock (a `since` query)
+        d: dict[str, Any] = {"name": rel, "exists": False}
+        return {k: d.get(k) for k in fields if k in d}
+    if s == UNKNOWN:
+        kind, size, mtime, ino = "unknown", None, None, None
+    else:
+        kind = _FMT.get(s[5] & 0o170000, "other")
+        ino = s[1]
+        size, mtime = (None, None) if kind == "dir" else (s[2], s[3])
+    full = {"name": rel, "exists": True, "type": kind, "size": size, "mtime_ns": mtime,
+            "ino": ino}
+    return {k: full[k] for k in fields}
+
+
+class QueryOps:
+    """fs.query over the watcher's index (`WatcherHost`), with its open cursors."""
+
+    def __init__(self, w: WatcherHost) -> None:
+        self.w = w
+        self.cursors: dict[str, Query] = {}
+        self.queries = 0
+        self.pages = 0
+        self.expired = 0
+
+    @op("fs.query", args={"path": (str, None), "glob": ((str, list), None),
+                          "suffix": ((str, list), None), "type": ((str, list), None),
+                          "since": (list, None), "fields": (list, None),
+                          "max": (int, 10_000), "cursor": (str, None)},
+        idempotent=True, timeout_ms=30_000, checked=False)
+    def _op_query(self, call: Call, path: str | None, glob: str | list | None,
+                  suffix: str | list | None, type: str | list | None, since: list | None,
+                  fields: list | None, max: int, cursor: str | None) -> Any:
+        """Files of a watched tree from memory: glob, suffix, type, since a clock; paged."""
+        self._expire()
+        if not 1 <= max <= MAX_PAGE:
+            raise fail("bad_args", f"fs.query: max must be in [1, {MAX_PAGE}]")
+        if cursor is not None:
+            if any(v is not None for v in (path, glob, suffix, type, since, fields)):
+                raise fail("bad_args", "fs.query: a cursor continues a query; give it alone "
+                           "(and max)")
+            q = self.cursors.pop(cursor, None)
+            if q is None:
+                raise fail("bad_args", "fs.query: unknown or expired cursor; query again",
+                           detail={"cursor": cursor})
+            q.max = max
+        else:
+            if path is None:
+                raise fail("bad_args", "fs.query: give `path` (a watched directory) or a "
+                           "`cursor`")
+            q = self._start(path, Filter.build(glob, suffix, type), fields, since, max)
+        return self._run(call, q, [], first=True)
+
+    def _start(self, path: str, filt: Filter, fields: list | None, since: list | None,
+               max: int) -> Query:
+        w = self.w
+        if w.obs is None:
+            raise fail("resource_exhausted", "watching is off: the watcher runs in its "
+                       "cache_only fallback", detail={"fallback": "cache_only"})
+        real = w.roots.resolve_fast(path)
+        below = real.rstrip("/") + "/"
+        if not any(x.path == real or x.covers(real) or x.path.startswith(below)
+                   for x in w.watches):
+            raise fail("watch_not_found", f"fs.query: no watch covers {path}; fs.watch it "
+                       "first", detail={"path": path})
+        chosen = tuple(fields) if fields else DEFAULT_FIELDS
+        if not all(isinstance(f, str) and f in FIELDS for f in chosen):
+            raise fail("bad_args", f"fs.query: fields must be among {FIELDS}")
+        journal = w.journal
+        now = journal.clock().to_wire()
+        fresh = True
+        if since is None:
+            cands = list(w.index.entries)
+        else:
+            clock = Clock.from_wire(since)
+            if clock.instance != journal.instance or clock.seq > journal.seq \
+                    or clock.seq < journal.first_seq - 1:
+                cands = list(w.index.entries)
+            else:
+                fresh = False
+                start = clock.seq + 1 - journal.first_seq
+                cands = list(dict.fromkeys(
+                    e["path"] for e in islice(journal.events, start, None) if "path" in e))
+        self.queries += 1
+        return Query(real, filt, chosen, now, fresh, cands, max)
+
+    def _run(self, call: Call, q: Query, got: list[Any], first: bool) -> Any:
+        """One slice of a page; the rest of it on later loop turns (the reply deferred)."""
+        f = q.filter
+        budget = SCAN_SLICE if (f.match or f.suffixes or f.types) else SCAN_SLICE_BARE
+        more, full = page(q, self.w.index.entries, budget, q.max - len(got))
+        got.extend(more)
+        if not full:
+            self.w.loop.call_later(0, lambda: self._run(call, q, got, first=False))
+            return DEFERRED if first else None
+        answer = self._answer(q, got)
+        if first:
+            return answer
+        call.reply(answer)
+        return None
+
+    def _answer(self, q: Query, files: list[Any]) -> dict[str, Any]:
+        self.pages += 1
+        cursor = None
+        if not q.done:
+            while len(self.cursors) >= MAX_CURSORS:
+                self.cursors.pop(next(iter(self.cursors)))
+                self.expired += 1
+            cursor = secrets.token_hex(8)
+            q.touched = time.monotonic()
+            self.cursors[cursor] = q
+        return {"files": files, "clock": q.clock, "fresh_instance": q.fresh,
+                "cursor": cursor, "more": cursor is not None, "scanned": q.scanned}
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for c in [c for c, q in self.cursors.items() if now - q.touched > CURSOR_TTL_S]:
+            del self.cursors[c]
+            self.expired += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"queries": self.queries, "pages": self.pages, "open_cursors": len(self.cursors),
+                "expired_cursors": self.expired}
+

@@ -1,0 +1,360 @@
+"""The watcher's loop never waits on a syscall that can block (issue 12, R12 local abuse).
+
+Each test shows the loop turning while the slow thing happens, with a fact the old code
+could not produce (a reply that overtakes a write still in flight, an fs.stats answered
+during a watch's placement), and under a supervisor with a strict hang budget, that the
+watcher keeps its pid with no restart. Latencies are measured and printed as facts, never
+asserted: a loaded machine may be slow, it may not be wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
+
+pytestmark = pytest.mark.timeout(240)
+
+ENTRY = "moorage.actors.watcher.actor:WatcherActor"
+
+# A strict hang budget: 5 missed 100 ms beats. A loop that waits on an fsync behind a big
+# write, or places 50,000 inotify watches in one turn, misses it.
+STRICT_TREE = """
+[supervisor]
+heartbeat = {{ interval_ms = 100, misses = 5 }}
+[[children]]
+id = "watcher"
+start = "moorage.actors.watcher.actor:WatcherActor"
+[actor.watcher]
+roots = ["{data}"]
+settle_ms = 10
+push_metrics = false
+"""
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return Path(os.path.realpath(d))
+
+
+@pytest.fixture
+def watcher(spawn_actor, client, data):
+    def go(**config: Any) -> Client:
+        config.setdefault("roots", [str(data)])
+        spawn_actor(ENTRY, "watcher", **config)
+        client.hello("watcher")
+        return client
+
+    return go
+
+
+class DiskHog:
+    """`dd ... conv=fsync` in a loop: dirty pages and fsyncs that make everyone's fsync wait
+    (bounded: 32 MiB a round, until stopped)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stop = threading.Event()
+        self.rounds = 0
+        self.proc: subprocess.Popen | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.proc = subprocess.Popen(
+                ["dd", "if=/dev/zero", f"of={self.path}", "bs=1M", "count=32", "conv=fsync",
+                 "status=none"], stdin=subprocess.DEVNULL)
+            self.proc.wait()
+            self.rounds += 1
+
+    def __enter__(self) -> DiskHog:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self.thread.join(30)
+        if self.proc is not None:
+            self.proc.wait(10)
+        self.path.unlink(missing_ok=True)
+
+
+def timed_ping(c: Client) -> float:
+    t0 = time.perf_counter()
+    c.call("watcher", "sys.ping")
+    return (time.perf_counter() - t0) * 1000
+
+
+# --- fs.write: fsync on a worker ------------------------------------------------------------
+
+
+def test_a_write_waiting_on_fsync_behind_a_big_fsyncing_writer_does_not_stop_the_loop(
+        make_tree, tmp_path):
+    data = Path(os.path.realpath(tmp_path)) / "data"
+    data.mkdir()
+    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    pid = tree.child("watcher")["pid"]
+    done = threading.Event()
+    errors: list[BaseException] = []
+    writes = [0]
+
+    def write_loop() -> None:  # its own client: clients are single-threaded
+        with Client(tree.runtime_dir, timeout=60.0) as c:
+            try:
+                while not done.is_set():
+                    c.call("watcher", "fs.write", {"path": "target", "data": b"w" * (4 << 20)},
+                           timeout=60)
+                    writes[0] += 1
+            except BaseException as exc:
+                errors.append(exc)
+
+    pings: list[float] = []
+    overtaken = 0  # pings answered while the write they were sent during was in flight
+    writer = threading.Thread(target=write_loop)
+    with DiskHog(tmp_path / "hog") as hog, Client(tree.runtime_dir, timeout=10.0) as pinger:
+        writer.start()
+        try:
+            deadline = time.monotonic() + 90
+            while (overtaken < 3 or writes[0] < 5) and time.monotonic() < deadline \
+                    and not errors:
+                # A write is in flight from the moment its temporary file exists until it is
+                # renamed over the target (after its fsync). On a loop that runs the write
+                # itself, a ping sent in that window is read only after the rename.
+                tmp = next((n for n in os.listdir(data) if ".moorage-" in n), None)
+                pings.append(timed_ping(pinger))
+                if tmp is not None and os.path.exists(data / tmp):
+                    overtaken += 1
+        finally:
+            done.set()
+            writer.join(90)
+        rounds = hog.rounds
+    assert not errors, errors
+    pings.sort()
+    print(f"\n{len(pings)} pings during {writes[0]} writes of 4 MiB and {rounds} dd rounds: "
+          f"p50 {pings[len(pings) // 2]:.2f} ms, max {pings[-1]:.2f} ms; "
+          f"{overtaken} answered while a write was in flight")
+    assert overtaken >= 3, f"no ping answered while a write was in flight ({writes[0]} writes)"
+    assert (data / "target").stat().st_size == 4 << 20
+    child = tree.child("watcher")
+    assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()
+
+
+def test_writes_past_the_worker_queue_are_refused_busy_and_the_rest_complete(watcher, data):
+    c = watcher(io_threads=1, io_queue=1)
+    sent = [("fs.write", {"path": f"f{i}", "data": b"x" * (1 << 20)}) for i in range(40)]
+    results = c.pipeline("watcher", sent, window=40)
+    busy = [r for r in results if isinstance(r, MoorageError)]
+    ok = [r for r in results if not isinstance(r, Exception)]
+    assert busy and all(e.name == "busy" and e.error.retry_after_ms for e in busy), busy[:3]
+    assert ok and all((data / f"f{i}").stat().st_size == 1 << 20
+                      for i, r in enumerate(results) if not isinstance(r, Exception))
+    stats = c.call("watcher", "fs.stats")["workers"]["io"]
+    assert stats["refused"] == len(busy) and stats["in_flight"] == 0
+
+
+def test_writes_to_one_file_run_one_at_a_time_so_one_etag_admits_one_writer(watcher, data):
+    c = watcher(io_threads=2)
+    (data / "f").write_bytes(b"v0")
+    tag = c.call("watcher", "fs.stat", {"path": "f"})["etag"]
+    sent = [("fs.write", {"path": "f", "data": b"x" * (256 << 10) + bytes([i]), "if_match": tag})
+            for i in range(12)]
+    results = c.pipeline("watcher", sent, window=12)
+    won = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, MoorageError)]
+    assert len(won) == 1 and all(e.name == "conflict" for e in lost), results
+    assert (data / "f").read_bytes()[-1] == won[0]
+
+
+# --- special files: refused before anything can block ---------------------------------------
+
+
+def test_writes_to_a_fifo_are_refused_at_once_and_the_watcher_serves_on(watcher, data):
+    c = watcher()
+    pid = c.call("watcher", "sys.hello")["pid"]
+    os.mkfifo(data / "pipe")
+    for atomic in (False, True):
+        with pytest.raises(MoorageError) as e:
+            c.call("watcher", "fs.write", {"path": "pipe", "data": b"x", "atomic": atomic},
+                   timeout=5)
+        assert e.value.name == "bad_args" and e.value.error.detail["type"] == "fifo", e.value
+    assert stat.S_ISFIFO(os.lstat(data / "pipe").st_mode)  # left as it was
+    assert c.call("watcher", "sys.hello")["pid"] == pid
+
+
+def test_reads_of_fifos_sockets_and_devices_are_refused_naming_the_type(watcher, data):
+    c = watcher()
+    os.mkfifo(data / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(data / "sock"))
+    specials = {"pipe": "fifo", "sock": "socket"}
+    try:
+        os.mknod(data / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        specials["null"] = "character device"
+    except PermissionError:
+        pass  # no CAP_MKNOD here: the FIFO and the socket still tell
+    try:
+        for name, kind in specials.items():
+            for op in ("fs.read", "fs.write"):
+                with pytest.raises(MoorageError) as e:
+                    c.call("watcher", op, {"path": name, "data": b"x"} if op == "fs.write"
+                           else {"path": name}, timeout=5)
+                assert (e.value.name, e.value.error.detail["type"]) == ("bad_args", kind), (
+                    name, op, e.value)
+    finally:
+        sock.close()
+    assert c.call("watcher", "sys.ping")
+
+
+def test_a_procfs_file_that_reports_no_size_is_read_to_its_end_and_not_cached(watcher, data):
+    c = watcher(roots=[str(data), "/proc"])
+    pid = c.call("watcher", "sys.hello")["pid"]
+    assert os.stat(f"/proc/{pid}/status").st_size == 0
+    r = c.request("watcher", "fs.read", {"path": f"/proc/{pid}/status"})
+    text = r.attachments[0].decode()
+    assert f"Pid:\t{pid}\n" in text and r.body["length"] == len(r.attachments[0])
+    part = c.request("watcher", "fs.read", {"path": f"/proc/{pid}/status", "offset": 5,
+                                            "length": 10}).attachments[0]
+    assert part == r.attachments[0][5:15]
+    assert c.call("watcher", "fs.stats")["cache"]["entries"] == 0
+
+
+def test_a_procfs_file_over_max_read_is_refused_not_cut(watcher, data):
+    c = watcher(roots=[str(data), "/proc"], max_read_bytes=64)
+    pid = c.call("watcher", "sys.hello")["pid"]
+    with pytest.raises(MoorageError) as e:
+        c.call("watcher", "fs.read", {"path": f"/proc/{pid}/status"})
+    assert e.value.name == "file_too_large"
+
+
+def test_watching_a_pseudo_file_system_is_refused_naming_it(watcher, data):
+    c = watcher(roots=[str(data), "/proc"])
+    with pytest.raises(MoorageError) as e:
+        c.call("watcher", "fs.watch", {"path": "/proc"})
+    assert e.value.name == "bad_args"
+    assert e.value.error.detail["fs_type"] == "proc", e.value
+    assert c.call("watcher", "fs.stats")["watches"] == []
+
+
+# --- fs.watch of a big tree: placed and walked off the loop ---------------------------------
+
+
+def make_big_tree(root: Path, dirs: int, files: int) -> int:
+    """`dirs` directories of `files` empty files each (a tree whose inotify watches alone
+    take a long loop turn to place); returns the number of entries."""
+    for d in range(dirs):
+        sub = root / f"d{d // 100:03d}" / f"e{d % 100:02d}"
+        sub.mkdir(parents=True)
+        for i in range(files):
+            os.close(os.open(sub / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+    return dirs * (files + 1) + (dirs + 99) // 100
+
+
+def test_watching_a_big_tree_keeps_the_loop_answering_and_a_repeat_joins_the_placement(
+        make_tree, tmp_path):
+    data = Path(os.path.realpath(tmp_path)) / "data"
+    big = data / "big"
+    big.mkdir(parents=True)
+    entries = make_big_tree(big, 12_000, 4)
+    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    pid = tree.child("watcher")["pid"]
+    first: list[Any] = []
+    again: list[Any] = []
+
+    def watch_once(into: list[Any]) -> None:
+        with Client(tree.runtime_dir, timeout=120.0) as c:
+            try:
+                into.append(c.call("watcher", "fs.watch", {"path": str(big)}, timeout=120))
+            except BaseException as exc:
+                into.append(exc)
+
+    threads = [threading.Thread(target=watch_once, args=(first,))]
+    threads[0].start()
+    pings: list[float] = []
+    during: dict | None = None
+    with Client(tree.runtime_dir, timeout=10.0) as c:
+        try:
+            deadline = time.monotonic() + 120
+            while not first and time.monotonic() < deadline:
+                pings.append(timed_ping(c))
+                stats = c.call("watcher", "fs.stats")
+                if stats.get("watches_placing") == 1:
+                    during = stats
+                    break
+            assert during is not None, f"no fs.stats answered during the placement: {first}"
+            # The same watch asked again while it is placed: it joins the placement.
+            threads.append(threading.Thread(target=watch_once, args=(again,)))
+            threads[1].start()
+            while not (first and again) and time.monotonic() < deadline:
+                pings.append(timed_ping(c))
+        finally:
+            for t in threads:
+                t.join(120)
+        assert first and not isinstance(first[0], BaseException), first
+        assert again and not isinstance(again[0], BaseException), again
+        assert again[0]["watch"] == first[0]["watch"] and again[0]["via"] == "inotify"
+        stats = c.call("watcher", "fs.stats")
+        assert stats["watch_joins"] == 1 and len(stats["watches"]) == 1
+        assert stats["index_entries"] == entries
+        pings.sort()
+        print(f"\n{len(pings)} pings while {entries} entries were watched and walked: "
+              f"p50 {pings[len(pings) // 2]:.2f} ms, max {pings[-1]:.2f} ms")
+        # Watching works: a change after the answer is published.
+        sub = c.subscribe("watcher", ["fs.event"], from_seq=1)
+        (big / "d000" / "e00" / "late").write_bytes(b"x")
+        clock = c.call("watcher", "fs.sync", timeout=60)["clock"]
+        seen: list[dict] = []
+        while not (seen and seen[-1]["clock"][2] >= clock[2]):
+            m = sub.next(timeout=30)
+            assert m is not None
+            seen.extend(getattr(m, "body", {}).get("events", []))
+        assert any(e.get("path", "").endswith("/e00/late") for e in seen)
+        sub.close()
+    child = tree.child("watcher")
+    assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()
+
+
+def test_a_resync_of_a_big_tree_walks_while_the_loop_answers(make_tree, tmp_path):
+    data = Path(os.path.realpath(tmp_path)) / "data"
+    big = data / "big"
+    big.mkdir(parents=True)
+    entries = make_big_tree(big, 12_000, 4)
+    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    pid = tree.child("watcher")["pid"]
+    with Client(tree.runtime_dir, timeout=60.0) as c:
+        c.call("watcher", "fs.watch", {"path": str(big)}, timeout=120)
+        c.call("watcher", "sys.pressure", {"level": "normal", "quality": 0})
+        (big / "d000" / "e00" / "while-paused").write_bytes(b"x")
+        before = c.call("watcher", "fs.stats")["resyncs"]["count"]
+        done = c.call("watcher", "sys.pressure", {"level": "normal", "quality": 3})["done"]
+        assert done["resync"] == {"reason": "resumed", "walking": True}
+        seen_walking = 0
+        pings: list[float] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pings.append(timed_ping(c))
+            resyncs = c.call("watcher", "fs.stats")["resyncs"]
+            if resyncs["count"] > before:
+                break
+            seen_walking += resyncs["walking"]
+        assert seen_walking, "no fs.stats answered while the resync walked"
+        last = c.call("watcher", "fs.stats")["resyncs"]["last"]
+        assert (last["reason"], last["changes"], last["entries"]) == ("resumed", 1, entries + 1)
+        pings.sort()
+        print(f"\n{len(pings)} pings while a resync walked {entries} entries: "
+              f"p50 {pings[len(pings) // 2]:.2f} ms, max {pings[-1]:.2f} ms")
+    child = tree.child("watcher")
+    assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()

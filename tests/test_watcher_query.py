@@ -1,0 +1,216 @@
+"""fs.query: the files of a watched tree from the watcher's memory (issue 17).
+
+Against a real watcher on real files: the answer is compared with what is on disk (os.walk),
+changes are made and fs.sync'ed before the query that should see them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage.actors.watcher.query import Filter, Query, glob_regex, page
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
+
+pytestmark = pytest.mark.timeout(120)
+
+ENTRY = "moorage.actors.watcher.actor:WatcherActor"
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return Path(os.path.realpath(d))
+
+
+@pytest.fixture
+def watcher(spawn_actor, client, data):
+    def go(**config: Any) -> Client:
+        config.setdefault("roots", [str(data)])
+        config.setdefault("settle_ms", 5)
+        spawn_actor(ENTRY, "watcher", **config)
+        client.hello("watcher")
+        return client
+
+    return go
+
+
+def on_disk(root: Path) -> dict[str, str]:
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(top, name), root)] = "dir"
+        for name in files:
+            out[os.path.relpath(os.path.join(top, name), root)] = "file"
+    return out
+
+
+def everything(c: Client, **args: Any) -> list[Any]:
+    """Every page of a query, following its cursor."""
+    got = c.call("watcher", "fs.query", args)
+    files = list(got["files"])
+    while got["more"]:
+        got = c.call("watcher", "fs.query", {"cursor": got["cursor"],
+                                            **({"max": args["max"]} if "max" in args else {})})
+        files += got["files"]
+    return files
+
+
+def populate(root: Path) -> None:
+    for d in ("src", "src/pkg", "docs", "build"):
+        (root / d).mkdir(parents=True)
+    for name in ("src/a.py", "src/b.PY", "src/pkg/c.py", "src/pkg/c.pyc", "docs/index.md",
+                 "build/out.o", "README", "setup.py"):
+        (root / name).write_bytes(name.encode())
+
+
+def test_a_fresh_query_answers_every_file_from_memory_with_its_stat(watcher, data):
+    populate(data)
+    c = watcher()
+    c.call("watcher", "fs.watch", {"path": str(data)})
+    got = c.call("watcher", "fs.query", {"path": str(data)})
+    assert got["fresh_instance"] and not got["more"] and got["cursor"] is None
+    assert {f["name"]: f["type"] for f in got["files"]} == on_disk(data)
+    one = next(f for f in got["files"] if f["name"] == "src/pkg/c.py")
+    st = (data / "src/pkg/c.py").stat()
+    assert one == {"name": "src/pkg/c.py", "exists": True, "type": "file",
+                   "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    # Served from the index: a new file is in the answer once its event has been published.
+    (data / "late.txt").write_text("x")
+    c.call("watcher", "fs.sync")
+    names = c.call("watcher", "fs.query", {"path": str(data), "fields": ["name"]})["files"]
+    assert "late.txt" in names and set(names) == set(on_disk(data))
+
+
+def test_glob_suffix_and_type_narrow_the_answer(watcher, data):
+    populate(data)
+    c = watcher()
+    c.call("watcher", "fs.watch", {"path": str(data)})
+
+    def names(**args: Any) -> set[str]:
+        return set(c.call("watcher", "fs.query", {"path": str(data), "fields": ["name"],
+                                                  **args})["files"])
+
+    assert names(glob="**/*.py") == {"src/a.py", "src/pkg/c.py", "setup.py"}
+    assert names(glob="*.py") == {"setup.py"}
+    assert names(glob="src/*") == {"src/a.py", "src/b.PY", "src/pkg"}
+    assert names(glob=["docs/**", "README"]) == {"docs/index.md", "README"}
+    assert names(suffix="py") == {"src/a.py", "src/b.PY", "src/pkg/c.py", "setup.py"}
+    assert names(suffix=["md", "o"]) == {"docs/index.md", "build/out.o"}
+    assert names(type="dir") == {"src", "src/pkg", "docs", "build"}
+    assert names(path=str(data / "src"), glob="**/*.py") == {"a.py", "pkg/c.py"}
+    for bad in ({"glob": ""}, {"type": "pipe"}, {"fields": ["name", "colour"]},
+                {"max": 0}, {"since": "c:1"}):
+        with pytest.raises(MoorageError) as e:
+            c.call("watcher", "fs.query", {"path": str(data), **bad})
+        assert e.value.name == "bad_args", bad
+
+
+def test_since_a_clock_answers_what_changed_and_another_instance_every_file(watcher, data):
+    populate(data)
+    c = watcher()
+    clock = c.call("watcher", "fs.watch", {"path": str(data)})["clock"]
+    (data / "new.py").write_text("n")
+    (data / "README").write_text("changed")
+    (data / "setup.py").unlink()
+    c.call("watcher", "fs.sync")
+    got = c.call("watcher", "fs.query", {"path": str(data), "since": clock,
+                                         "fields": ["name", "exists"]})
+    assert not got["fresh_instance"]
+    assert {(f["name"], f["exists"]) for f in got["files"]} == {
+        ("new.py", True), ("README", True), ("setup.py", False)}
+    # Nothing changed since the answer's own clock.
+    again = c.call("watcher", "fs.query", {"path": str(data), "since": got["clock"]})
+    assert again["files"] == [] and not again["fresh_instance"]
+    other = c.call("watcher", "fs.query", {"path": str(data), "since": ["elsewhere", 0, 5],
+                                           "fields": ["name"]})
+    assert other["fresh_instance"] and set(other["files"]) == set(on_disk(data))
+
+
+def test_a_big_answer_comes_in_pages_that_add_up_to_every_file_once(watcher, data):
+    for d in range(25):
+        sub = data / f"d{d:02d}"
+        sub.mkdir()
+        for i in range(1000):
+            os.close(os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
+    c = watcher()
+    c.call("watcher", "fs.watch", {"path": str(data)}, timeout=60)
+    first = c.call("watcher", "fs.query", {"path": str(data), "fields": ["name"],
+                                           "max": 10_000})
+    assert len(first["files"]) == 10_000 and first["more"]
+    files = everything(c, path=str(data), fields=["name"], max=10_000)
+    assert len(files) == len(set(files)) == 25_025
+    assert set(files) == set(on_disk(data))
+    assert c.call("watcher", "fs.stats")["query"]["open_cursors"] == 1  # `first`'s, unused
+    with pytest.raises(MoorageError) as e:
+        c.call("watcher", "fs.query", {"cursor": "no-such-cursor"})
+    assert e.value.name == "bad_args"
+    with pytest.raises(MoorageError) as e:
+        c.call("watcher", "fs.query", {"cursor": first["cursor"], "glob": "*"})
+    assert e.value.name == "bad_args"
+
+
+def test_a_query_outside_every_watch_or_without_watching_is_refused(watcher, data):
+    (data / "a").mkdir()
+    (data / "b").mkdir()
+    c = watcher()
+    c.call("watcher", "fs.watch", {"path": str(data / "a")})
+    with pytest.raises(MoorageError) as e:
+        c.call("watcher", "fs.query", {"path": str(data / "b")})
+    assert e.value.name == "watch_not_found"
+    # A directory above a watch is fine: it answers what the watch covers.
+    assert c.call("watcher", "fs.query", {"path": str(data)})["files"] == []
+
+
+def test_unwatching_one_watch_forgets_only_what_no_other_watch_covers(watcher, data):
+    (data / "sub" / "deep").mkdir(parents=True)
+    for name in ("top.txt", "sub/y", "sub/deep/x"):
+        (data / name).write_text(name)
+    c = watcher()
+    top = c.call("watcher", "fs.watch", {"path": str(data), "recursive": False})["watch"]
+    c.call("watcher", "fs.watch", {"path": str(data / "sub")})
+    c.call("watcher", "fs.unwatch", {"watch": top})
+    names = set(c.call("watcher", "fs.query", {"path": str(data), "fields": ["name"]})["files"])
+    assert names == {"sub/y", "sub/deep", "sub/deep/x"}
+    assert c.call("watcher", "fs.stats")["index_entries"] == 3
+
+
+def test_a_query_of_the_cache_only_fallback_says_watching_is_off(watcher, data):
+    c = watcher(fallback="cache_only")
+    with pytest.raises(MoorageError) as e:
+        c.call("watcher", "fs.query", {"path": str(data)})
+    assert e.value.name == "resource_exhausted"
+
+
+# --- the parts, in process ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("glob, yes, no", [
+    ("*.py", ["a.py"], ["d/a.py", "a.pyc"]),
+    ("**/*.py", ["a.py", "d/a.py", "d/e/a.py"], ["a.pyc"]),
+    ("src/**", ["src/a", "src/d/a"], ["src", "lib/a"]),
+    ("?.c", ["a.c"], ["ab.c", "/.c"]),
+    ("[ab].c", ["a.c", "b.c"], ["c.c"]),
+    ("[!ab].c", ["c.c"], ["a.c"]),
+    ("a+b(c).txt", ["a+b(c).txt"], ["aab(c).txt"]),
+])
+def test_globs_keep_star_within_a_component_and_double_star_across(glob, yes, no):
+    rx = re.compile(glob_regex(glob))
+    assert all(rx.match(p) for p in yes), [p for p in yes if not rx.match(p)]
+    assert not any(rx.match(p) for p in no), [p for p in no if rx.match(p)]
+
+
+def test_a_page_looks_at_no_more_candidates_than_its_budget():
+    entries = {f"/r/f{i}": (1, i, 1, 1, 1, 0o100644) for i in range(100)}
+    q = Query("/r", Filter.build(None, None, None), ("name",), ["i", 0, 0], True,
+              list(entries), 1000)
+    got, full = page(q, entries, budget=30, want=1000)
+    assert (len(got), full, q.pos) == (30, False, 30)
+    rest, full = page(q, entries, budget=1000, want=1000)
+    assert full and q.done and len(got + rest) == 100
