@@ -148,16 +148,19 @@ def all_running(tree: dict[str, Any]) -> bool:
 def wait_all_running(c: Client, timeout: float) -> float:
     """Seconds until every child reports running and every actor answers sys.ping."""
     t0 = time.monotonic()
+    last: Any = None
     while time.monotonic() - t0 < timeout:
         try:
-            if all_running(c.call("supervisor", "sup.status", timeout=2.0)):
+            last = c.call("supervisor", "sup.status", timeout=2.0)
+            if all_running(last):
                 for name in c.call("supervisor", "sup.endpoints", timeout=2.0):
+                    last = f"{name} does not answer sys.ping"
                     c.call(name, "sys.ping", timeout=2.0)
                 return time.monotonic() - t0
-        except MoorageError:
-            pass
+        except MoorageError as e:
+            last = str(e)
         time.sleep(0.02)  # polling the tree's own answers: nothing to wait on instead
-    raise TimeoutError("the tree is not all running")
+    raise TimeoutError(f"the tree is not all running after {timeout:.0f} s; last seen: {last}")
 
 
 def victims(c: Client, stop_only: bool) -> list[tuple[str, int]]:
@@ -186,13 +189,14 @@ class Tally:
     calls: int = 0
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    error_ops: Counter[str] = field(default_factory=Counter)
     hung: int = 0
     wrong: int = 0
     wrong_examples: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, started: float, timeout: float, error: str | None = None,
-               wrong: str | None = None) -> None:
+               wrong: str | None = None, what: str = "") -> None:
         with self.lock:
             self.calls += 1
             if time.monotonic() - started > timeout + 2.0:
@@ -203,6 +207,7 @@ class Tally:
                     self.wrong_examples.append(wrong)
             elif error is not None:
                 self.errors[error] += 1
+                self.error_ops[f"{error} {what}"] += 1
             else:
                 self.ok += 1
 
@@ -236,7 +241,7 @@ class Load:
         try:
             r = c.call(actor, op, args, timeout=timeout)
         except MoorageError as exc:
-            self.tally.record(t0, timeout, error=exc.name)
+            self.tally.record(t0, timeout, error=exc.name, what=f"{actor} {op}")
             return
         wrong = check(r) if check is not None else None
         self.tally.record(t0, timeout, wrong=wrong)
@@ -285,6 +290,7 @@ class StreamCheck:
         self.resets = 0
         self.recreated = 0
         self.stop = threading.Event()
+        self.moved = threading.Condition()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -300,9 +306,14 @@ class StreamCheck:
             elif isinstance(ev, StreamMessage):
                 off = ev.body["offset"]
                 end = off + sum(len(a) for a in ev.attachments)
-                if off > self.have and not loss_since:
+                # a recreated session's new shell starts at the next multiple of 2^40: not a
+                # gap, whichever of its first output and its `recreated` event comes first
+                new_shell = off >> 40 > self.have >> 40 and off % (1 << 40) == 0
+                if off > self.have and not loss_since and not new_shell:
                     self.unreported += 1
-                self.have = max(self.have, end)
+                with self.moved:
+                    self.have = max(self.have, end)
+                    self.moved.notify_all()
                 loss_since = False
 
     def _session_events(self) -> None:
@@ -311,8 +322,15 @@ class StreamCheck:
             if isinstance(ev, StreamMessage) and ev.body.get("session") == self.sid and \
                     ev.body.get("event") == "recreated":
                 self.recreated += 1
-                self.have = 0  # a new shell: its output starts over
             ev = self.events.next(timeout=0)
+
+    def settle(self, c: Client, timeout: float = 10.0) -> None:
+        """Waits until the stream has reached where the session's output stands now, so a
+        count taken after it misses none of the run's messages."""
+        listed = {s["session"]: s for s in c.call("terminal", "term.list")["sessions"]}
+        target = listed.get(self.sid, {}).get("offset", 0)
+        with self.moved:
+            self.moved.wait_for(lambda: self.have >= target, timeout)
 
     def close(self) -> None:
         self.stop.set()
@@ -354,6 +372,23 @@ def _sessions(c: Client, n: int) -> list[dict[str, Any]]:
     return [c.call("terminal", "term.create", {"shell": "bash"}, timeout=30) for _ in range(n)]
 
 
+def _sessions_answer(c: Client, sids: list[str]) -> list[str]:
+    """After the chaos, every session runs a command and gives back its output: a stall
+    that outlived the kills shows here, whatever the calls during them met."""
+    failures = []
+    for sid in sids:
+        token = secrets.token_hex(4)
+        try:
+            r = c.call("terminal", "term.exec", {"session": sid, "command": f"echo {token}"},
+                       timeout=30)
+        except MoorageError as exc:
+            failures.append(f"term.exec on {sid} after the chaos: {exc.name}")
+            continue
+        if r.get("output") != token and r.get("mode") == "integration":
+            failures.append(f"term.exec on {sid} after the chaos: {r.get('output')!r:.60}")
+    return failures
+
+
 def chaos(duration: float, interval: float, signal_kind: str) -> Result:
     """R1 (SIGKILL of any non-root process) or R2 (SIGSTOP of an actor), with R14's checks."""
     name = "R1 kill" if signal_kind == "kill" else "R2 stop"
@@ -388,7 +423,7 @@ def chaos(duration: float, interval: float, signal_kind: str) -> Result:
                     hits[what.split(":")[0] if what.startswith("zygote") else what] += 1
             tally = load.finish()
             res.recovery_s = round(wait_all_running(c, 60), 3)
-            time.sleep(0.5)  # sleep-ok: let the stream's last messages arrive before the count
+            stream.settle(c)
             stream.close()
             res.calls, res.ok, res.hung, res.wrong = (tally.calls, tally.ok, tally.hung,
                                                       tally.wrong)
@@ -400,9 +435,14 @@ def chaos(duration: float, interval: float, signal_kind: str) -> Result:
             res.notes = {"kills": dict(hits), "original_shells": f"{original}/{len(made)}",
                          "terminals_supervisor_hit": hits.get("terminals", 0),
                          "stream": {"losses": stream.losses, "resets": stream.resets},
-                         "wrong_examples": tally.wrong_examples}
+                         "wrong_examples": tally.wrong_examples,
+                         "errors_by_op": dict(tally.error_ops)}
+            failures = []
             if not hits.get("terminals") and original != len(made):
-                res.notes["failures"] = "an original shell died without its supervisor hit"
+                failures.append("an original shell died without its supervisor hit")
+            failures += _sessions_answer(c, sids[1:])
+            if failures:
+                res.notes["failures"] = failures
             res.rss_after_mb = tree.rss() / 1e6
     finally:
         res.orphans = len(tree.stop())
@@ -649,6 +689,14 @@ class Collector:
                     with contextlib.suppress(MoorageError):
                         self.client.call("terminal", "term.ack",
                                          {"session": self.sid, "offset": self.acked})
+
+    def settle(self, c: Client, timeout: float = 10.0) -> None:
+        """Waits until the stream has reached where the session's output stands now, so a
+        count taken after it misses none of the run's messages."""
+        listed = {s["session"]: s for s in c.call("terminal", "term.list")["sessions"]}
+        target = listed.get(self.sid, {}).get("offset", 0)
+        with self.moved:
+            self.moved.wait_for(lambda: self.have >= target, timeout)
 
     def close(self) -> None:
         self.stop.set()

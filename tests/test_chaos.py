@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from moorage.protocol.errors import KINDS, Fault
 from perf import chaos
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -14,8 +15,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def test_kills_of_any_process_but_the_root_leave_no_hang_no_wrong_result_no_silent_gap():
     r = chaos.chaos(duration=8.0, interval=0.2, signal_kind="kill")
     assert (r.hung, r.wrong, r.gaps_unreported, r.orphans) == (0, 0, 0, 0), r
-    # every failure is classified and says what it means: a call that may have run
-    assert set(r.errors) <= {"outcome_unknown"}, r.errors
+    # every failure is classified and says what it means: a call that may have run, or a
+    # transient failure of the service that a retry can cure (a deadline passed on a starved
+    # machine, an actor between two lives); what is still stuck after the kills is a failure
+    transient = {n for n, k in KINDS.items() if k.retryable and k.fault is Fault.SERVICE}
+    assert set(r.errors) <= {"outcome_unknown"} | transient, r.errors
     assert r.calls > 100 and r.recovery_s < 30, r
     assert not r.notes.get("failures"), r.notes
 
