@@ -161,6 +161,14 @@ class CircuitBreaker:
             return max(0.0, self.opened_at + self.cooldown - now)
         return 0.0
 
+    def give_back(self) -> None:
+        """An attempt ended with no outcome (the connection dropped under it, before any
+        reply or deadline): the probe it held, if any, is free for the next request, which
+        may be its own resend. Without this the breaker stayed half-open with no probe
+        allowed for `probe_lease`, failing every call at once."""
+        if self.state is BreakerState.HALF_OPEN and self._probes_out > 0:
+            self._probes_out -= 1
+
     def record_success(self, now: float) -> None:
         self.failures = 0
         self.cooldown = self.base_cooldown

@@ -141,6 +141,17 @@ def test_a_probe_that_never_reports_back_is_given_up_after_its_lease():
     assert br.current(6.1) is BreakerState.CLOSED
 
 
+def test_a_probe_whose_connection_dropped_gives_its_place_back_to_its_resend():
+    br = CircuitBreaker(threshold=1, cooldown=1.0, probe_lease=30.0)
+    br.record_failure(0.0)
+    assert br.allow(1.0)  # the probe goes out; the actor dies under it
+    br.give_back()
+    assert br.allow(1.01)  # its resend (to the successor) is the probe now
+    assert not br.allow(1.02)
+    br.record_success(1.1)
+    assert br.current(1.1) is BreakerState.CLOSED
+
+
 def test_the_recovery_matrix_is_the_seeds_table():
     assert len(MATRIX) == 11
     row = recovery_for("filesystem", "recoverable")

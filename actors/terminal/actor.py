@@ -2,8 +2,9 @@
 
   op               args                                 reply                      errors
   term.create      {shell?, args?, cwd?, env?, cols?,   {session, pid, tty, shell, bad_args,
-                    rows?, integration?}                 kind, mode, attempts}      pty_failed,
-                                                                                    busy
+                    rows?, integration?, session?}       kind, mode, attempts}      pty_failed,
+                                                                                    busy,
+                                                                                    conflict
   term.exec        {session, command, timeout_ms?}      {session, exit_code,       not_found*,
                                                          output, cwd, duration_ms,  session_busy,
                                                          mode, trusted, parser}     shell_exited,
@@ -18,30 +19,39 @@
                                                                                     bad_args
   term.close       {session}                            {closed}                   not_found*
   term.list        {}                                   {sessions, keeper}         -
+  term.ack         {session, offset}                    {session, acked, offset,   not_found*
+                                                         consumers}
   term.scrollback  {session, from_offset?, max_bytes?}  {session, from, to,        not_found*
                                                          first, end, lost?} and
                                                          the bytes (attachment)
 not_found* is session_not_found. Every op that needs the keeper waits for it (up to
-`keeper_wait_ms`), then answers `unavailable`. `mode` is the fallback step that served:
-integration, no_integration, raw_output (actors/termsession.py); `parser` which parser found
-the markers that completed it: actor, local, or nil (raw output); `attempts` lists the shells
-tried before the one that ran.
+`keeper_wait_ms`), then answers `unavailable`; ops on a session being recreated wait for it.
+`mode` is the fallback step that served: integration, no_integration, raw_output
+(session.py); `parser` which parser found the markers that completed it: actor, local, or nil
+(raw output); `attempts` lists the shells tried before the one that ran. `term.create` takes
+an optional `session` id (one that exists already: `conflict`); it and `term.exec` are
+resumable: a resend of the same request, to this actor or its successor, gets the session it
+made or the command's result, never a second one.
 
 Streams: `term.out.<session>` body {offset, replay?} with the raw bytes as an attachment;
 `term.cmd.<session>` {event: start|end, command, cwd, exit_code, offsets, times};
-`term.session` {session, event: exited|lost|recreated|gone|closed, ...}; `term.alert` {kind:
-"sessions_lost", sessions, ...} when the keeper died with sessions. Offsets continue across
-restarts of this actor; seqs do not: a seq numbers a message of one publisher's life (its
-epoch, PROTOCOL.md section 12), and the successor cannot know the seqs its predecessor gave
-the messages it had queued but not yet acknowledged. So a subscriber sees a new epoch (the
-client's `Reset`), replays the new epoch from seq 1, and loses no byte: the successor
-republishes the keeper's tail (`keep_bytes`, which covers what the predecessor could have had
-in flight), marked `replay`, and a subscriber drops by offset what it already has.
+`term.session` {session, event: exited|lost|recreated|gone|closed|consumer_dropped, ...};
+`term.alert` {kind: "sessions_lost", sessions, ...} when the shells themselves were lost.
+Offsets continue across restarts of this actor and of the keeper; a recreated session's new
+shell starts at the next multiple of 2^40 (nothing of the lost shell's output is mistaken for
+it). Seqs do not continue: a seq numbers a message of one publisher's life (its epoch,
+PROTOCOL.md section 12), so a subscriber sees a new epoch (the client's `Reset`), replays the
+new epoch from seq 1, and loses no byte: the successor republishes the tail of each ring
+(`republish_bytes`), marked `replay`, and a subscriber drops by offset what it already has.
 
-The keeper (actors/ptykeeper.py, the link in actors/term/keeperside.py) holds the shells and
-the unacknowledged output; this actor acknowledges a chunk once it is published, and not
-while the publisher has a backlog (a slow subscriber, XPUB_NODROP) or the session's parser
-lags: the keeper's window fills, it stops reading, the shell blocks.
+Custody of the output (ring.py, keeper_client.py): the keeper (keeper/actor.py) reads each
+PTY into the session's ring, shared memory that this process maps too; this actor moves the
+ring's `ack_off` once a chunk is published, parsed, and taken by every consumer that
+acknowledges (`term.ack`): the keeper never reads more than its window past it, so a shell
+whose output is not handled blocks, and a byte read from a PTY is in the ring whichever of the
+two processes dies. A consumer that stops acknowledging for `consumer_timeout_ms` is dropped
+(`consumer_dropped`) and holds nobody back; a subscriber that does not acknowledge is not
+waited for at all: it loses messages at its own queue's limit, a gap it repairs by replay.
 Creation walks the shells (seed 2.2): the one asked for, the configured ones (`shells`,
 default $SHELL), `default_shell` (/bin/sh), then a minimal PTY (/bin/sh, bare environment, no
 integration). A shell that exits before its first prompt counts as failed. Sessions are
@@ -49,7 +59,7 @@ recorded in `<runtime_dir>/<name>.sessions`, so that a successor can tell that t
 them, alert, and start each once more (seed 1.2: Terminal Critical, recreate, alert, 1 retry).
 Output is parsed by the parser actor (`parse.feed` with absolute offsets), or in this
 process with the same library when that actor is down or its breaker is open, or not at all
-(raw output) when that fails too: actors/term/parsehop.py. Pressure (sys.pressure): high and
+(raw output) when that fails too: parsehop.py. Pressure (sys.pressure): high and
 critical trim the scrollback and close idle sessions, critical refuses term.create (busy),
 quality 1 and 0 turn shell integration off (see `on_pressure`).
 
@@ -59,7 +69,7 @@ parse_retry_max_ms (10000: the breaker's cooldown, doubling), keeper ("ptykeeper
 default_shell, term, integration_detect_ms (5000), quiet_ms (300), exec_timeout_ms (60000),
 scrollback_bytes (2 MiB), max_output_bytes (1 MiB), keeper_wait_ms (3000), idle_close_s
 (600), resume_wait_ms (5000), republish_bytes (2 MiB), consumer_timeout_ms (5000),
-pub_hwm (8: bounds what a crash can lose in flight, see PtyKeeper keep_bytes),
+pub_hwm (1000),
 retention_messages (2000) and retention_bytes (8 MiB) per topic, reply_cache_entries (1024).
 """
 

@@ -1,5 +1,5 @@
 """A command run by `term.exec` as its session tracks it, and the text helpers that cut a
-command's output out of the stream when no markers say where it is (actors/termsession.py)."""
+command's output out of the stream when no markers say where it is (session.py)."""
 
 from __future__ import annotations
 

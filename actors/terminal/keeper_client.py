@@ -21,9 +21,9 @@ subscriber moves nothing until a subscriber is back (at most `resume_wait_ms`), 
 published meanwhile is bounded by the window, not by the shell's speed.
 
 Command lines are written to the PTY here, through our copy of the master, while the keeper
-holds none of the session's input (else they would overtake it) and the session parses in
-this process (`write` says why not with the parser actor); typed input (`term.write`, with its
-queue limit) and whatever cannot be written at once go through the keeper.
+holds none of the session's input (else they would overtake it): then no keeper's death can
+lose them. Typed input (`term.write`, with its queue limit) and whatever cannot be written at
+once go through the keeper.
 """
 
 from __future__ import annotations

@@ -228,6 +228,7 @@ class CallPlan:
         call ends now with `outcome_unknown` (it may have run, or not), rather than at its
         deadline: the successor cannot answer for it. The detail says which epoch it went to
         and, for a call naming a session, which session to look at."""
+        self.core.breaker(self.actor).give_back()
         if self.idempotent or self.resumable:
             # (a resumable op's successor answers the same id as its predecessor would have)
             return Resend(0.0)

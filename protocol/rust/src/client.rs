@@ -414,6 +414,7 @@ impl Client {
         for ch in changes {
             if let Some((mut plan, _)) = flying.remove(&ch.id) {
                 let now = self.now();
+                self.breaker(actor).give_back();
                 let v = plan.on_actor_gone(now, ch.old_epoch.as_deref(), ch.new_epoch.as_deref());
                 self.apply(actor, plan, v, flying, out)?;
             }

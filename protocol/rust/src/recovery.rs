@@ -119,6 +119,14 @@ impl CircuitBreaker {
         }
     }
 
+    /// An attempt ended with no outcome (the connection dropped under it): the probe it held,
+    /// if any, is free again, for its own resend or another call.
+    pub fn give_back(&mut self) {
+        if self.state == BreakerState::HalfOpen && self.probes_out > 0 {
+            self.probes_out -= 1;
+        }
+    }
+
     pub fn retry_after(&self, now: f64) -> f64 {
         if self.state == BreakerState::Open {
             (self.opened_at + self.cooldown - now).max(0.0)
@@ -147,5 +155,23 @@ impl CircuitBreaker {
         self.opened_at = now;
         self.probes_out = 0;
         self.state = BreakerState::Open;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_whose_connection_dropped_gives_its_place_back_to_its_resend() {
+        let mut br = CircuitBreaker::new(1, 1.0);
+        br.record_failure(0.0);
+        assert!(br.allow(1.0)); // the probe goes out; the actor dies under it
+        assert!(!br.allow(1.005)); // one probe at a time
+        br.give_back();
+        assert!(br.allow(1.01)); // its resend is the probe now
+        assert!(!br.allow(1.02));
+        br.record_success();
+        assert_eq!(br.current(1.1), BreakerState::Closed);
     }
 }

@@ -142,6 +142,7 @@ export class CallPlan {
 
   /** The actor this was sent to is gone (section 10, early failure on a dead actor). */
   onActorGone(at: number, oldEpoch: string | null, newEpoch: string | null): Verdict {
+    this.breaker.giveBack();
     if (this.idempotent) return { kind: "resend", delay: 0 };
     const detail: Record<string, unknown> = { old_epoch: oldEpoch, new_epoch: newEpoch };
     const a = this.args as Record<string, unknown> | null;

@@ -93,6 +93,12 @@ export class CircuitBreaker {
     return false;
   }
 
+  /** An attempt ended with no outcome (the connection dropped under it): the probe it held,
+   * if any, is free again, for its own resend or another call. */
+  giveBack(): void {
+    if (this.state === "half_open" && this.probesOut > 0) this.probesOut -= 1;
+  }
+
   retryAfter(now: number): number {
     return this.state === "open" ? Math.max(0, this.openedAt + this.cooldown - now) : 0;
   }
