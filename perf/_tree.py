@@ -30,7 +30,9 @@ class BenchTree:
         """Start `moorage up`; returns seconds until every actor answered sys.ping."""
         cmd = [sys.executable, "-m", "moorage.supervisor.cli",
                "--instance-dir", str(self.dir), "up",
-               "--log-level", "WARNING"]
+               "--log-level", "WARNING",
+               # a benchmark killed before it stops the tree leaves none behind for long
+               "--parent", str(os.getpid())]
         if self.config:
             cmd += ["--config", str(self.config)]
         t0 = time.perf_counter()

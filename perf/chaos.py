@@ -78,7 +78,8 @@ class DefaultTree:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir", str(self.dir),
-             "up", "--log-level", "WARNING"], cwd=ROOT, env=self.env,
+             "up", "--log-level", "WARNING", "--parent", str(os.getpid())],
+            cwd=ROOT, env=self.env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         with Client(self.dir, timeout=30.0) as c:

@@ -38,6 +38,7 @@ class RuntimeTable(TypedDict, total=False):
     push_metrics: bool
     metrics_interval_s: Number
     log_level: str
+    io_threads_sched: Literal["batch", "normal"]
 
 
 class SloObjectives(TypedDict, total=False):

@@ -157,7 +157,9 @@ class Tree:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moorage.supervisor.cli",
                  "--instance-dir", str(self.runtime_dir),
-                 "up", "--config", str(self.config_path), "--allow-external-actors"],
+                 "up", "--config", str(self.config_path), "--allow-external-actors",
+                 # a test run killed before its teardown leaves no tree behind for long
+                 "--parent", str(os.getpid())],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                 start_new_session=True)
         # from_seq=1: every retained event, whenever we happen to connect (no slow joiner).
