@@ -12,6 +12,7 @@ import pytest
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 from tests.terminal_support import Commands, Output, env_for, make_home, terminal_tree
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,6 +70,81 @@ def test_commands_complete_through_the_parser_actor(make_tree, tmp_path):
     parse = tree.call("terminal", "sys.info")["parse"]
     assert parse["mode"] == "actor" and parse["breaker"] == "closed"
     assert parse.get("to_local", 0) == 0 and parse["actor_events"] > 0
+    s.check_records()
+
+
+def listed(s: Session) -> dict:
+    (one,) = s.c.call("terminal", "term.list")["sessions"]
+    return one
+
+
+def test_plain_output_goes_to_the_parser_actor_all_the_same(make_tree, tmp_path):
+    """Output with no ESC in it, arriving when the parser is in ground state, waits to go
+    with the next chunk that has one (it cannot hold a marker), or a moment when none
+    comes: the parser actor still gets every byte, in order."""
+    tree = make_tree(TREE).start()
+    s = Session(tree, tmp_path)
+    r = s.c.call("terminal", "term.exec", {"session": s.sid, "command": "seq 1 3000"},
+                 timeout=30)
+    assert r["output"].split("\n")[-1] == "3000" and r["parser"] == "actor", r
+    s.codes.append(0)
+    flushed = tree.call("terminal", "sys.info")["parse"].get("inert_flushed", 0)
+    out = Output(s.c, s.sid)
+    # the plain output comes when all before it is parsed, and nothing follows it
+    s.c.call("terminal", "term.write", {"session": s.sid, "data": (
+        "while [ ! -e ~/go ]; do sleep 0.01; done; seq 7771 7775; sleep 60\r")})
+    wait_for(lambda: listed(s)["state"] == "running" and
+             listed(s)["parsed"] == listed(s)["offset"],
+             "the command runs and all its output so far is parsed", timeout=30)
+    (s.home / "go").write_text("")
+    out.until(lambda d: b"7775\r\n" in d)
+    wait_for(lambda: listed(s)["parsed"] == listed(s)["offset"],
+             "the parser actor parsed the plain output too", timeout=30)
+    assert tree.call("terminal", "sys.info")["parse"]["inert_flushed"] > flushed
+    out.close()
+    s.c.call("terminal", "term.signal", {"session": s.sid, "signal": "SIGINT"})
+    s.codes.append(130)
+    for n in range(3):
+        assert s.exec(n)["parser"] == "actor"
+    s.check_records()
+
+
+def test_the_end_of_a_command_is_read_at_once_when_the_parser_has_caught_up(make_tree,
+                                                                            tmp_path):
+    """The chunk with a command's end marker, arriving when the parser actor has parsed all
+    before it, is read by the terminal itself: the command is answered without the round
+    trip, and the parser actor's markers for the chunk, coming after, are dropped as repeats
+    (one end record per command all the same)."""
+    tree = make_tree(TREE).start()
+    s = Session(tree, tmp_path)
+    for n in range(2):
+        s.exec(n)
+    before = tree.call("terminal", "sys.info")["parse"].get("read_ahead", 0)
+    repeated = listed(s)["repeated_markers"]
+    go = s.home / "go"
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        with Client(s.c.runtime_dir, timeout=60.0) as c:
+            box["reply"] = c.call("terminal", "term.exec", {
+                "session": s.sid,
+                "command": "echo gated; while [ ! -e ~/go ]; do sleep 0.01; done; (exit 4)"})
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_for(lambda: listed(s)["busy"] and listed(s)["state"] == "running" and
+                 listed(s)["parsed"] == listed(s)["offset"],
+                 "the command runs and all its output so far is parsed", timeout=30)
+        go.write_text("")
+    finally:
+        t.join(60)
+    r = box["reply"]
+    assert (r["exit_code"], r["output"], r["parser"]) == (4, "gated", "actor"), r
+    s.codes.append(4)
+    assert tree.call("terminal", "sys.info")["parse"]["read_ahead"] > before
+    wait_for(lambda: listed(s)["repeated_markers"] > repeated,
+             "the parser actor's markers for the chunk came and were dropped", timeout=30)
     s.check_records()
 
 

@@ -6,7 +6,7 @@ their offsets and the session completes its execs from them. Each session has a 
 that says which parser serves it (`via`):
 
   actor   the parser actor: each chunk is sent as it arrives (at most `parse_feed_bytes` a
-          feed), up to FLYING feeds in flight per session.
+          feed), up to FLYING feeds in flight per session; two shortcuts below.
   local   the same library in this process, fed as the bytes arrive (seed 1.2, Network
           Critical: local mode) when the parser actor is down or its breaker is open.
   None    nothing parses (the library failed in this process too): raw output mode.
@@ -29,6 +29,20 @@ restarted, or evicted it) is opened again from the ground point; that is not a f
 
 While a session's unparsed output is over `parse_lag_bytes` the terminal holds back its acks
 to the keeper, so a slow parser slows the shell down instead of growing this buffer.
+
+Two shortcuts keep the parser actor off a command's critical path without taking the stream
+from it (every byte is still fed to it, in order, and its markers are applied):
+- *Inert output waits.* A chunk with no ESC in it, arriving while the parser is in ground
+  state with nothing in flight, cannot hold a marker or finish one: it is not sent alone but
+  with the next chunk that has an ESC (or after INERT_FLUSH_S, or past `parse_feed_bytes`).
+  A command's echo and plain output cost no round trip then, and a session whose unparsed
+  output is all inert counts as parsed (`when_parsed`).
+- *The end of a command, read here.* A chunk that carries the session's command-end or
+  prompt-end marker (633 D or B, with its nonce), arriving when the parser actor has parsed
+  everything before it and holds nothing, is also parsed here, at once, by the same library
+  from that ground point: the command is answered and the prompt known without waiting for
+  the round trip. The parser actor's markers for the chunk come later and are dropped as
+  repeats (by offset, as after a switch). Counted as `read_ahead` in `sys.info`.
 """
 
 from __future__ import annotations
@@ -65,6 +79,8 @@ if TYPE_CHECKING:
 PARSE_MODES = ("actor", "local")
 FLYING = 4  # feeds in flight per session
 SLACK = 16  # bytes before a parser's ground point that the next parser parses again
+INERT_FLUSH_S = 0.02  # inert output not followed by anything is sent after this
+ESC = b"\x1b"
 # errors that say the parser actor is not serving (the breaker counts them)
 TRANSPORT = frozenset({"timeout", "unavailable", "busy", "stopping", "deadline_expired",
                        "outcome_unknown"})
@@ -108,6 +124,7 @@ class ParserLink:
             threshold=1, cooldown=int(config.get("parse_retry_ms", 1000)) / 1000,
             max_cooldown=int(config.get("parse_retry_max_ms", 10_000)) / 1000)
         self.outbound = Outbound(actor) if mode == "actor" else None
+        self.call_later = actor.loop.call_later
         self.counts: Counter[str] = Counter()
 
     def closed(self, now: float) -> bool:
@@ -155,6 +172,12 @@ class ParseHop:
         self.sent = base  # what the feeds sent so far cover
         self.flying = 0  # requests awaiting their replies
         self._waiting: list[tuple[int, Callable[[], None]]] = []  # (offset, when parsed)
+        # bytes from `sent` on hold no ESC and the parser was in ground at `sent`
+        self.inert = False
+        self._flush_timer: Any = None
+        # b"\x1b]633;D;" and b"\x1b]633;B;" are in a chunk that ends or draws a prompt; the
+        # nonce after them makes it ours (a cheap test before the read-ahead parse)
+        self._nonce_b = nonce.encode()
         self.local: Parser | None = None
         self.via: str | None = "actor"
         # A restarted terminal's session gets its predecessor's output again first: parsed
@@ -180,20 +203,53 @@ class ParseHop:
         return max(self.buf.base, self.parsed - self.held - SLACK)
 
     def take(self, data: bytes) -> None:
+        start = self.end
         self.buf.append(data)
         if self.via == "local":
             self._feed_local(data)
             if self.end >= self.local_until and self.link.closed(time.monotonic()):
                 self._to_actor(self.ground())
         elif self.via == "actor":
+            grounded = self.flying == 0 and self.held == 0 and self.parsed == self.sent
+            if ESC not in data and grounded and (self.inert or self.sent == start) and \
+                    self.end - self.sent < self.link.feed_bytes:
+                self.inert = True  # nothing here can be a marker: it goes with the next
+                if self._flush_timer is None:
+                    self._flush_timer = self.link.call_later(INERT_FLUSH_S, self._flush)
+                return
+            if grounded and (self.inert or self.sent == start) and self._nonce_b in data \
+                    and (b"633;D;" in data or b"633;B;" in data):
+                self._read_ahead(self.sent, self.buf.get(self.sent, self.end))
+            self.inert = False
             self._pump()
         else:
             self.buf.drop_before(self.end)
 
+    def _flush(self) -> None:
+        self._flush_timer = None
+        if self.inert and self.via == "actor":
+            self.inert = False
+            self.link.counts["inert_flushed"] += 1
+            self._pump()
+
+    def _read_ahead(self, start: int, data: bytes) -> None:
+        """The chunk that ends a command (or draws the prompt), the parser actor having
+        parsed everything before it: its markers, now (see the module docstring)."""
+        try:
+            events = Parser(nonce=self.nonce, offset=start).feed(data)
+        except Exception:  # vtparse promises never to raise; the actor's reply will do
+            logger.exception("session {}: read-ahead parse failed", self.sid)
+            return
+        self.link.counts["read_ahead"] += 1
+        if events:
+            self.apply(events, "actor")
+
     def when_parsed(self, offset: int, fn: Callable[[], None]) -> None:
         """Call `fn` once every byte before `offset` has been parsed (at once when it has,
-        or when no parser runs): the session's state then reflects all that output."""
-        if self.via != "actor" or self.parsed >= offset:
+        when what is left is inert, or when no parser runs): the session's state then
+        reflects all that output."""
+        if self.via != "actor" or self.parsed >= offset or (
+                self.inert and self.parsed == self.sent and self.flying == 0):
             fn()
         else:
             self.link.counts["waits"] += 1
@@ -236,6 +292,7 @@ class ParseHop:
     def _to_actor(self, start: int) -> None:
         self.gen += 1
         self.via = "actor"
+        self.inert = False
         self.local = None
         self.parsed = self.sent = start
         self.held = 0
@@ -248,7 +305,7 @@ class ParseHop:
         """Send what has not been sent: the open first, then feeds, up to `FLYING` at once
         (one socket, so the parser actor takes them in order; a chunk that ends a command
         goes out when it arrives, not after the reply to the chunk before it)."""
-        if self.via != "actor":
+        if self.via != "actor" or self.inert:
             return
         if not self.opened:
             self.opened = True
@@ -345,6 +402,7 @@ class ParseHop:
     def _to_local(self, start: int, reason: str) -> None:
         self.gen += 1  # a reply still on its way is dropped
         self.flying = 0
+        self.inert = False
         self.via = "local"
         self.link.counts["to_local"] += 1
         logger.info("session {}: parsing in-process from offset {} ({})", self.sid, start,
@@ -379,6 +437,7 @@ class ParseHop:
 
     def _raw(self) -> None:
         self.local = None
+        self.inert = False
         self.via = None
         self.link.counts["raw"] += 1
         self.buf.drop_before(self.end)

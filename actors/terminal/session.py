@@ -457,7 +457,6 @@ class Session:
             return
         ex.done = True
         self.exec = None
-        self._exec_done()
         if output.endswith("\n"):
             output = output[:-1]
         ex.call.reply({
@@ -466,6 +465,9 @@ class Session:
             "mode": ex.mode, "trusted": ex.mode == "integration",
             "parser": parser if ex.mode == "integration" else self.hop.via,
         })
+        # After the reply: the keeper's record of the command only serves a successor that
+        # must answer it, and a successor that finds it after this reply answers nobody.
+        self._exec_done()
 
     def _fail(self, err: WireError) -> None:
         ex = self.exec
@@ -557,6 +559,7 @@ class Session:
             "cols": self.cols, "rows": self.rows, "offset": self.offset,
             "scrollback_from": self.scroll.base, "exited": self.exited,
             "busy": self.exec is not None, "untrusted_markers": self.untrusted,
-            "parser": self.hop.via, "repeated_markers": self.repeated_markers,
+            "parser": self.hop.via, "parsed": self.hop.parsed,
+            "repeated_markers": self.repeated_markers,
             "consumers": {k: c.acked for k, c in self.consumers.items()},
         }
