@@ -163,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     ref = measure_idle(False, args.seconds, args.warmup, args.samples)
     got = measure_idle(True, args.seconds, args.warmup, args.samples)
     n = len(got["rows"])
-    report.add(Row("P14", f"idle tree total RSS ({n} processes)", "MB", "<= 200 MB",
-                   got["rss_mb"], ref["rss_mb"], got["rss_mb"] <= 200,
-                   note=f"limit: the same tree without the resource actor; PSS (shared "
-                        f"pages once) {got['pss_mb']:.1f} MB vs {ref['pss_mb']:.1f} MB"))
-    report.add(Row("P14", f"idle tree CPU over {got['seconds']:.0f} s", "%", "<= 1% of a core",
-                   got["cpu_pct"], ref["cpu_pct"], got["cpu_pct"] <= 1.0,
+    report.add(Row("P14", f"idle tree PSS summed ({n} processes)", "MB", "<= 64 MB",
+                   got["pss_mb"], ref["pss_mb"], got["pss_mb"] <= 64,
+                   note=f"limit: the same tree without the resource actor; RSS summed "
+                        f"(the zygotes' shared pages once per process) {got['rss_mb']:.1f} MB "
+                        f"vs {ref['rss_mb']:.1f} MB"))
+    report.add(Row("P14", f"idle tree CPU over {got['seconds']:.0f} s", "%",
+                   "<= 0.3% of a core", got["cpu_pct"], ref["cpu_pct"], got["cpu_pct"] <= 0.3,
                    note="% of one core; limit: the same tree without the resource actor"))
     res = next(r for r in got["rows"] if r["name"] == "resource")
     report.add(Row("P14", "resource actor alone: CPU (1 sample/s)", "%", "(part of P14)",

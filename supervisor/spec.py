@@ -23,6 +23,10 @@ class ConfigError(ValueError):
 class HeartbeatSpec:
     interval_ms: int = 200
     misses: int = 3
+    # While every child is idle (blocked in its loop's wait, not stopped) the board is read
+    # this often instead: an idle tree sleeps. A stop is reported by the zygote at once,
+    # and any sign of work brings the tick back to `interval_ms`.
+    idle_interval_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,9 @@ def parse_supervisor(
           f"must be one of {[s.value for s in Strategy]}, got {strategy!r}")
     hb = d.get("heartbeat", {})
     _want(isinstance(hb, dict), f"{where}.heartbeat", "must be a table")
+    for k in hb:
+        _want(k in ("interval_ms", "misses", "idle_interval_ms"), f"{where}.heartbeat.{k}",
+              "unknown key (known: idle_interval_ms, interval_ms, misses)")
     _want(isinstance(children, list), f"{where}.children", "must be a list of tables")
     kids = tuple(
         parse_child(c, f"{where}.children[{i}]", actor_config, seen)
@@ -135,6 +142,7 @@ def parse_supervisor(
         heartbeat=HeartbeatSpec(
             int(_num(hb, "interval_ms", f"{where}.heartbeat", 200, 10)),
             int(_num(hb, "misses", f"{where}.heartbeat", 3, 1)),
+            int(_num(hb, "idle_interval_ms", f"{where}.heartbeat", 1000, 10)),
         ),
         children=kids,
     )

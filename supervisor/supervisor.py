@@ -37,10 +37,12 @@ terminal alerts. A child state `shed` is held stopped by `sup.shed` (not a failu
 Deaths are seen at once: the zygote reaps on SIGCHLD and writes the exit status to the
 supervisor's socketpair, which the loop polls. Hangs are seen by beats (actors.runtime.beat):
 the child's own loop keeps its slot on a board shared through the zygote (it turned; it is
-blocked in its wait until a given time). Read every `heartbeat.interval_ms`, a child that
-neither turned nor waits idle (not stopped, its wait not overdue) for `heartbeat.misses` ticks
-in a row is SIGKILLed and restarted. No message is sent and no idle child is woken for it
-(`sys.heartbeat` stays an op, for clients that probe an actor themselves).
+blocked in its wait until a given time). Read every `heartbeat.interval_ms` while any child
+works (every `idle_interval_ms` while all are idle), a child that neither turned nor waits
+idle (not stopped, its wait not overdue) for `heartbeat.misses` ticks in a row is SIGKILLed
+and restarted. A stop is reported by the zygote, the stopped child's parent, as it happens.
+No message is sent and no idle child is woken for it (`sys.heartbeat` stays an op, for
+clients that probe an actor themselves).
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ class Supervisor(Actor):
         # a dead zygote (we are a subreaper); anything else orphaned below us is reaped too.
         signal.signal(signal.SIGCHLD,
                       lambda *_: self.loop.call_soon_threadsafe(self._reap_children))
-        interval = self.spec.heartbeat.interval_ms / 1000
-        self.loop.call_every(interval, self._heartbeat)
+        self._beat_timer = self.loop.call_later(self.spec.heartbeat.interval_ms / 1000,
+                                                self._heartbeat)
         if self.notify is not None:
             self.notify.start_watchdog(self.loop)
         if self.lifecycle is not None:
@@ -309,6 +311,12 @@ class Supervisor(Actor):
                                    ev["pid"])
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(ev["pid"], signal.SIGKILL)
+            elif kind in ("stopped", "continued"):
+                child = self.by_pid.get(ev["pid"])
+                if child is not None:
+                    child.stopped = kind == "stopped"
+                    if child.stopped:
+                        self._beat_soon()
             elif kind == "exited":
                 child = self.by_pid.pop(ev["pid"], None)
                 if child is not None:
@@ -552,18 +560,37 @@ class Supervisor(Actor):
     # --- heartbeats -------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        """Read every running child's beat; tick again after `interval_ms` while any child
+        works (or is stopped, or missed a beat), after `idle_interval_ms` while all are idle:
+        a child that wakes and then hangs is seen at most one idle interval later."""
         beats = self.zygote.beats
         now = time.monotonic_ns()
+        watch = False
         for child in self.children.values():
             if child.state is not ChildState.RUNNING:
+                watch = watch or child.state is ChildState.STARTING
                 continue
             turn, until = beats.read(child.slot)
-            idle = until >= now and turn == child.heartbeat.last_turn and (
-                child.pid is None or not stopped(child.pid))
+            # a stop is reported by the zygote; a child it no longer parents (it died and we
+            # adopted the child) is looked at in /proc
+            halted = child.stopped or (child.adopted and child.pid is not None and
+                                       stopped(child.pid))
+            waiting = until >= now and not halted  # blocked in its loop's wait, in time
+            idle = waiting and turn == child.heartbeat.last_turn
             # its last sign of life: its loop's last turn (a monotonic stamp), or now if idle
             child.alive_at = max(child.alive_at, now if idle else turn)
             if child.heartbeat.observe(turn, idle):
                 self._hung(child)
+            watch = watch or not waiting or child.adopted
+        hb = self.spec.heartbeat
+        self._beat_timer = self.loop.call_later(
+            (hb.interval_ms if watch else hb.idle_interval_ms) / 1000, self._heartbeat)
+
+    def _beat_soon(self) -> None:
+        """A child stopped: read the board at the working pace from now on."""
+        self._beat_timer.cancel()
+        self._beat_timer = self.loop.call_later(self.spec.heartbeat.interval_ms / 1000,
+                                                self._heartbeat)
 
     def _hung(self, child: Child) -> None:
         misses = child.heartbeat.misses

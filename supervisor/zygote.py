@@ -290,11 +290,19 @@ class _Zygote:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            # A stop (SIGSTOP, SIGTSTP...) and a continue are told too: the supervisor's
+            # heartbeat then knows a stopped child at once, without reading /proc.
+            if os.WIFSTOPPED(status):
+                self.send({"ev": "stopped", "pid": pid})
+                continue
+            if os.WIFCONTINUED(status):
+                self.send({"ev": "continued", "pid": pid})
+                continue
             self.children.discard(pid)
             code = os.waitstatus_to_exitcode(status)
             self.send({"ev": "exited", "pid": pid,

@@ -640,6 +640,16 @@ class Actor:
 
     # --- metrics ------------------------------------------------------------------------------
 
+    def _push_later(self) -> None:
+        if self._push_timer is None:
+            self._push_timer = self.loop.call_later(self._push_interval, self._push_due)
+
+    def _push_due(self) -> None:
+        self._push_timer = None
+        self._push_metrics()
+        if self.stats.pending() or self.losses.pending():  # not delivered: try again later
+            self._push_later()
+
     def _push_metrics(self) -> None:
         if self.metrics_push is None or not (self.stats.pending() or self.losses.pending()):
             return
@@ -674,7 +684,14 @@ class Actor:
         self.loop.set_primary(self.rpc, self._on_batch, self.ctx, self.queue_limit * 2)
         self.loop.add_reader(self.pub_socket, self._drain_subscriptions)
         self.loop.add_reader(self._pub_monitor, self._on_pub_monitor)
-        self.loop.call_every(float(self.config.get("metrics_interval_s", 1.0)), self._push_metrics)
+        # A push goes out one interval after the first thing recorded since the last one:
+        # an idle actor has no timer for it.
+        self._push_interval = float(self.config.get("metrics_interval_s", 1.0))
+        self._push_timer: Timer | None = None
+        if self.metrics_push is not None:  # (the metrics actor takes its own figures itself)
+            self.stats.wake = self.losses.wake = self._push_later
+            if self.stats.pending() or self.losses.pending():
+                self._push_later()
         self.on_start()
         if self.ready_hook is not None:
             self.ready_hook()

@@ -11,10 +11,11 @@ beat proves the same with no message and no wake-up:
   until   before it blocks, the loop writes when its wait will end at the latest (its next
           timer; WAIT_FOREVER with none), and 0 once the wait has returned
 
-The supervisor reads both on its heartbeat tick (moorage.supervisor.supervisor). A child shows life
-when `turn` changed since the last tick, or when it is blocked in its loop's wait (`until`
-set and not past) and not stopped (/proc state T or t: SIGSTOP, a tracer): blocked there is
-idle, not hung. Anything else is a missed beat; `misses` in a row and it is hung
+The supervisor reads both on its heartbeat tick (moorage.supervisor.supervisor). A child
+shows life when `turn` changed since the last tick, or when it is blocked in its loop's wait
+(`until` set and not past) and not stopped (SIGSTOP: its zygote, its parent, reports it;
+/proc state T or t for a child whose zygote died): blocked there is idle, not hung. Anything
+else is a missed beat; `misses` in a row and it is hung
 (moorage.supervisor.policy.Heartbeat), as `misses` unanswered probes in a row were.
 
 The board is a shared mapping of a memfd the supervisor creates before it forks its zygote,

@@ -7,6 +7,8 @@ service time (moorage.protocol.histogram's shape, so all of them merge).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from moorage.protocol.histogram import Recorder, decode
 
 
@@ -27,11 +29,16 @@ class OpStats:
         self._ops: dict[str, OpCounts] = {}
         self.total_ok = 0
         self.total_error = 0
+        # called by the first record after a drain: the owner arms its push then, so an
+        # idle process has no timer for it (and is not woken)
+        self.wake: Callable[[], None] | None = None
 
     def record(self, op: str, micros: int, ok: bool, caller: bool = False) -> None:
         """One request of `op`; `caller`: it failed with an error that is the caller's."""
         c = self._ops.get(op)
         if c is None:
+            if not self._ops and self.wake is not None:
+                self.wake()
             c = self._ops[op] = OpCounts()
         if ok:
             c.ok += 1
@@ -88,9 +95,12 @@ class LossCounters:
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
+        self.wake: Callable[[], None] | None = None  # as OpStats.wake
 
     def add(self, name: str, n: int = 1) -> None:
         if n > 0:
+            if not self._counts and self.wake is not None:
+                self.wake()
             self._counts[name] = self._counts.get(name, 0) + n
 
     def pending(self) -> bool:

@@ -26,13 +26,13 @@
                                                          the bytes (attachment)
 not_found* is session_not_found. Every op that needs the keeper waits for it (up to
 `keeper_wait_ms`), then answers `unavailable`; ops on a session being recreated wait for it.
-`mode` is the fallback step that served: integration, no_integration, raw_output
-(session.py); `parser` which parser serves the session: actor (the parser actor; the
-terminal reads the chunk that ends a command itself when the actor has parsed all before
-it: parsehop.py), local, or nil (raw output); `attempts` lists the shells tried before the one that ran. `term.create` takes
-an optional `session` id (one that exists already: `conflict`); it and `term.exec` are
-resumable: a resend of the same request, to this actor or its successor, gets the session it
-made or the command's result, never a second one.
+`mode` is the fallback step that served: integration, no_integration, raw_output (session.py);
+`parser` which parser serves the session: actor (the parser actor; the terminal reads the chunk
+that ends a command itself when the actor has parsed all before it: parsehop.py), local, or nil
+(raw output); `attempts` lists the shells tried before the one that ran. `term.create` takes an
+optional `session` id (one that exists already: `conflict`); it and `term.exec` are resumable: a
+resend of the same request, to this actor or its successor, gets the session it made or the
+command's result, never a second one.
 
 Streams: `term.out.<session>` body {offset, replay?} with the raw bytes as an attachment;
 `term.cmd.<session>` {event: start|end, command, cwd, exit_code, offsets, times};
@@ -158,7 +158,7 @@ class TerminalActor(Actor):
         # keeper_wait_ms without it (then ops wait or answer `unavailable`).
         self._ready_callback, self.ready_hook = self.ready_hook, None
         self.loop.call_later(self.keeper_wait_s, self._announce_ready)
-        self.loop.call_every(min(1.0, self.consumer_timeout_s / 2), self._drop_silent_consumers)
+        self._consumer_timer: Timer | None = None  # armed while any session has consumers
         self.keeper.connect()
 
     def _announce_ready(self) -> None:
@@ -189,7 +189,13 @@ class TerminalActor(Actor):
         s.on_exit(info)
         self.publisher.publish("term.session", {"session": s.id, "event": "exited", **info})
 
+    def _watch_consumers(self) -> None:
+        if self._consumer_timer is None:
+            self._consumer_timer = self.loop.call_later(
+                min(1.0, self.consumer_timeout_s / 2), self._drop_silent_consumers)
+
     def _drop_silent_consumers(self) -> None:
+        self._consumer_timer = None
         now = time.monotonic()
         for s in self.sessions.values():
             for consumer in s.silent_consumers(now, self.consumer_timeout_s):
@@ -200,6 +206,8 @@ class TerminalActor(Actor):
                 logger.warning("session {}: consumer {} dropped (silent for {} s)", s.id,
                                consumer, self.consumer_timeout_s)
                 self.keeper.flush_acks(s)
+        if any(s.consumers for s in self.sessions.values()):
+            self._watch_consumers()
 
     # --- pressure (seed 6 and 9.2) -----------------------------------------------------------
 
@@ -500,6 +508,7 @@ class TerminalActor(Actor):
         def run() -> Any:
             s = self.session(session)
             acked = s.consumer_ack(call.sid, offset, time.monotonic())
+            self._watch_consumers()
             self.keeper.flush_acks(s)
             return {"session": session, "acked": acked, "offset": s.offset,
                     "consumers": len(s.consumers)}
