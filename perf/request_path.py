@@ -87,7 +87,7 @@ class ActorBench:
             self.pending -= 1
 
     def handle(self, frames: list[bytes]) -> None:
-        self.actor._handle(frames)
+        self.actor.handle_request(frames)
         self.pending += 1
         if self.pending >= 256:
             self.drain()
@@ -105,7 +105,7 @@ class ActorBench:
         reply = encode_reply(req.id, a.epoch, body, atts)
 
         def send() -> None:
-            a._send(route, reply)
+            a.send_reply(route, reply)
             self.pending += 1
             if self.pending >= 256:
                 self.drain()
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 frames = bench.frames(op, op_args)
                 steps = bench.steps(frames, args.n)
                 breakdown[f"actor {op}"] = steps
-                bench.actor._handle(frames)
+                bench.actor.handle_request(frames)
                 reply = recv_frames(bench.dealer)
                 breakdown[f"client {op}"] = bench.client_steps(op, op_args, reply, args.n)
         finally:

@@ -53,7 +53,7 @@ quality_up_samples = 1
 
 
 def test_critical_that_persists_sheds_the_non_essential_actors_until_it_has_passed(make_tree):
-    budget = 400
+    budget = 600
     tree = make_tree(tree_config(budget, kill_runaways=False, persist_after_samples=3,
                                  restore_after_samples=3)).start()
     w, ev = Watch(tree), Events(tree)

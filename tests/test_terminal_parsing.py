@@ -104,6 +104,8 @@ def test_plain_output_goes_to_the_parser_actor_all_the_same(make_tree, tmp_path)
     out.close()
     s.c.call("terminal", "term.signal", {"session": s.sid, "signal": "SIGINT"})
     s.codes.append(130)
+    wait_for(lambda: listed(s)["state"] == "prompt", "the interrupted command ends",
+             timeout=30)
     for n in range(3):
         assert s.exec(n)["parser"] == "actor"
     s.check_records()

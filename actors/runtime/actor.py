@@ -443,7 +443,7 @@ class Actor:
         # has beaten and read what arrived meanwhile), so a flood of costly requests from one
         # peer holds neither the loop nor another peer's `sys.ping`. Past `queue_limit`
         # waiting, a request is refused `busy` at once rather than left behind the others.
-        handle = self._handle
+        handle = self.handle_request
         if self._held:
             self._hold(batch, 0)
             return
@@ -462,7 +462,7 @@ class Actor:
         held = self._held
         for frames in batch[start:]:
             if self._held_count >= self.queue_limit:
-                self._handle(frames, True)
+                self.handle_request(frames, True)
                 continue
             q = held.get(frames[0])
             if q is None:
@@ -483,13 +483,14 @@ class Actor:
                 self._held_count -= 1
                 if not q:
                     del held[route]
-                self._handle(frames)
+                self.handle_request(frames)
         if held:
             self.loop.defer(self._serve_held)
         else:
             self._serving_held = False
 
-    def _send(self, route: list[bytes], frames: list[bytes]) -> None:
+    def send_reply(self, route: list[bytes], frames: list[bytes]) -> None:
+        """Never blocks and never raises: a reply that cannot leave is counted as lost."""
         try:
             send_frames(self.rpc, route + frames, NOBLOCK)
         except zmq.ZMQError as exc:
@@ -499,7 +500,9 @@ class Actor:
             self.losses.add("replies_undelivered")
             logger.debug("reply to a gone or full peer dropped: {}", exc)
 
-    def _handle(self, frames: list[bytes], over_limit: bool = False) -> None:
+    def handle_request(self, frames: list[bytes], over_limit: bool = False) -> None:
+        """One request as the ROUTER gave it (route first): the path every request takes,
+        open to a benchmark that drives an actor without its loop."""
         t0 = _perf_counter()
         self.received += 1
         route = frames[:1]
@@ -507,12 +510,12 @@ class Actor:
             req = decode_request(frames[1:])
         except DecodeError as exc:
             self.undecodable += 1
-            self._send(route, encode_error(exc.request_id, self.epoch, exc.error))
+            self.send_reply(route, encode_error(exc.request_id, self.epoch, exc.error))
             return
         key = (req.sid, req.id)
         cached = self.cache.get(req.sid, req.id)
         if cached is not None:
-            self._send(route, cached)
+            self.send_reply(route, cached)
             return
         running = self.pending.get(key)
         if running is not None:
@@ -593,7 +596,7 @@ class Actor:
     def _refuse(self, route: list[bytes], req: Request, error: WireError) -> None:
         # Not run, so not cached: a retry may run it.
         self.refused[error.name] += 1
-        self._send(route, encode_error(req.id, self.epoch, error))
+        self.send_reply(route, encode_error(req.id, self.epoch, error))
         self.stats.record(req.op if req.op in self.ops else "(unknown)", 0, False,
                           fault_of(error.name) is Fault.CALLER)
 
@@ -624,7 +627,7 @@ class Actor:
         if error is not None:
             frames = encode_error(call.id, self.epoch, error)
         for route in call.routes:
-            self._send(route, frames)
+            self.send_reply(route, frames)
         # Only a non-idempotent op's reply must survive for a retry; an idempotent one may
         # run again (its retry while it still runs joins it through `pending`).
         if spec is not None and not spec.idempotent and (
@@ -709,7 +712,7 @@ class Actor:
         held, self._held = self._held, {}
         for q in held.values():
             for frames in q:  # never run: answered `stopping` (safe to resend)
-                self._handle(frames)
+                self.handle_request(frames)
         for call in list(self.pending.values()):
             # These had started: their effects may have happened, so not "stopping" (which
             # tells a client it is safe to resend anything).
