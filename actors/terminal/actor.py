@@ -139,7 +139,8 @@ class TerminalActor(Actor):
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
         self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
-        self.shed: Counter[str] = Counter()  # what pressure made us drop, for sys.info
+        # What pressure made us drop, for sys.info (`shed`, the runtime's, counts requests).
+        self.pressure_shed: Counter[str] = Counter()
         self._ticking: set[Session] = set()
         self._tick_timer: Timer | None = None
         self._ready_callback: Callable[[], None] | None = None
@@ -178,7 +179,7 @@ class TerminalActor(Actor):
         return {"sessions": len(self.sessions), "keeper_connected": self.keeper.welcomed,
                 "keeper_pid": self.keeper.pid, "keeper_connections": self.keeper.connections,
                 "sessions_adopted_by_keeper": self.keeper.adopted,
-                "parse": self.parse_link.info(), "pressure_shed": dict(self.shed),
+                "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
                 **self.counters}
 
     def on_subscribed(self, topic: str) -> None:
@@ -210,7 +211,7 @@ class TerminalActor(Actor):
         if level in ("moderate", "high", "critical"):
             keep = self.scrollback_bytes // (2 if level == "moderate" else 8)
             trimmed = sum(s.scroll.trim(keep) for s in self.sessions.values())
-            self.shed["scrollback_bytes"] += trimmed
+            self.pressure_shed["scrollback_bytes"] += trimmed
             done["scrollback_trimmed"] = trimmed
         if level in ("high", "critical"):
             now = time.monotonic()
@@ -218,7 +219,7 @@ class TerminalActor(Actor):
                     and s.state != "running" and now - s.last_use >= self.idle_close_s]
             for sid in idle:
                 self._close_session(sid, "pressure")
-            self.shed["idle_sessions_closed"] += len(idle)
+            self.pressure_shed["idle_sessions_closed"] += len(idle)
             done["idle_sessions_closed"] = idle
         done["creating"] = level != "critical"
         done["integration"] = self.integration_allowed()
