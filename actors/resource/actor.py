@@ -165,8 +165,9 @@ class ResourceActor(Actor):
         self.outbound.close()
 
     def info(self) -> dict[str, Any]:
-        return {"level": LEVELS[self.level], "pressure": self.pressure.value,
-                "quality": self.effective_quality, "samples": self.sampler.samples}
+        # `tree`: the tree's level as measured here (resource.level); the runtime's own
+        # `pressure` is what this actor was told, like any other.
+        return {"tree": self._level_body(), "samples": self.sampler.samples}
 
     # --- the sampling cycle -----------------------------------------------------------------
 
