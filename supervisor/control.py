@@ -37,12 +37,12 @@ _TREE_FIELDS: dict[str, object] = {
     "pid": int, "intensity": int, "period_s": float, "shedding": bool,
     "zygote": {"pid": int | None, "restarts": int}, "runtime_dir": str, "children": list[CHILD],
     "lifecycle?": LIFECYCLE,
+    # (a nested supervisor that did not answer: as last seen, every state `unknown`)
+    "error?": WIRE_ERROR,
 }
-# A nested supervisor that did not answer: as last seen (every state `unknown`), or, never
-# seen, its children as its spec says; `error` says why.
-TREE = Named("tree", OneOf(
-    _TREE_FIELDS, {**_TREE_FIELDS, "error": WIRE_ERROR},
-    {"id": str, "children": list[CHILD], "error": WIRE_ERROR}))
+STATUS = Named("status", _TREE_FIELDS)
+# A nested supervisor's tree; never seen answering: its children as its spec says.
+TREE = Named("tree", OneOf(STATUS, {"id": str, "children": list[CHILD], "error": WIRE_ERROR}))
 _CHILD_FIELDS["tree?"] = TREE
 _ENDPOINTS = {"rpc": str, "pub": str, "in?": str}  # `in`: the metrics actor's push socket
 
@@ -77,7 +77,7 @@ class ControlOps:
                            deadline_ms=call.deadline_ms)
         return DEFERRED
 
-    @op("sup.status", idempotent=True, timeout_ms=5000, result=Named("status", _TREE_FIELDS))
+    @op("sup.status", idempotent=True, timeout_ms=5000, result=STATUS)
     def _op_status(self, call: Call) -> object:
         """The tree: state, pid, uptime, restarts and last exit of every child. A nested
         supervisor that does not answer in half of the time left gets `tree` with its last

@@ -242,8 +242,9 @@ def _event_shape(cls: type) -> dict[str, Any]:
     return out
 
 
-MODE = Literal[MODES]  # type: ignore[valid-type]
-OPTIONS = {"nonce": bool, "policy": MODE, "tokens": bool, "text": bool}  # Options.to_wire
+MODE = Named("parse_mode", Literal[MODES])  # type: ignore[valid-type]
+OPTIONS = Named("options", {"nonce": bool, "policy": MODE, "tokens": bool,
+                            "text": bool})  # Options.to_wire
 EVENT = Named("event", OneOf(*(_event_shape(t) for t in EVENT_TYPES)))
 STREAM_STATE = Named("stream_state", {"stream": str, "offset": int, "mode": MODE,
                                       "buffered": int, "idle_s": float, "options": OPTIONS})

@@ -193,8 +193,9 @@ def render(shape: Any, named: dict[str, Any] | None = None) -> str:
             parts.append("..." if rest is Any else f"...: {render(rest, named)}")
         return "{" + ", ".join(parts) + "}"
     members = _members(shape)
-    if members is not None:
-        return "|".join(render(m, named) for m in members)
+    if members is not None:  # alternatives that are records read better spaced out
+        sep = " | " if any(isinstance(m, dict) for m in members) else "|"
+        return sep.join(render(m, named) for m in members)
     origin, params = get_origin(shape), get_args(shape)
     if origin is Literal:
         return "|".join(f'"{p}"' if isinstance(p, str) else repr(p) for p in params)

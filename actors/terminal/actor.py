@@ -106,7 +106,7 @@ PRESSURE_RETRY_MS = 1000
 ATTEMPT = {"shell": str, "error": str}
 EXIT_STATUS = {"code": int | None, "signal": int | None}
 # `mode`: the fallback step that serves the session's commands (session.py).
-MODE = Literal["integration", "no_integration", "raw_output"]
+MODE = Named("exec_mode", Literal["integration", "no_integration", "raw_output"])
 CREATED = Named("created", {
     "session": str, "pid": int, "tty": str, "shell": str, "kind": str, "mode": MODE,
     "attempts": list[ATTEMPT]})  # the shells tried before the one that runs, and why they failed

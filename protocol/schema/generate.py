@@ -189,7 +189,7 @@ def args_text(spec: OpSpec) -> str:
 def _count(lo: int, hi: int | None) -> str:
     if hi is None:
         return f"{lo} or more" if lo else "any number of"
-    return str(lo) if lo == hi else f"{lo} to {hi}"
+    return str(lo) if lo == hi else f"{lo} or {hi}" if hi == lo + 1 else f"{lo} to {hi}"
 
 
 def table(group: str, ops: dict[str, OpSpec], served: dict[str, list[str]]) -> str:
@@ -207,9 +207,9 @@ def table(group: str, ops: dict[str, OpSpec], served: dict[str, list[str]]) -> s
         retry = "idempotent" if spec.idempotent else "resumable" if spec.resumable else "no"
         rows.append(f"| `{name}` | {_cell(args_text(spec))} | {_cell(result)} | {errors} | "
                     f"{retry} | {spec.timeout_ms} |")
-    for shape_name, text in named.items():
-        rows.append("")
-        rows.append(f"`{shape_name}`: `{text}`")
+    if named:
+        rows += ["", "where"]
+        rows += [f"- `{shape_name}` is `{text}`" for shape_name, text in named.items()]
     return "\n".join(rows)
 
 
