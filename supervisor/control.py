@@ -10,15 +10,41 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from moorage.actors.runtime import DEFERRED, Call, op
+from moorage.actors.runtime.actor import LIFECYCLE
+from moorage.actors.runtime.shapes import WIRE_ERROR, Named, OneOf
 from moorage.actors.runtime.signals import parse_signal
 from moorage.protocol import endpoints
 from moorage.protocol.errors import WireError, fail
 from moorage.supervisor.children import ChildState
 from moorage.supervisor.host import SupervisorHost
 from moorage.supervisor.overrides import check_ms, parse_key, tell_all
+
+# The shapes of sup.status: a child, and a (nested) supervisor's tree of them.
+_CHILD_FIELDS: dict[str, object] = {
+    "id": str, "type": Literal["worker", "supervisor"],
+    "restart": Literal["permanent", "transient", "temporary"],
+    "state": Literal["starting", "running", "stopping", "backoff", "stopped", "failed", "shed",
+                     "unknown"],
+    "pid": int | None, "uptime_s": float, "restarts": int, "last_exit": str | None,
+    "fallback": str | None, "essential": bool, "sheds": int,
+}
+CHILD = Named("child", _CHILD_FIELDS)
+_TREE_FIELDS: dict[str, object] = {
+    "id": str, "strategy": Literal["one_for_one", "one_for_all", "rest_for_one"],
+    "pid": int, "intensity": int, "period_s": float, "shedding": bool,
+    "zygote": {"pid": int | None, "restarts": int}, "runtime_dir": str, "children": list[CHILD],
+    "lifecycle?": LIFECYCLE,
+    # (a nested supervisor that did not answer: as last seen, every state `unknown`)
+    "error?": WIRE_ERROR,
+}
+STATUS = Named("status", _TREE_FIELDS)
+# A nested supervisor's tree; never seen answering: its children as its spec says.
+TREE = Named("tree", OneOf(STATUS, {"id": str, "children": list[CHILD], "error": WIRE_ERROR}))
+_CHILD_FIELDS["tree?"] = TREE
+_ENDPOINTS = {"rpc": str, "pub": str, "in?": str}  # `in`: the metrics actor's push socket
 
 
 class ControlOps:
@@ -51,7 +77,7 @@ class ControlOps:
                            deadline_ms=call.deadline_ms)
         return DEFERRED
 
-    @op("sup.status", idempotent=True, timeout_ms=5000)
+    @op("sup.status", idempotent=True, timeout_ms=5000, result=STATUS)
     def _op_status(self, call: Call) -> object:
         """The tree: state, pid, uptime, restarts and last exit of every child. A nested
         supervisor that does not answer in half of the time left gets `tree` with its last
@@ -113,7 +139,8 @@ class ControlOps:
                 for c in (spec.children if spec is not None else ())]}
         return mark(last)
 
-    @op("sup.restart", args={"child": str}, timeout_ms=15000)
+    @op("sup.restart", args={"child": str}, timeout_ms=15000, result={"restarted": str},
+        errors=("unknown_actor", "unavailable"))
     def _op_restart(self, call: Call, child: str) -> object:
         """Stop a child and start it again (not counted against the intensity)."""
         via = self._owner_path(child)
@@ -131,7 +158,9 @@ class ControlOps:
         self.sup.next_job()
         return {"restarted": child}
 
-    @op("sup.kill", args={"child": str, "signal": ((str, int), "SIGKILL")})
+    @op("sup.kill", args={"child": str, "signal": ((str, int), "SIGKILL")},
+        result={"signalled": str, "pid": int, "signal": int},
+        errors=("unknown_actor", "unavailable"))
     def _op_kill(self, call: Call, child: str, signal: str | int) -> object:
         """Send a signal to a child's process (a death is then handled like any other)."""
         via = self._owner_path(child)
@@ -143,13 +172,15 @@ class ControlOps:
             raise fail("unavailable", f"{child} has no running process ({c.state})")
         return {"signalled": child, "pid": c.pid, "signal": sig}
 
-    @op("sup.stop", timeout_ms=2000)
+    @op("sup.stop", timeout_ms=2000, result={"stopping": bool})
     def _op_stop(self, call: Call) -> dict[str, Any]:
         """Stop the whole tree after answering."""
         self.sup.loop.call_later(0, self.sup.stop)
         return {"stopping": True}
 
-    @op("sup.config.set", args={"key": str, "value": int}, idempotent=True, timeout_ms=5000)
+    @op("sup.config.set", args={"key": str, "value": int}, idempotent=True, timeout_ms=5000,
+        result={"key": str, "value": int, "told": list[str], "applied": list[str],
+                "failed": dict[str, str]})
     def _op_config_set(self, call: Call, key: str, value: int) -> object:
         """Override a setting for the whole tree until it stops (now: `timeout.<op>` ms)."""
         op_name, ms = parse_key(key), check_ms(value)
@@ -173,12 +204,14 @@ class ControlOps:
         tell_all(self.sup.outbound, calls, call.deadline_ms, done)
         return DEFERRED
 
-    @op("sup.config.get", idempotent=True, timeout_ms=1000)
+    @op("sup.config.get", idempotent=True, timeout_ms=1000,
+        result={"defaults": dict[str, int], "overrides": dict[str, int]})
     def _op_config_get(self, call: Call) -> dict[str, Any]:
         """The tree's `[timeouts]` defaults and the run-time overrides on top of them."""
         return self.sup.overrides.describe(self.sup.doc.get("timeouts") or {})
 
-    @op("sup.orphan_exit", args={"pid": int}, idempotent=True, timeout_ms=1000)
+    @op("sup.orphan_exit", args={"pid": int}, idempotent=True, timeout_ms=1000,
+        result={"pid": int, "code": int | None, "signal": int | None}, errors=("not_found",))
     def _op_orphan_exit(self, call: Call, pid: int) -> dict[str, Any]:
         """The exit status of a process orphaned to this supervisor and reaped by it (a
         keeper's shell, when that keeper died): for the one that took the shell over."""
@@ -187,7 +220,8 @@ class ControlOps:
             raise fail("not_found", f"no orphan {pid} reaped here (yet)")
         return {"pid": pid, "code": status[0], "signal": status[1]}
 
-    @op("sup.endpoints", idempotent=True)
+    @op("sup.endpoints", idempotent=True,
+        result=dict[str, _ENDPOINTS])
     def _op_endpoints(self, call: Call) -> dict[str, Any]:
         """Where every actor of the tree listens."""
         rd = self.sup.runtime_dir

@@ -41,7 +41,9 @@ class SheddingOps:
     def __init__(self, sup: SupervisorHost) -> None:
         self.sup = sup
 
-    @op("sup.shed", args={"on": bool, "reason": (str, "")}, idempotent=True, timeout_ms=5000)
+    @op("sup.shed", args={"on": bool, "reason": (str, "")}, idempotent=True, timeout_ms=5000,
+        result={"supervisor": str, "shedding": bool, "shed": list[str], "resumed": list[str],
+                "held": list[str], "failed": dict[str, str]})
     def _op_shed(self, call: Call, on: bool, reason: str) -> object:
         """Stop (on) or start again (off) the non-essential children of the whole tree."""
         self.sup.shedding = on

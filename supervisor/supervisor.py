@@ -86,6 +86,8 @@ ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_ex
 
 
 class Supervisor(Actor):
+    op_providers = (ControlOps, SheddingOps)
+
     def __init__(
         self,
         spec: SupervisorSpec,

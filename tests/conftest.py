@@ -54,6 +54,30 @@ def pytest_unconfigure(config: Any) -> None:
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
+# --- every reply the tests see, held against protocol/schema/ops.json -------------------------
+# The Python client of this process and of every process the tests start (the CLI, a tree's
+# supervisors) checks each reply against its op's declaration (protocol/schema/live.py) and
+# appends what breaks it to one file; a test during which a line was added fails. A caller may
+# name its own log (to keep it), and the set of ops seen ($MOORAGE_SCHEMA_SEEN).
+SCHEMA_LOG = Path(os.environ.get("MOORAGE_SCHEMA_LOG") or SESSION_HOME / "schema-violations")
+os.environ["MOORAGE_SCHEMA_CHECK"] = str(ROOT / "protocol" / "schema" / "ops.json")
+os.environ["MOORAGE_SCHEMA_LOG"] = str(SCHEMA_LOG)
+
+
+@pytest.fixture(autouse=True)
+def replies_follow_their_declarations() -> Iterator[None]:
+    start = SCHEMA_LOG.stat().st_size if SCHEMA_LOG.exists() else 0
+    yield
+    if not SCHEMA_LOG.exists():
+        return
+    with open(SCHEMA_LOG, "rb") as f:
+        f.seek(start)
+        added = f.read().decode(errors="replace").splitlines()
+    if added:
+        pytest.fail("replies that break their op's declaration (protocol/schema/ops.json):\n"
+                    + "\n".join(added[:20]), pytrace=False)
+
+
 @pytest.fixture
 def runtime_dir() -> Iterator[Path]:
     # Short paths: a Unix socket path must fit in 107 bytes.

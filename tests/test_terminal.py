@@ -183,7 +183,8 @@ def test_a_user_prompt_command_and_debug_trap_still_run_with_the_status(spawn_ac
 
 def test_the_nonce_does_not_reach_the_shells_environment(term):
     sid = term.create("bash")["session"]
-    assert term.exec(sid, "env | grep -c MOORAGE_")["output"] == "0"
+    # (the suite's own MOORAGE_SCHEMA_* variables, conftest.py, are the tests', not the tree's)
+    assert term.exec(sid, "env | grep MOORAGE_ | grep -vc ^MOORAGE_SCHEMA_")["output"] == "0"
 
 
 def test_cwd_env_and_args_never_pass_through_a_shell_string(term, tmp_path):

@@ -63,7 +63,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 from loguru import logger
@@ -88,6 +88,7 @@ from moorage.actors.runtime.actor import TURN_BUDGET_S
 from moorage.actors.runtime.follow import Follow
 from moorage.actors.runtime.logs import state_dir
 from moorage.actors.runtime.outbound import Outbound
+from moorage.actors.runtime.shapes import Named
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import WireError
@@ -101,6 +102,42 @@ __all__ = [
 
 
 # --- the actor ---------------------------------------------------------------------------------
+
+
+# --- the shapes of the answers ----------------------------------------------------------------
+# Counts and latencies in microseconds (series.summarize); a window adds its `seconds`.
+_FIGURES = {"count": int, "ok": int, "error": int, "caller_errors": int, "error_rate": float,
+            "p50": int, "p90": int, "p99": int, "p999": int, "max": int}
+OP_FIGURES = Named("op_figures", {
+    "actor": str, "op": str, "lifetime": Named("figures", _FIGURES),
+    "window": Named("window_figures", {**_FIGURES, "seconds": float})})
+PUSHER = Named("pusher", {"pid": int, "ep": str, "pushes": int, "epochs": int,
+                          "last_push": float})  # an actor (or client) whose pushes came in
+ALERT = Named("alert", {  # as published on metrics.alert (alerts.Alerts._edge)
+    "kind": Literal["failure_rate", "latency", "data_loss"], "state": Literal["raised", "cleared"],
+    "actor": str, "op": str, "value": float, "threshold": float, "window_s": float,
+    "time": float, "samples": int})
+# The SLO report (slo_report.build_report; recovery.py)
+_RECOVERY = {"count": int, "p50_ms": float, "max_ms": float, "over_rto": int,
+             "children": list[str]}
+INCIDENT = Named("incident", {
+    "child": str, "type": str, "exited_at": float, "pid": int | None, "deaths": int,
+    "new_pid": int | None, "rto_ms": float, "ready_ms?": float, "recovery_ms?": float,
+    "how?": Literal["reply", "self", "ready"]})  # recovery.py says which
+OP_SLO = Named("op_slo", {
+    "op": str, "requests": int, "errors": int, "caller_errors": int, "error_rate": float,
+    "p50_us": int, "p99_us": int, "target_p99_us": float | None, "met": bool | None})
+WINDOW = Named("slo_window", {
+    "seconds": int, "observed_s": float, "requests": int, "errors": int, "caller_errors": int,
+    "error_rate": float, "p99_us": int, "p99_excludes": list[str],
+    "availability": float | None, "down_s": dict[str, float], "loss": dict[str, int],
+    "loss_total": int, "loss_by_actor": dict[str, int],
+    "recovery": Named("recovery", {**_RECOVERY, "by_type": dict[str, Named(
+        "recovery_figures", _RECOVERY)]}),
+    "ops": list[OP_SLO]})
+OBJECTIVE = Named("objective", {
+    "name": str, "target": float, "window": Literal["1h", "24h", "30d"],
+    "value": float | None, "met": bool | None, "over_rto?": int})
 
 
 class MetricsActor(Actor):
@@ -297,7 +334,9 @@ class MetricsActor(Actor):
 
     # --- ops -------------------------------------------------------------------------------
 
-    @op("metrics.query", args={"op": (str, None), "actor": (str, None)}, idempotent=True)
+    @op("metrics.query", args={"op": (str, None), "actor": (str, None)}, idempotent=True,
+        result={"ops": list[OP_FIGURES], "received_pushes": int, "bad_pushes": int,
+                "dropped_keys": int, "window_s": float, "actors": dict[str, PUSHER]})
     def _op_query(self, call: Call, op: str | None, actor: str | None) -> dict[str, Any]:
         """Counts and percentiles per (actor, op), lifetime and over the recent window."""
         self._advance()
@@ -313,7 +352,11 @@ class MetricsActor(Actor):
                 "window_s": self.settings.window_s,
                 "actors": {a: d for a, d in self.actors.items() if actor in (None, a)}}
 
-    @op("metrics.alerts", idempotent=True)
+    @op("metrics.alerts", idempotent=True, result={
+        "active": list[ALERT], "recent": list[ALERT], "raised_total": int, "cleared_total": int,
+        "policy": {"min_samples": int, "failure_rate": float, "latency_factor": float,
+                   "clear_ratio": float, "p99_targets": dict[str, float],
+                   "targets": dict[str, list[float]], "window_s": float}})
     def _op_alerts(self, call: Call) -> dict[str, Any]:
         """Alerts raised now, and the last alert events (raised and cleared)."""
         self._advance()
@@ -327,7 +370,7 @@ class MetricsActor(Actor):
                                        in dict(self.config.get("targets") or {}).items()},
                            "window_s": self.settings.window_s}}
 
-    @op("metrics.prometheus", idempotent=True)
+    @op("metrics.prometheus", idempotent=True, result={"text": str, "content_type": str})
     def _op_prometheus(self, call: Call) -> dict[str, Any]:
         """Everything in Prometheus text exposition format 0.0.4."""
         self._advance()
@@ -337,7 +380,12 @@ class MetricsActor(Actor):
             alerts_active=self.alerts.active_by_kind())
         return {"text": text, "content_type": CONTENT_TYPE}
 
-    @op("metrics.slo", idempotent=True)
+    @op("metrics.slo", idempotent=True, result={
+        "now": float, "since": float | None, "slo": list[OBJECTIVE],
+        "windows": {"1h": WINDOW, "24h": WINDOW, "30d": WINDOW},
+        "open_incidents": list[INCIDENT], "recent_incidents": list[INCIDENT],
+        "rto_s": dict[str, float], "children": list[str], "incidents_dropped": int,
+        "incidents_abandoned": int, "loss_counters": dict[str, str], "file": str})
     def _op_slo(self, call: Call) -> dict[str, Any]:
         """The SLO report over 1 h, 24 h and 30 d, recovery incidents and data-loss counts."""
         self._advance()
@@ -346,7 +394,7 @@ class MetricsActor(Actor):
         report["file"] = str(self.record.path)
         return report
 
-    @op("metrics.reset")
+    @op("metrics.reset", result={"reset": bool})
     def _op_reset(self, call: Call) -> dict[str, Any]:
         """Forget everything (tests, benchmarks); active alerts are published as cleared."""
         for event in self.alerts.clear_all(time.time()):

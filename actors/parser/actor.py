@@ -55,15 +55,25 @@ streams unused for `pressure_idle_s` are closed. With the supervisor's fallback
 from __future__ import annotations
 
 import time
+import types
+import typing
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 from loguru import logger
 
 from moorage.actors.runtime import Actor, Call, op
-from moorage.actors.vtparse import CORE, MAX_BUFFER_SIZE, Event, Parser, RecoveryMode
+from moorage.actors.runtime.shapes import Named, OneOf
+from moorage.actors.vtparse import (
+    CORE,
+    EVENT_TYPES,
+    MAX_BUFFER_SIZE,
+    Event,
+    Parser,
+    RecoveryMode,
+)
 from moorage.protocol import limits
 from moorage.protocol.errors import Category, fail
 
@@ -210,6 +220,36 @@ class StreamTable:
         return [s for s in out if s is not None]
 
 
+# --- the shapes of the answers ----------------------------------------------------------------
+
+
+def _wire_type(hint: Any) -> Any:
+    """An event field's type as its to_wire() sends it: tuples become lists."""
+    if isinstance(hint, types.UnionType):
+        return OneOf(*(_wire_type(h) for h in typing.get_args(hint)))
+    if typing.get_origin(hint) is tuple:
+        return list[_wire_type(typing.get_args(hint)[0])]  # type: ignore[misc]
+    return hint
+
+
+def _event_shape(cls: type) -> dict[str, Any]:
+    """One kind of event, read from its record class (vtparse's events), so the declaration
+    follows the library: `kind`, then its fields; `options` is sent as a map."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {"kind": Literal[cls.kind]}  # type: ignore[attr-defined]
+    for f in fields(cls):
+        out[f.name] = dict[str, str] if f.name == "options" else _wire_type(hints[f.name])
+    return out
+
+
+MODE = Named("parse_mode", Literal[MODES])  # type: ignore[valid-type]
+OPTIONS = Named("options", {"nonce": bool, "policy": MODE, "tokens": bool,
+                            "text": bool})  # Options.to_wire
+EVENT = Named("event", OneOf(*(_event_shape(t) for t in EVENT_TYPES)))
+STREAM_STATE = Named("stream_state", {"stream": str, "offset": int, "mode": MODE,
+                                      "buffered": int, "idle_s": float, "options": OPTIONS})
+
+
 class ParserActor(Actor):
     name = "parser"
     category = Category.PARSER
@@ -299,10 +339,12 @@ class ParserActor(Actor):
         return held
 
     # --- ops --------------------------------------------------------------------------------------
+    # (what they answer: MODE, OPTIONS, EVENT and STREAM_STATE, above the class)
 
     @op("parse.open", args={"stream": str, "nonce": (str, None), "mode": (str, "skip_invalid"),
                             "tokens": (bool, False), "text": (bool, False), "offset": (int, 0)},
-        idempotent=True)
+        idempotent=True, result={"stream": str, "offset": int, "mode": MODE, "opened": bool,
+                                 "options": OPTIONS})
     def _op_open(self, call: Call, stream: str, nonce: str | None, mode: str, tokens: bool,
                  text: bool, offset: int) -> dict[str, Any]:
         """Open a stream (repeatable with the same options)."""
@@ -320,7 +362,10 @@ class ParserActor(Actor):
                 "opened": opened, "options": options.to_wire()}
 
     @op("parse.feed", args={"stream": str, "offset": int, "data": (bytes, None),
-                            "create": (bool, True)}, idempotent=True)
+                            "create": (bool, True)}, idempotent=True, request_attachments=(0, 1),
+        result={"events": list[EVENT], "offset": int, "mode": MODE, "skipped": int,
+                "unparsed": int, "buffered": int},
+        errors=("stream_not_found", "stream_gap", "parse_error"))
     def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None,
                  create: bool) -> dict:
         """Parse the stream's next bytes; the events they complete."""
@@ -388,7 +433,9 @@ class ParserActor(Actor):
                        detail={"stream": s.name, "offset": end, "dropped": [first, end]},
                        ) from exc
 
-    @op("parse.reset", args={"stream": str})
+    @op("parse.reset", args={"stream": str},
+        result={"stream": str, "offset": int, "mode": MODE, "dropped": int},
+        errors=("stream_not_found",))
     def _op_reset(self, call: Call, stream: str) -> dict[str, Any]:
         """Back to ground: whatever the stream held is dropped; the offset goes on."""
         s = self._stream(call, stream)
@@ -397,7 +444,8 @@ class ParserActor(Actor):
         return {"stream": stream, "offset": s.parser.offset, "mode": s.parser.mode.value,
                 "dropped": dropped}
 
-    @op("parse.close", args={"stream": str}, idempotent=True)
+    @op("parse.close", args={"stream": str}, idempotent=True,
+        result={"stream": str, "closed": bool, "offset": int | None, "events": list[EVENT]})
     def _op_close(self, call: Call, stream: str) -> dict[str, Any]:
         """Close a stream; `events` are what its end flushes (a cut character, a held
         sequence). Closing a stream that is not open answers closed: false."""
@@ -412,13 +460,18 @@ class ParserActor(Actor):
             events = []
         return {"stream": stream, "closed": True, "offset": s.parser.offset, "events": events}
 
-    @op("parse.list", idempotent=True)
+    @op("parse.list", idempotent=True, result={"streams": list[STREAM_STATE]})
     def _op_list(self, call: Call) -> dict[str, Any]:
         """This session's streams, least recently used first."""
         now = self.table.clock()
         return {"streams": [s.wire_state(now) for s in self.table.session(call.sid)]}
 
-    @op("parse.stats", idempotent=True)
+    @op("parse.stats", idempotent=True, result={
+        "streams": int, "sessions": int, "max_streams": int, "buffered": int, "opened": int,
+        "closed": int, "feeds": int, "bytes_parsed": int, "events": int,
+        "duplicate_bytes": int, "gaps": int, "not_found": int, "resets": int,
+        "parse_errors": int, "evictions": int, "reaped": int, "pressure_closed": int,
+        "fallback": Literal[FALLBACKS] | None})  # type: ignore[valid-type]
     def _op_stats(self, call: Call) -> dict[str, Any]:
         """Counters over all sessions since the actor started."""
         c = self.counts
@@ -434,3 +487,4 @@ class ParserActor(Actor):
             "reaped": c["closed_idle"], "pressure_closed": c["closed_pressure"],
             "fallback": self.settings.fallback,
         }
+

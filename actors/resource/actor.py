@@ -64,7 +64,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from loguru import logger
 
@@ -86,6 +86,7 @@ from moorage.actors.resource.settings import MB, Settings
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
 from moorage.actors.runtime.follow import Follow
 from moorage.actors.runtime.outbound import Outbound
+from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import Category, WireError, fail
 
@@ -100,6 +101,17 @@ class Broadcast:
     body: dict[str, Any]
     waiting: set[str]
     actions: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the shapes of the answers ----------------------------------------------------------------
+LEVEL = Literal[LEVELS]  # type: ignore[valid-type]
+LEVEL_BODY = {"level": LEVEL, "pressure": float, "quality": int}
+PROCESS = Named("process", {  # sampler.ProcRow.describe
+    "pid": int, "ppid": int, "name": str,
+    "role": Literal["supervisor", "zygote", "actor", "descendant"], "id": str,
+    "rss": int, "memory": int, "cpu": float})
+# as published on resource.alert (the module's doc): runaway, critical and shed alerts
+RESOURCE_ALERT = Named("resource_alert", {"kind": str, "action": str, "time": float, ...: Any})
 
 
 class ResourceActor(Actor):
@@ -165,8 +177,9 @@ class ResourceActor(Actor):
         self.outbound.close()
 
     def info(self) -> dict[str, Any]:
-        return {"level": LEVELS[self.level], "pressure": self.pressure.value,
-                "quality": self.effective_quality, "samples": self.sampler.samples}
+        # `tree`: the tree's level as measured here (resource.level); the runtime's own
+        # `pressure` is what this actor was told, like any other.
+        return {"tree": self._level_body(), "samples": self.sampler.samples}
 
     # --- the sampling cycle -----------------------------------------------------------------
 
@@ -319,7 +332,22 @@ class ResourceActor(Actor):
 
     # --- ops ------------------------------------------------------------------------------------
 
-    @op("resource.status", args={"fresh": (bool, False)}, idempotent=True, timeout_ms=10_000)
+    @op("resource.status", args={"fresh": (bool, False)}, idempotent=True, timeout_ms=10_000,
+        result={
+            **LEVEL_BODY, "derived_quality": int, "override_left_s": float | None,
+            "features_off": list[str],
+            "components": dict[str, float],  # pressure per source (levels.Pressure)
+            "budget": {"memory_bytes": int, "memory_metric": str, "cpu_cores": float},
+            "totals": OneOf({"processes": int, "rss": int, "memory": int,
+                             "cpu_percent": float, "memory_by_role": dict[str, int]}, None),
+            "system": OneOf({"total": int, "available": int}, None),
+            "processes": list[PROCESS],
+            "sampler": {"samples": int, "interval_s": float, "last_cost_us": int | None,
+                        "mean_cost_us": float, "age_s": float | None},
+            "counters": dict[str, int], "actions": dict[str, int],
+            "shed": {"shedding": bool, "actors": list[str], "calm_samples": int,
+                     "pending": bool},
+            "recent_alerts": list[RESOURCE_ALERT]})
     def _op_status(self, call: Call, fresh: bool) -> object:
         """The tree's processes with their memory and CPU, totals, pressure, level, quality."""
         if fresh:
@@ -354,13 +382,14 @@ class ResourceActor(Actor):
             "recent_alerts": list(self.recent_alerts),
         }
 
-    @op("resource.level", idempotent=True, timeout_ms=1000)
+    @op("resource.level", idempotent=True, timeout_ms=1000, result=LEVEL_BODY)
     def _op_level(self, call: Call) -> dict[str, Any]:
         """The current level, pressure and quality."""
         return self._level_body()
 
     @op("resource.quality.set", args={"quality": int, "duration_s": ((int, float), 60.0)},
-        timeout_ms=2000)
+        timeout_ms=2000, result={**LEVEL_BODY, "derived_quality": int,
+                                 "override_left_s": float | None})
     def _op_quality_set(self, call: Call, quality: int, duration_s: float) -> dict[str, Any]:
         """Hold the quality at `quality` for `duration_s` seconds (0 removes the override)."""
         if not 0 <= quality <= 3:

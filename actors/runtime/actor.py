@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 from loguru import logger
@@ -34,6 +34,7 @@ from moorage.actors.runtime import trust
 from moorage.actors.runtime.loop import Loop, Timer
 from moorage.actors.runtime.registry import OpSpec, collect, op
 from moorage.actors.runtime.reply_cache import ReplyCache
+from moorage.actors.runtime.shapes import Named
 from moorage.actors.runtime.stats import LossCounters, OpStats
 from moorage.actors.runtime.streams import Publisher
 from moorage.protocol import endpoints, limits
@@ -113,12 +114,41 @@ def _new_request(rid: int, sid: str, op: str, deadline_ms: int | None, args: Any
     return Request(rid, sid, op, deadline_ms, args, [])
 
 
+# sys.info's answer: an op's entry (OpSpec.describe), and the fields every actor gives; each
+# actor adds its own (`info()`), which are not declared here.
+_ARG_ENTRY = {"type": str, "required": bool}  # "int|float": the names of section 4
+OP_ENTRY = Named("op_entry", {
+    "args": dict[str, _ARG_ENTRY], "idempotent": bool, "resumable": bool,
+    "timeout_ms": int, "essential": bool, "doc": str,
+    "result?": Any, "errors?": list[str],
+    "attachments?": {"request": {"min": int, "max": int | None},
+                     "reply": {"min": int, "max": int | None}}})
+# A root supervisor's life-cycle (supervisor/lifecycle.py), in sys.hello {adopt} and sup.status.
+LIFECYCLE = Named("lifecycle", {
+    "state": Literal["standalone", "attached", "orphaned"], "parent": int | None,
+    "grace_s": float, "stops_in_s?": float})
+INFO = {
+    "actor": str, "pid": int, "ep": str, "uptime_s": float, "version": str,
+    "ops": dict[str, OP_ENTRY], "received": int, "rejected_busy": int,
+    "refused": dict[str, int], "shed": int,
+    "pressure": {"level": Literal["normal", "moderate", "high", "critical"], "quality": int},
+    "undecodable": int, "pending": int,
+    "reply_cache": {"entries": int, "bytes": int, "hits": int},
+    "topics": dict[str, int],
+    "subscriptions": {"connections": int, "applied": int, "refused": int},
+    ...: Any,
+}
+
+
 class Actor:
     """Base class; subclasses declare ops with `@op` and may override the hooks."""
 
     name = "actor"
     category = Category.NETWORK  # the category of this actor's internal errors
     nodrop = False  # streams: backpressure (True) or visible gaps (False) for slow subscribers
+    # Classes of the components whose `@op` methods this actor serves too (add_ops): named on
+    # the class so that its whole op table can be read without starting it (ops.json).
+    op_providers: tuple[type, ...] = ()
 
     def __init__(self, name: str | None, runtime_dir: Path | str, config: dict | None = None):
         self.name = name or type(self).name
@@ -294,7 +324,11 @@ class Actor:
 
     def add_ops(self, provider: object) -> None:
         """Serve the `@op` methods of `provider` (a component the actor owns) as this actor's
-        ops, with the tree's `[timeouts]` applied; an op name may be declared only once."""
+        ops, with the tree's `[timeouts]` applied; an op name may be declared only once, and
+        the provider's class must be one of `op_providers`."""
+        if type(provider) not in type(self).op_providers:
+            raise ValueError(f"{self.name}: {type(provider).__name__} is not in "
+                             f"{type(self).__name__}.op_providers")
         table = collect(provider)
         taken = sorted(set(table) & set(self.ops))
         if taken:
@@ -332,26 +366,31 @@ class Actor:
         return applied
 
     # --- built-in ops ---------------------------------------------------------------------------
+    # (what they answer: the shapes below and in their declarations; PROTOCOL.md section 13)
 
-    @op("sys.config", args={"timeouts": (dict, None)}, idempotent=True, timeout_ms=1000)
+    @op("sys.config", args={"timeouts": (dict, None)}, idempotent=True, timeout_ms=1000,
+        result={"actor": str, "timeouts": dict[str, int]})
     def _op_config(self, call: Call, timeouts: dict | None) -> dict[str, Any]:
         """Run-time overrides ({timeouts: {op: ms}}), kept until this process exits."""
         applied = self.set_timeouts(timeouts or {})
         return {"actor": self.name, "timeouts": applied}
 
-    @op("sys.ping", idempotent=True, timeout_ms=1000, checked=False)
+    @op("sys.ping", idempotent=True, timeout_ms=1000, checked=False, result={"ep": str})
     def _op_ping(self, call: Call) -> dict[str, Any]:
         """Liveness, answered by the actor's own loop."""
         return {"ep": self.epoch}
 
-    @op("sys.heartbeat", idempotent=True, timeout_ms=1000, recorded=False, checked=False)
+    @op("sys.heartbeat", idempotent=True, timeout_ms=1000, recorded=False, checked=False,
+        result={"ep": str})
     def _op_heartbeat(self, call: Call) -> dict[str, Any]:
         """The supervisor's liveness probe: like sys.ping, but not counted in the metrics, so
         an idle actor has nothing to push (five probes a second would keep it busy)."""
         return {"ep": self.epoch}
 
     @op("sys.hello", args={"client": (str, ""), "adopt": (bool, False), "parent": (int, None)},
-        idempotent=True, timeout_ms=1000, checked=False)
+        idempotent=True, timeout_ms=1000, checked=False,
+        result={"actor": str, "ep": str, "proto": int, "version": str, "pid": int,
+                "max_msg": int, "lifecycle?": LIFECYCLE})
     def _op_hello(self, call: Call, client: str, adopt: bool,
                   parent: int | None) -> dict[str, Any]:
         """Who answers here: a new epoch means the actor restarted since the last hello. With
@@ -373,7 +412,7 @@ class Actor:
         the tree over. Only the root supervisor can be adopted; it answers its lifecycle."""
         raise fail("bad_args", f"{self.name} cannot be adopted; say it to the root supervisor")
 
-    @op("sys.info", idempotent=True, timeout_ms=1000)
+    @op("sys.info", idempotent=True, timeout_ms=1000, result=INFO)
     def _op_info(self, call: Call) -> dict[str, Any]:
         """pid, epoch, uptime, version, the op table, and the runtime's own counters."""
         return {
@@ -399,7 +438,9 @@ class Actor:
             **self.info(),
         }
 
-    @op("sys.pressure", args={"level": str, "quality": int}, idempotent=True, timeout_ms=2000)
+    @op("sys.pressure", args={"level": str, "quality": int}, idempotent=True, timeout_ms=2000,
+        result={"actor": str, "level": Literal["normal", "moderate", "high", "critical"],
+                "quality": int, "done": dict[str, Any]})
     def _op_pressure(self, call: Call, level: str, quality: int) -> dict[str, Any]:
         """Told by the resource actor: shed memory and features as the level asks."""
         if level not in PRESSURE_LEVELS or not 0 <= quality <= 3:
@@ -411,13 +452,17 @@ class Actor:
         done.update(self.on_pressure(level, quality))
         return {"actor": self.name, "level": level, "quality": quality, "done": done}
 
-    @op("sys.stop", timeout_ms=1000, checked=False)
+    @op("sys.stop", timeout_ms=1000, checked=False, result={"stopping": bool})
     def _op_stop(self, call: Call) -> dict[str, Any]:
         """Stop gracefully after answering."""
         self.loop.call_later(0, self.stop)
         return {"stopping": True}
 
-    @op("replay", args={"topic": str, "from_seq": int, "max": (int, 1000)}, idempotent=True)
+    @op("replay", args={"topic": str, "from_seq": int, "max": (int, 1000)}, idempotent=True,
+        result={"epoch": str, "first_seq": int, "last_seq": int,
+                "messages": list[tuple[int, Any, int]], "lost": tuple[int, int] | None,
+                "more": bool},
+        reply_attachments=(0, None))
     def _op_replay(self, call: Call, topic: str, from_seq: int, max: int) -> Attached:
         """Messages of `topic` from `from_seq` on, from retention; `lost` is what it dropped."""
         if max < 1 or from_seq < 1:

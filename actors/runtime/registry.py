@@ -1,21 +1,34 @@
-"""Ops: what an actor serves, with the arguments each takes, and how it may be retried.
+"""Ops: what an actor serves, with the arguments each takes, what it answers, and how it may
+be retried.
 
 An op is declared next to its handler with `@op(...)`; the runtime validates the arguments
 against the declaration before the handler runs, so handlers see clean keyword arguments and
-a caller gets `bad_args` naming the culprit instead of a TypeError from deep inside.
+a caller gets `bad_args` naming the culprit instead of a TypeError from deep inside. The
+same declaration says what the op answers (`result`, in the language of shapes.py), how many
+attachments it takes and gives, and the errors it answers itself: `sys.info` serves all of
+it, `protocol/schema/ops.json` and PROTOCOL.md's tables are generated from it, and the tests
+check every reply they see against it, so the contract cannot drift from the code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from moorage.protocol.errors import fail
+from moorage.actors.runtime.shapes import document
+from moorage.protocol.errors import KINDS, fail
 
 _MISSING = object()
 REQUIRED = _MISSING
 _NO_ARGS: dict[str, Any] = {}  # what an op without arguments is called with; never mutated
+UNDECLARED = _MISSING  # an op that says nothing of its result (test actors); ours all do
+# What the runtime itself may answer for any op, before or around its handler (actor.py's
+# request path, PROTOCOL.md sections 6, 9 and 15): an op's `errors` list only its own.
+RUNTIME_ERRORS: tuple[str, ...] = (
+    "bad_request", "unsupported_version", "message_too_large", "bad_args", "deadline_expired",
+    "busy", "stopping", "timeout", "outcome_unknown", "internal",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +40,9 @@ class Arg:
     @property
     def required(self) -> bool:
         return self.default is _MISSING
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "|".join(t.__name__ for t in self.types), "required": self.required}
 
 
 @dataclass(slots=True)
@@ -46,10 +62,22 @@ class OpSpec:
     # resend with the same (sid, id) as its predecessor would have (from a record of the call
     # that outlives the process), so a client resends it instead of giving up on it.
     resumable: bool = False
+    result: Any = UNDECLARED  # a shape (shapes.py)
+    errors: tuple[str, ...] = ()  # the error names the op answers itself
+    request_attachments: tuple[int, int | None] = (0, 0)  # (at least, at most; None: any)
+    reply_attachments: tuple[int, int | None] = (0, 0)
     _names: frozenset[str] = field(default=frozenset())
+    _result_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._names = frozenset(a.name for a in self.args)
+        if self.result is not UNDECLARED and self._result_schema is None:
+            self._result_schema = document(self.result)
+
+    @property
+    def declared(self) -> bool:
+        """Whether the op says what it answers."""
+        return self._result_schema is not None
 
     def bind(self, raw: Any) -> dict[str, Any]:
         """Validate wire arguments: a map (or nil when the op takes none) of declared names."""
@@ -80,20 +108,33 @@ class OpSpec:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "args": {
-                a.name: {
-                    "type": "|".join(t.__name__ for t in a.types),
-                    "required": a.required,
-                }
-                for a in self.args
-            },
+        """The op's entry in `sys.info` (PROTOCOL.md section 13): JSON-able data."""
+        out = {
+            "args": {a.name: a.describe() for a in self.args},
             "idempotent": self.idempotent,
             "resumable": self.resumable,
             "timeout_ms": self.timeout_ms,
             "essential": self.essential,
             "doc": self.doc,
         }
+        if self._result_schema is not None:
+            out["result"] = self._result_schema
+            out["errors"] = list(self.errors)
+            out["attachments"] = {"request": _count(self.request_attachments),
+                                  "reply": _count(self.reply_attachments)}
+        return out
+
+
+def _count(bounds: tuple[int, int | None]) -> dict[str, int | None]:
+    return {"min": bounds[0], "max": bounds[1]}
+
+
+def _bounds(n: int | tuple[int, int | None], what: str) -> tuple[int, int | None]:
+    """An attachment count: exactly `n`, or `(at least, at most)` with None for no limit."""
+    lo, hi = (n, n) if isinstance(n, int) else n
+    if lo < 0 or (hi is not None and hi < lo):
+        raise ValueError(f"{what}: bad attachment count {n!r}")
+    return lo, hi
 
 
 def _arg(name: str, spec: Any) -> Arg:
@@ -116,11 +157,22 @@ def op(
     recorded: bool = True,
     checked: bool = True,
     resumable: bool = False,
+    result: Any = UNDECLARED,
+    errors: tuple[str, ...] = (),
+    request_attachments: int | tuple[int, int | None] = 0,
+    reply_attachments: int | tuple[int, int | None] = 0,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a method as the handler of `name`. `args` maps each name to a type, or to
-    `(type, default)` for an optional one. `checked=False` skips the shape check of results
-    (OpSpec.checked): only for results built from values of known types; an unencodable
-    result still becomes `internal`."""
+    `(type, default)` for an optional one. `result` is the shape of what it answers
+    (shapes.py), `errors` the names of the errors it answers itself (the runtime's own,
+    RUNTIME_ERRORS, go without saying), `*_attachments` how many raw frames the request
+    takes and the reply carries: a number, or `(at least, at most)` with None for no limit.
+    `checked=False` skips the encodability check of results (OpSpec.checked): only for
+    results built from values of known types; an unencodable result still becomes
+    `internal`. A shape or an error name that is not one is refused here, at import."""
+    unknown = [e for e in errors if e not in KINDS]
+    if unknown or isinstance(errors, str):
+        raise ValueError(f"{name}: errors must be a tuple of error names; unknown: {unknown}")
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__moorage_op__ = OpSpec(  # type: ignore[attr-defined]
@@ -134,22 +186,29 @@ def op(
             doc=" ".join((fn.__doc__ or "").split()),  # whole sentences, on one line
             checked=checked,
             resumable=resumable,
+            result=result,
+            errors=tuple(errors),
+            request_attachments=_bounds(request_attachments, name),
+            reply_attachments=_bounds(reply_attachments, name),
         )
         return fn
 
     return mark
 
 
-def collect(obj: object) -> dict[str, OpSpec]:
-    """The ops of an actor instance, handlers bound to it, walking the class hierarchy."""
-    table: dict[str, OpSpec] = {}
-    for klass in reversed(type(obj).__mro__):
-        for attr, fn in vars(klass).items():
+def declared(klass: type) -> dict[str, tuple[str, OpSpec]]:
+    """The ops a class declares, walking its hierarchy: op name -> (attribute, declaration).
+    Reads classes only, so the op table of an actor can be had without starting it."""
+    table: dict[str, tuple[str, OpSpec]] = {}
+    for k in reversed(klass.__mro__):
+        for attr, fn in vars(k).items():
             spec = getattr(fn, "__moorage_op__", None)
             if spec is not None:
-                bound = getattr(obj, attr)
-                table[spec.name] = OpSpec(
-                    spec.name, bound, spec.args, spec.idempotent, spec.timeout_ms,
-                    spec.essential, spec.recorded, spec.doc, spec.checked, spec.resumable,
-                )
+                table[spec.name] = (attr, spec)
     return table
+
+
+def collect(obj: object) -> dict[str, OpSpec]:
+    """The ops of an actor instance, handlers bound to it, walking the class hierarchy."""
+    return {name: replace(spec, handler=getattr(obj, attr))
+            for name, (attr, spec) in declared(type(obj)).items()}

@@ -83,12 +83,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from loguru import logger
 
 from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
 from moorage.actors.runtime.loop import Timer
+from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.runtime.signals import parse_signal
 from moorage.actors.terminal.keeper_client import KeeperClient
 from moorage.actors.terminal.parsehop import ParserLink
@@ -100,6 +101,25 @@ from moorage.protocol.errors import Category, MoorageError, WireError, fail
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TICK_S = 0.02  # resolution of exec timeouts, integration detection and quiet detection
 PRESSURE_RETRY_MS = 1000
+
+
+# --- the shapes of the answers ----------------------------------------------------------------
+ATTEMPT = {"shell": str, "error": str}
+EXIT_STATUS = {"code": int | None, "signal": int | None}
+# `mode`: the fallback step that serves the session's commands (session.py).
+MODE = Named("exec_mode", Literal["integration", "no_integration", "raw_output"])
+CREATED = Named("created", {
+    "session": str, "pid": int, "tty": str, "shell": str, "kind": str, "mode": MODE,
+    "attempts": list[ATTEMPT]})  # the shells tried before the one that runs, and why they failed
+SESSION = Named("session", {
+    "session": str, "pid": int, "tty": str, "shell": str, "kind": str, "mode": MODE,
+    "state": Literal["starting", "prompt", "running", "exited"], "cwd": str | None,
+    "cols": int, "rows": int, "offset": int, "scrollback_from": int,
+    "exited": OneOf(EXIT_STATUS, None), "busy": bool, "untrusted_markers": int,
+    "parser": Literal["actor", "local"] | None, "repeated_markers": int,
+    "consumers": dict[str, int]})  # sid -> offset acknowledged (term.ack)
+# The keeper's errors reach the caller as they are (keeper/actor.py).
+KEEPER_ERRORS = ("session_not_found", "shell_exited", "unavailable")
 
 
 class TerminalActor(Actor):
@@ -140,7 +160,8 @@ class TerminalActor(Actor):
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
         self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
-        self.shed: Counter[str] = Counter()  # what pressure made us drop, for sys.info
+        # What pressure made us drop, for sys.info (`shed`, the runtime's, counts requests).
+        self.pressure_shed: Counter[str] = Counter()
         self._ticking: set[Session] = set()
         self._tick_timer: Timer | None = None
         self._ready_callback: Callable[[], None] | None = None
@@ -179,7 +200,7 @@ class TerminalActor(Actor):
         return {"sessions": len(self.sessions), "keeper_connected": self.keeper.welcomed,
                 "keeper_pid": self.keeper.pid, "keeper_connections": self.keeper.connections,
                 "sessions_adopted_by_keeper": self.keeper.adopted,
-                "parse": self.parse_link.info(), "pressure_shed": dict(self.shed),
+                "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
                 **self.counters}
 
     def on_subscribed(self, topic: str) -> None:
@@ -219,7 +240,7 @@ class TerminalActor(Actor):
         if level in ("moderate", "high", "critical"):
             keep = self.scrollback_bytes // (2 if level == "moderate" else 8)
             trimmed = sum(s.scroll.trim(keep) for s in self.sessions.values())
-            self.shed["scrollback_bytes"] += trimmed
+            self.pressure_shed["scrollback_bytes"] += trimmed
             done["scrollback_trimmed"] = trimmed
         if level in ("high", "critical"):
             now = time.monotonic()
@@ -227,7 +248,7 @@ class TerminalActor(Actor):
                     and s.state != "running" and now - s.last_use >= self.idle_close_s]
             for sid in idle:
                 self._close_session(sid, "pressure")
-            self.shed["idle_sessions_closed"] += len(idle)
+            self.pressure_shed["idle_sessions_closed"] += len(idle)
             done["idle_sessions_closed"] = idle
         done["creating"] = level != "critical"
         done["integration"] = self.integration_allowed()
@@ -333,7 +354,8 @@ class TerminalActor(Actor):
     @op("term.create", args={"shell": (str, None), "args": (list, None), "cwd": (str, None),
                              "env": (dict, None), "cols": (int, 80), "rows": (int, 24),
                              "integration": (bool, True), "session": (str, None)},
-        timeout_ms=30_000, resumable=True)
+        timeout_ms=30_000, resumable=True, result=CREATED,
+        errors=("pty_failed", "conflict", "unavailable"))
     def _op_create(self, call: Call, shell: str | None, args: list | None, cwd: str | None,
                    env: dict | None, cols: int, rows: int, integration: bool,
                    session: str | None) -> Any:
@@ -369,7 +391,11 @@ class TerminalActor(Actor):
         return self._when_ready(call, start)
 
     @op("term.exec", args={"session": str, "command": str, "timeout_ms": (int, None)},
-        timeout_ms=24 * 3600 * 1000, resumable=True)
+        timeout_ms=24 * 3600 * 1000, resumable=True,
+        result={"session": str, "exit_code": int | None, "output": str, "cwd": str | None,
+                "duration_ms": float, "mode": MODE, "trusted": bool,
+                "parser": Literal["actor", "local"] | None},
+        errors=(*KEEPER_ERRORS, "session_busy"))
     def _op_exec(self, call: Call, session: str, command: str, timeout_ms: int | None) -> Any:
         """Run a command line in a session; answers when it finished (see the modes)."""
         if "\0" in command:
@@ -417,7 +443,8 @@ class TerminalActor(Actor):
 
         return self._when_ready(call, run, session)
 
-    @op("term.write", args={"session": str, "data": (str, bytes)}, timeout_ms=10_000)
+    @op("term.write", args={"session": str, "data": (str, bytes)}, timeout_ms=10_000,
+        result={"queued": int}, errors=KEEPER_ERRORS)
     def _op_write(self, call: Call, session: str, data: str | bytes) -> Any:
         """Type into a session (keystrokes, a paste); queued without blocking."""
         raw = data.encode() if isinstance(data, str) else data
@@ -434,7 +461,8 @@ class TerminalActor(Actor):
 
         return self._when_ready(call, run, session)
 
-    @op("term.resize", args={"session": str, "cols": int, "rows": int})
+    @op("term.resize", args={"session": str, "cols": int, "rows": int},
+        result={"cols": int, "rows": int}, errors=KEEPER_ERRORS)
     def _op_resize(self, call: Call, session: str, cols: int, rows: int) -> Any:
         """Set the window size (the foreground job gets SIGWINCH)."""
         if not (1 <= cols <= 10_000 and 1 <= rows <= 10_000):
@@ -456,7 +484,8 @@ class TerminalActor(Actor):
         return self._when_ready(call, run, session)
 
     @op("term.signal", args={"session": str, "signal": ((str, int), "SIGINT"),
-                             "target": (str, "foreground")})
+                             "target": (str, "foreground")},
+        result={"pgid": int, "signal": int}, errors=KEEPER_ERRORS)
     def _op_signal(self, call: Call, session: str, signal: str | int, target: str) -> Any:
         """Signal the session's foreground process group (or the shell's)."""
         if target not in ("foreground", "shell"):
@@ -479,7 +508,8 @@ class TerminalActor(Actor):
 
         return self._when_ready(call, run, session)
 
-    @op("term.close", args={"session": str})
+    @op("term.close", args={"session": str}, result={"closed": str},
+        errors=("session_not_found", "unavailable"))
     def _op_close(self, call: Call, session: str) -> Any:
         """End a session: its shell and jobs are hung up."""
         def run() -> Any:
@@ -489,7 +519,8 @@ class TerminalActor(Actor):
 
         return self._when_ready(call, run, session)
 
-    @op("term.list", idempotent=True)
+    @op("term.list", idempotent=True, errors=("unavailable",), result={
+        "sessions": list[SESSION], "keeper": {"connected": bool, "pid": int | None}})
     def _op_list(self, call: Call) -> Any:
         """Every session with its state, mode, cwd and output offset; after a restart, once
         the keeper's sessions are restored (before, the list would be wrong, not short)."""
@@ -497,7 +528,9 @@ class TerminalActor(Actor):
             "sessions": [s.describe() for s in self.sessions.values()],
             "keeper": {"connected": self.keeper.welcomed, "pid": self.keeper.pid}})
 
-    @op("term.ack", args={"session": str, "offset": int}, idempotent=True, timeout_ms=2000)
+    @op("term.ack", args={"session": str, "offset": int}, idempotent=True, timeout_ms=2000,
+        result={"session": str, "acked": int, "offset": int, "consumers": int},
+        errors=("session_not_found", "unavailable"))
     def _op_ack(self, call: Call, session: str, offset: int) -> Any:
         """Say that this client has taken the session's output up to `offset`: from the
         first ack on, the session's shell is not let more than the keeper's window ahead of
@@ -516,7 +549,10 @@ class TerminalActor(Actor):
         return self._when_ready(call, run, session)
 
     @op("term.scrollback", args={"session": str, "from_offset": (int, None),
-                                 "max_bytes": (int, 1 << 20)}, idempotent=True)
+                                 "max_bytes": (int, 1 << 20)}, idempotent=True,
+        result={"session": str, "from": int, "to": int, "first": int, "end": int,
+                "lost?": tuple[int, int]},
+        reply_attachments=1, errors=("session_not_found", "unavailable"))
     def _op_scrollback(self, call: Call, session: str, from_offset: int | None,
                        max_bytes: int) -> Any:
         """Raw output from an absolute offset (default: the last `max_bytes`); after a

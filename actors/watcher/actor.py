@@ -83,11 +83,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from loguru import logger
 
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
+from moorage.actors.runtime.shapes import Named
 from moorage.actors.watcher import cookies as cookie_files
 from moorage.actors.watcher.cache import FileCache
 from moorage.actors.watcher.confine import Roots
@@ -98,7 +99,7 @@ from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import ObserverManager
 from moorage.actors.watcher.pipeline import Pipeline, tune_gc
 from moorage.actors.watcher.query import QueryOps
-from moorage.actors.watcher.retry import Pending, RetryPolicy
+from moorage.actors.watcher.retry import FS_ERRORS, Pending, RetryPolicy
 from moorage.actors.watcher.snapshot import Index
 from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import WatchOps
@@ -106,10 +107,21 @@ from moorage.actors.watcher.watches import Watches
 from moorage.actors.watcher.workers import Workers
 from moorage.protocol.errors import Category, fail
 
+# --- the shapes of the answers ----------------------------------------------------------------
+CLOCK = tuple[str, int, int]  # [instance, epoch, seq] of the journal (journal.Clock)
+_STAT = {"type": Literal["file", "dir", "symlink", "other"], "size": int, "mtime_ns": int,
+         "ctime_ns": int, "ino": int, "dev": int, "mode": int, "etag": str}  # cache.stat_info
+STAT = Named("stat", _STAT)
+ENTRY = {"name": str, "type": Literal["file", "dir", "symlink", "other"], "size": int,
+         "mtime_ns": int}  # fs.list: a name relative to `path`, its lstat
+WATCH = Named("watch", {"id": str, "path": str, "recursive": bool,
+                        "exclude": list[str]})  # Watch.spec
+
 
 class WatcherActor(Actor):
     name = "watcher"
     category = Category.FILESYSTEM
+    op_providers = (WatchOps, QueryOps)
 
     def __init__(self, name: str | None, runtime_dir: Path | str,
                  config: dict | None = None) -> None:
@@ -222,7 +234,9 @@ class WatcherActor(Actor):
     # --- file ops ---------------------------------------------------------------------------
 
     @op("fs.read", args={"path": str, "offset": (int, 0), "length": (int, None)},
-        idempotent=True)
+        idempotent=True, reply_attachments=1, errors=FS_ERRORS,
+        result={"stat": STAT, "stale": bool, "stale_reason?": str, "size": int, "offset": int,
+                "length": int})
     def _op_read(self, call: Call, path: str, offset: int, length: int | None) -> Any:
         """Contents (one raw attachment) and stat; `stale` when served from the cache."""
         if offset >= 0 and (length is None or length >= 0) and path:
@@ -232,7 +246,8 @@ class WatcherActor(Actor):
         return self._settle(call, self.files.read(path, offset, length))
 
     @op("fs.write", args={"path": str, "data": (bytes, None), "atomic": (bool, True),
-                          "if_match": (str, None)}, checked=False)
+                          "if_match": (str, None)}, checked=False, request_attachments=(0, 1),
+        result={"path": str, "stat": STAT, "bytes": int, "atomic": bool}, errors=FS_ERRORS)
     def _op_write(self, call: Call, path: str, data: bytes | None, atomic: bool,
                   if_match: str | None) -> Any:
         """Write a whole file (atomic: temp + fsync + rename); if_match guards conflicts."""
@@ -244,20 +259,32 @@ class WatcherActor(Actor):
             data = bytes(call.attachments[0])
         return self._settle(call, self.files.write(path, data, atomic, if_match))
 
-    @op("fs.stat", args={"path": str}, idempotent=True)
+    @op("fs.stat", args={"path": str}, idempotent=True, result={"path": str, **_STAT},
+        errors=FS_ERRORS)
     def _op_stat(self, call: Call, path: str) -> Any:
         """Type, size, times, ids and etag of a path (symlinks followed, confined)."""
         return self._settle(call, self.files.stat_path(path))
 
     @op("fs.list", args={"path": str, "recursive": (bool, False), "glob": (str, None)},
-        idempotent=True, timeout_ms=30_000)
+        idempotent=True, timeout_ms=30_000, errors=FS_ERRORS,
+        result={"path": str, "entries": list[ENTRY], "truncated": bool})
     def _op_list(self, call: Call, path: str, recursive: bool, glob: str | None) -> Any:
         """Entries of a directory, optionally recursive and filtered by a glob."""
         return self.files.list_dir(path, recursive, glob)
 
     # --- stats -----------------------------------------------------------------------------
 
-    @op("fs.stats", idempotent=True)
+    @op("fs.stats", idempotent=True, result={
+        "mode": str, "fallback": str | None, "roots": list[str], "max_user_watches": int | None,
+        "watches": list[WATCH], "index_entries": int, "syncs_answered": int,
+        "watches_placing": int, "watch_joins": int, "health": {"ok": int, "failed": int},
+        "resyncs": {"count": int, "by_reason": dict[str, int], "last": dict[str, Any] | None,
+                    "pending": list[str], "walking": bool},
+        # diagnostic counters of the parts (cache.py, observer.py, journal.py, pipeline.py,
+        # state.py, workers.py, query.py): named by their modules, not a contract
+        "cache": dict[str, Any], "observer": dict[str, Any] | None, "journal": dict[str, Any],
+        "pipeline": dict[str, Any], "checkpoints": dict[str, Any],
+        "workers": {"io": dict[str, Any], "walker": dict[str, Any]}, "query": dict[str, int]})
     def _op_stats(self, call: Call) -> dict[str, Any]:
         """Cache, observer, journal, pipeline, resync and checkpoint counters."""
         return self._stats()

@@ -38,9 +38,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from moorage.actors.runtime import DEFERRED, Call, op
+from moorage.actors.runtime.shapes import OneOf
 from moorage.actors.watcher.journal import Clock
 from moorage.actors.watcher.snapshot import UNKNOWN
 from moorage.protocol.errors import fail
@@ -216,6 +217,12 @@ def _describe(rel: str, s: tuple | None, fields: tuple[str, ...]) -> dict[str, A
     return {k: full[k] for k in fields}
 
 
+# fs.query's file: the `fields` asked for (a deleted one: only name and exists), or with
+# `fields: ["name"]` the plain name.
+FILE = {"name?": str, "exists?": bool, "type?": Literal[TYPES], "size?": int | None,  # type: ignore[valid-type]
+        "mtime_ns?": int | None, "ino?": int | None}
+
+
 class QueryOps:
     """fs.query over the watcher's index (`WatcherHost`), with its open cursors."""
 
@@ -230,7 +237,10 @@ class QueryOps:
                           "suffix": ((str, list), None), "type": ((str, list), None),
                           "since": (list, None), "fields": (list, None),
                           "max": (int, 10_000), "cursor": (str, None)},
-        idempotent=True, timeout_ms=30_000, checked=False)
+        idempotent=True, timeout_ms=30_000, checked=False,
+        result={"files": list[OneOf(str, FILE)], "clock": tuple[str, int, int],
+                "fresh_instance": bool, "cursor": str | None, "more": bool, "scanned": int},
+        errors=("watch_not_found", "resource_exhausted"))
     def _op_query(self, call: Call, path: str | None, glob: str | list | None,
                   suffix: str | list | None, type: str | list | None, since: list | None,
                   fields: list | None, max: int, cursor: str | None) -> Any:

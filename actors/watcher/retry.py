@@ -63,6 +63,8 @@ def classify(exc: OSError) -> tuple[Verdict, str]:
         return Verdict.TRANSIENT, "io_error"
     return Verdict.PERMANENT, PERMANENT.get(code or 0, "io_error")
 
+# Every error an OSError can become (os_error): what a file op may answer for one.
+FS_ERRORS: tuple[str, ...] = tuple(sorted({*PERMANENT.values(), "io_error"} - {"bad_args"}))
 
 def os_error(exc: OSError, path: str, attempts: int = 1) -> MoorageError:
     """The classified error for an OSError, the errno kept in `detail` and as the cause."""

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from moorage.actors.runtime import DEFERRED, Call, op
+from moorage.actors.runtime.shapes import Named
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import Sync
 from moorage.actors.watcher.journal import Clock
 from moorage.actors.watcher.mounts import pseudo_refusal
 from moorage.actors.watcher.observer import ObserverManager, Placement
-from moorage.actors.watcher.retry import os_error
+from moorage.actors.watcher.retry import FS_ERRORS, os_error
 from moorage.actors.watcher.snapshot import Index, Stat
 from moorage.actors.watcher.watches import Watch
 from moorage.actors.watcher.workers import Job
@@ -37,6 +38,14 @@ MERGE_SLICE = 20_000
 
 if TYPE_CHECKING:
     from moorage.actors.watcher.driving import WatcherHost
+
+
+CLOCK = tuple[str, int, int]  # [instance, epoch, seq] (journal.Clock)
+# One journaled change or marker, as on `fs.event` (pipeline.py): what every event has; a
+# change adds path, type, origin, watches and its stat, a marker (resync_begin, resync_end,
+# warning...) its reason.
+FS_EVENT = Named("fs_event", {"kind": str, "clock": CLOCK, ...: Any})
+WATCH_ERRORS = ("resource_exhausted",)  # watching is off (the cache_only fallback)
 
 
 class WatchOps:
@@ -60,7 +69,9 @@ class WatchOps:
         return self.w.obs
 
     @op("fs.watch", args={"path": str, "recursive": (bool, True), "exclude": (list, None)},
-        idempotent=True, timeout_ms=120_000)
+        idempotent=True, timeout_ms=120_000, errors=(*FS_ERRORS, *WATCH_ERRORS),
+        result={"watch": str, "path": str, "recursive": bool, "exclude": list[str],
+                "via": str, "clock": CLOCK})
     def _op_watch(self, call: Call, path: str, recursive: bool,
                   exclude: list | None) -> Any:
         """Watch a directory; events for it are published on fs.event."""
@@ -196,7 +207,8 @@ class WatchOps:
             call.fail(WireError.of("internal", f"{type(err).__name__}: {err}",
                                    category=Category.FILESYSTEM))
 
-    @op("fs.unwatch", args={"watch": str})
+    @op("fs.unwatch", args={"watch": str}, result={"removed": str},
+        errors=("watch_not_found", *WATCH_ERRORS))
     def _op_unwatch(self, call: Call, watch: str) -> dict[str, Any]:
         """Stop a watch (the directories no other watch needs are no longer observed)."""
         obs = self._need_watching()
@@ -224,7 +236,9 @@ class WatchOps:
 
         slice_()
 
-    @op("fs.since", args={"clock": list, "max": (int, 10_000)}, idempotent=True)
+    @op("fs.since", args={"clock": list, "max": (int, 10_000)}, idempotent=True,
+        result={"fresh_instance": bool, "reason?": str, "clock": CLOCK,
+                "events": list[FS_EVENT], "more": bool}, errors=WATCH_ERRORS)
     def _op_since(self, call: Call, clock: list, max: int) -> dict[str, Any]:
         """Journaled events after `clock`, or fresh_instance when it cannot tell."""
         self._need_watching()
@@ -232,7 +246,9 @@ class WatchOps:
             raise fail("bad_args", "max must be >= 1")
         return self.w.journal.since(Clock.from_wire(clock), min(max, 10_000))
 
-    @op("fs.sync", args={"timeout_ms": (int, 10_000)}, idempotent=True, timeout_ms=120_000)
+    @op("fs.sync", args={"timeout_ms": (int, 10_000)}, idempotent=True, timeout_ms=120_000,
+        result={"clock": CLOCK, "roots": int, "unsynced": list[str], "waited_ms": float},
+        errors=WATCH_ERRORS)
     def _op_sync(self, call: Call, timeout_ms: int) -> Any:
         """Answer once every change made before this call has been published."""
         self._need_watching()

@@ -44,6 +44,8 @@ from moorage.protocol.recovery import (
     max_retries_for,
     recovery_for,
 )
+from moorage.protocol.schema.live import ReplyCheck
+from moorage.protocol.schema.live import from_env as reply_check_from_env
 
 # Ops every actor serves that are safe to repeat.
 BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
@@ -186,6 +188,8 @@ class CallPlan:
             br.record_success(now)
         if core.epochs.get(self.actor) != reply.epoch:
             core.note_epoch(self.actor, reply.epoch)
+        if core.reply_check is not None:  # only where the tests turned it on (live.py)
+            core.reply_check(self.actor, self.op, reply)
         if reply.ok:
             return self.done(now, reply=reply)
         err = WireError.from_wire(reply.body)
@@ -282,6 +286,8 @@ class ClientCore:
         self.learned: dict[str, frozenset[str]] = {}  # actor -> its idempotent ops (sys.info)
         self.resumable: dict[str, frozenset[str]] = {}  # ... and its resumable ones
         self.restarts_seen: dict[str, int] = {}
+        # Every reply held against protocol/schema/ops.json, when $MOORAGE_SCHEMA_CHECK says so
+        self.reply_check: ReplyCheck | None = reply_check_from_env()
 
     def next_id(self) -> int:
         return next(self._ids)

@@ -52,6 +52,7 @@ from loguru import logger
 from moorage.actors.runtime import Actor, Call, op, trust
 from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.process import on_orphaned
+from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.terminal.keeper.ptys import (
     Ptys,
     PtySession,
@@ -69,6 +70,14 @@ EXIT_STATUS_TRIES = 10  # an adopted shell's status, asked of the supervisor thi
 EXIT_STATUS_RETRY_S = 0.05  # ... this far apart (it reaps on SIGCHLD, a moment later)
 
 Status = tuple[int | None, int | None]
+
+
+# pty.list's entry for one session (ptys.PtySession.describe): offsets of its ring, the bytes
+# of input waiting, whether this keeper adopted it from a predecessor, its exit status.
+HELD = Named("held", {
+    "s": str, "pid": int, "tty": str, "cols": int, "rows": int, "read": int, "acked": int,
+    "base": int, "paused": bool, "pending": int, "adopted": bool,
+    "exited": OneOf({"code": int | None, "signal": int | None}, None)})
 
 
 class PtyKeeper(Actor):
@@ -462,7 +471,7 @@ class PtyKeeper(Actor):
 
     # --- ops ------------------------------------------------------------------------------------
 
-    @op("pty.list", idempotent=True)
+    @op("pty.list", idempotent=True, result={"connected": bool, "sessions": list[HELD]})
     def _op_list(self, call: Call) -> dict[str, Any]:
         """The sessions held, with their offsets (diagnostics; the terminal actor owns them)."""
         return {"connected": self.link is not None,
