@@ -116,7 +116,7 @@ SESSION = Named("session", {
     "state": Literal["starting", "prompt", "running", "exited"], "cwd": str | None,
     "cols": int, "rows": int, "offset": int, "scrollback_from": int,
     "exited": OneOf(EXIT_STATUS, None), "busy": bool, "untrusted_markers": int,
-    "parser": Literal["actor", "local"] | None, "repeated_markers": int,
+    "parser": Literal["actor", "local"] | None, "parsed": int, "repeated_markers": int,
     "consumers": dict[str, int]})  # sid -> offset acknowledged (term.ack)
 # The keeper's errors reach the caller as they are (keeper/actor.py).
 KEEPER_ERRORS = ("session_not_found", "shell_exited", "unavailable")
