@@ -1,11 +1,14 @@
-"""SIGKILL the terminal actor while a command runs in a session: the shell, the command and
-every byte of its output survive, and the session goes on serving.
+"""SIGKILL the terminal actor, then the pty keeper, while a command runs in a session: the
+shell, the command and every byte of its output survive both, and the session goes on serving.
 
     moorage up --detach && python examples/terminal_survives_restart.py [--instance NAME]
 
-A bash loop prints 20 ticks 0.3 s apart; after tick 5 the terminal actor is killed. Its
-successor finds the same shell (same pid) still running the loop, the loop finishes, the
-next `term.exec` is answered, and the scrollback holds every tick exactly once.
+A bash loop prints 20 ticks 0.3 s apart. After tick 5 the terminal actor is killed: its
+successor gets the PTY master back from the keeper and the output from the shared ring. After
+tick 12 the keeper is killed: the terminal holds the master meanwhile, so the shell never sees
+a hangup, and the keeper's successor adopts the same shell (same pid) and goes on reading it
+into the same ring. The loop finishes, the next `term.exec` is answered with integration, and
+the scrollback holds every tick exactly once.
 """
 
 from __future__ import annotations
@@ -26,10 +29,26 @@ def now() -> str:
     return time.strftime("%H:%M:%S")
 
 
-def terminal_pid(c: Client) -> int:
+def pid_of(c: Client, child: str) -> int:
+    """The pid of a child of the terminals supervisor (`terminal` or `ptykeeper`)."""
     st = c.call("supervisor", "sup.status")
     terms = next(ch for ch in st["children"] if ch["id"] == "terminals")
-    return next(ch for ch in terms["tree"]["children"] if ch["id"] == "terminal")["pid"]
+    return next(ch for ch in terms["tree"]["children"] if ch["id"] == child)["pid"]
+
+
+def kill_after(c: Client, sid: str, tick: int, child: str, shell_pid: int) -> None:
+    """SIGKILL `child` once `tick` is printed; report the shell once it is served again."""
+    while f"tick {tick}\r\n".encode() not in scrollback(c, sid):
+        pass
+    pid = pid_of(c, child)
+    print(f"{now()} 'tick {tick}' printed; SIGKILL {child} pid {pid}")
+    os.kill(pid, signal.SIGKILL)
+    while pid_of(c, child) in (pid, None):  # the supervisor reports its successor
+        pass
+    x = session(c, sid)  # answered once the session is restored
+    print(f"{now()} {child} pid {pid_of(c, child)} serves; session {sid}: shell pid "
+          f"{x['pid']} ({'same' if x['pid'] == shell_pid else 'NOT the same'}), "
+          f"state {x['state']}, offset {x['offset']}")
 
 
 def scrollback(c: Client, sid: str) -> bytes:
@@ -49,15 +68,8 @@ def main() -> None:
         sid = s["session"]
         print(f"{now()} session {sid}: shell pid {s['pid']}, mode {s['mode']}")
         c.call("terminal", "term.write", {"session": sid, "data": LOOP})
-        while b"tick 5\r\n" not in scrollback(c, sid):
-            pass
-        tpid = terminal_pid(c)
-        print(f"{now()} 'tick 5' printed; SIGKILL terminal actor pid {tpid}")
-        os.kill(tpid, signal.SIGKILL)
-        x = session(c, sid)  # answered once the successor has restored the session
-        print(f"{now()} terminal actor pid {terminal_pid(c)} answers; session {sid}: shell pid "
-              f"{x['pid']} ({'same' if x['pid'] == s['pid'] else 'NOT the same'}), "
-              f"state {x['state']}, offset {x['offset']}")
+        kill_after(c, sid, 5, "terminal", s["pid"])
+        kill_after(c, sid, 12, "ptykeeper", s["pid"])
         while session(c, sid)["state"] != "prompt":
             pass
         print(f"{now()} the loop finished in the same shell, back at its prompt")

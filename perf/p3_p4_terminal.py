@@ -19,6 +19,7 @@ import argparse
 import os
 import secrets
 import select
+import shutil
 import sys
 import tempfile
 import time
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         client_local.close()
         tree.stop()
         tree_local.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return report.finish()
 
 

@@ -14,6 +14,7 @@ normal at quality 3 after the kill, or after `--max-seconds`.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             final = c.call("resource", "resource.status")
     finally:
         tree.stop()
+        shutil.rmtree(home, ignore_errors=True)
     return {"rows": rows, "idle_mb": idle, "critical_at": critical_at, "killed_at": killed_at,
             "back_at": back_at, "kills": final["counters"].get("kills", 0),
             "final": {k: final[k] for k in ("level", "pressure", "quality")}}
