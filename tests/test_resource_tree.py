@@ -73,7 +73,7 @@ class HogActor(Actor):
         return {"stopping": self.alive()}
 
 
-def tree_config(budget_mb: int, metric: str = "pss") -> str:
+def tree_config(budget_mb: int, metric: str = "pss", extra: str = "") -> str:
     # PSS: the forked actors share the interpreter's pages, and PSS counts them once, so a
     # small budget fits the idle tree (45-60 MB PSS here, against 160 MB of RSS summed; PSS
     # moves with how many other processes on the machine map the same files).
@@ -95,6 +95,7 @@ memory_metric = "{metric}"
 down_samples = 3
 quality_up_samples = 2
 kill_after_samples = 2
+{extra}
 """
 
 
@@ -196,7 +197,9 @@ def test_a_memory_hog_raises_the_level_is_killed_at_critical_and_the_tree_return
 
 
 def test_quality_override_holds_for_its_duration_and_is_told_to_restarted_workers(make_tree):
-    tree = make_tree(tree_config(1024)).start()
+    # The tree's CPU does not count here (cpu_weight 0): a busy machine makes a starting tree
+    # busy, which would move the derived quality this test reads under the override.
+    tree = make_tree(tree_config(1024, extra="cpu_weight = 0.0")).start()
     w = Watch(tree)
     tree.call("resource", "resource.status", {"fresh": True})  # it has seen every worker
     with pytest.raises(MoorageError) as e:
