@@ -152,6 +152,8 @@ class TerminalTable(RuntimeTable, total=False):
     idle_close_s: Number
     ack_bytes: int
     resume_wait_ms: int
+    republish_bytes: int
+    consumer_timeout_ms: int
     parse: Literal["actor", "local"]
     parser: str
     parse_timeout_ms: int
@@ -163,6 +165,8 @@ class TerminalTable(RuntimeTable, total=False):
 
 class KeeperTable(RuntimeTable, total=False):
     window_bytes: int
+    scrollback_bytes: int
+    create_per_turn: int
     keep_bytes: int
     input_limit_bytes: int
     read_batch_bytes: int

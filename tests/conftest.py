@@ -246,7 +246,12 @@ class Tree:
         """Until every child reports running: re-checked on each supervisor event."""
         end = time.monotonic() + timeout
         while True:
-            tree = self.status()
+            try:
+                tree = self.status()
+            except MoorageError as exc:
+                assert self.proc is None or self.proc.poll() is None, (
+                    f"moorage up exited ({self.proc.returncode}):\n{self.output()}")
+                raise exc
             if all_children_running(tree):
                 return tree
             left = end - time.monotonic()

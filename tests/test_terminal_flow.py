@@ -1,0 +1,99 @@
+"""Flow control per session in a real tree: a subscriber that stops reading, and a consumer
+that stops acknowledging, hold back only their own session, and only until the consumer is
+dropped; every other session's output stays live meanwhile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import zmq
+
+from moorage.protocol import endpoints
+from moorage.protocol.client import Client
+from moorage.protocol.envelope import decode_stream
+from tests.terminal_support import Output, env_for, make_home, terminal_tree
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+WINDOW = 1 << 20  # the keeper's window_bytes (default)
+FLOOD = 20_000_000
+TREE = terminal_tree(terminal="consumer_timeout_ms = 1500")
+
+
+def session(c: Client, sid: str) -> dict[str, Any]:
+    return next(s for s in c.call("terminal", "term.list")["sessions"] if s["session"] == sid)
+
+
+class StuckSubscriber:
+    """A bare SUB on one session's output that takes the publisher's welcome (so its
+    subscription is live) and then never reads again: its queue fills and stays full."""
+
+    def __init__(self, c: Client, sid: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 1)
+        self.sock.setsockopt(zmq.RCVBUF, 4096)
+        self.sock.setsockopt(zmq.SUBSCRIBE, f"term.out.{sid}".encode())
+        self.sock.connect(endpoints.pub(c.runtime_dir, "terminal"))
+        assert self.sock.poll(30_000), "no welcome from the terminal's publisher"
+        assert decode_stream(self.sock.recv_multipart()).welcome
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def test_a_stuck_subscriber_and_a_silent_consumer_hold_back_only_their_own_session(
+        make_tree, tmp_path):
+    tree = make_tree(TREE).start()
+    c = tree.client
+    env = env_for(make_home(tmp_path))
+    a, b = (c.call("terminal", "term.create", {"shell": "bash", "env": env},
+                   timeout=30)["session"] for _ in range(2))
+    events = c.subscribe("terminal", ["term.session"], from_seq=1)
+    stuck = StuckSubscriber(c, a)
+    silent = Client(tree.runtime_dir, timeout=10.0)  # acknowledges once, then never again
+    try:
+        acked = silent.call("terminal", "term.ack",
+                            {"session": a, "offset": session(c, a)["offset"]})["acked"]
+        c.call("terminal", "term.write", {"session": a, "data": (
+            f"head -c {FLOOD} /dev/zero | tr '\\0' y; echo; echo flood-done\r")})
+        # The flood runs, held at the silent consumer's window...
+        wait_for(lambda: session(c, a)["offset"] > acked + WINDOW // 2, "the flood runs",
+                 timeout=60)
+        # ...while the other session answers, and its subscriber sees its output.
+        out_b = Output(c, b)
+        for n in range(3):
+            r = c.call("terminal", "term.exec", {"session": b, "command": f"echo b-live-{n}"},
+                       timeout=30)
+            assert (r["exit_code"], r["output"]) == (0, f"b-live-{n}"), r
+            out_b.until(lambda d, n=n: f"b-live-{n}\r\n".encode() in d)
+        out_b.close()
+
+        # The silent consumer is dropped after consumer_timeout_ms, no further than its
+        # window past what it acknowledged; then the flood runs to its end.
+        dropped = None
+        while dropped is None:
+            ev = events.next(timeout=30)
+            assert ev is not None, "no consumer_dropped event"
+            body = getattr(ev, "body", None) or {}
+            if body.get("event") == "consumer_dropped" and body["session"] == a:
+                dropped = body
+        assert dropped["consumer"] == silent.sid
+        assert dropped["offset"] <= acked + WINDOW + 256 * 1024, (dropped, acked)
+        wait_for(lambda: session(c, a)["offset"] >= FLOOD and session(c, a)["state"] ==
+                 "prompt", "the flood runs to its end once the consumer is dropped",
+                 timeout=120)
+        assert c.call("terminal", "sys.info")["consumers_dropped"] >= 1
+        # The stuck subscriber cost its session nothing more: it answers as before.
+        r = c.call("terminal", "term.exec", {"session": a, "command": "echo a-after"},
+                   timeout=30)
+        assert (r["exit_code"], r["output"]) == (0, "a-after"), r
+        assert session(c, a)["consumers"] == {}
+    finally:
+        events.close()
+        silent.close()
+        stuck.close()
