@@ -710,6 +710,15 @@ def expected_seq(n: int) -> bytes:
     return b"".join(b"%d\r\n" % i for i in range(1, n + 1))
 
 
+def _rss_mb(c: Client, actor: str) -> float:
+    """An actor's RSS in MB (0 if it is between two lives at this moment)."""
+    try:
+        return round(psutil.Process(c.call(actor, "sys.info", timeout=5.0)["pid"])
+                     .memory_info().rss / 1e6, 1)
+    except (MoorageError, psutil.Error):
+        return 0.0
+
+
 def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result:
     """R14: SIGKILL of the keeper and of the terminal actor, one after the other, `kills`
     times, while `sessions` sessions each print `seq 1 lines`: the same shells, every byte
@@ -727,6 +736,7 @@ def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result
                 c.call("terminal", "term.write",
                        {"session": sid, "data": f"seq 1 {lines}; echo seq-''done\r"})
             hit: Counter[str] = Counter()
+            rss: list[list[float]] = []  # after each kill: keeper's and terminal's RSS, MB
             for i in range(kills):
                 victim = "ptykeeper" if i % 2 == 0 else "terminal"
                 pid = c.call(victim, "sys.info")["pid"]
@@ -739,6 +749,7 @@ def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result
                             break
                     time.sleep(0.01)  # polling the successor's own answer
                 time.sleep(gap_s)  # sleep-ok: the pace of the kills
+                rss.append([_rss_mb(c, name) for name in ("ptykeeper", "terminal")])
             whole = expected_seq(lines)
             t0 = time.monotonic()
             while time.monotonic() - t0 < 300 and not all(
@@ -760,7 +771,11 @@ def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result
                          "every_byte_once": f"{exact}/{sessions}",
                          "integrated_after": f"{integrated}/{sessions}",
                          "bytes_each": len(whole),
-                         "losses": sum(col.losses for col in collectors)}
+                         "losses": sum(col.losses for col in collectors),
+                         # bounded memory: the successors after the last kill against
+                         # those after the first (MB: keeper, terminal)
+                         "rss_after_first_kill_mb": rss[0] if rss else None,
+                         "rss_after_last_kill_mb": rss[-1] if rss else None}
             if same != sessions or exact != sessions or integrated != sessions:
                 res.notes["failures"] = "a shell, a byte or the integration was lost"
             for col in collectors:

@@ -31,6 +31,7 @@ same callback, timed the same way.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import random
 import secrets
@@ -389,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commands", type=int, default=20_000, help="commands run for input C")
     ap.add_argument("--repeat", type=int, default=5, help="runs per throughput figure")
     args = ap.parse_args(argv)
+    if importlib.util.find_spec("pyte") is None:
+        print("skipped: P5's limit is pyte, not installed (pip install '.[perf]')")
+        return 0
     report = Report("p5_parser")
     print(f"markers-only scan: {CORE} core")
     series: dict[str, list[float]] = {}
