@@ -166,12 +166,14 @@ def wait_all_running(c: Client, timeout: float) -> float:
 
 def victims(c: Client, stop_only: bool) -> list[tuple[str, int]]:
     """(what, pid) of every process that may be hit: actors, and unless `stop_only` the
-    nested supervisor and both zygotes."""
+    nested supervisor and the zygotes (both supervisors', and their spares)."""
     out: list[tuple[str, int]] = []
 
     def walk(tree: dict[str, Any]) -> None:
-        if not stop_only and tree.get("zygote", {}).get("pid"):
-            out.append((f"zygote:{tree['id']}", tree["zygote"]["pid"]))
+        if not stop_only:
+            zygote = tree.get("zygote", {})
+            out.extend((f"zygote:{tree['id']}", zygote[k]) for k in ("pid", "spare")
+                       if zygote.get(k))
         for ch in tree.get("children", []):
             if ch.get("pid") and (ch["type"] != "supervisor" or not stop_only):
                 out.append((ch["id"], ch["pid"]))

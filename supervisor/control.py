@@ -35,7 +35,9 @@ CHILD = Named("child", _CHILD_FIELDS)
 _TREE_FIELDS: dict[str, object] = {
     "id": str, "strategy": Literal["one_for_one", "one_for_all", "rest_for_one"],
     "pid": int, "intensity": int, "period_s": float, "shedding": bool,
-    "zygote": {"pid": int | None, "restarts": int}, "runtime_dir": str, "children": list[CHILD],
+    # spare: the zygote standing by (from the first death of one on), else nil
+    "zygote": {"pid": int | None, "restarts": int, "spare": int | None}, "runtime_dir": str,
+    "children": list[CHILD],
     "lifecycle?": LIFECYCLE,
     # (a nested supervisor that did not answer: as last seen, every state `unknown`)
     "error?": WIRE_ERROR,
@@ -86,7 +88,8 @@ class ControlOps:
         me = {"id": self.sup.name, "strategy": str(self.sup.spec.strategy), "pid": os.getpid(),
               "intensity": self.sup.spec.intensity, "period_s": self.sup.spec.period_s,
               "shedding": self.sup.shedding,
-              "zygote": {"pid": self.sup.zygote.pid, "restarts": self.sup.zygote_restarts},
+              "zygote": {"pid": self.sup.zygote.pid, "restarts": self.sup.zygote_restarts,
+                         "spare": self.sup.spare.pid if self.sup.spare else None},
               "runtime_dir": str(self.sup.runtime_dir),
               "children": [self.sup.children[c].describe(now) for c in self.sup.order]}
         if self.sup.lifecycle is not None:

@@ -111,6 +111,10 @@ class Supervisor(Actor):
         self.by_pid: dict[int, Child] = {}
         self.old_zygotes: list[ZygoteHandle] = []  # dead: read until their last ready
         self.zygote_restarts = 0
+        # From the zygote's first death on, a replacement stands by, its modules imported:
+        # the next death costs no start of a new interpreter (~0.2-1 s), during which no
+        # child could start, and a zygote killed faster than that would never serve.
+        self.spare: ZygoteHandle | None = None
         self.orphans_reaped = 0  # descendants orphaned to us (a subreaper) and reaped
         self.orphan_exits: dict[int, tuple[int | None, int | None]] = {}  # pid -> status
         self.jobs: deque[tuple[str, Child]] = deque()
@@ -211,6 +215,8 @@ class Supervisor(Actor):
             self.lifecycle.close()
         self.outbound.close()
         self.relay.close()
+        if self.spare is not None:
+            self.spare.close()
         self.zygote.close()
 
     # --- the job queue: starts and stops that must happen one after another -------------
@@ -340,6 +346,8 @@ class Supervisor(Actor):
             child = self.by_pid.get(pid)
             if pid == self.zygote.pid:
                 self._zygote_died(code)
+            elif self.spare is not None and pid == self.spare.pid:
+                self._spare_died(code)
             elif child is not None and child.adopted:
                 del self.by_pid[pid]
                 self._on_exit(child, classify_exit(code if code >= 0 else None,
@@ -356,8 +364,9 @@ class Supervisor(Actor):
                 logger.debug("{}: reaped orphan {} ({})", self.name, pid, code)
 
     def _zygote_died(self, code: int) -> None:
-        """Its children outlive it (they are ours now, see supervisor.zygote); a new zygote
-        takes its place. A spawn it had not answered is asked of the new one."""
+        """Its children outlive it (they are ours now, see supervisor.zygote); the spare takes
+        its place (a new program when there is none yet), and another spare is started. A
+        spawn it had not answered is asked of the new one."""
         if self.shutting_down:
             return  # it was told to exit
         old = self.zygote
@@ -369,8 +378,9 @@ class Supervisor(Actor):
         self.old_zygotes.append(old)
         self.loop.remove_reader(old.fileno())
         self.loop.add_reader(old.fileno(), lambda: self._on_zygote(old))
-        self.zygote = old.replacement()
-        new = self.zygote
+        new, self.spare = self.spare or old.replacement(), None
+        self.zygote = new
+        self._stand_by()
         self.loop.add_reader(new.fileno(), lambda: self._on_zygote(new))
         self.event("zygote_restarted", None, zygote_pid=new.pid, old_pid=old.pid,
                    restarts=self.zygote_restarts)
@@ -384,6 +394,18 @@ class Supervisor(Actor):
                 if self.current_job is not None and self.current_job[1] is child:
                     self.current_job = None
         self.next_job()
+
+    def _stand_by(self) -> None:
+        """Start the spare zygote (a new program: this process has threads)."""
+        self.spare = self.zygote.replacement()
+
+    def _spare_died(self, code: int) -> None:
+        assert self.spare is not None
+        logger.warning("{}: spare zygote {} died ({})", self.name, self.spare.pid, code)
+        self.spare.sock.close()
+        self.spare = None
+        if not self.shutting_down:
+            self._stand_by()
 
     def _on_spawned(self, child: Child, pid: int) -> None:
         child.pid = pid

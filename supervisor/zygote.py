@@ -142,6 +142,8 @@ class ZygoteHandle:
                 data = self.sock.recv(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
+            except ConnectionError as exc:  # it died with our datagrams unread
+                raise EOFError("zygote gone") from exc
             if not data:
                 raise EOFError("zygote gone")
             out.append(_decode(data))
@@ -226,12 +228,15 @@ def main(argv: list[str]) -> None:
         raise SystemExit("zygote: expected the tree's key first")
     trust.adopt(first["key"])
     beats = BeatBoard(int(slots), fd=int(beat_fd))
-    _Zygote(sock, preload, beats, int(supervisor)).run()
+    # A replacement serves first and imports between requests: a child it forks before the
+    # preload is done imports its own module, and the supervisor, whose children cannot
+    # start while no zygote serves, gets one a few hundred ms sooner.
+    _Zygote(sock, preload, beats, int(supervisor), lazy=True).run()
 
 
 class _Zygote:
     def __init__(self, sock: socket.socket, preload: list[str], beats: BeatBoard,
-                 supervisor: int) -> None:
+                 supervisor: int, lazy: bool = False) -> None:
         self.sock = sock
         self.beats = beats
         self.supervisor = supervisor
@@ -239,19 +244,28 @@ class _Zygote:
         from moorage.actors.runtime.logs import install_handlers
 
         install_handlers()  # once here, not in every child (see moorage.actors.runtime.logs)
-        for module in preload:
-            try:
-                importlib.import_module(module)
-            except Exception as exc:  # the child will fail at start and be reported then
-                print(f"zygote: preload {module}: {exc}", file=sys.stderr)
-        # What the children inherit is never garbage: out of the collector's reach, a child's
-        # collections do not write to (and so copy) every shared page that holds an object.
-        gc.freeze()
+        self.preload = list(preload)
+        while self.preload and not lazy:
+            self._preload_one()
+        if not self.preload:
+            gc.freeze()  # (again, if the last preload did: harmless)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the supervisor's EOF ends us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _preload_one(self) -> None:
+        module = self.preload.pop(0)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # the child will fail at start and be reported then
+            print(f"zygote: preload {module}: {exc}", file=sys.stderr)
+        if not self.preload:
+            # What the children inherit is never garbage: out of the collector's reach, a
+            # child's collections do not write to (and so copy) every shared page that holds
+            # an object.
+            gc.freeze()
 
     def send(self, msg: dict) -> None:
         try:
@@ -264,7 +278,11 @@ class _Zygote:
         sel.register(self.sock, selectors.EVENT_READ)
         sel.register(self.wake_r, selectors.EVENT_READ)
         while True:
-            for key, _ in sel.select():
+            events = sel.select(0 if self.preload else None)
+            if not events and self.preload:
+                self._preload_one()  # nothing asked of us meanwhile
+                continue
+            for key, _ in events:
                 if key.fileobj is self.sock:
                     try:
                         data = self.sock.recv(1 << 20)

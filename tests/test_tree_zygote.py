@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from tests.conftest import assert_all_gone, descendants, wait_pid_exit
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,7 +50,9 @@ def test_a_killed_zygote_is_replaced_and_its_children_live_on(make_tree):
     ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
     assert ev["old_pid"] == old and ev["restarts"] == 1
     after = tree.status()
-    assert after["zygote"] == {"pid": ev["zygote_pid"], "restarts": 1}
+    spare = after["zygote"]["spare"]
+    assert after["zygote"] == {"pid": ev["zygote_pid"], "restarts": 1, "spare": spare}
+    assert spare not in (None, old, ev["zygote_pid"])
     assert {c["id"]: c["pid"] for c in after["children"]} == pids  # the same processes
     assert all(c["state"] == "running" for c in after["children"])
     assert tree.call("a", "fake.work")["pid"] == pids["a"]
@@ -58,6 +61,31 @@ def test_a_killed_zygote_is_replaced_and_its_children_live_on(make_tree):
     back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
     assert back["pid"] != pids["a"]
     assert psutil.Process(back["pid"]).ppid() == ev["zygote_pid"]
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+
+
+def test_from_the_first_death_on_a_spare_zygote_stands_by_and_takes_over_at_once(make_tree):
+    """The spare, its modules already imported, becomes the zygote the moment the next one
+    dies (no new interpreter to wait for), and another spare is started; a dead spare is
+    replaced too."""
+    tree = make_tree(TWO).start()
+    assert tree.status()["zygote"]["spare"] is None  # an idle tree has none
+    os.kill(tree.status()["zygote"]["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "zygote_restarted")
+    spare = tree.status()["zygote"]["spare"]
+    os.kill(spare, signal.SIGKILL)  # the spare itself: replaced
+    wait_for(lambda: tree.status()["zygote"]["spare"] not in (None, spare),
+             "a new spare after the first one died")
+    first = tree.status()["zygote"]
+    os.kill(first["pid"], signal.SIGKILL)
+    ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["restarts"] == 2)
+    assert ev["zygote_pid"] == first["spare"]
+    now = tree.status()["zygote"]
+    assert now["pid"] == first["spare"] and now["spare"] not in (None, first["spare"])
+    a = tree.child("a")["pid"]
+    os.kill(a, signal.SIGKILL)
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+    assert psutil.Process(back["pid"]).ppid() == first["spare"]
     assert tree.call("a", "fake.work")["pid"] == back["pid"]
 
 
@@ -72,7 +100,8 @@ def test_after_a_zygote_was_replaced_the_root_killed_still_leaves_no_process(mak
     tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["supervisor"] == "inner")
     tree.wait_all_running()
     procs = [psutil.Process(root), *descendants(root)]
-    assert len(procs) == 6  # root, its zygote, a, inner, inner's zygote, c
+    # root, its zygote and its spare, a, inner, inner's zygote and its spare, c
+    assert len(procs) == 8
     os.kill(root, signal.SIGKILL)
     assert wait_pid_exit(root, 10)
     assert_all_gone(procs)
