@@ -48,6 +48,7 @@ class Child:
     sheds: int = 0  # how often it was shed (a shed is neither a failure nor a restart)
     adopted: bool = False  # its zygote died: this supervisor is its parent and reaper now
     stopped: bool = False  # SIGSTOPped, as its zygote (its parent) saw
+    halted_ticks: int = 0  # heartbeat ticks it has spent stopped while starting
     alive_at: int = 0  # monotonic ns of its last sign of life (its beat)
     down_since: float | None = None  # wall time its outage began (a hang: its last life)
     last_resort: int = 0  # the root's retries of a child that exhausted its fallbacks
@@ -101,6 +102,7 @@ class Child:
         self.ready_at = None
         self.adopted = False
         self.stopped = False
+        self.halted_ticks = 0
         self.alive_at = 0
 
     def describe(self, now: float) -> dict[str, Any]:

@@ -591,6 +591,14 @@ class Supervisor(Actor):
         now = time.monotonic_ns()
         watch = False
         for child in self.children.values():
+            if child.state is ChildState.STARTING and child.pid is not None:
+                # Stopped before it was ready, it would hold the job queue (its siblings'
+                # restarts wait behind its start) until start_timeout_ms: a stop lasting as
+                # many ticks as a running child's missed beats is a hang here too.
+                child.halted_ticks = child.halted_ticks + 1 if child.stopped else 0
+                if child.halted_ticks > self.spec.heartbeat.misses:
+                    child.halted_ticks = 0
+                    self._hung(child)
             if child.state is not ChildState.RUNNING:
                 watch = watch or child.state is ChildState.STARTING
                 continue

@@ -15,6 +15,7 @@ import pytest
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 from tests.conftest import ROOT, wait_pid_exit
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -118,6 +119,34 @@ def test_a_child_that_does_not_become_ready_in_time_is_killed_and_counted(make_t
     assert ev["detail"] == "start timeout" and ev["signal"] == signal.SIGKILL
     tree.wait_event(lambda e: e["event"] == "escalated")
     assert tree.proc.wait(30) == 3  # it never came up: the root gave up, exit code 3
+
+
+STOPPED_WHILE_STARTING = """
+[supervisor]
+start_timeout_ms = 120000
+heartbeat = { interval_ms = 100, misses = 3 }
+[[children]]
+id = "sleepy"
+start = "tests.fakes:FakeActor"
+config = { start_delay_s = 30 }
+[[children]]
+id = "after"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_a_child_stopped_while_it_starts_is_killed_as_hung_not_after_its_start_timeout(
+        make_tree):
+    """A SIGSTOP before the child is ready would hold the supervisor's job queue (the next
+    child's start waits behind it) for the whole start timeout: it is a hang as soon as it
+    has lasted as many ticks as a running child's missed beats."""
+    tree = make_tree(STOPPED_WHILE_STARTING).start(wait=False)
+    sleepy = wait_for(lambda: tree.child("sleepy")["pid"], "the slow child's process")
+    os.kill(sleepy, signal.SIGSTOP)
+    tree.wait_event(lambda e: e["event"] == "hung" and e["child"] == "sleepy")
+    ev = tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "sleepy")
+    assert (ev["detail"], ev["signal"], ev["pid"]) == ("missed heartbeats", signal.SIGKILL,
+                                                       sleepy)
 
 
 RELAPSE = """

@@ -249,6 +249,12 @@ class Creation:
         self.done = True
         if self.call is not None:
             self.call.fail(err)
+        elif err.name in ("unavailable", "outcome_unknown"):
+            # The keeper went away under the recreation: nothing was tried, and the record
+            # stays; the next keeper's welcome finds the session lost again and recreates it.
+            logger.warning("session {}: recreation interrupted ({}); again with the next "
+                           "keeper", self.sid, err.message)
+            self.a.recreated(self.sid)
         else:
             self.a.specs.drop(self.sid)
             self.a.publisher.publish("term.session", {
