@@ -60,8 +60,14 @@ def peer_missing() -> str | None:
     """Why the peer cannot run here, or None."""
     if shutil.which("node") is None:
         return "node is not installed"
-    if not (PEER_DIR / "node_modules" / "node-pty").is_dir():
+    package = PEER_DIR / "node_modules" / "node-pty"
+    if not package.is_dir():
         return "node-pty is not installed"
+    # where node-pty's loader looks for its addon (lib/utils.js); an install without its
+    # build step (npm ci --ignore-scripts, or no compiler) has the package but not this
+    if not any((package / d / "pty.node").is_file() for d in ("build/Release", "build/Debug")) \
+            and not list((package / "prebuilds").glob("linux-*/pty.node")):
+        return "node-pty's native addon is not built (its install script needs a C++ toolchain)"
     return None
 
 
