@@ -168,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="pipelined runs per side (X2)")
     ap.add_argument("--kills", type=int, default=10, help="kills per side (X3)")
     ap.add_argument("--quick", action="store_true",
-                    help="small counts: --n 300 --futures 1000 --rounds 1 --kills 2 (Ray's "
+                    help="small counts: --n 300 --futures 2000 --rounds 2 --kills 2 (Ray's "
                          "start and its restarts, about 1 s each, still take most of it)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.n, args.futures, args.rounds, args.kills = 300, 1000, 1, 2
+        args.n, args.futures, args.rounds, args.kills = 300, 2000, 2, 2
     print(f"peer: Ray actors, install with: {INSTALL}")
     why = ray_missing()
     if why is not None:
