@@ -12,9 +12,10 @@ machine's load of the moment:
                it. Ours: `term.exec "echo test"` through the Python client on the default tree
                (the parser actor on the path), answered at the command's end marker, as P3;
                the next command waits for the prompt on the session's stream, as P3's do.
-               Beside them, informative: our integrated bash alone on a raw PTY read by this
-               process (P3's limit without its zmq part), which is what the shell integration
-               costs before moorage does anything.
+               Beside them, informative, on a PTY read by this process: our integrated bash
+               alone (P3's limit without its zmq part: what the shell integration costs
+               before moorage does anything; to its end marker, as term.exec), and node-pty's
+               bare bash (to the prompt, as bench.js: node-pty's own cost is the difference).
   cat          `cat` of a file of `--mb` MB of "Q" at the prompt: the time from the command
                written until every "Q" has arrived (node-pty: in onData; ours: in a
                subscriber of the session's output stream, as P4), then the prompt awaited;
@@ -45,8 +46,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from moorage.actors.terminal.keeper.spawn import spawn_on_pty
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 from perf.p3_p4_terminal import TREE, RawPty, bench_env, exec_us, streamed_mb_s
@@ -69,6 +72,41 @@ def peer_missing() -> str | None:
             and not list((package / "prebuilds").glob("linux-*/pty.node")):
         return "node-pty's native addon is not built (its install script needs a C++ toolchain)"
     return None
+
+
+class BarePty:
+    """The bash node-pty runs (same flags, files, environment and window), on a PTY read by
+    this process: node-pty's round trip without node-pty, and the integrated bash's without
+    the integration, to tell the three costs apart."""
+
+    def __init__(self, home: Path) -> None:
+        argv = ["bash", "--init-file", str(home / ".bashrc"), "-i"]
+        self.sp = spawn_on_pty("/bin/bash", argv, bench_env(home), str(home), 80, 24)
+        self.prompt = PROMPT.encode()
+        self.read_until(lambda buf: self.prompt in buf)
+
+    def read_until(self, done: Callable[[bytes], bool], timeout: float = 10.0) -> None:
+        buf = b""
+        end = time.monotonic() + timeout
+        while not done(buf):
+            if not select.select([self.sp.master], [], [], max(0, end - time.monotonic()))[0]:
+                raise TimeoutError(f"bare bash: no prompt in {timeout} s: {buf[-200:]!r}")
+            buf += os.read(self.sp.master, 1 << 16)
+
+    def round_trip(self) -> float:
+        """As bench.js's: `echo test` written, until "test" on a line and the prompt after."""
+        def done(buf: bytes) -> bool:
+            i = max(buf.find(b"\ntest\r\n"), buf.find(b"\rtest\r\n"))
+            return i >= 0 and self.prompt in buf[i + 7:]
+
+        t0 = time.perf_counter()
+        os.write(self.sp.master, b"echo test\r")
+        self.read_until(done)
+        return (time.perf_counter() - t0) * 1e6
+
+    def close(self) -> None:
+        os.close(self.sp.master)
+        os.waitpid(self.sp.pid, 0)
 
 
 class NodePty:
@@ -154,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     per_block = max(1, args.n // blocks)
     work = Path(tempfile.mkdtemp(prefix="x5-"))  # the cat's file: $TMPDIR, removed at the end
     tree = BenchTree(TREE)
-    node = raw_pty = client = None
+    node = raw_pty = bare_pty = client = None
     try:
         home = work / "home"
         home.mkdir()
@@ -163,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         client = tree.client(timeout=60.0)
         node = NodePty(home)
         raw_pty = RawPty(home)
+        bare_pty = BarePty(home)
         sid = client.call("terminal", "term.create",
                           {"shell": "bash", "env": bench_env(home)})["session"]
         print(f"node-pty {node.version} (bench.js, pid {node.proc.pid}); moorage tree "
@@ -174,15 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         exec_us(client, sub, sid, warm, "actor")
         for _ in range(warm):
             raw_pty.round_trip()
+            bare_pty.round_trip()
         theirs: list[float] = []
         ours: list[float] = []
         raw: list[float] = []
+        bare: list[float] = []
         for _ in range(blocks):
             theirs += node.echo_us(per_block)
             ours += exec_us(client, sub, sid, per_block, "actor")
             raw += [raw_pty.round_trip() for _ in range(per_block)]
+            bare += [bare_pty.round_trip() for _ in range(per_block)]
         sub.close()
         po, pn, pr = percentiles(ours), percentiles(theirs), percentiles(raw)
+        pb = percentiles(bare)
         report.add(Row("X5", "echo test p50: term.exec vs node-pty", "µs", "<= 4x node-pty",
                        po[50], pn[50], po[50] <= 4 * pn[50],
                        note=f"n={len(ours)} each, {blocks} blocks in turn; warm bash; ours "
@@ -193,10 +236,14 @@ def main(argv: list[str] | None = None) -> int:
                        "(informative)", pr[50], pn[50], True,
                        note=f"our bash integration alone, read by this process; p99 "
                             f"{pr[99]:.0f} µs"))
+        report.add(Row("X5", "echo test p50: bare bash, raw PTY", "µs", "(informative)",
+                       pb[50], pn[50], True,
+                       note=f"node-pty's bash read by this process; p99 {pb[99]:.0f} µs"))
         plot_percentiles("peer_node_pty_echo", {
             "moorage term.exec (parser actor)": ours,
             f"node-pty {node.version}, bare bash": theirs,
-            "integrated bash on a raw PTY": raw})
+            "integrated bash on a raw PTY": raw,
+            "bare bash on a raw PTY": bare})
 
         # cat: one of each in turn
         size = args.mb * 1_000_000
@@ -213,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"node-pty {[round(r, 1) for r in rates_node]}"))
         report.extra = {
             "node_pty": node.version,
-            "echo_us": {"ours": po, "node_pty": pn, "raw_pty_integrated": pr},
+            "echo_us": {"ours": po, "node_pty": pn, "raw_pty_integrated": pr,
+                        "raw_pty_bare": pb},
             "cat_mb_s": {"ours": rates_ours, "node_pty": rates_node},
         }
     finally:
@@ -221,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             node.close()
         if raw_pty is not None:
             raw_pty.close()
+        if bare_pty is not None:
+            bare_pty.close()
         if client is not None:
             client.close()
         tree.stop()
