@@ -131,8 +131,7 @@ class NodePty:
                 raise TimeoutError(f"bench.js: no answer in {timeout} s")
             chunk = os.read(fd, 1 << 16)
             if not chunk:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"bench.js ended ({self.proc.wait()}): {err.strip()[-2000:]}")
+                raise self._gone()
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         doc = json.loads(line)
@@ -140,10 +139,18 @@ class NodePty:
             raise RuntimeError(f"bench.js: {doc['error']}")
         return doc
 
+    def _gone(self) -> RuntimeError:
+        """bench.js has ended: the error that says how, with the end of its stderr."""
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        return RuntimeError(f"bench.js ended ({self.proc.wait()}): {err.strip()[-2000:]}")
+
     def ask(self, command: str, timeout: float = 300) -> dict:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(command.encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._gone() from None
         return self._line(timeout)
 
     def echo_us(self, n: int) -> list[float]:
