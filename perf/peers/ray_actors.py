@@ -144,9 +144,11 @@ class RaySide:
                 return (pc() - t0) * 1000
 
     def close(self) -> None:
-        """Stop the local instance (its processes too); safe when it never started. Its
-        processes share this one's fate besides (Ray starts them with PR_SET_PDEATHSIG on
-        Linux), so a run killed before this leaves none behind."""
+        """Stop the local instance (its processes too); safe when it never started. A run
+        killed before this (SIGKILL) takes Ray's GCS server and raylet with it (Ray starts
+        them with PR_SET_PDEATHSIG on Linux); Ray's two agents, the raylet's children, see it
+        gone and exit by themselves about a minute later (seen here: 60-100 s); the moorage
+        tree goes by its --parent, and the temporary directories stay."""
         self.ray.shutdown()
         for k in self.env_set:
             os.environ.pop(k, None)
