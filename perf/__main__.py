@@ -143,7 +143,9 @@ def machine() -> str:
 
 
 def figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def table(outcomes: list[Outcome]) -> list[str]:
