@@ -106,8 +106,28 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def running(p: psutil.Process) -> bool:
+    """Still running: a zombie has exited (only its entry waits for its parent's wait(),
+    which an init that reaps late, as some containers' do, may leave for a while)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        return running(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return False
+
+
 def assert_all_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if running(p)]
+    while alive and time.monotonic() < deadline:
+        psutil.wait_procs(alive, timeout=0.1)  # (returns as soon as they are gone)
+        alive = [p for p in alive if running(p)]
     for p in alive:
         p.kill()
     assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"

@@ -10,7 +10,7 @@ import signal
 import psutil
 import pytest
 
-from tests.conftest import assert_all_gone, wait_pid_exit
+from tests.conftest import assert_all_gone, pid_running, wait_pid_exit
 from tests.terminal_support import env_for, make_home, terminal_tree
 from tests.waiting import wait_for
 
@@ -49,7 +49,7 @@ def test_term_close_leaves_no_process_of_the_session_even_one_that_ignores_hup_a
     assert len(procs) >= 2
     tree.call("terminal", "term.close", {"session": sid})
     assert_all_gone(procs, timeout=15)  # after the keeper's close grace
-    assert not psutil.pid_exists(job)
+    assert not pid_running(job)
 
 
 def test_a_sigkill_of_the_root_leaves_no_process_of_any_session(make_tree, tmp_path):
@@ -60,7 +60,7 @@ def test_a_sigkill_of_the_root_leaves_no_process_of_any_session(make_tree, tmp_p
     os.kill(root, signal.SIGKILL)
     assert wait_pid_exit(root, 10)
     assert_all_gone(procs, timeout=15)
-    assert not psutil.pid_exists(job)
+    assert not pid_running(job)
 
 
 def test_down_then_up_starts_without_the_old_sessions(make_tree, tmp_path):

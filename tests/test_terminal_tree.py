@@ -8,12 +8,12 @@ import os
 import signal
 import threading
 
-import psutil
 import pytest
 
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
+from tests.conftest import pid_running
 from tests.terminal_support import (
     Commands,
     Output,
@@ -178,7 +178,7 @@ def test_sessions_that_die_with_both_processes_are_reported_alerted_and_started_
     assert found["term.alert"]["sessions"] == [sid]
     assert found["term.alert"]["severity"] == "critical"
     assert found["recreated"]["session"] == sid and found["recreated"]["pid"] != s["pid"]
-    assert not psutil.pid_exists(s["pid"])  # the old shell went with its tree
+    assert not pid_running(s["pid"])  # the old shell went with its tree
     r = c.call("terminal", "term.exec", {"session": sid, "command": "pwd"}, timeout=30)
     assert (r["exit_code"], r["output"]) == (0, str(tmp_path))
 
