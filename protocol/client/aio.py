@@ -17,6 +17,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from moorage.protocol import curve
 from moorage.protocol.client._core import (
     LEARN_SHARE,
     CallPlan,
@@ -32,6 +33,7 @@ from moorage.protocol.client.connection import from_file
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
+from moorage.protocol.remote import RemoteTarget, target_from_file
 
 _DISCONNECT = object()
 
@@ -85,12 +87,14 @@ class AsyncClient:
         instance: str | None = None,
         sid: str | None = None,
         options: ClientOptions | None = None,
+        remote: RemoteTarget | None = None,
         **option_overrides: Any,
     ) -> None:
         opts = options or ClientOptions()
         for k, v in option_overrides.items():
             setattr(opts, k, v)
-        self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts)
+        self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts,
+                               remote=remote)
         self.ctx = zmq.asyncio.Context()
         self._conns: dict[str, _AConn] = {}
         self._subs: set[AsyncSubscription] = set()
@@ -104,6 +108,15 @@ class AsyncClient:
         client = cls(conn.runtime_dir, **kw)
         client.core.connection = conn
         return client
+
+    @classmethod
+    def remote(cls, path: str | Path, client_keys: curve.KeyPair | None = None,
+               host: str | None = None, **kw: Any) -> AsyncClient:
+        """A client of the tree elsewhere that `path` (its `tree.json`, copied here)
+        describes, over tcp with CURVE: `client_keys` default to this user's client pair
+        (`moorage keys init`), `host` replaces the address the tree bound (0.0.0.0, or a
+        forwarded port's host). ValueError (or curve.KeyFileError) if either is unusable."""
+        return cls(remote=target_from_file(path, client_keys, host), **kw)
 
     @property
     def sid(self) -> str:
