@@ -38,6 +38,11 @@ HEARTBEAT_TIMEOUT_MS = 3000  # ... and a connection with no traffic for 3 s is c
 HEARTBEAT_TTL_MS = 3000  # asks the peer to close it after 3 s of nothing from us
 HANDSHAKE_IVL_MS = 5000  # a peer that opens tcp but never finishes CURVE is dropped
 MAX_PLAN_BYTES = 1 << 20
+# libzmq holds a tcp frame to ZMQ_MAXMSGSIZE as it is on the wire: CURVE wraps each message
+# in a MESSAGE command (33 bytes more) and its handshake's INITIATE is some 300 bytes, more
+# than a stream socket's limit (a subscription topic). A CURVE endpoint's limit is raised by
+# this much; what gets through is held to the real limit by the code that reads it.
+CURVE_ROOM = 512
 
 
 class ListenError(ValueError):
@@ -132,10 +137,18 @@ def _heartbeats(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
 
 
+def _room(sock: zmq.Socket) -> None:
+    limit = sock.getsockopt(zmq.MAXMSGSIZE)
+    if limit >= 0:
+        sock.setsockopt(zmq.MAXMSGSIZE, limit + CURVE_ROOM)
+
+
 def secure_server(sock: zmq.Socket, server: curve.KeyPair) -> None:
     """Make the next bind of `sock` a CURVE server judged by the ZAP handler. libzmq takes a
-    socket's options when it binds, so an ipc endpoint bound before keeps the NULL mechanism."""
+    socket's options when it binds, so an ipc endpoint bound before keeps the NULL mechanism
+    and its limits. Called once per socket."""
     assert server.secret is not None
+    _room(sock)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, server.secret)
     sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
@@ -145,6 +158,7 @@ def secure_server(sock: zmq.Socket, server: curve.KeyPair) -> None:
 
 def secure_client(sock: zmq.Socket, server_key: bytes, client: curve.KeyPair) -> None:
     assert client.secret is not None
+    _room(sock)
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, client.public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, client.secret)

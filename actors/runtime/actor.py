@@ -282,7 +282,9 @@ class Actor:
                 fd = None  # its connection is gone (libzmq dropped what it had)
             if data[:1] == b"\x01":
                 n = counts.get(fd, 0) if fd is not None else 0
-                if fd is None or n >= self.max_subscriptions:
+                # (over tcp libzmq's own limit has room for CURVE: the topic's is held here)
+                if fd is None or n >= self.max_subscriptions \
+                        or len(data) > 1 + limits.MAX_TOPIC_LEN:
                     self.subscriptions_refused += 1
                     continue
                 pub.setsockopt(zmq.SUBSCRIBE, data[1:])  # for that connection only

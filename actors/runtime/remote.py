@@ -13,8 +13,8 @@ tcp endpoints (which closes every connection accepted on them) and binds them ag
 clients still allowed reconnect by themselves within milliseconds.
 
 Refusals are counted by reason and logged with the peer's address and the key's
-fingerprint, the first of each (address, key) and then at most once per LOG_EVERY_S, so a
-client hammering with a refused key cannot fill the log. Every table here is bounded.
+fingerprint, the first from an address and then at most once per LOG_EVERY_S, so a peer
+hammering with refused keys (new ones each time or not) cannot fill the log. Every table here is bounded.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from moorage.protocol import curve, remote
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # RFC 27: the one address libzmq asks
 RECHECK_S = 1.0  # the allow-list is looked at this often even with no handshake
 LOG_EVERY_S = 10.0
-MAX_LOG_KEYS = 1024  # (address, key) pairs remembered for rate-limited logging
+MAX_LOG_KEYS = 1024  # peer addresses remembered for rate-limited logging
 REBIND_RETRY_S = 0.01  # an unbound tcp port is free again after libzmq's I/O thread closes it
 # Handshake failures a monitor reports, by why the peer was refused.
 HANDSHAKE_EVENTS = {
@@ -100,10 +100,10 @@ class Gatekeeper(threading.Thread):
         self._wake_in.bind(addr)
         self._wake_out.connect(addr)
         self._on_revoked = on_revoked
-        self._stop = False
+        self._closing = False
         self.accepted = 0
         self.refused: Counter[str] = Counter()
-        self._logged: dict[tuple[bytes, bytes], float] = {}
+        self._logged: dict[bytes, float] = {}  # peer address -> when last logged
 
     # --- the thread ---------------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ class Gatekeeper(threading.Thread):
             poller.register(s, zmq.POLLIN)
         next_check = time.monotonic() + RECHECK_S
         try:
-            while not self._stop:
+            while not self._closing:
                 ready = dict(poller.poll(int(RECHECK_S * 1000)))
                 if self.zap in ready:
                     self._drain_zap()
@@ -165,12 +165,12 @@ class Gatekeeper(threading.Thread):
 
     def _log_refusal(self, address: bytes, key: bytes, reason: str) -> None:
         now = time.monotonic()
-        last = self._logged.get((address, key))
+        last = self._logged.get(address)
         if last is not None and now - last < LOG_EVERY_S:
             return
         if len(self._logged) >= MAX_LOG_KEYS:
             self._logged.clear()
-        self._logged[(address, key)] = now
+        self._logged[address] = now
         fp = z85.encode(key)[:8].decode() if key else "-"
         logger.warning("refused a tcp client from {} (key {}: {}); {} refused so far",
                        address.decode(errors="replace"), fp, reason,
@@ -191,7 +191,7 @@ class Gatekeeper(threading.Thread):
     # --- from the actor's thread --------------------------------------------------------------
 
     def close(self) -> None:
-        self._stop = True
+        self._closing = True
         self._wake_out.send(b"x")
         self.join(timeout=2.0)
         self._wake_out.close(0)
