@@ -14,7 +14,8 @@ clients still allowed reconnect by themselves within milliseconds.
 
 Refusals are counted by reason and logged with the peer's address and the key's
 fingerprint, the first from an address and then at most once per LOG_EVERY_S, so a peer
-hammering with refused keys (new ones each time or not) cannot fill the log. Every table here is bounded.
+hammering with refused keys (new ones each time or not) cannot fill the log. Every table
+here is bounded.
 """
 
 from __future__ import annotations
