@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 from zmq.utils import z85
@@ -91,7 +92,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
             (d / curve.ALLOWED / f"{name}{curve.PUBLIC_SUFFIX}").unlink()
             gone.append(name)
     if not gone:
-        print(f"moorage: no allowed key is named or equal to {target!r}")
+        print(f"moorage: no allowed key is named or equal to {target!r}", file=sys.stderr)
         return EXIT_ERROR
     print(f"revoked {', '.join(gone)}")
     return EXIT_OK
