@@ -1,4 +1,4 @@
-"""The TypeScript client in remote mode, against a real tree listening on loopback tcp: it
+"""The TypeScript and Rust clients in remote mode, against a real tree listening on loopback tcp: it
 connects from the connection file and its user's key pair (`moorage keys init`), calls and
 follows a stream over CURVE; with a key the tree does not allow, its call ends in a
 classified error at its deadline and the tree counts the refusal."""
@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.remote_support import FAKE_TREE, TREE_PORTS, NetnsTree, free_port_blo
 pytestmark = pytest.mark.timeout(180)
 
 PACKAGE = ROOT / "protocol" / "typescript"
+CRATE = ROOT / "protocol" / "rust"
 
 SCRIPT = """
 import { Client } from "%(dist)s";
@@ -75,12 +77,33 @@ def tcp_tree(runtime_dir: Path, tmp_path: Path,
         tree.stop()
 
 
-def run_node(script: Path, conn: Path, keys_dir: Path) -> dict:
-    done = subprocess.run(["node", str(script), str(conn)], capture_output=True, text=True,
-                          timeout=60, cwd=PACKAGE,
+def run_client(cmd: list[str], keys_dir: Path) -> dict:
+    """Run a client program; its last stdout line is its JSON report."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT,
                           env={**os.environ, curve.KEYS_ENV: str(keys_dir)})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_remote_client(cmd: list[str], tree: NetnsTree, client_dir: Path,
+                        tmp_path: Path) -> None:
+    """`cmd` + a copied connection file: with an allowed key, a call and a stream; with a
+    key the tree never allowed, a classified error and a refusal counted by the tree."""
+    conn = tmp_path / "tree.json"  # a copy, as an editor elsewhere has it
+    conn.write_text((tree.runtime_dir / "tree.json").read_text())
+    out = run_client([*cmd, str(conn)], client_dir)
+    assert out.get("error") is None, out
+    assert out["work"]["done"] >= 1 and out["stream"] == [0, 1, 2], out
+    assert tree.call("alpha", "sys.info")["remote"]["accepted"] >= 1
+    stranger = tmp_path / "stranger-keys"
+    made = subprocess.run([sys.executable, "-m", "moorage.supervisor.cli", "keys", "init"],
+                          capture_output=True, timeout=60,
+                          env={**os.environ, curve.KEYS_ENV: str(stranger)})
+    assert made.returncode == 0, made.stderr
+    refused = tree.call("alpha", "sys.info")["remote"]["refused"].get("unknown_key", 0)
+    out = run_client([*cmd, str(conn)], stranger)
+    assert out.get("error") in ("timeout", "outcome_unknown"), out
+    assert tree.call("alpha", "sys.info")["remote"]["refused"]["unknown_key"] > refused
 
 
 def test_the_typescript_client_calls_and_follows_a_stream_over_tcp_with_curve(
@@ -88,23 +111,16 @@ def test_the_typescript_client_calls_and_follows_a_stream_over_tcp_with_curve(
     tree, client_dir = tcp_tree
     script = tmp_path / "remote.mjs"
     script.write_text(SCRIPT % {"dist": PACKAGE / "dist" / "src" / "index.js"})
-    conn = tmp_path / "tree.json"  # a copy, as an editor elsewhere has it
-    conn.write_text((tree.runtime_dir / "tree.json").read_text())
-    out = run_node(script, conn, client_dir)
-    assert out.get("error") is None, out
-    assert out["work"]["done"] == 1 and out["stream"] == [0, 1, 2], out
-    assert tree.call("alpha", "sys.info")["remote"]["accepted"] >= 1
-
-    # A key the tree never allowed: refused at the handshake, the call ends classified
-    stranger = tmp_path / "stranger-keys"
-    assert subprocess.run([*_moorage(), "keys", "init"], capture_output=True, timeout=60,
-                          env={**os.environ, curve.KEYS_ENV: str(stranger)}).returncode == 0
-    out = run_node(script, conn, stranger)
-    assert out.get("error") in ("timeout", "outcome_unknown"), out
-    assert tree.call("alpha", "sys.info")["remote"]["refused"].get("unknown_key", 0) >= 1
+    check_remote_client(["node", str(script)], tree, client_dir, tmp_path)
 
 
-def _moorage() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "moorage.supervisor.cli"]
+def test_the_rust_client_calls_and_follows_a_stream_over_tcp_with_curve(
+        tcp_tree: tuple[NetnsTree, Path], tmp_path: Path) -> None:
+    if shutil.which("cargo") is None:
+        pytest.fail("cargo is not installed: the machine's Rust toolchain is needed")
+    done = subprocess.run(["cargo", "build", "--locked", "--example", "remote"], cwd=CRATE,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    tree, client_dir = tcp_tree
+    check_remote_client([str(CRATE / "target" / "debug" / "examples" / "remote")], tree,
+                        client_dir, tmp_path)
