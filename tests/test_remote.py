@@ -6,6 +6,7 @@ reaches an actor, 1,000 times over without the actor's memory growing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import zmq
 
 from moorage.protocol import curve
 from moorage.protocol.client import Client
+from moorage.protocol.client.aio import AsyncClient
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from tests.conftest import ROOT
@@ -139,6 +141,16 @@ def test_an_allowed_client_calls_and_follows_a_stream_from_a_copied_connection_f
         assert got == [0, 1, 2, 3, 4]
         remote = c.call("alpha", "sys.info")["remote"]
         assert remote["accepted"] >= 1 and remote["refused"] == {}
+
+    async def async_calls(keys: curve.KeyPair) -> int | str:
+        async with AsyncClient.remote(copied, client_keys=keys, timeout=2.0) as ac:
+            try:
+                return (await ac.call("alpha", "fake.work"))["done"]
+            except MoorageError as exc:
+                return exc.error.name
+
+    assert asyncio.run(async_calls(client_pair)) == 2  # the asyncio client, the same way
+    assert asyncio.run(async_calls(curve.new_pair())) in ("timeout", "outcome_unknown")
 
 
 def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_actor(

@@ -38,6 +38,16 @@ from moorage.protocol.remote import RemoteTarget, target_from_file
 _DISCONNECT = object()
 
 
+async def _send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
+    """Queue a request. A remote (tcp) socket has SNDTIMEO 0 and raises Again at once after
+    the tree refused its key (libzmq then keeps no queue for it): the attempt then times out
+    and ends as its plan says (sync._send)."""
+    try:
+        await sock.send_multipart(frames)
+    except zmq.Again:
+        pass
+
+
 class _AConn:
     def __init__(self, core: ClientCore, ctx: zmq.asyncio.Context, actor: str) -> None:
         self.sock = ctx.socket(zmq.DEALER)
@@ -153,7 +163,7 @@ class AsyncClient:
         try:
             verdict: Done | Wait | Resend = plan.start(time.monotonic())
             if isinstance(verdict, Wait):
-                await conn.sock.send_multipart(plan.frames)
+                await _send(conn.sock, plan.frames)
             while True:
                 if isinstance(verdict, Done):
                     if verdict.error is not None:
@@ -165,7 +175,7 @@ class AsyncClient:
                         await asyncio.sleep(verdict.delay)
                     verdict = plan.resend(time.monotonic())
                     if isinstance(verdict, Wait):
-                        await conn.sock.send_multipart(plan.frames)
+                        await _send(conn.sock, plan.frames)
                     continue
                 left = verdict.until - time.monotonic()
                 try:
