@@ -1,8 +1,9 @@
 """Remote mode on real trees listening on loopback tcp (R11): the keys CLI and its file modes,
 a tree that refuses to start on unsafe keys or a bad address, an allowed client calling and
-following a stream from a copied connection file, and every way in without the right key
-(plain ZMTP, an unknown key, the wrong server key, a revoked key) refused before any request
-reaches an actor, 1,000 times over without the actor's memory growing."""
+following a stream from a copied connection file and finding a restarted actor again, and
+every way in without the right key (plain ZMTP, an unknown key, the wrong server key, a
+revoked key) refused before any request reaches an actor, 1,000 times over without the
+actor's memory growing."""
 
 from __future__ import annotations
 
@@ -151,6 +152,14 @@ def test_an_allowed_client_calls_and_follows_a_stream_from_a_copied_connection_f
 
     assert asyncio.run(async_calls(client_pair)) == 2  # the asyncio client, the same way
     assert asyncio.run(async_calls(curve.new_pair())) in ("timeout", "outcome_unknown")
+
+    # A restarted actor binds the same ports: a remote client finds its successor
+    with Client.remote(copied, client_keys=client_pair, timeout=10.0) as c:
+        pid = c.call("alpha", "sys.info")["pid"]
+        assert tcp_tree.cli("kill", "alpha").returncode == 0
+        wait_for(lambda: c.call("alpha", "sys.info")["pid"] != pid,
+                 "alpha's successor answering over tcp", 20)
+        assert c.call("alpha", "fake.work")["done"] == 1
 
 
 def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_actor(
