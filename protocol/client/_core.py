@@ -21,6 +21,7 @@ outcome: see _latency.py for what is kept and how it can reach the metrics actor
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import secrets
@@ -408,4 +409,17 @@ class ClientCore:
 
 
 def monitor_events() -> int:
-    return zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    # (HANDSHAKE_FAILED_AUTH: only over tcp, where the tree's ZAP handler judges our key)
+    return zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+
+REFUSED_KEY_HINT = ("; the tree refused this client's key at the CURVE handshake: allow it "
+                    "there with `moorage keys allow <this client's public key>`")
+
+
+def with_refusal(exc: MoorageError) -> MoorageError:
+    """`exc` (the timeout or outcome_unknown of a call that got no reply) saying why: the
+    tree refused this client's key (remote mode). Same name and code: only the reason is new."""
+    err = dataclasses.replace(exc.error, message=exc.error.message + REFUSED_KEY_HINT)
+    return MoorageError(err, op=exc.op, actor=exc.actor, attempts=exc.attempts, extra=exc.extra)

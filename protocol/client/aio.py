@@ -27,6 +27,7 @@ from moorage.protocol.client._core import (
     Resend,
     Wait,
     monitor_events,
+    with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
 from moorage.protocol.client.connection import from_file
@@ -54,6 +55,7 @@ class _AConn:
         core.configure_dealer(self.sock, actor)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.waiters: dict[int, asyncio.Queue] = {}
+        self.key_refused = False  # the last handshake over tcp: the tree refused our key
         self.tasks = [
             asyncio.ensure_future(self._read()),
             asyncio.ensure_future(self._watch()),
@@ -74,6 +76,8 @@ class _AConn:
     async def _watch(self) -> None:
         while True:
             ev = parse_monitor_message(await self.monitor.recv_multipart())
+            if ev["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self.key_refused = ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
             if ev["event"] == zmq.EVENT_DISCONNECTED:
                 for q in self.waiters.values():
                     q.put_nowait(_DISCONNECT)
@@ -167,7 +171,8 @@ class AsyncClient:
             while True:
                 if isinstance(verdict, Done):
                     if verdict.error is not None:
-                        raise verdict.error
+                        raise with_refusal(verdict.error) if conn.key_refused \
+                            else verdict.error
                     assert verdict.reply is not None
                     return verdict.reply
                 if isinstance(verdict, Resend):

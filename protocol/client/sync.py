@@ -22,6 +22,7 @@ from moorage.protocol.client._core import (
     Resend,
     Wait,
     monitor_events,
+    with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
 from moorage.protocol.client.connection import from_file
@@ -54,13 +55,16 @@ class _Conn:
         core.configure_dealer(self.sock, actor)
         self.sock.setsockopt(zmq.RCVTIMEO, WAIT_SLICE_MS)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
+        self.key_refused = False  # the last handshake over tcp: the tree refused our key
 
     def disconnected(self) -> bool:
         """Did the actor's connection drop since we last looked?"""
         dropped = False
         while self.monitor.poll(0):
-            ev = recv_monitor_message(self.monitor)
-            dropped = dropped or ev["event"] == zmq.EVENT_DISCONNECTED
+            ev = recv_monitor_message(self.monitor)["event"]
+            dropped = dropped or ev == zmq.EVENT_DISCONNECTED
+            if ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self.key_refused = ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH
         return dropped
 
     def close(self) -> None:
@@ -153,7 +157,7 @@ class Client:
                 verdict = self._wait(conn, plan, verdict.until)
             elif isinstance(verdict, Done):
                 if verdict.error is not None:
-                    raise verdict.error
+                    raise with_refusal(verdict.error) if conn.key_refused else verdict.error
                 assert verdict.reply is not None
                 return verdict.reply
             else:
