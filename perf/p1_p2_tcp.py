@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         raw.close()
         raw_ipc.close()
         tree.stop()
+        shutil.rmtree(keys.parent, ignore_errors=True)
     return report.finish()
 
 

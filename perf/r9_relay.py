@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         effects = local.call("alpha", "fake.count")["effects"] - effects0
     relay.close()
     tree.stop()
+    shutil.rmtree(keys.parent, ignore_errors=True)
     n_idem = sum(idem.values())
     ok_idem = idem["ok"] / n_idem if n_idem else 0.0
     n_eff = sum(effect.values())
