@@ -16,9 +16,12 @@ import zmq
 from moorage.protocol.envelope import encode_request
 
 
-def _echo(endpoint: str) -> None:
+def _echo(endpoint: str, server_secret: bytes | None = None) -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.ROUTER)
+    if server_secret is not None:  # tcp: a CURVE server, as the tree's sockets are
+        s.setsockopt(zmq.CURVE_SERVER, 1)
+        s.setsockopt(zmq.CURVE_SECRETKEY, server_secret)
     s.bind(endpoint)
     while True:
         frames = s.recv_multipart()
@@ -30,14 +33,22 @@ def _echo(endpoint: str) -> None:
 
 
 class RawEcho:
-    def __init__(self, directory: Path) -> None:
-        self.endpoint = f"ipc://{directory}/raw-echo.sock"
+    def __init__(self, directory: Path, tcp_endpoint: str | None = None) -> None:
+        """Over ipc in `directory`; or, given `tcp_endpoint`, over tcp with CURVE (fresh keys,
+        no ZAP handler: it only costs at the handshake)."""
+        self.endpoint = tcp_endpoint or f"ipc://{directory}/raw-echo.sock"
+        server_public, server_secret = zmq.curve_keypair() if tcp_endpoint else (None, None)
         self.proc = multiprocessing.get_context("fork").Process(
-            target=_echo, args=(self.endpoint,), daemon=True)
+            target=_echo, args=(self.endpoint, server_secret), daemon=True)
         self.proc.start()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if server_public is not None:
+            public, secret = zmq.curve_keypair()
+            self.sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+            self.sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            self.sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         self.sock.connect(self.endpoint)
         self.frames = encode_request(1, "raw-echo-0123456789", "sys.ping", None,
                                      int(time.time() * 1000) + 5000)

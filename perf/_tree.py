@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class BenchTree:
-    def __init__(self, config: str | None = None) -> None:
+    def __init__(self, config: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args  # more `moorage up` options
         self.dir = Path(tempfile.mkdtemp(prefix="mp-", dir="/tmp"))
         self.config = None
         if config is not None:
@@ -35,6 +36,7 @@ class BenchTree:
                "--parent", str(os.getpid())]
         if self.config:
             cmd += ["--config", str(self.config)]
+        cmd += self.extra_args
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -22,7 +22,9 @@ from loguru import logger
 from moorage.actors.runtime.logs import STATE_ENV, setup_logging
 from moorage.actors.runtime.process import resolve
 from moorage.protocol import endpoints
+from moorage.protocol.remote import remove_plan, write_plan
 from moorage.supervisor.lifecycle import LifecycleOptions, remove_connection_file
+from moorage.supervisor.remote import listen_plan
 from moorage.supervisor.spec import SupervisorSpec, parse_tree
 from moorage.supervisor.zygote import INSTANCE_ENV, LAUNCHERS, set_title, start_zygote
 
@@ -81,6 +83,10 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
     try:
         remove_stale_sockets(runtime_dir, tree_names(spec))
         remove_connection_file(runtime_dir)
+        remove_plan(runtime_dir)
+        planned = listen_plan(doc, tree_names(spec))
+        if planned is not None:  # every actor binds its tcp endpoints by this (remote.py)
+            write_plan(runtime_dir, planned[0])
         instance = lifecycle.instance if lifecycle is not None else runtime_dir.name
         # Every process of the tree inherits these: where its logs go, and its title's name.
         state = state or endpoints.state_dir(runtime_dir)
@@ -98,6 +104,7 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         return sup.exit_code
     finally:
         remove_connection_file(runtime_dir)
+        remove_plan(runtime_dir)
         remove_stale_sockets(runtime_dir, tree_names(spec))
         with contextlib.suppress(OSError):
             (runtime_dir / endpoints.LOCK_FILE).unlink()

@@ -102,11 +102,13 @@ class Lifecycle:
 
         rd = self.sup.runtime_dir
         names = [self.sup.name] + [c.id for _, c in self.sup.spec.walk()]
+        tcp = getattr(self.sup, "tcp", None)  # remote mode: where and how over tcp
+        remote = {"remote": tcp.connection_table()} if tcp is not None else {}
         return {"moorage": "ready", "version": self.opts.version, "protocol": PROTO_VERSION,
                 "pid": os.getpid(), "instance": self.opts.instance, "runtime_dir": str(rd),
                 "connection_file": str(self.connection_file),
                 "endpoints": {n: {"rpc": endpoints.rpc(rd, n), "pub": endpoints.pub(rd, n)}
-                              for n in names}}
+                              for n in names}, **remote}
 
     def ready(self) -> None:
         """Every child is up: write the connection file, then say so on the ready channel."""

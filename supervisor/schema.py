@@ -190,6 +190,12 @@ class LifecycleTable(TypedDict, total=False):
     grace_s: Number  # orphaned this long (the editor gone, nobody adopted): the tree stops
 
 
+class ListenTable(TypedDict, total=False):
+    """Remote mode: `endpoint = "tcp://HOST:PORT"` (CURVE always; PROTOCOL.md "Remote")."""
+
+    endpoint: str
+
+
 class Document(TypedDict, total=False):
     """The top level. `supervisor` and `children` are spec.py's; `actor` is checked per child."""
 
@@ -199,6 +205,7 @@ class Document(TypedDict, total=False):
     targets: dict[str, list[Number]]
     timeouts: dict[str, int]
     lifecycle: LifecycleTable
+    listen: ListenTable
 
 
 # --- checking a value against a type ------------------------------------------------------

@@ -89,6 +89,7 @@ BAD_INPUT = [
     ("config", "set", "timeout.nosuch.op", "5s"), ("config", "set", "timeout.fake.work", "x"),
     ("config", "set", "nosuch", "5s"), ("config", "get", "nosuch.op"), ("config", "frob"),
     ("slo", "--nosuch"), ("completion", "fish"), ("down", "--nosuch"), ("nosuch",), (),
+    ("keys", "allow", "not-a-key"), ("keys", "frob"),
 ]
 
 READERS = [

@@ -33,6 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.loop import Loop, Timer
 from moorage.actors.runtime.registry import OpSpec, collect, op
+from moorage.actors.runtime.remote import TcpSide, open_tcp_side
 from moorage.actors.runtime.reply_cache import ReplyCache
 from moorage.actors.runtime.shapes import Named
 from moorage.actors.runtime.stats import LossCounters, OpStats
@@ -214,6 +215,10 @@ class Actor:
         self.subscriptions_refused = 0
         self._pub_monitor = self.pub_socket.get_monitor_socket(
             zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        # Remote mode: the same two sockets on tcp too, CURVE only (runtime/remote.py).
+        self.tcp: TcpSide | None = open_tcp_side(
+            self.name, self.runtime_dir, self.ctx, self.loop,
+            {"rpc": self.rpc, "pub": self.pub_socket})
         self.publisher = Publisher(
             self.pub_socket, self.epoch, nodrop=self.nodrop,
             max_messages=int(self.config.get("retention_messages", 10_000)),
@@ -277,7 +282,9 @@ class Actor:
                 fd = None  # its connection is gone (libzmq dropped what it had)
             if data[:1] == b"\x01":
                 n = counts.get(fd, 0) if fd is not None else 0
-                if fd is None or n >= self.max_subscriptions:
+                # (over tcp libzmq's own limit has room for CURVE: the topic's is held here)
+                if fd is None or n >= self.max_subscriptions \
+                        or len(data) > 1 + limits.MAX_TOPIC_LEN:
                     self.subscriptions_refused += 1
                     continue
                 pub.setsockopt(zmq.SUBSCRIBE, data[1:])  # for that connection only
@@ -435,6 +442,7 @@ class Actor:
             "subscriptions": {"connections": len(self._subs_by_fd),
                               "applied": sum(self._subs_by_fd.values()),
                               "refused": self.subscriptions_refused},
+            **({"remote": self.tcp.info()} if self.tcp is not None else {}),
             **self.info(),
         }
 
@@ -767,6 +775,8 @@ class Actor:
         logger.info("{} stopped", self.name)
         # Let subscribers have the last messages (the final events of a stopping supervisor)
         # for a moment; nothing else may delay the exit.
+        if self.tcp is not None:
+            self.tcp.close()
         self.pub_socket.disable_monitor()
         self._pub_monitor.close(0)
         self.pub_socket.close(linger=PUB_LINGER_MS)

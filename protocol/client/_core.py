@@ -21,6 +21,7 @@ outcome: see _latency.py for what is kept and how it can reach the metrics actor
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import secrets
@@ -44,6 +45,7 @@ from moorage.protocol.recovery import (
     max_retries_for,
     recovery_for,
 )
+from moorage.protocol.remote import RemoteTarget, secure_client
 from moorage.protocol.schema.live import ReplyCheck
 from moorage.protocol.schema.live import from_env as reply_check_from_env
 
@@ -264,18 +266,27 @@ class ClientCore:
         instance: str | None = None,
         sid: str | None = None,
         options: ClientOptions | None = None,
+        remote: RemoteTarget | None = None,
     ) -> None:
+        # Given a tcp target (remote mode), the client connects over tcp with CURVE to the
+        # endpoints its connection file names, and never looks for a local tree.
+        self.remote = remote
         # Given a directory, the client connects there whatever runs (a tree may come up
         # later); given an instance (or nothing), it finds the running tree or raises
         # `not_running` now (connection.py).
         self.connection: Connection | None = None
-        if runtime_dir:
+        if remote is not None:
+            self.runtime_dir = Path(remote.runtime_dir or ".")  # the tree's, on its host
+        elif runtime_dir:
             self.runtime_dir = Path(runtime_dir)
         else:
             self.connection = locate(instance)
             self.runtime_dir = self.connection.runtime_dir
         self.sid = sid or f"{os.getpid()}-{secrets.token_hex(6)}"
         self.options = options or ClientOptions()
+        if self.options.metrics_name is not None and remote is not None:
+            raise MoorageError(WireError.of("bad_args", "metrics_name: a remote client's "
+                                            "latencies are not pushed (metrics.in is ipc)"))
         if self.options.metrics_name is not None:
             check_metrics_name(self.options.metrics_name)  # fail at construction, not later
         self._ids = itertools.count(1)
@@ -370,7 +381,7 @@ class ClientCore:
         sock.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
         sock.setsockopt(zmq.SNDHWM, limits.HWM)
         sock.setsockopt(zmq.RCVHWM, limits.HWM)
-        sock.connect(endpoints.rpc(self.runtime_dir, actor))
+        sock.connect(self.endpoint(sock, actor, "rpc"))
 
     def configure_sub(self, sock: zmq.Socket, actor: str, topics: Sequence[str]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
@@ -380,8 +391,35 @@ class ClientCore:
         sock.setsockopt(zmq.RCVHWM, limits.HWM)
         for t in topics or [""]:
             sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-        sock.connect(endpoints.pub(self.runtime_dir, actor))
+        sock.connect(self.endpoint(sock, actor, "pub"))
+
+    def endpoint(self, sock: zmq.Socket, actor: str, kind: str) -> str:
+        """Where `actor`'s `kind` socket (rpc, pub) is: its ipc path in the runtime dir, or
+        in remote mode its tcp endpoint, with `sock` made a CURVE client first."""
+        if self.remote is None:
+            return endpoints.rpc(self.runtime_dir, actor) if kind == "rpc" \
+                else endpoints.pub(self.runtime_dir, actor)
+        try:
+            endpoint = self.remote.endpoint(actor, kind)
+        except LookupError as exc:
+            raise MoorageError(WireError.of("bad_args", str(exc))) from None
+        secure_client(sock, self.remote.server_key, self.remote.client)
+        sock.setsockopt(zmq.SNDTIMEO, 0)  # see sync._send
+        return endpoint
 
 
 def monitor_events() -> int:
-    return zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    # (HANDSHAKE_FAILED_AUTH: only over tcp, where the tree's ZAP handler judges our key)
+    return zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+
+REFUSED_KEY_HINT = ("; the tree refused this client's key at the CURVE handshake: allow it "
+                    "there with `moorage keys allow <this client's public key>`")
+
+
+def with_refusal(exc: MoorageError) -> MoorageError:
+    """`exc` (the timeout or outcome_unknown of a call that got no reply) saying why: the
+    tree refused this client's key (remote mode). Same name and code: only the reason is new."""
+    err = dataclasses.replace(exc.error, message=exc.error.message + REFUSED_KEY_HINT)
+    return MoorageError(err, op=exc.op, actor=exc.actor, attempts=exc.attempts, extra=exc.extra)

@@ -17,6 +17,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from moorage.protocol import curve
 from moorage.protocol.client._core import (
     LEARN_SHARE,
     CallPlan,
@@ -26,14 +27,26 @@ from moorage.protocol.client._core import (
     Resend,
     Wait,
     monitor_events,
+    with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
 from moorage.protocol.client.connection import from_file
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
+from moorage.protocol.remote import RemoteTarget, target_from_file
 
 _DISCONNECT = object()
+
+
+async def _send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
+    """Queue a request. A remote (tcp) socket has SNDTIMEO 0 and raises Again at once after
+    the tree refused its key (libzmq then keeps no queue for it): the attempt then times out
+    and ends as its plan says (sync._send)."""
+    try:
+        await sock.send_multipart(frames)
+    except zmq.Again:
+        pass
 
 
 class _AConn:
@@ -42,6 +55,7 @@ class _AConn:
         core.configure_dealer(self.sock, actor)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.waiters: dict[int, asyncio.Queue] = {}
+        self.key_refused = False  # the last handshake over tcp: the tree refused our key
         self.tasks = [
             asyncio.ensure_future(self._read()),
             asyncio.ensure_future(self._watch()),
@@ -62,6 +76,8 @@ class _AConn:
     async def _watch(self) -> None:
         while True:
             ev = parse_monitor_message(await self.monitor.recv_multipart())
+            if ev["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self.key_refused = ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
             if ev["event"] == zmq.EVENT_DISCONNECTED:
                 for q in self.waiters.values():
                     q.put_nowait(_DISCONNECT)
@@ -85,12 +101,14 @@ class AsyncClient:
         instance: str | None = None,
         sid: str | None = None,
         options: ClientOptions | None = None,
+        remote: RemoteTarget | None = None,
         **option_overrides: Any,
     ) -> None:
         opts = options or ClientOptions()
         for k, v in option_overrides.items():
             setattr(opts, k, v)
-        self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts)
+        self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts,
+                               remote=remote)
         self.ctx = zmq.asyncio.Context()
         self._conns: dict[str, _AConn] = {}
         self._subs: set[AsyncSubscription] = set()
@@ -104,6 +122,15 @@ class AsyncClient:
         client = cls(conn.runtime_dir, **kw)
         client.core.connection = conn
         return client
+
+    @classmethod
+    def remote(cls, path: str | Path, client_keys: curve.KeyPair | None = None,
+               host: str | None = None, **kw: Any) -> AsyncClient:
+        """A client of the tree elsewhere that `path` (its `tree.json`, copied here)
+        describes, over tcp with CURVE: `client_keys` default to this user's client pair
+        (`moorage keys init`), `host` replaces the address the tree bound (0.0.0.0, or a
+        forwarded port's host). ValueError (or curve.KeyFileError) if either is unusable."""
+        return cls(remote=target_from_file(path, client_keys, host), **kw)
 
     @property
     def sid(self) -> str:
@@ -140,11 +167,12 @@ class AsyncClient:
         try:
             verdict: Done | Wait | Resend = plan.start(time.monotonic())
             if isinstance(verdict, Wait):
-                await conn.sock.send_multipart(plan.frames)
+                await _send(conn.sock, plan.frames)
             while True:
                 if isinstance(verdict, Done):
                     if verdict.error is not None:
-                        raise verdict.error
+                        raise with_refusal(verdict.error) if conn.key_refused \
+                            else verdict.error
                     assert verdict.reply is not None
                     return verdict.reply
                 if isinstance(verdict, Resend):
@@ -152,7 +180,7 @@ class AsyncClient:
                         await asyncio.sleep(verdict.delay)
                     verdict = plan.resend(time.monotonic())
                     if isinstance(verdict, Wait):
-                        await conn.sock.send_multipart(plan.frames)
+                        await _send(conn.sock, plan.frames)
                     continue
                 left = verdict.until - time.monotonic()
                 try:

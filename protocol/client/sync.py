@@ -13,6 +13,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from moorage.protocol import curve
 from moorage.protocol.client._core import (
     CallPlan,
     ClientCore,
@@ -21,12 +22,14 @@ from moorage.protocol.client._core import (
     Resend,
     Wait,
     monitor_events,
+    with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
 from moorage.protocol.client.connection import from_file
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
+from moorage.protocol.remote import RemoteTarget, target_from_file
 from moorage.protocol.wire import NOBLOCK, recv_frames, send_frames
 
 # A waiting call blocks in recv for at most this long before it looks at the connection's
@@ -36,19 +39,32 @@ WAIT_SLICE_MS = 10
 _monotonic = time.monotonic
 
 
+def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Queue a request. A remote (tcp) socket never blocks here (SNDTIMEO 0): after the tree
+    refused its key, libzmq keeps no queue for it, and the attempt then times out and ends
+    as its plan says instead of hanging in send."""
+    try:
+        send_frames(sock, frames)
+    except zmq.Again:
+        pass
+
+
 class _Conn:
     def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         core.configure_dealer(self.sock, actor)
         self.sock.setsockopt(zmq.RCVTIMEO, WAIT_SLICE_MS)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
+        self.key_refused = False  # the last handshake over tcp: the tree refused our key
 
     def disconnected(self) -> bool:
         """Did the actor's connection drop since we last looked?"""
         dropped = False
         while self.monitor.poll(0):
-            ev = recv_monitor_message(self.monitor)
-            dropped = dropped or ev["event"] == zmq.EVENT_DISCONNECTED
+            ev = recv_monitor_message(self.monitor)["event"]
+            dropped = dropped or ev == zmq.EVENT_DISCONNECTED
+            if ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self.key_refused = ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH
         return dropped
 
     def close(self) -> None:
@@ -67,12 +83,14 @@ class Client:
         instance: str | None = None,
         sid: str | None = None,
         options: ClientOptions | None = None,
+        remote: RemoteTarget | None = None,
         **option_overrides: Any,
     ) -> None:
         opts = options or ClientOptions()
         for k, v in option_overrides.items():
             setattr(opts, k, v)
-        self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts)
+        self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts,
+                               remote=remote)
         self.ctx = zmq.Context()
         self._conns: dict[str, _Conn] = {}
         self._subs: set[Subscription] = set()
@@ -86,6 +104,15 @@ class Client:
         client = cls(conn.runtime_dir, **kw)
         client.core.connection = conn
         return client
+
+    @classmethod
+    def remote(cls, path: str | Path, client_keys: curve.KeyPair | None = None,
+               host: str | None = None, **kw: Any) -> Client:
+        """A client of the tree elsewhere that `path` (its `tree.json`, copied here)
+        describes, over tcp with CURVE: `client_keys` default to this user's client pair
+        (`moorage keys init`), `host` replaces the address the tree bound (0.0.0.0, or a
+        forwarded port's host). ValueError (or curve.KeyFileError) if either is unusable."""
+        return cls(remote=target_from_file(path, client_keys, host), **kw)
 
     @property
     def sid(self) -> str:
@@ -124,13 +151,13 @@ class Client:
         conn = self._conns.get(actor) or self._conn(actor)
         if isinstance(verdict, Wait):
             conn.disconnected()  # a drop before this call is not this call's
-            send_frames(conn.sock, plan.frames)
+            _send(conn.sock, plan.frames)
         while True:
             if isinstance(verdict, Wait):
                 verdict = self._wait(conn, plan, verdict.until)
             elif isinstance(verdict, Done):
                 if verdict.error is not None:
-                    raise verdict.error
+                    raise with_refusal(verdict.error) if conn.key_refused else verdict.error
                 assert verdict.reply is not None
                 return verdict.reply
             else:
@@ -138,7 +165,7 @@ class Client:
                     time.sleep(verdict.delay)
                 verdict = plan.resend(_monotonic())
                 if isinstance(verdict, Wait):
-                    send_frames(conn.sock, plan.frames)
+                    _send(conn.sock, plan.frames)
 
     def _wait(self, conn: _Conn, plan: CallPlan, until: float) -> Done | Wait | Resend:
         sock = conn.sock
@@ -221,7 +248,7 @@ class Client:
                     results[index] = v.error
                 else:
                     plans[plan.id] = (index, plan)
-                    send_frames(conn.sock, plan.frames)
+                    _send(conn.sock, plan.frames)
                 index += 1
             if not plans:
                 return results
@@ -238,7 +265,7 @@ class Client:
                         results[i] = v.error
                         del plans[rid]
                     else:
-                        send_frames(conn.sock, p.frames)
+                        _send(conn.sock, p.frames)
                 continue
             if left <= 0 or not conn.sock.poll(max(1, min(int(left * 1000), WAIT_SLICE_MS))):
                 now = time.monotonic()
@@ -265,7 +292,7 @@ class Client:
                         # Resent at once: a pipeline does not hold one call back for a delay.
                         v = p.resend(time.monotonic())
                         if isinstance(v, Wait):
-                            send_frames(conn.sock, p.frames)
+                            _send(conn.sock, p.frames)
                             continue
                     del plans[reply.id]  # type: ignore[arg-type]
                     results[i] = v.error if v.error is not None else v.reply.body

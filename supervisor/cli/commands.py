@@ -40,6 +40,7 @@ from moorage.supervisor.cli.completion import (
     op_completer,
     topic_completer,
 )
+from moorage.supervisor.cli.keys import add_keys_command
 from moorage.supervisor.cli.slo_view import add_slo_command
 from moorage.supervisor.cli.tree import (
     cmd_config,
@@ -203,6 +204,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--allow-external-actors", action="store_true",
                     help="let `start =` name modules outside the moorage package (found on "
                     "PYTHONPATH, never in the working directory)")
+    up.add_argument("--listen", metavar="tcp://HOST:PORT",
+                    help="serve over tcp too, CURVE always, to the keys allowed by `moorage "
+                    "keys allow`: actor i on PORT+2i and PORT+2i+1 (see `moorage keys`)")
     up.set_defaults(func=cmd_up)
 
     ad = command("adopt", "take an orphaned tree over: cancel its shutdown and follow --parent")
@@ -296,6 +300,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_slo_command(sub, common)
     add_completion_command(sub, common)
+    add_keys_command(sub, common)
     return p
 
 

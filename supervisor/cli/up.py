@@ -113,8 +113,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 def start(args: argparse.Namespace, fd: int) -> int:
     """Load the config, run the tree; StartFailed for anything that ends it before ready."""
     from moorage.supervisor.config import load
-    from moorage.supervisor.launch import AlreadyRunning, run_root
+    from moorage.supervisor.launch import AlreadyRunning, run_root, tree_names
     from moorage.supervisor.lifecycle import LifecycleOptions
+    from moorage.supervisor.remote import listen_plan
 
     try:
         doc, spec = load(args.config, allow_external=args.allow_external_actors)
@@ -128,6 +129,12 @@ def start(args: argparse.Namespace, fd: int) -> int:
         except ValueError as exc:
             raise StartFailed("bad_config", f"--metrics-http: {exc}", EXIT_USAGE) from None
         doc["metrics_http"] = args.metrics_http
+    if args.listen:  # remote mode (PROTOCOL.md "Remote"): over [listen] of the config
+        doc["listen"] = {**(doc.get("listen") or {}), "endpoint": args.listen}
+    try:  # refused before anything starts: a bad address, missing or unsafe keys
+        listen_plan(doc, tree_names(spec))
+    except ValueError as exc:
+        raise StartFailed("bad_config", f"cannot listen: {exc}", EXIT_USAGE) from None
     opts = LifecycleOptions(
         instance=args.instance or args.runtime_dir.name, ready_fd=fd, parent=args.parent,
         stdin_eof=args.exit_on_stdin_eof,
@@ -175,6 +182,8 @@ def detach(args: argparse.Namespace) -> int:
         cmd += ["--config", str(Path(args.config).resolve())]
     if args.metrics_http:
         cmd += ["--metrics-http", args.metrics_http]
+    if args.listen:
+        cmd += ["--listen", args.listen]
     if args.parent is not None:
         cmd += ["--parent", str(args.parent)]
     if args.allow_external_actors:

@@ -19,7 +19,7 @@ use rmpv::Value;
 
 use crate::calls::{ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
 use crate::codec::{self, get};
-use crate::endpoints::{runtime_dir, runtime_dir_of_connection_file, Endpoints};
+use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
 use crate::errors::{Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
@@ -55,6 +55,18 @@ pub struct Options {
     /// Push this client's latencies to the metrics actor as `client.<metrics_name>`.
     pub metrics_name: Option<String>,
     pub metrics_interval: Duration,
+    /// Remote mode: the tree elsewhere that this connection file describes, over tcp with CURVE.
+    pub remote: Option<Remote>,
+}
+
+/// A tree elsewhere (PROTOCOL.md section 2, "Remote"): its connection file (copied), the key
+/// pair to prove this client with (default: this user's, `moorage keys init`), and the host to
+/// reach it at when not the address it bound (0.0.0.0, a forwarded port).
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub connection_file: PathBuf,
+    pub keys: Option<CurveKeys>,
+    pub host: Option<String>,
 }
 
 impl Default for Options {
@@ -74,6 +86,7 @@ impl Default for Options {
             learn_ops: true,
             metrics_name: None,
             metrics_interval: Duration::from_secs(1),
+            remote: None,
         }
     }
 }
@@ -134,14 +147,27 @@ impl Client {
     }
 
     pub fn with_context(ctx: zmq::Context, options: Options) -> Result<Client, Error> {
-        let dir = match &options.runtime_dir {
-            Some(d) => d.clone(),
-            None => runtime_dir(options.instance.as_deref()).map_err(|m| local_error("bad_args", m, "", ""))?,
+        let dir = match (&options.remote, &options.runtime_dir) {
+            (Some(r), _) => runtime_dir_of_connection_file(&r.connection_file).map_err(|m| local_error("bad_args", m, "", ""))?,
+            (None, Some(d)) => d.clone(),
+            (None, None) => runtime_dir(options.instance.as_deref()).map_err(|m| local_error("bad_args", m, "", ""))?,
         };
         let seed = Instant::now().elapsed().as_nanos() as u64 ^ (std::process::id() as u64) << 32
             ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let sid = options.sid.clone().unwrap_or_else(|| format!("{}-{:012x}", std::process::id(), random_u64(seed) & 0xffff_ffff_ffff));
-        let endpoints = Endpoints::of(&dir);
+        let endpoints = match &options.remote {
+            Some(r) => {
+                if options.metrics_name.is_some() {
+                    return Err(local_error("bad_args", "metrics_name: a remote client's latency is not pushed (metrics.in is ipc)".into(), "", ""));
+                }
+                let keys = match &r.keys {
+                    Some(k) => k.clone(),
+                    None => client_keys(&keys_dir()).map_err(|m| local_error("bad_args", m, "", ""))?,
+                };
+                Endpoints::remote(&r.connection_file, keys, r.host.as_deref()).map_err(|m| local_error("bad_args", m, "", ""))?
+            }
+            None => Endpoints::of(&dir),
+        };
         let latency = Arc::new(Mutex::new(LatencyBook::new(options.metrics_name.is_some())));
         let pusher = match &options.metrics_name {
             Some(name) => {
@@ -180,6 +206,9 @@ impl Client {
 
     fn conn(&mut self, actor: &str) -> Result<&mut Conn, Error> {
         if !self.conns.contains_key(actor) {
+            if !self.endpoints.knows(actor) {
+                return Err(local_error("bad_args", format!("the tree's connection file names no actor {actor:?}"), actor, ""));
+            }
             let zerr = |e: zmq::Error| local_error("unavailable", format!("{actor}: {e}"), actor, "");
             let sock = self.ctx.socket(zmq::DEALER).map_err(zerr)?;
             sock.set_linger(0).map_err(zerr)?;
@@ -195,6 +224,7 @@ impl Client {
             let monitor = self.ctx.socket(zmq::PAIR).map_err(zerr)?;
             monitor.set_linger(0).map_err(zerr)?;
             monitor.connect(&addr).map_err(zerr)?;
+            self.endpoints.secure(&sock, true).map_err(zerr)?;
             sock.connect(&self.endpoints.rpc(actor)).map_err(zerr)?;
             self.conns.insert(actor.to_string(), Conn { sock, monitor, link: ActorLink::new(None) });
         }
@@ -385,7 +415,11 @@ impl Client {
             Verdict::Wait(until) => {
                 let conn = self.conns.get_mut(actor).unwrap();
                 // Sent only when the verdict is a fresh attempt (start or resend), not a re-wait.
-                conn.sock.send_multipart(plan.frames.iter(), 0).map_err(|e| local_error("unavailable", e.to_string(), actor, &plan.op))?;
+                // (EAGAIN: a remote socket whose key was refused; see Endpoints::secure)
+                match conn.sock.send_multipart(plan.frames.iter(), 0) {
+                    Ok(()) | Err(zmq::Error::EAGAIN) => {}
+                    Err(e) => return Err(local_error("unavailable", e.to_string(), actor, &plan.op)),
+                }
                 conn.link.sent(plan.id);
                 flying.insert(plan.id, (plan, Due::Reply(until)));
             }
@@ -474,6 +508,7 @@ impl Client {
         for t in &topics {
             sock.set_subscribe(t.as_bytes()).map_err(zerr)?;
         }
+        self.endpoints.secure(&sock, false).map_err(zerr)?;
         sock.connect(&self.endpoints.publisher(actor)).map_err(zerr)?;
         let replayer = Client::with_context(self.ctx.clone(), Options {
             runtime_dir: Some(self.runtime_dir.clone()),

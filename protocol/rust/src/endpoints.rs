@@ -37,6 +37,54 @@ extern "C" {
 pub struct Endpoints {
     dir: PathBuf,
     named: HashMap<String, (Option<String>, Option<String>)>,
+    /// Remote mode: every socket is a CURVE client of the tree's key (PROTOCOL.md "Remote").
+    curve: Option<CurveClient>,
+}
+
+/// A CURVE key pair, 40 Z85 characters each.
+#[derive(Debug, Clone)]
+pub struct CurveKeys {
+    pub public: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone)]
+struct CurveClient {
+    server_key: String,
+    keys: CurveKeys,
+    heartbeat_ms: (i32, i32, i32),
+}
+
+/// `$MOORAGE_KEYS_DIR`, else `$XDG_CONFIG_HOME/moorage/keys`, else `~/.config/moorage/keys`.
+pub fn keys_dir() -> PathBuf {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(d) = env("MOORAGE_KEYS_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = env("XDG_CONFIG_HOME").map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&env("HOME").unwrap_or_default()).join(".config"));
+    base.join("moorage").join("keys")
+}
+
+/// The client pair in `dir/client.key_secret` (`moorage keys init`), a ZeroMQ certificate that
+/// only its owner may read: one open to group or others is refused, as the tree refuses.
+pub fn client_keys(dir: &Path) -> Result<CurveKeys, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("client.key_secret");
+    let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("{} is open to group or others; chmod 600 {}", path.display(), path.display()));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let field = |name: &str| -> Result<String, String> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix(name))
+            .filter_map(|rest| rest.trim().strip_prefix('='))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .find(|v| v.len() == 40)
+            .ok_or_else(|| format!("{}: no {name} (not a CURVE certificate)", path.display()))
+    };
+    Ok(CurveKeys { public: field("public-key")?, secret: field("secret-key")? })
 }
 
 impl Endpoints {
@@ -53,7 +101,59 @@ impl Endpoints {
                 }
             }
         }
-        Endpoints { dir: dir.to_path_buf(), named }
+        Endpoints { dir: dir.to_path_buf(), named, curve: None }
+    }
+
+    /// The tcp endpoints of the tree elsewhere that a connection file (copied from its host)
+    /// describes, reached with `keys`; `host` replaces the address the tree bound.
+    pub fn remote(connection_file: &Path, keys: CurveKeys, host: Option<&str>) -> Result<Endpoints, String> {
+        let where_ = connection_file.display();
+        let text = std::fs::read_to_string(connection_file).map_err(|e| format!("{where_}: {e}"))?;
+        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{where_}: {e}"))?;
+        let r = doc.get("remote").filter(|r| r.get("transport").and_then(|t| t.as_str()) == Some("tcp"))
+            .ok_or_else(|| format!("{where_}: this tree does not listen on tcp (moorage up --listen)"))?;
+        let server_key = r.get("server_key").and_then(|k| k.as_str()).filter(|k| k.len() == 40)
+            .ok_or_else(|| format!("{where_}: no server_key"))?.to_string();
+        let at = |ep: &str| match host {
+            Some(h) => format!("tcp://{h}:{}", ep.rsplit(':').next().unwrap_or("")),
+            None => ep.to_string(),
+        };
+        let mut named = HashMap::new();
+        for (actor, e) in r.get("endpoints").and_then(|e| e.as_object()).into_iter().flatten() {
+            let s = |k: &str| e.get(k).and_then(|v| v.as_str()).filter(|v| v.starts_with("tcp://")).map(at);
+            named.insert(actor.clone(), (s("rpc"), s("pub")));
+        }
+        let hb = |k: &str, d: i32| r.get("heartbeat_ms").and_then(|h| h.get(k)).and_then(|v| v.as_i64()).map_or(d, |v| v as i32);
+        let dir = runtime_dir_of_connection_file(connection_file)?;
+        Ok(Endpoints { dir, named, curve: Some(CurveClient {
+            server_key, keys, heartbeat_ms: (hb("ivl", 1000), hb("timeout", 3000), hb("ttl", 3000)) }) })
+    }
+
+    /// Make `sock` fit its endpoint before it connects: in remote mode a CURVE client with ZMTP
+    /// heartbeats, and a DEALER (`sending`) that never waits in send: after a refused handshake
+    /// libzmq keeps no queue for it, and the attempt's deadline decides instead.
+    pub fn secure(&self, sock: &zmq::Socket, sending: bool) -> zmq::Result<()> {
+        let Some(c) = &self.curve else { return Ok(()) };
+        sock.set_curve_serverkey(c.server_key.as_bytes())?;
+        sock.set_curve_publickey(c.keys.public.as_bytes())?;
+        sock.set_curve_secretkey(c.keys.secret.as_bytes())?;
+        sock.set_heartbeat_ivl(c.heartbeat_ms.0)?;
+        sock.set_heartbeat_timeout(c.heartbeat_ms.1)?;
+        sock.set_heartbeat_ttl(c.heartbeat_ms.2)?;
+        sock.set_handshake_ivl(5000)?;
+        if sending {
+            sock.set_sndtimeo(0)?;
+        }
+        Ok(())
+    }
+
+    /// Does this name an actor? (In remote mode only the connection file's actors exist.)
+    pub fn knows(&self, actor: &str) -> bool {
+        self.curve.is_none() || self.named.contains_key(actor)
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.curve.is_some()
     }
 
     pub fn rpc(&self, actor: &str) -> String {

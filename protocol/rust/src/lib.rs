@@ -17,7 +17,8 @@ pub mod limits;
 pub mod recovery;
 pub mod streams;
 
-pub use client::{CallOptions, Client, Options, SubscribeOptions, Subscription};
+pub use client::{CallOptions, Client, Options, Remote, SubscribeOptions, Subscription};
+pub use endpoints::CurveKeys;
 pub use envelope::{Reply, StreamMessage};
 pub use errors::{Error, WireError};
 pub use recovery::BreakerState;

@@ -13,7 +13,15 @@ import { randomBytes } from "node:crypto";
 import { Dealer, Subscriber } from "zeromq";
 
 import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, now } from "./calls.js";
-import { endpointsOf, type Endpoints, runtimeDir, runtimeDirOfConnectionFile } from "./endpoints.js";
+import {
+  clientKeys,
+  type CurveKeys,
+  endpointsOf,
+  type Endpoints,
+  remoteEndpointsOf,
+  runtimeDir,
+  runtimeDirOfConnectionFile,
+} from "./endpoints.js";
 import { type Reply, decodeReply, decodeStream } from "./envelope.js";
 import { DecodeError, MoorageError } from "./errors.js";
 import { HWM, MAX_MESSAGE_SIZE } from "./limits.js";
@@ -43,6 +51,10 @@ export interface ClientOptions {
   /** Push this client's latencies to the metrics actor as `client.<metricsName>`. */
   metricsName?: string;
   metricsInterval?: number;
+  /** Remote mode: the tree elsewhere that this connection file (its `tree.json`, copied)
+   * describes, over tcp with CURVE; `keys` default to this user's client pair, `host`
+   * replaces the address the tree bound. */
+  remote?: { connectionFile: string; keys?: CurveKeys; host?: string };
 }
 
 export interface SubscribeOptions {
@@ -110,6 +122,7 @@ class Conn {
   constructor(readonly client: Client, readonly actor: string) {
     const o = client.options;
     this.sock = new Dealer({
+      ...client.endpoints.socketOptions("rpc"),
       linger: 0,
       reconnectInterval: o.reconnectIvlMs,
       reconnectMaxInterval: o.reconnectIvlMaxMs,
@@ -123,11 +136,20 @@ class Conn {
     void this.read();
   }
 
+  /** One send. A remote (tcp) socket has sendTimeout 0: after the tree refused its key
+   * libzmq keeps no queue for it, and a send that cannot be queued is left to the attempt's
+   * deadline (the plan then decides) instead of waiting for ever. */
+  private sendOne(frames: Uint8Array[]): Promise<void> {
+    return this.sock.send(frames).catch((e: { code?: string }) => {
+      if (e?.code !== "EAGAIN") throw e;
+    });
+  }
+
   /** Queue frames; zeromq.js takes one send at a time per socket, so they go in order. */
   send(frames: Uint8Array[]): Promise<void> {
     if (!this.sendingNow) {
       this.sendingNow = true;
-      const p = this.sock.send(frames);
+      const p = this.sendOne(frames);
       p.then(() => this.drainSends(), () => this.drainSends());
       return p;
     }
@@ -141,7 +163,7 @@ class Conn {
       return;
     }
     const [frames, resolve, reject] = next;
-    this.sock.send(frames).then(resolve, reject).finally(() => this.drainSends());
+    this.sendOne(frames).then(resolve, reject).finally(() => this.drainSends());
   }
 
   /** A call waits until `until`: one timer per connection, armed for the earliest deadline
@@ -214,7 +236,7 @@ class Conn {
 
 /** A client of one tree. Any number of calls may be in flight; close() when done. */
 export class Client {
-  readonly options: Required<Omit<ClientOptions, "runtimeDir" | "instance" | "sid" | "metricsName" | "idempotentOps">> & {
+  readonly options: Required<Omit<ClientOptions, "runtimeDir" | "instance" | "sid" | "metricsName" | "idempotentOps" | "remote">> & {
     metricsName: string | undefined;
   };
   readonly runtimeDir: string;
@@ -232,8 +254,11 @@ export class Client {
   private nextId = 1;
 
   constructor(options: ClientOptions = {}) {
-    this.runtimeDir = options.runtimeDir ?? runtimeDir(options.instance);
-    this.endpoints = endpointsOf(this.runtimeDir);
+    const remote = options.remote;
+    this.runtimeDir = remote ? runtimeDirOfConnectionFile(remote.connectionFile) : options.runtimeDir ?? runtimeDir(options.instance);
+    this.endpoints = remote
+      ? remoteEndpointsOf(remote.connectionFile, remote.keys ?? clientKeys(), remote.host)
+      : endpointsOf(this.runtimeDir);
     this.sid = options.sid ?? `${process.pid}-${randomBytes(6).toString("hex")}`;
     this.options = {
       timeout: options.timeout ?? 5,
@@ -418,6 +443,7 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   constructor(readonly client: Client, readonly actor: string, readonly topics: readonly string[], options: SubscribeOptions) {
     const o = client.options;
     this.sock = new Subscriber({
+      ...client.endpoints.socketOptions("pub"),
       linger: 0,
       reconnectInterval: o.reconnectIvlMs,
       reconnectMaxInterval: o.reconnectIvlMaxMs,

@@ -3,7 +3,8 @@
  * the connection file `tree.json` when the tree wrote one (its `endpoints` win over the
  * fixed names).
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { homedir } from "node:os";
 import { join } from "node:path";
 
 export const DEFAULT_INSTANCE = "default";
@@ -24,6 +25,9 @@ export interface Endpoints {
   rpc(actor: string): string;
   pub(actor: string): string;
   metricsIn(): string;
+  /** Options a socket to these endpoints is made with (CURVE and heartbeats on tcp): the
+   * DEALER to an actor's `rpc` or the SUB to its `pub`. */
+  socketOptions(kind: "rpc" | "pub"): Record<string, string | number>;
 }
 
 /** The endpoints of the tree in `dir`: from `dir/tree.json` where it names them, else fixed paths. */
@@ -41,6 +45,74 @@ export function endpointsOf(dir: string, connectionFile: string = join(dir, "tre
     rpc: (actor) => named[actor]?.rpc ?? `ipc://${dir}/${actor}.rpc`,
     pub: (actor) => named[actor]?.pub ?? `ipc://${dir}/${actor}.pub`,
     metricsIn: () => `ipc://${dir}/metrics.in`,
+    socketOptions: () => ({}),
+  };
+}
+
+// --- remote mode (PROTOCOL.md section 2, "Remote") ----------------------------------------
+
+/** A CURVE key pair, 40 Z85 characters each. */
+export interface CurveKeys {
+  publicKey: string;
+  secretKey: string;
+}
+
+/** `$MOORAGE_KEYS_DIR`, else `$XDG_CONFIG_HOME/moorage/keys`, else `~/.config/moorage/keys`. */
+export function keysDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.MOORAGE_KEYS_DIR) return env.MOORAGE_KEYS_DIR;
+  const base = env.XDG_CONFIG_HOME || join(env.HOME || homedir(), ".config");
+  return join(base, "moorage", "keys");
+}
+
+/** This user's client pair (`moorage keys init`): `client.key_secret`, a ZeroMQ certificate
+ * that only its owner may read (a secret open to others is refused, as the tree refuses). */
+export function clientKeys(dir: string = keysDir()): CurveKeys {
+  const path = join(dir, "client.key_secret");
+  const st = statSync(path);
+  if (st.mode & 0o077) throw new Error(`${path} is open to group or others; chmod 600 ${path}`);
+  const text = readFileSync(path, "utf8");
+  const field = (name: string): string => {
+    const m = new RegExp(`^\\s*${name}\\s*=\\s*"(.{40})"\\s*$`, "m").exec(text);
+    if (!m) throw new Error(`${path}: no ${name} (not a CURVE certificate)`);
+    return m[1];
+  };
+  return { publicKey: field("public-key"), secretKey: field("secret-key") };
+}
+
+/** The tcp endpoints and CURVE options of the tree a connection file (copied from its host)
+ * describes; `host` replaces the address the tree bound (0.0.0.0, a forwarded port). */
+export function remoteEndpointsOf(connectionFile: string, keys: CurveKeys, host?: string): Endpoints {
+  const doc = JSON.parse(readFileSync(connectionFile, "utf8")) as { remote?: Record<string, any> };
+  const r = doc.remote;
+  if (!r || r.transport !== "tcp" || typeof r.server_key !== "string" || r.server_key.length !== 40) {
+    throw new Error(`${connectionFile}: this tree does not listen on tcp (moorage up --listen)`);
+  }
+  const eps = r.endpoints as Record<string, { rpc: string; pub: string }>;
+  const at = (ep: string): string => (host === undefined ? ep : `tcp://${host}:${ep.slice(ep.lastIndexOf(":") + 1)}`);
+  const find = (actor: string, kind: "rpc" | "pub"): string => {
+    const ep = eps[actor]?.[kind];
+    if (typeof ep !== "string" || !ep.startsWith("tcp://")) {
+      throw new Error(`the tree's connection file names no actor ${JSON.stringify(actor)}`);
+    }
+    return at(ep);
+  };
+  const hb = (r.heartbeat_ms ?? {}) as { ivl?: number; timeout?: number; ttl?: number };
+  return {
+    rpc: (actor) => find(actor, "rpc"),
+    pub: (actor) => find(actor, "pub"),
+    metricsIn: () => {
+      throw new Error("metrics.in is not served on tcp: a remote client's latency is not pushed");
+    },
+    socketOptions: (kind) => ({
+      ...(kind === "rpc" ? { sendTimeout: 0 } : {}), // see Conn.sendOne in client.ts
+      curveServerKey: r.server_key,
+      curvePublicKey: keys.publicKey,
+      curveSecretKey: keys.secretKey,
+      heartbeatInterval: hb.ivl ?? 1000,
+      heartbeatTimeout: hb.timeout ?? 3000,
+      heartbeatTimeToLive: hb.ttl ?? 3000,
+      handshakeInterval: 5000,
+    }),
   };
 }
 

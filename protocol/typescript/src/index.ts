@@ -15,4 +15,4 @@ export { CodecError, Float64, decode, encode, type Value } from "./msgpack.js";
 export { Backoff, CircuitBreaker, MATRIX, maxRetriesFor, type BreakerState } from "./recovery.js";
 export { StreamTracker, type Loss, type Message, type Reset, type StreamEvent } from "./streams.js";
 export { Recorder } from "./histogram.js";
-export { runtimeDir, endpointsOf } from "./endpoints.js";
+export { runtimeDir, endpointsOf, remoteEndpointsOf, clientKeys, keysDir, type CurveKeys } from "./endpoints.js";

@@ -1,0 +1,270 @@
+"""An actor's tcp side (remote mode, PROTOCOL.md section 2): its request and stream sockets
+bound once more on the tree's tcp plan as CURVE servers, and the ZAP handler that lets in
+only the allow-listed client keys.
+
+The handler (the gatekeeper) is a thread of the actor's process, not a handler on its loop:
+a handshake is answered at once whatever the loop is doing (a loop on its fast path looks
+at other sockets only every quarter second), and the loop never spends a turn on a stranger.
+Its work is a dict lookup per handshake. It also reads the sockets' monitors to count
+handshakes that fail before ZAP is asked (plain ZMTP, a client with no key or the wrong
+server key), and it notices a changed allow-list (one stat per handshake, and one per second)
+and reloads it; a key that left the list gets its connections closed: the loop unbinds the
+tcp endpoints (which closes every connection accepted on them) and binds them again, and the
+clients still allowed reconnect by themselves within milliseconds.
+
+Refusals are counted by reason and logged with the peer's address and the key's
+fingerprint, the first from an address and then at most once per LOG_EVERY_S, so a peer
+hammering with refused keys (new ones each time or not) cannot fill the log. Every table
+here is bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import zmq
+from loguru import logger
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
+
+from moorage.actors.runtime.loop import Loop
+from moorage.protocol import curve, remote
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # RFC 27: the one address libzmq asks
+RECHECK_S = 1.0  # the allow-list is looked at this often even with no handshake
+LOG_EVERY_S = 10.0
+MAX_LOG_KEYS = 1024  # peer addresses remembered for rate-limited logging
+REBIND_RETRY_S = 0.01  # an unbound tcp port is free again after libzmq's I/O thread closes it
+# Handshake failures a monitor reports, by why the peer was refused.
+HANDSHAKE_EVENTS = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",  # plain ZMTP, a wrong server key
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",  # refused by our own ZAP answer (counted there)
+}
+
+
+class AllowList:
+    """The allow-list as last read, reloaded when its directory changes."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self.dir = keys_dir / curve.ALLOWED
+        self.keys: dict[bytes, str] = {}
+        self._stamp: tuple[int, int] | None = None
+        self.reload()
+
+    def _stamp_now(self) -> tuple[int, int] | None:
+        try:
+            st = self.dir.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_ino)
+
+    def reload(self) -> set[bytes]:
+        """Read the list if it changed; the keys that left it (their connections must go).
+        A list that cannot be trusted any more (opened to others) is read as empty."""
+        stamp = self._stamp_now()
+        if stamp == self._stamp and stamp is not None:
+            return set()
+        self._stamp = stamp
+        try:
+            keys, problems = curve.read_allowed_with_problems(self.dir.parent)
+        except curve.KeyFileError as exc:
+            logger.error("allow-list refused, nobody is let in: {}", exc)
+            keys, problems = {}, []
+        for p in problems:
+            logger.warning("allow-list entry skipped: {}", p)
+        gone = set(self.keys) - set(keys)
+        if keys != self.keys:
+            logger.info("allow-list: {} key(s) ({} revoked)", len(keys), len(gone))
+        self.keys = keys
+        return gone
+
+
+class Gatekeeper(threading.Thread):
+    """The ZAP handler and the handshake counters of one actor process."""
+
+    def __init__(self, ctx: zmq.Context, keys_dir: Path, monitors: list[zmq.Socket],
+                 on_revoked: Any) -> None:
+        super().__init__(name="zap", daemon=True)
+        self.allowed = AllowList(keys_dir)
+        self.zap = ctx.socket(zmq.ROUTER)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
+        self.monitors = monitors
+        self._wake_in = ctx.socket(zmq.PAIR)
+        self._wake_out = ctx.socket(zmq.PAIR)
+        addr = f"inproc://moorage-zap-wake-{id(self)}"
+        self._wake_in.bind(addr)
+        self._wake_out.connect(addr)
+        self._on_revoked = on_revoked
+        self._closing = False
+        self.accepted = 0
+        self.refused: Counter[str] = Counter()
+        self._logged: dict[bytes, float] = {}  # peer address -> when last logged
+
+    # --- the thread ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for s in (self.zap, self._wake_in, *self.monitors):
+            poller.register(s, zmq.POLLIN)
+        next_check = time.monotonic() + RECHECK_S
+        try:
+            while not self._closing:
+                ready = dict(poller.poll(int(RECHECK_S * 1000)))
+                if self.zap in ready:
+                    self._drain_zap()
+                for m in self.monitors:
+                    if m in ready:
+                        self._drain_monitor(m)
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + RECHECK_S
+                    self._check_list()
+        finally:
+            for s in (self.zap, self._wake_in, *self.monitors):
+                s.close(0)
+
+    def _check_list(self) -> None:
+        gone = self.allowed.reload()
+        if gone:
+            logger.warning("{} key(s) revoked: closing their connections",
+                           len(gone))
+            self._on_revoked()
+
+    def _drain_zap(self) -> None:
+        self._check_list()  # judge every handshake against the list as it is now
+        while True:
+            try:
+                msg = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.zap.send_multipart(self.answer(msg))
+
+    def answer(self, msg: list[bytes]) -> list[bytes]:
+        """One ZAP reply (RFC 27): 200 with the key's name as User-Id, or 400."""
+        if len(msg) < 8:
+            return [*msg[:1], b"", b"1.0", b"", b"500", b"malformed ZAP request", b"", b""]
+        route, _, version, request_id, domain, address, _identity, mechanism = msg[:8]
+        creds = msg[8:]
+        name = None
+        if version == b"1.0" and domain == remote.ZAP_DOMAIN.encode() \
+                and mechanism == b"CURVE" and creds:
+            name = self.allowed.keys.get(creds[0])
+        if name is not None:
+            self.accepted += 1
+            return [route, b"", b"1.0", request_id, b"200", b"OK", name.encode(), b""]
+        key = creds[0] if mechanism == b"CURVE" and creds and len(creds[0]) == 32 else b""
+        reason = "unknown_key" if key else f"mechanism_{mechanism.decode(errors='replace')}"
+        self.refused[reason] += 1
+        self._log_refusal(address, key, reason)
+        return [route, b"", b"1.0", request_id, b"400", b"key not allowed", b"", b""]
+
+    def _log_refusal(self, address: bytes, key: bytes, reason: str) -> None:
+        now = time.monotonic()
+        last = self._logged.get(address)
+        if last is not None and now - last < LOG_EVERY_S:
+            return
+        if len(self._logged) >= MAX_LOG_KEYS:
+            self._logged.clear()
+        self._logged[address] = now
+        fp = z85.encode(key)[:8].decode() if key else "-"
+        logger.warning("refused a tcp client from {} (key {}: {}); {} refused so far",
+                       address.decode(errors="replace"), fp, reason,
+                       sum(self.refused.values()))
+
+    def _drain_monitor(self, mon: zmq.Socket) -> None:
+        while True:
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reason = HANDSHAKE_EVENTS.get(ev["event"])
+            if reason is None or reason == "auth":
+                continue  # (a ZAP refusal was counted and logged when it was answered)
+            self.refused[reason] += 1
+            self._log_refusal(ev["endpoint"], b"", reason)
+
+    # --- from the actor's thread --------------------------------------------------------------
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake_out.send(b"x")
+        self.join(timeout=2.0)
+        self._wake_out.close(0)
+
+
+class TcpSide:
+    """The tcp endpoints of one actor, bound as CURVE servers under a gatekeeper."""
+
+    def __init__(self, name: str, ctx: zmq.Context, loop: Loop, plan: remote.ListenPlan,
+                 sockets: dict[str, zmq.Socket]) -> None:
+        self.loop = loop
+        keys_dir = Path(plan.keys_dir)
+        server = curve.load_pair(keys_dir, curve.SERVER)
+        self.plan = plan
+        self.server_public = server.public
+        self.bound: list[tuple[zmq.Socket, str]] = [
+            (sock, plan.endpoints[name][kind]) for kind, sock in sockets.items()]
+        # The request socket's monitor is ours; the stream socket's is the actor's own
+        # (a socket has one), so a handshake failing there before ZAP goes uncounted.
+        self._monitored = sockets["rpc"]
+        monitors = [self._monitored.get_monitor_socket(sum(HANDSHAKE_EVENTS))]
+        self.gatekeeper = Gatekeeper(ctx, keys_dir, monitors,
+                                     lambda: loop.call_soon_threadsafe(self.rebind))
+        self.gatekeeper.start()
+        for sock, endpoint in self.bound:
+            remote.secure_server(sock, server)
+            sock.bind(endpoint)
+        self.rebinds = 0
+        self._unbound: list[tuple[zmq.Socket, str]] = []
+
+    def rebind(self) -> None:
+        """Close every tcp connection (a key was revoked); bind again once the ports are free."""
+        if self._unbound:
+            return  # a rebind is under way: it closes the same connections
+        for sock, endpoint in self.bound:
+            sock.unbind(endpoint)
+            self._unbound.append((sock, endpoint))
+        self.rebinds += 1
+        self.loop.call_later(REBIND_RETRY_S, self._bind_again)
+
+    def _bind_again(self) -> None:
+        still: list[tuple[zmq.Socket, str]] = []
+        for sock, endpoint in self._unbound:
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE:
+                    logger.error("cannot bind {} again: {}", endpoint, exc)
+                still.append((sock, endpoint))
+        self._unbound = still
+        if still:
+            self.loop.call_later(REBIND_RETRY_S, self._bind_again)
+
+    def info(self) -> dict[str, Any]:
+        g = self.gatekeeper
+        return {"endpoints": [ep for _, ep in self.bound],
+                "accepted": g.accepted, "refused": dict(g.refused),
+                "allowed": len(g.allowed.keys), "rebinds": self.rebinds}
+
+    def connection_table(self) -> dict[str, Any]:
+        """The connection file's `remote` table (the root's)."""
+        return self.plan.connection_table(self.server_public)
+
+    def close(self) -> None:
+        self._monitored.disable_monitor()
+        self.gatekeeper.close()
+
+
+def open_tcp_side(name: str, runtime_dir: Path, ctx: zmq.Context, loop: Loop,
+                  sockets: dict[str, zmq.Socket]) -> TcpSide | None:
+    """The actor's tcp side when its tree listens on tcp and names it; else None."""
+    plan = remote.read_plan(runtime_dir)
+    if plan is None or name not in plan.endpoints:
+        return None
+    return TcpSide(name, ctx, loop, plan, sockets)

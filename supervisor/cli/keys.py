@@ -1,0 +1,146 @@
+"""`moorage keys`: the CurveZMQ keys of remote mode (PROTOCOL.md "Remote").
+
+  keys init                 make the keys directory (0700), the tree's server pair and this
+                            user's client pair (0600), unless they exist; print the public keys
+  keys allow PUBKEY [--name NAME]
+                            let a client key in (a running tree sees it at its next handshake)
+  keys revoke NAME|PUBKEY   take a key off the list; a running tree closes its connections
+  keys list [--json]        the pairs' public keys and the allow-list
+
+Keys are never read from the working directory: `$MOORAGE_KEYS_DIR`, else
+`$XDG_CONFIG_HOME/moorage/keys`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from zmq.utils import z85
+
+from moorage.protocol import curve
+from moorage.supervisor.cli.common import EXIT_ERROR, EXIT_OK, CliError
+
+
+def _dir() -> Any:
+    return curve.keys_dir()
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    d = _dir()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(d, 0o700)
+    (d / curve.ALLOWED).mkdir(exist_ok=True, mode=0o700)
+    made = []
+    for name in (curve.SERVER, curve.CLIENT):
+        secret = d / f"{name}{curve.SECRET_SUFFIX}"
+        if secret.exists():
+            continue
+        pair = curve.new_pair()
+        curve.write_certificate(secret, pair, f"moorage {name}")
+        curve.write_certificate(d / f"{name}{curve.PUBLIC_SUFFIX}", curve.KeyPair(pair.public),
+                                f"moorage {name}")
+        made.append(name)
+    try:
+        server = curve.load_pair(d, curve.SERVER)
+        client = curve.load_pair(d, curve.CLIENT)
+    except curve.KeyFileError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps({"keys_dir": str(d), "made": made, "server": server.public.decode(),
+                      "client": client.public.decode()}, indent=1))
+    return EXIT_OK
+
+
+def default_name(public: bytes) -> str:
+    return "key-" + z85.decode(public)[:6].hex()
+
+
+def cmd_keys_allow(args: argparse.Namespace) -> int:
+    try:
+        public = curve.decode_public(args.pubkey)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    name = args.name or default_name(public)
+    if not curve.NAME_RE.match(name):
+        raise CliError(f"--name {name!r}: letters, digits and _.@- only, at most 64")
+    d = _dir()
+    try:
+        curve.check_private_dir(d)
+    except curve.KeyFileError as exc:
+        raise CliError(str(exc)) from None
+    allowed = d / curve.ALLOWED
+    allowed.mkdir(exist_ok=True, mode=0o700)
+    if z85.decode(public) in curve.read_allowed(d):
+        print(f"already allowed: {public.decode()}")
+        return EXIT_OK
+    curve.write_certificate(allowed / f"{name}{curve.PUBLIC_SUFFIX}", curve.KeyPair(public),
+                            f"allowed client {name}")
+    print(f"allowed {name}: {public.decode()}")
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    d = _dir()
+    keys = curve.read_allowed(d)
+    target = args.key
+    gone = []
+    for raw, name in keys.items():
+        if target in (name, z85.encode(raw).decode()):
+            (d / curve.ALLOWED / f"{name}{curve.PUBLIC_SUFFIX}").unlink()
+            gone.append(name)
+    if not gone:
+        print(f"moorage: no allowed key is named or equal to {target!r}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"revoked {', '.join(gone)}")
+    return EXIT_OK
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    d = _dir()
+    out: dict[str, Any] = {"keys_dir": str(d)}
+    for name in (curve.SERVER, curve.CLIENT):
+        try:
+            out[name] = curve.load_pair(d, name).public.decode()
+        except curve.KeyFileError as exc:
+            out[name] = None
+            out.setdefault("problems", []).append(str(exc))
+    try:
+        keys, problems = curve.read_allowed_with_problems(d)
+    except curve.KeyFileError as exc:
+        raise CliError(str(exc)) from None
+    out["allowed"] = {name: z85.encode(raw).decode() for raw, name in sorted(
+        keys.items(), key=lambda kv: kv[1])}
+    if problems:
+        out.setdefault("problems", []).extend(problems)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return EXIT_OK
+    print(f"keys dir  {d}")
+    print(f"server    {out[curve.SERVER] or '-'}")
+    print(f"client    {out[curve.CLIENT] or '-'}")
+    for name, key in out["allowed"].items():
+        print(f"allowed   {key}  {name}")
+    for p in out.get("problems", []):
+        print(f"problem   {p}")
+    return EXIT_OK
+
+
+def add_keys_command(sub: Any, parents: list[Any]) -> None:
+    k = sub.add_parser("keys", help="CurveZMQ keys for `up --listen`: init, allow, revoke, "
+                       "list", description=__doc__.split("\n\n")[0], parents=parents)
+    ks = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    ks.add_parser("init", help="make the server and client key pairs").set_defaults(
+        func=cmd_keys_init)
+    a = ks.add_parser("allow", help="let a client public key in")
+    a.add_argument("pubkey", help="40 Z85 characters (the client's `moorage keys list`)")
+    a.add_argument("--name", help="what to call it (default: key-<hex of its start>)")
+    a.set_defaults(func=cmd_keys_allow)
+    r = ks.add_parser("revoke", help="take a key off the allow-list (by name or key)")
+    r.add_argument("key")
+    r.set_defaults(func=cmd_keys_revoke)
+    ls = ks.add_parser("list", help="the public keys and the allow-list")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_keys_list)

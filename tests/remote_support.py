@@ -1,0 +1,130 @@
+"""Helpers of the remote-mode tests: key directories made by `moorage keys` as a user makes
+them, a block of free tcp ports, a tree listening on tcp (optionally inside a network
+namespace), and raw pyzmq peers that try to get in without the right key."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from moorage.protocol import curve
+from tests.conftest import ROOT, Tree
+
+FAKE_TREE = """
+[listen]
+endpoint = "tcp://{host}:{port}"
+[[children]]
+id = "alpha"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "beta"
+start = "tests.fakes:FakeActor"
+"""
+TREE_PORTS = 6  # supervisor, alpha, beta: two ports each
+
+
+def keys_cli(keys_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "moorage.supervisor.cli", "keys", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, curve.KEYS_ENV: str(keys_dir)})
+
+
+def make_keys(base: Path) -> tuple[Path, Path, curve.KeyPair]:
+    """A tree's keys dir and a client's, each by `moorage keys init`, the client's key
+    allowed by the tree's `moorage keys allow`; returns both dirs and the client's pair."""
+    server_dir, client_dir = base / "tree-keys", base / "client-keys"
+    for d in (server_dir, client_dir):
+        out = keys_cli(d, "init")
+        assert out.returncode == 0, out.stderr
+    client = curve.load_pair(client_dir, curve.CLIENT)
+    out = keys_cli(server_dir, "allow", client.public.decode(), "--name", "editor")
+    assert out.returncode == 0, out.stderr
+    return server_dir, client_dir, client
+
+
+def free_port_block(n: int, host: str = "127.0.0.1") -> int:
+    """The first of `n` consecutive tcp ports free on `host` right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {n} free ports")
+
+
+class NetnsTree(Tree):
+    """A tree run by `ip netns exec NS moorage up` (the same command otherwise)."""
+
+    def __init__(self, runtime_dir: Path, config: str, netns: str | None) -> None:
+        super().__init__(runtime_dir, config)
+        self.netns = netns
+
+    def start(self, wait: bool = True) -> Tree:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        with open(self.out, "wb") as f:
+            self.proc = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "moorage.supervisor.cli",
+                 "--instance-dir", str(self.runtime_dir),
+                 "up", "--config", str(self.config_path), "--allow-external-actors",
+                 "--parent", str(os.getpid())],
+                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                start_new_session=True)
+        self.events = self.client.subscribe("supervisor", ["sup.event"], from_seq=1)
+        if wait:
+            self.wait_all_running()
+        return self
+
+    def connection_file(self) -> dict[str, Any]:
+        return json.loads((self.runtime_dir / "tree.json").read_text())
+
+
+def refused_handshake(ctx: zmq.Context, endpoint: str, server_key: bytes | None,
+                      pair: curve.KeyPair | None, timeout_ms: int = 5000) -> str:
+    """Connect a raw DEALER (CURVE with `pair` when given, plain ZMTP otherwise), send one
+    request-sized frame, and say how the tree answered the handshake: "auth" (ZAP refused
+    the key), "protocol" (the handshake itself failed), "accepted", or "nothing"."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RECONNECT_IVL, 10_000)  # one attempt: a second would count twice
+    if pair is not None:
+        assert server_key is not None and pair.secret is not None
+        s.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        s.setsockopt(zmq.CURVE_PUBLICKEY, pair.public)
+        s.setsockopt(zmq.CURVE_SECRETKEY, pair.secret)
+    mon = s.get_monitor_socket()
+    try:
+        s.connect(endpoint)
+        s.send_multipart([b"\x00not a request"])
+        while mon.poll(timeout_ms):
+            ev = recv_monitor_message(mon)["event"]
+            if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                return "auth"
+            if ev in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                return "protocol"
+            if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return "accepted"
+            if ev == zmq.EVENT_DISCONNECTED:
+                return "protocol"  # plain ZMTP: the CURVE server drops it mid-greeting
+        return "nothing"
+    finally:
+        s.disable_monitor()
+        mon.close(0)
+        s.close(0)
