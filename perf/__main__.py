@@ -47,6 +47,7 @@ class Bench:
 
 BENCHES = (
     Bench("p1_p2_ipc", ("--n", "3000")),
+    Bench("p1_p2_tcp", ("--n", "3000")),
     Bench("request_path", ("--n", "3000")),
     Bench("client_latency_overhead", ("--n", "3000")),
     Bench("p3_p4_terminal", ("--n", "300", "--mb", "10", "--p13", "500", "--sessions", "10")),
@@ -59,6 +60,7 @@ BENCHES = (
     Bench("r10_levels", ("--max-seconds", "30")),
     Bench("clients", ("--n", "2000")),
     Bench("chaos", ("--short",)),
+    Bench("r9_relay", ("--duration-s", "10")),
     Bench("peers.ray_actors", ("--quick",)),
     Bench("peers.node_pty", ("--quick",)),
     Bench("peers.watchman", ("--samples", "30", "--burst", "2000", "--files", "10000")),
