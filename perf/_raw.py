@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -94,3 +95,16 @@ class RawEcho:
         self.proc.join(5)
         self.sock.close(0)
         self.ctx.term()
+
+
+def pipelined_rates(raw: RawEcho, client: Any, actor: str, n: int,
+                    rounds: int = 3) -> tuple[list[float], list[float]]:
+    """P2: `n` sys.ping in flight through the client (window 256) beside the raw echo's
+    pipelined rate, in turn, `rounds` times; (ours, raw) in calls per second."""
+    ours, limit = [], []
+    for _ in range(rounds):
+        limit.append(raw.pipelined(n))
+        t0 = time.perf_counter()
+        client.pipeline(actor, [("sys.ping", None)] * n, window=256)
+        ours.append(n / (time.perf_counter() - t0))
+    return ours, limit

@@ -14,7 +14,7 @@ from pathlib import Path
 if not __package__:  # run as a file: the repository root is what `-m` would have put first
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from perf._raw import RawEcho
+from perf._raw import RawEcho, pipelined_rates
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 
@@ -65,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_percentiles("p1_ping", {"moorage client sys.ping": ours, "raw pyzmq echo": limit})
 
         n = args.n * 2
-        rates_ours, rates_raw = [], []
-        for _ in range(3):
-            rates_raw.append(raw.pipelined(n))
-            t0 = pc()
-            client.pipeline(ACTOR, [("sys.ping", None)] * n, window=256)
-            rates_ours.append(n / (pc() - t0))
+        rates_ours, rates_raw = pipelined_rates(raw, client, ACTOR, n)
         ro, rl = max(rates_ours), max(rates_raw)
         report.add(Row("P2", "pipelined sys.ping through client", "/s",
                        ">= 100k/s and >= 50% limit", ro, rl, ro >= 100_000 and ro >= 0.5 * rl,

@@ -23,7 +23,7 @@ if not __package__:  # run as a file: the repository root is what `-m` would hav
 from moorage.protocol import curve
 from moorage.protocol.client import Client
 from moorage.protocol.remote import target_from_file
-from perf._raw import RawEcho
+from perf._raw import RawEcho, pipelined_rates
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 
@@ -99,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "raw pyzmq echo, tcp+CURVE": limit,
                                          "raw pyzmq echo, ipc": limit_ipc})
         n = args.n * 2
-        rates_ours, rates_raw = [], []
-        for _ in range(3):
-            rates_raw.append(raw.pipelined(n))
-            t0 = pc()
-            client.pipeline(ACTOR, [("sys.ping", None)] * n, window=256)
-            rates_ours.append(n / (pc() - t0))
+        rates_ours, rates_raw = pipelined_rates(raw, client, ACTOR, n)
         ro, rl = max(rates_ours), max(rates_raw)
         report.add(Row("P2", "pipelined sys.ping through client (tcp+CURVE)", "/s",
                        ">= 50% limit", ro, rl, ro >= 0.5 * rl, note="best of 3"))

@@ -195,11 +195,12 @@ class Tree:
         self.client = Client(runtime_dir, timeout=10.0)
         self.events: Any = None
         self.seen_pids: set[int] = set()
+        self.launcher: list[str] = []  # what runs `moorage up` (e.g. ip netns exec NS)
 
     def start(self, wait: bool = True) -> Tree:
         with open(self.out, "wb") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moorage.supervisor.cli",
+                [*self.launcher, sys.executable, "-m", "moorage.supervisor.cli",
                  "--instance-dir", str(self.runtime_dir),
                  "up", "--config", str(self.config_path), "--allow-external-actors",
                  # a test run killed before its teardown leaves no tree behind for long

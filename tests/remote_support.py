@@ -76,21 +76,7 @@ class NetnsTree(Tree):
     def __init__(self, runtime_dir: Path, config: str, netns: str | None) -> None:
         super().__init__(runtime_dir, config)
         self.netns = netns
-
-    def start(self, wait: bool = True) -> Tree:
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        with open(self.out, "wb") as f:
-            self.proc = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "moorage.supervisor.cli",
-                 "--instance-dir", str(self.runtime_dir),
-                 "up", "--config", str(self.config_path), "--allow-external-actors",
-                 "--parent", str(os.getpid())],
-                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-                start_new_session=True)
-        self.events = self.client.subscribe("supervisor", ["sup.event"], from_seq=1)
-        if wait:
-            self.wait_all_running()
-        return self
+        self.launcher = ["ip", "netns", "exec", netns] if netns else []
 
     def connection_file(self) -> dict[str, Any]:
         return json.loads((self.runtime_dir / "tree.json").read_text())
