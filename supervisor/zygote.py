@@ -11,7 +11,8 @@ Lifetimes, so that no orphan survives and no child dies with its zygote:
     zygote's children become the supervisor's own. A child's parent-death signal is
     REPARENT_SIG, not a kill: on it the child looks at its new parent, and if that is its
     supervisor it asks for SIGKILL on the supervisor's death from then on (so it still dies
-    with the tree); anything else means the supervisor is gone, and it exits;
+    with the tree; REPARENT_SIG again if it has orphan hooks to run first, as the pty keeper
+    has); anything else means the supervisor is gone, and it exits;
   - a dead zygote is replaced by a new program (`main` here, in a new interpreter: the
     supervisor has threads by then and must not fork), handed the beat board's memfd and the
     tree's key (actors.runtime.trust) over its socket; the children that outlived the old one
@@ -50,7 +51,7 @@ import setproctitle
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.beat import BeatBoard, install
-from moorage.actors.runtime.process import orphaned
+from moorage.actors.runtime.process import has_orphan_hooks, orphaned
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -88,7 +89,9 @@ def follow_supervisor(zygote: int, supervisor: int) -> None:
 
     def parent_gone(*_: object) -> None:
         if os.getppid() == supervisor:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            # A process with something to clean up first (a keeper's shells) keeps a signal
+            # it can catch: SIGKILL at the supervisor's death would take it before its hooks.
+            _prctl(PR_SET_PDEATHSIG, REPARENT_SIG if has_orphan_hooks() else signal.SIGKILL)
             if os.getppid() == supervisor:  # still: the supervisor had not died meanwhile
                 return
         orphaned()  # what must not outlive the tree goes first (a keeper's shells)

@@ -52,6 +52,27 @@ def test_term_close_leaves_no_process_of_the_session_even_one_that_ignores_hup_a
     assert not pid_running(job)
 
 
+def test_a_sigkill_of_the_root_after_the_keepers_zygote_died_still_leaves_no_process(
+        make_tree, tmp_path):
+    """With its zygote gone the keeper's parent is the terminals supervisor itself; when that
+    dies with the root, the keeper still gets to kill its sessions' processes (a SIGKILL as
+    its parent-death signal would take it first, and a job that ignores HUP lives on)."""
+    tree = make_tree(TREE).start()
+    _, shell, job = start_stubborn_job(tree.client, tmp_path)
+    terminals = tree.child("terminals")
+    os.kill(terminals["tree"]["zygote"]["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["supervisor"] ==
+                    "terminals")
+    keeper = tree.child("ptykeeper")["pid"]
+    assert psutil.Process(keeper).ppid() == terminals["pid"]
+    procs = session_processes(shell)
+    root = tree.pid
+    os.kill(root, signal.SIGKILL)
+    assert wait_pid_exit(root, 10)
+    assert_all_gone(procs, timeout=15)
+    assert not pid_running(job)
+
+
 def test_a_sigkill_of_the_root_leaves_no_process_of_any_session(make_tree, tmp_path):
     tree = make_tree(TREE).start()
     _, shell, job = start_stubborn_job(tree.client, tmp_path)

@@ -19,6 +19,11 @@ def on_orphaned(fn: Callable[[], None]) -> None:
     _ON_ORPHANED.append(fn)
 
 
+def has_orphan_hooks() -> bool:
+    """Does this process have something to do before it may die with its supervisor?"""
+    return bool(_ON_ORPHANED)
+
+
 def orphaned() -> None:
     """The supervisor is gone: run the hooks (each once, whatever the others do)."""
     hooks, _ON_ORPHANED[:] = list(_ON_ORPHANED), []
