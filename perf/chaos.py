@@ -279,23 +279,40 @@ class Load:
                     self._call(c, "resource", "resource.status", None, 5.0)
 
 
-class StreamCheck:
-    """One session's output through the client's Subscription, put together by offset: a
-    byte missing without a Loss is an unreported gap; a recreated session starts over."""
+class SessionFollower:
+    """A thread that follows one session's output through its own client's Subscription
+    (`_run` says what it does with it); closed with everything it opened."""
 
     def __init__(self, tree: DefaultTree, sid: str) -> None:
         self.client = tree.client(timeout=10.0)
         self.sid = sid
         self.sub = self.client.subscribe("terminal", [f"term.out.{sid}"], from_seq=1)
+        self.losses = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.sub.close()
+        self.client.close()
+
+
+class StreamCheck(SessionFollower):
+    """One session's output through the client's Subscription, put together by offset: a
+    byte missing without a Loss is an unreported gap; a recreated session starts over."""
+
+    def __init__(self, tree: DefaultTree, sid: str) -> None:
+        super().__init__(tree, sid)
         self.events = self.client.subscribe("terminal", ["term.session"], from_seq=1)
         self.have = 0
         self.unreported = 0
-        self.losses = 0
         self.resets = 0
         self.recreated = 0
-        self.stop = threading.Event()
         self.moved = threading.Condition()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         loss_since = False
@@ -337,11 +354,8 @@ class StreamCheck:
             self.moved.wait_for(lambda: self.have >= target, timeout)
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.sub.close()
+        super().close()
         self.events.close()
-        self.client.close()
 
 
 # --- the scenarios ---------------------------------------------------------------------------
@@ -682,7 +696,7 @@ def _creates_in_flight(tree: DefaultTree, n: int) -> int:
         return len(ok)
 
 
-class Collector:
+class Collector(SessionFollower):
     """One session's output as a consumer takes it: through the client's Subscription (gaps
     repaired by replay, bytes seen twice dropped by offset), acknowledged as it goes
     (`term.ack`: the session's shell never runs more than a window ahead of it)."""
@@ -690,14 +704,9 @@ class Collector:
     ACK_EVERY = 256 << 10
 
     def __init__(self, tree: DefaultTree, sid: str) -> None:
-        self.client = tree.client(timeout=10.0)
-        self.sid = sid
-        self.sub = self.client.subscribe("terminal", [f"term.out.{sid}"], from_seq=1)
+        super().__init__(tree, sid)
         self.data = bytearray()
         self.acked = 0
-        self.losses = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
@@ -712,20 +721,6 @@ class Collector:
                     with contextlib.suppress(MoorageError):
                         self.client.call("terminal", "term.ack",
                                          {"session": self.sid, "offset": self.acked})
-
-    def settle(self, c: Client, timeout: float = 10.0) -> None:
-        """Waits until the stream has reached where the session's output stands now, so a
-        count taken after it misses none of the run's messages."""
-        listed = {s["session"]: s for s in c.call("terminal", "term.list")["sessions"]}
-        target = listed.get(self.sid, {}).get("offset", 0)
-        with self.moved:
-            self.moved.wait_for(lambda: self.have >= target, timeout)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.sub.close()
-        self.client.close()
 
 
 def expected_seq(n: int) -> bytes:

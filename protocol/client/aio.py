@@ -17,7 +17,6 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from moorage.protocol import curve
 from moorage.protocol.client._core import (
     LEARN_SHARE,
     CallPlan,
@@ -30,11 +29,11 @@ from moorage.protocol.client._core import (
     with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
-from moorage.protocol.client.connection import from_file
+from moorage.protocol.client.connection import FromConnectionFile
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
-from moorage.protocol.remote import RemoteTarget, target_from_file
+from moorage.protocol.remote import RemoteTarget
 
 _DISCONNECT = object()
 
@@ -93,7 +92,7 @@ class _AConn:
         self.sock.close(0)
 
 
-class AsyncClient:
+class AsyncClient(FromConnectionFile):
     def __init__(
         self,
         runtime_dir: Path | str | None = None,
@@ -113,24 +112,6 @@ class AsyncClient:
         self._conns: dict[str, _AConn] = {}
         self._subs: set[AsyncSubscription] = set()
         self.core.start_pusher(self.ctx)
-
-    @classmethod
-    def from_connection_file(cls, path: str | Path, **kw: Any) -> AsyncClient:
-        """A client of the tree that `path` (a `tree.json`) describes; `not_running` at
-        once if that tree is not running (its lock free, or the file gone)."""
-        conn = from_file(path)
-        client = cls(conn.runtime_dir, **kw)
-        client.core.connection = conn
-        return client
-
-    @classmethod
-    def remote(cls, path: str | Path, client_keys: curve.KeyPair | None = None,
-               host: str | None = None, **kw: Any) -> AsyncClient:
-        """A client of the tree elsewhere that `path` (its `tree.json`, copied here)
-        describes, over tcp with CURVE: `client_keys` default to this user's client pair
-        (`moorage keys init`), `host` replaces the address the tree bound (0.0.0.0, or a
-        forwarded port's host). ValueError (or curve.KeyFileError) if either is unusable."""
-        return cls(remote=target_from_file(path, client_keys, host), **kw)
 
     @property
     def sid(self) -> str:

@@ -13,7 +13,6 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from moorage.protocol import curve
 from moorage.protocol.client._core import (
     CallPlan,
     ClientCore,
@@ -25,11 +24,11 @@ from moorage.protocol.client._core import (
     with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
-from moorage.protocol.client.connection import from_file
+from moorage.protocol.client.connection import FromConnectionFile
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
-from moorage.protocol.remote import RemoteTarget, target_from_file
+from moorage.protocol.remote import RemoteTarget
 from moorage.protocol.wire import NOBLOCK, recv_frames, send_frames
 
 # A waiting call blocks in recv for at most this long before it looks at the connection's
@@ -73,7 +72,7 @@ class _Conn:
         self.sock.close(0)
 
 
-class Client:
+class Client(FromConnectionFile):
     """`Client(instance="default").call("metrics", "metrics.query", {"op": "sys.ping"})`."""
 
     def __init__(
@@ -95,24 +94,6 @@ class Client:
         self._conns: dict[str, _Conn] = {}
         self._subs: set[Subscription] = set()
         self.core.start_pusher(self.ctx)
-
-    @classmethod
-    def from_connection_file(cls, path: str | Path, **kw: Any) -> Client:
-        """A client of the tree that `path` (a `tree.json`) describes; `not_running` at
-        once if that tree is not running (its lock free, or the file gone)."""
-        conn = from_file(path)
-        client = cls(conn.runtime_dir, **kw)
-        client.core.connection = conn
-        return client
-
-    @classmethod
-    def remote(cls, path: str | Path, client_keys: curve.KeyPair | None = None,
-               host: str | None = None, **kw: Any) -> Client:
-        """A client of the tree elsewhere that `path` (its `tree.json`, copied here)
-        describes, over tcp with CURVE: `client_keys` default to this user's client pair
-        (`moorage keys init`), `host` replaces the address the tree bound (0.0.0.0, or a
-        forwarded port's host). ValueError (or curve.KeyFileError) if either is unusable."""
-        return cls(remote=target_from_file(path, client_keys, host), **kw)
 
     @property
     def sid(self) -> str:
