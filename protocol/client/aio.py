@@ -29,7 +29,7 @@ from moorage.protocol.client._core import (
     with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
-from moorage.protocol.client.connection import FromConnectionFile
+from moorage.protocol.client.constructors import FromConnectionFile
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState

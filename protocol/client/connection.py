@@ -16,11 +16,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-from moorage.protocol import curve, endpoints
+from moorage.protocol import endpoints
 from moorage.protocol.errors import MoorageError, WireError
-from moorage.protocol.remote import target_from_file
 
 MAX_CONNECTION_FILE = 1 << 20  # a tree of a few hundred actors is a few tens of KiB
 
@@ -127,27 +126,3 @@ def adopt(client: Any, parent: int | None = None) -> dict[str, Any]:
         "client": f"adopt {os.getpid()}", "adopt": True,
         "parent": os.getpid() if parent is None else parent})
 
-
-class FromConnectionFile:
-    """The constructors from a connection file that the sync and the asyncio client share
-    (each is `cls(runtime_dir, **kw)` or `cls(remote=..., **kw)` underneath)."""
-
-    core: Any
-
-    @classmethod
-    def from_connection_file(cls, path: str | Path, **kw: Any) -> Self:
-        """A client of the tree that `path` (a `tree.json`) describes; `not_running` at
-        once if that tree is not running (its lock free, or the file gone)."""
-        conn = from_file(path)
-        client = cls(conn.runtime_dir, **kw)  # type: ignore[call-arg]
-        client.core.connection = conn
-        return client
-
-    @classmethod
-    def remote(cls, path: str | Path, client_keys: curve.KeyPair | None = None,
-               host: str | None = None, **kw: Any) -> Self:
-        """A client of the tree elsewhere that `path` (its `tree.json`, copied here)
-        describes, over tcp with CURVE: `client_keys` default to this user's client pair
-        (`moorage keys init`), `host` replaces the address the tree bound (0.0.0.0, or a
-        forwarded port's host). ValueError (or curve.KeyFileError) if either is unusable."""
-        return cls(remote=target_from_file(path, client_keys, host), **kw)  # type: ignore[call-arg]
