@@ -3,14 +3,12 @@ client.json scenarios, and the live conformance suite) against a real tree."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
-from tests.clients_support import CASES, ROOT, conformance_tree  # noqa: F401  (a fixture)
+from tests.clients_support import CASES, ROOT, conformance_tree, run_tool  # noqa: F401  (a fixture)
 from tests.conftest import Tree
 
 pytestmark = pytest.mark.timeout(900)
@@ -19,11 +17,7 @@ CRATE = ROOT / "protocol" / "rust"
 
 
 def cargo(*args: str, env: dict[str, str] | None = None, timeout: float = 800) -> str:
-    done = subprocess.run(["cargo", *args], cwd=CRATE, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, f"cargo {' '.join(args)} failed:\n{out[-8000:]}"
-    return out
+    return run_tool("cargo", CRATE, *args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

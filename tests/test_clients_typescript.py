@@ -3,14 +3,12 @@ vector, the client.json scenarios, and the live conformance suite) against a rea
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
-from tests.clients_support import CASES, ROOT, conformance_tree  # noqa: F401  (a fixture)
+from tests.clients_support import CASES, ROOT, conformance_tree, run_tool  # noqa: F401  (a fixture)
 from tests.conftest import Tree
 
 pytestmark = pytest.mark.timeout(600)
@@ -19,11 +17,7 @@ PACKAGE = ROOT / "protocol" / "typescript"
 
 
 def npm(*args: str, env: dict[str, str] | None = None, timeout: float = 500) -> str:
-    done = subprocess.run(["npm", *args], cwd=PACKAGE, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, f"npm {' '.join(args)} failed:\n{out[-6000:]}"
-    return out
+    return run_tool("npm", PACKAGE, *args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
