@@ -52,6 +52,15 @@ def test_term_close_leaves_no_process_of_the_session_even_one_that_ignores_hup_a
     assert not pid_running(job)
 
 
+def kill_the_root_and_find_the_session_gone(tree, shell: int, job: int) -> None:
+    procs = session_processes(shell)
+    root = tree.pid
+    os.kill(root, signal.SIGKILL)
+    assert wait_pid_exit(root, 10)
+    assert_all_gone(procs, timeout=15)
+    assert not pid_running(job)
+
+
 def test_a_sigkill_of_the_root_after_the_keepers_zygote_died_still_leaves_no_process(
         make_tree, tmp_path):
     """With its zygote gone the keeper's parent is the terminals supervisor itself; when that
@@ -65,23 +74,13 @@ def test_a_sigkill_of_the_root_after_the_keepers_zygote_died_still_leaves_no_pro
                     "terminals")
     keeper = tree.child("ptykeeper")["pid"]
     assert psutil.Process(keeper).ppid() == terminals["pid"]
-    procs = session_processes(shell)
-    root = tree.pid
-    os.kill(root, signal.SIGKILL)
-    assert wait_pid_exit(root, 10)
-    assert_all_gone(procs, timeout=15)
-    assert not pid_running(job)
+    kill_the_root_and_find_the_session_gone(tree, shell, job)
 
 
 def test_a_sigkill_of_the_root_leaves_no_process_of_any_session(make_tree, tmp_path):
     tree = make_tree(TREE).start()
     _, shell, job = start_stubborn_job(tree.client, tmp_path)
-    procs = session_processes(shell)
-    root = tree.pid
-    os.kill(root, signal.SIGKILL)
-    assert wait_pid_exit(root, 10)
-    assert_all_gone(procs, timeout=15)
-    assert not pid_running(job)
+    kill_the_root_and_find_the_session_gone(tree, shell, job)
 
 
 def test_down_then_up_starts_without_the_old_sessions(make_tree, tmp_path):
