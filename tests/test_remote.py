@@ -83,6 +83,20 @@ def test_keys_init_allow_revoke_and_list_keep_every_file_private(tmp_path: Path)
     assert keys_cli(server_dir, "revoke", "editor").returncode == 1
 
 
+def test_a_key_that_starts_with_a_dash_is_allowed_and_revoked_like_any_other(
+        tmp_path: Path) -> None:
+    """'-' is a Z85 character: a key starting with it must not be read as an option."""
+    server_dir, _, _ = make_keys(tmp_path)
+    key = next(pub.decode() for pub, _ in iter(zmq.curve_keypair, None)
+               if pub.startswith(b"-"))
+    out = keys_cli(server_dir, "allow", key, "--name", "dash")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(keys_cli(server_dir, "list", "--json").stdout)["allowed"]["dash"] == key
+    out = keys_cli(server_dir, "revoke", key)
+    assert out.returncode == 0, out.stderr
+    assert "dash" not in json.loads(keys_cli(server_dir, "list", "--json").stdout)["allowed"]
+
+
 def _up_fails(runtime_dir: Path, keys_dir: Path, listen: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir", str(runtime_dir),

@@ -40,7 +40,7 @@ from moorage.supervisor.cli.completion import (
     op_completer,
     topic_completer,
 )
-from moorage.supervisor.cli.keys import add_keys_command
+from moorage.supervisor.cli.keys import add_keys_command, keys_after_options
 from moorage.supervisor.cli.slo_view import add_slo_command
 from moorage.supervisor.cli.tree import (
     cmd_config,
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    args = p.parse_args(argv)
+    args = p.parse_args(keys_after_options(sys.argv[1:] if argv is None else argv))
     try:
         args.runtime_dir = (Path(args.instance_dir) if args.instance_dir
                             else endpoints.runtime_dir(args.instance))

@@ -144,3 +144,21 @@ def add_keys_command(sub: Any, parents: list[Any]) -> None:
     ls = ks.add_parser("list", help="the public keys and the allow-list")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_keys_list)
+
+
+def keys_after_options(argv: list[str]) -> list[str]:
+    """`keys allow KEY` / `keys revoke KEY` with a key that starts with '-' (the Z85
+    alphabet has it): argparse would read it as an option. Such a key goes last, after
+    `--`, where only positionals are read."""
+    if "keys" not in argv or "--" in argv:
+        return argv
+    start = argv.index("keys")
+    for i in range(start + 1, len(argv)):
+        t = argv[i]
+        if t.startswith("-") and len(t) == curve.Z85_KEY_LEN and t != "--":
+            try:
+                curve.decode_public(t)
+            except ValueError:
+                continue
+            return [*argv[:i], *argv[i + 1:], "--", t]
+    return argv
