@@ -23,6 +23,11 @@ Ops (on `<id>.rpc`; the root's id is `supervisor`):
                                      stop (on) or start again (off) the tree's
                                      non-essential children (shedding.py)
 
+A supervisor also keeps what its children leave in its custody (custody.py: the pty keeper's
+PTY masters and output rings, so that a session outlives its keeper and terminal actor dying
+together), and reaps what is orphaned below it (a dead keeper's shells; `sup.orphan_exit`).
+`sys.info` has `custody` (held per child, handed over, strangers refused).
+
 The ops are in control.py and shedding.py, the events and their relaying in relay.py
 (components it owns, through host.py's interface); this module is the life cycle: the job
 queue, spawns, deaths and restarts, heartbeats.
@@ -65,6 +70,7 @@ from moorage.protocol.errors import WireError
 from moorage.supervisor import sdnotify
 from moorage.supervisor.children import Child, ChildState, new_child
 from moorage.supervisor.control import ControlOps
+from moorage.supervisor.custody import Custodian
 from moorage.supervisor.lifecycle import Lifecycle, LifecycleOptions
 from moorage.supervisor.overrides import Overrides
 from moorage.supervisor.policy import (
@@ -133,16 +139,22 @@ class Supervisor(Actor):
         self.add_ops(ControlOps(self))
         self.add_ops(self.shed_ops)
         self.lifecycle = Lifecycle(self, lifecycle) if lifecycle is not None else None
+        self.custody: Custodian | None = None  # what our children leave in our keeping
 
     def event(self, name: str, child: Child | None = None, **fields: Any) -> None:
         """An event on `sup.event` (supervisor.relay)."""
         self.relay.event(name, child, **fields)
+
+    def info(self) -> dict[str, Any]:
+        return {"custody": self.custody.describe() if self.custody is not None else None,
+                "orphans_reaped": self.orphans_reaped}
 
     # --- life ---------------------------------------------------------------------------------
 
     def on_start(self) -> None:
         self._ready_callback, self.ready_hook = self.ready_hook, None
         self.loop.add_reader(self.zygote.fileno(), lambda: self._on_zygote(self.zygote))
+        self.custody = Custodian(self.loop, self.runtime_dir, self.name)
         # Our own children: the zygote (a new program after the first), and the children of
         # a dead zygote (we are a subreaper); anything else orphaned below us is reaped too.
         signal.signal(signal.SIGCHLD,
@@ -215,6 +227,8 @@ class Supervisor(Actor):
             self.lifecycle.close()
         self.outbound.close()
         self.relay.close()
+        if self.custody is not None:
+            self.custody.close()
         if self.spare is not None:
             self.spare.close()
         self.zygote.close()

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 
+import msgpack
 import pytest
 
 from moorage.protocol.client import Client
@@ -267,3 +269,66 @@ def test_a_session_can_be_named_by_its_creator_and_a_name_is_taken_once(make_tre
     with pytest.raises(MoorageError) as e:
         c.call("terminal", "term.create", {"session": "no spaces here"}, timeout=30)
     assert e.value.name == "bad_args"
+
+
+def test_sigkill_of_the_keeper_and_the_terminal_at_once_keeps_the_shell_and_every_byte(
+        make_tree, tmp_path):
+    """Neither holder of the PTY master is left: the terminals supervisor, the third
+    (actors.runtime.custody), hands the session to the new keeper, which hands it to the new
+    terminal actor: the same shell, every byte once, integration after."""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
+    sid = s["session"]
+    assert c.call("terminals", "sys.info")["custody"]["held"] == {"ptykeeper": 1}
+    out = RawOutput(c, sid)
+    out.wait_live()
+    c.call("terminal", "term.write", {"session": sid,
+                                      "data": f"seq 1 {LINES}; echo seq-''done\r"})
+    out.until(lambda d: len(d) > 500_000)
+    victims = {name: tree.child(name)["pid"] for name in ("ptykeeper", "terminal")}
+    for pid in victims.values():
+        os.kill(pid, signal.SIGKILL)
+    for name in victims:
+        tree.wait_event(lambda e, name=name: e["event"] == "restarted" and e["child"] == name)
+    data = out.until(lambda d: b"seq-done\r\n" in d, timeout=120)
+    assert expected_seq(LINES) in data  # in order, whole, once: the collector checks repeats
+    assert data.count(b"\r\n%d\r\n" % (LINES // 2)) == 1
+    (held,) = c.call("ptykeeper", "pty.list")["sessions"]
+    assert held["pid"] == s["pid"] and held["adopted"]
+    assert c.call("ptykeeper", "sys.info")["from_custody"] == 1
+    (listed,) = c.call("terminal", "term.list")["sessions"]
+    assert listed["pid"] == s["pid"]
+    r = c.call("terminal", "term.exec", {"session": sid, "command": "echo after $$"},
+               timeout=30)
+    assert (r["exit_code"], r["output"], r["mode"]) == (0, f"after {s['pid']}", "integration")
+    # A close lets go of every copy: the supervisor's too, or the PTY would never hang up.
+    c.call("terminal", "term.close", {"session": sid}, timeout=30)
+    wait_for(lambda: not pid_running(s["pid"]), timeout=30, what="the closed session's shell")
+    assert c.call("terminals", "sys.info")["custody"]["held"] == {"ptykeeper": 0}
+    out.close()
+
+
+def test_a_stranger_on_the_custody_socket_is_refused_and_the_sessions_stay_held(make_tree,
+                                                                              tmp_path):
+    tree = make_tree(TREE).start()
+    c = tree.client
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
+               timeout=30)
+    path = tree.runtime_dir / "terminals.custody.sock"
+    assert path.stat().st_mode & 0o777 == 0o600
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as forger, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as silent:
+        forger.connect(str(path))
+        silent.connect(str(path))
+        forger.send(msgpack.packb({"t": "hello", "tok": "0" * 32, "child": "ptykeeper"}))
+        for stranger in (forger, silent):  # a wrong token; no hello at all
+            stranger.settimeout(30)
+            assert stranger.recv(4096) == b""  # closed, and nothing handed over
+    info = c.call("terminals", "sys.info")["custody"]
+    assert info["strangers_refused"] == 2 and info["handed"] == 0
+    assert info["held"] == {"ptykeeper": 1}
+    r = c.call("terminal", "term.exec", {"session": s["session"], "command": "echo still"},
+               timeout=30)
+    assert r["output"] == "still"

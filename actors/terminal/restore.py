@@ -12,8 +12,9 @@ On the keeper's welcome: each session it holds that this actor does not (this ac
 is restored from its metadata (nonce, mode, shell, the spec it was created from) and its ring
 (`restore`): its output is taken again from a little before what the predecessor handled, so
 the session's state is rebuilt and what the predecessor may have had in flight is published
-again (marked `replay`). Sessions this actor had recorded that neither holds died with both
-(`reconcile`): each gets a `lost` event, together one `term.alert`, and each is started again
+again (marked `replay`). Sessions this actor had recorded that the keeper does not hold (it
+takes back what the terminals supervisor keeps for it when both of us died: actors.runtime.
+custody) died with the terminals supervisor (`reconcile`): each gets a `lost` event, together one `term.alert`, and each is started again
 under the same id (`recreated`, its output from offset recreated x 2^40 on, past anything
 the lost shell wrote), or reported `gone` if that fails; whatever is left of its old
 session (a job that ignored SIGHUP) is killed first.
@@ -303,13 +304,13 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
 
 def reconcile(a: RestoreHost, entries: list[dict[str, Any]]) -> None:
     """After a welcome: sessions recorded that neither the keeper nor this actor holds died
-    with both (the terminals supervisor, or both processes at once): report, clean up and
-    recreate them."""
+    with every holder (the terminals supervisor, which holds a copy of each besides the
+    two of us): report, clean up and recreate them."""
     held = {e["s"] for e in entries} | set(a.sessions)
     lost = [sid for sid in a.specs.specs if sid not in held]
     if not lost:
         return
-    reason = "the pty keeper and the terminal actor both died; the shell died with them"
+    reason = "every holder of the session's PTY died (the terminals supervisor with it)"
     for sid in lost:
         killed = kill_session(int(a.specs.specs[sid].get("pid") or 0))
         a.publisher.publish("term.session", {"session": sid, "event": "lost",

@@ -14,11 +14,13 @@ terminal actor connected at a time; the PTY side is ptys.py. The keeper
 - reads the output into the session's ring (ring.py: a memfd both processes map), at most
   `window_bytes` past what the terminal has handled (the ring's `ack_off`): a full window stops
   reading that PTY, so the shell blocks in write() instead of losing output;
-- shares custody of each session with the terminal actor: the PTY master and the ring's fd
-  ride over the link (SCM_RIGHTS) to whichever of the two is new. A PTY hangs up only when
-  every master is closed and the ring is in neither process, so a session lives as long as
-  either does. When the keeper dies, its shells go to the terminals supervisor (a subreaper);
-  its successor is handed the sessions by the terminal actor (`adopt`), watches the shells
+- shares custody of each session with the terminal actor and with its supervisor: the PTY
+  master and the ring's fd ride over the link (SCM_RIGHTS) to whichever of the two actors is
+  new, and are left with the supervisor (actors.runtime.custody) as they are made. A PTY
+  hangs up only when every master is closed, so a session lives as long as any of the three
+  does. When the keeper dies, its shells go to the terminals supervisor (a subreaper); its
+  successor takes the sessions back from that supervisor before it lets a terminal in (and
+  from the terminal actor, `adopt`, should the supervisor lack one), watches the shells
   through pidfds and asks that supervisor for their exit status (`sup.orphan_exit`);
 - writes input without blocking, from a bounded queue per session (a 1 MB paste waits for
   the shell to read it; the loop never stalls);
@@ -50,6 +52,7 @@ from typing import Any
 from loguru import logger
 
 from moorage.actors.runtime import Actor, Call, op, trust
+from moorage.actors.runtime.custody import CustodyClient, close_all, custody_path
 from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.process import on_orphaned
 from moorage.actors.runtime.shapes import Named, OneOf
@@ -66,6 +69,7 @@ from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import Category, WireError
 
 HELLO_WAIT_S = 2.0  # a new connection's first message, the hello, within this
+CUSTODY_WAIT_S = 2.0  # what the supervisor holds, before the terminal is let in
 EXIT_STATUS_TRIES = 10  # an adopted shell's status, asked of the supervisor this often ...
 EXIT_STATUS_RETRY_S = 0.05  # ... this far apart (it reaps on SIGCHLD, a moment later)
 
@@ -112,6 +116,9 @@ class PtyKeeper(Actor):
         os.chmod(self.sock_path, 0o600)
         self.listener.listen(4)
         self.listener.setblocking(False)
+        self.listening = False
+        self.custody: CustodyClient | None = None  # the third holder: the supervisor
+        self.from_custody = 0  # sessions taken back from it at start
         self.ptys = Ptys(self.loop, self.sessions, window=self.window,
                          read_batch=self.read_batch, tell=self._tell,
                          exit_status=self._exit_status)
@@ -124,14 +131,33 @@ class PtyKeeper(Actor):
     # --- life -------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.loop.add_reader(self.listener.fileno(), self._accept)
         self.loop.add_reader(self.ptys.fileno(), self.ptys.events)
         on_orphaned(self._kill_everything)
+        if self.supervisor:
+            try:
+                self.custody = CustodyClient(self.loop, custody_path(self.runtime_dir,
+                                                                     self.supervisor), self.name)
+            except OSError as exc:
+                logger.warning("no custody at supervisor {}: {}", self.supervisor, exc)
+        if self.custody is None:
+            self._listen()
+            return
+        # What a predecessor left with the supervisor comes first: a terminal let in before
+        # would be welcomed without sessions that are alive, and recreate them.
+        self.custody.take(self._from_custody, lambda n: self._listen())
+        self.loop.call_later(CUSTODY_WAIT_S, self._listen)
+
+    def _listen(self) -> None:
+        if not self.listening:
+            self.listening = True
+            self.loop.add_reader(self.listener.fileno(), self._accept)
 
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "connected": self.link is not None,
                 "peer_pid": self.peer_pid, "strangers_refused": self.strangers,
-                "adopted": self.adopted, "creates_queued": len(self._creates),
+                "adopted": self.adopted, "from_custody": self.from_custody,
+                "custody": self.custody is not None and not self.custody.out.broken,
+                "creates_queued": len(self._creates),
                 "unhandled": sum(s.ring.write_off - s.ring.ack_off
                                  for s in self.sessions.values())}
 
@@ -150,6 +176,11 @@ class PtyKeeper(Actor):
         victims = list(self.sessions.values()) + list(self.ptys.closing.values())
         for s in self.sessions.values():
             self.ptys.hangup(s)
+        if self.custody is not None:
+            # a stop hangs the sessions up: the supervisor's copies must not hold them open
+            for sid in self.sessions:
+                self.custody.drop(sid)
+            self.custody.close()
         deadline = time.monotonic() + self.stop_grace
         for s in victims:
             if s.status is None and s.pidfd is not None:
@@ -281,21 +312,40 @@ class PtyKeeper(Actor):
         if fds is None:
             self._reply_err(msg, "bad_args", f"adopt {sid}: the master and ring did not come")
             return
+        error = self._adopt(sid, fds, msg)
+        if error is not None:
+            self._reply_err(msg, "bad_args", f"adopt {sid}: {error}")
+            return
+        self._tell({"t": "ok", "r": msg.get("r"), "s": sid})
+
+    def _from_custody(self, sid: str, info: dict[str, Any], fds: list[int]) -> None:
+        """A session our predecessor left with the supervisor (both it and the terminal
+        actor may have died since)."""
+        if len(fds) != 2:
+            close_all(fds)
+            logger.warning("session {}: custody gave {} descriptors, not 2", sid, len(fds))
+            return
+        held = sid in self.sessions
+        error = self._adopt(sid, fds, info)
+        if error is not None:
+            logger.warning("session {}: not taken from custody: {}", sid, error)
+        elif not held:
+            self.from_custody += 1
+
+    def _adopt(self, sid: str, fds: list[int], info: dict[str, Any]) -> str | None:
+        """Hold a session that is not ours yet: its master and ring fd, and `info` (pid,
+        tty, cols, rows, meta). One already held keeps what it has; returns an error."""
         master, ring_fd = fds
         if sid in self.sessions:
-            for fd in fds:
-                os.close(fd)
-            self._tell({"t": "ok", "r": msg.get("r"), "s": sid})
-            return
+            close_all(fds)
+            return None
         try:
             ring = SessionRing.open(ring_fd)
-        except (RingError, OSError) as exc:
-            for fd in fds:
-                os.close(fd)
-            self._reply_err(msg, "bad_args", f"adopt {sid}: {exc}")
-            return
+            pid = int(info["pid"])
+        except (RingError, OSError, KeyError, TypeError, ValueError) as exc:
+            close_all(fds)
+            return str(exc)
         os.set_blocking(master, False)
-        pid = int(msg["pid"])
         try:
             pidfd: int | None = os.pidfd_open(pid)
         except OSError:
@@ -304,15 +354,21 @@ class PtyKeeper(Actor):
         if recovered:
             logger.info("session {}: took in {} bytes read before the last keeper died", sid,
                         recovered)
-        s = PtySession(sid, pid, master, str(msg.get("tty", "")), pidfd, ring,
-                       int(msg.get("cols", 80)), int(msg.get("rows", 24)), msg.get("meta"),
+        s = PtySession(sid, pid, master, str(info.get("tty", "")), pidfd, ring,
+                       int(info.get("cols", 80)), int(info.get("rows", 24)), info.get("meta"),
                        adopted=True)
         self.sessions[sid] = s
         self.adopted += 1
         self.ptys.add(s)
+        self._keep(s)
         logger.info("session {}: adopted (shell pid {}, output from {})", sid, pid,
                     ring.write_off)
-        self._tell({"t": "ok", "r": msg.get("r"), "s": sid})
+        return None
+
+    def _keep(self, s: PtySession) -> None:
+        """The session's master and ring to the supervisor too (custody): a third holder."""
+        if self.custody is not None:
+            self.custody.keep(s.id, s.custody_info(), [s.master, s.ring.fd])
 
     def _m_create(self, msg: dict[str, Any]) -> None:
         # Spawning costs milliseconds: a hundred at once must not hold the loop (it would be
@@ -363,6 +419,7 @@ class PtyKeeper(Actor):
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
         self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid, "tty": sp.tty})
         self._pass(s)
+        self._keep(s)
 
     def _m_write(self, msg: dict[str, Any]) -> None:
         s = self._session(msg)
@@ -399,6 +456,8 @@ class PtyKeeper(Actor):
             self._reply_err(msg, "shell_exited", f"resize: {exc}")
             return
         s.cols, s.rows = cols, rows
+        if self.custody is not None:
+            self.custody.info(s.id, s.custody_info())
         if msg.get("r") is not None:
             self._tell({"t": "ok", "r": msg["r"], "s": s.id, "cols": cols, "rows": rows})
 
@@ -426,6 +485,8 @@ class PtyKeeper(Actor):
             return
         del self.sessions[s.id]
         self.ptys.hangup(s)
+        if self.custody is not None:
+            self.custody.drop(s.id)
         self.ptys.release(s)
         self.ptys.closing[s.pid] = s
         self.loop.call_later(self.close_grace, lambda: self._closed(s))
@@ -445,6 +506,8 @@ class PtyKeeper(Actor):
         s = self.sessions.get(msg["s"])
         if s is not None:
             s.meta = msg.get("meta")
+            if self.custody is not None:
+                self.custody.info(s.id, s.custody_info())
 
     # --- adopted shells' ends -------------------------------------------------------------
 

@@ -76,6 +76,11 @@ class PtySession:
                 "paused": self.paused, "pending": self.inq_bytes, "adopted": self.adopted,
                 "exited": self.exit_info()}
 
+    def custody_info(self) -> dict[str, Any]:
+        """What a keeper that takes the session over from custody needs besides its fds."""
+        return {"pid": self.pid, "tty": self.tty, "cols": self.cols, "rows": self.rows,
+                "meta": self.meta}
+
     def exit_info(self) -> dict[str, Any] | None:
         if self.status is None:
             return None

@@ -1,0 +1,126 @@
+"""Custody of descriptors by a supervisor (actors.runtime.custody, supervisor.custody): on a
+real loop with real SEQPACKET sockets, a real PTY and a real memfd. The tree-level cases (the
+keeper and the terminal actor killed at once) are in test_terminal_tree.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage.actors.runtime.custody import CustodyClient, Datagrams, receive
+from moorage.actors.runtime.loop import Loop
+from moorage.supervisor.custody import Custodian
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    lp = Loop()
+    try:
+        yield lp
+    finally:
+        lp.close()
+
+
+def turn_until(loop: Loop, fact: Callable[[], Any], turns: int = 1000) -> Any:
+    """Run the loop a turn at a time (each waits at most 10 ms for its sockets) until
+    `fact()` holds."""
+    for _ in range(turns):
+        value = fact()
+        if value:
+            return value
+        loop.run_once(10)
+    raise AssertionError("the fact never came true")
+
+
+def test_what_one_process_keeps_the_next_takes_back_with_its_latest_info_and_not_what_it_dropped(
+        loop: Loop, tmp_path: Path) -> None:
+    custodian = Custodian(loop, tmp_path, "sup")
+    first = CustodyClient(loop, tmp_path / "sup.custody.sock", "keeper")
+    master, slave = os.openpty()
+    ring = os.memfd_create("ring")
+    os.write(ring, b"the ring")
+    try:
+        first.keep("a", {"pid": 1, "meta": {"v": 0}}, [master, ring])
+        first.keep("b", {"pid": 2}, [master, ring])
+        for v in range(1, 50):
+            first.info("a", {"pid": 1, "meta": {"v": v}})
+        first.drop("b")
+        turn_until(loop, lambda: custodian.describe()["held"] == {"keeper": 1}
+                   and custodian.held["keeper"]["a"].info["meta"] == {"v": 49})
+        # the first process dies: what it kept stays
+        first.close()
+        os.close(master)
+        os.close(ring)
+        second = CustodyClient(loop, tmp_path / "sup.custody.sock", "keeper")
+        got: dict[str, tuple[dict[str, Any], list[int]]] = {}
+        done: list[int] = []
+        second.take(lambda k, info, fds: got.__setitem__(k, (info, fds)), done.append)
+        turn_until(loop, lambda: done)
+        assert done == [1] and list(got) == ["a"]
+        info, (m2, r2) = got["a"]
+        assert info == {"pid": 1, "meta": {"v": 49}}
+        assert os.pread(r2, 8, 0) == b"the ring"
+        os.write(slave, b"still there")  # the PTY did not hang up: its master is back
+        assert os.read(m2, 100) == b"still there"
+        assert custodian.describe()["handed"] == 1
+        second.drop("a")
+        os.close(m2)
+        os.close(r2)
+        turn_until(loop, lambda: custodian.describe()["held"] == {"keeper": 0})
+        second.close()
+    finally:
+        os.close(slave)
+        custodian.close()
+
+
+def test_a_peer_that_does_not_read_costs_one_entry_per_key_however_often_its_info_changes(
+        loop: Loop) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    out = Datagrams(loop, ours, lambda why: None)
+    try:
+        for i in range(20_000):  # far more than the socket buffer holds
+            out.send({"t": "info", "k": f"s{i % 3}", "info": {"n": i, "pad": "x" * 200}})
+        assert len(out.out) <= 3  # the socket took what it could; then one per key waits
+        waiting = len(out.out)
+        out.send({"t": "drop", "k": "s0"})
+        for i in range(1000):
+            out.send({"t": "info", "k": "s1", "info": {"n": i}})
+        assert len(out.out) == waiting + 1
+        theirs.setblocking(False)
+        seen: list[tuple[str, str, int | None]] = []
+        while out.out:
+            loop.run_once(10)
+            while (got := receive(theirs)) is not None:
+                msg, _ = got
+                assert msg is not None
+                seen.append((msg["t"], msg["k"], (msg.get("info") or {}).get("n")))
+        last = {k: n for t, k, n in seen if t == "info"}
+        assert last["s1"] == 999 and last["s2"] == 19_997  # the latest of each
+        dropped = seen.index(("drop", "s0", None))
+        assert not [e for e in seen[dropped + 1 :] if e[1] == "s0"]  # nothing of s0 after it
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_keep_over_the_datagram_limit_is_kept_without_its_big_values(loop: Loop,
+                                                                       tmp_path: Path) -> None:
+    custodian = Custodian(loop, tmp_path, "sup")
+    client = CustodyClient(loop, tmp_path / "sup.custody.sock", "keeper")
+    fd = os.memfd_create("x")
+    try:
+        client.keep("k", {"pid": 7, "meta": {"env": "y" * 300_000}}, [fd])
+        turn_until(loop, lambda: custodian.describe()["held"].get("keeper") == 1)
+        assert custodian.held["keeper"]["k"].info == {"pid": 7}
+        client.close()
+    finally:
+        os.close(fd)
+        custodian.close()
