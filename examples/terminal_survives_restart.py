@@ -1,14 +1,17 @@
-"""SIGKILL the terminal actor, then the pty keeper, while a command runs in a session: the
-shell, the command and every byte of its output survive both, and the session goes on serving.
+"""SIGKILL the terminal actor, then the pty keeper, then both at once, while a command runs in
+a session: the shell, the command and every byte of its output survive each, and the session
+goes on serving.
 
     moorage up --detach && python examples/terminal_survives_restart.py [--instance NAME]
 
 A bash loop prints 20 ticks 0.3 s apart. After tick 5 the terminal actor is killed: its
 successor gets the PTY master back from the keeper and the output from the shared ring. After
-tick 12 the keeper is killed: the terminal holds the master meanwhile, so the shell never sees
+tick 10 the keeper is killed: the terminal holds the master meanwhile, so the shell never sees
 a hangup, and the keeper's successor adopts the same shell (same pid) and goes on reading it
-into the same ring. The loop finishes, the next `term.exec` is answered with integration, and
-the scrollback holds every tick exactly once.
+into the same ring. After tick 15 both are killed at once: the terminals supervisor holds a
+third copy of the master and the ring, and hands them to the new keeper, which hands them to
+the new terminal actor. The loop finishes, the next `term.exec` is answered with integration,
+and the scrollback holds every tick exactly once.
 """
 
 from __future__ import annotations
@@ -36,19 +39,25 @@ def pid_of(c: Client, child: str) -> int:
     return next(ch for ch in terms["tree"]["children"] if ch["id"] == child)["pid"]
 
 
-def kill_after(c: Client, sid: str, tick: int, child: str, shell_pid: int) -> None:
-    """SIGKILL `child` once `tick` is printed; report the shell once it is served again."""
+def kill_after(c: Client, sid: str, tick: int, children: tuple[str, ...],
+               shell_pid: int) -> None:
+    """SIGKILL `children` at once when `tick` is printed; report the shell once it is served
+    again."""
     while f"tick {tick}\r\n".encode() not in scrollback(c, sid):
         pass
-    pid = pid_of(c, child)
-    print(f"{now()} 'tick {tick}' printed; SIGKILL {child} pid {pid}")
-    os.kill(pid, signal.SIGKILL)
-    while pid_of(c, child) in (pid, None):  # the supervisor reports its successor
-        pass
+    pids = {child: pid_of(c, child) for child in children}
+    print(f"{now()} 'tick {tick}' printed; SIGKILL " +
+          " and ".join(f"{child} pid {pid}" for child, pid in pids.items()))
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    for child, pid in pids.items():
+        while pid_of(c, child) in (pid, None):  # the supervisor reports its successor
+            pass
     x = session(c, sid)  # answered once the session is restored
-    print(f"{now()} {child} pid {pid_of(c, child)} serves; session {sid}: shell pid "
-          f"{x['pid']} ({'same' if x['pid'] == shell_pid else 'NOT the same'}), "
-          f"state {x['state']}, offset {x['offset']}")
+    print(f"{now()} " + " and ".join(f"{child} pid {pid_of(c, child)}" for child in pids) +
+          f" serve; session {sid}: shell pid {x['pid']} "
+          f"({'same' if x['pid'] == shell_pid else 'NOT the same'}), state {x['state']}, "
+          f"offset {x['offset']}")
 
 
 def scrollback(c: Client, sid: str) -> bytes:
@@ -68,8 +77,9 @@ def main() -> None:
         sid = s["session"]
         print(f"{now()} session {sid}: shell pid {s['pid']}, mode {s['mode']}")
         c.call("terminal", "term.write", {"session": sid, "data": LOOP})
-        kill_after(c, sid, 5, "terminal", s["pid"])
-        kill_after(c, sid, 12, "ptykeeper", s["pid"])
+        kill_after(c, sid, 5, ("terminal",), s["pid"])
+        kill_after(c, sid, 10, ("ptykeeper",), s["pid"])
+        kill_after(c, sid, 15, ("ptykeeper", "terminal"), s["pid"])
         while session(c, sid)["state"] != "prompt":
             pass
         print(f"{now()} the loop finished in the same shell, back at its prompt")
