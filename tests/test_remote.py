@@ -178,6 +178,50 @@ def test_an_allowed_client_calls_and_follows_a_stream_from_a_copied_connection_f
         assert c.call("alpha", "fake.work")["done"] == 1
 
 
+def test_the_cli_drives_a_tree_elsewhere_from_a_copied_connection_file_and_a_key_pair(
+        tcp_tree: NetnsTree, keys: tuple, tmp_path: Path) -> None:
+    """`moorage --connection FILE --keys DIR` gets status and a call answered over tcp and
+    CURVE (no tree runs in this host's instance dir); a key the tree never allowed exits
+    non-zero with `unauthorized` and the command that allows it; a command that needs the
+    tree's host (down) refuses --connection and leaves the tree running."""
+    _, client_dir, _ = keys
+    copied = tmp_path / "elsewhere" / "tree.json"
+    copied.parent.mkdir()
+    copied.write_text((tcp_tree.runtime_dir / "tree.json").read_text())
+    here = tmp_path / "no-tree-here"  # this host's instance: nothing runs there
+
+    def moorage(keys_dir: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "moorage.supervisor.cli", *args, "--connection",
+             str(copied), "--keys", str(keys_dir)], capture_output=True, text=True,
+            cwd=ROOT, timeout=60, env={**os.environ, "MOORAGE_RUNTIME_DIR": str(here)})
+
+    out = moorage(client_dir, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["runtime_dir"] == str(tcp_tree.runtime_dir)
+    assert {c["id"]: c["state"] for c in status["children"]} == {
+        "alpha": "running", "beta": "running"}
+    out = moorage(client_dir, "call", "alpha", "fake.work")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["done"] == 1
+
+    stranger = tmp_path / "stranger-keys"
+    assert keys_cli(stranger, "init").returncode == 0
+    key = curve.load_pair(stranger, curve.CLIENT).public.decode()
+    # (the CLI asks the supervisor which actors there are first: that is the refused call)
+    refused = info(tcp_tree, "supervisor")["remote"]["refused"].get("unknown_key", 0)
+    out = moorage(stranger, "--timeout", "2", "call", "alpha", "sys.ping")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "unauthorized (118)" in out.stderr and f"moorage keys allow '{key}'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert info(tcp_tree, "supervisor")["remote"]["refused"]["unknown_key"] > refused
+
+    out = moorage(client_dir, "down")
+    assert out.returncode == 2 and "this host's trees only" in out.stderr, out.stderr
+    assert info(tcp_tree, "alpha")["remote"]["accepted"] >= 1  # still up
+
+
 def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_actor(
         tcp_tree: NetnsTree, keys: tuple) -> None:
     server_dir, _, client_pair = keys
