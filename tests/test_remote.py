@@ -268,6 +268,46 @@ def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_acto
         ctx.destroy(linger=0)
 
 
+def test_a_failed_handshake_on_the_stream_socket_is_counted_as_on_the_request_socket(
+        tcp_tree: NetnsTree, keys: tuple) -> None:
+    """Plain ZMTP and a wrong server key at an actor's tcp stream endpoint (its XPUB) are
+    refused before ZAP is asked, and counted in sys.info's remote.refused like the request
+    socket's; a ZAP refusal there is counted once, as unknown_key."""
+    _, _, client_pair = keys
+    table = tcp_tree.connection_file()["remote"]
+    endpoint = table["endpoints"]["beta"]["pub"]
+    server_key = table["server_key"].encode()
+
+    def refused() -> dict[str, int]:
+        return info(tcp_tree, "beta")["remote"]["refused"]
+
+    def before_zap() -> int:  # (libzmq says `protocol` or, for some, `handshake`)
+        r = refused()
+        return r.get("protocol", 0) + r.get("handshake", 0)
+
+    ctx = zmq.Context()
+    try:
+        base, unknown = before_zap(), refused().get("unknown_key", 0)
+        assert refused_handshake(ctx, endpoint, None, None, kind=zmq.SUB) \
+            in ("protocol", "nothing")
+        wait_for(lambda: before_zap() == base + 1,
+                 "beta counting a plain ZMTP peer of its stream socket", 10)
+        assert refused_handshake(ctx, endpoint, curve.new_pair().public, client_pair,
+                                 kind=zmq.SUB) == "protocol"
+        wait_for(lambda: before_zap() == base + 2,
+                 "beta counting a wrong server key at its stream socket", 10)
+        assert refused_handshake(ctx, endpoint, server_key, curve.new_pair(),
+                                 kind=zmq.SUB) == "auth"
+        wait_for(lambda: refused().get("unknown_key", 0) == unknown + 1,
+                 "beta counting a refused key at its stream socket", 10)
+        assert before_zap() == base + 2  # the ZAP refusal is counted once, by ZAP
+    finally:
+        ctx.destroy(linger=0)
+    log = "\n".join(p.read_text(errors="replace")
+                    for p in (tcp_tree.state_dir / "logs").glob("beta*.log"))
+    assert f"refused a tcp client from {endpoint}" in log
+
+
 def test_a_thousand_refused_handshakes_do_not_grow_the_actors_memory(
         tcp_tree: NetnsTree, capsys: pytest.CaptureFixture) -> None:
     table = tcp_tree.connection_file()["remote"]
