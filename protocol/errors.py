@@ -91,6 +91,11 @@ _TABLE: tuple[tuple[int, str, Category, Severity, bool, bool, str, Fault], ...] 
      "a tree already runs for this instance", CALLER),
     (117, "start_failed", _C.NETWORK, _S.CRITICAL, False, False,
      "the tree could not start", SERVICE),
+    # Raised by a client, never sent: the tree's ZAP handler refused this client's CURVE key
+    # at the handshake (remote mode). Not retryable: the same key is refused again until the
+    # tree's owner allows it; the caller's, as a missing file is.
+    (118, "unauthorized", _C.NETWORK, _S.CRITICAL, False, False,
+     "the tree refused this client's key", CALLER),
     (200, "timeout", _C.TIMEOUT, _S.RECOVERABLE, True, False, "no reply before the deadline",
      SERVICE),
     (201, "deadline_expired", _C.TIMEOUT, _S.RECOVERABLE, True, False, "expired; not run",

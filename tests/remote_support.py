@@ -83,11 +83,13 @@ class NetnsTree(Tree):
 
 
 def refused_handshake(ctx: zmq.Context, endpoint: str, server_key: bytes | None,
-                      pair: curve.KeyPair | None, timeout_ms: int = 5000) -> str:
+                      pair: curve.KeyPair | None, timeout_ms: int = 5000,
+                      kind: int = zmq.DEALER) -> str:
     """Connect a raw DEALER (CURVE with `pair` when given, plain ZMTP otherwise), send one
     request-sized frame, and say how the tree answered the handshake: "auth" (ZAP refused
-    the key), "protocol" (the handshake itself failed), "accepted", or "nothing"."""
-    s = ctx.socket(zmq.DEALER)
+    the key), "protocol" (the handshake itself failed), "accepted", or "nothing". With
+    `kind` SUB (a stream endpoint), it subscribes to everything instead of sending."""
+    s = ctx.socket(kind)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.RECONNECT_IVL, 10_000)  # one attempt: a second would count twice
     if pair is not None:
@@ -98,7 +100,10 @@ def refused_handshake(ctx: zmq.Context, endpoint: str, server_key: bytes | None,
     mon = s.get_monitor_socket()
     try:
         s.connect(endpoint)
-        s.send_multipart([b"\x00not a request"])
+        if kind == zmq.SUB:
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+        else:
+            s.send_multipart([b"\x00not a request"])
         while mon.poll(timeout_ms):
             ev = recv_monitor_message(mon)["event"]
             if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:

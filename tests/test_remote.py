@@ -162,11 +162,12 @@ def test_an_allowed_client_calls_and_follows_a_stream_from_a_copied_connection_f
             try:
                 return (await ac.call("alpha", "fake.work"))["done"]
             except MoorageError as exc:
-                assert "refused this client's key" in exc.error.message, exc
+                assert f"moorage keys allow '{keys.public.decode()}'" in exc.error.message, exc
+                assert not exc.error.retryable
                 return exc.error.name
 
     assert asyncio.run(async_calls(client_pair)) == 2  # the asyncio client, the same way
-    assert asyncio.run(async_calls(curve.new_pair())) in ("timeout", "outcome_unknown")
+    assert asyncio.run(async_calls(curve.new_pair())) == "unauthorized"
 
     # A restarted actor binds the same ports: a remote client finds its successor
     with Client.remote(copied, client_keys=client_pair, timeout=10.0) as c:
@@ -175,6 +176,50 @@ def test_an_allowed_client_calls_and_follows_a_stream_from_a_copied_connection_f
         wait_for(lambda: c.call("alpha", "sys.info")["pid"] != pid,
                  "alpha's successor answering over tcp", 20)
         assert c.call("alpha", "fake.work")["done"] == 1
+
+
+def test_the_cli_drives_a_tree_elsewhere_from_a_copied_connection_file_and_a_key_pair(
+        tcp_tree: NetnsTree, keys: tuple, tmp_path: Path) -> None:
+    """`moorage --connection FILE --keys DIR` gets status and a call answered over tcp and
+    CURVE (no tree runs in this host's instance dir); a key the tree never allowed exits
+    non-zero with `unauthorized` and the command that allows it; a command that needs the
+    tree's host (down) refuses --connection and leaves the tree running."""
+    _, client_dir, _ = keys
+    copied = tmp_path / "elsewhere" / "tree.json"
+    copied.parent.mkdir()
+    copied.write_text((tcp_tree.runtime_dir / "tree.json").read_text())
+    here = tmp_path / "no-tree-here"  # this host's instance: nothing runs there
+
+    def moorage(keys_dir: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "moorage.supervisor.cli", *args, "--connection",
+             str(copied), "--keys", str(keys_dir)], capture_output=True, text=True,
+            cwd=ROOT, timeout=60, env={**os.environ, "MOORAGE_RUNTIME_DIR": str(here)})
+
+    out = moorage(client_dir, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["runtime_dir"] == str(tcp_tree.runtime_dir)
+    assert {c["id"]: c["state"] for c in status["children"]} == {
+        "alpha": "running", "beta": "running"}
+    out = moorage(client_dir, "call", "alpha", "fake.work")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["done"] == 1
+
+    stranger = tmp_path / "stranger-keys"
+    assert keys_cli(stranger, "init").returncode == 0
+    key = curve.load_pair(stranger, curve.CLIENT).public.decode()
+    # (the CLI asks the supervisor which actors there are first: that is the refused call)
+    refused = info(tcp_tree, "supervisor")["remote"]["refused"].get("unknown_key", 0)
+    out = moorage(stranger, "--timeout", "2", "call", "alpha", "sys.ping")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "unauthorized (118)" in out.stderr and f"moorage keys allow '{key}'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert info(tcp_tree, "supervisor")["remote"]["refused"]["unknown_key"] > refused
+
+    out = moorage(client_dir, "down")
+    assert out.returncode == 2 and "this host's trees only" in out.stderr, out.stderr
+    assert info(tcp_tree, "alpha")["remote"]["accepted"] >= 1  # still up
 
 
 def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_actor(
@@ -210,8 +255,9 @@ def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_acto
             before = info(tcp_tree, "alpha")["received"]
             with pytest.raises(MoorageError) as err:
                 c.call("alpha", "fake.work", timeout=2.0)
-            assert err.value.error.name in ("timeout", "outcome_unknown")
-            assert "refused this client's key" in err.value.error.message
+            assert err.value.error.name == "unauthorized"
+            assert f"moorage keys allow '{client_pair.public.decode()}'" \
+                in err.value.error.message
             assert info(tcp_tree, "alpha")["received"] == before + per_info
             assert info(tcp_tree, "alpha")["remote"]["refused"]["unknown_key"] >= 2
         log = "\n".join(p.read_text(errors="replace")
@@ -220,6 +266,46 @@ def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_acto
         assert "revoked: closing their connections" in log
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_failed_handshake_on_the_stream_socket_is_counted_as_on_the_request_socket(
+        tcp_tree: NetnsTree, keys: tuple) -> None:
+    """Plain ZMTP and a wrong server key at an actor's tcp stream endpoint (its XPUB) are
+    refused before ZAP is asked, and counted in sys.info's remote.refused like the request
+    socket's; a ZAP refusal there is counted once, as unknown_key."""
+    _, _, client_pair = keys
+    table = tcp_tree.connection_file()["remote"]
+    endpoint = table["endpoints"]["beta"]["pub"]
+    server_key = table["server_key"].encode()
+
+    def refused() -> dict[str, int]:
+        return info(tcp_tree, "beta")["remote"]["refused"]
+
+    def before_zap() -> int:  # (libzmq says `protocol` or, for some, `handshake`)
+        r = refused()
+        return r.get("protocol", 0) + r.get("handshake", 0)
+
+    ctx = zmq.Context()
+    try:
+        base, unknown = before_zap(), refused().get("unknown_key", 0)
+        assert refused_handshake(ctx, endpoint, None, None, kind=zmq.SUB) \
+            in ("protocol", "nothing")
+        wait_for(lambda: before_zap() == base + 1,
+                 "beta counting a plain ZMTP peer of its stream socket", 10)
+        assert refused_handshake(ctx, endpoint, curve.new_pair().public, client_pair,
+                                 kind=zmq.SUB) == "protocol"
+        wait_for(lambda: before_zap() == base + 2,
+                 "beta counting a wrong server key at its stream socket", 10)
+        assert refused_handshake(ctx, endpoint, server_key, curve.new_pair(),
+                                 kind=zmq.SUB) == "auth"
+        wait_for(lambda: refused().get("unknown_key", 0) == unknown + 1,
+                 "beta counting a refused key at its stream socket", 10)
+        assert before_zap() == base + 2  # the ZAP refusal is counted once, by ZAP
+    finally:
+        ctx.destroy(linger=0)
+    log = "\n".join(p.read_text(errors="replace")
+                    for p in (tcp_tree.state_dir / "logs").glob("beta*.log"))
+    assert f"refused a tcp client from {endpoint}" in log
 
 
 def test_a_thousand_refused_handshakes_do_not_grow_the_actors_memory(

@@ -33,7 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.loop import Loop, Timer
 from moorage.actors.runtime.registry import OpSpec, collect, op
-from moorage.actors.runtime.remote import TcpSide, open_tcp_side
+from moorage.actors.runtime.remote import HANDSHAKE_FAILURES, TcpSide, open_tcp_side
 from moorage.actors.runtime.reply_cache import ReplyCache
 from moorage.actors.runtime.shapes import Named
 from moorage.actors.runtime.stats import LossCounters, OpStats
@@ -213,8 +213,9 @@ class Actor:
                                                      limits.MAX_SUBSCRIPTIONS))
         self._subs_by_fd: dict[int, int] = {}  # subscriptions applied, per connection (fd)
         self.subscriptions_refused = 0
+        # (and over tcp, the handshakes that fail before ZAP: TcpSide counts them)
         self._pub_monitor = self.pub_socket.get_monitor_socket(
-            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
         # Remote mode: the same two sockets on tcp too, CURVE only (runtime/remote.py).
         self.tcp: TcpSide | None = open_tcp_side(
             self.name, self.runtime_dir, self.ctx, self.loop,
@@ -305,8 +306,10 @@ class Actor:
                 return
             if event["event"] == zmq.EVENT_ACCEPTED:
                 self._subs_by_fd[event["value"]] = 0
-            else:
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._subs_by_fd.pop(event["value"], None)
+            elif self.tcp is not None:
+                self.tcp.stream_refused(event)
 
     # --- hooks for subclasses -----------------------------------------------------------------
 

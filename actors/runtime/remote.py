@@ -5,12 +5,14 @@ only the allow-listed client keys.
 The handler (the gatekeeper) is a thread of the actor's process, not a handler on its loop:
 a handshake is answered at once whatever the loop is doing (a loop on its fast path looks
 at other sockets only every quarter second), and the loop never spends a turn on a stranger.
-Its work is a dict lookup per handshake. It also reads the sockets' monitors to count
+Its work is a dict lookup per handshake. It also reads the request socket's monitor to count
 handshakes that fail before ZAP is asked (plain ZMTP, a client with no key or the wrong
-server key), and it notices a changed allow-list (one stat per handshake, and one per second)
-and reloads it; a key that left the list gets its connections closed: the loop unbinds the
-tcp endpoints (which closes every connection accepted on them) and binds them again, and the
-clients still allowed reconnect by themselves within milliseconds.
+server key); the stream socket's monitor is the actor's own (a socket has one), whose loop
+hands such failures to `TcpSide.stream_refused`. It notices a changed allow-list (one stat
+per handshake, and one per second) and reloads it; a key that left the list gets its
+connections closed: the loop unbinds the tcp endpoints (which closes every connection accepted
+on them) and binds them again, and the clients still allowed reconnect by themselves within
+milliseconds.
 
 Refusals are counted by reason and logged with the peer's address and the key's
 fingerprint, the first from an address and then at most once per LOG_EVERY_S, so a peer
@@ -45,6 +47,7 @@ HANDSHAKE_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",  # plain ZMTP, a wrong server key
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",  # refused by our own ZAP answer (counted there)
 }
+HANDSHAKE_FAILURES = sum(HANDSHAKE_EVENTS)  # the monitor mask of those events
 
 
 class AllowList:
@@ -103,6 +106,9 @@ class Gatekeeper(threading.Thread):
         self._on_revoked = on_revoked
         self._closing = False
         self.accepted = 0
+        # Counted (and logged) from this thread and from the actor's loop (the stream
+        # socket's handshakes): one lock for both tables, taken only for a refusal.
+        self._refusals_lock = threading.Lock()
         self.refused: Counter[str] = Counter()
         self._logged: dict[bytes, float] = {}  # peer address -> when last logged
 
@@ -160,22 +166,29 @@ class Gatekeeper(threading.Thread):
             return [route, b"", b"1.0", request_id, b"200", b"OK", name.encode(), b""]
         key = creds[0] if mechanism == b"CURVE" and creds and len(creds[0]) == 32 else b""
         reason = "unknown_key" if key else f"mechanism_{mechanism.decode(errors='replace')}"
-        self.refused[reason] += 1
-        self._log_refusal(address, key, reason)
+        self.count_refusal(reason, address, key)
         return [route, b"", b"1.0", request_id, b"400", b"key not allowed", b"", b""]
 
-    def _log_refusal(self, address: bytes, key: bytes, reason: str) -> None:
+    def count_refusal(self, reason: str, address: bytes, key: bytes = b"") -> None:
+        """Count one refused peer and log it, the first from an address and then at most
+        once per LOG_EVERY_S. Any thread."""
         now = time.monotonic()
-        last = self._logged.get(address)
-        if last is not None and now - last < LOG_EVERY_S:
-            return
-        if len(self._logged) >= MAX_LOG_KEYS:
-            self._logged.clear()
-        self._logged[address] = now
+        with self._refusals_lock:
+            self.refused[reason] += 1
+            last = self._logged.get(address)
+            if last is not None and now - last < LOG_EVERY_S:
+                return
+            if len(self._logged) >= MAX_LOG_KEYS:
+                self._logged.clear()
+            self._logged[address] = now
+            total = sum(self.refused.values())
         fp = z85.encode(key)[:8].decode() if key else "-"
         logger.warning("refused a tcp client from {} (key {}: {}); {} refused so far",
-                       address.decode(errors="replace"), fp, reason,
-                       sum(self.refused.values()))
+                       address.decode(errors="replace"), fp, reason, total)
+
+    def refusals(self) -> dict[str, int]:
+        with self._refusals_lock:
+            return dict(self.refused)
 
     def _drain_monitor(self, mon: zmq.Socket) -> None:
         while True:
@@ -186,8 +199,7 @@ class Gatekeeper(threading.Thread):
             reason = HANDSHAKE_EVENTS.get(ev["event"])
             if reason is None or reason == "auth":
                 continue  # (a ZAP refusal was counted and logged when it was answered)
-            self.refused[reason] += 1
-            self._log_refusal(ev["endpoint"], b"", reason)
+            self.count_refusal(reason, ev["endpoint"])
 
     # --- from the actor's thread --------------------------------------------------------------
 
@@ -211,9 +223,9 @@ class TcpSide:
         self.bound: list[tuple[zmq.Socket, str]] = [
             (sock, plan.endpoints[name][kind]) for kind, sock in sockets.items()]
         # The request socket's monitor is ours; the stream socket's is the actor's own
-        # (a socket has one), so a handshake failing there before ZAP goes uncounted.
+        # (a socket has one): its loop hands us that socket's failed handshakes.
         self._monitored = sockets["rpc"]
-        monitors = [self._monitored.get_monitor_socket(sum(HANDSHAKE_EVENTS))]
+        monitors = [self._monitored.get_monitor_socket(HANDSHAKE_FAILURES)]
         self.gatekeeper = Gatekeeper(ctx, keys_dir, monitors,
                                      lambda: loop.call_soon_threadsafe(self.rebind))
         self.gatekeeper.start()
@@ -222,6 +234,16 @@ class TcpSide:
             sock.bind(endpoint)
         self.rebinds = 0
         self._unbound: list[tuple[zmq.Socket, str]] = []
+
+    def stream_refused(self, event: dict[str, Any]) -> None:
+        """A monitor event of the stream socket (the actor's loop reads that monitor): a
+        handshake that failed before ZAP was asked on a tcp endpoint is counted as the request
+        socket's are; anything else is not a refusal (a ZAP refusal was counted when it was
+        answered; an ipc peer is not a remote one)."""
+        reason = HANDSHAKE_EVENTS.get(event["event"])
+        if reason is None or reason == "auth" or not event["endpoint"].startswith(b"tcp://"):
+            return
+        self.gatekeeper.count_refusal(reason, event["endpoint"])
 
     def rebind(self) -> None:
         """Close every tcp connection (a key was revoked); bind again once the ports are free."""
@@ -249,7 +271,7 @@ class TcpSide:
     def info(self) -> dict[str, Any]:
         g = self.gatekeeper
         return {"endpoints": [ep for _, ep in self.bound],
-                "accepted": g.accepted, "refused": dict(g.refused),
+                "accepted": g.accepted, "refused": g.refusals(),
                 "allowed": len(g.allowed.keys), "rebinds": self.rebinds}
 
     def connection_table(self) -> dict[str, Any]:

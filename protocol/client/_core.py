@@ -21,7 +21,6 @@ outcome: see _latency.py for what is kept and how it can reach the metrics actor
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import secrets
@@ -407,6 +406,14 @@ class ClientCore:
         sock.setsockopt(zmq.SNDTIMEO, 0)  # see sync._send
         return endpoint
 
+    def failed(self, exc: MoorageError, key_refused: bool) -> MoorageError:
+        """What a call that ended with `exc` raises: `unauthorized` when its connection's last
+        handshake was refused by the tree (remote mode, the monitor's HANDSHAKE_FAILED_AUTH)
+        and the call got no reply, else `exc`."""
+        if not key_refused or self.remote is None:
+            return exc
+        return unauthorized(exc, self.remote.client.public)
+
 
 def monitor_events() -> int:
     # (HANDSHAKE_FAILED_AUTH: only over tcp, where the tree's ZAP handler judges our key)
@@ -414,12 +421,26 @@ def monitor_events() -> int:
         | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
-REFUSED_KEY_HINT = ("; the tree refused this client's key at the CURVE handshake: allow it "
-                    "there with `moorage keys allow <this client's public key>`")
+# What a call that got no reply can end with; when the tree refused this client's key, that
+# refusal is the reason, and `unauthorized` replaces it.
+NO_REPLY = frozenset({"timeout", "outcome_unknown", "circuit_open"})
 
 
-def with_refusal(exc: MoorageError) -> MoorageError:
-    """`exc` (the timeout or outcome_unknown of a call that got no reply) saying why: the
-    tree refused this client's key (remote mode). Same name and code: only the reason is new."""
-    err = dataclasses.replace(exc.error, message=exc.error.message + REFUSED_KEY_HINT)
-    return MoorageError(err, op=exc.op, actor=exc.actor, attempts=exc.attempts, extra=exc.extra)
+def unauthorized(exc: MoorageError, client_public: bytes) -> MoorageError:
+    """The error of a call that got no reply (`exc`: timeout, outcome_unknown, circuit_open)
+    while the last CURVE handshake of its connection was refused by the tree's ZAP handler:
+    `unauthorized`, naming the key to allow, since a retry with the same key cannot help.
+    Any other error (an actor's reply) is returned as it is. The original message and detail
+    are kept (an outcome_unknown's "may or may not have run" still holds)."""
+    if exc.error.name not in NO_REPLY:
+        return exc
+    key = client_public.decode()
+    err = WireError.of(
+        "unauthorized",
+        f"the tree refused this client's key {key} at the CURVE handshake: allow it on the "
+        f"tree's host with `moorage keys allow '{key}'` ({exc.error.name}: "
+        f"{exc.error.message})", detail=exc.error.detail)
+    out = MoorageError(err, op=exc.op, actor=exc.actor, attempts=exc.attempts,
+                       extra=exc.extra)
+    out.__cause__ = exc
+    return out

@@ -26,7 +26,6 @@ from moorage.protocol.client._core import (
     Resend,
     Wait,
     monitor_events,
-    with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
 from moorage.protocol.client.constructors import FromConnectionFile
@@ -152,8 +151,7 @@ class AsyncClient(FromConnectionFile):
             while True:
                 if isinstance(verdict, Done):
                     if verdict.error is not None:
-                        raise with_refusal(verdict.error) if conn.key_refused \
-                            else verdict.error
+                        raise self.core.failed(verdict.error, conn.key_refused)
                     assert verdict.reply is not None
                     return verdict.reply
                 if isinstance(verdict, Resend):

@@ -21,7 +21,6 @@ from moorage.protocol.client._core import (
     Resend,
     Wait,
     monitor_events,
-    with_refusal,
 )
 from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
 from moorage.protocol.client.constructors import FromConnectionFile
@@ -138,7 +137,7 @@ class Client(FromConnectionFile):
                 verdict = self._wait(conn, plan, verdict.until)
             elif isinstance(verdict, Done):
                 if verdict.error is not None:
-                    raise with_refusal(verdict.error) if conn.key_refused else verdict.error
+                    raise self.core.failed(verdict.error, conn.key_refused)
                 assert verdict.reply is not None
                 return verdict.reply
             else:

@@ -198,11 +198,15 @@ def first_sentence(doc: str) -> str:
 
 
 class TreeWatch:
-    """The root's pidfd: readable once the tree has stopped."""
+    """The root's pidfd: readable once the tree has stopped. A tree elsewhere
+    (`--connection`) has no pid here: its follower runs until it is stopped or its count is
+    reached."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        pid = tree_pid(args.runtime_dir)
         self.fd: int | None = None  # no tree (or gone already): nothing to wait for
+        if getattr(args, "connection", None):
+            return
+        pid = tree_pid(args.runtime_dir)
         if pid is not None and pid > 0:
             try:
                 self.fd = os.pidfd_open(pid)

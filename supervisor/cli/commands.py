@@ -144,7 +144,23 @@ def global_options(defaults: bool) -> argparse.ArgumentParser:
     g.add_argument("--instance-dir", help=argparse.SUPPRESS, **default(None))
     g.add_argument("--timeout", type=seconds, metavar="SECONDS",
                    help="the whole command's time budget (default 5)", **default(5.0))
+    g.add_argument("--connection", metavar="FILE",
+                   help="drive the tree elsewhere that FILE (its tree.json, copied here) "
+                   "describes, over tcp with CURVE (" + ", ".join(sorted(REMOTE_COMMANDS))
+                   + ")", **default(None))
+    g.add_argument("--keys", metavar="DIR", help="with --connection: the keys directory "
+                   "holding this user's client pair (default: $MOORAGE_KEYS_DIR, else "
+                   "$XDG_CONFIG_HOME/moorage/keys, as `moorage keys init` made it)",
+                   **default(None))
+    g.add_argument("--host", help="with --connection: reach the tree at HOST rather than the "
+                   "address it bound (0.0.0.0, or a forwarded port)", **default(None))
     return p
+
+
+# The commands that only talk to the tree through its sockets, so they drive a tree elsewhere
+# as well (--connection); the others need its host: its lock, pid, log files or processes.
+REMOTE_COMMANDS = frozenset({"status", "restart", "kill", "call", "ops", "subscribe",
+                             "events", "metrics", "config", "slo"})
 
 
 def seconds(text: str) -> float:
@@ -348,6 +364,14 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
             args.runtime_dir, args.instance)
     except ValueError as exc:
         print(f"moorage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if (args.connection or args.keys or args.host) and args.command not in REMOTE_COMMANDS:
+        given = "--connection" if args.connection else "--keys" if args.keys else "--host"
+        print(f"moorage: {given}: `{args.command}` works on this host's trees only; "
+              f"with --connection: {', '.join(sorted(REMOTE_COMMANDS))}", file=sys.stderr)
+        return EXIT_USAGE
+    if (args.keys or args.host) and not args.connection:
+        print("moorage: --keys and --host go with --connection FILE", file=sys.stderr)
         return EXIT_USAGE
     try:
         code = args.func(args)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from moorage.protocol import curve
 from moorage.protocol.client import Client
 from moorage.protocol.client.connection import tree_pid
 
@@ -59,6 +60,23 @@ def need_tree(runtime_dir: Path) -> int:
 
 
 def connect(args: argparse.Namespace) -> Client:
+    """A client of the tree this command drives: this host's instance (`not running` at once
+    when its lock is free), or with `--connection FILE` the tree elsewhere that the file
+    describes, over tcp with CURVE (the Python client's remote mode, PROTOCOL.md section 2,
+    "Remote"): a refused key then ends a call `unauthorized`, naming the key to allow."""
+    if getattr(args, "connection", None):
+        keys = Path(args.keys) if args.keys else curve.keys_dir()
+        try:
+            pair = curve.load_pair(keys, curve.CLIENT)
+            return Client.remote(args.connection, client_keys=pair, host=args.host,
+                                 timeout=args.timeout)
+        except FileNotFoundError as exc:
+            raise CliError(f"--connection: {exc.filename} does not exist"
+                           + (" (make this user's keys with `moorage keys init`)"
+                              if exc.filename and str(keys) in str(exc.filename) else ""),
+                           EXIT_USAGE) from None
+        except (OSError, ValueError) as exc:  # (curve.KeyFileError is a ValueError)
+            raise CliError(f"--connection: {exc}", EXIT_USAGE) from None
     need_tree(args.runtime_dir)
     return Client(args.runtime_dir, timeout=args.timeout)
 

@@ -117,6 +117,7 @@ def lifecycle_line(life: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     budget = Budget(args.timeout)
     with connect(args) as c:
+        where = c.runtime_dir  # (a tree elsewhere: its runtime dir on its host)
         tree = read(c, "supervisor", "sup.status", budget=budget)
         level = None
         if has_child(tree, "resource"):
@@ -126,13 +127,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                 level = {"error": exc.name}
     unknown = unknown_children(tree)
     if args.json:
-        out = {**tree, "runtime_dir": str(args.runtime_dir)}
+        out = {**tree, "runtime_dir": str(where)}
         if level is not None:
             out["resource"] = level
         print(json.dumps(out, indent=2))
     else:
         print(f"supervisor pid {tree['pid']}  strategy {tree['strategy']}  "
-              f"runtime dir {args.runtime_dir}")
+              f"runtime dir {where}")
         if "lifecycle" in tree:
             print(lifecycle_line(tree["lifecycle"]))
         if level is not None:

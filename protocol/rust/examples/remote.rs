@@ -1,7 +1,7 @@
 //! A client of a tree elsewhere (PROTOCOL.md section 2, "Remote"): from its connection file
 //! and this user's key pair (`$MOORAGE_KEYS_DIR/client.key_secret`), over tcp with CURVE, a
 //! call to `alpha` and three messages of `beta`'s stream `rt` (tests/test_remote_clients.py's
-//! fake tree). Prints one JSON line: {work, stream} or {error: <name>}.
+//! fake tree). Prints one JSON line: {work, stream} or {error: <name>, message}.
 //!
 //!   cargo run --example remote -- <tree.json>
 
@@ -43,7 +43,7 @@ fn main() {
     let options = Options { timeout: 5.0, remote: Some(Remote { connection_file: file, keys: None, host: None }), ..Options::default() };
     let line = match Client::new(options).and_then(|mut c| run(&mut c)) {
         Ok((done, stream)) => format!("{{\"work\": {{\"done\": {done}}}, \"stream\": {stream:?}}}"),
-        Err(e) => format!("{{\"error\": \"{}\"}}", e.error.name),
+        Err(e) => serde_json::json!({"error": e.error.name, "message": e.error.message}).to_string(),
     };
     println!("{line}");
 }

@@ -21,7 +21,7 @@ use crate::calls::{ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTEN
 use crate::codec::{self, get};
 use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
-use crate::errors::{Error, WireError};
+use crate::errors::{unauthorized, Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
 use crate::limits::{HWM, MAX_MESSAGE_SIZE};
 use crate::recovery::{Backoff, BreakerState, CircuitBreaker};
@@ -109,6 +109,8 @@ struct Conn {
     sock: zmq::Socket,
     monitor: zmq::Socket,
     link: ActorLink,
+    /// The last handshake over tcp: the tree refused our key (HANDSHAKE_FAILED_AUTH).
+    key_refused: bool,
 }
 
 enum Due {
@@ -220,13 +222,16 @@ impl Client {
             sock.set_rcvtimeo(WAIT_SLICE_MS).map_err(zerr)?;
             self.monitors += 1;
             let addr = format!("inproc://moorage-monitor-{}-{}-{}", self.sid, actor, self.monitors);
-            sock.monitor(&addr, zmq::SocketEvent::DISCONNECTED as i32).map_err(zerr)?;
+            // (the handshake events only over tcp, where the tree's ZAP handler judges our key)
+            let events = zmq::SocketEvent::DISCONNECTED as i32 | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
+                | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32;
+            sock.monitor(&addr, events).map_err(zerr)?;
             let monitor = self.ctx.socket(zmq::PAIR).map_err(zerr)?;
             monitor.set_linger(0).map_err(zerr)?;
             monitor.connect(&addr).map_err(zerr)?;
             self.endpoints.secure(&sock, true).map_err(zerr)?;
             sock.connect(&self.endpoints.rpc(actor)).map_err(zerr)?;
-            self.conns.insert(actor.to_string(), Conn { sock, monitor, link: ActorLink::new(None) });
+            self.conns.insert(actor.to_string(), Conn { sock, monitor, link: ActorLink::new(None), key_refused: false });
         }
         Ok(self.conns.get_mut(actor).unwrap())
     }
@@ -400,7 +405,12 @@ impl Client {
                 if let Some((micros, ok)) = plan.recorded {
                     self.latency.lock().unwrap().record(actor, &plan.op, micros, ok);
                 }
-                self.conns.get_mut(actor).unwrap().link.finished(plan.id);
+                let conn = self.conns.get_mut(actor).unwrap();
+                conn.link.finished(plan.id);
+                let result = match (result, self.endpoints.client_key()) {
+                    (Err(e), Some(key)) if conn.key_refused => Err(unauthorized(e, key)),
+                    (r, _) => r,
+                };
                 out.insert(plan.id, result);
             }
             Verdict::Resend(delay) if delay <= 0.0 => {
@@ -430,10 +440,18 @@ impl Client {
     fn on_monitor(&mut self, actor: &str, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
         let mut dropped = false;
         {
-            let conn = self.conns.get(actor).unwrap();
+            let conn = self.conns.get_mut(actor).unwrap();
             while let Ok(frames) = conn.monitor.recv_multipart(zmq::DONTWAIT) {
-                if frames[0].len() >= 2 && u16::from_le_bytes([frames[0][0], frames[0][1]]) == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                if frames[0].len() < 2 {
+                    continue;
+                }
+                let event = u16::from_le_bytes([frames[0][0], frames[0][1]]);
+                if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
                     dropped = true;
+                } else if event == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw() {
+                    conn.key_refused = true;
+                } else if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() {
+                    conn.key_refused = false;
                 }
             }
         }

@@ -156,6 +156,12 @@ impl Endpoints {
         self.curve.is_some()
     }
 
+    /// The CURVE public key this client proves itself with (remote mode): what a refused
+    /// client is told to allow.
+    pub fn client_key(&self) -> Option<&str> {
+        self.curve.as_ref().map(|c| c.keys.public.as_str())
+    }
+
     pub fn rpc(&self, actor: &str) -> String {
         self.named.get(actor).and_then(|e| e.0.clone()).unwrap_or_else(|| format!("ipc://{}/{actor}.rpc", self.dir.display()))
     }

@@ -42,6 +42,7 @@ kinds![
     (115, "not_running", "network", "critical", false, false, "no tree is running for this instance", "service"),
     (116, "already_running", "network", "warning", false, false, "a tree already runs for this instance", "caller"),
     (117, "start_failed", "network", "critical", false, false, "the tree could not start", "service"),
+    (118, "unauthorized", "network", "critical", false, false, "the tree refused this client's key", "caller"),
     (200, "timeout", "timeout", "recoverable", true, false, "no reply before the deadline", "service"),
     (201, "deadline_expired", "timeout", "recoverable", true, false, "expired; not run", "service"),
     (300, "busy", "resource", "recoverable", true, true, "queue full or load shed; retry", "service"),
@@ -193,6 +194,26 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// What a call that got no reply ends with; when the tree refused this client's key, that
+/// refusal is the reason, and `unauthorized` replaces it (PROTOCOL.md section 2, "Remote").
+pub const NO_REPLY: &[&str] = &["timeout", "outcome_unknown", "circuit_open"];
+
+/// The error of a call that got no reply (`e`: timeout, outcome_unknown, circuit_open) while
+/// the last CURVE handshake of its connection was refused by the tree's ZAP handler:
+/// `unauthorized`, naming the key to allow, since a retry with the same key cannot help. Any
+/// other error is returned as it is; the original message and detail are kept (an
+/// outcome_unknown's "may or may not have run" still holds).
+pub fn unauthorized(e: Error, public_key: &str) -> Error {
+    if !NO_REPLY.contains(&e.error.name.as_str()) {
+        return e;
+    }
+    let mut error = WireError::of("unauthorized", format!(
+        "the tree refused this client's key {public_key} at the CURVE handshake: allow it on the tree's host with \
+         `moorage keys allow '{public_key}'` ({}: {})", e.error.name, e.error.message));
+    error.detail = e.error.detail;
+    Error { error, ..e }
+}
 
 /// A frame that cannot be taken; `request_id` is the id its error reply echoes.
 #[derive(Debug, Clone)]

@@ -23,7 +23,7 @@ import {
   runtimeDirOfConnectionFile,
 } from "./endpoints.js";
 import { type Reply, decodeReply, decodeStream } from "./envelope.js";
-import { DecodeError, MoorageError } from "./errors.js";
+import { DecodeError, MoorageError, unauthorized } from "./errors.js";
 import { HWM, MAX_MESSAGE_SIZE } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
@@ -118,6 +118,8 @@ class Conn {
   private timer: NodeJS.Timeout | null = null;
   private timerAt = Infinity;
   private closed = false;
+  /** The last handshake over tcp: the tree refused our key (HANDSHAKE_FAILED_AUTH). */
+  keyRefused = false;
 
   constructor(readonly client: Client, readonly actor: string) {
     const o = client.options;
@@ -221,6 +223,13 @@ class Conn {
   private watch(): void {
     const events = this.sock.events;
     events.on("disconnect", () => this.dispatch(this.link.onDisconnect(now())));
+    // (only over tcp, where the tree's ZAP handler judges our key at every handshake)
+    events.on("handshake:error:auth", () => {
+      this.keyRefused = true;
+    });
+    events.on("handshake", () => {
+      this.keyRefused = false;
+    });
   }
 
   private dispatch(changes: [CallPlan, Verdict][]): void {
@@ -346,7 +355,10 @@ export class Client {
       }
       for (;;) {
         if (v.kind === "done") {
-          if (v.error !== undefined) throw v.error;
+          if (v.error !== undefined) {
+            const key = this.endpoints.clientKey;
+            throw conn.keyRefused && key !== null ? unauthorized(v.error, key) : v.error;
+          }
           return v.reply!;
         }
         if (v.kind === "resend") {

@@ -28,6 +28,9 @@ export interface Endpoints {
   /** Options a socket to these endpoints is made with (CURVE and heartbeats on tcp): the
    * DEALER to an actor's `rpc` or the SUB to its `pub`. */
   socketOptions(kind: "rpc" | "pub"): Record<string, string | number>;
+  /** The CURVE public key this client proves itself with (remote mode), else null: what a
+   * refused client is told to allow. */
+  readonly clientKey: string | null;
 }
 
 /** The endpoints of the tree in `dir`: from `dir/tree.json` where it names them, else fixed paths. */
@@ -46,6 +49,7 @@ export function endpointsOf(dir: string, connectionFile: string = join(dir, "tre
     pub: (actor) => named[actor]?.pub ?? `ipc://${dir}/${actor}.pub`,
     metricsIn: () => `ipc://${dir}/metrics.in`,
     socketOptions: () => ({}),
+    clientKey: null,
   };
 }
 
@@ -113,6 +117,7 @@ export function remoteEndpointsOf(connectionFile: string, keys: CurveKeys, host?
       heartbeatTimeToLive: hb.ttl ?? 3000,
       handshakeInterval: 5000,
     }),
+    clientKey: keys.publicKey,
   };
 }
 

@@ -34,6 +34,7 @@ const TABLE: [number, string, string, string, boolean, boolean, string, string][
   [115, "not_running", "network", "critical", false, false, "no tree is running for this instance", "service"],
   [116, "already_running", "network", "warning", false, false, "a tree already runs for this instance", "caller"],
   [117, "start_failed", "network", "critical", false, false, "the tree could not start", "service"],
+  [118, "unauthorized", "network", "critical", false, false, "the tree refused this client's key", "caller"],
   [200, "timeout", "timeout", "recoverable", true, false, "no reply before the deadline", "service"],
   [201, "deadline_expired", "timeout", "recoverable", true, false, "expired; not run", "service"],
   [300, "busy", "resource", "recoverable", true, true, "queue full or load shed; retry", "service"],
@@ -170,6 +171,25 @@ export class MoorageError extends Error {
   get detail(): unknown {
     return this.error.detail;
   }
+}
+
+/** What a call that got no reply ends with; when the tree refused this client's key, that
+ * refusal is the reason, and `unauthorized` replaces it (section 2, "Remote"). */
+export const NO_REPLY: ReadonlySet<string> = new Set(["timeout", "outcome_unknown", "circuit_open"]);
+
+/**
+ * The error of a call that got no reply (`e`: timeout, outcome_unknown, circuit_open) while
+ * the last CURVE handshake of its connection was refused by the tree's ZAP handler:
+ * `unauthorized`, naming the key to allow, since a retry with the same key cannot help. Any
+ * other error is returned as it is; the original message and detail are kept (an
+ * outcome_unknown's "may or may not have run" still holds).
+ */
+export function unauthorized(e: MoorageError, publicKey: string): MoorageError {
+  if (!NO_REPLY.has(e.error.name)) return e;
+  const err = wireError("unauthorized",
+    `the tree refused this client's key ${publicKey} at the CURVE handshake: allow it on the tree's host with ` +
+    `\`moorage keys allow '${publicKey}'\` (${e.error.name}: ${e.error.message})`, { detail: e.error.detail });
+  return new MoorageError(err, e.actor, e.op, e.attempts);
 }
 
 /** A frame that cannot be taken; `requestId` is the id the error reply echoes (or null). */
