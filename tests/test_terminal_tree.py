@@ -290,8 +290,10 @@ def test_sigkill_of_the_keeper_and_the_terminal_at_once_keeps_the_shell_and_ever
     victims = {name: tree.child(name)["pid"] for name in ("ptykeeper", "terminal")}
     for pid in victims.values():
         os.kill(pid, signal.SIGKILL)
-    for name in victims:
-        tree.wait_event(lambda e, name=name: e["event"] == "restarted" and e["child"] == name)
+    restarted: set[str] = set()  # (the two restart in either order)
+    while restarted != set(victims):
+        restarted.add(tree.wait_event(lambda e: e["event"] == "restarted"
+                                      and e["child"] in victims)["child"])
     data = out.until(lambda d: b"seq-done\r\n" in d, timeout=120)
     assert expected_seq(LINES) in data  # in order, whole, once: the collector checks repeats
     assert data.count(b"\r\n%d\r\n" % (LINES // 2)) == 1
@@ -306,7 +308,8 @@ def test_sigkill_of_the_keeper_and_the_terminal_at_once_keeps_the_shell_and_ever
     # A close lets go of every copy: the supervisor's too, or the PTY would never hang up.
     c.call("terminal", "term.close", {"session": sid}, timeout=30)
     wait_for(lambda: not pid_running(s["pid"]), timeout=30, what="the closed session's shell")
-    assert c.call("terminals", "sys.info")["custody"]["held"] == {"ptykeeper": 0}
+    wait_for(lambda: c.call("terminals", "sys.info")["custody"]["held"] == {"ptykeeper": 0},
+             what="the supervisor letting go of the closed session")
     out.close()
 
 

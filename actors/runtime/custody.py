@@ -73,7 +73,8 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]] | No
     for level, kind, cdata in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
-    if not data and not fds and not flags:
+    if not data:  # the end (SEQPACKET marks it MSG_EOR too; none of ours is empty)
+        close_all(list(fds))
         raise ConnectionError("peer closed the connection")
     try:
         msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
