@@ -216,10 +216,15 @@ class KeeperClient:
     def _k_welcome(self, msg: dict[str, Any]) -> None:
         self.pid = msg.get("pid")
         entries = msg.get("sessions", [])
-        held = {e["s"] for e in entries}
+        held = {e["s"]: e for e in entries}
         for s in self.sessions.values():
-            if s.id not in held and s.exited is None:
-                self._adopt(s)  # the keeper restarted: it gets our copy of the session
+            if s.id not in held:
+                if s.exited is None:
+                    self._adopt(s)  # the keeper restarted: it gets our copy of the session
+            elif held[s.id].get("meta") != s.meta:
+                # a new keeper that took the session from custody, or one that was stopped
+                # while we changed it, has an older state: ours is the one a successor needs
+                self.meta(s)
             s.keeper_backlog = bool(next((e.get("pending") for e in entries
                                           if e["s"] == s.id), False))
         self._entries = entries

@@ -14,10 +14,11 @@ is restored from its metadata (nonce, mode, shell, the spec it was created from)
 the session's state is rebuilt and what the predecessor may have had in flight is published
 again (marked `replay`). Sessions this actor had recorded that the keeper does not hold (it
 takes back what the terminals supervisor keeps for it when both of us died: actors.runtime.
-custody) died with the terminals supervisor (`reconcile`): each gets a `lost` event, together one `term.alert`, and each is started again
-under the same id (`recreated`, its output from offset recreated x 2^40 on, past anything
-the lost shell wrote), or reported `gone` if that fails; whatever is left of its old
-session (a job that ignored SIGHUP) is killed first.
+custody) died with the terminals supervisor (`reconcile`): each gets a `lost` event,
+together one `term.alert`, and each is started again under the same id (`recreated`, its
+output from offset recreated x 2^40 on, past anything the lost shell wrote), or reported
+`gone` if that fails; whatever is left of its old session (a job that ignored SIGHUP) is
+killed first.
 """
 
 from __future__ import annotations
@@ -272,6 +273,12 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
     # From where our predecessor had handled the output, less what it may have had in flight
     # to its subscribers (republished, marked replay), and enough to rebuild the state.
     start = max(ring.base, ring.ack_off - a.republish_bytes)
+    rec = meta.get("exec")
+    if isinstance(rec, dict) and isinstance(rec.get("sent_off"), int):
+        # ... and from a command in flight's start: its record may be older than the output
+        # (its end was handled, and the record's removal lost with both holders), and its
+        # end marker must be seen again to answer it, not waited for until its deadline
+        start = max(ring.base, min(start, rec["sent_off"]))
     s = Session(a, sid, meta, ring=ring, master=master, base=start,
                 replay_until=ring.ack_off, catch_up=ring.write_off)
     s.pid, s.tty, s.cols, s.rows = e["pid"], e["tty"], e["cols"], e["rows"]
@@ -288,7 +295,6 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
                                   "cwd": meta.get("cwd"), "env": {}, "cols": s.cols,
                                   "rows": s.rows, "integration": meta.get("mode") ==
                                   "integration", "recreated": 0, "pid": s.pid})
-    rec = meta.get("exec")
     if isinstance(rec, dict) and isinstance(rec.get("sid"), str) and isinstance(rec.get("id"), int):
         # A command our predecessor was running: it completes here, for a resend of it.
         call = a.resume_call(rec["sid"], rec["id"], "term.exec", rec.get("deadline_ms"),
