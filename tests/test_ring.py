@@ -66,6 +66,26 @@ def test_a_read_made_and_not_committed_is_taken_in_by_a_successor(ring):
         os.close(slave)
 
 
+def test_a_one_byte_read_made_and_not_committed_is_taken_in_whatever_text_byte_it_read(ring):
+    """A keeper killed after reading a single byte: its canary is that short, and must not
+    equal it (0xFF, which text never holds, is the canary's first byte)."""
+    r, w = os.pipe()
+    try:
+        off = 1000  # one offset, so one canary, for all of them
+        for value in range(0xFF):  # every byte but 0xFF
+            os.write(w, bytes([value]))
+            ring.start_at(off)
+            assert ring.read_from(r, 1) == 1
+            ring._header[2] = off  # killed before the commit: the intent still written down
+            ring._header[6] = 1
+            ring._header[5] = off
+            assert ring.recover() == 1, value
+            assert ring.read(off, ring.write_off) == bytes([value])
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_a_read_written_down_but_never_made_is_not_taken_in(ring):
     master, slave = pty.openpty()
     try:

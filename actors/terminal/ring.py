@@ -26,7 +26,9 @@ never more than FIONREAD said was there (a PTY master then returns all of it), a
 writes down the read it is about to make, with a canary in the first bytes of its target: a
 successor that finds a read written down and the canary gone knows the read happened, all of
 it, and takes it in (`recover`). (A canary still in place means it did not: the output
-equalling 16 random bytes is out of reach; a read of fewer than 16 bytes has a shorter one.)
+equalling 16 random bytes is out of reach. A read of fewer than 16 bytes has a shorter one;
+its first byte is 0xFF, which text output never holds, and the keeper reads a byte it has
+not counted only when nothing else can tell it the PTY hung up.)
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ HEADER = 128
 _MAGIC, _CAP, _WRITE, _ACK, _FLOOR, _INTENT_OFF, _INTENT_LEN, _WINDOW = range(8)
 _CANARY = 8  # two cells: what the first bytes of an intended read were before it
 _SEED = int.from_bytes(os.urandom(16), "little")
+
+
+def _canary(off: int) -> bytes:
+    """16 bytes for a read at `off`: random, except the first, 0xFF, which never occurs in
+    UTF-8 text; so even a read of one byte of a terminal's text output cannot be taken for
+    one that did not happen (binary output: one chance in 256 ** length)."""
+    return b"\xff" + ((_SEED ^ off) & (2**120 - 1)).to_bytes(15, "little")
 
 
 class RingError(ValueError):
@@ -149,7 +158,7 @@ class SessionRing:
         OSError (EIO: the PTY hung up) with nothing committed."""
         off = self.write_off
         k = min(n, 16)
-        canary = ((_SEED ^ off) & (2**128 - 1)).to_bytes(16, "little")[:k]
+        canary = _canary(off)[:k]
         parts = self._region(off, n)
         head = 0
         for part in parts:  # the canary may itself wrap

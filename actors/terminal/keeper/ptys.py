@@ -206,6 +206,13 @@ class Ptys:
                 # Never more than is there: the read then takes all it asks for, which is
                 # what makes it recoverable if we are killed before committing it (ring.py).
                 fcntl.ioctl(s.master, termios.FIONREAD, buf)
+                if not buf[0] and got:
+                    # Nothing counted: stop here rather than read a byte on the chance that
+                    # it came meanwhile (a read of one byte has a one-byte canary); epoll
+                    # wakes us again for whatever comes next.
+                    break
+                # (nothing counted on the first read: the wake-up was the PTY's hang-up, and
+                # the read's EIO says so)
                 n = ring.read_from(s.master, min(buf[0] or 1, READ_CHUNK, room))
             except BlockingIOError:
                 break
