@@ -212,11 +212,13 @@ class RawOutput:
             o = min(ready)
             self._add(o, self.ahead.pop(o))
 
-    def _message(self, epoch: str, seq: int, body: dict, chunk: bytes) -> None:
+    def _message(self, epoch: str, seq: int, body: dict, chunk: bytes,
+                 replayed: bool = False) -> None:
         if not self.epochs or self.epochs[-1] != epoch:
             self.epochs.append(epoch)
         last = self.last_seq.get(epoch)
-        if last is not None and seq > last + 1:  # our queue overflowed: take it from retention
+        if last is not None and seq > last + 1 and not replayed:
+            # our queue overflowed: take it from retention (which reports what it lost)
             self.gaps += 1
             self._replay(epoch)
         self.last_seq[epoch] = max(seq, self.last_seq.get(epoch, 0))
@@ -238,7 +240,8 @@ class RawOutput:
                 self.lost.append((epoch, body["lost"]))
             i = 0
             for seq, mbody, n in body["messages"]:
-                self._message(epoch, seq, mbody, b"".join(reply.attachments[i : i + n]))
+                self._message(epoch, seq, mbody, b"".join(reply.attachments[i : i + n]),
+                              replayed=True)
                 i += n
                 frm = seq + 1
             if not body["more"]:
