@@ -24,6 +24,17 @@ def test_kills_of_any_process_but_the_root_leave_no_hang_no_wrong_result_no_sile
     assert not r.notes.get("failures"), r.notes
 
 
+def test_kills_of_any_process_but_the_root_and_the_terminals_supervisor_keep_every_shell():
+    """R14 within R1: the keeper, the terminal actor, the zygotes and the other actors
+    SIGKILLed at random, two at once among them: the sessions' original shells are all
+    alive at the end (PROTOCOL.md section 14: only the terminals supervisor's death loses
+    them)."""
+    r = chaos.chaos(duration=8.0, interval=0.2, signal_kind="kill", spare=("terminals",))
+    assert (r.hung, r.wrong, r.gaps_unreported, r.orphans) == (0, 0, 0, 0), r
+    assert r.notes["original_shells"] == "3/3" and not r.notes.get("failures"), r.notes
+    assert "terminals" not in r.notes["kills"] and r.notes["stream"]["losses"] == 0, r.notes
+
+
 def test_fuzzed_frames_at_every_actor_are_each_answered_and_kill_nobody():
     r = chaos.fuzz(frames=400)
     assert r.calls == r.ok and r.notes["restarted"] == [] and r.orphans == 0, r
