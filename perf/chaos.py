@@ -777,12 +777,13 @@ def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result
                                 break
                         time.sleep(0.01)  # polling the successor's own answer
                 time.sleep(gap_s)  # sleep-ok: the pace of the kills
-                rss.append([_rss_mb(c, name) for name in ("ptykeeper", "terminal")])
+                rss.append([_rss_mb(c, name) for name in ("ptykeeper", "terminal", "terminals")])
             whole = expected_seq(lines)
             t0 = time.monotonic()
             while time.monotonic() - t0 < 300 and not all(
                     b"seq-done\r\n" in col.data for col in collectors):
                 time.sleep(0.05)  # the outputs' own progress, looked at
+            settled = [_rss_mb(c, name) for name in ("ptykeeper", "terminal", "terminals")]
             listed = {s["session"]: s for s in c.call("terminal", "term.list")["sessions"]}
             same = sum(1 for s in made if listed.get(s["session"], {}).get("pid") == s["pid"])
             exact = sum(1 for col in collectors if whole in col.data
@@ -801,9 +802,12 @@ def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result
                          "bytes_each": len(whole),
                          "losses": sum(col.losses for col in collectors),
                          # bounded memory: the successors after the last kill against
-                         # those after the first (MB: keeper, terminal)
+                         # those after the first (MB: keeper, terminal, and the terminals
+                         # supervisor, which holds every session's descriptors)
                          "rss_after_first_kill_mb": rss[0] if rss else None,
-                         "rss_after_last_kill_mb": rss[-1] if rss else None}
+                         "rss_after_last_kill_mb": rss[-1] if rss else None,
+                         # once every output has ended (the last successors at rest)
+                         "rss_at_end_mb": settled}
             if same != sessions or exact != sessions or integrated != sessions:
                 res.notes["failures"] = "a shell, a byte or the integration was lost"
             for col in collectors:
