@@ -1,6 +1,6 @@
 """Frames on the wire, and their bounded encoding and decoding.
 
-    request  [TAG] [header {id, sid, op, deadline_ms?}] [body: args] [attachment...]
+    request  [TAG] [header {id, sid, op, deadline_ms?, ep?}] [body: args] [attachment...]
     reply    [TAG] [header {id, ok, ep}]                [body: result | error] [attachment...]
     stream   [topic] [TAG] [header {seq, ep}]           [body] [attachment...]
 
@@ -31,6 +31,10 @@ class Request(NamedTuple):
     deadline_ms: int | None
     args: Any
     attachments: list[bytes]
+    # The header's `ep`: run only in this actor life. A client sends it on a resend of a call
+    # that may have run, so that only the process whose reply cache knows the id answers it
+    # (PROTOCOL.md section 10); None on a first attempt.
+    epoch: str | None = None
 
 
 class Reply(NamedTuple):
@@ -197,11 +201,15 @@ def encode_request(
     args: Any = None,
     deadline_ms: int | None = None,
     attachments: Sequence[bytes] = (),
+    epoch: str | None = None,
 ) -> list[bytes]:
-    if type(sid) is not str or type(op) is not str:
+    if epoch is not None or type(sid) is not str or type(op) is not str:
+        # (a resend pinned to an epoch is rare: packed as a dict, not from the tables below)
         header: dict[str, Any] = {"id": id, "sid": sid, "op": op}
         if deadline_ms is not None:
             header["deadline_ms"] = deadline_ms
+        if epoch is not None:
+            header["ep"] = epoch
         return [TAG, _pack(header), _pack(args), *attachments]
     has_deadline = deadline_ms is not None
     tail = _request_tails.get((sid, op, has_deadline))
@@ -278,6 +286,9 @@ def decode_request(frames: Sequence[bytes]) -> Request:
     deadline = header.get("deadline_ms")
     if deadline is not None and type(deadline) is not int:
         raise _decode_error("bad_request", "deadline_ms must be an integer", rid)
+    epoch = header.get("ep")
+    if epoch is not None and type(epoch) is not str:
+        raise _decode_error("bad_request", "ep must be a string", rid)
     if len(frames) - 3 > limits.MAX_ATTACHMENTS:
         raise _decode_error("message_too_large", f"{len(frames) - 3} attachments", rid)
     body = frames[2]
@@ -290,7 +301,17 @@ def decode_request(frames: Sequence[bytes]) -> Request:
             exc.request_id = rid
             raise
     return _new_tuple(Request, (rid, sid, op, deadline, args,
-                                list(frames[3:]) if len(frames) > 3 else []))
+                                list(frames[3:]) if len(frames) > 3 else [], epoch))
+
+
+def pin_request(frames: Sequence[bytes], epoch: str) -> list[bytes]:
+    """The same request (same id, deadline, body, attachments) to be run only by the actor
+    life `epoch`: what a client resends when the first attempt may have run there, so that
+    a successor, whose reply cache does not know the id, refuses it instead of running it
+    a second time (PROTOCOL.md section 10)."""
+    header = _unpackb(frames[1])
+    header["ep"] = epoch
+    return [frames[0], _pack(header), *frames[2:]]
 
 
 # --- replies ----------------------------------------------------------------------------

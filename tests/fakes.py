@@ -32,6 +32,7 @@ class FakeActor(Actor):
         super().__init__(name, runtime_dir, config)
         self.work_done = 0
         self.side_effects = 0
+        self.held: list[tuple[Call, int]] = []  # fake.held calls and their effect counts
 
     def on_start(self) -> None:
         # Runs after Actor.serve installed its SIGTERM handler, so this replaces it.
@@ -62,8 +63,26 @@ class FakeActor(Actor):
 
     @op("fake.count", idempotent=True)
     def count(self, call: Call) -> dict[str, Any]:
-        """How many side effects happened in this process."""
-        return {"effects": self.side_effects, "pid": os.getpid()}
+        """How many side effects happened in this process; how many fake.held calls wait,
+        and how many attempts of them (a resend that joined a held call adds one)."""
+        return {"effects": self.side_effects, "pid": os.getpid(), "held": len(self.held),
+                "held_attempts": sum(len(c.routes) for c, _ in self.held)}
+
+    @op("fake.held")
+    def hold(self, call: Call) -> object:
+        """A side effect whose reply is held back until fake.release: a test decides when
+        the answer leaves, and what happens to the link meanwhile."""
+        self.side_effects += 1
+        self.held.append((call, self.side_effects))
+        return DEFERRED
+
+    @op("fake.release", idempotent=True)
+    def release(self, call: Call) -> dict[str, Any]:
+        """Answer every held call (each with the effect count its run made)."""
+        held, self.held = self.held, []
+        for c, effects in held:
+            c.reply({"effects": effects})
+        return {"released": len(held)}
 
     @op("fake.publish", args={"topic": str, "n": int, "size": (int, 0)})
     def publish(self, call: Call, topic: str, n: int, size: int) -> dict[str, Any]:

@@ -96,6 +96,40 @@ def test_a_retried_request_id_is_answered_from_the_cache_not_run_twice(fake, cli
     assert recv(raw).body == {"effects": 2}
 
 
+def test_a_resend_pinned_to_another_actor_life_is_refused_outcome_unknown_not_run(
+        fake, client, raw):
+    ep = client.hello("fake")["ep"]
+    raw.send_multipart(encode_request(3, "s1", "fake.effect", epoch="0123456789abcdef"))
+    r = recv(raw)
+    assert not r.ok and r.body["name"] == "outcome_unknown"
+    assert r.body["detail"] == {"old_epoch": "0123456789abcdef", "new_epoch": ep,
+                                "request_id": 3}
+    assert client.call("fake", "fake.count")["effects"] == 0
+
+
+def test_a_pinned_resend_is_answered_from_the_cache_or_refused_once_its_reply_was_let_go(
+        spawn_actor, client, raw):
+    spawn_actor(reply_cache_entries=1)
+    ep = client.hello("fake")["ep"]
+    soon = int(time.time() * 1000) + 60_000
+
+    def effect(rid: int, deadline: int, epoch: str | None = None):
+        raw.send_multipart(encode_request(rid, "s1", "fake.effect", None, deadline,
+                                          epoch=epoch))
+        return recv(raw)
+
+    assert effect(1, soon).body == {"effects": 1}
+    assert effect(1, soon, ep).body == {"effects": 1}  # the cache answers the pinned resend
+    assert effect(2, soon).body == {"effects": 2}  # the one entry the cache keeps: 1 goes
+    # 1's reply was let go before its deadline: its resend may not run it again
+    refused = effect(1, soon, ep)
+    assert not refused.ok and refused.body["name"] == "outcome_unknown"
+    assert "no longer kept" in refused.body["message"]
+    # a pinned request whose deadline is later than any reply let go never ran: it runs
+    assert effect(3, soon + 1, ep).body == {"effects": 3}
+    assert client.call("fake", "fake.count")["effects"] == 3
+
+
 def test_a_retry_that_arrives_while_the_first_attempt_runs_joins_it(fake, raw):
     frames = encode_request(9, "s1", "fake.slow", {"ms": 200})
     raw.send_multipart(frames)

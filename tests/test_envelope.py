@@ -19,6 +19,7 @@ from moorage.protocol.envelope import (
     encode_request,
     encode_stream,
     packb,
+    pin_request,
 )
 from moorage.protocol.errors import WireError
 
@@ -42,6 +43,30 @@ def test_a_request_round_trips(rid, sid, op, args, deadline, atts):
     req = decode_request(encode_request(rid, sid, op, args, deadline, atts))
     assert (req.id, req.sid, req.op, req.deadline_ms, req.args, req.attachments) == \
         (rid, sid, op, deadline, args, atts)
+
+
+@given(rid=st.integers(0, limits.MAX_ID), args=json_like,
+       deadline=st.none() | st.integers(0, 2**62), epoch=st.text(min_size=1, max_size=16),
+       atts=st.lists(st.binary(max_size=50), max_size=3))
+@settings(max_examples=200, deadline=None)
+def test_a_request_pinned_to_an_actor_life_round_trips_and_is_its_first_attempt_otherwise(
+        rid, args, deadline, epoch, atts):
+    first = encode_request(rid, "s-1", "fs.write", args, deadline, atts)
+    assert decode_request(first).epoch is None
+    pinned = encode_request(rid, "s-1", "fs.write", args, deadline, atts, epoch=epoch)
+    # the resend a client makes of the first frames is the same request, pinned
+    assert pin_request(first, epoch) == pinned
+    req = decode_request(pinned)
+    assert (req.id, req.sid, req.op, req.deadline_ms, req.args, req.attachments, req.epoch) \
+        == (rid, "s-1", "fs.write", deadline, args, atts, epoch)
+    assert msgpack.unpackb(pinned[1])["ep"] == epoch
+
+
+def test_a_pinned_epoch_that_is_not_a_string_is_refused_with_the_id():
+    header = packb({"id": 9, "sid": "s", "op": "fs.write", "ep": 5})
+    with pytest.raises(DecodeError) as e:
+        decode_request([TAG, header, packb(None)])
+    assert e.value.error.name == "bad_request" and e.value.request_id == 9
 
 
 @given(body=json_like, atts=st.lists(st.binary(max_size=50), max_size=3))

@@ -2,8 +2,12 @@
 
 Request path, in order (each step answers and stops when it applies):
   undecodable frame            -> bad_request / unsupported_version (id echoed when readable)
+  pinned (`ep`) to another life -> outcome_unknown, not run (an earlier attempt may have
+                                  run in that life: only its reply cache could tell)
   (sid, id) in the reply cache -> the cached reply, not run again
   same (sid, id) still running -> attached to the running call, answered with it
+  pinned, and its reply may    -> outcome_unknown, not run (deadline passed, or the reply
+    have been let go              cache let an entry go that a resend could still need)
   deadline passed              -> deadline_expired, not run
   inbound batch over the limit -> busy (with retry_after_ms), not run
   unknown op / bad arguments   -> unknown_op / bad_args
@@ -86,7 +90,7 @@ class Call:
                  spec: OpSpec | None = None):
         self._actor = actor
         self.routes = routes
-        self.id, self.sid, self.op, self.deadline_ms, _, self.attachments = req
+        self.id, self.sid, self.op, self.deadline_ms, _, self.attachments, _ = req
         self.spec = spec  # None: an op this actor does not have
         self.started = started
         self.answered = False
@@ -568,6 +572,13 @@ class Actor:
             self.undecodable += 1
             self.send_reply(route, encode_error(exc.request_id, self.epoch, exc.error))
             return
+        pinned = req.epoch
+        if pinned is not None and pinned != self.epoch:
+            self._refuse(route, req, WireError.of(
+                "outcome_unknown", f"{self.name} restarted since the first attempt of "
+                f"{req.op}; it may or may not have run in its predecessor",
+                detail=self._unknown_detail(req, pinned)))
+            return
         key = (req.sid, req.id)
         cached = self.cache.get(req.sid, req.id)
         if cached is not None:
@@ -576,6 +587,11 @@ class Actor:
         running = self.pending.get(key)
         if running is not None:
             running.routes.append(route)
+            return
+        if pinned is not None and self._reply_may_be_gone(req):
+            self._refuse(route, req, WireError.of(
+                "outcome_unknown", f"{req.op} may have run in this life of {self.name}, "
+                "and its reply is no longer kept", detail=self._unknown_detail(req, pinned)))
             return
         if req.deadline_ms is not None and req.deadline_ms < int(_time() * 1000):
             self._refuse(route, req, WireError.of("deadline_expired", f"{req.op}: not run"))
@@ -649,6 +665,28 @@ class Actor:
                 call, None, WireError.of("timeout", f"{op}: no result in time")))
         return call
 
+    def _reply_may_be_gone(self, req: Request) -> bool:
+        """A resend pinned to this life, neither cached nor running: did its first attempt
+        perhaps run here, its reply since let go? Then running it would run it twice. Past
+        its deadline a reply may have been let go unrecorded; before it, the cache says.
+        An op whose replies are not kept (idempotent) may simply run again."""
+        spec = self.ops.get(req.op)
+        if spec is None or spec.idempotent:
+            return False
+        if req.deadline_ms is not None and req.deadline_ms < int(_time() * 1000):
+            return True
+        return self.cache.dropped_before(req.deadline_ms)
+
+    def _unknown_detail(self, req: Request, pinned: str) -> dict[str, Any]:
+        """outcome_unknown's detail (PROTOCOL.md section 10): the life the call was pinned
+        to, the one answering, the id, and the session a terminal call names."""
+        detail: dict[str, Any] = {"old_epoch": pinned, "new_epoch": self.epoch,
+                                  "request_id": req.id}
+        session = req.args.get("session") if type(req.args) is dict else None
+        if type(session) is str:
+            detail["session"] = session
+        return detail
+
     def _refuse(self, route: list[bytes], req: Request, error: WireError) -> None:
         # Not run, so not cached: a retry may run it.
         self.refused[error.name] += 1
@@ -688,7 +726,11 @@ class Actor:
         # run again (its retry while it still runs joins it through `pending`).
         if spec is not None and not spec.idempotent and (
                 error is None or error.name not in UNCACHED):
-            self.cache.put(call.sid, call.id, frames)
+            # A resend may come until the caller's deadline (without one, the op's own limit
+            # from now): the cache remembers letting the entry go before then.
+            keep = call.deadline_ms if call.deadline_ms is not None \
+                else int(_time() * 1000) + spec.timeout_ms
+            self.cache.put(call.sid, call.id, frames, keep)
         # Unknown op names are the caller's text: one key for all, or junk fills the metrics.
         if spec is None:
             self.stats.record("(unknown)", 0, False, True)  # unknown_op: the caller's

@@ -8,12 +8,19 @@ Retry rules (see PROTOCOL.md, "Retries"):
   - an error reply is retried only when it says `retryable` and the op is idempotent, or when
     it says the request was not run and may run later (busy, stopping); `deadline_expired` is
     final: a retry resends the same frames, so the same deadline, which has passed;
-  - an attempt that timed out is resent only for idempotent ops, with the attempt timeout
-    doubled, at most TIMEOUT_RETRIES times (the seed's Timeout row: increase timeout, then
-    cancel) and then fails `timeout`; a non-idempotent op fails with `outcome_unknown`,
-    because the request may have run;
+  - an attempt that timed out is resent with the attempt timeout doubled, at most
+    TIMEOUT_RETRIES times (the seed's Timeout row: increase timeout, then cancel); an
+    idempotent op then fails `timeout`;
+  - a non-idempotent op may have run, so it is resent only *pinned* to the actor life it was
+    sent to (the header's `ep`): that life's reply cache answers it (done), joins it (still
+    running) or runs it (it never arrived), and any other life refuses it `outcome_unknown`.
+    So a timed-out attempt, or a dropped tcp connection, resends it pinned when the actor's
+    epoch was known at the first send; else, and at the deadline, it fails `outcome_unknown`.
+    On ipc a dropped connection means the actor's process ended: it fails at once;
   - every wait is capped exponential back-off, or the actor's `retry_after_ms`;
-  - the breaker of the actor sees each transport failure and each reply.
+  - the breaker of the actor sees each transport failure and each reply; it gates new
+    calls and resends of calls known not to have run, never a pinned resend (ending that
+    `circuit_open`, "not sent", would be untrue of a call that was).
 
 Each call's end-to-end time is recorded once, when its plan says it is over (`Done`), with its
 outcome: see _latency.py for what is kept and how it can reach the metrics actor.
@@ -35,7 +42,7 @@ import zmq
 from moorage.protocol import endpoints, limits
 from moorage.protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
 from moorage.protocol.client.connection import Connection, locate
-from moorage.protocol.envelope import Reply, encode_request
+from moorage.protocol.envelope import Reply, encode_request, pin_request
 from moorage.protocol.errors import MoorageError, WireError
 from moorage.protocol.recovery import (
     Backoff,
@@ -112,8 +119,8 @@ class Wait:
 
 class CallPlan:
     __slots__ = ("actor", "attempts", "core", "deadline", "deadline_ms", "frames", "id",
-                 "idempotent", "last_error", "op", "resumable", "retries", "session", "started",
-                 "timeout", "timeout_retries")
+                 "idempotent", "last_error", "op", "pin", "pinned_by", "resumable", "retries",
+                 "session", "started", "timeout", "timeout_retries")
 
     def __init__(
         self,
@@ -139,8 +146,13 @@ class CallPlan:
             idempotent = op in BUILTIN_IDEMPOTENT or op in core.options.idempotent_ops \
                 or op in core.learned.get(actor, ())
         self.idempotent = idempotent
-        self.resumable = op in core.resumable.get(actor, ())
+        self.resumable = resumable = op in core.resumable.get(actor, ())
         self.frames = encode_request(rid, core.sid, op, args, deadline_ms, attachments)
+        # The actor life a non-idempotent call goes to, as known now, which its resends are
+        # pinned to; None: resent never (not known) or freely (safe to repeat, or resumable:
+        # any successor answers those). Set from the first send on, never changed.
+        self.pin = None if idempotent or resumable else core.epochs.get(actor)
+        self.pinned_by: str | None = None  # why the frames carry `ep`: "drop" or "timeout"
         # What a caller told `outcome_unknown` needs to go and look (term.exec, term.create)
         self.session = args.get("session") if type(args) is dict else None
         self.attempts = 0
@@ -176,9 +188,17 @@ class CallPlan:
         return self.core.options.attempt_timeout * 2 ** self.timeout_retries
 
     def attempt_deadline(self, now: float) -> float:
-        if self.idempotent:
+        if self.idempotent or (self.pin is not None and self.timeout_retries < TIMEOUT_RETRIES):
             return min(self.deadline, now + self.attempt_timeout())
         return self.deadline
+
+    def _pin(self, why: str) -> None:
+        """From now on the frames carry `ep`: only the life they may have run in may take
+        them (its reply cache knows the id); any other refuses them `outcome_unknown`."""
+        if self.pinned_by is None:
+            assert self.pin is not None
+            self.frames = pin_request(self.frames, self.pin)
+            self.pinned_by = why
 
     def on_reply(self, reply: Reply, now: float) -> Done | Resend:
         core = self.core
@@ -194,6 +214,11 @@ class CallPlan:
         if reply.ok:
             return self.done(now, reply=reply)
         err = WireError.from_wire(reply.body)
+        if self.pinned_by == "drop" and err.name == "outcome_unknown":
+            # (the life that answered says why; the caller hears first what happened here)
+            err = WireError.of(
+                "outcome_unknown", f"{self.actor}'s connection dropped while {self.op} was "
+                f"in flight; {err.message}", detail=self._detail(err.detail))
         self.last_error = err
         may_retry = err.name in NOT_RUN or (self.idempotent and err.retryable)
         if may_retry and self.retries < max_retries_for(err):
@@ -217,7 +242,14 @@ class CallPlan:
                                    "request may or may not have run")
             return self.done(now, error=err)
         if not self.idempotent:
-            return self.done(now, error=WireError.of("outcome_unknown", "no reply"))
+            if self.pin is None:
+                return self.done(now, error=WireError.of("outcome_unknown", "no reply"))
+            # Lost on the way, or still running: either way its life answers the pinned
+            # frames once (the reply cache, or the call it joins).
+            self._pin("timeout")
+            self.retries += 1
+            self.timeout_retries += 1
+            return Resend(0.0)
         if self.timeout_retries >= TIMEOUT_RETRIES:
             return self.done(now, error=WireError.of(
                 "timeout", f"no reply in {self.attempts} attempts (last waited "
@@ -228,26 +260,35 @@ class CallPlan:
                           max(0.0, self.deadline - now)))
 
     def on_disconnect(self, now: float) -> Resend | Done:
-        """The actor's connection dropped (it died, or was restarted): idempotent calls are
-        resent at once, and wait in the socket's queue until the successor is up; any other
-        call ends now with `outcome_unknown` (it may have run, or not), rather than at its
-        deadline: the successor cannot answer for it. The detail says which epoch it went to
-        and, for a call naming a session, which session to look at."""
+        """The actor's connection dropped: idempotent calls are resent at once, and wait in
+        the socket's queue until the actor is reachable again (a resumable op too: its
+        successor answers the same id). A non-idempotent call may have run: over tcp the
+        link may have dropped under a live actor, so it is resent pinned to the life it went
+        to, when known (that life answers it, a successor refuses it); on ipc a connection
+        drops only when the actor's process ends, so it ends now with `outcome_unknown`
+        rather than at its deadline. The detail says which epoch it went to and, for a call
+        naming a session, which session to look at."""
         self.core.breaker(self.actor).give_back()
         if self.idempotent or self.resumable:
-            # (a resumable op's successor answers the same id as its predecessor would have)
             return Resend(0.0)
-        detail: dict[str, Any] = {"old_epoch": self.core.epochs.get(self.actor),
-                                  "new_epoch": None, "request_id": self.id}
-        if self.session is not None:
-            detail["session"] = self.session
+        if self.pin is not None and self.core.remote is not None:
+            self._pin("drop")
+            return Resend(0.0)
         return self.done(now, error=WireError.of(
             "outcome_unknown", f"{self.actor}'s connection dropped while {self.op} was in "
-            "flight; it may or may not have run", detail=detail))
+            "flight; it may or may not have run", detail=self._detail(None)))
+
+    def _detail(self, told: dict[str, Any] | None) -> dict[str, Any]:
+        """outcome_unknown's detail: the epoch the call went to, the one that answered (None
+        if none did), its id and the session it names; what the actor `told` is kept."""
+        detail: dict[str, Any] = {"old_epoch": self.pin or self.core.epochs.get(self.actor),
+                                  "new_epoch": None, "request_id": self.id, **(told or {})}
+        if self.session is not None:
+            detail["session"] = self.session
+        return detail
 
     def resend(self, now: float) -> Done | Wait:
-        br = self.core.breaker(self.actor)
-        if not br.allow(now):
+        if self.pinned_by is None and not self.core.breaker(self.actor).allow(now):
             return self.done(now, error=self.last_error or WireError.of(
                 "circuit_open", f"{self.actor}: breaker open"))
         self.attempts += 1
