@@ -141,3 +141,24 @@ def test_a_descriptor_that_is_not_a_ring_is_refused(tmp_path):
             SessionRing.open(fd)
     finally:
         os.close(fd)
+
+
+def test_the_sessions_state_is_in_the_ring_for_every_holder_and_a_half_write_keeps_the_last(
+        ring):
+    assert ring.read_meta() is None  # never written
+    assert ring.write_meta(b"first") and ring.write_meta(b"second")
+    other = SessionRing.open(os.dup(ring.fd))
+    try:
+        assert other.read_meta() == b"second"
+        # A writer killed half-way through the next state: its bytes are in the slot that
+        # is not current, and the current one is not moved; a holder still reads "second".
+        cell = ring._header[11]
+        spare = ((cell >> 32) + 1) % 2 * ring.meta_slot
+        ring._meta[spare : spare + 4] = b"half"
+        assert other.read_meta() == b"second"
+        assert ring.write_meta(b"third") and other.read_meta() == b"third"
+        assert not ring.write_meta(b"x" * (ring.meta_slot + 1))  # too big: the caller's
+        assert other.read_meta() == b"third"
+        assert ring.write_meta(b"") and other.read_meta() == b""  # "over the link"
+    finally:
+        other.close()

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from loguru import logger
 
 from moorage.actors.runtime import trust
@@ -65,7 +66,8 @@ class KeeperClient:
                  on_restore: Callable[[dict[str, Any], int, SessionRing], None],
                  on_welcome: Callable[[list[dict[str, Any]]], None],
                  on_ready: Callable[[], None],
-                 on_exit: Callable[[Session, dict[str, Any]], None]) -> None:
+                 on_exit: Callable[[Session, dict[str, Any]], None],
+                 on_absent: Callable[[], None] = lambda: None) -> None:
         self.loop = loop
         self.path = path
         self.sessions = sessions
@@ -75,6 +77,7 @@ class KeeperClient:
         self.on_welcome = on_welcome
         self.on_ready = on_ready
         self.on_exit = on_exit
+        self.on_absent = on_absent
         self.link: Link | None = None
         self.welcomed = False
         self.pid: int | None = None
@@ -99,6 +102,7 @@ class KeeperClient:
             sock.close()
             logger.debug("keeper not reachable at {}: {}", self.path, exc)
             self.loop.call_later(RECONNECT_S, self.connect)
+            self.on_absent()
             return
         self.connections += 1
         self.link = Link(self.loop, sock, self._on_keeper, self._on_link_closed,
@@ -192,6 +196,14 @@ class KeeperClient:
                          "session {}: signal not sent: {}", s.id, err.message))
 
     def meta(self, s: Session) -> None:
+        """The session's state where a successor finds it: in its ring (ring.py: no message,
+        and it reaches every holder, the keeper's custody included, even while no keeper
+        is up); over the link to the keeper while we have no ring yet, or when it is too big
+        for the ring's slot (which then says so)."""
+        if s.ring is not None and s.ring.write_meta(msgpack.packb(s.meta, use_bin_type=True)):
+            return
+        if s.ring is not None:
+            s.ring.write_meta(b"")  # the link has the state from now on
         if self.link is not None:
             self.link.send({"t": "meta", "s": s.id, "meta": s.meta})
 

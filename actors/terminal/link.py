@@ -21,7 +21,9 @@ the session's output stream):
     close   {r, s}                                  -> ok   (hangs the session up)
     ack     {s, off}                                output before `off` is published: drop it
     meta    {s, meta}                               the actor's state for the session (kept
-                                                    for the actor's successor)
+                                                    for the actor's successor), while the
+                                                    actor has no ring for it or the state
+                                                    does not fit the ring's slot (ring.py)
   keeper -> terminal
     welcome {pid, sessions: [{s, pid, tty, cols, rows, meta, base, acked, exited, pending}]}
     fd      {s}                                     the session's PTY master rides along

@@ -6,8 +6,17 @@ at `write_off`), and a terminal that dies finds the ring as it was. The file des
 over the keeper link (SCM_RIGHTS) to whichever process is the newcomer.
 
   header  magic, cap, write_off, ack_off, floor_off, the read in progress (its offset, length
-          and canary): 8-byte cells, each written by one side
+          and canary), the meta slots' size and the current one: 8-byte cells, each written
+          by one side
   data    `cap` bytes: the byte at absolute offset `o` is at data[o % cap]
+  meta    two slots of META_SLOT bytes: the terminal actor's state for the session (its
+          `meta`: nonce, mode, the command in flight...), msgpack, written by the terminal
+          into the slot that is not current, then made current by one 8-byte store of its
+          number and length: a writer killed half-way leaves the last state whole, and a
+          reader (the keeper, or a successor, only when it takes the session over) copies a
+          slot and checks that no second write began meanwhile. The state lives with the
+          output, so whoever holds the ring (the keeper, the terminal actor, the terminals
+          supervisor's custody) holds the latest state too, and a change costs no message.
 
 `write_off` (the keeper's) is the end of what was read; `ack_off` (the terminal's) is the end
 of what it has handled (published, parsed, and taken by the consumers that acknowledge): the
@@ -41,6 +50,8 @@ MAGIC = 0x6D6F6F7252494E47  # "moorRING"
 HEADER = 128
 _MAGIC, _CAP, _WRITE, _ACK, _FLOOR, _INTENT_OFF, _INTENT_LEN, _WINDOW = range(8)
 _CANARY = 8  # two cells: what the first bytes of an intended read were before it
+_META_SLOT, _META = 10, 11  # the slots' size; (number << 32 | length) of the current one
+META_SLOT = 64 * 1024  # a bigger state goes over the keeper link (the slot then says so)
 _SEED = int.from_bytes(os.urandom(16), "little")
 
 
@@ -59,12 +70,14 @@ class SessionRing:
     """One session's ring, created by the keeper (`create`) or mapped from a descriptor it
     passed (`open`); `fd` stays open with it, to be passed on again."""
 
-    def __init__(self, fd: int, cap: int) -> None:
+    def __init__(self, fd: int, cap: int, meta_slot: int) -> None:
         self.fd = fd
         self.cap = cap
-        self._map = mmap.mmap(fd, HEADER + cap)
+        self.meta_slot = meta_slot
+        self._map = mmap.mmap(fd, HEADER + cap + 2 * meta_slot)
         self._header = (ctypes.c_uint64 * (HEADER // 8)).from_buffer(self._map)
-        self._data = memoryview(self._map)[HEADER:]
+        self._data = memoryview(self._map)[HEADER : HEADER + cap]
+        self._meta = memoryview(self._map)[HEADER + cap :]
 
     @classmethod
     def create(cls, cap: int, window: int, name: str = "moorage-ring") -> SessionRing:
@@ -72,9 +85,10 @@ class SessionRing:
         unhandled (so the `window` bytes after `ack_off` may be written at any moment)."""
         cap = max(mmap.PAGESIZE, (cap + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE)
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
-        os.ftruncate(fd, HEADER + cap)
-        ring = cls(fd, cap)
+        os.ftruncate(fd, HEADER + cap + 2 * META_SLOT)  # (sparse: pages cost when written)
+        ring = cls(fd, cap, META_SLOT)
         ring._header[_CAP] = cap
+        ring._header[_META_SLOT] = META_SLOT
         ring._header[_WINDOW] = min(window, cap)
         ring._header[_MAGIC] = MAGIC
         return ring
@@ -86,9 +100,10 @@ class SessionRing:
         if size < HEADER + mmap.PAGESIZE:
             raise RingError(f"a ring is at least {HEADER + mmap.PAGESIZE} bytes, not {size}")
         head = (ctypes.c_uint64 * (HEADER // 8)).from_buffer_copy(os.pread(fd, HEADER, 0))
-        if head[_MAGIC] != MAGIC or head[_CAP] != size - HEADER:
+        cap = size - HEADER - 2 * head[_META_SLOT]
+        if head[_MAGIC] != MAGIC or head[_CAP] != cap or cap < mmap.PAGESIZE:
             raise RingError("not a session ring")
-        return cls(fd, size - HEADER)
+        return cls(fd, cap, head[_META_SLOT])
 
     # --- the offsets ---------------------------------------------------------------------
 
@@ -227,9 +242,37 @@ class SessionRing:
                 self._map.madvise(mmap.MADV_REMOVE, lo, hi - lo)
         return cut
 
+    # --- the session's state ------------------------------------------------------------
+
+    def write_meta(self, data: bytes) -> bool:
+        """Make `data` the current state (one writer: the terminal actor holding the
+        session); False when it does not fit a slot (b"": "the state went over the link")."""
+        n = len(data)
+        if n > self.meta_slot:
+            return False
+        number = (self._header[_META] >> 32) + 1
+        at = (number % 2) * self.meta_slot
+        self._meta[at : at + n] = data
+        self._header[_META] = number << 32 | n
+        return True
+
+    def read_meta(self) -> bytes | None:
+        """The current state's bytes (None: never written)."""
+        for _ in range(8):
+            cell = self._header[_META]
+            if not cell:
+                return None
+            number, n = cell >> 32, cell & 0xFFFFFFFF
+            at = (number % 2) * self.meta_slot
+            data = bytes(self._meta[at : at + min(n, self.meta_slot)])
+            if (self._header[_META] >> 32) - number <= 1:
+                return data  # (a write after it went to the other slot)
+        return None  # rewritten faster than we can copy: the caller's own copy stands
+
     def close(self) -> None:
         """Unmap and close our descriptor (the other side's copy keeps the ring alive)."""
         self._data.release()
+        self._meta.release()
         del self._header
         self._map.close()
         os.close(self.fd)

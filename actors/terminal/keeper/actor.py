@@ -296,7 +296,7 @@ class PtyKeeper(Actor):
         holds that we do not (`adopt`)."""
         held = set(msg.get("held") or ())
         self._tell({"t": "welcome", "pid": os.getpid(), "sessions": [
-            s.describe() | {"meta": s.meta} for s in self.sessions.values()]})
+            s.describe() | {"meta": s.current_meta()} for s in self.sessions.values()]})
         for s in self.sessions.values():
             if s.id not in held and not s.closing:
                 self._pass(s)

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from loguru import logger
 
 from moorage.actors.terminal.ring import SessionRing
@@ -76,8 +77,20 @@ class PtySession:
                 "paused": self.paused, "pending": self.inq_bytes, "adopted": self.adopted,
                 "exited": self.exit_info()}
 
+    def current_meta(self) -> Any:
+        """The terminal actor's latest state for the session: in the ring, unless it was
+        never written there or went over the link (too big for the ring's slot)."""
+        data = self.ring.read_meta()
+        if data:
+            try:
+                return msgpack.unpackb(data, raw=False)
+            except Exception as exc:  # (written by a process of the tree: should not be)
+                logger.warning("session {}: unreadable state in the ring: {}", self.id, exc)
+        return self.meta
+
     def custody_info(self) -> dict[str, Any]:
-        """What a keeper that takes the session over from custody needs besides its fds."""
+        """What a keeper that takes the session over from custody needs besides its fds
+        (the state that went over the link; the ring has its own)."""
         return {"pid": self.pid, "tty": self.tty, "cols": self.cols, "rows": self.rows,
                 "meta": self.meta}
 
