@@ -256,6 +256,40 @@ def test_an_exec_in_flight_when_the_terminal_dies_is_answered_by_its_successor(
     assert tree.child("terminal")["pid"] != victim
 
 
+def test_an_exec_in_flight_when_the_keeper_and_the_terminal_die_together_is_answered_once(
+        make_tree, tmp_path):
+    """The command in flight is in the session's state, which lives in its ring (held by
+    the terminals supervisor too): the successors take it over and answer the resend, and
+    the command ran once, in the same shell."""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
+    c.learn_ops("terminal")
+    (home / "go").write_text("")
+    victims = {name: tree.child(name)["pid"] for name in ("ptykeeper", "terminal")}
+
+    def kill_then_let_it_finish() -> None:
+        wait_for(lambda: (home / "started").exists(), "the command running")
+        for pid in victims.values():
+            os.kill(pid, signal.SIGKILL)
+        with Client(tree.runtime_dir, timeout=10.0) as other:
+            for name, pid in victims.items():
+                wait_for(lambda name=name, pid=pid: other.call(name, "sys.info")["pid"] != pid,
+                         f"the {name}'s successor")
+        (home / "go").unlink()  # the same loop, in the same shell, ends now
+
+    helper = threading.Thread(target=kill_then_let_it_finish)
+    helper.start()
+    r = c.call("terminal", "term.exec", {
+        "session": s["session"],
+        "command": "echo run >> ~/runs; touch ~/started; while [ -e ~/go ]; do sleep 0.05; "
+                   "done; echo R$$"}, timeout=60)
+    helper.join()
+    assert (r["exit_code"], r["output"]) == (0, f"R{s['pid']}")
+    assert (home / "runs").read_text() == "run\n"
+
+
 def test_a_session_can_be_named_by_its_creator_and_a_name_is_taken_once(make_tree, tmp_path):
     tree = make_tree(TREE).start()
     home = make_home(tmp_path)

@@ -170,13 +170,17 @@ class TerminalActor(Actor):
             stopping=lambda: self.stopping,
             on_restore=lambda e, master, ring: restore(self, e, master, ring),
             on_welcome=lambda entries: reconcile(self, entries),
-            on_ready=self._announce_ready, on_exit=self.session_exited)
+            on_ready=self._announce_ready, on_exit=self.session_exited,
+            # No keeper to wait for (it died too, and its restart may be queued behind
+            # ours at the supervisor): ready now; ops wait for the keeper as ever.
+            on_absent=self._announce_ready)
 
     # --- life -------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        # Ready (for the supervisor) once the keeper has told us its sessions, or after
-        # keeper_wait_ms without it (then ops wait or answer `unavailable`).
+        # Ready (for the supervisor) once the keeper has told us its sessions, at once when
+        # there is no keeper, or after keeper_wait_ms without its welcome (then ops wait or
+        # answer `unavailable`).
         self._ready_callback, self.ready_hook = self.ready_hook, None
         self.loop.call_later(self.keeper_wait_s, self._announce_ready)
         self._consumer_timer: Timer | None = None  # armed while any session has consumers
