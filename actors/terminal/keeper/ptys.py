@@ -220,10 +220,14 @@ class Ptys:
                 # what makes it recoverable if we are killed before committing it (ring.py).
                 fcntl.ioctl(s.master, termios.FIONREAD, buf)
                 if not buf[0] and got:
-                    # Nothing counted: stop here rather than read a byte on the chance that
-                    # it came meanwhile (a read of one byte has a one-byte canary); epoll
-                    # wakes us again for whatever comes next.
-                    break
+                    # Nothing counted: what the shell wrote meanwhile may still wait in the
+                    # PTY's flip buffer, which a poll pushes into what FIONREAD counts. Read
+                    # only what is counted (a read of one byte on the chance that it came
+                    # has a one-byte canary); epoll wakes us for whatever comes next.
+                    select.select([s.master], [], [], 0)
+                    fcntl.ioctl(s.master, termios.FIONREAD, buf)
+                    if not buf[0]:
+                        break
                 # (nothing counted on the first read: the wake-up was the PTY's hang-up, and
                 # the read's EIO says so)
                 n = ring.read_from(s.master, min(buf[0] or 1, READ_CHUNK, room))
