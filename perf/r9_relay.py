@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from moorage.protocol.remote import target_from_file
 from perf._report import Report, Row
 from perf._tree import BenchTree
 from perf.p1_p2_tcp import free_ports, make_keys
+from perf.tcp_relay import TcpRelay
 
 TREE = """
 [listen]
@@ -51,44 +51,12 @@ start = "tests.fakes:FakeActor"
 """
 
 
-class Relay:
-    """127.0.0.1:listen_port -> target for each pair; latency each way; reset on demand."""
+class Relay(TcpRelay):
+    """127.0.0.1:listen_port -> target for each pair, `latency` each way."""
 
     def __init__(self, pairs: list[tuple[int, int]], latency_s: float) -> None:
-        self.pairs = pairs
         self.latency = latency_s
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.resets = 0
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self.ready.wait(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        for listen, target in self.pairs:
-            self.loop.run_until_complete(asyncio.start_server(
-                lambda r, w, t=target: self._serve(r, w, t), "127.0.0.1", listen))
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     target: int) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", target)
-        except OSError:
-            writer.close()
-            return
-        self.writers |= {writer, up_w}
-        try:
-            await asyncio.gather(self._pump(reader, up_w), self._pump(up_r, writer),
-                                 return_exceptions=True)
-        except asyncio.CancelledError:
-            pass  # the relay is closing (a cancelled handler would be logged as an error)
-        for w in (writer, up_w):
-            self.writers.discard(w)
-            w.close()
+        super().__init__(pairs)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Each chunk delivered `latency` after it arrived, in order, without holding the
@@ -112,28 +80,6 @@ class Relay:
             line.put_nowait((0.0, None))
             await asyncio.gather(task, return_exceptions=True)
             writer.close()
-
-    def reset_all(self) -> None:
-        def reset() -> None:
-            for w in list(self.writers):
-                sock = w.get_extra_info("socket")
-                if sock is not None:  # an RST, not a FIN: the link died
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                    b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                w.close()
-            self.resets += 1
-        self.loop.call_soon_threadsafe(reset)
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
-        self.thread.join(5)
 
 
 def load(target: Any, op: str, stop: threading.Event, out: Counter, overrun: list) -> None:
@@ -193,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 last_pub = local.call("beta", "fake.publish", {"topic": "relay", "n": 1})[
                     "last_seq"]
                 if time.monotonic() >= next_drop:
-                    relay.reset_all()
+                    relay.reset()
                     next_drop += args.drop_every_s
                 ev = sub.next(timeout=0.05)
                 while ev is not None:

@@ -11,7 +11,6 @@ import random
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from moorage.protocol import curve
+from perf.tcp_relay import TcpRelay
 from tests.conftest import ROOT, Tree
 
 FAKE_TREE = """
@@ -123,83 +123,30 @@ def refused_handshake(ctx: zmq.Context, endpoint: str, server_key: bytes | None,
         s.close(0)
 
 
-class CutRelay:
+class CutRelay(TcpRelay):
     """A tcp relay in front of a tree's ports (port p+i of the relay to port q+i of the
     tree), whose links a test breaks as a network would: `reset()` ends every connection
-    with an RST (a middlebox dropping its state), and while `swallow` is set what the tree
-    sends on the connections open at `lose_replies()` is lost on the way (a reply that left
-    the actor and never arrived). A new connection after a reset is relayed again. One
-    asyncio loop in a thread."""
+    with an RST (a middlebox dropping its state), and what the tree sends on the
+    connections open at `lose_replies()` is lost on the way (a reply that left the actor and
+    never arrived). A new connection after a reset is relayed again."""
 
     def __init__(self, tree_port: int, n: int) -> None:
         self.base = free_port_block(n)
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._client_ends: set[asyncio.StreamWriter] = set()  # toward the client
         self._lossy: set[asyncio.StreamWriter] = set()  # client ends whose replies are lost
-        self._loop = asyncio.new_event_loop()
-        started = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(tree_port, n, started),
-                                        daemon=True)
-        self._thread.start()
-        assert started.wait(10), "the relay did not start"
+        super().__init__([(self.base + i, tree_port + i) for i in range(n)])
 
-    def _run(self, tree_port: int, n: int, started: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._servers = [self._loop.run_until_complete(asyncio.start_server(
-            lambda r, w, t=tree_port + i: self._serve(r, w, t), "127.0.0.1", self.base + i))
-            for i in range(n)]
-        started.set()
-        self._loop.run_forever()
+    def _lost(self, writer: asyncio.StreamWriter) -> bool:
+        return writer in self._lossy
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     target: int) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_w}
-        self._client_ends.add(writer)
-        try:
-            await asyncio.gather(self._pump(reader, up_w), self._pump(up_r, writer),
-                                 return_exceptions=True)
-        except asyncio.CancelledError:
-            pass  # closing
-        for w in (writer, up_w):
-            self._writers.discard(w)
-            self._lossy.discard(w)
-            self._client_ends.discard(w)
-            w.close()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                if writer in self._lossy:
-                    continue
-                writer.write(data)
-                await writer.drain()
-        finally:
-            writer.close()
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        self._lossy.discard(writer)
 
     def lose_replies(self) -> None:
         """From now on, what the tree sends on the connections open now is lost (until a
         reset ends them); returns once that holds."""
         async def mark() -> None:
-            self._lossy |= self._client_ends
-        asyncio.run_coroutine_threadsafe(mark(), self._loop).result(10)
-
-    def reset(self) -> int:
-        """RST every connection now; returns how many ends were reset."""
-        async def reset() -> int:
-            ends = list(self._writers)
-            for w in ends:
-                sock = w.get_extra_info("socket")
-                if sock is not None:  # SO_LINGER 0: an RST, not a FIN
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                    b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                w.close()
-            return len(ends)
-        return asyncio.run_coroutine_threadsafe(reset(), self._loop).result(10)
+            self._lossy |= self.client_ends
+        self.run(mark)
 
     def relayed_file(self, connection_file: Path, tree_port: int, out: Path) -> Path:
         """The tree's connection file with every endpoint moved onto the relay."""
@@ -210,17 +157,3 @@ class CutRelay:
                 eps[kind] = f"tcp://127.0.0.1:{port - tree_port + self.base}"
         out.write_text(json.dumps(info))
         return out
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            for server in self._servers:
-                server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
-        self._thread.join(10)
-        self._loop.close()
