@@ -434,6 +434,9 @@ class Supervisor(Actor):
             return
         child.state = ChildState.RUNNING
         child.ready_at = time.monotonic()
+        # its `ready` is a sign of life: one stopped before its first heartbeat read (or
+        # before its loop's first turn) has its outage timed from here, not unknown
+        child.alive_at = max(child.alive_at, time.monotonic_ns())
         was_restart = child.restarts > 0 and not child.resuming
         extra = {"resumed": True} if child.resuming else {}
         child.resuming = False
