@@ -55,7 +55,7 @@ def kill_after(c: Client, sid: str, tick: int, children: tuple[str, ...],
             pass
     x = session(c, sid)  # answered once the session is restored
     print(f"{now()} " + " and ".join(f"{child} pid {pid_of(c, child)}" for child in pids) +
-          f" serve; session {sid}: shell pid {x['pid']} "
+          f" serve{'s' if len(pids) == 1 else ''}; session {sid}: shell pid {x['pid']} "
           f"({'same' if x['pid'] == shell_pid else 'NOT the same'}), state {x['state']}, "
           f"offset {x['offset']}")
 
