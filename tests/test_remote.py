@@ -158,12 +158,15 @@ def test_an_allowed_client_calls_and_follows_a_stream_from_a_copied_connection_f
         assert remote["accepted"] >= 1 and remote["refused"] == {}
 
     async def async_calls(keys: curve.KeyPair) -> int | str:
-        async with AsyncClient.remote(copied, client_keys=keys, timeout=2.0) as ac:
+        async with AsyncClient.remote(copied, client_keys=keys, timeout=60.0) as ac:
             try:
                 return (await ac.call("alpha", "fake.work"))["done"]
             except MoorageError as exc:
                 assert f"moorage keys allow '{keys.public.decode()}'" in exc.error.message, exc
                 assert not exc.error.retryable
+                # ended on the refusal, not at its 60 s deadline
+                assert "no reply: the tree refused this client's key" in exc.error.message
+                assert "no reply in" not in exc.error.message
                 return exc.error.name
 
     assert asyncio.run(async_calls(client_pair)) == 2  # the asyncio client, the same way
@@ -254,8 +257,10 @@ def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_acto
                      "alpha closing the revoked key's connections", 10)
             before = info(tcp_tree, "alpha")["received"]
             with pytest.raises(MoorageError) as err:
-                c.call("alpha", "fake.work", timeout=2.0)
+                c.call("alpha", "fake.work", timeout=60.0)
             assert err.value.error.name == "unauthorized"
+            # ended on the refusal, not at its 60 s deadline
+            assert "no reply: the tree refused this client's key" in err.value.error.message
             assert f"moorage keys allow '{client_pair.public.decode()}'" \
                 in err.value.error.message
             assert info(tcp_tree, "alpha")["received"] == before + per_info

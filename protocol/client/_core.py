@@ -287,6 +287,16 @@ class CallPlan:
             detail["session"] = self.session
         return detail
 
+    def on_refused(self, now: float) -> Done:
+        """The tree refused this client's key at the CURVE handshake while the call waited
+        (remote mode): no attempt with this key can reach the actor, so the call ends now,
+        not at its deadline (the adapter names it `unauthorized`). A non-idempotent one
+        may have run on a connection made before the key was revoked: `outcome_unknown`."""
+        self.core.breaker(self.actor).give_back()
+        name = "timeout" if self.idempotent else "outcome_unknown"
+        return self.done(now, error=WireError.of(
+            name, f"no reply: the tree refused this client's key ({self.attempts} attempts)"))
+
     def resend(self, now: float) -> Done | Wait:
         if self.pinned_by is None and not self.core.breaker(self.actor).allow(now):
             return self.done(now, error=self.last_error or WireError.of(

@@ -35,6 +35,7 @@ from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
 
 _DISCONNECT = object()
+_REFUSED = object()  # the tree refused our key at a handshake while the call waited
 
 
 async def _send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
@@ -76,6 +77,9 @@ class _AConn:
             ev = parse_monitor_message(await self.monitor.recv_multipart())
             if ev["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                 self.key_refused = ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                if self.key_refused:  # the calls waiting now end on it
+                    for q in self.waiters.values():
+                        q.put_nowait(_REFUSED)
             if ev["event"] == zmq.EVENT_DISCONNECTED:
                 for q in self.waiters.values():
                     q.put_nowait(_DISCONNECT)
@@ -161,6 +165,9 @@ class AsyncClient(FromConnectionFile):
                     if isinstance(verdict, Wait):
                         await _send(conn.sock, plan.frames)
                     continue
+                if conn.key_refused:  # (the tree does not take this key: no reply can come)
+                    verdict = plan.on_refused(time.monotonic())
+                    continue
                 left = verdict.until - time.monotonic()
                 try:
                     item = await asyncio.wait_for(inbox.get(), max(0.0, left))
@@ -169,6 +176,9 @@ class AsyncClient(FromConnectionFile):
                     continue
                 if item is _DISCONNECT:
                     verdict = plan.on_disconnect(time.monotonic())
+                    continue
+                if item is _REFUSED:
+                    verdict = plan.on_refused(time.monotonic())
                     continue
                 if isinstance(item, DecodeError):  # ours, but unreadable
                     verdict = plan.done(time.monotonic(), error=item.error)

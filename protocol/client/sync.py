@@ -158,6 +158,8 @@ class Client(FromConnectionFile):
                     return plan.on_timeout(now)
                 if conn.disconnected():
                     return plan.on_disconnect(now)
+                if conn.key_refused:  # (the tree does not take this key: no reply can come)
+                    return plan.on_refused(now)
                 continue
             try:
                 reply = decode_reply(frames)
