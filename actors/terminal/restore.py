@@ -276,8 +276,9 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
     rec = meta.get("exec")
     if isinstance(rec, dict) and isinstance(rec.get("sent_off"), int):
         # ... and from a command in flight's start: its record may be older than the output
-        # (its end was handled, and the record's removal lost with both holders), and its
-        # end marker must be seen again to answer it, not waited for until its deadline
+        # (its end was handled by a predecessor that died before it wrote the record's
+        # removal, or one whose state went over the link to a keeper that died with it), and
+        # its end marker must be seen again to answer it, not waited for until its deadline
         start = max(ring.base, min(start, rec["sent_off"]))
     s = Session(a, sid, meta, ring=ring, master=master, base=start,
                 replay_until=ring.ack_off, catch_up=ring.write_off)
