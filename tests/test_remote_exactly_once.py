@@ -94,9 +94,13 @@ def test_a_call_running_when_its_link_is_reset_joins_the_run_and_gets_its_one_re
         remote_call: tuple[Client, ThreadPoolExecutor]) -> None:
     tree, relay, _ = relayed
     client, pool = remote_call
-    future = held_call(tree, client, pool)
+    reset_and_join(tree, relay, held_call(tree, client, pool))
+
+
+def reset_and_join(tree: NetnsTree, relay: CutRelay, future: Future) -> None:
+    """The link of a held call is reset: the pinned resend reaches the same actor life and
+    joins the held call (two attempts), which ends with its one result, run once."""
     assert relay.reset() >= 2
-    # the pinned resend reached the same life and joined the held call: two attempts
     wait_for(lambda: future.done() or count(tree)["held_attempts"] == 2,
              "the resend joining the held call")
     assert tree.call("alpha", "fake.release") == {"released": 1}
@@ -116,12 +120,7 @@ def test_the_asyncio_client_resends_the_same_way(
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(asyncio.run, call())
         wait_for(lambda: future.done() or count(tree)["held"] == 1, "the call held")
-        assert relay.reset() >= 2
-        wait_for(lambda: future.done() or count(tree)["held_attempts"] == 2,
-                 "the resend joining the held call")
-        assert tree.call("alpha", "fake.release") == {"released": 1}
-        assert future.result(30) == {"effects": 1}
-    assert count(tree)["effects"] == 1
+        reset_and_join(tree, relay, future)
 
 
 def test_a_reply_lost_with_the_link_is_answered_from_the_reply_cache_not_run_again(
