@@ -99,23 +99,25 @@ def check_private_dir(path: Path) -> None:
         st = path.stat()
     except FileNotFoundError:
         raise KeyFileError(f"{path} does not exist; run `moorage keys init`") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise KeyFileError(f"{path} is not a directory")
-    _check_owner(path, st)
-    if st.st_mode & 0o077:
-        raise KeyFileError(f"{path} is open to group or others (mode {st.st_mode & 0o777:o}); "
-                           f"`chmod 700 {path}`")
+    _check_private(path, st, stat.S_ISDIR(st.st_mode), "directory", 0o700)
 
 
 def check_private_file(path: Path, st: os.stat_result | None = None) -> None:
     """A file only its owner, this user, can read or write (0600 or stricter)."""
     st = st or path.lstat()
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{path} is not a regular file")
+    _check_private(path, st, stat.S_ISREG(st.st_mode), "regular file", 0o600)
+
+
+def _check_private(path: Path, st: os.stat_result, kind_ok: bool, kind: str,
+                   mode: int) -> None:
+    """Of the kind expected, the user's own, and open to no one else (`mode` says how to
+    make it so)."""
+    if not kind_ok:
+        raise KeyFileError(f"{path} is not a {kind}")
     _check_owner(path, st)
     if st.st_mode & 0o077:
         raise KeyFileError(f"{path} is open to group or others (mode {st.st_mode & 0o777:o}); "
-                           f"`chmod 600 {path}`")
+                           f"`chmod {mode:o} {path}`")
 
 
 def _check_owner(path: Path, st: os.stat_result) -> None:
