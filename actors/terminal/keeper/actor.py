@@ -312,10 +312,13 @@ class PtyKeeper(Actor):
         if fds is None:
             self._reply_err(msg, "bad_args", f"adopt {sid}: the master and ring did not come")
             return
+        held = self.sessions.get(sid)
         error = self._adopt(sid, fds, msg)
         if error is not None:
             self._reply_err(msg, "bad_args", f"adopt {sid}: {error}")
             return
+        if held is None:  # (one taken from the supervisor is held there already)
+            self._keep(self.sessions[sid])
         self._tell({"t": "ok", "r": msg.get("r"), "s": sid})
 
     def _from_custody(self, sid: str, info: dict[str, Any], fds: list[int]) -> None:
@@ -360,7 +363,6 @@ class PtyKeeper(Actor):
         self.sessions[sid] = s
         self.adopted += 1
         self.ptys.add(s)
-        self._keep(s)
         logger.info("session {}: adopted (shell pid {}, output from {})", sid, pid,
                     ring.write_off)
         return None
