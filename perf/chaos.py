@@ -115,14 +115,16 @@ class DefaultTree:
     def stop(self) -> list[int]:
         """`moorage down`; returns the pids of the tree still alive afterwards (orphans)."""
         self.processes()
-        subprocess.run([sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir",
-                        str(self.dir), "down"], cwd=ROOT, env=self.env, timeout=60,
-                       capture_output=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a root that does not answer
+            subprocess.run([sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir",
+                            str(self.dir), "down"], cwd=ROOT, env=self.env, timeout=60,
+                           capture_output=True)
         if self.proc is not None:
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait()
         alive = [pid for pid in self.seen if pid != self.pid and psutil.pid_exists(pid)
                  and _same_tree(pid)]
         for pid in alive:

@@ -158,7 +158,7 @@ class Supervisor(Actor):
         # Our own children: the zygote (a new program after the first), and the children of
         # a dead zygote (we are a subreaper); anything else orphaned below us is reaped too.
         signal.signal(signal.SIGCHLD,
-                      lambda *_: self.loop.call_soon_threadsafe(self._reap_children))
+                      lambda *_: self.loop.call_soon_from_signal(self._reap_children))
         self._beat_timer = self.loop.call_later(self.spec.heartbeat.interval_ms / 1000,
                                                 self._heartbeat)
         if self.notify is not None:

@@ -776,7 +776,7 @@ class Actor:
         self.loop.stop()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.loop.call_soon_threadsafe(self.stop)
+        self.loop.call_soon_from_signal(self.stop)
 
     def serve(self) -> None:
         """Run until stopped; then answer what is pending and close."""

@@ -204,12 +204,26 @@ class Loop:
     def call_soon_threadsafe(self, fn: Callback) -> None:
         """From any thread: run `fn` on the loop's thread, soon."""
         self._soon.append(fn)
-        if self._wake_sock is not None:
-            with self._wake_lock:
-                try:
-                    self._wake_sock.send(b"w", NOBLOCK)
-                except zmq.Again:
-                    pass  # wake-ups are queued already; the loop will run `fn` with them
+        self._wake(blocking=True)
+
+    def call_soon_from_signal(self, fn: Callback) -> None:
+        """From a signal handler: run `fn` on the loop, soon. A handler runs on the loop's
+        own thread between two bytecodes, possibly inside `call_soon_threadsafe` with the
+        wake lock held (a SIGCHLD storm interrupts its own handler's send): waiting for the
+        lock there would wait for ever. So the lock is only tried: whoever holds it is
+        sending a wake-up that wakes the loop after `fn` is queued (at worst the loop wakes
+        for its housekeeping, HOUSEKEEPING_MS on)."""
+        self._soon.append(fn)
+        self._wake(blocking=False)
+
+    def _wake(self, blocking: bool) -> None:
+        if self._wake_sock is not None and self._wake_lock.acquire(blocking):
+            try:
+                self._wake_sock.send(b"w", NOBLOCK)
+            except zmq.Again:
+                pass  # wake-ups are queued already; the loop will run `fn` with them
+            finally:
+                self._wake_lock.release()
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
