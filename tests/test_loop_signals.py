@@ -37,7 +37,7 @@ def test_a_handler_that_interrupts_a_wake_up_half_sent_returns_and_its_call_runs
                         lambda *_: loop.call_soon_from_signal(lambda: ran.append("reaped")))
     try:
         # the state a second SIGCHLD finds: the first one's handler inside its wake-up
-        with loop._wake_lock:
+        with loop.wake_lock:
             os.kill(os.getpid(), signal.SIGUSR1)  # its handler runs here, on this thread
             handled_inside = ran == []
         assert handled_inside

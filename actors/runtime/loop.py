@@ -93,7 +93,9 @@ class Loop:
         self._on_batch: Callable[[list[list[bytes]]], Any] | None = None
         self._batch_cap = 1
         self._wake_sock: zmq.Socket | None = None
-        self._wake_lock = threading.Lock()
+        # Held while a wake-up is sent on the primary socket: by any thread, and by a signal
+        # handler only when free (call_soon_from_signal).
+        self.wake_lock = threading.Lock()
         self._rcvtimeo = -1
         self.fast_path = True
         self._idle = False  # no request for HOUSEKEEPING_MS: wait in zmq_poll, not the fast path
@@ -217,13 +219,13 @@ class Loop:
         self._wake(blocking=False)
 
     def _wake(self, blocking: bool) -> None:
-        if self._wake_sock is not None and self._wake_lock.acquire(blocking):
+        if self._wake_sock is not None and self.wake_lock.acquire(blocking):
             try:
                 self._wake_sock.send(b"w", NOBLOCK)
             except zmq.Again:
                 pass  # wake-ups are queued already; the loop will run `fn` with them
             finally:
-                self._wake_lock.release()
+                self.wake_lock.release()
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
