@@ -1,8 +1,8 @@
 /**
  * Every decision of a call, none of its I/O (PROTOCOL.md sections 9-11): ids kept across
  * retries (the actor's reply cache answers a retry without running it again), deadlines,
- * what to do on a reply, a timeout, a dropped connection or a new epoch, and the breaker.
- * The client only moves frames and waits.
+ * what to do on a reply, a timeout, a dropped connection, a new epoch or a refused key, and
+ * the breaker. The client only moves frames and waits.
  */
 import { encodeRequest, type Reply } from "./envelope.js";
 import { MoorageError, type WireError, fromWire, wireError } from "./errors.js";
@@ -154,6 +154,16 @@ export class CallPlan {
       { detail }));
   }
 
+  /** The tree refused this client's key at the CURVE handshake (remote mode): no attempt with
+   * this key can reach the actor, so the call ends now, not at its deadline (the client names
+   * it `unauthorized`). A non-idempotent one may have run on a connection made before the key
+   * was revoked: `outcome_unknown`. */
+  onRefused(at: number): Verdict {
+    this.breaker.giveBack();
+    return this.done(at, undefined, wireError(this.idempotent ? "timeout" : "outcome_unknown",
+      `no reply: the tree refused this client's key (${this.attempts} attempts)`));
+  }
+
   resend(at: number): Verdict {
     if (!this.breaker.allow(at)) {
       return this.done(at, undefined, this.lastError ?? wireError("circuit_open", `${this.actor}: breaker open`));
@@ -165,18 +175,29 @@ export class CallPlan {
 
 /**
  * One actor as the client knows it: the epoch it recorded, the generation (a drop or a new
- * epoch each start one), and its calls in flight. Pure: the client tells it what happened and
- * acts on the verdicts it gets back.
+ * epoch each start one), whether the tree refused this client's key, and its calls in
+ * flight. Pure: the client tells it what happened and acts on the verdicts it gets back.
  */
 export class ActorLink {
   epoch: string | null = null;
   generation = 0;
   restartsSeen = 0;
+  /** The last handshake (tcp): the tree refused this client's key; a successful one clears it. */
+  refused = false;
   readonly inFlight = new Map<number, CallPlan>();
   private droppedSinceEpoch = false;
 
   constructor(readonly actor: string, epoch: string | null = null) {
     this.epoch = epoch;
+  }
+
+  /** A new call's first send. While the key stands refused it ends at once: no reply can come. */
+  start(plan: CallPlan, at: number): Verdict {
+    const v = plan.start(at);
+    if (v.kind !== "wait") return v;
+    if (this.refused) return plan.onRefused(at);
+    this.sent(plan);
+    return v;
   }
 
   /** A call goes out (or out again): it belongs to the current generation. */
@@ -210,6 +231,23 @@ export class ActorLink {
     }
     this.generation += 1;
     return this.change(at, old, epoch);
+  }
+
+  /** A handshake failed on this client's key (HANDSHAKE_FAILED_AUTH): every call in flight
+   * ends now (libzmq does not try that handshake again: no reply can come). */
+  onRefused(at: number): [CallPlan, Verdict][] {
+    this.refused = true;
+    const out: [CallPlan, Verdict][] = [];
+    for (const plan of [...this.inFlight.values()]) {
+      this.inFlight.delete(plan.id);
+      if (!plan.finished) out.push([plan, plan.onRefused(at)]);
+    }
+    return out;
+  }
+
+  /** A handshake succeeded: the key is taken (the allow-list is read at every handshake). */
+  onHandshake(): void {
+    this.refused = false;
   }
 
   private change(at: number, oldEpoch: string | null, newEpoch: string | null): [CallPlan, Verdict][] {
