@@ -130,7 +130,7 @@ class Conn {
       sendHighWaterMark: HWM,
       receiveHighWaterMark: HWM,
     });
-    this.link = new ActorLink(actor);
+    this.link = new ActorLink(actor, null, client.remote);
     this.watch();
     this.sock.connect(client.endpoints.rpc(actor));
     void this.read();
@@ -245,6 +245,8 @@ export class Client {
   readonly runtimeDir: string;
   readonly endpoints: Endpoints;
   readonly sid: string;
+  /** Over tcp with CURVE (a connection file's `remote` table), not ipc. */
+  readonly remote: boolean;
   private readonly idempotentOps: Set<string>;
   private readonly conns = new Map<string, Conn>();
   private readonly breakers = new Map<string, CircuitBreaker>();
@@ -258,6 +260,7 @@ export class Client {
 
   constructor(options: ClientOptions = {}) {
     const remote = options.remote;
+    this.remote = remote !== undefined;
     this.runtimeDir = remote ? runtimeDirOfConnectionFile(remote.connectionFile) : options.runtimeDir ?? runtimeDir(options.instance);
     this.endpoints = remote
       ? remoteEndpointsOf(remote.connectionFile, remote.keys ?? clientKeys(), remote.host)
