@@ -1,10 +1,18 @@
 /**
  * Every decision of a call, none of its I/O (PROTOCOL.md sections 9-11): ids kept across
  * retries (the actor's reply cache answers a retry without running it again), deadlines,
- * what to do on a reply, a timeout, a dropped connection or a new epoch, and the breaker.
- * The client only moves frames and waits.
+ * what to do on a reply, a timeout, a dropped connection, a new epoch or a refused key, and
+ * the breaker. The client only moves frames and waits.
+ *
+ * A non-idempotent call may have run, so it is resent only *pinned* to the actor life it was
+ * sent to (the header's `ep`, section 10): that life answers it from its reply cache (done),
+ * joins it (still running) or runs it (it never arrived); any other life refuses it
+ * `outcome_unknown`. Over tcp (a remote client) a drop may leave the actor alive, so a
+ * dropped connection or a timed-out attempt resends it pinned when the actor's epoch was
+ * known at the first send; on ipc a drop means the actor's process ended, and such a call
+ * ends `outcome_unknown` at once, or at its deadline.
  */
-import { encodeRequest, type Reply } from "./envelope.js";
+import { encodeRequest, pinRequest, type Reply } from "./envelope.js";
 import { MoorageError, type WireError, fromWire, wireError } from "./errors.js";
 import { Backoff, CircuitBreaker, maxRetriesFor } from "./recovery.js";
 
@@ -45,7 +53,7 @@ export class CallPlan {
   readonly started: number;
   readonly deadline: number;
   readonly deadlineMs: number;
-  readonly frames: Uint8Array[];
+  frames: Uint8Array[];
   readonly timeout: number;
   attempts = 0;
   retries = 0;
@@ -54,6 +62,12 @@ export class CallPlan {
   /** The actor link's generation when this was last sent (section 10, early failure). */
   generation = 0;
   finished = false;
+  /** The actor life a non-idempotent call went to, as known at its first send, which its
+   * resends are pinned to; set by a remote ActorLink (start), never changed. null: not
+   * resent when it may have run (not known, or on ipc), or resent freely (idempotent). */
+  pin: string | null = null;
+  /** Why the frames carry `ep`: a dropped connection or a timed-out attempt. */
+  pinnedBy: "drop" | "timeout" | null = null;
 
   constructor(
     readonly id: number,
@@ -103,14 +117,43 @@ export class CallPlan {
   }
 
   attemptDeadline(at: number): number {
-    return this.idempotent ? Math.min(this.deadline, at + this.attemptTimeout()) : this.deadline;
+    // A pinned call climbs the idempotent ladder too; past it, its last attempt lasts to the deadline.
+    const ladder = this.idempotent || (this.pin !== null && this.timeoutRetries < TIMEOUT_RETRIES);
+    return ladder ? Math.min(this.deadline, at + this.attemptTimeout()) : this.deadline;
+  }
+
+  /** From now on the frames carry `ep`: only the life they may have run in may take them (its
+   * reply cache knows the id); any other refuses them `outcome_unknown`. */
+  private pinFrames(why: "drop" | "timeout"): void {
+    if (this.pinnedBy !== null || this.pin === null) return;
+    this.frames = pinRequest(this.frames, this.pin);
+    this.pinnedBy = why;
+  }
+
+  /** outcome_unknown's detail: the epochs, what the actor `told` (kept), the call's session. */
+  private detail(oldEpoch: string | null, newEpoch: string | null, told?: unknown): Record<string, unknown> {
+    const detail: Record<string, unknown> = { old_epoch: oldEpoch, new_epoch: newEpoch };
+    if (told !== undefined) {
+      detail.request_id = this.id;
+      if (told !== null && typeof told === "object" && !Array.isArray(told) && !(told instanceof Uint8Array)) Object.assign(detail, told);
+    }
+    const a = this.args as Record<string, unknown> | null;
+    if (SESSION_OPS.has(this.op) && a !== null && typeof a === "object" && typeof a.session === "string") {
+      detail.session = a.session;
+    }
+    return detail;
   }
 
   onReply(reply: Reply, at: number): Verdict {
     const br = this.breaker;
     if (br.failures || br.state !== "closed") br.recordSuccess();
     if (reply.ok) return this.done(at, reply);
-    const err = fromWire(reply.body);
+    let err = fromWire(reply.body);
+    if (this.pinnedBy === "drop" && err.name === "outcome_unknown") {
+      // (the life that answered says why; the caller hears first what happened here)
+      err = wireError("outcome_unknown", `${this.actor}'s connection dropped while ${this.op} was in flight; ${err.message}`,
+        { detail: this.detail(this.pin, null, err.detail ?? {}) });
+    }
     this.lastError = err;
     const mayRetry = NOT_RUN.has(err.name) || (this.idempotent && err.retryable);
     if (mayRetry && this.retries < maxRetriesFor(err)) {
@@ -131,7 +174,15 @@ export class CallPlan {
         ? wireError("timeout", `no reply in ${this.timeout}s (${this.attempts} attempts)`)
         : wireError("outcome_unknown", `no reply in ${this.timeout}s; the request may or may not have run`));
     }
-    if (!this.idempotent) return this.done(at, undefined, wireError("outcome_unknown", "no reply"));
+    if (!this.idempotent) {
+      if (this.pin === null) return this.done(at, undefined, wireError("outcome_unknown", "no reply"));
+      // Lost on the way, or still running: either way its life answers the pinned frames
+      // once (the reply cache, or the run they join).
+      this.pinFrames("timeout");
+      this.retries += 1;
+      this.timeoutRetries += 1;
+      return { kind: "resend", delay: 0 };
+    }
     if (this.timeoutRetries >= TIMEOUT_RETRIES) {
       return this.done(at, undefined, wireError("timeout", `no reply in ${this.attempts} attempts; cancelled`));
     }
@@ -140,22 +191,36 @@ export class CallPlan {
     return { kind: "resend", delay: Math.min(this.settings.backoff.delay(this.retries - 1), Math.max(0, this.deadline - at)) };
   }
 
-  /** The actor this was sent to is gone (section 10, early failure on a dead actor). */
+  /** The actor this was sent to is gone (section 10, early failure on a dead actor): a new
+   * epoch answered, or the connection dropped (`newEpoch` null). A pinned call is resent on a
+   * drop, at once and on each drop until answered (only a remote link pins: over tcp the
+   * actor may live on, and its life answers the pinned frames once). */
   onActorGone(at: number, oldEpoch: string | null, newEpoch: string | null): Verdict {
     this.breaker.giveBack();
     if (this.idempotent) return { kind: "resend", delay: 0 };
-    const detail: Record<string, unknown> = { old_epoch: oldEpoch, new_epoch: newEpoch };
-    const a = this.args as Record<string, unknown> | null;
-    if (SESSION_OPS.has(this.op) && a !== null && typeof a === "object" && typeof a.session === "string") {
-      detail.session = a.session;
+    if (newEpoch === null && this.pin !== null) {
+      this.pinFrames("drop");
+      return { kind: "resend", delay: 0 };
     }
     return this.done(at, undefined, wireError("outcome_unknown",
       `${this.actor} ${newEpoch === null ? "dropped its connection" : `restarted (epoch ${newEpoch})`} while ${this.op} was in flight; it may or may not have run`,
-      { detail }));
+      { detail: this.detail(oldEpoch, newEpoch) }));
+  }
+
+  /** The tree refused this client's key at the CURVE handshake (remote mode): no attempt with
+   * this key can reach the actor, so the call ends now, not at its deadline (the client names
+   * it `unauthorized`). A non-idempotent one may have run on a connection made before the key
+   * was revoked: `outcome_unknown`. */
+  onRefused(at: number): Verdict {
+    this.breaker.giveBack();
+    return this.done(at, undefined, wireError(this.idempotent ? "timeout" : "outcome_unknown",
+      `no reply: the tree refused this client's key (${this.attempts} attempts)`));
   }
 
   resend(at: number): Verdict {
-    if (!this.breaker.allow(at)) {
+    // A pinned resend is not new work for the actor, and `circuit_open` ("not sent") would be
+    // untrue of a call that was: the breaker is not asked (its outcome is counted as any).
+    if (this.pinnedBy === null && !this.breaker.allow(at)) {
       return this.done(at, undefined, this.lastError ?? wireError("circuit_open", `${this.actor}: breaker open`));
     }
     this.attempts += 1;
@@ -165,18 +230,32 @@ export class CallPlan {
 
 /**
  * One actor as the client knows it: the epoch it recorded, the generation (a drop or a new
- * epoch each start one), and its calls in flight. Pure: the client tells it what happened and
- * acts on the verdicts it gets back.
+ * epoch each start one), whether the tree refused this client's key, and its calls in
+ * flight. Pure: the client tells it what happened and acts on the verdicts it gets back.
+ * A `remote` link (tcp) pins its non-idempotent calls; an ipc one never does.
  */
 export class ActorLink {
   epoch: string | null = null;
   generation = 0;
   restartsSeen = 0;
+  /** The last handshake (tcp): the tree refused this client's key; a successful one clears it. */
+  refused = false;
   readonly inFlight = new Map<number, CallPlan>();
   private droppedSinceEpoch = false;
 
-  constructor(readonly actor: string, epoch: string | null = null) {
+  constructor(readonly actor: string, epoch: string | null = null, readonly remote = false) {
     this.epoch = epoch;
+  }
+
+  /** A new call's first send: pinned to the epoch known now, if it is to be (section 10). While
+   * the key stands refused it ends at once: no reply can come. */
+  start(plan: CallPlan, at: number): Verdict {
+    if (this.remote && !plan.idempotent) plan.pin = this.epoch;
+    const v = plan.start(at);
+    if (v.kind !== "wait") return v;
+    if (this.refused) return plan.onRefused(at);
+    this.sent(plan);
+    return v;
   }
 
   /** A call goes out (or out again): it belongs to the current generation. */
@@ -210,6 +289,23 @@ export class ActorLink {
     }
     this.generation += 1;
     return this.change(at, old, epoch);
+  }
+
+  /** A handshake failed on this client's key (HANDSHAKE_FAILED_AUTH): every call in flight
+   * ends now (libzmq does not try that handshake again: no reply can come). */
+  onRefused(at: number): [CallPlan, Verdict][] {
+    this.refused = true;
+    const out: [CallPlan, Verdict][] = [];
+    for (const plan of [...this.inFlight.values()]) {
+      this.inFlight.delete(plan.id);
+      if (!plan.finished) out.push([plan, plan.onRefused(at)]);
+    }
+    return out;
+  }
+
+  /** A handshake succeeded: the key is taken (the allow-list is read at every handshake). */
+  onHandshake(): void {
+    this.refused = false;
   }
 
   private change(at: number, oldEpoch: string | null, newEpoch: string | null): [CallPlan, Verdict][] {

@@ -118,8 +118,6 @@ class Conn {
   private timer: NodeJS.Timeout | null = null;
   private timerAt = Infinity;
   private closed = false;
-  /** The last handshake over tcp: the tree refused our key (HANDSHAKE_FAILED_AUTH). */
-  keyRefused = false;
 
   constructor(readonly client: Client, readonly actor: string) {
     const o = client.options;
@@ -132,7 +130,7 @@ class Conn {
       sendHighWaterMark: HWM,
       receiveHighWaterMark: HWM,
     });
-    this.link = new ActorLink(actor);
+    this.link = new ActorLink(actor, null, client.remote);
     this.watch();
     this.sock.connect(client.endpoints.rpc(actor));
     void this.read();
@@ -224,12 +222,8 @@ class Conn {
     const events = this.sock.events;
     events.on("disconnect", () => this.dispatch(this.link.onDisconnect(now())));
     // (only over tcp, where the tree's ZAP handler judges our key at every handshake)
-    events.on("handshake:error:auth", () => {
-      this.keyRefused = true;
-    });
-    events.on("handshake", () => {
-      this.keyRefused = false;
-    });
+    events.on("handshake:error:auth", () => this.dispatch(this.link.onRefused(now())));
+    events.on("handshake", () => this.link.onHandshake());
   }
 
   private dispatch(changes: [CallPlan, Verdict][]): void {
@@ -251,6 +245,8 @@ export class Client {
   readonly runtimeDir: string;
   readonly endpoints: Endpoints;
   readonly sid: string;
+  /** Over tcp with CURVE (a connection file's `remote` table), not ipc. */
+  readonly remote: boolean;
   private readonly idempotentOps: Set<string>;
   private readonly conns = new Map<string, Conn>();
   private readonly breakers = new Map<string, CircuitBreaker>();
@@ -264,6 +260,7 @@ export class Client {
 
   constructor(options: ClientOptions = {}) {
     const remote = options.remote;
+    this.remote = remote !== undefined;
     this.runtimeDir = remote ? runtimeDirOfConnectionFile(remote.connectionFile) : options.runtimeDir ?? runtimeDir(options.instance);
     this.endpoints = remote
       ? remoteEndpointsOf(remote.connectionFile, remote.keys ?? clientKeys(), remote.host)
@@ -348,16 +345,13 @@ export class Client {
     const inbox = new Inbox();
     conn.inboxes.set(id, inbox);
     try {
-      let v = plan.start(plan.started);
-      if (v.kind === "wait") {
-        conn.link.sent(plan);
-        await conn.send(plan.frames);
-      }
+      let v = conn.link.start(plan, plan.started);
+      if (v.kind === "wait") await conn.send(plan.frames);
       for (;;) {
         if (v.kind === "done") {
           if (v.error !== undefined) {
             const key = this.endpoints.clientKey;
-            throw conn.keyRefused && key !== null ? unauthorized(v.error, key) : v.error;
+            throw conn.link.refused && key !== null ? unauthorized(v.error, key) : v.error;
           }
           return v.reply!;
         }

@@ -2,7 +2,7 @@
  * Frames on the wire (PROTOCOL.md sections 3-5 and 15), pure: no sockets, so the conformance
  * vectors check it byte for byte.
  *
- *   request  [MOOR1] [header {id, sid, op, deadline_ms?}] [args]            [attachment]*
+ *   request  [MOOR1] [header {id, sid, op, deadline_ms?, ep?}] [args]       [attachment]*
  *   reply    [MOOR1] [header {id, ok, ep}]                [result | error]  [attachment]*
  *   stream   [topic] [MOOR1] [header {seq, ep, welcome?}] [body]            [attachment]*
  */
@@ -21,6 +21,8 @@ export interface Request {
   deadlineMs: number | null;
   args: Value;
   attachments: Uint8Array[];
+  /** The header's `ep`: run only in this actor life (a pinned resend, section 10); null when absent. */
+  epoch: string | null;
 }
 
 export interface Reply {
@@ -155,7 +157,7 @@ export function decodeRequest(frames: readonly Uint8Array[]): Request {
   const h = header(frames[1]);
   const id = h.id;
   if (!isId(id)) throw fail("bad_request", "id must be an integer in [0, 2^53)");
-  const { sid, op, deadline_ms: deadline } = h;
+  const { sid, op, deadline_ms: deadline, ep } = h;
   if (typeof sid !== "string" || sid.length === 0 || codePoints(sid) > limits.MAX_SID_LEN) {
     throw fail("bad_request", "sid must be a non-empty string", id);
   }
@@ -165,6 +167,7 @@ export function decodeRequest(frames: readonly Uint8Array[]): Request {
   if (deadline !== undefined && deadline !== null && !(typeof deadline === "number" || typeof deadline === "bigint")) {
     throw fail("bad_request", "deadline_ms must be an integer", id);
   }
+  if (ep !== undefined && ep !== null && typeof ep !== "string") throw fail("bad_request", "ep must be a string", id);
   if (frames.length - 3 > limits.MAX_ATTACHMENTS) {
     throw fail("message_too_large", `${frames.length - 3} attachments`, id);
   }
@@ -176,7 +179,20 @@ export function decodeRequest(frames: readonly Uint8Array[]): Request {
     deadlineMs: deadline === undefined || deadline === null ? null : Number(deadline),
     args,
     attachments: frames.slice(3),
+    epoch: typeof ep === "string" ? ep : null,
   };
+}
+
+/**
+ * The same request (same id, deadline, body, attachments) to be run only by the actor life
+ * `epoch`: what a client resends when the first attempt may have run there, so that a
+ * successor, whose reply cache does not know the id, refuses it instead of running it a
+ * second time (section 10). `ep` goes last in the header, as the reference encoder puts it.
+ */
+export function pinRequest(frames: readonly Uint8Array[], epoch: string): Uint8Array[] {
+  const h = decode(frames[1], { wrapFloats: true }) as Record<string, Value>;
+  h.ep = epoch;
+  return [frames[0], encode(h), ...frames.slice(2)];
 }
 
 export function encodeReply(id: number | null, epoch: string, result: unknown = null, attachments: readonly Uint8Array[] = []): Uint8Array[] {

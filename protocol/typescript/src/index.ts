@@ -10,7 +10,7 @@ export { Client, Subscription, type ClientOptions, type SubscribeOptions } from 
 export { ActorLink, CallPlan, type CallOptions, type Verdict } from "./calls.js";
 export * as envelope from "./envelope.js";
 export type { Reply, Request, StreamMessage } from "./envelope.js";
-export { DecodeError, MoorageError, type WireError, KINDS, BY_CODE, fromWire, wireError } from "./errors.js";
+export { DecodeError, MoorageError, type WireError, KINDS, BY_CODE, fromWire, wireError, unauthorized } from "./errors.js";
 export { CodecError, Float64, decode, encode, type Value } from "./msgpack.js";
 export { Backoff, CircuitBreaker, MATRIX, maxRetriesFor, type BreakerState } from "./recovery.js";
 export { StreamTracker, type Loss, type Message, type Reset, type StreamEvent } from "./streams.js";
