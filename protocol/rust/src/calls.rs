@@ -1,6 +1,7 @@
 //! Every decision of a call, none of its I/O (PROTOCOL.md sections 9-11): the id kept across
 //! retries (the actor's reply cache answers a retry without running it again), the deadline,
-//! what to do on a reply, a timeout, a dropped connection or a new epoch, and the breaker.
+//! what to do on a reply, a timeout, a dropped connection, a new epoch or a refused key, and
+//! the breaker.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -192,6 +193,17 @@ impl CallPlan {
         self.done(now, Err(e))
     }
 
+    /// The tree refused this client's key at the CURVE handshake while the call waited (remote
+    /// mode): no attempt with this key can reach the actor, so the call ends now, not at its
+    /// deadline (the client names it `unauthorized`). A non-idempotent one may have run on a
+    /// connection made before the key was revoked: `outcome_unknown`.
+    pub fn on_refused(&mut self, now: f64, br: &mut CircuitBreaker) -> Verdict {
+        br.give_back();
+        let name = if self.idempotent { "timeout" } else { "outcome_unknown" };
+        let e = WireError::of(name, format!("no reply: the tree refused this client's key ({} attempts)", self.attempts));
+        self.done(now, Err(e))
+    }
+
     pub fn resend(&mut self, now: f64, br: &mut CircuitBreaker) -> Verdict {
         if !br.allow(now) {
             let e = self.last_error.clone().unwrap_or_else(|| WireError::of("circuit_open", format!("{}: breaker open", self.actor)));
@@ -265,5 +277,39 @@ impl ActorLink {
         let mut ids: Vec<u64> = self.in_flight.iter().filter(|(_, g)| **g < self.generation).map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.into_iter().map(|id| Change { id, old_epoch: old.clone(), new_epoch: new.clone() }).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(op: &str, idempotent: bool) -> CallPlan {
+        let settings = PlanSettings { timeout: 30.0, attempt_timeout: 1.0, backoff: Backoff::default() };
+        CallPlan::new(7, "4242-1f2e3d4c5b6a", "alpha", op, &Value::Nil, vec![0xc0], idempotent, settings, None, &[], 0.0)
+    }
+
+    fn failed(v: Verdict) -> Error {
+        match v {
+            Verdict::Done(Err(e)) => e,
+            v => panic!("not a failure: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_key_ends_a_call_at_once_and_gives_back_its_probe() {
+        let mut br = CircuitBreaker::new(1, 0.5);
+        br.record_failure(0.0);
+        let mut p = plan("fake.held", false);
+        assert!(matches!(p.start(1.0, &mut br), Verdict::Wait(_))); // half-open: the probe
+        assert_eq!(failed(plan("fake.work", false).start(1.0, &mut br)).error.name, "circuit_open");
+        let e = failed(p.on_refused(1.01, &mut br));
+        assert_eq!(e.error.name, "outcome_unknown"); // it may have run before the key was revoked
+        assert_eq!(e.error.message, "no reply: the tree refused this client's key (1 attempts)");
+        assert!(matches!(plan("fake.work", false).start(1.02, &mut br), Verdict::Wait(_))); // the probe is free again
+        let mut ping = plan("sys.ping", true);
+        br.record_success();
+        ping.start(2.0, &mut br);
+        assert_eq!(failed(ping.on_refused(2.01, &mut br)).error.name, "timeout");
     }
 }

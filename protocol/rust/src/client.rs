@@ -459,6 +459,18 @@ impl Client {
             let changes = self.conns.get_mut(actor).unwrap().link.on_disconnect();
             self.on_changes(actor, changes, flying, out)?;
         }
+        // No reply can come while the tree refuses our key (libzmq does not try the handshake
+        // again on that socket): every call in flight ends now, not at its deadline.
+        if self.conns[actor].key_refused {
+            let mut ids: Vec<u64> = flying.keys().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                let (mut plan, _) = flying.remove(&id).unwrap();
+                let now = self.now();
+                let v = plan.on_refused(now, self.breaker(actor));
+                self.apply(actor, plan, v, flying, out)?;
+            }
+        }
         Ok(())
     }
 
