@@ -163,7 +163,7 @@ fn every_stream_scenario() {
 #[test]
 fn every_call_scenario() {
     let doc = load("protocol/vectors/client.json");
-    let settings = PlanSettings { timeout: 30.0, attempt_timeout: 30.0, backoff: Backoff::default() };
+    let settings = PlanSettings { timeout: 30.0, attempt_timeout: 30.0, backoff: Backoff::default(), remote: false };
     for sc in doc["calls"].as_array().unwrap() {
         let name = sc["name"].as_str().unwrap();
         let actor = sc["actor"].as_str().unwrap();
@@ -175,7 +175,7 @@ fn every_call_scenario() {
                 let args = to_wire(&s["args"]);
                 let mut p = CallPlan::new(s["id"].as_u64().unwrap(), "4242-1f2e3d4c5b6a", actor, s["op"].as_str().unwrap(), &args,
                                           moorage_client::codec::encode(&args), s["idempotent"].as_bool().unwrap(), settings, None, &[], 0.0);
-                p.start(0.0, &mut br);
+                p.start(0.0, &mut br, sc["recorded_epoch"].as_str());
                 link.sent(p.id);
                 plans.insert(p.id, p);
                 continue;
