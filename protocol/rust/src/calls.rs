@@ -1,6 +1,13 @@
 //! Every decision of a call, none of its I/O (PROTOCOL.md sections 9-11): the id kept across
 //! retries (the actor's reply cache answers a retry without running it again), the deadline,
-//! what to do on a reply, a timeout, a dropped connection or a new epoch, and the breaker.
+//! what to do on a reply, a timeout, a dropped connection, a new epoch or a refused key, and
+//! the breaker.
+//!
+//! A non-idempotent call may have run, so in remote mode it is resent only *pinned* to the
+//! actor life it went to (the header's `ep`, section 10): that life answers it once (its
+//! reply cache, or the run it joins, or it runs it if it never arrived) and a successor
+//! refuses it `outcome_unknown`. On ipc a drop is the actor's end, and such a call fails at
+//! once, as it does when no epoch was known at its first send.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rmpv::Value;
 
 use crate::codec::{get, map_of};
-use crate::envelope::{encode_request, Reply};
+use crate::envelope::{encode_request, pin_request, Reply};
 use crate::errors::{Error, WireError};
 use crate::recovery::{max_retries_for, Backoff, BreakerState, CircuitBreaker};
 
@@ -26,6 +33,16 @@ pub struct PlanSettings {
     pub timeout: f64,
     pub attempt_timeout: f64,
     pub backoff: Backoff,
+    /// Over tcp (remote mode) a link may drop under a live actor, so a call that may have run
+    /// is resent pinned; on ipc a connection drops only when the actor's process ends.
+    pub remote: bool,
+}
+
+/// Why a call's frames carry `ep`: its connection dropped, or an attempt got no reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    Drop,
+    Timeout,
 }
 
 #[derive(Debug)]
@@ -57,6 +74,10 @@ pub struct CallPlan {
     pub last_error: Option<WireError>,
     /// The actor link's generation when this was last sent (section 10, early failure).
     pub generation: u64,
+    /// The actor life this call went to at its first send, which its resends are pinned to;
+    /// None: resent never (not known, or not remote) or freely (idempotent). Never changed.
+    pub pin: Option<String>,
+    pub pinned_by: Option<Pinned>,
     pub finished: bool,
     settings: PlanSettings,
     /// The call's end-to-end time and outcome, once: (micros, ok).
@@ -90,6 +111,8 @@ impl CallPlan {
             timeout_retries: 0,
             last_error: None,
             generation: 0,
+            pin: None,
+            pinned_by: None,
             finished: false,
             settings,
             recorded: None,
@@ -107,7 +130,12 @@ impl CallPlan {
         Verdict::Done(outcome.map_err(|e| self.error(e)))
     }
 
-    pub fn start(&mut self, now: f64, br: &mut CircuitBreaker) -> Verdict {
+    /// Before the first send: the breaker may refuse at once. `epoch`: the actor's as known
+    /// now, the life this call goes to.
+    pub fn start(&mut self, now: f64, br: &mut CircuitBreaker, epoch: Option<&str>) -> Verdict {
+        if self.settings.remote && !self.idempotent {
+            self.pin = epoch.map(str::to_string);
+        }
         if br.state != BreakerState::Closed && !br.allow(now) {
             let e = WireError::of("circuit_open", format!("{}: breaker open", self.actor))
                 .with_retry_after((br.retry_after(now) * 1000.0) as i64);
@@ -121,8 +149,10 @@ impl CallPlan {
         self.settings.attempt_timeout * 2f64.powi(self.timeout_retries as i32)
     }
 
+    /// A pinned call gets attempts as an idempotent one does (its life answers a resend once);
+    /// its last lasts to the deadline.
     pub fn attempt_deadline(&self, now: f64) -> f64 {
-        if self.idempotent {
+        if self.idempotent || (self.pin.is_some() && self.timeout_retries < TIMEOUT_RETRIES) {
             self.deadline.min(now + self.attempt_timeout())
         } else {
             self.deadline
@@ -136,7 +166,12 @@ impl CallPlan {
         if reply.ok {
             return self.done(now, Ok(reply));
         }
-        let err = WireError::from_wire(&reply.body);
+        let mut err = WireError::from_wire(&reply.body);
+        if self.pinned_by == Some(Pinned::Drop) && err.name == "outcome_unknown" {
+            // (the life that answered says why; the caller hears first what happened here)
+            err = WireError::of("outcome_unknown", format!("{}'s connection dropped while {} was in flight; {}", self.actor, self.op, err.message))
+                .with_detail(self.unknown_detail(err.detail.as_ref()));
+        }
         self.last_error = Some(err.clone());
         let may_retry = NOT_RUN.contains(&err.name.as_str()) || (self.idempotent && err.retryable);
         if may_retry && self.retries < max_retries_for(&err) {
@@ -163,7 +198,15 @@ impl CallPlan {
             return self.done(now, Err(e));
         }
         if !self.idempotent {
-            return self.done(now, Err(WireError::of("outcome_unknown", "no reply")));
+            if self.pin.is_none() {
+                return self.done(now, Err(WireError::of("outcome_unknown", "no reply")));
+            }
+            // Lost on the way, or still running: either way its life answers the pinned
+            // frames once (the reply cache, or the run it joins).
+            self.pin_frames(Pinned::Timeout);
+            self.retries += 1;
+            self.timeout_retries += 1;
+            return Verdict::Resend(0.0);
         }
         if self.timeout_retries >= TIMEOUT_RETRIES {
             return self.done(now, Err(WireError::of("timeout", format!("no reply in {} attempts; cancelled", self.attempts))));
@@ -174,8 +217,14 @@ impl CallPlan {
     }
 
     /// The actor this was sent to is gone (section 10, early failure on a dead actor).
+    /// A drop under a pinned call resends it: over tcp the actor may live on. A new epoch ends
+    /// it, since the successor would refuse the pinned frames anyway.
     pub fn on_actor_gone(&mut self, now: f64, old_epoch: Option<&str>, new_epoch: Option<&str>) -> Verdict {
         if self.idempotent {
+            return Verdict::Resend(0.0);
+        }
+        if new_epoch.is_none() && self.pin.is_some() {
+            self.pin_frames(Pinned::Drop);
             return Verdict::Resend(0.0);
         }
         let ep = |e: Option<&str>| e.map_or(Value::Nil, Value::from);
@@ -192,8 +241,51 @@ impl CallPlan {
         self.done(now, Err(e))
     }
 
+    /// The tree refused this client's key at the CURVE handshake while the call waited (remote
+    /// mode): no attempt with this key can reach the actor, so the call ends now, not at its
+    /// deadline (the client names it `unauthorized`). A non-idempotent one may have run on a
+    /// connection made before the key was revoked: `outcome_unknown`.
+    pub fn on_refused(&mut self, now: f64, br: &mut CircuitBreaker) -> Verdict {
+        br.give_back();
+        let name = if self.idempotent { "timeout" } else { "outcome_unknown" };
+        let e = WireError::of(name, format!("no reply: the tree refused this client's key ({} attempts)", self.attempts));
+        self.done(now, Err(e))
+    }
+
+    /// From now on the frames carry `ep`: only the life they may have run in may take them.
+    fn pin_frames(&mut self, why: Pinned) {
+        if let (None, Some(pin)) = (self.pinned_by, &self.pin) {
+            self.frames = pin_request(&self.frames, pin).expect("a header encode_request made decodes");
+            self.pinned_by = Some(why);
+        }
+    }
+
+    /// A pinned call's outcome_unknown detail: the epoch it went to, none answered here, its
+    /// id and the session it names; what the actor `told` is kept over these.
+    fn unknown_detail(&self, told: Option<&Value>) -> Value {
+        let mut pairs = vec![
+            (Value::from("old_epoch"), self.pin.as_deref().map_or(Value::Nil, Value::from)),
+            (Value::from("new_epoch"), Value::Nil),
+            (Value::from("request_id"), Value::from(self.id)),
+        ];
+        // (a key set again keeps its place, as in the reference client's dict)
+        let put = |pairs: &mut Vec<(Value, Value)>, k: Value, v: Value| match pairs.iter_mut().find(|(have, _)| *have == k) {
+            Some((_, old)) => *old = v,
+            None => pairs.push((k, v)),
+        };
+        for (k, v) in told.and_then(Value::as_map).into_iter().flatten() {
+            put(&mut pairs, k.clone(), v.clone());
+        }
+        if let Some(s) = &self.session {
+            put(&mut pairs, Value::from("session"), Value::from(s.as_str()));
+        }
+        Value::Map(pairs)
+    }
+
+    /// A pinned resend is not new work for the actor: the breaker does not gate it (ending it
+    /// `circuit_open`, "not sent", would be untrue of a call that was).
     pub fn resend(&mut self, now: f64, br: &mut CircuitBreaker) -> Verdict {
-        if !br.allow(now) {
+        if self.pinned_by.is_none() && !br.allow(now) {
             let e = self.last_error.clone().unwrap_or_else(|| WireError::of("circuit_open", format!("{}: breaker open", self.actor)));
             return self.done(now, Err(e));
         }
@@ -265,5 +357,167 @@ impl ActorLink {
         let mut ids: Vec<u64> = self.in_flight.iter().filter(|(_, g)| **g < self.generation).map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.into_iter().map(|id| Change { id, old_epoch: old.clone(), new_epoch: new.clone() }).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{decode_reply, decode_request, encode_error, encode_reply};
+
+    const EP: &str = "5eed0f1ce0ffee00";
+    const SUCCESSOR: &str = "0123456789abcdef";
+
+    fn plan(op: &str, idempotent: bool, remote: bool) -> CallPlan {
+        let settings = PlanSettings { timeout: 30.0, attempt_timeout: 1.0, backoff: Backoff::default(), remote };
+        CallPlan::new(7, "4242-1f2e3d4c5b6a", "alpha", op, &Value::Nil, vec![0xc0], idempotent, settings, None, &[], 0.0)
+    }
+
+    fn wait(v: Verdict) -> f64 {
+        match v {
+            Verdict::Wait(until) => until,
+            v => panic!("not a wait: {v:?}"),
+        }
+    }
+
+    fn failed(v: Verdict) -> Error {
+        match v {
+            Verdict::Done(Err(e)) => e,
+            v => panic!("not a failure: {v:?}"),
+        }
+    }
+
+    fn resent_at_once(v: Verdict) {
+        assert!(matches!(v, Verdict::Resend(d) if d == 0.0), "not resent at once: {v:?}");
+    }
+
+    fn pinned_to(p: &CallPlan) -> Option<String> {
+        decode_request(&p.frames).unwrap().epoch
+    }
+
+    fn refusal(ep: &str, detail: Value) -> Reply {
+        let e = WireError::of("outcome_unknown", "alpha restarted since the first attempt of fake.held").with_detail(detail);
+        decode_reply(&encode_error(Some(7), ep, &e)).unwrap()
+    }
+
+    #[test]
+    fn a_remote_call_that_may_have_run_is_resent_pinned_on_a_drop_past_an_open_breaker() {
+        let mut br = CircuitBreaker::new(1, 0.5);
+        let mut p = plan("fake.held", false, true);
+        assert_eq!(wait(p.start(0.0, &mut br, Some(EP))), 1.0); // a pinned call's first attempt
+        let first = p.frames.clone();
+        br.record_failure(0.1); // open: a new call would not be sent
+        resent_at_once(p.on_actor_gone(0.2, Some(EP), None));
+        assert_eq!(pinned_to(&p).as_deref(), Some(EP));
+        assert_eq!((&p.frames[0], &p.frames[2..]), (&first[0], &first[2..]));
+        assert_eq!(decode_request(&p.frames).unwrap(), crate::envelope::Request { epoch: Some(EP.into()), ..decode_request(&first).unwrap() });
+        assert_eq!(wait(p.resend(0.2, &mut br)), 1.2); // not gated by the breaker
+        let pinned = p.frames.clone();
+        resent_at_once(p.on_actor_gone(0.3, Some(EP), None)); // each drop resends the same frames
+        assert_eq!(p.frames, pinned);
+        wait(p.resend(0.3, &mut br));
+        assert_eq!(p.attempts, 3);
+        // The successor refuses it: the caller hears first that the connection dropped.
+        let told = map_of([("old_epoch", Value::from(EP)), ("new_epoch", Value::from(SUCCESSOR)), ("request_id", Value::from(7))]);
+        let e = failed(p.on_reply(refusal(SUCCESSOR, told.clone()), 0.4, &mut br, 0.5));
+        assert_eq!(e.error.name, "outcome_unknown");
+        assert!(e.error.message.starts_with("alpha's connection dropped while fake.held was in flight; alpha restarted"), "{}", e.error.message);
+        assert_eq!(e.error.detail, Some(told));
+    }
+
+    #[test]
+    fn the_life_that_ran_it_answers_a_pinned_resend_once() {
+        let mut br = CircuitBreaker::new(5, 0.5);
+        let mut p = plan("fake.held", false, true);
+        p.start(0.0, &mut br, Some(EP));
+        resent_at_once(p.on_actor_gone(0.1, Some(EP), None));
+        p.resend(0.1, &mut br);
+        let reply = decode_reply(&encode_reply(Some(7), EP, &map_of([("effects", Value::from(1))]), &[])).unwrap();
+        assert!(matches!(p.on_reply(reply, 0.2, &mut br, 0.5), Verdict::Done(Ok(r)) if r.ok));
+    }
+
+    #[test]
+    fn on_ipc_or_with_no_epoch_known_a_drop_ends_such_a_call_at_once() {
+        let mut br = CircuitBreaker::new(5, 0.5);
+        for (remote, epoch) in [(false, Some(EP)), (true, None)] {
+            let mut p = plan("fake.held", false, remote);
+            assert_eq!(wait(p.start(0.0, &mut br, epoch)), 30.0); // one attempt, to the deadline
+            let first = p.frames.clone();
+            let e = failed(p.on_actor_gone(0.1, epoch, None));
+            assert_eq!(e.error.name, "outcome_unknown");
+            assert!(e.error.message.contains("may or may not have run"));
+            assert_eq!(p.frames, first);
+        }
+        let mut ping = plan("sys.ping", true, true); // safe to repeat: resent as it was
+        ping.start(0.0, &mut br, Some(EP));
+        resent_at_once(ping.on_actor_gone(0.1, Some(EP), None));
+        assert_eq!((ping.pin.as_deref(), pinned_to(&ping)), (None, None));
+    }
+
+    #[test]
+    fn a_new_epoch_ends_a_pinned_call_at_once() {
+        let mut br = CircuitBreaker::new(5, 0.5);
+        let mut p = plan("fake.held", false, true);
+        p.start(0.0, &mut br, Some(EP));
+        let e = failed(p.on_actor_gone(0.1, Some(EP), Some(SUCCESSOR))); // its successor would refuse it
+        assert_eq!(e.error.name, "outcome_unknown");
+        assert_eq!(pinned_to(&p), None);
+    }
+
+    #[test]
+    fn a_pinned_call_gets_the_timeout_ladder_then_waits_for_its_deadline() {
+        let mut br = CircuitBreaker::new(1, 0.5);
+        let mut p = plan("fake.held", false, true);
+        assert_eq!(wait(p.start(0.0, &mut br, Some(EP))), 1.0);
+        resent_at_once(p.on_timeout(1.0, &mut br, 0.5));
+        assert_eq!((p.pinned_by, pinned_to(&p).as_deref()), (Some(Pinned::Timeout), Some(EP)));
+        assert_eq!(br.state, BreakerState::Open); // the timeout counted; the resend is not gated
+        assert_eq!(wait(p.resend(1.0, &mut br)), 3.0); // doubled
+        resent_at_once(p.on_timeout(3.0, &mut br, 0.5));
+        assert_eq!(wait(p.resend(3.0, &mut br)), 30.0); // TIMEOUT_RETRIES resends: then the deadline
+        assert_eq!((p.attempts, p.timeout_retries), (3, TIMEOUT_RETRIES));
+        let e = failed(p.on_timeout(30.0, &mut br, 0.5));
+        assert_eq!(e.error.name, "outcome_unknown");
+        assert!(e.error.message.starts_with("no reply in 30s"), "{}", e.error.message);
+    }
+
+    #[test]
+    fn a_refusal_answering_a_resend_pinned_by_a_timeout_is_the_actors_own() {
+        let mut br = CircuitBreaker::new(5, 0.5);
+        let mut p = plan("fake.held", false, true);
+        p.start(0.0, &mut br, Some(EP));
+        resent_at_once(p.on_timeout(1.0, &mut br, 0.5));
+        p.resend(1.0, &mut br);
+        resent_at_once(p.on_actor_gone(1.1, Some(EP), None)); // a drop after: pinned already
+        assert_eq!(p.pinned_by, Some(Pinned::Timeout));
+        let e = failed(p.on_reply(refusal(SUCCESSOR, Value::Nil), 1.2, &mut br, 0.5));
+        assert!(e.error.message.starts_with("alpha restarted"), "{}", e.error.message);
+    }
+
+    #[test]
+    fn an_ipc_call_that_may_have_run_still_waits_one_attempt_to_its_deadline() {
+        let mut br = CircuitBreaker::new(5, 0.5);
+        let mut p = plan("fake.held", false, false);
+        p.start(0.0, &mut br, Some(EP));
+        let e = failed(p.on_timeout(30.0, &mut br, 0.5));
+        assert_eq!(e.error.name, "outcome_unknown");
+        assert_eq!(p.attempts, 1);
+    }
+
+    #[test]
+    fn a_refused_key_ends_a_call_at_once_and_gives_back_its_probe() {
+        let mut br = CircuitBreaker::new(1, 0.5);
+        br.record_failure(0.0);
+        let mut p = plan("fake.held", false, true);
+        wait(p.start(1.0, &mut br, Some(EP))); // half-open: the probe
+        assert_eq!(failed(plan("fake.work", false, true).start(1.0, &mut br, Some(EP))).error.name, "circuit_open");
+        let e = failed(p.on_refused(1.01, &mut br));
+        assert_eq!(e.error.name, "outcome_unknown"); // it may have run before the key was revoked
+        assert_eq!(e.error.message, "no reply: the tree refused this client's key (1 attempts)");
+        wait(plan("fake.work", false, true).start(1.02, &mut br, Some(EP))); // the probe is free again
+        let mut ping = plan("sys.ping", true, true);
+        br.record_success();
+        ping.start(2.0, &mut br, Some(EP));
+        assert_eq!(failed(ping.on_refused(2.01, &mut br)).error.name, "timeout");
     }
 }

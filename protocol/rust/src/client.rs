@@ -42,7 +42,8 @@ pub struct Options {
     pub sid: Option<String>,
     /// Whole call, all attempts, seconds.
     pub timeout: f64,
-    /// One attempt of an idempotent call before it is resent, seconds.
+    /// One attempt of an idempotent call (or, in remote mode, of one resent pinned) before it
+    /// is resent, seconds.
     pub attempt_timeout: f64,
     pub backoff: Backoff,
     pub breaker_threshold: u32,
@@ -56,6 +57,8 @@ pub struct Options {
     pub metrics_name: Option<String>,
     pub metrics_interval: Duration,
     /// Remote mode: the tree elsewhere that this connection file describes, over tcp with CURVE.
+    /// A link may then drop under a live actor: a call that may have run is resent pinned to
+    /// the actor's life (section 10).
     pub remote: Option<Remote>,
 }
 
@@ -265,7 +268,8 @@ impl Client {
     }
 
     fn settings(&self) -> PlanSettings {
-        PlanSettings { timeout: self.options.timeout, attempt_timeout: self.options.attempt_timeout, backoff: self.options.backoff }
+        PlanSettings { timeout: self.options.timeout, attempt_timeout: self.options.attempt_timeout, backoff: self.options.backoff,
+                       remote: self.options.remote.is_some() }
     }
 
     fn plan(&mut self, actor: &str, op: &str, args: &Value, opts: &CallOptions, timeout: Option<f64>) -> CallPlan {
@@ -366,7 +370,8 @@ impl Client {
             while flying.len() < window {
                 let Some(mut plan) = queue.pop_front() else { break };
                 let now = self.now();
-                let v = plan.start(now, self.breaker(actor));
+                let epoch = self.epoch(actor).map(str::to_string);
+                let v = plan.start(now, self.breaker(actor), epoch.as_deref());
                 self.apply(actor, plan, v, &mut flying, &mut out)?;
             }
             if flying.is_empty() && queue.is_empty() {
@@ -458,6 +463,18 @@ impl Client {
         if dropped {
             let changes = self.conns.get_mut(actor).unwrap().link.on_disconnect();
             self.on_changes(actor, changes, flying, out)?;
+        }
+        // No reply can come while the tree refuses our key (libzmq does not try the handshake
+        // again on that socket): every call in flight ends now, not at its deadline.
+        if self.conns[actor].key_refused {
+            let mut ids: Vec<u64> = flying.keys().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                let (mut plan, _) = flying.remove(&id).unwrap();
+                let now = self.now();
+                let v = plan.on_refused(now, self.breaker(actor));
+                self.apply(actor, plan, v, flying, out)?;
+            }
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Frames on the wire (PROTOCOL.md sections 3-5 and 15), pure: no sockets.
 //!
 //! ```text
-//! request  [MOOR1] [header {id, sid, op, deadline_ms?}] [args]            [attachment]*
+//! request  [MOOR1] [header {id, sid, op, deadline_ms?, ep?}] [args]       [attachment]*
 //! reply    [MOOR1] [header {id, ok, ep}]                [result | error]  [attachment]*
 //! stream   [topic] [MOOR1] [header {seq, ep, welcome?}] [body]            [attachment]*
 //! ```
@@ -24,6 +24,9 @@ pub struct Request {
     pub deadline_ms: Option<i64>,
     pub args: Value,
     pub attachments: Vec<Vec<u8>>,
+    /// The header's `ep`: run only in this actor life (a resend of a call that may have run,
+    /// section 10); None on a first attempt.
+    pub epoch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +88,25 @@ pub fn encode_request(id: u64, sid: &str, op: &str, args: &[u8], deadline_ms: Op
     frames
 }
 
+/// The same request (same id, deadline, body, attachments) to be run only by the actor life
+/// `epoch`: what a client resends when the first attempt may have run there, so that a
+/// successor, whose reply cache does not know the id, refuses it instead of running it a
+/// second time (section 10). The header is packed again as the reference encoder packs it:
+/// `ep` last, or in its place when it was there.
+pub fn pin_request(frames: &[Vec<u8>], epoch: &str) -> Result<Vec<Vec<u8>>, DecodeError> {
+    if frames.len() < 3 {
+        return Err(DecodeError::new("bad_request", format!("expected >= 3 frames, got {}", frames.len()), None));
+    }
+    let Value::Map(mut pairs) = header(&frames[1])? else { unreachable!("header() returns a map") };
+    match pairs.iter_mut().find(|(k, _)| k.as_str() == Some("ep")) {
+        Some((_, v)) => *v = Value::from(epoch),
+        None => pairs.push((Value::from("ep"), Value::from(epoch))),
+    }
+    let mut out = frames.to_vec();
+    out[1] = codec::encode(&Value::Map(pairs));
+    Ok(out)
+}
+
 fn chars(s: &str) -> usize {
     s.chars().count()
 }
@@ -115,11 +137,18 @@ pub fn decode_request(frames: &[Vec<u8>]) -> Result<Request, DecodeError> {
         Some(Value::Integer(i)) => Some(i.as_i64().unwrap_or(i64::MAX)),
         Some(_) => return Err(DecodeError::new("bad_request", "deadline_ms must be an integer", Some(id))),
     };
+    let epoch = match get(&h, "ep") {
+        None | Some(Value::Nil) => None,
+        Some(v) => match v.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => return Err(DecodeError::new("bad_request", "ep must be a string", Some(id))),
+        },
+    };
     if frames.len() - 3 > limits::MAX_ATTACHMENTS {
         return Err(DecodeError::new("message_too_large", format!("{} attachments", frames.len() - 3), Some(id)));
     }
     let args = decode_body(&frames[2], limits::MAX_BODY_SIZE, Some(id))?;
-    Ok(Request { id, sid, op, deadline_ms, args, attachments: frames[3..].to_vec() })
+    Ok(Request { id, sid, op, deadline_ms, args, attachments: frames[3..].to_vec(), epoch })
 }
 
 fn id_value(id: Option<u64>) -> Value {

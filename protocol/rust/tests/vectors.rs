@@ -163,7 +163,7 @@ fn every_stream_scenario() {
 #[test]
 fn every_call_scenario() {
     let doc = load("protocol/vectors/client.json");
-    let settings = PlanSettings { timeout: 30.0, attempt_timeout: 30.0, backoff: Backoff::default() };
+    let settings = PlanSettings { timeout: 30.0, attempt_timeout: 30.0, backoff: Backoff::default(), remote: false };
     for sc in doc["calls"].as_array().unwrap() {
         let name = sc["name"].as_str().unwrap();
         let actor = sc["actor"].as_str().unwrap();
@@ -175,7 +175,7 @@ fn every_call_scenario() {
                 let args = to_wire(&s["args"]);
                 let mut p = CallPlan::new(s["id"].as_u64().unwrap(), "4242-1f2e3d4c5b6a", actor, s["op"].as_str().unwrap(), &args,
                                           moorage_client::codec::encode(&args), s["idempotent"].as_bool().unwrap(), settings, None, &[], 0.0);
-                p.start(0.0, &mut br);
+                p.start(0.0, &mut br, sc["recorded_epoch"].as_str());
                 link.sent(p.id);
                 plans.insert(p.id, p);
                 continue;
@@ -218,6 +218,39 @@ fn every_call_scenario() {
             }
         }
     }
+}
+
+#[test]
+fn a_pinned_resend_is_the_same_request_with_ep_as_the_reference_encoder_packs_it() {
+    // The headers protocol/envelope.py's pin_request makes of these vectors' frames (with
+    // generate.py's EP, then pinned again to another epoch): `ep` last, or in its place.
+    let cases = [
+        ("request_minimal",
+         "84a2696401a3736964b1343234322d316632653364346335623661a26f70a87379732e70696e67a26570b035656564306631636530666665653030"),
+        ("request_deadline_and_map_args",
+         "85a2696402a3736964b1343234322d316632653364346335623661a26f70a97379732e68656c6c6fab646561646c696e655f6d73cf0000019b76daa800a26570b035656564306631636530666665653030"),
+        ("request_attachments",
+         "84a2696406a3736964b1343234322d316632653364346335623661a26f70a866732e7772697465a26570b035656564306631636530666665653030"),
+    ];
+    let again = "84a2696401a3736964b1343234322d316632653364346335623661a26f70a87379732e70696e67a26570b030313233343536373839616263646566";
+    let doc = load("protocol/vectors/envelope.json");
+    for (name, want) in cases {
+        let v = doc["vectors"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap();
+        let frames: Vec<Vec<u8>> = v["frames"].as_array().unwrap().iter().map(|f| unhex(f.as_str().unwrap())).collect();
+        let pinned = envelope::pin_request(&frames, "5eed0f1ce0ffee00").unwrap();
+        assert_eq!(hex(&pinned[1]), want, "{name}");
+        assert_eq!((&pinned[0], &pinned[2..]), (&frames[0], &frames[2..]), "{name}: all but the header as it was");
+        let (first, resent) = (envelope::decode_request(&frames).unwrap(), envelope::decode_request(&pinned).unwrap());
+        assert_eq!(resent.epoch.as_deref(), Some("5eed0f1ce0ffee00"));
+        assert_eq!(envelope::Request { epoch: None, ..resent }, first, "{name}: the same request");
+        if name == "request_minimal" {
+            assert_eq!(hex(&envelope::pin_request(&pinned, "0123456789abcdef").unwrap()[1]), again);
+        }
+    }
+    let mut bad = envelope::encode_request(9, "s", "fake.held", &[0xc0], None, &[]);
+    bad[1] = moorage_client::codec::encode(&moorage_client::args([("id", Value::from(9)), ("sid", Value::from("s")),
+                                                                   ("op", Value::from("x")), ("ep", Value::from(5))]));
+    assert_eq!(envelope::decode_request(&bad).unwrap_err().error.message, "ep must be a string");
 }
 
 #[test]
