@@ -1,7 +1,7 @@
 """The TypeScript and Rust clients in remote mode, against a real tree listening on loopback tcp: it
 connects from the connection file and its user's key pair (`moorage keys init`), calls and
 follows a stream over CURVE; with a key the tree does not allow, its call ends `unauthorized`
-at its deadline, naming the key to allow, and the tree counts the refusal."""
+once the refusal is seen, naming the key to allow, and the tree counts the refusal."""
 
 from __future__ import annotations
 
