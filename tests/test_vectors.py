@@ -75,8 +75,11 @@ def attachments_of(meaning: dict) -> list[bytes]:
 def decode(kind: str, frames: list[bytes]) -> dict[str, Any]:
     if kind == "request":
         r = envelope.decode_request(frames)
-        return {"id": r.id, "sid": r.sid, "op": r.op, "deadline_ms": r.deadline_ms,
-                "args": as_json(r.args), "attachments": [a.hex() for a in r.attachments]}
+        meaning = {"id": r.id, "sid": r.sid, "op": r.op, "deadline_ms": r.deadline_ms,
+                   "args": as_json(r.args), "attachments": [a.hex() for a in r.attachments]}
+        if r.epoch is not None:  # a pinned resend
+            meaning["ep"] = r.epoch
+        return meaning
     if kind in ("reply", "error_reply"):
         r = envelope.decode_reply(frames)
         if r.ok:
@@ -96,8 +99,9 @@ def decode(kind: str, frames: list[bytes]) -> dict[str, Any]:
 
 def encode(kind: str, m: dict[str, Any]) -> list[bytes]:
     if kind == "request":
-        return envelope.encode_request(m["id"], m["sid"], m["op"], from_json(m["args"]),
-                                       m["deadline_ms"], attachments_of(m))
+        frames = envelope.encode_request(m["id"], m["sid"], m["op"], from_json(m["args"]),
+                                         m["deadline_ms"], attachments_of(m))
+        return envelope.pin_request(frames, m["ep"]) if "ep" in m else frames
     if kind == "reply":
         return envelope.encode_reply(m["id"], m["ep"], from_json(m["result"]), attachments_of(m))
     if kind == "error_reply":

@@ -71,8 +71,9 @@ def bin_(data: bytes) -> dict[str, str]:
 def encode(kind: str, m: dict[str, Any]) -> list[bytes]:
     atts = [bytes.fromhex(a) for a in m.get("attachments", [])]
     if kind == "request":
-        return envelope.encode_request(
+        frames = envelope.encode_request(
             m["id"], m["sid"], m["op"], to_py(m["args"]), m["deadline_ms"], atts)
+        return envelope.pin_request(frames, m["ep"]) if "ep" in m else frames
     if kind == "reply":
         return envelope.encode_reply(m["id"], m["ep"], to_py(m["result"]), atts)
     if kind == "error_reply":
@@ -87,8 +88,11 @@ def encode(kind: str, m: dict[str, Any]) -> list[bytes]:
 def decode(kind: str, frames: list[bytes]) -> dict[str, Any]:
     if kind == "request":
         r = envelope.decode_request(frames)
-        return {"id": r.id, "sid": r.sid, "op": r.op, "deadline_ms": r.deadline_ms,
-                "args": to_json(r.args), "attachments": hexes(r.attachments)}
+        out = {"id": r.id, "sid": r.sid, "op": r.op, "deadline_ms": r.deadline_ms,
+               "args": to_json(r.args), "attachments": hexes(r.attachments)}
+        if r.epoch is not None:  # a pinned resend (section 10)
+            out["ep"] = r.epoch
+        return out
     if kind in ("reply", "error_reply"):
         p = envelope.decode_reply(frames)
         if p.ok:
@@ -199,6 +203,9 @@ def valid_vectors() -> list[dict[str, Any]]:
         v("request_max_id", "request", req(limits.MAX_ID, "sys.info", deadline_ms=DEADLINE)),
         v("request_replay", "request",
           req(9, "replay", {"topic": "term.out.7", "from_seq": 5, "max": 100})),
+        v("request_pinned_resend", "request",
+          {**req(12, "term.exec", {"session": "7", "command": "make"}, deadline_ms=DEADLINE,
+                 attachments=(b"\x00\x01",)), "ep": EP}),
         v("request_nesting_depth_32", "request",
           req(10, "example.deep", {"deep": nested(limits.MAX_DEPTH - 1)})),
         v("reply_ping", "reply", rep(1, {"ep": EP})),
@@ -281,6 +288,9 @@ def decode_only_vectors() -> list[dict[str, Any]]:
         decode_only("request_nil_deadline_is_absent", "request",
                     [TAG, header(id=16, sid=SID, op="sys.ping", deadline_ms=None), NIL],
                     req(16, "sys.ping"), "deadline_ms nil means no deadline"),
+        decode_only("request_nil_ep_is_absent", "request",
+                    [TAG, header(id=17, sid=SID, op="sys.ping", ep=None), NIL],
+                    req(17, "sys.ping"), "ep nil means not pinned: any actor life may run it"),
     ]
 
 
@@ -318,6 +328,9 @@ def invalid_vectors() -> list[dict[str, Any]]:
             "bad_request", 5, "no sid"),
         bad("sid_empty", "request", [TAG, header(id=5, sid="", op="example.op"), NIL],
             "bad_request", 5, "sid ''"),
+        bad("ep_not_a_string", "request",
+            [TAG, header(id=6, sid=SID, op="example.op", ep=5), NIL],
+            "bad_request", 6, "ep 5 (int): a pin names an actor life by its epoch"),
         bad("op_empty", "request", [TAG, header(id=6, sid=SID, op=""), NIL],
             "bad_request", 6, "op ''"),
         bad("op_too_long", "request",

@@ -17,8 +17,12 @@ fn meaning_of(kind: &str, frames: &[Vec<u8>]) -> Result<serde_json::Value, moora
     Ok(match kind {
         "request" => {
             let r = envelope::decode_request(frames)?;
-            json!({"id": r.id, "sid": r.sid, "op": r.op, "deadline_ms": r.deadline_ms, "args": to_json(&r.args),
-                   "attachments": r.attachments.iter().map(|a| hex(a)).collect::<Vec<_>>()})
+            let mut m = json!({"id": r.id, "sid": r.sid, "op": r.op, "deadline_ms": r.deadline_ms, "args": to_json(&r.args),
+                               "attachments": r.attachments.iter().map(|a| hex(a)).collect::<Vec<_>>()});
+            if let Some(ep) = r.epoch {
+                m["ep"] = json!(ep); // a pinned resend
+            }
+            m
         }
         "reply" | "error_reply" => {
             let r = envelope::decode_reply(frames)?;
@@ -46,8 +50,14 @@ fn frames_of(kind: &str, m: &serde_json::Value) -> Vec<Vec<u8>> {
     let id = m.get("id").and_then(|i| i.as_u64());
     let ep = m.get("ep").and_then(|e| e.as_str()).unwrap_or("");
     match kind {
-        "request" => envelope::encode_request(id.unwrap(), m["sid"].as_str().unwrap(), m["op"].as_str().unwrap(),
-                                              &moorage_client::codec::encode(&to_wire(&m["args"])), m["deadline_ms"].as_i64(), &atts),
+        "request" => {
+            let frames = envelope::encode_request(id.unwrap(), m["sid"].as_str().unwrap(), m["op"].as_str().unwrap(),
+                                                  &moorage_client::codec::encode(&to_wire(&m["args"])), m["deadline_ms"].as_i64(), &atts);
+            match m.get("ep").and_then(|e| e.as_str()) {
+                Some(pin) => envelope::pin_request(&frames, pin).unwrap(),
+                None => frames,
+            }
+        }
         "reply" => envelope::encode_reply(id, ep, &to_wire(&m["result"]), &atts),
         "error_reply" => envelope::encode_error(id, ep, &WireError::from_wire(&to_wire(&m["error"]))),
         _ if m.get("welcome").is_some() => envelope::encode_welcome(m["topic"].as_str().unwrap(), m["seq"].as_u64().unwrap(), ep),

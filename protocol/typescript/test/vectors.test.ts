@@ -43,7 +43,9 @@ function exactBody(frame: Uint8Array): unknown {
 function meaningOf(kind: string, frames: Uint8Array[]): Record<string, unknown> {
   if (kind === "request") {
     const r = env.decodeRequest(frames);
-    return { id: r.id, sid: r.sid, op: r.op, deadline_ms: r.deadlineMs, args: exactBody(frames[2]), attachments: r.attachments.map(hex) };
+    const m: Record<string, unknown> = { id: r.id, sid: r.sid, op: r.op, deadline_ms: r.deadlineMs, args: exactBody(frames[2]), attachments: r.attachments.map(hex) };
+    if (r.epoch !== null) m.ep = r.epoch; // a pinned resend
+    return m;
   }
   if (kind === "reply" || kind === "error_reply") {
     const r = env.decodeReply(frames);
@@ -58,7 +60,10 @@ function meaningOf(kind: string, frames: Uint8Array[]): Record<string, unknown> 
 
 function framesOf(kind: string, m: Record<string, unknown>): Uint8Array[] {
   const atts = ((m.attachments as string[] | undefined) ?? []).map(unhex);
-  if (kind === "request") return env.encodeRequest(m.id as number, m.sid as string, m.op as string, toWire(m.args), (m.deadline_ms as number | null) ?? null, atts);
+  if (kind === "request") {
+    const frames = env.encodeRequest(m.id as number, m.sid as string, m.op as string, toWire(m.args), (m.deadline_ms as number | null) ?? null, atts);
+    return typeof m.ep === "string" ? env.pinRequest(frames, m.ep) : frames;
+  }
   if (kind === "reply") return env.encodeReply(m.id as number | null, m.ep as string, toWire(m.result), atts);
   if (kind === "error_reply") return env.encodeError(m.id as number | null, m.ep as string, toWire(m.error) as unknown as WireError);
   if (m.welcome) return env.encodeWelcome(m.topic as string, m.seq as number, m.ep as string);
