@@ -72,12 +72,17 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def tcp_endpoints(host: str, port: int, names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """{actor: {rpc, pub}}: actor i on PORT + 2i (requests) and PORT + 2i + 1 (stream)."""
-    last = port + 2 * len(names) - 1
+    """{actor: {rpc, pub}}: actor i on PORT + 2i (requests) and PORT + 2i + 1 (stream); the
+    metrics actor's `in` (where clients push their latency) on the port after the last pair,
+    so that the pairs keep their places whether or not the tree has a metrics actor."""
+    last = port + 2 * len(names) - 1 + ("metrics" in names)
     if last > 65535:
         raise ListenError(f"{len(names)} actors need ports {port}-{last}: past 65535")
-    return {n: {"rpc": f"tcp://{host}:{port + 2 * i}", "pub": f"tcp://{host}:{port + 2 * i + 1}"}
-            for i, n in enumerate(names)}
+    out = {n: {"rpc": f"tcp://{host}:{port + 2 * i}", "pub": f"tcp://{host}:{port + 2 * i + 1}"}
+           for i, n in enumerate(names)}
+    if "metrics" in out:
+        out["metrics"]["in"] = f"tcp://{host}:{last}"
+    return out
 
 
 @dataclass(frozen=True)

@@ -337,3 +337,43 @@ def test_a_thousand_refused_handshakes_do_not_grow_the_actors_memory(
               f"{rss1 / 2**20:.2f} MiB ({(rss1 - rss0) / 1024:+.0f} KiB); refused {refused}")
     assert refused == 2000
     assert rss1 - rss0 < 512 * 1024, (rss0, rss1)
+
+
+def test_a_remote_client_pushes_its_latency_over_tcp_and_a_strangers_push_is_refused(
+        runtime_dir: Path, keys: tuple, tmp_path: Path) -> None:
+    _, _, client_pair = keys
+    config = FAKE_TREE + """
+[[children]]
+id = "metrics"
+start = "moorage.actors.metrics.actor:MetricsActor"
+"""
+    port = free_port_block(TREE_PORTS + 3)  # metrics' pair, and its `in` after every pair
+    tree = NetnsTree(runtime_dir, config.format(host="127.0.0.1", port=port), None)
+    try:
+        tree.start()
+        copied = tmp_path / "elsewhere" / "tree.json"
+        copied.parent.mkdir()
+        copied.write_text((tree.runtime_dir / "tree.json").read_text())
+        endpoints = json.loads(copied.read_text())["remote"]["endpoints"]
+        assert endpoints["metrics"]["in"] == f"tcp://127.0.0.1:{port + TREE_PORTS + 2}"
+        with Client.remote(copied, client_keys=client_pair, timeout=10.0,
+                           metrics_name="editor", metrics_interval=0.1) as c:
+            for _ in range(20):
+                c.call("alpha", "fake.work")
+            # no explicit push: the pusher's thread sends within an interval, over tcp
+            rows = wait_for(lambda: {r["op"]: r for r in tree.call(
+                "metrics", "metrics.query", {"actor": "client.editor"})["ops"]}.get(
+                    "alpha/fake.work"), "the remote client's pushed row", 20)
+            assert rows["lifetime"]["count"] == 20
+        refused = info(tree, "metrics")["remote"]["refused"].get("unknown_key", 0)
+        with Client.remote(copied, client_keys=curve.new_pair(), timeout=1.0,
+                           metrics_name="stranger", metrics_interval=60) as s:
+            with pytest.raises(MoorageError) as caught:
+                s.call("alpha", "sys.ping")
+            assert caught.value.error.name == "unauthorized"
+            assert s.push_latency() == 1  # handed to ZeroMQ: the tree refuses the handshake
+            wait_for(lambda: info(tree, "metrics")["remote"]["refused"].get(
+                "unknown_key", 0) > refused, "the stranger's push refused", 20)
+        assert tree.call("metrics", "metrics.query", {"actor": "client.stranger"})["ops"] == []
+    finally:
+        tree.stop()

@@ -162,6 +162,8 @@ class MetricsActor(Actor):
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.MAXMSGSIZE, limits.MAX_BODY_SIZE)
         self.bind_socket(self.pull, endpoints.metrics_in(self.runtime_dir))
+        if self.tcp is not None and "in" in self.tcp.endpoints:
+            self.tcp.bind("in", self.pull)  # remote clients push their latency there
 
     def on_start(self) -> None:
         # Replies to recovery probes and supervisor events are timed as they arrive: they

@@ -220,8 +220,9 @@ class TcpSide:
         server = curve.load_pair(keys_dir, curve.SERVER)
         self.plan = plan
         self.server_public = server.public
-        self.bound: list[tuple[zmq.Socket, str]] = [
-            (sock, plan.endpoints[name][kind]) for kind, sock in sockets.items()]
+        self.endpoints = plan.endpoints[name]
+        self.server = server
+        self.bound: list[tuple[zmq.Socket, str]] = []
         # The request socket's monitor is ours; the stream socket's is the actor's own
         # (a socket has one): its loop hands us that socket's failed handshakes.
         self._monitored = sockets["rpc"]
@@ -229,11 +230,18 @@ class TcpSide:
         self.gatekeeper = Gatekeeper(ctx, keys_dir, monitors,
                                      lambda: loop.call_soon_threadsafe(self.rebind))
         self.gatekeeper.start()
-        for sock, endpoint in self.bound:
-            remote.secure_server(sock, server)
-            sock.bind(endpoint)
+        for kind, sock in sockets.items():
+            self.bind(kind, sock)
         self.rebinds = 0
         self._unbound: list[tuple[zmq.Socket, str]] = []
+
+    def bind(self, kind: str, sock: zmq.Socket) -> None:
+        """Bind `sock` on this actor's tcp endpoint of `kind` as a CURVE server (an actor's
+        own socket beyond the two every actor has: the metrics actor's `in`)."""
+        endpoint = self.endpoints[kind]
+        remote.secure_server(sock, self.server)
+        sock.bind(endpoint)
+        self.bound.append((sock, endpoint))
 
     def stream_refused(self, event: dict[str, Any]) -> None:
         """A monitor event of the stream socket (the actor's loop reads that monitor): a

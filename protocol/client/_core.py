@@ -334,9 +334,10 @@ class ClientCore:
             self.runtime_dir = self.connection.runtime_dir
         self.sid = sid or f"{os.getpid()}-{secrets.token_hex(6)}"
         self.options = options or ClientOptions()
-        if self.options.metrics_name is not None and remote is not None:
-            raise MoorageError(WireError.of("bad_args", "metrics_name: a remote client's "
-                                            "latencies are not pushed (metrics.in is ipc)"))
+        if self.options.metrics_name is not None and remote is not None \
+                and "in" not in remote.endpoints.get("metrics", {}):
+            raise MoorageError(WireError.of("bad_args", "metrics_name: the tree's connection "
+                                            "file names no tcp endpoint for metrics.in"))
         if self.options.metrics_name is not None:
             check_metrics_name(self.options.metrics_name)  # fail at construction, not later
         self._ids = itertools.count(1)
@@ -410,8 +411,9 @@ class ClientCore:
             return
         if type(ctx) is not zmq.Context:
             ctx = zmq.Context.shadow(ctx.underlying)
-        self.pusher = LatencyPusher(self.latency, ctx, self.runtime_dir, name, self.sid,
-                                    self.options.metrics_interval)
+        self.pusher = LatencyPusher(self.latency, ctx,
+                                    lambda sock: self.endpoint(sock, "metrics", "in"), name,
+                                    self.sid, self.options.metrics_interval)
 
     def push_latency(self) -> int:
         """Push what was recorded since the last push now; the number of messages sent
@@ -444,9 +446,12 @@ class ClientCore:
         sock.connect(self.endpoint(sock, actor, "pub"))
 
     def endpoint(self, sock: zmq.Socket, actor: str, kind: str) -> str:
-        """Where `actor`'s `kind` socket (rpc, pub) is: its ipc path in the runtime dir, or
-        in remote mode its tcp endpoint, with `sock` made a CURVE client first."""
+        """Where `actor`'s `kind` socket (rpc, pub; the metrics actor's `in` too) is: its ipc
+        path in the runtime dir, or in remote mode its tcp endpoint, with `sock` made a CURVE
+        client first."""
         if self.remote is None:
+            if kind == "in":
+                return endpoints.metrics_in(self.runtime_dir)
             return endpoints.rpc(self.runtime_dir, actor) if kind == "rpc" \
                 else endpoints.pub(self.runtime_dir, actor)
         try:

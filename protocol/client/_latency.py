@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
 
-from moorage.protocol import endpoints, limits
+from moorage.protocol import limits
 from moorage.protocol.envelope import TAG, packb
 from moorage.protocol.histogram import Recorder, decode, summary
 
@@ -171,8 +171,11 @@ class LatencyPusher:
     once more when closed. It owns its PUSH socket; `push_now` and the thread share it under a
     lock, so it is used by one thread at a time."""
 
-    def __init__(self, book: LatencyBook, ctx: zmq.Context, runtime_dir: Any, name: str,
-                 sid: str, interval: float) -> None:
+    def __init__(self, book: LatencyBook, ctx: zmq.Context,
+                 endpoint_for: Callable[[zmq.Socket], str], name: str, sid: str,
+                 interval: float) -> None:
+        """`endpoint_for(sock)`: where `sock` connects (metrics.in over ipc, or its tcp
+        endpoint with `sock` made a CURVE client first)."""
         if not interval > 0:
             raise ValueError(f"metrics_interval must be > 0 seconds, not {interval!r}")
         self.book = book
@@ -185,7 +188,7 @@ class LatencyPusher:
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, SNDHWM)
-        self.sock.connect(endpoints.metrics_in(runtime_dir))
+        self.sock.connect(endpoint_for(self.sock))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="moorage-latency-push",
                                         daemon=True)

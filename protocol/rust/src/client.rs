@@ -163,7 +163,7 @@ impl Client {
         let endpoints = match &options.remote {
             Some(r) => {
                 if options.metrics_name.is_some() {
-                    return Err(local_error("bad_args", "metrics_name: a remote client's latency is not pushed (metrics.in is ipc)".into(), "", ""));
+                    return Err(local_error("bad_args", "metrics_name: this client does not push its latency over tcp yet (the Python clients do)".into(), "", ""));
                 }
                 let keys = match &r.keys {
                     Some(k) => k.clone(),

@@ -105,7 +105,7 @@ export function remoteEndpointsOf(connectionFile: string, keys: CurveKeys, host?
     rpc: (actor) => find(actor, "rpc"),
     pub: (actor) => find(actor, "pub"),
     metricsIn: () => {
-      throw new Error("metrics.in is not served on tcp: a remote client's latency is not pushed");
+      throw new Error("metricsName: this client does not push its latency over tcp yet (the Python clients do)");
     },
     socketOptions: (kind) => ({
       ...(kind === "rpc" ? { sendTimeout: 0 } : {}), // see Conn.sendOne in client.ts
