@@ -23,7 +23,7 @@ import pytest
 
 from moorage.protocol import curve
 from moorage.protocol.client import AsyncClient, Client
-from moorage.protocol.errors import MoorageError
+from moorage.protocol.errors import MoorageError, WireError
 from moorage.protocol.remote import RemoteTarget, target_from_file
 from tests.remote_support import (
     FAKE_TREE,
@@ -143,17 +143,23 @@ def test_a_call_whose_actor_was_killed_meanwhile_ends_outcome_unknown_and_is_not
         remote_call: tuple[Client, ThreadPoolExecutor]) -> None:
     tree, _, _ = relayed
     client, pool = remote_call
-    future = held_call(tree, client, pool)
+    kill_and_refuse(tree, held_call(tree, client, pool))
+
+
+def kill_and_refuse(tree: NetnsTree, future: Future) -> WireError:
+    """The actor of a held call is killed: the call ran there and its reply never left. Its
+    pinned resend reaches the successor, which refuses it unrun; the call ends
+    `outcome_unknown` naming both lives (returned for the caller's own checks)."""
     first = tree.call("alpha", "sys.hello")
-    os.kill(first["pid"], signal.SIGKILL)  # the call ran there; its reply never left
+    os.kill(first["pid"], signal.SIGKILL)
     with pytest.raises(MoorageError) as e:
-        future.result(30)
+        future.result(60)
     err = e.value.error
     successor = tree.call("alpha", "sys.hello")
     assert successor["ep"] != first["ep"]
     assert err.name == "outcome_unknown", err
-    # the successor heard the resend and refused it: it names both lives
     assert err.detail["old_epoch"] == first["ep"] and err.detail["new_epoch"] == successor["ep"]
     assert count(tree)["effects"] == 0  # not run by the successor
     # (each drop while the successor started resent it: every copy was refused, none ran)
     assert tree.call("alpha", "sys.info")["refused"].get("outcome_unknown", 0) >= 1
+    return err

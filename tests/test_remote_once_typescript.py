@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +27,12 @@ from moorage.protocol.remote import RemoteTarget, target_from_file
 from tests.conftest import ROOT
 from tests.remote_support import CutRelay, NetnsTree, keys_cli
 from tests.test_remote_clients import PACKAGE, built, tcp_tree  # noqa: F401  (fixtures)
-from tests.test_remote_exactly_once import count, relayed, reset_and_join  # noqa: F401
+from tests.test_remote_exactly_once import (  # noqa: F401  (relayed: a fixture)
+    count,
+    kill_and_refuse,
+    relayed,
+    reset_and_join,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -101,20 +105,8 @@ def test_a_call_whose_actor_was_killed_meanwhile_ends_outcome_unknown_and_is_not
         tmp_path: Path) -> None:
     tree, _, target = relayed
     with ThreadPoolExecutor(1) as pool:
-        future = held_call(tree, target, tmp_path, pool)
-        first = tree.call("alpha", "sys.hello")
-        os.kill(first["pid"], signal.SIGKILL)  # the call ran there; its reply never left
-        with pytest.raises(MoorageError) as e:
-            future.result(60)
-    err = e.value.error
-    successor = tree.call("alpha", "sys.hello")
-    assert successor["ep"] != first["ep"]
-    assert err.name == "outcome_unknown", err
+        err = kill_and_refuse(tree, held_call(tree, target, tmp_path, pool))
     assert err.message.startswith("alpha's connection dropped while fake.held was in flight")
-    # the successor heard the pinned resend and refused it: it names both lives
-    assert err.detail["old_epoch"] == first["ep"] and err.detail["new_epoch"] == successor["ep"]
-    assert count(tree)["effects"] == 0  # not run by the successor
-    assert tree.call("alpha", "sys.info")["refused"].get("outcome_unknown", 0) >= 1
 
 
 def test_a_key_revoked_while_a_call_waits_ends_it_at_once_as_unauthorized(
