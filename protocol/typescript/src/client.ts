@@ -283,7 +283,8 @@ export class Client {
     this.idempotentOps = new Set(options.idempotentOps ?? []);
     this.latency = new LatencyBook(this.options.metricsName !== undefined);
     if (this.options.metricsName !== undefined) {
-      this.pusher = new LatencyPusher(this.latency, this.endpoints.metricsIn(), this.options.metricsName, this.sid, this.options.metricsInterval);
+      this.pusher = new LatencyPusher(this.latency, this.endpoints.metricsIn(), this.options.metricsName, this.sid,
+        this.options.metricsInterval, this.endpoints.socketOptions("in"));
     }
   }
 
