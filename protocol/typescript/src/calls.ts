@@ -10,7 +10,9 @@
  * `outcome_unknown`. Over tcp (a remote client) a drop may leave the actor alive, so a
  * dropped connection or a timed-out attempt resends it pinned when the actor's epoch was
  * known at the first send; on ipc a drop means the actor's process ended, and such a call
- * ends `outcome_unknown` at once, or at its deadline.
+ * ends `outcome_unknown` at once, or at its deadline. A resumable op (sys.info's
+ * `resumable`: its effect is recorded outside the actor) is answered by any successor under
+ * the same id, so it is resent as it is on a drop or a new epoch, never pinned.
  */
 import { encodeRequest, pinRequest, type Reply } from "./envelope.js";
 import { MoorageError, type WireError, fromWire, wireError } from "./errors.js";
@@ -24,6 +26,18 @@ export const NOT_RUN: ReadonlySet<string> = new Set(["busy", "stopping"]);
 export const TIMEOUT_RETRIES = 2;
 /** Ops whose `session` argument goes into an early failure's detail (section 10). */
 const SESSION_OPS: ReadonlySet<string> = new Set(["term.exec", "term.create"]);
+
+/** The ops a sys.info reply says are idempotent, and those it says are resumable (section 10);
+ * anything else in it (a malformed entry) says neither. */
+export function opsOfInfo(info: unknown): { idempotent: Set<string>; resumable: Set<string> } {
+  const ops = info !== null && typeof info === "object" ? (info as { ops?: unknown }).ops : undefined;
+  const entries = ops !== null && typeof ops === "object" && !Array.isArray(ops) && !(ops instanceof Uint8Array)
+    ? Object.entries(ops as Record<string, unknown>) : [];
+  const saying = (flag: "idempotent" | "resumable"): Set<string> => new Set(entries
+    .filter(([, d]) => d !== null && typeof d === "object" && (d as Record<string, unknown>)[flag] === true)
+    .map(([n]) => n));
+  return { idempotent: saying("idempotent"), resumable: saying("resumable") };
+}
 
 export interface CallOptions {
   /** Whole call, all attempts, in seconds (default: the client's). */
@@ -68,6 +82,10 @@ export class CallPlan {
   pin: string | null = null;
   /** Why the frames carry `ep`: a dropped connection or a timed-out attempt. */
   pinnedBy: "drop" | "timeout" | null = null;
+  /** The op is resumable (sys.info's `resumable`, section 10): any successor of the actor
+   * answers the same id, so on a drop or a new epoch it is resent as is, never pinned. Set by
+   * the client before the first send. */
+  resumable = false;
 
   constructor(
     readonly id: number,
@@ -192,12 +210,13 @@ export class CallPlan {
   }
 
   /** The actor this was sent to is gone (section 10, early failure on a dead actor): a new
-   * epoch answered, or the connection dropped (`newEpoch` null). A pinned call is resent on a
+   * epoch answered, or the connection dropped (`newEpoch` null). An idempotent or resumable
+   * call is resent at once, as it is (a successor answers it). A pinned call is resent on a
    * drop, at once and on each drop until answered (only a remote link pins: over tcp the
    * actor may live on, and its life answers the pinned frames once). */
   onActorGone(at: number, oldEpoch: string | null, newEpoch: string | null): Verdict {
     this.breaker.giveBack();
-    if (this.idempotent) return { kind: "resend", delay: 0 };
+    if (this.idempotent || this.resumable) return { kind: "resend", delay: 0 };
     if (newEpoch === null && this.pin !== null) {
       this.pinFrames("drop");
       return { kind: "resend", delay: 0 };
@@ -232,7 +251,8 @@ export class CallPlan {
  * One actor as the client knows it: the epoch it recorded, the generation (a drop or a new
  * epoch each start one), whether the tree refused this client's key, and its calls in
  * flight. Pure: the client tells it what happened and acts on the verdicts it gets back.
- * A `remote` link (tcp) pins its non-idempotent calls; an ipc one never does.
+ * A `remote` link (tcp) pins its calls that are neither idempotent nor resumable; an ipc one
+ * never does.
  */
 export class ActorLink {
   epoch: string | null = null;
@@ -250,7 +270,7 @@ export class ActorLink {
   /** A new call's first send: pinned to the epoch known now, if it is to be (section 10). While
    * the key stands refused it ends at once: no reply can come. */
   start(plan: CallPlan, at: number): Verdict {
-    if (this.remote && !plan.idempotent) plan.pin = this.epoch;
+    if (this.remote && !plan.idempotent && !plan.resumable) plan.pin = this.epoch;
     const v = plan.start(at);
     if (v.kind !== "wait") return v;
     if (this.refused) return plan.onRefused(at);

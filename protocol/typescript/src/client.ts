@@ -12,7 +12,7 @@ import { randomBytes } from "node:crypto";
 
 import { Dealer, Subscriber } from "zeromq";
 
-import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, now } from "./calls.js";
+import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, now, opsOfInfo } from "./calls.js";
 import {
   clientKeys,
   type CurveKeys,
@@ -251,6 +251,8 @@ export class Client {
   private readonly conns = new Map<string, Conn>();
   private readonly breakers = new Map<string, CircuitBreaker>();
   private readonly learned = new Map<string, Set<string>>();
+  /** actor -> its resumable ops (sys.info's `resumable`, learnt with the idempotent ones). */
+  private readonly resumableOps = new Map<string, Set<string>>();
   private readonly epochs = new Map<string, string>();
   private readonly restarts = new Map<string, number>();
   private readonly subs = new Set<Subscription>();
@@ -281,7 +283,8 @@ export class Client {
     this.idempotentOps = new Set(options.idempotentOps ?? []);
     this.latency = new LatencyBook(this.options.metricsName !== undefined);
     if (this.options.metricsName !== undefined) {
-      this.pusher = new LatencyPusher(this.latency, this.endpoints.metricsIn(), this.options.metricsName, this.sid, this.options.metricsInterval);
+      this.pusher = new LatencyPusher(this.latency, this.endpoints.metricsIn(), this.options.metricsName, this.sid,
+        this.options.metricsInterval, this.endpoints.socketOptions("in"));
     }
   }
 
@@ -342,6 +345,7 @@ export class Client {
     const plan = new CallPlan(id, actor, op, args,  idempotent,
       { sid: this.sid, timeout: this.options.timeout, attemptTimeout: this.options.attemptTimeout, backoff: this.options.backoff },
       this.breaker(actor), (micros, ok) => this.latency.record(actor, op, micros, ok), timeout, options.attachments);
+    plan.resumable = this.resumableOps.get(actor)?.has(op) ?? false;
     const inbox = new Inbox();
     conn.inboxes.set(id, inbox);
     try {
@@ -392,13 +396,15 @@ export class Client {
     return r;
   }
 
-  /** Ask `actor` which of its ops are idempotent; until it can say, none are (the safe side). */
+  /** Ask `actor` which of its ops are idempotent (returned) and which resumable; until it can
+   * say, none are (the safe side). */
   async learnOps(actor: string, timeout?: number): Promise<ReadonlySet<string>> {
     try {
-      const info = (await this.call(actor, "sys.info", null, { timeout: timeout ?? this.options.timeout })) as { ops?: Record<string, { idempotent?: boolean }> };
-      const ops = new Set(Object.entries(info?.ops ?? {}).filter(([, d]) => d && d.idempotent === true).map(([n]) => n));
-      this.learned.set(actor, ops);
-      return ops;
+      const info = await this.call(actor, "sys.info", null, { timeout: timeout ?? this.options.timeout });
+      const { idempotent, resumable } = opsOfInfo(info);
+      this.learned.set(actor, idempotent);
+      this.resumableOps.set(actor, resumable);
+      return idempotent;
     } catch (e) {
       if (e instanceof MoorageError) return new Set();
       throw e;

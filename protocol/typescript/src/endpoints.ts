@@ -26,8 +26,8 @@ export interface Endpoints {
   pub(actor: string): string;
   metricsIn(): string;
   /** Options a socket to these endpoints is made with (CURVE and heartbeats on tcp): the
-   * DEALER to an actor's `rpc` or the SUB to its `pub`. */
-  socketOptions(kind: "rpc" | "pub"): Record<string, string | number>;
+   * DEALER to an actor's `rpc`, the SUB to its `pub`, or the latency PUSH to `metrics.in`. */
+  socketOptions(kind: "rpc" | "pub" | "in"): Record<string, string | number>;
   /** The CURVE public key this client proves itself with (remote mode), else null: what a
    * refused client is told to allow. */
   readonly clientKey: string | null;
@@ -91,7 +91,7 @@ export function remoteEndpointsOf(connectionFile: string, keys: CurveKeys, host?
   if (!r || r.transport !== "tcp" || typeof r.server_key !== "string" || r.server_key.length !== 40) {
     throw new Error(`${connectionFile}: this tree does not listen on tcp (moorage up --listen)`);
   }
-  const eps = r.endpoints as Record<string, { rpc: string; pub: string }>;
+  const eps = r.endpoints as Record<string, { rpc?: string; pub?: string; in?: string }>;
   const at = (ep: string): string => (host === undefined ? ep : `tcp://${host}:${ep.slice(ep.lastIndexOf(":") + 1)}`);
   const find = (actor: string, kind: "rpc" | "pub"): string => {
     const ep = eps[actor]?.[kind];
@@ -105,7 +105,11 @@ export function remoteEndpointsOf(connectionFile: string, keys: CurveKeys, host?
     rpc: (actor) => find(actor, "rpc"),
     pub: (actor) => find(actor, "pub"),
     metricsIn: () => {
-      throw new Error("metricsName: this client does not push its latency over tcp yet (the Python clients do)");
+      const ep = eps.metrics?.in;
+      if (typeof ep !== "string" || !ep.startsWith("tcp://")) {
+        throw new Error("metricsName: the tree's connection file names no tcp endpoint for metrics.in");
+      }
+      return at(ep);
     },
     socketOptions: (kind) => ({
       ...(kind === "rpc" ? { sendTimeout: 0 } : {}), // see Conn.sendOne in client.ts

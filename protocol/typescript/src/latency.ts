@@ -107,8 +107,11 @@ export class LatencyPusher {
   sent = 0;
   deferred = 0;
 
-  constructor(readonly book: LatencyBook, endpoint: string, name: string, sid: string, interval: number) {
-    this.sock = new Push({ linger: 250, sendHighWaterMark: 100 });
+  /** `options`: the socket options of `endpoint` (over tcp, CURVE and heartbeats). No send
+   * timeout is needed: a push that cannot leave at once is deferred, never awaited. */
+  constructor(readonly book: LatencyBook, endpoint: string, name: string, sid: string, interval: number,
+    options: Record<string, string | number> = {}) {
+    this.sock = new Push({ ...options, linger: 250, sendHighWaterMark: 100 });
     this.sock.connect(endpoint);
     this.header = encode({ actor: `client.${checkMetricsName(name)}`, pid: process.pid, ep: sid });
     this.timer = setInterval(() => void this.pushNow(), interval * 1000);
@@ -136,9 +139,10 @@ export class LatencyPusher {
       ]);
       if (left) {
         this.deferred += 1;
-        void send.finally(() => {
+        const clear = (): void => {
           this.sending = null;
-        });
+        };
+        void send.then(clear, clear); // (a send the close cuts short is no error of the caller's)
         for (const [name, c] of groups.slice(i + MAX_OPS_PER_PUSH)) this.book.putBack(name, c);
         break;
       }
