@@ -162,9 +162,6 @@ impl Client {
         let sid = options.sid.clone().unwrap_or_else(|| format!("{}-{:012x}", std::process::id(), random_u64(seed) & 0xffff_ffff_ffff));
         let endpoints = match &options.remote {
             Some(r) => {
-                if options.metrics_name.is_some() {
-                    return Err(local_error("bad_args", "metrics_name: this client does not push its latency over tcp yet (the Python clients do)".into(), "", ""));
-                }
                 let keys = match &r.keys {
                     Some(k) => k.clone(),
                     None => client_keys(&keys_dir()).map_err(|m| local_error("bad_args", m, "", ""))?,
@@ -177,7 +174,8 @@ impl Client {
         let pusher = match &options.metrics_name {
             Some(name) => {
                 check_metrics_name(name).map_err(|m| local_error("bad_args", m, "", ""))?;
-                Some(Pusher::start(&ctx, &endpoints.metrics_in(), latency.clone(), name, &sid, options.metrics_interval)
+                let at = endpoints.metrics_in().map_err(|m| local_error("bad_args", m, "", ""))?;
+                Some(Pusher::start(&ctx, &endpoints, &at, latency.clone(), name, &sid, options.metrics_interval)
                     .map_err(|e| local_error("unavailable", e.to_string(), "metrics", ""))?)
             }
             None => None,
