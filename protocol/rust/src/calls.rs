@@ -7,9 +7,11 @@
 //! actor life it went to (the header's `ep`, section 10): that life answers it once (its
 //! reply cache, or the run it joins, or it runs it if it never arrived) and a successor
 //! refuses it `outcome_unknown`. On ipc a drop is the actor's end, and such a call fails at
-//! once, as it does when no epoch was known at its first send.
+//! once, as it does when no epoch was known at its first send. A *resumable* op (its actor's
+//! sys.info says so, like term.exec) is answered by any successor of the actor under the same
+//! id, so on a drop or a new epoch it is resent freely, never pinned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rmpv::Value;
@@ -62,6 +64,9 @@ pub struct CallPlan {
     pub actor: String,
     pub op: String,
     pub idempotent: bool,
+    /// Its actor answers it from any life under the same id (section 10, "Resumable ops"):
+    /// resent on a drop or a new epoch as an idempotent op is, never pinned.
+    pub resumable: bool,
     pub session: Option<String>,
     pub started: f64,
     pub timeout: f64,
@@ -75,7 +80,8 @@ pub struct CallPlan {
     /// The actor link's generation when this was last sent (section 10, early failure).
     pub generation: u64,
     /// The actor life this call went to at its first send, which its resends are pinned to;
-    /// None: resent never (not known, or not remote) or freely (idempotent). Never changed.
+    /// None: resent never (not known, or not remote) or freely (idempotent, or resumable: any
+    /// successor answers those). Never changed.
     pub pin: Option<String>,
     pub pinned_by: Option<Pinned>,
     pub finished: bool,
@@ -100,6 +106,7 @@ impl CallPlan {
             actor: actor.to_string(),
             op: op.to_string(),
             idempotent,
+            resumable: false,
             session,
             started: now,
             timeout,
@@ -119,6 +126,12 @@ impl CallPlan {
         }
     }
 
+    /// What the actor's sys.info said of the op (`learned_ops`): resumable or not.
+    pub fn with_resumable(mut self, resumable: bool) -> CallPlan {
+        self.resumable = resumable;
+        self
+    }
+
     fn error(&self, e: WireError) -> Error {
         Error { error: e, actor: self.actor.clone(), op: self.op.clone(), attempts: self.attempts }
     }
@@ -133,7 +146,7 @@ impl CallPlan {
     /// Before the first send: the breaker may refuse at once. `epoch`: the actor's as known
     /// now, the life this call goes to.
     pub fn start(&mut self, now: f64, br: &mut CircuitBreaker, epoch: Option<&str>) -> Verdict {
-        if self.settings.remote && !self.idempotent {
+        if self.settings.remote && !self.idempotent && !self.resumable {
             self.pin = epoch.map(str::to_string);
         }
         if br.state != BreakerState::Closed && !br.allow(now) {
@@ -217,10 +230,11 @@ impl CallPlan {
     }
 
     /// The actor this was sent to is gone (section 10, early failure on a dead actor).
-    /// A drop under a pinned call resends it: over tcp the actor may live on. A new epoch ends
-    /// it, since the successor would refuse the pinned frames anyway.
+    /// An idempotent or resumable call is resent at once (a successor answers a resumable one
+    /// under the same id). A drop under a pinned call resends it: over tcp the actor may live
+    /// on. A new epoch ends it, since the successor would refuse the pinned frames anyway.
     pub fn on_actor_gone(&mut self, now: f64, old_epoch: Option<&str>, new_epoch: Option<&str>) -> Verdict {
-        if self.idempotent {
+        if self.idempotent || self.resumable {
             return Verdict::Resend(0.0);
         }
         if new_epoch.is_none() && self.pin.is_some() {
@@ -292,6 +306,17 @@ impl CallPlan {
         self.attempts += 1;
         Verdict::Wait(self.attempt_deadline(now))
     }
+}
+
+/// What an actor's sys.info reply says of its ops (section 10): the idempotent ones and the
+/// resumable ones (`ops.<name>.idempotent` / `.resumable` true). Anything else says nothing.
+pub fn learned_ops(info: &Value) -> (HashSet<String>, HashSet<String>) {
+    let with = |flag: &str| -> HashSet<String> {
+        get(info, "ops").and_then(Value::as_map).into_iter().flatten()
+            .filter(|(_, d)| matches!(get(d, flag), Some(Value::Boolean(true))))
+            .filter_map(|(k, _)| k.as_str().map(str::to_string)).collect()
+    };
+    (with("idempotent"), with("resumable"))
 }
 
 /// One actor as the client knows it: the epoch recorded, the generation (a drop or a new
@@ -519,5 +544,46 @@ mod tests {
         br.record_success();
         ping.start(2.0, &mut br, Some(EP));
         assert_eq!(failed(ping.on_refused(2.01, &mut br)).error.name, "timeout");
+    }
+
+    #[test]
+    fn a_resumable_call_is_resent_unpinned_on_a_drop_and_on_a_new_epoch() {
+        let mut br = CircuitBreaker::new(5, 0.5);
+        let session = map_of([("session", Value::from("s1")), ("command", Value::from("true"))]);
+        let mut p = CallPlan::new(7, "4242-1f2e3d4c5b6a", "terminal", "term.exec", &session, vec![0xc0], false,
+                                  PlanSettings { timeout: 30.0, attempt_timeout: 1.0, backoff: Backoff::default(), remote: true },
+                                  None, &[], 0.0).with_resumable(true);
+        assert_eq!(wait(p.start(0.0, &mut br, Some(EP))), 30.0); // not pinned: one attempt, to the deadline
+        assert_eq!(p.pin, None);
+        let first = p.frames.clone();
+        resent_at_once(p.on_actor_gone(0.2, Some(EP), None)); // a drop: resent as it was
+        assert_eq!((p.pinned_by, pinned_to(&p), &p.frames), (None, None, &first));
+        wait(p.resend(0.2, &mut br));
+        resent_at_once(p.on_actor_gone(0.3, Some(EP), Some(SUCCESSOR))); // a successor answers it too
+        assert_eq!((pinned_to(&p), &p.frames), (None, &first));
+        let reply = decode_reply(&encode_reply(Some(7), SUCCESSOR, &map_of([("exit_code", Value::from(0))]), &[])).unwrap();
+        assert!(matches!(p.on_reply(reply, 0.4, &mut br, 0.5), Verdict::Done(Ok(r)) if r.ok));
+        // Not known to be resumable: pinned on the drop, ended by the new epoch.
+        let mut q = plan("term.exec", false, true);
+        q.start(0.0, &mut br, Some(EP));
+        assert_eq!(q.pin.as_deref(), Some(EP));
+        assert_eq!(failed(q.on_actor_gone(0.1, Some(EP), Some(SUCCESSOR))).error.name, "outcome_unknown");
+    }
+
+    #[test]
+    fn sys_info_says_which_ops_are_idempotent_and_which_resumable() {
+        let entry = |idem: Value, res: Value| map_of([("idempotent", idem), ("resumable", res)]);
+        let info = map_of([("ops", map_of([
+            ("term.exec", entry(Value::from(false), Value::from(true))),
+            ("term.list", entry(Value::from(true), Value::from(false))),
+            ("term.kill", entry(Value::from(false), Value::from(false))),
+            ("odd", entry(Value::from(1), Value::from("yes"))), // only true says so
+            ("bare", map_of([("doc", Value::from("no flags"))])),
+        ]))]);
+        let (idem, res) = learned_ops(&info);
+        assert_eq!(idem, HashSet::from(["term.list".to_string()]));
+        assert_eq!(res, HashSet::from(["term.exec".to_string()]));
+        assert_eq!(learned_ops(&Value::Nil), (HashSet::new(), HashSet::new()));
+        assert_eq!(learned_ops(&map_of([("ops", Value::from(3))])), (HashSet::new(), HashSet::new()));
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rmpv::Value;
 
-use crate::calls::{ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
+use crate::calls::{learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
 use crate::codec::{self, get};
 use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
@@ -131,6 +131,8 @@ pub struct Client {
     conns: HashMap<String, Conn>,
     breakers: HashMap<String, CircuitBreaker>,
     learned: HashMap<String, HashSet<String>>,
+    /// ... and its resumable ones (sys.info), learned with them.
+    resumable: HashMap<String, HashSet<String>>,
     next_id: u64,
     latency: Arc<Mutex<LatencyBook>>,
     _pusher: Option<Pusher>,
@@ -162,9 +164,6 @@ impl Client {
         let sid = options.sid.clone().unwrap_or_else(|| format!("{}-{:012x}", std::process::id(), random_u64(seed) & 0xffff_ffff_ffff));
         let endpoints = match &options.remote {
             Some(r) => {
-                if options.metrics_name.is_some() {
-                    return Err(local_error("bad_args", "metrics_name: this client does not push its latency over tcp yet (the Python clients do)".into(), "", ""));
-                }
                 let keys = match &r.keys {
                     Some(k) => k.clone(),
                     None => client_keys(&keys_dir()).map_err(|m| local_error("bad_args", m, "", ""))?,
@@ -177,7 +176,8 @@ impl Client {
         let pusher = match &options.metrics_name {
             Some(name) => {
                 check_metrics_name(name).map_err(|m| local_error("bad_args", m, "", ""))?;
-                Some(Pusher::start(&ctx, &endpoints.metrics_in(), latency.clone(), name, &sid, options.metrics_interval)
+                let at = endpoints.metrics_in().map_err(|m| local_error("bad_args", m, "", ""))?;
+                Some(Pusher::start(&ctx, &endpoints, &at, latency.clone(), name, &sid, options.metrics_interval)
                     .map_err(|e| local_error("unavailable", e.to_string(), "metrics", ""))?)
             }
             None => None,
@@ -191,6 +191,7 @@ impl Client {
             conns: HashMap::new(),
             breakers: HashMap::new(),
             learned: HashMap::new(),
+            resumable: HashMap::new(),
             next_id: 1,
             latency,
             _pusher: pusher,
@@ -267,6 +268,11 @@ impl Client {
             || self.learned.get(actor).is_some_and(|s| s.contains(op))
     }
 
+    /// Did `actor`'s sys.info say `op` is resumable (answered by any of its lives)?
+    pub fn is_resumable(&self, actor: &str, op: &str) -> bool {
+        self.resumable.get(actor).is_some_and(|s| s.contains(op))
+    }
+
     fn settings(&self) -> PlanSettings {
         PlanSettings { timeout: self.options.timeout, attempt_timeout: self.options.attempt_timeout, backoff: self.options.backoff,
                        remote: self.options.remote.is_some() }
@@ -279,7 +285,9 @@ impl Client {
             self.next_id - 1
         });
         let now = self.now();
+        let resumable = self.is_resumable(actor, op);
         CallPlan::new(id, &self.sid, actor, op, args, codec::encode(args), idempotent, self.settings(), timeout, &opts.attachments, now)
+            .with_resumable(resumable)
     }
 
     /// Learning first, when the op's idempotency is only the actor's to tell: the call keeps
@@ -344,16 +352,15 @@ impl Client {
         Ok(r)
     }
 
-    /// Ask `actor` which of its ops are idempotent; until it can say, none are (the safe side).
+    /// Ask `actor` which of its ops are idempotent (returned) and which resumable (see
+    /// `is_resumable`); until it can say, none are either (the safe side).
     pub fn learn_ops(&mut self, actor: &str, timeout: Option<f64>) -> HashSet<String> {
         let opts = CallOptions { timeout, ..CallOptions::default() };
         match self.request(actor, "sys.info", Value::Nil, opts) {
             Ok(r) => {
-                let ops: HashSet<String> = get(&r.body, "ops").and_then(|o| o.as_map()).map(|m| {
-                    m.iter().filter(|(_, d)| matches!(get(d, "idempotent"), Some(Value::Boolean(true))))
-                        .filter_map(|(k, _)| k.as_str().map(str::to_string)).collect()
-                }).unwrap_or_default();
+                let (ops, resumable) = learned_ops(&r.body);
                 self.learned.insert(actor.to_string(), ops.clone());
+                self.resumable.insert(actor.to_string(), resumable);
                 ops
             }
             Err(_) => HashSet::new(),

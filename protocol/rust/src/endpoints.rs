@@ -37,6 +37,9 @@ extern "C" {
 pub struct Endpoints {
     dir: PathBuf,
     named: HashMap<String, (Option<String>, Option<String>)>,
+    /// Remote mode: the metrics actor's `in` as the connection file names it (`metrics.in`),
+    /// where this client pushes its latency; None when the file names none.
+    remote_metrics_in: Option<String>,
     /// Remote mode: every socket is a CURVE client of the tree's key (PROTOCOL.md "Remote").
     curve: Option<CurveClient>,
 }
@@ -101,7 +104,7 @@ impl Endpoints {
                 }
             }
         }
-        Endpoints { dir: dir.to_path_buf(), named, curve: None }
+        Endpoints { dir: dir.to_path_buf(), named, remote_metrics_in: None, curve: None }
     }
 
     /// The tcp endpoints of the tree elsewhere that a connection file (copied from its host)
@@ -119,13 +122,17 @@ impl Endpoints {
             None => ep.to_string(),
         };
         let mut named = HashMap::new();
+        let mut remote_metrics_in = None;
         for (actor, e) in r.get("endpoints").and_then(|e| e.as_object()).into_iter().flatten() {
             let s = |k: &str| e.get(k).and_then(|v| v.as_str()).filter(|v| v.starts_with("tcp://")).map(at);
             named.insert(actor.clone(), (s("rpc"), s("pub")));
+            if actor == "metrics" {
+                remote_metrics_in = s("in");
+            }
         }
         let hb = |k: &str, d: i32| r.get("heartbeat_ms").and_then(|h| h.get(k)).and_then(|v| v.as_i64()).map_or(d, |v| v as i32);
         let dir = runtime_dir_of_connection_file(connection_file)?;
-        Ok(Endpoints { dir, named, curve: Some(CurveClient {
+        Ok(Endpoints { dir, named, remote_metrics_in, curve: Some(CurveClient {
             server_key, keys, heartbeat_ms: (hb("ivl", 1000), hb("timeout", 3000), hb("ttl", 3000)) }) })
     }
 
@@ -170,8 +177,15 @@ impl Endpoints {
         self.named.get(actor).and_then(|e| e.1.clone()).unwrap_or_else(|| format!("ipc://{}/{actor}.pub", self.dir.display()))
     }
 
-    pub fn metrics_in(&self) -> String {
-        format!("ipc://{}/metrics.in", self.dir.display())
+    /// Where this client pushes its latency: the metrics actor's `in`, its ipc path, or in
+    /// remote mode the tcp endpoint the connection file names (`metrics.in`); a file that
+    /// names none (a tree without a metrics actor) is an error.
+    pub fn metrics_in(&self) -> Result<String, String> {
+        if self.curve.is_none() {
+            return Ok(format!("ipc://{}/metrics.in", self.dir.display()));
+        }
+        self.remote_metrics_in.clone()
+            .ok_or_else(|| "metrics_name: the tree's connection file names no tcp endpoint for metrics.in".to_string())
     }
 }
 
@@ -183,4 +197,64 @@ pub fn runtime_dir_of_connection_file(path: &Path) -> Result<PathBuf, String> {
         Some(d) => PathBuf::from(d),
         None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+
+    fn keys() -> CurveKeys {
+        CurveKeys { public: KEY.to_string(), secret: KEY.to_string() }
+    }
+
+    /// A connection file in a directory of its own, holding `remote`.
+    fn connection_file(name: &str, remote: serde_json::Value) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("moorage-endpoints-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tree.json");
+        std::fs::write(&path, serde_json::json!({"remote": remote}).to_string()).unwrap();
+        path
+    }
+
+    fn remote_table(endpoints: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"transport": "tcp", "curve": true, "server_key": KEY, "endpoints": endpoints})
+    }
+
+    #[test]
+    fn a_remote_client_pushes_to_the_metrics_in_its_connection_file_names() {
+        let path = connection_file("with-in", remote_table(serde_json::json!({
+            "alpha": {"rpc": "tcp://10.0.0.1:7000", "pub": "tcp://10.0.0.1:7001"},
+            "metrics": {"rpc": "tcp://10.0.0.1:7002", "pub": "tcp://10.0.0.1:7003", "in": "tcp://10.0.0.1:7004"},
+        })));
+        let e = Endpoints::remote(&path, keys(), None).unwrap();
+        assert_eq!(e.metrics_in().unwrap(), "tcp://10.0.0.1:7004");
+        // the host given replaces the address the tree bound, as for rpc and pub
+        let e = Endpoints::remote(&path, keys(), Some("tree.example")).unwrap();
+        assert_eq!(e.metrics_in().unwrap(), "tcp://tree.example:7004");
+        assert_eq!(e.rpc("metrics"), "tcp://tree.example:7002");
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_connection_file_naming_no_metrics_in_gives_no_endpoint_to_push_to() {
+        for (name, eps) in [
+            ("no-metrics", serde_json::json!({"alpha": {"rpc": "tcp://h:7000", "pub": "tcp://h:7001"}})),
+            ("no-in", serde_json::json!({"metrics": {"rpc": "tcp://h:7000", "pub": "tcp://h:7001"}})),
+            ("ipc-in", serde_json::json!({"metrics": {"rpc": "tcp://h:7000", "pub": "tcp://h:7001", "in": "ipc:///x/metrics.in"}})),
+        ] {
+            let path = connection_file(name, remote_table(eps));
+            let e = Endpoints::remote(&path, keys(), None).unwrap();
+            let err = e.metrics_in().unwrap_err();
+            assert!(err.contains("metrics.in"), "{name}: {err}");
+            std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_local_client_pushes_to_the_ipc_path_in_the_runtime_dir() {
+        let e = Endpoints::of(Path::new("/run/moorage-test-none"));
+        assert_eq!(e.metrics_in().unwrap(), "ipc:///run/moorage-test-none/metrics.in");
+    }
 }

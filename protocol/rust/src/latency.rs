@@ -11,6 +11,7 @@ use std::time::Duration;
 use rmpv::Value;
 
 use crate::codec::{encode, map_of};
+use crate::endpoints::Endpoints;
 use crate::envelope::TAG;
 use crate::histogram::{Recorder, Summary};
 use crate::limits::MAX_OP_LEN;
@@ -106,10 +107,14 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    pub fn start(ctx: &zmq::Context, endpoint: &str, book: Arc<Mutex<LatencyBook>>, name: &str, sid: &str, interval: Duration) -> zmq::Result<Pusher> {
+    /// `endpoint`: `endpoints.metrics_in()`; in remote mode the PUSH is made a CURVE client
+    /// of the tree's key (`Endpoints::secure`) before it connects, as every socket there is.
+    pub fn start(ctx: &zmq::Context, endpoints: &Endpoints, endpoint: &str, book: Arc<Mutex<LatencyBook>>, name: &str, sid: &str,
+                 interval: Duration) -> zmq::Result<Pusher> {
         let sock = ctx.socket(zmq::PUSH)?;
         sock.set_linger(250)?;
         sock.set_sndhwm(100)?;
+        endpoints.secure(&sock, true)?;
         sock.connect(endpoint)?;
         let header = encode(&map_of([
             ("actor", Value::from(format!("client.{name}"))),
