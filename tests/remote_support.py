@@ -8,12 +8,14 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -32,6 +34,18 @@ id = "beta"
 start = "tests.fakes:FakeActor"
 """
 TREE_PORTS = 6  # supervisor, alpha, beta: two ports each
+CRATE = ROOT / "protocol" / "rust"
+
+
+def rust_example(name: str) -> Path:
+    """Build protocol/rust's example `name` and give its program. Called before a tree
+    starts, so the build's minutes are not the tree's."""
+    if shutil.which("cargo") is None:
+        pytest.fail("cargo is not installed: the machine's Rust toolchain is needed")
+    done = subprocess.run(["cargo", "build", "--locked", "--example", name], cwd=CRATE,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return CRATE / "target" / "debug" / "examples" / name
 
 
 def keys_cli(keys_dir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -63,6 +63,32 @@ def info(tree: NetnsTree, actor: str) -> dict:
     return tree.call(actor, "sys.info")
 
 
+METRICS_TREE = FAKE_TREE + """
+[[children]]
+id = "metrics"
+start = "moorage.actors.metrics.actor:MetricsActor"
+"""
+
+
+@pytest.fixture
+def metrics_tcp_tree(runtime_dir: Path, keys: tuple) -> Iterator[NetnsTree]:
+    """The fake tree with a metrics actor on loopback tcp: metrics' `in` after every pair."""
+    port = free_port_block(TREE_PORTS + 3)
+    tree = NetnsTree(runtime_dir, METRICS_TREE.format(host="127.0.0.1", port=port), None)
+    try:
+        tree.start()
+        yield tree
+    finally:
+        tree.stop()
+
+
+def pushed_row(tree: NetnsTree, client: str, what: str) -> dict:
+    """The metrics actor's row of `client.<client>` for `what` (actor/op), once pushed."""
+    return wait_for(lambda: {r["op"]: r for r in tree.call(
+        "metrics", "metrics.query", {"actor": f"client.{client}"})["ops"]}.get(what),
+        f"client.{client}'s pushed row {what}", 30)
+
+
 def test_keys_init_allow_revoke_and_list_keep_every_file_private(tmp_path: Path) -> None:
     server_dir, _, client = make_keys(tmp_path)
     assert stat.S_IMODE(server_dir.stat().st_mode) == 0o700
@@ -340,40 +366,30 @@ def test_a_thousand_refused_handshakes_do_not_grow_the_actors_memory(
 
 
 def test_a_remote_client_pushes_its_latency_over_tcp_and_a_strangers_push_is_refused(
-        runtime_dir: Path, keys: tuple, tmp_path: Path) -> None:
+        metrics_tcp_tree: NetnsTree, keys: tuple, tmp_path: Path) -> None:
     _, _, client_pair = keys
-    config = FAKE_TREE + """
-[[children]]
-id = "metrics"
-start = "moorage.actors.metrics.actor:MetricsActor"
-"""
-    port = free_port_block(TREE_PORTS + 3)  # metrics' pair, and its `in` after every pair
-    tree = NetnsTree(runtime_dir, config.format(host="127.0.0.1", port=port), None)
-    try:
-        tree.start()
-        copied = tmp_path / "elsewhere" / "tree.json"
-        copied.parent.mkdir()
-        copied.write_text((tree.runtime_dir / "tree.json").read_text())
-        endpoints = json.loads(copied.read_text())["remote"]["endpoints"]
-        assert endpoints["metrics"]["in"] == f"tcp://127.0.0.1:{port + TREE_PORTS + 2}"
-        with Client.remote(copied, client_keys=client_pair, timeout=10.0,
-                           metrics_name="editor", metrics_interval=0.1) as c:
-            for _ in range(20):
-                c.call("alpha", "fake.work")
-            # no explicit push: the pusher's thread sends within an interval, over tcp
-            rows = wait_for(lambda: {r["op"]: r for r in tree.call(
-                "metrics", "metrics.query", {"actor": "client.editor"})["ops"]}.get(
-                    "alpha/fake.work"), "the remote client's pushed row", 20)
-            assert rows["lifetime"]["count"] == 20
-        refused = info(tree, "metrics")["remote"]["refused"].get("unknown_key", 0)
-        with Client.remote(copied, client_keys=curve.new_pair(), timeout=1.0,
-                           metrics_name="stranger", metrics_interval=60) as s:
-            with pytest.raises(MoorageError) as caught:
-                s.call("alpha", "sys.ping")
-            assert caught.value.error.name == "unauthorized"
-            assert s.push_latency() == 1  # handed to ZeroMQ: the tree refuses the handshake
-            wait_for(lambda: info(tree, "metrics")["remote"]["refused"].get(
-                "unknown_key", 0) > refused, "the stranger's push refused", 20)
-        assert tree.call("metrics", "metrics.query", {"actor": "client.stranger"})["ops"] == []
-    finally:
-        tree.stop()
+    tree = metrics_tcp_tree
+    copied = tmp_path / "elsewhere" / "tree.json"
+    copied.parent.mkdir()
+    copied.write_text((tree.runtime_dir / "tree.json").read_text())
+    endpoints = json.loads(copied.read_text())["remote"]["endpoints"]
+    base = int(endpoints["supervisor"]["rpc"].rpartition(":")[2])
+    assert endpoints["metrics"]["in"] == f"tcp://127.0.0.1:{base + TREE_PORTS + 2}"
+    with Client.remote(copied, client_keys=client_pair, timeout=10.0,
+                       metrics_name="editor", metrics_interval=0.1) as c:
+        for _ in range(20):
+            c.call("alpha", "fake.work")
+        # no explicit push: the pusher's thread sends within an interval, over tcp
+        assert pushed_row(tree, "editor", "alpha/fake.work")["lifetime"]["count"] == 20
+    refused = info(tree, "metrics")["remote"]["refused"].get("unknown_key", 0)
+    with Client.remote(copied, client_keys=curve.new_pair(), timeout=1.0,
+                       metrics_name="stranger", metrics_interval=60) as s:
+        with pytest.raises(MoorageError) as caught:
+            s.call("alpha", "sys.ping")
+        assert caught.value.error.name == "unauthorized"
+        # handed to ZeroMQ, or kept when the refusal already left the socket no peer
+        s.push_latency()
+        assert s.core.pusher is not None and s.core.pusher.sent + s.core.pusher.deferred == 1
+        wait_for(lambda: info(tree, "metrics")["remote"]["refused"].get(
+            "unknown_key", 0) > refused, "the stranger's push refused", 20)
+    assert tree.call("metrics", "metrics.query", {"actor": "client.stranger"})["ops"] == []

@@ -17,12 +17,18 @@ import pytest
 
 from moorage.protocol import curve
 from tests.conftest import ROOT
-from tests.remote_support import FAKE_TREE, TREE_PORTS, NetnsTree, free_port_block, make_keys
+from tests.remote_support import (
+    FAKE_TREE,
+    TREE_PORTS,
+    NetnsTree,
+    free_port_block,
+    make_keys,
+    rust_example,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
 PACKAGE = ROOT / "protocol" / "typescript"
-CRATE = ROOT / "protocol" / "rust"
 
 SCRIPT = """
 import { Client } from "%(dist)s";
@@ -120,11 +126,6 @@ def test_the_typescript_client_calls_and_follows_a_stream_over_tcp_with_curve(
 
 def test_the_rust_client_calls_and_follows_a_stream_over_tcp_with_curve(
         tcp_tree: tuple[NetnsTree, Path], tmp_path: Path) -> None:
-    if shutil.which("cargo") is None:
-        pytest.fail("cargo is not installed: the machine's Rust toolchain is needed")
-    done = subprocess.run(["cargo", "build", "--locked", "--example", "remote"], cwd=CRATE,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    program = rust_example("remote")
     tree, client_dir = tcp_tree
-    check_remote_client([str(CRATE / "target" / "debug" / "examples" / "remote")], tree,
-                        client_dir, tmp_path)
+    check_remote_client([str(program)], tree, client_dir, tmp_path)

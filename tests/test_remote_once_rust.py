@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,14 +25,13 @@ import pytest
 from moorage.protocol import curve
 from moorage.protocol.remote import RemoteTarget
 from tests.conftest import ROOT
-from tests.remote_support import CutRelay, NetnsTree
+from tests.remote_support import CRATE, CutRelay, NetnsTree, rust_example
 from tests.test_remote_clients import tcp_tree  # noqa: F401  (a fixture)
 from tests.test_remote_exactly_once import count, relayed  # noqa: F401  (a fixture)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-CRATE = ROOT / "protocol" / "rust"
 PROGRAM = CRATE / "target" / "debug" / "examples" / "remote_call"
 # The call's whole time; one attempt lasts all of it, so a resend is only ever the drop's.
 TIMEOUT = 30.0
@@ -41,12 +39,7 @@ TIMEOUT = 30.0
 
 @pytest.fixture(scope="module")
 def built() -> None:
-    if shutil.which("cargo") is None:
-        pytest.fail("cargo is not installed: the machine's Rust toolchain is needed")
-    # Built before a tree starts, so the build's minutes are not the tree's.
-    done = subprocess.run(["cargo", "build", "--locked", "--example", "remote_call"],
-                          cwd=CRATE, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    rust_example("remote_call")
 
 
 def client_files(tree: NetnsTree, target: RemoteTarget, base: Path) -> tuple[Path, Path]:

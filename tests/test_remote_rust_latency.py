@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,25 +19,18 @@ import pytest
 
 from moorage.protocol import curve
 from tests.conftest import ROOT
-from tests.remote_support import FAKE_TREE, TREE_PORTS, NetnsTree, free_port_block
-from tests.test_remote import keys  # noqa: F401  (a fixture)
-from tests.waiting import wait_for
+from tests.remote_support import CRATE, NetnsTree, rust_example
+from tests.test_remote import keys, metrics_tcp_tree, pushed_row  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(180)
 
-CRATE = ROOT / "protocol" / "rust"
 PROGRAM = CRATE / "target" / "debug" / "examples" / "remote_latency"
 CALLS = 20
 
 
 @pytest.fixture(scope="module")
 def built() -> None:
-    if shutil.which("cargo") is None:
-        pytest.fail("cargo is not installed: the machine's Rust toolchain is needed")
-    # Built before a tree starts, so the build's minutes are not the tree's.
-    done = subprocess.run(["cargo", "build", "--locked", "--example", "remote_latency"],
-                          cwd=CRATE, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    rust_example("remote_latency")
 
 
 def start(conn: Path, keys_dir: Path, name: str) -> subprocess.Popen:
@@ -59,44 +51,32 @@ def report(proc: subprocess.Popen) -> dict:
 
 
 def test_a_remote_rust_client_pushes_its_latency_over_tcp(
-        built: None, runtime_dir: Path, keys: tuple, tmp_path: Path) -> None:  # noqa: F811
+        built: None, metrics_tcp_tree: NetnsTree, keys: tuple,  # noqa: F811
+        tmp_path: Path) -> None:
     _, client_dir, _ = keys
-    config = FAKE_TREE + """
-[[children]]
-id = "metrics"
-start = "moorage.actors.metrics.actor:MetricsActor"
-"""
-    port = free_port_block(TREE_PORTS + 3)  # metrics' pair, and its `in` after every pair
-    tree = NetnsTree(runtime_dir, config.format(host="127.0.0.1", port=port), None)
+    tree = metrics_tcp_tree
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    info = json.loads((tree.runtime_dir / "tree.json").read_text())
+    info["runtime_dir"] = str(elsewhere)  # (no ipc path of the tree's from this copy)
+    assert info["remote"]["endpoints"]["metrics"]["in"].startswith("tcp://127.0.0.1:")
+    copied = elsewhere / "tree.json"
+    copied.write_text(json.dumps(info))
+
+    proc = start(copied, client_dir, "rusty")
     try:
-        tree.start()
-        elsewhere = tmp_path / "elsewhere"
-        elsewhere.mkdir()
-        info = json.loads((tree.runtime_dir / "tree.json").read_text())
-        info["runtime_dir"] = str(elsewhere)  # (no ipc path of the tree's from this copy)
-        assert info["remote"]["endpoints"]["metrics"]["in"].startswith("tcp://127.0.0.1:")
-        copied = elsewhere / "tree.json"
-        copied.write_text(json.dumps(info))
-
-        proc = start(copied, client_dir, "rusty")
-        try:
-            assert report(proc) == {"calls": CALLS}
-            # no push asked for: the pusher's thread sends within its 100 ms, over tcp
-            row = wait_for(lambda: {r["op"]: r for r in tree.call(
-                "metrics", "metrics.query", {"actor": "client.rusty"})["ops"]}.get(
-                    "alpha/fake.work"), "the remote Rust client's pushed row", 20)
-            assert row["lifetime"]["count"] == CALLS
-        finally:
-            _, err = proc.communicate(input="", timeout=60)
-        assert proc.returncode == 0, err[-3000:]
-
-        # a connection file naming no metrics.in: refused when the client is made
-        del info["remote"]["endpoints"]["metrics"]["in"]
-        copied.write_text(json.dumps(info))
-        proc = start(copied, client_dir, "nowhere")
-        out = report(proc)
-        proc.communicate(timeout=60)
-        assert out["error"] == "bad_args" and "metrics.in" in out["message"], out
-        assert tree.call("metrics", "metrics.query", {"actor": "client.nowhere"})["ops"] == []
+        assert report(proc) == {"calls": CALLS}
+        # no push asked for: the pusher's thread sends within its 100 ms, over tcp
+        assert pushed_row(tree, "rusty", "alpha/fake.work")["lifetime"]["count"] == CALLS
     finally:
-        tree.stop()
+        _, err = proc.communicate(input="", timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+
+    # a connection file naming no metrics.in: refused when the client is made
+    del info["remote"]["endpoints"]["metrics"]["in"]
+    copied.write_text(json.dumps(info))
+    proc = start(copied, client_dir, "nowhere")
+    out = report(proc)
+    proc.communicate(timeout=60)
+    assert out["error"] == "bad_args" and "metrics.in" in out["message"], out
+    assert tree.call("metrics", "metrics.query", {"actor": "client.nowhere"})["ops"] == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -21,26 +20,20 @@ import pytest
 from moorage.protocol import curve
 from moorage.protocol.client import Client
 from tests.conftest import ROOT
-from tests.remote_support import NetnsTree, free_port_block
+from tests.remote_support import CRATE, NetnsTree, free_port_block, rust_example
 from tests.terminal_support import make_home, terminal_tree
 from tests.test_remote import keys  # noqa: F401  (a fixture)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-CRATE = ROOT / "protocol" / "rust"
 PROGRAM = CRATE / "target" / "debug" / "examples" / "remote_exec"
 PORTS = 20  # two for each actor of the tree and metrics' `in`, with room to spare
 
 
 @pytest.fixture(scope="module")
 def built() -> None:
-    if shutil.which("cargo") is None:
-        pytest.fail("cargo is not installed: the machine's Rust toolchain is needed")
-    # Built before a tree starts, so the build's minutes are not the tree's.
-    done = subprocess.run(["cargo", "build", "--locked", "--example", "remote_exec"],
-                          cwd=CRATE, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    rust_example("remote_exec")
 
 
 def test_a_remote_rust_clients_exec_is_answered_by_the_terminals_successor(

@@ -19,18 +19,12 @@ import pytest
 
 from moorage.protocol import curve
 from tests.conftest import ROOT
-from tests.remote_support import FAKE_TREE, TREE_PORTS, NetnsTree, free_port_block, keys_cli
-from tests.test_remote import info, keys  # noqa: F401  (fixture)
+from tests.remote_support import NetnsTree, keys_cli
+from tests.test_remote import info, keys, metrics_tcp_tree, pushed_row  # noqa: F401  (fixtures)
 from tests.test_remote_clients import PACKAGE, built  # noqa: F401  (fixture)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-METRICS_TREE = FAKE_TREE + """
-[[children]]
-id = "metrics"
-start = "moorage.actors.metrics.actor:MetricsActor"
-"""
 
 # Calls alpha as `client.<name>` and reports; then holds the client open until a line comes
 # on stdin (the pusher's timer pushing meanwhile), closes it and reports what it saw.
@@ -86,30 +80,24 @@ class NodeClient:
 
 
 def test_a_remote_typescript_client_pushes_its_latency_over_tcp_and_a_strangers_push_is_refused(
-        built: None, runtime_dir: Path, keys: tuple, tmp_path: Path) -> None:  # noqa: F811
+        built: None, metrics_tcp_tree: NetnsTree, keys: tuple,  # noqa: F811
+        tmp_path: Path) -> None:
     _, client_dir, _ = keys
-    port = free_port_block(TREE_PORTS + 3)  # metrics' pair, and its `in` after every pair
-    tree = NetnsTree(runtime_dir, METRICS_TREE.format(host="127.0.0.1", port=port), None)
+    tree = metrics_tcp_tree
     script = tmp_path / "latency.mjs"
     script.write_text(SCRIPT % {"dist": PACKAGE / "dist" / "src" / "index.js"})
     clients: list[NodeClient] = []
     try:
-        tree.start()
         conn = tmp_path / "elsewhere" / "tree.json"  # a copy, as an editor elsewhere has it
         conn.parent.mkdir()
         conn.write_text((tree.runtime_dir / "tree.json").read_text())
-        assert json.loads(conn.read_text())["remote"]["endpoints"]["metrics"]["in"] \
-            == f"tcp://127.0.0.1:{port + TREE_PORTS + 2}"
 
         editor = NodeClient(script, conn, client_dir, "ts-editor", "fake.work", 20)
         clients.append(editor)
         assert editor.report() == {"calls": 20}
         # no explicit push: the pusher's timer sends within an interval, over tcp
-        row = wait_for(lambda: {r["op"]: r for r in tree.call(
-            "metrics", "metrics.query", {"actor": "client.ts-editor"})["ops"]}.get(
-                "alpha/fake.work"), "the remote TypeScript client's pushed row", 30)
-        assert row["lifetime"]["count"] == 20
-        assert row["lifetime"]["ok"] == 20
+        row = pushed_row(tree, "ts-editor", "alpha/fake.work")
+        assert (row["lifetime"]["count"], row["lifetime"]["ok"]) == (20, 20)
         editor.release()
 
         stranger_dir = tmp_path / "stranger-keys"
@@ -125,4 +113,3 @@ def test_a_remote_typescript_client_pushes_its_latency_over_tcp_and_a_strangers_
     finally:
         for c in clients:
             c.kill()
-        tree.stop()
