@@ -48,15 +48,20 @@ def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, c
     return server_dir, client_dir, client
 
 
-@pytest.fixture
-def tcp_tree(runtime_dir: Path, keys: tuple) -> Iterator[NetnsTree]:
-    port = free_port_block(TREE_PORTS)
-    tree = NetnsTree(runtime_dir, FAKE_TREE.format(host="127.0.0.1", port=port), None)
+def loopback_tree(runtime_dir: Path, config: str, ports: int) -> Iterator[NetnsTree]:
+    """`config` (a TOML with {host} and {port}) started on a free block of `ports` ports."""
+    port = free_port_block(ports)
+    tree = NetnsTree(runtime_dir, config.format(host="127.0.0.1", port=port), None)
     try:
         tree.start()
         yield tree
     finally:
         tree.stop()
+
+
+@pytest.fixture
+def tcp_tree(runtime_dir: Path, keys: tuple) -> Iterator[NetnsTree]:
+    yield from loopback_tree(runtime_dir, FAKE_TREE, TREE_PORTS)
 
 
 def info(tree: NetnsTree, actor: str) -> dict:
@@ -73,13 +78,7 @@ start = "moorage.actors.metrics.actor:MetricsActor"
 @pytest.fixture
 def metrics_tcp_tree(runtime_dir: Path, keys: tuple) -> Iterator[NetnsTree]:
     """The fake tree with a metrics actor on loopback tcp: metrics' `in` after every pair."""
-    port = free_port_block(TREE_PORTS + 3)
-    tree = NetnsTree(runtime_dir, METRICS_TREE.format(host="127.0.0.1", port=port), None)
-    try:
-        tree.start()
-        yield tree
-    finally:
-        tree.stop()
+    yield from loopback_tree(runtime_dir, METRICS_TREE, TREE_PORTS + 3)
 
 
 def pushed_row(tree: NetnsTree, client: str, what: str) -> dict:
