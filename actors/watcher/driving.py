@@ -89,6 +89,7 @@ class Driving:
         self._health_wait: Sync | None = None
         self._after_resync: list[Callable[[], None]] = []
         self.walking = False  # a resync's walk is under way on the walker thread
+        self.recreating = False  # ... and before it, the observers are being made anew
         self._again: tuple[str, bool] | None = None  # resync asked for meanwhile
 
     def checkpoint(self) -> None:
@@ -178,8 +179,9 @@ class Driving:
                            recreate or (self._again[1] if self._again else False))
             return None
         t0 = time.perf_counter()
-        if recreate:
-            self.w.obs.recreate()
+        # recreated: the old observers detached now, stopped and placed anew on the walker
+        recreation = self.w.obs.begin_recreate() if recreate else None
+        self.recreating = recreation is not None
         raws, _, problems = self.w.obs.take()  # all before the walk: the walk covers them
         self.w.pipeline.hold()  # and what the pipeline held: the walk covers it too
         self.walking = True
@@ -192,6 +194,8 @@ class Driving:
         told = dict(self.w.index.entries) if base is INDEX else base
 
         def blocking() -> tuple[dict[str, Stat], float, list, Index, float]:
+            if recreation is not None:
+                recreation.run()  # watches first, then the walk
             t1 = time.perf_counter()
             out: dict[str, Stat] = {}
             for path, recursive in roots.items():
@@ -206,6 +210,8 @@ class Driving:
         def finish(got: tuple[dict[str, Stat], float, list, Index, float]) -> dict[str, Any]:
             # (the diff and the new index were made on the walker: here only publishing)
             new, walk_ms, changes, index, diff_ms = got
+            if recreation is not None:
+                recreation.record()
             summary = self.w.pipeline.resync(reason, new, told, changes=changes,
                                              index=index, walk_ms=round(walk_ms, 3))
             summary["publish_ms"] = summary["diff_ms"]  # the pipeline's part: publishing
@@ -235,19 +241,25 @@ class Driving:
             if job.error is not None:
                 logger.opt(exception=job.error).error("watcher: resync walk failed")
                 self._walk_done()
-                self.request_resync(reason)
+                self.request_resync(reason, recreation is not None)  # (placed, not recorded)
 
         try:
             job = self.w.walker.submit(blocking, finish)
         except MoorageError:  # the walker's queue is full: try again after a back-off
+            if recreation is not None:
+                recreation.obs.halt(recreation.old)
             self._walk_done()
             self.request_resync(reason, recreate)
             return None
         job.then(failed)
         return {"reason": reason, "walking": True}
 
+    def after_resync(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once the resync under way has published its diff."""
+        self._after_resync.append(fn)
+
     def _walk_done(self) -> None:
-        self.walking = False
+        self.walking = self.recreating = False
         self.resyncs.done()
         self.w.loop.call_later(0, self.drain)  # what waited for the walk
         if self._again is not None:

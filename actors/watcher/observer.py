@@ -391,33 +391,46 @@ class ObserverManager:
                 out["back"].append(root.path)
         return out
 
-    def stop(self) -> None:
-        with self._create_lock:  # a placement under way makes no new observer after this
+    def detach(self) -> list[Any]:
+        """Take the observers out, at once and on the loop: a placement under way makes no
+        new one after this (the generation moves on) and no root is observed any more.
+        `halt` then stops their threads, anywhere: closing an inotify instance of 100,000
+        watches and joining its threads takes longer than a loop turn may."""
+        with self._create_lock:
             self.generation += 1
-            observers = (self.inotify, self.polling)
+            observers = [o for o in (self.inotify, self.polling) if o is not None]
             self.inotify = self.polling = None
+        for root in (*self.roots.values(), *self.polled.values()):
+            root.watch = None
+        return observers
+
+    @staticmethod
+    def halt(observers: list[Any]) -> None:
         for obs in observers:
-            if obs is None:
-                continue
             try:
                 obs.stop()
                 obs.join(2.0)
             except Exception:
                 logger.exception("watcher: stopping an observer failed")
-        for root in (*self.roots.values(), *self.polled.values()):
-            root.watch = None
 
-    def recreate(self) -> None:
-        """New observers for the same roots (polling roots stay on polling)."""
+    def stop(self) -> None:
+        self.halt(self.detach())
+
+    def begin_recreate(self) -> Recreation:
+        """New observers for the same roots (polling roots and polled subtrees stay on
+        polling), in three parts like a placement: this one on the loop detaches the old
+        observers and marks every root placing; `Recreation.run` halts the old ones and
+        places anew off the loop (watchdog walks every tree again); `Recreation.record`
+        takes the outcome on the loop."""
         self.recreated += 1
         vias = {p: r.via for p, r in self.roots.items()}
-        self.stop()
+        old = self.detach()
+        todo = []
         for path, root in self.roots.items():
-            self._schedule(root, "polling" if vias[path] == "polling" else self.mode)
-        for path, sub in list(self.polled.items()):
-            self._schedule(sub, "polling")
-            if sub.via == "missing":  # deleted meanwhile: nothing left to poll
-                del self.polled[path]
+            root.via = "placing"
+            todo.append((root, "polling" if vias[path] == "polling" else self.mode))
+        todo += [(sub, "polling") for sub in self.polled.values()]
+        return Recreation(self, old, todo, self.generation)
 
     def inotify_watches(self) -> int | None:
         """Watches this process holds (from /proc/self/fdinfo), to compare with the limit."""
@@ -439,3 +452,38 @@ class ObserverManager:
             "buffer_peak": self.peak, "dropped_to_resync": self.dropped,
             "recreated": self.recreated, "inotify_watches": self.inotify_watches(),
         }
+
+
+class Recreation:
+    """A recreate under way (ObserverManager.begin_recreate)."""
+
+    def __init__(self, obs: ObserverManager, old: list[Any], todo: list[tuple[Root, str]],
+                 generation: int) -> None:
+        self.obs, self.old, self.todo, self.generation = obs, old, todo, generation
+        self.placements: list[Placement | OSError] = []
+
+    def run(self) -> None:
+        """Off the loop: the old observers stopped, then every root and polled subtree
+        placed anew."""
+        self.obs.halt(self.old)
+        for root, via in self.todo:
+            try:
+                self.placements.append(self.obs.place(root.path, root.recursive, via,
+                                                      self.generation))
+            except OSError as exc:
+                self.placements.append(exc)
+
+    def record(self) -> None:
+        """On the loop: what `run` placed, unless the observers were rebuilt meanwhile."""
+        obs = self.obs
+        for (root, _), got in zip(self.todo, self.placements, strict=True):
+            if isinstance(got, OSError):
+                logger.error("watcher: observing {} again failed: {}", root.path, got)
+                got = Placement("missing", None, None)
+            if obs.polled.get(root.path) is root:  # a polled subtree
+                if self.generation == obs.generation:
+                    root.watch = got.watch
+                    if got.via == "missing":  # deleted meanwhile: nothing left to poll
+                        del obs.polled[root.path]
+                continue
+            obs.placed(root, got, self.generation)

@@ -255,6 +255,14 @@ class WatchOps:
         if not 0 < timeout_ms <= 110_000:
             raise fail("bad_args", "timeout_ms must be in (0, 110000]")
 
+        if self.w.driving.recreating:
+            # the roots are being observed anew: their cookies can come back only after
+            # that, and the resync's diff goes out first
+            self.w.driving.after_resync(lambda: self._sync(call, timeout_ms, deferred=True))
+            return DEFERRED
+        return self._sync(call, timeout_ms)
+
+    def _sync(self, call: Call, timeout_ms: int, deferred: bool = False) -> Any:
         def done(s: Sync) -> None:
             self.syncs_answered += 1
             call.reply({"clock": self.w.journal.clock().to_wire(), "roots": len(s.cookies),
@@ -264,8 +272,12 @@ class WatchOps:
         s, unsynced = self.w.driving.start_sync(done)
         if s is None:
             self.w.pipeline.flush()
-            return {"clock": self.w.journal.clock().to_wire(), "roots": 0,
-                    "unsynced": unsynced, "waited_ms": 0.0}
+            result = {"clock": self.w.journal.clock().to_wire(), "roots": 0,
+                      "unsynced": unsynced, "waited_ms": 0.0}
+            if deferred:
+                call.reply(result)
+                return DEFERRED
+            return result
 
         def expire() -> None:
             if not s.finished:
