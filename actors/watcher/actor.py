@@ -105,7 +105,7 @@ from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import WatchOps
 from moorage.actors.watcher.watches import Watches
 from moorage.actors.watcher.workers import Workers
-from moorage.protocol.errors import Category, MoorageError, fail
+from moorage.protocol.errors import Category, fail
 
 # --- the shapes of the answers ----------------------------------------------------------------
 CLOCK = tuple[str, int, int]  # [instance, epoch, seq] of the journal (journal.Clock)
@@ -331,14 +331,6 @@ class WatcherActor(Actor):
 
     # --- pressure -------------------------------------------------------------------------
 
-    def _halt(self, observers: list[Any]) -> None:
-        """Stop detached observers on the walker (a big inotify instance takes long to
-        close); on the loop only when the walker's queue is full."""
-        try:
-            self.walker.submit(lambda: ObserverManager.halt(observers), lambda _: None)
-        except MoorageError:
-            ObserverManager.halt(observers)
-
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
         done: dict[str, Any] = {}
         if level == "moderate":
@@ -348,7 +340,7 @@ class WatcherActor(Actor):
         if self.obs is not None:
             if quality == 0 and not self.paused:
                 self.pipeline.flush()
-                self._halt(self.obs.detach())
+                self.driving.halt(self.obs.detach())
                 self.paused = True
                 done["watching"] = "paused"
             elif quality > 0 and self.paused:

@@ -32,6 +32,7 @@ from loguru import logger
 from moorage.actors.watcher import cookies as cookie_files
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import COOKIE, Cookies, Sync
+from moorage.actors.watcher.observer import ObserverManager
 from moorage.actors.watcher.resync import ResyncScheduler
 from moorage.actors.watcher.snapshot import Index, Stat
 from moorage.actors.watcher.workers import Job
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
     from moorage.actors.watcher.confine import Roots
     from moorage.actors.watcher.journal import Journal
-    from moorage.actors.watcher.observer import ObserverManager
     from moorage.actors.watcher.pipeline import Pipeline
     from moorage.actors.watcher.state import State
     from moorage.actors.watcher.watches import Watches
@@ -247,12 +247,20 @@ class Driving:
             job = self.w.walker.submit(blocking, finish)
         except MoorageError:  # the walker's queue is full: try again after a back-off
             if recreation is not None:
-                recreation.obs.halt(recreation.old)
+                self.halt(recreation.old)
             self._walk_done()
             self.request_resync(reason, recreate)
             return None
         job.then(failed)
         return {"reason": reason, "walking": True}
+
+    def halt(self, observers: list[Any]) -> None:
+        """Stop detached observers on the walker (a big inotify instance takes long to
+        close); on the loop only when the walker's queue is full."""
+        try:
+            self.w.walker.submit(lambda: ObserverManager.halt(observers), lambda _: None)
+        except MoorageError:
+            ObserverManager.halt(observers)
 
     def after_resync(self, fn: Callable[[], None]) -> None:
         """Run `fn` once the resync under way has published its diff."""

@@ -258,11 +258,16 @@ class WatchOps:
         if self.w.driving.recreating:
             # the roots are being observed anew: their cookies can come back only after
             # that, and the resync's diff goes out first
-            self.w.driving.after_resync(lambda: self._sync(call, timeout_ms, deferred=True))
+            def later() -> None:
+                got = self._sync(call, timeout_ms)
+                if got is not DEFERRED:
+                    call.reply(got)
+
+            self.w.driving.after_resync(later)
             return DEFERRED
         return self._sync(call, timeout_ms)
 
-    def _sync(self, call: Call, timeout_ms: int, deferred: bool = False) -> Any:
+    def _sync(self, call: Call, timeout_ms: int) -> Any:
         def done(s: Sync) -> None:
             self.syncs_answered += 1
             call.reply({"clock": self.w.journal.clock().to_wire(), "roots": len(s.cookies),
@@ -272,12 +277,8 @@ class WatchOps:
         s, unsynced = self.w.driving.start_sync(done)
         if s is None:
             self.w.pipeline.flush()
-            result = {"clock": self.w.journal.clock().to_wire(), "roots": 0,
-                      "unsynced": unsynced, "waited_ms": 0.0}
-            if deferred:
-                call.reply(result)
-                return DEFERRED
-            return result
+            return {"clock": self.w.journal.clock().to_wire(), "roots": 0,
+                    "unsynced": unsynced, "waited_ms": 0.0}
 
         def expire() -> None:
             if not s.finished:
