@@ -735,13 +735,19 @@ def expected_seq(n: int) -> bytes:
     return b"".join(b"%d\r\n" % i for i in range(1, n + 1))
 
 
-def _rss_mb(c: Client, actor: str) -> float:
-    """An actor's RSS in MB (0 if it is between two lives at this moment)."""
+def _rss_mb(c: Client, actor: str) -> list[float]:
+    """An actor's resident memory in MB as [its own (anonymous: heap, stacks), the shared
+    memory it maps (the sessions' rings)], [0, 0] if it is between two lives at this moment.
+    Split because a ring's pages count in the RSS of every process that touched them: a
+    terminal that has read all of three sessions' output has RSS a ring's size larger per
+    session without owning a byte more, while a leak across restarts shows in the first."""
     try:
-        return round(psutil.Process(c.call(actor, "sys.info", timeout=5.0)["pid"])
-                     .memory_info().rss / 1e6, 1)
-    except (MoorageError, psutil.Error):
-        return 0.0
+        pid = c.call(actor, "sys.info", timeout=5.0)["pid"]
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status")
+                      .read_text().splitlines() if line.startswith(("RssAnon", "RssShmem")))
+    except (MoorageError, OSError, ValueError):
+        return [0.0, 0.0]
+    return [round(int(fields[k].split()[0]) * 1024 / 1e6, 1) for k in ("RssAnon", "RssShmem")]
 
 
 KILL_TURNS = (("ptykeeper",), ("terminal",), ("ptykeeper", "terminal"))
@@ -764,7 +770,7 @@ def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result
                 c.call("terminal", "term.write",
                        {"session": sid, "data": f"seq 1 {lines}; echo seq-''done\r"})
             hit: Counter[str] = Counter()
-            rss: list[list[float]] = []  # after each kill: keeper's and terminal's RSS, MB
+            rss: list[list[list[float]]] = []  # after each kill: each one's [own, rings] MB
             for i in range(kills):
                 turn = KILL_TURNS[i % len(KILL_TURNS)]
                 pids = {victim: c.call(victim, "sys.info")["pid"] for victim in turn}
@@ -804,8 +810,9 @@ def custody(sessions: int, lines: int, kills: int, gap_s: float = 0.3) -> Result
                          "bytes_each": len(whole),
                          "losses": sum(col.losses for col in collectors),
                          # bounded memory: the successors after the last kill against
-                         # those after the first (MB: keeper, terminal, and the terminals
-                         # supervisor, which holds every session's descriptors)
+                         # those after the first (MB, [own, rings mapped], of the keeper,
+                         # the terminal, and the terminals supervisor, which holds every
+                         # session's descriptors)
                          "rss_after_first_kill_mb": rss[0] if rss else None,
                          "rss_after_last_kill_mb": rss[-1] if rss else None,
                          # once every output has ended (the last successors at rest)
