@@ -146,9 +146,9 @@ def shape_problem(obj: Any) -> str | None:
     """Why `obj` is not a protocol value (too deep, a non-str map key, a timestamp), or None.
 
     A flat map or array of scalars (most bodies and results) is settled in one pass with no
-    stack; anything else is walked iteratively, so a hostile depth cannot exhaust the Python
-    stack. Also applied to results before they are sent (tuples pack as arrays, dict
-    subclasses as maps: both are walked as such).
+    walk; anything else is walked down to MAX_DEPTH and no further, so a hostile depth
+    cannot exhaust the Python stack. Also applied to results before they are sent (tuples
+    pack as arrays, dict subclasses as maps: both are walked as such).
     """
     t = type(obj)
     if t is dict:
@@ -164,31 +164,34 @@ def shape_problem(obj: Any) -> str | None:
     return _walk(obj)
 
 
-def _walk(obj: Any) -> str | None:
-    if isinstance(obj, msgpack.Timestamp):
-        return "msgpack timestamps are not part of the protocol"
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
+def _walk(obj: Any, depth: int = 1) -> str | None:
+    # Recursive, yet bounded: a container is refused at MAX_DEPTH before its children are
+    # looked at, so a hostile depth costs at most MAX_DEPTH frames. About twice as fast as
+    # an explicit stack on a reply of a few small maps (parse.feed's events).
+    t = type(obj)
+    if t is dict or (t is not list and t is not tuple and isinstance(obj, dict)):
         if depth > limits.MAX_DEPTH:
             return f"nesting deeper than {limits.MAX_DEPTH}"
-        if isinstance(node, dict):
-            for k in node:
-                if type(k) is not str:
-                    return f"map keys must be strings, not {type(k).__name__}"
-            values: Any = node.values()
-        elif isinstance(node, (list, tuple)):
-            values = node
-        else:
-            continue  # a scalar at the top
-        for v in values:
-            if type(v) in SCALAR_TYPES:
-                continue
-            if isinstance(v, (list, tuple, dict)):
-                stack.append((v, depth + 1))
-            elif isinstance(v, msgpack.Timestamp):
-                return "msgpack timestamps are not part of the protocol"
-    return None
+        for k, v in obj.items():
+            if type(k) is not str:
+                return f"map keys must be strings, not {type(k).__name__}"
+            if type(v) not in SCALAR_TYPES:
+                problem = _walk(v, depth + 1)
+                if problem:
+                    return problem
+        return None
+    if t is list or t is tuple or isinstance(obj, (list, tuple)):
+        if depth > limits.MAX_DEPTH:
+            return f"nesting deeper than {limits.MAX_DEPTH}"
+        for v in obj:
+            if type(v) not in SCALAR_TYPES:
+                problem = _walk(v, depth + 1)
+                if problem:
+                    return problem
+        return None
+    if isinstance(obj, msgpack.Timestamp):
+        return "msgpack timestamps are not part of the protocol"
+    return None  # a scalar, or what the packer itself refuses
 
 
 # --- requests ---------------------------------------------------------------------------

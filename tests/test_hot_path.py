@@ -182,3 +182,11 @@ def test_runtime_built_results_skip_the_check_and_handlers_results_do_not():
     specs = collect(Actor.__new__(Actor))
     assert not specs["sys.ping"].checked and specs["sys.info"].checked
     assert specs["sys.pressure"].checked and specs["replay"].checked
+
+
+def test_a_hostile_depth_is_refused_at_the_limit_without_walking_it_all():
+    deep: Any = []
+    for _ in range(100_000):  # far past the interpreter's recursion limit
+        deep = [deep]
+    assert "deeper" in (shape_problem(deep) or "")
+    assert "deeper" in (shape_problem({"a": deep}) or "")
