@@ -123,8 +123,14 @@ class Loop:
 
     def _drain_primary(self, first: list[bytes] | None = None) -> None:
         assert self._primary is not None and self._on_batch is not None
-        batch: list[list[bytes]] = [] if first is None or first[0] == WAKE_ID else [first]
         sock, cap = self._primary, self._batch_cap
+        if first is not None and first[0] != WAKE_ID:
+            # Served before looking for more: the look ends, on most turns, in a failed
+            # non-blocking recv (an exception: several µs here), which a lone request's
+            # reply need not wait for. What came with it is served next, as a batch.
+            self._on_batch([first])
+            cap -= 1
+        batch: list[list[bytes]] = []
         try:
             while len(batch) < cap:
                 frames = recv_frames(sock, NOBLOCK)
