@@ -392,3 +392,33 @@ def test_a_remote_client_pushes_its_latency_over_tcp_and_a_strangers_push_is_ref
         wait_for(lambda: info(tree, "metrics")["remote"]["refused"].get(
             "unknown_key", 0) > refused, "the stranger's push refused", 20)
     assert tree.call("metrics", "metrics.query", {"actor": "client.stranger"})["ops"] == []
+
+
+def test_a_failed_handshake_on_the_metrics_actors_tcp_in_is_counted(
+        metrics_tcp_tree: NetnsTree, keys: tuple) -> None:
+    """Plain ZMTP and a wrong server key at metrics' tcp `in` (its PULL, bound after the
+    gatekeeper started) are refused before ZAP is asked and counted as the request socket's
+    are; a push through it never reaches the table."""
+    _, _, client_pair = keys
+    tree = metrics_tcp_tree
+    endpoint = tree.connection_file()["remote"]["endpoints"]["metrics"]["in"]
+
+    def before_zap() -> int:
+        r = info(tree, "metrics")["remote"]["refused"]
+        return r.get("protocol", 0) + r.get("handshake", 0)
+
+    received = info(tree, "metrics")["received_pushes"]
+    ctx = zmq.Context()
+    try:
+        base = before_zap()
+        assert refused_handshake(ctx, endpoint, None, None, kind=zmq.PUSH) \
+            in ("protocol", "nothing")
+        wait_for(lambda: before_zap() == base + 1,
+                 "metrics counting a plain ZMTP peer of its tcp in", 10)
+        assert refused_handshake(ctx, endpoint, curve.new_pair().public, client_pair,
+                                 kind=zmq.PUSH) == "protocol"
+        wait_for(lambda: before_zap() == base + 2,
+                 "metrics counting a wrong server key at its tcp in", 10)
+    finally:
+        ctx.destroy(linger=0)
+    assert info(tree, "metrics")["received_pushes"] == received

@@ -5,10 +5,11 @@ only the allow-listed client keys.
 The handler (the gatekeeper) is a thread of the actor's process, not a handler on its loop:
 a handshake is answered at once whatever the loop is doing (a loop on its fast path looks
 at other sockets only every quarter second), and the loop never spends a turn on a stranger.
-Its work is a dict lookup per handshake. It also reads the request socket's monitor to count
-handshakes that fail before ZAP is asked (plain ZMTP, a client with no key or the wrong
-server key); the stream socket's monitor is the actor's own (a socket has one), whose loop
-hands such failures to `TcpSide.stream_refused`. It notices a changed allow-list (one stat
+Its work is a dict lookup per handshake. It also reads the request socket's monitor (and any
+other socket's bound on tcp: the metrics actor's `in`) to count handshakes that fail before
+ZAP is asked (plain ZMTP, a client with no key or the wrong server key); the stream socket's
+monitor is the actor's own (a socket has one), whose loop hands such failures to
+`TcpSide.stream_refused`. It notices a changed allow-list (one stat
 per handshake, and one per second) and reloads it; a key that left the list gets its
 connections closed: the loop unbinds the tcp endpoints (which closes every connection accepted
 on them) and binds them again, and the clients still allowed reconnect by themselves within
@@ -110,6 +111,7 @@ class Gatekeeper(threading.Thread):
         # socket's handshakes): one lock for both tables, taken only for a refusal.
         self._refusals_lock = threading.Lock()
         self.refused: Counter[str] = Counter()
+        self._added: list[zmq.Socket] = []  # monitors handed over by `watch`, not yet polled
         self._logged: dict[bytes, float] = {}  # peer address -> when last logged
 
     # --- the thread ---------------------------------------------------------------------------
@@ -122,6 +124,14 @@ class Gatekeeper(threading.Thread):
         try:
             while not self._closing:
                 ready = dict(poller.poll(int(RECHECK_S * 1000)))
+                if self._wake_in in ready:
+                    while self._wake_in.poll(0):
+                        self._wake_in.recv()
+                    with self._refusals_lock:
+                        added, self._added = self._added, []
+                    for m in added:
+                        self.monitors.append(m)
+                        poller.register(m, zmq.POLLIN)
                 if self.zap in ready:
                     self._drain_zap()
                 for m in self.monitors:
@@ -132,7 +142,7 @@ class Gatekeeper(threading.Thread):
                     next_check = now + RECHECK_S
                     self._check_list()
         finally:
-            for s in (self.zap, self._wake_in, *self.monitors):
+            for s in (self.zap, self._wake_in, *self.monitors, *self._added):
                 s.close(0)
 
     def _check_list(self) -> None:
@@ -203,6 +213,13 @@ class Gatekeeper(threading.Thread):
 
     # --- from the actor's thread --------------------------------------------------------------
 
+    def watch(self, monitor: zmq.Socket) -> None:
+        """Count the failed handshakes `monitor` reports too (a socket bound on tcp after
+        this thread started): handed over under the lock, the thread woken to poll it."""
+        with self._refusals_lock:
+            self._added.append(monitor)
+        self._wake_out.send(b"m")
+
     def close(self) -> None:
         self._closing = True
         self._wake_out.send(b"x")
@@ -225,8 +242,8 @@ class TcpSide:
         self.bound: list[tuple[zmq.Socket, str]] = []
         # The request socket's monitor is ours; the stream socket's is the actor's own
         # (a socket has one): its loop hands us that socket's failed handshakes.
-        self._monitored = sockets["rpc"]
-        monitors = [self._monitored.get_monitor_socket(HANDSHAKE_FAILURES)]
+        self._monitored = [sockets["rpc"]]
+        monitors = [sockets["rpc"].get_monitor_socket(HANDSHAKE_FAILURES)]
         self.gatekeeper = Gatekeeper(ctx, keys_dir, monitors,
                                      lambda: loop.call_soon_threadsafe(self.rebind))
         self.gatekeeper.start()
@@ -240,6 +257,9 @@ class TcpSide:
         own socket beyond the two every actor has: the metrics actor's `in`)."""
         endpoint = self.endpoints[kind]
         remote.secure_server(sock, self.server)
+        if kind not in ("rpc", "pub"):  # (those two are monitored as __init__ says)
+            self._monitored.append(sock)
+            self.gatekeeper.watch(sock.get_monitor_socket(HANDSHAKE_FAILURES))
         sock.bind(endpoint)
         self.bound.append((sock, endpoint))
 
@@ -287,7 +307,8 @@ class TcpSide:
         return self.plan.connection_table(self.server_public)
 
     def close(self) -> None:
-        self._monitored.disable_monitor()
+        for sock in self._monitored:
+            sock.disable_monitor()
         self.gatekeeper.close()
 
 
