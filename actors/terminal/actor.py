@@ -297,6 +297,9 @@ class TerminalActor(Actor):
     def keeper_meta(self, s: Session) -> None:
         self.keeper.meta(s)
 
+    def when_keeper(self, fn: Callable[[bool], None]) -> None:
+        self.keeper.when_ready(fn, self.keeper_wait_s)
+
     def acks_ready(self) -> None:
         self.keeper.acks_ready()
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from loguru import logger
@@ -75,6 +76,7 @@ class SessionHost(Protocol):
     def keeper_write(self, s: Session, data: bytes) -> bool: ...
     def keeper_signal(self, s: Session, sig: str, to: str) -> None: ...
     def keeper_meta(self, s: Session) -> None: ...
+    def when_keeper(self, fn: Callable[[bool], None]) -> None: ...
     def acks_ready(self) -> None: ...
 
 
@@ -375,8 +377,25 @@ class Session:
                              "timeout_ms": int(timeout_s * 1000)}
         self.host.keeper_meta(self)
         self._run(ex)
-        if not self.host.keeper_write(self, payload):
-            self._fail(WireError.of("unavailable", "the pty keeper is not connected"))
+        self._send_command(ex, payload)
+
+    def _send_command(self, ex: Exec, payload: bytes) -> None:
+        """The command's input to the shell. A keeper that died since the call was let in
+        (its start waited for the first prompt, or for a restore) is waited for as the call
+        itself would have been, and the command sent to its successor, the exec's own
+        timeout still running; with none within the wait it fails `unavailable`, unsent."""
+        if self.host.keeper_write(self, payload):
+            return
+
+        def keeper(ok: bool) -> None:
+            if ex.done or self.exec is not ex:
+                return
+            if ok:
+                self._send_command(ex, payload)
+            else:
+                self._fail(WireError.of("unavailable", "the pty keeper is not connected"))
+
+        self.host.when_keeper(keeper)
 
     def _run(self, ex: Exec) -> None:
         self.exec = ex
