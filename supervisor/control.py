@@ -89,7 +89,7 @@ class ControlOps:
               "intensity": self.sup.spec.intensity, "period_s": self.sup.spec.period_s,
               "shedding": self.sup.shedding,
               "zygote": {"pid": self.sup.zygote.pid, "restarts": self.sup.zygote_restarts,
-                         "spare": self.sup.spare.pid if self.sup.spare else None},
+                         "spare": self.sup.spare.pid or None if self.sup.spare else None},
               "runtime_dir": str(self.sup.runtime_dir),
               "children": [self.sup.children[c].describe(now) for c in self.sup.order]}
         if self.sup.lifecycle is not None:

@@ -89,6 +89,7 @@ from moorage.supervisor.zygote import ZygoteHandle
 
 ESCALATED_EXIT_CODE = 3
 ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_exit
+SPARE_HELLO_S = 0.5  # a spare being forked when its zygote died: how long its pid may take
 
 
 class Supervisor(Actor):
@@ -117,9 +118,10 @@ class Supervisor(Actor):
         self.by_pid: dict[int, Child] = {}
         self.old_zygotes: list[ZygoteHandle] = []  # dead: read until their last ready
         self.zygote_restarts = 0
-        # From the zygote's first death on, a replacement stands by, its modules imported:
-        # the next death costs no start of a new interpreter (~0.2-1 s), during which no
-        # child could start, and a zygote killed faster than that would never serve.
+        # From the zygote's first death on, a spare stands by, forked by the zygote (so
+        # ready in a millisecond, its modules imported): the next death costs no start of a
+        # new interpreter (~0.2-1 s), during which no child could start, and a zygote killed
+        # again and again is replaced each time.
         self.spare: ZygoteHandle | None = None
         self.orphans_reaped = 0  # descendants orphaned to us (a subreaper) and reaped
         self.orphan_exits: dict[int, tuple[int | None, int | None]] = {}  # pid -> status
@@ -361,7 +363,7 @@ class Supervisor(Actor):
             if pid == self.zygote.pid:
                 self._zygote_died(code)
             elif self.spare is not None and pid == self.spare.pid:
-                self._spare_died(code)
+                self._spare_died(self.spare, code)
             elif child is not None and child.adopted:
                 del self.by_pid[pid]
                 self._on_exit(child, classify_exit(code if code >= 0 else None,
@@ -392,7 +394,14 @@ class Supervisor(Actor):
         self.old_zygotes.append(old)
         self.loop.remove_reader(old.fileno())
         self.loop.add_reader(old.fileno(), lambda: self._on_zygote(old))
-        new, self.spare = self.spare or old.replacement(), None
+        new, self.spare = self.spare, None
+        if new is not None:
+            self.loop.remove_reader(new.fileno())
+            if not new.learn_pid(SPARE_HELLO_S):  # it died with the zygote that forked it
+                new.sock.close()
+                new = None
+        if new is None:
+            new = old.replacement()
         self.zygote = new
         self._stand_by()
         self.loop.add_reader(new.fileno(), lambda: self._on_zygote(new))
@@ -409,17 +418,37 @@ class Supervisor(Actor):
                     self.current_job = None
         self.next_job()
 
-    def _stand_by(self) -> None:
-        """Start the spare zygote (a new program: this process has threads)."""
-        self.spare = self.zygote.replacement()
+    def _stand_by(self, forked: bool = True) -> None:
+        """Start the spare zygote: forked by the zygote (ZygoteHandle.fork_spare), or a new
+        program (this process has threads) after a forked one died before it said hello
+        (its zygote could not fork it)."""
+        spare = self.zygote.fork_spare() if forked else self.zygote.replacement()
+        self.spare = spare
+        # Its end closes when it dies (a forked spare is its zygote's child, whose death
+        # we may not reap ourselves); its first message is its pid.
+        self.loop.add_reader(spare.fileno(), lambda: self._on_spare(spare))
 
-    def _spare_died(self, code: int) -> None:
-        assert self.spare is not None
-        logger.warning("{}: spare zygote {} died ({})", self.name, self.spare.pid, code)
-        self.spare.sock.close()
+    def _on_spare(self, spare: ZygoteHandle) -> None:
+        try:
+            events = spare.read_events()
+        except EOFError:
+            self._spare_died(spare, None)
+            return
+        for ev in events:
+            if ev.get("ev") == "hello":
+                spare.pid = int(ev["pid"])
+
+    def _spare_died(self, spare: ZygoteHandle, code: int | None) -> None:
+        """`code` when we reaped it ourselves; None when its end closed."""
+        if self.spare is not spare:
+            return  # (told both ways: reaped, and its end closed)
+        logger.warning("{}: spare zygote {} died ({})", self.name, spare.pid,
+                       "its end closed" if code is None else code)
+        self.loop.remove_reader(spare.fileno())
+        spare.sock.close()
         self.spare = None
         if not self.shutting_down:
-            self._stand_by()
+            self._stand_by(forked=spare.pid > 0)
 
     def _on_spawned(self, child: Child, pid: int) -> None:
         child.pid = pid

@@ -13,18 +13,24 @@ Lifetimes, so that no orphan survives and no child dies with its zygote:
     supervisor it asks for SIGKILL on the supervisor's death from then on (so it still dies
     with the tree; REPARENT_SIG again if it has orphan hooks to run first, as the pty keeper
     has); anything else means the supervisor is gone, and it exits;
-  - a dead zygote is replaced by a new program (`main` here, in a new interpreter: the
-    supervisor has threads by then and must not fork), handed the beat board's memfd and the
-    tree's key (actors.runtime.trust) over its socket; the children that outlived the old one
-    keep running, their supervisor now their parent and reaper.
+  - a dead zygote is replaced by its spare: a copy the zygote forked of itself when asked
+    (`fork_spare`, over a socket the supervisor made and passed with the request), serving
+    within a millisecond with everything imported. Its parent is the zygote, and then (a
+    subreaper) the supervisor, which it follows as the children do. The first death, and a
+    spare lost with its zygote, are replaced by a new program (`main` here, in a new
+    interpreter: the supervisor has threads by then and must not fork), handed the beat
+    board's memfd and the tree's key (actors.runtime.trust) over its socket. The children
+    that outlived the old zygote keep running, their supervisor now their parent and reaper.
 The zygote also exits when its command socket reaches EOF (the supervisor is gone).
 
 Messages (msgpack maps on a SOCK_SEQPACKET socketpair, one map per datagram):
   supervisor -> zygote  {cmd: "key", key} (first, to a replacement zygote only)
                         | {cmd: "spawn", child, kind, payload, beat?: slot}
+                        | {cmd: "fork_spare"} (with the spare's socket, SCM_RIGHTS)
                         | {cmd: "exit"}
   zygote -> supervisor  {ev: "spawned", child, pid} | {ev: "spawn_failed", child, error}
                         {ev: "exited", pid, code, signal}
+                        {ev: "hello", pid} (a forked spare, first, on its own socket)
   child -> supervisor   {ev: "ready", pid}  (the child inherits the zygote's end, and closes
                         it once it has said so)
 
@@ -39,10 +45,12 @@ import ctypes
 import gc
 import importlib
 import os
+import select
 import selectors
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable
 
@@ -163,14 +171,48 @@ class ZygoteHandle:
         with contextlib.suppress(OSError):
             self.sock.send(_encode({"cmd": "exit"}))
         self.sock.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+        if self.pid > 0:  # (a spare forked by a zygote is that zygote's child, not ours)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
 
     def replacement(self) -> ZygoteHandle:
         """A new zygote for this one, which died: a new program (this process has threads
         now), sharing the beat board and the tree's key. Its old socket stays this handle's:
         children still starting say `ready` there."""
         return spawn_zygote(self.preload, self.beats, self.owner)
+
+    def fork_spare(self) -> ZygoteHandle:
+        """A spare for this zygote, which lives: forked by it, so it serves within a
+        millisecond with every module it has imported (a new program takes hundreds of ms,
+        and a zygote killed faster than that would leave no child able to start). Its pid
+        comes in its first message (`learn_pid`); a new program when this one cannot be
+        asked."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            socket.send_fds(self.sock, [_encode({"cmd": "fork_spare"})], [theirs.fileno()])
+        except OSError:
+            ours.close()
+            return self.replacement()
+        finally:
+            theirs.close()
+        return ZygoteHandle(0, ours, self.beats, self.preload, self.owner)
+
+    def learn_pid(self, wait_s: float) -> bool:
+        """A forked spare's pid, from its `hello` (waiting at most `wait_s` for it): False if
+        it is gone or silent (its zygote died before forking it, or it died since)."""
+        deadline = time.monotonic() + wait_s
+        while self.pid <= 0:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return False
+            try:
+                events = self.read_events()
+            except EOFError:
+                return False
+            for ev in events:
+                if ev.get("ev") == "hello":
+                    self.pid = int(ev["pid"])
+        return True
 
 
 def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
@@ -299,7 +341,7 @@ class _Zygote:
             for key, _ in events:
                 if key.fileobj is self.sock:
                     try:
-                        data = self.sock.recv(1 << 20)
+                        data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, 1)
                     except InterruptedError:
                         continue
                     if not data:
@@ -311,6 +353,10 @@ class _Zygote:
                         return
                     if msg.get("cmd") == "spawn":
                         self._spawn(msg)
+                    elif msg.get("cmd") == "fork_spare" and fds:
+                        self._fork_spare(fds.pop(), sel)
+                    for fd in fds:
+                        os.close(fd)
                 else:
                     try:
                         while os.read(self.wake_r, 512):
@@ -318,6 +364,41 @@ class _Zygote:
                     except BlockingIOError:
                         pass
                     self._reap()
+
+    def _fork_spare(self, fd: int, sel: selectors.BaseSelector) -> None:
+        """Fork a copy of this zygote serving on `fd` (ZygoteHandle.fork_spare). Our child
+        while we live, the supervisor's once we die (a subreaper): it follows the supervisor
+        as the children do, and exits on its socket's EOF as we do."""
+        me = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(fd)  # the supervisor sees its end close: no spare
+            print(f"zygote: cannot fork a spare: {exc}", file=sys.stderr)
+            return
+        if pid != 0:
+            os.close(fd)
+            return
+        code = 0
+        try:
+            sel.close()
+            self.sock.close()
+            signal.set_wakeup_fd(-1)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            follow_supervisor(me, self.supervisor)
+            self.sock = socket.socket(fileno=fd)
+            self.sock.set_inheritable(False)
+            self.children = set()
+            self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(self.wake_w)
+            self.send({"ev": "hello", "pid": os.getpid()})
+            self.run()
+        except BaseException:
+            traceback.print_exc()
+            code = 71
+        finally:
+            os._exit(code)
 
     def _reap(self) -> None:
         while True:

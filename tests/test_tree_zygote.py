@@ -49,10 +49,13 @@ def test_a_killed_zygote_is_replaced_and_its_children_live_on(make_tree):
     os.kill(old, signal.SIGKILL)
     ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
     assert ev["old_pid"] == old and ev["restarts"] == 1
-    after = tree.status()
+    # the new zygote forks its spare (known once it has said hello)
+    after = wait_for(lambda: (s := tree.status())["zygote"]["spare"] and s,
+                     "the new zygote's spare")
     spare = after["zygote"]["spare"]
     assert after["zygote"] == {"pid": ev["zygote_pid"], "restarts": 1, "spare": spare}
-    assert spare not in (None, old, ev["zygote_pid"])
+    assert spare not in (old, ev["zygote_pid"])
+    assert psutil.Process(spare).ppid() == ev["zygote_pid"]
     assert {c["id"]: c["pid"] for c in after["children"]} == pids  # the same processes
     assert all(c["state"] == "running" for c in after["children"])
     assert tree.call("a", "fake.work")["pid"] == pids["a"]
@@ -72,7 +75,7 @@ def test_from_the_first_death_on_a_spare_zygote_stands_by_and_takes_over_at_once
     assert tree.status()["zygote"]["spare"] is None  # an idle tree has none
     os.kill(tree.status()["zygote"]["pid"], signal.SIGKILL)
     tree.wait_event(lambda e: e["event"] == "zygote_restarted")
-    spare = tree.status()["zygote"]["spare"]
+    spare = wait_for(lambda: tree.status()["zygote"]["spare"], "a spare")
     os.kill(spare, signal.SIGKILL)  # the spare itself: replaced
     wait_for(lambda: tree.status()["zygote"]["spare"] not in (None, spare),
              "a new spare after the first one died")
@@ -80,12 +83,35 @@ def test_from_the_first_death_on_a_spare_zygote_stands_by_and_takes_over_at_once
     os.kill(first["pid"], signal.SIGKILL)
     ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["restarts"] == 2)
     assert ev["zygote_pid"] == first["spare"]
-    now = tree.status()["zygote"]
-    assert now["pid"] == first["spare"] and now["spare"] not in (None, first["spare"])
+    now = wait_for(lambda: (z := tree.status()["zygote"])["spare"] and z, "the next spare")
+    assert now["pid"] == first["spare"] and now["spare"] != first["spare"]
+    assert psutil.Process(now["spare"]).ppid() == now["pid"]  # forked by the zygote
     a = tree.child("a")["pid"]
     os.kill(a, signal.SIGKILL)
     back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
     assert psutil.Process(back["pid"]).ppid() == first["spare"]
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+
+
+def test_a_zygote_killed_again_and_again_is_replaced_each_time_by_the_spare_it_forked(
+        make_tree):
+    """Each spare is forked by the zygote it stands by for (ready in a millisecond, its
+    modules imported), so a zygote killed as soon as it serves is replaced at once, every
+    time, and children still start."""
+    tree = make_tree(TWO).start()
+    os.kill(tree.status()["zygote"]["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["restarts"] == 1)
+    for n in range(2, 12):
+        z = wait_for(lambda: (z := tree.status()["zygote"])["spare"] and z, "a spare")
+        assert psutil.Process(z["spare"]).ppid() == z["pid"]
+        os.kill(z["pid"], signal.SIGKILL)
+        ev = tree.wait_event(lambda e, n=n: e["event"] == "zygote_restarted"
+                             and e["restarts"] == n)
+        assert ev["zygote_pid"] == z["spare"]
+    a = tree.child("a")["pid"]
+    os.kill(a, signal.SIGKILL)
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+    assert psutil.Process(back["pid"]).ppid() == tree.status()["zygote"]["pid"]
     assert tree.call("a", "fake.work")["pid"] == back["pid"]
 
 
@@ -99,6 +125,8 @@ def test_after_a_zygote_was_replaced_the_root_killed_still_leaves_no_process(mak
     os.kill(inner_zygote, signal.SIGKILL)
     tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["supervisor"] == "inner")
     tree.wait_all_running()
+    wait_for(lambda: tree.status()["zygote"]["spare"]
+             and tree.child("inner")["tree"]["zygote"]["spare"], "both spares forked")
     procs = [psutil.Process(root), *descendants(root)]
     # root, its zygote and its spare, a, inner, inner's zygote and its spare, c
     assert len(procs) == 8
