@@ -191,14 +191,17 @@ class Actor:
         self.shed_retry_ms = int(self.config.get("shed_retry_ms", 1000))
         self.shed = 0
         self.ctx = zmq.Context()
-        if self.config.get("io_threads_sched", "batch") == "batch":
-            # ZeroMQ's I/O threads as SCHED_BATCH: woken by our send, one no longer preempts
-            # the loop that woke it (CFS's wake-up preemption) in the middle of a request,
-            # but runs when the loop next waits or on the other core. On a busy 2-core
-            # machine a reply's send took 16-19 µs at p50 (the preemption), 3.5-6 with this
-            # (perf/request_path.py), so the loop's turn ends sooner; the round trip is the
-            # same (perf/p1_p2_ipc.py measures both). Unprivileged, and set before the
-            # first socket starts the threads.
+        if self.config.get("io_threads_sched", "normal") == "batch":
+            # ZeroMQ's I/O threads as SCHED_BATCH: woken by our send, one does not preempt
+            # the loop that woke it (CFS's wake-up preemption) but runs when the loop next
+            # waits or on the other core. A reply's send then takes 3.5-6 µs at p50 instead
+            # of 16-19 (perf/request_path.py), but the reply leaves only after the rest of
+            # the loop's turn: the round trip was the same on a quiet machine and 5-15%
+            # slower on a loaded one (perf/p1_p2_ipc.py measures both in the same blocks:
+            # P1 p50 1.29-1.33x its limit by default, 1.43-1.56x with this), while pipelined
+            # calls ran 10-20% faster with it (P2 0.77-0.96 of its limit, 0.66-0.73 without).
+            # A single call's latency is what an editor waits on, so it is not the default.
+            # Unprivileged, and set before the first socket starts the threads.
             self.ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_BATCH)
             self.ctx.set(zmq.THREAD_PRIORITY, 0)
         self.rpc = self._bind_rpc()

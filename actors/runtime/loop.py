@@ -7,14 +7,15 @@ one handler must not take the actor's other sessions down with it).
 The fast path: an actor's request socket can be made the loop's *primary* socket. While
 every other reader is a ZeroMQ socket (no plain fds, no writers), the loop then waits in a
 blocking `recv` on it instead of `zmq_poll` (measured here: ~17 µs less per round trip, a
-tenth of it), checks the other sockets' ZMQ_EVENTS after each wake-up, and wakes at least
-every HOUSEKEEPING_MS for them. Wake-ups from other threads then arrive on the primary socket
-itself, as messages from WAKE_ID over an inproc connection. An actor whose other sockets must
-be served as promptly as its requests (the metrics actor times recoveries by the replies and
-events that arrive on them) sets `fast_path = False`. Once a whole HOUSEKEEPING_MS passed with
-no request, the loop is idle: it waits in `zmq_poll` on everything instead, so an idle actor
-wakes only for its timers and what arrives (a wake-up costs ~0.1 ms of CPU here), and the first
-request takes it back to the fast path.
+tenth of it), checks the other sockets' ZMQ_EVENTS after a wake-up (at most once every
+OTHERS_EVERY_S), and wakes at least every HOUSEKEEPING_MS for them. Wake-ups from other
+threads then arrive on the primary socket itself, as messages from WAKE_ID over an inproc
+connection. An actor whose other sockets must be served as promptly as its requests (the
+metrics actor times recoveries by the replies and events that arrive on them) sets
+`fast_path = False`. Once a whole HOUSEKEEPING_MS passed with no request, the loop is idle: it
+waits in `zmq_poll` on everything instead, so an idle actor wakes only for its timers and what
+arrives (a wake-up costs ~0.1 ms of CPU here), and the first request takes it back to the fast
+path.
 
 A supervised process's loop also beats (actors.runtime.beat): before each wait it writes when
 the wait will end at the latest, after it that it turned, so its supervisor sees it alive
@@ -44,6 +45,7 @@ Callback = Callable[[], Any]
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 EVENTS, RCVTIMEO = int(zmq.EVENTS), int(zmq.RCVTIMEO)
 HOUSEKEEPING_MS = 250
+OTHERS_EVERY_S = 0.001  # the fast path looks at its other sockets at most this often
 WAKE_ID = b"\xffmoorage-wake"
 
 
@@ -99,6 +101,7 @@ class Loop:
         self._rcvtimeo = -1
         self.fast_path = True
         self._idle = False  # no request for HOUSEKEEPING_MS: wait in zmq_poll, not the fast path
+        self._others_due = 0.0  # the fast path's next look at its other sockets (clock)
         self._beat = beat.installed()
 
     def set_primary(
@@ -302,11 +305,17 @@ class Loop:
                 self._drain_primary(first)
             except Exception:
                 logger.exception("primary socket handler raised")
-        for key, (on_read, _) in list(self._handlers.items()):
-            if key is sock or on_read is None or not isinstance(key, zmq.Socket):
-                continue  # plain fds registered by a handler just now: the next poll has them
-            if key.get(EVENTS) & POLLIN:
-                self._run(on_read)
+        now = time.monotonic()  # (not `clock`, which tests may hold still)
+        if now >= self._others_due:
+            # At most once a millisecond (a ZMQ_EVENTS read is a few µs, and a request
+            # arriving every 100 µs would pay it for each socket every time): what waits
+            # there is no later for it than it is while the loop sleeps in recv.
+            self._others_due = now + OTHERS_EVERY_S
+            for key, (on_read, _) in list(self._handlers.items()):
+                if key is sock or on_read is None or not isinstance(key, zmq.Socket):
+                    continue  # plain fds registered by a handler just now: the next poll
+                if key.get(EVENTS) & POLLIN:
+                    self._run(on_read)
         if self._soon:
             self._drain_wakeups()
         self._run_timers()
