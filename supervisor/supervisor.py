@@ -232,6 +232,7 @@ class Supervisor(Actor):
         if self.custody is not None:
             self.custody.close()
         if self.spare is not None:
+            self.loop.remove_reader(self.spare.fileno())
             self.spare.close()
         self.zygote.close()
 
