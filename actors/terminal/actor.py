@@ -28,7 +28,7 @@ not_found* is session_not_found. Every op that needs the keeper waits for it (up
 `keeper_wait_ms`), then answers `unavailable`; ops on a session being recreated wait for it.
 `mode` is the fallback step that served: integration, no_integration, raw_output (session.py);
 `parser` which parser serves the session: actor (the parser actor; the terminal reads the chunk
-that ends a command itself when the actor has parsed all before it: parsehop.py), local, or nil
+that ends a command itself, at once, from the actor's last ground point: parsehop.py), local, or nil
 (raw output); `attempts` lists the shells tried before the one that ran. `term.create` takes an
 optional `session` id (one that exists already: `conflict`); it and `term.exec` are resumable: a
 resend of the same request, to this actor or its successor, gets the session it made or the

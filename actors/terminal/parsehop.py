@@ -38,10 +38,12 @@ from it (every byte is still fed to it, in order, and its markers are applied):
   A command's echo and plain output cost no round trip then, and a session whose unparsed
   output is all inert counts as parsed (`when_parsed`).
 - *The end of a command, read here.* A chunk that carries the session's command-end or
-  prompt-end marker (633 D or B, with its nonce), arriving when the parser actor has parsed
-  everything before it and holds nothing, is also parsed here, at once, by the same library
-  from that ground point: the command is answered and the prompt known without waiting for
-  the round trip. The parser actor's markers for the chunk come later and are dropped as
+  prompt-end marker (633 D or B, with its nonce) is also parsed here, at once, by the same
+  library, from the ground point of the parser actor's last reply to the chunk's end (what
+  is still in flight to the actor, usually the command's echo and its start marker sent a
+  moment before, is parsed again with it; at most READ_AHEAD_MAX bytes, else the chunk waits
+  for the actor as any other): the command is answered and the prompt known without waiting
+  for a round trip. The parser actor's markers for those bytes come later and are dropped as
   repeats (by offset, as after a switch). Counted as `read_ahead` in `sys.info`.
 """
 
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
 PARSE_MODES = ("actor", "local")
 FLYING = 4  # feeds in flight per session
 SLACK = 16  # bytes before a parser's ground point that the next parser parses again
+READ_AHEAD_MAX = 16 << 10  # the most output a read-ahead parses again (in flight, held)
 INERT_FLUSH_S = 0.02  # inert output not followed by anything is sent after this
 ESC = b"\x1b"
 # errors that say the parser actor is not serving (the breaker counts them)
@@ -217,9 +220,10 @@ class ParseHop:
                 if self._flush_timer is None:
                     self._flush_timer = self.link.call_later(INERT_FLUSH_S, self._flush)
                 return
-            if grounded and (self.inert or self.sent == start) and self._nonce_b in data \
-                    and (b"633;D;" in data or b"633;B;" in data):
-                self._read_ahead(self.sent, self.buf.get(self.sent, self.end))
+            if self._nonce_b in data and (b"633;D;" in data or b"633;B;" in data) and \
+                    self.end - self.ground() <= READ_AHEAD_MAX:
+                ground = self.ground()
+                self._read_ahead(ground, self.buf.get(ground, self.end))
             self.inert = False
             self._pump()
         else:
@@ -233,8 +237,9 @@ class ParseHop:
             self._pump()
 
     def _read_ahead(self, start: int, data: bytes) -> None:
-        """The chunk that ends a command (or draws the prompt), the parser actor having
-        parsed everything before it: its markers, now (see the module docstring)."""
+        """The chunk that ends a command (or draws the prompt), with what is still on its
+        way to the parser actor before it (`data` from `start`, a ground point): its
+        markers, now (see the module docstring)."""
         try:
             events = Parser(nonce=self.nonce, offset=start).feed(data)
         except Exception:  # vtparse promises never to raise; the actor's reply will do
