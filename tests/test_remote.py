@@ -298,6 +298,28 @@ def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_acto
         ctx.destroy(linger=0)
 
 
+def before_zap(tree: NetnsTree, actor: str) -> int:
+    """Handshakes `actor` refused before ZAP was asked (libzmq says `protocol` or, for
+    some, `handshake`)."""
+    r = info(tree, actor)["remote"]["refused"]
+    return r.get("protocol", 0) + r.get("handshake", 0)
+
+
+def refused_before_zap(ctx: zmq.Context, tree: NetnsTree, actor: str, endpoint: str,
+                       client_pair: curve.KeyPair, kind: int) -> int:
+    """Plain ZMTP, then a wrong server key, at `endpoint` (one of `actor`'s tcp sockets):
+    each refused and counted by `actor` before ZAP is asked; returns the count after."""
+    base = before_zap(tree, actor)
+    assert refused_handshake(ctx, endpoint, None, None, kind=kind) in ("protocol", "nothing")
+    wait_for(lambda: before_zap(tree, actor) == base + 1,
+             f"{actor} counting a plain ZMTP peer of {endpoint}", 10)
+    assert refused_handshake(ctx, endpoint, curve.new_pair().public, client_pair,
+                             kind=kind) == "protocol"
+    wait_for(lambda: before_zap(tree, actor) == base + 2,
+             f"{actor} counting a wrong server key at {endpoint}", 10)
+    return base + 2
+
+
 def test_a_failed_handshake_on_the_stream_socket_is_counted_as_on_the_request_socket(
         tcp_tree: NetnsTree, keys: tuple) -> None:
     """Plain ZMTP and a wrong server key at an actor's tcp stream endpoint (its XPUB) are
@@ -308,29 +330,16 @@ def test_a_failed_handshake_on_the_stream_socket_is_counted_as_on_the_request_so
     endpoint = table["endpoints"]["beta"]["pub"]
     server_key = table["server_key"].encode()
 
-    def refused() -> dict[str, int]:
-        return info(tcp_tree, "beta")["remote"]["refused"]
-
-    def before_zap() -> int:  # (libzmq says `protocol` or, for some, `handshake`)
-        r = refused()
-        return r.get("protocol", 0) + r.get("handshake", 0)
-
     ctx = zmq.Context()
     try:
-        base, unknown = before_zap(), refused().get("unknown_key", 0)
-        assert refused_handshake(ctx, endpoint, None, None, kind=zmq.SUB) \
-            in ("protocol", "nothing")
-        wait_for(lambda: before_zap() == base + 1,
-                 "beta counting a plain ZMTP peer of its stream socket", 10)
-        assert refused_handshake(ctx, endpoint, curve.new_pair().public, client_pair,
-                                 kind=zmq.SUB) == "protocol"
-        wait_for(lambda: before_zap() == base + 2,
-                 "beta counting a wrong server key at its stream socket", 10)
+        unknown = info(tcp_tree, "beta")["remote"]["refused"].get("unknown_key", 0)
+        counted = refused_before_zap(ctx, tcp_tree, "beta", endpoint, client_pair, zmq.SUB)
         assert refused_handshake(ctx, endpoint, server_key, curve.new_pair(),
                                  kind=zmq.SUB) == "auth"
-        wait_for(lambda: refused().get("unknown_key", 0) == unknown + 1,
-                 "beta counting a refused key at its stream socket", 10)
-        assert before_zap() == base + 2  # the ZAP refusal is counted once, by ZAP
+        wait_for(lambda: info(tcp_tree, "beta")["remote"]["refused"].get(
+            "unknown_key", 0) == unknown + 1, "beta counting a refused key at its stream socket",
+            10)
+        assert before_zap(tcp_tree, "beta") == counted  # the ZAP refusal: counted by ZAP
     finally:
         ctx.destroy(linger=0)
     log = "\n".join(p.read_text(errors="replace")
@@ -402,23 +411,10 @@ def test_a_failed_handshake_on_the_metrics_actors_tcp_in_is_counted(
     _, _, client_pair = keys
     tree = metrics_tcp_tree
     endpoint = tree.connection_file()["remote"]["endpoints"]["metrics"]["in"]
-
-    def before_zap() -> int:
-        r = info(tree, "metrics")["remote"]["refused"]
-        return r.get("protocol", 0) + r.get("handshake", 0)
-
     received = info(tree, "metrics")["received_pushes"]
     ctx = zmq.Context()
     try:
-        base = before_zap()
-        assert refused_handshake(ctx, endpoint, None, None, kind=zmq.PUSH) \
-            in ("protocol", "nothing")
-        wait_for(lambda: before_zap() == base + 1,
-                 "metrics counting a plain ZMTP peer of its tcp in", 10)
-        assert refused_handshake(ctx, endpoint, curve.new_pair().public, client_pair,
-                                 kind=zmq.PUSH) == "protocol"
-        wait_for(lambda: before_zap() == base + 2,
-                 "metrics counting a wrong server key at its tcp in", 10)
+        refused_before_zap(ctx, tree, "metrics", endpoint, client_pair, zmq.PUSH)
     finally:
         ctx.destroy(linger=0)
     assert info(tree, "metrics")["received_pushes"] == received
