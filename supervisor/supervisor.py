@@ -89,7 +89,6 @@ from moorage.supervisor.zygote import ZygoteHandle
 
 ESCALATED_EXIT_CODE = 3
 ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_exit
-SPARE_HELLO_S = 0.5  # a spare being forked when its zygote died: how long its pid may take
 
 
 class Supervisor(Actor):
@@ -398,8 +397,8 @@ class Supervisor(Actor):
         new, self.spare = self.spare, None
         if new is not None:
             self.loop.remove_reader(new.fileno())
-            if not new.learn_pid(SPARE_HELLO_S):  # it died with the zygote that forked it
-                new.sock.close()
+            if not new.learn_pid():  # being forked as the zygote died, or died with it:
+                new.sock.close()  # (a spare that lives exits at this EOF)
                 new = None
         if new is None:
             new = old.replacement()

@@ -50,7 +50,6 @@ import selectors
 import signal
 import socket
 import sys
-import time
 import traceback
 from collections.abc import Callable, Iterable
 
@@ -197,14 +196,11 @@ class ZygoteHandle:
             theirs.close()
         return ZygoteHandle(0, ours, self.beats, self.preload, self.owner)
 
-    def learn_pid(self, wait_s: float) -> bool:
-        """A forked spare's pid, from its `hello` (waiting at most `wait_s` for it): False if
-        it is gone or silent (its zygote died before forking it, or it died since)."""
-        deadline = time.monotonic() + wait_s
-        while self.pid <= 0:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                return False
+    def learn_pid(self) -> bool:
+        """A forked spare's pid, from its `hello` if it has come (never waiting: the
+        supervisor's loop calls this): False if it is gone or has not said it (its zygote
+        died before forking it, or as it did)."""
+        if self.pid <= 0 and select.select([self.sock], [], [], 0)[0]:
             try:
                 events = self.read_events()
             except EOFError:
@@ -212,7 +208,7 @@ class ZygoteHandle:
             for ev in events:
                 if ev.get("ev") == "hello":
                     self.pid = int(ev["pid"])
-        return True
+        return self.pid > 0
 
 
 def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
