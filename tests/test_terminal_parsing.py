@@ -4,6 +4,8 @@ and comes back to the actor when it is up again; no marker counts twice across a
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from typing import Any
 
@@ -150,6 +152,36 @@ def test_the_end_of_a_command_is_read_at_once_when_the_parser_has_caught_up(make
     s.check_records()
 
 
+def test_commands_are_answered_while_the_parser_actor_is_frozen(make_tree, tmp_path):
+    """A quick command's end is read in the terminal, and what a read-ahead parsed counts as
+    parsed: with the parser actor frozen (SIGSTOP, no feed timing out), commands are still
+    answered one after another, each starting when all the session's output before it is
+    parsed. Thawed, the parser actor gets every byte and its markers for them are dropped as
+    repeats (one end record per command)."""
+    tree = make_tree(TREE.replace("misses = 5", "misses = 600")  # no hang while frozen
+                     .replace("parse_timeout_ms = 500", "parse_timeout_ms = 120000")).start()
+    s = Session(tree, tmp_path)
+    assert s.exec(0)["parser"] == "actor"
+    wait_for(lambda: listed(s)["parsed"] == listed(s)["offset"], "the first command parsed",
+             timeout=30)
+    repeated = listed(s)["repeated_markers"]
+    pid = tree.child("parser")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for n in range(1, 6):
+            assert s.exec(n)["parser"] == "actor"
+        assert listed(s)["parsed"] < listed(s)["offset"]  # the parser actor has not
+        assert tree.call("terminal", "sys.info")["parse"]["held"] > 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: listed(s)["parsed"] == listed(s)["offset"],
+             "the parser actor parsed all of it", timeout=30)
+    wait_for(lambda: listed(s)["repeated_markers"] > repeated,
+             "its markers for the commands came and were dropped", timeout=30)
+    assert tree.call("terminal", "sys.info")["parse"]["breaker"] == "closed"
+    s.check_records()
+
+
 def test_parse_local_in_config_keeps_the_parser_actor_out(make_tree, tmp_path):
     tree = make_tree(TREE + 'parse = "local"\n').start()
     s = Session(tree, tmp_path)
@@ -179,7 +211,10 @@ def test_a_parser_actor_that_is_down_leaves_parsing_local_until_it_is_back(make_
     n = s.until_parser("actor", n + 3)
     for m in range(n, n + 3):  # and it stays there
         assert s.exec(m)["parser"] == "actor"
-    assert tree.call("terminal", "sys.info")["parse"]["breaker"] == "closed"
+    # (the commands' ends are read in the terminal: the parser actor's first answers, which
+    # close the breaker, may come after them)
+    wait_for(lambda: tree.call("terminal", "sys.info")["parse"]["breaker"] == "closed",
+             "the parser actor answered and the breaker closed", timeout=30)
     s.check_records()
 
 

@@ -30,8 +30,8 @@ restarted, or evicted it) is opened again from the ground point; that is not a f
 While a session's unparsed output is over `parse_lag_bytes` the terminal holds back its acks
 to the keeper, so a slow parser slows the shell down instead of growing this buffer.
 
-Two shortcuts keep the parser actor off a command's critical path without taking the stream
-from it (every byte is still fed to it, in order, and its markers are applied):
+Three shortcuts keep the parser actor off a command's critical path without taking the
+stream from it (every byte is still fed to it, in order, and its markers are applied):
 - *Inert output waits.* A chunk with no ESC in it, arriving while the parser is in ground
   state with nothing in flight, cannot hold a marker or finish one: it is not sent alone but
   with the next chunk that has an ESC (or after INERT_FLUSH_S, or past `parse_feed_bytes`).
@@ -39,12 +39,22 @@ from it (every byte is still fed to it, in order, and its markers are applied):
   output is all inert counts as parsed (`when_parsed`).
 - *The end of a command, read here.* A chunk that carries the session's command-end or
   prompt-end marker (633 D or B, with its nonce) is also parsed here, at once, by the same
-  library, from the ground point of the parser actor's last reply to the chunk's end (what
-  is still in flight to the actor, usually the command's echo and its start marker sent a
-  moment before, is parsed again with it; at most READ_AHEAD_MAX bytes, else the chunk waits
-  for the actor as any other): the command is answered and the prompt known without waiting
-  for a round trip. The parser actor's markers for those bytes come later and are dropped as
-  repeats (by offset, as after a switch). Counted as `read_ahead` in `sys.info`.
+  library: the command is answered and the prompt known without waiting for a round trip.
+  The read-ahead parser goes on from where its last read-ahead stopped, or starts at the
+  ground point of the parser actor's last reply when that is further on; it parses at most
+  READ_AHEAD_MAX bytes at once, else the chunk waits for the actor as any other. The parser
+  actor's markers for those bytes come later and are dropped as repeats (by offset, as after
+  a switch). Output that a read-ahead has parsed to its end counts as parsed
+  (`when_parsed`): the next command need not wait for the actor's reply. Counted as
+  `read_ahead` in `sys.info`.
+- *Output with markers goes in batches.* A chunk with one of the session's markers in it
+  (its nonce) is not sent at once: it and what follows go to the parser actor in one feed
+  after HOLD_S, or as soon as the bytes from the ground point pass READ_AHEAD_MAX, or when
+  something waits on them (`when_parsed`). A quick command (most of what an editor runs) is
+  then read ahead and answered here, and its output goes to the parser actor with the next
+  ones', after the reply, instead of in two or three feeds before it, each a round trip and
+  a turn of the parser process on a core the command's reply needs. A long command's output
+  goes out when the hold ends, as before. Counted as `held`.
 """
 
 from __future__ import annotations
@@ -83,6 +93,7 @@ FLYING = 4  # feeds in flight per session
 SLACK = 16  # bytes before a parser's ground point that the next parser parses again
 READ_AHEAD_MAX = 16 << 10  # the most output a read-ahead parses again (in flight, held)
 INERT_FLUSH_S = 0.02  # inert output not followed by anything is sent after this
+HOLD_S = 0.02  # the longest output with markers waits to go to the parser actor
 ESC = b"\x1b"
 # errors that say the parser actor is not serving (the breaker counts them)
 TRANSPORT = frozenset({"timeout", "unavailable", "busy", "stopping", "deadline_expired",
@@ -168,6 +179,8 @@ class ParseHop:
         self.caught_up = caught_up
         self.buf = Scrollback(0, base)  # from (about) the ground point to the end
         self.parsed = base  # the serving parser's offset
+        self.ahead = base  # every marker before this was applied by a read-ahead
+        self.repeats = 0  # the parser actor's markers dropped for that, unread
         self.held = 0  # bytes it holds at `parsed`
         self.gen = 0
         self.wave = 0  # a resend within a stream: replies to the feeds before it are dropped
@@ -178,6 +191,8 @@ class ParseHop:
         # bytes from `sent` on hold no ESC and the parser was in ground at `sent`
         self.inert = False
         self._flush_timer: Any = None
+        self._hold_timer: Any = None  # set while output waits to go in one feed
+        self._ahead_parser: Parser | None = None  # the read-ahead's, kept to go on from
         # b"\x1b]633;D;" and b"\x1b]633;B;" are in a chunk that ends or draws a prompt; the
         # nonce after them makes it ours (a cheap test before the read-ahead parse)
         self._nonce_b = nonce.encode()
@@ -213,6 +228,11 @@ class ParseHop:
             if self.end >= self.local_until and self.link.closed(time.monotonic()):
                 self._to_actor(self.ground())
         elif self.via == "actor":
+            ours = self._nonce_b in data
+            if ours and (b"633;D;" in data or b"633;B;" in data):
+                self._read_ahead()
+            if self._holding(ours):
+                return
             grounded = self.flying == 0 and self.held == 0 and self.parsed == self.sent
             if ESC not in data and grounded and (self.inert or self.sent == start) and \
                     self.end - self.sent < self.link.feed_bytes:
@@ -220,59 +240,106 @@ class ParseHop:
                 if self._flush_timer is None:
                     self._flush_timer = self.link.call_later(INERT_FLUSH_S, self._flush)
                 return
-            if self._nonce_b in data and (b"633;D;" in data or b"633;B;" in data) and \
-                    self.end - self.ground() <= READ_AHEAD_MAX:
-                ground = self.ground()
-                self._read_ahead(ground, self.buf.get(ground, self.end))
             self.inert = False
             self._pump()
         else:
             self.buf.drop_before(self.end)
 
+    def _holding(self, ours: bool) -> bool:
+        """Does this chunk wait, with what came before it, to go to the parser actor in one
+        feed? From a chunk with one of the session's markers in it, for HOLD_S, while the
+        bytes from the ground point are at most READ_AHEAD_MAX."""
+        if self.end - self.ground() > READ_AHEAD_MAX:
+            self._unhold()
+            return False
+        if self._hold_timer is not None:
+            return True
+        if not ours:
+            return False
+        self.link.counts["held"] += 1
+        self._hold_timer = self.link.call_later(HOLD_S, self._hold_over)
+        return True
+
+    def _hold_over(self) -> None:
+        self._hold_timer = None
+        if self.via == "actor":
+            self.inert = False  # what the command printed goes with what came before it
+            self._pump()
+
+    def _unhold(self) -> None:
+        timer, self._hold_timer = self._hold_timer, None
+        if timer is not None:
+            timer.cancel()
+
     def _flush(self) -> None:
         self._flush_timer = None
-        if self.inert and self.via == "actor":
+        if self.inert and self.via == "actor" and self._hold_timer is None:
             self.inert = False
             self.link.counts["inert_flushed"] += 1
             self._pump()
 
-    def _read_ahead(self, start: int, data: bytes) -> None:
+    def _read_ahead(self) -> None:
         """The chunk that ends a command (or draws the prompt), with what is still on its
-        way to the parser actor before it (`data` from `start`, a ground point): its
-        markers, now (see the module docstring)."""
+        way to the parser actor before it: its markers, now (see the module docstring).
+        The read-ahead parser goes on from where it stopped last time, or starts at the
+        ground point of the parser actor's last reply when that is further on."""
+        parser = self._ahead_parser
+        ground = self.ground()
+        if parser is None or parser.offset < ground or parser.offset > self.end:
+            parser = self._ahead_parser = None
+            start = ground
+        else:
+            start = parser.offset
+        if self.end - start > READ_AHEAD_MAX:
+            return  # too far behind: this chunk waits for the parser actor, as any other
         try:
-            events = Parser(nonce=self.nonce, offset=start).feed(data)
+            if parser is None:
+                parser = Parser(nonce=self.nonce, offset=start)
+            events = parser.feed(self.buf.get(start, self.end))
+            whole = parser.buffered_bytes() == 0
         except Exception:  # vtparse promises never to raise; the actor's reply will do
             logger.exception("session {}: read-ahead parse failed", self.sid)
+            self._ahead_parser = None
             return
+        self._ahead_parser = parser
         self.link.counts["read_ahead"] += 1
         if events:
             self.apply(events, "actor")
+        if whole:  # no sequence left open at its end: every marker before it is applied
+            self.ahead = max(self.ahead, self.end)
+            self._parsed_to()
 
     def when_parsed(self, offset: int, fn: Callable[[], None]) -> None:
         """Call `fn` once every byte before `offset` has been parsed (at once when it has,
         when what is left is inert, or when no parser runs): the session's state then
         reflects all that output."""
-        if self.via != "actor" or self.parsed >= offset or (
+        if self.via != "actor" or self.parsed >= offset or self.ahead >= offset or (
                 self.inert and self.parsed == self.sent and self.flying == 0):
             fn()
         else:
             self.link.counts["waits"] += 1
             self._waiting.append((offset, fn))
+            if self._hold_timer is not None:  # someone waits on it: the output goes now
+                self._unhold()
+                self.inert = False
+                self._pump()
 
     def _parsed_to(self) -> None:
         if not self._waiting:
             return
-        ready = [fn for off, fn in self._waiting if self.via != "actor" or self.parsed >= off]
+        done = max(self.parsed, self.ahead)
+        ready = [fn for off, fn in self._waiting if self.via != "actor" or done >= off]
         if ready:
             self._waiting = [(o, f) for o, f in self._waiting
-                             if self.via == "actor" and self.parsed < o]
+                             if self.via == "actor" and done < o]
             for fn in ready:
                 fn()
 
     def restart_at(self, offset: int) -> None:
         """The stream jumped (it never should): parse on from `offset`, as from a start."""
         self.buf = Scrollback(0, offset)
+        self._ahead_parser = None
+        self.ahead = offset
         self.parsed, self.held = offset, 0
         if self.via == "actor":
             self._to_actor(offset)
@@ -295,6 +362,7 @@ class ParseHop:
         return f"term.{self.sid}.{self.gen}"
 
     def _to_actor(self, start: int) -> None:
+        self._unhold()
         self.gen += 1
         self.via = "actor"
         self.inert = False
@@ -310,7 +378,7 @@ class ParseHop:
         """Send what has not been sent: the open first, then feeds, up to `FLYING` at once
         (one socket, so the parser actor takes them in order; a chunk that ends a command
         goes out when it arrives, not after the reply to the chunk before it)."""
-        if self.via != "actor" or self.inert:
+        if self.via != "actor" or self.inert or self._hold_timer is not None:
             return
         if not self.opened:
             self.opened = True
@@ -371,12 +439,18 @@ class ParseHop:
     def _fed(self, body: dict[str, Any]) -> None:
         if self._declined(body):
             return
-        events = [e for e in map(marker_from_wire, body.get("events", ())) if e is not None]
+        # what a read-ahead applied already is dropped here, unread, as the session would
+        ahead = self.ahead
+        wire = body.get("events", ())
+        fresh = [d for d in wire if d.get("start", ahead) >= ahead]
+        repeats = len(wire) - len(fresh)
+        self.repeats += repeats
+        events = [e for e in map(marker_from_wire, fresh) if e is not None]
         lagging = self.lag() > self.link.lag_bytes
         self.parsed = int(body["offset"])
         self.held = int(body.get("buffered", 0))
         self.buf.drop_before(self.ground())
-        self.link.counts["actor_events"] += len(events)
+        self.link.counts["actor_events"] += len(events) + repeats
         if body.get("unparsed"):
             # the parser's event budget cut the feed short: the feeds after it would not
             # fit (stream_gap); drop their replies and send again from its offset
@@ -405,6 +479,8 @@ class ParseHop:
     # --- in this process ----------------------------------------------------------------------
 
     def _to_local(self, start: int, reason: str) -> None:
+        self._unhold()
+        self._ahead_parser = None
         self.gen += 1  # a reply still on its way is dropped
         self.flying = 0
         self.inert = False
@@ -441,6 +517,7 @@ class ParseHop:
             self.apply(events, "local")
 
     def _raw(self) -> None:
+        self._unhold()
         self.local = None
         self.inert = False
         self.via = None
