@@ -193,6 +193,22 @@ def test_a_resent_feed_is_skipped_and_an_overlapping_one_parses_only_its_new_byt
     assert stats["duplicate_bytes"] == 16 and stats["bytes_parsed"] == 16
 
 
+def test_events_from_leaves_out_the_events_before_it_and_the_stream_parses_them_still(
+        parser, client):
+    data = sample_stream(random.Random(5))
+    client.call("parser", "parse.open", {"stream": "all", "nonce": "N0NCE"})
+    client.call("parser", "parse.open", {"stream": "late", "nonce": "N0NCE"})
+    want = feed(client, "all", 0, data)["events"]
+    cut = want[len(want) // 2]["start"]
+    reply = client.call("parser", "parse.feed", {"stream": "late", "offset": 0,
+                                                 "events_from": cut}, attachments=[data])
+    assert reply["events"] == [e for e in want if e["start"] >= cut]
+    assert 0 < len(reply["events"]) < len(want) and reply["offset"] == len(data)
+    # the stream was in the same state at the end either way
+    assert feed(client, "late", len(data), A)["events"] == feed(client, "all", len(data),
+                                                                A)["events"]
+
+
 def test_a_feed_ahead_of_the_stream_is_a_stream_gap_naming_the_expected_offset(parser, client):
     feed(client, "s", 0, A)
     err = error(feed, client, "s", 9, B)

@@ -4,8 +4,9 @@
   parse.open   {stream, nonce?, mode?,       {stream, offset, mode, opened,   bad_args
                 tokens?, text?, offset?}      options}
   parse.feed   {stream, offset, data?,       {events, offset, mode, skipped,  bad_args,
-               create?}, the bytes as one     unparsed, buffered}             message_too_large,
-               raw attachment (or `data`)                                     stream_gap,
+               create?, events_from?}, the    unparsed, buffered}             message_too_large,
+               bytes as one raw attachment                                    stream_gap,
+               (or `data`)
                                                                               stream_not_found,
                                                                               parse_error
   parse.reset  {stream}                      {stream, offset, mode, dropped}  stream_not_found
@@ -28,7 +29,9 @@ own, a nonce, wants `stream_not_found` when the stream was evicted, not a defaul
 Offsets make a resent feed safe (`parse.feed` is idempotent): `offset` is the absolute stream
 offset of the data's first byte. Behind the stream's offset, the overlap was parsed already and
 is skipped (`skipped` bytes; its events went out with the first reply); ahead of it is
-`stream_gap` with detail {expected}. The reply's `offset` is the stream's new offset: when it is
+`stream_gap` with detail {expected}. `events_from` leaves out of the reply the events that
+start before it (the caller has them already: the terminal reads a command's end itself); the
+stream parses them all the same. The reply's `offset` is the stream's new offset: when it is
 short of the data's end (`unparsed` > 0), the per-feed event budget was spent and the caller
 sends the rest from there. `mode` is the recovery mode after the feed (RecoveryMode values).
 `buffered` is how far before its offset the stream's sequence in progress began (a sequence
@@ -362,12 +365,13 @@ class ParserActor(Actor):
                 "opened": opened, "options": options.to_wire()}
 
     @op("parse.feed", args={"stream": str, "offset": int, "data": (bytes, None),
-                            "create": (bool, True)}, idempotent=True, request_attachments=(0, 1),
+                            "create": (bool, True), "events_from": (int, 0)}, idempotent=True,
+        request_attachments=(0, 1),
         result={"events": list[EVENT], "offset": int, "mode": MODE, "skipped": int,
                 "unparsed": int, "buffered": int},
         errors=("stream_not_found", "stream_gap", "parse_error"))
     def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None,
-                 create: bool) -> dict:
+                 create: bool, events_from: int) -> dict:
         """Parse the stream's next bytes; the events they complete."""
         if (0 if data is None else 1) + len(call.attachments) != 1:
             raise fail("bad_args", "parse.feed takes its bytes as exactly one raw attachment "
@@ -403,7 +407,8 @@ class ParserActor(Actor):
         parsed = s.parser.offset - expected
         self.counts["bytes_parsed"] += parsed
         self.counts["events"] += len(events)
-        return {"events": [e.to_wire() for e in events], "offset": s.parser.offset,
+        return {"events": [e.to_wire() for e in events if e.start >= events_from],
+                "offset": s.parser.offset,
                 "mode": s.parser.mode.value, "skipped": skipped,
                 "unparsed": size - skipped - parsed, "buffered": s.parser.buffered_bytes()}
 

@@ -57,6 +57,7 @@ HEADER = struct.Struct(">I")
 LINK_TOKEN_NAME = "ptykeeper.link"
 MAX_FRAME = 64 * 1024 * 1024  # a chunk of output or input is far smaller; this is a guard
 READ_SIZE = 1 << 20
+_CTRUNC = int(socket.MSG_CTRUNC)  # (an int: the enum's & costs µs on every read)
 IOV_BATCH = 64
 MAX_FDS = 16  # passed descriptors taken from one receive
 
@@ -245,7 +246,7 @@ class Link:
                 if self._anc:
                     n, anc, flags, _ = self.sock.recvmsg_into(
                         [self._rbuf], self._anc, socket.MSG_CMSG_CLOEXEC)
-                    if anc or flags & socket.MSG_CTRUNC:
+                    if anc or flags & _CTRUNC:
                         self._take_fds(anc, flags)
                 else:
                     n = self.sock.recv_into(self._rbuf)

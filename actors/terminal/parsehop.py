@@ -392,7 +392,8 @@ class ParseHop:
             data = self.buf.get(self.sent, end)
             self.link.counts["feeds"] += 1
             self._call("parse.feed", {"stream": self._stream(), "offset": self.sent,
-                                      "data": data, "create": False}, self._fed)
+                                      "data": data, "create": False,
+                                      "events_from": self.ahead}, self._fed)
             self.sent = end
 
     def _call(self, op: str, args: dict[str, Any],
@@ -440,6 +441,7 @@ class ParseHop:
         if self._declined(body):
             return
         # what a read-ahead applied already is dropped here, unread, as the session would
+        # (the feed asked for none of it, `events_from`, but a read-ahead may have come since)
         ahead = self.ahead
         wire = body.get("events", ())
         fresh = [d for d in wire if d.get("start", ahead) >= ahead]
