@@ -189,10 +189,15 @@ class Session:
             ring.close()
 
     def on_ring(self, end: int) -> None:
-        """The ring holds output up to `end`: take what is new here, in publishable pieces."""
+        """The ring holds output up to `end`: take what is new here, in publishable pieces.
+        What the keeper committed since it said so is taken too (its bytes are in the ring
+        before its offset moves): output that came in pieces while this process was busy is
+        handled, published and parsed once, and the keeper's word of the later pieces finds
+        nothing new."""
         ring = self.ring
         if ring is None:
             return
+        end = max(end, ring.write_off)
         while self.offset < end:
             start = max(self.offset, ring.base)
             stop = min(end, start + PUBLISH_CHUNK)
