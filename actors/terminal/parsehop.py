@@ -348,6 +348,7 @@ class ParseHop:
 
     def close(self) -> None:
         """The session is gone: its stream in the parser actor goes too (best effort)."""
+        self._unhold()
         self.gen += 1
         if self.via == "actor" and self.opened and self.link.outbound is not None:
             self.link.outbound.call(self.link.target, "parse.close",
