@@ -366,13 +366,17 @@ class ParserActor(Actor):
 
     @op("parse.feed", args={"stream": str, "offset": int, "data": (bytes, None),
                             "create": (bool, True), "events_from": (int, 0)}, idempotent=True,
-        request_attachments=(0, 1),
+        request_attachments=(0, 1), checked=False,
         result={"events": list[EVENT], "offset": int, "mode": MODE, "skipped": int,
                 "unparsed": int, "buffered": int},
         errors=("stream_not_found", "stream_gap", "parse_error"))
     def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None,
                  create: bool, events_from: int) -> dict:
         """Parse the stream's next bytes; the events they complete."""
+        # (checked=False: the answer is ints, strs and the events' `to_wire` dicts, whose
+        # values are the library's str and int fields, options a map of strs, CSI params
+        # lists of ints two deep: no shape to walk, and a walk of a 64 KiB feed's events
+        # was a fifth of its time)
         if (0 if data is None else 1) + len(call.attachments) != 1:
             raise fail("bad_args", "parse.feed takes its bytes as exactly one raw attachment "
                        "or as `data`, not both")
