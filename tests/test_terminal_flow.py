@@ -97,3 +97,23 @@ def test_a_stuck_subscriber_and_a_silent_consumer_hold_back_only_their_own_sessi
         events.close()
         silent.close()
         stuck.close()
+
+
+def test_a_keeper_stopped_for_a_full_window_is_woken_however_its_output_was_taken(
+        make_tree, tmp_path):
+    """With a 64 KiB window the keeper stops for a full window every few reads, and the
+    terminal often takes the output past the offset of the keeper's last word (all the ring
+    holds) before the word that the keeper stopped comes: that word must wake it all the
+    same, or the shell waits for ever."""
+    tree = make_tree(TREE + "\n[actor.ptykeeper]\nwindow_bytes = 65536\n").start()
+    c = tree.client
+    home = make_home(tmp_path)
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                 timeout=30)["session"]
+    out = Output(c, sid)
+    for _ in range(3):
+        r = c.call("terminal", "term.exec", {"session": sid, "command": "seq 1 200000",
+                                             "timeout_ms": 60_000}, timeout=90)
+        assert r["exit_code"] == 0 and r["output"].endswith("\n200000"), r["output"][-100:]
+    out.until(lambda d: d.count(b"\n200000\r\n") == 3)
+    out.close()

@@ -341,15 +341,17 @@ class KeeperClient:
 
     def flush_acks(self, s: Session) -> None:
         """Move `s`'s ring ack to what it has handled (Session.handled); wake the keeper if it
-        had stopped reading for a full window."""
+        had stopped reading for a full window and there is room in it now. (Whether the ack
+        moved in this call does not say: the output may have been taken and acknowledged
+        from the ring before the keeper's word that it stopped came.)"""
         if s.hold_acks:
             return
         handled = s.handled()
         if handled > s.ring.ack_off:
             s.ring.ack_off = handled
-            if s.keeper_paused and self.link is not None:
-                s.keeper_paused = False
-                self.link.send({"t": "ack", "s": s.id})
+        if s.keeper_paused and self.link is not None and s.ring.room() > 0:
+            s.keeper_paused = False
+            self.link.send({"t": "ack", "s": s.id})
 
     def acks_ready(self) -> None:
         """Something that held acks back is over (a parser hop caught up, a consumer
