@@ -45,7 +45,16 @@ class BenchTree:
             names = c.call("supervisor", "sup.endpoints")
             for name in names:
                 c.call(name, "sys.ping")
-        return time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        # The connection file is written with the ready line, a moment after every actor
+        # answers: a benchmark that reads it (remote mode) waits for it.
+        conn = self.dir / "tree.json"
+        deadline = time.monotonic() + 30
+        while not conn.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"no {conn} from `moorage up`")
+            time.sleep(0.01)
+        return took
 
     def client(self, **kw: object) -> Client:
         return Client(self.dir, **kw)  # type: ignore[arg-type]
