@@ -43,8 +43,9 @@ stream from it (every byte is still fed to it, in order, and its markers are app
   The read-ahead parser goes on from where its last read-ahead stopped, or starts at the
   ground point of the parser actor's last reply when that is further on; it parses at most
   READ_AHEAD_MAX bytes at once, else the chunk waits for the actor as any other. The parser
-  actor's markers for those bytes come later and are dropped as repeats (by offset, as after
-  a switch). Output that a read-ahead has parsed to its end counts as parsed
+  actor parses those bytes too, but is not asked for their markers (the feeds' `events_from`);
+  any that come all the same (a feed sent before the read-ahead) are dropped as repeats (by
+  offset, as after a switch). Output that a read-ahead has parsed to its end counts as parsed
   (`when_parsed`): the next command need not wait for the actor's reply. Counted as
   `read_ahead` in `sys.info`.
 - *Output with markers goes in batches.* A chunk with one of the session's markers in it
@@ -377,8 +378,8 @@ class ParseHop:
 
     def _pump(self) -> None:
         """Send what has not been sent: the open first, then feeds, up to `FLYING` at once
-        (one socket, so the parser actor takes them in order; a chunk that ends a command
-        goes out when it arrives, not after the reply to the chunk before it)."""
+        (one socket, so the parser actor takes them in order, not each after the reply to
+        the one before it); nothing while output is held or waits as inert."""
         if self.via != "actor" or self.inert or self._hold_timer is not None:
             return
         if not self.opened:
