@@ -23,11 +23,14 @@ SNDMORE = int(zmq.SNDMORE)
 RCVMORE = int(zmq.RCVMORE)
 NOBLOCK = int(zmq.NOBLOCK)
 COPY_THRESHOLD = 65536
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 # The compiled methods under pyzmq's Python `Socket` class: its `send` only adds the draft
 # routing_id/group options, which nothing here uses.
 _send = _CSocket.send
 _recv = _CSocket.recv
+_get = _CSocket.get
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[bytes], flags: int = 0) -> None:
@@ -46,3 +49,10 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
         f = _recv(sock, flags, False)
         out.append(f.bytes)
     return out
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Does a whole message wait in `sock`? Read from ZMQ_EVENTS: a loop that receives until
+    there is nothing left looks first, because a failed non-blocking recv says so with a
+    zmq.Again, built in Python, which costs about three times the look."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)

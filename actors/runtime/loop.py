@@ -38,7 +38,7 @@ import zmq
 from loguru import logger
 
 from moorage.actors.runtime import beat
-from moorage.protocol.wire import NOBLOCK, recv_frames
+from moorage.protocol.wire import NOBLOCK, readable, recv_frames
 
 Callback = Callable[[], Any]
 # pyzmq's constants are enums; arithmetic on them builds enum objects (a microsecond each).
@@ -132,13 +132,9 @@ class Loop:
             # for. What came with it is served next, as a batch.
             self._on_batch([first])
             cap -= 1
-        # Each message is looked for in ZMQ_EVENTS before it is received: on most turns
-        # there is none, and a failed non-blocking recv would say so with an exception,
-        # which costs three times the look.
         batch: list[list[bytes]] = []
-        get = sock.get
         try:
-            while len(batch) < cap and get(EVENTS) & POLLIN:
+            while len(batch) < cap and readable(sock):  # (on most turns there is none)
                 frames = recv_frames(sock, NOBLOCK)
                 if frames[0] != WAKE_ID:
                     batch.append(frames)

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from moorage.actors.runtime.loop import EVENTS, POLLIN, Timer
+from moorage.actors.runtime.loop import Timer
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, encode_request
 from moorage.protocol.errors import WireError
-from moorage.protocol.wire import NOBLOCK, recv_frames, send_frames
+from moorage.protocol.wire import NOBLOCK, readable, recv_frames, send_frames
 
 if TYPE_CHECKING:
     from moorage.actors.runtime.actor import Actor
@@ -111,7 +111,7 @@ class Outbound:
         return rid
 
     def _on_readable(self, sock: zmq.Socket) -> None:
-        while sock.get(EVENTS) & POLLIN:  # (a look costs less than a failed recv's raise)
+        while readable(sock):
             try:
                 frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:

@@ -181,7 +181,6 @@ class ParseHop:
         self.buf = Scrollback(0, base)  # from (about) the ground point to the end
         self.parsed = base  # the serving parser's offset
         self.ahead = base  # every marker before this was applied by a read-ahead
-        self.repeats = 0  # the parser actor's markers dropped for that, unread
         self.held = 0  # bytes it holds at `parsed`
         self.gen = 0
         self.wave = 0  # a resend within a stream: replies to the feeds before it are dropped
@@ -322,8 +321,7 @@ class ParseHop:
             self._waiting.append((offset, fn))
             if self._hold_timer is not None:  # someone waits on it: the output goes now
                 self._unhold()
-                self.inert = False
-                self._pump()
+                self._hold_over()
 
     def _parsed_to(self) -> None:
         if not self._waiting:
@@ -442,19 +440,12 @@ class ParseHop:
     def _fed(self, body: dict[str, Any]) -> None:
         if self._declined(body):
             return
-        # what a read-ahead applied already is dropped here, unread, as the session would
-        # (the feed asked for none of it, `events_from`, but a read-ahead may have come since)
-        ahead = self.ahead
-        wire = body.get("events", ())
-        fresh = [d for d in wire if d.get("start", ahead) >= ahead]
-        repeats = len(wire) - len(fresh)
-        self.repeats += repeats
-        events = [e for e in map(marker_from_wire, fresh) if e is not None]
+        events = [e for e in map(marker_from_wire, body.get("events", ())) if e is not None]
         lagging = self.lag() > self.link.lag_bytes
         self.parsed = int(body["offset"])
         self.held = int(body.get("buffered", 0))
         self.buf.drop_before(self.ground())
-        self.link.counts["actor_events"] += len(events) + repeats
+        self.link.counts["actor_events"] += len(events)
         if body.get("unparsed"):
             # the parser's event budget cut the feed short: the feeds after it would not
             # fit (stream_gap); drop their replies and send again from its offset

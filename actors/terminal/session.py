@@ -584,6 +584,6 @@ class Session:
             "scrollback_from": self.scroll.base, "exited": self.exited,
             "busy": self.exec is not None, "untrusted_markers": self.untrusted,
             "parser": self.hop.via, "parsed": self.hop.parsed,
-            "repeated_markers": self.repeated_markers + self.hop.repeats,
+            "repeated_markers": self.repeated_markers,
             "consumers": {k: c.acked for k, c in self.consumers.items()},
         }

@@ -28,14 +28,13 @@ from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_s
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
-from moorage.protocol.wire import NOBLOCK, recv_frames, send_frames
+from moorage.protocol.wire import NOBLOCK, readable, recv_frames, send_frames
 
 # A waiting call blocks in recv for at most this long before it looks at the connection's
 # monitor: a blocking recv is the cheapest way to wait for a reply (no poll call), and the
 # slice bounds how late a disconnect (the actor died) is noticed.
 WAIT_SLICE_MS = 10
 _monotonic = time.monotonic
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
@@ -59,9 +58,7 @@ class _Conn:
     def disconnected(self) -> bool:
         """Did the actor's connection drop since we last looked?"""
         dropped = False
-        # (ZMQ_EVENTS, not poll(0): asked before every call, and a Poller per look costs
-        # several µs more)
-        while self.monitor.get(_EVENTS) & _POLLIN:
+        while readable(self.monitor):  # (asked before every call: no Poller per look)
             ev = recv_monitor_message(self.monitor)["event"]
             dropped = dropped or ev == zmq.EVENT_DISCONNECTED
             if ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
