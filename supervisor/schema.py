@@ -69,8 +69,11 @@ class MetricsTable(RuntimeTable, total=False):
 
 class ResourceTable(RuntimeTable, total=False):
     interval_s: Number
+    calm_interval_s: Number
+    calm_after_samples: int
     memory_budget_mb: Number
-    memory_metric: Literal["rss", "pss"]
+    memory_metric: Literal["rss", "pss", "pss_tracked"]
+    pss_every: int
     cpu_budget_cores: Number
     cpu_weight: Number
     cpu_samples: int

@@ -51,6 +51,7 @@ watch = ["{watched}"]
 
 [actor.resource]
 interval_s = 0.2
+calm_interval_s = 1.0  # a calm tree: a hog is seen within a second
 memory_budget_mb = {BUDGET_MB}
 memory_metric = "pss"
 # Memory alone moves the level here: a loaded machine makes the starting tree busy, and a

@@ -99,7 +99,7 @@ def test_a_child_of_a_zygote_missing_from_the_status_is_an_actor_never_a_runaway
 
 
 def test_psutil_objects_are_kept_between_samples_and_totals_add_up(chain):
-    s = TreeSampler()
+    s = TreeSampler(metric="rss")
     first = s.sample(chain.roles())
     kept = s.process(chain.pids["hog"])
     second = s.sample(chain.roles())
@@ -141,6 +141,64 @@ def test_pss_counts_shared_pages_once(chain):
         assert 0 < r.memory <= r.rss
     # The zygote-like forks share the interpreter's pages: PSS is well below the RSS sum.
     assert sample.memory < sample.rss
+
+
+def test_tracked_pss_counts_the_tree_by_pss_and_descendants_by_rss(chain):
+    s = TreeSampler()  # the default metric
+    rows = by_pid(s.sample(chain.roles()))
+    for name in ("supervisor", "zygote", "actor"):
+        assert 0 < rows[chain.pids[name]].memory <= rows[chain.pids[name]].rss
+    hog = rows[chain.pids["hog"]]
+    assert hog.memory == hog.rss  # a descendant shares nothing with the tree: not read
+    assert s.pss_reads == 3
+
+
+# supervisor -> actor; the actor holds `n` more MB for each line `n` on its stdin, and says
+# "grown" when it has.
+GROWER = r"""
+import os, sys
+pid = os.fork()
+if pid == 0:
+    held = []
+    for line in sys.stdin:
+        held.append(b"x" * (int(line) * 1024 * 1024))
+        sys.stdout.write("grown\n")
+        sys.stdout.flush()
+    os._exit(0)
+sys.stdout.write(f"{os.getpid()} {pid}\n")
+sys.stdout.flush()
+os.waitpid(pid, 0)
+"""
+
+
+def test_tracked_pss_is_read_every_pss_every_samples_and_follows_rss_between():
+    proc = subprocess.Popen([sys.executable, "-c", GROWER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        sup, actor = map(int, proc.stdout.readline().split())
+        roles = Roles(root_pid=sup, supervisors={sup: "supervisor"}, actors={actor: "a"},
+                      workers={"a": actor})
+        s = TreeSampler(metric="pss_tracked", pss_every=3)
+        first = by_pid(s.sample(roles))[actor]
+        assert s.pss_reads == 2 and 0 < first.memory <= first.rss
+        proc.stdin.write("40\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "grown\n"
+        second = by_pid(s.sample(roles))[actor]
+        grew = second.rss - first.rss
+        assert grew >= 40 * MB
+        assert s.pss_reads == 2  # not read again: the RSS change is added to the last PSS
+        assert second.memory == first.memory + grew
+        by_pid(s.sample(roles))
+        assert s.pss_reads == 2
+        fourth = by_pid(s.sample(roles))[actor]  # the third sample since the last read
+        assert s.pss_reads == 4
+        assert 40 * MB <= fourth.memory <= fourth.rss
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
 
 
 def test_an_unknown_memory_metric_is_refused():

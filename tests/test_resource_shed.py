@@ -44,6 +44,7 @@ essential = false
 
 [actor.resource]
 interval_s = 0.2
+calm_interval_s = 1.0  # a calm tree: a hog is seen within a second
 memory_budget_mb = {budget_mb}
 memory_metric = "pss"
 down_samples = 2

@@ -73,10 +73,12 @@ class HogActor(Actor):
         return {"stopping": self.alive()}
 
 
-def tree_config(budget_mb: int, metric: str = "pss", extra: str = "") -> str:
+def tree_config(budget_mb: int, metric: str = "pss", extra: str = "",
+                calm_interval_s: float = 1.0) -> str:
     # PSS: the forked actors share the interpreter's pages, and PSS counts them once, so a
     # small budget fits the idle tree (45-60 MB PSS here, against 160 MB of RSS summed; PSS
-    # moves with how many other processes on the machine map the same files).
+    # moves with how many other processes on the machine map the same files). A calm tree
+    # is sampled once a second, not every 5 s: a hog is seen soon enough for a test.
     return f"""
 [[children]]
 id = "metrics"
@@ -90,6 +92,8 @@ start = "tests.test_resource_tree:HogActor"
 
 [actor.resource]
 interval_s = 0.2
+calm_interval_s = {calm_interval_s}
+calm_after_samples = 3
 memory_budget_mb = {budget_mb}
 memory_metric = "{metric}"
 down_samples = 3
@@ -196,6 +200,30 @@ def test_a_memory_hog_raises_the_level_is_killed_at_critical_and_the_tree_return
     assert status["counters"]["kills"] == 1 and status["level"] == "normal"
     assert status["actions"]["noted"] >= 3
     assert tree.child("hog")["restarts"] == 0  # the actor itself was never touched
+
+
+def test_a_calm_tree_is_sampled_less_often_until_pressure_comes(make_tree):
+    budget = 400
+    tree = make_tree(tree_config(budget, extra="cpu_weight = 0.0", calm_interval_s=3.0)).start()
+    w = Watch(tree)
+    assert w.first["level"] == "normal"
+
+    def interval() -> float:
+        # A fresh status is a sample taken now: three in a row at normal make the tree calm.
+        return tree.call("resource", "resource.status", {"fresh": True})["sampler"]["interval_s"]
+
+    seen = [interval() for _ in range(4)]
+    assert seen[-1] == 3.0, seen
+
+    # Pressure: sampled every interval_s again until it has passed.
+    baseline = tree.call("resource", "resource.status")["totals"]["memory"] / MB
+    tree.call("hog", "hog.start", {"mb": int(0.45 * budget - baseline - 10)})
+    w.level(lambda b: b["level"] == "moderate")
+    assert interval() == 0.2
+    tree.call("hog", "hog.stop")
+    w.level(lambda b: b["level"] == "normal" and b["quality"] == 3)
+    seen = [interval() for _ in range(4)]
+    assert seen[-1] == 3.0, seen
 
 
 def test_quality_override_holds_for_its_duration_and_is_told_to_restarted_workers(make_tree):

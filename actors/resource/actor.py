@@ -50,12 +50,14 @@ tree changed), computes the pressure, level and quality (moorage.actors.resource
     whose tree was shed by hand), and brings the actors back the same way.
 
 Config (all optional; a config that cannot work fails the start):
-  interval_s 1.0, memory_budget_mb 1024, memory_metric "rss" | "pss", cpu_budget_cores (the
-  machine's CPU count), cpu_weight 0.8, cpu_samples 5, system_reserve 0.10, margin 5,
-  up_samples 1, down_samples 3, quality_up_samples 3, kill_runaways true,
-  kill_after_samples 2, runaway_min_share 0.10 (of the budget), persist_after_samples 10,
-  shed_nonessential true, restore_level "moderate", restore_after_samples 10, quality_file
-  true, tell_timeout_s 1.0, status_timeout_s 1.0, rescan_every 30, supervisor "supervisor".
+  interval_s 1.0, calm_interval_s 5.0 (0: never calm), calm_after_samples 5,
+  memory_budget_mb 1024, memory_metric "pss_tracked" | "pss" | "rss" (the
+  sampler's doc), pss_every 30 (samples), cpu_budget_cores (the machine's CPU count),
+  cpu_weight 0.8, cpu_samples 5, system_reserve 0.10, margin 5, up_samples 1,
+  down_samples 3, quality_up_samples 3, kill_runaways true, kill_after_samples 2,
+  runaway_min_share 0.10 (of the budget), persist_after_samples 10, shed_nonessential true,
+  restore_level "moderate", restore_after_samples 10, quality_file true, tell_timeout_s 1.0,
+  status_timeout_s 1.0, rescan_every 30, supervisor "supervisor".
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from moorage.actors.resource.escalation import Escalation, Shedder, pick_runaway
 from moorage.actors.resource.levels import (
     FEATURES_OFF,
     LEVELS,
+    MAX_QUALITY,
     NORMAL,
     LevelTracker,
     Pressure,
@@ -85,6 +88,7 @@ from moorage.actors.resource.sampler import Roles, Sample, TreeSampler, roles_fr
 from moorage.actors.resource.settings import MB, Settings
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
 from moorage.actors.runtime.follow import Follow
+from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.protocol.envelope import Reply
@@ -122,7 +126,7 @@ class ResourceActor(Actor):
                  config: dict | None = None) -> None:
         s = self.settings = Settings.from_config(config or {})
         # Everything that can refuse the config is built before the sockets are bound.
-        self.sampler = TreeSampler(s.memory_metric, s.rescan_every)
+        self.sampler = TreeSampler(s.memory_metric, s.rescan_every, s.pss_every)
         self.model = PressureModel(int(s.memory_budget_mb * MB), s.cpu_budget_cores,
                                    cpu_weight=s.cpu_weight, cpu_samples=s.cpu_samples,
                                    system_reserve=s.system_reserve)
@@ -156,6 +160,8 @@ class ResourceActor(Actor):
         self.actions: Counter[str] = Counter()  # summed over every worker's `done`
         self.critical = CriticalActions(self)
         self._cost_total_us = 0
+        self._calm = 0  # samples in a row with nothing to watch closely (see _interval)
+        self._next_tick: Timer | None = None
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -166,11 +172,14 @@ class ResourceActor(Actor):
         self._restore_override()
         self._follow = Follow(self, self.outbound, self.settings.supervisor, "sup.event",
                               self._on_tree_event)
-        self.loop.call_later(0, self._tick)
-        self.loop.call_every(self.settings.interval_s, self._tick)
+        self._tick_in(0)
 
     def _on_tree_event(self, event: object) -> None:
+        # A process came or went (a restart, a shed, a new shell's actor): look soon, calm
+        # or not.
         self._roles_stale = True
+        self._calm = 0
+        self._tick_in(self.settings.interval_s)
 
     def on_stop(self) -> None:
         self._follow.close()
@@ -182,6 +191,32 @@ class ResourceActor(Actor):
         return {"tree": self._level_body(), "samples": self.sampler.samples}
 
     # --- the sampling cycle -----------------------------------------------------------------
+
+    def _tick_in(self, delay: float) -> None:
+        """The next sample in `delay` seconds, unless one is due sooner already."""
+        t = self._next_tick
+        when = self.loop.clock() + delay
+        if t is not None and not t.cancelled and t.when <= when:
+            return
+        if t is not None:
+            t.cancel()
+        self._next_tick = self.loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._next_tick = None
+        self._tick()
+        self._tick_in(self._interval())
+
+    def _interval(self) -> float:
+        """`calm_interval_s` once `calm_after_samples` samples in a row found the tree at
+        normal with nothing under way (no override, no shed, quality all back), else
+        `interval_s`. An idle tree is then looked at as often as the seed's monitor does
+        (every 5 s): what a sample costs is most of an idle tree's CPU (P14). A tree event
+        or a `fresh` status request brings the next sample forward."""
+        s = self.settings
+        if s.calm_interval_s > s.interval_s and self._calm >= s.calm_after_samples:
+            return s.calm_interval_s
+        return s.interval_s
 
     def _tick(self) -> None:
         if self._status_pending:
@@ -219,6 +254,8 @@ class ResourceActor(Actor):
         waiting, self._fresh_now = self._fresh_now, []
         for call in waiting:
             call.reply(self._status_body())
+        if self._fresh_next:
+            self._tick_in(0)  # asked for while this status was on its way
 
     def _sample_and_react(self) -> None:
         sample = self.sample = self.sampler.sample(self.roles)
@@ -236,6 +273,11 @@ class ResourceActor(Actor):
             self.critical.shed(shed == "shed")
         self._publish_if_changed()
         self._tell_restarted()
+        calm = (self.level == NORMAL and raw_level(self.pressure.value) == NORMAL
+                and self.qualities.derived == MAX_QUALITY and not self.shedder.shed
+                and self.qualities.override_left() is None and not self._broadcasts
+                and not self.critical.shed_pending)
+        self._calm = self._calm + 1 if calm else 0
 
     # --- telling the workers --------------------------------------------------------------
 
@@ -343,7 +385,7 @@ class ResourceActor(Actor):
             "system": OneOf({"total": int, "available": int}, None),
             "processes": list[PROCESS],
             "sampler": {"samples": int, "interval_s": float, "last_cost_us": int | None,
-                        "mean_cost_us": float, "age_s": float | None},
+                        "mean_cost_us": float, "age_s": float | None, "pss_reads": int},
             "counters": dict[str, int], "actions": dict[str, int],
             "shed": {"shedding": bool, "actors": list[str], "calm_samples": int,
                      "pending": bool},
@@ -352,6 +394,7 @@ class ResourceActor(Actor):
         """The tree's processes with their memory and CPU, totals, pressure, level, quality."""
         if fresh:
             self._fresh_next.append(call)
+            self._tick_in(0)
             return DEFERRED
         return self._status_body()
 
@@ -371,10 +414,11 @@ class ResourceActor(Actor):
             "system": {"total": s.system_total, "available": s.system_available} if s
             else None,
             "processes": [r.describe() for r in s.rows] if s else [],
-            "sampler": {"samples": self.sampler.samples, "interval_s": self.settings.interval_s,
+            "sampler": {"samples": self.sampler.samples, "interval_s": self._interval(),
                         "last_cost_us": s.cost_us if s else None,
                         "mean_cost_us": round(self._cost_total_us / n, 1),
-                        "age_s": _round(time.monotonic() - s.taken_at) if s else None},
+                        "age_s": _round(time.monotonic() - s.taken_at) if s else None,
+                        "pss_reads": self.sampler.pss_reads},
             "counters": dict(self.counters),
             "actions": dict(self.actions),
             "shed": {"shedding": self.shedder.shed, "actors": self.critical.shed_actors,

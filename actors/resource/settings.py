@@ -18,8 +18,11 @@ MB = 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class Settings:
     interval_s: float = 1.0
+    calm_interval_s: float = 5.0
+    calm_after_samples: int = 5
     memory_budget_mb: float = 1024.0
-    memory_metric: str = "rss"
+    memory_metric: str = "pss_tracked"
+    pss_every: int = 30
     cpu_budget_cores: float = float(os.cpu_count() or 1)
     cpu_weight: float = 0.8
     cpu_samples: int = 5
@@ -60,6 +63,8 @@ class Settings:
         if s.interval_s < 0.01 or s.memory_budget_mb <= 0 or s.cpu_budget_cores <= 0:
             raise ValueError("resource config: interval_s >= 0.01, memory_budget_mb and "
                              "cpu_budget_cores > 0")
+        if s.calm_interval_s < 0 or s.calm_after_samples < 1:
+            raise ValueError("resource config: calm_interval_s >= 0, calm_after_samples >= 1")
         if s.tell_timeout_s <= 0 or s.status_timeout_s <= 0 or s.runaway_min_share < 0:
             raise ValueError("resource config: timeouts > 0, runaway_min_share >= 0")
         return s
