@@ -233,8 +233,11 @@ class WatcherActor(Actor):
 
     # --- file ops ---------------------------------------------------------------------------
 
+    # fs.read, fs.stat and fs.list answer dicts FileService builds of str, int and bool (and
+    # stat_info's dict, a list of them for fs.list): checked=False, no shape to walk, as
+    # fs.write's. A name that is not valid UTF-8 still fails its encoding (`internal`).
     @op("fs.read", args={"path": str, "offset": (int, 0), "length": (int, None)},
-        idempotent=True, reply_attachments=1, errors=FS_ERRORS,
+        idempotent=True, reply_attachments=1, errors=FS_ERRORS, checked=False,
         result={"stat": STAT, "stale": bool, "stale_reason?": str, "size": int, "offset": int,
                 "length": int})
     def _op_read(self, call: Call, path: str, offset: int, length: int | None) -> Any:
@@ -260,13 +263,13 @@ class WatcherActor(Actor):
         return self._settle(call, self.files.write(path, data, atomic, if_match))
 
     @op("fs.stat", args={"path": str}, idempotent=True, result={"path": str, **_STAT},
-        errors=FS_ERRORS)
+        errors=FS_ERRORS, checked=False)
     def _op_stat(self, call: Call, path: str) -> Any:
         """Type, size, times, ids and etag of a path (symlinks followed, confined)."""
         return self._settle(call, self.files.stat_path(path))
 
     @op("fs.list", args={"path": str, "recursive": (bool, False), "glob": (str, None)},
-        idempotent=True, timeout_ms=30_000, errors=FS_ERRORS,
+        idempotent=True, timeout_ms=30_000, errors=FS_ERRORS, checked=False,
         result={"path": str, "entries": list[ENTRY], "truncated": bool})
     def _op_list(self, call: Call, path: str, recursive: bool, glob: str | None) -> Any:
         """Entries of a directory, optionally recursive and filtered by a glob."""

@@ -29,7 +29,7 @@ def stat_key(st: os.stat_result) -> StatKey:
 
 def etag(key: StatKey) -> str:
     """An opaque version tag of a file (for if_match): its stat key, in hex."""
-    return "-".join(f"{v:x}" for v in key)
+    return "%x-%x-%x-%x-%x" % key  # (a join over a generator: four times the cost)
 
 
 def stat_info(st: os.stat_result) -> dict[str, Any]:
