@@ -3,11 +3,12 @@ of one sample.
 
 Two trees are brought up in turn by `moorage up`: the default tree plus the resource actor
 (defaults: one sample a second, one per 5 s once the tree is calm), and the default tree
-without it, the reference measured in the same run. Each is left alone for a warm-up, then every process of it (found from the
-root's pid) is measured over `--seconds`: CPU from the scheduler's run time of each of its
-threads (/proc/<pid>/task/*/schedstat, in ns: cpu_times' 10 ms ticks are 0.1% of a core over
-10 s, the size of an idle actor's whole figure) at both ends, RSS (the target's figure) and
-PSS (what the tree really costs: forked actors share the interpreter's pages) at the end.
+without it, the reference measured in the same run. Each is left alone for a warm-up, then
+every process of it (found from the root's pid) is measured over `--seconds`: CPU from the
+scheduler's run time of each of its threads (/proc/<pid>/task/*/schedstat, in ns:
+cpu_times' 10 ms ticks are 0.1% of a core over 10 s, the size of an idle actor's whole
+figure) at both ends, RSS (the target's figure) and PSS (what the tree really costs: forked
+actors share the interpreter's pages) at the end.
 The sampler's own cost is then measured in this process against the running tree: one
 `TreeSampler.sample` (this thread's CPU time), beside one psutil `children(recursive=True)`
 of the root, the naive way of finding the tree.

@@ -29,7 +29,8 @@ def stat_key(st: os.stat_result) -> StatKey:
 
 def etag(key: StatKey) -> str:
     """An opaque version tag of a file (for if_match): its stat key, in hex."""
-    return "%x-%x-%x-%x-%x" % key  # (a join over a generator: four times the cost)
+    dev, ino, size, mtime, ctime = key  # (one f-string: a join over a generator costs 4x)
+    return f"{dev:x}-{ino:x}-{size:x}-{mtime:x}-{ctime:x}"
 
 
 def stat_info(st: os.stat_result) -> dict[str, Any]:
