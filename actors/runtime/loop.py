@@ -15,7 +15,9 @@ metrics actor times recoveries by the replies and events that arrive on them) se
 `fast_path = False`. Once a whole HOUSEKEEPING_MS passed with no request, the loop is idle: it
 waits in `zmq_poll` on everything instead, so an idle actor wakes only for its timers and what
 arrives (a wake-up costs ~0.1 ms of CPU here), and the first request takes it back to the fast
-path.
+path. While a reply is awaited on another socket (`awaited`: an Outbound call in flight, as
+a request deferred on another actor's answer), the loop polls everything too: the reply is
+what the caller waits for, and no request may come to end the fast path's recv sooner.
 
 A supervised process's loop also beats (actors.runtime.beat): before each wait it writes when
 the wait will end at the latest, after it that it turned, so its supervisor sees it alive
@@ -100,6 +102,10 @@ class Loop:
         self.wake_lock = threading.Lock()
         self._rcvtimeo = -1
         self.fast_path = True
+        # Replies this loop waits for on other sockets (Outbound's calls in flight): while any
+        # is, the loop polls everything, or a reply would wait out the fast path's recv (up
+        # to HOUSEKEEPING_MS) whenever no request comes meanwhile.
+        self.awaited: list[dict] = []
         self._idle = False  # no request for HOUSEKEEPING_MS: wait in zmq_poll, not the fast path
         self._others_due = 0.0  # the fast path's next look at its other sockets (clock)
         self._beat = beat.installed()
@@ -269,6 +275,9 @@ class Loop:
     def _fast_path_ok(self) -> bool:
         if self._primary is None or not self.fast_path:
             return False
+        for waiting in self.awaited:
+            if waiting:
+                return False
         for key, (_, on_write) in self._handlers.items():
             if on_write is not None:
                 return False

@@ -43,6 +43,7 @@ class Outbound:
         self._socks: dict[str, zmq.Socket] = {}
         self._waiting: dict[int, tuple[OnDone, Timer]] = {}
         self._oneshot: dict[int, zmq.Socket] = {}  # rid -> the socket of a `fresh` call
+        actor.loop.awaited.append(self._waiting)  # (the loop polls while a call is out)
 
     def _new_socket(self, target: str) -> zmq.Socket:
         s = self.actor.ctx.socket(zmq.DEALER)
@@ -139,6 +140,8 @@ class Outbound:
             on_done(None, WireError.from_wire(reply.body))
 
     def close(self) -> None:
+        loop = self.actor.loop
+        loop.awaited = [w for w in loop.awaited if w is not self._waiting]
         for rid in list(self._oneshot):
             self._close_oneshot(rid)
         for s in self._socks.values():
