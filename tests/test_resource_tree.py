@@ -208,22 +208,37 @@ def test_a_calm_tree_is_sampled_less_often_until_pressure_comes(make_tree):
     w = Watch(tree)
     assert w.first["level"] == "normal"
 
-    def interval() -> float:
-        # A fresh status is a sample taken now: three in a row at normal make the tree calm.
-        return tree.call("resource", "resource.status", {"fresh": True})["sampler"]["interval_s"]
+    def calm() -> bool:
+        # A fresh status is answered from a sample taken after it was asked (at most
+        # interval_s after the one before): three in a row at normal make the tree calm.
+        return tree.call("resource", "resource.status", {"fresh": True})["sampler"]["calm"]
 
-    seen = [interval() for _ in range(4)]
-    assert seen[-1] == 3.0, seen
+    seen = [calm() for _ in range(4)]
+    assert seen[-1], seen
 
     # Pressure: sampled every interval_s again until it has passed.
     baseline = tree.call("resource", "resource.status")["totals"]["memory"] / MB
     tree.call("hog", "hog.start", {"mb": int(0.45 * budget - baseline - 10)})
     w.level(lambda b: b["level"] == "moderate")
-    assert interval() == 0.2
+    assert not calm()
     tree.call("hog", "hog.stop")
     w.level(lambda b: b["level"] == "normal" and b["quality"] == 3)
-    seen = [interval() for _ in range(4)]
-    assert seen[-1] == 3.0, seen
+    seen = [calm() for _ in range(4)]
+    assert seen[-1], seen
+
+
+def test_fresh_requests_do_not_sample_faster_than_the_interval(make_tree):
+    # Every count of samples (kill_after_samples, down_samples, ...) and the CPU figure assume
+    # samples interval_s apart: a client asking for fresh ones again and again gets each
+    # from the next sample due, not a sample each at once.
+    tree = make_tree(tree_config(400, extra="cpu_weight = 0.0")).start()
+    first = tree.call("resource", "resource.status", {"fresh": True})["sampler"]["samples"]
+    t0 = time.monotonic()
+    for _ in range(10):
+        last = tree.call("resource", "resource.status", {"fresh": True})
+    elapsed = time.monotonic() - t0
+    taken = last["sampler"]["samples"] - first
+    assert 10 <= taken <= 2 * elapsed / 0.2 + 3, (taken, elapsed)
 
 
 def test_quality_override_holds_for_its_duration_and_is_told_to_restarted_workers(make_tree):
@@ -267,7 +282,8 @@ def test_a_config_that_cannot_work_fails_the_start(runtime_dir):
     from moorage.actors.resource.actor import ResourceActor
 
     for bad in ({"interval_s": 0}, {"memory_budget_mb": "big"}, {"memory_metric": "vms"},
-                {"cpu_weight": 2.0}, {"margin": 2.5}):
+                {"cpu_weight": 2.0}, {"margin": 2.5}, {"calm_interval_s": 1e9},
+                {"calm_after_samples": 0}, {"pss_every": 0}):
         with pytest.raises(ValueError):
             ResourceActor("resource", runtime_dir, bad)
 

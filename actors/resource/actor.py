@@ -73,9 +73,11 @@ from loguru import logger
 from moorage.actors.resource.critical import CriticalActions
 from moorage.actors.resource.escalation import Escalation, Shedder, pick_runaway
 from moorage.actors.resource.levels import (
+    ENTER,
     FEATURES_OFF,
     LEVELS,
     MAX_QUALITY,
+    MODERATE,
     NORMAL,
     LevelTracker,
     Pressure,
@@ -161,6 +163,7 @@ class ResourceActor(Actor):
         self.critical = CriticalActions(self)
         self._cost_total_us = 0
         self._calm = 0  # samples in a row with nothing to watch closely (see _interval)
+        self._calm_memory = 0.0  # the memory term of the sample before (a rise is not calm)
         self._next_tick: Timer | None = None
 
     # --- life ---------------------------------------------------------------------------------
@@ -175,9 +178,13 @@ class ResourceActor(Actor):
         self._tick_in(0)
 
     def _on_tree_event(self, event: object) -> None:
-        # A process came or went (a restart, a shed, a new shell's actor): look soon, calm
-        # or not.
+        # A process came or went (a restart, a shed, a new shell's actor).
         self._roles_stale = True
+        self._look_closely()
+
+    def _look_closely(self) -> None:
+        """Something changed that the samples must follow: not calm any more, and the next
+        sample within `interval_s`."""
         self._calm = 0
         self._tick_in(self.settings.interval_s)
 
@@ -204,13 +211,26 @@ class ResourceActor(Actor):
 
     def _on_timer(self) -> None:
         self._next_tick = None
-        self._tick()
-        self._tick_in(self._interval())
+        try:
+            self._tick()
+        finally:  # (a sample that raised must not end the sampling)
+            self._tick_in(self._interval())
+
+    def _fresh_tick(self) -> None:
+        """The next sample for the `fresh` requests waiting: now, or once `interval_s` has
+        passed since the last one. Every count of samples (kill_after_samples, down_samples
+        and the rest) and the CPU figure assume samples at least that far apart: a client
+        asking again and again must not speed the tree's decisions up."""
+        last = self.sample
+        gap = 0.0 if last is None else last.taken_at + self.settings.interval_s \
+            - time.monotonic()
+        self._tick_in(max(0.0, gap))
 
     def _interval(self) -> float:
         """`calm_interval_s` once `calm_after_samples` samples in a row found the tree at
-        normal with nothing under way (no override, no shed, quality all back), else
-        `interval_s`. An idle tree is then looked at as often as the seed's monitor does
+        normal with room (the pressure under moderate's boundary minus the margin, the
+        memory term not rising) and nothing under way (no override, no shed, quality all
+        back), else `interval_s`. An idle tree is then looked at as often as the seed's monitor does
         (every 5 s): what a sample costs is most of an idle tree's CPU (P14). A tree event
         or a `fresh` status request brings the next sample forward."""
         s = self.settings
@@ -255,7 +275,7 @@ class ResourceActor(Actor):
         for call in waiting:
             call.reply(self._status_body())
         if self._fresh_next:
-            self._tick_in(0)  # asked for while this status was on its way
+            self._fresh_tick()  # asked for while this status was on its way
 
     def _sample_and_react(self) -> None:
         sample = self.sample = self.sampler.sample(self.roles)
@@ -273,11 +293,14 @@ class ResourceActor(Actor):
             self.critical.shed(shed == "shed")
         self._publish_if_changed()
         self._tell_restarted()
-        calm = (self.level == NORMAL and raw_level(self.pressure.value) == NORMAL
+        p = self.pressure
+        calm = (self.level == NORMAL and p.value < ENTER[MODERATE] - self.settings.margin
+                and p.memory < self._calm_memory + 1.0
                 and self.qualities.derived == MAX_QUALITY and not self.shedder.shed
                 and self.qualities.override_left() is None and not self._broadcasts
                 and not self.critical.shed_pending)
         self._calm = self._calm + 1 if calm else 0
+        self._calm_memory = p.memory
 
     # --- telling the workers --------------------------------------------------------------
 
@@ -384,8 +407,9 @@ class ResourceActor(Actor):
                              "cpu_percent": float, "memory_by_role": dict[str, int]}, None),
             "system": OneOf({"total": int, "available": int}, None),
             "processes": list[PROCESS],
-            "sampler": {"samples": int, "interval_s": float, "last_cost_us": int | None,
-                        "mean_cost_us": float, "age_s": float | None, "pss_reads": int},
+            "sampler": {"samples": int, "interval_s": float, "calm": bool,
+                        "last_cost_us": int | None, "mean_cost_us": float,
+                        "age_s": float | None, "pss_reads": int},
             "counters": dict[str, int], "actions": dict[str, int],
             "shed": {"shedding": bool, "actors": list[str], "calm_samples": int,
                      "pending": bool},
@@ -394,7 +418,7 @@ class ResourceActor(Actor):
         """The tree's processes with their memory and CPU, totals, pressure, level, quality."""
         if fresh:
             self._fresh_next.append(call)
-            self._tick_in(0)
+            self._fresh_tick()
             return DEFERRED
         return self._status_body()
 
@@ -414,7 +438,8 @@ class ResourceActor(Actor):
             "system": {"total": s.system_total, "available": s.system_available} if s
             else None,
             "processes": [r.describe() for r in s.rows] if s else [],
-            "sampler": {"samples": self.sampler.samples, "interval_s": self._interval(),
+            "sampler": {"samples": self.sampler.samples, "interval_s": self.settings.interval_s,
+                        "calm": self._interval() != self.settings.interval_s,
                         "last_cost_us": s.cost_us if s else None,
                         "mean_cost_us": round(self._cost_total_us / n, 1),
                         "age_s": _round(time.monotonic() - s.taken_at) if s else None,
@@ -445,6 +470,7 @@ class ResourceActor(Actor):
         if self.override_file is not None:
             self.override_file.save(quality, float(duration_s))
         self.counters["overrides"] += 1
+        self._look_closely()  # (its end is seen at a sample: within interval_s of it)
         self._publish_if_changed()
         return {**self._level_body(), "derived_quality": self.qualities.derived,
                 "override_left_s": _round(self.qualities.override_left())}

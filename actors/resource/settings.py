@@ -63,8 +63,10 @@ class Settings:
         if s.interval_s < 0.01 or s.memory_budget_mb <= 0 or s.cpu_budget_cores <= 0:
             raise ValueError("resource config: interval_s >= 0.01, memory_budget_mb and "
                              "cpu_budget_cores > 0")
-        if s.calm_interval_s < 0 or s.calm_after_samples < 1:
-            raise ValueError("resource config: calm_interval_s >= 0, calm_after_samples >= 1")
+        if not 0 <= s.calm_interval_s <= 3600 or s.interval_s > 3600 \
+                or s.calm_after_samples < 1:
+            raise ValueError("resource config: interval_s and calm_interval_s at most 3600, "
+                             "calm_interval_s >= 0, calm_after_samples >= 1")
         if s.tell_timeout_s <= 0 or s.status_timeout_s <= 0 or s.runaway_min_share < 0:
             raise ValueError("resource config: timeouts > 0, runaway_min_share >= 0")
         return s
