@@ -29,7 +29,7 @@ def test_the_loop_leaves_the_fast_path_while_an_outbound_reply_is_awaited(tmp_pa
     loop = actor.loop
     try:
         loop.set_primary(actor.rpc, lambda batch: None, actor.ctx, 16)
-        assert loop._fast_path_ok()  # nothing awaited: requests are waited for in recv
+        assert loop.fast_path_ready()  # nothing awaited: requests are waited for in recv
 
         got: list[Any] = []
 
@@ -37,7 +37,7 @@ def test_the_loop_leaves_the_fast_path_while_an_outbound_reply_is_awaited(tmp_pa
             got.append(reply.body if reply is not None else err)
 
         outbound.call("peer", "sys.ping", timeout=20.0, on_done=done)
-        assert not loop._fast_path_ok()  # a reply is awaited on the outbound socket
+        assert not loop.fast_path_ready()  # a reply is awaited on the outbound socket
 
         route, *frames = recv_frames(peer)  # the peer gets the call, and answers it
         req = decode_request(frames)
@@ -45,14 +45,11 @@ def test_the_loop_leaves_the_fast_path_while_an_outbound_reply_is_awaited(tmp_pa
         while not got:
             loop.run_once(1000)
         assert got == [{"ep": "peer-epoch"}]
-        assert loop._fast_path_ok()  # answered: back to the fast path
+        assert loop.fast_path_ready()  # answered: back to the fast path
 
         outbound.close()
         assert loop.awaited == []  # a closed Outbound is not looked at any more
     finally:
         outbound.close()
         peer.close(0)
-        actor.pub_socket.disable_monitor()
-        actor._pub_monitor.close(0)
-        actor.ctx.destroy(linger=0)
-        loop.close()
+        actor.close()

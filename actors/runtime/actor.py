@@ -821,6 +821,11 @@ class Actor:
                 "outcome_unknown", f"{self.name} stopped while {call.op} was running"))
         self._push_metrics()
         logger.info("{} stopped", self.name)
+        self.close()
+
+    def close(self) -> None:
+        """The sockets and the loop closed: what `serve` does last, and what an actor built
+        but never served (one embedded in another program, or a test's) is closed with."""
         # Let subscribers have the last messages (the final events of a stopping supervisor)
         # for a moment; nothing else may delay the exit.
         if self.tcp is not None:

@@ -272,7 +272,9 @@ class Loop:
             return None
         return max(0, int((self._timers[0][0] - self.clock()) * 1000 + 0.999))
 
-    def _fast_path_ok(self) -> bool:
+    def fast_path_ready(self) -> bool:
+        """Whether the next turn waits in a blocking recv on the request socket (the module's
+        doc: the fast path) rather than polling every socket."""
         if self._primary is None or not self.fast_path:
             return False
         for waiting in self.awaited:
@@ -356,7 +358,7 @@ class Loop:
             self._run(fn)
 
     def run_once(self, timeout_ms: int | None = None) -> None:
-        if timeout_ms is None and not self._idle and self._fast_path_ok():
+        if timeout_ms is None and not self._idle and self.fast_path_ready():
             self._run_fast()
             return
         t = self._timeout_ms()
