@@ -51,12 +51,12 @@ tree changed), computes the pressure, level and quality (moorage.actors.resource
 
 Config (all optional; a config that cannot work fails the start):
   interval_s 1.0, calm_interval_s 5.0 (0: never calm), calm_after_samples 5,
-  memory_budget_mb 1024, memory_metric "pss_tracked" | "pss" | "rss" (the
-  sampler's doc), pss_every 30 (samples), cpu_budget_cores (the machine's CPU count),
-  cpu_weight 0.8, cpu_samples 5, system_reserve 0.10, margin 5, up_samples 1,
-  down_samples 3, quality_up_samples 3, kill_runaways true, kill_after_samples 2,
-  runaway_min_share 0.10 (of the budget), persist_after_samples 10, shed_nonessential true,
-  restore_level "moderate", restore_after_samples 10, quality_file true, tell_timeout_s 1.0,
+  memory_budget_mb 1024, memory_metric "pss_tracked" | "pss" | "rss" (the sampler's doc),
+  pss_every 30 (samples), cpu_budget_cores (the machine's CPU count), cpu_weight 0.8,
+  cpu_samples 5, system_reserve 0.10, margin 5, up_samples 1, down_samples 3,
+  quality_up_samples 3, kill_runaways true, kill_after_samples 2, runaway_min_share 0.10
+  (of the budget), persist_after_samples 10, shed_nonessential true, restore_level
+  "moderate", restore_after_samples 10, quality_file true, tell_timeout_s 1.0,
   status_timeout_s 1.0, rescan_every 30, supervisor "supervisor".
 """
 
@@ -230,9 +230,10 @@ class ResourceActor(Actor):
         """`calm_interval_s` once `calm_after_samples` samples in a row found the tree at
         normal with room (the pressure under moderate's boundary minus the margin, the
         memory term not rising) and nothing under way (no override, no shed, quality all
-        back), else `interval_s`. An idle tree is then looked at as often as the seed's monitor does
-        (every 5 s): what a sample costs is most of an idle tree's CPU (P14). A tree event
-        or a `fresh` status request brings the next sample forward."""
+        back), else `interval_s`. An idle tree is then looked at as often as the seed's
+        monitor does (every 5 s): what a sample costs is most of an idle tree's CPU (P14).
+        A tree event, a quality override or a `fresh` status request brings the next sample
+        forward."""
         s = self.settings
         if s.calm_interval_s > s.interval_s and self._calm >= s.calm_after_samples:
             return s.calm_interval_s
