@@ -32,9 +32,10 @@ Streams:
                   "failed", actors, failed, reason}. The supervisors republish them on
                   `supervisor.pub` as `alert` events.
 
-Every `interval_s` the actor samples the tree with psutil (moorage.actors.resource.sampler; it asks
-the root supervisor for `sup.status`, who is who, only after its `sup.event` stream says the
-tree changed), computes the pressure, level and quality (moorage.actors.resource.levels) and acts
+Every `interval_s` (`calm_interval_s` once the tree is calm: `_interval`) the actor samples
+the tree with psutil (moorage.actors.resource.sampler; it asks the root supervisor for
+`sup.status`, who is who, only after its `sup.event` stream says the tree changed),
+computes the pressure, level and quality (moorage.actors.resource.levels) and acts
 (moorage.actors.resource.escalation):
   - a change of level or quality is told to every running worker as `sys.pressure {level,
     quality}` (the runtime trims its reply cache and calls the actor's `on_pressure`); a
