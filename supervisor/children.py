@@ -47,6 +47,7 @@ class Child:
     resuming: bool = False  # the start under way brings it back from being shed
     sheds: int = 0  # how often it was shed (a shed is neither a failure nor a restart)
     adopted: bool = False  # its zygote died: this supervisor is its parent and reaper now
+    asked_of: Any = None  # the zygote its last start was asked of (a ZygoteHandle)
     stopped: bool = False  # SIGSTOPped, as its zygote (its parent) saw
     halted_ticks: int = 0  # heartbeat ticks it has spent stopped while starting
     alive_at: int = 0  # monotonic ns of its last sign of life (its beat)

@@ -287,6 +287,7 @@ class Supervisor(Actor):
         if child.fallback is not None:
             config["fallback"] = child.fallback
         beat = child.slot
+        child.asked_of = self.zygote
         if child.spec.type == "supervisor":
             self.zygote.spawn(child.id, "supervisor", {
                 "id": child.id, "runtime_dir": str(self.runtime_dir), "doc": self.doc}, beat)
@@ -316,10 +317,22 @@ class Supervisor(Actor):
                 self.old_zygotes.remove(zygote)
                 zygote.sock.close()
             return
+        self._zygote_events(zygote, events)
+
+    def _zygote_events(self, zygote: ZygoteHandle, events: list[dict]) -> None:
         for ev in events:
             kind = ev.get("ev")
             if kind == "spawned":
-                self._on_spawned(self.children[ev["child"]], ev["pid"])
+                child = self.children[ev["child"]]
+                if child.asked_of is zygote and child.pid is None:
+                    self._on_spawned(child, ev["pid"])
+                else:
+                    # A fork of an attempt given up on (its zygote died and the child was
+                    # asked of another): two of one child would share its endpoint and beat.
+                    logger.warning("{}: killing {}, a second {} forked by zygote {}",
+                                   self.name, ev["pid"], child.id, zygote.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(ev["pid"], signal.SIGKILL)
             elif kind == "spawn_failed":
                 child = self.children[ev["child"]]
                 logger.error("{}: fork failed: {}", child.id, ev.get("error"))
@@ -388,6 +401,10 @@ class Supervisor(Actor):
         old = self.zygote
         self.zygote_restarts += 1
         logger.error("{}: zygote {} died ({}); starting another", self.name, old.pid, code)
+        # What it said before it died is taken first: a child it forked and told us of is
+        # ours (adopted below), not one to start again beside the one that runs.
+        with contextlib.suppress(EOFError):
+            self._zygote_events(old, old.read_events())
         for child in self.children.values():
             if child.pid is not None:
                 child.adopted = True

@@ -65,6 +65,17 @@ PR_SET_CHILD_SUBREAPER = 36
 REPARENT_SIG = signal.SIGRTMIN + 2  # a child's parent (its zygote) died: see follow_supervisor
 _libc = ctypes.CDLL(None, use_errno=True)
 INSTANCE_ENV = "MOORAGE_INSTANCE"  # set by the root for every process of its tree
+TOLD = b"\x01"  # the zygote to a child it forked: the supervisor knows your pid
+UNTOLD_EXIT = 75  # a forked child whose zygote died before it told the supervisor
+
+
+def wait_told(fd: int) -> bool:
+    """Block until the zygote says the supervisor knows this child (True), or died before it
+    could (False: the pipe's end closed without a byte). Closes `fd`."""
+    try:
+        return os.read(fd, 1) == TOLD
+    finally:
+        os.close(fd)
 
 
 def set_title(role: str) -> None:
@@ -161,8 +172,12 @@ class ZygoteHandle:
             except BlockingIOError:
                 return out
             except ConnectionError as exc:  # it died with our datagrams unread
+                if out:
+                    return out  # (the next read says so again)
                 raise EOFError("zygote gone") from exc
             if not data:
+                if out:
+                    return out
                 raise EOFError("zygote gone")
             out.append(_decode(data))
 
@@ -319,11 +334,12 @@ class _Zygote:
             gc.freeze()
             release_free_heap()
 
-    def send(self, msg: dict) -> None:
+    def send(self, msg: dict) -> bool:
         try:
             self.sock.send(_encode(msg))
         except OSError:
-            pass  # supervisor gone; EOF on the next read ends us
+            return False  # supervisor gone; EOF on the next read ends us
+        return True
 
     def run(self) -> None:
         sel = selectors.DefaultSelector()
@@ -425,8 +441,11 @@ class _Zygote:
                        "error": f"unknown kind {msg['kind']!r}"})
             return
         me = os.getpid()
-        # The child's "ready" must not overtake our "spawned" on the shared socket (the
-        # supervisor knows the pid only from "spawned"): it waits for this pipe's EOF first.
+        # The child starts only once the supervisor was told its pid: it waits for this
+        # pipe's byte, sent after "spawned". Without it (we died between the fork and the
+        # telling) the child is one the supervisor never heard of and starts again from our
+        # successor: it exits at once, before it binds its endpoint over its twin's. And its
+        # "ready" cannot overtake our "spawned" on the shared socket.
         told_r, told_w = os.pipe2(os.O_CLOEXEC)
         try:
             pid = os.fork()
@@ -440,13 +459,18 @@ class _Zygote:
             self._become_child(me, launcher, msg["payload"], msg.get("beat"), told_r)
         os.close(told_r)
         self.children.add(pid)
-        self.send({"ev": "spawned", "child": msg["child"], "pid": pid})
+        if self.send({"ev": "spawned", "child": msg["child"], "pid": pid}):
+            with contextlib.suppress(OSError):  # (the child is gone already: its exit tells)
+                os.write(told_w, TOLD)
         os.close(told_w)
 
     def _become_child(self, zygote: int, launcher: Launcher, payload: dict,
                       beat: int | None, told: int) -> None:
         code = 0
         try:
+            if not wait_told(told):
+                code = UNTOLD_EXIT
+                return
             if beat is not None:
                 install(self.beats.beater(beat))
             signal.set_wakeup_fd(-1)
@@ -460,8 +484,6 @@ class _Zygote:
 
             def ready() -> None:
                 try:
-                    os.read(told, 1)  # EOF once the zygote has sent "spawned"
-                    os.close(told)
                     sock.send(_encode({"ev": "ready", "pid": os.getpid()}))
                 finally:
                     sock.close()
