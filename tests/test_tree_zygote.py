@@ -4,10 +4,13 @@ never add up to a give-up, and the tree still leaves nothing behind when its roo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -169,50 +172,21 @@ def _tracer(pid: int) -> int:
     return 0
 
 
-def test_a_child_forked_by_a_zygote_killed_before_it_told_exits_unstarted(make_tree, tmp_path):
-    """The zygote forks a restarted child and dies before it can tell the supervisor the
-    child's pid (strace's fault injection kills it at that very send). The supervisor starts
-    the child again from the new zygote; the first fork must not start beside it (two of one
-    actor bind one endpoint, and the supervisor knows only one of them)."""
+@contextlib.contextmanager
+def _traced(pid: int, log: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """strace on `pid` (its fault injection kills or holds it at a chosen system call),
+    attached when this yields; skips the test where strace is missing or cannot trace."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (.ci/run installs it)")
-    tree = make_tree(TWO).start()
-    before = tree.status()
-    zygote = before["zygote"]["pid"]
-    a = next(c["pid"] for c in before["children"] if c["id"] == "a")
-    log = tmp_path / "strace.log"
-    # the zygote's first send is a's "exited", its second the new a's "spawned": killed there
-    strace = subprocess.Popen(
-        ["strace", "-f", "-qq", "-p", str(zygote), "-o", str(log),
-         "-e", "trace=sendto,exit_group,bind",
-         "-e", "inject=sendto:signal=SIGKILL:when=2"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    strace = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o", str(log), *options],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
     try:
-        attached = wait_for(lambda: strace.poll() is not None or _tracer(zygote) == strace.pid,
-                            "strace attached or failed")
-        if strace.poll() is not None or not attached:
+        wait_for(lambda: strace.poll() is not None or _tracer(pid) == strace.pid,
+                 "strace attached or failed")
+        if strace.poll() is not None:
             pytest.skip(f"strace cannot trace here: {strace.stderr.read().decode()[:200]}")
-        os.kill(a, signal.SIGKILL)
-        ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
-        assert ev["old_pid"] == zygote
-        back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
-        assert psutil.Process(back["pid"]).ppid() == ev["zygote_pid"]
-        wait_for(lambda: strace.poll() is not None, "strace's end (its tracee died)")
-        lines = log.read_text().splitlines()
-        mine = [" ".join(line.split()[1:]) for line in lines if int(line.split()[0]) == zygote]
-        assert "spawned" in mine[-2] and mine[-1] == "+++ killed by SIGKILL +++", lines
-        # the first fork: traced with its zygote, its one call was to exit, before any bind
-        forks = {int(line.split()[0]) for line in lines} - {zygote}
-        assert len(forks) == 1, lines
-        (first,) = forks
-        assert [" ".join(line.split()[1:]) for line in lines if int(line.split()[0]) == first] \
-            == ["exit_group(75) = ?"], lines
-        assert first != back["pid"]
-        # and one a runs: the one the supervisor knows, answering
-        a_procs = [p for p in descendants(tree.pid) if p.cmdline()[:1] and
-                   p.cmdline()[0].endswith(": a")]
-        assert [p.pid for p in a_procs] == [back["pid"]]
-        assert tree.call("a", "fake.work")["pid"] == back["pid"]
+        yield strace
     finally:
         if strace.poll() is None:
             strace.kill()
@@ -220,31 +194,60 @@ def test_a_child_forked_by_a_zygote_killed_before_it_told_exits_unstarted(make_t
         strace.stderr.close()
 
 
-def test_a_child_its_zygote_told_of_before_dying_is_adopted_not_started_twice(
-        make_tree, tmp_path):
-    """The zygote sends the restarted child's "spawned", and dies; the supervisor, stopped
-    meanwhile, then has both the zygote's death and that message waiting. What the dead
-    zygote said is read first: the child it forked is adopted, not started again beside it."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed (.ci/run installs it)")
+def _processes_of_a(tree) -> list[int]:
+    return [p.pid for p in descendants(tree.pid) if p.cmdline()[:1] and
+            p.cmdline()[0].endswith(": a")]
+
+
+def test_a_child_forked_by_a_zygote_killed_before_it_told_exits_unstarted(make_tree, tmp_path):
+    """The zygote forks a restarted child and dies before it can tell the supervisor the
+    child's pid (strace's fault injection kills it at that very send). The supervisor starts
+    the child again from the new zygote; the first fork must not start beside it (two of one
+    actor bind one endpoint, and the supervisor knows only one of them)."""
     tree = make_tree(TWO).start()
     before = tree.status()
     zygote = before["zygote"]["pid"]
     a = next(c["pid"] for c in before["children"] if c["id"] == "a")
     log = tmp_path / "strace.log"
-    # its second send ("spawned") waits 0.5 s, and the close after it kills the zygote
-    strace = subprocess.Popen(
-        ["strace", "-qq", "-p", str(zygote), "-o", str(log),  # (not its fork: no -f)
-         "-e", "trace=sendto,close",
-         "-e", "inject=sendto:delay_enter=500000:when=2",
-         "-e", "inject=close:signal=SIGKILL:when=2"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the zygote's first send is a's "exited", its second the new a's "spawned": killed there
+    with _traced(zygote, log, "-f", "-e", "trace=sendto,exit_group,bind",
+                 "-e", "inject=sendto:signal=SIGKILL:when=2") as strace:
+        os.kill(a, signal.SIGKILL)
+        ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
+        assert ev["old_pid"] == zygote
+        back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+        assert psutil.Process(back["pid"]).ppid() == ev["zygote_pid"]
+        wait_for(lambda: strace.poll() is not None, "strace's end (its tracee died)")
+    lines = log.read_text().splitlines()
+    mine = [" ".join(line.split()[1:]) for line in lines if int(line.split()[0]) == zygote]
+    assert "spawned" in mine[-2] and mine[-1] == "+++ killed by SIGKILL +++", lines
+    # the first fork: traced with its zygote, its one call was to exit, before any bind
+    forks = {int(line.split()[0]) for line in lines} - {zygote}
+    assert len(forks) == 1, lines
+    (first,) = forks
+    assert [" ".join(line.split()[1:]) for line in lines if int(line.split()[0]) == first] \
+        == ["exit_group(75) = ?"], lines
+    assert first != back["pid"]
+    # and one a runs: the one the supervisor knows, answering
+    assert _processes_of_a(tree) == [back["pid"]]
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+
+
+def test_a_child_its_zygote_told_of_before_dying_is_adopted_not_started_twice(
+        make_tree, tmp_path):
+    """The zygote sends the restarted child's "spawned", and dies; the supervisor, stopped
+    meanwhile, then has both the zygote's death and that message waiting. What the dead
+    zygote said is read first: the child it forked is adopted, not started again beside it."""
+    tree = make_tree(TWO).start()
+    before = tree.status()
+    zygote = before["zygote"]["pid"]
+    a = next(c["pid"] for c in before["children"] if c["id"] == "a")
     root = psutil.Process(tree.pid)
-    try:
-        attached = wait_for(lambda: strace.poll() is not None or _tracer(zygote) == strace.pid,
-                            "strace attached or failed")
-        if strace.poll() is not None or not attached:
-            pytest.skip(f"strace cannot trace here: {strace.stderr.read().decode()[:200]}")
+    # its second send ("spawned") waits 0.5 s, and the close after it kills the zygote (not
+    # its fork: no -f)
+    with _traced(zygote, tmp_path / "strace.log", "-e", "trace=sendto,close",
+                 "-e", "inject=sendto:delay_enter=500000:when=2",
+                 "-e", "inject=close:signal=SIGKILL:when=2"):
         os.kill(a, signal.SIGKILL)
         # asked of the zygote, which now sits in its delayed send: the supervisor stops
         wait_for(lambda: (c := next(c for c in tree.status()["children"] if c["id"] == "a"))
@@ -255,24 +258,15 @@ def test_a_child_its_zygote_told_of_before_dying_is_adopted_not_started_twice(
                      psutil.Process(zygote).status() == psutil.STATUS_ZOMBIE, "the zygote's end")
         finally:
             root.resume()
-        # (in either order: the adopted child may say ready while its zygote's death is read)
-        seen: dict[str, dict] = {}
-        while len(seen) < 2:
-            e = tree.wait_event(lambda e: e["event"] == "zygote_restarted" or (
-                e["event"] == "restarted" and e["child"] == "a"))
-            seen[e["event"]] = e
-        ev, back = seen["zygote_restarted"], seen["restarted"]
-        wait_for(lambda: all(c["state"] == "running" for c in tree.status()["children"]),
-                 "every child running")
-        a_procs = [p for p in descendants(tree.pid) if p.cmdline()[:1] and
-                   p.cmdline()[0].endswith(": a")]
-        assert [p.pid for p in a_procs] == [back["pid"]]
-        assert psutil.Process(back["pid"]).ppid() != ev["zygote_pid"]  # the dead zygote's
-        assert tree.call("a", "fake.work")["pid"] == back["pid"]
-    finally:
-        if root.status() == psutil.STATUS_STOPPED:
-            root.resume()
-        if strace.poll() is None:
-            strace.kill()
-        strace.wait()
-        strace.stderr.close()
+    # (in either order: the adopted child may say ready while its zygote's death is read)
+    seen: dict[str, dict] = {}
+    while len(seen) < 2:
+        e = tree.wait_event(lambda e: e["event"] == "zygote_restarted" or (
+            e["event"] == "restarted" and e["child"] == "a"))
+        seen[e["event"]] = e
+    ev, back = seen["zygote_restarted"], seen["restarted"]
+    wait_for(lambda: all(c["state"] == "running" for c in tree.status()["children"]),
+             "every child running")
+    assert _processes_of_a(tree) == [back["pid"]]
+    assert psutil.Process(back["pid"]).ppid() != ev["zygote_pid"]  # the dead zygote's
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
