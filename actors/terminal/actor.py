@@ -397,8 +397,10 @@ class TerminalActor(Actor):
 
         return self._when_ready(call, start)
 
+    # (checked=False: Session._complete builds the answer of strs, ints, floats, bools and
+    # None; its output and cwd are decoded with replacement: nothing in it fails to encode)
     @op("term.exec", args={"session": str, "command": str, "timeout_ms": (int, None)},
-        timeout_ms=24 * 3600 * 1000, resumable=True,
+        timeout_ms=24 * 3600 * 1000, resumable=True, checked=False,
         result={"session": str, "exit_code": int | None, "output": str, "cwd": str | None,
                 "duration_ms": float, "mode": MODE, "trusted": bool,
                 "parser": Literal["actor", "local"] | None},
