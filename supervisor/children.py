@@ -7,11 +7,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moorage.actors.runtime.loop import Timer
 from moorage.supervisor.policy import ExitReason, Heartbeat, Intensity, RestartBackoff
 from moorage.supervisor.spec import ChildSpec, SupervisorSpec
+
+if TYPE_CHECKING:
+    from moorage.supervisor.zygote import ZygoteHandle
 
 
 class ChildState(StrEnum):
@@ -47,7 +50,7 @@ class Child:
     resuming: bool = False  # the start under way brings it back from being shed
     sheds: int = 0  # how often it was shed (a shed is neither a failure nor a restart)
     adopted: bool = False  # its zygote died: this supervisor is its parent and reaper now
-    asked_of: Any = None  # the zygote its last start was asked of (a ZygoteHandle)
+    asked_of: ZygoteHandle | None = None  # the zygote its last start was asked of
     stopped: bool = False  # SIGSTOPped, as its zygote (its parent) saw
     halted_ticks: int = 0  # heartbeat ticks it has spent stopped while starting
     alive_at: int = 0  # monotonic ns of its last sign of life (its beat)

@@ -329,10 +329,8 @@ class Supervisor(Actor):
                 else:
                     # A fork of an attempt given up on (its zygote died and the child was
                     # asked of another): two of one child would share its endpoint and beat.
-                    logger.warning("{}: killing {}, a second {} forked by zygote {}",
-                                   self.name, ev["pid"], child.id, zygote.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(ev["pid"], signal.SIGKILL)
+                    self._kill_stray(ev["pid"], f"a second {child.id} forked by zygote "
+                                     f"{zygote.pid}")
             elif kind == "spawn_failed":
                 child = self.children[ev["child"]]
                 logger.error("{}: fork failed: {}", child.id, ev.get("error"))
@@ -342,12 +340,9 @@ class Supervisor(Actor):
                 if child is not None:
                     self._on_ready(child)
                 elif zygote is not self.zygote:
-                    # Forked by a zygote that died before it could say so: a process we
-                    # never started as far as the tree knows (its child was started again).
-                    logger.warning("{}: killing a stray child {} of a dead zygote", self.name,
-                                   ev["pid"])
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(ev["pid"], signal.SIGKILL)
+                    # A dead zygote's fork we never took as a child's (its "spawned" came
+                    # for a start given up on): said ready before it was killed for that.
+                    self._kill_stray(ev["pid"], "a stray child of a dead zygote")
             elif kind in ("stopped", "continued"):
                 child = self.by_pid.get(ev["pid"])
                 if child is not None:
@@ -360,6 +355,11 @@ class Supervisor(Actor):
                     reason = classify_exit(ev.get("code"), ev.get("signal"),
                                            child.stop_requested)
                     self._on_exit(child, reason)
+
+    def _kill_stray(self, pid: int, what: str) -> None:
+        logger.warning("{}: killing {}, {}", self.name, pid, what)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
     # --- our own children: the zygote, and what it left us --------------------------------
 
