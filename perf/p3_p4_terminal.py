@@ -10,12 +10,18 @@ blocks.
             this process, same bash and integration script) + P1's limit (a bare pyzmq echo).
   P4 limit: a raw PTY read loop of `cat` of the same file, in this process.
 
+Beside P3, the scheduler's view of a stretch of exec cycles (perf/_sched.py): the CPU, run
+delay, wake-ups and preemptions of the terminal, the keeper, the shell, the parser and the
+client per cycle, and their CPU against the wall time: on 2 cores, the contention an exec
+waits in.
+
     python -m perf.p3_p4_terminal [--n 3000] [--mb 50] [--p13 10000] [--sessions 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import select
@@ -30,6 +36,7 @@ import psutil
 from moorage.actors.terminal.keeper.spawn import spawn_on_pty
 from moorage.actors.terminal.shell import prepare
 from moorage.protocol.envelope import StreamMessage
+from perf import _sched
 from perf._raw import RawEcho
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
@@ -125,6 +132,38 @@ def exec_us(client, sub, sid: str, n: int, parser: str) -> list[float]:
     return out
 
 
+def sched_exec(report: Report, tree: BenchTree, client, sub, sid: str, n: int) -> None:
+    """Where the CPU of `n` exec cycles (the call, and the prompt coming back) goes, per
+    process on the path (perf/_sched.py): on 2 cores, their sum against the wall time is the
+    contention a term.exec waits in."""
+    path: dict[int, str] = {os.getpid(): "client"}
+    for actor in ("terminal", "ptykeeper", "parser"):
+        path[client.call(actor, "sys.info")["pid"]] = actor
+    for p in psutil.Process(tree.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if p.name() == "bash":
+                path[p.pid] = "shell"
+    before = _sched.snapshot(path)
+    t0 = time.perf_counter()
+    exec_us(client, sub, sid, n, "actor")
+    wall = (time.perf_counter() - t0) / n * 1e6
+    shares = _sched.per_call(before, _sched.snapshot(path), n, path)
+    cpu = sum(v.cpu_us for v in shares.values())
+    for proc in ("terminal", "ptykeeper", "shell", "parser", "client"):
+        mine = [v for k, v in shares.items() if k.split()[0] == proc]
+        main = shares.get(f"{proc} main")
+        report.add(Row("sched", f"exec cycle: {proc} CPU (all its threads)", "µs",
+                       "(breakdown)", sum(v.cpu_us for v in mine), None, True,
+                       note=f"run delay {sum(v.wait_us for v in mine):.0f} µs; main thread "
+                            f"woken {main.woken if main else 0:.1f} times, preempted "
+                            f"{main.preempted if main else 0:.1f}"))
+    report.add(Row("sched", "exec cycle: wall (term.exec, then the prompt back)", "µs",
+                   "(breakdown)", wall, None, True,
+                   note=f"CPU of the path {cpu:.0f} µs ({cpu / wall:.2f} cores busy on "
+                        f"average); runnable but waiting "
+                        f"{sum(v.wait_us for v in shares.values()):.0f} µs"))
+
+
 def streamed_mb_s(client, sid: str, path: Path, size: int) -> float:
     sub = client.subscribe("terminal", [f"term.out.{sid}"])
     client.call("terminal", "term.exec", {"session": sid, "command": "true"})  # subscribed
@@ -191,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             ours += exec_us(client, sub, sid, args.n // blocks, "actor")
             ours_local += exec_us(client_local, sub_local, sid_local, args.n // blocks,
                                   "local")
+        sched_exec(report, tree, client, sub, sid, max(100, args.n // blocks))
         sub.close()
         sub_local.close()
         po, pl = percentiles(ours), percentiles(ours_local)

@@ -16,6 +16,12 @@ the actor (another process too, the watcher of a real tree). And the send's own 
 process of its own, with ZeroMQ's I/O threads scheduled normally and as SCHED_BATCH
 (actors/runtime/actor.py says why), alternated.
 
+The scheduler's view (perf/_sched.py), in blocks of sys.ping and fs.read calls to the same
+watcher and of the bare echo: each side's CPU per call (the actor's main and ZeroMQ I/O
+threads, the client's), how often the actor's main thread was preempted and waited for a
+CPU, and the CPU of both processes against the wall time. In-process steps run hot; these
+are what the same work costs between wake-ups.
+
     python -m perf.request_path [--n 20000]
 """
 
@@ -42,8 +48,10 @@ from moorage.actors.watcher.actor import WatcherActor
 from moorage.protocol.client._core import CallPlan, ClientCore
 from moorage.protocol.envelope import decode_reply, decode_request, encode_reply, shape_problem
 from moorage.protocol.wire import recv_frames, send_frames
+from perf import _sched
 from perf._raw import RawEcho
 from perf._report import Report, Row, percentiles
+from perf._sched import Share
 from perf._tree import BenchTree
 
 pc = time.perf_counter
@@ -195,6 +203,50 @@ def send_cost(work: Path, policy: str, n: int) -> tuple[float, float]:
     return p50, p90
 
 
+Shares = dict[str, Share]
+
+
+def sched_shares(server: int, call: Callable[[], Any], n: int) -> tuple[Shares, float]:
+    """`n` calls of `call`, one after another, with every thread of the `server` process and
+    of this one read before and after (perf/_sched.py); and the wall µs per call."""
+    label = {server: "server", os.getpid(): "client"}
+    for _ in range(200):
+        call()
+    before = _sched.snapshot(label)
+    t0 = pc()
+    for _ in range(n):
+        call()
+    wall = (pc() - t0) / n * 1e6
+    return _sched.per_call(before, _sched.snapshot(label), n, label), wall
+
+
+def add_sched_rows(report: Report, op: str, ours: tuple[Shares, float],
+                   raw: tuple[Shares, float]) -> None:
+    """Ours beside the bare echo's (the limit column) for each side's threads."""
+    none = Share(0, 0, 0, 0)
+
+    def side(shares: Shares, prefix: str) -> float:
+        return sum(v.cpu_us for k, v in shares.items() if k.startswith(prefix))
+
+    (mine, wall), (bare, bare_wall) = ours, raw
+    main, io = mine.get("server main", none), mine.get("server zmq-io", none)
+    report.add(Row("sched", f"{op}: actor main thread CPU per call", "µs", "(breakdown)",
+                   main.cpu_us, bare.get("server main", none).cpu_us, True,
+                   note=f"limit: the bare echo's; preempted in {main.preempted:.0%} of "
+                        f"calls, run delay {main.wait_us:.1f} µs a call"))
+    report.add(Row("sched", f"{op}: actor ZeroMQ I/O thread CPU per call", "µs", "(breakdown)",
+                   io.cpu_us, bare.get("server zmq-io", none).cpu_us, True,
+                   note=f"run delay {io.wait_us:.1f} µs a call"))
+    report.add(Row("sched", f"{op}: client CPU per call (all its threads)", "µs", "(breakdown)",
+                   side(mine, "client "), side(bare, "client "), True))
+    cpu = side(mine, "")
+    report.add(Row("sched", f"{op}: wall per call, one after another", "µs", "(breakdown)",
+                   wall, bare_wall, True,
+                   note=f"CPU of both processes {cpu:.0f} µs ({cpu / wall:.2f} cores busy on "
+                        f"average; the echo's {side(bare, ''):.0f} µs); runnable but waiting "
+                        f"{sum(v.wait_us for v in mine.values()):.1f} µs"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20_000)
@@ -241,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
                 client.call("watcher", "fs.read", {"path": str(data)})
                 ours.append((pc() - t1) * 1e6)
                 ping.append((t1 - t0) * 1e6)
+            # Where each side's CPU goes, ours and the bare echo's, in blocks of their own.
+            watcher = client.call("watcher", "sys.info")["pid"]
+            assert raw.proc.pid is not None
+            sched = {op: (sched_shares(watcher, lambda o=op, a=op_args: client.call(  # type: ignore[misc]
+                              "watcher", o, a), args.n // 2),
+                          sched_shares(raw.proc.pid, raw.round_trip, args.n // 2))
+                     for op, op_args in (("sys.ping", None), ("fs.read", {"path": str(data)}))}
         finally:
             client.close()
             raw.close()
@@ -252,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                        pp[50], pl[50], True))
         report.add(Row("wire", "client fs.read hit round trip p50", "µs", "(P6 shape)",
                        pr[50], pl[50], True))
+        for op, (ours_sched, raw_sched) in sched.items():
+            add_sched_rows(report, op, ours_sched, raw_sched)
         sends = {"normal": [], "batch": []}
         for _ in range(3):
             for policy in sends:
@@ -262,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
             report.add(Row("send", f"a ROUTER's send of a reply, I/O threads {policy}", "µs",
                            "(breakdown)", p50, None, True, note=f"p90 {p90:.1f} µs, 3 runs"))
         report.extra = {"breakdown_us": breakdown, "sends": sends,
+                        "sched_per_call_us": {
+                            op: {name: ({k: vars(v) for k, v in sh.items()}, w)
+                                 for name, (sh, w) in zip(("ours", "raw"), pair, strict=True)}
+                            for op, pair in sched.items()},
                         "round_trip_us": {"fs.read": pr, "sys.ping": pp, "raw": pl}}
     finally:
         import shutil
