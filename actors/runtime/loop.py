@@ -9,18 +9,18 @@ every other reader is a ZeroMQ socket (no plain fds, no writers), the loop then 
 blocking `recv` on it instead of `zmq_poll` (measured here: ~17 µs less per round trip, a
 tenth of it), checks the other sockets' ZMQ_EVENTS after a wake-up (at most once every
 OTHERS_EVERY_S), and wakes at least every HOUSEKEEPING_MS for them. It looks for requests
-queued behind the one it received (to serve them as a batch) only in a burst: a lone
-request's turn costs no ZMQ_EVENTS read (a syscall), which took 5 µs of an actor's CPU per
-sys.ping here with the registrations' walk it also no longer does each turn. Wake-ups from other
-threads then arrive on the primary socket itself, as messages from WAKE_ID over an inproc
-connection. An actor whose other sockets must be served as promptly as its requests (the
-metrics actor times recoveries by the replies and events that arrive on them) sets
-`fast_path = False`. Once a whole HOUSEKEEPING_MS passed with no request, the loop is idle: it
-waits in `zmq_poll` on everything instead, so an idle actor wakes only for its timers and what
-arrives (a wake-up costs ~0.1 ms of CPU here), and the first request takes it back to the fast
-path. While a reply is awaited on another socket (`awaited`: an Outbound call in flight, as
-a request deferred on another actor's answer), the loop polls everything too: the reply is
-what the caller waits for, and no request may come to end the fast path's recv sooner.
+queued behind the one it received (to serve them as a batch) only in a burst, so a lone
+request's turn makes no ZMQ_EVENTS read (a syscall) and no walk of the registrations: that
+saved 4-5 µs of an actor's CPU per sys.ping here. Wake-ups from other threads then arrive on
+the primary socket itself, as messages from WAKE_ID over an inproc connection. An actor
+whose other sockets must be served as promptly as its requests (the metrics actor times
+recoveries by the replies and events that arrive on them) sets `fast_path = False`. Once a
+whole HOUSEKEEPING_MS passed with no request, the loop is idle: it waits in `zmq_poll` on
+everything instead, so an idle actor wakes only for its timers and what arrives (a wake-up
+costs ~0.1 ms of CPU here), and the first request takes it back to the fast path. While a
+reply is awaited on another socket (`awaited`: an Outbound call in flight, as a request
+deferred on another actor's answer), the loop polls everything too: the reply is what the
+caller waits for, and no request may come to end the fast path's recv sooner.
 
 A supervised process's loop also beats (actors.runtime.beat): before each wait it writes when
 the wait will end at the latest, after it that it turned, so its supervisor sees it alive
