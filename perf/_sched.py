@@ -14,7 +14,8 @@ sys.ping), so the runtime's "decode .. reply sent" service time holds the I/O th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +101,14 @@ def per_call(before: dict[int, ThreadTimes], after: dict[int, ThreadTimes], call
     n = max(1, calls)
     return {k: Share(v[0] / n / 1000, v[1] / n / 1000, v[2] / n, v[3] / n)
             for k, v in sums.items()}
+
+
+def stretch(label: dict[int, str], run: Callable[[], object], calls: int
+            ) -> tuple[dict[str, Share], float]:
+    """`run()` (which makes `calls` calls) between two snapshots of the processes `label`
+    names: each group's share per call (per_call), and the wall µs per call."""
+    before = snapshot(label)
+    t0 = time.perf_counter()
+    run()
+    wall = (time.perf_counter() - t0) / max(1, calls) * 1e6
+    return per_call(before, snapshot(label), calls, label), wall

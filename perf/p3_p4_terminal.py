@@ -143,11 +143,7 @@ def sched_exec(report: Report, tree: BenchTree, client, sub, sid: str, n: int) -
         with contextlib.suppress(psutil.Error):
             if p.name() == "bash":
                 path[p.pid] = "shell"
-    before = _sched.snapshot(path)
-    t0 = time.perf_counter()
-    exec_us(client, sub, sid, n, "actor")
-    wall = (time.perf_counter() - t0) / n * 1e6
-    shares = _sched.per_call(before, _sched.snapshot(path), n, path)
+    shares, wall = _sched.stretch(path, lambda: exec_us(client, sub, sid, n, "actor"), n)
     cpu = sum(v.cpu_us for v in shares.values())
     for proc in ("terminal", "ptykeeper", "shell", "parser", "client"):
         mine = [v for k, v in shares.items() if k.split()[0] == proc]

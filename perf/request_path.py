@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -209,15 +210,12 @@ Shares = dict[str, Share]
 def sched_shares(server: int, call: Callable[[], Any], n: int) -> tuple[Shares, float]:
     """`n` calls of `call`, one after another, with every thread of the `server` process and
     of this one read before and after (perf/_sched.py); and the wall µs per call."""
-    label = {server: "server", os.getpid(): "client"}
-    for _ in range(200):
-        call()
-    before = _sched.snapshot(label)
-    t0 = pc()
-    for _ in range(n):
-        call()
-    wall = (pc() - t0) / n * 1e6
-    return _sched.per_call(before, _sched.snapshot(label), n, label), wall
+    def calls(count: int) -> None:
+        for _ in range(count):
+            call()
+
+    calls(200)
+    return _sched.stretch({server: "server", os.getpid(): "client"}, lambda: calls(n), n)
 
 
 def add_sched_rows(report: Report, op: str, ours: tuple[Shares, float],
@@ -296,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             # Where each side's CPU goes, ours and the bare echo's, in blocks of their own.
             watcher = client.call("watcher", "sys.info")["pid"]
             assert raw.proc.pid is not None
-            sched = {op: (sched_shares(watcher, lambda o=op, a=op_args: client.call(  # type: ignore[misc]
-                              "watcher", o, a), args.n // 2),
+            sched = {op: (sched_shares(watcher, partial(client.call, "watcher", op, op_args),
+                                       args.n // 2),
                           sched_shares(raw.proc.pid, raw.round_trip, args.n // 2))
                      for op, op_args in (("sys.ping", None), ("fs.read", {"path": str(data)}))}
         finally:
