@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -79,14 +79,18 @@ class Outbound:
         deadline_ms: int | None = None,
         fresh: bool = False,
         loses_data: bool = False,
+        attachments: Sequence[bytes] = (),
     ) -> int:
         """Send one request; `on_done(reply, None)` or `on_done(None, error)` runs exactly once.
         `fresh`: on a socket of its own, connected now (see the module docstring).
-        `loses_data`: no reply in time means data is given up (counted as a loss)."""
+        `loses_data`: no reply in time means data is given up (counted as a loss).
+        `attachments`: raw frames after the body, as the protocol's attachments (bytes that
+        go as they are: not copied into the body by the packer, nor out of it by the
+        receiver's unpacker)."""
         rid = next(self._ids)
         own = int((time.time() + timeout) * 1000)
         deadline = own if deadline_ms is None else min(own, deadline_ms)
-        frames = encode_request(rid, self.sid, op, args, deadline)
+        frames = encode_request(rid, self.sid, op, args, deadline, attachments)
 
         def expire() -> None:
             entry = self._waiting.pop(rid, None)

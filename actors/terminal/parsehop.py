@@ -391,13 +391,16 @@ class ParseHop:
             end = min(self.end, self.sent + self.link.feed_bytes)
             data = self.buf.get(self.sent, end)
             self.link.counts["feeds"] += 1
+            # the bytes as an attachment: neither packed into the body here nor unpacked
+            # out of it there (a copy on each side of every byte of output)
             self._call("parse.feed", {"stream": self._stream(), "offset": self.sent,
-                                      "data": data, "create": False,
-                                      "events_from": self.ahead}, self._fed)
+                                      "create": False, "events_from": self.ahead},
+                       self._fed, (data,))
             self.sent = end
 
     def _call(self, op: str, args: dict[str, Any],
-              then: Callable[[dict[str, Any]], None]) -> None:
+              then: Callable[[dict[str, Any]], None], attachments: tuple[bytes, ...] = ()
+              ) -> None:
         outbound = self.link.outbound
         assert outbound is not None
         gen, wave = self.gen, self.wave
@@ -420,7 +423,8 @@ class ParseHop:
             assert reply is not None
             then(reply.body)
 
-        outbound.call(self.link.target, op, args, timeout=self.link.timeout_s, on_done=done)
+        outbound.call(self.link.target, op, args, timeout=self.link.timeout_s, on_done=done,
+                      attachments=attachments)
 
     def _declined(self, body: dict[str, Any]) -> bool:
         """The parser actor runs its raw_passthrough fallback (it parses nothing): for the
