@@ -12,7 +12,8 @@ checked against it byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -147,7 +148,7 @@ _scalars_only = SCALAR_TYPES.issuperset
 _LONG = 32
 
 
-def shape_problem(obj: Any) -> str | None:
+def shape_problem_python(obj: Any) -> str | None:
     """Why `obj` is not a protocol value (too deep, a non-str map key, a timestamp), or None.
 
     A flat map or array of scalars (most bodies and results) is settled in one pass with no
@@ -201,6 +202,26 @@ def _walk(obj: Any, depth: int = 1) -> str | None:
     if isinstance(obj, msgpack.Timestamp):
         return "msgpack timestamps are not part of the protocol"
     return None  # a scalar, or what the packer itself refuses
+
+
+def _compiled_walk() -> Callable[[Any], str | None] | None:
+    """protocol/_cshape.c's walk when the optional extension was built (and
+    MOORAGE_PROTOCOL_CORE is not "python"): the same answers as `_walk`, at C speed."""
+    if os.environ.get("MOORAGE_PROTOCOL_CORE") == "python":
+        return None
+    try:
+        from moorage.protocol import _cshape
+    except ImportError:
+        return None
+    _cshape.configure(limits.MAX_DEPTH, msgpack.Timestamp)
+    return _cshape.walk  # type: ignore[no-any-return]
+
+
+_cwalk = _compiled_walk()
+SHAPE_CORE: str = "python" if _cwalk is None else "compiled"
+"""Which check `shape_problem` is in this process ("compiled" or "python"): sys.info's
+`shape_core`."""
+shape_problem: Callable[[Any], str | None] = shape_problem_python if _cwalk is None else _cwalk
 
 
 # --- requests ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import (
     PROTO_VERSION,
     SCALAR_TYPES,
+    SHAPE_CORE,
     TAG,
     DecodeError,
     Request,
@@ -141,6 +142,7 @@ INFO = {
     "reply_cache": {"entries": int, "bytes": int, "hits": int},
     "topics": dict[str, int],
     "subscriptions": {"connections": int, "applied": int, "refused": int},
+    "shape_core": Literal["compiled", "python"],
     ...: Any,
 }
 
@@ -452,6 +454,9 @@ class Actor:
             "subscriptions": {"connections": len(self._subs_by_fd),
                               "applied": sum(self._subs_by_fd.values()),
                               "refused": self.subscriptions_refused},
+            # the protocol-value check this process runs (envelope.SHAPE_CORE): the optional
+            # extension, or the Python walk without it; both give the same answers
+            "shape_core": SHAPE_CORE,
             **({"remote": self.tcp.info()} if self.tcp is not None else {}),
             **self.info(),
         }
