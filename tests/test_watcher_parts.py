@@ -357,6 +357,32 @@ def test_removing_a_directory_from_the_index_removes_everything_below_it():
     assert set(idx.entries) == {"/r/x"}
 
 
+def test_the_paths_below_a_directory_are_those_a_scan_of_every_path_finds():
+    """Index.below (fs.query's candidates) against the plain scan it replaces, through sets,
+    removals, discards and a replace; with watched paths whose parents are not in the index
+    (a watch of /r/deep/er/w under an unwatched /r/deep), a sibling sharing the scope's
+    name as a prefix (/r/dx beside /r/d), and the root."""
+    f, d = (1, 1, 5, 7, 7, 0o100644), (1, 1, 0, 0, 0, 0o040000)
+    idx = Index()
+    for p in ["/r/d", "/r/d/a", "/r/d/e", "/r/d/e/f", "/r/dx", "/r/dx/g", "/r/x",
+              "/r/deep/er/w", "/r/deep/er/w/h", "/s/y"]:
+        idx.set(p, d if "." not in p and p.count("/") < 4 else f)
+    idx.remove("/r/d/e")
+    idx.discard("/r/x")
+    idx.set("/r/d/e2", f)
+
+    def scan(root: str) -> set[str]:
+        prefix = root.rstrip("/") + "/"
+        return {p for p in idx.entries if p.startswith(prefix)}
+
+    for root in ["/r/d", "/r/d/", "/r", "/r/deep", "/r/deep/er/w", "/", "/s", "/nowhere"]:
+        got = idx.below(root)
+        assert len(got) == len(set(got)) and set(got) == scan(root), root
+    idx.replace({"/q/a": f, "/q/b/c": f, "/q/b": d})
+    assert set(idx.below("/q")) == {"/q/a", "/q/b", "/q/b/c"}
+    assert set(idx.below("/q/b")) == {"/q/b/c"}
+
+
 # --- watches ---------------------------------------------------------------------------------
 
 

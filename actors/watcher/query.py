@@ -19,10 +19,11 @@ The answer is built here from strings, ints, bools and None only, two levels dee
 runtime's walk of a result's shape (50,000 values) is skipped (`checked=False`); a path that
 is not valid UTF-8 still fails its encoding, which the runtime answers as `internal`.
 
-Bounded in time and size: the candidates (a copy of the index's keys, or of the paths the
-journal names after `since`) are taken at once (a C-speed copy), then filtered
-SCAN_SLICE at a time (SCAN_SLICE_BARE when only the scope is checked: about 10 ms), one
-slice per loop turn, so a 100,000-file query never holds the loop for long. An answer
+Bounded in time and size: the candidates (the index's paths under the scope, gathered from
+its per-directory sets at C speed, or the paths the journal names after `since`) are taken
+at once, then filtered SCAN_SLICE at a time (SCAN_SLICE_BARE when nothing but the name is
+asked of them: about 10 ms), one slice per loop turn, so a 100,000-file query never holds
+the loop for long. An answer
 carries at most `max` files (default 10,000, at most MAX_PAGE); when there are more it
 gives a `cursor`, and `fs.query {cursor}` continues where it stopped.
 Every page carries the clock the query started at: changes made while a client pages
@@ -142,6 +143,7 @@ class Query:
     fresh: bool
     candidates: list[str]
     max: int
+    inside: bool = False  # every candidate is under `root` (taken from the index's subtree)
     pos: int = 0
     scanned: int = 0
     touched: float = field(default_factory=time.monotonic)
@@ -174,7 +176,8 @@ def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bo
             end = min(stop, i + want - len(out))
             chunk = cands[i:end]
             i = end
-            inside = compress(chunk, map(str.startswith, chunk, repeat(prefix)))
+            inside = chunk if q.inside else compress(
+                chunk, map(str.startswith, chunk, repeat(prefix)))
             if names_only:
                 out += map(rel, inside)
             else:
@@ -286,20 +289,17 @@ class QueryOps:
         journal = w.journal
         now = journal.clock().to_wire()
         fresh = True
-        if since is None:
-            cands = list(w.index.entries)
-        else:
+        if since is not None:
             clock = Clock.from_wire(since)
-            if clock.instance != journal.instance or clock.seq > journal.seq \
-                    or clock.seq < journal.first_seq - 1:
-                cands = list(w.index.entries)
-            else:
-                fresh = False
-                start = clock.seq + 1 - journal.first_seq
-                cands = list(dict.fromkeys(
-                    e["path"] for e in islice(journal.events, start, None) if "path" in e))
+            fresh = clock.instance != journal.instance or clock.seq > journal.seq \
+                or clock.seq < journal.first_seq - 1
         self.queries += 1
-        return Query(real, filt, chosen, now, fresh, cands, max)
+        if fresh:
+            return Query(real, filt, chosen, now, True, w.index.below(real), max, inside=True)
+        start = clock.seq + 1 - journal.first_seq
+        cands = list(dict.fromkeys(
+            e["path"] for e in islice(journal.events, start, None) if "path" in e))
+        return Query(real, filt, chosen, now, False, cands, max)
 
     def _run(self, call: Call, q: Query, got: list[Any], first: bool) -> Any:
         """One slice of a page; the rest of it on later loop turns (the reply deferred)."""

@@ -189,6 +189,19 @@ class Index:
                     self.entries.pop(child, None)
                     stack.append(child)
 
+    def below(self, root: str) -> list[str]:
+        """Every path under `root` (not `root` itself): the children of `root` and of each
+        directory under it. Each path is in its parent's set, and only there, so none is
+        missed and none repeats, and the cost is a test per directory and a C-speed copy
+        of each set, not a test per path."""
+        base = root.rstrip("/")
+        prefix = base + "/"
+        out: list[str] = []
+        for parent, kids in self.children.items():
+            if parent == base or parent.startswith(prefix):
+                out += kids
+        return out
+
     def discard(self, path: str) -> None:
         """Forget `path` alone (what is below it may still be watched)."""
         if self.entries.pop(path, None) is None:
