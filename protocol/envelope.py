@@ -210,11 +210,11 @@ def _compiled_walk() -> Callable[[Any], str | None] | None:
     if os.environ.get("MOORAGE_PROTOCOL_CORE") == "python":
         return None
     try:
-        from moorage.protocol import _cshape
+        from moorage.protocol._cshape import configure, walk
     except ImportError:
         return None
-    _cshape.configure(limits.MAX_DEPTH, msgpack.Timestamp)
-    return _cshape.walk  # type: ignore[no-any-return]
+    configure(limits.MAX_DEPTH, msgpack.Timestamp)
+    return walk  # type: ignore[no-any-return]
 
 
 _cwalk = _compiled_walk()
