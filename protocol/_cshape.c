@@ -31,6 +31,21 @@ static PyObject *too_deep(void)
     return PyUnicode_FromFormat("nesting deeper than %d", max_depth);
 }
 
+static PyObject *walk(PyObject *obj, int depth);
+
+/* An element of a container at `depth`: a scalar is fine as it is; anything else is walked,
+ * held meanwhile. */
+static inline PyObject *
+walk_item(PyObject *v, int depth)
+{
+    if (is_scalar(v))
+        return Py_None;
+    Py_INCREF(v);
+    PyObject *problem = walk(v, depth);
+    Py_DECREF(v);
+    return problem;
+}
+
 /* NULL with an exception set, Py_None (borrowed) when fine, or a new str: the problem. */
 static PyObject *
 walk(PyObject *obj, int depth)
@@ -49,13 +64,9 @@ walk(PyObject *obj, int depth)
                 Py_DECREF(name);
                 return msg;
             }
-            if (!is_scalar(v)) {
-                Py_INCREF(v);
-                PyObject *problem = walk(v, depth + 1);
-                Py_DECREF(v);
-                if (problem != Py_None)
-                    return problem;
-            }
+            PyObject *problem = walk_item(v, depth + 1);
+            if (problem != Py_None)
+                return problem;
         }
         return Py_None;
     }
@@ -64,14 +75,9 @@ walk(PyObject *obj, int depth)
             return too_deep();
         /* (the size is read again each turn: a list changed meanwhile is not overrun) */
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(obj); i++) {
-            PyObject *v = PySequence_Fast_GET_ITEM(obj, i);
-            if (!is_scalar(v)) {
-                Py_INCREF(v);
-                PyObject *problem = walk(v, depth + 1);
-                Py_DECREF(v);
-                if (problem != Py_None)
-                    return problem;
-            }
+            PyObject *problem = walk_item(PySequence_Fast_GET_ITEM(obj, i), depth + 1);
+            if (problem != Py_None)
+                return problem;
         }
         return Py_None;
     }

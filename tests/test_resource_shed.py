@@ -31,7 +31,7 @@ start = "moorage.actors.resource.actor:ResourceActor"
 
 [[children]]
 id = "hog"
-start = "tests.test_resource_tree:HogActor"
+start = "tests.hog_actor:HogActor"
 
 [[children]]
 id = "extras"

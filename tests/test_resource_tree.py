@@ -1,23 +1,18 @@
 """The resource actor in a real tree: a real memory hog inside it raises the level, the tree
 sheds, the hog is killed at critical after an alert, and everything comes back (R10).
 
-The hog is a child process of `HogActor` (below), an actor of the tree, so it is a
-descendant the resource actor must find by itself, exactly as a shell's child would be.
+The hog is a child process of `HogActor` (tests/hog_actor.py), an actor of the tree, so it
+is a descendant the resource actor must find by itself, exactly as a shell's child would be.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from moorage.actors.runtime import Actor, Call, op
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from tests.conftest import Tree, wait_pid_exit
@@ -26,53 +21,6 @@ pytestmark = pytest.mark.timeout(120)
 
 MB = 1024 * 1024
 # Allocate, say so, then hold the memory until stdin closes (the actor's death closes it too).
-HOG = "import sys; data = b'x' * (int(sys.argv[1]) << 20); sys.stdin.read()"
-
-
-class HogActor(Actor):
-    """Starts memory hogs as its own children, and records what `sys.pressure` told it."""
-
-    name = "hog"
-
-    def __init__(self, name: str | None, runtime_dir: Path | str,
-                 config: dict | None = None) -> None:
-        super().__init__(name, runtime_dir, config)
-        self.hogs: list[subprocess.Popen] = []
-        self.pressure_log: list[list[Any]] = []
-
-    def on_start(self) -> None:
-        # Dead hogs are reaped by the kernel (no zombie holds a pid, no fd to watch); Popen
-        # then reads "no such child" as exited.
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-
-    def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
-        self.pressure_log.append([level, quality])
-        self.publisher.publish("hog.pressure", {"level": level, "quality": quality})
-        return {"noted": 1}
-
-    def alive(self) -> list[int]:
-        return sorted(p.pid for p in self.hogs if p.poll() is None)
-
-    def info(self) -> dict[str, Any]:
-        return {"pressure_log": self.pressure_log, "hogs": self.alive()}
-
-    @op("hog.start", args={"mb": int})
-    def start(self, call: Call, mb: int) -> dict[str, Any]:
-        """Start a process that allocates `mb` MB and holds it; answers with its pid."""
-        proc = subprocess.Popen([sys.executable, "-c", HOG, str(mb)], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL)
-        self.hogs.append(proc)
-        return {"pid": proc.pid, "mb": mb}
-
-    @op("hog.stop")
-    def stop_hogs(self, call: Call) -> dict[str, Any]:
-        """Let every hog exit (their stdin closes)."""
-        for proc in self.hogs:
-            if proc.stdin and not proc.stdin.closed:
-                proc.stdin.close()
-        return {"stopping": self.alive()}
-
-
 def tree_config(budget_mb: int, metric: str = "pss", extra: str = "",
                 calm_interval_s: float = 1.0) -> str:
     # PSS: the forked actors share the interpreter's pages, and PSS counts them once, so a
@@ -88,7 +36,7 @@ id = "resource"
 start = "moorage.actors.resource.actor:ResourceActor"
 [[children]]
 id = "hog"
-start = "tests.test_resource_tree:HogActor"
+start = "tests.hog_actor:HogActor"
 
 [actor.resource]
 interval_s = 0.2

@@ -11,9 +11,6 @@ real bash with our integration prints on a real PTY.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from hypothesis import strategies as st
 from moorage.actors.vtparse import Event, Parser
 from moorage.actors.vtparse._scan import CORE, SCANNERS, scan_python
 from perf.p5_parser import chunks_of, shell_corpus
+from tests.interpreter import printed
 from tests.test_vtparse_props import cut, stream
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "vtparse.json").read_text())["vectors"]
@@ -60,10 +58,7 @@ def test_without_the_compiled_core_a_parser_runs_the_python_one() -> None:
     code = ("from moorage.actors.vtparse import Parser; from moorage.actors.vtparse._scan "
             "import CORE, SCANNERS; p = Parser('N'); "
             "print(CORE, sorted(SCANNERS), p.feed(b'\\x1b]633;A;N\\x07')[0].trusted)")
-    env = {**os.environ, "MOORAGE_VTPARSE_CORE": "python"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    assert out.split() == ["python", "['python']", "True"]
+    assert printed(code, MOORAGE_VTPARSE_CORE="python") == ["python", "['python']", "True"]
 
 
 @pytest.mark.parametrize("core", CORES)
