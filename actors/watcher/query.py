@@ -23,9 +23,9 @@ Bounded in time and size: the candidates (the index's paths under the scope, gat
 its per-directory sets at C speed, or the paths the journal names after `since`) are taken
 at once, then filtered SCAN_SLICE at a time (SCAN_SLICE_BARE when nothing but the name is
 asked of them: about 10 ms), one slice per loop turn, so a 100,000-file query never holds
-the loop for long. An answer
-carries at most `max` files (default 10,000, at most MAX_PAGE); when there are more it
-gives a `cursor`, and `fs.query {cursor}` continues where it stopped.
+the loop for long. An answer carries at most `max` files (default 10,000, at most
+MAX_PAGE); when there are more it gives a `cursor`, and `fs.query {cursor}` continues where
+it stopped.
 Every page carries the clock the query started at: changes made while a client pages
 through arrive as events after it, or through `fs.since` from it. At most MAX_CURSORS
 cursors are open at a time (the oldest goes), each for CURSOR_TTL_S after its last page.
@@ -168,9 +168,10 @@ def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bo
     stop = min(len(cands), i + budget)
     if match is None and not suffixes and not types:
         # Nothing to filter but the scope (a full query): whole chunks at C speed, each no
-        # longer than what the page still wants, so it never overfills. (The scope test and
-        # the cut are C calls over the chunk, not a bytecode loop: a 100,000-file page is
-        # most of a full query's time, and this takes a sixth off it.)
+        # longer than what the page still wants, so it never overfills. A fresh query's
+        # candidates are all in the scope already; a `since` query's are tested here. The
+        # test and the cut are C calls over the chunk, not a bytecode loop (a 100,000-file
+        # page is most of a full query's time).
         rel = itemgetter(slice(cut, None))
         while i < stop and len(out) < want:
             end = min(stop, i + want - len(out))
