@@ -5,10 +5,10 @@
  * parts: the live side is tests/test_remote_ts_latency.py.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { test } from "node:test";
+import { dirname, join } from "node:path";
+import { after, test } from "node:test";
 
 import { Client } from "../src/client.js";
 import { remoteEndpointsOf } from "../src/endpoints.js";
@@ -16,8 +16,14 @@ import { remoteEndpointsOf } from "../src/endpoints.js";
 const SERVER = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
 const KEYS = { publicKey: "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID", secretKey: "D:)Q[IlAW!ahhC2ac:9*A}h:p?([4%wOTJ%JR%cs" };
 
+const made: string[] = []; // the connection files' folders, removed when the tests are done
+after(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
 function connectionFile(endpoints: Record<string, Record<string, string>>): string {
   const path = join(mkdtempSync(join(tmpdir(), "moorage-ts-")), "tree.json");
+  made.push(dirname(path));
   writeFileSync(path, JSON.stringify({ runtime_dir: "/nonexistent", remote: {
     transport: "tcp", curve: true, endpoints, server_key: SERVER, heartbeat_ms: { ivl: 500, timeout: 1500, ttl: 1500 } } }));
   return path;
