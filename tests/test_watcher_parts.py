@@ -6,9 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from moorage.actors.watcher import snapshot
@@ -19,7 +21,7 @@ from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Clock, Journal
 from moorage.actors.watcher.pipeline import Pipeline
 from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
-from moorage.actors.watcher.snapshot import Index, diff, walk
+from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
 from moorage.actors.watcher.watches import Watches
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import Backoff
@@ -349,10 +351,38 @@ def test_a_checkpoint_survives_a_round_trip_and_diffs_clean(tree, tmp_path):
     assert snapshot.load(path) is None
 
 
+def test_a_packed_stat_keeps_what_the_diff_and_queries_read(tree):
+    """The index's stats are packed bytes: each field back as os.lstat gave it, the file
+    type from the mode (a directory, a file, a symlink), and UNKNOWN no real stat."""
+    (tree / "d").mkdir()
+    (tree / "f").write_bytes(b"x" * 300)
+    os.symlink("f", tree / "l")
+    for name, fmt in (("d", stat.S_IFDIR), ("f", stat.S_IFREG), ("l", stat.S_IFLNK)):
+        st = os.lstat(tree / name)
+        s = snapshot.as_stat(st)
+        assert snapshot.file_format(s) == fmt and snapshot.is_dir(s) == (name == "d")
+        assert s == walk(str(tree))[str(tree / name)] != snapshot.UNKNOWN
+        mode, dev, ino, size, mtime, ctime = snapshot.stat_fields(s)
+        assert (mode, dev, ino) == (st.st_mode, st.st_dev, st.st_ino)
+        if name != "d":  # a directory's size and times are not compared (module doc)
+            assert (size, mtime, ctime) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    assert not snapshot.is_dir(snapshot.UNKNOWN)
+
+
+def test_a_checkpoint_of_the_older_format_is_not_read(tree, tmp_path):
+    """Format 1 held stats as lists of six ints: its entries would match no packed stat, so
+    it is no base at all (the restart's resync then says it had none) rather than a wrong
+    one."""
+    path = tmp_path / "snap.msgpack"
+    path.write_bytes(msgpack.packb({"format": 1, "entries": {str(tree / "a"): [1, 2, 3, 4, 4,
+                                                                          0o100644]}}))
+    assert snapshot.load(str(path)) is None
+
+
 def test_removing_a_directory_from_the_index_removes_everything_below_it():
     idx = Index()
     for p in ["/r/d", "/r/d/a", "/r/d/e", "/r/d/e/f", "/r/x"]:
-        idx.set(p, (1, 1, 0, 0, 0, 0o040000))
+        idx.set(p, make_stat(0o040000, 1, 1, 0, 0, 0))
     idx.remove("/r/d")
     assert set(idx.entries) == {"/r/x"}
 
@@ -362,7 +392,7 @@ def test_the_paths_below_a_directory_are_those_a_scan_of_every_path_finds():
     removals, discards and a replace; with watched paths whose parents are not in the index
     (a watch of /r/deep/er/w under an unwatched /r/deep), a sibling sharing the scope's
     name as a prefix (/r/dx beside /r/d), and the root."""
-    f, d = (1, 1, 5, 7, 7, 0o100644), (1, 1, 0, 0, 0, 0o040000)
+    f, d = make_stat(0o100644, 1, 1, 5, 7, 7), make_stat(0o040000, 1, 1, 0, 0, 0)
     idx = Index()
     for p in ["/r/d", "/r/d/a", "/r/d/e", "/r/d/e/f", "/r/dx", "/r/dx/g", "/r/x",
               "/r/deep/er/w", "/r/deep/er/w/h", "/s/y"]:
@@ -443,7 +473,7 @@ def test_a_resync_publishes_markers_around_the_diff_and_replaces_the_index():
     out: list = []
     p = pipeline(out)
     p.feed([("created", "/w/a", "", False)])
-    f = (1, 2, 3, 4, 4, 0o100644)
+    f = make_stat(0o100644, 1, 2, 3, 4, 4)
     summary = p.resync("overflow", {"/w/b": f}, p.index.entries)
     events = [e for m in out for e in m["events"]][1:]
     assert [(e["kind"], e.get("path")) for e in events] == [
@@ -461,7 +491,7 @@ def test_a_create_and_delete_that_cancel_out_still_delete_what_a_resync_reported
     believing in it; the index says they were told, so the deletion goes out."""
     out: list = []
     p = pipeline(out, settle=10.0)  # one window: `Later` fires it after the feed
-    f = (1, 2, 3, 4, 4, 0o100644)
+    f = make_stat(0o100644, 1, 2, 3, 4, 4)
     p.resync("restart", {"/w/seen": f}, {})
     p.feed([("created", "/w/seen", "", False), ("modified", "/w/seen", "", False),
             ("deleted", "/w/seen", "", False),
@@ -495,7 +525,7 @@ def test_rmtree_of_a_watched_subtree_in_the_index_goes_in_one_event(tmp_path):
     out: list = []
     p = pipeline(out)
     for path in ["/w/d", "/w/d/x"]:
-        p.index.set(path, (1, 1, 0, 0, 0, 0o040000))
+        p.index.set(path, make_stat(0o040000, 1, 1, 0, 0, 0))
     p.feed([("deleted", "/w/d", "", True)])
     assert p.index.entries == {} and out[-1]["events"][0]["kind"] == "deleted"
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from moorage.actors.watcher.query import Filter, Query, glob_regex, page
+from moorage.actors.watcher.snapshot import make_stat
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 
@@ -207,7 +208,7 @@ def test_globs_keep_star_within_a_component_and_double_star_across(glob, yes, no
 
 
 def test_a_page_looks_at_no_more_candidates_than_its_budget():
-    entries = {f"/r/f{i}": (1, i, 1, 1, 1, 0o100644) for i in range(100)}
+    entries = {f"/r/f{i}": make_stat(0o100644, 1, i, 1, 1, 1) for i in range(100)}
     q = Query("/r", Filter.build(None, None, None), ("name",), ["i", 0, 0], True,
               list(entries), 1000)
     got, full = page(q, entries, budget=30, want=1000)

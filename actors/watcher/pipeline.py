@@ -39,7 +39,15 @@ from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalesce
 from moorage.actors.watcher.cookies import COOKIE
 from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.observer import Raw
-from moorage.actors.watcher.snapshot import UNKNOWN, Index, Stat, diff, is_dir, shared
+from moorage.actors.watcher.snapshot import (
+    UNKNOWN,
+    Index,
+    Stat,
+    diff,
+    is_dir,
+    make_stat,
+    stat_fields,
+)
 from moorage.actors.watcher.watches import Watches
 
 # The collector's thresholds in the watcher's process (`tune_gc`, applied by the actor at
@@ -215,7 +223,7 @@ class Pipeline:
         inst, epoch, seq = journal.instance, journal.epoch, journal.seq
         out: list[dict[str, Any]] = []
         paths: list[str] = []
-        mode_key = dev_key = mode = dev = -1
+        pack = make_stat
         if cancelled:
             self._told_gone(cancelled, items, out)
             for ev in out:
@@ -249,26 +257,19 @@ class Pipeline:
                       "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
                 s: Stat = UNKNOWN  # gone again already: its deletion follows
             else:
-                if st.st_mode != mode_key:  # the shared int objects (snapshot.shared)
-                    mode_key = st.st_mode
-                    mode = shared(mode_key)
-                if st.st_dev != dev_key:
-                    dev_key = st.st_dev
-                    dev = shared(dev_key)
+                mode = st.st_mode
                 fmt = mode & 0o170000
                 size, mtime = st.st_size, st.st_mtime_ns
                 if fmt == 0o040000:
-                    s = (dev, st.st_ino, 0, 0, 0, mode)
+                    s = pack(mode, st.st_dev, st.st_ino, 0, 0, 0)
                 else:
-                    ctime = st.st_ctime_ns
-                    s = (dev, st.st_ino, size, mtime, mtime if ctime == mtime else ctime,
-                         mode)
+                    s = pack(mode, st.st_dev, st.st_ino, size, mtime, st.st_ctime_ns)
                 ev = {"kind": kind, "path": path, "type": types.get(fmt, "other"),
                       "origin": "external", "watches": ids, "size": size,
                       "mtime_ns": mtime, "clock": (inst, epoch, seq)}
                 if mine and path in mine:
                     key = mine[path][0]
-                    if key is None or key == s[:5]:
+                    if key is None or key == stat_fields(s)[1:]:
                         ev["origin"] = "self"
             if hint:
                 ev["moved_from"] = hint
@@ -358,9 +359,10 @@ class Pipeline:
                 ev["type"] = "unknown"
             s = new.get(path)
             if s is not None and not is_dir(s):
-                ev["size"] = s[2]
-                ev["mtime_ns"] = s[3]
-                if mine and path in mine and mine[path][0] == s[:5]:
+                fields = stat_fields(s)
+                ev["size"] = fields[3]
+                ev["mtime_ns"] = fields[4]
+                if mine and path in mine and mine[path][0] == fields[1:]:
                     ev["origin"] = "self"
             events.append(append(ev))
             if cache is not None and cache.entries:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from moorage.actors.runtime import DEFERRED, Call, op
 from moorage.actors.runtime.shapes import OneOf
 from moorage.actors.watcher.journal import Clock
-from moorage.actors.watcher.snapshot import UNKNOWN
+from moorage.actors.watcher.snapshot import UNKNOWN, Stat, file_format, stat_fields
 from moorage.protocol.errors import fail
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bo
             s = entries.get(path)
             if types:
                 kind = "unknown" if s is None or s == UNKNOWN else _FMT.get(
-                    s[5] & 0o170000, "other")
+                    file_format(s), "other")
                 if s is None or kind not in types:
                     continue
             out.append(rel if names_only else _describe(rel, s, fields))
@@ -210,16 +210,17 @@ def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bo
     return out, len(out) >= want or q.done
 
 
-def _describe(rel: str, s: tuple | None, fields: tuple[str, ...]) -> dict[str, Any]:
+def _describe(rel: str, s: Stat | None, fields: tuple[str, ...]) -> dict[str, Any]:
     if s is None:  # deleted since the clock (a `since` query)
         d: dict[str, Any] = {"name": rel, "exists": False}
         return {k: d.get(k) for k in fields if k in d}
     if s == UNKNOWN:
         kind, size, mtime, ino = "unknown", None, None, None
     else:
-        kind = _FMT.get(s[5] & 0o170000, "other")
-        ino = s[1]
-        size, mtime = (None, None) if kind == "dir" else (s[2], s[3])
+        mode, _, ino, size, mtime, _ = stat_fields(s)
+        kind = _FMT.get(mode & 0o170000, "other")
+        if kind == "dir":
+            size = mtime = None
     full = {"name": rel, "exists": True, "type": kind, "size": size, "mtime_ns": mtime,
             "ino": ino}
     return {k: full[k] for k in fields}

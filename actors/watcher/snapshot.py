@@ -1,10 +1,10 @@
 """The tree as the subscribers were told it, the walk that re-reads it, and the diff between.
 
-`Index` is the told state: path -> stat tuple, changed only when an event is published (or a
-resync replaces it wholesale). It is what a resync diffs against, so anything a subscriber has
-not been told shows up in the diff, and nothing it has been told is silently dropped. A path
-whose stat could not be taken when its event went out holds `UNKNOWN`, which matches nothing
-on disk: a later diff reports it again rather than assume.
+`Index` is the told state: path -> stat (packed bytes, `Stat`), changed only when an event is
+published (or a resync replaces it wholesale). It is what a resync diffs against, so anything
+a subscriber has not been told shows up in the diff, and nothing it has been told is silently
+dropped. A path whose stat could not be taken when its event went out holds `UNKNOWN`, which
+matches nothing on disk: a later diff reports it again rather than assume.
 
 Directories are compared by (dev, ino, mode) only: their size and times move with every child
 and would make every diff report every directory. Files by (dev, ino, size, mtime_ns,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,39 +29,32 @@ from moorage.actors.runtime.beat import progress as _progress
 from moorage.actors.runtime.statefile import write_atomic
 from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED
 
-Stat = tuple[int, int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns, mode
-UNKNOWN: Stat = (-1, -1, -1, -1, -1, 0)
+# A stat as the index keeps it: 44 bytes, packed. A 100,000-file tree holds one per path, and
+# as a tuple of six ints it cost about 180 bytes a file (the tuple and the ints over 256
+# Python makes for each inode, size and time): 80 here, 9 MiB less for such a tree. Equal
+# stats are equal bytes, so a diff compares them as they are.
+_STAT = struct.Struct("<IQQqqq")  # mode, dev, ino, size, mtime_ns, ctime_ns
+Stat = bytes
+make_stat = _STAT.pack
+stat_fields = _STAT.unpack  # (mode, dev, ino, size, mtime_ns, ctime_ns)
+UNKNOWN: Stat = make_stat(0, 0, 0, -1, -1, -1)  # no file on disk has a size of -1
 _DIR = stat_mod.S_IFDIR
 
 
-# One int object per distinct device and mode, shared by every stat tuple that holds it:
-# Python makes a new int for each value over 256, 32 bytes apiece, and a tree has a handful
-# of devices and modes. A file's ctime, mostly equal to its mtime, shares that object too.
-# (About 90 bytes a file: 9 MiB of a 100,000-file tree.)
-_SHARED: dict[int, int] = {}
-_SHARED_MAX = 4096
-
-
-def shared(v: int) -> int:
-    got = _SHARED.get(v)
-    if got is not None:
-        return got
-    if len(_SHARED) < _SHARED_MAX:
-        _SHARED[v] = v
-    return v
-
-
 def as_stat(st: os.stat_result) -> Stat:
-    mode = shared(st.st_mode)
+    mode = st.st_mode
     if (mode & 0o170000) == _DIR:
-        return (shared(st.st_dev), st.st_ino, 0, 0, 0, mode)
-    mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-    return (shared(st.st_dev), st.st_ino, st.st_size, mtime,
-            mtime if ctime == mtime else ctime, mode)
+        return make_stat(mode, st.st_dev, st.st_ino, 0, 0, 0)
+    return make_stat(mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_format(s: Stat) -> int:
+    """The stat's S_IFMT bits: the mode's second byte, little-endian, holds them."""
+    return (s[1] & 0xF0) << 8
 
 
 def is_dir(s: Stat) -> bool:
-    return (s[5] & 0o170000) == _DIR
+    return (s[1] & 0xF0) == 0x40  # S_IFDIR
 
 
 def _no_beat() -> None:
@@ -78,8 +72,7 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
     stack = [root]
     lstat_dir = _DIR
     seen = 0
-    pool = _SHARED
-    dev = mode = -1  # the last device and mode met, as the shared objects
+    pack = make_stat
     while stack:
         top = stack.pop()
         progress()  # a big tree takes longer than the hang detection allows one loop turn
@@ -99,18 +92,14 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
                     st = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if st.st_mode != mode:
-                    mode = pool.get(st.st_mode) or shared(st.st_mode)
-                if st.st_dev != dev:
-                    dev = shared(st.st_dev)
+                mode = st.st_mode
                 if (mode & 0o170000) == lstat_dir:
-                    out[path] = (dev, st.st_ino, 0, 0, 0, mode)
+                    out[path] = pack(mode, st.st_dev, st.st_ino, 0, 0, 0)
                     if recursive:
                         stack.append(path)
                 else:
-                    mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-                    out[path] = (dev, st.st_ino, st.st_size, mtime,
-                                 mtime if ctime == mtime else ctime, mode)
+                    out[path] = pack(mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                     st.st_ctime_ns)
     return out
 
 
@@ -218,7 +207,7 @@ class Index:
 
 # --- the checkpoint ------------------------------------------------------------------------
 
-FORMAT = 1
+FORMAT = 2  # 2: stats as packed bytes (a checkpoint of format 1 is not read)
 
 
 def save(path: str, doc: dict[str, Any]) -> int:
