@@ -260,13 +260,19 @@ class Loop:
         self._wake(blocking=False)
 
     def _wake(self, blocking: bool) -> None:
-        if self._wake_sock is not None and self.wake_lock.acquire(blocking):
+        sock = self._wake_sock
+        if sock is not None and self.wake_lock.acquire(blocking):
+            # The message on the primary socket ends the fast path's recv and the poller's
+            # wait alike: the pipe (a write here, two reads on the loop) is not needed too.
             try:
-                self._wake_sock.send(b"w", NOBLOCK)
+                sock.send(b"w", NOBLOCK)
             except zmq.Again:
                 pass  # wake-ups are queued already; the loop will run `fn` with them
             finally:
                 self.wake_lock.release()
+            return
+        # No primary socket, or a signal handler that interrupted a wake-up half sent: the
+        # pipe, which the poller watches.
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
@@ -278,6 +284,9 @@ class Loop:
                 pass
         except BlockingIOError:
             pass
+        self._run_soon()
+
+    def _run_soon(self) -> None:
         while self._soon:
             self._run(self._soon.popleft())
 
@@ -346,7 +355,7 @@ class Loop:
                 if readable(key):
                     self._run(on_read)
         if self._soon:
-            self._drain_wakeups()
+            self._run_soon()
         self._run_timers()
 
     @property
@@ -406,6 +415,8 @@ class Loop:
                 handlers = self._handlers.get(key)
                 if handlers and handlers[1]:
                     self._run(handlers[1])
+        if self._soon:  # woken by a message on the primary socket (`_wake`)
+            self._run_soon()
         self._run_timers()
 
     def run(self) -> None:
