@@ -1,10 +1,10 @@
 """Wake-ups from other threads (the watcher's inotify reader and workers): with a primary
-socket the wake-up is one message on it, which ends the poller's wait as it ends the fast
-path's recv; the pipe is left for a loop without one."""
+socket the wake-up is one message on it, which must end the poller's wait as it ends the
+fast path's recv; a loop without one is woken through its pipe. A wait a wake-up did not end
+outlasts the test's timeout."""
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -30,15 +30,7 @@ def _from_another_thread(fn) -> None:
     t.join()
 
 
-def _pipe_is_empty(loop: Loop) -> bool:
-    try:
-        os.read(loop._wake_r, 4096)
-    except BlockingIOError:
-        return True
-    return False
-
-
-def test_a_wake_up_on_the_primary_socket_ends_the_pollers_wait_and_writes_no_pipe(ctx):
+def test_a_wake_up_on_the_primary_socket_ends_the_pollers_wait_and_runs_the_call(ctx):
     loop = Loop()
     rpc = ctx.socket(zmq.ROUTER)
     try:
@@ -46,7 +38,6 @@ def test_a_wake_up_on_the_primary_socket_ends_the_pollers_wait_and_writes_no_pip
         ran: list[int] = []
         for i in range(3):
             _from_another_thread(lambda i=i: loop.call_soon_threadsafe(lambda: ran.append(i)))
-            assert _pipe_is_empty(loop)  # (read here: the loop could not have drained it)
             loop.run_once(NEVER_MS)  # the poller's path (a timeout is given)
             assert ran == list(range(i + 1))
     finally:
@@ -60,6 +51,6 @@ def test_a_loop_without_a_primary_socket_is_woken_through_its_pipe():
         ran: list[str] = []
         _from_another_thread(lambda: loop.call_soon_threadsafe(lambda: ran.append("x")))
         loop.run_once(NEVER_MS)
-        assert ran == ["x"] and _pipe_is_empty(loop)  # (drained by the loop)
+        assert ran == ["x"]
     finally:
         loop.close()

@@ -372,8 +372,7 @@ class Loop:
             else:
                 timer.loop = None  # out of the heap: a cancel from now on is not counted
                 self._run(timer.fn)
-        while self._soon:
-            self._run(self._soon.popleft())
+        self._run_soon()  # (what a wake-up queued: every turn ends here)
 
     def _take_deferred(self) -> list[Callback]:
         deferred = self._next_turn
@@ -415,8 +414,6 @@ class Loop:
                 handlers = self._handlers.get(key)
                 if handlers and handlers[1]:
                     self._run(handlers[1])
-        if self._soon:  # woken by a message on the primary socket (`_wake`)
-            self._run_soon()
         self._run_timers()
 
     def run(self) -> None:
