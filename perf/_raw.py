@@ -8,13 +8,31 @@ what remains is libzmq, the ipc transport and pyzmq's Python layer on this machi
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from moorage.protocol.envelope import encode_request
+from moorage.supervisor.zygote import die_with_parent
+
+
+def _dying_with(parent: int, target: Callable[..., None], *args: Any) -> None:
+    die_with_parent(parent)
+    target(*args)
+
+
+def forked(target: Callable[..., None], *args: Any) -> multiprocessing.Process:
+    """`target(*args)` in a forked daemon process that dies with this one: a benchmark killed
+    by a signal skips multiprocessing's cleanup of its daemons, which would otherwise wait in
+    their recv for ever."""
+    proc = multiprocessing.get_context("fork").Process(
+        target=_dying_with, args=(os.getpid(), target, *args), daemon=True)
+    proc.start()
+    return proc
 
 
 def _echo(endpoint: str, server_secret: bytes | None = None) -> None:
@@ -39,9 +57,7 @@ class RawEcho:
         no ZAP handler: it only costs at the handshake)."""
         self.endpoint = tcp_endpoint or f"ipc://{directory}/raw-echo.sock"
         server_public, server_secret = zmq.curve_keypair() if tcp_endpoint else (None, None)
-        self.proc = multiprocessing.get_context("fork").Process(
-            target=_echo, args=(self.endpoint, server_secret), daemon=True)
-        self.proc.start()
+        self.proc = forked(_echo, self.endpoint, server_secret)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)

@@ -23,7 +23,6 @@ Information only: the same 64 KiB feeds pipelined (window 16, bytes in the body'
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import random
 import statistics
 import sys
@@ -34,6 +33,7 @@ import zmq
 
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import encode_request
+from perf._raw import forked
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 from perf.p5_parser import NONCE, chunks_of, coloured
@@ -73,9 +73,7 @@ class RawFeed:
 
     def __init__(self, directory: Path) -> None:
         endpoint = f"ipc://{directory}/raw-feed.sock"
-        self.proc = multiprocessing.get_context("fork").Process(
-            target=_echo_small, args=(endpoint,), daemon=True)
-        self.proc.start()
+        self.proc = forked(_echo_small, endpoint)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
