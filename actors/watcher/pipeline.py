@@ -43,9 +43,9 @@ from moorage.actors.watcher.snapshot import (
     UNKNOWN,
     Index,
     Stat,
+    as_stat,
     diff,
     is_dir,
-    make_stat,
     stat_fields,
 )
 from moorage.actors.watcher.watches import Watches
@@ -223,7 +223,7 @@ class Pipeline:
         inst, epoch, seq = journal.instance, journal.epoch, journal.seq
         out: list[dict[str, Any]] = []
         paths: list[str] = []
-        pack = make_stat
+        stat_of = as_stat
         if cancelled:
             self._told_gone(cancelled, items, out)
             for ev in out:
@@ -257,16 +257,11 @@ class Pipeline:
                       "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
                 s: Stat = UNKNOWN  # gone again already: its deletion follows
             else:
-                mode = st.st_mode
-                fmt = mode & 0o170000
-                size, mtime = st.st_size, st.st_mtime_ns
-                if fmt == 0o040000:
-                    s = pack(mode, st.st_dev, st.st_ino, 0, 0, 0)
-                else:
-                    s = pack(mode, st.st_dev, st.st_ino, size, mtime, st.st_ctime_ns)
-                ev = {"kind": kind, "path": path, "type": types.get(fmt, "other"),
-                      "origin": "external", "watches": ids, "size": size,
-                      "mtime_ns": mtime, "clock": (inst, epoch, seq)}
+                s = stat_of(st)
+                ev = {"kind": kind, "path": path,
+                      "type": types.get(st.st_mode & 0o170000, "other"),
+                      "origin": "external", "watches": ids, "size": st.st_size,
+                      "mtime_ns": st.st_mtime_ns, "clock": (inst, epoch, seq)}
                 if mine and path in mine:
                     key = mine[path][0]
                     if key is None or key == stat_fields(s)[1:]:

@@ -42,6 +42,8 @@ _DIR = stat_mod.S_IFDIR
 
 
 def as_stat(st: os.stat_result) -> Stat:
+    """The stat the index keeps for `st`: a directory's size and times are left out (module
+    docstring), so they are zero."""
     mode = st.st_mode
     if (mode & 0o170000) == _DIR:
         return make_stat(mode, st.st_dev, st.st_ino, 0, 0, 0)
@@ -72,7 +74,7 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
     stack = [root]
     lstat_dir = _DIR
     seen = 0
-    pack = make_stat
+    stat_of = as_stat
     while stack:
         top = stack.pop()
         progress()  # a big tree takes longer than the hang detection allows one loop turn
@@ -92,14 +94,9 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
                     st = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                mode = st.st_mode
-                if (mode & 0o170000) == lstat_dir:
-                    out[path] = pack(mode, st.st_dev, st.st_ino, 0, 0, 0)
-                    if recursive:
-                        stack.append(path)
-                else:
-                    out[path] = pack(mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                     st.st_ctime_ns)
+                out[path] = stat_of(st)
+                if recursive and (st.st_mode & 0o170000) == lstat_dir:
+                    stack.append(path)
     return out
 
 
