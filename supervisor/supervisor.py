@@ -89,6 +89,10 @@ from moorage.supervisor.zygote import ZygoteHandle
 
 ESCALATED_EXIT_CODE = 3
 ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_exit
+# A child's death (its pidfd) that its zygote has not told of by then: the zygote is stuck
+# (stopped, or wedged), and is replaced. It reaps on SIGCHLD between imports, one module at a
+# time, so a sound one tells within the longest import.
+EXIT_TELL_S = 2.0
 
 
 class Supervisor(Actor):
@@ -287,35 +291,47 @@ class Supervisor(Actor):
         if child.fallback is not None:
             config["fallback"] = child.fallback
         beat = child.slot
-        child.asked_of = self.zygote
-        if child.spec.type == "supervisor":
-            self.zygote.spawn(child.id, "supervisor", {
-                "id": child.id, "runtime_dir": str(self.runtime_dir), "doc": self.doc}, beat)
-        else:
-            self.zygote.spawn(child.id, "actor", {
-                "entry": child.spec.start, "name": child.id,
-                "runtime_dir": str(self.runtime_dir), "config": config}, beat)
         gen = child.generation
         timeout = self.spec.start_timeout_ms / 1000
         child.timers.append(self.loop.call_later(timeout, lambda: self._start_timeout(child, gen)))
+        zygote = child.asked_of = self.zygote
+        if child.spec.type == "supervisor":
+            asked = zygote.spawn(child.id, "supervisor", {
+                "id": child.id, "runtime_dir": str(self.runtime_dir), "doc": self.doc}, beat)
+        else:
+            asked = zygote.spawn(child.id, "actor", {
+                "entry": child.spec.start, "name": child.id,
+                "runtime_dir": str(self.runtime_dir), "config": config}, beat)
+        if not asked:  # (not from here: this runs inside the job queue's walk)
+            self.loop.call_later(0, lambda: self._zygote_lost(zygote, "it could not be asked"))
 
     def _start_timeout(self, child: Child, gen: int) -> None:
-        if child.generation == gen and child.state is ChildState.STARTING:
-            logger.warning("{}: not ready after {} ms; killing", child.id,
-                           self.spec.start_timeout_ms)
-            child.kill_reason = "start timeout"
-            child.signal(signal.SIGKILL)
+        if child.generation != gen or child.state is not ChildState.STARTING:
+            return
+        if child.pid is None:
+            # Never forked: the zygote did not answer the spawn. It is replaced, and the
+            # start asked again of its successor.
+            self._zygote_lost(child.asked_of, f"{child.id}'s spawn went unanswered for "
+                              f"{self.spec.start_timeout_ms} ms")
+            return
+        logger.warning("{}: not ready after {} ms; killing", child.id,
+                       self.spec.start_timeout_ms)
+        child.kill_reason = "start timeout"
+        child.signal(signal.SIGKILL)
 
     def _on_zygote(self, zygote: ZygoteHandle) -> None:
         try:
             events = zygote.read_events()
         except EOFError:
             # The zygote and every child still starting from it are gone (a live zygote's
-            # end only closes with it: its death itself comes as SIGCHLD).
+            # end only closes with it). Its death comes as SIGCHLD too, unless it was a
+            # spare that its own zygote reaped: then this is all we learn.
             self.loop.remove_reader(zygote.fileno())
             if zygote in self.old_zygotes:
                 self.old_zygotes.remove(zygote)
                 zygote.sock.close()
+            else:
+                self._zygote_lost(zygote, "its end closed")
             return
         self._zygote_events(zygote, events)
 
@@ -375,6 +391,8 @@ class Supervisor(Actor):
             child = self.by_pid.get(pid)
             if pid == self.zygote.pid:
                 self._zygote_died(code)
+            elif any(pid == z.pid for z in self.old_zygotes):
+                continue  # one replaced when it stopped answering, dead now
             elif self.spare is not None and pid == self.spare.pid:
                 self._spare_died(self.spare, code)
             elif child is not None and child.adopted:
@@ -392,15 +410,22 @@ class Supervisor(Actor):
                     self.orphan_exits.pop(next(iter(self.orphan_exits)))
                 logger.debug("{}: reaped orphan {} ({})", self.name, pid, code)
 
-    def _zygote_died(self, code: int) -> None:
+    def _zygote_lost(self, zygote: ZygoteHandle | None, why: str) -> None:
+        """The zygote no longer serves though no death of it was reaped: its end closed, a
+        request could not be sent, or it left a spawn or a child's death untold (stopped,
+        or stuck). It is killed (a no-op if it is dead) and replaced at once."""
+        if zygote is not self.zygote:
+            return  # replaced already
+        zygote.kill()
+        self._zygote_died(None, why)
+
+    def _zygote_died(self, code: int | None, why: str = "") -> None:
         """Its children outlive it (they are ours now, see supervisor.zygote); the spare takes
         its place (a new program when there is none yet), and another spare is started. A
-        spawn it had not answered is asked of the new one."""
-        if self.shutting_down:
-            return  # it was told to exit
+        spawn it had not answered is asked of the new one. While the tree stops, the
+        children still stopping are only adopted: their deaths are ours to reap."""
         old = self.zygote
-        self.zygote_restarts += 1
-        logger.error("{}: zygote {} died ({}); starting another", self.name, old.pid, code)
+        why = why or f"exited ({code})"
         # What it said before it died is taken first: a child it forked and told us of is
         # ours (adopted below), not one to start again beside the one that runs.
         with contextlib.suppress(EOFError):
@@ -408,7 +433,14 @@ class Supervisor(Actor):
         for child in self.children.values():
             if child.pid is not None:
                 child.adopted = True
+        if self.shutting_down:
+            logger.warning("{}: zygote {} lost while stopping: {}", self.name, old.pid, why)
+            self._reap_children()
+            return
+        self.zygote_restarts += 1
+        logger.error("{}: zygote {} lost: {}; starting another", self.name, old.pid, why)
         self.old_zygotes.append(old)
+        old.release()
         self.loop.remove_reader(old.fileno())
         self.loop.add_reader(old.fileno(), lambda: self._on_zygote(old))
         new, self.spare = self.spare, None
@@ -423,7 +455,7 @@ class Supervisor(Actor):
         self._stand_by()
         self.loop.add_reader(new.fileno(), lambda: self._on_zygote(new))
         self.event("zygote_restarted", None, zygote_pid=new.pid, old_pid=old.pid,
-                   restarts=self.zygote_restarts)
+                   restarts=self.zygote_restarts, reason=why)
         self._reap_children()  # an adopted child that died with it is a zombie of ours now
         for child in self.children.values():
             if child.state is ChildState.STARTING and child.pid is None:
@@ -471,9 +503,32 @@ class Supervisor(Actor):
         child.pid = pid
         self.by_pid[pid] = child
         try:
-            child.pidfd = os.pidfd_open(pid)
+            child.pidfd = fd = os.pidfd_open(pid)
         except (ProcessLookupError, OSError):
             child.pidfd = None  # already gone; its "exited" event is on the way
+            return
+        self.loop.add_reader(fd, lambda: self._on_pidfd(child, fd))
+
+    def _on_pidfd(self, child: Child, fd: int) -> None:
+        """The child's process ended. How is told by its parent: the zygote, which reaps it,
+        or, adopted, ourselves. A zygote that leaves it untold for EXIT_TELL_S (stopped,
+        stuck) is replaced: the child, a zombie then, is reparented to us and reaped here,
+        with its true status."""
+        self.loop.remove_reader(fd)
+        if child.pidfd != fd or child.adopted:
+            return  # (adopted: our SIGCHLD tells)
+        pid, gen, zygote = child.pid, child.generation, child.asked_of
+
+        def untold() -> None:
+            if child.pid == pid and child.generation == gen and not child.adopted:
+                self._zygote_lost(zygote, f"{child.id}'s exit went untold for {EXIT_TELL_S} s")
+
+        self.loop.call_later(EXIT_TELL_S, untold)
+
+    def _forget_process(self, child: Child) -> None:
+        if child.pidfd is not None:
+            self.loop.remove_reader(child.pidfd)
+        child.forget_process()
 
     def _on_ready(self, child: Child) -> None:
         if child.state is not ChildState.STARTING:
@@ -546,7 +601,7 @@ class Supervisor(Actor):
         was = child.state
         pid = child.pid
         child.cancel_timers()
-        child.forget_process()
+        self._forget_process(child)
         child.last_exit = reason
         down_since, child.down_since = child.down_since, None
         self.event("exited", child, pid=pid, reason=reason.kind.value, code=reason.code,

@@ -67,6 +67,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 INSTANCE_ENV = "MOORAGE_INSTANCE"  # set by the root for every process of its tree
 TOLD = b"\x01"  # the zygote to a child it forked: the supervisor knows your pid
 UNTOLD_EXIT = 75  # a forked child whose zygote died before it told the supervisor
+CLOSE_GRACE_S = 1.0  # from "exit" to SIGKILL (it may be in the middle of an import)
 
 
 def wait_told(fd: int) -> bool:
@@ -153,16 +154,43 @@ class ZygoteHandle:
         self.beats = beats
         self.preload = preload  # for a replacement, should this one die
         self.owner = owner
+        # Opened while it surely lives (our own child not yet reaped, or a spare whose end
+        # was still open after): `kill` then reaches it and nothing else, whoever reaps it.
+        self.pidfd: int | None = self._open_pidfd() if pid > 0 else None
+
+    def _open_pidfd(self) -> int | None:
+        try:
+            return os.pidfd_open(self.pid)
+        except OSError:
+            return None
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, child: str, kind: str, payload: dict, beat: int | None = None) -> None:
-        """Fork `child`; with `beat` (a slot of `beats`) its loop beats there."""
+    def spawn(self, child: str, kind: str, payload: dict, beat: int | None = None) -> bool:
+        """Ask for `child` to be forked; with `beat` (a slot of `beats`) its loop beats
+        there. False when it cannot be asked (it is gone, or so stuck that its socket is
+        full): never blocks."""
         msg = {"cmd": "spawn", "child": child, "kind": kind, "payload": payload}
         if beat is not None:
             msg["beat"] = beat
-        self.sock.send(_encode(msg))
+        try:
+            self.sock.send(_encode(msg), socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL it (stuck: it no longer answers); its death then comes as any other."""
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def release(self) -> None:
+        """Close its pidfd (it is dead, or no longer ours to kill)."""
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def read_events(self) -> list[dict]:
         out = []
@@ -182,12 +210,21 @@ class ZygoteHandle:
             out.append(_decode(data))
 
     def close(self) -> None:
+        """Tell it to exit, and reap it: killed if it has not gone within CLOSE_GRACE_S (a
+        stopped one would hold our own exit)."""
         with contextlib.suppress(OSError):
-            self.sock.send(_encode({"cmd": "exit"}))
+            self.sock.send(_encode({"cmd": "exit"}), socket.MSG_DONTWAIT)
         self.sock.close()
         if self.pid > 0:  # (a spare forked by a zygote is that zygote's child, not ours)
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
+                if os.waitpid(self.pid, os.WNOHANG)[0] == 0:  # ours, and not dead yet
+                    if self.pidfd is None:
+                        self.pidfd = self._open_pidfd()  # (ours, unreaped: surely it)
+                    if self.pidfd is not None and \
+                            not select.select([self.pidfd], [], [], CLOSE_GRACE_S)[0]:
+                        self.kill()
+                    os.waitpid(self.pid, 0)
+        self.release()
 
     def replacement(self) -> ZygoteHandle:
         """A new zygote for this one, which died: a new program (this process has threads
@@ -212,18 +249,24 @@ class ZygoteHandle:
         return ZygoteHandle(0, ours, self.beats, self.preload, self.owner)
 
     def learn_pid(self) -> bool:
-        """A forked spare's pid, from its `hello` if it has come (never waiting: the
-        supervisor's loop calls this): False if it is gone or has not said it (its zygote
-        died before forking it, or as it did)."""
-        if self.pid <= 0 and select.select([self.sock], [], [], 0)[0]:
+        """A forked spare about to take over: its pid, from its `hello` if it has come
+        (never waiting: the supervisor's loop calls this). False if it has not said it (its
+        zygote died before forking it, or as it did) or is gone: its end, which only it
+        holds until it forks, has closed (a spare that died while its zygote lived was
+        reaped by that zygote, and its pid may be another process's by now)."""
+        if self.pid > 0 and self.pidfd is None:
+            self.pidfd = self._open_pidfd()  # (the end read below says if this is still it)
+        if select.select([self.sock], [], [], 0)[0]:
             try:
                 events = self.read_events()
             except EOFError:
+                self.release()
                 return False
             for ev in events:
                 if ev.get("ev") == "hello":
                     self.pid = int(ev["pid"])
-        return self.pid > 0
+                    self.pidfd = self._open_pidfd()
+        return self.pid > 0 and self.pidfd is not None
 
 
 def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),

@@ -270,3 +270,85 @@ def test_a_child_its_zygote_told_of_before_dying_is_adopted_not_started_twice(
     assert _processes_of_a(tree) == [back["pid"]]
     assert psutil.Process(back["pid"]).ppid() != ev["zygote_pid"]  # the dead zygote's
     assert tree.call("a", "fake.work")["pid"] == back["pid"]
+
+
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """SIGSTOP `pid` for the block: a zygote stuck as if in an endless import or a swap
+    storm. It is let go after (if it still lives) so that nothing stays stopped."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_death_its_stopped_zygote_cannot_tell_is_seen_and_the_child_restarted(make_tree):
+    """The zygote reaps the children and tells how they died; stopped, it tells nothing. The
+    child's pidfd still says it died: the zygote is replaced, and the child, its zombie,
+    passes to the supervisor, which reaps it with its true status and starts it again."""
+    tree = make_tree(TWO).start()
+    zygote = tree.status()["zygote"]["pid"]
+    a = tree.child("a")["pid"]
+    with _stopped(zygote):
+        os.kill(a, signal.SIGKILL)
+        ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
+        assert ev["old_pid"] == zygote and ev["reason"].startswith("a's exit went untold"), ev
+        died = tree.wait_event(lambda e: e["event"] == "exited" and e["child"] == "a")
+        assert (died["pid"], died["signal"], died["reason"]) == (a, signal.SIGKILL, "abnormal")
+        back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+        assert psutil.Process(back["pid"]).ppid() == ev["zygote_pid"]
+        assert wait_pid_exit(zygote, 10)  # killed, though stopped
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+    assert tree.call("b", "fake.work")["pid"] == tree.child("b")["pid"]
+
+
+ONE_SHED = """
+[supervisor]
+heartbeat = { interval_ms = 100, misses = 3 }
+start_timeout_ms = 1500
+[[children]]
+id = "a"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "b"
+start = "tests.fakes:FakeActor"
+essential = false
+"""
+
+
+def test_a_start_its_stopped_zygote_leaves_unanswered_is_asked_again_of_its_successor(
+        make_tree):
+    """A spawn the zygote never answers (stopped: no fork, no `spawned`) leaves the child
+    starting with no process, and every start and restart queued behind it. After
+    start_timeout_ms the zygote is replaced and the start asked of the new one."""
+    tree = make_tree(ONE_SHED).start()
+    a = tree.child("a")["pid"]
+    assert tree.call("supervisor", "sup.shed", {"on": True})["shed"] == ["b"]
+    wait_for(lambda: tree.child("b")["state"] == "shed", "b shed")
+    zygote = tree.status()["zygote"]["pid"]
+    with _stopped(zygote):
+        assert tree.call("supervisor", "sup.shed", {"on": False})["resumed"] == ["b"]
+        ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
+        assert ev["old_pid"] == zygote, ev
+        assert ev["reason"] == "b's spawn went unanswered for 1500 ms", ev
+        up = tree.wait_event(lambda e: e["event"] == "started" and e["child"] == "b")
+        assert psutil.Process(up["pid"]).ppid() == ev["zygote_pid"]
+        assert wait_pid_exit(zygote, 10)
+    assert tree.call("b", "fake.work")["pid"] == up["pid"]
+    assert tree.child("a")["pid"] == a  # adopted, serving on
+    assert tree.call("a", "fake.work")["pid"] == a
+
+
+def test_a_tree_whose_zygote_is_stopped_still_stops_and_leaves_nothing(make_tree):
+    """Stopping the tree waits for each child's death, which the zygote tells: stopped, it
+    would hold the stop for ever. It is killed, and the children's deaths reaped here."""
+    tree = make_tree(NESTED).start()
+    procs = [psutil.Process(tree.pid), *descendants(tree.pid)]
+    zygote = tree.status()["zygote"]["pid"]
+    with _stopped(zygote):
+        tree.call("supervisor", "sup.stop")
+        assert wait_pid_exit(tree.pid, 60), tree.output()
+    assert tree.proc.wait(10) == 0
+    assert_all_gone(procs)
