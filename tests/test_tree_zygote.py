@@ -352,3 +352,32 @@ def test_a_tree_whose_zygote_is_stopped_still_stops_and_leaves_nothing(make_tree
         assert wait_pid_exit(tree.pid, 60), tree.output()
     assert tree.proc.wait(10) == 0
     assert_all_gone(procs)
+
+
+def test_a_spare_its_zygote_reaped_is_not_taken_for_a_live_one(make_tree):
+    """The spare dies while its zygote lives (the zygote, its parent, reaps it: no SIGCHLD
+    comes to the supervisor for it), and then the zygote dies, all while the supervisor is
+    stopped. When it runs again it learns of both in either order (the zygote's SIGCHLD, the
+    spare's end closed); the dead spare must never become the zygote (every start would be
+    asked of no one): a new zygote takes over, and children still start."""
+    tree = make_tree(TWO).start()
+    os.kill(tree.status()["zygote"]["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["restarts"] == 1)
+    z = wait_for(lambda: (z := tree.status()["zygote"])["spare"] and z, "a spare")
+    root = psutil.Process(tree.pid)
+    root.suspend()
+    try:
+        os.kill(z["spare"], signal.SIGKILL)
+        assert wait_pid_exit(z["spare"], 10)
+        wait_for(lambda: not psutil.pid_exists(z["spare"]), "the spare reaped by its zygote")
+        os.kill(z["pid"], signal.SIGKILL)
+        assert wait_pid_exit(z["pid"], 10)
+    finally:
+        root.resume()
+    ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["restarts"] == 2)
+    assert ev["old_pid"] == z["pid"] and ev["zygote_pid"] != z["spare"], ev
+    a = tree.child("a")["pid"]
+    os.kill(a, signal.SIGKILL)
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+    assert psutil.Process(back["pid"]).ppid() == tree.status()["zygote"]["pid"]
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
