@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from collections import deque
@@ -92,7 +93,13 @@ ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_ex
 # A child's death (its pidfd) that its zygote has not told of by then: the zygote is stuck
 # (stopped, or wedged), and is replaced. It reaps on SIGCHLD between imports, one module at a
 # time, so a sound one tells within the longest import.
-EXIT_TELL_S = 2.0
+EXIT_TELL_S = 5.0
+
+
+def _pidfd_ended(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 class Supervisor(Actor):
@@ -120,6 +127,7 @@ class Supervisor(Actor):
         self.order = [c.id for c in spec.children]
         self.by_pid: dict[int, Child] = {}
         self.old_zygotes: list[ZygoteHandle] = []  # dead: read until their last ready
+        self.dying_zygotes: set[int] = set()  # killed when they stopped answering, unreaped
         self.zygote_restarts = 0
         # From the zygote's first death on, a spare stands by, forked by the zygote (so
         # ready in a millisecond, its modules imported): the next death costs no start of a
@@ -296,14 +304,26 @@ class Supervisor(Actor):
         child.timers.append(self.loop.call_later(timeout, lambda: self._start_timeout(child, gen)))
         zygote = child.asked_of = self.zygote
         if child.spec.type == "supervisor":
-            asked = zygote.spawn(child.id, "supervisor", {
+            err = zygote.spawn(child.id, "supervisor", {
                 "id": child.id, "runtime_dir": str(self.runtime_dir), "doc": self.doc}, beat)
         else:
-            asked = zygote.spawn(child.id, "actor", {
+            err = zygote.spawn(child.id, "actor", {
                 "entry": child.spec.start, "name": child.id,
                 "runtime_dir": str(self.runtime_dir), "config": config}, beat)
-        if not asked:  # (not from here: this runs inside the job queue's walk)
-            self.loop.call_later(0, lambda: self._zygote_lost(zygote, "it could not be asked"))
+        if err is not None:  # (not from here: this runs inside the job queue's walk)
+            self.loop.call_later(0, lambda: self._spawn_unsent(child, gen, zygote, err))
+
+    def _spawn_unsent(self, child: Child, gen: int, zygote: ZygoteHandle,
+                      err: OSError) -> None:
+        if isinstance(err, (BlockingIOError, ConnectionError)):
+            # gone, or so stuck that its socket is full
+            self._zygote_lost(zygote, f"it could not be asked ({err})")
+        elif child.generation == gen and child.state is ChildState.STARTING \
+                and child.pid is None:
+            # the request itself (too large for a datagram, say): a failed start
+            logger.error("{}: spawn request not sent: {}", child.id, err)
+            self._on_exit(child, ExitReason(ExitKind.ABNORMAL,
+                                            detail=f"spawn request not sent: {err}"))
 
     def _start_timeout(self, child: Child, gen: int) -> None:
         if child.generation != gen or child.state is not ChildState.STARTING:
@@ -391,8 +411,8 @@ class Supervisor(Actor):
             child = self.by_pid.get(pid)
             if pid == self.zygote.pid:
                 self._zygote_died(code)
-            elif any(pid == z.pid for z in self.old_zygotes):
-                continue  # one replaced when it stopped answering, dead now
+            elif pid in self.dying_zygotes:
+                self.dying_zygotes.discard(pid)  # replaced when it stopped answering
             elif self.spare is not None and pid == self.spare.pid:
                 self._spare_died(self.spare, code)
             elif child is not None and child.adopted:
@@ -416,7 +436,13 @@ class Supervisor(Actor):
         or stuck). It is killed (a no-op if it is dead) and replaced at once."""
         if zygote is not self.zygote:
             return  # replaced already
+        code = zygote.reap()
+        if code is not None:  # dead already, and ours: its status is known
+            self._zygote_died(code)
+            return
         zygote.kill()
+        if zygote.is_ours():
+            self.dying_zygotes.add(zygote.pid)  # its reaping to come is not an orphan's
         self._zygote_died(None, why)
 
     def _zygote_died(self, code: int | None, why: str = "") -> None:
@@ -425,6 +451,8 @@ class Supervisor(Actor):
         spawn it had not answered is asked of the new one. While the tree stops, the
         children still stopping are only adopted: their deaths are ours to reap."""
         old = self.zygote
+        if old.lost:
+            return  # (while stopping: told again by its SIGCHLD, its end, a timer)
         why = why or f"exited ({code})"
         # What it said before it died is taken first: a child it forked and told us of is
         # ours (adopted below), not one to start again beside the one that runs.
@@ -434,6 +462,7 @@ class Supervisor(Actor):
             if child.pid is not None:
                 child.adopted = True
         if self.shutting_down:
+            old.lost = True
             logger.warning("{}: zygote {} lost while stopping: {}", self.name, old.pid, why)
             self._reap_children()
             return
@@ -495,6 +524,7 @@ class Supervisor(Actor):
                        "its end closed" if code is None else code)
         self.loop.remove_reader(spare.fileno())
         spare.sock.close()
+        spare.release()
         self.spare = None
         if not self.shutting_down:
             self._stand_by(forked=spare.pid > 0)
@@ -506,17 +536,22 @@ class Supervisor(Actor):
             child.pidfd = fd = os.pidfd_open(pid)
         except (ProcessLookupError, OSError):
             child.pidfd = None  # already gone; its "exited" event is on the way
-            return
-        self.loop.add_reader(fd, lambda: self._on_pidfd(child, fd))
+        else:
+            self.loop.add_reader(fd, lambda: self._on_pidfd(child, fd))
+        if child.state is ChildState.STOPPING:
+            self._signal_stop(child)  # asked to stop while it was being forked
 
     def _on_pidfd(self, child: Child, fd: int) -> None:
         """The child's process ended. How is told by its parent: the zygote, which reaps it,
         or, adopted, ourselves. A zygote that leaves it untold for EXIT_TELL_S (stopped,
         stuck) is replaced: the child, a zombie then, is reparented to us and reaped here,
         with its true status."""
+        if child.pidfd != fd or not _pidfd_ended(fd):
+            # (a readiness polled for an fd closed since, its number reused for this one)
+            return
         self.loop.remove_reader(fd)
-        if child.pidfd != fd or child.adopted:
-            return  # (adopted: our SIGCHLD tells)
+        if child.adopted:
+            return  # (our SIGCHLD tells)
         pid, gen, zygote = child.pid, child.generation, child.asked_of
 
         def untold() -> None:
@@ -565,6 +600,28 @@ class Supervisor(Actor):
         child.cancel_timers()
         child.stop_requested = True
         child.state = ChildState.STOPPING
+        if child.pid is None:
+            # Asked of the zygote, not forked as far as we know: signalled when its
+            # `spawned` comes (_on_spawned). A zygote that never answers is replaced, and
+            # then there is nothing to stop.
+            gen = child.generation
+
+            def unanswered() -> None:
+                if child.generation != gen or child.state is not ChildState.STOPPING \
+                        or child.pid is not None:
+                    return
+                self._zygote_lost(child.asked_of, f"{child.id}'s spawn went unanswered for "
+                                  f"{self.spec.start_timeout_ms} ms")
+                if child.state is ChildState.STOPPING and child.pid is None:
+                    self._on_exit(child, ExitReason(ExitKind.SHUTDOWN,
+                                                    detail="stopped before it was forked"))
+
+            child.timers.append(self.loop.call_later(self.spec.start_timeout_ms / 1000,
+                                                     unanswered))
+            return
+        self._signal_stop(child)
+
+    def _signal_stop(self, child: Child) -> None:
         if child.spec.brutal:
             child.stop_stage = "kill"
             child.signal(signal.SIGKILL)

@@ -154,6 +154,7 @@ class ZygoteHandle:
         self.beats = beats
         self.preload = preload  # for a replacement, should this one die
         self.owner = owner
+        self.lost = False  # its loss handled while the tree stops (no successor then)
         # Opened while it surely lives (our own child not yet reaped, or a spare whose end
         # was still open after): `kill` then reaches it and nothing else, whoever reaps it.
         self.pidfd: int | None = self._open_pidfd() if pid > 0 else None
@@ -167,24 +168,48 @@ class ZygoteHandle:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def spawn(self, child: str, kind: str, payload: dict, beat: int | None = None) -> bool:
+    def spawn(self, child: str, kind: str, payload: dict,
+              beat: int | None = None) -> OSError | None:
         """Ask for `child` to be forked; with `beat` (a slot of `beats`) its loop beats
-        there. False when it cannot be asked (it is gone, or so stuck that its socket is
-        full): never blocks."""
+        there. Never blocks: None when asked, else why not (a BlockingIOError or a
+        ConnectionError: it cannot be asked at all; any other: this request cannot be sent)."""
         msg = {"cmd": "spawn", "child": child, "kind": kind, "payload": payload}
         if beat is not None:
             msg["beat"] = beat
         try:
             self.sock.send(_encode(msg), socket.MSG_DONTWAIT)
-        except OSError:
-            return False
-        return True
+        except OSError as exc:
+            return exc
+        return None
 
     def kill(self) -> None:
         """SIGKILL it (stuck: it no longer answers); its death then comes as any other."""
         if self.pidfd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def reap(self) -> int | None:
+        """Its exit code (negative: the signal) if it has ended and is our child, reaped
+        now; None if it lives, or is not ours to reap."""
+        if self.pidfd is None:
+            return None
+        try:
+            r = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if r is None:
+            return None
+        return r.si_status if r.si_code == os.CLD_EXITED else -r.si_status
+
+    def is_ours(self) -> bool:
+        """Is it our child (to be reaped by us, its death a SIGCHLD of ours)?"""
+        if self.pidfd is None:
+            return False
+        try:
+            os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
 
     def release(self) -> None:
         """Close its pidfd (it is dead, or no longer ours to kill)."""
@@ -210,20 +235,17 @@ class ZygoteHandle:
             out.append(_decode(data))
 
     def close(self) -> None:
-        """Tell it to exit, and reap it: killed if it has not gone within CLOSE_GRACE_S (a
-        stopped one would hold our own exit)."""
+        """Tell it to exit, and reap it if it is ours: killed if it has not gone within
+        CLOSE_GRACE_S (a stopped one would hold our own exit)."""
         with contextlib.suppress(OSError):
             self.sock.send(_encode({"cmd": "exit"}), socket.MSG_DONTWAIT)
         self.sock.close()
-        if self.pid > 0:  # (a spare forked by a zygote is that zygote's child, not ours)
+        # (a spare forked by a zygote is that zygote's child, not ours)
+        if self.pidfd is not None and self.is_ours():
+            if not _readable(self.pidfd, CLOSE_GRACE_S):
+                self.kill()
             with contextlib.suppress(ChildProcessError):
-                if os.waitpid(self.pid, os.WNOHANG)[0] == 0:  # ours, and not dead yet
-                    if self.pidfd is None:
-                        self.pidfd = self._open_pidfd()  # (ours, unreaped: surely it)
-                    if self.pidfd is not None and \
-                            not select.select([self.pidfd], [], [], CLOSE_GRACE_S)[0]:
-                        self.kill()
-                    os.waitpid(self.pid, 0)
+                os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED)
         self.release()
 
     def replacement(self) -> ZygoteHandle:
@@ -240,7 +262,8 @@ class ZygoteHandle:
         asked."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            socket.send_fds(self.sock, [_encode({"cmd": "fork_spare"})], [theirs.fileno()])
+            socket.send_fds(self.sock, [_encode({"cmd": "fork_spare"})], [theirs.fileno()],
+                            socket.MSG_DONTWAIT)
         except OSError:
             ours.close()
             return self.replacement()
@@ -254,19 +277,33 @@ class ZygoteHandle:
         zygote died before forking it, or as it did) or is gone: its end, which only it
         holds until it forks, has closed (a spare that died while its zygote lived was
         reaped by that zygote, and its pid may be another process's by now)."""
-        if self.pid > 0 and self.pidfd is None:
-            self.pidfd = self._open_pidfd()  # (the end read below says if this is still it)
-        if select.select([self.sock], [], [], 0)[0]:
+        if self.pid <= 0 and _readable(self.sock.fileno()):
             try:
                 events = self.read_events()
             except EOFError:
-                self.release()
                 return False
             for ev in events:
                 if ev.get("ev") == "hello":
                     self.pid = int(ev["pid"])
-                    self.pidfd = self._open_pidfd()
-        return self.pid > 0 and self.pidfd is not None
+        if self.pid <= 0:
+            return False
+        if self.pidfd is None:
+            self.pidfd = self._open_pidfd()
+        # Its end still open after the pidfd was taken: the pidfd is the spare's (a datagram
+        # it sent last, its hello, would hide an EOF behind it: read until there is none).
+        while _readable(self.sock.fileno()):
+            try:
+                self.read_events()
+            except EOFError:
+                self.release()
+                return False
+        return self.pidfd is not None
+
+
+def _readable(fd: int, timeout_s: float = 0.0) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(int(timeout_s * 1000)))
 
 
 def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),

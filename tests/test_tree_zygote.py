@@ -381,3 +381,22 @@ def test_a_spare_its_zygote_reaped_is_not_taken_for_a_live_one(make_tree):
     back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
     assert psutil.Process(back["pid"]).ppid() == tree.status()["zygote"]["pid"]
     assert tree.call("a", "fake.work")["pid"] == back["pid"]
+
+
+def test_a_stop_while_a_spawn_is_unanswered_still_ends_the_tree(make_tree):
+    """A child asked of a stopped zygote has no process to signal: its stop waits for the
+    fork, which never comes. After start_timeout_ms the zygote is replaced, there is nothing
+    to stop, and the tree ends, leaving nothing behind."""
+    tree = make_tree(ONE_SHED).start()
+    assert tree.call("supervisor", "sup.shed", {"on": True})["shed"] == ["b"]
+    wait_for(lambda: tree.child("b")["state"] == "shed", "b shed")
+    procs = [psutil.Process(tree.pid), *descendants(tree.pid)]
+    zygote = tree.status()["zygote"]["pid"]
+    with _stopped(zygote):
+        assert tree.call("supervisor", "sup.shed", {"on": False})["resumed"] == ["b"]
+        b = tree.child("b")
+        assert (b["state"], b["pid"]) == ("starting", None)
+        tree.call("supervisor", "sup.stop")
+        assert wait_pid_exit(tree.pid, 60), tree.output()
+    assert tree.proc.wait(10) == 0
+    assert_all_gone(procs)
