@@ -96,6 +96,11 @@ class Loop:
         self._next_turn: list[Callback] = []  # defer(): run after the next wait (0 ms)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sockets_only = True
+        # Keys unregistered while a poll's events are being dispatched: an event of theirs
+        # still to come in that batch is stale (a closed fd's number may be a new fd's by
+        # then, whose handler must not run on the old one's readiness).
+        self._dropped: set[Any] = set()
+        self._dispatching = False  # between a poll's return and the end of its dispatch
         self.add_reader(self._wake_r, self._drain_wakeups)
         self.running = False
         self._primary: zmq.Socket | None = None
@@ -174,6 +179,8 @@ class Loop:
             self.poller.register(key, flags)
         else:
             self._handlers.pop(key, None)
+            if self._dispatching:
+                self._dropped.add(key)
             with contextlib.suppress(KeyError):
                 self.poller.unregister(key)
         self._sockets_only = self._only_sockets_read()
@@ -395,7 +402,10 @@ class Loop:
         b = self._beat
         if b is not None:
             b.waiting(t)
+        dropped = self._dropped
+        dropped.clear()
         events = self.poller.poll(t)
+        self._dispatching = True
         if b is not None:
             b.woke()
         if deferred:
@@ -404,16 +414,17 @@ class Loop:
             if key is self._primary:
                 self._idle = False  # requests again: back to the fast path
             handlers = self._handlers.get(key)
-            if handlers is None:
+            if handlers is None or key in dropped:
                 continue
             # A plain fd's hang-up (a PTY or pipe at EOF) comes as POLLERR alone: its reader
             # must run to see the EOF, or the loop would spin on it.
             if flags & (POLLIN | POLLERR) and handlers[0]:
                 self._run(handlers[0])
-            if flags & POLLOUT:
+            if flags & POLLOUT and key not in dropped:
                 handlers = self._handlers.get(key)
                 if handlers and handlers[1]:
                     self._run(handlers[1])
+        self._dispatching = False
         self._run_timers()
 
     def run(self) -> None:
