@@ -46,6 +46,14 @@ start = "tests.fakes:FakeActor"
 """
 
 
+def _killed_comes_back_from_the_zygote(tree, cid: str) -> None:
+    """SIGKILL `cid`: it is restarted, forked by the zygote that serves now, and answers."""
+    os.kill(tree.child(cid)["pid"], signal.SIGKILL)
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == cid)
+    assert psutil.Process(back["pid"]).ppid() == tree.status()["zygote"]["pid"]
+    assert tree.call(cid, "fake.work")["pid"] == back["pid"]
+
+
 def test_a_killed_zygote_is_replaced_and_its_children_live_on(make_tree):
     tree = make_tree(TWO).start()
     before = tree.status()
@@ -113,11 +121,7 @@ def test_a_zygote_killed_again_and_again_is_replaced_each_time_by_the_spare_it_f
         ev = tree.wait_event(lambda e, n=n: e["event"] == "zygote_restarted"
                              and e["restarts"] == n)
         assert ev["zygote_pid"] == z["spare"]
-    a = tree.child("a")["pid"]
-    os.kill(a, signal.SIGKILL)
-    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
-    assert psutil.Process(back["pid"]).ppid() == tree.status()["zygote"]["pid"]
-    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+    _killed_comes_back_from_the_zygote(tree, "a")
 
 
 def test_after_a_zygote_was_replaced_the_root_killed_still_leaves_no_process(make_tree):
@@ -304,18 +308,10 @@ def test_a_death_its_stopped_zygote_cannot_tell_is_seen_and_the_child_restarted(
     assert tree.call("b", "fake.work")["pid"] == tree.child("b")["pid"]
 
 
-ONE_SHED = """
-[supervisor]
-heartbeat = { interval_ms = 100, misses = 3 }
-start_timeout_ms = 1500
-[[children]]
-id = "a"
-start = "tests.fakes:FakeActor"
-[[children]]
-id = "b"
-start = "tests.fakes:FakeActor"
-essential = false
-"""
+# TWO, b non-essential (sup.shed stops it and starts it again: a start asked at will), and a
+# zygote's answer to a spawn waited for 1.5 s
+ONE_SHED = TWO.replace("[supervisor]\n", "[supervisor]\nstart_timeout_ms = 1500\n") + \
+    "essential = false\n"
 
 
 def test_a_start_its_stopped_zygote_leaves_unanswered_is_asked_again_of_its_successor(
@@ -376,11 +372,7 @@ def test_a_spare_its_zygote_reaped_is_not_taken_for_a_live_one(make_tree):
         root.resume()
     ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["restarts"] == 2)
     assert ev["old_pid"] == z["pid"] and ev["zygote_pid"] != z["spare"], ev
-    a = tree.child("a")["pid"]
-    os.kill(a, signal.SIGKILL)
-    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
-    assert psutil.Process(back["pid"]).ppid() == tree.status()["zygote"]["pid"]
-    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+    _killed_comes_back_from_the_zygote(tree, "a")
 
 
 def test_a_stop_while_a_spawn_is_unanswered_still_ends_the_tree(make_tree):
