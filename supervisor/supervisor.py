@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import time
 from collections import deque
@@ -94,12 +93,6 @@ ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_ex
 # (stopped, or wedged), and is replaced. It reaps on SIGCHLD between imports, one module at a
 # time, so a sound one tells within the longest import.
 EXIT_TELL_S = 5.0
-
-
-def _pidfd_ended(fd: int) -> bool:
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    return bool(p.poll(0))
 
 
 class Supervisor(Actor):
@@ -331,8 +324,7 @@ class Supervisor(Actor):
         if child.pid is None:
             # Never forked: the zygote did not answer the spawn. It is replaced, and the
             # start asked again of its successor.
-            self._zygote_lost(child.asked_of, f"{child.id}'s spawn went unanswered for "
-                              f"{self.spec.start_timeout_ms} ms")
+            self._spawn_unanswered(child)
             return
         logger.warning("{}: not ready after {} ms; killing", child.id,
                        self.spec.start_timeout_ms)
@@ -429,6 +421,10 @@ class Supervisor(Actor):
                 while len(self.orphan_exits) > ORPHAN_EXITS_KEPT:
                     self.orphan_exits.pop(next(iter(self.orphan_exits)))
                 logger.debug("{}: reaped orphan {} ({})", self.name, pid, code)
+
+    def _spawn_unanswered(self, child: Child) -> None:
+        self._zygote_lost(child.asked_of, f"{child.id}'s spawn went unanswered for "
+                          f"{self.spec.start_timeout_ms} ms")
 
     def _zygote_lost(self, zygote: ZygoteHandle | None, why: str) -> None:
         """The zygote no longer serves though no death of it was reaped: its end closed, a
@@ -546,9 +542,8 @@ class Supervisor(Actor):
         or, adopted, ourselves. A zygote that leaves it untold for EXIT_TELL_S (stopped,
         stuck) is replaced: the child, a zombie then, is reparented to us and reaped here,
         with its true status."""
-        if child.pidfd != fd or not _pidfd_ended(fd):
-            # (a readiness polled for an fd closed since, its number reused for this one)
-            return
+        if child.pidfd != fd:
+            return  # (its process forgotten since; a stale readiness the loop drops)
         self.loop.remove_reader(fd)
         if child.adopted:
             return  # (our SIGCHLD tells)
@@ -610,8 +605,7 @@ class Supervisor(Actor):
                 if child.generation != gen or child.state is not ChildState.STOPPING \
                         or child.pid is not None:
                     return
-                self._zygote_lost(child.asked_of, f"{child.id}'s spawn went unanswered for "
-                                  f"{self.spec.start_timeout_ms} ms")
+                self._spawn_unanswered(child)
                 if child.state is ChildState.STOPPING and child.pid is None:
                     self._on_exit(child, ExitReason(ExitKind.SHUTDOWN,
                                                     detail="stopped before it was forked"))
