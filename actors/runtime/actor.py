@@ -57,7 +57,7 @@ from moorage.protocol.envelope import (
     shape_problem,
 )
 from moorage.protocol.errors import Category, Fault, MoorageError, WireError, fail, fault_of
-from moorage.protocol.wire import NOBLOCK, send_frames
+from moorage.protocol.wire import NOBLOCK, WIRE_CORE, send_frames
 
 VERSION = "0.1.0"
 _perf_counter = time.perf_counter
@@ -143,6 +143,7 @@ INFO = {
     "topics": dict[str, int],
     "subscriptions": {"connections": int, "applied": int, "refused": int},
     "shape_core": Literal["compiled", "python"],
+    "wire_core": Literal["compiled", "python"],
     ...: Any,
 }
 
@@ -457,6 +458,8 @@ class Actor:
             # the protocol-value check this process runs (envelope.SHAPE_CORE): the optional
             # extension, or the Python walk without it; both give the same answers
             "shape_core": SHAPE_CORE,
+            # how its frames move (wire.WIRE_CORE): the optional extension, or pyzmq's calls
+            "wire_core": WIRE_CORE,
             **({"remote": self.tcp.info()} if self.tcp is not None else {}),
             **self.info(),
         }

@@ -20,7 +20,7 @@ from moorage.protocol import endpoints
 from moorage.protocol.client._streams import Loss, NeedReplay, StreamEvent, StreamTracker
 from moorage.protocol.envelope import DecodeError, decode_stream
 from moorage.protocol.errors import WireError
-from moorage.protocol.wire import NOBLOCK, recv_frames
+from moorage.protocol.wire import try_recv
 
 if TYPE_CHECKING:
     from moorage.actors.runtime.actor import Actor
@@ -51,11 +51,7 @@ class Follow:
         self._loop.add_reader(self.sock, self._on_readable)
 
     def _on_readable(self) -> None:
-        while True:
-            try:
-                frames = recv_frames(self.sock, NOBLOCK)
-            except zmq.Again:
-                return
+        while (frames := try_recv(self.sock)) is not None:
             try:
                 msg = decode_stream(frames)
             except DecodeError:

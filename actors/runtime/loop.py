@@ -43,7 +43,7 @@ import zmq
 from loguru import logger
 
 from moorage.actors.runtime import beat
-from moorage.protocol.wire import NOBLOCK, readable, recv_frames
+from moorage.protocol.wire import NOBLOCK, readable, send_frames, try_recv
 
 Callback = Callable[[], Any]
 # pyzmq's constants are enums; arithmetic on them builds enum objects (a microsecond each).
@@ -53,6 +53,7 @@ HOUSEKEEPING_MS = 250
 OTHERS_EVERY_S = 0.001  # the fast path looks at its other sockets at most this often
 LOOK_EVERY = 16  # outside a burst, the fast path looks for more requests every 16th turn
 WAKE_ID = b"\xffmoorage-wake"
+_WAKE_FRAMES = [b"w"]  # what a wake-up sends on the primary socket
 
 
 def _noop() -> None:
@@ -159,13 +160,12 @@ class Loop:
             if not self._burst and self._lone % LOOK_EVERY:
                 return
         batch: list[list[bytes]] = []
-        try:
-            while len(batch) < cap and readable(sock):  # (on most turns there is none)
-                frames = recv_frames(sock, NOBLOCK)
-                if frames[0] != WAKE_ID:
-                    batch.append(frames)
-        except zmq.Again:  # (said ready, then not: never seen, but never fatal)
-            pass
+        while len(batch) < cap:  # (on most turns there is none)
+            frames = try_recv(sock)  # (no look first: a receive that finds one costs none)
+            if frames is None:
+                break
+            if frames[0] != WAKE_ID:
+                batch.append(frames)
         self._burst = bool(batch)
         if batch:
             self._on_batch(batch)
@@ -272,7 +272,7 @@ class Loop:
             # The message on the primary socket ends the fast path's recv and the poller's
             # wait alike: the pipe (a write here, two reads on the loop) is not needed too.
             try:
-                sock.send(b"w", NOBLOCK)
+                send_frames(sock, _WAKE_FRAMES, NOBLOCK)
             except zmq.Again:
                 pass  # wake-ups are queued already; the loop will run `fn` with them
             finally:
@@ -335,10 +335,7 @@ class Loop:
         b = self._beat
         if b is not None:
             b.waiting(t)
-        try:
-            first: list[bytes] | None = recv_frames(sock)
-        except zmq.Again:
-            first = None
+        first = try_recv(sock, 0)  # (None: RCVTIMEO passed)
         if b is not None:
             b.woke()
         if deferred:

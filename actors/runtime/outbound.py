@@ -27,7 +27,7 @@ from moorage.actors.runtime.loop import Timer
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, encode_request
 from moorage.protocol.errors import WireError
-from moorage.protocol.wire import NOBLOCK, readable, recv_frames, send_frames
+from moorage.protocol.wire import NOBLOCK, send_frames, try_recv
 
 if TYPE_CHECKING:
     from moorage.actors.runtime.actor import Actor
@@ -116,11 +116,7 @@ class Outbound:
         return rid
 
     def _on_readable(self, sock: zmq.Socket) -> None:
-        while readable(sock):
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return
+        while (frames := try_recv(sock)) is not None:
             try:
                 reply = decode_reply(frames)
             except DecodeError:

@@ -28,7 +28,7 @@ from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_s
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
-from moorage.protocol.wire import NOBLOCK, readable, recv_frames, send_frames
+from moorage.protocol.wire import readable, send_frames, try_recv
 
 # A waiting call blocks in recv for at most this long before it looks at the connection's
 # monitor: a blocking recv is the cheapest way to wait for a reply (no poll call), and the
@@ -157,9 +157,8 @@ class Client(FromConnectionFile):
     def _wait(self, conn: _Conn, plan: CallPlan, until: float) -> Done | Wait | Resend:
         sock = conn.sock
         while True:
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
+            frames = try_recv(sock, 0)  # (blocks for WAIT_SLICE_MS at most)
+            if frames is None:
                 now = time.monotonic()
                 if now >= until:
                     return plan.on_timeout(now)
@@ -265,28 +264,24 @@ class Client(FromConnectionFile):
                             results[i] = v.error
                             del plans[rid]
                 continue
-            try:
-                while True:
-                    frames = recv_frames(conn.sock, NOBLOCK)
-                    try:
-                        reply = decode_reply(frames)
-                    except DecodeError:
+            while (frames := try_recv(conn.sock)) is not None:
+                try:
+                    reply = decode_reply(frames)
+                except DecodeError:
+                    continue
+                entry = plans.get(reply.id)  # type: ignore[arg-type]
+                if entry is None:
+                    continue
+                i, p = entry
+                v = p.on_reply(reply, time.monotonic())
+                if isinstance(v, Resend):
+                    # Resent at once: a pipeline does not hold one call back for a delay.
+                    v = p.resend(time.monotonic())
+                    if isinstance(v, Wait):
+                        _send(conn.sock, p.frames)
                         continue
-                    entry = plans.get(reply.id)  # type: ignore[arg-type]
-                    if entry is None:
-                        continue
-                    i, p = entry
-                    v = p.on_reply(reply, time.monotonic())
-                    if isinstance(v, Resend):
-                        # Resent at once: a pipeline does not hold one call back for a delay.
-                        v = p.resend(time.monotonic())
-                        if isinstance(v, Wait):
-                            _send(conn.sock, p.frames)
-                            continue
-                    del plans[reply.id]  # type: ignore[arg-type]
-                    results[i] = v.error if v.error is not None else v.reply.body
-            except zmq.Again:
-                pass
+                del plans[reply.id]  # type: ignore[arg-type]
+                results[i] = v.error if v.error is not None else v.reply.body
 
     # --- streams -------------------------------------------------------------------------
 
@@ -343,11 +338,14 @@ class Subscription:
         """The next event, or None when `timeout` seconds pass with none."""
         end = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
-            left = None if end is None else max(0, int((end - time.monotonic()) * 1000))
-            if not self.sock.poll(left):
-                return None
+            frames = try_recv(self.sock)  # (a burst is read without a poll per message)
+            if frames is None:
+                left = None if end is None else max(0, int((end - time.monotonic()) * 1000))
+                if not self.sock.poll(left):
+                    return None
+                continue
             try:
-                msg = decode_stream(recv_frames(self.sock))
+                msg = decode_stream(frames)
             except DecodeError:
                 continue
             events, need = self.tracker.on_message(msg)
