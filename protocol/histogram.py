@@ -27,6 +27,10 @@ def decode(encoded: bytes | str) -> HdrHistogram:
     return h
 
 
+# Values below this are exact at 2 significant digits; above, a bucket spans 2**k of them.
+_SUB_BUCKET_BITS = 8
+_EXACT_BELOW = 1 << _SUB_BUCKET_BITS
+
 # A recorder that lives long (a client's lifetime view) folds its counts to HDR precision
 # when it holds more distinct values than this, so its memory stays bounded.
 MAX_DISTINCT = 4096
@@ -54,6 +58,14 @@ class Recorder:
     def record(self, micros: int) -> None:
         counts = self.counts
         v = micros if micros > 0 else 1
+        if v >= _EXACT_BELOW:
+            # The lowest value of its HDR bucket (2 significant digits: 128 sub-buckets per
+            # power of two above 256), which the fold puts in the same bucket: the same
+            # histogram, from at most ~3,300 distinct values however wide the spread. A
+            # pipelined client's latencies spread over thousands of µs values, and folding
+            # them to bound the memory cost it 7% of its time.
+            shift = v.bit_length() - _SUB_BUCKET_BITS
+            v = v >> shift << shift
         counts[v] = counts.get(v, 0) + 1  # dict.get: half the cost of Counter's `+= 1`
 
     def bound(self) -> None:

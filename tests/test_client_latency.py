@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -26,7 +27,13 @@ from moorage.protocol.client._latency import (
 )
 from moorage.protocol.envelope import TAG, packb
 from moorage.protocol.errors import MoorageError
-from moorage.protocol.histogram import MAX_DISTINCT, Recorder, summary
+from moorage.protocol.histogram import (
+    MAX_DISTINCT,
+    Recorder,
+    equivalent_counts,
+    new_histogram,
+    summary,
+)
 from moorage.protocol.limits import MAX_OP_LEN
 from tests.waiting import wait_for
 
@@ -124,18 +131,25 @@ def test_a_bad_metrics_name_is_refused_when_the_client_is_made(name, runtime_dir
             Client(runtime_dir, metrics_name=name)
 
 
-def test_a_long_lived_recorder_stays_bounded_and_keeps_its_percentiles():
+def test_a_recorder_holds_hdr_buckets_so_it_stays_small_and_its_histogram_exact():
     rng = random.Random(7)
-    bounded, exact = Recorder(), Recorder()
+    rec, hdr = Recorder(), new_histogram()
     for _ in range(200_000):
-        v = int(rng.lognormvariate(8, 1.5))
-        bounded.record(v)
-        bounded.bound()
-        exact.record(v)
-    assert len(exact.counts) > MAX_DISTINCT
-    assert len(bounded.counts) <= 2 * MAX_DISTINCT
-    a, b = summary(bounded.histogram()), summary(exact.histogram())
-    assert a == b  # both are read at HDR precision, which the fold keeps
+        v = int(rng.lognormvariate(8, 1.5))  # spread over tens of thousands of µs values
+        rec.record(v)
+        hdr.record_value(max(1, v))
+    assert len(rec.counts) <= MAX_DISTINCT
+    assert equivalent_counts(rec.histogram()) == equivalent_counts(hdr)  # bucket for bucket
+    assert summary(rec.histogram()) == summary(hdr)
+
+
+def test_a_recorder_given_more_distinct_values_folds_them_and_keeps_its_percentiles():
+    spread = Counter({v: 1 + v % 3 for v in range(1, 3 * MAX_DISTINCT)})  # (as merged counts)
+    bounded, exact = Recorder(), Recorder()
+    bounded.counts, exact.counts = Counter(spread), Counter(spread)
+    bounded.bound()
+    assert len(bounded.counts) < len(exact.counts)
+    assert summary(bounded.histogram()) == summary(exact.histogram())
 
 
 # --- a real client against real actors -------------------------------------------------------
