@@ -117,10 +117,8 @@ def read_rows(report: Report, raw: RawEcho, client: Any, work: Path, n: int, blo
                            po[99], pl[99], po[99] <= 100))
             report.add(Row("P6", "fs.read cache hit p50, in-actor service", "µs", "<= 10 µs",
                            life["p50"], None, life["p50"] <= 10,
-                           note=f"runtime-recorded (decode..reply sent), n={life['count']}, "
-                                f"p99 {life['p99']} µs; the send wakes the actor's ZeroMQ "
-                                "I/O thread, which mostly runs in its stead before it "
-                                "returns (perf.request_path, sched rows)"))
+                           note=f"runtime-recorded (received .. reply made, before its "
+                                f"send), n={life['count']}, p99 {life['p99']} µs"))
             plot_percentiles("p6_read_hit", {"fs.read hit": ours, "raw pyzmq echo": limit})
         else:
             report.add(Row("P7", "fs.read 4 KB from disk p50, end to end", "µs",
