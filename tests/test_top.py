@@ -114,6 +114,9 @@ class Screen:
         if self.started:
             subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,
                            timeout=30)
+        # The server leaves its socket file behind (tmux 3.3): one per test, for ever.
+        tmux_dir = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}"
+        (tmux_dir / self.socket).unlink(missing_ok=True)
 
 
 @pytest.fixture
