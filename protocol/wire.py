@@ -92,9 +92,8 @@ def _libzmq_functions() -> dict[str, int] | None:
     library pyzmq loaded (bundled in its wheel, or the system's): found in this process's
     memory map and opened with RTLD_NOLOAD, so no second copy is ever loaded."""
     try:
-        with open("/proc/self/maps") as f:
-            fields = [line.split(None, 5) for line in f]
-        paths = {f[5].strip() for f in fields if len(f) == 6}
+        with open("/proc/self/maps") as f:  # (only lines that name a libzmq are split)
+            paths = {line.split(None, 5)[-1].strip() for line in f if "/libzmq" in line}
     except OSError:
         return None
     found = [p for p in paths if os.path.basename(p).startswith("libzmq") and ".so" in p]

@@ -10,7 +10,8 @@ blocking `recv` on it instead of `zmq_poll` (measured here: ~17 µs less per rou
 tenth of it), checks the other sockets' ZMQ_EVENTS after a wake-up (at most once every
 OTHERS_EVERY_S), and wakes at least every HOUSEKEEPING_MS for them. It looks for requests
 queued behind the one it received (to serve them as a batch) only in a burst, so a lone
-request's turn makes no ZMQ_EVENTS read (a syscall) and no walk of the registrations: that
+request's turn makes no receive that finds nothing (libzmq then processes its commands: two
+syscalls) and no walk of the registrations: that
 saved 4-5 µs of an actor's CPU per sys.ping here. Wake-ups from other threads then arrive on
 the primary socket itself, as messages from WAKE_ID over an inproc connection. An actor
 whose other sockets must be served as promptly as its requests (the metrics actor times
@@ -152,10 +153,11 @@ class Loop:
                 # wait for. What came with it is served next, as a batch.
                 self._on_batch([first])
                 cap -= 1
-            # The look is a ZMQ_EVENTS read, a syscall (~2 µs) that a lone request's round
-            # trip would pay every time: so only in a burst (the last look found more) and
-            # every LOOK_EVERY-th turn to see one start. What is not looked for waits in the
-            # socket, where the next turn's recv takes it without a syscall.
+            # The look is a receive, which costs no syscall when it finds a request but two
+            # when it finds none (libzmq processes its commands: a `poll` and a `getpid`), as
+            # a lone request's would every time: so only in a burst (the last look found
+            # more) and every LOOK_EVERY-th turn to see one start. What is not looked for
+            # waits in the socket, where the next turn's recv takes it.
             self._lone += 1
             if not self._burst and self._lone % LOOK_EVERY:
                 return
