@@ -53,11 +53,14 @@ def python_side(tree: BenchTree, raw: RawEcho, n: int) -> dict:
         ours: list[float] = []
         limit: list[float] = []
         direct: list[float] = []
-        for _ in range(n):
+        for _ in range(n):  # the limit and ours in turn
             limit += raw.latencies(1)
             t0 = pc()
             client.call(ACTOR, "sys.ping")
             ours.append((pc() - t0) * 1e6)
+        # The actor's own share, after them in a block of its own: a third round trip
+        # between the two compared slows whichever comes after it (perf/p1_p2_tcp.py).
+        for _ in range(n):
             t0 = pc()
             bare.send_multipart(bare_frames)
             bare.recv_multipart()
