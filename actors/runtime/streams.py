@@ -6,6 +6,10 @@ subscriber missed. What fell out of retention is reported as lost, with the rang
 skipped silently. A publisher made with `nodrop` turns a full subscriber into backpressure
 instead: messages wait in `backlog` (the owner can stop producing while it is non-empty) and
 go out in order once the socket is writable.
+
+Retention keeps a message as it went out, its body packed: the bytes it counts are the bytes
+it holds (a watcher's events kept as Python objects took about four times their packed size),
+and a body its publisher changes afterwards is replayed as it was sent.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 
 import zmq
 
-from moorage.protocol.envelope import encode_stream, encode_welcome
+from moorage.protocol import limits
+from moorage.protocol.envelope import encode_stream, encode_welcome, unpackb
 from moorage.protocol.wire import NOBLOCK, send_frames
 
 # Welcomes one subscription gets at most (PROTOCOL.md section 12): a subscription to "" on a
@@ -28,9 +33,13 @@ MAX_WELCOMES = 1000
 @dataclass(slots=True)
 class Retained:
     seq: int
-    body: Any
+    packed: bytes  # the body as sent
     attachments: list[bytes]
     size: int
+
+    @property
+    def body(self) -> Any:
+        return unpackb(self.packed, limits.MAX_MESSAGE_SIZE)
 
 
 class Topic:
@@ -42,9 +51,9 @@ class Topic:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
 
-    def keep(self, body: Any, attachments: list[bytes], size: int) -> int:
+    def keep(self, packed: bytes, attachments: list[bytes], size: int) -> int:
         self.seq += 1
-        self.kept.append(Retained(self.seq, body, attachments, size))
+        self.kept.append(Retained(self.seq, packed, attachments, size))
         self.bytes += size
         while self.kept and (
             len(self.kept) > self.max_messages or self.bytes > self.max_bytes
@@ -90,7 +99,7 @@ class Publisher:
         atts = attachments or []
         t = self.topic(topic)
         frames = encode_stream(topic, t.seq + 1, self.epoch, body, atts)
-        seq = t.keep(body, atts, sum(map(len, frames)))
+        seq = t.keep(frames[3], atts, sum(map(len, frames)))
         if self.backlog:
             self.backlog.append(frames)
             return seq
