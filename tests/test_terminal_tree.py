@@ -8,12 +8,15 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import msgpack
 import pytest
+import zmq
 
+from moorage.protocol import endpoints
 from moorage.protocol.client import Client
-from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.envelope import StreamMessage, decode_reply, encode_request
 from moorage.protocol.errors import MoorageError
 from tests.conftest import pid_running
 from tests.terminal_support import (
@@ -371,3 +374,43 @@ def test_a_stranger_on_the_custody_socket_is_refused_and_the_sessions_stay_held(
     r = c.call("terminal", "term.exec", {"session": s["session"], "command": "echo still"},
                timeout=30)
     assert r["output"] == "still"
+
+
+def test_a_resend_of_an_exec_its_predecessor_answered_is_refused_not_run_again(
+        make_tree, tmp_path):
+    """A terminal answers an exec and dies before the answer reaches the caller, whose client
+    resends the same (sid, id) to the successor: the command ran, so the successor says
+    `outcome_unknown` (ran) and does not run it a second time."""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                 timeout=30)["session"]
+    frames = encode_request(7, "resender-0123456789", "term.exec",
+                            {"session": sid, "command": "echo run >> ~/runs; echo R$((6*7))"},
+                            int(time.time() * 1000) + 60_000)
+    ctx = zmq.Context()
+    try:
+        first = ctx.socket(zmq.DEALER)
+        first.setsockopt(zmq.LINGER, 0)
+        first.connect(endpoints.rpc(tree.runtime_dir, "terminal"))
+        first.send_multipart(frames)
+        assert first.poll(30_000), "no answer to the exec"
+        reply = decode_reply(first.recv_multipart())
+        assert reply.ok and reply.body["output"] == "R42"
+        victim = tree.child("terminal")["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: c.call("terminal", "sys.info")["pid"] != victim, "the successor")
+        again = ctx.socket(zmq.DEALER)
+        again.setsockopt(zmq.LINGER, 0)
+        again.connect(endpoints.rpc(tree.runtime_dir, "terminal"))
+        again.send_multipart(frames)
+        assert again.poll(30_000), "no answer to the resend"
+        resent = decode_reply(again.recv_multipart())
+        assert not resent.ok and resent.body["name"] == "outcome_unknown", resent.body
+        assert resent.body["detail"]["ran"] is True
+        # the same session takes the next command, and the first ran once
+        assert c.call("terminal", "term.exec", {"session": sid, "command": "cat ~/runs"},
+                      timeout=30)["output"] == "run"
+    finally:
+        ctx.destroy(linger=0)

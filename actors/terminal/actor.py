@@ -156,6 +156,8 @@ class TerminalActor(Actor):
         self.consumer_timeout_s = int(cfg.get("consumer_timeout_ms", 5000)) / 1000
         self.counters: Counter[str] = Counter()
         self.resumed: set[tuple[str, int]] = set()  # (sid, id) of execs taken over on restore
+        # (sid, id) of the last exec a predecessor answered, one per restored session
+        self.ran_before: set[tuple[str, int]] = set()
         self.recreating: dict[str, list[Callable[[], None]]] = {}  # sid -> ops waiting for it
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
@@ -404,7 +406,7 @@ class TerminalActor(Actor):
         result={"session": str, "exit_code": int | None, "output": str, "cwd": str | None,
                 "duration_ms": float, "mode": MODE, "trusted": bool,
                 "parser": Literal["actor", "local"] | None},
-        errors=(*KEEPER_ERRORS, "session_busy"))
+        errors=(*KEEPER_ERRORS, "session_busy", "outcome_unknown"))
     def _op_exec(self, call: Call, session: str, command: str, timeout_ms: int | None) -> Any:
         """Run a command line in a session; answers when it finished (see the modes)."""
         if "\0" in command:
@@ -444,6 +446,12 @@ class TerminalActor(Actor):
         def run() -> Any:
             if (call.sid, call.id) in self.resumed:
                 return DEFERRED  # a resend of a command our predecessor ran: it answers it
+            if (call.sid, call.id) in self.ran_before:
+                # Our predecessor ran it to its end and answered; the answer was lost with it
+                # (a resend after the connection dropped). Run again, it would run twice.
+                raise fail("outcome_unknown", f"term.exec ran to its end in session {session} "
+                           f"in a predecessor of {self.name}, whose answer was lost with it; "
+                           "it is not run again", detail={"session": session, "ran": True})
             # The session's state is that of all its output so far: output still on its way
             # through the parser actor is waited for (it may start a command).
             s = self.session(session)

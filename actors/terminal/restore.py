@@ -66,6 +66,7 @@ class RestoreHost(SessionHost, Protocol):
     republish_bytes: int
     counters: Counter[str]
     resumed: set[tuple[str, int]]
+    ran_before: set[tuple[str, int]]
     recreating: dict[str, list[Callable[[], None]]]
 
     def recreated(self, sid: str) -> None: ...
@@ -296,6 +297,10 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
                                   "cwd": meta.get("cwd"), "env": {}, "cols": s.cols,
                                   "rows": s.rows, "integration": meta.get("mode") ==
                                   "integration", "recreated": 0, "pid": s.pid})
+    ran = meta.get("exec_ran")
+    if isinstance(ran, dict) and isinstance(ran.get("sid"), str) and isinstance(ran.get("id"), int):
+        # The last command our predecessor answered: a resend of it is not run again.
+        a.ran_before.add((ran["sid"], ran["id"]))
     if isinstance(rec, dict) and isinstance(rec.get("sid"), str) and isinstance(rec.get("id"), int):
         # A command our predecessor was running: it completes here, for a resend of it.
         call = a.resume_call(rec["sid"], rec["id"], "term.exec", rec.get("deadline_ms"),

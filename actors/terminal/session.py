@@ -490,8 +490,12 @@ class Session:
             "parser": parser if ex.mode == "integration" else self.hop.via,
         })
         # After the reply: the keeper's record of the command only serves a successor that
-        # must answer it, and a successor that finds it after this reply answers nobody.
-        self._exec_done()
+        # must answer it, and a successor that finds it after this reply answers nobody. What
+        # stays is that it ran to its end: a resend of it that reaches a successor (its
+        # reply was lost with this process) is refused, not run a second time.
+        self.meta.pop("exec", None)
+        self.meta["exec_ran"] = {"sid": ex.call.sid, "id": ex.call.id}
+        self.host.keeper_meta(self)
 
     def _fail(self, err: WireError) -> None:
         ex = self.exec
