@@ -47,6 +47,20 @@ def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
         pass
 
 
+def _answer(frames: list[bytes], plan: CallPlan) -> Done | Resend | None:
+    """What a message received while `plan` waits means for it: None if it is not its reply
+    (a late reply to an earlier attempt or call)."""
+    try:
+        reply = decode_reply(frames)
+    except DecodeError as exc:
+        if exc.request_id == plan.id:  # ours, but unreadable: say so now
+            return plan.done(time.monotonic(), error=exc.error)
+        return None
+    if reply.id != plan.id:
+        return None
+    return plan.on_reply(reply, _monotonic())
+
+
 class _Conn:
     def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str) -> None:
         self.sock = ctx.socket(zmq.DEALER)
@@ -158,24 +172,26 @@ class Client(FromConnectionFile):
         sock = conn.sock
         while True:
             frames = try_recv(sock, 0)  # (blocks for WAIT_SLICE_MS at most)
-            if frames is None:
-                now = time.monotonic()
-                if now >= until:
-                    return plan.on_timeout(now)
-                if conn.disconnected():
-                    return plan.on_disconnect(now)
-                if conn.key_refused:  # (the tree does not take this key: no reply can come)
-                    return plan.on_refused(now)
+            if frames is not None:
+                verdict = _answer(frames, plan)
+                if verdict is not None:
+                    return verdict
                 continue
-            try:
-                reply = decode_reply(frames)
-            except DecodeError as exc:
-                if exc.request_id == plan.id:  # ours, but unreadable: say so now
-                    return plan.done(time.monotonic(), error=exc.error)
-                continue
-            if reply.id != plan.id:
-                continue  # a late reply to an earlier attempt or call
-            return plan.on_reply(reply, _monotonic())
+            now = time.monotonic()
+            if now >= until:
+                return plan.on_timeout(now)
+            if conn.disconnected():
+                # What the actor sent before the drop is read before the drop is told (its
+                # I/O thread queues the message, then ends the connection): a reply that came
+                # in since the last look is taken, not resent for (a resend of a command that
+                # ran would reach a successor that may not know it did).
+                while (frames := try_recv(sock)) is not None:
+                    verdict = _answer(frames, plan)
+                    if verdict is not None:
+                        return verdict
+                return plan.on_disconnect(now)
+            if conn.key_refused:  # (the tree does not take this key: no reply can come)
+                return plan.on_refused(now)
 
     def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         """One call; returns the reply body or raises MoorageError."""
@@ -222,6 +238,27 @@ class Client(FromConnectionFile):
         results: list[Any] = []
         index = 0
         exhausted = False
+
+        def take_replies() -> None:
+            while (frames := try_recv(conn.sock)) is not None:
+                try:
+                    reply = decode_reply(frames)
+                except DecodeError:
+                    continue
+                entry = plans.get(reply.id)  # type: ignore[arg-type]
+                if entry is None:
+                    continue
+                i, p = entry
+                v = p.on_reply(reply, time.monotonic())
+                if isinstance(v, Resend):
+                    # Resent at once: a pipeline does not hold one call back for a delay.
+                    v = p.resend(time.monotonic())
+                    if isinstance(v, Wait):
+                        _send(conn.sock, p.frames)
+                        continue
+                del plans[reply.id]  # type: ignore[arg-type]
+                results[i] = v.error if v.error is not None else v.reply.body
+
         while True:
             while not exhausted and len(plans) < window:
                 try:
@@ -244,6 +281,7 @@ class Client(FromConnectionFile):
             deadline = next(iter(plans.values()))[1].deadline
             left = deadline - time.monotonic()
             if conn.disconnected():
+                take_replies()  # (sent before the drop: read before it is told, as in _wait)
                 now = time.monotonic()
                 for rid, (i, p) in list(plans.items()):
                     v = p.on_disconnect(now)
@@ -264,24 +302,7 @@ class Client(FromConnectionFile):
                             results[i] = v.error
                             del plans[rid]
                 continue
-            while (frames := try_recv(conn.sock)) is not None:
-                try:
-                    reply = decode_reply(frames)
-                except DecodeError:
-                    continue
-                entry = plans.get(reply.id)  # type: ignore[arg-type]
-                if entry is None:
-                    continue
-                i, p = entry
-                v = p.on_reply(reply, time.monotonic())
-                if isinstance(v, Resend):
-                    # Resent at once: a pipeline does not hold one call back for a delay.
-                    v = p.resend(time.monotonic())
-                    if isinstance(v, Wait):
-                        _send(conn.sock, p.frames)
-                        continue
-                del plans[reply.id]  # type: ignore[arg-type]
-                results[i] = v.error if v.error is not None else v.reply.body
+            take_replies()
 
     # --- streams -------------------------------------------------------------------------
 
