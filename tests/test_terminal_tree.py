@@ -16,7 +16,7 @@ import zmq
 
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
-from moorage.protocol.envelope import StreamMessage, decode_reply, encode_request
+from moorage.protocol.envelope import Reply, StreamMessage, decode_reply, encode_request
 from moorage.protocol.errors import MoorageError
 from tests.conftest import pid_running
 from tests.terminal_support import (
@@ -390,23 +390,22 @@ def test_a_resend_of_an_exec_its_predecessor_answered_is_refused_not_run_again(
                             {"session": sid, "command": "echo run >> ~/runs; echo R$((6*7))"},
                             int(time.time() * 1000) + 60_000)
     ctx = zmq.Context()
+
+    def send_once() -> Reply:  # on a connection of its own, as a reconnected client's
+        with ctx.socket(zmq.DEALER) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoints.rpc(tree.runtime_dir, "terminal"))
+            sock.send_multipart(frames)
+            assert sock.poll(30_000), "no answer"
+            return decode_reply(sock.recv_multipart())
+
     try:
-        first = ctx.socket(zmq.DEALER)
-        first.setsockopt(zmq.LINGER, 0)
-        first.connect(endpoints.rpc(tree.runtime_dir, "terminal"))
-        first.send_multipart(frames)
-        assert first.poll(30_000), "no answer to the exec"
-        reply = decode_reply(first.recv_multipart())
+        reply = send_once()
         assert reply.ok and reply.body["output"] == "R42"
         victim = tree.child("terminal")["pid"]
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: c.call("terminal", "sys.info")["pid"] != victim, "the successor")
-        again = ctx.socket(zmq.DEALER)
-        again.setsockopt(zmq.LINGER, 0)
-        again.connect(endpoints.rpc(tree.runtime_dir, "terminal"))
-        again.send_multipart(frames)
-        assert again.poll(30_000), "no answer to the resend"
-        resent = decode_reply(again.recv_multipart())
+        resent = send_once()
         assert not resent.ok and resent.body["name"] == "outcome_unknown", resent.body
         assert resent.body["detail"]["ran"] is True
         # the same session takes the next command, and the first ran once
