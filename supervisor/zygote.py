@@ -21,7 +21,8 @@ Lifetimes, so that no orphan survives and no child dies with its zygote:
     interpreter: the supervisor has threads by then and must not fork), handed the beat
     board's memfd and the tree's key (actors.runtime.trust) over its socket. The children
     that outlived the old zygote keep running, their supervisor now their parent and reaper.
-The zygote also exits when its command socket reaches EOF (the supervisor is gone).
+The zygote also exits when its command socket reaches EOF (the supervisor is gone), and
+leaves its children to follow the supervisor as above.
 
 Messages (msgpack maps on a SOCK_SEQPACKET socketpair, one map per datagram):
   supervisor -> zygote  {cmd: "key", key} (first, to a replacement zygote only)
@@ -437,8 +438,7 @@ class _Zygote:
                     except InterruptedError:
                         continue
                     if not data:
-                        self._end()
-                        return
+                        return  # the supervisor is gone: see _end
                     msg = _decode(data)
                     if msg.get("cmd") == "exit":
                         self._end()
@@ -580,6 +580,11 @@ class _Zygote:
             os._exit(code)
 
     def _end(self) -> None:
+        """The supervisor's clean stop ("exit"): whatever child is left goes with us. At EOF
+        (the supervisor died) we kill none: each child follows the supervisor by itself
+        (follow_supervisor), after its orphan hooks. The kernel closes a dying process's files
+        before it signals its children, so a kill from here would often come first and take
+        a pty keeper before it could kill its sessions' jobs."""
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
