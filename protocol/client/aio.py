@@ -62,15 +62,29 @@ class _AConn:
 
     async def _read(self) -> None:
         while True:
-            frames = await self.sock.recv_multipart()
+            self._deliver(await self.sock.recv_multipart())
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        try:
+            reply: Reply | DecodeError = decode_reply(frames)
+            rid = reply.id
+        except DecodeError as exc:
+            reply, rid = exc, exc.request_id
+        q = self.waiters.get(rid)  # type: ignore[arg-type]
+        if q is not None:
+            q.put_nowait(reply)
+
+    async def _deliver_queued(self) -> None:
+        """Hand out the replies already in the socket's queue. The actor's I/O thread queues
+        a reply before it ends the connection, so one sent before a drop is here when the
+        drop is told; its call must take it, not act on the drop (a resumable op resent to
+        a successor would run a second time)."""
+        while True:
             try:
-                reply: Reply | DecodeError = decode_reply(frames)
-                rid = reply.id
-            except DecodeError as exc:
-                reply, rid = exc, exc.request_id
-            q = self.waiters.get(rid)  # type: ignore[arg-type]
-            if q is not None:
-                q.put_nowait(reply)
+                frames = await self.sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._deliver(frames)
 
     async def _watch(self) -> None:
         while True:
@@ -81,6 +95,7 @@ class _AConn:
                     for q in self.waiters.values():
                         q.put_nowait(_REFUSED)
             if ev["event"] == zmq.EVENT_DISCONNECTED:
+                await self._deliver_queued()
                 for q in self.waiters.values():
                     q.put_nowait(_DISCONNECT)
 
