@@ -376,18 +376,23 @@ def test_a_stranger_on_the_custody_socket_is_refused_and_the_sessions_stay_held(
     assert r["output"] == "still"
 
 
+@pytest.mark.parametrize("outcome", ["result", "timeout"])
 def test_a_resend_of_an_exec_its_predecessor_answered_is_refused_not_run_again(
-        make_tree, tmp_path):
-    """A terminal answers an exec and dies before the answer reaches the caller, whose client
-    resends the same (sid, id) to the successor: the command ran, so the successor says
-    `outcome_unknown` (ran) and does not run it a second time."""
+        make_tree, tmp_path, outcome):
+    """A terminal answers an exec (its result, or its timeout: the command ran either way)
+    and dies before the answer reaches the caller, whose client resends the same (sid, id)
+    to the successor: the command ran, so the successor says `outcome_unknown` (ran) and
+    does not run it a second time."""
     tree = make_tree(TREE).start()
     home = make_home(tmp_path)
     c = tree.client
     sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
                  timeout=30)["session"]
-    frames = encode_request(7, "resender-0123456789", "term.exec",
-                            {"session": sid, "command": "echo run >> ~/runs; echo R$((6*7))"},
+    args = {"session": sid, "command": "echo run >> ~/runs; echo R$((6*7))"}
+    if outcome == "timeout":  # the shell's read waits for input that never comes
+        args = {"session": sid, "command": "echo run >> ~/runs; read -r never",
+                "timeout_ms": 300}
+    frames = encode_request(7, "resender-0123456789", "term.exec", args,
                             int(time.time() * 1000) + 60_000)
     ctx = zmq.Context()
 
@@ -401,7 +406,10 @@ def test_a_resend_of_an_exec_its_predecessor_answered_is_refused_not_run_again(
 
     try:
         reply = send_once()
-        assert reply.ok and reply.body["output"] == "R42"
+        if outcome == "timeout":
+            assert not reply.ok and reply.body["name"] == "timeout", reply.body
+        else:
+            assert reply.ok and reply.body["output"] == "R42"
         victim = tree.child("terminal")["pid"]
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: c.call("terminal", "sys.info")["pid"] != victim, "the successor")

@@ -447,11 +447,12 @@ class TerminalActor(Actor):
             if (call.sid, call.id) in self.resumed:
                 return DEFERRED  # a resend of a command our predecessor ran: it answers it
             if (call.sid, call.id) in self.ran_before:
-                # Our predecessor ran it to its end and answered; the answer was lost with it
-                # (a resend after the connection dropped). Run again, it would run twice.
-                raise fail("outcome_unknown", f"term.exec ran to its end in session {session} "
-                           f"in a predecessor of {self.name}, whose answer was lost with it; "
-                           "it is not run again", detail={"session": session, "ran": True})
+                # Our predecessor ran it and answered (its result, or its failure after the
+                # command was sent); the answer was lost with it (a resend after the
+                # connection dropped). Run again, it would run twice.
+                raise fail("outcome_unknown", f"term.exec ran in session {session} in a "
+                           f"predecessor of {self.name}, whose answer was lost with it; it is "
+                           "not run again", detail={"session": session, "ran": True})
             # The session's state is that of all its output so far: output still on its way
             # through the parser actor is waited for (it may start a command).
             s = self.session(session)

@@ -23,6 +23,7 @@ class Exec:
     detect_by: float  # monotonic: no trusted marker by then, no integration
     out_start: int | None = None  # after the trusted C
     done: bool = False
+    sent: bool = False  # its input reached the keeper: from then on it may have run
 
 
 def cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:

@@ -390,6 +390,7 @@ class Session:
         itself would have been, and the command sent to its successor, the exec's own
         timeout still running; with none within the wait it fails `unavailable`, unsent."""
         if self.host.keeper_write(self, payload):
+            ex.sent = True
             return
 
         def keeper(ok: bool) -> None:
@@ -419,12 +420,9 @@ class Session:
         if deadline is not None:
             timeout_s = min(timeout_s, max(0.0, deadline / 1000 - time.time() - 0.1))
         ex = Exec(call, str(record.get("command", "")), str(record.get("mode", self.mode)),
-                  now, int(record["sent_off"]), now + timeout_s, now + self.host.detect_s)
+                  now, int(record["sent_off"]), now + timeout_s, now + self.host.detect_s,
+                  sent=True)
         self._run(ex)
-
-    def _exec_done(self) -> None:
-        if self.meta.pop("exec", None) is not None:
-            self.host.keeper_meta(self)
 
     def write_failed(self, err: WireError) -> None:
         """The keeper refused input: it never reached the shell."""
@@ -489,13 +487,7 @@ class Session:
             "mode": ex.mode, "trusted": ex.mode == "integration",
             "parser": parser if ex.mode == "integration" else self.hop.via,
         })
-        # After the reply: the keeper's record of the command only serves a successor that
-        # must answer it, and a successor that finds it after this reply answers nobody. What
-        # stays is that it ran to its end: a resend of it that reaches a successor (its
-        # reply was lost with this process) is refused, not run a second time.
-        self.meta.pop("exec", None)
-        self.meta["exec_ran"] = {"sid": ex.call.sid, "id": ex.call.id}
-        self.host.keeper_meta(self)
+        self._answered(ex, ran=True)
 
     def _fail(self, err: WireError) -> None:
         ex = self.exec
@@ -503,8 +495,20 @@ class Session:
             return
         ex.done = True
         self.exec = None
-        self._exec_done()
         ex.call.fail(err)
+        self._answered(ex, ran=ex.sent)
+
+    def _answered(self, ex: Exec, ran: bool) -> None:
+        """After the answer: the keeper's record of the command only serves a successor that
+        must answer it, and a successor that finds it after the answer answers nobody. What
+        stays is whether it ran (to its end, or until it failed after its input was sent):
+        a resend of it that reaches a successor (its answer lost with this process) is then
+        refused, not run a second time."""
+        changed = self.meta.pop("exec", None) is not None
+        if ran:
+            self.meta["exec_ran"] = {"sid": ex.call.sid, "id": ex.call.id}
+        if changed or ran:
+            self.host.keeper_meta(self)
 
     def on_exit(self, info: dict[str, Any]) -> None:
         """The shell is gone. All its output has arrived before this, but may still be on its
