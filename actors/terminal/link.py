@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import mmap
 import os
 import socket
 import struct
@@ -147,7 +148,9 @@ class Link:
         self.reader = FrameReader()
         # Received into one buffer for the link's life: a fresh 1 MiB `recv` per message is
         # an mmap, a page fault, an mremap and a munmap each time, on both ends of every hop.
-        self._rbuf = bytearray(READ_SIZE)
+        # Anonymous memory, not a bytearray (which zero-fills it all): only the pages a
+        # receive has reached are the process's, a few KiB on a link of small messages.
+        self._rbuf = mmap.mmap(-1, READ_SIZE)
         # Descriptors passed by the peer, in the order their frames come (a frame that says
         # it carries one takes the first); unclaimed ones are closed with the link.
         self._anc = socket.CMSG_SPACE(MAX_FDS * 4) if accept_fds else 0
