@@ -7,9 +7,9 @@ was built, says so in sys.info, and without it pyzmq's calls serve."""
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,20 +135,30 @@ class Interrupted(Exception):
     pass
 
 
-def _signal_when_blocked(tid: int, then: Callable[[], None]) -> threading.Thread:
-    """A thread that waits until thread `tid` is blocked in a system call (libzmq's receive
-    waits in poll), signals the process with SIGUSR1, then runs `then`."""
+def _blocked_in_a_wait(tid: int) -> bool:
+    with open(f"/proc/self/task/{tid}/syscall") as f:
+        fields = f.read().split()
+    # "running", or the number of the call it is blocked in (x86-64: 7 poll, 271 ppoll,
+    # 232 epoll_wait; aarch64: 73 ppoll, 22 epoll_pwait)
+    return bool(fields) and fields[0] not in ("running", "-1") and int(fields[0]) in (
+        7, 271, 232, 73, 22)
+
+
+def _signal_when_blocked(handled: threading.Event, then: Callable[[], None]
+                         ) -> threading.Thread:
+    """A thread that signals this (the calling) thread with SIGUSR1 once it is blocked in a
+    system call (libzmq's receive waits in poll), again each time it is seen blocked until
+    the handler says it ran (`handled`), then runs `then`. Once is not enough: libzmq's
+    receive starts with a poll that does not wait, and a signal that lands there is handled
+    in C only, its Python handler left for the blocking poll after it, which no signal ends."""
+    target, tid = threading.get_ident(), threading.get_native_id()
+
     def run() -> None:
-        path = f"/proc/self/task/{tid}/syscall"
-        while True:
-            with open(path) as f:
-                fields = f.read().split()
-            # "running", or the number of the call it is blocked in (x86-64: 7 poll, 271 ppoll,
-            # 232 epoll_wait; aarch64: 73 ppoll, 22 epoll_pwait)
-            if fields and fields[0] not in ("running", "-1") and int(fields[0]) in (
-                    7, 271, 232, 73, 22):
-                break
-        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while not handled.is_set() and time.monotonic() < deadline:
+            if _blocked_in_a_wait(tid):
+                signal.pthread_kill(target, signal.SIGUSR1)
+                handled.wait(0.05)  # (its handler runs when the receive is interrupted)
         then()
 
     t = threading.Thread(target=run, daemon=True)
@@ -174,9 +184,9 @@ def test_a_signal_during_a_blocking_receive_runs_its_handler_and_the_receive_goe
 
     old = signal.signal(signal.SIGUSR1, lambda *_: handled.set())
     try:
-        t = _signal_when_blocked(threading.get_native_id(), send_later)
+        t = _signal_when_blocked(handled, send_later)
         got = recv(router, 0)
-        t.join(10)
+        t.join(30)  # (no signal comes after it: the old handler may be the default)
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert handled.is_set() and got[1:] == [b"late"]
@@ -187,15 +197,19 @@ def test_a_handler_that_raises_ends_the_blocking_receive_with_its_exception(pair
     _, _, try_recv = core(name)
     _, router = pair
 
+    handled = threading.Event()
+
     def interrupt(*_: object) -> None:
-        raise Interrupted
+        if not handled.is_set():  # (a signal sent again meanwhile changes nothing)
+            handled.set()
+            raise Interrupted
 
     old = signal.signal(signal.SIGUSR1, interrupt)
     try:
-        t = _signal_when_blocked(threading.get_native_id(), lambda: None)
+        t = _signal_when_blocked(handled, lambda: None)
         with pytest.raises(Interrupted):
             try_recv(router, 0)
-        t.join(10)
+        t.join(30)  # (no signal comes after it: the old handler may be the default)
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert try_recv(router, NOBLOCK) is None  # and the socket serves on
