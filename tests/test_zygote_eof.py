@@ -9,7 +9,6 @@ supervisor that lives on: a child it killed would be dead when the zygote has go
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import textwrap
 import psutil
 import pytest
 
-from tests.conftest import pid_running, wait_pid_exit
+from tests.conftest import ROOT, pid_running, wait_pid_exit
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,7 +51,7 @@ def test_a_zygote_at_its_supervisors_eof_kills_no_child_and_the_child_follows_th
         tmp_path):
     sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                           cwd=ROOT)
     child = None
     try:
         line = sup.stdout.readline()
