@@ -243,6 +243,37 @@ def test_a_descriptor_swapped_outside_after_resolution_is_refused(tree):
         os.close(fd)
 
 
+@pytest.mark.parametrize("target", ["inside", "outside"])
+def test_a_directory_swapped_for_a_symlink_after_its_resolution_is_followed_only_inside(
+        tree, target):
+    # The second read trusts the remembered resolution (the path and the real path still
+    # reach one inode: the same string through the same swapped-in link), so only the open
+    # stands between it and the file the link leads to.
+    fs = service(tree)
+    (tree / "d").mkdir()
+    (tree / "d" / "x.txt").write_bytes(b"first")
+    elsewhere = tree / "e" if target == "inside" else tree.parent / "e"
+    elsewhere.mkdir()
+    (elsewhere / "x.txt").write_bytes(b"other")
+    path = str(tree / "d" / "x.txt")
+    assert fs.read(path).unwrap().attachments == [b"first"]
+    shutil.rmtree(tree / "d")
+    os.symlink(elsewhere, tree / "d")
+    if target == "inside":
+        assert fs.read(path).unwrap().attachments == [b"other"]
+    else:
+        with pytest.raises(MoorageError) as e:
+            fs.read(path).unwrap()
+        assert e.value.name == "forbidden"
+
+
+def test_a_confined_open_refuses_a_final_symlink_even_to_a_file_inside(tree):
+    os.symlink(tree / "a.txt", tree / "link-in")
+    with pytest.raises(OSError) as e:
+        Roots([str(tree)]).open(str(tree / "link-in"), os.O_RDONLY | os.O_CLOEXEC, "link-in")
+    assert e.value.errno == errno.ELOOP
+
+
 def test_big_reads_are_refused_and_paged_reads_reassemble_the_file(tree):
     fs = service(tree, max_read=1000)
     data = bytes(range(256)) * 10

@@ -4,9 +4,12 @@ A path is resolved with `realpath`, so `..` and symlinks are followed before the
 `..` or a symlink that leads outside is refused as `forbidden`, one that stays inside is fine.
 `resolve_fast` remembers resolutions and trusts one only while the path still reaches the same
 inode as the remembered real path.
-Resolving and then opening is a race (a component swapped for a symlink in between), so
-whatever is opened is checked again through `/proc/self/fd`, which names what the descriptor
-really is. With no roots configured nothing is confined, but paths must be absolute.
+Resolving and then opening is a race (a component swapped for a symlink in between). `open`
+closes it in the kernel where it can: a real path has no symlink in it, so it is opened with
+openat2's RESOLVE_NO_SYMLINKS (Linux 5.6+), and what opens is the file at that path, inside.
+Where the call is missing or refused, or a symlink was swapped in meanwhile, whatever is
+opened is checked again through `/proc/self/fd`, which names what the descriptor really is.
+With no roots configured nothing is confined, but paths must be absolute.
 
 Not covered: a hard link inside a root to a file outside it is, to the kernel, a file inside
 the root; only an administrator can create one to a file the user may not read anyway.
@@ -14,9 +17,63 @@ the root; only an administrator can create one to a file the user may not read a
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 
 from moorage.protocol.errors import fail
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_SYS_OPENAT2 = 437  # one number on every Linux architecture
+_AT_FDCWD = -100
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+class _NoSymlinksOpen:
+    """openat2(path, flags, RESOLVE_NO_SYMLINKS), one `open_how` per flag set, made once.
+    Whether the kernel takes the call at all is asked once, on "/": before Linux 5.6 it
+    has none (ENOSYS), and a seccomp filter that does not know it refuses it (EPERM)."""
+
+    def __init__(self) -> None:
+        self._how: dict[int, tuple[object, int]] = {}
+        self._available: bool | None = None
+
+    @property
+    def available(self) -> bool:
+        if self._available is None:
+            try:
+                fd = self._open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                self._available = False
+            else:
+                os.close(fd)
+                self._available = True
+        return self._available
+
+    def __call__(self, path: str, flags: int) -> int:
+        return self._open(path, flags)
+
+    def _open(self, path: str, flags: int) -> int:
+        how = self._how.get(flags)
+        if how is None:
+            made = _OpenHow(flags, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+            how = self._how[flags] = (ctypes.byref(made), ctypes.sizeof(made))  # keeps it
+        fd = _syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how[0], how[1])
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+        return fd
+
+
+_open_no_symlinks = _NoSymlinksOpen()
 
 
 class Roots:
@@ -64,6 +121,20 @@ class Roots:
         """`resolve`, but a path resolved before costs a stat and an lstat instead of a
         `realpath` (a syscall per component): the memo is used only while the kernel still
         leads `path` to the very inode at the remembered real path, which is inside."""
+        return self._resolve_memo(path)[0]
+
+    def resolve_lstat(self, path: str) -> tuple[str, os.stat_result | None]:
+        """`resolve_fast`, and the real path's lstat (None: nothing is there), which a
+        remembered resolution has made anyway."""
+        real, lst = self._resolve_memo(path)
+        if lst is None:
+            try:
+                lst = os.lstat(real)
+            except OSError:
+                pass
+        return real, lst
+
+    def _resolve_memo(self, path: str) -> tuple[str, os.stat_result | None]:
         absolute = self.absolute(path)
         real = self._memo.get(absolute)
         if real is not None:
@@ -71,14 +142,34 @@ class Roots:
                 st = os.stat(absolute)
                 lst = os.lstat(real)
                 if st.st_ino == lst.st_ino and st.st_dev == lst.st_dev:
-                    return real
+                    return real, lst
             except OSError:
                 pass
         real = self.resolve(absolute)
         if len(self._memo) >= self.max_memo:
             self._memo.clear()
         self._memo[absolute] = real
-        return real
+        return real, None
+
+    def open(self, real: str, flags: int, path: str) -> int:
+        """Open `real` (what `resolve` made of `path`) without following any symlink on the
+        way: it has none, so the file opened is the one at `real`, inside a root. A symlink
+        there now was swapped in since the resolution: that open, or one where the kernel
+        cannot refuse symlinks, goes the long way (a final symlink refused, whatever opened
+        checked against the roots)."""
+        if self.roots and _open_no_symlinks.available:
+            try:
+                return _open_no_symlinks(real, flags)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+        fd = os.open(real, flags | os.O_NOFOLLOW)
+        try:
+            self.check_fd(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def check_fd(self, fd: int, path: str) -> None:
         """Refuse a descriptor whose file is outside the roots (a component was swapped

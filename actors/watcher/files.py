@@ -1,7 +1,8 @@
 """fs.read / fs.write / fs.stat / fs.list: confined, retried, cached.
 
-Reads: a cache hit costs one stat. A miss opens the file without following a final symlink,
-checks the descriptor against the roots, fstats, preads, and fstats again: if the stat tuple
+Reads: a cache hit costs one stat. A miss opens the file confined (`Roots.open`: no symlink
+followed on the way, or the descriptor checked against the roots), fstats, preads, and
+fstats again: if the stat tuple
 moved during the read (a writer was busy) the read is torn, and retried as a transient error,
 so no caller gets half of one version and half of another. A read that still fails after the
 retries, while an earlier copy is cached, answers that copy with `stale: true` (the seed's
@@ -135,8 +136,9 @@ class FileService:
         if offset < 0 or (length is not None and length < 0):
             raise fail("bad_args", "offset and length must be >= 0")
         absolute = self.roots.absolute(path)
-        real = self.roots.resolve_fast(absolute)
-        refuse_special(real, path, "read")
+        real, lst = self.roots.resolve_lstat(absolute)
+        if lst is not None and stat_mod.S_IFMT(lst.st_mode) in _SPECIAL:
+            raise special_file(lst.st_mode, path, "read")
         self.cache.misses += 1
 
         def attempt() -> Attached:
@@ -161,9 +163,8 @@ class FileService:
     def read_file(self, real: str, offset: int, length: int | None
                   ) -> tuple[bytes, os.stat_result]:
         """One untorn read of `real` (the default `reader`)."""
-        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = self.roots.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, real)
         try:
-            self.roots.check_fd(fd, real)
             st = os.fstat(fd)
             if stat_mod.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(21, "Is a directory", real)
