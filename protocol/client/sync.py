@@ -145,14 +145,18 @@ class Client(FromConnectionFile):
         conn = self._conns.get(actor) or self._conn(actor)
         if isinstance(verdict, Wait):
             _send(conn.sock, plan.frames)
-            # A drop told before now is not this call's. Looked at once the request is on its
-            # way, not before: the look (a system call in libzmq) then overlaps the actor's
-            # work instead of delaying the send (P1's p50: 3.5-6 µs less). A drop in the few µs
-            # between the send and the look goes unseen by this call, which then ends by its
-            # attempt timeout or deadline, as a call to a hung actor does; one looked at
-            # before the send would have put the same race on the other side, a drop
-            # before the call taken for one during it.
-            conn.disconnected()
+            # Drops told before now. Looked at once the request is on its way, not before:
+            # the look (a system call in libzmq) then overlaps the actor's work instead of
+            # delaying the send (P1's p50: 3.5-6 µs less). A drop told here may be older than
+            # the call (the request then waits for the reconnection) or may have taken it
+            # with the connection (the actor died with it unread, as it often does right
+            # after a restart began): an idempotent or resumable call is sent again at once,
+            # which costs at worst a second copy its actor joins to the first, where taking
+            # the drop for an old one cost the attempt's whole timeout. Any other call may
+            # not be sent twice: it takes the drop for an old one, and a lost request ends by
+            # its attempt timeout or deadline, as a call to a hung actor does.
+            if conn.disconnected() and (plan.idempotent or plan.resumable):
+                verdict = plan.on_disconnect(_monotonic())
         while True:
             if isinstance(verdict, Wait):
                 verdict = self._wait(conn, plan, verdict.until)
