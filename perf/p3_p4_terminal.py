@@ -21,13 +21,16 @@ waits in.
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
+import fcntl
 import os
 import secrets
 import select
 import shutil
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
@@ -92,14 +95,23 @@ class RawPty:
         os.waitpid(self.sp.pid, 0)
 
 
-def raw_cat_mb_s(path: Path, size: int) -> float:
+def raw_cat_mb_s(path: Path, size: int, counted: bool = False) -> float:
+    """`cat` of `path` on a PTY read by this process, reads of 64 KiB; `counted`: each read
+    takes only what FIONREAD counts, and when it counts nothing a poll pushes the PTY's flip
+    buffer first: the keeper's rule (a read then takes all it asks for, so one interrupted by
+    the keeper's death is recovered whole: terminal/ring.py), with none of its work."""
     sp = spawn_on_pty("/bin/cat", ["cat", str(path)], {"PATH": os.defpath}, None, 80, 24)
     got = 0
+    count = array.array("i", [0])
     t0 = time.perf_counter()
     try:
         while True:
             select.select([sp.master], [], [])
             try:
+                if counted:
+                    fcntl.ioctl(sp.master, termios.FIONREAD, count)
+                    got += len(os.read(sp.master, min(count[0], 1 << 16) or 1))
+                    continue
                 got += len(os.read(sp.master, 1 << 16))
             except BlockingIOError:
                 continue
@@ -264,15 +276,21 @@ def main(argv: list[str] | None = None) -> int:
         size = args.mb * 1_000_000
         data = work / "p4.dat"
         data.write_bytes(b"Q" * size)
-        ours_rates, raw_rates = [], []
-        for _ in range(5):  # alternating, so both see the same machine
+        ours_rates, raw_rates, counted_rates = [], [], []
+        for _ in range(5):  # alternating, so all see the same machine
             raw_rates.append(raw_cat_mb_s(data, size))
+            counted_rates.append(raw_cat_mb_s(data, size, counted=True))
             ours_rates.append(streamed_mb_s(client, sid, data, size))
-        ro, rl = max(ours_rates), max(raw_rates)
+        ro, rl, rc = max(ours_rates), max(raw_rates), max(counted_rates)
         report.add(Row("P4", f"cat {args.mb} MB streamed to a subscriber", "MB/s",
                        ">= 30 MB/s, >= 60% limit", ro, rl, ro >= 30 and ro >= 0.6 * rl,
                        note=f"best of 5; ours {[round(r, 1) for r in ours_rates]}, "
                             f"raw {[round(r, 1) for r in raw_rates]}"))
+        report.add(Row("P4", "raw PTY loop reading only what FIONREAD counts", "MB/s",
+                       "(informative: the keeper's rule)", rc, rl, True,
+                       note=f"best of 5, {[round(r, 1) for r in counted_rates]}; the same "
+                            "loop with the keeper's crash-safe reads and none of its work; "
+                            f"ours = {ro / rc:.2f} of it"))
 
         if args.p13:
             pid = client.call("terminal", "sys.info")["pid"]
