@@ -1,12 +1,12 @@
 """fs.read / fs.write / fs.stat / fs.list: confined, retried, cached.
 
 Reads: a cache hit costs one stat. A miss opens the file confined (`Roots.open`: no symlink
-followed on the way, or the descriptor checked against the roots), fstats, preads, and
-fstats again: if the stat tuple
-moved during the read (a writer was busy) the read is torn, and retried as a transient error,
-so no caller gets half of one version and half of another. A read that still fails after the
-retries, while an earlier copy is cached, answers that copy with `stale: true` (the seed's
-"cache previous"). Reads over `max_read` bytes are refused with `file_too_large`: page them.
+followed on the way, or the descriptor checked against the roots), fstats, preads, and fstats
+again: if the stat tuple moved during the read (a writer was busy) the read is torn, and
+retried as a transient error, so no caller gets half of one version and half of another. A
+read that still fails after the retries, while an earlier copy is cached, answers that copy
+with `stale: true` (the seed's "cache previous"). Reads over `max_read` bytes are refused
+with `file_too_large`: page them.
 A FIFO, device or socket is refused (`bad_args`, naming it) before it is opened; a file that
 reports no size (procfs) is read to its end within `max_read`, and a file whose contents are
 not its reported size (procfs, sysfs) is never cached: its stat key does not move with them.
