@@ -50,18 +50,14 @@ class _NoSymlinksOpen:
     def available(self) -> bool:
         if self._available is None:
             try:
-                fd = self._open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                os.close(self("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
             except OSError:
                 self._available = False
             else:
-                os.close(fd)
                 self._available = True
         return self._available
 
     def __call__(self, path: str, flags: int) -> int:
-        return self._open(path, flags)
-
-    def _open(self, path: str, flags: int) -> int:
         how = self._how.get(flags)
         if how is None:
             made = _OpenHow(flags, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)

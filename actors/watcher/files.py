@@ -59,15 +59,12 @@ def special_file(mode: int, path: str, verb: str) -> MoorageError:
                 detail={"path": path, "type": kind})
 
 
-def refuse_special(real: str, path: str, verb: str) -> None:
-    """`special_file` when `real` is one now (an lstat never blocks); anything else, and a
-    path that does not exist, goes on to the attempt, which classifies its own errors."""
-    try:
-        mode = os.lstat(real).st_mode
-    except OSError:
-        return
-    if stat_mod.S_IFMT(mode) in _SPECIAL:
-        raise special_file(mode, path, verb)
+def refuse_special(lst: os.stat_result | None, path: str, verb: str) -> None:
+    """`special_file` when the lstat of the real path (`lst`; an lstat never blocks) is
+    one; anything else, and a path where nothing is (None), goes on to the attempt, which
+    classifies its own errors."""
+    if lst is not None and stat_mod.S_IFMT(lst.st_mode) in _SPECIAL:
+        raise special_file(lst.st_mode, path, verb)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -137,8 +134,7 @@ class FileService:
             raise fail("bad_args", "offset and length must be >= 0")
         absolute = self.roots.absolute(path)
         real, lst = self.roots.resolve_lstat(absolute)
-        if lst is not None and stat_mod.S_IFMT(lst.st_mode) in _SPECIAL:
-            raise special_file(lst.st_mode, path, "read")
+        refuse_special(lst, path, "read")
         self.cache.misses += 1
 
         def attempt() -> Attached:
