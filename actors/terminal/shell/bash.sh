@@ -7,7 +7,8 @@
 #   E;<command>;N            the command line about to run (escaped)
 #   C;N  its output starts   D;<exit>;N  it finished (D;N: nothing ran)
 #   P;Cwd=<dir>;N            the working directory (escaped)
-# Escaping (E and P): `\` is `\\`; `;` and every byte <= 0x20 is `\xAB`.
+# Escaping (E and P): `\` is `\\`; `;` and every control byte is `\xAB`; a space goes as it is
+# (a byte of an OSC string; the terminal actor's parser takes raw bytes too).
 # Output that prints a marker without the nonce is not trusted by the terminal actor.
 #
 # Where each comes from: A and B wrap PS1; C is printed by PS0, which bash shows once after
@@ -21,6 +22,10 @@
 # runs after ours with `$?` as the command left it; the user's DEBUG trap runs after ours;
 # the user's PS0 is kept after ours; with bash-preexec loaded, ours go into its
 # precmd_functions/preexec_functions instead. Nothing forks per command: builtins only.
+# And few of them: bash spends some 5 us on every simple command it runs (expansions, the
+# builtin's lookup, `$_`), a dozen of which a prompt cycle used to spend on tests and calls
+# that decide nothing. So the DEBUG trap's test is in the trap itself, a plain command line
+# is sent as it is, and assignments that go together are one command.
 
 if [ -n "${__moorage_loaded-}" ]; then builtin return; fi
 __moorage_loaded=1
@@ -51,11 +56,16 @@ __moorage_ps0='${__moorage_cm[__moorage_running]-}${__moorage_nil[__moorage_runn
 
 __moorage_escape() {
     # The escaped value of $1 in __moorage_esc (a variable: no subshell). No `local
-    # LC_ALL=C`: bash re-reads the locale on entry and on return, twice a command.
+    # LC_ALL=C`: bash re-reads the locale on entry and on return, twice a command. A value
+    # with nothing to escape (most command lines, most directories) is taken as it is (the
+    # E path makes that test itself, one call less).
+    if [[ $1 != *[\\\;[:cntrl:]]* ]]; then
+        __moorage_esc="$1"
+        builtin return
+    fi
     builtin local s="$1" i h c
     s="${s//\\/\\\\}"
     s="${s//;/\\x3b}"
-    s="${s// /\\x20}"
     if [[ $s == *[[:cntrl:]]* ]]; then
         for ((i = 1; i < 32; i++)); do
             builtin printf -v h '%02x' "$i"
@@ -71,21 +81,18 @@ __moorage_status() { builtin return "${1-0}"; }
 __moorage_report_end() {
     # $1: the status of what ran. D ends the command; P;Cwd first, so the terminal actor has
     # the cwd when it completes the command on D.
-    if [ "$PWD" != "${__moorage_pwd-}" ]; then
-        __moorage_pwd="$PWD"
+    if [[ $PWD != "${__moorage_pwd-}" ]]; then
         __moorage_escape "$PWD"
-        __moorage_pwd_esc="$__moorage_esc"
+        __moorage_pwd="$PWD" __moorage_pwd_esc="$__moorage_esc"
     fi
-    __moorage_esc="$__moorage_pwd_esc"
-    if [ "$__moorage_running" = 1 ]; then
+    if [[ $__moorage_running == 1 ]]; then
         builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s;%s\a' \
-            "$__moorage_esc" "$__moorage_nonce" "$1" "$__moorage_nonce"
-    elif [ "$__moorage_state" = prompt ]; then
+            "$__moorage_pwd_esc" "$__moorage_nonce" "$1" "$__moorage_nonce"
+    elif [[ $__moorage_state == prompt ]]; then
         builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s\a' \
-            "$__moorage_esc" "$__moorage_nonce" "$__moorage_nonce"
+            "$__moorage_pwd_esc" "$__moorage_nonce" "$__moorage_nonce"
     fi
-    __moorage_running=0
-    __moorage_e_sent=0
+    __moorage_running=0 __moorage_e_sent=0
 }
 
 __moorage_wrap_ps1() {
@@ -100,11 +107,10 @@ __moorage_wrap_ps1() {
 
 __moorage_preexec() {
     # $1: the command line (bash-preexec passes it; the DEBUG trap passes $BASH_COMMAND).
-    [ "$__moorage_running" = 1 ] && [ "$__moorage_e_sent" = 0 ] || builtin return 0
-    [ -n "${COMP_LINE-}" ] && builtin return 0  # programmable completion, not a command
-    __moorage_e_sent=1
-    __moorage_state=running
-    __moorage_escape "$1"
+    # The caller made sure an E is due: once per command line, after C (`__moorage_running`
+    # 1, `__moorage_e_sent` 0), and not for programmable completion (COMP_LINE).
+    __moorage_e_sent=1 __moorage_state=running __moorage_esc="$1"
+    [[ $1 != *[\\\;[:cntrl:]]* ]] || __moorage_escape "$1"
     builtin printf '\e]633;E;%s;%s\a' "$__moorage_esc" "$__moorage_nonce"
 }
 
@@ -115,8 +121,13 @@ if [[ -n "${bash_preexec_imported-}${__bp_imported-}" ]]; then
         __moorage_state=prompt
     }
     __moorage_wrap_bp() { __moorage_wrap_ps1; }
+    __moorage_preexec_bp() {
+        if [[ $__moorage_running$__moorage_e_sent == 10 && -z ${COMP_LINE-} ]]; then
+            __moorage_preexec "$1"
+        fi
+    }
     precmd_functions=(__moorage_precmd_bp "${precmd_functions[@]}" __moorage_wrap_bp)
-    preexec_functions+=(__moorage_preexec)
+    preexec_functions+=(__moorage_preexec_bp)
     __moorage_wrap_ps1
     builtin bind 'set enable-bracketed-paste on' 2>/dev/null
     builtin return 0
@@ -130,12 +141,15 @@ PROMPT_COMMAND=__moorage_precmd
 __moorage_precmd() {
     builtin local status="$?" __moorage_c
     __moorage_report_end "$status"
-    __moorage_state=precmd
-    for __moorage_c in "${__moorage_user_pc[@]}"; do
-        __moorage_status "$status"
-        builtin eval "$__moorage_c"
-    done
-    __moorage_wrap_ps1
+    if ((${#__moorage_user_pc[@]})); then
+        __moorage_state=precmd
+        for __moorage_c in "${__moorage_user_pc[@]}"; do
+            __moorage_status "$status"
+            builtin eval "$__moorage_c"
+        done
+    fi
+    # (two tests in one: the markers are still where we put them, the common case)
+    [[ $PS1 == *"633;B;$__moorage_nonce"* && ${PS0-} == *__moorage_cm* ]] || __moorage_wrap_ps1
     __moorage_state=prompt
     builtin return "$status"
 }
@@ -148,20 +162,21 @@ if __moorage_t="$(builtin trap -p DEBUG)" && [ -n "$__moorage_t" ]; then
 fi
 builtin unset __moorage_t
 
-__moorage_debug() {
-    # The DEBUG trap also fires for PROMPT_COMMAND itself: that is not a command.
-    if [ "$__moorage_running" = 1 ] && [ "$BASH_COMMAND" != __moorage_precmd ]; then
-        __moorage_preexec "$BASH_COMMAND"
-    fi
-}
+# The DEBUG trap also fires for PROMPT_COMMAND itself: that is not a command. The test is
+# the trap's own text, not a function's (most commands a trap sees need no E), and an `if`,
+# so the trap's status is 0 when it does nothing (under `shopt -s extdebug` a DEBUG trap
+# that fails skips the command).
+__moorage_debug='if [[ $__moorage_running$__moorage_e_sent == 10 && -z ${COMP_LINE-} &&
+        $BASH_COMMAND != __moorage_precmd ]]; then __moorage_preexec "$BASH_COMMAND"; fi'
 
 if [ -n "$__moorage_user_trap" ]; then
     # the user's trap sees `$?` as the last command left it
-    builtin trap '__moorage_trap_status=$?; __moorage_debug
-        __moorage_status "$__moorage_trap_status"; builtin eval -- "$__moorage_user_trap"' DEBUG
+    builtin trap "__moorage_trap_status=\$?; $__moorage_debug
+        __moorage_status \"\$__moorage_trap_status\"; builtin eval -- \"\$__moorage_user_trap\"" DEBUG
 else
-    builtin trap '__moorage_debug' DEBUG
+    builtin trap "$__moorage_debug" DEBUG
 fi
+builtin unset __moorage_debug
 
 __moorage_wrap_ps1
 # A multi-line command arrives as one bracketed paste: one command, one C, one D.
