@@ -181,6 +181,25 @@ def test_a_user_prompt_command_and_debug_trap_still_run_with_the_status(spawn_ac
     assert "dbg:false" in (home / "dbg.log").read_text().splitlines()
 
 
+def test_with_extdebug_on_every_command_runs_and_is_recorded_with_its_text(spawn_actor, client,
+                                                                          tmp_path):
+    # Under extdebug a DEBUG trap that fails skips the command: ours must not fail when it
+    # has nothing to say (most commands).
+    home = make_home(tmp_path, bashrc="shopt -s extdebug\n")
+    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+    spawn_actor("moorage.actors.terminal.actor:TerminalActor", "terminal")
+    term = Term(client, home)
+    sid = term.create("bash")["session"]
+    cmds = term.commands(sid)
+    assert term.exec(sid, "echo one; echo two")["output"] == "one\ntwo"
+    assert cmds.next_event("end")["exit_code"] == 0  # (the exec's record)
+    # a plain line (sent as it is) and one with `;` and `\` (escaped)
+    for line in ("echo spaced out", "echo 'a;b\\c'"):
+        term.call("term.write", {"session": sid, "data": line.encode() + b"\r"})
+        end = cmds.next_event("end")
+        assert end["command"] == line and end["exit_code"] == 0
+
+
 def test_the_nonce_does_not_reach_the_shells_environment(term):
     sid = term.create("bash")["session"]
     # (the suite's own MOORAGE_SCHEMA_* variables, conftest.py, are the tests', not the tree's)
