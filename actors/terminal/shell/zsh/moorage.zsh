@@ -1,7 +1,9 @@
 # moorage shell integration for zsh: OSC 633 markers with the session's nonce, as bash.sh
 # describes (A B prompt, E command line, C output, D;exit finished, P;Cwd). precmd and
 # preexec hooks; the user's hooks and prompt keep working (ours wrap PS1 again when a theme
-# rebuilds it). Only builtins run per command: no subshell.
+# rebuilds it). Only builtins run per command: no subshell; and a value with nothing to
+# escape (most command lines; the cwd, escaped once per change) skips `emulate` and the
+# LC_ALL switch, which re-reads the locale on entry and on return. Spaces go unescaped.
 __moorage_nonce=${MOORAGE_NONCE-}
 unset MOORAGE_NONCE
 if [[ -z $__moorage_nonce ]]; then
@@ -10,11 +12,14 @@ fi
 typeset -g __moorage_state=start  # start, prompt (reading a command), running (after C)
 
 __moorage_escape() {
+  if [[ $1 != *[\\\;$'\001'-$'\037']* ]]; then
+    typeset -g __moorage_esc=$1
+    return
+  fi
   emulate -L zsh
   local LC_ALL=C s=$1 i h c
   s=${s//\\/\\\\}
   s=${s//;/\\x3b}
-  s=${s// /\\x20}
   s=${s//$'\n'/\\x0a}
   if [[ $s == *[$'\001'-$'\037']* ]]; then
     for (( i = 1; i < 32; i++ )); do
@@ -28,13 +33,16 @@ __moorage_escape() {
 
 __moorage_precmd() {
   local ret=$?
-  __moorage_escape "$PWD"
+  if [[ $PWD != ${__moorage_pwd-} ]]; then
+    __moorage_escape "$PWD"
+    typeset -g __moorage_pwd=$PWD __moorage_pwd_esc=$__moorage_esc
+  fi
   if [[ $__moorage_state == running ]]; then
     builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s;%s\a' \
-      "$__moorage_esc" "$__moorage_nonce" "$ret" "$__moorage_nonce"
+      "$__moorage_pwd_esc" "$__moorage_nonce" "$ret" "$__moorage_nonce"
   elif [[ $__moorage_state == prompt ]]; then
     builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s\a' \
-      "$__moorage_esc" "$__moorage_nonce" "$__moorage_nonce"
+      "$__moorage_pwd_esc" "$__moorage_nonce" "$__moorage_nonce"
   fi
   __moorage_state=prompt
   return $ret
