@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import pty
 
+import msgpack
 import pytest
 
 from moorage.actors.terminal.ring import RingError, SessionRing
+from moorage.actors.terminal.session import MetaPacker
 
 
 @pytest.fixture
@@ -162,3 +164,22 @@ def test_the_sessions_state_is_in_the_ring_for_every_holder_and_a_half_write_kee
         assert ring.write_meta(b"") and other.read_meta() == b""  # "over the link"
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("extra", [0, 5, 14, 15, 16, 40])
+def test_a_state_packed_with_its_spec_spliced_in_reads_back_whole(ring, extra):
+    # MetaPacker packs `spec` once and splices it after the rest, fixing the map's header:
+    # a fixmap below 16 entries, a map16 from there (both sides of that edge here).
+    spec = {"shell": "bash", "env": {f"V{i}": "x" * 40 for i in range(75)}, "cols": 80}
+    meta = {"nonce": "n" * 32, "mode": "integration", "spec": spec} | {
+        f"k{i}": i for i in range(extra)}
+    packer = MetaPacker()
+    for step in range(3):
+        meta["exec"] = {"id": step, "command": "echo test"}
+        assert ring.write_meta(packer.pack(meta))
+        assert msgpack.unpackb(ring.read_meta()) == meta
+    meta["spec"] = {**spec, "cols": 100}  # a new spec object is packed anew
+    assert msgpack.unpackb(packer.pack(meta)) == meta
+    assert msgpack.unpackb(MetaPacker().pack({"nonce": "n"})) == {"nonce": "n"}  # no spec
+    small = {"nonce": "n", "spec": {"cols": 80}}  # packed whole: cheaper than the splice
+    assert msgpack.unpackb(MetaPacker().pack(small)) == small

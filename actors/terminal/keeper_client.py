@@ -34,7 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from loguru import logger
 
 from moorage.actors.runtime import trust
@@ -200,7 +199,7 @@ class KeeperClient:
         and it reaches every holder, the keeper's custody included, even while no keeper
         is up); over the link to the keeper while we have no ring yet, or when it is too big
         for the ring's slot (which then says so)."""
-        if s.ring is not None and s.ring.write_meta(msgpack.packb(s.meta, use_bin_type=True)):
+        if s.ring is not None and s.ring.write_meta(s.meta_packer.pack(s.meta)):
             return
         if s.ring is not None:
             s.ring.write_meta(b"")  # the link has the state from now on
