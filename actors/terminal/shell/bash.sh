@@ -78,21 +78,37 @@ __moorage_escape() {
 
 __moorage_status() { builtin return "${1-0}"; }
 
-__moorage_report_end() {
-    # $1: the status of what ran. D ends the command; P;Cwd first, so the terminal actor has
-    # the cwd when it completes the command on D.
+__moorage_user_pc=()  # the user's PROMPT_COMMAND (below; bash-preexec keeps its own)
+
+__moorage_precmd() {
+    # D ends the command, with `$?` as it left it; P;Cwd first, so the terminal actor has
+    # the cwd when it completes the command on D. Then the user's PROMPT_COMMAND, given
+    # that `$?` too, and our markers put back if a theme rebuilt the prompt. With
+    # bash-preexec this is one of its precmd functions (it gives them `$?`).
+    builtin local status="$?" __moorage_c
     if [[ $PWD != "${__moorage_pwd-}" ]]; then
         __moorage_escape "$PWD"
         __moorage_pwd="$PWD" __moorage_pwd_esc="$__moorage_esc"
     fi
     if [[ $__moorage_running == 1 ]]; then
         builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s;%s\a' \
-            "$__moorage_pwd_esc" "$__moorage_nonce" "$1" "$__moorage_nonce"
+            "$__moorage_pwd_esc" "$__moorage_nonce" "$status" "$__moorage_nonce"
     elif [[ $__moorage_state == prompt ]]; then
         builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s\a' \
             "$__moorage_pwd_esc" "$__moorage_nonce" "$__moorage_nonce"
     fi
     __moorage_running=0 __moorage_e_sent=0
+    if ((${#__moorage_user_pc[@]})); then
+        __moorage_state=precmd
+        for __moorage_c in "${__moorage_user_pc[@]}"; do
+            __moorage_status "$status"
+            builtin eval "$__moorage_c"
+        done
+    fi
+    # (two tests in one: the markers are still where we put them, the common case)
+    [[ $PS1 == *"633;B;$__moorage_nonce"* && ${PS0-} == *__moorage_cm* ]] || __moorage_wrap_ps1
+    __moorage_state=prompt
+    builtin return "$status"
 }
 
 __moorage_wrap_ps1() {
@@ -115,18 +131,14 @@ __moorage_preexec() {
 }
 
 if [[ -n "${bash_preexec_imported-}${__bp_imported-}" ]]; then
-    # bash-preexec owns PROMPT_COMMAND and the DEBUG trap; it gives precmd functions `$?`.
-    __moorage_precmd_bp() {
-        __moorage_report_end "$?"
-        __moorage_state=prompt
-    }
+    # bash-preexec owns PROMPT_COMMAND and the DEBUG trap.
     __moorage_wrap_bp() { __moorage_wrap_ps1; }
     __moorage_preexec_bp() {
         if [[ $__moorage_running$__moorage_e_sent == 10 && -z ${COMP_LINE-} ]]; then
             __moorage_preexec "$1"
         fi
     }
-    precmd_functions=(__moorage_precmd_bp "${precmd_functions[@]}" __moorage_wrap_bp)
+    precmd_functions=(__moorage_precmd "${precmd_functions[@]}" __moorage_wrap_bp)
     preexec_functions+=(__moorage_preexec_bp)
     __moorage_wrap_ps1
     builtin bind 'set enable-bracketed-paste on' 2>/dev/null
@@ -137,22 +149,6 @@ fi
 __moorage_user_pc=("${PROMPT_COMMAND[@]}")
 builtin unset PROMPT_COMMAND
 PROMPT_COMMAND=__moorage_precmd
-
-__moorage_precmd() {
-    builtin local status="$?" __moorage_c
-    __moorage_report_end "$status"
-    if ((${#__moorage_user_pc[@]})); then
-        __moorage_state=precmd
-        for __moorage_c in "${__moorage_user_pc[@]}"; do
-            __moorage_status "$status"
-            builtin eval "$__moorage_c"
-        done
-    fi
-    # (two tests in one: the markers are still where we put them, the common case)
-    [[ $PS1 == *"633;B;$__moorage_nonce"* && ${PS0-} == *__moorage_cm* ]] || __moorage_wrap_ps1
-    __moorage_state=prompt
-    builtin return "$status"
-}
 
 # The user's DEBUG trap, kept as its command text, runs after ours.
 __moorage_user_trap=""
