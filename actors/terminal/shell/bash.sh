@@ -23,9 +23,9 @@
 # the user's PS0 is kept after ours; with bash-preexec loaded, ours go into its
 # precmd_functions/preexec_functions instead. Nothing forks per command: builtins only.
 # And few of them: bash spends some 5 us on every simple command it runs (expansions, the
-# builtin's lookup, `$_`), a dozen of which a prompt cycle used to spend on tests and calls
-# that decide nothing. So the DEBUG trap's test is in the trap itself, a plain command line
-# is sent as it is, and assignments that go together are one command.
+# builtin's lookup, `$_`), so the DEBUG trap's test is in the trap itself, a plain command
+# line is sent as it is, the prompt hook is one function, and assignments that go together
+# are one command.
 
 if [ -n "${__moorage_loaded-}" ]; then builtin return; fi
 __moorage_loaded=1
