@@ -30,8 +30,12 @@ try:  # the guarded inotify classes depend on watchdog 7.x internals
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
     GUARDED = hasattr(InotifyWatchGroup, "_add_callback") and hasattr(
         InotifyWatchGroup, "on_queue_overflow")
+    # How a group knows its watched directories: watchdog 7.1.1 keeps a tree of nodes
+    # (`_insert_node`, `_find_node_by_path`), 7.1.0 two dicts. A watch descriptor must be
+    # recorded the group's way, or its events name no path and are dropped.
+    NODE_TREE = hasattr(InotifyWatchGroup, "_insert_node")
 except ImportError:  # pragma: no cover - not Linux, or another watchdog layout
-    GUARDED = False
+    GUARDED = NODE_TREE = False
 
 WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
 if GUARDED:
@@ -131,7 +135,10 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if push is not None:
                 mask = event.mask  # type: ignore[attr-defined]
                 kind = plain_kind(mask)
-                if kind and not (kind == "created" and mask & _IN_ISDIR and self.is_recursive):
+                # (a directory created in a recursive watch gets its watches placed, and one
+                # deleted is forgotten by the group: watchdog's path, both)
+                if kind and not (mask & _IN_ISDIR and (
+                        kind == "deleted" or (kind == "created" and self.is_recursive))):
                     with self._lock:
                         if not self.is_active:
                             return
@@ -159,7 +166,7 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     if skip(full) or (not self.follow_symlink and os.path.islink(full)):
                         continue
                     keep.append(name)
-                    if not only_missing or full not in self._active_callbacks_by_path:
+                    if not only_missing or not self._watched(full):
                         self._add_callback(full)
                         added += 1
                 dirnames[:] = keep  # an unwanted subtree is not even walked
@@ -180,6 +187,8 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             super().on_queue_overflow()
 
         def _add_callback(self, path: bytes) -> None:
+            if NODE_TREE and self._watched(path):
+                return  # (watchdog 7.1.1 places no second watch either)
             try:
                 if add_watch_fault is not None:
                     add_watch_fault(path)
@@ -191,8 +200,18 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                 if exc.errno in WATCH_LIMIT_ERRNOS:
                     report("enospc", os.fsdecode(path))
                 return  # vanished or unreadable since listed: the walk and diff cover it
-            self._active_callbacks_by_path[path] = wd
-            self._active_callbacks_by_watch[wd] = path
+            if NODE_TREE:
+                if self._insert_node(path, wd) is None:  # not under the root (it says so)
+                    self._inotify_fd.remove_callbacks([(wd, self._id)])
+            else:
+                self._active_callbacks_by_path[path] = wd
+                self._active_callbacks_by_watch[wd] = path
+
+        def _watched(self, path: bytes) -> bool:
+            if NODE_TREE:
+                node = self._find_node_by_path(path)
+                return node is not None and node.wd != -1  # (-1: a directory on the way)
+            return path in self._active_callbacks_by_path
 
     class Emitter(InotifyEmitter):  # type: ignore[misc,valid-type]
         if push is not None:
