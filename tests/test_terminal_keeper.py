@@ -16,6 +16,7 @@ import pytest
 from moorage.actors.runtime import trust
 from moorage.actors.terminal.keeper.spawn import SpawnError, get_winsize, spawn_on_pty
 from moorage.actors.terminal.link import LINK_TOKEN_NAME
+from moorage.actors.terminal.ring import RING_CORE
 from tests.conftest import assert_all_gone, descendants, wait_pid_exit
 from tests.terminal_support import RawLink
 from tests.waiting import wait_for
@@ -103,6 +104,8 @@ def test_output_arrives_in_the_shared_ring_in_order_and_exit_after_the_last_byte
                    on_other=lambda m: m["t"] == "out" and link.read_out(m, seen))
     assert ex == {"t": "exit", "s": "a", "code": 7, "signal": None}
     assert bytes(seen["a"]).split(b"\r\n")[:-1] == [str(i).encode() for i in range(1, 20001)]
+    # read by the ring filler this process would run too (the compiled one where it was built)
+    assert client.call("ptykeeper", "sys.info")["ring_core"] == RING_CORE
 
 
 def test_a_full_window_stops_reading_until_acked_and_nothing_is_lost(keeper, client, connect):

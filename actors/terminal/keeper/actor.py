@@ -64,7 +64,7 @@ from moorage.actors.terminal.keeper.ptys import (
 )
 from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
-from moorage.actors.terminal.ring import RingError, SessionRing
+from moorage.actors.terminal.ring import RING_CORE, RingError, SessionRing
 from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import Category, WireError
 
@@ -158,6 +158,8 @@ class PtyKeeper(Actor):
                 "adopted": self.adopted, "from_custody": self.from_custody,
                 "custody": self.custody is not None and not self.custody.out.broken,
                 "creates_queued": len(self._creates),
+                # how it reads output into the rings (ring.RING_CORE): _cring.c or Python
+                "ring_core": RING_CORE,
                 "unhandled": sum(s.ring.write_off - s.ring.ack_off
                                  for s in self.sessions.values())}
 

@@ -16,14 +16,11 @@ still holds the PTY.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
-import fcntl
 import os
 import select
 import signal
-import termios
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,7 +34,6 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
 
 EXIT_WITHOUT_EOF_S = 1.0  # a reaped shell whose PTY another process still holds
-READ_CHUNK = 65536
 
 
 class PtySession:
@@ -211,39 +207,11 @@ class Ptys:
     def _readable(self, s: PtySession) -> None:
         ring = s.ring
         room = ring.room()
-        got = 0
-        eof = False
-        buf = array.array("i", [0])
-        while room > 0 and got < self.read_batch:
-            try:
-                # Never more than is there: the read then takes all it asks for, which is
-                # what makes it recoverable if we are killed before committing it (ring.py).
-                fcntl.ioctl(s.master, termios.FIONREAD, buf)
-                if not buf[0] and got:
-                    # Nothing counted: what the shell wrote meanwhile may still wait in the
-                    # PTY's flip buffer, which a poll pushes into what FIONREAD counts. Read
-                    # only what is counted (a read of one byte on the chance that it came
-                    # has a one-byte canary); epoll wakes us for whatever comes next.
-                    select.select([s.master], [], [], 0)
-                    fcntl.ioctl(s.master, termios.FIONREAD, buf)
-                    if not buf[0]:
-                        break
-                # (nothing counted on the first read: the wake-up was the PTY's hang-up, and
-                # the read's EIO says so)
-                n = ring.read_from(s.master, min(buf[0] or 1, READ_CHUNK, room))
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                # EIO: every slave fd is closed (Linux's EOF on a PTY master)
-                if exc.errno != errno.EIO:
-                    logger.warning("session {}: read: {}", s.id, exc)
-                eof = True
-                break
-            if not n:
-                eof = True
-                break
-            got += n
-            room -= n
+        got, end = ring.fill(s.master, room, self.read_batch) if room > 0 else (0, -1)
+        room -= got
+        eof = end >= 0
+        if end > 0 and end != errno.EIO:  # (EIO: every slave fd is closed, the PTY's EOF)
+            logger.warning("session {}: read: {}", s.id, os.strerror(end))
         if got or room <= 0:
             s.paused = room <= 0 and not eof
             self._tell({"t": "out", "s": s.id, "end": ring.write_off, "paused": s.paused})

@@ -1,0 +1,180 @@
+"""A keeper's turn of reads into a session's ring (`SessionRing.fill`), compiled
+(actors/terminal/_cring.c) and in Python (ring.py's `_fill_python`, the fallback): from a real
+PTY, the same bytes at the same offsets, the same header cells (so a successor's `recover`
+reads either the same way), the same limits and the same end; and the compiled one is what
+this process runs when it was built, and without it the Python one serves."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pty
+import select
+import tty
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from moorage.actors.terminal import ring as ring_mod
+from moorage.actors.terminal.ring import RING_CORE, SessionRing, _canary
+from tests.interpreter import printed
+
+pytestmark = pytest.mark.timeout(60)
+
+Fill = Callable[[SessionRing, int, int, int], tuple[int, int]]
+CAP = 8192
+
+
+def compiled_fill() -> Fill:
+    try:
+        from moorage.actors.terminal._cring import fill
+    except ImportError:
+        pytest.skip("the compiled ring filler was not built here (no compiler): Python only")
+
+    def run(ring: SessionRing, fd: int, room: int, batch: int) -> tuple[int, int]:
+        return fill(ring._map, ring.cap, fd, room, batch, ring_mod._SEED_LO, ring_mod._SEED_HI)
+
+    return run
+
+
+CORES: dict[str, Callable[[], Fill]] = {"python": lambda: ring_mod._fill_python,
+                                        "compiled": compiled_fill}
+
+
+@pytest.fixture(params=sorted(CORES))
+def fill(request) -> Fill:
+    return CORES[request.param]()
+
+
+@pytest.fixture
+def ptypair() -> Iterator[list[int]]:
+    """[master, slave] of a raw PTY (no echo, no CR/LF change): what is written to the slave
+    is read as it is. A test that closes the slave sets it to -1."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    pair = [master, slave]
+    try:
+        yield pair
+    finally:
+        for fd in pair:
+            if fd >= 0:
+                os.close(fd)
+
+
+def new_ring(at: int) -> SessionRing:
+    ring = SessionRing.create(CAP, CAP // 2)
+    ring.start_at(at)
+    return ring
+
+
+def drain(fill: Fill, ring: SessionRing, fd: int, want: int) -> list[tuple[int, int]]:
+    """Turns of `fill` (acking each) until `want` bytes are in; the (got, end) of each."""
+    turns = []
+    while ring.write_off - ring.ack_off < want:
+        got, end = fill(ring, fd, ring.room(), 1 << 20)
+        turns.append((got, end))
+        assert end == -1 and len(turns) < 1000, turns
+        if not got:  # nothing counted yet: what the slave wrote is still on its way
+            assert select.select([fd], [], [], 10)[0], f"nothing more after {turns}"
+    return turns
+
+
+def test_every_byte_value_arrives_in_order_across_the_ring_s_wrap(fill, ptypair):
+    master, slave = ptypair
+    data = bytes(range(256)) * 12  # 3,072 bytes
+    ring = new_ring(5 * CAP - 7)  # a read across the end of the data wraps, as its canary does
+    try:
+        os.write(slave, data)
+        drain(fill, ring, master, len(data))
+        assert ring.write_off == 5 * CAP - 7 + len(data)
+        assert ring.read(5 * CAP - 7, ring.write_off) == data
+        assert ring._header[6] == 0  # no read in progress
+    finally:
+        ring.close()
+
+
+def test_the_canary_written_down_is_the_one_recover_checks(fill, ptypair):
+    """The cells a read leaves are `_canary` of its offset, cut to its length: a successor's
+    `recover` (Python) reads what either core wrote."""
+    master, slave = ptypair
+    ring = new_ring(CAP - 9)
+    try:
+        for size in (1, 5, 16, 300):  # (the second read's canary wraps)
+            start = ring.write_off
+            os.write(slave, b"t" * size)
+            turns = drain(fill, ring, master, ring.write_off - ring.ack_off + size)
+            assert ring.write_off == start + size and sum(g for g, _ in turns) == size
+            last = ring._header[5]  # the last read: from here to the write offset
+            assert start <= last < ring.write_off
+            want = _canary(last)[: min(ring.write_off - last, 16)].ljust(16, b"\0")
+            got = ring._header[8].to_bytes(8, "little") + ring._header[9].to_bytes(8, "little")
+            assert got == want
+            ring.ack_off = ring.write_off
+            # that read written down but not committed, its bytes come: recover takes it in
+            end = ring.write_off
+            ring._header[2] = last
+            ring._header[6] = end - last
+            assert ring.recover() == end - last and ring.write_off == end
+    finally:
+        ring.close()
+
+
+def test_a_turn_stops_at_its_room_and_at_its_batch(fill, ptypair):
+    master, slave = ptypair
+    ring = new_ring(0)
+    try:
+        os.write(slave, b"r" * 3000)
+        select.select([master], [], [], 5)
+        got, end = fill(ring, master, 100, 1 << 20)
+        assert (got, end) == (100, -1) and ring.write_off == 100
+        got, end = fill(ring, master, 4096, 1)  # a batch of 1: one read, of what is counted
+        assert end == -1 and 1 <= got <= 2900 and ring.write_off == 100 + got
+        drain(fill, ring, master, 3000)
+        assert ring.read(0, ring.write_off) == b"r" * 3000
+    finally:
+        ring.close()
+
+
+def test_a_hung_up_pty_ends_the_turn_with_eio_after_its_last_bytes(fill, ptypair):
+    master, slave = ptypair
+    ring = new_ring(0)
+    try:
+        os.write(slave, b"last words")
+        select.select([master], [], [], 5)
+        os.close(slave)
+        ptypair[1] = -1
+        total, end = 0, -1
+        for _ in range(10):
+            got, end = fill(ring, master, ring.room(), 1 << 20)
+            total += got
+            if end != -1:
+                break
+        assert (total, end) == (10, errno.EIO)
+        assert ring.read(0, ring.write_off) == b"last words" and ring._header[6] == 0
+    finally:
+        ring.close()
+
+
+def test_nothing_waiting_reads_nothing(fill, ptypair):
+    master, _ = ptypair
+    ring = new_ring(0)
+    try:
+        assert fill(ring, master, ring.room(), 1 << 20) == (0, -1)
+        assert ring.write_off == 0 and ring._header[6] == 0
+    finally:
+        ring.close()
+
+
+def test_the_compiled_core_is_the_one_this_process_runs_when_built() -> None:
+    if RING_CORE != "compiled":
+        pytest.skip("the compiled ring filler was not built here (no compiler): Python only")
+    assert ring_mod._fill is not ring_mod._fill_python
+
+
+def test_without_the_compiled_core_a_ring_fills_in_python() -> None:
+    code = ("import os, pty, select; from moorage.actors.terminal import ring as r; "
+            "m, s = pty.openpty(); os.write(s, b'abc'); select.select([m], [], [], 5); "
+            "g = r.SessionRing.create(4096, 4096); print(r.RING_CORE, r._fill is "
+            "r._fill_python, g.fill(m, 4096, 4096)[0] >= 3)")
+    assert printed(code, MOORAGE_TERMINAL_CORE="python") == ["python", "True", "True"]
