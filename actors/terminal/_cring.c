@@ -52,6 +52,15 @@ static void canary(uint64_t seed_lo, uint64_t seed_hi, uint64_t off, size_t k,
     memset(can + k, 0, 16 - k);
 }
 
+/* FIONREAD of `fd` into *avail; -1 with errno set on failure (EINTR: asked again). */
+static int counted(int fd, int *avail) {
+    int r;
+    do
+        r = ioctl(fd, FIONREAD, avail);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
 /* One read of `n` bytes at the ring's write offset, written down first; returns what readv
    returned (-1 with errno set: nothing committed). */
 static ssize_t read_one(volatile uint64_t *cells, unsigned char *data, uint64_t cap, int fd,
@@ -108,7 +117,7 @@ static PyObject *fill(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     while (room > 0 && got < batch) {
         int avail = 0;
-        if (ioctl(fd, FIONREAD, &avail) < 0) {
+        if (counted(fd, &avail) < 0) {
             end = errno == EAGAIN ? -1 : errno;
             break;
         }
@@ -117,7 +126,7 @@ static PyObject *fill(PyObject *self, PyObject *args) {
                pushes into what FIONREAD counts. */
             struct pollfd p = {fd, POLLIN, 0};
             (void)poll(&p, 1, 0);
-            if (ioctl(fd, FIONREAD, &avail) < 0) {
+            if (counted(fd, &avail) < 0) {
                 end = errno == EAGAIN ? -1 : errno;
                 break;
             }
@@ -132,7 +141,7 @@ static PyObject *fill(PyObject *self, PyObject *args) {
             n = room;
         ssize_t r = read_one(cells, data, cap, fd, (size_t)n, seed_lo, seed_hi);
         if (r < 0) {
-            if (errno == EINTR)
+            if (errno == EINTR) /* (nothing was read: the intent is cleared) */
                 continue;
             end = errno == EAGAIN ? -1 : errno;
             break;

@@ -318,6 +318,8 @@ def _fill_python(ring: SessionRing, fd: int, room: int, batch: int) -> tuple[int
             n = ring.read_from(fd, min(buf[0] or 1, READ_CHUNK, room))
         except BlockingIOError:
             break
+        except InterruptedError:
+            continue  # (nothing was read: read_from cleared its intent)
         except OSError as exc:
             return got, exc.errno or errno.EIO
         if not n:
