@@ -3,10 +3,10 @@
 
    A turn reads 4 KiB at a time (the PTY's line discipline hands over no more per read), and in
    Python each read cost some 4 µs beside its syscalls: the canary built from a big integer,
-   the ring's region sliced into memoryviews, the header cells stored through ctypes. At 12,000
-   reads for 50 MB that was a fifth of a `cat`'s throughput. Here the same steps run in C, in
-   the same order, with the GIL released; ring.py's `_fill_python` is the fallback and the
-   reference, and tests/test_ring_core.py holds the two to the same bytes.
+   the ring's region sliced into memoryviews, the header cells stored through ctypes. A `cat`
+   of 50 MB is 12,000 such reads: on a raw PTY it ran 51-54 MB/s so, 72-83 here, where the
+   same steps run in C, in the same order, with the GIL released. ring.py's `_fill_python` is
+   the fallback and the reference; tests/test_ring_core.py holds both to the same bytes.
 
    Each read, as ring.py's module docstring explains: never more than FIONREAD counts (a PTY
    master then returns all of it), and first written down in the header (the canary in the
