@@ -7,43 +7,37 @@ this process runs when it was built, and without it the Python one serves."""
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import pty
 import select
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from moorage.actors.terminal import ring as ring_mod
-from moorage.actors.terminal.ring import RING_CORE, SessionRing, _canary
+from moorage.actors.terminal.ring import RING_CORE, Fill, SessionRing, _canary
 from tests.interpreter import printed
 
 pytestmark = pytest.mark.timeout(60)
 
-Fill = Callable[[SessionRing, int, int, int], tuple[int, int]]
 CAP = 8192
 
 
-def compiled_fill() -> Fill:
-    try:
-        from moorage.actors.terminal._cring import fill
-    except ImportError:
+def core(name: str) -> Fill:
+    """`name`'s filler; the compiled one skips where it was not built."""
+    if name not in ring_mod.FILLS:
         pytest.skip("the compiled ring filler was not built here (no compiler): Python only")
-
-    def run(ring: SessionRing, fd: int, room: int, batch: int) -> tuple[int, int]:
-        return fill(ring._map, ring.cap, fd, room, batch, ring_mod._SEED_LO, ring_mod._SEED_HI)
-
-    return run
+    return ring_mod.FILLS[name]
 
 
-CORES: dict[str, Callable[[], Fill]] = {"python": lambda: ring_mod._fill_python,
-                                        "compiled": compiled_fill}
+CORES = ("compiled", "python")
 
 
-@pytest.fixture(params=sorted(CORES))
+@pytest.fixture(params=CORES)
 def fill(request) -> Fill:
-    return CORES[request.param]()
+    return core(request.param)
 
 
 @pytest.fixture
@@ -167,14 +161,16 @@ def test_nothing_waiting_reads_nothing(fill, ptypair):
 
 
 def test_the_compiled_core_is_the_one_this_process_runs_when_built() -> None:
-    if RING_CORE != "compiled":
+    if importlib.util.find_spec("moorage.actors.terminal._cring") is None:
         pytest.skip("the compiled ring filler was not built here (no compiler): Python only")
-    assert ring_mod._fill is not ring_mod._fill_python
+    assert RING_CORE == "compiled" and sorted(ring_mod.FILLS) == ["compiled", "python"]
+    assert ring_mod._fill is ring_mod.FILLS["compiled"]
 
 
 def test_without_the_compiled_core_a_ring_fills_in_python() -> None:
     code = ("import os, pty, select; from moorage.actors.terminal import ring as r; "
             "m, s = pty.openpty(); os.write(s, b'abc'); select.select([m], [], [], 5); "
-            "g = r.SessionRing.create(4096, 4096); print(r.RING_CORE, r._fill is "
+            "g = r.SessionRing.create(4096, 4096); print(r.RING_CORE, sorted(r.FILLS), r._fill is "
             "r._fill_python, g.fill(m, 4096, 4096)[0] >= 3)")
-    assert printed(code, MOORAGE_TERMINAL_CORE="python") == ["python", "True", "True"]
+    assert printed(code, MOORAGE_TERMINAL_CORE="python") == ["python", "['python']", "True",
+                                                             "True"]

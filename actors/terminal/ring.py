@@ -329,7 +329,11 @@ def _fill_python(ring: SessionRing, fd: int, room: int, batch: int) -> tuple[int
     return got, -1
 
 
-def _load() -> tuple[str, Callable[[SessionRing, int, int, int], tuple[int, int]]]:
+Fill = Callable[[SessionRing, int, int, int], tuple[int, int]]
+
+
+def _load() -> dict[str, Fill]:
+    fills: dict[str, Fill] = {"python": _fill_python}
     if os.environ.get("MOORAGE_TERMINAL_CORE") != "python":
         try:
             from moorage.actors.terminal._cring import fill as fill_compiled
@@ -339,9 +343,12 @@ def _load() -> tuple[str, Callable[[SessionRing, int, int, int], tuple[int, int]
             def fill(ring: SessionRing, fd: int, room: int, batch: int) -> tuple[int, int]:
                 return fill_compiled(ring._map, ring.cap, fd, room, batch, _SEED_LO, _SEED_HI)
 
-            return "compiled", fill
-    return "python", _fill_python
+            fills["compiled"] = fill
+    return fills
 
 
-RING_CORE, _fill = _load()
-"""How this process fills rings ("compiled": _cring.c; "python": `_fill_python`)."""
+FILLS: dict[str, Fill] = _load()
+"""The ring fillers this process has: always "python", "compiled" when it was built."""
+RING_CORE: str = "compiled" if "compiled" in FILLS else "python"
+"""The one the keeper runs (its `sys.info`'s `ring_core`)."""
+_fill = FILLS[RING_CORE]
