@@ -12,7 +12,7 @@ import os
 import pty
 import select
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -56,14 +56,30 @@ def ptypair() -> Iterator[list[int]]:
                 os.close(fd)
 
 
-def new_ring(at: int) -> SessionRing:
-    ring = SessionRing.create(CAP, CAP // 2)
-    ring.start_at(at)
-    return ring
+@pytest.fixture
+def new_ring() -> Iterator[Callable[[int], SessionRing]]:
+    """Rings of CAP bytes (a window of half that) whose stream starts at a given offset,
+    closed after the test."""
+    made: list[SessionRing] = []
+
+    def make(at: int) -> SessionRing:
+        ring = SessionRing.create(CAP, CAP // 2)
+        made.append(ring)
+        ring.start_at(at)
+        return ring
+
+    yield make
+    for ring in made:
+        ring.close()
+
+
+def counted(fd: int) -> None:
+    """Wait until the master has bytes to read (what the slave wrote has come through)."""
+    assert select.select([fd], [], [], 10)[0], "nothing came through the PTY"
 
 
 def drain(fill: Fill, ring: SessionRing, fd: int, want: int) -> list[tuple[int, int]]:
-    """Turns of `fill` (acking each) until `want` bytes are in; the (got, end) of each."""
+    """Turns of `fill` until `want` bytes are in past the ack; the (got, end) of each."""
     turns = []
     while ring.write_off - ring.ack_off < want:
         got, end = fill(ring, fd, ring.room(), 1 << 20)
@@ -74,90 +90,75 @@ def drain(fill: Fill, ring: SessionRing, fd: int, want: int) -> list[tuple[int, 
     return turns
 
 
-def test_every_byte_value_arrives_in_order_across_the_ring_s_wrap(fill, ptypair):
+def test_every_byte_value_arrives_in_order_across_the_ring_s_wrap(fill, ptypair, new_ring):
     master, slave = ptypair
     data = bytes(range(256)) * 12  # 3,072 bytes
     ring = new_ring(5 * CAP - 7)  # a read across the end of the data wraps, as its canary does
-    try:
-        os.write(slave, data)
-        drain(fill, ring, master, len(data))
-        assert ring.write_off == 5 * CAP - 7 + len(data)
-        assert ring.read(5 * CAP - 7, ring.write_off) == data
-        assert ring._header[6] == 0  # no read in progress
-    finally:
-        ring.close()
+    os.write(slave, data)
+    drain(fill, ring, master, len(data))
+    assert ring.write_off == 5 * CAP - 7 + len(data)
+    assert ring.read(5 * CAP - 7, ring.write_off) == data
+    assert ring._header[6] == 0  # no read in progress
 
 
-def test_the_canary_written_down_is_the_one_recover_checks(fill, ptypair):
+def test_the_canary_written_down_is_the_one_recover_checks(fill, ptypair, new_ring):
     """The cells a read leaves are `_canary` of its offset, cut to its length: a successor's
     `recover` (Python) reads what either core wrote."""
     master, slave = ptypair
     ring = new_ring(CAP - 9)
-    try:
-        for size in (1, 5, 16, 300):  # (the second read's canary wraps)
-            start = ring.write_off
-            os.write(slave, b"t" * size)
-            turns = drain(fill, ring, master, ring.write_off - ring.ack_off + size)
-            assert ring.write_off == start + size and sum(g for g, _ in turns) == size
-            last = ring._header[5]  # the last read: from here to the write offset
-            assert start <= last < ring.write_off
-            want = _canary(last)[: min(ring.write_off - last, 16)].ljust(16, b"\0")
-            got = ring._header[8].to_bytes(8, "little") + ring._header[9].to_bytes(8, "little")
-            assert got == want
-            ring.ack_off = ring.write_off
-            # that read written down but not committed, its bytes come: recover takes it in
-            end = ring.write_off
-            ring._header[2] = last
-            ring._header[6] = end - last
-            assert ring.recover() == end - last and ring.write_off == end
-    finally:
-        ring.close()
+    for size in (1, 5, 16, 300):  # (the second read's canary wraps)
+        start = ring.write_off
+        os.write(slave, b"t" * size)
+        turns = drain(fill, ring, master, ring.write_off - ring.ack_off + size)
+        assert ring.write_off == start + size and sum(g for g, _ in turns) == size
+        last = ring._header[5]  # the last read: from here to the write offset
+        assert start <= last < ring.write_off
+        want = _canary(last)[: min(ring.write_off - last, 16)].ljust(16, b"\0")
+        got = ring._header[8].to_bytes(8, "little") + ring._header[9].to_bytes(8, "little")
+        assert got == want
+        ring.ack_off = ring.write_off
+        # that read written down but not committed, its bytes come: recover takes it in
+        end = ring.write_off
+        ring._header[2] = last
+        ring._header[6] = end - last
+        assert ring.recover() == end - last and ring.write_off == end
 
 
-def test_a_turn_stops_at_its_room_and_at_its_batch(fill, ptypair):
+def test_a_turn_stops_at_its_room_and_at_its_batch(fill, ptypair, new_ring):
     master, slave = ptypair
     ring = new_ring(0)
-    try:
-        os.write(slave, b"r" * 3000)
-        select.select([master], [], [], 5)
-        got, end = fill(ring, master, 100, 1 << 20)
-        assert (got, end) == (100, -1) and ring.write_off == 100
-        got, end = fill(ring, master, 4096, 1)  # a batch of 1: one read, of what is counted
-        assert end == -1 and 1 <= got <= 2900 and ring.write_off == 100 + got
-        drain(fill, ring, master, 3000)
-        assert ring.read(0, ring.write_off) == b"r" * 3000
-    finally:
-        ring.close()
+    os.write(slave, b"r" * 3000)
+    counted(master)
+    got, end = fill(ring, master, 100, 1 << 20)
+    assert (got, end) == (100, -1) and ring.write_off == 100
+    got, end = fill(ring, master, 4096, 1)  # a batch of 1: one read, of what is counted
+    assert end == -1 and 1 <= got <= 2900 and ring.write_off == 100 + got
+    drain(fill, ring, master, 3000)
+    assert ring.read(0, ring.write_off) == b"r" * 3000
 
 
-def test_a_hung_up_pty_ends_the_turn_with_eio_after_its_last_bytes(fill, ptypair):
+def test_a_hung_up_pty_ends_the_turn_with_eio_after_its_last_bytes(fill, ptypair, new_ring):
     master, slave = ptypair
     ring = new_ring(0)
-    try:
-        os.write(slave, b"last words")
-        select.select([master], [], [], 5)
-        os.close(slave)
-        ptypair[1] = -1
-        total, end = 0, -1
-        for _ in range(10):
-            got, end = fill(ring, master, ring.room(), 1 << 20)
-            total += got
-            if end != -1:
-                break
-        assert (total, end) == (10, errno.EIO)
-        assert ring.read(0, ring.write_off) == b"last words" and ring._header[6] == 0
-    finally:
-        ring.close()
+    os.write(slave, b"last words")
+    counted(master)
+    os.close(slave)
+    ptypair[1] = -1
+    total, end = 0, -1
+    for _ in range(10):
+        got, end = fill(ring, master, ring.room(), 1 << 20)
+        total += got
+        if end != -1:
+            break
+    assert (total, end) == (10, errno.EIO)
+    assert ring.read(0, ring.write_off) == b"last words" and ring._header[6] == 0
 
 
-def test_nothing_waiting_reads_nothing(fill, ptypair):
+def test_nothing_waiting_reads_nothing(fill, ptypair, new_ring):
     master, _ = ptypair
     ring = new_ring(0)
-    try:
-        assert fill(ring, master, ring.room(), 1 << 20) == (0, -1)
-        assert ring.write_off == 0 and ring._header[6] == 0
-    finally:
-        ring.close()
+    assert fill(ring, master, ring.room(), 1 << 20) == (0, -1)
+    assert ring.write_off == 0 and ring._header[6] == 0
 
 
 def test_the_compiled_core_is_the_one_this_process_runs_when_built() -> None:
