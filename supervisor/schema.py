@@ -130,6 +130,8 @@ class WatcherTable(RuntimeTable, total=False):
     cache_max_file_bytes: int
     max_read_bytes: int
     list_max: int
+    list_max_scanned: int
+    list_loop_entries: int
     retry: RetryTable
     liveness_s: Number
     health_interval_s: Number

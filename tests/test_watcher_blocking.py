@@ -328,6 +328,50 @@ def test_watching_a_big_tree_keeps_the_loop_answering_and_a_repeat_joins_the_pla
     assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()
 
 
+def test_a_listing_of_a_big_tree_walks_on_a_worker_while_the_loop_answers(make_tree, tmp_path):
+    """A recursive fs.list with a glob that matches little looks at every entry of the tree;
+    on the loop, a big enough tree got the watcher killed as hung (and again at each resend).
+    The walk past the first entries runs on an `io` worker: fs.stats is answered while it
+    runs, and the answer is whole."""
+    data = Path(os.path.realpath(tmp_path)) / "data"
+    big = data / "big"
+    big.mkdir(parents=True)
+    make_big_tree(big, 12_000, 4)
+    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    pid = tree.child("watcher")["pid"]
+    got: list[Any] = []
+
+    def list_once() -> None:
+        with Client(tree.runtime_dir, timeout=120.0) as c:
+            try:
+                got.append(c.call("watcher", "fs.list", {"path": str(big), "recursive": True,
+                                                         "glob": "f3"}, timeout=120))
+            except BaseException as exc:
+                got.append(exc)
+
+    with Client(tree.runtime_dir, timeout=10.0) as c:
+        before = c.call("watcher", "fs.stats")["workers"]["io"]["done"]
+        lister = threading.Thread(target=list_once)
+        lister.start()
+        during = None
+        try:
+            deadline = time.monotonic() + 120
+            while not got and time.monotonic() < deadline:
+                io = c.call("watcher", "fs.stats")["workers"]["io"]
+                if io["in_flight"] == 1:
+                    during = io
+        finally:
+            lister.join(120)
+        assert got and not isinstance(got[0], BaseException), got
+        assert during is not None, "no fs.stats answered while the listing walked"
+        assert c.call("watcher", "fs.stats")["workers"]["io"]["done"] == before + 1
+    names = [e["name"] for e in got[0]["entries"]]
+    assert len(names) == 12_000 and all(n.endswith("/f3") for n in names)
+    assert got[0]["truncated"] is False
+    child = tree.child("watcher")
+    assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()
+
+
 def test_a_resync_of_a_big_tree_walks_while_the_loop_answers(make_tree, tmp_path):
     data = Path(os.path.realpath(tmp_path)) / "data"
     big = data / "big"

@@ -8,8 +8,10 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
+from queue import SimpleQueue
 
 import msgpack
 import pytest
@@ -24,6 +26,7 @@ from moorage.actors.watcher.pipeline import Pipeline
 from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
 from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
 from moorage.actors.watcher.watches import Watches
+from moorage.actors.watcher.workers import Workers
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import Backoff
 
@@ -317,12 +320,65 @@ def test_listing_is_confined_recursive_and_filtered_by_glob(tree):
     (tree / "d").mkdir()
     (tree / "d" / "x.py").write_text("1")
     (tree / "d" / "y.txt").write_text("2")
-    names = {e["name"] for e in fs.list_dir(str(tree), recursive=True)["entries"]}
+    names = {e["name"] for e in fs.list_dir(str(tree), recursive=True).unwrap()["entries"]}
     assert names == {"a.txt", "d", "d/x.py", "d/y.txt"}
-    assert [e["name"] for e in fs.list_dir(str(tree), True, "*.py")["entries"]] == ["d/x.py"]
+    listed = fs.list_dir(str(tree), True, "*.py").unwrap()["entries"]
+    assert [e["name"] for e in listed] == ["d/x.py"]
     with pytest.raises(MoorageError) as e:
-        fs.list_dir(str(tree / "a.txt"))
+        fs.list_dir(str(tree / "a.txt")).unwrap()
     assert e.value.name == "not_a_directory"
+
+
+def many_files(root: Path, dirs: int, files: int) -> set[str]:
+    """`dirs` directories of `files` files (every third a .py); returns the .py names."""
+    py = set()
+    for d in range(dirs):
+        (root / f"d{d}").mkdir()
+        for f in range(files):
+            name = f"d{d}/f{f}.py" if f % 3 == 0 else f"d{d}/f{f}.txt"
+            (root / name).touch()
+            if name.endswith(".py"):
+                py.add(name)
+    return py
+
+
+def test_a_big_listing_walks_a_bounded_part_here_and_the_rest_on_a_worker(tree):
+    py = many_files(tree, 30, 6)
+    handed: SimpleQueue = SimpleQueue()  # what a worker hands back to "the loop" (here)
+    workers = Workers("io", handed.put, threads=1)
+    fs = service(tree, list_loop_entries=7, offload=workers.submit)
+    small = fs.list_dir(str(tree / "d0"))  # 6 entries: all looked at here
+    assert small.done and len(small.unwrap()["entries"]) == 6 and workers.done == 0
+    big = fs.list_dir(str(tree), recursive=True, glob="*.py")
+    assert not big.done  # 7 entries looked at here, the other 204 on the worker
+    handed.get(timeout=10)()  # (no ordering to wait for: the worker's hand-back, run here)
+    got = big.unwrap()
+    assert {e["name"] for e in got["entries"]} == py and not got["truncated"]
+    assert workers.done == 1 and workers.in_flight == 0
+
+
+def test_a_listing_stops_truncated_at_the_entries_it_may_look_at(tree):
+    many_files(tree, 5, 6)
+    fs = service(tree, max_list_scanned=10)
+    got = fs.list_dir(str(tree), recursive=True, glob="*.nomatch").unwrap()
+    assert got == {"path": str(tree), "entries": [], "truncated": True}
+    whole = service(tree).list_dir(str(tree), recursive=True, glob="*.nomatch").unwrap()
+    assert whole["truncated"] is False
+
+
+def test_a_listing_refused_by_full_workers_answers_busy(tree):
+    many_files(tree, 3, 6)
+    workers = Workers("io", lambda fn: None, threads=1, queue=0)
+    fs = service(tree, list_loop_entries=2, offload=workers.submit)
+    gate = threading.Event()
+    workers.submit(gate.wait)  # the one place, taken until the test ends
+    try:
+        with pytest.raises(MoorageError) as e:
+            fs.list_dir(str(tree), recursive=True).unwrap()
+        assert e.value.name == "busy"
+    finally:
+        gate.set()
+        workers.shutdown()
 
 
 # --- coalescing, journal ---------------------------------------------------------------------

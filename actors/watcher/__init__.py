@@ -9,15 +9,18 @@ General layout (each module small, pure where it can be, no sockets anywhere her
   cache      file contents keyed by (dev, ino, size, mtime_ns, ctime_ns), bounded by bytes
   files      fs.read / fs.write / fs.stat / fs.list on top of confine, retry and cache; the
              `reader` and `stat` seams let tests inject failures in-process
+  listing    fs.list's walk in steps: the first entries on the loop, the rest on a worker,
+             bounded by the entries it returns and the entries it looks at
   workers    the bounded pools the syscalls that may block run on (fsync, watch placement,
-             walks, checkpoint writes), their results handed back to the loop
+             walks, big listings, checkpoint writes), their results handed back to the loop
   mounts     which file system a path is on (pseudo ones are not watched)
   watches    what clients asked to watch: scopes, excludes, the minimal set of roots to observe
   observer   the watchdog observers (inotify or polling), the bounded hand-off to the loop, and
              the facts the health checks read (dead threads, overflow, ENOSPC, handler errors)
   guarded    watchdog's inotify classes subclassed to report overflow and ENOSPC, to skip
-             directories no watch needs (excluded subtrees), and to hand plain events over
-             as raw tuples from the reader's thread (no event objects, no dispatcher hop)
+             directories no watch needs (excluded subtrees), to hand plain events over
+             as raw tuples (no event objects, no observer dispatcher hop), and to hand each
+             inotify read on at once (watchdog 7.1.1's reader waits a millisecond for more)
   coalesce   settle-window coalescing (add+delete = nothing unless it was told, delete+add =
              update, add+update = add)
   journal    the (instance, epoch, seq) clock, the bounded journal, and `since`

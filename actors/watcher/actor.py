@@ -36,10 +36,11 @@ in silence.
                                                 resyncs, checkpoints, health,
                                                 workers, query}
 
-Nothing blocks the loop: fs.write's syscalls (fsync, rename) run on the `io` workers and
-fs.watch's placement and base walk on the `walker` thread (moorage.actors.watcher.workers),
-their replies deferred; a full queue answers busy with retry_after_ms. fs.query answers
-from the in-memory index in slices (moorage.actors.watcher.query).
+Nothing blocks the loop: fs.write's syscalls (fsync, rename) and the walk of an fs.list past
+its first `list_loop_entries` run on the `io` workers, fs.watch's placement and base walk on
+the `walker` thread (moorage.actors.watcher.workers), their replies deferred; a full queue
+answers busy with retry_after_ms. fs.query answers from the in-memory index in slices
+(moorage.actors.watcher.query).
 
 Events: topic `fs.event`, one message per flush, {"events": [...]}; each event carries its
 clock [instance, epoch, seq] and is journaled before it is published (see
@@ -71,7 +72,9 @@ pressure "moderate" halves the cache, "high"/"critical" clears it.
 
 Config: roots [], watch [] (static watches: path or {path, recursive, exclude}), settle_ms 20,
 buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_max_file_bytes
-4 MiB, max_read_bytes 16 MiB, list_max 50000, retry {retries 3, initial_ms 10, factor 2,
+4 MiB, max_read_bytes 16 MiB, list_max 50000 (entries returned), list_max_scanned 1000000
+(entries looked at), list_loop_entries 2000 (looked at on the loop; the rest of a walk runs
+on a worker), retry {retries 3, initial_ms 10, factor 2,
 max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
 max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10, io_threads 2, io_queue 128,
 write_bytes_in_flight 256 MiB,
@@ -137,7 +140,8 @@ class WatcherActor(Actor):
         self.fcache = FileCache(int(c.get("cache_max_bytes", 64 << 20)),
                                 int(c.get("cache_max_file_bytes", 4 << 20)))
         # Syscalls that may block go to worker threads (moorage.actors.watcher.workers):
-        # `io` for fs.write (fsync waits for the disk), `walker` for watch placement and walks.
+        # `io` for fs.write (fsync waits for the disk) and big listings, `walker` for watch
+        # placement and walks.
         wake = self.loop.call_soon_threadsafe
         self.io = Workers("io", wake, threads=int(c.get("io_threads", 2)),
                           queue=int(c.get("io_queue", 128)))
@@ -146,7 +150,10 @@ class WatcherActor(Actor):
         self.files = FileService(
             self.roots, self.fcache, RetryPolicy.from_config(c.get("retry", {})),
             self.loop.call_later, max_read=int(c.get("max_read_bytes", 16 << 20)),
-            max_list=int(c.get("list_max", 50_000)), on_self_write=self._note_self_write,
+            max_list=int(c.get("list_max", 50_000)),
+            max_list_scanned=int(c.get("list_max_scanned", 1_000_000)),
+            list_loop_entries=int(c.get("list_loop_entries", 2_000)),
+            on_self_write=self._note_self_write,
             offload=self.io.submit,
             max_write_bytes=int(c.get("write_bytes_in_flight", 256 << 20)))
         self.watches = Watches()
@@ -273,7 +280,7 @@ class WatcherActor(Actor):
         result={"path": str, "entries": list[ENTRY], "truncated": bool})
     def _op_list(self, call: Call, path: str, recursive: bool, glob: str | None) -> Any:
         """Entries of a directory, optionally recursive and filtered by a glob."""
-        return self.files.list_dir(path, recursive, glob)
+        return self._settle(call, self.files.list_dir(path, recursive, glob))
 
     # --- stats -----------------------------------------------------------------------------
 

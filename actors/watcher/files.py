@@ -27,7 +27,6 @@ Seams for tests (replaced in-process, no sockets needed): `reader(real, offset, 
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import secrets
 import stat as stat_mod
@@ -37,12 +36,12 @@ from typing import Any
 from moorage.actors.runtime import Attached
 from moorage.actors.watcher.cache import FileCache, StatKey, etag, stat_info, stat_key
 from moorage.actors.watcher.confine import Roots
+from moorage.actors.watcher.listing import Listing
 from moorage.actors.watcher.retry import Attempts, Pending, RetryPolicy, Schedule, os_error
 from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import MoorageError, fail
 
 TMP_MARK = ".moorage-"
-_TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 _SPECIAL = {stat_mod.S_IFIFO: "fifo", stat_mod.S_IFCHR: "character device",
             stat_mod.S_IFBLK: "block device", stat_mod.S_IFSOCK: "socket"}
 READ_CHUNK = 1 << 16
@@ -84,6 +83,8 @@ class FileService:
         *,
         max_read: int = 16 << 20,
         max_list: int = 50_000,
+        max_list_scanned: int = 1_000_000,
+        list_loop_entries: int = 2_000,
         on_self_write: Callable[[str, StatKey | None], None] | None = None,
         offload: Offload | None = None,
         max_queued_writes: int = 32,
@@ -95,6 +96,8 @@ class FileService:
         self.schedule = schedule
         self.max_read = max_read
         self.max_list = max_list
+        self.max_list_scanned = max_list_scanned
+        self.list_loop_entries = list_loop_entries
         self.on_self_write = on_self_write or (lambda _path, _key: None)
         self.offload = offload  # None: the syscalls run inline (in-process tests, perf)
         # Files being written -> the writes waiting for them (started in order).
@@ -351,34 +354,24 @@ class FileService:
         return Attempts(self.policy, attempt, self.schedule, path).run()
 
     def list_dir(self, path: str, recursive: bool = False, glob: str | None = None
-                 ) -> dict[str, Any]:
-        """Entries under a directory (relative names), symlinks listed but not followed."""
+                 ) -> Pending:
+        """Entries under a directory (relative names), symlinks listed but not followed: the
+        first `list_loop_entries` looked at here, the rest of a bigger walk on a worker
+        (listing.py)."""
         real = self.roots.resolve_fast(path)
-        entries: list[dict[str, Any]] = []
-        truncated = False
-        by_path = glob is not None and "/" in glob
-        stack = [(real, "")]
-        try:
-            while stack and not truncated:
-                top, rel = stack.pop()
-                with os.scandir(top) as it:
-                    for e in it:
-                        name = f"{rel}{e.name}"
-                        try:
-                            st = e.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue  # gone between readdir and stat
-                        if recursive and (st.st_mode & 0o170000) == 0o040000:
-                            stack.append((e.path, name + "/"))
-                        if glob is not None and not fnmatch.fnmatchcase(
-                                name if by_path else e.name, glob):
-                            continue
-                        if len(entries) >= self.max_list:
-                            truncated = True
-                            break
-                        entries.append({"name": name, "type": _TYPES.get(
-                            st.st_mode & 0o170000, "other"), "size": st.st_size,
-                            "mtime_ns": st.st_mtime_ns})
-        except OSError as exc:
-            raise os_error(exc, path) from exc
-        return {"path": real, "entries": entries, "truncated": truncated}
+
+        def attempt() -> Any:
+            listing = Listing(real, recursive, glob, max_entries=self.max_list,
+                              max_scanned=self.max_list_scanned)
+            if listing.step(self.list_loop_entries):
+                return listing.answer()
+            if self.offload is None:  # (in-process use: no workers)
+                listing.step(None)
+                return listing.answer()
+            try:
+                return self.offload(lambda: listing.step(None), lambda _: listing.answer())
+            except BaseException:  # refused (busy): the directory it was reading is closed
+                listing.close()
+                raise
+
+        return Attempts(self.policy, attempt, self.schedule, path).run()

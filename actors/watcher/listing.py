@@ -1,0 +1,100 @@
+"""fs.list's walk, in steps: a little on the loop, the rest on a worker.
+
+A listing costs what it looks at, not what it returns: a recursive list with a glob that
+matches nothing walks the whole tree to say so (400,000 files took longer than the
+supervisor's heartbeat allows, and the watcher was killed as hung, again at each resend of
+the same call). So a listing looks at `loop_entries` directory entries on the loop, which
+answers the common small listing at once, and hands what is left to a worker thread that
+walks it to the end while the loop serves. It stops early, `truncated`, at `max_entries`
+entries returned or `max_scanned` entries looked at: the worker it holds is one of the few
+that writes need too.
+
+A `Listing` is touched by one thread at a time: the loop, then (after `step` said it is not
+done) the worker it was handed to, then the loop again for `answer`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Any
+
+_TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
+_DIR = 0o040000
+
+
+class Listing:
+    """The entries under `real` (names relative to it), symlinks listed but not followed."""
+
+    __slots__ = ("_by_path", "_it", "_rel", "_stack", "entries", "glob", "max_entries",
+                 "max_scanned", "real", "recursive", "scanned", "truncated")
+
+    def __init__(self, real: str, recursive: bool, glob: str | None, *, max_entries: int,
+                 max_scanned: int) -> None:
+        self.real = real
+        self.recursive = recursive
+        self.glob = glob
+        self.max_entries = max_entries
+        self.max_scanned = max_scanned
+        self.entries: list[dict[str, Any]] = []
+        self.scanned = 0
+        self.truncated = False
+        self._by_path = glob is not None and "/" in glob
+        self._stack: list[tuple[str, str]] = [(real, "")]
+        self._it: Any = None  # the open scandir iterator of the directory being read
+        self._rel = ""
+
+    def step(self, budget: int | None) -> bool:
+        """Look at up to `budget` more entries (None: no limit); True once the walk is over.
+        OSError (the directory, or one below it, unreadable) ends the walk with the
+        iterator closed."""
+        try:
+            return self._walk(budget)
+        except BaseException:
+            self.close()
+            raise
+
+    def _walk(self, budget: int | None) -> bool:
+        entries, glob, by_path = self.entries, self.glob, self._by_path
+        left = -1 if budget is None else budget
+        while not self.truncated:
+            if self._it is None:
+                if not self._stack:
+                    return True
+                top, self._rel = self._stack.pop()
+                self._it = os.scandir(top)
+            rel = self._rel
+            for e in self._it:
+                self.scanned += 1
+                name = f"{rel}{e.name}"
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone between readdir and stat
+                if self.recursive and (st.st_mode & 0o170000) == _DIR:
+                    self._stack.append((e.path, name + "/"))
+                if glob is None or fnmatch.fnmatchcase(name if by_path else e.name, glob):
+                    if len(entries) >= self.max_entries:
+                        self.truncated = True
+                        break
+                    entries.append({"name": name, "type": _TYPES.get(
+                        st.st_mode & 0o170000, "other"), "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns})
+                if self.scanned >= self.max_scanned:
+                    self.truncated = True
+                    break
+                left -= 1
+                if left == 0:
+                    return False
+            else:
+                self.close()
+        self.close()
+        return True
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+    def answer(self) -> dict[str, Any]:
+        return {"path": self.real, "entries": self.entries, "truncated": self.truncated}
