@@ -184,6 +184,43 @@ def test_runtime_built_results_skip_the_check_and_handlers_results_do_not():
     assert specs["sys.pressure"].checked and specs["replay"].checked
 
 
+def test_binding_takes_declared_types_fills_defaults_and_names_unknown_arguments_first():
+    class A:
+        @op("a.read", args={"path": str, "offset": (int, 0), "length": (int, None),
+                            "flag": (bool, False)})
+        def read(self, call: Call, path: str, offset: int, length: int | None,
+                 flag: bool) -> None:
+            """read."""
+
+    spec = collect(A())["a.read"]
+
+    class Name(str):
+        pass
+
+    def refused(raw: object) -> str:
+        with pytest.raises(MoorageError) as e:
+            spec.bind(raw)
+        assert e.value.name == "bad_args"
+        return str(e.value)
+
+    assert spec.bind({"path": "p"}) == {"path": "p", "offset": 0, "length": None,
+                                        "flag": False}
+    assert spec.bind({"path": "p", "offset": 3, "length": 5, "flag": True}) == {
+        "path": "p", "offset": 3, "length": 5, "flag": True}
+    assert spec.bind({"path": "p", "offset": None}) == {  # nil: the default
+        "path": "p", "offset": 0, "length": None, "flag": False}
+    assert type(spec.bind({"path": Name("p")})["path"]) is Name  # a subclass is taken
+    assert "'offset' must be int, not bool" in refused({"path": "p", "offset": True})
+    assert "'flag' must be bool, not int" in refused({"path": "p", "flag": 1})
+    assert "missing argument 'path'" in refused({})
+    assert "unknown argument(s) ['bogus']" in refused({"path": "p", "bogus": 1})
+    # unknown names come first, whatever else is wrong
+    assert "unknown argument(s) ['bogus']" in refused({"bogus": 1})
+    assert "unknown argument(s) ['bogus']" in refused({"path": 1, "bogus": 1})
+    assert "unknown argument(s)" in refused({"path": "p", 1: 2})
+    assert "must be a map, not list" in refused([1])
+
+
 def test_a_hostile_depth_is_refused_at_the_limit_without_walking_it_all():
     deep: Any = []
     for _ in range(100_000):  # far past the interpreter's recursion limit

@@ -27,6 +27,7 @@ from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classif
 from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
 from moorage.actors.watcher.watches import Watches
 from moorage.actors.watcher.workers import Workers
+from moorage.protocol.envelope import Packed, decode_reply, encode_reply
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import Backoff
 
@@ -173,6 +174,22 @@ def test_a_read_is_cached_and_a_hit_is_revalidated_by_stat(tree):
     (tree / "a.txt").write_bytes(b"bravo")  # same size: mtime/ctime tell
     assert fs.read_cached(path, 0, None) is None
     assert fs.read(path).unwrap().attachments == [b"bravo"]
+
+
+def test_a_whole_file_hit_answers_the_body_its_miss_answered_packed_once(tree):
+    fs = service(tree)
+    path = str(tree / "a.txt")
+    miss = fs.read(path).unwrap()
+    first, second = fs.read_cached(path, 0, None), fs.read_cached(path, 0, 99)
+    assert first is not None and second is not None
+    assert type(first.body) is Packed and second.body is first.body  # packed by the first
+    assert msgpack.unpackb(first.body.data) == miss.body and first.attachments == [b"alpha"]
+    part = fs.read_cached(path, 1, 2)  # a range is answered as before, not from the packing
+    assert part is not None and part.attachments == [b"lp"]
+    assert part.body == {**miss.body, "offset": 1, "length": 2}
+    frames = encode_reply(7, "ep", first.body, first.attachments)
+    assert frames[2] is first.body.data  # sent as it is
+    assert decode_reply(frames).body == miss.body
 
 
 def test_a_cp_p_replacement_with_the_same_mtime_and_size_is_not_a_cache_hit(tree):

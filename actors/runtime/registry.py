@@ -22,6 +22,7 @@ from moorage.protocol.errors import KINDS, fail
 _MISSING = object()
 REQUIRED = _MISSING
 _NO_ARGS: dict[str, Any] = {}  # what an op without arguments is called with; never mutated
+_NONE = type(None)
 UNDECLARED = _MISSING  # an op that says nothing of its result (test actors); ours all do
 # What the runtime itself may answer for any op, before or around its handler (actor.py's
 # request path, PROTOCOL.md sections 6, 9 and 15): an op's `errors` list only its own.
@@ -67,10 +68,14 @@ class OpSpec:
     request_attachments: tuple[int, int | None] = (0, 0)  # (at least, at most; None: any)
     reply_attachments: tuple[int, int | None] = (0, 0)
     _names: frozenset[str] = field(default=frozenset())
+    # Each argument's name, the exact types a value may have to be taken at once, its
+    # default (REQUIRED: none), and the argument (bind).
+    _exact: tuple[tuple[str, frozenset[type], Any, Arg], ...] = ()
     _result_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._names = frozenset(a.name for a in self.args)
+        self._exact = tuple((a.name, frozenset(a.types), a.default, a) for a in self.args)
         if self.result is not UNDECLARED and self._result_schema is None:
             self._result_schema = document(self.result)
 
@@ -80,32 +85,49 @@ class OpSpec:
         return self._result_schema is not None
 
     def bind(self, raw: Any) -> dict[str, Any]:
-        """Validate wire arguments: a map (or nil when the op takes none) of declared names."""
+        """Validate wire arguments: a map (or nil when the op takes none) of declared names.
+
+        A value whose exact type is declared (the common case) costs a set lookup; anything
+        else (a default to fill in, a subclass, a wrong type) takes the full checks. Unknown
+        names are found by counting the declared ones present, and are named before any
+        other fault, as the first fault a caller should fix."""
         if raw is None:
             if not self.args:
                 return _NO_ARGS
             raw = {}
-        if not isinstance(raw, dict):
+        if type(raw) is not dict and not isinstance(raw, dict):
             kind = type(raw).__name__
             raise fail("bad_args", f"{self.name}: arguments must be a map, not {kind}")
-        extra = raw.keys() - self._names
-        if extra:
-            raise fail("bad_args", f"{self.name}: unknown argument(s) {sorted(map(str, extra))}")
         out: dict[str, Any] = {}
-        for a in self.args:
-            v = raw.get(a.name, _MISSING)
-            if v is _MISSING or (v is None and not a.required and type(None) not in a.types):
-                if a.required:
-                    raise fail("bad_args", f"{self.name}: missing argument {a.name!r}")
-                out[a.name] = a.default
+        present = 0
+        for name, exact, default, a in self._exact:
+            v = raw.get(name, _MISSING)
+            if type(v) in exact:
+                out[name] = v
+                present += 1
+                continue
+            if v is _MISSING or (v is None and default is not _MISSING and _NONE not in a.types):
+                if default is _MISSING:
+                    self._refuse(raw, f"missing argument {name!r}")
+                out[name] = default
+                present += v is not _MISSING
                 continue
             # bool is an int in Python; an int argument must not take True.
             if not isinstance(v, a.types) or (isinstance(v, bool) and bool not in a.types):
                 want = "|".join(t.__name__ for t in a.types)
-                got = type(v).__name__
-                raise fail("bad_args", f"{self.name}: {a.name!r} must be {want}, not {got}")
-            out[a.name] = v
+                self._refuse(raw, f"{name!r} must be {want}, not {type(v).__name__}")
+            out[name] = v
+            present += 1
+        if present != len(raw):
+            self._refuse(raw, "")
         return out
+
+    def _refuse(self, raw: dict, problem: str) -> None:
+        """bad_args for `problem`, or for the unknown names in `raw` if there are any."""
+        extra = raw.keys() - self._names
+        if extra:
+            raise fail("bad_args", f"{self.name}: unknown argument(s) {sorted(map(str, extra))}")
+        raise fail("bad_args", f"{self.name}: {problem}")
 
     def describe(self) -> dict[str, Any]:
         """The op's entry in `sys.info` (PROTOCOL.md section 13): JSON-able data."""

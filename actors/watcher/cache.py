@@ -48,6 +48,9 @@ class Entry:
     key: StatKey
     data: bytes
     info: dict[str, Any]  # stat_info of the read, reused by every hit
+    # fs.read's reply body for the whole file, packed by its first hit and sent by every
+    # hit after it (files.FileService.read_cached)
+    whole: bytes | None = None
 
 
 class FileCache:

@@ -39,6 +39,7 @@ from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.listing import Listing
 from moorage.actors.watcher.retry import Attempts, Pending, RetryPolicy, Schedule, os_error
 from moorage.actors.watcher.workers import Job
+from moorage.protocol.envelope import Packed, packb
 from moorage.protocol.errors import MoorageError, fail
 
 TMP_MARK = ".moorage-"
@@ -125,12 +126,19 @@ class FileService:
         return Attached(body, [data])
 
     def read_cached(self, path: str, offset: int, length: int | None) -> Attached | None:
-        """The fast path: an answer from the cache, or None."""
+        """The fast path: an answer from the cache, or None. A read of the whole file (the
+        common one) answers the entry's body as packed by its first hit."""
         absolute = path if path[:1] == "/" else self.roots.absolute(path)
         e = self.cache.hit(absolute)
         if e is None:
             return None
-        return self.answer(e.data, e.info, offset, length)
+        data = e.data
+        if offset or (length is not None and length < len(data)):
+            return self.answer(data, e.info, offset, length)
+        whole = e.whole
+        if whole is None:
+            whole = e.whole = Packed(packb(self.answer(data, e.info, 0, None).body))
+        return Attached(whole, [data])
 
     def read(self, path: str, offset: int = 0, length: int | None = None) -> Pending:
         if offset < 0 or (length is not None and length < 0):
