@@ -132,6 +132,9 @@ class WatcherTable(RuntimeTable, total=False):
     list_max: int
     list_max_scanned: int
     list_loop_entries: int
+    slow_fs_types: list[str]
+    remote_threads: int
+    remote_queue: int
     retry: RetryTable
     liveness_s: Number
     health_interval_s: Number

@@ -466,10 +466,10 @@ def test_a_read_that_keeps_failing_answers_the_cached_copy_marked_stale(
     real = files_mod.FileService.read_file
     switch = data.parent / "fail-now"
 
-    def flaky(self, path, offset, length):  # type: ignore[no-untyped-def]
+    def flaky(self, path, offset, length, wait=True):  # type: ignore[no-untyped-def]
         if switch.exists():
             raise OSError(errno.EIO, "Input/output error")
-        return real(self, path, offset, length)
+        return real(self, path, offset, length, wait)
 
     monkeypatch.setattr(files_mod.FileService, "read_file", flaky)
     w = start(retry={"retries": 3, "initial_ms": 1, "max_ms": 5})

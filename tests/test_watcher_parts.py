@@ -22,6 +22,7 @@ from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalesce
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Clock, Journal
+from moorage.actors.watcher.mounts import MountTable
 from moorage.actors.watcher.pipeline import Pipeline
 from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
 from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
@@ -396,6 +397,108 @@ def test_a_listing_refused_by_full_workers_answers_busy(tree):
     finally:
         gate.set()
         workers.shutdown()
+
+
+# --- slow file systems, and reads the page cache cannot answer -------------------------------
+
+
+def mountinfo_line(n: int, point: str, fs_type: str) -> str:
+    """One line of /proc/self/mountinfo's format (man 5 proc) for a mount at `point`."""
+    escaped = point.replace("\\", "\\134").replace(" ", "\\040")
+    return f"{n} 1 0:{n} / {escaped} rw,relatime shared:{n} - {fs_type} src{n} rw\n"
+
+
+def test_the_mount_table_finds_slow_file_systems_by_the_deepest_mount_of_a_path(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text(mountinfo_line(1, "/", "ext4") + mountinfo_line(2, "/mnt/nfs", "nfs4")
+                    + mountinfo_line(3, "/mnt/nfs/local disk", "ext4")
+                    + mountinfo_line(4, "/home/u/remote", "fuse.sshfs")
+                    + mountinfo_line(5, "/proc", "proc"))
+    table = MountTable(mountinfo=str(info), max_age_s=0)
+    assert table.slow("/mnt/nfs") and table.slow("/mnt/nfs/a/b")
+    assert not table.slow("/mnt/nfs/local disk/x")  # a local mount inside the remote tree
+    assert table.slow("/mnt/nfs/local") and table.slow("/home/u/remote/f")
+    assert not table.slow("/home/u/remotes") and not table.slow("/home/u/x")
+    assert not table.slow("/proc/self") and not table.slow("/")
+    info.write_text(mountinfo_line(1, "/", "ext4"))  # unmounted: read again when asked
+    assert not table.slow("/mnt/nfs/a")
+    assert not MountTable(("nfs4",), mountinfo=str(tmp_path / "none")).slow("/mnt/nfs")
+    only_nfs = MountTable(("nfs4",), mountinfo=str(info), max_age_s=0)
+    info.write_text(mountinfo_line(1, "/", "ext4") + mountinfo_line(4, "/r", "fuse.sshfs"))
+    assert not only_nfs.slow("/r/x") and MountTable(mountinfo=str(info)).slow("/r/x")
+
+
+def remote_service(tree: Path, tmp_path: Path) -> tuple[FileService, Workers, SimpleQueue]:
+    """A FileService whose mount table says `tree/remote` is an sshfs mount: ops there go to
+    the returned workers, whose hand-backs the test runs from the queue as the loop would."""
+    (tree / "remote").mkdir()
+    info = tmp_path / "mountinfo"
+    info.write_text(mountinfo_line(1, "/", "ext4")
+                    + mountinfo_line(2, str(tree / "remote"), "fuse.sshfs"))
+    handed: SimpleQueue = SimpleQueue()
+    workers = Workers("remote", handed.put, threads=1)
+    fs = service(tree, remote=workers.submit,
+                 slow=MountTable(mountinfo=str(info), max_age_s=0).slow)
+    return fs, workers, handed
+
+
+def on_the_worker(p, handed: SimpleQueue):  # type: ignore[no-untyped-def]
+    """`p` waited for a worker; its hand-back (run here, as the loop would) settles it."""
+    assert not p.done
+    handed.get(timeout=10)()
+    return p.unwrap()
+
+
+def test_every_op_on_a_slow_file_system_runs_on_the_remote_workers_and_is_not_cached(
+        tree, tmp_path):
+    fs, workers, handed = remote_service(tree, tmp_path)
+    far = tree / "remote"
+    (far / "f").write_bytes(b"far away")
+    got = on_the_worker(fs.read(str(far / "f")), handed)
+    assert got.attachments == [b"far away"] and got.body["size"] == 8
+    assert fs.read_cached(str(far / "f"), 0, None) is None and len(fs.cache) == 0
+    assert on_the_worker(fs.stat_path(str(far / "f")), handed)["size"] == 8
+    listed = on_the_worker(fs.list_dir(str(far)), handed)
+    assert [e["name"] for e in listed["entries"]] == ["f"]
+    wrote = on_the_worker(fs.write(str(far / "g"), b"new"), handed)
+    assert wrote["path"] == str(far / "g") and (far / "g").read_bytes() == b"new"
+    assert fs.remote_ops == 4 and workers.done == 4
+    with pytest.raises(MoorageError) as e:  # errors classified as anywhere else
+        on_the_worker(fs.read(str(far / "missing")), handed)
+    assert e.value.name == "not_found"
+    # elsewhere, nothing changes: answered at once, cached
+    assert fs.read(str(tree / "a.txt")).unwrap().attachments == [b"alpha"]
+    assert fs.read_cached(str(tree / "a.txt"), 0, None) is not None and fs.remote_ops == 5
+
+
+def evicted(path: Path) -> bool:
+    """Drop `path`'s pages from the page cache; False where the file system keeps them
+    (tmpfs: its pages are the file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_read_the_page_cache_cannot_answer_is_done_on_a_worker(tree):
+    cold = tree / "cold.bin"
+    cold.write_bytes(os.urandom(1 << 20))
+    if not evicted(cold):
+        pytest.skip("this file system keeps a file's pages in memory: nothing to read cold")
+    handed: SimpleQueue = SimpleQueue()
+    workers = Workers("io", handed.put, threads=1)
+    fs = service(tree, offload=workers.submit)
+    got = on_the_worker(fs.read(str(cold)), handed)
+    assert got.attachments == [cold.read_bytes()] and fs.reads_offloaded == 1
+    warm = fs.read(str(tree / "a.txt"))  # in the page cache: answered here
+    assert warm.done and fs.reads_offloaded == 1 and workers.done == 1
 
 
 # --- coalescing, journal ---------------------------------------------------------------------

@@ -36,10 +36,12 @@ in silence.
                                                 resyncs, checkpoints, health,
                                                 workers, query}
 
-Nothing blocks the loop: fs.write's syscalls (fsync, rename) and the walk of an fs.list past
-its first `list_loop_entries` run on the `io` workers, fs.watch's placement and base walk on
-the `walker` thread (moorage.actors.watcher.workers), their replies deferred; a full queue
-answers busy with retry_after_ms. fs.query answers from the in-memory index in slices
+Nothing blocks the loop: fs.write's syscalls (fsync, rename), the walk of an fs.list past
+its first `list_loop_entries` and an fs.read whose file is not all in the page cache run on
+the `io` workers, every file op on a slow file system (NFS, SMB, FUSE...) on the `remote`
+workers, fs.watch's placement and base walk on the `walker` thread
+(moorage.actors.watcher.workers), their replies deferred; a full queue answers busy with
+retry_after_ms. fs.query answers from the in-memory index in slices
 (moorage.actors.watcher.query).
 
 Events: topic `fs.event`, one message per flush, {"events": [...]}; each event carries its
@@ -74,7 +76,9 @@ Config: roots [], watch [] (static watches: path or {path, recursive, exclude}),
 buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_max_file_bytes
 4 MiB, max_read_bytes 16 MiB, list_max 50000 (entries returned), list_max_scanned 1000000
 (entries looked at), list_loop_entries 2000 (looked at on the loop; the rest of a walk runs
-on a worker), retry {retries 3, initial_ms 10, factor 2,
+on a worker), slow_fs_types (file systems whose ops all run on the `remote` workers: NFS,
+SMB, 9p, Ceph, FUSE... mounts.SLOW_TYPES; "fuse.*" names a family), remote_threads 2,
+remote_queue 32, retry {retries 3, initial_ms 10, factor 2,
 max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
 max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10, io_threads 2, io_queue 128,
 write_bytes_in_flight 256 MiB,
@@ -99,6 +103,7 @@ from moorage.actors.watcher.cookies import Cookies
 from moorage.actors.watcher.driving import Driving
 from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Journal
+from moorage.actors.watcher.mounts import SLOW_TYPES, MountTable
 from moorage.actors.watcher.observer import ObserverManager
 from moorage.actors.watcher.pipeline import Pipeline, tune_gc
 from moorage.actors.watcher.query import QueryOps
@@ -147,6 +152,11 @@ class WatcherActor(Actor):
                           queue=int(c.get("io_queue", 128)))
         self.walker = Workers("walker", wake, threads=1, queue=int(c.get("walk_queue", 8)),
                               retry_after_ms=1000)
+        # Every op on a slow file system (NFS, SMB, FUSE...), whose calls may never return:
+        # a pool of its own, so a stalled mount holds only its own calls.
+        self.remote = Workers("remote", wake, threads=int(c.get("remote_threads", 2)),
+                              queue=int(c.get("remote_queue", 32)))
+        self.mounts = MountTable(c.get("slow_fs_types", SLOW_TYPES))
         self.files = FileService(
             self.roots, self.fcache, RetryPolicy.from_config(c.get("retry", {})),
             self.loop.call_later, max_read=int(c.get("max_read_bytes", 16 << 20)),
@@ -154,7 +164,7 @@ class WatcherActor(Actor):
             max_list_scanned=int(c.get("list_max_scanned", 1_000_000)),
             list_loop_entries=int(c.get("list_loop_entries", 2_000)),
             on_self_write=self._note_self_write,
-            offload=self.io.submit,
+            offload=self.io.submit, remote=self.remote.submit, slow=self.mounts.slow,
             max_write_bytes=int(c.get("write_bytes_in_flight", 256 << 20)))
         self.watches = Watches()
         self.index = Index()
@@ -221,6 +231,7 @@ class WatcherActor(Actor):
     def on_stop(self) -> None:
         self.io.shutdown()
         self.walker.shutdown()
+        self.remote.shutdown()
         if self.obs is not None:
             self.obs.stop()
         self.state.close()
@@ -294,7 +305,8 @@ class WatcherActor(Actor):
         # state.py, workers.py, query.py): named by their modules, not a contract
         "cache": dict[str, Any], "observer": dict[str, Any] | None, "journal": dict[str, Any],
         "pipeline": dict[str, Any], "checkpoints": dict[str, Any],
-        "workers": {"io": dict[str, Any], "walker": dict[str, Any]}, "query": dict[str, int]})
+        "workers": {"io": dict[str, Any], "walker": dict[str, Any], "remote": dict[str, Any]},
+        "files": {"reads_offloaded": int, "remote_ops": int}, "query": dict[str, int]})
     def _op_stats(self, call: Call) -> dict[str, Any]:
         """Cache, observer, journal, pipeline, resync and checkpoint counters."""
         return self._stats()
@@ -329,7 +341,10 @@ class WatcherActor(Actor):
             "checkpoints": self.state.stats(),
             "health": self.driving.health,
             "syncs_answered": self.watch_ops.syncs_answered,
-            "workers": {"io": self.io.stats(), "walker": self.walker.stats()},
+            "workers": {"io": self.io.stats(), "walker": self.walker.stats(),
+                        "remote": self.remote.stats()},
+            "files": {"reads_offloaded": self.files.reads_offloaded,
+                      "remote_ops": self.files.remote_ops},
             "watches_placing": len(self.watch_ops.placing),
             "watch_joins": self.watch_ops.joined,
             "query": self.query_ops.stats(),

@@ -6,7 +6,9 @@ again: if the stat tuple moved during the read (a writer was busy) the read is t
 retried as a transient error, so no caller gets half of one version and half of another. A
 read that still fails after the retries, while an earlier copy is cached, answers that copy
 with `stale: true` (the seed's "cache previous"). Reads over `max_read` bytes are refused
-with `file_too_large`: page them.
+with `file_too_large`: page them. On the loop a miss takes its bytes from the page cache only
+(preadv2 RWF_NOWAIT): a file not all in memory is read again on an `offload` worker, so a
+cold file on a slow disk never holds the loop.
 A FIFO, device or socket is refused (`bad_args`, naming it) before it is opened; a file that
 reports no size (procfs) is read to its end within `max_read`, and a file whose contents are
 not its reported size (procfs, sysfs) is never cached: its stat key does not move with them.
@@ -21,12 +23,19 @@ mix. `if_match` is the etag the caller last saw ("" = must not exist): anything 
 `conflict`. Both the temporary and the target are reported to `on_self_write` so the
 watcher can tag the events they cause `origin: self`.
 
-Seams for tests (replaced in-process, no sockets needed): `reader(real, offset, length)` and
-`stat(path)`; `schedule(delay, fn)` is the loop's `call_later`.
+A path on a slow file system (`slow`: NFS, SMB, FUSE and their kin, mounts.MountTable) may
+not answer at all: every op on one runs wholly on the `remote` workers, its resolution
+included, and is not cached (a hit's revalidating stat would run on the loop). A stalled
+mount then holds those workers and its own calls (busy when they are all taken), never the
+loop or the other files.
+
+Seams for tests (replaced in-process, no sockets needed): `reader(real, offset, length,
+wait=True)` and `stat(path)`; `schedule(delay, fn)` is the loop's `call_later`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat as stat_mod
@@ -67,6 +76,33 @@ def refuse_special(lst: os.stat_result | None, path: str, verb: str) -> None:
         raise special_file(lst.st_mode, path, verb)
 
 
+class WouldWait(Exception):
+    """A read on the loop found data not in the page cache (or a file system that cannot
+    tell): it is done again where waiting is allowed."""
+
+
+_NOWAIT_ERRNOS = (errno.EAGAIN, errno.EOPNOTSUPP)
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def _pread_cached(fd: int, n: int, offset: int) -> bytes:
+    """`n` bytes at `offset` from the page cache only (preadv2 RWF_NOWAIT, Linux 4.14+);
+    WouldWait when part of it would come from the disk or the network. Where the flag is
+    unknown, a plain pread."""
+    if _RWF_NOWAIT is None:
+        return os.pread(fd, n, offset)
+    buf = bytearray(n)
+    try:
+        got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+    except OSError as exc:
+        if exc.errno in _NOWAIT_ERRNOS:
+            raise WouldWait from None
+        raise
+    if got < n:  # the rest is not cached (or the file shrank: the full read will say)
+        raise WouldWait
+    return bytes(buf)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -88,6 +124,8 @@ class FileService:
         list_loop_entries: int = 2_000,
         on_self_write: Callable[[str, StatKey | None], None] | None = None,
         offload: Offload | None = None,
+        remote: Offload | None = None,
+        slow: Callable[[str], bool] | None = None,
         max_queued_writes: int = 32,
         max_write_bytes: int = 256 << 20,
     ) -> None:
@@ -101,6 +139,11 @@ class FileService:
         self.list_loop_entries = list_loop_entries
         self.on_self_write = on_self_write or (lambda _path, _key: None)
         self.offload = offload  # None: the syscalls run inline (in-process tests, perf)
+        # Paths on a slow file system (`slow`, mounts.MountTable.slow) are served wholly on
+        # the `remote` workers, resolution included, and never cached (a hit's stat would
+        # run here); without `remote`, on `offload`.
+        self.slow: Callable[[str], bool] = slow or (lambda _path: False)
+        self.remote = remote or offload
         # Files being written -> the writes waiting for them (started in order).
         self._writing: dict[str, list[Callable[[], None]]] = {}
         self.max_queued_writes = max_queued_writes
@@ -108,8 +151,9 @@ class FileService:
         # always taken, whatever its size, when none is under way).
         self.max_write_bytes = max_write_bytes
         self.write_bytes = 0
-        self.reader: Callable[[str, int, int | None], tuple[bytes, os.stat_result]] = \
-            self.read_file
+        self.reader: Callable[..., tuple[bytes, os.stat_result]] = self.read_file
+        self.reads_offloaded = 0  # reads the page cache could not answer at once
+        self.remote_ops = 0  # ops on a slow file system, served on `remote`
         self.stat: Callable[[str], os.stat_result] = os.stat
 
     # --- reading ------------------------------------------------------------------------
@@ -144,17 +188,28 @@ class FileService:
         if offset < 0 or (length is not None and length < 0):
             raise fail("bad_args", "offset and length must be >= 0")
         absolute = self.roots.absolute(path)
+        self.cache.misses += 1
+        if self.remote is not None and self.slow(absolute):
+            return self._read_remote(path, absolute, offset, length)
         real, lst = self.roots.resolve_lstat(absolute)
         refuse_special(lst, path, "read")
-        self.cache.misses += 1
 
-        def attempt() -> Attached:
-            data, st = self.reader(real, offset, length)
+        def settle(got: tuple[bytes, os.stat_result]) -> Attached:
+            data, st = got
             # Only a whole file whose size is what the kernel says: a procfs or sysfs file
             # (size 0 or 4096 whatever it holds) keeps its stat key when its content changes.
             if offset == 0 and len(data) == st.st_size:
                 self.cache.put(absolute, real, st, data)
             return self.answer(data, stat_info(st), offset, length, whole=False)
+
+        def attempt() -> Any:
+            if self.offload is None:
+                return settle(self.reader(real, offset, length))
+            try:
+                return settle(self.reader(real, offset, length, wait=False))
+            except WouldWait:  # not all in the page cache: read it where waiting is allowed
+                self.reads_offloaded += 1
+                return self.offload(lambda: self.reader(real, offset, length), settle)
 
         def exhausted(exc: OSError, tries: int) -> Attached:
             e = self.cache.peek(real)
@@ -167,9 +222,29 @@ class FileService:
 
         return Attempts(self.policy, attempt, self.schedule, path, exhausted).run()
 
-    def read_file(self, real: str, offset: int, length: int | None
+    def _read_remote(self, path: str, absolute: str, offset: int, length: int | None
+                     ) -> Pending:
+        """A read on a slow file system: resolved, checked and read on a `remote` worker;
+        not cached."""
+        self.remote_ops += 1
+
+        def blocking() -> tuple[bytes, os.stat_result]:
+            real, lst = self.roots.resolve_lstat(absolute)
+            refuse_special(lst, path, "read")
+            return self.reader(real, offset, length)
+
+        def settle(got: tuple[bytes, os.stat_result]) -> Attached:
+            data, st = got
+            return self.answer(data, stat_info(st), offset, length, whole=False)
+
+        return Attempts(self.policy, lambda: self.remote(blocking, settle),  # type: ignore[misc]
+                        self.schedule, path).run()
+
+    def read_file(self, real: str, offset: int, length: int | None, wait: bool = True
                   ) -> tuple[bytes, os.stat_result]:
-        """One untorn read of `real` (the default `reader`)."""
+        """One untorn read of `real` (the default `reader`). With `wait` false (on the loop)
+        the contents come only from the page cache: WouldWait when any of it is not there,
+        or the file system cannot say so (RWF_NOWAIT)."""
         fd = self.roots.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, real)
         try:
             st = os.fstat(fd)
@@ -188,7 +263,10 @@ class FileService:
             if n > self.max_read:
                 raise fail("file_too_large", f"{real}: {n} bytes; page it with offset/length",
                            detail={"size": st.st_size, "max_read": self.max_read})
-            data = os.pread(fd, n, offset) if n else b""
+            if not wait and n:
+                data = _pread_cached(fd, n, offset)
+            else:
+                data = os.pread(fd, n, offset) if n else b""
             while len(data) < n:
                 more = os.pread(fd, n - len(data), offset + len(data))
                 if not more:
@@ -222,7 +300,10 @@ class FileService:
     def write(self, path: str, data: bytes, atomic: bool = True,
               if_match: str | None = None) -> Pending:
         absolute = self.roots.absolute(path)
-        real = self.roots.resolve_fast(absolute)
+        remote = self.remote is not None and self.slow(absolute)
+        # (on a slow file system the path is resolved on the worker: its writes are kept in
+        # order by the path as given)
+        real = absolute if remote else self.roots.resolve_fast(absolute)
         if real in self.roots.roots:
             raise fail("is_directory", f"{path}: is a root directory")
         waiting = self._writing.get(real)
@@ -241,8 +322,9 @@ class FileService:
             self._next_write(real)
 
         def start() -> None:
+            attempt = self._write_remote if remote else self._write_attempt
             Attempts(self.policy,
-                     lambda: self._write_attempt(path, absolute, real, data, atomic, if_match),
+                     lambda: attempt(path, absolute, real, data, atomic, if_match),
                      self.schedule, path).run().then(settled)
 
         # One write at a time per file, in arrival order: two on the worker threads at
@@ -285,6 +367,36 @@ class FileService:
         if self.offload is None:
             return finish(blocking())
         return self.offload(blocking, finish)
+
+    def _write_remote(self, path: str, absolute: str, _key: str, data: bytes, atomic: bool,
+                      if_match: str | None) -> Any:
+        """One try on a slow file system: resolved and written on a `remote` worker, not
+        cached. Its events are told as the watcher's own by the path as given (which is the
+        real one unless a symlink leads there), until the worker is back."""
+        self.remote_ops += 1
+        parent, name = os.path.split(absolute)
+        tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp" if atomic else None
+        if tmp is not None:
+            self.on_self_write(os.path.join(parent, tmp), None)
+        self.on_self_write(absolute, None)
+
+        def blocking() -> tuple[str, os.stat_result, dict[str, Any]]:
+            real = self.roots.resolve(absolute)
+            if real in self.roots.roots:
+                raise fail("is_directory", f"{path}: is a root directory")
+            at, base = os.path.split(real)
+            here = tmp
+            if atomic and (at, base) != (parent, name):  # a symlink led elsewhere
+                here = f".{base[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp"
+            st = self._write_once(path, at, base, data, here, if_match)
+            return real, st, stat_info(st)
+
+        def finish(got: tuple[str, os.stat_result, dict[str, Any]]) -> dict[str, Any]:
+            real, st, info = got
+            self.on_self_write(real, stat_key(st))
+            return {"path": real, "stat": info, "bytes": len(data), "atomic": atomic}
+
+        return self.remote(blocking, finish)  # type: ignore[misc]
 
     def _write_once(self, path: str, parent: str, name: str, data: bytes, tmp: str | None,
                     if_match: str | None) -> os.stat_result:
@@ -354,7 +466,17 @@ class FileService:
     # --- stat and list ------------------------------------------------------------------
 
     def stat_path(self, path: str) -> Pending:
-        real = self.roots.resolve_fast(path)
+        absolute = self.roots.absolute(path)
+        if self.remote is not None and self.slow(absolute):
+            self.remote_ops += 1
+
+            def blocking() -> dict[str, Any]:
+                real = self.roots.resolve_fast(absolute)
+                return {"path": real, **stat_info(self.stat(real))}
+
+            return Attempts(self.policy, lambda: self.remote(blocking),  # type: ignore[misc]
+                            self.schedule, path).run()
+        real = self.roots.resolve_fast(absolute)
 
         def attempt() -> dict[str, Any]:
             return {"path": real, **stat_info(self.stat(real))}
@@ -366,7 +488,19 @@ class FileService:
         """Entries under a directory (relative names), symlinks listed but not followed: the
         first `list_loop_entries` looked at here, the rest of a bigger walk on a worker
         (listing.py)."""
-        real = self.roots.resolve_fast(path)
+        absolute = self.roots.absolute(path)
+        if self.remote is not None and self.slow(absolute):
+            self.remote_ops += 1
+
+            def blocking() -> dict[str, Any]:
+                listing = Listing(self.roots.resolve_fast(absolute), recursive, glob,
+                                  max_entries=self.max_list, max_scanned=self.max_list_scanned)
+                listing.step(None)
+                return listing.answer()
+
+            return Attempts(self.policy, lambda: self.remote(blocking),  # type: ignore[misc]
+                            self.schedule, path).run()
+        real = self.roots.resolve_fast(absolute)
 
         def attempt() -> Any:
             listing = Listing(real, recursive, glob, max_entries=self.max_list,

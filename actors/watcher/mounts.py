@@ -1,4 +1,5 @@
-"""Which file system a path lives on, to refuse watching the ones inotify cannot see.
+"""Which file system a path lives on: to refuse watching the ones inotify cannot see, and to
+keep the loop away from the ones that may not answer (MountTable, below).
 
 procfs, sysfs and their kin make their files up when they are read: nothing writes them, so
 inotify reports nothing when they change, and a walk of /proc races with every process that
@@ -13,7 +14,11 @@ question is one `fs.watch`, not a hot path.
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import time
+from collections.abc import Iterable
 
 from moorage.protocol.errors import MoorageError, fail
 
@@ -52,3 +57,75 @@ def pseudo_refusal(real: str, path: str) -> MoorageError | None:
     return fail("bad_args", f"{path}: on a {kind} pseudo file system, whose files change "
                 "without inotify events: not watched",
                 detail={"path": path, "reason": "pseudo_filesystem", "fs_type": kind})
+
+
+# File systems whose calls may wait on a network or a user-space server for as long as it
+# takes (a stalled NFS server, an sshfs whose link dropped): a stat, an open or a read there
+# may never return. A type ending in ".*" names a family (fuse.sshfs, fuse.rclone, ...).
+SLOW_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
+              "afs", "davfs", "fuse", "fuseblk", "fuse.*")
+MOUNTS_MAX_AGE_S = 1.0
+
+
+def _unescape(field: str) -> str:
+    """A mount point as mountinfo writes it: space, tab, newline and backslash as octal."""
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+class MountTable:
+    """Which paths lie on a slow file system (SLOW_TYPES), by the mount table.
+
+    A path belongs to the deepest mount point that contains it, so a local mount inside a
+    remote tree is local. The table is read again when it is more than `max_age_s` old
+    (mounts come and go; reading it costs some tens of µs), only when asked; a machine with
+    no slow mount (the usual one) answers each question with a comparison. Symlinks are not
+    followed: the question is about the path as given."""
+
+    def __init__(self, slow_types: Iterable[str] = SLOW_TYPES, mountinfo: str = MOUNTINFO,
+                 max_age_s: float = MOUNTS_MAX_AGE_S) -> None:
+        types = tuple(slow_types)
+        self._exact = frozenset(t for t in types if not t.endswith(".*"))
+        self._families = tuple(t[:-1] for t in types if t.endswith(".*"))  # "fuse."
+        self.mountinfo = mountinfo
+        self.max_age_s = max_age_s
+        self._read_at = -math.inf
+        # (mount point + "/", slow?) for every mount under or at a slow one, deepest first;
+        # empty when nothing is slow
+        self._points: tuple[tuple[str, bool], ...] = ()
+
+    def is_slow_type(self, fs_type: str) -> bool:
+        return fs_type in self._exact or fs_type.startswith(self._families)
+
+    def _read(self) -> None:
+        mounts: list[tuple[str, bool]] = []
+        try:
+            with open(self.mountinfo) as f:
+                for line in f:
+                    fields = line.split(" ")
+                    _, sep, rest = line.partition(" - ")
+                    if len(fields) > 4 and sep:
+                        point = _unescape(fields[4])
+                        mounts.append((point.rstrip("/") + "/",
+                                       self.is_slow_type(rest.split(" ", 1)[0])))
+        except OSError:
+            mounts = []
+        slow = [p for p, s in mounts if s]
+        # Only what can change an answer: the slow mounts and any mount below one of them.
+        kept = {(p, s) for p, s in mounts if s or any(p.startswith(q) for q in slow)}
+        self._points = tuple(sorted(kept, key=lambda m: len(m[0]), reverse=True))
+
+    def slow(self, path: str) -> bool:
+        """Is absolute `path` on a slow file system (as far as the mount table says)?"""
+        now = time.monotonic()
+        if now - self._read_at > self.max_age_s:
+            self._read_at = now
+            self._read()
+        if not self._points:
+            return False
+        probe = path.rstrip("/") + "/"
+        for point, is_slow in self._points:
+            if probe.startswith(point):
+                return is_slow
+        return False
