@@ -22,7 +22,7 @@ from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalesce
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Clock, Journal
-from moorage.actors.watcher.mounts import MountTable
+from moorage.actors.watcher.mounts import MountTable, mount_of
 from moorage.actors.watcher.pipeline import Pipeline
 from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
 from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
@@ -420,6 +420,9 @@ def test_the_mount_table_finds_slow_file_systems_by_the_deepest_mount_of_a_path(
     assert table.slow("/mnt/nfs/local") and table.slow("/home/u/remote/f")
     assert not table.slow("/home/u/remotes") and not table.slow("/home/u/x")
     assert not table.slow("/proc/self") and not table.slow("/")
+    assert mount_of("/mnt/nfs/local disk/x", str(info)) == ("/mnt/nfs/local disk", "ext4")
+    assert mount_of("/mnt/nfs/a", str(info)) == ("/mnt/nfs", "nfs4")
+    assert mount_of("/etc", str(info)) == ("/", "ext4")
     info.write_text(mountinfo_line(1, "/", "ext4"))  # unmounted: read again when asked
     assert not table.slow("/mnt/nfs/a")
     assert not MountTable(("nfs4",), mountinfo=str(tmp_path / "none")).slow("/mnt/nfs")
@@ -473,7 +476,9 @@ def test_every_op_on_a_slow_file_system_runs_on_the_remote_workers_and_is_not_ca
 
 def evicted(path: Path) -> bool:
     """Drop `path`'s pages from the page cache; False where the file system keeps them
-    (tmpfs: its pages are the file)."""
+    (tmpfs: its pages are the file). The probe of its first byte may start a read-ahead of
+    its first pages, so they are dropped again after it; the file is far bigger than any
+    read-ahead, so a whole-file read cannot find it all in memory."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -481,6 +486,7 @@ def evicted(path: Path) -> bool:
         try:
             os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
         except BlockingIOError:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             return True
         return False
     finally:
@@ -489,7 +495,7 @@ def evicted(path: Path) -> bool:
 
 def test_a_read_the_page_cache_cannot_answer_is_done_on_a_worker(tree):
     cold = tree / "cold.bin"
-    cold.write_bytes(os.urandom(1 << 20))
+    cold.write_bytes(os.urandom(8 << 20))
     if not evicted(cold):
         pytest.skip("this file system keeps a file's pages in memory: nothing to read cold")
     handed: SimpleQueue = SimpleQueue()

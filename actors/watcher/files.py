@@ -222,12 +222,18 @@ class FileService:
 
         return Attempts(self.policy, attempt, self.schedule, path, exhausted).run()
 
+    def _on_remote(self, path: str, blocking: Callable[[], Any],
+                   finish: Callable[[Any], Any] | None = None) -> Pending:
+        """An op on a slow file system: `blocking` (all of its syscalls, resolution
+        included) on a `remote` worker, each try; `finish` back here."""
+        self.remote_ops += 1
+        return Attempts(self.policy, lambda: self.remote(blocking, finish),  # type: ignore[misc]
+                        self.schedule, path).run()
+
     def _read_remote(self, path: str, absolute: str, offset: int, length: int | None
                      ) -> Pending:
         """A read on a slow file system: resolved, checked and read on a `remote` worker;
         not cached."""
-        self.remote_ops += 1
-
         def blocking() -> tuple[bytes, os.stat_result]:
             real, lst = self.roots.resolve_lstat(absolute)
             refuse_special(lst, path, "read")
@@ -237,8 +243,7 @@ class FileService:
             data, st = got
             return self.answer(data, stat_info(st), offset, length, whole=False)
 
-        return Attempts(self.policy, lambda: self.remote(blocking, settle),  # type: ignore[misc]
-                        self.schedule, path).run()
+        return self._on_remote(path, blocking, settle)
 
     def read_file(self, real: str, offset: int, length: int | None, wait: bool = True
                   ) -> tuple[bytes, os.stat_result]:
@@ -468,20 +473,13 @@ class FileService:
     def stat_path(self, path: str) -> Pending:
         absolute = self.roots.absolute(path)
         if self.remote is not None and self.slow(absolute):
-            self.remote_ops += 1
-
-            def blocking() -> dict[str, Any]:
-                real = self.roots.resolve_fast(absolute)
-                return {"path": real, **stat_info(self.stat(real))}
-
-            return Attempts(self.policy, lambda: self.remote(blocking),  # type: ignore[misc]
-                            self.schedule, path).run()
+            return self._on_remote(path, lambda: self._stat_of(self.roots.resolve_fast(
+                absolute)))
         real = self.roots.resolve_fast(absolute)
+        return Attempts(self.policy, lambda: self._stat_of(real), self.schedule, path).run()
 
-        def attempt() -> dict[str, Any]:
-            return {"path": real, **stat_info(self.stat(real))}
-
-        return Attempts(self.policy, attempt, self.schedule, path).run()
+    def _stat_of(self, real: str) -> dict[str, Any]:
+        return {"path": real, **stat_info(self.stat(real))}
 
     def list_dir(self, path: str, recursive: bool = False, glob: str | None = None
                  ) -> Pending:
@@ -490,21 +488,16 @@ class FileService:
         (listing.py)."""
         absolute = self.roots.absolute(path)
         if self.remote is not None and self.slow(absolute):
-            self.remote_ops += 1
-
-            def blocking() -> dict[str, Any]:
-                listing = Listing(self.roots.resolve_fast(absolute), recursive, glob,
-                                  max_entries=self.max_list, max_scanned=self.max_list_scanned)
+            def whole() -> dict[str, Any]:
+                listing = self._listing(self.roots.resolve_fast(absolute), recursive, glob)
                 listing.step(None)
                 return listing.answer()
 
-            return Attempts(self.policy, lambda: self.remote(blocking),  # type: ignore[misc]
-                            self.schedule, path).run()
+            return self._on_remote(path, whole)
         real = self.roots.resolve_fast(absolute)
 
         def attempt() -> Any:
-            listing = Listing(real, recursive, glob, max_entries=self.max_list,
-                              max_scanned=self.max_list_scanned)
+            listing = self._listing(real, recursive, glob)
             if listing.step(self.list_loop_entries):
                 return listing.answer()
             if self.offload is None:  # (in-process use: no workers)
@@ -517,3 +510,7 @@ class FileService:
                 raise
 
         return Attempts(self.policy, attempt, self.schedule, path).run()
+
+    def _listing(self, real: str, recursive: bool, glob: str | None) -> Listing:
+        return Listing(real, recursive, glob, max_entries=self.max_list,
+                       max_scanned=self.max_list_scanned)

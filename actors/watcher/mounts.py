@@ -74,6 +74,28 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+def mount_points(mountinfo: str = MOUNTINFO) -> list[tuple[str, str]]:
+    """(mount point, file system type) of every mount in `mountinfo` (empty if unreadable)."""
+    out = []
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split(" ")
+                _, sep, rest = line.partition(" - ")
+                if len(fields) > 4 and sep:
+                    out.append((_unescape(fields[4]), rest.split(" ", 1)[0]))
+    except OSError:
+        return []
+    return out
+
+
+def mount_of(path: str, mountinfo: str = MOUNTINFO) -> tuple[str, str] | None:
+    """The deepest mount holding absolute `path`: (mount point, file system type)."""
+    probe = path.rstrip("/") + "/"
+    held = [(p, t) for p, t in mount_points(mountinfo) if probe.startswith(p.rstrip("/") + "/")]
+    return max(held, key=lambda m: len(m[0]), default=None)
+
+
 class MountTable:
     """Which paths lie on a slow file system (SLOW_TYPES), by the mount table.
 
@@ -99,18 +121,8 @@ class MountTable:
         return fs_type in self._exact or fs_type.startswith(self._families)
 
     def _read(self) -> None:
-        mounts: list[tuple[str, bool]] = []
-        try:
-            with open(self.mountinfo) as f:
-                for line in f:
-                    fields = line.split(" ")
-                    _, sep, rest = line.partition(" - ")
-                    if len(fields) > 4 and sep:
-                        point = _unescape(fields[4])
-                        mounts.append((point.rstrip("/") + "/",
-                                       self.is_slow_type(rest.split(" ", 1)[0])))
-        except OSError:
-            mounts = []
+        mounts = [(point.rstrip("/") + "/", self.is_slow_type(kind))
+                  for point, kind in mount_points(self.mountinfo)]
         slow = [p for p, s in mounts if s]
         # Only what can change an answer: the slow mounts and any mount below one of them.
         kept = {(p, s) for p, s in mounts if s or any(p.startswith(q) for q in slow)}
