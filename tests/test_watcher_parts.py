@@ -429,6 +429,12 @@ def test_the_mount_table_finds_slow_file_systems_by_the_deepest_mount_of_a_path(
     only_nfs = MountTable(("nfs4",), mountinfo=str(info), max_age_s=0)
     info.write_text(mountinfo_line(1, "/", "ext4") + mountinfo_line(4, "/r", "fuse.sshfs"))
     assert not only_nfs.slow("/r/x") and MountTable(mountinfo=str(info)).slow("/r/x")
+    # a rootless container's root: FUSE over local storage is not slow, unless named so
+    info.write_text(mountinfo_line(1, "/", "fuse.fuse-overlayfs")
+                    + mountinfo_line(2, "/home/u/remote", "fuse.sshfs"))
+    assert not MountTable(mountinfo=str(info)).slow("/etc/x")
+    assert MountTable(mountinfo=str(info)).slow("/home/u/remote/x")
+    assert MountTable(("fuse.fuse-overlayfs",), mountinfo=str(info)).slow("/etc/x")
 
 
 def remote_service(tree: Path, tmp_path: Path) -> tuple[FileService, Workers, SimpleQueue]:

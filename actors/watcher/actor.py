@@ -77,7 +77,8 @@ buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_m
 4 MiB, max_read_bytes 16 MiB, list_max 50000 (entries returned), list_max_scanned 1000000
 (entries looked at), list_loop_entries 2000 (looked at on the loop; the rest of a walk runs
 on a worker), slow_fs_types (file systems whose ops all run on the `remote` workers: NFS,
-SMB, 9p, Ceph, FUSE... mounts.SLOW_TYPES; "fuse.*" names a family), remote_threads 2,
+SMB, 9p, Ceph, FUSE but for local kinds like fuse-overlayfs... mounts.SLOW_TYPES; "fuse.*"
+names a family), remote_threads 2,
 remote_queue 32, retry {retries 3, initial_ms 10, factor 2,
 max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
 max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10, io_threads 2, io_queue 128,

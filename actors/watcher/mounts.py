@@ -63,7 +63,13 @@ def pseudo_refusal(real: str, path: str) -> MoorageError | None:
 # takes (a stalled NFS server, an sshfs whose link dropped): a stat, an open or a read there
 # may never return. A type ending in ".*" names a family (fuse.sshfs, fuse.rclone, ...).
 SLOW_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
-              "afs", "davfs", "fuse", "fuseblk", "fuse.*")
+              "afs", "davfs", "fuse", "fuse.*")
+# FUSE file systems over local storage, left out of a family unless named exactly: a rootless
+# container's whole root is fuse-overlayfs, which would otherwise send every file op to the
+# remote workers and leave the cache unused (fuseblk, ntfs-3g and exfat on a local disk, is
+# not in the family to begin with).
+LOCAL_FUSE_TYPES = frozenset({"fuse.fuse-overlayfs", "fuse.bindfs", "fuse.lxcfs",
+                              "fuse.squashfuse", "fuse.portal"})
 MOUNTS_MAX_AGE_S = 1.0
 
 
@@ -118,7 +124,9 @@ class MountTable:
         self._points: tuple[tuple[str, bool], ...] = ()
 
     def is_slow_type(self, fs_type: str) -> bool:
-        return fs_type in self._exact or fs_type.startswith(self._families)
+        if fs_type in self._exact:
+            return True
+        return fs_type not in LOCAL_FUSE_TYPES and fs_type.startswith(self._families)
 
     def _read(self) -> None:
         mounts = [(point.rstrip("/") + "/", self.is_slow_type(kind))
