@@ -20,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.protocol.envelope import Packed
+
 StatKey = tuple[int, int, int, int, int]
 
 
@@ -50,7 +52,7 @@ class Entry:
     info: dict[str, Any]  # stat_info of the read, reused by every hit
     # fs.read's reply body for the whole file, packed by its first hit and sent by every
     # hit after it (files.FileService.read_cached)
-    whole: bytes | None = None
+    whole: Packed | None = None
 
 
 class FileCache:
