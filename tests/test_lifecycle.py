@@ -46,6 +46,21 @@ def moorage(rdir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir", str(rdir), *args]
 
 
+def take_down(rdir: Path) -> None:
+    """`moorage down` for a tree started detached (no process of the test's holds it); if
+    that fails, whatever still holds the instance is killed with its descendants, so a
+    test that failed halfway leaves nothing running."""
+    subprocess.run(moorage(rdir, "down"), capture_output=True, timeout=60)
+    pid = tree_pid(rdir)
+    if pid is not None and pid > 0:
+        try:
+            procs = [psutil.Process(pid), *descendants(pid)]
+        except psutil.NoSuchProcess:
+            return
+        os.kill(pid, signal.SIGKILL)
+        assert_all_gone(procs)
+
+
 class Editor:
     """A stand-in editor process (it does nothing; its death is what matters)."""
 
@@ -272,7 +287,7 @@ def test_up_detach_prints_the_ready_line_and_on_failure_stops_what_it_started(ru
         root = psutil.Process(line["pid"])
         procs = [root, *root.children(recursive=True)]
     finally:
-        subprocess.run(moorage(rdir, "down"), capture_output=True, timeout=60)
+        take_down(rdir)
     assert_all_gone(procs)
     nothing_left(rdir)
     # a child that fails at start, again and again: the tree gives up, --detach says so
@@ -468,7 +483,7 @@ def test_a_workspace_moorage_toml_and_a_py_beside_it_are_never_read_nor_run(runt
         assert "evil" not in json.loads(out.stdout)["endpoints"]
         assert "terminal" in json.loads(out.stdout)["endpoints"]
     finally:
-        subprocess.run(moorage(rdir, "down"), capture_output=True, timeout=60)
+        take_down(rdir)
     # named explicitly: refused, as a module from outside the package ...
     out = subprocess.run(moorage(rdir, "up", "--config", "moorage.toml"), capture_output=True,
                          text=True, cwd=workspace, env=env, timeout=60)
