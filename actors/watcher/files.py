@@ -103,6 +103,11 @@ def _pread_cached(fd: int, n: int, offset: int) -> bytes:
     return bytes(buf)
 
 
+def _tmp_name(name: str) -> str:
+    """The temporary file an atomic write of `name` goes through, beside it."""
+    return f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp"
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -189,7 +194,7 @@ class FileService:
             raise fail("bad_args", "offset and length must be >= 0")
         absolute = self.roots.absolute(path)
         self.cache.misses += 1
-        if self.remote is not None and self.slow(absolute):
+        if self._on_slow_fs(absolute):
             return self._read_remote(path, absolute, offset, length)
         real, lst = self.roots.resolve_lstat(absolute)
         refuse_special(lst, path, "read")
@@ -221,6 +226,10 @@ class FileService:
             return ans
 
         return Attempts(self.policy, attempt, self.schedule, path, exhausted).run()
+
+    def _on_slow_fs(self, absolute: str) -> bool:
+        """Is `absolute` served on the `remote` workers (module docstring)?"""
+        return self.remote is not None and self.slow(absolute)
 
     def _on_remote(self, path: str, blocking: Callable[[], Any],
                    finish: Callable[[Any], Any] | None = None) -> Pending:
@@ -305,7 +314,7 @@ class FileService:
     def write(self, path: str, data: bytes, atomic: bool = True,
               if_match: str | None = None) -> Pending:
         absolute = self.roots.absolute(path)
-        remote = self.remote is not None and self.slow(absolute)
+        remote = self._on_slow_fs(absolute)
         # (on a slow file system the path is resolved on the worker: its writes are kept in
         # order by the path as given)
         real = absolute if remote else self.roots.resolve_fast(absolute)
@@ -352,7 +361,7 @@ class FileService:
                        atomic: bool, if_match: str | None) -> Any:
         """One try: the syscalls on a worker (`offload`), the bookkeeping back here."""
         parent, name = os.path.split(real)
-        tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp" if atomic else None
+        tmp = _tmp_name(name) if atomic else None
         # The events the write causes may come through the pipeline before the worker is
         # back: until then any event on these paths is ours (key None).
         if tmp is not None:
@@ -380,7 +389,7 @@ class FileService:
         real one unless a symlink leads there), until the worker is back."""
         self.remote_ops += 1
         parent, name = os.path.split(absolute)
-        tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp" if atomic else None
+        tmp = _tmp_name(name) if atomic else None
         if tmp is not None:
             self.on_self_write(os.path.join(parent, tmp), None)
         self.on_self_write(absolute, None)
@@ -392,7 +401,7 @@ class FileService:
             at, base = os.path.split(real)
             here = tmp
             if atomic and (at, base) != (parent, name):  # a symlink led elsewhere
-                here = f".{base[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp"
+                here = _tmp_name(base)
             st = self._write_once(path, at, base, data, here, if_match)
             return real, st, stat_info(st)
 
@@ -472,7 +481,7 @@ class FileService:
 
     def stat_path(self, path: str) -> Pending:
         absolute = self.roots.absolute(path)
-        if self.remote is not None and self.slow(absolute):
+        if self._on_slow_fs(absolute):
             return self._on_remote(path, lambda: self._stat_of(self.roots.resolve_fast(
                 absolute)))
         real = self.roots.resolve_fast(absolute)
@@ -487,7 +496,7 @@ class FileService:
         first `list_loop_entries` looked at here, the rest of a bigger walk on a worker
         (listing.py)."""
         absolute = self.roots.absolute(path)
-        if self.remote is not None and self.slow(absolute):
+        if self._on_slow_fs(absolute):
             def whole() -> dict[str, Any]:
                 listing = self._listing(self.roots.resolve_fast(absolute), recursive, glob)
                 listing.step(None)

@@ -30,19 +30,33 @@ PSEUDO = frozenset({
 MOUNTINFO = "/proc/self/mountinfo"
 
 
-def fs_type(dev: int, mountinfo: str = MOUNTINFO) -> str | None:
-    """The type of the file system whose device is `dev` (st_dev), or None when unknown."""
-    want = f"{os.major(dev)}:{os.minor(dev)}"
+def _unescape(field: str) -> str:
+    """A mount point as mountinfo writes it: space, tab, newline and backslash as octal."""
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts(mountinfo: str) -> list[tuple[str, str, str]]:
+    """(device major:minor, mount point, file system type) of each mount (empty if the file
+    cannot be read)."""
+    out = []
     try:
         with open(mountinfo) as f:
             for line in f:
                 fields = line.split(" ")
-                if len(fields) > 3 and fields[2] == want:
-                    _, sep, rest = line.partition(" - ")
-                    return rest.split(" ", 1)[0] if sep else None
+                _, sep, rest = line.partition(" - ")
+                if len(fields) > 4 and sep:
+                    out.append((fields[2], _unescape(fields[4]), rest.split(" ", 1)[0]))
     except OSError:
-        return None
-    return None
+        return []
+    return out
+
+
+def fs_type(dev: int, mountinfo: str = MOUNTINFO) -> str | None:
+    """The type of the file system whose device is `dev` (st_dev), or None when unknown."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    return next((kind for device, _, kind in _mounts(mountinfo) if device == want), None)
 
 
 def pseudo_refusal(real: str, path: str) -> MoorageError | None:
@@ -73,26 +87,9 @@ LOCAL_FUSE_TYPES = frozenset({"fuse.fuse-overlayfs", "fuse.bindfs", "fuse.lxcfs"
 MOUNTS_MAX_AGE_S = 1.0
 
 
-def _unescape(field: str) -> str:
-    """A mount point as mountinfo writes it: space, tab, newline and backslash as octal."""
-    if "\\" not in field:
-        return field
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def mount_points(mountinfo: str = MOUNTINFO) -> list[tuple[str, str]]:
     """(mount point, file system type) of every mount in `mountinfo` (empty if unreadable)."""
-    out = []
-    try:
-        with open(mountinfo) as f:
-            for line in f:
-                fields = line.split(" ")
-                _, sep, rest = line.partition(" - ")
-                if len(fields) > 4 and sep:
-                    out.append((_unescape(fields[4]), rest.split(" ", 1)[0]))
-    except OSError:
-        return []
-    return out
+    return [(point, kind) for _, point, kind in _mounts(mountinfo)]
 
 
 def mount_of(path: str, mountinfo: str = MOUNTINFO) -> tuple[str, str] | None:
