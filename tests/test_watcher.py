@@ -211,6 +211,25 @@ def test_excluded_subtrees_get_no_inotify_watch_until_a_watch_needs_them(start, 
 
 def test_own_writes_are_tagged_origin_self_and_external_ones_external(start, data):
     w = start()
+
+
+def test_a_watch_above_another_excluding_it_keeps_the_inner_watch_observed(start, data):
+    # The outer watch's root replaces the inner one's, and its walk (which places the inotify
+    # watches as it reads the tree) must still watch what its exclude prunes from its base:
+    # the inner watch needs it.
+    for d in ("node_modules/a/b", "node_modules/c", "src/deep"):
+        (data / d).mkdir(parents=True)
+    w = start()
+    inner = w.watch(path=data / "node_modules")["watch"]
+    outer = w.watch(exclude=["node_modules"])["watch"]
+    stats = w.call("fs.stats")["observer"]
+    assert list(stats["roots"]) == [str(data)]
+    assert stats["inotify_watches"] == 7  # every directory, node_modules' four included
+    (data / "node_modules" / "a" / "b" / "x.js").write_text("1")
+    (data / "src" / "deep" / "y.py").write_text("1")
+    evs = {os.path.relpath(e["path"], data): e["watches"] for e in w.sync()
+           if e.get("kind") == "created"}
+    assert evs == {"node_modules/a/b/x.js": [inner], "src/deep/y.py": [outer]}
     w.watch()
     w.call("fs.write", {"path": "mine.txt", "data": b"by the actor"})
     (data / "theirs.txt").write_text("by someone else")

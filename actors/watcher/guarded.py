@@ -18,7 +18,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
@@ -72,6 +73,33 @@ Wanted = Callable[[str], bool]  # does this directory need an inotify watch?
 Push = Callable[[tuple[str, str, str, bool]], None]
 
 add_watch_fault: Callable[[bytes], None] | None = None
+
+# A walk that reads a new root's tree and calls its `on_dir` for each directory before
+# reading it (snapshot.walk); the group runs it as its own watch-placing walk.
+BaseWalk = Callable[[Callable[[str], bool]], None]
+_placing = threading.local()  # .base: (root, BaseWalk) while `base_walk` places that root
+
+
+@contextmanager
+def base_walk(root: str, walk: BaseWalk | None) -> Iterator[None]:
+    """While this thread places `root` (ObserverManager.place: watchdog creates the root's
+    group on the thread that schedules it), its group walks the tree once, with `walk`,
+    instead of walking it for its watches and leaving a second walk to read it. Nothing
+    claims `walk` when the root is not placed with inotify (or not recursively): then it
+    has not run when this ends, and the caller walks."""
+    _placing.base = (os.fsencode(root), walk) if walk is not None else None
+    try:
+        yield
+    finally:
+        _placing.base = None
+
+
+def _claim_base(path: bytes) -> BaseWalk | None:
+    got = getattr(_placing, "base", None)
+    if got is None or got[0] != path:
+        return None
+    _placing.base = None  # once: a directory created later is watchdog's own walk
+    return got[1]
 
 
 def guarded_emitter(report: Report, wanted: Wanted | None = None,
@@ -159,7 +187,19 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                 return
             self._add_callback(path)
             if self.is_recursive and os.path.isdir(path):
-                self._add_below(path, only_missing=False)
+                walk = None if self.follow_symlink else _claim_base(path)
+                if walk is not None:
+                    walk(self._watch_below)
+                else:
+                    self._add_below(path, only_missing=False)
+
+        def _watch_below(self, directory: str) -> bool:
+            """The base walk's `on_dir`: watch a directory below the root (found by an lstat,
+            so never a symlink), unless no watch needs it."""
+            if wanted is not None and not wanted(directory):
+                return False
+            self._add_callback(os.fsencode(directory))
+            return True
 
         def _add_below(self, path: bytes, only_missing: bool) -> int:
             added = 0

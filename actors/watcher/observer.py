@@ -49,8 +49,10 @@ from watchdog.observers.polling import PollingObserver
 from moorage.actors.watcher.guarded import (
     GUARDED,
     WATCH_LIMIT_ERRNOS,
+    BaseWalk,
     InotifyObserver,
     Wanted,
+    base_walk,
     guarded_emitter,
 )
 
@@ -210,21 +212,25 @@ class ObserverManager:
                 self.polling.start()
             return self.polling
 
-    def place(self, path: str, recursive: bool, via: str, generation: int | None = None
-              ) -> Placement:
+    def place(self, path: str, recursive: bool, via: str, generation: int | None = None,
+              base: BaseWalk | None = None) -> Placement:
         """Observe `path` with `via` (falling back to polling when inotify has no room).
         This is the slow part: watchdog walks the whole tree to add its inotify watches.
         It touches only watchdog's observers (which lock for themselves), so it may run
         on a worker thread (passing the `generation` it began in); `placed` records the
-        outcome on the loop."""
+        outcome on the loop. `base`, the walk that reads the tree for the index, is the
+        walk that places the watches too when inotify takes a recursive root
+        (guarded.base_walk); otherwise it is not run here."""
         if not os.path.isdir(path):
             return Placement("missing", None, None)
         warning = None
         try:
             if via == "inotify":
                 try:
-                    watch = self._observer("inotify", generation).schedule(
-                        self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
+                    observer = self._observer("inotify", generation)
+                    with base_walk(path, base):
+                        watch = observer.schedule(self.handler, path, recursive=recursive,
+                                                  event_filter=EVENT_FILTER)
                     return Placement("inotify", watch, None)
                 except OSError as exc:
                     if exc.errno not in WATCH_LIMIT_ERRNOS:

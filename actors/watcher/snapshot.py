@@ -64,11 +64,18 @@ def _no_beat() -> None:
 
 
 def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool = True,
-         into: dict[str, Stat] | None = None, *, on_loop: bool = True) -> dict[str, Stat]:
+         into: dict[str, Stat] | None = None, *, on_loop: bool = True,
+         on_dir: Callable[[str], bool] | None = None) -> dict[str, Stat]:
     """Every entry below `root` (not `root` itself) with its stat; symlinks are entries, not
     followed. `keep(path)` false prunes a path (and, for a directory, what is below it).
     `on_loop` false: a worker thread walks, and must not beat for the loop (that would hide
-    a loop that really hangs)."""
+    a loop that really hangs).
+
+    `on_dir(directory)`, called for each directory below `root` before it is listed, lets
+    the walk that places inotify watches be this one (guarded.py): a directory is watched,
+    then read, so a change in it lands in the walk, in an event, or both. A directory it
+    answers true for is walked even where `keep` prunes it (another watch may need its
+    watches), though nothing `keep` prunes is recorded."""
     out: dict[str, Stat] = {} if into is None else into
     progress = _progress if on_loop else _no_beat
     stack = [root]
@@ -89,6 +96,9 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
                     progress()  # (a directory of 100,000 entries too)
                 path = e.path
                 if keep is not None and not keep(path):
+                    if on_dir is not None and recursive and e.is_dir(follow_symlinks=False) \
+                            and on_dir(path):
+                        stack.append(path)
                     continue
                 try:
                     st = e.stat(follow_symlinks=False)
@@ -96,6 +106,8 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
                     continue
                 out[path] = stat_of(st)
                 if recursive and (st.st_mode & 0o170000) == lstat_dir:
+                    if on_dir is not None:
+                        on_dir(path)
                     stack.append(path)
     return out
 

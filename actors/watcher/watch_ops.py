@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -112,7 +113,8 @@ class WatchOps:
         """A new watch: its inotify watches, then the walk that is its base, both on the
         walker thread (a tree of 150,000 entries takes seconds); the loop turns meanwhile
         and takes the result in `finish`. Watches first, then the walk: a change made
-        during the walk is in the walk, in an event, or both."""
+        during the walk is in the walk, in an event, or both. When the watch's root is
+        placed anew, one walk does both, watching each directory before it reads it."""
         before = list(self.w.watches)
         w = self.w.watches.add(real, recursive, excl)
         roots = obs.adopt_roots(self.w.watches.observed_roots())
@@ -121,17 +123,34 @@ class WatchOps:
         ours = self.w.driving.ours
         first = not before and not self.w.index.entries
 
+        keep = w.covers if w.exclude else None
+        # The watch's own root, placed anew: the walk that places its inotify watches is
+        # its base walk too (one walk of the tree, not two). Not when the others' watches
+        # are refreshed: theirs go first, then the walk.
+        one_walk = not refresh and [(r.path, r.recursive) for r in roots] == [(real, recursive)]
+
         def blocking() -> tuple[list[Placement | OSError], dict[str, Stat] | Index]:
             placements: list[Placement | OSError] = []
+            fresh: dict[str, Stat] = {}
+            walked = False
+
+            def base(on_dir: Callable[[str], bool]) -> None:
+                nonlocal walked
+                fresh.clear()  # (a walk cut short by an error before this one)
+                snapshot.walk(real, keep, recursive, into=fresh, on_loop=False, on_dir=on_dir)
+                walked = True
+
             for r in roots:
                 try:
-                    placements.append(obs.place(r.path, r.recursive, obs.mode, generation))
+                    placements.append(obs.place(r.path, r.recursive, obs.mode, generation,
+                                                base if one_walk else None))
                 except OSError as exc:
                     placements.append(exc)
             if refresh:
                 obs.refresh()
-            fresh = snapshot.walk(real, w.covers if w.exclude else None, recursive,
-                                  on_loop=False)
+            if not walked:  # (polling, or inotify's watches placed by a walk of their own)
+                fresh.clear()
+                snapshot.walk(real, keep, recursive, into=fresh, on_loop=False)
             for p in [p for p in fresh if ours(p)]:
                 del fresh[p]
             if first:  # the whole index, built here
