@@ -209,10 +209,6 @@ def test_excluded_subtrees_get_no_inotify_watch_until_a_watch_needs_them(start, 
     assert [(e["kind"], e["watches"]) for e in evs] == [("created", [all_of_it])]
 
 
-def test_own_writes_are_tagged_origin_self_and_external_ones_external(start, data):
-    w = start()
-
-
 def test_a_watch_above_another_excluding_it_keeps_the_inner_watch_observed(start, data):
     # The outer watch's root replaces the inner one's, and its walk (which places the inotify
     # watches as it reads the tree) must still watch what its exclude prunes from its base:
@@ -230,6 +226,10 @@ def test_a_watch_above_another_excluding_it_keeps_the_inner_watch_observed(start
     evs = {os.path.relpath(e["path"], data): e["watches"] for e in w.sync()
            if e.get("kind") == "created"}
     assert evs == {"node_modules/a/b/x.js": [inner], "src/deep/y.py": [outer]}
+
+
+def test_own_writes_are_tagged_origin_self_and_external_ones_external(start, data):
+    w = start()
     w.watch()
     w.call("fs.write", {"path": "mine.txt", "data": b"by the actor"})
     (data / "theirs.txt").write_text("by someone else")
