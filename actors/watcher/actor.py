@@ -98,6 +98,7 @@ from loguru import logger
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
 from moorage.actors.runtime.shapes import Named
 from moorage.actors.watcher import cookies as cookie_files
+from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cache import FileCache
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.cookies import Cookies
@@ -353,7 +354,8 @@ class WatcherActor(Actor):
 
     def info(self) -> dict[str, Any]:
         return {"mode": self._mode(), "watches": len(self.watches),
-                "clock": self.journal.clock().to_wire()}
+                "clock": self.journal.clock().to_wire(),
+                "walk_core": snapshot.WALK_CORE}  # the tree walk: compiled or Python
 
     # --- pressure -------------------------------------------------------------------------
 

@@ -63,6 +63,22 @@ def _no_beat() -> None:
     pass
 
 
+def _load_walk() -> Callable[..., None] | None:
+    if os.environ.get("MOORAGE_WATCHER_CORE") == "python":
+        return None
+    try:
+        from moorage.actors.watcher._cwalk import walk as compiled
+    except ImportError:
+        return None
+    return compiled  # type: ignore[no-any-return]
+
+
+_walk_compiled = _load_walk()
+WALK_CORE: str = "python" if _walk_compiled is None else "compiled"
+"""The walk a worker runs here (fs.stats and sys.info say it): "compiled" when `pip install`
+could build it, else "python"."""
+
+
 def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool = True,
          into: dict[str, Stat] | None = None, *, on_loop: bool = True,
          on_dir: Callable[[str], bool] | None = None) -> dict[str, Stat]:
@@ -75,7 +91,23 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
     the walk that places inotify watches be this one (guarded.py): a directory is watched,
     then read, so a change in it lands in the walk, in an event, or both. A directory it
     answers true for is walked even where `keep` prunes it (another watch may need its
-    watches), though nothing `keep` prunes is recorded."""
+    watches), though nothing `keep` prunes is recorded.
+
+    A worker's walk runs the compiled core when this process has it (`WALK_CORE`): the
+    same entries and stats, about twice as fast (an lstat per entry is most of what is
+    left), with the GIL let go while it reads and lstats. A walk on the loop beats for it
+    and so stays in Python."""
+    out: dict[str, Stat] = {} if into is None else into
+    if _walk_compiled is not None and not on_loop:
+        _walk_compiled(root, out, recursive, keep, on_dir)
+        return out
+    return walk_python(root, keep, recursive, out, on_loop=on_loop, on_dir=on_dir)
+
+
+def walk_python(root: str, keep: Callable[[str], bool] | None = None, recursive: bool = True,
+                into: dict[str, Stat] | None = None, *, on_loop: bool = True,
+                on_dir: Callable[[str], bool] | None = None) -> dict[str, Stat]:
+    """`walk` in Python: the contract, and the fallback without the compiled core."""
     out: dict[str, Stat] = {} if into is None else into
     progress = _progress if on_loop else _no_beat
     stack = [root]
