@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from moorage.actors.watcher.cache import FileCache
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.files import FileService
@@ -38,7 +36,7 @@ from moorage.actors.watcher.pipeline import GC_THRESHOLDS, Pipeline, tune_gc
 from moorage.actors.watcher.retry import RetryPolicy
 from moorage.actors.watcher.snapshot import Index, Wal
 from moorage.actors.watcher.watches import Watches
-from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.envelope import Packed, StreamMessage
 from perf._raw import RawEcho
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
@@ -226,8 +224,8 @@ def pipeline_rate(work: Path, events: int, wal: bool) -> float:
     journal = Journal("bench", max_events=50_000)
     sent = [0]
 
-    def publish(body: dict) -> None:
-        sent[0] += len(msgpack.packb(body))
+    def publish(body: Packed) -> None:  # (the pipeline packs each message itself)
+        sent[0] += len(body.data)
 
     p = Pipeline(journal, ws, Index(), publish, lambda d, fn: None, settle_s=0,
                  lstat=lambda path: st)  # type: ignore[arg-type,return-value]

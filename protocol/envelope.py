@@ -82,10 +82,11 @@ def packb(obj: Any) -> bytes:
 
 
 class Packed:
-    """A reply body already in msgpack form (`data`), sent as it is by `encode_reply`: for
-    an answer a handler gives many times over (a cached file's whole contents, its stat),
-    packed once instead of on every call. (Not a bytes subclass: the frame mover takes only
-    plain bytes on its fast path.)"""
+    """A body already in msgpack form (`data`), sent as it is by `encode_reply` and
+    `encode_stream`: for an answer a handler gives many times over (a cached file's whole
+    contents, its stat), packed once instead of on every call, and for a stream message
+    whose packed form is kept elsewhere too (the watcher's journal). (Not a bytes subclass:
+    the frame mover takes only plain bytes on its fast path.)"""
 
     __slots__ = ("data",)
 
@@ -406,7 +407,8 @@ def decode_reply(frames: Sequence[bytes]) -> Reply:
 def encode_stream(
     topic: str, seq: int, epoch: str, body: Any, attachments: Sequence[bytes] = ()
 ) -> list[bytes]:
-    return [topic.encode(), TAG, _pack({"seq": seq, "ep": epoch}), _pack(body), *attachments]
+    return [topic.encode(), TAG, _pack({"seq": seq, "ep": epoch}),
+            body.data if type(body) is Packed else _pack(body), *attachments]
 
 
 def decode_stream(frames: Sequence[bytes]) -> StreamMessage:

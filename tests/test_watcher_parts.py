@@ -535,22 +535,43 @@ def test_coalesced_events_keep_the_order_in_which_paths_first_changed():
         ("/a", CREATED), ("/c", CREATED), ("/b", CREATED)]
 
 
+def journaled(j: Journal, *batches: list[str]) -> None:
+    """Stamp and keep events, one batch per list of paths ("" for a marker), as the
+    pipeline does before it publishes them."""
+    for paths in batches:
+        evs = [j.append({"kind": "created", "path": p} if p else {"kind": "warning"})
+               for p in paths]
+        j.keep(evs[0]["clock"][2], evs[-1]["clock"][2],
+               msgpack.packb({"events": evs}), tuple(p for p in paths if p))
+
+
 def test_since_answers_from_the_journal_or_says_fresh_instance():
     j = Journal("inst", max_events=5)
-    for i in range(3):
-        j.append({"kind": "created", "path": f"/{i}"})
+    journaled(j, *[[f"/{i}"] for i in range(3)])
     got = j.since(Clock("inst", 0, 1))
     assert [e["path"] for e in got["events"]] == ["/1", "/2"] and not got["fresh_instance"]
-    assert got["clock"] == ["inst", 0, 3]
+    assert got["clock"] == ["inst", 0, 3] and got["events"][0]["clock"] == ["inst", 0, 2]
     assert j.since(Clock("other", 0, 1))["fresh_instance"]
-    for i in range(3, 10):
-        j.append({"kind": "created", "path": f"/{i}"})
+    journaled(j, *[[f"/{i}"] for i in range(3, 10)])
     old = j.since(Clock("inst", 0, 2))
     assert old["fresh_instance"] and "older" in old["reason"]
     page = j.since(Clock("inst", 0, 5), max_events=2)
     assert page["more"] and page["clock"] == ["inst", 0, 7]
     with pytest.raises(MoorageError):
         Clock.from_wire(["inst", "x", 3])
+
+
+def test_the_journal_keeps_whole_batches_and_answers_from_inside_one():
+    j = Journal("inst", max_events=6)
+    journaled(j, ["/a", "/b", "/c"], ["/d", "", "/e"], ["/f", "/a"])
+    # 8 events > 6: the oldest batch went whole; the rest is answered from its middle on
+    assert j.stats()["retained"] == 5 and j.first_seq == 4
+    got = j.since(Clock("inst", 0, 4))
+    assert [(e["clock"][2], e.get("path")) for e in got["events"]] == [
+        (5, None), (6, "/e"), (7, "/f"), (8, "/a")]
+    assert [e["clock"][2] for e in j.since(Clock("inst", 0, 5), max_events=2)["events"]] == [6, 7]
+    assert j.paths_since(4) == ["/e", "/f", "/a"] and j.paths_since(6) == ["/f", "/a"]
+    assert j.paths_since(8) == [] and j.since(Clock("inst", 0, 8))["events"] == []
 
 
 # --- walk, diff, index, checkpoint ------------------------------------------------------------
@@ -672,7 +693,8 @@ class Stats:
 def pipeline(published: list, settle: float = 0.0) -> Pipeline:
     ws = Watches()
     ws.add("/w", True, [])
-    return Pipeline(Journal("i"), ws, Index(), published.append, Later(), settle_s=settle,
+    return Pipeline(Journal("i"), ws, Index(), lambda body: published.append(
+        msgpack.unpackb(body.data, use_list=False)), Later(), settle_s=settle,
                     lstat=lambda p: Stats())
 
 
@@ -684,7 +706,9 @@ def test_events_get_consecutive_clocks_and_are_published_after_being_journaled()
     events = [e for m in out for e in m["events"]]
     assert [(e["kind"], e["path"]) for e in events] == [("created", "/w/b")]
     assert events[0]["moved_from"] == "/w/a" and events[0]["clock"] == ("i", 0, 1)
-    assert p.journal.events[-1] is events[0] and set(p.index.entries) == {"/w/b"}
+    kept = p.journal.since(Clock("i", 0, 0))["events"]
+    assert [(e["path"], e["clock"]) for e in kept] == [("/w/b", ["i", 0, 1])]
+    assert set(p.index.entries) == {"/w/b"}
 
 
 def test_a_cookie_flushes_what_came_before_it_then_reports_itself():

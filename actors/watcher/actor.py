@@ -115,6 +115,7 @@ from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import WatchOps
 from moorage.actors.watcher.watches import Watches
 from moorage.actors.watcher.workers import Workers
+from moorage.protocol.envelope import Packed
 from moorage.protocol.errors import Category, fail
 
 # --- the shapes of the answers ----------------------------------------------------------------
@@ -238,7 +239,7 @@ class WatcherActor(Actor):
             self.obs.stop()
         self.state.close()
 
-    def _publish(self, body: dict[str, Any]) -> None:
+    def _publish(self, body: Packed) -> None:
         self.publisher.publish("fs.event", body)
 
     def _note_self_write(self, path: str, key: Any) -> None:

@@ -10,19 +10,23 @@ A clock is (instance, epoch, seq), Watchman's idea with an explicit epoch:
 Ticks count events, not time, so `since` has no race with the clock of the machine.
 
 Events are journaled before they are published: anything a subscriber can have seen is in
-the journal (while retained). In memory a clock is a tuple (it packs as the same array): a
-tuple of scalars leaves the garbage collector's tracking at its first pass, and the event
-holding it at the next full one, so retained events stop costing the collector anything.
-The journal is bounded by count; a clock older than what it retains also gets
+the journal (while retained). The journal keeps each published batch as it went out: its
+msgpack bytes (the very object the stream's retention keeps for replays), its first and
+last seq, and its paths. An event kept as a dict cost some 420 bytes and a tracked object
+for the collector; packed it is about 150 bytes, shared, and `fs.since`, which is rare,
+unpacks what it answers. `fs.query` with a clock reads only the paths. The journal is
+bounded by count, in whole batches; a clock older than what it retains also gets
 `fresh_instance` (Watchman's rule after a GC prune).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
+
+from msgpack import unpackb
 
 from moorage.protocol.errors import fail
 
@@ -44,13 +48,23 @@ class Clock:
         raise fail("bad_args", f"a clock is [instance, epoch, seq], not {v!r:.120}")
 
 
+class Batch(NamedTuple):
+    """One published batch as the journal keeps it."""
+
+    first: int  # seq of its first event
+    last: int  # ... and of its last
+    packed: bytes  # {"events": [...]}, as published
+    paths: tuple[str, ...]  # the paths its events name (markers name none)
+
+
 class Journal:
     def __init__(self, instance: str, max_events: int = 50_000) -> None:
         self.instance = instance
         self.max_events = max_events
         self.epoch = 0
         self.seq = 0
-        self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
+        self.batches: deque[Batch] = deque()
+        self.retained = 0  # events in `batches`
 
     def clock(self) -> Clock:
         return Clock(self.instance, self.epoch, self.seq)
@@ -60,30 +74,34 @@ class Journal:
         return self.epoch
 
     def append(self, ev: dict[str, Any]) -> dict[str, Any]:
-        """Stamp `ev` with the next clock and keep it (the same dict is then published)."""
+        """Stamp `ev` with the next clock (it is kept once published: `keep`)."""
         self.seq += 1
         ev["clock"] = (self.instance, self.epoch, self.seq)
-        self.events.append(ev)
         return ev
 
-    def extend(self, evs: list[dict[str, Any]]) -> None:
-        """`append` for a batch (the pipeline's hot path: one call per flush)."""
-        inst, epoch, seq = self.instance, self.epoch, self.seq
-        for ev in evs:
-            seq += 1
-            ev["clock"] = (inst, epoch, seq)
+    def commit(self, seq: int) -> None:
+        """The caller stamped the clocks after `self.seq` up to `seq` itself (the pipeline
+        stamps while it builds its events: one pass instead of two)."""
         self.seq = seq
-        self.events.extend(evs)  # a bounded deque: the oldest fall out
 
-    def commit(self, evs: list[dict[str, Any]], seq: int) -> None:
-        """Keep `evs`, already stamped by the caller with the clocks after `self.seq` up to
-        `seq` (the pipeline stamps while it builds them: one pass instead of two)."""
-        self.seq = seq
-        self.events.extend(evs)
+    def keep(self, first: int, last: int, packed: bytes, paths: tuple[str, ...]) -> None:
+        """Retain a batch about to be published (events `first`..`last`); the oldest batches
+        go once more than `max_events` events are kept."""
+        self.batches.append(Batch(first, last, packed, paths))
+        self.retained += last - first + 1
+        while self.retained > self.max_events and len(self.batches) > 1:
+            old = self.batches.popleft()
+            self.retained -= old.last - old.first + 1
 
     @property
     def first_seq(self) -> int:
-        return self.events[0]["clock"][2] if self.events else self.seq + 1
+        return self.batches[0].first if self.batches else self.seq + 1
+
+    def _after(self, seq: int) -> Iterator[Batch]:
+        """The batches with events after `seq`, oldest first."""
+        for b in self.batches:
+            if b.last > seq:
+                yield b
 
     def since(self, clock: Clock, max_events: int = 10_000) -> dict[str, Any]:
         """Events after `clock`, oldest first, at most `max_events` (then `more`, and the
@@ -95,14 +113,32 @@ class Journal:
         if clock.seq < self.first_seq - 1:
             return {"fresh_instance": True, "reason": "older than the journal retains",
                     "clock": now, "events": [], "more": False}
-        start = clock.seq + 1 - self.first_seq  # index in the deque
-        out = list(islice(self.events, start, start + max_events))
+        out: list[dict[str, Any]] = []
+        for b in self._after(clock.seq):
+            evs = unpackb(b.packed)["events"]
+            skip = max(0, clock.seq + 1 - b.first)
+            out += evs[skip:skip + max_events - len(out)]
+            if len(out) >= max_events:
+                break
         more = bool(out) and out[-1]["clock"][2] < self.seq
         last = list(out[-1]["clock"]) if out else now
         return {"fresh_instance": False, "clock": last if more else now, "events": out,
                 "more": more}
 
+    def paths_since(self, seq: int) -> list[str]:
+        """The paths of the events after `seq`, once each, in the order they first came."""
+        got: dict[str, None] = {}
+        for b in self._after(seq):
+            paths = b.paths
+            if b.first <= seq and len(paths) == b.last - b.first + 1:
+                paths = paths[seq + 1 - b.first:]  # (all events of it name a path)
+            elif b.first <= seq:
+                paths = tuple(e["path"] for e in unpackb(b.packed)["events"][seq + 1 - b.first:]
+                              if "path" in e)
+            got.update(dict.fromkeys(paths))
+        return list(got)
+
     def stats(self) -> dict[str, Any]:
         return {"instance": self.instance, "epoch": self.epoch, "seq": self.seq,
-                "retained": len(self.events), "first_seq": self.first_seq,
-                "max_events": self.max_events}
+                "retained": self.retained, "first_seq": self.first_seq,
+                "max_events": self.max_events, "batches": len(self.batches)}

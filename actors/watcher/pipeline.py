@@ -14,7 +14,9 @@
          marked synthetic) and resync_end, all journaled like live events
 
 One message on `fs.event` per flush: {"events": [event, ...]} (at most `chunk` events each; a
-big resync is several messages). An event is
+big resync is several messages), packed here once: the journal keeps those bytes and the
+stream sends and retains the same object (`publish` is given an envelope.Packed). An
+event is
   {clock: [instance, epoch, seq], kind: created|modified|deleted, path, type: file|dir|...,
    origin: self|external, watches: [watch id...], size?, mtime_ns?, moved_from?, moved_to?,
    synthetic?}
@@ -33,6 +35,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgpack
+
 from moorage.actors.runtime.beat import progress
 from moorage.actors.watcher.cache import FileCache, StatKey
 from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalescer
@@ -49,6 +53,7 @@ from moorage.actors.watcher.snapshot import (
     stat_fields,
 )
 from moorage.actors.watcher.watches import Watches
+from moorage.protocol.envelope import Packed
 
 # The collector's thresholds in the watcher's process (`tune_gc`, applied by the actor at
 # start and by the P10 benchmark). Every event the journal retains is a tracked dict until a
@@ -63,6 +68,7 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _KIND = {"created": CREATED, "deleted": DELETED, "modified": MODIFIED, "attrib": MODIFIED}
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 SELF_WRITE_TTL = 10.0
@@ -78,7 +84,7 @@ class Pipeline:
         journal: Journal,
         watches: Watches,
         index: Index,
-        publish: Callable[[dict[str, Any]], Any],
+        publish: Callable[[Packed], Any],
         call_later: Callable[[float, Callable[[], None]], Any],
         *,
         settle_s: float = 0.02,
@@ -279,7 +285,7 @@ class Pipeline:
             entries[path] = s
         if not out:
             return 0
-        journal.commit(out, seq)
+        journal.commit(seq)
         self._send(out, paths)
         return len(out)
 
@@ -304,14 +310,24 @@ class Pipeline:
             self.told_deletes += 1
 
     def _send(self, events: list[dict[str, Any]], paths: list[str] | None = None) -> None:
+        """Journal, then publish, `events` (stamped, consecutive), `chunk` to a message.
+        `paths`: theirs, one per event, when every event names one (a flush's)."""
         if not events:
             return
+        if paths is None:
+            paths = [e["path"] for e in events if "path" in e]
         if self.before_publish is not None:  # the write-ahead log: before anyone can see them
-            self.before_publish(paths if paths is not None else
-                                [e["path"] for e in events if "path" in e])
+            self.before_publish(paths)
         n = self.chunk
+        keep = self.journal.keep
+        whole = len(paths) == len(events)
         for i in range(0, len(events), n):
-            self.publish({"events": events[i:i + n]})
+            part = events[i:i + n]
+            packed = _packb({"events": part})
+            keep(part[0]["clock"][2], part[-1]["clock"][2], packed,
+                 tuple(paths[i:i + n]) if whole else
+                 tuple(e["path"] for e in part if "path" in e))
+            self.publish(Packed(packed))
             self.batches += 1
         self.published += len(events)
 

@@ -38,7 +38,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import compress, islice, repeat
+from itertools import compress, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -298,10 +298,7 @@ class QueryOps:
         self.queries += 1
         if fresh:
             return Query(real, filt, chosen, now, True, w.index.below(real), max, inside=True)
-        start = clock.seq + 1 - journal.first_seq
-        cands = list(dict.fromkeys(
-            e["path"] for e in islice(journal.events, start, None) if "path" in e))
-        return Query(real, filt, chosen, now, False, cands, max)
+        return Query(real, filt, chosen, now, False, journal.paths_since(clock.seq), max)
 
     def _run(self, call: Call, q: Query, got: list[Any], first: bool) -> Any:
         """One slice of a page; the rest of it on later loop turns (the reply deferred)."""
