@@ -820,6 +820,42 @@ def test_a_bounded_take_leaves_the_rest_pending_without_more_wake_ups():
     assert len(wakes) == 2
 
 
+@pytest.mark.skipif(not guarded.GUARDED, reason="watchdog's inotify classes are not there")
+def test_a_new_root_is_walked_once_with_no_lock_of_watchdog_s_held(tmp_path):
+    """The placement's base walk places the root's watches (each directory before it is
+    read) after watchdog's schedule returned: another root can be placed meanwhile (it needs
+    the observer's lock, which the whole walk used to hold)."""
+    from moorage.actors.watcher.observer import ObserverManager
+
+    root, other = tmp_path / "root", tmp_path / "other"
+    for d in ("a/b", "c"):
+        (root / d).mkdir(parents=True)
+    other.mkdir()
+    mgr = ObserverManager(lambda fn: None, lambda: None)
+    seen: list[tuple[str, bool]] = []
+
+    def base(on_dir) -> None:
+        placed = threading.Event()
+        t = threading.Thread(target=lambda: (mgr.place(str(other), True, "inotify"),
+                                             placed.set()))
+        t.start()
+        try:
+            assert placed.wait(10), "another root could not be placed during the walk"
+        finally:
+            t.join()
+        seen.extend((d, on_dir(str(root / d))) for d in ("a", "a/b", "c"))
+
+    try:
+        got = mgr.place(str(root), True, "inotify", base=base)
+        assert got.via == "inotify" and seen == [("a", True), ("a/b", True), ("c", True)]
+        assert mgr.inotify_watches() == 5  # root, a, a/b, c (by the walk), and other
+        # not recursive, or polled: the walk is not the group's to run, and the caller runs it
+        flat = mgr.place(str(tmp_path / "root" / "a"), False, "inotify", base=base)
+        assert flat.via == "inotify" and len(seen) == 3
+    finally:
+        mgr.stop()
+
+
 def test_resyncs_run_at_once_after_quiet_and_back_off_while_they_keep_coming():
     from moorage.actors.watcher.resync import ResyncScheduler
 

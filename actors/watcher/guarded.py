@@ -5,9 +5,11 @@ a subdirectory (ENOSPC: the user's watch limit). The group here reports both (`r
 path)`, kinds "overflow" and "enospc"); the observer manager (moorage.actors.watcher.observer) turns
 them into resyncs and a polled subtree. It also places no watch in, and does not even walk,
 a directory `wanted` says no watch needs (inside an excluded subtree), and `add_missing`
-watches the ones a new watch needs. The observer's reader thread is kept reachable for the
-liveness check. Its events go straight from the emitter's thread to the observer manager
-(`deliver`), not through the observer's queue and dispatcher thread.
+watches the ones a new watch needs. A new root's watches below it are placed by the walk
+that reads its tree for the index (`base_walk`), after watchdog's schedule has returned. The
+observer's reader thread is kept reachable for the liveness check. Its events go straight
+from the emitter's thread to the observer manager (`deliver`), not through the observer's
+queue and dispatcher thread.
 
 Seam: `add_watch_fault(path: bytes)`, when set, runs before each inotify watch is added and
 may raise (tests set it in the test process before forking the actor, to inject ENOSPC).
@@ -20,6 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
@@ -75,31 +78,53 @@ Push = Callable[[tuple[str, str, str, bool]], None]
 add_watch_fault: Callable[[bytes], None] | None = None
 
 # A walk that reads a new root's tree and calls its `on_dir` for each directory before
-# reading it (snapshot.walk); the group runs it as its own watch-placing walk.
+# reading it (snapshot.walk); the root's group places its watches with it.
 BaseWalk = Callable[[Callable[[str], bool]], None]
-_placing = threading.local()  # .base: (root, BaseWalk) while `base_walk` places that root
+_placing = threading.local()  # .claim: the Claim of the root this thread is placing
+
+
+class Claim:
+    """A base walk offered to the group of the root being placed (`base_walk`), and the
+    group that took it."""
+
+    def __init__(self, root: bytes, walk: BaseWalk) -> None:
+        self.root, self.walk = root, walk
+        self.group: _Walker | None = None
+
+    def run(self) -> bool:
+        """The walk, by the group that took it, now that watchdog's locks are released;
+        False when no group took it (not inotify, or not recursive: the caller walks)."""
+        group, self.group = self.group, None
+        return group is not None and group.walk_base(self.walk)
+
+
+class _Walker(Protocol):  # a group that takes a Claim (Group, in guarded_emitter)
+    def walk_base(self, walk: BaseWalk) -> bool: ...
 
 
 @contextmanager
-def base_walk(root: str, walk: BaseWalk | None) -> Iterator[None]:
+def base_walk(root: str, walk: BaseWalk | None) -> Iterator[Claim | None]:
     """While this thread places `root` (ObserverManager.place: watchdog creates the root's
-    group on the thread that schedules it), its group walks the tree once, with `walk`,
-    instead of walking it for its watches and leaving a second walk to read it. Nothing
-    claims `walk` when the root is not placed with inotify (or not recursively): then it
-    has not run when this ends, and the caller walks."""
-    _placing.base = (os.fsencode(root), walk) if walk is not None else None
+    group on the thread that schedules it, holding the observer's lock and the group's),
+    the group places only the root's own watch and takes `walk`; `Claim.run`, after the
+    schedule, walks the tree once, each directory watched (under the group's lock, one at a
+    time) before it is read: not a walk for the watches and a second one to read it, and
+    no lock held for the length of the tree."""
+    claim = Claim(os.fsencode(root), walk) if walk is not None else None
+    _placing.claim = claim
     try:
-        yield
+        yield claim
     finally:
-        _placing.base = None
+        _placing.claim = None
 
 
-def _claim_base(path: bytes) -> BaseWalk | None:
-    got = getattr(_placing, "base", None)
-    if got is None or got[0] != path:
-        return None
-    _placing.base = None  # once: a directory created later is watchdog's own walk
-    return got[1]
+def _claim_base(path: bytes, group: _Walker) -> bool:
+    claim = getattr(_placing, "claim", None)
+    if claim is None or claim.root != path:
+        return False
+    _placing.claim = None  # once: a directory created later is watchdog's own walk
+    claim.group = group
+    return True
 
 
 def guarded_emitter(report: Report, wanted: Wanted | None = None,
@@ -186,19 +211,25 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if path != self.path and skip(path):
                 return
             self._add_callback(path)
-            if self.is_recursive and os.path.isdir(path):
-                walk = None if self.follow_symlink else _claim_base(path)
-                if walk is not None:
-                    walk(self._watch_below)
-                else:
-                    self._add_below(path, only_missing=False)
+            if self.is_recursive and os.path.isdir(path) and not (
+                    path == self.path and not self.follow_symlink and _claim_base(path, self)):
+                self._add_below(path, only_missing=False)
+
+        def walk_base(self, walk: BaseWalk) -> bool:
+            """The claimed walk (base_walk): below the root, every directory a watch needs is
+            watched before the walk reads it."""
+            walk(self._watch_below)
+            return True
 
         def _watch_below(self, directory: str) -> bool:
             """The base walk's `on_dir`: watch a directory below the root (found by an lstat,
-            so never a symlink), unless no watch needs it."""
+            so never a symlink), unless no watch needs it or the group has stopped."""
             if wanted is not None and not wanted(directory):
                 return False
-            self._add_callback(os.fsencode(directory))
+            with self._lock:
+                if not self.is_active:
+                    return False
+                self._add_callback(os.fsencode(directory))
             return True
 
         def _add_below(self, path: bytes, only_missing: bool) -> int:

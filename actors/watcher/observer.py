@@ -228,14 +228,17 @@ class ObserverManager:
             if via == "inotify":
                 try:
                     observer = self._observer("inotify", generation)
-                    with base_walk(path, base):
+                    with base_walk(path, base) as claim:
                         watch = observer.schedule(self.handler, path, recursive=recursive,
                                                   event_filter=EVENT_FILTER)
-                    return Placement("inotify", watch, None)
                 except OSError as exc:
                     if exc.errno not in WATCH_LIMIT_ERRNOS:
                         raise
                     warning = f"inotify unavailable for {path} ({os.strerror(exc.errno)})"
+                else:
+                    if claim is not None:
+                        claim.run()
+                    return Placement("inotify", watch, None)
             watch = self._observer("polling", generation).schedule(
                 self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
         except _Stale:  # stopped meanwhile (quality 0, a recreate): nothing placed
