@@ -32,7 +32,7 @@ from loguru import logger
 from moorage.actors.watcher import cookies as cookie_files
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import COOKIE, Cookies, Sync
-from moorage.actors.watcher.observer import ObserverManager
+from moorage.actors.watcher.observer import BaseWalk, ObserverManager
 from moorage.actors.watcher.resync import ResyncScheduler
 from moorage.actors.watcher.snapshot import Index, Stat
 from moorage.actors.watcher.workers import Job
@@ -194,12 +194,26 @@ class Driving:
         told = dict(self.w.index.entries) if base is INDEX else base
 
         def blocking() -> tuple[dict[str, Stat], float, list, Index, float]:
-            if recreation is not None:
-                recreation.run()  # watches first, then the walk
             t1 = time.perf_counter()
             out: dict[str, Stat] = {}
+            walked: set[str] = set()
+
+            def base_for(path: str, recursive: bool) -> BaseWalk | None:
+                if roots.get(path) != recursive:  # (a polled subtree: not a root)
+                    return None
+
+                def base(on_dir: Callable[[str], bool]) -> None:
+                    snapshot.walk(path, keep, recursive, into=out, on_loop=False,
+                                  on_dir=on_dir)
+                    walked.add(path)
+                return base
+
+            if recreation is not None:
+                # watches first, then the walk: one walk of each root placed anew does both
+                recreation.run(base_for)
             for path, recursive in roots.items():
-                snapshot.walk(path, keep, recursive, into=out, on_loop=False)
+                if path not in walked:
+                    snapshot.walk(path, keep, recursive, into=out, on_loop=False)
             for p in [p for p in out if ours(p)]:
                 del out[p]
             t2 = time.perf_counter()

@@ -471,14 +471,16 @@ class Recreation:
         self.obs, self.old, self.todo, self.generation = obs, old, todo, generation
         self.placements: list[Placement | OSError] = []
 
-    def run(self) -> None:
+    def run(self, base_for: Callable[[str, bool], BaseWalk | None] | None = None) -> None:
         """Off the loop: the old observers stopped, then every root and polled subtree
-        placed anew."""
+        placed anew; `base_for(path, recursive)` gives the walk that places a root's
+        watches as it reads the tree (ObserverManager.place's `base`), or None."""
         self.obs.halt(self.old)
         for root, via in self.todo:
+            base = base_for(root.path, root.recursive) if base_for is not None else None
             try:
                 self.placements.append(self.obs.place(root.path, root.recursive, via,
-                                                      self.generation))
+                                                      self.generation, base))
             except OSError as exc:
                 self.placements.append(exc)
 
