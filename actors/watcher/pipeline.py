@@ -56,9 +56,9 @@ from moorage.actors.watcher.watches import Watches
 from moorage.protocol.envelope import Packed
 
 # The collector's thresholds in the watcher's process (`tune_gc`, applied by the actor at
-# start and by the P10 benchmark). Every event the journal retains is a tracked dict until a
-# full collection, and a full collection walks the whole heap (the journal, the index, the
-# retained messages): with the default third threshold (10) one ran every few thousand
+# start and by the P10 benchmark). Every event is a tracked dict while it is built and
+# published, and a full collection walks the whole heap (the index's sets, whatever else
+# the process holds): with the default third threshold (10) one ran every few thousand
 # events and took about half of the pipeline's time. Raised, a full collection runs after a
 # thousand second-generation ones; the pipeline makes no reference cycles for it to find.
 GC_THRESHOLDS = (700, 10, 1000)
