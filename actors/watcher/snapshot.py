@@ -75,8 +75,8 @@ def _load_walk() -> Callable[..., None] | None:
 
 _walk_compiled = _load_walk()
 WALK_CORE: str = "python" if _walk_compiled is None else "compiled"
-"""The walk a worker runs here (fs.stats and sys.info say it): "compiled" when `pip install`
-could build it, else "python"."""
+"""The walk a worker runs here (the watcher's sys.info says it, `walk_core`): "compiled" when
+`pip install` could build it, else "python"."""
 
 
 def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool = True,
