@@ -195,25 +195,16 @@ class Driving:
 
         def blocking() -> tuple[dict[str, Stat], float, list, Index, float]:
             t1 = time.perf_counter()
-            out: dict[str, Stat] = {}
-            walked: set[str] = set()
+            walks = snapshot.RootWalks(keep)
 
             def base_for(path: str, recursive: bool) -> BaseWalk | None:
-                if roots.get(path) != recursive:  # (a polled subtree: not a root)
-                    return None
-
-                def base(on_dir: Callable[[str], bool]) -> None:
-                    snapshot.walk(path, keep, recursive, into=out, on_loop=False,
-                                  on_dir=on_dir)
-                    walked.add(path)
-                return base
+                # (a polled subtree is not a root: its placement walks nothing of ours)
+                return walks.base(path, recursive) if roots.get(path) == recursive else None
 
             if recreation is not None:
                 # watches first, then the walk: one walk of each root placed anew does both
                 recreation.run(base_for)
-            for path, recursive in roots.items():
-                if path not in walked:
-                    snapshot.walk(path, keep, recursive, into=out, on_loop=False)
+            out = walks.rest(roots)
             for p in [p for p in out if ours(p)]:
                 del out[p]
             t2 = time.perf_counter()

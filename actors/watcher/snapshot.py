@@ -144,6 +144,38 @@ def walk_python(root: str, keep: Callable[[str], bool] | None = None, recursive:
     return out
 
 
+class RootWalks:
+    """The walks of several roots (none inside another) into one map. A root's walk may be
+    run by the placement that watches it (`base`: ObserverManager.place's base walk, which
+    places the root's watches as it reads the tree); `rest` walks each root no placement
+    walked to its end. Worker threads only."""
+
+    def __init__(self, keep: Callable[[str], bool] | None) -> None:
+        self.keep = keep
+        self.out: dict[str, Stat] = {}
+        self.started: set[str] = set()
+        self.done: set[str] = set()
+
+    def base(self, path: str, recursive: bool) -> Callable[[Callable[[str], bool]], None]:
+        def run(on_dir: Callable[[str], bool]) -> None:
+            self.started.add(path)
+            walk(path, self.keep, recursive, into=self.out, on_loop=False, on_dir=on_dir)
+            self.done.add(path)
+        return run
+
+    def rest(self, roots: Mapping[str, bool]) -> dict[str, Stat]:
+        """The map, once every root in `roots` is walked."""
+        for path, recursive in roots.items():
+            if path in self.done:
+                continue
+            if path in self.started:  # cut short by an error: what it saw may be gone since
+                below = path.rstrip("/") + "/"
+                for p in [p for p in self.out if p.startswith(below)]:
+                    del self.out[p]
+            walk(path, self.keep, recursive, into=self.out, on_loop=False)
+        return self.out
+
+
 def diff(old: Mapping[str, Stat], new: Mapping[str, Stat]) -> list[tuple[str, str, bool]]:
     """(kind, path, is_dir) turning `old` into `new`: deletions first (children before their
     directory), then creations and modifications (parents before children)."""

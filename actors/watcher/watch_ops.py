@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -131,26 +130,17 @@ class WatchOps:
 
         def blocking() -> tuple[list[Placement | OSError], dict[str, Stat] | Index]:
             placements: list[Placement | OSError] = []
-            fresh: dict[str, Stat] = {}
-            walked = False
-
-            def base(on_dir: Callable[[str], bool]) -> None:
-                nonlocal walked
-                fresh.clear()  # (a walk cut short by an error before this one)
-                snapshot.walk(real, keep, recursive, into=fresh, on_loop=False, on_dir=on_dir)
-                walked = True
-
+            walks = snapshot.RootWalks(keep)
             for r in roots:
                 try:
                     placements.append(obs.place(r.path, r.recursive, obs.mode, generation,
-                                                base if one_walk else None))
+                                                walks.base(real, recursive) if one_walk else None))
                 except OSError as exc:
                     placements.append(exc)
             if refresh:
                 obs.refresh()
-            if not walked:  # (polling, or inotify's watches placed by a walk of their own)
-                fresh.clear()
-                snapshot.walk(real, keep, recursive, into=fresh, on_loop=False)
+            # (walked already, unless polled or its inotify watches had a walk of their own)
+            fresh = walks.rest({real: recursive})
             for p in [p for p in fresh if ours(p)]:
                 del fresh[p]
             if first:  # the whole index, built here
