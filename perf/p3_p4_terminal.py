@@ -7,7 +7,12 @@ default tree) and in-process (a second default tree with `parse = "local"`), in 
 blocks.
 
   P3 limit: a raw PTY round trip (write `echo test`, read to the shell's trusted D marker, in
-            this process, same bash and integration script) + P1's limit (a bare pyzmq echo).
+            this process, same bash and integration script) + P1's limit (a bare pyzmq echo),
+            taken one after the other, as an exec takes them: the median of their sums. (The
+            echo alone, back to back, is also reported: on this class of VM it reads 35 µs
+            when the scheduler puts both its processes on one core and 110-130 across two,
+            and which it does in a block of echoes decides its median; after a PTY round trip
+            it is in the state an exec's request and reply are in.)
   P4 limit: a raw PTY read loop of `cat` of the same file, in this process.
 
 Beside P3, the scheduler's view of a stretch of exec cycles (perf/_sched.py): the CPU, run
@@ -243,12 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         exec_us(client_local, sub_local, sid_local, 300, "local")
         for _ in range(300):
             raw_pty.round_trip()
-        ours, ours_local, pty_us, zmq_us = [], [], [], []
+        ours, ours_local, pty_us, zmq_us, limit_us, zmq_b2b = [], [], [], [], [], []
         blocks = 10
         for _ in range(blocks):
-            zmq_us += raw_zmq.latencies(args.n // blocks)
+            zmq_b2b += raw_zmq.latencies(args.n // blocks)
             for _ in range(args.n // blocks):
                 pty_us.append(raw_pty.round_trip())
+                zmq_us += raw_zmq.latencies(1)
+                limit_us.append(pty_us[-1] + zmq_us[-1])
             ours += exec_us(client, sub, sid, args.n // blocks, "actor")
             ours_local += exec_us(client_local, sub_local, sid_local, args.n // blocks,
                                   "local")
@@ -256,19 +263,25 @@ def main(argv: list[str] | None = None) -> int:
         sub.close()
         sub_local.close()
         po, pl = percentiles(ours), percentiles(ours_local)
-        pp, pz = percentiles(pty_us), percentiles(zmq_us)
-        limit50 = pp[50] + pz[50]
+        pp, pz, plim = percentiles(pty_us), percentiles(zmq_us), percentiles(limit_us)
+        pb = percentiles(zmq_b2b)
         for label, pc in (("parser actor", po), ("in-process, parse = local", pl)):
             report.add(Row("P3", f"term.exec echo test p50 (warm bash; {label})", "µs",
-                           "<= 2.5x limit, <= 1 ms", pc[50], limit50,
-                           pc[50] <= 2.5 * limit50 and pc[50] <= 1000,
-                           note=f"limit = raw PTY {pp[50]:.0f} µs + raw zmq {pz[50]:.0f} µs"))
+                           "<= 2.5x limit, <= 1 ms", pc[50], plim[50],
+                           pc[50] <= 2.5 * plim[50] and pc[50] <= 1000,
+                           note=f"limit = raw PTY round trip then raw zmq echo, median of "
+                                f"the sums (medians: PTY {pp[50]:.0f} µs, zmq {pz[50]:.0f})"))
             report.add(Row("P3", f"term.exec echo test p99 ({label})", "µs", "<= 10 ms (seed)",
-                           pc[99], pp[99] + pz[99], pc[99] <= 10_000))
+                           pc[99], plim[99], pc[99] <= 10_000))
+        report.add(Row("P3", "raw zmq echo p50: back to back / after a PTY round trip", "µs",
+                       "(informative: the limit's echo)", pb[50], pz[50], True,
+                       note="back to back, the echo's two processes often share a core "
+                            "(one core: 35 µs here, two: 110-130)"))
         plot_percentiles("p3_exec_echo", {"term.exec, parser actor": ours,
                                           "term.exec, parse = local": ours_local,
                                           "raw PTY round trip": pty_us,
-                                          "raw zmq echo": zmq_us})
+                                          "raw zmq echo after a PTY trip": zmq_us,
+                                          "raw zmq echo back to back": zmq_b2b})
         client_local.call("terminal", "term.close", {"session": sid_local})
         client_local.close()
         tree_local.stop()
