@@ -313,8 +313,9 @@ def _header(frame: bytes) -> dict:
     return h
 
 
-def decode_request(frames: Sequence[bytes]) -> Request:
-    """Frames after the routing ids. Raises DecodeError with whatever id could be read."""
+def decode_request_python(frames: Sequence[bytes]) -> Request:
+    """Frames after the routing ids. Raises DecodeError with whatever id could be read.
+    (The reference: `decode_request` is protocol/_cenvelope.c's where it was built.)"""
     if len(frames) < 3:
         raise _decode_error("bad_request", f"expected >= 3 frames, got {len(frames)}")
     if frames[0] != TAG:
@@ -379,7 +380,8 @@ def encode_error(id: int | None, epoch: str, error: WireError) -> list[bytes]:
     return [TAG, _pack({"id": id, "ok": False, "ep": epoch}), _pack(error.to_wire())]
 
 
-def decode_reply(frames: Sequence[bytes]) -> Reply:
+def decode_reply_python(frames: Sequence[bytes]) -> Reply:
+    """(The reference: `decode_reply` is protocol/_cenvelope.c's where it was built.)"""
     if len(frames) < 3:
         raise _decode_error("bad_request", f"reply: expected >= 3 frames, got {len(frames)}")
     if frames[0] != TAG:
@@ -399,6 +401,33 @@ def decode_reply(frames: Sequence[bytes]) -> Reply:
         raise
     return _new_tuple(Reply, (rid, ok, epoch if type(epoch) is str else "", body,
                               list(frames[3:])))
+
+
+def _compiled_decoders() -> tuple[Any, Any] | None:
+    """protocol/_cenvelope.c's request and reply decoders, configured, when the optional
+    extension was built (and MOORAGE_PROTOCOL_CORE is not "python"): the same answers as the
+    functions above, which they call for every message they do not decode themselves."""
+    if os.environ.get("MOORAGE_PROTOCOL_CORE") == "python":
+        return None
+    try:
+        from moorage.protocol._cenvelope import configure, reply, request
+    except ImportError:
+        return None
+    configure(Request, Reply, decode_request_python, decode_reply_python, TAG,
+              limits.MAX_HEADER_SIZE, limits.MAX_OP_LEN, limits.MAX_ATTACHMENTS,
+              limits.MAX_BODY_SIZE, limits.MAX_BODY_VALUES, limits.MAX_MESSAGE_SIZE,
+              limits.MAX_ID, limits.MAX_DEPTH)
+    return request, reply
+
+
+_cdecoders = _compiled_decoders()
+ENVELOPE_CORE: str = "python" if _cdecoders is None else "compiled"
+"""Which decoders `decode_request` and `decode_reply` are in this process ("compiled" or
+"python"): sys.info's `envelope_core`."""
+decode_request: Callable[[Sequence[bytes]], Request] = \
+    decode_request_python if _cdecoders is None else _cdecoders[0]
+decode_reply: Callable[[Sequence[bytes]], Reply] = \
+    decode_reply_python if _cdecoders is None else _cdecoders[1]
 
 
 # --- streams ----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from moorage.actors.runtime.stats import LossCounters, OpStats
 from moorage.actors.runtime.streams import Publisher
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import (
+    ENVELOPE_CORE,
     PROTO_VERSION,
     SCALAR_TYPES,
     SHAPE_CORE,
@@ -144,6 +145,7 @@ INFO = {
     "subscriptions": {"connections": int, "applied": int, "refused": int},
     "shape_core": Literal["compiled", "python"],
     "wire_core": Literal["compiled", "python"],
+    "envelope_core": Literal["compiled", "python"],
     ...: Any,
 }
 
@@ -460,6 +462,9 @@ class Actor:
             "shape_core": SHAPE_CORE,
             # how its frames move (wire.WIRE_CORE): the optional extension, or pyzmq's calls
             "wire_core": WIRE_CORE,
+            # how it decodes requests (envelope.ENVELOPE_CORE): the optional extension, or
+            # msgpack and the Python checks
+            "envelope_core": ENVELOPE_CORE,
             **({"remote": self.tcp.info()} if self.tcp is not None else {}),
             **self.info(),
         }
