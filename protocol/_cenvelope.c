@@ -1,16 +1,18 @@
-/* The compiled request and reply decoders: `request(frames)` and `reply(frames)` answer what
- * envelope.py's decode_request_python and decode_reply_python answer, for the messages almost
- * every call is made of, and hand every other one to those functions (given to `configure`),
- * which are the reference and say what is wrong with a bad one.
+/* The compiled message decoders: `request(frames)`, `reply(frames)` and `stream(frames)`
+ * answer what envelope.py's decode_request_python, decode_reply_python and
+ * decode_stream_python answer, for the messages almost every call and stream is made of,
+ * and hand every other one to those functions (given to `configure`), which are the
+ * reference and say what is wrong with a bad one.
  *
  * What is decoded here: a header that is a map holding only the keys the protocol defines
- * for it (request: id, sid, op, deadline_ms, ep; reply: id, ok, ep), each once, each of a
- * type the reference accepts, with no bytes after it; and a body that is a protocol value
- * (maps with str keys, no extension type, nested at most MAX_DEPTH) within the reference's
- * limits. Anything else (an extension type, a key the header does not define, invalid
- * UTF-8, a value out of range, a body nested too deep or holding too many values, a short
- * buffer) is the reference's to decode or refuse: this file never raises a protocol error of its own, so it cannot answer one
- * differently. The tests hold both to the same answers over the vectors and a fuzzed corpus.
+ * for it (request: id, sid, op, deadline_ms, ep; reply: id, ok, ep; stream: seq, ep,
+ * welcome), each once and of a type the reference accepts, with no bytes after it; and a
+ * body that is a protocol value (maps with str keys, no extension type, nested at most
+ * MAX_DEPTH) within the reference's limits. Anything else (an extension type, a key the
+ * header does not define, invalid UTF-8, a value out of range, a body nested too deep or
+ * holding too many values, a short buffer) is the reference's to decode or refuse: this
+ * file never raises a protocol error of its own, so it cannot answer one differently. The
+ * tests hold both to the same answers over the vectors and a fuzzed corpus.
  *
  * Why: msgpack's unpackb builds an unpacking context per call and the reference then reads
  * the header's dict back key by key; for a request of four header keys and a one-key body
@@ -27,6 +29,8 @@
 
 static PyObject *request_type = NULL; /* envelope.Request */
 static PyObject *reply_type = NULL;   /* envelope.Reply */
+static PyObject *stream_type = NULL;  /* envelope.StreamMessage */
+static PyObject *stream_fallback = NULL;
 static PyObject *request_fallback = NULL;
 static PyObject *reply_fallback = NULL;
 static PyObject *tag = NULL; /* bytes */
@@ -310,17 +314,18 @@ key_index(value k, const char *const *names, int count)
     return -1;
 }
 
-/* frames[3:], as a new list */
+/* frames[from:], as a new list */
 static PyObject *
-attachments(PyObject *frames, Py_ssize_t n)
+attachments(PyObject *frames, Py_ssize_t from)
 {
-    PyObject *out = PyList_New(n > 3 ? n - 3 : 0);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
+    PyObject *out = PyList_New(n > from ? n - from : 0);
     if (out == NULL)
         return NULL;
-    for (Py_ssize_t k = 3; k < n; k++) {
+    for (Py_ssize_t k = from; k < n; k++) {
         PyObject *item = PySequence_Fast_GET_ITEM(frames, k);
         Py_INCREF(item);
-        PyList_SET_ITEM(out, k - 3, item);
+        PyList_SET_ITEM(out, k - from, item);
     }
     return out;
 }
@@ -340,22 +345,61 @@ named(PyObject *type, PyObject **items, Py_ssize_t n)
     return t;
 }
 
-/* frames[0..2] as bytes, the tag checked; 0: not decoded here. */
+/* A message of at least `body_at` + 1 frames, those bytes, the tag at `body_at` - 2, and
+ * then its header (at `body_at` - 1): a map of only `names`, each at most once and none a
+ * container, nothing after it; `got` and `seen` say what it held. 0: not decoded here. */
 static int
-frames_ok(PyObject *frames)
+read_header(PyObject *frames, Py_ssize_t body_at, const char *const *names, int count,
+            value *got, int *seen)
 {
     if (!PyList_CheckExact(frames) && !PyTuple_CheckExact(frames))
         return 0;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
-    if (n < 3 || n - 3 > max_attachments)
+    if (n <= body_at || n - body_at - 1 > max_attachments)
         return 0;
-    for (Py_ssize_t k = 0; k < 3; k++)
+    for (Py_ssize_t k = 0; k <= body_at; k++)
         if (!PyBytes_CheckExact(PySequence_Fast_GET_ITEM(frames, k)))
             return 0;
-    PyObject *t = PySequence_Fast_GET_ITEM(frames, 0);
-    return PyBytes_GET_SIZE(t) == PyBytes_GET_SIZE(tag) &&
-           memcmp(PyBytes_AS_STRING(t), PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(t)) == 0 &&
-           PyBytes_GET_SIZE(PySequence_Fast_GET_ITEM(frames, 1)) <= max_header;
+    PyObject *t = PySequence_Fast_GET_ITEM(frames, body_at - 2);
+    PyObject *h = PySequence_Fast_GET_ITEM(frames, body_at - 1);
+    if (PyBytes_GET_SIZE(t) != PyBytes_GET_SIZE(tag) ||
+        memcmp(PyBytes_AS_STRING(t), PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(t)) != 0 ||
+        PyBytes_GET_SIZE(h) > max_header)
+        return 0;
+    reader r = {(const unsigned char *)PyBytes_AS_STRING(h),
+                (const unsigned char *)PyBytes_AS_STRING(h) + PyBytes_GET_SIZE(h)};
+    value head = next(&r);
+    if (head.kind != K_MAP || head.u > (unsigned long long)count)
+        return 0;
+    *seen = 0;
+    for (unsigned long long k = 0; k < head.u; k++) {
+        int j = key_index(next(&r), names, count);
+        if (j < 0 || *seen & (1 << j))
+            return 0;
+        *seen |= 1 << j;
+        got[j] = next(&r);
+        if (got[j].kind == K_BAD || got[j].kind == K_MAP || got[j].kind == K_ARRAY)
+            return 0; /* (no header value the protocol defines is a container) */
+    }
+    return r.p == r.end;
+}
+
+static inline int
+is_int(value v)
+{
+    return v.kind == K_UINT || v.kind == K_INT;
+}
+
+/* An epoch as the reference takes it: a str as it is, anything else as "" (NULL without an
+ * exception: not decoded here). */
+static PyObject *
+epoch_or_empty(value v, int present)
+{
+    if (present && v.kind == K_STR)
+        return scalar(v);
+    if (present && v.kind == K_BIN)
+        return NULL; /* (the reference decodes it, then drops it; rare enough to hand on) */
+    return PyUnicode_FromStringAndSize("", 0);
 }
 
 static const char *const REQUEST_KEYS[] = {"id", "sid", "op", "deadline_ms", "ep"};
@@ -364,34 +408,16 @@ enum { R_ID, R_SID, R_OP, R_DEADLINE, R_EP, R_COUNT };
 static PyObject *
 decode_request_here(PyObject *frames)
 {
-    if (!frames_ok(frames))
-        return NULL;
-    PyObject *h = PySequence_Fast_GET_ITEM(frames, 1);
-    reader r = {(const unsigned char *)PyBytes_AS_STRING(h),
-                (const unsigned char *)PyBytes_AS_STRING(h) + PyBytes_GET_SIZE(h)};
-    value head = next(&r);
-    if (head.kind != K_MAP || head.u > R_COUNT)
-        return NULL;
     value got[R_COUNT];
-    int seen = 0;
-    for (unsigned long long k = 0; k < head.u; k++) {
-        int j = key_index(next(&r), REQUEST_KEYS, R_COUNT);
-        if (j < 0 || seen & (1 << j))
-            return NULL;
-        seen |= 1 << j;
-        got[j] = next(&r);
-        if (got[j].kind == K_BAD || got[j].kind == K_MAP || got[j].kind == K_ARRAY)
-            return NULL; /* (no header value the protocol defines is a container) */
-    }
-    if (r.p != r.end || (seen & 7) != 7)
+    int seen;
+    if (!read_header(frames, 2, REQUEST_KEYS, R_COUNT, got, &seen) || (seen & 7) != 7)
         return NULL;
     if (got[R_ID].kind != K_UINT || got[R_ID].u > max_id)
         return NULL;
     if (got[R_SID].kind != K_STR || got[R_SID].u == 0 || got[R_OP].kind != K_STR ||
         got[R_OP].u == 0)
         return NULL;
-    if (seen & (1 << R_DEADLINE) && got[R_DEADLINE].kind != K_NIL &&
-        got[R_DEADLINE].kind != K_UINT && got[R_DEADLINE].kind != K_INT)
+    if (seen & (1 << R_DEADLINE) && got[R_DEADLINE].kind != K_NIL && !is_int(got[R_DEADLINE]))
         return NULL;
     if (seen & (1 << R_EP) && got[R_EP].kind != K_NIL && got[R_EP].kind != K_STR)
         return NULL;
@@ -403,14 +429,9 @@ decode_request_here(PyObject *frames)
     items[2] = scalar(got[R_OP]);
     if (items[2] == NULL || PyUnicode_GET_LENGTH(items[2]) > max_op_len)
         goto miss;
-    if (seen & (1 << R_EP)) {
-        items[6] = scalar(got[R_EP]);
-        if (items[6] == NULL)
-            goto miss;
-    }
-    else {
-        items[6] = Py_NewRef(Py_None);
-    }
+    items[6] = seen & (1 << R_EP) ? scalar(got[R_EP]) : Py_NewRef(Py_None);
+    if (items[6] == NULL)
+        goto miss;
     PyObject *b = PySequence_Fast_GET_ITEM(frames, 2);
     if (PyBytes_GET_SIZE(b) == 1 && PyBytes_AS_STRING(b)[0] == (char)0xc0)
         items[4] = Py_NewRef(Py_None); /* the common "no arguments" */
@@ -418,7 +439,7 @@ decode_request_here(PyObject *frames)
         goto miss;
     items[0] = PyLong_FromUnsignedLongLong(got[R_ID].u);
     items[3] = seen & (1 << R_DEADLINE) ? scalar(got[R_DEADLINE]) : Py_NewRef(Py_None);
-    items[5] = attachments(frames, PySequence_Fast_GET_SIZE(frames));
+    items[5] = attachments(frames, 3);
     if (items[0] == NULL || items[3] == NULL || items[5] == NULL)
         goto miss;
     return named(request_type, items, 7);
@@ -434,63 +455,68 @@ enum { P_ID, P_OK, P_EP, P_COUNT };
 static PyObject *
 decode_reply_here(PyObject *frames)
 {
-    if (!frames_ok(frames))
-        return NULL;
-    PyObject *h = PySequence_Fast_GET_ITEM(frames, 1);
-    reader r = {(const unsigned char *)PyBytes_AS_STRING(h),
-                (const unsigned char *)PyBytes_AS_STRING(h) + PyBytes_GET_SIZE(h)};
-    value head = next(&r);
-    if (head.kind != K_MAP || head.u > P_COUNT)
-        return NULL;
     value got[P_COUNT];
-    int seen = 0;
-    for (unsigned long long k = 0; k < head.u; k++) {
-        int j = key_index(next(&r), REPLY_KEYS, P_COUNT);
-        if (j < 0 || seen & (1 << j))
-            return NULL;
-        seen |= 1 << j;
-        got[j] = next(&r);
-        if (got[j].kind == K_BAD || got[j].kind == K_MAP || got[j].kind == K_ARRAY)
-            return NULL; /* (no header value the protocol defines is a container) */
-    }
-    if (r.p != r.end || !(seen & (1 << P_OK)) || got[P_OK].kind != K_BOOL)
+    int seen;
+    if (!read_header(frames, 2, REPLY_KEYS, P_COUNT, got, &seen) ||
+        !(seen & (1 << P_OK)) || got[P_OK].kind != K_BOOL)
         return NULL;
-    if (seen & (1 << P_ID) && got[P_ID].kind != K_NIL && got[P_ID].kind != K_UINT &&
-        got[P_ID].kind != K_INT)
-        return NULL;
-    /* (an ep that is not a str reads as "", as in the reference, which decodes it first) */
-    if (seen & (1 << P_EP) && got[P_EP].kind != K_STR && got[P_EP].kind != K_NIL &&
-        got[P_EP].kind != K_BOOL && got[P_EP].kind != K_UINT && got[P_EP].kind != K_INT &&
-        got[P_EP].kind != K_FLOAT && got[P_EP].kind != K_BIN)
+    if (seen & (1 << P_ID) && got[P_ID].kind != K_NIL && !is_int(got[P_ID]))
         return NULL;
 
     PyObject *items[5] = {NULL};
     items[0] = seen & (1 << P_ID) ? scalar(got[P_ID]) : Py_NewRef(Py_None);
-    if (items[0] == NULL)
-        goto miss;
     items[1] = PyBool_FromLong(got[P_OK].flag);
-    if (seen & (1 << P_EP) && got[P_EP].kind == K_STR) {
-        items[2] = scalar(got[P_EP]);
-        if (items[2] == NULL)
-            goto miss;
-    }
-    else if (seen & (1 << P_EP) && got[P_EP].kind == K_BIN) {
-        goto miss; /* (bin: the reference decodes it, then drops it; rare enough to hand on) */
-    }
-    else {
-        items[2] = PyUnicode_FromStringAndSize("", 0);
-        if (items[2] == NULL)
-            goto miss;
-    }
-    PyObject *b = PySequence_Fast_GET_ITEM(frames, 2);
-    if ((items[3] = body(b, max_message, -1)) == NULL)
+    items[2] = epoch_or_empty(got[P_EP], seen & (1 << P_EP));
+    if (items[0] == NULL || items[2] == NULL)
         goto miss;
-    items[4] = attachments(frames, PySequence_Fast_GET_SIZE(frames));
-    if (items[4] == NULL)
+    if ((items[3] = body(PySequence_Fast_GET_ITEM(frames, 2), max_message, -1)) == NULL)
+        goto miss;
+    if ((items[4] = attachments(frames, 3)) == NULL)
         goto miss;
     return named(reply_type, items, 5);
 miss:
     for (int k = 0; k < 5; k++)
+        Py_XDECREF(items[k]);
+    return NULL;
+}
+
+static const char *const STREAM_KEYS[] = {"seq", "ep", "welcome"};
+enum { S_SEQ, S_EP, S_WELCOME, S_COUNT };
+
+static PyObject *
+decode_stream_here(PyObject *frames)
+{
+    value got[S_COUNT];
+    int seen;
+    if (!read_header(frames, 3, STREAM_KEYS, S_COUNT, got, &seen) ||
+        !(seen & (1 << S_SEQ)) || !is_int(got[S_SEQ]))
+        return NULL;
+    /* welcome: `is True` there; anything but a bool or nil is handed on */
+    if (seen & (1 << S_WELCOME) && got[S_WELCOME].kind != K_BOOL &&
+        got[S_WELCOME].kind != K_NIL)
+        return NULL;
+
+    PyObject *items[6] = {NULL};
+    PyObject *topic = PySequence_Fast_GET_ITEM(frames, 0);
+    items[0] = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(topic), PyBytes_GET_SIZE(topic), NULL);
+    if (items[0] == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            PyErr_Clear(); /* the reference names it */
+        goto miss;
+    }
+    items[1] = scalar(got[S_SEQ]);
+    items[2] = epoch_or_empty(got[S_EP], seen & (1 << S_EP));
+    if (items[1] == NULL || items[2] == NULL)
+        goto miss;
+    if ((items[3] = body(PySequence_Fast_GET_ITEM(frames, 3), max_message, -1)) == NULL)
+        goto miss;
+    if ((items[4] = attachments(frames, 4)) == NULL)
+        goto miss;
+    items[5] = PyBool_FromLong(seen & (1 << S_WELCOME) && got[S_WELCOME].kind == K_BOOL &&
+                               got[S_WELCOME].flag);
+    return named(stream_type, items, 6);
+miss:
+    for (int k = 0; k < 6; k++)
         Py_XDECREF(items[k]);
     return NULL;
 }
@@ -521,32 +547,46 @@ reply(PyObject *self, PyObject *frames)
 }
 
 static PyObject *
+stream(PyObject *self, PyObject *frames)
+{
+    return decode_with(decode_stream_here, stream_fallback, frames);
+}
+
+static PyObject *
 configure(PyObject *self, PyObject *args)
 {
-    PyObject *rq, *rp, *rqf, *rpf, *t;
-    if (!PyArg_ParseTuple(args, "OOOOO!nnnnnnKi", &rq, &rp, &rqf, &rpf, &PyBytes_Type, &t,
-                          &max_header, &max_op_len, &max_attachments, &max_body, &max_values,
-                          &max_message, &max_id, &max_depth))
+    PyObject *rq, *rp, *st, *rqf, *rpf, *stf, *t;
+    if (!PyArg_ParseTuple(args, "OOOOOOO!nnnnnnKi", &rq, &rp, &st, &rqf, &rpf, &stf,
+                          &PyBytes_Type, &t, &max_header, &max_op_len, &max_attachments,
+                          &max_body, &max_values, &max_message, &max_id, &max_depth))
         return NULL;
-    if (!PyType_Check(rq) || !PyType_IsSubtype((PyTypeObject *)rq, &PyTuple_Type) ||
-        !PyType_Check(rp) || !PyType_IsSubtype((PyTypeObject *)rp, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "Request and Reply must be tuple types");
-        return NULL;
+    PyObject *types[] = {rq, rp, st};
+    for (int k = 0; k < 3; k++) {
+        if (!PyType_Check(types[k]) ||
+            !PyType_IsSubtype((PyTypeObject *)types[k], &PyTuple_Type)) {
+            PyErr_SetString(PyExc_TypeError, "Request, Reply and StreamMessage are tuples");
+            return NULL;
+        }
     }
     Py_XSETREF(request_type, Py_NewRef(rq));
     Py_XSETREF(reply_type, Py_NewRef(rp));
+    Py_XSETREF(stream_type, Py_NewRef(st));
     Py_XSETREF(request_fallback, Py_NewRef(rqf));
     Py_XSETREF(reply_fallback, Py_NewRef(rpf));
+    Py_XSETREF(stream_fallback, Py_NewRef(stf));
     Py_XSETREF(tag, Py_NewRef(t));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(Request, Reply, request_fallback, reply_fallback, tag, max_header, "
+     "configure(Request, Reply, StreamMessage, request_fallback, reply_fallback, "
+     "stream_fallback, tag, max_header, "
      "max_op_len, max_attachments, max_body, max_values, max_message, max_id, max_depth)"},
     {"request", request, METH_O, "decode_request(frames): a Request, or the fallback's answer"},
     {"reply", reply, METH_O, "decode_reply(frames): a Reply, or the fallback's answer"},
+    {"stream", stream, METH_O,
+     "decode_stream(frames): a StreamMessage, or the fallback's answer"},
     {NULL, NULL, 0, NULL},
 };
 

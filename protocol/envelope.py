@@ -403,33 +403,6 @@ def decode_reply_python(frames: Sequence[bytes]) -> Reply:
                               list(frames[3:])))
 
 
-def _compiled_decoders() -> tuple[Any, Any] | None:
-    """protocol/_cenvelope.c's request and reply decoders, configured, when the optional
-    extension was built (and MOORAGE_PROTOCOL_CORE is not "python"): the same answers as the
-    functions above, which they call for every message they do not decode themselves."""
-    if os.environ.get("MOORAGE_PROTOCOL_CORE") == "python":
-        return None
-    try:
-        from moorage.protocol._cenvelope import configure, reply, request
-    except ImportError:
-        return None
-    configure(Request, Reply, decode_request_python, decode_reply_python, TAG,
-              limits.MAX_HEADER_SIZE, limits.MAX_OP_LEN, limits.MAX_ATTACHMENTS,
-              limits.MAX_BODY_SIZE, limits.MAX_BODY_VALUES, limits.MAX_MESSAGE_SIZE,
-              limits.MAX_ID, limits.MAX_DEPTH)
-    return request, reply
-
-
-_cdecoders = _compiled_decoders()
-ENVELOPE_CORE: str = "python" if _cdecoders is None else "compiled"
-"""Which decoders `decode_request` and `decode_reply` are in this process ("compiled" or
-"python"): sys.info's `envelope_core`."""
-decode_request: Callable[[Sequence[bytes]], Request] = \
-    decode_request_python if _cdecoders is None else _cdecoders[0]
-decode_reply: Callable[[Sequence[bytes]], Reply] = \
-    decode_reply_python if _cdecoders is None else _cdecoders[1]
-
-
 # --- streams ----------------------------------------------------------------------------
 
 
@@ -440,7 +413,8 @@ def encode_stream(
             body.data if type(body) is Packed else _pack(body), *attachments]
 
 
-def decode_stream(frames: Sequence[bytes]) -> StreamMessage:
+def decode_stream_python(frames: Sequence[bytes]) -> StreamMessage:
+    """(The reference: `decode_stream` is protocol/_cenvelope.c's where it was built.)"""
     if len(frames) < 4 or frames[1] != TAG:
         raise _decode_error("bad_request", "stream message: expected [topic, TAG, header, body]")
     header = _header(frames[2])
@@ -456,6 +430,36 @@ def decode_stream(frames: Sequence[bytes]) -> StreamMessage:
         topic, header["seq"], epoch if isinstance(epoch, str) else "", body, list(frames[4:]),
         header.get("welcome") is True,
     )
+
+
+def _compiled_decoders() -> tuple[Any, Any, Any] | None:
+    """protocol/_cenvelope.c's request, reply and stream decoders, configured, when the
+    optional extension was built (and MOORAGE_PROTOCOL_CORE is not "python"): the same
+    answers as the decode_*_python functions, which they call for every message they do not
+    decode themselves."""
+    if os.environ.get("MOORAGE_PROTOCOL_CORE") == "python":
+        return None
+    try:
+        from moorage.protocol._cenvelope import configure, reply, request, stream
+    except ImportError:
+        return None
+    configure(Request, Reply, StreamMessage, decode_request_python, decode_reply_python,
+              decode_stream_python, TAG, limits.MAX_HEADER_SIZE, limits.MAX_OP_LEN,
+              limits.MAX_ATTACHMENTS, limits.MAX_BODY_SIZE, limits.MAX_BODY_VALUES,
+              limits.MAX_MESSAGE_SIZE, limits.MAX_ID, limits.MAX_DEPTH)
+    return request, reply, stream
+
+
+_cdecoders = _compiled_decoders()
+ENVELOPE_CORE: str = "python" if _cdecoders is None else "compiled"
+"""Which decoders `decode_request`, `decode_reply` and `decode_stream` are in this process
+("compiled" or "python"): sys.info's `envelope_core`."""
+decode_request: Callable[[Sequence[bytes]], Request] = \
+    decode_request_python if _cdecoders is None else _cdecoders[0]
+decode_reply: Callable[[Sequence[bytes]], Reply] = \
+    decode_reply_python if _cdecoders is None else _cdecoders[1]
+decode_stream: Callable[[Sequence[bytes]], StreamMessage] = \
+    decode_stream_python if _cdecoders is None else _cdecoders[2]
 
 
 def encode_welcome(topic: str, seq: int, epoch: str) -> list[bytes]:

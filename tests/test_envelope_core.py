@@ -1,8 +1,8 @@
-"""The request and reply decoders, compiled (protocol/_cenvelope.c) and in Python
-(envelope.decode_request_python, decode_reply_python): the same answer on any frames, value
-for value and type for type, or the same error, word for word and with the same request id;
-the compiled ones are what this process runs when they were built, say so in sys.info, and
-without them the Python ones serve."""
+"""The request, reply and stream decoders, compiled (protocol/_cenvelope.c) and in Python
+(envelope.decode_request_python, decode_reply_python, decode_stream_python): the same answer
+on any frames, value for value and type for type, or the same error, word for word and with
+the same request id; the compiled ones are what this process runs when they were built, say
+so in sys.info, and without them the Python ones serve."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from moorage.protocol.envelope import (
     DecodeError,
     decode_reply_python,
     decode_request_python,
+    decode_stream_python,
 )
 from tests.interpreter import printed
 
@@ -34,7 +35,7 @@ VECTORS = json.loads((Path(__file__).resolve().parents[1] / "protocol" / "vector
 def compiled() -> Any:
     if ENVELOPE_CORE != "compiled":
         pytest.skip("the compiled decoders were not built here (no compiler): Python only")
-    return envelope.decode_request, envelope.decode_reply
+    return envelope.decode_request, envelope.decode_reply, envelope.decode_stream
 
 
 def exact(value: Any) -> Any:
@@ -56,9 +57,14 @@ def outcome(decode: Any, frames: list[bytes]) -> Any:
 
 
 def same(frames: list[bytes]) -> None:
-    request, reply = compiled()
+    """Each decoder on these frames, and the stream decoder on them as a stream message's
+    (a topic frame before them)."""
+    request, reply, stream = compiled()
     assert outcome(request, frames) == outcome(decode_request_python, frames)
     assert outcome(reply, frames) == outcome(decode_reply_python, frames)
+    for topic in (b"term.out.s1", b"\xff"):
+        streamed = [topic, *frames]
+        assert outcome(stream, streamed) == outcome(decode_stream_python, streamed)
 
 
 scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
@@ -69,7 +75,8 @@ scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
 keys = st.text(max_size=4) | st.binary(max_size=2) | st.integers(0, 3)
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(keys, inner, max_size=3), max_leaves=12)
-header_key = st.sampled_from(["id", "sid", "op", "deadline_ms", "ep", "ok", "x", ""])
+header_key = st.sampled_from(["id", "sid", "op", "deadline_ms", "ep", "ok", "seq", "welcome",
+                              "x", ""])
 header_value = (values | st.integers(0, 2**53 + 5) | st.sampled_from(["sys.ping", "fs.read"])
                 | st.just("é" * 70))
 bodies = values | st.dictionaries(st.text(max_size=5), scalars, max_size=5) \
@@ -112,6 +119,8 @@ def test_well_formed_requests_and_replies_decode_alike(rid, sid, op, deadline, e
     request = [("id", rid), ("sid", sid), ("op", op), ("deadline_ms", deadline), ("ep", ep)]
     same(build([request[i] for i in order], body))
     same(build([("id", rid), ("ok", ok), ("ep", ep)][: 1 + order[0] % 3], body))
+    same(build([("seq", rid), ("ep", ep), ("welcome", ok)][: 1 + order[1] % 3], body))
+    same(build([("seq", deadline), ("ep", ep), ("welcome", deadline)], body))
 
 
 @given(st.binary(min_size=1, max_size=60), st.integers(0, 59), st.integers(0, 255))
@@ -171,6 +180,10 @@ def test_the_edges_decode_alike():
         build(ok, [[1] * 10] * 370), build(ok, [[1] * 10] * 380),  # values counted: 4071, 4181
         build(ok, {"k": [{"a": "x" * 3}] * 1100}), build(ok, [{"a": {1: 2}}]),
         build(ok, [[msgpack.Timestamp(1, 0)]]),
+        build([("seq", 5), ("ep", "e"), ("welcome", True)], None),
+        build([("seq", -5), ("welcome", 1)], None), build([("seq", True)], None),
+        build([("seq", 5), ("ep", 5), ("welcome", None)], {"a": b"x"}),
+        build([("seq", 5), ("ep", b"e")], None), build([("seq", 2**64 - 1)], None),
     ]
     for frames in cases:
         same(frames)
@@ -185,12 +198,21 @@ def test_every_vector_decodes_alike():
             assert outcome(decode, frames)[0] == "ok", v["name"]
 
 
+def configure(request: Any, reply: Any, stream: Any) -> None:
+    from moorage.protocol import _cenvelope
+
+    _cenvelope.configure(envelope.Request, envelope.Reply, envelope.StreamMessage, request,
+                         reply, stream, TAG, limits.MAX_HEADER_SIZE, limits.MAX_OP_LEN,
+                         limits.MAX_ATTACHMENTS, limits.MAX_BODY_SIZE, limits.MAX_BODY_VALUES,
+                         limits.MAX_MESSAGE_SIZE, limits.MAX_ID, limits.MAX_DEPTH)
+
+
 def test_the_messages_calls_are_made_of_are_decoded_here():
-    """Not handed on: the fallback is not called for a call's request or a small reply."""
+    """Not handed on: the fallback is not called for a call's request, a reply or a stream
+    message."""
     compiled()
     calls = []
-    real = (envelope.decode_request_python, envelope.decode_reply_python)
-    from moorage.protocol import _cenvelope
+    real = (decode_request_python, decode_reply_python, decode_stream_python)
 
     def spy(fn):
         def wrapped(frames):
@@ -198,10 +220,7 @@ def test_the_messages_calls_are_made_of_are_decoded_here():
             return fn(frames)
         return wrapped
 
-    _cenvelope.configure(envelope.Request, envelope.Reply, spy(real[0]), spy(real[1]), TAG,
-                         limits.MAX_HEADER_SIZE, limits.MAX_OP_LEN, limits.MAX_ATTACHMENTS,
-                         limits.MAX_BODY_SIZE, limits.MAX_BODY_VALUES,
-                         limits.MAX_MESSAGE_SIZE, limits.MAX_ID, limits.MAX_DEPTH)
+    configure(*map(spy, real))
     try:
         req = envelope.encode_request(3, "cli-1", "term.exec", {"session": "s1",
                                                                "command": "ls"}, 123, [b"att"])
@@ -210,6 +229,11 @@ def test_the_messages_calls_are_made_of_are_decoded_here():
                                        {"session": "s1", "command": "ls"}, [b"att"], None)
         rep = envelope.encode_reply(3, "ep-9", {"exit_code": 0, "output": "x", "cwd": None})
         assert envelope.decode_reply(rep).body["exit_code"] == 0
+        out = envelope.decode_stream(envelope.encode_stream("term.out.s1", 9, "ep-9",
+                                                            {"offset": 4}, [b"data"]))
+        assert out == envelope.StreamMessage("term.out.s1", 9, "ep-9", {"offset": 4},
+                                             [b"data"], False)
+        assert envelope.decode_stream(envelope.encode_welcome("t", 3, "e")).welcome is True
         assert calls == []
         envelope.decode_request(build([("id", 1), ("sid", "s"), ("op", "o")], {"a": [1]}))
         assert calls == []  # nested: decoded here too
@@ -217,11 +241,7 @@ def test_the_messages_calls_are_made_of_are_decoded_here():
             envelope.decode_request(build([("id", 1), ("sid", "s"), ("op", "o")], {1: 2}))
         assert len(calls) == 1  # an int key: the reference's, which refuses it
     finally:
-        _cenvelope.configure(envelope.Request, envelope.Reply, *real, TAG,
-                             limits.MAX_HEADER_SIZE, limits.MAX_OP_LEN,
-                             limits.MAX_ATTACHMENTS, limits.MAX_BODY_SIZE,
-                             limits.MAX_BODY_VALUES, limits.MAX_MESSAGE_SIZE, limits.MAX_ID,
-                             limits.MAX_DEPTH)
+        configure(*real)
 
 
 def test_without_the_extension_the_python_decoders_serve():
