@@ -330,18 +330,23 @@ attachments(PyObject *frames, Py_ssize_t from)
     return out;
 }
 
-/* An instance of the NamedTuple `type`, taking the references in `items`. */
+/* An instance of the NamedTuple `type`, taking the references in `items`; NULL (every one of
+ * them given up) when one is missing: a message this file hands on, or out of memory. */
 static PyObject *
 named(PyObject *type, PyObject **items, Py_ssize_t n)
 {
-    PyObject *t = ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, n);
-    if (t == NULL) {
-        for (Py_ssize_t k = 0; k < n; k++)
-            Py_DECREF(items[k]);
-        return NULL;
-    }
+    PyObject *t = NULL;
+    int whole = 1;
     for (Py_ssize_t k = 0; k < n; k++)
-        PyTuple_SET_ITEM(t, k, items[k]);
+        whole &= items[k] != NULL;
+    if (whole)
+        t = ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, n);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (t != NULL)
+            PyTuple_SET_ITEM(t, k, items[k]);
+        else
+            Py_XDECREF(items[k]);
+    }
     return t;
 }
 
@@ -424,29 +429,26 @@ decode_request_here(PyObject *frames)
 
     PyObject *items[7] = {NULL};
     items[1] = scalar(got[R_SID]);
-    if (items[1] == NULL || PyUnicode_GET_LENGTH(items[1]) > 128)
-        goto miss;
-    items[2] = scalar(got[R_OP]);
-    if (items[2] == NULL || PyUnicode_GET_LENGTH(items[2]) > max_op_len)
-        goto miss;
-    items[6] = seen & (1 << R_EP) ? scalar(got[R_EP]) : Py_NewRef(Py_None);
-    if (items[6] == NULL)
-        goto miss;
+    if (items[1] != NULL && PyUnicode_GET_LENGTH(items[1]) > 128)
+        Py_CLEAR(items[1]);
+    if (items[1] == NULL || (items[2] = scalar(got[R_OP])) == NULL)
+        return named(request_type, items, 7);
+    if (PyUnicode_GET_LENGTH(items[2]) > max_op_len) {
+        Py_CLEAR(items[2]);
+        return named(request_type, items, 7);
+    }
+    if ((items[6] = seen & (1 << R_EP) ? scalar(got[R_EP]) : Py_NewRef(Py_None)) == NULL)
+        return named(request_type, items, 7);
     PyObject *b = PySequence_Fast_GET_ITEM(frames, 2);
     if (PyBytes_GET_SIZE(b) == 1 && PyBytes_AS_STRING(b)[0] == (char)0xc0)
         items[4] = Py_NewRef(Py_None); /* the common "no arguments" */
     else if ((items[4] = body(b, max_body, max_values)) == NULL)
-        goto miss;
-    items[0] = PyLong_FromUnsignedLongLong(got[R_ID].u);
-    items[3] = seen & (1 << R_DEADLINE) ? scalar(got[R_DEADLINE]) : Py_NewRef(Py_None);
-    items[5] = attachments(frames, 3);
-    if (items[0] == NULL || items[3] == NULL || items[5] == NULL)
-        goto miss;
+        return named(request_type, items, 7);
+    if ((items[0] = PyLong_FromUnsignedLongLong(got[R_ID].u)) != NULL &&
+        (items[3] = seen & (1 << R_DEADLINE) ? scalar(got[R_DEADLINE])
+                                             : Py_NewRef(Py_None)) != NULL)
+        items[5] = attachments(frames, 3);
     return named(request_type, items, 7);
-miss:
-    for (int k = 0; k < 7; k++)
-        Py_XDECREF(items[k]);
-    return NULL;
 }
 
 static const char *const REPLY_KEYS[] = {"id", "ok", "ep"};
@@ -464,20 +466,12 @@ decode_reply_here(PyObject *frames)
         return NULL;
 
     PyObject *items[5] = {NULL};
-    items[0] = seen & (1 << P_ID) ? scalar(got[P_ID]) : Py_NewRef(Py_None);
-    items[1] = PyBool_FromLong(got[P_OK].flag);
-    items[2] = epoch_or_empty(got[P_EP], seen & (1 << P_EP));
-    if (items[0] == NULL || items[2] == NULL)
-        goto miss;
-    if ((items[3] = body(PySequence_Fast_GET_ITEM(frames, 2), max_message, -1)) == NULL)
-        goto miss;
-    if ((items[4] = attachments(frames, 3)) == NULL)
-        goto miss;
+    if ((items[0] = seen & (1 << P_ID) ? scalar(got[P_ID]) : Py_NewRef(Py_None)) != NULL &&
+        (items[2] = epoch_or_empty(got[P_EP], seen & (1 << P_EP))) != NULL &&
+        (items[3] = body(PySequence_Fast_GET_ITEM(frames, 2), max_message, -1)) != NULL &&
+        (items[4] = attachments(frames, 3)) != NULL)
+        items[1] = PyBool_FromLong(got[P_OK].flag);
     return named(reply_type, items, 5);
-miss:
-    for (int k = 0; k < 5; k++)
-        Py_XDECREF(items[k]);
-    return NULL;
 }
 
 static const char *const STREAM_KEYS[] = {"seq", "ep", "welcome"};
@@ -499,26 +493,15 @@ decode_stream_here(PyObject *frames)
     PyObject *items[6] = {NULL};
     PyObject *topic = PySequence_Fast_GET_ITEM(frames, 0);
     items[0] = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(topic), PyBytes_GET_SIZE(topic), NULL);
-    if (items[0] == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-            PyErr_Clear(); /* the reference names it */
-        goto miss;
-    }
-    items[1] = scalar(got[S_SEQ]);
-    items[2] = epoch_or_empty(got[S_EP], seen & (1 << S_EP));
-    if (items[1] == NULL || items[2] == NULL)
-        goto miss;
-    if ((items[3] = body(PySequence_Fast_GET_ITEM(frames, 3), max_message, -1)) == NULL)
-        goto miss;
-    if ((items[4] = attachments(frames, 4)) == NULL)
-        goto miss;
-    items[5] = PyBool_FromLong(seen & (1 << S_WELCOME) && got[S_WELCOME].kind == K_BOOL &&
-                               got[S_WELCOME].flag);
+    if (items[0] == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        PyErr_Clear(); /* the reference names it */
+    if (items[0] != NULL && (items[1] = scalar(got[S_SEQ])) != NULL &&
+        (items[2] = epoch_or_empty(got[S_EP], seen & (1 << S_EP))) != NULL &&
+        (items[3] = body(PySequence_Fast_GET_ITEM(frames, 3), max_message, -1)) != NULL &&
+        (items[4] = attachments(frames, 4)) != NULL)
+        items[5] = PyBool_FromLong(seen & (1 << S_WELCOME) && got[S_WELCOME].kind == K_BOOL &&
+                                   got[S_WELCOME].flag);
     return named(stream_type, items, 6);
-miss:
-    for (int k = 0; k < 6; k++)
-        Py_XDECREF(items[k]);
-    return NULL;
 }
 
 static PyObject *
