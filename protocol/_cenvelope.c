@@ -30,9 +30,9 @@
 static PyObject *request_type = NULL; /* envelope.Request */
 static PyObject *reply_type = NULL;   /* envelope.Reply */
 static PyObject *stream_type = NULL;  /* envelope.StreamMessage */
-static PyObject *stream_fallback = NULL;
-static PyObject *request_fallback = NULL;
-static PyObject *reply_fallback = NULL;
+static PyObject *request_fallback = NULL; /* envelope.decode_request_python */
+static PyObject *reply_fallback = NULL;   /* envelope.decode_reply_python */
+static PyObject *stream_fallback = NULL;  /* envelope.decode_stream_python */
 static PyObject *tag = NULL; /* bytes */
 static Py_ssize_t max_header, max_op_len, max_attachments, max_body, max_values, max_message;
 static int max_depth = 32;

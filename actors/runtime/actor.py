@@ -462,7 +462,7 @@ class Actor:
             "shape_core": SHAPE_CORE,
             # how its frames move (wire.WIRE_CORE): the optional extension, or pyzmq's calls
             "wire_core": WIRE_CORE,
-            # how it decodes requests (envelope.ENVELOPE_CORE): the optional extension, or
+            # how it decodes messages (envelope.ENVELOPE_CORE): the optional extension, or
             # msgpack and the Python checks
             "envelope_core": ENVELOPE_CORE,
             **({"remote": self.tcp.info()} if self.tcp is not None else {}),
