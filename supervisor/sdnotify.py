@@ -17,6 +17,7 @@ class Notifier:
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_usec = watchdog_usec
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.dropped = 0  # messages its reader had no room for
 
     @classmethod
     def from_env(cls) -> Notifier | None:
@@ -29,8 +30,14 @@ class Notifier:
         return cls(addr, wd)
 
     def send(self, *fields: str) -> None:
+        """Never waits: this runs on the root's loop, and a datagram socket whose reader has
+        stopped reading (a full queue: ten messages by default, a second of watchdog pings)
+        would otherwise hold the loop in sendto for as long as it does not read, the
+        tree's stop included. What does not fit is dropped and counted."""
         try:
-            self.sock.sendto("\n".join(fields).encode(), self.address)
+            self.sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self.address)
+        except BlockingIOError:
+            self.dropped += 1  # its reader is behind: a later ping says the same
         except OSError:
             pass  # systemd gone or not listening: nothing to tell
 

@@ -153,7 +153,9 @@ class Supervisor(Actor):
 
     def info(self) -> dict[str, Any]:
         return {"custody": self.custody.describe() if self.custody is not None else None,
-                "orphans_reaped": self.orphans_reaped}
+                "orphans_reaped": self.orphans_reaped,
+                # sd_notify messages systemd's socket had no room for (None: not asked)
+                "notify_dropped": self.notify.dropped if self.notify is not None else None}
 
     # --- life ---------------------------------------------------------------------------------
 

@@ -256,6 +256,38 @@ def test_the_root_speaks_sd_notify_when_systemd_asks(make_tree, runtime_dir):
         sock.close()
 
 
+def test_a_notify_socket_nobody_reads_never_holds_the_root(make_tree, runtime_dir):
+    """systemd's socket full (its reader stopped): the root's pings are dropped and counted,
+    its loop serves on and `down` stops it, where a blocking send would hold the loop."""
+    path = str(runtime_dir / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    # Filled to the brim before the tree starts, and never read: every send from now on
+    # finds no room.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with pytest.raises(BlockingIOError):
+        for _ in range(100_000):
+            probe.sendto(b"FILL=1", socket.MSG_DONTWAIT, path)
+    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000"}  # a ping each 10 ms
+    tree = make_tree(ORDER)
+    with open(tree.out, "wb") as f:
+        tree.proc = subprocess.Popen(
+            [sys.executable, "-m", "moorage.supervisor.cli",
+             "--instance-dir", str(runtime_dir), "up",
+             "--config", str(tree.config_path), "--allow-external-actors"], stdout=f,
+            stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        with Client(runtime_dir, timeout=10.0) as c:
+            wait_for(lambda: c.call("supervisor", "sys.info")["notify_dropped"] >= 20,
+                     timeout=30, what="twenty pings dropped")
+            assert c.call("supervisor", "sys.ping") is not None
+        assert tree.cli("down").returncode == 0
+        assert wait_pid_exit(tree.proc.pid, 10)
+    finally:
+        sock.close()
+        probe.close()
+
+
 def test_up_detach_returns_once_the_tree_answers_and_down_stops_it(make_tree):
     tree = make_tree(ORDER)
     out = tree.cli("up", "--detach", "--config", str(tree.config_path),
