@@ -65,6 +65,7 @@ from loguru import logger
 
 from moorage.actors.runtime import Actor
 from moorage.actors.runtime.beat import stopped
+from moorage.actors.runtime.logs import CONSOLE
 from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol.errors import WireError
 from moorage.supervisor import sdnotify
@@ -155,7 +156,9 @@ class Supervisor(Actor):
         return {"custody": self.custody.describe() if self.custody is not None else None,
                 "orphans_reaped": self.orphans_reaped,
                 # sd_notify messages systemd's socket had no room for (None: not asked)
-                "notify_dropped": self.notify.dropped if self.notify is not None else None}
+                "notify_dropped": self.notify.dropped if self.notify is not None else None,
+                # console lines stderr's reader had no room for (the log file has them)
+                "console_dropped": CONSOLE.dropped}
 
     # --- life ---------------------------------------------------------------------------------
 

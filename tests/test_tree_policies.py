@@ -3,6 +3,7 @@ real trees."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -286,6 +287,33 @@ def test_a_notify_socket_nobody_reads_never_holds_the_root(make_tree, runtime_di
     finally:
         sock.close()
         probe.close()
+
+
+def test_a_stderr_nobody_reads_never_holds_the_tree(make_tree):
+    """An editor that reads `moorage up`'s ready line and never its stderr: once the pipe is
+    full, the tree's console lines are dropped and counted (the log files have them), and
+    the tree serves on, restarts its children and stops."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)  # one page: full after a dozen lines
+    try:
+        tree = make_tree(ORDER).start(stderr=w)
+        os.close(w)
+        w = -1
+        # Each restart writes the root's INFO event lines to the console.
+        for _ in range(40):
+            tree.call("supervisor", "sup.restart", {"child": "two"})
+            tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "two")
+        info = tree.call("supervisor", "sys.info")
+        assert info["console_dropped"] > 0
+        assert tree.call("two", "sys.ping") is not None
+        log = (tree.state_dir / "logs" / "supervisor.log").read_text()
+        assert log.count("'event': 'restarted'") >= 40  # every line kept there
+        assert tree.cli("down").returncode == 0
+        assert wait_pid_exit(tree.pid, 10)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
 
 
 def test_up_detach_returns_once_the_tree_answers_and_down_stops_it(make_tree):

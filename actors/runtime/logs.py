@@ -9,6 +9,8 @@ a child merely re-points at its own path.
 from __future__ import annotations
 
 import os
+import socket
+import stat
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -53,7 +55,65 @@ class RotatingFile:
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
 
+class ConsoleSink:
+    """The console (stderr) as a sink that never waits: what does not fit is dropped and
+    counted (`dropped`); the log file has every line.
+
+    An editor that starts `moorage up` and reads only its ready line, a journald that falls
+    behind, a terminal held by ^S: a blocking write to any of them would stop the process at
+    its next warning, and every process of the tree writes to the same stderr. A pipe or a
+    terminal is opened again through /proc, as a description of our own set non-blocking
+    (setting it on the inherited one would change it for the editor or the shell too); a
+    socket is written with MSG_DONTWAIT; a file is written as it is. Installed once per
+    process image (the zygote's children share its description)."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self._fd: int | None = None
+        self._sock: socket.socket | None = None
+
+    def open(self, fd: int) -> None:
+        self.close()
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            return  # no stderr at all: nothing to write to
+        if stat.S_ISSOCK(mode):
+            self._sock = socket.socket(fileno=os.dup(fd))
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            try:
+                # (O_NOCTTY: a process of ours without a controlling terminal must not
+                # gain one by opening the tty it writes to)
+                self._fd = os.open(f"/proc/self/fd/{fd}",
+                                   os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+            except OSError:  # (no /proc): the inherited one, blocking, rather than nothing
+                self._fd = os.dup(fd)
+        else:
+            self._fd = os.dup(fd)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def write(self, message: str) -> None:
+        data = message.encode("utf-8", "replace")
+        try:
+            if self._sock is not None:
+                self._sock.send(data, socket.MSG_DONTWAIT)
+            elif self._fd is not None:
+                os.write(self._fd, data)  # (a short write to a full pipe: its tail is lost)
+        except BlockingIOError:
+            self.dropped += 1
+        except OSError:
+            pass  # the reader is gone: nobody to tell
+
+
 SINK = RotatingFile()
+CONSOLE = ConsoleSink()
 _installed: tuple[str, str] | None = None
 
 
@@ -62,7 +122,15 @@ def install_handlers(level: str = "INFO", console_level: str = "WARNING") -> Non
     global _installed
     logger.remove()
     logger.configure(extra={"actor": "-"})
-    logger.add(sys.stderr, level=console_level, format=CONSOLE_FORMAT)
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # (a stderr replaced by one without an fd)
+        fd = None
+    if fd is None:
+        logger.add(sys.stderr, level=console_level, format=CONSOLE_FORMAT)
+    else:
+        CONSOLE.open(fd)
+        logger.add(CONSOLE, level=console_level, format=CONSOLE_FORMAT)
     logger.add(SINK, level=level, format=FILE_FORMAT)
     _installed = (level, console_level)
 
