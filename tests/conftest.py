@@ -197,9 +197,11 @@ class Tree:
         self.seen_pids: set[int] = set()
         self.launcher: list[str] = []  # what runs `moorage up` (e.g. ip netns exec NS)
 
-    def start(self, wait: bool = True, stderr: int = subprocess.STDOUT) -> Tree:
-        """`moorage up` on this tree's config; its stdout (the ready line, and then what the
-        tree writes on stderr unless `stderr` is given) into `self.out`."""
+    def start(self, wait: bool = True, stderr: int = subprocess.STDOUT,
+              env: dict[str, str] | None = None) -> Tree:
+        """`moorage up` on this tree's config (in `env`, else this process's environment);
+        its stdout (the ready line, and then what the tree writes on stderr unless `stderr`
+        is given) into `self.out`."""
         with open(self.out, "wb") as f:
             self.proc = subprocess.Popen(
                 [*self.launcher, sys.executable, "-m", "moorage.supervisor.cli",
@@ -207,7 +209,7 @@ class Tree:
                  "up", "--config", str(self.config_path), "--allow-external-actors",
                  # a test run killed before its teardown leaves no tree behind for long
                  "--parent", str(os.getpid())],
-                stdout=f, stderr=stderr, stdin=subprocess.DEVNULL, cwd=ROOT,
+                stdout=f, stderr=stderr, stdin=subprocess.DEVNULL, cwd=ROOT, env=env,
                 start_new_session=True)
         # from_seq=1: every retained event, whenever we happen to connect (no slow joiner).
         self.events = self.client.subscribe("supervisor", ["sup.event"], from_seq=1)

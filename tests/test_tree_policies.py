@@ -8,14 +8,12 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
-from tests.conftest import ROOT, wait_pid_exit
+from tests.conftest import wait_pid_exit
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -238,13 +236,7 @@ def test_the_root_speaks_sd_notify_when_systemd_asks(make_tree, runtime_dir):
     sock.bind(path)
     sock.settimeout(20)
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
-    tree = make_tree(ORDER)
-    with open(tree.out, "wb") as f:
-        tree.proc = subprocess.Popen(
-            [sys.executable, "-m", "moorage.supervisor.cli",
-             "--instance-dir", str(runtime_dir), "up",
-             "--config", str(tree.config_path), "--allow-external-actors"], stdout=f,
-            stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+    tree = make_tree(ORDER).start(wait=False, env=env)
     try:
         seen: list[str] = []
         while "READY=1" not in seen or "WATCHDOG=1" not in seen:
@@ -270,20 +262,13 @@ def test_a_notify_socket_nobody_reads_never_holds_the_root(make_tree, runtime_di
         for _ in range(100_000):
             probe.sendto(b"FILL=1", socket.MSG_DONTWAIT, path)
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000"}  # a ping each 10 ms
-    tree = make_tree(ORDER)
-    with open(tree.out, "wb") as f:
-        tree.proc = subprocess.Popen(
-            [sys.executable, "-m", "moorage.supervisor.cli",
-             "--instance-dir", str(runtime_dir), "up",
-             "--config", str(tree.config_path), "--allow-external-actors"], stdout=f,
-            stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+    tree = make_tree(ORDER).start(env=env)
     try:
-        with Client(runtime_dir, timeout=10.0) as c:
-            wait_for(lambda: c.call("supervisor", "sys.info")["notify_dropped"] >= 20,
-                     timeout=30, what="twenty pings dropped")
-            assert c.call("supervisor", "sys.ping") is not None
+        wait_for(lambda: tree.call("supervisor", "sys.info")["notify_dropped"] >= 20,
+                 timeout=30, what="twenty pings dropped")
+        assert tree.call("supervisor", "sys.ping") is not None
         assert tree.cli("down").returncode == 0
-        assert wait_pid_exit(tree.proc.pid, 10)
+        assert wait_pid_exit(tree.pid, 10)
     finally:
         sock.close()
         probe.close()
