@@ -133,6 +133,20 @@ def assert_all_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
     assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
 
 
+def kill_instance(runtime_dir: Path) -> None:
+    """Whatever holds the instance in `runtime_dir` (a tree's root) is killed with its
+    descendants, and they are checked gone."""
+    pid = tree_pid(runtime_dir)
+    if pid is None or pid <= 0:
+        return
+    try:
+        procs = [psutil.Process(pid), *descendants(pid)]
+    except psutil.NoSuchProcess:
+        return
+    os.kill(pid, signal.SIGKILL)
+    assert_all_gone(procs)
+
+
 # --- a single actor in a forked process ----------------------------------------------------
 
 
@@ -297,11 +311,7 @@ class Tree:
             # Started some other way (`up --detach`), or not at all: whatever holds this
             # instance's lock goes now.
             self.client.close()
-            pid = tree_pid(self.runtime_dir)
-            if pid is not None and pid > 0:
-                procs = [psutil.Process(pid), *descendants(pid)]
-                os.kill(pid, signal.SIGKILL)
-                assert_all_gone(procs)
+            kill_instance(self.runtime_dir)
             return
         tree_procs: list[psutil.Process] = []
         if self.proc.poll() is None:

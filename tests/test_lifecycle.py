@@ -25,7 +25,7 @@ from moorage.protocol.client.connection import adopt
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.common import tree_pid
-from tests.conftest import ROOT, assert_all_gone, descendants, wait_pid_exit
+from tests.conftest import ROOT, assert_all_gone, descendants, kill_instance, wait_pid_exit
 from tests.terminal_support import env_for, make_home
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,14 +51,7 @@ def take_down(rdir: Path) -> None:
     that fails, whatever still holds the instance is killed with its descendants, so a
     test that failed halfway leaves nothing running."""
     subprocess.run(moorage(rdir, "down"), capture_output=True, timeout=60)
-    pid = tree_pid(rdir)
-    if pid is not None and pid > 0:
-        try:
-            procs = [psutil.Process(pid), *descendants(pid)]
-        except psutil.NoSuchProcess:
-            return
-        os.kill(pid, signal.SIGKILL)
-        assert_all_gone(procs)
+    kill_instance(rdir)
 
 
 class Editor:
