@@ -14,6 +14,7 @@ import msgpack
 import pytest
 import zmq
 
+from moorage.actors.terminal.specs import ExecRecords
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import Reply, StreamMessage, decode_reply, encode_request
@@ -426,3 +427,63 @@ def test_a_resend_of_an_exec_its_predecessor_answered_is_refused_not_run_again(
                       timeout=30)["output"] == "run"
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_command_lost_with_its_session_is_not_run_again_by_the_resend(make_tree, tmp_path):
+    """The terminals supervisor dies while a command runs: the shell, the keeper's records and
+    the terminal actor go with it. The client resends the call (term.exec is resumable) to
+    the successor, which recreates the session; it must answer that the outcome is unknown,
+    not run the command a second time in the new shell."""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home),
+                                             "cwd": str(tmp_path)}, timeout=30)["session"]
+    ran = tmp_path / "ran"
+    got: list[object] = []
+
+    def call() -> None:
+        try:
+            got.append(c.call("terminal", "term.exec", {
+                "session": sid, "command": f"echo once >> {ran}; sleep 2"}, timeout=60))
+        except MoorageError as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        wait_for(lambda: ran.exists() and ran.read_text() == "once\n", "the command's first line",
+                 timeout=30)
+        os.kill(tree.child("terminals")["pid"], signal.SIGKILL)
+    finally:
+        t.join(90)
+    assert not t.is_alive()
+    (answer,) = got
+    assert isinstance(answer, MoorageError) and answer.name == "outcome_unknown", answer
+    assert answer.error.detail == {"session": sid, "lost": True}
+    # the session is back, and the command ran once: the next one runs in the new shell
+    r = c.call("terminal", "term.exec", {"session": sid, "command": "echo next"}, timeout=60)
+    assert (r["exit_code"], r["output"]) == (0, "next")
+    assert ran.read_text() == "once\n"
+
+
+def test_exec_records_are_read_back_by_a_successor_as_last_written(tmp_path):
+    """Overwritten in place (a shorter record after a longer one reads as the shorter one),
+    taken once, pruned to the sessions still recorded, and a damaged one is nothing."""
+    mine = ExecRecords(tmp_path, "terminal")
+    long_sid = "é" * 128  # the longest sid the protocol allows, two bytes a character
+    mine.write("s1", (long_sid, 2**53 - 1), ("a", 1))
+    mine.write("s1", ("b", 7), None)
+    mine.write("s2", None, ("c", 3))
+    mine.write("gone", ("d", 4), None)
+    successor = ExecRecords(tmp_path, "terminal")
+    assert successor.take("s1") == (("b", 7), None)
+    assert successor.take("s1") == (None, None)  # taken: dropped
+    successor.prune({"s2"})
+    assert not (tmp_path / "terminal.exec.gone").exists()
+    assert successor.take("s2") == (None, ("c", 3))
+    (tmp_path / "terminal.exec.s3").write_bytes(b"\xff\xff\x00garbage")
+    assert successor.take("s3") == (None, None)
+    assert not (tmp_path / "terminal.exec.s3").exists()
+    mine.clear()
+    assert sorted(os.listdir(tmp_path)) == []

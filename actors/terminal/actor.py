@@ -32,7 +32,9 @@ that ends a command itself, at once, from the actor's last ground point: parseho
 (raw output); `attempts` lists the shells tried before the one that ran. `term.create` takes an
 optional `session` id (one that exists already: `conflict`); it and `term.exec` are resumable: a
 resend of the same request, to this actor or its successor, gets the session it made or the
-command's result, never a second one.
+command's result, never a second one. A command whose session was lost while it ran (every
+holder of its PTY died, and the session was started anew) is not run again in the new shell:
+its resend gets `outcome_unknown` (the records on disk that say so: specs.ExecRecords).
 
 Streams: `term.out.<session>` body {offset, replay?} with the raw bytes as an attachment;
 `term.cmd.<session>` {event: start|end, command, cwd, exit_code, offsets, times};
@@ -95,7 +97,7 @@ from moorage.actors.terminal.keeper_client import KeeperClient
 from moorage.actors.terminal.parsehop import ParserLink
 from moorage.actors.terminal.restore import Creation, base_env, reconcile, restore
 from moorage.actors.terminal.session import Session
-from moorage.actors.terminal.specs import SpecStore
+from moorage.actors.terminal.specs import ExecRecords, SpecStore, exec_call
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -158,10 +160,14 @@ class TerminalActor(Actor):
         self.resumed: set[tuple[str, int]] = set()  # (sid, id) of execs taken over on restore
         # (sid, id) of the last exec a predecessor answered, one per restored session
         self.ran_before: set[tuple[str, int]] = set()
+        # (sid, id) -> session, of execs that were running in a session lost with every
+        # holder of its PTY (restore.reconcile): whether they ran is unknown
+        self.lost_running: dict[tuple[str, int], str] = {}
         self.recreating: dict[str, list[Callable[[], None]]] = {}  # sid -> ops waiting for it
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
         self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
+        self.execs = ExecRecords(self.runtime_dir, self.name)
         # What pressure made us drop, for sys.info (`shed`, the runtime's, counts requests).
         self.pressure_shed: Counter[str] = Counter()
         self._ticking: set[Session] = set()
@@ -199,6 +205,7 @@ class TerminalActor(Actor):
         for s in self.sessions.values():
             s.abort(WireError.of("outcome_unknown", f"{self.name} stopped while it ran"))
         self.specs.clear()
+        self.execs.clear()
         self.keeper.close("terminal stopping")
         self.parse_link.close()
 
@@ -207,7 +214,7 @@ class TerminalActor(Actor):
                 "keeper_pid": self.keeper.pid, "keeper_connections": self.keeper.connections,
                 "sessions_adopted_by_keeper": self.keeper.adopted,
                 "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
-                **self.counters}
+                "exec_records_failed": self.execs.failed, **self.counters}
 
     def on_subscribed(self, topic: str) -> None:
         self.keeper.on_subscribed(topic)
@@ -297,6 +304,8 @@ class TerminalActor(Actor):
         self.keeper.signal(s, sig, to)
 
     def keeper_meta(self, s: Session) -> None:
+        # the calls in it on disk too, before the command they name goes to the shell
+        self.execs.write(s.id, exec_call(s.meta.get("exec")), exec_call(s.meta.get("exec_ran")))
         self.keeper.meta(s)
 
     def when_keeper(self, fn: Callable[[bool], None]) -> None:
@@ -352,6 +361,7 @@ class TerminalActor(Actor):
     def _close_session(self, sid: str, reason: str = "term.close") -> None:
         s = self.sessions.pop(sid, None)
         self.specs.drop(sid)
+        self.execs.drop(sid)
         if s is not None:
             s.close(WireError.of("shell_exited", f"session {sid} was closed ({reason})"))
         self.keeper.request({"t": "close", "s": sid}, lambda _r, _e: None)
@@ -453,6 +463,11 @@ class TerminalActor(Actor):
                 raise fail("outcome_unknown", f"term.exec ran in session {session} in a "
                            f"predecessor of {self.name}, whose answer was lost with it; it is "
                            "not run again", detail={"session": session, "ran": True})
+            if (call.sid, call.id) in self.lost_running:
+                raise fail("outcome_unknown", f"term.exec was running in session {session} "
+                           "when the session was lost with its shell (every holder of its PTY "
+                           "died); it may or may not have run, and is not run again in the "
+                           "session started anew", detail={"session": session, "lost": True})
             # The session's state is that of all its output so far: output still on its way
             # through the parser actor is waited for (it may start a command).
             s = self.session(session)

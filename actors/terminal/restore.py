@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.streams import Publisher
     from moorage.actors.terminal.keeper_client import KeeperClient
     from moorage.actors.terminal.ring import SessionRing
-    from moorage.actors.terminal.specs import SpecStore
+    from moorage.actors.terminal.specs import ExecRecords, SpecStore
 
 MINIMAL_SHELL = "/bin/sh"
 RECREATED_SHIFT = 40
@@ -67,6 +67,8 @@ class RestoreHost(SessionHost, Protocol):
     counters: Counter[str]
     resumed: set[tuple[str, int]]
     ran_before: set[tuple[str, int]]
+    lost_running: dict[tuple[str, int], str]
+    execs: ExecRecords
     recreating: dict[str, list[Callable[[], None]]]
 
     def recreated(self, sid: str) -> None: ...
@@ -320,6 +322,15 @@ def reconcile(a: RestoreHost, entries: list[dict[str, Any]]) -> None:
     two of us): report, clean up and recreate them."""
     held = {e["s"] for e in entries} | set(a.sessions)
     lost = [sid for sid in a.specs.specs if sid not in held]
+    a.execs.prune(set(a.specs.specs))
+    for sid in lost:
+        # The calls the lost session's records name: a resend of the one that was running
+        # (it may have run) or of the one answered last must not run in the new shell.
+        running, ran = a.execs.take(sid)
+        if running is not None:
+            a.lost_running[running] = sid
+        if ran is not None:
+            a.ran_before.add(ran)
     if not lost:
         return
     reason = "every holder of the session's PTY died (the terminals supervisor with it)"
