@@ -23,6 +23,7 @@ import pytest
 from moorage.actors.watcher import mounts
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
+from tests import fuse_mount
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -274,6 +275,74 @@ def test_ops_on_a_file_system_configured_slow_run_on_the_remote_workers(watcher,
     stats = c.call("watcher", "fs.stats")
     assert stats["files"]["remote_ops"] == 5 and stats["workers"]["remote"]["done"] == 5
     assert stats["cache"]["entries"] == 0 and stats["cache"]["hits"] == 0
+
+
+@pytest.fixture
+def stalling_mount(data: Path):
+    """A FUSE mount at data/mnt whose server can stop answering (tests.fuse_mount). Asked
+    for after `make_tree`, so it is torn down (its server answering again) before the tree:
+    a process of the tree waiting on it gets its answer and stops as it should."""
+    why = fuse_mount.available()
+    if why is not None:
+        pytest.skip(f"no FUSE mount can be made here: {why}")
+    mnt = data / "mnt"
+    mnt.mkdir()
+    fuse = fuse_mount.StallingFuse(mnt)
+    try:
+        yield fuse
+    finally:
+        fuse.close()
+
+
+def test_a_stalled_mount_holds_no_loop_of_the_watcher(make_tree, data, stalling_mount):
+    """A watched FUSE mount whose server stops answering (an NFS server gone): the event of a
+    file created there just before goes out without its stat, a local change still goes
+    out, fs.sync waits for its cookie there off the loop (and says so by its timeout), a
+    watch of another path there is checked off the loop, and the supervisor's strict hang
+    budget (5 x 100 ms) never finds the watcher stuck. When the server answers again,
+    fs.sync completes."""
+    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    pid = tree.child("watcher")["pid"]
+    mnt = stalling_mount.mountpoint
+    c = tree.client
+    local = data / "local"
+    local.mkdir()
+    for path in (mnt, local):
+        assert c.call("watcher", "fs.watch", {"path": str(path)}, timeout=60)["via"] == "inotify"
+    events = c.subscribe("watcher", ["fs.event"], from_seq=1)
+
+    def event_for(path: Path) -> dict:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = events.next(timeout=1)
+            for ev in m.body.get("events", []) if m is not None else []:
+                if ev.get("path") == str(path):
+                    return ev
+        pytest.fail(f"no event for {path}")
+
+    stalling_mount.stall_after_flush()
+    os.close(os.open(mnt / "made", os.O_WRONLY | os.O_CREAT, 0o644))
+    made = event_for(mnt / "made")
+    assert made["kind"] == "created" and "size" not in made and "mtime_ns" not in made
+    wait_for(stalling_mount.waiting.is_set, "a call waiting on the stalled server")
+    (local / "f").write_bytes(b"x")
+    assert event_for(local / "f")["size"] == 1
+    with pytest.raises(MoorageError) as sync:
+        c.call("watcher", "fs.sync", {"timeout_ms": 1000}, timeout=30)
+    assert sync.value.name == "timeout"  # its cookie in the mount could not be written
+    with pytest.raises(MoorageError):  # checked on a remote worker, which waits there
+        c.call("watcher", "fs.watch", {"path": str(mnt / "made")}, timeout=1)
+    stats = c.call("watcher", "fs.stats")
+    assert stats["pipeline"]["unstatted"] >= 1
+    assert stats["workers"]["remote"]["in_flight"] >= 2
+    assert c.call("watcher", "sys.ping")
+    after = tree.child("watcher")
+    assert (after["pid"], after["restarts"]) == (pid, 0)
+    stalling_mount.resume()
+    synced = c.call("watcher", "fs.sync", {"timeout_ms": 20_000}, timeout=30)
+    assert synced["unsynced"] == []
+    assert tree.child("watcher")["pid"] == pid
+    events.close()
 
 
 def make_big_tree(root: Path, dirs: int, files: int) -> int:

@@ -22,7 +22,7 @@ from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED, Coalesce
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.files import FileService
 from moorage.actors.watcher.journal import Clock, Journal
-from moorage.actors.watcher.mounts import MountTable, mount_of
+from moorage.actors.watcher.mounts import DirProbe, MountTable, mount_of
 from moorage.actors.watcher.pipeline import Pipeline
 from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
 from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
@@ -448,6 +448,35 @@ def remote_service(tree: Path, tmp_path: Path) -> tuple[FileService, Workers, Si
     fs = service(tree, remote=workers.submit,
                  slow=MountTable(mountinfo=str(info), max_age_s=0).slow)
     return fs, workers, handed
+
+
+def test_the_probe_looks_at_a_slow_path_only_on_a_worker_and_answers_what_it_found(
+        tree, tmp_path):
+    """The liveness check's isdir: a local path is looked at at once; one on a slow mount
+    is "not known" (None) until a remote worker has looked, one look at a time; and while
+    nothing slow is mounted, slow_check gives the pipeline nothing to ask."""
+    far = tree / "remote"
+    far.mkdir()
+    info = tmp_path / "mountinfo"
+    info.write_text(mountinfo_line(1, "/", "ext4"))
+    table = MountTable(mountinfo=str(info), max_age_s=0)
+    assert table.slow_check() is None
+    info.write_text(mountinfo_line(1, "/", "ext4")
+                    + mountinfo_line(2, str(far), "fuse.sshfs"))
+    check = table.slow_check()
+    assert check is not None and check(str(far / "x")) and not check(str(tree / "x"))
+    handed: SimpleQueue = SimpleQueue()
+    workers = Workers("remote", handed.put, threads=1)
+    probe = DirProbe(table.slow, workers.submit)
+    assert probe.isdir(str(tree)) is True and workers.done == 0
+    assert probe.isdir(str(far)) is None and probe.isdir(str(far)) is None
+    handed.get(timeout=10)()  # the worker's look, handed back as the loop would run it
+    assert workers.in_flight == 0 and workers.done == 1  # one look for the two questions
+    far.rmdir()
+    assert probe.isdir(str(far)) is True  # what was found last, while the next look is out
+    handed.get(timeout=10)()
+    assert probe.isdir(str(far)) is False and workers.done == 2
+    workers.shutdown()
 
 
 def on_the_worker(p, handed: SimpleQueue):  # type: ignore[no-untyped-def]

@@ -39,7 +39,9 @@ in silence.
 Nothing blocks the loop: fs.write's syscalls (fsync, rename), the walk of an fs.list past
 its first `list_loop_entries` and an fs.read whose file is not all in the page cache run on
 the `io` workers, every file op on a slow file system (NFS, SMB, FUSE...) on the `remote`
-workers, fs.watch's placement and base walk on the `walker` thread
+workers (fs.watch's checks of a path there, fs.sync's cookies and the liveness check's looks
+too; an event's path there is not stat'ed: pipeline.py), fs.watch's placement, its base
+walk and a root that came back on the `walker` thread
 (moorage.actors.watcher.workers), their replies deferred; a full queue answers busy with
 retry_after_ms. fs.query answers from the in-memory index in slices
 (moorage.actors.watcher.query).
@@ -97,7 +99,6 @@ from loguru import logger
 
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
 from moorage.actors.runtime.shapes import Named
-from moorage.actors.watcher import cookies as cookie_files
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cache import FileCache
 from moorage.actors.watcher.confine import Roots
@@ -179,10 +180,11 @@ class WatcherActor(Actor):
             self.journal, self.watches, self.index, self._publish, self.loop.call_later,
             settle_s=float(c.get("settle_ms", 20)) / 1000, cache=self.fcache,
             on_cookie=self.driving.on_cookie, chunk=int(c.get("chunk", 1000)),
-            ignore=(str(self.state.dir),))
+            ignore=(str(self.state.dir),), slow_check=self.mounts.slow_check)
         self.obs: ObserverManager | None = None
         self.paused = False
-        self.cookies = Cookies()
+        # (a root on a slow file system has its cookies written on the remote workers)
+        self.cookies = Cookies(self.mounts.slow, self.remote.submit, self.driving.complete_sync)
         self.watch_ops = WatchOps(self)
         self.add_ops(self.watch_ops)
         self.query_ops = QueryOps(self)
@@ -217,7 +219,7 @@ class WatcherActor(Actor):
             max_polled=int(self.config.get("max_polled_subtrees", 16)),
             wanted=self.watches.needs)
         warnings = self.obs.set_roots(self.watches.observed_roots())  # watches first
-        cookie_files.remove_stale(list(self.obs.roots))
+        self.cookies.remove_stale(list(self.obs.roots))
         if saved_watches is None:  # the first life in this tree: nothing to diff against
             self.driving.resync("start", base=None)
         else:

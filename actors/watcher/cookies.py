@@ -11,6 +11,13 @@ poll later, after everything of the cookie's own poll.
 
 A resync answers every sync that began before its walk: the diff covers what those syncs wait
 for, and their cookies may have been lost with whatever caused the resync.
+
+A root on a slow file system (NFS, SMB, FUSE: mounts.MountTable) may not answer at all: its
+cookie is written, and removed, on the `remote` workers, never on the loop. The sync waits
+for it as for any other; one that cannot be written there (or finds the workers all taken)
+leaves its root unsynced, which the sync reports (`Sync.unsynced`) as it does a root that is
+missing. A stalled mount then costs a sync its timeout (the health check its recreate), not
+the loop.
 """
 
 from __future__ import annotations
@@ -18,21 +25,27 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from loguru import logger
 
 COOKIE = ".moorage-cookie-"
+# Runs a blocking function on the remote workers, its outcome back on the loop
+# (workers.Workers.submit: (blocking, finish) -> Job); raises `busy` when they are all taken.
+Remote = Callable[[Callable[[], Any], Callable[[Any], Any]], Any]
 
 
 class Sync:
     """One fs.sync (or health check) waiting for its cookies."""
 
-    def __init__(self, cookies: dict[str, str], done: Callable[[Sync], None]) -> None:
+    def __init__(self, cookies: dict[str, str], done: Callable[[Sync], None],
+                 unsynced: list[str]) -> None:
         self.cookies = cookies  # cookie path -> "inotify" | "polling"
         self.left = set(cookies)
         self.done = done
         self.finished = False
         self.started = time.monotonic()
+        self.unsynced = unsynced  # roots it cannot wait for (missing, no cookie there)
 
 
 def unlink(path: str) -> None:
@@ -44,10 +57,22 @@ def unlink(path: str) -> None:
         logger.warning("watcher: cookie {} not removed: {}", path, exc)
 
 
+def _create(cookie: str) -> None:
+    os.close(os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 class Cookies:
-    def __init__(self) -> None:
+    def __init__(self, slow: Callable[[str], bool] = lambda _path: False,
+                 remote: Remote | None = None,
+                 complete: Callable[[Sync], None] = lambda s: s.done(s)) -> None:
         self.waiting: dict[str, Sync] = {}
         self.n = 0
+        self.slow = slow  # is this root on a slow file system? (its cookies go to `remote`)
+        self.remote = remote
+        # Ends a sync whose last cookie failed on the workers after the others came back
+        # (Driving.complete_sync, which lets a resync's diff go out first).
+        self.complete = complete
+        self.remote_cookies: set[str] = set()  # cookies written (or being) on the workers
 
     def __len__(self) -> int:
         return len(self.waiting)
@@ -58,16 +83,20 @@ class Cookies:
         returns the waiting Sync (None when no cookie could be written) and the roots
         that cannot be synced (missing, or not writable)."""
         cookies: dict[str, str] = {}
-        unsynced = []
+        unsynced: list[str] = []
+        remote: list[tuple[str, str]] = []
         for path, via in roots.items():
             if via == "missing":
                 unsynced.append(path)
                 continue
             self.n += 1
             cookie = os.path.join(path, f"{COOKIE}{os.getpid()}-{self.n}")
+            if self.remote is not None and self.slow(path):
+                remote.append((cookie, path))
+                cookies[cookie] = via
+                continue
             try:
-                os.close(os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                 0o600))
+                _create(cookie)
             except OSError as exc:
                 logger.warning("watcher: no cookie in {}: {}", path, exc)
                 unsynced.append(path)
@@ -75,10 +104,57 @@ class Cookies:
             cookies[cookie] = via
         if not cookies:
             return None, unsynced
-        s = Sync(cookies, done)
+        s = Sync(cookies, done, unsynced)
         for cookie in cookies:
             self.waiting[cookie] = s
+        for cookie, path in remote:
+            self._create_remote(s, cookie, path)
+        if not s.left:  # every cookie was on a slow root whose workers are all taken
+            return None, unsynced
         return s, unsynced
+
+    def _create_remote(self, s: Sync, cookie: str, root: str) -> None:
+        """Write `cookie` on the remote workers; one that cannot be written leaves `root`
+        unsynced, and the sync ends when it was the last one it waited for."""
+        def failed(exc: BaseException, later: bool) -> None:
+            logger.warning("watcher: no cookie in {}: {}", root, exc)
+            self.remote_cookies.discard(cookie)
+            if self.waiting.pop(cookie, None) is None:
+                return  # the sync ended meanwhile (its timeout, a resync)
+            s.unsynced.append(root)
+            s.left.discard(cookie)
+            if later and not s.left and not s.finished:  # the others came back already
+                s.finished = True
+                self.complete(s)
+
+        self.remote_cookies.add(cookie)
+        try:
+            job = self.remote(lambda: _create(cookie), lambda v: v)  # type: ignore[misc]
+        except Exception as exc:  # busy: every remote worker is taken (a stalled mount)
+            failed(exc, later=False)
+            return
+        job.then(lambda j: failed(j.error, later=True) if j.error is not None else None)
+
+    def _unlink(self, cookie: str) -> None:
+        """Remove a cookie: on the remote workers when it was written there."""
+        if cookie not in self.remote_cookies:
+            unlink(cookie)
+            return
+        self.remote_cookies.discard(cookie)
+        try:
+            self.remote(lambda: unlink(cookie), lambda v: v)  # type: ignore[misc]
+        except Exception as exc:  # busy: left for remove_stale at the next start
+            logger.warning("watcher: cookie {} not removed: {}", cookie, exc)
+
+    def remove_stale(self, roots: list[str]) -> None:
+        """`remove_stale`, on the remote workers for the roots on a slow file system."""
+        slow = [r for r in roots if self.remote is not None and self.slow(r)]
+        remove_stale([r for r in roots if r not in slow])
+        if slow:
+            try:
+                self.remote(lambda: remove_stale(slow), lambda v: v)  # type: ignore[misc]
+            except Exception as exc:  # busy: left for the next start
+                logger.warning("watcher: stale cookies in {} not removed: {}", slow, exc)
 
     def seen(self, path: str, etype: str) -> Sync | None:
         """A cookie event came through the pipeline; returns the Sync it completed, if any."""
@@ -88,7 +164,7 @@ class Cookies:
         polling = s.cookies[path] == "polling"
         if etype == "deleted":
             return self._back(s, path) if polling else None
-        unlink(path)
+        self._unlink(path)
         return None if polling else self._back(s, path)
 
     def _back(self, s: Sync, path: str) -> Sync | None:
@@ -104,7 +180,7 @@ class Cookies:
         done = []
         for s in {s for s in self.waiting.values() if s.started < walk_started}:
             for cookie in list(s.left):
-                unlink(cookie)
+                self._unlink(cookie)
                 finished = self._back(s, cookie)
                 if finished is not None:
                     done.append(finished)
@@ -115,16 +191,17 @@ class Cookies:
         s.finished = True
         for cookie in s.cookies:
             if self.waiting.pop(cookie, None) is not None:
-                unlink(cookie)
+                self._unlink(cookie)
 
 
 def remove_stale(roots: list[str]) -> None:
-    """Cookies a killed predecessor left behind in the roots."""
+    """Cookies a killed predecessor left behind in the roots (not this process's own)."""
+    mine = f"{COOKIE}{os.getpid()}-"
     for root in roots:
         try:
             with os.scandir(root) as it:
                 for e in it:
-                    if e.name.startswith(COOKIE):
+                    if e.name.startswith(COOKIE) and not e.name.startswith(mine):
                         unlink(e.path)
         except OSError:
             continue

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from moorage.actors.watcher import cookies as cookie_files
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import COOKIE, Cookies, Sync
-from moorage.actors.watcher.observer import BaseWalk, ObserverManager
+from moorage.actors.watcher.mounts import DirProbe
+from moorage.actors.watcher.observer import BaseWalk, ObserverManager, Placement, Root
 from moorage.actors.watcher.resync import ResyncScheduler
 from moorage.actors.watcher.snapshot import Index, Stat
 from moorage.actors.watcher.workers import Job
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
     from moorage.actors.watcher.confine import Roots
     from moorage.actors.watcher.journal import Journal
+    from moorage.actors.watcher.mounts import MountTable
     from moorage.actors.watcher.pipeline import Pipeline
     from moorage.actors.watcher.state import State
     from moorage.actors.watcher.watches import Watches
@@ -71,6 +72,8 @@ class WatcherHost(Protocol):
     driving: Driving
     walker: Workers
     io: Workers
+    remote: Workers
+    mounts: MountTable
 
 
 class Driving:
@@ -91,6 +94,9 @@ class Driving:
         self.walking = False  # a resync's walk is under way on the walker thread
         self.recreating = False  # ... and before it, the observers are being made anew
         self._again: tuple[str, bool] | None = None  # resync asked for meanwhile
+        # the liveness check's isdir: a path on a slow file system looked at on the remote
+        # workers, not on the loop
+        self.probe = DirProbe(w.mounts.slow, w.remote.submit)
 
     def checkpoint(self) -> None:
         cost = 0.0
@@ -146,7 +152,7 @@ class Driving:
             if got is not None:
                 root, scope = got
                 polled = detail if scope == "subtree" else root
-                cookie_files.remove_stale([polled])
+                self.w.cookies.remove_stale([polled])
                 self.w.pipeline.marker(
                     "warning", reason="enospc", path=detail, root=root, mode="polling",
                     scope=scope, polled=polled,
@@ -288,8 +294,10 @@ class Driving:
 
     def on_cookie(self, path: str, etype: str) -> None:
         s = self.w.cookies.seen(path, etype)
-        if s is None:
-            return
+        if s is not None:
+            self.complete_sync(s)
+
+    def complete_sync(self, s: Sync) -> None:
         if self.resyncs.pending or self.walking:
             self._after_resync.append(lambda: s.done(s))  # the diff must go out first
         else:
@@ -323,12 +331,49 @@ class Driving:
         self.w.pipeline.expire_self_writes()
         if self.w.obs is None or self.w.paused:
             return
-        found = self.w.obs.check()
+        found = self.w.obs.check(self.probe.isdir)
         for path in found["missing"]:
             self.w.pipeline.marker("warning", reason="root_missing", path=path,
                                  message=f"{path} is gone; watching resumes when it is back")
         if found["dead"]:
             logger.error("watcher: observer threads dead: {}", found["dead"])
-            self.request_resync("observer_dead", recreate=True)
+            self.request_resync("observer_dead", recreate=True)  # (places `back` too)
         elif found["back"]:
+            self._place_back(found["back"])
+
+    def _place_back(self, roots: list[Root]) -> None:
+        """Observe again the roots that came back, off the loop (watchdog walks a recursive
+        root to place its inotify watches), then resync: the walk covers what changed
+        while they were gone and while they were placed."""
+        obs = self.w.obs
+        assert obs is not None
+        generation, mode = obs.generation, obs.mode
+
+        def blocking() -> list[Placement]:
+            out = []
+            for r in roots:
+                try:
+                    out.append(obs.place(r.path, r.recursive, mode, generation))
+                except OSError as exc:
+                    logger.warning("watcher: {} is back but cannot be watched: {}", r.path, exc)
+                    out.append(Placement("missing", None, None))
+            return out
+
+        def finish(placements: list[Placement]) -> None:
+            for r, got in zip(roots, placements, strict=True):
+                warning = obs.placed(r, got, generation)
+                if warning:
+                    logger.warning("watcher: {}", warning)
             self.request_resync("root_back")
+
+        def unplaced() -> None:  # looked for again at the next check
+            for r in roots:
+                if r.via == "placing":
+                    r.via = "missing"
+
+        try:
+            job = self.w.walker.submit(blocking, finish)
+        except MoorageError:  # the walker's queue is full
+            unplaced()
+            return
+        job.then(lambda j: unplaced() if j.error is not None else None)

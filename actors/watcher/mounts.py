@@ -18,7 +18,8 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from moorage.protocol.errors import MoorageError, fail
 
@@ -133,12 +134,21 @@ class MountTable:
         kept = {(p, s) for p, s in mounts if s or any(p.startswith(q) for q in slow)}
         self._points = tuple(sorted(kept, key=lambda m: len(m[0]), reverse=True))
 
-    def slow(self, path: str) -> bool:
-        """Is absolute `path` on a slow file system (as far as the mount table says)?"""
+    def slow_check(self) -> Callable[[str], bool] | None:
+        """`slow`, or None while no slow file system is mounted: a caller that asks about
+        many paths at once (the pipeline, each event of a flush) then asks nothing."""
+        self._refresh()
+        return self.slow if self._points else None
+
+    def _refresh(self) -> None:
         now = time.monotonic()
         if now - self._read_at > self.max_age_s:
             self._read_at = now
             self._read()
+
+    def slow(self, path: str) -> bool:
+        """Is absolute `path` on a slow file system (as far as the mount table says)?"""
+        self._refresh()
         if not self._points:
             return False
         probe = path.rstrip("/") + "/"
@@ -146,3 +156,35 @@ class MountTable:
             if probe.startswith(point):
                 return is_slow
         return False
+
+
+class DirProbe:
+    """`isdir` for questions the loop asks again and again (the liveness check, every
+    second): a path on a slow file system is looked at on a remote worker, never on the
+    loop, and the answer is what that look last found (None until one has: "not known
+    yet"). One look per path at a time; a look the workers cannot take (all busy behind a
+    stalled mount) is simply not made, and asked for again next time."""
+
+    def __init__(self, slow: Callable[[str], bool],
+                 remote: Callable[[Callable[[], Any], Callable[[Any], Any]], Any]) -> None:
+        self.slow = slow
+        self.remote = remote
+        self.known: dict[str, bool] = {}
+        self.out: set[str] = set()
+
+    def isdir(self, path: str) -> bool | None:
+        if not self.slow(path):
+            return os.path.isdir(path)
+        if path not in self.out:
+            try:
+                job = self.remote(lambda: os.path.isdir(path), lambda v: v)
+            except MoorageError:
+                return self.known.get(path)
+            self.out.add(path)
+            job.then(lambda j: self._found(path, j))
+        return self.known.get(path)
+
+    def _found(self, path: str, job: Any) -> None:
+        self.out.discard(path)
+        if job.error is None:
+            self.known[path] = bool(job.value)

@@ -365,11 +365,15 @@ class ObserverManager:
                 best = p
         return best
 
-    def check(self) -> dict[str, list[str]]:
+    def check(self, isdir: Callable[[str], bool | None] = os.path.isdir
+              ) -> dict[str, list[Any]]:
         """The liveness check: threads that died while their root still exists (`dead`),
         roots that disappeared (`missing`: a deleted root stops its own emitter, which is
-        not a failure) and missing roots that exist again and are observed anew (`back`)."""
-        out: dict[str, list[str]] = {"dead": [], "missing": [], "back": []}
+        not a failure) and missing roots that exist again (`back`: Root objects, marked
+        placing, for the caller to `place` off the loop and record with `placed`).
+        `isdir` may answer None, "not known yet" (a path on a slow file system, whose
+        probe runs on a worker): nothing is decided about that path this time."""
+        out: dict[str, list[Any]] = {"dead": [], "missing": [], "back": []}
         for name, obs in (("inotify", self.inotify), ("polling", self.polling)):
             if obs is None:
                 continue
@@ -380,24 +384,26 @@ class ObserverManager:
             for em in list(obs.emitters):
                 if em.is_alive():
                     continue
+                there = isdir(em.watch.path)
+                if there is None:
+                    continue
                 sub = self.polled.get(em.watch.path) if name == "polling" else None
-                if sub is not None and not os.path.isdir(sub.path):
+                if sub is not None and not there:
                     # A polled subtree was deleted (its emitter stops itself); inotify on
                     # the root reported that, and watches it anew if it comes back.
                     self._unschedule(self.polled.pop(sub.path))
                     continue
                 root = self.roots.get(em.watch.path)
-                if os.path.isdir(em.watch.path) or root is None:
+                if there or root is None:
                     out["dead"].append(f"{name} emitter {em.watch.path}")
                 else:
                     self._unschedule(root)
                     root.via = "missing"
                     out["missing"].append(root.path)
         for root in self.roots.values():
-            if root.via == "missing" and root.path not in out["missing"] \
-                    and os.path.isdir(root.path):
-                self._schedule(root, self.mode)
-                out["back"].append(root.path)
+            if root.via == "missing" and root.path not in out["missing"] and isdir(root.path):
+                root.via = "placing"
+                out["back"].append(root)
         return out
 
     def detach(self) -> list[Any]:

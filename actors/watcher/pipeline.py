@@ -6,7 +6,10 @@
   flush  `settle_s` after the first event of a window (a fixed window, so a steady writer
          cannot postpone publication; 0: at once): each
          coalesced path is matched against the watches (dropped when nobody watches it),
-         lstat'ed, tagged `origin: self` when it is the actor's own write, stamped with the
+         lstat'ed (not on a slow file system, `slow_check`: a stat there may never return,
+         so its events carry no size or mtime and the index holds UNKNOWN for them, which
+         a resync's diff reports again), tagged `origin: self` when it is the actor's own
+         write, stamped with the
          next clock in the journal, applied to the told-state index, and published; a path
          whose events cancelled out (created + deleted) but that the index holds (a resync
          walk reported it before its own `created` event came through) is published deleted
@@ -95,6 +98,7 @@ class Pipeline:
         ignore: tuple[str, ...] = (),
         now: Callable[[], float] = time.monotonic,
         lstat: Callable[[str], os.stat_result] = os.lstat,
+        slow_check: Callable[[], Callable[[str], bool] | None] = lambda: None,
     ) -> None:
         self.journal = journal
         self.watches = watches
@@ -111,6 +115,10 @@ class Pipeline:
         self.ignore = tuple(p.rstrip("/") + "/" for p in ignore)
         self.now = now
         self.lstat = lstat
+        # What is on a slow file system (mounts.MountTable.slow_check): None, the usual
+        # answer, while nothing slow is mounted.
+        self.slow_check = slow_check
+        self.unstatted = 0  # events published without a stat: their path was on a slow fs
         self.coalescer = Coalescer()
         # Set by the actor: `pull` takes what the observer holds into the window as it
         # closes, `after_flush` sees to what is left once a flush closed it.
@@ -223,6 +231,7 @@ class Pipeline:
         children = self.index.children
         remove = self.index.remove
         lstat = self.lstat
+        slow = self.slow_check()
         mine = self.self_writes
         types = _TYPES
         journal = self.journal
@@ -256,12 +265,18 @@ class Pipeline:
                 if mine and path in mine and mine[path][0] is None:
                     ev["origin"] = "self"
                 continue
-            try:
-                st = lstat(path)
-            except OSError:
+            st = None
+            if slow is None or not slow(path):
+                try:
+                    st = lstat(path)
+                except OSError:
+                    pass  # gone again already: its deletion follows
+            else:
+                self.unstatted += 1
+            if st is None:
                 ev = {"kind": kind, "path": path, "type": "dir" if d else "file",
                       "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
-                s: Stat = UNKNOWN  # gone again already: its deletion follows
+                s: Stat = UNKNOWN
             else:
                 s = stat_of(st)
                 ev = {"kind": kind, "path": path,
@@ -394,5 +409,5 @@ class Pipeline:
     def stats(self) -> dict[str, Any]:
         return {"fed": self.fed, "published": self.published, "messages": self.batches,
                 "coalesced_away": self.coalescer.absorbed, "pending": len(self.coalescer),
-                "told_deletes": self.told_deletes,
+                "told_deletes": self.told_deletes, "unstatted": self.unstatted,
                 "settle_ms": self.settle_s * 1000, "self_writes": len(self.self_writes)}

@@ -10,6 +10,8 @@ the whole tree, and the walk that is the watch's base reads every entry, which f
 requests (sys.ping included) and events; the reply waits until both are done, and the same
 fs.watch asked again meanwhile (a resend after a timeout, another client) waits for the same
 placement. A path on a pseudo file system (procfs, sysfs...: no inotify events) is refused.
+A path on a slow file system (NFS, SMB, FUSE: mounts.MountTable) is resolved and checked on
+the `remote` workers, whose calls may wait for a stalled server without holding the loop.
 """
 
 from __future__ import annotations
@@ -75,7 +77,30 @@ class WatchOps:
     def _op_watch(self, call: Call, path: str, recursive: bool,
                   exclude: list | None) -> Any:
         """Watch a directory; events for it are published on fs.event."""
-        obs = self._need_watching()
+        self._need_watching()
+        excl = tuple(exclude or ())
+        if not self.w.mounts.slow(self.w.roots.absolute(path)):
+            return self._watch(call, path, self._checked(path), recursive, excl)
+
+        def checked(job: Job) -> None:
+            if call.answered:
+                return
+            try:
+                got = self._watch(call, path, job.result(), recursive, excl)
+            except MoorageError as exc:
+                call.fail(exc)
+                return
+            except OSError as exc:
+                call.fail(os_error(exc, path))
+                return
+            if got is not DEFERRED:
+                call.reply(got)
+
+        self.w.remote.submit(lambda: self._checked(path), lambda real: real).then(checked)
+        return DEFERRED
+
+    def _checked(self, path: str) -> str:
+        """`path` resolved, and checked to be a directory on a file system inotify sees."""
         real = self.w.roots.resolve_fast(path)
         try:
             if not os.path.isdir(real):
@@ -86,7 +111,11 @@ class WatchOps:
         refusal = pseudo_refusal(real, path)
         if refusal is not None:
             raise refusal
-        excl = tuple(exclude or ())
+        return real
+
+    def _watch(self, call: Call, path: str, real: str, recursive: bool,
+               excl: tuple[str, ...]) -> Any:
+        obs = self._need_watching()
         key = (real, recursive, excl)
         job = self.placing.get(key)
         if job is None:
