@@ -298,9 +298,9 @@ def test_a_stalled_mount_holds_no_loop_of_the_watcher(make_tree, data, stalling_
     """A watched FUSE mount whose server stops answering (an NFS server gone): the event of a
     file created there just before goes out without its stat, a local change still goes
     out, fs.sync waits for its cookie there off the loop (and says so by its timeout), a
-    watch of another path there is checked off the loop, and the supervisor's strict hang
-    budget (5 x 100 ms) never finds the watcher stuck. When the server answers again,
-    fs.sync completes."""
+    watch of another path there is checked off the loop, so is a read through a local
+    symlink onto the mount, and the supervisor's strict hang budget (5 x 100 ms) never finds
+    the watcher stuck. When the server answers again, fs.sync completes."""
     tree = make_tree(STRICT_TREE.format(data=data)).start()
     pid = tree.child("watcher")["pid"]
     mnt = stalling_mount.mountpoint
@@ -309,6 +309,7 @@ def test_a_stalled_mount_holds_no_loop_of_the_watcher(make_tree, data, stalling_
     local.mkdir()
     for path in (mnt, local):
         assert c.call("watcher", "fs.watch", {"path": str(path)}, timeout=60)["via"] == "inotify"
+    (local / "link").symlink_to(mnt)  # a local path that leads onto the mount
     events = c.subscribe("watcher", ["fs.event"], from_seq=1)
 
     def event_for(path: Path) -> dict:
@@ -332,9 +333,11 @@ def test_a_stalled_mount_holds_no_loop_of_the_watcher(make_tree, data, stalling_
     assert sync.value.name == "timeout"  # its cookie in the mount could not be written
     with pytest.raises(MoorageError):  # checked on a remote worker, which waits there
         c.call("watcher", "fs.watch", {"path": str(mnt / "made")}, timeout=1)
+    with pytest.raises(MoorageError):  # through the symlink: resolved there too
+        c.call("watcher", "fs.read", {"path": str(local / "link" / "made")}, timeout=1)
     stats = c.call("watcher", "fs.stats")
-    assert stats["pipeline"]["unstatted"] >= 1
-    assert stats["workers"]["remote"]["in_flight"] >= 2
+    assert stats["pipeline"]["unstatted"] >= 1 and stats["files"]["remote_ops"] >= 1
+    assert stats["workers"]["remote"]["in_flight"] >= 3
     assert c.call("watcher", "sys.ping")
     after = tree.child("watcher")
     assert (after["pid"], after["restarts"]) == (pid, 0)

@@ -479,6 +479,36 @@ def test_the_probe_looks_at_a_slow_path_only_on_a_worker_and_answers_what_it_fou
     workers.shutdown()
 
 
+def test_a_path_resolving_onto_a_slow_mount_is_slow_and_others_are_not(tree, tmp_path):
+    """Roots.on_slow follows symlinks (absolute, relative, chained, `..`, a loop) the way
+    realpath does, up to the first component on a slow mount."""
+    far = tree / "remote"
+    far.mkdir()
+    (far / "f").write_bytes(b"x")
+    near = tree / "near"
+    near.mkdir()
+    (near / "to_far").symlink_to(far)
+    (near / "rel").symlink_to("../remote/f")
+    (near / "chain").symlink_to("rel")
+    (near / "loop").symlink_to("loop")
+    (near / "up").symlink_to("..")
+    info = tmp_path / "mountinfo"
+    info.write_text(mountinfo_line(1, "/", "ext4"))
+    roots = Roots([str(tree)])
+    table = MountTable(mountinfo=str(info), max_age_s=0)
+    roots.slow_check = table.slow_check
+    assert not roots.on_slow(str(near / "to_far" / "f"))  # nothing slow is mounted
+    info.write_text(mountinfo_line(1, "/", "ext4")
+                    + mountinfo_line(2, str(far), "fuse.sshfs"))
+    for slow in (far / "f", near / "to_far" / "f", near / "rel", near / "chain",
+                 near / "up" / "remote"):
+        assert roots.on_slow(str(slow)), slow
+    for local in (near, near / "loop", near / "up" / "near", near / "missing" / "x"):
+        assert not roots.on_slow(str(local)), local
+    real = roots.resolve_fast(str(near / "up" / "near"))  # remembered: judged by its real path
+    assert real == str(near) and not roots.on_slow(str(near / "up" / "near"))
+
+
 def on_the_worker(p, handed: SimpleQueue):  # type: ignore[no-untyped-def]
     """`p` waited for a worker; its hand-back (run here, as the loop would) settles it."""
     assert not p.done

@@ -161,6 +161,7 @@ class WatcherActor(Actor):
         self.remote = Workers("remote", wake, threads=int(c.get("remote_threads", 2)),
                               queue=int(c.get("remote_queue", 32)))
         self.mounts = MountTable(c.get("slow_fs_types", SLOW_TYPES))
+        self.roots.slow_check = self.mounts.slow_check
         self.files = FileService(
             self.roots, self.fcache, RetryPolicy.from_config(c.get("retry", {})),
             self.loop.call_later, max_read=int(c.get("max_read_bytes", 16 << 20)),
@@ -168,7 +169,7 @@ class WatcherActor(Actor):
             max_list_scanned=int(c.get("list_max_scanned", 1_000_000)),
             list_loop_entries=int(c.get("list_loop_entries", 2_000)),
             on_self_write=self._note_self_write,
-            offload=self.io.submit, remote=self.remote.submit, slow=self.mounts.slow,
+            offload=self.io.submit, remote=self.remote.submit, slow=self.roots.on_slow,
             max_write_bytes=int(c.get("write_bytes_in_flight", 256 << 20)))
         self.watches = Watches()
         self.index = Index()

@@ -11,6 +11,11 @@ Where the call is missing or refused, or a symlink was swapped in meanwhile, wha
 opened is checked again through `/proc/self/fd`, which names what the descriptor really is.
 With no roots configured nothing is confined, but paths must be absolute.
 
+A path whose resolution leads onto a slow file system (a symlink inside a root to an NFS or
+sshfs mount) is for the `remote` workers, like a path on one (`on_slow`): the question is
+answered by resolving it component by component and stopping before any syscall on a slow
+mount. It costs nothing while no slow file system is mounted.
+
 Not covered: a hard link inside a root to a file outside it is, to the kernel, a file inside
 the root; only an administrator can create one to a file the user may not read anyway.
 """
@@ -20,6 +25,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
+from collections.abc import Callable
 
 from moorage.protocol.errors import fail
 
@@ -72,12 +79,53 @@ class _NoSymlinksOpen:
 _open_no_symlinks = _NoSymlinksOpen()
 
 
+class _Slow(Exception):
+    """The resolution reached a slow file system."""
+
+
+def _leads_to(path: str, rest: str, slow: Callable[[str], bool],
+              seen: dict[str, str | None]) -> str:
+    """posixpath's realpath walk of `rest` from the resolved `path`, raising _Slow before
+    a syscall on a path `slow` names. A symlink loop ends it where the loop was found."""
+    while rest:
+        name, _, rest = rest.partition("/")
+        if not name or name == ".":
+            continue
+        if name == "..":
+            path = os.path.dirname(path) or "/"
+            continue
+        newpath = os.path.join(path, name)
+        if slow(newpath):
+            raise _Slow(newpath)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(newpath).st_mode)
+        except OSError:
+            is_link = False
+        if not is_link:
+            path = newpath
+            continue
+        if newpath in seen:
+            known = seen[newpath]
+            if known is None:
+                return os.path.join(newpath, rest)  # a loop
+            path = known
+            continue
+        seen[newpath] = None
+        target = os.readlink(newpath)
+        path = _leads_to("/" if target.startswith("/") else path, target, slow, seen)
+        seen[newpath] = path
+    return path
+
+
 class Roots:
     """The roots every op is confined to (empty: unconfined)."""
 
     def __init__(self, roots: list[str] | tuple[str, ...] = (), max_memo: int = 65536) -> None:
         self._memo: dict[str, str] = {}  # absolute path -> real path, checked on each use
         self.max_memo = max_memo
+        # What is slow (mounts.MountTable.slow_check: None while nothing slow is mounted);
+        # set by the actor, which owns the mount table.
+        self.slow_check: Callable[[], Callable[[str], bool] | None] = lambda: None
         resolved = []
         for r in roots:
             if not isinstance(r, str) or not os.path.isabs(r):
@@ -99,6 +147,26 @@ class Roots:
         if not self.roots:
             raise fail("bad_args", f"{path!r}: relative paths need configured roots")
         return os.path.join(self.roots[0], path)
+
+    def on_slow(self, absolute: str) -> bool:
+        """Is `absolute`, or what it resolves to, on a slow file system? Answered without a
+        syscall there: a remembered resolution is judged by its real path, a new one walked
+        component by component up to the first slow one (module docstring)."""
+        slow = self.slow_check()
+        if slow is None:
+            return False
+        if slow(absolute):
+            return True
+        real = self._memo.get(absolute)
+        if real is not None:
+            return slow(real)
+        try:
+            _leads_to("/", absolute, slow, {})
+        except _Slow:
+            return True
+        except OSError:
+            return False  # (a readlink that failed: the op's own resolution says why)
+        return False
 
     def contains(self, real: str) -> bool:
         if not self.roots:

@@ -79,7 +79,7 @@ class WatchOps:
         """Watch a directory; events for it are published on fs.event."""
         self._need_watching()
         excl = tuple(exclude or ())
-        if not self.w.mounts.slow(self.w.roots.absolute(path)):
+        if not self.w.roots.on_slow(self.w.roots.absolute(path)):
             return self._watch(call, path, self._checked(path), recursive, excl)
 
         def checked(job: Job) -> None:
