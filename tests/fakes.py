@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -54,6 +56,17 @@ class FakeActor(Actor):
         if self.work_done == self.config.get("exit_normally_after"):
             os._exit(0)
         return {"done": self.work_done, "pid": os.getpid()}
+
+    @op("fake.stderr", args={"lines": int})
+    def stderr(self, call: Call, lines: int) -> dict[str, Any]:
+        """What a library does on its own: `lines` warnings printed to sys.stderr, and one
+        traceback from a thread that dies of an uncaught exception."""
+        for i in range(lines):
+            print(f"fake: warning {i} from a library, written to stderr", file=sys.stderr)
+        t = threading.Thread(target=_die, name="fake-dies")
+        t.start()
+        t.join()
+        return {"lines": lines}
 
     @op("fake.effect")
     def effect(self, call: Call) -> dict[str, Any]:
@@ -112,3 +125,7 @@ class FakeActor(Actor):
     def fail_op(self, call: Call) -> None:
         """Raise a plain exception (it must become an `internal` error reply)."""
         raise ValueError("configured failure")
+
+
+def _die() -> None:
+    raise RuntimeError("a thread that dies with a traceback on stderr")

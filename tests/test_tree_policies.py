@@ -3,11 +3,13 @@ real trees."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -293,6 +295,36 @@ def test_a_stderr_nobody_reads_never_holds_the_tree(make_tree):
         assert tree.call("two", "sys.ping") is not None
         log = (tree.state_dir / "logs" / "supervisor.log").read_text()
         assert log.count("'event': 'restarted'") >= 40  # every line kept there
+        assert tree.cli("down").returncode == 0
+        assert wait_pid_exit(tree.pid, 10)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_what_a_process_writes_to_stderr_itself_never_waits_for_a_reader(make_tree):
+    """Not loguru's lines: a library's print to sys.stderr and a thread's traceback, in an
+    actor, with the inherited stderr a full pipe that nobody reads. They are dropped, and
+    the actor answers at once and serves on; fd 2 itself is non-blocking in every process
+    of the tree (what C code writes there)."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(w, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(w, b"x" * 512)  # full before the tree starts
+    os.set_blocking(w, True)
+    try:
+        tree = make_tree(ORDER).start(stderr=w)
+        os.close(w)
+        w = -1
+        for _ in range(3):
+            assert tree.call("two", "fake.stderr", {"lines": 200}, timeout=10) == {"lines": 200}
+        assert tree.call("two", "sys.ping") is not None
+        for pid in (tree.pid, tree.child("two")["pid"]):
+            flags = int(Path(f"/proc/{pid}/fdinfo/2").read_text().split("flags:")[1].split()[0], 8)
+            assert flags & os.O_NONBLOCK, pid
         assert tree.cli("down").returncode == 0
         assert wait_pid_exit(tree.pid, 10)
     finally:

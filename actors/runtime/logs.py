@@ -8,6 +8,7 @@ a child merely re-points at its own path.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import stat
@@ -65,11 +66,17 @@ class ConsoleSink:
     terminal is opened again through /proc, as a description of our own set non-blocking
     (setting it on the inherited one would change it for the editor or the shell too); a
     socket is written with MSG_DONTWAIT; a file is written as it is. Installed once per
-    process image (the zygote's children share its description)."""
+    process image (the zygote's children share its description).
+
+    What the process writes to stderr itself goes through it too (`take_stderr`): Python's
+    sys.stderr (a traceback, a warning, a print) is a stream over this sink, and fd 2, where
+    C code writes, is the non-blocking description (a pipe's or a terminal's), so no line
+    anywhere in the tree waits for a reader."""
 
     def __init__(self) -> None:
         self.dropped = 0
         self._fd: int | None = None
+        self._reopened = False  # _fd is a description of our own, non-blocking
         self._sock: socket.socket | None = None
 
     def open(self, fd: int) -> None:
@@ -86,10 +93,20 @@ class ConsoleSink:
                 # gain one by opening the tty it writes to)
                 self._fd = os.open(f"/proc/self/fd/{fd}",
                                    os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+                self._reopened = True
             except OSError:  # (no /proc): the inherited one, blocking, rather than nothing
                 self._fd = os.dup(fd)
         else:
             self._fd = os.dup(fd)
+
+    def take_stderr(self, fd: int) -> None:
+        """Make `fd` (the process's stderr) and sys.stderr write through this sink (the class
+        docstring). A child inherits both."""
+        if self._reopened and self._fd is not None:
+            os.dup2(self._fd, fd)  # (dup2 leaves fd inheritable, as stderr must be)
+        sys.stderr = io.TextIOWrapper(io.BufferedWriter(_ConsoleStream(self, fd)),
+                                      encoding="utf-8", errors="backslashreplace",
+                                      line_buffering=True)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -98,9 +115,12 @@ class ConsoleSink:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._reopened = False
 
     def write(self, message: str) -> None:
-        data = message.encode("utf-8", "replace")
+        self.write_bytes(message.encode("utf-8", "replace"))
+
+    def write_bytes(self, data: bytes) -> None:
         try:
             if self._sock is not None:
                 self._sock.send(data, socket.MSG_DONTWAIT)
@@ -110,6 +130,26 @@ class ConsoleSink:
             self.dropped += 1
         except OSError:
             pass  # the reader is gone: nobody to tell
+
+
+class _ConsoleStream(io.RawIOBase):
+    """sys.stderr's raw stream: every write is the console sink's (never a wait, never an
+    error: what does not fit is dropped and counted there)."""
+
+    def __init__(self, sink: ConsoleSink, fd: int) -> None:
+        super().__init__()
+        self.sink = sink
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.sink.write_bytes(bytes(data))
+        return len(data)
+
+    def fileno(self) -> int:
+        return self.fd
 
 
 SINK = RotatingFile()
@@ -130,6 +170,7 @@ def install_handlers(level: str = "INFO", console_level: str = "WARNING") -> Non
         logger.add(sys.stderr, level=console_level, format=CONSOLE_FORMAT)
     else:
         CONSOLE.open(fd)
+        CONSOLE.take_stderr(fd)
         logger.add(CONSOLE, level=console_level, format=CONSOLE_FORMAT)
     logger.add(SINK, level=level, format=FILE_FORMAT)
     _installed = (level, console_level)
