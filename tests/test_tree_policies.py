@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -276,16 +277,32 @@ def test_a_notify_socket_nobody_reads_never_holds_the_root(make_tree, runtime_di
         probe.close()
 
 
+@contextlib.contextmanager
+def stderr_nobody_reads(full: bool = False) -> Iterator[int]:
+    """The write end of a one-page pipe nobody reads (`full`: filled before it is given),
+    for the tree's stderr; closed here once the tree has its own copy, the read end at the
+    end."""
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)  # one page: full after a dozen lines
+        if full:
+            os.set_blocking(w, False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(w, b"x" * 512)
+            os.set_blocking(w, True)
+        yield w
+    finally:
+        os.close(w)
+        os.close(r)
+
+
 def test_a_stderr_nobody_reads_never_holds_the_tree(make_tree):
     """An editor that reads `moorage up`'s ready line and never its stderr: once the pipe is
     full, the tree's console lines are dropped and counted (the log files have them), and
     the tree serves on, restarts its children and stops."""
-    r, w = os.pipe()
-    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)  # one page: full after a dozen lines
-    try:
+    with stderr_nobody_reads() as w:
         tree = make_tree(ORDER).start(stderr=w)
-        os.close(w)
-        w = -1
         # Each restart writes the root's INFO event lines to the console.
         for _ in range(40):
             tree.call("supervisor", "sup.restart", {"child": "two"})
@@ -297,10 +314,6 @@ def test_a_stderr_nobody_reads_never_holds_the_tree(make_tree):
         assert log.count("'event': 'restarted'") >= 40  # every line kept there
         assert tree.cli("down").returncode == 0
         assert wait_pid_exit(tree.pid, 10)
-    finally:
-        os.close(r)
-        if w >= 0:
-            os.close(w)
 
 
 def test_what_a_process_writes_to_stderr_itself_never_waits_for_a_reader(make_tree):
@@ -308,29 +321,16 @@ def test_what_a_process_writes_to_stderr_itself_never_waits_for_a_reader(make_tr
     actor, with the inherited stderr a full pipe that nobody reads. They are dropped, and
     the actor answers at once and serves on; fd 2 itself is non-blocking in every process
     of the tree (what C code writes there)."""
-    r, w = os.pipe()
-    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
-    os.set_blocking(w, False)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(w, b"x" * 512)  # full before the tree starts
-    os.set_blocking(w, True)
-    try:
+    with stderr_nobody_reads(full=True) as w:
         tree = make_tree(ORDER).start(stderr=w)
-        os.close(w)
-        w = -1
         for _ in range(3):
             assert tree.call("two", "fake.stderr", {"lines": 200}, timeout=10) == {"lines": 200}
         assert tree.call("two", "sys.ping") is not None
         for pid in (tree.pid, tree.child("two")["pid"]):
-            flags = int(Path(f"/proc/{pid}/fdinfo/2").read_text().split("flags:")[1].split()[0], 8)
-            assert flags & os.O_NONBLOCK, pid
+            fdinfo = Path(f"/proc/{pid}/fdinfo/2").read_text()
+            assert int(fdinfo.split("flags:")[1].split()[0], 8) & os.O_NONBLOCK, pid
         assert tree.cli("down").returncode == 0
         assert wait_pid_exit(tree.pid, 10)
-    finally:
-        os.close(r)
-        if w >= 0:
-            os.close(w)
 
 
 def test_up_detach_returns_once_the_tree_answers_and_down_stops_it(make_tree):
