@@ -25,14 +25,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from loguru import logger
 
+from moorage.actors.watcher.workers import Offload
+from moorage.protocol.errors import MoorageError
+
 COOKIE = ".moorage-cookie-"
-# Runs a blocking function on the remote workers, its outcome back on the loop
-# (workers.Workers.submit: (blocking, finish) -> Job); raises `busy` when they are all taken.
-Remote = Callable[[Callable[[], Any], Callable[[Any], Any]], Any]
 
 
 class Sync:
@@ -63,7 +62,7 @@ def _create(cookie: str) -> None:
 
 class Cookies:
     def __init__(self, slow: Callable[[str], bool] = lambda _path: False,
-                 remote: Remote | None = None,
+                 remote: Offload | None = None,
                  complete: Callable[[Sync], None] = lambda s: s.done(s)) -> None:
         self.waiting: dict[str, Sync] = {}
         self.n = 0
@@ -127,10 +126,11 @@ class Cookies:
                 s.finished = True
                 self.complete(s)
 
+        assert self.remote is not None
         self.remote_cookies.add(cookie)
         try:
-            job = self.remote(lambda: _create(cookie), lambda v: v)  # type: ignore[misc]
-        except Exception as exc:  # busy: every remote worker is taken (a stalled mount)
+            job = self.remote(lambda: _create(cookie), lambda v: v)
+        except MoorageError as exc:  # busy: every remote worker is taken (a stalled mount)
             failed(exc, later=False)
             return
         job.then(lambda j: failed(j.error, later=True) if j.error is not None else None)
@@ -140,20 +140,22 @@ class Cookies:
         if cookie not in self.remote_cookies:
             unlink(cookie)
             return
+        assert self.remote is not None
         self.remote_cookies.discard(cookie)
         try:
-            self.remote(lambda: unlink(cookie), lambda v: v)  # type: ignore[misc]
-        except Exception as exc:  # busy: left for remove_stale at the next start
+            self.remote(lambda: unlink(cookie), lambda v: v)
+        except MoorageError as exc:  # busy: left for remove_stale at the next start
             logger.warning("watcher: cookie {} not removed: {}", cookie, exc)
 
     def remove_stale(self, roots: list[str]) -> None:
         """`remove_stale`, on the remote workers for the roots on a slow file system."""
-        slow = [r for r in roots if self.remote is not None and self.slow(r)]
+        remote = self.remote
+        slow = [r for r in roots if remote is not None and self.slow(r)]
         remove_stale([r for r in roots if r not in slow])
-        if slow:
+        if remote is not None and slow:
             try:
-                self.remote(lambda: remove_stale(slow), lambda v: v)  # type: ignore[misc]
-            except Exception as exc:  # busy: left for the next start
+                remote(lambda: remove_stale(slow), lambda v: v)
+            except MoorageError as exc:  # busy: left for the next start
                 logger.warning("watcher: stale cookies in {} not removed: {}", slow, exc)
 
     def seen(self, path: str, etype: str) -> Sync | None:

@@ -47,7 +47,7 @@ from moorage.actors.watcher.cache import FileCache, StatKey, etag, stat_info, st
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.listing import Listing
 from moorage.actors.watcher.retry import Attempts, Pending, RetryPolicy, Schedule, os_error
-from moorage.actors.watcher.workers import Job
+from moorage.actors.watcher.workers import Offload
 from moorage.protocol.envelope import Packed, packb
 from moorage.protocol.errors import MoorageError, fail
 
@@ -55,9 +55,6 @@ TMP_MARK = ".moorage-"
 _SPECIAL = {stat_mod.S_IFIFO: "fifo", stat_mod.S_IFCHR: "character device",
             stat_mod.S_IFBLK: "block device", stat_mod.S_IFSOCK: "socket"}
 READ_CHUNK = 1 << 16
-# Hands a blocking function to a worker and its bookkeeping back to the loop
-# (moorage.actors.watcher.workers.Workers.submit).
-Offload = Callable[[Callable[[], Any], Callable[[Any], Any]], Job]
 
 
 def special_file(mode: int, path: str, verb: str) -> MoorageError:

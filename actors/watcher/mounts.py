@@ -19,8 +19,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
+from moorage.actors.watcher.workers import Job, Offload
 from moorage.protocol.errors import MoorageError, fail
 
 # Kernel file systems whose contents change without inotify events.
@@ -165,8 +165,7 @@ class DirProbe:
     yet"). One look per path at a time; a look the workers cannot take (all busy behind a
     stalled mount) is simply not made, and asked for again next time."""
 
-    def __init__(self, slow: Callable[[str], bool],
-                 remote: Callable[[Callable[[], Any], Callable[[Any], Any]], Any]) -> None:
+    def __init__(self, slow: Callable[[str], bool], remote: Offload) -> None:
         self.slow = slow
         self.remote = remote
         self.known: dict[str, bool] = {}
@@ -184,7 +183,7 @@ class DirProbe:
             job.then(lambda j: self._found(path, j))
         return self.known.get(path)
 
-    def _found(self, path: str, job: Any) -> None:
+    def _found(self, path: str, job: Job) -> None:
         self.out.discard(path)
         if job.error is None:
             self.known[path] = bool(job.value)

@@ -28,12 +28,8 @@ from loguru import logger
 
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.snapshot import UNKNOWN, Stat, Wal
-from moorage.actors.watcher.workers import Job
+from moorage.actors.watcher.workers import Job, Offload
 from moorage.protocol.errors import MoorageError
-
-# Hands a blocking function to a worker and its bookkeeping back to the loop
-# (moorage.actors.watcher.workers.Workers.submit).
-Offload = Callable[[Callable[[], Any], Callable[[Any], Any]], Job]
 
 
 def tree_identity(runtime_dir: Path) -> str:

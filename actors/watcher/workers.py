@@ -61,6 +61,11 @@ class Job:
         return self.value
 
 
+# Hands a blocking function to a worker and its bookkeeping back to the loop
+# (Workers.submit: `busy` when the pool is full).
+Offload = Callable[[Callable[[], Any], Callable[[Any], Any]], Job]
+
+
 class Workers:
     def __init__(self, name: str, wake: Wake, *, threads: int = 2, queue: int = 32,
                  retry_after_ms: int = 50) -> None:
