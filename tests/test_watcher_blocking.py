@@ -10,6 +10,7 @@ asserted: a loaded machine may be slow, it may not be wrong.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -346,6 +347,42 @@ def test_a_stalled_mount_holds_no_loop_of_the_watcher(make_tree, data, stalling_
     assert synced["unsynced"] == []
     assert tree.child("watcher")["pid"] == pid
     events.close()
+
+
+def test_a_watcher_restarted_while_a_watched_mount_is_stalled_starts_and_serves(
+        make_tree, data, stalling_mount):
+    """Killed while a watched mount does not answer, the watcher starts again at once: its
+    roots are placed with its first walk, on the walker thread, which waits for the mount
+    there, not on the loop (placed at the start, it never became ready, and each restart
+    after would have hung the same way). It serves meanwhile, and once the mount answers
+    the walk completes and fs.sync with it."""
+    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    mnt = stalling_mount.mountpoint
+    local = data / "local"
+    local.mkdir()
+    (local / "f").write_bytes(b"local bytes")
+    c = tree.client
+    for path in (mnt, local):
+        c.call("watcher", "fs.watch", {"path": str(path)}, timeout=60)
+    stalling_mount.stall()
+    os.kill(tree.child("watcher")["pid"], signal.SIGKILL)
+    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "watcher")
+    again = tree.child("watcher")
+
+    def serving() -> bool:
+        try:
+            return c.call("watcher", "sys.ping", timeout=2) is not None
+        except MoorageError:
+            return False
+
+    wait_for(serving, "the restarted watcher answering", timeout=30)
+    assert c.request("watcher", "fs.read", {"path": str(local / "f")}).attachments == [
+        b"local bytes"]
+    stalling_mount.resume()
+    synced = c.call("watcher", "fs.sync", {"timeout_ms": 30_000}, timeout=60)
+    assert synced["unsynced"] == []
+    after = tree.child("watcher")
+    assert (after["pid"], after["restarts"]) == (again["pid"], again["restarts"])
 
 
 def make_big_tree(root: Path, dirs: int, files: int) -> int:

@@ -219,16 +219,15 @@ class WatcherActor(Actor):
             poll_interval=float(self.config.get("poll_interval_s", 1.0)),
             max_polled=int(self.config.get("max_polled_subtrees", 16)),
             wanted=self.watches.needs)
-        warnings = self.obs.set_roots(self.watches.observed_roots())  # watches first
+        # Placed with the first walk, on the walker (watches first, then the walk), not
+        # here: a root on a stalled mount would hold the start, and every restart after it.
+        self.obs.adopt_roots(self.watches.observed_roots())
         self.cookies.remove_stale(list(self.obs.roots))
         if saved_watches is None:  # the first life in this tree: nothing to diff against
-            self.driving.resync("start", base=None)
+            self.driving.resync("start", base=None, place=True)
         else:
             base = self.state.restart_base(saved, self.watches.in_scope)
-            self.driving.resync("restart", base=base)
-        for w in warnings:
-            self.pipeline.marker("warning", reason="inotify_unavailable", message=w,
-                                 mode="polling")
+            self.driving.resync("restart", base=base, place=True)
         d = self.driving
         self.loop.call_every(float(self.config.get("liveness_s", 1.0)), d.liveness)
         self.loop.call_every(float(self.config.get("health_interval_s", 30.0)), d.health_check)

@@ -168,10 +168,11 @@ class Driving:
         """The actor's own files: cookies and its state directory."""
         return COOKIE in path or path.startswith(str(self.w.state.dir))
 
-    def resync(self, reason: str, *, recreate: bool = False,
+    def resync(self, reason: str, *, recreate: bool = False, place: bool = False,
                base: Mapping[str, Stat] | None = INDEX) -> dict[str, Any] | None:
-        """Watches first (already in place, or recreated), then walk, diff against `base`
-        (default: the told state), publish the markers and the diff.
+        """Watches first (already in place, recreated, or with `place` the roots adopted at
+        the start placed for the first time), then walk, diff against `base` (default: the
+        told state), publish the markers and the diff.
 
         The walk runs on the walker thread (a big tree takes seconds); meanwhile what the
         observer hands over waits in its buffer (the walk covers it, or it comes after),
@@ -186,7 +187,8 @@ class Driving:
             return None
         t0 = time.perf_counter()
         # recreated: the old observers detached now, stopped and placed anew on the walker
-        recreation = self.w.obs.begin_recreate() if recreate else None
+        recreation = (self.w.obs.begin_placing() if place else
+                      self.w.obs.begin_recreate() if recreate else None)
         self.recreating = recreation is not None
         raws, _, problems = self.w.obs.take()  # all before the walk: the walk covers them
         self.w.pipeline.hold()  # and what the pipeline held: the walk covers it too
@@ -222,7 +224,9 @@ class Driving:
             # (the diff and the new index were made on the walker: here only publishing)
             new, walk_ms, changes, index, diff_ms = got
             if recreation is not None:
-                recreation.record()
+                for w in recreation.record():
+                    self.w.pipeline.marker("warning", reason="inotify_unavailable", message=w,
+                                           mode="polling")
             summary = self.w.pipeline.resync(reason, new, told, changes=changes,
                                              index=index, walk_ms=round(walk_ms, 3))
             summary["publish_ms"] = summary["diff_ms"]  # the pipeline's part: publishing

@@ -438,6 +438,12 @@ class ObserverManager:
         places anew off the loop (watchdog walks every tree again); `Recreation.record`
         takes the outcome on the loop."""
         self.recreated += 1
+        return self.begin_placing()
+
+    def begin_placing(self) -> Recreation:
+        """`begin_recreate`, not counted: how the roots are first placed at the start, off
+        the loop (a root on a stalled mount must not hold the start: the walker waits for
+        it instead)."""
         vias = {p: r.via for p, r in self.roots.items()}
         old = self.detach()
         todo = []
@@ -490,9 +496,11 @@ class Recreation:
             except OSError as exc:
                 self.placements.append(exc)
 
-    def record(self) -> None:
-        """On the loop: what `run` placed, unless the observers were rebuilt meanwhile."""
+    def record(self) -> list[str]:
+        """On the loop: what `run` placed, unless the observers were rebuilt meanwhile;
+        returns the warnings of roots that fell back to polling."""
         obs = self.obs
+        warnings = []
         for (root, _), got in zip(self.todo, self.placements, strict=True):
             if isinstance(got, OSError):
                 logger.error("watcher: observing {} again failed: {}", root.path, got)
@@ -503,4 +511,7 @@ class Recreation:
                     if got.via == "missing":  # deleted meanwhile: nothing left to poll
                         del obs.polled[root.path]
                 continue
-            obs.placed(root, got, self.generation)
+            warning = obs.placed(root, got, self.generation)
+            if warning:
+                warnings.append(warning)
+        return warnings
