@@ -385,6 +385,31 @@ def test_a_watcher_restarted_while_a_watched_mount_is_stalled_starts_and_serves(
     assert (after["pid"], after["restarts"]) == (again["pid"], again["restarts"])
 
 
+def test_unwatching_an_outer_watch_places_the_inner_one_off_the_loop(
+        make_tree, data, stalling_mount):
+    """Two watches, one inside the other (the inner one a mount): the inner tree is observed
+    through the outer root. Unwatching the outer makes the inner a root of its own, placed
+    anew (watchdog looks at it and walks it): with its mount stalled, that waits on the
+    walker thread, not on the loop, and once the mount answers the inner watch is synced."""
+    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    pid = tree.child("watcher")["pid"]
+    c = tree.client
+    mnt = stalling_mount.mountpoint
+    c.call("watcher", "fs.watch", {"path": str(mnt)}, timeout=60)
+    outer = c.call("watcher", "fs.watch", {"path": str(data)}, timeout=60)
+    stalling_mount.stall()
+    c.call("watcher", "fs.unwatch", {"watch": outer["watch"]})
+    stats = c.call("watcher", "fs.stats")
+    assert stats["observer"]["roots"][str(mnt)]["via"] == "placing"
+    assert stats["workers"]["walker"]["in_flight"] == 1
+    assert c.call("watcher", "sys.ping") is not None
+    stalling_mount.resume()
+    wait_for(lambda: c.call("watcher", "fs.sync", timeout=30)["unsynced"] == [],
+             "the inner root placed and synced", timeout=60)
+    after = tree.child("watcher")
+    assert (after["pid"], after["restarts"]) == (pid, 0)
+
+
 def make_big_tree(root: Path, dirs: int, files: int) -> int:
     """`dirs` directories of `files` empty files each (a tree whose inotify watches alone
     take a long loop turn to place); returns the number of entries."""

@@ -343,12 +343,23 @@ class Driving:
             logger.error("watcher: observer threads dead: {}", found["dead"])
             self.request_resync("observer_dead", recreate=True)  # (places `back` too)
         elif found["back"]:
-            self._place_back(found["back"])
+            self.place(found["back"], "root_back")
 
-    def _place_back(self, roots: list[Root]) -> None:
-        """Observe again the roots that came back, off the loop (watchdog walks a recursive
-        root to place its inotify watches), then resync: the walk covers what changed
-        while they were gone and while they were placed."""
+    def reobserve(self, reason: str) -> None:
+        """Observe what the watches need now: the roots none needs any more are dropped at
+        once, and the new ones (a watch removed that covered them) placed off the loop."""
+        obs = self.w.obs
+        assert obs is not None
+        new = obs.adopt_roots(self.w.watches.observed_roots())
+        if new:
+            self.place(new, reason)
+
+    def place(self, roots: list[Root], reason: str) -> None:
+        """Observe `roots` (marked placing) off the loop (watchdog walks a recursive root to
+        place its inotify watches), then resync: the walk covers what changed while they
+        were not observed and while they were placed. Not placed (the walker's queue full,
+        or the placement failed), they are missing, and the liveness check places them
+        once it finds them there."""
         obs = self.w.obs
         assert obs is not None
         generation, mode = obs.generation, obs.mode
@@ -368,7 +379,7 @@ class Driving:
                 warning = obs.placed(r, got, generation)
                 if warning:
                     logger.warning("watcher: {}", warning)
-            self.request_resync("root_back")
+            self.request_resync(reason)
 
         def unplaced() -> None:  # looked for again at the next check
             for r in roots:

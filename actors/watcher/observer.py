@@ -276,15 +276,6 @@ class ObserverManager:
                 pass  # its emitter already stopped itself (the root was deleted)
         root.watch = None
 
-    def set_roots(self, wanted: dict[str, bool]) -> list[str]:
-        """Observe exactly `wanted` (path -> recursive) now; returns fallback warnings."""
-        warnings = []
-        for root in self.adopt_roots(wanted):
-            w = self._schedule(root, self.mode)
-            if w:
-                warnings.append(w)
-        return warnings
-
     def adopt_roots(self, wanted: dict[str, bool]) -> list[Root]:
         """Stop observing what `wanted` no longer has, and register its new roots as
         "placing" (not observed yet, not synced by cookies); returns them, for `place`

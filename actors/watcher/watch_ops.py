@@ -205,13 +205,13 @@ class WatchOps:
         def undo(job: Job) -> None:
             if job.error is not None and w.id in self.w.watches.by_id:
                 self.w.watches.remove(w.id)
-                obs.set_roots(self.w.watches.observed_roots())
+                self.w.driving.reobserve("watch_failed")
 
         try:
             job = self.w.walker.submit(blocking, finish)
         except MoorageError:  # busy: the walker's queue is full
             self.w.watches.remove(w.id)
-            obs.set_roots(self.w.watches.observed_roots())
+            self.w.driving.reobserve("watch_failed")
             raise
         job.then(undo)
         return job
@@ -249,9 +249,9 @@ class WatchOps:
         errors=("watch_not_found", *WATCH_ERRORS))
     def _op_unwatch(self, call: Call, watch: str) -> dict[str, Any]:
         """Stop a watch (the directories no other watch needs are no longer observed)."""
-        obs = self._need_watching()
+        self._need_watching()
         gone = self.w.watches.remove(watch)
-        obs.set_roots(self.w.watches.observed_roots())
+        self.w.driving.reobserve("unwatch")
         prefix = gone.path.rstrip("/") + "/"
         self._forget([p for p in self.w.index.entries if p.startswith(prefix)])
         self.w.state.save_watches(self.w.watches.to_wire())
