@@ -385,6 +385,27 @@ def test_a_watcher_restarted_while_a_watched_mount_is_stalled_starts_and_serves(
     assert (after["pid"], after["restarts"]) == (again["pid"], again["restarts"])
 
 
+def test_a_stalled_mount_fails_no_health_check(make_tree, data, stalling_mount):
+    """The health check (a cookie through the observer every health_interval_s) writes its
+    cookies in the local roots only: one in a stalled mount would not come back, and the
+    recreate a failed check asks for would hold every root's walk behind that mount. So
+    during the stall the checks pass and nothing is recreated."""
+    tree = make_tree(STRICT_TREE.format(data=data)
+                     + "health_interval_s = 0.2\nhealth_timeout_s = 1\n").start()
+    c = tree.client
+    mnt = stalling_mount.mountpoint
+    local = data / "local"
+    local.mkdir()
+    for path in (mnt, local):
+        c.call("watcher", "fs.watch", {"path": str(path)}, timeout=60)
+    stalling_mount.stall()
+    before = c.call("watcher", "fs.stats")["health"]["ok"]
+    wait_for(lambda: c.call("watcher", "fs.stats")["health"]["ok"] >= before + 3,
+             "three health checks passed during the stall", timeout=30)
+    stats = c.call("watcher", "fs.stats")
+    assert stats["health"]["failed"] == 0 and stats["observer"]["recreated"] == 0
+
+
 def test_unwatching_an_outer_watch_places_the_inner_one_off_the_loop(
         make_tree, data, stalling_mount):
     """Two watches, one inside the other (the inner one a mount): the inner tree is observed

@@ -292,9 +292,13 @@ class Driving:
 
     # --- cookies: fs.sync and the health check --------------------------------------------
 
-    def start_sync(self, done: Callable[[Sync], None]) -> tuple[Sync | None, list[str]]:
+    def start_sync(self, done: Callable[[Sync], None], slow_too: bool = True
+                   ) -> tuple[Sync | None, list[str]]:
         assert self.w.obs is not None
-        return self.w.cookies.start(self.w.obs.sync_points(), done)
+        points = self.w.obs.sync_points()
+        if not slow_too:
+            points = {p: via for p, via in points.items() if not self.w.mounts.slow(p)}
+        return self.w.cookies.start(points, done)
 
     def on_cookie(self, path: str, etype: str) -> None:
         s = self.w.cookies.seen(path, etype)
@@ -317,7 +321,10 @@ class Driving:
             self.health["ok"] += 1
             self._health_wait = None
 
-        s, _ = self.start_sync(ok)
+        # Not in the roots on a slow file system: a cookie there that does not come back says
+        # the mount is stalled, not that the observer is dead, and the recreate it would
+        # ask for would hold every root's walk behind that mount.
+        s, _ = self.start_sync(ok, slow_too=False)
         if s is None:
             return
         self._health_wait = s
