@@ -406,6 +406,27 @@ def test_a_stalled_mount_fails_no_health_check(make_tree, data, stalling_mount):
     assert stats["health"]["failed"] == 0 and stats["observer"]["recreated"] == 0
 
 
+def test_a_configured_watch_on_a_stalled_mount_does_not_hold_the_start(
+        make_tree, data, stalling_mount):
+    """A watch in the config on a mount that does not answer: the watcher is ready at once
+    (the path is resolved on a remote worker, where the mount may wait), and is observed
+    once the mount answers."""
+    mnt = stalling_mount.mountpoint
+    stalling_mount.stall()
+    tree = make_tree(STRICT_TREE.format(data=data) + f'watch = ["{mnt}"]\n').start()
+    c = tree.client
+    assert c.call("watcher", "fs.stats")["watches"] == []  # not resolved yet
+    stalling_mount.resume()
+
+    def watched() -> bool:
+        stats = c.call("watcher", "fs.stats")
+        return [w["path"] for w in stats["watches"]] == [str(mnt)] \
+            and c.call("watcher", "fs.sync", timeout=30)["unsynced"] == []
+
+    wait_for(watched, "the configured watch placed and synced", timeout=60)
+    assert tree.child("watcher")["restarts"] == 0
+
+
 def test_unwatching_an_outer_watch_places_the_inner_one_off_the_loop(
         make_tree, data, stalling_mount):
     """Two watches, one inside the other (the inner one a mount): the inner tree is observed

@@ -115,7 +115,7 @@ from moorage.actors.watcher.snapshot import Index
 from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import WatchOps
 from moorage.actors.watcher.watches import Watches
-from moorage.actors.watcher.workers import Workers
+from moorage.actors.watcher.workers import Job, Workers
 from moorage.protocol.envelope import Packed
 from moorage.protocol.errors import Category, fail
 
@@ -199,9 +199,13 @@ class WatcherActor(Actor):
             self.watches.load(saved_watches)
         for spec in self.config.get("watch", []):
             spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-            real = self.roots.resolve(spec["path"])
+            absolute = self.roots.absolute(spec["path"])
             exclude = tuple(spec.get("exclude", ()))
             recursive = bool(spec.get("recursive", True))
+            if self.roots.on_slow(absolute):  # resolved where a stalled mount may wait
+                self._watch_once_resolved(absolute, recursive, exclude)
+                continue
+            real = self.roots.resolve(absolute)
             if self.watches.find(real, recursive, exclude) is None:
                 self.watches.add(real, recursive, exclude)
         self.state.save_watches(self.watches.to_wire())
@@ -361,6 +365,24 @@ class WatcherActor(Actor):
                 "walk_core": snapshot.WALK_CORE}  # the tree walk: compiled or Python
 
     # --- pressure -------------------------------------------------------------------------
+
+    def _watch_once_resolved(self, absolute: str, recursive: bool,
+                             exclude: tuple[str, ...]) -> None:
+        """A configured watch on a slow file system: resolved on the remote workers (the
+        start does not wait for a stalled mount), then observed like a saved one."""
+        def resolved(job: Job) -> None:
+            if job.error is not None:
+                logger.error("watcher: configured watch {} not placed: {}", absolute, job.error)
+                return
+            real = job.value
+            if self.watches.find(real, recursive, exclude) is not None:
+                return
+            self.watches.add(real, recursive, exclude)
+            self.state.save_watches(self.watches.to_wire())
+            if self.obs is not None and not self.paused:
+                self.driving.reobserve("config_watch")
+
+        self.remote.submit(lambda: self.roots.resolve(absolute), lambda real: real).then(resolved)
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
         done: dict[str, Any] = {}
