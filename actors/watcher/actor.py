@@ -117,7 +117,7 @@ from moorage.actors.watcher.watch_ops import WatchOps
 from moorage.actors.watcher.watches import Watches
 from moorage.actors.watcher.workers import Job, Workers
 from moorage.protocol.envelope import Packed
-from moorage.protocol.errors import Category, fail
+from moorage.protocol.errors import Category, MoorageError, fail
 
 # --- the shapes of the answers ----------------------------------------------------------------
 CLOCK = tuple[str, int, int]  # [instance, epoch, seq] of the journal (journal.Clock)
@@ -236,6 +236,29 @@ class WatcherActor(Actor):
         self.loop.call_every(float(self.config.get("liveness_s", 1.0)), d.liveness)
         self.loop.call_every(float(self.config.get("health_interval_s", 30.0)), d.health_check)
         self.loop.call_later(float(self.config.get("checkpoint_s", 1.0)), d.checkpoint)
+
+    def _watch_once_resolved(self, absolute: str, recursive: bool,
+                             exclude: tuple[str, ...]) -> None:
+        """A configured watch on a slow file system: resolved on the remote workers (the
+        start does not wait for a stalled mount), then observed like a saved one."""
+        def resolved(job: Job) -> None:
+            if job.error is not None:
+                logger.error("watcher: configured watch {} not placed: {}", absolute, job.error)
+                return
+            real = job.value
+            if self.watches.find(real, recursive, exclude) is not None:
+                return
+            self.watches.add(real, recursive, exclude)
+            self.state.save_watches(self.watches.to_wire())
+            if self.obs is not None and not self.paused:
+                self.driving.reobserve("config_watch")
+
+        try:
+            job = self.remote.submit(lambda: self.roots.resolve(absolute), lambda real: real)
+        except MoorageError as exc:  # busy: every remote worker waits on a stalled mount
+            logger.error("watcher: configured watch {} not placed: {}", absolute, exc)
+            return
+        job.then(resolved)
 
     def on_stop(self) -> None:
         self.io.shutdown()
@@ -365,24 +388,6 @@ class WatcherActor(Actor):
                 "walk_core": snapshot.WALK_CORE}  # the tree walk: compiled or Python
 
     # --- pressure -------------------------------------------------------------------------
-
-    def _watch_once_resolved(self, absolute: str, recursive: bool,
-                             exclude: tuple[str, ...]) -> None:
-        """A configured watch on a slow file system: resolved on the remote workers (the
-        start does not wait for a stalled mount), then observed like a saved one."""
-        def resolved(job: Job) -> None:
-            if job.error is not None:
-                logger.error("watcher: configured watch {} not placed: {}", absolute, job.error)
-                return
-            real = job.value
-            if self.watches.find(real, recursive, exclude) is not None:
-                return
-            self.watches.add(real, recursive, exclude)
-            self.state.save_watches(self.watches.to_wire())
-            if self.obs is not None and not self.paused:
-                self.driving.reobserve("config_watch")
-
-        self.remote.submit(lambda: self.roots.resolve(absolute), lambda real: real).then(resolved)
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
         done: dict[str, Any] = {}
