@@ -4,8 +4,8 @@ it to everyone else. While `stalled`, every call on the mount that reaches the s
 in the kernel, as it would for the real thing; `resume` answers what waited.
 
 It speaks the FUSE kernel protocol (linux/fuse.h, protocol 7.22) on /dev/fuse for one flat
-directory: lookup, getattr, setattr, opendir, readdir, create, flush and release, nothing
-cached by the kernel (every stat asks the server). Mounting needs CAP_SYS_ADMIN and
+directory: lookup, getattr, setattr, opendir, readdir, create, unlink, flush and release,
+nothing cached by the kernel (every stat asks the server). Mounting needs CAP_SYS_ADMIN and
 /dev/fuse: `available()` says whether this machine has both.
 """
 
@@ -34,7 +34,7 @@ OPEN_OUT = struct.Struct("<QII")  # fh, open_flags, padding
 INIT_OUT = struct.Struct("<IIIIHHI")  # major, minor, max_readahead, flags, ..., max_write
 DIRENT = struct.Struct("<QQII")  # ino, off, namelen, type
 
-LOOKUP, FORGET, GETATTR, SETATTR = 1, 2, 3, 4
+LOOKUP, FORGET, GETATTR, SETATTR, UNLINK = 1, 2, 3, 4, 10
 RELEASE, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR = 18, 25, 26, 27, 28, 29
 INTERRUPT, CREATE, DESTROY, BATCH_FORGET = 36, 35, 38, 42
 NO_REPLY = {FORGET, INTERRUPT, BATCH_FORGET}
@@ -172,6 +172,12 @@ class StallingFuse:
                 self.nodes[new] = (name, stat.S_IFREG | (mode & 0o777))
                 self.files[name] = new
             return self._entry(self.files[name]) + OPEN_OUT.pack(0, 0, 0)
+        if opcode == UNLINK:
+            name = body.split(b"\0", 1)[0].decode()
+            if node != ROOT or name not in self.files:
+                raise OSError(errno.ENOENT, name)
+            del self.nodes[self.files.pop(name)]
+            return b""
         if opcode in (RELEASE, RELEASEDIR, FLUSH, DESTROY):
             return b""
         raise OSError(errno.ENOSYS, f"opcode {opcode}")

@@ -346,6 +346,9 @@ def test_a_stalled_mount_holds_no_loop_of_the_watcher(make_tree, data, stalling_
     synced = c.call("watcher", "fs.sync", {"timeout_ms": 20_000}, timeout=30)
     assert synced["unsynced"] == []
     assert tree.child("watcher")["pid"] == pid
+    # the cookie of the sync that timed out was removed after its write: none is left
+    wait_for(lambda: not [n for n in os.listdir(mnt) if n.startswith(".moorage-cookie-")],
+             "no cookie left in the mount", timeout=30)
     events.close()
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 
 from loguru import logger
 
-from moorage.actors.watcher.workers import Offload
+from moorage.actors.watcher.workers import Job, Offload
 from moorage.protocol.errors import MoorageError
 
 COOKIE = ".moorage-cookie-"
@@ -71,7 +71,8 @@ class Cookies:
         # Ends a sync whose last cookie failed on the workers after the others came back
         # (Driving.complete_sync, which lets a resync's diff go out first).
         self.complete = complete
-        self.remote_cookies: set[str] = set()  # cookies written (or being) on the workers
+        # cookies written on the workers (or being), each with the job that writes it
+        self.remote_cookies: dict[str, Job] = {}
 
     def __len__(self) -> int:
         return len(self.waiting)
@@ -117,7 +118,7 @@ class Cookies:
         unsynced, and the sync ends when it was the last one it waited for."""
         def failed(exc: BaseException, later: bool) -> None:
             logger.warning("watcher: no cookie in {}: {}", root, exc)
-            self.remote_cookies.discard(cookie)
+            self.remote_cookies.pop(cookie, None)
             if self.waiting.pop(cookie, None) is None:
                 return  # the sync ended meanwhile (its timeout, a resync)
             s.unsynced.append(root)
@@ -127,25 +128,32 @@ class Cookies:
                 self.complete(s)
 
         assert self.remote is not None
-        self.remote_cookies.add(cookie)
         try:
             job = self.remote(lambda: _create(cookie), lambda v: v)
         except MoorageError as exc:  # busy: every remote worker is taken (a stalled mount)
             failed(exc, later=False)
             return
+        self.remote_cookies[cookie] = job
         job.then(lambda j: failed(j.error, later=True) if j.error is not None else None)
 
     def _unlink(self, cookie: str) -> None:
-        """Remove a cookie: on the remote workers when it was written there."""
-        if cookie not in self.remote_cookies:
+        """Remove a cookie: on the remote workers when it was written there, once its write
+        is over (a sync that timed out while the write waited on a stalled mount would
+        otherwise leave the file behind in the user's tree, written after its removal)."""
+        created = self.remote_cookies.pop(cookie, None)
+        if created is None:
             unlink(cookie)
             return
         assert self.remote is not None
-        self.remote_cookies.discard(cookie)
-        try:
-            self.remote(lambda: unlink(cookie), lambda v: v)
-        except MoorageError as exc:  # busy: left for remove_stale at the next start
-            logger.warning("watcher: cookie {} not removed: {}", cookie, exc)
+        remote = self.remote
+
+        def remove(_job: Job) -> None:
+            try:
+                remote(lambda: unlink(cookie), lambda v: v)
+            except MoorageError as exc:  # busy: left for remove_stale at the next start
+                logger.warning("watcher: cookie {} not removed: {}", cookie, exc)
+
+        created.then(remove)
 
     def remove_stale(self, roots: list[str]) -> None:
         """`remove_stale`, on the remote workers for the roots on a slow file system."""
