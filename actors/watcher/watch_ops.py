@@ -85,13 +85,10 @@ class WatchOps:
         def checked(job: Job) -> None:
             if call.answered:
                 return
-            try:
+            try:  # (_checked classifies its OSErrors: what comes here is a MoorageError)
                 got = self._watch(call, path, job.result(), recursive, excl)
             except MoorageError as exc:
                 call.fail(exc)
-                return
-            except OSError as exc:
-                call.fail(os_error(exc, path))
                 return
             if got is not DEFERRED:
                 call.reply(got)
