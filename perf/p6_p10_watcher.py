@@ -56,6 +56,7 @@ id = "nocache"
 start = "moorage.actors.watcher.actor:WatcherActor"
 [actor.watcher]
 roots = ["{data}"]
+watch = ["{data}/watched"]  # (as an editor's watcher is: its inotify instance on the loop)
 [actor.nocache]
 roots = ["{data}"]
 cache_max_bytes = 0
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     report = Report("p6_p10_watcher")
     work = Path(os.path.realpath(tempfile.mkdtemp(prefix="mw-", dir="/tmp")))
+    (work / "watched").mkdir()
     tree = BenchTree(CONFIG.format(data=work))
     tree.start()
     raw = RawEcho(tree.dir)

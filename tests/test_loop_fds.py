@@ -49,3 +49,51 @@ def test_a_readiness_polled_for_a_closed_fd_does_not_reach_a_new_fd_with_its_num
         for fd in {a_r, a_w, b_r, b_w, *opened}:
             os.close(fd)
         loop.close()
+
+
+def test_an_eager_fd_keeps_the_fast_path_and_is_served_in_its_turn():
+    """An event source the loop reads itself (the watcher's inotify instance) is waited on
+    with the request socket: its reader runs in the turn it became readable, a request
+    beside it is served in the same turn, and the fast path stays on. A plain fd turns the
+    fast path off (it is polled with everything)."""
+    import zmq
+
+    ctx = zmq.Context()
+    loop = Loop()
+    rpc = ctx.socket(zmq.ROUTER)
+    rpc.bind("inproc://eager-test")
+    client = ctx.socket(zmq.DEALER)
+    client.connect("inproc://eager-test")
+    e_r, e_w = os.pipe()
+    p_r, p_w = os.pipe()
+    served: list[str] = []
+    try:
+        loop.set_primary(rpc, lambda batch: served.extend(m[-1].decode() for m in batch),
+                         ctx, 8)
+        loop.add_reader(e_r, lambda: served.append(os.read(e_r, 16).decode()), eager=True)
+        assert loop.fast_path_ready()
+        os.write(e_w, b"event")
+        loop.run_once()  # the fast path: without the fd in its wait, 250 ms and nothing
+        assert served == ["event"]
+        client.send(b"request")
+        os.write(e_w, b"event2")
+        while len(served) < 3:  # (the request crosses ZeroMQ's inproc pipe)
+            loop.run_once()
+        assert sorted(served[1:]) == ["event2", "request"]
+        loop.add_reader(p_r, lambda: served.append(os.read(p_r, 16).decode()))
+        assert not loop.fast_path_ready()
+        loop.remove_reader(p_r)
+        loop.remove_reader(e_r)
+        assert loop.fast_path_ready()
+        os.write(e_w, b"gone")  # no longer watched: nothing runs
+        client.send(b"again")
+        while len(served) < 4:
+            loop.run_once()
+        assert served[3] == "again" and len(served) == 4
+    finally:
+        for fd in (e_r, e_w, p_r, p_w):
+            os.close(fd)
+        loop.close()
+        client.close(0)
+        rpc.close(0)
+        ctx.term()

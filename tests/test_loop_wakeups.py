@@ -1,4 +1,4 @@
-"""Wake-ups from other threads (the watcher's inotify reader and workers): with a primary
+"""Wake-ups from other threads (the watcher's inotify lane and workers): with a primary
 socket the wake-up is one message on it, which must end the poller's wait as it ends the
 fast path's recv; a loop without one is woken through its pipe. A wait a wake-up did not end
 outlasts the test's timeout."""

@@ -153,6 +153,9 @@ def test_creates_modifies_deletes_and_moves_within_and_across_directories(start,
     seqs = [e["clock"][2] for e in w.seen]
     assert seqs == list(range(1, len(seqs) + 1))  # consecutive: nothing missing in between
     assert not w.losses
+    observer = w.call("fs.stats")["observer"]
+    # the creates and the unlink read and handed over by the loop, the moves by the lane
+    assert observer["inotify_on_loop"] >= 4 and observer["inotify_on_lane"] >= 4
 
 
 def test_a_burst_of_ten_thousand_creations_is_delivered_in_seq_order_with_none_lost(start, data):
@@ -351,12 +354,12 @@ def test_a_dead_observer_thread_is_found_within_a_second_recreated_and_resynced(
     def boom(path: bytes) -> None:
         if path.endswith(b"/boom") and not fired:
             fired.append(path)
-            raise RuntimeError("injected: kills watchdog's inotify reader thread")
+            raise RuntimeError("injected: kills the inotify lane thread")
 
     monkeypatch.setattr(guarded_mod, "add_watch_fault", boom)
     w = start(liveness_s=0.2)
     w.watch()
-    (data / "boom").mkdir()  # its IN_CREATE reaches the fault inside the reader thread
+    (data / "boom").mkdir()  # its IN_CREATE reaches the fault inside the lane thread
     begin = w.wait_for(lambda e: e["kind"] == "resync_begin" and e["epoch"] > 1)
     assert "observer_dead" in begin["reason"]
     (data / "boom" / "after.txt").write_text("1")
@@ -372,7 +375,7 @@ def test_a_health_cookie_that_does_not_come_back_recreates_the_observer(
     def boom(path: bytes) -> None:
         if path.endswith(b"/mute") and not fired:
             fired.append(path)
-            raise RuntimeError("injected: the inotify reader thread dies")
+            raise RuntimeError("injected: the inotify lane thread dies")
 
     monkeypatch.setattr(guarded_mod, "add_watch_fault", boom)
     # The liveness check is kept out of the way, so only the health cookie can notice.

@@ -32,14 +32,6 @@ from moorage.protocol.envelope import Packed, decode_reply, encode_reply
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import Backoff
 
-if guarded.GUARDED:
-    from watchdog.observers.inotify_c import (
-        DEFAULT_EVENT_BUFFER_SIZE,
-        InotifyConstants,
-        InotifyFD,
-        inotify_add_watch,
-    )
-
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -944,26 +936,75 @@ def test_resyncs_run_at_once_after_quiet_and_back_off_while_they_keep_coming():
 
 
 @pytest.mark.skipif(not guarded.GUARDED, reason="watchdog's inotify classes are not there")
-def test_the_inotify_reader_hands_on_every_event_the_kernel_already_holds(tmp_path):
-    """The reader takes what is queued behind a read without waiting for more; nothing of it
-    is lost or reordered (the wait it no longer makes is P10's and X4's to measure)."""
-    reader = guarded.PromptInotifyFD()
+def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(tmp_path):
+    """The loop's read hands plain events over itself, in the kernel's order; while a
+    group's lock is held (a placement walking), that event and every one after it go to the
+    lane thread, which hands them over once the lock is free; the loop takes over again
+    once the lane has caught up; a move takes watchdog's path, and a create after it waits
+    behind it."""
+    import select
+
+    from moorage.actors.watcher.observer import ObserverManager
+
+    woken: SimpleQueue = SimpleQueue()
+    mgr = ObserverManager(woken.put, lambda: None)  # no loop: the test turns it
     try:
-        inotify_add_watch(reader._inotify_fd, os.fsencode(tmp_path),
-                          int(InotifyConstants.IN_CREATE))
+        assert mgr.place(str(tmp_path), True, "inotify").via == "inotify"
+        assert mgr.inotify is not None
+        fd = mgr.inotify.inotify_fd
+        (emitter,) = mgr.inotify.emitters
+        group = emitter._inotify
 
-        def names(buf: bytes) -> list[bytes]:
-            return [name for *_, name in InotifyFD._parse_event_buffer(buf)]
+        def names(raws: list) -> list[tuple[str, str]]:
+            return [(kind, os.path.basename(dest or src)) for kind, src, dest, _ in raws]
 
-        (tmp_path / "a").touch()
-        first = reader._read_event_buffer(DEFAULT_EVENT_BUFFER_SIZE)
-        assert names(first) == [b"a"]
-        for name in ("b", "c", "d"):
+        def loop_turns(n: int) -> list:  # what the loop does when the fd is readable
+            got: list = []
+            while len(got) < n:
+                assert select.select([fd.fd], [], [], 10)[0], "no inotify event in 10 s"
+                fd.read_ready()
+                got += mgr.take()[0]
+            return got
+
+        def from_the_lane(n: int) -> list:
+            got: list = []
+            while len(got) < n:
+                woken.get(timeout=10)
+                got += mgr.take()[0]
+            return got
+
+        def lane_caught_up() -> None:
+            end = time.monotonic() + 10
+            while fd.lane_busy:
+                assert time.monotonic() < end, "the lane never caught up"
+                time.sleep(0.001)  # sleep-ok: polling a fact the lane thread records
+
+        for name in "abc":
             (tmp_path / name).touch()
-        got = reader._coalesce_event_buffer(first, time.perf_counter() + 60)
-        assert names(got) == [b"a", b"b", b"c", b"d"]
-        (tmp_path / "e").touch()
-        alone = reader._read_event_buffer(DEFAULT_EVENT_BUFFER_SIZE)
-        assert names(reader._coalesce_event_buffer(alone, time.perf_counter() + 60)) == [b"e"]
+        assert names(loop_turns(3)) == [("created", "a"), ("created", "b"), ("created", "c")]
+        assert (fd.on_loop, fd.on_lane) == (3, 0)
+
+        with group._lock:  # a placement's walk holds it
+            for name in "de":
+                (tmp_path / name).touch()
+            assert select.select([fd.fd], [], [], 10)[0]
+            fd.read_ready()  # the loop does not wait for the lock: the lane does
+            assert mgr.take()[0] == [] and fd.on_loop == 3 and fd.lane_busy
+            while not woken.empty():
+                woken.get()
+        assert names(from_the_lane(2)) == [("created", "d"), ("created", "e")]
+        lane_caught_up()
+        assert fd.on_lane == 2
+
+        (tmp_path / "f").touch()
+        assert names(loop_turns(1)) == [("created", "f")] and fd.on_loop == 4
+
+        os.rename(tmp_path / "f", tmp_path / "g")
+        (tmp_path / "h").touch()
+        assert select.select([fd.fd], [], [], 10)[0]
+        fd.read_ready()
+        got = mgr.take()[0]
+        got += from_the_lane(2 - len(got))
+        assert names(got) == [("moved", "g"), ("created", "h")]
     finally:
-        reader.close()
+        mgr.stop()

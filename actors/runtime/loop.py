@@ -98,6 +98,10 @@ class Loop:
         self._next_turn: list[Callback] = []  # defer(): run after the next wait (0 ms)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sockets_only = True
+        # Plain fds the fast path waits on beside the primary socket (`add_reader(eager=
+        # True)`): one zmq_poll of them all instead of the blocking recv.
+        self._eager: set[int] = set()
+        self._fast_poller: zmq.Poller | None = None
         # Keys unregistered while a poll's events are being dispatched: an event of theirs
         # still to come in that batch is stale (a closed fd's number may be a new fd's by
         # then, whose handler must not run on the old one's readiness).
@@ -185,21 +189,37 @@ class Loop:
                 self._dropped.add(key)
             with contextlib.suppress(KeyError):
                 self.poller.unregister(key)
+        if on_read is None or on_write is not None:
+            self._eager.discard(key)
         self._sockets_only = self._only_sockets_read()
+        self._fast_poller = None
+        if self._eager and self._primary is not None:
+            self._fast_poller = zmq.Poller()
+            self._fast_poller.register(self._primary, POLLIN)
+            for fd in self._eager:
+                self._fast_poller.register(fd, POLLIN)
 
     def _only_sockets_read(self) -> bool:
-        """No writer and no plain fd but the wake pipe: what the fast path needs of the
-        registrations (kept up to date by `_update`, not walked on every turn)."""
+        """No writer and no plain fd but the wake pipe and the eager ones: what the fast
+        path needs of the registrations (kept up to date by `_update`, not walked on every
+        turn)."""
         for key, (_, on_write) in self._handlers.items():
             if on_write is not None:
                 return False
-            if not isinstance(key, zmq.Socket) and key != self._wake_r:
+            if not isinstance(key, zmq.Socket) and key != self._wake_r \
+                    and key not in self._eager:
                 return False
         return True
 
-    def add_reader(self, key: Any, fn: Callback) -> None:
-        """`key` is a zmq socket or an fd; `fn` runs when it is readable."""
+    def add_reader(self, key: Any, fn: Callback, eager: bool = False) -> None:
+        """`key` is a zmq socket or an fd; `fn` runs when it is readable. An `eager` fd
+        (read only, never written through the loop) keeps the fast path: it is waited on
+        with the request socket, and its reader runs as soon as it is readable (an event
+        source whose latency counts, read by the loop itself rather than by a thread that
+        would wake it: a thread wake-up less per event)."""
         self._handlers[key] = (fn, self._handlers.get(key, (None, None))[1])
+        if eager and not isinstance(key, zmq.Socket):
+            self._eager.add(key)
         self._update(key)
 
     def remove_reader(self, key: Any) -> None:
@@ -252,6 +272,10 @@ class Loop:
         work cut into slices this way never holds the loop (a hostile flood, a long walk),
         and what arrived meanwhile (a `sys.ping`) is served in between."""
         self._next_turn.append(fn)
+
+    def call_soon(self, fn: Callback) -> None:
+        """On the loop's own thread only: run `fn` at the end of this turn (no wake-up)."""
+        self._soon.append(fn)
 
     def call_soon_threadsafe(self, fn: Callback) -> None:
         """From any thread: run `fn` on the loop's thread, soon."""
@@ -337,13 +361,27 @@ class Loop:
         b = self._beat
         if b is not None:
             b.waiting(t)
-        first = try_recv(sock, 0)  # (None: RCVTIMEO passed)
+        fast_poller = self._fast_poller
+        if fast_poller is None:
+            first = try_recv(sock, 0)  # (None: RCVTIMEO passed)
+            ready: list[tuple[Any, int]] = []
+        else:
+            ready = fast_poller.poll(t)
+            first = None
+            for key, _ in ready:
+                if key is sock:
+                    first = try_recv(sock)
         if b is not None:
             b.woke()
         if deferred:
             self._run_deferred(deferred)
+        for key, _ in ready:
+            if key is not sock:
+                handlers = self._handlers.get(key)
+                if handlers is not None and handlers[0] is not None:
+                    self._run(handlers[0])
         if first is None:
-            self._idle = t == HOUSEKEEPING_MS and not deferred
+            self._idle = t == HOUSEKEEPING_MS and not deferred and not ready
         else:
             try:
                 self._drain_primary(first)

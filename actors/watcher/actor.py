@@ -140,7 +140,7 @@ class WatcherActor(Actor):
         super().__init__(name, runtime_dir, config)
         c = self.config
         tune_gc()
-        # The watcher's threads (inotify reader, emitter, workers) hand each event to the
+        # The watcher's threads (inotify lane, emitters, workers) hand each event to the
         # loop: a thread woken while another holds the GIL waits up to this long for it
         # (Python's default, 5 ms, is most of an unsettled event's p99 under load).
         sys.setswitchinterval(float(c.get("switch_interval_s", 0.001)))
@@ -222,7 +222,7 @@ class WatcherActor(Actor):
             buffer_max=int(self.config.get("buffer_max", 65536)),
             poll_interval=float(self.config.get("poll_interval_s", 1.0)),
             max_polled=int(self.config.get("max_polled_subtrees", 16)),
-            wanted=self.watches.needs)
+            wanted=self.watches.needs, loop=self.loop)
         # Placed with the first walk, on the walker (watches first, then the walk), not
         # here: a root on a stalled mount would hold the start, and every restart after it.
         self.obs.adopt_roots(self.watches.observed_roots())

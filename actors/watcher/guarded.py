@@ -7,9 +7,9 @@ them into resyncs and a polled subtree. It also places no watch in, and does not
 a directory `wanted` says no watch needs (inside an excluded subtree), and `add_missing`
 watches the ones a new watch needs. A new root's watches below it are placed by the walk
 that reads its tree for the index (`base_walk`), after watchdog's schedule has returned. The
-observer's reader thread is kept reachable for the liveness check. Its events go straight
-from the emitter's thread to the observer manager (`deliver`), not through the observer's
-queue and dispatcher thread.
+inotify instance is read by the actor's loop (`LoopInotifyFD`); its lane thread, which takes
+what the loop must not, is kept reachable for the liveness check. Events go straight to the
+observer manager (`push`), not through the observer's queue and dispatcher thread.
 
 Seam: `add_watch_fault(path: bytes)`, when set, runs before each inotify watch is added and
 may raise (tests set it in the test process before forking the actor, to inject ENOSPC).
@@ -28,10 +28,9 @@ from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
 
 try:  # the guarded inotify classes depend on watchdog 7.x internals
-    from watchdog.observers import inotify_c
     from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-    from watchdog.observers.inotify_c import DEFAULT_EVENT_BUFFER_SIZE, InotifyFD
     from watchdog.observers.inotify_c import InotifyConstants as _C
+    from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
     GUARDED = hasattr(InotifyWatchGroup, "_add_callback") and hasattr(
         InotifyWatchGroup, "on_queue_overflow")
@@ -39,9 +38,6 @@ try:  # the guarded inotify classes depend on watchdog 7.x internals
     # (`_insert_node`, `_find_node_by_path`), 7.1.0 two dicts. A watch descriptor must be
     # recorded the group's way, or its events name no path and are dropped.
     NODE_TREE = hasattr(InotifyWatchGroup, "_insert_node")
-    # watchdog 7.1.1's reader batches reads that follow each other within a millisecond
-    # into this many bytes (PromptInotifyFD keeps the bound, not the wait).
-    _COALESCE_MAX_BYTES = getattr(inotify_c, "_COALESCE_MAX_BYTES", 16384)
 except ImportError:  # pragma: no cover - not Linux, or another watchdog layout
     GUARDED = NODE_TREE = False
 
@@ -69,6 +65,10 @@ def plain_kind(mask: int) -> str:
     if mask & _IN_CREATE:
         return "created"
     return ""
+
+
+class _Grouped:
+    """A watch group of `guarded_emitter`'s, whose plain events the loop may hand over."""
 
 
 Report = Callable[[str, str], None]
@@ -142,9 +142,9 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
 
     And while nothing of its group waits in watchdog's move grouper or in the emitter's
     hands (`_pending`, counted by the grouper and by the emitter), a plain event goes out
-    straight from the inotify reader's thread, one more thread hop less: nothing older can
-    be overtaken then. A directory created in a recursive watch takes watchdog's path (it
-    places the new directory's watches and reports what it already holds)."""
+    straight from whoever read it (the loop, LoopInotifyFD), no thread hop at all: nothing
+    older can be overtaken then. A directory created in a recursive watch takes watchdog's
+    path (it places the new directory's watches and reports what it already holds)."""
     def hand_over(raw: tuple[str, str, str, bool]) -> None:
         try:
             push(raw)  # type: ignore[misc]
@@ -175,7 +175,7 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             with self.group._count_lock:
                 self.group._pending = 0
 
-    class Group(InotifyWatchGroup):  # type: ignore[misc,valid-type]
+    class Group(InotifyWatchGroup, _Grouped):  # type: ignore[misc,valid-type]
         def __post_init__(self) -> None:
             self._pending = 0  # events put into the grouper and not yet handed over
             self._count_lock = threading.Lock()
@@ -199,13 +199,23 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     with self._lock:
                         if not self.is_active:
                             return
-                        if self._pending == 0:  # (read without its lock: only this thread
-                            # raises it, and a stale non-zero just takes the slow path)
+                        if self._pending == 0:  # (read without its lock: only the thread
+                            # that dispatches raises it, and a stale non-zero just takes
+                            # the slow path)
                             src = self._build_event_source_path(event)
                             if src is not None:
                                 hand_over((kind, os.fsdecode(src), "", bool(mask & _IN_ISDIR)))
                             return
             super().on_event(event)
+
+        def prefix_of(self, wd: int) -> str | None:
+            """The path of the directory `wd` watches, and "/" (the group's lock held), or
+            None when it is not the group's."""
+            path = self._resolve_path(wd)
+            if path is None:
+                return None
+            path = os.fsdecode(path)
+            return path if path.endswith("/") else path + "/"
 
         def _add_all_callbacks(self, path: bytes) -> None:
             if path != self.path and skip(path):
@@ -319,35 +329,147 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
 
 
 if GUARDED:
-    class PromptInotifyFD(InotifyFD):  # type: ignore[misc,valid-type]
-        """watchdog's inotify reader, handing each read on at once.
+    # Never dispatched on the loop: watchdog's path (a watch gone, an overflow, a move).
+    _IN_Q_OVERFLOW = int(_C.IN_Q_OVERFLOW)
+    _NOT_ON_LOOP = int(_C.IN_IGNORED) | _IN_Q_OVERFLOW | _SLOW
 
-        watchdog 7.1.1's reader, after a read that came within a millisecond of the one
-        before, waits up to another millisecond for more before it hands anything on; as
-        a lone event's own trip to a subscriber takes less than that, each event of a
-        steady trickle waited the full millisecond (a create reached a subscriber at settle
-        0 in 1.4-1.75 ms, 0.27-0.57 without the wait). Here a read takes what the kernel
-        already holds and goes: a burst is batched anyway by what queues up while the last
-        batch is handled."""
+    class LoopInotifyFD(InotifyFD):  # type: ignore[misc,valid-type]
+        """watchdog's inotify instance, read by the actor's loop instead of a reader thread.
 
-        def _coalesce_event_buffer(self, first_chunk: bytes, deadline: float) -> bytes:
-            chunks = [first_chunk]
-            total = len(first_chunk)
-            while total < _COALESCE_MAX_BYTES and not self._closed:
-                more = self._read_event_buffer(DEFAULT_EVENT_BUFFER_SIZE, timeout_ms=0)
-                if not more:
-                    break
-                chunks.append(more)
-                total += len(more)
-            return b"".join(chunks) if len(chunks) > 1 else first_chunk
+        watchdog reads the instance on a thread of its own and dispatches on another: a
+        lone create woke two threads, then the loop, before its event went out (about 30%
+        of a create's trip to a subscriber at the smallest settle). Here the loop waits on
+        the descriptor with its request socket (`read_ready`, an eager reader) and hands the
+        plain events (create, modify, attrib, delete) of a read over itself, in one go: the
+        instance's lock and each group's taken once a read, and only ever tried. The lane,
+        this object's thread, dispatches the rest as watchdog's own thread did: an event
+        that takes watchdog's path (a move, a directory created in a recursive watch, whose
+        walk places its watches, a watch gone, an overflow), one whose lock is held (a
+        placement's walk), one a second watch shares, and, to keep the order, every event
+        after it until the lane has caught up. A read takes at most `read_bytes`: the rest
+        waits in the kernel for the loop's next turn."""
+
+        def __init__(self, read_bytes: int = 16384) -> None:
+            super().__init__()
+            self._is_reading = False  # (close() then closes at once: no reader to wake)
+            os.set_blocking(self._inotify_fd, False)
+            self.read_bytes = read_bytes
+            # Where the loop's events go (ObserverManager.push_many); none: dropped.
+            self.deliver: Callable[[list[tuple[str, str, str, bool]]], None] | None = None
+            self._lane: list[InotifyEvent] = []
+            self._lane_cv = threading.Condition(threading.Lock())
+            self._lane_busy = False  # events handed to the lane and not all dispatched yet
+            self._lane_closed = False
+            self.on_loop = 0  # events dispatched by the loop
+            self.on_lane = 0  # events the lane dispatched
+
+        @property
+        def fd(self) -> int:
+            return self._inotify_fd  # type: ignore[no-any-return]
+
+        @property
+        def lane_busy(self) -> bool:
+            """Events were handed to the lane and not all dispatched yet (the loop's own
+            events wait behind them meanwhile)."""
+            return self._lane_busy
+
+        def read_ready(self) -> None:
+            """On the loop, when the descriptor is readable."""
+            try:
+                buf = os.read(self._inotify_fd, self.read_bytes)
+            except (BlockingIOError, InterruptedError):
+                return
+            events = [e for e in InotifyFD._parse_event_buffer(buf)
+                      if e[0] != -1 or e[1] & _IN_Q_OVERFLOW]
+            # (only this thread makes the lane busy: read false, it stays so meanwhile)
+            done = 0 if self._lane_busy else self._dispatch_here(events)
+            if done < len(events):
+                rest = [InotifyEvent(*e) for e in events[done:]]
+                with self._lane_cv:
+                    self._lane += rest
+                    self._lane_busy = True
+                    self._lane_cv.notify()
+
+        def _dispatch_here(self, events: list[tuple[int, int, int, bytes]]) -> int:
+            """Hand over the plain events at the head of `events`; returns how many."""
+            if not self._lock.acquire(False):
+                return 0
+            watches = self._watch_for_wd
+            held = None  # the group whose lock is held
+            prefixes: dict[int, str | None] = {}  # wd -> its directory's path and "/"
+            out: list[tuple[str, str, str, bool]] = []
+            done = 0
+            try:
+                for wd, mask, _, name in events:
+                    kind = plain_kind(mask) if not mask & _NOT_ON_LOOP else ""
+                    if not kind:
+                        break
+                    watch = watches.get(wd)
+                    if watch is not None:
+                        callbacks = watch.callbacks
+                        if len(callbacks) != 1:
+                            break
+                        group = next(iter(callbacks.values()))
+                        if group is not held:
+                            if held is not None:
+                                held._lock.release()
+                                held = None
+                            if not isinstance(group, _Grouped) or not group._lock.acquire(False):
+                                break
+                            held = group
+                            if group.is_active and group._pending:
+                                break  # (older events of the group wait in its grouper)
+                        if group.is_active:
+                            if mask & _IN_ISDIR and (kind == "deleted" or (
+                                    kind == "created" and group.is_recursive)):
+                                break
+                            if wd in prefixes:
+                                prefix = prefixes[wd]
+                            else:
+                                prefix = prefixes[wd] = group.prefix_of(wd)
+                            if prefix is not None:
+                                out.append((kind, prefix + os.fsdecode(name) if name
+                                            else prefix[:-1] or "/", "", bool(mask & _IN_ISDIR)))
+                    done += 1  # (no watch, or its group stopped: dropped, as watchdog does)
+            finally:
+                if held is not None:
+                    held._lock.release()
+                self._lock.release()
+            if out and self.deliver is not None:
+                self.deliver(out)
+            self.on_loop += done
+            return done
+
+        def run(self) -> None:
+            """The lane."""
+            cv = self._lane_cv
+            while True:
+                with cv:
+                    while not self._lane and not self._lane_closed:
+                        cv.wait()
+                    if self._lane_closed:
+                        return
+                    batch, self._lane = self._lane, []
+                for event in batch:
+                    self.handle_event(event)
+                self.on_lane += len(batch)
+                with cv:
+                    if not self._lane:
+                        self._lane_busy = False
+
+        def on_thread_stop(self) -> None:
+            self.close()
+            with self._lane_cv:
+                self._lane_closed = True
+                self._lane_cv.notify()
 
 
 class InotifyObserver(BaseObserver):
-    """InotifyObserver with our emitter class and reader; the reader thread is ours to
-    check."""
+    """InotifyObserver with our emitter class and a loop-read instance (LoopInotifyFD),
+    whose lane thread is ours to check."""
 
     def __init__(self, emitter_class: type, timeout: float) -> None:
-        self.inotify_fd = PromptInotifyFD()
+        self.inotify_fd = LoopInotifyFD()
         self.inotify_fd.start()
         super().__init__(emitter_class, timeout=timeout, inotify_fd=self.inotify_fd)
 

@@ -6,19 +6,22 @@ kills the dispatch thread. So, here:
   - the inotify watch group is subclassed (moorage.actors.watcher.guarded) to report an overflow
     and a failed subdirectory watch (ENOSPC, ENOMEM, EMFILE) instead of swallowing them;
   - our handler only appends to a bounded buffer and wakes the actor's loop (one wake-up
-    per batch, through `call_soon_threadsafe`); a full buffer drops the event but sets
-    `overflowed`, which the actor turns into a resync, and a handler error is reported;
+    per batch, through `call_soon_threadsafe`; none when the loop itself read the event:
+    the inotify instance is read there, guarded.LoopInotifyFD); a full buffer drops the
+    event but sets `overflowed`, which the actor turns into a resync, and a handler error
+    is reported;
   - directories no watch needs (inside an excluded subtree, `wanted` false) get no inotify
     watch and are not walked for one; `refresh` adds the ones a new watch needs;
-  - every observer thread (dispatcher, inotify reader, one emitter per root) can be listed
+  - every observer thread (dispatcher, the inotify lane, one emitter per root) can be listed
     for the liveness check, and `recreate` builds the observers afresh;
   - a root whose inotify watch cannot be placed (ENOSPC at the root, no inotify instance
     left) is observed by a PollingObserver instead, and so is one `to_polling` moves there;
     a subdirectory whose watch cannot be placed (ENOSPC below the root) is polled by itself
     (`poll_subtree`) while inotify keeps the rest of its root, up to `max_polled` subtrees
     per root (each polling emitter is a thread): past that the whole root is polled.
-Everything here runs on watchdog's threads except the methods the actor calls; shared state
-is guarded by one lock. The inotify subclasses are in moorage.actors.watcher.guarded.
+Everything here runs on watchdog's threads (and, for plain inotify events, on the loop)
+except the methods the actor calls; shared state is guarded by one lock. The inotify
+subclasses are in moorage.actors.watcher.guarded.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from moorage.actors.runtime.loop import Loop
 from moorage.actors.watcher.guarded import (
     GUARDED,
     WATCH_LIMIT_ERRNOS,
@@ -109,9 +113,14 @@ class ObserverManager:
         poll_interval: float = 1.0,
         max_polled: int = 16,
         wanted: Wanted | None = None,
+        loop: Loop | None = None,
     ) -> None:
         self.wake = wake
         self.on_ready = on_ready
+        # The loop that reads the inotify instance (None: nothing reads it; the parts tests
+        # that only place watches), and its thread: a push made there needs no wake-up.
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
         self.mode = mode if GUARDED else "polling"
         self.buffer_max = buffer_max
         self.poll_interval = poll_interval
@@ -142,22 +151,31 @@ class ObserverManager:
     # --- watchdog's threads call these ------------------------------------------------
 
     def push(self, raw: Raw) -> None:
+        self.push_many((raw,))
+
+    def push_many(self, raws: list[Raw] | tuple[Raw, ...]) -> None:
+        """Hand events over (from watchdog's threads, or from the loop, which read them)."""
         with self._lock:
-            self.raw_events += 1
+            self.raw_events += len(raws)
             buf = self.buffer
-            if len(buf) >= self.buffer_max:
+            room = self.buffer_max - len(buf)
+            if room < len(raws):
                 self.overflowed = True
-                self.dropped += 1
-            else:
+                self.dropped += len(raws) - max(room, 0)
+                raws = raws[:max(room, 0)]
+            if raws:
                 if not buf:
                     self.first_at = _monotonic()
-                buf.append(raw)
+                buf += raws
                 if len(buf) > self.peak:
                     self.peak = len(buf)
             if self._wake_pending:
                 return
             self._wake_pending = True
-        self.wake(self.on_ready)
+        if self.loop is not None and threading.get_ident() == self._loop_thread:
+            self.loop.call_soon(self.on_ready)  # (read by the loop itself: this turn)
+        else:
+            self.wake(self.on_ready)
 
     def report(self, kind: str, detail: str) -> None:
         logger.warning("watcher: {} ({})", kind, detail)
@@ -205,12 +223,28 @@ class ObserverManager:
                 if self.inotify is None:
                     self.inotify = InotifyObserver(guarded_emitter(
                         self.report, self.wanted, self.push, EVENT_KINDS), 1.0)
+                    self.inotify.inotify_fd.deliver = self.push_many
                     self.inotify.start()
+                    self._read_on_loop(self.inotify)
                 return self.inotify
             if self.polling is None:
                 self.polling = PollingObserver(timeout=self.poll_interval)
                 self.polling.start()
             return self.polling
+
+    def _read_on_loop(self, observer: InotifyObserver) -> None:
+        """Have the loop read `observer`'s inotify instance, from its own thread (a placement
+        on a worker makes the observer), unless the observer was detached meanwhile."""
+        loop = self.loop
+        if loop is None:
+            return
+        fd = observer.inotify_fd
+
+        def register() -> None:
+            if self.inotify is observer:
+                loop.add_reader(fd.fd, fd.read_ready, eager=True)
+
+        self.wake(register)
 
     def place(self, path: str, recursive: bool, via: str, generation: int | None = None,
               base: BaseWalk | None = None) -> Placement:
@@ -371,7 +405,7 @@ class ObserverManager:
             if not obs.is_alive():
                 out["dead"].append(f"{name} dispatcher")
             if name == "inotify" and not obs.inotify_fd.is_alive():  # type: ignore[union-attr]
-                out["dead"].append("inotify reader")
+                out["dead"].append("inotify lane")
             for em in list(obs.emitters):
                 if em.is_alive():
                     continue
@@ -405,6 +439,10 @@ class ObserverManager:
         with self._create_lock:
             self.generation += 1
             observers = [o for o in (self.inotify, self.polling) if o is not None]
+            if self.inotify is not None and self.loop is not None:
+                # (before `halt` closes it, anywhere: the loop must not poll a closed fd,
+                # or a new one given its number)
+                self.loop.remove_reader(self.inotify.inotify_fd.fd)
             self.inotify = self.polling = None
         for root in (*self.roots.values(), *self.polled.values()):
             root.watch = None
@@ -446,7 +484,7 @@ class ObserverManager:
 
     def inotify_watches(self) -> int | None:
         """Watches this process holds (from /proc/self/fdinfo), to compare with the limit."""
-        fd = getattr(getattr(self.inotify, "inotify_fd", None), "_inotify_fd", None)
+        fd = getattr(getattr(self.inotify, "inotify_fd", None), "fd", None)
         if fd is None:
             return None
         try:
@@ -463,7 +501,15 @@ class ObserverManager:
             "raw_events": self.raw_events, "buffer_max": self.buffer_max,
             "buffer_peak": self.peak, "dropped_to_resync": self.dropped,
             "recreated": self.recreated, "inotify_watches": self.inotify_watches(),
+            **self._dispatched(),
         }
+
+
+    def _dispatched(self) -> dict[str, int]:
+        """Where inotify events were dispatched: on the loop, or on the lane thread."""
+        fd = getattr(self.inotify, "inotify_fd", None)
+        return {"inotify_on_loop": getattr(fd, "on_loop", 0),
+                "inotify_on_lane": getattr(fd, "on_lane", 0)}
 
 
 class Recreation:
