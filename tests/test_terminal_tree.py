@@ -154,6 +154,46 @@ def test_sigkill_of_the_keeper_during_heavy_output_keeps_the_shell_and_every_byt
     cmds.close()
 
 
+def test_output_a_new_keeper_read_before_the_terminal_came_back_is_taken_and_it_reads_on(
+        make_tree, tmp_path):
+    """A keeper restarted while the terminal cannot connect (stopped here) takes the session
+    from custody and reads until its window is full, telling no one (no link); the
+    terminal, back, takes that output from the ring on the keeper's welcome and wakes the
+    keeper: every byte comes, nothing stalls. (The terminal may stay stopped longer than
+    the usual hang budget: its heartbeat allows it.)"""
+    tree = make_tree(TREE.replace("misses = 5", "misses = 150")).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
+    sid = s["session"]
+    out = RawOutput(c, sid)
+    out.wait_live()
+    c.call("terminal", "term.write", {"session": sid,
+                                      "data": f"seq 1 {LINES}; echo seq-''done\r"})
+    out.until(lambda d: len(d) > 500_000)
+    terminal = tree.child("terminal")["pid"]
+    keeper = tree.child("ptykeeper")["pid"]
+    os.kill(terminal, signal.SIGSTOP)
+    try:
+        os.kill(keeper, signal.SIGKILL)
+
+        def paused_alone() -> bool:
+            try:
+                listed = c.call("ptykeeper", "pty.list", timeout=2)
+            except MoorageError:
+                return False  # not restarted yet
+            (held,) = listed["sessions"]
+            return not listed["connected"] and held["paused"] and held["adopted"]
+
+        wait_for(paused_alone, "the new keeper's window full, no terminal connected", 25)
+    finally:
+        os.kill(terminal, signal.SIGCONT)
+    data = out.until(lambda d: b"seq-done\r\n" in d, timeout=120)
+    assert expected_seq(LINES) in data  # in order, whole, once: the collector checks repeats
+    assert tree.child("terminal")["pid"] == terminal
+    out.close()
+
+
 def test_sessions_that_die_with_both_processes_are_reported_alerted_and_started_again(
         make_tree, tmp_path):
     tree = make_tree(TREE).start()

@@ -238,6 +238,13 @@ class KeeperClient:
                 self.meta(s)
             s.keeper_backlog = bool(next((e.get("pending") for e in entries
                                           if e["s"] == s.id), False))
+            if s.id in held and s.ring is not None:
+                # What the keeper read while no terminal was connected (a new keeper takes
+                # the session from custody and reads at once): its word of it went nowhere,
+                # and once its window was full it stopped reading, waiting for an ack.
+                s.keeper_paused = bool(held[s.id].get("paused"))
+                s.on_ring(s.ring.write_off)
+                self.flush_acks(s)
         self._entries = entries
         self._awaiting_fds = {e["s"] for e in entries if e["s"] not in self.sessions}
         if self._awaiting_fds:
