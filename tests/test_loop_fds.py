@@ -83,6 +83,10 @@ def test_an_eager_fd_keeps_the_fast_path_and_is_served_in_its_turn():
         loop.add_reader(p_r, lambda: served.append(os.read(p_r, 16).decode()))
         assert not loop.fast_path_ready()
         loop.remove_reader(p_r)
+        loop.add_writer(e_r, lambda: None)  # while it is written through the loop: polled
+        assert not loop.fast_path_ready()
+        loop.remove_writer(e_r)  # and eager again after
+        assert loop.fast_path_ready()
         loop.remove_reader(e_r)
         assert loop.fast_path_ready()
         os.write(e_w, b"gone")  # no longer watched: nothing runs

@@ -189,7 +189,7 @@ class Loop:
                 self._dropped.add(key)
             with contextlib.suppress(KeyError):
                 self.poller.unregister(key)
-        if on_read is None or on_write is not None:
+        if on_read is None:
             self._eager.discard(key)
         self._sockets_only = self._only_sockets_read()
         self._fast_poller = None
