@@ -78,6 +78,14 @@ def replies_follow_their_declarations() -> Iterator[None]:
                     + "\n".join(added[:20]), pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def terminal_outputs_closed() -> Iterator[None]:
+    yield
+    support = sys.modules.get("tests.terminal_support")
+    if support is not None:
+        support.close_left_open()
+
+
 @pytest.fixture
 def runtime_dir() -> Iterator[Path]:
     # Short paths: a Unix socket path must fit in 107 bytes.

@@ -179,6 +179,7 @@ class RawOutput:
         self.topic = f"term.out.{sid}"
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
+        _open_outputs.append(self)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 5)
         # A small queue: what overflows it is taken from retention (a gap in the seqs)
@@ -276,8 +277,20 @@ class RawOutput:
         return bytes(self.data)
 
     def close(self) -> None:
+        if self.sock.closed:
+            return
         self.sock.close(0)
         self.ctx.term()
+
+
+_open_outputs: list[RawOutput] = []
+
+
+def close_left_open() -> None:
+    """The RawOutputs a failed test did not get to close (conftest runs this after each
+    test): their sockets and contexts would otherwise be collected during another test."""
+    while _open_outputs:
+        _open_outputs.pop().close()
 
 
 class Commands:
