@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from typing import Any
 
 import msgpack
 import pytest
@@ -19,7 +20,7 @@ from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import Reply, StreamMessage, decode_reply, encode_request
 from moorage.protocol.errors import MoorageError
-from tests.conftest import pid_running, wait_pid_exit
+from tests.conftest import Tree, pid_running, wait_pid_exit
 from tests.terminal_support import (
     Commands,
     Output,
@@ -41,20 +42,29 @@ def expected_seq(n: int) -> bytes:
     return b"".join(b"%d\r\n" % i for i in range(1, n + 1))
 
 
-def test_sigkill_of_the_terminal_during_heavy_output_keeps_the_shell_and_every_byte(
-        make_tree, tmp_path):
-    tree = make_tree(TREE).start()
-    home = make_home(tmp_path)
+def heavy_output(make_tree, tmp_path, config: str = TREE
+                 ) -> tuple[Tree, dict[str, Any], RawOutput, Commands]:
+    """A tree whose bash session is in the middle of `seq 1 LINES` (500 KB of it seen): the
+    tree, the session (term.create's answer), its output as a subscriber sees it, and its
+    command records (subscribed before the command)."""
+    tree = make_tree(config).start()
     c = tree.client
-    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
-    sid = s["session"]
-    keeper = tree.child("ptykeeper")
-    out = RawOutput(c, sid)
+    s = c.call("terminal", "term.create",
+               {"shell": "bash", "env": env_for(make_home(tmp_path))}, timeout=30)
+    out = RawOutput(c, s["session"])
     out.wait_live()
-    cmds = Commands(c, sid)
-    c.call("terminal", "term.write", {"session": sid,
+    cmds = Commands(c, s["session"])
+    c.call("terminal", "term.write", {"session": s["session"],
                                       "data": f"seq 1 {LINES}; echo seq-''done\r"})
     out.until(lambda d: len(d) > 500_000)
+    return tree, s, out, cmds
+
+
+def test_sigkill_of_the_terminal_during_heavy_output_keeps_the_shell_and_every_byte(
+        make_tree, tmp_path):
+    tree, s, out, cmds = heavy_output(make_tree, tmp_path)
+    c, sid = tree.client, s["session"]
+    keeper = tree.child("ptykeeper")
     victim = tree.child("terminal")["pid"]
     os.kill(victim, signal.SIGKILL)
     ev = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "terminal")
@@ -112,18 +122,9 @@ def test_a_long_running_command_keeps_running_through_a_terminal_restart(make_tr
 
 def test_sigkill_of_the_keeper_during_heavy_output_keeps_the_shell_and_every_byte(
         make_tree, tmp_path):
-    tree = make_tree(TREE).start()
-    home = make_home(tmp_path)
-    c = tree.client
-    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
-    sid = s["session"]
-    out = RawOutput(c, sid)
-    out.wait_live()
-    cmds = Commands(c, sid)
+    tree, s, out, cmds = heavy_output(make_tree, tmp_path)
+    c, sid = tree.client, s["session"]
     terminal = tree.child("terminal")
-    c.call("terminal", "term.write", {"session": sid,
-                                      "data": f"seq 1 {LINES}; echo seq-''done\r"})
-    out.until(lambda d: len(d) > 500_000)
     victim = tree.child("ptykeeper")["pid"]
     os.kill(victim, signal.SIGKILL)
     ev = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "ptykeeper")
@@ -161,16 +162,9 @@ def test_output_a_new_keeper_read_before_the_terminal_came_back_is_taken_and_it_
     terminal, back, takes that output from the ring on the keeper's welcome and wakes the
     keeper: every byte comes, nothing stalls. (The terminal may stay stopped longer than
     the usual hang budget: its heartbeat allows it.)"""
-    tree = make_tree(TREE.replace("misses = 5", "misses = 150")).start()
-    home = make_home(tmp_path)
+    tree, _, out, cmds = heavy_output(make_tree, tmp_path,
+                                      TREE.replace("misses = 5", "misses = 150"))
     c = tree.client
-    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
-    sid = s["session"]
-    out = RawOutput(c, sid)
-    out.wait_live()
-    c.call("terminal", "term.write", {"session": sid,
-                                      "data": f"seq 1 {LINES}; echo seq-''done\r"})
-    out.until(lambda d: len(d) > 500_000)
     terminal = tree.child("terminal")["pid"]
     keeper = tree.child("ptykeeper")["pid"]
     os.kill(terminal, signal.SIGSTOP)
@@ -192,6 +186,7 @@ def test_output_a_new_keeper_read_before_the_terminal_came_back_is_taken_and_it_
     assert expected_seq(LINES) in data  # in order, whole, once: the collector checks repeats
     assert tree.child("terminal")["pid"] == terminal
     out.close()
+    cmds.close()
 
 
 def test_sessions_that_die_with_both_processes_are_reported_alerted_and_started_again(
