@@ -9,6 +9,7 @@ asserted: a loaded machine may be slow, it may not be wrong.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from moorage.actors.watcher import mounts
+from moorage.actors.watcher import guarded, mounts
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 from tests import fuse_mount
@@ -528,6 +529,51 @@ def test_watching_a_big_tree_keeps_the_loop_answering_and_a_repeat_joins_the_pla
         sub.close()
     child = tree.child("watcher")
     assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()
+
+
+def test_a_big_subtree_inotify_has_no_room_for_is_placed_for_polling_off_the_loop(
+        watcher, data, monkeypatch):
+    """inotify out of room at a directory (ENOSPC) has that subtree polled; a polling
+    observer's first snapshot walks the whole subtree, which held the loop for as long (a
+    big one got the watcher killed as hung). It is placed on the walker: fs.stats answers
+    while it is placed, and a file created there after is reported."""
+    big = data / "big"
+    big.mkdir()
+    make_big_tree(big, 12_000, 8)
+
+    def no_room_at_big(path: bytes) -> None:
+        if path.endswith(b"/big"):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(guarded, "add_watch_fault", no_room_at_big)  # (inherited by fork)
+    c = watcher(poll_interval_s=0.1)
+    sub = c.subscribe("watcher", ["fs.event"], from_seq=1)
+    c.call("watcher", "fs.watch", {"path": str(data)}, timeout=120)
+    pings: list[float] = []
+
+    def placing() -> list[str]:
+        pings.append(timed_ping(c))
+        return c.call("watcher", "fs.stats")["observer"]["polled_placing"]  # type: ignore
+
+    assert wait_for(placing, "fs.stats answered while the subtree is placed", 60) == [str(big)]
+    wait_for(lambda: not placing(), "the subtree placed for polling", 120)
+    pings.sort()
+    print(f"\n{len(pings)} pings while {big} was placed for polling: "
+          f"p50 {pings[len(pings) // 2]:.2f} ms, max {pings[-1]:.2f} ms")
+    assert c.call("watcher", "fs.stats")["observer"]["polled_subtrees"] == [str(big)]
+    (big / "late.txt").write_bytes(b"x")  # big itself has no inotify watch: polled
+    clock = c.call("watcher", "fs.sync", timeout=60)["clock"]
+    seen: list[dict] = []
+    while not (seen and seen[-1]["clock"][2] >= clock[2]):
+        m = sub.next(timeout=30)
+        assert m is not None
+        seen.extend(getattr(m, "body", {}).get("events", []))
+    # Only the new file: the resync ENOSPC asked for during the watch's placement diffed
+    # against a told state with the watch's base in it (not its whole tree as created).
+    created = [e["path"] for e in seen if e["kind"] == "created"]
+    assert created == [str(big / "late.txt")], (len(created), created[:3])
+    assert any(e.get("reason") == "enospc" and e.get("polled") == str(big) for e in seen)
+    sub.close()
 
 
 def test_a_listing_of_a_big_tree_walks_on_a_worker_while_the_loop_answers(make_tree, tmp_path):

@@ -52,6 +52,7 @@ INDEX: Any = object()  # resync base: the told-state index
 # Raw events handled in one loop turn: a burst is drained over several turns, so the loop
 # keeps turning (its supervisor's hang detection watches the turns) and requests interleave.
 DRAIN_CHUNK = 5000
+PLACE_AGAIN_S = 1.0  # a subtree to poll that the walker had no room for is tried again
 
 
 class WatcherHost(Protocol):
@@ -150,13 +151,15 @@ class Driving:
         if kind == "enospc" and self.w.obs is not None:
             got = self.w.obs.poll_subtree(detail)
             if got is not None:
-                root, scope = got
+                root, scope, placing = got
                 polled = detail if scope == "subtree" else root
                 self.w.cookies.remove_stale([polled])
                 self.w.pipeline.marker(
                     "warning", reason="enospc", path=detail, root=root, mode="polling",
                     scope=scope, polled=polled,
                     message=f"inotify watch limit reached at {detail}: polling {polled}")
+                # (off the loop: a polling observer's first snapshot walks the whole tree)
+                self.place([placing], "enospc", via="polling")
         self.request_resync(kind)
 
     def request_resync(self, reason: str, recreate: bool = False) -> None:
@@ -181,9 +184,16 @@ class Driving:
         asked for during one runs after it."""
         if self.w.obs is None or self.w.paused:
             return None
-        if self.walking:
+        placing = self.w.watch_ops.placing
+        if self.walking or placing:
             self._again = (f"{self._again[0]}+{reason}" if self._again else reason,
                            recreate or (self._again[1] if self._again else False))
+            if not self.walking:
+                # A new watch's base is in the index once its placement ends: the told state
+                # taken now would lack it, and the diff would report its whole tree as
+                # created. After the placements, then.
+                for job in list(placing.values()):
+                    job.then(lambda _j: self._after_placements())
             return None
         t0 = time.perf_counter()
         # recreated: the old observers detached now, stopped and placed anew on the walker
@@ -281,6 +291,13 @@ class Driving:
         """Run `fn` once the resync under way has published its diff."""
         self._after_resync.append(fn)
 
+    def _after_placements(self) -> None:
+        if self.w.watch_ops.placing or self.walking or self._again is None:
+            return  # (another placement still runs: its end comes here too)
+        reason, recreate = self._again
+        self._again = None
+        self.request_resync(reason, recreate)
+
     def _walk_done(self) -> None:
         self.walking = self.recreating = False
         self.resyncs.done()
@@ -306,7 +323,7 @@ class Driving:
             self.complete_sync(s)
 
     def complete_sync(self, s: Sync) -> None:
-        if self.resyncs.pending or self.walking:
+        if self.resyncs.pending or self.walking or self._again is not None:
             self._after_resync.append(lambda: s.done(s))  # the diff must go out first
         else:
             s.done(s)
@@ -361,15 +378,17 @@ class Driving:
         if new:
             self.place(new, reason)
 
-    def place(self, roots: list[Root], reason: str) -> None:
-        """Observe `roots` (marked placing) off the loop (watchdog walks a recursive root to
-        place its inotify watches), then resync: the walk covers what changed while they
-        were not observed and while they were placed. Not placed (the walker's queue full,
-        or the placement failed), they are missing, and the liveness check places them
-        once it finds them there."""
+    def place(self, roots: list[Root], reason: str, via: str | None = None) -> None:
+        """Observe `roots` (marked placing: roots, or subtrees to poll) off the loop with
+        `via` (default: the observer's mode; watchdog walks a recursive root to place its
+        inotify watches, a polling observer to take its first snapshot), then resync: the
+        walk covers what changed while they were not observed and while they were placed.
+        Roots not placed (the walker's queue full, or the placement failed) are missing,
+        and the liveness check places them once it finds them there; a subtree is tried
+        again a second later."""
         obs = self.w.obs
         assert obs is not None
-        generation, mode = obs.generation, obs.mode
+        generation, mode = obs.generation, via or obs.mode
 
         def blocking() -> list[Placement]:
             out = []
@@ -377,7 +396,7 @@ class Driving:
                 try:
                     out.append(obs.place(r.path, r.recursive, mode, generation))
                 except OSError as exc:
-                    logger.warning("watcher: {} is back but cannot be watched: {}", r.path, exc)
+                    logger.warning("watcher: {} cannot be watched: {}", r.path, exc)
                     out.append(Placement("missing", None, None))
             return out
 
@@ -390,8 +409,16 @@ class Driving:
 
         def unplaced() -> None:  # looked for again at the next check
             for r in roots:
-                if r.via == "placing":
+                if r.via != "placing":
+                    continue
+                if obs.polled.get(r.path) is r:
+                    self.w.loop.call_later(PLACE_AGAIN_S, lambda r=r: again(r))
+                else:
                     r.via = "missing"
+
+        def again(sub: Root) -> None:
+            if self.w.obs is obs and obs.polled.get(sub.path) is sub and sub.via == "placing":
+                self.place([sub], reason, via)
 
         try:
             job = self.w.walker.submit(blocking, finish)

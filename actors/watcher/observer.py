@@ -281,9 +281,15 @@ class ObserverManager:
 
     def placed(self, root: Root, got: Placement, generation: int) -> str | None:
         """Record a placement made off the loop; returns its warning. One that lost its
-        point meanwhile (the root was dropped or moved to polling, or the observers were
-        stopped or rebuilt: `recreate` placed the root again itself) is undone or ignored."""
+        point meanwhile (the root was dropped or moved to polling, the subtree polled no
+        more, or the observers were stopped or rebuilt: `recreate` placed them again
+        itself) is undone or ignored."""
         if generation != self.generation:
+            return None
+        if self.polled.get(root.path) is root:  # a polled subtree
+            root.via, root.watch = "polling", got.watch
+            if got.via == "missing":  # deleted meanwhile: nothing left to poll
+                del self.polled[root.path]
             return None
         if self.roots.get(root.path) is not root or root.via != "placing":
             # dropped, or moved to polling whole meanwhile (ENOSPC in too many subtrees)
@@ -292,13 +298,6 @@ class ObserverManager:
         root.via, root.watch = got.via, got.watch
         if got.via != "inotify":  # subtrees polled during the placement: polled whole now
             self._drop_polled(root.path)
-        return got.warning
-
-    def _schedule(self, root: Root, via: str) -> str | None:
-        """Observe `root` with `via` now, on the loop; returns a warning when it had to
-        fall back."""
-        got = self.place(root.path, root.recursive, via)
-        root.via, root.watch = got.via, got.watch
         return got.warning
 
     def _unschedule(self, root: Root) -> None:
@@ -324,38 +323,42 @@ class ObserverManager:
                 new.append(root)
         return new
 
-    def to_polling(self, path: str) -> bool:
-        root = self.roots.get(path)
-        if root is None or root.via == "polling":
-            return False
+    def to_polling(self, path: str) -> Root | None:
+        """inotify has no room for the root `path`: stop its inotify watches, and return a
+        new Root for it, placing, to be placed with polling off the loop (`place`, then
+        `placed`: a polling observer's first snapshot walks the whole tree); None when it
+        is polled already. A placement of the old root still under way is undone when it
+        ends (`placed`: the root is not the one it placed)."""
+        old = self.roots.get(path)
+        if old is None or old.via == "polling":
+            return None
         self._drop_polled(path)
-        self._unschedule(root)
-        self._schedule(root, "polling")
-        return True
+        self._unschedule(old)
+        root = self.roots[path] = Root(path, old.recursive, "placing")
+        return root
 
-    def poll_subtree(self, path: str) -> tuple[str, str] | None:
+    def poll_subtree(self, path: str) -> tuple[str, str, Root] | None:
         """inotify could not watch the directory `path` (ENOSPC): poll that subtree alone.
-        Returns (its root, "subtree"), or (its root, "root") when the root already has
-        `max_polled` polled subtrees and moves to polling as a whole; None when there is
-        nothing new to poll (already polled, gone, or not below an inotify root)."""
+        Returns (its root, "subtree", the subtree's Root), or (its root, "root", the root's
+        new Root) when the root already has `max_polled` polled subtrees and moves to
+        polling as a whole; either is marked placing, for `place` off the loop and `placed`
+        on it. None when there is nothing new to poll (already polled, or not below an
+        inotify root)."""
         rp = self.root_of(path)
         root = self.roots.get(rp) if rp is not None else None
         # A root still being placed reports ENOSPC from inside its placement: inotify.
-        if rp is None or root is None or root.via not in ("inotify", "placing") \
-                or not os.path.isdir(path):
+        if rp is None or root is None or root.via not in ("inotify", "placing"):
             return None
         if any(path == p or path.startswith(p + "/") for p in self.polled):
             return None
         mine = [p for p in self.polled if self.root_of(p) == rp]
         if path == rp or len(mine) >= self.max_polled:
-            self.to_polling(rp)
-            return rp, "root"
+            whole = self.to_polling(rp)
+            return None if whole is None else (rp, "root", whole)
         for p in [p for p in mine if p.startswith(path + "/")]:
             self._unschedule(self.polled.pop(p))
-        sub = self.polled[path] = Root(path, True, "polling")
-        sub.watch = self._observer("polling").schedule(
-            self.handler, path, recursive=True, event_filter=EVENT_FILTER)
-        return rp, "subtree"
+        sub = self.polled[path] = Root(path, True, "placing")
+        return rp, "subtree", sub
 
     def _drop_polled(self, root_path: str) -> None:
         """Stop polling the subtrees of `root_path` (it goes, or is polled whole)."""
@@ -366,7 +369,8 @@ class ObserverManager:
         """Where fs.sync writes its cookies: every root and every polled subtree (path ->
         "inotify" | "polling" | "missing")."""
         out = {p: "missing" if r.via == "placing" else r.via for p, r in self.roots.items()}
-        out.update((p, "polling") for p in self.polled)
+        out.update((p, "missing" if r.via == "placing" else "polling")
+                   for p, r in self.polled.items())
         return out
 
     def refresh(self) -> int:
@@ -498,6 +502,7 @@ class ObserverManager:
             "mode": self.mode, "guarded": GUARDED,
             "roots": {p: {"recursive": r.recursive, "via": r.via} for p, r in self.roots.items()},
             "polled_subtrees": sorted(self.polled),
+            "polled_placing": sorted(p for p, r in self.polled.items() if r.via == "placing"),
             "raw_events": self.raw_events, "buffer_max": self.buffer_max,
             "buffer_peak": self.peak, "dropped_to_resync": self.dropped,
             "recreated": self.recreated, "inotify_watches": self.inotify_watches(),
@@ -542,12 +547,6 @@ class Recreation:
             if isinstance(got, OSError):
                 logger.error("watcher: observing {} again failed: {}", root.path, got)
                 got = Placement("missing", None, None)
-            if obs.polled.get(root.path) is root:  # a polled subtree
-                if self.generation == obs.generation:
-                    root.watch = got.watch
-                    if got.via == "missing":  # deleted meanwhile: nothing left to poll
-                        del obs.polled[root.path]
-                continue
             warning = obs.placed(root, got, self.generation)
             if warning:
                 warnings.append(warning)
