@@ -194,8 +194,10 @@ def mixed_row(report: Report, raw: RawEcho, client: Any, work: Path, n: int) -> 
         elif k < 8:
             calls.append(("fs.list", {"path": str(listed)}))
         else:
-            calls.append(("fs.write", {"path": str(d / f"w{i % 50}"), "data": b"x" * 100,
-                                       "atomic": False}))
+            # (over 50 files: `i % 50` with i % 10 in (8, 9) named only 10 of them, and a
+            # window of 256 calls then queued past the watcher's 32 writes a file)
+            calls.append(("fs.write", {"path": str(d / f"w{(i // 10) % 50}"),
+                                       "data": b"x" * 100, "atomic": False}))
     client.pipeline("watcher", calls[:2000], window=256)  # warm
     ours, lim = [], []
     for _ in range(3):
