@@ -33,7 +33,8 @@ try:  # the guarded inotify classes depend on watchdog 7.x internals
     from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
     GUARDED = hasattr(InotifyWatchGroup, "_add_callback") and hasattr(
-        InotifyWatchGroup, "on_queue_overflow")
+        InotifyWatchGroup, "on_queue_overflow") and hasattr(
+        InotifyWatchGroup, "_resolve_path") and hasattr(InotifyFD, "_parse_event_buffer")
     # How a group knows its watched directories: watchdog 7.1.1 keeps a tree of nodes
     # (`_insert_node`, `_find_node_by_path`), 7.1.0 two dicts. A watch descriptor must be
     # recorded the group's way, or its events name no path and are dropped.
