@@ -95,6 +95,9 @@ class Driving:
         self.walking = False  # a resync's walk is under way on the walker thread
         self.recreating = False  # ... and before it, the observers are being made anew
         self._again: tuple[str, bool] | None = None  # resync asked for meanwhile
+        # Placements for polling under way: what they place has no observer to see an
+        # fs.sync's cookie yet, so a sync waits for the resync that follows them.
+        self.polling_placements = 0
         # the liveness check's isdir: a path on a slow file system looked at on the remote
         # workers, not on the loop
         self.probe = DirProbe(w.mounts.slow, w.remote.submit)
@@ -323,7 +326,8 @@ class Driving:
             self.complete_sync(s)
 
     def complete_sync(self, s: Sync) -> None:
-        if self.resyncs.pending or self.walking or self._again is not None:
+        if self.resyncs.pending or self.walking or self._again is not None \
+                or self.polling_placements:
             self._after_resync.append(lambda: s.done(s))  # the diff must go out first
         else:
             s.done(s)
@@ -426,3 +430,12 @@ class Driving:
             unplaced()
             return
         job.then(lambda j: unplaced() if j.error is not None else None)
+        if mode == "polling":
+            self.polling_placements += 1
+
+            def settled(j: Job) -> None:
+                self.polling_placements -= 1
+                if j.error is not None:
+                    self.request_resync(reason)  # (the syncs that waited for it go after)
+
+            job.then(settled)

@@ -290,9 +290,9 @@ class WatchOps:
         if not 0 < timeout_ms <= 110_000:
             raise fail("bad_args", "timeout_ms must be in (0, 110000]")
 
-        if self.w.driving.recreating:
-            # the roots are being observed anew: their cookies can come back only after
-            # that, and the resync's diff goes out first
+        if self.w.driving.recreating or self.w.driving.polling_placements:
+            # the roots (or a subtree to poll) are being observed anew: their cookies can
+            # come back only after that, and the resync's diff goes out first
             def later() -> None:
                 got = self._sync(call, timeout_ms)
                 if got is not DEFERRED:
