@@ -134,3 +134,17 @@ def test_an_error_in_a_callback_ends_the_walk_with_it(core: str, tree: Path) -> 
 
     with pytest.raises(RuntimeError, match="from keep"):
         run(core, str(tree), keep=keep)
+
+
+def test_the_pipelines_lstat_gives_what_the_python_one_gives_for_every_kind_of_entry(
+        tree: Path) -> None:
+    """`snapshot.lstat_fields` (compiled where built) against `lstat_fields_python`: the
+    packed stat, mode, size and mtime of each entry the walk finds, a symlink's own (not
+    followed), None for a path that is not there, and for a name that is not UTF-8."""
+    paths = [str(tree / p) for p in snapshot.walk_python(str(tree), on_loop=False)]
+    assert len(paths) > 600
+    for p in [*paths, str(tree / "not-there"), str(tree / "a" / "f.txt" / "below-a-file")]:
+        assert snapshot.lstat_fields(p) == snapshot.lstat_fields_python(p), p
+    assert snapshot.lstat_fields(str(tree / "not-there")) is None
+    link = next(p for p in paths if os.path.islink(p))
+    assert snapshot.lstat_fields(link)[1] == os.lstat(link).st_mode  # type: ignore[index]

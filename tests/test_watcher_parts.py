@@ -734,19 +734,17 @@ def test_watches_cover_their_scope_minus_excludes_and_are_observed_once():
 # --- the pipeline, in memory ----------------------------------------------------------------
 
 
-class Stats:
-    def __init__(self) -> None:
-        self.st_mode = 0o100644
-        self.st_dev, self.st_ino, self.st_size = 1, 2, 3
-        self.st_mtime_ns = self.st_ctime_ns = 4
+def stats(_path: str) -> tuple[bytes, int, int, int]:
+    """A file's lstat fields as snapshot.lstat_fields gives them (mode, dev 1, ino 2,
+    size 3, mtime and ctime 4)."""
+    return make_stat(0o100644, 1, 2, 3, 4, 4), 0o100644, 3, 4
 
 
 def pipeline(published: list, settle: float = 0.0) -> Pipeline:
     ws = Watches()
     ws.add("/w", True, [])
     return Pipeline(Journal("i"), ws, Index(), lambda body: published.append(
-        msgpack.unpackb(body.data, use_list=False)), Later(), settle_s=settle,
-                    lstat=lambda p: Stats())
+        msgpack.unpackb(body.data, use_list=False)), Later(), settle_s=settle, lstat=stats)
 
 
 def test_events_get_consecutive_clocks_and_are_published_after_being_journaled():

@@ -242,10 +242,38 @@ walk(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* lstat_fields(path) -> (packed stat, st_mode, st_size, st_mtime_ns), or None when the
+ * lstat failed (gone again: its deletion follows): the pipeline's stat of each changed
+ * path, without the os.stat_result of nineteen fields it would pack six of. */
+static PyObject *
+lstat_fields(PyObject *self, PyObject *arg)
+{
+    PyObject *path = NULL;
+    if (!PyUnicode_FSConverter(arg, &path))
+        return NULL;
+    struct stat st;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = lstat(PyBytes_AS_STRING(path), &st);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (rc != 0)
+        Py_RETURN_NONE;
+    PyObject *p = packed(&st);
+    if (p == NULL)
+        return NULL;
+    long long mtime = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    return Py_BuildValue("(NkLL)", p, (unsigned long)st.st_mode, (long long)st.st_size,
+                         mtime);
+}
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(root, out, recursive, keep, on_dir): every entry below root into out, "
      "path -> packed stat (snapshot.walk_python's contract)."},
+    {"lstat_fields", lstat_fields, METH_O,
+     "lstat_fields(path): (packed stat, mode, size, mtime_ns), or None (snapshot's "
+     "lstat_fields_python)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,7 +33,6 @@ injected, so the P10 benchmark and the unit tests drive it in memory.
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -50,9 +49,10 @@ from moorage.actors.watcher.snapshot import (
     UNKNOWN,
     Index,
     Stat,
-    as_stat,
+    StatFields,
     diff,
     is_dir,
+    lstat_fields,
     stat_fields,
 )
 from moorage.actors.watcher.watches import Watches
@@ -97,7 +97,7 @@ class Pipeline:
         chunk: int = 1000,
         ignore: tuple[str, ...] = (),
         now: Callable[[], float] = time.monotonic,
-        lstat: Callable[[str], os.stat_result] = os.lstat,
+        lstat: Callable[[str], StatFields | None] = lstat_fields,
         slow_check: Callable[[], Callable[[str], bool] | None] = lambda: None,
     ) -> None:
         self.journal = journal
@@ -238,7 +238,6 @@ class Pipeline:
         inst, epoch, seq = journal.instance, journal.epoch, journal.seq
         out: list[dict[str, Any]] = []
         paths: list[str] = []
-        stat_of = as_stat
         if cancelled:
             self._told_gone(cancelled, items, out)
             for ev in out:
@@ -267,10 +266,7 @@ class Pipeline:
                 continue
             st = None
             if slow is None or not slow(path):
-                try:
-                    st = lstat(path)
-                except OSError:
-                    pass  # gone again already: its deletion follows
+                st = lstat(path)  # (None: gone again already, its deletion follows)
             else:
                 self.unstatted += 1
             if st is None:
@@ -278,11 +274,11 @@ class Pipeline:
                       "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
                 s: Stat = UNKNOWN
             else:
-                s = stat_of(st)
+                s, mode, size, mtime_ns = st
                 ev = {"kind": kind, "path": path,
-                      "type": types.get(st.st_mode & 0o170000, "other"),
-                      "origin": "external", "watches": ids, "size": st.st_size,
-                      "mtime_ns": st.st_mtime_ns, "clock": (inst, epoch, seq)}
+                      "type": types.get(mode & 0o170000, "other"),
+                      "origin": "external", "watches": ids, "size": size,
+                      "mtime_ns": mtime_ns, "clock": (inst, epoch, seq)}
                 if mine and path in mine:
                     key = mine[path][0]
                     if key is None or key == stat_fields(s)[1:]:

@@ -63,17 +63,32 @@ def _no_beat() -> None:
     pass
 
 
-def _load_walk() -> Callable[..., None] | None:
+StatFields = tuple[Stat, int, int, int]  # packed stat, st_mode, st_size, st_mtime_ns
+
+
+def lstat_fields_python(path: str) -> StatFields | None:
+    """The pipeline's lstat of a changed path: its packed stat and what its event says (the
+    type, size and mtime), or None when it is gone again (its deletion follows)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return as_stat(st), st.st_mode, st.st_size, st.st_mtime_ns
+
+
+def _load_compiled(name: str) -> Any:
     if os.environ.get("MOORAGE_WATCHER_CORE") == "python":
         return None
     try:
-        from moorage.actors.watcher._cwalk import walk as compiled
+        from moorage.actors.watcher import _cwalk
     except ImportError:
         return None
-    return compiled  # type: ignore[no-any-return]
+    return getattr(_cwalk, name, None)
 
 
-_walk_compiled = _load_walk()
+_walk_compiled: Callable[..., None] | None = _load_compiled("walk")
+lstat_fields: Callable[[str], StatFields | None] = (
+    _load_compiled("lstat_fields") or lstat_fields_python)
 WALK_CORE: str = "python" if _walk_compiled is None else "compiled"
 """The walk a worker runs here (the watcher's sys.info says it, `walk_core`): "compiled" when
 `pip install` could build it, else "python"."""
