@@ -1007,31 +1007,3 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
     finally:
         mgr.stop()
 
-
-def test_a_polls_cookies_are_queued_after_the_rest_of_that_poll(tmp_path):
-    """One poll's changes come out of a set: a cookie written after twenty files, seen by the
-    same poll, is still queued after them, so an fs.sync that sees it has seen them."""
-    from watchdog.events import FileSystemEventHandler
-    from watchdog.observers.api import BaseObserver
-
-    from moorage.actors.watcher.cookies import COOKIE
-    from moorage.actors.watcher.observer import CookieLastEmitter
-
-    seen: SimpleQueue = SimpleQueue()
-
-    class Handler(FileSystemEventHandler):
-        def on_created(self, event) -> None:  # type: ignore[no-untyped-def]
-            seen.put(os.path.basename(os.fsdecode(event.src_path)))
-
-    observer = BaseObserver(CookieLastEmitter, timeout=0.05)
-    observer.schedule(Handler(), str(tmp_path), recursive=True)
-    observer.start()
-    try:
-        names = [f"f{i:02d}" for i in range(20)]
-        for name in [*names, f"{COOKIE}1"]:  # (each poll compares with the one before)
-            (tmp_path / name).touch()
-        got = [seen.get(timeout=10) for _ in range(21)]
-        assert sorted(got[:20]) == names and got[20] == f"{COOKIE}1"
-    finally:
-        observer.stop()
-        observer.join(5)

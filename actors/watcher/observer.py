@@ -47,10 +47,9 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingEmitter
+from watchdog.observers.polling import PollingObserver
 
 from moorage.actors.runtime.loop import Loop
-from moorage.actors.watcher.cookies import COOKIE
 from moorage.actors.watcher.guarded import (
     GUARDED,
     WATCH_LIMIT_ERRNOS,
@@ -79,33 +78,6 @@ class _Handler(FileSystemEventHandler):
                                os.fsdecode(event.dest_path), event.is_directory))
         except Exception as exc:  # never let it kill watchdog's dispatcher
             self.manager.report("handler_error", f"{type(exc).__name__}: {exc}")
-
-
-class CookieLastEmitter(PollingEmitter):  # type: ignore[misc]
-    """A polling emitter that queues the cookies of each poll after the rest of it.
-
-    One poll's changes are one snapshot diff, in no order of their own (created files come
-    out of a set): a file created before an fs.sync wrote its cookie could be queued after
-    the cookie, and the sync answered before its event went out."""
-
-    def queue_events(self, timeout: float) -> None:
-        cookies: list[FileSystemEvent] = []
-        queue = self.queue_event
-
-        def hold(event: FileSystemEvent) -> None:
-            if COOKIE in os.fsdecode(event.src_path) or (
-                    event.dest_path and COOKIE in os.fsdecode(event.dest_path)):
-                cookies.append(event)
-            else:
-                queue(event)
-
-        self.queue_event = hold  # type: ignore[method-assign]
-        try:
-            super().queue_events(timeout)
-        finally:
-            del self.queue_event
-        for event in cookies:
-            queue(event)
 
 
 @dataclass
@@ -256,7 +228,7 @@ class ObserverManager:
                     self._read_on_loop(self.inotify)
                 return self.inotify
             if self.polling is None:
-                self.polling = BaseObserver(CookieLastEmitter, timeout=self.poll_interval)
+                self.polling = PollingObserver(timeout=self.poll_interval)
                 self.polling.start()
             return self.polling
 
