@@ -98,6 +98,17 @@ class DiskHog:
         self.path.unlink(missing_ok=True)
 
 
+def synced_events(c: Client, sub: Any) -> list[dict]:
+    """fs.sync, then the events `sub` gets up to the sync's clock."""
+    clock = c.call("watcher", "fs.sync", timeout=60)["clock"]
+    seen: list[dict] = []
+    while not (seen and seen[-1]["clock"][2] >= clock[2]):
+        m = sub.next(timeout=30)
+        assert m is not None
+        seen.extend(getattr(m, "body", {}).get("events", []))
+    return seen
+
+
 def timed_ping(c: Client) -> float:
     t0 = time.perf_counter()
     c.call("watcher", "sys.ping")
@@ -519,12 +530,7 @@ def test_watching_a_big_tree_keeps_the_loop_answering_and_a_repeat_joins_the_pla
         # Watching works: a change after the answer is published.
         sub = c.subscribe("watcher", ["fs.event"], from_seq=1)
         (big / "d000" / "e00" / "late").write_bytes(b"x")
-        clock = c.call("watcher", "fs.sync", timeout=60)["clock"]
-        seen: list[dict] = []
-        while not (seen and seen[-1]["clock"][2] >= clock[2]):
-            m = sub.next(timeout=30)
-            assert m is not None
-            seen.extend(getattr(m, "body", {}).get("events", []))
+        seen = synced_events(c, sub)
         assert any(e.get("path", "").endswith("/e00/late") for e in seen)
         sub.close()
     child = tree.child("watcher")
@@ -562,12 +568,7 @@ def test_a_big_subtree_inotify_has_no_room_for_is_placed_for_polling_off_the_loo
           f"p50 {pings[len(pings) // 2]:.2f} ms, max {pings[-1]:.2f} ms")
     assert c.call("watcher", "fs.stats")["observer"]["polled_subtrees"] == [str(big)]
     (big / "late.txt").write_bytes(b"x")  # big itself has no inotify watch: polled
-    clock = c.call("watcher", "fs.sync", timeout=60)["clock"]
-    seen: list[dict] = []
-    while not (seen and seen[-1]["clock"][2] >= clock[2]):
-        m = sub.next(timeout=30)
-        assert m is not None
-        seen.extend(getattr(m, "body", {}).get("events", []))
+    seen = synced_events(c, sub)
     # Only the new file: the resync ENOSPC asked for during the watch's placement diffed
     # against a told state with the watch's base in it (not its whole tree as created).
     created = [e["path"] for e in seen if e["kind"] == "created"]
