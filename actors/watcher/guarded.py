@@ -68,6 +68,13 @@ def plain_kind(mask: int) -> str:
     return ""
 
 
+def walked_dir(mask: int, kind: str, recursive: bool) -> bool:
+    """A plain event that still takes watchdog's path in a group: a directory created in a
+    recursive watch (its watches are placed there) or a directory deleted (the group
+    forgets it there)."""
+    return bool(mask & _IN_ISDIR) and (kind == "deleted" or (kind == "created" and recursive))
+
+
 class _Grouped:
     """A watch group of `guarded_emitter`'s, whose plain events the loop may hand over."""
 
@@ -193,10 +200,7 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if push is not None:
                 mask = event.mask  # type: ignore[attr-defined]
                 kind = plain_kind(mask)
-                # (a directory created in a recursive watch gets its watches placed, and one
-                # deleted is forgotten by the group: watchdog's path, both)
-                if kind and not (mask & _IN_ISDIR and (
-                        kind == "deleted" or (kind == "created" and self.is_recursive))):
+                if kind and not walked_dir(mask, kind, self.is_recursive):
                     with self._lock:
                         if not self.is_active:
                             return
@@ -330,9 +334,7 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
 
 
 if GUARDED:
-    # Never dispatched on the loop: watchdog's path (a watch gone, an overflow, a move).
     _IN_Q_OVERFLOW = int(_C.IN_Q_OVERFLOW)
-    _NOT_ON_LOOP = int(_C.IN_IGNORED) | _IN_Q_OVERFLOW | _SLOW
 
     class LoopInotifyFD(InotifyFD):  # type: ignore[misc,valid-type]
         """watchdog's inotify instance, read by the actor's loop instead of a reader thread.
@@ -402,8 +404,8 @@ if GUARDED:
             done = 0
             try:
                 for wd, mask, _, name in events:
-                    kind = plain_kind(mask) if not mask & _NOT_ON_LOOP else ""
-                    if not kind:
+                    kind = plain_kind(mask)
+                    if not kind:  # (a move, a watch gone, an overflow: watchdog's path)
                         break
                     watch = watches.get(wd)
                     if watch is not None:
@@ -421,8 +423,7 @@ if GUARDED:
                             if group.is_active and group._pending:
                                 break  # (older events of the group wait in its grouper)
                         if group.is_active:
-                            if mask & _IN_ISDIR and (kind == "deleted" or (
-                                    kind == "created" and group.is_recursive)):
+                            if mask & _IN_ISDIR and walked_dir(mask, kind, group.is_recursive):
                                 break
                             if wd in prefixes:
                                 prefix = prefixes[wd]
