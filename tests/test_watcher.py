@@ -158,6 +158,29 @@ def test_creates_modifies_deletes_and_moves_within_and_across_directories(start,
     assert observer["inotify_on_loop"] >= 4 and observer["inotify_on_lane"] >= 4
 
 
+def test_what_the_loop_reads_while_a_window_is_open_is_taken_and_stat_ed_at_once(start, data):
+    """A 30 s window: the two creations are fed (and their stats made on the stat-ahead
+    thread) long before it would close; the sync's cookie closes it, and the flush uses
+    those stats."""
+    w = start(settle_ms=30_000)
+    w.watch()
+    published = w.call("fs.stats")["pipeline"]["published"]  # (the watch's markers)
+    (data / "a").write_bytes(b"12")
+    (data / "b").write_bytes(b"1234")
+    end = time.monotonic() + 30
+    while True:
+        pipe = w.call("fs.stats")["pipeline"]
+        if pipe["fed"] >= 4 and pipe["stat_ahead"]["stats"] >= 2:
+            break
+        assert time.monotonic() < end, f"not taken while the window is open: {pipe}"
+        time.sleep(0.01)  # sleep-ok: polling a fact the actor reports
+    assert pipe["published"] == published and pipe["pending"] == 2  # (the window is open)
+    evs = w.sync()
+    assert {(e["path"], e["size"]) for e in evs if "path" in e} == {
+        (str(data / "a"), 2), (str(data / "b"), 4)}
+    assert w.call("fs.stats")["pipeline"]["statted_ahead"] == 2
+
+
 def test_a_burst_of_ten_thousand_creations_is_delivered_in_seq_order_with_none_lost(start, data):
     w = start()
     w.watch()

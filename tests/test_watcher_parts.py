@@ -26,6 +26,7 @@ from moorage.actors.watcher.mounts import DirProbe, MountTable, mount_of
 from moorage.actors.watcher.pipeline import Pipeline
 from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
 from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
+from moorage.actors.watcher.statahead import StatAhead
 from moorage.actors.watcher.watches import Watches
 from moorage.actors.watcher.workers import Workers
 from moorage.protocol.envelope import Packed, decode_reply, encode_reply
@@ -829,6 +830,126 @@ def test_rmtree_of_a_watched_subtree_in_the_index_goes_in_one_event(tmp_path):
     p.feed([("deleted", "/w/d", "", True)])
     assert p.index.entries == {} and out[-1]["events"][0]["kind"] == "deleted"
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# --- the window's stats made ahead (statahead.py) ---------------------------------------------
+
+
+class Held:
+    """A `call_later` whose timer never fires: the test closes the window (`flush`)."""
+
+    def __call__(self, delay: float, fn):  # type: ignore[no-untyped-def]
+        class _T:
+            def cancel(self) -> None:
+                pass
+
+        return _T()
+
+
+class GatedLstat:
+    """snapshot.lstat_many, with each batch's call told (`entered[k]`, `returned[k]`) and,
+    for the batches in `hold`, let in only once `release[k]` is set."""
+
+    def __init__(self, hold: tuple[int, ...] = ()) -> None:
+        self.calls: list[list[str]] = []
+        self.entered = [threading.Event() for _ in range(8)]
+        self.returned = [threading.Event() for _ in range(8)]
+        self.release = [threading.Event() for _ in range(8)]
+        for k in range(8):
+            if k not in hold:
+                self.release[k].set()
+
+    def __call__(self, paths: list[str]) -> list:
+        k = len(self.calls)
+        self.calls.append(list(paths))
+        self.entered[k].set()
+        assert self.release[k].wait(20)
+        try:
+            return snapshot.lstat_many(paths)
+        finally:
+            self.returned[k].set()
+
+
+def ahead_pipeline(root: Path, lstat: GatedLstat, published: list,
+                   slow=lambda: None) -> tuple[Pipeline, StatAhead]:  # type: ignore[no-untyped-def]
+    ws = Watches()
+    ws.add(str(root), True, [])
+    ahead = StatAhead(lstat)
+    ahead.start()
+    p = Pipeline(Journal("i"), ws, Index(), lambda body: published.append(
+        msgpack.unpackb(body.data, use_list=False)), Held(), settle_s=10.0,
+        ahead=ahead, slow_check=slow)
+    return p, ahead
+
+
+def test_a_window_s_paths_are_stat_ed_while_it_is_open_and_its_flush_uses_those_stats(
+        tmp_path):
+    out: list = []
+    gate = GatedLstat()
+    p, ahead = ahead_pipeline(tmp_path, gate, out)
+    try:
+        names = [str(tmp_path / f"f{i}") for i in range(50)]
+        for i, name in enumerate(names):
+            Path(name).write_bytes(b"x" * i)
+        p.feed([("created", name, "", False) for name in names])
+        assert gate.returned[0].wait(20) and gate.calls[0] == names
+        # a second batch is taken only after the first one's stats were stored
+        p.feed([("created", str(tmp_path / "later"), "", False)])
+        assert gate.entered[1].wait(20)
+        assert p.flush() == 51
+        events = {e["path"]: e for m in out for e in m["events"]}
+        assert [events[n]["size"] for n in names] == list(range(50))
+        assert "size" not in events[str(tmp_path / "later")]  # (no such file: no stat)
+        assert p.statted_ahead == 50
+    finally:
+        ahead.close()
+
+
+def test_a_stat_made_before_its_path_changed_again_is_not_used(tmp_path):
+    out: list = []
+    gate = GatedLstat(hold=(1,))
+    p, ahead = ahead_pipeline(tmp_path, gate, out)
+    try:
+        a = tmp_path / "a"
+        a.write_bytes(b"abc")
+        p.feed([("created", str(a), "", False)])
+        assert gate.returned[0].wait(20)  # stat'ed at 3 bytes
+        with open(a, "ab") as f:
+            f.write(b"def")
+        p.feed([("modified", str(a), "", False)])  # wanted again: the next batch
+        assert gate.entered[1].wait(20)  # (so the first batch's stat was stored)
+        assert p.flush() == 1
+        (event,) = [e for m in out for e in m["events"]]
+        assert event["kind"] == "created" and event["size"] == 6
+        assert p.statted_ahead == 0
+        gate.release[1].set()  # that batch lands after its window was taken: dropped
+        ahead.close()
+        assert ahead._thread is not None
+        ahead._thread.join(20)
+        assert ahead.dropped == 1
+    finally:
+        gate.release[1].set()
+        ahead.close()
+
+
+def test_a_path_on_a_slow_file_system_is_not_stat_ed_ahead(tmp_path):
+    out: list = []
+    gate = GatedLstat()
+    slow_path = str(tmp_path / "slow")
+    p, ahead = ahead_pipeline(tmp_path, gate, out,
+                              slow=lambda: (lambda path: path == slow_path))
+    try:
+        Path(slow_path).write_bytes(b"x")
+        (tmp_path / "fast").write_bytes(b"y")
+        p.feed([("created", slow_path, "", False), ("created", str(tmp_path / "fast"), "",
+                                                    False)])
+        assert gate.returned[0].wait(20)
+        assert gate.calls == [[str(tmp_path / "fast")]]
+        p.flush()
+        events = {e["path"]: e for m in out for e in m["events"]}
+        assert "size" not in events[slow_path] and p.unstatted == 1
+    finally:
+        ahead.close()
 
 
 # --- the observer's hand-off ---------------------------------------------------------------

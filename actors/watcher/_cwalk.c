@@ -267,6 +267,69 @@ lstat_fields(PyObject *self, PyObject *arg)
                          mtime);
 }
 
+/* lstat_many(paths) -> [lstat_fields(path) for path in paths], the lstats all made in one
+ * release of the GIL: the watcher's stat-ahead thread (statahead.py) stats a window's paths
+ * while the loop goes on reading and coalescing the next ones, and takes the GIL twice a
+ * batch instead of twice a path. */
+static PyObject *
+lstat_many(PyObject *self, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "lstat_many: a list of paths");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **encoded = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
+    struct stat *st = PyMem_Malloc((n ? n : 1) * sizeof(struct stat));
+    int *rc = PyMem_Malloc((n ? n : 1) * sizeof(int));
+    PyObject *out = NULL;
+    if (encoded == NULL || st == NULL || rc == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &encoded[i]))
+            goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        rc[i] = lstat(PyBytes_AS_STRING(encoded[i]), &st[i]);
+    Py_END_ALLOW_THREADS
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item;
+        if (rc[i] != 0) {
+            item = Py_NewRef(Py_None);
+        } else {
+            PyObject *p = packed(&st[i]);
+            if (p == NULL) {
+                Py_CLEAR(out);
+                goto done;
+            }
+            long long mtime = (long long)st[i].st_mtim.tv_sec * 1000000000LL
+                              + st[i].st_mtim.tv_nsec;
+            item = Py_BuildValue("(NkLL)", p, (unsigned long)st[i].st_mode,
+                                 (long long)st[i].st_size, mtime);
+            if (item == NULL) {
+                Py_CLEAR(out);
+                goto done;
+            }
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+done:
+    if (encoded != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_XDECREF(encoded[i]);
+    }
+    PyMem_Free(encoded);
+    PyMem_Free(st);
+    PyMem_Free(rc);
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(root, out, recursive, keep, on_dir): every entry below root into out, "
@@ -274,6 +337,9 @@ static PyMethodDef methods[] = {
     {"lstat_fields", lstat_fields, METH_O,
      "lstat_fields(path): (packed stat, mode, size, mtime_ns), or None (snapshot's "
      "lstat_fields_python)."},
+    {"lstat_many", lstat_many, METH_O,
+     "lstat_many(paths): [lstat_fields(p) for p in paths], the lstats without the GIL "
+     "(snapshot's lstat_many_python)."},
     {NULL, NULL, 0, NULL},
 };
 

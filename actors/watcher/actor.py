@@ -85,7 +85,8 @@ remote_queue 32, retry {retries 3, initial_ms 10, factor 2,
 max_ms 500}, liveness_s 1, health_interval_s 30, health_timeout_s 10, poll_interval_s 1,
 max_polled_subtrees 16, checkpoint_s 1, resync_backoff_max_s 10, io_threads 2, io_queue 128,
 write_bytes_in_flight 256 MiB,
-walk_queue 8, state_dir "<runtime_dir>/<name>.state".
+walk_queue 8, switch_interval_s 0.001, stat_ahead true (a window's lstats made on a thread
+while it is open: statahead.py), state_dir "<runtime_dir>/<name>.state".
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ from moorage.actors.watcher.pipeline import Pipeline, tune_gc
 from moorage.actors.watcher.query import QueryOps
 from moorage.actors.watcher.retry import FS_ERRORS, Pending, RetryPolicy
 from moorage.actors.watcher.snapshot import Index
+from moorage.actors.watcher.statahead import StatAhead
 from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import WatchOps
 from moorage.actors.watcher.watches import Watches
@@ -181,7 +183,8 @@ class WatcherActor(Actor):
             self.journal, self.watches, self.index, self._publish, self.loop.call_later,
             settle_s=float(c.get("settle_ms", 20)) / 1000, cache=self.fcache,
             on_cookie=self.driving.on_cookie, chunk=int(c.get("chunk", 1000)),
-            ignore=(str(self.state.dir),), slow_check=self.mounts.slow_check)
+            ignore=(str(self.state.dir),), slow_check=self.mounts.slow_check,
+            ahead=StatAhead() if c.get("stat_ahead", True) else None)
         self.obs: ObserverManager | None = None
         self.paused = False
         # (a root on a slow file system has its cookies written on the remote workers)
@@ -194,6 +197,8 @@ class WatcherActor(Actor):
     # --- start and stop -------------------------------------------------------------------
 
     def on_start(self) -> None:
+        if self.pipeline.ahead is not None:
+            self.pipeline.ahead.start()
         saved_watches, saved = self.state.load()
         if saved_watches is not None:
             self.watches.load(saved_watches)
@@ -261,6 +266,8 @@ class WatcherActor(Actor):
         job.then(resolved)
 
     def on_stop(self) -> None:
+        if self.pipeline.ahead is not None:
+            self.pipeline.ahead.close()
         self.io.shutdown()
         self.walker.shutdown()
         self.remote.shutdown()

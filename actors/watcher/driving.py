@@ -116,10 +116,15 @@ class Driving:
 
     def drain(self) -> None:
         """Runs on the loop when the observer handed something over. While a settle window
-        is open, what arrives waits in the observer's buffer (its wake-up stays pending, so
-        no thread wakes the loop for it again) and the window's close takes it: one wake-up
-        a window instead of one per event."""
-        if self.w.obs is None or self.w.pipeline.window_open or self.walking:
+        is open, what a thread hands over waits in the observer's buffer (its wake-up stays
+        pending, so no thread wakes the loop for it again) and the window's close takes it:
+        one wake-up a window instead of one per event. What the loop read itself is taken at
+        once (there is no wake-up to save): the window's close then has only the flush left
+        to do, and the stats of its paths were made meanwhile (statahead.py)."""
+        obs = self.w.obs
+        if obs is None or self.walking:
+            return
+        if self.w.pipeline.window_open and not obs.woke_here:
             return
         self.pull()
 

@@ -129,6 +129,9 @@ class ObserverManager:
         self.overflowed = False
         self.problems: list[tuple[str, str]] = []
         self._wake_pending = False
+        # Whether the pending wake-up was asked for by the loop, which read the events
+        # itself: taking them at once then costs no wake-up (Driving.drain).
+        self.woke_here = False
         # When the oldest event in the buffer arrived, and (for the caller of `take`) in
         # what it took: the settle window counts from there, not from the loop's turn.
         self.first_at = 0.0
@@ -172,8 +175,10 @@ class ObserverManager:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        if self.loop is not None and threading.get_ident() == self._loop_thread:
-            self.loop.call_soon(self.on_ready)  # (read by the loop itself: this turn)
+            loop = self.loop if threading.get_ident() == self._loop_thread else None
+            self.woke_here = loop is not None
+        if loop is not None:
+            loop.call_soon(self.on_ready)  # (read by the loop itself: this turn)
         else:
             self.wake(self.on_ready)
 
@@ -184,6 +189,7 @@ class ObserverManager:
             if self._wake_pending:
                 return
             self._wake_pending = True
+            self.woke_here = False
         self.wake(self.on_ready)
 
     # --- the actor's loop calls the rest --------------------------------------------------

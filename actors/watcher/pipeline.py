@@ -55,6 +55,7 @@ from moorage.actors.watcher.snapshot import (
     lstat_fields,
     stat_fields,
 )
+from moorage.actors.watcher.statahead import StatAhead
 from moorage.actors.watcher.watches import Watches
 from moorage.protocol.envelope import Packed
 
@@ -79,6 +80,7 @@ SELF_WRITE_TTL = 10.0
 # settle window asks for one less, so it closes `settle_s` after its first event at the
 # latest, instead of up to a millisecond after.
 TIMER_SLACK_S = 0.001
+_NONE: dict = {}  # (no stat-ahead: nothing is ready)
 
 
 class Pipeline:
@@ -99,6 +101,7 @@ class Pipeline:
         now: Callable[[], float] = time.monotonic,
         lstat: Callable[[str], StatFields | None] = lstat_fields,
         slow_check: Callable[[], Callable[[str], bool] | None] = lambda: None,
+        ahead: StatAhead | None = None,
     ) -> None:
         self.journal = journal
         self.watches = watches
@@ -118,6 +121,10 @@ class Pipeline:
         # What is on a slow file system (mounts.MountTable.slow_check): None, the usual
         # answer, while nothing slow is mounted.
         self.slow_check = slow_check
+        # The window's lstats made on a thread while it is open (statahead.py); None: each
+        # is made by the flush.
+        self.ahead = ahead
+        self.statted_ahead = 0  # events whose stat came from `ahead`
         self.unstatted = 0  # events published without a stat: their path was on a slow fs
         self.coalescer = Coalescer()
         # Set by the actor: `pull` takes what the observer holds into the window as it
@@ -155,6 +162,8 @@ class Pipeline:
         kinds = _KIND
         cache = self.cache if self.cache is not None and self.cache.entries else None
         ignore = self.ignore
+        # (at settle 0 the flush follows at once: nothing to stat ahead of it)
+        want: list[str] | None = [] if self.ahead is not None and self.settle_s > 0 else None
         self.fed += len(raws)
         for etype, src, dest, d in raws:
             if ignore and (src.startswith(ignore) or (dest and dest.startswith(ignore))):
@@ -162,6 +171,8 @@ class Pipeline:
             if COOKIE in src or (dest and COOKIE in dest):
                 self.flush()
                 pending = self.coalescer.pending  # the flush took the old window
+                if want:
+                    want = []  # (stat'ed by that flush)
                 self.on_cookie(dest or src, etype)
                 continue
             kind = kinds.get(etype)
@@ -170,6 +181,8 @@ class Pipeline:
                     add(src, kind, d)
                 else:
                     pending[src] = [kind, d, None]
+                if want is not None and kind != DELETED:
+                    want.append(src)
                 if cache is not None:
                     if d and kind == DELETED:
                         cache.invalidate_tree(src)
@@ -178,11 +191,15 @@ class Pipeline:
             elif etype == "moved":
                 add(src, DELETED, d, dest)
                 add(dest, CREATED, d, src)
+                if want is not None:
+                    want.append(dest)
                 if cache is not None:
                     if d:
                         cache.invalidate_tree(src)
                     cache.changed(src)
                     cache.changed(dest)
+        if want:
+            self._want(want)
         if not self.coalescer.pending and not self.coalescer.cancelled:
             return
         if self.settle_s <= 0:
@@ -192,6 +209,13 @@ class Pipeline:
             self._timer = self.call_later(max(0.0, self.settle_s - waited - TIMER_SLACK_S),
                                           self._on_timer)
 
+    def _want(self, paths: list[str]) -> None:
+        assert self.ahead is not None
+        slow = self.slow_check()
+        if slow is not None:
+            paths = [p for p in paths if not slow(p)]
+        self.ahead.want(paths)
+
     def hold(self) -> None:
         """Drop what is pending without publishing it (a resync's walk starts: it covers
         all of it), and close the window."""
@@ -199,6 +223,8 @@ class Pipeline:
             self._timer.cancel()
             self._timer = None
         self.coalescer.clear()
+        if self.ahead is not None:
+            self.ahead.take_window()  # (dropped with the window)
 
     @property
     def window_open(self) -> bool:
@@ -220,6 +246,7 @@ class Pipeline:
             self.after_flush()  # (it only schedules: nothing runs inside this flush)
         cancelled = self.coalescer.take_cancelled()
         items = self.coalescer.take()
+        done, wanted = self.ahead.take_window() if self.ahead is not None else (_NONE, _NONE)
         if not items and not cancelled:
             return 0
         # The hot path of P10: `Watches.matching`'s per-directory memo, `Index.set` and the
@@ -238,6 +265,7 @@ class Pipeline:
         inst, epoch, seq = journal.instance, journal.epoch, journal.seq
         out: list[dict[str, Any]] = []
         paths: list[str] = []
+        statted_ahead = 0
         if cancelled:
             self._told_gone(cancelled, items, out)
             for ev in out:
@@ -266,7 +294,12 @@ class Pipeline:
                 continue
             st = None
             if slow is None or not slow(path):
-                st = lstat(path)  # (None: gone again already, its deletion follows)
+                ready = done.get(path)
+                if ready is not None and wanted.get(path) == ready[0]:
+                    st = ready[1]
+                    statted_ahead += 1
+                else:
+                    st = lstat(path)  # (None: gone again already, its deletion follows)
             else:
                 self.unstatted += 1
             if st is None:
@@ -294,6 +327,7 @@ class Pipeline:
                 else:
                     kids.add(path)
             entries[path] = s
+        self.statted_ahead += statted_ahead
         if not out:
             return 0
         journal.commit(seq)
@@ -406,4 +440,6 @@ class Pipeline:
         return {"fed": self.fed, "published": self.published, "messages": self.batches,
                 "coalesced_away": self.coalescer.absorbed, "pending": len(self.coalescer),
                 "told_deletes": self.told_deletes, "unstatted": self.unstatted,
+                "statted_ahead": self.statted_ahead,
+                "stat_ahead": self.ahead.info() if self.ahead is not None else None,
                 "settle_ms": self.settle_s * 1000, "self_writes": len(self.self_writes)}

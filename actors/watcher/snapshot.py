@@ -76,6 +76,11 @@ def lstat_fields_python(path: str) -> StatFields | None:
     return as_stat(st), st.st_mode, st.st_size, st.st_mtime_ns
 
 
+def lstat_many_python(paths: list[str]) -> list[StatFields | None]:
+    """`lstat_fields` of each path, in order (the stat-ahead thread's batch)."""
+    return [lstat_fields_python(p) for p in paths]
+
+
 def _load_compiled(name: str) -> Any:
     if os.environ.get("MOORAGE_WATCHER_CORE") == "python":
         return None
@@ -89,6 +94,8 @@ def _load_compiled(name: str) -> Any:
 _walk_compiled: Callable[..., None] | None = _load_compiled("walk")
 lstat_fields: Callable[[str], StatFields | None] = (
     _load_compiled("lstat_fields") or lstat_fields_python)
+lstat_many: Callable[[list[str]], list[StatFields | None]] = (
+    _load_compiled("lstat_many") or lstat_many_python)
 WALK_CORE: str = "python" if _walk_compiled is None else "compiled"
 """The walk a worker runs here (the watcher's sys.info says it, `walk_core`): "compiled" when
 `pip install` could build it, else "python"."""
