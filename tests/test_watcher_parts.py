@@ -885,7 +885,7 @@ def ahead_pipeline(root: Path, lstat: GatedLstat, published: list,
 def test_a_window_s_paths_are_stat_ed_while_it_is_open_and_its_flush_uses_those_stats(
         tmp_path):
     out: list = []
-    gate = GatedLstat()
+    gate = GatedLstat(hold=(1,))
     p, ahead = ahead_pipeline(tmp_path, gate, out)
     try:
         names = [str(tmp_path / f"f{i}") for i in range(50)]
@@ -893,7 +893,8 @@ def test_a_window_s_paths_are_stat_ed_while_it_is_open_and_its_flush_uses_those_
             Path(name).write_bytes(b"x" * i)
         p.feed([("created", name, "", False) for name in names])
         assert gate.returned[0].wait(20) and gate.calls[0] == names
-        # a second batch is taken only after the first one's stats were stored
+        # a second batch is taken only after the first one's stats were stored (and is held:
+        # its path is stat'ed by the flush)
         p.feed([("created", str(tmp_path / "later"), "", False)])
         assert gate.entered[1].wait(20)
         assert p.flush() == 51
@@ -902,6 +903,7 @@ def test_a_window_s_paths_are_stat_ed_while_it_is_open_and_its_flush_uses_those_
         assert "size" not in events[str(tmp_path / "later")]  # (no such file: no stat)
         assert p.statted_ahead == 50
     finally:
+        gate.release[1].set()
         ahead.close()
 
 
