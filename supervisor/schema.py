@@ -143,6 +143,12 @@ class WatcherTable(RuntimeTable, total=False):
     max_polled_subtrees: int
     checkpoint_s: Number
     resync_backoff_max_s: Number
+    io_threads: int
+    io_queue: int
+    walk_queue: int
+    write_bytes_in_flight: int
+    switch_interval_s: Number
+    stat_ahead: bool
     state_dir: str
 
 

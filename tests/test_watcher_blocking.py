@@ -658,3 +658,18 @@ def test_a_resync_of_a_big_tree_walks_while_the_loop_answers(make_tree, tmp_path
               f"p50 {pings[len(pings) // 2]:.2f} ms, max {pings[-1]:.2f} ms")
     child = tree.child("watcher")
     assert (child["pid"], child["restarts"]) == (pid, 0), tree.output()
+
+
+def test_every_watcher_setting_its_docstring_names_passes_the_config_check(tmp_path):
+    """The workers', walker's and stat-ahead's settings are configurable in a file (they
+    were refused as unknown keys while the actor read them)."""
+    from moorage.supervisor import config
+
+    cfg = tmp_path / "w.toml"
+    cfg.write_text("[actor.watcher]\nio_threads = 3\nio_queue = 64\nwalk_queue = 4\n"
+                   "write_bytes_in_flight = 1048576\nswitch_interval_s = 0.002\n"
+                   "stat_ahead = false\n")
+    doc, _ = config.load(cfg)
+    assert doc["actor"]["watcher"]["io_threads"] == 3
+    assert doc["actor"]["watcher"]["stat_ahead"] is False
+
