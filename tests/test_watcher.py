@@ -25,6 +25,7 @@ from moorage.protocol.client import Loss
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from tests.conftest import wait_pid_exit
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -167,13 +168,12 @@ def test_what_the_loop_reads_while_a_window_is_open_is_taken_and_stat_ed_at_once
     published = w.call("fs.stats")["pipeline"]["published"]  # (the watch's markers)
     (data / "a").write_bytes(b"12")
     (data / "b").write_bytes(b"1234")
-    end = time.monotonic() + 30
-    while True:
+
+    def taken() -> dict | None:
         pipe = w.call("fs.stats")["pipeline"]
-        if pipe["fed"] >= 4 and pipe["stat_ahead"]["stats"] >= 2:
-            break
-        assert time.monotonic() < end, f"not taken while the window is open: {pipe}"
-        time.sleep(0.01)  # sleep-ok: polling a fact the actor reports
+        return pipe if pipe["fed"] >= 4 and pipe["stat_ahead"]["stats"] >= 2 else None
+
+    pipe = wait_for(taken, "feed and stats while the window is open")
     assert pipe["published"] == published and pipe["pending"] == 2  # (the window is open)
     evs = w.sync()
     assert {(e["path"], e["size"]) for e in evs if "path" in e} == {
