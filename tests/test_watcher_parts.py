@@ -850,7 +850,8 @@ class GatedLstat:
     """snapshot.lstat_many, with each batch's call told (`entered[k]`, `returned[k]`) and,
     for the batches in `hold`, let in only once `release[k]` is set."""
 
-    def __init__(self, hold: tuple[int, ...] = ()) -> None:
+    def __init__(self, hold: tuple[int, ...] = (), fail: tuple[int, ...] = ()) -> None:
+        self.fail = fail
         self.calls: list[list[str]] = []
         self.entered = [threading.Event() for _ in range(8)]
         self.returned = [threading.Event() for _ in range(8)]
@@ -865,6 +866,8 @@ class GatedLstat:
         self.entered[k].set()
         assert self.release[k].wait(20)
         try:
+            if k in self.fail:
+                raise RuntimeError("an injected failure of this batch")
             return snapshot.lstat_many(paths)
         finally:
             self.returned[k].set()
@@ -931,6 +934,29 @@ def test_a_stat_made_before_its_path_changed_again_is_not_used(tmp_path):
         assert ahead.dropped == 1
     finally:
         gate.release[1].set()
+        ahead.close()
+
+
+def test_a_batch_that_fails_leaves_its_stats_to_the_flush_and_the_thread_goes_on(tmp_path):
+    out: list = []
+    gate = GatedLstat(hold=(2,), fail=(0,))
+    p, ahead = ahead_pipeline(tmp_path, gate, out)
+    try:
+        (tmp_path / "a").write_bytes(b"ab")
+        (tmp_path / "b").write_bytes(b"abc")
+        p.feed([("created", str(tmp_path / "a"), "", False)])
+        assert gate.returned[0].wait(20)
+        p.feed([("created", str(tmp_path / "b"), "", False)])  # the next batch works
+        assert gate.returned[1].wait(20)
+        p.feed([("created", str(tmp_path / "c"), "", False)])  # (so batch 1 was stored)
+        assert gate.entered[2].wait(20)
+        assert p.flush() == 3
+        sizes = {e["path"]: e.get("size") for m in out for e in m["events"]}
+        assert sizes == {str(tmp_path / "a"): 2, str(tmp_path / "b"): 3,
+                         str(tmp_path / "c"): None}
+        assert p.statted_ahead == 1
+    finally:
+        gate.release[2].set()
         ahead.close()
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from loguru import logger
+
 from moorage.actors.watcher.snapshot import StatFields, lstat_many
 
 
@@ -88,7 +90,8 @@ class StatAhead:
                 window = self._window
             try:
                 results = self._lstat(batch)
-            except (OSError, ValueError):  # (a path the flush's own lstat will answer)
+            except Exception:  # the flush's own lstat answers for these paths
+                logger.exception("watcher: stats ahead of a flush failed")
                 continue
             with self._lock:
                 self.batches += 1
