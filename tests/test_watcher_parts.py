@@ -651,6 +651,51 @@ def test_a_checkpoint_survives_a_round_trip_and_diffs_clean(tree, tmp_path):
     assert snapshot.load(path) is None
 
 
+def test_a_big_checkpoint_is_written_in_chunks_and_read_back_whole(tmp_path):
+    """More entries than a chunk: the stream's header, chunks and count round trip; a
+    stream that lost its end, and a format-2 file (one map) of an earlier version, are
+    told apart from it."""
+    n = snapshot.SAVE_CHUNK * 2 + 5
+    entries = {f"/w/f{i}": make_stat(0o100644, 1, i, i, i, i) for i in range(n)}
+    path = tmp_path / "snap.msgpack"
+    size = snapshot.save(str(path), {"entries": entries, "seq": 3, "gen": 2})
+    assert size == path.stat().st_size
+    doc = snapshot.load(str(path))
+    assert doc is not None and doc["entries"] == entries and doc["seq"] == 3
+    whole = path.read_bytes()
+    end = msgpack.packb({"chunks": 3})
+    assert whole.endswith(end)
+    path.write_bytes(whole[:-len(end)])
+    assert snapshot.load(str(path)) is None
+    path.write_bytes(msgpack.packb({"format": 2, "entries": entries, "seq": 1}))
+    assert snapshot.load(str(path))["entries"] == entries
+
+
+def test_a_checkpoint_written_while_the_index_changes_counts_those_changes_unknown(tmp_path):
+    """The capture holds the live index; its write, a call later, reads each entry as it is
+    then. A path changed since the capture (through the wal, as the pipeline does) is
+    unknown to the restart whatever the file holds for it; the others are as captured."""
+    from moorage.actors.watcher.state import State
+
+    st = State(tmp_path / "state", "tree-1")
+    st.open_wal()
+    entries = {f"/w/f{i}": make_stat(0o100644, 1, i, 1, 1, 1) for i in range(10)}
+    st.checkpoint(1, lambda: {"entries": entries})  # captured, not written
+    st.log(["/w/f3", "/w/f4", "/w/new"])  # the pipeline's wal record, then its index change
+    entries["/w/f3"] = make_stat(0o100644, 1, 3, 99, 99, 99)
+    del entries["/w/f4"]
+    entries["/w/new"] = make_stat(0o100644, 1, 50, 1, 1, 1)
+    st.checkpoint(2, lambda: {"entries": entries})  # writes the first capture
+    assert st.written == 1
+    _, saved = st.load()
+    base = st.restart_base(saved, lambda p: True)
+    unknown = {p for p, s in base.items() if s == snapshot.UNKNOWN}
+    assert unknown == {"/w/f3", "/w/f4", "/w/new"}
+    assert {p: s for p, s in base.items() if p not in unknown} == {
+        p: s for p, s in entries.items() if p not in unknown}
+    st.close()
+
+
 def test_a_packed_stat_keeps_what_the_diff_and_queries_read(tree):
     """The index's stats are packed bytes: each field back as os.lstat gave it, the file
     type from the mode (a directory, a file, a symlink), and UNKNOWN no real stat."""

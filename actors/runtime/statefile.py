@@ -9,23 +9,39 @@ rebuild skips that cost.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
 def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> int:
     """Replace `path` with `data`; returns the bytes written."""
+    return write_atomic_parts(path, (data,), durable)
+
+
+def write_atomic_parts(path: str | Path, parts: Iterable[bytes], durable: bool = False) -> int:
+    """Replace `path` with the concatenation of `parts`, each written as it is made (a big
+    checkpoint is made piece by piece on a worker: between pieces the GIL goes back to the
+    loop); returns the bytes written."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    n = 0
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for data in parts:
+            view = memoryview(data)
+            n += len(view)
+            while view:
+                view = view[os.write(fd, view):]
         if durable:
             os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     if durable:
         dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -33,4 +49,4 @@ def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> int:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    return len(data)
+    return n

@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgpack
 
 from moorage.actors.runtime.beat import progress as _progress
-from moorage.actors.runtime.statefile import write_atomic
+from moorage.actors.runtime.statefile import write_atomic, write_atomic_parts
 from moorage.actors.watcher.coalesce import CREATED, DELETED, MODIFIED
 
 # A stat as the index keeps it: 44 bytes, packed. A 100,000-file tree holds one per path, and
@@ -302,12 +302,41 @@ class Index:
 
 # --- the checkpoint ------------------------------------------------------------------------
 
-FORMAT = 2  # 2: stats as packed bytes (a checkpoint of format 1 is not read)
+FORMAT = 2  # 2: stats as packed bytes, one map (a checkpoint of format 1 is not read)
+# 3: a map without its entries, then the entries in maps of SAVE_CHUNK, then {"chunks": n}
+STREAM_FORMAT = 3
+SAVE_CHUNK = 512
 
 
 def save(path: str, doc: dict[str, Any]) -> int:
-    """Write `doc` (msgpack) to `path` atomically; returns the bytes written."""
-    return write_atomic(path, msgpack.packb({"format": FORMAT, **doc}, use_bin_type=True))
+    """Write `doc` (msgpack) to `path` atomically; returns the bytes written. A doc with
+    `entries` is written as a stream (`stream`)."""
+    if not isinstance(doc.get("entries"), dict):
+        return write_atomic(path, msgpack.packb({"format": FORMAT, **doc}, use_bin_type=True))
+    return write_atomic_parts(path, stream(doc))
+
+
+def stream(doc: dict[str, Any]) -> Iterator[bytes]:
+    """`doc` in STREAM_FORMAT, a part at a time: the watcher's loop packs a checkpoint a
+    chunk a turn (state.py) and a worker only writes the parts. The entries are read as
+    each chunk is packed: `entries` may be the live index's dict, which the loop changes in
+    between. A path then holds its stat of the capture or a later one, and every path
+    changed since the capture is in the wal's later generations, which a restart counts as
+    unknown (Wal)."""
+    entries: dict[str, Stat] = doc["entries"]
+    yield msgpack.packb({"format": STREAM_FORMAT,
+                         **{k: v for k, v in doc.items() if k != "entries"}},
+                        use_bin_type=True)
+    keys = list(entries)
+    get = entries.get
+    chunks = 0
+    for i in range(0, len(keys), SAVE_CHUNK):
+        part = keys[i:i + SAVE_CHUNK]
+        # (a path gone since the capture is written as nil and not read back: it is in
+        # the wal)
+        chunks += 1
+        yield msgpack.packb(dict(zip(part, map(get, part), strict=True)), use_bin_type=True)
+    yield msgpack.packb({"chunks": chunks})
 
 
 def load(path: str) -> dict[str, Any] | None:
@@ -315,12 +344,23 @@ def load(path: str) -> dict[str, Any] | None:
     base, which the caller reports)."""
     try:
         with open(path, "rb") as f:
-            doc = msgpack.unpackb(f.read(), strict_map_key=False, use_list=False)
+            objs = list(msgpack.Unpacker(f, strict_map_key=False, use_list=False,
+                                         max_buffer_size=1 << 31))
     except (OSError, ValueError, msgpack.UnpackException):
         return None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not objs or not isinstance(objs[0], dict):
         return None
-    return doc
+    doc = objs[0]
+    if doc.get("format") == FORMAT and len(objs) == 1:
+        return doc
+    parts, end = objs[1:-1], objs[-1]
+    if (doc.get("format") != STREAM_FORMAT or len(objs) < 2 or not isinstance(end, dict)
+            or end.get("chunks") != len(parts) or not all(isinstance(o, dict) for o in parts)):
+        return None
+    entries: dict[str, Any] = {}
+    for part in parts:
+        entries.update(part)
+    return {**doc, "entries": {p: s for p, s in entries.items() if s is not None}}
 
 
 class Wal:
