@@ -3,6 +3,7 @@ walk and diff, watches, and the event pipeline, on real files in a temporary dir
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from queue import SimpleQueue
 
@@ -918,24 +920,30 @@ class GatedLstat:
             self.returned[k].set()
 
 
-def ahead_pipeline(root: Path, lstat: GatedLstat, published: list,
-                   slow=lambda: None) -> tuple[Pipeline, StatAhead]:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def ahead_pipeline(root: Path, lstat: GatedLstat, slow=lambda: None  # type: ignore[no-untyped-def]
+                   ) -> Iterator[tuple[Pipeline, StatAhead, list]]:
+    """A pipeline with a stat-ahead thread over `lstat`, and what it published; the gates
+    are opened and the thread stopped after, however the test ended."""
+    published: list = []
     ws = Watches()
     ws.add(str(root), True, [])
     ahead = StatAhead(lstat)
     ahead.start()
-    p = Pipeline(Journal("i"), ws, Index(), lambda body: published.append(
-        msgpack.unpackb(body.data, use_list=False)), Held(), settle_s=10.0,
-        ahead=ahead, slow_check=slow)
-    return p, ahead
+    try:
+        yield Pipeline(Journal("i"), ws, Index(), lambda body: published.append(
+            msgpack.unpackb(body.data, use_list=False)), Held(), settle_s=10.0,
+            ahead=ahead, slow_check=slow), ahead, published
+    finally:
+        for gate in lstat.release:
+            gate.set()
+        ahead.close()
 
 
 def test_a_window_s_paths_are_stat_ed_while_it_is_open_and_its_flush_uses_those_stats(
         tmp_path):
-    out: list = []
     gate = GatedLstat(hold=(1,))
-    p, ahead = ahead_pipeline(tmp_path, gate, out)
-    try:
+    with ahead_pipeline(tmp_path, gate) as (p, _, out):
         names = [str(tmp_path / f"f{i}") for i in range(50)]
         for i, name in enumerate(names):
             Path(name).write_bytes(b"x" * i)
@@ -950,16 +958,11 @@ def test_a_window_s_paths_are_stat_ed_while_it_is_open_and_its_flush_uses_those_
         assert [events[n]["size"] for n in names] == list(range(50))
         assert "size" not in events[str(tmp_path / "later")]  # (no such file: no stat)
         assert p.statted_ahead == 50
-    finally:
-        gate.release[1].set()
-        ahead.close()
 
 
 def test_a_stat_made_before_its_path_changed_again_is_not_used(tmp_path):
-    out: list = []
     gate = GatedLstat(hold=(1,))
-    p, ahead = ahead_pipeline(tmp_path, gate, out)
-    try:
+    with ahead_pipeline(tmp_path, gate) as (p, ahead, out):
         a = tmp_path / "a"
         a.write_bytes(b"abc")
         p.feed([("created", str(a), "", False)])
@@ -977,16 +980,11 @@ def test_a_stat_made_before_its_path_changed_again_is_not_used(tmp_path):
         assert ahead._thread is not None
         ahead._thread.join(20)
         assert ahead.dropped == 1
-    finally:
-        gate.release[1].set()
-        ahead.close()
 
 
 def test_a_batch_that_fails_leaves_its_stats_to_the_flush_and_the_thread_goes_on(tmp_path):
-    out: list = []
     gate = GatedLstat(hold=(2,), fail=(0,))
-    p, ahead = ahead_pipeline(tmp_path, gate, out)
-    try:
+    with ahead_pipeline(tmp_path, gate) as (p, _, out):
         (tmp_path / "a").write_bytes(b"ab")
         (tmp_path / "b").write_bytes(b"abc")
         p.feed([("created", str(tmp_path / "a"), "", False)])
@@ -1000,18 +998,13 @@ def test_a_batch_that_fails_leaves_its_stats_to_the_flush_and_the_thread_goes_on
         assert sizes == {str(tmp_path / "a"): 2, str(tmp_path / "b"): 3,
                          str(tmp_path / "c"): None}
         assert p.statted_ahead == 1
-    finally:
-        gate.release[2].set()
-        ahead.close()
 
 
 def test_a_path_on_a_slow_file_system_is_not_stat_ed_ahead(tmp_path):
-    out: list = []
     gate = GatedLstat()
     slow_path = str(tmp_path / "slow")
-    p, ahead = ahead_pipeline(tmp_path, gate, out,
-                              slow=lambda: (lambda path: path == slow_path))
-    try:
+    with ahead_pipeline(tmp_path, gate, slow=lambda: (lambda path: path == slow_path)) as (
+            p, _, out):
         Path(slow_path).write_bytes(b"x")
         (tmp_path / "fast").write_bytes(b"y")
         p.feed([("created", slow_path, "", False), ("created", str(tmp_path / "fast"), "",
@@ -1021,8 +1014,6 @@ def test_a_path_on_a_slow_file_system_is_not_stat_ed_ahead(tmp_path):
         p.flush()
         events = {e["path"]: e for m in out for e in m["events"]}
         assert "size" not in events[slow_path] and p.unstatted == 1
-    finally:
-        ahead.close()
 
 
 # --- the observer's hand-off ---------------------------------------------------------------
