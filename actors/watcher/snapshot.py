@@ -323,7 +323,7 @@ def stream(doc: dict[str, Any]) -> Iterator[bytes]:
     between. A path then holds its stat of the capture or a later one, and every path
     changed since the capture is in the wal's later generations, which a restart counts as
     unknown (Wal)."""
-    entries: dict[str, Stat] = doc["entries"]
+    entries: dict[str, Stat] = doc.get("entries") or {}
     yield msgpack.packb({"format": STREAM_FORMAT,
                          **{k: v for k, v in doc.items() if k != "entries"}},
                         use_bin_type=True)

@@ -6,10 +6,11 @@
   snapshot.msgpack  the told state (path -> stat), captured every interval and written one
                     interval later, so every event in it left the process an interval
                     before it could have died; older wal generations are then deleted. The
-                    capture is a wal generation and the index itself, not a copy: the
-                    worker that writes it reads the entries then, in chunks (snapshot.save),
-                    and a path changed since the capture, whichever stat it was written
-                    with, is in a newer generation, so it counts as unknown
+                    capture is a wal generation and the index itself, not a copy: its
+                    entries are read as they are packed, a chunk a loop turn
+                    (snapshot.stream), and a path changed since the capture, whichever
+                    stat it was packed with, is in a newer generation, so it counts as
+                    unknown
 
 A restart diffs the walk against the snapshot in which every path of a newer wal generation
 counts as unknown: published after the snapshot, maybe seen by a subscriber, maybe not, so
