@@ -41,6 +41,7 @@ class StatAhead:
         self._batch = 0  # the number of the batch being gathered
         self._window = 0  # windows taken so far: a batch of an older one is dropped
         self._closed = False
+        self._in_flight = 0  # paths being stat'ed now
         self._thread: threading.Thread | None = None
         self.batches = 0
         self.stats = 0
@@ -85,6 +86,7 @@ class StatAhead:
                 if self._closed:
                     return
                 batch, self._pending = self._pending, []
+                self._in_flight = len(batch)
                 n = self._batch
                 self._batch += 1
                 window = self._window
@@ -92,8 +94,11 @@ class StatAhead:
                 results = self._lstat(batch)
             except Exception:  # the flush's own lstat answers for these paths
                 logger.exception("watcher: stats ahead of a flush failed")
+                with self._lock:
+                    self._in_flight = 0
                 continue
             with self._lock:
+                self._in_flight = 0
                 self.batches += 1
                 self.stats += len(batch)
                 if window != self._window:
@@ -104,4 +109,7 @@ class StatAhead:
                     done[p] = (n, r)
 
     def info(self) -> dict[str, int]:
-        return {"batches": self.batches, "stats": self.stats, "dropped": self.dropped}
+        """Counters, and `queued`: paths wanted and not yet stat'ed (waiting or in flight)."""
+        with self._lock:
+            return {"batches": self.batches, "stats": self.stats, "dropped": self.dropped,
+                    "queued": len(self._pending) + self._in_flight}
