@@ -21,9 +21,8 @@ def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> int:
 
 
 def write_atomic_parts(path: str | Path, parts: Iterable[bytes], durable: bool = False) -> int:
-    """Replace `path` with the concatenation of `parts`, each written as it is made (a big
-    checkpoint is made piece by piece on a worker: between pieces the GIL goes back to the
-    loop); returns the bytes written."""
+    """Replace `path` with the concatenation of `parts` (a checkpoint the watcher's loop
+    packed a chunk a turn, or parts made as they are written); returns the bytes written."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
