@@ -242,6 +242,18 @@ walk(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* (packed stat, st_mode, st_size, st_mtime_ns) of `st`: what lstat_fields answers. */
+static PyObject *
+fields(const struct stat *st)
+{
+    PyObject *p = packed(st);
+    if (p == NULL)
+        return NULL;
+    long long mtime = (long long)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+    return Py_BuildValue("(NkLL)", p, (unsigned long)st->st_mode, (long long)st->st_size,
+                         mtime);
+}
+
 /* lstat_fields(path) -> (packed stat, st_mode, st_size, st_mtime_ns), or None when the
  * lstat failed (gone again: its deletion follows): the pipeline's stat of each changed
  * path, without the os.stat_result of nineteen fields it would pack six of. */
@@ -259,12 +271,7 @@ lstat_fields(PyObject *self, PyObject *arg)
     Py_DECREF(path);
     if (rc != 0)
         Py_RETURN_NONE;
-    PyObject *p = packed(&st);
-    if (p == NULL)
-        return NULL;
-    long long mtime = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-    return Py_BuildValue("(NkLL)", p, (unsigned long)st.st_mode, (long long)st.st_size,
-                         mtime);
+    return fields(&st);
 }
 
 /* lstat_many(paths) -> [lstat_fields(path) for path in paths], the lstats all made in one
@@ -298,23 +305,10 @@ lstat_many(PyObject *self, PyObject *arg)
     if (out == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item;
-        if (rc[i] != 0) {
-            item = Py_NewRef(Py_None);
-        } else {
-            PyObject *p = packed(&st[i]);
-            if (p == NULL) {
-                Py_CLEAR(out);
-                goto done;
-            }
-            long long mtime = (long long)st[i].st_mtim.tv_sec * 1000000000LL
-                              + st[i].st_mtim.tv_nsec;
-            item = Py_BuildValue("(NkLL)", p, (unsigned long)st[i].st_mode,
-                                 (long long)st[i].st_size, mtime);
-            if (item == NULL) {
-                Py_CLEAR(out);
-                goto done;
-            }
+        PyObject *item = rc[i] != 0 ? Py_NewRef(Py_None) : fields(&st[i]);
+        if (item == NULL) {
+            Py_CLEAR(out);
+            goto done;
         }
         PyList_SET_ITEM(out, i, item);
     }

@@ -515,7 +515,6 @@ class ObserverManager:
             **self._dispatched(),
         }
 
-
     def _dispatched(self) -> dict[str, int]:
         """Where inotify events were dispatched: on the loop, or on the lane thread."""
         fd = getattr(self.inotify, "inotify_fd", None)

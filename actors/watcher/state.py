@@ -153,15 +153,15 @@ class State:
 
     def _save(self, captured: dict[str, Any]) -> tuple[int, float] | None:
         """Pack and write `captured` here (at a stop, or without a worker)."""
-        t0 = time.perf_counter()
-        return self._save_parts(captured, snapshot.stream(captured), 0.0, t0)
+        return self._save_parts(captured, snapshot.stream(captured), 0.0)
 
-    def _save_parts(self, captured: dict[str, Any], parts: Iterable[bytes], spent: float,
-                    t0: float | None = None) -> tuple[int, float] | None:
-        """Write the packed `captured` and drop the wal generations it makes useless:
-        (bytes, seconds spent packing and writing), or None when it could not be written.
-        Touches only files (it may run on a worker)."""
-        t0 = time.perf_counter() if t0 is None else t0
+    def _save_parts(self, captured: dict[str, Any], parts: Iterable[bytes], spent: float
+                    ) -> tuple[int, float] | None:
+        """Write the packed `captured` (`parts`: packed already, or as they are written)
+        and drop the wal generations it makes useless: (bytes, seconds spent packing and
+        writing), or None when it could not be written. Touches only files (it may run on
+        a worker)."""
+        t0 = time.perf_counter()
         try:
             n = write_atomic_parts(self._path("snapshot"), parts)
         except OSError:
