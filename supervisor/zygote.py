@@ -59,6 +59,7 @@ import setproctitle
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.beat import BeatBoard, install
+from moorage.actors.runtime.heap import release_free_heap
 from moorage.actors.runtime.process import has_orphan_hooks, orphaned
 
 PR_SET_PDEATHSIG = 1
@@ -121,14 +122,6 @@ def follow_supervisor(zygote: int, supervisor: int) -> None:
     _prctl(PR_SET_PDEATHSIG, REPARENT_SIG)
     if os.getppid() != zygote:  # it died before the prctl took effect
         parent_gone()
-
-
-def release_free_heap() -> None:
-    """Hand the C heap's free pages back to the kernel (glibc malloc_trim) before forking:
-    a free page that stays resident is inherited by every child and counted in each one's
-    memory, though nothing will ever read it."""
-    with contextlib.suppress(AttributeError):  # not glibc
-        _libc.malloc_trim(0)
 
 
 def _decode(data: bytes) -> dict:
@@ -316,7 +309,7 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
     parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     beats = BeatBoard()
     gc.freeze()  # shared with the zygote and its children from here: see _Zygote.__init__
-    release_free_heap()
+    release_free_heap()  # a free page left resident: inherited by every child, read by none
     parent = os.getpid()
     preload = list(preload)
     pid = os.fork()

@@ -35,6 +35,7 @@ from loguru import logger
 from zmq.utils.monitor import recv_monitor_message
 
 from moorage.actors.runtime import trust
+from moorage.actors.runtime.heap import NOTE_MIN, HeapTrim
 from moorage.actors.runtime.loop import Loop, Timer
 from moorage.actors.runtime.registry import OpSpec, collect, op
 from moorage.actors.runtime.remote import HANDSHAKE_FAILURES, TcpSide, open_tcp_side
@@ -141,6 +142,7 @@ INFO = {
     "pressure": {"level": Literal["normal", "moderate", "high", "critical"], "quality": int},
     "undecodable": int, "pending": int,
     "reply_cache": {"entries": int, "bytes": int, "hits": int},
+    "heap": {"trims": int, "released_bytes": int, "last_trim_ms": float, "noted_bytes": int},
     "topics": dict[str, int],
     "subscriptions": {"connections": int, "applied": int, "refused": int},
     "shape_core": Literal["compiled", "python"],
@@ -175,6 +177,8 @@ class Actor:
             self.config.get("reply_cache_bytes", 32 * 1024 * 1024),
         )
         self.stats = OpStats()
+        # big replies and requests leave free heap pages resident: given back once quiet
+        self.heap = HeapTrim(self.loop.call_later)
         self.losses = LossCounters()  # data the tree saw lost (stats.LOSS_COUNTERS)
         self.queue_limit = int(self.config.get("queue_limit", 1000))
         self.busy_retry_ms = int(self.config.get("busy_retry_ms", 50))
@@ -453,6 +457,7 @@ class Actor:
             "pending": len(self.pending),
             "reply_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
                             "hits": self.cache.hits},
+            "heap": self.heap.info(),
             "topics": {t.name: t.seq for t in self.publisher.topics.values()},
             "subscriptions": {"connections": len(self._subs_by_fd),
                               "applied": sum(self._subs_by_fd.values()),
@@ -588,6 +593,10 @@ class Actor:
             self.undecodable += 1
             self.send_reply(route, encode_error(exc.request_id, self.epoch, exc.error))
             return
+        if len(frames) > 2 or len(frames[1]) >= NOTE_MIN:  # attachments, or a big body
+            size = sum(map(len, frames))
+            if size >= NOTE_MIN:
+                self.heap.note(size)
         pinned = req.epoch
         if pinned is not None and pinned != self.epoch:
             self._refuse(route, req, WireError.of(
@@ -743,6 +752,9 @@ class Actor:
         done = _perf_counter()
         for route in call.routes:
             self.send_reply(route, frames)
+        size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+        if size >= NOTE_MIN:
+            self.heap.note(size)
         # Only a non-idempotent op's reply must survive for a retry; an idempotent one may
         # run again (its retry while it still runs joins it through `pending`).
         if spec is not None and not spec.idempotent and (

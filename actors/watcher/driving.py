@@ -39,6 +39,7 @@ from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import MoorageError
 
 if TYPE_CHECKING:
+    from moorage.actors.runtime.heap import HeapTrim
     from moorage.actors.runtime.loop import Loop
     from moorage.actors.watcher.confine import Roots
     from moorage.actors.watcher.journal import Journal
@@ -75,6 +76,7 @@ class WatcherHost(Protocol):
     io: Workers
     remote: Workers
     mounts: MountTable
+    heap: HeapTrim
 
 
 class Driving:
@@ -260,6 +262,9 @@ class Driving:
             for r in reason.split("+"):
                 self.resync_counts[r] += 1
             logger.info("watcher: resync {}", summary)
+            # the told state's copy, the diff and the walk's tables (about 100 bytes an
+            # entry) are free now: the heap gives their pages back once the watcher is quiet
+            self.w.heap.note(100 * (len(new) + (len(told) if told is not None else 0)))
             self._walk_done()
             for s in self.w.cookies.covered(walk_started):
                 s.done(s)

@@ -17,7 +17,10 @@ neither's CPU spills into the other's figures:
                     `clock` with sync_timeout, which waits for its crawl)
   full query        every file of that tree, names only, from memory (ours: fs.query and its
                     pages; watchman: `query` with fields [name])
-  RSS               of each watching process once the tree is watched and queried
+  RSS               of each watching process once the tree is watched and queried, and
+                    quiet: ours gives its free heap back a second after its last big reply
+                    (actors/runtime/heap.py), so it is read once that is done (at most 10 s
+                    later: an older watcher without `heap` in sys.info is read at once)
 
 The "limit" column is watchman's figure, so the ratio is ours / watchman's and a row passes
 when ours is not worse. Watchman is talked to over its Unix socket in its JSON encoding (no
@@ -103,6 +106,17 @@ def pss_private_mib(pid: int) -> tuple[float, float]:
                 got[parts[0].rstrip(":")] = int(parts[1])
     private = got.get("Private_Clean", 0) + got.get("Private_Dirty", 0)
     return got.get("Pss", 0) / 1024, private / 1024
+
+
+def at_rest(client: Client, timeout: float = 10.0) -> None:
+    """Until our watcher has handed back the free heap its last big replies left (its trim
+    runs once big work has been quiet for a second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        heap = client.call("watcher", "sys.info").get("heap")
+        if heap is None or heap["noted_bytes"] == 0:
+            return
+        time.sleep(0.1)
 
 
 def touch(path: Path) -> None:
@@ -506,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                        qo, qt, qo <= qt,
                        note=f"names only, best of 3; ours {n_ours:,} entries (files and "
                             f"directories) {how}, watchman {n_theirs:,} from memory"))
+        at_rest(o.client)
         ro, rt = rss_mib(o.pid), rss_mib(wm.pid)
         (po, uo), (pt, ut) = pss_private_mib(o.pid), pss_private_mib(wm.pid)
         report.add(Row("X4", "RSS of the watching process after all this", "MiB",
