@@ -159,6 +159,50 @@ def test_creates_modifies_deletes_and_moves_within_and_across_directories(start,
     assert observer["inotify_on_loop"] >= 4 and observer["inotify_on_lane"] >= 4
 
 
+def test_a_burst_of_renames_in_out_and_within_is_delivered_with_every_move_paired(
+        start, data, tmp_path):
+    """Thousands of moves at once: files renamed in with nothing to pair with go out as
+    created (guarded.plain_kind); with moves out and within, through watchdog's move
+    grouper (movequeue.py pairs them by cookie): renamed in from outside (created), out
+    (deleted once its half second unpaired is over) and within (created with moved_from,
+    and the source deleted)."""
+    n = 1500
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for d in ("in", "src", "leaving"):
+        (data / d).mkdir()
+    for i in range(n):
+        (outside / f"o{i}").touch()
+        (data / "src" / f"s{i}").touch()
+        (data / "leaving" / f"l{i}").touch()
+        (outside / f"p{i}").touch()
+    w = start()
+    w.watch()
+    w.sync()
+    # first only renamed in: nothing waits to pair, each goes out as the loop reads it
+    for i in range(n):
+        os.rename(outside / f"p{i}", data / "in" / f"p{i}")
+    evs = w.sync()
+    assert sorted(kinds(evs, data)) == sorted(("created", f"in/p{i}") for i in range(n))
+    assert not any(e.get("moved_from") for e in evs)
+    # then all three at once
+    for i in range(n):
+        os.rename(outside / f"o{i}", data / "in" / f"o{i}")
+        os.rename(data / "src" / f"s{i}", data / "in" / f"s{i}")
+        os.rename(data / "leaving" / f"l{i}", outside / f"l{i}")
+    evs = w.sync()
+    net = dict((p, k) for k, p in kinds(evs, data))
+    for i in range(n):
+        assert net[f"in/o{i}"] == "created" and net[f"in/s{i}"] == "created"
+        assert net[f"src/s{i}"] == "deleted" and net[f"leaving/l{i}"] == "deleted"
+    hints = {e["path"]: e.get("moved_from") for e in evs if e["kind"] == "created"}
+    assert all(hints[str(data / "in" / f"s{i}")] == str(data / "src" / f"s{i}")
+               for i in range(n))
+    assert not any(hints[str(data / "in" / f"o{i}")] for i in range(n))  # (from outside)
+    seqs = [e["clock"][2] for e in w.seen]
+    assert seqs == list(range(1, len(seqs) + 1)) and not w.losses
+
+
 def test_what_the_loop_reads_while_a_window_is_open_is_taken_and_stat_ed_at_once(start, data):
     """A 30 s window: the two creations are fed (and their stats made on the stat-ahead
     thread) long before it would close; the sync's cookie closes it, and the flush uses

@@ -27,6 +27,8 @@ from typing import Protocol
 from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
 
+from moorage.actors.watcher.movequeue import MoveQueue
+
 try:  # the guarded inotify classes depend on watchdog 7.x internals
     from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
     from watchdog.observers.inotify_c import InotifyConstants as _C
@@ -34,7 +36,9 @@ try:  # the guarded inotify classes depend on watchdog 7.x internals
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
     GUARDED = hasattr(InotifyWatchGroup, "_add_callback") and hasattr(
         InotifyWatchGroup, "on_queue_overflow") and hasattr(
-        InotifyWatchGroup, "_resolve_path") and hasattr(InotifyFD, "_parse_event_buffer")
+        InotifyWatchGroup, "_resolve_path") and hasattr(InotifyFD, "_parse_event_buffer") \
+        and hasattr(InotifyMoveEventGrouper, "_group_moved_to_event") and hasattr(
+        InotifyMoveEventGrouper, "get_queued_moved_from_event")
     # How a group knows its watched directories: watchdog 7.1.1 keeps a tree of nodes
     # (`_insert_node`, `_find_node_by_path`), 7.1.0 two dicts. A watch descriptor must be
     # recorded the group's way, or its events name no path and are dropped.
@@ -43,20 +47,36 @@ except ImportError:  # pragma: no cover - not Linux, or another watchdog layout
     GUARDED = NODE_TREE = False
 
 WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
+
+
+def _unpaired_moved_from(element: object) -> int | None:
+    """The cookie of a grouper's queued IN_MOVED_FROM (a PathedInotifyEvent: a pair is a
+    plain tuple of two), None for anything else."""
+    ev = getattr(element, "ev", None)
+    return ev.cookie if ev is not None and ev.is_moved_from else None
+
+
 if GUARDED:
     _IN_ATTRIB, _IN_MODIFY, _IN_DELETE, _IN_CREATE, _IN_ISDIR = (
         int(_C.IN_ATTRIB), int(_C.IN_MODIFY), int(_C.IN_DELETE), int(_C.IN_CREATE),
         int(_C.IN_ISDIR))
     # Anything moved, and a watched directory itself deleted or moved: watchdog's path.
     _SLOW = int(_C.IN_MOVED_FROM | _C.IN_MOVED_TO | _C.IN_DELETE_SELF | _C.IN_MOVE_SELF)
-
+    _FILE_MOVED_IN = int(_C.IN_MOVED_TO)
 
 
 def plain_kind(mask: int) -> str:
     """The event type of a plain inotify event (watchdog's order of precedence), or "" for
-    one that takes watchdog's own path (a move, a watched directory gone, anything else)."""
+    one that takes watchdog's own path (a move, a watched directory gone, anything else).
+
+    A file moved in is plain too ("created", as watchdog makes of an IN_MOVED_TO it cannot
+    pair) where the caller knows nothing waits in its group's grouper: the IN_MOVED_FROM of
+    a move within the group comes first and waits there half a second for its pair, so with
+    none waiting this one has no pair. Files renamed in by the thousand then take the
+    loop's path, not the lane's and the emitter's. A directory moved in still takes
+    watchdog's (its watches are placed there)."""
     if mask & _SLOW:
-        return ""
+        return "created" if mask & (_SLOW | _IN_ISDIR) == _FILE_MOVED_IN else ""
     if mask & _IN_ATTRIB:
         return "attrib"
     if mask & _IN_MODIFY:
@@ -163,10 +183,12 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
         return wanted is not None and not wanted(os.fsdecode(path))
 
     class Grouper(InotifyMoveEventGrouper):  # type: ignore[misc,valid-type]
-        """watchdog's grouper, counting what it holds for its group."""
+        """watchdog's grouper, counting what it holds for its group, in a queue that finds
+        a move's IN_MOVED_FROM by its cookie (movequeue.py: watchdog's walks the queue)."""
 
         def __init__(self, group: Group) -> None:
             super().__init__()
+            self._queue = MoveQueue(self.delay, _unpaired_moved_from)
             self.group = group
 
         def put_event(self, event: object) -> None:
@@ -174,14 +196,12 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                 self.group._pending += 1
             super().put_event(event)
 
-        def discard_pending_events(self) -> None:
-            # After an overflow (which resyncs anyway): what was queued is gone. An event
-            # the emitter holds right now is counted off when it is handed over, floored
-            # at 0, so at worst one later plain event overtakes it; the resync's diff says
-            # where everything ended.
-            super().discard_pending_events()
-            with self.group._count_lock:
-                self.group._pending = 0
+        def _group_moved_to_event(self, to_event: object) -> object:
+            from_event = self._queue.take_moved_from(to_event.ev.cookie)  # type: ignore[attr-defined]
+            return to_event if from_event is None else (from_event, to_event)
+
+        def get_queued_moved_from_event(self, cookie: int) -> object:
+            return self._queue.moved_from(cookie)
 
     class Group(InotifyWatchGroup, _Grouped):  # type: ignore[misc,valid-type]
         def __post_init__(self) -> None:

@@ -12,6 +12,8 @@ neither's CPU spills into the other's figures:
                     the last event delivered, the watching process's CPU seconds from the
                     first create to then, and that every file was delivered; three bursts a
                     side, taking turns, medians compared
+  rename burst      the same, the files made first in a directory neither side watches and
+                    renamed in (an IN_MOVED_TO each: the move's path through each side)
   crawl             a tree of 100,000 files: from the watch request until the tree is known
                     (ours: fs.watch answers after its base walk; watchman: `watch`, then a
                     `clock` with sync_timeout, which waits for its crawl)
@@ -352,13 +354,20 @@ def consume_watchman(sock: str, root: str, names: set[str], conn: Any) -> None:
         c.close()
 
 
-def burst(n: int, root: Path, consume: Any, args: tuple, pid: int, name: Any
-          ) -> dict[str, float]:
-    """`n` files created as fast as one loop can, while a consumer in another process
-    (`consume(*args, names, conn)`) reads the side's events as a client would: the writer's
-    process does not slow it, nor it the writer."""
+def burst(n: int, root: Path, consume: Any, args: tuple, pid: int, name: Any,
+          stage: Path | None = None) -> dict[str, float]:
+    """`n` files created as fast as one loop can (with `stage`, a directory no side
+    watches, made there first and renamed into `root`), while a consumer in another
+    process (`consume(*args, names, conn)`) reads the side's events as a client would: the
+    writer's process does not slow it, nor it the writer."""
     root.mkdir()
     paths = [root / f"b{i:05d}" for i in range(n)]
+    sources = []
+    if stage is not None:
+        stage.mkdir(parents=True)
+        sources = [stage / p.name for p in paths]
+        for src in sources:
+            touch(src)
     ctx = multiprocessing.get_context("spawn")
     mine, theirs = ctx.Pipe()
     proc = ctx.Process(target=consume, args=(*args, {name(p) for p in paths}, theirs))
@@ -368,8 +377,12 @@ def burst(n: int, root: Path, consume: Any, args: tuple, pid: int, name: Any
             raise RuntimeError("the consumer did not start")
         cpu0 = cpu_seconds(pid)
         t0 = pc()
-        for p in paths:
-            touch(p)
+        if sources:
+            for src, p in zip(sources, paths, strict=True):
+                os.rename(src, p)
+        else:
+            for p in paths:
+                touch(p)
         last = pc()
         if not mine.poll(120):
             raise RuntimeError("burst not delivered in 120 s")
@@ -458,41 +471,48 @@ def main(argv: list[str] | None = None) -> int:
         (theirs_dir / "burst-parent" / ".watchmanconfig").write_text('{"settle": 20}')
         wm.cmd("watch", str(theirs_dir / "burst-parent"))
         # One burst is at the mercy of the moment (a tail read 16 ms in one run, 71 in the
-        # next): `--bursts` each, the sides taking turns, and the medians compared.
-        runs: dict[str, list[dict[str, float]]] = {"ours": [], "watchman": []}
-        for k in range(args.bursts):
-            for side in ("ours", "watchman")[::1 if k % 2 else -1]:
-                if side == "ours":
-                    runs[side].append(burst(
-                        args.burst, ours_dir / "burst-parent" / f"b{k}", consume_ours,
-                        (str(tree.dir), "watcher"), o.pid, str))
-                else:
-                    runs[side].append(burst(
-                        args.burst, theirs_dir / "burst-parent" / f"b{k}", consume_watchman,
-                        (str(wm.path), str(theirs_dir / "burst-parent")), wm.pid,
-                        _relative_to_burst_parent))
+        # next): `--bursts` each, the sides taking turns, and the medians compared. Then the
+        # same number of files renamed in from a directory neither side watches (on the
+        # same file system): each an IN_MOVED_TO, which takes watchdog's move grouper.
+        for verb in ("create", "rename"):
+            runs: dict[str, list[dict[str, float]]] = {"ours": [], "watchman": []}
+            for k in range(args.bursts):
+                for side in ("ours", "watchman")[::1 if k % 2 else -1]:
+                    base = ours_dir if side == "ours" else theirs_dir
+                    stage = base / "stage" / f"{verb}{k}" if verb == "rename" else None
+                    if side == "ours":
+                        runs[side].append(burst(
+                            args.burst, base / "burst-parent" / f"{verb}{k}", consume_ours,
+                            (str(tree.dir), "watcher"), o.pid, str, stage))
+                    else:
+                        runs[side].append(burst(
+                            args.burst, base / "burst-parent" / f"{verb}{k}",
+                            consume_watchman, (str(wm.path), str(base / "burst-parent")),
+                            wm.pid, _relative_to_burst_parent, stage))
 
-        def mid(side: str, key: str) -> float:
-            return statistics.median(r[key] for r in runs[side])
+            def mid(side: str, key: str, runs: dict = runs) -> float:
+                return statistics.median(r[key] for r in runs[side])
 
-        def each(side: str, key: str, fmt: str) -> str:
-            return "/".join(format(r[key], fmt) for r in runs[side])
+            def each(side: str, key: str, fmt: str, runs: dict = runs) -> str:
+                return "/".join(format(r[key], fmt) for r in runs[side])
 
-        t_o, t_w = mid("ours", "tail_ms"), mid("watchman", "tail_ms")
-        report.add(Row("X4", f"{args.burst:,}-file burst: tail after the last create", "ms",
-                       "<= watchman", t_o, t_w, t_o <= t_w,
-                       note=f"median of {args.bursts} bursts a side, taking turns: ours "
-                            f"{each('ours', 'tail_ms', '.1f')} ms, watchman "
-                            f"{each('watchman', 'tail_ms', '.1f')}; every file delivered; "
-                            f"writer loops {each('ours', 'writer_s', '.2f')} s (ours) / "
-                            f"{each('watchman', 'writer_s', '.2f')} s"))
-        c_o, c_w = mid("ours", "cpu_s"), mid("watchman", "cpu_s")
-        report.add(Row("X4", f"{args.burst:,}-file burst: CPU of the watching process", "s",
-                       "<= watchman", c_o, c_w, c_o <= c_w,
-                       note=f"user+system, first create to last event delivered, median: ours "
-                            f"{each('ours', 'cpu_s', '.2f')} s, watchman "
-                            f"{each('watchman', 'cpu_s', '.2f')}"))
-        report.extra["burst"] = runs
+            label = f"{args.burst:,}-file burst" if verb == "create" else \
+                f"{args.burst:,}-file rename burst"
+            t_o, t_w = mid("ours", "tail_ms"), mid("watchman", "tail_ms")
+            report.add(Row("X4", f"{label}: tail after the last {verb}", "ms",
+                           "<= watchman", t_o, t_w, t_o <= t_w,
+                           note=f"median of {args.bursts} bursts a side, taking turns: ours "
+                                f"{each('ours', 'tail_ms', '.1f')} ms, watchman "
+                                f"{each('watchman', 'tail_ms', '.1f')}; every file "
+                                f"delivered; writer loops {each('ours', 'writer_s', '.2f')} s"
+                                f" (ours) / {each('watchman', 'writer_s', '.2f')} s"))
+            c_o, c_w = mid("ours", "cpu_s"), mid("watchman", "cpu_s")
+            report.add(Row("X4", f"{label}: CPU of the watching process", "s",
+                           "<= watchman", c_o, c_w, c_o <= c_w,
+                           note=f"user+system, first {verb} to last event delivered, "
+                                f"median: ours {each('ours', 'cpu_s', '.2f')} s, watchman "
+                                f"{each('watchman', 'cpu_s', '.2f')}"))
+            report.extra["burst" if verb == "create" else "rename_burst"] = runs
         # the crawl and the full query
         make_tree(ours_dir / "big", args.files)
         make_tree(theirs_dir / "big", args.files)
