@@ -9,6 +9,7 @@ from typing import NamedTuple
 import pytest
 
 from moorage.actors.watcher.movequeue import MoveQueue
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,16 +49,19 @@ def test_an_unpaired_moved_from_is_held_for_the_delay_and_then_leaves_the_index(
     assert q.get() == Ev("after")
 
 
-def test_a_moved_from_paired_while_get_waits_out_its_delay_is_skipped():
-    q = MoveQueue(0.3, cookie_of)
+def test_a_moved_from_paired_while_get_waits_out_its_delay_wakes_it():
+    q = MoveQueue(30.0, cookie_of)
     q.put(Ev("from", 5, True), delay=True)
     got: list[object] = []
     reader = threading.Thread(target=lambda: got.extend([q.get()]))
+    t0 = time.monotonic()
     reader.start()
-    src = q.take_moved_from(5)  # (the reader sleeps out the delay, or has not looked yet)
+    wait_for(lambda: q._not_empty._waiters, "the reader waiting out the delay")  # type: ignore[attr-defined]
+    src = q.take_moved_from(5)
     q.put((src, Ev("to")))
-    reader.join(10)
+    reader.join(20)
     assert got == [(Ev("from", 5, True), Ev("to"))]
+    assert time.monotonic() - t0 < 30  # (not the delay: the pairing woke it)
 
 
 def test_find_and_remove_by_predicate_skip_what_was_taken_and_keep_the_index():
