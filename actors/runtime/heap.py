@@ -30,6 +30,7 @@ QUIET_S = 1.0  # no big work for this long: the burst is over
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _trim: Callable[[int], int] | None = getattr(_libc, "malloc_trim", None)  # glibc only
+CAN_TRIM = _trim is not None
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
