@@ -49,11 +49,21 @@ except ImportError:  # pragma: no cover - not Linux, or another watchdog layout
 WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
 
 
-def _unpaired_moved_from(element: object) -> int | None:
-    """The cookie of a grouper's queued IN_MOVED_FROM (a PathedInotifyEvent: a pair is a
-    plain tuple of two), None for anything else."""
+def _move_keys(element: object) -> tuple[tuple[str, object], ...]:
+    """What watchdog's grouper looks for in its queue, as MoveQueue keys: an unpaired
+    IN_MOVED_FROM by its cookie, a directory's by its path ("from"), a directory moved in or
+    created by its path ("to"; a pair is a plain tuple of two PathedInotifyEvents)."""
     ev = getattr(element, "ev", None)
-    return ev.cookie if ev is not None and ev.is_moved_from else None
+    if ev is None:
+        to = element[1]  # type: ignore[index]
+        return (("to", os.path.normpath(to.path)),) if to.ev.is_directory else ()
+    if ev.is_moved_from:
+        if ev.is_directory:
+            return ("cookie", ev.cookie), ("from", os.path.normpath(element.path))  # type: ignore[attr-defined]
+        return (("cookie", ev.cookie),)
+    if ev.is_directory and (ev.is_moved_to or ev.is_create):
+        return (("to", os.path.normpath(element.path)),)  # type: ignore[attr-defined]
+    return ()
 
 
 if GUARDED:
@@ -184,11 +194,12 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
 
     class Grouper(InotifyMoveEventGrouper):  # type: ignore[misc,valid-type]
         """watchdog's grouper, counting what it holds for its group, in a queue that finds
-        a move's IN_MOVED_FROM by its cookie (movequeue.py: watchdog's walks the queue)."""
+        a move's IN_MOVED_FROM by its cookie and a directory's pending move or creation by
+        its path (movequeue.py: watchdog's walks the queue for each)."""
 
         def __init__(self, group: Group) -> None:
             super().__init__()
-            self._queue = MoveQueue(self.delay, _unpaired_moved_from)
+            self._queue = MoveQueue(self.delay, _move_keys)
             self.group = group
 
         def put_event(self, event: object) -> None:
@@ -197,11 +208,17 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             super().put_event(event)
 
         def _group_moved_to_event(self, to_event: object) -> object:
-            from_event = self._queue.take_moved_from(to_event.ev.cookie)  # type: ignore[attr-defined]
+            from_event = self._queue.take(("cookie", to_event.ev.cookie))  # type: ignore[attr-defined]
             return to_event if from_event is None else (from_event, to_event)
 
         def get_queued_moved_from_event(self, cookie: int) -> object:
-            return self._queue.moved_from(cookie)
+            return self._queue.first(("cookie", cookie))
+
+        def has_pending_moved_from(self, path: bytes) -> bool:
+            return self._queue.first(("from", os.path.normpath(path))) is not None
+
+        def has_pending_move_to_or_create(self, path: bytes) -> bool:
+            return self._queue.first(("to", os.path.normpath(path))) is not None
 
     class Group(InotifyWatchGroup, _Grouped):  # type: ignore[misc,valid-type]
         def __post_init__(self) -> None:
