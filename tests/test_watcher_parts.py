@@ -29,7 +29,7 @@ from moorage.actors.watcher.pipeline import Pipeline
 from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
 from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
 from moorage.actors.watcher.statahead import StatAhead
-from moorage.actors.watcher.watches import Watches
+from moorage.actors.watcher.watches import Watch, Watches
 from moorage.actors.watcher.workers import Workers
 from moorage.protocol.envelope import Packed, decode_reply, encode_reply
 from moorage.protocol.errors import MoorageError
@@ -1192,3 +1192,21 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
     finally:
         mgr.stop()
 
+
+
+@pytest.mark.parametrize("watch, tree, overlaps", [
+    ("/w/a", "/w/a", True),  # the same tree
+    ("/w", "/w/a", True),  # holds it
+    ("/w/a/b", "/w/a", True),  # lies inside it
+    ("/", "/w/a", True),
+    ("/w/a", "/", True),
+    ("/w/b", "/w/a", False),  # beside it
+    ("/w/ab", "/w/a", False),  # a name that begins the same is not inside
+    ("/w/a", "/w/ab", False),
+])
+def test_a_watch_overlaps_a_tree_it_holds_or_lies_in_and_no_other(watch, tree, overlaps):
+    w = Watch("w1", watch)
+    assert w.overlaps(tree) is overlaps
+    # what matters of it: a watch that does not overlap a tree covers none of its paths
+    if not overlaps:
+        assert not any(w.covers(tree.rstrip("/") + "/" + rel) for rel in ("x", "d/x"))

@@ -182,6 +182,25 @@ def test_unwatching_one_watch_forgets_only_what_no_other_watch_covers(watcher, d
     assert c.call("watcher", "fs.stats")["index_entries"] == 3
 
 
+def test_watches_beside_and_inside_others_index_each_path_once_and_unwatch_cleanly(
+        watcher, data):
+    """A new watch's base is merged without what overlapping watches already hold, and an
+    unwatch forgets what no remaining watch covers; watches beside it are not touched."""
+    for d in ("a/inner", "b", "c"):
+        (data / d).mkdir(parents=True)
+    for name in ("a/1", "a/inner/2", "b/3", "c/4"):
+        (data / name).write_text(name)
+    c = watcher()
+    ids = {d: c.call("watcher", "fs.watch", {"path": str(data / d)})["watch"]
+           for d in ("a", "b", "c", "a/inner")}
+    assert c.call("watcher", "fs.stats")["index_entries"] == 5  # 1, inner, inner/2, 3, 4
+    c.call("watcher", "fs.unwatch", {"watch": ids["a"]})  # inner's stay, and b's and c's
+    names = {p for d in ("a/inner", "b", "c") for p in
+             c.call("watcher", "fs.query", {"path": str(data / d), "fields": ["name"]})["files"]}
+    assert names == {"2", "3", "4"}
+    assert c.call("watcher", "fs.stats")["index_entries"] == 3
+
+
 def test_a_query_of_the_cache_only_fallback_says_watching_is_off(watcher, data):
     c = watcher(fallback="cache_only")
     with pytest.raises(MoorageError) as e:

@@ -55,6 +55,13 @@ class Watch:
                     return True
         return False
 
+    def overlaps(self, tree: str) -> bool:
+        """Whether this watch may cover a path below directory `tree`: it holds `tree`, or
+        lies inside it. One that does neither covers none of its paths, so a new or removed
+        watch's tree is checked against the overlapping watches alone, not every watch."""
+        return (tree.rstrip("/") + "/").startswith(self._prefix) or \
+            self._prefix.startswith(tree.rstrip("/") + "/")
+
     def covers(self, path: str) -> bool:
         if not path.startswith(self._prefix):
             return False
