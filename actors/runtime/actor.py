@@ -763,7 +763,7 @@ class Actor:
             # from now): the cache remembers letting the entry go before then.
             keep = call.deadline_ms if call.deadline_ms is not None \
                 else int(_time() * 1000) + spec.timeout_ms
-            self.cache.put(call.sid, call.id, frames, keep)
+            self.cache.put(call.sid, call.id, frames, keep, size)
         # Unknown op names are the caller's text: one key for all, or junk fills the metrics.
         if spec is None:
             self.stats.record("(unknown)", 0, False, True)  # unknown_op: the caller's

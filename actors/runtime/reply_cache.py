@@ -46,9 +46,12 @@ class ReplyCache:
         self.hits += 1
         return entry[0]
 
-    def put(self, sid: str, rid: int, frames: list[bytes], keep_until_ms: int = 0) -> None:
-        """Keep `frames` for a resend of (sid, rid), which may come until `keep_until_ms`."""
-        size = sum(map(len, frames))
+    def put(self, sid: str, rid: int, frames: list[bytes], keep_until_ms: int = 0,
+            size: int | None = None) -> None:
+        """Keep `frames` for a resend of (sid, rid), which may come until `keep_until_ms`.
+        `size`: their bytes, when the caller has counted them already."""
+        if size is None:
+            size = sum(map(len, frames))
         if size > self.max_bytes // 4:
             self._dropped(keep_until_ms)  # too big to keep: a resend of it is refused
             return

@@ -59,8 +59,8 @@ class Watch:
         """Whether this watch may cover a path below directory `tree`: it holds `tree`, or
         lies inside it. One that does neither covers none of its paths, so a new or removed
         watch's tree is checked against the overlapping watches alone, not every watch."""
-        return (tree.rstrip("/") + "/").startswith(self._prefix) or \
-            self._prefix.startswith(tree.rstrip("/") + "/")
+        inside = tree.rstrip("/") + "/"
+        return inside.startswith(self._prefix) or self._prefix.startswith(inside)
 
     def covers(self, path: str) -> bool:
         if not path.startswith(self._prefix):
