@@ -159,6 +159,7 @@ class TerminalTable(RuntimeTable, total=False):
     term: str
     integration_detect_ms: int
     quiet_ms: int
+    output_coalesce_ms: int
     exec_timeout_ms: int
     scrollback_bytes: int
     max_output_bytes: int

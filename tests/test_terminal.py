@@ -412,3 +412,30 @@ def test_a_hundred_sessions_running_commands_at_once_nearly_all_succeed(term):
     ok = sum(1 for i, r in enumerate(results)
              if isinstance(r, dict) and (r["exit_code"], r["output"]) == (i % 3, f"r7-{i}"))
     assert ok >= 99, [r for r in results if not isinstance(r, dict)][:3]
+
+
+def test_output_held_for_its_burst_all_arrives_and_acks_count_what_was_published(term):
+    """Output that follows other output closely waits up to output_coalesce_ms for the rest
+    of its burst (outbuf.py): every byte still comes, in order, whether the prompt sends it
+    or the window's end does (input echoed with no prompt after it). An ack never counts a
+    byte that was read but not yet sent."""
+    sid = term.create("bash")["session"]
+    out = term.output(sid)
+    r = term.exec(sid, "for i in $(seq 1 300); do echo line $i; done")
+    assert r["exit_code"] == 0 and r["output"].split("\n")[-1] == "line 300"
+    out.until(lambda d: b"\x1b]633;B;" in d[d.rfind(b"line 300"):])  # the prompt is back
+    for piece in ("echo ", "not ", "run"):  # typed, not entered: echoed, then nothing
+        term.call("term.write", {"session": sid, "data": piece})
+
+    def offset() -> int:
+        return term.call("term.list", {})["sessions"][0]["offset"]
+
+    data = out.until(lambda d: d.endswith(b"echo not run") and len(d) == offset())
+    back = term.client.request("terminal", "term.scrollback", {"session": sid,
+                                                               "from_offset": 0})
+    assert back.body["from"] == 0 and back.attachments[0] == data
+    ack = term.call("term.ack", {"session": sid, "offset": len(data) + 1000})
+    assert ack["acked"] == ack["offset"] == len(data)
+    info = term.client.call("terminal", "sys.info")
+    assert info["output"]["held_bytes"] == 0
+    assert 0 < info["output"]["messages"] <= info["output"]["pieces"]

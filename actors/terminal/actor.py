@@ -69,7 +69,9 @@ quality 1 and 0 turn shell integration off (see `on_pressure`).
 Config: parse ("actor" | "local"), parser ("parser"), parse_timeout_ms (1000),
 parse_feed_bytes (1 MiB), parse_lag_bytes (4 MiB), parse_retry_ms (1000) and
 parse_retry_max_ms (10000: the breaker's cooldown, doubling), keeper ("ptykeeper"), shells,
-default_shell, term, integration_detect_ms (5000), quiet_ms (300), exec_timeout_ms (60000),
+default_shell, term, integration_detect_ms (5000), quiet_ms (300), output_coalesce_ms (5: the
+window in which output that follows other output waits for the rest of its burst, outbuf.py;
+0 sends each piece as it is read), exec_timeout_ms (60000),
 scrollback_bytes (2 MiB), max_output_bytes (1 MiB), keeper_wait_ms (3000), idle_close_s
 (600), resume_wait_ms (5000), republish_bytes (2 MiB), consumer_timeout_ms (5000),
 pub_hwm (1000),
@@ -148,6 +150,7 @@ class TerminalActor(Actor):
         self.term = str(cfg.get("term", "xterm-256color"))
         self.detect_s = int(cfg.get("integration_detect_ms", 5000)) / 1000
         self.quiet_s = int(cfg.get("quiet_ms", 300)) / 1000
+        self.output_window_s = max(0, int(cfg.get("output_coalesce_ms", 5))) / 1000
         self.exec_timeout_ms = int(cfg.get("exec_timeout_ms", 60_000))
         self.scrollback_bytes = int(cfg.get("scrollback_bytes", 2 << 20))
         self.max_output = int(cfg.get("max_output_bytes", 1 << 20))
@@ -203,6 +206,7 @@ class TerminalActor(Actor):
         # Stopped on purpose (a restart by hand, or the tree stopping): the keeper holds the
         # sessions and their specs; a tree started afresh must not find them lost.
         for s in self.sessions.values():
+            s.out.flush()
             s.abort(WireError.of("outcome_unknown", f"{self.name} stopped while it ran"))
         self.specs.clear()
         self.execs.clear()
@@ -214,7 +218,10 @@ class TerminalActor(Actor):
                 "keeper_pid": self.keeper.pid, "keeper_connections": self.keeper.connections,
                 "sessions_adopted_by_keeper": self.keeper.adopted,
                 "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
-                "exec_records_failed": self.execs.failed, **self.counters}
+                "exec_records_failed": self.execs.failed,
+                "output": {k: sum(getattr(s.out, k) for s in self.sessions.values())
+                           for k in ("pieces", "messages", "held_bytes")},
+                **self.counters}
 
     def on_subscribed(self, topic: str) -> None:
         self.keeper.on_subscribed(topic)
@@ -296,6 +303,10 @@ class TerminalActor(Actor):
     def publish_command(self, s: Session, body: dict[str, Any]) -> None:
         if self.quality >= 3:  # command records are the first feature to go (seed 9.2)
             self.publisher.publish(f"term.cmd.{s.id}", {"session": s.id, **body})
+
+    def output_published(self, s: Session) -> None:
+        if s.ring is not None:  # (custody dropped meanwhile: nothing to acknowledge)
+            self.keeper.flush_acks(s)
 
     def keeper_write(self, s: Session, data: bytes) -> bool:
         return self.keeper.write(s, data)
@@ -576,7 +587,7 @@ class TerminalActor(Actor):
             acked = s.consumer_ack(call.sid, offset, time.monotonic())
             self._watch_consumers()
             self.keeper.flush_acks(s)
-            return {"session": session, "acked": acked, "offset": s.offset,
+            return {"session": session, "acked": acked, "offset": s.out.published,
                     "consumers": len(s.consumers)}
 
         return self._when_ready(call, run, session)

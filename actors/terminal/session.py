@@ -42,6 +42,7 @@ from loguru import logger
 
 from moorage.actors.runtime import Call
 from moorage.actors.terminal.execs import ZSH_PROMPT_SP, Exec, cut_echo_and_prompt
+from moorage.actors.terminal.outbuf import OutputBuffer, Timers
 from moorage.actors.terminal.parsehop import ParseHop, ParserLink
 from moorage.actors.terminal.ring import SessionRing
 from moorage.actors.vtparse import (
@@ -68,12 +69,15 @@ class SessionHost(Protocol):
     detect_s: float
     quiet_s: float
     max_output: int
+    output_window_s: float
     parse_link: ParserLink
+    loop: Timers
 
     def integration_allowed(self) -> bool: ...
     def need_tick(self, s: Session) -> None: ...
     def publish_output(self, s: Session, off: int, data: bytes, replay: bool) -> None: ...
     def publish_command(self, s: Session, body: dict[str, Any]) -> None: ...
+    def output_published(self, s: Session) -> None: ...
     def keeper_write(self, s: Session, data: bytes) -> bool: ...
     def keeper_signal(self, s: Session, sig: str, to: str) -> None: ...
     def keeper_meta(self, s: Session) -> None: ...
@@ -174,6 +178,12 @@ class Session:
         self.cols = 80
         self.rows = 24
         self.offset = base  # the next byte expected
+        # output and command records on their way out, coalesced (outbuf.py)
+        self.out = OutputBuffer(
+            host.output_window_s, host.loop,
+            lambda off, data, replay: host.publish_output(self, off, data, replay),
+            lambda record: host.publish_command(self, record), published=base,
+            chunk=PUBLISH_CHUNK, on_timed_flush=lambda: host.output_published(self))
         self.ring = ring  # the output (shared with the keeper); None until its fds come
         self.master = master  # our copy of the PTY master (shared custody, input)
         self.hold_acks = False  # restarted: waiting for the output's subscribers to return
@@ -200,6 +210,7 @@ class Session:
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
         self._via = "local"  # the parser whose markers are being applied
         self._records: list[dict[str, Any]] = []  # term.cmd records, published after a batch
+        self._taking = False  # in on_output: records wait for the output they come from
         # what the keeper resends to a successor (all it read, acknowledged or not) is
         # parsed here as it arrives, so the session's state is right before an op is served
         self.hop = ParseHop(host.parse_link, sid, self.nonce, base, self._apply,
@@ -255,8 +266,17 @@ class Session:
             self.hop.restart_at(off)
         self.offset = end
         self.last_output = time.monotonic()
-        self.hop.take(data)  # first: a command that ends here is answered sooner
-        self.host.publish_output(self, off, data, off < self.replay_until)
+        # The parse first: a command that ends here is answered sooner. The records its
+        # markers make go out after this output (they speak of it), which then is one
+        # message with the output held before it.
+        self._taking = True
+        try:
+            self.hop.take(data)
+        finally:
+            self._taking = False
+        self.out.output(off, data, off < self.replay_until)
+        if self._records:
+            self._send_records()
         return True
 
     def _apply(self, events: list[Event], via: str) -> None:
@@ -270,10 +290,15 @@ class Session:
             self._apply_markers(events)
         finally:
             # Command records go out after the markers, so an exec that ends here is
-            # answered first (before any other op runs, they are retained all the same).
-            records, self._records = self._records, []
-            for record in records:
-                self.host.publish_command(self, record)
+            # answered first (before any other op runs, they are retained all the same);
+            # markers of output being taken, after that output (on_output).
+            if not self._taking:
+                self._send_records()
+
+    def _send_records(self) -> None:
+        records, self._records = self._records, []
+        for record in records:
+            self.out.command(record)
 
     def _apply_markers(self, events: list[Event]) -> None:
         for ev in events:
@@ -551,6 +576,7 @@ class Session:
         session look alive again)."""
         self.exited = info
         self.state = "exited"
+        self.out.flush()  # the shell's last words
         self.hop.when_parsed(self.offset, lambda: self._shell_gone(info))
 
     def _shell_gone(self, info: dict[str, Any]) -> None:
@@ -577,7 +603,7 @@ class Session:
         and taken by every consumer that acknowledges."""
         if self.parse_lags():
             return self.ring.ack_off if self.ring is not None else 0
-        floor = self.offset
+        floor = self.out.published
         for c in self.consumers.values():
             floor = min(floor, c.acked)
         return floor
@@ -585,7 +611,7 @@ class Session:
     def consumer_ack(self, consumer: str, offset: int, now: float) -> int:
         """A consumer took the output up to `offset` (it registers with its first ack);
         returns what it has acknowledged (never more than was published)."""
-        offset = min(offset, self.offset)
+        offset = min(offset, self.out.published)
         c = self.consumers.get(consumer)
         if c is None:
             c = self.consumers[consumer] = Consumer(offset, now)
@@ -596,7 +622,7 @@ class Session:
         """Consumers behind that have not acknowledged for `timeout`: dropped (they catch up
         by replay or term.scrollback; the session goes on without them)."""
         gone = [k for k, c in self.consumers.items()
-                if c.acked < self.offset and now - c.heard > timeout]
+                if c.acked < self.out.published and now - c.heard > timeout]
         for k in gone:
             del self.consumers[k]
         return gone
@@ -604,6 +630,7 @@ class Session:
     def close(self, err: WireError) -> None:
         """The session is gone for good: its command fails, its parser stream closes."""
         self.drop_custody()  # before the keeper hangs the PTY up: ours would keep it open
+        self.out.flush()
         self.abort(err)
         self.hop.close()
 
