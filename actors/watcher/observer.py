@@ -68,6 +68,14 @@ _monotonic = time.monotonic
 Raw = tuple[str, str, str, bool]  # (watchdog event type, src, dest, is_dir)
 
 
+def _watchdog_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("watchdog")
+    except PackageNotFoundError:
+        return "(version unknown)"
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, manager: ObserverManager) -> None:
         self.manager = manager
@@ -122,6 +130,12 @@ class ObserverManager:
         self.loop = loop
         self._loop_thread = threading.get_ident()
         self.mode = mode if GUARDED else "polling"
+        if mode != self.mode:
+            # (pyproject asks for the watchdog whose inotify classes guarded.py drives; an
+            # older or newer one installed by hand gets polling, which is correct but slow)
+            logger.warning("watchdog {} lacks the inotify internals this watcher drives: "
+                           "polling every {} s instead of inotify", _watchdog_version(),
+                           poll_interval)
         self.buffer_max = buffer_max
         self.poll_interval = poll_interval
         self._lock = threading.Lock()
