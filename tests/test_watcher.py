@@ -427,7 +427,11 @@ def test_a_dead_observer_thread_is_found_within_a_second_recreated_and_resynced(
     monkeypatch.setattr(guarded_mod, "add_watch_fault", boom)
     w = start(liveness_s=0.2)
     w.watch()
-    (data / "boom").mkdir()  # its IN_CREATE reaches the fault inside the lane thread
+    # A directory moved in takes watchdog's path, on the lane thread: its watch placed
+    # there meets the fault (one made in place is taken by the loop, which hands an event
+    # it cannot take to the lane).
+    (data.parent / "stage" / "boom").mkdir(parents=True)
+    os.rename(data.parent / "stage" / "boom", data / "boom")
     begin = w.wait_for(lambda e: e["kind"] == "resync_begin" and e["epoch"] > 1)
     assert "observer_dead" in begin["reason"]
     (data / "boom" / "after.txt").write_text("1")
@@ -449,7 +453,8 @@ def test_a_health_cookie_that_does_not_come_back_recreates_the_observer(
     # The liveness check is kept out of the way, so only the health cookie can notice.
     w = start(liveness_s=3600, health_interval_s=0.2, health_timeout_s=0.5)
     w.watch()
-    (data / "mute").mkdir()
+    (data.parent / "stage" / "mute").mkdir(parents=True)
+    os.rename(data.parent / "stage" / "mute", data / "mute")  # the lane's path (above)
     begin = w.wait_for(lambda e: e["kind"] == "resync_begin" and e["epoch"] > 1)
     assert begin["reason"] == "health_cookie"
     (data / "mute" / "heard").write_text("1")

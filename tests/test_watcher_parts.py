@@ -1193,6 +1193,86 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
         mgr.stop()
 
 
+@pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
+def test_a_directory_made_or_removed_in_a_recursive_watch_is_taken_by_the_loop(tmp_path):
+    """The loop places a new directory's watch and reports what it already holds (files
+    made before the loop read its creation), as watchdog's path would; one that holds a
+    directory takes watchdog's path on the lane. A directory removed is forgotten by the
+    loop too (its node, and its watch with the kernel's IN_IGNORED), and one made again at
+    its path is watched anew."""
+    import select
+
+    from moorage.actors.watcher.observer import ObserverManager
+
+    woken: SimpleQueue = SimpleQueue()
+    mgr = ObserverManager(woken.put, lambda: None)  # no loop: the test turns it
+    try:
+        assert mgr.place(str(tmp_path), True, "inotify").via == "inotify"
+        assert mgr.inotify is not None
+        fd = mgr.inotify.inotify_fd
+        (emitter,) = mgr.inotify.emitters
+        group = emitter._inotify
+
+        def rel(raws: list) -> list[tuple[str, str, bool]]:
+            return [(kind, os.path.relpath(src, tmp_path), is_dir)
+                    for kind, src, _, is_dir in raws]
+
+        def loop_turns(n: int) -> list:
+            got: list = []
+            while len(got) < n:
+                assert select.select([fd.fd], [], [], 10)[0], "no inotify event in 10 s"
+                fd.read_ready()
+                got += mgr.take()[0]
+            return got
+
+        def node(path: Path) -> object:
+            return group._find_node_by_path(os.fsencode(path))
+
+        d = tmp_path / "d"
+        d.mkdir()
+        for name in ("f1", "f2"):
+            (d / name).touch()  # before the loop reads d's creation: found by its read
+        got = rel(loop_turns(3))
+        assert got[0] == ("created", "d", True)
+        assert sorted(got[1:]) == [("created", "d/f1", False), ("created", "d/f2", False)]
+        assert (fd.on_loop, fd.on_lane) == (1, 0) and node(d) is not None
+        (d / "f3").touch()  # and its watch is placed
+        assert rel(loop_turns(1)) == [("created", "d/f3", False)]
+
+        e = tmp_path / "e"
+        (e / "sub").mkdir(parents=True)  # holds a directory: watchdog's path
+        assert select.select([fd.fd], [], [], 10)[0]
+        fd.read_ready()  # the loop hands it to the lane
+        got = mgr.take()[0]
+        while len(got) < 2:
+            woken.get(timeout=10)
+            got += mgr.take()[0]
+        assert rel(got) == [("created", "e", True), ("created", "e/sub", True)]
+        assert fd.on_lane == 1 and node(e / "sub") is not None
+
+        wd = node(d).wd  # type: ignore[attr-defined]
+        for name in ("f1", "f2", "f3"):
+            (d / name).unlink()
+        d.rmdir()
+        end = time.monotonic() + 10
+        got = []
+        while wd in fd._watch_for_wd:  # the IN_IGNORED comes last
+            assert time.monotonic() < end, "the removed directory's watch was not forgotten"
+            if select.select([fd.fd], [], [], 1)[0]:
+                fd.read_ready()
+                got += mgr.take()[0]
+        assert sorted(rel(got)[:3]) == [("deleted", f"d/f{i}", False) for i in (1, 2, 3)]
+        assert rel(got)[3:] == [("deleted", "d", True)]
+        assert fd.on_lane == 1 and node(d) is None and wd not in group._nodes_by_wd
+
+        d.mkdir()  # again, at the same path
+        assert rel(loop_turns(1)) == [("created", "d", True)]
+        (d / "g").touch()
+        assert rel(loop_turns(1)) == [("created", "d/g", False)] and fd.on_lane == 1
+    finally:
+        mgr.stop()
+
+
 
 @pytest.mark.parametrize("watch, tree, overlaps", [
     ("/w/a", "/w/a", True),  # the same tree
