@@ -34,6 +34,10 @@ try:  # the guarded inotify classes depend on watchdog 7.x internals
     from watchdog.observers.inotify_c import InotifyConstants as _C
     from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    try:  # watchdog 7.1.1's node of a watched directory (NODE_TREE, below)
+        from watchdog.observers.inotify import DirNode
+    except ImportError:  # pragma: no cover - 7.1.0
+        DirNode = None
     GUARDED = hasattr(InotifyWatchGroup, "_add_callback") and hasattr(
         InotifyWatchGroup, "on_queue_overflow") and hasattr(
         InotifyWatchGroup, "_resolve_path") and hasattr(InotifyFD, "_parse_event_buffer") \
@@ -320,7 +324,7 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             report("overflow", os.fsdecode(self.path))
             super().on_queue_overflow()
 
-        def created_here(self, path: str, add: AddWatch,
+        def created_here(self, wd: int, name: bytes, path: str, add: AddWatch,
                          out: list[tuple[str, str, str, bool]]) -> bool:
             """A directory created in this recursive group, taken by the loop (which holds
             the inotify instance's lock, so `add` is its unlocked add, and this group's):
@@ -331,16 +335,24 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             nothing reported, when a watch is there already or, once watched, it holds a
             directory or more than CREATED_SCAN_MAX entries: watchdog's path, on the lane,
             goes on from the watch placed here. 10,000 directories made at once cost 1 s of
-            the watcher's CPU on the lane, the last one's event 0.5-0.8 s late."""
-            if not NODE_TREE:
-                return False  # (7.1.0 keeps its watches in two dicts: watchdog's path)
-            bpath = os.fsencode(path)
-            if skip(bpath):  # no watch here, nothing walked (as _add_all_callbacks)
-                out.append(("created", path, "", True))
-                return True
-            if self._find_node_by_path(bpath) is not None:
+            the watcher's CPU on the lane, the last one's event 0.5-0.8 s late. The new
+            node hangs from its parent's (the event's `wd`), found without a walk from the
+            root, which watchdog's lookups and _insert_node take (six normpaths a
+            directory: half the cost of taking it here)."""
+            parent = self._nodes_by_wd.get(wd) if NODE_TREE else None
+            if parent is None:  # (7.1.0 keeps its watches in two dicts: watchdog's path)
                 return False
-            self._add_callback(bpath, add)
+            if wanted is not None and not wanted(path):  # no watch, nothing walked (as
+                out.append(("created", path, "", True))  # _add_all_callbacks does)
+                return True
+            if name in parent.children:
+                return False
+            bpath = os.fsencode(path)
+            new_wd = self._place(bpath, add)
+            if new_wd is not None:
+                node = DirNode(name=name, wd=new_wd, parent=parent)
+                parent.children[name] = node
+                self._nodes_by_wd[new_wd] = node
             found: list[tuple[str, str, str, bool]] = []
             try:
                 with os.scandir(bpath) as it:
@@ -385,20 +397,27 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             node = self._nodes_by_wd.get(wd)
             return bool(mask & _IN_DELETE_SELF) and node is not None and node is not self._root
 
-        def _add_callback(self, path: bytes, add: AddWatch | None = None) -> None:
-            if NODE_TREE and self._watched(path):
-                return  # (watchdog 7.1.1 places no second watch either)
+        def _place(self, path: bytes, add: AddWatch | None = None) -> int | None:
+            """The inotify watch of `path` (through `add`, or the instance's locked add):
+            its descriptor, or None when it could not be placed."""
             try:
                 if add_watch_fault is not None:
                     add_watch_fault(path)
-                wd = (add or self._inotify_fd.add_callback)(path, self.event_mask,
-                                                            self._callback, self._id)
+                return (add or self._inotify_fd.add_callback)(path, self.event_mask,
+                                                              self._callback, self._id)
             except OSError as exc:
                 if path == self.path:
                     raise
                 if exc.errno in WATCH_LIMIT_ERRNOS:
                     report("enospc", os.fsdecode(path))
-                return  # vanished or unreadable since listed: the walk and diff cover it
+                return None  # vanished or unreadable since listed: the walk and diff cover it
+
+        def _add_callback(self, path: bytes) -> None:
+            if NODE_TREE and self._watched(path):
+                return  # (watchdog 7.1.1 places no second watch either)
+            wd = self._place(path)
+            if wd is None:
+                return
             if NODE_TREE:
                 if self._insert_node(path, wd) is None:  # not under the root (it says so)
                     self._inotify_fd.remove_callbacks([(wd, self._id)])
@@ -547,7 +566,8 @@ if GUARDED:
                                     break
                                 path = prefix + os.fsdecode(name)
                                 try:
-                                    taken = group.created_here(path, self._add_callback, out) \
+                                    taken = group.created_here(
+                                        wd, name, path, self._add_callback, out) \
                                         if kind == "created" else group.deleted_here(path, out)
                                 except Exception:  # (a fault of ours: watchdog's path meets
                                     taken = False  # it again on the lane, whose death is seen)
