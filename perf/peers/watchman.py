@@ -14,6 +14,9 @@ neither's CPU spills into the other's figures:
                     side, taking turns, medians compared
   rename burst      the same, the files made first in a directory neither side watches and
                     renamed in (an IN_MOVED_TO each: the move's path through each side)
+  directory burst   the same number of empty directories made (as an unpacked archive or a
+                    package install makes them): each side watches each new directory and
+                    reads it for what was made in it before its watch
   crawl             a tree of 100,000 files: from the watch request until the tree is known
                     (ours: fs.watch answers after its base walk; watchman: `watch`, then a
                     `clock` with sync_timeout, which waits for its crawl)
@@ -339,13 +342,15 @@ def consume_ours(runtime_dir: str, actor: str, names: set[str], conn: Any) -> No
         client.close()
 
 
-def consume_watchman(sock: str, root: str, names: set[str], conn: Any) -> None:
-    """`consume_ours` for watchman: a subscription on its own connection."""
+def consume_watchman(sock: str, root: str, names: set[str], conn: Any,
+                     kind: str = "f") -> None:
+    """`consume_ours` for watchman: a subscription on its own connection, to files (`kind`
+    "f") or directories ("d")."""
     c = Watchman(Path(sock))
     try:
         clock = c.cmd("clock", root, {"sync_timeout": 60_000})["clock"]
         c.cmd("subscribe", root, "burst", {"fields": ["name"], "since": clock,
-                                           "expression": ["type", "f"]})
+                                           "expression": ["type", kind]})
         conn.send("ready")
         conn.send(watchman_wait(c, names))
     except BaseException as exc:
@@ -355,11 +360,12 @@ def consume_watchman(sock: str, root: str, names: set[str], conn: Any) -> None:
 
 
 def burst(n: int, root: Path, consume: Any, args: tuple, pid: int, name: Any,
-          stage: Path | None = None) -> dict[str, float]:
+          stage: Path | None = None, dirs: bool = False) -> dict[str, float]:
     """`n` files created as fast as one loop can (with `stage`, a directory no side
-    watches, made there first and renamed into `root`), while a consumer in another
-    process (`consume(*args, names, conn)`) reads the side's events as a client would: the
-    writer's process does not slow it, nor it the writer."""
+    watches, made there first and renamed into `root`; with `dirs`, empty directories
+    made instead, as an unpacked archive or a package install makes them), while a
+    consumer in another process (`consume(*args, names, conn)`) reads the side's events as
+    a client would: the writer's process does not slow it, nor it the writer."""
     root.mkdir()
     paths = [root / f"b{i:05d}" for i in range(n)]
     sources = []
@@ -370,7 +376,9 @@ def burst(n: int, root: Path, consume: Any, args: tuple, pid: int, name: Any,
             touch(src)
     ctx = multiprocessing.get_context("spawn")
     mine, theirs = ctx.Pipe()
-    proc = ctx.Process(target=consume, args=(*args, {name(p) for p in paths}, theirs))
+    proc = ctx.Process(target=consume, args=(*args, {name(p) for p in paths}, theirs,
+                                             *(("d",) if dirs and consume is consume_watchman
+                                               else ())))
     proc.start()
     try:
         if not mine.poll(60) or mine.recv() != "ready":
@@ -380,6 +388,9 @@ def burst(n: int, root: Path, consume: Any, args: tuple, pid: int, name: Any,
         if sources:
             for src, p in zip(sources, paths, strict=True):
                 os.rename(src, p)
+        elif dirs:
+            for p in paths:
+                os.mkdir(p)
         else:
             for p in paths:
                 touch(p)
@@ -473,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         # One burst is at the mercy of the moment (a tail read 16 ms in one run, 71 in the
         # next): `--bursts` each, the sides taking turns, and the medians compared. Then the
         # same number of files renamed in from a directory neither side watches (on the
-        # same file system): each an IN_MOVED_TO, which takes watchdog's move grouper.
-        for verb in ("create", "rename"):
+        # same file system): each an IN_MOVED_TO, which takes watchdog's move grouper. Then
+        # as many empty directories made, each of which the watcher must watch and read.
+        for verb in ("create", "rename", "mkdir"):
             runs: dict[str, list[dict[str, float]]] = {"ours": [], "watchman": []}
             for k in range(args.bursts):
                 for side in ("ours", "watchman")[::1 if k % 2 else -1]:
@@ -483,12 +495,12 @@ def main(argv: list[str] | None = None) -> int:
                     if side == "ours":
                         runs[side].append(burst(
                             args.burst, base / "burst-parent" / f"{verb}{k}", consume_ours,
-                            (str(tree.dir), "watcher"), o.pid, str, stage))
+                            (str(tree.dir), "watcher"), o.pid, str, stage, verb == "mkdir"))
                     else:
                         runs[side].append(burst(
                             args.burst, base / "burst-parent" / f"{verb}{k}",
                             consume_watchman, (str(wm.path), str(base / "burst-parent")),
-                            wm.pid, _relative_to_burst_parent, stage))
+                            wm.pid, _relative_to_burst_parent, stage, verb == "mkdir"))
 
             def mid(side: str, key: str, runs: dict = runs) -> float:
                 return statistics.median(r[key] for r in runs[side])
@@ -496,15 +508,17 @@ def main(argv: list[str] | None = None) -> int:
             def each(side: str, key: str, fmt: str, runs: dict = runs) -> str:
                 return "/".join(format(r[key], fmt) for r in runs[side])
 
-            label = f"{args.burst:,}-file burst" if verb == "create" else \
-                f"{args.burst:,}-file rename burst"
+            label = {"create": f"{args.burst:,}-file burst",
+                     "rename": f"{args.burst:,}-file rename burst",
+                     "mkdir": f"{args.burst:,}-directory burst"}[verb]
             t_o, t_w = mid("ours", "tail_ms"), mid("watchman", "tail_ms")
             report.add(Row("X4", f"{label}: tail after the last {verb}", "ms",
                            "<= watchman", t_o, t_w, t_o <= t_w,
                            note=f"median of {args.bursts} bursts a side, taking turns: ours "
                                 f"{each('ours', 'tail_ms', '.1f')} ms, watchman "
-                                f"{each('watchman', 'tail_ms', '.1f')}; every file "
-                                f"delivered; writer loops {each('ours', 'writer_s', '.2f')} s"
+                                f"{each('watchman', 'tail_ms', '.1f')}; every "
+                                f"{'directory' if verb == 'mkdir' else 'file'} delivered; "
+                                f"writer loops {each('ours', 'writer_s', '.2f')} s"
                                 f" (ours) / {each('watchman', 'writer_s', '.2f')} s"))
             c_o, c_w = mid("ours", "cpu_s"), mid("watchman", "cpu_s")
             report.add(Row("X4", f"{label}: CPU of the watching process", "s",
@@ -512,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                            note=f"user+system, first {verb} to last event delivered, "
                                 f"median: ours {each('ours', 'cpu_s', '.2f')} s, watchman "
                                 f"{each('watchman', 'cpu_s', '.2f')}"))
-            report.extra["burst" if verb == "create" else "rename_burst"] = runs
+            report.extra[{"create": "burst", "rename": "rename_burst",
+                          "mkdir": "mkdir_burst"}[verb]] = runs
         # the crawl and the full query
         make_tree(ours_dir / "big", args.files)
         make_tree(theirs_dir / "big", args.files)
