@@ -81,6 +81,7 @@ if GUARDED:
     _SLOW = int(_C.IN_MOVED_FROM | _C.IN_MOVED_TO | _C.IN_DELETE_SELF | _C.IN_MOVE_SELF)
     _FILE_MOVED_IN = int(_C.IN_MOVED_TO)
     _IN_IGNORED, _IN_DELETE_SELF = int(_C.IN_IGNORED), int(_C.IN_DELETE_SELF)
+    _IN_MOVED_FROM = int(_C.IN_MOVED_FROM)
     _WATCH_GONE = _IN_IGNORED | _IN_DELETE_SELF
 
 
@@ -531,10 +532,18 @@ if GUARDED:
             out: list[tuple[str, str, str, bool]] = []
             done = 0
             try:
-                for wd, mask, _, name in events:
+                i, n = 0, len(events)
+                while i < n:
+                    wd, mask, cookie, name = events[i]
                     kind = plain_kind(mask)
-                    if not kind and not mask & _WATCH_GONE:
-                        break  # (a move, an overflow: watchdog's path)
+                    step = 1
+                    if not kind:
+                        if cookie and i + 1 < n and mask & (_SLOW | _IN_ISDIR) == _IN_MOVED_FROM \
+                                and events[i + 1][2] == cookie and \
+                                events[i + 1][1] & (_SLOW | _IN_ISDIR) == _FILE_MOVED_IN:
+                            kind, step = "moved", 2  # a file renamed, both halves read
+                        elif not mask & _WATCH_GONE:
+                            break  # (a move, an overflow: watchdog's path)
                     watch = watches.get(wd)
                     if watch is not None:
                         callbacks = watch.callbacks
@@ -550,7 +559,11 @@ if GUARDED:
                             held = group
                             if group.is_active and group._pending:
                                 break  # (older events of the group wait in its grouper)
-                        if not kind:  # one of its watches gone
+                        if kind == "moved":
+                            if not self._moved_here(group, wd, name, events[i + 1], prefixes,
+                                                    out):
+                                break
+                        elif not kind:  # one of its watches gone
                             if not group.is_active:
                                 if mask & _IN_IGNORED:  # (the instance forgets it all the same)
                                     self._remove_watch(wd)
@@ -576,7 +589,10 @@ if GUARDED:
                             elif prefix is not None:
                                 out.append((kind, prefix + os.fsdecode(name) if name
                                             else prefix[:-1] or "/", "", bool(mask & _IN_ISDIR)))
-                    done += 1  # (no watch, or its group stopped: dropped, as watchdog does)
+                    elif kind == "moved":
+                        break  # (its source unwatched: watchdog's path sorts the pair out)
+                    done += step  # (no watch, or its group stopped: dropped, as watchdog does)
+                    i += step
             finally:
                 if held is not None:
                     held._lock.release()
@@ -585,6 +601,29 @@ if GUARDED:
                 self.deliver(out)
             self.on_loop += done
             return done
+
+        def _moved_here(self, group: object, wd: int, name: bytes,
+                        to: tuple[int, int, int, bytes], prefixes: dict[int, str | None],
+                        out: list[tuple[str, str, str, bool]]) -> bool:
+            """A file renamed within `group` (its lock held), both halves in this read: the
+            move watchdog's grouper would pair (its IN_MOVED_FROM held until the IN_MOVED_TO
+            with its cookie comes, then the emitter's FileMovedEvent) reported at once. A
+            file moved between two roots is two groups' (each reports its half): False,
+            watchdog's path."""
+            to_watch = self._watch_for_wd.get(to[0])
+            if to_watch is None or len(to_watch.callbacks) != 1 or \
+                    next(iter(to_watch.callbacks.values())) is not group:
+                return False
+            if not group.is_active:  # type: ignore[attr-defined]
+                return True  # (dropped, as watchdog's stopped group does)
+            for w in (wd, to[0]):
+                if w not in prefixes:
+                    prefixes[w] = group.prefix_of(w)  # type: ignore[attr-defined]
+            src, dest = prefixes[wd], prefixes[to[0]]
+            if src is None or dest is None or not name or not to[3]:
+                return False
+            out.append(("moved", src + os.fsdecode(name), dest + os.fsdecode(to[3]), False))
+            return True
 
         def run(self) -> None:
             """The lane."""
