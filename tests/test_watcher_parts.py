@@ -1118,6 +1118,47 @@ def test_resyncs_run_at_once_after_quiet_and_back_off_while_they_keep_coming():
     assert sched.request("overflow") == 0.0
 
 
+class LoopRead:
+    """A root watched by an ObserverManager with no loop: the test turns the loop's read
+    (`turns`) and waits for what the lane thread hands over (`from_the_lane`)."""
+
+    def __init__(self, root: Path) -> None:
+        from moorage.actors.watcher.observer import ObserverManager
+
+        self.woken: SimpleQueue = SimpleQueue()
+        self.mgr = ObserverManager(self.woken.put, lambda: None)
+        try:
+            assert self.mgr.place(str(root), True, "inotify").via == "inotify"
+            assert self.mgr.inotify is not None
+            self.fd = self.mgr.inotify.inotify_fd
+            (emitter,) = self.mgr.inotify.emitters
+            self.group = emitter._inotify
+        except BaseException:
+            self.mgr.stop()
+            raise
+
+    def readable(self) -> None:
+        import select
+
+        assert select.select([self.fd.fd], [], [], 10)[0], "no inotify event in 10 s"
+
+    def turns(self, n: int) -> list:
+        """What the loop does when the instance is readable, until `n` events came."""
+        got: list = []
+        while len(got) < n:
+            self.readable()
+            self.fd.read_ready()
+            got += self.mgr.take()[0]
+        return got
+
+    def from_the_lane(self, n: int) -> list:
+        got: list = []
+        while len(got) < n:
+            self.woken.get(timeout=10)
+            got += self.mgr.take()[0]
+        return got
+
+
 @pytest.mark.skipif(not guarded.GUARDED, reason="watchdog's inotify classes are not there")
 def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(tmp_path):
     """The loop's read hands plain events over itself, in the kernel's order; while a
@@ -1125,36 +1166,12 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
     lane thread, which hands them over once the lock is free; the loop takes over again
     once the lane has caught up; a file renamed with both halves in one read is the loop's
     too, a directory moved takes watchdog's path, and a create after it waits behind it."""
-    import select
-
-    from moorage.actors.watcher.observer import ObserverManager
-
-    woken: SimpleQueue = SimpleQueue()
-    mgr = ObserverManager(woken.put, lambda: None)  # no loop: the test turns it
+    r = LoopRead(tmp_path)
+    fd, mgr, group, woken = r.fd, r.mgr, r.group, r.woken
+    loop_turns, from_the_lane = r.turns, r.from_the_lane
     try:
-        assert mgr.place(str(tmp_path), True, "inotify").via == "inotify"
-        assert mgr.inotify is not None
-        fd = mgr.inotify.inotify_fd
-        (emitter,) = mgr.inotify.emitters
-        group = emitter._inotify
-
         def names(raws: list) -> list[tuple[str, str]]:
             return [(kind, os.path.basename(dest or src)) for kind, src, dest, _ in raws]
-
-        def loop_turns(n: int) -> list:  # what the loop does when the fd is readable
-            got: list = []
-            while len(got) < n:
-                assert select.select([fd.fd], [], [], 10)[0], "no inotify event in 10 s"
-                fd.read_ready()
-                got += mgr.take()[0]
-            return got
-
-        def from_the_lane(n: int) -> list:
-            got: list = []
-            while len(got) < n:
-                woken.get(timeout=10)
-                got += mgr.take()[0]
-            return got
 
         def lane_caught_up() -> None:
             end = time.monotonic() + 10
@@ -1170,7 +1187,7 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
         with group._lock:  # a placement's walk holds it
             for name in "de":
                 (tmp_path / name).touch()
-            assert select.select([fd.fd], [], [], 10)[0]
+            r.readable()
             fd.read_ready()  # the loop does not wait for the lock: the lane does
             assert mgr.take()[0] == [] and fd.on_loop == 3 and fd.lane_busy
             while not woken.empty():
@@ -1188,7 +1205,7 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
         assert names(loop_turns(1)) == [("created", "m")] and fd.on_loop == 7
         os.rename(tmp_path / "m", tmp_path / "n")
         (tmp_path / "h").touch()
-        assert select.select([fd.fd], [], [], 10)[0]
+        r.readable()
         fd.read_ready()
         assert mgr.take()[0] == []  # the move and the create after it: the lane's
         assert names(from_the_lane(2)) == [("moved", "n"), ("created", "h")]
@@ -1205,28 +1222,12 @@ def test_a_directory_made_or_removed_in_a_recursive_watch_is_taken_by_the_loop(t
     its path is watched anew."""
     import select
 
-    from moorage.actors.watcher.observer import ObserverManager
-
-    woken: SimpleQueue = SimpleQueue()
-    mgr = ObserverManager(woken.put, lambda: None)  # no loop: the test turns it
+    r = LoopRead(tmp_path)
+    fd, mgr, group, loop_turns = r.fd, r.mgr, r.group, r.turns
     try:
-        assert mgr.place(str(tmp_path), True, "inotify").via == "inotify"
-        assert mgr.inotify is not None
-        fd = mgr.inotify.inotify_fd
-        (emitter,) = mgr.inotify.emitters
-        group = emitter._inotify
-
         def rel(raws: list) -> list[tuple[str, str, bool]]:
             return [(kind, os.path.relpath(src, tmp_path), is_dir)
                     for kind, src, _, is_dir in raws]
-
-        def loop_turns(n: int) -> list:
-            got: list = []
-            while len(got) < n:
-                assert select.select([fd.fd], [], [], 10)[0], "no inotify event in 10 s"
-                fd.read_ready()
-                got += mgr.take()[0]
-            return got
 
         def node(path: Path) -> object:
             return group._find_node_by_path(os.fsencode(path))
@@ -1244,12 +1245,10 @@ def test_a_directory_made_or_removed_in_a_recursive_watch_is_taken_by_the_loop(t
 
         e = tmp_path / "e"
         (e / "sub").mkdir(parents=True)  # holds a directory: watchdog's path
-        assert select.select([fd.fd], [], [], 10)[0]
+        r.readable()
         fd.read_ready()  # the loop hands it to the lane
         got = mgr.take()[0]
-        while len(got) < 2:
-            woken.get(timeout=10)
-            got += mgr.take()[0]
+        got += r.from_the_lane(2 - len(got))
         assert rel(got) == [("created", "e", True), ("created", "e/sub", True)]
         assert fd.on_lane == 1 and node(e / "sub") is not None
 
