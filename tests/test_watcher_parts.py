@@ -1216,10 +1216,11 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
 @pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
 def test_a_directory_made_or_removed_in_a_recursive_watch_is_taken_by_the_loop(tmp_path):
     """The loop places a new directory's watch and reports what it already holds (files
-    made before the loop read its creation), as watchdog's path would; one that holds a
-    directory takes watchdog's path on the lane. A directory removed is forgotten by the
-    loop too (its node, and its watch with the kernel's IN_IGNORED), and one made again at
-    its path is watched anew."""
+    and directories made before the loop read its creation, each directory watched and read
+    in turn, a symlink to one reported and not followed), as watchdog's path would; a tree
+    over the loop's budget takes watchdog's path on the lane. A directory removed is
+    forgotten by the loop too (its node, and its watch with the kernel's IN_IGNORED), and
+    one made again at its path is watched anew."""
     import select
 
     r = LoopRead(tmp_path)
@@ -1244,13 +1245,30 @@ def test_a_directory_made_or_removed_in_a_recursive_watch_is_taken_by_the_loop(t
         assert rel(loop_turns(1)) == [("created", "d/f3", False)]
 
         e = tmp_path / "e"
-        (e / "sub").mkdir(parents=True)  # holds a directory: watchdog's path
+        (e / "sub" / "deeper").mkdir(parents=True)  # a tree made before the loop reads it
+        (e / "sub" / "f").touch()
+        (e / "link").symlink_to(e / "sub")
+        got = rel(loop_turns(5))
+        assert got[0] == ("created", "e", True) and sorted(got[1:]) == [
+            ("created", "e/link", True), ("created", "e/sub", True),
+            ("created", "e/sub/deeper", True), ("created", "e/sub/f", False)]
+        assert got.index(("created", "e/sub", True)) < got.index(("created", "e/sub/f", False))
+        assert fd.on_lane == 0 and node(e / "sub" / "deeper") is not None
+        assert node(e / "link") is None  # (a symlink: not watched, not followed)
+        (e / "sub" / "deeper" / "g").touch()  # its watch is placed
+        assert rel(loop_turns(1)) == [("created", "e/sub/deeper/g", False)]
+
+        big = tmp_path / "big"  # over the loop's budget: watchdog's path, on the lane
+        for i in range(guarded.CREATED_SCAN_MAX // 2 + 1):
+            (big / f"d{i}").mkdir(parents=True)
+            (big / f"d{i}" / "x").touch()
         r.readable()
-        fd.read_ready()  # the loop hands it to the lane
+        fd.read_ready()
         got = mgr.take()[0]
-        got += r.from_the_lane(2 - len(got))
-        assert rel(got) == [("created", "e", True), ("created", "e/sub", True)]
-        assert fd.on_lane == 1 and node(e / "sub") is not None
+        n = 1 + 2 * (guarded.CREATED_SCAN_MAX // 2 + 1)
+        got += r.from_the_lane(n - len(got))
+        assert len(got) == n and rel(got)[0] == ("created", "big", True)
+        assert fd.on_lane == 1 and node(big / "d0") is not None
 
         wd = node(d).wd  # type: ignore[attr-defined]
         for name in ("f1", "f2", "f3"):

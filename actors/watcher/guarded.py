@@ -22,6 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import Protocol
 
 from watchdog.events import FileSystemEvent
@@ -51,8 +52,8 @@ except ImportError:  # pragma: no cover - not Linux, or another watchdog layout
     GUARDED = NODE_TREE = False
 
 WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
-# A directory created in a recursive watch is taken on the loop when, once watched, it holds
-# at most this many entries and no directory (Group.created_here); else on the lane.
+# A directory created in a recursive watch is taken on the loop when, once watched, it and
+# the directories in it hold at most this many entries (Group.created_here); else the lane.
 CREATED_SCAN_MAX = 256
 
 
@@ -329,43 +330,68 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                          out: list[tuple[str, str, str, bool]]) -> bool:
             """A directory created in this recursive group, taken by the loop (which holds
             the inotify instance's lock, so `add` is its unlocked add, and this group's):
-            what watchdog's path does (_add_all_callbacks, then _recursive_simulate) for a
-            directory that holds no directory. Its watch first, then a read of what it
-            holds: a file made before the watch is in the read, one made after it comes as
-            its own event (made in between: both; the pipeline coalesces them). False, with
-            nothing reported, when a watch is there already or, once watched, it holds a
-            directory or more than CREATED_SCAN_MAX entries: watchdog's path, on the lane,
-            goes on from the watch placed here. 10,000 directories made at once cost 1 s of
-            the watcher's CPU on the lane, the last one's event 0.5-0.8 s late. The new
-            node hangs from its parent's (the event's `wd`), found without a walk from the
-            root, which watchdog's lookups and _insert_node take (six normpaths a
-            directory: half the cost of taking it here)."""
-            parent = self._nodes_by_wd.get(wd) if NODE_TREE else None
-            if parent is None:  # (7.1.0 keeps its watches in two dicts: watchdog's path)
-                return False
+            what watchdog's path does (_add_all_callbacks, then _recursive_simulate). Its
+            watch first, then a read of what it holds: what was made before the watch is
+            in the read, what comes after it comes as its own event (made in between: both;
+            the pipeline coalesces them); a directory in it is taken the same way (an
+            archive unpacked, `mkdir -p`, faster than the loop reads). False, with nothing
+            reported, when a watch is there already or the tree holds more than
+            CREATED_SCAN_MAX entries: watchdog's path, on the lane, goes on from the watches
+            placed here. 10,000 directories made at once cost 1 s of the watcher's CPU on
+            the lane, the last one's event 0.5-0.8 s late. Each new node hangs from its
+            parent's (for the first, the event's `wd`), found without a walk from the root,
+            which watchdog's lookups and _insert_node take (six normpaths a directory: half
+            the cost of taking it here)."""
+            parent = self._nodes_by_wd.get(wd) if NODE_TREE and not self.follow_symlink \
+                else None
+            if parent is None:  # (7.1.0 keeps its watches in two dicts; symlinks followed
+                return False  # are watched and walked through: watchdog's path)
             if wanted is not None and not wanted(path):  # no watch, nothing walked (as
                 out.append(("created", path, "", True))  # _add_all_callbacks does)
                 return True
             if name in parent.children:
                 return False
-            bpath = os.fsencode(path)
-            new_wd = self._place(bpath, add)
-            if new_wd is not None:
-                node = DirNode(name=name, wd=new_wd, parent=parent)
-                parent.children[name] = node
-                self._nodes_by_wd[new_wd] = node
             found: list[tuple[str, str, str, bool]] = []
-            try:
-                with os.scandir(bpath) as it:
-                    for entry in it:
-                        if len(found) >= CREATED_SCAN_MAX or entry.is_dir():
-                            return False
-                        found.append(("created", f"{path}/{os.fsdecode(entry.name)}", "",
-                                      False))
-            except OSError:  # gone again, or unreadable: as os.walk, nothing under it
-                found = []
+            if not self._take_dir(parent, name, path, add, found, [CREATED_SCAN_MAX]):
+                return False
             out.append(("created", path, "", True))
             out += found
+            return True
+
+        def _take_dir(self, parent: DirNode, name: bytes, path: str, add: AddWatch,
+                      found: list[tuple[str, str, str, bool]], budget: list[int]) -> bool:
+            """Watch the new directory `path` (`name` under `parent`'s node) and read it into
+            `found`, as watchdog's _recursive_simulate reports it: each directory in it (a
+            symlink to one too, not followed), then what is in those it watches, and each
+            file; what is under a directory that got no watch (unwanted, or the watch
+            failed) is left to the resync that failure asks for, as there. False: over the
+            budget, or a node is there already."""
+            bpath = os.fsencode(path)
+            new_wd = self._place(bpath, add)
+            if new_wd is None:
+                return True
+            node = DirNode(name=name, wd=new_wd, parent=parent)
+            parent.children[name] = node
+            self._nodes_by_wd[new_wd] = node
+            try:
+                with os.scandir(bpath) as it:
+                    entries = list(islice(it, budget[0] + 1))
+            except OSError:  # gone again, or unreadable: as os.walk, nothing under it
+                return True
+            if len(entries) > budget[0]:
+                return False
+            budget[0] -= len(entries)
+            for entry in entries:
+                child = f"{path}/{os.fsdecode(entry.name)}"
+                if not entry.is_dir():
+                    found.append(("created", child, "", False))
+                    continue
+                found.append(("created", child, "", True))
+                if entry.is_symlink() or (wanted is not None and not wanted(child)):
+                    continue
+                if entry.name in node.children or not self._take_dir(
+                        node, entry.name, child, add, found, budget):
+                    return False
             return True
 
         def deleted_here(self, path: str, out: list[tuple[str, str, str, bool]]) -> bool:
