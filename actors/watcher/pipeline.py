@@ -126,6 +126,7 @@ class Pipeline:
         self.ahead = ahead
         self.statted_ahead = 0  # events whose stat came from `ahead`
         self.unstatted = 0  # events published without a stat: their path was on a slow fs
+        self.orphans_dropped = 0  # created and gone with their directory before the flush
         self.coalescer = Coalescer()
         # Set by the actor: `pull` takes what the observer holds into the window as it
         # closes, `after_flush` sees to what is left once a flush closed it.
@@ -279,8 +280,8 @@ class Pipeline:
                 ids = matching(path)
             if not ids:
                 continue
-            seq += 1
             if kind == DELETED:
+                seq += 1
                 ev: dict[str, Any] = {"kind": kind, "path": path,
                                       "type": "dir" if d else "file", "origin": "external",
                                       "watches": ids, "clock": (inst, epoch, seq)}
@@ -300,8 +301,16 @@ class Pipeline:
                     statted_ahead += 1
                 else:
                     st = lstat(path)  # (None: gone again already, its deletion follows)
+                if st is None and parent not in entries and not watches.is_root(parent):
+                    # Gone, and so is the directory it was in: deleted or moved away before
+                    # this (earlier in this flush, or before), taking what the index held
+                    # under it. No deletion of this path follows (the kernel reported its
+                    # directory's), so neither the event nor the index keeps it.
+                    self.orphans_dropped += 1
+                    continue
             else:
                 self.unstatted += 1
+            seq += 1
             if st is None:
                 ev = {"kind": kind, "path": path, "type": "dir" if d else "file",
                       "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
@@ -440,6 +449,7 @@ class Pipeline:
         return {"fed": self.fed, "published": self.published, "messages": self.batches,
                 "coalesced_away": self.coalescer.absorbed, "pending": len(self.coalescer),
                 "told_deletes": self.told_deletes, "unstatted": self.unstatted,
+                "orphans_dropped": self.orphans_dropped,
                 "statted_ahead": self.statted_ahead,
                 "stat_ahead": self.ahead.info() if self.ahead is not None else None,
                 "settle_ms": self.settle_s * 1000, "self_writes": len(self.self_writes)}
