@@ -394,16 +394,17 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     return False
             return True
 
-        def deleted_here(self, path: str, out: list[tuple[str, str, str, bool]]) -> bool:
+        def deleted_here(self, wd: int, name: bytes, path: str,
+                         out: list[tuple[str, str, str, bool]]) -> bool:
             """A directory deleted, taken by the loop: what watchdog's path does (its node
             taken from its parent, so a directory made again at its path is watched anew;
-            the node and its watch go with the watch's IN_IGNORED, `watch_gone`)."""
-            if not NODE_TREE:
+            the node and its watch go with the watch's IN_IGNORED, `watch_gone`). The
+            parent's node is the event's watch's, as in created_here: no walk from the
+            root."""
+            parent = self._nodes_by_wd.get(wd) if NODE_TREE else None
+            if parent is None:
                 return False
-            node = self._find_node_by_path(os.fsencode(path))
-            if node is not None and node.parent is not None and \
-                    node.parent.children.get(node.name) is node:
-                node.parent.children.pop(node.name, None)
+            parent.children.pop(name, None)
             out.append(("deleted", path, "", True))
             return True
 
@@ -607,7 +608,8 @@ if GUARDED:
                                 try:
                                     taken = group.created_here(
                                         wd, name, path, self._add_callback, out) \
-                                        if kind == "created" else group.deleted_here(path, out)
+                                        if kind == "created" else group.deleted_here(
+                                            wd, name, path, out)
                                 except Exception:  # (a fault of ours: watchdog's path meets
                                     taken = False  # it again on the lane, whose death is seen)
                                 if not taken:

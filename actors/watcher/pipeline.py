@@ -301,8 +301,10 @@ class Pipeline:
                     statted_ahead += 1
                 else:
                     st = lstat(path)  # (None: gone again already, its deletion follows)
-                if st is None and parent not in entries and not watches.is_root(parent):
-                    # Gone, and so is the directory it was in: deleted or moved away before
+                if st is None and parent not in entries and not any(
+                        watches.by_id[i].path == (parent or "/") for i in ids):
+                    # Gone, and so is the directory it was in (neither in the index nor the
+                    # root of a watch that covers it): deleted or moved away before
                     # this (earlier in this flush, or before), taking what the index held
                     # under it. No deletion of this path follows (the kernel reported its
                     # directory's), so neither the event nor the index keeps it.

@@ -90,10 +90,6 @@ class Watches:
         self.by_dir = {}
         self.has_excludes = any(w.exclude for w in self._list)
 
-    def is_root(self, path: str) -> bool:
-        """Is `path` the directory of a watch (which the index does not hold)?"""
-        return any(w.path == path or (not path and w.path == "/") for w in self._list)
-
     def __len__(self) -> int:
         return len(self.by_id)
 
