@@ -613,7 +613,8 @@ def test_a_listing_of_a_big_tree_walks_on_a_worker_while_the_loop_answers(make_t
             lister.join(120)
         assert got and not isinstance(got[0], BaseException), got
         assert during is not None, "no fs.stats answered while the listing walked"
-        assert c.call("watcher", "fs.stats")["workers"]["io"]["done"] == before + 1
+        # (at least: a checkpoint of the root's index written meanwhile is an io job too)
+        assert c.call("watcher", "fs.stats")["workers"]["io"]["done"] >= before + 1
     names = [e["name"] for e in got[0]["entries"]]
     assert len(names) == 12_000 and all(n.endswith("/f3") for n in names)
     assert got[0]["truncated"] is False
