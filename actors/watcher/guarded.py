@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import islice
-from typing import Protocol
+from typing import Any, Protocol
 
 from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
@@ -34,7 +34,10 @@ try:  # the guarded inotify classes depend on watchdog 7.x internals
     from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
     from watchdog.observers.inotify_c import InotifyConstants as _C
     from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
-    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    from watchdog.observers.inotify_move_event_grouper import (
+        InotifyMoveEventGrouper,
+        PathedInotifyEvent,
+    )
     try:  # watchdog 7.1.1's node of a watched directory (NODE_TREE, below)
         from watchdog.observers.inotify import DirNode
     except ImportError:  # pragma: no cover - 7.1.0
@@ -224,6 +227,23 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             from_event = self._queue.take(("cookie", to_event.ev.cookie))  # type: ignore[attr-defined]
             return to_event if from_event is None else (from_event, to_event)
 
+        def purge_events_for_wds(self, wds: set[int]) -> None:
+            """watchdog's (a removed subtree's events dropped), counting what it drops: a
+            count left behind would send every later event of the group to the lane."""
+            if not wds:
+                return
+
+            def matching(item: Any) -> bool:  # (watchdog's rule)
+                if isinstance(item, PathedInotifyEvent):
+                    return item.ev.wd in wds
+                return item[1].ev.wd in wds  # a move pair: by its destination
+
+            n = 0
+            while (item := self._queue.remove(matching)) is not None:
+                n += 1 if isinstance(item, PathedInotifyEvent) else 2
+            if n:
+                self.group.handled(n)
+
         def get_queued_moved_from_event(self, cookie: int) -> object:
             return self._queue.first(("cookie", cookie))
 
@@ -242,9 +262,14 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             super().__post_init__()
 
         def handled(self, n: int) -> None:
-            """The emitter handed over `n` events it took from the grouper."""
+            """The emitter handed over `n` events it took from the grouper (or the grouper
+            dropped them). Below zero, the loop may have overtaken events still on their
+            way: reported, so the watcher resyncs."""
             with self._count_lock:
-                self._pending = max(0, self._pending - n)
+                left = self._pending - n
+                self._pending = max(0, left)
+            if left < 0:
+                report("handler_error", f"the move grouper's count fell below zero ({left})")
 
         def on_event(self, event: object) -> None:
             if push is not None:
@@ -447,6 +472,15 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if wd is None:
                 return
             if NODE_TREE:
+                old = self._nodes_by_wd.get(wd)
+                if old is not None and old is not self._root and old.parent is not None \
+                        and old.parent.children.get(old.name) is old:
+                    # The kernel's watch is the inode's: a directory watched already, met at
+                    # a new path (moved where watchdog could not follow its node). Its node
+                    # at the old path goes: a removal there later would take the watch, and
+                    # the events it brings, from the directory where it is now.
+                    del old.parent.children[old.name]
+                    old.parent = None
                 if self._insert_node(path, wd) is None:  # not under the root (it says so)
                     self._inotify_fd.remove_callbacks([(wd, self._id)])
             else:
@@ -470,14 +504,17 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                                       ) -> None:
                 mask = getattr(getattr(event, "ev", None), "mask", None)
                 kind = plain_kind(mask) if mask is not None else ""
-                if kind:
-                    hand_over((kind, os.fsdecode(event.path), "",  # type: ignore[attr-defined]
-                               bool(mask & _IN_ISDIR)))
-                else:
-                    super().build_and_queue_event(event, full_events=full_events)
-                group = self._inotify
-                if group is not None:
-                    group.handled(2 if isinstance(event, tuple) else 1)
+                try:
+                    if kind:
+                        hand_over((kind, os.fsdecode(event.path), "",  # type: ignore[attr-defined]
+                                   bool(mask & _IN_ISDIR)))
+                    else:
+                        super().build_and_queue_event(event, full_events=full_events)
+                finally:
+                    group = self._inotify
+                    if group is not None:
+                        # (one event, or a move's pair: PathedInotifyEvent is a tuple too)
+                        group.handled(1 if isinstance(event, PathedInotifyEvent) else 2)
 
         def on_thread_start(self) -> None:
             self._inotify = Group(
@@ -525,6 +562,16 @@ if GUARDED:
         @property
         def fd(self) -> int:
             return self._inotify_fd  # type: ignore[no-any-return]
+
+        def _add_callback(self, path: bytes, mask: int, callback: Callable[..., None],
+                          id_: object) -> int:
+            """watchdog's, without its warning when the group's callback is on the watch
+            already: a directory moved within a watch keeps its inotify watch (the kernel's
+            is the inode's), and watchdog, watching the tree it finds at the destination,
+            meets it again. (Under `-W error` that warning killed the lane.)"""
+            watch = self._get_or_create_watch(path, mask)
+            watch.callbacks[id_] = callback
+            return watch.wd  # type: ignore[no-any-return]
 
         @property
         def lane_busy(self) -> bool:
