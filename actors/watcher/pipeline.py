@@ -127,6 +127,7 @@ class Pipeline:
         self.statted_ahead = 0  # events whose stat came from `ahead`
         self.unstatted = 0  # events published without a stat: their path was on a slow fs
         self.orphans_dropped = 0  # created and gone with their directory before the flush
+        self.parents_filled = 0  # directories reported before their own event (_arrived_parents)
         self.coalescer = Coalescer()
         # Set by the actor: `pull` takes what the observer holds into the window as it
         # closes, `after_flush` sees to what is left once a flush closed it.
@@ -267,6 +268,8 @@ class Pipeline:
         out: list[dict[str, Any]] = []
         paths: list[str] = []
         statted_ahead = 0
+        roots = {w.path for w in watches}
+        held: str | None = None  # the last path found to be a directory the index holds
         if cancelled:
             self._told_gone(cancelled, items, out)
             for ev in out:
@@ -290,6 +293,7 @@ class Pipeline:
                 out.append(ev)
                 paths.append(path)
                 remove(path)
+                held = None  # (it may have been that directory)
                 if mine and path in mine and mine[path][0] is None:
                     ev["origin"] = "self"
                 continue
@@ -300,16 +304,30 @@ class Pipeline:
                     st = ready[1]
                     statted_ahead += 1
                 else:
+                    ready = None
                     st = lstat(path)  # (None: gone again already, its deletion follows)
-                if st is None and parent not in entries and not any(
-                        watches.by_id[i].path == (parent or "/") for i in ids):
-                    # Gone, and so is the directory it was in (neither in the index nor the
-                    # root of a watch that covers it): deleted or moved away before
-                    # this (earlier in this flush, or before), taking what the index held
-                    # under it. No deletion of this path follows (the kernel reported its
-                    # directory's), so neither the event nor the index keeps it.
-                    self.orphans_dropped += 1
-                    continue
+                if parent != held:
+                    if parent in entries or (parent or "/") in roots:
+                        held = parent
+                    else:
+                        # Its directory is not in the index: gone before this (earlier in this
+                        # flush, or before) with what the index held under it, or arrived by an
+                        # event still on its way (a move's, which takes the lane). A stat taken
+                        # ahead may be older than that: it is taken again.
+                        if st is not None and ready is not None:
+                            st = lstat(path)
+                        if st is None:
+                            # Gone with its directory: no deletion of this path follows (the
+                            # kernel reported its directory's), so neither the event nor the
+                            # index keeps it.
+                            self.orphans_dropped += 1
+                            continue
+                        if path not in entries:
+                            for ev in self._arrived_parents(parent, roots, items, slow):
+                                seq += 1
+                                ev["clock"] = (inst, epoch, seq)
+                                out.append(ev)
+                                paths.append(ev["path"])
             else:
                 self.unstatted += 1
             seq += 1
@@ -344,6 +362,37 @@ class Pipeline:
         journal.commit(seq)
         self._send(out, paths)
         return len(out)
+
+    def _arrived_parents(self, parent: str, roots: set[str], items: dict[str, list],
+                         slow: Callable[[str], bool] | None) -> list[dict[str, Any]]:
+        """Created events for the directories between a path that exists and what the index
+        holds or this flush brings, which it does not: a directory's own arrival (a move,
+        whose events take the lane and watchdog's grouper) can come after events inside it
+        read later. They exist (the path in them does), so they are reported now, and the
+        index stays one tree: a path whose directory it never held would outlive that
+        directory's removal, which forgets what hangs below it. The late event then
+        repeats a created one."""
+        entries = self.index.entries
+        chain: list[str] = []
+        while parent and parent not in entries and parent not in roots:
+            pending = items.get(parent)
+            if pending is not None and pending[0] != DELETED:
+                break  # (its own event is in this flush, after this one)
+            chain.append(parent)
+            parent = parent.rpartition("/")[0]
+        out: list[dict[str, Any]] = []
+        for d in reversed(chain):
+            ids = self.watches.matching(d)
+            st = None if not ids or (slow is not None and slow(d)) else self.lstat(d)
+            if st is None:
+                break
+            s, mode, size, mtime_ns = st
+            out.append({"kind": CREATED, "path": d, "type": _TYPES.get(mode & 0o170000, "other"),
+                        "origin": "external", "watches": ids, "size": size,
+                        "mtime_ns": mtime_ns})
+            self.index.set(d, s)
+        self.parents_filled += len(out)
+        return out
 
     def _told_gone(self, cancelled: dict[str, bool], items: dict[str, list],
                    out: list[dict[str, Any]]) -> None:
@@ -452,6 +501,7 @@ class Pipeline:
                 "coalesced_away": self.coalescer.absorbed, "pending": len(self.coalescer),
                 "told_deletes": self.told_deletes, "unstatted": self.unstatted,
                 "orphans_dropped": self.orphans_dropped,
+                "parents_filled": self.parents_filled,
                 "statted_ahead": self.statted_ahead,
                 "stat_ahead": self.ahead.info() if self.ahead is not None else None,
                 "settle_ms": self.settle_s * 1000, "self_writes": len(self.self_writes)}
