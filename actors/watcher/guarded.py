@@ -473,19 +473,39 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                 return
             if NODE_TREE:
                 old = self._nodes_by_wd.get(wd)
-                if old is not None and old is not self._root and old.parent is not None \
-                        and old.parent.children.get(old.name) is old:
-                    # The kernel's watch is the inode's: a directory watched already, met at
-                    # a new path (moved where watchdog could not follow its node). Its node
-                    # at the old path goes: a removal there later would take the watch, and
-                    # the events it brings, from the directory where it is now.
-                    del old.parent.children[old.name]
-                    old.parent = None
+                if old is not None and old is not self._root and self._rehang(old, path):
+                    return
                 if self._insert_node(path, wd) is None:  # not under the root (it says so)
                     self._inotify_fd.remove_callbacks([(wd, self._id)])
             else:
                 self._active_callbacks_by_path[path] = wd
                 self._active_callbacks_by_watch[wd] = path
+
+        def _rehang(self, node: DirNode, path: bytes) -> bool:
+            """A directory watched already, met at a new path: moved where watchdog's tree
+            could not follow it (its destination's directory not known then). The kernel's
+            watch is the inode's, so placing it again gives the same descriptor. Its node
+            moves to the new path with what hangs below it, whose events then resolve there:
+            a second node for it alone left its subdirectories' under the old path, whose
+            removal later took the shared watch, and the events it brings, with it. False
+            (a new node, watchdog's way) when the new path's directory has no node, or one
+            at that name, or lies under the node itself."""
+            norm = os.path.normpath(path)
+            parent = self._find_node_by_path(os.path.dirname(norm))
+            curr = parent
+            while curr is not None:
+                if curr is node:
+                    return False
+                curr = curr.parent
+            name = os.path.basename(norm)
+            if parent is None or name in parent.children:
+                return False
+            was = node.parent
+            if was is not None and was.children.get(node.name) is node:
+                del was.children[node.name]
+            node.name, node.parent = name, parent
+            parent.children[name] = node
+            return True
 
         def _watched(self, path: bytes) -> bool:
             if NODE_TREE:
