@@ -1198,6 +1198,7 @@ class LoopRead:
         from moorage.actors.watcher.observer import ObserverManager
 
         self.woken: SimpleQueue = SimpleQueue()
+        self.problems: list = []
         self.mgr = ObserverManager(self.woken.put, lambda: None)
         try:
             assert self.mgr.place(str(root), True, "inotify").via == "inotify"
@@ -1214,21 +1215,35 @@ class LoopRead:
 
         assert select.select([self.fd.fd], [], [], 10)[0], "no inotify event in 10 s"
 
+    def take(self) -> list:
+        """What was handed over; the problems reported with it go to `problems`."""
+        raws, _, problems = self.mgr.take()
+        self.problems += problems
+        return raws
+
     def turns(self, n: int) -> list:
         """What the loop does when the instance is readable, until `n` events came."""
         got: list = []
         while len(got) < n:
             self.readable()
             self.fd.read_ready()
-            got += self.mgr.take()[0]
+            got += self.take()
         return got
 
     def from_the_lane(self, n: int) -> list:
         got: list = []
         while len(got) < n:
             self.woken.get(timeout=10)
-            got += self.mgr.take()[0]
+            got += self.take()
         return got
+
+    def caught_up(self) -> None:
+        """Wait until the lane has dispatched what it was handed and the emitter has
+        handed over what waited in the grouper (nothing counted any more)."""
+        end = time.monotonic() + 10
+        while self.fd.lane_busy or self.group._pending:
+            assert time.monotonic() < end, f"not caught up: {self.group._pending} counted"
+            time.sleep(0.001)  # sleep-ok: polling a fact the lane and emitter threads record
 
 
 @pytest.mark.skipif(not guarded.GUARDED, reason="watchdog's inotify classes are not there")
@@ -1245,12 +1260,6 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
         def names(raws: list) -> list[tuple[str, str]]:
             return [(kind, os.path.basename(dest or src)) for kind, src, dest, _ in raws]
 
-        def lane_caught_up() -> None:
-            end = time.monotonic() + 10
-            while fd.lane_busy:
-                assert time.monotonic() < end, "the lane never caught up"
-                time.sleep(0.001)  # sleep-ok: polling a fact the lane thread records
-
         for name in "abc":
             (tmp_path / name).touch()
         assert names(loop_turns(3)) == [("created", "a"), ("created", "b"), ("created", "c")]
@@ -1265,7 +1274,7 @@ def test_the_loop_hands_plain_events_over_itself_and_the_lane_keeps_their_order(
             while not woken.empty():
                 woken.get()
         assert names(from_the_lane(2)) == [("created", "d"), ("created", "e")]
-        lane_caught_up()
+        r.caught_up()
         assert fd.on_lane == 2
 
         (tmp_path / "f").touch()
@@ -1309,22 +1318,13 @@ def test_what_waits_on_watchdog_s_path_is_counted_exactly_and_the_loop_takes_ove
             r.readable()
             fd.read_ready()
         assert fd.lane_busy
-        got: list = []
-        problems: list = []
-        while len(got) < 60:
-            r.woken.get(timeout=10)
-            raws, _, more = mgr.take()
-            got += raws
-            problems += more
+        got = r.from_the_lane(60)
         assert sorted((k, os.path.basename(dest or src)) for k, src, dest, _ in got) == sorted(
             [("created", f"f{i}") for i in range(20)] + [("moved", f"m{i}") for i in range(20)]
             + [("moved", "sub")] * 20)
-        end = time.monotonic() + 10
-        while fd.lane_busy or group._pending:
-            assert time.monotonic() < end, f"still counted: {group._pending}"
-            time.sleep(0.001)  # sleep-ok: polling a fact the lane and emitter threads record
-        problems += mgr.take()[2]
-        assert problems == []
+        r.caught_up()
+        r.take()
+        assert r.problems == []
         on_loop = fd.on_loop
         (tmp_path / "after").touch()
         assert [os.path.basename(src) for _, src, _, _ in r.turns(1)] == ["after"]
