@@ -1413,6 +1413,50 @@ def test_a_directory_made_or_removed_in_a_recursive_watch_is_taken_by_the_loop(t
         mgr.stop()
 
 
+@pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
+@pytest.mark.parametrize("taken_by", ["loop", "lane"])
+def test_a_watched_directory_moved_into_one_not_watched_yet_keeps_its_watches(
+        tmp_path, taken_by):
+    """`mkdir b; mv a/x b/` read after both: b had no watch when x moved in, so the kernel
+    sends no IN_MOVED_TO and x's IN_MOVED_FROM goes out unpaired after half a second, as a
+    move out of the watch (watchdog then removes the watches below its old path). x's watch
+    is the inode's: taking b (on the loop, or on the lane for a tree over the loop's budget)
+    meets it again and moves its node, with y's below it, to b/x. A second node there left
+    the old one at a/x, and the unpaired half took x's and y's watches from where they
+    are: what was made in them next was never seen."""
+    r = LoopRead(tmp_path)
+    fd, mgr, group = r.fd, r.mgr, r.group
+    try:
+        (tmp_path / "a" / "x" / "y").mkdir(parents=True)
+        assert len(r.turns(3)) == 3
+        b = tmp_path / "b"
+        b.mkdir()
+        if taken_by == "lane":
+            for i in range(guarded.CREATED_SCAN_MAX + 1):
+                (b / f"f{i}").touch()
+        os.rename(tmp_path / "a" / "x", b / "x")
+        r.readable()
+        fd.read_ready()
+        got = r.take()
+        while ("deleted", str(tmp_path / "a" / "x")) not in [(k, s) for k, s, _, _ in got]:
+            got += r.from_the_lane(1)  # (the unpaired half, after its half second)
+        r.caught_up()
+        assert ("created", str(b / "x" / "y"), "", True) in got
+        assert group._find_node_by_path(os.fsencode(tmp_path / "a" / "x")) is None
+        assert fd.on_lane >= 1
+        (b / "x" / "y" / "f").touch()
+        (tmp_path / "sentinel").touch()
+        seen = []
+        while str(tmp_path / "sentinel") not in seen:
+            r.readable()
+            fd.read_ready()
+            seen += [src for _, src, _, _ in r.take()]
+        assert seen == [str(b / "x" / "y" / "f"), str(tmp_path / "sentinel")]
+        assert r.problems == []
+    finally:
+        mgr.stop()
+
+
 
 @pytest.mark.parametrize("watch, tree, overlaps", [
     ("/w/a", "/w/a", True),  # the same tree

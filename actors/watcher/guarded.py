@@ -390,11 +390,20 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             symlink to one too, not followed), then what is in those it watches, and each
             file; what is under a directory that got no watch (unwanted, or the watch
             failed) is left to the resync that failure asks for, as there. False: over the
-            budget, or a node is there already."""
+            budget, or a node is there already: or the directory was watched already,
+            moved here before this one had its watch (no IN_MOVED_TO then, the kernel's
+            watch being the inode's). Its node then moves here with its subtree (_rehang)
+            and watchdog's path reports what it holds: a second node here left the first at
+            the old path, whose unpaired IN_MOVED_FROM later took the watches from here."""
             bpath = os.fsencode(path)
             new_wd = self._place(bpath, add)
             if new_wd is None:
                 return True
+            met = self._nodes_by_wd.get(new_wd)
+            if met is not None:
+                if met is not self._root:
+                    self._rehang(met, bpath)
+                return False
             node = DirNode(name=name, wd=new_wd, parent=parent)
             parent.children[name] = node
             self._nodes_by_wd[new_wd] = node
