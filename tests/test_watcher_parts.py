@@ -1474,3 +1474,100 @@ def test_a_watch_overlaps_a_tree_it_holds_or_lies_in_and_no_other(watch, tree, o
     # what matters of it: a watch that does not overlap a tree covers none of its paths
     if not overlaps:
         assert not any(w.covers(tree.rstrip("/") + "/" + rel) for rel in ("x", "d/x"))
+
+
+@pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
+def test_a_move_whose_directory_a_walk_met_at_its_destination_first_keeps_its_watches(
+        tmp_path):
+    """The disk runs ahead of the events: a walk (here the one that places the watches a
+    new watch needs) meets a moved directory at its destination before its move's events
+    are taken, and its node goes there (_rehang). When the move's IN_MOVED_TO comes its
+    source has no node: watchdog took the node at the destination for one the move
+    displaced, removed it and the watches below it (dropping the events queued for them,
+    a move's pair among them) and watched the tree again. The node, and the watches, stay;
+    the move goes out, and what is made below it next is seen there."""
+    r = LoopRead(tmp_path)
+    fd, group = r.fd, r.group
+    try:
+        def node(path: Path) -> object:
+            return group._find_node_by_path(os.fsencode(path))
+
+        (tmp_path / "a" / "x" / "y").mkdir(parents=True)
+        (tmp_path / "b").mkdir()
+        assert len(r.turns(4)) == 4
+        wds = node(tmp_path / "a" / "x").wd, node(tmp_path / "a" / "x" / "y").wd
+        os.rename(tmp_path / "a" / "x", tmp_path / "b" / "x")
+        group.add_missing()  # (a walk, before the move's events are read)
+        assert (node(tmp_path / "b" / "x").wd, node(tmp_path / "b" / "x" / "y").wd) == wds
+        r.readable()
+        fd.read_ready()
+        got = r.take()
+        while ("moved", str(tmp_path / "a" / "x" / "y")) not in [(k, s) for k, s, _, _ in got]:
+            got += r.from_the_lane(1)  # (the move, then what it holds)
+        r.caught_up()
+        assert (node(tmp_path / "b" / "x").wd, node(tmp_path / "b" / "x" / "y").wd) == wds
+        (tmp_path / "b" / "x" / "y" / "g").touch()
+        (tmp_path / "sentinel").touch()
+        seen: list = []
+        while str(tmp_path / "sentinel") not in seen:
+            seen += [src for _, src, _, _ in r.turns(1)]
+        assert seen == [str(tmp_path / "b" / "x" / "y" / "g"), str(tmp_path / "sentinel")]
+        assert r.problems == []
+    finally:
+        r.mgr.stop()
+
+
+@pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
+def test_a_directory_whose_path_moved_on_before_its_watch_is_watched_where_the_move_took_it(
+        tmp_path):
+    """`mkdir p/c; mv p q`, both before the loop reads them: the group's paths follow the
+    events, so c's watch is placed at p/c, where nothing is any more (ENOENT). The move of
+    p, taken next, brings no event for c: c is kept as not watched and watched where the
+    move took it, q/c, and what is made in it next is seen."""
+    r = LoopRead(tmp_path)
+    fd, group = r.fd, r.group
+    try:
+        (tmp_path / "p").mkdir()
+        assert len(r.turns(1)) == 1
+        (tmp_path / "p" / "c").mkdir()
+        os.rename(tmp_path / "p", tmp_path / "q")
+        r.readable()
+        fd.read_ready()
+        got = r.take()
+        while ("moved", str(tmp_path / "p" / "c")) not in [(k, s) for k, s, _, _ in got]:
+            got += r.from_the_lane(1)  # (the move, then what it holds)
+        r.caught_up()
+        assert ("created", str(tmp_path / "p" / "c"), "", True) in got  # (its event's path)
+        assert group._find_node_by_path(os.fsencode(tmp_path / "q" / "c")) is not None
+        assert group._unplaced == {}
+        (tmp_path / "q" / "c" / "f").touch()
+        (tmp_path / "sentinel").touch()
+        seen: list = []
+        while str(tmp_path / "sentinel") not in seen:
+            seen += [src for _, src, _, _ in r.turns(1)]
+        assert seen == [str(tmp_path / "q" / "c" / "f"), str(tmp_path / "sentinel")]
+        assert r.problems == []
+    finally:
+        r.mgr.stop()
+
+
+@pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
+def test_more_directories_than_the_group_keeps_unwatched_is_reported_not_dropped(
+        tmp_path, monkeypatch):
+    """Past UNPLACED_MAX the directories kept as not watched are dropped, and that is
+    reported ("unplaced": the watcher resyncs with observers made anew), not silent."""
+    monkeypatch.setattr(guarded, "UNPLACED_MAX", 1)
+    r = LoopRead(tmp_path)
+    try:
+        (tmp_path / "p").mkdir()
+        assert len(r.turns(1)) == 1
+        for name in ("c", "d"):
+            (tmp_path / "p" / name).mkdir()
+        os.rename(tmp_path / "p", tmp_path / "q")
+        r.readable()
+        r.fd.read_ready()
+        r.take()
+        assert [kind for kind, _ in r.problems] == ["unplaced"]
+        assert r.group._unplaced == {}
+    finally:
+        r.mgr.stop()

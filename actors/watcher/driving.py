@@ -174,7 +174,8 @@ class Driving:
                     message=f"inotify watch limit reached at {detail}: polling {polled}")
                 # (off the loop: a polling observer's first snapshot walks the whole tree)
                 self.place([placing], "enospc", via="polling")
-        self.request_resync(kind)
+        # (directories the observer lost track of are watched again by observers made anew)
+        self.request_resync(kind, recreate=kind == "unplaced")
 
     def request_resync(self, reason: str, recreate: bool = False) -> None:
         self.resyncs.request(reason, recreate)

@@ -58,6 +58,9 @@ WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
 # A directory created in a recursive watch is taken on the loop when, once watched, it and
 # the directories in it hold at most this many entries (Group.created_here); else the lane.
 CREATED_SCAN_MAX = 256
+# Directories a group could not watch because their path had gone (Group._unplaced) are
+# kept up to this many; one more, and they are dropped and the watcher resyncs anew.
+UNPLACED_MAX = 4096
 
 
 def _move_keys(element: object) -> tuple[tuple[str, object], ...]:
@@ -257,6 +260,7 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
         def __post_init__(self) -> None:
             self._pending = 0  # events put into the grouper and not yet handed over
             self._count_lock = threading.Lock()
+            self._unplaced: dict[bytes, None] = {}  # (in order: the oldest first)
             if push is not None:
                 self._move_event_grouper = Grouper(self)
             super().__post_init__()
@@ -286,7 +290,45 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                             if src is not None:
                                 hand_over((kind, os.fsdecode(src), "", bool(mask & _IN_ISDIR)))
                             return
+            moved_from = None
+            if self._unplaced and event.is_moved_to and event.is_directory:  # type: ignore[attr-defined]
+                with self._lock:
+                    moved_from = self._source_for_move(event.cookie)  # type: ignore[attr-defined]
             super().on_event(event)
+            if moved_from is not None:
+                self._place_again(moved_from, event)
+
+        def _unplaced_at(self, path: bytes) -> None:
+            """A directory whose watch could not be placed because its path had gone: it
+            was removed, or moved, or a directory above it was, after the event that named
+            it and before the event was taken (the group's tree of paths follows the
+            kernel's events, which the lane may take a while after they were made). Its
+            own removal or move comes as an event (a move's destination is watched and
+            walked then); the move of a directory above it would bring nothing for it, so
+            it is kept for `_place_again`."""
+            self._unplaced[path] = None
+            if len(self._unplaced) > UNPLACED_MAX:
+                self._unplaced.clear()
+                report("unplaced", f"more than {UNPLACED_MAX} directories could not be "
+                       "watched where they were named: watched anew")
+
+        def _place_again(self, src: bytes, event: object) -> None:
+            """A directory moved from `src` (the event is its IN_MOVED_TO, taken): what could
+            not be watched below `src` is watched where the move took it, with what is under
+            it (a directory watched already, moved into it meanwhile, has its node moved
+            there: _rehang). What it holds is reported by the move's own walk of its
+            destination (watchdog's sub-moved events); where that path has gone again, its
+            watch fails and is kept again, for the next move above it."""
+            with self._lock:
+                if not self.is_active:
+                    return
+                dest = self._build_event_source_path(event)
+                if dest is None:
+                    return
+                below = src + b"/"
+                for path in [p for p in self._unplaced if p == src or p.startswith(below)]:
+                    del self._unplaced[path]
+                    self._add_all_callbacks(dest + path[len(src):])
 
         def prefix_of(self, wd: int) -> str | None:
             """The path of the directory `wd` watches, and "/" (the group's lock held), or
@@ -472,6 +514,8 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     raise
                 if exc.errno in WATCH_LIMIT_ERRNOS:
                     report("enospc", os.fsdecode(path))
+                elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    self._unplaced_at(path)
                 return None  # vanished or unreadable since listed: the walk and diff cover it
 
         def _add_callback(self, path: bytes) -> None:
@@ -515,6 +559,28 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             node.name, node.parent = name, parent
             parent.children[name] = node
             return True
+
+        def _move_watches(self, move_src_path: bytes, move_dst_path: bytes) -> bool:
+            """watchdog's (the nodes below the move's source moved to its destination),
+            and True too where its source has no node because the directory's node is at
+            the destination already: met there by a walk that read the disk ahead of the
+            events (_rehang), as the watch the destination's directory has now says.
+            watchdog took such a node for one the move displaced: it removed it and the
+            watches below it, dropped the events queued for them (a move's pair among
+            them, so its source stayed in the index) and watched the tree anew."""
+            if super()._move_watches(move_src_path, move_dst_path):
+                return True
+            if not NODE_TREE or self._find_node_by_path(move_src_path) is not None:
+                return False
+            node = self._find_node_by_path(move_dst_path)
+            if node is None or node is self._root or node.wd == -1:
+                return False
+            try:
+                wd = self._inotify_fd.add_callback(move_dst_path, self.event_mask,
+                                                   self._callback, self._id)
+            except OSError as exc:  # moved on again: its node goes with that move's events
+                return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+            return bool(wd == node.wd)
 
         def _watched(self, path: bytes) -> bool:
             if NODE_TREE:
