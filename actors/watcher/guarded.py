@@ -260,7 +260,8 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
         def __post_init__(self) -> None:
             self._pending = 0  # events put into the grouper and not yet handed over
             self._count_lock = threading.Lock()
-            self._unplaced: dict[bytes, None] = {}  # (in order: the oldest first)
+            # directories not watched: (id of its directory's node, name) -> that node
+            self._unplaced: dict[tuple[int, bytes], DirNode] = {}
             if push is not None:
                 self._move_event_grouper = Grouper(self)
             super().__post_init__()
@@ -290,13 +291,9 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                             if src is not None:
                                 hand_over((kind, os.fsdecode(src), "", bool(mask & _IN_ISDIR)))
                             return
-            moved_from = None
-            if self._unplaced and event.is_moved_to and event.is_directory:  # type: ignore[attr-defined]
-                with self._lock:
-                    moved_from = self._source_for_move(event.cookie)  # type: ignore[attr-defined]
             super().on_event(event)
-            if moved_from is not None:
-                self._place_again(moved_from, event)
+            if self._unplaced and event.is_moved_to and event.is_directory:  # type: ignore[attr-defined]
+                self._place_again(event)
 
         def _unplaced_at(self, path: bytes) -> None:
             """A directory whose watch could not be placed because its path had gone: it
@@ -305,30 +302,44 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             kernel's events, which the lane may take a while after they were made). Its
             own removal or move comes as an event (a move's destination is watched and
             walked then); the move of a directory above it would bring nothing for it, so
-            it is kept for `_place_again`."""
-            self._unplaced[path] = None
+            it is kept, by the node of its directory (which moves with the tree, where a
+            path would not), for `_place_again`."""
+            if not NODE_TREE:
+                return
+            norm = os.path.normpath(path)
+            parent = self._find_node_by_path(os.path.dirname(norm))
+            if parent is None:  # (its directory is not watched either: its walk covers it)
+                return
+            self._unplaced[(id(parent), os.path.basename(norm))] = parent
             if len(self._unplaced) > UNPLACED_MAX:
                 self._unplaced.clear()
                 report("unplaced", f"more than {UNPLACED_MAX} directories could not be "
                        "watched where they were named: watched anew")
 
-        def _place_again(self, src: bytes, event: object) -> None:
-            """A directory moved from `src` (the event is its IN_MOVED_TO, taken): what could
-            not be watched below `src` is watched where the move took it, with what is under
-            it (a directory watched already, moved into it meanwhile, has its node moved
-            there: _rehang). What it holds is reported by the move's own walk of its
-            destination (watchdog's sub-moved events); where that path has gone again, its
-            watch fails and is kept again, for the next move above it."""
+        def _place_again(self, event: object) -> None:
+            """A directory moved (the event is its IN_MOVED_TO, taken): what could not be
+            watched below it is watched where it is now, with what is under it (a
+            directory watched already, moved into it meanwhile, has its node moved there:
+            _rehang). What it holds is reported by the move's own walk of its destination
+            (the sub-moved events); where that path has gone again, its watch fails and is
+            kept again, for the next move above it."""
             with self._lock:
                 if not self.is_active:
                     return
                 dest = self._build_event_source_path(event)
-                if dest is None:
+                moved = self._find_node_by_path(dest) if dest is not None else None
+                if moved is None:
                     return
-                below = src + b"/"
-                for path in [p for p in self._unplaced if p == src or p.startswith(below)]:
-                    del self._unplaced[path]
-                    self._add_all_callbacks(dest + path[len(src):])
+                for key, parent in list(self._unplaced.items()):
+                    curr = parent
+                    while curr is not None and curr is not moved:
+                        curr = curr.parent
+                    if curr is None:
+                        continue
+                    del self._unplaced[key]
+                    here = self._reconstruct_path_iterative(parent)
+                    if here is not None:
+                        self._add_all_callbacks(os.path.join(here, key[1]))
 
         def prefix_of(self, wd: int) -> str | None:
             """The path of the directory `wd` watches, and "/" (the group's lock held), or
