@@ -1477,41 +1477,50 @@ def test_a_watch_overlaps_a_tree_it_holds_or_lies_in_and_no_other(watch, tree, o
 
 
 @pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
+@pytest.mark.parametrize("moved_from", ["inside", "outside"])
 def test_a_move_whose_directory_a_walk_met_at_its_destination_first_keeps_its_watches(
-        tmp_path):
+        tmp_path, moved_from):
     """The disk runs ahead of the events: a walk (here the one that places the watches a
     new watch needs) meets a moved directory at its destination before its move's events
-    are taken, and its node goes there (_rehang). When the move's IN_MOVED_TO comes its
-    source has no node: watchdog took the node at the destination for one the move
-    displaced, removed it and the watches below it (dropping the events queued for them,
-    a move's pair among them) and watched the tree again. The node, and the watches, stay;
-    the move goes out, and what is made below it next is seen there."""
-    r = LoopRead(tmp_path)
+    are taken, and its node goes there (_rehang), or is made there (moved in from outside
+    the watch). When the move's IN_MOVED_TO comes its source has no node (or there is no
+    source): watchdog took the node at the destination for one the move displaced,
+    removed it and the watches below it (dropping the events queued for them, a move's
+    pair among them) and watched the tree again. The node, and the watches, stay; the move
+    goes out, and what is made below it next is seen there."""
+    root = tmp_path / "root"
+    (root / "b").mkdir(parents=True)
+    (tmp_path / "out" / "x" / "y").mkdir(parents=True)
+    r = LoopRead(root)
     fd, group = r.fd, r.group
     try:
         def node(path: Path) -> object:
             return group._find_node_by_path(os.fsencode(path))
 
-        (tmp_path / "a" / "x" / "y").mkdir(parents=True)
-        (tmp_path / "b").mkdir()
-        assert len(r.turns(4)) == 4
-        wds = node(tmp_path / "a" / "x").wd, node(tmp_path / "a" / "x" / "y").wd
-        os.rename(tmp_path / "a" / "x", tmp_path / "b" / "x")
+        src = tmp_path / "out" / "x"
+        if moved_from == "inside":
+            src = root / "a" / "x"
+            (root / "a").mkdir()
+            os.rename(tmp_path / "out" / "x", src)
+            assert len(r.turns(1)) == 1 + 2  # (a, and what it holds)
+        x = root / "b" / "x"
+        os.rename(src, x)
         group.add_missing()  # (a walk, before the move's events are read)
-        assert (node(tmp_path / "b" / "x").wd, node(tmp_path / "b" / "x" / "y").wd) == wds
+        wds = node(x).wd, node(x / "y").wd
         r.readable()
         fd.read_ready()
         got = r.take()
-        while ("moved", str(tmp_path / "a" / "x" / "y")) not in [(k, s) for k, s, _, _ in got]:
+        last = ("moved", str(src / "y")) if moved_from == "inside" else ("created", str(x / "y"))
+        while last not in [(k, s) for k, s, _, _ in got]:
             got += r.from_the_lane(1)  # (the move, then what it holds)
         r.caught_up()
-        assert (node(tmp_path / "b" / "x").wd, node(tmp_path / "b" / "x" / "y").wd) == wds
-        (tmp_path / "b" / "x" / "y" / "g").touch()
-        (tmp_path / "sentinel").touch()
+        assert (node(x).wd, node(x / "y").wd) == wds
+        (x / "y" / "g").touch()
+        (root / "sentinel").touch()
         seen: list = []
-        while str(tmp_path / "sentinel") not in seen:
-            seen += [src for _, src, _, _ in r.turns(1)]
-        assert seen == [str(tmp_path / "b" / "x" / "y" / "g"), str(tmp_path / "sentinel")]
+        while str(root / "sentinel") not in seen:
+            seen += [s for _, s, _, _ in r.turns(1)]
+        assert seen == [str(x / "y" / "g"), str(root / "sentinel")]
         assert r.problems == []
     finally:
         r.mgr.stop()

@@ -291,9 +291,44 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                             if src is not None:
                                 hand_over((kind, os.fsdecode(src), "", bool(mask & _IN_ISDIR)))
                             return
-            super().on_event(event)
+            if not self._moved_in_met(event):
+                super().on_event(event)
             if self._unplaced and event.is_moved_to and event.is_directory:  # type: ignore[attr-defined]
                 self._place_again(event)
+
+        def _moved_in_met(self, event: Any) -> bool:
+            """A directory moved in whose IN_MOVED_FROM is not (or no longer) in the group,
+            met at its destination already (`_met_there`): queued as watchdog queues it,
+            without its removal of that node. False: watchdog's path."""
+            if not (NODE_TREE and self.is_recursive and event.is_moved_to
+                    and event.is_directory):
+                return False
+            with self._lock:
+                if not self.is_active or self._source_for_move(event.cookie) is not None:
+                    return False
+                dest = self._build_event_source_path(event)
+                if dest is None or not self._met_there(dest):
+                    return False
+                self._move_event_grouper.put_event(PathedInotifyEvent(event, dest))
+                return True
+
+        def _met_there(self, path: bytes) -> bool:
+            """The node at `path` is the directory there: a walk that read the disk ahead
+            of the events met it there (_rehang), as the watch the directory at `path` has
+            now says (one inotify_add_watch, which gives the inode's descriptor), or it has
+            moved on again (its next move's events take the node along). watchdog took such
+            a node for one a move displaced: it removed it and every watch below it,
+            dropped the events queued for them (a move's pair among them, whose source then
+            stayed in the index) and watched the tree anew."""
+            node = self._find_node_by_path(path)
+            if node is None or node is self._root or node.wd == -1:
+                return False
+            try:
+                wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback,
+                                                   self._id)
+            except OSError as exc:
+                return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+            return bool(wd == node.wd)
 
         def _unplaced_at(self, path: bytes) -> None:
             """A directory whose watch could not be placed because its path had gone: it
@@ -574,24 +609,11 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
         def _move_watches(self, move_src_path: bytes, move_dst_path: bytes) -> bool:
             """watchdog's (the nodes below the move's source moved to its destination),
             and True too where its source has no node because the directory's node is at
-            the destination already: met there by a walk that read the disk ahead of the
-            events (_rehang), as the watch the destination's directory has now says.
-            watchdog took such a node for one the move displaced: it removed it and the
-            watches below it, dropped the events queued for them (a move's pair among
-            them, so its source stayed in the index) and watched the tree anew."""
+            the destination already (`_met_there`)."""
             if super()._move_watches(move_src_path, move_dst_path):
                 return True
-            if not NODE_TREE or self._find_node_by_path(move_src_path) is not None:
-                return False
-            node = self._find_node_by_path(move_dst_path)
-            if node is None or node is self._root or node.wd == -1:
-                return False
-            try:
-                wd = self._inotify_fd.add_callback(move_dst_path, self.event_mask,
-                                                   self._callback, self._id)
-            except OSError as exc:  # moved on again: its node goes with that move's events
-                return exc.errno in (errno.ENOENT, errno.ENOTDIR)
-            return bool(wd == node.wd)
+            return NODE_TREE and self._find_node_by_path(move_src_path) is None and \
+                self._met_there(move_dst_path)
 
         def _watched(self, path: bytes) -> bool:
             if NODE_TREE:
