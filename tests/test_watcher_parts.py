@@ -1580,3 +1580,38 @@ def test_more_directories_than_the_group_keeps_unwatched_is_reported_not_dropped
         assert r.group._unplaced == {}
     finally:
         r.mgr.stop()
+
+
+@pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
+def test_a_move_s_walk_watches_each_directory_before_it_reads_it(tmp_path):
+    """What a moved directory holds is read from the disk when the emitter takes the move,
+    and the disk runs ahead of the events: a directory made in it since has no watch yet
+    (its own event not taken). Read unwatched, what it held went into the index with
+    nothing to say it left again; each directory is now watched before it is read, so a
+    file moved out of it next is seen leaving."""
+    r = LoopRead(tmp_path)
+    try:
+        (emitter,) = r.mgr.inotify.emitters
+        q = tmp_path / "q"
+        q.mkdir()
+        assert len(r.turns(1)) == 1
+        (q / "c").mkdir()  # its event not taken yet: no watch
+        (q / "c" / "f").touch()
+        emitter._below(str(tmp_path / "p"), str(q))  # (the walk of a move p -> q)
+        got = [(k, s, d) for k, s, d, _ in r.take()]
+        assert got == [("moved", str(tmp_path / "p" / "c"), str(q / "c")),
+                       ("moved", str(tmp_path / "p" / "c" / "f"), str(q / "c" / "f"))]
+        assert r.group._find_node_by_path(os.fsencode(q / "c")) is not None
+        os.rename(q / "c" / "f", tmp_path / "g")
+        seen: list = []
+        while not any(s == str(tmp_path / "g") or d == str(tmp_path / "g") for _, s, d in seen):
+            r.readable()
+            r.fd.read_ready()
+            seen += [(k, s, d) for k, s, d, _ in r.take()]
+            if r.fd.lane_busy or r.group._pending:
+                r.caught_up()
+                seen += [(k, s, d) for k, s, d, _ in r.take()]
+        assert ("moved", str(q / "c" / "f"), str(tmp_path / "g")) in seen
+        assert r.problems == []
+    finally:
+        r.mgr.stop()

@@ -615,6 +615,18 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             return NODE_TREE and self._find_node_by_path(move_src_path) is None and \
                 self._met_there(move_dst_path)
 
+        def watch_here(self, path: bytes) -> bool:
+            """Watch the directory at `path` before it is read (the emitter's walk of a
+            directory moved): a directory watched already, met here, has its node moved
+            here (_rehang). False: no watch (gone, unwanted, or the group stopped)."""
+            if skip(path):
+                return False
+            with self._lock:
+                if not self.is_active:
+                    return False
+                self._add_callback(path)
+                return self._watched(path)
+
         def _watched(self, path: bytes) -> bool:
             if NODE_TREE:
                 node = self._find_node_by_path(path)
@@ -636,13 +648,62 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     if kind:
                         hand_over((kind, os.fsdecode(event.path), "",  # type: ignore[attr-defined]
                                    bool(mask & _IN_ISDIR)))
-                    else:
+                    elif not self._carried(event):
                         super().build_and_queue_event(event, full_events=full_events)
                 finally:
                     group = self._inotify
                     if group is not None:
                         # (one event, or a move's pair: PathedInotifyEvent is a tuple too)
                         group.handled(1 if isinstance(event, PathedInotifyEvent) else 2)
+
+            def _carried(self, event: Any) -> bool:
+                """A directory moved within the watch (a pair) or moved in (its
+                IN_MOVED_TO alone): the directory, then what it holds (`_below`); False for
+                anything else (watchdog's way)."""
+                if not NODE_TREE or not self.watch.is_recursive:
+                    return False
+                if isinstance(event, PathedInotifyEvent):
+                    if not (event.ev.is_moved_to and event.ev.is_directory):
+                        return False
+                    src, dest = "", os.fsdecode(event.path)
+                    hand_over(("created", dest, "", True))
+                else:
+                    was, now = event
+                    if not was.ev.is_directory:
+                        return False
+                    src, dest = os.fsdecode(was.path), os.fsdecode(now.path)
+                    hand_over(("moved", src, dest, True))
+                self._below(src, dest)
+                return True
+
+            def _below(self, src: str, dest: str) -> None:
+                """What a directory moved from `src` (or moved in: "") to `dest` holds, as
+                moved (or created) from where it was, read from the disk now: watchdog's
+                sub-moved and sub-created events, except that each directory is watched
+                before it is read (Group.watch_here), as a new watch's walk does. The disk
+                runs ahead of the events: a directory made there since had no watch yet
+                (its own event not taken), and what it held went into the index with
+                nothing to say it left again (a file moved out of it before its watch came
+                stayed in the index)."""
+                group = self._inotify
+                if group is not None and not group.watch_here(os.fsencode(dest)):
+                    return
+                stack = [dest]
+                while stack:
+                    top = stack.pop()
+                    try:
+                        with os.scandir(top) as it:
+                            entries = list(it)
+                    except OSError:  # gone again: the event that took it goes on from there
+                        continue
+                    for entry in entries:
+                        path = f"{top}/{entry.name}"
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        hand_over(("moved", src + path[len(dest):], path, is_dir) if src
+                                  else ("created", path, "", is_dir))
+                        if is_dir and group is not None and group.watch_here(
+                                os.fsencode(path)):
+                            stack.append(path)
 
         def on_thread_start(self) -> None:
             self._inotify = Group(
