@@ -1230,6 +1230,14 @@ class LoopRead:
             got += self.take()
         return got
 
+    def sources_until(self, last: Path) -> list[str]:
+        """The paths of what the loop hands over, read by read, up to `last` (a file made
+        last, after the changes a test looks for)."""
+        seen: list[str] = []
+        while str(last) not in seen:
+            seen += [src for _, src, _, _ in self.turns(1)]
+        return seen
+
     def from_the_lane(self, n: int) -> list:
         got: list = []
         while len(got) < n:
@@ -1446,11 +1454,7 @@ def test_a_watched_directory_moved_into_one_not_watched_yet_keeps_its_watches(
         assert fd.on_lane >= 1
         (b / "x" / "y" / "f").touch()
         (tmp_path / "sentinel").touch()
-        seen = []
-        while str(tmp_path / "sentinel") not in seen:
-            r.readable()
-            fd.read_ready()
-            seen += [src for _, src, _, _ in r.take()]
+        seen = r.sources_until(tmp_path / "sentinel")
         assert seen == [str(b / "x" / "y" / "f"), str(tmp_path / "sentinel")]
         assert r.problems == []
     finally:
@@ -1517,9 +1521,7 @@ def test_a_move_whose_directory_a_walk_met_at_its_destination_first_keeps_its_wa
         assert (node(x).wd, node(x / "y").wd) == wds
         (x / "y" / "g").touch()
         (root / "sentinel").touch()
-        seen: list = []
-        while str(root / "sentinel") not in seen:
-            seen += [s for _, s, _, _ in r.turns(1)]
+        seen = r.sources_until(root / "sentinel")
         assert seen == [str(x / "y" / "g"), str(root / "sentinel")]
         assert r.problems == []
     finally:
@@ -1551,9 +1553,7 @@ def test_a_directory_whose_path_moved_on_before_its_watch_is_watched_where_the_m
         assert group._unplaced == {}
         (tmp_path / "q" / "c" / "f").touch()
         (tmp_path / "sentinel").touch()
-        seen: list = []
-        while str(tmp_path / "sentinel") not in seen:
-            seen += [src for _, src, _, _ in r.turns(1)]
+        seen = r.sources_until(tmp_path / "sentinel")
         assert seen == [str(tmp_path / "q" / "c" / "f"), str(tmp_path / "sentinel")]
         assert r.problems == []
     finally:
