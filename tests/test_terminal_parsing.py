@@ -97,9 +97,11 @@ def test_plain_output_goes_to_the_parser_actor_all_the_same(make_tree, tmp_path)
     s.codes.append(0)
     flushed = tree.call("terminal", "sys.info")["parse"].get("inert_flushed", 0)
     out = Output(s.c, s.sid)
-    # the plain output comes when all before it is parsed, and nothing follows it
+    # the plain output comes when all before it is parsed, and nothing follows it; it comes
+    # from the foreground job that the SIGINT below ends (a `seq; sleep` list would leave a
+    # moment between its two jobs where the signal goes to a `seq` that is exiting)
     s.c.call("terminal", "term.write", {"session": s.sid, "data": (
-        "while [ ! -e ~/go ]; do sleep 0.01; done; seq 7771 7775; sleep 60\r")})
+        "while [ ! -e ~/go ]; do sleep 0.01; done; sh -c 'seq 7771 7775; exec sleep 60'\r")})
     wait_for(lambda: listed(s)["state"] == "running" and
              listed(s)["parsed"] == listed(s)["offset"],
              "the command runs and all its output so far is parsed", timeout=30)
