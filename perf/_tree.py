@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import compileall
+import importlib.util
 import os
 import shutil
 import signal
@@ -15,6 +17,26 @@ from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("moorage.actors", "moorage.protocol", "moorage.supervisor")
+
+
+def compile_package() -> bool:
+    """Write the package's bytecode, as `pip install` does, and say whether it is all there.
+
+    A tree started from a checkout whose bytecode is not written (an editable install with
+    PYTHONDONTWRITEBYTECODE set, as some CI images and containers have it) compiles every
+    module from source in every interpreter it starts: `moorage up` took 1.6 s that way
+    against 0.9 with bytecode. A benchmark of a start measures what an install runs, and
+    says so when it cannot (a read-only install without bytecode)."""
+    ok = True
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for where in (spec.submodule_search_locations or []) if spec else []:
+            try:
+                ok = compileall.compile_dir(where, quiet=2) and ok
+            except OSError:
+                ok = False
+    return bool(ok)
 
 
 class BenchTree:

@@ -30,6 +30,7 @@ from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.commands import all_children_running
 from moorage.supervisor.cli.common import tree_pid
+from perf._tree import compile_package
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,10 @@ os.environ["XDG_CONFIG_HOME"] = str(SESSION_HOME / "config")
 os.environ["XDG_STATE_HOME"] = str(SESSION_HOME / "state")
 for _var in ("MOORAGE_CONFIG", "MOORAGE_STATE_DIR", "MOORAGE_RUNTIME_DIR"):
     os.environ.pop(_var, None)
+# Every interpreter a test starts (a `moorage up`, a CLI call, a replacement zygote) imports
+# the package compiled, as an install has it: where bytecode is not written
+# (PYTHONDONTWRITEBYTECODE), each would compile every module again at each start.
+compile_package()
 
 
 def pytest_unconfigure(config: Any) -> None:
