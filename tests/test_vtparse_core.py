@@ -10,9 +10,12 @@ real bash with our integration prints on a real PTY.
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -131,3 +134,64 @@ def test_a_scanner_refuses_arguments_it_cannot_read(core: str) -> None:
         with pytest.raises(ValueError):
             scan(b"abc", 5, 16, 0, {}, [])
     assert scan(b"abc", 0, 16, 0, {}, []) == scan_python(b"abc", 0, 16, 0, {}, []) == -1
+
+
+@dataclass(slots=True)
+class _Filled:
+    kind: ClassVar[str] = "filled"
+    start: int
+    end: int
+    a: object
+    b: object = None
+
+
+@dataclass(slots=True)
+class _PostInit:
+    start: int
+    end: int
+    a: object
+    seen: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.seen.append(self.a)
+
+
+@dataclass(slots=True)
+class _NotInInit:
+    start: int
+    end: int
+    a: object
+    later: object = field(default="unset", init=False)
+
+
+class _Plain:
+    def __init__(self, start: int, end: int, a: object) -> None:
+        self.span = (start, end, a)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Plain) and other.span == self.span
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_scanner_builds_each_event_as_calling_its_class_would(core: str) -> None:
+    """The compiled core fills the slots of a plain slotted dataclass without running its
+    __init__, and calls any other class: either way the events are what the calls give."""
+    payloads = [b"633;A;%d" % k for k in range(5)]
+    tag = ["t"]
+    args: list[tuple[Any, tuple[Any, ...]]] = [
+        (_Filled, ("x", tag)), (_PostInit, ("y", [])), (_NotInInit, ("z",)),
+        (_Plain, ("w",)), (_Filled, (None, {"k": 1}))]
+    memo = dict(zip(payloads, args, strict=True))
+    data = b"".join(b"ab\x1b]" + p + b"\x07" for p in payloads)
+    held = sys.getrefcount(tag)
+    out: list[Any] = []
+    assert SCANNERS[core](data, 0, 64, 100, memo, out) == -1 - len(data)
+    assert out[1].seen == ["y"] and out[2].later == "unset"  # __post_init__ ran; the default
+    want, at = [], 100
+    for p, (cls, a) in zip(payloads, args, strict=True):
+        want.append(cls(at + 2, at + 2 + len(p) + 3, *a))
+        at += len(p) + 5
+    assert out == want
+    assert all(gc.is_tracked(e) for e in out)
+    del out, want  # (references counted right: nothing freed twice, nothing leaked)
+    assert sys.getrefcount(tag) == held
