@@ -5,6 +5,7 @@ from __future__ import annotations
 import compileall
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from moorage.protocol.errors import MoorageError
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("moorage.actors", "moorage.protocol", "moorage.supervisor")
+NOT_OURS = re.compile(r"/(node_modules|target)/")  # the clients' packages and builds
 
 
 def compile_package() -> bool:
@@ -33,7 +35,7 @@ def compile_package() -> bool:
         spec = importlib.util.find_spec(name)
         for where in (spec.submodule_search_locations or []) if spec else []:
             try:
-                ok = compileall.compile_dir(where, quiet=2) and ok
+                ok = compileall.compile_dir(where, quiet=2, rx=NOT_OURS) and ok
             except OSError:
                 ok = False
     return bool(ok)
