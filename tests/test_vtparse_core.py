@@ -164,6 +164,16 @@ class _NotInInit:
     later: object = field(default="unset", init=False)
 
 
+@dataclass(slots=True)
+class _OwnInit:
+    start: int
+    end: int
+    a: object
+
+    def __init__(self, start: int, end: int, a: object) -> None:  # (@dataclass keeps it)
+        self.start, self.end, self.a = start, end, ("own", a)
+
+
 class _Plain:
     def __init__(self, start: int, end: int, a: object) -> None:
         self.span = (start, end, a)
@@ -174,19 +184,21 @@ class _Plain:
 
 @pytest.mark.parametrize("core", CORES)
 def test_a_scanner_builds_each_event_as_calling_its_class_would(core: str) -> None:
-    """The compiled core fills the slots of a plain slotted dataclass without running its
-    __init__, and calls any other class: either way the events are what the calls give."""
-    payloads = [b"633;A;%d" % k for k in range(5)]
+    """The compiled core fills the slots of a plain slotted dataclass without running the
+    __init__ @dataclass wrote, and calls any other class (one with a __post_init__, a field
+    left out of __init__, an __init__ of its own): the events are what the calls give."""
+    payloads = [b"633;A;%d" % k for k in range(6)]
     tag = ["t"]
     args: list[tuple[Any, tuple[Any, ...]]] = [
         (_Filled, ("x", tag)), (_PostInit, ("y", [])), (_NotInInit, ("z",)),
-        (_Plain, ("w",)), (_Filled, (None, {"k": 1}))]
+        (_Plain, ("w",)), (_Filled, (None, {"k": 1})), (_OwnInit, ("v",))]
     memo = dict(zip(payloads, args, strict=True))
     data = b"".join(b"ab\x1b]" + p + b"\x07" for p in payloads)
     held = sys.getrefcount(tag)
     out: list[Any] = []
     assert SCANNERS[core](data, 0, 64, 100, memo, out) == -1 - len(data)
     assert out[1].seen == ["y"] and out[2].later == "unset"  # __post_init__ ran; the default
+    assert out[5].a == ("own", "v")  # the class body's __init__ ran
     want, at = [], 100
     for p, (cls, a) in zip(payloads, args, strict=True):
         want.append(cls(at + 2, at + 2 + len(p) + 3, *a))
