@@ -198,11 +198,12 @@ class FileService:
 
         def settle(got: tuple[bytes, os.stat_result]) -> Attached:
             data, st = got
+            info = stat_info(st)
             # Only a whole file whose size is what the kernel says: a procfs or sysfs file
             # (size 0 or 4096 whatever it holds) keeps its stat key when its content changes.
             if offset == 0 and len(data) == st.st_size:
-                self.cache.put(absolute, real, st, data)
-            return self.answer(data, stat_info(st), offset, length, whole=False)
+                self.cache.put(absolute, real, st, data, info)
+            return self.answer(data, info, offset, length, whole=False)
 
         def attempt() -> Any:
             if self.offload is None:
