@@ -1583,6 +1583,34 @@ def test_more_directories_than_the_group_keeps_unwatched_is_reported_not_dropped
 
 
 @pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
+def test_directories_kept_unwatched_under_one_removed_since_are_dropped_not_reported(
+        tmp_path, monkeypatch):
+    """`mkdir p/c; rm -r p`, both before the loop reads them: c's watch fails (ENOENT) and
+    c is kept by p's node, which p's removal then takes out of the tree: no move can bring
+    c back. Past UNPLACED_MAX such records are dropped first, and only those still in the
+    tree count: a build that makes and removes directories faster than the lane takes
+    their events costs no resync."""
+    monkeypatch.setattr(guarded, "UNPLACED_MAX", 2)
+    r = LoopRead(tmp_path)
+    try:
+        for k, top in enumerate(("p1", "p2", "p3")):
+            (tmp_path / top).mkdir()
+            assert len(r.turns(1)) == 1
+            (tmp_path / top / "c").mkdir()
+            shutil.rmtree(tmp_path / top)
+            (tmp_path / f"s{k}").touch()
+            r.sources_until(tmp_path / f"s{k}")
+            # (each round's record is kept: by the node of a directory removed since)
+            assert len(r.group._unplaced) == (k + 1 if k < 2 else 1)
+        assert r.problems == []
+        (tmp_path / "d").mkdir()
+        (tmp_path / "d" / "f").touch()
+        assert r.sources_until(tmp_path / "d" / "f")[-1] == str(tmp_path / "d" / "f")
+    finally:
+        r.mgr.stop()
+
+
+@pytest.mark.skipif(not guarded.NODE_TREE, reason="watchdog 7.1.1's tree of watched directories")
 def test_a_move_s_walk_watches_each_directory_before_it_reads_it(tmp_path):
     """What a moved directory holds is read from the disk when the emitter takes the move,
     and the disk runs ahead of the events: a directory made in it since has no watch yet

@@ -59,7 +59,8 @@ WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.ENOMEM, errno.EMFILE)
 # the directories in it hold at most this many entries (Group.created_here); else the lane.
 CREATED_SCAN_MAX = 256
 # Directories a group could not watch because their path had gone (Group._unplaced) are
-# kept up to this many; one more, and they are dropped and the watcher resyncs anew.
+# kept up to this many; one more, and those under a directory removed since are dropped;
+# if most are still kept then, all are dropped and the watcher resyncs anew.
 UNPLACED_MAX = 4096
 
 
@@ -346,10 +347,28 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if parent is None:  # (its directory is not watched either: its walk covers it)
                 return
             self._unplaced[(id(parent), os.path.basename(norm))] = parent
-            if len(self._unplaced) > UNPLACED_MAX:
+            if len(self._unplaced) <= UNPLACED_MAX:
+                return
+            # Those whose directory has left the tree since (removed: no move can bring
+            # them back) go first; still mostly kept after that, they are all dropped and
+            # reported (so that the pruning runs once per UNPLACED_MAX / 8 kept, at most).
+            for key, node in list(self._unplaced.items()):
+                if not self._in_tree(node):
+                    del self._unplaced[key]
+            if len(self._unplaced) > UNPLACED_MAX - UNPLACED_MAX // 8:
                 self._unplaced.clear()
                 report("unplaced", f"more than {UNPLACED_MAX} directories could not be "
                        "watched where they were named: watched anew")
+
+        def _in_tree(self, node: DirNode) -> bool:
+            """Is `node` still hung in the group's tree (each node its parent's child, up
+            to the root)?"""
+            curr = node
+            while curr.parent is not None:
+                if curr.parent.children.get(curr.name) is not curr:
+                    return False
+                curr = curr.parent
+            return curr is self._root
 
         def _place_again(self, event: object) -> None:
             """A directory moved (the event is its IN_MOVED_TO, taken): what could not be
