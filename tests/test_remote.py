@@ -269,7 +269,13 @@ def test_no_key_unknown_key_wrong_server_key_and_revoked_key_never_reach_an_acto
         assert after["received"] == base + 2 * per_info, "a refused peer's frame got in"
         refused = after["remote"]["refused"]
         assert refused.get("unknown_key") == 1, refused
-        assert refused.get("protocol", 0) >= 1, refused
+        # The two handshakes that fail before a key is looked at (plain ZMTP, a wrong server
+        # key) count as "protocol", or as "handshake" (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        # where the client, done, closed before the server's verdict; the server counts them
+        # as its monitor reads them.
+        wait_for(lambda: sum(info(tcp_tree, "alpha")["remote"]["refused"].get(k, 0)
+                             for k in ("protocol", "handshake")) >= 1,
+                 "the failed handshakes counted", 10)
 
         # Revoked: the allowed client is in, then its key goes; its connection is closed
         # and it cannot come back.
