@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+import functools
 import importlib.util
 import os
 import re
@@ -22,8 +23,10 @@ PACKAGES = ("moorage.actors", "moorage.protocol", "moorage.supervisor")
 NOT_OURS = re.compile(r"/(node_modules|target)/")  # the clients' packages and builds
 
 
+@functools.cache
 def compile_package() -> bool:
-    """Write the package's bytecode, as `pip install` does, and say whether it is all there.
+    """Write the package's bytecode, as `pip install` does, and say whether it is all there
+    (once a process: every tree a benchmark starts, BenchTree.start, asks first).
 
     A tree started from a checkout whose bytecode is not written (an editable install with
     PYTHONDONTWRITEBYTECODE set, as some CI images and containers have it) compiles every
@@ -61,6 +64,7 @@ class BenchTree:
         if self.config:
             cmd += ["--config", str(self.config)]
         cmd += self.extra_args
+        compile_package()
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

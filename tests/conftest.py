@@ -51,8 +51,10 @@ for _var in ("MOORAGE_CONFIG", "MOORAGE_STATE_DIR", "MOORAGE_RUNTIME_DIR"):
     os.environ.pop(_var, None)
 # Every interpreter a test starts (a `moorage up`, a CLI call, a replacement zygote) imports
 # the package compiled, as an install has it: where bytecode is not written
-# (PYTHONDONTWRITEBYTECODE), each would compile every module again at each start.
-compile_package()
+# (PYTHONDONTWRITEBYTECODE), each would compile every module again at each start. Written
+# once, by the process that starts the xdist workers (or runs the tests itself).
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    compile_package()
 
 
 def pytest_unconfigure(config: Any) -> None:

@@ -353,22 +353,12 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             # them back) go first; still mostly kept after that, they are all dropped and
             # reported (so that the pruning runs once per UNPLACED_MAX / 8 kept, at most).
             for key, node in list(self._unplaced.items()):
-                if not self._in_tree(node):
+                if self._reconstruct_path_iterative(node) is None:  # (not in the tree)
                     del self._unplaced[key]
             if len(self._unplaced) > UNPLACED_MAX - UNPLACED_MAX // 8:
                 self._unplaced.clear()
                 report("unplaced", f"more than {UNPLACED_MAX} directories could not be "
                        "watched where they were named: watched anew")
-
-        def _in_tree(self, node: DirNode) -> bool:
-            """Is `node` still hung in the group's tree (each node its parent's child, up
-            to the root)?"""
-            curr = node
-            while curr.parent is not None:
-                if curr.parent.children.get(curr.name) is not curr:
-                    return False
-                curr = curr.parent
-            return curr is self._root
 
         def _place_again(self, event: object) -> None:
             """A directory moved (the event is its IN_MOVED_TO, taken): what could not be
