@@ -67,7 +67,7 @@ def test_a_remote_rust_client_pushes_its_latency_over_tcp(
     try:
         assert report(proc) == {"calls": CALLS}
         # no push asked for: the pusher's thread sends within its 100 ms, over tcp
-        assert pushed_row(tree, "rusty", "alpha/fake.work")["lifetime"]["count"] == CALLS
+        assert pushed_row(tree, "rusty", "alpha/fake.work", CALLS)["lifetime"]["count"] == CALLS
     finally:
         _, err = proc.communicate(input="", timeout=60)
     assert proc.returncode == 0, err[-3000:]

@@ -96,7 +96,7 @@ def test_a_remote_typescript_client_pushes_its_latency_over_tcp_and_a_strangers_
         clients.append(editor)
         assert editor.report() == {"calls": 20}
         # no explicit push: the pusher's timer sends within an interval, over tcp
-        row = pushed_row(tree, "ts-editor", "alpha/fake.work")
+        row = pushed_row(tree, "ts-editor", "alpha/fake.work", 20)
         assert (row["lifetime"]["count"], row["lifetime"]["ok"]) == (20, 20)
         editor.release()
 
