@@ -116,6 +116,36 @@ def test_a_schema_outside_the_subset_is_refused_on_load(schema):
         Validator(schema)
 
 
+class Untagged(Validator):
+    """The same validator walking every anyOf branch, as it did before tags."""
+
+    def _tag_table(self, branches: list[Any]) -> None:
+        return None
+
+
+def test_a_tagged_any_of_gives_the_verdict_and_message_of_the_walk_of_every_branch():
+    """parse.feed's events (an anyOf told apart by `kind`): the branch the tag names is
+    walked alone; whatever the value, the problems are those of the walk of all branches."""
+    result = json.loads(generate.OPS_JSON.read_text())["ops"]["parse.feed"]["result"]
+    body = {"offset": 9, "mode": "skip_invalid", "skipped": 0, "unparsed": 0, "buffered": 0}
+    ok = {"kind": "prompt_end", "start": 0, "end": 9, "source": 0, "trusted": True,
+          "nonce": None, "options": {}}
+    done = {"kind": "command_finished", "start": 0, "end": 9, "source": 0, "trusted": False,
+            "nonce": "n", "exit_code": 0, "options": {"a": "b"}}
+    cases = [
+        [ok, done], [], [{**ok, "start": "0"}], [{**ok, "kind": "no_such_kind"}],
+        [{**ok, "kind": ["unhashable"]}], [{**ok, "kind": 1}], [{**ok, "kind": True}],
+        [{**done, "exit_code": "x"}], [{**ok, "extra": 1}], [None, 3, "s"], [{}],
+    ]
+    tagged, untagged = Validator(result), Untagged(result)
+    assert tagged._tag_table(result["$defs"]["event"]["anyOf"]) is not None
+    for events in cases:
+        value = {**body, "events": events}
+        assert tagged.problems(value) == untagged.problems(value), events
+    assert tagged.problems({**body, "events": [ok, done]}) == []
+    assert tagged.problems({**body, "events": [{**ok, "start": "0"}]}) != []
+
+
 # --- the generated files follow the declarations ------------------------------------------------
 
 

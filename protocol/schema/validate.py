@@ -55,6 +55,8 @@ class Validator:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.defs: dict[str, Any] = schema.get("$defs", {})
+        # anyOf tables by the schema's id (the schema kept beside, so the id stays its own)
+        self._tags: dict[int, tuple[dict, tuple[str, dict[Any, Any]] | None]] = {}
         self.schema = schema
         self._check_subset(schema)
         for d in self.defs.values():
@@ -98,7 +100,7 @@ class Validator:
         ref = schema.get("$ref")
         if ref is not None:
             self._walk(self.defs[ref[8:]], value, path, out)
-        if "anyOf" in schema:
+        if "anyOf" in schema and not self._tagged_conforms(schema, value, path):
             branches = []
             for sub in schema["anyOf"]:
                 found: list[str] = []
@@ -128,6 +130,52 @@ class Validator:
             self._object(schema, value, path, out)
         elif type(value) in (list, tuple):
             self._array(schema, value, path, out)
+
+    def _tagged_conforms(self, schema: dict, value: Any, path: str) -> bool:
+        """Does a map conform to the anyOf branch its tag names? For an anyOf of maps told
+        apart by a const field (an event's `kind`): that branch is walked alone, where the
+        walk of every branch before it took four fifths of a test's time checking a thousand
+        events a reply. False sends the caller through every branch, as without a tag, so
+        the verdict and its message are the same either way."""
+        if type(value) is not dict:
+            return False
+        entry = self._tags.get(id(schema))
+        if entry is None:
+            entry = self._tags[id(schema)] = (schema, self._tag_table(schema["anyOf"]))
+        table = entry[1]
+        if table is None:
+            return False
+        field, by_tag = table
+        try:
+            sub = by_tag.get(value.get(field))
+        except TypeError:  # an unhashable tag: no branch names it
+            return False
+        if sub is None:
+            return False
+        found: list[str] = []
+        self._walk(sub, value, path, found)
+        return not found
+
+    def _tag_table(self, branches: list[Any]) -> tuple[str, dict[Any, Any]] | None:
+        """(field, {const: branch}) when every branch is a map with a const `field` and no
+        two share its value; None otherwise."""
+        resolved = []
+        for b in branches:
+            while isinstance(b, dict) and set(b) == {"$ref"}:
+                b = self.defs[b["$ref"][8:]]
+            if not isinstance(b, dict) or not isinstance(b.get("properties"), dict):
+                return None
+            resolved.append(b)
+        if not resolved:
+            return None
+        for field, sub in resolved[0]["properties"].items():
+            if not (isinstance(sub, dict) and isinstance(sub.get("const"), str)):
+                continue
+            tags = [p.get("const") if isinstance(p := b["properties"].get(field), dict)
+                    else None for b in resolved]
+            if all(isinstance(t, str) for t in tags) and len(set(tags)) == len(tags):
+                return field, dict(zip(tags, resolved, strict=True))
+        return None
 
     def _object(self, schema: dict, value: dict, path: str, out: list[str]) -> None:
         props = schema.get("properties", {})
