@@ -22,7 +22,6 @@ from moorage.actors.resource.levels import (
     Reading,
     raw_level,
 )
-from moorage.actors.resource.sampler import ProcRow, Roles, Sample, TreeSampler, roles_from_status
 
 __all__ = [
     "ENTER", "FEATURES_OFF", "LEVELS", "Decision", "Escalation", "LevelTracker", "Pressure",
@@ -30,3 +29,14 @@ __all__ = [
     "TreeSampler",
     "pick_runaway", "raw_level", "roles_from_status",
 ]
+
+_SAMPLER = frozenset({"ProcRow", "Roles", "Sample", "TreeSampler", "roles_from_status"})
+
+
+def __getattr__(name: str) -> object:
+    # the sampler brings psutil (30 ms of a CLI call's start, which reads only the levels)
+    if name in _SAMPLER:
+        from moorage.actors.resource import sampler
+
+        return getattr(sampler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

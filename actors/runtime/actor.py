@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 import zmq
 from loguru import logger
-from zmq.utils.monitor import recv_monitor_message
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.heap import NOTE_MIN, HeapTrim
@@ -59,6 +58,7 @@ from moorage.protocol.envelope import (
     shape_problem,
 )
 from moorage.protocol.errors import Category, Fault, MoorageError, WireError, fail, fault_of
+from moorage.protocol.monitor import recv_event
 from moorage.protocol.wire import NOBLOCK, WIRE_CORE, send_frames
 
 VERSION = "0.1.0"
@@ -317,7 +317,7 @@ class Actor:
         # A connection's count starts and ends with it.
         while True:
             try:
-                event = recv_monitor_message(self._pub_monitor, NOBLOCK)
+                event = recv_event(self._pub_monitor, NOBLOCK)
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_ACCEPTED:

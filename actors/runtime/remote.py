@@ -32,10 +32,10 @@ from typing import Any
 import zmq
 from loguru import logger
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 from moorage.actors.runtime.loop import Loop
 from moorage.protocol import curve, remote
+from moorage.protocol.monitor import recv_event
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # RFC 27: the one address libzmq asks
 RECHECK_S = 1.0  # the allow-list is looked at this often even with no handshake
@@ -203,7 +203,7 @@ class Gatekeeper(threading.Thread):
     def _drain_monitor(self, mon: zmq.Socket) -> None:
         while True:
             try:
-                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+                ev = recv_event(mon, zmq.NOBLOCK)
             except zmq.Again:
                 return
             reason = HANDSHAKE_EVENTS.get(ev["event"])

@@ -15,7 +15,6 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from moorage.protocol.client._core import (
     LEARN_SHARE,
@@ -31,6 +30,7 @@ from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTrac
 from moorage.protocol.client.constructors import FromConnectionFile
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
+from moorage.protocol.monitor import parse
 from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
 
@@ -88,7 +88,7 @@ class _AConn:
 
     async def _watch(self) -> None:
         while True:
-            ev = parse_monitor_message(await self.monitor.recv_multipart())
+            ev = parse(await self.monitor.recv_multipart())
             if ev["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                 self.key_refused = ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
                 if self.key_refused:  # the calls waiting now end on it

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from moorage.protocol.client._core import (
     CallPlan,
@@ -26,6 +25,7 @@ from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTrac
 from moorage.protocol.client.constructors import FromConnectionFile
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
+from moorage.protocol.monitor import recv_event
 from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
 from moorage.protocol.wire import readable, send_frames, try_recv
@@ -73,7 +73,7 @@ class _Conn:
         """Did the actor's connection drop since we last looked?"""
         dropped = False
         while readable(self.monitor):  # (asked before every call: no Poller per look)
-            ev = recv_monitor_message(self.monitor)["event"]
+            ev = recv_event(self.monitor)["event"]
             dropped = dropped or ev == zmq.EVENT_DISCONNECTED
             if ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                 self.key_refused = ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH

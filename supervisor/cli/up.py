@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,8 @@ DETACH_START_S = 60.0  # on top of --timeout: a loaded machine may take this lon
 
 
 def package_version() -> str:
+    from importlib import metadata  # (27 ms to import: only where a version is asked for)
+
     try:
         return metadata.version("moorage")
     except metadata.PackageNotFoundError:
