@@ -86,7 +86,7 @@ def test_an_error_reply_carries_the_full_classification():
 
 
 @given(frames=st.lists(st.binary(max_size=100), max_size=6))
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=700, deadline=None)
 def test_random_frames_raise_only_decode_errors(frames):
     for decode in (decode_request, decode_reply, decode_stream):
         try:
@@ -96,7 +96,7 @@ def test_random_frames_raise_only_decode_errors(frames):
 
 
 @given(frames=st.lists(st.binary(max_size=100), min_size=1, max_size=4))
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 def test_random_headers_and_bodies_behind_a_good_tag_raise_only_decode_errors(frames):
     try:
         decode_request([TAG, *frames])

@@ -104,7 +104,7 @@ def build(pairs: list[tuple[Any, Any]], body: Any, tag: bytes = TAG,
 
 @given(st.lists(st.tuples(header_key, header_value), max_size=7), bodies,
        st.integers(0, limits.MAX_ATTACHMENTS + 2))
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=500, deadline=None)
 def test_any_header_and_body_decode_alike(pairs, body, attachments):
     same(build(pairs, body, attachments=attachments))
 
@@ -113,7 +113,7 @@ def test_any_header_and_body_decode_alike(pairs, body, attachments):
        st.none() | st.integers(-(2**63), 2**64 - 1) | st.booleans() | st.floats(),
        st.none() | st.text(max_size=8) | st.integers(0, 3) | st.binary(max_size=3),
        st.booleans(), bodies, st.permutations(range(5)))
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=500, deadline=None)
 def test_well_formed_requests_and_replies_decode_alike(rid, sid, op, deadline, ep, ok, body,
                                                        order):
     request = [("id", rid), ("sid", sid), ("op", op), ("deadline_ms", deadline), ("ep", ep)]
@@ -124,7 +124,7 @@ def test_well_formed_requests_and_replies_decode_alike(rid, sid, op, deadline, e
 
 
 @given(st.binary(min_size=1, max_size=60), st.integers(0, 59), st.integers(0, 255))
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=500, deadline=None)
 def test_damaged_bytes_decode_alike(raw, at, byte):
     good = envelope.encode_request(7, "damage-1", "fs.read", {"path": "/x", "n": 3}, 99)
     reply = envelope.encode_reply(7, "ep-1", {"data": b"abc", "size": 3})
