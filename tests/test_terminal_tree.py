@@ -176,6 +176,8 @@ def test_output_a_new_keeper_read_before_the_terminal_came_back_is_taken_and_it_
                 listed = c.call("ptykeeper", "pty.list", timeout=2)
             except MoorageError:
                 return False  # not restarted yet
+            if not listed["sessions"]:
+                return False  # serving, the session not yet taken from custody
             (held,) = listed["sessions"]
             return not listed["connected"] and held["paused"] and held["adopted"]
 
