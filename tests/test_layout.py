@@ -205,12 +205,14 @@ def test_the_wheel_installs_only_moorage_and_leaves_a_clashing_supervisor_intact
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
         "-w", wheels, other)
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", venv)
+    # no pip of its own (ensurepip is 10 s of this test): this environment's pip drives it
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
     py = venv / "bin" / "python"
+    pip = (sys.executable, "-m", "pip", "--python", py)
     site = Path(run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
                 .strip())
     before = set(os.listdir(site))
-    run(py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel,
+    run(*pip, "install", "-q", "--no-deps", "--no-index", wheel,
         next(wheels.glob("other_supervisor-*.whl")))
     added = sorted(set(os.listdir(site)) - before)
     assert [a for a in added if not a.endswith(".dist-info")] == ["moorage", "supervisor"]
@@ -223,7 +225,7 @@ def test_the_wheel_installs_only_moorage_and_leaves_a_clashing_supervisor_intact
              f" assert moorage.supervisor.supervisor.__file__.startswith({str(site)!r});"
              " print(supervisor.OWNER)")
     assert run(py, "-c", probe).strip() == "the other project"
-    run(py, "-m", "pip", "uninstall", "-y", "-q", "moorage")
+    run(*pip, "uninstall", "-y", "-q", "moorage")
     # (pip may leave the namespace's folder behind, empty)
     assert not [p for p in (site / "moorage").rglob("*") if p.is_file()]
     assert run(py, "-c", "import supervisor; print(supervisor.OWNER)").strip() == \
