@@ -209,6 +209,40 @@ def test_events_from_leaves_out_the_events_before_it_and_the_stream_parses_them_
                                                                 A)["events"]
 
 
+def test_an_inert_count_moves_a_markers_stream_unseen_and_is_refused_where_it_cannot(
+        parser, client):
+    """`inert`: bytes with no ESC, not sent; the stream goes on as if it had read them."""
+    client.call("parser", "parse.open", {"stream": "s", "nonce": "N0NCE"})
+    client.call("parser", "parse.open", {"stream": "fed", "nonce": "N0NCE"})
+    plain = b"x" * 5000
+    feed(client, "fed", 0, A + plain)
+    want = feed(client, "fed", 8 + len(plain), B)["events"]
+    feed(client, "s", 0, A)
+    skip = client.call("parser", "parse.feed", {"stream": "s", "offset": 8, "create": False,
+                                                "inert": len(plain)})
+    assert (skip["events"], skip["offset"], skip["skipped"], skip["buffered"]) == (
+        [], 8 + len(plain), 0, 0)
+    again = client.call("parser", "parse.feed", {"stream": "s", "offset": 8, "inert": 100})
+    assert (again["offset"], again["skipped"]) == (8 + len(plain), 100)  # a resend: a no-op
+    assert feed(client, "s", 8 + len(plain), B)["events"] == want  # the same offsets
+    stats = client.call("parser", "parse.stats")
+    assert stats["bytes_inert"] == len(plain)
+    # a stream holding a cut sequence, or one that reports text: the bytes must come
+    cut = b"\x1b]633;D;0"
+    at = 16 + len(plain) + len(cut)
+    assert feed(client, "s", 16 + len(plain), cut)["buffered"] == len(cut)
+    err = error(client.call, "parser", "parse.feed", {"stream": "s", "offset": at, "inert": 3})
+    assert err.name == "bad_args" and err.error.detail == {"expected": at}
+    client.call("parser", "parse.open", {"stream": "t", "text": True})
+    assert error(client.call, "parser", "parse.feed",
+                 {"stream": "t", "offset": 0, "inert": 3}).name == "bad_args"
+    [t] = [x for x in client.call("parser", "parse.list")["streams"] if x["stream"] == "t"]
+    assert t["offset"] == 0
+    for bad in ({"inert": 3, "data": b"abc"}, {"inert": -1}):
+        assert error(client.call, "parser", "parse.feed",
+                     {"stream": "s", "offset": 0, **bad}).name == "bad_args"
+
+
 def test_a_feed_ahead_of_the_stream_is_a_stream_gap_naming_the_expected_offset(parser, client):
     feed(client, "s", 0, A)
     err = error(feed, client, "s", 9, B)

@@ -95,7 +95,8 @@ def test_plain_output_goes_to_the_parser_actor_all_the_same(make_tree, tmp_path)
                  timeout=30)
     assert r["output"].split("\n")[-1] == "3000" and r["parser"] == "actor", r
     s.codes.append(0)
-    flushed = tree.call("terminal", "sys.info")["parse"].get("inert_flushed", 0)
+    parse = tree.call("terminal", "sys.info")["parse"]
+    flushed, counted = parse.get("inert_flushed", 0), parse.get("inert_bytes", 0)
     out = Output(s.c, s.sid)
     # the plain output comes when all before it is parsed, and nothing follows it; it comes
     # from the foreground job that the SIGINT below ends (a `seq; sleep` list would leave a
@@ -109,7 +110,10 @@ def test_plain_output_goes_to_the_parser_actor_all_the_same(make_tree, tmp_path)
     out.until(lambda d: b"7775\r\n" in d)
     wait_for(lambda: listed(s)["parsed"] == listed(s)["offset"],
              "the parser actor parsed the plain output too", timeout=30)
-    assert tree.call("terminal", "sys.info")["parse"]["inert_flushed"] > flushed
+    parse = tree.call("terminal", "sys.info")["parse"]
+    assert parse["inert_flushed"] > flushed
+    # and went as a count: the parser actor took the 25 bytes as parsed without them
+    assert parse["inert_bytes"] >= counted + len("7771\r\n" * 5)
     out.close()
     s.c.call("terminal", "term.signal", {"session": s.sid, "signal": "SIGINT"})
     s.codes.append(130)
@@ -117,6 +121,34 @@ def test_plain_output_goes_to_the_parser_actor_all_the_same(make_tree, tmp_path)
              timeout=30)
     for n in range(3):
         assert s.exec(n)["parser"] == "actor"
+    s.check_records()
+
+
+def test_a_big_plain_output_goes_as_counts_and_the_markers_around_it_as_bytes(make_tree,
+                                                                              tmp_path):
+    """A `cat` of 3 MiB with no ESC in it: the parser actor is told its size, a MiB a feed at
+    most, not sent it; the commands before and after it are recorded as ever."""
+    tree = make_tree(TREE).start()
+    s = Session(tree, tmp_path)
+    s.exec(0)
+    log = s.home / "big.log"
+    log.write_bytes(b"".join(b"line %07d of a plain log\n" % i for i in range(120_000)))
+    before = tree.call("parser", "parse.stats")
+    r = s.c.call("terminal", "term.exec", {"session": s.sid, "command": f"cat {log}; true"},
+                 timeout=60)
+    assert r["exit_code"] == 0 and r["parser"] == "actor", {k: r[k] for k in r if k != "output"}
+    s.codes.append(0)
+    s.exec(1)
+    wait_for(lambda: listed(s)["parsed"] == listed(s)["offset"],
+             "the parser actor accounted for all the output", timeout=30)
+    after = tree.call("parser", "parse.stats")
+    size = log.stat().st_size
+    # (the tty turns each \n into \r\n: more bytes than the file; a chunk that shares a read
+    # with the command's markers goes as bytes)
+    assert after["bytes_inert"] - before["bytes_inert"] >= size * 0.9
+    assert after["bytes_parsed"] - before["bytes_parsed"] < size * 0.1 + (64 << 10)
+    parse = tree.call("terminal", "sys.info")["parse"]
+    assert parse.get("to_local", 0) == 0 and parse["inert_feeds"] >= 3
     s.check_records()
 
 

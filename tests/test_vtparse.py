@@ -253,6 +253,25 @@ def test_buffer_partial_as_a_policy_behaves_as_skip_invalid() -> None:
     assert skip == buffered
 
 
+def test_bytes_without_esc_are_skipped_unseen_only_where_they_could_change_nothing() -> None:
+    plain = b"plain output, no escape in it\r\n" * 3
+    marker = b"\x1b]633;D;0;N0NCE\x07"
+    fed, skipped = Parser(nonce="N0NCE"), Parser(nonce="N0NCE")
+    want = fed.feed(plain) + fed.feed(marker)
+    assert skipped.skip(len(plain)) and skipped.offset == len(plain)
+    assert skipped.feed(marker) == want and skipped.mode is fed.mode  # same offsets, same end
+    # a sequence held (cut by the chunk's end): the bytes after it may end it, so not skipped
+    held = Parser(nonce="N0NCE")
+    held.feed(marker[:9])
+    assert not held.skip(4) and held.offset == 9
+    # text and tokens report those bytes: never skipped
+    assert not Parser(text=True).skip(4) and not Parser(tokens=True).skip(4)
+    raw = Parser(mode=RecoveryMode.RAW_PASSTHROUGH)
+    assert raw.skip(10) and raw.offset == 10
+    with pytest.raises(ValueError):
+        Parser().skip(-1)
+
+
 def test_reset_drops_a_held_sequence_and_keeps_the_offset() -> None:
     parser = Parser()
     parser.feed(b"\x1b]633;A")

@@ -4,10 +4,9 @@
   parse.open   {stream, nonce?, mode?,       {stream, offset, mode, opened,   bad_args
                 tokens?, text?, offset?}      options}
   parse.feed   {stream, offset, data?,       {events, offset, mode, skipped,  bad_args,
-               create?, events_from?}, the    unparsed, buffered}             message_too_large,
-               bytes as one raw attachment                                    stream_gap,
-               (or `data`)
-                                                                              stream_not_found,
+               create?, events_from?,         unparsed, buffered}             message_too_large,
+               inert?}, the bytes as one                                      stream_gap,
+               raw attachment (or `data`)                                     stream_not_found,
                                                                               parse_error
   parse.reset  {stream}                      {stream, offset, mode, dropped}  stream_not_found
   parse.close  {stream}                      {stream, closed, offset, events} bad_args
@@ -15,7 +14,8 @@
                                               mode, buffered, idle_s,
                                               options}]}
   parse.stats  {}                            {streams, sessions, feeds,       bad_args
-                                              bytes_parsed, events, evictions,
+                                              bytes_parsed, bytes_inert,
+                                              events, evictions,
                                               reaped, pressure_closed, ...}
 
 Streams belong to a client session: the key is (sid, stream), so two clients never share one.
@@ -34,6 +34,12 @@ start before it (the caller has them already: the terminal reads a command's end
 stream parses them all the same. The reply's `offset` is the stream's new offset: when it is
 short of the data's end (`unparsed` > 0), the per-feed event budget was spent and the caller
 sends the rest from there. `mode` is the recovery mode after the feed (RecoveryMode values).
+`inert` (instead of the bytes) says that the next `inert` bytes hold no ESC: a stream that
+reads markers only (no text, no tokens) and holds nothing at its offset takes them as parsed
+unseen, since such bytes can neither hold a marker nor end one (vtparse's `Parser.skip`); any
+other answers `bad_args`, and the caller sends the bytes. A terminal streaming plain output
+(a `cat` of a log) sends the parser actor a count a MiB, not the MiB (`bytes_inert` in
+parse.stats).
 `buffered` is how far before its offset the stream's sequence in progress began (a sequence
 cut by the data's end, counted from its ESC: `Parser.buffered_bytes()`): a caller that moves
 the stream elsewhere (the terminal's in-process fallback) starts the new parser that many
@@ -365,18 +371,23 @@ class ParserActor(Actor):
                 "opened": opened, "options": options.to_wire()}
 
     @op("parse.feed", args={"stream": str, "offset": int, "data": (bytes, None),
-                            "create": (bool, True), "events_from": (int, 0)}, idempotent=True,
+                            "create": (bool, True), "events_from": (int, 0),
+                            "inert": (int, 0)}, idempotent=True,
         request_attachments=(0, 1), checked=False,
         result={"events": list[EVENT], "offset": int, "mode": MODE, "skipped": int,
                 "unparsed": int, "buffered": int},
         errors=("stream_not_found", "stream_gap", "parse_error"))
     def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None,
-                 create: bool, events_from: int) -> dict:
+                 create: bool, events_from: int, inert: int) -> dict:
         """Parse the stream's next bytes; the events they complete."""
         # (checked=False: the answer is ints, strs and the events' `to_wire` dicts, whose
         # values are the library's str and int fields, options a map of strs, CSI params
         # lists of ints two deep: no shape to walk, and a walk of a 64 KiB feed's events
         # was a fifth of its time)
+        if inert:
+            if data is not None or call.attachments:
+                raise fail("bad_args", "parse.feed takes bytes or an `inert` count, not both")
+            return self._skip(call, stream, offset, inert, create)
         if (0 if data is None else 1) + len(call.attachments) != 1:
             raise fail("bad_args", "parse.feed takes its bytes as exactly one raw attachment "
                        "or as `data`, not both")
@@ -387,6 +398,23 @@ class ParserActor(Actor):
             raise fail("message_too_large", f"a feed carries at most "
                        f"{self.settings.max_feed_bytes} bytes, not {size}",
                        detail={"limit": self.settings.max_feed_bytes, "size": size})
+        s = self._fed_stream(call, stream, offset, create)
+        expected = s.parser.offset
+        skipped = min(expected - offset, size)
+        self.counts["feeds"] += 1
+        self.counts["duplicate_bytes"] += skipped
+        events = self._parse(s, data, skipped) if skipped < size else []
+        parsed = s.parser.offset - expected
+        self.counts["bytes_parsed"] += parsed
+        self.counts["events"] += len(events)
+        return {"events": [e.to_wire() for e in events if e.start >= events_from],
+                "offset": s.parser.offset,
+                "mode": s.parser.mode.value, "skipped": skipped,
+                "unparsed": size - skipped - parsed, "buffered": s.parser.buffered_bytes()}
+
+    def _fed_stream(self, call: Call, stream: str, offset: int, create: bool) -> Stream:
+        """The stream a feed at `offset` goes on (opened by it at 0 with `create`), or the
+        error that says why there is none to go on."""
         if not 0 <= offset <= limits.MAX_ID:
             raise fail("bad_args", f"offset must be in [0, 2^53), not {offset}")
         s = self.table.get(call.sid, stream)
@@ -404,17 +432,25 @@ class ParserActor(Actor):
             self.counts["gaps"] += 1
             raise fail("stream_gap", f"{stream!r:.80} is at {expected}; this feed starts at "
                        f"{offset}", detail={"expected": expected})
-        skipped = min(expected - offset, size)
+        return s
+
+    def _skip(self, call: Call, stream: str, offset: int, inert: int, create: bool) -> dict:
+        """A feed of `inert` bytes not sent (the module docstring): taken as parsed where
+        the stream reads markers only and holds nothing at its offset."""
+        if not 0 < inert <= limits.MAX_ID:
+            raise fail("bad_args", f"inert must be in (0, 2^53), not {inert}")
+        s = self._fed_stream(call, stream, offset, create)
+        expected = s.parser.offset
+        skipped = min(expected - offset, inert)
+        if skipped < inert and not s.parser.skip(inert - skipped):
+            raise fail("bad_args", f"{stream!r:.80} cannot take bytes unseen at {expected} "
+                       "(it reads text or tokens, or holds a sequence): send them",
+                       detail={"expected": expected})
         self.counts["feeds"] += 1
         self.counts["duplicate_bytes"] += skipped
-        events = self._parse(s, data, skipped) if skipped < size else []
-        parsed = s.parser.offset - expected
-        self.counts["bytes_parsed"] += parsed
-        self.counts["events"] += len(events)
-        return {"events": [e.to_wire() for e in events if e.start >= events_from],
-                "offset": s.parser.offset,
-                "mode": s.parser.mode.value, "skipped": skipped,
-                "unparsed": size - skipped - parsed, "buffered": s.parser.buffered_bytes()}
+        self.counts["bytes_inert"] += inert - skipped
+        return {"events": [], "offset": s.parser.offset, "mode": s.parser.mode.value,
+                "skipped": skipped, "unparsed": 0, "buffered": s.parser.buffered_bytes()}
 
     def _parse(self, s: Stream, data: bytes, start: int) -> list[Event]:
         """Feed data[start:] in slices until the event budget is spent; a library error
@@ -477,7 +513,7 @@ class ParserActor(Actor):
 
     @op("parse.stats", idempotent=True, result={
         "streams": int, "sessions": int, "max_streams": int, "buffered": int, "opened": int,
-        "closed": int, "feeds": int, "bytes_parsed": int, "events": int,
+        "closed": int, "feeds": int, "bytes_parsed": int, "bytes_inert": int, "events": int,
         "duplicate_bytes": int, "gaps": int, "not_found": int, "resets": int,
         "parse_errors": int, "evictions": int, "reaped": int, "pressure_closed": int,
         "fallback": Literal[FALLBACKS] | None})  # type: ignore[valid-type]
@@ -489,8 +525,8 @@ class ParserActor(Actor):
             "max_streams": self.settings.max_streams,
             "buffered": sum(s.parser.buffered_bytes() for s in self.table),
             "opened": c["opened"], "closed": c["closed"], "feeds": c["feeds"],
-            "bytes_parsed": c["bytes_parsed"], "events": c["events"],
-            "duplicate_bytes": c["duplicate_bytes"], "gaps": c["gaps"],
+            "bytes_parsed": c["bytes_parsed"], "bytes_inert": c["bytes_inert"],
+            "events": c["events"], "duplicate_bytes": c["duplicate_bytes"], "gaps": c["gaps"],
             "not_found": c["not_found"], "resets": c["resets"],
             "parse_errors": c["parse_errors"], "evictions": c["closed_lru"],
             "reaped": c["closed_idle"], "pressure_closed": c["closed_pressure"],

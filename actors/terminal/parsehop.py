@@ -31,12 +31,16 @@ While a session's unparsed output is over `parse_lag_bytes` the terminal holds b
 to the keeper, so a slow parser slows the shell down instead of growing this buffer.
 
 Three shortcuts keep the parser actor off a command's critical path without taking the
-stream from it (every byte is still fed to it, in order, and its markers are applied):
-- *Inert output waits.* A chunk with no ESC in it, arriving while the parser is in ground
-  state with nothing in flight, cannot hold a marker or finish one: it is not sent alone but
-  with the next chunk that has an ESC (or after INERT_FLUSH_S, or past `parse_feed_bytes`).
-  A command's echo and plain output cost no round trip then, and a session whose unparsed
-  output is all inert counts as parsed (`when_parsed`).
+stream from it (every byte is accounted to it, in order, and its markers are applied):
+- *Inert output waits, and goes as a count.* A chunk with no ESC in it, arriving where the
+  parser actor's stream is in ground state with nothing held (`clean_at`: known from its
+  last reply, or the end of a count sent from such a point), cannot hold a marker or finish
+  one. It is not sent alone but with the next chunk that has an ESC (or after INERT_FLUSH_S,
+  or past `parse_feed_bytes`), and then as a count (`parse.feed` with `inert`: the stream
+  takes the bytes as parsed unseen) followed by the bytes after it. A command's echo and
+  plain output cost no round trip then, a session whose unparsed output is all inert counts
+  as parsed (`when_parsed`), and a `cat` of a log costs the parser actor a message a MiB,
+  not the bytes (counted as `inert_bytes`).
 - *The end of a command, read here.* A chunk that carries the session's command-end or
   prompt-end marker (633 D or B, with its nonce) is also parsed here, at once, by the same
   library: the command is answered and the prompt known without waiting for a round trip.
@@ -190,6 +194,8 @@ class ParseHop:
         self._waiting: list[tuple[int, Callable[[], None]]] = []  # (offset, when parsed)
         # bytes from `sent` on hold no ESC and the parser was in ground at `sent`
         self.inert = False
+        self.inert_run = (base, base)  # [from, to): bytes known to hold no ESC
+        self.clean_at: int | None = base  # the actor's stream is in ground, holding nothing
         self._flush_timer: Any = None
         self._hold_timer: Any = None  # set while output waits to go in one feed
         self._ahead_parser: Parser | None = None  # the read-ahead's, kept to go on from
@@ -233,13 +239,15 @@ class ParseHop:
                 self._read_ahead()
             if self._holding(ours):
                 return
-            grounded = self.flying == 0 and self.held == 0 and self.parsed == self.sent
-            if ESC not in data and grounded and (self.inert or self.sent == start) and \
-                    self.end - self.sent < self.link.feed_bytes:
-                self.inert = True  # nothing here can be a marker: it goes with the next
-                if self._flush_timer is None:
-                    self._flush_timer = self.link.call_later(INERT_FLUSH_S, self._flush)
-                return
+            if ESC not in data and self.clean_at == self.sent and (
+                    self.inert or self.sent == start):
+                # nothing here can be a marker: it goes with the next, as a count
+                self.inert_run = (self.inert_run[0] if self.inert else start, self.end)
+                self.inert = True
+                if self.end - self.sent < self.link.feed_bytes:
+                    if self._flush_timer is None:
+                        self._flush_timer = self.link.call_later(INERT_FLUSH_S, self._flush)
+                    return
             self.inert = False
             self._pump()
         else:
@@ -314,7 +322,7 @@ class ParseHop:
         when what is left is inert, or when no parser runs): the session's state then
         reflects all that output."""
         if self.via != "actor" or self.parsed >= offset or self.ahead >= offset or (
-                self.inert and self.parsed == self.sent and self.flying == 0):
+                self.inert and self.clean_at == self.sent):
             fn()
         else:
             self.link.counts["waits"] += 1
@@ -340,6 +348,7 @@ class ParseHop:
         self._ahead_parser = None
         self.ahead = offset
         self.parsed, self.held = offset, 0
+        self.inert_run = (offset, offset)
         if self.via == "actor":
             self._to_actor(offset)
         elif self.via == "local":
@@ -366,6 +375,8 @@ class ParseHop:
         self.gen += 1
         self.via = "actor"
         self.inert = False
+        self.inert_run = (start, start)
+        self.clean_at = start  # a new stream, in ground where it starts
         self.local = None
         self.parsed = self.sent = start
         self.held = 0
@@ -388,6 +399,16 @@ class ParseHop:
             if self.link.is_open(time.monotonic()):
                 self._to_local(self.ground(), "the parser actor's breaker is open")
                 return
+            inert_from, inert_to = self.inert_run
+            if self.clean_at == self.sent and inert_from <= self.sent < inert_to:
+                end = min(inert_to, self.sent + self.link.feed_bytes)
+                self.link.counts["inert_feeds"] += 1
+                self.link.counts["inert_bytes"] += end - self.sent
+                self._call("parse.feed", {"stream": self._stream(), "offset": self.sent,
+                                          "create": False, "inert": end - self.sent},
+                           self._fed)
+                self.sent = self.clean_at = end  # (nothing in it can leave a sequence open)
+                continue
             end = min(self.end, self.sent + self.link.feed_bytes)
             data = self.buf.get(self.sent, end)
             self.link.counts["feeds"] += 1
@@ -397,6 +418,7 @@ class ParseHop:
                                       "create": False, "events_from": self.ahead},
                        self._fed, (data,))
             self.sent = end
+            self.clean_at = None  # until a reply says where the stream stands
 
     def _call(self, op: str, args: dict[str, Any],
               then: Callable[[dict[str, Any]], None], attachments: tuple[bytes, ...] = ()
@@ -456,6 +478,9 @@ class ParseHop:
             self.wave += 1
             self.flying = 0
             self.sent = self.parsed
+            self.inert_run = (self.sent, self.sent)
+        if self.flying == 0 and self.parsed == self.sent:
+            self.clean_at = self.sent if self.held == 0 else None
         if events:
             self.apply(events, "actor")
         if lagging and self.lag() <= self.link.lag_bytes:

@@ -229,6 +229,23 @@ class Parser(Machine):
         )
         return out
 
+    def skip(self, n: int) -> bool:
+        """Take the stream's next `n` bytes as fed without reading them, where the caller
+        knows they hold no ESC. Markers only (no text, no tokens), in ground with nothing
+        held, such bytes complete nothing and change nothing (every marker starts with ESC,
+        and the scan looks for nothing else), so only the offset moves: a terminal whose
+        output is plain text need not send it to be parsed. False, and nothing taken, where
+        that does not hold: the caller feeds the bytes instead."""
+        if n < 0:
+            raise ValueError(f"a count of bytes, not {n}")
+        if self._policy is not RecoveryMode.RAW_PASSTHROUGH and (
+                self._tokens or self._text or self._held_any()):
+            return False
+        self._pos += n
+        self._errors = 0
+        self._mode = next_mode(self._policy, partial=False, reset=False)
+        return True
+
     def flush(self) -> list[Event]:
         """End of stream: a held UTF-8 fragment becomes U+FFFD text, a held sequence is
         dropped (an `Invalid` event with tokens), and the parser is back in ground."""
