@@ -192,7 +192,8 @@ class ParseHop:
         self.sent = base  # what the feeds sent so far cover
         self.flying = 0  # requests awaiting their replies
         self._waiting: list[tuple[int, Callable[[], None]]] = []  # (offset, when parsed)
-        # bytes from `sent` on hold no ESC and the parser was in ground at `sent`
+        # bytes from `sent` on hold no ESC; the stream is clean at `sent`, or a reply due
+        # will say whether it is
         self.inert = False
         self.inert_run = (base, base)  # [from, to): bytes known to hold no ESC
         self.clean_at: int | None = base  # the actor's stream is in ground, holding nothing
@@ -239,8 +240,9 @@ class ParseHop:
                 self._read_ahead()
             if self._holding(ours):
                 return
-            if ESC not in data and self.clean_at == self.sent and (
-                    self.inert or self.sent == start):
+            if ESC not in data and (self.inert or self.sent == start) and (
+                    self.clean_at == self.sent or self.flying):
+                # (with feeds in flight, the last reply says whether the stream will be clean)
                 # nothing here can be a marker: it goes with the next, as a count
                 self.inert_run = (self.inert_run[0] if self.inert else start, self.end)
                 self.inert = True
@@ -485,6 +487,8 @@ class ParseHop:
             self.apply(events, "actor")
         if lagging and self.lag() <= self.link.lag_bytes:
             self.caught_up()
+        if self.inert and self.flying == 0 and (self.clean_at != self.sent or self._waiting):
+            self.inert = False  # it goes now: as a count where the stream is clean, else bytes
         self._parsed_to()
         self._pump()
 
