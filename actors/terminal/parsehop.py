@@ -240,11 +240,14 @@ class ParseHop:
                 self._read_ahead()
             if self._holding(ours):
                 return
-            if ESC not in data and (self.inert or self.sent == start) and (
+            # every byte not sent yet before this chunk is in the run of inert output
+            run_from, run_to = self.inert_run
+            continues = run_to == start and run_from <= self.sent
+            if ESC not in data and (continues or self.sent == start) and (
                     self.clean_at == self.sent or self.flying):
                 # (with feeds in flight, the last reply says whether the stream will be clean)
                 # nothing here can be a marker: it goes with the next, as a count
-                self.inert_run = (self.inert_run[0] if self.inert else start, self.end)
+                self.inert_run = (run_from if continues else start, self.end)
                 self.inert = True
                 if self.end - self.sent < self.link.feed_bytes:
                     if self._flush_timer is None:
@@ -480,6 +483,7 @@ class ParseHop:
             self.wave += 1
             self.flying = 0
             self.sent = self.parsed
+            self.inert = False  # (what is unsent now is what the run did not cover)
             self.inert_run = (self.sent, self.sent)
         if self.flying == 0 and self.parsed == self.sent:
             self.clean_at = self.sent if self.held == 0 else None
