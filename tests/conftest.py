@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from moorage.actors.runtime.process import run_actor
+from moorage.actors.watcher.mounts import fs_type
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import StreamMessage
@@ -109,7 +110,8 @@ def tmpfs_path(tmp_path: Path) -> Iterator[Path]:
     """A fresh directory on the machine's tmpfs, for a test that makes tens of thousands of
     files to watch or walk (each cost 60-180 µs of the kernel's on this kind of VM's ext4, 15
     on tmpfs, where inotify works the same); tmp_path where there is no writable tmpfs."""
-    if not (SHM.is_dir() and os.access(SHM, os.W_OK) and _is_tmpfs(SHM)):
+    if not (SHM.is_dir() and os.access(SHM, os.W_OK)
+            and fs_type(SHM.stat().st_dev) == "tmpfs"):
         yield Path(os.path.realpath(tmp_path))
         return
     d = Path(tempfile.mkdtemp(prefix="moorage-test-", dir=SHM))
@@ -117,11 +119,6 @@ def tmpfs_path(tmp_path: Path) -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _is_tmpfs(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1:3] == [str(path), "tmpfs"] for line in f)
 
 
 def wait_pid_exit(pid: int, timeout: float) -> bool:
