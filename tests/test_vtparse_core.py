@@ -196,7 +196,7 @@ def test_a_scanner_builds_each_event_as_calling_its_class_would(core: str) -> No
     data = b"".join(b"ab\x1b]" + p + b"\x07" for p in payloads)
     held = sys.getrefcount(tag)
     out: list[Any] = []
-    assert SCANNERS[core](data, 0, 64, 100, memo, out) == -1 - len(data)
+    assert SCANNERS[core](data, 0, 64, 100, memo, out) == -1
     assert out[1].seen == ["y"] and out[2].later == "unset"  # __post_init__ ran; the default
     assert out[5].a == ("own", "v")  # the class body's __init__ ran
     want, at = [], 100
@@ -207,3 +207,65 @@ def test_a_scanner_builds_each_event_as_calling_its_class_would(core: str) -> No
     assert all(gc.is_tracked(e) for e in out)
     del out, want  # (references counted right: nothing freed twice, nothing leaked)
     assert sys.getrefcount(tag) == held
+
+
+# (the data, what the scan returns: j >= 0 the caller's machine takes the sequence at j,
+# n + j the data ends in the clean start of the one at j, -1 nothing left to do)
+ENDINGS = [
+    (b"ab\x1b", 5),  # a lone ESC: a clean start
+    (b"ab\x1b]633;A;N", 13),  # an OSC with no terminator yet
+    (b"ab\x1b]", 6),
+    (b"ab\x1b]0;" + b"t" * 20, 2),  # ... longer than the cap (16)
+    (b"ab\x1b]0;title\x1b", 2),  # ... an ESC that may be ST's, or not
+    (b"ab\x1b]0;title\x07", -1),  # a complete quiet OSC
+    (b"ab\x1b[1;", 8),  # a CSI so far well-formed
+    (b"ab\x1b[?25 ", 10),
+    (b"ab\x1b[1m", -1),  # complete: the caller has nothing to hold
+    (b"ab\x1b[1$2", 2),  # a CSI with a byte it cannot hold there
+    (b"ab\x1b[1\n", 2),
+    (b"ab\x1b(", 6),  # an ESC sequence with its intermediate
+    (b"ab\x1b(B", -1),
+    (b"ab\x1b\\", -1),  # ST alone is a complete ESC sequence
+    (b"ab\x1bXsos", 2),  # SOS, PM and APC: the machine's
+    (b"ab\x1b_apc", 2),
+    (b"ab\x1b]0;t\x07\x1b[1", 19),  # the last sequence after a quiet OSC
+    (b"ab\x1b[1\x1b]0;t\x07", -1),  # a cut CSI ended by the next ESC is no one's
+    (b"ab\x1bPq", 2),  # a DCS, as before
+]
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize(("data", "want"), ENDINGS)
+def test_a_scanner_says_how_the_chunk_ends(core: str, data: bytes, want: int) -> None:
+    assert SCANNERS[core](data, 0, 16, 0, {}, []) == want
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_scanner_reads_the_memo_as_it_is_now(core: str) -> None:
+    """The compiled core remembers lookups across calls and parsers: a memo changed after a
+    lookup (an answer replaced, the memo emptied) is read as it is, and two memos that answer
+    the same payload differently are each read as their own."""
+    scan = SCANNERS[core]
+    data = b"\x1b]633;A;N\x07"
+    memo: dict[bytes, Any] = {b"633;A;N": (_Filled, ("x",))}
+    other: dict[bytes, Any] = {b"633;A;N": (_Filled, ("y",))}
+    for _ in range(3):
+        out: list[Any] = []
+        assert scan(data, 0, 64, 0, memo, out) == scan(data, 0, 64, 0, other, out) == -1
+        assert [e.a for e in out] == ["x", "y"]
+    memo[b"633;A;N"] = (_Filled, ("z",))
+    out = []
+    scan(data, 0, 64, 0, memo, out)
+    assert [e.a for e in out] == ["z"]
+    memo[b"633;A;N"] = None  # no event
+    out = []
+    assert scan(data, 0, 64, 0, memo, out) == -1 and out == []
+    memo.clear()
+    assert scan(data, 0, 64, 0, memo, []) == 0  # not decoded yet: the caller's
+    for k in range(300):  # payloads of every length the memo holds, in and out of it
+        payload = b"633;E;" + b"c" * k + b";N"
+        known = {payload: (_Filled, (k,))} if k % 2 else {}
+        osc = b"\x1b]" + payload + b"\x07"
+        out = []
+        result = scan(osc, 0, 4096, 0, known, out)
+        assert (result, [e.a for e in out]) == ((-1, [k]) if k % 2 else (0, []))

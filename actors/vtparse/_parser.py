@@ -28,6 +28,7 @@ from moorage.actors.vtparse._codec import parse_params, utf8_hold
 from moorage.actors.vtparse._events import Control, Csi, Esc, Event, Invalid, Text
 from moorage.actors.vtparse._machine import GROUND, STR_ESC, Machine
 from moorage.actors.vtparse._recovery import (
+    _RAW,
     MAX_BUFFER_SIZE,
     MAX_HEADER,
     RecoveryMode,
@@ -41,10 +42,6 @@ from moorage.actors.vtparse._scan import CORE, OSC, SCANNERS, compiled
 # written without their leading ESC so the patterns below can share them.
 _CSI_BODY = rb"\[[<-?]?(?:[0-9]*[;:]){0,31}[0-9]*[ -/]{0,2}[@-~]"
 _ESC_BODY = rb"(?:[ -/]{1,2}[0-~]|[0-OQ-WYZ\\`-~])"
-# The same spans, valid or not: an invalid CSI or ESC sequence that has no control or 8-bit
-# byte in it ends at the same final byte (the ignore states).
-_CSI_LAX = rb"\[[0-?]*[ -/]*[@-~]"
-_ESC_LAX = rb"(?:[ -/]+[0-~]|[0-OQ-WYZ\\`-~])"
 
 _NONCE_RE = re.compile(r"[^;\x00-\x20\x7f]+")
 _CSI_RE = re.compile(rb"\x1b\[([<-?]?)((?:[0-9]*[;:]){0,31}[0-9]*)([ -/]{0,2})([@-~])")
@@ -58,8 +55,6 @@ _OSC_QUIET = rb"\](?!0*(?:7|133|633|1337)[;\x07\x1b])[^\x07\x18\x1a\x1b]{0,%d}(?
 # what a chunk may end in that `_cut` keeps for the next: a clean start of a CSI, an ESC
 # sequence or an OSC, to the end of the chunk
 _PREFIX_RE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|[ -/]*|\][^\x07\x18\x1a\x1b]*)")
-# a sequence that leaves the machine in ground and holding nothing (SOS/PM/APC end at an ESC)
-_COMPLETE_RE = re.compile(rb"\x1b(?:" + _CSI_LAX + b"|" + _ESC_LAX + b")")
 # What the strict loop must look at: an ESC that starts neither a well-formed sequence nor a
 # quiet OSC.
 _STOP = rb"\x1b(?!" + b"|".join((_CSI_BODY, _ESC_BODY, _OSC_QUIET)) + b")"
@@ -206,7 +201,7 @@ class Parser(Machine):
     def feed(self, data: bytes) -> list[Event]:
         """Parse the next chunk of the stream; the events it completes, in stream order."""
         n = len(data)
-        if self._policy is RecoveryMode.RAW_PASSTHROUGH:
+        if self._policy is _RAW:
             self._pos += n
             return []
         if not isinstance(data, bytes):
@@ -238,7 +233,7 @@ class Parser(Machine):
         that does not hold: the caller feeds the bytes instead."""
         if n < 0:
             raise ValueError(f"a count of bytes, not {n}")
-        if self._policy is not RecoveryMode.RAW_PASSTHROUGH and (
+        if self._policy is not _RAW and (
                 self._tokens or self._text or self._held_any()):
             return False
         self._pos += n
@@ -291,8 +286,9 @@ class Parser(Machine):
         So `_scan.scan` goes from one to the next, and what it hands back is taken here as
         everywhere: a complete OSC by `osc_done` (which decodes it and fills the memo), the
         rest by the machine (a DCS may overflow; an ESC before a control may hide an OSC).
-        Last, the chunk's last ESC, if it starts a sequence the chunk cuts, is held (kept raw,
-        or by the machine), so `mode` says BUFFER_PARTIAL and the next chunk completes it.
+        Last, a sequence the chunk cuts is held (kept raw when the scan says it is a clean
+        start, as `_cut` would, or by the machine), so `mode` says BUFFER_PARTIAL and the next
+        chunk completes it.
         """
         scan = self._scan_osc
         osc = self._osc.match
@@ -300,25 +296,25 @@ class Parser(Machine):
         cap = self._cap
         memo = self._memo
         out = self._out
+        n = len(data)
         while True:
             j = scan(data, i, cap, base, memo, out)
             if j < 0:
-                i = -1 - j
-                break
-            if data[j + 1 : j + 2] == b"]":
+                return
+            if j >= n:  # the chunk ends in the clean start of the sequence at j - n
+                j -= n
+                if n - j <= self._carry_max:
+                    self._carry = data[j:]
+                    return
+            elif data[j + 1] == 0x5D:  # `ESC ]` (a lone ESC at the end is a clean start)
                 m = osc(data, j)
                 if m is not None:
                     i = m.end()
                     self.osc_done(m.group(1), base + j, base + i, m.group(2) == b"\x07")
                     continue
-            if self._cut(data, j):
-                return
             i = self.run(data, j)
             if self._state:
                 return
-        k = data.rfind(b"\x1b", i)
-        if k >= 0 and _COMPLETE_RE.match(data, k) is None and not self._cut(data, k):
-            self.run(data, k)
 
     def _scan_markers(self, data: bytes, i: int) -> None:
         """Markers only under RESET_ON_ERROR: every invalid sequence must reach the machine

@@ -24,11 +24,17 @@ command is a marker's (7, 133, 633, 1337, as `osc_done` reads it): an entry `(cl
 appended to `out` as `cls(base + start, base + end, *args)`, an entry None (no event) and any
 other command are skipped. It returns the index j of the first ESC the caller must handle with
 the machine's rules: a payload not in the memo yet, `ESC P` (a DCS), an ESC followed by a C0
-control or DEL (which may hide an OSC), an OSC cut by the end of the data, longer than the cap
-or ended by CAN, SUB or an ESC that is not ST, a lone ESC at the end. Or, when none is left,
--1 - k, k just past the last OSC it took (or i). Any other sequence (CSI, ESC, SOS/PM/APC) is
+control or DEL (which may hide an OSC), an OSC longer than the cap or ended by CAN, SUB or an
+ESC that is not ST, or the chunk's last sequence when the chunk cuts it and it is no clean
+start of one (an SOS, PM or APC; a CSI with a byte a CSI cannot hold). It returns n + j, n the
+length of the data, when the data ends in the clean start of a sequence at j that the next
+chunk may complete: an OSC with no terminator yet (within the cap), a CSI or ESC sequence so
+far well-formed, a lone ESC; the caller keeps it whole for the next chunk if it is short, or
+hands it to its machine. Or -1 when nothing is left to do: every sequence in the chunk is
+complete or taken. Any other sequence (CSI, ESC, SOS/PM/APC) is
 passed over: it carries no marker, and an ESC ends it, so the next `ESC ]` starts an OSC
-whatever came before.
+whatever came before. (The cut ends were once found by the caller, with three regular
+expressions that cost 2.5 µs of a 1 KiB feed's 15 on prompts.)
 
 `scan_python` (regular expressions) and `_cscan.scan` (C, memchr) fulfil it alike; which one a
 parser uses is `CORE` unless it asks (`Parser(core=...)`). `pip install .` builds the C one
@@ -60,6 +66,12 @@ INTEREST = (
     rb"\x1b(?:[P\x00-\x17\x19\x1c-\x1f\x7f]|\](?:(?=0*(?:7|133|633|1337)[;\x07\x1b])"
     rb"|(?![^\x07\x18\x1a\x1b]{0,%d}(?:\x07|\x1b\\))))"
 )
+# How the chunk's last sequence stands when the scan is done: complete (a CSI or ESC sequence,
+# valid or not: an invalid one with no control or 8-bit byte in it ends at the same final byte,
+# the machine's ignore states; a complete OSC is `OSC`'s), else a clean start the next chunk
+# may complete, else neither.
+COMPLETE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|[ -/]+[0-~]|[0-OQ-WYZ\\`-~])")
+CLEAN_START = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|[ -/]*|\][^\x07\x18\x1a\x1b]*)")
 
 
 @functools.cache
@@ -73,7 +85,7 @@ def scan_python(
 ) -> int:
     """`scan` in Python (see the module's docstring for the contract)."""
     if data.find(b"\x1b", i) < 0:  # plain text: one memchr and out
-        return -1 - i
+        return -1
     search = compiled(INTEREST % cap).search
     osc = compiled(OSC % cap).match
     get = memo.get
@@ -83,8 +95,9 @@ def scan_python(
         if data[j + 1] != 0x5D:  # ESC P, or an ESC before a control
             return j
         whole = osc(data, j)
-        if whole is None:
-            return j
+        if whole is None:  # cut by the chunk (a clean start, within the cap), or not an OSC's
+            cut = len(data) - j - 2 <= cap and CLEAN_START.fullmatch(data, j) is not None
+            return len(data) + j if cut else j
         spec = get(whole.group(1), MISS)
         if spec is MISS:
             return j
@@ -93,7 +106,10 @@ def scan_python(
             cls, args = spec
             out.append(cls(base + j, base + i, *args))
         m = search(data, i)
-    return -1 - i
+    k = data.rfind(b"\x1b", i)
+    if k < 0 or COMPLETE.match(data, k) is not None or osc(data, k) is not None:
+        return -1
+    return len(data) + k if CLEAN_START.fullmatch(data, k) is not None else k
 
 
 def _load() -> dict[str, Scan]:
