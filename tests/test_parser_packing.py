@@ -1,0 +1,80 @@
+"""parse.feed's answer packed by hand (actors/parser/packing.py) is byte for byte msgpack's
+packing of the events' `to_wire` dicts: for every event of the conformance vectors (markers,
+tokens, text, under every mode), for markers met again and again (the memo), past the memo's
+bounds, and for a field no memo can hold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from moorage.actors.parser import packing
+from moorage.actors.parser.packing import EventPacker
+from moorage.actors.vtparse import Parser
+from moorage.actors.vtparse._events import CommandLine, Cwd, PromptStart
+from moorage.protocol.envelope import packb
+from tests.test_vtparse import as_bytes, make_parser
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "vtparse.json").read_text())["vectors"]
+FIELDS = {"offset": 7, "mode": "skip_invalid", "skipped": 0, "unparsed": 0, "buffered": 3}
+
+
+def reference(events: list[Any]) -> bytes:
+    return packb({"events": [e.to_wire() for e in events], **FIELDS})
+
+
+def vector_events(v: dict[str, Any]) -> list[Any]:
+    parser = make_parser(v["parser"])
+    events: list[Any] = []
+    for chunk in v["chunks"]:
+        events += parser.feed(as_bytes(chunk))
+    return events + parser.flush()
+
+
+def test_every_vector_s_events_pack_as_their_dicts() -> None:
+    packer = EventPacker()
+    kinds = set()
+    for _ in range(2):  # the second time from the memo
+        for v in VECTORS:
+            events = vector_events(v)
+            kinds |= {e.kind for e in events}
+            assert packer.answer(events, FIELDS).data == reference(events), v["name"]
+    assert {"prompt_start", "command_finished", "cwd", "text", "csi", "osc"} <= kinds
+
+
+def test_markers_met_again_pack_with_their_own_offsets() -> None:
+    packer = EventPacker()
+    parser = Parser("N")
+    cycle = (b"\x1b]633;D;0;N\x07\x1b]633;A;N\x07$ \x1b]633;B;N\x07\x1b]633;E;ls;N\x07"
+             b"\x1b]633;C;N\x07out\n\x1b]633;P;Cwd=/tmp;N\x07")
+    for k in range(40):  # arrays of 6 to 240 events: fixarray and array 16 headers
+        events = parser.feed(cycle * (k + 1))
+        assert packer.answer(events, FIELDS).data == reference(events)
+    assert packer._remembered <= 6
+
+
+def test_the_memo_stays_bounded_and_right_past_its_bounds() -> None:
+    packer = EventPacker()
+    events = [CommandLine(k, k + 10, 633, True, "N", f"cmd {k}") for k in range(3 * 256)]
+    events += [CommandLine(9, 99, 633, True, "N", "x" * 10_000)] * 2  # too long to remember
+    events += [PromptStart(1 << 40, (1 << 40) + 8, 633, False, None)]  # a uint64 offset
+    assert packer.answer(events, FIELDS).data == reference(events)
+    assert packer.answer(events, FIELDS).data == reference(events)
+    assert 0 < packer._remembered <= packing.MEMO_ENTRIES
+    assert all(len(t) <= packing.MEMO_BYTES for lay in packer._layouts.values()
+               for t in lay.tails.values())
+
+
+def test_a_field_no_memo_can_hold_is_packed_the_long_way() -> None:
+    packer = EventPacker()
+    odd = Cwd(0, 5, 633, True, "N", ["not", "a", "str"], None)  # type: ignore[arg-type]
+    events = [odd, Cwd(5, 9, 633, True, "N", "/tmp", None), odd]
+    assert packer.answer(events, FIELDS).data == reference(events)
+    assert packer.pack(odd) == packb(odd.to_wire())
+
+
+def test_an_answer_of_many_events_has_a_long_array_header() -> None:
+    packer = EventPacker()
+    events = [PromptStart(k, k + 1, 633, False, None) for k in range(70_000)]
+    assert packer.answer(events, FIELDS).data == reference(events)
