@@ -203,10 +203,18 @@ class Roots:
         real = self._memo.get(absolute)
         if real is not None:
             try:
-                st = os.stat(absolute)
-                lst = os.lstat(real)
-                if st.st_ino == lst.st_ino and st.st_dev == lst.st_dev:
-                    return real, lst
+                if real == absolute:
+                    # (no symlink on the way when it was resolved: the path and its real
+                    # path are one file unless the last name is a symlink now, and one lstat
+                    # says so, where a stat beside it cost a syscall more on every miss)
+                    lst = os.lstat(real)
+                    if not stat.S_ISLNK(lst.st_mode):
+                        return real, lst
+                else:
+                    st = os.stat(absolute)
+                    lst = os.lstat(real)
+                    if st.st_ino == lst.st_ino and st.st_dev == lst.st_dev:
+                        return real, lst
             except OSError:
                 pass
         real = self.resolve(absolute)
@@ -214,6 +222,13 @@ class Roots:
             self._memo.clear()
         self._memo[absolute] = real
         return real, None
+
+    @property
+    def opens_without_symlinks(self) -> bool:
+        """Does `open` ask the kernel to refuse every symlink on the way (openat2)? Then a
+        caller may make that call itself (the compiled read), and take `open`'s long way
+        only where the kernel refuses."""
+        return bool(self.roots) and _open_no_symlinks.available
 
     def open(self, real: str, flags: int, path: str) -> int:
         """Open `real` (what `resolve` made of `path`) without following any symlink on the

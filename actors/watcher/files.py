@@ -81,6 +81,15 @@ class WouldWait(Exception):
 _NOWAIT_ERRNOS = (errno.EAGAIN, errno.EOPNOTSUPP)
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
+_read_cached: Callable[[str, int, int, int], tuple[bytes, os.stat_result] | None] | None = None
+if os.environ.get("MOORAGE_WATCHER_CORE") != "python":
+    try:  # the loop's page-cache read in one call (actors/watcher/_cread.c)
+        from moorage.actors.watcher._cread import read_cached as _read_cached
+    except ImportError:
+        pass
+READ_CORE: str = "python" if _read_cached is None else "compiled"
+"""The loop's page-cache read here (the watcher's sys.info says it, `read_core`)."""
+
 
 def _pread_cached(fd: int, n: int, offset: int) -> bytes:
     """`n` bytes at `offset` from the page cache only (preadv2 RWF_NOWAIT, Linux 4.14+);
@@ -256,7 +265,13 @@ class FileService:
                   ) -> tuple[bytes, os.stat_result]:
         """One untorn read of `real` (the default `reader`). With `wait` false (on the loop)
         the contents come only from the page cache: WouldWait when any of it is not there,
-        or the file system cannot say so (RWF_NOWAIT)."""
+        or the file system cannot say so (RWF_NOWAIT). The common case on the loop is one
+        compiled call where this process has it (`READ_CORE`); whatever it leaves (see
+        _cread.c) comes here, which does it again and says why."""
+        if not wait and _read_cached is not None and self.roots.opens_without_symlinks:
+            got = _read_cached(real, offset, -1 if length is None else length, self.max_read)
+            if got is not None:
+                return got  # type: ignore[no-any-return]
         fd = self.roots.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, real)
         try:
             st = os.fstat(fd)
