@@ -239,6 +239,9 @@ class ParseHop:
             if ours and (b"633;D;" in data or b"633;B;" in data):
                 self._read_ahead()
             if self._holding(ours):
+                # (what is unsent is no longer all inert: `inert` says it is, and a caller of
+                # when_parsed would take a marker held here for applied)
+                self.inert = False
                 return
             # every byte not sent yet before this chunk is in the run of inert output
             run_from, run_to = self.inert_run
