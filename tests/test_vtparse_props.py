@@ -21,9 +21,12 @@ from moorage.actors.vtparse import (
     Text,
     TextCollector,
     clean,
+    inert,
     layout,
     unescape,
 )
+from moorage.actors.vtparse._parser import inert_python
+from moorage.actors.vtparse._scan import INERT_COMPILED
 
 SETTINGS = settings(max_examples=200, deadline=None)
 NONCE = "N0NCE"
@@ -294,3 +297,39 @@ def test_a_command_line_escaped_as_vs_code_does_comes_back_exactly(command: str)
     (event,) = Parser(NONCE).feed(b"\x1b]633;E;" + _vscode_escape(command) + b";N0NCE\x07")
     assert event.to_wire()["command"] == command
     assert event.to_wire()["trusted"] is True
+
+
+# What coloured output is made of: text, controls, CSI and ESC sequences, some malformed or cut
+coloured = st.lists(st.one_of(csi(), esc(), _utf8, _ascii, _controls, _cut_utf8),
+                    max_size=25).map(b"".join)
+
+
+@SETTINGS
+@given(data=st.one_of(coloured, stream), points=st.lists(st.integers(0, 10_000), max_size=4),
+       mode=st.sampled_from([RecoveryMode.SKIP_INVALID, RecoveryMode.RESET_ON_ERROR]))
+def test_inert_bytes_leave_a_markers_parser_as_skipping_them_does(
+        data: bytes, points: list[int], mode: RecoveryMode) -> None:
+    """`inert` (both cores agree) only where feeding the bytes, cut anywhere, gives no event
+    and leaves the parser as `skip` of as many bytes does: in ground, holding nothing, its
+    mode the same, the next marker read the same."""
+    verdict = inert_python(data)
+    if INERT_COMPILED is not None:
+        assert INERT_COMPILED(data) == verdict
+    if not verdict:
+        return
+    fed, skipped = Parser(NONCE, mode=mode), Parser(NONCE, mode=mode)
+    assert [e for chunk in cut(data, points) for e in fed.feed(chunk)] == []
+    assert skipped.skip(len(data))
+    assert (fed.offset, fed.buffered_bytes(), fed.mode) == (
+        skipped.offset, skipped.buffered_bytes(), skipped.mode)
+    marker = b"\x1b]633;D;0;N0NCE\x07"
+    assert fed.feed(marker) == skipped.feed(marker) and fed.mode is skipped.mode
+
+
+def test_coloured_output_is_inert_and_what_may_hold_a_marker_is_not() -> None:
+    sgr = b"\x1b[1;31merror\x1b[0m: \x1b[38;5;208mwarning\x1b[m \x1b(B\x1b[?25h\x1b[2K\r\n"
+    assert inert(sgr * 100) and inert(b"") and inert(b"no escape at all")
+    for not_inert in (b"\x1b]0;title\x07", b"\x1b]633;A;N0NCE\x07", b"\x1bPq#0\x1b\\",
+                      b"\x1bXsos\x1b\\", b"\x1b_apc\x1b\\", b"\x1b^pm\x1b\\", b"x\x1b[1;3",
+                      b"x\x1b", b"\x1b\x07]633;A\x07", b"\x1b[1?h", b"\x1b[" + b"1;" * 40 + b"m"):
+        assert not inert(sgr + not_inert) and not inert_python(sgr + not_inert), not_inert

@@ -34,12 +34,14 @@ start before it (the caller has them already: the terminal reads a command's end
 stream parses them all the same. The reply's `offset` is the stream's new offset: when it is
 short of the data's end (`unparsed` > 0), the per-feed event budget was spent and the caller
 sends the rest from there. `mode` is the recovery mode after the feed (RecoveryMode values).
-`inert` (instead of the bytes) says that the next `inert` bytes hold no ESC: a stream that
+`inert` (instead of the bytes) says that the next `inert` bytes are inert (vtparse's `inert`:
+plain text and whole, well-formed CSI and ESC sequences, nothing that may be or end a marker,
+nothing any recovery policy counts an error): a stream that
 reads markers only (no text, no tokens) and holds nothing at its offset takes them as parsed
 unseen, since such bytes can neither hold a marker nor end one (vtparse's `Parser.skip`); any
-other answers `bad_args`, and the caller sends the bytes. A terminal streaming plain output
-(a `cat` of a log) sends the parser actor a count a MiB, not the MiB (`bytes_inert` in
-parse.stats).
+other answers `bad_args`, and the caller sends the bytes. A terminal streaming plain or
+coloured output (a `cat` of a log, a build) sends the parser actor a count a MiB, not the MiB
+(`bytes_inert` in parse.stats).
 `buffered` is how far before its offset the stream's sequence in progress began (a sequence
 cut by the data's end, counted from its ESC: `Parser.buffered_bytes()`): a caller that moves
 the stream elsewhere (the terminal's in-process fallback) starts the new parser that many

@@ -32,15 +32,18 @@ to the keeper, so a slow parser slows the shell down instead of growing this buf
 
 Three shortcuts keep the parser actor off a command's critical path without taking the
 stream from it (every byte is accounted to it, in order, and its markers are applied):
-- *Inert output waits, and goes as a count.* A chunk with no ESC in it, arriving where the
-  parser actor's stream is in ground state with nothing held (`clean_at`: known from its
-  last reply, or the end of a count sent from such a point), cannot hold a marker or finish
-  one. It is not sent alone but with the next chunk that has an ESC (or after INERT_FLUSH_S,
-  or past `parse_feed_bytes`), and then as a count (`parse.feed` with `inert`: the stream
-  takes the bytes as parsed unseen) followed by the bytes after it. A command's echo and
-  plain output cost no round trip then, a session whose unparsed output is all inert counts
-  as parsed (`when_parsed`), and a `cat` of a log costs the parser actor a message a MiB,
-  not the bytes (counted as `inert_bytes`).
+- *Inert output waits, and goes as a count.* An inert chunk (vtparse's `inert`: plain text
+  and whole, well-formed CSI and ESC sequences, as plain and coloured output are), arriving
+  where the parser actor's stream is in ground state with nothing held (`clean_at`: known
+  from its last reply, or the end of a count sent from such a point), cannot hold a marker
+  or finish one. It is not sent alone but with the next chunk that is not inert (or after
+  INERT_FLUSH_S, or past `parse_feed_bytes`), and then as a count (`parse.feed` with
+  `inert`: the stream takes the bytes as parsed unseen) followed by the bytes after it. A
+  command's echo and plain or coloured output cost no round trip then, a session whose
+  unparsed output is all inert counts as parsed (`when_parsed`), and a `cat` of a log costs
+  the parser actor a message a MiB, not the bytes (counted as `inert_bytes`); a chunk that
+  cuts a sequence is sent as bytes, and the stream is clean again at the reply that says
+  it holds nothing.
 - *The end of a command, read here.* A chunk that carries the session's command-end or
   prompt-end marker (633 D or B, with its nonce) is also parsed here, at once, by the same
   library: the command is answered and the prompt known without waiting for a round trip.
@@ -85,6 +88,7 @@ from moorage.actors.vtparse import (
     PromptEnd,
     PromptStart,
     Property,
+    inert,
 )
 from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import WireError
@@ -99,7 +103,6 @@ SLACK = 16  # bytes before a parser's ground point that the next parser parses a
 READ_AHEAD_MAX = 16 << 10  # the most output a read-ahead parses again (in flight, held)
 INERT_FLUSH_S = 0.02  # inert output not followed by anything is sent after this
 HOLD_S = 0.02  # the longest output with markers waits to go to the parser actor
-ESC = b"\x1b"
 # errors that say the parser actor is not serving (the breaker counts them)
 TRANSPORT = frozenset({"timeout", "unavailable", "busy", "stopping", "deadline_expired",
                        "outcome_unknown"})
@@ -192,10 +195,10 @@ class ParseHop:
         self.sent = base  # what the feeds sent so far cover
         self.flying = 0  # requests awaiting their replies
         self._waiting: list[tuple[int, Callable[[], None]]] = []  # (offset, when parsed)
-        # bytes from `sent` on hold no ESC; the stream is clean at `sent`, or a reply due
+        # bytes from `sent` on are inert; the stream is clean at `sent`, or a reply due
         # will say whether it is
         self.inert = False
-        self.inert_run = (base, base)  # [from, to): bytes known to hold no ESC
+        self.inert_run = (base, base)  # [from, to): bytes known to be inert
         self.clean_at: int | None = base  # the actor's stream is in ground, holding nothing
         self._flush_timer: Any = None
         self._hold_timer: Any = None  # set while output waits to go in one feed
@@ -246,7 +249,7 @@ class ParseHop:
             # every byte not sent yet before this chunk is in the run of inert output
             run_from, run_to = self.inert_run
             continues = run_to == start and run_from <= self.sent
-            if ESC not in data and (continues or self.sent == start) and (
+            if inert(data) and (continues or self.sent == start) and (
                     self.clean_at == self.sent or self.flying):
                 # (with feeds in flight, the last reply says whether the stream will be clean)
                 # nothing here can be a marker: it goes with the next, as a count

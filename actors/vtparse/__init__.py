@@ -48,7 +48,7 @@ from moorage.actors.vtparse._events import (
     Token,
 )
 from moorage.actors.vtparse._markers import unescape
-from moorage.actors.vtparse._parser import Parser
+from moorage.actors.vtparse._parser import Parser, inert
 from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, MAX_HEADER, RecoveryMode
 from moorage.actors.vtparse._scan import CORE
 from moorage.actors.vtparse._text import TextCollector, clean, layout
@@ -84,6 +84,7 @@ __all__ = [
     "TextCollector",
     "Token",
     "clean",
+    "inert",
     "layout",
     "unescape",
 ]

@@ -323,6 +323,66 @@ sequence_state(const unsigned char *s, Py_ssize_t j, Py_ssize_t n)
     return -1;
 }
 
+/* The well-formed sequence at s[j] (an ESC), as _parser.py's _SIMPLE_RE reads one: its end,
+ * or -1. CSI: `[`, one optional private marker, at most 32 values (digits, `;` or `:`
+ * between), at most 2 intermediates, a final; ESC: 1-2 intermediates and a final, or a final
+ * that opens no CSI, OSC, DCS, SOS, PM or APC. */
+static Py_ssize_t
+well_formed(const unsigned char *s, Py_ssize_t j, Py_ssize_t n)
+{
+    Py_ssize_t k = j + 1, seps = 0, inter = 0;
+
+    if (k >= n)
+        return -1;
+    if (s[k] == '[') {
+        k++;
+        if (k < n && s[k] >= '<' && s[k] <= '?')
+            k++;
+        for (; k < n && ((s[k] >= '0' && s[k] <= '9') || s[k] == ';' || s[k] == ':'); k++)
+            if (s[k] == ';' || s[k] == ':')
+                if (++seps > 31)
+                    return -1;
+        for (; k < n && s[k] >= 0x20 && s[k] <= 0x2f; k++)
+            if (++inter > 2)
+                return -1;
+        return k < n && s[k] >= 0x40 && s[k] <= 0x7e ? k + 1 : -1;
+    }
+    for (; k < n && s[k] >= 0x20 && s[k] <= 0x2f; k++)
+        if (++inter > 2)
+            return -1;
+    if (k >= n || s[k] < 0x30 || s[k] > 0x7e)
+        return -1;
+    if (inter == 0 && (s[k] == 'P' || s[k] == 'X' || s[k] == '[' || s[k] == ']' ||
+                       s[k] == '^' || s[k] == '_'))
+        return -1;
+    return k + 1;
+}
+
+PyDoc_STRVAR(inert_doc,
+"inert(data) -> bool\n\n"
+"The compiled `_scan.inert_python`: plain text and well-formed CSI and ESC sequences only.");
+
+static PyObject *
+inert(PyObject *module, PyObject *data)
+{
+    const unsigned char *s, *esc;
+    Py_ssize_t n, i = 0;
+
+    (void)module;
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "inert takes bytes");
+        return NULL;
+    }
+    s = (const unsigned char *)PyBytes_AS_STRING(data);
+    n = PyBytes_GET_SIZE(data);
+    while (i < n && (esc = memchr(s + i, 0x1b, (size_t)(n - i))) != NULL) {
+        i = well_formed(s, esc - s, n);
+        if (i < 0)
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 PyDoc_STRVAR(scan_doc,
 "scan(data, i, cap, base, memo, out) -> int\n\n"
 "The compiled `_scan.scan_python`: the same contract, the same result.");
@@ -424,6 +484,7 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, scan_doc},
+    {"inert", inert, METH_O, inert_doc},
     {NULL, NULL, 0, NULL},
 };
 

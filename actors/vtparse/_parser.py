@@ -23,6 +23,7 @@ byte by byte (all through the machine), and compare.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from moorage.actors.vtparse._codec import parse_params, utf8_hold
 from moorage.actors.vtparse._events import Control, Csi, Esc, Event, Invalid, Text
@@ -34,7 +35,7 @@ from moorage.actors.vtparse._recovery import (
     RecoveryMode,
     next_mode,
 )
-from moorage.actors.vtparse._scan import CORE, OSC, SCANNERS, compiled
+from moorage.actors.vtparse._scan import CORE, INERT_COMPILED, OSC, SCANNERS, compiled
 
 # Well-formed sequences, exactly as the machine accepts them: CSI with one optional private
 # marker first, at most 32 values, at most 2 intermediates; ESC with at most 2 intermediates,
@@ -47,6 +48,8 @@ _NONCE_RE = re.compile(r"[^;\x00-\x20\x7f]+")
 _CSI_RE = re.compile(rb"\x1b\[([<-?]?)((?:[0-9]*[;:]){0,31}[0-9]*)([ -/]{0,2})([@-~])")
 _ESC_RE = re.compile(rb"\x1b(?:([ -/]{1,2})([0-~])|([0-OQ-WYZ\\`-~]))")
 _SIMPLE_RE = re.compile(rb"\x1b(?:" + _CSI_BODY + b"|" + _ESC_BODY + b")")
+# Plain text and well-formed sequences only, to the end (possessive: linear on any input).
+_INERT_RE = re.compile(rb"(?:[^\x1b]++|\x1b(?:" + _CSI_BODY + b"|" + _ESC_BODY + b"))*+")
 _C0_RE = re.compile(rb"[\x00-\x1f]")
 # A complete OSC, ended by BEL or ST, whose command is not a marker's (7, 133, 633, 1337;
 # a leading zero still makes a number), and which fits the cap: without tokens it emits
@@ -58,6 +61,20 @@ _PREFIX_RE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|[ -/]*|\][^\x07\x18\x1a\x1b]*)"
 # What the strict loop must look at: an ESC that starts neither a well-formed sequence nor a
 # quiet OSC.
 _STOP = rb"\x1b(?!" + b"|".join((_CSI_BODY, _ESC_BODY, _OSC_QUIET)) + b")"
+
+
+def inert_python(data: bytes) -> bool:
+    """`inert` in Python: the reference for the compiled one (_cscan.c)."""
+    return b"\x1b" not in data or _INERT_RE.fullmatch(data) is not None
+
+
+inert: Callable[[bytes], bool] = INERT_COMPILED or inert_python
+"""Are `data` bytes a markers-only parser takes without a trace, under any policy: plain text
+and well-formed CSI and ESC sequences, each whole (no OSC, DCS, SOS, PM or APC, no sequence
+cut by the end, none the machine would count an error)? Fed to one in ground holding nothing,
+they give no event and leave it so, so `Parser.skip` may stand in for feeding them: coloured
+output (a build's, `ls`'s) goes to the parser actor as a count, as plain output does. In C
+where built (1.5 GB/s on coloured text; the regular expression here 46 MB/s)."""
 
 
 class Parser(Machine):
@@ -226,11 +243,12 @@ class Parser(Machine):
 
     def skip(self, n: int) -> bool:
         """Take the stream's next `n` bytes as fed without reading them, where the caller
-        knows they hold no ESC. Markers only (no text, no tokens), in ground with nothing
-        held, such bytes complete nothing and change nothing (every marker starts with ESC,
-        and the scan looks for nothing else), so only the offset moves: a terminal whose
-        output is plain text need not send it to be parsed. False, and nothing taken, where
-        that does not hold: the caller feeds the bytes instead."""
+        knows they are `inert` (plain text and whole, well-formed CSI and ESC sequences).
+        Markers only (no text, no tokens), in ground with nothing held, such bytes complete
+        nothing and change nothing (every marker starts with an OSC or DCS, and a
+        well-formed sequence is no error under any policy), so only the offset moves: a
+        terminal whose output is plain or coloured text need not send it to be parsed.
+        False, and nothing taken, where that does not hold: the caller feeds the bytes."""
         if n < 0:
             raise ValueError(f"a count of bytes, not {n}")
         if self._policy is not _RAW and (

@@ -124,6 +124,18 @@ def _load() -> dict[str, Scan]:
     return scanners
 
 
+def _load_inert() -> Callable[[bytes], bool] | None:
+    """The compiled `inert` (_parser.py's `inert_python` is the reference), where built."""
+    if os.environ.get("MOORAGE_VTPARSE_CORE") == "python":
+        return None
+    try:
+        from moorage.actors.vtparse._cscan import inert
+    except ImportError:
+        return None
+    return inert  # type: ignore[no-any-return]
+
+
+INERT_COMPILED = _load_inert()
 SCANNERS: dict[str, Scan] = _load()
 """The scanners this process has: always "python", "compiled" when it was built."""
 CORE: str = "compiled" if "compiled" in SCANNERS else "python"
