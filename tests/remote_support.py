@@ -5,6 +5,7 @@ namespace), and raw pyzmq peers that try to get in without the right key."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -119,7 +120,11 @@ def refused_handshake(ctx: zmq.Context, endpoint: str, server_key: bytes | None,
         if kind == zmq.SUB:
             s.setsockopt(zmq.SUBSCRIBE, b"")
         else:
-            s.send_multipart([b"\x00not a request"])
+            # Not blocking: a DEALER with no pipe waits in send, and the tree may refuse the
+            # handshake before the send (its pipe then gone until a reconnect 10 s away,
+            # refused again): the monitor has said so already.
+            with contextlib.suppress(zmq.Again):
+                s.send(b"\x00not a request", zmq.NOBLOCK)
         while mon.poll(timeout_ms):
             ev = recv_monitor_message(mon)["event"]
             if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
