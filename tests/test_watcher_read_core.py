@@ -142,28 +142,6 @@ def test_a_file_swapped_for_a_symlink_after_its_resolution_is_resolved_again(
         assert e.value.name == "forbidden"
 
 
-@pytest.mark.parametrize("target", ["inside", "outside"])
-def test_a_directory_swapped_for_a_symlink_is_followed_only_inside(
-        tree: Path, core: str, target: str) -> None:
-    fs = on_loop(tree)
-    (tree / "s").mkdir()
-    (tree / "s" / "x.txt").write_bytes(b"first")
-    elsewhere = tree / "e" if target == "inside" else tree.parent / "e"
-    elsewhere.mkdir()
-    (elsewhere / "x.txt").write_bytes(b"other")
-    path = str(tree / "s" / "x.txt")
-    assert fs.read(path).unwrap().attachments == [b"first"]
-    (tree / "s" / "x.txt").unlink()
-    (tree / "s").rmdir()
-    os.symlink(elsewhere, tree / "s")
-    if target == "inside":
-        assert fs.read(path).unwrap().attachments == [b"other"]
-    else:
-        with pytest.raises(MoorageError) as e:
-            fs.read(path).unwrap()
-        assert e.value.name == "forbidden"
-
-
 def test_the_python_read_runs_where_it_is_asked_for() -> None:
     code = "from moorage.actors.watcher import files; print(files.READ_CORE)"
     assert printed(code, MOORAGE_WATCHER_CORE="python") == ["python"]
