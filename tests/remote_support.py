@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from moorage.protocol import curve
+from moorage.protocol.monitor import recv_event
 from perf.tcp_relay import TcpRelay
 from tests.conftest import ROOT, Tree
 
@@ -126,7 +126,7 @@ def refused_handshake(ctx: zmq.Context, endpoint: str, server_key: bytes | None,
             with contextlib.suppress(zmq.Again):
                 s.send(b"\x00not a request", zmq.NOBLOCK)
         while mon.poll(timeout_ms):
-            ev = recv_monitor_message(mon)["event"]
+            ev = recv_event(mon)["event"]
             if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 return "auth"
             if ev in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):

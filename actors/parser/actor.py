@@ -87,6 +87,7 @@ from moorage.actors.vtparse import (
     RecoveryMode,
 )
 from moorage.protocol import limits
+from moorage.protocol.envelope import Packed
 from moorage.protocol.errors import Category, fail
 
 MAX_STREAM_NAME = 256  # characters
@@ -382,7 +383,7 @@ class ParserActor(Actor):
                 "unparsed": int, "buffered": int},
         errors=("stream_not_found", "stream_gap", "parse_error"))
     def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None,
-                 create: bool, events_from: int, inert: int) -> dict:
+                 create: bool, events_from: int, inert: int) -> Packed:
         """Parse the stream's next bytes; the events they complete."""
         # (checked=False: the answer is ints, strs and the events' `to_wire` maps, whose
         # values are the library's str and int fields, options a map of strs, CSI params
@@ -413,9 +414,13 @@ class ParserActor(Actor):
         self.counts["events"] += len(events)
         if events_from:
             events = [e for e in events if e.start >= events_from]
+        return self._answer(s, events, skipped, size - skipped - parsed)
+
+    def _answer(self, s: Stream, events: list[Event], skipped: int, unparsed: int) -> Packed:
+        """A feed's answer, of bytes or of a count: its events and where the stream stands."""
         return self.packer.answer(events, {
             "offset": s.parser.offset, "mode": s.parser.mode.value, "skipped": skipped,
-            "unparsed": size - skipped - parsed, "buffered": s.parser.buffered_bytes()})
+            "unparsed": unparsed, "buffered": s.parser.buffered_bytes()})
 
     def _fed_stream(self, call: Call, stream: str, offset: int, create: bool) -> Stream:
         """The stream a feed at `offset` goes on (opened by it at 0 with `create`), or the
@@ -439,7 +444,8 @@ class ParserActor(Actor):
                        f"{offset}", detail={"expected": expected})
         return s
 
-    def _skip(self, call: Call, stream: str, offset: int, inert: int, create: bool) -> dict:
+    def _skip(self, call: Call, stream: str, offset: int, inert: int, create: bool
+              ) -> Packed:
         """A feed of `inert` bytes not sent (the module docstring): taken as parsed where
         the stream reads markers only and holds nothing at its offset."""
         if not 0 < inert <= limits.MAX_ID:
@@ -454,8 +460,7 @@ class ParserActor(Actor):
         self.counts["feeds"] += 1
         self.counts["duplicate_bytes"] += skipped
         self.counts["bytes_inert"] += inert - skipped
-        return {"events": [], "offset": s.parser.offset, "mode": s.parser.mode.value,
-                "skipped": skipped, "unparsed": 0, "buffered": s.parser.buffered_bytes()}
+        return self._answer(s, [], skipped, 0)
 
     def _parse(self, s: Stream, data: bytes, start: int) -> list[Event]:
         """Feed data[start:] in slices until the event budget is spent; a library error

@@ -35,7 +35,14 @@ from moorage.actors.vtparse._recovery import (
     RecoveryMode,
     next_mode,
 )
-from moorage.actors.vtparse._scan import CORE, INERT_COMPILED, OSC, SCANNERS, compiled
+from moorage.actors.vtparse._scan import (
+    CLEAN_START,
+    CORE,
+    INERT_COMPILED,
+    OSC,
+    SCANNERS,
+    compiled,
+)
 
 # Well-formed sequences, exactly as the machine accepts them: CSI with one optional private
 # marker first, at most 32 values, at most 2 intermediates; ESC with at most 2 intermediates,
@@ -55,9 +62,6 @@ _C0_RE = re.compile(rb"[\x00-\x1f]")
 # a leading zero still makes a number), and which fits the cap: without tokens it emits
 # nothing, so the markers loop skips it too (titles, hyperlinks).
 _OSC_QUIET = rb"\](?!0*(?:7|133|633|1337)[;\x07\x1b])[^\x07\x18\x1a\x1b]{0,%d}(?:\x07|\x1b\\)"
-# what a chunk may end in that `_cut` keeps for the next: a clean start of a CSI, an ESC
-# sequence or an OSC, to the end of the chunk
-_PREFIX_RE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|[ -/]*|\][^\x07\x18\x1a\x1b]*)")
 # What the strict loop must look at: an ESC that starts neither a well-formed sequence nor a
 # quiet OSC.
 _STOP = rb"\x1b(?!" + b"|".join((_CSI_BODY, _ESC_BODY, _OSC_QUIET)) + b")"
@@ -289,7 +293,7 @@ class Parser(Machine):
         most 64 bytes: the next feed parses it whole at regex speed, where the byte machine
         would step through it twice (measured: a cut CSI cost 7 µs, a fifth of the time of a
         1 KiB feed of dense escapes). Anything else is the machine's to hold."""
-        if len(data) - j > self._carry_max or _PREFIX_RE.fullmatch(data, j) is None:
+        if len(data) - j > self._carry_max or CLEAN_START.fullmatch(data, j) is None:
             return False
         self._carry = data[j:]
         return True

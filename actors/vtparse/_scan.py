@@ -31,10 +31,10 @@ length of the data, when the data ends in the clean start of a sequence at j tha
 chunk may complete: an OSC with no terminator yet (within the cap), a CSI or ESC sequence so
 far well-formed, a lone ESC; the caller keeps it whole for the next chunk if it is short, or
 hands it to its machine. Or -1 when nothing is left to do: every sequence in the chunk is
-complete or taken. Any other sequence (CSI, ESC, SOS/PM/APC) is
-passed over: it carries no marker, and an ESC ends it, so the next `ESC ]` starts an OSC
-whatever came before. (The cut ends were once found by the caller, with three regular
-expressions that cost 2.5 µs of a 1 KiB feed's 15 on prompts.)
+complete or taken. Any other sequence (CSI, ESC, SOS/PM/APC) is passed over: it carries no
+marker, and an ESC ends it, so the next `ESC ]` starts an OSC whatever came before. (The
+cut ends were once found by the caller, with three regular expressions that cost 2.5 µs of a
+1 KiB feed's 15 on prompts.)
 
 `scan_python` (regular expressions) and `_cscan.scan` (C, memchr) fulfil it alike; which one a
 parser uses is `CORE` unless it asks (`Parser(core=...)`). `pip install .` builds the C one
@@ -69,7 +69,8 @@ INTEREST = (
 # How the chunk's last sequence stands when the scan is done: complete (a CSI or ESC sequence,
 # valid or not: an invalid one with no control or 8-bit byte in it ends at the same final byte,
 # the machine's ignore states; a complete OSC is `OSC`'s), else a clean start the next chunk
-# may complete, else neither.
+# may complete (a CSI, an ESC sequence or an OSC so far, to the end: what the parser's `_cut`
+# keeps too), else neither.
 COMPLETE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|[ -/]+[0-~]|[0-OQ-WYZ\\`-~])")
 CLEAN_START = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|[ -/]*|\][^\x07\x18\x1a\x1b]*)")
 
