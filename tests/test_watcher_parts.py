@@ -275,7 +275,7 @@ def test_a_directory_swapped_for_a_symlink_after_its_resolution_is_followed_only
     # The second read trusts the remembered resolution (the path and the real path still
     # reach one inode: the same string through the same swapped-in link), so only the open
     # stands between it and the file the link leads to: on the loop, the compiled read's
-    # open where this process has it (tests/test_watcher_read_core.py).
+    # open where this process has it (tests/test_watcher_file_core.py).
     fs = service(tree, offload=(lambda work, done: done(work())) if on_loop else None)
     (tree / "d").mkdir()
     (tree / "d" / "x.txt").write_bytes(b"first")

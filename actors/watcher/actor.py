@@ -105,7 +105,7 @@ from moorage.actors.watcher.cache import FileCache
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.cookies import Cookies
 from moorage.actors.watcher.driving import Driving
-from moorage.actors.watcher.files import READ_CORE, FileService
+from moorage.actors.watcher.files import FILE_CORE, FileService
 from moorage.actors.watcher.journal import Journal
 from moorage.actors.watcher.mounts import SLOW_TYPES, MountTable
 from moorage.actors.watcher.observer import ObserverManager
@@ -393,7 +393,7 @@ class WatcherActor(Actor):
         return {"mode": self._mode(), "watches": len(self.watches),
                 "clock": self.journal.clock().to_wire(),
                 "walk_core": snapshot.WALK_CORE,  # the tree walk: compiled or Python
-                "read_core": READ_CORE}  # the loop's page-cache read: the same
+                "file_core": FILE_CORE}  # the file service's read and write: the same
 
     # --- pressure -------------------------------------------------------------------------
 

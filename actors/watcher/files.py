@@ -82,13 +82,16 @@ _NOWAIT_ERRNOS = (errno.EAGAIN, errno.EOPNOTSUPP)
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 _read_cached: Callable[[str, int, int, int], tuple[bytes, os.stat_result] | None] | None = None
+_write_plain: Callable[[str, str, bytes], os.stat_result | None] | None = None
 if os.environ.get("MOORAGE_WATCHER_CORE") != "python":
-    try:  # the loop's page-cache read in one call (actors/watcher/_cread.c)
-        from moorage.actors.watcher._cread import read_cached as _read_cached
+    try:  # the common cases in one call each (actors/watcher/_cfile.c)
+        from moorage.actors.watcher._cfile import read_cached as _read_cached
+        from moorage.actors.watcher._cfile import write_plain as _write_plain
     except ImportError:
         pass
-READ_CORE: str = "python" if _read_cached is None else "compiled"
-"""The loop's page-cache read here (the watcher's sys.info says it, `read_core`)."""
+FILE_CORE: str = "python" if _read_cached is None else "compiled"
+"""The loop's page-cache read and a worker's write in place here (the watcher's sys.info
+says it, `file_core`)."""
 
 
 def _pread_cached(fd: int, n: int, offset: int) -> bytes:
@@ -266,8 +269,8 @@ class FileService:
         """One untorn read of `real` (the default `reader`). With `wait` false (on the loop)
         the contents come only from the page cache: WouldWait when any of it is not there,
         or the file system cannot say so (RWF_NOWAIT). The common case on the loop is one
-        compiled call where this process has it (`READ_CORE`); whatever it leaves (see
-        _cread.c) comes here, which does it again and says why."""
+        compiled call where this process has it (`FILE_CORE`); whatever it leaves (see
+        _cfile.c) comes here, which does it again and says why."""
         if not wait and _read_cached is not None and self.roots.opens_without_symlinks:
             got = _read_cached(real, offset, -1 if length is None else length, self.max_read)
             if got is not None:
@@ -428,7 +431,13 @@ class FileService:
     def _write_once(self, path: str, parent: str, name: str, data: bytes, tmp: str | None,
                     if_match: str | None) -> os.stat_result:
         """The write itself (on a worker thread: it may wait for the disk); touches nothing
-        but the file system."""
+        but the file system. A write in place with no if_match is one compiled call where
+        this process has it (`FILE_CORE`), which leaves the rest (see _cfile.c) to this."""
+        if (tmp is None and if_match is None and _write_plain is not None
+                and self.roots.opens_without_symlinks):
+            st = _write_plain(parent, name, data)
+            if st is not None:
+                return st
         dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             self.roots.check_fd(dfd, path)

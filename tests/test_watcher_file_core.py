@@ -1,10 +1,11 @@
-"""The watcher's read on its loop, compiled (actors/watcher/_cread.c) and in Python.
+"""The watcher's file service, compiled (actors/watcher/_cfile.c) and in Python.
 
 `read_cached` does in one call what `FileService.read_file` does with `wait` false for the
-common file, and leaves everything else to it (None): both must give the same bytes and the
-same stat, refuse the same paths the same way, and the loop must stay confined to its roots
-whichever runs. Real files, FIFOs and symlinks; the reads go through `FileService.read` with
-an offload, as the watcher's loop makes them.
+common file, and `write_plain` what `_write_once` does for a write in place with no
+if_match; each leaves everything else to Python (None): both must give the same bytes and
+the same stat, refuse the same paths the same way, and stay confined to the roots whichever
+runs. Real files, FIFOs and symlinks; reads and writes go through `FileService` with an
+offload, as the watcher's loop makes them.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from moorage.protocol.errors import MoorageError
 from tests.interpreter import printed
 from tests.test_watcher_parts import POLICY, Later, evicted
 
-CORES = ["python", "compiled"] if files.READ_CORE == "compiled" else ["python"]
-compiled = pytest.mark.skipif(files.READ_CORE != "compiled",
-                              reason="the compiled read was not built here (no compiler)")
+CORES = ["python", "compiled"] if files.FILE_CORE == "compiled" else ["python"]
+compiled = pytest.mark.skipif(files.FILE_CORE != "compiled",
+                              reason="the compiled core was not built here (no compiler)")
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def tree(tmp_path: Path) -> Path:
 def core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "python":
         monkeypatch.setattr(files, "_read_cached", None)
+        monkeypatch.setattr(files, "_write_plain", None)
     return str(request.param)
 
 
@@ -142,6 +144,84 @@ def test_a_file_swapped_for_a_symlink_after_its_resolution_is_resolved_again(
         assert e.value.name == "forbidden"
 
 
-def test_the_python_read_runs_where_it_is_asked_for() -> None:
-    code = "from moorage.actors.watcher import files; print(files.READ_CORE)"
+def fields(st: os.stat_result) -> dict[str, object]:
+    return {n: getattr(st, n) for n in dir(st) if n.startswith("st_")}
+
+
+@compiled
+@pytest.mark.parametrize(("before", "data"), [
+    (None, b"new file"), (b"short", b"longer than before"), (b"a longer file", b"cut"),
+    (b"same", b"SAME"), (b"gone", b"")])
+def test_the_compiled_write_leaves_the_file_and_stat_the_python_write_leaves(
+        tree: Path, before: bytes | None, data: bytes) -> None:
+    """A new file (0644 under the umask, as os.open makes it), one grown, one cut short
+    (overwritten, then truncated), one rewritten, one emptied; a file's mode is kept."""
+    for name in ("c", "p"):
+        if before is not None:
+            (tree / name).write_bytes(before)
+            os.chmod(tree / name, 0o600)
+    st = files._write_plain(str(tree), "c", data)
+    assert st is not None
+    now = os.stat(tree / "c")  # (before a read changes its atime)
+    assert tuple(st) == tuple(now)
+    assert fields(st) == fields(now)
+    assert (tree / "c").read_bytes() == data
+    want = on_loop(tree)._write_once("p", str(tree), "p", data, None, None)  # (as Python)
+    assert (tree / "p").read_bytes() == data
+    assert (st.st_mode, st.st_size) == (want.st_mode, want.st_size)
+
+
+@compiled
+@pytest.mark.parametrize("name", ["d", "fifo", "link", "link-dir/x"])
+def test_the_compiled_write_leaves_the_rest_to_python(tree: Path, name: str) -> None:
+    """A directory, a FIFO (never opened: no reader needed), a final symlink, a symlink on
+    the way to the directory: nothing written, nothing made."""
+    parent, base = os.path.split(str(tree / name))
+    before = sorted(os.listdir(tree)), (tree / "a.txt").read_bytes()
+    assert files._write_plain(parent, base, b"x") is None
+    assert (sorted(os.listdir(tree)), (tree / "a.txt").read_bytes()) == before
+    assert not (tree / "d" / "x").exists()
+
+
+@compiled
+def test_the_compiled_write_raises_what_the_open_raises(tree: Path) -> None:
+    for parent, kind, where in (
+            (tree / "missing", FileNotFoundError, tree / "missing"),
+            (tree / "a.txt", NotADirectoryError, tree / "a.txt")):
+        with pytest.raises(kind) as e:
+            files._write_plain(str(parent), "x", b"data")
+        assert e.value.filename == str(where)
+    os.chmod(tree / "d", 0o500)
+    try:
+        if os.access(tree / "d", os.W_OK):  # (root writes anywhere)
+            return
+        with pytest.raises(PermissionError) as e:
+            files._write_plain(str(tree / "d"), "new", b"data")
+        assert e.value.filename == str(tree / "d" / "new")
+    finally:
+        os.chmod(tree / "d", 0o700)
+
+
+def test_every_write_answers_alike(tree: Path, core: str) -> None:
+    fs = on_loop(tree)
+    got = fs.write(str(tree / "w.txt"), b"hello", atomic=False).unwrap()
+    assert (tree / "w.txt").read_bytes() == b"hello"
+    assert got["bytes"] == 5 and got["stat"]["size"] == 5 and got["path"] == str(tree / "w.txt")
+    assert got["stat"]["etag"] == fs.stat_path(str(tree / "w.txt")).unwrap()["etag"]
+    fs.write("w.txt", b"hi", atomic=False).unwrap()
+    assert (tree / "w.txt").read_bytes() == b"hi"
+    assert fs.read("w.txt").unwrap().attachments == [b"hi"]  # (the cache has the write)
+    for name, error in (("d", "is_directory"), ("fifo", "bad_args"), ("missing/x", "not_found"),
+                        ("../outside.txt", "forbidden")):
+        with pytest.raises(MoorageError) as e:
+            fs.write(str(tree / name), b"x", atomic=False).unwrap()
+        assert e.value.name == error, (name, e.value)
+    assert (tree.parent / "outside.txt").read_bytes() == b"secret"
+    # a final symlink inside is written through (resolved first), as before
+    fs.write(str(tree / "link"), b"through", atomic=False).unwrap()
+    assert (tree / "a.txt").read_bytes() == b"through"
+
+
+def test_the_python_core_runs_where_it_is_asked_for() -> None:
+    code = "from moorage.actors.watcher import files; print(files.FILE_CORE)"
     assert printed(code, MOORAGE_WATCHER_CORE="python") == ["python"]

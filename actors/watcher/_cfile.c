@@ -1,22 +1,33 @@
-/* The compiled fast path of the watcher's file read on its loop: `read_cached`, what
- * files.py's `FileService.read_file` does with `wait` false for the common file (regular, not
- * empty, within the read limit, all of it in the page cache), in one call.
+/* The compiled fast paths of the watcher's file service (files.py), each the common case of
+ * a Python method in one call, which leaves everything else to that method.
  *
- * In Python that read was seven calls of the os module and a ctypes call: the open without
+ *     read_cached(path, offset, length, max_read) -> (data, stat_result) | None
+ *
+ * The loop's page-cache read: what `FileService.read_file` does with `wait` false for the
+ * common file (regular, not empty, within the read limit, all of it in the page cache). In
+ * Python that read was seven calls of the os module and a ctypes call: the open without
  * symlinks (openat2, whose ctypes call cost twice the syscall), the two fstats around the
  * read (each an os.stat_result), a preadv into a bytearray copied to bytes, the close: 25 of
  * a cache-missing fs.read's 50 us in process, and each of them slower still on a loop just
  * woken. Here they are the syscalls alone, and the data is read into the bytes it is returned
- * in.
+ * in. `length` -1 is to the end of the file. None means "take the Python path", which then
+ * does it all again and says why: openat2 refused (no such call, a filter, a symlink on the
+ * way), not a regular file, empty (a pseudo file that tells no size), more than `max_read`,
+ * not all in the page cache or no RWF_NOWAIT, a short read, a change between the two fstats
+ * (torn). Any other failure of the open is its OSError, as Python's open raises it.
  *
- *     read_cached(path, offset, length, max_read) -> (data, stat_result) | None
+ *     write_plain(parent, name, data) -> stat_result | None
  *
- * `length` -1 is to the end of the file. None means "take the Python path", which then does
- * it all again and says why: openat2 refused (no such call, a filter, a symlink on the way),
- * not a regular file, empty (a pseudo file that tells no size), more than `max_read`, not all
- * in the page cache or no RWF_NOWAIT, a short read, a change between the two fstats (torn).
- * Any other failure of the open is its OSError, as Python's open raises it. The stat_result
- * is the one os.fstat would give after the read (the tests compare every field).
+ * A worker's write in place (`FileService._write_once` with no temporary file and no
+ * if_match) of a regular file or a new one: the directory opened without symlinks, the
+ * name's lstat, the open, write, truncate and fstats, all with the GIL released once. In
+ * Python each of those ten calls let the GIL go and took it back, and every take waited for
+ * the watcher's loop, which holds it while it serves requests: three futex calls on the loop
+ * per write, and the loop's time shared out with the workers' waits. None: the Python path
+ * (openat2 refused; the name is a directory, a symlink or a special file, which it refuses
+ * by name; a file swapped for a special one). Any other failure is its OSError.
+ *
+ * Every stat_result is the one os.fstat would give (the tests compare every field).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -165,19 +176,137 @@ fail:
     return NULL;
 }
 
+/* The directory `parent` (a real path, inside a root) opened without following any symlink
+ * on the way, as FileService's `open` does; -2 where openat2 refuses (the caller then takes
+ * the Python path, which opens and checks the descriptor itself), -1 with errno set on any
+ * other failure. */
+static int
+open_dir_no_symlinks(const char *parent)
+{
+    struct open_how how;
+    int fd;
+
+    memset(&how, 0, sizeof how);
+    how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    fd = (int)syscall(SYS_openat2, AT_FDCWD, parent, &how, sizeof how);
+    if (fd < 0 && (errno == ENOSYS || errno == EPERM || errno == ELOOP || errno == E2BIG ||
+                   errno == EINVAL || errno == EXDEV || errno == EAGAIN))
+        return -2;
+    return fd;
+}
+
+PyDoc_STRVAR(write_plain_doc,
+"write_plain(parent, name, data) -> stat_result | None\n\n"
+"FileService._write_once's write in place of a regular (or new) file, in one call with\n"
+"the GIL released once (see the module).");
+
+static PyObject *
+write_plain(PyObject *module, PyObject *args)
+{
+    PyObject *parent_bytes = NULL, *name_bytes = NULL, *filename = NULL;
+    Py_buffer data;
+    struct stat cur, after;
+    int dfd = -1, fd = -1, existed = 0, err = 0, python = 0;
+    const char *where = "parent";
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O&O&y*:write_plain", PyUnicode_FSConverter, &parent_bytes,
+                          PyUnicode_FSConverter, &name_bytes, &data))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    dfd = open_dir_no_symlinks(PyBytes_AS_STRING(parent_bytes));
+    if (dfd == -2) {
+        python = 1;
+    } else if (dfd < 0) {
+        err = errno;
+    } else {
+        where = "name";
+        if (fstatat(dfd, PyBytes_AS_STRING(name_bytes), &cur, AT_SYMLINK_NOFOLLOW) == 0)
+            existed = 1;
+        else if (errno != ENOENT)
+            err = errno;
+        if (!err && existed && !S_ISREG(cur.st_mode)) {
+            python = 1;  /* a directory, symlink or special file: refused by name there */
+        } else if (!err) {
+            /* O_NONBLOCK: a FIFO swapped in since the lstat fails the open, not waits */
+            fd = openat(dfd, PyBytes_AS_STRING(name_bytes),
+                        O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+                        existed ? (cur.st_mode & 07777) : 0644);
+            if (fd < 0)
+                err = errno;
+            else if (fstat(fd, &after) < 0)
+                err = errno;
+            else if (!S_ISREG(after.st_mode))
+                python = 1;
+        }
+        if (fd >= 0 && !err && !python) {
+            const char *p = data.buf;
+            Py_ssize_t left = data.len;
+            while (left > 0) {
+                ssize_t n = write(fd, p, (size_t)left);
+                if (n < 0) {
+                    if (errno == EINTR)
+                        continue;
+                    err = errno;
+                    break;
+                }
+                p += n;
+                left -= n;
+            }
+            /* overwritten, then what is left over cut: truncating to zero first would
+               make ext4 flush the file on close (its replace-via-truncate heuristic) */
+            if (!err && existed && cur.st_size > data.len && ftruncate(fd, data.len) < 0)
+                err = errno;
+            if (!err && fstat(fd, &after) < 0)
+                err = errno;
+        }
+        if (fd >= 0)
+            close(fd);
+        close(dfd);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (err) {
+        if (where[0] == 'p') {
+            filename = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(parent_bytes));
+        } else {
+            PyObject *joined = PyBytes_FromFormat("%s/%s", PyBytes_AS_STRING(parent_bytes),
+                                                  PyBytes_AS_STRING(name_bytes));
+            filename = joined == NULL ? NULL : PyUnicode_DecodeFSDefaultAndSize(
+                PyBytes_AS_STRING(joined), PyBytes_GET_SIZE(joined));
+            Py_XDECREF(joined);
+        }
+        Py_DECREF(parent_bytes);
+        Py_DECREF(name_bytes);
+        if (filename == NULL)
+            return NULL;
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
+        Py_DECREF(filename);
+        return NULL;
+    }
+    Py_DECREF(parent_bytes);
+    Py_DECREF(name_bytes);
+    if (python)
+        Py_RETURN_NONE;
+    return stat_result(&after);
+}
+
 static PyMethodDef methods[] = {
     {"read_cached", read_cached, METH_VARARGS, read_cached_doc},
+    {"write_plain", write_plain, METH_VARARGS, write_plain_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_cread",
-    "The compiled page-cache read of the watcher's loop (see files.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_cfile",
+    "The compiled fast paths of the watcher's file service (see files.py).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
-PyInit__cread(void)
+PyInit__cfile(void)
 {
     PyObject *os = PyImport_ImportModule("os");
     if (os == NULL)
