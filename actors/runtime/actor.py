@@ -71,6 +71,37 @@ UNCACHED = frozenset({"unknown_op", "bad_args", "timeout"})
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
 PUB_LINGER_MS = 500
 TURN_BUDGET_S = 0.02  # requests handled per loop turn, in time (see `_on_batch`)
+CORK_S = 0.001  # the longest a batch's reply waits for the others to leave with it
+
+
+class Cork:
+    """Replies held while a batch of requests is served, sent together. Each send that
+    finds ZeroMQ's I/O thread asleep wakes it (a syscall, and on a VM an interrupt to another
+    core), and replies spaced by their requests' work find it asleep every time; sent back
+    to back they cost one wake-up, and the client's side reads them in one go. None waits
+    more than CORK_S for the others; a lone request is not corked (`_on_batch`)."""
+
+    __slots__ = ("flush_at", "msgs", "send")
+
+    def __init__(self, send: Callable[[list[bytes]], None]) -> None:
+        self.msgs: list[list[bytes]] = []
+        self.flush_at = 0.0
+        self.send = send
+
+    def tick(self, now: float) -> None:
+        """After each request: the held replies go once the first has waited CORK_S."""
+        if self.msgs:
+            if not self.flush_at:
+                self.flush_at = now + CORK_S
+            elif now > self.flush_at:
+                self.flush()
+
+    def flush(self) -> None:
+        msgs, send = self.msgs, self.send
+        for msg in msgs:
+            send(msg)
+        msgs.clear()
+        self.flush_at = 0.0
 
 
 class Attached:
@@ -186,6 +217,9 @@ class Actor:
         self._held: dict[bytes, deque[list[bytes]]] = {}  # requests past a turn's budget
         self._held_count = 0
         self._serving_held = False
+        # While a batch is served, its replies wait in `_cork` to leave together (`Cork`).
+        self._cork = Cork(self._send)
+        self._corking = False
         self.received = 0
         self.rejected_busy = 0
         self.refused: Counter[str] = Counter()  # requests answered without running, by error
@@ -524,20 +558,30 @@ class Actor:
         # has beaten and read what arrived meanwhile), so a flood of costly requests from one
         # peer holds neither the loop nor another peer's `sys.ping`. Past `queue_limit`
         # waiting, a request is refused `busy` at once rather than left behind the others.
-        handle = self.handle_request
         if self._held:
             self._hold(batch, 0)
             return
         if len(batch) == 1:
-            handle(batch[0])
+            self.handle_request(batch[0])
             return
+        self._serve_batch(batch)
+
+    def _serve_batch(self, batch: list[list[bytes]]) -> None:
+        handle, cork = self.handle_request, self._cork
         stop = _perf_counter() + TURN_BUDGET_S
         limit = self.queue_limit
-        for i, frames in enumerate(batch):
-            handle(frames, i >= limit)
-            if _perf_counter() > stop and i + 1 < len(batch):
-                self._hold(batch, i + 1)
-                return
+        self._corking = True
+        try:
+            for i, frames in enumerate(batch):
+                handle(frames, i >= limit)
+                now = _perf_counter()
+                cork.tick(now)
+                if now > stop and i + 1 < len(batch):
+                    self._hold(batch, i + 1)
+                    return
+        finally:
+            self._corking = False
+            cork.flush()
 
     def _hold(self, batch: list[list[bytes]], start: int) -> None:
         held = self._held
@@ -555,16 +599,22 @@ class Actor:
             self.loop.defer(self._serve_held)
 
     def _serve_held(self) -> None:
-        held = self._held
+        held, cork = self._held, self._cork
         stop = _perf_counter() + TURN_BUDGET_S
-        while held and _perf_counter() <= stop:
-            for route in list(held):  # one request of each waiting peer per round
-                q = held[route]
-                frames = q.popleft()
-                self._held_count -= 1
-                if not q:
-                    del held[route]
-                self.handle_request(frames)
+        self._corking = True
+        try:
+            while held and _perf_counter() <= stop:
+                for route in list(held):  # one request of each waiting peer per round
+                    q = held[route]
+                    frames = q.popleft()
+                    self._held_count -= 1
+                    if not q:
+                        del held[route]
+                    self.handle_request(frames)
+                    cork.tick(_perf_counter())
+        finally:
+            self._corking = False
+            cork.flush()
         if held:
             self.loop.defer(self._serve_held)
         else:
@@ -572,8 +622,14 @@ class Actor:
 
     def send_reply(self, route: list[bytes], frames: list[bytes]) -> None:
         """Never blocks and never raises: a reply that cannot leave is counted as lost."""
+        if self._corking:
+            self._cork.msgs.append(route + frames)
+            return
+        self._send(route + frames)
+
+    def _send(self, msg: list[bytes]) -> None:
         try:
-            send_frames(self.rpc, route + frames, NOBLOCK)
+            send_frames(self.rpc, msg, NOBLOCK)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client went away; its retry will find the reply cache.
             # EAGAIN: its queue is full; same outcome. Neither may stop the actor, and
