@@ -5,12 +5,14 @@ outlasts the test's timeout."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 import zmq
 
 from moorage.actors.runtime.loop import Loop
+from moorage.protocol.wire import try_recv
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -54,3 +56,33 @@ def test_a_loop_without_a_primary_socket_is_woken_through_its_pipe():
         assert ran == ["x"]
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("primary", [True, False])
+def test_a_call_from_another_thread_while_the_loop_works_runs_in_its_turn_unwoken(ctx, primary):
+    """A loop that is not waiting takes another thread's call at the end of its turn: no
+    wake-up is sent (none would be read until the next wait, and a burst of workers'
+    results sent one each). One sent while it waits still ends the wait."""
+    loop = Loop()
+    rpc = ctx.socket(zmq.ROUTER)
+    try:
+        if primary:
+            loop.set_primary(rpc, lambda batch: None, ctx, 8)
+        ran: list[str] = []
+
+        def in_the_turn() -> None:
+            _from_another_thread(lambda: loop.call_soon_threadsafe(lambda: ran.append("x")))
+
+        loop.call_soon(in_the_turn)
+        loop.run_once(0)
+        assert ran == ["x"]
+        if primary:
+            assert try_recv(rpc) is None  # no wake-up message queued
+        with pytest.raises(BlockingIOError):
+            os.read(loop._wake_r, 1)  # nor a byte in the pipe
+        _from_another_thread(lambda: loop.call_soon_threadsafe(lambda: ran.append("y")))
+        loop.run_once(NEVER_MS)
+        assert ran == ["x", "y"]
+    finally:
+        loop.close()
+        rpc.close(0)

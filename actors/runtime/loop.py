@@ -120,6 +120,9 @@ class Loop:
         # Held while a wake-up is sent on the primary socket: by any thread, and by a signal
         # handler only when free (call_soon_from_signal).
         self.wake_lock = threading.Lock()
+        # From before a turn looks at `_soon` to decide how long to wait until the wait is
+        # over: only then does another thread's callback need a wake-up (call_soon_threadsafe).
+        self._sleeping = True
         self._rcvtimeo = -1
         self.fast_path = True
         # Replies this loop waits for on other sockets (Outbound's calls in flight): while any
@@ -280,9 +283,16 @@ class Loop:
         self._soon.append(fn)
 
     def call_soon_threadsafe(self, fn: Callback) -> None:
-        """From any thread: run `fn` on the loop's thread, soon."""
+        """From any thread: run `fn` on the loop's thread, soon. A loop that is not waiting
+        runs it at the end of its turn (every turn ends with `_soon`) and is not woken:
+        a wake-up is a message the loop receives and a turn it takes, and workers finishing
+        while it serves a burst sent one each. The order is what makes it safe (and the GIL
+        keeps each step whole): the loop marks itself sleeping before it looks at `_soon`,
+        this appends before it looks at the mark; so either the loop's look finds `fn`, or
+        this finds the mark and wakes it."""
         self._soon.append(fn)
-        self._wake(blocking=True)
+        if self._sleeping:
+            self._wake(blocking=True)
 
     def call_soon_from_signal(self, fn: Callback) -> None:
         """From a signal handler: run `fn` on the loop, soon. A handler runs on the loop's
@@ -354,6 +364,7 @@ class Loop:
         """Block in recv on the primary socket; see the module docstring."""
         sock = self._primary
         assert sock is not None
+        self._sleeping = True
         due = self._timeout_ms()
         deferred = self._take_deferred()
         t = HOUSEKEEPING_MS if due is None else min(due, HOUSEKEEPING_MS)
@@ -373,6 +384,7 @@ class Loop:
             for key, _ in ready:
                 if key is sock:
                     first = try_recv(sock)
+        self._sleeping = False
         if b is not None:
             b.woke()
         if deferred:
@@ -434,6 +446,7 @@ class Loop:
         if timeout_ms is None and not self._idle and self.fast_path_ready():
             self._run_fast()
             return
+        self._sleeping = True
         t = self._timeout_ms()
         if timeout_ms is not None:
             t = timeout_ms if t is None else min(t, timeout_ms)
@@ -444,6 +457,7 @@ class Loop:
         dropped = self._dropped
         dropped.clear()
         events = self.poller.poll(t)
+        self._sleeping = False
         self._dispatching = True
         if b is not None:
             b.woke()
