@@ -1,7 +1,7 @@
 """A batch's replies leave together (actor.Cork): none before the batch is served, unless the
 first has waited CORK_S; then all of them, in order, one each. A lone request's reply is not
 held. The actor runs in this process with its real sockets; the batch is handed to it as its
-loop hands one over."""
+loop hands one over (`handle_batch`)."""
 
 from __future__ import annotations
 
@@ -76,13 +76,12 @@ def test_a_batchs_replies_leave_after_it_in_order_and_a_lone_reply_at_once(actor
         seen_during.append(dealer.poll(0))
 
     a.handle_request = handle  # type: ignore[method-assign]
-    a._on_batch(batch)
+    a.handle_batch(batch)
     assert seen_during == [0] * 5  # (a reply not sent cannot have arrived)
     replies = [decode_reply(recv_frames(dealer)) for _ in range(5)]
     assert [r.id for r in replies] == ids and all(r.ok for r in replies)
-    assert not a._cork.msgs
     a.handle_request = serve  # type: ignore[method-assign]
     (one,), (frames,) = requests(a, dealer, core, 1)
-    a._on_batch([frames])
+    a.handle_batch([frames])
     assert dealer.poll(10_000)  # sent when it was made: nothing holds it
     assert decode_reply(recv_frames(dealer)).id == one

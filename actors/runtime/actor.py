@@ -70,7 +70,7 @@ DEFERRED = object()  # a handler's return value: "I will answer through call.rep
 UNCACHED = frozenset({"unknown_op", "bad_args", "timeout"})
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
 PUB_LINGER_MS = 500
-TURN_BUDGET_S = 0.02  # requests handled per loop turn, in time (see `_on_batch`)
+TURN_BUDGET_S = 0.02  # requests handled per loop turn, in time (see `handle_batch`)
 CORK_S = 0.001  # the longest a batch's reply waits for the others to leave with it
 
 
@@ -79,7 +79,7 @@ class Cork:
     finds ZeroMQ's I/O thread asleep wakes it (a syscall, and on a VM an interrupt to another
     core), and replies spaced by their requests' work find it asleep every time; sent back
     to back they cost one wake-up, and the client's side reads them in one go. None waits
-    more than CORK_S for the others; a lone request is not corked (`_on_batch`)."""
+    more than CORK_S for the others; a lone request is not corked (`handle_batch`)."""
 
     __slots__ = ("flush_at", "msgs", "send")
 
@@ -552,7 +552,8 @@ class Actor:
 
     # --- request path -------------------------------------------------------------------------
 
-    def _on_batch(self, batch: list[list[bytes]]) -> None:
+    def handle_batch(self, batch: list[list[bytes]]) -> None:
+        """Requests as the loop takes them off the ROUTER in one go (route first each)."""
         # A turn of the loop handles requests for at most TURN_BUDGET_S; what is left waits
         # in `_held`, per peer, and is served round-robin on the next turns (after the loop
         # has beaten and read what arrived meanwhile), so a flood of costly requests from one
@@ -871,7 +872,7 @@ class Actor:
         """Run until stopped; then answer what is pending and close."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.loop.set_primary(self.rpc, self._on_batch, self.ctx, self.queue_limit * 2)
+        self.loop.set_primary(self.rpc, self.handle_batch, self.ctx, self.queue_limit * 2)
         self.loop.add_reader(self.pub_socket, self._drain_subscriptions)
         self.loop.add_reader(self._pub_monitor, self._on_pub_monitor)
         # A push goes out one interval after the first thing recorded since the last one:

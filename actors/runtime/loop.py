@@ -123,6 +123,7 @@ class Loop:
         # From before a turn looks at `_soon` to decide how long to wait until the wait is
         # over: only then does another thread's callback need a wake-up (call_soon_threadsafe).
         self._sleeping = True
+        self.wakeups = 0  # wake-ups sent by other threads and signal handlers
         self._rcvtimeo = -1
         self.fast_path = True
         # Replies this loop waits for on other sockets (Outbound's calls in flight): while any
@@ -305,6 +306,7 @@ class Loop:
         self._wake(blocking=False)
 
     def _wake(self, blocking: bool) -> None:
+        self.wakeups += 1
         sock = self._wake_sock
         if sock is not None and self.wake_lock.acquire(blocking):
             # The message on the primary socket ends the fast path's recv and the poller's
