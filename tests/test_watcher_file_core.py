@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from moorage.actors.watcher import files
-from moorage.actors.watcher.cache import FileCache
+from moorage.actors.watcher.cache import FileCache, stat_info
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.files import FileService
 from moorage.protocol.errors import MoorageError
@@ -225,3 +225,17 @@ def test_every_write_answers_alike(tree: Path, core: str) -> None:
 def test_the_python_core_runs_where_it_is_asked_for() -> None:
     code = "from moorage.actors.watcher import files; print(files.FILE_CORE)"
     assert printed(code, MOORAGE_WATCHER_CORE="python") == ["python"]
+
+
+def test_a_stat_says_what_os_stat_says_of_the_file_behind_the_path(tree: Path) -> None:
+    """Taken from the resolution's lstat where the real path's last name is no symlink (one
+    syscall), by a stat otherwise: the same answer either way, symlinks followed."""
+    fs = on_loop(tree)
+    for name, behind in (("a.txt", "a.txt"), ("d", "d"), ("fifo", "fifo"), ("link", "a.txt"),
+                         ("link-dir/page.bin", "d/page.bin")):
+        for _ in range(2):  # (the second through the remembered resolution)
+            got = fs.stat_path(str(tree / name)).unwrap()
+            assert got == {"path": str(tree / behind), **stat_info(os.stat(tree / behind))}
+    with pytest.raises(MoorageError) as e:
+        fs.stat_path(str(tree / "missing")).unwrap()
+    assert e.value.name == "not_found"
