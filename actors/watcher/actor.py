@@ -100,7 +100,7 @@ from loguru import logger
 
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
 from moorage.actors.runtime.shapes import Named
-from moorage.actors.watcher import snapshot
+from moorage.actors.watcher import pipeline, snapshot
 from moorage.actors.watcher.cache import FileCache
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.cookies import Cookies
@@ -393,7 +393,8 @@ class WatcherActor(Actor):
         return {"mode": self._mode(), "watches": len(self.watches),
                 "clock": self.journal.clock().to_wire(),
                 "walk_core": snapshot.WALK_CORE,  # the tree walk: compiled or Python
-                "file_core": FILE_CORE}  # the file service's read and write: the same
+                "file_core": FILE_CORE,  # the file service's read and write: the same
+                "events_core": pipeline.EVENTS_CORE}  # a flush's packing: the same
 
     # --- pressure -------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ injected, so the P10 benchmark and the unit tests drive it in memory.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -73,6 +74,47 @@ def tune_gc() -> None:
 
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# A flush's event, as `pack_events` packs it without a dict: (kind, path, type, origin,
+# watches, size, mtime_ns, seq, extra_key, extra_value); size None: no size and mtime_ns,
+# extra_key None: no moved_from / moved_to.
+Row = tuple[str, str, str, str, tuple[str, ...], int | None, int | None, int, str | None,
+            str | None]
+
+
+def _as_dict(row: Row | dict[str, Any], instance: str, epoch: int) -> dict[str, Any]:
+    if type(row) is not tuple or len(row) != 10:
+        return row  # type: ignore[return-value]  # (a dict, or a value packed as it is)
+    kind, path, typ, origin, watches, size, mtime_ns, seq, key, value = row
+    ev: dict[str, Any] = {"kind": kind, "path": path, "type": typ, "origin": origin,
+                          "watches": watches}
+    if size is not None:
+        ev["size"] = size
+        ev["mtime_ns"] = mtime_ns
+    ev["clock"] = (instance, epoch, seq)
+    if key is not None:
+        ev[key] = value
+    return ev
+
+
+def pack_events_python(rows: list[Any], start: int, stop: int, instance: str, epoch: int,
+                       packb: Callable[[Any], bytes]) -> bytes:
+    """msgpack of {"events": rows[start:stop]}, each row a dict or a `Row` (the map it
+    stands for, clock [instance, epoch, seq]): the reference of _cevents.c's pack_events."""
+    return packb({"events": [_as_dict(r, instance, epoch) for r in rows[start:stop]]})
+
+
+def _seq_of(ev: Row | dict[str, Any]) -> int:
+    return ev[7] if type(ev) is tuple else ev["clock"][2]  # type: ignore[index,return-value]
+
+
+pack_events = pack_events_python
+if os.environ.get("MOORAGE_WATCHER_CORE") != "python":
+    try:  # a flush's events packed without a dict each (actors/watcher/_cevents.c)
+        from moorage.actors.watcher._cevents import pack_events
+    except ImportError:
+        pass
+EVENTS_CORE: str = "python" if pack_events is pack_events_python else "compiled"
+"""How this process packs a flush's events (the watcher's sys.info says it, `events_core`)."""
 _KIND = {"created": CREATED, "deleted": DELETED, "modified": MODIFIED, "attrib": MODIFIED}
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 SELF_WRITE_TTL = 10.0
@@ -285,17 +327,13 @@ class Pipeline:
                 continue
             if kind == DELETED:
                 seq += 1
-                ev: dict[str, Any] = {"kind": kind, "path": path,
-                                      "type": "dir" if d else "file", "origin": "external",
-                                      "watches": ids, "clock": (inst, epoch, seq)}
-                if hint:
-                    ev["moved_to"] = hint
-                out.append(ev)
+                out.append((kind, path, "dir" if d else "file",
+                            "self" if mine and path in mine and mine[path][0] is None
+                            else "external", ids, None, None, seq,
+                            "moved_to" if hint else None, hint))
                 paths.append(path)
                 remove(path)
                 held = None  # (it may have been that directory)
-                if mine and path in mine and mine[path][0] is None:
-                    ev["origin"] = "self"
                 continue
             st = None
             if slow is None or not slow(path):
@@ -332,22 +370,18 @@ class Pipeline:
                 self.unstatted += 1
             seq += 1
             if st is None:
-                ev = {"kind": kind, "path": path, "type": "dir" if d else "file",
-                      "origin": "external", "watches": ids, "clock": (inst, epoch, seq)}
+                out.append((kind, path, "dir" if d else "file", "external", ids, None, None,
+                            seq, "moved_from" if hint else None, hint))
                 s: Stat = UNKNOWN
             else:
                 s, mode, size, mtime_ns = st
-                ev = {"kind": kind, "path": path,
-                      "type": types.get(mode & 0o170000, "other"),
-                      "origin": "external", "watches": ids, "size": size,
-                      "mtime_ns": mtime_ns, "clock": (inst, epoch, seq)}
+                origin = "external"
                 if mine and path in mine:
                     key = mine[path][0]
                     if key is None or key == stat_fields(s)[1:]:
-                        ev["origin"] = "self"
-            if hint:
-                ev["moved_from"] = hint
-            out.append(ev)
+                        origin = "self"
+                out.append((kind, path, types.get(mode & 0o170000, "other"), origin, ids, size,
+                            mtime_ns, seq, "moved_from" if hint else None, hint))
             paths.append(path)
             if path not in entries:
                 kids = children.get(parent)
@@ -360,7 +394,7 @@ class Pipeline:
         if not out:
             return 0
         journal.commit(seq)
-        self._send(out, paths)
+        self._send(out, paths, (inst, epoch))
         return len(out)
 
     def _arrived_parents(self, parent: str, roots: set[str], items: dict[str, list],
@@ -414,9 +448,12 @@ class Pipeline:
             self.index.remove(path)
             self.told_deletes += 1
 
-    def _send(self, events: list[dict[str, Any]], paths: list[str] | None = None) -> None:
+    def _send(self, events: list[Any], paths: list[str] | None = None,
+              clock: tuple[str, int] | None = None) -> None:
         """Journal, then publish, `events` (stamped, consecutive), `chunk` to a message.
-        `paths`: theirs, one per event, when every event names one (a flush's)."""
+        `paths`: theirs, one per event, when every event names one (a flush's). `clock`
+        (instance, epoch): given for a flush's, whose events are `Row`s (or dicts) packed by
+        `pack_events`; without it they are dicts."""
         if not events:
             return
         if paths is None:
@@ -427,11 +464,14 @@ class Pipeline:
         keep = self.journal.keep
         whole = len(paths) == len(events)
         for i in range(0, len(events), n):
-            part = events[i:i + n]
-            packed = _packb({"events": part})
-            keep(part[0]["clock"][2], part[-1]["clock"][2], packed,
-                 tuple(paths[i:i + n]) if whole else
-                 tuple(e["path"] for e in part if "path" in e))
+            j = min(i + n, len(events))
+            if clock is not None:
+                packed = pack_events(events, i, j, clock[0], clock[1], _packb)
+            else:
+                packed = _packb({"events": events[i:j]})
+            keep(_seq_of(events[i]), _seq_of(events[j - 1]), packed,
+                 tuple(paths[i:j]) if whole else
+                 tuple(e["path"] for e in events[i:j] if "path" in e))
             self.publish(Packed(packed))
             self.batches += 1
         self.published += len(events)
