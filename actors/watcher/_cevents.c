@@ -89,27 +89,23 @@ put_int(Out *o, long long d)
                            : put_tagged(o, 0xcf, (uint64_t)d, 8);
 }
 
+/* A str or array header: the fix form below `fix_n`, then 8 (str only: `t8`), 16 and 32-bit
+ * lengths, whose tags follow each other in msgpack (`t16` + 1 is the 32-bit one). */
 static int
-put_str_header(Out *o, Py_ssize_t n)
+put_header(Out *o, Py_ssize_t n, unsigned char fix, Py_ssize_t fix_n, unsigned char t8,
+           unsigned char t16)
 {
-    if (n < 32)
-        return put_tagged(o, (unsigned char)(0xa0 | n), 0, 0);
-    if (n < 256)
-        return put_tagged(o, 0xd9, (uint64_t)n, 1);
+    if (n < fix_n)
+        return put_tagged(o, (unsigned char)(fix | n), 0, 0);
+    if (t8 && n < 256)
+        return put_tagged(o, t8, (uint64_t)n, 1);
     if (n < 65536)
-        return put_tagged(o, 0xda, (uint64_t)n, 2);
-    return put_tagged(o, 0xdb, (uint64_t)n, 4);
+        return put_tagged(o, t16, (uint64_t)n, 2);
+    return put_tagged(o, (unsigned char)(t16 + 1), (uint64_t)n, 4);
 }
 
-static int
-put_array_header(Out *o, Py_ssize_t n)
-{
-    if (n < 16)
-        return put_tagged(o, (unsigned char)(0x90 | n), 0, 0);
-    if (n < 65536)
-        return put_tagged(o, 0xdc, (uint64_t)n, 2);
-    return put_tagged(o, 0xdd, (uint64_t)n, 4);
-}
+#define put_str_header(o, n) put_header((o), (n), 0xa0, 32, 0xd9, 0xda)
+#define put_array_header(o, n) put_header((o), (n), 0x90, 16, 0, 0xdc)
 
 /* `v` as msgpack's packb packs it, by its own packer for anything but the common types */
 static int
