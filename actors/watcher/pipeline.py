@@ -115,6 +115,7 @@ if os.environ.get("MOORAGE_WATCHER_CORE") != "python":
         pass
 EVENTS_CORE: str = "python" if pack_events is pack_events_python else "compiled"
 """How this process packs a flush's events (the watcher's sys.info says it, `events_core`)."""
+
 _KIND = {"created": CREATED, "deleted": DELETED, "modified": MODIFIED, "attrib": MODIFIED}
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 SELF_WRITE_TTL = 10.0
