@@ -226,6 +226,50 @@ scalar(value v)
     }
 }
 
+/* Map keys, decoded once: a body's maps repeat a few short keys ("kind", "path", "size"...)
+ * hundreds of times (a parse.feed answer of 150 events, a listing, a batch of watcher
+ * events), and each was a new str: UTF-8 decoded, allocated, hashed on insertion. A slot
+ * keeps the str of the last key of its hash (its bytes beside it, compared whole), with its
+ * hash computed, so a repeated key is a reference taken. Touched only with the GIL held. */
+#define KEY_SLOTS 512
+#define KEY_MAX 24
+
+typedef struct {
+    PyObject *str;
+    Py_ssize_t len;
+    unsigned char bytes[KEY_MAX];
+} key_slot;
+
+static key_slot keys[KEY_SLOTS];
+
+/* The str of map key `v` (K_STR), as scalar() makes it; NULL as scalar() says. */
+static PyObject *
+map_key(value v)
+{
+    Py_ssize_t n = (Py_ssize_t)v.u;
+    if (n > KEY_MAX)
+        return scalar(v);
+    unsigned h = 2166136261u;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ v.s[i]) * 16777619u;
+    key_slot *slot = &keys[h & (KEY_SLOTS - 1)];
+    if (slot->str != NULL && slot->len == n && memcmp(slot->bytes, v.s, (size_t)n) == 0) {
+        Py_INCREF(slot->str);
+        return slot->str;
+    }
+    PyObject *s = scalar(v);
+    if (s == NULL)
+        return NULL;
+    if (PyObject_Hash(s) == -1) {  /* (a str's hash, kept with it for every insert) */
+        Py_DECREF(s);
+        return NULL;
+    }
+    Py_XSETREF(slot->str, Py_NewRef(s));
+    slot->len = n;
+    memcpy(slot->bytes, v.s, (size_t)n);
+    return s;
+}
+
 /* A value and what it holds, as the reference decodes and then checks it (a protocol value:
  * str keys, no extension, containers at most `max_depth` deep, the outermost at depth 1),
  * `*left` counting down the values it may hold when counting (each container 1, each
@@ -254,7 +298,7 @@ decode_value(reader *r, int depth, long long *left)
         PyObject *key = NULL;
         if (head.kind == K_MAP) {
             value kv = next(r);
-            if (kv.kind != K_STR || (key = scalar(kv)) == NULL)
+            if (kv.kind != K_STR || (key = map_key(kv)) == NULL)
                 goto miss;
         }
         PyObject *item = decode_value(r, depth + 1, left);
