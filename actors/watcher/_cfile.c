@@ -95,6 +95,26 @@ same_version(const struct stat *a, const struct stat *b)
            a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
+/* `path` (a real path, inside a root) opened with `flags` without following any symlink on
+ * the way, as FileService's `open` does; -2 where openat2 refuses (no such call, a filter, a
+ * symlink on the way: the caller then takes the Python path, which opens and checks the
+ * descriptor itself), -1 with errno set on any other failure. */
+static int
+open_no_symlinks(const char *path, int flags)
+{
+    struct open_how how;
+    int fd;
+
+    memset(&how, 0, sizeof how);
+    how.flags = (unsigned long long)flags;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    if (fd < 0 && (errno == ENOSYS || errno == EPERM || errno == ELOOP || errno == E2BIG ||
+                   errno == EINVAL || errno == EXDEV || errno == EAGAIN))
+        return -2;
+    return fd;
+}
+
 PyDoc_STRVAR(read_cached_doc,
 "read_cached(path, offset, length, max_read) -> (data, stat_result) | None\n\n"
 "FileService.read_file's page-cache read of a regular file, in one call (see the module).");
@@ -104,7 +124,6 @@ read_cached(PyObject *module, PyObject *args)
 {
     PyObject *path_bytes = NULL, *data = NULL, *st_obj, *out = NULL;
     Py_ssize_t offset, length, max_read, n, got;
-    struct open_how how;
     struct stat before, after;
     struct iovec iov;
     long long end;
@@ -119,24 +138,15 @@ read_cached(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "read_cached: offset >= 0, length >= -1");
         return NULL;
     }
-    memset(&how, 0, sizeof how);
-    how.flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK;
-    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-    fd = (int)syscall(SYS_openat2, AT_FDCWD, PyBytes_AS_STRING(path_bytes), &how, sizeof how);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ENOSYS || e == EPERM || e == ELOOP || e == E2BIG || e == EINVAL ||
-            e == EXDEV || e == EAGAIN) {
-            Py_DECREF(path_bytes);
-            Py_RETURN_NONE;
-        }
-        errno = e;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError,
-                                             PyTuple_GET_ITEM(args, 0));
-        Py_DECREF(path_bytes);
-        return NULL;
-    }
+    fd = open_no_symlinks(PyBytes_AS_STRING(path_bytes), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    int e = errno;  /* (kept across the release below) */
     Py_DECREF(path_bytes);
+    if (fd == -2)
+        Py_RETURN_NONE;
+    if (fd < 0) {
+        errno = e;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyTuple_GET_ITEM(args, 0));
+    }
     if (fstat(fd, &before) < 0 || !S_ISREG(before.st_mode) || before.st_size == 0)
         goto python;
     end = length < 0 ? before.st_size : (offset + (long long)length < before.st_size ?
@@ -176,26 +186,6 @@ fail:
     return NULL;
 }
 
-/* The directory `parent` (a real path, inside a root) opened without following any symlink
- * on the way, as FileService's `open` does; -2 where openat2 refuses (the caller then takes
- * the Python path, which opens and checks the descriptor itself), -1 with errno set on any
- * other failure. */
-static int
-open_dir_no_symlinks(const char *parent)
-{
-    struct open_how how;
-    int fd;
-
-    memset(&how, 0, sizeof how);
-    how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
-    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-    fd = (int)syscall(SYS_openat2, AT_FDCWD, parent, &how, sizeof how);
-    if (fd < 0 && (errno == ENOSYS || errno == EPERM || errno == ELOOP || errno == E2BIG ||
-                   errno == EINVAL || errno == EXDEV || errno == EAGAIN))
-        return -2;
-    return fd;
-}
-
 PyDoc_STRVAR(write_plain_doc,
 "write_plain(parent, name, data) -> stat_result | None\n\n"
 "FileService._write_once's write in place of a regular (or new) file, in one call with\n"
@@ -207,21 +197,21 @@ write_plain(PyObject *module, PyObject *args)
     PyObject *parent_bytes = NULL, *name_bytes = NULL, *filename = NULL;
     Py_buffer data;
     struct stat cur, after;
-    int dfd = -1, fd = -1, existed = 0, err = 0, python = 0;
-    const char *where = "parent";
+    int dfd = -1, fd = -1, existed = 0, err = 0, python = 0, at_name = 0;
 
     (void)module;
     if (!PyArg_ParseTuple(args, "O&O&y*:write_plain", PyUnicode_FSConverter, &parent_bytes,
                           PyUnicode_FSConverter, &name_bytes, &data))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    dfd = open_dir_no_symlinks(PyBytes_AS_STRING(parent_bytes));
+    dfd = open_no_symlinks(PyBytes_AS_STRING(parent_bytes),
+                           O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd == -2) {
         python = 1;
     } else if (dfd < 0) {
         err = errno;
     } else {
-        where = "name";
+        at_name = 1;  /* (an error from here on is the name's) */
         if (fstatat(dfd, PyBytes_AS_STRING(name_bytes), &cur, AT_SYMLINK_NOFOLLOW) == 0)
             existed = 1;
         else if (errno != ENOENT)
@@ -268,8 +258,8 @@ write_plain(PyObject *module, PyObject *args)
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     if (err) {
-        if (where[0] == 'p') {
-            filename = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(parent_bytes));
+        if (!at_name) {
+            filename = Py_NewRef(PyTuple_GET_ITEM(args, 0));
         } else {
             PyObject *joined = PyBytes_FromFormat("%s/%s", PyBytes_AS_STRING(parent_bytes),
                                                   PyBytes_AS_STRING(name_bytes));
