@@ -226,33 +226,36 @@ scalar(value v)
     }
 }
 
-/* Map keys, decoded once: a body's maps repeat a few short keys ("kind", "path", "size"...)
+/* Short strs, decoded once: a body's maps repeat a few short keys ("kind", "path", "size"...)
  * hundreds of times (a parse.feed answer of 150 events, a listing, a batch of watcher
- * events), and each was a new str: UTF-8 decoded, allocated, hashed on insertion. A slot
- * keeps the str of the last key of its hash (its bytes beside it, compared whole), with its
- * hash computed, so a repeated key is a reference taken. Touched only with the GIL held. */
-#define KEY_SLOTS 512
-#define KEY_MAX 24
+ * events), and many of their values too (an event's kind, a marker's nonce, a file's type);
+ * each was a new str: UTF-8 decoded, allocated, hashed on insertion. A slot keeps the str of
+ * the last short string of its hash (its bytes beside it, compared whole), with its hash
+ * computed, so a repeated one is a reference taken (a str is immutable: a shared one is the
+ * same value). A value seen once costs the hash and a slot's turn: a batch of 150 watcher
+ * events with distinct paths decodes no slower. Touched only with the GIL held. */
+#define STR_SLOTS 512
+#define STR_MAX 24
 
 typedef struct {
     PyObject *str;
     Py_ssize_t len;
-    unsigned char bytes[KEY_MAX];
-} key_slot;
+    unsigned char bytes[STR_MAX];
+} str_slot;
 
-static key_slot keys[KEY_SLOTS];
+static str_slot strs[STR_SLOTS];
 
-/* The str of map key `v` (K_STR), as scalar() makes it; NULL as scalar() says. */
+/* The str of `v` (K_STR), as scalar() makes it; NULL as scalar() says. */
 static PyObject *
-map_key(value v)
+short_str(value v)
 {
     Py_ssize_t n = (Py_ssize_t)v.u;
-    if (n > KEY_MAX)
+    if (n > STR_MAX)
         return scalar(v);
     unsigned h = 2166136261u;
     for (Py_ssize_t i = 0; i < n; i++)
         h = (h ^ v.s[i]) * 16777619u;
-    key_slot *slot = &keys[h & (KEY_SLOTS - 1)];
+    str_slot *slot = &strs[h & (STR_SLOTS - 1)];
     if (slot->str != NULL && slot->len == n && memcmp(slot->bytes, v.s, (size_t)n) == 0) {
         Py_INCREF(slot->str);
         return slot->str;
@@ -278,6 +281,8 @@ static PyObject *
 decode_value(reader *r, int depth, long long *left)
 {
     value head = next(r);
+    if (head.kind == K_STR)
+        return short_str(head);
     if (head.kind != K_MAP && head.kind != K_ARRAY)
         return scalar(head);
     if (depth > max_depth)
@@ -291,14 +296,16 @@ decode_value(reader *r, int depth, long long *left)
             return NULL;
     }
     Py_ssize_t n = (Py_ssize_t)head.u;
-    PyObject *out = head.kind == K_MAP ? PyDict_New() : PyList_New(n);
+    /* (a map sized for its entries at once: PyDict_New's table holds five, so an event's
+     * eight or nine keys cost it a resize and every key inserted twice) */
+    PyObject *out = head.kind == K_MAP ? _PyDict_NewPresized(n) : PyList_New(n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *key = NULL;
         if (head.kind == K_MAP) {
             value kv = next(r);
-            if (kv.kind != K_STR || (key = map_key(kv)) == NULL)
+            if (kv.kind != K_STR || (key = short_str(kv)) == NULL)
                 goto miss;
         }
         PyObject *item = decode_value(r, depth + 1, left);

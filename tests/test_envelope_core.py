@@ -189,21 +189,24 @@ def test_the_edges_decode_alike():
         same(frames)
 
 
-def test_map_keys_decode_alike_first_and_again_from_the_key_cache():
-    """Map keys are decoded once and kept (a slot per hash, the last key wins): thousands of
-    distinct keys (slots taken over many times), both sides of the 24-byte limit of what is
-    kept, non-ASCII and empty keys, keys that are each other's prefixes, and a key that is
-    not UTF-8 after its valid twin; each body twice, the second from what the first kept."""
+def test_short_strs_decode_alike_first_and_again_from_the_str_cache():
+    """Short strs, map keys and values alike, are decoded once and kept (a slot per hash, the
+    last one wins): thousands of distinct keys and values (slots taken over many times), both
+    sides of the 24-byte limit of what is kept, non-ASCII and empty strs, strs that are each
+    other's prefixes, and a key or a value that is not UTF-8 after its valid twin; each body
+    twice, the second from what the first kept."""
     ok = [("id", 1), ("sid", "s"), ("op", "o")]
     names = ["", "é", "日本", "x" * 23, "x" * 24, "x" * 25, "kind", "kin", "kinds", "path", "\0a"]
     bodies = [{f"k{i}": i for i in range(j, j + 100)} for j in range(0, 3000, 100)]
+    bodies += [[f"v{i}" for i in range(j, j + 100)] for j in range(0, 3000, 100)]
     bodies += [{"events": [{n: i for n in names} for i in range(20)]},
-               [{n: n for n in names}, {n: None for n in names}]]
+               [{n: n for n in names}, {n: None for n in names}, names, [names[::-1]]]]
     for body in bodies:  # (each within the values the compiled decoder takes)
         for _ in range(2):
             same(build(ok, body))
-    for raw in (b"\x82\xa1k\x01\xa1k\x02", b"\x82\xa2\xc3\xa9\x01\xa2\xed\xa0\x02"):
-        for _ in range(2):  # (a key twice in a map; a valid key, then one that is not UTF-8)
+    for raw in (b"\x82\xa1k\x01\xa1k\x02", b"\x82\xa2\xc3\xa9\x01\xa2\xed\xa0\x02",
+                b"\x92\xa2\xc3\xa9\xa2\xed\xa0"):
+        for _ in range(2):  # (a key twice in a map; a valid str, then one that is not UTF-8)
             same([TAG, pack_pairs(ok), raw])
 
 
