@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from moorage.actors.parser.actor import Options, ParserActor, Settings, Stream, StreamTable
+from moorage.actors.parser.packing import PACK_CORE
 from moorage.actors.vtparse import CORE, MAX_HEADER, Parser, RecoveryMode
 from moorage.actors.vtparse._scan import SCANNERS
 from moorage.protocol import endpoints
@@ -270,6 +271,7 @@ def test_a_feed_with_create_false_never_opens_a_default_stream(parser, client):
 def test_sys_info_says_which_scan_core_the_actor_runs(parser, client):
     info = client.call("parser", "sys.info")
     assert info["core"] == CORE and info["core"] in SCANNERS
+    assert info["pack_core"] == PACK_CORE and info["pack_core"] in ("compiled", "python")
 
 
 def test_a_feed_says_how_many_bytes_of_a_cut_sequence_the_stream_holds(parser, client):

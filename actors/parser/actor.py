@@ -75,7 +75,7 @@ from typing import Any, Literal
 
 from loguru import logger
 
-from moorage.actors.parser.packing import EventPacker
+from moorage.actors.parser.packing import PACK_CORE, EventPacker
 from moorage.actors.runtime import Actor, Call, op
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.vtparse import (
@@ -281,8 +281,10 @@ class ParserActor(Actor):
 
     def info(self) -> dict[str, Any]:
         # core: the markers-only scan this process runs, "compiled" (the optional extension
-        # was built) or "python" (the fallback); both give the same events
-        return {"streams": len(self.table), "fallback": self.settings.fallback, "core": CORE}
+        # was built) or "python" (the fallback); both give the same events. pack_core: the
+        # loop that packs an answer's remembered markers, the same way (both the same bytes)
+        return {"streams": len(self.table), "fallback": self.settings.fallback, "core": CORE,
+                "pack_core": PACK_CORE}
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
         """High or critical: close the streams nobody used for `pressure_idle_s`."""
