@@ -1099,6 +1099,41 @@ def test_a_path_on_a_slow_file_system_is_not_stat_ed_ahead(tmp_path):
         assert "size" not in events[slow_path] and p.unstatted == 1
 
 
+class CountedCondition(threading.Condition):
+    """A Condition that counts its notifies (each one a futex wake of a waiting thread)."""
+
+    notifies = 0
+
+    def notify(self, n: int = 1) -> None:
+        CountedCondition.notifies += 1
+        super().notify(n)
+
+
+def test_paths_wanted_while_the_thread_is_busy_wake_nobody_and_go_in_one_batch(tmp_path):
+    """The first path wakes the idle thread; the 99 wanted while it stats are taken by it
+    as one batch once it is done, without a wake each (a burst of directories hands its
+    paths over one by one)."""
+    gate = GatedLstat(hold=(0,))
+    ahead = StatAhead(gate)
+    ahead._wake = CountedCondition(ahead._lock)
+    CountedCondition.notifies = 0
+    ahead.start()
+    try:
+        paths = [str(tmp_path / f"d{i}") for i in range(100)]
+        ahead.want(paths[:1])
+        assert gate.entered[0].wait(20)
+        for p in paths[1:]:
+            ahead.want([p])
+        gate.release[0].set()
+        assert gate.returned[1].wait(20)
+        assert gate.calls == [paths[:1], paths[1:]]
+        assert CountedCondition.notifies <= 1
+    finally:
+        for g in gate.release:
+            g.set()
+        ahead.close()
+
+
 # --- the observer's hand-off ---------------------------------------------------------------
 
 
