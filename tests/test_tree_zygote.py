@@ -198,6 +198,26 @@ def _traced(pid: int, log: Path, *options: str) -> Iterator[subprocess.Popen]:
         strace.stderr.close()
 
 
+def _calls(log: Path) -> list[tuple[int, str]]:
+    """strace's -f log as (pid, line) in the order the calls began, spaces squeezed; a call
+    another process's line interrupted ("<unfinished ...>", then "<... name resumed>") made
+    whole again at its start, as strace writes it when nothing interleaves."""
+    out: list[tuple[int, str]] = []
+    open_at: dict[int, int] = {}  # pid -> the index of its unfinished call
+    for line in log.read_text().splitlines():
+        pid_text, _, rest = line.partition(" ")
+        pid, rest = int(pid_text), " ".join(rest.split())
+        if rest.endswith(" <unfinished ...>"):
+            open_at[pid] = len(out)
+            out.append((pid, rest[: -len(" <unfinished ...>")]))
+        elif rest.startswith("<... ") and pid in open_at:
+            i = open_at.pop(pid)
+            out[i] = (pid, " ".join((out[i][1] + rest.split(" resumed>", 1)[1]).split()))
+        else:
+            out.append((pid, rest))
+    return out
+
+
 def _processes_of_a(tree) -> list[int]:
     return [p.pid for p in descendants(tree.pid) if p.cmdline()[:1] and
             p.cmdline()[0].endswith(": a")]
@@ -222,15 +242,14 @@ def test_a_child_forked_by_a_zygote_killed_before_it_told_exits_unstarted(make_t
         back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
         assert psutil.Process(back["pid"]).ppid() == ev["zygote_pid"]
         wait_for(lambda: strace.poll() is not None, "strace's end (its tracee died)")
-    lines = log.read_text().splitlines()
-    mine = [" ".join(line.split()[1:]) for line in lines if int(line.split()[0]) == zygote]
+    lines = _calls(log)
+    mine = [text for pid, text in lines if pid == zygote]
     assert "spawned" in mine[-2] and mine[-1] == "+++ killed by SIGKILL +++", lines
     # the first fork: traced with its zygote, its one call was to exit, before any bind
-    forks = {int(line.split()[0]) for line in lines} - {zygote}
+    forks = {pid for pid, _ in lines} - {zygote}
     assert len(forks) == 1, lines
     (first,) = forks
-    assert [" ".join(line.split()[1:]) for line in lines if int(line.split()[0]) == first] \
-        == ["exit_group(75) = ?"], lines
+    assert [text for pid, text in lines if pid == first] == ["exit_group(75) = ?"], lines
     assert first != back["pid"]
     # and one a runs: the one the supervisor knows, answering
     assert _processes_of_a(tree) == [back["pid"]]
