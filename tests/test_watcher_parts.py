@@ -1134,6 +1134,46 @@ def test_paths_wanted_while_the_thread_is_busy_wake_nobody_and_go_in_one_batch(t
         ahead.close()
 
 
+def test_a_window_taken_while_its_batch_gathers_leaves_no_empty_batch(tmp_path, monkeypatch):
+    """The flush takes the window while the thread gathers a batch for it: the thread goes
+    back to waiting, stats nothing, and takes the next path as a batch of its own."""
+    from moorage.actors.watcher import statahead
+
+    gathering, idle = threading.Event(), threading.Event()
+
+    class Marked(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            # (the lock is let go inside the wait, once this is set)
+            (gathering if timeout is not None else idle).set()
+            return super().wait(timeout)
+
+    monkeypatch.setattr(statahead, "GATHER_S", 60.0)  # (the test ends each gather itself)
+    gate = GatedLstat()
+    ahead = StatAhead(gate)
+    ahead._wake = Marked(ahead._lock)
+    ahead.start()
+    try:
+        ahead.want([str(tmp_path / "p")])
+        assert gathering.wait(20)
+        gathering.clear()
+        idle.clear()
+        assert ahead.take_window() == ({}, {str(tmp_path / "p"): 0})
+        with ahead._lock:
+            ahead._wake.notify()  # the gather's end
+        assert idle.wait(20)  # back to waiting for paths, nothing stat'ed
+        assert gate.calls == []
+        ahead.want([str(tmp_path / "q")])
+        assert gathering.wait(20)
+        with ahead._lock:
+            ahead._wake.notify()
+        assert gate.returned[0].wait(20)
+        assert gate.calls == [[str(tmp_path / "q")]]
+    finally:
+        for g in gate.release:
+            g.set()
+        ahead.close()
+
+
 # --- the observer's hand-off ---------------------------------------------------------------
 
 

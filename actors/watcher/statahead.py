@@ -103,6 +103,8 @@ class StatAhead:
                     self._wake.wait(GATHER_S)  # (only a close wakes it sooner)
                 if self._closed:
                     return
+                if not self._pending:  # (the flush took the window meanwhile)
+                    continue
                 batch, self._pending = self._pending, []
                 self._in_flight = len(batch)
                 n = self._batch
