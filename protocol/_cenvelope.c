@@ -273,6 +273,8 @@ short_str(value v)
     return s;
 }
 
+#define PRESIZE_MAX 32  /* entries of a map made at its size (decode_value) */
+
 /* A value and what it holds, as the reference decodes and then checks it (a protocol value:
  * str keys, no extension, containers at most `max_depth` deep, the outermost at depth 1),
  * `*left` counting down the values it may hold when counting (each container 1, each
@@ -296,9 +298,11 @@ decode_value(reader *r, int depth, long long *left)
             return NULL;
     }
     Py_ssize_t n = (Py_ssize_t)head.u;
-    /* (a map sized for its entries at once: PyDict_New's table holds five, so an event's
-     * eight or nine keys cost it a resize and every key inserted twice) */
-    PyObject *out = head.kind == K_MAP ? _PyDict_NewPresized(n) : PyList_New(n);
+    /* (a small map sized for its entries at once: PyDict_New's table holds five, so an
+     * event's eight or nine keys cost it a resize and every key inserted twice; a bigger
+     * one grows as its entries come, so a header's count costs nothing before they do) */
+    PyObject *out = head.kind != K_MAP ? PyList_New(n)
+                    : n <= PRESIZE_MAX ? _PyDict_NewPresized(n) : PyDict_New();
     if (out == NULL)
         return NULL;
     for (Py_ssize_t k = 0; k < n; k++) {
