@@ -41,6 +41,7 @@ static unsigned long long max_id;
 typedef struct {
     const unsigned char *p;
     const unsigned char *end;
+    Py_ssize_t presize;  /* elements its containers may still be made at their size */
 } reader;
 
 /* A value read from the buffer: its kind, and what it holds. */
@@ -273,8 +274,6 @@ short_str(value v)
     return s;
 }
 
-#define PRESIZE_MAX 32  /* entries of a map made at its size (decode_value) */
-
 /* A value and what it holds, as the reference decodes and then checks it (a protocol value:
  * str keys, no extension, containers at most `max_depth` deep, the outermost at depth 1),
  * `*left` counting down the values it may hold when counting (each container 1, each
@@ -298,11 +297,18 @@ decode_value(reader *r, int depth, long long *left)
             return NULL;
     }
     Py_ssize_t n = (Py_ssize_t)head.u;
-    /* (a small map sized for its entries at once: PyDict_New's table holds five, so an
-     * event's eight or nine keys cost it a resize and every key inserted twice; a bigger
-     * one grows as its entries come, so a header's count costs nothing before they do) */
-    PyObject *out = head.kind != K_MAP ? PyList_New(n)
-                    : n <= PRESIZE_MAX ? _PyDict_NewPresized(n) : PyDict_New();
+    /* A container is made at its declared size (PyDict_New's table holds five, so an
+     * event's eight or nine keys cost a resize and every key inserted twice), while the
+     * sizes so made add up to no more than the body's bytes: every value takes one at
+     * least, so a body's true containers always fit, and a header's count costs nothing
+     * before its entries do (maps nested twenty deep, each saying a million entries, would
+     * otherwise take 2.6 MB each, arrays 8 MB, from a body of one megabyte). Past that
+     * budget a container grows as its entries come. */
+    int grow = n > r->presize;
+    if (!grow)
+        r->presize -= n;
+    PyObject *out = head.kind != K_MAP ? PyList_New(grow ? 0 : n)
+                    : grow ? PyDict_New() : _PyDict_NewPresized(n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t k = 0; k < n; k++) {
@@ -324,8 +330,14 @@ decode_value(reader *r, int depth, long long *left)
             if (rc < 0)
                 goto miss;
         }
-        else {
+        else if (!grow) {
             PyList_SET_ITEM(out, k, item);
+        }
+        else {
+            int rc = PyList_Append(out, item);
+            Py_DECREF(item);
+            if (rc < 0)
+                goto miss;
         }
     }
     return out;
@@ -344,7 +356,7 @@ body(PyObject *frame, Py_ssize_t max_len, Py_ssize_t values_cap)
     if (len > max_len)
         return NULL;
     reader r = {(const unsigned char *)PyBytes_AS_STRING(frame),
-                (const unsigned char *)PyBytes_AS_STRING(frame) + len};
+                (const unsigned char *)PyBytes_AS_STRING(frame) + len, len};
     /* counted, as there, only past the cap's worth of bytes */
     long long left = values_cap;
     PyObject *out = decode_value(&r, 1, values_cap >= 0 && len > values_cap ? &left : NULL);
@@ -427,7 +439,7 @@ read_header(PyObject *frames, Py_ssize_t body_at, const char *const *names, int 
         PyBytes_GET_SIZE(h) > max_header)
         return 0;
     reader r = {(const unsigned char *)PyBytes_AS_STRING(h),
-                (const unsigned char *)PyBytes_AS_STRING(h) + PyBytes_GET_SIZE(h)};
+                (const unsigned char *)PyBytes_AS_STRING(h) + PyBytes_GET_SIZE(h), 0};
     value head = next(&r);
     if (head.kind != K_MAP || head.u > (unsigned long long)count)
         return 0;
