@@ -57,6 +57,7 @@ from perf._report import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("ping", "files", "term", "query")
+MIN_SUCCESS = 0.999  # R1, R2: calls answered right within the deadline, with retries
 TICKER = "i=0; while :; do echo tick-$i; i=$((i+1)); sleep 0.02; done"
 
 
@@ -131,6 +132,17 @@ class DefaultTree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return alive
+
+    def keep_logs(self, name: str) -> Path:
+        """The tree's log files, copied where the run's results go (a failed scenario's: the
+        tree's own account of it outlives the temporary folder)."""
+        import shutil
+
+        dest = RESULTS_DIR / "chaos-logs" / name.replace(" ", "_")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(self.base / "state" / "moorage" / "run" / "logs", dest,
+                        dirs_exist_ok=True)
+        return dest
 
     def cleanup(self) -> None:
         import shutil
@@ -503,6 +515,9 @@ def chaos(duration: float, interval: float, signal_kind: str,
             res.rss_after_mb = tree.rss() / 1e6
     finally:
         res.orphans = len(tree.stop())
+        if not res.passed(MIN_SUCCESS):
+            with contextlib.suppress(OSError):
+                res.notes["logs"] = str(tree.keep_logs(res.scenario))
         tree.cleanup()
     return res
 
@@ -889,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.short:
         a.duration, a.frames = min(a.duration, 10.0), min(a.frames, 2000)
-    min_success = 0.999
+    min_success = MIN_SUCCESS
     results = run(a.duration, a.interval, a.frames, a.short)
     print(f"\n== chaos (duration {a.duration:g} s, every {a.interval:g} s) ==")
     print(table(results, min_success))
