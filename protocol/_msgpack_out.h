@@ -1,7 +1,7 @@
 /* Writing msgpack into a growing buffer, as msgpack-python's packer writes it (the smallest
  * int encoding, the smallest str and array headers): the compiled packers of the watcher's
  * events (actors/watcher/_cevents.c) and of the parser's answers (actors/parser/_cpack.c),
- * whose tests compare their bytes with msgpack's. Static functions: each module that
+ * whose tests compare their bytes with msgpack's. Static inline functions: each module that
  * includes this has its own copy; each call runs with the GIL held. */
 #ifndef MOORAGE_MSGPACK_OUT_H
 #define MOORAGE_MSGPACK_OUT_H
@@ -16,7 +16,7 @@ typedef struct {
     Py_ssize_t len, cap;
 } Out;
 
-static int
+static inline int
 reserve(Out *o, Py_ssize_t n)
 {
     if (o->len + n <= o->cap)
@@ -34,7 +34,7 @@ reserve(Out *o, Py_ssize_t n)
     return 0;
 }
 
-static int
+static inline int
 put(Out *o, const void *p, Py_ssize_t n)
 {
     if (reserve(o, n) < 0)
@@ -45,7 +45,7 @@ put(Out *o, const void *p, Py_ssize_t n)
 }
 
 /* `tag` then `v` big-endian in `width` bytes (0: the tag alone) */
-static int
+static inline int
 put_tagged(Out *o, unsigned char tag, uint64_t v, int width)
 {
     unsigned char b[9];
@@ -55,7 +55,7 @@ put_tagged(Out *o, unsigned char tag, uint64_t v, int width)
     return put(o, b, 1 + width);
 }
 
-static int
+static inline int
 put_int(Out *o, long long d)
 {
     if (d < -(1LL << 5)) {
@@ -76,7 +76,7 @@ put_int(Out *o, long long d)
 
 /* A str or array header: the fix form below `fix_n`, then 8 (str only: `t8`), 16 and 32-bit
  * lengths, whose tags follow each other in msgpack (`t16` + 1 is the 32-bit one). */
-static int
+static inline int
 put_header(Out *o, Py_ssize_t n, unsigned char fix, Py_ssize_t fix_n, unsigned char t8,
            unsigned char t16)
 {

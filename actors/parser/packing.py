@@ -81,35 +81,35 @@ class EventPacker:
         # what the compiled loop reads of each layout: (head, key, tails)
         self._known: dict[type, tuple[bytes, Callable[[Any], Any], dict[Any, bytes]]] = {}
         self._remembered = 0
-        self._pack_known = _pack_known if compiled else None
-        self.answer = self._answer_python if self._pack_known is None \
-            else self._answer_compiled
+        self._add_events = self._add_events_python if not compiled or _pack_known is None \
+            else self._add_events_compiled
 
     def pack(self, e: Any) -> bytes:
         return b"".join(self._parts(e))
 
-    def _answer_compiled(self, events: Sequence[Event], fields: dict[str, Any]) -> Packed:
+    def answer(self, events: Sequence[Event], fields: dict[str, Any]) -> Packed:
         """{"events": [...], **fields} packed, the events first, as a dict would be."""
-        pack_known = self._pack_known
-        assert pack_known is not None
-        if type(events) is not list:
-            events = list(events)
         parts = [map_header(1 + len(fields)), _EVENTS, array_header(len(events))]
-        i, n = 0, len(events)
-        while i < n:
-            run, i = pack_known(events, i, self._known)
-            parts.append(run)
-            if i < n:  # not remembered (yet): the long way, which remembers it
-                parts += self._parts(events[i])
-                i += 1
+        self._add_events(parts, events)
         for k, v in fields.items():
             parts.append(_pack(k))
             parts.append(_pack(v))
         return Packed(b"".join(parts))
 
-    def _answer_python(self, events: Sequence[Event], fields: dict[str, Any]) -> Packed:
-        """As _answer_compiled, in Python (the reference)."""
-        parts = [map_header(1 + len(fields)), _EVENTS, array_header(len(events))]
+    def _add_events_compiled(self, parts: list[bytes], events: Sequence[Event]) -> None:
+        assert _pack_known is not None
+        if type(events) is not list:
+            events = list(events)
+        i, n = 0, len(events)
+        while i < n:
+            run, i = _pack_known(events, i, self._known)
+            parts.append(run)
+            if i < n:  # not remembered (yet): the long way, which remembers it
+                parts += self._parts(events[i])
+                i += 1
+
+    def _add_events_python(self, parts: list[bytes], events: Sequence[Event]) -> None:
+        """As _add_events_compiled, in Python (the reference)."""
         add = parts.append
         layouts = self._layouts
         for e in events:  # (inline: a call per event was a third of the time)
@@ -128,10 +128,6 @@ class EventPacker:
             add(_END)
             add(_pack(e.end))
             add(tail)
-        for k, v in fields.items():
-            add(_pack(k))
-            add(_pack(v))
-        return Packed(b"".join(parts))
 
     def _parts(self, e: Any) -> list[bytes]:
         """The event's packing the long way, its marker fields remembered for next time."""
