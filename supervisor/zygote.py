@@ -213,15 +213,23 @@ class ZygoteHandle:
 
     def read_events(self) -> list[dict]:
         out = []
+        reset = False
         while True:
             try:
                 data = self.sock.recv(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
-            except ConnectionError as exc:  # it died with our datagrams unread
-                if out:
-                    return out  # (the next read says so again)
-                raise EOFError("zygote gone") from exc
+            except ConnectionError as exc:
+                # Its last holder closed it with our datagrams unread (a request the dead
+                # zygote never took, then a child's copy closed after its `ready`): the
+                # kernel says so once, and before what is still queued for us, that `ready`
+                # among it. Read on: the queued datagrams come, then the end. Taken for the
+                # end, the child's start was lost, timed out after start_timeout_ms, and held
+                # every start queued behind it as long.
+                if reset:
+                    raise EOFError("zygote gone") from exc
+                reset = True
+                continue
             if not data:
                 if out:
                     return out
@@ -430,6 +438,8 @@ class _Zygote:
                         data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, 1)
                     except InterruptedError:
                         continue
+                    except ConnectionError:  # (closed with our events unread: gone too)
+                        return
                     if not data:
                         return  # the supervisor is gone: see _end
                     msg = _decode(data)

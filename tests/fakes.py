@@ -3,6 +3,7 @@
   fail_at_start: true        raise while starting (before binding)
   fail_at_start_if: path     the same, while that file exists
   start_delay_s: float       take this long to start
+  start_gate: path           a FIFO there at start: wait for a writer to open it first
   crash_after: int           os._exit(3) on the Nth `fake.work` request
   hang_after: int            spin for ever (holding the loop) on the Nth `fake.work`
   ignore_sigterm: true       SIGTERM does nothing (the supervisor must SIGKILL)
@@ -31,6 +32,8 @@ class FakeActor(Actor):
             raise RuntimeError("configured to fail at start")
         if config.get("start_delay_s"):
             time.sleep(float(config["start_delay_s"]))  # sleep-ok: the slow start it fakes
+        if config.get("start_gate") and os.path.exists(config["start_gate"]):
+            os.close(os.open(config["start_gate"], os.O_RDONLY))  # (until the test opens it)
         super().__init__(name, runtime_dir, config)
         self.work_done = 0
         self.side_effects = 0

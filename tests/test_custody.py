@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from moorage.actors.runtime.custody import CustodyClient, Datagrams, receive
@@ -124,3 +125,28 @@ def test_a_keep_over_the_datagram_limit_is_kept_without_its_big_values(loop: Loo
     finally:
         os.close(fd)
         custodian.close()
+
+
+def test_a_last_hold_sent_before_the_peer_closed_with_our_datagrams_unread_is_received():
+    """The child's last `keep` (and the master it carries) then its end closed, while a
+    datagram of ours waited unread there: the kernel reports the reset first, once, and
+    the `keep` behind it. It is received with its descriptor, then the end."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        ours.send(msgpack.packb({"t": "done", "n": 0}))  # never read: the child went
+        socket.send_fds(theirs, [msgpack.packb({"t": "keep", "k": "s1", "info": {}})], [r])
+        theirs.close()
+        ours.setblocking(False)
+        got = receive(ours)
+        assert got is not None
+        msg, fds = got
+        assert msg == {"t": "keep", "k": "s1", "info": {}} and len(fds) == 1
+        assert os.fstat(fds[0]).st_ino == os.fstat(r).st_ino  # the same pipe
+        os.close(fds[0])
+        with pytest.raises(ConnectionError):
+            receive(ours)
+    finally:
+        ours.close()
+        os.close(r)
+        os.close(w)

@@ -8,13 +8,17 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import psutil
 import pytest
 
+from moorage.actors.runtime.beat import BeatBoard
+from moorage.supervisor.zygote import ZygoteHandle
 from tests.conftest import assert_all_gone, descendants, wait_pid_exit
 from tests.waiting import wait_for
 
@@ -411,3 +415,64 @@ def test_a_stop_while_a_spawn_is_unanswered_still_ends_the_tree(make_tree):
         assert wait_pid_exit(tree.pid, 60), tree.output()
     assert tree.proc.wait(10) == 0
     assert_all_gone(procs)
+
+
+def test_a_ready_queued_behind_the_reset_of_a_dead_zygotes_socket_is_read():
+    """A zygote killed with a request of ours unread, then the last copy of its end (its
+    starting child's) closed after the child's `ready`: the kernel reports the reset once,
+    before the queued `ready`. It is read, and the end after it."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    board = BeatBoard()
+    handle = ZygoteHandle(0, ours, board, [])
+    try:
+        ours.send(msgpack.packb({"cmd": "fork_spare"}))  # never read: the zygote died
+        theirs.send(msgpack.packb({"ev": "ready", "pid": 4242}))
+        theirs.close()
+        assert handle.read_events() == [{"ev": "ready", "pid": 4242}]
+        with pytest.raises(EOFError):
+            handle.read_events()
+    finally:
+        ours.close()
+        os.close(board.fd)
+
+
+GATED = TWO.replace('id = "a"\nstart = "tests.fakes:FakeActor"\n',
+                    'id = "a"\nstart = "tests.fakes:FakeActor"\nconfig = { start_gate = "%s" }\n')
+
+
+def test_a_child_whose_zygote_died_with_a_request_unread_is_taken_ready_not_timed_out(
+        make_tree, tmp_path):
+    """The zygote forks `a`, which is still starting when a request of ours (the next
+    spare's fork) reaches the zygote, stopped, and the zygote is killed with it unread. Its
+    end's last copy is then `a`'s, closed after `a` says ready: the supervisor reads that
+    `ready` (behind the reset the kernel reports first) and `a` runs, instead of being
+    killed at start_timeout_ms with every start queued behind it held as long."""
+    gate = tmp_path / "gate"
+    tree = make_tree(GATED.replace("%s", str(gate)).replace(
+        "[supervisor]\n", "[supervisor]\nstart_timeout_ms = 60000\n")).start()
+    os.kill(tree.status()["zygote"]["pid"], signal.SIGKILL)  # from now on, a spare
+    z = wait_for(lambda: (z := tree.status()["zygote"])["spare"] and z, "a spare")
+    os.mkfifo(gate)
+    os.kill(tree.child("a")["pid"], signal.SIGKILL)
+    a = wait_for(lambda: (c := tree.child("a"))["state"] == "starting" and c["pid"],
+                 "a forked, held at its gate")
+    assert psutil.Process(a).ppid() == z["pid"]
+    with _stopped(z["pid"]):
+        os.kill(z["spare"], signal.SIGKILL)  # the next spare is asked of the stopped zygote
+        wait_for(lambda: tree.status()["zygote"]["spare"] != z["spare"], "the spare's end")
+        os.kill(z["pid"], signal.SIGKILL)
+        assert wait_pid_exit(z["pid"], 10)
+    tree.wait_event(lambda e: e["event"] == "zygote_restarted" and e["old_pid"] == z["pid"])
+    # a goes on: its `ready` sent, then its copy of the end closed, all while the supervisor
+    # is stopped (as a busy one is: else it may read the `ready` before the close)
+    root = psutil.Process(tree.pid)
+    root.suspend()
+    try:
+        os.close(os.open(gate, os.O_WRONLY))
+        gate.unlink()
+        assert tree.call("a", "fake.work")["pid"] == a  # (served: its `ready` went first)
+    finally:
+        root.resume()
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+    assert back["pid"] == a
+    assert tree.child("a")["pid"] == a

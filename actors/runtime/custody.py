@@ -69,6 +69,15 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]] | No
         data, anc, flags, _ = sock.recvmsg(MAX_DATAGRAM, FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
     except BlockingIOError:
         return None
+    except ConnectionResetError:
+        # The peer closed with datagrams of ours unread: the kernel says so once, and before
+        # what the peer sent first, still queued (a last `hold`, and the master it carries).
+        # Read on: they come, then the end.
+        try:
+            data, anc, flags, _ = sock.recvmsg(MAX_DATAGRAM, FDS_SPACE,
+                                               socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return None
     fds = array.array("i")
     for level, kind, cdata in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
