@@ -7,6 +7,7 @@ test failed, and the teardown checks that none is left.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import select
@@ -40,6 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # --allow-external-actors), and no user configuration or state of the developer's:
 # $XDG_CONFIG_HOME and $XDG_STATE_HOME are the session's own, empty at the start.
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="mt-home-", dir="/tmp"))
+# (at exit, not at pytest_unconfigure: a run that stops at a usage error never configures)
+atexit.register(shutil.rmtree, SESSION_HOME, ignore_errors=True)
 # Only `tests` on that path (not the checkout, whose egg-info would pass for an install).
 (SESSION_HOME / "path").mkdir()
 (SESSION_HOME / "path" / "tests").symlink_to(ROOT / "tests")
@@ -56,10 +59,6 @@ for _var in ("MOORAGE_CONFIG", "MOORAGE_STATE_DIR", "MOORAGE_RUNTIME_DIR"):
 # once, by the process that starts the xdist workers (or runs the tests itself).
 if "PYTEST_XDIST_WORKER" not in os.environ:
     compile_package()
-
-
-def pytest_unconfigure(config: Any) -> None:
-    shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
 # --- every reply the tests see, held against protocol/schema/ops.json -------------------------
