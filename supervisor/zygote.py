@@ -19,8 +19,12 @@ Lifetimes, so that no orphan survives and no child dies with its zygote:
     subreaper) the supervisor, which it follows as the children do. The first death, and a
     spare lost with its zygote, are replaced by a new program (`main` here, in a new
     interpreter: the supervisor has threads by then and must not fork), handed the beat
-    board's memfd and the tree's key (actors.runtime.trust) over its socket. The children
-    that outlived the old zygote keep running, their supervisor now their parent and reaper.
+    board's memfd and the tree's key (actors.runtime.trust) over its socket. It serves
+    within tens of ms, before it imports ZeroMQ, the logging library or the launchers: those
+    and the children's modules come between requests (a child forked before then imports
+    what it needs itself; a spare forked before then does the rest once it serves). The
+    children that outlived the old zygote keep running, their supervisor now their parent
+    and reaper.
 The zygote also exits when its command socket reaches EOF (the supervisor is gone), and
 leaves its children to follow the supervisor as above.
 
@@ -55,12 +59,11 @@ import traceback
 from collections.abc import Callable, Iterable
 
 import msgpack
-import setproctitle
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.beat import BeatBoard, install
 from moorage.actors.runtime.heap import release_free_heap
-from moorage.actors.runtime.process import has_orphan_hooks, orphaned
+from moorage.actors.runtime.orphans import has_orphan_hooks, orphaned
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -84,6 +87,8 @@ def wait_told(fd: int) -> bool:
 def set_title(role: str) -> None:
     """`moorage[<instance>]: <role>` in ps and top, so the tree's processes tell apart (they
     are all the same interpreter running the same script otherwise)."""
+    import setproctitle  # (it loads the logging package: ~25 ms a replacement zygote defers)
+
     setproctitle.setproctitle(f"moorage[{os.environ.get(INSTANCE_ENV, '?')}]: {role}")
 
 
@@ -136,6 +141,27 @@ def _encode(msg: dict) -> bytes:
 # (a fork of the supervisor) has it without importing anything by name.
 Launcher = Callable[[dict, Callable[[], None]], None]
 LAUNCHERS: dict[str, Launcher] = {}
+KINDS = ("actor", "supervisor")  # what supervisor.launch puts in LAUNCHERS
+# What a zygote started as a new program imports once it serves, a step at a time between
+# requests (the longest step is the longest a request waits): the launchers' module and
+# what it loads, then the children's modules.
+LAUNCH_STEPS = ("loguru", "zmq", "moorage.actors.runtime.actor", "moorage.supervisor.launch")
+
+
+Step = str | Callable[[], None]  # a module to import, or a call
+
+
+def _install_logging() -> None:
+    from moorage.actors.runtime.logs import install_handlers
+
+    install_handlers()  # once here, not in every child (see moorage.actors.runtime.logs)
+
+
+def launcher_for(kind: str) -> Launcher:
+    """The launcher of `kind`, in a child forked before its zygote imported them."""
+    if kind not in LAUNCHERS:
+        importlib.import_module("moorage.supervisor.launch")
+    return LAUNCHERS[kind]
 
 
 class ZygoteHandle:
@@ -329,7 +355,7 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
                 os.close(fd)
             die_with_parent(parent)
             set_title(f"zygote {owner}".rstrip())
-            _Zygote(zygote_end, preload, beats, parent).run()
+            _Zygote(zygote_end, [_install_logging, *preload], beats, parent).run()
         except BaseException:
             traceback.print_exc()
             code = 71
@@ -351,7 +377,7 @@ def spawn_zygote(preload: list[str], beats: BeatBoard, owner: str = "") -> Zygot
         # anything is imported (not through PYTHONPATH: the environment is the children's,
         # and the shells' after them).
         boot = (f"import sys; sys.path[:] = {sys.path!r}; "
-                "from moorage.supervisor import launch, zygote; zygote.main(sys.argv[1:])")
+                "from moorage.supervisor import zygote; zygote.main(sys.argv[1:])")
         argv = [sys.executable, "-P", "-c", boot, str(os.getpid()), str(zygote_end.fileno()),
                 str(beats.fd), str(beats.slots), owner, *preload]
         pid = os.posix_spawn(sys.executable, argv, dict(os.environ))
@@ -363,11 +389,10 @@ def spawn_zygote(preload: list[str], beats: BeatBoard, owner: str = "") -> Zygot
 
 
 def main(argv: list[str]) -> None:
-    """A replacement zygote (spawn_zygote, which imported supervisor.launch first: it fills
-    LAUNCHERS): take the key, then serve as the first one did."""
+    """A replacement zygote (spawn_zygote): take the key, then serve as the first one did,
+    importing the launchers (supervisor.launch fills LAUNCHERS) once it serves."""
     supervisor, sock_fd, beat_fd, slots, owner, *preload = argv
     die_with_parent(int(supervisor))
-    set_title(f"zygote {owner}".rstrip())
     sock = socket.socket(fileno=int(sock_fd))
     sock.set_inheritable(False)
     first = _decode(sock.recv(1 << 16))
@@ -375,23 +400,26 @@ def main(argv: list[str]) -> None:
         raise SystemExit("zygote: expected the tree's key first")
     trust.adopt(first["key"])
     beats = BeatBoard(int(slots), fd=int(beat_fd))
-    # A replacement serves first and imports between requests: a child it forks before the
-    # preload is done imports its own module, and the supervisor, whose children cannot
-    # start while no zygote serves, gets one a few hundred ms sooner.
-    _Zygote(sock, preload, beats, int(supervisor), lazy=True).run()
+    # A replacement serves first and does the rest between requests (its title, the
+    # launchers, the logging set-up, the preload): a child it forks before then imports
+    # what it needs itself. It serves within tens of ms of its start instead of hundreds: a
+    # supervisor whose zygote is killed faster than a replacement can start would start
+    # no child at all.
+    _Zygote(sock, [lambda: set_title(f"zygote {owner}".rstrip()), *LAUNCH_STEPS,
+                   _install_logging, *preload], beats, int(supervisor), lazy=True).run()
 
 
 class _Zygote:
-    def __init__(self, sock: socket.socket, preload: list[str], beats: BeatBoard,
+    def __init__(self, sock: socket.socket, preload: Iterable[Step], beats: BeatBoard,
                  supervisor: int, lazy: bool = False) -> None:
         self.sock = sock
         self.beats = beats
         self.supervisor = supervisor
         self.children: set[int] = set()
-        from moorage.actors.runtime.logs import install_handlers
-
-        install_handlers()  # once here, not in every child (see moorage.actors.runtime.logs)
         self.preload = list(preload)
+        # A spare forked before the preload was done does the rest once it serves: while it
+        # stands by, it would only take the CPU from its zygote and the children starting.
+        self.standby = False
         while self.preload and not lazy:
             self._preload_one()
         if not self.preload:
@@ -404,11 +432,14 @@ class _Zygote:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _preload_one(self) -> None:
-        module = self.preload.pop(0)
+        step = self.preload.pop(0)
         try:
-            importlib.import_module(module)
+            if callable(step):
+                step()
+            else:
+                importlib.import_module(step)
         except Exception as exc:  # the child will fail at start and be reported then
-            print(f"zygote: preload {module}: {exc}", file=sys.stderr)
+            print(f"zygote: preload {step}: {exc}", file=sys.stderr)
         if not self.preload:
             # What the children inherit is never garbage: out of the collector's reach, a
             # child's collections do not write to (and so copy) every shared page that holds
@@ -428,8 +459,8 @@ class _Zygote:
         sel.register(self.sock, selectors.EVENT_READ)
         sel.register(self.wake_r, selectors.EVENT_READ)
         while True:
-            events = sel.select(0 if self.preload else None)
-            if not events and self.preload:
+            events = sel.select(0 if self.preload and not self.standby else None)
+            if not events and self.preload and not self.standby:
                 self._preload_one()  # nothing asked of us meanwhile
                 continue
             for key, _ in events:
@@ -442,6 +473,7 @@ class _Zygote:
                         return
                     if not data:
                         return  # the supervisor is gone: see _end
+                    self.standby = False
                     msg = _decode(data)
                     if msg.get("cmd") == "exit":
                         self._end()
@@ -485,6 +517,7 @@ class _Zygote:
             self.sock = socket.socket(fileno=fd)
             self.sock.set_inheritable(False)
             self.children = set()
+            self.standby = True
             self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             signal.set_wakeup_fd(self.wake_w)
             self.send({"ev": "hello", "pid": os.getpid()})
@@ -518,8 +551,8 @@ class _Zygote:
                        "signal": -code if code < 0 else None})
 
     def _spawn(self, msg: dict) -> None:
-        launcher = LAUNCHERS.get(msg["kind"])
-        if launcher is None:
+        kind = msg["kind"]
+        if kind not in KINDS:
             self.send({"ev": "spawn_failed", "child": msg["child"],
                        "error": f"unknown kind {msg['kind']!r}"})
             return
@@ -539,7 +572,7 @@ class _Zygote:
             return
         if pid == 0:
             os.close(told_w)
-            self._become_child(me, launcher, msg["payload"], msg.get("beat"), told_r)
+            self._become_child(me, kind, msg["payload"], msg.get("beat"), told_r)
         os.close(told_r)
         self.children.add(pid)
         if self.send({"ev": "spawned", "child": msg["child"], "pid": pid}):
@@ -547,7 +580,7 @@ class _Zygote:
                 os.write(told_w, TOLD)
         os.close(told_w)
 
-    def _become_child(self, zygote: int, launcher: Launcher, payload: dict,
+    def _become_child(self, zygote: int, kind: str, payload: dict,
                       beat: int | None, told: int) -> None:
         code = 0
         try:
@@ -571,7 +604,7 @@ class _Zygote:
                 finally:
                     sock.close()
 
-            launcher(payload, ready)
+            launcher_for(kind)(payload, ready)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -415,6 +416,25 @@ def test_a_stop_while_a_spawn_is_unanswered_still_ends_the_tree(make_tree):
         assert wait_pid_exit(tree.pid, 60), tree.output()
     assert tree.proc.wait(10) == 0
     assert_all_gone(procs)
+
+
+def test_a_zygote_started_as_a_new_program_serves_before_it_loads_zeromq_or_logging():
+    """What a replacement zygote imports before it serves is what its start costs, and a
+    supervisor whose zygote is killed faster than that starts no child at all: the boot
+    (spawn_zygote's) loads neither ZeroMQ, the logging library, the actor runtime nor the
+    launchers; those come between requests, or in the child that needs them first."""
+    heavy = ["asyncio", "logging", "loguru", "moorage.actors.runtime.actor",
+             "moorage.supervisor.launch", "setproctitle", "zmq"]
+    boot = ("import sys; from moorage.supervisor import zygote; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-P", "-c", boot], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == ""
+    from moorage.supervisor import launch, zygote
+
+    assert launch.LAUNCHERS is zygote.LAUNCHERS
+    assert sorted(zygote.LAUNCHERS) == sorted(zygote.KINDS)
+    assert zygote.LAUNCH_STEPS[-1] == launch.__name__
 
 
 def test_a_ready_queued_behind_the_reset_of_a_dead_zygotes_socket_is_read():

@@ -10,9 +10,31 @@
   streams      published topics with seq, retention and replay
   stats        per-op service time, folded into HDR histograms for the metrics actor
   process      logging set-up and the process entry point
+  orphans      what a process does before it dies with its tree (a keeper's shells)
 """
 
-from moorage.actors.runtime.actor import DEFERRED, Actor, Attached, Call
-from moorage.actors.runtime.registry import op
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from moorage.actors.runtime.actor import DEFERRED, Actor, Attached, Call
+    from moorage.actors.runtime.registry import op
 
 __all__ = ["DEFERRED", "Actor", "Attached", "Call", "op"]
+
+# Taken from their modules on first use, not at import: a zygote started as a new program
+# imports this package's small modules (trust, beat, heap) to serve at once, and `actor`
+# would first load ZeroMQ and the logging library (~150 ms of a replacement's start-up).
+_HOME = {"DEFERRED": "actor", "Actor": "actor", "Attached": "actor", "Call": "actor",
+         "op": "registry"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

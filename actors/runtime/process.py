@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from moorage.actors.runtime.logs import setup_logging
-
-_ON_ORPHANED: list[Callable[[], None]] = []
-
-
-def on_orphaned(fn: Callable[[], None]) -> None:
-    """Run `fn` if this process finds its supervisor gone (the tree died under it) and is
-    about to exit: what must not outlive the tree (a keeper's shells) goes first."""
-    _ON_ORPHANED.append(fn)
-
-
-def has_orphan_hooks() -> bool:
-    """Does this process have something to do before it may die with its supervisor?"""
-    return bool(_ON_ORPHANED)
-
-
-def orphaned() -> None:
-    """The supervisor is gone: run the hooks (each once, whatever the others do)."""
-    hooks, _ON_ORPHANED[:] = list(_ON_ORPHANED), []
-    for fn in hooks:
-        with contextlib.suppress(Exception):
-            fn()
 
 
 def resolve(entry: str) -> Any:

@@ -53,8 +53,8 @@ from loguru import logger
 
 from moorage.actors.runtime import Actor, Call, op, trust
 from moorage.actors.runtime.custody import CustodyClient, close_all, custody_path
+from moorage.actors.runtime.orphans import on_orphaned
 from moorage.actors.runtime.outbound import Outbound
-from moorage.actors.runtime.process import on_orphaned
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.terminal.keeper.ptys import (
     Ptys,
