@@ -410,19 +410,19 @@ def main(argv: list[str]) -> None:
 
 
 class _Zygote:
-    def __init__(self, sock: socket.socket, preload: Iterable[Step], beats: BeatBoard,
+    def __init__(self, sock: socket.socket, steps: Iterable[Step], beats: BeatBoard,
                  supervisor: int, lazy: bool = False) -> None:
         self.sock = sock
         self.beats = beats
         self.supervisor = supervisor
         self.children: set[int] = set()
-        self.preload = list(preload)
-        # A spare forked before the preload was done does the rest once it serves: while it
+        self.steps = list(steps)
+        # A spare forked before the steps were done does the rest once it serves: while it
         # stands by, it would only take the CPU from its zygote and the children starting.
         self.standby = False
-        while self.preload and not lazy:
-            self._preload_one()
-        if not self.preload:
+        while self.steps and not lazy:
+            self._step_one()
+        if not self.steps:
             gc.freeze()  # (again, if the last preload did: harmless)
             release_free_heap()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -431,16 +431,16 @@ class _Zygote:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the supervisor's EOF ends us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    def _preload_one(self) -> None:
-        step = self.preload.pop(0)
+    def _step_one(self) -> None:
+        step = self.steps.pop(0)
         try:
             if callable(step):
                 step()
             else:
                 importlib.import_module(step)
         except Exception as exc:  # the child will fail at start and be reported then
-            print(f"zygote: preload {step}: {exc}", file=sys.stderr)
-        if not self.preload:
+            print(f"zygote: preload step {step}: {exc}", file=sys.stderr)
+        if not self.steps:
             # What the children inherit is never garbage: out of the collector's reach, a
             # child's collections do not write to (and so copy) every shared page that holds
             # an object.
@@ -459,9 +459,9 @@ class _Zygote:
         sel.register(self.sock, selectors.EVENT_READ)
         sel.register(self.wake_r, selectors.EVENT_READ)
         while True:
-            events = sel.select(0 if self.preload and not self.standby else None)
-            if not events and self.preload and not self.standby:
-                self._preload_one()  # nothing asked of us meanwhile
+            events = sel.select(0 if self.steps and not self.standby else None)
+            if not events and self.steps and not self.standby:
+                self._step_one()  # nothing asked of us meanwhile
                 continue
             for key, _ in events:
                 if key.fileobj is self.sock:
