@@ -127,7 +127,7 @@ def test_a_keep_over_the_datagram_limit_is_kept_without_its_big_values(loop: Loo
         custodian.close()
 
 
-def test_a_last_hold_sent_before_the_peer_closed_with_our_datagrams_unread_is_received():
+def test_a_last_keep_sent_before_the_peer_closed_with_our_datagrams_unread_is_received():
     """The child's last `keep` (and the master it carries) then its end closed, while a
     datagram of ours waited unread there: the kernel reports the reset first, once, and
     the `keep` behind it. It is received with its descriptor, then the end."""

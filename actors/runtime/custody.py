@@ -71,7 +71,7 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]] | No
         return None
     except ConnectionResetError:
         # The peer closed with datagrams of ours unread: the kernel says so once, and before
-        # what the peer sent first, still queued (a last `hold`, and the master it carries).
+        # what the peer sent first, still queued (a last `keep`, and the master it carries).
         # Read on: they come, then the end.
         try:
             data, anc, flags, _ = sock.recvmsg(MAX_DATAGRAM, FDS_SPACE,
