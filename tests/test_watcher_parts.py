@@ -1270,6 +1270,40 @@ def test_a_new_root_is_walked_once_with_no_lock_of_watchdog_s_held(tmp_path):
         mgr.stop()
 
 
+@pytest.mark.skipif(not guarded.GUARDED, reason="watchdog's inotify classes are not there")
+def test_a_watch_two_roots_share_carries_both_and_each_root_s_other_watches_only_its_own(
+        tmp_path):
+    """A group's watches share one map of callbacks (copied on write): a second root on a
+    directory the first watches adds its callback to that watch alone, and takes it away
+    with it when dropped. Were the shared map written in place, every watch of the first
+    root would carry the second's callback, and an event anywhere would come twice."""
+    for d in ("a", "c"):
+        (tmp_path / d).mkdir()
+    r = LoopRead(tmp_path)
+    try:
+        watches = r.mgr.inotify_watches()
+        flat = r.mgr.place(str(tmp_path / "a"), False, "inotify")
+        assert flat.via == "inotify" and r.mgr.inotify_watches() == watches  # (the same one)
+        (tmp_path / "c" / "x").touch()
+        assert [raw[1] for raw in r.turns(1)] == [str(tmp_path / "c" / "x")]
+        (tmp_path / "a" / "y").touch()  # both roots' callbacks: watchdog's path, the lane
+        r.readable()
+        r.fd.read_ready()
+        assert [raw[1] for raw in r.from_the_lane(2)] == [str(tmp_path / "a" / "y")] * 2
+        r.caught_up()
+        assert r.mgr.inotify is not None and flat.watch is not None
+        r.mgr.inotify.unschedule(flat.watch)
+        assert r.mgr.inotify_watches() == watches  # the first root's watch of a stays
+        on_lane = r.fd.on_lane
+        (tmp_path / "a" / "z").touch()
+        (tmp_path / "c" / "w").touch()
+        assert [raw[1] for raw in r.turns(2)] == [str(tmp_path / "a" / "z"),
+                                                  str(tmp_path / "c" / "w")]
+        assert r.fd.on_lane == on_lane  # one callback again: the loop's
+    finally:
+        r.mgr.stop()
+
+
 def test_resyncs_run_at_once_after_quiet_and_back_off_while_they_keep_coming():
     from moorage.actors.watcher.resync import ResyncScheduler
 
