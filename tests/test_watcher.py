@@ -392,6 +392,22 @@ def test_since_answers_what_changed_after_a_clock_and_fresh_instance_for_another
     assert e.value.name == "bad_args"
 
 
+def test_the_stream_retains_what_the_journal_does_and_no_more(start, data):
+    """A batch the journal lets go leaves fs.event's retention too: a subscriber catches up
+    from the same window by `replay` or by `fs.since`, and the process holds it once."""
+    w = start(journal_max=4, chunk=1)
+    clock = w.watch()["clock"]
+    for i in range(10):
+        (data / f"f{i}").write_text("x")
+        w.sync()
+    replay = w.call("replay", {"topic": "fs.event", "from_seq": 1, "max": 100})
+    journal = w.call("fs.stats")["journal"]
+    kept = [ev["clock"][2] for _, body, _ in replay["messages"] for ev in body["events"]]
+    assert kept == list(range(journal["first_seq"], journal["seq"] + 1)) and len(kept) == 4
+    assert replay["lost"] == [1, replay["first_seq"] - 1]
+    assert w.call("fs.since", {"clock": clock})["fresh_instance"]
+
+
 # --- losses that must turn into resyncs -------------------------------------------------------
 
 

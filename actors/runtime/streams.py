@@ -61,6 +61,17 @@ class Topic:
             self.bytes -= self.kept.popleft().size
         return self.seq
 
+    def forget_oldest(self, bodies: list[bytes]) -> None:
+        """Drop the oldest retained messages whose bodies are `bodies` (the very objects,
+        oldest first): for a publisher that keeps what it sends elsewhere too (the watcher's
+        journal), so that retention holds no more of it than that does. Those retention
+        dropped already, or a message kept here alone, stop nothing: a body not at the head
+        is passed over."""
+        kept = self.kept
+        for body in bodies:
+            if kept and kept[0].packed is body:
+                self.bytes -= kept.popleft().size
+
     @property
     def first_seq(self) -> int:
         """Oldest seq still retained (seq + 1 when nothing is)."""

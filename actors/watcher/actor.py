@@ -185,6 +185,7 @@ class WatcherActor(Actor):
             on_cookie=self.driving.on_cookie, chunk=int(c.get("chunk", 1000)),
             ignore=(str(self.state.dir),), slow_check=self.mounts.slow_check,
             ahead=StatAhead() if c.get("stat_ahead", True) else None)
+        self.pipeline.retired = self._retire
         self.obs: ObserverManager | None = None
         self.paused = False
         # (a root on a slow file system has its cookies written on the remote workers)
@@ -277,6 +278,9 @@ class WatcherActor(Actor):
 
     def _publish(self, body: Packed) -> None:
         self.publisher.publish("fs.event", body)
+
+    def _retire(self, bodies: list[bytes]) -> None:
+        self.publisher.topic("fs.event").forget_oldest(bodies)
 
     def _note_self_write(self, path: str, key: Any) -> None:
         self.pipeline.note_self_write(path, key)

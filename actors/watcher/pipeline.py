@@ -155,6 +155,9 @@ class Pipeline:
         self.cache = cache
         self.on_cookie = on_cookie or (lambda _path, _kind: None)
         self.before_publish = before_publish
+        # Given the bodies of the batches the journal let go (the stream's retention lets
+        # them go too: journal.py).
+        self.retired: Callable[[list[bytes]], None] | None = None
         self.chunk = chunk
         # Directories whose changes are the actor's own bookkeeping (its state directory):
         # reporting them would make every flush write the log that causes the next flush.
@@ -470,10 +473,12 @@ class Pipeline:
                 packed = pack_events(events, i, j, clock[0], clock[1], _packb)
             else:
                 packed = _packb({"events": events[i:j]})
-            keep(_seq_of(events[i]), _seq_of(events[j - 1]), packed,
-                 tuple(paths[i:j]) if whole else
-                 tuple(e["path"] for e in events[i:j] if "path" in e))
+            gone = keep(_seq_of(events[i]), _seq_of(events[j - 1]), packed,
+                        tuple(paths[i:j]) if whole else
+                        tuple(e["path"] for e in events[i:j] if "path" in e))
             self.publish(Packed(packed))
+            if gone and self.retired is not None:
+                self.retired(gone)
             self.batches += 1
         self.published += len(events)
 
