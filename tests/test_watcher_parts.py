@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import shutil
 import stat
@@ -1276,30 +1277,45 @@ def test_a_watch_two_roots_share_carries_both_and_each_root_s_other_watches_only
     """A group's watches share one map of callbacks (copied on write): a second root on a
     directory the first watches adds its callback to that watch alone, and takes it away
     with it when dropped. Were the shared map written in place, every watch of the first
-    root would carry the second's callback, and an event anywhere would come twice."""
-    for d in ("a", "c"):
-        (tmp_path / d).mkdir()
-    r = LoopRead(tmp_path)
+    root would carry the second's callback, and an event anywhere would come twice. A
+    dropped root's group, whose map its own watches shared, is let go with them."""
+    from moorage.actors.watcher.observer import Placement
+
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    for d in ("root/a", "root/c", "elsewhere/d"):
+        (tmp_path / d).mkdir(parents=True)
+    r = LoopRead(root)
+
+    def group_of(placed: Placement) -> weakref.ref:
+        assert r.mgr.inotify is not None
+        return weakref.ref(next(e._inotify for e in r.mgr.inotify.emitters
+                                if e.watch == placed.watch))
+
     try:
         watches = r.mgr.inotify_watches()
-        flat = r.mgr.place(str(tmp_path / "a"), False, "inotify")
+        flat = r.mgr.place(str(root / "a"), False, "inotify")
         assert flat.via == "inotify" and r.mgr.inotify_watches() == watches  # (the same one)
-        (tmp_path / "c" / "x").touch()
-        assert [raw[1] for raw in r.turns(1)] == [str(tmp_path / "c" / "x")]
-        (tmp_path / "a" / "y").touch()  # both roots' callbacks: watchdog's path, the lane
+        other = r.mgr.place(str(elsewhere), True, "inotify")  # watches of its own
+        assert other.via == "inotify" and r.mgr.inotify_watches() == watches + 2
+        flat_group, other_group = group_of(flat), group_of(other)
+        (root / "c" / "x").touch()
+        assert [raw[1] for raw in r.turns(1)] == [str(root / "c" / "x")]
+        (root / "a" / "y").touch()  # both roots' callbacks: watchdog's path, the lane
         r.readable()
         r.fd.read_ready()
-        assert [raw[1] for raw in r.from_the_lane(2)] == [str(tmp_path / "a" / "y")] * 2
+        assert [raw[1] for raw in r.from_the_lane(2)] == [str(root / "a" / "y")] * 2
         r.caught_up()
-        assert r.mgr.inotify is not None and flat.watch is not None
+        assert r.mgr.inotify is not None and flat.watch is not None and other.watch
         r.mgr.inotify.unschedule(flat.watch)
+        r.mgr.inotify.unschedule(other.watch)
         assert r.mgr.inotify_watches() == watches  # the first root's watch of a stays
         on_lane = r.fd.on_lane
-        (tmp_path / "a" / "z").touch()
-        (tmp_path / "c" / "w").touch()
-        assert [raw[1] for raw in r.turns(2)] == [str(tmp_path / "a" / "z"),
-                                                  str(tmp_path / "c" / "w")]
+        (root / "a" / "z").touch()
+        (root / "c" / "w").touch()
+        assert [raw[1] for raw in r.turns(2)] == [str(root / "a" / "z"), str(root / "c" / "w")]
         assert r.fd.on_lane == on_lane  # one callback again: the loop's
+        gc.collect()
+        assert flat_group() is None and other_group() is None
     finally:
         r.mgr.stop()
 

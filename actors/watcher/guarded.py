@@ -266,6 +266,9 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if push is not None:
                 self._move_event_grouper = Grouper(self)
             super().__post_init__()
+            # The callbacks of each of its watches that it alone holds (LeanWatch): one map,
+            # shared (its cycle back to the group goes with the group).
+            self.one_callback = {self._id: self._callback}
 
         def handled(self, n: int) -> None:
             """The emitter handed over `n` events it took from the grouper (or the grouper
@@ -737,7 +740,8 @@ if GUARDED:
         group's callback nearly always), and the path it was made for, kept for its repr
         only (the bytes of it, made for the watch alone). Here: slots, and callbacks a
         map that LoopInotifyFD copies on write, so a watch of one group shares the group's
-        (about 64 bytes; 10 MiB less for X4's 31,000 directories)."""
+        (Group.one_callback; about 64 bytes a watch, 10 MiB less for X4's 31,000
+        directories)."""
 
         __slots__ = ("callbacks", "mask", "wd")
 
@@ -782,7 +786,6 @@ if GUARDED:
             self._lane_closed = False
             self.on_loop = 0  # events dispatched by the loop
             self.on_lane = 0  # events the lane dispatched
-            self._one_callback: dict[object, dict[object, Callable[..., None]]] = {}
 
         @property
         def fd(self) -> int:
@@ -799,11 +802,10 @@ if GUARDED:
             watch = self._get_or_create_watch(path, mask)
             callbacks = watch.callbacks
             if not callbacks:
-                one = self._one_callback.get(id_)
-                if one is None or one[id_] != callback:
-                    one = self._one_callback[id_] = {id_: callback}
-                watch.callbacks = one
-            elif callbacks.get(id_) != callback:
+                one = getattr(callback, "one_callback", None)  # (a Group's: shared)
+                watch.callbacks = one if one is not None and one.get(id_) is callback \
+                    else {id_: callback}
+            elif callbacks.get(id_) is not callback:
                 watch.callbacks = {**callbacks, id_: callback}
             return watch.wd  # type: ignore[no-any-return]
 

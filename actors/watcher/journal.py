@@ -19,7 +19,7 @@ bounded by count, in whole batches; a clock older than what it retains also gets
 `fresh_instance` (Watchman's rule after a GC prune). A batch it lets go leaves the
 stream's retention of `fs.event` too (`Topic.forget_oldest`): a subscriber catches up from
 the same window by `replay` or by `fs.since`, and the process holds one window, not two (the
-stream's 16 MiB held some 80,000 events' bodies past the journal's 50,000: 4.5 MiB).
+stream's 16 MiB held some 80,000 events where the journal holds 50,000: 4.5 MiB more).
 """
 
 from __future__ import annotations
