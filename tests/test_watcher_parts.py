@@ -36,6 +36,7 @@ from moorage.actors.watcher.workers import Workers
 from moorage.protocol.envelope import Packed, decode_reply, encode_reply
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.recovery import Backoff
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -730,6 +731,62 @@ def test_a_checkpoint_written_while_the_index_changes_counts_those_changes_unkno
     assert {p: s for p, s in base.items() if p not in unknown} == {
         p: s for p, s in entries.items() if p not in unknown}
     st.close()
+
+
+def streamed_state(tmp_path: Path, n: int) -> tuple:
+    """A State with a capture of `n` entries waiting, a real io worker whose hand-backs come
+    here (`handed`), and the loop's turns (`turns`) run by the test."""
+    from moorage.actors.watcher.state import State
+
+    st = State(tmp_path / "state", "tree-1")
+    st.open_wal()
+    entries = {f"/w/f{i:05d}": make_stat(0o100644, 1, i, 1, 1, 1) for i in range(n)}
+    st.checkpoint(1, lambda: {"entries": entries})  # captured, written by the next call
+    handed: SimpleQueue = SimpleQueue()
+    return st, entries, Workers("io", handed.put, threads=1), handed, []
+
+
+def test_a_checkpoint_is_written_as_the_loop_packs_it_not_held_whole(tmp_path):
+    """The loop packs a checkpoint a part a turn and its worker writes each part as it comes:
+    the file grows while the loop still packs, and no more than a part or two is held (the
+    parts of a 190,000-path index, 16-19 MB, were held whole until the last was packed)."""
+    st, entries, workers, handed, turns = streamed_state(tmp_path, snapshot.SAVE_CHUNK * 8)
+    tmp = tmp_path / "state" / "snapshot.msgpack.tmp"
+    try:
+        st.checkpoint(2, lambda: {"entries": entries}, workers.submit, turns.append)
+        for _ in range(4):  # four of the eight chunks of entries
+            turns.pop(0)()
+        # each entry at least 50 bytes (an 11-byte key, a 46-byte stat)
+        wait_for(lambda: tmp.exists() and tmp.stat().st_size >= 4 * snapshot.SAVE_CHUNK * 50,
+                 "the first parts written while the rest is still to pack")
+        assert st.written == 0 and st.writing
+        while turns:
+            turns.pop(0)()
+        handed.get(timeout=10)()  # the worker's hand-back, run here as the loop would
+        assert st.written == 1 and not st.writing and not tmp.exists()
+        _, saved = st.load()
+        assert saved is not None and saved["entries"] == entries
+    finally:
+        workers.shutdown()
+        st.close()
+
+
+def test_a_stop_packs_what_is_left_of_a_checkpoint_and_waits_for_its_write(tmp_path):
+    """The loop stops halfway through a checkpoint: the stop packs the rest, the worker's
+    write ends, and then the newer capture is written over it (one temporary file: not
+    both at once)."""
+    st, entries, workers, _, turns = streamed_state(tmp_path, snapshot.SAVE_CHUNK * 6)
+    try:
+        st.checkpoint(2, lambda: {"entries": entries}, workers.submit, turns.append)
+        turns.pop(0)()
+        entries["/w/later"] = make_stat(0o100644, 1, 99, 1, 1, 1)
+        st.log(["/w/later"])
+        st.close()  # (the newer capture, taken by the call above, is written last)
+        _, saved = st.load()
+        assert saved is not None and saved["entries"] == entries and saved["seq"] == 2
+        assert not (tmp_path / "state" / "snapshot.msgpack.tmp").exists()
+    finally:
+        workers.shutdown()
 
 
 def test_a_packed_stat_keeps_what_the_diff_and_queries_read(tree):

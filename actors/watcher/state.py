@@ -24,9 +24,11 @@ and reports every watched path as created: complete, if noisy).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 from loguru import logger
@@ -48,6 +50,37 @@ def tree_identity(runtime_dir: Path) -> str:
         return ""
 
 
+# How long a stop waits for the worker writing a checkpoint whose parts it packed itself.
+CLOSE_WAIT_S = 5.0
+
+
+class _Parts:
+    """A checkpoint's packed parts on their way from the loop, which packs one a turn, to the
+    worker that writes each as it comes (`put` on the loop, iterated on the worker). Held
+    whole until written, they were 16-19 MB of a 190,000-path index each time a changing
+    tree's checkpoint came round; now a part or two."""
+
+    def __init__(self) -> None:
+        self._q: SimpleQueue[bytes | None] = SimpleQueue()
+        self.packing = 0.0  # seconds the loop spent packing
+        self.waited = 0.0  # seconds the worker waited for the loop (not the write's cost)
+        self.done = threading.Event()  # the worker is through with them, however it went
+        self.result: tuple[int, float] | None = None  # what the write gave (None: failed)
+
+    def put(self, part: bytes | None) -> None:
+        """The next part; None: there are no more."""
+        self._q.put(part)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            t0 = time.perf_counter()
+            part = self._q.get()
+            self.waited += time.perf_counter() - t0
+            if part is None:
+                return
+            yield part
+
+
 class State:
     def __init__(self, directory: Path, tree: str) -> None:
         self.dir = directory
@@ -62,6 +95,8 @@ class State:
         self.last_cost = 0.0
         self.bytes = 0
         self.writing = False  # a checkpoint write is under way on a worker
+        # The checkpoint being packed a turn at a time: (capture, its parts, what is left)
+        self._streaming: tuple[dict[str, Any], _Parts, Iterator[bytes]] | None = None
 
     def _path(self, what: str) -> str:
         return str(self.dir / f"{what}.msgpack")
@@ -109,10 +144,10 @@ class State:
         With `write` (a worker) and `later` (the loop's timer at 0 s: it runs after the
         next turn's requests), the capture is packed here a chunk a turn (snapshot.stream:
         a 100,000-file tree is about 200 chunks of about 100 µs, with whatever arrived
-        served in between) and the worker only writes the parts. Packed on the worker, the
-        GIL went back and forth between it and the loop at every chunk and held each request
-        up to a switch interval, or, packed in one go, held the loop for the whole 10-20 ms.
-        Without them, all of it is done here."""
+        served in between) and the worker writes each part as it comes (_Parts). Packed on
+        the worker, the GIL went back and forth between it and the loop at every chunk and
+        held each request up to a switch interval, or, packed in one go, held the loop for
+        the whole 10-20 ms. Without them, all of it is done here."""
         if self.writing:
             return self.last_cost
         captured, self._captured = self._captured, None
@@ -120,8 +155,7 @@ class State:
             if write is None or later is None:
                 self._written(captured, self._save(captured))
             else:
-                self.writing = True
-                self._pack(captured, snapshot.stream(captured), [], 0.0, write, later)
+                self._stream(captured, write, later)
         mark = (seq, self.watch_version)
         if mark != self._mark and self.wal is not None:
             self._mark = mark
@@ -129,27 +163,52 @@ class State:
                               **capture()}
         return self.last_cost
 
-    def _pack(self, captured: dict[str, Any], parts: Iterator[bytes], packed: list[bytes],
-              spent: float, write: Offload, later: Callable[[Callable[[], None]], Any]
-              ) -> None:
-        """One turn's chunk of `captured`; the next turn the next, and after the last the
-        write goes to the worker."""
-        t0 = time.perf_counter()
-        part = next(parts, None)
-        spent += time.perf_counter() - t0
-        if part is not None:
-            packed.append(part)
-            later(lambda: self._pack(captured, parts, packed, spent, write, later))
-            return
+    def _stream(self, captured: dict[str, Any], write: Offload,
+                later: Callable[[Callable[[], None]], Any]) -> None:
+        """Start the worker's write of `captured`, then pack its first part (the worker waits
+        for each; one io worker is taken until the last part is written)."""
+        parts = _Parts()
+
+        def written(got: tuple[int, float] | None) -> None:
+            if self._streaming is not None and self._streaming[1] is parts:
+                self._streaming = None  # the write failed: nothing more to pack
+            self._written(captured, None if got is None else (
+                got[0], got[1] - parts.waited + parts.packing))
+
         try:
-            job = write(lambda: self._save_parts(captured, packed, spent),
-                        lambda got: self._written(captured, got))
+            job = write(lambda: self._write_streamed(captured, parts), written)
         except MoorageError:  # the workers are full: next time (or a newer capture)
-            self.writing = False
             if self._captured is None:
                 self._captured = captured
             return
+        self.writing = True
+        self._streaming = (captured, parts, snapshot.stream(captured))
         job.then(self._write_settled)
+        self._pack(parts, later)
+
+    def _pack(self, parts: _Parts, later: Callable[[Callable[[], None]], Any]) -> None:
+        """One turn's part of the checkpoint being streamed, handed to its worker; the next
+        turn the next."""
+        s = self._streaming
+        if s is None or s[1] is not parts:  # (its write failed, or a stop packed the rest)
+            return
+        t0 = time.perf_counter()
+        part = next(s[2], None)
+        parts.packing += time.perf_counter() - t0
+        parts.put(part)
+        if part is None:
+            self._streaming = None
+            return
+        later(lambda: self._pack(parts, later))
+
+    def _write_streamed(self, captured: dict[str, Any], parts: _Parts
+                        ) -> tuple[int, float] | None:
+        """On the worker: write the parts as the loop packs them."""
+        try:
+            parts.result = self._save_parts(captured, parts, 0.0)
+            return parts.result
+        finally:
+            parts.done.set()
 
     def _save(self, captured: dict[str, Any]) -> tuple[int, float] | None:
         """Pack and write `captured` here (at a stop, or without a worker)."""
@@ -185,8 +244,26 @@ class State:
         if job.error is not None:  # (a bug: `_save` answers None for what it expects)
             logger.opt(exception=job.error).error("watcher: checkpoint write failed")
             self.writing = False
+            self._streaming = None
 
     def close(self) -> None:
+        s, self._streaming = self._streaming, None
+        if s is not None:
+            # The loop stops: what is left of the checkpoint is packed now, and its write
+            # waited for (a write of the newer capture would use the same temporary file).
+            captured, parts, rest = s
+            for part in rest:
+                parts.put(part)
+            parts.put(None)
+            if not parts.done.wait(CLOSE_WAIT_S):
+                logger.warning("watcher: the last checkpoint's write did not end within {} s",
+                               CLOSE_WAIT_S)
+                if self.wal is not None:
+                    self.wal.close()
+                return
+            self.writing = False
+            if parts.result is None and self._captured is None:  # failed: once more, here
+                self._captured = captured
         if self._captured is not None and not self.writing:
             self._written(self._captured, self._save(self._captured))
         if self.wal is not None:
