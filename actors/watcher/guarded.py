@@ -741,7 +741,8 @@ if GUARDED:
         only (the bytes of it, made for the watch alone). Here: slots, and callbacks a
         map that LoopInotifyFD copies on write, so a watch of one group shares the group's
         (Group.one_callback; about 64 bytes a watch, 10 MiB less for X4's 31,000
-        directories)."""
+        directories). (watchdog's `is_used` and `short_str` serve only the two methods
+        LoopInotifyFD replaces.)"""
 
         __slots__ = ("callbacks", "mask", "wd")
 
@@ -749,13 +750,6 @@ if GUARDED:
             self.wd = wd
             self.mask = mask
             self.callbacks: dict[object, Callable[..., None]] = _NO_CALLBACKS
-
-        @property
-        def is_used(self) -> bool:
-            return bool(self.callbacks)
-
-        def short_str(self) -> str:
-            return f"<LeanWatch: wd={self.wd}, mask={self.mask:#x}>"
 
     class LoopInotifyFD(InotifyFD):  # type: ignore[misc,valid-type]
         """watchdog's inotify instance, read by the actor's loop instead of a reader thread.
