@@ -130,6 +130,7 @@ class CircuitBreaker:
         self.cooldown = cooldown
         self._probes_out = 0
         self.transitions = 0
+        self._success_at = float("-inf")  # when the last success was recorded
 
     def _set(self, state: BreakerState) -> None:
         if state is not self.state:
@@ -170,11 +171,18 @@ class CircuitBreaker:
             self._probes_out -= 1
 
     def record_success(self, now: float) -> None:
+        self._success_at = now
         self.failures = 0
         self.cooldown = self.base_cooldown
         self._set(BreakerState.CLOSED)
 
-    def record_failure(self, now: float) -> None:
+    def record_failure(self, now: float, sent_at: float | None = None) -> None:
+        """`sent_at`: when the failed request went out. One sent before the last success was
+        recorded says nothing of the actor now (a call to an incarnation that died, timing
+        out after its successor answered) and is not counted: it opened the breaker of a
+        caller whose calls overlap, and sent it away from an actor that was serving."""
+        if sent_at is not None and sent_at < self._success_at:
+            return
         self.failures += 1
         if self.state is BreakerState.HALF_OPEN:
             self.cooldown = min(self.max_cooldown, self.cooldown * 2)

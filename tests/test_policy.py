@@ -131,6 +131,18 @@ def test_a_failed_probe_reopens_the_breaker_with_a_longer_cooldown():
     assert br.current(3.0) is BreakerState.HALF_OPEN
 
 
+def test_a_failure_of_a_request_sent_before_the_last_success_is_not_counted():
+    """Calls that overlap: one to an actor that was killed times out after its successor
+    answered another. That says nothing of the actor now; a failure of a request sent after
+    the success does."""
+    br = CircuitBreaker(threshold=1, cooldown=1.0)
+    br.record_success(2.0)  # the successor answered a call sent at 1.8
+    br.record_failure(2.5, sent_at=1.5)  # the call sent at 1.5 to the one killed
+    assert br.current(2.5) is BreakerState.CLOSED and br.allow(2.5)
+    br.record_failure(3.0, sent_at=2.1)
+    assert br.current(3.0) is BreakerState.OPEN
+
+
 def test_a_probe_that_never_reports_back_is_given_up_after_its_lease():
     br = CircuitBreaker(threshold=1, cooldown=1.0, probe_lease=5.0)
     br.record_failure(0.0)

@@ -438,13 +438,16 @@ class ParseHop:
         assert outbound is not None
         gen, wave = self.gen, self.wave
         self.flying += 1
+        sent = time.monotonic()
 
         def done(reply: Reply | None, err: WireError | None) -> None:
             # The breaker hears every outcome, a stale one too: it may be the half-open probe,
-            # and a probe never reported would hold the breaker half-open.
+            # and a probe never reported would hold the breaker half-open. (A failure of a
+            # feed sent before the parser actor last answered is not counted: a feed to the
+            # one that was killed times out after its successor serves.)
             now = time.monotonic()
             if err is not None and err.name in TRANSPORT:
-                self.link.breaker.record_failure(now)
+                self.link.breaker.record_failure(now, sent)
             else:
                 self.link.breaker.record_success(now)  # answered: the actor is alive
             if gen != self.gen or wave != self.wave:
