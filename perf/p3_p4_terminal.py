@@ -102,8 +102,8 @@ class RawPty:
 
 def raw_cat_mb_s(path: Path, size: int, counted: bool = False) -> float:
     """`cat` of `path` on a PTY read by this process, reads of 64 KiB; `counted`: each read
-    takes only what FIONREAD counts, and when it counts nothing a poll pushes the PTY's flip
-    buffer first: the keeper's rule (a read then takes all it asks for, so one interrupted by
+    takes only what FIONREAD counts (after the wait for the PTY to be readable): the keeper's
+    rule (a read then takes all it asks for, so one interrupted by
     the keeper's death is recovered whole: terminal/ring.py), with none of its work."""
     sp = spawn_on_pty("/bin/cat", ["cat", str(path)], {"PATH": os.defpath}, None, 80, 24)
     got = 0

@@ -17,7 +17,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
-#include <poll.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -121,18 +120,9 @@ static PyObject *fill(PyObject *self, PyObject *args) {
             end = errno == EAGAIN ? -1 : errno;
             break;
         }
-        if (avail <= 0 && got) {
-            /* What the shell wrote meanwhile may wait in the PTY's flip buffer, which a poll
-               pushes into what FIONREAD counts. */
-            struct pollfd p = {fd, POLLIN, 0};
-            (void)poll(&p, 1, 0);
-            if (counted(fd, &avail) < 0) {
-                end = errno == EAGAIN ? -1 : errno;
-                break;
-            }
-            if (avail <= 0)
-                break;
-        }
+        if (avail <= 0 && got)
+            break; /* the loop's epoll wakes the keeper for the rest: ring.py's _fill_python
+                      says why it does not poll here first */
         /* (nothing counted on the first read: the wake-up was the hang-up; its EIO says so) */
         long long n = avail > 0 ? avail : 1;
         if (n > READ_CHUNK)
