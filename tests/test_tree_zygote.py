@@ -5,6 +5,7 @@ never add up to a give-up, and the tree still leaves nothing behind when its roo
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -456,6 +457,22 @@ def test_a_ready_queued_behind_the_reset_of_a_dead_zygotes_socket_is_read():
         os.close(board.fd)
 
 
+def _open_gate(gate: Path) -> None:
+    """Let the child held at the FIFO `gate` go: its writing end opened once the child waits
+    there to read (a non-blocking open fails ENXIO until then), within wait_for's time, so
+    that a child that never comes fails the test instead of hanging it."""
+    def opened() -> bool:
+        try:
+            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return False
+        return True
+
+    wait_for(opened, "the child waiting at its gate")
+
+
 GATED = TWO.replace('id = "a"\nstart = "tests.fakes:FakeActor"\n',
                     'id = "a"\nstart = "tests.fakes:FakeActor"\nconfig = { start_gate = "%s" }\n')
 
@@ -477,6 +494,11 @@ def test_a_child_whose_zygote_died_with_a_request_unread_is_taken_ready_not_time
     a = wait_for(lambda: (c := tree.child("a"))["state"] == "starting" and c["pid"],
                  "a forked, held at its gate")
     assert psutil.Process(a).ppid() == z["pid"]
+    # The supervisor knows `a` once the zygote's `spawned` is read; `a` waits on for the
+    # zygote's byte that follows it (wait_told), and its launcher names it only after: a
+    # zygote stopped in between (it can be, on a loaded machine) would die with `a` untold,
+    # and `a` would exit before its gate.
+    wait_for(lambda: a in _processes_of_a(tree), "a told by its zygote (named by its launcher)")
     with _stopped(z["pid"]):
         os.kill(z["spare"], signal.SIGKILL)  # the next spare is asked of the stopped zygote
         wait_for(lambda: tree.status()["zygote"]["spare"] != z["spare"], "the spare's end")
@@ -488,7 +510,7 @@ def test_a_child_whose_zygote_died_with_a_request_unread_is_taken_ready_not_time
     root = psutil.Process(tree.pid)
     root.suspend()
     try:
-        os.close(os.open(gate, os.O_WRONLY))
+        _open_gate(gate)
         gate.unlink()
         assert tree.call("a", "fake.work")["pid"] == a  # (served: its `ready` went first)
     finally:
