@@ -1329,6 +1329,24 @@ def test_a_new_root_is_walked_once_with_no_lock_of_watchdog_s_held(tmp_path):
 
 
 @pytest.mark.skipif(not guarded.GUARDED, reason="watchdog's inotify classes are not there")
+def test_every_watch_of_a_root_placed_without_a_walk_shares_its_group_s_callbacks(tmp_path):
+    """A root no walk of ours claims is watched whole by watchdog's activation, inside the
+    group's __post_init__: those watches share the group's one map of callbacks as later
+    ones do (a map made after that activation left each of them a dict of its own)."""
+    for i in range(5):
+        (tmp_path / f"s{i}" / "t").mkdir(parents=True)
+    r = LoopRead(tmp_path)
+    try:
+        watches = list(r.fd._watch_for_wd.values())
+        assert len(watches) == 11
+        assert all(w.callbacks is r.group.one_callback for w in watches)
+        (tmp_path / "s3" / "t" / "x").touch()
+        assert [raw[1] for raw in r.turns(1)] == [str(tmp_path / "s3" / "t" / "x")]
+    finally:
+        r.mgr.stop()
+
+
+@pytest.mark.skipif(not guarded.GUARDED, reason="watchdog's inotify classes are not there")
 def test_a_watch_two_roots_share_carries_both_and_each_root_s_other_watches_only_its_own(
         tmp_path):
     """A group's watches share one map of callbacks (copied on write): a second root on a

@@ -265,10 +265,13 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             self._unplaced: dict[tuple[int, bytes], DirNode] = {}
             if push is not None:
                 self._move_event_grouper = Grouper(self)
-            super().__post_init__()
             # The callbacks of each of its watches that it alone holds (LeanWatch): one map,
-            # shared (its cycle back to the group goes with the group).
-            self.one_callback = {self._id: self._callback}
+            # shared (its cycle back to the group goes with the group). Made before
+            # watchdog's __post_init__, whose activation places the root's watches (the
+            # whole tree when no walk of ours claims it): watchdog's callback id and
+            # callback, which it sets there, are the group's id and the group.
+            self.one_callback = {id(self): self}
+            super().__post_init__()
 
         def handled(self, n: int) -> None:
             """The emitter handed over `n` events it took from the grouper (or the grouper
