@@ -789,6 +789,58 @@ def test_a_stop_packs_what_is_left_of_a_checkpoint_and_waits_for_its_write(tmp_p
         workers.shutdown()
 
 
+def test_a_stop_after_the_last_part_was_packed_waits_for_the_write_and_writes_the_newer(
+        tmp_path):
+    """The loop packed the whole checkpoint and stops before the write's hand-back came (the
+    worker still writing, or done): the stop waits for that write, then writes the newer
+    capture (one temporary file: not both at once). Once the loop was through packing, a
+    stop waited for nothing and dropped the newer capture."""
+    st, entries, workers, _, turns = streamed_state(tmp_path, snapshot.SAVE_CHUNK * 3)
+    try:
+        st.checkpoint(2, lambda: {"entries": entries}, workers.submit, turns.append)
+        while turns:
+            turns.pop(0)()
+        assert st.writing and st.written == 0  # (its hand-back has not run here)
+        st.close()
+        _, saved = st.load()
+        assert saved is not None and saved["entries"] == entries and saved["seq"] == 2
+        assert not (tmp_path / "state" / "snapshot.msgpack.tmp").exists()
+    finally:
+        workers.shutdown()
+
+
+def test_a_checkpoint_is_packed_no_further_ahead_of_its_worker_than_two_parts(tmp_path):
+    """The only io worker busy with another job (an fsync, say): the loop packs two parts and
+    stops; the worker, taking one, has it go on (a call on the loop's thread), and the
+    file is whole. Unbounded, the loop packed every part (a 190,000-path index: 16-19 MB)
+    while the worker could take none."""
+    from moorage.actors.watcher.state import PARTS_AHEAD
+
+    st, entries, workers, handed, turns = streamed_state(tmp_path, snapshot.SAVE_CHUNK * 8)
+    busy = threading.Event()
+    workers.submit(lambda: busy.wait(30))
+    try:
+        st.checkpoint(2, lambda: {"entries": entries}, workers.submit, turns.append,
+                      handed.put)
+        ran = 0
+        while turns:  # the call packed the first part, each turn one more until two wait
+            turns.pop(0)()
+            ran += 1
+        assert ran == PARTS_AHEAD and st.writing  # (the last turn found no room: no next)
+        busy.set()
+        while st.writing:  # the loop: its turns, and what the worker hands it
+            while turns:
+                turns.pop(0)()
+            handed.get(timeout=10)()
+        assert st.written == 1
+        _, saved = st.load()
+        assert saved is not None and saved["entries"] == entries and saved["seq"] == 1
+    finally:
+        busy.set()
+        workers.shutdown()
+        st.close()
+
+
 def test_a_packed_stat_keeps_what_the_diff_and_queries_read(tree):
     """The index's stats are packed bytes: each field back as os.lstat gave it, the file
     type from the mode (a directory, a file, a symlink), and UNKNOWN no real stat."""

@@ -110,7 +110,8 @@ class Driving:
             cost = self.w.state.checkpoint(self.w.journal.seq, lambda: {
                 "instance": self.w.journal.instance, "watch_ids": [w.id for w in self.w.watches],
                 "entries": self.w.index.entries}, write=self.w.io.submit,
-                later=lambda fn: self.w.loop.call_later(0, fn))
+                later=lambda fn: self.w.loop.call_later(0, fn),
+                wake=self.w.loop.call_soon_threadsafe)
         finally:
             # A big tree's checkpoint (100,000 files: 30-45 ms of packing and writing) is
             # spaced so that it takes at most 2% of the time: a checkpoint older than

@@ -50,25 +50,47 @@ def tree_identity(runtime_dir: Path) -> str:
         return ""
 
 
-# How long a stop waits for the worker writing a checkpoint whose parts it packed itself.
+# How long a stop waits for the worker writing a checkpoint.
 CLOSE_WAIT_S = 5.0
+# Packed parts that may wait for the worker: the loop packs on once it has taken one.
+PARTS_AHEAD = 2
 
 
 class _Parts:
     """A checkpoint's packed parts on their way from the loop, which packs one a turn, to the
     worker that writes each as it comes (`put` on the loop, iterated on the worker). Held
     whole until written, they were 16-19 MB of a 190,000-path index each time a changing
-    tree's checkpoint came round; now a part or two."""
+    tree's checkpoint came round; now at most PARTS_AHEAD: while that many wait (the worker
+    has not started, or a slow disk holds it), the loop stops packing, and the worker, taking
+    one, has it go on (`wake`: a call on the loop's thread; without it, no bound)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake: Callable[[Callable[[], None]], None] | None = None) -> None:
         self._q: SimpleQueue[bytes | None] = SimpleQueue()
+        self._lock = threading.Lock()  # `_ahead` and `_resume`, between the loop and worker
+        self._ahead = 0  # parts put and not taken yet
+        self._resume: Callable[[], None] | None = None  # the loop's packing, waiting for room
+        self._wake = wake
         self.packing = 0.0  # seconds the loop spent packing
         self.waited = 0.0  # seconds the worker waited for the loop (not the write's cost)
         self.done = threading.Event()  # the worker is through with them, however it went
         self.result: tuple[int, float] | None = None  # what the write gave (None: failed)
 
+    def room(self, resume: Callable[[], None]) -> bool:
+        """On the loop: may another part be packed now? If not, `resume` runs on the loop
+        once the worker has taken one (the check and the hand-over under one lock: the
+        worker cannot take the last one in between unseen)."""
+        if self._wake is None:
+            return True
+        with self._lock:
+            if self._ahead < PARTS_AHEAD:
+                return True
+            self._resume = resume
+            return False
+
     def put(self, part: bytes | None) -> None:
         """The next part; None: there are no more."""
+        with self._lock:
+            self._ahead += 1
         self._q.put(part)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -76,6 +98,11 @@ class _Parts:
             t0 = time.perf_counter()
             part = self._q.get()
             self.waited += time.perf_counter() - t0
+            with self._lock:
+                self._ahead -= 1
+                resume, self._resume = self._resume, None
+            if resume is not None and self._wake is not None:
+                self._wake(resume)
             if part is None:
                 return
             yield part
@@ -97,6 +124,8 @@ class State:
         self.writing = False  # a checkpoint write is under way on a worker
         # The checkpoint being packed a turn at a time: (capture, its parts, what is left)
         self._streaming: tuple[dict[str, Any], _Parts, Iterator[bytes]] | None = None
+        # The checkpoint being written on a worker (packed or not yet): (capture, its parts)
+        self._inflight: tuple[dict[str, Any], _Parts] | None = None
 
     def _path(self, what: str) -> str:
         return str(self.dir / f"{what}.msgpack")
@@ -136,7 +165,8 @@ class State:
 
     def checkpoint(self, seq: int, capture: Callable[[], dict[str, Any]],
                    write: Offload | None = None,
-                   later: Callable[[Callable[[], None]], Any] | None = None) -> float:
+                   later: Callable[[Callable[[], None]], Any] | None = None,
+                   wake: Callable[[Callable[[], None]], None] | None = None) -> float:
         """Write what was captured one call ago, then capture anew if anything changed.
         Returns the seconds the last checkpoint took (the caller spaces the calls by it).
         While one is being written a call does nothing.
@@ -147,7 +177,9 @@ class State:
         served in between) and the worker writes each part as it comes (_Parts). Packed on
         the worker, the GIL went back and forth between it and the loop at every chunk and
         held each request up to a switch interval, or, packed in one go, held the loop for
-        the whole 10-20 ms. Without them, all of it is done here."""
+        the whole 10-20 ms. `wake` (the loop's call from another thread) bounds the parts
+        packed ahead of the worker (_Parts). Without `write` and `later`, all of it is done
+        here."""
         if self.writing:
             return self.last_cost
         captured, self._captured = self._captured, None
@@ -155,7 +187,7 @@ class State:
             if write is None or later is None:
                 self._written(captured, self._save(captured))
             else:
-                self._stream(captured, write, later)
+                self._stream(captured, write, later, wake)
         mark = (seq, self.watch_version)
         if mark != self._mark and self.wal is not None:
             self._mark = mark
@@ -164,14 +196,17 @@ class State:
         return self.last_cost
 
     def _stream(self, captured: dict[str, Any], write: Offload,
-                later: Callable[[Callable[[], None]], Any]) -> None:
+                later: Callable[[Callable[[], None]], Any],
+                wake: Callable[[Callable[[], None]], None] | None) -> None:
         """Start the worker's write of `captured`, then pack its first part (the worker waits
         for each; one io worker is taken until the last part is written)."""
-        parts = _Parts()
+        parts = _Parts(wake)
 
         def written(got: tuple[int, float] | None) -> None:
             if self._streaming is not None and self._streaming[1] is parts:
                 self._streaming = None  # the write failed: nothing more to pack
+            if self._inflight is not None and self._inflight[1] is parts:
+                self._inflight = None
             self._written(captured, None if got is None else (
                 got[0], got[1] - parts.waited + parts.packing))
 
@@ -183,6 +218,7 @@ class State:
             return
         self.writing = True
         self._streaming = (captured, parts, snapshot.stream(captured))
+        self._inflight = (captured, parts)
         job.then(self._write_settled)
         self._pack(parts, later)
 
@@ -192,6 +228,8 @@ class State:
         s = self._streaming
         if s is None or s[1] is not parts:  # (its write failed, or a stop packed the rest)
             return
+        if not parts.room(lambda: self._pack(parts, later)):
+            return  # PARTS_AHEAD wait for the worker: it has us go on when it takes one
         t0 = time.perf_counter()
         part = next(s[2], None)
         parts.packing += time.perf_counter() - t0
@@ -245,16 +283,24 @@ class State:
             logger.opt(exception=job.error).error("watcher: checkpoint write failed")
             self.writing = False
             self._streaming = None
+            self._inflight = None
 
     def close(self) -> None:
         s, self._streaming = self._streaming, None
         if s is not None:
-            # The loop stops: what is left of the checkpoint is packed now, and its write
-            # waited for (a write of the newer capture would use the same temporary file).
-            captured, parts, rest = s
-            for part in rest:
-                parts.put(part)
+            # The loop stops: what is left of the checkpoint is packed now (unless its write
+            # failed already), for the worker to write.
+            _, parts, rest = s
+            if not parts.done.is_set():
+                for part in rest:
+                    parts.put(part)
             parts.put(None)
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and self.writing:
+            # A checkpoint's write under way, its parts all packed: waited for, whether the
+            # loop packed them or the lines above (a write of the newer capture would use the
+            # same temporary file). Its hand-back would come to a loop that runs no more.
+            captured, parts = inflight
             if not parts.done.wait(CLOSE_WAIT_S):
                 logger.warning("watcher: the last checkpoint's write did not end within {} s",
                                CLOSE_WAIT_S)
