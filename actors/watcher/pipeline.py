@@ -476,9 +476,9 @@ class Pipeline:
             gone = keep(_seq_of(events[i]), _seq_of(events[j - 1]), packed,
                         tuple(paths[i:j]) if whole else
                         tuple(e["path"] for e in events[i:j] if "path" in e))
+            if gone and self.retired is not None:  # (first: a publish that raises would
+                self.retired(gone)  # leave them at the stream's head, where the next are not)
             self.publish(Packed(packed))
-            if gone and self.retired is not None:
-                self.retired(gone)
             self.batches += 1
         self.published += len(events)
 
