@@ -399,6 +399,10 @@ def main(argv: list[str]) -> None:
     if first.get("cmd") != "key":
         raise SystemExit("zygote: expected the tree's key first")
     trust.adopt(first["key"])
+    # Inherited through the exec that started us; from here on, as in the first zygote,
+    # closed at exec: a program a child runs (a shell the keeper starts) gets no handle on
+    # the tree's liveness board.
+    os.set_inheritable(int(beat_fd), False)
     beats = BeatBoard(int(slots), fd=int(beat_fd))
     # A replacement serves first and does the rest between requests (its title, the
     # launchers, the logging set-up, the preload): a child it forks before then imports

@@ -60,6 +60,36 @@ def _killed_comes_back_from_the_zygote(tree, cid: str) -> None:
     assert tree.call(cid, "fake.work")["pid"] == back["pid"]
 
 
+def _beat_board_fds(pid: int) -> list[tuple[int, bool]]:
+    """The beat board's fds in process `pid`, each with whether it is closed at exec."""
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if "moorage-beats" not in os.readlink(f"/proc/{pid}/fd/{name}"):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
+        except OSError:
+            continue  # (an fd closed meanwhile)
+        out.append((int(name), bool(flags & 0o2000000)))  # O_CLOEXEC
+    return out
+
+
+def test_a_replacement_zygote_and_its_children_close_the_beat_board_at_exec(make_tree):
+    """A replacement zygote is a new program, given the supervisor's beat board as an fd it
+    had to inherit; it and the children it forks close it at exec, as the first zygote's do:
+    a program a child runs (a shell the keeper starts) gets no handle on the board."""
+    tree = make_tree(TWO).start()
+    os.kill(tree.status()["zygote"]["pid"], signal.SIGKILL)
+    ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
+    os.kill(tree.child("a")["pid"], signal.SIGKILL)
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+    assert psutil.Process(back["pid"]).ppid() == ev["zygote_pid"]
+    for pid in (ev["zygote_pid"], back["pid"]):
+        fds = _beat_board_fds(pid)
+        assert fds and all(cloexec for _, cloexec in fds), (pid, fds)
+
+
 def test_a_killed_zygote_is_replaced_and_its_children_live_on(make_tree):
     tree = make_tree(TWO).start()
     before = tree.status()
