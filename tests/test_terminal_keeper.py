@@ -278,3 +278,36 @@ def test_a_stranger_on_the_keeper_socket_is_refused_and_the_live_link_keeps_work
     info = wait_for(lambda: (i := client.call("ptykeeper", "sys.info"))["strangers_refused"] >= 2
                     and i, "the silent connection refused")
     assert info["connected"] and info["peer_pid"] == os.getpid()
+
+
+def test_a_session_s_clean_up_kills_its_own_members_and_never_session_0_1_or_ours():
+    """kill_session takes every process of a shell's session (one in a session of its own
+    here, and its child), and refuses the kernel's session 0, init's 1 and the caller's own:
+    a record without its shell's pid must not turn into them. A session whose leader was
+    reaped and whose pid now runs another process is not touched."""
+    from moorage.actors.terminal.keeper.ptys import kill_session
+
+    for sid in (0, 1, os.getsid(0)):
+        assert kill_session(sid) == 0
+    leader = subprocess.Popen(["setsid", "-w", "sh", "-c", "sleep 300 & sleep 300"])
+    try:
+        sid = wait_for(lambda: next((p.pid for p in psutil.Process(leader.pid).children()
+                                     if p.name() == "sh"), None) or (
+            leader.pid if psutil.Process(leader.pid).name() == "sh" else None),
+            "the session's leader")
+        members = wait_for(lambda: len(m := [p for p in psutil.process_iter()
+                                             if _sid(p.pid) == sid]) >= 3 and m,
+                           "the leader and its two sleeps")
+        assert kill_session(sid, leader_reaped=True) == 0  # its pid runs: not ours to judge
+        assert kill_session(sid) == len(members)
+        assert all(wait_pid_exit(p.pid, 10) for p in members)
+    finally:
+        leader.kill()
+        leader.wait()
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None

@@ -240,6 +240,49 @@ def test_sessions_that_die_with_both_processes_are_reported_alerted_and_started_
     events.close()
 
 
+def test_a_session_restored_after_a_restart_by_hand_then_lost_takes_its_own_jobs_only(
+        make_tree, tmp_path):
+    """A restart by hand clears the records (on_stop); the successor records each session it
+    restores with its shell's pid. Lost later with every holder, none of which could clean
+    up, the session's job that ignores SIGHUP is killed by the next terminal, by that pid.
+    (A record without the pid once made that clean-up kill session 0: every process the
+    kernel's init left in it.)"""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                 timeout=30)["session"]
+    job = int(c.call("terminal", "term.exec", {  # (bash says "[1] <pid>" first)
+        "session": sid, "command": "nohup sleep 300 >/dev/null 2>&1 & echo $!"},
+        timeout=30)["output"].split()[-1])
+    try:
+        events = c.subscribe("terminal", ["term.session"], from_seq=1)
+        c.call("terminals", "sup.restart", {"child": "terminal"})
+        r = c.call("terminal", "term.exec", {"session": sid, "command": "echo back"},
+                   timeout=30)  # restored by the successor
+        assert (r["exit_code"], r["output"]) == (0, "back")
+        assert pid_running(job)
+        # every holder of the PTY killed, none with time to clean up (a keeper that sees its
+        # supervisor go kills its sessions itself): the supervisor held still meanwhile
+        sup = tree.child("terminals")["pid"]
+        holders = [c.call(actor, "sys.info")["pid"] for actor in ("ptykeeper", "terminal")]
+        os.kill(sup, signal.SIGSTOP)
+        for pid in holders:
+            os.kill(pid, signal.SIGKILL)
+        os.kill(sup, signal.SIGKILL)
+        while True:
+            ev = events.next(timeout=30)
+            assert ev is not None, "no lost session reported"
+            if isinstance(ev, StreamMessage) and ev.body.get("event") == "lost":
+                break
+        assert ev.body["session"] == sid and ev.body["killed_left"] >= 1, ev.body
+        assert wait_pid_exit(job, 10)
+        events.close()
+    finally:
+        if pid_running(job):
+            os.kill(job, signal.SIGKILL)
+
+
 def test_a_subscriber_sees_a_terminal_restart_as_a_new_epoch_and_loses_no_byte(make_tree,
                                                                               tmp_path):
     """Through the client's own Subscription: a seq belongs to one publisher's life, so the

@@ -294,11 +294,13 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
     if meta.get("watched"):
         a.keeper.hold_until_watched(s)
     spec = meta.get("spec")
-    if sid not in a.specs.specs:  # created, but its creator died before recording it
-        a.specs.put(sid, spec or {"shell": meta.get("shell"), "args": [],
-                                  "cwd": meta.get("cwd"), "env": {}, "cols": s.cols,
-                                  "rows": s.rows, "integration": meta.get("mode") ==
-                                  "integration", "recreated": 0, "pid": s.pid})
+    if sid not in a.specs.specs:  # created, but its creator died before recording it, or
+        # a restart by hand cleared the records: the shell's pid with it (a lost session's
+        # left jobs are killed by it: reconcile)
+        a.specs.put(sid, {**(spec or {"shell": meta.get("shell"), "args": [],
+                                      "cwd": meta.get("cwd"), "env": {}, "cols": s.cols,
+                                      "rows": s.rows, "integration": meta.get("mode") ==
+                                      "integration", "recreated": 0}), "pid": s.pid})
     ran = meta.get("exec_ran")
     if isinstance(ran, dict) and isinstance(ran.get("sid"), str) and isinstance(ran.get("id"), int):
         # The last command our predecessor answered: a resend of it is not run again.
@@ -335,7 +337,8 @@ def reconcile(a: RestoreHost, entries: list[dict[str, Any]]) -> None:
         return
     reason = "every holder of the session's PTY died (the terminals supervisor with it)"
     for sid in lost:
-        killed = kill_session(int(a.specs.specs[sid].get("pid") or 0))
+        pid = a.specs.specs[sid].get("pid")
+        killed = kill_session(pid) if isinstance(pid, int) else 0
         a.publisher.publish("term.session", {"session": sid, "event": "lost",
                                              "reason": reason, "killed_left": killed})
     a.publisher.publish("term.alert", {"kind": "sessions_lost", "severity": "critical",

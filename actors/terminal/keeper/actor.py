@@ -190,7 +190,7 @@ class PtyKeeper(Actor):
                 if left > 0:
                     select.select([s.pidfd], [], [], left)
         for s in victims:
-            kill_session(s.pid)
+            kill_session(s.pid, leader_reaped=s.status is not None)
             if s.status is None and not s.adopted:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(s.pid, 0)
@@ -201,7 +201,7 @@ class PtyKeeper(Actor):
     def _kill_everything(self) -> None:
         """The tree is gone from under us (our supervisor died): no session may outlive it."""
         for s in list(self.sessions.values()) + list(self.ptys.closing.values()):
-            kill_session(s.pid)
+            kill_session(s.pid, leader_reaped=s.status is not None)
 
     # --- the connection -----------------------------------------------------------------------
 

@@ -122,12 +122,21 @@ def session_members(sid: int) -> list[int]:
     return out
 
 
-def kill_session(sid: int) -> int:
-    """SIGKILL every process left in the terminal session `sid`, as systemd's KillMode does
-    with a unit's cgroup: a job that ignores SIGHUP and SIGTERM goes too. Returns how many."""
+def kill_session(sid: int, leader_reaped: bool = False) -> int:
+    """SIGKILL every process left in the terminal session `sid` (a shell's pid), as
+    systemd's KillMode does with a unit's cgroup: a job that ignores SIGHUP and SIGTERM goes
+    too. Returns how many. Never session 0 or 1 (the kernel's, init's: a record without its
+    shell's pid must not turn into them) nor our own. `leader_reaped`: the shell was reaped,
+    so a process that has its pid now is another's, and its session too, perhaps: nothing is
+    killed then (while any member of our session lives, the kernel gives its id to no new
+    process, so a free pid says the members found are ours)."""
+    if sid <= 1 or sid == os.getsid(0):
+        return 0
+    if leader_reaped and os.path.exists(f"/proc/{sid}"):
+        return 0
     killed = 0
     for pid in session_members(sid):
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(OSError):  # (gone, or not ours to signal)
             os.kill(pid, signal.SIGKILL)
             killed += 1
     return killed
@@ -315,6 +324,6 @@ class Ptys:
         """`close_grace` after a hang-up: whatever is left of the session is killed (the
         shell's jobs may ignore SIGHUP and SIGTERM), and a shell not yet reaped is watched
         until it is."""
-        kill_session(s.pid)
+        kill_session(s.pid, leader_reaped=s.status is not None)
         if s.status is None and s.pid not in self.closing:
             self.closing[s.pid] = s
