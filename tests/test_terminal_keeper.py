@@ -230,6 +230,20 @@ def test_bad_messages_get_error_replies_and_the_keeper_serves_on(keeper, client,
     assert client.call("ptykeeper", "pty.list")["sessions"][0]["s"] == "z"
 
 
+def test_a_create_refused_after_its_shell_was_spawned_leaves_no_shell_and_creates_go_on(
+        keeper, client, connect):
+    """A field read after the spawn is bad (`base`): the create is refused, the shell
+    spawned for it is killed and reaped (it lingered, its master open, never reaped), and
+    the next create is served."""
+    link = connect(client, keeper())
+    pid = client.call("ptykeeper", "sys.info")["pid"]
+    err = create(link, "x", r=1, argv=["sh", "-c", "exec sleep 300"], base="not a number")
+    assert err["t"] == "err" and err["name"] == "bad_args", err
+    wait_for(lambda: not psutil.Process(pid).children(), "the refused create's shell gone")
+    assert create(link, "z", r=2)["t"] == "ok"
+    assert [h["s"] for h in client.call("ptykeeper", "pty.list")["sessions"]] == ["z"]
+
+
 def test_stopping_the_keeper_ends_every_shell_and_its_jobs(
         spawn_actor, runtime_dir, client, connect):
     proc = spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper",

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import socket
 import struct
 import time
@@ -383,16 +384,21 @@ class PtyKeeper(Actor):
             self.loop.defer(self._run_creates)
 
     def _run_creates(self) -> None:
-        for _ in range(min(self.create_per_turn, len(self._creates))):
-            msg = self._creates.popleft()
-            try:
-                self._create(msg)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                self._reply_err(msg, "bad_args", f"create: {type(exc).__name__}: {exc}")
-        if self._creates:
-            self.loop.defer(self._run_creates)
-        else:
-            self._creating = False
+        try:
+            for _ in range(min(self.create_per_turn, len(self._creates))):
+                msg = self._creates.popleft()
+                try:
+                    self._create(msg)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    self._reply_err(msg, "bad_args", f"create: {type(exc).__name__}: {exc}")
+                except OSError as exc:  # (the ring or the pidfd: _create undid the spawn)
+                    self._reply_err(msg, "pty_failed", f"create: {exc.strerror or exc}",
+                                    errno=exc.errno)
+        finally:  # (whatever else escapes, the creates queued behind still get their turn)
+            if self._creates:
+                self.loop.defer(self._run_creates)
+            else:
+                self._creating = False
 
     def _create(self, msg: dict[str, Any]) -> None:
         sid = msg["s"]
@@ -409,21 +415,48 @@ class PtyKeeper(Actor):
             self._reply_err(msg, "pty_failed", f"{msg['path']}: {exc.strerror or exc}",
                             errno=exc.errno)
             return
-        # the window, and the scrollback the terminal asked for before it
-        scrollback = min(int(msg.get("scrollback", self.scrollback)), 256 << 20)
-        ring = SessionRing.create(self.window + max(0, scrollback), self.window,
-                                  f"moorage-{sid}")
-        base = int(msg.get("base") or 0)
-        if base:  # a session recreated after a loss: its stream goes on past the old one's
-            ring.start_at(base)
-        s = PtySession(sid, sp.pid, sp.master, sp.tty, os.pidfd_open(sp.pid), ring, cols,
-                       rows, msg.get("meta"))
+        ring: SessionRing | None = None
+        try:
+            # the window, and the scrollback the terminal asked for before it
+            scrollback = min(int(msg.get("scrollback", self.scrollback)), 256 << 20)
+            ring = SessionRing.create(self.window + max(0, scrollback), self.window,
+                                      f"moorage-{sid}")
+            base = int(msg.get("base") or 0)
+            if base:  # a session recreated after a loss: its stream goes on past the old one's
+                ring.start_at(base)
+            pidfd = os.pidfd_open(sp.pid)
+        except BaseException:
+            # no session for it (out of fds or memory, a bad field): the shell goes
+            if ring is not None:
+                ring.close()
+            self._discard_spawned(sp.pid, sp.master)
+            raise
+        s = PtySession(sid, sp.pid, sp.master, sp.tty, pidfd, ring, cols, rows,
+                       msg.get("meta"))
         self.sessions[sid] = s
         self.ptys.add(s)
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
         self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid, "tty": sp.tty})
         self._pass(s)
         self._keep(s)
+
+    def _discard_spawned(self, pid: int, master: int, tries: int = 100) -> None:
+        """A shell spawned for a session that could not be made: killed, its master closed,
+        and reaped once it is gone (looked for on a timer: no wait on the loop)."""
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.close(master)
+
+        def reap(left: int) -> None:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not done and left > 1:
+                self.loop.call_later(0.01, lambda: reap(left - 1))
+
+        reap(tries)
 
     def _m_write(self, msg: dict[str, Any]) -> None:
         s = self._session(msg)
