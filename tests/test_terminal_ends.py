@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import psutil
 import pytest
 
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
 from tests.conftest import assert_all_gone, pid_running, wait_pid_exit
 from tests.terminal_support import env_for, make_home, terminal_tree
 from tests.waiting import wait_for
@@ -50,6 +53,41 @@ def test_term_close_leaves_no_process_of_the_session_even_one_that_ignores_hup_a
     tree.call("terminal", "term.close", {"session": sid})
     assert_all_gone(procs, timeout=15)  # after the keeper's close grace
     assert not pid_running(job)
+
+
+def test_term_close_of_a_session_running_an_exec_answers_it_and_leaves_no_record(
+        make_tree, tmp_path):
+    """The exec running in a session that is closed is answered shell_exited, and the
+    session's exec record (kept for a successor) goes with it: failing the exec wrote it
+    anew after the close had dropped it, and it stayed, its fd held by the terminal."""
+    tree = make_tree(TREE).start()
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
+                 timeout=30)["session"]
+    record = tree.runtime_dir / f"terminal.exec.{sid}"
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            c2 = Client(tree.runtime_dir, timeout=60.0)
+            try:
+                c2.call("terminal", "term.exec", {"session": sid, "command": "sleep 100"})
+            finally:
+                c2.close()
+        except MoorageError as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_for(lambda: c.call("terminal", "term.list")["sessions"][0]["state"] == "running",
+                 "the exec running")
+        assert record.exists()
+        c.call("terminal", "term.close", {"session": sid})
+    finally:
+        t.join(60)
+    assert box["error"].error.name == "shell_exited", box
+    assert not record.exists()
 
 
 def kill_the_root_and_find_the_session_gone(tree, shell: int, job: int) -> None:

@@ -371,10 +371,10 @@ class TerminalActor(Actor):
 
     def _close_session(self, sid: str, reason: str = "term.close") -> None:
         s = self.sessions.pop(sid, None)
+        if s is not None:  # (first: failing its exec writes the session's records again)
+            s.close(WireError.of("shell_exited", f"session {sid} was closed ({reason})"))
         self.specs.drop(sid)
         self.execs.drop(sid)
-        if s is not None:
-            s.close(WireError.of("shell_exited", f"session {sid} was closed ({reason})"))
         self.keeper.request({"t": "close", "s": sid}, lambda _r, _e: None)
         self.publisher.publish("term.session", {"session": sid, "event": "closed",
                                                 "reason": reason})
