@@ -3,6 +3,7 @@ real shells, offsets, the window, acks, a new connection getting everything agai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -303,12 +304,10 @@ def test_a_session_s_clean_up_kills_its_own_members_and_never_session_0_1_or_our
 
     for sid in (0, 1, os.getsid(0)):
         assert kill_session(sid) == 0
-    leader = subprocess.Popen(["setsid", "-w", "sh", "-c", "sleep 300 & sleep 300"])
+    leader = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"],
+                              start_new_session=True)
     try:
-        sid = wait_for(lambda: next((p.pid for p in psutil.Process(leader.pid).children()
-                                     if p.name() == "sh"), None) or (
-            leader.pid if psutil.Process(leader.pid).name() == "sh" else None),
-            "the session's leader")
+        sid = leader.pid
         members = wait_for(lambda: len(m := [p for p in psutil.process_iter()
                                              if _sid(p.pid) == sid]) >= 3 and m,
                            "the leader and its two sleeps")
@@ -316,7 +315,8 @@ def test_a_session_s_clean_up_kills_its_own_members_and_never_session_0_1_or_our
         assert kill_session(sid) == len(members)
         assert all(wait_pid_exit(p.pid, 10) for p in members)
     finally:
-        leader.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)  # (the sleeps too, should the test fail)
         leader.wait()
 
 
