@@ -90,6 +90,41 @@ def test_term_close_of_a_session_running_an_exec_answers_it_and_leaves_no_record
     assert not record.exists()
 
 
+def test_a_session_closed_before_its_first_prompt_is_not_created_after_all(make_tree,
+                                                                          tmp_path):
+    """term.close while the session's shell has not prompted yet (its rc file waits on a
+    FIFO): term.create fails shell_exited, and the name is free again. (The creation's
+    timer used to find the closed session and answer it created, writing its records back.)"""
+    tree = make_tree(TREE).start()
+    c = tree.client
+    home = make_home(tmp_path, bashrc='read -r _ < "$HOME/gate"\n')
+    os.mkfifo(home / "gate")
+    box: dict = {}
+
+    def create() -> None:
+        try:
+            with Client(tree.runtime_dir, timeout=60.0) as c2:
+                box["ok"] = c2.call("terminal", "term.create", {
+                    "shell": "bash", "env": env_for(home), "session": "slow"}, timeout=30)
+        except MoorageError as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=create)
+    t.start()
+    try:
+        wait_for(lambda: any(x["session"] == "slow"
+                             for x in c.call("terminal", "term.list")["sessions"]),
+                 "the session made, its shell not ready")
+        c.call("terminal", "term.close", {"session": "slow"})
+    finally:
+        t.join(60)
+    assert "ok" not in box and box["error"].name == "shell_exited", box
+    (home / "gate").unlink()  # (a shell started from this home now prompts at once)
+    again = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home),
+                                               "session": "slow"}, timeout=30)
+    assert again["session"] == "slow"
+
+
 def kill_the_root_and_find_the_session_gone(tree, shell: int, job: int) -> None:
     procs = session_processes(shell)
     root = tree.pid

@@ -385,7 +385,7 @@ class TerminalActor(Actor):
                              "env": (dict, None), "cols": (int, 80), "rows": (int, 24),
                              "integration": (bool, True), "session": (str, None)},
         timeout_ms=30_000, resumable=True, result=CREATED,
-        errors=("pty_failed", "conflict", "unavailable"))
+        errors=("pty_failed", "conflict", "unavailable", "shell_exited"))
     def _op_create(self, call: Call, shell: str | None, args: list | None, cwd: str | None,
                    env: dict | None, cols: int, rows: int, integration: bool,
                    session: str | None) -> Any:

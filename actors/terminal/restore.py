@@ -198,6 +198,12 @@ class Creation:
         s = self.session
         if self.done or s is None:
             return None
+        if self.a.sessions.get(self.sid) is not s:  # closed (term.close) before it was ready
+            if self.timer is not None:
+                self.timer.cancel()
+            self._fail(WireError.of("shell_exited",
+                                    f"session {self.sid} was closed before its shell was ready"))
+            return None
         if s.exited is not None:
             self._died(s)
             return None
@@ -234,6 +240,7 @@ class Creation:
             self.timer.cancel()
         self.attempts.append({"shell": s.shell, "error": f"exited at start: {s.exited}"})
         self.a.sessions.pop(self.sid, None)
+        s.close(WireError.of("shell_exited", f"session {self.sid}'s shell exited at start"))
         self.a.keeper.request({"t": "close", "s": self.sid}, lambda _r, _e: None)
         self.session = None
         self.next()
