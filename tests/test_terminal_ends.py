@@ -93,8 +93,10 @@ def test_term_close_of_a_session_running_an_exec_answers_it_and_leaves_no_record
 def test_a_session_closed_before_its_first_prompt_is_not_created_after_all(make_tree,
                                                                           tmp_path):
     """term.close while the session's shell has not prompted yet (its rc file waits on a
-    FIFO): term.create fails shell_exited, and the name is free again. (The creation's
-    timer used to find the closed session and answer it created, writing its records back.)"""
+    FIFO): term.create fails shell_exited, an exec sent meanwhile (it waits for the first
+    prompt) fails session_not_found, and the name is free again. (The creation's timer used
+    to find the closed session and answer it created, writing its records back; the exec
+    waited for its own deadline.)"""
     tree = make_tree(TREE).start()
     c = tree.client
     home = make_home(tmp_path, bashrc='read -r _ < "$HOME/gate"\n')
@@ -109,16 +111,31 @@ def test_a_session_closed_before_its_first_prompt_is_not_created_after_all(make_
         except MoorageError as exc:
             box["error"] = exc
 
+    def exec_() -> None:
+        try:
+            with Client(tree.runtime_dir, timeout=60.0) as c3:
+                box["ran"] = c3.call("terminal", "term.exec", {
+                    "session": "slow", "command": "true"}, timeout=30)
+        except MoorageError as exc:
+            box["exec_error"] = exc
+
     t = threading.Thread(target=create)
     t.start()
+    e = threading.Thread(target=exec_)
     try:
         wait_for(lambda: any(x["session"] == "slow"
                              for x in c.call("terminal", "term.list")["sessions"]),
                  "the session made, its shell not ready")
+        e.start()
+        wait_for(lambda: c.call("terminal", "sys.info")["pending"] >= 2,
+                 "the exec waiting beside the create")
         c.call("terminal", "term.close", {"session": "slow"})
     finally:
         t.join(60)
+        if e.ident is not None:
+            e.join(60)
     assert "ok" not in box and box["error"].name == "shell_exited", box
+    assert "ran" not in box and box["exec_error"].name == "session_not_found", box
     (home / "gate").unlink()  # (a shell started from this home now prompts at once)
     again = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home),
                                                "session": "slow"}, timeout=30)

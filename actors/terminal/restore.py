@@ -240,9 +240,9 @@ class Creation:
             self.timer.cancel()
         self.attempts.append({"shell": s.shell, "error": f"exited at start: {s.exited}"})
         self.a.sessions.pop(self.sid, None)
+        self.session = None  # (first: the close lets its waiters go, ours among them)
         s.close(WireError.of("shell_exited", f"session {self.sid}'s shell exited at start"))
         self.a.keeper.request({"t": "close", "s": self.sid}, lambda _r, _e: None)
-        self.session = None
         self.next()
 
     def _succeed(self, s: Session) -> None:

@@ -628,11 +628,16 @@ class Session:
         return gone
 
     def close(self, err: WireError) -> None:
-        """The session is gone for good: its command fails, its parser stream closes."""
+        """The session is gone for good: its command fails, its parser stream closes, and
+        what waited for its first prompt (an exec sent while it started, its creation) is
+        let go, to find it gone."""
         self.drop_custody()  # before the keeper hangs the PTY up: ours would keep it open
         self.out.flush()
         self.abort(err)
         self.hop.close()
+        waiting, self.on_prompt = self.on_prompt, []
+        for cb in waiting:
+            cb()
 
     def set_mode(self, mode: str) -> None:
         if mode != self.mode:
