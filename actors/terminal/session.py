@@ -330,9 +330,7 @@ class Session:
     def _on_prompt(self) -> None:
         if self.state != "exited":
             self.state = "prompt"
-        callbacks, self.on_prompt = self.on_prompt, []
-        for cb in callbacks:
-            cb()
+        self._release_prompt_waiters()
 
     def _exec_at(self, at: int) -> Exec | None:
         """The exec a marker at `at` belongs to: none if it came before the command was
@@ -585,9 +583,7 @@ class Session:
             # `exit` (or a crash) ended the shell: the command's result is the shell's.
             begin = ex.out_start if ex.out_start is not None else ex.sent_off
             self._complete(info.get("code"), self._text(begin, self.offset))
-        callbacks, self.on_prompt = self.on_prompt, []
-        for cb in callbacks:
-            cb()
+        self._release_prompt_waiters()
 
     def abort(self, err: WireError) -> None:
         """The command in flight fails (the session is closed, or the keeper is gone)."""
@@ -635,8 +631,13 @@ class Session:
         self.out.flush()
         self.abort(err)
         self.hop.close()
-        waiting, self.on_prompt = self.on_prompt, []
-        for cb in waiting:
+        self._release_prompt_waiters()
+
+    def _release_prompt_waiters(self) -> None:
+        """Run what waited for a prompt (each looks at the session again: a prompt came,
+        the shell is gone, or the session is closed)."""
+        callbacks, self.on_prompt = self.on_prompt, []
+        for cb in callbacks:
             cb()
 
     def set_mode(self, mode: str) -> None:
