@@ -122,10 +122,10 @@ class State:
         self.last_cost = 0.0
         self.bytes = 0
         self.writing = False  # a checkpoint write is under way on a worker
-        # The checkpoint being packed a turn at a time: (capture, its parts, what is left)
-        self._streaming: tuple[dict[str, Any], _Parts, Iterator[bytes]] | None = None
-        # The checkpoint being written on a worker (packed or not yet): (capture, its parts)
+        # The checkpoint being written on a worker: (capture, its parts), and what is left
+        # of it to pack a turn at a time (None: all of it packed)
         self._inflight: tuple[dict[str, Any], _Parts] | None = None
+        self._rest: Iterator[bytes] | None = None
 
     def _path(self, what: str) -> str:
         return str(self.dir / f"{what}.msgpack")
@@ -203,10 +203,8 @@ class State:
         parts = _Parts(wake)
 
         def written(got: tuple[int, float] | None) -> None:
-            if self._streaming is not None and self._streaming[1] is parts:
-                self._streaming = None  # the write failed: nothing more to pack
             if self._inflight is not None and self._inflight[1] is parts:
-                self._inflight = None
+                self._inflight = self._rest = None  # (a write that failed: no more to pack)
             self._written(captured, None if got is None else (
                 got[0], got[1] - parts.waited + parts.packing))
 
@@ -217,25 +215,24 @@ class State:
                 self._captured = captured
             return
         self.writing = True
-        self._streaming = (captured, parts, snapshot.stream(captured))
-        self._inflight = (captured, parts)
+        self._inflight, self._rest = (captured, parts), snapshot.stream(captured)
         job.then(self._write_settled)
         self._pack(parts, later)
 
     def _pack(self, parts: _Parts, later: Callable[[Callable[[], None]], Any]) -> None:
         """One turn's part of the checkpoint being streamed, handed to its worker; the next
         turn the next."""
-        s = self._streaming
-        if s is None or s[1] is not parts:  # (its write failed, or a stop packed the rest)
-            return
+        rest = self._rest
+        if rest is None or self._inflight is None or self._inflight[1] is not parts:
+            return  # (its write failed, or a stop packed the rest)
         if not parts.room(lambda: self._pack(parts, later)):
             return  # PARTS_AHEAD wait for the worker: it has us go on when it takes one
         t0 = time.perf_counter()
-        part = next(s[2], None)
+        part = next(rest, None)
         parts.packing += time.perf_counter() - t0
         parts.put(part)
         if part is None:
-            self._streaming = None
+            self._rest = None
             return
         later(lambda: self._pack(parts, later))
 
@@ -282,25 +279,22 @@ class State:
         if job.error is not None:  # (a bug: `_save` answers None for what it expects)
             logger.opt(exception=job.error).error("watcher: checkpoint write failed")
             self.writing = False
-            self._streaming = None
-            self._inflight = None
+            self._inflight = self._rest = None
 
     def close(self) -> None:
-        s, self._streaming = self._streaming, None
-        if s is not None:
-            # The loop stops: what is left of the checkpoint is packed now (unless its write
-            # failed already), for the worker to write.
-            _, parts, rest = s
-            if not parts.done.is_set():
-                for part in rest:
-                    parts.put(part)
-            parts.put(None)
-        inflight, self._inflight = self._inflight, None
+        inflight, rest = self._inflight, self._rest
+        self._inflight = self._rest = None
         if inflight is not None and self.writing:
-            # A checkpoint's write under way, its parts all packed: waited for, whether the
-            # loop packed them or the lines above (a write of the newer capture would use the
-            # same temporary file). Its hand-back would come to a loop that runs no more.
+            # A checkpoint's write under way: what is left of it is packed now (unless its
+            # write failed already), and the write waited for (a write of the newer capture
+            # would use the same temporary file). Its hand-back would come to a loop that
+            # runs no more.
             captured, parts = inflight
+            if rest is not None:
+                if not parts.done.is_set():
+                    for part in rest:
+                        parts.put(part)
+                parts.put(None)
             if not parts.done.wait(CLOSE_WAIT_S):
                 logger.warning("watcher: the last checkpoint's write did not end within {} s",
                                CLOSE_WAIT_S)
