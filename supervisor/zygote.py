@@ -462,6 +462,7 @@ class _Zygote:
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ)
         sel.register(self.wake_r, selectors.EVENT_READ)
+        reset = False
         while True:
             events = sel.select(0 if self.steps and not self.standby else None)
             if not events and self.steps and not self.standby:
@@ -473,8 +474,16 @@ class _Zygote:
                         data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, 1)
                     except InterruptedError:
                         continue
-                    except ConnectionError:  # (closed with our events unread: gone too)
-                        return
+                    except ConnectionError:
+                        # The supervisor closed its end with our events unread: the kernel
+                        # says so once, before what is still queued for us. Read on: its
+                        # clean stop's "exit" may be there (we end as it says, our children
+                        # with us), else the EOF comes. Taken for the end, the children of
+                        # a supervisor that lives on would be left running, its own.
+                        if reset:
+                            return
+                        reset = True
+                        continue
                     if not data:
                         return  # the supervisor is gone: see _end
                     self.standby = False
