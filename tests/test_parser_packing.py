@@ -119,3 +119,38 @@ def test_both_loops_give_the_same_bytes_for_a_stream_s_answers() -> None:
 def test_the_python_loop_runs_where_it_is_asked_for() -> None:
     code = "from moorage.actors.parser import packing; print(packing.PACK_CORE)"
     assert printed(code, MOORAGE_PARSER_CORE="python") == ["python"]
+
+
+@pytest.mark.parametrize("error", [TypeError, ValueError])
+def test_both_loops_do_the_same_with_an_event_whose_key_raises(error: type[Exception]) -> None:
+    """A layout's key that raises for an event (a field that is no value): a TypeError sends
+    the event the long way, unremembered, in both loops; any other error is the caller's in
+    both."""
+    if packing.PACK_CORE != "compiled":
+        pytest.skip("the optional extension actors/parser/_cpack.c was not built")
+    odd = CommandLine(4, 8, 633, True, "N", "odd")
+    events = [CommandLine(0, 4, 633, True, "N", "ls"), odd, CommandLine(8, 9, 633, True, "N", "ls")]
+    outcomes = []
+    for packer in (EventPacker(), EventPacker(compiled=False)):
+        packer.answer(events[:1], FIELDS)  # its class's layout made, "ls" remembered
+        layout = packer._layouts[CommandLine]
+        real_key = layout.key
+
+        def key(e: Any, real_key: Any = real_key) -> Any:
+            if e is odd:
+                raise error("no value")
+            return real_key(e)
+
+        layout.key = key
+        packer._known[CommandLine] = (layout.head, key, layout.tails)
+        try:
+            outcomes.append(packer.answer(events, FIELDS).data)
+        except Exception as exc:  # (which one is what is compared)
+            outcomes.append(type(exc))
+        outcomes.append(sorted(k[-1] for k in layout.tails))
+    assert outcomes[:2] == outcomes[2:]
+    if error is TypeError:
+        assert outcomes[0] == reference(events)
+        assert outcomes[1] == ["ls"]
+    else:
+        assert outcomes[0] is error

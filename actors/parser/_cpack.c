@@ -6,7 +6,8 @@
  * `known` maps an event class to (head, key, tails): the bytes of its map up to `start`'s
  * value, the callable that gives the event's remembered fields as one key, and the dict of
  * those fields' packings. From events[start] on, each event whose class is known, whose
- * key is in tails and whose start and end are ints in [0, 2^63) is packed as
+ * key is in tails (a key that raises TypeError, or is unhashable, is not: as in the Python
+ * loop) and whose start and end are ints in [0, 2^63) is packed as
  *
  *     head, start, "end", end, tails[key(event)]
  *
@@ -58,7 +59,12 @@ put_known(Out *o, PyObject *e, PyObject *known)
     PyObject *tail = NULL;
     int rc = 1;
     if (key == NULL) {
-        rc = -1;
+        /* As the Python loop (the reference), which takes a TypeError from the key as from
+         * its lookup: the long way, which says what it is; any other error is the caller's. */
+        if (PyErr_ExceptionMatches(PyExc_TypeError))
+            PyErr_Clear();
+        else
+            rc = -1;
         goto done;
     }
     tail = PyDict_GetItemWithError(PyTuple_GET_ITEM(entry, 2), key);
