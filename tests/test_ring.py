@@ -145,6 +145,42 @@ def test_a_descriptor_that_is_not_a_ring_is_refused(tmp_path):
         os.close(fd)
 
 
+class WritesDuringCopy:
+    """A holder's view of the state slots whose next copy first lets the writer run
+    (`during`): the interleaving of two processes, made to happen at that instant."""
+
+    def __init__(self, view: memoryview, during) -> None:
+        self.view, self.during = view, during
+
+    def __getitem__(self, key):
+        if self.during is not None:
+            during, self.during = self.during, None
+            during()
+        return self.view[key]
+
+
+def test_a_copy_of_the_state_during_which_the_writer_moved_on_is_not_taken(ring):
+    """Two states written while a holder copies the current one: the first goes to the other
+    slot, the second into the very slot being copied (it moves the counter only once done).
+    A counter that moved by one does not prove the copy whole; the holder reads again and
+    gets the newer state, never a mix of two."""
+    assert ring.write_meta(b"third")
+    other = SessionRing.open(os.dup(ring.fd))
+    copied = other._meta
+    try:
+        current = ((ring._header[11] >> 32) % 2) * ring.meta_slot
+
+        def writer() -> None:
+            assert ring.write_meta(b"fourth")  # the other slot; the counter moves by one
+            ring._meta[current : current + 4] = b"half"  # the next one, half-way through
+
+        other._meta = WritesDuringCopy(copied, writer)
+        assert other.read_meta() == b"fourth"
+    finally:
+        other._meta = copied
+        other.close()
+
+
 def test_the_sessions_state_is_in_the_ring_for_every_holder_and_a_half_write_keeps_the_last(
         ring):
     assert ring.read_meta() is None  # never written

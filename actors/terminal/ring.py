@@ -285,8 +285,11 @@ class SessionRing:
             number, n = cell >> 32, cell & 0xFFFFFFFF
             at = (number % 2) * self.meta_slot
             data = bytes(self._meta[at : at + min(n, self.meta_slot)])
-            if (self._header[_META] >> 32) - number <= 1:
-                return data  # (a write after it went to the other slot)
+            # Only an unchanged counter proves the copy whole: a write that began during it
+            # went to the other slot, but the one after that goes to this slot and moves the
+            # counter only once it is done (a difference of one lets that one through).
+            if self._header[_META] == cell:
+                return data
         return None  # rewritten faster than we can copy: the caller's own copy stands
 
     def close(self) -> None:
