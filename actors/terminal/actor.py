@@ -308,8 +308,9 @@ class TerminalActor(Actor):
         if s.ring is not None:  # (custody dropped meanwhile: nothing to acknowledge)
             self.keeper.flush_acks(s)
 
-    def keeper_write(self, s: Session, data: bytes) -> bool:
-        return self.keeper.write(s, data)
+    def keeper_write(self, s: Session, data: bytes,
+                     refused: Callable[[WireError], None]) -> bool:
+        return self.keeper.write(s, data, refused)
 
     def keeper_signal(self, s: Session, sig: str, to: str) -> None:
         self.keeper.signal(s, sig, to)

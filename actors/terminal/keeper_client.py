@@ -149,11 +149,12 @@ class KeeperClient:
         self._waiting[r] = cb
         self.link.send(msg)
 
-    def write(self, s: Session, data: bytes) -> bool:
+    def write(self, s: Session, data: bytes, refused: Callable[[WireError], None]) -> bool:
         """Input for a command, written to the PTY here, through our copy of the master, when
         the keeper holds none of the session's input (else it would overtake that); the rest
-        through the keeper, a refusal coming to the session's `write_failed`. False: no
-        keeper, nothing was sent.
+        through the keeper, a refusal (it never reached the shell) going to `refused`, the
+        command's own: by then the session may be running another. False: no keeper,
+        nothing was sent.
 
         Written here because then no keeper's death can lose it (input queued in a keeper
         that dies is gone, and a command that never reached its shell would be waited for in
@@ -168,10 +169,17 @@ class KeeperClient:
             if n == len(data):
                 return True
             data = data[n:]
-        self.input(s, data, None)
+
+        def done(_r: dict[str, Any] | None, err: WireError | None) -> None:
+            # (outcome_unknown: the keeper died holding it; it may have reached the shell,
+            # so the command goes on waiting for its markers)
+            if err is not None and err.name != "outcome_unknown":
+                refused(err)
+
+        self.input(s, data, done)
         return True
 
-    def input(self, s: Session, data: bytes, cb: KeeperCallback | None) -> None:
+    def input(self, s: Session, data: bytes, cb: KeeperCallback) -> None:
         """Input through the keeper, counted, so that no input written here directly can
         overtake it: its reply says what still waits there (`pending`)."""
         s.keeper_writes += 1
@@ -180,12 +188,7 @@ class KeeperClient:
             s.keeper_writes = max(0, s.keeper_writes - 1)
             if r is not None:
                 s.keeper_backlog = bool(r.get("pending"))
-            if cb is not None:
-                cb(r, err)
-            elif err is not None and err.name != "outcome_unknown":
-                s.write_failed(err)  # refused: it never reached the shell
-            # (outcome_unknown: the keeper died holding it; it may have reached the shell,
-            # so the command in flight goes on waiting for its markers)
+            cb(r, err)
 
         self.request({"t": "write", "s": s.id, "data": data}, done)
 
@@ -217,12 +220,8 @@ class KeeperClient:
                                detail={"errno": msg["errno"]} if "errno" in msg else None)
         if cb is not None:
             cb(None, err) if err is not None else cb(msg, None)
-        elif err is not None:
-            s = self.sessions.get(msg.get("s"))  # type: ignore[arg-type]
-            if msg.get("what") == "write" and s is not None:
-                s.write_failed(err)
-            else:
-                logger.warning("keeper: {}", err.message)
+        elif err is not None:  # (its request's callback was answered when the link went)
+            logger.warning("keeper: {}", err.message)
 
     def _k_welcome(self, msg: dict[str, Any]) -> None:
         self.pid = msg.get("pid")

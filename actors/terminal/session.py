@@ -78,7 +78,8 @@ class SessionHost(Protocol):
     def publish_output(self, s: Session, off: int, data: bytes, replay: bool) -> None: ...
     def publish_command(self, s: Session, body: dict[str, Any]) -> None: ...
     def output_published(self, s: Session) -> None: ...
-    def keeper_write(self, s: Session, data: bytes) -> bool: ...
+    def keeper_write(self, s: Session, data: bytes,
+                     refused: Callable[[WireError], None]) -> bool: ...
     def keeper_signal(self, s: Session, sig: str, to: str) -> None: ...
     def keeper_meta(self, s: Session) -> None: ...
     def when_keeper(self, fn: Callable[[bool], None]) -> None: ...
@@ -446,7 +447,7 @@ class Session:
         (its start waited for the first prompt, or for a restore) is waited for as the call
         itself would have been, and the command sent to its successor, the exec's own
         timeout still running; with none within the wait it fails `unavailable`, unsent."""
-        if self.host.keeper_write(self, payload):
+        if self.host.keeper_write(self, payload, lambda err: self._refused(ex, err)):
             ex.sent = True
             return
 
@@ -481,10 +482,9 @@ class Session:
                   sent=True)
         self._run(ex)
 
-    def write_failed(self, err: WireError) -> None:
-        """The keeper refused input: it never reached the shell."""
-        ex = self.exec
-        if ex is not None and not ex.done and ex.out_start is None:
+    def _refused(self, ex: Exec, err: WireError) -> None:
+        """The keeper refused `ex`'s input: it never reached the shell."""
+        if ex is self.exec and not ex.done and ex.out_start is None:
             self._fail(err)
 
     def _detect(self, ex: Exec) -> None:

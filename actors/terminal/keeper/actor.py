@@ -466,11 +466,11 @@ class PtyKeeper(Actor):
         if isinstance(data, str):
             data = data.encode()
         if s.eof or s.closing:
-            self._reply_err(msg, "shell_exited", f"session {s.id} has ended", what="write")
+            self._reply_err(msg, "shell_exited", f"session {s.id} has ended")
             return
         if s.inq_bytes + len(data) > self.input_limit:
             self._reply_err(msg, "busy", f"session {s.id}: input queue over "
-                            f"{self.input_limit} bytes", what="write")
+                            f"{self.input_limit} bytes")
             return
         if data:
             was_empty = not s.inq
