@@ -387,7 +387,7 @@ class KeeperClient:
         s.hold_acks = True
 
         def give_up() -> None:
-            if s.hold_acks:
+            if s.hold_acks and self.sessions.get(s.id) is s:  # (not closed meanwhile)
                 logger.warning("session {}: no subscriber back in {} s; output goes on",
                                s.id, self.resume_wait_s)
                 s.hold_acks = False
@@ -395,5 +395,3 @@ class KeeperClient:
 
         self.loop.call_later(self.resume_wait_s, give_up)
 
-    def forget(self, s: Session) -> None:
-        """`s` is closed: nothing of it is acknowledged any more."""
