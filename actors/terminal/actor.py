@@ -441,6 +441,10 @@ class TerminalActor(Actor):
             limit = min(limit, left - 100)  # our timeout error, before the caller's deadline
             if limit <= 0:
                 raise fail("deadline_expired", "no time left to run the command")
+        # (the command's time counts from here: what it waits for before it goes out, a
+        # starting shell's first prompt, is part of it)
+        until = time.monotonic() + limit / 1000
+        waiting: list[Timer] = []
 
         def start(s: Session) -> None:
             if self.sessions.get(session) is not s:
@@ -449,13 +453,29 @@ class TerminalActor(Actor):
                 raise fail("shell_exited", f"session {session}'s shell has exited")
             if s.state == "starting" and s.exec is None:
                 # its first prompt (a new shell, or one restored in the middle of output) is
-                # on its way: the command goes then
+                # on its way: the command goes then, if that is within its time
                 s.on_prompt.append(lambda: start_later(s))
+                if not waiting:
+                    waiting.append(self.loop.call_later(until - time.monotonic(),
+                                                        lambda: not_ready(s)))
                 return
             reason = s.busy_reason()
             if reason:
                 raise fail("session_busy", f"session {session}: {reason}")
-            s.start_exec(call, command, limit / 1000)
+            for t in waiting:
+                t.cancel()
+            left_s = until - time.monotonic()
+            if left_s <= 0:
+                not_ready(s)
+                return
+            s.start_exec(call, command, left_s)
+
+        def not_ready(s: Session) -> None:
+            if not call.answered:
+                call.fail(WireError.of(
+                    "timeout", f"session {session}'s shell was not ready within the command's "
+                    "timeout; the command was not sent",
+                    detail={"output": "", "mode": s.mode, "signalled": None}))
 
         def start_later(s: Session) -> None:
             if call.answered:

@@ -232,8 +232,10 @@ class Creation:
         lines = clean(s.scroll.get(s.scroll.base, s.offset)).rstrip("\n").split("\n")
         s.meta["prompt"] = lines[-1] if lines else ""
         self.a.keeper_meta(s)
-        s.state = "prompt"
-        self._succeed(s)
+        try:
+            self._succeed(s)
+        finally:
+            s.settle()  # (after: our own wait for its prompt then finds it done)
 
     def _died(self, s: Session) -> None:
         if self.timer is not None:

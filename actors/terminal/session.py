@@ -204,8 +204,9 @@ class Session:
         self.untrusted = 0
         self.keeper_writes = 0  # input sent through the keeper, not answered yet
         self.keeper_backlog = False  # the keeper holds input not yet written to the PTY
-        self.on_prompt: list[Any] = []  # one-shot callbacks: first trusted prompt seen
-        self.on_quiet: list[Any] = []  # one-shot callbacks: output went quiet
+        # one-shot callbacks: the first prompt (or the session settled without one, or gone)
+        self.on_prompt: list[Callable[[], Any]] = []
+        self.on_quiet: list[Callable[[], Any]] = []  # one-shot callbacks: output went quiet
         self._quiet_from = 0.0  # monotonic: quiet counts from here or the last output
         self.last_prompt_at = -1  # offset of the last trusted prompt start
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
@@ -274,10 +275,12 @@ class Session:
         try:
             self.hop.take(data)
         finally:
+            # (published whatever the parse met: the offset has moved past these bytes,
+            # and no one would take them again)
             self._taking = False
-        self.out.output(off, data, off < self.replay_until)
-        if self._records:
-            self._send_records()
+            self.out.output(off, data, off < self.replay_until)
+            if self._records:
+                self._send_records()
         return True
 
     def _apply(self, events: list[Event], via: str) -> None:
@@ -403,8 +406,7 @@ class Session:
 
     def _quiet(self) -> None:
         callbacks, self.on_quiet = self.on_quiet, []
-        for cb in callbacks:
-            cb()
+        _run_each(callbacks, self.id)
 
     # --- exec -----------------------------------------------------------------------------------
 
@@ -633,12 +635,18 @@ class Session:
         self.hop.close()
         self._release_prompt_waiters()
 
+    def settle(self) -> None:
+        """Ready for commands without a trusted prompt (started without the integration, or
+        none came in time): what waited for the first prompt goes now, as after one."""
+        if self.state == "starting":
+            self.state = "prompt"
+        self._release_prompt_waiters()
+
     def _release_prompt_waiters(self) -> None:
         """Run what waited for a prompt (each looks at the session again: a prompt came,
         the shell is gone, or the session is closed)."""
         callbacks, self.on_prompt = self.on_prompt, []
-        for cb in callbacks:
-            cb()
+        _run_each(callbacks, self.id)
 
     def set_mode(self, mode: str) -> None:
         if mode != self.mode:
@@ -662,3 +670,14 @@ class Session:
             "repeated_markers": self.repeated_markers,
             "consumers": {k: c.acked for k, c in self.consumers.items()},
         }
+
+
+def _run_each(callbacks: list[Callable[[], Any]], sid: str) -> None:
+    """Run one-shot callbacks, each whatever the others do: they answer different calls
+    (a creation, an exec waiting for the prompt), and they run from the middle of taking
+    output, which must go on."""
+    for cb in callbacks:
+        try:
+            cb()
+        except Exception:
+            logger.exception("session {}: a callback failed", sid)

@@ -41,10 +41,23 @@ class SpecStore:
     def clear(self) -> None:
         """Forget every record (the sessions are in the keeper's hands, or gone on purpose)."""
         self.specs.clear()
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._unsaved(exc)
 
     def _save(self) -> None:
-        write_atomic(self.path, msgpack.packb(self.specs, use_bin_type=True))
+        try:
+            write_atomic(self.path, msgpack.packb(self.specs, use_bin_type=True))
+        except OSError as exc:
+            self._unsaved(exc)
+
+    def _unsaved(self, exc: OSError) -> None:
+        """The records stay right in memory, and every session keeps working; what is lost
+        is that a successor of ours would not know them (a session lost with every holder of
+        its PTY meanwhile is not started again). Said, and tried again at the next change."""
+        logger.error("session records {} not saved: {}; a session lost with every holder "
+                     "of its PTY is not recreated until they are", self.path, exc)
 
 
 Call = tuple[str, int]  # a call's (sid, id)

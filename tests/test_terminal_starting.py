@@ -1,0 +1,121 @@
+"""What waits on a session's shell while it starts: a `term.exec` sent before the first prompt
+goes once the session is ready, by a prompt or without one (the integration given up), and
+not past its own timeout; a creation whose records cannot be written is answered all the
+same, its session serving."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
+from tests.terminal_support import env_for, make_home, terminal_tree
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def gated_home(tmp_path: Path) -> Path:
+    """A home whose bashrc waits on a FIFO nobody writes: the shell never gets to its first
+    prompt while the test runs."""
+    home = make_home(tmp_path, bashrc='read -r _ < "$HOME/gate"\n')
+    os.mkfifo(home / "gate")
+    return home
+
+
+def in_thread(runtime_dir: Path, box: dict[str, Any], key: str, actor: str, op: str,
+              args: dict[str, Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            with Client(runtime_dir, timeout=60.0) as c:
+                box[key] = c.call(actor, op, args, timeout=60)
+        except MoorageError as exc:
+            box[key] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def park_an_exec(tree, home: Path, box: dict[str, Any], exec_args: dict[str, Any]
+                 ) -> list[threading.Thread]:
+    """term.create of session "slow" from `home`, then a term.exec in it that waits for its
+    first prompt; returns once both are in the actor, unanswered."""
+    c = tree.client
+    threads = [in_thread(tree.runtime_dir, box, "created", "terminal", "term.create",
+                         {"shell": "bash", "env": env_for(home), "session": "slow"})]
+    wait_for(lambda: any(x["session"] == "slow"
+                         for x in c.call("terminal", "term.list")["sessions"]),
+             "the session made, its shell not ready")
+    threads.append(in_thread(tree.runtime_dir, box, "exec", "terminal", "term.exec",
+                             {"session": "slow", "command": "echo parked", **exec_args}))
+    wait_for(lambda: c.call("terminal", "sys.info")["pending"] >= 2,
+             "the exec waiting beside the creation")
+    return threads
+
+
+def test_an_exec_waiting_for_the_first_prompt_goes_when_the_session_settles_without_one(
+        make_tree, tmp_path):
+    """No prompt marker within integration_detect_ms: the creation gives the integration up
+    and answers; the exec that waited for the first prompt goes then, without integration.
+    (It used to wait on for a prompt that had been given up, until its caller's deadline.)"""
+    tree = make_tree(terminal_tree("integration_detect_ms = 1000\nquiet_ms = 200")).start()
+    box: dict[str, Any] = {}
+    threads = park_an_exec(tree, gated_home(tmp_path), box, {})
+    try:
+        threads[0].join(60)
+        assert box["created"]["mode"] == "no_integration", box
+        threads[1].join(60)
+        assert not isinstance(box["exec"], MoorageError), box
+        assert box["exec"]["mode"] == "no_integration" and box["exec"]["exit_code"] is None
+    finally:
+        tree.call("terminal", "term.close", {"session": "slow"})
+        for t in threads:
+            t.join(60)
+
+
+def test_an_exec_waiting_for_the_first_prompt_times_out_on_its_own_time_unsent(
+        make_tree, tmp_path):
+    """The shell is not ready within the command's timeout_ms: the exec is answered
+    `timeout` then, saying the command was not sent (it waited for its caller's deadline,
+    the runtime's bare timeout, its own timeout armed only once the command went out)."""
+    tree = make_tree(terminal_tree("integration_detect_ms = 60000")).start()
+    box: dict[str, Any] = {}
+    threads = park_an_exec(tree, gated_home(tmp_path), box, {"timeout_ms": 1000})
+    try:
+        threads[1].join(60)
+        err = box["exec"]
+        assert isinstance(err, MoorageError) and err.name == "timeout", box
+        assert err.error.detail["signalled"] is None and "not sent" in err.error.message
+        assert "created" not in box  # the shell is still starting
+        assert tree.call("terminal", "term.list")["sessions"][0]["state"] == "starting"
+    finally:
+        tree.call("terminal", "term.close", {"session": "slow"})
+        for t in threads:
+            t.join(60)
+    assert isinstance(box["created"], MoorageError) and box["created"].name == "shell_exited"
+
+
+def test_a_creation_whose_records_cannot_be_written_is_answered_and_its_session_serves(
+        make_tree, tmp_path):
+    """The session records' file cannot be replaced (a directory stands at its path): the
+    creation's success raised in the middle of taking the first prompt's output, so the
+    creation was never answered and that output never published. The records stay in
+    memory and the error is logged; the session is made and runs commands."""
+    tree = make_tree(terminal_tree()).start()
+    records = tree.runtime_dir / "terminal.sessions"
+    records.mkdir()
+    (records / "in-the-way").write_bytes(b"")
+    c = tree.client
+    home = make_home(tmp_path)
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
+    r = c.call("terminal", "term.exec", {"session": s["session"], "command": "echo served"},
+               timeout=30)
+    assert r["output"] == "served" and r["mode"] == "integration"
+    listed = c.call("terminal", "term.list")["sessions"]
+    assert [x["state"] for x in listed] == ["prompt"]
