@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
+from moorage.actors.runtime import trust
 from moorage.actors.runtime.process import run_actor
 from moorage.actors.watcher.mounts import fs_type
 from moorage.protocol import endpoints
@@ -188,6 +189,10 @@ class ActorProcess:
     def __init__(self, runtime_dir: Path, entry: str, name: str, config: dict) -> None:
         self.runtime_dir = runtime_dir
         self.name = name
+        # The key is this process's, drawn at import, before any fork: actors forked from
+        # here share it as a tree's processes do (an actor that imported it first itself
+        # would draw its own, and the keeper would refuse the terminal's link).
+        trust.key()
         ctx = multiprocessing.get_context("fork")
         self.proc = ctx.Process(target=run_actor, args=(entry, name, runtime_dir, config),
                                 daemon=True)
