@@ -119,3 +119,36 @@ def test_a_creation_whose_records_cannot_be_written_is_answered_and_its_session_
     assert r["output"] == "served" and r["mode"] == "integration"
     listed = c.call("terminal", "term.list")["sessions"]
     assert [x["state"] for x in listed] == ["prompt"]
+
+
+def test_a_command_whose_markers_wait_behind_a_full_window_keeps_its_integration(
+        make_tree, tmp_path):
+    """A consumer that stopped acknowledging holds the session's output (the keeper's window
+    is full, the shell blocks in write): a command sent meanwhile cannot show its markers
+    until the consumer is dropped. The wait for them counts from when output flows again,
+    not through the pause (which took the session to no_integration for good)."""
+    tree = make_tree(terminal_tree(
+        "consumer_timeout_ms = 6000\nintegration_detect_ms = 3000\n\n"
+        "[actor.ptykeeper]\nwindow_bytes = 65536")).start()
+    c = tree.client
+    home = make_home(tmp_path)
+    os.mkfifo(home / "gate")
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                 timeout=30)["session"]
+    flood = "(read -r _ < \"$HOME/gate\"; head -c 1000000 /dev/zero | tr '\\0' x) &"
+    c.call("terminal", "term.exec", {"session": sid, "command": flood}, timeout=30)
+    offset = c.call("terminal", "term.list")["sessions"][0]["offset"]
+    with Client(tree.runtime_dir, timeout=10.0) as consumer:  # acknowledges once, then not
+        consumer.call("terminal", "term.ack", {"session": sid, "offset": offset})
+        with open(home / "gate", "w") as gate:
+            gate.write("go\n")
+        wait_for(lambda: c.call("ptykeeper", "pty.list")["sessions"][0]["paused"],
+                 "the keeper's window full")
+        box: dict[str, Any] = {}
+        t = in_thread(tree.runtime_dir, box, "exec", "terminal", "term.exec",
+                      {"session": sid, "command": "echo after-the-flood"})
+        t.join(60)
+    assert not isinstance(box["exec"], MoorageError), box
+    assert box["exec"]["mode"] == "integration" and box["exec"]["exit_code"] == 0
+    # (what the flood wrote while the command ran is its output too: one terminal)
+    assert box["exec"]["output"].endswith("after-the-flood")

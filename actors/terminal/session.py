@@ -392,8 +392,13 @@ class Session:
         if ex is not None and not ex.done:
             if now >= ex.deadline:
                 self._timed_out(ex)
-            elif ex.mode == "integration" and ex.out_start is None and now >= ex.detect_by:
-                self._detect(ex)
+            elif ex.mode == "integration" and ex.out_start is None:
+                if self.keeper_paused:
+                    # (its markers may be in what the keeper does not read while the window
+                    # is full: the wait for them counts from when output flows again)
+                    ex.detect_by = now + self.host.detect_s
+                elif now >= ex.detect_by:
+                    self._detect(ex)
         if self.on_quiet and now >= max(self.last_output, self._quiet_from) + \
                 self.host.quiet_s:
             self._quiet()
