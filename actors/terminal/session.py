@@ -444,7 +444,7 @@ class Session:
         self.meta["exec"] = {"sid": call.sid, "id": call.id, "command": command,
                              "sent_off": self.offset, "mode": mode,
                              "deadline_ms": call.deadline_ms,
-                             "timeout_ms": int(timeout_s * 1000)}
+                             "ends_ms": int((time.time() + timeout_s) * 1000)}
         self.host.keeper_meta(self)
         self._run(ex)
         self._send_command(ex, payload)
@@ -480,10 +480,13 @@ class Session:
         """A predecessor's exec, from its record: it completes here as it would have there
         (on the markers after `sent_off`, or by the mode's rule), answering `call`."""
         now = time.monotonic()
-        timeout_s = int(record.get("timeout_ms") or 60_000) / 1000
+        # (what is left of its time, not its time again: the predecessor ran it a while)
+        ends = record.get("ends_ms")
+        timeout_s = (ends / 1000 - time.time()) if isinstance(ends, int) else 60.0
         deadline = record.get("deadline_ms")
         if deadline is not None:
-            timeout_s = min(timeout_s, max(0.0, deadline / 1000 - time.time() - 0.1))
+            timeout_s = min(timeout_s, deadline / 1000 - time.time() - 0.1)
+        timeout_s = max(0.0, timeout_s)
         ex = Exec(call, str(record.get("command", "")), str(record.get("mode", self.mode)),
                   now, int(record["sent_off"]), now + timeout_s, now + self.host.detect_s,
                   sent=True)
