@@ -42,10 +42,11 @@ def in_thread(runtime_dir: Path, box: dict[str, Any], key: str, actor: str, op: 
     return t
 
 
-def park_an_exec(tree, home: Path, box: dict[str, Any], exec_args: dict[str, Any]
-                 ) -> list[threading.Thread]:
+def park_an_exec(tree, home: Path, box: dict[str, Any], exec_args: dict[str, Any],
+                 see_parked: bool = True) -> list[threading.Thread]:
     """term.create of session "slow" from `home`, then a term.exec in it that waits for its
-    first prompt; returns once both are in the actor, unanswered."""
+    first prompt; returns once both are in the actor, unanswered (`see_parked`), or once
+    the exec is sent."""
     c = tree.client
     threads = [in_thread(tree.runtime_dir, box, "created", "terminal", "term.create",
                          {"shell": "bash", "env": env_for(home), "session": "slow"})]
@@ -54,8 +55,9 @@ def park_an_exec(tree, home: Path, box: dict[str, Any], exec_args: dict[str, Any
              "the session made, its shell not ready")
     threads.append(in_thread(tree.runtime_dir, box, "exec", "terminal", "term.exec",
                              {"session": "slow", "command": "echo parked", **exec_args}))
-    wait_for(lambda: c.call("terminal", "sys.info")["pending"] >= 2,
-             "the exec waiting beside the creation")
+    if see_parked:
+        wait_for(lambda: c.call("terminal", "sys.info")["pending"] >= 2,
+                 "the exec waiting beside the creation")
     return threads
 
 
@@ -64,7 +66,7 @@ def test_an_exec_waiting_for_the_first_prompt_goes_when_the_session_settles_with
     """No prompt marker within integration_detect_ms: the creation gives the integration up
     and answers; the exec that waited for the first prompt goes then, without integration.
     (It used to wait on for a prompt that had been given up, until its caller's deadline.)"""
-    tree = make_tree(terminal_tree("integration_detect_ms = 1000\nquiet_ms = 200")).start()
+    tree = make_tree(terminal_tree("integration_detect_ms = 5000\nquiet_ms = 200")).start()
     box: dict[str, Any] = {}
     threads = park_an_exec(tree, gated_home(tmp_path), box, {})
     try:
@@ -86,7 +88,9 @@ def test_an_exec_waiting_for_the_first_prompt_times_out_on_its_own_time_unsent(
     the runtime's bare timeout, its own timeout armed only once the command went out)."""
     tree = make_tree(terminal_tree("integration_detect_ms = 60000")).start()
     box: dict[str, Any] = {}
-    threads = park_an_exec(tree, gated_home(tmp_path), box, {"timeout_ms": 1000})
+    # (not looked for while it waits: its 1 s may be over by then on a busy machine)
+    threads = park_an_exec(tree, gated_home(tmp_path), box, {"timeout_ms": 1000},
+                           see_parked=False)
     try:
         threads[1].join(60)
         err = box["exec"]
@@ -128,7 +132,7 @@ def test_a_command_whose_markers_wait_behind_a_full_window_keeps_its_integration
     until the consumer is dropped. The wait for them counts from when output flows again,
     not through the pause (which took the session to no_integration for good)."""
     tree = make_tree(terminal_tree(
-        "consumer_timeout_ms = 6000\nintegration_detect_ms = 3000\n\n"
+        "consumer_timeout_ms = 12000\nintegration_detect_ms = 4000\n\n"
         "[actor.ptykeeper]\nwindow_bytes = 65536")).start()
     c = tree.client
     home = make_home(tmp_path)
@@ -151,4 +155,4 @@ def test_a_command_whose_markers_wait_behind_a_full_window_keeps_its_integration
     assert not isinstance(box["exec"], MoorageError), box
     assert box["exec"]["mode"] == "integration" and box["exec"]["exit_code"] == 0
     # (what the flood wrote while the command ran is its output too: one terminal)
-    assert box["exec"]["output"].endswith("after-the-flood")
+    assert "after-the-flood" in box["exec"]["output"]
