@@ -482,7 +482,10 @@ class Session:
         now = time.monotonic()
         # (what is left of its time, not its time again: the predecessor ran it a while)
         ends = record.get("ends_ms")
-        timeout_s = (ends / 1000 - time.time()) if isinstance(ends, int) else 60.0
+        if isinstance(ends, int):
+            timeout_s = ends / 1000 - time.time()
+        else:  # (a record of an earlier version, which kept the whole timeout)
+            timeout_s = int(record.get("timeout_ms") or 60_000) / 1000
         deadline = record.get("deadline_ms")
         if deadline is not None:
             timeout_s = min(timeout_s, deadline / 1000 - time.time() - 0.1)
