@@ -473,8 +473,8 @@ class TerminalActor(Actor):
         def not_ready(s: Session) -> None:
             if not call.answered:
                 call.fail(WireError.of(
-                    "timeout", f"session {session}'s shell was not ready within the command's "
-                    "timeout; the command was not sent",
+                    "timeout", f"session {session}: the command could not be sent within its "
+                    "timeout (the shell was not ready); it was not sent",
                     detail={"output": "", "mode": s.mode, "signalled": None}))
 
         def start_later(s: Session) -> None:
@@ -483,6 +483,8 @@ class TerminalActor(Actor):
             try:
                 start(s)
             except MoorageError as exc:
+                for t in waiting:
+                    t.cancel()
                 call.fail(exc)
 
         def run() -> Any:
