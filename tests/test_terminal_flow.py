@@ -4,6 +4,7 @@ dropped; every other session's output stays live meanwhile."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -121,3 +122,36 @@ def test_a_keeper_stopped_for_a_full_window_is_woken_however_its_output_was_take
         out.until(lambda d, n=i + 1: d.count(b"\n200000\r\n") == n)
     assert not out.losses
     out.close()
+
+
+def test_a_consumer_that_took_everything_is_not_dropped_by_the_first_output_after_a_while(
+        make_tree, tmp_path):
+    """A consumer caught up with an idle session owes nothing however long the session stays
+    quiet: its silence counts from when it falls behind. (It counted from its last ack, so
+    an editor's view of a session idle for consumer_timeout_ms was dropped by the session's
+    next output within a check, before it could acknowledge it.)"""
+    timeout_s = 8.0
+    tree = make_tree(terminal_tree(terminal=f"consumer_timeout_ms = {int(timeout_s * 1000)}")
+                     ).start()
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
+                 timeout=30)["session"]
+    events = c.subscribe("terminal", ["term.session"], from_seq=1)
+    consumer = Client(tree.runtime_dir, timeout=10.0)
+    try:
+        consumer.call("terminal", "term.ack", {"session": sid, "offset": session(c, sid)["offset"]})
+        # What is under test is time itself: the session stays quiet past the timeout.
+        time.sleep(timeout_s + 1.5)
+        c.call("terminal", "term.exec", {"session": sid, "command": "echo fresh"}, timeout=30)
+        until = time.monotonic() + 2.0  # (a check a second: a drop would come within it)
+        while (left := until - time.monotonic()) > 0:
+            ev = events.next(timeout=left)
+            body = getattr(ev, "body", None) or {}
+            assert body.get("event") != "consumer_dropped", body
+        r = consumer.call("terminal", "term.ack",
+                          {"session": sid, "offset": session(c, sid)["offset"]})
+        assert r["consumers"] == 1 and session(c, sid)["consumers"] == {consumer.sid: r["acked"]}
+        assert c.call("terminal", "sys.info").get("consumers_dropped", 0) == 0
+    finally:
+        events.close()
+        consumer.close()

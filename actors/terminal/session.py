@@ -629,9 +629,16 @@ class Session:
 
     def silent_consumers(self, now: float, timeout: float) -> list[str]:
         """Consumers behind that have not acknowledged for `timeout`: dropped (they catch up
-        by replay or term.scrollback; the session goes on without them)."""
+        by replay or term.scrollback; the session goes on without them). One that has
+        taken everything owes nothing: its silence counts from when it falls behind (from
+        this check on), not from its last ack (an editor's view of an idle session, dropped
+        by the first output after the timeout)."""
+        published = self.out.published
+        for c in self.consumers.values():
+            if c.acked >= published:
+                c.heard = now
         gone = [k for k, c in self.consumers.items()
-                if c.acked < self.out.published and now - c.heard > timeout]
+                if c.acked < published and now - c.heard > timeout]
         for k in gone:
             del self.consumers[k]
         return gone
