@@ -4,7 +4,9 @@ dropped; every other session's output stays live meanwhile."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,3 +157,55 @@ def test_a_consumer_that_took_everything_is_not_dropped_by_the_first_output_afte
     finally:
         events.close()
         consumer.close()
+
+
+def test_a_shell_gone_while_its_last_output_waits_behind_a_full_window_exits_after_it(
+        make_tree, tmp_path):
+    """The shell writes its last output and exits while a silent consumer holds the window
+    full: the rest waits in the PTY. Its exit is reported once that output is read (after
+    the consumer is dropped), not a second after the shell was reaped, which answered the
+    command without its last words."""
+    tree = make_tree(terminal_tree(terminal="consumer_timeout_ms = 4000") +
+                     "\n[actor.ptykeeper]\nwindow_bytes = 65536\n").start()
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
+                 timeout=30)["session"]
+    silent = Client(tree.runtime_dir, timeout=10.0)  # acknowledges once, then never again
+    try:
+        silent.call("terminal", "term.ack", {"session": sid, "offset": session(c, sid)["offset"]})
+        r = c.call("terminal", "term.exec", {"session": sid, "command": (
+            "head -c 70000 /dev/zero | tr '\\0' y; echo; echo last-words; exit 3")}, timeout=60)
+    finally:
+        silent.close()
+    assert r["exit_code"] == 3, r
+    assert "last-words" in r["output"][-64:], r["output"][-200:]  # (then bash's "exit")
+
+
+def test_input_for_a_terminal_that_hung_up_is_dropped_and_the_keeper_rests(make_tree,
+                                                                              tmp_path):
+    """Input queued in the keeper for a program that never reads its terminal, which then
+    ends: every slave fd is closed, no one will take that input. It is dropped (the keeper
+    kept it, waiting for room that never came, and the hang-up woke its loop at every turn:
+    it spun at a full core)."""
+    tree = make_tree(terminal_tree()).start()
+    c = tree.client
+    home = make_home(tmp_path)
+    os.mkfifo(home / "gate")
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)}, timeout=30)
+    sid, pid = s["session"], s["pid"]
+    c.call("terminal", "term.write", {"session": sid,
+                                      "data": "exec sh -c 'read -r _ < \"$HOME/gate\"'\r"})
+    wait_for(lambda: b"read -r" in Path(f"/proc/{pid}/cmdline").read_bytes(),
+             "the shell replaced by a program that does not read its terminal")
+
+    def pending() -> int:
+        return next(x for x in c.call("ptykeeper", "pty.list")["sessions"]
+                    if x["s"] == sid)["pending"]
+
+    while pending() == 0:  # more than the terminal's input buffer holds
+        c.call("terminal", "term.write", {"session": sid, "data": "x" * 4095 + "\n"})
+    with open(home / "gate", "w") as gate:
+        gate.write("go\n")
+    wait_for(lambda: session(c, sid)["state"] == "exited", "the session ended")
+    wait_for(lambda: pending() == 0, "the input no one can read dropped")
+    assert c.call("ptykeeper", "sys.ping") is not None

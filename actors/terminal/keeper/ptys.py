@@ -204,7 +204,11 @@ class Ptys:
             if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and s.mask & \
                     select.EPOLLIN:
                 self._readable(s)
-            if ev & select.EPOLLOUT and s.inq:
+            if ev & (select.EPOLLHUP | select.EPOLLERR) and s.inq:
+                # Every slave fd is closed: no one will read that input. (Not dropped, the
+                # hang-up, reported whatever the mask, would wake this loop at every turn.)
+                self._drop_input(s, "the terminal has hung up")
+            elif ev & select.EPOLLOUT and s.inq:
                 self.writable(s)
 
     def resume(self, s: PtySession) -> None:
@@ -226,10 +230,18 @@ class Ptys:
             self._tell({"t": "out", "s": s.id, "end": ring.write_off, "paused": s.paused})
         if eof:
             s.eof = True
+            if s.inq:
+                self._drop_input(s, "the terminal has hung up")
             self.watch(s)
             self._maybe_finished(s)
         elif s.paused:
             self.watch(s)
+
+    def _drop_input(self, s: PtySession, why: str) -> None:
+        logger.warning("session {}: {} bytes of input dropped: {}", s.id, s.inq_bytes, why)
+        s.inq.clear()
+        s.inq_bytes = 0
+        self.watch(s)
 
     def writable(self, s: PtySession) -> None:
         while s.inq:
@@ -286,10 +298,16 @@ class Ptys:
 
     def _exit_anyway(self, s: PtySession) -> None:
         # The shell is gone but something it started still holds the PTY: report the exit;
-        # output keeps flowing until that process lets go.
-        if not s.exit_sent and s.id in self.sessions:
-            s.exit_sent = True
-            self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
+        # output keeps flowing until that process lets go. Not while output waits to be
+        # read (a full window): the exit comes after the shell's last words, which may be
+        # in it; the EOF that follows them says so then.
+        if s.exit_sent or self.sessions.get(s.id) is not s or s.eof:
+            return
+        if s.paused:
+            self.loop.call_later(EXIT_WITHOUT_EOF_S, lambda: self._exit_anyway(s))
+            return
+        s.exit_sent = True
+        self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
 
     def _maybe_finished(self, s: PtySession) -> None:
         if s.eof and s.status is not None and not s.exit_sent:
