@@ -164,11 +164,13 @@ class Link:
 
     def send_fds(self, msg: dict[str, Any], fds: list[int]) -> None:
         """`msg` with descriptors: the peer gets its own duplicates (ours stay open), taken
-        with `take_fds(len(fds))` when it handles `msg`."""
+        with `take_fds(len(fds))` when it handles `msg`. What waits to be sent holds
+        duplicates of its own: the caller may close its descriptors meanwhile (a session
+        closed while the socket was full), and their numbers be taken by others."""
         if self.closed:
             return
         head, body = encode_parts(msg)
-        self.out.append((head + body, list(fds)))
+        self.out.append((head + body, [os.dup(fd) for fd in fds]))
         self.out_bytes += len(head) + len(body)
         self._writable()
 
@@ -212,6 +214,7 @@ class Link:
                 except OSError as exc:
                     self.close(f"send: {exc}")
                     return
+                _close_all(fds)  # (the peer has its own now)
                 self.out_bytes -= n
                 if n < len(data):
                     self.out[0] = data[n:]  # sent: the rest is plain bytes
@@ -310,9 +313,18 @@ class Link:
         self.loop.remove_writer(self.fd)
         with contextlib.suppress(OSError):
             self.sock.close()
+        for item in self.out:
+            if isinstance(item, tuple):
+                _close_all(item[1])
         self.out.clear()
         self.out_bytes = 0
         while self.fds:
             with contextlib.suppress(OSError):
                 os.close(self.fds.popleft())
         self.on_close(reason)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
