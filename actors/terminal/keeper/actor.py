@@ -274,6 +274,9 @@ class PtyKeeper(Actor):
             handler(msg)
         except (KeyError, TypeError, ValueError) as exc:
             self._reply_err(msg, "bad_args", f"{msg['t']}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # (answered, and the frames after it in the read still run)
+            logger.exception("keeper: {} failed", msg["t"])
+            self._reply_err(msg, "internal", f"{msg['t']}: {type(exc).__name__}: {exc}")
 
     def _reply_err(self, msg: dict[str, Any], name: str, message: str, **extra: Any) -> None:
         self._tell({"t": "err", "r": msg.get("r"), "s": msg.get("s"), "name": name,
