@@ -257,7 +257,12 @@ def test_a_session_restored_after_a_restart_by_hand_then_lost_takes_its_own_jobs
         timeout=30)["output"].split()[-1])
     try:
         events = c.subscribe("terminal", ["term.session"], from_seq=1)
-        c.call("terminals", "sup.restart", {"child": "terminal"})
+        old = tree.child("terminal")["pid"]
+        c.call("terminals", "sup.restart", {"child": "terminal"})  # (answers at once)
+        # the successor, not the terminal still stopping (it would take the exec and fail it
+        # outcome_unknown as it stops)
+        wait_for(lambda: (ch := tree.child("terminal"))["pid"] not in (None, old) and
+                 ch["state"] == "running", "the terminal's successor running")
         r = c.call("terminal", "term.exec", {"session": sid, "command": "echo back"},
                    timeout=30)  # restored by the successor
         assert (r["exit_code"], r["output"]) == (0, "back")
