@@ -12,10 +12,13 @@ as "exit" says (its children with it), not as at EOF."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -73,16 +76,31 @@ CLOSE_UNREAD = START + textwrap.dedent("""
 """)
 
 
-def test_a_zygote_at_its_supervisors_eof_kills_no_child_and_the_child_follows_the_supervisor(
-        tmp_path):
-    sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                           cwd=ROOT)
-    child = None
+@contextlib.contextmanager
+def scripted_supervisor(script: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, dict]]:
+    """A supervisor running `script` in a process of its own, and what it printed first (the
+    pids); it, and the child it names, end with the test however the test ends."""
+    sup = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    out: dict = {}
     try:
         line = sup.stdout.readline()
         assert line, f"the supervisor ended first: {sup.wait()}"
-        pids = json.loads(line)
+        out = json.loads(line)
+        yield sup, out
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+        child = out.get("child")
+        if child is not None and pid_running(child):
+            psutil.Process(child).kill()
+        sup.stdout.close()
+
+
+def test_a_zygote_at_its_supervisors_eof_kills_no_child_and_the_child_follows_the_supervisor(
+        tmp_path):
+    with scripted_supervisor(SUPERVISOR, tmp_path) as (sup, pids):
         child = pids["child"]
         assert wait_pid_exit(pids["zygote"], 10), "the zygote outlived its socket's EOF"
         assert pid_running(child), "the zygote killed its child at EOF"
@@ -90,34 +108,12 @@ def test_a_zygote_at_its_supervisors_eof_kills_no_child_and_the_child_follows_th
         sup.stdin.close()  # the supervisor exits: the child follows it out
         assert sup.wait(10) == 0
         assert wait_pid_exit(child, 10), "the child outlived its supervisor"
-    finally:
-        if sup.poll() is None:
-            sup.kill()
-            sup.wait()
-        if child is not None and pid_running(child):
-            psutil.Process(child).kill()
-        sup.stdout.close()
 
 
 def test_a_zygote_reset_by_its_supervisors_clean_stop_reads_the_exit_and_takes_its_children(
         tmp_path):
-    sup = subprocess.Popen([sys.executable, "-c", CLOSE_UNREAD, str(tmp_path)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                           cwd=ROOT)
-    child = None
-    try:
-        line = sup.stdout.readline()
-        assert line, f"the supervisor ended first: {sup.wait()}"
-        out = json.loads(line)
-        child = out["child"]
+    with scripted_supervisor(CLOSE_UNREAD, tmp_path) as (sup, out):
         assert out["zygote_code"] == 0
         assert out["child_ended"], "the zygote ended at the reset without reading its exit"
         sup.stdin.close()
         assert sup.wait(10) == 0
-    finally:
-        if sup.poll() is None:
-            sup.kill()
-            sup.wait()
-        if child is not None and pid_running(child):
-            psutil.Process(child).kill()
-        sup.stdout.close()
