@@ -140,10 +140,19 @@ def test_a_consumer_that_took_everything_is_not_dropped_by_the_first_output_afte
                  timeout=30)["session"]
     events = c.subscribe("terminal", ["term.session"], from_seq=1)
     consumer = Client(tree.runtime_dir, timeout=10.0)
+    behind = Client(tree.runtime_dir, timeout=10.0)  # the clock: dropped once it has run out
     try:
         consumer.call("terminal", "term.ack", {"session": sid, "offset": session(c, sid)["offset"]})
-        # What is under test is time itself: the session stays quiet past the timeout.
-        time.sleep(timeout_s + 1.5)
+        behind.call("terminal", "term.ack", {"session": sid, "offset": 0})  # (owes the prompt)
+        # The session stays quiet past the timeout: the consumer behind, silent since after
+        # ours, is dropped for it.
+        while True:
+            ev = events.next(timeout=30)
+            assert ev is not None, "the consumer behind was not dropped"
+            body = getattr(ev, "body", None) or {}
+            if body.get("event") == "consumer_dropped":
+                assert body["consumer"] == behind.sid, body
+                break
         c.call("terminal", "term.exec", {"session": sid, "command": "echo fresh"}, timeout=30)
         until = time.monotonic() + 2.0  # (a check a second: a drop would come within it)
         while (left := until - time.monotonic()) > 0:
@@ -153,10 +162,11 @@ def test_a_consumer_that_took_everything_is_not_dropped_by_the_first_output_afte
         r = consumer.call("terminal", "term.ack",
                           {"session": sid, "offset": session(c, sid)["offset"]})
         assert r["consumers"] == 1 and session(c, sid)["consumers"] == {consumer.sid: r["acked"]}
-        assert c.call("terminal", "sys.info").get("consumers_dropped", 0) == 0
+        assert c.call("terminal", "sys.info")["consumers_dropped"] == 1  # (the one behind)
     finally:
         events.close()
         consumer.close()
+        behind.close()
 
 
 def test_a_shell_gone_while_its_last_output_waits_behind_a_full_window_exits_after_it(
