@@ -44,7 +44,7 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -294,9 +294,8 @@ class Link:
         """The next `n` descriptors the peer passed (for the frame that says it carries
         them), or None when fewer came (those are closed)."""
         if len(self.fds) < n:
-            while self.fds:
-                with contextlib.suppress(OSError):
-                    os.close(self.fds.popleft())
+            _close_all(self.fds)
+            self.fds.clear()
             return None
         return [self.fds.popleft() for _ in range(n)]
 
@@ -318,13 +317,12 @@ class Link:
                 _close_all(item[1])
         self.out.clear()
         self.out_bytes = 0
-        while self.fds:
-            with contextlib.suppress(OSError):
-                os.close(self.fds.popleft())
+        _close_all(self.fds)
+        self.fds.clear()
         self.on_close(reason)
 
 
-def _close_all(fds: list[int]) -> None:
+def _close_all(fds: Iterable[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)

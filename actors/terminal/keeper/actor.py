@@ -61,7 +61,6 @@ from moorage.actors.terminal.keeper.ptys import (
     Ptys,
     PtySession,
     foreground_group,
-    kill_session,
 )
 from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
@@ -191,7 +190,7 @@ class PtyKeeper(Actor):
                 if left > 0:
                     select.select([s.pidfd], [], [], left)
         for s in victims:
-            kill_session(s.pid, leader_reaped=s.status is not None)
+            s.kill_left()
             if s.status is None and not s.adopted:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(s.pid, 0)
@@ -202,7 +201,7 @@ class PtyKeeper(Actor):
     def _kill_everything(self) -> None:
         """The tree is gone from under us (our supervisor died): no session may outlive it."""
         for s in list(self.sessions.values()) + list(self.ptys.closing.values()):
-            kill_session(s.pid, leader_reaped=s.status is not None)
+            s.kill_left()
 
     # --- the connection -----------------------------------------------------------------------
 

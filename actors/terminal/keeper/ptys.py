@@ -95,6 +95,11 @@ class PtySession:
             return None
         return {"code": self.status[0], "signal": self.status[1]}
 
+    def kill_left(self) -> int:
+        """SIGKILL what is left in the shell's session (kill_session), knowing whether the
+        shell itself was reaped (its pid may be another's then)."""
+        return kill_session(self.pid, leader_reaped=self.status is not None)
+
 
 def foreground_group(s: PtySession) -> int:
     """The PTY's foreground process group. Raises ProcessLookupError when there is none: a
@@ -251,9 +256,7 @@ class Ptys:
             except BlockingIOError:
                 break
             except OSError as exc:
-                logger.warning("session {}: write: {}", s.id, exc)
-                s.inq.clear()
-                s.inq_bytes = 0
+                self._drop_input(s, f"write: {exc}")
                 break
             s.inq_bytes -= n
             if n == len(head):
@@ -342,6 +345,6 @@ class Ptys:
         """`close_grace` after a hang-up: whatever is left of the session is killed (the
         shell's jobs may ignore SIGHUP and SIGTERM), and a shell not yet reaped is watched
         until it is."""
-        kill_session(s.pid, leader_reaped=s.status is not None)
+        s.kill_left()
         if s.status is None and s.pid not in self.closing:
             self.closing[s.pid] = s
