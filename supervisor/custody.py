@@ -20,6 +20,7 @@ from typing import Any
 from loguru import logger
 
 from moorage.actors.runtime import trust
+from moorage.actors.runtime.acceptor import Acceptor
 from moorage.actors.runtime.custody import (
     MAX_FDS,
     MAX_KEYS,
@@ -67,16 +68,17 @@ class Custodian:
         self.strangers = 0
         self.refused_keeps = 0  # over MAX_KEYS or MAX_FDS
         self.handed = 0  # entries handed to a successor (`take`)
-        loop.add_reader(self.listener.fileno(), self._accept)
+        self.acceptor = Acceptor(loop, self.listener, self._accept, "custody")
+        self.acceptor.start()
 
     def describe(self) -> dict[str, Any]:
         return {"held": {child: len(keys) for child, keys in self.held.items()},
                 "handed": self.handed, "strangers_refused": self.strangers,
-                "refused_keeps": self.refused_keeps}
+                "refused_keeps": self.refused_keeps, "connections_shed": self.acceptor.shed}
 
     def close(self) -> None:
         """The supervisor stops (its children have): let everything go."""
-        self.loop.remove_reader(self.listener.fileno())
+        self.acceptor.close()
         self.listener.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
@@ -89,29 +91,19 @@ class Custodian:
 
     # --- connections ----------------------------------------------------------------------------
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                logger.warning("custody: accept: {}", exc)
-                return
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                    struct.calcsize("3i"))
-            pid, uid, _ = struct.unpack("3i", creds)
-            if uid != os.getuid():
-                self._stranger(sock, f"pid {pid}, uid {uid}")
-                continue
-            sock.setblocking(False)
-            fd = sock.fileno()
-            conn = _Conn(sock, Datagrams(self.loop, sock,
-                                         lambda why, fd=fd: self._close(fd)), None)
-            conn.timer = self.loop.call_later(HELLO_WAIT_S, lambda fd=fd, pid=pid: (
-                self._stranger_fd(fd, f"pid {pid}: no hello in {HELLO_WAIT_S} s")))
-            self.conns[fd] = conn
-            self.loop.add_reader(fd, lambda fd=fd: self._readable(fd))
+    def _accept(self, sock: socket.socket) -> None:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            self._stranger(sock, f"pid {pid}, uid {uid}")
+            return
+        sock.setblocking(False)
+        fd = sock.fileno()
+        conn = _Conn(sock, Datagrams(self.loop, sock, lambda why: self._close(fd)), None)
+        conn.timer = self.loop.call_later(HELLO_WAIT_S, lambda: (
+            self._stranger_fd(fd, f"pid {pid}: no hello in {HELLO_WAIT_S} s")))
+        self.conns[fd] = conn
+        self.loop.add_reader(fd, lambda: self._readable(fd))
 
     def _stranger(self, sock: socket.socket, why: str) -> None:
         self.strangers += 1

@@ -3,12 +3,17 @@ real shells, offsets, the window, acks, a new connection getting everything agai
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import os
 import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 
 import psutil
@@ -16,7 +21,7 @@ import pytest
 
 from moorage.actors.runtime import trust
 from moorage.actors.terminal.keeper.spawn import SpawnError, get_winsize, spawn_on_pty
-from moorage.actors.terminal.link import LINK_TOKEN_NAME
+from moorage.actors.terminal.link import LINK_TOKEN_NAME, encode
 from moorage.actors.terminal.ring import RING_CORE
 from tests.conftest import assert_all_gone, descendants, wait_pid_exit
 from tests.terminal_support import RawLink
@@ -325,3 +330,82 @@ def _sid(pid: int) -> int | None:
         return os.getsid(pid)
     except OSError:
         return None
+
+
+def _outq(sock: socket.socket) -> int:
+    """What we sent that the peer has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def test_descriptors_passed_before_a_valid_hello_are_never_held(
+        keeper, client, connect, tmp_path):
+    """A process of our uid that has not said a valid hello yet may pass descriptors; the
+    kernel closes them as the keeper reads (it holds none until the hello), so waiting out
+    its grace cannot fill the keeper's table."""
+    path = keeper()
+    link = connect(client, path)
+    pid = client.call("ptykeeper", "sys.info")["pid"]
+    marker = tmp_path / "passed"
+    marker.write_bytes(b"")
+    fd = os.open(marker, os.O_RDONLY)
+    candidate = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        candidate.connect(str(path))
+        candidate.sendall(struct.pack(">I", 1000))  # a frame begun, never finished
+        for _ in range(8):
+            candidate.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                        array.array("i", [fd] * 16))])
+        wait_for(lambda: _outq(candidate) == 0, "the keeper's read of everything sent")
+        held = [n for n in os.listdir(f"/proc/{pid}/fd")
+                if _link_of(f"/proc/{pid}/fd/{n}") == str(marker)]
+        assert held == []
+        assert create(link, "s1")["t"] == "ok"  # the live link serves meanwhile
+    finally:
+        candidate.close()
+        os.close(fd)
+
+
+def _link_of(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def test_creates_queued_when_their_terminal_is_replaced_start_no_shell(
+        keeper, client, connect, links):
+    """Creates wait for their turn (one a turn here); those still waiting when a new
+    terminal actor takes the link over are dropped: no shell nobody asked for, and no reply
+    with the old link's request numbers on the new one."""
+    path = keeper(create_per_turn=1)
+    old = connect(client, path)
+    pid = client.call("ptykeeper", "sys.info")["pid"]
+    n = 60
+    # Stopped, the keeper finds both at once when it goes on: the creates, and the new
+    # terminal's connection with its hello (it replaces the link a turn or two later).
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        old.sock.sendall(b"".join(encode({
+            "t": "create", "r": i, "s": f"q{i}", "path": "/bin/sleep",
+            "argv": ["sleep", "300"], "env": ENV, "cwd": "/", "cols": 80, "rows": 24,
+            "meta": {}}) for i in range(1, n + 1)))
+        new = RawLink(path)  # (a Unix connect completes in the listener's queue)
+        links.append(new)
+        new.send(HELLO)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert new.recv()["t"] == "welcome"
+    answered = set()
+    with contextlib.suppress(AssertionError):  # (read until the keeper closes it)
+        while True:
+            m = old.recv(timeout=10)
+            if m["t"] == "ok" and "pid" in m:
+                answered.add(m["s"])
+    wait_for(lambda: client.call("ptykeeper", "sys.info")["creates_queued"] == 0,
+             "the queue of creates gone through")
+    new.send({"t": "close", "r": 10_000, "s": "none"})
+    first = new.wait(lambda m: m["t"] in ("ok", "err"))
+    assert first["r"] == 10_000, f"a reply to the old link's request on the new one: {first}"
+    held = {h["s"] for h in client.call("ptykeeper", "pty.list")["sessions"]}
+    assert held == answered
+    assert len(held) < n

@@ -153,7 +153,9 @@ class Link:
         self._rbuf = mmap.mmap(-1, READ_SIZE)
         # Descriptors passed by the peer, in the order their frames come (a frame that says
         # it carries one takes the first); unclaimed ones are closed with the link.
-        self._anc = socket.CMSG_SPACE(MAX_FDS * 4) if accept_fds else 0
+        self._anc = 0
+        if accept_fds:
+            self.take_passed_fds()
         self.fds: deque[int] = deque()
         # what waits to be written: frames' bytes, and (bytes, fds) where descriptors must
         # ride with the first byte of those bytes
@@ -161,6 +163,11 @@ class Link:
         self.out_bytes = 0
         self.closed = False
         loop.add_reader(self.fd, self._readable)
+
+    def take_passed_fds(self) -> None:
+        """From now on, descriptors the peer passes are received (until then the kernel
+        closes them at each receive)."""
+        self._anc = socket.CMSG_SPACE(MAX_FDS * 4)
 
     def send_fds(self, msg: dict[str, Any], fds: list[int]) -> None:
         """`msg` with descriptors: the peer gets its own duplicates (ours stay open), taken

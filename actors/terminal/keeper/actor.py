@@ -53,6 +53,7 @@ from typing import Any
 from loguru import logger
 
 from moorage.actors.runtime import Actor, Call, op, trust
+from moorage.actors.runtime.acceptor import Acceptor
 from moorage.actors.runtime.custody import CustodyClient, close_all, custody_path
 from moorage.actors.runtime.orphans import on_orphaned
 from moorage.actors.runtime.outbound import Outbound
@@ -105,7 +106,8 @@ class PtyKeeper(Actor):
         self.peer_pid: int | None = None  # the terminal actor on the link (SO_PEERCRED)
         self.strangers = 0  # connections refused: not a process of this tree
         self.adopted = 0  # sessions handed over by the terminal from a keeper that died
-        self._creates: deque[dict[str, Any]] = deque()
+        # creates waiting for their turn, each with the link it came on
+        self._creates: deque[tuple[Link | None, dict[str, Any]]] = deque()
         self._creating = False
         self.outbound = Outbound(self)
         self.sock_path = self.runtime_dir / f"{self.name}.sock"
@@ -116,7 +118,7 @@ class PtyKeeper(Actor):
         os.chmod(self.sock_path, 0o600)
         self.listener.listen(4)
         self.listener.setblocking(False)
-        self.listening = False
+        self.acceptor = Acceptor(self.loop, self.listener, self._accept, "keeper link")
         self.custody: CustodyClient | None = None  # the third holder: the supervisor
         self.from_custody = 0  # sessions taken back from it at start
         self.ptys = Ptys(self.loop, self.sessions, window=self.window,
@@ -148,13 +150,12 @@ class PtyKeeper(Actor):
         self.loop.call_later(CUSTODY_WAIT_S, self._listen)
 
     def _listen(self) -> None:
-        if not self.listening:
-            self.listening = True
-            self.loop.add_reader(self.listener.fileno(), self._accept)
+        self.acceptor.start()
 
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "connected": self.link is not None,
                 "peer_pid": self.peer_pid, "strangers_refused": self.strangers,
+                "connections_shed": self.acceptor.shed,
                 "adopted": self.adopted, "from_custody": self.from_custody,
                 "custody": self.custody is not None and not self.custody.out.broken,
                 "creates_queued": len(self._creates),
@@ -171,6 +172,7 @@ class PtyKeeper(Actor):
         """Hang every session up, give the shells `stop_grace_ms`, then kill what is left."""
         if self.link is not None:
             self.link.close("keeper stopping")
+        self.acceptor.close()
         self.listener.close()
         with contextlib.suppress(OSError):
             self.sock_path.unlink()
@@ -205,15 +207,13 @@ class PtyKeeper(Actor):
 
     # --- the connection -----------------------------------------------------------------------
 
-    def _accept(self) -> None:
+    def _accept(self, conn: socket.socket) -> None:
         """A connection is a candidate until its first message, a `hello` with the tree's
         link token (only a process of this tree can make it: actors.runtime.trust) from a
         process of our uid (SO_PEERCRED); then it replaces the link in place. A stranger
-        is closed and counted, and never disturbs a live link."""
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return
+        is closed and counted, and never disturbs a live link. A candidate's descriptors
+        are not taken (the kernel closes what it passes): none is needed before the
+        welcome, and a stranger must not fill our table with them while we wait."""
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, _ = struct.unpack("3i", creds)
         if uid != os.getuid():
@@ -230,8 +230,7 @@ class PtyKeeper(Actor):
             self._take_link(candidate, pid)
             self._on_message(msg)
 
-        candidate = Link(self.loop, conn, first_message, lambda reason: timer.cancel(),
-                         accept_fds=True)
+        candidate = Link(self.loop, conn, first_message, lambda reason: timer.cancel())
         timer = self.loop.call_later(HELLO_WAIT_S, lambda: self._refuse_stranger(
             candidate, f"pid {pid}: no hello in {HELLO_WAIT_S} s"))
 
@@ -251,6 +250,7 @@ class PtyKeeper(Actor):
                 self.link.close("replaced by a new connection")
         link.on_message = self._on_message
         link.on_close = self._on_link_closed
+        link.take_passed_fds()  # (`adopt` carries a session's: none comes before the welcome)
         self.link = link
         self.peer_pid = pid
         logger.info("terminal actor connected (pid {})", pid)
@@ -320,7 +320,7 @@ class PtyKeeper(Actor):
         held = self.sessions.get(sid)
         error = self._adopt(sid, fds, msg)
         if error is not None:
-            self._reply_err(msg, "bad_args", f"adopt {sid}: {error}")
+            self._reply_err(msg, error[0], f"adopt {sid}: {error[1]}")
             return
         if held is None:  # (one taken from the supervisor is held there already)
             self._keep(self.sessions[sid])
@@ -336,13 +336,15 @@ class PtyKeeper(Actor):
         held = sid in self.sessions
         error = self._adopt(sid, fds, info)
         if error is not None:
-            logger.warning("session {}: not taken from custody: {}", sid, error)
+            logger.warning("session {}: not taken from custody: {}", sid, error[1])
         elif not held:
             self.from_custody += 1
 
-    def _adopt(self, sid: str, fds: list[int], info: dict[str, Any]) -> str | None:
+    def _adopt(self, sid: str, fds: list[int], info: dict[str, Any]
+               ) -> tuple[str, str] | None:
         """Hold a session that is not ours yet: its master and ring fd, and `info` (pid,
-        tty, cols, rows, meta). One already held keeps what it has; returns an error."""
+        tty, cols, rows, meta). One already held keeps what it has; returns an error (its
+        kind and message)."""
         master, ring_fd = fds
         if sid in self.sessions:
             close_all(fds)
@@ -352,12 +354,18 @@ class PtyKeeper(Actor):
             pid = int(info["pid"])
         except (RingError, OSError, KeyError, TypeError, ValueError) as exc:
             close_all(fds)
-            return str(exc)
+            return "bad_args", str(exc)
         os.set_blocking(master, False)
         try:
             pidfd: int | None = os.pidfd_open(pid)
-        except OSError:
+        except ProcessLookupError:
             pidfd = None  # already gone: its status is asked for at once
+        except OSError as exc:
+            # (out of descriptors: a live shell must not be taken for one that has ended;
+            # the sender keeps its copy, and the supervisor its own)
+            ring.close()
+            os.close(master)
+            return "resource_exhausted", f"pidfd_open({pid}): {exc.strerror or exc}"
         recovered = ring.recover()  # a read our predecessor made and did not commit
         if recovered:
             logger.info("session {}: took in {} bytes read before the last keeper died", sid,
@@ -380,7 +388,7 @@ class PtyKeeper(Actor):
     def _m_create(self, msg: dict[str, Any]) -> None:
         # Spawning costs milliseconds: a hundred at once must not hold the loop (it would be
         # taken for a hang), so at most `create_per_turn` a turn.
-        self._creates.append(msg)
+        self._creates.append((self.link, msg))
         if not self._creating:
             self._creating = True
             self.loop.defer(self._run_creates)
@@ -388,7 +396,14 @@ class PtyKeeper(Actor):
     def _run_creates(self) -> None:
         try:
             for _ in range(min(self.create_per_turn, len(self._creates))):
-                msg = self._creates.popleft()
+                link, msg = self._creates.popleft()
+                if link is not self.link:
+                    # Its terminal actor is gone (or replaced): no one waits for the reply,
+                    # and a shell started now would be a session no terminal asked for. Its
+                    # successor makes the sessions it knows of again itself.
+                    logger.info("create of session {!r} dropped: the terminal actor that "
+                                "asked for it is gone", msg.get("s"))
+                    continue
                 try:
                     self._create(msg)
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -439,8 +454,13 @@ class PtyKeeper(Actor):
         self.ptys.add(s)
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
         self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid, "tty": sp.tty})
-        self._pass(s)
-        self._keep(s)
+        try:
+            self._pass(s)
+            self._keep(s)
+        except OSError as exc:
+            # (no descriptor left to duplicate: the session is ours and answered; a holder
+            # that lacks its copies works without: the terminal writes through us)
+            logger.warning("session {}: its master and ring not shared: {}", sid, exc)
 
     def _discard_spawned(self, pid: int, master: int, tries: int = 100) -> None:
         """A shell spawned for a session that could not be made: killed, its master closed,
