@@ -95,8 +95,12 @@ class KeeperClient:
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            sock.connect(str(self.path))  # a Unix connect: at once or refused
+            # A Unix connect completes at once, or fails: refused, or EAGAIN while the
+            # keeper's backlog is full (a keeper that is stopped or slow to accept; a
+            # blocking connect would wait for it, and this loop with it).
+            sock.connect(str(self.path))
         except OSError as exc:
             sock.close()
             logger.debug("keeper not reachable at {}: {}", self.path, exc)
