@@ -219,11 +219,25 @@ def test_a_query_of_the_cache_only_fallback_says_watching_is_off(watcher, data):
     ("[ab].c", ["a.c", "b.c"], ["c.c"]),
     ("[!ab].c", ["c.c"], ["a.c"]),
     ("a+b(c).txt", ["a+b(c).txt"], ["aab(c).txt"]),
+    ("**/x/**/y", ["x/y", "a/x/b/y", "a/x/x/b/c/y"], ["ax/y", "x/b", "y", "a/x/yy"]),
+    ("a**b", ["ab", "axxb"], ["a/b", "a/x/b"]),  # (within a component, ** is *)
+    ("[!]a].c", ["b.c"], ["].c", "a.c", "/.c"]),
+    ("*a*b*c", ["abc", "xaybzc", "aabbcc"], ["acb", "a/b/c", "abcx"]),
 ])
 def test_globs_keep_star_within_a_component_and_double_star_across(glob, yes, no):
     rx = re.compile(glob_regex(glob))
     assert all(rx.match(p) for p in yes), [p for p in yes if not rx.match(p)]
     assert not any(rx.match(p) for p in no), [p for p in no if rx.match(p)]
+
+
+@pytest.mark.timeout(30)
+def test_a_glob_costs_about_the_length_of_the_name_whatever_its_stars():
+    """Stars that a plain translation would try every split of (a number of ways that
+    grows as the name's length to the power of the stars: hours here, on the loop)."""
+    for glob, name in [("*a*a*a*a*a*a*a*a*b", "a" * 4000),
+                       ("**/a*a*a*b/**/*a*a*c", "/".join(["aaaa"] * 1000)),
+                       ("**/x/**/x/**/x/**/y", "/".join(["x"] * 2000))]:
+        assert re.compile(glob_regex(glob)).match(name) is None
 
 
 def test_a_page_looks_at_no_more_candidates_than_its_budget():

@@ -64,38 +64,75 @@ _FMT = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 
 def glob_regex(pattern: str) -> str:
     """A glob as a regular expression over a relative path: `*` and `?` within one
-    component, `**` across any number, `[...]` a character class."""
+    component, `**` as a whole component any number of them (elsewhere `**` is `*`, as in
+    git's and Watchman's globs), `[...]` a character class.
+
+    Made so that no name costs more than about its length times the pattern's to match:
+    a plain translation backtracks through every way to split a name among its stars
+    (`*a*a*a*a*a*a*b` over forty `a`s takes seconds, on the loop). As in fnmatch, a star
+    followed by a fixed run and then another star of its kind takes the first place the run
+    fits, atomically: within a component, an earlier place leaves the next star more of the
+    same component; across components, the next `**` absorbs whatever comes between. Only
+    the last `**` and the last star of each component backtrack, each over one dimension."""
+    parts = pattern.split("/")
+    units = [u for i, u in enumerate(parts) if not (u == "**" and i and parts[i - 1] == "**")]
     out = []
-    i, n = 0, len(pattern)
+    k, n = 0, len(units)
+    while k < n:
+        unit = units[k]
+        if unit != "**":
+            out.append(_component_regex(unit) + ("/" if k < n - 1 else ""))
+            k += 1
+        elif k == n - 1:
+            out.append(".*")  # (a trailing **: anything below)
+            k += 1
+        else:
+            nxt = next((j for j in range(k + 1, n) if units[j] == "**"), None)
+            if nxt is None:  # the last **: it backtracks, over the components
+                out.append("(?:[^/]*/)*")
+                k += 1
+            else:  # the components up to the next **: at the first place they fit
+                fixed = "".join(_component_regex(u) + "/" for u in units[k + 1 : nxt])
+                out.append(f"(?>(?:[^/]*/)*?{fixed})")
+                k = nxt
+    return "".join(out) + r"\Z"
+
+
+def _component_regex(glob: str) -> str:
+    """One component's glob (no `/` in it): fixed runs, and stars between them."""
+    runs: list[str] = [""]  # fixed runs; a star stands between each two
+    i, n = 0, len(glob)
     while i < n:
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
+        c = glob[i]
+        if c == "*":
+            while i < n and glob[i] == "*":  # (`**` within a component is a `*`)
+                i += 1
+            runs.append("")
+            continue
+        if c == "?":
+            runs[-1] += "[^/]"
             i += 1
         elif c == "[":
-            j = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
+            j = i + 1 + (glob[i + 1:i + 2] in ("!", "^"))
+            j = glob.find("]", j + (glob[j:j + 1] == "]"))  # (a `]` first is in the class)
             if j < 0:
-                out.append(re.escape(c))
+                runs[-1] += re.escape(c)
                 i += 1
                 continue
-            body = pattern[i + 1:j]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
+            body = glob[i + 1:j].replace("\\", "\\\\")
+            # (negated, it must not match the separator either)
+            runs[-1] += f"[^{body[1:]}/]" if body[0] in "!^" else f"[{body}]"
             i = j + 1
         else:
-            out.append(re.escape(c))
+            runs[-1] += re.escape(c)
             i += 1
-    return "".join(out) + r"\Z"
+    out = runs[0]
+    for k, run in enumerate(runs[1:], 1):
+        if k < len(runs) - 1 and run:
+            out += f"(?>[^/]*?{run})"  # another star follows: the first place it fits
+        else:
+            out += "[^/]*" + run
+    return out
 
 
 def _names(v: str | list | None, what: str) -> tuple[str, ...]:
