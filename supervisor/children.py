@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,11 @@ class Child:
     alive_at: int = 0  # monotonic ns of its last sign of life (its beat)
     down_since: float | None = None  # wall time its outage began (a hang: its last life)
     last_resort: int = 0  # the root's retries of a child that exhausted its fallbacks
+    # bound to its current process (its start's timeout, a stop's SIGKILL): they end with it
     timers: list[Timer] = field(default_factory=list)
+    # what is planned for it while it is down (a restart of its group, the root's retry), and
+    # the plan's work, to be done at once instead when asked (`sup.restart`)
+    plan: tuple[Timer, Callable[[], None]] | None = None
 
     @property
     def id(self) -> str:
@@ -78,9 +83,28 @@ class Child:
         return 0.0 if self.ready_at is None else now - self.ready_at
 
     def cancel_timers(self) -> None:
+        """Its process ended, or a new step for it arms its own: every timer goes."""
         for t in self.timers:
             t.cancel()
         self.timers.clear()
+        self.cancel_plan()
+
+    def cancel_plan(self) -> None:
+        """The plan for it changed. Its process's timers stay: a stop under way still ends
+        in SIGKILL, and a start that hangs still times out."""
+        if self.plan is not None:
+            self.plan[0].cancel()
+            self.plan = None
+
+    def run_plan(self) -> bool:
+        """Do now what was planned for it (False: nothing was)."""
+        if self.plan is None:
+            return False
+        timer, work = self.plan
+        timer.cancel()
+        self.plan = None
+        work()
+        return True
 
     def signal(self, sig: int) -> bool:
         """Signal the current process through its pidfd (immune to pid reuse)."""
@@ -128,7 +152,7 @@ class Child:
 def new_child(spec: ChildSpec, owner: SupervisorSpec, slot: int = 0) -> Child:
     return Child(
         spec=spec,
-        backoff=RestartBackoff(owner.backoff, owner.stable_after_s),
+        backoff=RestartBackoff(owner.backoff),
         heartbeat=Heartbeat(owner.heartbeat.misses),
         intensity=Intensity(owner.intensity, owner.period_s),
         slot=slot,

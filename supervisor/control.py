@@ -153,7 +153,9 @@ class ControlOps:
         if c.shed:
             raise fail("busy", f"{child} is shed under critical pressure; it comes back "
                        "when the pressure has passed (or with sup.shed {on: false})")
-        c.cancel_timers()
+        if c.state is ChildState.BACKOFF and c.run_plan():
+            return {"restarted": child}  # (its group's restart, now: the others come too)
+        c.cancel_plan()
         if c.state in (ChildState.RUNNING, ChildState.STARTING):
             self.sup.jobs.append(("stop", c))
         c.restarts += 1

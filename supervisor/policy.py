@@ -137,15 +137,15 @@ class Intensity:
 
 class RestartBackoff:
     """Delay before each restart of one child: none for the first after a stable run, then
-    capped exponential; `stable_after` seconds up since it was ready resets it."""
+    capped exponential; a death after a stable run (not young: it served `stable_after_s`)
+    resets it."""
 
-    def __init__(self, backoff: Backoff, stable_after: float) -> None:
+    def __init__(self, backoff: Backoff) -> None:
         self.backoff = backoff
-        self.stable_after = stable_after
         self.consecutive = 0
 
-    def next_delay(self, uptime: float) -> float:
-        if uptime >= self.stable_after:
+    def next_delay(self, stable: bool) -> float:
+        if stable:
             self.consecutive = 0
         delay = 0.0 if self.consecutive == 0 else self.backoff.delay(self.consecutive - 1)
         self.consecutive += 1

@@ -214,7 +214,7 @@ class Supervisor(Actor):
         self.jobs.clear()
         for cid in reversed(self.order):
             child = self.children[cid]
-            child.cancel_timers()
+            child.cancel_plan()
             if child.state is ChildState.BACKOFF:
                 child.state = ChildState.STOPPED
             self.jobs.append(("stop", child))
@@ -367,7 +367,11 @@ class Supervisor(Actor):
             elif kind == "spawn_failed":
                 child = self.children[ev["child"]]
                 logger.error("{}: fork failed: {}", child.id, ev.get("error"))
-                self._on_exit(child, ExitReason(ExitKind.ABNORMAL, detail=f"fork: {ev['error']}"))
+                if child.asked_of is zygote and child.pid is None and child.state in (
+                        ChildState.STARTING, ChildState.STOPPING):
+                    self._on_exit(child, ExitReason(ExitKind.ABNORMAL,
+                                                    detail=f"fork: {ev['error']}"))
+                # (else a late word of an attempt given up on: the child's own is under way)
             elif kind == "ready":
                 child = self.by_pid.get(ev["pid"])
                 if child is not None:
@@ -651,7 +655,8 @@ class Supervisor(Actor):
         child.kill_reason = ""
         uptime = child.uptime(now)
         serving = child.serving_for(now)
-        young = serving < self.spec.stable_after_s
+        # (one that never came up is young whatever stable_after_s says, 0 included)
+        young = child.ready_at is None or serving < self.spec.stable_after_s
         if not young:
             child.last_resort = 0  # it had been serving: whatever the root tried worked
         was = child.state
@@ -696,17 +701,17 @@ class Supervisor(Actor):
             else:
                 self._escalate(child)
                 return
-        self._schedule_restart(child, serving)
+        self._schedule_restart(child, stable=not young)
         self.next_job()
 
-    def _schedule_restart(self, child: Child, uptime: float) -> None:
+    def _schedule_restart(self, child: Child, stable: bool) -> None:
         group = [self.children[c] for c in affected(self.spec.strategy, self.order, child.id)]
         for other in reversed(group):
             if other is not child:
-                other.cancel_timers()
+                other.cancel_plan()
                 if other.state in (ChildState.RUNNING, ChildState.STARTING):
                     self.jobs.append(("stop", other))
-        delay = child.backoff.next_delay(uptime)
+        delay = child.backoff.next_delay(stable)
         child.state = ChildState.BACKOFF
         restart_group = [c for c in group if c is child or c.spec.restart.value != "temporary"]
 
@@ -722,7 +727,7 @@ class Supervisor(Actor):
 
         if delay > 0:
             logger.info("{}: restarting in {:.0f} ms", child.id, delay * 1000)
-        child.timers.append(self.loop.call_later(delay, restart))
+        self._plan(child, delay, restart)
 
     def _last_resort(self, child: Child) -> None:
         """The root has no parent to escalate to, and the tree is what an editor relies on:
@@ -743,8 +748,16 @@ class Supervisor(Actor):
                 self.jobs.append(("start", child))
                 self.next_job()
 
-        child.timers.append(self.loop.call_later(delay, retry))
+        self._plan(child, delay, retry)
         self.next_job()
+
+    def _plan(self, child: Child, delay: float, work: Callable[[], None]) -> None:
+        def due() -> None:
+            child.plan = None
+            work()
+
+        child.cancel_plan()
+        child.plan = (self.loop.call_later(delay, due), work)
 
     def _escalate(self, child: Child) -> None:
         msg = (f"{child.id}: more than {self.spec.intensity} restarts in {self.spec.period_s}s"

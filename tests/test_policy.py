@@ -76,17 +76,17 @@ def test_intensity_forgets_restarts_older_than_the_period():
 
 
 def test_restart_backoff_is_immediate_first_then_exponential_and_capped():
-    b = RestartBackoff(Backoff(0.02, 2.0, 0.1), stable_after=5.0)
-    delays = [b.next_delay(uptime=0.1) for _ in range(6)]
+    b = RestartBackoff(Backoff(0.02, 2.0, 0.1))
+    delays = [b.next_delay(stable=False) for _ in range(6)]
     assert delays == [0.0, 0.02, 0.04, 0.08, 0.1, 0.1]
 
 
 def test_restart_backoff_resets_after_a_stable_run():
-    b = RestartBackoff(Backoff(0.02, 2.0, 1.0), stable_after=5.0)
-    b.next_delay(0.1)
-    b.next_delay(0.1)
-    assert b.next_delay(0.1) == 0.04
-    assert b.next_delay(uptime=6.0) == 0.0
+    b = RestartBackoff(Backoff(0.02, 2.0, 1.0))
+    b.next_delay(stable=False)
+    b.next_delay(stable=False)
+    assert b.next_delay(stable=False) == 0.04
+    assert b.next_delay(stable=True) == 0.0
 
 
 def test_heartbeat_declares_a_hang_after_the_configured_misses():

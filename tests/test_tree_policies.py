@@ -361,3 +361,94 @@ def test_the_runtime_dir_is_private_and_the_client_sees_a_restart_as_a_new_epoch
     tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "one")
     assert tree.client.hello("one")["ep"] != first
     assert tree.client.core.restarts_seen["one"] == 1
+
+
+STUBBORN = """
+[supervisor]
+heartbeat = { interval_ms = 100, misses = 3 }
+[[children]]
+id = "plain"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "stubborn"
+start = "tests.fakes:FakeActor"
+shutdown_ms = 300
+config = { ignore_sigterm = true }
+"""
+
+
+def test_a_restart_asked_again_while_a_stop_is_under_way_still_ends_in_sigkill(make_tree):
+    """The second `sup.restart` finds the child stopping: it must not call off the SIGKILL
+    that ends a stop (a child that ignores SIGTERM would stay, the supervisor's queue of
+    starts and stops stuck behind it for good)."""
+    tree = make_tree(STUBBORN).start()
+    old = tree.child("stubborn")["pid"]
+    tree.call("supervisor", "sup.restart", {"child": "stubborn"})
+    tree.call("supervisor", "sup.restart", {"child": "stubborn"})
+    wait_for(lambda: (c := tree.child("stubborn"))["state"] == "running" and c["pid"] != old,
+             "the stubborn child killed and started again")
+    plain = tree.child("plain")["pid"]
+    tree.call("supervisor", "sup.restart", {"child": "plain"})  # the queue moves on
+    wait_for(lambda: (c := tree.child("plain"))["state"] == "running" and c["pid"] != plain,
+             "the next restart done")
+
+
+GROUP_IN_BACKOFF = """
+[supervisor]
+strategy = "rest_for_one"
+heartbeat = { interval_ms = 100, misses = 3 }
+backoff = { initial_ms = 60000, factor = 2.0, max_ms = 60000 }
+[[children]]
+id = "first"
+start = "tests.fakes:FakeActor"
+config = { crash_after = 1 }
+[[children]]
+id = "second"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_a_restart_asked_during_back_off_restarts_the_whole_group_now(make_tree):
+    """`first` dies twice young: the second time its group's restart (`second` too, under
+    rest_for_one) waits a minute. `sup.restart first` does that restart now: both come
+    back, not `first` alone with `second` left stopped."""
+    tree = make_tree(GROUP_IN_BACKOFF).start()
+    pid = tree.child("first")["pid"]
+    with contextlib.suppress(MoorageError):
+        tree.call("first", "fake.work", timeout=5)
+    wait_for(lambda: (c := tree.child("first"))["state"] == "running" and c["pid"] != pid
+             and tree.child("second")["state"] == "running", "the first restart, at once")
+    with contextlib.suppress(MoorageError):
+        tree.call("first", "fake.work", timeout=5)
+    wait_for(lambda: tree.child("first")["state"] == "backoff"
+             and tree.child("second")["state"] == "stopped", "the group waiting a minute")
+    tree.call("supervisor", "sup.restart", {"child": "first"})
+    wait_for(lambda: tree.child("first")["state"] == "running"
+             and tree.child("second")["state"] == "running", "the group back at once")
+
+
+NEVER_STABLE = """
+[supervisor]
+intensity = 2
+period_s = 60
+stable_after_s = 0
+heartbeat = {{ interval_ms = 100, misses = 3 }}
+[[children]]
+id = "a"
+start = "tests.fakes:FakeActor"
+config = {{ fail_at_start_if = "{gate}" }}
+"""
+
+
+def test_a_child_that_never_comes_up_counts_as_young_even_with_stable_after_zero(
+        make_tree, tmp_path):
+    """stable_after_s = 0 makes every death of a child that served count as stable (P11's
+    tree); one that dies in its start never served: its deaths add up to the intensity,
+    and the root retries it further apart instead of restarting it in a tight loop."""
+    gate = tmp_path / "fail"
+    tree = make_tree(NEVER_STABLE.format(gate=gate)).start()
+    gate.write_text("")
+    os.kill(tree.child("a")["pid"], signal.SIGKILL)
+    ev = tree.wait_event(lambda e: e["event"] == "escalated" and e.get("child") == "a")
+    assert ev["action"] == "retry", ev
+    assert tree.child("a")["restarts"] <= 4
