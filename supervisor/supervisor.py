@@ -86,7 +86,7 @@ from moorage.supervisor.policy import (
 from moorage.supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
 from moorage.supervisor.shedding import SheddingOps
 from moorage.supervisor.spec import SupervisorSpec
-from moorage.supervisor.zygote import ZygoteHandle
+from moorage.supervisor.zygote import ZYGOTE_EVENTS, ZygoteHandle
 
 ESCALATED_EXIT_CODE = 3
 ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_exit
@@ -355,6 +355,16 @@ class Supervisor(Actor):
     def _zygote_events(self, zygote: ZygoteHandle, events: list[dict]) -> None:
         for ev in events:
             kind = ev.get("ev")
+            # Only the zygote speaks of forks and deaths, and a child only of itself (the
+            # kernel says who sent each: `from`); anything else is refused and logged.
+            if kind == "ready":
+                trusted = ev["from"] is not None and ev["from"] == ev.get("pid")
+            else:
+                trusted = ev["from"] == zygote.pid and kind in ZYGOTE_EVENTS
+            if not trusted:
+                logger.warning("{}: refused an event on the zygote's socket from pid {}: {}",
+                               self.name, ev["from"], {k: ev[k] for k in list(ev)[:4]})
+                continue
             if kind == "spawned":
                 child = self.children[ev["child"]]
                 if child.asked_of is zygote and child.pid is None:
@@ -518,8 +528,8 @@ class Supervisor(Actor):
             self._spare_died(spare, None)
             return
         for ev in events:
-            if ev.get("ev") == "hello":
-                spare.pid = int(ev["pid"])
+            if ev.get("ev") == "hello" and ev["from"] == ev.get("pid"):
+                spare.pid = ev["from"]
 
     def _spare_died(self, spare: ZygoteHandle, code: int | None) -> None:
         """`code` when we reaped it ourselves; None when its end closed."""

@@ -54,6 +54,7 @@ import select
 import selectors
 import signal
 import socket
+import struct
 import sys
 import traceback
 from collections.abc import Callable, Iterable
@@ -133,6 +134,29 @@ def _decode(data: bytes) -> dict:
     return msgpack.unpackb(data)
 
 
+# what only the zygote itself says (a child says `ready`, of itself)
+ZYGOTE_EVENTS = frozenset({"hello", "spawned", "spawn_failed", "exited", "stopped",
+                           "continued"})
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_CREDS_SPACE = socket.CMSG_SPACE(_CREDS.size)
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """A supervisor's end and a zygote's: on ours, the kernel says who sent each datagram
+    (SO_PASSCRED), set before the other end can send anything."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    return ours, theirs
+
+
+def _sender(anc: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and \
+                len(data) >= _CREDS.size:
+            return _CREDS.unpack_from(data)[0]
+    return None
+
+
 def _encode(msg: dict) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
@@ -171,6 +195,9 @@ class ZygoteHandle:
                  preload: list[str], owner: str = "") -> None:
         self.pid = pid
         self.sock = sock
+        # Every event says who sent it, as the kernel saw it (`from`): the zygote's end is
+        # also every starting child's until its `ready`, and none may speak for another.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.beats = beats
         self.preload = preload  # for a replacement, should this one die
         self.owner = owner
@@ -238,11 +265,14 @@ class ZygoteHandle:
             self.pidfd = None
 
     def read_events(self) -> list[dict]:
+        """What was sent to us, each event with `from`, its sender's pid as the kernel saw
+        it (whatever the event says); a datagram that is not an event comes as
+        {ev: "garbled", from}."""
         out = []
         reset = False
         while True:
             try:
-                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+                data, anc, _, _ = self.sock.recvmsg(65536, _CREDS_SPACE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
             except ConnectionError as exc:
@@ -256,11 +286,19 @@ class ZygoteHandle:
                     raise EOFError("zygote gone") from exc
                 reset = True
                 continue
-            if not data:
+            sender = _sender(anc)
+            if not data and sender is None:  # (an empty datagram comes with its sender)
                 if out:
                     return out
                 raise EOFError("zygote gone")
-            out.append(_decode(data))
+            try:
+                ev = _decode(data)
+            except Exception:
+                ev = None
+            if not isinstance(ev, dict):
+                ev = {"ev": "garbled", "size": len(data)}
+            ev["from"] = sender
+            out.append(ev)
 
     def close(self) -> None:
         """Tell it to exit, and reap it if it is ours: killed if it has not gone within
@@ -288,7 +326,7 @@ class ZygoteHandle:
         and a zygote killed faster than that would leave no child able to start). Its pid
         comes in its first message (`learn_pid`); a new program when this one cannot be
         asked."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = _pair()
         try:
             socket.send_fds(self.sock, [_encode({"cmd": "fork_spare"})], [theirs.fileno()],
                             socket.MSG_DONTWAIT)
@@ -311,8 +349,8 @@ class ZygoteHandle:
             except EOFError:
                 return False
             for ev in events:
-                if ev.get("ev") == "hello":
-                    self.pid = int(ev["pid"])
+                if ev.get("ev") == "hello" and ev["from"] == ev.get("pid"):
+                    self.pid = ev["from"]
         if self.pid <= 0:
             return False
         if self.pidfd is None:
@@ -340,7 +378,7 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
     thread. `close_fds` are the supervisor's own (its instance lock, the ready line's pipe)
     that children must not hold."""
     become_subreaper()
-    parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent_end, zygote_end = _pair()
     beats = BeatBoard()
     gc.freeze()  # shared with the zygote and its children from here: see _Zygote.__init__
     release_free_heap()  # a free page left resident: inherited by every child, read by none
@@ -369,7 +407,7 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
 def spawn_zygote(preload: list[str], beats: BeatBoard, owner: str = "") -> ZygoteHandle:
     """Start a zygote as a new program (posix_spawn: no Python runs in a child of this
     threaded process), handing it the board's fd and, first on its socket, the tree's key."""
-    parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent_end, zygote_end = _pair()
     zygote_end.set_inheritable(True)
     os.set_inheritable(beats.fd, True)
     try:

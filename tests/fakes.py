@@ -8,16 +8,22 @@
   hang_after: int            spin for ever (holding the loop) on the Nth `fake.work`
   ignore_sigterm: true       SIGTERM does nothing (the supervisor must SIGKILL)
   exit_normally_after: int   exit(0) on the Nth `fake.work` (transient children)
+  forge_from: path           at start, when that file holds a pid: on the zygote's socket it
+                             inherited, say that pid exited, and that it is ready
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
+
+import msgpack
 
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
 
@@ -34,6 +40,8 @@ class FakeActor(Actor):
             time.sleep(float(config["start_delay_s"]))  # sleep-ok: the slow start it fakes
         if config.get("start_gate") and os.path.exists(config["start_gate"]):
             os.close(os.open(config["start_gate"], os.O_RDONLY))  # (until the test opens it)
+        if config.get("forge_from") and os.path.exists(config["forge_from"]):
+            _forge(int(Path(config["forge_from"]).read_text()))
         super().__init__(name, runtime_dir, config)
         self.work_done = 0
         self.side_effects = 0
@@ -128,6 +136,25 @@ class FakeActor(Actor):
     def fail_op(self, call: Call) -> None:
         """Raise a plain exception (it must become an `internal` error reply)."""
         raise ValueError("configured failure")
+
+
+def _forge(victim: int) -> None:
+    """What a starting child could say for another on the socket it holds until it is
+    ready (the zygote's): that the victim exited, and that the victim is ready."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=int(name))
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_SEQPACKET:
+                sock.send(msgpack.packb({"ev": "exited", "pid": victim, "code": 0,
+                                         "signal": None}))
+                sock.send(msgpack.packb({"ev": "ready", "pid": victim}))
+                sock.send(b"not msgpack \xc1")
+                return
+        finally:
+            sock.detach()
 
 
 def _die() -> None:

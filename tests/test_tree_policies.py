@@ -452,3 +452,36 @@ def test_a_child_that_never_comes_up_counts_as_young_even_with_stable_after_zero
     ev = tree.wait_event(lambda e: e["event"] == "escalated" and e.get("child") == "a")
     assert ev["action"] == "retry", ev
     assert tree.child("a")["restarts"] <= 4
+
+
+FORGER = """
+[supervisor]
+heartbeat = {{ interval_ms = 100, misses = 3 }}
+[[children]]
+id = "victim"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "forger"
+start = "tests.fakes:FakeActor"
+config = {{ forge_from = "{path}" }}
+"""
+
+
+def test_a_starting_child_cannot_speak_for_another_on_the_zygote_s_socket(make_tree, tmp_path):
+    """Every starting child holds the zygote's socket until it is ready. One that says
+    there that a sibling exited (and that the sibling is ready), and sends garbage, is not
+    believed: the kernel says who sent each datagram. The sibling keeps its process, and
+    no second one starts on its endpoint."""
+    path = tmp_path / "victim.pid"
+    tree = make_tree(FORGER.format(path=path)).start()
+    victim = tree.child("victim")
+    path.write_text(str(victim["pid"]))
+    forger = tree.child("forger")["pid"]
+    tree.call("supervisor", "sup.restart", {"child": "forger"})
+    wait_for(lambda: (c := tree.child("forger"))["state"] == "running" and c["pid"] != forger,
+             "the forger started again (its forgeries were read before its ready)")
+    after = tree.child("victim")
+    assert (after["pid"], after["restarts"], after["state"]) == (victim["pid"], 0, "running")
+    assert tree.call("victim", "sys.ping") is not None
+    log = (tree.state_dir / "logs" / "supervisor.log").read_text()
+    assert log.count("refused an event on the zygote's socket") >= 3, log[-3000:]

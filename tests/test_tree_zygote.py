@@ -479,7 +479,7 @@ def test_a_ready_queued_behind_the_reset_of_a_dead_zygotes_socket_is_read():
         ours.send(msgpack.packb({"cmd": "fork_spare"}))  # never read: the zygote died
         theirs.send(msgpack.packb({"ev": "ready", "pid": 4242}))
         theirs.close()
-        assert handle.read_events() == [{"ev": "ready", "pid": 4242}]
+        assert handle.read_events() == [{"ev": "ready", "pid": 4242, "from": os.getpid()}]
         with pytest.raises(EOFError):
             handle.read_events()
     finally:
