@@ -23,6 +23,7 @@ orphaned (stopping when the grace period is over unless adopted).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -124,16 +125,23 @@ class Lifecycle:
     # --- following the editor ----------------------------------------------------------------
 
     def _follow(self, pid: int) -> None:
-        self._unfollow()
         try:
-            self._pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            self._unfollow()
             self.parent = pid
-            self._orphan(f"parent {pid} was gone when the tree started following it")
+            why = "was gone" if isinstance(exc, ProcessLookupError) else \
+                f"could not be followed ({exc.strerror or exc})"
+            self._orphan(f"parent {pid} {why} when the tree started following it")
             return
+        self._attach(pid, pidfd)
+
+    def _attach(self, pid: int, pidfd: int) -> None:
+        self._unfollow()
+        self._pidfd = pidfd
         self.parent = pid
         self.state = "attached"
-        self.sup.loop.add_reader(self._pidfd, self._parent_gone)
+        self.sup.loop.add_reader(pidfd, self._parent_gone)
 
     def _unfollow(self) -> None:
         if self._pidfd is not None:
@@ -186,6 +194,18 @@ class Lifecycle:
         if parent is not None and (parent <= 0 or not same_user(parent)):
             raise fail("bad_args", f"adopt: parent {parent} is not a live process of this "
                        "user")
+        pidfd = None
+        if parent is not None:
+            # First, before anything changes: a parent that cannot be followed (gone since,
+            # a thread's id, no descriptor left) leaves the tree as it was, its grace
+            # running if it is orphaned, and the caller told why.
+            try:
+                pidfd = os.pidfd_open(parent)
+            except OSError as exc:
+                kind = "resource_exhausted" if exc.errno in (errno.EMFILE, errno.ENFILE,
+                                                             errno.ENOMEM) else "bad_args"
+                raise fail(kind, f"adopt: parent {parent} cannot be followed: "
+                           f"{exc.strerror or exc}") from exc
         was = self.state
         if self._grace is not None:
             self._grace.cancel()
@@ -195,7 +215,8 @@ class Lifecycle:
             self._unfollow()
             self.parent, self.state = None, "standalone"
         else:
-            self._follow(parent)
+            assert pidfd is not None
+            self._attach(parent, pidfd)
         logger.info("adopted (was {}); parent now {}", was, self.parent)
         self.sup.event("adopted", parent=self.parent, was=was)
         if self.sup.notify is not None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.common import tree_pid
 from tests.conftest import ROOT, assert_all_gone, descendants, kill_instance, wait_pid_exit
 from tests.terminal_support import env_for, make_home
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -405,6 +407,35 @@ def test_moorage_adopt_cancels_the_shutdown_and_only_the_root_can_be_adopted(ups
     out = subprocess.run(moorage(rdir, "adopt", "--parent", "999999999"), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "no such process" in out.stderr
+
+
+def test_an_adopt_by_a_parent_that_cannot_be_followed_leaves_the_orphaned_tree_as_it_was(
+        ups, runtime_dir):
+    """A thread's id passes as a live process of the user, but no pidfd can follow it: the
+    adopt is refused before anything changes, and the orphaned tree's grace runs on (it
+    was called off first, and a tree nobody followed stayed up for good)."""
+    editor = Editor()
+    rdir = runtime_dir / "adt"
+    u = up(ups, rdir, FAKES.format(grace=60), "--parent", str(editor.pid))
+    u.line()
+    editor.kill()
+    parked = threading.Event()
+    tids: list[int] = []
+    thread = threading.Thread(target=lambda: (tids.append(threading.get_native_id()),
+                                              parked.wait()))
+    thread.start()
+    try:
+        with Client(rdir, timeout=10) as c:
+            events_until(c, "orphaned")
+            wait_for(lambda: tids, "the thread's id")
+            with pytest.raises(MoorageError) as e:
+                adopt(c, tids[0])
+            assert e.value.name == "bad_args", e.value
+            life = c.call("supervisor", "sup.status")["lifecycle"]
+            assert life["state"] == "orphaned" and 0 < life["stops_in_s"] <= 60, life
+    finally:
+        parked.set()
+        thread.join()
 
 
 # --- finding no tree -----------------------------------------------------------------------
