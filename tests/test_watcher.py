@@ -559,6 +559,28 @@ def test_watching_the_state_directory_does_not_feed_back_into_itself(start, data
     assert not [e for e in w.seen if ".watcher-state" in e.get("path", "")]
 
 
+def test_a_state_directory_that_goes_away_costs_the_state_never_an_event(start, data,
+                                                                         tmp_path):
+    """The state directory removed under a running watcher (a cleaner of the temp dir):
+    the next checkpoint cannot start the log's next generation. The state is given up, the
+    log's descriptor kept until then (closed first, its number went to the next file
+    opened, and every event after it failed to be logged and was never published), and
+    every event still comes."""
+    state = tmp_path / "state"
+    w = start(state_dir=str(state), checkpoint_s=0.05)
+    w.watch()
+    (data / "a").write_text("1")
+    w.sync()
+    shutil.rmtree(state)
+    (data / "b").write_text("2")
+    wait_for(lambda: w.call("fs.stats")["checkpoints"]["lost"], "the state given up")
+    for i in range(3):
+        (data / f"c{i}").write_text("3")
+    got = {os.path.basename(e["path"]) for e in w.sync() if "path" in e}
+    assert {"c0", "c1", "c2"} <= got
+    assert not state.exists()
+
+
 def test_a_deleted_root_is_announced_and_watched_again_when_it_is_back(start, data):
     w = start(liveness_s=0.1)
     root = data / "project"

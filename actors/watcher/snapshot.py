@@ -402,10 +402,13 @@ class Wal:
             self.records += 1
 
     def rotate(self) -> int:
-        """Start a new generation; returns its number (the capture's tag)."""
+        """Start a new generation; returns its number (the capture's tag). Raises OSError
+        with the current one still open: its descriptor is closed only once the next is
+        (closed first, its number could be another file's by the next append)."""
+        fd = self._open(self.gen + 1)
         os.close(self.fd)
+        self.fd = fd
         self.gen += 1
-        self.fd = self._open(self.gen)
         return self.gen
 
     def drop_before(self, gen: int) -> None:

@@ -126,6 +126,7 @@ class State:
         # of it to pack a turn at a time (None: all of it packed)
         self._inflight: tuple[dict[str, Any], _Parts] | None = None
         self._rest: Iterator[bytes] | None = None
+        self.lost: str | None = None  # why the state is no longer kept (the log failed)
 
     def _path(self, what: str) -> str:
         return str(self.dir / f"{what}.msgpack")
@@ -159,9 +160,36 @@ class State:
         return {p: s for p, s in entries.items() if in_scope(p)}
 
     def log(self, paths: list[str]) -> None:
-        """The write-ahead log: the paths of a batch of events, before it is published."""
+        """The write-ahead log: the paths of a batch of events, before it is published. A
+        log that cannot be written (its directory removed, its disk full) must not stop the
+        events: the state is given up instead (`lose`)."""
         assert self.wal is not None
-        self.wal.append(paths)
+        if self.lost is not None:
+            return
+        try:
+            self.wal.append(paths)
+        except OSError as exc:
+            self.lose(f"the write-ahead log: {exc}")
+
+    def lose(self, why: str) -> None:
+        """Keep no state from now on, and leave none that a restart could take for whole:
+        the snapshot goes, so the next process has no base, and reports every watched path
+        (complete, if noisy) instead of missing what only the lost log knew."""
+        if self.lost is not None:
+            return
+        self.lost = why
+        logger.error("watcher: state no longer kept ({}); a restart resyncs from no base",
+                     why)
+        self._captured = None
+        self._drop_snapshot()
+        if self.wal is not None:
+            self.wal.close()
+
+    def _drop_snapshot(self) -> None:
+        try:
+            Path(self._path("snapshot")).unlink(missing_ok=True)
+        except OSError as exc:
+            logger.error("watcher: the snapshot could not be removed: {}", exc)
 
     def checkpoint(self, seq: int, capture: Callable[[], dict[str, Any]],
                    write: Offload | None = None,
@@ -180,7 +208,7 @@ class State:
         the whole 10-20 ms. `wake` (the loop's call from another thread) bounds the parts
         packed ahead of the worker (_Parts). Without `write` and `later`, all of it is done
         here."""
-        if self.writing:
+        if self.writing or self.lost is not None:
             return self.last_cost
         captured, self._captured = self._captured, None
         if captured is not None:
@@ -191,8 +219,12 @@ class State:
         mark = (seq, self.watch_version)
         if mark != self._mark and self.wal is not None:
             self._mark = mark
-            self._captured = {"tree": self.tree, "seq": seq, "gen": self.wal.rotate(),
-                              **capture()}
+            try:
+                gen = self.wal.rotate()
+            except OSError as exc:
+                self.lose(f"the write-ahead log's next generation: {exc}")
+                return self.last_cost
+            self._captured = {"tree": self.tree, "seq": seq, "gen": gen, **capture()}
         return self.last_cost
 
     def _stream(self, captured: dict[str, Any], write: Offload,
@@ -261,6 +293,9 @@ class State:
         except OSError:
             logger.exception("watcher: checkpoint not written")
             return None
+        if self.lost is not None:  # (lost while it was written: it must not stay)
+            self._drop_snapshot()
+            return None
         if self.wal is not None:
             self.wal.drop_before(captured["gen"])
         return n, spent + time.perf_counter() - t0
@@ -298,17 +333,18 @@ class State:
             if not parts.done.wait(CLOSE_WAIT_S):
                 logger.warning("watcher: the last checkpoint's write did not end within {} s",
                                CLOSE_WAIT_S)
-                if self.wal is not None:
+                if self.wal is not None and self.lost is None:
                     self.wal.close()
                 return
             self.writing = False
             if parts.result is None and self._captured is None:  # failed: once more, here
                 self._captured = captured
-        if self._captured is not None and not self.writing:
+        if self._captured is not None and not self.writing and self.lost is None:
             self._written(self._captured, self._save(self._captured))
-        if self.wal is not None:
+        if self.wal is not None and self.lost is None:
             self.wal.close()
 
     def stats(self) -> dict[str, Any]:
         return {"dir": str(self.dir), "written": self.written, "last_ms": self.last_ms,
-                "bytes": self.bytes, "wal_records": self.wal.records if self.wal else 0}
+                "bytes": self.bytes, "wal_records": self.wal.records if self.wal else 0,
+                "lost": self.lost}
