@@ -130,6 +130,16 @@ def test_back_off_is_capped():
     assert later.delays == [0.125, 0.25, 0.5, 0.5, 0.5, 0.5]
 
 
+def test_an_attempt_that_raises_what_is_not_an_os_error_is_answered_internal():
+    """A bug, or a MemoryError on a 16 MiB read: answered, not left pending (a write's
+    bookkeeping waits on its answer to let the file's next write go)."""
+    def attempt() -> None:
+        raise MemoryError("no room for the read")
+
+    p = Attempts(POLICY, attempt, Later(), "/f").run()
+    assert p.done and p.error.name == "internal" and "MemoryError" in str(p.error)
+
+
 def test_permanent_errors_are_answered_at_once_without_retrying():
     later = Later()
     attempt = failing(errno.ENOENT)
@@ -401,6 +411,29 @@ def test_what_a_job_holds_goes_once_it_ran_not_when_the_next_job_comes():
         assert job.result() == 1
         assert gone() is None
     finally:
+        workers.shutdown()
+
+
+def test_a_callback_that_raises_strands_none_of_the_jobs_handed_back_with_it():
+    """Jobs that finish together come back in one hand-back; one whose waiter raises (a bug,
+    a MemoryError in what it finishes) must not keep the others from settling: their
+    requests would never be answered, and the pool would count them in flight for ever."""
+    handed: SimpleQueue = SimpleQueue()
+    workers = Workers("io", handed.put, threads=1)
+    second_go = threading.Event()
+    first = workers.submit(lambda: 1)
+    second = workers.submit(lambda: second_go.wait(10) and 2)
+    settled: list[int] = []
+    first.then(lambda job: 1 / 0)
+    second.then(lambda job: settled.append(job.value))
+    try:
+        run_done = handed.get(timeout=10)  # the first came back: the loop is woken once
+        second_go.set()
+        wait_for(lambda: len(workers._done) == 2, "the second handed back with the first")
+        run_done()
+        assert settled == [2] and first.done and workers.in_flight == 0
+    finally:
+        second_go.set()
         workers.shutdown()
 
 

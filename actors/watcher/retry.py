@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from loguru import logger
+
 from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import Category, MoorageError, Severity, WireError, fail
 from moorage.protocol.recovery import Backoff, recovery_for
@@ -194,6 +196,11 @@ class Attempts:
                 self.schedule(delay, self.run)
                 return "later"
             self._give_up(exc)
+            return "done"
+        except Exception as exc:  # (a bug, or MemoryError: answered, never left pending)
+            logger.opt(exception=exc).error("watcher: {} failed", self.path)
+            self.pending.resolve(error=fail("internal", f"{self.path}: "
+                                            f"{type(exc).__name__}: {exc}"))
             return "done"
         if isinstance(value, Job):
             value.then(self._resume)

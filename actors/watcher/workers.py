@@ -24,6 +24,8 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
 
+from loguru import logger
+
 from moorage.protocol.errors import fail
 
 Wake = Callable[[Callable[[], None]], None]
@@ -46,7 +48,7 @@ class Job:
         self.done, self.value, self.error = True, value, error
         then, self._then = self._then, []
         for fn in then:
-            fn(self)
+            _run_isolated(fn, self)
 
     def then(self, fn: Callable[[Job], None]) -> None:
         """Run `fn(self)` once settled (at once when it already is)."""
@@ -59,6 +61,15 @@ class Job:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+def _run_isolated(fn: Callable[..., None], *args: Any) -> None:
+    """One of several callbacks run together: one that raises must not strand the others
+    (the jobs behind it would never settle, and their requests never be answered)."""
+    try:
+        fn(*args)
+    except Exception:
+        logger.exception("workers: a callback raised")
 
 
 # Hands a blocking function to a worker and its bookkeeping back to the loop
@@ -158,7 +169,7 @@ class Workers:
             done, self._done = self._done, []
             self._wake_pending = False
         for fn in done:
-            fn()
+            _run_isolated(fn)
 
     def shutdown(self) -> None:
         """No new jobs; each thread ends once its current job returns (a job stuck in a
