@@ -174,6 +174,23 @@ def service(root: Path, **kw) -> FileService:  # type: ignore[no-untyped-def]
     return FileService(Roots([str(root)]), FileCache(), POLICY, Later(), **kw)
 
 
+@pytest.mark.parametrize("gone", [1, 30])
+def test_directories_gone_drop_every_cached_file_under_them_and_no_other(tmp_path, gone):
+    """A few directories are matched as prefixes, many by each entry's ancestors: the same
+    answer either way, a sibling whose name only begins like a gone one's kept."""
+    st = os.stat(tmp_path)
+    cache = FileCache()
+    for d in range(40):
+        for f in range(3):
+            for real in (f"/w/d{d}/f{f}", f"/w/d{d}/sub/x/f{f}", f"/w/d{d}x/f{f}"):
+                cache.put(real, real, st, b"x")
+    cache.invalidate_trees([f"/w/d{d}" for d in range(gone)] + ["/w/none/"])
+    left = set(cache.entries)
+    assert not any(p.startswith(f"/w/d{d}/") for d in range(gone) for p in left)
+    assert len(left) == 40 * 9 - gone * 6
+    assert all(f"/w/d{d}x/f0" in left for d in range(40))
+
+
 def test_a_read_is_cached_and_a_hit_is_revalidated_by_stat(tree):
     fs = service(tree)
     path = str(tree / "a.txt")

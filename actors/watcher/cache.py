@@ -45,6 +45,15 @@ def stat_info(st: os.stat_result) -> dict[str, Any]:
             "mode": mode & 0o7777, "etag": etag(stat_key(st))}
 
 
+def _under(path: str, dirs: set[str]) -> bool:
+    i = path.rfind("/")
+    while i > 0:
+        if path[:i] in dirs:
+            return True
+        i = path.rfind("/", 0, i)
+    return False
+
+
 @dataclass(slots=True)
 class Entry:
     key: StatKey
@@ -134,10 +143,18 @@ class FileCache:
         if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != e.key:
             self.invalidate(real)
 
-    def invalidate_tree(self, real_dir: str) -> None:
-        """A directory was deleted or moved: everything under it goes."""
-        prefix = real_dir.rstrip("/") + "/"
-        for p in [p for p in self.entries if p.startswith(prefix)]:
+    def invalidate_trees(self, real_dirs: list[str]) -> None:
+        """Directories were deleted or moved: everything under them goes. One look at each
+        entry for the lot (an `rm -rf` of a build's thousands of directories, one scan of
+        the cache each, held the loop for seconds): a few directories are tested as
+        prefixes in C; many, each entry's ancestors looked up among them."""
+        dirs = {d.rstrip("/") for d in real_dirs}
+        if len(dirs) <= 8:
+            prefixes = tuple(d + "/" for d in dirs)
+            gone = [p for p in self.entries if p.startswith(prefixes)]
+        else:
+            gone = [p for p in self.entries if _under(p, dirs)]
+        for p in gone:
             self.invalidate(p)
 
     def trim(self, fraction: float) -> dict[str, int]:

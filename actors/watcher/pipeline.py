@@ -212,6 +212,7 @@ class Pipeline:
         ignore = self.ignore
         # (at settle 0 the flush follows at once: nothing to stat ahead of it)
         want: list[str] | None = [] if self.ahead is not None and self.settle_s > 0 else None
+        gone_dirs: list[str] = []  # (their cached files dropped once, after the batch)
         self.fed += len(raws)
         for etype, src, dest, d in raws:
             if ignore and (src.startswith(ignore) or (dest and dest.startswith(ignore))):
@@ -233,7 +234,7 @@ class Pipeline:
                     want.append(src)
                 if cache is not None:
                     if d and kind == DELETED:
-                        cache.invalidate_tree(src)
+                        gone_dirs.append(src)
                     else:
                         cache.changed(src)
             elif etype == "moved":
@@ -243,9 +244,11 @@ class Pipeline:
                     want.append(dest)
                 if cache is not None:
                     if d:
-                        cache.invalidate_tree(src)
+                        gone_dirs.append(src)
                     cache.changed(src)
                     cache.changed(dest)
+        if gone_dirs and cache is not None:
+            cache.invalidate_trees(gone_dirs)
         if want:
             self._want(want)
         if not self.coalescer.pending and not self.coalescer.cancelled:
