@@ -581,6 +581,26 @@ def test_a_state_directory_that_goes_away_costs_the_state_never_an_event(start, 
     assert not state.exists()
 
 
+def test_a_directory_moved_out_and_made_again_is_told_gone_then_new(start, data, tmp_path):
+    """`mv build elsewhere && mkdir build`: the move out (unpaired, held for its pair) and
+    the new directory meet in one window. Told as one `modified`, what was under the old
+    one stayed in the index (fs.query listed it) and no subscriber learnt it was gone."""
+    build = data / "build"
+    build.mkdir()
+    (build / "a.o").write_text("1")
+    w = start()
+    w.watch()
+    w.sync()
+    build.rename(tmp_path / "moved")
+    build.mkdir()
+    (build / "b.o").write_text("2")
+    evs = [(e["kind"], os.path.relpath(e["path"], data)) for e in w.seen + w.sync()
+           if "path" in e]
+    assert evs.index(("deleted", "build")) < evs.index(("created", "build")), evs
+    names = w.call("fs.query", {"path": str(data), "fields": ["name"]})["files"]
+    assert "build/a.o" not in names and "build/b.o" in names, names
+
+
 def test_a_deleted_root_is_announced_and_watched_again_when_it_is_back(start, data):
     w = start(liveness_s=0.1)
     root = data / "project"

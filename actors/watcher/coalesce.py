@@ -2,6 +2,9 @@
 
   created  + deleted  = nothing       (a temporary file nobody needs to hear about)
   deleted  + created  = modified      (an editor's safe-save: the path was replaced)
+                                      but a directory replaced, or a file replaced by one, is
+                                      created, its old self in `replaced` (what was under it
+                                      is gone: the pipeline tells that deletion first)
   created  + modified = created       (a new file being written)
   modified + deleted  = deleted
   anything else       = the later kind, except that a path that exists stays "modified"
@@ -37,11 +40,12 @@ _RULES: dict[tuple[str, str], str | None] = {
 class Coalescer:
     """Pending events by path: [kind, is_dir, hint] where hint is the other end of a move."""
 
-    __slots__ = ("absorbed", "cancelled", "pending")
+    __slots__ = ("absorbed", "cancelled", "pending", "replaced")
 
     def __init__(self) -> None:
         self.pending: dict[str, list] = {}
         self.cancelled: dict[str, bool] = {}  # path -> is_dir, events that cancelled out
+        self.replaced: set[str] = set()  # directories deleted, then created again
         self.absorbed = 0  # events folded into another or cancelled (a statistic)
 
     def __len__(self) -> int:
@@ -53,6 +57,9 @@ class Coalescer:
             self.pending[path] = [kind, is_dir, hint]
             return
         new = _RULES[(p[0], kind)]
+        if new == MODIFIED and p[0] == DELETED and (p[1] or is_dir):
+            new = CREATED
+            self.replaced.add(path)
         self.absorbed += 1
         if new is None:
             del self.pending[path]
@@ -69,6 +76,14 @@ class Coalescer:
         self.pending = {}
         return out
 
+    def take_replaced(self) -> set[str]:
+        """Directories deleted and created again in this window (each also in `pending`,
+        created, unless its new self was deleted too: then in `cancelled`)."""
+        out = self.replaced
+        if out:
+            self.replaced = set()
+        return out
+
     def take_cancelled(self) -> dict[str, bool]:
         """Paths whose events cancelled out in this window (path -> is_dir); a path that
         changed again afterwards is also in `pending`."""
@@ -81,4 +96,5 @@ class Coalescer:
         n = len(self.pending)
         self.pending = {}
         self.cancelled = {}
+        self.replaced = set()
         return n

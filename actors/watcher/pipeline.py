@@ -296,6 +296,7 @@ class Pipeline:
         if self.after_flush is not None:
             self.after_flush()  # (it only schedules: nothing runs inside this flush)
         cancelled = self.coalescer.take_cancelled()
+        replaced = self.coalescer.take_replaced()
         items = self.coalescer.take()
         done, wanted = self.ahead.take_window() if self.ahead is not None else (_NONE, _NONE)
         if not items and not cancelled:
@@ -319,8 +320,8 @@ class Pipeline:
         statted_ahead = 0
         roots = {w.path for w in watches}
         held: str | None = None  # the last path found to be a directory the index holds
-        if cancelled:
-            self._told_gone(cancelled, items, out)
+        if cancelled or replaced:
+            self._told_gone(cancelled, items, out, replaced)
             for ev in out:
                 seq += 1
                 ev["clock"] = (inst, epoch, seq)
@@ -436,14 +437,18 @@ class Pipeline:
         return out
 
     def _told_gone(self, cancelled: dict[str, bool], items: dict[str, list],
-                   out: list[dict[str, Any]]) -> None:
+                   out: list[dict[str, Any]], replaced: set[str]) -> None:
         """Deletions for paths whose created + deleted cancelled out in this window although
         the subscribers had been told they exist (the index holds them): a resync walk saw
-        the file, then its own `created` event, queued behind the walk, met its deletion."""
+        the file, then its own `created` event, queued behind the walk, met its deletion.
+        And for directories replaced in it (`mv build away && mkdir build`): the old one and
+        what was under it are gone, told before the new one's creation."""
         entries = self.index.entries
-        for path, d in cancelled.items():
+        gone = [(p, d) for p, d in cancelled.items() if p not in items]  # (not changed since)
+        gone += [(p, True) for p in replaced if p in items]
+        for path, d in gone:
             told = entries.get(path)
-            if told is None or path in items:  # never told, or it changed again since
+            if told is None:  # never told
                 continue
             ids = self.watches.matching(path)
             if not ids:
