@@ -277,7 +277,9 @@ class Driving:
             if cookies:
                 self.w.pipeline.feed(cookies)
             for kind, detail in problems:
-                if kind == "enospc":
+                # (an overflow is covered by the walk; directories left unwatched are not,
+                # unless this resync placed every watch anew)
+                if kind == "enospc" or (kind == "unplaced" and recreation is None):
                     self._on_problem(kind, detail)
             return summary
 
@@ -293,6 +295,8 @@ class Driving:
             if recreation is not None:
                 self.halt(recreation.old)
             self._walk_done()
+            for kind, detail in problems:  # (taken for this walk: reported again)
+                self._on_problem(kind, detail)
             self.request_resync(reason, recreate)
             return None
         job.then(failed)
