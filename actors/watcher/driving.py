@@ -22,6 +22,7 @@ reaches them through `WatcherHost`; everything here runs on the actor's loop.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -304,11 +305,14 @@ class Driving:
 
     def halt(self, observers: list[Any]) -> None:
         """Stop detached observers on the walker (a big inotify instance takes long to
-        close); on the loop only when the walker's queue is full."""
+        close, and watchdog joins each emitter without a timeout: a polling one in the
+        middle of a big tree's snapshot, or on a stalled mount, for as long as that takes);
+        on a thread of their own when the walker's queue is full, never on the loop."""
         try:
             self.w.walker.submit(lambda: ObserverManager.halt(observers), lambda _: None)
         except MoorageError:
-            ObserverManager.halt(observers)
+            threading.Thread(target=ObserverManager.halt, args=(observers,),
+                             name="mw-halt", daemon=True).start()
 
     def after_resync(self, fn: Callable[[], None]) -> None:
         """Run `fn` once the resync under way has published its diff."""
