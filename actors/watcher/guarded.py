@@ -62,6 +62,8 @@ CREATED_SCAN_MAX = 256
 # kept up to this many; one more, and those under a directory removed since are dropped;
 # if most are still kept then, all are dropped and the watcher resyncs anew.
 UNPLACED_MAX = 4096
+# Events waiting for the inotify lane at most (LoopInotifyFD): about 15 MB of them.
+LANE_MAX = 65536
 
 
 def _move_keys(element: object) -> tuple[tuple[str, object], ...]:
@@ -781,6 +783,12 @@ if GUARDED:
             self._lane_cv = threading.Condition(threading.Lock())
             self._lane_busy = False  # events handed to the lane and not all dispatched yet
             self._lane_closed = False
+            # The lane's backlog is bounded as the kernel's queue is: past LANE_MAX events,
+            # what is read is dropped and the lane told of an overflow (once), whose resync
+            # walks after the drops. The lane can be held long (a placement's walk holds its
+            # group's lock) while a build writes; the kernel's own queue never filled then.
+            self._lane_overflowed = False
+            self.lane_dropped = 0
             self.on_loop = 0  # events dispatched by the loop
             self.on_lane = 0  # events the lane dispatched
 
@@ -847,7 +855,14 @@ if GUARDED:
             if done < len(events):
                 rest = [InotifyEvent(*e) for e in events[done:]]
                 with self._lane_cv:
-                    self._lane += rest
+                    if len(self._lane) < LANE_MAX:
+                        self._lane += rest
+                        self._lane_overflowed = False
+                    else:
+                        self.lane_dropped += len(rest)
+                        if not self._lane_overflowed:
+                            self._lane_overflowed = True
+                            self._lane.append(InotifyEvent(-1, _IN_Q_OVERFLOW, 0, b""))
                     self._lane_busy = True
                     self._lane_cv.notify()
 

@@ -533,7 +533,8 @@ class ObserverManager:
         """Where inotify events were dispatched: on the loop, or on the lane thread."""
         fd = getattr(self.inotify, "inotify_fd", None)
         return {"inotify_on_loop": getattr(fd, "on_loop", 0),
-                "inotify_on_lane": getattr(fd, "on_lane", 0)}
+                "inotify_on_lane": getattr(fd, "on_lane", 0),
+                "inotify_lane_dropped": getattr(fd, "lane_dropped", 0)}
 
 
 class Recreation:
