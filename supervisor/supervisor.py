@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from collections import deque
@@ -480,6 +481,7 @@ class Supervisor(Actor):
             old.lost = True
             logger.warning("{}: zygote {} lost while stopping: {}", self.name, old.pid, why)
             self._reap_children()
+            self._untold_deaths()
             return
         self.zygote_restarts += 1
         logger.error("{}: zygote {} lost: {}; starting another", self.name, old.pid, why)
@@ -501,6 +503,7 @@ class Supervisor(Actor):
         self.event("zygote_restarted", None, zygote_pid=new.pid, old_pid=old.pid,
                    restarts=self.zygote_restarts, reason=why)
         self._reap_children()  # an adopted child that died with it is a zombie of ours now
+        self._untold_deaths()
         for child in self.children.values():
             if child.state is ChildState.STARTING and child.pid is None:
                 # asked of the dead zygote, never confirmed: start it again
@@ -543,6 +546,28 @@ class Supervisor(Actor):
         self.spare = None
         if not self.shutting_down:
             self._stand_by(forked=spare.pid > 0)
+
+    def _untold_deaths(self) -> None:
+        """Children of a zygote just lost that are gone, and that no one will tell us of:
+        the zygote reaped them and died before it said so (killed between its wait and its
+        send, or its send refused). Adopted, they would wait for a SIGCHLD of ours that
+        never comes: running for ever in our books, and a stop of one the end of the job
+        queue. A process that ended and is no zombie of ours (ECHILD) is such a one."""
+        for child in list(self.children.values()):
+            fd, pid = child.pidfd, child.pid
+            if fd is None or pid is None or self.by_pid.get(pid) is not child:
+                continue
+            if not select.select([fd], [], [], 0)[0]:
+                continue  # alive
+            try:
+                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                del self.by_pid[pid]
+                logger.warning("{}: {} (pid {}) ended and its zygote died before telling how",
+                               self.name, child.id, pid)
+                kind = ExitKind.SHUTDOWN if child.stop_requested else ExitKind.ABNORMAL
+                self._on_exit(child, ExitReason(kind, detail="its exit went untold: its "
+                                                "zygote died"))
 
     def _on_spawned(self, child: Child, pid: int) -> None:
         child.pid = pid

@@ -292,6 +292,29 @@ def test_a_child_forked_by_a_zygote_killed_before_it_told_exits_unstarted(make_t
     assert tree.call("a", "fake.work")["pid"] == back["pid"]
 
 
+def test_a_death_its_zygote_reaped_and_died_before_telling_is_not_waited_for_in_vain(
+        make_tree, tmp_path):
+    """The zygote reaps a child and is killed at the very send of its "exited" (strace's
+    fault injection). The child is not our zombie to reap and no word of it will come:
+    found ended when the zygote is replaced, it is restarted (it stayed "running" for good,
+    its heartbeats missed and its SIGKILL refused for ever)."""
+    tree = make_tree(TWO).start()
+    before = tree.status()
+    zygote = before["zygote"]["pid"]
+    a = next(c["pid"] for c in before["children"] if c["id"] == "a")
+    with _traced(zygote, tmp_path / "strace.log", "-e", "trace=sendto",
+                 "-e", "inject=sendto:signal=SIGKILL:when=1") as strace:
+        os.kill(a, signal.SIGKILL)
+        ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
+        assert ev["old_pid"] == zygote
+        back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+        wait_for(lambda: strace.poll() is not None, "strace's end (its tracee died)")
+    assert back["pid"] != a
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+    exited = tree.status()["children"][0]["last_exit"]
+    assert "untold" in str(exited), exited
+
+
 def test_a_child_its_zygote_told_of_before_dying_is_adopted_not_started_twice(
         make_tree, tmp_path):
     """The zygote sends the restarted child's "spawned", and dies; the supervisor, stopped
