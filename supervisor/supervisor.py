@@ -95,6 +95,7 @@ ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_ex
 # (stopped, or wedged), and is replaced. It reaps on SIGCHLD between imports, one module at a
 # time, so a sound one tells within the longest import.
 EXIT_TELL_S = 5.0
+ZYGOTE_RETRY_S = 1.0  # a zygote (or its spare) that could not be made, tried again after
 
 
 class Supervisor(Actor):
@@ -129,6 +130,7 @@ class Supervisor(Actor):
         # new interpreter (~0.2-1 s), during which no child could start, and a zygote killed
         # again and again is replaced each time.
         self.spare: ZygoteHandle | None = None
+        self.replacing = False  # the lost zygote's successor could not be made yet
         self.orphans_reaped = 0  # descendants orphaned to us (a subreaper) and reaped
         self.orphan_exits: dict[int, tuple[int | None, int | None]] = {}  # pid -> status
         self.jobs: deque[tuple[str, Child]] = deque()
@@ -249,7 +251,9 @@ class Supervisor(Actor):
     # --- the job queue: starts and stops that must happen one after another -------------
 
     def next_job(self) -> None:
-        while self.current_job is None and self.jobs:
+        # (a start waits while there is no zygote to ask; a stop needs none)
+        while self.current_job is None and self.jobs and not (
+                self.replacing and self.jobs[0][0] == "start"):
             kind, child = self.jobs.popleft()
             if kind == "start":
                 if self.shutting_down or child.shed or child.state in (ChildState.RUNNING,
@@ -467,8 +471,8 @@ class Supervisor(Actor):
         spawn it had not answered is asked of the new one. While the tree stops, the
         children still stopping are only adopted: their deaths are ours to reap."""
         old = self.zygote
-        if old.lost:
-            return  # (while stopping: told again by its SIGCHLD, its end, a timer)
+        if old.lost or self.replacing:
+            return  # (told again by its SIGCHLD, its end, a timer; or being replaced)
         why = why or f"exited ({code})"
         # What it said before it died is taken first: a child it forked and told us of is
         # ours (adopted below), not one to start again beside the one that runs.
@@ -489,6 +493,16 @@ class Supervisor(Actor):
         old.release()
         self.loop.remove_reader(old.fileno())
         self.loop.add_reader(old.fileno(), lambda: self._on_zygote(old))
+        self._succeed(old, why)
+
+    def _succeed(self, old: ZygoteHandle, why: str) -> None:
+        """The spare, or else a new program, takes the lost zygote's place. One that cannot
+        be made (no descriptor or process left) is tried again ZYGOTE_RETRY_S later; no
+        child can start meanwhile, and none is asked to (`replacing`)."""
+        self.replacing = False
+        if self.shutting_down or self.zygote is not old:
+            self.next_job()
+            return
         new, self.spare = self.spare, None
         if new is not None:
             self.loop.remove_reader(new.fileno())
@@ -496,7 +510,14 @@ class Supervisor(Actor):
                 new.sock.close()  # (a spare that lives exits at this EOF)
                 new = None
         if new is None:
-            new = old.replacement()
+            try:
+                new = old.replacement()
+            except OSError as exc:
+                logger.error("{}: no zygote could replace {}: {}; trying again in {} s",
+                             self.name, old.pid, exc, ZYGOTE_RETRY_S)
+                self.replacing = True
+                self.loop.call_later(ZYGOTE_RETRY_S, lambda: self._succeed(old, why))
+                return
         self.zygote = new
         self._stand_by()
         self.loop.add_reader(new.fileno(), lambda: self._on_zygote(new))
@@ -517,8 +538,21 @@ class Supervisor(Actor):
     def _stand_by(self, forked: bool = True) -> None:
         """Start the spare zygote: forked by the zygote (ZygoteHandle.fork_spare), or a new
         program (this process has threads) after a forked one died before it said hello
-        (its zygote could not fork it)."""
-        spare = self.zygote.fork_spare() if forked else self.zygote.replacement()
+        (its zygote could not fork it). Out of descriptors or processes, it is tried again
+        ZYGOTE_RETRY_S later (the zygote serves meanwhile, without a spare)."""
+        zygote = self.zygote
+        try:
+            spare = zygote.fork_spare() if forked else zygote.replacement()
+        except OSError as exc:
+            logger.error("{}: no spare zygote: {}; trying again in {} s", self.name, exc,
+                         ZYGOTE_RETRY_S)
+
+            def again() -> None:
+                if self.zygote is zygote and self.spare is None and not self.shutting_down:
+                    self._stand_by(forked)
+
+            self.loop.call_later(ZYGOTE_RETRY_S, again)
+            return
         self.spare = spare
         # Its end closes when it dies (a forked spare is its zygote's child, whose death
         # we may not reap ourselves); its first message is its pid.

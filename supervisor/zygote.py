@@ -326,7 +326,7 @@ class ZygoteHandle:
         and a zygote killed faster than that would leave no child able to start). Its pid
         comes in its first message (`learn_pid`); a new program when this one cannot be
         asked."""
-        ours, theirs = _pair()
+        ours, theirs = _pair()  # (OSError out of descriptors: the caller tries later)
         try:
             socket.send_fds(self.sock, [_encode({"cmd": "fork_spare"})], [theirs.fileno()],
                             socket.MSG_DONTWAIT)
@@ -419,6 +419,9 @@ def spawn_zygote(preload: list[str], beats: BeatBoard, owner: str = "") -> Zygot
         argv = [sys.executable, "-P", "-c", boot, str(os.getpid()), str(zygote_end.fileno()),
                 str(beats.fd), str(beats.slots), owner, *preload]
         pid = os.posix_spawn(sys.executable, argv, dict(os.environ))
+    except BaseException:
+        parent_end.close()
+        raise
     finally:
         zygote_end.close()
         os.set_inheritable(beats.fd, False)

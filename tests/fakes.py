@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
+from moorage.actors.runtime.custody import CustodyClient, custody_path
 
 
 class FakeActor(Actor):
@@ -131,6 +132,28 @@ class FakeActor(Actor):
         while time.perf_counter() < end:
             pass
         return {"burnt_ms": ms}
+
+    @op("fake.custody", args={"keys": int, "fds": (int, 2)})
+    def custody(self, call: Call, keys: int, fds: int) -> dict[str, Any]:
+        """Leave `keys` entries of `fds` descriptors each with the supervisor (as a pty
+        keeper leaves a session's two), or, with 0, take back every one left."""
+        if getattr(self, "_custody", None) is None:
+            self._custody = CustodyClient(self.loop, custody_path(
+                self.runtime_dir, self.config["supervised_by"]), self.name)
+            self._kept = 0
+        if keys == 0:
+            for k in range(self._kept):
+                self._custody.drop(f"k{k}")
+            self._kept = 0
+            return {"kept": 0}
+        fd = os.open(os.devnull, os.O_RDONLY)
+        try:
+            for k in range(self._kept, self._kept + keys):
+                self._custody.keep(f"k{k}", {}, [fd] * fds)
+        finally:
+            os.close(fd)
+        self._kept += keys
+        return {"kept": self._kept}
 
     @op("fake.fail")
     def fail_op(self, call: Call) -> None:

@@ -315,6 +315,49 @@ def test_a_death_its_zygote_reaped_and_died_before_telling_is_not_waited_for_in_
     assert "untold" in str(exited), exited
 
 
+@contextlib.contextmanager
+def _descriptors_used_up(tree) -> Iterator[None]:
+    """The root supervisor at its limit of descriptors, as with too many sessions in
+    custody: its soft limit brought to 64 above what it holds, then a child leaving more
+    than that with it (fake.custody). Let go (taken back, the limit as it was) after."""
+    root = psutil.Process(tree.pid)
+    soft, hard = root.rlimit(psutil.RLIMIT_NOFILE)
+    limit = len(os.listdir(f"/proc/{tree.pid}/fd")) + 64
+    root.rlimit(psutil.RLIMIT_NOFILE, (limit, hard))
+    try:
+        # one a datagram, so that every slot is taken (more than one would find the last
+        # few too few, and be cut off)
+        tree.call("b", "fake.custody", {"keys": 100, "fds": 1})
+        wait_for(lambda: len(os.listdir(f"/proc/{tree.pid}/fd")) >= limit,
+                 "the supervisor's descriptors all used")
+        yield
+    finally:
+        root.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+        tree.call("b", "fake.custody", {"keys": 0})
+
+
+def test_a_zygote_that_cannot_be_replaced_for_want_of_descriptors_is_replaced_later(
+        make_tree):
+    """The supervisor has no descriptor left when its zygote dies: the replacement cannot
+    be made. It is tried again a second later, and once descriptors are free it serves,
+    and children start from it (the failure escaped the takeover: the supervisor kept the
+    dead zygote as its own, and no child could start again)."""
+    tree = make_tree(TWO).start()
+    zygote = tree.status()["zygote"]["pid"]
+    log = tree.state_dir / "logs" / "supervisor.log"
+    with _descriptors_used_up(tree):
+        os.kill(zygote, signal.SIGKILL)
+        wait_for(lambda: "no zygote could replace" in log.read_text(),
+                 "the replacement refused for want of descriptors")
+    ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
+    assert ev["old_pid"] == zygote
+    a = next(c["pid"] for c in tree.status()["children"] if c["id"] == "a")
+    os.kill(a, signal.SIGKILL)
+    back = tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "a")
+    assert psutil.Process(back["pid"]).ppid() == ev["zygote_pid"]
+    assert tree.call("a", "fake.work")["pid"] == back["pid"]
+
+
 def test_a_child_its_zygote_told_of_before_dying_is_adopted_not_started_twice(
         make_tree, tmp_path):
     """The zygote sends the restarted child's "spawned", and dies; the supervisor, stopped
