@@ -481,11 +481,11 @@ class Supervisor(Actor):
         for child in self.children.values():
             if child.pid is not None:
                 child.adopted = True
+        self._after_death_of(old)
         if self.shutting_down:
             old.lost = True
             logger.warning("{}: zygote {} lost while stopping: {}", self.name, old.pid, why)
             self._reap_children()
-            self._untold_deaths()
             return
         self.zygote_restarts += 1
         logger.error("{}: zygote {} lost: {}; starting another", self.name, old.pid, why)
@@ -524,7 +524,6 @@ class Supervisor(Actor):
         self.event("zygote_restarted", None, zygote_pid=new.pid, old_pid=old.pid,
                    restarts=self.zygote_restarts, reason=why)
         self._reap_children()  # an adopted child that died with it is a zombie of ours now
-        self._untold_deaths()
         for child in self.children.values():
             if child.state is ChildState.STARTING and child.pid is None:
                 # asked of the dead zygote, never confirmed: start it again
@@ -580,6 +579,28 @@ class Supervisor(Actor):
         self.spare = None
         if not self.shutting_down:
             self._stand_by(forked=spare.pid > 0)
+
+    def _after_death_of(self, old: ZygoteHandle) -> None:
+        """Look for the deaths `old` took untold once it is dead: killed a moment ago (it had
+        stopped answering), it may still hold its children's zombies, which pass to us as it
+        dies and are reaped with their true status."""
+        alive = old.pidfd is not None and not select.select([old.pidfd], [], [], 0)[0]
+        if not alive:
+            self._untold_deaths()
+            return
+        try:
+            fd = os.dup(old.pidfd)  # (its handle's own is released before it is dead)
+        except OSError:  # (no descriptor: judged now; a zombie yet to pass to us may be
+            self._untold_deaths()  # taken for untold, its status unknown)
+            return
+
+        def dead() -> None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            self._reap_children()
+            self._untold_deaths()
+
+        self.loop.add_reader(fd, dead)
 
     def _untold_deaths(self) -> None:
         """Children of a zygote just lost that are gone, and that no one will tell us of:
