@@ -1978,3 +1978,19 @@ def test_a_move_s_walk_watches_each_directory_before_it_reads_it(tmp_path):
         assert r.problems == []
     finally:
         r.mgr.stop()
+
+
+def test_a_root_moved_to_polling_whole_takes_no_more_subtrees_and_stays_polled():
+    """One placement's walk reports ENOSPC for each directory past the limit: after the
+    root's `max_polled` subtrees it is polled whole, and the reports still coming (from the
+    same walk) poll nothing apart under it nor move it to polling again (they did, every
+    `max_polled` reports, each with a warning and a full walk). Placed again later (found
+    missing, then back), it is placed with polling, not inotify."""
+    from moorage.actors.watcher.observer import ObserverManager, Root
+
+    mgr = ObserverManager(lambda fn: None, lambda: None, max_polled=4)
+    mgr.roots["/r"] = Root("/r", True, "inotify")
+    scopes = [got[1] if (got := mgr.poll_subtree(f"/r/pkg{i}")) else None for i in range(40)]
+    assert scopes == ["subtree"] * 4 + ["root"] + [None] * 35
+    assert mgr.polled == {} and mgr.roots["/r"].via == "placing"
+    assert mgr.roots["/r"].target == "polling"

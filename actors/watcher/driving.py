@@ -422,7 +422,7 @@ class Driving:
             out = []
             for r in roots:
                 try:
-                    out.append(obs.place(r.path, r.recursive, mode, generation))
+                    out.append(obs.place(r.path, r.recursive, r.target or mode, generation))
                 except OSError as exc:
                     logger.warning("watcher: {} cannot be watched: {}", r.path, exc)
                     out.append(Placement("missing", None, None))

@@ -94,6 +94,9 @@ class Root:
     recursive: bool
     via: str  # "inotify" | "polling" | "missing" | "placing" (its watch is being placed)
     watch: ObservedWatch | None = None
+    # how it is placed, whenever it is ("polling" once inotify had no room for it: a root
+    # found missing and back must not go back to inotify, to hit the limit again)
+    target: str | None = None
 
 
 class _Stale(Exception):
@@ -354,7 +357,7 @@ class ObserverManager:
             return None
         self._drop_polled(path)
         self._unschedule(old)
-        root = self.roots[path] = Root(path, old.recursive, "placing")
+        root = self.roots[path] = Root(path, old.recursive, "placing", target="polling")
         return root
 
     def poll_subtree(self, path: str) -> tuple[str, str, Root] | None:
@@ -366,8 +369,11 @@ class ObserverManager:
         inotify root)."""
         rp = self.root_of(path)
         root = self.roots.get(rp) if rp is not None else None
-        # A root still being placed reports ENOSPC from inside its placement: inotify.
-        if rp is None or root is None or root.via not in ("inotify", "placing"):
+        # A root still being placed reports ENOSPC from inside its placement: inotify. One
+        # moved to polling whole has nothing left to poll apart (its old placement's late
+        # reports would poll subtrees under it, and move it to polling again and again).
+        if rp is None or root is None or root.via not in ("inotify", "placing") \
+                or root.target == "polling":
             return None
         if any(path == p or path.startswith(p + "/") for p in self.polled):
             return None
