@@ -7,6 +7,7 @@ import contextlib
 import errno
 import gc
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -31,7 +32,7 @@ from moorage.actors.watcher.pipeline import Pipeline
 from moorage.actors.watcher.retry import Attempts, RetryPolicy, Verdict, classify
 from moorage.actors.watcher.snapshot import Index, diff, make_stat, walk
 from moorage.actors.watcher.statahead import StatAhead
-from moorage.actors.watcher.watches import Watch, Watches
+from moorage.actors.watcher.watches import MAX_WATCHES, Watch, Watches
 from moorage.actors.watcher.workers import Workers
 from moorage.protocol.envelope import Packed, decode_reply, encode_reply
 from moorage.protocol.errors import MoorageError
@@ -970,6 +971,43 @@ def test_watches_cover_their_scope_minus_excludes_and_are_observed_once():
     assert ws.matching("/r/src/a.py") == ("w1", "w3")
     with pytest.raises(MoorageError):
         ws.remove("w99")
+
+
+def test_what_is_observed_is_each_recursive_watch_under_none_other_and_the_flat_ones_outside():
+    """Against the rule written out pair by pair, on random sets of watches (siblings
+    whose names only begin alike, the root, flat watches on and under recursive ones)."""
+    rng = random.Random(7)
+    names = ["/", "/a", "/a-b", "/a/b", "/a/b/c", "/a/bc", "/ab", "/x/y", "/x"]
+
+    def by_pairs(watches: list[tuple[str, bool]]) -> dict[str, bool]:
+        rec = sorted({p for p, r in watches if r})
+        top: list[str] = []
+        for p in rec:
+            if not any(p == t or p.startswith(t.rstrip("/") + "/") for t in top):
+                top.append(p)
+        out = dict.fromkeys(top, True)
+        for p, r in watches:
+            if not r and not any(p == t or p.startswith(t.rstrip("/") + "/") for t in top):
+                out[p] = False
+        return out
+
+    for _ in range(300):
+        watches = [(rng.choice(names), rng.random() < 0.5) for _ in range(rng.randint(1, 6))]
+        ws = Watches()
+        for p, r in watches:
+            ws.add(p, r, [])
+        assert ws.observed_roots() == by_pairs(watches), watches
+
+
+def test_a_watcher_holds_a_bounded_number_of_watches():
+    ws = Watches()
+    for i in range(MAX_WATCHES):
+        ws.add(f"/r/{i}", False, [])
+    with pytest.raises(MoorageError) as e:
+        ws.add("/r/one-more", False, [])
+    assert e.value.name == "resource_exhausted"
+    ws.remove("w1")
+    ws.add("/r/one-more", False, [])
 
 
 # --- the pipeline, in memory ----------------------------------------------------------------

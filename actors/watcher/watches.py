@@ -20,6 +20,9 @@ from typing import Any
 from moorage.protocol.errors import MoorageError, fail
 
 MAX_PATTERNS = 64
+# Watches a watcher holds at most: each event with excludes is matched against every one,
+# and each watch added or removed recomputes what to observe.
+MAX_WATCHES = 1024
 
 
 def _compile(patterns: tuple[str, ...]) -> tuple[re.Pattern | None, re.Pattern | None]:
@@ -106,6 +109,9 @@ class Watches:
             wid: str | None = None) -> Watch:
         if len(exclude) > MAX_PATTERNS or not all(isinstance(p, str) and p for p in exclude):
             raise fail("bad_args", f"exclude: at most {MAX_PATTERNS} non-empty strings")
+        if wid is None and len(self.by_id) >= MAX_WATCHES:
+            raise fail("resource_exhausted", f"fs.watch: {MAX_WATCHES} watches are held "
+                       "(the most); remove one first")
         try:
             w = Watch(wid or f"w{self.next_id}", path, recursive, tuple(exclude))
         except re.error as exc:
@@ -153,15 +159,18 @@ class Watches:
 
     def observed_roots(self) -> dict[str, bool]:
         """Directories to observe -> recursive, none inside a recursive other."""
-        rec = sorted({w.path for w in self._list if w.recursive})
-        top: list[str] = []
-        for p in rec:
-            if not any(p == t or p.startswith(t.rstrip("/") + "/") for t in top):
-                top.append(p)
-        out = dict.fromkeys(top, True)
+        rec = {w.path for w in self._list if w.recursive}
+
+        def below_one(p: str) -> bool:  # (a path's ancestors looked up: not every pair)
+            i = len(p)
+            while (i := p.rfind("/", 0, i)) > 0:
+                if p[:i] in rec:
+                    return True
+            return p != "/" and "/" in rec
+
+        out = dict.fromkeys(sorted(p for p in rec if not below_one(p)), True)
         for w in self._list:
-            if not w.recursive and not any(
-                    w.path == t or w.path.startswith(t.rstrip("/") + "/") for t in top):
+            if not w.recursive and w.path not in rec and not below_one(w.path):
                 out[w.path] = False
         return out
 
