@@ -33,7 +33,7 @@ import itertools
 import os
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +95,23 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]] | No
     return msg, list(fds)
 
 
-def close_all(fds: list[int]) -> None:
+def close_all(fds: Iterable[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def dup_all(fds: Iterable[int]) -> list[int]:
+    """Duplicates of `fds`, all or none: out of descriptors, those made are closed and the
+    OSError raised."""
+    out: list[int] = []
+    try:
+        for fd in fds:
+            out.append(os.dup(fd))
+    except OSError:
+        close_all(out)
+        raise
+    return out
 
 
 class Datagrams:
@@ -138,11 +151,16 @@ class Datagrams:
                 n = waiting[0]
             self.infos[key] = (n, data)
         else:
-            if isinstance(key, str):
-                self.infos.pop(key, None)  # a waiting info must not follow a keep or drop
             # our own duplicates: the caller may close its descriptors (a session hung up)
             # before a datagram that waits for room is sent, and their numbers be reused
-            self.out.append((data, [os.dup(fd) for fd in fds or ()], "", 0))
+            try:
+                dups = dup_all(fds or ())
+            except OSError as exc:  # (no descriptor left: this one is not sent, said so)
+                logger.warning("custody: {} of {} not sent: {}", msg["t"], key, exc)
+                return
+            if isinstance(key, str):
+                self.infos.pop(key, None)  # a waiting info must not follow a keep or drop
+            self.out.append((data, dups, "", 0))
         self._flush()
 
     def _head(self) -> tuple[bytes, list[int]] | None:

@@ -40,16 +40,16 @@ from __future__ import annotations
 import array
 import contextlib
 import mmap
-import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 from loguru import logger
 
+from moorage.actors.runtime.custody import close_all, dup_all
 from moorage.actors.runtime.loop import Loop
 
 HEADER = struct.Struct(">I")
@@ -176,8 +176,13 @@ class Link:
         closed while the socket was full), and their numbers be taken by others."""
         if self.closed:
             return
+        try:
+            dups = dup_all(fds)
+        except OSError as exc:  # (no descriptor left: the peer serves without this one's)
+            logger.warning("link: {} not sent: its descriptors: {}", msg.get("t"), exc)
+            return
         head, body = encode_parts(msg)
-        self.out.append((head + body, [os.dup(fd) for fd in fds]))
+        self.out.append((head + body, dups))
         self.out_bytes += len(head) + len(body)
         self._writable()
 
@@ -221,7 +226,7 @@ class Link:
                 except OSError as exc:
                     self.close(f"send: {exc}")
                     return
-                _close_all(fds)  # (the peer has its own now)
+                close_all(fds)  # (the peer has its own now)
                 self.out_bytes -= n
                 if n < len(data):
                     self.out[0] = data[n:]  # sent: the rest is plain bytes
@@ -301,7 +306,7 @@ class Link:
         """The next `n` descriptors the peer passed (for the frame that says it carries
         them), or None when fewer came (those are closed)."""
         if len(self.fds) < n:
-            _close_all(self.fds)
+            close_all(self.fds)
             self.fds.clear()
             return None
         return [self.fds.popleft() for _ in range(n)]
@@ -321,15 +326,10 @@ class Link:
             self.sock.close()
         for item in self.out:
             if isinstance(item, tuple):
-                _close_all(item[1])
+                close_all(item[1])
         self.out.clear()
         self.out_bytes = 0
-        _close_all(self.fds)
+        close_all(self.fds)
         self.fds.clear()
         self.on_close(reason)
 
-
-def _close_all(fds: Iterable[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
