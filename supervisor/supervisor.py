@@ -251,10 +251,12 @@ class Supervisor(Actor):
     # --- the job queue: starts and stops that must happen one after another -------------
 
     def next_job(self) -> None:
-        # (a start waits while there is no zygote to ask; a stop needs none)
-        while self.current_job is None and self.jobs and not (
-                self.replacing and self.jobs[0][0] == "start"):
+        held: list[tuple[str, Child]] = []  # starts, while there is no zygote to ask
+        while self.current_job is None and self.jobs:
             kind, child = self.jobs.popleft()
+            if kind == "start" and self.replacing:
+                held.append((kind, child))  # (a stop needs no zygote: it goes on)
+                continue
             if kind == "start":
                 if self.shutting_down or child.shed or child.state in (ChildState.RUNNING,
                                                                        ChildState.STARTING):
@@ -267,6 +269,7 @@ class Supervisor(Actor):
                     continue
                 self.current_job = (kind, child)
                 self._request_stop(child)
+        self.jobs.extendleft(reversed(held))
         if self.current_job is None and not self.jobs and self.shutting_down:
             self._all_stopped()
         self._check_initial_start()
@@ -584,35 +587,38 @@ class Supervisor(Actor):
         """Look for the deaths `old` took untold once it is dead: killed a moment ago (it had
         stopped answering), it may still hold its children's zombies, which pass to us as it
         dies and are reaped with their true status."""
-        alive = old.pidfd is not None and not select.select([old.pidfd], [], [], 0)[0]
+        alive = old.pidfd is not None and not _ended(old.pidfd)
         if not alive:
-            self._untold_deaths()
+            self._untold_deaths(old)
             return
         try:
             fd = os.dup(old.pidfd)  # (its handle's own is released before it is dead)
         except OSError:  # (no descriptor: judged now; a zombie yet to pass to us may be
-            self._untold_deaths()  # taken for untold, its status unknown)
+            self._untold_deaths(old)  # taken for untold, its status unknown)
             return
 
         def dead() -> None:
             self.loop.remove_reader(fd)
             os.close(fd)
+            with contextlib.suppress(EOFError):  # (what it said last, first)
+                self._zygote_events(old, old.read_events())
             self._reap_children()
-            self._untold_deaths()
+            self._untold_deaths(old)
 
         self.loop.add_reader(fd, dead)
 
-    def _untold_deaths(self) -> None:
-        """Children of a zygote just lost that are gone, and that no one will tell us of:
-        the zygote reaped them and died before it said so (killed between its wait and its
+    def _untold_deaths(self, old: ZygoteHandle) -> None:
+        """Children of the zygote `old`, dead now, that are gone, and that no one will tell
+        us of: it reaped them and died before it said so (killed between its wait and its
         send, or its send refused). Adopted, they would wait for a SIGCHLD of ours that
         never comes: running for ever in our books, and a stop of one the end of the job
         queue. A process that ended and is no zombie of ours (ECHILD) is such a one."""
         for child in list(self.children.values()):
             fd, pid = child.pidfd, child.pid
-            if fd is None or pid is None or self.by_pid.get(pid) is not child:
-                continue
-            if not select.select([fd], [], [], 0)[0]:
+            if fd is None or pid is None or self.by_pid.get(pid) is not child \
+                    or not child.adopted or child.asked_of is not old:
+                continue  # (another zygote's: its own word of it may still come)
+            if not _ended(fd):
                 continue  # alive
             try:
                 os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -911,3 +917,11 @@ class Supervisor(Actor):
         self.event("hung", child, misses=misses, down_since=since)
         child.kill_reason = "missed heartbeats"
         child.signal(signal.SIGKILL)
+
+
+def _ended(pidfd: int) -> bool:
+    """Has the process of `pidfd` ended (its pidfd readable)? poll, not select: a
+    supervisor holding many descriptors has pidfds past select's 1024."""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))

@@ -2032,3 +2032,5 @@ def test_a_root_moved_to_polling_whole_takes_no_more_subtrees_and_stays_polled()
     assert scopes == ["subtree"] * 4 + ["root"] + [None] * 35
     assert mgr.polled == {} and mgr.roots["/r"].via == "placing"
     assert mgr.roots["/r"].target == "polling"
+    # a recreate before that placement ends places it with polling too, not inotify
+    assert [(r.path, via) for r, via in mgr.begin_recreate().todo] == [("/r", "polling")]

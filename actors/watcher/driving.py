@@ -288,6 +288,8 @@ class Driving:
             if job.error is not None:
                 logger.opt(exception=job.error).error("watcher: resync walk failed")
                 self._walk_done()
+                for kind, detail in problems:  # (taken for this walk: reported again)
+                    self._on_problem(kind, detail)
                 self.request_resync(reason, recreation is not None)  # (placed, not recorded)
 
         try:

@@ -508,7 +508,8 @@ class ObserverManager:
         todo = []
         for path, root in self.roots.items():
             root.via = "placing"
-            todo.append((root, "polling" if vias[path] == "polling" else self.mode))
+            todo.append((root, root.target or (
+                "polling" if vias[path] == "polling" else self.mode)))
         todo += [(sub, "polling") for sub in self.polled.values()]
         return Recreation(self, old, todo, self.generation)
 

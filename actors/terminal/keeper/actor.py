@@ -39,6 +39,7 @@ keeper).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -365,7 +366,9 @@ class PtyKeeper(Actor):
             # the sender keeps its copy, and the supervisor its own)
             ring.close()
             os.close(master)
-            return "resource_exhausted", f"pidfd_open({pid}): {exc.strerror or exc}"
+            kind = "resource_exhausted" if exc.errno in (errno.EMFILE, errno.ENFILE,
+                                                         errno.ENOMEM) else "bad_args"
+            return kind, f"pidfd_open({pid}): {exc.strerror or exc}"
         recovered = ring.recover()  # a read our predecessor made and did not commit
         if recovered:
             logger.info("session {}: took in {} bytes read before the last keeper died", sid,
@@ -454,13 +457,11 @@ class PtyKeeper(Actor):
         self.ptys.add(s)
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
         self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid, "tty": sp.tty})
-        try:
-            self._pass(s)
-            self._keep(s)
-        except OSError as exc:
-            # (no descriptor left to duplicate: the session is ours and answered; a holder
-            # that lacks its copies works without: the terminal writes through us)
-            logger.warning("session {}: its master and ring not shared: {}", sid, exc)
+        # (no descriptor left to duplicate: each is logged and not sent, the session ours and
+        # answered; a holder that lacks its copies works without: the terminal writes
+        # through us)
+        self._pass(s)
+        self._keep(s)
 
     def _discard_spawned(self, pid: int, master: int, tries: int = 100) -> None:
         """A shell spawned for a session that could not be made: killed, its master closed,
