@@ -83,6 +83,28 @@ def test_an_expired_deadline_is_answered_without_running(fake, client, raw):
     assert client.call("fake", "fake.count")["effects"] == 0
 
 
+def test_a_deadline_more_than_a_day_ahead_is_refused_not_run(fake, client, raw):
+    """Kept in the reply cache until then, it would make every pinned resend after its
+    eviction `outcome_unknown`; its guard timer would overflow the loop's wait."""
+    raw.send_multipart(encode_request(8, "s1", "fake.effect", None,
+                                      deadline_ms=int(time.time() * 1000) + 30 * 86400_000))
+    r = recv(raw)
+    assert r.id == 8 and not r.ok and r.body["name"] == "bad_request"
+    assert client.call("fake", "fake.count")["effects"] == 0
+
+
+def test_a_stopping_actor_s_last_replies_leave_before_its_socket_closes(fake, raw):
+    """sys.stop's own answer, and `outcome_unknown` for a call under way, are sent as the
+    actor stops: its request socket closed at once dropped what had not left yet."""
+    raw.send_multipart(encode_request(1, "s1", "fake.held"))
+    raw.send_multipart(encode_request(2, "s1", "sys.stop"))
+    got = {r.id: r for r in (recv(raw), recv(raw))}
+    assert got[2].ok and got[2].body == {"stopping": True}
+    assert not got[1].ok and got[1].body["name"] == "outcome_unknown"
+    fake.proc.join(10)
+    assert fake.proc.exitcode == 0
+
+
 def test_a_retried_request_id_is_answered_from_the_cache_not_run_twice(fake, client, raw):
     frames = encode_request(42, "s1", "fake.effect")
     raw.send_multipart(frames)

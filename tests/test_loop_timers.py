@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from moorage.actors.runtime.loop import COMPACT_MIN, Loop
 
 
@@ -34,4 +36,24 @@ def test_cancelled_timers_are_dropped_from_the_heap_and_the_rest_still_run_in_or
         loop.run_once(0)
         assert -1 not in ran and loop.timers_queued == 0
     finally:
+        loop.close()
+
+
+def test_a_timer_a_month_away_does_not_break_the_wait():
+    """zmq_poll takes its timeout as a C int (about 24.8 days in ms): a timer further away
+    (a deferred call's guard at a far deadline) raised OverflowError out of the loop's turn,
+    and the actor died. The wait is capped; a ready descriptor ends it at once."""
+    loop = Loop()
+    r, w = os.pipe()
+    try:
+        loop.call_later(40 * 86400, lambda: None)
+        seen: list[bytes] = []
+        loop.add_reader(r, lambda: seen.append(os.read(r, 1)))
+        os.write(w, b"x")
+        loop.run_once()
+        assert seen == [b"x"]
+    finally:
+        loop.remove_reader(r)
+        os.close(r)
+        os.close(w)
         loop.close()

@@ -70,6 +70,10 @@ DEFERRED = object()  # a handler's return value: "I will answer through call.rep
 UNCACHED = frozenset({"unknown_op", "bad_args", "timeout"})
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
 PUB_LINGER_MS = 500
+RPC_LINGER_MS = 200
+# A deadline further away than this is refused (bad_request): kept in the reply cache, it
+# would make the cache answer outcome_unknown to every pinned resend until then.
+MAX_DEADLINE_AHEAD_MS = 24 * 3600 * 1000
 TURN_BUDGET_S = 0.02  # requests handled per loop turn, in time (see `handle_batch`)
 CORK_S = 0.001  # the longest a batch's reply waits for the others to leave with it
 
@@ -675,9 +679,15 @@ class Actor:
                 "outcome_unknown", f"{req.op} may have run in this life of {self.name}, "
                 "and its reply is no longer kept", detail=self._unknown_detail(req, pinned)))
             return
-        if req.deadline_ms is not None and req.deadline_ms < int(_time() * 1000):
-            self._refuse(route, req, WireError.of("deadline_expired", f"{req.op}: not run"))
-            return
+        if req.deadline_ms is not None:
+            now_ms = int(_time() * 1000)
+            if req.deadline_ms < now_ms:
+                self._refuse(route, req, WireError.of("deadline_expired", f"{req.op}: not run"))
+                return
+            if req.deadline_ms > now_ms + MAX_DEADLINE_AHEAD_MS:
+                self._refuse(route, req, WireError.of(
+                    "bad_request", f"{req.op}: deadline more than 24 h away; not run"))
+                return
         if over_limit or self._stopping:
             self.rejected_busy += 1
             name = "stopping" if self._stopping else "busy"
@@ -920,5 +930,8 @@ class Actor:
         self.pub_socket.disable_monitor()
         self._pub_monitor.close(0)
         self.pub_socket.close(linger=PUB_LINGER_MS)
+        # the last replies (`stopping` to held requests, `outcome_unknown` to those under
+        # way, sys.stop's own) leave before the socket goes, unless their peer is stuck
+        self.rpc.close(linger=RPC_LINGER_MS)
         self.ctx.destroy(linger=0)
         self.loop.close()

@@ -53,6 +53,8 @@ Callback = Callable[[], Any]
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 RCVTIMEO = int(zmq.RCVTIMEO)
 HOUSEKEEPING_MS = 250
+MAX_WAIT_MS = 3_600_000  # the longest one wait (zmq_poll takes an int: a timer a month away
+#                          would raise OverflowError there); the loop then looks again
 OTHERS_EVERY_S = 0.001  # the fast path looks at its other sockets at most this often
 LOOK_EVERY = 16  # outside a burst, the fast path looks for more requests every 16th turn
 WAKE_ID = b"\xffmoorage-wake"
@@ -353,7 +355,7 @@ class Loop:
             return 0
         if not self._timers:
             return None
-        return max(0, int((self._timers[0][0] - self.clock()) * 1000 + 0.999))
+        return min(MAX_WAIT_MS, max(0, int((self._timers[0][0] - self.clock()) * 1000 + 0.999)))
 
     def fast_path_ready(self) -> bool:
         """Whether the next turn waits in a blocking recv on the request socket (the module's
