@@ -227,6 +227,16 @@ def test_quality_override_holds_for_its_duration_and_is_told_to_restarted_worker
     assert status["override_left_s"] is None and status["counters"]["retold"] >= 1
 
 
+def test_a_quality_override_that_cannot_be_saved_holds_all_the_same(make_tree):
+    """Saved first (for a successor), it was applied in memory before the save raised: the
+    caller got `internal` (cached for its retries) while the override was in force."""
+    tree = make_tree(tree_config(1024, extra="cpu_weight = 0.0")).start()
+    (tree.runtime_dir / "resource.quality").mkdir()  # (where the save's rename must go)
+    r = tree.call("resource", "resource.quality.set", {"quality": 1, "duration_s": 60})
+    assert r["quality"] == 1 and r["override_left_s"] > 59
+    assert tree.call("resource", "resource.level")["quality"] == 1
+
+
 def test_a_config_that_cannot_work_fails_the_start(runtime_dir):
     from moorage.actors.resource.actor import ResourceActor
 

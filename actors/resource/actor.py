@@ -468,9 +468,12 @@ class ResourceActor(Actor):
         if not 0 <= duration_s <= MAX_OVERRIDE_S:
             raise fail("bad_args", f"resource.quality.set: duration_s must be in "
                                    f"[0, {MAX_OVERRIDE_S:.0f}], not {duration_s}")
-        self.qualities.set_override(quality, float(duration_s))
         if self.override_file is not None:
-            self.override_file.save(quality, float(duration_s))
+            try:
+                self.override_file.save(quality, float(duration_s))
+            except OSError as exc:  # (it holds here all the same; a successor starts without)
+                logger.warning("resource: the quality override is not saved: {}", exc)
+        self.qualities.set_override(quality, float(duration_s))
         self.counters["overrides"] += 1
         self._look_closely()  # (its end is seen at a sample: within interval_s of it)
         self._publish_if_changed()

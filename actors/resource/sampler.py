@@ -294,7 +294,7 @@ class TreeSampler:
                 p = self._procs[pid] = psutil.Process(pid)
             name = self._names.get(pid)
             if name is None:
-                name = self._names[pid] = p.name()
+                name = self._names[pid] = _comm(pid)
             files = self._files.get(pid)
             if files is None:
                 files = self._files[pid] = _ProcFiles(pid)
@@ -358,3 +358,11 @@ def classify(pid: int, parent: ProcRow | None, roles: Roles) -> tuple[str, str]:
         return "actor", ""
     return "descendant", parent.owner
 
+
+def _comm(pid: int) -> str:
+    """A process's name as the kernel keeps it (15 characters at most). Not psutil's name(),
+    which reads /proc/<pid>/cmdline for a longer one: that read takes the process's memory
+    map lock, and a process stuck in a fault (a hung FUSE or NFS mapping) holds it for as
+    long as it is stuck, and this loop with it."""
+    with open(f"/proc/{pid}/comm", "rb") as f:
+        return f.read().rstrip(b"\n").decode(errors="replace")
