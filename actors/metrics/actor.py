@@ -237,7 +237,9 @@ class MetricsActor(Actor):
                 self._evaluate(series)
 
     def _take_losses(self, actor: str, loss: dict[str, int]) -> None:
-        if not loss or actor not in self.actors:  # the actor bound (max_keys) holds here too
+        # (the actor bound, max_keys, holds here too; this actor's own are always kept: it
+        # never pushes to itself, so it is never among the actors seen)
+        if not loss or (actor not in self.actors and actor != self.name):
             return
         now = time.time()
         self.slo.add_loss(actor, loss, now)
