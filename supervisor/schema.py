@@ -165,6 +165,7 @@ class TerminalTable(RuntimeTable, total=False):
     max_output_bytes: int
     keeper_wait_ms: int
     idle_close_s: Number
+    closed_stream_keep_s: Number
     ack_bytes: int
     resume_wait_ms: int
     republish_bytes: int

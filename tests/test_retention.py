@@ -60,3 +60,16 @@ def test_retention_holds_no_more_memory_than_its_byte_bound(pub_socket):
     assert held <= bound * 1.25, f"retention holds {held:,} bytes for a bound of {bound:,}"
     replayed = p.replay("fs.event", t.first_seq, 1)["messages"][0]
     assert replayed.body == events((t.first_seq - 1) * 1000, 1000)
+
+
+def test_a_released_topic_holds_nothing_and_its_replay_says_what_is_lost(pub_socket):
+    p = Publisher(pub_socket, "e1")
+    for i in range(5):
+        p.publish("term.out.s1", {"offset": i}, [b"x" * 1000])
+    p.publish("term.out.s2", {"offset": 0})
+    p.release("term.out.s1")
+    assert p.topics["term.out.s1"].bytes == 0 and not p.topics["term.out.s1"].kept
+    r = p.replay("term.out.s1", 1)
+    assert (r["messages"], r["lost"], r["last_seq"]) == ([], [1, 5], 5)
+    assert p.publish("term.out.s1", {"offset": 5}) == 6  # its seq goes on
+    assert len(p.replay("term.out.s2", 1)["messages"]) == 1  # another topic untouched

@@ -189,3 +189,24 @@ def test_down_then_up_starts_without_the_old_sessions(make_tree, tmp_path):
         events.close()
     info = wait_for(lambda: again.call("terminal", "sys.info"), "the terminal's info")
     assert info["sessions"] == 0 and not info.get("sessions_lost")
+
+
+def test_a_closed_session_s_streams_are_let_go_after_their_grace(make_tree, tmp_path):
+    """A closed session's output stays replayable for `closed_stream_keep_s` (late
+    readers), then its retention goes: it stayed for the actor's life, up to 8 MiB a
+    session. Its seq stays: a replay then says what is lost, never skips it."""
+    tree = make_tree(terminal_tree(terminal="closed_stream_keep_s = 0.3")).start()
+    home = make_home(tmp_path)
+    s = tree.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                  timeout=30)["session"]
+    tree.call("terminal", "term.exec", {"session": s, "command": "echo kept-for-a-while"},
+              timeout=30)
+    topic = f"term.out.{s}"
+    before = tree.call("terminal", "replay", {"topic": topic, "from_seq": 1})
+    assert before["messages"] and before["lost"] is None
+    tree.call("terminal", "term.close", {"session": s})
+    after = wait_for(lambda: (r := tree.call("terminal", "replay",
+                                             {"topic": topic, "from_seq": 1}))["lost"] and r,
+                     "the closed session's output let go")
+    assert after["messages"] == [] and after["lost"] == [1, after["last_seq"]]
+    assert after["last_seq"] >= before["last_seq"]

@@ -105,6 +105,15 @@ class Publisher:
             t = self.topics[name] = Topic(name, self.max_messages, self.max_bytes)
         return t
 
+    def release(self, topic: str) -> None:
+        """Let `topic`'s retention go (a stream that has ended: a closed session's output):
+        its seq stays, so a later replay of it is told what is lost, and a new message on
+        it goes on from there."""
+        t = self.topics.get(topic)
+        if t is not None:
+            t.kept.clear()
+            t.bytes = 0
+
     def publish(self, topic: str, body: Any, attachments: list[bytes] | None = None) -> int:
         """Retain, then send (or queue behind the backlog). Returns the message's seq."""
         atts = attachments or []

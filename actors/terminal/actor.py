@@ -73,7 +73,8 @@ default_shell, term, integration_detect_ms (5000), quiet_ms (300), output_coales
 window in which output that follows other output waits for the rest of its burst, outbuf.py;
 0 sends each piece as it is read), exec_timeout_ms (60000),
 scrollback_bytes (2 MiB), max_output_bytes (1 MiB), keeper_wait_ms (3000), idle_close_s
-(600), resume_wait_ms (5000), republish_bytes (2 MiB), consumer_timeout_ms (5000),
+(600), closed_stream_keep_s (60: a closed session's streams kept for late readers, then
+let go), resume_wait_ms (5000), republish_bytes (2 MiB), consumer_timeout_ms (5000),
 pub_hwm (1000),
 retention_messages (2000) and retention_bytes (8 MiB) per topic, reply_cache_entries (1024).
 """
@@ -156,6 +157,8 @@ class TerminalActor(Actor):
         self.max_output = int(cfg.get("max_output_bytes", 1 << 20))
         self.keeper_wait_s = int(cfg.get("keeper_wait_ms", 3000)) / 1000
         self.idle_close_s = float(cfg.get("idle_close_s", 600))
+        # a closed session's streams are kept this long for late readers, then let go
+        self.closed_keep_s = float(cfg.get("closed_stream_keep_s", 60))
         self.resume_wait_s = int(cfg.get("resume_wait_ms", 5000)) / 1000
         self.republish_bytes = int(cfg.get("republish_bytes", 2 << 20))
         self.consumer_timeout_s = int(cfg.get("consumer_timeout_ms", 5000)) / 1000
@@ -379,6 +382,14 @@ class TerminalActor(Actor):
         self.keeper.request({"t": "close", "s": sid}, lambda _r, _e: None)
         self.publisher.publish("term.session", {"session": sid, "event": "closed",
                                                 "reason": reason})
+        # Each topic's retention (up to retention_bytes) would stay for the actor's life:
+        # a day of sessions opened and closed, gigabytes.
+        self.loop.call_later(self.closed_keep_s, lambda: self._release_streams(sid))
+
+    def _release_streams(self, sid: str) -> None:
+        if sid not in self.sessions:  # (not opened again under its name meanwhile)
+            self.publisher.release(f"term.out.{sid}")
+            self.publisher.release(f"term.cmd.{sid}")
 
     # --- ops ----------------------------------------------------------------------------------
 
