@@ -241,3 +241,21 @@ def test_roles_are_read_from_a_nested_sup_status():
     assert r.supervisors == {100: "supervisor", 120: "terminals", 140: "other"}
     assert r.actors == {110: "metrics", 111: "resource", 130: "ptykeeper", 131: "terminal"}
     assert r.workers == {"metrics": 110, "ptykeeper": 130, "terminal": 131}
+
+
+def test_past_its_bound_the_sampler_reads_processes_without_keeping_their_files(chain):
+    s = TreeSampler(metric="rss", open_max=2)
+    for _ in range(2):
+        rows = by_pid(s.sample(chain.roles()))
+        assert set(rows) == set(chain.pids.values())
+        assert rows[chain.pids["hog"]].rss >= 40 * MB
+    ours = {f"/proc/{pid}/{name}" for pid in chain.pids.values() for name in ("stat", "statm")}
+    held = [n for n in os.listdir("/proc/self/fd") if _target(f"/proc/self/fd/{n}") in ours]
+    assert len(held) == 4  # two processes' stat and statm
+
+
+def _target(link: str) -> str:
+    try:
+        return os.readlink(link)
+    except OSError:
+        return ""

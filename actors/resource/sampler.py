@@ -168,6 +168,13 @@ def _read_ppid(pid: int) -> int:
     return int(_read_stat(pid)[1])
 
 
+# Processes whose /proc files stay open between samples, at most: past them (a build forking
+# hundreds) each is opened and closed at each sample, so the sampler never holds more than
+# 2 x OPEN_MAX descriptors (two a process held open, without bound, ran the actor out of
+# descriptors, and sampling stopped for good).
+OPEN_MAX = 128
+
+
 class _ProcFiles:
     """A process's statm and stat, kept open between samples; closed with the object (the
     sampler forgets a process, or is itself dropped)."""
@@ -197,6 +204,15 @@ class _ProcFiles:
         self.close()
 
 
+def _figures_once(pid: int) -> tuple[int, float]:
+    """`_ProcFiles.figures` for a process whose files are not kept open."""
+    files = _ProcFiles(pid)
+    try:
+        return files.figures()
+    finally:
+        files.close()
+
+
 def system_memory() -> tuple[int, int]:
     """(total, available) bytes of the machine, as psutil.virtual_memory() has them."""
     data = _read("/proc/meminfo", 16384)
@@ -215,7 +231,7 @@ def system_memory() -> tuple[int, int]:
 
 class TreeSampler:
     def __init__(self, metric: str = "pss_tracked", rescan_every: int = 30,
-                 pss_every: int = 30) -> None:
+                 pss_every: int = 30, open_max: int = OPEN_MAX) -> None:
         if metric not in METRICS:
             raise ValueError(f"memory metric must be one of {METRICS}, not {metric!r}")
         if rescan_every < 1 or pss_every < 1:
@@ -223,6 +239,7 @@ class TreeSampler:
         self.metric = metric
         self.rescan_every = rescan_every
         self.pss_every = pss_every
+        self.open_max = open_max
         self.pss_reads = 0
         self.samples = 0
         self._ppid: dict[int, int] = {}  # every pid on the machine -> its parent
@@ -296,9 +313,9 @@ class TreeSampler:
             if name is None:
                 name = self._names[pid] = _comm(pid)
             files = self._files.get(pid)
-            if files is None:
+            if files is None and len(self._files) < self.open_max:
                 files = self._files[pid] = _ProcFiles(pid)
-            rss, total = files.figures()
+            rss, total = files.figures() if files is not None else _figures_once(pid)
             memory = self._memory(p, rss, own)
         except (*GONE, OSError, ValueError, IndexError):
             self._forget(pid)
