@@ -250,7 +250,23 @@ def test_leaving_critical_before_the_grace_runs_out_kills_nothing():
     cand = R(7, "descendant", 10)
     assert [d.kind for d in e.feed(CRITICAL, cand)] == ["warn"]
     assert e.feed(HIGH, cand) == []
-    assert [d.kind for d in e.feed(CRITICAL, cand)] == ["warn"]  # a new episode
+    assert e.feed(CRITICAL, cand) == []  # a new episode: its streak starts again, no kill
+    assert [d.kind for d in e.feed(CRITICAL, cand)] == ["kill"]
+
+
+def test_a_pressure_wavering_at_the_threshold_alerts_once_until_it_has_been_quiet():
+    """80, 81, 80, 81...: the same runaway is warned of once, not at every return; after
+    `forget_after` samples under critical it is news again."""
+    e = Escalation(kill_after=5, forget_after=3)
+    cand = R(7, "descendant", 10)
+    kinds = [d.kind for lvl in [CRITICAL, HIGH] * 6 for d in e.feed(lvl, cand)]
+    assert kinds == ["warn"]
+    for _ in range(3):
+        e.feed(HIGH, cand)
+    assert [d.kind for d in e.feed(CRITICAL, cand)] == ["warn"]
+    e2 = Escalation(forget_after=3)
+    kinds = [d.kind for lvl in [CRITICAL, HIGH] * 6 for d in e2.feed(lvl, None)]
+    assert kinds == ["no_runaway"]
 
 
 def test_critical_without_a_runaway_alerts_once_and_persisting_alerts_once():

@@ -13,7 +13,9 @@ shell's child, or any process an actor started). In one critical episode:
   no candidate             alert "no_runaway" once: the memory is the actors' own
   persist_after samples    alert "persisting" once; `Shedder` then asks the supervisors to
                            stop the non-essential actors gracefully (`sup.shed`)
-Leaving critical ends the episode and resets everything.
+Leaving critical ends the episode (its counts start again); what was alerted is forgotten
+only after `forget_after` samples in a row under critical (3): a pressure wavering at the
+threshold (80, 81, 80...) would otherwise repeat its alerts at every return.
 
 Shedding has its own hysteresis (`Shedder`): the actors stopped come back only once the
 held level has stayed at or below `restore_level` (default moderate) for `restore_after`
@@ -63,12 +65,14 @@ def pick_runaway(rows: Iterable[Row], min_bytes: int) -> Row | None:
 
 class Escalation:
     def __init__(self, *, kill_after: int = 2, persist_after: int = 10,
-                 kill: bool = True) -> None:
-        if kill_after < 1 or persist_after < 1:
-            raise ValueError("kill_after and persist_after must be >= 1")
+                 kill: bool = True, forget_after: int = 3) -> None:
+        if kill_after < 1 or persist_after < 1 or forget_after < 1:
+            raise ValueError("kill_after, persist_after and forget_after must be >= 1")
         self.kill_after = kill_after
         self.persist_after = persist_after
         self.kill = kill
+        self.forget_after = forget_after
+        self.below = 0  # samples in a row under critical
         self.streak = 0  # critical samples since the episode began or the last kill
         self.episode = 0  # critical samples in this episode
         self._alerted: int | None = None
@@ -79,9 +83,12 @@ class Escalation:
         """`level`: the raw level of this sample's pressure (`levels.raw_level`)."""
         if level < CRITICAL:
             self.streak = self.episode = 0
-            self._alerted = None
-            self._told_no_runaway = self._told_persisting = False
+            self.below += 1
+            if self.below >= self.forget_after:
+                self._alerted = None
+                self._told_no_runaway = self._told_persisting = False
             return []
+        self.below = 0
         self.streak += 1
         self.episode += 1
         out: list[Decision] = []
