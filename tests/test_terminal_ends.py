@@ -123,9 +123,13 @@ def test_a_session_closed_before_its_first_prompt_is_not_created_after_all(make_
     t.start()
     e = threading.Thread(target=exec_)
     try:
-        wait_for(lambda: any(x["session"] == "slow"
-                             for x in c.call("terminal", "term.list")["sessions"]),
-                 "the session made, its shell not ready")
+        def made() -> bool:
+            # (a create answered already, before the close: the failure to look at)
+            assert "ok" not in box and "error" not in box, box
+            return any(x["session"] == "slow"
+                       for x in c.call("terminal", "term.list")["sessions"])
+
+        wait_for(made, "the session made, its shell not ready")
         e.start()
         wait_for(lambda: c.call("terminal", "sys.info")["pending"] >= 2,
                  "the exec waiting beside the create")
