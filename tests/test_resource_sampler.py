@@ -14,8 +14,9 @@ import psutil
 import pytest
 
 from moorage.actors.resource import Roles, TreeSampler, roles_from_status
-from moorage.actors.resource.sampler import _read_ppid
+from moorage.actors.resource.sampler import _read_ppid_start
 from tests.conftest import wait_pid_exit
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -218,7 +219,8 @@ def test_the_parent_pid_is_read_past_a_process_name_with_spaces_and_parentheses(
                           stdin=subprocess.PIPE) as p:
         try:
             assert psutil.Process(p.pid).name().startswith("a) b (c")
-            assert _read_ppid(p.pid) == os.getpid()
+            ppid, start = _read_ppid_start(p.pid)
+            assert ppid == os.getpid() and start == _read_ppid_start(p.pid)[1] > 0
         finally:
             p.kill()
 
@@ -259,3 +261,39 @@ def _target(link: str) -> str:
         return os.readlink(link)
     except OSError:
         return ""
+
+
+
+
+BUSY = "import sys, os\nif os.fork() == 0:\n    while True: pass\nsys.stdin.read()"
+
+
+def test_a_rescan_keeps_what_was_measured_of_the_processes_it_finds_again():
+    """Every `rescan_every` samples the parents are read again; what was measured of a
+    process that is still the same one (its start time) is kept: forgotten, every process
+    read 0% CPU for that sample."""
+    with subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.PIPE) as p:
+        try:
+            busy = wait_for(lambda: psutil.Process(p.pid).children(), "the busy child")[0].pid
+            roles = Roles(root_pid=p.pid, supervisors={p.pid: "supervisor"},
+                          actors={busy: "fake"}, workers={"fake": busy})
+            s = TreeSampler(metric="rss", rescan_every=2)
+            s.sample(roles)
+            last, cpu = _ticks(busy), []
+            for _ in range(4):  # (samples 2 and 4 rescan)
+                wait_for(lambda: _ticks(busy) > last, "the busy child's next tick")  # noqa: B023
+                cpu.append(by_pid(s.sample(roles))[busy].cpu)
+                last = _ticks(busy)
+            assert all(c > 0 for c in cpu), cpu
+        finally:
+            for child in psutil.Process(p.pid).children():
+                child.kill()
+            p.kill()
+
+
+def _ticks(pid: int) -> int:
+    """User + system CPU ticks of `pid` so far."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[11]) + int(fields[12])

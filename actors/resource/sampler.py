@@ -164,8 +164,11 @@ def _read_stat(pid: int) -> list[bytes]:
     return data[data.rindex(b")") + 2:].split()
 
 
-def _read_ppid(pid: int) -> int:
-    return int(_read_stat(pid)[1])
+def _read_ppid_start(pid: int) -> tuple[int, int]:
+    """(its parent, when it started in clock ticks since boot): a pid with another start
+    time than before is another process."""
+    f = _read_stat(pid)
+    return int(f[1]), int(f[19])
 
 
 # Processes whose /proc files stay open between samples, at most: past them (a build forking
@@ -243,6 +246,7 @@ class TreeSampler:
         self.pss_reads = 0
         self.samples = 0
         self._ppid: dict[int, int] = {}  # every pid on the machine -> its parent
+        self._start: dict[int, int] = {}  # ... and when it started (a reused pid differs)
         self._procs: dict[int, psutil.Process] = {}  # the tree's, kept between samples
         self._files: dict[int, _ProcFiles] = {}  # their /proc files, kept open too
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when)
@@ -254,28 +258,41 @@ class TreeSampler:
         return self._procs.get(pid)
 
     def _refresh_parents(self) -> None:
-        if self.samples % self.rescan_every == 0:
-            self._ppid.clear()
+        rescan = self.samples % self.rescan_every == 0
+        if rescan:
             self._names.clear()  # a process may have exec'd another program since
         now = set(psutil.pids())
         gone = self._ppid.keys() - now
         for pid in gone:
             del self._ppid[pid]
+            self._start.pop(pid, None)
             self._forget(pid)
         # Orphans of what died were reparented (to init, or a subreaper): read them again.
-        stale = [pid for pid, ppid in self._ppid.items() if ppid in gone] if gone else []
-        for pid in (now - self._ppid.keys()) | set(stale):
+        stale = {pid for pid, ppid in self._ppid.items() if ppid in gone} if gone else set()
+        fresh = now - self._ppid.keys()
+        for pid in fresh | stale:
             if pid not in stale:
                 self._forget(pid)  # a pid seen anew is a new process
             self._reread(pid)  # None: gone already, or a kernel thread being torn down
+        if rescan:
+            # Every other parent read again (one reparented unseen; a pid reused between
+            # two samples, which its start time tells: only then is what was measured of it
+            # forgotten. Forgotten all at once, every process read 0% CPU for a sample,
+            # which moved the level at its boundary down and up again.)
+            for pid in self._ppid.keys() - fresh - stale:
+                self._reread(pid)
 
     def _reread(self, pid: int) -> int | None:
         try:
-            self._ppid[pid] = _read_ppid(pid)
+            ppid, start = _read_ppid_start(pid)
         except (OSError, ValueError, IndexError):
             self._ppid.pop(pid, None)
+            self._start.pop(pid, None)
             return None
-        return self._ppid[pid]
+        if self._start.get(pid, start) != start:
+            self._forget(pid)  # (its pid is another process's now)
+        self._ppid[pid], self._start[pid] = ppid, start
+        return ppid
 
     def _forget(self, pid: int) -> None:
         self._procs.pop(pid, None)
