@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import time
 from collections import deque
@@ -87,7 +86,7 @@ from moorage.supervisor.policy import (
 from moorage.supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
 from moorage.supervisor.shedding import SheddingOps
 from moorage.supervisor.spec import SupervisorSpec
-from moorage.supervisor.zygote import ZYGOTE_EVENTS, ZygoteHandle
+from moorage.supervisor.zygote import ZYGOTE_EVENTS, ZygoteHandle, readable
 
 ESCALATED_EXIT_CODE = 3
 ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_exit
@@ -587,7 +586,7 @@ class Supervisor(Actor):
         """Look for the deaths `old` took untold once it is dead: killed a moment ago (it had
         stopped answering), it may still hold its children's zombies, which pass to us as it
         dies and are reaped with their true status."""
-        alive = old.pidfd is not None and not _ended(old.pidfd)
+        alive = old.pidfd is not None and not readable(old.pidfd)
         if not alive:
             self._untold_deaths(old)
             return
@@ -618,7 +617,7 @@ class Supervisor(Actor):
             if fd is None or pid is None or self.by_pid.get(pid) is not child \
                     or not child.adopted or child.asked_of is not old:
                 continue  # (another zygote's: its own word of it may still come)
-            if not _ended(fd):
+            if not readable(fd):
                 continue  # alive
             try:
                 os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -917,11 +916,3 @@ class Supervisor(Actor):
         self.event("hung", child, misses=misses, down_since=since)
         child.kill_reason = "missed heartbeats"
         child.signal(signal.SIGKILL)
-
-
-def _ended(pidfd: int) -> bool:
-    """Has the process of `pidfd` ended (its pidfd readable)? poll, not select: a
-    supervisor holding many descriptors has pidfds past select's 1024."""
-    p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    return bool(p.poll(0))

@@ -308,7 +308,7 @@ class ZygoteHandle:
         self.sock.close()
         # (a spare forked by a zygote is that zygote's child, not ours)
         if self.pidfd is not None and self.is_ours():
-            if not _readable(self.pidfd, CLOSE_GRACE_S):
+            if not readable(self.pidfd, CLOSE_GRACE_S):
                 self.kill()
             with contextlib.suppress(ChildProcessError):
                 os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED)
@@ -343,7 +343,7 @@ class ZygoteHandle:
         zygote died before forking it, or as it did) or is gone: its end, which only it
         holds until it forks, has closed (a spare that died while its zygote lived was
         reaped by that zygote, and its pid may be another process's by now)."""
-        if self.pid <= 0 and _readable(self.sock.fileno()):
+        if self.pid <= 0 and readable(self.sock.fileno()):
             try:
                 events = self.read_events()
             except EOFError:
@@ -357,7 +357,7 @@ class ZygoteHandle:
             self.pidfd = self._open_pidfd()
         # Its end still open after the pidfd was taken: the pidfd is the spare's (a datagram
         # it sent last, its hello, would hide an EOF behind it: read until there is none).
-        while _readable(self.sock.fileno()):
+        while readable(self.sock.fileno()):
             try:
                 self.read_events()
             except EOFError:
@@ -366,7 +366,9 @@ class ZygoteHandle:
         return self.pidfd is not None
 
 
-def _readable(fd: int, timeout_s: float = 0.0) -> bool:
+def readable(fd: int, timeout_s: float = 0.0) -> bool:
+    """Is `fd` readable within `timeout_s` (a pidfd: has its process ended)? poll, not
+    select: a supervisor holding many descriptors has them past select's 1024."""
     p = select.poll()
     p.register(fd, select.POLLIN)
     return bool(p.poll(int(timeout_s * 1000)))

@@ -150,6 +150,18 @@ def running(p: psutil.Process) -> bool:
         return False
 
 
+def open_files(pid: int) -> list[str]:
+    """What process `pid`'s descriptors are open on (/proc/<pid>/fd's links; one closed
+    while they are read is left out)."""
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            continue
+    return out
+
+
 def pid_running(pid: int) -> bool:
     try:
         return running(psutil.Process(pid))

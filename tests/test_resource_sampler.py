@@ -15,7 +15,7 @@ import pytest
 
 from moorage.actors.resource import Roles, TreeSampler, roles_from_status
 from moorage.actors.resource.sampler import _read_ppid_start
-from tests.conftest import wait_pid_exit
+from tests.conftest import open_files, wait_pid_exit
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -252,15 +252,8 @@ def test_past_its_bound_the_sampler_reads_processes_without_keeping_their_files(
         assert set(rows) == set(chain.pids.values())
         assert rows[chain.pids["hog"]].rss >= 40 * MB
     ours = {f"/proc/{pid}/{name}" for pid in chain.pids.values() for name in ("stat", "statm")}
-    held = [n for n in os.listdir("/proc/self/fd") if _target(f"/proc/self/fd/{n}") in ours]
+    held = [path for path in open_files(os.getpid()) if path in ours]
     assert len(held) == 4  # two processes' stat and statm
-
-
-def _target(link: str) -> str:
-    try:
-        return os.readlink(link)
-    except OSError:
-        return ""
 
 
 

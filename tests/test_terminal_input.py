@@ -4,7 +4,6 @@ and never beyond the keeper's life or the session's)."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from moorage.actors.terminal.scrollback import Ring
 from moorage.protocol.client import Client
+from tests.conftest import open_files
 from tests.terminal_support import env_for, make_home
 
 
@@ -53,14 +53,7 @@ def test_a_full_ring_keeps_cap_bytes_whatever_the_chunks() -> None:
 
 def ptmx_fds(pid: int) -> int:
     """How many PTY masters process `pid` holds open."""
-    n = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in ("/dev/ptmx", "/dev/pts/ptmx"):
-                n += 1
-        except OSError:
-            pass
-    return n
+    return sum(path in ("/dev/ptmx", "/dev/pts/ptmx") for path in open_files(pid))
 
 
 @pytest.fixture

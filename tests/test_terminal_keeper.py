@@ -23,7 +23,7 @@ from moorage.actors.runtime import trust
 from moorage.actors.terminal.keeper.spawn import SpawnError, get_winsize, spawn_on_pty
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, encode
 from moorage.actors.terminal.ring import RING_CORE
-from tests.conftest import assert_all_gone, descendants, wait_pid_exit
+from tests.conftest import assert_all_gone, descendants, open_files, wait_pid_exit
 from tests.terminal_support import RawLink
 from tests.waiting import wait_for
 
@@ -356,20 +356,11 @@ def test_descriptors_passed_before_a_valid_hello_are_never_held(
             candidate.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                         array.array("i", [fd] * 16))])
         wait_for(lambda: _outq(candidate) == 0, "the keeper's read of everything sent")
-        held = [n for n in os.listdir(f"/proc/{pid}/fd")
-                if _link_of(f"/proc/{pid}/fd/{n}") == str(marker)]
-        assert held == []
+        assert str(marker) not in open_files(pid)
         assert create(link, "s1")["t"] == "ok"  # the live link serves meanwhile
     finally:
         candidate.close()
         os.close(fd)
-
-
-def _link_of(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
 
 
 def test_creates_queued_when_their_terminal_is_replaced_start_no_shell(

@@ -398,5 +398,4 @@ def _comm(pid: int) -> str:
     which reads /proc/<pid>/cmdline for a longer one: that read takes the process's memory
     map lock, and a process stuck in a fault (a hung FUSE or NFS mapping) holds it for as
     long as it is stuck, and this loop with it."""
-    with open(f"/proc/{pid}/comm", "rb") as f:
-        return f.read().rstrip(b"\n").decode(errors="replace")
+    return _read(f"/proc/{pid}/comm").rstrip(b"\n").decode(errors="replace")

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.actors.watcher.watches import under_any
 from moorage.protocol.envelope import Packed
 
 StatKey = tuple[int, int, int, int, int]
@@ -43,15 +44,6 @@ def stat_info(st: os.stat_result) -> dict[str, Any]:
     return {"type": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev,
             "mode": mode & 0o7777, "etag": etag(stat_key(st))}
-
-
-def _under(path: str, dirs: set[str]) -> bool:
-    i = path.rfind("/")
-    while i > 0:
-        if path[:i] in dirs:
-            return True
-        i = path.rfind("/", 0, i)
-    return False
 
 
 @dataclass(slots=True)
@@ -148,12 +140,12 @@ class FileCache:
         entry for the lot (an `rm -rf` of a build's thousands of directories, one scan of
         the cache each, held the loop for seconds): a few directories are tested as
         prefixes in C; many, each entry's ancestors looked up among them."""
-        dirs = {d.rstrip("/") for d in real_dirs}
+        dirs = {d.rstrip("/") or "/" for d in real_dirs}
         if len(dirs) <= 8:
-            prefixes = tuple(d + "/" for d in dirs)
+            prefixes = tuple(d.rstrip("/") + "/" for d in dirs)
             gone = [p for p in self.entries if p.startswith(prefixes)]
         else:
-            gone = [p for p in self.entries if _under(p, dirs)]
+            gone = [p for p in self.entries if under_any(p, dirs)]
         for p in gone:
             self.invalidate(p)
 

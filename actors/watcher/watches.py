@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,17 +161,9 @@ class Watches:
     def observed_roots(self) -> dict[str, bool]:
         """Directories to observe -> recursive, none inside a recursive other."""
         rec = {w.path for w in self._list if w.recursive}
-
-        def below_one(p: str) -> bool:  # (a path's ancestors looked up: not every pair)
-            i = len(p)
-            while (i := p.rfind("/", 0, i)) > 0:
-                if p[:i] in rec:
-                    return True
-            return p != "/" and "/" in rec
-
-        out = dict.fromkeys(sorted(p for p in rec if not below_one(p)), True)
+        out = dict.fromkeys(sorted(p for p in rec if not under_any(p, rec)), True)
         for w in self._list:
-            if not w.recursive and w.path not in rec and not below_one(w.path):
+            if not w.recursive and w.path not in rec and not under_any(w.path, rec):
                 out[w.path] = False
         return out
 
@@ -185,3 +178,13 @@ class Watches:
             except (KeyError, TypeError, MoorageError):
                 continue  # a saved watch we cannot read back is dropped, not fatal
         self.next_id = max(int(doc.get("next_id", 1)), self.next_id)
+
+
+def under_any(path: str, dirs: AbstractSet[str]) -> bool:
+    """Is `path` below one of `dirs` (absolute, no trailing slash; "/" the root)? Its
+    ancestors looked up among them: a test per level of the path, not one per directory."""
+    i = len(path)
+    while (i := path.rfind("/", 0, i)) > 0:
+        if path[:i] in dirs:
+            return True
+    return path != "/" and "/" in dirs
