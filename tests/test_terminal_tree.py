@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
@@ -286,6 +287,45 @@ def test_a_session_restored_after_a_restart_by_hand_then_lost_takes_its_own_jobs
     finally:
         if pid_running(job):
             os.kill(job, signal.SIGKILL)
+
+
+def test_a_lost_session_whose_shell_pid_runs_another_session_now_leaves_that_one_alone(
+        make_tree, tmp_path):
+    """The records on disk outlive the pids they name: after a tree that died unclean, a
+    lost shell's pid may be another session's leader. The clean-up kills by that pid only
+    when the process there started when the shell did. (It killed whatever session the pid
+    named: here a stranger's `sleep`, which stands for the pid reused.)"""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                 timeout=30)["session"]
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        events = c.subscribe("terminal", ["term.session"], from_seq=1)
+        sup = tree.child("terminals")["pid"]
+        holders = [c.call(actor, "sys.info")["pid"] for actor in ("ptykeeper", "terminal")]
+        os.kill(sup, signal.SIGSTOP)
+        for pid in holders:
+            os.kill(pid, signal.SIGKILL)
+        assert all(wait_pid_exit(pid, 10) for pid in holders)
+        records = tree.runtime_dir / "terminal.sessions"
+        specs = msgpack.unpackb(records.read_bytes())
+        assert isinstance(specs[sid]["started"], int)  # the shell's, kept with its pid
+        specs[sid]["pid"] = stranger.pid
+        records.write_bytes(msgpack.packb(specs))
+        os.kill(sup, signal.SIGKILL)
+        while True:
+            ev = events.next(timeout=30)
+            assert ev is not None, "no lost session reported"
+            if isinstance(ev, StreamMessage) and ev.body.get("event") == "lost":
+                break
+        assert ev.body["session"] == sid and ev.body["killed_left"] == 0, ev.body
+        assert stranger.poll() is None  # (the report comes after the clean-up)
+        events.close()
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_a_subscriber_sees_a_terminal_restart_as_a_new_epoch_and_loses_no_byte(make_tree,

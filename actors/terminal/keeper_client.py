@@ -266,7 +266,8 @@ class KeeperClient:
 
         self._waiting[r] = done
         self.adopted += 1
-        self.link.send_fds({"t": "adopt", "r": r, "s": s.id, "pid": s.pid, "tty": s.tty,
+        self.link.send_fds({"t": "adopt", "r": r, "s": s.id, "pid": s.pid,
+                            "started": s.started, "tty": s.tty,
                             "cols": s.cols, "rows": s.rows, "meta": s.meta},
                            [s.master, s.ring.fd])  # type: ignore[list-item]
         logger.info("session {}: handed to the new keeper", s.id)

@@ -11,7 +11,9 @@ the session's output stream):
                                                        everything not acknowledged (and, with
                                                        `fds`, each session's `fd`)
     create  {r, s, path, argv, env, cwd, cols, rows, meta, scrollback?, base?}
-                                                    -> ok {pid, tty}, then fds {s} | err
+                                                    -> ok {pid, started, tty}, then fds {s}
+                                                       | err (`started`: the shell's start
+                                                       time, keeper/ptys.process_start)
     write   {r?, s, data}                           input, queued -> ok {queued, pending}
                                                     when `r` is given (`pending`: input still
                                                     queued for the PTY after it); err {r?, s,
@@ -25,7 +27,8 @@ the session's output stream):
                                                     actor has no ring for it or the state
                                                     does not fit the ring's slot (ring.py)
   keeper -> terminal
-    welcome {pid, sessions: [{s, pid, tty, cols, rows, meta, base, acked, exited, pending}]}
+    welcome {pid, sessions: [{s, pid, started, tty, cols, rows, meta, base, acked, exited,
+                              pending}]}
     fd      {s}                                     the session's PTY master rides along
                                                     (SCM_RIGHTS), after its `ok` or `welcome`,
                                                     for a peer that said `hello {fds: true}`:

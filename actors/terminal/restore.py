@@ -178,7 +178,7 @@ class Creation:
             return
         assert r is not None
         s = Session(self.a, self.sid, meta, base=self.base)
-        s.pid, s.tty = r["pid"], r["tty"]
+        s.pid, s.tty, s.started = r["pid"], r["tty"], r.get("started")
         s.cols, s.rows = self.spec["cols"], self.spec["rows"]
         self.a.sessions[self.sid] = s
         self.session = s
@@ -251,7 +251,7 @@ class Creation:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
-        self.a.specs.put(self.sid, {**self.spec, "pid": s.pid})
+        self.a.specs.put(self.sid, {**self.spec, "pid": s.pid, "started": s.started})
         result = {**s.created(), "attempts": self.attempts}
         if self.call is not None:
             self.call.reply(result)
@@ -295,6 +295,7 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
     s = Session(a, sid, meta, ring=ring, master=master, base=start,
                 replay_until=ring.ack_off, catch_up=ring.write_off)
     s.pid, s.tty, s.cols, s.rows = e["pid"], e["tty"], e["cols"], e["rows"]
+    s.started = e.get("started")
     s.keeper_backlog = bool(e.get("pending"))  # a predecessor's input still waits there
     s.keeper_paused = bool(e.get("paused"))  # it waits for our ack to read on
     if s.mode != "integration":
@@ -309,7 +310,8 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
         a.specs.put(sid, {**(spec or {"shell": meta.get("shell"), "args": [],
                                       "cwd": meta.get("cwd"), "env": {}, "cols": s.cols,
                                       "rows": s.rows, "integration": meta.get("mode") ==
-                                      "integration", "recreated": 0}), "pid": s.pid})
+                                      "integration", "recreated": 0}), "pid": s.pid,
+                                "started": s.started})
     ran = meta.get("exec_ran")
     if isinstance(ran, dict) and isinstance(ran.get("sid"), str) and isinstance(ran.get("id"), int):
         # The last command our predecessor answered: a resend of it is not run again.
@@ -347,7 +349,12 @@ def reconcile(a: RestoreHost, entries: list[dict[str, Any]]) -> None:
     reason = "every holder of the session's PTY died (the terminals supervisor with it)"
     for sid in lost:
         pid = a.specs.specs[sid].get("pid")
-        killed = kill_session(pid) if isinstance(pid, int) else 0
+        started = a.specs.specs[sid].get("started")
+        # A record without the shell's start time (written before it was kept) kills only
+        # what is left of a session whose shell is gone: its pid may be anyone's by now.
+        killed = kill_session(pid, leader_reaped=not isinstance(started, int),
+                              started=started if isinstance(started, int) else None) \
+            if isinstance(pid, int) else 0
         a.publisher.publish("term.session", {"session": sid, "event": "lost",
                                              "reason": reason, "killed_left": killed})
     a.publisher.publish("term.alert", {"kind": "sessions_lost", "severity": "critical",

@@ -175,6 +175,7 @@ class Session:
         self.shell: str = meta.get("shell", "")
         self.cwd: str | None = meta.get("cwd")
         self.pid = 0
+        self.started: int | None = None  # the shell's start time (keeper.ptys.process_start)
         self.tty = ""
         self.cols = 80
         self.rows = 24

@@ -3,8 +3,8 @@ terminal actor dies; and shares every session with the terminal actor, so that a
 outlives the keeper.
 
   op         args   reply                                                    errors
-  pty.list   {}     {connected, sessions: [{s, pid, tty, cols, rows, read,   -
-                     acked, base, paused, pending, adopted, exited}]}
+  pty.list   {}     {connected, sessions: [{s, pid, started, tty, cols, rows, -
+                     read, acked, base, paused, pending, adopted, exited}]}
 
 Everything else goes over `<runtime_dir>/<name>.sock` (link.py has the messages), from the one
 terminal actor connected at a time; the PTY side is ptys.py. The keeper
@@ -63,6 +63,7 @@ from moorage.actors.terminal.keeper.ptys import (
     Ptys,
     PtySession,
     foreground_group,
+    process_start,
 )
 from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
@@ -78,11 +79,12 @@ EXIT_STATUS_RETRY_S = 0.05  # ... this far apart (it reaps on SIGCHLD, a moment 
 Status = tuple[int | None, int | None]
 
 
-# pty.list's entry for one session (ptys.PtySession.describe): offsets of its ring, the bytes
-# of input waiting, whether this keeper adopted it from a predecessor, its exit status.
+# pty.list's entry for one session (ptys.PtySession.describe): the shell's start time (clock
+# ticks since boot: with the pid, which process it is), offsets of its ring, the bytes of input
+# waiting, whether this keeper adopted it from a predecessor, its exit status.
 HELD = Named("held", {
-    "s": str, "pid": int, "tty": str, "cols": int, "rows": int, "read": int, "acked": int,
-    "base": int, "paused": bool, "pending": int, "adopted": bool,
+    "s": str, "pid": int, "started": int | None, "tty": str, "cols": int, "rows": int,
+    "read": int, "acked": int, "base": int, "paused": bool, "pending": int, "adopted": bool,
     "exited": OneOf({"code": int | None, "signal": int | None}, None)})
 
 
@@ -353,12 +355,18 @@ class PtyKeeper(Actor):
         try:
             ring = SessionRing.open(ring_fd)
             pid = int(info["pid"])
+            started = info.get("started")
+            started = None if started is None else int(started)
         except (RingError, OSError, KeyError, TypeError, ValueError) as exc:
             close_all(fds)
             return "bad_args", str(exc)
         os.set_blocking(master, False)
         try:
             pidfd: int | None = os.pidfd_open(pid)
+            if started is not None and process_start(pid) not in (started, None):
+                # (the shell ended and its pid is another process's now: not watched)
+                os.close(pidfd)
+                pidfd = None
         except ProcessLookupError:
             pidfd = None  # already gone: its status is asked for at once
         except OSError as exc:
@@ -375,7 +383,7 @@ class PtyKeeper(Actor):
                         recovered)
         s = PtySession(sid, pid, master, str(info.get("tty", "")), pidfd, ring,
                        int(info.get("cols", 80)), int(info.get("rows", 24)), info.get("meta"),
-                       adopted=True)
+                       adopted=True, started=started)
         self.sessions[sid] = s
         self.adopted += 1
         self.ptys.add(s)
@@ -451,12 +459,14 @@ class PtyKeeper(Actor):
                 ring.close()
             self._discard_spawned(sp.pid, sp.master)
             raise
+        # (our child, not reaped yet: its pid is its own while this is read)
         s = PtySession(sid, sp.pid, sp.master, sp.tty, pidfd, ring, cols, rows,
-                       msg.get("meta"))
+                       msg.get("meta"), started=process_start(sp.pid))
         self.sessions[sid] = s
         self.ptys.add(s)
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
-        self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid, "tty": sp.tty})
+        self._tell({"t": "ok", "r": msg.get("r"), "s": sid, "pid": sp.pid,
+                    "started": s.started, "tty": sp.tty})
         # (no descriptor left to duplicate: each is logged and not sent, the session ours and
         # answered; a holder that lacks its copies works without: the terminal writes
         # through us)

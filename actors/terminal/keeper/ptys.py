@@ -41,14 +41,15 @@ class PtySession:
     and the shell's process (`pid`, also its session id: every job it starts is in it)."""
 
     __slots__ = ("adopted", "closing", "cols", "eof", "exit_sent", "id", "inq", "inq_bytes",
-                 "mask", "master", "meta", "paused", "pid", "pidfd", "ring", "rows", "status",
-                 "tty")
+                 "mask", "master", "meta", "paused", "pid", "pidfd", "ring", "rows", "started",
+                 "status", "tty")
 
     def __init__(self, sid: str, pid: int, master: int, tty: str, pidfd: int | None,
                  ring: SessionRing, cols: int, rows: int, meta: Any,
-                 adopted: bool = False) -> None:
+                 adopted: bool = False, started: int | None = None) -> None:
         self.id = sid
         self.pid = pid
+        self.started = started  # the shell's start time (process_start), when known
         self.master = master
         self.tty = tty
         self.pidfd = pidfd
@@ -68,8 +69,9 @@ class PtySession:
 
     def describe(self) -> dict[str, Any]:
         r = self.ring
-        return {"s": self.id, "pid": self.pid, "tty": self.tty, "cols": self.cols,
-                "rows": self.rows, "read": r.write_off, "acked": r.ack_off, "base": r.base,
+        return {"s": self.id, "pid": self.pid, "started": self.started, "tty": self.tty,
+                "cols": self.cols, "rows": self.rows, "read": r.write_off, "acked": r.ack_off,
+                "base": r.base,
                 "paused": self.paused, "pending": self.inq_bytes, "adopted": self.adopted,
                 "exited": self.exit_info()}
 
@@ -87,8 +89,8 @@ class PtySession:
     def custody_info(self) -> dict[str, Any]:
         """What a keeper that takes the session over from custody needs besides its fds
         (the state that went over the link; the ring has its own)."""
-        return {"pid": self.pid, "tty": self.tty, "cols": self.cols, "rows": self.rows,
-                "meta": self.meta}
+        return {"pid": self.pid, "started": self.started, "tty": self.tty, "cols": self.cols,
+                "rows": self.rows, "meta": self.meta}
 
     def exit_info(self) -> dict[str, Any] | None:
         if self.status is None:
@@ -98,7 +100,8 @@ class PtySession:
     def kill_left(self) -> int:
         """SIGKILL what is left in the shell's session (kill_session), knowing whether the
         shell itself was reaped (its pid may be another's then)."""
-        return kill_session(self.pid, leader_reaped=self.status is not None)
+        return kill_session(self.pid, leader_reaped=self.status is not None,
+                            started=self.started)
 
 
 def foreground_group(s: PtySession) -> int:
@@ -127,17 +130,32 @@ def session_members(sid: int) -> list[int]:
     return out
 
 
-def kill_session(sid: int, leader_reaped: bool = False) -> int:
+def process_start(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (proc(5)'s field 22), or None when no
+    such process runs: the same pid with another start time is another process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[19])
+
+
+def kill_session(sid: int, leader_reaped: bool = False, started: int | None = None) -> int:
     """SIGKILL every process left in the terminal session `sid` (a shell's pid), as
     systemd's KillMode does with a unit's cgroup: a job that ignores SIGHUP and SIGTERM goes
     too. Returns how many. Never session 0 or 1 (the kernel's, init's: a record without its
     shell's pid must not turn into them) nor our own. `leader_reaped`: the shell was reaped,
     so a process that has its pid now is another's, and its session too, perhaps: nothing is
     killed then (while any member of our session lives, the kernel gives its id to no new
-    process, so a free pid says the members found are ours)."""
+    process, so a free pid says the members found are ours). `started`: the shell's start
+    time (process_start); a process with its pid that started at another time is another's,
+    as above (a record on disk outlives the pids it names: after a tree that died unclean,
+    its shells' pids may be anyone's sessions)."""
     if sid <= 1 or sid == os.getsid(0):
         return 0
-    if leader_reaped and os.path.exists(f"/proc/{sid}"):
+    if os.path.exists(f"/proc/{sid}") and (leader_reaped or (
+            started is not None and process_start(sid) not in (started, None))):
         return 0
     killed = 0
     for pid in session_members(sid):
