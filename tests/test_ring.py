@@ -145,6 +145,37 @@ def test_a_descriptor_that_is_not_a_ring_is_refused(tmp_path):
         os.close(fd)
 
 
+@pytest.mark.parametrize("cell, value", [
+    (7, 1 << 20),  # a window over the cap: the keeper would read past the data
+    (7, 0),
+    (3, 1 << 20),  # acknowledged past what was read
+    (2, 1 << 20),  # read past the window
+    (2, 1 << 63),  # offsets out of the signed range the compiled turn computes in
+    (10, 4096),  # state slots of another size than the mapping is made of
+])
+def test_a_ring_whose_header_does_not_hold_together_is_refused(ring, cell, value):
+    """Each holder can write a ring's header: one that says more than its mapping holds is
+    refused before the keeper reads into it."""
+    ring._header[cell] = value
+    if cell == 2 and value >= 1 << 62:
+        ring._header[3] = value  # (acknowledged as far: only the size is wrong)
+    with pytest.raises(RingError):
+        SessionRing.open(os.dup(ring.fd))
+
+
+def test_a_ring_s_size_is_sealed_and_an_unsealed_memfd_is_refused(ring):
+    with pytest.raises(PermissionError):
+        os.ftruncate(ring.fd, 4096)  # (a holder that shrank it would fault every other)
+    fd = os.memfd_create("not-a-ring", os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, os.fstat(ring.fd).st_size)
+        os.pwrite(fd, os.pread(ring.fd, 128, 0), 0)  # the same header, unsealed
+        with pytest.raises(RingError):
+            SessionRing.open(fd)
+    finally:
+        os.close(fd)
+
+
 class WritesDuringCopy:
     """A holder's view of the state slots whose next copy first lets the writer run
     (`during`): the interleaving of two processes, made to happen at that instant."""

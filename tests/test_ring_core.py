@@ -137,6 +137,25 @@ def test_a_turn_stops_at_its_room_and_at_its_batch(fill, ptypair, new_ring):
     assert ring.read(0, ring.write_off) == b"r" * 3000
 
 
+def test_a_turn_never_reads_more_than_the_ring_holds_whatever_room_it_is_told(fill, new_ring):
+    """The room comes from the header's cells, which any holder of the ring can write: told
+    more room than the ring has, a turn still reads at most its cap, and nothing lands past
+    the data. (A pipe hands over all it counts in one read, unlike a PTY's 4 KiB; the
+    compiled turn read it all, its second half past the data, into the state slots.)"""
+    r, w = os.pipe()
+    try:
+        os.set_blocking(r, False)
+        os.write(w, b"p" * (3 * CAP))
+        ring = new_ring(0)
+        got, end = fill(ring, r, 1 << 40, 1 << 40)
+        assert (got, end) == (CAP, -1) and ring.write_off == CAP
+        assert ring.read(0, CAP) == b"p" * CAP
+        assert not any(ring._meta), "bytes written past the ring's data"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_a_hung_up_pty_ends_the_turn_with_eio_after_its_last_bytes(fill, ptypair, new_ring):
     master, slave = ptypair
     ring = new_ring(0)

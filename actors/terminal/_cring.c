@@ -113,6 +113,10 @@ static PyObject *fill(PyObject *self, PyObject *args) {
     long long got = 0;
     int end = -1; /* -1: stopped for want of bytes or room; 0: end of file; else errno */
 
+    /* A read never wraps onto itself: room comes from cells any holder can write. */
+    if (room > (long long)cap)
+        room = (long long)cap;
+
     Py_BEGIN_ALLOW_THREADS
     while (room > 0 && got < batch) {
         int avail = 0;

@@ -65,6 +65,8 @@ META_SLOT = 64 * 1024  # a bigger state goes over the keeper link (the slot then
 _SEED = int.from_bytes(os.urandom(16), "little")
 _SEED_LO, _SEED_HI = _SEED & (2**64 - 1), (_SEED >> 64) & (2**56 - 1)  # (what _canary uses)
 READ_CHUNK = 65536  # the most one read asks for (a PTY master hands over 4 KiB at most)
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW  # a ring's size, fixed at its creation
+OFFSET_MAX = 1 << 62  # offsets stay far from what the C fill's signed arithmetic holds
 
 
 def _canary(off: int) -> bytes:
@@ -96,8 +98,14 @@ class SessionRing:
         """A new ring of at least `cap` bytes, whose writer keeps at most `window` of them
         unhandled (so the `window` bytes after `ack_off` may be written at any moment)."""
         cap = max(mmap.PAGESIZE, (cap + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE)
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
-        os.ftruncate(fd, HEADER + cap + 2 * META_SLOT)  # (sparse: pages cost when written)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, HEADER + cap + 2 * META_SLOT)  # (sparse: pages cost when written)
+            # its size for good: a holder that shrank it would fault every other one's reads
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS | fcntl.F_SEAL_SEAL)
+        except BaseException:
+            os.close(fd)
+            raise
         ring = cls(fd, cap, META_SLOT)
         ring._header[_CAP] = cap
         ring._header[_META_SLOT] = META_SLOT
@@ -107,14 +115,28 @@ class SessionRing:
 
     @classmethod
     def open(cls, fd: int) -> SessionRing:
-        """Map a ring from a descriptor another process passed (ours from then on)."""
+        """Map a ring from a descriptor another process passed (ours from then on). What it
+        says of itself is checked before anything is read or written by it: a ring whose
+        window is over its cap, or whose offsets lie outside the window, would have the
+        keeper read past its data (each holder can write the header)."""
         size = os.fstat(fd).st_size
         if size < HEADER + mmap.PAGESIZE:
             raise RingError(f"a ring is at least {HEADER + mmap.PAGESIZE} bytes, not {size}")
+        try:
+            sealed = fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS == SEALS
+        except OSError:
+            sealed = False
+        if not sealed:
+            raise RingError("not a session ring: its size is not sealed")
         head = (ctypes.c_uint64 * (HEADER // 8)).from_buffer_copy(os.pread(fd, HEADER, 0))
         cap = size - HEADER - 2 * head[_META_SLOT]
-        if head[_MAGIC] != MAGIC or head[_CAP] != cap or cap < mmap.PAGESIZE:
+        if head[_MAGIC] != MAGIC or head[_CAP] != cap or cap < mmap.PAGESIZE or \
+                head[_META_SLOT] != META_SLOT:
             raise RingError("not a session ring")
+        write, ack, window = head[_WRITE], head[_ACK], head[_WINDOW]
+        if not 0 < window <= cap or not ack <= write <= ack + window or write >= OFFSET_MAX:
+            raise RingError(f"a ring's offsets out of order: write {write}, ack {ack}, "
+                            f"window {window}, cap {cap}")
         return cls(fd, cap, head[_META_SLOT])
 
     # --- the offsets ---------------------------------------------------------------------
@@ -156,8 +178,9 @@ class SessionRing:
     # --- bytes ---------------------------------------------------------------------------
 
     def room(self) -> int:
-        """How much the keeper may write now without passing the window's unhandled bytes."""
-        return self.window - (self.write_off - self.ack_off)
+        """How much the keeper may write now without passing the window's unhandled bytes
+        (never more than the ring holds, nor less than nothing, whatever a holder wrote)."""
+        return max(0, min(self.cap, self.window - (self.write_off - self.ack_off)))
 
     def write(self, data: bytes) -> int:
         """Append (the keeper); returns the new write offset. The caller keeps `room`."""
@@ -303,6 +326,7 @@ class SessionRing:
 
 def _fill_python(ring: SessionRing, fd: int, room: int, batch: int) -> tuple[int, int]:
     """`SessionRing.fill` in Python: the reference for _cring.c's."""
+    room = min(room, ring.cap)  # (a read never wraps onto itself)
     got = 0
     buf = array.array("i", [0])
     while room > 0 and got < batch:
