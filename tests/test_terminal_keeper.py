@@ -136,6 +136,43 @@ def test_a_full_window_stops_reading_until_acked_and_nothing_is_lost(keeper, cli
     assert seen["w"].count(b"y") == 1_000_000
 
 
+def test_a_terminal_that_stops_reading_costs_the_keeper_one_word_per_session(
+        keeper, client, connect):
+    """While the terminal reads nothing (its link full of replies it has not read), a shell
+    writing a byte at a time costs the keeper one queued word for the session, which goes
+    with the end then when the terminal reads again; nothing is lost and the exit still
+    comes after the last output. (One `out` a read was queued: 145 MiB for a window filled
+    a byte at a time.)"""
+    n = 200_000
+    link = connect(client, keeper(read_batch_bytes=4096))  # (at least n / 4096 reads)
+    create(link, "b", argv=["sh", "-c", f"read go; i=0; while [ $i -lt {n} ]; do printf x; "
+                                        f"i=$((i+1)); done; echo; exit 3"])
+    for r in range(100, 30_100):  # replies enough to fill the socket, none of them read
+        link.send({"t": "resize", "r": r, "s": "b", "cols": 80, "rows": 24})
+    link.send({"t": "write", "s": "b", "data": b"go\n"})
+    total = len(b"go\r\n") + n + len(b"\r\n")
+
+    def all_read() -> bool:
+        (held,) = client.call("ptykeeper", "pty.list")["sessions"]
+        return held["read"] == total
+
+    # (its word waits, `outs_deferred` in sys.info, until the exit takes it out first)
+    wait_for(all_read, "the shell's output read by the keeper", 120)
+    seen: dict[str, bytearray] = {}
+    outs = 0
+
+    def other(m: dict) -> None:
+        nonlocal outs
+        if m["t"] == "out":
+            outs += 1
+            link.read_out(m, seen)
+
+    ex = link.wait(lambda m: m["t"] == "exit", timeout=60, on_other=other)
+    assert ex == {"t": "exit", "s": "b", "code": 3, "signal": None}
+    assert bytes(seen["b"]) == b"go\r\n" + b"x" * n + b"\r\n"
+    assert outs == 1
+
+
 def test_a_new_connection_gets_every_session_with_its_master_and_ring(
         keeper, client, connect, links):
     path = keeper()

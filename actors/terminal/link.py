@@ -97,6 +97,15 @@ class FrameReader:
         afterwards: nothing here keeps a reference to it)."""
         if self._buf:
             self._buf += data
+            # A big frame comes in many reads: it is parsed (and copied) once it is whole,
+            # not at each of them.
+            if len(self._buf) < 4:
+                return []
+            (n,) = HEADER.unpack_from(self._buf, 0)
+            if n > self.max_frame:
+                raise LinkError(f"frame of {n} bytes is over the {self.max_frame} limit")
+            if len(self._buf) - 4 < n:
+                return []
             data = bytes(self._buf)
             self._buf.clear()
         # Parsed straight from what was received (memoryview slices: no copies); only an
@@ -148,6 +157,8 @@ class Link:
         self.on_message = on_message
         self.on_close = on_close
         self.on_batch_end = on_batch_end
+        # after what waited to be written has all gone (the peer reads again)
+        self.on_drained: Callable[[], None] | None = None
         self.reader = FrameReader()
         # Received into one buffer for the link's life: a fresh 1 MiB `recv` per message is
         # an mmap, a page fault, an mremap and a munmap each time, on both ends of every hop.
@@ -162,7 +173,9 @@ class Link:
         self.fds: deque[int] = deque()
         # what waits to be written: frames' bytes, and (bytes, fds) where descriptors must
         # ride with the first byte of those bytes
-        self.out: deque[bytes | tuple[bytes, list[int]]] = deque()
+        # (what a send took part of goes on as a view: a frame of megabytes sent in pieces
+        # is not copied again for each)
+        self.out: deque[bytes | memoryview | tuple[bytes | memoryview, list[int]]] = deque()
         self.out_bytes = 0
         self.closed = False
         loop.add_reader(self.fd, self._readable)
@@ -232,7 +245,7 @@ class Link:
                 close_all(fds)  # (the peer has its own now)
                 self.out_bytes -= n
                 if n < len(data):
-                    self.out[0] = data[n:]  # sent: the rest is plain bytes
+                    self.out[0] = memoryview(data)[n:]  # sent: the rest is plain bytes
                 else:
                     self.out.popleft()
                 continue
@@ -257,9 +270,11 @@ class Link:
                     n -= len(head)
                     self.out.popleft()
                 else:
-                    self.out[0] = head[n:]
+                    self.out[0] = memoryview(head)[n:]
                     n = 0
         self.loop.remove_writer(self.fd)
+        if self.on_drained is not None and not self.closed:
+            self.on_drained()
 
     def _readable(self) -> None:
         for _ in range(16):  # bounded, so one busy peer cannot starve the loop

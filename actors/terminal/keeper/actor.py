@@ -127,6 +127,7 @@ class PtyKeeper(Actor):
         self.ptys = Ptys(self.loop, self.sessions, window=self.window,
                          read_batch=self.read_batch, tell=self._tell,
                          exit_status=self._exit_status)
+        self.ptys.backlogged = lambda: self.link is not None and bool(self.link.out)
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._m_hello, "create": self._m_create, "write": self._m_write,
             "resize": self._m_resize, "signal": self._m_signal, "close": self._m_close,
@@ -162,6 +163,10 @@ class PtyKeeper(Actor):
                 "adopted": self.adopted, "from_custody": self.from_custody,
                 "custody": self.custody is not None and not self.custody.out.broken,
                 "creates_queued": len(self._creates),
+                # what waits for the terminal to read: bytes, and sessions whose word of new
+                # output waits for those to go (Ptys.deferred)
+                "link_queued_bytes": self.link.out_bytes if self.link is not None else 0,
+                "outs_deferred": len(self.ptys.deferred),
                 # how it reads output into the rings (ring.RING_CORE): _cring.c or Python
                 "ring_core": RING_CORE,
                 "unhandled": sum(s.ring.write_off - s.ring.ack_off
@@ -253,7 +258,9 @@ class PtyKeeper(Actor):
                 self.link.close("replaced by a new connection")
         link.on_message = self._on_message
         link.on_close = self._on_link_closed
+        link.on_drained = self.ptys.tell_deferred
         link.take_passed_fds()  # (`adopt` carries a session's: none comes before the welcome)
+        self.ptys.deferred.clear()  # (a new terminal's welcome says where each session is)
         self.link = link
         self.peer_pid = pid
         logger.info("terminal actor connected (pid {})", pid)

@@ -63,7 +63,9 @@ class PtySession:
         self.status: tuple[int | None, int | None] | None = None  # (code, signal) once reaped
         self.exit_sent = False
         self.closing = False
-        self.inq: deque[bytes] = deque()
+        # (the rest of a chunk a write took part of is a view: a paste of megabytes that the
+        # PTY takes 4 KiB at a time is not copied again at each write)
+        self.inq: deque[bytes | memoryview] = deque()
         self.inq_bytes = 0
         self.mask = 0  # what the keeper's epoll watches on `master` (0: not registered)
 
@@ -186,6 +188,12 @@ class Ptys:
         self.epoll = select.epoll()
         self.by_fd: dict[int, PtySession] = {}
         self.closing: dict[int, PtySession] = {}  # pid -> a closed session not yet ended
+        # While the terminal is not reading (the link's queue is not empty), a session's
+        # word of new output waits here and goes once, with the end then, when the link has
+        # drained: a shell writing a byte at a time to a stopped terminal fills its window
+        # with one queued message, not a million (`backlogged`: the actor's link says so).
+        self.backlogged: Callable[[], bool] = lambda: False
+        self.deferred: dict[str, PtySession] = {}
 
     def fileno(self) -> int:
         return self.epoll.fileno()
@@ -250,7 +258,10 @@ class Ptys:
             logger.warning("session {}: read: {}", s.id, os.strerror(end))
         if got or room <= 0:
             s.paused = room <= 0 and not eof
-            self._tell({"t": "out", "s": s.id, "end": ring.write_off, "paused": s.paused})
+            if self.backlogged():
+                self.deferred[s.id] = s
+            else:
+                self._tell_out(s)
         if eof:
             s.eof = True
             if s.inq:
@@ -259,6 +270,23 @@ class Ptys:
             self._maybe_finished(s)
         elif s.paused:
             self.watch(s)
+
+    def _tell_out(self, s: PtySession) -> None:
+        self.deferred.pop(s.id, None)
+        self._tell({"t": "out", "s": s.id, "end": s.ring.write_off, "paused": s.paused})
+
+    def tell_deferred(self) -> None:
+        """The link has drained: the word of the output that came meanwhile."""
+        deferred, self.deferred = self.deferred, {}
+        for sid, s in deferred.items():
+            if self.sessions.get(sid) is s:
+                self._tell_out(s)
+
+    def _tell_exit(self, s: PtySession) -> None:
+        s.exit_sent = True
+        if s.id in self.deferred:
+            self._tell_out(s)  # (the exit comes after the session's last output)
+        self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
 
     def _drop_input(self, s: PtySession, why: str) -> None:
         logger.warning("session {}: {} bytes of input dropped: {}", s.id, s.inq_bytes, why)
@@ -280,7 +308,7 @@ class Ptys:
             if n == len(head):
                 s.inq.popleft()
             else:
-                s.inq[0] = head[n:]
+                s.inq[0] = memoryview(head)[n:]
         self.watch(s)
 
     # --- the shell's end ------------------------------------------------------------------
@@ -327,13 +355,11 @@ class Ptys:
         if s.paused:
             self.loop.call_later(EXIT_WITHOUT_EOF_S, lambda: self._exit_anyway(s))
             return
-        s.exit_sent = True
-        self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
+        self._tell_exit(s)
 
     def _maybe_finished(self, s: PtySession) -> None:
         if s.eof and s.status is not None and not s.exit_sent:
-            s.exit_sent = True
-            self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
+            self._tell_exit(s)
 
     # --- closing ----------------------------------------------------------------------------
 
