@@ -271,6 +271,23 @@ def test_bad_messages_get_error_replies_and_the_keeper_serves_on(keeper, client,
     assert link.recv()["name"] == "bad_args"
     assert create(link, "z", r=5)["t"] == "ok"
     assert client.call("ptykeeper", "pty.list")["sessions"][0]["s"] == "z"
+    # a window the kernel cannot hold is refused before a shell is spawned for it (it went
+    # unanswered), and a resize to one is a bad request, not an internal error
+    pid = client.call("ptykeeper", "sys.info")["pid"]
+    shells = len(psutil.Process(pid).children())
+    assert create(link, "w", r=6, cols=70000)["name"] == "bad_args"
+    assert len(psutil.Process(pid).children()) == shells
+    link.send({"t": "resize", "r": 7, "s": "z", "cols": 80, "rows": 0})
+    assert link.wait(lambda m: m.get("r") == 7)["name"] == "bad_args"
+    # an adopt whose fields are bad keeps none of the descriptors that came with it
+    with open(os.devnull) as a, open(os.devnull) as b:
+        held = open_files(pid).count(os.devnull)
+        for r, msg in ((8, {"t": "adopt", "r": 8}), (9, {"t": "adopt", "r": 9, "s": "v",
+                                                      "pid": 1, "cols": "wide"})):
+            link.send(msg, fds=[a.fileno(), b.fileno()])
+            assert link.wait(lambda m, r=r: m.get("r") == r)["name"] == "bad_args"
+        assert open_files(pid).count(os.devnull) == held
+    assert create(link, "z2", r=10)["t"] == "ok"
 
 
 def test_a_create_refused_after_its_shell_was_spawned_leaves_no_shell_and_creates_go_on(

@@ -65,7 +65,7 @@ from moorage.actors.terminal.keeper.ptys import (
     foreground_group,
     process_start,
 )
-from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty
+from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty, winsize
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
 from moorage.actors.terminal.ring import RING_CORE, RingError, SessionRing
 from moorage.protocol.envelope import Reply
@@ -323,9 +323,11 @@ class PtyKeeper(Actor):
         """A session the terminal actor held while no keeper did (ours died): its master and
         ring come with this message."""
         fds = self.link.take_fds(2) if self.link is not None else None
-        sid = msg["s"]
-        if fds is None:
-            self._reply_err(msg, "bad_args", f"adopt {sid}: the master and ring did not come")
+        sid = msg.get("s")
+        if fds is None or not isinstance(sid, str):
+            close_all(fds or [])  # (a bad message's descriptors are not kept: nor leaked)
+            self._reply_err(msg, "bad_args", f"adopt {sid!r}: a session id, with its master "
+                                             "and ring, is needed")
             return
         held = self.sessions.get(sid)
         error = self._adopt(sid, fds, msg)
@@ -360,10 +362,12 @@ class PtyKeeper(Actor):
             close_all(fds)
             return None
         try:
-            ring = SessionRing.open(ring_fd)
+            # every field first: nothing is mapped or opened for a message that is refused
             pid = int(info["pid"])
             started = info.get("started")
             started = None if started is None else int(started)
+            cols, rows = winsize(info.get("cols", 80), info.get("rows", 24))
+            ring = SessionRing.open(ring_fd)
         except (RingError, OSError, KeyError, TypeError, ValueError) as exc:
             close_all(fds)
             return "bad_args", str(exc)
@@ -388,9 +392,8 @@ class PtyKeeper(Actor):
         if recovered:
             logger.info("session {}: took in {} bytes read before the last keeper died", sid,
                         recovered)
-        s = PtySession(sid, pid, master, str(info.get("tty", "")), pidfd, ring,
-                       int(info.get("cols", 80)), int(info.get("rows", 24)), info.get("meta"),
-                       adopted=True, started=started)
+        s = PtySession(sid, pid, master, str(info.get("tty", "")), pidfd, ring, cols, rows,
+                       info.get("meta"), adopted=True, started=started)
         self.sessions[sid] = s
         self.adopted += 1
         self.ptys.add(s)
@@ -441,7 +444,7 @@ class PtyKeeper(Actor):
             self._reply_err(msg, "bad_args", f"session id {sid!r} is taken or not a string")
             return
         argv = [str(a) for a in msg["argv"]]
-        cols, rows = int(msg["cols"]), int(msg["rows"])
+        cols, rows = winsize(msg["cols"], msg["rows"])
         try:
             sp = spawn_on_pty(str(msg["path"]), argv,
                               {str(k): str(v) for k, v in msg["env"].items()},
@@ -526,7 +529,7 @@ class PtyKeeper(Actor):
         s = self._session(msg)
         if s is None:
             return
-        cols, rows = int(msg["cols"]), int(msg["rows"])
+        cols, rows = winsize(msg["cols"], msg["rows"])
         try:
             set_winsize(s.master, cols, rows)
         except OSError as exc:

@@ -33,6 +33,7 @@ import signal
 import struct
 import termios
 from dataclasses import dataclass
+from typing import Any
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -64,6 +65,15 @@ class Spawned:
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         raise SpawnError(rc, f"{what}: {os.strerror(rc)}")
+
+
+def winsize(cols: Any, rows: Any) -> tuple[int, int]:
+    """A window's size as the kernel holds it (two unsigned shorts), checked before anything
+    is made for it; ValueError (or TypeError) when it is not one."""
+    cols, rows = int(cols), int(rows)
+    if not (0 < cols <= 0xFFFF and 0 < rows <= 0xFFFF):
+        raise ValueError(f"a window of {cols}x{rows}: each side is 1 to 65535")
+    return cols, rows
 
 
 def set_winsize(fd: int, cols: int, rows: int) -> None:
