@@ -324,6 +324,41 @@ def test_stopping_the_keeper_ends_every_shell_and_its_jobs(
     assert_all_gone(procs, timeout=5)
 
 
+def test_a_keeper_stopped_within_a_closed_session_s_grace_takes_the_jobs_it_left(
+        spawn_actor, runtime_dir, client, connect):
+    """A closed session's shell that ended at the hang-up, and a job of it that did not:
+    the job is killed when the grace is over, or when the keeper stops before that. (The
+    session had left the keeper's lists when its shell was reaped: a stop within the grace
+    left the job running, the tree gone.)"""
+    proc = spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper",
+                       stop_grace_ms=300, close_grace_ms=120_000)
+    link = connect(client, runtime_dir / "ptykeeper.sock")
+    script = "nohup sleep 301 >/dev/null 2>&1 & echo bg-started; exec sleep 300"
+    shell = create(link, "g", argv=["sh", "-c", script])["pid"]
+    seen: dict[str, bytearray] = {}
+    while b"bg-started" not in seen.get("g", b""):
+        m = link.recv()
+        if m["t"] == "out":
+            link.read_out(m, seen)
+    def the_job() -> psutil.Process | None:
+        for p in descendants(proc.pid):
+            with contextlib.suppress(psutil.Error):
+                if p.cmdline() == ["sleep", "301"]:
+                    return p
+        return None
+
+    job = wait_for(the_job, "the job started")
+    link.send({"t": "close", "r": 2, "s": "g"})
+    assert link.wait(lambda m: m.get("r") == 2)["t"] == "ok"
+    assert wait_pid_exit(shell, 10)  # (the hang-up ended the shell: reaped by the keeper)
+    wait_for(lambda: shell not in {p.pid for p in psutil.Process(proc.pid).children()},
+             "the shell reaped")
+    assert job.is_running()  # it ignores SIGHUP: the grace's end would take it
+    os.kill(proc.pid, signal.SIGTERM)
+    assert wait_pid_exit(proc.pid, 10)
+    assert_all_gone([job], timeout=5)
+
+
 def test_a_stranger_on_the_keeper_socket_is_refused_and_the_live_link_keeps_working(
         keeper, client, connect, links):
     path = keeper()

@@ -128,6 +128,7 @@ class PtyKeeper(Actor):
                          read_batch=self.read_batch, tell=self._tell,
                          exit_status=self._exit_status)
         self.ptys.backlogged = lambda: self.link is not None and bool(self.link.out)
+        self.in_grace: set[PtySession] = set()  # closed, `close_grace` not over yet
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._m_hello, "create": self._m_create, "write": self._m_write,
             "resize": self._m_resize, "signal": self._m_signal, "close": self._m_close,
@@ -185,7 +186,10 @@ class PtyKeeper(Actor):
         with contextlib.suppress(OSError):
             self.sock_path.unlink()
         self.outbound.close()
-        victims = list(self.sessions.values()) + list(self.ptys.closing.values())
+        # (a closed session whose shell was reaped within its grace has left `closing`, and
+        # a job that outlived the shell's SIGHUP, one the shell was just starting, say, is
+        # killed at the grace's end: a stop before it comes takes the job now)
+        victims = self._every_session()
         for s in self.sessions.values():
             self.ptys.hangup(s)
         if self.custody is not None:
@@ -210,8 +214,12 @@ class PtyKeeper(Actor):
 
     def _kill_everything(self) -> None:
         """The tree is gone from under us (our supervisor died): no session may outlive it."""
-        for s in list(self.sessions.values()) + list(self.ptys.closing.values()):
+        for s in self._every_session():
             s.kill_left()
+
+    def _every_session(self) -> list[PtySession]:
+        """Held, closing, or closed within its grace: whatever may still have processes."""
+        return [*self.sessions.values(), *({*self.ptys.closing.values()} | self.in_grace)]
 
     # --- the connection -----------------------------------------------------------------------
 
@@ -569,10 +577,12 @@ class PtyKeeper(Actor):
             self.custody.drop(s.id)
         self.ptys.release(s)
         self.ptys.closing[s.pid] = s
+        self.in_grace.add(s)
         self.loop.call_later(self.close_grace, lambda: self._closed(s))
         self._tell({"t": "ok", "r": msg.get("r"), "s": s.id})
 
     def _closed(self, s: PtySession) -> None:
+        self.in_grace.discard(s)
         self.ptys.finish_closed(s)
         if s.status is not None:
             self.ptys.closing.pop(s.pid, None)
