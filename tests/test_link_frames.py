@@ -34,3 +34,35 @@ def test_a_length_over_the_limit_is_refused_when_read_even_from_a_partial_frame(
     assert reader.feed(frame[:2]) == []
     with pytest.raises(LinkError):
         reader.feed(frame[2:4])  # (the length's last bytes: the frame is judged by them)
+
+
+def test_a_message_whose_handler_fails_does_not_cost_the_ones_after_it(tmp_path):
+    """Two messages in one read, the first one's handler raising: the second is handled,
+    and the link stays open. (The exception left the read, and every frame after it in
+    that read was lost: a reply among them left its request waiting for good.)"""
+    import socket
+
+    from moorage.actors.runtime.loop import Loop
+    from moorage.actors.terminal.link import Link
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    loop = Loop()
+    handled: list[str] = []
+
+    def on_message(msg: dict) -> None:
+        if msg["t"] == "out":
+            raise AttributeError("'NoneType' object has no attribute 'ack_off'")
+        handled.append(msg["t"])
+
+    link = Link(loop, ours, on_message, lambda reason: handled.append(f"closed: {reason}"))
+    try:
+        theirs.sendall(encode({"t": "out", "s": "a", "end": 1}) + encode({"t": "ok", "r": 7}))
+        for _ in range(100):
+            loop.run_once(100)
+            if handled:
+                break
+        assert handled == ["ok"] and not link.closed
+    finally:
+        link.close("test over")
+        theirs.close()
+        loop.close()

@@ -136,6 +136,23 @@ def test_a_full_window_stops_reading_until_acked_and_nothing_is_lost(keeper, cli
     assert seen["w"].count(b"y") == 1_000_000
 
 
+def test_a_terminal_that_lacks_a_session_s_copies_gets_them_again_on_asking(
+        keeper, client, connect):
+    """`pass`: the session's master and ring again (they could not be sent or used: out of
+    descriptors on either side), then its reply; a session the keeper does not hold is
+    refused."""
+    link = connect(client, keeper())
+    create(link, "c", argv=["sh", "-c", "echo here; exec sleep 60"])
+    assert link.recv() == {"t": "fds", "s": "c"}  # (the first copies, after the `ok`)
+    link.send({"t": "pass", "r": 2, "s": "c"})
+    again = link.wait(lambda m: m["t"] != "out")  # (the shell's output may come first)
+    assert again == {"t": "fds", "s": "c"} and link.wait(lambda m: m.get("r") == 2)["t"] == "ok"
+    ring = link.rings["c"]  # (mapped from the descriptors that came again)
+    wait_for(lambda: b"here" in ring.read(0, ring.write_off), "the shell's output in the ring")
+    link.send({"t": "pass", "r": 3, "s": "nope"})
+    assert link.wait(lambda m: m.get("r") == 3)["name"] == "session_not_found"
+
+
 def test_a_terminal_that_stops_reading_costs_the_keeper_one_word_per_session(
         keeper, client, connect):
     """While the terminal reads nothing (its link full of replies it has not read), a shell

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from moorage.actors.runtime import trust
+from moorage.actors.runtime.custody import close_all
 from moorage.actors.runtime.signals import parse_signal
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
 from moorage.actors.terminal.ring import RingError, SessionRing
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 KeeperCallback = Callable[[dict[str, Any] | None, WireError | None], None]
 RECONNECT_S = 0.02
 FDS_WAIT_S = 2.0  # a welcome's sessions' fds, all of them within this
+COPIES_TRIES = 6  # a session's copies asked for again (ask_copies) at most this often ...
+COPIES_RETRY_S = 0.25  # ... the first time this long after the keeper could not send them
 
 
 class KeeperClient:
@@ -111,7 +114,9 @@ class KeeperClient:
         self.link = Link(self.loop, sock, self._on_keeper, self._on_link_closed,
                          accept_fds=True)
         self.link.send({"t": "hello", "tok": trust.token(LINK_TOKEN_NAME),
-                        "held": list(self.sessions)})
+                        # (those we lack copies of are passed again with the welcome)
+                        "held": [sid for sid, s in self.sessions.items()
+                                 if s.ring is not None]})
 
     def _on_link_closed(self, reason: str) -> None:
         logger.warning("keeper link closed: {}", reason)
@@ -233,7 +238,7 @@ class KeeperClient:
         held = {e["s"]: e for e in entries}
         for s in self.sessions.values():
             if s.id not in held:
-                if s.exited is None:
+                if s.exited is None and s.ring is not None:
                     self._adopt(s)  # the keeper restarted: it gets our copy of the session
             elif held[s.id].get("meta") != s.meta:
                 # a new keeper that took the session from custody, or one that was stopped
@@ -275,13 +280,20 @@ class KeeperClient:
     def _k_fds(self, msg: dict[str, Any]) -> None:
         fds = self.link.take_fds(2) if self.link is not None else None
         sid = msg["s"]
+        s = self.sessions.get(sid)
         if fds is None:
             logger.error("session {}: its master and ring did not come", sid)
+            if s is not None and s.ring is None:
+                self.ask_copies(s)
             return
         master, ring_fd = fds
-        s = self.sessions.get(sid)
         if s is not None:  # a session we created: its copies
-            s.take_custody(master, ring_fd)
+            try:
+                s.take_custody(master, ring_fd)
+            except (RingError, OSError) as exc:
+                logger.error("session {}: its copies cannot be used: {}", sid, exc)
+                close_all(fds)
+                self.ask_copies(s)
             return
         entry = next((e for e in self._entries if e["s"] == sid), None)
         if entry is None or sid not in self._awaiting_fds:
@@ -333,9 +345,34 @@ class KeeperClient:
 
         self.loop.call_later(wait_s, give_up)
 
+    def expect_copies(self, s: Session) -> None:
+        """A session the keeper made for us: its copies follow its `ok` at once, unless the
+        keeper could not send them; then they are asked for."""
+        self.loop.call_later(FDS_WAIT_S, lambda: self.ask_copies(s))
+
+    def ask_copies(self, s: Session, tries: int = 0) -> None:
+        """Ask the keeper again for `s`'s master and ring, which we lack (they could not be
+        sent or used: out of descriptors, on either side): without the ring no output of
+        the session is read here. Asked again, further apart, while the keeper still
+        cannot send them, at most COPIES_TRIES times."""
+        if self.link is None or not self.welcomed or self.sessions.get(s.id) is not s or \
+                s.ring is not None:
+            return  # (a new link's welcome passes every session we lack, anyway)
+        if tries >= COPIES_TRIES:
+            logger.error("session {}: no copies of its master and ring after {} tries; its "
+                         "output is not read until the keeper link is made again", s.id, tries)
+            return
+
+        def done(_r: dict[str, Any] | None, err: WireError | None) -> None:
+            if err is not None and err.name == "resource_exhausted":
+                self.loop.call_later(COPIES_RETRY_S * 2 ** tries,
+                                     lambda: self.ask_copies(s, tries + 1))
+
+        self.request({"t": "pass", "s": s.id}, done)
+
     def _k_out(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
-        if s is not None:
+        if s is not None and s.ring is not None:
             s.keeper_paused = bool(msg.get("paused"))
             s.on_ring(int(msg["end"]))
             self.flush_acks(s)
@@ -344,7 +381,8 @@ class KeeperClient:
         s = self.sessions.get(msg["s"])
         if s is None or s.exited is not None:
             return
-        s.on_ring(s.ring.write_off)  # whatever the shell wrote last
+        if s.ring is not None:
+            s.on_ring(s.ring.write_off)  # whatever the shell wrote last
         self.on_exit(s, {"code": msg.get("code"), "signal": msg.get("signal")})
 
     # --- acks: moving the ring's ack_off -------------------------------------------------------
@@ -354,7 +392,7 @@ class KeeperClient:
         had stopped reading for a full window and there is room in it now. (Whether the ack
         moved in this call does not say: the output may have been taken and acknowledged
         from the ring before the keeper's word that it stopped came.)"""
-        if s.hold_acks:
+        if s.hold_acks or s.ring is None:
             return
         handled = s.handled()
         if handled > s.ring.ack_off:

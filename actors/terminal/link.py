@@ -21,6 +21,9 @@ the session's output stream):
     resize  {r?, s, cols, rows}                     -> ok | err
     signal  {r, s, sig, to: "fg"|"shell"}           -> ok {pgid} | err
     close   {r, s}                                  -> ok   (hangs the session up)
+    pass    {r, s}                                  -> fds {s}, then ok | err: the session's
+                                                       master and ring again (they did not
+                                                       come, or could not be used)
     ack     {s, off}                                output before `off` is published: drop it
     meta    {s, meta}                               the actor's state for the session (kept
                                                     for the actor's successor), while the
@@ -185,22 +188,25 @@ class Link:
         closes them at each receive)."""
         self._anc = socket.CMSG_SPACE(MAX_FDS * 4)
 
-    def send_fds(self, msg: dict[str, Any], fds: list[int]) -> None:
+    def send_fds(self, msg: dict[str, Any], fds: list[int]) -> bool:
         """`msg` with descriptors: the peer gets its own duplicates (ours stay open), taken
         with `take_fds(len(fds))` when it handles `msg`. What waits to be sent holds
         duplicates of its own: the caller may close its descriptors meanwhile (a session
-        closed while the socket was full), and their numbers be taken by others."""
+        closed while the socket was full), and their numbers be taken by others. False
+        when it could not be sent (no descriptor left to duplicate: the peer may ask for
+        them again)."""
         if self.closed:
-            return
+            return False
         try:
             dups = dup_all(fds)
-        except OSError as exc:  # (no descriptor left: the peer serves without this one's)
+        except OSError as exc:
             logger.warning("link: {} not sent: its descriptors: {}", msg.get("t"), exc)
-            return
+            return False
         head, body = encode_parts(msg)
         self.out.append((head + body, dups))
         self.out_bytes += len(head) + len(body)
         self._writable()
+        return True
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.closed:
@@ -303,7 +309,10 @@ class Link:
             for msg in msgs:
                 if self.closed:
                     return
-                self.on_message(msg)
+                try:
+                    self.on_message(msg)
+                except Exception:  # (the frames after it in this read are still handled)
+                    logger.exception("link: handling {!r} failed", msg.get("t"))
             if n < READ_SIZE:
                 break
         if self.on_batch_end is not None and not self.closed:

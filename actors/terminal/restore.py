@@ -181,6 +181,7 @@ class Creation:
         s.pid, s.tty, s.started = r["pid"], r["tty"], r.get("started")
         s.cols, s.rows = self.spec["cols"], self.spec["rows"]
         self.a.sessions[self.sid] = s
+        self.a.keeper.expect_copies(s)
         self.session = s
         if any(f"term.out.{s.id}".startswith(t) for t in self.a.keeper.subscribed):
             self.a.keeper.watched(s)

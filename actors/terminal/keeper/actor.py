@@ -133,6 +133,7 @@ class PtyKeeper(Actor):
             "hello": self._m_hello, "create": self._m_create, "write": self._m_write,
             "resize": self._m_resize, "signal": self._m_signal, "close": self._m_close,
             "ack": self._m_ack, "meta": self._m_meta, "adopt": self._m_adopt,
+            "pass": self._m_pass,
         }
 
     # --- life -------------------------------------------------------------------------------
@@ -326,6 +327,17 @@ class PtyKeeper(Actor):
             if s.exit_sent:
                 self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
             self.ptys.resume(s)  # what the last terminal handled before it went
+
+    def _m_pass(self, msg: dict[str, Any]) -> None:
+        """The terminal lacks a session's copies (they could not be sent, or not used)."""
+        s = self._session(msg)
+        if s is None:
+            return
+        if self.link is not None and not self.link.send_fds({"t": "fds", "s": s.id},
+                                                            [s.master, s.ring.fd]):
+            self._reply_err(msg, "resource_exhausted", f"pass {s.id}: no descriptor left")
+            return
+        self._tell({"t": "ok", "r": msg.get("r"), "s": s.id})
 
     def _m_adopt(self, msg: dict[str, Any]) -> None:
         """A session the terminal actor held while no keeper did (ours died): its master and
