@@ -54,7 +54,10 @@ def find_config(explicit: str | Path | None,
             if not p.is_file():
                 raise ConfigError(f"{what}: {p} is not a file")
             return p
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    # A relative $XDG_CONFIG_HOME is ignored, as the XDG spec says: it would name a file in
+    # the working directory (an editor's workspace).
+    xdg = env.get("XDG_CONFIG_HOME") or ""
+    base = xdg if os.path.isabs(xdg) else str(Path(env.get("HOME") or Path.home()) / ".config")
     p = Path(base) / "moorage" / "moorage.toml"
     return p if p.is_file() else None
 

@@ -189,7 +189,7 @@ class ControlOps:
     def _op_config_set(self, call: Call, key: str, value: int) -> object:
         """Override a setting for the whole tree until it stops (now: `timeout.<op>` ms)."""
         op_name, ms = parse_key(key), check_ms(value)
-        self.sup.overrides.timeouts[op_name] = ms
+        self.sup.overrides.set(op_name, ms)
         self.sup.set_timeouts({op_name: ms})
         calls = []
         for cid in self.sup.order:

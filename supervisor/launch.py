@@ -19,10 +19,12 @@ from typing import Any
 
 from loguru import logger
 
+from moorage.actors.runtime.custody import custody_path
 from moorage.actors.runtime.logs import STATE_ENV, setup_logging
 from moorage.actors.runtime.process import resolve
 from moorage.protocol import endpoints
-from moorage.protocol.remote import remove_plan, write_plan
+from moorage.protocol.client.connection import read_connection_file
+from moorage.protocol.remote import LISTEN_FILE, remove_plan, write_plan
 from moorage.supervisor.lifecycle import LifecycleOptions, remove_connection_file
 from moorage.supervisor.remote import listen_plan
 from moorage.supervisor.spec import SupervisorSpec, parse_tree
@@ -54,14 +56,55 @@ def acquire_instance_lock(runtime_dir: Path) -> int:
 
 def remove_stale_sockets(runtime_dir: Path, names: list[str]) -> list[str]:
     """Socket files of a dead tree, or of our own stopped one (we hold the lock, so nothing
-    live owns them): `<name>.rpc`, `.pub`, `.in`, `.sock` of the tree's actors, nothing else
-    (another program's socket in the same directory is not ours to remove)."""
+    live owns them): `<name>.rpc`, `.pub`, `.in`, `.sock` of the tree's actors and each
+    supervisor's `<name>.custody.sock`, nothing else (another program's socket in the same
+    directory is not ours to remove)."""
+    ours = {f"{n}{suffix}" for n in names for suffix in endpoints.SOCKET_SUFFIXES}
+    ours.update(custody_path(runtime_dir, n).name for n in names)
     gone = []
     for p in runtime_dir.iterdir():
-        if p.suffix in endpoints.SOCKET_SUFFIXES and p.stem in names and p.is_socket():
+        if p.name in ours and p.is_socket():
             p.unlink(missing_ok=True)
             gone.append(p.name)
     return gone
+
+
+def remove_dead_tree(runtime_dir: Path) -> list[str]:
+    """What a tree whose root died without its clean-up (SIGKILL) left in `runtime_dir`, as
+    the next `up` would remove it: the sockets of the actors its connection file names, that
+    file, the listen plan, the lock. The lock is held meanwhile, so a live tree's files, or a
+    starting one's, are never touched (and after a clean stop, with none of them left, it is
+    not taken: an `up` meanwhile finds it free)."""
+    lock = runtime_dir / endpoints.LOCK_FILE
+    had_lock = lock.exists()
+    if not had_lock and not (runtime_dir / endpoints.CONNECTION_FILE).exists() \
+            and not (runtime_dir / LISTEN_FILE).exists():
+        return []
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return []  # a tree holds it
+        try:
+            info = read_connection_file(runtime_dir / endpoints.CONNECTION_FILE)
+            names = [n for n in info["endpoints"] if isinstance(n, str)]
+        except (OSError, ValueError):
+            names = []
+        gone = remove_stale_sockets(runtime_dir, names)
+        for name in (endpoints.CONNECTION_FILE, LISTEN_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (runtime_dir / name).unlink()
+                gone.append(name)
+        lock.unlink(missing_ok=True)
+        if had_lock:
+            gone.append(endpoints.LOCK_FILE)
+        return gone
+    finally:
+        os.close(fd)
 
 
 def tree_names(spec: SupervisorSpec) -> list[str]:

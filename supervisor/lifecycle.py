@@ -8,14 +8,16 @@ A component of the root Supervisor (supervisor.py), reached through host.py's in
              on the channel `moorage up` gave (stdout or --ready-fd), which is closed after it
   following  `--parent PID`: the editor's pidfd is polled by the loop, so its death is seen at
              once, whatever kills it; `--exit-on-stdin-eof`: end of file on stdin means the
-             same (an editor whose pipe to us closed is gone)
+             same (an editor whose pipe to us closed is gone; the tree is then orphaned with
+             no parent, whether or not the --parent pid lives on)
   orphaned   the editor gone: event `orphaned`, `lifecycle.state` "orphaned" in sup.status,
              and a timer of `[lifecycle] grace_s` (default 60 s). Sessions keep running
              meanwhile. When it fires: event `orphan_timeout`, and the tree stops cleanly
              (ask, wait, kill); the root then removes sockets, connection file and lock.
   adopted    `sys.hello {adopt: true, parent?: pid}` (or `moorage adopt`) cancels the timer;
              the new parent's pid is followed from then on (none given: the tree follows no
-             one and runs until `moorage down`). Event `adopted`.
+             one and runs until `moorage down`); stdin is no longer watched. Event
+             `adopted`.
 
 States (`lifecycle.state`): attached (following a parent), standalone (following no one),
 orphaned (stopping when the grace period is over unless adopted).
@@ -163,8 +165,18 @@ class Lifecycle:
             logger.warning("stdin unreadable ({}): taken as end of file", exc)
         if data:
             return  # what the editor writes there means nothing to us
-        self.sup.loop.remove_reader(0)
+        self._unwatch_stdin()
+        if self.state != "orphaned":
+            # The editor is gone whatever its pid does now: the tree is orphaned with no
+            # parent, so that nobody reads "parent P is gone" of a P still alive.
+            self._unfollow()
+            self.parent = None
         self._orphan("end of file on stdin")
+
+    def _unwatch_stdin(self) -> None:
+        if self.opts.stdin_eof:
+            self.sup.loop.remove_reader(0)
+            self.opts.stdin_eof = False
 
     def _orphan(self, why: str) -> None:
         if self.sup.shutting_down or self.state == "orphaned":
@@ -211,6 +223,9 @@ class Lifecycle:
             self._grace.cancel()
             self._grace = None
         self._orphaned_at = None
+        # The new parent (or nobody) is followed from now on: the first editor's stdin closing
+        # says nothing of it any more.
+        self._unwatch_stdin()
         if parent is None:
             self._unfollow()
             self.parent, self.state = None, "standalone"
@@ -244,8 +259,7 @@ class Lifecycle:
         # A ready channel still open (stopped before it was ready) is launch.py's: it says
         # why on it.
         self._unfollow()
-        if self.opts.stdin_eof:
-            self.sup.loop.remove_reader(0)
+        self._unwatch_stdin()
 
 
 def remove_connection_file(runtime_dir: Path) -> None:

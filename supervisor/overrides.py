@@ -16,17 +16,24 @@ from typing import Any
 from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import WireError, fail
+from moorage.protocol.limits import MAX_OP_LEN
 
 TIMEOUT_PREFIX = "timeout."
 MAX_TIMEOUT_MS = 3_600_000  # one hour: longer is a mistake, not a timeout
 TELL_TIMEOUT_S = 2.0
+# Each override is kept, told to every child and merged into every spawn's config: a tree's
+# ops are a few dozen (`moorage config set` sets only those), so more is not a tree's.
+MAX_OVERRIDES = 256
 
 
 def parse_key(key: str) -> str:
     """The op name of a `timeout.<op>` key (the only kind of key so far)."""
     op = key.removeprefix(TIMEOUT_PREFIX)
     if not key.startswith(TIMEOUT_PREFIX) or not op:
-        raise fail("bad_args", f"unknown config key {key!r}; known: timeout.<op> (ms)")
+        raise fail("bad_args", f"unknown config key {key[:80]!r}; known: timeout.<op> (ms)")
+    if len(op) > MAX_OP_LEN or not op.isprintable():  # no request could name such an op
+        raise fail("bad_args", f"{key[:80]!r}: an op name is 1 to {MAX_OP_LEN} printable "
+                   "characters")
     return op
 
 
@@ -43,6 +50,12 @@ class Overrides:
     def __init__(self) -> None:
         self.timeouts: dict[str, int] = {}
         self._spawned_with: dict[str, dict[str, int]] = {}
+
+    def set(self, op: str, ms: int) -> None:
+        if op not in self.timeouts and len(self.timeouts) >= MAX_OVERRIDES:
+            raise fail("bad_args", f"{MAX_OVERRIDES} timeouts are overridden already, more "
+                       "than the tree has ops; set only the tree's (`moorage ops`)")
+        self.timeouts[op] = ms
 
     def spawn_config(self, child_id: str, config: dict[str, Any]) -> dict[str, Any]:
         """A worker's config with the overrides on top of the tree's `[timeouts]`."""

@@ -4,15 +4,17 @@ starts: an unknown key or a value of the wrong type is a ConfigError naming its 
 loops on it later.
 
 The tables are TypedDicts (every key optional: the actors own the defaults); `check` walks a
-value against a type: int (not bool), float (an int is taken), bool, str, Literal, list[T],
-dict[str, T], a union, or a nested table. The tree itself (`supervisor`, `children`) is read by
-spec.py, which names its keys' paths the same way. An `[actor.<id>]` table is checked against
-the schema of the class that child starts (ACTOR_TABLES); a child of a class this package does
-not ship (allowed with --allow-external-actors) takes the runtime's keys and any others.
+value against a type: int (not bool), float (an int is taken; nan and inf are not), bool, str,
+Literal, list[T], dict[str, T], a union, or a nested table. The tree itself (`supervisor`,
+`children`) is read by spec.py, which names its keys' paths the same way. An `[actor.<id>]`
+table is checked against the schema of the class that child starts (ACTOR_TABLES); a child of
+a class this package does not ship (allowed with --allow-external-actors) takes the runtime's
+keys and any others.
 """
 
 from __future__ import annotations
 
+import math
 import types
 from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints
 
@@ -274,6 +276,8 @@ def check(value: Any, t: Any, where: str) -> None:
         ok = type(value) is int
     elif t is float:
         ok = type(value) in (int, float)
+        if ok and not math.isfinite(value):  # TOML has nan and inf; no setting means them
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     elif t is str:
         ok = type(value) is str
     elif _is_table(t):
@@ -352,12 +356,12 @@ def check_document(doc: dict[str, Any], tree: SupervisorSpec,
             check_table(child.config, schema or RuntimeTable, f"{child.id}.config",
                         extra_ok=schema is None)
     for op, t in (doc.get("targets") or {}).items():
-        if not 2 <= len(t) <= 3 or any(x <= 0 for x in t):
+        if not 2 <= len(t) <= 3 or not all(x > 0 for x in t):
             raise ConfigError(f"targets.{op}: must be [p50_us, p99_us] or [p50_us, p99_us, "
                               f"p999_us], each > 0, got {t!r}")
     for op, ms in (doc.get("timeouts") or {}).items():
-        if ms <= 0:
+        if not ms > 0:
             raise ConfigError(f"timeouts.{op}: must be milliseconds > 0, got {ms!r}")
     grace = (doc.get("lifecycle") or {}).get("grace_s", 60)
-    if grace < 0:
+    if not grace >= 0:
         raise ConfigError(f"lifecycle.grace_s: must be seconds >= 0, got {grace!r}")

@@ -24,10 +24,7 @@ class Notifier:
         addr = os.environ.get("NOTIFY_SOCKET")
         if not addr:
             return None
-        usec = os.environ.get("WATCHDOG_USEC")
-        pid = os.environ.get("WATCHDOG_PID")
-        wd = int(usec) if usec and (not pid or int(pid) == os.getpid()) else None
-        return cls(addr, wd)
+        return cls(addr, watchdog_usec())
 
     def send(self, *fields: str) -> None:
         """Never waits: this runs on the root's loop, and a datagram socket whose reader has
@@ -45,3 +42,25 @@ class Notifier:
         """Ping at half the watchdog interval, from the loop: a wedged loop stops the pings."""
         if self.watchdog_usec:
             loop.call_every(self.watchdog_usec / 2e6, lambda: self.send("WATCHDOG=1"))
+
+
+def _whole(name: str) -> int | None:
+    text = os.environ.get(name)
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):  # no sign, no space, no unit
+        raise ValueError(f"${name}={text!r:.40}: not a whole number, as systemd sets it")
+    return int(text)
+
+
+def watchdog_usec() -> int | None:
+    """The watchdog interval systemd asks of this process (WATCHDOG_PID: this one, if set);
+    ValueError naming the variable that is not systemd's."""
+    usec, pid = _whole("WATCHDOG_USEC"), _whole("WATCHDOG_PID")
+    return usec if usec and (pid is None or pid == os.getpid()) else None
+
+
+def check_env() -> None:
+    """Before anything starts: the variables from_env will read are systemd's."""
+    if os.environ.get("NOTIFY_SOCKET"):
+        watchdog_usec()

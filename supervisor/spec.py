@@ -6,6 +6,7 @@ anything starts, never as a crash half way through bringing the tree up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,8 +99,8 @@ def _want(cond: bool, where: str, msg: str) -> None:
 
 def _num(d: dict, key: str, where: str, default: float, lo: float = 0) -> float:
     v = d.get(key, default)
-    _want(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= lo,
-          f"{where}.{key}", f"must be a number >= {lo}, got {v!r}")
+    _want(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          and v >= lo, f"{where}.{key}", f"must be a finite number >= {lo}, got {v!r}")
     return v
 
 

@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.commands import parser
-from tests.conftest import ROOT, Tree, wait_pid_exit
+from moorage.supervisor.cli.tree import force_stop
+from tests.conftest import ROOT, Tree, assert_all_gone, descendants, wait_pid_exit
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -148,6 +150,85 @@ def test_one_exit_code_table_for_every_command(make_tree):
                  "4  no tree"):
         assert code in help_
     assert "exit codes:" in text(moorage(tree, "kill", "--help"))
+
+
+SMALL = """
+[[children]]
+id = "alpha"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "group"
+type = "supervisor"
+[[children.children]]
+id = "inner"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def nothing_left(rdir: Path) -> None:
+    left = sorted(p.name for p in rdir.iterdir()
+                  if p.is_socket() or p.name in ("lock", "tree.json", "listen.json"))
+    assert left == []
+
+
+def test_down_stops_a_root_that_does_not_answer_and_leaves_nothing(make_tree):
+    tree = make_tree(SMALL).start()
+    procs = [psutil.Process(tree.pid), *descendants(tree.pid)]
+    os.kill(tree.pid, signal.SIGSTOP)  # (the fixture's SIGKILL takes it if this fails)
+    out = moorage(tree, "down", "--timeout", "1")
+    assert out.returncode == 0, out.stderr
+    assert b"SIGTERM" in out.stderr and b"moorage tree stopped" in out.stdout
+    assert wait_pid_exit(tree.pid, 30)
+    assert_all_gone(procs)
+    nothing_left(tree.runtime_dir)
+
+
+def test_a_root_that_ignores_sigterm_gets_sigkill_after_the_grace():
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, sys; signal.signal("
+                             "signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                             "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        fd = os.pidfd_open(proc.pid)
+        try:
+            force_stop(fd, proc.pid, 0.2)
+        finally:
+            os.close(fd)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                f.close()
+
+
+def test_down_after_a_root_that_was_killed_removes_what_it_left(make_tree):
+    tree = make_tree(SMALL).start()
+    procs = [psutil.Process(tree.pid), *descendants(tree.pid)]
+    assert (tree.runtime_dir / "group.custody.sock").is_socket()
+    os.kill(tree.pid, signal.SIGKILL)
+    assert_all_gone(procs)
+    assert (tree.runtime_dir / "tree.json").exists()
+    out = moorage(tree, "down")
+    assert out.returncode == 0 and b"not running" in out.stdout, out.stderr
+    assert b"group.custody.sock" in out.stderr and b"tree.json" in out.stderr
+    nothing_left(tree.runtime_dir)
+    out = moorage(tree, "down")  # nothing more to say
+    assert out.returncode == 0 and out.stderr == b""
+
+
+def test_a_time_that_is_not_finite_or_over_a_day_is_a_usage_error(tmp_path):
+    rdir = tmp_path / "none"
+    for args in (("--timeout", "inf", "status"), ("--timeout", "1e300", "down"),
+                 ("--timeout", "nan", "call", "a", "b"), ("top", "--interval", "inf"),
+                 ("config", "set", "timeout.fs.read", "inf"),
+                 ("config", "set", "timeout.fs.read", "1e400ms")):
+        out = subprocess.run([sys.executable, "-m", "moorage.supervisor.cli",
+                              "--instance-dir", str(rdir), *args], capture_output=True,
+                             text=True, cwd=ROOT, timeout=60)
+        assert out.returncode == 2, (args, out.returncode, out.stderr)
+        assert "this is a bug" not in out.stderr and "Traceback" not in out.stderr, args
 
 
 def test_global_options_anywhere_and_the_version(make_tree):

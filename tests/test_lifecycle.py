@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,13 +21,14 @@ from typing import Any
 import psutil
 import pytest
 
-from moorage.protocol import endpoints
+from moorage.protocol import curve, endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.client.connection import adopt
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.common import tree_pid
 from tests.conftest import ROOT, assert_all_gone, descendants, kill_instance, wait_pid_exit
+from tests.remote_support import make_keys
 from tests.terminal_support import env_for, make_home
 from tests.waiting import wait_for
 
@@ -209,6 +211,52 @@ def test_the_ready_line_goes_to_ready_fd_and_stdout_stays_empty(runtime_dir):
         proc.stdout.close()
 
 
+def test_ready_fd_1_is_stdout_not_stderr(ups, runtime_dir):
+    rdir = runtime_dir / "fd1"
+    u = up(ups, rdir, FAKES.format(grace=60), "--ready-fd", "1")
+    line = u.line()
+    assert line["moorage"] == "ready" and line["runtime_dir"] == str(rdir)
+    subprocess.run(moorage(rdir, "down"), check=True, capture_output=True, timeout=60)
+    assert u.proc.wait(30) == 0
+    assert '"moorage":"ready"' not in u.stderr()
+
+
+def test_a_relative_runtime_dir_is_made_absolute_and_a_relative_xdg_config_home_ignored(
+        runtime_dir, tmp_path):
+    """The ready line names the runtime dir and the endpoints to processes elsewhere; a
+    relative $XDG_CONFIG_HOME would be the workspace's (the XDG spec says to ignore it)."""
+    home = tmp_path / "home"
+    (home / ".config" / "moorage").mkdir(parents=True)
+    (home / ".config" / "moorage" / "moorage.toml").write_text(FAKES.format(grace=60))
+    (runtime_dir / "ws" / "moorage").mkdir(parents=True)  # the workspace's: never read
+    (runtime_dir / "ws" / "moorage" / "moorage.toml").write_text("[nosuch]\n")
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": "ws",
+           "MOORAGE_RUNTIME_DIR": "rel"}
+    rdir = runtime_dir / "rel"
+    proc = subprocess.Popen([sys.executable, "-m", "moorage.supervisor.cli", "up",
+                             "--allow-external-actors"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=runtime_dir,
+                            env=env, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        text = proc.stdout.readline()
+        assert text, proc.stderr.read()
+        line = json.loads(text)
+        assert line["moorage"] == "ready", line
+        assert line["runtime_dir"] == str(rdir) and set(line["endpoints"]) == {
+            "supervisor", "alpha", "beta"}
+        assert line["endpoints"]["alpha"]["rpc"] == f"ipc://{rdir}/alpha.rpc"
+        subprocess.run(moorage(rdir, "down"), check=True, capture_output=True, timeout=60)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+
+
 @pytest.mark.parametrize(("config", "key"), [
     ('[actor.resource]\nmemory_budget_mb = "lots"\n', "actor.resource.memory_budget_mb"),
     ("[actor.watcher]\nnosuch = 1\n", "actor.watcher.nosuch"),
@@ -217,6 +265,9 @@ def test_the_ready_line_goes_to_ready_fd_and_stdout_stays_empty(runtime_dir):
      "supervisor.children[0].restart"),
     ("[supervisor]\nintensity = -1\n", "supervisor.intensity"),
     ('[lifecycle]\ngrace_s = "long"\n', "lifecycle.grace_s"),
+    ("[lifecycle]\ngrace_s = nan\n", "lifecycle.grace_s"),
+    ("[actor.resource]\ninterval_s = inf\n", "actor.resource.interval_s"),
+    ("[supervisor]\nintensity = inf\n", "supervisor.intensity"),
     ("[nosuch]\n", "nosuch"),
     ('[timeouts]\n"fs.read" = 1.5\n', "timeouts.fs.read"),
     ("[actor.watcher]\nwatch = [{ path = 3 }]\n", "actor.watcher.watch[0].path"),
@@ -232,6 +283,30 @@ def test_every_config_error_is_exit_2_naming_its_key_before_anything_starts(
     assert u.proc.wait(30) == 2
     assert key in u.stderr() and "Traceback" not in u.stderr()
     assert tree_pid(rdir) is None
+
+
+def test_a_start_that_fails_on_a_busy_port_or_systemds_variables_says_failed_on_its_line(
+        ups, runtime_dir, tmp_path, monkeypatch):
+    server_dir, _, _ = make_keys(tmp_path)
+    monkeypatch.setenv(curve.KEYS_ENV, str(server_dir))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"tcp://127.0.0.1:{busy.getsockname()[1]}"  # the root's port (actor 0)
+        u = up(ups, runtime_dir / "busy", FAKES.format(grace=60), "--listen", listen)
+        line = u.line()
+        assert line["moorage"] == "failed" and line["error"]["name"] == "start_failed"
+        assert "Address already in use" in line["error"]["message"]
+        assert u.proc.wait(30) == 1 and "this is a bug" not in u.stderr()
+    nothing_left(runtime_dir / "busy")
+    monkeypatch.setenv("NOTIFY_SOCKET", "@moorage-test-none")
+    monkeypatch.setenv("WATCHDOG_USEC", "10s")
+    u = up(ups, runtime_dir / "wd", FAKES.format(grace=60))
+    line = u.line()
+    assert line["moorage"] == "failed" and line["error"]["name"] == "start_failed"
+    assert "WATCHDOG_USEC" in line["error"]["message"]
+    assert u.proc.wait(30) == 2 and "this is a bug" not in u.stderr()
+    assert tree_pid(runtime_dir / "wd") is None
 
 
 def test_a_tree_that_gives_up_during_start_says_failed_and_exits_3(ups, runtime_dir):
@@ -383,6 +458,55 @@ def test_end_of_file_on_stdin_orphans_the_tree_like_the_editors_death(ups, runti
     assert wait_pid_exit(u.proc.pid, 30) and u.proc.wait(10) == 0
     assert_all_gone(procs)
     nothing_left(rdir)
+
+
+def test_end_of_file_on_stdin_orphans_with_no_parent_and_status_says_why(ups, runtime_dir):
+    """The --parent still lives: the tree is orphaned by its stdin, not by the parent's
+    death, and nothing says that the parent is gone."""
+    editor = Editor()
+    rdir = runtime_dir / "why"
+    u = up(ups, rdir, FAKES.format(grace=60), "--parent", str(editor.pid),
+           "--exit-on-stdin-eof", stdin=subprocess.PIPE)
+    try:
+        u.line()
+        assert u.proc.stdin is not None
+        u.proc.stdin.close()
+        with Client(rdir, timeout=10) as c:
+            ev = events_until(c, "orphaned")[-1]
+            assert ev["reason"] == "end of file on stdin" and ev["parent"] is None
+        out = subprocess.run(moorage(rdir, "status"), capture_output=True, text=True,
+                             timeout=60)
+        assert "ORPHANED: end of file on stdin" in out.stdout, out.stdout
+        assert f"parent {editor.pid}" not in out.stdout
+    finally:
+        editor.kill()
+
+
+def test_an_adopted_tree_no_longer_watches_the_first_editors_stdin(ups, runtime_dir):
+    """Adopted by a live editor, a tree started with --exit-on-stdin-eof is not orphaned
+    when the first editor's pipe closes: only its new parent's death orphans it."""
+    first, second = Editor(), Editor()
+    rdir = runtime_dir / "ado"
+    u = up(ups, rdir, FAKES.format(grace=60), "--parent", str(first.pid),
+           "--exit-on-stdin-eof", stdin=subprocess.PIPE)
+    try:
+        u.line()
+        with Client(rdir, timeout=10) as c:
+            assert adopt(c, second.pid)["lifecycle"]["parent"] == second.pid
+            assert u.proc.stdin is not None
+            u.proc.stdin.close()
+            # The end of file is there before the first call: its turn of the root's loop
+            # has passed by the second's answer at the latest.
+            for _ in range(2):
+                life = c.call("supervisor", "sup.status")["lifecycle"]
+            assert life == {"state": "attached", "parent": second.pid, "grace_s": 60.0}
+            second.kill()
+            seen = events_until(c, "orphaned")
+            assert [e["reason"] for e in seen if e["event"] == "orphaned"] == [
+                f"parent {second.pid} exited"]
+    finally:
+        first.kill()
+        second.kill()
 
 
 def test_moorage_adopt_cancels_the_shutdown_and_only_the_root_can_be_adopted(ups, runtime_dir):

@@ -112,6 +112,16 @@ def test_keys_init_allow_revoke_and_list_keep_every_file_private(tmp_path: Path)
     assert keys_cli(server_dir, "revoke", "editor").returncode == 1
 
 
+def test_keys_allow_and_revoke_in_a_keys_dir_open_to_others_say_so(tmp_path: Path) -> None:
+    server_dir, _, client = make_keys(tmp_path)
+    os.chmod(server_dir / "allowed", 0o755)
+    for args in (("revoke", "editor"), ("allow", client.public.decode())):
+        out = keys_cli(server_dir, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "chmod 700" in out.stderr and "this is a bug" not in out.stderr, out.stderr
+    assert (server_dir / "allowed" / "editor.key").exists()
+
+
 def test_a_key_that_starts_with_a_dash_is_allowed_and_revoked_like_any_other(
         tmp_path: Path) -> None:
     """'-' is a Z85 character: a key starting with it must not be read as an option."""

@@ -4,6 +4,7 @@ Timeout ladder (attempt timeout doubled, at most 2 retries, then `timeout`)."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any
 
@@ -17,7 +18,8 @@ from moorage.protocol.client._core import CallPlan, ClientCore, ClientOptions, D
 from moorage.protocol.envelope import decode_reply, encode_request
 from moorage.protocol.errors import MoorageError, WireError
 from moorage.protocol.recovery import recovery_for
-from moorage.supervisor.cli.commands import parse_duration_ms
+from moorage.supervisor import overrides
+from moorage.supervisor.cli.commands import parse_duration_ms, seconds
 from moorage.supervisor.cli.common import CliError
 from tests.waiting import wait_for
 
@@ -147,10 +149,18 @@ def test_durations_are_read_in_ms_s_m_or_plain_milliseconds(text, ms):
     assert parse_duration_ms(text) == ms
 
 
-@pytest.mark.parametrize("text", ["", "ten", "0", "-1s", "5h"])
+@pytest.mark.parametrize("text", ["", "ten", "0", "-1s", "5h", "inf", "infs", "nanms",
+                                  "1e400ms", "1e300"])
 def test_a_bad_duration_is_a_usage_error(text):
     with pytest.raises(CliError):
         parse_duration_ms(text)
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-inf", "1e300", "86401", "0"])
+def test_a_time_budget_is_finite_and_at_most_a_day(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        seconds(text)
+    assert seconds("86400") == 86400.0
 
 
 # --- one actor ----------------------------------------------------------------------------
@@ -282,10 +292,21 @@ def test_an_override_holds_across_restarts_and_is_gone_with_the_tree(make_tree):
 def test_a_bad_config_key_or_value_is_refused(make_tree):
     tree = make_tree(TREE).start()
     for args in ({"key": "retries.x", "value": 5}, {"key": "timeout.", "value": 5},
-                 {"key": "timeout.x", "value": 0}):
+                 {"key": "timeout.x", "value": 0}, {"key": "timeout." + "x" * 65, "value": 5},
+                 {"key": "timeout.a\nb", "value": 5}):
         with pytest.raises(MoorageError) as e:
             tree.call("supervisor", "sup.config.set", args)
         assert e.value.name == "bad_args"
+    # Each override is kept, told to every child and merged into every spawn: so many that
+    # no tree has as many ops are refused, and a set one can still be changed.
+    for i in range(overrides.MAX_OVERRIDES - 1):
+        tree.call("supervisor", "sup.config.set", {"key": f"timeout.op{i}", "value": 100})
+    tree.call("supervisor", "sup.config.set", {"key": "timeout.hang.wait", "value": 4000})
+    with pytest.raises(MoorageError) as e:
+        tree.call("supervisor", "sup.config.set", {"key": "timeout.one.more", "value": 100})
+    assert e.value.name == "bad_args"
+    tree.call("supervisor", "sup.config.set", {"key": "timeout.hang.wait", "value": 5000})
+    assert len(tree.call("inner", "sup.config.get")["overrides"]) == overrides.MAX_OVERRIDES
     bad = tree.cli("config", "set", "timeout.hang.wait", "soon")
     assert bad.returncode == 2 and "not a duration" in bad.stderr
     assert timeout_of(tree, "hang") == 5000

@@ -116,8 +116,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     from moorage.supervisor.cli.top import config_targets, run
 
-    if not args.interval > 0:
-        raise CliError(f"--interval must be a positive number of seconds, not {args.interval}")
     try:
         targets = config_targets(args.config)
     except ConfigError as exc:
@@ -163,13 +161,17 @@ REMOTE_COMMANDS = frozenset({"status", "restart", "kill", "call", "ops", "subscr
                              "events", "metrics", "config", "slo"})
 
 
+MAX_SECONDS = 86_400.0  # a day: a longer wait is a mistake (and inf no time at all to a poll)
+
+
 def seconds(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    if not 0 < v <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds and at most a day "
+                                         f"({MAX_SECONDS:g}), got {text!r}")
     return v
 
 
@@ -299,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_metrics)
 
     tp = command("top", "live view: tree, pressure, op latency, alerts (q quits)")
-    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    tp.add_argument("--interval", type=seconds, default=1.0, help="seconds between refreshes")
     tp.add_argument("--once", action="store_true", help="print one frame and exit")
     tp.add_argument("--config", help="the tree's moorage.toml, for its p50 targets "
                     "(default: as `moorage up` finds it; p99 targets come from the tree)")
@@ -357,11 +359,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = p.parse_args(keys_after_options(sys.argv[1:] if argv is None else argv))
+    # Absolute: the ready line, the connection file and every endpoint name them to
+    # processes that do not share our working directory. A relative $XDG_* is ignored, as
+    # the XDG spec says.
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("XDG_") and not os.path.isabs(v))}
     try:
-        args.runtime_dir = (Path(args.instance_dir) if args.instance_dir
-                            else endpoints.runtime_dir(args.instance))
-        args.state_dir = running_state_dir(args.runtime_dir) or endpoints.state_dir(
-            args.runtime_dir, args.instance)
+        args.runtime_dir = Path(os.path.abspath(
+            args.instance_dir or endpoints.runtime_dir(args.instance, env)))
+        args.state_dir = Path(os.path.abspath(
+            running_state_dir(args.runtime_dir)
+            or endpoints.state_dir(args.runtime_dir, args.instance, env)))
     except ValueError as exc:
         print(f"moorage: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -73,7 +73,11 @@ def cmd_keys_allow(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     allowed = d / curve.ALLOWED
     allowed.mkdir(exist_ok=True, mode=0o700)
-    if z85.decode(public) in curve.read_allowed(d):
+    try:
+        keys = curve.read_allowed(d)
+    except curve.KeyFileError as exc:
+        raise CliError(str(exc)) from None
+    if z85.decode(public) in keys:
         print(f"already allowed: {public.decode()}")
         return EXIT_OK
     curve.write_certificate(allowed / f"{name}{curve.PUBLIC_SUFFIX}", curve.KeyPair(public),
@@ -84,7 +88,10 @@ def cmd_keys_allow(args: argparse.Namespace) -> int:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     d = _dir()
-    keys = curve.read_allowed(d)
+    try:
+        keys = curve.read_allowed(d)
+    except curve.KeyFileError as exc:  # (a dir open to others: its list is not trusted)
+        raise CliError(str(exc)) from None
     target = args.key
     gone = []
     for raw, name in keys.items():

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 from moorage.actors.resource.levels import FEATURES_OFF
@@ -35,29 +38,83 @@ UNKNOWN = "unknown"
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop the tree and wait for its root to be gone; a tree that is not running is already
-    where `down` would put it (0, as `systemctl stop` of a stopped unit)."""
+    where `down` would put it (0, as `systemctl stop` of a stopped unit), once what a root
+    that died (SIGKILL) left is removed. A root that does not answer (wedged, stopped) gets
+    SIGTERM, then SIGKILL, through a pidfd: never a process that reused its pid. Its
+    children follow it (PR_SET_PDEATHSIG)."""
     pid = tree_pid(args.runtime_dir)
     if pid is None:
         print(f"moorage: not running ({args.runtime_dir})")
+        clean_up_after(args.runtime_dir)
         return EXIT_OK
-    with Client(args.runtime_dir, timeout=args.timeout) as c:
-        try:
-            c.call("supervisor", "sup.stop")
-        except MoorageError as exc:
-            if exc.name != "stopping":  # already on its way down: wait for it below
-                raise
-    # Wait for the root to be gone (its pidfd becomes readable when it exits).
+    fd = root_pidfd(args.runtime_dir, pid)
     try:
-        fd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        fd = None
-    if fd is not None:
-        ready, _, _ = select.select([fd], [], [], args.timeout + 30)
-        os.close(fd)
-        if not ready:
+        try:
+            with Client(args.runtime_dir, timeout=args.timeout) as c:
+                c.call("supervisor", "sup.stop")
+        except MoorageError as exc:
+            if exc.name in ("timeout", "outcome_unknown") and fd is not None:
+                # (as long to stop after SIGTERM as after an answer: a busy root's clean
+                # stop is not cut short)
+                force_stop(fd, pid, args.timeout + 30)
+            elif exc.name not in ("stopping", "not_running"):  # (on its way down; gone)
+                raise
+        # It answered: its own stop asks, waits for and kills every child; wait for it.
+        if fd is not None and not gone(fd, args.timeout + 30):
             raise CliError(f"the tree (pid {pid}) is still stopping", EXIT_ERROR)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    clean_up_after(args.runtime_dir)
     print("moorage tree stopped")
     return EXIT_OK
+
+
+def clean_up_after(runtime_dir: Path) -> None:
+    from moorage.supervisor.launch import remove_dead_tree
+
+    left = remove_dead_tree(runtime_dir)
+    if left:
+        print(f"moorage: removed what a tree that died left: {', '.join(left)}",
+              file=sys.stderr)
+
+
+def root_pidfd(runtime_dir: Path, pid: int) -> int | None:
+    """A pidfd of the tree's root: the lock is held under this pid once it is open, so it is
+    the holder (alive at the same time, so the same process) and not one that took over a
+    reused pid. None: no pid yet (the tree is starting), or the root is gone already."""
+    if pid <= 0:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if tree_pid(runtime_dir) != pid:
+        os.close(fd)
+        return None
+    return fd
+
+
+def gone(pidfd: int, timeout: float) -> bool:
+    """Whether the process exits within `timeout` (a pidfd turns readable when it does)."""
+    return bool(select.select([pidfd], [], [], timeout)[0])
+
+
+def force_stop(pidfd: int, pid: int, grace: float) -> None:
+    """SIGTERM (and SIGCONT, so a stopped root can act on it), `grace` seconds to exit, then
+    SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        print(f"moorage: the tree (pid {pid}) did not stop when asked: {sig.name}",
+              file=sys.stderr)
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+            if sig == signal.SIGTERM:
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+        except ProcessLookupError:
+            return
+        if gone(pidfd, wait):
+            return
+    raise CliError(f"the tree (pid {pid}) is still there after SIGKILL", EXIT_ERROR)
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -107,8 +164,11 @@ def resource_line(r: dict[str, Any]) -> str:
 
 def lifecycle_line(life: dict[str, Any]) -> str:
     if life["state"] == "orphaned":
-        return (f"ORPHANED: parent {life['parent']} is gone; stopping in "
-                f"{life.get('stops_in_s', 0):.1f} s unless adopted (`moorage adopt`)")
+        # (lifecycle.py: orphaned with no parent is the end of file on stdin)
+        why = (f"parent {life['parent']} is gone" if life["parent"] is not None
+               else "end of file on stdin (the editor's pipe closed)")
+        return (f"ORPHANED: {why}; stopping in {life.get('stops_in_s', 0):.1f} s unless "
+                "adopted (`moorage adopt`)")
     if life["state"] == "attached":
         return f"following parent pid {life['parent']} (grace {life['grace_s']:g} s)"
     return "following no parent (runs until `moorage down`)"
@@ -209,9 +269,12 @@ def parse_duration_ms(text: str) -> int:
     else:
         num, scale = t, 1
     try:
-        ms = round(float(num) * scale)
+        value = float(num) * scale
     except ValueError:
-        raise CliError(f"not a duration: {text!r} (use 500ms, 10s, 2m or plain ms)") from None
+        value = math.nan
+    if not math.isfinite(value):  # (inf and nan are floats; 1e400 reads as inf)
+        raise CliError(f"not a duration: {text!r} (use 500ms, 10s, 2m or plain ms)")
+    ms = round(value)
     if ms <= 0:
         raise CliError(f"a timeout must be positive, got {text!r}")
     if ms > MAX_TIMEOUT_MS:

@@ -23,7 +23,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import zmq
 
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
@@ -38,6 +40,9 @@ from moorage.supervisor.cli.common import (
     need_tree,
 )
 from moorage.supervisor.spec import ConfigError
+
+if TYPE_CHECKING:
+    from moorage.supervisor.lifecycle import LifecycleOptions
 
 DETACH_START_S = 60.0  # on top of --timeout: a loaded machine may take this long to start
 
@@ -71,10 +76,12 @@ def take_ready_channel(ready_fd: int | None) -> int:
     our logs nor any child's output can reach the line's reader."""
     if ready_fd is not None:
         try:
-            os.fstat(ready_fd)
-        except OSError:
+            # A copy: the number given may be 1 (stdout), which is about to become stderr.
+            fd = os.dup(ready_fd)
+        except (OSError, OverflowError):
             raise CliError(f"--ready-fd {ready_fd}: not an open file descriptor") from None
-        fd = ready_fd
+        if ready_fd > 2:  # only the copy stays, so the reader sees end of file after the line
+            os.close(ready_fd)
     else:
         fd = os.dup(1)
     os.set_inheritable(fd, False)
@@ -100,24 +107,45 @@ def cmd_up(args: argparse.Namespace) -> int:
         return detach(args)
     check_parent(args.parent)
     fd = take_ready_channel(args.ready_fd)
-    from moorage.supervisor.lifecycle import write_line
+    from moorage.supervisor.lifecycle import LifecycleOptions
 
+    # The tree clears `ready_fd` when it says ready there and closes it: from then on the
+    # number may be another file's, and nothing more may be written to it.
+    opts = LifecycleOptions(
+        instance=args.instance or args.runtime_dir.name, ready_fd=fd, parent=args.parent,
+        stdin_eof=args.exit_on_stdin_eof, version=package_version())
     try:
-        code = start(args, fd)
+        return start(args, opts)
     except StartFailed as exc:
-        write_line(fd, exc.line())
+        say_failed(opts, exc)
         print(f"moorage: {exc}", file=sys.stderr)
         return exc.code
-    return code
+    except Exception as exc:  # a bug of ours: main says so; an editor waiting is told too
+        say_failed(opts, StartFailed("start_failed", f"unexpected {type(exc).__name__}: "
+                                     f"{exc}", EXIT_ERROR))
+        raise
 
 
-def start(args: argparse.Namespace, fd: int) -> int:
+def say_failed(opts: LifecycleOptions, exc: StartFailed) -> None:
+    """The failed line, while the ready channel is still ours (the tree not ready yet)."""
+    from moorage.supervisor.lifecycle import write_line
+
+    fd, opts.ready_fd = opts.ready_fd, None
+    if fd is not None:
+        write_line(fd, exc.line())
+
+
+def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
     """Load the config, run the tree; StartFailed for anything that ends it before ready."""
     from moorage.supervisor.config import load
     from moorage.supervisor.launch import AlreadyRunning, run_root, tree_names
-    from moorage.supervisor.lifecycle import LifecycleOptions
     from moorage.supervisor.remote import listen_plan
+    from moorage.supervisor.sdnotify import check_env
 
+    try:  # systemd's variables, read by the root once it runs
+        check_env()
+    except ValueError as exc:
+        raise StartFailed("start_failed", str(exc), EXIT_USAGE) from None
     try:
         doc, spec = load(args.config, allow_external=args.allow_external_actors)
     except ConfigError as exc:
@@ -136,11 +164,7 @@ def start(args: argparse.Namespace, fd: int) -> int:
         listen_plan(doc, tree_names(spec))
     except ValueError as exc:
         raise StartFailed("bad_config", f"cannot listen: {exc}", EXIT_USAGE) from None
-    opts = LifecycleOptions(
-        instance=args.instance or args.runtime_dir.name, ready_fd=fd, parent=args.parent,
-        stdin_eof=args.exit_on_stdin_eof,
-        grace_s=float((doc.get("lifecycle") or {}).get("grace_s", 60)),
-        version=package_version())
+    opts.grace_s = float((doc.get("lifecycle") or {}).get("grace_s", 60))
     try:
         code = run_root(doc, spec, args.runtime_dir, args.log_level, opts, args.state_dir)
     except endpoints.PathTooLong as exc:
@@ -151,6 +175,8 @@ def start(args: argparse.Namespace, fd: int) -> int:
         raise StartFailed("start_failed", str(exc), EXIT_ERROR) from None
     except OSError as exc:
         raise StartFailed("start_failed", f"{type(exc).__name__}: {exc}", EXIT_ERROR) from None
+    except zmq.ZMQError as exc:  # a socket the root binds: a port taken, an address not ours
+        raise StartFailed("start_failed", f"cannot bind: {exc}", EXIT_ERROR) from None
     if opts.ready_fd is not None:  # never got ready
         why = ("the tree gave up during start: a child kept dying (see `moorage logs`)"
                if code == EXIT_ESCALATED else f"the tree stopped before it was ready (exit "
