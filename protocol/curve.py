@@ -32,6 +32,8 @@ import zmq
 from zmq.auth.certs import load_certificate
 from zmq.utils import z85
 
+from moorage.protocol.endpoints import xdg_dir
+
 KEYS_ENV = "MOORAGE_KEYS_DIR"
 SERVER = "server"
 CLIENT = "client"
@@ -65,8 +67,9 @@ class KeyPair:
 def keys_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     if env.get(KEYS_ENV):
-        return Path(env[KEYS_ENV])
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+        return Path(os.path.abspath(env[KEYS_ENV]))
+    base = xdg_dir(env, "XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home())
+                                                    / ".config")
     return Path(base) / "moorage" / "keys"
 
 

@@ -26,15 +26,24 @@ def check_instance(name: str) -> str:
     return name
 
 
+def xdg_dir(env: Mapping[str, str], name: str) -> str | None:
+    """$name when it is an absolute path: the XDG spec says a relative one is ignored (it
+    would name a place in the working directory, an editor's workspace)."""
+    value = env.get(name)
+    return value if value and os.path.isabs(value) else None
+
+
 def runtime_dir(instance: str | None = None, env: Mapping[str, str] | None = None) -> Path:
-    """`--instance NAME`, else MOORAGE_RUNTIME_DIR, else $XDG_RUNTIME_DIR/moorage/NAME,
-    else /tmp/moorage-<uid>/NAME."""
+    """`--instance NAME`, else MOORAGE_RUNTIME_DIR (made absolute: the endpoints, the ready
+    line and the connection file name it to processes in other directories), else
+    $XDG_RUNTIME_DIR/moorage/NAME, else /tmp/moorage-<uid>/NAME."""
     env = os.environ if env is None else env
     if instance is None and env.get("MOORAGE_RUNTIME_DIR"):
-        return Path(env["MOORAGE_RUNTIME_DIR"])
+        return Path(os.path.abspath(env["MOORAGE_RUNTIME_DIR"]))
     name = check_instance(instance or DEFAULT_INSTANCE)
-    if env.get("XDG_RUNTIME_DIR"):
-        return Path(env["XDG_RUNTIME_DIR"]) / "moorage" / name
+    base = xdg_dir(env, "XDG_RUNTIME_DIR")
+    if base:
+        return Path(base) / "moorage" / name
     return Path(f"/tmp/moorage-{os.getuid()}") / name
 
 
@@ -45,10 +54,10 @@ def state_dir(runtime: Path, instance: str | None = None,
     name, or the runtime dir's own name when the tree was given a directory instead."""
     env = os.environ if env is None else env
     if env.get("MOORAGE_STATE_DIR"):
-        return Path(env["MOORAGE_STATE_DIR"])
+        return Path(os.path.abspath(env["MOORAGE_STATE_DIR"]))
     name = check_instance(instance or runtime.name or DEFAULT_INSTANCE)
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home())
-                                              / ".local" / "state")
+    base = xdg_dir(env, "XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home())
+                                                   / ".local" / "state")
     return Path(base) / "moorage" / name
 
 

@@ -360,16 +360,14 @@ def main(argv: list[str] | None = None) -> int:
 def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = p.parse_args(keys_after_options(sys.argv[1:] if argv is None else argv))
     # Absolute: the ready line, the connection file and every endpoint name them to
-    # processes that do not share our working directory. A relative $XDG_* is ignored, as
-    # the XDG spec says.
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("XDG_") and not os.path.isabs(v))}
+    # processes that do not share our working directory (endpoints ignores a relative
+    # $XDG_*, as the XDG spec says).
     try:
         args.runtime_dir = Path(os.path.abspath(
-            args.instance_dir or endpoints.runtime_dir(args.instance, env)))
+            args.instance_dir or endpoints.runtime_dir(args.instance)))
         args.state_dir = Path(os.path.abspath(
             running_state_dir(args.runtime_dir)
-            or endpoints.state_dir(args.runtime_dir, args.instance, env)))
+            or endpoints.state_dir(args.runtime_dir, args.instance)))
     except ValueError as exc:
         print(f"moorage: {exc}", file=sys.stderr)
         return EXIT_USAGE
