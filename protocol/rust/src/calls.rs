@@ -362,7 +362,11 @@ impl ActorLink {
 
     /// A reply or hello carried `epoch`; a change affects what was sent before it.
     pub fn on_epoch(&mut self, epoch: &str) -> Vec<Change> {
-        if epoch.is_empty() || self.epoch.as_deref() == Some(epoch) {
+        if epoch.is_empty() {
+            return vec![];
+        }
+        if self.epoch.as_deref() == Some(epoch) {
+            self.same_epoch();
             return vec![];
         }
         let old = self.epoch.replace(epoch.to_string());
@@ -376,6 +380,13 @@ impl ActorLink {
         }
         self.generation += 1;
         self.change(old, Some(epoch.to_string()))
+    }
+
+    /// A reply carried the recorded epoch: the life that answered before a drop answers after
+    /// it, so that drop was no restart (a link dropped under a live actor), and a new epoch
+    /// heard later is a change again.
+    pub fn same_epoch(&mut self) {
+        self.dropped_since_epoch = false;
     }
 
     fn change(&mut self, old: Option<String>, new: Option<String>) -> Vec<Change> {

@@ -19,7 +19,7 @@ use rmpv::Value;
 
 use crate::calls::{learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
 use crate::codec::{self, get};
-use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, CurveKeys, Endpoints};
+use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, tree_running, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
 use crate::errors::{unauthorized, Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
@@ -146,8 +146,14 @@ impl Client {
         Client::with_context(zmq::Context::new(), options)
     }
 
-    /// A client of the tree a connection file (`tree.json`) describes.
+    /// A client of the tree a connection file (`tree.json`) describes; `not_running` at once
+    /// if that tree does not run (its instance lock, beside the file, is free).
     pub fn from_connection_file(path: &Path, mut options: Options) -> Result<Client, Error> {
+        let folder = path.parent().unwrap_or(Path::new("."));
+        if !tree_running(folder) {
+            let m = format!("no moorage tree is running for {} (its instance lock in {} is free)", path.display(), folder.display());
+            return Err(local_error("not_running", m, "", ""));
+        }
         let dir = runtime_dir_of_connection_file(path).map_err(|m| local_error("bad_args", m, "", ""))?;
         options.runtime_dir = Some(dir);
         Client::new(options)
@@ -157,7 +163,17 @@ impl Client {
         let dir = match (&options.remote, &options.runtime_dir) {
             (Some(r), _) => runtime_dir_of_connection_file(&r.connection_file).map_err(|m| local_error("bad_args", m, "", ""))?,
             (None, Some(d)) => d.clone(),
-            (None, None) => runtime_dir(options.instance.as_deref()).map_err(|m| local_error("bad_args", m, "", ""))?,
+            (None, None) => {
+                // Given no directory, the client finds the running tree or says at once that
+                // none runs: a request to a socket with no tree would only ever time out.
+                let dir = runtime_dir(options.instance.as_deref()).map_err(|m| local_error("bad_args", m, "", ""))?;
+                if !tree_running(&dir) {
+                    let what = options.instance.as_ref().map_or_else(|| dir.display().to_string(), |n| format!("instance {n:?}"));
+                    let m = format!("no moorage tree is running for {what} (no live lock in {}); start one with `moorage up`", dir.display());
+                    return Err(local_error("not_running", m, "", ""));
+                }
+                dir
+            }
         };
         let seed = Instant::now().elapsed().as_nanos() as u64 ^ (std::process::id() as u64) << 32
             ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -373,6 +389,9 @@ impl Client {
         let mut flying: HashMap<u64, (CallPlan, Due)> = HashMap::new();
         let mut out: HashMap<u64, Result<Reply, Error>> = HashMap::new();
         self.conn(actor)?;
+        // A drop told while the client was idle (the actor restarted meanwhile) is older than
+        // these calls: taken now, it ends none of them, and they run on the successor.
+        self.on_monitor(actor, &mut flying, &mut out)?;
         loop {
             while flying.len() < window {
                 let Some(mut plan) = queue.pop_front() else { break };
@@ -468,6 +487,9 @@ impl Client {
             }
         }
         if dropped {
+            // The actor's I/O thread queues a reply before it ends the connection: a call whose
+            // reply came before the drop takes it, and is not ended (or resent) by the drop.
+            self.on_replies(actor, flying, out)?;
             let changes = self.conns.get_mut(actor).unwrap().link.on_disconnect();
             self.on_changes(actor, changes, flying, out)?;
         }
@@ -526,6 +548,8 @@ impl Client {
                 }
                 let changes = link.on_epoch(&reply.epoch);
                 self.on_changes(actor, changes, flying, out)?;
+            } else {
+                link.same_epoch();
             }
             if let Some((mut plan, _)) = reply.id.and_then(|id| flying.remove(&id)) {
                 let now = self.now();

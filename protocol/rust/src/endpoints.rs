@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_INSTANCE: &str = "default";
+/// In the runtime directory while a tree runs: its root's exclusive flock (section 2).
+pub const LOCK_FILE: &str = "lock";
 
 /// Section 2's table: a name wins over MOORAGE_RUNTIME_DIR, which wins over the default.
 pub fn runtime_dir(instance: Option<&str>) -> Result<PathBuf, String> {
@@ -30,6 +32,28 @@ pub fn runtime_dir(instance: Option<&str>) -> Result<PathBuf, String> {
 extern "C" {
     #[link_name = "getuid"]
     fn libc_getuid() -> u32;
+    #[link_name = "flock"]
+    fn libc_flock(fd: i32, operation: i32) -> i32;
+}
+
+// flock(2)'s operations (the same values on Linux and the BSDs).
+const LOCK_SH: i32 = 1;
+const LOCK_NB: i32 = 4;
+
+/// Does a tree run in `dir`? Its root holds an exclusive flock on `dir/lock` for as long as it
+/// lives (the kernel drops it however the root ends), so a shared one that can be had, or no
+/// lock file, means none does. A lock that cannot be looked at counts as held: the client then
+/// connects, as it does to a tree still starting.
+pub fn tree_running(dir: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let file = match std::fs::File::open(dir.join(LOCK_FILE)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || !dir.is_dir() => return false,
+        Err(_) => return true,
+    };
+    // SAFETY: the descriptor is open for the call; the shared lock, if taken, goes with the
+    // file when it is dropped here.
+    unsafe { libc_flock(file.as_raw_fd(), LOCK_SH | LOCK_NB) != 0 }
 }
 
 /// The endpoints of the tree in `dir`.
@@ -141,6 +165,12 @@ impl Endpoints {
     /// libzmq keeps no queue for it, and the attempt's deadline decides instead.
     pub fn secure(&self, sock: &zmq::Socket, sending: bool) -> zmq::Result<()> {
         let Some(c) = &self.curve else { return Ok(()) };
+        // libzmq holds a frame to MAXMSGSIZE as it is on the wire, where CURVE adds to it
+        // (section 2, "Socket options on tcp"); the decoder still holds it to the real limit.
+        let limit = sock.get_maxmsgsize()?;
+        if limit >= 0 {
+            sock.set_maxmsgsize(limit + crate::limits::CURVE_ROOM)?;
+        }
         sock.set_curve_serverkey(c.server_key.as_bytes())?;
         sock.set_curve_publickey(c.keys.public.as_bytes())?;
         sock.set_curve_secretkey(c.keys.secret.as_bytes())?;

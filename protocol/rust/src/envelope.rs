@@ -208,8 +208,8 @@ pub fn decode_stream(frames: &[Vec<u8>]) -> Result<StreamMessage, DecodeError> {
     }
     let h = header(&frames[2])?;
     let seq = match int(get(&h, "seq")).and_then(|i| i.as_u64()) {
-        Some(s) => s,
-        None => return Err(DecodeError::new("bad_request", "stream header needs an integer 'seq'", None)),
+        Some(s) if s <= limits::MAX_ID => s,
+        _ => return Err(DecodeError::new("bad_request", "stream header needs an integer 'seq' in [0, 2^53)", None)),
     };
     let topic = String::from_utf8(frames[0].clone()).map_err(|_| DecodeError::new("bad_request", "stream topic is not UTF-8", None))?;
     let body = decode_body(&frames[3], limits::MAX_MESSAGE_SIZE, None)?;

@@ -8,9 +8,27 @@ use rmpv::Value;
 
 use crate::codec::get;
 use crate::envelope::StreamMessage;
+use crate::limits::MAX_ID;
 
 /// Topics whose messages carry `{offset}` and bytes as attachment 0: de-duplicated by offset.
 pub const OFFSET_TOPIC_PREFIX: &str = "term.out.";
+
+/// A `replay` answer as section 12 has it: a map whose `epoch` is a string, `lost` nil or
+/// `[first, last]`, `messages` `[seq, body, n_attachments]` triples and `more` a bool, every
+/// integer in [0, 2^53). Any other is no answer to go on: the replay failed.
+fn answer_ok(answer: &Value) -> bool {
+    let int = |v: &Value| v.as_u64().is_some_and(|n| n <= MAX_ID);
+    let absent_or = |key: &str, ok: &dyn Fn(&Value) -> bool| match get(answer, key) {
+        None | Some(Value::Nil) => true,
+        Some(v) => ok(v),
+    };
+    let message = |m: &Value| matches!(m.as_array().map(Vec::as_slice), Some([seq, _, n]) if int(seq) && int(n));
+    answer.is_map()
+        && absent_or("epoch", &|v| v.is_str())
+        && absent_or("lost", &|v| matches!(v.as_array().map(Vec::as_slice), Some([a, b]) if int(a) && int(b)))
+        && absent_or("messages", &|v| v.as_array().is_some_and(|ms| ms.iter().all(message)))
+        && absent_or("more", &|v| v.is_bool())
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
@@ -76,6 +94,7 @@ impl StreamTracker {
         (self.dedup(events), need)
     }
 
+    /// The replay call failed, or its answer was not one (`answer_ok`): the gap is a loss.
     pub fn on_replay_failed(&mut self, topic: &str) -> Vec<StreamEvent> {
         let events = self.replay_failed(topic);
         self.dedup(events)
@@ -102,7 +121,7 @@ impl StreamTracker {
             let start = if self.is_live(&msg.topic) { Some(1) } else { self.from_seq };
             if let Some(start) = start {
                 if msg.seq > start {
-                    self.topics.insert(msg.topic.clone(), state(&msg.epoch, start - 1));
+                    self.topics.insert(msg.topic.clone(), state(&msg.epoch, start.saturating_sub(1)));
                     return self.ask(msg);
                 }
             }
@@ -192,6 +211,9 @@ impl StreamTracker {
     }
 
     fn replay(&mut self, topic: &str, answer: &Value, attachments: &[Vec<u8>]) -> Step {
+        if !answer_ok(answer) {
+            return (self.replay_failed(topic), None);
+        }
         let mut out = vec![];
         let st = self.topics.get_mut(topic).expect("a replay of a tracked topic");
         let epoch = get(answer, "epoch").and_then(|v| v.as_str()).map(str::to_string).or_else(|| st.epoch.clone()).unwrap_or_default();
@@ -203,8 +225,8 @@ impl StreamTracker {
             }
             _ => {}
         }
-        if let Some(lost) = get(answer, "lost").and_then(|v| v.as_array()) {
-            let (a, b) = (lost[0].as_u64().unwrap_or(0), lost[1].as_u64().unwrap_or(0));
+        if let Some([a, b]) = get(answer, "lost").and_then(|v| v.as_array()).map(Vec::as_slice) {
+            let (a, b) = (a.as_u64().unwrap_or(0), b.as_u64().unwrap_or(0));
             if b > st.last {
                 out.push(StreamEvent::Loss { topic: topic.to_string(), first: a.max(st.last + 1), last: b, epoch: epoch.clone() });
                 st.last = b;
@@ -299,7 +321,7 @@ impl StreamTracker {
                     continue;
                 }
             };
-            let end = off + m.attachments[0].len() as u64;
+            let end = off.saturating_add(m.attachments[0].len() as u64);
             let expected = self.next_offset.get(&m.topic).copied();
             let mut m = m;
             if let Some(exp) = expected {
@@ -322,5 +344,61 @@ impl StreamTracker {
             out.push(StreamEvent::Message(m));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::map_of;
+    use crate::envelope::{decode_stream, encode_stream};
+
+    fn msg(topic: &str, seq: u64, body: Value, attachments: Vec<Vec<u8>>) -> StreamMessage {
+        StreamMessage { topic: topic.into(), seq, epoch: "e".into(), body, attachments, welcome: false }
+    }
+
+    fn ask(topic: &str, from: u64) -> Option<NeedReplay> {
+        Some(NeedReplay { topic: topic.into(), from_seq: from })
+    }
+
+    #[test]
+    fn an_answer_that_is_not_a_replay_answer_is_a_failed_replay_and_the_topic_goes_on() {
+        let (big, no) = (Value::from(MAX_ID + 1), Value::Array(vec![]));
+        for answer in [
+            map_of([("lost", no.clone())]),
+            map_of([("lost", Value::Array(vec![Value::from(1), big.clone()]))]),
+            map_of([("messages", Value::from(7))]),
+            map_of([("messages", Value::Array(vec![Value::Array(vec![big.clone(), Value::Nil, Value::from(0)])]))]),
+            map_of([("messages", Value::Array(vec![no.clone()]))]),
+            map_of([("epoch", Value::from(1))]),
+            map_of([("more", Value::from("yes"))]),
+            Value::from(7),
+        ] {
+            let mut t = StreamTracker::new(Some(1), &["t".to_string()]);
+            assert_eq!(t.on_message(msg("t", 5, Value::Nil, vec![])), (vec![], ask("t", 1)));
+            let (events, need) = t.on_replay("t", &answer, &[]);
+            let lost = StreamEvent::Loss { topic: "t".into(), first: 1, last: 4, epoch: "e".into() };
+            assert_eq!((events, need), (vec![lost, StreamEvent::Message(msg("t", 5, Value::Nil, vec![]))], None), "{answer}");
+            assert_eq!(t.on_message(msg("t", 6, Value::Nil, vec![])).0, vec![StreamEvent::Message(msg("t", 6, Value::Nil, vec![]))], "{answer}");
+        }
+    }
+
+    #[test]
+    fn from_seq_0_is_from_the_start() {
+        let mut t = StreamTracker::new(Some(0), &["t".to_string()]);
+        assert_eq!(t.on_message(msg("t", 3, Value::Nil, vec![])), (vec![], ask("t", 1)));
+    }
+
+    #[test]
+    fn a_stream_seq_past_2_53_is_refused() {
+        assert!(decode_stream(&encode_stream("t", MAX_ID + 1, "e", &Value::Nil, &[])).is_err());
+        assert_eq!(decode_stream(&encode_stream("t", MAX_ID, "e", &Value::Nil, &[])).unwrap().seq, MAX_ID);
+    }
+
+    #[test]
+    fn an_offset_near_the_top_does_not_overflow() {
+        let mut t = StreamTracker::new(None, &["term.out.".to_string()]);
+        let m = msg("term.out.s", 1, map_of([("offset", Value::from(u64::MAX))]), vec![b"ab".to_vec()]);
+        assert_eq!(t.on_message(m.clone()).0, vec![StreamEvent::Message(m)]);
     }
 }

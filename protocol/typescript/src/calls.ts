@@ -63,6 +63,12 @@ export type Verdict =
 
 export const now = (): number => performance.now() / 1000;
 
+/** A drop as it was told (ActorLink.dropTold): the generation it started, the epoch it ended. */
+export interface Drop {
+  generation: number;
+  epoch: string | null;
+}
+
 export class CallPlan {
   readonly started: number;
   readonly deadline: number;
@@ -236,6 +242,14 @@ export class CallPlan {
       `no reply: the tree refused this client's key (${this.attempts} attempts)`));
   }
 
+  /** The client was closed while this waited: no reply can reach it now. A call that may
+   * have run ends `outcome_unknown`, one safe to repeat `timeout`, as at its deadline. */
+  onClosed(at: number): Verdict {
+    this.breaker.giveBack();
+    return this.done(at, undefined, wireError(this.idempotent ? "timeout" : "outcome_unknown",
+      `no reply: the client was closed (${this.attempts} attempts)`));
+  }
+
   resend(at: number): Verdict {
     // A pinned resend is not new work for the actor, and `circuit_open` ("not sent") would be
     // untrue of a call that was: the breaker is not asked (its outcome is counted as any).
@@ -290,14 +304,28 @@ export class ActorLink {
 
   /** The DEALER's monitor saw the connection drop. */
   onDisconnect(at: number): [CallPlan, Verdict][] {
+    return this.onDropped(at, this.dropTold());
+  }
+
+  /** A drop was told: the calls sent from now on are the next generation's. What it does to
+   * those sent before is `onDropped`'s, once the replies that came before it are taken. */
+  dropTold(): Drop {
     this.generation += 1;
     this.droppedSinceEpoch = true;
-    return this.change(at, this.epoch, null);
+    return { generation: this.generation, epoch: this.epoch };
+  }
+
+  onDropped(at: number, drop: Drop): [CallPlan, Verdict][] {
+    return this.change(at, drop.epoch, null, drop.generation);
   }
 
   /** A reply or hello carried `epoch`; a change ends (or resends) what was sent before it. */
   onEpoch(epoch: string, at: number): [CallPlan, Verdict][] {
-    if (!epoch || epoch === this.epoch) return [];
+    if (!epoch) return [];
+    if (epoch === this.epoch) {
+      this.sameEpoch();
+      return [];
+    }
     const old = this.epoch;
     this.epoch = epoch;
     if (old === null) return [];
@@ -309,6 +337,13 @@ export class ActorLink {
     }
     this.generation += 1;
     return this.change(at, old, epoch);
+  }
+
+  /** A reply carried the recorded epoch: the life that answered before a drop answers after
+   * it, so that drop was no restart (a link dropped under a live actor), and a new epoch heard
+   * later is a change again. */
+  sameEpoch(): void {
+    this.droppedSinceEpoch = false;
   }
 
   /** A handshake failed on this client's key (HANDSHAKE_FAILED_AUTH): every call in flight
@@ -328,10 +363,10 @@ export class ActorLink {
     this.refused = false;
   }
 
-  private change(at: number, oldEpoch: string | null, newEpoch: string | null): [CallPlan, Verdict][] {
+  private change(at: number, oldEpoch: string | null, newEpoch: string | null, before = this.generation): [CallPlan, Verdict][] {
     const out: [CallPlan, Verdict][] = [];
     for (const plan of [...this.inFlight.values()]) {
-      if (plan.generation >= this.generation || plan.finished) continue;
+      if (plan.generation >= before || plan.finished) continue;
       const v = plan.onActorGone(at, oldEpoch, newEpoch);
       if (v.kind === "done") this.inFlight.delete(plan.id);
       out.push([plan, v]);

@@ -9,6 +9,7 @@
  *   for await (const ev of client.subscribe("terminal", [`term.out.${session}`])) { ... }
  */
 import { randomBytes } from "node:crypto";
+import { dirname } from "node:path";
 
 import { Dealer, Subscriber } from "zeromq";
 
@@ -21,9 +22,10 @@ import {
   remoteEndpointsOf,
   runtimeDir,
   runtimeDirOfConnectionFile,
+  treeRunning,
 } from "./endpoints.js";
 import { type Reply, decodeReply, decodeStream } from "./envelope.js";
-import { DecodeError, MoorageError, unauthorized } from "./errors.js";
+import { DecodeError, MoorageError, unauthorized, wireError } from "./errors.js";
 import { HWM, MAX_MESSAGE_SIZE } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
@@ -122,13 +124,13 @@ class Conn {
   constructor(readonly client: Client, readonly actor: string) {
     const o = client.options;
     this.sock = new Dealer({
-      ...client.endpoints.socketOptions("rpc"),
       linger: 0,
       reconnectInterval: o.reconnectIvlMs,
       reconnectMaxInterval: o.reconnectIvlMaxMs,
       maxMessageSize: MAX_MESSAGE_SIZE,
       sendHighWaterMark: HWM,
       receiveHighWaterMark: HWM,
+      ...client.endpoints.socketOptions("rpc"), // (last: a tcp endpoint's limit, with CURVE's room, wins)
     });
     this.link = new ActorLink(actor, null, client.remote);
     this.watch();
@@ -140,8 +142,10 @@ class Conn {
    * libzmq keeps no queue for it, and a send that cannot be queued is left to the attempt's
    * deadline (the plan then decides) instead of waiting for ever. */
   private sendOne(frames: Uint8Array[]): Promise<void> {
+    // (closed: the call ends by what close() put in its inbox)
+    if (this.closed) return Promise.resolve();
     return this.sock.send(frames).catch((e: { code?: string }) => {
-      if (e?.code !== "EAGAIN") throw e;
+      if (e?.code !== "EAGAIN" && !this.closed) throw e;
     });
   }
 
@@ -169,6 +173,7 @@ class Conn {
   /** A call waits until `until`: one timer per connection, armed for the earliest deadline
    * (re-armed only when an earlier one comes), looks at them. */
   waiting(until: number): void {
+    if (this.closed) return;
     if (this.timer === null || until < this.timerAt) this.arm(until);
   }
 
@@ -214,13 +219,20 @@ class Conn {
       if (plan !== undefined) this.link.finished(plan); // its own reply: not a victim of the change
       this.dispatch(this.link.onEpoch(reply.epoch, now()));
       this.client.noteEpoch(this.actor, reply.epoch);
-    }
+    } else this.link.sameEpoch();
     if (reply.id !== null) this.inboxes.get(reply.id)?.push({ kind: "reply", reply });
   }
 
   private watch(): void {
     const events = this.sock.events;
-    events.on("disconnect", () => this.dispatch(this.link.onDisconnect(now())));
+    events.on("disconnect", () => {
+      // The actor's I/O thread queues a reply before it ends the connection, but the monitor
+      // may be read first: the drop is acted on once this turn of the event loop has handed
+      // out what the socket already holds (a reply that came before the drop is its call's,
+      // not resent for nor ended `outcome_unknown`). Calls sent from now on are not its own.
+      const drop = this.link.dropTold();
+      setImmediate(() => this.dispatch(this.link.onDropped(now(), drop)));
+    });
     // (only over tcp, where the tree's ZAP handler judges our key at every handshake)
     events.on("handshake:error:auth", () => this.dispatch(this.link.onRefused(now())));
     events.on("handshake", () => this.link.onHandshake());
@@ -233,6 +245,13 @@ class Conn {
   close(): void {
     this.closed = true;
     if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    // Nothing reads replies or looks at deadlines from now on: every call still waiting ends.
+    const at = now();
+    for (const [id, inbox] of this.inboxes) {
+      const plan = this.link.inFlight.get(id);
+      if (plan !== undefined && !plan.finished) inbox.push({ kind: "verdict", verdict: plan.onClosed(at) });
+    }
     this.sock.close();
   }
 }
@@ -264,6 +283,13 @@ export class Client {
     const remote = options.remote;
     this.remote = remote !== undefined;
     this.runtimeDir = remote ? runtimeDirOfConnectionFile(remote.connectionFile) : options.runtimeDir ?? runtimeDir(options.instance);
+    if (!remote && options.runtimeDir === undefined && !treeRunning(this.runtimeDir)) {
+      // Given no directory, the client finds the running tree or says at once that none runs:
+      // a request to a socket with no tree would only ever time out (section 2).
+      const what = options.instance ? `instance ${JSON.stringify(options.instance)}` : this.runtimeDir;
+      throw new MoorageError(wireError("not_running",
+        `no moorage tree is running for ${what} (no live lock in ${this.runtimeDir}); start one with \`moorage up\``), "", "", 0);
+    }
     this.endpoints = remote
       ? remoteEndpointsOf(remote.connectionFile, remote.keys ?? clientKeys(), remote.host)
       : endpointsOf(this.runtimeDir);
@@ -288,8 +314,14 @@ export class Client {
     }
   }
 
-  /** A client of the tree a connection file (`tree.json`) describes. */
+  /** A client of the tree a connection file (`tree.json`) describes; `not_running` at once
+   * if that tree does not run (its instance lock, beside the file, is free). */
   static fromConnectionFile(path: string, options: ClientOptions = {}): Client {
+    const folder = dirname(path);
+    if (!treeRunning(folder)) {
+      throw new MoorageError(wireError("not_running",
+        `no moorage tree is running for ${path} (its instance lock in ${folder} is free)`), "", "", 0);
+    }
     return new Client({ ...options, runtimeDir: runtimeDirOfConnectionFile(path) });
   }
 
@@ -455,12 +487,12 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   constructor(readonly client: Client, readonly actor: string, readonly topics: readonly string[], options: SubscribeOptions) {
     const o = client.options;
     this.sock = new Subscriber({
-      ...client.endpoints.socketOptions("pub"),
       linger: 0,
       reconnectInterval: o.reconnectIvlMs,
       reconnectMaxInterval: o.reconnectIvlMaxMs,
       maxMessageSize: MAX_MESSAGE_SIZE,
       receiveHighWaterMark: options.receiveHighWaterMark ?? HWM,
+      ...client.endpoints.socketOptions("pub"), // (last: a tcp endpoint's limit, with CURVE's room, wins)
     });
     for (const t of topics) this.sock.subscribe(t);
     this.sock.connect(client.endpoints.pub(actor));
@@ -475,17 +507,17 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   private async replay(topic: string, fromSeq: number): Promise<void> {
     let need: { topic: string; fromSeq: number } | null = { topic, fromSeq };
     while (need !== null) {
-      let reply: Reply;
+      const asked: { topic: string; fromSeq: number } = need;
       try {
-        reply = await this.client.request(this.actor, "replay", { topic: need.topic, from_seq: need.fromSeq });
-      } catch (e) {
-        if (!(e instanceof MoorageError)) throw e;
-        this.ready.push(...this.tracker.onReplayFailed(need.topic));
+        const reply = await this.client.request(this.actor, "replay", { topic: asked.topic, from_seq: asked.fromSeq });
+        const [events, more] = this.tracker.onReplay(asked.topic, reply.body as ReplayAnswer, reply.attachments);
+        this.ready.push(...events);
+        need = more;
+      } catch {
+        // Whatever went wrong, the topic goes on (the gap reported lost), not held for ever.
+        this.ready.push(...this.tracker.onReplayFailed(asked.topic));
         return;
       }
-      const [events, more] = this.tracker.onReplay(need.topic, reply.body as ReplayAnswer, reply.attachments);
-      this.ready.push(...events);
-      need = more;
     }
   }
 
@@ -526,7 +558,8 @@ export class Subscription implements AsyncIterable<StreamEvent> {
     for (const need of this.tracker.catchUp()) await this.replay(need.topic, need.fromSeq);
   }
 
-  /** Until every prefix is live (its welcomes arrived), handing on the events meanwhile. */
+  /** Until every prefix is live (its welcomes arrived). The events meanwhile are returned and
+   * also kept for `next()`, which hands them on first (as the Rust client's `until_live`). */
   async untilLive(timeout: number): Promise<StreamEvent[]> {
     const end = now() + timeout;
     const early: StreamEvent[] = [];

@@ -3,11 +3,16 @@
  * the connection file `tree.json` when the tree wrote one (its `endpoints` win over the
  * fixed names).
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 
+import { CURVE_ROOM, MAX_MESSAGE_SIZE } from "./limits.js";
+
 export const DEFAULT_INSTANCE = "default";
+/** In the runtime directory while a tree runs: its root's exclusive flock (section 2). */
+export const LOCK_FILE = "lock";
 
 /** Section 2's table: a name wins over MOORAGE_RUNTIME_DIR, which wins over the default. */
 export function runtimeDir(instance?: string | null, env: NodeJS.ProcessEnv = process.env): string {
@@ -19,6 +24,30 @@ export function runtimeDir(instance?: string | null, env: NodeJS.ProcessEnv = pr
   if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, "moorage", name);
   const uid = typeof process.getuid === "function" ? process.getuid() : 0;
   return join(`/tmp/moorage-${uid}`, name);
+}
+
+/**
+ * Does a tree run in `dir`? Its root holds an exclusive flock(2) on `dir/lock` for as long as
+ * it lives (the kernel drops it however the root ends), so a shared one that can be had, or no
+ * lock file, means none does. Node has no flock: the `flock` program (util-linux, busybox)
+ * makes the same call on this process's descriptor of the file. Only a lock taken says that
+ * none runs; held, or not to be looked at (no `flock` here), the client connects, as it does
+ * to a tree still starting.
+ */
+export function treeRunning(dir: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(join(dir, LOCK_FILE), "r");
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    return !(code === "ENOENT" || code === "ENOTDIR");
+  }
+  try {
+    // (a shared lock taken there is this descriptor's, and goes when it is closed below)
+    return spawnSync("flock", ["-s", "-n", "3"], { stdio: ["ignore", "ignore", "ignore", fd] }).status !== 0;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export interface Endpoints {
@@ -113,6 +142,9 @@ export function remoteEndpointsOf(connectionFile: string, keys: CurveKeys, host?
     },
     socketOptions: (kind) => ({
       ...(kind === "rpc" ? { sendTimeout: 0 } : {}), // see Conn.sendOne in client.ts
+      // libzmq holds a frame to the limit as it is on the wire, where CURVE adds to it
+      // (section 2, "Socket options on tcp"); the decoder still holds it to the real limit.
+      ...(kind === "in" ? {} : { maxMessageSize: MAX_MESSAGE_SIZE + CURVE_ROOM }),
       curveServerKey: r.server_key,
       curvePublicKey: keys.publicKey,
       curveSecretKey: keys.secretKey,

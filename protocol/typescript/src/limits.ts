@@ -8,3 +8,6 @@ export const MAX_OP_LEN = 64;
 export const MAX_SID_LEN = 128;
 export const MAX_ID = Number.MAX_SAFE_INTEGER;
 export const HWM = 100_000;
+/** Over tcp a socket's maxMessageSize is this much over the limit: CURVE wraps each message in
+ * a MESSAGE command (33 bytes more) and its INITIATE is some 300 bytes (section 2). */
+export const CURVE_ROOM = 512;

@@ -5,6 +5,7 @@
  * the Python client's tracker, held to the same scenarios (protocol/vectors/client.json).
  */
 import type { StreamMessage } from "./envelope.js";
+import { MAX_ID } from "./limits.js";
 import type { Value } from "./msgpack.js";
 
 /** Messages `first`..`last` of `topic` were published but can no longer be had. */
@@ -56,6 +57,20 @@ export interface ReplayAnswer {
   more?: boolean;
 }
 
+/** A `replay` answer as section 12 has it: a map whose `epoch` is a string, `lost` nil or
+ * `[first, last]`, `messages` `[seq, body, n_attachments]` triples and `more` a boolean, every
+ * integer in [0, 2^53). Any other is no answer to go on: the replay failed. */
+function answerOk(answer: unknown): boolean {
+  if (answer === null || typeof answer !== "object" || Array.isArray(answer) || answer instanceof Uint8Array) return false;
+  const a = answer as Record<string, unknown>;
+  const int = (v: unknown): boolean => typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
+  const absentOr = (v: unknown, ok: (v: unknown) => boolean): boolean => v === undefined || v === null || ok(v);
+  return absentOr(a.epoch, (v) => typeof v === "string")
+    && absentOr(a.lost, (v) => Array.isArray(v) && v.length === 2 && v.every(int))
+    && absentOr(a.messages, (v) => Array.isArray(v) && v.every((m) => Array.isArray(m) && m.length === 3 && int(m[0]) && int(m[2])))
+    && absentOr(a.more, (v) => typeof v === "boolean");
+}
+
 function asMessage(m: StreamMessage): Message {
   return { kind: "message", topic: m.topic, seq: m.seq, epoch: m.epoch, body: m.body, attachments: m.attachments, welcome: m.welcome };
 }
@@ -90,6 +105,7 @@ export class StreamTracker {
     return [this.dedup(events), need];
   }
 
+  /** The replay call failed, or its answer was not one (`answerOk`): the gap is a loss. */
   onReplayFailed(topic: string): StreamEvent[] {
     return this.dedup(this.replayFailed(topic));
   }
@@ -184,6 +200,7 @@ export class StreamTracker {
   }
 
   private replay(topic: string, answer: ReplayAnswer, attachments: Uint8Array[]): Step {
+    if (!answerOk(answer)) return [this.replayFailed(topic), null];
     const st = this.topics.get(topic)!;
     const out: StreamEvent[] = [];
     const epoch = typeof answer.epoch === "string" ? answer.epoch : (st.epoch ?? "");

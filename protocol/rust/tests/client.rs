@@ -1,0 +1,235 @@
+//! The client over real sockets, against fake actors in this process: an actor's life is a
+//! ROUTER in a context of its own (its end, the context's, closes every connection of it, as
+//! a process's death does); a remote tree is a CURVE server on loopback tcp.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use moorage_client::envelope::{decode_request, encode_reply, encode_stream, Request};
+use moorage_client::limits::MAX_MESSAGE_SIZE;
+use moorage_client::{CallOptions, Client, CurveKeys, Options, Remote, StreamEvent, SubscribeOptions, Value};
+
+const A: &str = "aaaaaaaaaaaaaaaa";
+const B: &str = "bbbbbbbbbbbbbbbb";
+const C: &str = "cccccccccccccccc";
+
+/// A directory of this test's own (short: an ipc path must fit in 107 bytes).
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mrc-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn client(dir: &Path, timeout: f64) -> Client {
+    Client::new(Options { runtime_dir: Some(dir.to_path_buf()), learn_ops: false, timeout, ..Options::default() }).unwrap()
+}
+
+/// One life of the actor `alpha`, answering with `epoch`.
+struct Life {
+    sock: zmq::Socket,
+    accepted: zmq::Socket,
+    epoch: &'static str,
+    _ctx: zmq::Context,
+}
+
+impl Life {
+    fn bind(ep: &str, epoch: &'static str) -> Life {
+        let ctx = zmq::Context::new();
+        let sock = ctx.socket(zmq::ROUTER).unwrap();
+        sock.set_linger(0).unwrap();
+        sock.set_rcvtimeo(5000).unwrap();
+        let addr = format!("inproc://life-{epoch}");
+        sock.monitor(&addr, zmq::SocketEvent::ACCEPTED as i32).unwrap();
+        let accepted = ctx.socket(zmq::PAIR).unwrap();
+        accepted.set_rcvtimeo(5000).unwrap();
+        accepted.connect(&addr).unwrap();
+        sock.bind(ep).unwrap();
+        Life { sock, accepted, epoch, _ctx: ctx }
+    }
+
+    /// Until the client connected to this life: it was told of the drop of the one before.
+    fn wait_accepted(&self) {
+        self.accepted.recv_multipart(0).expect("the client never connected");
+    }
+
+    fn take(&self) -> (Vec<u8>, Request) {
+        let mut frames = self.sock.recv_multipart(0).expect("no request came");
+        let rid = frames.remove(0);
+        (rid, decode_request(&frames).unwrap())
+    }
+
+    fn answer(&self, rid: Vec<u8>, id: u64, epoch: &str, body: Value) {
+        let mut frames = vec![rid];
+        frames.extend(encode_reply(Some(id), epoch, &body, &[]));
+        self.sock.send_multipart(frames, 0).unwrap();
+    }
+
+    /// Answer `n` requests, each after `takes` (the op's own time).
+    fn serve(self, n: usize, takes: Duration) -> thread::JoinHandle<Life> {
+        thread::spawn(move || {
+            for _ in 0..n {
+                let (rid, req) = self.take();
+                thread::sleep(takes);
+                self.answer(rid, req.id, self.epoch, Value::from("done"));
+            }
+            self
+        })
+    }
+
+    /// The process ends: the context's end closes its connections and unlinks its endpoint.
+    fn end(self) {}
+}
+
+#[test]
+fn a_drop_told_while_the_client_was_idle_ends_none_of_the_calls_sent_after_it() {
+    let dir = scratch("idle-drop");
+    let ep = format!("ipc://{}/alpha.rpc", dir.display());
+    let mut c = client(&dir, 5.0);
+    let idempotent_no = || CallOptions { idempotent: Some(false), ..CallOptions::default() };
+    let first = Life::bind(&ep, A).serve(1, Duration::ZERO);
+    c.call("alpha", "sys.ping", Value::Nil).unwrap();
+    first.join().unwrap().end(); // the actor restarts while the client is idle
+
+    let second = Life::bind(&ep, B);
+    second.wait_accepted();
+    // An op that outlasts the client's first wait slice: the monitor is looked at before the
+    // reply comes.
+    let second = second.serve(1, Duration::from_millis(50));
+    let r = c.request("alpha", "fs.write", Value::Nil, idempotent_no());
+    second.join().unwrap().end();
+    assert_eq!(r.map(|r| r.body).map_err(|e| e.to_string()), Ok(Value::from("done")));
+
+    // The same through a pipeline, whose first reply shows the new epoch while the second
+    // call is still in flight.
+    let third = Life::bind(&ep, C);
+    third.wait_accepted();
+    let third = third.serve(2, Duration::ZERO);
+    let out = c.pipeline("alpha", vec![("fs.write".into(), Value::Nil), ("fs.write".into(), Value::Nil)], 2).unwrap();
+    third.join().unwrap().end();
+    let out: Vec<_> = out.into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+    assert_eq!(out, vec![Ok(Value::from("done")), Ok(Value::from("done"))]);
+    assert_eq!(c.restarts_seen("alpha"), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_restart_heard_in_a_reply_after_a_drop_the_life_outlived_ends_what_was_sent_before_it() {
+    let dir = scratch("same-life");
+    let ep = format!("ipc://{}/alpha.rpc", dir.display());
+    let mut c = client(&dir, 3.0);
+    let life = Life::bind(&ep, A).serve(1, Duration::ZERO);
+    c.call("alpha", "sys.ping", Value::Nil).unwrap();
+    life.join().unwrap().end();
+    // The connection comes back to the same life (as a tcp link that dropped under it would)
+    let same = Life::bind(&ep, A);
+    same.wait_accepted();
+    let same = same.serve(1, Duration::ZERO);
+    c.call("alpha", "sys.ping", Value::Nil).unwrap();
+    let same = same.join().unwrap();
+
+    // ... and later a successor answers one call while another, sent before, is in flight:
+    // its drop was missed.
+    let answering = thread::spawn(move || {
+        let taken = [same.take(), same.take()];
+        let (rid, ping) = taken.into_iter().find(|(_, r)| r.op == "sys.ping").unwrap();
+        same.answer(rid, ping.id, B, Value::from("pong"));
+        same
+    });
+    let t0 = Instant::now();
+    let out = c.pipeline("alpha", vec![("fs.write".into(), Value::Nil), ("sys.ping".into(), Value::Nil)], 2).unwrap();
+    answering.join().unwrap().end();
+    assert_eq!(out[1].as_ref().map_err(|e| e.to_string()), Ok(&Value::from("pong")));
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.name(), "outcome_unknown");
+    assert_eq!(e.detail().and_then(|d| moorage_client::codec::get(d, "new_epoch")), Some(&Value::from(B)), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "ended at its deadline, not at the restart: {e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+extern "C" {
+    fn flock(fd: i32, operation: i32) -> i32;
+}
+
+#[test]
+fn with_no_tree_holding_the_instance_lock_a_client_is_not_running_at_once() {
+    let not_running = |made: Result<Client, moorage_client::Error>| match made {
+        Ok(_) => panic!("made a client of a tree that does not run"),
+        Err(e) => assert_eq!(e.name(), "not_running", "{e}"),
+    };
+    let t0 = Instant::now();
+    not_running(Client::new(Options { instance: Some(format!("none-{}", std::process::id())), ..Options::default() }));
+
+    let dir = scratch("lock");
+    let file = dir.join("tree.json");
+    let doc = serde_json::json!({"moorage": "ready", "runtime_dir": dir, "endpoints": {}});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    not_running(Client::from_connection_file(&file, Options::default())); // no lock file
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    not_running(Client::from_connection_file(&file, Options::default())); // a lock nobody holds
+    assert!(t0.elapsed() < Duration::from_secs(1));
+
+    use std::os::unix::io::AsRawFd;
+    assert_eq!(unsafe { flock(lock.as_raw_fd(), 2 | 4) }, 0); // LOCK_EX | LOCK_NB: a tree's root
+    let c = Client::from_connection_file(&file, Options::default()).unwrap();
+    assert_eq!(c.runtime_dir, dir);
+    drop(lock); // the root ends
+    not_running(Client::from_connection_file(&file, Options::default()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn over_tcp_a_frame_of_the_whole_limit_gets_through_curve_both_ways() {
+    let (server, mine) = (zmq::CurveKeyPair::new().unwrap(), zmq::CurveKeyPair::new().unwrap());
+    let z85 = |k: &[u8]| zmq::z85_encode(k).unwrap();
+    let ctx = zmq::Context::new();
+    let curve_server = |kind| {
+        let s = ctx.socket(kind).unwrap();
+        s.set_linger(0).unwrap();
+        s.set_rcvtimeo(5000).unwrap();
+        s.set_curve_server(true).unwrap();
+        s.set_curve_secretkey(&server.secret_key).unwrap();
+        s.bind("tcp://127.0.0.1:*").unwrap();
+        let at = s.get_last_endpoint().unwrap().unwrap();
+        (s, at)
+    };
+    let (router, rpc) = curve_server(zmq::ROUTER);
+    let (xpub, publisher) = curve_server(zmq::XPUB);
+    let dir = scratch("curve");
+    let file = dir.join("tree.json");
+    let remote = serde_json::json!({"transport": "tcp", "curve": true, "server_key": z85(&server.public_key),
+                                    "endpoints": {"alpha": {"rpc": rpc, "pub": publisher}}});
+    std::fs::write(&file, serde_json::json!({"runtime_dir": "/nonexistent", "remote": remote}).to_string()).unwrap();
+    let keys = CurveKeys { public: z85(&mine.public_key), secret: z85(&mine.secret_key) };
+    let mut c = Client::new(Options {
+        remote: Some(Remote { connection_file: file, keys: Some(keys), host: None }), learn_ops: false, timeout: 3.0,
+        ..Options::default()
+    }).unwrap();
+    // A body frame of exactly the limit: CURVE makes it 33 bytes more on the wire.
+    let big = Value::Binary(vec![7; MAX_MESSAGE_SIZE - 5]);
+
+    let body = big.clone();
+    let answering = thread::spawn(move || {
+        let mut frames = router.recv_multipart(0).expect("no request came");
+        let rid = frames.remove(0);
+        let req = decode_request(&frames).unwrap();
+        let mut out = vec![rid];
+        out.extend(encode_reply(Some(req.id), A, &body, &[]));
+        assert_eq!(out[3].len(), MAX_MESSAGE_SIZE);
+        router.send_multipart(out, 0).unwrap();
+        router
+    });
+    let r = c.call("alpha", "sys.ping", Value::Nil).map_err(|e| e.to_string());
+    drop(answering.join().unwrap());
+    assert!(r.as_ref().is_ok_and(|v| *v == big), "{:?}", r.map(|_| "a body of another size"));
+
+    let mut sub = c.subscribe("alpha", &["t"], SubscribeOptions::default()).unwrap();
+    assert_eq!(xpub.recv_bytes(0).expect("no subscription came"), b"\x01t");
+    xpub.send_multipart(encode_stream("t", 1, A, &big, &[]), 0).unwrap();
+    match sub.next(Some(Duration::from_secs(5))).unwrap() {
+        Some(StreamEvent::Message(m)) => assert_eq!((m.seq, m.body == big), (1, true)),
+        other => panic!("the message did not get through: {:?}", other.map(|_| "another event")),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
