@@ -196,14 +196,21 @@ def read_allowed(directory: Path) -> dict[bytes, str]:
 
 
 def read_allowed_with_problems(directory: Path) -> tuple[dict[bytes, str], list[str]]:
+    entries, problems = read_allowed_files(directory)
+    return {raw: name for raw, name in entries}, problems
+
+
+def read_allowed_files(directory: Path) -> tuple[list[tuple[bytes, str]], list[str]]:
+    """Every allowed key with the name of its file, one entry per file (two files may hold
+    one key: revoking it takes both), and what could not be read."""
     allowed = directory / ALLOWED
     try:
         check_private_dir(allowed)
     except KeyFileError:
         if not allowed.exists():
-            return {}, []
+            return [], []
         raise
-    out: dict[bytes, str] = {}
+    out: list[tuple[bytes, str]] = []
     problems: list[str] = []
     with os.scandir(allowed) as it:
         entries = sorted(e.name for e in it if e.name.endswith(PUBLIC_SUFFIX)
@@ -220,5 +227,5 @@ def read_allowed_with_problems(directory: Path) -> tuple[dict[bytes, str], list[
         except (OSError, KeyFileError) as exc:
             problems.append(str(exc))
             continue
-        out[z85.decode(pair.public)] = fname.removesuffix(PUBLIC_SUFFIX)
+        out.append((z85.decode(pair.public), fname.removesuffix(PUBLIC_SUFFIX)))
     return out, problems

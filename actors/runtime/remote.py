@@ -23,6 +23,8 @@ here is bounded.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections import Counter
@@ -52,33 +54,53 @@ HANDSHAKE_FAILURES = sum(HANDSHAKE_EVENTS)  # the monitor mask of those events
 
 
 class AllowList:
-    """The allow-list as last read, reloaded when its directory changes."""
+    """The allow-list as last read, reloaded when it changes: its directory or any file in
+    it (a key file rewritten in place, as an editor saves it, leaves the directory as it
+    was), their modes and owners included."""
 
     def __init__(self, keys_dir: Path) -> None:
         self.dir = keys_dir / curve.ALLOWED
         self.keys: dict[bytes, str] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[Any, ...] | None = None
+        self._refused = ""  # why the list was last refused, if it was
         self.reload()
 
-    def _stamp_now(self) -> tuple[int, int] | None:
+    def _stamp_now(self) -> tuple[Any, ...] | None:
         try:
             st = self.dir.stat()
+            entries = []
+            with os.scandir(self.dir) as it:
+                for e in it:  # (more than the list may hold is refused when it is read)
+                    if len(entries) > curve.MAX_ALLOWED:
+                        break
+                    with contextlib.suppress(OSError):
+                        f = e.stat(follow_symlinks=False)
+                        entries.append((e.name, f.st_ino, f.st_mtime_ns, f.st_ctime_ns,
+                                        f.st_size, f.st_mode, f.st_uid))
         except FileNotFoundError:
             return None
-        return (st.st_mtime_ns, st.st_ino)
+        except OSError:
+            return ("unreadable", time.monotonic())  # (never equal: read again, refused)
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode, st.st_uid,
+                tuple(sorted(entries)))
 
     def reload(self) -> set[bytes]:
         """Read the list if it changed; the keys that left it (their connections must go).
-        A list that cannot be trusted any more (opened to others) is read as empty."""
+        A list that cannot be trusted any more (opened to others) or read is read as
+        empty."""
         stamp = self._stamp_now()
         if stamp == self._stamp and stamp is not None:
             return set()
         self._stamp = stamp
         try:
             keys, problems = curve.read_allowed_with_problems(self.dir.parent)
-        except curve.KeyFileError as exc:
-            logger.error("allow-list refused, nobody is let in: {}", exc)
+        except (curve.KeyFileError, OSError) as exc:
+            if str(exc) != self._refused:  # (once, not at every handshake while it lasts)
+                logger.error("allow-list refused, nobody is let in: {}", exc)
+            self._refused = str(exc)
             keys, problems = {}, []
+        else:
+            self._refused = ""
         for p in problems:
             logger.warning("allow-list entry skipped: {}", p)
         gone = set(self.keys) - set(keys)
@@ -132,18 +154,27 @@ class Gatekeeper(threading.Thread):
                     for m in added:
                         self.monitors.append(m)
                         poller.register(m, zmq.POLLIN)
+                # (whatever fails in one of these is logged and the thread goes on: a dead
+                # gatekeeper would refuse every handshake, and hang the actor's stop)
                 if self.zap in ready:
-                    self._drain_zap()
+                    self._guarded(self._drain_zap)
                 for m in self.monitors:
                     if m in ready:
-                        self._drain_monitor(m)
+                        self._guarded(lambda m=m: self._drain_monitor(m))
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + RECHECK_S
-                    self._check_list()
+                    self._guarded(self._check_list)
         finally:
             for s in (self.zap, self._wake_in, *self.monitors, *self._added):
                 s.close(0)
+
+    @staticmethod
+    def _guarded(fn: Any) -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("gatekeeper: {} failed", getattr(fn, "__name__", fn))
 
     def _check_list(self) -> None:
         gone = self.allowed.reload()
@@ -159,7 +190,13 @@ class Gatekeeper(threading.Thread):
                 msg = self.zap.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.zap.send_multipart(self.answer(msg))
+            try:
+                reply = self.answer(msg)
+            except Exception:  # (refused, with a reason, and the next is answered)
+                logger.exception("gatekeeper: a ZAP request could not be answered")
+                reply = [*msg[:1], b"", b"1.0", msg[3] if len(msg) > 3 else b"", b"500",
+                         b"internal error", b"", b""]
+            self.zap.send_multipart(reply)
 
     def answer(self, msg: list[bytes]) -> list[bytes]:
         """One ZAP reply (RFC 27): 200 with the key's name as User-Id, or 400."""
@@ -173,7 +210,8 @@ class Gatekeeper(threading.Thread):
             name = self.allowed.keys.get(creds[0])
         if name is not None:
             self.accepted += 1
-            return [route, b"", b"1.0", request_id, b"200", b"OK", name.encode(), b""]
+            return [route, b"", b"1.0", request_id, b"200", b"OK",
+                    name.encode(errors="replace"), b""]  # (a file name need not be UTF-8)
         key = creds[0] if mechanism == b"CURVE" and creds and len(creds[0]) == 32 else b""
         reason = "unknown_key" if key else f"mechanism_{mechanism.decode(errors='replace')}"
         self.count_refusal(reason, address, key)
@@ -218,11 +256,17 @@ class Gatekeeper(threading.Thread):
         this thread started): handed over under the lock, the thread woken to poll it."""
         with self._refusals_lock:
             self._added.append(monitor)
-        self._wake_out.send(b"m")
+        self._wake()
+
+    def _wake(self) -> None:
+        # Never waits: a thread that is gone (or busy) has its end closed (or full), and a
+        # blocking send to it would hold the actor for good (its stop included).
+        with contextlib.suppress(zmq.Again):
+            self._wake_out.send(b"w", zmq.NOBLOCK)
 
     def close(self) -> None:
         self._closing = True
-        self._wake_out.send(b"x")
+        self._wake()
         self.join(timeout=2.0)
         self._wake_out.close(0)
 

@@ -89,13 +89,16 @@ def cmd_keys_allow(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     d = _dir()
     try:
-        keys = curve.read_allowed(d)
+        entries, _ = curve.read_allowed_files(d)
     except curve.KeyFileError as exc:  # (a dir open to others: its list is not trusted)
         raise CliError(str(exc)) from None
     target = args.key
+    # The key named, or given: every file that allows it goes (a copy left under another
+    # name would keep it allowed).
+    revoked = {raw for raw, name in entries if target in (name, z85.encode(raw).decode())}
     gone = []
-    for raw, name in keys.items():
-        if target in (name, z85.encode(raw).decode()):
+    for raw, name in entries:
+        if raw in revoked:
             (d / curve.ALLOWED / f"{name}{curve.PUBLIC_SUFFIX}").unlink()
             gone.append(name)
     if not gone:

@@ -1,0 +1,95 @@
+"""The gatekeeper of an actor's tcp side (actors/runtime/remote.py) on its own: the allow-list
+read again whatever changed in it, a ZAP request it cannot answer refused without the
+thread going, and `keys revoke` taking every file that allows the key."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import zmq
+from zmq.utils import z85
+
+from moorage.actors.runtime.remote import ZAP_ENDPOINT, AllowList, Gatekeeper
+from moorage.protocol import curve, remote
+from tests.remote_support import keys_cli, make_keys
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def rewrite_in_place(path: Path, pair: curve.KeyPair, scratch: Path) -> None:
+    """`path` given `pair`'s public key as an editor saves a file: the same file, new bytes
+    (neither the directory's mtime nor its inode change)."""
+    curve.write_certificate(scratch, pair, "a replacement")
+    data = scratch.read_bytes()
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+
+
+def test_a_key_file_rewritten_in_place_or_opened_to_others_is_read_again(tmp_path):
+    """(The list was read again only when its directory's mtime or inode changed: the key a
+    file held before it was rewritten stayed allowed, and one made writable by others was
+    still trusted.)"""
+    server_dir, _, client = make_keys(tmp_path)
+    listed = AllowList(server_dir)
+    old = z85.decode(client.public)
+    assert set(listed.keys) == {old} and listed.reload() == set()
+    new = curve.new_pair()
+    rewrite_in_place(server_dir / curve.ALLOWED / "editor.key", new, tmp_path / "x.key")
+    assert listed.reload() == {old}
+    assert listed.keys == {z85.decode(new.public): "editor"}
+    os.chmod(server_dir / curve.ALLOWED / "editor.key", 0o666)
+    assert listed.reload() == {z85.decode(new.public)} and listed.keys == {}
+
+
+def zap_request(key: bytes, rid: bytes) -> list[bytes]:
+    return [b"", b"1.0", rid, remote.ZAP_DOMAIN.encode(), b"127.0.0.1", b"", b"CURVE", key]
+
+
+def test_a_zap_request_that_cannot_be_answered_costs_no_other_and_the_stop_does_not_hang(
+        tmp_path):
+    """An allowed file whose name is not UTF-8 (only `keys allow` checks names): its key's
+    handshake is answered, the next one too, and the gatekeeper stops at once. (Encoding
+    the name raised, the thread died: every handshake after it went unanswered, and the
+    actor's stop waited for ever on its wake-up.)"""
+    server_dir, _, client = make_keys(tmp_path)
+    other = curve.new_pair()
+    allowed = os.fsencode(server_dir / curve.ALLOWED)
+    shutil.copy(server_dir / curve.ALLOWED / "editor.key", tmp_path / "copy.key")
+    rewrite_in_place(tmp_path / "copy.key", other, tmp_path / "x.key")
+    os.rename(tmp_path / "copy.key", allowed + b"/caf\xe9.key")
+    ctx = zmq.Context()
+    gate = Gatekeeper(ctx, server_dir, [], lambda: None)
+    gate.start()
+    asker = ctx.socket(zmq.DEALER)
+    asker.setsockopt(zmq.LINGER, 0)
+    asker.setsockopt(zmq.RCVTIMEO, 10_000)
+    asker.connect(ZAP_ENDPOINT)
+    try:
+        for rid, key in ((b"1", z85.decode(other.public)), (b"2", z85.decode(client.public))):
+            asker.send_multipart(zap_request(key, rid))
+            reply = asker.recv_multipart()
+            assert reply[2] == rid and reply[3] == b"200", reply
+        assert gate.is_alive()
+    finally:
+        asker.close(0)
+        stopper = threading.Thread(target=gate.close, daemon=True)
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive(), "the gatekeeper's stop hangs"
+        ctx.term()
+
+
+def test_revoking_a_key_takes_every_file_that_allows_it(tmp_path):
+    """(Two files held the key: the revoke took one, said so, and the key stayed allowed.)"""
+    server_dir, _, _ = make_keys(tmp_path)
+    shutil.copy(server_dir / curve.ALLOWED / "editor.key",
+                server_dir / curve.ALLOWED / "laptop.key")
+    out = keys_cli(server_dir, "revoke", "laptop")
+    assert out.returncode == 0, out.stderr
+    assert "editor" in out.stdout and "laptop" in out.stdout, out.stdout
+    assert curve.read_allowed(server_dir) == {}
