@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,26 @@ class ListenError(ValueError):
     """A listen address that cannot be served: not tcp://HOST:PORT, or ports out of range."""
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def check_host(host: str, what: str) -> str:
+    """`host` as ZeroMQ's tcp transport takes it: a name, an IPv4 address, or an IPv6
+    address in brackets (one without them gets them). ValueError for anything else (a user
+    name, a port, a space: ZeroMQ would fail to connect, or keep trying for ever)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare:
+        try:
+            return f"[{ipaddress.IPv6Address(bare)}]"
+        except ValueError:
+            pass
+    elif bare == host and len(host) <= 253 and _HOST_NAME.fullmatch(host):
+        return host
+    raise ValueError(f"{what}: {host!r} is not a host name, an IPv4 address or an IPv6 "
+                     "address")
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """`tcp://HOST:PORT` -> (host, port); HOST is an address or a name, [v6] in brackets."""
     if not isinstance(text, str) or not text.startswith("tcp://"):
@@ -58,13 +79,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port_text = rest.rpartition(":")
     if not sep or not host or not port_text.isdigit():
         raise ListenError(f"{text!r}: expected tcp://HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ListenError(f"{text!r}: {host} is not an IPv6 address") from None
-    elif host == "*" or any(c in host for c in "/[]"):
+    if host == "*":
         raise ListenError(f"{text!r}: name the interface's address (0.0.0.0 for all)")
+    if ":" in host and not host.startswith("["):  # (before a port, IPv6 takes brackets)
+        raise ListenError(f"{text!r}: an IPv6 address goes in brackets: tcp://[ADDR]:PORT")
+    try:
+        host = check_host(host, text)
+    except ValueError as exc:
+        raise ListenError(str(exc)) from None
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise ListenError(f"{text!r}: port {port} is out of range")
@@ -148,16 +170,18 @@ def _room(sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.MAXMSGSIZE, limit + CURVE_ROOM)
 
 
-def secure_server(sock: zmq.Socket, server: curve.KeyPair) -> None:
-    """Make the next bind of `sock` a CURVE server judged by the ZAP handler. libzmq takes a
-    socket's options when it binds, so an ipc endpoint bound before keeps the NULL mechanism
-    and its limits. Called once per socket."""
+def secure_server(sock: zmq.Socket, server: curve.KeyPair, endpoint: str = "") -> None:
+    """Make the next bind of `sock` (on `endpoint`) a CURVE server judged by the ZAP
+    handler. libzmq takes a socket's options when it binds, so an ipc endpoint bound before
+    keeps the NULL mechanism and its limits. Called once per socket."""
     assert server.secret is not None
     _room(sock)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, server.secret)
     sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler answering: nobody gets in
+    if endpoint.startswith("tcp://["):  # (libzmq's sockets are IPv4 only unless told; a
+        sock.setsockopt(zmq.IPV6, 1)    # dual one would name IPv4 peers ::ffff:a.b.c.d)
     _heartbeats(sock)
 
 
@@ -167,6 +191,7 @@ def secure_client(sock: zmq.Socket, server_key: bytes, client: curve.KeyPair) ->
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, client.public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, client.secret)
+    sock.setsockopt(zmq.IPV6, 1)  # (a tree on an IPv6 address too; IPv4 ones as before)
     _heartbeats(sock)
 
 
@@ -218,4 +243,4 @@ def target_from_file(path: str | Path, client: curve.KeyPair | None = None,
 
 def _with_host(endpoint: str, host: str) -> str:
     port = endpoint.rpartition(":")[2]
-    return f"tcp://{host}:{port}"
+    return f"tcp://{check_host(host, '--host')}:{port}"

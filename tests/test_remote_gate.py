@@ -93,3 +93,45 @@ def test_revoking_a_key_takes_every_file_that_allows_it(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "editor" in out.stdout and "laptop" in out.stdout, out.stdout
     assert curve.read_allowed(server_dir) == {}
+
+
+@pytest.mark.parametrize("host, taken", [
+    ("devbox", "devbox"), ("dev-box.example.org", "dev-box.example.org"),
+    ("10.0.0.7", "10.0.0.7"), ("[::1]", "[::1]"), ("::1", "[::1]"),
+    ("me@devbox", None), ("dev box", None), ("devbox:22", None), ("", None),
+    ("-devbox", None), ("[devbox]", None), ("a" * 300, None)])
+def test_a_host_given_for_a_tree_elsewhere_is_one_zeromq_can_reach(host, taken):
+    """(--host me@devbox made a client connect to an endpoint ZeroMQ refused; its socket
+    was left open and the command hung at exit.)"""
+    if taken is None:
+        with pytest.raises(ValueError):
+            remote.check_host(host, "--host")
+    else:
+        assert remote.check_host(host, "--host") == taken
+
+
+def test_a_curve_server_on_an_ipv6_address_answers_a_client(tmp_path):
+    """(An IPv6 listen address passed the checks and then could not be bound: libzmq's
+    sockets are IPv4 only unless told otherwise, on both ends.)"""
+    server_dir, client_dir, _ = make_keys(tmp_path)
+    host, _ = remote.parse_listen("tcp://[::1]:1")
+    ctx = zmq.Context()
+    gate = Gatekeeper(ctx, server_dir, [], lambda: None)
+    gate.start()
+    server = ctx.socket(zmq.ROUTER)
+    asker = ctx.socket(zmq.DEALER)
+    try:
+        remote.secure_server(server, curve.load_pair(server_dir, curve.SERVER),
+                             f"tcp://{host}:0")
+        port = server.bind_to_random_port(f"tcp://{host}")
+        remote.secure_client(asker, curve.load_pair(server_dir, curve.SERVER).public,
+                             curve.load_pair(client_dir, curve.CLIENT))
+        asker.connect(f"tcp://{host}:{port}")
+        asker.send(b"hello")
+        assert server.poll(10_000), "nothing came over IPv6"
+        assert server.recv_multipart()[1] == b"hello"
+    finally:
+        for sock in (server, asker):
+            sock.close(0)
+        gate.close()
+        ctx.term()

@@ -300,7 +300,7 @@ class TcpSide:
         """Bind `sock` on this actor's tcp endpoint of `kind` as a CURVE server (an actor's
         own socket beyond the two every actor has: the metrics actor's `in`)."""
         endpoint = self.endpoints[kind]
-        remote.secure_server(sock, self.server)
+        remote.secure_server(sock, self.server, endpoint)
         if kind not in ("rpc", "pub"):  # (those two are monitored as __init__ says)
             self._monitored.append(sock)
             self.gatekeeper.watch(sock.get_monitor_socket(HANDSHAKE_FAILURES))
