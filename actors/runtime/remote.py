@@ -16,7 +16,9 @@ on them) and binds them again, and the clients still allowed reconnect by themse
 milliseconds.
 
 Refusals are counted by reason and logged with the peer's address and the key's
-fingerprint, the first from an address and then at most once per LOG_EVERY_S, so a peer
+fingerprint (a handshake that fails before ZAP is asked is logged with the endpoint it came
+to: libzmq's monitor does not say whose it was), the first from an address (or of a reason
+at an endpoint) and then at most once per LOG_EVERY_S, so a peer
 hammering with refused keys (new ones each time or not) cannot fill the log. Every table
 here is bounded.
 """
@@ -44,6 +46,8 @@ RECHECK_S = 1.0  # the allow-list is looked at this often even with no handshake
 LOG_EVERY_S = 10.0
 MAX_LOG_KEYS = 1024  # peer addresses remembered for rate-limited logging
 REBIND_RETRY_S = 0.01  # an unbound tcp port is free again after libzmq's I/O thread closes it
+REBIND_RETRY_MAX_S = 1.0  # ... and while it is not, tried again at most this far apart
+REBIND_SAY_AFTER = 8  # tries (about 2.5 s) before it is logged
 # Handshake failures a monitor reports, by why the peer was refused.
 HANDSHAKE_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake",
@@ -217,22 +221,28 @@ class Gatekeeper(threading.Thread):
         self.count_refusal(reason, address, key)
         return [route, b"", b"1.0", request_id, b"400", b"key not allowed", b"", b""]
 
-    def count_refusal(self, reason: str, address: bytes, key: bytes = b"") -> None:
+    def count_refusal(self, reason: str, address: bytes, key: bytes = b"",
+                      endpoint: bytes = b"") -> None:
         """Count one refused peer and log it, the first from an address and then at most
-        once per LOG_EVERY_S. Any thread."""
+        once per LOG_EVERY_S; a refusal before ZAP knows no peer, only the `endpoint` it
+        came to (logged so, and at most once per LOG_EVERY_S for its reason there). Any
+        thread."""
         now = time.monotonic()
+        seen = address or reason.encode() + b" " + endpoint
         with self._refusals_lock:
             self.refused[reason] += 1
-            last = self._logged.get(address)
+            last = self._logged.get(seen)
             if last is not None and now - last < LOG_EVERY_S:
                 return
             if len(self._logged) >= MAX_LOG_KEYS:
                 self._logged.clear()
-            self._logged[address] = now
+            self._logged[seen] = now
             total = sum(self.refused.values())
         fp = z85.encode(key)[:8].decode() if key else "-"
-        logger.warning("refused a tcp client from {} (key {}: {}); {} refused so far",
-                       address.decode(errors="replace"), fp, reason, total)
+        where = (f"from {address.decode(errors='replace')}" if address else
+                 f"at {endpoint.decode(errors='replace')} (whose: libzmq does not say)")
+        logger.warning("refused a tcp client {} (key {}: {}); {} refused so far", where, fp,
+                       reason, total)
 
     def refusals(self) -> dict[str, int]:
         with self._refusals_lock:
@@ -247,7 +257,7 @@ class Gatekeeper(threading.Thread):
             reason = HANDSHAKE_EVENTS.get(ev["event"])
             if reason is None or reason == "auth":
                 continue  # (a ZAP refusal was counted and logged when it was answered)
-            self.count_refusal(reason, ev["endpoint"])
+            self.count_refusal(reason, b"", endpoint=ev["endpoint"])
 
     # --- from the actor's thread --------------------------------------------------------------
 
@@ -315,7 +325,7 @@ class TcpSide:
         reason = HANDSHAKE_EVENTS.get(event["event"])
         if reason is None or reason == "auth" or not event["endpoint"].startswith(b"tcp://"):
             return
-        self.gatekeeper.count_refusal(reason, event["endpoint"])
+        self.gatekeeper.count_refusal(reason, b"", endpoint=event["endpoint"])
 
     def rebind(self) -> None:
         """Close every tcp connection (a key was revoked); bind again once the ports are free."""
@@ -327,18 +337,26 @@ class TcpSide:
         self.rebinds += 1
         self.loop.call_later(REBIND_RETRY_S, self._bind_again)
 
-    def _bind_again(self) -> None:
+    def _bind_again(self, tries: int = 1) -> None:
+        """Bind what a revoke unbound again; while the port is not free (libzmq's I/O thread
+        closes it a moment later, or another process took it), tried again further apart, up
+        to REBIND_RETRY_MAX_S, and said once it has lasted REBIND_SAY_AFTER tries."""
         still: list[tuple[zmq.Socket, str]] = []
         for sock, endpoint in self._unbound:
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
-                if exc.errno != zmq.EADDRINUSE:
-                    logger.error("cannot bind {} again: {}", endpoint, exc)
+                if (exc.errno != zmq.EADDRINUSE and tries == 1) or tries == REBIND_SAY_AFTER:
+                    logger.error("cannot bind {} again ({}): this actor is not reachable "
+                                 "over tcp until it can; trying on", endpoint, exc)
                 still.append((sock, endpoint))
+            else:
+                if tries >= REBIND_SAY_AFTER:
+                    logger.info("bound {} again", endpoint)
         self._unbound = still
         if still:
-            self.loop.call_later(REBIND_RETRY_S, self._bind_again)
+            self.loop.call_later(min(REBIND_RETRY_MAX_S, REBIND_RETRY_S * 2 ** tries),
+                                 lambda: self._bind_again(tries + 1))
 
     def info(self) -> dict[str, Any]:
         g = self.gatekeeper
