@@ -86,6 +86,7 @@ class KeeperClient:
         self.connections = 0  # links made: more than one means a keeper (or we) restarted
         self.adopted = 0  # sessions handed to a keeper that had lost them (its predecessor's)
         self._waiting: dict[int, KeeperCallback] = {}
+        self._asking: dict[str, int] = {}  # session -> `pass` asked so far (ask_copies)
         self._next_r = 1
         self.subscribed: set[str] = set()  # topic prefixes subscribers asked for, ever
         self._until_ready: list[Callable[[bool], None]] = []
@@ -123,6 +124,7 @@ class KeeperClient:
         self.link = None
         self.welcomed = False
         self._awaiting_fds.clear()
+        self._asking.clear()  # (the next link's welcome passes every session we lack)
         waiting, self._waiting = self._waiting, {}
         for cb in waiting.values():
             cb(None, WireError.of("outcome_unknown", f"pty keeper connection lost ({reason})"))
@@ -269,12 +271,16 @@ class KeeperClient:
             if err is not None:
                 logger.error("session {}: the keeper could not take it: {}", s.id, err)
 
+        if not self.link.send_fds({"t": "adopt", "r": r, "s": s.id, "pid": s.pid,
+                                   "started": s.started, "tty": s.tty,
+                                   "cols": s.cols, "rows": s.rows, "meta": s.meta},
+                                  [s.master, s.ring.fd]):  # type: ignore[list-item]
+            # (no descriptor to send it with: the session stays ours alone, and is offered
+            # again at the next keeper link's welcome)
+            logger.error("session {}: not handed to the new keeper", s.id)
+            return
         self._waiting[r] = done
         self.adopted += 1
-        self.link.send_fds({"t": "adopt", "r": r, "s": s.id, "pid": s.pid,
-                            "started": s.started, "tty": s.tty,
-                            "cols": s.cols, "rows": s.rows, "meta": s.meta},
-                           [s.master, s.ring.fd])  # type: ignore[list-item]
         logger.info("session {}: handed to the new keeper", s.id)
 
     def _k_fds(self, msg: dict[str, Any]) -> None:
@@ -284,16 +290,23 @@ class KeeperClient:
         if fds is None:
             logger.error("session {}: its master and ring did not come", sid)
             if s is not None and s.ring is None:
-                self.ask_copies(s)
+                self.ask_copies(s)  # (a round already under way asks again itself)
             return
         master, ring_fd = fds
         if s is not None:  # a session we created: its copies
+            late = s.ring is None
             try:
                 s.take_custody(master, ring_fd)
             except (RingError, OSError) as exc:
                 logger.error("session {}: its copies cannot be used: {}", sid, exc)
                 close_all(fds)
                 self.ask_copies(s)
+                return
+            if late:  # what the keeper read meanwhile (its word of it found no ring here),
+                # perhaps a whole window, after which it waits for our ack to read on
+                s.keeper_paused = s.ring.room() <= 0
+                s.on_ring(s.ring.write_off)
+                self.flush_acks(s)
             return
         entry = next((e for e in self._entries if e["s"] == sid), None)
         if entry is None or sid not in self._awaiting_fds:
@@ -350,25 +363,36 @@ class KeeperClient:
         keeper could not send them; then they are asked for."""
         self.loop.call_later(FDS_WAIT_S, lambda: self.ask_copies(s))
 
-    def ask_copies(self, s: Session, tries: int = 0) -> None:
+    def ask_copies(self, s: Session) -> None:
         """Ask the keeper again for `s`'s master and ring, which we lack (they could not be
         sent or used: out of descriptors, on either side): without the ring no output of
-        the session is read here. Asked again, further apart, while the keeper still
-        cannot send them, at most COPIES_TRIES times."""
+        the session is read here. One round of asking a session at a time: asked again,
+        further apart, while they have not come and been used, at most COPIES_TRIES
+        times."""
+        if s.id not in self._asking:
+            self._asking[s.id] = 0
+            self._ask_copies(s)
+
+    def _ask_copies(self, s: Session) -> None:
+        tries = self._asking.get(s.id, 0)
         if self.link is None or not self.welcomed or self.sessions.get(s.id) is not s or \
                 s.ring is not None:
-            return  # (a new link's welcome passes every session we lack, anyway)
+            self._asking.pop(s.id, None)  # (a new link's welcome passes every one we lack)
+            return
         if tries >= COPIES_TRIES:
+            self._asking.pop(s.id, None)
             logger.error("session {}: no copies of its master and ring after {} tries; its "
                          "output is not read until the keeper link is made again", s.id, tries)
             return
+        self._asking[s.id] = tries + 1
 
-        def done(_r: dict[str, Any] | None, err: WireError | None) -> None:
-            if err is not None and err.name == "resource_exhausted":
-                self.loop.call_later(COPIES_RETRY_S * 2 ** tries,
-                                     lambda: self.ask_copies(s, tries + 1))
+        def again(_r: dict[str, Any] | None, _err: WireError | None) -> None:
+            # (whatever the answer: copies that came are in use by then, and the next round
+            # finds the ring; copies that did not come, or could not be used, are asked for
+            # again, never at once)
+            self.loop.call_later(COPIES_RETRY_S * 2 ** tries, lambda: self._ask_copies(s))
 
-        self.request({"t": "pass", "s": s.id}, done)
+        self.request({"t": "pass", "s": s.id}, again)
 
     def _k_out(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])

@@ -222,11 +222,13 @@ class Session:
     # --- output ---------------------------------------------------------------------------------
 
     def take_custody(self, master: int, ring_fd: int) -> None:
-        """Our copies of the session's master and ring, passed by the keeper."""
+        """Our copies of the session's master and ring, passed by the keeper (a ring that
+        cannot be used raises with nothing of ours changed: the caller closes both)."""
+        ring = SessionRing.open(ring_fd)
         self.drop_custody()
         os.set_blocking(master, False)
         self.master = master
-        self.ring = SessionRing.open(ring_fd)
+        self.ring = ring
 
     def drop_custody(self) -> None:
         fd, self.master = self.master, None
