@@ -9,18 +9,22 @@ Retry rules (see PROTOCOL.md, "Retries"):
     it says the request was not run and may run later (busy, stopping); `deadline_expired` is
     final: a retry resends the same frames, so the same deadline, which has passed;
   - an attempt that timed out is resent with the attempt timeout doubled, at most
-    TIMEOUT_RETRIES times (the seed's Timeout row: increase timeout, then cancel); an
-    idempotent op then fails `timeout`;
+    TIMEOUT_RETRIES times (the seed's Timeout row: increase timeout, then cancel); the last
+    resend waits to the call's deadline (an op that is slow, not lost, answers late: any copy's
+    reply, under the one id, ends the call), and an idempotent op then fails `timeout`;
   - a non-idempotent op may have run, so it is resent only *pinned* to the actor life it was
     sent to (the header's `ep`): that life's reply cache answers it (done), joins it (still
     running) or runs it (it never arrived), and any other life refuses it `outcome_unknown`.
     So a timed-out attempt, or a dropped tcp connection, resends it pinned when the actor's
     epoch was known at the first send; else, and at the deadline, it fails `outcome_unknown`.
-    On ipc a dropped connection means the actor's process ended: it fails at once;
+    On ipc a dropped connection means the actor's process ended: it fails at once. A drop
+    makes the epoch known no more (the next life has another), and a call whose send saw one
+    is not pinned: the life it went to is not known;
   - every wait is capped exponential back-off, or the actor's `retry_after_ms`;
-  - the breaker of the actor sees each transport failure and each reply; it gates new
-    calls and resends of calls known not to have run, never a pinned resend (ending that
-    `circuit_open`, "not sent", would be untrue of a call that was).
+  - the breaker of the actor sees each transport failure and each reply, a late one that no
+    call waits for any more included (PROTOCOL.md section 11: any reply is a success); it
+    gates new calls and resends of calls known not to have run, never a pinned resend (ending
+    that `circuit_open`, "not sent", would be untrue of a call that was).
 
 Each call's end-to-end time is recorded once, when its plan says it is over (`Done`), with its
 outcome: see _latency.py for what is kept and how it can reach the metrics actor.
@@ -188,9 +192,21 @@ class CallPlan:
         return self.core.options.attempt_timeout * 2 ** self.timeout_retries
 
     def attempt_deadline(self, now: float) -> float:
-        if self.idempotent or (self.pin is not None and self.timeout_retries < TIMEOUT_RETRIES):
+        """The ladder's attempts are resent when they time out; past them (and for a call
+        that may not be resent at all) the attempt lasts to the call's deadline."""
+        if (self.idempotent or self.pin is not None) and self.timeout_retries < TIMEOUT_RETRIES:
             return min(self.deadline, now + self.attempt_timeout())
         return self.deadline
+
+    def unpin(self, wait: Wait) -> Wait:
+        """A drop was told right after this call was sent, and the call takes it for one older
+        than the send: the life its pin names may be gone, and a resend pinned to it would be
+        refused `outcome_unknown` by the successor the call went to, where it may run. Not
+        pinned, it has one attempt, to its deadline (`wait` the attempt's wait until now)."""
+        if self.pinned_by is not None or self.pin is None:
+            return wait
+        self.pin = None
+        return Wait(self.deadline)
 
     def _pin(self, why: str) -> None:
         """From now on the frames carry `ep`: only the life they may have run in may take
@@ -250,10 +266,6 @@ class CallPlan:
             self.retries += 1
             self.timeout_retries += 1
             return Resend(0.0)
-        if self.timeout_retries >= TIMEOUT_RETRIES:
-            return self.done(now, error=WireError.of(
-                "timeout", f"no reply in {self.attempts} attempts (last waited "
-                f"{self.attempt_timeout():.3g}s); cancelled"))
         self.retries += 1
         self.timeout_retries += 1
         return Resend(min(self.core.options.backoff.delay(self.retries - 1),
@@ -281,7 +293,7 @@ class CallPlan:
     def _detail(self, told: dict[str, Any] | None) -> dict[str, Any]:
         """outcome_unknown's detail: the epoch the call went to, the one that answered (None
         if none did), its id and the session it names; what the actor `told` is kept."""
-        detail: dict[str, Any] = {"old_epoch": self.pin or self.core.epochs.get(self.actor),
+        detail: dict[str, Any] = {"old_epoch": self.pin or self.core.heard.get(self.actor),
                                   "new_epoch": None, "request_id": self.id, **(told or {})}
         if self.session is not None:
             detail["session"] = self.session
@@ -344,7 +356,11 @@ class ClientCore:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.latency = LatencyBook(pushing=self.options.metrics_name is not None)
         self.pusher: LatencyPusher | None = None
-        self.epochs: dict[str, str] = {}  # the epoch each actor last answered with
+        # The epoch each actor last answered with, forgotten when its connection drops (a
+        # call made then is not pinned to a life that may be gone); `heard` keeps it.
+        self.epochs: dict[str, str] = {}
+        self.heard: dict[str, str] = {}
+        self.ended: dict[str, str] = {}  # ipc: the life of each actor a drop ended
         self.learned: dict[str, frozenset[str]] = {}  # actor -> its idempotent ops (sys.info)
         self.resumable: dict[str, frozenset[str]] = {}  # ... and its resumable ones
         self.restarts_seen: dict[str, int] = {}
@@ -378,6 +394,16 @@ class ClientCore:
             if isinstance(name, str) and isinstance(d, dict) and d.get("resumable"))
         return known
 
+    def replay_timeout(self, end: float | None) -> float | None:
+        """The time of one replay page asked for by a subscription's `next()` that must return
+        by `end` (monotonic; None: no bound, the client's timeout): what is left of it, never
+        more than a call's timeout, and at least one attempt's, so that a caller polling with
+        `next(timeout=0)` still gets a gap repaired rather than reported lost."""
+        if end is None:
+            return None
+        opts = self.options
+        return min(opts.timeout, max(opts.attempt_timeout, end - _monotonic()))
+
     def breaker(self, actor: str) -> CircuitBreaker:
         b = self.breakers.get(actor)
         if b is None:
@@ -388,11 +414,31 @@ class ClientCore:
     def note_epoch(self, actor: str, epoch: str) -> None:
         """A new epoch in a reply: the actor restarted since we last heard from it, and what
         was in flight to its predecessor may not have run (PROTOCOL.md, section 8)."""
-        old = self.epochs.get(actor)
-        if old != epoch and epoch:
+        if not epoch:
+            return
+        if self.ended.get(actor) != epoch:
+            self.epochs[actor] = epoch
+        old = self.heard.get(actor)
+        if old != epoch:
             if old is not None:
                 self.restarts_seen[actor] = self.restarts_seen.get(actor, 0) + 1
-            self.epochs[actor] = epoch
+            self.heard[actor] = epoch
+
+    def dropped(self, actor: str) -> None:
+        """`actor`'s connection dropped: the life that answered last may be gone, and a call
+        pinned to it would be refused by its successor (PROTOCOL.md section 10). On ipc it
+        is gone (a connection drops when the process ends): a reply of that life read after
+        the drop was told was sent before it, and does not make its epoch known again."""
+        epoch = self.epochs.pop(actor, None)
+        if epoch is not None and self.remote is None:
+            self.ended[actor] = epoch
+
+    def late_reply(self, actor: str, now: float) -> None:
+        """A reply no call waits for (its call ended before it came): the actor answered,
+        which its breaker counts as a success as any reply (PROTOCOL.md section 11)."""
+        br = self.breakers.get(actor)
+        if br is not None and (br.failures or br.state is not _CLOSED):
+            br.record_success(now)
 
     def record_call(self, actor: str, op: str, seconds: float, ok: bool) -> None:
         self.latency.record(actor, op, int(seconds * 1e6), ok)

@@ -55,6 +55,10 @@ StreamEvent = StreamMessage | Loss | Reset
 
 # Topics whose messages carry `{offset}` and the bytes as attachment 0, de-duplicated by offset.
 OFFSET_TOPIC_PREFIX = "term.out."
+# Frames that give no event (duplicates, welcomes, undecodable ones) a subscription's `next()`
+# reads on past its timeout: as many as a topic retains, the duplicates a repaired gap can
+# leave queued behind its replay.
+IDLE_FRAMES_PAST_DEADLINE = 10_000
 
 
 @dataclass
@@ -69,6 +73,9 @@ class _TopicState:
     # delivered first (their gaps cannot be replayed any more: Loss), and the Reset comes
     # with the first message of the newer epoch.
     successor: str | None = None
+    # The last replay page moved `last` on by nothing (the publisher had nothing new, or a
+    # held message came after it): one more such page for this gap is a failed replay.
+    stalled: bool = False
 
 
 class StreamTracker:
@@ -181,7 +188,9 @@ class StreamTracker:
     def on_replay(
         self, topic: str, answer: dict[str, Any], attachments: list[bytes]
     ) -> tuple[list[StreamEvent], NeedReplay | None]:
-        """Feed the `replay` op's answer; returns events and maybe the next page to ask for."""
+        """Feed the `replay` op's answer; returns events and maybe the next page to ask for.
+        An answer this tracker cannot follow (not of the op's shape, or a page that does not
+        move the topic on) is a failed replay: the gap is reported lost."""
         events, need = self._on_replay(topic, answer, attachments)
         if need is not None:
             self.replays_asked += 1
@@ -191,6 +200,8 @@ class StreamTracker:
         self, topic: str, answer: dict[str, Any], attachments: list[bytes]
     ) -> tuple[list[StreamEvent], NeedReplay | None]:
         st = self.topics[topic]
+        if not _well_formed(answer, len(attachments)):
+            return self._on_replay_failed(topic)
         out: list[StreamEvent] = []
         epoch = answer.get("epoch", st.epoch)
         if st.epoch is None:
@@ -200,48 +211,81 @@ class StreamTracker:
             # but its messages still queued in our socket come first; the newer epoch starts
             # (with a Reset) at its first message or welcome.
             st.successor = epoch
-            return self._on_replay_failed(topic), None
+            return self._on_replay_failed(topic)
+        before = st.last
         lost = answer.get("lost")
         if lost and lost[1] > st.last:
             out.append(Loss(topic, max(lost[0], st.last + 1), lost[1], epoch))
             st.last = lost[1]
         i = 0
-        for seq, body, n_att in answer.get("messages", []):
+        for seq, body, n_att in answer.get("messages", ()):
             atts = attachments[i : i + n_att]
             i += n_att
             if seq == st.last + 1:
                 st.last = seq
                 out.append(StreamMessage(topic, seq, epoch, body, atts))
-        if answer.get("more"):
+        more = answer.get("more")
+        if st.last == before and (more or st.stalled):
+            # A page cut with nothing in it, or a second answer in a row that leaves the gap
+            # where it was: asking again would loop for as long as the publisher answers so.
+            # (One answer with nothing new is honest when the held message that still shows
+            # a gap was published after it: that one is asked again.)
+            st.stalled = False
+            return self._on_replay_failed(topic)
+        if more:
+            st.stalled = False
             return out, NeedReplay(topic, st.last + 1)
+        st.stalled = st.last == before
         self.replaying.discard(topic)
         # Messages that arrived during the replay: deliver those past it, in order.
-        held = self.held.pop(topic, [])
-        for m in sorted(held, key=lambda m: m.seq):
+        events, need = self._deliver_held(topic)
+        if need is None:
+            st.stalled = False
+        return out + events, need
+
+    def replay_failed(self, topic: str) -> tuple[list[StreamEvent], NeedReplay | None]:
+        """The replay itself failed (publisher gone): report the gap as lost, go on with the
+        held messages; returns events and maybe the replay a later gap among them needs."""
+        events, need = self._on_replay_failed(topic)
+        if need is not None:
+            self.replays_asked += 1
+        return self._dedup(events), need
+
+    def on_replay_failed(self, topic: str) -> list[StreamEvent]:
+        """As `replay_failed`, for a caller that asks no further replay (it is giving up,
+        or cannot): a later gap among the held messages is reported lost too, so the topic
+        is never left waiting for a replay nobody sends."""
+        events, need = self._on_replay_failed(topic)
+        while need is not None:
+            more, need = self._on_replay_failed(need.topic)
+            events += more
+        return self._dedup(events)
+
+    def _on_replay_failed(self, topic: str) -> tuple[list[StreamEvent], NeedReplay | None]:
+        st = self.topics[topic]
+        held = self.held.get(topic)
+        self.replaying.discard(topic)
+        out: list[StreamEvent] = []
+        if held:
+            first = min(held, key=lambda m: m.seq)
+            if first.epoch in (st.epoch, None) and first.seq > st.last + 1:
+                out.append(Loss(topic, st.last + 1, first.seq - 1, st.epoch))
+                st.last = first.seq - 1
+        events, need = self._deliver_held(topic)
+        return out + events, need
+
+    def _deliver_held(self, topic: str) -> tuple[list[StreamEvent], NeedReplay | None]:
+        """The messages held during a replay, in seq order, as if they came now; one that
+        shows a gap holds itself and the rest again, and returns the replay it needs."""
+        held = sorted(self.held.pop(topic, []), key=lambda m: m.seq)
+        out: list[StreamEvent] = []
+        for i, m in enumerate(held):
             events, need = self._on_message(m)
             out.extend(events)
             if need is not None:
-                rest = [x for x in held if x.seq > m.seq]
-                self.held.setdefault(topic, []).extend(rest)
+                self.held.setdefault(topic, []).extend(held[i + 1 :])
                 return out, need
         return out, None
-
-    def on_replay_failed(self, topic: str) -> list[StreamEvent]:
-        """The replay itself failed (publisher gone): report the gap as lost, go on."""
-        return self._dedup(self._on_replay_failed(topic))
-
-    def _on_replay_failed(self, topic: str) -> list[StreamEvent]:
-        st = self.topics[topic]
-        held = sorted(self.held.pop(topic, []), key=lambda m: m.seq)
-        self.replaying.discard(topic)
-        out: list[StreamEvent] = []
-        if held and held[0].epoch in (st.epoch, None) and held[0].seq > st.last + 1:
-            out.append(Loss(topic, st.last + 1, held[0].seq - 1, st.epoch))
-            st.last = held[0].seq - 1
-        for m in held:
-            events, _ = self._on_message(m)
-            out.extend(events)
-        return out
 
     def catch_up(self) -> list[NeedReplay]:
         """Replays that would reveal a lost tail: for every topic seen (and not being replayed
@@ -284,3 +328,29 @@ class StreamTracker:
                                      attachments=[data[cut:], *ev.attachments[1:]])
             self.next_offset[ev.topic] = max(end, expected or 0)
         return out if out is events else [e for e in out if e is not None]
+
+
+def _well_formed(answer: Any, n_attachments: int) -> bool:
+    """Is `answer` of the `replay` op's shape (PROTOCOL.md section 12), with no more
+    attachments claimed than came? Anything else (a publisher's bug, or a hostile one) is a
+    failed replay, never an exception that leaves the topic held."""
+    if type(answer) is not dict:
+        return False
+    epoch = answer.get("epoch")
+    if epoch is not None and type(epoch) is not str:
+        return False
+    lost = answer.get("lost")
+    if lost is not None and not (type(lost) in (list, tuple) and len(lost) == 2
+                                 and type(lost[0]) is int and type(lost[1]) is int
+                                 and lost[0] <= lost[1]):
+        return False
+    messages = answer.get("messages", ())
+    if type(messages) not in (list, tuple):
+        return False
+    claimed = 0
+    for m in messages:
+        if not (type(m) in (list, tuple) and len(m) == 3 and type(m[0]) is int
+                and type(m[2]) is int and m[2] >= 0):
+            return False
+        claimed += m[2]
+    return claimed <= n_attachments

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,12 @@ from moorage.protocol.client._core import (
     Wait,
     monitor_events,
 )
-from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from moorage.protocol.client._streams import (
+    IDLE_FRAMES_PAST_DEADLINE,
+    NeedReplay,
+    StreamEvent,
+    StreamTracker,
+)
 from moorage.protocol.client.constructors import FromConnectionFile
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
@@ -34,8 +39,17 @@ from moorage.protocol.monitor import parse
 from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
 
-_DISCONNECT = object()
 _REFUSED = object()  # the tree refused our key at a handshake while the call waited
+
+
+class _Dropped:
+    """The connection dropped, starting `generation`: a call last sent in an earlier one
+    acts on it; one sent since (it waited out a `busy` meanwhile) went to the new connection."""
+
+    __slots__ = ("generation",)
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
 
 
 async def _send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
@@ -48,13 +62,25 @@ async def _send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
         pass
 
 
+def _configured(sock: zmq.asyncio.Socket, configure: Callable[[], None]) -> zmq.asyncio.Socket:
+    """`sock` once `configure` ran; closed if it raised (sync._closed_on_error)."""
+    try:
+        configure()
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock
+
+
 class _AConn:
     def __init__(self, core: ClientCore, ctx: zmq.asyncio.Context, actor: str) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        core.configure_dealer(self.sock, actor)
+        sock = ctx.socket(zmq.DEALER)
+        self.sock = _configured(sock, lambda: core.configure_dealer(sock, actor))
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.waiters: dict[int, asyncio.Queue] = {}
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
+        self.core, self.actor = core, actor
+        self.generation = 0  # drops told so far
         self.tasks = [
             asyncio.ensure_future(self._read()),
             asyncio.ensure_future(self._watch()),
@@ -70,9 +96,16 @@ class _AConn:
             rid = reply.id
         except DecodeError as exc:
             reply, rid = exc, exc.request_id
+        else:
+            # Its epoch is known from now, not from when its call's task runs: a drop told in
+            # between forgets it (ClientCore.dropped), as it forgets any it came before.
+            if reply.epoch != self.core.epochs.get(self.actor):
+                self.core.note_epoch(self.actor, reply.epoch)
         q = self.waiters.get(rid)  # type: ignore[arg-type]
         if q is not None:
             q.put_nowait(reply)
+        elif isinstance(reply, Reply):
+            self.core.late_reply(self.actor, time.monotonic())
 
     async def _deliver_queued(self) -> None:
         """Hand out the replies already in the socket's queue. The actor's I/O thread queues
@@ -95,9 +128,12 @@ class _AConn:
                     for q in self.waiters.values():
                         q.put_nowait(_REFUSED)
             if ev["event"] == zmq.EVENT_DISCONNECTED:
+                self.generation += 1
                 await self._deliver_queued()
+                self.core.dropped(self.actor)  # (after the epochs of those replies: _deliver)
+                dropped = _Dropped(self.generation)
                 for q in self.waiters.values():
-                    q.put_nowait(_DISCONNECT)
+                    q.put_nowait(dropped)
 
     async def close(self) -> None:
         for t in self.tasks:
@@ -163,6 +199,7 @@ class AsyncClient(FromConnectionFile):
         conn = self._conn(actor)
         inbox: asyncio.Queue = asyncio.Queue()
         conn.waiters[plan.id] = inbox
+        sent_in = conn.generation  # the connection the last send went out on
         try:
             verdict: Done | Wait | Resend = plan.start(time.monotonic())
             if isinstance(verdict, Wait):
@@ -178,18 +215,28 @@ class AsyncClient(FromConnectionFile):
                         await asyncio.sleep(verdict.delay)
                     verdict = plan.resend(time.monotonic())
                     if isinstance(verdict, Wait):
+                        sent_in = conn.generation
                         await _send(conn.sock, plan.frames)
                     continue
                 if conn.key_refused:  # (the tree does not take this key: no reply can come)
                     verdict = plan.on_refused(time.monotonic())
                     continue
-                left = verdict.until - time.monotonic()
-                try:
-                    item = await asyncio.wait_for(inbox.get(), max(0.0, left))
-                except TimeoutError:
-                    verdict = plan.on_timeout(time.monotonic())
-                    continue
-                if item is _DISCONNECT:
+                if inbox.empty():
+                    left = verdict.until - time.monotonic()
+                    try:
+                        # (with a timeout of 0, wait_for gives up before get() has run)
+                        item = await asyncio.wait_for(inbox.get(), max(0.0, left))
+                    except TimeoutError:
+                        verdict = plan.on_timeout(time.monotonic())
+                        continue
+                else:
+                    item = inbox.get_nowait()
+                if type(item) is _Dropped:
+                    if item.generation <= sent_in:
+                        # Dropped before the last send: not under it. The epoch it was
+                        # pinned to (if any) may be the life that drop ended.
+                        verdict = plan.unpin(verdict)
+                        continue
                     verdict = plan.on_disconnect(time.monotonic())
                     continue
                 if item is _REFUSED:
@@ -254,24 +301,31 @@ class AsyncSubscription:
     ) -> None:
         self.client = client
         self.actor = actor
-        self.sock = client.ctx.socket(zmq.SUB)
-        client.core.configure_sub(self.sock, actor, topics)
+        sock = client.ctx.socket(zmq.SUB)
+        self.sock = _configured(sock, lambda: client.core.configure_sub(sock, actor, topics))
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
-    async def _replay(self, need: NeedReplay | None) -> None:
+    async def _replay(self, need: NeedReplay | None, end: float | None = None) -> None:
+        """See Subscription._replay; a cancellation (a caller's wait_for around next()) ends
+        the replay as a failed one before it goes on."""
         while need is not None:
+            topic = need.topic
             try:
                 reply = await self.client.request(
-                    self.actor, "replay", {"topic": need.topic, "from_seq": need.from_seq})
+                    self.actor, "replay", {"topic": topic, "from_seq": need.from_seq},
+                    timeout=self.client.core.replay_timeout(end))
+                events, need = self.tracker.on_replay(topic, reply.body, reply.attachments)
             except MoorageError:
-                self._ready.extend(self.tracker.on_replay_failed(need.topic))
-                return
-            events, need = self.tracker.on_replay(need.topic, reply.body, reply.attachments)
+                events, need = self.tracker.replay_failed(topic)
+            except BaseException:
+                self._ready.extend(self.tracker.on_replay_failed(topic))
+                raise
             self._ready.extend(events)
 
     async def next(self, timeout: float | None = None) -> StreamEvent | None:
         end = None if timeout is None else time.monotonic() + timeout
+        idle = 0  # frames read past `end` that gave no event (see Subscription.next)
         while not self._ready:
             left = None if end is None else max(0.0, end - time.monotonic())
             try:
@@ -281,16 +335,28 @@ class AsyncSubscription:
             try:
                 msg = decode_stream(frames)
             except DecodeError:
-                continue
-            events, need = self.tracker.on_message(msg)
-            self._ready.extend(events)
-            await self._replay(need)
+                msg = None
+            if msg is not None:
+                events, need = self.tracker.on_message(msg)
+                self._ready.extend(events)
+                if need is not None:
+                    await self._replay(need, end)
+            if not self._ready and end is not None and time.monotonic() >= end:
+                idle += 1
+                if idle > IDLE_FRAMES_PAST_DEADLINE:
+                    return None
         return self._ready.pop(0)
 
     async def catch_up(self) -> None:
         """Ask for what may have been lost at the end of a burst: see Subscription.catch_up."""
-        for need in self.tracker.catch_up():
-            await self._replay(need)
+        needs = self.tracker.catch_up()
+        for i, need in enumerate(needs):
+            try:
+                await self._replay(need)
+            except BaseException:
+                for rest in needs[i + 1 :]:  # (marked as replaying, not asked yet)
+                    self._ready.extend(self.tracker.on_replay_failed(rest.topic))
+                raise
 
     def close(self) -> None:
         if self.sock.closed:

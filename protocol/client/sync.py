@@ -6,7 +6,7 @@ Not thread-safe: give each thread its own `Client` (ZeroMQ sockets belong to one
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,12 @@ from moorage.protocol.client._core import (
     Wait,
     monitor_events,
 )
-from moorage.protocol.client._streams import NeedReplay, StreamEvent, StreamTracker
+from moorage.protocol.client._streams import (
+    IDLE_FRAMES_PAST_DEADLINE,
+    NeedReplay,
+    StreamEvent,
+    StreamTracker,
+)
 from moorage.protocol.client.constructors import FromConnectionFile
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
 from moorage.protocol.errors import MoorageError
@@ -49,7 +54,7 @@ def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
 
 def _answer(frames: list[bytes], plan: CallPlan) -> Done | Resend | None:
     """What a message received while `plan` waits means for it: None if it is not its reply
-    (a late reply to an earlier attempt or call)."""
+    (a late reply to an earlier call)."""
     try:
         reply = decode_reply(frames)
     except DecodeError as exc:
@@ -57,20 +62,41 @@ def _answer(frames: list[bytes], plan: CallPlan) -> Done | Resend | None:
             return plan.done(time.monotonic(), error=exc.error)
         return None
     if reply.id != plan.id:
+        plan.core.late_reply(plan.actor, _monotonic())
         return None
     return plan.on_reply(reply, _monotonic())
 
 
+def _closed_on_error(sock: zmq.Socket, configure: Callable[[], None]) -> zmq.Socket:
+    """`sock` once `configure` ran; closed if it raised (an ipc path too long, an actor the
+    connection file does not name): a socket left open would hold the context's term()."""
+    try:
+        configure()
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock
+
+
+def _dropped_at_send(plan: CallPlan, verdict: Wait) -> Wait | Resend | Done:
+    """A drop told right after `plan` was sent: it may be older than the send, or may have
+    taken it along (see Client.request)."""
+    if plan.idempotent or plan.resumable:
+        return plan.on_disconnect(_monotonic())
+    return plan.unpin(verdict)
+
+
 class _Conn:
     def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        core.configure_dealer(self.sock, actor)
+        sock = ctx.socket(zmq.DEALER)
+        self.sock = _closed_on_error(sock, lambda: core.configure_dealer(sock, actor))
         self.sock.setsockopt(zmq.RCVTIMEO, WAIT_SLICE_MS)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
 
     def disconnected(self) -> bool:
-        """Did the actor's connection drop since we last looked?"""
+        """Did the actor's connection drop since we last looked? (The caller tells the core,
+        ClientCore.dropped, once it has read the replies sent before the drop.)"""
         dropped = False
         while readable(self.monitor):  # (asked before every call: no Poller per look)
             ev = recv_event(self.monitor)["event"]
@@ -154,9 +180,11 @@ class Client(FromConnectionFile):
             # which costs at worst a second copy its actor joins to the first, where taking
             # the drop for an old one cost the attempt's whole timeout. Any other call may
             # not be sent twice: it takes the drop for an old one, and a lost request ends by
-            # its attempt timeout or deadline, as a call to a hung actor does.
-            if conn.disconnected() and (plan.idempotent or plan.resumable):
-                verdict = plan.on_disconnect(_monotonic())
+            # its attempt timeout or deadline, as a call to a hung actor does; and its pin,
+            # taken before the send, may name a life the drop ended: it is not pinned.
+            if conn.disconnected():
+                self.core.dropped(actor)
+                verdict = _dropped_at_send(plan, verdict)
         while True:
             if isinstance(verdict, Wait):
                 verdict = self._wait(conn, plan, verdict.until)
@@ -171,6 +199,12 @@ class Client(FromConnectionFile):
                 verdict = plan.resend(_monotonic())
                 if isinstance(verdict, Wait):
                     _send(conn.sock, plan.frames)
+                    # As at the first send: a drop told now may be older than the resend
+                    # (the actor was replaced while the call waited out a `busy`), and the
+                    # resend then runs on the successor.
+                    if conn.disconnected():
+                        self.core.dropped(actor)
+                        verdict = _dropped_at_send(plan, verdict)
 
     def _wait(self, conn: _Conn, plan: CallPlan, until: float) -> Done | Wait | Resend:
         sock = conn.sock
@@ -180,7 +214,8 @@ class Client(FromConnectionFile):
                 verdict = _answer(frames, plan)
                 if verdict is not None:
                     return verdict
-                continue
+                # (not its reply: the clock is read all the same, or replies to other ids
+                # that never stop coming would hold the call past its deadline)
             now = time.monotonic()
             if now >= until:
                 return plan.on_timeout(now)
@@ -192,7 +227,9 @@ class Client(FromConnectionFile):
                 while (frames := try_recv(sock)) is not None:
                     verdict = _answer(frames, plan)
                     if verdict is not None:
+                        self.core.dropped(plan.actor)
                         return verdict
+                self.core.dropped(plan.actor)
                 return plan.on_disconnect(now)
             if conn.key_refused:  # (the tree does not take this key: no reply can come)
                 return plan.on_refused(now)
@@ -236,9 +273,13 @@ class Client(FromConnectionFile):
         if self.core.should_learn(actor, "", idempotent):
             self.learn_ops(actor, timeout)
         conn = self._conn(actor)
-        conn.disconnected()  # a drop before these calls is not theirs
+        if conn.disconnected():  # a drop before these calls is not theirs
+            self.core.dropped(actor)
         it = iter(calls)
         plans: dict[int, tuple[int, CallPlan]] = {}
+        # Calls refused `busy` or `stopping`: when each is sent again (its back-off, or the
+        # actor's retry_after_ms, as for a single call). Not in flight meanwhile.
+        due: dict[int, float] = {}
         results: list[Any] = []
         index = 0
         exhausted = False
@@ -249,19 +290,32 @@ class Client(FromConnectionFile):
                     reply = decode_reply(frames)
                 except DecodeError:
                     continue
+                now = time.monotonic()
                 entry = plans.get(reply.id)  # type: ignore[arg-type]
-                if entry is None:
+                if entry is None or reply.id in due:
+                    self.core.late_reply(actor, now)
                     continue
                 i, p = entry
-                v = p.on_reply(reply, time.monotonic())
+                v = p.on_reply(reply, now)
                 if isinstance(v, Resend):
-                    # Resent at once: a pipeline does not hold one call back for a delay.
-                    v = p.resend(time.monotonic())
-                    if isinstance(v, Wait):
-                        _send(conn.sock, p.frames)
-                        continue
+                    due[reply.id] = now + v.delay  # type: ignore[index]
+                    continue
                 del plans[reply.id]  # type: ignore[arg-type]
                 results[i] = v.error if v.error is not None else v.reply.body
+
+        def resend_due() -> None:
+            now = time.monotonic()
+            for rid, at in list(due.items()):
+                if at > now:
+                    continue
+                del due[rid]
+                i, p = plans[rid]
+                v = p.resend(now)
+                if isinstance(v, Wait):
+                    _send(conn.sock, p.frames)
+                else:
+                    results[i] = v.error
+                    del plans[rid]
 
         while True:
             while not exhausted and len(plans) < window:
@@ -281,13 +335,18 @@ class Client(FromConnectionFile):
                 index += 1
             if not plans:
                 return results
+            if due:
+                resend_due()  # (looked at every WAIT_SLICE_MS at most: the poll below)
             # Plans share one timeout and are kept in creation order: the first is due first.
             deadline = next(iter(plans.values()))[1].deadline
             left = deadline - time.monotonic()
             if conn.disconnected():
                 take_replies()  # (sent before the drop: read before it is told, as in _wait)
+                self.core.dropped(actor)
                 now = time.monotonic()
                 for rid, (i, p) in list(plans.items()):
+                    if rid in due:  # not in flight: its resend goes to whoever is there then
+                        continue
                     v = p.on_disconnect(now)
                     if isinstance(v, Resend):
                         v = p.resend(now)
@@ -305,6 +364,7 @@ class Client(FromConnectionFile):
                         if isinstance(v, Done):
                             results[i] = v.error
                             del plans[rid]
+                            due.pop(rid, None)
                 continue
             take_replies()
 
@@ -343,25 +403,33 @@ class Subscription:
     ) -> None:
         self.client = client
         self.actor = actor
-        self.sock = client.ctx.socket(zmq.SUB)
-        client.core.configure_sub(self.sock, actor, topics)
+        sock = client.ctx.socket(zmq.SUB)
+        self.sock = _closed_on_error(sock, lambda: client.core.configure_sub(sock, actor, topics))
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
-    def _replay(self, need: NeedReplay | None) -> None:
+    def _replay(self, need: NeedReplay | None, end: float | None = None) -> None:
+        """Replay until the gap is filled or reported lost, by `end` (ClientCore.replay_timeout).
+        Whatever ends it early (an interrupt) ends it as a failed replay first: the topic is
+        never left held, waiting for an answer nobody will read."""
         while need is not None:
+            topic = need.topic
             try:
                 reply = self.client.request(
-                    self.actor, "replay", {"topic": need.topic, "from_seq": need.from_seq})
+                    self.actor, "replay", {"topic": topic, "from_seq": need.from_seq},
+                    timeout=self.client.core.replay_timeout(end))
+                events, need = self.tracker.on_replay(topic, reply.body, reply.attachments)
             except MoorageError:
-                self._ready.extend(self.tracker.on_replay_failed(need.topic))
-                return
-            events, need = self.tracker.on_replay(need.topic, reply.body, reply.attachments)
+                events, need = self.tracker.replay_failed(topic)
+            except BaseException:
+                self._ready.extend(self.tracker.on_replay_failed(topic))
+                raise
             self._ready.extend(events)
 
     def next(self, timeout: float | None = None) -> StreamEvent | None:
         """The next event, or None when `timeout` seconds pass with none."""
         end = None if timeout is None else time.monotonic() + timeout
+        idle = 0  # frames read past `end` that gave no event
         while not self._ready:
             frames = try_recv(self.sock)  # (a burst is read without a poll per message)
             if frames is None:
@@ -372,18 +440,32 @@ class Subscription:
             try:
                 msg = decode_stream(frames)
             except DecodeError:
-                continue
-            events, need = self.tracker.on_message(msg)
-            self._ready.extend(events)
-            if need is not None:
-                self._replay(need)
+                msg = None
+            if msg is not None:
+                events, need = self.tracker.on_message(msg)
+                self._ready.extend(events)
+                if need is not None:
+                    self._replay(need, end)
+            # Duplicates, welcomes, undecodable frames: what is queued is read on past `end`
+            # (a round of welcomes is no reason to return None), but not without bound, or a
+            # stream of them would hold the call for ever.
+            if not self._ready and end is not None and time.monotonic() >= end:
+                idle += 1
+                if idle > IDLE_FRAMES_PAST_DEADLINE:
+                    return None
         return self._ready.pop(0)
 
     def catch_up(self) -> None:
         """Ask for what may have been lost at the end of a burst (the stream went quiet): the
         events, if any, come from `next`."""
-        for need in self.tracker.catch_up():
-            self._replay(need)
+        needs = self.tracker.catch_up()
+        for i, need in enumerate(needs):
+            try:
+                self._replay(need)
+            except BaseException:
+                for rest in needs[i + 1 :]:  # (marked as replaying, not asked yet)
+                    self._ready.extend(self.tracker.on_replay_failed(rest.topic))
+                raise
 
     def close(self) -> None:
         if self.sock.closed:
