@@ -170,6 +170,10 @@ def _room(sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.MAXMSGSIZE, limit + CURVE_ROOM)
 
 
+REMOTE_RECONNECT_IVL_MS = 100  # a restarted actor is found within this over tcp ...
+REMOTE_RECONNECT_IVL_MAX_MS = 2000  # ... and a port that refuses is tried this far apart
+
+
 def secure_server(sock: zmq.Socket, server: curve.KeyPair, endpoint: str = "") -> None:
     """Make the next bind of `sock` (on `endpoint`) a CURVE server judged by the ZAP
     handler. libzmq takes a socket's options when it binds, so an ipc endpoint bound before
@@ -185,13 +189,22 @@ def secure_server(sock: zmq.Socket, server: curve.KeyPair, endpoint: str = "") -
     _heartbeats(sock)
 
 
-def secure_client(sock: zmq.Socket, server_key: bytes, client: curve.KeyPair) -> None:
+def secure_client(sock: zmq.Socket, server_key: bytes, client: curve.KeyPair,
+                  endpoint: str = "") -> None:
+    """Make `sock` a CURVE client of the tree whose `server_key` is given, for its next
+    connect (to `endpoint`). Over tcp a tree that is down is tried every
+    REMOTE_RECONNECT_IVL_MS (a port forwarded to it accepts and closes each attempt, which
+    libzmq counts as a connection made: ipc's 5 ms made some 140 connections a second of
+    each socket), and a port that refuses further apart, up to REMOTE_RECONNECT_IVL_MAX_MS."""
     assert client.secret is not None
     _room(sock)
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, client.public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, client.secret)
-    sock.setsockopt(zmq.IPV6, 1)  # (a tree on an IPv6 address too; IPv4 ones as before)
+    if endpoint.startswith("tcp://["):  # (IPv6 only for an IPv6 address: with it on, a name
+        sock.setsockopt(zmq.IPV6, 1)    # with an IPv6 record, localhost's, is tried only so)
+    sock.setsockopt(zmq.RECONNECT_IVL, REMOTE_RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, REMOTE_RECONNECT_IVL_MAX_MS)
     _heartbeats(sock)
 
 

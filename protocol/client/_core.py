@@ -504,7 +504,7 @@ class ClientCore:
             endpoint = self.remote.endpoint(actor, kind)
         except LookupError as exc:
             raise MoorageError(WireError.of("bad_args", str(exc))) from None
-        secure_client(sock, self.remote.server_key, self.remote.client)
+        secure_client(sock, self.remote.server_key, self.remote.client, endpoint)
         sock.setsockopt(zmq.SNDTIMEO, 0)  # see sync._send
         return endpoint
 
