@@ -35,21 +35,39 @@ class AlreadyRunning(RuntimeError):
     """Another live tree holds this instance's lock."""
 
 
+def lock_instance(runtime_dir: Path) -> int | str:
+    """The instance's lock file, open and flocked (its pid cleared), or who holds it (what
+    the file says: its pid, or "?"). The lock file is removed by whoever held it last (a
+    root's clean-up, `down`'s): a lock taken on a file just removed is no lock (the next
+    taker makes a new file), so it is taken again on the file the path names now."""
+    path = runtime_dir / endpoints.LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return holder
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)  # (no pid while it is held without one: not a dead root's)
+            return fd
+        os.close(fd)
+
+
 def acquire_instance_lock(runtime_dir: Path) -> int:
     """flock the instance: released by the kernel when the root dies, however it dies."""
-    fd = os.open(runtime_dir / endpoints.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise AlreadyRunning(
-                f"a moorage tree is already running in {runtime_dir} (pid {holder}); "
-                "stop it with `moorage down` or pick another --instance") from None
-        raise
-    os.ftruncate(fd, 0)
+    fd = lock_instance(runtime_dir)
+    if isinstance(fd, str):
+        raise AlreadyRunning(
+            f"a moorage tree is already running in {runtime_dir} (pid {fd}); "
+            "stop it with `moorage down` or pick another --instance")
     os.write(fd, str(os.getpid()).encode())
     return fd
 
@@ -81,14 +99,12 @@ def remove_dead_tree(runtime_dir: Path) -> list[str]:
             and not (runtime_dir / LISTEN_FILE).exists():
         return []
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = lock_instance(runtime_dir)
     except OSError:
         return []
+    if isinstance(fd, str):
+        return []  # a tree holds it
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return []  # a tree holds it
         try:
             info = read_connection_file(runtime_dir / endpoints.CONNECTION_FILE)
             names = [n for n in info["endpoints"] if isinstance(n, str)]
