@@ -50,7 +50,7 @@ class ListenError(ValueError):
     """A listen address that cannot be served: not tcp://HOST:PORT, or ports out of range."""
 
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"  # (_: names that are in use)
 _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 
 
@@ -64,7 +64,7 @@ def check_host(host: str, what: str) -> str:
             return f"[{ipaddress.IPv6Address(bare)}]"
         except ValueError:
             pass
-    elif bare == host and len(host) <= 253 and _HOST_NAME.fullmatch(host):
+    elif bare == host and len(host.rstrip(".")) <= 253 and _HOST_NAME.fullmatch(host):
         return host
     raise ValueError(f"{what}: {host!r} is not a host name, an IPv4 address or an IPv6 "
                      "address")

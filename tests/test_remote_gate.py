@@ -97,6 +97,7 @@ def test_revoking_a_key_takes_every_file_that_allows_it(tmp_path):
 
 @pytest.mark.parametrize("host, taken", [
     ("devbox", "devbox"), ("dev-box.example.org", "dev-box.example.org"),
+    ("my_host.lan.", "my_host.lan."),
     ("10.0.0.7", "10.0.0.7"), ("[::1]", "[::1]"), ("::1", "[::1]"),
     ("me@devbox", None), ("dev box", None), ("devbox:22", None), ("", None),
     ("-devbox", None), ("[devbox]", None), ("a" * 300, None)])

@@ -75,6 +75,8 @@ class AllowList:
             entries = []
             with os.scandir(self.dir) as it:
                 for e in it:  # (more than the list may hold is refused when it is read)
+                    if not e.name.endswith(curve.PUBLIC_SUFFIX) or e.name.startswith("."):
+                        continue  # (not read as keys either: an editor's backup, say)
                     if len(entries) > curve.MAX_ALLOWED:
                         break
                     with contextlib.suppress(OSError):
