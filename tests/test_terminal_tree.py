@@ -16,6 +16,7 @@ import msgpack
 import pytest
 import zmq
 
+from moorage.actors.terminal.keeper.ptys import process_start
 from moorage.actors.terminal.specs import ExecRecords
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
@@ -300,7 +301,7 @@ def test_a_lost_session_whose_shell_pid_runs_another_session_now_leaves_that_one
     c = tree.client
     sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
                  timeout=30)["session"]
-    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    stranger: subprocess.Popen | None = None
     try:
         events = c.subscribe("terminal", ["term.session"], from_seq=1)
         sup = tree.child("terminals")["pid"]
@@ -311,7 +312,15 @@ def test_a_lost_session_whose_shell_pid_runs_another_session_now_leaves_that_one
         assert all(wait_pid_exit(pid, 10) for pid in holders)
         records = tree.runtime_dir / "terminal.sessions"
         specs = msgpack.unpackb(records.read_bytes())
-        assert isinstance(specs[sid]["started"], int)  # the shell's, kept with its pid
+        started = specs[sid]["started"]
+        assert isinstance(started, int)  # the shell's, kept with its pid
+        # (start times are counted in clock ticks: one begun in the shell's tick is not a
+        # stranger the record can tell apart)
+        while stranger is None or process_start(stranger.pid) == started:
+            if stranger is not None:
+                stranger.kill()
+                stranger.wait()
+            stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
         specs[sid]["pid"] = stranger.pid
         records.write_bytes(msgpack.packb(specs))
         os.kill(sup, signal.SIGKILL)
@@ -324,8 +333,9 @@ def test_a_lost_session_whose_shell_pid_runs_another_session_now_leaves_that_one
         assert stranger.poll() is None  # (the report comes after the clean-up)
         events.close()
     finally:
-        stranger.kill()
-        stranger.wait()
+        if stranger is not None:
+            stranger.kill()
+            stranger.wait()
 
 
 def test_a_subscriber_sees_a_terminal_restart_as_a_new_epoch_and_loses_no_byte(make_tree,
