@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -515,6 +515,20 @@ class ClientCore:
         if not key_refused or self.remote is None:
             return exc
         return unauthorized(exc, self.remote.client.public)
+
+
+SocketT = TypeVar("SocketT", bound=zmq.Socket)
+
+
+def closed_on_error(sock: SocketT, configure: Callable[[], None]) -> SocketT:
+    """`sock` once `configure` ran; closed if it raised (an ipc path too long, an actor the
+    connection file does not name): a socket left open would hold the context's term()."""
+    try:
+        configure()
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock
 
 
 def monitor_events() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from moorage.protocol.client._core import (
     Done,
     Resend,
     Wait,
+    closed_on_error,
     monitor_events,
 )
 from moorage.protocol.client._streams import (
@@ -62,20 +63,10 @@ async def _send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
         pass
 
 
-def _configured(sock: zmq.asyncio.Socket, configure: Callable[[], None]) -> zmq.asyncio.Socket:
-    """`sock` once `configure` ran; closed if it raised (sync._closed_on_error)."""
-    try:
-        configure()
-    except BaseException:
-        sock.close(0)
-        raise
-    return sock
-
-
 class _AConn:
     def __init__(self, core: ClientCore, ctx: zmq.asyncio.Context, actor: str) -> None:
         sock = ctx.socket(zmq.DEALER)
-        self.sock = _configured(sock, lambda: core.configure_dealer(sock, actor))
+        self.sock = closed_on_error(sock, lambda: core.configure_dealer(sock, actor))
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.waiters: dict[int, asyncio.Queue] = {}
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
@@ -302,7 +293,7 @@ class AsyncSubscription:
         self.client = client
         self.actor = actor
         sock = client.ctx.socket(zmq.SUB)
-        self.sock = _configured(sock, lambda: client.core.configure_sub(sock, actor, topics))
+        self.sock = closed_on_error(sock, lambda: client.core.configure_sub(sock, actor, topics))
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 

@@ -6,7 +6,7 @@ Not thread-safe: give each thread its own `Client` (ZeroMQ sockets belong to one
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from moorage.protocol.client._core import (
     Done,
     Resend,
     Wait,
+    closed_on_error,
     monitor_events,
 )
 from moorage.protocol.client._streams import (
@@ -67,17 +68,6 @@ def _answer(frames: list[bytes], plan: CallPlan) -> Done | Resend | None:
     return plan.on_reply(reply, _monotonic())
 
 
-def _closed_on_error(sock: zmq.Socket, configure: Callable[[], None]) -> zmq.Socket:
-    """`sock` once `configure` ran; closed if it raised (an ipc path too long, an actor the
-    connection file does not name): a socket left open would hold the context's term()."""
-    try:
-        configure()
-    except BaseException:
-        sock.close(0)
-        raise
-    return sock
-
-
 def _dropped_at_send(plan: CallPlan, verdict: Wait) -> Wait | Resend | Done:
     """A drop told right after `plan` was sent: it may be older than the send, or may have
     taken it along (see Client.request)."""
@@ -89,7 +79,7 @@ def _dropped_at_send(plan: CallPlan, verdict: Wait) -> Wait | Resend | Done:
 class _Conn:
     def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str) -> None:
         sock = ctx.socket(zmq.DEALER)
-        self.sock = _closed_on_error(sock, lambda: core.configure_dealer(sock, actor))
+        self.sock = closed_on_error(sock, lambda: core.configure_dealer(sock, actor))
         self.sock.setsockopt(zmq.RCVTIMEO, WAIT_SLICE_MS)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
@@ -404,7 +394,7 @@ class Subscription:
         self.client = client
         self.actor = actor
         sock = client.ctx.socket(zmq.SUB)
-        self.sock = _closed_on_error(sock, lambda: client.core.configure_sub(sock, actor, topics))
+        self.sock = closed_on_error(sock, lambda: client.core.configure_sub(sock, actor, topics))
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
