@@ -34,9 +34,9 @@ def test_a_pipeline_waits_out_retry_after_before_it_resends(runtime_dir):
                 resent_after[req.id] = time.monotonic() - refused_at[req.id]
                 router.reply(peer, req, {"n": req.args["n"]})
                 continue
+            refused_at[req.id] = time.monotonic()  # (before the refusal: never after it)
             router.error(peer, req, WireError.of("busy", "later",
                                                  retry_after_ms=int(RETRY_AFTER * 1000)))
-            refused_at[req.id] = time.monotonic()
 
     try:
         with Client(runtime_dir, learn_ops=False) as c, running(actor):

@@ -145,6 +145,7 @@ def test_a_replay_page_has_what_is_left_of_next_s_timeout(fake, runtime_dir):
             running(lambda: fake.answer_replays(lambda req: replay_answer([]), most=0)):
         try:
             sub = with_a_gap(c, fake)
+            assert sub.sock.poll(20_000)  # (message 3 is here: its gap's replay is asked now)
             asked = time.time()
             assert sub.next(timeout=0.5) == Loss("t", 2, 2, EPOCH)  # (never answered)
             assert sub.next(20) == message(3)
@@ -263,3 +264,22 @@ def test_a_replay_that_fails_while_later_gaps_are_held_replays_those(fake, runti
         finally:
             failed.set()
             fake.stop.set()
+
+
+def test_a_gap_after_a_failed_replay_gets_its_one_honest_empty_answer_again():
+    """An answer with nothing new is honest once (the held message that shows the gap was
+    published after it): it is asked again. The mark of one such answer stayed set after
+    the replay that followed it failed, and the next gap's first empty answer was taken
+    for the second: its messages, still retained, reported lost."""
+    t = StreamTracker(None, [""])
+    t.on_message(message(1))
+    t.catch_up()
+    t.on_message(message(4))  # read while the catch-up's replay was out
+    events, need = t.on_replay("t", replay_answer([]), [])
+    assert need == NeedReplay("t", 2)  # (4 shows the gap: asked again)
+    events, need = t.replay_failed("t")  # that one timed out
+    assert events == [Loss("t", 2, 3, EPOCH), message(4)] and need is None
+    t.catch_up()
+    t.on_message(message(7))
+    events, need = t.on_replay("t", replay_answer([]), [])
+    assert need == NeedReplay("t", 5) and not any(isinstance(e, Loss) for e in events)

@@ -160,3 +160,25 @@ def test_an_asyncio_client_forgets_the_epoch_of_a_dropped_connection(runtime_dir
     finally:
         ctx.term()
     assert refused == []
+
+
+def test_a_drop_forgets_the_life_only_on_ipc_and_ends_the_older_of_two():
+    """Over tcp a drop says nothing of the actor's life (a relay, the network): its epoch
+    stays known, so a call made after it is still pinned (section 10). On ipc a drop told
+    after a newer life has answered ends the older one: the newer is not taken for dead."""
+    from moorage.protocol import curve
+    from moorage.protocol.remote import RemoteTarget
+
+    tcp = ClientCore("/tmp/moorage-nowhere", remote=RemoteTarget(
+        {ACTOR: {"rpc": "tcp://127.0.0.1:9", "pub": "tcp://127.0.0.1:9"}},
+        curve.new_pair().public, curve.new_pair()))
+    tcp.note_epoch(ACTOR, EPOCH)
+    tcp.dropped(ACTOR)
+    assert tcp.epochs == {ACTOR: EPOCH}
+    ipc = ClientCore("/tmp/moorage-nowhere")
+    ipc.note_epoch(ACTOR, EPOCH)
+    ipc.note_epoch(ACTOR, SUCCESSOR)  # (read before the older life's drop was told)
+    ipc.dropped(ACTOR)
+    assert ipc.epochs == {ACTOR: SUCCESSOR} and ipc.ended == {ACTOR: EPOCH}
+    ipc.dropped(ACTOR)  # the successor's own end
+    assert ipc.epochs == {} and ipc.ended == {ACTOR: SUCCESSOR}

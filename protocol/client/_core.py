@@ -198,12 +198,17 @@ class CallPlan:
             return min(self.deadline, now + self.attempt_timeout())
         return self.deadline
 
-    def unpin(self, wait: Wait) -> Wait:
-        """A drop was told right after this call was sent, and the call takes it for one older
-        than the send: the life its pin names may be gone, and a resend pinned to it would be
-        refused `outcome_unknown` by the successor the call went to, where it may run. Not
-        pinned, it has one attempt, to its deadline (`wait` the attempt's wait until now)."""
-        if self.pinned_by is not None or self.pin is None:
+    def unpin(self, wait: Wait, now: float) -> Wait | Resend | Done:
+        """A drop was told right after this call was sent, and may be older than the send.
+        On ipc the life its pin names is gone then, and a resend pinned to it would be
+        refused `outcome_unknown` by the successor the call went to, where it may run: not
+        pinned, it has one attempt, to its deadline (`wait` the attempt's wait until now).
+        A pinned resend, and any pinned call over tcp (where the actor may well live on, and
+        a pinned resend is answered once by that life or refused by a successor), takes the
+        drop as section 10 says."""
+        if self.pinned_by is not None or (self.pin is not None and self.core.remote is not None):
+            return self.on_disconnect(now)
+        if self.pin is None:
             return wait
         self.pin = None
         return Wait(self.deadline)
@@ -361,6 +366,7 @@ class ClientCore:
         self.epochs: dict[str, str] = {}
         self.heard: dict[str, str] = {}
         self.ended: dict[str, str] = {}  # ipc: the life of each actor a drop ended
+        self.superseded: dict[str, str] = {}  # ipc: a life a newer one answered after
         self.learned: dict[str, frozenset[str]] = {}  # actor -> its idempotent ops (sys.info)
         self.resumable: dict[str, frozenset[str]] = {}  # ... and its resumable ones
         self.restarts_seen: dict[str, int] = {}
@@ -417,6 +423,11 @@ class ClientCore:
         if not epoch:
             return
         if self.ended.get(actor) != epoch:
+            current = self.epochs.get(actor)
+            if current is not None and current != epoch:
+                # (a newer life answered before the older one's drop was told: the drop,
+                # when it is, ends the older one, not this)
+                self.superseded[actor] = current
             self.epochs[actor] = epoch
         old = self.heard.get(actor)
         if old != epoch:
@@ -425,12 +436,20 @@ class ClientCore:
             self.heard[actor] = epoch
 
     def dropped(self, actor: str) -> None:
-        """`actor`'s connection dropped: the life that answered last may be gone, and a call
-        pinned to it would be refused by its successor (PROTOCOL.md section 10). On ipc it
-        is gone (a connection drops when the process ends): a reply of that life read after
-        the drop was told was sent before it, and does not make its epoch known again."""
+        """`actor`'s connection dropped. On ipc its process ended (a connection drops with
+        the process): the life that answered last is gone (unless a newer one answered
+        before the drop was told: the drop is the older one's), a call pinned to it would be
+        refused by its successor, and a reply of it read after the drop was told was sent
+        before it and does not make its epoch known again. Over tcp a drop says nothing of
+        the actor's life (a relay, the network): its epoch stays known (section 10)."""
+        if self.remote is not None:
+            return
+        older = self.superseded.pop(actor, None)
+        if older is not None:
+            self.ended[actor] = older
+            return
         epoch = self.epochs.pop(actor, None)
-        if epoch is not None and self.remote is None:
+        if epoch is not None:
             self.ended[actor] = epoch
 
     def late_reply(self, actor: str, now: float) -> None:

@@ -263,6 +263,7 @@ class StreamTracker:
 
     def _on_replay_failed(self, topic: str) -> tuple[list[StreamEvent], NeedReplay | None]:
         st = self.topics[topic]
+        st.stalled = False  # (a later gap's replay starts afresh)
         held = self.held.get(topic)
         self.replaying.discard(topic)
         out: list[StreamEvent] = []

@@ -226,7 +226,7 @@ class AsyncClient(FromConnectionFile):
                     if item.generation <= sent_in:
                         # Dropped before the last send: not under it. The epoch it was
                         # pinned to (if any) may be the life that drop ended.
-                        verdict = plan.unpin(verdict)
+                        verdict = plan.unpin(verdict, time.monotonic())
                         continue
                     verdict = plan.on_disconnect(time.monotonic())
                     continue

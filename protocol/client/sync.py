@@ -73,7 +73,7 @@ def _dropped_at_send(plan: CallPlan, verdict: Wait) -> Wait | Resend | Done:
     taken it along (see Client.request)."""
     if plan.idempotent or plan.resumable:
         return plan.on_disconnect(_monotonic())
-    return plan.unpin(verdict)
+    return plan.unpin(verdict, _monotonic())
 
 
 class _Conn:
