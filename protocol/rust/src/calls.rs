@@ -163,9 +163,10 @@ impl CallPlan {
     }
 
     /// A pinned call gets attempts as an idempotent one does (its life answers a resend once);
-    /// its last lasts to the deadline.
+    /// the last of either lasts to the deadline (an op that is slow, not lost, answers late:
+    /// any copy's reply ends the call).
     pub fn attempt_deadline(&self, now: f64) -> f64 {
-        if self.idempotent || (self.pin.is_some() && self.timeout_retries < TIMEOUT_RETRIES) {
+        if (self.idempotent || self.pin.is_some()) && self.timeout_retries < TIMEOUT_RETRIES {
             self.deadline.min(now + self.attempt_timeout())
         } else {
             self.deadline
@@ -220,9 +221,6 @@ impl CallPlan {
             self.retries += 1;
             self.timeout_retries += 1;
             return Verdict::Resend(0.0);
-        }
-        if self.timeout_retries >= TIMEOUT_RETRIES {
-            return self.done(now, Err(WireError::of("timeout", format!("no reply in {} attempts; cancelled", self.attempts))));
         }
         self.retries += 1;
         self.timeout_retries += 1;
@@ -498,6 +496,30 @@ mod tests {
         let e = failed(p.on_actor_gone(0.1, Some(EP), Some(SUCCESSOR))); // its successor would refuse it
         assert_eq!(e.error.name, "outcome_unknown");
         assert_eq!(pinned_to(&p), None);
+    }
+
+    #[test]
+    fn an_idempotent_call_s_last_attempt_waits_for_its_deadline() {
+        // (it ended `timeout` after its ladder, whatever its own timeout)
+        let mut br = CircuitBreaker::new(100, 0.5);
+        let mut p = plan("fake.read", true, false);
+        assert_eq!(wait(p.start(0.0, &mut br, None)), 1.0);
+        let mut at = 1.0;
+        for n in 1..=TIMEOUT_RETRIES {
+            match p.on_timeout(at, &mut br, 0.5) {
+                Verdict::Resend(delay) => at += delay,
+                other => panic!("attempt {n}: {other:?}"),
+            }
+            let until = wait(p.resend(at, &mut br));
+            if n < TIMEOUT_RETRIES {
+                assert!((until - (at + 2f64.powi(n as i32))).abs() < 1e-9, "attempt {n}: {until}");
+            } else {
+                assert_eq!(until, 30.0);
+            }
+            at = until;
+        }
+        let e = failed(p.on_timeout(30.0, &mut br, 0.5));
+        assert_eq!(e.error.name, "timeout");
     }
 
     #[test]

@@ -141,8 +141,9 @@ export class CallPlan {
   }
 
   attemptDeadline(at: number): number {
-    // A pinned call climbs the idempotent ladder too; past it, its last attempt lasts to the deadline.
-    const ladder = this.idempotent || (this.pin !== null && this.timeoutRetries < TIMEOUT_RETRIES);
+    // A pinned call climbs the idempotent ladder too; past it, the last attempt of either lasts
+    // to the deadline (an op that is slow, not lost, answers late: any copy's reply ends the call).
+    const ladder = (this.idempotent || this.pin !== null) && this.timeoutRetries < TIMEOUT_RETRIES;
     return ladder ? Math.min(this.deadline, at + this.attemptTimeout()) : this.deadline;
   }
 
@@ -206,9 +207,6 @@ export class CallPlan {
       this.retries += 1;
       this.timeoutRetries += 1;
       return { kind: "resend", delay: 0 };
-    }
-    if (this.timeoutRetries >= TIMEOUT_RETRIES) {
-      return this.done(at, undefined, wireError("timeout", `no reply in ${this.attempts} attempts; cancelled`));
     }
     this.retries += 1;
     this.timeoutRetries += 1;

@@ -122,6 +122,25 @@ test("a new epoch ends a pinned call at once: the life it is pinned to is gone",
   assert.deepStrictEqual(e.error.detail, { old_epoch: EP, new_epoch: EP2 });
 });
 
+test("an idempotent call's timed-out attempts climb the ladder, then the last waits for the deadline", () => {
+  // (it ended `timeout` after its ladder, whatever its own timeout: 120 s for fs.sync)
+  const p = plan(1, "fake.read", true, { attemptTimeout: 1, timeout: 30, breaker: new CircuitBreaker(100) });
+  let v = link(false).start(p, 0);
+  assert.deepStrictEqual(v, { kind: "wait", until: 1 });
+  let at = 1;
+  for (let n = 1; n <= TIMEOUT_RETRIES; n++) {
+    v = p.onTimeout(at);
+    assert.equal(v.kind, "resend", `attempt ${n}`);
+    at += (v as { delay: number }).delay;
+    v = p.resend(at);
+    assert.equal(v.kind, "wait");
+    const until = (v as { until: number }).until;
+    assert.equal(until, n < TIMEOUT_RETRIES ? at + 2 ** n : 30, `attempt ${n + 1}`);
+    at = until;
+  }
+  assert.equal(errorOf(p.onTimeout(30)).error.name, "timeout");
+});
+
 test("a pinned call's timed-out attempts climb the ladder, then the last waits for the deadline", () => {
   const p = plan(1, "fake.held", false, { attemptTimeout: 1, timeout: 30 });
   let v = link(true).start(p, 0);
