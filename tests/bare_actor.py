@@ -68,7 +68,10 @@ class Router:
     def close(self) -> None:
         self.sock.disable_monitor()
         self.monitor.close(0)
-        self.sock.close(0)
+        # What was just sent goes out first, as an actor's own close lets it (a reply then a
+        # close with no linger could lose the reply in our I/O thread, on a loaded machine:
+        # the client saw the drop alone)
+        self.sock.close(linger=2000)
 
 
 class Publisher:
