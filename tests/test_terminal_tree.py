@@ -269,25 +269,37 @@ def test_a_session_restored_after_a_restart_by_hand_then_lost_takes_its_own_jobs
                    timeout=30)  # restored by the successor
         assert (r["exit_code"], r["output"]) == (0, "back")
         assert pid_running(job)
-        # every holder of the PTY killed, none with time to clean up (a keeper that sees its
-        # supervisor go kills its sessions itself): the supervisor held still meanwhile
-        sup = tree.child("terminals")["pid"]
-        holders = [c.call(actor, "sys.info")["pid"] for actor in ("ptykeeper", "terminal")]
-        os.kill(sup, signal.SIGSTOP)
-        for pid in holders:
-            os.kill(pid, signal.SIGKILL)
+        sup = kill_the_holders_behind_a_stopped_supervisor(tree)
         os.kill(sup, signal.SIGKILL)
-        while True:
-            ev = events.next(timeout=30)
-            assert ev is not None, "no lost session reported"
-            if isinstance(ev, StreamMessage) and ev.body.get("event") == "lost":
-                break
-        assert ev.body["session"] == sid and ev.body["killed_left"] >= 1, ev.body
+        lost = next_loss(events)
+        assert lost["session"] == sid and lost["killed_left"] >= 1, lost
         assert wait_pid_exit(job, 10)
         events.close()
     finally:
         if pid_running(job):
             os.kill(job, signal.SIGKILL)
+
+
+def kill_the_holders_behind_a_stopped_supervisor(tree: Tree) -> int:
+    """Every holder of the sessions' PTYs killed, none with time to clean up (a keeper that
+    sees its supervisor go kills its sessions itself), the terminals supervisor held still
+    meanwhile: its pid, for the caller to kill in turn."""
+    sup = tree.child("terminals")["pid"]
+    holders = [tree.client.call(actor, "sys.info")["pid"] for actor in ("ptykeeper", "terminal")]
+    os.kill(sup, signal.SIGSTOP)
+    for pid in holders:
+        os.kill(pid, signal.SIGKILL)
+    assert all(wait_pid_exit(pid, 10) for pid in holders)
+    return sup
+
+
+def next_loss(events: Any) -> dict[str, Any]:
+    """The body of the next `lost` event on a term.session subscription."""
+    while True:
+        ev = events.next(timeout=30)
+        assert ev is not None, "no lost session reported"
+        if isinstance(ev, StreamMessage) and ev.body.get("event") == "lost":
+            return ev.body
 
 
 def test_a_lost_session_whose_shell_pid_runs_another_session_now_leaves_that_one_alone(
@@ -304,12 +316,7 @@ def test_a_lost_session_whose_shell_pid_runs_another_session_now_leaves_that_one
     stranger: subprocess.Popen | None = None
     try:
         events = c.subscribe("terminal", ["term.session"], from_seq=1)
-        sup = tree.child("terminals")["pid"]
-        holders = [c.call(actor, "sys.info")["pid"] for actor in ("ptykeeper", "terminal")]
-        os.kill(sup, signal.SIGSTOP)
-        for pid in holders:
-            os.kill(pid, signal.SIGKILL)
-        assert all(wait_pid_exit(pid, 10) for pid in holders)
+        sup = kill_the_holders_behind_a_stopped_supervisor(tree)
         records = tree.runtime_dir / "terminal.sessions"
         specs = msgpack.unpackb(records.read_bytes())
         started = specs[sid]["started"]
@@ -324,12 +331,8 @@ def test_a_lost_session_whose_shell_pid_runs_another_session_now_leaves_that_one
         specs[sid]["pid"] = stranger.pid
         records.write_bytes(msgpack.packb(specs))
         os.kill(sup, signal.SIGKILL)
-        while True:
-            ev = events.next(timeout=30)
-            assert ev is not None, "no lost session reported"
-            if isinstance(ev, StreamMessage) and ev.body.get("event") == "lost":
-                break
-        assert ev.body["session"] == sid and ev.body["killed_left"] == 0, ev.body
+        lost = next_loss(events)
+        assert lost["session"] == sid and lost["killed_left"] == 0, lost
         assert stranger.poll() is None  # (the report comes after the clean-up)
         events.close()
     finally:
