@@ -56,6 +56,7 @@ from typing import Any
 import psutil
 
 from moorage.actors.resource.levels import Reading
+from moorage.actors.runtime.procstat import PPID, START, stat_fields
 
 GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
 METRICS = ("rss", "pss", "pss_tracked")
@@ -157,18 +158,11 @@ def _read(path: str, size: int = 4096) -> bytes:
         os.close(fd)
 
 
-def _read_stat(pid: int) -> list[bytes]:
-    """/proc/<pid>/stat from the state field on (index 0 = field 3 of proc(5)). The comm
-    field may hold spaces and parentheses: the state follows the last ')'."""
-    data = _read(f"/proc/{pid}/stat")
-    return data[data.rindex(b")") + 2:].split()
-
-
 def _read_ppid_start(pid: int) -> tuple[int, int]:
     """(its parent, when it started in clock ticks since boot): a pid with another start
     time than before is another process."""
-    f = _read_stat(pid)
-    return int(f[1]), int(f[19])
+    f = stat_fields(pid)
+    return int(f[PPID]), int(f[START])
 
 
 # Processes whose /proc files stay open between samples, at most: past them (a build forking

@@ -33,6 +33,8 @@ import mmap
 import os
 import time
 
+from moorage.actors.runtime.procstat import STATE, stat_fields
+
 BOARD_SLOTS = 4096  # children per supervisor; untouched pages of the mapping cost nothing
 WAIT_FOREVER = (1 << 64) - 1  # `until` of a wait with no timer to end it
 
@@ -104,12 +106,9 @@ def progress() -> None:
 def stopped(pid: int) -> bool:
     """Is `pid` stopped (SIGSTOP, a tracer)? A gone process is not: its exit is on the way."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+        return stat_fields(pid)[STATE] in (b"T", b"t")
+    except (OSError, ValueError, IndexError):
         return False
-    state = data[data.rindex(b")") + 2:][:1]  # the comm field may hold ')' and spaces
-    return state in (b"T", b"t")
 
 
 _installed: Beater | None = None

@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import os
-import select
 import signal
 import sys
 from pathlib import Path
@@ -97,7 +96,9 @@ def root_pidfd(runtime_dir: Path, pid: int) -> int | None:
 
 def gone(pidfd: int, timeout: float) -> bool:
     """Whether the process exits within `timeout` (a pidfd turns readable when it does)."""
-    return bool(select.select([pidfd], [], [], timeout)[0])
+    from moorage.supervisor.zygote import readable  # (down's clean-up imports it anyway)
+
+    return readable(pidfd, timeout)
 
 
 def force_stop(pidfd: int, pid: int, grace: float) -> None:

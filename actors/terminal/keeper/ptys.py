@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from loguru import logger
 
+from moorage.actors.runtime.procstat import SESSION, START, stat_fields
 from moorage.actors.terminal.ring import SessionRing
 
 if TYPE_CHECKING:
@@ -122,13 +123,10 @@ def session_members(sid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+            if int(stat_fields(entry.name)[SESSION]) == sid:
+                out.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
             continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and int(fields[3]) == sid:
-            out.append(int(entry.name))
     return out
 
 
@@ -136,11 +134,9 @@ def process_start(pid: int) -> int | None:
     """When `pid` started, in clock ticks since boot (proc(5)'s field 22), or None when no
     such process runs: the same pid with another start time is another process."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+        return int(stat_fields(pid)[START])
+    except (OSError, ValueError, IndexError):
         return None
-    return int(stat[stat.rfind(b")") + 2 :].split()[19])
 
 
 def kill_session(sid: int, leader_reaped: bool = False, started: int | None = None) -> int:
