@@ -21,3 +21,6 @@ MAX_TOPIC_LEN = 256  # a subscription's topic, in bytes: longer ones close the c
 MAX_SUBSCRIPTIONS = 256  # per connection to a publisher: more are not applied (no welcome)
 MAX_ID = 2**53 - 1  # request ids and seqs stay exact in JavaScript
 HWM = 100_000  # socket high-water marks, in messages
+# A metric push (metrics.in) is refused whole past either: a pusher splits what it has.
+MAX_OPS_PER_PUSH = 256  # an actor has a few dozen ops; a client's are (actor, op) pairs
+MAX_PUSH_HIST_BYTES = 1 << 20  # all histograms of one push, encoded: bounds its cost

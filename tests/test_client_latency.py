@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from moorage.actors.metrics.push import decode_push
+from moorage.protocol import limits
 from moorage.protocol.client import AsyncClient, Client
 from moorage.protocol.client._latency import (
-    MAX_OPS_PER_PUSH,
     LatencyBook,
     check_metrics_name,
     encode_pending,
@@ -103,12 +103,40 @@ def test_push_bodies_pass_the_metrics_actors_own_decoder():
     assert got == {"alpha/fake.work": (1, 0), "alpha/fake.fail": (0, 1)}
 
 
+def _accepted(bodies: list[dict[str, dict]]) -> dict[str, tuple[int, int]]:
+    """Every body through the metrics actor's own decoder, which refuses a push whole."""
+    got: dict[str, tuple[int, int]] = {}
+    for body in bodies:
+        push = decode_push([TAG, packb({"actor": "client.editor", "pid": 1, "ep": "s"}),
+                            packb(body)])
+        for s in push.ops:
+            assert s.op not in got
+            got[s.op] = (s.ok, s.error)
+    return got
+
+
 def test_many_ops_are_split_into_pushes_the_metrics_actor_accepts():
     book = LatencyBook(pushing=True)
-    for i in range(MAX_OPS_PER_PUSH + 5):
-        book.record("alpha", f"op.{i}", 10, ok=True)
+    n = limits.MAX_OPS_PER_PUSH + 44
+    for i in range(n):
+        book.record("alpha", f"op.{i}", 10, ok=i % 3 != 0)
+    got = _accepted(list(encode_pending(book.take())))
+    assert got == {f"alpha/op.{i}": (int(i % 3 != 0), int(i % 3 == 0)) for i in range(n)}
+
+
+def test_pushes_are_split_by_their_histograms_bytes_too(monkeypatch):
+    """Wide histograms fill a push's byte bound before its op bound: the bound is lowered
+    here so a few dozen ops reach it."""
+    monkeypatch.setattr(limits, "MAX_PUSH_HIST_BYTES", 16 * 1024)
+    rng = random.Random(5)
+    book = LatencyBook(pushing=True)
+    for i in range(60):
+        for _ in range(400):
+            book.record("alpha", f"op.{i}", int(1.02 ** rng.uniform(0, 1000)), ok=True)
     bodies = list(encode_pending(book.take()))
-    assert [len(b) for b in bodies] == [MAX_OPS_PER_PUSH, 5]
+    assert len(bodies) > 1
+    assert all(sum(len(d["hist"]) for d in b.values()) <= 16 * 1024 for b in bodies)
+    assert _accepted(bodies) == {f"alpha/op.{i}": (400, 0) for i in range(60)}
 
 
 def test_long_names_are_cut_to_the_op_limit_and_merged_when_they_collide():

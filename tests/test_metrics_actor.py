@@ -36,11 +36,10 @@ from moorage.actors.metrics.actor import (
     render_prometheus,
     summarize,
 )
-from moorage.actors.metrics.push import MAX_PUSH_HIST_BYTES
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.process import run_actor
 from moorage.actors.runtime.stats import OpStats
-from moorage.protocol import endpoints
+from moorage.protocol import endpoints, limits
 from moorage.protocol.client import Client, Subscription
 from moorage.protocol.envelope import TAG, StreamMessage, packb
 from moorage.protocol.histogram import Recorder, summary
@@ -199,7 +198,7 @@ def test_a_push_body_is_bounded_in_values_and_histogram_bytes():
     with pytest.raises(BadPush, match=r"max_array_len|values"):
         decode_push(wide)
     # refused on their size alone, before any of them is decoded
-    big = b"A" * (MAX_PUSH_HIST_BYTES // 200)
+    big = b"A" * (limits.MAX_PUSH_HIST_BYTES // 200)
     many = {f"op{i}": {"ok": 1, "error": 0, "hist": big} for i in range(256)}
     with pytest.raises(BadPush, match="histograms"):
         decode_push(push_frames("client.x", many, tok=""))

@@ -21,8 +21,6 @@ from moorage.protocol import limits
 from moorage.protocol.envelope import TAG, DecodeError, unpackb
 from moorage.protocol.histogram import DIGITS, HIGHEST_US, LOWEST_US, decode
 
-MAX_OPS_PER_PUSH = 256  # an actor has a few dozen ops; a client's are (actor, op) pairs
-MAX_PUSH_HIST_BYTES = 1 << 20  # all histograms of one push, encoded: bounds its cost
 CLIENT_PREFIX = "client."  # what a process outside the tree may push as (no loss counters)
 MAX_LOSS_COUNTERS = 32  # names in a push header's `loss` (actors.runtime.stats.LOSS_COUNTERS)
 MAX_HIST_BYTES = 256 * 1024  # encoded; one of our shape is a few KiB at most
@@ -104,12 +102,13 @@ def fold_histogram(encoded: Any) -> Counter[int]:
 
 def decode_ops(body: Any) -> list[OpSample]:
     """`{op: {ok, error, caller?, hist}}` (an `OpStats.drain`) -> samples, or BadPush."""
-    if type(body) is not dict or len(body) > MAX_OPS_PER_PUSH:
-        raise BadPush(f"body must be a map of at most {MAX_OPS_PER_PUSH} ops")
+    if type(body) is not dict or len(body) > limits.MAX_OPS_PER_PUSH:
+        raise BadPush(f"body must be a map of at most {limits.MAX_OPS_PER_PUSH} ops")
     hist_bytes = sum(len(d.get("hist") or b"") for d in body.values()
                      if type(d) is dict and isinstance(d.get("hist"), (bytes, str)))
-    if hist_bytes > MAX_PUSH_HIST_BYTES:
-        raise BadPush(f"histograms of {hist_bytes} bytes in one push > {MAX_PUSH_HIST_BYTES}")
+    if hist_bytes > limits.MAX_PUSH_HIST_BYTES:
+        raise BadPush(f"histograms of {hist_bytes} bytes in one push > "
+                      f"{limits.MAX_PUSH_HIST_BYTES}")
     out = []
     for name, d in body.items():
         if type(name) is not str or not 0 < len(name) <= limits.MAX_OP_LEN:

@@ -30,7 +30,6 @@ from moorage.protocol import limits
 from moorage.protocol.envelope import TAG, packb
 from moorage.protocol.histogram import Recorder, decode, summary
 
-MAX_OPS_PER_PUSH = 1000  # the metrics actor refuses a push with more (actors/metering/push.py)
 MAX_NAME = 100  # `client.<name>` must fit the push header's 128 characters
 SNDHWM = 100  # as actors' PUSH sockets: past this a push is kept and merged into the next
 CLOSE_LINGER_MS = 250  # how long closing may wait for the last push when metrics is away
@@ -144,8 +143,10 @@ class LatencyBook:
 
 
 def encode_pending(taken: dict[tuple[str, str], _Pending]) -> Iterator[dict[str, dict]]:
-    """Push bodies `{<actor>/<op>: {ok, error, hist}}`, at most MAX_OPS_PER_PUSH ops each.
-    Two keys cut to the same name are merged rather than sent twice."""
+    """Push bodies `{<actor>/<op>: {ok, error, hist}}`, each within what the metrics actor
+    takes (limits.MAX_OPS_PER_PUSH ops, limits.MAX_PUSH_HIST_BYTES of histograms): it
+    refuses a bigger push whole. Two keys cut to the same name are merged rather than sent
+    twice."""
     merged: dict[str, _Pending] = {}
     for (actor, op), c in taken.items():
         name = pushed_op(actor, op)
@@ -157,11 +158,15 @@ def encode_pending(taken: dict[tuple[str, str], _Pending]) -> Iterator[dict[str,
         m.error += c.error
         m.times.counts.update(c.times.counts)
     body: dict[str, dict] = {}
+    hist_bytes = 0
     for name, c in merged.items():
-        body[name] = {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()}
-        if len(body) == MAX_OPS_PER_PUSH:
+        hist = c.times.histogram().encode()
+        if body and (len(body) == limits.MAX_OPS_PER_PUSH
+                     or hist_bytes + len(hist) > limits.MAX_PUSH_HIST_BYTES):
             yield body
-            body = {}
+            body, hist_bytes = {}, 0
+        body[name] = {"ok": c.ok, "error": c.error, "hist": hist}
+        hist_bytes += len(hist)
     if body:
         yield body
 
