@@ -55,6 +55,7 @@ class MetricsTable(RuntimeTable, total=False):
     window_s: Number
     bucket_s: Number
     max_keys: int
+    max_client_keys: int
     alert_history: int
     alert_min_samples: int
     alert_failure_rate: Number

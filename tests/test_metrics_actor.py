@@ -306,6 +306,22 @@ def test_the_table_keeps_at_most_max_keys_and_counts_the_rest_as_dropped():
     assert table.dropped_keys == 2
 
 
+def test_clients_keys_fill_only_the_clients_share_of_the_table():
+    table = MetricsTable(window_s=60, bucket_s=1, max_keys=2, max_client_keys=3)
+    for i in range(5):
+        [s] = samples(f"op.{i}", 1, 0)
+        table.merge(f"client.c{i % 2}", s, 0)
+    for name in ("a", "b", "c"):
+        [s] = samples(name, 1, 0)
+        table.merge("x", s, 0)
+    assert sorted(k for k in table.series if k[0] == "x") == [("x", "a"), ("x", "b")]
+    assert sum(k[0].startswith("client.") for k in table.series) == 3
+    assert table.dropped_keys == 3
+    table.clear()
+    [s] = samples("op.9", 1, 0)
+    assert table.merge("client.c9", s, 0) is not None
+
+
 def test_a_config_that_cannot_describe_a_window_or_targets_is_refused():
     for bad in ({"window_s": 0}, {"bucket_s": 5, "window_s": 1}, {"targets": {"x": [1]}},
                 {"alert_clear_ratio": 1.5}):
@@ -449,6 +465,25 @@ def test_a_bad_push_is_counted_and_logged_and_the_actor_keeps_answering(tree):
     assert (reply["received_pushes"], reply["bad_pushes"]) == (len(bad) + 1, len(bad))
     log = (tree.rundir / "logs" / "metrics.log").read_text()
     assert "bad metrics push" in log
+
+
+def test_a_client_pushing_name_after_name_costs_the_trees_actors_no_key(tree):
+    """Anyone who reaches metrics.in may push as `client.<name>`, with any op names: the
+    tree's own actors keep their share of the table and of the pushers seen."""
+    tree.start(METRICS, "metrics", {"max_keys": 4, "max_client_keys": 6})
+    push = tree.pusher()
+    for i in range(40):
+        push.send_multipart([TAG, packb({"actor": f"client.c{i}", "pid": 1, "ep": "s"}),
+                             packb({f"a/op.{i}": op_entry(1, 0)})])
+    wait_for(lambda: query(tree)["received_pushes"] == 40, "the clients' pushes")
+    push.send_multipart(push_frames("fake", {"fs.read": op_entry(3, 0)}))
+    r = wait_for(lambda: row(query(tree, actor="fake"), "fake", "fs.read"), "the actor's push")
+    assert r["lifetime"]["ok"] == 3
+    reply = query(tree)
+    assert "fake" in reply["actors"]
+    assert sum(a.startswith("client.") for a in reply["actors"]) == 6
+    assert sum(r["actor"].startswith("client.") for r in reply["ops"]) == 6
+    assert reply["dropped_keys"] == 34
 
 
 def test_an_injected_failure_burst_raises_exactly_one_alert_then_clears(tree):

@@ -18,7 +18,8 @@ in microseconds; `window` adds `seconds`. query's filters match exactly. All but
 idempotent; reset is not (it also publishes every active alert as cleared). reset forgets the
 recent figures, not the SLO record.
 
-Config (all optional): window_s 60, bucket_s 1, max_keys 2000, alert_history 100,
+Config (all optional): window_s 60, bucket_s 1, max_keys 2000, max_client_keys 500,
+alert_history 100,
 alert_min_samples 20, alert_failure_rate 0.10, alert_latency_factor 2.0, alert_clear_ratio 0.8,
 targets {op: [p50_us, p99_us, p999_us]}, supervisor "supervisor" (whose events are followed),
 slo_file "metrics-slo.msgpack" (in the state dir), slo_save_s 5, probe_timeout_s 5,
@@ -34,8 +35,9 @@ one that fails bounded decoding is counted in `bad_pushes`, logged, and dropped.
 Per (actor, op): lifetime counts and latency counts, plus a window of `window_s` seconds made of
 `bucket_s` intervals with a running total, so reading the window sums no intervals. Latencies are
 kept as counts of HDR-equivalent microsecond values (protocol.histogram's shape), decoded once
-per push. At most `max_keys` (actor, op) pairs are kept; entries for more count in
-`dropped_keys`.
+per push. At most `max_keys` (actor, op) pairs of the tree's actors and `max_client_keys` of
+clients' (`client.<name>`) are kept, and as many pushers of each: entries for more count in
+`dropped_keys`; a client pushing name after name fills only the clients' share.
 
 Alerts (seed 8.1), evaluated over the window after each merge and each interval:
   failure_rate  raised when requests >= alert_min_samples and errors/requests > alert_failure_rate
@@ -71,6 +73,7 @@ from loguru import logger
 from moorage.actors.metrics.alerts import AlertPolicy, Alerts
 from moorage.actors.metrics.prometheus import CONTENT_TYPE, render_prometheus
 from moorage.actors.metrics.push import (
+    CLIENT_PREFIX,
     BadPush,
     OpSample,
     Push,
@@ -148,11 +151,12 @@ class MetricsActor(Actor):
         self.settings = Settings.from_config(config or {})  # a bad config fails before binding
         super().__init__(name, runtime_dir, config)
         st = self.settings
-        self.table = MetricsTable(st.window_s, st.bucket_s, st.max_keys)
+        self.table = MetricsTable(st.window_s, st.bucket_s, st.max_keys, st.max_client_keys)
         self.alerts = Alerts(st.policy, st.window_s, st.history)
         self.received_pushes = 0  # every message on metrics.in, bad ones included
         self.bad_pushes = 0
         self.actors: dict[str, dict[str, Any]] = {}
+        self.client_pushers = 0  # of self.actors, the clients
         self.record = SloRecord(state_dir(self.runtime_dir) / st.slo_file, st)
         self.record.load(time.time())
         self.slo, self.recovery = self.record.store, self.record.tracker
@@ -218,8 +222,13 @@ class MetricsActor(Actor):
     def _note_actor(self, push: Push) -> None:
         seen = self.actors.get(push.actor)
         if seen is None:
-            if len(self.actors) >= self.settings.max_keys:
+            client = push.actor.startswith(CLIENT_PREFIX)
+            if client:
+                if self.client_pushers >= self.settings.max_client_keys:
+                    return
+            elif len(self.actors) - self.client_pushers >= self.settings.max_keys:
                 return
+            self.client_pushers += client
             seen = self.actors[push.actor] = {"pid": push.pid, "ep": push.ep, "pushes": 0,
                                               "epochs": 1}
         elif seen["ep"] != push.ep:
@@ -406,6 +415,7 @@ class MetricsActor(Actor):
         self.table.clear()
         self.stats.drain()
         self.actors.clear()
+        self.client_pushers = 0
         self.received_pushes = self.bad_pushes = 0
         logger.info("metrics reset (pid {})", os.getpid())
         return {"reset": True}

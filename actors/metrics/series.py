@@ -10,7 +10,7 @@ import math
 from collections import Counter, deque
 from typing import Any
 
-from moorage.actors.metrics.push import OpSample
+from moorage.actors.metrics.push import CLIENT_PREFIX, OpSample
 
 MAX_SPAN = 86_400  # intervals in one window
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
@@ -116,15 +116,21 @@ class Series:
 
 
 class MetricsTable:
-    """Every series, keyed (actor, op), at most `max_keys` of them. Time is an interval
-    number the caller computes (`interval(now)`), so tests need no clock."""
+    """Every series, keyed (actor, op): at most `max_keys` of the tree's actors and at most
+    `max_client_keys` of clients' (pushers named `client.<name>`, which anyone who can reach
+    metrics.in may be), so that no client, however many names it pushes, costs the tree's
+    own actors a key. Time is an interval number the caller computes (`interval(now)`), so
+    tests need no clock."""
 
-    def __init__(self, window_s: float, bucket_s: float, max_keys: int) -> None:
+    def __init__(self, window_s: float, bucket_s: float, max_keys: int,
+                 max_client_keys: int = 0) -> None:
         self.bucket_s = bucket_s
         self.span = max(1, math.ceil(window_s / bucket_s))
         self.max_keys = max_keys
+        self.max_client_keys = max_client_keys
         self.series: dict[tuple[str, str], Series] = {}
-        self.dropped_keys = 0  # op entries not kept because the table was full
+        self.client_keys = 0  # of self.series, those of clients
+        self.dropped_keys = 0  # op entries not kept because their share of the table was full
 
     def interval(self, now: float) -> int:
         return int(now // self.bucket_s)
@@ -133,10 +139,13 @@ class MetricsTable:
         key = (actor, s.op)
         series = self.series.get(key)
         if series is None:
-            if len(self.series) >= self.max_keys:
+            client = actor.startswith(CLIENT_PREFIX)
+            if (self.client_keys >= self.max_client_keys if client
+                    else len(self.series) - self.client_keys >= self.max_keys):
                 self.dropped_keys += 1
                 return None
             series = self.series[key] = Series(actor, s.op, self.span)
+            self.client_keys += client
         series.add(idx, s)
         return series
 
@@ -150,6 +159,6 @@ class MetricsTable:
 
     def clear(self) -> None:
         self.series.clear()
-        self.dropped_keys = 0
+        self.client_keys = self.dropped_keys = 0
 
 

@@ -26,6 +26,7 @@ class Settings:
     rto_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RTO_S))
     rto_default_s: float = DEFAULT_RTO_ALL_S
     objectives: Objectives = field(default_factory=Objectives)
+    max_client_keys: int = 500
 
     @classmethod
     def from_config(cls, c: Mapping[str, Any]) -> Settings:
@@ -42,12 +43,13 @@ class Settings:
                 str(c.get("slo_file", "metrics-slo.msgpack")),
                 float(c.get("slo_save_s", 5.0)), float(c.get("probe_timeout_s", 5.0)),
                 {k: float(v) for k, v in rto.items()},
-                float(c.get("rto_default_s", DEFAULT_RTO_ALL_S)), Objectives.from_config(slo))
+                float(c.get("rto_default_s", DEFAULT_RTO_ALL_S)), Objectives.from_config(slo),
+                int(c.get("max_client_keys", 500)))
         if not (isinstance(s.window_s, (int, float)) and isinstance(s.bucket_s, (int, float))
                 and 0 < s.bucket_s <= s.window_s and s.window_s / s.bucket_s <= MAX_SPAN):
             raise ValueError(f"need 0 < bucket_s <= window_s <= {MAX_SPAN} x bucket_s")
-        if s.max_keys < 1 or s.history < 1:
-            raise ValueError("max_keys and alert_history must be >= 1")
+        if s.max_keys < 1 or s.history < 1 or s.max_client_keys < 0:
+            raise ValueError("max_keys and alert_history must be >= 1, max_client_keys >= 0")
         if s.slo_save_s <= 0 or s.probe_timeout_s <= 0 or s.rto_default_s <= 0:
             raise ValueError("slo_save_s, probe_timeout_s and rto_default_s must be > 0")
         if "/" in s.slo_file or s.slo_file in ("", ".", ".."):
