@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from moorage.actors.runtime.streams import Publisher
+from moorage.actors.runtime.streams import REPLAY_PAGE_BYTES, Publisher, pack_replay
+from moorage.protocol.envelope import unpackb
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -73,3 +74,44 @@ def test_a_released_topic_holds_nothing_and_its_replay_says_what_is_lost(pub_soc
     assert (r["messages"], r["lost"], r["last_seq"]) == ([], [1, 5], 5)
     assert p.publish("term.out.s1", {"offset": 5}) == 6  # its seq goes on
     assert len(p.replay("term.out.s2", 1)["messages"]) == 1  # another topic untouched
+
+
+def test_a_replay_page_is_bounded_in_bytes_and_the_pages_give_every_message_in_order(pub_socket):
+    p = Publisher(pub_socket, "e1")
+    chunk = 100 * 1024
+    for i in range(40):  # 4 MB retained: a page of all of it would hold the loop for its copies
+        p.publish("term.out.s1", {"offset": i * chunk}, [bytes([i]) * chunk])
+    got, seq, pages = [], 1, 0
+    while True:
+        r = p.replay("term.out.s1", seq)
+        pages += 1
+        assert sum(m.size for m in r["messages"]) <= REPLAY_PAGE_BYTES
+        got += r["messages"]
+        if not r["more"]:
+            break
+        seq = r["messages"][-1].seq + 1
+    assert pages >= 4
+    assert [(m.seq, m.body["offset"], m.attachments[0][:1]) for m in got] == [
+        (i + 1, i * chunk, bytes([i])) for i in range(40)]
+    # one message bigger than a page still goes, alone
+    p.publish("term.out.s2", {"offset": 0}, [b"y" * (REPLAY_PAGE_BYTES + 1)])
+    p.publish("term.out.s2", {"offset": 1}, [b"z"])
+    r = p.replay("term.out.s2", 1)
+    assert [m.seq for m in r["messages"]] == [1] and r["more"]
+
+
+def test_the_replay_answer_carries_each_body_as_it_went_out_and_the_attachments_in_order(
+        pub_socket):
+    p = Publisher(pub_socket, "e1")
+    bodies = [{"i": i, "nested": [1, "a", None, {"k": b"\x00", "f": 1.5}], "t": True}
+              for i in range(5)]
+    for i, body in enumerate(bodies):
+        p.publish("t", body, [b"a" * i, b"b" * i])
+    packed, atts = pack_replay(p.replay("t", 2, 3))
+    assert unpackb(packed.data) == {
+        "epoch": "e1", "first_seq": 1, "last_seq": 5, "lost": None, "more": True,
+        "messages": [[seq, bodies[seq - 1], 2] for seq in (2, 3, 4)]}
+    assert atts == [x * (seq - 1) for seq in (2, 3, 4) for x in (b"a", b"b")]
+    empty, none = pack_replay(p.replay("nothing", 1))
+    assert unpackb(empty.data) == {"epoch": "e1", "first_seq": 1, "last_seq": 0,
+                                   "messages": [], "lost": None, "more": False} and none == []

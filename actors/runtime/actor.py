@@ -41,7 +41,7 @@ from moorage.actors.runtime.remote import HANDSHAKE_FAILURES, TcpSide, open_tcp_
 from moorage.actors.runtime.reply_cache import ReplyCache
 from moorage.actors.runtime.shapes import Named
 from moorage.actors.runtime.stats import LossCounters, OpStats
-from moorage.actors.runtime.streams import Publisher
+from moorage.actors.runtime.streams import Publisher, pack_replay
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import (
     ENVELOPE_CORE,
@@ -536,7 +536,7 @@ class Actor:
         result={"epoch": str, "first_seq": int, "last_seq": int,
                 "messages": list[tuple[int, Any, int]], "lost": tuple[int, int] | None,
                 "more": bool},
-        reply_attachments=(0, None))
+        reply_attachments=(0, None), checked=False)
     def _op_replay(self, call: Call, topic: str, from_seq: int, max: int) -> Attached:
         """Messages of `topic` from `from_seq` on, from retention; `lost` is what it dropped."""
         if max < 1 or from_seq < 1:
@@ -546,13 +546,7 @@ class Actor:
             # A subscriber that had seen part of the stream cannot have the rest: a gap. (From
             # seq 1 is "whatever you still have", not a claim to history that was dropped.)
             self.losses.add("replay_beyond_retention", r["lost"][1] - r["lost"][0] + 1)
-        atts: list[bytes] = []
-        msgs = []
-        for m in r["messages"]:
-            msgs.append([m.seq, m.body, len(m.attachments)])
-            atts.extend(m.attachments)
-        r["messages"] = msgs
-        return Attached(r, atts)
+        return Attached(*pack_replay(r))  # (its bodies are the bytes that went out live)
 
     # --- request path -------------------------------------------------------------------------
 

@@ -19,15 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import zmq
 
 from moorage.protocol import limits
-from moorage.protocol.envelope import encode_stream, encode_welcome, unpackb
+from moorage.protocol.envelope import Packed, encode_stream, encode_welcome, unpackb
 from moorage.protocol.wire import NOBLOCK, send_frames
 
 # Welcomes one subscription gets at most (PROTOCOL.md section 12): a subscription to "" on a
 # publisher with many topics (a terminal with many sessions) must not cost without bound.
 MAX_WELCOMES = 1000
+# A replay page holds at most this many bytes of messages (but always one message): a page
+# of a whole 16 MiB retention would hold the publisher's loop for its copies, and the
+# subscriber asks again for the rest (`more`).
+REPLAY_PAGE_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -169,8 +174,11 @@ class Publisher:
                 return
         self._want_writable(False)
 
-    def replay(self, topic: str, from_seq: int, max_messages: int = 1000) -> dict[str, Any]:
-        """What a subscriber missed from `from_seq` on; `lost` names what retention dropped."""
+    def replay(self, topic: str, from_seq: int, max_messages: int = 1000,
+               max_bytes: int = REPLAY_PAGE_BYTES) -> dict[str, Any]:
+        """What a subscriber missed from `from_seq` on, a page of at most `max_messages`
+        and `max_bytes` (one message whatever its size); `lost` names what retention
+        dropped."""
         t = self.topics.get(topic)
         if t is None:
             return {"epoch": self.epoch, "last_seq": 0, "first_seq": 1, "messages": [],
@@ -179,11 +187,15 @@ class Publisher:
         if from_seq < t.first_seq:
             lost = [max(1, from_seq), t.first_seq - 1] if t.first_seq > 1 else None
         start = max(from_seq, t.first_seq)
-        msgs = []
+        msgs: list[Retained] = []
         if t.kept and start <= t.seq:
             offset = start - t.kept[0].seq
+            size = 0
             for i in range(offset, min(len(t.kept), offset + max_messages)):
                 r = t.kept[i]
+                size += r.size
+                if msgs and size > max_bytes:
+                    break
                 msgs.append(r)
         more = bool(msgs) and msgs[-1].seq < t.seq
         return {
@@ -194,3 +206,27 @@ class Publisher:
             "lost": lost,
             "more": more,
         }
+
+
+def pack_replay(page: dict[str, Any]) -> tuple[Packed, list[bytes]]:
+    """`replay`'s answer for a page of Publisher.replay, with each message's body as it
+    was packed when it went out (not decoded and packed again: a watcher's page of events
+    cost that twice over), and the messages' attachments in order after it."""
+    msgs: list[Retained] = page["messages"]
+    parts = [_MAP6, _EPOCH, _pack(page["epoch"]), _FIRST, _pack(page["first_seq"]),
+             _LAST, _pack(page["last_seq"]), _MESSAGES, _array_header(len(msgs))]
+    atts: list[bytes] = []
+    for m in msgs:
+        parts += (_TRIPLE, _pack(m.seq), m.packed, _pack(len(m.attachments)))
+        atts += m.attachments
+    parts += (_LOST, _pack(page["lost"]), _MORE, _pack(page["more"]))
+    return Packed(b"".join(parts)), atts
+
+
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_MAP6, _TRIPLE = b"\x86", b"\x93"
+_EPOCH, _FIRST, _LAST, _MESSAGES, _LOST, _MORE = map(
+    _pack, ("epoch", "first_seq", "last_seq", "messages", "lost", "more"))
+
+
+_array_header: Callable[[int], bytes] = msgpack.Packer(autoreset=True).pack_array_header
