@@ -23,7 +23,7 @@ from moorage.actors.vtparse import CORE, MAX_HEADER, Parser, RecoveryMode
 from moorage.actors.vtparse._scan import SCANNERS
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
-from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, packb
+from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, encode_request, packb
 from moorage.protocol.errors import MoorageError
 
 pytestmark = pytest.mark.timeout(120)
@@ -180,11 +180,12 @@ def test_a_feed_larger_than_a_slice_gives_the_library_s_events_for_the_whole(par
     assert len(want) > 1000 and reply["events"] == want
 
 
-def test_a_resent_feed_is_skipped_and_an_overlapping_one_parses_only_its_new_bytes(parser,
-                                                                                  client):
+def test_a_new_feed_of_read_bytes_skips_them_and_an_overlapping_one_parses_its_new_bytes(
+        parser, client):
+    """(A resend of the same call is another matter: the RawCaller tests below.)"""
     first = feed(client, "s", 0, A)
     assert kinds(first["events"]) == ["prompt_start"] and first["offset"] == 8
-    again = feed(client, "s", 0, A)
+    again = feed(client, "s", 0, A)  # a new call
     assert again["events"] == [] and again["offset"] == 8 and again["skipped"] == 8
     overlap = feed(client, "s", 0, A + B)
     assert kinds(overlap["events"]) == ["prompt_end"]
@@ -192,6 +193,60 @@ def test_a_resent_feed_is_skipped_and_an_overlapping_one_parses_only_its_new_byt
     assert overlap["offset"] == 16
     stats = client.call("parser", "parse.stats")
     assert stats["duplicate_bytes"] == 16 and stats["bytes_parsed"] == 16
+    assert stats["feeds_resent"] == 0
+
+
+class RawCaller:
+    """Requests as frames on a real DEALER, so that a test can send one twice: what a
+    client's resend of a call whose reply it lost is (the identical frames)."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoints.rpc(runtime_dir, "parser"))
+
+    def call(self, id: int, op: str, args: dict[str, Any], attachments: list[bytes] = (),
+             times: int = 1) -> list[Any]:
+        frames = encode_request(id, "sid-raw", op, args, attachments=attachments)
+        answers = []
+        for _ in range(times):
+            self.sock.send_multipart(frames)
+            assert self.sock.poll(10_000), f"no reply to {op}"
+            reply = decode_reply(self.sock.recv_multipart())
+            assert reply.ok, reply.body
+            answers.append(reply.body)
+        return answers
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def raw(parser, runtime_dir):
+    r = RawCaller(runtime_dir)
+    yield r
+    r.close()
+
+
+def test_a_feed_resent_with_its_request_id_gets_its_answer_again(raw):
+    first, again = raw.call(41, "parse.feed", {"stream": "s", "offset": 0}, [A + B], times=2)
+    assert kinds(first["events"]) == ["prompt_start", "prompt_end"] and again == first
+    [new] = raw.call(42, "parse.feed", {"stream": "s", "offset": 0}, [A + B])  # a new call
+    assert new["events"] == [] and new["skipped"] == 16
+    [stats] = raw.call(43, "parse.stats", {})
+    assert stats["feeds_resent"] == 1
+
+
+def test_a_close_resent_with_its_request_id_gets_its_flush_events_again(raw):
+    raw.call(1, "parse.open", {"stream": "cut", "text": True})
+    raw.call(2, "parse.feed", {"stream": "cut", "offset": 0}, [b"ab\xe2\x82"])  # a cut char
+    closed, again = raw.call(3, "parse.close", {"stream": "cut"}, times=2)
+    assert closed["closed"] and [e["text"] for e in closed["events"]] == ["\ufffd"]
+    assert again == closed
+    [other] = raw.call(4, "parse.close", {"stream": "cut"})  # another close: not open
+    assert other == {"stream": "cut", "closed": False, "offset": None, "events": []}
 
 
 def test_events_from_leaves_out_the_events_before_it_and_the_stream_parses_them_still(
@@ -224,7 +279,7 @@ def test_an_inert_count_moves_a_markers_stream_unseen_and_is_refused_where_it_ca
     assert (skip["events"], skip["offset"], skip["skipped"], skip["buffered"]) == (
         [], 8 + len(plain), 0, 0)
     again = client.call("parser", "parse.feed", {"stream": "s", "offset": 8, "inert": 100})
-    assert (again["offset"], again["skipped"]) == (8 + len(plain), 100)  # a resend: a no-op
+    assert (again["offset"], again["skipped"]) == (8 + len(plain), 100)  # behind: a no-op
     assert feed(client, "s", 8 + len(plain), B)["events"] == want  # the same offsets
     stats = client.call("parser", "parse.stats")
     assert stats["bytes_inert"] == len(plain)

@@ -27,8 +27,10 @@ unless the feed says `create: false` (a caller that opened the stream with optio
 own, a nonce, wants `stream_not_found` when the stream was evicted, not a default stream).
 
 Offsets make a resent feed safe (`parse.feed` is idempotent): `offset` is the absolute stream
-offset of the data's first byte. Behind the stream's offset, the overlap was parsed already and
-is skipped (`skipped` bytes; its events went out with the first reply); ahead of it is
+offset of the data's first byte. The stream's last feed resent (the same request id: a client
+resending the call whose reply it lost) gets that feed's answer again. Otherwise, behind the
+stream's offset, the overlap was parsed already and is skipped (`skipped` bytes; its events
+went out with an earlier reply); ahead of it is
 `stream_gap` with detail {expected}. `events_from` leaves out of the reply the events that
 start before it (the caller has them already: the terminal reads a command's end itself); the
 stream parses them all the same. The reply's `offset` is the stream's new offset: when it is
@@ -94,6 +96,8 @@ MAX_STREAM_NAME = 256  # characters
 SLICE = 64 * 1024  # bytes per library call in a large feed (markers only) ...
 SLICE_TOKENS = 16 * 1024  # ... and with tokens or text, where a byte can be an event
 EVICTED = "parse.evicted"
+CLOSED_KEEP = 256  # parse.close answers kept for a resend ...
+CLOSED_KEEP_S = 60.0  # ... at most this long
 FALLBACKS = ("raw_passthrough",)
 MODES = tuple(m.value for m in RecoveryMode)
 
@@ -157,6 +161,11 @@ class Stream:
     options: Options
     parser: Parser
     last_use: float
+    # The last feed's request id and its answer: that request again (a client resends the
+    # identical frames of a call whose reply it lost) gets that answer again, events and
+    # all, instead of `skipped` and none. A new call with the same bytes goes on.
+    last_feed: int | None = None
+    last_answer: Packed | None = None
 
     def wire_state(self, now: float) -> dict[str, Any]:
         return {"stream": self.name, "offset": self.parser.offset,
@@ -274,6 +283,11 @@ class ParserActor(Actor):
         self.table = StreamTable(s.max_streams, s.max_streams_per_session)
         self.counts: Counter[str] = Counter()
         self.packer = EventPacker()
+        # parse.close's answers of the last CLOSED_KEEP_S, at most CLOSED_KEEP of them, with
+        # their request ids: a close resent after its reply was lost gets its flush's events
+        # again (a new close of the stream, that it is not open).
+        self.closed: OrderedDict[tuple[str, str], tuple[float, int, dict[str, Any]]] = \
+            OrderedDict()
 
     def on_start(self) -> None:
         interval = min(max(self.settings.idle_timeout_s / 4, 0.02), 5.0)
@@ -320,6 +334,7 @@ class ParserActor(Actor):
         except ValueError as exc:  # a nonce the parser cannot match
             raise fail("bad_args", str(exc)) from exc
         s = Stream(sid, name, options, parser, 0.0)
+        self.closed.pop((sid, name), None)
         for old in self.table.add(s):
             self._evicted(old, "lru")
         self.counts["opened"] += 1
@@ -406,6 +421,9 @@ class ParserActor(Actor):
                        f"{self.settings.max_feed_bytes} bytes, not {size}",
                        detail={"limit": self.settings.max_feed_bytes, "size": size})
         s = self._fed_stream(call, stream, offset, create)
+        if s.last_feed == call.id and s.last_answer is not None:
+            self.counts["feeds_resent"] += 1
+            return s.last_answer
         expected = s.parser.offset
         skipped = min(expected - offset, size)
         self.counts["feeds"] += 1
@@ -416,7 +434,9 @@ class ParserActor(Actor):
         self.counts["events"] += len(events)
         if events_from:
             events = [e for e in events if e.start >= events_from]
-        return self._answer(s, events, skipped, size - skipped - parsed)
+        answer = self._answer(s, events, skipped, size - skipped - parsed)
+        s.last_feed, s.last_answer = call.id, answer
+        return answer
 
     def _answer(self, s: Stream, events: list[Event], skipped: int, unparsed: int) -> Packed:
         """A feed's answer, of bytes or of a count: its events and where the stream stands."""
@@ -453,6 +473,9 @@ class ParserActor(Actor):
         if not 0 < inert <= limits.MAX_ID:
             raise fail("bad_args", f"inert must be in (0, 2^53), not {inert}")
         s = self._fed_stream(call, stream, offset, create)
+        if s.last_feed == call.id and s.last_answer is not None:
+            self.counts["feeds_resent"] += 1
+            return s.last_answer
         expected = s.parser.offset
         skipped = min(expected - offset, inert)
         if skipped < inert and not s.parser.skip(inert - skipped):
@@ -462,7 +485,9 @@ class ParserActor(Actor):
         self.counts["feeds"] += 1
         self.counts["duplicate_bytes"] += skipped
         self.counts["bytes_inert"] += inert - skipped
-        return self._answer(s, [], skipped, 0)
+        answer = self._answer(s, [], skipped, 0)
+        s.last_feed, s.last_answer = call.id, answer
+        return answer
 
     def _parse(self, s: Stream, data: bytes, start: int) -> list[Event]:
         """Feed data[start:] in slices until the event budget is spent; a library error
@@ -497,6 +522,7 @@ class ParserActor(Actor):
         """Back to ground: whatever the stream held is dropped; the offset goes on."""
         s = self._stream(call, stream)
         dropped = self._rebuild(s, s.parser.offset)
+        s.last_feed = s.last_answer = None
         self.counts["resets"] += 1
         return {"stream": stream, "offset": s.parser.offset, "mode": s.parser.mode.value,
                 "dropped": dropped}
@@ -505,9 +531,18 @@ class ParserActor(Actor):
         result={"stream": str, "closed": bool, "offset": int | None, "events": list[EVENT]})
     def _op_close(self, call: Call, stream: str) -> dict[str, Any]:
         """Close a stream; `events` are what its end flushes (a cut character, a held
-        sequence). Closing a stream that is not open answers closed: false."""
-        s = self.table.remove(call.sid, stream)
+        sequence). Closing a stream that is not open answers closed: false; the close that
+        closed it, resent within CLOSED_KEEP_S, its answer again."""
+        key = (call.sid, stream)
+        s = self.table.remove(*key)
+        now = time.monotonic()
+        while self.closed and (len(self.closed) > CLOSED_KEEP
+                               or next(iter(self.closed.values()))[0] < now - CLOSED_KEEP_S):
+            self.closed.popitem(last=False)
         if s is None:
+            kept = self.closed.get(key)
+            if kept is not None and kept[1] == call.id:
+                return kept[2]
             return {"stream": stream, "closed": False, "offset": None, "events": []}
         self.counts["closed"] += 1
         try:
@@ -515,7 +550,9 @@ class ParserActor(Actor):
         except Exception:
             logger.exception("parse.close: flush raised on {!r}", stream)
             events = []
-        return {"stream": stream, "closed": True, "offset": s.parser.offset, "events": events}
+        answer = {"stream": stream, "closed": True, "offset": s.parser.offset, "events": events}
+        self.closed[key] = (now, call.id, answer)
+        return answer
 
     @op("parse.list", idempotent=True, result={"streams": list[STREAM_STATE]})
     def _op_list(self, call: Call) -> dict[str, Any]:
@@ -525,7 +562,8 @@ class ParserActor(Actor):
 
     @op("parse.stats", idempotent=True, result={
         "streams": int, "sessions": int, "max_streams": int, "buffered": int, "opened": int,
-        "closed": int, "feeds": int, "bytes_parsed": int, "bytes_inert": int, "events": int,
+        "closed": int, "feeds": int, "feeds_resent": int, "bytes_parsed": int,
+        "bytes_inert": int, "events": int,
         "duplicate_bytes": int, "gaps": int, "not_found": int, "resets": int,
         "parse_errors": int, "evictions": int, "reaped": int, "pressure_closed": int,
         "fallback": Literal[FALLBACKS] | None})  # type: ignore[valid-type]
@@ -537,6 +575,7 @@ class ParserActor(Actor):
             "max_streams": self.settings.max_streams,
             "buffered": sum(s.parser.buffered_bytes() for s in self.table),
             "opened": c["opened"], "closed": c["closed"], "feeds": c["feeds"],
+            "feeds_resent": c["feeds_resent"],
             "bytes_parsed": c["bytes_parsed"], "bytes_inert": c["bytes_inert"],
             "events": c["events"], "duplicate_bytes": c["duplicate_bytes"], "gaps": c["gaps"],
             "not_found": c["not_found"], "resets": c["resets"],
