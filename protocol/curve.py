@@ -200,9 +200,14 @@ def read_allowed_with_problems(directory: Path) -> tuple[dict[bytes, str], list[
     return {raw: name for raw, name in entries}, problems
 
 
-def read_allowed_files(directory: Path) -> tuple[list[tuple[bytes, str]], list[str]]:
+def read_allowed_files(directory: Path, trusted_only: bool = True
+                       ) -> tuple[list[tuple[bytes, str]], list[str]]:
     """Every allowed key with the name of its file, one entry per file (two files may hold
-    one key: revoking it takes both), and what could not be read."""
+    one key: revoking it takes both), and what could not be read.
+
+    With `trusted_only` False, a file others may write or that is not this user's is read
+    too: a key is revoked by removing every file that holds it, and one that is not trusted
+    today would be after a `chmod 600`. The directory must be private either way."""
     allowed = directory / ALLOWED
     try:
         check_private_dir(allowed)
@@ -221,7 +226,7 @@ def read_allowed_files(directory: Path) -> tuple[list[tuple[bytes, str]], list[s
         path = allowed / fname
         try:
             st = path.lstat()
-            if st.st_mode & 0o022 or st.st_uid != os.getuid():
+            if trusted_only and (st.st_mode & 0o022 or st.st_uid != os.getuid()):
                 raise KeyFileError(f"{path} is writable by others or not this user's")
             pair = read_certificate(path, secret=False)
         except (OSError, KeyFileError) as exc:

@@ -4,7 +4,8 @@
                             user's client pair (0600), unless they exist; print the public keys
   keys allow PUBKEY [--name NAME]
                             let a client key in (a running tree sees it at its next handshake)
-  keys revoke NAME|PUBKEY   take a key off the list; a running tree closes its connections
+  keys revoke NAME|PUBKEY   take a key off the list: every file holding it goes, whatever its
+                            mode; a running tree closes its connections
   keys list [--json]        the pairs' public keys and the allow-list
 
 Keys are never read from the working directory: `$MOORAGE_KEYS_DIR`, else
@@ -89,18 +90,21 @@ def cmd_keys_allow(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     d = _dir()
     try:
-        entries, _ = curve.read_allowed_files(d)
+        # Files open to others too: they allow nothing today, but would after a `chmod 600`.
+        entries, unread = curve.read_allowed_files(d, trusted_only=False)
     except curve.KeyFileError as exc:  # (a dir open to others: its list is not trusted)
         raise CliError(str(exc)) from None
     target = args.key
-    # The key named, or given: every file that allows it goes (a copy left under another
+    # The key named, or given: every file that holds it goes (a copy left under another
     # name would keep it allowed).
     revoked = {raw for raw, name in entries if target in (name, z85.encode(raw).decode())}
-    gone = []
-    for raw, name in entries:
-        if raw in revoked:
-            (d / curve.ALLOWED / f"{name}{curve.PUBLIC_SUFFIX}").unlink()
-            gone.append(name)
+    gone = [name for raw, name in entries if raw in revoked]
+    for name in gone:
+        path = d / curve.ALLOWED / f"{name}{curve.PUBLIC_SUFFIX}"
+        path.unlink(missing_ok=True)
+        print(f"removed {path}")
+    for problem in unread:  # (its key unknown: it may be the one revoked)
+        print(f"moorage: not compared, could not be read: {problem}", file=sys.stderr)
     if not gone:
         print(f"moorage: no allowed key is named or equal to {target!r}", file=sys.stderr)
         return EXIT_ERROR
