@@ -17,8 +17,9 @@ answer is reported as `moorage_scrape_error{source}` = 1 and its families are le
 scrape still succeeds with what the others said. The whole gathering is bounded by one
 budget (each source gets what is left of it).
 
-`/metrics` is opt-in, loopback only, served by prometheus_client's HTTP server in threads of
-the root supervisor (started after its zygote was forked, so no child inherits a thread);
+`/metrics` is opt-in, loopback only, prometheus_client's WSGI app served in threads of the
+root supervisor (started after its zygote was forked, so no child inherits a thread), at most
+SLOTS connections at once, each for a bounded time (`BoundedServer`);
 each scrape asks the tree through its own blocking `Client` (the client is per thread, and the
 supervisor's sockets belong to its loop), and hands prometheus_client the families parsed
 back from the same text the CLI prints.
@@ -26,13 +27,17 @@ back from the same text the CLI prints.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -44,6 +49,11 @@ from moorage.protocol.errors import MoorageError
 LOOPBACK = ("127.0.0.1", "localhost")
 LEVELS = ("normal", "moderate", "high", "critical")
 ADDR_FILE = "metrics-http"  # in the runtime dir: where the endpoint listens (port 0 resolved)
+SLOTS = 4  # connections served at once; one more is answered 503 and closed
+SOCKET_TIMEOUT_S = 5.0  # a connection silent this long (reading or writing) is closed
+CONNECTION_S = 15.0  # and none is served longer than this in all (a scrape's budget is 4 s)
+BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+        b"Retry-After: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n")
 
 __all__ = ["CONTENT_TYPE", "MetricsHttp", "gather", "parse_listen", "tree_families"]
 
@@ -138,6 +148,63 @@ class TreeCollector(Collector):
         yield from text_string_to_metric_families(text)
 
 
+class QuietHandler(WSGIRequestHandler):
+    timeout = SOCKET_TIMEOUT_S  # (set on each connection by StreamRequestHandler.setup)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Not a line per scrape: the supervisor's log is the tree's."""
+
+
+class BoundedServer(WSGIServer):
+    """prometheus_client's own server starts a thread per connection and keeps it as long as
+    the connection lasts: anything local opening connections and saying nothing would make
+    the root supervisor start threads without end. Here at most SLOTS connections are served
+    at once, each in a thread of its own for at most CONNECTION_S; one past them is answered
+    503 at once and closed, never queued."""
+
+    def __init__(self, addr: tuple[str, int]) -> None:
+        super().__init__(addr, QuietHandler)
+        self.slots = threading.BoundedSemaphore(SLOTS)
+        self.lock = threading.Lock()
+        self.deadlines: dict[socket.socket, float] = {}  # the connections being served
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):  # (a new socket's buffer takes it whole)
+                request.send(BUSY, socket.MSG_DONTWAIT)
+            self.shutdown_request(request)
+            return
+        with self.lock:
+            self.deadlines[request] = time.monotonic() + CONNECTION_S
+        threading.Thread(target=self.serve, args=(request, client_address), daemon=True,
+                         name="metrics-http").start()
+
+    def serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            with self.lock:  # (before the close: service_actions never cuts a closed one)
+                del self.deadlines[request]
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def service_actions(self) -> None:
+        """Between serve_forever's polls (every 0.5 s): a connection past its deadline, a
+        client sending a byte now and then, is cut (its thread then ends)."""
+        now = time.monotonic()
+        with self.lock:
+            for conn, end in self.deadlines.items():
+                if end < now:
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away: nothing for the tree's console."""
+        logger.opt(exception=True).debug("metrics over HTTP: {}", client_address)
+
+
 class MetricsHttp:
     """The running endpoint; `close()` stops it (the supervisor does on shutdown)."""
 
@@ -145,7 +212,11 @@ class MetricsHttp:
         host, port = parse_listen(listen)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(TreeCollector(runtime_dir))
-        self.server, self.thread = start_http_server(port, host, registry=registry)
+        self.server = BoundedServer((host, port))
+        self.server.set_app(make_wsgi_app(registry))
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       name="metrics-http-accept")
+        self.thread.start()
         self.port = self.server.server_port
         self.addr_file = runtime_dir / ADDR_FILE
         self.addr_file.write_text(f"{host}:{self.port}\n")

@@ -143,7 +143,7 @@ class Supervisor(Actor):
         self.notify = sdnotify.Notifier.from_env() if root else None
         self.overrides = Overrides()
         self.shedding = False  # sup.shed {on: true} holds the non-essential children stopped
-        self.metrics_http: Any = None  # (server, thread) of --metrics-http, root only
+        self.metrics_http: Any = None  # prom.MetricsHttp of --metrics-http, root only
         self.shed_ops = SheddingOps(self)
         self.add_ops(ControlOps(self))
         self.add_ops(self.shed_ops)

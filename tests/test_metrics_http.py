@@ -3,6 +3,9 @@ with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import http.client
+import os
+import select
 import socket
 import subprocess
 import sys
@@ -13,8 +16,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from moorage.supervisor.prom import ADDR_FILE
+from moorage.supervisor.prom import ADDR_FILE, SLOTS, parse_listen
 from tests.conftest import ROOT, Tree
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,3 +144,52 @@ def test_metrics_http_listens_on_loopback_only(runtime_dir):
          "--metrics-http", "0.0.0.0:9464"], capture_output=True, text=True, cwd=ROOT,
         timeout=60)
     assert out.returncode == 2 and "loopback only" in out.stderr
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def scraped(listen: str) -> dict[str, Any] | None:
+    """A scrape, or None if the endpoint was busy (503) or closed the connection."""
+    try:
+        return scrape(listen)
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+SILENT = 40
+
+
+def test_silent_connections_hold_a_few_threads_for_a_while_then_scrapes_are_served(http_tree):
+    """(prometheus_client's server started a thread per connection and kept it while the
+    connection lasted: forty connections that said nothing were forty threads in the root
+    supervisor, for ever.)"""
+    tree = http_tree.start()
+    assert scraped(tree.listen)
+    before = threads(tree.pid)
+    silent = [socket.create_connection(parse_listen(tree.listen), timeout=10)
+              for _ in range(SILENT)]
+    try:
+        answered: set[socket.socket] = set()
+
+        def answered_at_least(n: int) -> bool:
+            waiting = [s for s in silent if s not in answered]
+            answered.update(select.select(waiting, [], [], 1.0)[0] if waiting else [])
+            return len(answered) >= n or threads(tree.pid) > before + SILENT // 2
+
+        wait_for(lambda: answered_at_least(SILENT - SLOTS), "connections past the slots "
+                 "answered")
+        assert threads(tree.pid) <= before + SLOTS, (before, threads(tree.pid))
+        # 503 at once; or, on a machine slow to connect them all, end of file for one that
+        # was served and has since been cut for its silence
+        replies = {s.recv(100)[:13] for s in answered}
+        assert b"HTTP/1.0 503 " in replies and replies <= {b"HTTP/1.0 503 ", b""}, replies
+        # Those served say nothing: each is cut after its socket timeout, freeing its slot.
+        wait_for(lambda: answered_at_least(SILENT), "silent connections cut", timeout=60)
+        assert threads(tree.pid) <= before + SLOTS
+    finally:
+        for s in silent:
+            s.close()
+    fams = wait_for(lambda: scraped(tree.listen), "a scrape once the slots were free")
+    assert sample(fams, "moorage_child_up", child="fake") == 1
