@@ -4,12 +4,18 @@ loguru compiles each handler's format when it is added (about 6 ms a handler her
 would be most of an actor's restart time. So handlers are installed once per process image
 (the zygote does it before forking) and write through `SINK`, a small size-rotated file that
 a child merely re-points at its own path.
+
+The console, where it is a file the tree appends to (`up --detach`'s `logs/up.out`), is kept
+under the size in MOORAGE_CONSOLE_ROTATE, KEEP older copies beside it: a tree that runs for
+weeks would otherwise grow it without end (the root logs every supervisor event there).
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import shutil
 import socket
 import stat
 import sys
@@ -22,6 +28,16 @@ FILE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level:<7} {extra[actor]}[{process
 CONSOLE_FORMAT = "{time:HH:mm:ss.SSS} {extra[actor]} {level} {message}"
 MAX_BYTES = 10 * 1024 * 1024
 KEEP = 2  # rotated files kept: name.log.1 .. name.log.KEEP
+CONSOLE_ROTATE_ENV = "MOORAGE_CONSOLE_ROTATE"  # bytes a console file is kept under; unset: no
+CONSOLE_MAX_BYTES = 2 * 1024 * 1024  # what `up --detach` sets it to unless given
+
+
+def shift_rotated(path: Path) -> None:
+    """name.1 .. name.(KEEP-1) become name.2 .. name.KEEP, the oldest dropped: name.1 is free."""
+    for i in range(KEEP - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
 
 
 class RotatingFile:
@@ -48,10 +64,7 @@ class RotatingFile:
     def _rotate(self) -> None:
         assert self.path is not None and self.file is not None
         self.file.close()
-        for i in range(KEEP - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        shift_rotated(self.path)
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
@@ -65,8 +78,9 @@ class ConsoleSink:
     its next warning, and every process of the tree writes to the same stderr. A pipe or a
     terminal is opened again through /proc, as a description of our own set non-blocking
     (setting it on the inherited one would change it for the editor or the shell too); a
-    socket is written with MSG_DONTWAIT; a file is written as it is. Installed once per
-    process image (the zygote's children share its description).
+    socket is written with MSG_DONTWAIT; a file is written as it is, and kept under
+    MOORAGE_CONSOLE_ROTATE bytes when asked (`rotate`). Installed once per process image (the
+    zygote's children share its description).
 
     What the process writes to stderr itself goes through it too (`take_stderr`): Python's
     sys.stderr (a traceback, a warning, a print) is a stream over this sink, and fd 2, where
@@ -78,6 +92,7 @@ class ConsoleSink:
         self._fd: int | None = None
         self._reopened = False  # _fd is a description of our own, non-blocking
         self._sock: socket.socket | None = None
+        self._max_bytes = 0  # a file kept under this size (`rotate`); 0: as it grows
 
     def open(self, fd: int) -> None:
         self.close()
@@ -98,6 +113,7 @@ class ConsoleSink:
                 self._fd = os.dup(fd)
         else:
             self._fd = os.dup(fd)
+            self._max_bytes = console_max_bytes(self._fd)
 
     def take_stderr(self, fd: int) -> None:
         """Make `fd` (the process's stderr) and sys.stderr write through this sink (the class
@@ -126,10 +142,44 @@ class ConsoleSink:
                 self._sock.send(data, socket.MSG_DONTWAIT)
             elif self._fd is not None:
                 os.write(self._fd, data)  # (a short write to a full pipe: its tail is lost)
+                if self._max_bytes and os.fstat(self._fd).st_size > self._max_bytes:
+                    self.rotate(self._fd)
         except BlockingIOError:
             self.dropped += 1
         except OSError:
-            pass  # the reader is gone: nobody to tell
+            pass  # the reader is gone (or the file cannot be rotated): nobody to tell
+
+    def rotate(self, fd: int) -> None:
+        """Copy the file to name.1 (older copies shifted), then truncate it. Every process of
+        the tree appends to it through a description inherited from `up`, which no rename
+        could move them off; appending, each writes at the new end. A line another process
+        writes between the copy and the truncation is lost (a logged one is in the log files)."""
+        fcntl.lockf(fd, fcntl.LOCK_EX)  # (per process: two that see it full rotate it once)
+        try:
+            st = os.fstat(fd)
+            if st.st_size <= self._max_bytes:
+                return
+            path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            try:
+                if os.path.samestat(path.stat(), st):  # (not removed or replaced meanwhile)
+                    shift_rotated(path)
+                    shutil.copyfile(f"/proc/self/fd/{fd}", path.with_name(f"{path.name}.1"))
+            finally:  # (a copy that failed, the disk full: the bound holds all the same)
+                os.ftruncate(fd, 0)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
+def console_max_bytes(fd: int) -> int:
+    """The size the console file `fd` is kept under: MOORAGE_CONSOLE_ROTATE, for a file
+    every writer appends to (only such a file can be truncated under them); 0 otherwise."""
+    try:
+        limit = int(os.environ.get(CONSOLE_ROTATE_ENV) or 0)
+    except ValueError:
+        return 0
+    if limit <= 0 or not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+        return 0
+    return limit
 
 
 class _ConsoleStream(io.RawIOBase):

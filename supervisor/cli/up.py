@@ -9,7 +9,9 @@ goes to stderr: fd 1 is pointed at fd 2 as soon as the line's channel is taken f
 `up --detach` starts the same command in a new session with the line's pipe as its
 `--ready-fd`, and prints what comes back: the ready line (exit 0), or the failed line after
 stopping everything it started (its process group). It never asks the tree anything, so a tree
-that cannot come up cannot make it wait past `--timeout` plus the start.
+that cannot come up cannot make it wait past `--timeout` plus the start. The detached tree's
+stdout and stderr are `<state dir>/logs/up.out`, kept under MOORAGE_CONSOLE_ROTATE bytes
+(default 2 MiB) with two older copies, up.out.1 and up.out.2 (moorage.actors.runtime.logs).
 """
 
 from __future__ import annotations
@@ -215,7 +217,11 @@ def detach(args: argparse.Namespace) -> int:
         cmd += ["--parent", str(args.parent)]
     if args.allow_external_actors:
         cmd.append("--allow-external-actors")
-    env = {**os.environ, "MOORAGE_STATE_DIR": str(args.state_dir)}
+    from moorage.actors.runtime.logs import CONSOLE_MAX_BYTES, CONSOLE_ROTATE_ENV
+
+    # The tree's console is `out`, for as long as it runs: kept under a size (rotated).
+    env = {CONSOLE_ROTATE_ENV: str(CONSOLE_MAX_BYTES), **os.environ,
+           "MOORAGE_STATE_DIR": str(args.state_dir)}
     with open(out, "ab") as f:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env,
                                 start_new_session=True, pass_fds=(w,))
