@@ -15,9 +15,9 @@ use crate::endpoints::Endpoints;
 use crate::envelope::TAG;
 use crate::histogram::{Recorder, Summary};
 use crate::limits::MAX_OP_LEN;
+pub use crate::limits::{MAX_OPS_PER_PUSH, MAX_PUSH_HIST_BYTES};
 
 pub const MAX_NAME: usize = 100;
-pub const MAX_OPS_PER_PUSH: usize = 1000;
 
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
@@ -135,23 +135,59 @@ impl Pusher {
     }
 }
 
+/// One op of a push body: its pushed name, its counts, and its encoded histogram.
+#[derive(Debug, Clone)]
+pub struct PushedOp {
+    pub name: String,
+    pub counts: Counts,
+    pub hist: Vec<u8>,
+}
+
+impl PushedOp {
+    pub fn new(name: String, counts: Counts) -> PushedOp {
+        let hist = counts.times.encode();
+        PushedOp { name, counts, hist }
+    }
+}
+
+/// `ops` in order, cut into push bodies the metrics actor takes: at most `MAX_OPS_PER_PUSH`
+/// ops and `MAX_PUSH_HIST_BYTES` of encoded histograms each, since it refuses a bigger push
+/// whole (every figure in it lost). An op whose histogram alone is bigger goes in a body of
+/// its own.
+pub fn split_push(ops: Vec<PushedOp>) -> Vec<Vec<PushedOp>> {
+    let mut bodies = Vec::new();
+    let mut body: Vec<PushedOp> = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        if !body.is_empty() && (body.len() == MAX_OPS_PER_PUSH || bytes + op.hist.len() > MAX_PUSH_HIST_BYTES) {
+            bodies.push(std::mem::take(&mut body));
+            bytes = 0;
+        }
+        bytes += op.hist.len();
+        body.push(op);
+    }
+    if !body.is_empty() {
+        bodies.push(body);
+    }
+    bodies
+}
+
 fn push(sock: &zmq::Socket, header: &[u8], book: &Mutex<LatencyBook>) {
     let taken = book.lock().unwrap().take();
-    let mut rest = taken.into_iter().peekable();
-    while rest.peek().is_some() {
-        let chunk: Vec<(String, Counts)> = rest.by_ref().take(MAX_OPS_PER_PUSH).collect();
-        let body = map_of(chunk.iter().map(|(name, c)| {
-            (name.clone(), map_of([
-                ("ok", Value::from(c.ok)),
-                ("error", Value::from(c.error)),
-                ("hist", Value::Binary(c.times.encode())),
+    let mut rest = split_push(taken.into_iter().map(|(name, c)| PushedOp::new(name, c)).collect()).into_iter();
+    while let Some(chunk) = rest.next() {
+        let body = map_of(chunk.iter().map(|op| {
+            (op.name.clone(), map_of([
+                ("ok", Value::from(op.counts.ok)),
+                ("error", Value::from(op.counts.error)),
+                ("hist", Value::Binary(op.hist.clone())),
             ]))
         }));
         let frames: [&[u8]; 3] = [TAG, header, &encode(&body)];
         if sock.send_multipart(frames, zmq::DONTWAIT).is_err() {
             let mut b = book.lock().unwrap();
-            for (name, c) in chunk.into_iter().chain(rest) {
-                b.put_back(name, c);
+            for op in chunk.into_iter().chain(rest.flatten()) {
+                b.put_back(op.name, op.counts);
             }
             return;
         }

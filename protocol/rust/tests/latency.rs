@@ -2,11 +2,13 @@
 //! written out there) are taken whole by the real metrics actor, which then shows the client's
 //! rows beside the service's. Needs the conformance suite's tree (MOORAGE_CONFORMANCE_DIR).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use moorage_client::codec::get;
-use moorage_client::histogram::{counts_index, value_at, Recorder};
+use moorage_client::histogram::{counts_index, value_at, Recorder, COUNTS_LEN};
+use moorage_client::latency::{split_push, Counts, PushedOp};
 use moorage_client::{args, Client, Options, Value};
 
 #[test]
@@ -21,6 +23,67 @@ fn a_values_bucket_stands_for_the_values_of_its_index() {
         r.record(i * 10);
     }
     assert_eq!((r.summary().p50, r.summary().max), (501, 1003));
+}
+
+/// Counts whose histogram is as big as the fixed shape allows: every bucket holding a count
+/// that neither zigzag nor deflate can shrink (some 24 KiB encoded).
+fn fat(seed: u64) -> Counts {
+    let mut times = Recorder::default();
+    let mut x = seed;
+    for i in 0..COUNTS_LEN {
+        x = (x * 1_103_515_245 + 12_345) & 0x7fff_ffff;
+        let n = x * 1024 + i as u64 + 1; // < 2^41, so the total stays far below 2^53
+        times.counts.insert(value_at(i), n);
+        times.total += n;
+    }
+    Counts { ok: times.total, error: 0, times }
+}
+
+fn names(ops: &[PushedOp]) -> Vec<String> {
+    ops.iter().map(|op| op.name.clone()).collect()
+}
+
+#[test]
+fn a_push_of_300_ops_goes_as_bodies_the_metrics_actor_takes_each_op_once_in_order() {
+    let ops: Vec<PushedOp> = (0..300u64).map(|i| {
+        let mut c = Counts::default();
+        for k in 0..=i % 3 {
+            if k == 1 { c.error += 1 } else { c.ok += 1 }
+            c.times.record(100 + i);
+        }
+        PushedOp::new(format!("parser/op.{i}"), c)
+    }).collect();
+    let bodies = split_push(ops);
+    // 256: what the metrics actor takes in one push (actors/metrics/push.py)
+    assert_eq!(bodies.iter().map(Vec::len).collect::<Vec<_>>(), [256, 44]);
+    let flat: Vec<PushedOp> = bodies.into_iter().flatten().collect();
+    assert_eq!(names(&flat), (0..300).map(|i| format!("parser/op.{i}")).collect::<Vec<_>>());
+    for (i, op) in flat.iter().enumerate() {
+        let (ok, error) = [(1, 0), (1, 1), (2, 1)][i % 3];
+        assert_eq!((op.counts.ok, op.counts.error, op.counts.times.total), (ok, error, ok + error), "{}", op.name);
+        assert_eq!(op.hist, op.counts.times.encode());
+    }
+}
+
+#[test]
+fn a_pushs_histograms_are_cut_at_1_mib_a_body_and_one_bigger_alone_still_goes_alone() {
+    let ops: Vec<PushedOp> = (0..100).map(|i| PushedOp::new(format!("parser/op.{i}"), fat(i + 1))).collect();
+    let order = names(&ops);
+    let bodies = split_push(ops);
+    let bytes: Vec<usize> = bodies.iter().map(|b| b.iter().map(|op| op.hist.len()).sum()).collect();
+    // 1 MiB: what the metrics actor takes in one push (actors/metrics/push.py)
+    assert!(bodies.len() > 1 && bytes.iter().all(|&n| n <= 1 << 20), "{bytes:?}");
+    // Full: the next op would not have fitted.
+    for i in 1..bodies.len() {
+        assert!(bytes[i - 1] + bodies[i][0].hist.len() > 1 << 20, "{bytes:?}");
+    }
+    assert_eq!(names(&bodies.concat()), order);
+
+    let small = |name: &str| PushedOp::new(name.into(), Counts { ok: 1, ..Counts::default() });
+    let huge = PushedOp { hist: vec![b'A'; (1 << 20) + 1], ..small("a/huge") };
+    let alone = split_push(vec![small("a/x"), huge, small("a/y")]);
+    assert_eq!(alone.iter().map(|b| names(b)).collect::<Vec<_>>(), [["a/x"], ["a/huge"], ["a/y"]]);
+    assert!(split_push(Vec::new()).is_empty());
 }
 
 #[test]
@@ -53,5 +116,43 @@ fn a_pushing_client_shows_up_in_the_metrics_actor() {
             return;
         }
         assert!(Instant::now() < end, "the client's rows never showed up: {q:?}");
+    }
+}
+
+#[test]
+fn a_client_that_called_300_distinct_ops_has_all_300_in_the_metrics_actor() {
+    let Some(dir) = std::env::var_os("MOORAGE_CONFORMANCE_DIR").map(PathBuf::from) else {
+        println!("latency: no tree (MOORAGE_CONFORMANCE_DIR unset): skipped");
+        return;
+    };
+    let name = format!("rust-300-{}", std::process::id());
+    // An interval longer than the test: the one push is the client's last, when it is dropped,
+    // so all 300 ops go in it.
+    let mut c = Client::new(Options {
+        runtime_dir: Some(dir.clone()), timeout: 10.0, metrics_name: Some(name.clone()),
+        metrics_interval: Duration::from_secs(3600), ..Options::default()
+    }).unwrap();
+    // No such ops: each call is answered (an error) and timed all the same.
+    for i in 0..300 {
+        assert!(c.call("parser", &format!("parse.no_such_op_{i}"), Value::Nil).is_err());
+    }
+    drop(c);
+    let mut asker = Client::new(Options { runtime_dir: Some(dir), timeout: 10.0, ..Options::default() }).unwrap();
+    let want: BTreeMap<String, u64> = (0..300).map(|i| (format!("parser/parse.no_such_op_{i}"), 1)).collect();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = asker.call("metrics", "metrics.query", args([("actor", Value::from(format!("client.{name}")))])).unwrap();
+        let rows = get(&q, "ops").and_then(|o| o.as_array()).cloned().unwrap_or_default();
+        // (beside them: the sys.hello that learnt parser's ops)
+        let got: BTreeMap<String, u64> = rows.iter().filter_map(|r| {
+            let op = get(r, "op")?.as_str()?;
+            let error = get(get(r, "lifetime")?, "error")?.as_u64()?;
+            op.starts_with("parser/parse.").then(|| (op.to_string(), error))
+        }).collect();
+        if got == want {
+            println!("latency: 300 ops pushed and merged");
+            return;
+        }
+        assert!(Instant::now() < end, "{} of 300 ops showed up", got.len());
     }
 }

@@ -7,11 +7,10 @@ import { Push } from "zeromq";
 
 import { TAG } from "./envelope.js";
 import { Recorder } from "./histogram.js";
-import { MAX_OP_LEN } from "./limits.js";
+import { MAX_OPS_PER_PUSH, MAX_OP_LEN, MAX_PUSH_HIST_BYTES } from "./limits.js";
 import { encode } from "./msgpack.js";
 
 export const MAX_NAME = 100;
-export const MAX_OPS_PER_PUSH = 1000;
 
 export interface Counts {
   ok: number;
@@ -99,6 +98,34 @@ export class LatencyBook {
   }
 }
 
+/** One op of a push body: its pushed name, its counts, and its encoded histogram. */
+export interface PushedOp {
+  name: string;
+  counts: Counts;
+  hist: Uint8Array;
+}
+
+/** `groups` in order, cut into push bodies the metrics actor takes: at most MAX_OPS_PER_PUSH
+ * ops and MAX_PUSH_HIST_BYTES of encoded histograms each, since it refuses a bigger push whole
+ * (every figure in it lost). An op whose histogram alone is bigger goes in a body of its own. */
+export function splitPush(groups: [string, Counts][]): PushedOp[][] {
+  const bodies: PushedOp[][] = [];
+  let body: PushedOp[] = [];
+  let bytes = 0;
+  for (const [name, counts] of groups) {
+    const hist = counts.times.encode();
+    if (body.length > 0 && (body.length === MAX_OPS_PER_PUSH || bytes + hist.length > MAX_PUSH_HIST_BYTES)) {
+      bodies.push(body);
+      body = [];
+      bytes = 0;
+    }
+    body.push({ name, counts, hist });
+    bytes += hist.length;
+  }
+  if (body.length > 0) bodies.push(body);
+  return bodies;
+}
+
 /** Pushes the book's pending counts to `metrics.in` every `interval` seconds (a timer, unref'd). */
 export class LatencyPusher {
   private readonly sock: Push;
@@ -125,12 +152,11 @@ export class LatencyPusher {
    * recorded meanwhile goes with the next push. */
   async pushNow(): Promise<number> {
     if (this.sending !== null) return 0;
-    const groups = this.book.take();
+    const bodies = splitPush(this.book.take());
     let sent = 0;
-    for (let i = 0; i < groups.length; i += MAX_OPS_PER_PUSH) {
-      const chunk = groups.slice(i, i + MAX_OPS_PER_PUSH);
+    for (let i = 0; i < bodies.length; i++) {
       const body: Record<string, { ok: number; error: number; hist: Uint8Array }> = {};
-      for (const [name, c] of chunk) body[name] = { ok: c.ok, error: c.error, hist: c.times.encode() };
+      for (const { name, counts, hist } of bodies[i]) body[name] = { ok: counts.ok, error: counts.error, hist };
       const send = this.sock.send([TAG, this.header, encode(body)]);
       this.sending = send;
       const left = await Promise.race([
@@ -143,7 +169,7 @@ export class LatencyPusher {
           this.sending = null;
         };
         void send.then(clear, clear); // (a send the close cuts short is no error of the caller's)
-        for (const [name, c] of groups.slice(i + MAX_OPS_PER_PUSH)) this.book.putBack(name, c);
+        for (const { name, counts } of bodies.slice(i + 1).flat()) this.book.putBack(name, counts);
         break;
       }
       this.sending = null;
