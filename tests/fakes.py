@@ -155,6 +155,11 @@ class FakeActor(Actor):
         self._kept += keys
         return {"kept": self._kept}
 
+    @op("fake.power", args={"exp": int})
+    def power(self, call: Call, exp: int) -> dict[str, Any]:
+        """2 ** exp: from 64 on, a result msgpack cannot encode."""
+        return {"v": 2 ** exp}
+
     @op("fake.fail")
     def fail_op(self, call: Call) -> None:
         """Raise a plain exception (it must become an `internal` error reply)."""

@@ -16,6 +16,7 @@ from moorage.protocol import endpoints
 from moorage.protocol.client import AsyncClient, Client, Loss, Reset
 from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, encode_request, packb
 from moorage.protocol.errors import MoorageError
+from tests.fakes import FakeActor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,6 +104,47 @@ def test_a_stopping_actor_s_last_replies_leave_before_its_socket_closes(fake, ra
     assert not got[1].ok and got[1].body["name"] == "outcome_unknown"
     fake.proc.join(10)
     assert fake.proc.exitcode == 0
+
+
+def test_a_result_that_cannot_be_encoded_is_answered_internal_and_the_rest_are_served(
+        fake, client, raw):
+    """msgpack refuses an int of 2^64 with OverflowError: once the reply was taken as made,
+    none was sent, and the requests after it in the batch were dropped."""
+    for i, args in enumerate([{"exp": 3}, {"exp": 64}, {"exp": 5}, {"exp": 70}, {"exp": 1}]):
+        raw.send_multipart(encode_request(i + 1, "s1", "fake.power", args))
+    got = {r.id: r for r in (recv(raw) for _ in range(5))}
+    assert [got[i].body["v"] for i in (1, 3, 5)] == [8, 32, 2]
+    for i in (2, 4):
+        assert not got[i].ok and got[i].body["name"] == "internal"
+        assert "not sendable" in got[i].body["message"]
+    assert client.call("fake", "fake.work")["done"] == 1
+
+
+def test_requests_the_loop_never_read_before_it_stopped_are_answered_stopping(runtime_dir):
+    """Requests in the socket when the loop has ended were closed away unanswered; their
+    callers waited out their deadlines for calls that never started. An actor in this
+    process, its request socket also bound on inproc, where a send is in the socket's queue
+    when it returns."""
+    actor = FakeActor("fake", runtime_dir, {"push_metrics": False})
+    actor.rpc.bind("inproc://never-read")
+    dealer = actor.ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect("inproc://never-read")
+    try:
+        for i in range(50):
+            dealer.send_multipart(encode_request(i + 1, "s1", "fake.effect"))
+        actor.refuse_requests()
+        actor.loop.stop()
+        actor.answer_remaining()  # (what serve does once its loop has ended, then close)
+        replies = []
+        while dealer.poll(0):
+            replies.append(decode_reply(dealer.recv_multipart()))
+    finally:
+        dealer.close(0)
+        actor.close()
+    assert sorted(r.id for r in replies) == list(range(1, 51))
+    assert {(r.ok, r.body["name"]) for r in replies} == {(False, "stopping")}
+    assert actor.side_effects == 0
 
 
 def test_a_retried_request_id_is_answered_from_the_cache_not_run_twice(fake, client, raw):

@@ -566,7 +566,7 @@ class Actor:
         self._serve_batch(batch)
 
     def _serve_batch(self, batch: list[list[bytes]]) -> None:
-        handle, cork = self.handle_request, self._cork
+        handle, cork = self._handle_isolated, self._cork
         stop = _perf_counter() + TURN_BUDGET_S
         limit = self.queue_limit
         self._corking = True
@@ -609,15 +609,25 @@ class Actor:
                     self._held_count -= 1
                     if not q:
                         del held[route]
-                    self.handle_request(frames)
+                    self._handle_isolated(frames)
                     cork.tick(_perf_counter())
         finally:
             self._corking = False
             cork.flush()
-        if held:
-            self.loop.defer(self._serve_held)
-        else:
-            self._serving_held = False
+            # (in the finally: were this turn cut short, what is held would never be served)
+            if held:
+                self.loop.defer(self._serve_held)
+            else:
+                self._serving_held = False
+
+    def _handle_isolated(self, frames: list[bytes], over_limit: bool = False) -> None:
+        """handle_request for one request of many: a fault of the runtime's own on one
+        (every handler's is answered `internal` already) must not cost the requests after it
+        their turn, nor leave the held ones unserved."""
+        try:
+            self.handle_request(frames, over_limit)
+        except Exception:
+            logger.exception("a request's handling raised")
 
     def send_reply(self, route: list[bytes], frames: list[bytes]) -> None:
         """Never blocks and never raises: a reply that cannot leave is counted as lost."""
@@ -799,7 +809,7 @@ class Actor:
                 if problem:
                     raise ValueError(problem)
                 frames = encode_reply(call.id, self.epoch, body, atts)
-            except (TypeError, ValueError) as exc:
+            except Exception as exc:  # (msgpack: TypeError, ValueError, OverflowError, ...)
                 # The client could not decode it: answer with what went wrong instead.
                 logger.error("{}: result not sendable: {}", call.op, exc)
                 error = WireError.of("internal", f"result not sendable: {exc}",
@@ -897,14 +907,30 @@ class Actor:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        self.answer_remaining()
+        self.close()
+
+    def answer_remaining(self) -> None:
+        """Once the loop has ended: every request this life took in or that waits in its
+        socket gets its one reply before the socket closes."""
         try:
             self.on_stop()
         except Exception:
             logger.exception("{}: on_stop raised", self.name)
+        self._stopping = True
         held, self._held = self._held, {}
         for q in held.values():
             for frames in q:  # never run: answered `stopping` (safe to resend)
-                self.handle_request(frames)
+                self._handle_isolated(frames)
+        # What reached the socket while the loop was ending was never read: `stopping` too,
+        # rather than closed away with no answer for its callers to wait out their
+        # deadlines on (bounded by what the inbound queue may hold).
+        for _ in range(2 * self.queue_limit):
+            try:
+                frames = self.rpc.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                break
+            self._handle_isolated(frames)
         for call in list(self.pending.values()):
             # These had started: their effects may have happened, so not "stopping" (which
             # tells a client it is safe to resend anything).
@@ -912,7 +938,6 @@ class Actor:
                 "outcome_unknown", f"{self.name} stopped while {call.op} was running"))
         self._push_metrics()
         logger.info("{} stopped", self.name)
-        self.close()
 
     def close(self) -> None:
         """The sockets and the loop closed: what `serve` does last, and what an actor built
