@@ -5,6 +5,10 @@ the terminal actor, so that a session outlives a death of both of them at once.
 What is held is closed only when its owner drops it or the supervisor stops; a child that dies
 leaves it here for its successor. A connection is a candidate until its `hello` (the tree's
 token, from our uid, within HELLO_WAIT_S); strangers are closed and counted.
+
+For tests only, $MOORAGE_TEST_CUSTODY_TAKE_DELAY_MS answers each `take` that many
+milliseconds late (with what is held then), as a supervisor too busy to answer at once
+would: the keeper's wait for its custody, and what follows, made deterministic.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ from moorage.actors.runtime.custody import (
 from moorage.actors.runtime.loop import Loop, Timer
 
 HELLO_WAIT_S = 2.0
+TAKE_DELAY_ENV = "MOORAGE_TEST_CUSTODY_TAKE_DELAY_MS"
+
+
+def _take_delay() -> float:
+    """Seconds each `take` is answered late (tests only: TAKE_DELAY_ENV); 0 unless set."""
+    try:
+        return max(0, int(os.environ.get(TAKE_DELAY_ENV) or 0)) / 1000
+    except ValueError:
+        logger.warning("custody: {} is not a number of milliseconds; ignored", TAKE_DELAY_ENV)
+        return 0.0
 
 
 @dataclass
@@ -68,6 +82,7 @@ class Custodian:
         self.strangers = 0
         self.refused_keeps = 0  # over MAX_KEYS or MAX_FDS
         self.handed = 0  # entries handed to a successor (`take`)
+        self.take_delay = _take_delay()
         self.acceptor = Acceptor(loop, self.listener, self._accept, "custody")
         self.acceptor.start()
 
@@ -127,6 +142,17 @@ class Custodian:
         self.loop.remove_writer(fd)
         conn.sock.close()
 
+    def _hand_over(self, conn: _Conn) -> None:
+        """Answer a `take`: everything held for the connection's child, then `done`."""
+        if self.conns.get(conn.sock.fileno()) is not conn:
+            return  # (closed meanwhile: its successor asks again)
+        assert conn.child is not None
+        keys = self.held.setdefault(conn.child, {})
+        for key, h in keys.items():
+            conn.out.send({"t": "held", "k": key, "info": h.info}, h.fds)
+        self.handed += len(keys)
+        conn.out.send({"t": "done", "n": len(keys)})
+
     def _readable(self, fd: int) -> None:
         for _ in range(64):  # bounded: a busy child cannot hold our loop
             conn = self.conns.get(fd)
@@ -163,10 +189,10 @@ class Custodian:
         t, k = msg["t"], msg.get("k")
         if t == "take":
             close_all(fds)
-            for key, h in keys.items():
-                conn.out.send({"t": "held", "k": key, "info": h.info}, h.fds)
-            self.handed += len(keys)
-            conn.out.send({"t": "done", "n": len(keys)})
+            if self.take_delay:
+                self.loop.call_later(self.take_delay, lambda: self._hand_over(conn))
+            else:
+                self._hand_over(conn)
             return
         if not isinstance(k, str):
             close_all(fds)

@@ -150,3 +150,20 @@ def test_a_last_keep_sent_before_the_peer_closed_with_our_datagrams_unread_is_re
         ours.close()
         os.close(r)
         os.close(w)
+
+
+def test_a_take_on_a_socket_that_failed_already_is_done_with_nothing_on_the_next_turn(
+        loop: Loop, tmp_path: Path) -> None:
+    """The supervisor gone between the connect and the `take` (its listener closed with our
+    connection unaccepted, and seen so): the take ends, with nothing, rather than never."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(tmp_path / "sup.custody.sock"))
+    listener.listen(1)
+    client = CustodyClient(loop, tmp_path / "sup.custody.sock", "keeper")
+    listener.close()
+    turn_until(loop, lambda: client.out.broken)
+    done: list[int] = []
+    client.take(lambda k, info, fds: None, done.append)
+    turn_until(loop, lambda: done)
+    assert done == [0] and client.out.broken
+    client.close()

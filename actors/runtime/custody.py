@@ -241,9 +241,13 @@ class CustodyClient:
 
     def take(self, on_held: Held, on_done: Callable[[int], None]) -> None:
         """Ask for everything held: `on_held(key, info, fds)` for each (the fds are ours),
-        then `on_done(count)`."""
+        then `on_done(count)`; `on_done(0)` when the supervisor's socket fails first (on a
+        later turn, should it have failed already: a caller waiting for the answer is
+        never left waiting for one that cannot come)."""
         self._on_held, self._on_done = on_held, on_done
         self.out.send({"t": "take"})
+        if self.out.broken:
+            self.loop.defer(self._take_ended)
 
     def keep(self, key: str, info: dict[str, Any], fds: list[int]) -> None:
         self.out.send({"t": "keep", "k": key, "info": info}, fds)
@@ -264,6 +268,10 @@ class CustodyClient:
     def _broken(self, why: str) -> None:
         logger.warning("custody: the supervisor's socket failed ({}); nothing more is kept", why)
         self.loop.remove_reader(self.sock.fileno())
+        self._take_ended()
+
+    def _take_ended(self) -> None:
+        """A `take` that will get no more: its `on_done(0)`, once."""
         done, self._on_done = self._on_done, None
         if done is not None:
             done(0)

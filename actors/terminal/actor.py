@@ -25,7 +25,8 @@
                                                          first, end, lost?} and
                                                          the bytes (attachment)
 not_found* is session_not_found. Every op that needs the keeper waits for it (up to
-`keeper_wait_ms`), then answers `unavailable`; ops on a session being recreated wait for it.
+`keeper_wait_ms`), then answers `unavailable`; ops on a session being recreated wait for it,
+and so do ops on one the keeper's custody may still hand back (both died; restore.py).
 `mode` is the fallback step that served: integration, no_integration, raw_output (session.py);
 `parser` which parser serves the session: actor (the parser actor; the terminal reads the chunk
 that ends a command itself, at once, from the actor's last ground point: parsehop.py), local, or nil
@@ -170,6 +171,9 @@ class TerminalActor(Actor):
         # holder of its PTY (restore.reconcile): whether they ran is unknown
         self.lost_running: dict[tuple[str, int], str] = {}
         self.recreating: dict[str, list[Callable[[], None]]] = {}  # sid -> ops waiting for it
+        # sid -> ops waiting for it: recorded, not held by the keeper yet, which waits for its
+        # custody answer (restore.reconcile); restored or lost once that came
+        self.unsettled: dict[str, list[Callable[[], None]]] = {}
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
         self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
@@ -183,7 +187,7 @@ class TerminalActor(Actor):
             self.loop, self.keeper_path, self.sessions, resume_wait_s=self.resume_wait_s,
             stopping=lambda: self.stopping,
             on_restore=lambda e, master, ring: restore(self, e, master, ring),
-            on_welcome=lambda entries: reconcile(self, entries),
+            on_welcome=lambda entries, settled: reconcile(self, entries, settled),
             on_ready=self._announce_ready, on_exit=self.session_exited,
             # No keeper to wait for (it died too, and its restart may be queued behind
             # ours at the supervisor): ready now; ops wait for the keeper as ever.
@@ -331,31 +335,37 @@ class TerminalActor(Actor):
 
     # --- helpers for ops ---------------------------------------------------------------------
 
-    def _when_ready(self, call: Call, fn: Callable[[], Any], session: str | None = None) -> Any:
-        """Run `fn` now if the keeper is connected (and `session` is not being recreated),
-        else when it is (or fail `unavailable`)."""
-        if session is not None and session in self.recreating:
-            self.recreating[session].append(lambda: self._answer(call, fn, session))
-            return DEFERRED
-        if self.keeper.ready:
+    def _when_ready(self, call: Call, fn: Callable[[], Any], session: str | None = None,
+                    settled: bool = False) -> Any:
+        """Run `fn` now if the keeper is connected (and `session` is neither being recreated
+        nor waiting for the keeper's custody answer; with `settled`, no session is), else
+        when it is (or fail `unavailable`)."""
+        for waiting in (self.recreating, self.unsettled):
+            if session is not None and session in waiting:
+                waiting[session].append(lambda: self._answer(call, fn, session))
+                return DEFERRED
+        if self.keeper.settled if settled else self.keeper.ready:
             return fn()
 
         def later(ok: bool) -> None:
             if not ok and not call.answered:
-                call.fail(WireError.of("unavailable", "the pty keeper is not connected"))
+                why = "is not connected" if not self.keeper.ready else \
+                    "has not had its custody answer yet"
+                call.fail(WireError.of("unavailable", f"the pty keeper {why}"))
             elif ok:
                 # (the welcome may have started recreating this very session: look again)
-                self._answer(call, fn, session)
+                self._answer(call, fn, session, settled)
 
-        self.keeper.when_ready(later, self.keeper_wait_s)
+        self.keeper.when_ready(later, self.keeper_wait_s, settled)
         return DEFERRED
 
-    def _answer(self, call: Call, fn: Callable[[], Any], session: str | None = None) -> None:
+    def _answer(self, call: Call, fn: Callable[[], Any], session: str | None = None,
+                settled: bool = False) -> None:
         """Run an op's `fn` that had to wait, answering its call with what it returns."""
         if call.answered:
             return
         try:
-            result = self._when_ready(call, fn, session)
+            result = self._when_ready(call, fn, session, settled)
         except MoorageError as exc:
             call.fail(exc)
             return
@@ -601,10 +611,12 @@ class TerminalActor(Actor):
         "sessions": list[SESSION], "keeper": {"connected": bool, "pid": int | None}})
     def _op_list(self, call: Call) -> Any:
         """Every session with its state, mode, cwd and output offset; after a restart, once
-        the keeper's sessions are restored (before, the list would be wrong, not short)."""
+        the keeper's sessions are restored, those of its custody too (before, the list
+        would be wrong, not short)."""
         return self._when_ready(call, lambda: {
             "sessions": [s.describe() for s in self.sessions.values()],
-            "keeper": {"connected": self.keeper.welcomed, "pid": self.keeper.pid}})
+            "keeper": {"connected": self.keeper.welcomed, "pid": self.keeper.pid}},
+            settled=True)
 
     @op("term.ack", args={"session": str, "offset": int}, idempotent=True, timeout_ms=2000,
         result={"session": str, "acked": int, "offset": int, "consumers": int},

@@ -5,7 +5,9 @@ The keeper starts the shells and reads their output into each session's ring (ri
 side holds a copy of every session's PTY master and ring too, so a session outlives whichever
 of the two processes dies:
 - a new terminal actor (ours died) gets every session the keeper holds, fds included, and
-  `on_restore` makes a session of each from its ring;
+  `on_restore` makes a session of each from its ring; a keeper still waiting for what its
+  supervisor keeps (custody, keeper/actor.py) says so in its welcome, and sends the sessions
+  that come with the answer later (`custody`): until then no session is taken for lost;
 - a new keeper (its predecessor died) gets from us, with `adopt`, every session we hold that it
   does not: master, ring, the shell's pid, the actor's state.
 While no keeper is connected the sessions stay as they are (the shells block once the PTY's
@@ -49,24 +51,30 @@ if TYPE_CHECKING:
 
 KeeperCallback = Callable[[dict[str, Any] | None, WireError | None], None]
 RECONNECT_S = 0.02
-FDS_WAIT_S = 2.0  # a welcome's sessions' fds, all of them within this
+FDS_WAIT_S = 2.0  # a welcome's (or a `custody`'s) sessions' fds, all of them within this
 COPIES_TRIES = 6  # a session's copies asked for again (ask_copies) at most this often ...
 COPIES_RETRY_S = 0.25  # ... the first time this long after the keeper could not send them
+
+
+def _nothing() -> None:
+    pass
 
 
 class KeeperClient:
     """The link to the keeper, its messages, and the acks, for the sessions the actor holds.
 
     What the actor decides stays with it, through the callbacks: `on_restore(entry, master,
-    ring)` makes a session of one the keeper holds and we do not, `on_welcome(entries)` (the
-    keeper's whole list, once every session is restored: which of ours are lost),
-    `on_ready()` (the sessions are known), `on_exit(session, info)` (a shell ended);
-    `stopping()` says whether to stop reconnecting."""
+    ring)` makes a session of one the keeper holds and we do not, `on_welcome(entries,
+    settled)` (the keeper's whole list, once every session is restored: which of ours are
+    lost, when `settled`; while the keeper's custody answer is still to come, not `settled`:
+    none is lost yet, the missing ones may still come), `on_ready()` (the sessions the
+    keeper holds are known), `on_exit(session, info)` (a shell ended); `stopping()` says
+    whether to stop reconnecting."""
 
     def __init__(self, loop: Loop, path: Path, sessions: dict[str, Session], *,
                  resume_wait_s: float, stopping: Callable[[], bool],
                  on_restore: Callable[[dict[str, Any], int, SessionRing], None],
-                 on_welcome: Callable[[list[dict[str, Any]]], None],
+                 on_welcome: Callable[[list[dict[str, Any]], bool], None],
                  on_ready: Callable[[], None],
                  on_exit: Callable[[Session, dict[str, Any]], None],
                  on_absent: Callable[[], None] = lambda: None) -> None:
@@ -90,10 +98,23 @@ class KeeperClient:
         self._next_r = 1
         self.subscribed: set[str] = set()  # topic prefixes subscribers asked for, ever
         self._until_ready: list[Callable[[bool], None]] = []
-        self._entries: list[dict[str, Any]] = []  # the welcome being completed
-        self._awaiting_fds: set[str] = set()  # its sessions whose fds have not come yet
+        self._until_settled: list[Callable[[bool], None]] = []
+        # The keeper's custody answer is still to come (its welcome said so): a session
+        # missing from the welcome may come with its `custody` message.
+        self.custody_pending = False
+        self._told: list[dict[str, Any]] = []  # every session the keeper told of on this link
+        # a `custody` that came while the welcome was being completed: handled after it
+        self._late: dict[str, Any] | None = None
+        # The entries being completed (a welcome's or a `custody`'s), the sessions among them
+        # whose fds have not come yet, what follows once they have, and which round this is
+        # (a timer of an earlier one finds another number).
+        self._entries: list[dict[str, Any]] = []
+        self._awaiting_fds: set[str] = set()
+        self._then: Callable[[], None] = _nothing
+        self._round = 0
         self._keeper = {"welcome": self._k_welcome, "out": self._k_out, "exit": self._k_exit,
-                        "ok": self._k_reply, "err": self._k_reply, "fds": self._k_fds}
+                        "ok": self._k_reply, "err": self._k_reply, "fds": self._k_fds,
+                        "custody": self._k_custody}
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -123,6 +144,10 @@ class KeeperClient:
         logger.warning("keeper link closed: {}", reason)
         self.link = None
         self.welcomed = False
+        # (sessions not settled stay so: the next keeper's welcome settles them)
+        self.custody_pending = False
+        self._late = None
+        self._round += 1
         self._awaiting_fds.clear()
         self._asking.clear()  # (the next link's welcome passes every session we lack)
         waiting, self._waiting = self._waiting, {}
@@ -236,31 +261,68 @@ class KeeperClient:
 
     def _k_welcome(self, msg: dict[str, Any]) -> None:
         self.pid = msg.get("pid")
+        self.custody_pending = bool(msg.get("custody"))
         entries = msg.get("sessions", [])
+        self._told = list(entries)
         held = {e["s"]: e for e in entries}
         for s in self.sessions.values():
-            if s.id not in held:
-                if s.exited is None and s.ring is not None:
-                    self._adopt(s)  # the keeper restarted: it gets our copy of the session
-            elif held[s.id].get("meta") != s.meta:
-                # a new keeper that took the session from custody, or one that was stopped
-                # while we changed it, has an older state: ours is the one a successor needs
-                self.meta(s)
-            s.keeper_backlog = bool(next((e.get("pending") for e in entries
-                                          if e["s"] == s.id), False))
-            if s.id in held and s.ring is not None:
-                # What the keeper read while no terminal was connected (a new keeper takes
-                # the session from custody and reads at once): its word of it went nowhere,
-                # and once its window was full it stopped reading, waiting for an ack.
-                s.keeper_paused = bool(held[s.id].get("paused"))
-                s.on_ring(s.ring.write_off)
-                self.flush_acks(s)
+            if s.id in held:
+                self._held_by_both(s, held[s.id])
+                continue
+            s.keeper_backlog = False
+            if s.exited is None and s.ring is not None:
+                self._adopt(s)  # the keeper restarted: it gets our copy of the session
+        self._complete(entries, self._welcome_done)
+
+    def _k_custody(self, msg: dict[str, Any]) -> None:
+        """What the keeper's supervisor held, which came after its welcome: restored as the
+        welcome's sessions are; then which of ours are lost is settled."""
+        if not self.custody_pending:
+            logger.warning("keeper sent `custody` unasked for; ignored")
+            return
+        if not self.welcomed:  # (the welcome's fds are still awaited: it comes after them)
+            self._late = msg
+            return
+        entries = msg.get("sessions", [])
+        self._told.extend(entries)
+        for e in entries:
+            s = self.sessions.get(e["s"])
+            if s is not None:  # (ours, handed to the keeper while custody gave it too)
+                self._held_by_both(s, e)
+        self._complete(entries, self._settle)
+
+    def _held_by_both(self, s: Session, e: dict[str, Any]) -> None:
+        """A session of ours that the keeper holds too, as its entry `e` says."""
+        if e.get("meta") != s.meta:
+            # a new keeper that took the session from custody, or one that was stopped
+            # while we changed it, has an older state: ours is the one a successor needs
+            self.meta(s)
+        s.keeper_backlog = bool(e.get("pending"))
+        if s.ring is not None:
+            # What the keeper read while no terminal was connected (a new keeper takes
+            # the session from custody and reads at once): its word of it went nowhere,
+            # and once its window was full it stopped reading, waiting for an ack.
+            s.keeper_paused = bool(e.get("paused"))
+            s.on_ring(s.ring.write_off)
+            self.flush_acks(s)
+
+    def _complete(self, entries: list[dict[str, Any]], then: Callable[[], None]) -> None:
+        """Wait for the fds of the sessions in `entries` we do not hold (each is restored as
+        they come), at most FDS_WAIT_S; then `then()`."""
+        self._round += 1
         self._entries = entries
+        self._then = then
         self._awaiting_fds = {e["s"] for e in entries if e["s"] not in self.sessions}
         if self._awaiting_fds:
-            self.loop.call_later(FDS_WAIT_S, self._fds_overdue)
+            this = self._round
+            self.loop.call_later(FDS_WAIT_S, lambda: self._fds_overdue(this))
         else:
-            self._welcome_done()
+            self._completed()
+
+    def _completed(self) -> None:
+        then, self._then = self._then, _nothing
+        self._entries = []
+        then()
 
     def _adopt(self, s: Session) -> None:
         assert self.link is not None
@@ -324,36 +386,59 @@ class KeeperClient:
             self.on_restore(entry, master, ring)
         self._awaiting_fds.discard(sid)
         if not self._awaiting_fds:
-            self._welcome_done()
+            self._completed()
 
-    def _fds_overdue(self) -> None:
-        if self._awaiting_fds and self.link is not None and not self.welcomed:
+    def _fds_overdue(self, this: int) -> None:
+        if self._awaiting_fds and self.link is not None and this == self._round:
             logger.error("keeper sent no fds for {}; serving without them",
                          sorted(self._awaiting_fds))
             self._awaiting_fds.clear()
-            self._welcome_done()
+            self._completed()
 
     def _welcome_done(self) -> None:
         self.welcomed = True
-        self.on_welcome(self._entries)
-        self._entries = []
+        self.on_welcome(self._told, not self.custody_pending)
         self.on_ready()
-        waiting, self._until_ready = self._until_ready, []
-        for fn in waiting:
+        self._release(self._until_ready)
+        if not self.custody_pending:
+            self._release(self._until_settled)
+        elif self._late is not None:
+            late, self._late = self._late, None
+            self._k_custody(late)
+
+    def _settle(self) -> None:
+        self.custody_pending = False
+        self.on_welcome(self._told, True)
+        self._release(self._until_settled)
+
+    @staticmethod
+    def _release(waiting: list[Callable[[bool], None]]) -> None:
+        ready = list(waiting)
+        waiting.clear()
+        for fn in ready:
             fn(True)
 
     @property
     def ready(self) -> bool:
-        """Connected, and every session of the keeper's restored here."""
+        """Connected, and every session the keeper holds restored here."""
         return self.welcomed
 
-    def when_ready(self, fn: Callable[[bool], None], wait_s: float) -> None:
-        """`fn(True)` once ready, or `fn(False)` after `wait_s` without it."""
-        self._until_ready.append(fn)
+    @property
+    def settled(self) -> bool:
+        """Ready, and nothing more to come from the keeper's custody: every session we
+        recorded is here, or lost."""
+        return self.welcomed and not self.custody_pending
+
+    def when_ready(self, fn: Callable[[bool], None], wait_s: float,
+                   settled: bool = False) -> None:
+        """`fn(True)` once ready (`settled`: once settled), or `fn(False)` after `wait_s`
+        without it."""
+        waiting = self._until_settled if settled else self._until_ready
+        waiting.append(fn)
 
         def give_up() -> None:
-            if fn in self._until_ready:
-                self._until_ready.remove(fn)
+            if fn in waiting:
+                waiting.remove(fn)
                 fn(False)
 
         self.loop.call_later(wait_s, give_up)

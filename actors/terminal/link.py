@@ -30,8 +30,20 @@ the session's output stream):
                                                     actor has no ring for it or the state
                                                     does not fit the ring's slot (ring.py)
   keeper -> terminal
-    welcome {pid, sessions: [{s, pid, started, tty, cols, rows, meta, base, acked, exited,
-                              pending}]}
+    welcome {pid, custody, sessions: [{s, pid, started, tty, cols, rows, meta, base, acked,
+                                       exited, pending}]}
+                                                    `custody` true: the supervisor's custody
+                                                    (a predecessor's sessions) has not
+                                                    answered yet; a session missing here may
+                                                    still come, with `custody`
+    custody {sessions: [...]}                       once custody answered (or failed, or was
+                                                    given up on), to a terminal whose welcome
+                                                    said `custody`: the sessions that came
+                                                    after that welcome, entries as the
+                                                    welcome's, their `fds` following as the
+                                                    welcome's do; only from then on may the
+                                                    terminal take a session it recorded and
+                                                    the keeper does not hold for lost
     fd      {s}                                     the session's PTY master rides along
                                                     (SCM_RIGHTS), after its `ok` or `welcome`,
                                                     for a peer that said `hello {fds: true}`:

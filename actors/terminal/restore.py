@@ -14,7 +14,9 @@ is restored from its metadata (nonce, mode, shell, the spec it was created from)
 the session's state is rebuilt and what the predecessor may have had in flight is published
 again (marked `replay`). Sessions this actor had recorded that the keeper does not hold (it
 takes back what the terminals supervisor keeps for it when both of us died: actors.runtime.
-custody) died with the terminals supervisor (`reconcile`): each gets a `lost` event,
+custody) died with the terminals supervisor (`reconcile`), once the keeper has had that
+supervisor's answer (a keeper that lets us in before it says so, and sends what came with it
+later: keeper_client.py; meanwhile ops on such a session wait): each gets a `lost` event,
 together one `term.alert`, and each is started again under the same id (`recreated`, its
 output from offset recreated x 2^40 on, past anything the lost shell wrote), or reported
 `gone` if that fails; whatever is left of its old session (a job that ignored SIGHUP) is
@@ -70,6 +72,7 @@ class RestoreHost(SessionHost, Protocol):
     lost_running: dict[tuple[str, int], str]
     execs: ExecRecords
     recreating: dict[str, list[Callable[[], None]]]
+    unsettled: dict[str, list[Callable[[], None]]]
 
     def recreated(self, sid: str) -> None: ...
 
@@ -330,12 +333,33 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
                 ring.write_off)
 
 
-def reconcile(a: RestoreHost, entries: list[dict[str, Any]]) -> None:
-    """After a welcome: sessions recorded that neither the keeper nor this actor holds died
-    with every holder (the terminals supervisor, which holds a copy of each besides the
-    two of us): report, clean up and recreate them."""
+def reconcile(a: RestoreHost, entries: list[dict[str, Any]], settled: bool = True) -> None:
+    """After a welcome (`entries`: every session the keeper told of): sessions recorded that
+    neither the keeper nor this actor holds died with every holder (the terminals supervisor,
+    which holds a copy of each besides the two of us): report, clean up and recreate them.
+    Not `settled` (the keeper's custody answer is still to come), they may yet come with it:
+    none is lost, and ops on them wait."""
     held = {e["s"] for e in entries} | set(a.sessions)
-    lost = [sid for sid in a.specs.specs if sid not in held]
+    missing = [sid for sid in a.specs.specs if sid not in held]
+    if not settled:
+        for sid in missing:
+            a.unsettled.setdefault(sid, [])
+        if missing:
+            logger.info("session(s) {} not held by the keeper yet: waiting for its custody "
+                        "answer", missing)
+        return
+    try:
+        _settle(a, missing)
+    finally:
+        # (the lost ones wait for their recreation now; the others are here, or gone)
+        waiting, a.unsettled = a.unsettled, {}
+        for fns in waiting.values():
+            for fn in fns:
+                fn()
+
+
+def _settle(a: RestoreHost, lost: list[str]) -> None:
+    """The sessions recorded that no one holds are lost: report, clean up, recreate."""
     a.execs.prune(set(a.specs.specs))
     for sid in lost:
         # The calls the lost session's records name: a resend of the one that was running

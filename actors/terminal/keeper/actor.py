@@ -19,9 +19,17 @@ terminal actor connected at a time; the PTY side is ptys.py. The keeper
   new, and are left with the supervisor (actors.runtime.custody) as they are made. A PTY
   hangs up only when every master is closed, so a session lives as long as any of the three
   does. When the keeper dies, its shells go to the terminals supervisor (a subreaper); its
-  successor takes the sessions back from that supervisor before it lets a terminal in (and
-  from the terminal actor, `adopt`, should the supervisor lack one), watches the shells
-  through pidfds and asks that supervisor for their exit status (`sup.orphan_exit`);
+  successor takes the sessions back from that supervisor (and from the terminal actor,
+  `adopt`, should the supervisor lack one), watches the shells through pidfds and asks that
+  supervisor for their exit status (`sup.orphan_exit`). It waits CUSTODY_WAIT_S for the
+  supervisor's answer before it lets a terminal in; a terminal let in before it (a loaded
+  machine, a busy supervisor) is told so in the welcome (`custody: true`), and the sessions
+  that come with the answer in a `custody` message once it is there: only then may the
+  terminal decide that a session it recorded is lost (a shell taken for lost while the
+  supervisor still holds it would be killed and started anew, and the old one kept here for
+  no one). An answer not there CUSTODY_GIVE_UP_S after start is given up: the terminal is
+  told (`custody` with what came), and what the supervisor hands over after that is let go
+  (dropped from its custody: the terminal has settled those sessions as lost);
 - writes input without blocking, from a bounded queue per session (a 1 MB paste waits for
   the shell to read it; the loop never stalls);
 - on stop (SIGTERM), hangs every session up, waits `stop_grace_ms` for the shells, then
@@ -56,6 +64,7 @@ from loguru import logger
 from moorage.actors.runtime import Actor, Call, op, trust
 from moorage.actors.runtime.acceptor import Acceptor
 from moorage.actors.runtime.custody import CustodyClient, close_all, custody_path
+from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.orphans import on_orphaned
 from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.shapes import Named, OneOf
@@ -73,6 +82,9 @@ from moorage.protocol.errors import Category, WireError
 
 HELLO_WAIT_S = 2.0  # a new connection's first message, the hello, within this
 CUSTODY_WAIT_S = 2.0  # what the supervisor holds, before the terminal is let in
+# ... and after this, no more: the terminal settles its sessions without what did not come
+# (a supervisor that never answers must not leave them unsettled for ever)
+CUSTODY_GIVE_UP_S = 30.0
 EXIT_STATUS_TRIES = 10  # an adopted shell's status, asked of the supervisor this often ...
 EXIT_STATUS_RETRY_S = 0.05  # ... this far apart (it reaps on SIGCHLD, a moment later)
 
@@ -124,6 +136,13 @@ class PtyKeeper(Actor):
         self.acceptor = Acceptor(self.loop, self.listener, self._accept, "keeper link")
         self.custody: CustodyClient | None = None  # the third holder: the supervisor
         self.from_custody = 0  # sessions taken back from it at start
+        # its answer to our `take` is still to come (while it is, a welcome says so)
+        self.custody_pending = False
+        self._custody_timer: Timer | None = None
+        # taken from custody after the connected terminal's welcome: its `custody` message
+        self._late: list[str] = []
+        self.custody_late = 0  # sessions a terminal got that way, over the keeper's life
+        self._peer_held: set[str] = set()  # what the connected terminal holds (its hello)
         self.ptys = Ptys(self.loop, self.sessions, window=self.window,
                          read_batch=self.read_batch, tell=self._tell,
                          exit_status=self._exit_status)
@@ -151,12 +170,39 @@ class PtyKeeper(Actor):
             self._listen()
             return
         # What a predecessor left with the supervisor comes first: a terminal let in before
-        # would be welcomed without sessions that are alive, and recreate them.
-        self.custody.take(self._from_custody, lambda n: self._listen())
+        # is welcomed without sessions that are alive, so it is told to wait for them.
+        self.custody_pending = True
+        self.custody.take(self._from_custody, lambda n: self._custody_over(f"{n} held"))
         self.loop.call_later(CUSTODY_WAIT_S, self._listen)
+        self._custody_timer = self.loop.call_later(CUSTODY_GIVE_UP_S, self._custody_given_up)
 
     def _listen(self) -> None:
         self.acceptor.start()
+
+    def _custody_given_up(self) -> None:
+        logger.warning("custody: no answer from supervisor {} in {} s; the terminal settles "
+                       "its sessions without it", self.supervisor, CUSTODY_GIVE_UP_S)
+        self._custody_over("given up")
+
+    def _custody_over(self, why: str) -> None:
+        """The supervisor answered (or failed, or was given up on): nothing more comes from
+        custody. A terminal welcomed meanwhile gets the sessions that came after its
+        welcome, and may settle which of its sessions are lost."""
+        if not self.custody_pending:
+            return
+        self.custody_pending = False
+        if self._custody_timer is not None:
+            self._custody_timer.cancel()
+        self._listen()
+        late = [self.sessions[sid] for sid in self._late if sid in self.sessions]
+        self._late = []
+        if self.link is None:
+            return
+        logger.info("custody over ({}): {} session(s) for the connected terminal", why,
+                    len(late))
+        self.custody_late += len(late)
+        self._tell({"t": "custody", "sessions": [self._entry(s) for s in late]})
+        self._offer(late, self._peer_held)
 
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "connected": self.link is not None,
@@ -164,6 +210,7 @@ class PtyKeeper(Actor):
                 "connections_shed": self.acceptor.shed,
                 "adopted": self.adopted, "from_custody": self.from_custody,
                 "custody": self.custody is not None and not self.custody.out.broken,
+                "custody_pending": self.custody_pending, "custody_late": self.custody_late,
                 "creates_queued": len(self._creates),
                 # what waits for the terminal to read: bytes, and sessions whose word of new
                 # output waits for those to go (Ptys.deferred)
@@ -317,11 +364,25 @@ class PtyKeeper(Actor):
     def _m_hello(self, msg: dict[str, Any]) -> None:
         """A terminal actor (a new one, or one that outlived our predecessor): every session
         we hold, with its fds, except those it says it holds already; it hands us those it
-        holds that we do not (`adopt`)."""
+        holds that we do not (`adopt`). While our custody answer is still to come, the
+        welcome says so: what comes with it follows in `custody` (_custody_over)."""
         held = set(msg.get("held") or ())
-        self._tell({"t": "welcome", "pid": os.getpid(), "sessions": [
-            s.describe() | {"meta": s.current_meta()} for s in self.sessions.values()]})
-        for s in self.sessions.values():
+        self._peer_held = held
+        self._late = []  # (the welcome has every session taken so far)
+        sessions = list(self.sessions.values())
+        self._tell({"t": "welcome", "pid": os.getpid(), "custody": self.custody_pending,
+                    "sessions": [self._entry(s) for s in sessions]})
+        self._offer(sessions, held)
+
+    @staticmethod
+    def _entry(s: PtySession) -> dict[str, Any]:
+        """A session as a welcome (or `custody`) tells it."""
+        return s.describe() | {"meta": s.current_meta()}
+
+    def _offer(self, sessions: list[PtySession], held: set[str]) -> None:
+        """What follows the sessions' entries: the fds of each the terminal does not hold
+        (`held`), the exit of each that ended, and reading again what it handled."""
+        for s in sessions:
             if s.id not in held and not s.closing:
                 self._pass(s)
             if s.exit_sent:
@@ -365,12 +426,28 @@ class PtyKeeper(Actor):
             close_all(fds)
             logger.warning("session {}: custody gave {} descriptors, not 2", sid, len(fds))
             return
+        if not self.custody_pending:
+            self._let_go(sid, fds)
+            return
         held = sid in self.sessions
         error = self._adopt(sid, fds, info)
         if error is not None:
             logger.warning("session {}: not taken from custody: {}", sid, error[1])
         elif not held:
             self.from_custody += 1
+            if self.link is not None:  # a terminal welcomed without it: told with `custody`
+                self._late.append(sid)
+
+    def _let_go(self, sid: str, fds: list[int]) -> None:
+        """A session custody handed over after we gave up on it: the terminal has settled it
+        as lost (and started it anew, or will), so no one would own its shell. The
+        supervisor's copies go too (unless the key is a session of ours by now: its
+        successor under the same id, whose copies it holds)."""
+        close_all(fds)
+        if sid not in self.sessions and self.custody is not None:
+            logger.warning("session {}: handed over by custody after it was given up; let go",
+                           sid)
+            self.custody.drop(sid)
 
     def _adopt(self, sid: str, fds: list[int], info: dict[str, Any]
                ) -> tuple[str, str] | None:
