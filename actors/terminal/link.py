@@ -7,9 +7,15 @@ at a time, the terminal actor's; the keeper takes a new one over from an old one
 the session's output stream):
 
   terminal -> keeper
-    hello   {tok, fds?}                             -> welcome, then each session's tail and
-                                                       everything not acknowledged (and, with
-                                                       `fds`, each session's `fd`)
+    hello   {tok, held}                             -> welcome, then `fds` for each session
+                                                       not in `held` (the sessions whose copies
+                                                       the actor has), `exit` for each that
+                                                       ended, and `out` for what is unread
+    adopt   {r, s, pid, started, tty, cols, rows, meta}
+                                                    a session the actor held while no keeper
+                                                    did (a new keeper's predecessor died),
+                                                    its master and ring along (SCM_RIGHTS)
+                                                    -> ok | err
     create  {r, s, path, argv, env, cwd, cols, rows, meta, scrollback?, base?}
                                                     -> ok {pid, started, tty}, then fds {s}
                                                        | err (`started`: the shell's start
@@ -44,11 +50,15 @@ the session's output stream):
                                                     welcome's do; only from then on may the
                                                     terminal take a session it recorded and
                                                     the keeper does not hold for lost
-    fd      {s}                                     the session's PTY master rides along
-                                                    (SCM_RIGHTS), after its `ok` or `welcome`,
-                                                    for a peer that said `hello {fds: true}`:
-                                                    it may write input there directly
-    out     {s, off, data}                          output; `off` continues without gaps
+    fds     {s}                                     the session's PTY master and ring ride
+                                                    along (SCM_RIGHTS): after a create's `ok`,
+                                                    a welcome or `custody`, or a `pass`; the
+                                                    actor keeps copies (either process then
+                                                    keeps the session alive) and writes input
+                                                    to the master itself
+    out     {s, end, paused}                        the session's ring holds output up to
+                                                    `end` (read it there); `paused`: the
+                                                    keeper stopped reading, its window full
     exit    {s, code, signal}                       after the last `out` of the session
     ok      {r, ...} / err {r, name, message}       a request's reply
 """
