@@ -174,10 +174,31 @@ def test_a_feed_larger_than_a_slice_gives_the_library_s_events_for_the_whole(par
     data = sample_stream(random.Random(4)) * 120  # a few hundred KiB: several slices
     assert len(data) > 4 * 64 * 1024
     client.call("parser", "parse.open", {"stream": "big", "nonce": "N0NCE"})
-    reply = feed(client, "big", 0, data)
-    assert (reply["offset"], reply["unparsed"]) == (len(data), 0)
+    events, offset = [], 0
+    while offset < len(data):  # (a feed the time budget cut short is sent on from its offset)
+        reply = feed(client, "big", offset, data[offset:])
+        assert reply["offset"] + reply["unparsed"] == len(data) and reply["offset"] > offset
+        events += reply["events"]
+        offset = reply["offset"]
     want = [e.to_wire() for e in Parser("N0NCE").feed(data)]
-    assert len(want) > 1000 and reply["events"] == want
+    assert len(want) > 1000 and events == want
+
+
+def test_escape_dense_bytes_are_answered_in_parts_by_time_and_others_are_served_between(
+        parser, client):
+    """`ESC ]` over and over: the library's Python machine takes a few µs a byte, so 1 MiB
+    in one go held the loop for seconds (its heartbeat missed, the actor killed as hung and
+    every stream lost). A feed now answers what its time budget covered, far less than all
+    of it on any machine; the caller sends the rest."""
+    data = b"\x1b]" * (512 * 1024)
+    client.call("parser", "parse.open", {"stream": "osc", "nonce": "N0NCE"})
+    offset, feeds = 0, 0
+    while offset < len(data):
+        reply = feed(client, "osc", offset, data[offset:])
+        assert reply["offset"] > offset
+        offset, feeds = reply["offset"], feeds + 1
+        assert client.call("parser", "sys.ping")  # answered between the parts
+    assert feeds > 1
 
 
 def test_a_new_feed_of_read_bytes_skips_them_and_an_overlapping_one_parses_its_new_bytes(
@@ -206,14 +227,18 @@ class RawCaller:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoints.rpc(runtime_dir, "parser"))
 
+    def reply(self, id: int, op: str, args: dict[str, Any], attachments: list[bytes] = ()
+              ) -> Any:
+        self.sock.send_multipart(encode_request(id, "sid-raw", op, args,
+                                                attachments=attachments))
+        assert self.sock.poll(10_000), f"no reply to {op}"
+        return decode_reply(self.sock.recv_multipart())
+
     def call(self, id: int, op: str, args: dict[str, Any], attachments: list[bytes] = (),
              times: int = 1) -> list[Any]:
-        frames = encode_request(id, "sid-raw", op, args, attachments=attachments)
         answers = []
         for _ in range(times):
-            self.sock.send_multipart(frames)
-            assert self.sock.poll(10_000), f"no reply to {op}"
-            reply = decode_reply(self.sock.recv_multipart())
+            reply = self.reply(id, op, args, attachments)
             assert reply.ok, reply.body
             answers.append(reply.body)
         return answers
@@ -237,6 +262,16 @@ def test_a_feed_resent_with_its_request_id_gets_its_answer_again(raw):
     assert new["events"] == [] and new["skipped"] == 16
     [stats] = raw.call(43, "parse.stats", {})
     assert stats["feeds_resent"] == 1
+
+
+def test_a_resent_feed_whose_answer_was_too_big_to_keep_is_outcome_unknown_not_skipped(raw):
+    raw.call(1, "parse.open", {"stream": "t", "text": True})
+    text = b"word " * 40_000  # 200 KB of text events: an answer over what is kept
+    [first] = raw.call(2, "parse.feed", {"stream": "t", "offset": 0}, [text])
+    assert first["events"] and first["offset"] > 0
+    again = raw.reply(2, "parse.feed", {"stream": "t", "offset": 0}, [text])
+    assert not again.ok and again.body["name"] == "outcome_unknown"
+    assert again.body["detail"] == {"stream": "t", "offset": first["offset"]}
 
 
 def test_a_close_resent_with_its_request_id_gets_its_flush_events_again(raw):

@@ -55,8 +55,13 @@ of that session, or else of all, first. A stream unused for `idle_timeout_s` is 
 published on `parse.evicted` {sid, stream, reason: lru | idle | pressure, offset, idle_s}.
 A stream holds at most `max_buffer` bytes between feeds (the library's cap); a feed carries at
 most `max_feed_bytes` (`message_too_large`) and answers at most about `max_events_per_feed`
-events (checked every slice of `SLICE` bytes), which bounds both the reply's size and the time
-one feed holds the loop.
+events and what FEED_BUDGET_S (20 ms) of parsing covers (checked after each library call, on
+slices of SLICE_FIRST bytes that double while the bytes parse fast, up to SLICE, and shrink to
+SLICE_MIN when they do not: escape-dense bytes go through the library's Python state machine
+at a few µs a byte), which bounds both the reply's size and the time one feed holds the loop;
+the rest is `unparsed`, for the caller to send again. A feed's answer is kept for its resend
+up to RESEND_KEEP_BYTES (64 KiB): a resend of a feed whose answer was bigger is answered
+`outcome_unknown` (it ran; its events cannot be given again), never with its bytes skipped.
 
 Failure: the library never raises on any bytes; if it does, the feed answers `parse_error`
 (detail {stream, offset, dropped: [start, end]}), the stream is rebuilt in ground at the end of
@@ -95,6 +100,11 @@ from moorage.protocol.errors import Category, fail
 MAX_STREAM_NAME = 256  # characters
 SLICE = 64 * 1024  # bytes per library call in a large feed (markers only) ...
 SLICE_TOKENS = 16 * 1024  # ... and with tokens or text, where a byte can be an event
+SLICE_FIRST = 16 * 1024  # a feed's first call: fast bytes then double the slice, up to those
+SLICE_MIN = 2 * 1024  # ... slow ones (escape-dense: the library's Python machine) shrink it
+SLICE_SLOW_S = 0.002  # a call that took longer than this is slow
+FEED_BUDGET_S = 0.02  # a feed's time on the loop; the rest is `unparsed`, sent again
+RESEND_KEEP_BYTES = 64 * 1024  # a feed's answer kept for its resend up to this size
 EVICTED = "parse.evicted"
 CLOSED_KEEP = 256  # parse.close answers kept for a resend ...
 CLOSED_KEEP_S = 60.0  # ... at most this long
@@ -398,7 +408,7 @@ class ParserActor(Actor):
         request_attachments=(0, 1), checked=False,
         result={"events": list[EVENT], "offset": int, "mode": MODE, "skipped": int,
                 "unparsed": int, "buffered": int},
-        errors=("stream_not_found", "stream_gap", "parse_error"))
+        errors=("stream_not_found", "stream_gap", "parse_error", "outcome_unknown"))
     def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None,
                  create: bool, events_from: int, inert: int) -> Packed:
         """Parse the stream's next bytes; the events they complete."""
@@ -421,9 +431,8 @@ class ParserActor(Actor):
                        f"{self.settings.max_feed_bytes} bytes, not {size}",
                        detail={"limit": self.settings.max_feed_bytes, "size": size})
         s = self._fed_stream(call, stream, offset, create)
-        if s.last_feed == call.id and s.last_answer is not None:
-            self.counts["feeds_resent"] += 1
-            return s.last_answer
+        if s.last_feed == call.id:
+            return self._resent(s)
         expected = s.parser.offset
         skipped = min(expected - offset, size)
         self.counts["feeds"] += 1
@@ -434,9 +443,26 @@ class ParserActor(Actor):
         self.counts["events"] += len(events)
         if events_from:
             events = [e for e in events if e.start >= events_from]
-        answer = self._answer(s, events, skipped, size - skipped - parsed)
-        s.last_feed, s.last_answer = call.id, answer
+        return self._keep(s, call, self._answer(s, events, skipped, size - skipped - parsed))
+
+    @staticmethod
+    def _keep(s: Stream, call: Call, answer: Packed) -> Packed:
+        """The answer, kept for the feed's resend if it is small enough (bounded memory:
+        RESEND_KEEP_BYTES a stream); the id is kept either way, so a resend is known."""
+        s.last_feed = call.id
+        s.last_answer = answer if len(answer.data) <= RESEND_KEEP_BYTES else None
         return answer
+
+    def _resent(self, s: Stream) -> Packed:
+        """The stream's last feed again (the same request id): its answer, or, where that was
+        too big to keep, `outcome_unknown`: it ran, and its events cannot be given again."""
+        self.counts["feeds_resent"] += 1
+        if s.last_answer is not None:
+            return s.last_answer
+        raise fail("outcome_unknown", f"this parse.feed of {s.name!r:.80} ran; its answer was "
+                   f"over the {RESEND_KEEP_BYTES} bytes kept for a resend, so its events "
+                   "cannot be given again", detail={"stream": s.name[:MAX_STREAM_NAME],
+                                                     "offset": s.parser.offset})
 
     def _answer(self, s: Stream, events: list[Event], skipped: int, unparsed: int) -> Packed:
         """A feed's answer, of bytes or of a count: its events and where the stream stands."""
@@ -473,9 +499,8 @@ class ParserActor(Actor):
         if not 0 < inert <= limits.MAX_ID:
             raise fail("bad_args", f"inert must be in (0, 2^53), not {inert}")
         s = self._fed_stream(call, stream, offset, create)
-        if s.last_feed == call.id and s.last_answer is not None:
-            self.counts["feeds_resent"] += 1
-            return s.last_answer
+        if s.last_feed == call.id:
+            return self._resent(s)
         expected = s.parser.offset
         skipped = min(expected - offset, inert)
         if skipped < inert and not s.parser.skip(inert - skipped):
@@ -485,25 +510,33 @@ class ParserActor(Actor):
         self.counts["feeds"] += 1
         self.counts["duplicate_bytes"] += skipped
         self.counts["bytes_inert"] += inert - skipped
-        answer = self._answer(s, [], skipped, 0)
-        s.last_feed, s.last_answer = call.id, answer
-        return answer
+        return self._keep(s, call, self._answer(s, [], skipped, 0))
 
     def _parse(self, s: Stream, data: bytes, start: int) -> list[Event]:
-        """Feed data[start:] in slices until the event budget is spent; a library error
-        becomes `parse_error` and a rebuilt stream past the data."""
+        """Feed data[start:] in slices until the event budget or the time budget is spent
+        (the module docstring); a library error becomes `parse_error` and a rebuilt stream
+        past the data."""
         parser = s.parser
-        step = SLICE_TOKENS if s.options.tokens or s.options.text else SLICE
+        most = SLICE_TOKENS if s.options.tokens or s.options.text else SLICE
         budget = self.settings.max_events_per_feed
         first = parser.offset
         events: list[Event] = []
         try:
-            if len(data) - start <= step:
+            if len(data) - start <= SLICE_FIRST:
                 return parser.feed(data[start:] if start else data)
-            for i in range(start, len(data), step):
+            clock = time.perf_counter
+            step, end = SLICE_FIRST, len(data)
+            began = clock()
+            i = start
+            while i < end:
+                t0 = clock()
                 events += parser.feed(data[i : i + step])
-                if len(events) >= budget:
+                i += step
+                now = clock()
+                if len(events) >= budget or now - began > FEED_BUDGET_S:
                     break
+                step = max(SLICE_MIN, step // 4) if now - t0 > SLICE_SLOW_S \
+                    else min(most, step * 2)
             return events
         except Exception as exc:
             end = first + len(data) - start
