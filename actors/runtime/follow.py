@@ -5,8 +5,15 @@ order, welcome, gap -> replay, loss and reset reported), but non-blocking: repla
 through `Outbound` and their answers come back as callbacks on the loop. A supervisor uses it
 to republish its nested supervisors' events and the metrics actor's alerts.
 
-Losses it could not repair count in the actor's `stream_lost` counter (pushed to the metrics
-actor), except those a replay answer reported: the publisher counted those already.
+Every loss it reports is counted once in the tree (PROTOCOL.md section 12, "What a
+replay's `lost` means, and who counts it inside the tree"). The publisher counts the `lost` of
+a replay asked from a seq past 1 (its `replay_beyond_retention`: the request itself shows the
+subscriber's claim); a replay from seq 1 shows none, so its `lost` is ours to judge: counted
+here in `stream_lost` when all of the topic was wanted (a reset, a topic this follower knew
+before its first message, a new topic under a live prefix), not at all when the replay only
+asked for whatever the publisher still had of a topic first seen at our own start (history
+we never had a claim to). Any other loss (a failed replay, a restarted publisher's lost tail)
+counts in `stream_lost` too.
 """
 
 from __future__ import annotations
@@ -56,33 +63,61 @@ class Follow:
                 msg = decode_stream(frames)
             except DecodeError:
                 continue
+            # Seen before (its epoch and seq known), or born under a live prefix: all of the
+            # topic is wanted, so a replay from 1 it asks now claims the whole of the epoch.
+            # A topic first seen here otherwise asks from 1 for "whatever is still retained".
+            wanted_whole = msg.topic in self.tracker.topics or any(
+                msg.topic.startswith(p) for p in self.tracker.live)
             events, need = self.tracker.on_message(msg)
             self._deliver(events)
-            self._replay(need)
+            self._replay(need, wanted_whole)
 
-    def _deliver(self, events: list[StreamEvent], counted_by: str | None = None) -> None:
-        """`counted_by`: the epoch of a publisher whose replay answer reported its losses."""
+    def _deliver(self, events: list[StreamEvent], not_ours: Loss | None = None) -> None:
+        """`not_ours`: the loss a replay answer reported that is not to be counted here (the
+        publisher counted it, or it is history this follower never had a claim to)."""
         for ev in events:
-            if isinstance(ev, Loss) and ev.epoch != counted_by:
-                self.actor.losses.add("stream_lost", ev.last - ev.first + 1)
+            if isinstance(ev, Loss):
+                if ev is not_ours:
+                    not_ours = None
+                else:
+                    self.actor.losses.add("stream_lost", ev.last - ev.first + 1)
             self.on_event(ev)
 
-    def _replay(self, need: NeedReplay | None) -> None:
+    def _replay(self, need: NeedReplay | None, wanted_whole: bool = True) -> None:
+        """Ask `need`'s replay. `wanted_whole`: all of the topic's epoch is wanted (false only
+        for a topic first seen at this follower's start, where from 1 claims no history).
+        A replay a replay answer leads to is always of a topic already known."""
         if need is None:
             return
+        from_seq = need.from_seq
 
         def done(reply: Any, err: WireError | None, topic: str = need.topic) -> None:
             if err is not None:
                 self._deliver(self.tracker.on_replay_failed(topic))
                 return
             events, more = self.tracker.on_replay(topic, reply.body, reply.attachments)
-            answer = reply.body if isinstance(reply.body, dict) else {}
-            self._deliver(events, counted_by=answer.get("epoch"))
+            reported = _reported_loss(events, reply.body)
+            counted_elsewhere = from_seq > 1  # the publisher's replay_beyond_retention
+            self._deliver(events, reported if counted_elsewhere or not wanted_whole else None)
             self._replay(more)
 
-        self.outbound.call(self.source, "replay", {"topic": need.topic, "from_seq": need.from_seq},
+        self.outbound.call(self.source, "replay", {"topic": need.topic, "from_seq": from_seq},
                            timeout=2.0, on_done=done)
 
     def close(self) -> None:
         self._loop.remove_reader(self.sock)
         self.sock.close(0)
+
+
+def _reported_loss(events: list[StreamEvent], answer: Any) -> Loss | None:
+    """The event that reports the replay answer's own `lost` range (the tracker puts it
+    first, and only for an answer of the topic's epoch), or None: a loss the tracker reports
+    for any other reason (a failed or stalled replay, a restarted publisher) is no range the
+    publisher was asked about, so never one it counted."""
+    if not events or not isinstance(answer, dict):
+        return None
+    ev, lost = events[0], answer.get("lost")
+    if (isinstance(ev, Loss) and isinstance(lost, list | tuple) and len(lost) == 2
+            and ev.epoch == answer.get("epoch") and (ev.first, ev.last) == tuple(lost)):
+        return ev
+    return None
