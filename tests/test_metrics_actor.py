@@ -24,6 +24,7 @@ import pytest
 import zmq
 from hdrh.histogram import HdrHistogram
 
+from moorage.actors.metrics import slo as slo_store
 from moorage.actors.metrics.actor import (
     AlertPolicy,
     Alerts,
@@ -42,7 +43,8 @@ from moorage.actors.runtime.stats import OpStats
 from moorage.protocol import endpoints, limits
 from moorage.protocol.client import Client, Subscription
 from moorage.protocol.envelope import TAG, StreamMessage, packb
-from moorage.protocol.histogram import Recorder, summary
+from moorage.protocol.histogram import Recorder, decode, new_histogram, summary
+from moorage.protocol.limits import MAX_ID
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,6 +77,44 @@ def push_frames(actor: str, body: Any, pid: int = 4242, ep: str = "ep-1",
 
 def samples(op: str, ok: int, error: int, micros: int = 100):
     return decode_ops({op: op_entry(ok, error, micros)})
+
+
+# The bounds on one push's histograms (PROTOCOL.md, "Metric pushes")
+PUSH_BUCKETS = 32_768  # non-zero counts
+PUSH_VARINTS = 65_792  # varints of their counts arrays
+
+
+def spread_hist(buckets: int, step: int = 1, first: int = 256) -> bytes:
+    """Encoded by hdrh: one value in each of `buckets` buckets, `step` indices apart (hdrh writes
+    each gap as one varint of -(step - 1))."""
+    h = new_histogram()
+    for i in range(first, first + buckets * step, step):
+        h.record_value(h.get_value_from_index(i))
+    return h.encode()
+
+
+def _varint(n: int) -> bytes:
+    z, out = (n << 1) ^ (n >> 63), bytearray()
+    while z >= 0x80:
+        out.append(z & 0x7F | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def hand_hist(entries: list[int]) -> bytes:
+    """Our shape's encoding of a counts array written as given: n >= 0 a count, -n a run of n
+    zero counts (as PROTOCOL.md describes it for a language without an HDR library)."""
+    body = b"".join(_varint(n) for n in entries)
+    payload = struct.pack(">IIIIQQd", 0x1C849313, len(body), 0, 2, 1, 3_600_000_000, 1.0) + body
+    deflated = zlib.compress(payload)
+    return base64.b64encode(struct.pack(">II", 0x1C849314, len(deflated)) + deflated)
+
+
+def ops_of(hists: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """A push body of `hists`, each op's ok what its histogram holds."""
+    return {name: {"ok": decode(h).get_total_count(), "error": 0, "hist": h}
+            for name, h in hists.items()}
 
 
 
@@ -266,6 +306,41 @@ def test_folding_an_encoded_histogram_gives_what_recorder_add_histogram_gives():
     assert fold_histogram(r.histogram().encode()) == slow.counts
 
 
+@pytest.mark.parametrize("encoded", [
+    spread_hist(3328, first=0),  # every bucket
+    spread_hist(500, step=3),  # a run of two zeros after each count
+    hand_hist([0, 0, 0, 5, 0, 7, -3, 2**40, 0, 0, 1]),  # zeros one by one, a run, a big count
+    hand_hist([-3327, 9]),  # the last bucket
+    hand_hist([]),
+], ids=["dense", "sparse", "zeros one by one", "last bucket", "empty"])
+def test_folding_reads_every_encoding_of_the_counts_as_hdrh_does(encoded):
+    slow = Recorder()
+    slow.add_histogram(decode(encoded))
+    assert fold_histogram(encoded) == slow.counts
+
+
+def test_a_push_is_bounded_in_the_non_zero_counts_of_its_histograms():
+    """However few bytes they take: 256 dense histograms of a few hundred bytes each once cost
+    seconds of the metrics actor's loop."""
+    at_bound = spread_hist(PUSH_BUCKETS // 256)
+    body = ops_of({f"a/op{i}": at_bound for i in range(256)})
+    assert sum(len(s.counts) for s in decode_ops(body)) == PUSH_BUCKETS
+    body["a/op0"] = ops_of({"x": spread_hist(PUSH_BUCKETS // 256 + 1)})["x"]
+    assert sum(len(d["hist"]) for d in body.values()) < limits.MAX_PUSH_HIST_BYTES // 8
+    with pytest.raises(BadPush, match=f"more than {PUSH_BUCKETS} non-zero counts"):
+        decode_ops(body)
+
+
+def test_a_push_is_bounded_in_the_varints_of_its_histograms():
+    # as hdrh writes them, with a gap after every count: two varints a count, within the bound
+    sparse = spread_hist(PUSH_BUCKETS // 256, step=2)
+    assert len(decode_ops(ops_of({f"a/op{i}": sparse for i in range(256)}))) == 256
+    # zero runs written one varint for each zero: no count to bound, but as costly to read
+    runs = hand_hist([-1] * (PUSH_VARINTS // 256) + [1])
+    with pytest.raises(BadPush, match=f"more than {PUSH_VARINTS} varints"):
+        decode_ops(ops_of({f"a/op{i}": runs for i in range(256)}))
+
+
 @pytest.mark.parametrize("values", [[7], [1, 1, 2], list(range(1, 2000, 3)),
                                     [10] * 990 + [5_000] * 10, [3, 40_000, 40_001, 2**31]])
 def test_percentiles_are_those_of_protocol_histogram_summary(values):
@@ -295,6 +370,21 @@ def test_the_window_forgets_intervals_older_than_its_span_and_keeps_a_running_to
     assert table.expire(5) == [series]
     assert series.window.requests == 0 and not series.window.counts
     assert (series.ok, series.error) == (17, 6)  # lifetime keeps everything
+
+
+def test_the_table_refuses_samples_that_would_carry_a_lifetime_past_2_53():
+    table = MetricsTable(window_s=60, bucket_s=1, max_keys=10)
+    full = decode_ops({"op": {"ok": MAX_ID - 1, "error": 1, "hist": hand_hist([0, MAX_ID])}})
+    table.check("x", full)
+    table.merge("x", full[0], 0)
+    one_more = samples("op", 1, 0, micros=1)
+    with pytest.raises(BadPush, match="2\\^53"):
+        table.check("x", one_more)
+    # 2.1 million requests of 4,295 s each: 2^53 us and a bit, in one push
+    slow = decode_ops({"op": {"ok": 2_100_000, "error": 0,
+                              "hist": hand_hist([-3327, 2_100_000])}})
+    with pytest.raises(BadPush, match="microseconds"):
+        table.check("y", slow)
 
 
 def test_the_table_keeps_at_most_max_keys_and_counts_the_rest_as_dropped():
@@ -539,3 +629,62 @@ def test_reset_forgets_every_series_and_counter(tree):
     assert tree.call("metrics", "metrics.reset") == {"reset": True}
     reply = query(tree, actor="fake")
     assert (reply["ops"], reply["bad_pushes"], reply["received_pushes"]) == ([], 0, 0)
+
+
+def test_a_push_past_the_bucket_bound_is_refused_whole_and_the_next_one_is_taken(tree):
+    """256 dense histograms in a few KiB: refused as a bad push before any of it is merged,
+    and a push at the bound right after it is taken."""
+    tree.start(METRICS, "metrics", {})
+    push = tree.pusher()
+    header = packb({"actor": "client.big", "pid": 1, "ep": "e"})
+    at_bound = ops_of({f"a/op{i}": spread_hist(PUSH_BUCKETS // 256) for i in range(256)})
+    over = {**at_bound, "a/op0": ops_of({"x": spread_hist(PUSH_BUCKETS // 256 + 1)})["x"]}
+    push.send_multipart([TAG, header, packb(over)])
+    push.send_multipart([TAG, header, packb(at_bound)])
+    wait_for(lambda: query(tree, actor="-")["received_pushes"] == 2, "both pushes")
+    reply = query(tree, actor="client.big")
+    assert reply["bad_pushes"] == 1
+    assert len(reply["ops"]) == 256
+    assert {r["lifetime"]["count"] for r in reply["ops"]} == {PUSH_BUCKETS // 256}
+    log = (tree.rundir / "logs" / "metrics.log").read_text()
+    assert f"more than {PUSH_BUCKETS} non-zero counts" in log
+
+
+def test_a_push_that_would_carry_a_lifetime_past_2_53_is_refused_and_figures_stay_exact(tree):
+    tree.start(METRICS, "metrics", {})
+    push = tree.pusher()
+    full = packb({"a/op": {"ok": MAX_ID, "error": 0, "hist": hand_hist([0, MAX_ID])}})
+    for _ in range(3):
+        push.send_multipart([TAG, packb({"actor": "client.big", "pid": 1, "ep": "e"}), full])
+    wait_for(lambda: query(tree, actor="-")["received_pushes"] == 3, "the pushes")
+    reply = query(tree, actor="client.big")
+    [r] = reply["ops"]
+    assert r["lifetime"]["count"] == r["window"]["count"] == MAX_ID
+    assert reply["bad_pushes"] == 2
+    assert "past 2^53 - 1" in (tree.rundir / "logs" / "metrics.log").read_text()
+
+
+def test_the_slo_report_and_record_saturate_at_2_53_and_still_encode(tree):
+    """Each op within 2^53 - 1, but 2,304 of them sum past 2^64: the report still answers and
+    the record is still saved, their sums read 2^53 - 1."""
+    tree.start(METRICS, "metrics", {"max_keys": 4096, "slo_save_s": 0.1})
+    push = tree.pusher()
+    full = {"ok": MAX_ID, "error": 0, "hist": hand_hist([0, MAX_ID])}
+    for a in range(9):
+        push.send_multipart(push_frames(f"fake{a}", {f"op{i}": full for i in range(256)}))
+    wait_for(lambda: query(tree, actor="-")["received_pushes"] == 9, "the pushes")
+    saves = tree.call("metrics", "sys.info")["slo_saves"]
+    report = tree.call("metrics", "metrics.slo")
+    hour = report["windows"]["1h"]
+    assert hour["requests"] == MAX_ID  # every op of every actor
+    assert len(hour["ops"]) == 256
+    assert {o["requests"] for o in hour["ops"]} == {MAX_ID}  # each op of nine actors
+
+    def saved() -> dict[str, Any] | None:
+        info = tree.call("metrics", "sys.info")
+        return info if info["slo_saves"] > saves else None
+
+    state = slo_store.load_state(Path(wait_for(saved, "a save of the record")["slo_file"]))
+    assert state is not None
+    kept = slo_store.SloStore.from_state(state["slo"]).window("1h", report["now"])
+    assert kept.ops[("fake8", "op255")].requests == MAX_ID

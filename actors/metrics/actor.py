@@ -30,7 +30,10 @@ work fails the start.
 Input: a PULL on `metrics.in`. Every other actor pushes about once a second
 `[TAG, {actor, pid, ep}, {op: {ok, error, hist}}]` (see `Actor._push_metrics`); this actor's
 own ops are merged from `self.stats` on the bucket timer. A push is taken whole or not at all:
-one that fails bounded decoding is counted in `bad_pushes`, logged, and dropped.
+one that fails bounded decoding (push.py: its bounds keep the cost of any push to a few tens
+of milliseconds), or that would carry a series' lifetime figures past 2^53 - 1 (series.py
+says why it is refused rather than saturated), is counted in `bad_pushes`, logged, and
+dropped. The SLO record's sums saturate there instead (slo.py says why).
 
 Per (actor, op): lifetime counts and latency counts, plus a window of `window_s` seconds made of
 `bucket_s` intervals with a running total, so reading the window sums no intervals. Latencies are
@@ -210,6 +213,7 @@ class MetricsActor(Actor):
             self.received_pushes += 1
             try:
                 push = decode_push(frames)
+                self.table.check(push.actor, push.ops)
             except BadPush as exc:
                 self.bad_pushes += 1
                 if self.bad_pushes <= 10 or self.bad_pushes % 1000 == 0:
@@ -298,8 +302,9 @@ class MetricsActor(Actor):
         if self.stats.pending():  # our own ops: no push socket to ourselves
             try:
                 samples = decode_ops(self.stats.drain())
+                self.table.check(self.name, samples)
             except BadPush:
-                logger.exception("own op stats undecodable")
+                logger.exception("own op stats not taken")
                 return
             self._merge(self.name, samples, idx)
 

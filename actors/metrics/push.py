@@ -1,7 +1,14 @@
 """Decoding what actors push to `metrics.in`: accepted whole or refused whole, never trusted.
 
 A push is another process's bytes: every count is range-checked, every histogram bounded in
-size (encoded and inflated, so a zlib bomb stops before hdrh allocates) and of our own shape.
+size (encoded and inflated, so a zlib bomb stops before anything is decoded) and of our own
+shape, and the counts arrays of one push are bounded in what reading them costs.
+
+The counts arrays are read here, not by hdrh: hdrh's Python walks every bucket through several
+calls (about 3 us a bucket), so one push of 256 dense histograms held the loop for seconds. Here
+a bucket costs a varint read and a table look-up, and a push's buckets are bounded
+(MAX_PUSH_BUCKETS, MAX_PUSH_VARINTS) so that its whole cost, merge included, stays within a few
+tens of milliseconds however it is built.
 """
 
 from __future__ import annotations
@@ -19,14 +26,38 @@ from moorage.actors.runtime import trust
 from moorage.actors.runtime.stats import LOSS_COUNTERS
 from moorage.protocol import limits
 from moorage.protocol.envelope import TAG, DecodeError, unpackb
-from moorage.protocol.histogram import DIGITS, HIGHEST_US, LOWEST_US, decode
+from moorage.protocol.histogram import DIGITS, HIGHEST_US, LOWEST_US, new_histogram
 
 CLIENT_PREFIX = "client."  # what a process outside the tree may push as (no loss counters)
 MAX_LOSS_COUNTERS = 32  # names in a push header's `loss` (actors.runtime.stats.LOSS_COUNTERS)
 MAX_HIST_BYTES = 256 * 1024  # encoded; one of our shape is a few KiB at most
-MAX_HIST_PAYLOAD = 256 * 1024  # decompressed: bounds a zlib bomb before hdrh sees it
+MAX_HIST_PAYLOAD = 256 * 1024  # decompressed: bounds a zlib bomb before it is read
+# Non-zero counts in all the histograms of one push. A histogram of real latencies has a few
+# hundred non-zero buckets (2 significant digits: 128 a doubling), so this takes 256 ops of
+# 128 each, or 64 ops of 512, and keeps the worst push to a few tens of milliseconds.
+MAX_PUSH_BUCKETS = 32_768
+# Varints read from those counts arrays: an encoder that writes each run of zero counts as one
+# varint (every HdrHistogram library does) needs at most two a non-zero count and one a
+# histogram; this bounds the reading of zero counts, which the bucket bound does not.
+MAX_PUSH_VARINTS = 2 * MAX_PUSH_BUCKETS + limits.MAX_OPS_PER_PUSH
 _EXT_HEADER = struct.Struct(">II")  # cookie, length of the compressed payload
 _PAYLOAD_HEADER = struct.Struct(">IIIIQQd")  # cookie, len, offset, digits, lowest, highest, ratio
+_COOKIE_BASE_MASK = ~0xF0  # the high nibble of the low byte is the word size
+_COMPRESSED_COOKIE = 0x1C849304  # V2, compressed (the base64'd header), as hdrh checks it
+_PAYLOAD_COOKIE = 0x1C849303  # V2 encoding (the inflated payload)
+_VARINT_BYTES = 8  # 56 bits: a count past 2^54 cannot match a push's ok + error anyway
+_PAST_END = "hist: more counts than the histogram's shape has"
+
+
+def _values_by_index() -> tuple[int, ...]:
+    """Each index of our histograms' counts array -> the value its bucket is reported as
+    (hdrh's highest equivalent value: what `Recorder.add_histogram` gives for it)."""
+    h = new_histogram()
+    return tuple(h.get_highest_equivalent_value(h.get_value_from_index(i))
+                 for i in range(h.counts_len))
+
+
+_VALUE_AT = _values_by_index()  # strictly increasing, so no two indices share a value
 
 
 class BadPush(ValueError):
@@ -60,9 +91,26 @@ def _count(v: Any, what: str) -> int:
     return v
 
 
-def _check_shape(encoded: Any) -> None:
-    # moorage.protocol.histogram.decode builds a histogram of whatever shape the payload claims and
-    # inflates it without a limit; both are bounded here first.
+@dataclass(slots=True)
+class Budget:
+    """What reading the histograms of one push may still cost; refused past it."""
+
+    buckets: int = MAX_PUSH_BUCKETS
+    varints: int = MAX_PUSH_VARINTS
+
+    def charge(self, buckets: int, varints: int) -> None:
+        self.buckets -= buckets
+        self.varints -= varints
+        if self.buckets < 0:
+            raise BadPush(f"histograms of more than {MAX_PUSH_BUCKETS} non-zero counts "
+                          "in one push")
+        if self.varints < 0:
+            raise BadPush(f"histograms of more than {MAX_PUSH_VARINTS} varints in one push")
+
+
+def _inflate(encoded: Any) -> bytes:
+    """The payload (header and counts) of an encoded histogram of our shape, or BadPush; its
+    size is bounded before and while it is inflated."""
     if not isinstance(encoded, (bytes, str)) or len(encoded) > MAX_HIST_BYTES:
         raise BadPush("hist must be an encoded HDR histogram (str or bytes, bounded)")
     try:
@@ -72,6 +120,8 @@ def _check_shape(encoded: Any) -> None:
     head = _EXT_HEADER.size
     if len(raw) < head or _EXT_HEADER.unpack_from(raw)[1] != len(raw) - head:
         raise BadPush("hist: bad length header")
+    if _EXT_HEADER.unpack_from(raw)[0] & _COOKIE_BASE_MASK != _COMPRESSED_COOKIE:
+        raise BadPush("hist: not a compressed V2 HDR histogram")
     inflate = zlib.decompressobj()
     try:
         payload = inflate.decompress(raw[head:], MAX_HIST_PAYLOAD)
@@ -79,24 +129,60 @@ def _check_shape(encoded: Any) -> None:
         raise BadPush(f"hist: {exc}") from exc
     if inflate.unconsumed_tail or len(payload) < _PAYLOAD_HEADER.size:
         raise BadPush("hist: payload too large or too short")
-    shape = _PAYLOAD_HEADER.unpack_from(payload)[3:6]
-    if shape != (DIGITS, LOWEST_US, HIGHEST_US):
-        raise BadPush(f"hist: shape {shape} is not {(DIGITS, LOWEST_US, HIGHEST_US)}")
+    cookie, _, _, *shape = _PAYLOAD_HEADER.unpack_from(payload)[:6]
+    if cookie & _COOKIE_BASE_MASK != _PAYLOAD_COOKIE:
+        raise BadPush("hist: payload is not V2 HDR encoded")
+    if tuple(shape) != (DIGITS, LOWEST_US, HIGHEST_US):
+        raise BadPush(f"hist: shape {tuple(shape)} is not {(DIGITS, LOWEST_US, HIGHEST_US)}")
+    return payload
 
 
-def fold_histogram(encoded: Any) -> Counter[int]:
-    """An encoded histogram as counts of values; equal to `Recorder.add_histogram`'s, at a
-    tenth of its cost (the recorded iterator walks every index in Python)."""
-    _check_shape(encoded)
+def _read_counts(payload: bytes) -> tuple[Counter[int], int]:
+    """The counts array after the payload header (ZigZag LEB128 varints, a negative one a run
+    of zero counts) as {value: count}, and the varints it took. Every varint moves the index
+    on and none may move it past the array's end, so one array costs at most its length in
+    varints whatever it holds."""
+    counts: dict[int, int] = {}  # (a dict's item assignment is half the cost of a Counter's)
+    value_at, size = _VALUE_AT, len(_VALUE_AT)
+    body = payload[_PAYLOAD_HEADER.size:]
+    idx = varints = 0
+    it = iter(body)
     try:
-        h = decode(encoded)
-    except Exception as exc:  # hdrh raises TypeError, zlib.error and its own classes
-        raise BadPush(f"hist undecodable: {type(exc).__name__}: {exc}") from exc
-    counts: Counter[int] = Counter()
-    raw = h.counts[: h.counts_len]
-    for i, n in enumerate(raw):
-        if n:
-            counts[h.get_highest_equivalent_value(h.get_value_from_index(i))] += n
+        for b in it:
+            varints += 1
+            if b > 0x7F:
+                v, shift = b & 0x7F, 7
+                for b in it:  # the rest of this varint
+                    v |= (b & 0x7F) << shift
+                    if b < 0x80:
+                        break
+                    shift += 7
+                    if shift == 7 * _VARINT_BYTES:
+                        raise BadPush("hist: a count's varint is too long")
+                else:
+                    raise BadPush("hist: the counts end inside a varint")
+                b = v
+            if not b:  # one zero count
+                idx += 1
+                if idx > size:
+                    raise BadPush(_PAST_END)
+            elif b & 1:  # ZigZag -n: n zero counts
+                idx += (b + 1) >> 1
+                if idx > size:
+                    raise BadPush(_PAST_END)
+            else:
+                counts[value_at[idx]] = b >> 1
+                idx += 1
+    except IndexError:  # a non-zero count at or past the end
+        raise BadPush(_PAST_END) from None
+    return Counter(counts), varints
+
+
+def fold_histogram(encoded: Any, budget: Budget | None = None) -> Counter[int]:
+    """An encoded histogram as counts of values, equal to `Recorder.add_histogram`'s; what it
+    cost is charged to `budget` (by default, one push's worth for this histogram alone)."""
+    counts, varints = _read_counts(_inflate(encoded))
+    (budget if budget is not None else Budget()).charge(len(counts), varints)
     return counts
 
 
@@ -109,6 +195,7 @@ def decode_ops(body: Any) -> list[OpSample]:
     if hist_bytes > limits.MAX_PUSH_HIST_BYTES:
         raise BadPush(f"histograms of {hist_bytes} bytes in one push > "
                       f"{limits.MAX_PUSH_HIST_BYTES}")
+    budget = Budget()
     out = []
     for name, d in body.items():
         if type(name) is not str or not 0 < len(name) <= limits.MAX_OP_LEN:
@@ -119,7 +206,7 @@ def decode_ops(body: Any) -> list[OpSample]:
         caller = _count(d.get("caller", 0), f"{name}.caller")
         if caller > error:
             raise BadPush(f"{name}: {caller} caller errors of {error} errors")
-        counts = fold_histogram(d.get("hist"))
+        counts = fold_histogram(d.get("hist"), budget)
         total = sum(counts.values())
         if total != ok + error:  # every request, ok or not, records its service time
             raise BadPush(f"{name}: hist holds {total} values for {ok + error} requests")

@@ -2,15 +2,26 @@
 
 The window keeps a running total and subtracts buckets as they expire, so a query never sums
 buckets, and the number of series is capped so junk op names cannot grow memory.
+
+Every figure stays within MAX_ID (2^53 - 1, what the protocol carries exactly) by refusal, not
+saturation: `MetricsTable.check` refuses samples that would carry a series' lifetime requests or
+summed microseconds past it, and every other figure of a series (ok, error, a value's count,
+the window's) is part of those. A saturated lifetime would stop agreeing with its own
+percentiles and error rate, and a window that subtracts what expires cannot saturate honestly;
+refused, every figure shown is exact, and the refusal is counted and logged as a bad push. No
+real pusher comes near: 2^53 requests is 2,800 years at 100,000 a second, 2^53 µs is 285
+years of service time.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import Any
 
-from moorage.actors.metrics.push import CLIENT_PREFIX, OpSample
+from moorage.actors.metrics.push import CLIENT_PREFIX, BadPush, OpSample
+from moorage.protocol.limits import MAX_ID
 
 MAX_SPAN = 86_400  # intervals in one window
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
@@ -134,6 +145,16 @@ class MetricsTable:
 
     def interval(self, now: float) -> int:
         return int(now // self.bucket_s)
+
+    def check(self, actor: str, samples: Iterable[OpSample]) -> None:
+        """BadPush if merging `samples` (one push's) would carry a series' lifetime requests
+        or summed microseconds past MAX_ID (see the module's docstring)."""
+        for s in samples:
+            series = self.series.get((actor, s.op))
+            requests, sum_us = (series.ok + series.error, series.sum_us) if series else (0, 0)
+            if requests + s.ok + s.error > MAX_ID or sum_us + s.sum_us > MAX_ID:
+                raise BadPush(f"{actor}/{s.op}: the push would carry its lifetime "
+                              "requests or microseconds past 2^53 - 1")
 
     def merge(self, actor: str, s: OpSample, idx: int) -> Series | None:
         key = (actor, s.op)

@@ -13,6 +13,13 @@ Latencies are kept in log bins 2^(1/16) wide (4.4%) and a percentile is reported
 highest integer: never below the true value, at most 4.4% above it. The size is bounded by
 the (actor, op) keys the metrics table accepts (its max_keys) times the buckets kept, and a
 bucket holds only the keys that saw traffic in it.
+
+Every count here saturates at MAX_ID (2^53 - 1, what the protocol carries exactly): a window sums
+buckets over hours, keys over actors, and outlives both the metrics table's reset and this
+actor's restarts, so no check on one push could bound it, and an unbounded sum would make the
+report and the saved record unencodable. These sums are only ever added to (a window is folded
+afresh, never kept by subtracting), so a figure at MAX_ID reads "at least that many" and every
+figure below it is exact.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 from moorage.actors.runtime.beat import progress
 from moorage.actors.runtime.statefile import write_atomic
 from moorage.protocol.envelope import DecodeError, packb, unpackb
+from moorage.protocol.limits import MAX_ID
 
 BINS_PER_OCTAVE = 16
 MINUTE, HOUR = 60, 3600
@@ -55,10 +63,37 @@ def bin_top(b: int) -> int:
 
 
 def bins_of(counts: Mapping[int, int]) -> Counter[int]:
-    out: Counter[int] = Counter()
+    """Counts of microsecond values as counts of their bins. What a push brings are the values
+    of HDR buckets, a few thousand in all, so their bins are remembered (up to a bound): working
+    each out again made a push of many buckets cost a microsecond a bucket here."""
+    out: dict[int, int] = {}  # (a dict's item assignment is half the cost of a Counter's)
+    get, known = out.get, _BIN_OF
     for us, n in counts.items():
-        out[latency_bin(us)] += n
-    return out
+        b = known.get(us)
+        if b is None:
+            b = latency_bin(us)
+            if len(known) < _BIN_OF_MAX:
+                known[us] = b
+        out[b] = get(b, 0) + n
+    if out and max(out.values()) > MAX_ID:  # (not per value: this runs for every bucket pushed)
+        return Counter({b: capped(n) for b, n in out.items()})
+    return Counter(out)
+
+
+_BIN_OF: dict[int, int] = {}  # microsecond value -> latency_bin, for the values seen first
+_BIN_OF_MAX = 8192  # the values of our HDR buckets are 3,328
+
+
+def capped(n: int) -> int:
+    """`n`, or MAX_ID past it (see the module's docstring)."""
+    return n if n <= MAX_ID else MAX_ID
+
+
+def add_capped(into: Counter[Any], other: Mapping[Any, int]) -> None:
+    """`into.update(other)`, each count saturating at MAX_ID."""
+    get = into.get
+    for k, n in other.items():
+        into[k] = capped(get(k, 0) + n)
 
 
 def percentile(bins: Mapping[int, int], p: float) -> int:
@@ -89,14 +124,14 @@ class OpFigures:
         self.bins: Counter[int] = bins if bins is not None else Counter()
 
     def add(self, other: OpFigures) -> None:
-        self.ok += other.ok
-        self.error += other.error
-        self.caller += other.caller
-        self.bins.update(other.bins)
+        self.ok = capped(self.ok + other.ok)
+        self.error = capped(self.error + other.error)
+        self.caller = capped(self.caller + other.caller)
+        add_capped(self.bins, other.bins)
 
     @property
     def requests(self) -> int:
-        return self.ok + self.error
+        return capped(self.ok + self.error)
 
     @property
     def service_errors(self) -> int:
@@ -118,7 +153,7 @@ class Figures:
             if mine is None:
                 mine = self.ops[key] = OpFigures()
             mine.add(f)
-        self.loss.update(other.loss)
+        add_capped(self.loss, other.loss)
         self.down.update(other.down)
         self.observed += other.observed
 
@@ -216,7 +251,7 @@ class SloStore:
             return
         for b in self._buckets(now):
             for name, n in counts.items():
-                b.loss[(actor, name)] += n
+                b.loss[(actor, name)] = capped(b.loss[(actor, name)] + n)
 
     def add_down(self, child: str, start: float, end: float) -> None:
         """`child` was down from `start` to `end`: each bucket gets its own share."""
@@ -289,6 +324,11 @@ def _count(v: Any) -> int:
     return v
 
 
+def _figure(v: Any) -> int:
+    """A count as kept (a record saved before counts saturated may hold more)."""
+    return capped(_count(v))
+
+
 def _bucket_state(idx: int, b: Figures) -> list[Any]:
     ops = [[a, o, f.ok, f.error, [[k, n] for k, n in sorted(f.bins.items())], f.caller]
            for (a, o), f in sorted(b.ops.items())]
@@ -309,19 +349,21 @@ def _bucket_from(row: Any) -> tuple[int, Figures]:
         _want(isinstance(op_row, list) and len(op_row) in (5, 6),
               "an op is [actor, op, ok, error, bins, caller?]")
         actor, op, ok, error, bins = op_row[:5]
-        caller = _count(op_row[5]) if len(op_row) == 6 else 0
+        caller = _figure(op_row[5]) if len(op_row) == 6 else 0
         _want(caller <= _count(error), "more caller errors than errors")
         _want(isinstance(actor, str) and isinstance(op, str) and isinstance(bins, list),
               "op names and bins")
         counts: Counter[int] = Counter()
         for pair in bins:
             _want(isinstance(pair, list) and len(pair) == 2, "a bin is [bin, count]")
-            counts[_count(pair[0])] += _count(pair[1])
-        f.ops[(actor, op)] = OpFigures(_count(ok), _count(error), counts, caller)
+            b, n = _count(pair[0]), _count(pair[1])
+            counts[b] = capped(counts[b] + n)
+        f.ops[(actor, op)] = OpFigures(_figure(ok), _figure(error), counts, caller)
     for loss_row in loss:
         _want(isinstance(loss_row, list) and len(loss_row) == 3
               and all(isinstance(x, str) for x in loss_row[:2]), "a loss is [actor, counter, n]")
-        f.loss[(loss_row[0], loss_row[1])] += _count(loss_row[2])
+        key = (loss_row[0], loss_row[1])
+        f.loss[key] = capped(f.loss[key] + _count(loss_row[2]))
     for down_row in down:
         _want(isinstance(down_row, list) and len(down_row) == 2 and isinstance(down_row[0], str)
               and isinstance(down_row[1], (int, float)) and down_row[1] >= 0,
@@ -370,5 +412,5 @@ def loss_totals(loss: Iterable[tuple[tuple[str, str], int]]) -> dict[str, int]:
     """Loss counts by counter name, summed over actors."""
     out: Counter[str] = Counter()
     for (_, name), n in loss:
-        out[name] += n
+        out[name] = capped(out[name] + n)
     return dict(out)

@@ -30,6 +30,7 @@ from moorage.actors.metrics.slo import (
     Figures,
     OpFigures,
     SloStore,
+    capped,
     loss_totals,
     percentile,
 )
@@ -99,7 +100,7 @@ def _window(name: str, f: Figures, store_now: float, tracker: RecoveryTracker,
             "p99_us": percentile(timed.bins, 99), "p99_excludes": list(p99_exclude),
             "availability": availability,
             "down_s": {c: round(s, 3) for c, s in sorted(down.items())},
-            "loss": loss, "loss_total": sum(loss.values()),
+            "loss": loss, "loss_total": capped(sum(loss.values())),
             "loss_by_actor": {f"{a}/{c}": n for (a, c), n in sorted(f.loss.items())},
             "recovery": tracker.summary(since), "ops": ops}
 
