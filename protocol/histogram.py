@@ -9,8 +9,11 @@ Every moorage histogram has the same shape, so encoded histograms from any proce
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 
 from hdrh.histogram import HdrHistogram
+
+from moorage.protocol import limits
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # an hour, in microseconds
@@ -102,3 +105,24 @@ def summary(h: HdrHistogram) -> dict[str, float]:
         "p999": h.get_value_at_percentile(99.9),
         "max": h.get_max_value(),
     }
+
+
+def push_bodies(entries: Iterable[tuple[str, dict, int]]) -> Iterator[dict[str, dict]]:
+    """Metric push bodies from `(op, {ok, error, ..., hist}, non-zero counts of hist)`, in
+    order, each within what the metrics actor takes (limits.MAX_OPS_PER_PUSH ops,
+    MAX_PUSH_HIST_BYTES of encoded histograms, MAX_PUSH_BUCKETS non-zero counts): it refuses
+    a bigger push whole. One op past a bound alone goes in a body of its own."""
+    body: dict[str, dict] = {}
+    hist_bytes = buckets = 0
+    for name, entry, nonzero in entries:
+        size = len(entry["hist"])
+        if body and (len(body) == limits.MAX_OPS_PER_PUSH
+                     or hist_bytes + size > limits.MAX_PUSH_HIST_BYTES
+                     or buckets + nonzero > limits.MAX_PUSH_BUCKETS):
+            yield body
+            body, hist_bytes, buckets = {}, 0, 0
+        body[name] = entry
+        hist_bytes += size
+        buckets += nonzero
+    if body:
+        yield body

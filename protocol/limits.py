@@ -24,3 +24,7 @@ HWM = 100_000  # socket high-water marks, in messages
 # A metric push (metrics.in) is refused whole past either: a pusher splits what it has.
 MAX_OPS_PER_PUSH = 256  # an actor has a few dozen ops; a client's are (actor, op) pairs
 MAX_PUSH_HIST_BYTES = 1 << 20  # all histograms of one push, encoded: bounds its cost
+# Non-zero counts in all the histograms of one push. A histogram of real latencies has a few
+# hundred non-zero buckets (2 significant digits: 128 a doubling), so this takes 256 ops of
+# 128 each, or 64 ops of 512, and keeps the worst push to a few tens of milliseconds.
+MAX_PUSH_BUCKETS = 32_768

@@ -139,6 +139,19 @@ def test_pushes_are_split_by_their_histograms_bytes_too(monkeypatch):
     assert _accepted(bodies) == {f"alpha/op.{i}": (400, 0) for i in range(60)}
 
 
+def test_pushes_are_split_by_their_histograms_non_zero_counts_too():
+    """Latencies spread wide: 40 ops of 1,500 distinct HDR buckets each are 60,000 non-zero
+    counts, past what the metrics actor takes in one push (it refuses such a push whole)."""
+    book = LatencyBook(pushing=True)
+    for i in range(40):
+        for k in range(1_500):
+            book.record("alpha", f"op.{i}", (128 + k % 128) << (k // 128), ok=True)
+    bodies = list(encode_pending(book.take()))
+    assert len(bodies) > 1
+    got = _accepted(bodies)
+    assert got == {f"alpha/op.{i}": (1_500, 0) for i in range(40)}
+
+
 def test_long_names_are_cut_to_the_op_limit_and_merged_when_they_collide():
     long_op = "x" * MAX_OP_LEN
     assert len(pushed_op("alpha", long_op)) == MAX_OP_LEN

@@ -43,7 +43,7 @@ from moorage.actors.runtime.stats import OpStats
 from moorage.protocol import endpoints, limits
 from moorage.protocol.client import Client, Subscription
 from moorage.protocol.envelope import TAG, StreamMessage, packb
-from moorage.protocol.histogram import Recorder, decode, new_histogram, summary
+from moorage.protocol.histogram import Recorder, decode, new_histogram, push_bodies, summary
 from moorage.protocol.limits import MAX_ID
 from tests.waiting import wait_for
 
@@ -242,6 +242,17 @@ def test_a_push_body_is_bounded_in_values_and_histogram_bytes():
     many = {f"op{i}": {"ok": 1, "error": 0, "hist": big} for i in range(256)}
     with pytest.raises(BadPush, match="histograms"):
         decode_push(push_frames("client.x", many, tok=""))
+
+
+def test_an_actors_drained_figures_are_cut_into_pushes_the_metrics_actor_takes():
+    stats = OpStats()
+    for i in range(40):
+        for k in range(1_500):  # 1,500 distinct HDR buckets an op: 60,000 in all
+            stats.record(f"op.{i}", (128 + k % 128) << (k // 128), True)
+    bodies = list(push_bodies(stats.drain_entries()))
+    assert len(bodies) > 1
+    ops = [s for b in bodies for s in decode_ops(msgpack.unpackb(packb(b)))]
+    assert sorted((s.op, s.ok) for s in ops) == sorted((f"op.{i}", 1_500) for i in range(40))
 
 
 def test_a_drained_op_stats_decodes_like_a_push_does():

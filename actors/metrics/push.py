@@ -32,10 +32,7 @@ CLIENT_PREFIX = "client."  # what a process outside the tree may push as (no los
 MAX_LOSS_COUNTERS = 32  # names in a push header's `loss` (actors.runtime.stats.LOSS_COUNTERS)
 MAX_HIST_BYTES = 256 * 1024  # encoded; one of our shape is a few KiB at most
 MAX_HIST_PAYLOAD = 256 * 1024  # decompressed: bounds a zlib bomb before it is read
-# Non-zero counts in all the histograms of one push. A histogram of real latencies has a few
-# hundred non-zero buckets (2 significant digits: 128 a doubling), so this takes 256 ops of
-# 128 each, or 64 ops of 512, and keeps the worst push to a few tens of milliseconds.
-MAX_PUSH_BUCKETS = 32_768
+MAX_PUSH_BUCKETS = limits.MAX_PUSH_BUCKETS  # (see there)
 # Varints read from those counts arrays: an encoder that writes each run of zero counts as one
 # varint (every HdrHistogram library does) needs at most two a non-zero count and one a
 # histogram; this bounds the reading of zero counts, which the bucket bound does not.

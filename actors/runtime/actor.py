@@ -58,6 +58,7 @@ from moorage.protocol.envelope import (
     shape_problem,
 )
 from moorage.protocol.errors import Category, Fault, MoorageError, WireError, fail, fault_of
+from moorage.protocol.histogram import push_bodies
 from moorage.protocol.monitor import recv_event
 from moorage.protocol.wire import NOBLOCK, WIRE_CORE, send_frames
 
@@ -858,18 +859,22 @@ class Actor:
     def _push_metrics(self) -> None:
         if self.metrics_push is None or not (self.stats.pending() or self.losses.pending()):
             return
-        drained = self.stats.drain()
+        bodies = list(push_bodies(self.stats.drain_entries())) or [{}]
         lost = self.losses.drain()
         header: dict[str, Any] = {"actor": self.name, "pid": os.getpid(), "ep": self.epoch,
                                   "tok": self._push_token}
-        if lost:
-            header["loss"] = lost
-        msg = [TAG, packb(header), packb(drained)]
-        try:
-            self.metrics_push.send_multipart(msg, zmq.NOBLOCK)
-        except zmq.Again:
-            self.stats.restore(drained)  # metrics actor away: keep counting, send later
-            self.losses.restore(lost)
+        for i, body in enumerate(bodies):
+            if lost and i == 0:
+                header["loss"] = lost
+            try:
+                self.metrics_push.send_multipart([TAG, packb(header), packb(body)], zmq.NOBLOCK)
+            except zmq.Again:  # metrics actor away: keep counting, send later
+                for rest in bodies[i:]:
+                    self.stats.restore(rest)
+                if i == 0:
+                    self.losses.restore(lost)
+                return
+            header.pop("loss", None)
 
     # --- life ---------------------------------------------------------------------------------
 

@@ -56,12 +56,17 @@ class OpStats:
     def drain(self) -> dict[str, dict]:
         """{op: {ok, error, caller?, hist: encoded HDR}} for everything recorded since the last
         drain (`caller` only when some errors were the caller's)."""
-        out = {}
+        return {name: d for name, d, _ in self.drain_entries()}
+
+    def drain_entries(self) -> list[tuple[str, dict, int]]:
+        """drain's entries as (op, entry, non-zero counts of its histogram), what
+        histogram.push_bodies cuts into pushes the metrics actor takes."""
+        out = []
         for name, c in self._ops.items():
             d = {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()}
             if c.caller:
                 d["caller"] = c.caller
-            out[name] = d
+            out.append((name, d, len(c.times.counts)))
         self._ops = {}
         return out
 

@@ -28,7 +28,7 @@ import zmq
 
 from moorage.protocol import limits
 from moorage.protocol.envelope import TAG, packb
-from moorage.protocol.histogram import Recorder, decode, summary
+from moorage.protocol.histogram import Recorder, decode, push_bodies, summary
 
 MAX_NAME = 100  # `client.<name>` must fit the push header's 128 characters
 SNDHWM = 100  # as actors' PUSH sockets: past this a push is kept and merged into the next
@@ -144,8 +144,7 @@ class LatencyBook:
 
 def encode_pending(taken: dict[tuple[str, str], _Pending]) -> Iterator[dict[str, dict]]:
     """Push bodies `{<actor>/<op>: {ok, error, hist}}`, each within what the metrics actor
-    takes (limits.MAX_OPS_PER_PUSH ops, limits.MAX_PUSH_HIST_BYTES of histograms): it
-    refuses a bigger push whole. Two keys cut to the same name are merged rather than sent
+    takes (histogram.push_bodies). Two keys cut to the same name are merged rather than sent
     twice."""
     merged: dict[str, _Pending] = {}
     for (actor, op), c in taken.items():
@@ -157,18 +156,9 @@ def encode_pending(taken: dict[tuple[str, str], _Pending]) -> Iterator[dict[str,
         m.ok += c.ok
         m.error += c.error
         m.times.counts.update(c.times.counts)
-    body: dict[str, dict] = {}
-    hist_bytes = 0
-    for name, c in merged.items():
-        hist = c.times.histogram().encode()
-        if body and (len(body) == limits.MAX_OPS_PER_PUSH
-                     or hist_bytes + len(hist) > limits.MAX_PUSH_HIST_BYTES):
-            yield body
-            body, hist_bytes = {}, 0
-        body[name] = {"ok": c.ok, "error": c.error, "hist": hist}
-        hist_bytes += len(hist)
-    if body:
-        yield body
+    yield from push_bodies(
+        (name, {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()},
+         len(c.times.counts)) for name, c in merged.items())
 
 
 class LatencyPusher:
