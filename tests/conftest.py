@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from moorage.actors.runtime import trust
+from moorage.actors.runtime.loop import Loop
 from moorage.actors.runtime.process import run_actor
 from moorage.actors.watcher.mounts import fs_type
 from moorage.protocol import endpoints
@@ -236,6 +237,16 @@ def spawn_actor(runtime_dir: Path) -> Iterator[Callable[..., ActorProcess]]:
     yield spawn
     for a in started:
         a.stop()
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    """A loop the test turns itself (tests.waiting.turn_until)."""
+    lp = Loop()
+    try:
+        yield lp
+    finally:
+        lp.close()
 
 
 @pytest.fixture

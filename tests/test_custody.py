@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +15,9 @@ import pytest
 from moorage.actors.runtime.custody import CustodyClient, Datagrams, receive
 from moorage.actors.runtime.loop import Loop
 from moorage.supervisor.custody import Custodian
+from tests.waiting import turn_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def loop() -> Iterator[Loop]:
-    lp = Loop()
-    try:
-        yield lp
-    finally:
-        lp.close()
-
-
-def turn_until(loop: Loop, fact: Callable[[], Any], turns: int = 1000) -> Any:
-    """Run the loop a turn at a time (each waits at most 10 ms for its sockets) until
-    `fact()` holds."""
-    for _ in range(turns):
-        value = fact()
-        if value:
-            return value
-        loop.run_once(10)
-    raise AssertionError("the fact never came true")
 
 
 def test_what_one_process_keeps_the_next_takes_back_with_its_latest_info_and_not_what_it_dropped(

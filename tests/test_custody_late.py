@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -28,7 +27,7 @@ from moorage.protocol.client import Client
 from moorage.supervisor.custody import TAKE_DELAY_ENV, Custodian
 from tests.conftest import wait_pid_exit
 from tests.terminal_support import RawLink, env_for, make_home, terminal_tree
-from tests.waiting import wait_for
+from tests.waiting import turn_until, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -84,15 +83,6 @@ def test_a_session_custody_hands_back_late_is_the_same_shell_and_not_lost(make_t
 
 
 @pytest.fixture
-def loop() -> Iterator[Loop]:
-    lp = Loop()
-    try:
-        yield lp
-    finally:
-        lp.close()
-
-
-@pytest.fixture
 def custodian(loop: Loop, runtime_dir: Path) -> Iterator[Custodian]:
     cust = Custodian(loop, runtime_dir, "sup")  # (the keepers' `supervised_by`)
     try:
@@ -107,16 +97,6 @@ def links() -> Iterator[list[RawLink]]:
     yield opened
     for link in opened:
         link.close()
-
-
-def turn_until(loop: Loop, fact: Callable[[], Any], turns: int = 2000) -> Any:
-    """The custodian's loop a turn at a time (each at most 10 ms) until `fact()` holds."""
-    for _ in range(turns):
-        value = fact()
-        if value:
-            return value
-        loop.run_once(10)
-    raise AssertionError("the fact never came true")
 
 
 def hello(client: Client, runtime_dir: Path, links: list[RawLink]) -> tuple[RawLink, dict]:
