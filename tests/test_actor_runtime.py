@@ -12,6 +12,7 @@ import psutil
 import pytest
 import zmq
 
+from moorage.actors.runtime.actor import MAX_ROUTES
 from moorage.protocol import endpoints
 from moorage.protocol.client import AsyncClient, Client, Loss, Reset
 from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, encode_request, packb
@@ -145,6 +146,26 @@ def test_requests_the_loop_never_read_before_it_stopped_are_answered_stopping(ru
     assert sorted(r.id for r in replies) == list(range(1, 51))
     assert {(r.ok, r.body["name"]) for r in replies} == {(False, "stopping")}
     assert actor.side_effects == 0
+
+
+def test_copies_of_a_call_under_way_past_a_bound_are_answered_busy_at_once(fake, client, raw):
+    """Each resend of the same frames joined the call: 500 of them were 500 entries held
+    until it ended. Past MAX_ROUTES copies waiting, a copy is answered `busy` at once: every
+    copy still gets one reply."""
+    frames = encode_request(5, "s1", "fake.held")
+    for _ in range(500):
+        raw.send_multipart(frames)
+    raw.send_multipart(encode_request(6, "s1", "fake.count"))  # served after all 500
+    replies = [recv(raw) for _ in range(500 - MAX_ROUTES + 1)]
+    busy, counted = replies[:-1], replies[-1]
+    assert {(r.id, r.ok, r.body["name"]) for r in busy} == {(5, False, "busy")}
+    assert counted.id == 6 and counted.body["effects"] == 1
+    assert counted.body["held_attempts"] == MAX_ROUTES
+    assert client.call("fake", "fake.release")["released"] == 1
+    results = [recv(raw) for _ in range(MAX_ROUTES)]
+    assert {(r.id, r.ok, r.body["effects"]) for r in results} == {(5, True, 1)}
+    raw.send_multipart(encode_request(7, "s1", "fake.count"))
+    assert recv(raw).id == 7  # and nothing more for 5
 
 
 def test_a_retried_request_id_is_answered_from_the_cache_not_run_twice(fake, client, raw):

@@ -76,6 +76,7 @@ RPC_LINGER_MS = 200
 # would make the cache answer outcome_unknown to every pinned resend until then.
 MAX_DEADLINE_AHEAD_MS = 24 * 3600 * 1000
 TURN_BUDGET_S = 0.02  # requests handled per loop turn, in time (see `handle_batch`)
+MAX_ROUTES = 16  # copies of one call under way that wait for its answer (the first, resends)
 CORK_S = 0.001  # the longest a batch's reply waits for the others to leave with it
 
 
@@ -677,7 +678,15 @@ class Actor:
             return
         running = self.pending.get(key)
         if running is not None:
-            running.routes.append(route)
+            # A resend joins the call under way, and is answered with it; past MAX_ROUTES
+            # copies waiting, `busy` at once (a peer resending the same id without end would
+            # otherwise grow the call's list, and its answer, without bound).
+            if len(running.routes) < MAX_ROUTES:
+                running.routes.append(route)
+            else:
+                self._refuse(route, req, WireError.of(
+                    "busy", f"{req.op}: {MAX_ROUTES} copies of this call wait for it already",
+                    retry_after_ms=self.busy_retry_ms))
             return
         if pinned is not None and self._reply_may_be_gone(req):
             self._refuse(route, req, WireError.of(
