@@ -36,5 +36,6 @@ def test_the_rust_client_passes_its_vectors_and_the_live_conformance_suite(
     passed = re.findall(r"conformance: (\w+) ok$", out, re.M)
     assert passed == [c["name"] for c in CASES["cases"]], out[-8000:]
     assert "latency: pushed rows merged" in out, out[-8000:]
+    assert "latency: 40 ops of 1500 buckets pushed and merged" in out, out[-8000:]
     n = len(CASES["cases"])
     assert re.search(rf"^conformance: {n} of {n} cases passed$", out, re.M), out[-8000:]

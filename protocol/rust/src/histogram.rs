@@ -88,6 +88,23 @@ impl Recorder {
         Summary { count: self.total, p50: at(50.0), p90: at(90.0), p99: at(99.0), p999: at(99.9), max: at(100.0) }
     }
 
+    /// The non-zero counts of the encoded histogram: its HDR buckets that hold a count (the
+    /// recorded values are exact until folded, so several of them may share one bucket). What
+    /// the metrics actor bounds a push by (`limits::MAX_PUSH_BUCKETS`).
+    pub fn non_zero_counts(&self) -> usize {
+        // (values in order, so their indexes are too: a new index is a new bucket)
+        let mut last = None;
+        let mut buckets = 0;
+        for (v, n) in &self.counts {
+            let i = counts_index(*v);
+            if *n > 0 && last != Some(i) {
+                buckets += 1;
+                last = Some(i);
+            }
+        }
+        buckets
+    }
+
     /// The base64 text (as bytes) of the HdrHistogram V2 compressed encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut counts = vec![0u64; COUNTS_LEN];

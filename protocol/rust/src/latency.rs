@@ -15,7 +15,7 @@ use crate::endpoints::Endpoints;
 use crate::envelope::TAG;
 use crate::histogram::{Recorder, Summary};
 use crate::limits::MAX_OP_LEN;
-pub use crate::limits::{MAX_OPS_PER_PUSH, MAX_PUSH_HIST_BYTES};
+pub use crate::limits::{MAX_OPS_PER_PUSH, MAX_PUSH_BUCKETS, MAX_PUSH_HIST_BYTES};
 
 pub const MAX_NAME: usize = 100;
 
@@ -135,35 +135,40 @@ impl Pusher {
     }
 }
 
-/// One op of a push body: its pushed name, its counts, and its encoded histogram.
+/// One op of a push body: its pushed name, its counts, its encoded histogram, and that
+/// histogram's non-zero counts.
 #[derive(Debug, Clone)]
 pub struct PushedOp {
     pub name: String,
     pub counts: Counts,
     pub hist: Vec<u8>,
+    pub buckets: usize,
 }
 
 impl PushedOp {
     pub fn new(name: String, counts: Counts) -> PushedOp {
         let hist = counts.times.encode();
-        PushedOp { name, counts, hist }
+        let buckets = counts.times.non_zero_counts();
+        PushedOp { name, counts, hist, buckets }
     }
 }
 
 /// `ops` in order, cut into push bodies the metrics actor takes: at most `MAX_OPS_PER_PUSH`
-/// ops and `MAX_PUSH_HIST_BYTES` of encoded histograms each, since it refuses a bigger push
-/// whole (every figure in it lost). An op whose histogram alone is bigger goes in a body of
-/// its own.
+/// ops, `MAX_PUSH_HIST_BYTES` of encoded histograms and `MAX_PUSH_BUCKETS` non-zero counts in
+/// them each, since it refuses a bigger push whole (every figure in it lost). An op past a
+/// bound alone goes in a body of its own.
 pub fn split_push(ops: Vec<PushedOp>) -> Vec<Vec<PushedOp>> {
     let mut bodies = Vec::new();
     let mut body: Vec<PushedOp> = Vec::new();
-    let mut bytes = 0;
+    let (mut bytes, mut buckets) = (0, 0);
     for op in ops {
-        if !body.is_empty() && (body.len() == MAX_OPS_PER_PUSH || bytes + op.hist.len() > MAX_PUSH_HIST_BYTES) {
+        if !body.is_empty() && (body.len() == MAX_OPS_PER_PUSH || bytes + op.hist.len() > MAX_PUSH_HIST_BYTES
+            || buckets + op.buckets > MAX_PUSH_BUCKETS) {
             bodies.push(std::mem::take(&mut body));
-            bytes = 0;
+            (bytes, buckets) = (0, 0);
         }
         bytes += op.hist.len();
+        buckets += op.buckets;
         body.push(op);
     }
     if !body.is_empty() {

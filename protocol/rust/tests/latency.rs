@@ -3,12 +3,15 @@
 //! rows beside the service's. Needs the conformance suite's tree (MOORAGE_CONFORMANCE_DIR).
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moorage_client::codec::get;
+use moorage_client::endpoints::Endpoints;
 use moorage_client::histogram::{counts_index, value_at, Recorder, COUNTS_LEN};
-use moorage_client::latency::{split_push, Counts, PushedOp};
+use moorage_client::latency::{split_push, Counts, LatencyBook, PushedOp, Pusher, MAX_PUSH_BUCKETS};
 use moorage_client::{args, Client, Options, Value};
 
 #[test]
@@ -71,19 +74,156 @@ fn a_pushs_histograms_are_cut_at_1_mib_a_body_and_one_bigger_alone_still_goes_al
     let order = names(&ops);
     let bodies = split_push(ops);
     let bytes: Vec<usize> = bodies.iter().map(|b| b.iter().map(|op| op.hist.len()).sum()).collect();
-    // 1 MiB: what the metrics actor takes in one push (actors/metrics/push.py)
-    assert!(bodies.len() > 1 && bytes.iter().all(|&n| n <= 1 << 20), "{bytes:?}");
+    let buckets: Vec<usize> = bodies.iter().map(|b| b.iter().map(|op| op.buckets).sum()).collect();
+    // 1 MiB and 32,768 non-zero counts: what the metrics actor takes in one push
+    // (actors/metrics/push.py); of histograms this full, the non-zero counts bind first.
+    assert!(bodies.len() > 1 && bytes.iter().all(|&n| n <= 1 << 20) && buckets.iter().all(|&n| n <= 32_768),
+            "{bytes:?} {buckets:?}");
     // Full: the next op would not have fitted.
     for i in 1..bodies.len() {
-        assert!(bytes[i - 1] + bodies[i][0].hist.len() > 1 << 20, "{bytes:?}");
+        assert!(buckets[i - 1] + bodies[i][0].buckets > 32_768, "{buckets:?}");
     }
     assert_eq!(names(&bodies.concat()), order);
+
+    // Encodings bigger than any of the fixed shape's, of few buckets: the bytes bind first.
+    let big = (0..7).map(|i| PushedOp { hist: vec![b'A'; 400_000], ..PushedOp::new(format!("a/big.{i}"), Counts::default()) });
+    assert_eq!(split_push(big.collect()).iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 1]);
 
     let small = |name: &str| PushedOp::new(name.into(), Counts { ok: 1, ..Counts::default() });
     let huge = PushedOp { hist: vec![b'A'; (1 << 20) + 1], ..small("a/huge") };
     let alone = split_push(vec![small("a/x"), huge, small("a/y")]);
     assert_eq!(alone.iter().map(|b| names(b)).collect::<Vec<_>>(), [["a/x"], ["a/huge"], ["a/y"]]);
     assert!(split_push(Vec::new()).is_empty());
+}
+
+/// The non-zero counts of an encoded histogram, read back from its bytes (base64, the outer
+/// header, zlib, the 40-byte payload header, then zigzag LEB128 varints: a negative one is a
+/// run of zeros).
+fn decoded_non_zero(hist: &[u8]) -> usize {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let sextets: Vec<u32> = hist.iter().take_while(|&&c| c != b'=')
+        .map(|c| A.iter().position(|a| a == c).expect("base64") as u32).collect();
+    let mut outer = Vec::new();
+    for chunk in sextets.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, s)| n | s << (18 - 6 * i));
+        outer.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    let word = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    assert_eq!(word(&outer, 0), 0x1c84_9314);
+    let mut payload = Vec::new();
+    flate2::read::ZlibDecoder::new(&outer[8..8 + word(&outer, 4)]).read_to_end(&mut payload).unwrap();
+    assert_eq!(word(&payload, 0), 0x1c84_9313);
+    let (mut at, end, mut non_zero) = (40, 40 + word(&payload, 4), 0);
+    while at < end {
+        let (mut z, mut shift) = (0u64, 0);
+        loop {
+            let byte = payload[at];
+            at += 1;
+            z |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        if z % 2 == 0 && z > 0 {
+            non_zero += 1; // (an even zigzag is a count; odd, a run of zeros)
+        }
+    }
+    non_zero
+}
+
+/// Latencies spread wide: (128 + k % 128) << (k / 128) µs for k in 0..n, n distinct HDR
+/// buckets (128 a doubling).
+fn wide(k: u64) -> u64 {
+    (128 + k % 128) << (k / 128)
+}
+
+#[test]
+fn an_ops_non_zero_counts_are_its_histograms_buckets_that_hold_a_count_not_its_distinct_values() {
+    let mut r = Recorder::default();
+    for k in 0..1_500 {
+        r.record(wide(k));
+        if k >= 128 {
+            r.record(wide(k) + 1); // (the same bucket: from 256 up a bucket spans 2^b values)
+        }
+    }
+    assert_eq!(r.counts.len(), 1_500 + 1_372);
+    assert_eq!(r.non_zero_counts(), 1_500);
+    assert_eq!(decoded_non_zero(&r.encode()), 1_500);
+    let full = fat(3).times; // (a count at each index's value: the lowest and highest share theirs)
+    assert!(full.non_zero_counts() > 3_000 && full.non_zero_counts() < full.counts.len(), "{}", full.non_zero_counts());
+    assert_eq!(decoded_non_zero(&full.encode()), full.non_zero_counts());
+    assert_eq!(Recorder::default().non_zero_counts(), 0);
+}
+
+/// 40 ops of 1,500 buckets each: 60,000 non-zero counts, in some 150 KiB (within 1 MiB).
+fn wide_ops(actor: &str) -> LatencyBook {
+    let mut book = LatencyBook::new(true);
+    for i in 0..40 {
+        for k in 0..1_500 {
+            book.record(actor, &format!("op.{i}"), wide(k), true);
+        }
+    }
+    book
+}
+
+#[test]
+fn a_pushs_histograms_are_cut_at_32768_non_zero_counts_a_body() {
+    let ops: Vec<PushedOp> = (0..40).map(|i| {
+        let mut c = Counts { ok: 1_500, ..Counts::default() };
+        for k in 0..1_500 {
+            c.times.record(wide(k));
+        }
+        PushedOp::new(format!("alpha/op.{i}"), c)
+    }).collect();
+    let bodies = split_push(ops);
+    // 32,768: what the metrics actor takes in one push (actors/metrics/push.py)
+    assert_eq!(MAX_PUSH_BUCKETS, 32_768);
+    let buckets: Vec<usize> = bodies.iter().map(|b| b.iter().map(|op| decoded_non_zero(&op.hist)).sum()).collect();
+    assert!(bodies.len() > 1 && buckets.iter().all(|&n| n <= 32_768), "{buckets:?}");
+    assert_eq!(bodies.iter().map(Vec::len).collect::<Vec<_>>(), [21, 19]); // full: 22 ops would be 33,000
+    let flat = bodies.concat();
+    assert_eq!(names(&flat), (0..40).map(|i| format!("alpha/op.{i}")).collect::<Vec<_>>());
+    for op in &flat {
+        assert_eq!((op.counts.ok, op.counts.error, op.counts.times.total, op.buckets), (1_500, 0, 1_500, 1_500), "{}", op.name);
+        assert_eq!(decoded_non_zero(&op.hist), op.buckets, "{}", op.name);
+    }
+
+    let small = |name: &str| PushedOp::new(name.into(), Counts { ok: 1, ..Counts::default() });
+    let wider = PushedOp { buckets: 32_769, ..small("a/wide") };
+    let alone = split_push(vec![small("a/x"), wider, small("a/y")]);
+    assert_eq!(alone.iter().map(|b| names(b)).collect::<Vec<_>>(), [["a/x"], ["a/wide"], ["a/y"]]);
+}
+
+#[test]
+fn histograms_of_60000_non_zero_counts_in_one_interval_reach_the_metrics_actor() {
+    let Some(dir) = std::env::var_os("MOORAGE_CONFORMANCE_DIR").map(PathBuf::from) else {
+        println!("latency: no tree (MOORAGE_CONFORMANCE_DIR unset): skipped");
+        return;
+    };
+    let name = format!("rust-wide-{}", std::process::id());
+    let book = Arc::new(Mutex::new(wide_ops("wide")));
+    let endpoints = Endpoints::of(&dir);
+    // An interval longer than the test: the one push is the pusher's last, when it is dropped.
+    let pusher = Pusher::start(&zmq::Context::new(), &endpoints, &endpoints.metrics_in().unwrap(), book, &name,
+                               &format!("{}-wide", std::process::id()), Duration::from_secs(3600)).unwrap();
+    drop(pusher);
+    let mut asker = Client::new(Options { runtime_dir: Some(dir), timeout: 10.0, ..Options::default() }).unwrap();
+    let want: BTreeMap<String, (u64, u64)> = (0..40).map(|i| (format!("wide/op.{i}"), (1_500, 1_500))).collect();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = asker.call("metrics", "metrics.query", args([("actor", Value::from(format!("client.{name}")))])).unwrap();
+        let rows = get(&q, "ops").and_then(|o| o.as_array()).cloned().unwrap_or_default();
+        let got: BTreeMap<String, (u64, u64)> = rows.iter().filter_map(|r| {
+            let life = get(r, "lifetime")?;
+            Some((get(r, "op")?.as_str()?.to_string(), (get(life, "ok")?.as_u64()?, get(life, "count")?.as_u64()?)))
+        }).collect();
+        if got.len() >= want.len() || Instant::now() >= end {
+            assert_eq!(got, want);
+            println!("latency: 40 ops of 1500 buckets pushed and merged");
+            return;
+        }
+    }
 }
 
 #[test]

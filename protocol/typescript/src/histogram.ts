@@ -76,6 +76,15 @@ export class Recorder {
     return { count: this.total, p50: at(50), p90: at(90), p99: at(99), p999: at(99.9), max: at(100) };
   }
 
+  /** The non-zero counts of the encoded histogram: its HDR buckets that hold a count (the
+   * recorded values are exact until folded, so several of them may share one bucket). What
+   * the metrics actor bounds a push by (limits.MAX_PUSH_BUCKETS). */
+  nonZeroCounts(): number {
+    const buckets = new Set<number>();
+    for (const [v, n] of this.counts) if (n > 0) buckets.add(countsIndex(v));
+    return buckets.size;
+  }
+
   /** The base64 text (as bytes) of the HdrHistogram V2 compressed encoding. */
   encode(): Uint8Array {
     const counts = new Float64Array(COUNTS_LEN);

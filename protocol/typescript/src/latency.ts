@@ -7,7 +7,7 @@ import { Push } from "zeromq";
 
 import { TAG } from "./envelope.js";
 import { Recorder } from "./histogram.js";
-import { MAX_OPS_PER_PUSH, MAX_OP_LEN, MAX_PUSH_HIST_BYTES } from "./limits.js";
+import { MAX_OPS_PER_PUSH, MAX_OP_LEN, MAX_PUSH_BUCKETS, MAX_PUSH_HIST_BYTES } from "./limits.js";
 import { encode } from "./msgpack.js";
 
 export const MAX_NAME = 100;
@@ -98,29 +98,37 @@ export class LatencyBook {
   }
 }
 
-/** One op of a push body: its pushed name, its counts, and its encoded histogram. */
+/** One op of a push body: its pushed name, its counts, its encoded histogram, and that
+ * histogram's non-zero counts. */
 export interface PushedOp {
   name: string;
   counts: Counts;
   hist: Uint8Array;
+  buckets: number;
 }
 
 /** `groups` in order, cut into push bodies the metrics actor takes: at most MAX_OPS_PER_PUSH
- * ops and MAX_PUSH_HIST_BYTES of encoded histograms each, since it refuses a bigger push whole
- * (every figure in it lost). An op whose histogram alone is bigger goes in a body of its own. */
+ * ops, MAX_PUSH_HIST_BYTES of encoded histograms and MAX_PUSH_BUCKETS non-zero counts in them
+ * each, since it refuses a bigger push whole (every figure in it lost). An op past a bound
+ * alone goes in a body of its own. */
 export function splitPush(groups: [string, Counts][]): PushedOp[][] {
   const bodies: PushedOp[][] = [];
   let body: PushedOp[] = [];
   let bytes = 0;
+  let nonZero = 0;
   for (const [name, counts] of groups) {
     const hist = counts.times.encode();
-    if (body.length > 0 && (body.length === MAX_OPS_PER_PUSH || bytes + hist.length > MAX_PUSH_HIST_BYTES)) {
+    const buckets = counts.times.nonZeroCounts();
+    if (body.length > 0 && (body.length === MAX_OPS_PER_PUSH || bytes + hist.length > MAX_PUSH_HIST_BYTES
+        || nonZero + buckets > MAX_PUSH_BUCKETS)) {
       bodies.push(body);
       body = [];
       bytes = 0;
+      nonZero = 0;
     }
-    body.push({ name, counts, hist });
+    body.push({ name, counts, hist, buckets });
     bytes += hist.length;
+    nonZero += buckets;
   }
   if (body.length > 0) bodies.push(body);
   return bodies;

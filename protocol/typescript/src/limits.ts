@@ -8,9 +8,10 @@ export const MAX_OP_LEN = 64;
 export const MAX_SID_LEN = 128;
 export const MAX_ID = Number.MAX_SAFE_INTEGER;
 export const HWM = 100_000;
-/** A metric push (`metrics.in`) past either is refused whole: a pusher splits what it has. */
+/** A metric push (`metrics.in`) past any of these is refused whole: a pusher splits what it has. */
 export const MAX_OPS_PER_PUSH = 256;
 export const MAX_PUSH_HIST_BYTES = 1 << 20; // all encoded histograms of one push
+export const MAX_PUSH_BUCKETS = 32_768; // non-zero counts in all the histograms of one push
 /** Over tcp a socket's maxMessageSize is this much over the limit: CURVE wraps each message in
  * a MESSAGE command (33 bytes more) and its INITIATE is some 300 bytes (section 2). */
 export const CURVE_ROOM = 512;

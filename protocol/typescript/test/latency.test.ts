@@ -7,11 +7,13 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { test } from "node:test";
+import { inflateSync } from "node:zlib";
 
 import { Client } from "../src/client.js";
 import { endpointsOf } from "../src/endpoints.js";
 import { COUNTS_LEN, Recorder, countsIndex, valueAt } from "../src/histogram.js";
 import { type Counts, LatencyBook, LatencyPusher, splitPush } from "../src/latency.js";
+import { MAX_PUSH_BUCKETS } from "../src/limits.js";
 
 const DIR = process.env.MOORAGE_CONFORMANCE_DIR;
 
@@ -25,14 +27,17 @@ test("a value's bucket stands for the values of its index (section 2's index(v))
   assert.deepEqual([r.summary().p50, r.summary().max], [501, 1003]); // HDR highest-equivalent values, as Python's hdrh reports them
 });
 
-/** Counts whose histogram is as big as the fixed shape allows: every bucket holding a count
- * that neither zigzag nor deflate can shrink (some 24 KiB encoded). */
+/** Counts whose histogram is about as big as the fixed shape allows: every bucket holding a
+ * count that neither zigzag nor deflate can shrink (some 14 KiB encoded), each below 2^41 and
+ * small enough where the values are big that the summed microseconds stay below 2^53 (the
+ * metrics actor refuses a push that would carry them past). */
 function fat(seed: number): Counts {
   const times = new Recorder();
   let x = seed;
   for (let i = 0; i < COUNTS_LEN; i++) {
     x = (Math.imul(x, 1_103_515_245) + 12_345) & 0x7fff_ffff;
-    const n = x * 1024 + i + 1; // < 2^41, so the total stays far below 2^53
+    const cap = Math.min(2 ** 41, Math.floor(2 ** 52 / (COUNTS_LEN * valueAt(countsIndex(valueAt(i))))));
+    const n = ((x * 1024 + i) % cap) + 1;
     times.counts.set(valueAt(i), n);
     times.total += n;
   }
@@ -58,11 +63,22 @@ test("a push's histograms are cut at 1 MiB a body, and one bigger alone still go
   const groups: [string, Counts][] = Array.from({ length: 100 }, (_, i) => [`parser/op.${i}`, fat(i + 1)]);
   const bodies = splitPush(groups);
   const bytes = bodies.map((b) => b.reduce((sum, o) => sum + o.hist.length, 0));
-  // 1 MiB: what the metrics actor takes in one push (actors/metrics/push.py)
-  assert.ok(bodies.length > 1 && bytes.every((n) => n <= 1 << 20), `${bytes}`);
+  const buckets = bodies.map((b) => b.reduce((sum, o) => sum + o.buckets, 0));
+  // 1 MiB and 32,768 non-zero counts: what the metrics actor takes in one push
+  // (actors/metrics/push.py); of histograms this full, the non-zero counts bind first.
+  assert.ok(bodies.length > 1 && bytes.every((n) => n <= 1 << 20) && buckets.every((n) => n <= 32_768), `${bytes} ${buckets}`);
   // Full: the next op would not have fitted.
-  for (let i = 0; i + 1 < bodies.length; i++) assert.ok(bytes[i] + bodies[i + 1][0].hist.length > 1 << 20);
+  for (let i = 0; i + 1 < bodies.length; i++) assert.ok(buckets[i] + bodies[i + 1][0].buckets > 32_768);
   assert.deepEqual(bodies.flat().map((o) => o.name), groups.map(([name]) => name));
+
+  // Encodings bigger than any of the fixed shape's, of few buckets: the bytes bind first.
+  class Big extends Recorder {
+    override encode(): Uint8Array {
+      return new Uint8Array(400_000);
+    }
+  }
+  const big = splitPush(Array.from({ length: 7 }, (_, i): [string, Counts] => [`a/big.${i}`, { ok: 1, error: 0, times: new Big() }]));
+  assert.deepEqual(big.map((b) => b.length), [2, 2, 2, 1]);
 
   class Huge extends Recorder {
     override encode(): Uint8Array {
@@ -73,6 +89,78 @@ test("a push's histograms are cut at 1 MiB a body, and one bigger alone still go
   const alone = splitPush([["a/x", small()], ["a/huge", { ok: 1, error: 0, times: new Huge() }], ["a/y", small()]]);
   assert.deepEqual(alone.map((b) => b.map((o) => o.name)), [["a/x"], ["a/huge"], ["a/y"]]);
   assert.deepEqual(splitPush([]), []);
+});
+
+/** The non-zero counts of an encoded histogram, read back from its bytes (base64, the outer
+ * header, zlib, the 40-byte payload header, then zigzag LEB128 varints: a negative one is a
+ * run of zeros). */
+function decodedNonZero(hist: Uint8Array): number {
+  const outer = Buffer.from(Buffer.from(hist).toString("latin1"), "base64");
+  assert.equal(outer.readUInt32BE(0), 0x1c849314);
+  const payload = inflateSync(outer.subarray(8, 8 + outer.readUInt32BE(4)));
+  assert.equal(payload.readUInt32BE(0), 0x1c849313);
+  const end = 40 + payload.readUInt32BE(4);
+  let nonZero = 0;
+  for (let at = 40; at < end; ) {
+    let z = 0;
+    let scale = 1;
+    for (;;) {
+      const byte = payload[at++];
+      z += (byte & 0x7f) * scale;
+      scale *= 128;
+      if (byte < 0x80) break;
+    }
+    if (z % 2 === 0 && z > 0) nonZero += 1; // (an even zigzag is a count; odd, a run of zeros)
+  }
+  return nonZero;
+}
+
+/** Latencies spread wide: (128 + k % 128) << floor(k / 128) µs for k in 0..n, n distinct HDR
+ * buckets (128 a doubling). */
+function wide(k: number): number {
+  return (128 + (k % 128)) * 2 ** Math.floor(k / 128);
+}
+
+test("an op's non-zero counts are its histogram's buckets that hold a count, not its distinct values", () => {
+  const r = new Recorder();
+  for (let k = 0; k < 1_500; k++) {
+    r.record(wide(k));
+    if (k >= 128) r.record(wide(k) + 1); // (the same bucket: from 256 up a bucket spans 2^b values)
+  }
+  assert.equal(r.counts.size, 1_500 + 1_372);
+  assert.equal(r.nonZeroCounts(), 1_500);
+  assert.equal(decodedNonZero(r.encode()), 1_500);
+  const full = fat(3).times; // (a count at each index's value: the lowest and highest share theirs)
+  assert.ok(full.nonZeroCounts() > 3_000 && full.nonZeroCounts() < full.counts.size, `${full.nonZeroCounts()}`);
+  assert.equal(decodedNonZero(full.encode()), full.nonZeroCounts());
+  assert.equal(new Recorder().nonZeroCounts(), 0);
+});
+
+test("a push's histograms are cut at 32,768 non-zero counts a body", () => {
+  // 40 ops of 1,500 buckets each: 60,000 non-zero counts, in some 150 KiB (within 1 MiB)
+  const book = new LatencyBook(true);
+  for (let i = 0; i < 40; i++) for (let k = 0; k < 1_500; k++) book.record("alpha", `op.${i}`, wide(k), true);
+  const bodies = splitPush(book.take());
+  // 32,768: what the metrics actor takes in one push (actors/metrics/push.py)
+  assert.equal(MAX_PUSH_BUCKETS, 32_768);
+  const buckets = bodies.map((b) => b.reduce((sum, o) => sum + decodedNonZero(o.hist), 0));
+  assert.ok(bodies.length > 1 && buckets.every((n) => n <= 32_768), `${buckets}`);
+  assert.deepEqual(bodies.map((b) => b.length), [21, 19]); // full: 22 ops would be 33,000
+  const flat = bodies.flat();
+  assert.deepEqual(flat.map((o) => o.name), Array.from({ length: 40 }, (_, i) => `alpha/op.${i}`));
+  for (const o of flat) {
+    assert.deepEqual([o.counts.ok, o.counts.error, o.counts.times.total, o.buckets], [1_500, 0, 1_500, 1_500]);
+    assert.equal(decodedNonZero(o.hist), o.buckets);
+  }
+
+  class Wider extends Recorder {
+    override nonZeroCounts(): number {
+      return 32_769;
+    }
+  }
+  const small = (): Counts => ({ ok: 1, error: 0, times: new Recorder() });
+  const alone = splitPush([["a/x", small()], ["a/wide", { ok: 1, error: 0, times: new Wider() }], ["a/y", small()]]);
+  assert.deepEqual(alone.map((b) => b.map((o) => o.name)), [["a/x"], ["a/wide"], ["a/y"]]);
 });
 
 test("a pushing client shows up in the metrics actor beside the service", { skip: DIR === undefined ? "no tree" : false, timeout: 60_000 }, async () => {
@@ -123,11 +211,36 @@ test("a client that called 300 distinct ops has all 300 in the metrics actor", {
   }
 });
 
+test("histograms of 60,000 non-zero counts in one interval reach the metrics actor, cut into bodies it takes", { skip: DIR === undefined ? "no tree" : false, timeout: 60_000 }, async () => {
+  const name = `ts-${randomBytes(3).toString("hex")}`;
+  const book = new LatencyBook(true);
+  for (let i = 0; i < 40; i++) for (let k = 0; k < 1_500; k++) book.record("wide", `op.${i}`, wide(k), true);
+  const pusher = new LatencyPusher(book, endpointsOf(DIR!).metricsIn(), name, `${process.pid}-wide`, 3600);
+  const c = new Client({ runtimeDir: DIR, timeout: 10 });
+  try {
+    const sent = await pusher.pushNow();
+    const want = new Map(Array.from({ length: 40 }, (_, i) => [`wide/op.${i}`, 1_500]));
+    const end = Date.now() + 20_000;
+    for (;;) {
+      const q = (await c.call("metrics", "metrics.query", { actor: `client.${name}` })) as { ops: { op: string; lifetime: { ok: number; count: number } }[] };
+      if (q.ops.length < want.size && Date.now() < end) continue;
+      assert.deepEqual(new Map(q.ops.map((r) => [r.op, r.lifetime.ok])), want);
+      assert.deepEqual(new Map(q.ops.map((r) => [r.op, r.lifetime.count])), want);
+      assert.equal(sent, 2);
+      break;
+    }
+  } finally {
+    await pusher.close();
+    await c.close();
+  }
+});
+
 test("histograms past 1 MiB in one interval reach the metrics actor, cut into bodies it takes", { skip: DIR === undefined ? "no tree" : false, timeout: 60_000 }, async () => {
   const name = `ts-${randomBytes(3).toString("hex")}`;
   const book = new LatencyBook(true);
   const groups: [string, Counts][] = Array.from({ length: 100 }, (_, i) => [`fat/op.${i}`, fat(i + 1)]);
   for (const [op, counts] of groups) book.putBack(op, counts); // (pending, as if recorded)
+  assert.ok(groups.reduce((sum, [, counts]) => sum + counts.times.encode().length, 0) > 1 << 20);
   const pusher = new LatencyPusher(book, endpointsOf(DIR!).metricsIn(), name, `${process.pid}-fat`, 3600);
   const c = new Client({ runtimeDir: DIR, timeout: 10 });
   try {
