@@ -1,9 +1,11 @@
-"""The memory hog's actor for tests/test_resource_tree.py, in a module of its own: a tree's
-actor process imports it, and must not import the tests' conftest with it (which makes the
-test session's home directory at import, and would leave one behind per actor start)."""
+"""The memory hogs' actors for tests/test_resource_tree.py and tests/test_resource_roles.py,
+in a module of their own: a tree's actor process imports it, and must not import the tests'
+conftest with it (which makes the test session's home directory at import, and would leave
+one behind per actor start)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ class HogActor(Actor):
                  config: dict | None = None) -> None:
         super().__init__(name, runtime_dir, config)
         self.hogs: list[subprocess.Popen] = []
+        self.background: list[int] = []  # the write ends of the background hogs' stdin
         self.pressure_log: list[list[Any]] = []
 
     def on_start(self) -> None:
@@ -50,10 +53,45 @@ class HogActor(Actor):
         self.hogs.append(proc)
         return {"pid": proc.pid, "mb": mb}
 
+    @op("hog.background", args={"mb": int})
+    def start_background(self, call: Call, mb: int) -> dict[str, Any]:
+        """Start a hog the way `(cmd &)` does in a shell: the shell starting it exits at once,
+        so the hog is orphaned to the nearest subreaper, the root supervisor. Its stdin is a
+        pipe this actor holds: it exits with the actor (or at `hog.stop`)."""
+        r, w = os.pipe()
+        try:
+            # (an asynchronous list's stdin is /dev/null but for an explicit redirection)
+            sh = subprocess.run(
+                ["sh", "-c", 'exec 3<&0; "$0" -c "$1" "$2" <&3 3<&- >/dev/null 2>&1 & echo $!',
+                 sys.executable, HOG, str(mb)],
+                stdin=r, stdout=subprocess.PIPE, text=True, check=True)
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        self.background.append(w)
+        return {"pid": int(sh.stdout), "mb": mb}
+
     @op("hog.stop")
     def stop_hogs(self, call: Call) -> dict[str, Any]:
         """Let every hog exit (their stdin closes)."""
         for proc in self.hogs:
             if proc.stdin and not proc.stdin.closed:
                 proc.stdin.close()
+        for w in self.background:
+            os.close(w)
+        self.background.clear()
         return {"stopping": self.alive()}
+
+
+class FatActor(Actor):
+    """An actor that holds `mb` MB itself (a cache, say): one of the tree's own processes,
+    which the resource actor must never take for a runaway, whatever it holds."""
+
+    name = "fat"
+
+    def __init__(self, name: str | None, runtime_dir: Path | str,
+                 config: dict | None = None) -> None:
+        super().__init__(name, runtime_dir, config)
+        self.held = b"y" * (int((config or {}).get("mb", 0)) << 20)

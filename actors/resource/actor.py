@@ -34,9 +34,10 @@ Streams:
 
 Every `interval_s` (`calm_interval_s` once the tree is calm: `_interval`) the actor samples
 the tree with psutil (moorage.actors.resource.sampler; it asks the root supervisor for
-`sup.status`, who is who, only after its `sup.event` stream says the tree changed),
-computes the pressure, level and quality (moorage.actors.resource.levels) and acts
-(moorage.actors.resource.escalation):
+`sup.status`, who is who, only after its `sup.event` stream says the tree changed, or a
+sample found a process the status did not account for, or a nested supervisor whose tree
+did not answer: the sampler's doc), computes the pressure, level and quality
+(moorage.actors.resource.levels) and acts (moorage.actors.resource.escalation):
   - a change of level or quality is told to every running worker as `sys.pressure {level,
     quality}` (the runtime trims its reply cache and calls the actor's `on_pressure`); a
     worker restarted since is told the current state on its own;
@@ -282,6 +283,12 @@ class ResourceActor(Actor):
     def _sample_and_react(self) -> None:
         sample = self.sample = self.sampler.sample(self.roles)
         self._cost_total_us += sample.cost_us
+        if sample.doubts:
+            # A process the status did not account for (orphaned to a supervisor, or its
+            # new zygote), or a nested supervisor that did not answer: none of them is taken
+            # for a runaway until a newer status says who is who; it is asked next tick.
+            self._roles_stale = True
+            self.counters["samples_in_doubt"] += 1
         self.pressure = self.model.feed(sample.reading())
         self.level = self.levels.feed(self.pressure.value)
         self.qualities.feed(self.level)

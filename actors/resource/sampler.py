@@ -4,14 +4,34 @@ Which processes: everything under the root supervisor (its pid comes from `sup.s
 found by parent pid (read from /proc/<pid>/stat). Process layout (moorage.supervisor.zygote): a
 supervisor forks a zygote; the zygote forks the supervisor's children (actors and nested
 supervisors); anything below an actor is that actor's: shells, their children, helper
-processes. Roles:
+processes. Every supervisor is a subreaper: a dead zygote's children, and anything orphaned
+below it (`(cmd &)` or `setsid -f` from a shell or an actor, a dead keeper's shells), become
+its children. Roles:
 
-  supervisor  a pid `sup.status` reports as a supervisor (the root or a nested one)
-  zygote      a child of a supervisor that is not one of its reported children
+  supervisor  a pid `sup.status` reports as a supervisor: the root, or a nested one by the
+              pid its parent's entry has now
+  zygote      a supervisor's zygote or spare, as its `zygote.pid` and `zygote.spare` say; or
+              another child of a supervisor that may be one: titled `moorage[` (every process
+              of the tree is, from its first moments on: zygote.set_title), or not yet seen
+              by a status asked after it appeared (`Sample.doubts`: the actor asks again)
   actor       a pid `sup.status` reports as a worker, or any other child of a zygote (an
               actor starting or exiting, not yet or no longer in the status): a zygote forks
-              nothing else, and mistaking one for a runaway must never happen
-  descendant  anything below an actor; `owner` names the actor it is under
+              nothing else, and mistaking one for a runaway must never happen; or a titled
+              process below an actor (a fork of it that has not exec'd: the tree's own)
+  descendant  anything else below an actor, `owner` naming the actor; and any other child
+              of a supervisor (something orphaned to it), `owner` naming the supervisor, and
+              everything below it: these are the runaway candidates (escalation.py)
+
+A nested supervisor that did not answer the root's `sup.status` in time comes with its
+last-known tree (a previous process's pids, if it was restarted) or its spec's (no pids);
+one starting or stopping comes with none. None of those pids is taken: its subtree is read
+from what is sure without them (`_Unanswered`). The tree's own processes are titled, but for
+a replacement zygote (a new program, titled a moment after it starts) and what it forks
+meanwhile, each a supervisor's child or grandchild; so a process is a descendant there only
+if it is untitled and at least two levels below anything that may be a supervisor (the
+unanswered one; and any titled process, if its spec has supervisors of its own). Everything
+above is classed zygote or actor, as it may be, never a candidate; `Sample.doubts` has the
+status asked for again until that supervisor answers.
 
 Cost is what matters at one sample a second (P14: the whole idle tree under 1% of a core).
 Finding children needs the parent of every process on the machine; psutil's
@@ -47,6 +67,7 @@ part). Descendants (shells and what they run) share nothing with the tree: RSS, 
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import defaultdict, deque
@@ -62,36 +83,56 @@ GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
 METRICS = ("rss", "pss", "pss_tracked")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+TITLE = "moorage["  # how every process of a tree is titled (supervisor.zygote.set_title)
+_SERIALS = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
 class Roles:
-    """Who is who in the tree, from the root supervisor's `sup.status`."""
+    """Who is who in the tree, from the root supervisor's `sup.status`. Each one made is
+    newer than every one before it (`serial`): a child of a supervisor that no status
+    accounts for is judged by one asked after it was first seen (TreeSampler._role)."""
 
     root_pid: int | None = None
     supervisors: dict[int, str] = field(default_factory=dict)  # pid -> supervisor id
     actors: dict[int, str] = field(default_factory=dict)  # pid -> worker id
     workers: dict[str, int] = field(default_factory=dict)  # running worker id -> pid
     shed: set[str] = field(default_factory=set)  # children held stopped by `sup.shed`
+    zygotes: dict[int, str] = field(default_factory=dict)  # zygote or spare pid -> supervisor
+    # nested supervisors whose tree did not answer for their current pid -> whether their
+    # subtree may hold supervisors of its own (its spec says so, or there is no spec to say)
+    unanswered: dict[int, bool] = field(default_factory=dict)
+    serial: int = field(default_factory=lambda: next(_SERIALS))
 
 
 def roles_from_status(status: dict[str, Any]) -> Roles:
-    """Read a `sup.status` reply (nested supervisors' trees under "tree")."""
+    """Read a `sup.status` reply (nested supervisors' trees under "tree"). A nested tree's
+    pids are taken only if it answered for the supervisor's current pid: a stale one has a
+    previous process's (a restarted supervisor's actors would be taken for its zygote's
+    descendants, and killed as runaways), a spec-only one has none."""
     roles = Roles(root_pid=status.get("pid"))
 
     def walk(tree: dict[str, Any], sid: str) -> None:
         if isinstance(tree.get("pid"), int):
             roles.supervisors[tree["pid"]] = sid
+        zygote = tree.get("zygote")
+        if isinstance(zygote, dict):
+            for key in ("pid", "spare"):
+                if isinstance(zygote.get(key), int):
+                    roles.zygotes[zygote[key]] = sid
         for ch in tree.get("children", []):
             pid = ch.get("pid")
             if ch.get("state") == "shed":
                 roles.shed.add(ch["id"])
             if ch.get("type") == "supervisor":
+                if not isinstance(pid, int):
+                    continue
+                roles.supervisors[pid] = ch["id"]
                 sub = ch.get("tree")
-                if isinstance(sub, dict) and "children" in sub:
+                if _answered(sub, pid):
                     walk(sub, ch["id"])
-                elif isinstance(pid, int):
-                    roles.supervisors[pid] = ch["id"]
+                else:
+                    roles.unanswered[pid] = _may_nest(sub)
             elif isinstance(pid, int):
                 roles.actors[pid] = ch["id"]
                 if ch.get("state") == "running":
@@ -99,6 +140,32 @@ def roles_from_status(status: dict[str, Any]) -> Roles:
 
     walk(status, str(status.get("id", "supervisor")))
     return roles
+
+
+def _answered(tree: object, pid: int) -> bool:
+    """Whether a nested supervisor's `tree` is its own answer, now, of the process `pid`."""
+    return isinstance(tree, dict) and "error" not in tree and tree.get("pid") == pid \
+        and isinstance(tree.get("children"), list)
+
+
+def _may_nest(tree: object) -> bool:
+    """Whether an unanswered subtree may hold supervisors of its own: its children's types
+    come from its spec (which a restart does not change), stale or not; no tree, no telling."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("children"), list):
+        return True
+    return any(ch.get("type") == "supervisor" for ch in tree["children"])
+
+
+@dataclass(frozen=True, slots=True)
+class _Unanswered:
+    """Where a process stands in the subtree of a supervisor whose tree did not answer (the
+    module's doc): what may be a supervisor is known, nothing else."""
+
+    owner: str  # that supervisor's id
+    nested: bool  # its subtree may hold supervisors of its own
+    may_supervise: bool  # this process may be one of the tree's supervisors
+    parent_may_supervise: bool
+    sure: bool  # this process, and all below it, surely none of the tree's own
 
 
 @dataclass(slots=True)
@@ -125,6 +192,9 @@ class Sample:
     system_available: int
     taken_at: float  # monotonic
     cost_us: int  # this thread's CPU time spent taking it
+    # processes whose role waits for a newer `sup.status`: children of a supervisor that the
+    # status did not account for, and supervisors whose tree did not answer
+    doubts: int = 0
 
     @property
     def memory(self) -> int:
@@ -246,6 +316,9 @@ class TreeSampler:
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when)
         self._names: dict[int, str] = {}
         self._pss: dict[int, tuple[int, int, int]] = {}  # pid -> (pss, rss then, sample no.)
+        # children of a supervisor no status accounted for -> Roles.serial when first seen
+        self._unaccounted: dict[int, int] = {}
+        self._doubts = 0  # this sample's (Sample.doubts)
 
     def process(self, pid: int) -> psutil.Process | None:
         """The kept psutil object of a sampled pid (its identity checks guard signals)."""
@@ -285,6 +358,10 @@ class TreeSampler:
             return None
         if self._start.get(pid, start) != start:
             self._forget(pid)  # (its pid is another process's now)
+        elif self._ppid.get(pid, ppid) != ppid:
+            # Reparented: its name is read again. One read as a fork of an actor (titled as
+            # the actor, not a runaway candidate) and orphaned since has exec'd by now.
+            self._names.pop(pid, None)
         self._ppid[pid], self._start[pid] = ppid, start
         return ppid
 
@@ -296,6 +373,7 @@ class TreeSampler:
         self._cpu.pop(pid, None)
         self._names.pop(pid, None)
         self._pss.pop(pid, None)
+        self._unaccounted.pop(pid, None)
 
     def _memory(self, p: psutil.Process, rss: int, own: bool) -> int:
         """What the budget counts for one process (the module's doc: the three metrics)."""
@@ -346,15 +424,17 @@ class TreeSampler:
             children[ppid].append(pid)
         rows: list[ProcRow] = []
         seen: set[int] = set()
-        queue: deque[tuple[int, ProcRow | None]] = deque()
+        queue: deque[tuple[int, ProcRow | None, _Unanswered | None]] = deque()
         if roles.root_pid is not None:
-            queue.append((roles.root_pid, None))
+            queue.append((roles.root_pid, None, None))
+        unaccounted, self._unaccounted = self._unaccounted, {}
+        self._doubts = 0
         while queue:
-            pid, parent = queue.popleft()
+            pid, parent, up = queue.popleft()
             if pid in seen:
                 continue
             seen.add(pid)
-            role, owner = classify(pid, parent, roles)
+            role, owner, lineage = self._role(pid, parent, up, roles, unaccounted)
             got = self._measure(pid, now, role != "descendant")
             if got is None:
                 continue
@@ -365,26 +445,80 @@ class TreeSampler:
             kids = children.get(pid, ())
             if rss == 0 and kids:  # a zombie: its children are someone else's now
                 kids = [k for k in kids if self._reread(k) == pid]
-            queue.extend((c, row) for c in kids)
+            queue.extend((c, row, lineage) for c in kids)
         for pid in self._procs.keys() - seen:
             self._forget(pid)
         total, available = system_memory()
         cost = (time.thread_time_ns() - t0) // 1000
-        return Sample(rows, total, available, now, cost)
+        return Sample(rows, total, available, now, cost, self._doubts)
 
+    def _role(self, pid: int, parent: ProcRow | None, up: _Unanswered | None, roles: Roles,
+              unaccounted: dict[int, int]) -> tuple[str, str, _Unanswered | None]:
+        """(role, owner) of a process (the module's doc), and where it stands in the subtree
+        of a supervisor whose tree did not answer, if it is in one (`up`: its parent's)."""
+        if pid in roles.supervisors:
+            sid = roles.supervisors[pid]
+            nested = roles.unanswered.get(pid)
+            if nested is None:
+                return "supervisor", sid, None
+            self._doubts += 1
+            return "supervisor", sid, _Unanswered(sid, nested, True, False, False)
+        if pid in roles.actors:
+            return "actor", roles.actors[pid], None
+        if pid in roles.zygotes:
+            return "zygote", roles.zygotes[pid], None
+        if parent is None:
+            return "supervisor", "supervisor", None
+        if up is not None:
+            return self._unanswered_role(pid, parent, up)
+        if parent.role == "supervisor":
+            # Titled: the tree's own (a spare the status has not caught up with, a zygote
+            # being replaced). Else orphaned to this supervisor, or its zygote started after
+            # the status was asked: judged by a status asked after it was first seen (the
+            # actor asks for one).
+            if self._titled(pid, fresh=True):
+                return "zygote", parent.owner, None
+            first = self._unaccounted[pid] = unaccounted.get(pid, roles.serial)
+            if first == roles.serial:
+                self._doubts += 1
+                return "zygote", parent.owner, None
+            return "descendant", parent.owner, None
+        if parent.role == "zygote":
+            return "actor", "", None
+        if self._titled(pid):
+            return "actor", parent.owner, None
+        return "descendant", parent.owner, None
 
-def classify(pid: int, parent: ProcRow | None, roles: Roles) -> tuple[str, str]:
-    if pid in roles.supervisors:
-        return "supervisor", roles.supervisors[pid]
-    if pid in roles.actors:
-        return "actor", roles.actors[pid]
-    if parent is None:
-        return "supervisor", "supervisor"
-    if parent.role == "supervisor":
-        return "zygote", parent.owner
-    if parent.role == "zygote":
-        return "actor", ""
-    return "descendant", parent.owner
+    def _unanswered_role(self, pid: int, parent: ProcRow,
+                         up: _Unanswered) -> tuple[str, str, _Unanswered]:
+        """A process below a supervisor whose tree did not answer (the module's doc): a
+        runaway candidate only if surely none of the tree's own."""
+        sure = up.sure or not (up.may_supervise or up.parent_may_supervise)
+        # (a title read now if it may make a supervisor of it: it must be the current one)
+        titled = self._titled(pid, fresh=up.nested and not sure)
+        lineage = _Unanswered(up.owner, up.nested, up.nested and titled and not sure,
+                              up.may_supervise, sure)
+        if sure and not titled:
+            return "descendant", parent.owner or up.owner, lineage
+        if sure:
+            return "actor", parent.owner, lineage
+        if up.may_supervise:
+            return "zygote", up.owner, lineage
+        return "actor", "", lineage
+
+    def _titled(self, pid: int, fresh: bool = False) -> bool:
+        """Whether the process is titled as one of the tree's own. A cached name is taken
+        only if untitled: a titled one may have exec'd since (a fork of an actor), and a
+        runaway must not hide behind it; `fresh` reads it again in any case. A process
+        whose name cannot be read is gone, or about to be: not a candidate."""
+        name = None if fresh else self._names.get(pid)
+        if name is not None and not name.startswith(TITLE):
+            return False
+        try:
+            name = self._names[pid] = _comm(pid)
+        except OSError:
+            return True
+        return name.startswith(TITLE)
 
 
 def _comm(pid: int) -> str:
