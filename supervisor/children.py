@@ -46,6 +46,10 @@ class Child:
     stop_requested: bool = False
     stop_stage: str = ""  # term | kill: how far a requested stop had to go
     kill_reason: str = ""  # why the supervisor killed it (start timeout, missed heartbeats)
+    # The supervisor sent its process SIGKILL: it is dead or about to be, and no longer
+    # watched (its beat is not read) until its exit is reported, which a stuck zygote may
+    # leave untold for a while; one hang is one `hung` event and one kill.
+    kill_sent: bool = False
     fallback_index: int = -1  # -1: normal mode
     shed: bool = False  # held stopped by `sup.shed`: no start, no restart, until resumed
     resuming: bool = False  # the start under way brings it back from being shed
@@ -72,6 +76,13 @@ class Child:
         if self.fallback_index < 0:
             return None
         return self.spec.fallbacks[self.fallback_index]
+
+    def primary_again(self) -> None:
+        """Leave its fallback: its next start runs its primary, with a fresh intensity
+        window and back-off (a new attempt, not the tail of the storm that condemned it)."""
+        self.fallback_index = -1
+        self.intensity.clear()
+        self.backoff.consecutive = 0
 
     def uptime(self, now: float | None = None) -> float:
         if self.pid is None:
@@ -132,6 +143,7 @@ class Child:
         self.stopped = False
         self.halted_ticks = 0
         self.alive_at = 0
+        self.kill_sent = False
 
     def describe(self, now: float) -> dict[str, Any]:
         return {

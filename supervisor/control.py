@@ -145,7 +145,11 @@ class ControlOps:
     @op("sup.restart", args={"child": str}, timeout_ms=15000, result={"restarted": str},
         errors=("unknown_actor", "unavailable"))
     def _op_restart(self, call: Call, child: str) -> object:
-        """Stop a child and start it again (not counted against the intensity)."""
+        """Stop a child and start it again (not counted against the intensity), on its
+        primary if it ran a fallback."""
+        # A restart asked for by hand is a new attempt at the child itself: a fallback is the
+        # supervisor's answer to a crash storm, and one that is over, the user asks for the
+        # real thing. Should its primary still fail, the storm engages the fallbacks again.
         via = self._owner_path(child)
         if via is not None:
             return self._forward(call, via, "sup.restart", {"child": child})
@@ -153,6 +157,8 @@ class ControlOps:
         if c.shed:
             raise fail("busy", f"{child} is shed under critical pressure; it comes back "
                        "when the pressure has passed (or with sup.shed {on: false})")
+        if c.fallback_index >= 0:
+            c.primary_again()
         if c.state is ChildState.BACKOFF and c.run_plan():
             return {"restarted": child}  # (its group's restart, now: the others come too)
         c.cancel_plan()

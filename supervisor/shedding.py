@@ -8,6 +8,9 @@
 spec says `essential = false` is stopped the way the tree stops any child (SIGTERM, then
 SIGKILL after its `shutdown_ms`) and then held in state `shed`: not restarted, not counted as
 a failure or a restart, not started again by a sibling's restart (rest_for_one, one_for_all).
+One that is down with a start due (its group's restart under way) is shed too: that start
+does not run; nor does any start of a non-essential child while the tree sheds (it is shed
+then, with a `shed` event).
 A `shed` event names each one. `on: false` starts them again: an `unshed` event, then their
 `started` event with `resumed: true`. When to do either is the resource actor's decision (it
 holds the hysteresis); a supervisor only carries it out.
@@ -87,15 +90,33 @@ class SheddingOps:
             return
         if c.state in (ChildState.RUNNING, ChildState.STARTING):
             self.sup.jobs.append(("stop", c))  # after the job under way, like any stop
-        elif c.state is ChildState.BACKOFF:
-            # Its pending restart skips it (and still restarts the rest of its group).
+        elif c.state is ChildState.BACKOFF or any(
+                kind == "start" and job is c for kind, job in self.sup.jobs):
+            # Its pending restart skips it (and still restarts the rest of its group); or,
+            # down with its start queued (its group's restart under way), that start is
+            # not run.
             c.state = ChildState.SHED
         elif c.state is not ChildState.STOPPING:
             return  # stopped or failed already: nothing to shed, nothing to bring back
+        self._mark(c, reason)
+        out["shed"].append(c.id)
+
+    def _mark(self, c: Child, reason: str) -> None:
         c.shed = True
         c.sheds += 1
-        out["shed"].append(c.id)
         self.sup.event("shed", c, reason=reason)
+
+    def hold(self, c: Child) -> bool:
+        """A start of `c` is due: True when it is not to run, because the tree is shedding
+        and `c` is not essential. A start queued after `sup.shed {on: true}` (a group's
+        restart reaching a child that was down then, an explicit restart) would otherwise
+        bring it back while the tree sheds; it is shed instead, and resumed with the
+        others."""
+        if not self.sup.shedding or c.spec.essential or c.shed:
+            return False
+        c.state = ChildState.SHED
+        self._mark(c, "shedding when its start was due")
+        return True
 
     def _resume_one(self, c: Child, reason: str, out: dict[str, Any]) -> None:
         if not c.shed:

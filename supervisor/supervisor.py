@@ -8,7 +8,7 @@ Ops (on `<id>.rpc`; the root's id is `supervisor`):
                                      sheds, ...}]}; nested supervisors include
                                      their tree
   sup.restart   {child}              {restarted: child}                      unknown_actor,
-                                                                             busy (shed)
+                                     (on its primary: a fallback is left)    busy (shed)
   sup.kill      {child, signal?}     {signalled: child, pid, signal}         unknown_actor,
                                                                              bad_args
   sup.stop      {}                   {stopping: true}  (then the tree stops) -
@@ -78,6 +78,7 @@ from moorage.supervisor.policy import (
     LAST_RESORT,
     ExitKind,
     ExitReason,
+    RestartType,
     affected,
     classify_exit,
     counts_against_intensity,
@@ -260,6 +261,8 @@ class Supervisor(Actor):
                 if self.shutting_down or child.shed or child.state in (ChildState.RUNNING,
                                                                        ChildState.STARTING):
                     continue
+                if self.shed_ops.hold(child):
+                    continue  # non-essential, and the tree is shedding: held until it ends
                 self.current_job = (kind, child)
                 self._spawn(child)
             else:
@@ -341,6 +344,7 @@ class Supervisor(Actor):
         logger.warning("{}: not ready after {} ms; killing", child.id,
                        self.spec.start_timeout_ms)
         child.kill_reason = "start timeout"
+        child.kill_sent = True
         child.signal(signal.SIGKILL)
 
     def _on_zygote(self, zygote: ZygoteHandle) -> None:
@@ -750,6 +754,7 @@ class Supervisor(Actor):
         child.kill_reason = ""
         uptime = child.uptime(now)
         serving = child.serving_for(now)
+        self._leave_stable_fallback(child, serving)
         # (one that never came up is young whatever stable_after_s says, 0 included)
         young = child.ready_at is None or serving < self.spec.stable_after_s
         if not young:
@@ -799,16 +804,51 @@ class Supervisor(Actor):
         self._schedule_restart(child, stable=not young)
         self.next_job()
 
+    def _leave_stable_fallback(self, child: Child, serving: float) -> None:
+        """A child whose fallback served for the whole intensity period before this process
+        ended is started on its primary again, at the start that follows anyway.
+
+        A fallback is a degraded mode, engaged because the primary died young more than
+        `intensity` times within `period_s`; what made it die is often passing (a resource
+        missing for a while, a limit reached), and a fallback kept for good leaves the
+        child degraded until the tree restarts. A fallback that serves is never stopped to
+        try: the primary is tried again only when the process ends for another reason,
+        once it has outlived the window that condemned the primary. A primary that still
+        fails costs `intensity` + 1 young deaths before the fallbacks are engaged again, as
+        rarely as the stable child dies. (`sup.restart` goes back to the primary at once.)"""
+        if child.fallback_index >= 0 and serving >= self.spec.period_s:
+            logger.info("{}: its fallback {} served {:.1f} s; its primary next", child.id,
+                        child.fallback, serving)
+            child.primary_again()
+
     def _schedule_restart(self, child: Child, stable: bool) -> None:
+        delay = child.backoff.next_delay(stable)
+        if delay > 0:
+            logger.info("{}: restarting in {:.0f} ms", child.id, delay * 1000)
+        self._restart_group(child, delay)
+
+    def _restart_group(self, child: Child, delay: float) -> None:
+        """Restart `child` and its group (strategy.affected) `delay` seconds from now, in
+        start order; the others are stopped now, in reverse order.
+
+        The group's start jobs still queued (a group restart under way, whose `child` failed
+        to start; the first start of the tree) are dropped: a dependant started while
+        `child` waits out its back-off would run without what it depends on, and stay
+        unrestarted once `child` is up (it would be running then). The plan starts them
+        after `child` instead, the job queue holding each start until the one before it is
+        ready, as OTP does (rest_for_one: those after it; one_for_all: all). A start that
+        was dropped is not counted again, and a temporary child whose start was dropped
+        had never run this time: it is started, not left out as a restarted one would be."""
         group = [self.children[c] for c in affected(self.spec.strategy, self.order, child.id)]
+        dropped = self._drop_starts({c.id for c in group})
         for other in reversed(group):
             if other is not child:
                 other.cancel_plan()
                 if other.state in (ChildState.RUNNING, ChildState.STARTING):
                     self.jobs.append(("stop", other))
-        delay = child.backoff.next_delay(stable)
         child.state = ChildState.BACKOFF
-        restart_group = [c for c in group if c is child or c.spec.restart.value != "temporary"]
+        restart_group = [c for c in group if c is child or c.id in dropped
+                         or c.spec.restart is not RestartType.TEMPORARY]
 
         def restart() -> None:
             if self.shutting_down:
@@ -816,34 +856,36 @@ class Supervisor(Actor):
             for c in restart_group:
                 if c.shed:
                     continue  # held down on purpose: not restarted, not counted
-                c.restarts += 1
+                if c is child or c.id not in dropped:
+                    c.restarts += 1
                 self.jobs.append(("start", c))
             self.next_job()
 
-        if delay > 0:
-            logger.info("{}: restarting in {:.0f} ms", child.id, delay * 1000)
         self._plan(child, delay, restart)
+
+    def _drop_starts(self, ids: set[str]) -> set[str]:
+        """Take the queued start jobs of these children off the queue; whose they were."""
+        dropped = {c.id for kind, c in self.jobs if kind == "start" and c.id in ids}
+        if dropped:
+            kept = [job for job in self.jobs if job[0] != "start" or job[1].id not in ids]
+            self.jobs.clear()
+            self.jobs.extend(kept)
+        return dropped
 
     def _last_resort(self, child: Child) -> None:
         """The root has no parent to escalate to, and the tree is what an editor relies on:
-        the child is retried, further and further apart, and the rest keeps serving."""
+        the child is retried, further and further apart, and the rest of the tree keeps
+        serving. Its group (rest_for_one, one_for_all) is restarted with it, after it: its
+        dependants stay stopped meanwhile, as through any of its restarts."""
         delay = LAST_RESORT.delay(child.last_resort)
         child.last_resort += 1
         child.intensity.clear()
         child.backoff.consecutive = 0
-        child.state = ChildState.BACKOFF
         msg = (f"{child.id}: more than {self.spec.intensity} restarts in {self.spec.period_s}s"
                f" and no fallback left; retrying in {delay:.0f}s")
         logger.error("{}: {}", self.name, msg)
         self.event("escalated", child, reason=msg, action="retry", retry_in_s=delay)
-
-        def retry() -> None:
-            if not self.shutting_down and not child.shed:
-                child.restarts += 1
-                self.jobs.append(("start", child))
-                self.next_job()
-
-        self._plan(child, delay, retry)
+        self._restart_group(child, delay)
         self.next_job()
 
     def _plan(self, child: Child, delay: float, work: Callable[[], None]) -> None:
@@ -873,6 +915,12 @@ class Supervisor(Actor):
         now = time.monotonic_ns()
         watch = False
         for child in self.children.values():
+            if child.kill_sent:
+                # SIGKILLed: dead, or about to be; not watched again before its exit is
+                # reported (a stuck zygote may take EXIT_TELL_S to be found out), or every
+                # tick until then would be another hang and another kill.
+                watch = True
+                continue
             if child.state is ChildState.STARTING and child.pid is not None:
                 # Stopped before it was ready, it would hold the job queue (its siblings'
                 # restarts wait behind its start) until start_timeout_ms: a stop lasting as
@@ -915,4 +963,5 @@ class Supervisor(Actor):
         child.down_since = since
         self.event("hung", child, misses=misses, down_since=since)
         child.kill_reason = "missed heartbeats"
+        child.kill_sent = True
         child.signal(signal.SIGKILL)

@@ -2,6 +2,8 @@
 
   fail_at_start: true        raise while starting (before binding)
   fail_at_start_if: path     the same, while that file exists
+  fail_primary_if: path      the same, while that file exists and it runs as its primary (no
+                             `fallback` in its config: its fallbacks start)
   start_delay_s: float       take this long to start
   start_gate: path           a FIFO there at start: wait for a writer to open it first
   crash_after: int           os._exit(3) on the Nth `fake.work` request
@@ -37,6 +39,9 @@ class FakeActor(Actor):
         if config.get("fail_at_start") or (
                 config.get("fail_at_start_if") and os.path.exists(config["fail_at_start_if"])):
             raise RuntimeError("configured to fail at start")
+        if config.get("fail_primary_if") and not config.get("fallback") \
+                and os.path.exists(config["fail_primary_if"]):
+            raise RuntimeError("configured to fail at start on its primary")
         if config.get("start_delay_s"):
             time.sleep(float(config["start_delay_s"]))  # sleep-ok: the slow start it fakes
         if config.get("start_gate") and os.path.exists(config["start_gate"]):

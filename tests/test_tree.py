@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -238,3 +239,44 @@ def test_cli_says_clearly_when_no_tree_runs_or_the_input_is_bad(make_tree):
     assert out.returncode == 0 and '"done": 1' in out.stdout
     out = tree.cli("kill", "alpha", "--signal", "SIGNOPE")
     assert out.returncode == 2 and "no signal named" in out.stderr
+
+
+HANGS = """
+[supervisor]
+heartbeat = { interval_ms = 100, misses = 3 }
+[[children]]
+id = "busy"
+start = "tests.fakes:FakeActor"
+config = { hang_after = 1 }
+"""
+
+
+def test_a_hang_is_one_hung_event_and_one_kill_while_its_exit_goes_untold(make_tree):
+    """The zygote is stopped: the killed child's exit goes untold until the zygote is
+    replaced (EXIT_TELL_S), the child counted running meanwhile. Its heartbeat is not read
+    again after the kill: one `hung` event (one SIGKILL), not one per tick."""
+    tree = make_tree(HANGS).start()
+    zygote = tree.status()["zygote"]["pid"]
+    old = tree.child("busy")["pid"]
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        with pytest.raises(MoorageError):
+            tree.call("busy", "fake.work", timeout=0.3)
+        seen: list[dict] = []
+        tree.wait_event(lambda e: seen.append(e) or (e["event"] == "restarted"
+                                                     and e["child"] == "busy"), timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zygote, signal.SIGCONT)
+    assert any(e["event"] == "zygote_restarted" for e in seen)
+    hung = [e for e in seen if e["event"] == "hung"]
+    assert [e["pid"] for e in hung] == [old], f"{len(hung)} hung events for one hang"
+    exited = [e for e in seen if e["event"] == "exited"]
+    assert [(e["pid"], e["signal"], e["detail"]) for e in exited] == [
+        (old, signal.SIGKILL, "missed heartbeats")]
+    # Its successor is watched again: its own hang is seen.
+    new = seen[-1]["pid"]
+    with pytest.raises(MoorageError):
+        tree.call("busy", "fake.work", timeout=0.3)
+    assert tree.wait_event(lambda e: e["event"] == "hung" and e["child"] == "busy")["pid"] == new
+    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "busy")

@@ -487,3 +487,162 @@ def test_a_starting_child_cannot_speak_for_another_on_the_zygote_s_socket(make_t
     log = tree.state_dir / "logs" / "supervisor.log"
     wait_for(lambda: log.read_text().count("refused an event on the zygote's socket") >= 3,
              "the three refusals logged")
+
+
+def _events_until(tree, pred) -> list[dict]:
+    """Every supervisor event read from now until (and with) the first that `pred` accepts."""
+    seen: list[dict] = []
+    tree.wait_event(lambda e: seen.append(e) or pred(e))
+    return seen
+
+
+def _is(event: str, child: str):
+    return lambda e: e["event"] == event and e.get("child") == child
+
+
+def _starts_of(events: list[dict], child: str, old: int | None = None) -> list[dict]:
+    """The starts of `child` among `events` other than that of its process `old` (the
+    stream is read from its beginning: the tree's first starts may not have been read)."""
+    return [e for e in events if e["event"] in ("started", "restarted")
+            and e["child"] == child and e["pid"] != old]
+
+
+GROUP_START_FAILS = """
+[supervisor]
+strategy = "{strategy}"
+intensity = 20
+period_s = 60
+start_timeout_ms = 60000
+backoff = {{ initial_ms = 100, factor = 2.0, max_ms = 200 }}
+[[children]]
+id = "before"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "base"
+start = "tests.fakes:FakeActor"
+config = {{ fail_at_start_if = "{flag}" }}
+[[children]]
+id = "dependant"
+start = "tests.fakes:FakeActor"
+"""
+
+
+@pytest.mark.parametrize("strategy", ["rest_for_one", "one_for_all"])
+def test_a_group_member_that_fails_to_start_holds_its_dependants_until_it_is_up(
+        make_tree, tmp_path, strategy):
+    """`base`'s restart fails (its group's restart under way): the starts queued after it
+    do not run while it waits out its back-off; its dependants are started after it once
+    it is up (one_for_all: `before` too is stopped and started again after its failure),
+    each restarted once however often `base` failed."""
+    flag = tmp_path / "fail"
+    tree = make_tree(GROUP_START_FAILS.format(strategy=strategy, flag=flag)).start()
+    old = {c: tree.child(c)["pid"] for c in ("before", "dependant")}
+    flag.write_text("")
+    os.kill(tree.child("base")["pid"], signal.SIGKILL)
+    seen = _events_until(tree, lambda e: _is("exited", "base")(e)
+                         and e["detail"] == "died during start")
+    flag.unlink()  # its next start, after its back-off, comes up
+    seen += _events_until(tree, _is("restarted", "base"))
+    assert _starts_of(seen, "dependant", old["dependant"]) == [], \
+        "a dependant started while base was down"
+    last_failure = max(i for i, e in enumerate(seen) if _is("exited", "base")(e))
+    if strategy == "one_for_all":
+        # stopped after base's failure, and started again before base
+        assert any(_is("exited", "before")(e) for e in seen[last_failure:])
+        assert _starts_of(seen[last_failure:], "before", old["before"])
+    else:
+        assert _starts_of(seen, "before", old["before"]) == []
+    dep = tree.wait_event(_is("restarted", "dependant"))
+    st = tree.child("dependant")
+    assert (st["state"], st["pid"], st["restarts"]) == ("running", dep["pid"], 1)
+
+
+LAST_RESORT_GROUP = """
+[supervisor]
+strategy = "rest_for_one"
+intensity = 1
+period_s = 60
+backoff = {{ initial_ms = 10, factor = 2.0, max_ms = 20 }}
+[[children]]
+id = "base"
+start = "tests.fakes:FakeActor"
+config = {{ fail_at_start_if = "{flag}" }}
+[[children]]
+id = "dependant"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_the_roots_last_resort_retries_the_whole_group_in_start_order(make_tree, tmp_path):
+    """`base` exhausts its intensity: the root retries it, 1 s on, and its dependant with
+    it, after it; the dependant is not left running without it meanwhile."""
+    flag = tmp_path / "fail"
+    tree = make_tree(LAST_RESORT_GROUP.format(flag=flag)).start()
+    old = tree.child("dependant")["pid"]
+    flag.write_text("")
+    tree.call("supervisor", "sup.kill", {"child": "base"})
+    seen = _events_until(tree, _is("escalated", "base"))
+    assert seen[-1]["action"] == "retry"
+    dependant = tree.child("dependant")
+    assert (dependant["state"], dependant["pid"]) == ("stopped", None)
+    flag.unlink()
+    seen += _events_until(tree, _is("restarted", "base"))
+    assert _starts_of(seen, "dependant", old) == [], "the dependant ran while base was down"
+    dep = tree.wait_event(_is("restarted", "dependant"))
+    assert tree.child("dependant")["pid"] == dep["pid"]
+    assert tree.call("dependant", "fake.work")["pid"] == dep["pid"]
+
+
+FALLBACK_LEFT = """
+[supervisor]
+intensity = 1
+period_s = {period}
+backoff = {{ initial_ms = 10, factor = 2.0, max_ms = 20 }}
+[[children]]
+id = "flaky"
+start = "tests.fakes:FakeActor"
+fallbacks = ["degraded"]
+config = {{ fail_primary_if = "{flag}" }}
+"""
+
+
+def _onto_its_fallback(tree) -> dict:
+    """Kill `flaky` while its primary fails at start: its fallback is engaged, and serves."""
+    tree.call("supervisor", "sup.kill", {"child": "flaky"})
+    seen = _events_until(tree, _is("restarted", "flaky"))
+    assert any(_is("fallback", "flaky")(e) for e in seen) and seen[-1]["fallback"] == "degraded"
+    return seen[-1]
+
+
+def test_an_explicit_restart_starts_a_child_on_its_primary_again(make_tree, tmp_path):
+    flag = tmp_path / "fail"
+    tree = make_tree(FALLBACK_LEFT.format(period=60, flag=flag)).start()
+    flag.write_text("")
+    _onto_its_fallback(tree)
+    # Asked while its primary still fails: the primary is tried (and fails), and the
+    # storm engages the fallback again.
+    tree.call("supervisor", "sup.restart", {"child": "flaky"})
+    seen = _events_until(tree, _is("restarted", "flaky"))
+    assert any(_is("exited", "flaky")(e) and e["detail"] == "died during start" for e in seen)
+    assert any(_is("fallback", "flaky")(e) for e in seen) and seen[-1]["fallback"] == "degraded"
+    flag.unlink()
+    tree.call("supervisor", "sup.restart", {"child": "flaky"})
+    back = tree.wait_event(_is("restarted", "flaky"))
+    assert back["fallback"] is None
+    assert tree.child("flaky")["fallback"] is None
+
+
+def test_a_fallback_that_served_for_the_intensity_period_gives_way_to_the_primary(
+        make_tree, tmp_path):
+    flag = tmp_path / "fail"
+    period = 1.0
+    tree = make_tree(FALLBACK_LEFT.format(period=period, flag=flag)).start()
+    flag.write_text("")
+    up = _onto_its_fallback(tree)
+    flag.unlink()
+    # Served its fallback for the period (uptime counts from the fork, serving from ready).
+    wait_for(lambda: tree.child("flaky")["uptime_s"] >= period + up["start_ms"] / 1000 + 0.1,
+             "the fallback serving for the intensity period")
+    tree.call("supervisor", "sup.kill", {"child": "flaky"})
+    back = tree.wait_event(_is("restarted", "flaky"))
+    assert back["fallback"] is None and tree.child("flaky")["fallback"] is None

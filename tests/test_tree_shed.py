@@ -3,10 +3,16 @@ nested supervisors, without counting as failures or restarts, and come back when
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from pathlib import Path
+
 import pytest
 
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.spec import ConfigError, parse_tree
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,3 +162,128 @@ def test_essential_is_checked_and_the_resource_actor_cannot_be_shed():
     default = {c.id: c.essential for _, c in parse_tree(default_document()).walk()}
     assert default == {"metrics": False, "resource": True, "parser": False, "watcher": True,
                        "terminals": True, "ptykeeper": True, "terminal": True}
+
+
+def _open_gate(gate: Path) -> None:
+    """Let the child held at the FIFO `gate` go (a non-blocking open of its writing end
+    fails ENXIO until the child waits there to read)."""
+    def opened() -> bool:
+        try:
+            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return False
+        return True
+
+    wait_for(opened, "the child waiting at its gate")
+
+
+def _events_until(tree, pred) -> list[dict]:
+    seen: list[dict] = []
+    tree.wait_event(lambda e: seen.append(e) or pred(e))
+    return seen
+
+
+GROUP_RESTARTING = """
+[supervisor]
+strategy = "rest_for_one"
+start_timeout_ms = 60000
+[[children]]
+id = "first"
+start = "tests.fakes:FakeActor"
+config = {{ crash_after = 1, start_gate = "{gate}" }}
+[[children]]
+id = "extra"
+start = "tests.fakes:FakeActor"
+essential = false
+[[children]]
+id = "last"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_a_non_essential_child_whose_start_is_queued_is_shed_not_started(make_tree, tmp_path):
+    """`first` dies: its group's restart stops `extra` and `last` and queues their starts
+    behind `first`'s, held at its gate. `sup.shed` then sheds `extra` (its queued start does
+    not run while the tree sheds), and `sup.shed {on: false}` brings it back."""
+    gate = tmp_path / "gate"
+    tree = make_tree(GROUP_RESTARTING.format(gate=gate)).start()
+    old = tree.child("extra")["pid"]
+    os.mkfifo(gate)
+    try:
+        with contextlib.suppress(MoorageError):
+            tree.call("first", "fake.work", timeout=2)
+        # first forked again and held at its gate: the group's stops are done (the job
+        # queue runs one job at a time), the starts of extra and last queued behind it
+        wait_for(lambda: (c := tree.child("first"))["state"] == "starting" and c["pid"],
+                 "first starting, held at its gate")
+        assert states(tree)["extra"] == "stopped"
+        r = tree.call("supervisor", "sup.shed", {"on": True, "reason": "test"})
+        assert r["shed"] == ["extra"] and r["held"] == [], r
+        assert states(tree)["extra"] == "shed"
+    finally:
+        _open_gate(gate)
+    seen = _events_until(tree, lambda e: e["event"] == "restarted" and e["child"] == "last")
+    assert not [e for e in seen if e["event"] in ("started", "restarted")
+                and e["child"] == "extra" and e["pid"] != old], \
+        "extra started while the tree sheds"
+    s = tree.status()
+    assert s["shedding"] and {c["id"]: c["state"] for c in s["children"]} == {
+        "first": "running", "extra": "shed", "last": "running"}
+    r = tree.call("supervisor", "sup.shed", {"on": False, "reason": "calm"})
+    assert r["resumed"] == ["extra"]
+    ev = tree.wait_event(lambda e: e["event"] == "started" and e["child"] == "extra")
+    assert ev["resumed"] is True
+    tree.wait_all_running()
+
+
+GROUP_WAITING = """
+[supervisor]
+strategy = "rest_for_one"
+stable_after_s = 30
+backoff = { initial_ms = 60000, factor = 2.0, max_ms = 60000 }
+[[children]]
+id = "first"
+start = "tests.fakes:FakeActor"
+config = { crash_after = 1 }
+[[children]]
+id = "extra"
+start = "tests.fakes:FakeActor"
+essential = false
+[[children]]
+id = "last"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_a_start_that_falls_due_while_the_tree_sheds_is_held(make_tree):
+    """`extra` is down when the tree starts shedding, its restart planned with its group's
+    (a minute of back-off): nothing to shed then. When that restart comes (asked now), its
+    start is not run: it is shed then, and resumed with the others."""
+    tree = make_tree(GROUP_WAITING).start()
+    pid = tree.child("first")["pid"]
+    old = {c: {tree.child(c)["pid"]} for c in ("extra", "last")}
+    with contextlib.suppress(MoorageError):
+        tree.call("first", "fake.work", timeout=5)
+    wait_for(lambda: tree.wait_all_running()["children"][0]["pid"] != pid,
+             "the group restarted at once")
+    for c in old:
+        old[c].add(tree.child(c)["pid"])
+    with contextlib.suppress(MoorageError):  # a second young death: a minute of back-off
+        tree.call("first", "fake.work", timeout=5)
+    wait_for(lambda: states(tree) == {"first": "backoff", "extra": "stopped",
+                                      "last": "stopped"}, "the group waiting")
+    r = tree.call("supervisor", "sup.shed", {"on": True, "reason": "test"})
+    assert r["shed"] == [] and r["held"] == []
+    tree.call("supervisor", "sup.restart", {"child": "first"})
+    # (the stream may still hold the first restart's events: told apart by their pids)
+    seen = _events_until(tree, lambda e: e["event"] == "restarted" and e["child"] == "last"
+                         and e["pid"] not in old["last"])
+    shed = [e for e in seen if e["event"] == "shed" and e["child"] == "extra"]
+    assert len(shed) == 1 and not [e for e in seen if e["event"] in ("started", "restarted")
+                                   and e["child"] == "extra" and e["pid"] not in old["extra"]]
+    assert states(tree)["extra"] == "shed"
+    assert tree.call("supervisor", "sup.shed", {"on": False})["resumed"] == ["extra"]
+    ev = tree.wait_event(lambda e: e["event"] == "started" and e["child"] == "extra")
+    assert ev["resumed"] is True
