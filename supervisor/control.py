@@ -21,6 +21,7 @@ from moorage.protocol.errors import WireError, fail
 from moorage.supervisor.children import ChildState
 from moorage.supervisor.host import SupervisorHost
 from moorage.supervisor.overrides import check_ms, parse_key, tell_all
+from moorage.supervisor.policy import affected
 
 # The shapes of sup.status: a child, and a (nested) supervisor's tree of them.
 _CHILD_FIELDS: dict[str, object] = {
@@ -161,6 +162,14 @@ class ControlOps:
             c.primary_again()
         if c.state is ChildState.BACKOFF and c.run_plan():
             return {"restarted": child}  # (its group's restart, now: the others come too)
+        for m in self.sup.children.values():
+            # A dependant whose group waits for a member's back-off: that group's restart,
+            # now, in its order (started on its own, it would run before what it depends
+            # on, and be left out when the member came up).
+            if m is not c and m.state is ChildState.BACKOFF and m.plan is not None and \
+                    c.id in affected(self.sup.spec.strategy, self.sup.order, m.id):
+                m.run_plan()
+                return {"restarted": child}
         c.cancel_plan()
         if c.state in (ChildState.RUNNING, ChildState.STARTING):
             self.sup.jobs.append(("stop", c))

@@ -90,13 +90,15 @@ class SheddingOps:
             return
         if c.state in (ChildState.RUNNING, ChildState.STARTING):
             self.sup.jobs.append(("stop", c))  # after the job under way, like any stop
+        elif c.state is ChildState.STOPPING:
+            pass  # its stop goes on (to SIGKILL if need be); a start queued after it skips it
         elif c.state is ChildState.BACKOFF or any(
                 kind == "start" and job is c for kind, job in self.sup.jobs):
             # Its pending restart skips it (and still restarts the rest of its group); or,
             # down with its start queued (its group's restart under way), that start is
             # not run.
             c.state = ChildState.SHED
-        elif c.state is not ChildState.STOPPING:
+        else:
             return  # stopped or failed already: nothing to shed, nothing to bring back
         self._mark(c, reason)
         out["shed"].append(c.id)

@@ -646,3 +646,45 @@ def test_a_fallback_that_served_for_the_intensity_period_gives_way_to_the_primar
     tree.call("supervisor", "sup.kill", {"child": "flaky"})
     back = tree.wait_event(_is("restarted", "flaky"))
     assert back["fallback"] is None and tree.child("flaky")["fallback"] is None
+
+
+GROUP_BACKING_OFF = """
+[supervisor]
+strategy = "rest_for_one"
+stable_after_s = 600
+backoff = { initial_ms = 60000, factor = 2.0, max_ms = 60000 }
+[[children]]
+id = "base"
+start = "tests.fakes:FakeActor"
+config = { crash_after = 1 }
+[[children]]
+id = "dependant"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_a_restart_of_a_dependant_waiting_for_its_group_restarts_the_group_in_order(
+        make_tree):
+    """`base` died young twice and waits out a minute's back-off, `dependant` stopped
+    behind it. A `sup.restart` of the dependant started it at once, before what it depends
+    on, and it was left out when `base` came up: now the group's restart runs, `base`
+    first."""
+    tree = make_tree(GROUP_BACKING_OFF).start()
+    pid = tree.child("base")["pid"]
+    earlier = {pid, tree.child("dependant")["pid"]}  # (their starts may still be unread)
+    with contextlib.suppress(MoorageError):
+        tree.call("base", "fake.work", timeout=5)
+    wait_for(lambda: tree.wait_all_running()["children"][0]["pid"] != pid,
+             "the group restarted at once")
+    old = {c: tree.child(c)["pid"] for c in ("base", "dependant")}
+    earlier |= set(old.values())
+    with contextlib.suppress(MoorageError):  # a second young death: a minute of back-off
+        tree.call("base", "fake.work", timeout=5)
+    wait_for(lambda: (tree.child("base")["state"], tree.child("dependant")["state"])
+             == ("backoff", "stopped"), "the group waiting")
+    tree.call("supervisor", "sup.restart", {"child": "dependant"})
+    seen = _events_until(tree, lambda e: bool(_starts_of([e], "dependant", old["dependant"])))
+    starts = [e["child"] for e in seen if e["event"] in ("started", "restarted")
+              and e["pid"] not in earlier]
+    assert starts == ["base", "dependant"], seen
+    tree.wait_all_running()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.spec import ConfigError, parse_tree
+from tests.conftest import pid_running
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -287,3 +289,46 @@ def test_a_start_that_falls_due_while_the_tree_sheds_is_held(make_tree):
     assert tree.call("supervisor", "sup.shed", {"on": False})["resumed"] == ["extra"]
     ev = tree.wait_event(lambda e: e["event"] == "started" and e["child"] == "extra")
     assert ev["resumed"] is True
+
+
+STOPPING_WHEN_SHED = """
+[supervisor]
+strategy = "one_for_one"
+[[children]]
+id = "a"
+start = "tests.fakes:FakeActor"
+[[children]]
+id = "extra"
+start = "tests.fakes:FakeActor"
+essential = false
+shutdown_ms = 500
+config = { ignore_sigterm = true }
+[[children]]
+id = "b"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def test_a_child_shed_while_it_stops_is_still_killed_and_the_queue_goes_on(make_tree):
+    """`sup.restart` of a child that ignores SIGTERM: its stop is under way (SIGKILL due
+    after shutdown_ms) and its start queued when the tree is shed. Taken for a child down
+    with its start queued, it was put in `shed` under its stop: no SIGKILL came, the stop
+    held the job queue, and no other child of the supervisor was started again."""
+    tree = make_tree(STOPPING_WHEN_SHED).start()
+    extra = tree.child("extra")["pid"]
+    b = tree.child("b")["pid"]
+    tree.call("supervisor", "sup.restart", {"child": "extra"})
+    r = tree.call("supervisor", "sup.shed", {"on": True, "reason": "test"})
+    assert r["shed"] == ["extra"], r
+    try:
+        wait_for(lambda: not pid_running(extra), "extra SIGKILLed after its shutdown_ms")
+    finally:
+        if pid_running(extra):
+            os.kill(extra, signal.SIGKILL)  # (so that the tree can stop)
+    wait_for(lambda: tree.child("extra")["state"] == "shed", "extra shed once stopped")
+    tree.call("supervisor", "sup.restart", {"child": "b"})
+    wait_for(lambda: (c := tree.child("b"))["state"] == "running" and c["pid"] != b,
+             "b started again: the queue goes on")
+    r = tree.call("supervisor", "sup.shed", {"on": False, "reason": "calm"})
+    assert r["resumed"] == ["extra"]
+    tree.wait_all_running()
