@@ -29,6 +29,7 @@ import msgpack
 
 from moorage.actors.runtime import DEFERRED, Actor, Call, op
 from moorage.actors.runtime.custody import CustodyClient, custody_path
+from moorage.protocol.errors import fail
 
 
 class FakeActor(Actor):
@@ -164,6 +165,12 @@ class FakeActor(Actor):
     def power(self, call: Call, exp: int) -> dict[str, Any]:
         """2 ** exp: from 64 on, a result msgpack cannot encode."""
         return {"v": 2 ** exp}
+
+    @op("fake.unsendable_error")
+    def unsendable_error(self, call: Call) -> None:
+        """Fail with a detail msgpack refuses (a path's surrogate escapes, as
+        os.path.realpath gives a non-UTF-8 name)."""
+        raise fail("not_found", "no such thing", detail={"path": "out\udcff"})
 
     @op("fake.fail")
     def fail_op(self, call: Call) -> None:

@@ -121,6 +121,14 @@ def test_a_result_that_cannot_be_encoded_is_answered_internal_and_the_rest_are_s
     assert client.call("fake", "fake.work")["done"] == 1
 
 
+def test_an_error_whose_detail_cannot_be_encoded_is_answered_internal(fake, client, raw):
+    raw.send_multipart(encode_request(3, "s1", "fake.unsendable_error"))
+    r = recv(raw)
+    assert r.id == 3 and not r.ok and r.body["name"] == "internal"
+    assert "not_found" in r.body["message"]
+    assert client.call("fake", "fake.work")["done"] == 1
+
+
 def test_requests_the_loop_never_read_before_it_stopped_are_answered_stopping(runtime_dir):
     """Requests in the socket when the loop has ended were closed away unanswered; their
     callers waited out their deadlines for calls that never started. An actor in this
