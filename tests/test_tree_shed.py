@@ -4,17 +4,15 @@ nested supervisors, without counting as failures or restarts, and come back when
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.spec import ConfigError, parse_tree
 from tests.conftest import pid_running
-from tests.waiting import wait_for
+from tests.waiting import open_gate, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -166,20 +164,6 @@ def test_essential_is_checked_and_the_resource_actor_cannot_be_shed():
                        "terminals": True, "ptykeeper": True, "terminal": True}
 
 
-def _open_gate(gate: Path) -> None:
-    """Let the child held at the FIFO `gate` go (a non-blocking open of its writing end
-    fails ENXIO until the child waits there to read)."""
-    def opened() -> bool:
-        try:
-            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            return False
-        return True
-
-    wait_for(opened, "the child waiting at its gate")
-
 
 def _events_until(tree, pred) -> list[dict]:
     seen: list[dict] = []
@@ -225,7 +209,7 @@ def test_a_non_essential_child_whose_start_is_queued_is_shed_not_started(make_tr
         assert r["shed"] == ["extra"] and r["held"] == [], r
         assert states(tree)["extra"] == "shed"
     finally:
-        _open_gate(gate)
+        open_gate(gate)
     seen = _events_until(tree, lambda e: e["event"] == "restarted" and e["child"] == "last")
     assert not [e for e in seen if e["event"] in ("started", "restarted")
                 and e["child"] == "extra" and e["pid"] != old], \

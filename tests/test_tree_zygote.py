@@ -5,7 +5,6 @@ never add up to a give-up, and the tree still leaves nothing behind when its roo
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import signal
@@ -22,7 +21,7 @@ import pytest
 from moorage.actors.runtime.beat import BeatBoard
 from moorage.supervisor.zygote import ZygoteHandle
 from tests.conftest import assert_all_gone, descendants, wait_pid_exit
-from tests.waiting import wait_for
+from tests.waiting import open_gate, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -553,21 +552,6 @@ def test_a_ready_queued_behind_the_reset_of_a_dead_zygotes_socket_is_read():
         os.close(board.fd)
 
 
-def _open_gate(gate: Path) -> None:
-    """Let the child held at the FIFO `gate` go: its writing end opened once the child waits
-    there to read (a non-blocking open fails ENXIO until then), within wait_for's time, so
-    that a child that never comes fails the test instead of hanging it."""
-    def opened() -> bool:
-        try:
-            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            return False
-        return True
-
-    wait_for(opened, "the child waiting at its gate")
-
 
 GATED = TWO.replace('id = "a"\nstart = "tests.fakes:FakeActor"\n',
                     'id = "a"\nstart = "tests.fakes:FakeActor"\nconfig = { start_gate = "%s" }\n')
@@ -606,7 +590,7 @@ def test_a_child_whose_zygote_died_with_a_request_unread_is_taken_ready_not_time
     root = psutil.Process(tree.pid)
     root.suspend()
     try:
-        _open_gate(gate)
+        open_gate(gate)
         gate.unlink()
         assert tree.call("a", "fake.work")["pid"] == a  # (served: its `ready` went first)
     finally:

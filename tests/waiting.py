@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,3 +33,19 @@ def turn_until(loop: Any, fact: Callable[[], Any], turns: int = 2000) -> Any:
             return value
         loop.run_once(10)
     raise AssertionError("the fact never came true")
+
+
+def open_gate(gate: Path) -> None:
+    """Let the child held at the FIFO `gate` go: its writing end opened once the child waits
+    there to read (a non-blocking open fails ENXIO until then), within wait_for's time, so
+    that a child that never comes fails the test instead of hanging it."""
+    def opened() -> bool:
+        try:
+            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return False
+        return True
+
+    wait_for(opened, "the child waiting at its gate")
