@@ -7,8 +7,10 @@ leaves it here for its successor. A connection is a candidate until its `hello` 
 token, from our uid, within HELLO_WAIT_S); strangers are closed and counted.
 
 For tests only, $MOORAGE_TEST_CUSTODY_TAKE_DELAY_MS answers each `take` that many
-milliseconds late (with what is held then), as a supervisor too busy to answer at once
-would: the keeper's wait for its custody, and what follows, made deterministic.
+milliseconds late, as a supervisor too busy to answer at once would: with what was held when
+the take arrived (copies of its descriptors, made then), not with what the keeps and drops
+sent after it made of that; a busy supervisor answers its messages in order. The keeper's
+wait for its custody, and what follows, made deterministic.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from moorage.actors.runtime.custody import (
     Datagrams,
     close_all,
     custody_path,
+    dup_all,
     receive,
 )
 from moorage.actors.runtime.loop import Loop, Timer
@@ -142,16 +145,23 @@ class Custodian:
         self.loop.remove_writer(fd)
         conn.sock.close()
 
-    def _hand_over(self, conn: _Conn) -> None:
-        """Answer a `take`: everything held for the connection's child, then `done`."""
+    def _hand_over(self, conn: _Conn, held: dict[str, _Held]) -> None:
+        """Answer a `take`: `held` (what the connection's child had here), then `done`."""
         if self.conns.get(conn.sock.fileno()) is not conn:
             return  # (closed meanwhile: its successor asks again)
-        assert conn.child is not None
-        keys = self.held.setdefault(conn.child, {})
-        for key, h in keys.items():
+        for key, h in held.items():
             conn.out.send({"t": "held", "k": key, "info": h.info}, h.fds)
-        self.handed += len(keys)
-        conn.out.send({"t": "done", "n": len(keys)})
+        self.handed += len(held)
+        conn.out.send({"t": "done", "n": len(held)})
+
+    def _hand_over_late(self, conn: _Conn, snapshot: dict[str, _Held]) -> None:
+        """A delayed `take` answered with `snapshot`, what was held when it arrived; its
+        copies of the descriptors closed after (the sends queue copies of their own)."""
+        try:
+            self._hand_over(conn, snapshot)
+        finally:
+            for h in snapshot.values():
+                close_all(h.fds)
 
     def _readable(self, fd: int) -> None:
         for _ in range(64):  # bounded: a busy child cannot hold our loop
@@ -190,9 +200,12 @@ class Custodian:
         if t == "take":
             close_all(fds)
             if self.take_delay:
-                self.loop.call_later(self.take_delay, lambda: self._hand_over(conn))
+                # (copies: a drop meanwhile closes what is held, not what is to be answered)
+                snapshot = {key: _Held(dict(h.info), dup_all(h.fds)) for key, h in keys.items()}
+                self.loop.call_later(self.take_delay,
+                                     lambda: self._hand_over_late(conn, snapshot))
             else:
-                self._hand_over(conn)
+                self._hand_over(conn, keys)
             return
         if not isinstance(k, str):
             close_all(fds)

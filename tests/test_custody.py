@@ -14,7 +14,7 @@ import pytest
 
 from moorage.actors.runtime.custody import CustodyClient, Datagrams, receive
 from moorage.actors.runtime.loop import Loop
-from moorage.supervisor.custody import Custodian
+from moorage.supervisor.custody import TAKE_DELAY_ENV, Custodian
 from tests.waiting import turn_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -147,3 +147,40 @@ def test_a_take_on_a_socket_that_failed_already_is_done_with_nothing_on_the_next
     turn_until(loop, lambda: done)
     assert done == [0] and client.out.broken
     client.close()
+
+
+def test_a_delayed_take_is_answered_with_what_was_held_when_it_came(
+        loop: Loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests-only delay stands for a busy supervisor, which answers its messages in
+    order: the keeps and drops sent after a `take` do not change its answer (a session
+    dropped meanwhile is in it; one kept meanwhile is not), and the answer's descriptors
+    are good ones."""
+    monkeypatch.setenv(TAKE_DELAY_ENV, "50")
+    custodian = Custodian(loop, tmp_path, "sup")
+    first = CustodyClient(loop, tmp_path / "sup.custody.sock", "keeper")
+    master, slave = os.openpty()
+    ring = os.memfd_create("ring")
+    os.write(ring, b"the ring")
+    try:
+        first.keep("a", {"pid": 1}, [master, ring])
+        turn_until(loop, lambda: custodian.describe()["held"] == {"keeper": 1})
+        first.close()
+        second = CustodyClient(loop, tmp_path / "sup.custody.sock", "keeper")
+        got: dict[str, tuple[dict[str, Any], list[int]]] = {}
+        done: list[int] = []
+        second.take(lambda k, info, fds: got.__setitem__(k, (info, fds)), done.append)
+        second.drop("a")
+        second.keep("b", {"pid": 2}, [master, ring])
+        os.close(master)
+        os.close(ring)
+        turn_until(loop, lambda: done)
+        assert done == [1] and list(got) == ["a"]
+        info, (m2, r2) = got["a"]
+        assert info == {"pid": 1} and os.pread(r2, 8, 0) == b"the ring"
+        assert set(custodian.held["keeper"]) == {"b"}
+        os.close(m2)
+        os.close(r2)
+        second.close()
+    finally:
+        os.close(slave)
+        custodian.close()

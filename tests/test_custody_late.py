@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -206,3 +208,131 @@ def test_custody_that_never_answers_is_given_up_and_what_it_hands_over_later_let
     assert psutil.pid_exists(pid)
     os.kill(keeper.pid, signal.SIGKILL)
     assert wait_pid_exit(pid, 10)
+
+
+# --- what a terminal does while the custody answer is pending --------------------------------
+
+TERMINAL = "moorage.actors.terminal.actor:TerminalActor"
+
+
+def test_a_session_closed_while_custody_is_pending_does_not_come_back_with_the_answer(
+        spawn_actor, client, runtime_dir, loop, custodian, tmp_path):
+    """A keeper-only restart, the supervisor busy: the surviving terminal hands its session
+    to the new keeper (`adopt`), then the user closes it; the supervisor answers the take
+    with what it held when the take came (in order, before that keep and drop), the session
+    among it. The keeper lets it go rather than adopt it again for no one: a later terminal
+    is not handed a session the user closed."""
+    k1 = spawn_actor(KEEPER, "ptykeeper", supervised_by="sup")
+    client.call("ptykeeper", "sys.ping")
+    turn_until(loop, lambda: "ptykeeper" in custodian.held)  # the first take, answered
+    spawn_actor("moorage.actors.parser.actor:ParserActor", "parser")
+    t1 = spawn_actor(TERMINAL, "terminal", quiet_ms=200, shells=["bash"])
+    wait_for(lambda: client.call("terminal", "sys.info")["keeper_connected"], "welcome")
+    sid = client.call("terminal", "term.create",
+                      {"shell": "bash", "env": env_for(make_home(tmp_path))},
+                      timeout=30)["session"]
+    turn_until(loop, lambda: sid in custodian.held["ptykeeper"])
+    os.kill(k1.pid, signal.SIGKILL)
+    assert wait_pid_exit(k1.pid, 10)
+    turn_until(loop, lambda: not custodian.conns)  # (the first keeper's connection ended)
+
+    k2 = spawn_actor(KEEPER, "ptykeeper", supervised_by="sup")  # its take waits, unread
+    wait_for(lambda: (lambda i: i["keeper_pid"] == k2.pid and i["keeper_connected"])(
+        client.call("terminal", "sys.info")), "the terminal welcomed by the new keeper")
+    assert client.call("ptykeeper", "sys.info")["custody_pending"] is True
+    wait_for(lambda: client.call("ptykeeper", "pty.list")["sessions"], "the terminal's adopt")
+    assert client.call("terminal", "term.close", {"session": sid}) == {"closed": sid}
+    assert client.call("ptykeeper", "pty.list")["sessions"] == []
+
+    turn_until(loop, lambda: custodian.handed >= 1)  # take (with the session), keep, drop
+    wait_for(lambda: client.call("ptykeeper", "sys.info")["custody_pending"] is False,
+             "the custody answer taken in")
+    assert client.call("ptykeeper", "pty.list")["sessions"] == []
+    info = client.call("ptykeeper", "sys.info")
+    assert (info["from_custody"], info["custody_late"]) == (0, 0), info
+    turn_until(loop, lambda: sid not in custodian.held.get("ptykeeper", {}))
+    assert client.call("terminal", "term.list")["sessions"] == []
+
+    # A later terminal is handed nothing.
+    os.kill(t1.pid, signal.SIGKILL)
+    assert wait_pid_exit(t1.pid, 10)
+    spawn_actor(TERMINAL, "terminal", quiet_ms=200, shells=["bash"])
+    wait_for(lambda: client.call("terminal", "sys.info")["keeper_connected"], "new welcome")
+    assert client.call("terminal", "term.list")["sessions"] == []
+
+
+def test_a_create_resent_while_custody_is_pending_gets_the_session_its_first_attempt_made(
+        make_tree, tmp_path):
+    """A term.create in flight (its shell still starting) when the keeper and the terminal
+    die together: the client resends it to the new terminal, let in before the custody
+    answer. The resend waits for that answer, which brings the first attempt's session, and
+    is answered with it: no second shell."""
+    tree = make_tree(terminal_tree(terminal="keeper_wait_ms = 20000\n"
+                                            "integration_detect_ms = 60000\n")).start(
+        env={**os.environ, TAKE_DELAY_ENV: str(DELAY_MS)})
+    c = tree.client
+    wait_for(lambda: c.call("ptykeeper", "sys.info")["custody_pending"] is False,
+             "the first keeper's custody answer", timeout=DELAY_MS / 1000 + 20)
+    home = make_home(tmp_path, bashrc="while [ -e ~/hold ]; do sleep 0.05; done\n")
+    (home / "hold").write_text("")
+    result: dict[str, Any] = {}
+
+    def create() -> None:
+        with Client(tree.runtime_dir, timeout=10.0) as other:
+            other.learn_ops("terminal")
+            try:
+                result["r"] = other.call("terminal", "term.create",
+                                         {"shell": "bash", "env": env_for(home)}, timeout=120)
+            except Exception as exc:  # (the assertions below report it)
+                result["err"] = exc
+
+    th = threading.Thread(target=create)
+    th.start()
+    try:
+        (x,) = wait_for(lambda: c.call("ptykeeper", "pty.list")["sessions"], "X spawned")
+        wait_for(lambda: c.call("terminals", "sys.info")["custody"]["held"]
+                 == {"ptykeeper": 1}, "X in custody")
+        victims = {n: tree.child(n)["pid"] for n in ("ptykeeper", "terminal")}
+        for pid in victims.values():
+            os.kill(pid, signal.SIGKILL)
+        for n, pid in victims.items():
+            wait_for(lambda n=n, pid=pid: c.call(n, "sys.info")["pid"] != pid, f"a new {n}")
+        wait_for(lambda: c.call("terminal", "sys.info")["keeper_connected"], "welcome")
+        # the resend has come while the answer is pending
+        wait_for(lambda: c.call("terminal", "sys.info")["pending"] >= 1, "the resend")
+        assert c.call("ptykeeper", "sys.info")["custody_pending"] is True
+    finally:
+        (home / "hold").unlink()
+        th.join(120)
+    assert "r" in result, result
+    assert result["r"]["session"] == x["s"]
+    listed = c.call("terminal", "term.list")["sessions"]
+    assert [(s["session"], s["pid"]) for s in listed] == [(x["s"], x["pid"])]
+    assert [s["s"] for s in c.call("ptykeeper", "pty.list")["sessions"]] == [x["s"]]
+
+
+def test_term_list_answers_while_custody_is_pending_when_no_session_waits_for_it(
+        make_tree, tmp_path):
+    """A keeper-only restart, the custody answer late: the terminal outlived the keeper and
+    holds every session it records, so term.list answers at once, not `unavailable`; so
+    does a fresh tree's, which records none."""
+    tree = make_tree(terminal_tree()).start(env={**os.environ, TAKE_DELAY_ENV: str(DELAY_MS)})
+    c = tree.client
+    wait_for(lambda: c.call("terminal", "sys.info")["keeper_connected"], "welcome")
+    assert c.call("ptykeeper", "sys.info")["custody_pending"] is True
+    assert c.call("terminal", "term.list", timeout=30)["sessions"] == []
+    assert c.call("ptykeeper", "sys.info")["custody_pending"] is True
+
+    wait_for(lambda: c.call("ptykeeper", "sys.info")["custody_pending"] is False,
+             "the first keeper's custody answer", timeout=DELAY_MS / 1000 + 20)
+    sid = c.call("terminal", "term.create",
+                 {"shell": "bash", "env": env_for(make_home(tmp_path))}, timeout=30)["session"]
+    old_terminal, old_keeper = tree.child("terminal")["pid"], tree.child("ptykeeper")["pid"]
+    os.kill(old_keeper, signal.SIGKILL)
+    wait_for(lambda: c.call("ptykeeper", "sys.info")["pid"] != old_keeper, "a new keeper")
+    wait_for(lambda: c.call("terminal", "sys.info")["keeper_connected"], "the new welcome")
+    assert c.call("ptykeeper", "sys.info")["custody_pending"] is True
+    (listed,) = c.call("terminal", "term.list", timeout=30)["sessions"]
+    assert listed["session"] == sid
+    assert c.call("ptykeeper", "sys.info")["custody_pending"] is True
+    assert tree.child("terminal")["pid"] == old_terminal

@@ -97,7 +97,8 @@ from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
 from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.runtime.signals import parse_signal
-from moorage.actors.terminal.keeper_client import KeeperClient
+from moorage.actors.terminal.keeper_client import FDS_WAIT_S, KeeperClient
+from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.parsehop import ParserLink
 from moorage.actors.terminal.restore import Creation, base_env, reconcile, restore
 from moorage.actors.terminal.session import Session
@@ -107,6 +108,9 @@ from moorage.protocol.errors import Category, MoorageError, WireError, fail
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TICK_S = 0.02  # resolution of exec timeouts, integration detection and quiet detection
 PRESSURE_RETRY_MS = 1000
+# an op waiting for the keeper's custody answer gives up this long before its caller would
+# (its `unavailable` reaches the caller, not the runtime's `timeout`)
+SETTLE_MARGIN_S = 0.1
 
 
 # --- the shapes of the answers ----------------------------------------------------------------
@@ -336,15 +340,18 @@ class TerminalActor(Actor):
     # --- helpers for ops ---------------------------------------------------------------------
 
     def _when_ready(self, call: Call, fn: Callable[[], Any], session: str | None = None,
-                    settled: bool = False) -> Any:
+                    settled: Callable[[], bool] | None = None) -> Any:
         """Run `fn` now if the keeper is connected (and `session` is neither being recreated
-        nor waiting for the keeper's custody answer; with `settled`, no session is), else
-        when it is (or fail `unavailable`)."""
+        nor waiting for the keeper's custody answer; with `settled`, once that says so too),
+        else when it is (or fail `unavailable`). The wait for the keeper is keeper_wait_s;
+        the one for `settled` lasts as long as the keeper's custody answer may (the caller's
+        deadline permitting): it is no sign of a keeper gone."""
         for waiting in (self.recreating, self.unsettled):
             if session is not None and session in waiting:
                 waiting[session].append(lambda: self._answer(call, fn, session))
                 return DEFERRED
-        if self.keeper.settled if settled else self.keeper.ready:
+        ready = self.keeper.ready
+        if ready and (settled is None or settled()):
             return fn()
 
         def later(ok: bool) -> None:
@@ -356,11 +363,33 @@ class TerminalActor(Actor):
                 # (the welcome may have started recreating this very session: look again)
                 self._answer(call, fn, session, settled)
 
-        self.keeper.when_ready(later, self.keeper_wait_s, settled)
+        if ready:
+            self.keeper.when_ready(later, self._settle_wait_s(call), settled=True)
+        else:
+            self.keeper.when_ready(later, self.keeper_wait_s)
         return DEFERRED
 
+    @staticmethod
+    def _settle_wait_s(call: Call) -> float:
+        """How long `call` may wait for the keeper's custody answer: until the keeper gives
+        it up (and the sessions' fds that come with it), answering before the caller's
+        deadline (or the op's own timeout) does."""
+        bound = CUSTODY_GIVE_UP_S + FDS_WAIT_S
+        left_ms = call.remaining_ms()
+        if left_ms is None and call.spec is not None:
+            left_ms = call.spec.timeout_ms
+        if left_ms is not None:
+            bound = min(bound, max(0.0, left_ms / 1000 - SETTLE_MARGIN_S))
+        return bound
+
+    def known(self) -> bool:
+        """Every session we recorded is here (or settled lost): the keeper's welcome is in,
+        and either its custody answer is too, or no recorded session waits for it (a
+        terminal that outlived the keeper holds all of them)."""
+        return self.keeper.ready and (self.keeper.settled or not self.unsettled)
+
     def _answer(self, call: Call, fn: Callable[[], Any], session: str | None = None,
-                settled: bool = False) -> None:
+                settled: Callable[[], bool] | None = None) -> None:
         """Run an op's `fn` that had to wait, answering its call with what it returns."""
         if call.answered:
             return
@@ -440,7 +469,10 @@ class TerminalActor(Actor):
             Creation(self, sid, spec, call).next()
             return DEFERRED
 
-        return self._when_ready(call, start)
+        # A resend of a create whose first attempt's shell is still in the keeper's custody
+        # (the keeper and we died while it started: not recorded here yet) finds it only
+        # once that custody answered; before, it would start a second shell.
+        return self._when_ready(call, start, settled=lambda: self.keeper.settled)
 
     # (checked=False: Session._complete builds the answer of strs, ints, floats, bools and
     # None; its output and cwd are decoded with replacement: nothing in it fails to encode)
@@ -616,7 +648,7 @@ class TerminalActor(Actor):
         return self._when_ready(call, lambda: {
             "sessions": [s.describe() for s in self.sessions.values()],
             "keeper": {"connected": self.keeper.welcomed, "pid": self.keeper.pid}},
-            settled=True)
+            settled=self.known)
 
     @op("term.ack", args={"session": str, "offset": int}, idempotent=True, timeout_ms=2000,
         result={"session": str, "acked": int, "offset": int, "consumers": int},

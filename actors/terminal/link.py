@@ -84,6 +84,9 @@ HEADER = struct.Struct(">I")
 # The hello's `tok` is trust.token(LINK_TOKEN_NAME): the keeper takes a connection only from a
 # process of its own tree, and a stranger never displaces the live link.
 LINK_TOKEN_NAME = "ptykeeper.link"
+# A keeper's custody answer not there this long after its start is given up (keeper/actor.py):
+# a terminal waiting for its sessions to settle waits no longer than this
+CUSTODY_GIVE_UP_S = 30.0
 MAX_FRAME = 64 * 1024 * 1024  # a chunk of output or input is far smaller; this is a guard
 READ_SIZE = 1 << 20
 _CTRUNC = int(socket.MSG_CTRUNC)  # (an int: the enum's & costs µs on every read)

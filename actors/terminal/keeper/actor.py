@@ -75,16 +75,15 @@ from moorage.actors.terminal.keeper.ptys import (
     process_start,
 )
 from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty, winsize
-from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
+from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S, LINK_TOKEN_NAME, Link
 from moorage.actors.terminal.ring import RING_CORE, RingError, SessionRing
 from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import Category, WireError
 
 HELLO_WAIT_S = 2.0  # a new connection's first message, the hello, within this
 CUSTODY_WAIT_S = 2.0  # what the supervisor holds, before the terminal is let in
-# ... and after this, no more: the terminal settles its sessions without what did not come
-# (a supervisor that never answers must not leave them unsettled for ever)
-CUSTODY_GIVE_UP_S = 30.0
+# (and CUSTODY_GIVE_UP_S, link.py: after it, the terminal settles its sessions without what
+# did not come; a supervisor that never answers must not leave them unsettled for ever)
 EXIT_STATUS_TRIES = 10  # an adopted shell's status, asked of the supervisor this often ...
 EXIT_STATUS_RETRY_S = 0.05  # ... this far apart (it reaps on SIGCHLD, a moment later)
 
@@ -143,6 +142,10 @@ class PtyKeeper(Actor):
         self._late: list[str] = []
         self.custody_late = 0  # sessions a terminal got that way, over the keeper's life
         self._peer_held: set[str] = set()  # what the connected terminal holds (its hello)
+        # closed while the custody answer is pending: a busy supervisor answers with what it
+        # held when our take came, before the drops we sent after it, so such a session may
+        # still come with the answer; adopted again, it would be a shell no one owns
+        self._gone_pending: set[str] = set()
         self.ptys = Ptys(self.loop, self.sessions, window=self.window,
                          read_batch=self.read_batch, tell=self._tell,
                          exit_status=self._exit_status)
@@ -191,6 +194,7 @@ class PtyKeeper(Actor):
         if not self.custody_pending:
             return
         self.custody_pending = False
+        self._gone_pending.clear()
         if self._custody_timer is not None:
             self._custody_timer.cancel()
         self._listen()
@@ -429,6 +433,13 @@ class PtyKeeper(Actor):
         if not self.custody_pending:
             self._let_go(sid, fds)
             return
+        if sid in self._gone_pending and sid not in self.sessions:
+            # closed since our take: the answer predates the drop
+            logger.info("session {}: handed over by custody after it was closed; let go", sid)
+            close_all(fds)
+            if self.custody is not None:
+                self.custody.drop(sid)  # (its copies too, should the drop not have been applied)
+            return
         held = sid in self.sessions
         error = self._adopt(sid, fds, info)
         if error is not None:
@@ -664,6 +675,8 @@ class PtyKeeper(Actor):
         self.ptys.hangup(s)
         if self.custody is not None:
             self.custody.drop(s.id)
+            if self.custody_pending:
+                self._gone_pending.add(s.id)
         self.ptys.release(s)
         self.ptys.closing[s.pid] = s
         self.in_grace.add(s)
