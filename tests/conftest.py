@@ -135,6 +135,18 @@ def wait_pid_exit(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
+def end_built_tree(proc: subprocess.Popen, pids: dict[str, int]) -> None:
+    """Let a process tree a test built go (its builder's stdin closed: each process exits on
+    its EOF), killing any that outlives 10 s; then reap the builder."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    for pid in pids.values():
+        if not wait_pid_exit(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)

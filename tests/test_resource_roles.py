@@ -24,7 +24,7 @@ import pytest
 
 from moorage.actors.resource import Roles, TreeSampler, roles_from_status
 from moorage.protocol.envelope import StreamMessage
-from tests.conftest import pid_running, wait_pid_exit
+from tests.conftest import end_built_tree, pid_running, wait_pid_exit
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,13 +149,7 @@ def build() -> Iterator[Callable[[dict[str, Any]], dict[str, int]]]:
 
     yield make
     for proc, pids in procs:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()
-        for pid in pids.values():
-            if not wait_pid_exit(pid, 10):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(10)
-        proc.stdout.close()
+        end_built_tree(proc, pids)
 
 
 def parent_of(pid: int) -> int:

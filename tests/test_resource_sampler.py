@@ -15,7 +15,7 @@ import pytest
 
 from moorage.actors.resource import Roles, TreeSampler, roles_from_status
 from moorage.actors.resource.sampler import _read_ppid_start
-from tests.conftest import open_files, wait_pid_exit
+from tests.conftest import end_built_tree, open_files, wait_pid_exit
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,12 +65,7 @@ def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
         name, pid = proc.stdout.readline().split()
         pids[name] = int(pid)
     yield Chain(proc, pids)
-    proc.stdin.close()
-    for pid in pids.values():
-        if not wait_pid_exit(pid, 10):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait(10)
-    proc.stdout.close()
+    end_built_tree(proc, pids)
 
 
 def by_pid(sample) -> dict:
