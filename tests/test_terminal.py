@@ -8,8 +8,11 @@ import threading
 from typing import Any
 
 import pytest
+import zmq
 
+from moorage.protocol import endpoints
 from moorage.protocol.client import Client
+from moorage.protocol.envelope import decode_reply, encode_request
 from moorage.protocol.errors import MoorageError
 from tests.terminal_support import Commands, Output, RawOutput, env_for, make_home
 
@@ -314,6 +317,37 @@ def test_a_command_past_its_timeout_gets_sigint_then_a_timeout_error(term):
     assert err.error.detail["signalled"] == "SIGINT"
     assert cmds.next_event("end")["exit_code"] == 130
     assert term.exec(sid, "echo ok")["output"] == "ok"
+
+
+def test_a_resent_exec_that_timed_out_gets_its_answer_again_and_never_runs_twice(term):
+    """The command ran and was stopped: its `timeout` tells of an effect, so a resend of the
+    identical frames (a client whose reply was lost) hears it again from the reply cache."""
+    sid = term.create("bash")["session"]
+    cmds = term.commands(sid)
+    runs = term.home / "runs"
+    frames = encode_request(7, "sid-resend", "term.exec", {
+        "session": sid, "command": f"echo run >> {runs}; sleep 30", "timeout_ms": 300})
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoints.rpc(term.client.runtime_dir, "terminal"))
+    try:
+        answers = []
+        for _ in range(2):
+            sock.send_multipart(frames)
+            assert sock.poll(30_000), "no reply to term.exec"
+            answers.append(sock.recv_multipart())
+    finally:
+        sock.close(0)
+        ctx.term()
+    first = decode_reply(answers[0])
+    assert not first.ok and first.body["name"] == "timeout"
+    assert first.body["detail"]["signalled"] == "SIGINT"
+    assert answers[1] == answers[0]
+    assert cmds.next_event("end")["exit_code"] == 130  # (the SIGINT ended it)
+    # A second run would have been answered before the resend's reply: the session runs one
+    # command at a time, so this one comes after any such run.
+    assert term.exec(sid, f"cat {runs}")["output"] == "run"
 
 
 def test_exit_inside_a_session_ends_it_with_its_code(term):

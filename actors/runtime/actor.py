@@ -66,9 +66,11 @@ VERSION = "0.1.0"
 _perf_counter = time.perf_counter
 _time = time.time
 DEFERRED = object()  # a handler's return value: "I will answer through call.reply later"
-# Error replies not kept in the reply cache: nothing ran (the first two), or a retry should
-# get a fresh chance rather than the same non-answer (timeout of a deferred call).
-UNCACHED = frozenset({"unknown_op", "bad_args", "timeout"})
+# Error replies never kept in the reply cache: nothing ran. The runtime's own `timeout` of a
+# deferred call (a non-answer: a retry gets a fresh chance) is left out where it is made, not
+# by its name: an op's own `timeout` (term.exec's command, still running, sent SIGINT) tells
+# of an effect, and a resend of it must get that answer, not a second run.
+UNCACHED = frozenset({"unknown_op", "bad_args"})
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
 PUB_LINGER_MS = 500
 RPC_LINGER_MS = 200
@@ -145,10 +147,12 @@ class Call:
     def reply(self, result: Any = None) -> None:
         self._actor._finish(self, result, None)
 
-    def fail(self, error: WireError | MoorageError) -> None:
+    def fail(self, error: WireError | MoorageError, cache: bool = True) -> None:
+        """`cache=False`: the answer says nothing ran (the op's own way of saying so, beside
+        UNCACHED's names), so a resend runs the call rather than hear it again."""
         if isinstance(error, MoorageError):
             error = error.error
-        self._actor._finish(self, None, error)
+        self._actor._finish(self, None, error, cache)
 
 
 def now_ms() -> int:
@@ -745,7 +749,8 @@ class Actor:
                 call._timer = self.loop.call_later(
                     max(0, limit_ms) / 1000 + 0.05,
                     lambda: call.answered or self._finish(
-                        call, None, WireError.of("timeout", f"{req.op}: no result in time")),
+                        call, None, WireError.of("timeout", f"{req.op}: no result in time"),
+                        cache=False),
                 )
             return
         self._finish(call, result, None)
@@ -771,7 +776,7 @@ class Actor:
         call._timer = self.loop.call_later(
             max(0, limit_ms) / 1000 + 0.05,
             lambda: call.answered or self._finish(
-                call, None, WireError.of("timeout", f"{op}: no result in time")))
+                call, None, WireError.of("timeout", f"{op}: no result in time"), cache=False))
         return call
 
     def _reply_may_be_gone(self, req: Request) -> bool:
@@ -803,7 +808,8 @@ class Actor:
         self.stats.record(req.op if req.op in self.ops else "(unknown)", 0, False,
                           fault_of(error.name) is Fault.CALLER)
 
-    def _finish(self, call: Call, result: Any, error: WireError | None) -> None:
+    def _finish(self, call: Call, result: Any, error: WireError | None,
+                cache: bool = True) -> None:
         if call.answered:
             return
         call.answered = True
@@ -847,7 +853,7 @@ class Actor:
             self.heap.note(size)
         # Only a non-idempotent op's reply must survive for a retry; an idempotent one may
         # run again (its retry while it still runs joins it through `pending`).
-        if spec is not None and not spec.idempotent and (
+        if spec is not None and not spec.idempotent and cache and (
                 error is None or error.name not in UNCACHED):
             # A resend may come until the caller's deadline (without one, the op's own limit
             # from now): the cache remembers letting the entry go before then.

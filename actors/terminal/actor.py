@@ -528,7 +528,7 @@ class TerminalActor(Actor):
                 call.fail(WireError.of(
                     "timeout", f"session {session}: the command could not be sent within its "
                     "timeout (the shell was not ready); it was not sent",
-                    detail={"output": "", "mode": s.mode, "signalled": None}))
+                    detail={"output": "", "mode": s.mode, "signalled": None}), cache=False)
 
         def start_later(s: Session) -> None:
             if call.answered:
