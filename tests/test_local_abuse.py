@@ -13,6 +13,7 @@ import zmq
 
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import decode_reply, encode_request, packb
+from moorage.protocol.errors import MoorageError
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -136,3 +137,27 @@ def test_subscriptions_are_bounded_in_length_and_number_and_cost_no_memory(
     wait_for(lambda: client.call("fake", "sys.info")["subscriptions"]["connections"] == 0,
              "the subscribers' connections gone")
     assert rss(a.pid) - before < 10 << 20 and a.proc.is_alive()
+
+
+def test_a_topic_of_the_largest_length_is_applied_and_a_longer_one_is_refused_by_the_client(
+        spawn_actor, client, runtime_dir):
+    """256 bytes is a topic's limit as the document says: a raw SUB's subscription of it is
+    applied (over ipc libzmq counts a SUBSCRIBE command's name against the socket's limit);
+    the client refuses a longer one itself, before any socket could lose its topics."""
+    spawn_actor()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(endpoints.pub(runtime_dir, "fake"))
+    sub.setsockopt(zmq.SUBSCRIBE, ("é" * 128).encode())  # 256 bytes
+    try:
+        wait_for(lambda: client.call("fake", "sys.info")["subscriptions"]["applied"] == 1,
+                 "the 256-byte subscription applied")
+    finally:
+        sub.close(0)
+        ctx.term()
+    for topic in ("x" * (limits.MAX_TOPIC_LEN + 1), "é" * 129):
+        with pytest.raises(MoorageError) as e:
+            client.subscribe("fake", ["ok", topic])
+        assert e.value.name == "bad_args" and "at most 256" in str(e.value)
+    assert client.call("fake", "sys.info")["subscriptions"]["refused"] == 0

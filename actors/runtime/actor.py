@@ -73,6 +73,7 @@ DEFERRED = object()  # a handler's return value: "I will answer through call.rep
 UNCACHED = frozenset({"unknown_op", "bad_args"})
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
 PUB_LINGER_MS = 500
+SUBSCRIBE_COMMAND = len(b"\x09SUBSCRIBE")  # ZMTP 3.1's form of a subscription, before it
 RPC_LINGER_MS = 200
 # A deadline further away than this is refused (bad_request): kept in the reply cache, it
 # would make the cache answer outcome_unknown to every pinned resend until then.
@@ -263,9 +264,10 @@ class Actor:
         self.pub_socket.setsockopt(zmq.SNDHWM, int(self.config.get("pub_hwm", 10_000)))
         # Subscriptions are applied here, one by one (XPUB_MANUAL): each gets a welcome, and
         # a connection gets at most `max_subscriptions`. A subscription message longer than
-        # a topic may be closes its connection inside libzmq, before any of it is stored.
+        # a topic may be closes its connection inside libzmq, before any of it is stored; a
+        # ZMTP 3.1 peer sends it as a SUBSCRIBE command, whose name takes 10 bytes.
         self.pub_socket.setsockopt(zmq.XPUB_MANUAL, 1)
-        self.pub_socket.setsockopt(zmq.MAXMSGSIZE, 1 + limits.MAX_TOPIC_LEN)
+        self.pub_socket.setsockopt(zmq.MAXMSGSIZE, SUBSCRIBE_COMMAND + limits.MAX_TOPIC_LEN)
         if self.nodrop:
             self.pub_socket.setsockopt(zmq.XPUB_NODROP, 1)
         self.bind_socket(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))

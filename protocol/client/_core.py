@@ -501,13 +501,21 @@ class ClientCore:
         sock.connect(self.endpoint(sock, actor, "rpc"))
 
     def configure_sub(self, sock: zmq.Socket, actor: str, topics: Sequence[str]) -> None:
+        encoded = [t.encode() for t in topics or [""]]
+        for t in encoded:
+            # The publisher closes a connection that subscribes a longer topic, and the SUB
+            # would resend it at each reconnect: every topic of the socket lost for good.
+            if len(t) > limits.MAX_TOPIC_LEN:
+                raise MoorageError(WireError.of(
+                    "bad_args", f"{actor}: a topic of {len(t)} bytes (at most "
+                    f"{limits.MAX_TOPIC_LEN}): {t[:40].decode(errors='replace')!r}..."))
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, self.options.reconnect_ivl_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.options.reconnect_ivl_max_ms)
         sock.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
         sock.setsockopt(zmq.RCVHWM, limits.HWM)
-        for t in topics or [""]:
-            sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        for t in encoded:
+            sock.setsockopt(zmq.SUBSCRIBE, t)
         sock.connect(self.endpoint(sock, actor, "pub"))
 
     def endpoint(self, sock: zmq.Socket, actor: str, kind: str) -> str:
