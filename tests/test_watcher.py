@@ -765,6 +765,23 @@ def test_writes_are_atomic_and_conflicts_are_refused(start, data):
     assert sorted(os.listdir(data)) == ["f"]
 
 
+def test_a_write_given_its_contents_twice_is_refused_and_nothing_is_written(start, data):
+    """The declaration says 0 or 1 attachment, and `data` or an attachment: a request that
+    gives more is refused whole, not written with part of what it sent."""
+    w = start()
+    for args, atts in [({"path": "f"}, [b"first", b"SECOND"]),
+                       ({"path": "f", "data": b"DATA"}, [b"ATT"])]:
+        with pytest.raises(MoorageError) as e:
+            w.client.request("watcher", "fs.write", args, attachments=atts)
+        assert e.value.name == "bad_args"
+    assert os.listdir(data) == []
+    # An op that takes no attachment refuses one too; the actor serves on.
+    with pytest.raises(MoorageError) as e:
+        w.client.request("watcher", "fs.stat", {"path": "."}, attachments=[b"x"])
+    assert e.value.name == "bad_args" and "1 attachments; it takes 0" in str(e.value)
+    assert w.call("fs.stat", {"path": "."})["type"] == "dir"
+
+
 def test_bad_inputs_get_classified_errors_and_the_actor_serves_on(start, data):
     w = start()
     for op, args, name in [("fs.read", {"path": 3}, "bad_args"),

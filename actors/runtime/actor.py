@@ -732,6 +732,8 @@ class Actor:
             return
         try:
             kwargs = spec.bind(req.args)
+            if req.attachments or spec.request_attachments[0]:
+                spec.check_attachments(len(req.attachments))
             result = spec.handler(call, **kwargs)
         except MoorageError as exc:
             self._finish(call, None, exc.error)

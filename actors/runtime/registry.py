@@ -122,6 +122,15 @@ class OpSpec:
             self._refuse(raw, "")
         return out
 
+    def check_attachments(self, n: int) -> None:
+        """bad_args for a request with more or fewer raw frames than the op takes: the
+        declaration is the contract (sys.info), and a frame the handler would not read is
+        not taken in silence."""
+        lo, hi = self.request_attachments
+        if n < lo or (hi is not None and n > hi):
+            takes = f"{lo}" if lo == hi else f"{lo} to {'any' if hi is None else hi}"
+            raise fail("bad_args", f"{self.name}: {n} attachments; it takes {takes}")
+
     def _refuse(self, raw: dict, problem: str) -> None:
         """bad_args for `problem`, or for the unknown names in `raw` if there are any."""
         extra = raw.keys() - self._names

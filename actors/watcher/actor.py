@@ -317,9 +317,10 @@ class WatcherActor(Actor):
         """Write a whole file (atomic: temp + fsync + rename); if_match guards conflicts."""
         # (checked=False: the answer is the path, ints, bools and stat_info's dict of
         # strings and ints, made by FileService: no shape to walk)
+        if (data is None) == (not call.attachments):
+            raise fail("bad_args", "fs.write: give the contents as `data` or as one "
+                       "attachment, not both")
         if data is None:
-            if not call.attachments:
-                raise fail("bad_args", "fs.write: give `data` or one attachment")
             data = bytes(call.attachments[0])
         return self._settle(call, self.files.write(path, data, atomic, if_match))
 
