@@ -226,6 +226,7 @@ def test_a_push_naming_an_actor_needs_the_trees_token_for_that_name():
             decode_push(push_frames("watcher", body, tok=tok))
     # anyone may push as a client, without a token, but not the tree's data loss
     assert decode_push(push_frames("client.editor", body, tok="")).actor == "client.editor"
+    assert decode_push(push_frames("client." + "é" * 100, body, tok="")).ops
     forged_loss = [TAG, packb({"actor": "client.x", "pid": 1, "ep": "e",
                                "loss": {"stream_lost": 1000}}), packb(body)]
     with pytest.raises(BadPush, match="loss"):
@@ -287,6 +288,9 @@ BAD_PUSHES = {
     "header not msgpack": [TAG, b"\xc1", packb({})],
     "header not a map": [TAG, packb([1, 2]), packb({})],
     "no actor": [TAG, packb({"pid": 1, "ep": "e"}), packb({})],
+    "client name empty": push_frames("client.", {}, tok=""),
+    "client name of 101 characters": push_frames("client." + "x" * 101, {}, tok=""),
+    "client name unprintable": push_frames("client.a\x1b[2Jb", {}, tok=""),
     "body not a map": push_frames("a", [1, 2, 3]),
     "body too deep": push_frames("a", {"x": _deep(100)}),
     "negative count": push_frames("a", {"x": {"ok": -1, "error": 0, "hist": hist([])}}),

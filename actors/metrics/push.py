@@ -29,6 +29,7 @@ from moorage.protocol.envelope import TAG, DecodeError, unpackb
 from moorage.protocol.histogram import DIGITS, HIGHEST_US, LOWEST_US, new_histogram
 
 CLIENT_PREFIX = "client."  # what a process outside the tree may push as (no loss counters)
+MAX_CLIENT_NAME = 100  # after the prefix (PROTOCOL.md section 2)
 MAX_LOSS_COUNTERS = 32  # names in a push header's `loss` (actors.runtime.stats.LOSS_COUNTERS)
 MAX_HIST_BYTES = 256 * 1024  # encoded; one of our shape is a few KiB at most
 MAX_HIST_PAYLOAD = 256 * 1024  # decompressed: bounds a zlib bomb before it is read
@@ -226,8 +227,14 @@ def decode_push(frames: Sequence[bytes]) -> Push:
             # Only a process of this tree can make the token for an actor's name; anyone
             # else (any client) pushes its own latency as `client.<name>`.
             raise BadPush(f"a push as {actor!r:.40} without the tree's token for it")
-        if actor.startswith(CLIENT_PREFIX) and header.get("loss"):
-            raise BadPush("a client cannot report the tree's data loss")
+        if actor.startswith(CLIENT_PREFIX):
+            name = actor[len(CLIENT_PREFIX):]
+            # (the name goes into query answers, the Prometheus text and `moorage top`)
+            if not 0 < len(name) <= MAX_CLIENT_NAME or not name.isprintable():
+                raise BadPush(f"a client's name must be 1 to {MAX_CLIENT_NAME} printable "
+                              f"characters: {name!r:.40}")
+            if header.get("loss"):
+                raise BadPush("a client cannot report the tree's data loss")
         body = unpackb(frames[2], max_values=limits.MAX_BODY_VALUES)
     except DecodeError as exc:
         raise BadPush(exc.error.message) from exc
