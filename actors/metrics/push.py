@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
 import zlib
 from collections import Counter
@@ -30,6 +31,7 @@ from moorage.protocol.histogram import DIGITS, HIGHEST_US, LOWEST_US, new_histog
 
 CLIENT_PREFIX = "client."  # what a process outside the tree may push as (no loss counters)
 MAX_CLIENT_NAME = 100  # after the prefix (PROTOCOL.md section 2)
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # (Unicode's Cc: what every client refuses)
 MAX_LOSS_COUNTERS = 32  # names in a push header's `loss` (actors.runtime.stats.LOSS_COUNTERS)
 MAX_HIST_BYTES = 256 * 1024  # encoded; one of our shape is a few KiB at most
 MAX_HIST_PAYLOAD = 256 * 1024  # decompressed: bounds a zlib bomb before it is read
@@ -230,9 +232,9 @@ def decode_push(frames: Sequence[bytes]) -> Push:
         if actor.startswith(CLIENT_PREFIX):
             name = actor[len(CLIENT_PREFIX):]
             # (the name goes into query answers, the Prometheus text and `moorage top`)
-            if not 0 < len(name) <= MAX_CLIENT_NAME or not name.isprintable():
-                raise BadPush(f"a client's name must be 1 to {MAX_CLIENT_NAME} printable "
-                              f"characters: {name!r:.40}")
+            if not 0 < len(name) <= MAX_CLIENT_NAME or CONTROL.search(name):
+                raise BadPush(f"a client's name must be 1 to {MAX_CLIENT_NAME} characters, "
+                              f"none a control character: {name!r:.40}")
             if header.get("loss"):
                 raise BadPush("a client cannot report the tree's data loss")
         body = unpackb(frames[2], max_values=limits.MAX_BODY_VALUES)
