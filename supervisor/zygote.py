@@ -475,8 +475,8 @@ class _Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the supervisor's EOF ends us
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # only the supervisor's EOF ends us
 
     def _step_one(self) -> None:
         step = self.steps.pop(0)
@@ -648,7 +648,7 @@ class _Zygote:
             signal.set_wakeup_fd(-1)
             os.close(self.wake_r)
             os.close(self.wake_w)
-            for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(s, signal.SIG_DFL)
             follow_supervisor(zygote, self.supervisor)
             sock = self.sock

@@ -13,7 +13,7 @@ import pytest
 
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
-from tests.conftest import assert_all_gone, pid_running, wait_pid_exit
+from tests.conftest import assert_all_gone, descendants, pid_running, wait_pid_exit
 from tests.terminal_support import env_for, make_home, terminal_tree
 from tests.waiting import wait_for
 
@@ -178,6 +178,26 @@ def test_a_sigkill_of_the_root_leaves_no_process_of_any_session(make_tree, tmp_p
     tree = make_tree(TREE).start()
     _, shell, job = start_stubborn_job(tree.client, tmp_path)
     kill_the_root_and_find_the_session_gone(tree, shell, job)
+
+
+@pytest.mark.parametrize("whom", ["group", "root"])
+def test_a_hang_up_stops_the_tree_in_order_and_leaves_no_process_of_any_session(
+        make_tree, tmp_path, whom):
+    """SIGHUP to `moorage up`'s process group (the terminal it ran in closed) or to the root
+    alone is a stop, as SIGTERM is: the root stops its children, the keeper kills its
+    sessions' jobs, the runtime dir is left clean, and the exit is not a death by signal."""
+    tree = make_tree(TREE).start()
+    _, shell, job = start_stubborn_job(tree.client, tmp_path)
+    procs = [*session_processes(shell), psutil.Process(tree.pid), *descendants(tree.pid)]
+    if whom == "group":
+        os.killpg(tree.pid, signal.SIGHUP)
+    else:
+        os.kill(tree.pid, signal.SIGHUP)
+    assert wait_pid_exit(tree.pid, 30)
+    assert tree.proc is not None and tree.proc.wait(10) == 0
+    assert_all_gone(procs, timeout=15)
+    assert not pid_running(job)
+    assert not (tree.runtime_dir / "tree.json").exists()
 
 
 def test_down_then_up_starts_without_the_old_sessions(make_tree, tmp_path):

@@ -917,8 +917,11 @@ class Actor:
 
     def serve(self) -> None:
         """Run until stopped; then answer what is pending and close."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        # A hang-up (the terminal `moorage up` ran in closed, or a launcher signalled its
+        # group) is a stop like the others: its default action would end the process at
+        # once, the root's ordered stop and the keeper's kill of its sessions' jobs undone.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
         self.loop.set_primary(self.rpc, self.handle_batch, self.ctx, self.queue_limit * 2)
         self.loop.add_reader(self.pub_socket, self._drain_subscriptions)
         self.loop.add_reader(self._pub_monitor, self._on_pub_monitor)
