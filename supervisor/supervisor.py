@@ -87,6 +87,7 @@ from moorage.supervisor.policy import (
 from moorage.supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
 from moorage.supervisor.shedding import SheddingOps
 from moorage.supervisor.spec import SupervisorSpec
+from moorage.supervisor.strays import end_strays
 from moorage.supervisor.zygote import ZYGOTE_EVENTS, ZygoteHandle, readable
 
 ESCALATED_EXIT_CODE = 3
@@ -247,6 +248,7 @@ class Supervisor(Actor):
             self.loop.remove_reader(self.spare.fileno())
             self.spare.close()
         self.zygote.close()
+        end_strays(self.name)  # (what left its session below us: `setsid -f` from a shell)
 
     # --- the job queue: starts and stops that must happen one after another -------------
 

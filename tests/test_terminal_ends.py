@@ -4,6 +4,7 @@ and a tree stopped with `down` and started again does not bring old sessions bac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -189,15 +190,47 @@ def test_a_hang_up_stops_the_tree_in_order_and_leaves_no_process_of_any_session(
     tree = make_tree(TREE).start()
     _, shell, job = start_stubborn_job(tree.client, tmp_path)
     procs = [*session_processes(shell), psutil.Process(tree.pid), *descendants(tree.pid)]
-    if whom == "group":
-        os.killpg(tree.pid, signal.SIGHUP)
-    else:
-        os.kill(tree.pid, signal.SIGHUP)
-    assert wait_pid_exit(tree.pid, 30)
-    assert tree.proc is not None and tree.proc.wait(10) == 0
-    assert_all_gone(procs, timeout=15)
-    assert not pid_running(job)
-    assert not (tree.runtime_dir / "tree.json").exists()
+    try:
+        if whom == "group":
+            os.killpg(tree.pid, signal.SIGHUP)
+        else:
+            os.kill(tree.pid, signal.SIGHUP)
+        assert wait_pid_exit(tree.pid, 30)
+        assert tree.proc is not None and tree.proc.wait(10) == 0
+        assert_all_gone(procs, timeout=15)
+        assert not pid_running(job)
+        assert not (tree.runtime_dir / "tree.json").exists()
+    finally:
+        for p in procs:  # (what a failure left: the session's jobs are no tree's)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+
+
+def test_a_job_that_left_its_session_is_ended_when_the_tree_stops(make_tree, tmp_path):
+    """`setsid -f` takes a job out of the session the keeper ends; orphaned, it becomes the
+    terminals supervisor's child (a subreaper), which ends it as it stops: SIGTERM, then
+    SIGKILL for one that ignores it."""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    s = tree.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
+                  timeout=30)
+    pidfile = tmp_path / "stray.pid"
+    tree.call("terminal", "term.exec", {
+        "session": s["session"],
+        "command": f"setsid -f sh -c 'trap \"\" HUP TERM; echo $$ > {pidfile}; "
+                   "exec sleep 1000'"}, timeout=30)
+    stray = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(),
+                         "the stray's pid"))
+    proc = psutil.Process(stray)
+    try:
+        assert os.getsid(stray) != s["pid"]
+        wait_for(lambda: proc.ppid() == tree.child("terminals")["pid"],
+                 "the stray orphaned to the terminals supervisor")
+        tree.stop()
+        assert_all_gone([proc], timeout=15)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 def test_down_then_up_starts_without_the_old_sessions(make_tree, tmp_path):
