@@ -23,7 +23,7 @@ use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connec
 use crate::envelope::{decode_reply, decode_stream, Reply};
 use crate::errors::{unauthorized, Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
-use crate::limits::{HWM, MAX_MESSAGE_SIZE};
+use crate::limits::{HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN};
 use crate::recovery::{Backoff, BreakerState, CircuitBreaker};
 use crate::streams::{StreamEvent, StreamTracker};
 
@@ -563,6 +563,13 @@ impl Client {
 
     /// Subscribe to `topics` (prefixes; "" for all) of `actor`.
     pub fn subscribe(&mut self, actor: &str, topics: &[&str], opts: SubscribeOptions) -> Result<Subscription, Error> {
+        // The publisher closes a connection that subscribes a longer topic, and the SUB would
+        // resend it at each reconnect: every topic of the socket lost for good.
+        if let Some(t) = topics.iter().find(|t| t.len() > MAX_TOPIC_LEN) {
+            let head: String = t.chars().take(40).collect();
+            let m = format!("{actor}: a topic of {} bytes (at most {MAX_TOPIC_LEN}): {head:?}...", t.len());
+            return Err(local_error("bad_args", m, actor, "subscribe"));
+        }
         let zerr = |e: zmq::Error| local_error("unavailable", format!("{actor}: {e}"), actor, "subscribe");
         let sock = self.ctx.socket(zmq::SUB).map_err(zerr)?;
         sock.set_linger(0).map_err(zerr)?;

@@ -4,6 +4,7 @@ pub const MAX_HEADER_SIZE: usize = 4096;
 pub const MAX_BODY_SIZE: usize = 16 * 1024 * 1024;
 pub const MAX_ATTACHMENTS: usize = 16;
 pub const MAX_OP_LEN: usize = 64;
+pub const MAX_TOPIC_LEN: usize = 256; // a subscription's topic, in bytes: longer ones close the connection
 pub const MAX_SID_LEN: usize = 128;
 pub const MAX_ID: u64 = (1 << 53) - 1;
 pub const HWM: i32 = 100_000;

@@ -26,7 +26,7 @@ import {
 } from "./endpoints.js";
 import { type Reply, decodeReply, decodeStream } from "./envelope.js";
 import { DecodeError, MoorageError, unauthorized, wireError } from "./errors.js";
-import { HWM, MAX_MESSAGE_SIZE } from "./limits.js";
+import { HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
 import { Backoff, type BreakerState, CircuitBreaker } from "./recovery.js";
@@ -485,6 +485,15 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   private closed = false;
 
   constructor(readonly client: Client, readonly actor: string, readonly topics: readonly string[], options: SubscribeOptions) {
+    for (const t of topics) {
+      // The publisher closes a connection that subscribes a longer topic, and the SUB would
+      // resend it at each reconnect: every topic of the socket lost for good.
+      const bytes = Buffer.byteLength(t, "utf8");
+      if (bytes > MAX_TOPIC_LEN) {
+        throw new MoorageError(wireError("bad_args",
+          `${actor}: a topic of ${bytes} bytes (at most ${MAX_TOPIC_LEN}): ${JSON.stringify(t.slice(0, 40))}...`), actor, "subscribe", 0);
+      }
+    }
     const o = client.options;
     this.sock = new Subscriber({
       linger: 0,

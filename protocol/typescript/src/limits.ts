@@ -5,6 +5,7 @@ export const MAX_BODY_SIZE = 16 * 1024 * 1024;
 export const MAX_ATTACHMENTS = 16;
 export const MAX_DEPTH = 32;
 export const MAX_OP_LEN = 64;
+export const MAX_TOPIC_LEN = 256; // a subscription's topic, in bytes: longer ones close the connection
 export const MAX_SID_LEN = 128;
 export const MAX_ID = Number.MAX_SAFE_INTEGER;
 export const HWM = 100_000;

@@ -15,7 +15,7 @@ import { now } from "../src/calls.js";
 import { Client } from "../src/client.js";
 import { type Request, decodeRequest, encodeReply, encodeStream, encodeWelcome } from "../src/envelope.js";
 import { MoorageError } from "../src/errors.js";
-import { MAX_MESSAGE_SIZE } from "../src/limits.js";
+import { MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "../src/limits.js";
 import { type StreamEvent, StreamTracker } from "../src/streams.js";
 
 const A = "aaaaaaaaaaaaaaaa";
@@ -263,6 +263,44 @@ test("untilLive returns the events that came before the welcomes and keeps them 
     assert.deepEqual(early.map((e) => message(e).seq), [1]);
     assert.deepEqual(await sub.next(1), early[0]);
     assert.equal(await sub.next(0.05), null);
+  } finally {
+    await c.close();
+    pub.close();
+  }
+});
+
+test("a topic longer than MAX_TOPIC_LEN bytes is refused with bad_args before a socket is made; one of the limit is subscribed", async () => {
+  const dir = scratch();
+  const pub = new XPublisher({ linger: 0 });
+  await pub.bind(`ipc://${dir}/alpha.pub`);
+  const c = new Client({ runtimeDir: dir, learnOps: false });
+  try {
+    // A SUB has a descriptor of its own (others may close meanwhile: those of earlier tests).
+    const fds = () => new Set(readdirSync("/proc/self/fd").map((fd) => {
+      try {
+        return `${fd} ${readlinkSync(`/proc/self/fd/${fd}`)}`;
+      } catch {
+        return fd; // closed since the listing
+      }
+    }));
+    for (const [topic, bytes] of [["x".repeat(MAX_TOPIC_LEN + 1), 257], ["é".repeat(129), 258]] as const) {
+      const before = fds();
+      assert.throws(() => c.subscribe("alpha", ["ok", topic]), (e: unknown) => {
+        assert.ok(e instanceof MoorageError, String(e));
+        assert.equal(e.error.name, "bad_args");
+        assert.match(e.error.message, new RegExp(`^alpha: a topic of ${bytes} bytes \\(at most 256\\)`));
+        return true;
+      });
+      assert.deepEqual([...fds()].filter((fd) => !before.has(fd)), []);
+    }
+    const topic = "é".repeat(MAX_TOPIC_LEN / 2); // 256 bytes
+    const sub = c.subscribe("alpha", [topic]);
+    try {
+      // The first subscription to reach the publisher: none of the refused ones did.
+      assert.deepEqual(await within(pub.receive(), 5, "the subscription"), [Buffer.concat([Buffer.from([1]), Buffer.from(topic)])]);
+    } finally {
+      sub.close();
+    }
   } finally {
     await c.close();
     pub.close();
