@@ -23,7 +23,7 @@ function fresh(): Counts {
 }
 
 export function checkMetricsName(name: unknown): string {
-  if (typeof name !== "string" || name.length === 0 || name.length > MAX_NAME || /[\x00-\x1f\x7f]/.test(name)) {
+  if (typeof name !== "string" || name.length === 0 || name.length > MAX_NAME || /[\x00-\x1f\x7f-\x9f]/.test(name)) {
     throw new Error(`metricsName must be 1 to ${MAX_NAME} printable characters`);
   }
   return name;

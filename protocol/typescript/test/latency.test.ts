@@ -12,7 +12,7 @@ import { inflateSync } from "node:zlib";
 import { Client } from "../src/client.js";
 import { endpointsOf } from "../src/endpoints.js";
 import { COUNTS_LEN, Recorder, countsIndex, valueAt } from "../src/histogram.js";
-import { type Counts, LatencyBook, LatencyPusher, splitPush } from "../src/latency.js";
+import { type Counts, LatencyBook, LatencyPusher, checkMetricsName, splitPush } from "../src/latency.js";
 import { MAX_PUSH_BUCKETS } from "../src/limits.js";
 
 const DIR = process.env.MOORAGE_CONFORMANCE_DIR;
@@ -43,6 +43,13 @@ function fat(seed: number): Counts {
   }
   return { ok: times.total, error: 0, times };
 }
+
+test("a metrics name the metrics actor would refuse is refused when the client is made", () => {
+  for (const bad of ["", "x".repeat(101), "a\x1b[2Jb", "a\x9bb", "a\x7fb"]) {
+    assert.throws(() => checkMetricsName(bad), /1 to 100 printable/, JSON.stringify(bad));
+  }
+  assert.equal(checkMetricsName("é".repeat(100)), "é".repeat(100));
+});
 
 test("a push of 300 ops goes as bodies the metrics actor takes, each op once, in order", () => {
   const book = new LatencyBook(true);
