@@ -25,6 +25,7 @@ orphaned (stopping when the grace period is over unless adopted).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -88,6 +89,7 @@ class Lifecycle:
         self._grace: Timer | None = None
         self._orphaned_at: float | None = None
         self.ready_at: float | None = None
+        self._stdin_blocking = True
 
     # --- start and ready ---------------------------------------------------------------------
 
@@ -96,6 +98,10 @@ class Lifecycle:
         if self.opts.parent is not None:
             self._follow(self.opts.parent)
         if self.opts.stdin_eof:
+            # Non-blocking, since a wake-up another reader of the same file took first must
+            # not hold the loop; the flag is the open file's, shared with whoever gave it us
+            # (a terminal's shell), so it is put back when we stop watching.
+            self._stdin_blocking = os.get_blocking(0)
             os.set_blocking(0, False)
             self.sup.loop.add_reader(0, self._on_stdin)
 
@@ -177,6 +183,8 @@ class Lifecycle:
         if self.opts.stdin_eof:
             self.sup.loop.remove_reader(0)
             self.opts.stdin_eof = False
+            with contextlib.suppress(OSError):  # (closed, or gone with its writer)
+                os.set_blocking(0, self._stdin_blocking)
 
     def _orphan(self, why: str) -> None:
         if self.sup.shutting_down or self.state == "orphaned":

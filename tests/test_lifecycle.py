@@ -460,6 +460,27 @@ def test_end_of_file_on_stdin_orphans_the_tree_like_the_editors_death(ups, runti
     nothing_left(rdir)
 
 
+def test_stdin_watched_for_its_end_is_given_back_blocking_when_the_tree_stops(ups, runtime_dir):
+    """The tree reads its stdin non-blocking, a flag of the open file it shares with whoever
+    gave it (a terminal's shell reads the same): the flag is put back as it was."""
+    r, w = os.pipe()
+    try:
+        rdir = runtime_dir / "flags"
+        u = up(ups, rdir, FAKES.format(grace=0), "--exit-on-stdin-eof", stdin=r)
+        u.line()
+        procs = list(u.procs)
+        assert not os.get_blocking(r)  # (the same open file as the tree's stdin)
+        os.close(w)
+        w = -1
+        assert wait_pid_exit(u.proc.pid, 30) and u.proc.wait(10) == 0
+        assert_all_gone(procs)
+        assert os.get_blocking(r)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
 def test_end_of_file_on_stdin_orphans_with_no_parent_and_status_says_why(ups, runtime_dir):
     """The --parent still lives: the tree is orphaned by its stdin, not by the parent's
     death, and nothing says that the parent is gone."""
