@@ -212,17 +212,20 @@ def install_handlers(level: str = "INFO", console_level: str = "WARNING") -> Non
     global _installed
     logger.remove()
     logger.configure(extra={"actor": "-"})
+    # diagnose=False on every sink: loguru's default writes each frame's local variables
+    # into a traceback, a client's CURVE secret or a file's contents among them, and
+    # thousands of lines of them a failure.
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, ValueError, OSError):  # (a stderr replaced by one without an fd)
         fd = None
     if fd is None:
-        logger.add(sys.stderr, level=console_level, format=CONSOLE_FORMAT)
+        logger.add(sys.stderr, level=console_level, format=CONSOLE_FORMAT, diagnose=False)
     else:
         CONSOLE.open(fd)
         CONSOLE.take_stderr(fd)
-        logger.add(CONSOLE, level=console_level, format=CONSOLE_FORMAT)
-    logger.add(SINK, level=level, format=FILE_FORMAT)
+        logger.add(CONSOLE, level=console_level, format=CONSOLE_FORMAT, diagnose=False)
+    logger.add(SINK, level=level, format=FILE_FORMAT, diagnose=False)
     _installed = (level, console_level)
 
 
