@@ -65,9 +65,15 @@ def acquire_instance_lock(runtime_dir: Path) -> int:
     """flock the instance: released by the kernel when the root dies, however it dies."""
     fd = lock_instance(runtime_dir)
     if isinstance(fd, str):
+        # (held while it starts and while it stops too: a start right after a `down` may
+        # find one that has not ended yet)
+        stopping = not (runtime_dir / endpoints.CONNECTION_FILE).exists()
         raise AlreadyRunning(
-            f"a moorage tree is already running in {runtime_dir} (pid {fd}); "
-            "stop it with `moorage down` or pick another --instance")
+            f"a moorage tree holds {runtime_dir} (pid {fd}"
+            f"{', starting or stopping' if stopping else ''}); "
+            + ("try again once it has ended, or stop it with `moorage down`"
+               if stopping else "stop it with `moorage down`")
+            + " or pick another --instance")
     os.write(fd, str(os.getpid()).encode())
     return fd
 

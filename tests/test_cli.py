@@ -145,6 +145,7 @@ def test_one_exit_code_table_for_every_command(make_tree):
     assert moorage(tree, "kill", "supervisor").returncode == 2
     up = moorage(tree, "up", "--config", str(tree.config_path), "--allow-external-actors")
     assert up.returncode == 1 and json.loads(up.stdout)["error"]["name"] == "already_running"
+    assert "stop it with `moorage down`" in json.loads(up.stdout)["error"]["message"]
     help_ = text(moorage(tree, "--help"))
     for code in ("0  done", "1  the tree answered", "2  usage", "3  the tree gave up",
                  "4  no tree"):
@@ -446,3 +447,29 @@ def test_caller_errors_do_not_count_against_the_slo(make_tree):
     out = text(moorage(tree, "slo"))
     assert "seed" not in out.lower() and "caller errors" in out
     assert not wait_pid_exit(tree.pid, 0)
+
+
+STOPPING_SLOWLY = """
+[[children]]
+id = "stubborn"
+start = "tests.fakes:FakeActor"
+shutdown_ms = 60000
+config = { ignore_sigterm = true }
+"""
+
+
+def test_an_up_while_the_tree_stops_says_it_is_stopping_not_just_running(make_tree):
+    """A start right after a stop may find the old root still holding the instance: the
+    refusal says so, rather than sending the user to a `down` already under way."""
+    tree = make_tree(STOPPING_SLOWLY).start()
+    stubborn = tree.child("stubborn")["pid"]
+    tree.call("supervisor", "sup.stop")
+    wait_for(lambda: not (tree.runtime_dir / "tree.json").exists(), "the tree stopping")
+    try:
+        up = moorage(tree, "up", "--config", str(tree.config_path), "--allow-external-actors")
+        error = json.loads(up.stdout)["error"]
+        assert up.returncode == 1 and error["name"] == "already_running"
+        assert "starting or stopping" in error["message"], error
+    finally:
+        os.kill(stubborn, signal.SIGKILL)  # (the stop then ends at once)
+    assert wait_pid_exit(tree.pid, 30)
