@@ -46,6 +46,7 @@ class Child:
     stop_requested: bool = False
     stop_stage: str = ""  # term | kill: how far a requested stop had to go
     kill_reason: str = ""  # why the supervisor killed it (start timeout, missed heartbeats)
+    start_error: str = ""  # what it said failed before it died starting (zygote MAX_WHY)
     # The supervisor sent its process SIGKILL: it is dead or about to be, and no longer
     # watched (its beat is not read) until its exit is reported, which a stuck zygote may
     # leave untold for a while; one hang is one `hung` event and one kill.

@@ -28,7 +28,13 @@ from moorage.protocol.remote import LISTEN_FILE, remove_plan, write_plan
 from moorage.supervisor.lifecycle import LifecycleOptions, remove_connection_file
 from moorage.supervisor.remote import listen_plan
 from moorage.supervisor.spec import SupervisorSpec, parse_tree
-from moorage.supervisor.zygote import INSTANCE_ENV, LAUNCHERS, set_title, start_zygote
+from moorage.supervisor.zygote import (
+    INSTANCE_ENV,
+    LAUNCHERS,
+    LaunchFailed,
+    set_title,
+    start_zygote,
+)
 
 
 class AlreadyRunning(RuntimeError):
@@ -135,8 +141,9 @@ def tree_names(spec: SupervisorSpec) -> list[str]:
 
 def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
              log_level: str = "INFO", lifecycle: LifecycleOptions | None = None,
-             state: Path | None = None) -> int:
-    """Run the tree in this process until it stops; returns the exit code. Raises
+             state: Path | None = None) -> tuple[int, str]:
+    """Run the tree in this process until it stops; returns the exit code and, when it gave
+    up, why (the child and its last exit). Raises
     PathTooLong or AlreadyRunning before anything starts. However it ends (a clean stop, an
     escalation, an exception), it leaves no socket file, connection file or lock behind;
     the kernel's PR_SET_PDEATHSIG takes every process it started with it."""
@@ -166,7 +173,7 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         zygote = start_zygote(spec.modules(), close_fds=keep_out, owner=spec.id)
         sup = Supervisor(spec, runtime_dir, zygote, doc, root=True, lifecycle=lifecycle)
         sup.serve()
-        return sup.exit_code
+        return sup.exit_code, sup.escalation
     finally:
         remove_connection_file(runtime_dir)
         remove_plan(runtime_dir)
@@ -187,9 +194,9 @@ def _launch_actor(payload: dict, ready: Callable[[], None]) -> None:
     try:
         cls = resolve(payload["entry"])
         actor = cls(payload["name"], runtime_dir, config)
-    except Exception:
+    except Exception as exc:
         logger.exception("{} failed to start", payload["name"])
-        raise SystemExit(1) from None
+        raise LaunchFailed(f"{type(exc).__name__}: {exc}") from None
     actor.ready_hook = ready
     actor.serve()
 
@@ -208,6 +215,8 @@ def _launch_supervisor(payload: dict, ready: Callable[[], None]) -> None:
     sup = Supervisor(spec, runtime_dir, zygote, doc)
     sup.ready_hook = ready
     sup.serve()
+    if sup.escalation:  # (the one below it that kept dying, and how it died)
+        raise LaunchFailed(sup.escalation, sup.exit_code)
     sys.exit(sup.exit_code)
 
 

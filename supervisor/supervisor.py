@@ -88,7 +88,7 @@ from moorage.supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
 from moorage.supervisor.shedding import SheddingOps
 from moorage.supervisor.spec import SupervisorSpec
 from moorage.supervisor.strays import end_strays
-from moorage.supervisor.zygote import ZYGOTE_EVENTS, ZygoteHandle, readable
+from moorage.supervisor.zygote import MAX_WHY, ZYGOTE_EVENTS, ZygoteHandle, readable
 
 ESCALATED_EXIT_CODE = 3
 ORPHAN_EXITS_KEPT = 1024  # the last reaped orphans' statuses, for sup.orphan_exit
@@ -139,6 +139,7 @@ class Supervisor(Actor):
         self.outbound = Outbound(self)
         self.shutting_down = False
         self.exit_code = 0
+        self.escalation = ""  # why it gave up (ESCALATED_EXIT_CODE), for a failed start's line
         self.initial_start_done = False
         self._ready_callback: Callable[[], None] | None = None
         self.relay = EventRelay(self)
@@ -370,7 +371,7 @@ class Supervisor(Actor):
             kind = ev.get("ev")
             # Only the zygote speaks of forks and deaths, and a child only of itself (the
             # kernel says who sent each: `from`); anything else is refused and logged.
-            if kind == "ready":
+            if kind in ("ready", "start_failed"):
                 trusted = ev["from"] is not None and ev["from"] == ev.get("pid")
             else:
                 trusted = ev["from"] == zygote.pid and kind in ZYGOTE_EVENTS
@@ -403,6 +404,10 @@ class Supervisor(Actor):
                     # A dead zygote's fork we never took as a child's (its "spawned" came
                     # for a start given up on): said ready before it was killed for that.
                     self._kill_stray(ev["pid"], "a stray child of a dead zygote")
+            elif kind == "start_failed":
+                child = self.by_pid.get(ev["pid"])
+                if child is not None and child.state is ChildState.STARTING:
+                    child.start_error = str(ev.get("error"))[:MAX_WHY]
             elif kind in ("stopped", "continued"):
                 child = self.by_pid.get(ev["pid"])
                 if child is not None:
@@ -750,10 +755,11 @@ class Supervisor(Actor):
         now = time.monotonic()
         detail = child.kill_reason or reason.detail
         if not detail and reason.kind is ExitKind.ABNORMAL and child.state is ChildState.STARTING:
-            detail = "died during start"
+            detail = "died during start" + (f": {child.start_error}" if child.start_error
+                                            else "")
         if detail != reason.detail:
             reason = ExitReason(reason.kind, reason.code, reason.signal, detail)
-        child.kill_reason = ""
+        child.kill_reason = child.start_error = ""
         uptime = child.uptime(now)
         serving = child.serving_for(now)
         self._leave_stable_fallback(child, serving)
@@ -899,8 +905,10 @@ class Supervisor(Actor):
         child.plan = (self.loop.call_later(delay, due), work)
 
     def _escalate(self, child: Child) -> None:
+        last = child.last_exit.describe() if child.last_exit is not None else ""
         msg = (f"{child.id}: more than {self.spec.intensity} restarts in {self.spec.period_s}s"
-               " and no fallback left")
+               " and no fallback left" + (f"; the last: {last}" if last else ""))
+        self.escalation = msg
         logger.error("{}: escalating: {}", self.name, msg)
         self.event("escalated", child, reason=msg)
         self.exit_code = ESCALATED_EXIT_CODE

@@ -135,6 +135,17 @@ def _decode(data: bytes) -> dict:
 
 
 # what only the zygote itself says (a child says `ready`, of itself)
+MAX_WHY = 500  # characters of a start failure's reason a child reports
+
+
+class LaunchFailed(Exception):
+    """A launcher's child ends with `code`, for the reason its message gives (already
+    logged): told to the supervisor when it had not said it was ready."""
+
+    def __init__(self, why: str, code: int = 1) -> None:
+        super().__init__(why)
+        self.code = code
+
 ZYGOTE_EVENTS = frozenset({"hello", "spawned", "spawn_failed", "exited", "stopped",
                            "continued"})
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -639,6 +650,8 @@ class _Zygote:
     def _become_child(self, zygote: int, kind: str, payload: dict,
                       beat: int | None, told: int) -> None:
         code = 0
+        sock: socket.socket | None = None
+        said_ready = False
         try:
             if not wait_told(told):
                 code = UNTOLD_EXIT
@@ -655,6 +668,8 @@ class _Zygote:
             sock.set_inheritable(False)
 
             def ready() -> None:
+                nonlocal said_ready
+                said_ready = True
                 try:
                     sock.send(_encode({"ev": "ready", "pid": os.getpid()}))
                 finally:
@@ -663,9 +678,18 @@ class _Zygote:
             launcher_for(kind)(payload, ready)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
+        except BaseException as exc:
+            why = str(exc) if isinstance(exc, LaunchFailed) else f"{type(exc).__name__}: {exc}"
+            code = exc.code if isinstance(exc, LaunchFailed) else 1
+            if not isinstance(exc, LaunchFailed):  # (a launcher logged its own)
+                traceback.print_exc()
+            if sock is not None and not said_ready:
+                # Why it could not start (a port taken, a bad config value), for the
+                # supervisor's exit event and a failed start's line: the exit code alone
+                # says nothing.
+                with contextlib.suppress(OSError):
+                    sock.send(_encode({"ev": "start_failed", "pid": os.getpid(),
+                                       "error": why[:MAX_WHY]}))
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

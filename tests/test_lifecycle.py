@@ -322,9 +322,39 @@ config = { fail_at_start = true }
     u = up(ups, runtime_dir / "doomed", config)
     line = u.line()
     assert line["moorage"] == "failed" and line["error"]["name"] == "start_failed"
-    assert "gave up" in line["error"]["message"]
+    # the child, and what it said failed: the exit code alone says nothing
+    assert "gave up" in line["error"]["message"] and "doomed: more than 1 restarts" in \
+        line["error"]["message"]
+    assert "died during start: RuntimeError: configured to fail at start" in \
+        line["error"]["message"], line
     assert u.proc.wait(30) == 3
     nothing_left(runtime_dir / "doomed")
+
+
+def test_a_start_that_fails_below_a_nested_supervisor_is_named_on_the_failed_line(
+        ups, runtime_dir):
+    """The nested supervisor gives up and dies starting: it says why (its child and that
+    child's own reason), and the root's line carries the whole chain."""
+    config = """
+[supervisor]
+intensity = 1
+backoff = { initial_ms = 1, factor = 1.0, max_ms = 1 }
+[[children]]
+id = "inner"
+type = "supervisor"
+intensity = 1
+[[children.children]]
+id = "doomed"
+start = "tests.fakes:FakeActor"
+config = { fail_at_start = true }
+"""
+    u = up(ups, runtime_dir / "nested", config)
+    message = u.line()["error"]["message"]
+    assert message.startswith("the tree gave up during start: inner: more than 1 restarts")
+    assert "died during start: doomed: more than 1 restarts" in message, message
+    assert "died during start: RuntimeError: configured to fail at start" in message, message
+    assert u.proc.wait(30) == 3
+    nothing_left(runtime_dir / "nested")
 
 
 def test_a_socket_path_over_the_sun_path_limit_is_refused_with_the_path_and_the_limit(
