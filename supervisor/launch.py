@@ -75,7 +75,7 @@ def acquire_instance_lock(runtime_dir: Path) -> int:
         # find one that has not ended yet)
         stopping = not (runtime_dir / endpoints.CONNECTION_FILE).exists()
         raise AlreadyRunning(
-            f"a moorage tree holds {runtime_dir} (pid {fd}"
+            f"a moorage tree is already running in {runtime_dir} (pid {fd}"
             f"{', starting or stopping' if stopping else ''}); "
             + ("try again once it has ended, or stop it with `moorage down`"
                if stopping else "stop it with `moorage down`")
