@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import zmq
 
+from moorage.actors.vtparse import clean
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import decode_reply, encode_request
@@ -348,6 +349,23 @@ def test_a_resent_exec_that_timed_out_gets_its_answer_again_and_never_runs_twice
     # A second run would have been answered before the resend's reply: the session runs one
     # command at a time, so this one comes after any such run.
     assert term.exec(sid, f"cat {runs}")["output"] == "run"
+
+
+ESCAPES = "import sys; sys.stdout.buffer.write(b'\\x1b[31mred\\x1b[0m \\x1bP1\\x1b\\\\ ' * 40000)"
+
+
+def test_escape_heavy_output_is_cleaned_whole_and_the_loop_serves_while_it_is(term):
+    """A DCS in each line sends the output through the parser, at about a microsecond a
+    byte: the answer's text is made a slice a loop turn, so a request that comes after the
+    command ended is answered before the command is, and the text is clean() of it all."""
+    sid = term.create("bash")["session"]
+    cmds = term.commands(sid)
+    t, box = term.exec_in_thread(sid, f'python3 -c "{ESCAPES}"')
+    cmds.next_event("end")
+    assert term.call("sys.ping", {}) and "reply" not in box  # (answered between slices)
+    t.join(60)
+    payload = b"\x1b[31mred\x1b[0m \x1bP1\x1b\\ " * 40000
+    assert box["reply"]["output"] == clean(payload).rstrip("\n")
 
 
 def test_exit_inside_a_session_ends_it_with_its_code(term):

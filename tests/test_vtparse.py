@@ -19,6 +19,7 @@ from moorage.actors.vtparse import (
     KINDS,
     MAX_BUFFER_SIZE,
     MAX_HEADER,
+    Cleaner,
     CommandFinished,
     CommandLine,
     Csi,
@@ -31,6 +32,7 @@ from moorage.actors.vtparse import (
     Text,
     TextCollector,
     clean,
+    clean_fast,
     layout,
     unescape,
 )
@@ -336,6 +338,20 @@ def test_clean_decodes_utf8_with_replacement_per_run() -> None:
 def test_clean_gives_the_parser_text_when_the_fast_strip_cannot_be_used() -> None:
     data = b"a\x1b[1\n2mb\x1b]0;t\x01itle\x07c\x1bPq\x1b\\d"
     assert clean(data) == "a\nbcd"
+
+
+def test_a_cleaner_fed_in_pieces_cut_anywhere_gives_what_clean_gives() -> None:
+    """A slice a loop turn: a sequence or a UTF-8 character cut between two pieces is kept
+    by the parser, so every cut of the stream gives clean()'s text of the whole."""
+    data = ("é€".encode() + b"a\x1b[1\n2mb\x1b]0;t\x01itle\x07c\x1bPq\x1b\\d\x1b[31mred\x1b[0m"
+            b"\r\n\x1b_apc\x1b\\x\xff")
+    assert clean_fast(data) is None  # (the parser's path)
+    for size in range(1, len(data) + 1):
+        cleaner = Cleaner()
+        for i in range(0, len(data), size):
+            cleaner.feed(data[i:i + size])
+        assert cleaner.text() == clean(data), size
+    assert clean_fast(b"\x1b[32mok\x1b[0m\r\n") == clean(b"\x1b[32mok\x1b[0m\r\n") == "ok\n"
 
 
 def test_clean_of_a_range_between_markers_is_the_command_output() -> None:

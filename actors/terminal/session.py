@@ -46,6 +46,7 @@ from moorage.actors.terminal.outbuf import OutputBuffer, Timers
 from moorage.actors.terminal.parsehop import ParseHop, ParserLink
 from moorage.actors.terminal.ring import SessionRing
 from moorage.actors.vtparse import (
+    Cleaner,
     CommandFinished,
     CommandLine,
     Cwd,
@@ -54,11 +55,16 @@ from moorage.actors.vtparse import (
     PromptEnd,
     PromptStart,
     clean,
+    clean_fast,
 )
 from moorage.protocol.errors import WireError
 
 MODES = ("integration", "no_integration", "raw_output")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+
+
+class HostLoop(Timers, Protocol):
+    def defer(self, fn: Callable[[], None]) -> None: ...
 
 
 class SessionHost(Protocol):
@@ -71,7 +77,7 @@ class SessionHost(Protocol):
     max_output: int
     output_window_s: float
     parse_link: ParserLink
-    loop: Timers
+    loop: HostLoop
 
     def integration_allowed(self) -> bool: ...
     def need_tick(self, s: Session) -> None: ...
@@ -87,6 +93,10 @@ class SessionHost(Protocol):
 
 
 PUBLISH_CHUNK = 128 << 10  # the largest term.out message
+# A command's output cleaned a slice a loop turn when it needs the parser (escape-heavy
+# bytes cost it about a microsecond each: a megabyte in one go held the loop for a second).
+CLEAN_SLICE = 16 << 10
+TIMEOUT_TAIL = 16 << 10  # what a timed-out command's answer is cleaned from (it keeps 4096)
 
 
 class RingScroll:
@@ -384,7 +394,7 @@ class Session:
         self.command_line = None
         if ex is not None and ex.mode == "integration":
             begin = ex.out_start if ex.out_start is not None else ex.sent_off
-            self._complete(exit_code, self._text(begin, at), self._via)
+            self._complete(exit_code, begin, at, self._via)
 
     # --- time: one sweep for every deadline, no timer per command ---------------------------
     # (a cancelled loop timer stays queued, with what it refers to, until it is due)
@@ -521,46 +531,87 @@ class Session:
         # a shell that still marks its prompt (integration turned off by degradation) shows
         # where the output ends
         end = self.last_prompt_at if self.last_prompt_at > ex.sent_off else self.offset
-        text = self._text(ex.sent_off, end, raw=ex.mode == "raw_output")
-        self._complete(None, cut_echo_and_prompt(text, ex.command, self.meta.get("prompt")))
+        prompt = self.meta.get("prompt")
+        self._complete(None, ex.sent_off, end, raw=ex.mode == "raw_output",
+                       shape=lambda text: cut_echo_and_prompt(text, ex.command, prompt))
 
     def _timed_out(self, ex: Exec) -> None:
         if ex is not self.exec or ex.done:
             return
         self.host.keeper_signal(self, "SIGINT", "fg")
-        so_far = self._text(ex.out_start or ex.sent_off, self.offset)
+        begin = max(ex.out_start or ex.sent_off, self.offset - TIMEOUT_TAIL)
+        so_far = self._text(begin, self.offset)
         self._fail(WireError.of(
             "timeout", f"{ex.command[:80]!r} still running after its timeout: sent SIGINT to "
             "its process group", detail={"output": so_far[-4096:], "mode": ex.mode,
                                          "signalled": "SIGINT"}))
 
     def _text(self, start: int, end: int, raw: bool = False) -> str:
+        """The clean text of [start, end), at once: for ranges the caller bounded."""
+        data, truncated = self._range(start, end)
+        text = data.decode("utf-8", "replace") if raw else clean(data)
+        return self._shaped(text, truncated)
+
+    def _range(self, start: int, end: int) -> tuple[bytes, bool]:
         limit = self.host.max_output
         truncated = start < max(self.scroll.base, end - limit)
-        data = self.scroll.get(max(start, end - limit), end)
-        text = data.decode("utf-8", "replace") if raw else clean(data)
+        return self.scroll.get(max(start, end - limit), end), truncated
+
+    def _shaped(self, text: str, truncated: bool) -> str:
         if self.kind == "zsh":
             text = ZSH_PROMPT_SP.sub("", text)
         if truncated:
             text = "[output truncated]\n" + text
         return text
 
-    def _complete(self, exit_code: int | None, output: str,
-                  parser: str | None = None) -> None:
+    def _text_then(self, start: int, end: int, raw: bool, then: Callable[[str], None]) -> None:
+        """The clean text of [start, end) to `then`: at once when no sequence in it needs the
+        parser, else a CLEAN_SLICE a loop turn (a command's output is up to max_output)."""
+        data, truncated = self._range(start, end)
+        text = data.decode("utf-8", "replace") if raw else clean_fast(data)
+        if text is not None:
+            then(self._shaped(text, truncated))
+            return
+        cleaner = Cleaner()
+        view = memoryview(data)
+        done = 0
+
+        def step() -> None:
+            nonlocal done
+            cleaner.feed(view[done:done + CLEAN_SLICE].tobytes())
+            done += CLEAN_SLICE
+            if done < len(data):
+                self.host.loop.defer(step)
+            else:
+                then(self._shaped(cleaner.text(), truncated))
+
+        step()
+
+    def _complete(self, exit_code: int | None, start: int, end: int,
+                  parser: str | None = None, raw: bool = False,
+                  shape: Callable[[str], str] | None = None) -> None:
+        """Answer the command in flight with its output [start, end). The session is free
+        for the next command at once; the answer goes when its text is clean (over loop
+        turns for escape-heavy output), with what was true when the command ended."""
         ex = self.exec
         if ex is None or ex.done:
             return
         ex.done = True
         self.exec = None
-        if output.endswith("\n"):
-            output = output[:-1]
-        ex.call.reply({
-            "session": self.id, "exit_code": exit_code, "output": output, "cwd": self.cwd,
-            "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
-            "mode": ex.mode, "trusted": ex.mode == "integration",
-            "parser": parser if ex.mode == "integration" else self.hop.via,
-        })
+        result = {"session": self.id, "exit_code": exit_code, "cwd": self.cwd,
+                  "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
+                  "mode": ex.mode, "trusted": ex.mode == "integration",
+                  "parser": parser if ex.mode == "integration" else self.hop.via}
         self._answered(ex, ran=True)
+
+        def reply(output: str) -> None:
+            if shape is not None:
+                output = shape(output)
+            if output.endswith("\n"):
+                output = output[:-1]
+            ex.call.reply({**result, "output": output})
+
+        self._text_then(start, end, raw, reply)
 
     def _fail(self, err: WireError) -> None:
         ex = self.exec
@@ -598,7 +649,7 @@ class Session:
         if ex is not None and not ex.done:
             # `exit` (or a crash) ended the shell: the command's result is the shell's.
             begin = ex.out_start if ex.out_start is not None else ex.sent_off
-            self._complete(info.get("code"), self._text(begin, self.offset))
+            self._complete(info.get("code"), begin, self.offset)
         self._release_prompt_waiters()
 
     def abort(self, err: WireError) -> None:

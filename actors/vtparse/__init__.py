@@ -51,7 +51,7 @@ from moorage.actors.vtparse._markers import unescape
 from moorage.actors.vtparse._parser import Parser, inert
 from moorage.actors.vtparse._recovery import MAX_BUFFER_SIZE, MAX_HEADER, RecoveryMode
 from moorage.actors.vtparse._scan import CORE
-from moorage.actors.vtparse._text import TextCollector, clean, layout
+from moorage.actors.vtparse._text import Cleaner, TextCollector, clean, clean_fast, layout
 
 __all__ = [
     "CORE",
@@ -59,6 +59,7 @@ __all__ = [
     "KINDS",
     "MAX_BUFFER_SIZE",
     "MAX_HEADER",
+    "Cleaner",
     "CommandFinished",
     "CommandLine",
     "Control",
@@ -84,6 +85,7 @@ __all__ = [
     "TextCollector",
     "Token",
     "clean",
+    "clean_fast",
     "inert",
     "layout",
     "unescape",

@@ -55,15 +55,43 @@ def clean(data: bytes) -> str:
     cut character becomes U+FFFD). Cut the range at marker offsets, which are sequence
     boundaries, and the result equals what a `TextCollector` gathers for the same range.
     """
+    text = clean_fast(data)
+    if text is not None:
+        return text
+    cleaner = Cleaner()
+    cleaner.feed(data)
+    return cleaner.text()
+
+
+def clean_fast(data: bytes) -> str | None:
+    """`clean(data)` at regex speed when no sequence in it needs the parser; None when one
+    does (a DCS, a control inside a sequence, a cut one): then `Cleaner` does the work."""
     if b"\x1b" not in data:
         return layout(data.decode("utf-8", "replace"))
     stripped = _STRIP_RE.sub(b"\x00", data)
     if b"\x1b" not in stripped:
         return layout(stripped.decode("utf-8", "replace"))
-    parser = Parser(text=True)
-    events = parser.feed(data)
-    events += parser.flush()
-    return layout("".join(e.text for e in events if isinstance(e, Text)))
+    return None
+
+
+class Cleaner:
+    """`clean()` of a stream fed in pieces, cut anywhere: the parser keeps a sequence or a
+    character cut between two pieces. Escape-heavy bytes cost the parser about a
+    microsecond each, so a caller on an event loop feeds a megabyte a slice a turn."""
+
+    __slots__ = ("_parser", "_parts")
+
+    def __init__(self) -> None:
+        self._parser = Parser(text=True)
+        self._parts: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        self._parts += [e.text for e in self._parser.feed(data) if isinstance(e, Text)]
+
+    def text(self) -> str:
+        """The text of everything fed (a sequence cut at the end is dropped)."""
+        self._parts += [e.text for e in self._parser.flush() if isinstance(e, Text)]
+        return layout("".join(self._parts))
 
 
 class TextCollector:
