@@ -368,6 +368,39 @@ def test_escape_heavy_output_is_cleaned_whole_and_the_loop_serves_while_it_is(te
     assert box["reply"]["output"] == clean(payload).rstrip("\n")
 
 
+def test_a_second_create_of_an_id_whose_first_is_under_way_is_a_conflict(term):
+    """Two creates of one id sent back to back: the second comes while the first's shell
+    starts (it is answered at its prompt), and is refused `conflict`, as it is after."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoints.rpc(term.client.runtime_dir, "terminal"))
+    args = {"shell": "bash", "env": env_for(term.home), "session": "dup"}
+    try:
+        for rid in (1, 2):
+            sock.send_multipart(encode_request(rid, "sid-dup", "term.create", args))
+        replies = {}
+        while len(replies) < 2:
+            assert sock.poll(30_000), "a create went unanswered"
+            r = decode_reply(sock.recv_multipart())
+            replies[r.id] = r
+    finally:
+        sock.close(0)
+        ctx.term()
+    assert replies[1].ok and replies[1].body["session"] == "dup"
+    assert not replies[2].ok and replies[2].body["name"] == "conflict", replies[2].body
+    expect_error("conflict", term.create, "bash", session="dup")
+    assert [s["session"] for s in term.call("term.list", {})["sessions"]] == ["dup"]
+
+
+def test_what_a_shell_could_not_be_given_is_refused_before_anything_starts(term):
+    expect_error("bad_args", term.create, "bash", env={"BIG": "x" * (256 << 10)})
+    sid = term.create("bash")["session"]
+    for timeout_ms in (0, 24 * 3600 * 1000 + 1, 2**64 - 1):
+        expect_error("bad_args", term.exec, sid, "echo no", timeout_ms=timeout_ms)
+    assert term.exec(sid, "echo ok", timeout_ms=24 * 3600 * 1000)["output"] == "ok"
+
+
 def test_exit_inside_a_session_ends_it_with_its_code(term):
     sid = term.create("bash")["session"]
     r = term.exec(sid, "exit 7")

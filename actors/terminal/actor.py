@@ -108,6 +108,10 @@ from moorage.protocol.errors import Category, MoorageError, WireError, fail
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TICK_S = 0.02  # resolution of exec timeouts, integration detection and quiet detection
 PRESSURE_RETRY_MS = 1000
+MAX_EXEC_TIMEOUT_MS = 24 * 3600 * 1000  # as a deadline may be (runtime MAX_DEADLINE_AHEAD_MS)
+# A create's args and env, in bytes: the kernel takes at most 128 KiB a string and about
+# 2 MiB in all an exec; a session's spec is rewritten with every session's at each change.
+MAX_SPAWN_BYTES = 256 << 10
 # an op waiting for the keeper's custody answer gives up this long before its caller would
 # (its `unavailable` reaches the caller, not the runtime's `timeout`)
 SETTLE_MARGIN_S = 0.1
@@ -169,6 +173,7 @@ class TerminalActor(Actor):
         self.consumer_timeout_s = int(cfg.get("consumer_timeout_ms", 5000)) / 1000
         self.counters: Counter[str] = Counter()
         self.resumed: set[tuple[str, int]] = set()  # (sid, id) of execs taken over on restore
+        self.creating: dict[str, Call] = {}  # session id -> its create, until answered
         # (sid, id) of the last exec a predecessor answered, one per restored session
         self.ran_before: set[tuple[str, int]] = set()
         # (sid, id) -> session, of execs that were running in a session lost with every
@@ -454,6 +459,13 @@ class TerminalActor(Actor):
             raise fail("bad_args", "args must be strings without NUL")
         if cwd is not None and not os.path.isdir(cwd):
             raise fail("bad_args", f"cwd {cwd!r} is not a directory")
+        # The spec is kept and written with every session's: a size a shell could take.
+        size = sum(len(a) for a in args or ()) + sum(
+            len(k) + len(v) + 2 for k, v in (env or {}).items() if isinstance(k, str)
+            and isinstance(v, str))
+        if size > MAX_SPAWN_BYTES:
+            raise fail("bad_args", f"args and env take {size} bytes (at most "
+                       f"{MAX_SPAWN_BYTES}: what a shell's exec can be given)")
         spec = {"shell": shell, "args": args or [], "cwd": cwd, "env": env or {},
                 "cols": cols, "rows": rows, "integration": integration, "recreated": 0}
         base_env(self.term, env)  # validate now, not half way through the chain
@@ -464,8 +476,13 @@ class TerminalActor(Actor):
             if made is not None:  # this very request, resent: the session it made
                 return made.created()
             sid = session or "t" + secrets.token_hex(6)
-            if sid in self.sessions or sid in self.specs.specs:
+            making = self.creating.get(sid)
+            if sid in self.sessions or sid in self.specs.specs or (
+                    making is not None and not making.answered):
                 raise fail("conflict", f"session {sid!r} exists already")
+            # (a create under way holds its id until it is answered: made, or failed)
+            self.creating = {k: c for k, c in self.creating.items() if not c.answered}
+            self.creating[sid] = call
             Creation(self, sid, spec, call).next()
             return DEFERRED
 
@@ -487,8 +504,8 @@ class TerminalActor(Actor):
         if "\0" in command:
             raise fail("bad_args", "command contains NUL")
         limit = self.exec_timeout_ms if timeout_ms is None else timeout_ms
-        if limit <= 0:
-            raise fail("bad_args", "timeout_ms must be > 0")
+        if not 0 < limit <= MAX_EXEC_TIMEOUT_MS:
+            raise fail("bad_args", f"timeout_ms must be 1..{MAX_EXEC_TIMEOUT_MS}")
         left = call.remaining_ms()
         if left is not None:
             limit = min(limit, left - 100)  # our timeout error, before the caller's deadline
@@ -535,10 +552,11 @@ class TerminalActor(Actor):
                 return
             try:
                 start(s)
-            except MoorageError as exc:
+            except Exception as exc:  # (a timer's callback: nobody else would answer it)
                 for t in waiting:
                     t.cancel()
-                call.fail(exc)
+                call.fail(exc if isinstance(exc, MoorageError) else WireError.of(
+                    "internal", f"{type(exc).__name__}: {exc}"))
 
         def run() -> Any:
             if (call.sid, call.id) in self.resumed:
