@@ -21,10 +21,14 @@ Retry rules (see PROTOCOL.md, "Retries"):
     makes the epoch known no more (the next life has another), and a call whose send saw one
     is not pinned: the life it went to is not known;
   - every wait is capped exponential back-off, or the actor's `retry_after_ms`;
-  - the breaker of the actor sees each transport failure and each reply, a late one that no
-    call waits for any more included (PROTOCOL.md section 11: any reply is a success); it
-    gates new calls and resends of calls known not to have run, never a pinned resend (ending
-    that `circuit_open`, "not sent", would be untrue of a call that was).
+  - the breaker of the actor sees each transport failure (each attempt that got no reply) and
+    each reply, a late one that no call waits for any more included (PROTOCOL.md section 11:
+    any reply is a success); it gates new calls and resends of calls known not to have run,
+    never a pinned resend. `circuit_open` means "not sent": only a call refused before its
+    first send ends with it, always with `retry_after_ms` (the cooldown left; while half-open,
+    the breaker's current cooldown). A call that was sent and whose resend the breaker refuses
+    ends with its own outcome: the error its last attempt was answered with, else (no reply)
+    `timeout` when idempotent, `outcome_unknown` when it may have run.
 
 Each call's end-to-end time is recorded once, when its plan says it is over (`Done`), with its
 outcome: see _latency.py for what is kept and how it can reach the metrics actor.
@@ -33,6 +37,7 @@ outcome: see _latency.py for what is kept and how it can reach the metrics actor
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import secrets
 import time
@@ -182,8 +187,8 @@ class CallPlan:
         # A closed breaker allows without changing (CircuitBreaker.allow): asked only when not.
         if br.state is not _CLOSED and not br.allow(now):
             return self.done(now, error=WireError.of(
-                "circuit_open", f"{self.actor}: breaker open",
-                retry_after_ms=int(br.retry_after(now) * 1000)))
+                "circuit_open", f"{self.actor}: breaker {br.state.value}",
+                retry_after_ms=refusal_retry_after_ms(br, now)))
         self.attempts += 1
         return Wait(self.attempt_deadline(now))
 
@@ -254,6 +259,7 @@ class CallPlan:
     def on_timeout(self, now: float) -> Done | Resend:
         """The attempt's wait ran out with no reply."""
         self.core.breaker(self.actor).record_failure(now)
+        self.last_error = None  # (the last attempt was not answered)
         if now >= self.deadline:
             if self.idempotent:
                 err = WireError.of("timeout", f"no reply in {self.timeout:.3g}s "
@@ -286,6 +292,7 @@ class CallPlan:
         rather than at its deadline. The detail says which epoch it went to and, for a call
         naming a session, which session to look at."""
         self.core.breaker(self.actor).give_back()
+        self.last_error = None  # (the last attempt was not answered)
         if self.idempotent or self.resumable:
             return Resend(0.0)
         if self.pin is not None and self.core.remote is not None:
@@ -315,11 +322,33 @@ class CallPlan:
             name, f"no reply: the tree refused this client's key ({self.attempts} attempts)"))
 
     def resend(self, now: float) -> Done | Wait:
-        if self.pinned_by is None and not self.core.breaker(self.actor).allow(now):
-            return self.done(now, error=self.last_error or WireError.of(
-                "circuit_open", f"{self.actor}: breaker open"))
+        """Send again, if the breaker lets it (a pinned resend is not asked). This call was
+        sent, so a refusal ends it with its own outcome, never `circuit_open` ("not sent"):
+        the error its last attempt was answered with (busy, a retryable error), else, its
+        last attempt unanswered, `timeout` (idempotent) or `outcome_unknown` (it may have
+        run: a resumable call whose connection dropped)."""
+        br = self.core.breaker(self.actor)
+        if self.pinned_by is None and not br.allow(now):
+            if self.last_error is not None:
+                return self.done(now, error=self.last_error)
+            why = (f"not sent again: {self.actor}'s breaker is {br.state.value} "
+                   f"({self.attempts} attempts in {now - self.started:.3g}s)")
+            if self.idempotent:
+                return self.done(now, error=WireError.of("timeout", f"no reply; {why}"))
+            return self.done(now, error=WireError.of(
+                "outcome_unknown", f"no reply; the request may or may not have run; {why}",
+                detail=self._detail(None)))
         self.attempts += 1
         return Wait(self.attempt_deadline(now))
+
+
+def refusal_retry_after_ms(br: CircuitBreaker, now: float) -> int:
+    """The `retry_after_ms` of a call the breaker refused before its first send (PROTOCOL.md
+    section 11): while open, the cooldown left; while half-open (its probe is out), the
+    breaker's current cooldown, by when the probe has most likely closed it or opened it
+    again. Never 0: a caller that honours it must not retry in a tight loop."""
+    left = br.retry_after(now) if br.state is BreakerState.OPEN else br.cooldown
+    return max(1, math.ceil(left * 1000))
 
 
 class ClientCore:
@@ -581,7 +610,8 @@ def unauthorized(exc: MoorageError, client_public: bytes) -> MoorageError:
     err = WireError.of(
         "unauthorized",
         f"the tree refused this client's key {key} at the CURVE handshake: allow it on the "
-        f"tree's host with `moorage keys allow '{key}'` ({exc.error.name}: "
+        f"tree's host with `moorage keys allow '{key}'`, then make a new client (this "
+        f"one's connection is not tried again) ({exc.error.name}: "
         f"{exc.error.message})", detail=exc.error.detail)
     out = MoorageError(err, op=exc.op, actor=exc.actor, attempts=exc.attempts,
                        extra=exc.extra)

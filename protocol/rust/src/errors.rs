@@ -210,7 +210,8 @@ pub fn unauthorized(e: Error, public_key: &str) -> Error {
     }
     let mut error = WireError::of("unauthorized", format!(
         "the tree refused this client's key {public_key} at the CURVE handshake: allow it on the tree's host with \
-         `moorage keys allow '{public_key}'` ({}: {})", e.error.name, e.error.message));
+         `moorage keys allow '{public_key}'`, then make a new client (this one's connection is not \
+         tried again) ({}: {})", e.error.name, e.error.message));
     error.detail = e.error.detail;
     Error { error, ..e }
 }

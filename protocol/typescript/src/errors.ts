@@ -188,7 +188,8 @@ export function unauthorized(e: MoorageError, publicKey: string): MoorageError {
   if (!NO_REPLY.has(e.error.name)) return e;
   const err = wireError("unauthorized",
     `the tree refused this client's key ${publicKey} at the CURVE handshake: allow it on the tree's host with ` +
-    `\`moorage keys allow '${publicKey}'\` (${e.error.name}: ${e.error.message})`, { detail: e.error.detail });
+    `\`moorage keys allow '${publicKey}'\`, then make a new client (this one's connection is not tried again) ` +
+    `(${e.error.name}: ${e.error.message})`, { detail: e.error.detail });
   return new MoorageError(err, e.actor, e.op, e.attempts);
 }
 
