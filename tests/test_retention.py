@@ -9,7 +9,12 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from moorage.actors.runtime.streams import REPLAY_PAGE_BYTES, Publisher, pack_replay
+from moorage.actors.runtime.streams import (
+    MAX_RELEASED,
+    REPLAY_PAGE_BYTES,
+    Publisher,
+    pack_replay,
+)
 from moorage.protocol.envelope import unpackb
 
 pytestmark = pytest.mark.timeout(30)
@@ -69,11 +74,27 @@ def test_a_released_topic_holds_nothing_and_its_replay_says_what_is_lost(pub_soc
         p.publish("term.out.s1", {"offset": i}, [b"x" * 1000])
     p.publish("term.out.s2", {"offset": 0})
     p.release("term.out.s1")
-    assert p.topics["term.out.s1"].bytes == 0 and not p.topics["term.out.s1"].kept
+    assert "term.out.s1" not in p.topics and p.released["term.out.s1"] == 5
     r = p.replay("term.out.s1", 1)
-    assert (r["messages"], r["lost"], r["last_seq"]) == ([], [1, 5], 5)
+    assert (r["messages"], r["lost"], r["last_seq"], r["first_seq"]) == ([], [1, 5], 5, 6)
+    assert p.replay("term.out.s1", 6)["lost"] is None  # (nothing missed after the end)
     assert p.publish("term.out.s1", {"offset": 5}) == 6  # its seq goes on
     assert len(p.replay("term.out.s2", 1)["messages"]) == 1  # another topic untouched
+
+
+def test_ended_topics_cost_a_seq_each_and_only_the_newest_are_remembered(pub_socket):
+    """A terminal that made and closed thousands of sessions: its live topics (welcome
+    scans, sys.info) are the open ones; an ended one's seq is kept for the newest
+    MAX_RELEASED, and an older one answers as never published."""
+    p = Publisher(pub_socket, "e1")
+    n = MAX_RELEASED + 10
+    for i in range(n):
+        p.publish(f"term.out.s{i}", {"offset": 0})
+        p.release(f"term.out.s{i}")
+    p.publish("term.out.live", {"offset": 0})
+    assert list(p.topics) == ["term.out.live"] and len(p.released) == MAX_RELEASED
+    assert p.replay(f"term.out.s{n - 1}", 1)["lost"] == [1, 1]
+    assert p.replay("term.out.s0", 1)["last_seq"] == 0  # (forgotten)
 
 
 def test_a_replay_page_is_bounded_in_bytes_and_the_pages_give_every_message_in_order(pub_socket):

@@ -14,7 +14,7 @@ and a body its publisher changes afterwards is replayed as it was sent.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from moorage.protocol.wire import NOBLOCK, send_frames
 # Welcomes one subscription gets at most (PROTOCOL.md section 12): a subscription to "" on a
 # publisher with many topics (a terminal with many sessions) must not cost without bound.
 MAX_WELCOMES = 1000
+MAX_RELEASED = 4096  # ended topics whose last seq is kept (two a closed terminal session)
 # A replay page holds at most this many bytes of messages (but always one message): a page
 # of a whole 16 MiB retention would hold the publisher's loop for its copies, and the
 # subscriber asks again for the rest (`more`).
@@ -100,6 +101,10 @@ class Publisher:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.topics: dict[str, Topic] = {}
+        # Topics whose stream has ended (release): only their last seq, the newest
+        # MAX_RELEASED of them; a closed session's Topic kept whole made every welcome scan
+        # and sys.info grow with every session ever closed.
+        self.released: OrderedDict[str, int] = OrderedDict()
         self.backlog: deque[list[bytes]] = deque()
         self._want_writable = on_writable_needed or (lambda _on: None)
         self.sent = 0
@@ -108,16 +113,19 @@ class Publisher:
         t = self.topics.get(name)
         if t is None:
             t = self.topics[name] = Topic(name, self.max_messages, self.max_bytes)
+            t.seq = self.released.pop(name, 0)  # (a stream that ended goes on from there)
         return t
 
     def release(self, topic: str) -> None:
         """Let `topic`'s retention go (a stream that has ended: a closed session's output):
-        its seq stays, so a later replay of it is told what is lost, and a new message on
-        it goes on from there."""
-        t = self.topics.get(topic)
+        its seq stays (the newest MAX_RELEASED), so a later replay of it is told what is
+        lost, and a new message on it goes on from there."""
+        t = self.topics.pop(topic, None)
         if t is not None:
-            t.kept.clear()
-            t.bytes = 0
+            self.released[topic] = t.seq
+            self.released.move_to_end(topic)
+            while len(self.released) > MAX_RELEASED:
+                self.released.popitem(last=False)
 
     def publish(self, topic: str, body: Any, attachments: list[bytes] | None = None) -> int:
         """Retain, then send (or queue behind the backlog). Returns the message's seq."""
@@ -158,7 +166,7 @@ class Publisher:
         for t in under[-MAX_WELCOMES:]:
             self._send_welcome(t.name, t.seq)
         own = topics.get(prefix)
-        self._send_welcome(prefix, own.seq if own else 0)
+        self._send_welcome(prefix, own.seq if own else self.released.get(prefix, 0))
 
     def _send_welcome(self, topic: str, seq: int) -> None:
         try:
@@ -181,8 +189,10 @@ class Publisher:
         dropped."""
         t = self.topics.get(topic)
         if t is None:
-            return {"epoch": self.epoch, "last_seq": 0, "first_seq": 1, "messages": [],
-                    "lost": None, "more": False}
+            last = self.released.get(topic, 0)  # (0: never published in this epoch)
+            lost = [max(1, from_seq), last] if from_seq <= last else None
+            return {"epoch": self.epoch, "last_seq": last, "first_seq": last + 1,
+                    "messages": [], "lost": lost, "more": False}
         lost = None
         if from_seq < t.first_seq:
             lost = [max(1, from_seq), t.first_seq - 1] if t.first_seq > 1 else None
