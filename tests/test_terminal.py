@@ -401,6 +401,25 @@ def test_what_a_shell_could_not_be_given_is_refused_before_anything_starts(term)
     assert term.exec(sid, "echo ok", timeout_ms=24 * 3600 * 1000)["output"] == "ok"
 
 
+@pytest.mark.parametrize("shell", ["bash", pytest.param("zsh", marks=pytest.mark.skipif(
+    not HAS_ZSH, reason="zsh is not installed (.ci/run installs it)"))])
+def test_an_incomplete_command_is_refused_and_the_session_keeps_its_integration(term, shell):
+    """The shell's continuation prompt (PS2, marked OSC 133 A k=s) says the line was not a
+    whole command: its input is cancelled and the call answered bad_args at once, where it
+    waited 5 s, gave the integration up for good and read the next commands into the open
+    quote, answering them ok."""
+    sid = term.create(shell)["session"]
+    for incomplete in ("echo 'unterminated", "echo trailing \\", "if true; then"):
+        err = expect_error("bad_args", term.exec, sid, incomplete)
+        assert "not a whole command" in str(err)
+        r = term.exec(sid, "echo $((6*7))")
+        assert (r["output"], r["exit_code"], r["mode"]) == ("42", 0, "integration")
+    # whole commands over several lines still run
+    assert term.exec(sid, "if true; then\n  echo yes\nfi")["output"] == "yes"
+    assert term.exec(sid, "cat <<EOF\nhere\nEOF")["output"] == "here"
+    assert term.call("term.list", {})["sessions"][0]["mode"] == "integration"
+
+
 def test_exit_inside_a_session_ends_it_with_its_code(term):
     sid = term.create("bash")["session"]
     r = term.exec(sid, "exit 7")

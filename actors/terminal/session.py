@@ -331,6 +331,10 @@ class Session:
                 continue
             if isinstance(ev, (PromptStart, PromptEnd)):
                 if isinstance(ev, PromptStart):
+                    if ev.continuation:  # (PS2: not a prompt for a new command)
+                        if not replay:
+                            self._on_continuation(ev.start)
+                        continue
                     self.last_prompt_at = ev.start
                 self._on_prompt()
             elif isinstance(ev, CommandLine):
@@ -343,6 +347,25 @@ class Session:
                 self._on_finished(ev.start, ev.exit_code, replay)
             elif isinstance(ev, Cwd):
                 self.cwd = ev.path
+
+    def _on_continuation(self, at: int) -> None:
+        """The shell asks for more of a command it has not started: one sent by term.exec is
+        incomplete (an open quote, a trailing backslash, an unfinished block or
+        here-document). Waiting would end in the integration given up and the next commands
+        read into it; instead its input is cancelled (^C: the shell draws a new prompt) and
+        the call answered `bad_args`, not run."""
+        ex = self._exec_at(at)
+        if ex is None or ex.done or ex.out_start is not None:
+            return
+        self.host.keeper_write(self, b"\x03", lambda _err: None)
+        # The next command waits for the prompt the ^C brings, as a starting shell's first
+        # (sent before it, it would be read into the cancelled line, or find its end).
+        if self.state != "exited":
+            self.state = "starting"
+        self._fail(WireError.of(
+            "bad_args", f"{ex.command[:80]!r} is not a whole command: the shell asked for "
+            "more of it (an open quote, a trailing backslash, an unfinished block or "
+            "here-document); its input was cancelled, nothing ran"), ran=False)
 
     def _on_prompt(self) -> None:
         if self.state != "exited":
@@ -613,14 +636,15 @@ class Session:
 
         self._text_then(start, end, raw, reply)
 
-    def _fail(self, err: WireError) -> None:
+    def _fail(self, err: WireError, ran: bool | None = None) -> None:
+        """`ran`: whether the command ran, if known better than by its input being sent."""
         ex = self.exec
         if ex is None or ex.done:
             return
         ex.done = True
         self.exec = None
         ex.call.fail(err)
-        self._answered(ex, ran=ex.sent)
+        self._answered(ex, ran=ex.sent if ran is None else ran)
 
     def _answered(self, ex: Exec, ran: bool) -> None:
         """After the answer: the keeper's record of the command only serves a successor that

@@ -106,7 +106,8 @@ __moorage_precmd() {
         done
     fi
     # (two tests in one: the markers are still where we put them, the common case)
-    [[ $PS1 == *"633;B;$__moorage_nonce"* && ${PS0-} == *__moorage_cm* ]] || __moorage_wrap_ps1
+    [[ $PS1 == *"633;B;$__moorage_nonce"* && ${PS0-} == *__moorage_cm* &&
+       ${PS2-} == *"133;A;k=s;$__moorage_nonce"* ]] || __moorage_wrap_ps1
     __moorage_state=prompt
     builtin return "$status"
 }
@@ -118,6 +119,11 @@ __moorage_wrap_ps1() {
     fi
     if [[ ${PS0-} != *__moorage_cm* ]]; then
         PS0="$__moorage_ps0${PS0-}"
+    fi
+    # A continuation prompt (OSC 133 A, k=s): the line read was not a whole command (an
+    # open quote, a trailing backslash, an unfinished block or here-document).
+    if [[ ${PS2-} != *"133;A;k=s;$__moorage_nonce"* ]]; then
+        PS2="\[\e]133;A;k=s;$__moorage_nonce\a\]${PS2-> }"
     fi
 }
 

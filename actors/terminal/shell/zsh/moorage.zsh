@@ -59,6 +59,10 @@ __moorage_wrap_prompt() {
   if [[ $PS1 != *"633;B;$__moorage_nonce"* ]]; then
     PS1=$'%{\e]633;A;'$__moorage_nonce$'\a%}'$PS1$'%{\e]633;B;'$__moorage_nonce$'\a%}'
   fi
+  # a continuation prompt (OSC 133 A, k=s): the line read was not a whole command
+  if [[ $PS2 != *"133;A;k=s;$__moorage_nonce"* ]]; then
+    PS2=$'%{\e]133;A;k=s;'$__moorage_nonce$'\a%}'$PS2
+  fi
 }
 
 # ours first (D before the user's precmd output), the prompt wrap last
