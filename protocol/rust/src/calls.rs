@@ -150,8 +150,8 @@ impl CallPlan {
             self.pin = epoch.map(str::to_string);
         }
         if br.state != BreakerState::Closed && !br.allow(now) {
-            let e = WireError::of("circuit_open", format!("{}: breaker open", self.actor))
-                .with_retry_after((br.retry_after(now) * 1000.0) as i64);
+            let e = WireError::of("circuit_open", format!("{}: breaker {}", self.actor, state_name(br.state)))
+                .with_retry_after(refusal_retry_after_ms(br, now));
             return self.done(now, Err(e));
         }
         self.attempts += 1;
@@ -203,6 +203,7 @@ impl CallPlan {
 
     pub fn on_timeout(&mut self, now: f64, br: &mut CircuitBreaker, unit: f64) -> Verdict {
         br.record_failure(now);
+        self.last_error = None; // (the last attempt was not answered)
         if now >= self.deadline {
             let e = if self.idempotent {
                 WireError::of("timeout", format!("no reply in {}s ({} attempts)", self.timeout, self.attempts))
@@ -232,6 +233,7 @@ impl CallPlan {
     /// under the same id). A drop under a pinned call resends it: over tcp the actor may live
     /// on. A new epoch ends it, since the successor would refuse the pinned frames anyway.
     pub fn on_actor_gone(&mut self, now: f64, old_epoch: Option<&str>, new_epoch: Option<&str>) -> Verdict {
+        self.last_error = None; // (the last attempt was not answered)
         if self.idempotent || self.resumable {
             return Verdict::Resend(0.0);
         }
@@ -294,15 +296,45 @@ impl CallPlan {
         Value::Map(pairs)
     }
 
-    /// A pinned resend is not new work for the actor: the breaker does not gate it (ending it
-    /// `circuit_open`, "not sent", would be untrue of a call that was).
+    /// Send again, if the breaker lets it. A pinned resend is not new work for the actor: the
+    /// breaker does not gate it. This call was sent, so a refusal ends it with its own
+    /// outcome, never `circuit_open` ("not sent"): the error its last attempt was answered
+    /// with (busy, a retryable error), else, its last attempt unanswered, `timeout`
+    /// (idempotent) or `outcome_unknown` (it may have run: a resumable call whose connection
+    /// dropped).
     pub fn resend(&mut self, now: f64, br: &mut CircuitBreaker) -> Verdict {
         if self.pinned_by.is_none() && !br.allow(now) {
-            let e = self.last_error.clone().unwrap_or_else(|| WireError::of("circuit_open", format!("{}: breaker open", self.actor)));
+            if let Some(e) = self.last_error.clone() {
+                return self.done(now, Err(e));
+            }
+            let why = format!("not sent again: {}'s breaker is {} ({} attempts in {:.3}s)", self.actor, state_name(br.state), self.attempts, now - self.started);
+            let e = if self.idempotent {
+                WireError::of("timeout", format!("no reply; {why}"))
+            } else {
+                WireError::of("outcome_unknown", format!("no reply; the request may or may not have run; {why}"))
+                    .with_detail(self.unknown_detail(None))
+            };
             return self.done(now, Err(e));
         }
         self.attempts += 1;
         Verdict::Wait(self.attempt_deadline(now))
+    }
+}
+
+/// The `retry_after_ms` of a call the breaker refused before its first send (PROTOCOL.md
+/// section 11): while open, the cooldown left; while half-open (its probe is out), the
+/// breaker's current cooldown, by when the probe has most likely closed it or opened it again.
+/// Never 0: a caller that honours it must not retry in a tight loop.
+pub fn refusal_retry_after_ms(br: &CircuitBreaker, now: f64) -> i64 {
+    let left = if br.state == BreakerState::Open { br.retry_after(now) } else { br.cooldown };
+    ((left * 1000.0).ceil() as i64).max(1)
+}
+
+fn state_name(s: BreakerState) -> &'static str {
+    match s {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
     }
 }
 

@@ -556,6 +556,12 @@ impl Client {
                 let unit = self.unit();
                 let v = plan.on_reply(reply, now, self.breaker(actor), unit);
                 self.apply(actor, plan, v, flying, out)?;
+            } else if let Some(br) = self.breakers.get_mut(actor) {
+                // A reply no call waits for (its call ended before it came): the actor
+                // answered, which its breaker counts as a success, as any reply (section 11).
+                if br.failures > 0 || br.state != BreakerState::Closed {
+                    br.record_success();
+                }
             }
         }
         Ok(())

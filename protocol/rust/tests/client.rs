@@ -115,6 +115,34 @@ fn a_drop_told_while_the_client_was_idle_ends_none_of_the_calls_sent_after_it() 
 }
 
 #[test]
+fn a_reply_that_comes_after_its_call_ended_is_a_success_to_the_actor_s_breaker() {
+    let dir = scratch("late-reply");
+    let ep = format!("ipc://{}/alpha.rpc", dir.display());
+    // Two failures would open it: the first call's, then the second's, unless the late reply
+    // between them counts as the success it is (section 11).
+    let mut c = Client::new(Options {
+        runtime_dir: Some(dir.clone()), learn_ops: false, timeout: 0.3, attempt_timeout: 0.3,
+        breaker_threshold: 2, breaker_cooldown: 60.0, ..Options::default()
+    }).unwrap();
+    let life = Life::bind(&ep, A);
+    let actor = thread::spawn(move || {
+        let (rid, first) = life.take();
+        life.take(); // the second call is at the actor, which answers the first one now
+        life.answer(rid, first.id, A, Value::from("late"));
+        life
+    });
+    let idempotent = CallOptions { idempotent: Some(true), ..CallOptions::default() };
+    let e = c.request("alpha", "fs.read", Value::Nil, idempotent).unwrap_err();
+    assert_eq!(e.error.name, "timeout"); // (one attempt, to its deadline: one failure)
+    let once = CallOptions { idempotent: Some(false), timeout: Some(1.0), ..CallOptions::default() };
+    let e = c.request("alpha", "fs.write", Value::Nil, once).unwrap_err();
+    assert_eq!(e.error.name, "outcome_unknown");
+    actor.join().unwrap().end();
+    assert_eq!(c.breaker_state("alpha"), moorage_client::BreakerState::Closed);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_restart_heard_in_a_reply_after_a_drop_the_life_outlived_ends_what_was_sent_before_it() {
     let dir = scratch("same-life");
     let ep = format!("ipc://{}/alpha.rpc", dir.display());

@@ -63,6 +63,15 @@ export type Verdict =
 
 export const now = (): number => performance.now() / 1000;
 
+/** The `retry_after_ms` of a call the breaker refused before its first send (PROTOCOL.md
+ * section 11): while open, the cooldown left; while half-open (its probe is out), the
+ * breaker's current cooldown, by when the probe has most likely closed it or opened it again.
+ * Never 0: a caller that honours it must not retry in a tight loop. */
+export function refusalRetryAfterMs(br: CircuitBreaker, at: number): number {
+  const left = br.state === "open" ? br.retryAfter(at) : br.cooldown;
+  return Math.max(1, Math.ceil(left * 1000));
+}
+
 /** A drop as it was told (ActorLink.dropTold): the generation it started, the epoch it ended. */
 export interface Drop {
   generation: number;
@@ -125,11 +134,13 @@ export class CallPlan {
     return { kind: "done", reply, error: err };
   }
 
+  /** Before the first send: the breaker may refuse at once, `circuit_open` ("not sent") with
+   * `retry_after_ms` (refusalRetryAfterMs: never 0). */
   start(at: number): Verdict {
     const br = this.breaker;
     if (br.state !== "closed" && !br.allow(at)) {
-      return this.done(at, undefined, wireError("circuit_open", `${this.actor}: breaker open`, {
-        retry_after_ms: Math.trunc(br.retryAfter(at) * 1000),
+      return this.done(at, undefined, wireError("circuit_open", `${this.actor}: breaker ${br.state}`, {
+        retry_after_ms: refusalRetryAfterMs(br, at),
       }));
     }
     this.attempts += 1;
@@ -194,6 +205,7 @@ export class CallPlan {
 
   onTimeout(at: number): Verdict {
     this.breaker.recordFailure(at);
+    this.lastError = null; // (the last attempt was not answered)
     if (at >= this.deadline) {
       return this.done(at, undefined, this.idempotent
         ? wireError("timeout", `no reply in ${this.timeout}s (${this.attempts} attempts)`)
@@ -220,6 +232,7 @@ export class CallPlan {
    * actor may live on, and its life answers the pinned frames once). */
   onActorGone(at: number, oldEpoch: string | null, newEpoch: string | null): Verdict {
     this.breaker.giveBack();
+    this.lastError = null; // (the last attempt was not answered)
     if (this.idempotent || this.resumable) return { kind: "resend", delay: 0 };
     if (newEpoch === null && this.pin !== null) {
       this.pinFrames("drop");
@@ -248,11 +261,21 @@ export class CallPlan {
       `no reply: the client was closed (${this.attempts} attempts)`));
   }
 
+  /** Send again, if the breaker lets it. A pinned resend is not new work for the actor: the
+   * breaker is not asked (its outcome is counted as any). This call was sent, so a refusal
+   * ends it with its own outcome, never `circuit_open` ("not sent"): the error its last
+   * attempt was answered with (busy, a retryable error), else, its last attempt unanswered,
+   * `timeout` (idempotent) or `outcome_unknown` (it may have run: a resumable call whose
+   * connection dropped). */
   resend(at: number): Verdict {
-    // A pinned resend is not new work for the actor, and `circuit_open` ("not sent") would be
-    // untrue of a call that was: the breaker is not asked (its outcome is counted as any).
-    if (this.pinnedBy === null && !this.breaker.allow(at)) {
-      return this.done(at, undefined, this.lastError ?? wireError("circuit_open", `${this.actor}: breaker open`));
+    const br = this.breaker;
+    if (this.pinnedBy === null && !br.allow(at)) {
+      if (this.lastError !== null) return this.done(at, undefined, this.lastError);
+      const why = `not sent again: ${this.actor}'s breaker is ${br.state} (${this.attempts} attempts in ${(at - this.started).toPrecision(3)}s)`;
+      return this.done(at, undefined, this.idempotent
+        ? wireError("timeout", `no reply; ${why}`)
+        : wireError("outcome_unknown", `no reply; the request may or may not have run; ${why}`,
+          { detail: this.detail(this.pin, null, {}) }));
     }
     this.attempts += 1;
     return { kind: "wait", until: this.attemptDeadline(at) };

@@ -220,7 +220,11 @@ class Conn {
       this.dispatch(this.link.onEpoch(reply.epoch, now()));
       this.client.noteEpoch(this.actor, reply.epoch);
     } else this.link.sameEpoch();
-    if (reply.id !== null) this.inboxes.get(reply.id)?.push({ kind: "reply", reply });
+    const inbox = reply.id === null ? undefined : this.inboxes.get(reply.id);
+    // A reply no call waits for (its call ended before it came): the actor answered, which
+    // its breaker counts as a success, as any reply (section 11).
+    if (inbox === undefined) this.client.lateReply(this.actor);
+    else inbox.push({ kind: "reply", reply });
   }
 
   private watch(): void {
@@ -339,6 +343,12 @@ export class Client {
 
   breakerState(actor: string): BreakerState {
     return this.breaker(actor).current(now());
+  }
+
+  /** @internal A reply no call waits for came from `actor`: a success to its breaker. */
+  lateReply(actor: string): void {
+    const br = this.breakers.get(actor);
+    if (br !== undefined && (br.failures || br.state !== "closed")) br.recordSuccess();
   }
 
   /** The epoch `actor` last answered with (section 8), or null. */

@@ -135,6 +135,32 @@ test("closing the client ends its calls still waiting: timeout when safe to repe
   }
 });
 
+test("a reply that comes after its call ended is a success to the actor's breaker (section 11)", async () => {
+  const dir = scratch();
+  const life = new Router({ linger: 0 });
+  await life.bind(`ipc://${dir}/alpha.rpc`);
+  // Two failures would open it: the first call's, then the second's, unless the late reply
+  // between them counts as the success it is.
+  const c = new Client({ runtimeDir: dir, learnOps: false, timeout: 0.3, attemptTimeout: 0.3, breakerThreshold: 2, breakerCooldown: 60 });
+  try {
+    const settled = (p: Promise<unknown>) => p.then(() => null, (e: unknown) => e);
+    const first = settled(c.call("alpha", "fs.read", null, { idempotent: true }));
+    const [rid1, req1] = await take(life);
+    const late = await within(first, 5, "the first call");
+    assert.ok(late instanceof MoorageError && late.error.name === "timeout", String(late));
+    // (one attempt, to its deadline: one failure)
+    const second = settled(c.call("alpha", "fs.write", null, { idempotent: false, timeout: 1 }));
+    await take(life); // the second call is at the actor, which answers the first one now
+    await life.send([rid1, ...encodeReply(req1.id, A, "late")]);
+    const unknown = await within(second, 5, "the second call");
+    assert.ok(unknown instanceof MoorageError && unknown.error.name === "outcome_unknown", String(unknown));
+    assert.equal(c.breakerState("alpha"), "closed");
+  } finally {
+    await c.close();
+    life.close();
+  }
+});
+
 test("with no tree holding the instance lock a client is not_running at once; a held lock lets it be made", async () => {
   const notRunning = (e: unknown) => e instanceof MoorageError && e.error.name === "not_running";
   assert.throws(() => new Client({ instance: `none-${process.pid}` }), notRunning);
