@@ -65,8 +65,15 @@ of published events and a lagging checkpoint of the told state survive in `state
 restart resync's diff covers what was in flight when the process died, what it published
 after its checkpoint and what changed while it was down (at least once: a path reported
 `modified` that a consumer never heard of exists). It is relative to what was published at
-least one `checkpoint_s` before the death: a consumer that lagged further behind, or saw a
-Loss, lists again (as after fresh_instance).
+least one `checkpoint_s` before the death, and to the entries of every watch whose fs.watch
+was answered before it, however soon before: fs.watch answers once the new watch's entries
+(its crawl, which no event tells) are in the index and the told state with them is on disk
+(a checkpoint written at once, which keeps the last interval's events unknown). One
+condition remains: a first start's walk (its fresh resync: configured watches) is written
+so right after that resync is published, and a death within that write (milliseconds)
+leaves the restart no base for it (its paths reported created, a deletion made meanwhile
+not reported). A consumer that lagged further behind, or saw a Loss, lists again (as after
+fresh_instance).
 
 Fallbacks (`config["fallback"]`, set by the supervisor): "polling" observes every root with
 watchdog's PollingObserver; "cache_only" does not watch at all: reads, writes, stat and list

@@ -17,7 +17,8 @@ reaches them through `WatcherHost`; everything here runs on the actor's loop.
   health_check  the seed's 3.2 check: a cookie that does not come back recreates the
                 observer and resyncs
   liveness      dead observer threads (recreate + resync), roots gone and back
-  checkpoint    the lagging checkpoint of the told state (state.py)
+  checkpoint    the lagging checkpoint of the told state (state.py), and `persist`, the
+                same written at once when no event told what the told state gained
 """
 
 from __future__ import annotations
@@ -105,14 +106,26 @@ class Driving:
         # workers, not on the loop
         self.probe = DirProbe(w.mounts.slow, w.remote.submit)
 
+    def _capture(self) -> dict[str, Any]:
+        # (the Index, not its dict: a crawl or a resync puts a new dict in it, and the
+        # capture's write packs the one it then holds: snapshot.stream)
+        return {"instance": self.w.journal.instance, "watch_ids": [w.id for w in self.w.watches],
+                "entries": self.w.index}
+
+    def _offloads(self) -> dict[str, Any]:
+        return {"write": self.w.io.submit, "later": lambda fn: self.w.loop.call_later(0, fn),
+                "wake": self.w.loop.call_soon_threadsafe}
+
+    def persist(self, done: Callable[[], None]) -> None:
+        """The told state on disk now, then `done()` (State.now): a new watch's crawl, a
+        fresh resync's walk, which no event told and so no wal generation holds."""
+        self.w.state.now(self.w.journal.seq, self._capture, done, **self._offloads())
+
     def checkpoint(self) -> None:
         cost = 0.0
         try:
-            cost = self.w.state.checkpoint(self.w.journal.seq, lambda: {
-                "instance": self.w.journal.instance, "watch_ids": [w.id for w in self.w.watches],
-                "entries": self.w.index.entries}, write=self.w.io.submit,
-                later=lambda fn: self.w.loop.call_later(0, fn),
-                wake=self.w.loop.call_soon_threadsafe)
+            cost = self.w.state.checkpoint(self.w.journal.seq, self._capture,
+                                           **self._offloads())
         finally:
             # A big tree's checkpoint (100,000 files: 30-45 ms of packing and writing) is
             # spaced so that it takes at most 2% of the time: a checkpoint older than
@@ -256,6 +269,11 @@ class Driving:
                                            mode="polling")
             summary = self.w.pipeline.resync(reason, new, told, changes=changes,
                                              index=index, walk_ms=round(walk_ms, 3))
+            if told is None and new:
+                # a fresh resync (the first start): the told state is the walk, which no
+                # event told (no wal generation has it): on disk at once, not a capture and
+                # an interval or two later
+                self.persist(lambda: None)
             summary["publish_ms"] = summary["diff_ms"]  # the pipeline's part: publishing
             summary["diff_ms"] = round(diff_ms, 3)
             summary["walk_ms"] = round(walk_ms, 3)

@@ -310,8 +310,8 @@ SAVE_CHUNK = 512
 
 def save(path: str, doc: dict[str, Any]) -> int:
     """Write `doc` (msgpack) to `path` atomically; returns the bytes written. A doc with
-    `entries` is written as a stream (`stream`)."""
-    if not isinstance(doc.get("entries"), dict):
+    `entries` (a dict, or an Index: `stream`) is written as a stream (`stream`)."""
+    if not isinstance(doc.get("entries"), (dict, Index)):
         return write_atomic(path, msgpack.packb({"format": FORMAT, **doc}, use_bin_type=True))
     return write_atomic_parts(path, stream(doc))
 
@@ -322,11 +322,18 @@ def stream(doc: dict[str, Any]) -> Iterator[bytes]:
     each chunk is packed: `entries` may be the live index's dict, which the loop changes in
     between. A path then holds its stat of the capture or a later one, and every path
     changed since the capture is in the wal's later generations, which a restart counts as
-    unknown (Wal)."""
-    entries: dict[str, Stat] = doc.get("entries") or {}
+    unknown (Wal).
+
+    `entries` may be the Index itself: its dict is then the one it holds when the entries'
+    packing begins, not at the capture. A new watch's first crawl and a resync put a new
+    dict in the Index (Index.take); the capture's old one, packed, put back on disk a told
+    state without what they brought, and a watch answered before the capture's write
+    could be lost by it (its crawl is in no wal generation: it is no event)."""
+    held = doc.get("entries")
     yield msgpack.packb({"format": STREAM_FORMAT,
                          **{k: v for k, v in doc.items() if k != "entries"}},
                         use_bin_type=True)
+    entries: dict[str, Stat] = (held.entries if isinstance(held, Index) else held) or {}
     keys = list(entries)
     get = entries.get
     chunks = 0

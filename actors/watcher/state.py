@@ -10,7 +10,16 @@
                     entries are read as they are packed, a chunk a loop turn
                     (snapshot.stream), and a path changed since the capture, whichever
                     stat it was packed with, is in a newer generation, so it counts as
-                    unknown
+                    unknown. Also written at once (`now`) when the told state gained
+                    what no event told and so no wal generation holds: a new watch's crawl
+                    (its fs.watch is answered once it is on disk), a fresh resync's walk
+
+A checkpoint written at once is labelled with the generation of the snapshot on disk (`_kept`),
+not a new one: every event published since that snapshot's capture, those of the last interval
+among them (maybe still on their way out), stays unknown to a restart, as it was, and no wal
+generation is deleted; only what no generation holds, the crawl, becomes known. Its write is
+the interval's (packed on the loop a chunk a turn, written by a worker) and waits for one under
+way (one temporary file); the watches waiting meanwhile are answered by one write.
 
 A restart diffs the walk against the snapshot in which every path of a newer wal generation
 counts as unknown: published after the snapshot, maybe seen by a subscriber, maybe not, so
@@ -38,6 +47,16 @@ from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.snapshot import UNKNOWN, Stat, Wal
 from moorage.actors.watcher.workers import Job, Offload
 from moorage.protocol.errors import MoorageError
+
+
+def _answer_all(waiting: list[Callable[[], None]]) -> None:
+    """Each of those a checkpoint written at once was for: one that raises strands none of
+    the others (each is a watch's answer)."""
+    for done in waiting:
+        try:
+            done()
+        except Exception:
+            logger.exception("watcher: answering after a checkpoint failed")
 
 
 def tree_identity(runtime_dir: Path) -> str:
@@ -127,6 +146,18 @@ class State:
         self._inflight: tuple[dict[str, Any], _Parts] | None = None
         self._rest: Iterator[bytes] | None = None
         self.lost: str | None = None  # why the state is no longer kept (the log failed)
+        # The generation the snapshot on disk is labelled with: every wal generation from it
+        # on is on disk (a write deletes only those before its own label). 0: none.
+        self._kept = 0
+        # Checkpoints written at once (`now`): those waiting for the next one, the one being
+        # written (answered when its write ends, however it went), and how to make the next
+        # (the last `now` call's seq, capture and offloads)
+        self._asked: list[Callable[[], None]] = []
+        self._answers: list[Callable[[], None]] = []
+        self._now_args: tuple[int, Callable[[], dict[str, Any]], Offload | None,
+                              Callable[[Callable[[], None]], Any] | None,
+                              Callable[[Callable[[], None]], None] | None] | None = None
+        self.at_once = 0  # checkpoints written at once
 
     def _path(self, what: str) -> str:
         return str(self.dir / f"{what}.msgpack")
@@ -139,6 +170,7 @@ class State:
             return None, None
         if saved is not None and saved.get("tree") != self.tree:
             saved = None
+        self._kept = int(saved.get("gen", 0)) if saved is not None else 0
         return watches, saved
 
     def save_watches(self, doc: dict[str, Any]) -> None:
@@ -181,6 +213,12 @@ class State:
         logger.error("watcher: state no longer kept ({}); a restart resyncs from no base",
                      why)
         self._captured = None
+        asked, self._asked = self._asked, []  # (nothing will be written for them)
+        later = self._now_args[3] if self._now_args is not None else None
+        if later is not None:  # (a turn later: this may run inside a publish)
+            later(lambda: _answer_all(asked))
+        else:
+            _answer_all(asked)
         self._drop_snapshot()
         if self.wal is not None:
             self.wal.close()
@@ -207,9 +245,16 @@ class State:
         held each request up to a switch interval, or, packed in one go, held the loop for
         the whole 10-20 ms. `wake` (the loop's call from another thread) bounds the parts
         packed ahead of the worker (_Parts). Without `write` and `later`, all of it is done
-        here."""
+        here.
+
+        A checkpoint asked for at once (`now`) that could not start (the workers were full)
+        is written first; this call's then waits for the next."""
         if self.writing or self.lost is not None:
             return self.last_cost
+        if self._asked:
+            self._write_now()
+            if self.writing:
+                return self.last_cost
         captured, self._captured = self._captured, None
         if captured is not None:
             if write is None or later is None:
@@ -227,29 +272,75 @@ class State:
             self._captured = {"tree": self.tree, "seq": seq, "gen": gen, **capture()}
         return self.last_cost
 
+    def now(self, seq: int, capture: Callable[[], dict[str, Any]], done: Callable[[], None],
+            write: Offload | None = None,
+            later: Callable[[Callable[[], None]], Any] | None = None,
+            wake: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """Write the told state as it is now, then `done()`: the told state gained what no
+        event told (a new watch's crawl), so no wal generation has it, and the snapshot of
+        the last interval may not either (module doc). Labelled with the snapshot on disk's
+        generation (`_kept`), it keeps every event of the last interval unknown. Written as
+        `checkpoint` writes (the same arguments); after the write under way, if there is
+        one, and for every call made meanwhile at once. `done` runs however the write went
+        (a state directory that cannot be written is logged; a lost state writes nothing):
+        whoever waits for it is not held for good."""
+        if self.lost is not None or self.wal is None:
+            _answer_all([done])
+            return
+        self._asked.append(done)
+        self._now_args = (seq, capture, write, later, wake)
+        if not self.writing:
+            self._write_now()
+
+    def _write_now(self) -> None:
+        """The checkpoint `now` asked for, for everyone who asked so far."""
+        assert self._now_args is not None
+        seq, capture, write, later, _wake = self._now_args
+        asked, self._asked = self._asked, []
+        doc = {"tree": self.tree, "seq": seq, "gen": self._kept, **capture()}
+        if write is None or later is None:
+            self._written(doc, self._save(doc), at_once=True)
+            _answer_all(asked)
+        elif not self._stream(doc, write, later, _wake, asked):
+            self._asked[:0] = asked  # the workers are full: at the next checkpoint call
+
     def _stream(self, captured: dict[str, Any], write: Offload,
                 later: Callable[[Callable[[], None]], Any],
-                wake: Callable[[Callable[[], None]], None] | None) -> None:
+                wake: Callable[[Callable[[], None]], None] | None,
+                answers: list[Callable[[], None]] | None = None) -> bool:
         """Start the worker's write of `captured`, then pack its first part (the worker waits
-        for each; one io worker is taken until the last part is written)."""
+        for each; one io worker is taken until the last part is written). `answers`: it is
+        written at once (`now`), for them. False: not started (the workers are full)."""
         parts = _Parts(wake)
+        at_once = answers is not None
 
         def written(got: tuple[int, float] | None) -> None:
             if self._inflight is not None and self._inflight[1] is parts:
                 self._inflight = self._rest = None  # (a write that failed: no more to pack)
             self._written(captured, None if got is None else (
-                got[0], got[1] - parts.waited + parts.packing))
+                got[0], got[1] - parts.waited + parts.packing), at_once=at_once)
+            self._answer()
 
         try:
             job = write(lambda: self._write_streamed(captured, parts), written)
         except MoorageError:  # the workers are full: next time (or a newer capture)
-            if self._captured is None:
+            if self._captured is None and not at_once:
                 self._captured = captured
-            return
+            return False
         self.writing = True
+        self._answers = answers or []
         self._inflight, self._rest = (captured, parts), snapshot.stream(captured)
         job.then(self._write_settled)
         self._pack(parts, later)
+        return True
+
+    def _answer(self) -> None:
+        """The write under way ended: answer those it was written for, and start the one
+        asked for meanwhile."""
+        answers, self._answers = self._answers, []
+        _answer_all(answers)
+        if self._asked and not self.writing and self.lost is None:
+            self._write_now()
 
     def _pack(self, parts: _Parts, later: Callable[[Callable[[], None]], Any]) -> None:
         """One turn's part of the checkpoint being streamed, handed to its worker; the next
@@ -300,23 +391,37 @@ class State:
             self.wal.drop_before(captured["gen"])
         return n, spent + time.perf_counter() - t0
 
-    def _written(self, captured: dict[str, Any], got: tuple[int, float] | None) -> None:
+    def _written(self, captured: dict[str, Any], got: tuple[int, float] | None,
+                 at_once: bool = False) -> None:
         self.writing = False
         if got is None:
-            if self._captured is None:  # not written: again next time, unless superseded
+            # not written: again next time, unless superseded (one written at once is not
+            # written again: the next capture's write has all it had)
+            if self._captured is None and not at_once:
                 self._captured = captured
             return
         self.bytes, self.last_cost = got
         self.written += 1
         self.last_ms = round(self.last_cost * 1000, 3)
+        if at_once:
+            self.at_once += 1
+        else:
+            self._kept = captured["gen"]
 
     def _write_settled(self, job: Job) -> None:
         if job.error is not None:  # (a bug: `_save` answers None for what it expects)
             logger.opt(exception=job.error).error("watcher: checkpoint write failed")
             self.writing = False
             self._inflight = self._rest = None
+            self._answer()
 
     def close(self) -> None:
+        # (a loop that runs no more answers nobody: the told state they wait for is written
+        # below all the same, as the newest capture, unless there is none)
+        asked, self._asked, self._answers = self._asked, [], []
+        if asked and self._captured is None and self._now_args is not None:
+            seq, capture = self._now_args[:2]
+            self._captured = {"tree": self.tree, "seq": seq, "gen": self._kept, **capture()}
         inflight, rest = self._inflight, self._rest
         self._inflight = self._rest = None
         if inflight is not None and self.writing:
@@ -347,4 +452,4 @@ class State:
     def stats(self) -> dict[str, Any]:
         return {"dir": str(self.dir), "written": self.written, "last_ms": self.last_ms,
                 "bytes": self.bytes, "wal_records": self.wal.records if self.wal else 0,
-                "lost": self.lost}
+                "lost": self.lost, "at_once": self.at_once, "asked": len(self._asked)}

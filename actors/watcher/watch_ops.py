@@ -10,6 +10,9 @@ the whole tree, and the walk that is the watch's base reads every entry, which f
 requests (sys.ping included) and events; the reply waits until both are done, and the same
 fs.watch asked again meanwhile (a resend after a timeout, another client) waits for the same
 placement. A path on a pseudo file system (procfs, sysfs...: no inotify events) is refused.
+The reply also waits for the walk's entries to be in the index (merged a slice a turn) and
+then on disk (`Driving.persist`): they are told state no event told, so no wal generation
+has them, and a restart after the answer diffs against them (state.py).
 A path on a slow file system (NFS, SMB, FUSE: mounts.MountTable) is resolved and checked on
 the `remote` workers, whose calls may wait for a stalled server without holding the loop.
 """
@@ -139,7 +142,11 @@ class WatchOps:
         walker thread (a tree of 150,000 entries takes seconds); the loop turns meanwhile
         and takes the result in `finish`. Watches first, then the walk: a change made
         during the walk is in the walk, in an event, or both. When the watch's root is
-        placed anew, one walk does both, watching each directory before it reads it."""
+        placed anew, one walk does both, watching each directory before it reads it.
+
+        The job returned settles once the walk is in the index and the told state with it
+        on disk (`Driving.persist`, after `finish` and the merge's last slice): a watch
+        answered is one a restart diffs against exactly, however soon it dies."""
         before = list(self.w.watches)
         w = self.w.watches.add(real, recursive, excl)
         roots = obs.adopt_roots(self.w.watches.observed_roots())
@@ -193,21 +200,34 @@ class WatchOps:
                     warnings.append(msg)
             if failed is not None:
                 raise os_error(failed, path) from failed
+            merged: Job | None = None
             if isinstance(fresh, Index):
                 self.w.index.take(fresh)
             else:
-                self._merge(fresh)
+                merged = self._merge(fresh)
             self.w.state.save_watches(self.w.watches.to_wire())
             for msg in warnings:
                 self.w.pipeline.marker("warning", reason="inotify_unavailable", message=msg,
                                        path=real, mode="polling")
-            return self._answer(obs, w)
+            answer = self._answer(obs, w)
+
+            def persist(_merged: Job | None = None) -> None:  # (the walk all in the index)
+                self.w.driving.persist(lambda: placed.settle(answer))
+
+            if merged is None:
+                persist()
+            else:
+                merged.then(persist)
+            return answer
 
         def undo(job: Job) -> None:
-            if job.error is not None and w.id in self.w.watches.by_id:
-                self.w.watches.remove(w.id)
-                self.w.driving.reobserve("watch_failed")
+            if job.error is not None:
+                placed.settle(error=job.error)
+                if w.id in self.w.watches.by_id:
+                    self.w.watches.remove(w.id)
+                    self.w.driving.reobserve("watch_failed")
 
+        placed = Job()  # settled once persisted, or with the walker job's error
         try:
             job = self.w.walker.submit(blocking, finish)
         except MoorageError:  # busy: the walker's queue is full
@@ -215,13 +235,14 @@ class WatchOps:
             self.w.driving.reobserve("watch_failed")
             raise
         job.then(undo)
-        return job
+        return placed
 
-    def _merge(self, fresh: dict[str, Stat]) -> None:
+    def _merge(self, fresh: dict[str, Stat]) -> Job:
         """The new scope's base into the index, in slices: a big tree's hundred thousand
-        entries would otherwise be one long loop turn."""
+        entries would otherwise be one long loop turn. Settled after the last slice."""
         items = iter(fresh.items())
         index = self.w.index
+        merged = Job()
 
         def slice_() -> None:
             for n, (p, s) in enumerate(items, 1):
@@ -229,8 +250,10 @@ class WatchOps:
                 if n >= MERGE_SLICE:
                     self.w.loop.call_later(0, slice_)
                     return
+            merged.settle()
 
         slice_()
+        return merged
 
     @staticmethod
     def _reply(call: Call, job: Job, path: str) -> None:
