@@ -53,6 +53,9 @@ def replaced_during_the_back_off(ctx: zmq.Context, runtime_dir: Any, core: Clien
             assert again is not None, "the resend never reached the successor"
             ran.append(again[1])
             successor.reply(*again, {"ran": True})
+            # (closed with LINGER 0 before the client read it, the answer could be lost
+            # with the connection: a real actor's I/O thread sends it first)
+            wait_for(lambda: core.heard.get(ACTOR) == SUCCESSOR, "the answer read")
         finally:
             successor.close()
 
@@ -115,6 +118,7 @@ def restarted_then_slow(ctx: zmq.Context, runtime_dir: Any, core: ClientCore,
                         "outcome_unknown", "pinned to another life",
                         detail={"old_epoch": again[1].epoch, "new_epoch": SUCCESSOR}))
             successor.reply(*call, {"done": True})
+            wait_for(lambda: core.heard.get(ACTOR) == SUCCESSOR, "the answer read")
         finally:
             successor.close()
 
