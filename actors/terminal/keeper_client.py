@@ -5,9 +5,12 @@ The keeper starts the shells and reads their output into each session's ring (ri
 side holds a copy of every session's PTY master and ring too, so a session outlives whichever
 of the two processes dies:
 - a new terminal actor (ours died) gets every session the keeper holds, fds included, and
-  `on_restore` makes a session of each from its ring; a keeper still waiting for what its
-  supervisor keeps (custody, keeper/actor.py) says so in its welcome, and sends the sessions
-  that come with the answer later (`custody`): until then no session is taken for lost;
+  `on_restore` makes a session of each from its ring (caught up on a slice a loop turn:
+  `catch_up`); fds that do not come are asked for again (`pass`), then the session is taken
+  for lost (closed in the keeper, reported and started anew: restore.reconcile); a keeper
+  still waiting for what its supervisor keeps (custody, keeper/actor.py) says so in its
+  welcome, and sends the sessions that come with the answer later (`custody`): until then no
+  other session is taken for lost;
 - a new keeper (its predecessor died) gets from us, with `adopt`, every session we hold that it
   does not: master, ring, the shell's pid, the actor's state.
 While no keeper is connected the sessions stay as they are (the shells block once the PTY's
@@ -31,7 +34,9 @@ once go through the keeper.
 from __future__ import annotations
 
 import os
+import select
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,12 +51,17 @@ from moorage.actors.terminal.ring import RingError, SessionRing
 from moorage.protocol.errors import KINDS, WireError
 
 if TYPE_CHECKING:
-    from moorage.actors.runtime.loop import Loop
+    from moorage.actors.runtime.loop import Loop, Timer
     from moorage.actors.terminal.session import Session
 
 KeeperCallback = Callable[[dict[str, Any] | None, WireError | None], None]
 RECONNECT_S = 0.02
-FDS_WAIT_S = 2.0  # a welcome's (or a `custody`'s) sessions' fds, all of them within this
+# A welcome's (or a `custody`'s) sessions' fds: waited for this long after the last of them
+# came or was caught up on (restoring them is our own time, not the keeper's); then those
+# missing are asked for once more (`pass`), and after as long again taken for lost.
+FDS_WAIT_S = 2.0
+FDS_UNREAD_WAITS = 3  # waits added, at most, while the link holds what we have not read yet
+CATCH_UP_TURN_S = 0.02  # catching restored sessions up takes at most about this much a turn
 COPIES_TRIES = 6  # a session's copies asked for again (ask_copies) at most this often ...
 COPIES_RETRY_S = 0.25  # ... the first time this long after the keeper could not send them
 
@@ -64,7 +74,8 @@ class KeeperClient:
     """The link to the keeper, its messages, and the acks, for the sessions the actor holds.
 
     What the actor decides stays with it, through the callbacks: `on_restore(entry, master,
-    ring)` makes a session of one the keeper holds and we do not, `on_welcome(entries,
+    ring)` makes a session of one the keeper holds and we do not (and hands the catch-up on
+    its ring to `catch_up`: the welcome is complete once that is over), `on_welcome(entries,
     settled)` (the keeper's whole list, once every session is restored: which of ours are
     lost, when `settled`; while the keeper's custody answer is still to come, not `settled`:
     none is lost yet, the missing ones may still come), `on_ready()` (the sessions the
@@ -112,6 +123,14 @@ class KeeperClient:
         self._awaiting_fds: set[str] = set()
         self._then: Callable[[], None] = _nothing
         self._round = 0
+        self._overdue: Timer | None = None
+        self._unread_waits = 0
+        self._passed_again: set[str] = set()  # (this round's, asked for with `pass`)
+        # Restored sessions whose rings are still being caught up on, one at a time, a slice
+        # a turn (their next slice: restore.py), and the exits the keeper told of meanwhile.
+        self._catching_up: dict[str, tuple[Session, Callable[[float], bool]]] = {}
+        self._catch_up_armed = False
+        self._exits: dict[str, dict[str, Any]] = {}
         self._keeper = {"welcome": self._k_welcome, "out": self._k_out, "exit": self._k_exit,
                         "ok": self._k_reply, "err": self._k_reply, "fds": self._k_fds,
                         "custody": self._k_custody}
@@ -149,6 +168,7 @@ class KeeperClient:
         self._late = None
         self._round += 1
         self._awaiting_fds.clear()
+        self._passed_again.clear()
         self._asking.clear()  # (the next link's welcome passes every session we lack)
         waiting, self._waiting = self._waiting, {}
         for cb in waiting.values():
@@ -179,6 +199,11 @@ class KeeperClient:
         if self.link is None or not self.welcomed:
             cb(None, WireError.of("unavailable", "the pty keeper is not connected"))
             return
+        self._send(msg, cb)
+
+    def _send(self, msg: dict[str, Any], cb: KeeperCallback) -> None:
+        """A request on the link, welcomed or not yet (the welcome's own business)."""
+        assert self.link is not None
         r = self._next_r
         self._next_r += 1
         msg["r"] = r
@@ -303,23 +328,37 @@ class KeeperClient:
             # the session from custody and reads at once): its word of it went nowhere,
             # and once its window was full it stopped reading, waiting for an ack.
             s.keeper_paused = bool(e.get("paused"))
-            s.on_ring(s.ring.write_off)
+            if s.id not in self._catching_up:  # (else its catch-up takes it, in slices)
+                s.on_ring(s.ring.write_off)
             self.flush_acks(s)
 
     def _complete(self, entries: list[dict[str, Any]], then: Callable[[], None]) -> None:
         """Wait for the fds of the sessions in `entries` we do not hold (each is restored as
-        they come), at most FDS_WAIT_S; then `then()`."""
+        they come, and caught up on), FDS_WAIT_S without any (_fds_overdue); then
+        `then()`."""
         self._round += 1
         self._entries = entries
         self._then = then
         self._awaiting_fds = {e["s"] for e in entries if e["s"] not in self.sessions}
+        self._passed_again.clear()
         if self._awaiting_fds:
-            this = self._round
-            self.loop.call_later(FDS_WAIT_S, lambda: self._fds_overdue(this))
+            self._progress()
         else:
             self._completed()
 
+    def _progress(self) -> None:
+        """The wait for the fds still missing starts again: some came, were caught up on, or
+        were asked for again."""
+        self._unread_waits = 0
+        if self._overdue is not None:
+            self._overdue.cancel()
+        this = self._round
+        self._overdue = self.loop.call_later(FDS_WAIT_S, lambda: self._fds_overdue(this))
+
     def _completed(self) -> None:
+        if self._overdue is not None:
+            self._overdue.cancel()
+            self._overdue = None
         then, self._then = self._then, _nothing
         self._entries = []
         then()
@@ -352,9 +391,14 @@ class KeeperClient:
         if fds is None:
             logger.error("session {}: its master and ring did not come", sid)
             if s is not None and s.ring is None:
-                self.ask_copies(s)  # (a round already under way asks again itself)
+                self.ask_copies(s)
+            elif s is None and sid in self._awaiting_fds:
+                self._pass_again(sid)
             return
         master, ring_fd = fds
+        if s is not None and sid in self._catching_up:
+            close_all(fds)  # (asked for again, while the first copies are in use)
+            return
         if s is not None:  # a session we created: its copies
             late = s.ring is None
             try:
@@ -379,25 +423,132 @@ class KeeperClient:
             ring = SessionRing.open(ring_fd)
         except (RingError, OSError) as exc:
             logger.error("session {}: unreadable ring: {}", sid, exc)
-            for fd in fds:
-                os.close(fd)
-        else:
-            os.set_blocking(master, False)
+            close_all(fds)
+            self._pass_again(sid)
+            return
+        os.set_blocking(master, False)
+        self._progress()
+        try:
+            # (registered at once; caught up on later, through catch_up, which says when)
             self.on_restore(entry, master, ring)
-        self._awaiting_fds.discard(sid)
-        if not self._awaiting_fds:
-            self._completed()
+        except Exception:
+            logger.exception("session {}: not restored", sid)
+            if sid not in self.sessions:  # (asked for again, then taken for lost)
+                ring.close()
+                os.close(master)
+                return
+        if sid not in self._catching_up:
+            self._restored(sid)
+
+    def _restored(self, sid: str) -> None:
+        if sid in self._awaiting_fds:
+            self._awaiting_fds.discard(sid)
+            if self._awaiting_fds:
+                self._progress()
+            else:
+                self._completed()
+
+    def _pass_again(self, sid: str) -> None:
+        """Ask the keeper once more for an awaited session's fds (they did not come, or could
+        not be used)."""
+        if self.link is None:
+            return
+        self._passed_again.add(sid)
+        self._progress()
+
+        def done(_r: dict[str, Any] | None, err: WireError | None) -> None:
+            if err is not None:
+                logger.warning("session {}: asked for again: {}", sid, err.message)
+
+        self._send({"t": "pass", "s": sid}, done)
+
+    def _unread(self) -> bool:
+        """Whether the link has bytes we have not read yet (a loop busy with our own work
+        may not have looked)."""
+        assert self.link is not None
+        p = select.poll()
+        p.register(self.link.fd, select.POLLIN)
+        return bool(p.poll(0))
 
     def _fds_overdue(self, this: int) -> None:
-        if self._awaiting_fds and self.link is not None and this == self._round:
-            logger.error("keeper sent no fds for {}; serving without them",
-                         sorted(self._awaiting_fds))
-            self._awaiting_fds.clear()
+        if not self._awaiting_fds or self.link is None or this != self._round:
+            return
+        self._overdue = None
+        if self._catching_up:  # our own work: not the keeper's delay
+            self._progress()
+            return
+        if self._unread_waits < FDS_UNREAD_WAITS and self._unread():
+            waits = self._unread_waits + 1  # (what came meanwhile may be them)
+            self._progress()
+            self._unread_waits = waits
+            return
+        missing = sorted(self._awaiting_fds)
+        lost = [sid for sid in missing if sid in self._passed_again]
+        if lost:
+            self._give_up(lost)
+        again = [sid for sid in missing if sid not in self._passed_again]
+        if again:
+            logger.warning("keeper sent no fds for {} in {} s; asked for again", again,
+                           FDS_WAIT_S)
+            for sid in again:
+                self._pass_again(sid)
+        elif not self._awaiting_fds:
             self._completed()
+
+    def _give_up(self, sids: list[str]) -> None:
+        """Sessions the keeper holds whose fds never came, even asked for again: its shell is
+        ended (`close`), and they are told of as given up, so that restore.reconcile
+        reports them lost and starts them anew, as it does sessions no one holds."""
+        logger.error("keeper sent no fds for {}, even asked for again; taken for lost", sids)
+        for sid in sids:
+            self._awaiting_fds.discard(sid)
+            self._send({"t": "close", "s": sid}, lambda _r, _e: None)
+        gone = set(sids)
+        self._told = [{**e, "given_up": True} if e["s"] in gone else e for e in self._told]
+
+    # --- restored sessions' catch-up ------------------------------------------------------------
+
+    def catch_up(self, s: Session, step: Callable[[float], bool]) -> None:
+        """`s` is restored, its ring not yet taken (restore.py): `step(until)` takes some of
+        it, stopping once the clock (time.monotonic) passes `until`, and says True once it
+        is all taken. Sessions are caught up on one after the other, CATCH_UP_TURN_S a loop
+        turn, so that the loop goes on turning (heartbeats, pings, the keeper's messages);
+        until its catch-up is over the keeper's word of its output and exit waits."""
+        self._catching_up[s.id] = (s, step)
+        if not self._catch_up_armed:
+            self._catch_up_armed = True
+            self.loop.defer(self._catch_up_turn)
+
+    def _catch_up_turn(self) -> None:
+        self._catch_up_armed = False
+        until = time.monotonic() + CATCH_UP_TURN_S
+        try:
+            while self._catching_up:
+                sid, (s, step) = next(iter(self._catching_up.items()))
+                try:
+                    done = step(until)
+                except Exception:  # (it serves with what it took: better than never)
+                    logger.exception("session {}: catching up failed", sid)
+                    done = True
+                if done:
+                    del self._catching_up[sid]
+                    self._caught_up(s)
+                if time.monotonic() >= until:
+                    break
+        finally:  # (whatever a caught-up session's follow-up raised, the others go on)
+            if self._catching_up and not self._catch_up_armed:
+                self._catch_up_armed = True
+                self.loop.defer(self._catch_up_turn)
+
+    def _caught_up(self, s: Session) -> None:
+        info = self._exits.pop(s.id, None)
+        if info is not None and self.sessions.get(s.id) is s:
+            self._k_exit({"s": s.id, **info})
+        self._restored(s.id)
 
     def _welcome_done(self) -> None:
         self.welcomed = True
-        self.on_welcome(self._told, not self.custody_pending)
+        self._tell_welcome(not self.custody_pending)
         self.on_ready()
         self._release(self._until_ready)
         if not self.custody_pending:
@@ -408,8 +559,13 @@ class KeeperClient:
 
     def _settle(self) -> None:
         self.custody_pending = False
-        self.on_welcome(self._told, True)
+        self._tell_welcome(True)
         self._release(self._until_settled)
+
+    def _tell_welcome(self, settled: bool) -> None:
+        self.on_welcome(self._told, settled)
+        # (those given up are lost and started anew now: once)
+        self._told = [e for e in self._told if not e.get("given_up")]
 
     @staticmethod
     def _release(waiting: list[Callable[[bool], None]]) -> None:
@@ -483,12 +639,16 @@ class KeeperClient:
         s = self.sessions.get(msg["s"])
         if s is not None and s.ring is not None:
             s.keeper_paused = bool(msg.get("paused"))
-            s.on_ring(int(msg["end"]))
+            if s.id not in self._catching_up:  # (else its catch-up takes it, in slices)
+                s.on_ring(int(msg["end"]))
             self.flush_acks(s)
 
     def _k_exit(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
         if s is None or s.exited is not None:
+            return
+        if s.id in self._catching_up:  # (after the output it is catching up on)
+            self._exits[s.id] = {k: v for k, v in msg.items() if k != "s"}
             return
         if s.ring is not None:
             s.on_ring(s.ring.write_off)  # whatever the shell wrote last

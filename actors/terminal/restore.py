@@ -12,15 +12,17 @@ On the keeper's welcome: each session it holds that this actor does not (this ac
 is restored from its metadata (nonce, mode, shell, the spec it was created from) and its ring
 (`restore`): its output is taken again from a little before what the predecessor handled, so
 the session's state is rebuilt and what the predecessor may have had in flight is published
-again (marked `replay`). Sessions this actor had recorded that the keeper does not hold (it
-takes back what the terminals supervisor keeps for it when both of us died: actors.runtime.
-custody) died with the terminals supervisor (`reconcile`), once the keeper has had that
-supervisor's answer (a keeper that lets us in before it says so, and sends what came with it
-later: keeper_client.py; meanwhile ops on such a session wait): each gets a `lost` event,
-together one `term.alert`, and each is started again under the same id (`recreated`, its
-output from offset recreated x 2^40 on, past anything the lost shell wrote), or reported
-`gone` if that fails; whatever is left of its old session (a job that ignored SIGHUP) is
-killed first.
+again (marked `replay`), a slice a loop turn (keeper_client.catch_up). Sessions this actor
+had recorded that the keeper does not hold (it takes back what the terminals supervisor keeps
+for it when both of us died: actors.runtime.custody) died with the terminals supervisor
+(`reconcile`), once the keeper has had that supervisor's answer (a keeper that lets us in
+before it says so, and sends what came with it later: keeper_client.py; meanwhile ops on such
+a session wait): each gets a `lost` event, together one `term.alert`, and each is started
+again under the same id (`recreated`, its output from offset recreated x 2^40 on, past
+anything the lost shell wrote), or reported `gone` if that fails; whatever is left of its old
+session (a job that ignored SIGHUP) is killed first. A session the keeper named but whose PTY
+never came here, even asked for again, is lost so too, at once (keeper_client.py has the
+keeper close it first).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +54,12 @@ if TYPE_CHECKING:
 
 MINIMAL_SHELL = "/bin/sh"
 RECREATED_SHIFT = 40
+# what a restored session's catch-up takes between two looks at the clock (ESC-heavy output
+# parses at about 1.5 MB/s in-process: some 10 ms)
+CATCH_UP_PIECE = 16 << 10
+LOST_REASON = "every holder of the session's PTY died (the terminals supervisor with it)"
+GIVEN_UP_REASON = ("the pty keeper held the session but its PTY never came here, even asked "
+                   "for again: its shell was ended")
 
 
 class RestoreHost(SessionHost, Protocol):
@@ -296,8 +305,9 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
         # removal, or one whose state went over the link to a keeper that died with it), and
         # its end marker must be seen again to answer it, not waited for until its deadline
         start = max(ring.base, min(start, rec["sent_off"]))
+    target = ring.write_off
     s = Session(a, sid, meta, ring=ring, master=master, base=start,
-                replay_until=ring.ack_off, catch_up=ring.write_off)
+                replay_until=ring.ack_off, catch_up=target)
     s.pid, s.tty, s.cols, s.rows = e["pid"], e["tty"], e["cols"], e["rows"]
     s.started = e.get("started")
     s.keeper_backlog = bool(e.get("pending"))  # a predecessor's input still waits there
@@ -307,15 +317,7 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
     a.sessions[sid] = s
     if meta.get("watched"):
         a.keeper.hold_until_watched(s)
-    spec = meta.get("spec")
-    if sid not in a.specs.specs:  # created, but its creator died before recording it, or
-        # a restart by hand cleared the records: the shell's pid with it (a lost session's
-        # left jobs are killed by it: reconcile)
-        a.specs.put(sid, {**(spec or {"shell": meta.get("shell"), "args": [],
-                                      "cwd": meta.get("cwd"), "env": {}, "cols": s.cols,
-                                      "rows": s.rows, "integration": meta.get("mode") ==
-                                      "integration", "recreated": 0}), "pid": s.pid,
-                                "started": s.started})
+    _record(a, e, meta)
     ran = meta.get("exec_ran")
     if isinstance(ran, dict) and isinstance(ran.get("sid"), str) and isinstance(ran.get("id"), int):
         # The last command our predecessor answered: a resend of it is not run again.
@@ -326,11 +328,53 @@ def restore(a: RestoreHost, e: dict[str, Any], master: int, ring: SessionRing) -
                              {"session": sid, "command": rec.get("command", "")})
         a.resumed.add((rec["sid"], rec["id"]))
         s.resume_exec(call, rec)
+    # Its ring is taken a slice at a time (up to ~3 MiB parsed in-process: seconds for
+    # escape-heavy output), the loop turning in between; ops wait until all are done (the
+    # keeper's welcome, or in a `custody` round, the round's settling).
+    if a.keeper.welcomed:
+        a.unsettled.setdefault(sid, [])
+    began = time.monotonic()
+    a.keeper.catch_up(s, lambda until: _catch_up(a, e, s, (start, target), until, began))
+
+
+def _record(a: RestoreHost, e: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The session's spec, if it has none: created, but its creator died before recording
+    it, or a restart by hand cleared the records; the shell's pid with it (a lost session's
+    left jobs are killed by it: reconcile)."""
+    sid = e["s"]
+    if sid in a.specs.specs:
+        return
+    spec = meta.get("spec")
+    a.specs.put(sid, {**(spec or {"shell": meta.get("shell"), "args": [],
+                                  "cwd": meta.get("cwd"), "env": {}, "cols": e["cols"],
+                                  "rows": e["rows"], "integration": meta.get("mode") ==
+                                  "integration", "recreated": 0}), "pid": e["pid"],
+                            "started": e.get("started")})
+
+
+def _catch_up(a: RestoreHost, e: dict[str, Any], s: Session, span: tuple[int, int],
+              until: float, began: float) -> bool:
+    """A restored session's ring up to `target` (its end at the restore), until the clock
+    passes `until`; then (True) what came since, and its exit if the keeper's entry told
+    of one. As Session.on_ring takes it, in smaller pieces."""
+    start, target = span
+    ring = s.ring
+    if ring is None or a.sessions.get(s.id) is not s:
+        return True
+    while s.offset < target:
+        off = max(s.offset, ring.base)
+        data = ring.read(off, min(target, off + CATCH_UP_PIECE))
+        if not data:
+            break
+        s.on_output(off, data)
+        if time.monotonic() >= until and s.offset < target:
+            return False
     s.on_ring(ring.write_off)
-    if e.get("exited"):
+    if e.get("exited") and s.exited is None:
         a.session_exited(s, e["exited"])
-    logger.info("session {} restored: pid {}, output from {} to {}", sid, s.pid, start,
-                ring.write_off)
+    logger.info("session {} restored: pid {}, output from {} to {}, caught up on in {:.2f} s",
+                s.id, s.pid, start, ring.write_off, time.monotonic() - began)
+    return True
 
 
 def reconcile(a: RestoreHost, entries: list[dict[str, Any]], settled: bool = True) -> None:
@@ -338,18 +382,29 @@ def reconcile(a: RestoreHost, entries: list[dict[str, Any]], settled: bool = Tru
     neither the keeper nor this actor holds died with every holder (the terminals supervisor,
     which holds a copy of each besides the two of us): report, clean up and recreate them.
     Not `settled` (the keeper's custody answer is still to come), they may yet come with it:
-    none is lost, and ops on them wait."""
-    held = {e["s"] for e in entries} | set(a.sessions)
-    missing = [sid for sid in a.specs.specs if sid not in held]
+    none is lost, and ops on them wait. Entries `given_up` (keeper_client: the keeper held
+    them, but their PTYs never came here) are lost now, settled or not."""
+    # (one being recreated is not lost again: a later round still names the one given up)
+    ours = set(a.sessions) | set(a.recreating)
+    given_up = [e for e in entries if e.get("given_up") and e["s"] not in ours]
+    for e in given_up:
+        _record(a, e, e.get("meta") or {})  # (recreated from its spec, as any lost one)
+    gone = {e["s"] for e in given_up}
+    held = {e["s"] for e in entries if not e.get("given_up")} | ours
+    missing = [sid for sid in a.specs.specs if sid not in held and sid not in gone]
     if not settled:
         for sid in missing:
             a.unsettled.setdefault(sid, [])
         if missing:
             logger.info("session(s) {} not held by the keeper yet: waiting for its custody "
                         "answer", missing)
+        if gone:
+            _settle(a, sorted(gone), GIVEN_UP_REASON)
         return
     try:
         _settle(a, missing)
+        if gone:
+            _settle(a, sorted(gone), GIVEN_UP_REASON)
     finally:
         # (the lost ones wait for their recreation now; the others are here, or gone)
         waiting, a.unsettled = a.unsettled, {}
@@ -358,8 +413,9 @@ def reconcile(a: RestoreHost, entries: list[dict[str, Any]], settled: bool = Tru
                 fn()
 
 
-def _settle(a: RestoreHost, lost: list[str]) -> None:
-    """The sessions recorded that no one holds are lost: report, clean up, recreate."""
+def _settle(a: RestoreHost, lost: list[str], reason: str = LOST_REASON) -> None:
+    """The sessions recorded that no one holds (or that never came here) are lost: report,
+    clean up, recreate."""
     a.execs.prune(set(a.specs.specs))
     for sid in lost:
         # The calls the lost session's records name: a resend of the one that was running
@@ -371,7 +427,6 @@ def _settle(a: RestoreHost, lost: list[str]) -> None:
             a.ran_before.add(ran)
     if not lost:
         return
-    reason = "every holder of the session's PTY died (the terminals supervisor with it)"
     for sid in lost:
         pid = a.specs.specs[sid].get("pid")
         started = a.specs.specs[sid].get("started")
