@@ -31,6 +31,7 @@ pytestmark = pytest.mark.timeout(240)
 
 TREE = terminal_tree()
 ESC_BYTES = 2_000_000
+STREAM_BYTES = 30_000_000
 
 
 def test_sessions_restored_after_slow_catch_ups_are_all_served(make_tree, tmp_path):
@@ -54,7 +55,12 @@ def test_sessions_restored_after_slow_catch_ups_are_all_served(make_tree, tmp_pa
     wait_for(lambda: all(offsets().get(s["session"], 0) > ESC_BYTES for s in heavy),
              "2 MB of ESC bytes through both sessions", 120)
     idle = create()  # made last: its fds come after the two slow ones'
-    made = {s["session"]: s["pid"] for s in [*heavy, idle]}
+    # and one whose shell goes on writing while the successor catches up on the others
+    streaming = create()
+    c.call("terminal", "term.write", {"session": streaming["session"],
+                                      "data": f"yes 0123456789 | head -c {STREAM_BYTES}\r"})
+    wait_for(lambda: offsets().get(streaming["session"], 0) > 1 << 20, "the stream going")
+    made = {s["session"]: s["pid"] for s in [*heavy, idle, streaming]}
 
     victim = tree.child("terminal")["pid"]
     os.kill(victim, signal.SIGKILL)
@@ -77,6 +83,11 @@ def test_sessions_restored_after_slow_catch_ups_are_all_served(make_tree, tmp_pa
     held = {s["s"]: s["pid"] for s in c.call("ptykeeper", "pty.list")["sessions"]}
     assert listed == made, f"term.list {listed}, created {made}"
     assert held == made, f"only in the keeper: {set(held) - set(listed)}"
+    def at_prompt(sid: str) -> bool:
+        listed = c.call("terminal", "term.list", timeout=30)["sessions"]
+        return any(s["session"] == sid and s["state"] == "prompt" for s in listed)
+
+    wait_for(lambda: at_prompt(streaming["session"]), "the stream's end", 120)
     for sid, pid in made.items():
         r = c.call("terminal", "term.exec", {"session": sid, "command": "echo $$"},
                    timeout=60)
@@ -84,6 +95,8 @@ def test_sessions_restored_after_slow_catch_ups_are_all_served(make_tree, tmp_pa
     # the successor's loop kept turning: not taken for hung by its supervisor meanwhile
     assert tree.child("terminal")["pid"] == ev["pid"]
     assert all(pid_running(pid) for pid in made.values())
+    # nothing the keeper wrote was lost to a catch-up: no offset ever jumped
+    assert c.call("terminal", "sys.info")["output_skipped"] == 0
 
 
 class FakeKeeper:

@@ -237,6 +237,7 @@ class TerminalActor(Actor):
                 "exec_records_failed": self.execs.failed,
                 "output": {k: sum(getattr(s.out, k) for s in self.sessions.values())
                            for k in ("pieces", "messages", "held_bytes")},
+                "output_skipped": sum(s.output_skipped for s in self.sessions.values()),
                 **self.counters}
 
     def on_subscribed(self, topic: str) -> None:

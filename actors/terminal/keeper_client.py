@@ -663,7 +663,10 @@ class KeeperClient:
         from the ring before the keeper's word that it stopped came.)"""
         if s.hold_acks or s.ring is None:
             return
-        handled = s.handled()
+        # Never past what this process has read from the ring: a restored session being
+        # caught up on (a slice a turn) has published further than it has read again, and
+        # an ack there let the keeper write over what the catch-up had yet to read.
+        handled = min(s.handled(), s.offset)
         if handled > s.ring.ack_off:
             s.ring.ack_off = handled
         if s.keeper_paused and self.link is not None and s.ring.room() > 0:

@@ -213,6 +213,7 @@ class Session:
         self.command_line: str | None = None
         self.command_start: tuple[int, float] | None = None  # (offset, time)
         self.untrusted = 0
+        self.output_skipped = 0  # bytes the ring no longer held when they were to be taken
         self.keeper_writes = 0  # input sent through the keeper, not answered yet
         self.keeper_backlog = False  # the keeper holds input not yet written to the PTY
         # one-shot callbacks: the first prompt (or the session settled without one, or gone)
@@ -277,6 +278,7 @@ class Session:
         elif off > self.offset:
             # The ring never skips what was not handled; if it ever did, say so and carry on.
             logger.error("session {}: output jumps from {} to {}", self.id, self.offset, off)
+            self.output_skipped += off - self.offset
             self.marker_end = off
             self.hop.restart_at(off)
         self.offset = end
