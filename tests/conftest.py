@@ -96,6 +96,14 @@ def terminal_outputs_closed() -> Iterator[None]:
 
 
 @pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """A directory for a watcher to watch, by its real path (events name real paths)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    return Path(os.path.realpath(d))
+
+
+@pytest.fixture
 def runtime_dir() -> Iterator[Path]:
     # Short paths: a Unix socket path must fit in 107 bytes.
     d = Path(tempfile.mkdtemp(prefix="mt-", dir="/tmp"))

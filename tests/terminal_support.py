@@ -29,6 +29,16 @@ def make_home(tmp: Path, bashrc: str = "", zshrc: str = "") -> Path:
     return home
 
 
+def send_message(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    """One link message on a blocking socket, `fds` passed with its first bytes."""
+    data = encode(msg)
+    if fds:
+        n = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   array.array("i", fds))])
+        data = data[n:]
+    sock.sendall(data)
+
+
 class RawLink:
     """A blocking client of the keeper's socket, as the terminal actor would be."""
 
@@ -43,12 +53,7 @@ class RawLink:
         self.masters: dict[str, int] = {}
 
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-        data = encode(msg)
-        if fds:
-            n = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                            array.array("i", fds))])
-            data = data[n:]
-        self.sock.sendall(data)
+        send_message(self.sock, msg, fds)
 
     def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         end = time.monotonic() + timeout

@@ -6,7 +6,6 @@ whose fds never come is asked for again, then reported lost, never dropped in si
 
 from __future__ import annotations
 
-import array
 import os
 import signal
 import socket
@@ -18,13 +17,13 @@ from typing import Any
 import pytest
 
 from moorage.actors.terminal.keeper.ptys import process_start
-from moorage.actors.terminal.link import FrameReader, encode
+from moorage.actors.terminal.link import FrameReader
 from moorage.actors.terminal.restore import candidates
 from moorage.actors.terminal.ring import SessionRing
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from tests.conftest import pid_running, wait_pid_exit
-from tests.terminal_support import env_for, make_home, terminal_tree
+from tests.terminal_support import env_for, make_home, send_message, terminal_tree
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -117,12 +116,7 @@ class FakeKeeper:
 
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         assert self.sock is not None
-        data = encode(msg)
-        if fds:
-            n = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                            array.array("i", fds))])
-            data = data[n:]
-        self.sock.sendall(data)
+        send_message(self.sock, msg, fds)
 
     def next(self, t: str, timeout: float = 20.0) -> dict[str, Any]:
         """The next message of type `t` (those before it, of other types, are dropped)."""

@@ -81,13 +81,6 @@ class Watcher:
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    return Path(os.path.realpath(d))
-
-
-@pytest.fixture
 def start(spawn_actor, client, data):
     def go(**config: Any) -> Watcher:
         config.setdefault("roots", [str(data)])

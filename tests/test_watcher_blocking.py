@@ -48,13 +48,6 @@ push_metrics = false
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    return Path(os.path.realpath(d))
-
-
-@pytest.fixture
 def watcher(spawn_actor, client, data):
     def go(**config: Any) -> Client:
         config.setdefault("roots", [str(data)])

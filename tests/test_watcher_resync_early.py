@@ -33,13 +33,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    return Path(os.path.realpath(d))
-
-
-@pytest.fixture
 def start(spawn_actor, client, data, tmp_path):
     """A watcher on `data` whose state lives in tmp_path/state (the same for its successor)."""
     state = tmp_path / "state"
