@@ -60,6 +60,10 @@ class Child:
     stopped: bool = False  # SIGSTOPped, as its zygote (its parent) saw
     halted_ticks: int = 0  # heartbeat ticks it has spent stopped while starting
     alive_at: int = 0  # monotonic ns of its last sign of life (its beat)
+    # Since its last turn: (monotonic ns, its main thread's policy.sched_sample) at the last
+    # tick that looked, and the ticks its loop spent waiting for a CPU (policy.starved)
+    sched: tuple[int, tuple[int, int, bool]] | None = None
+    starved_ticks: int = 0
     down_since: float | None = None  # wall time its outage began (a hang: its last life)
     last_resort: int = 0  # the root's retries of a child that exhausted its fallbacks
     # bound to its current process (its start's timeout, a stop's SIGKILL): they end with it
@@ -144,6 +148,8 @@ class Child:
         self.stopped = False
         self.halted_ticks = 0
         self.alive_at = 0
+        self.sched = None
+        self.starved_ticks = 0
         self.kill_sent = False
 
     def describe(self, now: float) -> dict[str, Any]:

@@ -183,3 +183,38 @@ class Heartbeat:
         """A new process of the child: nothing turned yet, nothing missed yet."""
         self.outstanding = 0
         self.last_turn = 0
+
+
+# A tick without a beat is not a miss while the child's loop waited for a CPU (a machine
+# saturated by a build: forty shells' loops, each runnable) for at least half of it, up to
+# this many ticks in a row; then it counts again (a loop spinning in a turn gets its share
+# of the CPU as well, and is hung however busy the machine is).
+STARVED_TICKS_MAX = 50
+
+
+def sched_sample(pid: int) -> tuple[int, int, bool] | None:
+    """`pid`'s main thread (the actor's loop): its CPU time and the time it spent runnable
+    waiting for a CPU, in ns (/proc/<pid>/schedstat; the kernel adds a wait to the second
+    when it ends), and whether it is runnable now; None if they cannot be read."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            ran, waited = (int(x) for x in f.read().split()[:2])
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return ran, waited, state == b"R"
+
+
+def starved(was: tuple[int, tuple[int, int, bool]] | None, now_ns: int,
+            sample: tuple[int, int, bool] | None) -> bool:
+    """Since `was` (monotonic ns, its sample), did the loop wait for a CPU rather than not
+    turn with one to run on? It waited for at least half of the time (its waits that ended),
+    or it is runnable and ran for less than a tenth of it (a wait not over yet: a CPU held
+    by real-time work, or shared by dozens of busy processes)."""
+    if was is None or sample is None or now_ns <= was[0]:
+        return False
+    elapsed = now_ns - was[0]
+    ran, waited, runnable = sample
+    return (waited - was[1][1] >= elapsed // 2
+            or (runnable and ran - was[1][0] < elapsed // 10))

@@ -76,13 +76,16 @@ from moorage.supervisor.lifecycle import Lifecycle, LifecycleOptions
 from moorage.supervisor.overrides import Overrides
 from moorage.supervisor.policy import (
     LAST_RESORT,
+    STARVED_TICKS_MAX,
     ExitKind,
     ExitReason,
     RestartType,
     affected,
     classify_exit,
     counts_against_intensity,
+    sched_sample,
     should_restart,
+    starved,
 )
 from moorage.supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
 from moorage.supervisor.shedding import SheddingOps
@@ -951,12 +954,29 @@ class Supervisor(Actor):
             idle = waiting and turn == child.heartbeat.last_turn
             # its last sign of life: its loop's last turn (a monotonic stamp), or now if idle
             child.alive_at = max(child.alive_at, now if idle else turn)
-            if child.heartbeat.observe(turn, idle):
+            stale = turn == child.heartbeat.last_turn and not idle and not halted
+            if child.heartbeat.observe(turn, idle or (stale and self._starved(child, now))):
                 self._hung(child)
+            if not stale:
+                child.sched, child.starved_ticks = None, 0
             watch = watch or not waiting or child.adopted
         hb = self.spec.heartbeat
         self._beat_timer = self.loop.call_later(
             (hb.interval_ms if watch else hb.idle_interval_ms) / 1000, self._heartbeat)
+
+    def _starved(self, child: Child, now: int) -> bool:
+        """The child did not turn since the last tick because its loop waited for a CPU
+        (policy.starved), and not for longer than STARVED_TICKS_MAX ticks in a row."""
+        assert child.pid is not None
+        sample = sched_sample(child.pid)
+        was, child.sched = child.sched, (now, sample) if sample is not None else None
+        if not starved(was, now, sample) or child.starved_ticks >= STARVED_TICKS_MAX:
+            return False
+        if not child.starved_ticks:
+            logger.info("{}: its loop waits for a CPU (the machine is busy): not taken for "
+                        "hung while it does", child.id)
+        child.starved_ticks += 1
+        return True
 
     def _beat_soon(self) -> None:
         """A child stopped: read the board at the working pace from now on."""
