@@ -46,21 +46,31 @@ def _reap_all() -> None:
             return
 
 
+def _gone(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
 def _wait_gone(pidfds: dict[int, int], until: float) -> None:
-    """Until every pidfd is readable (its process exited) or `until` (monotonic)."""
-    waiting = dict(pidfds)
+    """Until every pidfd is readable (its process exited) or `until` (monotonic). (poll,
+    not select: a supervisor holding custody of many sessions has descriptors past 1024.)"""
+    p = select.poll()
+    waiting = set(pidfds.values())
+    for fd in waiting:
+        p.register(fd, select.POLLIN)
     while waiting:
         left = until - time.monotonic()
         if left <= 0:
             return
-        ready, _, _ = select.select(list(waiting.values()), [], [], left)
-        for fd in ready:
-            waiting = {p: f for p, f in waiting.items() if f != fd}
+        for fd, _ in p.poll(int(left * 1000) + 1):
+            p.unregister(fd)
+            waiting.discard(fd)
 
 
 def end_strays(owner: str, grace_s: float = STRAY_GRACE_S) -> int:
     """SIGTERM each child still here, SIGKILL what is left after `grace_s`, reap them all;
-    how many were found. Bounded: ROUNDS rounds of at most `grace_s` each."""
+    how many were found. Bounded: ROUNDS rounds of at most twice `grace_s` each."""
     found = 0
     for _ in range(ROUNDS):
         _reap_all()
@@ -78,7 +88,7 @@ def end_strays(owner: str, grace_s: float = STRAY_GRACE_S) -> int:
         try:
             _wait_gone(pidfds, time.monotonic() + grace_s)
             for fd in pidfds.values():
-                if not select.select([fd], [], [], 0)[0]:
+                if not _gone(fd):
                     with contextlib.suppress(OSError):
                         signal.pidfd_send_signal(fd, signal.SIGKILL)
             _wait_gone(pidfds, time.monotonic() + grace_s)
