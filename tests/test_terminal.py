@@ -420,6 +420,44 @@ def test_an_incomplete_command_is_refused_and_the_session_keeps_its_integration(
     assert term.call("term.list", {})["sessions"][0]["mode"] == "integration"
 
 
+def test_a_command_sent_line_by_line_runs_whole_though_the_shell_asks_for_its_lines(term):
+    """Without the integration (quality 1) a command's lines go one by one, and the shell's
+    continuation prompt between them is no sign of an incomplete command."""
+    sid = term.create("bash")["session"]
+    marker = term.home / "lines"
+    term.call("sys.pressure", {"level": "normal", "quality": 1})
+    r = term.exec(sid, f"echo first > {marker}\nfor i in 1 2\ndo echo $i >> {marker}\ndone")
+    assert r["mode"] == "no_integration"
+    assert marker.read_text() == "first\n1\n2\n"
+    term.call("sys.pressure", {"level": "normal", "quality": 3})
+
+
+def test_an_answer_being_cleaned_when_the_terminal_stops_is_sent_not_lost(term):
+    """The command ran to its end (recorded as run, so a successor refuses to run it again):
+    its answer, cleaned a slice a turn, is finished at the stop rather than dropped."""
+    sid = term.create("bash")["session"]
+    cmds = term.commands(sid)
+    t, box = term.exec_in_thread(sid, f'python3 -c "{ESCAPES}"')
+    cmds.next_event("end")
+    term.call("sys.stop", {})
+    t.join(60)
+    assert "reply" in box, box.get("error")
+    assert box["reply"]["output"].startswith("red  red")
+
+
+def test_a_timed_out_commands_output_starts_where_a_sequence_or_a_line_does(term):
+    """The answer keeps the output's last characters, cleaned from its last 16 KiB: cut
+    inside a long sequence (a sixel image), that sequence's bytes came out as text."""
+    sid = term.create("bash")["session"]
+    sixel = "\\x1bPq" + "#0;2;0;0;0~~@@" * 3000 + "\\x1b\\\\"
+    err = expect_error("timeout", term.exec, sid,
+                       f"python3 -c \"import sys, time; sys.stdout.write('hello\\n{sixel}"
+                       f"waiting\\n'); sys.stdout.flush(); time.sleep(30)\"",
+                       timeout_ms=1500)
+    output = err.error.detail["output"]
+    assert output.rstrip("\n").endswith("waiting") and "#0;2;0" not in output, output[:200]
+
+
 def test_exit_inside_a_session_ends_it_with_its_code(term):
     sid = term.create("bash")["session"]
     r = term.exec(sid, "exit 7")

@@ -173,7 +173,7 @@ class TerminalActor(Actor):
         self.consumer_timeout_s = int(cfg.get("consumer_timeout_ms", 5000)) / 1000
         self.counters: Counter[str] = Counter()
         self.resumed: set[tuple[str, int]] = set()  # (sid, id) of execs taken over on restore
-        self.creating: dict[str, Call] = {}  # session id -> its create, until answered
+        self.creating: dict[str, Creation] = {}  # session id -> its create, until over
         # (sid, id) of the last exec a predecessor answered, one per restored session
         self.ran_before: set[tuple[str, int]] = set()
         # (sid, id) -> session, of execs that were running in a session lost with every
@@ -223,6 +223,7 @@ class TerminalActor(Actor):
         # sessions and their specs; a tree started afresh must not find them lost.
         for s in self.sessions.values():
             s.out.flush()
+            s.finish_cleaning()
             s.abort(WireError.of("outcome_unknown", f"{self.name} stopped while it ran"))
         self.specs.clear()
         self.execs.clear()
@@ -479,12 +480,13 @@ class TerminalActor(Actor):
             sid = session or "t" + secrets.token_hex(6)
             making = self.creating.get(sid)
             if sid in self.sessions or sid in self.specs.specs or (
-                    making is not None and not making.answered):
+                    making is not None and not making.done):
                 raise fail("conflict", f"session {sid!r} exists already")
-            # (a create under way holds its id until it is answered: made, or failed)
-            self.creating = {k: c for k, c in self.creating.items() if not c.answered}
-            self.creating[sid] = call
-            Creation(self, sid, spec, call).next()
+            # (a create under way holds its id until it is over: made, or failed; its call
+            # may have been answered by the runtime's guard meanwhile)
+            self.creating = {k: c for k, c in self.creating.items() if not c.done}
+            self.creating[sid] = creation = Creation(self, sid, spec, call)
+            creation.next()
             return DEFERRED
 
         # A resend of a create whose first attempt's shell is still in the keeper's custody

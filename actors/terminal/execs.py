@@ -24,6 +24,9 @@ class Exec:
     out_start: int | None = None  # after the trusted C
     done: bool = False
     sent: bool = False  # its input reached the keeper: from then on it may have run
+    # Its input went as one unit the shell reads whole (a line, or a bracketed paste): only
+    # then does a continuation prompt before its start say the command is incomplete.
+    whole: bool = False
 
 
 def cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:

@@ -214,6 +214,7 @@ class Session:
         self.command_start: tuple[int, float] | None = None  # (offset, time)
         self.untrusted = 0
         self.output_skipped = 0  # bytes the ring no longer held when they were to be taken
+        self.cleaning: list[Callable[..., None]] = []  # answers being cleaned (_text_then)
         self.keeper_writes = 0  # input sent through the keeper, not answered yet
         self.keeper_backlog = False  # the keeper holds input not yet written to the PTY
         # one-shot callbacks: the first prompt (or the session settled without one, or gone)
@@ -357,8 +358,8 @@ class Session:
         read into it; instead its input is cancelled (^C: the shell draws a new prompt) and
         the call answered `bad_args`, not run."""
         ex = self._exec_at(at)
-        if ex is None or ex.done or ex.out_start is not None:
-            return
+        if ex is None or ex.done or ex.out_start is not None or not ex.whole:
+            return  # (a command sent line by line asks for its next lines so: no sign)
         self.host.keeper_write(self, b"\x03", lambda _err: None)
         # The next command waits for the prompt the ^C brings, as a starting shell's first
         # (sent before it, it would be read into the cancelled line, or find its end).
@@ -469,13 +470,15 @@ class Session:
         if mode == "integration" and self.hop.via is None:
             mode = "raw_output"
         data = command.encode()
-        if mode == "integration" and b"\n" in data:
+        pasted = mode == "integration" and b"\n" in data
+        if pasted:
             payload = PASTE_START + data.replace(b"\r\n", b"\n") + PASTE_END + b"\r"
         else:
             payload = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r") + b"\r"
         now = time.monotonic()
         ex = Exec(call, command, mode, now, self.offset, now + timeout_s,
                   now + self.host.detect_s)
+        ex.whole = mode == "integration" and (pasted or b"\r" not in data)
         # Written down with the keeper before the command goes to the shell, so that a
         # successor of ours knows it is running and answers a resend of it (term.exec is
         # resumable: restore.py).
@@ -564,7 +567,13 @@ class Session:
         if ex is not self.exec or ex.done:
             return
         self.host.keeper_signal(self, "SIGINT", "fg")
-        begin = max(ex.out_start or ex.sent_off, self.offset - TIMEOUT_TAIL)
+        first = ex.out_start or ex.sent_off
+        begin = max(first, self.offset - TIMEOUT_TAIL)
+        if begin > first:  # cut: start where a sequence or a line does, not inside one
+            tail = self.scroll.get(begin, self.offset)
+            at = min((i for i in (tail.find(b"\x1b"), tail.find(b"\n") + 1) if i > 0),
+                     default=0)
+            begin += at
         so_far = self._text(begin, self.offset)
         self._fail(WireError.of(
             "timeout", f"{ex.command[:80]!r} still running after its timeout: sent SIGINT to "
@@ -601,16 +610,29 @@ class Session:
         view = memoryview(data)
         done = 0
 
-        def step() -> None:
+        def step(at_once: bool = False) -> None:
             nonlocal done
-            cleaner.feed(view[done:done + CLEAN_SLICE].tobytes())
-            done += CLEAN_SLICE
-            if done < len(data):
-                self.host.loop.defer(step)
-            else:
-                then(self._shaped(cleaner.text(), truncated))
+            if done >= len(data):
+                return  # (finished at once by finish_cleaning)
+            while True:
+                cleaner.feed(view[done:done + CLEAN_SLICE].tobytes())
+                done += CLEAN_SLICE
+                if done >= len(data):
+                    self.cleaning.remove(step)
+                    then(self._shaped(cleaner.text(), truncated))
+                    return
+                if not at_once:
+                    self.host.loop.defer(step)
+                    return
 
+        self.cleaning.append(step)
         step()
+
+    def finish_cleaning(self) -> None:
+        """Answer now the commands whose answers are being cleaned a slice a turn (the actor
+        stops: their answers would be lost, and the commands are recorded as run)."""
+        for step in list(self.cleaning):
+            step(True)
 
     def _complete(self, exit_code: int | None, start: int, end: int,
                   parser: str | None = None, raw: bool = False,
