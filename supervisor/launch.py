@@ -196,7 +196,11 @@ def _launch_actor(payload: dict, ready: Callable[[], None]) -> None:
         actor = cls(payload["name"], runtime_dir, config)
     except Exception as exc:
         logger.exception("{} failed to start", payload["name"])
-        raise LaunchFailed(f"{type(exc).__name__}: {exc}") from None
+        try:
+            why = f"{type(exc).__name__}: {exc}"
+        except Exception:  # (an exception whose str() raises)
+            why = type(exc).__name__
+        raise LaunchFailed(why) from None
     actor.ready_hook = ready
     actor.serve()
 

@@ -955,7 +955,9 @@ class Supervisor(Actor):
             # its last sign of life: its loop's last turn (a monotonic stamp), or now if idle
             child.alive_at = max(child.alive_at, now if idle else turn)
             stale = turn == child.heartbeat.last_turn and not idle and not halted
-            if child.heartbeat.observe(turn, idle or (stale and self._starved(child, now))):
+            if stale and self._starved(child, now):
+                pass  # a tick its loop spent waiting for a CPU: neither a beat nor a miss
+            elif child.heartbeat.observe(turn, idle):
                 self._hung(child)
             if not stale:
                 child.sched, child.starved_ticks = None, 0

@@ -679,10 +679,14 @@ class _Zygote:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException as exc:
-            why = str(exc) if isinstance(exc, LaunchFailed) else f"{type(exc).__name__}: {exc}"
             code = exc.code if isinstance(exc, LaunchFailed) else 1
             if not isinstance(exc, LaunchFailed):  # (a launcher logged its own)
                 traceback.print_exc()
+            try:
+                why = str(exc) if isinstance(exc, LaunchFailed) else \
+                    f"{type(exc).__name__}: {exc}"
+            except Exception:  # (an exception whose str() raises)
+                why = type(exc).__name__
             if sock is not None and not said_ready:
                 # Why it could not start (a port taken, a bad config value), for the
                 # supervisor's exit event and a failed start's line: the exit code alone

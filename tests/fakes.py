@@ -1,6 +1,7 @@
 """Small actors for the supervisor's tests, misbehaving on request (config keys):
 
   fail_at_start: true        raise while starting (before binding)
+  fail_unprintably: true     the same, with an exception whose str() raises
   fail_at_start_if: path     the same, while that file exists
   fail_primary_if: path      the same, while that file exists and it runs as its primary (no
                              `fallback` in its config: its fallbacks start)
@@ -32,11 +33,18 @@ from moorage.actors.runtime.custody import CustodyClient, custody_path
 from moorage.protocol.errors import fail
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
 class FakeActor(Actor):
     name = "fake"
 
     def __init__(self, name: str | None, runtime_dir: Any, config: dict | None = None) -> None:
         config = config or {}
+        if config.get("fail_unprintably"):
+            raise Unprintable()
         if config.get("fail_at_start") or (
                 config.get("fail_at_start_if") and os.path.exists(config["fail_at_start_if"])):
             raise RuntimeError("configured to fail at start")

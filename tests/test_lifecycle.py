@@ -331,6 +331,26 @@ config = { fail_at_start = true }
     nothing_left(runtime_dir / "doomed")
 
 
+def test_a_child_that_fails_starting_with_an_unprintable_error_is_still_a_failure(
+        ups, runtime_dir):
+    """Its reason cannot be put in words (its str() raises): it is named by its type, and
+    the child's exit is a failure (it was 0, with no reason and no traceback)."""
+    config = """
+[supervisor]
+intensity = 1
+backoff = { initial_ms = 1, factor = 1.0, max_ms = 1 }
+[[children]]
+id = "mute"
+start = "tests.fakes:FakeActor"
+config = { fail_unprintably = true }
+"""
+    u = up(ups, runtime_dir / "mute", config)
+    message = u.line()["error"]["message"]
+    assert "mute: more than 1 restarts" in message, message
+    assert "exit code 1 (died during start: Unprintable)" in message, message
+    assert u.proc.wait(30) == 3
+
+
 def test_a_start_that_fails_below_a_nested_supervisor_is_named_on_the_failed_line(
         ups, runtime_dir):
     """The nested supervisor gives up and dies starting: it says why (its child and that

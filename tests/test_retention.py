@@ -15,7 +15,7 @@ from moorage.actors.runtime.streams import (
     Publisher,
     pack_replay,
 )
-from moorage.protocol.envelope import unpackb
+from moorage.protocol.envelope import decode_stream, unpackb
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -136,3 +136,30 @@ def test_the_replay_answer_carries_each_body_as_it_went_out_and_the_attachments_
     empty, none = pack_replay(p.replay("nothing", 1))
     assert unpackb(empty.data) == {"epoch": "e1", "first_seq": 1, "last_seq": 0,
                                    "messages": [], "lost": None, "more": False} and none == []
+
+
+def test_a_welcome_round_names_the_ended_topics_under_its_prefix(pub_socket):
+    """A prefix subscriber that reconnected learns, topic by topic, what it missed: a
+    session's output that ended (released) meanwhile included, or its loss stays silent."""
+    sub = pub_socket.context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect("inproc://retention")
+    try:
+        p = Publisher(pub_socket, "e1")
+        for i in range(5):
+            p.publish("term.out.A", {"offset": i})
+        p.publish("term.out.B", {"offset": 0})
+        p.release("term.out.A")
+        while sub.poll(0):  # (the messages themselves)
+            sub.recv_multipart()
+        p.welcome("term.out.")
+        got = []
+        while sub.poll(1000):
+            m = decode_stream(sub.recv_multipart())
+            got.append((m.topic, m.seq, m.welcome))
+            if m.topic == "term.out.":
+                break
+    finally:
+        sub.close(0)
+    assert got == [("term.out.A", 5, True), ("term.out.B", 1, True), ("term.out.", 0, True)]

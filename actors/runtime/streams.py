@@ -159,12 +159,14 @@ class Publisher:
         and a prefix subscriber that reconnected learns which topics it missed). Best effort:
         a welcome that cannot be sent is only a missed hint, the next message shows the gap."""
         topics = self.topics
-        if prefix:
-            under = [t for name, t in topics.items() if name.startswith(prefix) and name != prefix]
-        else:
-            under = list(topics.values())
-        for t in under[-MAX_WELCOMES:]:
-            self._send_welcome(t.name, t.seq)
+        # (ended topics first, as the older: a subscriber that reconnected learns what it
+        # missed of a stream that ended meanwhile too)
+        under = [(name, seq) for name, seq in self.released.items()
+                 if name.startswith(prefix) and name != prefix]
+        under += [(name, t.seq) for name, t in topics.items()
+                  if name.startswith(prefix) and name != prefix]
+        for name, seq in under[-MAX_WELCOMES:]:
+            self._send_welcome(name, seq)
         own = topics.get(prefix)
         self._send_welcome(prefix, own.seq if own else self.released.get(prefix, 0))
 
