@@ -198,3 +198,23 @@ def test_a_lost_state_answers_at_once_and_writes_nothing(tmp_path):
     st.now(1, lambda: {"entries": Index()}, lambda: answered.append("done"))
     assert answered == ["done"] and st.written == 0
     assert not (tmp_path / "state" / "snapshot.msgpack").exists()
+
+
+def test_a_watch_is_answered_though_the_state_directory_does_not_take_its_save(
+        start, data, client):
+    """A state dir that stalls (here a FIFO where the snapshot is written: the io worker's
+    open waits for a reader, as on a hung mount) does not hold fs.watch: the watch, placed
+    and serving, is answered after PERSIST_WAIT_S instead of at its 120 s guard."""
+    w = start()
+    (data / "d1").mkdir()
+    (data / "d2").mkdir()
+    w.watch(data / "d1")
+    fifo = start.state / "snapshot.msgpack.tmp"
+    os.mkfifo(fifo)
+    try:
+        answer = client.call("watcher", "fs.watch", {"path": str(data / "d2")}, timeout=15)
+        assert answer["path"] == str(data / "d2")
+    finally:  # (a reader lets the stalled write end, in failure; then the FIFO goes)
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        os.close(fd)
+        fifo.unlink()

@@ -40,6 +40,7 @@ from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
 # Index entries merged (after a new watch's walk) or dropped (after fs.unwatch) per turn.
 MERGE_SLICE = 20_000
+PERSIST_WAIT_S = 2.0  # a new watch answered once saved, or after this, whichever first
 
 if TYPE_CHECKING:
     from moorage.actors.watcher.driving import WatcherHost
@@ -213,6 +214,11 @@ class WatchOps:
 
             def persist(_merged: Job | None = None) -> None:  # (the walk all in the index)
                 self.w.driving.persist(lambda: placed.settle(answer))
+                # A state dir that stalls (a hung mount) does not hold the answer: after
+                # PERSIST_WAIT_S the watch, placed and serving, is answered; its entries are
+                # saved when the write gets through (a restart before that resyncs them as
+                # it did before the save was waited for).
+                self.w.loop.call_later(PERSIST_WAIT_S, lambda: placed.settle(answer))
 
             if merged is None:
                 persist()
