@@ -450,9 +450,11 @@ def test_a_timed_out_commands_output_starts_where_a_sequence_or_a_line_does(term
     inside a long sequence (a sixel image), that sequence's bytes came out as text."""
     sid = term.create("bash")["session"]
     sixel = "\\x1bPq" + "#0;2;0;0;0~~@@" * 3000 + "\\x1b\\\\"
+    # (the command outlives its timeout: that is what the test is about)
+    outlives = "time.sleep(30)"  # sleep-ok: the command's own, not a wait of the test's
     err = expect_error("timeout", term.exec, sid,
                        f"python3 -c \"import sys, time; sys.stdout.write('hello\\n{sixel}"
-                       f"waiting\\n'); sys.stdout.flush(); time.sleep(30)\"",
+                       f"waiting\\n'); sys.stdout.flush(); {outlives}\"",
                        timeout_ms=1500)
     output = err.error.detail["output"]
     assert output.rstrip("\n").endswith("waiting") and "#0;2;0" not in output, output[:200]
