@@ -309,6 +309,26 @@ def test_a_start_that_fails_on_a_busy_port_or_systemds_variables_says_failed_on_
     assert tree_pid(runtime_dir / "wd") is None
 
 
+def test_a_tree_asked_to_stop_before_it_is_ready_says_by_what_on_its_failed_line(
+        ups, runtime_dir, tmp_path):
+    """An editor that closes while the tree starts: the failed line names the signal, not
+    the clean stop's exit code 0 (which read as if nothing had asked for it)."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)  # alpha's start waits for a writer that never comes
+    config = ('[supervisor]\nstart_timeout_ms = 60000\n[[children]]\nid = "alpha"\n'
+              f'start = "tests.fakes:FakeActor"\nconfig = {{ start_gate = "{gate}" }}\n')
+    u = up(ups, runtime_dir / "early", config)
+    wait_for(lambda: any(p.cmdline()[:1] == ["moorage[early]: alpha"]
+                         for p in descendants(u.proc.pid)), "alpha forked, held at its gate")
+    u.procs += descendants(u.proc.pid)
+    u.proc.send_signal(signal.SIGTERM)
+    line = u.line()
+    assert line["moorage"] == "failed" and line["error"]["name"] == "start_failed"
+    assert "asked to stop (SIGTERM) before it was ready" in line["error"]["message"], line
+    assert u.proc.wait(30) == 1
+    nothing_left(runtime_dir / "early")
+
+
 def test_a_tree_that_gives_up_during_start_says_failed_and_exits_3(ups, runtime_dir):
     config = """
 [supervisor]

@@ -236,6 +236,7 @@ class Actor:
         self.refused: Counter[str] = Counter()  # requests answered without running, by error
         self.undecodable = 0
         self._stopping = False
+        self.stop_cause = ""  # what asked it to stop first: a signal's name, or sys.stop
         self.ready_hook: Callable[[], None] | None = None  # set by the launcher
         self.pressure_level = "normal"  # as last told by the resource actor (sys.pressure)
         self.quality = 3
@@ -537,6 +538,7 @@ class Actor:
     @op("sys.stop", timeout_ms=1000, checked=False, result={"stopping": bool})
     def _op_stop(self, call: Call) -> dict[str, Any]:
         """Stop gracefully after answering."""
+        self.stop_cause = self.stop_cause or "sys.stop"
         self.loop.call_later(0, self.stop)
         return {"stopping": True}
 
@@ -913,6 +915,7 @@ class Actor:
         self.loop.stop()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_cause = self.stop_cause or signal.Signals(signum).name
         self.loop.call_soon_from_signal(self.stop)
 
     def serve(self) -> None:

@@ -168,8 +168,8 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
         raise StartFailed("bad_config", f"cannot listen: {exc}", EXIT_USAGE) from None
     opts.grace_s = float((doc.get("lifecycle") or {}).get("grace_s", 60))
     try:
-        code, gave_up = run_root(doc, spec, args.runtime_dir, args.log_level, opts,
-                                 args.state_dir)
+        code, why = run_root(doc, spec, args.runtime_dir, args.log_level, opts,
+                             args.state_dir)
     except endpoints.PathTooLong as exc:
         raise StartFailed("start_failed", str(exc), EXIT_USAGE) from None
     except AlreadyRunning as exc:
@@ -181,12 +181,13 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
     except zmq.ZMQError as exc:  # a socket the root binds: a port taken, an address not ours
         raise StartFailed("start_failed", f"cannot bind: {exc}", EXIT_ERROR) from None
     if opts.ready_fd is not None:  # never got ready
-        why = (f"the tree gave up during start: {gave_up or 'a child kept dying'} (see "
-               "`moorage logs`)" if code == EXIT_ESCALATED else
-               f"the tree stopped before it was ready (exit code {code})")
-        raise StartFailed("start_failed", why, code or EXIT_ERROR)
+        said = (f"the tree gave up during start: {why or 'a child kept dying'} (see "
+                "`moorage logs`)" if code == EXIT_ESCALATED else
+                f"the tree was asked to stop ({why}) before it was ready" if why else
+                f"the tree stopped before it was ready (exit code {code})")
+        raise StartFailed("start_failed", said, code or EXIT_ERROR)
     if code == EXIT_ESCALATED:
-        print(f"moorage: the tree gave up: {gave_up or 'a child kept dying'} (see "
+        print(f"moorage: the tree gave up: {why or 'a child kept dying'} (see "
               "`moorage logs`)", file=sys.stderr)
     return code
 
