@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -16,6 +17,7 @@ from moorage.protocol.client import Client
 from moorage.protocol.envelope import decode_reply, encode_request
 from moorage.protocol.errors import MoorageError
 from tests.terminal_support import Commands, Output, RawOutput, env_for, make_home
+from tests.waiting import open_gate, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -262,6 +264,44 @@ def test_a_shell_whose_integration_never_shows_falls_back_to_no_integration(term
     assert s["mode"] == "no_integration"
     r = term.exec(s["session"], "echo test")
     assert (r["exit_code"], r["output"], r["mode"]) == (None, "test", "no_integration")
+
+
+@pytest.mark.parametrize("term_config", [{"quiet_ms": 200, "integration_detect_ms": 400}])
+def test_a_shell_slower_than_the_detection_to_its_first_prompt_gets_its_integration_back(
+        term, tmp_path):
+    """A slow rc file (a lock, a network mount) keeps the first prompt past
+    integration_detect_ms: the session settles without integration, and the first trusted
+    prompt marker brings it back, exit codes and all, instead of never."""
+    gate = tmp_path / "rc-gate"
+    os.mkfifo(gate)
+    (term.home / ".bashrc").write_text(f"read _ < {gate}\n")
+    sid = term.create("bash")["session"]
+    assert term.call("term.list", {})["sessions"][0]["mode"] == "no_integration"
+    open_gate(gate)
+    wait_for(lambda: term.call("term.list", {})["sessions"][0]["mode"] == "integration",
+             "the first prompt's marker")
+    r = term.exec(sid, "cd /; (exit 7)")
+    assert (r["exit_code"], r["mode"], r["cwd"]) == (7, "integration", "/")
+    assert term.call("term.list", {})["sessions"][0]["integration_back"] == 1
+
+
+@pytest.mark.parametrize("term_config", [{"quiet_ms": 200}])
+def test_without_integration_a_shell_that_marks_its_commands_ends_each_at_its_marker(term):
+    """Quality 1 turns the integration off: no exit code, no trust. The shell still marks
+    where each command ends, so a pause in a command's output is not its end (its output
+    after the pause would reach no caller, and the next command would be typed into it)."""
+    sid = term.create("bash")["session"]
+    assert term.call("sys.pressure", {"level": "high", "quality": 1})["done"][
+        "integration"] is False
+    r = term.exec(sid, "echo one; sleep 1; echo two")  # (a pause longer than quiet_ms)
+    assert (r["exit_code"], r["mode"], r["trusted"]) == (None, "no_integration", False)
+    assert r["output"] == "one\ntwo"
+    r = term.exec(sid, "echo three")
+    assert r["output"] == "three"
+    r = term.exec(sid, "echo a; sleep 1\necho b")  # two lines: one paste, one end
+    assert r["output"] == "a\nb"
+    term.call("sys.pressure", {"level": "normal", "quality": 3})
+    assert term.exec(sid, "false")["exit_code"] == 1
 
 
 def test_creation_walks_past_a_missing_shell_and_one_that_dies_at_start(term):

@@ -131,6 +131,7 @@ SESSION = Named("session", {
     "cols": int, "rows": int, "offset": int, "scrollback_from": int,
     "exited": OneOf(EXIT_STATUS, None), "busy": bool, "untrusted_markers": int,
     "parser": Literal["actor", "local"] | None, "parsed": int, "repeated_markers": int,
+    "integration_back": int,  # times a trusted prompt undid a given-up integration
     "consumers": dict[str, int]})  # sid -> offset acknowledged (term.ack)
 # The keeper's errors reach the caller as they are (keeper/actor.py).
 KEEPER_ERRORS = ("session_not_found", "shell_exited", "unavailable")

@@ -27,6 +27,11 @@ class Exec:
     # Its input went as one unit the shell reads whole (a line, or a bracketed paste): only
     # then does a continuation prompt before its start say the command is incomplete.
     whole: bool = False
+    # Run without integration (quality 1 and 0) in a shell that still marks its commands:
+    # it ends at its trusted D, as an integrated one does (a quiet spell is no end: output
+    # after it would go to no caller, and the next command into this one), its exit code
+    # unreported, as without integration.
+    until_marked: bool = False
 
 
 def cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:

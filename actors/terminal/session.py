@@ -222,6 +222,7 @@ class Session:
         self.on_quiet: list[Callable[[], Any]] = []  # one-shot callbacks: output went quiet
         self._quiet_from = 0.0  # monotonic: quiet counts from here or the last output
         self.last_prompt_at = -1  # offset of the last trusted prompt start
+        self.integration_back = 0  # times a trusted prompt undid "no_integration"
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
         self._via = "local"  # the parser whose markers are being applied
         self._records: list[dict[str, Any]] = []  # term.cmd records, published after a batch
@@ -339,6 +340,8 @@ class Session:
                             self._on_continuation(ev.start)
                         continue
                     self.last_prompt_at = ev.start
+                    if self.mode == "no_integration" and not replay:
+                        self._integration_back()
                 self._on_prompt()
             elif isinstance(ev, CommandLine):
                 self.command_line = ev.command
@@ -370,6 +373,16 @@ class Session:
             "more of it (an open quote, a trailing backslash, an unfinished block or "
             "here-document); its input was cancelled, nothing ran"), ran=False)
 
+    def _integration_back(self) -> None:
+        """A trusted prompt in a session whose integration was given up (its shell took
+        longer than integration_detect_ms to its first prompt: a slow rc file; or a command
+        showed no marker in time): only a shell given this session's nonce draws one, so its
+        integration works, and the next command runs with it (exit codes, records)."""
+        logger.info("session {}: a trusted prompt marker came after all; integration back",
+                    self.id)
+        self.set_mode("integration")
+        self.integration_back += 1
+
     def _on_prompt(self) -> None:
         if self.state != "exited":
             self.state = "prompt"
@@ -386,7 +399,8 @@ class Session:
             self.state = "running"
         self.command_start = (at, time.time())
         ex = self._exec_at(at)
-        if ex is not None and ex.mode == "integration" and ex.out_start is None:
+        if ex is not None and ex.out_start is None and (ex.mode == "integration" or
+                                                        ex.until_marked):
             ex.out_start = at
         if not replay:
             self._start_record = {"event": "start", "command": None, "cwd": self.cwd,
@@ -421,6 +435,12 @@ class Session:
         if ex is not None and ex.mode == "integration":
             begin = ex.out_start if ex.out_start is not None else ex.sent_off
             self._complete(exit_code, begin, at, self._via)
+        elif ex is not None and ex.until_marked:
+            if ex.out_start is not None:
+                self._complete(None, ex.out_start, at, self._via)
+            else:  # (no C: the output begins with the shell's echo of the command)
+                self._complete(None, ex.sent_off, at, self._via, shape=lambda text:
+                               cut_echo_and_prompt(text, ex.command, None))
 
     # --- time: one sweep for every deadline, no timer per command ---------------------------
     # (a cancelled loop timer stays queued, with what it refers to, until it is due)
@@ -431,7 +451,7 @@ class Session:
         if ex is not None and not ex.done:
             if now >= ex.deadline:
                 self._timed_out(ex)
-            elif ex.mode == "integration" and ex.out_start is None:
+            elif (ex.mode == "integration" or ex.until_marked) and ex.out_start is None:
                 if self.keeper_paused:
                     # (its markers may be in what the keeper does not read while the window
                     # is full: the wait for them counts from when output flows again)
@@ -469,8 +489,11 @@ class Session:
         mode = self.mode if self.host.integration_allowed() else "no_integration"
         if mode == "integration" and self.hop.via is None:
             mode = "raw_output"
+        # (the shell's markers are read whatever the mode: where they work, they say where
+        # a command ends)
+        marked = self.mode == "integration" and self.hop.via is not None
         data = command.encode()
-        pasted = mode == "integration" and b"\n" in data
+        pasted = marked and b"\n" in data
         if pasted:
             payload = PASTE_START + data.replace(b"\r\n", b"\n") + PASTE_END + b"\r"
         else:
@@ -478,12 +501,14 @@ class Session:
         now = time.monotonic()
         ex = Exec(call, command, mode, now, self.offset, now + timeout_s,
                   now + self.host.detect_s)
-        ex.whole = mode == "integration" and (pasted or b"\r" not in data)
+        ex.whole = marked and (pasted or b"\r" not in data)
+        ex.until_marked = marked and mode == "no_integration"
         # Written down with the keeper before the command goes to the shell, so that a
         # successor of ours knows it is running and answers a resend of it (term.exec is
         # resumable: restore.py).
         self.meta["exec"] = {"sid": call.sid, "id": call.id, "command": command,
                              "sent_off": self.offset, "mode": mode,
+                             "until_marked": ex.until_marked,
                              "deadline_ms": call.deadline_ms,
                              "ends_ms": int((time.time() + timeout_s) * 1000)}
         self.host.keeper_meta(self)
@@ -515,7 +540,8 @@ class Session:
         self.host.need_tick(self)
         if ex.mode != "integration":
             self.state = "running"
-            self.wait_quiet(lambda: self._quiet_done(ex))
+            if not ex.until_marked:
+                self.wait_quiet(lambda: self._quiet_done(ex))
 
     def resume_exec(self, call: Call, record: dict[str, Any]) -> None:
         """A predecessor's exec, from its record: it completes here as it would have there
@@ -533,7 +559,7 @@ class Session:
         timeout_s = max(0.0, timeout_s)
         ex = Exec(call, str(record.get("command", "")), str(record.get("mode", self.mode)),
                   now, int(record["sent_off"]), now + timeout_s, now + self.host.detect_s,
-                  sent=True)
+                  sent=True, until_marked=record.get("until_marked") is True)
         self._run(ex)
 
     def _refused(self, ex: Exec, err: WireError) -> None:
@@ -549,6 +575,7 @@ class Session:
                        "from now on", self.id, self.host.detect_s)
         self.set_mode("no_integration")
         ex.mode = "no_integration"
+        ex.until_marked = False
         self.wait_quiet(lambda: self._quiet_done(ex))
 
     def _quiet_done(self, ex: Exec) -> None:
@@ -788,6 +815,7 @@ class Session:
             "busy": self.exec is not None, "untrusted_markers": self.untrusted,
             "parser": self.hop.via, "parsed": self.hop.parsed,
             "repeated_markers": self.repeated_markers,
+            "integration_back": self.integration_back,
             "consumers": {k: c.acked for k, c in self.consumers.items()},
         }
 
