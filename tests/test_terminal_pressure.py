@@ -1,6 +1,6 @@
 """Pressure in a real tree, told to the terminal the way the resource actor tells it
-(`sys.pressure`): high and critical trim the scrollback and close idle sessions, published
-and counted; critical refuses new sessions; quality 1 turns shell integration off."""
+(`sys.pressure`): high and critical trim the scrollback, critical closes idle sessions,
+published and counted, and refuses new sessions; quality 1 turns shell integration off."""
 
 from __future__ import annotations
 
@@ -36,11 +36,15 @@ def session_events(sub, n: int) -> list[dict]:
     return out
 
 
-def test_high_pressure_trims_scrollback_and_closes_idle_sessions_published_and_counted(
+def test_high_pressure_trims_scrollback_and_critical_closes_idle_sessions_counted(
         make_tree, tmp_path):
+    """High (where a build's CPU alone can bring the tree) trims scrollback and closes no
+    session: closing kills a shell with its cwd, environment and history. Critical (only
+    memory gets there) closes the sessions nothing uses or runs in: not one running a
+    command, nor one with a job in the background."""
     tree = make_tree(TREE).start()
     home = make_home(tmp_path)
-    idle, busy = create(tree, home), create(tree, home)
+    idle, busy, jobs = create(tree, home), create(tree, home), create(tree, home)
     events = tree.client.subscribe("terminal", ["term.session"], from_seq=1)
     cmds = Commands(tree.client, busy)
     r = tree.call("terminal", "term.exec", {"session": busy, "command": "seq 1 30000"})
@@ -48,26 +52,37 @@ def test_high_pressure_trims_scrollback_and_closes_idle_sessions_published_and_c
     cmds.next_event("end")
     tree.call("terminal", "term.write", {"session": busy, "data": "cat\r"})
     cmds.next_event("start")  # `cat` runs: the session is not idle
+    r = tree.call("terminal", "term.exec", {"session": jobs, "command": "sleep 600 &"})
+    assert r["exit_code"] == 0  # a job in the background: not idle either
     before = tree.call("terminal", "term.scrollback", {"session": busy, "max_bytes": 1})
 
-    done = pressure(tree, "high", 2)
-    assert done["idle_sessions_closed"] == [idle] and done["scrollback_trimmed"] > 0
-    assert done["creating"] is True
-    (closed,) = session_events(events, 1)
-    assert closed == {"session": idle, "event": "closed", "reason": "pressure"}
+    high = pressure(tree, "high", 2)
+    assert "idle_sessions_closed" not in high and high["scrollback_trimmed"] > 0
+    assert high["creating"] is True
     after = tree.call("terminal", "term.scrollback", {"session": busy, "max_bytes": 1})
     assert after["first"] > before["first"] and after["end"] == before["end"]
     assert after["end"] - after["first"] == 65536 // 8  # an eighth is kept
+    assert len(tree.call("terminal", "term.list")["sessions"]) == 3
+
+    critical = pressure(tree, "critical", 2)
+    assert critical["idle_sessions_closed"] == [idle]
+    (closed,) = session_events(events, 1)
+    assert closed == {"session": idle, "event": "closed", "reason": "pressure"}
     shed = tree.call("terminal", "sys.info")["pressure_shed"]
-    assert shed == {"scrollback_bytes": done["scrollback_trimmed"], "idle_sessions_closed": 1}
-    assert [s["session"] for s in tree.call("terminal", "term.list")["sessions"]] == [busy]
-    assert [s["s"] for s in tree.call("ptykeeper", "pty.list")["sessions"]] == [busy]
+    assert shed == {"scrollback_bytes": high["scrollback_trimmed"] +
+                    critical["scrollback_trimmed"], "idle_sessions_closed": 1}
+    assert sorted(s["session"] for s in tree.call("terminal", "term.list")["sessions"]) == \
+        sorted([busy, jobs])
+    assert sorted(s["s"] for s in tree.call("ptykeeper", "pty.list")["sessions"]) == \
+        sorted([busy, jobs])
 
     pressure(tree, "normal", 3)
     tree.call("terminal", "term.write", {"session": busy, "data": "\x04"})  # EOF: cat ends
     assert cmds.next_event("end")["exit_code"] == 0
     r = tree.call("terminal", "term.exec", {"session": busy, "command": "echo still"})
     assert (r["exit_code"], r["output"]) == (0, "still")
+    assert tree.call("terminal", "term.exec", {"session": jobs, "command": "kill %1"})[
+        "exit_code"] == 0
     cmds.sub.close()
     events.close()
 

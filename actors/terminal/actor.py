@@ -137,6 +137,18 @@ SESSION = Named("session", {
 KEEPER_ERRORS = ("session_not_found", "shell_exited", "unavailable")
 
 
+def shell_has_children(pid: int) -> bool:
+    """Whether the shell runs anything (a job in the background: a server, a watch): True
+    when that cannot be read, so a session is not closed on a guess."""
+    if pid <= 0:
+        return True
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return bool(f.read().strip())
+    except OSError:
+        return True
+
+
 class TerminalActor(Actor):
     name = "terminal"
     category = Category.TERMINAL
@@ -272,19 +284,25 @@ class TerminalActor(Actor):
     # --- pressure (seed 6 and 9.2) -----------------------------------------------------------
 
     def on_pressure(self, level: str, quality: int) -> dict[str, Any]:
-        """moderate: scrollback to half; high and critical: to an eighth, and sessions idle
-        for `idle_close_s` are closed (each with a `closed` event on term.session);
-        critical: term.create answers busy. Quality 1 and 0: no shell integration."""
+        """moderate: scrollback to half; high and critical: to an eighth; critical: sessions
+        idle for `idle_close_s` are closed (each with a `closed` event on term.session) and
+        term.create answers busy. Quality 1 and 0: no shell integration.
+
+        Closing kills a shell, its cwd, environment and history: only memory brings the
+        tree to critical (a build's CPU reaches high at most, resource/levels.py), and a
+        session is idle only when nothing has used it, written to it or run in it."""
         done: dict[str, Any] = {}
         if level in ("moderate", "high", "critical"):
             keep = self.scrollback_bytes // (2 if level == "moderate" else 8)
             trimmed = sum(s.scroll.trim(keep) for s in self.sessions.values())
             self.pressure_shed["scrollback_bytes"] += trimmed
             done["scrollback_trimmed"] = trimmed
-        if level in ("high", "critical"):
+        if level == "critical":
             now = time.monotonic()
             idle = [s.id for s in self.sessions.values() if s.exec is None
-                    and s.state != "running" and now - s.last_use >= self.idle_close_s]
+                    and s.state != "running"
+                    and now - max(s.last_use, s.last_output) >= self.idle_close_s
+                    and not shell_has_children(s.pid)]
             for sid in idle:
                 self._close_session(sid, "pressure")
             self.pressure_shed["idle_sessions_closed"] += len(idle)
