@@ -697,6 +697,7 @@ def test_a_read_that_keeps_failing_answers_the_cached_copy_marked_stale(
     with pytest.raises(MoorageError) as e:
         w.call("fs.read", {"path": "g"})
     assert e.value.name == "io_error" and e.value.error.detail["attempts"] == 4
+    assert not e.value.retryable  # (the watcher spent the budget: no resend by the client)
     switch.unlink()
     r = w.client.request("watcher", "fs.read", {"path": "f"})
     assert r.body["stale"] is False and r.attachments == [b"v2"]

@@ -120,8 +120,17 @@ def test_transient_errors_give_up_after_the_matrix_retries_with_io_error():
     assert later.delays == [0.01, 0.02, 0.04] and len(attempt.calls) == 4
     with pytest.raises(MoorageError) as e:
         p.unwrap()
-    assert e.value.name == "io_error" and e.value.retryable
+    # (the budget is spent here: a client's resends would multiply it)
+    assert e.value.name == "io_error" and not e.value.retryable
     assert e.value.error.detail["attempts"] == 4 and e.value.error.detail["errno"] == "ETIMEDOUT"
+
+
+def test_an_io_error_is_retryable_only_when_transient_and_tried_once():
+    no_retries = RetryPolicy(retries=0, backoff=Backoff(0.01, 2.0, 0.5))
+    once = Attempts(no_retries, failing(errno.EIO), Later(), "/f").run()
+    assert once.error.name == "io_error" and once.error.retryable
+    permanent = Attempts(POLICY, failing(errno.ENXIO), Later(), "/f").run()
+    assert permanent.error.name == "io_error" and not permanent.error.retryable
 
 
 def test_back_off_is_capped():

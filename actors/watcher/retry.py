@@ -69,12 +69,19 @@ def classify(exc: OSError) -> tuple[Verdict, str]:
 FS_ERRORS: tuple[str, ...] = tuple(sorted({*PERMANENT.values(), "io_error"} - {"bad_args"}))
 
 def os_error(exc: OSError, path: str, attempts: int = 1) -> MoorageError:
-    """The classified error for an OSError, the errno kept in `detail` and as the cause."""
-    _, name = classify(exc)
+    """The classified error for an OSError, the errno kept in `detail` and as the cause.
+
+    `retryable` says whether a client's resend could still help: only for a transient error
+    tried once here. After `attempts` tries the matrix's budget is spent (a client resending
+    it would multiply it: 4 x 4 reads of a failing disk), and an error the watcher judged
+    permanent (EINVAL, ENXIO, ...) fails the same way every time."""
+    verdict, name = classify(exc)
     code = exc.errno or 0
     err = fail(name, f"{path}: {os.strerror(code) if code else exc}",
                detail={"path": path, "errno": errno.errorcode.get(code, str(code)),
                        "attempts": attempts})
+    err.error.retryable = err.error.retryable and verdict is Verdict.TRANSIENT \
+        and attempts <= 1
     err.__cause__ = exc
     return err
 
