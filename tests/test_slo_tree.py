@@ -11,7 +11,10 @@ import os
 import signal
 
 import pytest
+import zmq
 
+from moorage.protocol import endpoints
+from moorage.protocol.envelope import encode_request
 from tests.conftest import Tree
 from tests.waiting import wait_for
 
@@ -131,6 +134,31 @@ def test_a_replay_past_retention_is_counted_as_data_loss_and_alerted(make_tree):
     tree.call("alpha", "fake.work")
     wait_for(lambda: op_row(slo(tree), "1h", "fake.work"), "the next push")
     assert slo(tree)["windows"]["30d"]["loss"]["replay_beyond_retention"] == 13
+
+
+def test_a_reply_whose_caller_gave_up_and_went_is_not_counted_as_lost(make_tree):
+    """A caller that gave up at its deadline (a CLI's --timeout) and closed its connection
+    before the answer: nothing is lost that it could still take, so no data_loss in the
+    SLO; `sys.info` counts such replies apart."""
+    tree = make_tree(CONFIG).start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoints.rpc(tree.runtime_dir, "alpha"))
+    sock.send_multipart(encode_request(1, "sid-gone", "fake.held", {}))
+    wait_for(lambda: tree.call("alpha", "fake.count")["held"] == 1, "the call held")
+    sock.close(0)
+    ctx.term()  # (its descriptor closed when this returns)
+    # Two requests over another connection after the close: the actor's socket has taken
+    # the closed connection's end by then (its pipe's end is queued before their data).
+    tree.call("alpha", "fake.count")
+    tree.call("alpha", "fake.count")
+    assert tree.call("alpha", "fake.release")["released"] == 1
+    wait_for(lambda: tree.call("alpha", "sys.info")["replies_to_gone"] == 1,
+             "the reply counted as one to a caller gone")
+    tree.call("alpha", "fake.work")
+    wait_for(lambda: op_row(slo(tree), "1h", "fake.work"), "the push after it")
+    assert "replies_undelivered" not in slo(tree)["windows"]["30d"]["loss"]
 
 
 def test_moorage_slo_prints_the_report_and_its_json(make_tree):

@@ -183,6 +183,9 @@ INFO = {
     "refused": dict[str, int], "shed": int,
     "pressure": {"level": Literal["normal", "moderate", "high", "critical"], "quality": int},
     "undecodable": int, "pending": int,
+    # replies whose caller's connection was gone (it gave up, or died): not lost data (a
+    # resend finds the reply cache, or runs an idempotent op again)
+    "replies_to_gone": int,
     "reply_cache": {"entries": int, "bytes": int, "hits": int},
     "heap": {"trims": int, "released_bytes": int, "last_trim_ms": float, "noted_bytes": int},
     "topics": dict[str, int],
@@ -235,6 +238,7 @@ class Actor:
         self.rejected_busy = 0
         self.refused: Counter[str] = Counter()  # requests answered without running, by error
         self.undecodable = 0
+        self.replies_to_gone = 0
         self._stopping = False
         self.stop_cause = ""  # what asked it to stop first: a signal's name, or sys.stop
         self.ready_hook: Callable[[], None] | None = None  # set by the launcher
@@ -502,6 +506,7 @@ class Actor:
             "pressure": {"level": self.pressure_level, "quality": self.quality},
             "undecodable": self.undecodable,
             "pending": len(self.pending),
+            "replies_to_gone": self.replies_to_gone,
             "reply_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
                             "hits": self.cache.hits},
             "heap": self.heap.info(),
@@ -653,10 +658,15 @@ class Actor:
         try:
             send_frames(self.rpc, msg, NOBLOCK)
         except zmq.ZMQError as exc:
-            # EHOSTUNREACH: the client went away; its retry will find the reply cache.
-            # EAGAIN: its queue is full; same outcome. Neither may stop the actor, and
-            # neither goes unrecorded: a reply that never left is a request never answered.
-            self.losses.add("replies_undelivered")
+            # Neither may stop the actor, and neither goes unrecorded. EHOSTUNREACH: the
+            # caller's connection is gone (it gave up at its deadline, or died): nothing it
+            # could still take is lost, and a resend finds the reply cache (or runs an
+            # idempotent op again). EAGAIN: a caller still there has a full queue; a reply
+            # it waits for never left: the tree's loss.
+            if exc.errno == zmq.EHOSTUNREACH:
+                self.replies_to_gone += 1
+            else:
+                self.losses.add("replies_undelivered")
             logger.debug("reply to a gone or full peer dropped: {}", exc)
 
     def handle_request(self, frames: list[bytes], over_limit: bool = False) -> None:

@@ -89,7 +89,8 @@ LOSS_COUNTERS = {
                    "publisher was gone or had restarted)",
     "replay_beyond_retention": "messages a subscriber that had seen part of a stream asked "
                                "`replay` for after retention had dropped them",
-    "replies_undelivered": "replies an actor could not send (the caller was gone or full)",
+    "replies_undelivered": "replies an actor could not send to a caller still connected "
+                           "(its queue was full)",
     "calls_unanswered": "calls between actors that got no reply in time where the caller "
                         "gave data up for it (Outbound.call(loses_data=True))",
 }
