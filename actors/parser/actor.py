@@ -114,8 +114,8 @@ MODES = tuple(m.value for m in RecoveryMode)
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    max_streams: int = 256
-    max_streams_per_session: int = 64
+    max_streams: int = 512
+    max_streams_per_session: int = 256
     max_buffer: int = MAX_BUFFER_SIZE
     max_feed_bytes: int = 4 * 1024 * 1024
     max_events_per_feed: int = 20_000
