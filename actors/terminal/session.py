@@ -508,9 +508,10 @@ class Session:
         # resumable: restore.py).
         self.meta["exec"] = {"sid": call.sid, "id": call.id, "command": command,
                              "sent_off": self.offset, "mode": mode,
-                             "until_marked": ex.until_marked,
                              "deadline_ms": call.deadline_ms,
                              "ends_ms": int((time.time() + timeout_s) * 1000)}
+        if ex.until_marked:
+            self.meta["exec"]["until_marked"] = True
         self.host.keeper_meta(self)
         self._run(ex)
         self._send_command(ex, payload)
