@@ -768,8 +768,11 @@ class Supervisor(Actor):
         self._leave_stable_fallback(child, serving)
         # (one that never came up is young whatever stable_after_s says, 0 included)
         young = child.ready_at is None or serving < self.spec.stable_after_s
-        if not young:
-            child.last_resort = 0  # it had been serving: whatever the root tried worked
+        escalated = child.spec.type == "supervisor" and reason.code == ESCALATED_EXIT_CODE
+        if not young and not escalated:
+            # It had been serving: whatever the root tried worked. (A supervisor that gave
+            # up had served too, but only until its own children failed again.)
+            child.last_resort = 0
         was = child.state
         pid = child.pid
         child.cancel_timers()
@@ -795,7 +798,6 @@ class Supervisor(Actor):
                 else ChildState.STOPPED
             self.next_job()
             return
-        escalated = child.spec.type == "supervisor" and reason.code == ESCALATED_EXIT_CODE
         if counts_against_intensity(young, escalated) and not child.intensity.add(now):
             if child.fallback_index + 1 < len(child.spec.fallbacks):
                 child.fallback_index += 1

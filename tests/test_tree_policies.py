@@ -181,6 +181,62 @@ def test_once_up_the_root_retries_a_child_that_keeps_failing_and_never_gives_up(
     assert tree.call("relapsing", "fake.work")["pid"] == back["pid"]
 
 
+NESTED_KILLED = """
+[supervisor]
+intensity = 1
+period_s = 60
+stable_after_s = 0
+backoff = { initial_ms = 10, factor = 2.0, max_ms = 20 }
+[[children]]
+id = "group"
+type = "supervisor"
+intensity = 1
+period_s = 60
+backoff = { initial_ms = 10, factor = 2.0, max_ms = 20 }
+[[children.children]]
+id = "victim"
+start = "tests.fakes:FakeActor"
+"""
+
+
+def running_pid(tree, cid: str) -> int | None:
+    """`cid`'s pid while it runs; None while it (or the supervisor above it) is away."""
+    def find(node: dict) -> dict | None:
+        for ch in node.get("children", []):
+            if ch["id"] == cid:
+                return ch
+            got = find(ch.get("tree") or {})
+            if got:
+                return got
+        return None
+
+    ch = find(tree.status())
+    return ch["pid"] if ch is not None and ch["state"] == "running" else None
+
+
+def test_the_roots_retries_of_a_nested_supervisor_that_gave_up_after_serving_back_off(
+        make_tree):
+    """A nested supervisor that came up and served, then gave up (its child killed again
+    and again, as a crashing terminal does): the root's retries of it go further apart
+    each time, 1 s then 2 s, instead of every second for ever (each retry restarting
+    everything under it: a terminal's shells)."""
+    tree = make_tree(NESTED_KILLED).start()
+    retries: list[float] = []
+    killed: set[int] = set()
+    while len(retries) < 2:
+        victim = wait_for(lambda: (p := running_pid(tree, "victim")) not in killed and p,
+                          "the victim running (again)")
+        killed.add(victim)
+        os.kill(victim, signal.SIGKILL)
+        ev = tree.wait_event(lambda e: (e["event"] == "restarted" and e["child"] == "victim")
+                             or (e["supervisor"] == "supervisor" and e["child"] == "group"
+                                 and e["event"] in ("restarted", "escalated")), 30)
+        if ev["event"] == "escalated":
+            assert ev["action"] == "retry"
+            retries.append(ev["retry_in_s"])
+    assert retries == [1.0, 2.0]
+
+
 ORDER = """
 [[children]]
 id = "one"
