@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,27 @@ def tree_names(spec: SupervisorSpec) -> list[str]:
     return [spec.id] + [c.id for _, c in spec.walk()]
 
 
+def raise_descriptor_limit() -> None:
+    """Take the hard limit of open descriptors as the soft one, before the zygote's fork (so
+    every process of the tree has it). An editor starts us with its own soft limit (often
+    1024), and libzmq aborts the process (an assertion in its ipc listener) when an accept
+    finds none left: a client leaking a thousand connections would end the root, and with it
+    the tree and every shell. Node raises its own the same way, so VS Code's shells already
+    run with the hard limit: ours inherit it too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)  # (Linux refuses more than fs.nr_open, 2^20 by default)
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+    except (ValueError, OSError) as exc:
+        logger.warning("could not raise the open-file limit from {} to {}: {}", soft, hard, exc)
+        return
+    logger.info("open-file limit raised from {} to {}", soft, hard)
+
+
 def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
              log_level: str = "INFO", lifecycle: LifecycleOptions | None = None,
              state: Path | None = None) -> tuple[int, str]:
@@ -168,6 +190,7 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         os.environ[INSTANCE_ENV] = instance
         set_title("supervisor")
         setup_logging(runtime_dir, "supervisor", log_level, console_level="INFO")
+        raise_descriptor_limit()
         keep_out = [lock_fd]
         if lifecycle is not None and lifecycle.ready_fd is not None:
             keep_out.append(lifecycle.ready_fd)  # so only we hold the reader's end open

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -80,7 +81,7 @@ class Up:
     """`moorage up ...` in the foreground, stdout a pipe (as an editor reads it)."""
 
     def __init__(self, rdir: Path, config: str | None, *extra: str,
-                 stdin: Any = subprocess.DEVNULL) -> None:
+                 stdin: Any = subprocess.DEVNULL, nofile: tuple[int, int] | None = None) -> None:
         self.rdir = rdir
         args = ["up", "--allow-external-actors", *extra]
         if config is not None:
@@ -88,7 +89,10 @@ class Up:
             path.write_text(config)
             args += ["--config", str(path)]
         self.err = open(rdir.parent / f"{rdir.name}.err", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(moorage(rdir, *args), stdout=subprocess.PIPE,
+        cmd = moorage(rdir, *args)
+        if nofile is not None:  # (prlimit execs the command: the same pid)
+            cmd = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                      stderr=self.err, stdin=stdin, cwd=ROOT,
                                      start_new_session=True)
         self.procs: list[psutil.Process] = [psutil.Process(self.proc.pid)]
@@ -307,6 +311,45 @@ def test_a_start_that_fails_on_a_busy_port_or_systemds_variables_says_failed_on_
     assert "WATCHDOG_USEC" in line["error"]["message"]
     assert u.proc.wait(30) == 2 and "this is a bug" not in u.stderr()
     assert tree_pid(runtime_dir / "wd") is None
+
+
+def open_files_limit(pid: int) -> int:
+    """The soft limit of open descriptors of `pid`."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files line")
+
+
+def test_a_tree_started_with_a_low_descriptor_limit_survives_a_leak_of_connections(
+        ups, runtime_dir):
+    """An editor's soft limit is often 1024 (here 256) and libzmq aborts a process whose
+    listener finds no descriptor for a connection: the tree takes the hard limit, so a
+    client leaking connections (600, none saying a word) does not end the root."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"a hard limit of {hard} descriptors leaves no room above 256 to test")
+    limit = 4096
+    if soft < 1024:  # (this process holds the 600 connections)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, limit), hard))
+    rdir = runtime_dir / "fds"
+    u = up(ups, rdir, FAKES.format(grace=60), nofile=(256, limit))
+    line = u.line()
+    assert line["moorage"] == "ready", line
+    assert {open_files_limit(p.pid) for p in u.procs} == {limit}
+    leak: list[socket.socket] = []
+    try:
+        for _ in range(600):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            leak.append(s)
+            s.connect(str(rdir / "supervisor.rpc"))
+        with Client(rdir, timeout=10.0) as c:
+            assert c.call("supervisor", "sys.info")["pid"] == line["pid"]
+            assert c.call("alpha", "fake.work")["done"] == 1
+    finally:
+        for s in leak:
+            s.close()
+    assert u.proc.poll() is None
 
 
 def test_a_tree_asked_to_stop_before_it_is_ready_says_by_what_on_its_failed_line(
