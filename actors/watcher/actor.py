@@ -36,6 +36,9 @@ in silence.
                                                 resyncs, checkpoints, health,
                                                 workers, query}
 
+A path or name that is not valid UTF-8 in a reply or an event is readable in its field and
+exact in the field beside it (`path_bytes`, `name_bytes`...: snapshot.wire_fields).
+
 Nothing blocks the loop: fs.write's syscalls (fsync, rename), the walk of an fs.list past
 its first `list_loop_entries` and an fs.read whose file is not all in the page cache run on
 the `io` workers, every file op on a slow file system (NFS, SMB, FUSE...) on the `remote`
@@ -119,7 +122,7 @@ from moorage.actors.watcher.observer import ObserverManager
 from moorage.actors.watcher.pipeline import Pipeline, tune_gc
 from moorage.actors.watcher.query import QueryOps
 from moorage.actors.watcher.retry import FS_ERRORS, Pending, RetryPolicy
-from moorage.actors.watcher.snapshot import Index
+from moorage.actors.watcher.snapshot import Index, wire_fields
 from moorage.actors.watcher.statahead import StatAhead
 from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import WatchOps
@@ -134,7 +137,9 @@ _STAT = {"type": Literal["file", "dir", "symlink", "other"], "size": int, "mtime
          "ctime_ns": int, "ino": int, "dev": int, "mode": int, "etag": str}  # cache.stat_info
 STAT = Named("stat", _STAT)
 ENTRY = {"name": str, "type": Literal["file", "dir", "symlink", "other"], "size": int,
-         "mtime_ns": int}  # fs.list: a name relative to `path`, its lstat
+         "mtime_ns": int, "name_bytes?": bytes}  # fs.list: a name relative to `path`, its lstat
+# (`path_bytes`, `name_bytes`: the exact bytes of a path or name that is not valid UTF-8,
+# whose str field is then only readable: snapshot.wire_fields)
 WATCH = Named("watch", {"id": str, "path": str, "recursive": bool,
                         "exclude": list[str]})  # Watch.spec
 
@@ -229,6 +234,7 @@ class WatcherActor(Actor):
         self.pipeline.before_publish = self.state.log
         self.pipeline.pull = self.driving.pull
         self.pipeline.after_flush = self.driving.after_flush
+        self.pipeline.on_lost = self.driving.request_resync
         self.obs = ObserverManager(
             self.loop.call_soon_threadsafe, self.driving.drain,
             mode="polling" if self.fallback == "polling" else "inotify",
@@ -293,17 +299,26 @@ class WatcherActor(Actor):
         self.pipeline.note_self_write(path, key)
 
     @staticmethod
-    def _settle(call: Call, p: Pending) -> Any:
+    def _settle(call: Call, p: Pending, path: bool = False) -> Any:
+        """`p`'s answer, now or deferred; `path`: its `path` in the wire's form (a real
+        path that is not valid UTF-8, a symlink's target's, must not fail the answer:
+        snapshot.wire_fields)."""
+        def answer(value: Any) -> Any:
+            if path:
+                wire_fields(value, ("path",))
+            return value
+
         if p.done:
-            return p.unwrap()
-        p.then(lambda p: call.fail(p.error) if p.error is not None else call.reply(p.value))
+            return answer(p.unwrap())
+        p.then(lambda p: call.fail(p.error) if p.error is not None
+               else call.reply(answer(p.value)))
         return DEFERRED
 
     # --- file ops ---------------------------------------------------------------------------
 
     # fs.read, fs.stat and fs.list answer dicts FileService builds of str, int and bool (and
     # stat_info's dict, a list of them for fs.list): checked=False, no shape to walk, as
-    # fs.write's. A name that is not valid UTF-8 still fails its encoding (`internal`).
+    # fs.write's. A path or name that is not valid UTF-8 goes as snapshot.wire_fields says.
     @op("fs.read", args={"path": str, "offset": (int, 0), "length": (int, None)},
         idempotent=True, reply_attachments=1, errors=FS_ERRORS, checked=False,
         result={"stat": STAT, "stale": bool, "stale_reason?": str, "size": int, "offset": int,
@@ -318,7 +333,8 @@ class WatcherActor(Actor):
 
     @op("fs.write", args={"path": str, "data": (bytes, None), "atomic": (bool, True),
                           "if_match": (str, None)}, checked=False, request_attachments=(0, 1),
-        result={"path": str, "stat": STAT, "bytes": int, "atomic": bool}, errors=FS_ERRORS)
+        result={"path": str, "path_bytes?": bytes, "stat": STAT, "bytes": int,
+                "atomic": bool}, errors=FS_ERRORS)
     def _op_write(self, call: Call, path: str, data: bytes | None, atomic: bool,
                   if_match: str | None) -> Any:
         """Write a whole file (atomic: temp + fsync + rename); if_match guards conflicts."""
@@ -329,17 +345,18 @@ class WatcherActor(Actor):
                        "attachment, not both")
         if data is None:
             data = bytes(call.attachments[0])
-        return self._settle(call, self.files.write(path, data, atomic, if_match))
+        return self._settle(call, self.files.write(path, data, atomic, if_match), path=True)
 
-    @op("fs.stat", args={"path": str}, idempotent=True, result={"path": str, **_STAT},
-        errors=FS_ERRORS, checked=False)
+    @op("fs.stat", args={"path": str}, idempotent=True,
+        result={"path": str, "path_bytes?": bytes, **_STAT}, errors=FS_ERRORS, checked=False)
     def _op_stat(self, call: Call, path: str) -> Any:
         """Type, size, times, ids and etag of a path (symlinks followed, confined)."""
-        return self._settle(call, self.files.stat_path(path))
+        return self._settle(call, self.files.stat_path(path), path=True)
 
     @op("fs.list", args={"path": str, "recursive": (bool, False), "glob": (str, None)},
         idempotent=True, timeout_ms=30_000, errors=FS_ERRORS, checked=False,
-        result={"path": str, "entries": list[ENTRY], "truncated": bool})
+        result={"path": str, "path_bytes?": bytes, "entries": list[ENTRY],
+                "truncated": bool})
     def _op_list(self, call: Call, path: str, recursive: bool, glob: str | None) -> Any:
         """Entries of a directory, optionally recursive and filtered by a glob."""
         return self._settle(call, self.files.list_dir(path, recursive, glob))

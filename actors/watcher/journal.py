@@ -84,8 +84,17 @@ class Journal:
 
     def commit(self, seq: int) -> None:
         """The caller stamped the clocks after `self.seq` up to `seq` itself (the pipeline
-        stamps while it builds its events: one pass instead of two)."""
+        stamps while it builds its events: one pass instead of two); or, after a publish
+        that failed, the seq of the last event that went out: the next one is stamped
+        `seq + 1`, so no seq is used up by events nobody was told."""
         self.seq = seq
+
+    def retract(self, first: int) -> None:
+        """Forget the newest batch, kept for events from `first` on that could not be
+        published after all (`fs.since` must not answer them)."""
+        if self.batches and self.batches[-1].first == first:
+            b = self.batches.pop()
+            self.retained -= b.last - b.first + 1
 
     def keep(self, first: int, last: int, packed: bytes, paths: tuple[str, ...]
              ) -> list[bytes]:

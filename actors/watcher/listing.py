@@ -11,6 +11,10 @@ that writes need too.
 
 A `Listing` is touched by one thread at a time: the loop, then (after `step` said it is not
 done) the worker it was handed to, then the loop again for `answer`.
+
+A name that is not valid UTF-8 (Linux allows any bytes but "/" and NUL) is listed like any
+other, readable in `name` and exactly in `name_bytes` (snapshot.wire_fields): one such file
+never fails the listing of its directory.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import fnmatch
 import os
 from typing import Any
+
+from moorage.actors.watcher.snapshot import all_sendable, wire_fields
 
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 _DIR = 0o040000
@@ -97,4 +103,12 @@ class Listing:
             self._it = None
 
     def answer(self) -> dict[str, Any]:
-        return {"path": self.real, "entries": self.entries, "truncated": self.truncated}
+        """The reply; a path or name in it that is not valid UTF-8 in the wire's form (one
+        pass over the names finds out: only a listing that has one looks at each)."""
+        entries = self.entries
+        if not all_sendable([e["name"] for e in entries]):
+            for e in entries:
+                wire_fields(e, ("name",))
+        out = {"path": self.real, "entries": entries, "truncated": self.truncated}
+        wire_fields(out, ("path",))
+        return out

@@ -23,7 +23,16 @@ event is
   {clock: [instance, epoch, seq], kind: created|modified|deleted, path, type: file|dir|...,
    origin: self|external, watches: [watch id...], size?, mtime_ns?, moved_from?, moved_to?,
    synthetic?}
-or a marker {clock, kind: resync_begin|resync_end|warning, reason, ...}.
+or a marker {clock, kind: resync_begin|resync_end|warning, reason, ...}. A str field that is
+not valid UTF-8 (a file name's stray bytes: snapshot.py) goes out readable, with its exact
+bytes beside it (`path_bytes`, `moved_from_bytes`...: snapshot.wire_fields); only a message
+that holds one is packed so, the others as they are.
+
+A batch is journaled, then published, message by message; the journal's seq moves past a
+message once it is out. A publish that fails (SendFailed) leaves the journal at the last
+message that went out (no seq used up, no batch kept that nobody saw), and a flush's paths
+it did not tell hold UNKNOWN in the index, with a resync asked for (`on_lost`), whose diff
+tells them; a resync's walk is the index only once its diff is out.
 
 Nothing here touches sockets or the observer: `publish`, `before_publish` (the actor's
 write-ahead log, given the paths of each batch), `call_later`, `now` and `lstat` are
@@ -39,6 +48,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
+from loguru import logger
 
 from moorage.actors.runtime.beat import progress
 from moorage.actors.watcher.cache import FileCache, StatKey
@@ -55,6 +65,7 @@ from moorage.actors.watcher.snapshot import (
     is_dir,
     lstat_fields,
     stat_fields,
+    wire_fields,
 )
 from moorage.actors.watcher.statahead import StatAhead
 from moorage.actors.watcher.watches import Watches
@@ -101,6 +112,15 @@ def pack_events_python(rows: list[Any], start: int, stop: int, instance: str, ep
     """msgpack of {"events": rows[start:stop]}, each row a dict or a `Row` (the map it
     stands for, clock [instance, epoch, seq]): the reference of _cevents.c's pack_events."""
     return packb({"events": [_as_dict(r, instance, epoch) for r in rows[start:stop]]})
+
+
+class SendFailed(Exception):
+    """A publish failed: the first `sent` events went out, the rest did not, and the
+    journal's seq is that of the last one out (the cause is chained)."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(f"publishing failed after {sent} events")
+        self.sent = sent
 
 
 def _seq_of(ev: Row | dict[str, Any]) -> int:
@@ -176,9 +196,13 @@ class Pipeline:
         self.parents_filled = 0  # directories reported before their own event (_arrived_parents)
         self.coalescer = Coalescer()
         # Set by the actor: `pull` takes what the observer holds into the window as it
-        # closes, `after_flush` sees to what is left once a flush closed it.
+        # closes, `after_flush` sees to what is left once a flush closed it, `on_lost`
+        # asks for a resync (a flush's events that could not be published: `_untold`).
         self.pull: Callable[[], None] | None = None
         self.after_flush: Callable[[], None] | None = None
+        self.on_lost: Callable[[str], Any] | None = None
+        self.undecodable = 0  # events sent with a name's bytes beside it (wire_fields)
+        self.send_failures = 0  # flushes or markers whose publishing failed (SendFailed)
         self.self_writes: dict[str, tuple[StatKey | None, float]] = {}
         self._timer: Any = None
         self.last_flush = -1e9
@@ -401,9 +425,27 @@ class Pipeline:
         self.statted_ahead += statted_ahead
         if not out:
             return 0
-        journal.commit(seq)
-        self._send(out, paths, (inst, epoch))
+        try:  # (stamped up to `seq`: the journal is there once they are out)
+            self._send(out, paths, (inst, epoch))
+        except SendFailed as exc:
+            self._untold(paths[exc.sent:], exc)
+            return exc.sent
         return len(out)
+
+    def _untold(self, paths: list[str], exc: SendFailed) -> None:
+        """The index took these paths' changes, but their events were not published: each
+        holds UNKNOWN now, which matches nothing on disk, and the resync asked for reports
+        its state as it then is (its deletion included). Without `on_lost` (the pipeline
+        in memory: tests, the benchmark) the failure is raised."""
+        set_ = self.index.set
+        for p in paths:
+            set_(p, UNKNOWN)
+        self.send_failures += 1
+        if self.on_lost is None:
+            raise exc
+        logger.opt(exception=exc).error("watcher: {} events not published; a resync tells "
+                                        "them", len(paths))
+        self.on_lost("publish_failed")
 
     def _arrived_parents(self, parent: str, roots: set[str], items: dict[str, list],
                          slow: Callable[[str], bool] | None) -> list[dict[str, Any]]:
@@ -462,39 +504,71 @@ class Pipeline:
 
     def _send(self, events: list[Any], paths: list[str] | None = None,
               clock: tuple[str, int] | None = None) -> None:
-        """Journal, then publish, `events` (stamped, consecutive), `chunk` to a message.
+        """Journal, then publish, `events` (stamped, consecutive from the journal's seq + 1),
+        `chunk` to a message; the journal's seq is each message's last once it is out.
         `paths`: theirs, one per event, when every event names one (a flush's). `clock`
         (instance, epoch): given for a flush's, whose events are `Row`s (or dicts) packed by
-        `pack_events`; without it they are dicts."""
+        `pack_events`; without it they are dicts. SendFailed when one could not be
+        published (module doc)."""
         if not events:
             return
         if paths is None:
             paths = [e["path"] for e in events if "path" in e]
-        if self.before_publish is not None:  # the write-ahead log: before anyone can see them
-            self.before_publish(paths)
+        journal = self.journal
         n = self.chunk
-        keep = self.journal.keep
         whole = len(paths) == len(events)
-        for i in range(0, len(events), n):
-            j = min(i + n, len(events))
-            if clock is not None:
-                packed = pack_events(events, i, j, clock[0], clock[1], _packb)
-            else:
-                packed = _packb({"events": events[i:j]})
-            gone = keep(_seq_of(events[i]), _seq_of(events[j - 1]), packed,
-                        tuple(paths[i:j]) if whole else
-                        tuple(e["path"] for e in events[i:j] if "path" in e))
-            if gone and self.retired is not None:  # (first: a publish that raises would
-                self.retired(gone)  # leave them at the stream's head, where the next are not)
-            self.publish(Packed(packed))
-            self.batches += 1
+        out = 0  # events published
+        try:
+            if self.before_publish is not None:  # the write-ahead log: before anyone sees them
+                self.before_publish(paths)
+            for i in range(0, len(events), n):
+                j = min(i + n, len(events))
+                first, last = _seq_of(events[i]), _seq_of(events[j - 1])
+                packed = self._pack(events, i, j, clock)
+                gone = journal.keep(first, last, packed, tuple(paths[i:j]) if whole else
+                                    tuple(e["path"] for e in events[i:j] if "path" in e))
+                if gone and self.retired is not None:  # (first: a publish that raises would
+                    self.retired(gone)  # leave them at the stream's head, where the next are not)
+                try:
+                    self.publish(Packed(packed))
+                except Exception:
+                    journal.retract(first)
+                    raise
+                journal.commit(last)
+                out = j
+                self.batches += 1
+        except Exception as exc:
+            journal.commit(_seq_of(events[out - 1]) if out else _seq_of(events[0]) - 1)
+            self.published += out
+            raise SendFailed(out) from exc
         self.published += len(events)
+
+    def _pack(self, events: list[Any], i: int, j: int, clock: tuple[str, int] | None
+              ) -> bytes:
+        """One message: {"events": events[i:j]}. A str msgpack refuses (not UTF-8: a file
+        name's stray bytes) makes it packed again with each event in the wire's form
+        (snapshot.wire_fields), copied: the journal keeps the paths as they are."""
+        try:
+            if clock is not None:
+                return pack_events(events, i, j, clock[0], clock[1], _packb)
+            return _packb({"events": events[i:j]})
+        except UnicodeEncodeError:
+            wire = []
+            for ev in events[i:j]:
+                d = dict(_as_dict(ev, *clock) if clock is not None else ev)
+                if wire_fields(d):
+                    self.undecodable += 1
+                wire.append(d)
+            return _packb({"events": wire})
 
     def marker(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Journal and publish a marker event (a warning, for instance) at once."""
         self.flush()
         ev = self.journal.append({"kind": kind, **fields})
-        self._send([ev])
+        try:
+            self._send([ev])
+        except SendFailed as exc:
+            self._untold([], exc)
         return ev
 
     # --- resync -------------------------------------------------------------------------
@@ -504,8 +578,9 @@ class Pipeline:
                index: Index | None = None, **detail: Any) -> dict[str, Any]:
         """Publish the difference between `base` (what subscribers were told; None: nothing
         comparable, a fresh start) and `new` (the walk), framed by resync markers; the index
-        becomes `new`. What was pending in the coalescer is covered by the walk. `changes`
-        (the diff) and `index` (built from `new`) may come made already, off the loop."""
+        becomes `new` once they are out (SendFailed: it stays what it was). What was
+        pending in the coalescer is covered by the walk. `changes` (the diff) and `index`
+        (built from `new`) may come made already, off the loop."""
         t0 = time.perf_counter()
         self.coalescer.clear()
         epoch = self.journal.new_epoch()
@@ -538,14 +613,21 @@ class Pipeline:
             if cache is not None and cache.entries:
                 cache.changed(path)
         n = len(events) - 1
-        if index is not None:
+        events.append(append({"kind": "resync_end", "reason": reason, "epoch": epoch,
+                              "changes": n, "fresh": base is None, "entries": len(new)}))
+        try:
+            self._send(events)
+        except SendFailed as exc:
+            # The index stays what was told before (a part of the diff that went out is
+            # told again by the resync that follows: the caller asks for it).
+            if not exc.sent:
+                self.journal.epoch = epoch - 1
+            raise
+        if index is not None:  # (told now: the walk is the index)
             self.index.take(index)
         else:
             self.index.replace(new)
         took = round((time.perf_counter() - t0) * 1000, 3)
-        events.append(append({"kind": "resync_end", "reason": reason, "epoch": epoch,
-                              "changes": n, "fresh": base is None, "entries": len(new)}))
-        self._send(events)
         self.last_flush = self.now()
         return {"reason": reason, "epoch": epoch, "changes": n, "entries": len(new),
                 "fresh": base is None, "diff_ms": took}
@@ -557,5 +639,6 @@ class Pipeline:
                 "orphans_dropped": self.orphans_dropped,
                 "parents_filled": self.parents_filled,
                 "statted_ahead": self.statted_ahead,
+                "undecodable": self.undecodable, "send_failures": self.send_failures,
                 "stat_ahead": self.ahead.info() if self.ahead is not None else None,
                 "settle_ms": self.settle_s * 1000, "self_writes": len(self.self_writes)}

@@ -15,9 +15,12 @@ query is a filter over it: no walk, no syscall. Watchman's `query` answers the s
   fields    of each file: name, exists, type, size, mtime_ns, ino (default: all but ino);
             ["name"] alone answers plain names
 
-The answer is built here from strings, ints, bools and None only, two levels deep, so the
-runtime's walk of a result's shape (50,000 values) is skipped (`checked=False`); a path that
-is not valid UTF-8 still fails its encoding, which the runtime answers as `internal`.
+The answer is built here from strings, ints, bools, bytes and None only, two levels deep, so
+the runtime's walk of a result's shape (50,000 values) is skipped (`checked=False`). A name
+that is not valid UTF-8 (a file's stray bytes: snapshot.py) is answered readable in `name`
+and exactly in `name_bytes` (snapshot.wire_fields); with `fields: ["name"]` such a file is
+the map {name, name_bytes} among the plain names. One pass over a page's names tells whether
+it has one: a page without pays nothing more.
 
 Bounded in time and size: the candidates (the index's paths under the scope, gathered from
 its per-directory sets at C speed, or the paths the journal names after `since`) are taken
@@ -45,7 +48,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from moorage.actors.runtime import DEFERRED, Call, op
 from moorage.actors.runtime.shapes import OneOf
 from moorage.actors.watcher.journal import Clock
-from moorage.actors.watcher.snapshot import UNKNOWN, Stat, file_format, stat_fields
+from moorage.actors.watcher.snapshot import (
+    UNKNOWN,
+    Stat,
+    all_sendable,
+    file_format,
+    sendable,
+    stat_fields,
+    wire_fields,
+)
 from moorage.protocol.errors import fail
 
 if TYPE_CHECKING:
@@ -266,7 +277,23 @@ def _describe(rel: str, s: Stat | None, fields: tuple[str, ...]) -> dict[str, An
 # fs.query's file: the `fields` asked for (a deleted one: only name and exists), or with
 # `fields: ["name"]` the plain name.
 FILE = {"name?": str, "exists?": bool, "type?": Literal[TYPES], "size?": int | None,  # type: ignore[valid-type]
-        "mtime_ns?": int | None, "ino?": int | None}
+        "mtime_ns?": int | None, "ino?": int | None, "name_bytes?": bytes}
+
+
+def wire_names(files: list[Any]) -> int:
+    """A page's files in the wire's form, in place (module doc); returns how many names
+    were not valid UTF-8."""
+    names = [f if type(f) is str else f.get("name", "") for f in files]
+    if all_sendable(names):
+        return 0
+    changed = 0
+    for i, f in enumerate(files):
+        if type(f) is not str:
+            changed += wire_fields(f, ("name",))
+        elif not sendable(f):
+            files[i] = d = {"name": f}
+            changed += wire_fields(d)
+    return changed
 
 
 class QueryOps:
@@ -278,6 +305,7 @@ class QueryOps:
         self.queries = 0
         self.pages = 0
         self.expired = 0
+        self.undecodable = 0  # names answered with their bytes beside them (wire_names)
 
     @op("fs.query", args={"path": (str, None), "glob": ((str, list), None),
                           "suffix": ((str, list), None), "type": ((str, list), None),
@@ -354,6 +382,7 @@ class QueryOps:
 
     def _answer(self, q: Query, files: list[Any]) -> dict[str, Any]:
         self.pages += 1
+        self.undecodable += wire_names(files)
         cursor = None
         if not q.done:
             while len(self.cursors) >= MAX_CURSORS:
@@ -373,5 +402,5 @@ class QueryOps:
 
     def stats(self) -> dict[str, Any]:
         return {"queries": self.queries, "pages": self.pages, "open_cursors": len(self.cursors),
-                "expired_cursors": self.expired}
+                "expired_cursors": self.expired, "undecodable_names": self.undecodable}
 

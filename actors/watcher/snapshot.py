@@ -13,6 +13,11 @@ ctime_ns, mode): ctime and ino catch `cp -p`, which keeps mtime.
 The checkpoint (`save`/`load`) survives the death of the process (a temporary file renamed
 into place: a reader finds the old or the new file, never a torn one). It is not fsynced: the
 runtime directory does not outlive the machine either.
+
+A path is a str as os.fsdecode makes it: a name that is not UTF-8 (Linux allows any bytes
+but "/" and NUL) holds its stray bytes as lone surrogates. The state files keep such a path
+exactly (msgpack with surrogateescape, both ways); the wire cannot (a msgpack str is valid
+UTF-8), so an answer or an event carries it as `wire_fields` says.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import msgpack
@@ -61,6 +66,69 @@ def is_dir(s: Stat) -> bool:
 
 def _no_beat() -> None:
     pass
+
+
+# --- paths on the wire ---------------------------------------------------------------------
+
+# The state files' packing: a path with a name that is not UTF-8 is written as its bytes and
+# read back as the same str (a strict packer refused it, and the write-ahead log's failure
+# dropped a whole window's events).
+PATHS = "surrogateescape"
+BYTES_SUFFIX = "_bytes"
+
+
+def path_bytes(s: str) -> bytes:
+    """The bytes `s` stands for (os.fsencode's). A lone surrogate no file name makes (one
+    outside the stray bytes' range) goes as UTF-8 would have it, rather than fail."""
+    try:
+        return s.encode("utf-8", PATHS)
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass")
+
+
+def readable(s: str) -> str:
+    """`s` as valid UTF-8: each sequence of it that is not (a name's stray bytes) as U+FFFD.
+    What a reader can show; not a path that names the file."""
+    return path_bytes(s).decode("utf-8", "replace")
+
+
+def sendable(s: str) -> bool:
+    """May `s` go on the wire as a msgpack str?"""
+    if s.isascii():
+        return True
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def wire_fields(d: dict[str, Any], keys: Iterable[str] | None = None) -> int:
+    """The wire's form of a map that names paths, in place: each str value (of `keys`, or
+    every one) that is not valid UTF-8 becomes `readable`, and its exact bytes go in the
+    field of the same name with BYTES_SUFFIX (`path` -> `path_bytes`, a msgpack bin).
+    Returns how many fields it changed; the others, and a map without any, stay as they are.
+    One such name thus never fails an answer or an event, and a client that needs the file
+    itself has its bytes."""
+    changed = 0
+    for k in list(d if keys is None else keys):
+        v = d.get(k)
+        if type(v) is str and not sendable(v):
+            raw = path_bytes(v)
+            d[k] = raw.decode("utf-8", "replace")
+            d[k + BYTES_SUFFIX] = raw
+            changed += 1
+    return changed
+
+
+def all_sendable(names: list[str]) -> bool:
+    """Are all of `names` valid UTF-8? One C-speed pass over a page's names, so that only a
+    page holding one that is not pays for looking at each (`wire_fields`)."""
+    try:
+        "".join(names).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 StatFields = tuple[Stat, int, int, int]  # packed stat, st_mode, st_size, st_mtime_ns
@@ -312,7 +380,8 @@ def save(path: str, doc: dict[str, Any]) -> int:
     """Write `doc` (msgpack) to `path` atomically; returns the bytes written. A doc with
     `entries` (a dict, or an Index: `stream`) is written as a stream (`stream`)."""
     if not isinstance(doc.get("entries"), (dict, Index)):
-        return write_atomic(path, msgpack.packb({"format": FORMAT, **doc}, use_bin_type=True))
+        return write_atomic(path, msgpack.packb({"format": FORMAT, **doc}, use_bin_type=True,
+                                                unicode_errors=PATHS))
     return write_atomic_parts(path, stream(doc))
 
 
@@ -330,9 +399,8 @@ def stream(doc: dict[str, Any]) -> Iterator[bytes]:
     state without what they brought, and a watch answered before the capture's write
     could be lost by it (its crawl is in no wal generation: it is no event)."""
     held = doc.get("entries")
-    yield msgpack.packb({"format": STREAM_FORMAT,
-                         **{k: v for k, v in doc.items() if k != "entries"}},
-                        use_bin_type=True)
+    packb = msgpack.Packer(use_bin_type=True, unicode_errors=PATHS).pack
+    yield packb({"format": STREAM_FORMAT, **{k: v for k, v in doc.items() if k != "entries"}})
     entries: dict[str, Stat] = (held.entries if isinstance(held, Index) else held) or {}
     keys = list(entries)
     get = entries.get
@@ -342,8 +410,8 @@ def stream(doc: dict[str, Any]) -> Iterator[bytes]:
         # (a path gone since the capture is written as nil and not read back: it is in
         # the wal)
         chunks += 1
-        yield msgpack.packb(dict(zip(part, map(get, part), strict=True)), use_bin_type=True)
-    yield msgpack.packb({"chunks": chunks})
+        yield packb(dict(zip(part, map(get, part), strict=True)))
+    yield packb({"chunks": chunks})
 
 
 def load(path: str) -> dict[str, Any] | None:
@@ -352,7 +420,7 @@ def load(path: str) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
             objs = list(msgpack.Unpacker(f, strict_map_key=False, use_list=False,
-                                         max_buffer_size=1 << 31))
+                                         max_buffer_size=1 << 31, unicode_errors=PATHS))
     except (OSError, ValueError, msgpack.UnpackException):
         return None
     if not objs or not isinstance(objs[0], dict):
@@ -405,7 +473,7 @@ class Wal:
 
     def append(self, paths: list[str]) -> None:
         if paths:
-            os.write(self.fd, msgpack.packb(paths, use_bin_type=True))
+            os.write(self.fd, msgpack.packb(paths, use_bin_type=True, unicode_errors=PATHS))
             self.records += 1
 
     def rotate(self) -> int:
@@ -432,7 +500,8 @@ class Wal:
         for g in self.generations():
             if g < since_gen:
                 continue
-            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 30)
+            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=1 << 30,
+                                        unicode_errors=PATHS)
             with open(self._path(g), "rb") as f:
                 unpacker.feed(f.read())
             try:

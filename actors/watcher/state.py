@@ -29,6 +29,11 @@ while it was down differ from the snapshot and are reported by the same diff.
 State written by another `moorage up` (another tree: the instance's lock file tells) is not
 continued; neither is a file that cannot be read (then the restart has no base to diff against
 and reports every watched path as created: complete, if noisy).
+
+A log or a checkpoint that cannot be written or packed, whatever the reason, gives the state
+up (`lose`): the events go on, the next start resyncs from no base, and fs.stats says why
+(`checkpoints.lost`). It never stops a flush, nor leaves the worker writing a checkpoint
+waiting for a part that will not come.
 """
 
 from __future__ import annotations
@@ -75,6 +80,11 @@ CLOSE_WAIT_S = 5.0
 PARTS_AHEAD = 2
 
 
+class Unpacked(Exception):
+    """A checkpoint's part could not be packed: its write ends unwritten. Raised to the
+    write's consumer (the worker, or `_save` on the loop) once the state is given up."""
+
+
 class _Parts:
     """A checkpoint's packed parts on their way from the loop, which packs one a turn, to the
     worker that writes each as it comes (`put` on the loop, iterated on the worker). Held
@@ -84,7 +94,7 @@ class _Parts:
     one, has it go on (`wake`: a call on the loop's thread; without it, no bound)."""
 
     def __init__(self, wake: Callable[[Callable[[], None]], None] | None = None) -> None:
-        self._q: SimpleQueue[bytes | None] = SimpleQueue()
+        self._q: SimpleQueue[bytes | Unpacked | None] = SimpleQueue()
         self._lock = threading.Lock()  # `_ahead` and `_resume`, between the loop and worker
         self._ahead = 0  # parts put and not taken yet
         self._resume: Callable[[], None] | None = None  # the loop's packing, waiting for room
@@ -106,8 +116,9 @@ class _Parts:
             self._resume = resume
             return False
 
-    def put(self, part: bytes | None) -> None:
-        """The next part; None: there are no more."""
+    def put(self, part: bytes | Unpacked | None) -> None:
+        """The next part; None: there are no more; Unpacked: the rest cannot be packed, and
+        the worker's write ends with it, unwritten."""
         with self._lock:
             self._ahead += 1
         self._q.put(part)
@@ -124,6 +135,8 @@ class _Parts:
                 self._wake(resume)
             if part is None:
                 return
+            if isinstance(part, Unpacked):
+                raise part
             yield part
 
 
@@ -200,8 +213,8 @@ class State:
             return
         try:
             self.wal.append(paths)
-        except OSError as exc:
-            self.lose(f"the write-ahead log: {exc}")
+        except Exception as exc:  # (a disk full; a path msgpack refuses) never the events
+            self.lose(f"the write-ahead log: {type(exc).__name__}: {exc}")
 
     def lose(self, why: str) -> None:
         """Keep no state from now on, and leave none that a restart could take for whole:
@@ -329,7 +342,7 @@ class State:
             return False
         self.writing = True
         self._answers = answers or []
-        self._inflight, self._rest = (captured, parts), snapshot.stream(captured)
+        self._inflight, self._rest = (captured, parts), self._packed(captured)
         job.then(self._write_settled)
         self._pack(parts, later)
         return True
@@ -351,7 +364,12 @@ class State:
         if not parts.room(lambda: self._pack(parts, later)):
             return  # PARTS_AHEAD wait for the worker: it has us go on when it takes one
         t0 = time.perf_counter()
-        part = next(rest, None)
+        try:
+            part = next(rest, None)
+        except Unpacked as exc:  # (the state is given up: the worker's write ends with it)
+            self._rest = None
+            parts.put(exc)
+            return
         parts.packing += time.perf_counter() - t0
         parts.put(part)
         if part is None:
@@ -368,9 +386,19 @@ class State:
         finally:
             parts.done.set()
 
+    def _packed(self, captured: dict[str, Any]) -> Iterator[bytes]:
+        """`captured`'s parts (snapshot.stream), packed on the loop. One that cannot be
+        packed gives the state up (a checkpoint without it is not the told state, and every
+        later one would fail the same way) and ends the write: Unpacked."""
+        try:
+            yield from snapshot.stream(captured)
+        except Exception as exc:
+            self.lose(f"the checkpoint could not be packed: {type(exc).__name__}: {exc}")
+            raise Unpacked(str(exc)) from exc
+
     def _save(self, captured: dict[str, Any]) -> tuple[int, float] | None:
         """Pack and write `captured` here (at a stop, or without a worker)."""
-        return self._save_parts(captured, snapshot.stream(captured), 0.0)
+        return self._save_parts(captured, self._packed(captured), 0.0)
 
     def _save_parts(self, captured: dict[str, Any], parts: Iterable[bytes], spent: float
                     ) -> tuple[int, float] | None:
@@ -383,6 +411,8 @@ class State:
             n = write_atomic_parts(self._path("snapshot"), parts)
         except OSError:
             logger.exception("watcher: checkpoint not written")
+            return None
+        except Unpacked:  # (the state was given up where it was packed, and logged there)
             return None
         if self.lost is not None:  # (lost while it was written: it must not stay)
             self._drop_snapshot()
@@ -431,10 +461,14 @@ class State:
             # runs no more.
             captured, parts = inflight
             if rest is not None:
+                end: Unpacked | None = None
                 if not parts.done.is_set():
-                    for part in rest:
-                        parts.put(part)
-                parts.put(None)
+                    try:
+                        for part in rest:
+                            parts.put(part)
+                    except Unpacked as exc:
+                        end = exc
+                parts.put(end)
             if not parts.done.wait(CLOSE_WAIT_S):
                 logger.warning("watcher: the last checkpoint's write did not end within {} s",
                                CLOSE_WAIT_S)

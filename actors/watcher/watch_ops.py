@@ -33,7 +33,7 @@ from moorage.actors.watcher.journal import Clock
 from moorage.actors.watcher.mounts import pseudo_refusal
 from moorage.actors.watcher.observer import ObserverManager, Placement
 from moorage.actors.watcher.retry import FS_ERRORS, os_error
-from moorage.actors.watcher.snapshot import Index, Stat
+from moorage.actors.watcher.snapshot import Index, Stat, wire_fields
 from moorage.actors.watcher.watches import Watch
 from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
@@ -76,8 +76,8 @@ class WatchOps:
 
     @op("fs.watch", args={"path": str, "recursive": (bool, True), "exclude": (list, None)},
         idempotent=True, timeout_ms=120_000, errors=(*FS_ERRORS, *WATCH_ERRORS),
-        result={"watch": str, "path": str, "recursive": bool, "exclude": list[str],
-                "via": str, "clock": CLOCK})
+        result={"watch": str, "path": str, "path_bytes?": bytes, "recursive": bool,
+                "exclude": list[str], "via": str, "clock": CLOCK})
     def _op_watch(self, call: Call, path: str, recursive: bool,
                   exclude: list | None) -> Any:
         """Watch a directory; events for it are published on fs.event."""
@@ -134,8 +134,10 @@ class WatchOps:
     def _answer(self, obs: ObserverManager, w: Watch) -> dict[str, Any]:
         root = obs.roots.get(obs.root_of(w.path) or "")
         spec = w.spec()
-        return {"watch": spec.pop("id"), **spec, "via": root.via if root else "missing",
-                "clock": self.w.journal.clock().to_wire()}
+        out = {"watch": spec.pop("id"), **spec, "via": root.via if root else "missing",
+               "clock": self.w.journal.clock().to_wire()}
+        wire_fields(out, ("path",))  # (a real path that is not valid UTF-8: snapshot.py)
+        return out
 
     def _place(self, obs: ObserverManager, path: str, real: str, recursive: bool,
                excl: tuple[str, ...]) -> Job:
