@@ -165,8 +165,8 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
              log_level: str = "INFO", lifecycle: LifecycleOptions | None = None,
              state: Path | None = None) -> tuple[int, str]:
     """Run the tree in this process until it stops; returns the exit code and why it ended:
-    when it gave up, the child and its last exit; when asked to stop, by what (a signal's
-    name, or sys.stop); else "". Raises
+    when it gave up, the child and its last exit; when it could not say ready, why; when
+    asked to stop, by what (a signal's name, or sys.stop); else "". Raises
     PathTooLong or AlreadyRunning before anything starts. However it ends (a clean stop, an
     escalation, an exception), it leaves no socket file, connection file or lock behind;
     the kernel's PR_SET_PDEATHSIG takes every process it started with it."""
@@ -197,7 +197,7 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         zygote = start_zygote(spec.modules(), close_fds=keep_out, owner=spec.id)
         sup = Supervisor(spec, runtime_dir, zygote, doc, root=True, lifecycle=lifecycle)
         sup.serve()
-        return sup.exit_code, sup.escalation or sup.stop_cause
+        return sup.exit_code, sup.escalation or sup.failed_start or sup.stop_cause
     finally:
         remove_connection_file(runtime_dir)
         remove_plan(runtime_dir)

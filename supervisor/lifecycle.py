@@ -43,6 +43,7 @@ from moorage.protocol.errors import fail
 from moorage.supervisor.host import SupervisorHost
 
 DEFAULT_GRACE_S = 60.0
+START_FAILED_EXIT_CODE = 1  # (the CLI's EXIT_ERROR: the tree could not finish its start)
 
 
 @dataclass
@@ -119,16 +120,28 @@ class Lifecycle:
                 "endpoints": {n: {"rpc": endpoints.rpc(rd, n), "pub": endpoints.pub(rd, n)}
                               for n in names}, **remote}
 
-    def ready(self) -> None:
-        """Every child is up: write the connection file, then say so on the ready channel."""
+    def ready(self) -> bool:
+        """Every child is up: write the connection file, then say so on the ready channel.
+        False when the file cannot be written (out of descriptors or space): a tree no client
+        can find is no tree, and an editor waiting for the line is told why instead (the
+        tree stops: `failed_start`)."""
         info = self.ready_info()
         state = os.environ.get(STATE_ENV, "")
-        write_atomic(self.connection_file, json.dumps(
-            {**info, "epoch": self.sup.epoch, "state_dir": state}, indent=1).encode() + b"\n")
+        try:
+            write_atomic(self.connection_file, json.dumps(
+                {**info, "epoch": self.sup.epoch, "state_dir": state}, indent=1).encode()
+                + b"\n")
+        except OSError as exc:
+            logger.error("the connection file {}: {}; stopping", self.connection_file, exc)
+            self.sup.failed_start = f"could not write {self.connection_file}: {exc}"
+            self.sup.exit_code = START_FAILED_EXIT_CODE
+            self.sup.stop()
+            return False
         self.ready_at = self.sup.loop.clock()
         fd, self.opts.ready_fd = self.opts.ready_fd, None
         if fd is not None:
             write_line(fd, info)
+        return True
 
     # --- following the editor ----------------------------------------------------------------
 

@@ -143,6 +143,7 @@ class Supervisor(Actor):
         self.shutting_down = False
         self.exit_code = 0
         self.escalation = ""  # why it gave up (ESCALATED_EXIT_CODE), for a failed start's line
+        self.failed_start = ""  # why it could not say ready (lifecycle.ready), for that line
         self.initial_start_done = False
         self._ready_callback: Callable[[], None] | None = None
         self.relay = EventRelay(self)
@@ -200,8 +201,8 @@ class Supervisor(Actor):
     def _initial_start_finished(self) -> None:
         self.initial_start_done = True
         logger.info("{}: all children started", self.name)
-        if self.lifecycle is not None:
-            self.lifecycle.ready()
+        if self.lifecycle is not None and not self.lifecycle.ready():
+            return  # (stopping: its failed line says why)
         if self._ready_callback is not None:
             cb, self._ready_callback = self._ready_callback, None
             cb()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -34,6 +35,8 @@ from tests.terminal_support import env_for, make_home
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
+
+LINE_WAIT_S = 60
 
 FAKES = """
 [lifecycle]
@@ -100,6 +103,10 @@ class Up:
     def line(self) -> dict[str, Any]:
         """The one line on stdout; stdout must then be at its end."""
         assert self.proc.stdout is not None
+        # (a tree that never says its line fails the test here, its processes killed by
+        # close(), rather than at the suite's timeout, which leaves them running)
+        assert select.select([self.proc.stdout], [], [], LINE_WAIT_S)[0], \
+            f"no ready or failed line within {LINE_WAIT_S} s"
         text = self.proc.stdout.readline()
         msg = json.loads(text)
         assert self.proc.stdout.read() == b"", "more than one line on stdout"
@@ -350,6 +357,20 @@ def test_a_tree_started_with_a_low_descriptor_limit_survives_a_leak_of_connectio
         for s in leak:
             s.close()
     assert u.proc.poll() is None
+
+
+def test_a_tree_that_cannot_write_its_connection_file_says_failed_and_stops(ups, runtime_dir):
+    """Out of space or descriptors when every child is up: no client could find the tree,
+    and the editor waiting for the line is told why (it waited for ever before)."""
+    rdir = runtime_dir / "nofile"
+    rdir.mkdir(mode=0o700)
+    (rdir / f"{endpoints.CONNECTION_FILE}.tmp").mkdir()  # (where the file is written first)
+    u = up(ups, rdir, FAKES.format(grace=60))
+    line = u.line()
+    assert line["moorage"] == "failed" and line["error"]["name"] == "start_failed", line
+    assert "could not finish its start: could not write" in line["error"]["message"]
+    assert u.proc.wait(30) == 1
+    nothing_left(rdir)
 
 
 def test_a_tree_asked_to_stop_before_it_is_ready_says_by_what_on_its_failed_line(

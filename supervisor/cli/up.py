@@ -183,7 +183,8 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
     if opts.ready_fd is not None:  # never got ready
         said = (f"the tree gave up during start: {why or 'a child kept dying'} (see "
                 "`moorage logs`)" if code == EXIT_ESCALATED else
-                f"the tree was asked to stop ({why}) before it was ready" if why else
+                f"the tree could not finish its start: {why}" if code == EXIT_ERROR and why
+                else f"the tree was asked to stop ({why}) before it was ready" if why else
                 f"the tree stopped before it was ready (exit code {code})")
         raise StartFailed("start_failed", said, code or EXIT_ERROR)
     if code == EXIT_ESCALATED:
