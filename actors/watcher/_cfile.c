@@ -25,7 +25,10 @@
  * the watcher's loop, which holds it while it serves requests: three futex calls on the loop
  * per write, and the loop's time shared out with the workers' waits. None: the Python path
  * (openat2 refused; the name is a directory, a symlink or a special file, which it refuses
- * by name; a file swapped for a special one). Any other failure is its OSError.
+ * by name; a file swapped for a special one). Any other failure is its OSError. A new file
+ * is made 0666 under the umask, as the Python path and any other program make one. The
+ * stat_result is the fstat right after the write (no fsync between): whether it is our
+ * version is the caller's to judge (its size).
  *
  * Every stat_result is the one os.fstat would give (the tests compare every field).
  */
@@ -222,7 +225,7 @@ write_plain(PyObject *module, PyObject *args)
             /* O_NONBLOCK: a FIFO swapped in since the lstat fails the open, not waits */
             fd = openat(dfd, PyBytes_AS_STRING(name_bytes),
                         O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
-                        existed ? (cur.st_mode & 07777) : 0644);
+                        existed ? (cur.st_mode & 07777) : 0666);  /* new: the umask's */
             if (fd < 0)
                 err = errno;
             else if (fstat(fd, &after) < 0)

@@ -374,7 +374,8 @@ class WatcherActor(Actor):
         "cache": dict[str, Any], "observer": dict[str, Any] | None, "journal": dict[str, Any],
         "pipeline": dict[str, Any], "checkpoints": dict[str, Any],
         "workers": {"io": dict[str, Any], "walker": dict[str, Any], "remote": dict[str, Any]},
-        "files": {"reads_offloaded": int, "remote_ops": int}, "query": dict[str, int]})
+        "files": {"reads_offloaded": int, "remote_ops": int, "temps_removed": int},
+        "query": dict[str, int]})
     def _op_stats(self, call: Call) -> dict[str, Any]:
         """Cache, observer, journal, pipeline, resync and checkpoint counters."""
         return self._stats()
@@ -411,8 +412,7 @@ class WatcherActor(Actor):
             "syncs_answered": self.watch_ops.syncs_answered,
             "workers": {"io": self.io.stats(), "walker": self.walker.stats(),
                         "remote": self.remote.stats()},
-            "files": {"reads_offloaded": self.files.reads_offloaded,
-                      "remote_ops": self.files.remote_ops},
+            "files": self.files.stats(),
             "watches_placing": len(self.watch_ops.placing),
             "watch_joins": self.watch_ops.joined,
             "query": self.query_ops.stats(),

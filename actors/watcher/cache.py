@@ -11,12 +11,22 @@ Entries are kept by real path, in LRU order, bounded by bytes (and by a per-file
 big file cannot flush everything else). `aliases` maps the path a client used to the real path,
 so a hit costs a dict lookup and a stat, not a `realpath`. A stale entry (key mismatch) is
 kept until replaced: it is the "cache previous" fallback when a read fails transiently.
+
+The stat key is only as fine as the file system's timestamps: where they move once per tick
+(a jiffy, 1-10 ms, on every kernel before 6.13 and on ramfs, vfat, most network file systems
+since; a second or two on vfat and ext4 with small inodes), a same-size rewrite within the tick
+of the version read keeps the key. Git calls such an entry "racily clean", and so does this: a
+version whose ctime is within a tick (`racy`) of when it was known to hold its bytes is kept
+marked `racy`, and a hit on it is answered only once a read of the file gives those bytes again
+(`hit`'s `confirm`); the first such read after the tick has passed makes it trusted, since any
+later change gets a later ctime. A file not changed just now (the common case) is one stat.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +34,20 @@ from moorage.actors.watcher.watches import under_any
 from moorage.protocol.envelope import Packed
 
 StatKey = tuple[int, int, int, int, int]
+
+TICK_NS = 20_000_000
+"""How far behind a change's ctime may be from the clock when it is made: a jiffy of the
+kernel's coarse clock (10 ms at HZ=100) and the file system's rounding, with room to spare."""
+COARSE_TICK_NS = 2_000_000_000 + TICK_NS
+"""The same where ctime is a whole second: a file system that keeps seconds (vfat: two)."""
+
+
+def racy(st: os.stat_result, since_ns: int) -> bool:
+    """Could a change made after `since_ns` (time.time_ns) leave `st`'s stat key as it is?
+    So when its ctime is within a tick of that moment, or after it: a change in the same tick
+    gets the same timestamps (git's racy-clean rule)."""
+    c = st.st_ctime_ns
+    return c > since_ns - (COARSE_TICK_NS if c % 1_000_000_000 == 0 else TICK_NS)
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -54,6 +78,9 @@ class Entry:
     # fs.read's reply body for the whole file, packed by its first hit and sent by every
     # hit after it (files.FileService.read_cached)
     whole: Packed | None = None
+    # the version may have changed within its timestamp tick since it was read (`racy`): a
+    # hit is confirmed by reading the file again
+    racy: bool = False
 
 
 class FileCache:
@@ -70,13 +97,17 @@ class FileCache:
         self.stale_served = 0
         self.evictions = 0
         self.invalidations = 0
+        self.unconfirmed = 0  # hits on racy entries whose bytes a read did not give again
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def hit(self, path: str) -> Entry | None:
+    def hit(self, path: str, confirm: Callable[[str, Entry], bool] | None = None
+            ) -> Entry | None:
         """The entry for the absolute path a client asked for, if the file on disk still has
-        the key it had when read (one stat); None on a miss."""
+        the key it had when read (one stat) and, for a `racy` entry, `confirm(real, entry)`
+        says a read gives its bytes again (no `confirm`: a racy entry is a miss); None on a
+        miss."""
         real = self.aliases.get(path)
         if real is None:
             return None
@@ -89,6 +120,9 @@ class FileCache:
             return None  # the slow path will classify (and maybe retry) the error
         if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != e.key:
             return None
+        if e.racy and (confirm is None or not confirm(real, e)):
+            self.unconfirmed += 1
+            return None
         self.entries.move_to_end(real)
         self.hits += 1
         return e
@@ -98,14 +132,15 @@ class FileCache:
         return self.entries.get(real)
 
     def put(self, path: str, real: str, st: os.stat_result, data: bytes,
-            info: dict[str, Any] | None = None) -> None:
-        """Keep `data` as `real`'s contents at `st` (`info`: its stat_info, if made already)."""
+            info: dict[str, Any] | None = None, *, racy: bool = False) -> None:
+        """Keep `data` as `real`'s contents at `st` (`info`: its stat_info, if made already;
+        `racy`: the version was known within its timestamp tick, module docstring)."""
         if len(data) > self.max_file_bytes or len(data) > self.max_bytes:
             return
         old = self.entries.pop(real, None)
         if old is not None:
             self.bytes -= len(old.data)
-        self.entries[real] = Entry(stat_key(st), data, info or stat_info(st))
+        self.entries[real] = Entry(stat_key(st), data, info or stat_info(st), racy=racy)
         self.bytes += len(data)
         if len(self.aliases) >= self.max_aliases:
             self.aliases.clear()  # rebuilt by the next misses; cheaper than LRU bookkeeping
@@ -165,4 +200,5 @@ class FileCache:
         return {"entries": len(self.entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
                 "max_file_bytes": self.max_file_bytes, "hits": self.hits,
                 "misses": self.misses, "stale_served": self.stale_served,
-                "evictions": self.evictions, "invalidations": self.invalidations}
+                "evictions": self.evictions, "invalidations": self.invalidations,
+                "unconfirmed": self.unconfirmed}

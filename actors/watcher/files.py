@@ -10,18 +10,32 @@ with `file_too_large`: page them. On the loop a miss takes its bytes from the pa
 (preadv2 RWF_NOWAIT): a file not all in memory is read again on an `offload` worker, so a
 cold file on a slow disk never holds the loop.
 A FIFO, device or socket is refused (`bad_args`, naming it) before it is opened; a file that
-reports no size (procfs) is read to its end within `max_read`, and a file whose contents are
-not its reported size (procfs, sysfs) is never cached: its stat key does not move with them.
+reports no size (procfs) and yet has contents is read to its end within `max_read` on an
+`offload` worker (making /proc/kallsyms takes tens of ms), and a file whose contents are not
+its reported size (procfs, sysfs) is never cached: its stat key does not move with them.
+The stat key moves only once per timestamp tick (cache.py): a file whose ctime is within a
+tick of the read may have changed during it unseen, so it is read twice and the two must
+agree (else torn), and it is cached `racy` (a hit reads it again before it answers).
 
 Writes run on the `offload` workers (fsync waits for the disk), one at a time per file; a
 FIFO, device or socket is refused by its stat before anything opens it, and the open itself
 is O_NONBLOCK (a FIFO swapped in meanwhile fails it instead of waiting for a reader). Writes
-happen under a descriptor of the parent directory (no path re-resolution between the
-check and the write). `atomic` writes a temporary file beside the target, fsyncs it, renames
-it over the target and fsyncs the directory, so a reader sees the old or the new file, never a
-mix. `if_match` is the etag the caller last saw ("" = must not exist): anything else is a
-`conflict`. Both the temporary and the target are reported to `on_self_write` so the
-watcher can tag the events they cause `origin: self`.
+happen under a descriptor of the parent directory (no path re-resolution between the check
+and the write). `atomic` writes a temporary file beside the target, gives it the target's
+owner, group, extended attributes and mode, fsyncs it, renames it over the target and fsyncs
+the directory, so a reader sees the old or the new file, never a mix. A target with other
+hard links, or whose owner, group or attributes the temporary cannot be given (another
+user's file), is written in place instead, and the answer says `atomic: false`: a
+replacement would split the links or hand the file to the watcher's user. A new file's mode
+is the umask's. The version answered is the one the write made, taken from its own
+descriptor: a writer that changes the file before that look (its mtime) makes it the
+temporary's, which no file has, and then nothing is cached or told as ours. `if_match` is
+the etag the caller last saw ("" = must not exist): anything else is a `conflict`, checked
+again just before the rename. Both the temporary and the target are reported to
+`on_self_write` so the watcher can tag the events they cause `origin: self`. A temporary
+left by a write killed before its rename (it has the mark and is not written to for
+TMP_MAX_AGE_NS) is removed by the next write in its directory (looked for there at most
+every SWEEP_EVERY_S), and counted (`temps_removed`).
 
 A path on a slow file system (`slow`: NFS, SMB, FUSE and their kin, mounts.MountTable) may
 not answer at all: every op on one runs wholly on the `remote` workers, its resolution
@@ -30,20 +44,34 @@ mount then holds those workers and its own calls (busy when they are all taken),
 loop or the other files.
 
 Seams for tests (replaced in-process, no sockets needed): `reader(real, offset, length,
-wait=True)` and `stat(path)`; `schedule(delay, fn)` is the loop's `call_later`.
+wait=True)`, `stat(path)` and `now_ns()` (the wall clock the racy rule compares ctimes with);
+`schedule(delay, fn)` is the loop's `call_later`.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat as stat_mod
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from loguru import logger
+
 from moorage.actors.runtime import Attached
-from moorage.actors.watcher.cache import FileCache, StatKey, etag, stat_info, stat_key
+from moorage.actors.watcher.cache import (
+    Entry,
+    FileCache,
+    StatKey,
+    etag,
+    racy,
+    stat_info,
+    stat_key,
+)
 from moorage.actors.watcher.confine import Roots
 from moorage.actors.watcher.listing import Listing
 from moorage.actors.watcher.retry import Attempts, Pending, RetryPolicy, Schedule, os_error
@@ -112,9 +140,23 @@ def _pread_cached(fd: int, n: int, offset: int) -> bytes:
     return bytes(buf)
 
 
+TMP_NAME_BYTES = 200
+"""The most of a file's name its temporary keeps, in bytes (a name is at most 255 of them)."""
+_LEFTOVER = re.compile(r"\..*" + re.escape(TMP_MARK) + r"[0-9a-f]{8}\.tmp", re.S)
+TMP_MAX_AGE_NS = 30 * 10**9
+"""A temporary with the mark not written to for this long is a leftover (a write killed
+between making it and its rename), not another watcher's write under way. (An unnamed one,
+O_TMPFILE, would leave nothing, but inotify reports its writes under a name, "#<inode>",
+that no file has.)"""
+SWEEP_EVERY_S = 60.0
+"""How often a directory written to is looked through for leftovers."""
+
+
 def _tmp_name(name: str) -> str:
-    """The temporary file an atomic write of `name` goes through, beside it."""
-    return f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}.tmp"
+    """The temporary file an atomic write of `name` goes through, beside it: the name's
+    first TMP_NAME_BYTES bytes (cut between characters), so it is a legal name too."""
+    base = os.fsencode(name)[:TMP_NAME_BYTES].decode("utf-8", "ignore")
+    return f".{base}{TMP_MARK}{secrets.token_hex(4)}.tmp"
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -122,6 +164,167 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+@dataclass(slots=True)
+class Written:
+    """What one write left: the version to answer (`st`); whether it holds our bytes
+    (`ours`: cached and claimed as the watcher's own; not when another writer came between
+    our fsync and our look, whose version then is not answered as ours); whether the file
+    was replaced (`atomic`) or written in place; leftovers removed in its directory."""
+
+    st: os.stat_result
+    ours: bool
+    atomic: bool
+    swept: int = 0
+
+
+def _conflict(path: str, have: str, if_match: str) -> MoorageError:
+    return fail("conflict", f"{path}: changed since the caller saw it",
+                detail={"current": have, "if_match": if_match})
+
+
+def _sweep(dfd: int, live: frozenset[str]) -> int:
+    """Remove the leftover temporaries in the directory `dfd` (the mark, a regular file, not
+    written to for TMP_MAX_AGE_NS) but `live`, the watcher's writes under way; how many.
+    A leftover that cannot be removed is logged and left: the write goes on."""
+    removed = 0
+    now = time.time_ns()
+    try:
+        with os.scandir(dfd) as entries:
+            for e in entries:
+                if e.name in live or not _LEFTOVER.fullmatch(e.name):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    if stat_mod.S_ISREG(st.st_mode) and now - st.st_mtime_ns > TMP_MAX_AGE_NS:
+                        os.unlink(e.name, dir_fd=dfd)
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # (gone meanwhile)
+    except OSError as exc:
+        logger.warning("watcher: leftover temporaries not removed: {}", exc)
+    return removed
+
+
+def _open_tmp(dfd: int, tmp: str, new: bool) -> int:
+    """The temporary of an atomic write. A new file's mode is the umask's (and a default
+    ACL's), as for any file made in the directory; a copy of an existing one stays private
+    until it is given that one's."""
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                   0o666 if new else 0o600, dir_fd=dfd)
+
+
+def _give_back(fd: int, dfd: int, name: str, cur: os.stat_result) -> bool:
+    """Give the temporary `fd` the owner, group and extended attributes (ACLs, labels) of
+    `name`, the file it replaces; False where that cannot be done (another user's file,
+    a group this user is not in, an attribute it may not set): then it is written in place."""
+    mine = os.fstat(fd)
+    if (mine.st_uid, mine.st_gid) != (cur.st_uid, cur.st_gid):
+        try:
+            os.fchown(fd, cur.st_uid, cur.st_gid)
+        except PermissionError:
+            return False
+    where = f"/proc/self/fd/{dfd}/{name}"  # (xattr calls take no dir_fd)
+    try:
+        keys = os.listxattr(where, follow_symlinks=False)
+        for key in keys:
+            value = os.getxattr(where, key, follow_symlinks=False)
+            try:
+                same = os.getxattr(fd, key) == value  # (a label it was made with already)
+            except OSError:
+                same = False
+            if not same:
+                os.setxattr(fd, key, value)
+    except OSError as exc:
+        return exc.errno == errno.EOPNOTSUPP  # (a file system without them: none to keep)
+    return True
+
+
+def _replace(dfd: int, path: str, tmp: str, name: str, data: bytes,
+             cur: os.stat_result | None, if_match: str | None) -> Written | None:
+    """An atomic write: a temporary given the file's owner, group, attributes and mode,
+    written, fsynced and renamed over it, then the directory fsynced. Its version is taken
+    from the temporary (an fstat after its fsync, and one after the rename, which changes
+    only its ctime): an editor that writes the new file in place before our look changes its
+    mtime, and then the version answered is the temporary's, which no file has (an if_match
+    with it is a conflict), and nothing is cached or claimed. None: it cannot be given the
+    file's owner or attributes (`_give_back`)."""
+    fd = _open_tmp(dfd, tmp, cur is None)
+    renamed = False
+    try:
+        if cur is not None and not _give_back(fd, dfd, name, cur):
+            return None
+        _write_all(fd, data)
+        if cur is not None:
+            # (after the fchown, which clears setuid and setgid: kept with the owner only)
+            os.fchmod(fd, stat_mod.S_IMODE(cur.st_mode))
+        os.fsync(fd)
+        ours = os.fstat(fd)
+        if if_match is not None:
+            # (the file may have changed while this one was written and synced: the
+            # rename replaces whatever is there)
+            _still(dfd, path, name, cur, if_match)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        renamed = True
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+        if not renamed:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass  # (gone already; a leftover is swept by a later write)
+    os.fsync(dfd)
+    same = ((after.st_ino, after.st_size, after.st_mtime_ns)
+            == (ours.st_ino, ours.st_size, ours.st_mtime_ns))
+    return Written(after if same else ours, same, atomic=True)
+
+
+def _still(dfd: int, path: str, name: str, cur: os.stat_result | None, if_match: str) -> None:
+    """`conflict` unless `name` is still the version the if_match was checked against."""
+    have = _etag_at(dfd, name)
+    if have != (etag(stat_key(cur)) if cur is not None else ""):
+        raise _conflict(path, have, if_match)
+
+
+def _etag_at(dfd: int, name: str) -> str:
+    """The etag of what `name` is now ("" = nothing)."""
+    try:
+        return etag(stat_key(os.stat(name, dir_fd=dfd, follow_symlinks=False)))
+    except FileNotFoundError:
+        return ""
+
+
+def _in_place(dfd: int, path: str, name: str, data: bytes, cur: os.stat_result | None,
+              if_match: str | None) -> Written:
+    """A write in place: the file keeps its inode, owner, links and attributes; no fsync.
+    Overwritten, then what is left over cut: truncating to zero first would make ext4 flush
+    the file on close (its replace-via-truncate heuristic). O_NONBLOCK: a FIFO swapped in
+    since the check fails the open instead of waiting. With an if_match, the file opened
+    must be the one checked (a new one: made by this open)."""
+    mode = stat_mod.S_IMODE(cur.st_mode) if cur is not None else 0o666
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    if cur is None and if_match is not None:
+        flags |= os.O_EXCL
+    try:
+        fd = os.open(name, flags, mode, dir_fd=dfd)
+    except FileExistsError:
+        raise _conflict(path, _etag_at(dfd, name), if_match or "") from None
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise special_file(st.st_mode, path, "written")
+        if if_match is not None and cur is not None and stat_key(st) != stat_key(cur):
+            raise _conflict(path, etag(stat_key(st)), if_match)
+        _write_all(fd, data)
+        if st.st_size > len(data):
+            os.ftruncate(fd, len(data))
+        after = os.fstat(fd)
+        # (a size other than ours: another writer at work meanwhile, not our version)
+        return Written(after, after.st_size == len(data), atomic=False)
+    finally:
+        os.close(fd)
 
 
 class FileService:
@@ -167,8 +370,13 @@ class FileService:
         self.write_bytes = 0
         self.reader: Callable[..., tuple[bytes, os.stat_result]] = self.read_file
         self.reads_offloaded = 0  # reads the page cache could not answer at once
+        self.temps_removed = 0  # leftover temporaries of killed writes removed (_sweep)
+        self._temps: set[str] = set()  # temporaries of the writes under way
+        self._swept: dict[str, float] = {}  # directory -> when its leftovers were looked for
         self.remote_ops = 0  # ops on a slow file system, served on `remote`
         self.stat: Callable[[str], os.stat_result] = os.stat
+        # the wall clock the racy rule compares ctimes with (cache.racy)
+        self.now_ns: Callable[[], int] = time.time_ns
 
     # --- reading ------------------------------------------------------------------------
 
@@ -187,7 +395,7 @@ class FileService:
         """The fast path: an answer from the cache, or None. A read of the whole file (the
         common one) answers the entry's body as packed by its first hit."""
         absolute = path if path[:1] == "/" else self.roots.absolute(path)
-        e = self.cache.hit(absolute)
+        e = self.cache.hit(absolute, self._confirm)
         if e is None:
             return None
         data = e.data
@@ -198,6 +406,23 @@ class FileService:
             whole = e.whole = Packed(packb(self.answer(data, e.info, 0, None).body))
         return Attached(whole, [data])
 
+    def _confirm(self, real: str, e: Entry) -> bool:
+        """A hit on a racy entry (cache.py): answered only if a read gives its bytes and key
+        again, and trusted from then on once that read was a tick after its ctime. Any
+        failure is a miss: the slow path classifies it."""
+        since = self.now_ns()
+        try:
+            if self.offload is None:
+                data, st = self.reader(real, 0, None)
+            else:
+                data, st = self.reader(real, 0, None, wait=False)
+        except (OSError, WouldWait, MoorageError):
+            return False
+        if data != e.data or stat_key(st) != e.key:
+            return False
+        e.racy = racy(st, since)
+        return True
+
     def read(self, path: str, offset: int = 0, length: int | None = None) -> Pending:
         if offset < 0 or (length is not None and length < 0):
             raise fail("bad_args", "offset and length must be >= 0")
@@ -207,6 +432,7 @@ class FileService:
             return self._read_remote(path, absolute, offset, length)
         real, lst = self.roots.resolve_lstat(absolute)
         refuse_special(lst, path, "read")
+        since = 0  # when the try began (the racy rule's moment: an earlier one is safe)
 
         def settle(got: tuple[bytes, os.stat_result]) -> Attached:
             data, st = got
@@ -214,10 +440,12 @@ class FileService:
             # Only a whole file whose size is what the kernel says: a procfs or sysfs file
             # (size 0 or 4096 whatever it holds) keeps its stat key when its content changes.
             if offset == 0 and len(data) == st.st_size:
-                self.cache.put(absolute, real, st, data, info)
+                self.cache.put(absolute, real, st, data, info, racy=racy(st, since))
             return self.answer(data, info, offset, length, whole=False)
 
         def attempt() -> Any:
+            nonlocal since
+            since = self.now_ns()
             if self.offload is None:
                 return settle(self.reader(real, offset, length))
             try:
@@ -270,44 +498,61 @@ class FileService:
         the contents come only from the page cache: WouldWait when any of it is not there,
         or the file system cannot say so (RWF_NOWAIT). The common case on the loop is one
         compiled call where this process has it (`FILE_CORE`); whatever it leaves (see
-        _cfile.c) comes here, which does it again and says why."""
+        _cfile.c) comes here, which does it again and says why. A version whose ctime is
+        within a tick of the read (cache.racy) is read twice: a change during the first read
+        may have left the stat key as it was, never the bytes."""
+        since = self.now_ns()
         if not wait and _read_cached is not None and self.roots.opens_without_symlinks:
             got = _read_cached(real, offset, -1 if length is None else length, self.max_read)
-            if got is not None:
+            if got is not None and not racy(got[1], since):
                 return got  # type: ignore[no-any-return]
         fd = self.roots.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, real)
         try:
-            st = os.fstat(fd)
-            if stat_mod.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(21, "Is a directory", real)
-            if not stat_mod.S_ISREG(st.st_mode):
-                raise special_file(st.st_mode, real, "read")
-            if st.st_size == 0:  # empty, or a pseudo file that tells no size (procfs)
-                data = self._read_to_eof(fd, real, offset, length)
-                after = os.fstat(fd)
-                if stat_key(after) != stat_key(st):
+            data, st, sized = self._read_fd(fd, real, offset, length, wait)
+            if sized and racy(st, since):
+                again, st_again, _ = self._read_fd(fd, real, offset, length, wait)
+                if again != data or stat_key(st_again) != stat_key(st):
                     raise BlockingIOError(11, "changed during the read (torn); retrying", real)
-                return data, after
-            end = st.st_size if length is None else min(st.st_size, offset + length)
-            n = max(0, end - offset)
-            if n > self.max_read:
-                raise fail("file_too_large", f"{real}: {n} bytes; page it with offset/length",
-                           detail={"size": st.st_size, "max_read": self.max_read})
-            if not wait and n:
-                data = _pread_cached(fd, n, offset)
-            else:
-                data = os.pread(fd, n, offset) if n else b""
-            while len(data) < n:
-                more = os.pread(fd, n - len(data), offset + len(data))
-                if not more:
-                    break
-                data += more
+            return data, st
+        finally:
+            os.close(fd)
+
+    def _read_fd(self, fd: int, real: str, offset: int, length: int | None, wait: bool
+                 ) -> tuple[bytes, os.stat_result, bool]:
+        """One read of the open `real` between two fstats that must agree (else torn), and
+        whether its bytes are what its size says (a pseudo file's are not: no version to
+        check them against)."""
+        st = os.fstat(fd)
+        if stat_mod.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory", real)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise special_file(st.st_mode, real, "read")
+        if st.st_size == 0:  # empty, or a pseudo file that tells no size (procfs)
+            if not wait and os.pread(fd, 1, offset):
+                raise WouldWait  # contents made as they are read: not on the loop
+            data = self._read_to_eof(fd, real, offset, length)
             after = os.fstat(fd)
             if stat_key(after) != stat_key(st):
                 raise BlockingIOError(11, "changed during the read (torn); retrying", real)
-            return data, after
-        finally:
-            os.close(fd)
+            return data, after, not data
+        end = st.st_size if length is None else min(st.st_size, offset + length)
+        n = max(0, end - offset)
+        if n > self.max_read:
+            raise fail("file_too_large", f"{real}: {n} bytes; page it with offset/length",
+                       detail={"size": st.st_size, "max_read": self.max_read})
+        if not wait and n:
+            data = _pread_cached(fd, n, offset)
+        else:
+            data = os.pread(fd, n, offset) if n else b""
+        while len(data) < n:
+            more = os.pread(fd, n - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        after = os.fstat(fd)
+        if stat_key(after) != stat_key(st):
+            raise BlockingIOError(11, "changed during the read (torn); retrying", real)
+        return data, after, len(data) == n
 
     def _read_to_eof(self, fd: int, real: str, offset: int, length: int | None) -> bytes:
         """Read from `offset` to the end (or `length`), never more than `max_read`."""
@@ -345,16 +590,18 @@ class FileService:
                        retry_after_ms=50, detail={"path": path, "bytes": self.write_bytes})
         self.write_bytes += len(data)
         out = Pending()
+        made: list[str] = []  # the temporaries its tries named: live until it is settled
 
         def settled(done: Pending) -> None:
             self.write_bytes -= len(data)
+            self._temps.difference_update(made)
             out.resolve(done.value, done.error)
             self._next_write(real)
 
         def start() -> None:
             attempt = self._write_remote if remote else self._write_attempt
             Attempts(self.policy,
-                     lambda: attempt(path, absolute, real, data, atomic, if_match),
+                     lambda: attempt(path, absolute, real, data, atomic, if_match, made),
                      self.schedule, path).run().then(settled)
 
         # One write at a time per file, in arrival order: two on the worker threads at
@@ -373,44 +620,73 @@ class FileService:
         else:
             self._writing.pop(real, None)
 
+    def _new_tmp(self, parent: str, name: str, made: list[str]) -> str:
+        """A temporary name for an atomic write of `name`, live (never swept) until its write
+        is settled; any event on it is the watcher's own."""
+        tmp = _tmp_name(name)
+        full = os.path.join(parent, tmp)
+        made.append(full)
+        self._temps.add(full)
+        self.on_self_write(full, None)
+        return tmp
+
+    def _sweep_due(self, parent: str) -> frozenset[str] | None:
+        """The names of this watcher's live temporaries in `parent` when its leftovers are
+        to be looked for now (the first write there, then at most every SWEEP_EVERY_S), else
+        None."""
+        now = time.monotonic()
+        last = self._swept.get(parent)
+        if last is not None and now - last < SWEEP_EVERY_S:
+            return None
+        if len(self._swept) >= 4096:
+            self._swept.clear()  # (a sweep more than needed costs one listing)
+        self._swept[parent] = now
+        return frozenset(os.path.basename(t) for t in self._temps
+                         if os.path.dirname(t) == parent)
+
     def _write_attempt(self, path: str, absolute: str, real: str, data: bytes,
-                       atomic: bool, if_match: str | None) -> Any:
+                       atomic: bool, if_match: str | None, made: list[str]) -> Any:
         """One try: the syscalls on a worker (`offload`), the bookkeeping back here."""
         parent, name = os.path.split(real)
-        tmp = _tmp_name(name) if atomic else None
+        tmp = self._new_tmp(parent, name, made) if atomic else None
+        live = self._sweep_due(parent)
         # The events the write causes may come through the pipeline before the worker is
         # back: until then any event on these paths is ours (key None).
-        if tmp is not None:
-            self.on_self_write(os.path.join(parent, tmp), None)
         self.on_self_write(real, None)
 
-        def blocking() -> tuple[os.stat_result, dict[str, Any]]:
-            st = self._write_once(path, parent, name, data, tmp, if_match)
-            return st, stat_info(st)  # (made here: the worker has the time, the loop not)
+        def blocking() -> tuple[Written, dict[str, Any]]:
+            w = self._write(path, parent, name, data, tmp, if_match, live)
+            return w, stat_info(w.st)  # (made here: the worker has the time, the loop not)
 
-        def finish(got: tuple[os.stat_result, dict[str, Any]]) -> dict[str, Any]:
-            st, info = got
-            self.cache.put(absolute, real, st, data, info)
-            self.on_self_write(real, stat_key(st))
-            return {"path": real, "stat": info, "bytes": len(data), "atomic": atomic}
+        def finish(got: tuple[Written, dict[str, Any]]) -> dict[str, Any]:
+            w, info = got
+            self.temps_removed += w.swept
+            if w.ours:
+                # made just now, so within its timestamp tick: racy (cache.py)
+                self.cache.put(absolute, real, w.st, data, info, racy=True)
+            else:
+                self.cache.invalidate(real)
+            # Only our version is ours: an event that shows another (a writer that came
+            # between) is told as external.
+            self.on_self_write(real, stat_key(w.st))
+            return {"path": real, "stat": info, "bytes": len(data), "atomic": w.atomic}
 
         if self.offload is None:
             return finish(blocking())
         return self.offload(blocking, finish)
 
     def _write_remote(self, path: str, absolute: str, _key: str, data: bytes, atomic: bool,
-                      if_match: str | None) -> Any:
+                      if_match: str | None, made: list[str]) -> Any:
         """One try on a slow file system: resolved and written on a `remote` worker, not
         cached. Its events are told as the watcher's own by the path as given (which is the
         real one unless a symlink leads there), until the worker is back."""
         self.remote_ops += 1
         parent, name = os.path.split(absolute)
-        tmp = _tmp_name(name) if atomic else None
-        if tmp is not None:
-            self.on_self_write(os.path.join(parent, tmp), None)
+        tmp = self._new_tmp(parent, name, made) if atomic else None
+        live = self._sweep_due(parent)
         self.on_self_write(absolute, None)
 
-        def blocking() -> tuple[str, os.stat_result, dict[str, Any]]:
+        def blocking() -> tuple[str, Written, dict[str, Any]]:
             real = self.roots.resolve(absolute)
             if real in self.roots.roots:
                 raise fail("is_directory", f"{path}: is a root directory")
@@ -418,29 +694,39 @@ class FileService:
             here = tmp
             if atomic and (at, base) != (parent, name):  # a symlink led elsewhere
                 here = _tmp_name(base)
-            st = self._write_once(path, at, base, data, here, if_match)
-            return real, st, stat_info(st)
+            w = self._write(path, at, base, data, here, if_match, live)
+            return real, w, stat_info(w.st)
 
-        def finish(got: tuple[str, os.stat_result, dict[str, Any]]) -> dict[str, Any]:
-            real, st, info = got
-            self.on_self_write(real, stat_key(st))
-            return {"path": real, "stat": info, "bytes": len(data), "atomic": atomic}
+        def finish(got: tuple[str, Written, dict[str, Any]]) -> dict[str, Any]:
+            real, w, info = got
+            self.temps_removed += w.swept
+            self.on_self_write(real, stat_key(w.st))
+            return {"path": real, "stat": info, "bytes": len(data), "atomic": w.atomic}
 
         return self.remote(blocking, finish)  # type: ignore[misc]
 
     def _write_once(self, path: str, parent: str, name: str, data: bytes, tmp: str | None,
                     if_match: str | None) -> os.stat_result:
+        """The version one write leaves (`_write` with no sweep)."""
+        return self._write(path, parent, name, data, tmp, if_match, None).st
+
+    def _write(self, path: str, parent: str, name: str, data: bytes, tmp: str | None,
+               if_match: str | None, live: frozenset[str] | None) -> Written:
         """The write itself (on a worker thread: it may wait for the disk); touches nothing
-        but the file system. A write in place with no if_match is one compiled call where
-        this process has it (`FILE_CORE`), which leaves the rest (see _cfile.c) to this."""
-        if (tmp is None and if_match is None and _write_plain is not None
+        but the file system. `live`: sweep `parent` of leftover temporaries, but these. A
+        write in place with no if_match and no sweep is one compiled call where this process
+        has it (`FILE_CORE`), which leaves the rest (see _cfile.c) to this. An atomic write
+        of a file with other hard links, or whose owner, group or extended attributes its
+        replacement could not be given, is made in place (`atomic` false in the answer)."""
+        if (tmp is None and if_match is None and live is None and _write_plain is not None
                 and self.roots.opens_without_symlinks):
             st = _write_plain(parent, name, data)
             if st is not None:
-                return st
+                return Written(st, st.st_size == len(data), atomic=False)
         dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             self.roots.check_fd(dfd, path)
+            swept = 0 if live is None else _sweep(dfd, live)
             try:
                 cur: os.stat_result | None = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
@@ -454,50 +740,21 @@ class FileService:
             if if_match is not None:
                 have = etag(stat_key(cur)) if cur is not None else ""
                 if have != if_match:
-                    raise fail("conflict", f"{path}: changed since the caller saw it",
-                               detail={"current": have, "if_match": if_match})
-            mode = stat_mod.S_IMODE(cur.st_mode) if cur is not None else 0o644
-            if tmp is not None:
-                self._replace(dfd, tmp, name, data, mode)
-                # the rename changed the inode's ctime: stat it where it now is
-                return os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            # Overwrite, then cut what is left over: truncating to zero first would make
-            # ext4 flush the file on close (its replace-via-truncate heuristic). O_NONBLOCK:
-            # a FIFO swapped in since the check above fails the open instead of waiting.
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-                         | os.O_NONBLOCK, mode, dir_fd=dfd)
-            try:
-                st = os.fstat(fd)
-                if not stat_mod.S_ISREG(st.st_mode):
-                    raise special_file(st.st_mode, path, "written")
-                _write_all(fd, data)
-                if cur is not None and cur.st_size > len(data):
-                    os.ftruncate(fd, len(data))
-                return os.fstat(fd)
-            finally:
-                os.close(fd)
+                    raise _conflict(path, have, if_match)
+            w = None
+            if tmp is not None and (cur is None or cur.st_nlink == 1):
+                w = _replace(dfd, path, tmp, name, data, cur, if_match)
+            if w is None:
+                w = _in_place(dfd, path, name, data, cur, if_match)
+            w.swept = swept
+            return w
         finally:
             os.close(dfd)
 
-    @staticmethod
-    def _replace(dfd: int, tmp: str, name: str, data: bytes, mode: int) -> None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600, dir_fd=dfd)
-        try:
-            try:
-                _write_all(fd, data)
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=dfd)
-            except OSError:
-                pass
-            raise
-        os.fsync(dfd)
+    def stats(self) -> dict[str, int]:
+        """The file service's counters (the watcher's fs.stats `files`)."""
+        return {"reads_offloaded": self.reads_offloaded, "remote_ops": self.remote_ops,
+                "temps_removed": self.temps_removed}
 
     # --- stat and list ------------------------------------------------------------------
 
