@@ -135,6 +135,7 @@ class Supervisor(Actor):
         # again and again is replaced each time.
         self.spare: ZygoteHandle | None = None
         self.replacing = False  # the lost zygote's successor could not be made yet
+        self.zygote_halted_ticks = 0  # ticks a zygote asked for a fork has been stopped
         self.orphans_reaped = 0  # descendants orphaned to us (a subreaper) and reaped
         self.orphan_exits: dict[int, tuple[int | None, int | None]] = {}  # pid -> status
         self.jobs: deque[tuple[str, Child]] = deque()
@@ -526,6 +527,13 @@ class Supervisor(Actor):
             if not new.learn_pid():  # being forked as the zygote died, or died with it:
                 new.sock.close()  # (a spare that lives exits at this EOF)
                 new = None
+            elif stopped(new.pid):  # (it would answer no fork either)
+                logger.warning("{}: spare zygote {} is stopped; a new one instead", self.name,
+                               new.pid)
+                new.kill()
+                new.release()
+                new.sock.close()
+                new = None
         if new is None:
             try:
                 new = old.replacement()
@@ -614,7 +622,8 @@ class Supervisor(Actor):
         def dead() -> None:
             self.loop.remove_reader(fd)
             os.close(fd)
-            with contextlib.suppress(EOFError):  # (what it said last, first)
+            # (what it said last, first; its end closed already: nothing more to read)
+            with contextlib.suppress(EOFError, OSError):
                 self._zygote_events(old, old.read_events())
             self._reap_children()
             self._untold_deaths(old)
@@ -965,9 +974,27 @@ class Supervisor(Actor):
             if not stale:
                 child.sched, child.starved_ticks = None, 0
             watch = watch or not waiting or child.adopted
+        self._watch_zygote()
         hb = self.spec.heartbeat
         self._beat_timer = self.loop.call_later(
             (hb.interval_ms if watch else hb.idle_interval_ms) / 1000, self._heartbeat)
+
+    def _watch_zygote(self) -> None:
+        """A zygote stopped (SIGSTOP, a debugger) while a fork waits for it: lost as a
+        child's hang is, after as many ticks as a running child's missed beats, instead of
+        at start_timeout_ms (10 s of a restart's outage, 20 with its spare stopped too)."""
+        z = self.zygote
+        waiting = z.pid > 0 and any(
+            c.state is ChildState.STARTING and c.pid is None and c.asked_of is z
+            for c in self.children.values())
+        if not waiting or not stopped(z.pid):
+            self.zygote_halted_ticks = 0
+            return
+        self.zygote_halted_ticks += 1
+        if self.zygote_halted_ticks > self.spec.heartbeat.misses:
+            self.zygote_halted_ticks = 0
+            self._zygote_lost(z, f"stopped for {self.spec.heartbeat.misses} ticks while a "
+                              "fork waited for it")
 
     def _starved(self, child: Child, now: int) -> bool:
         """The child did not turn since the last tick because its loop waited for a CPU

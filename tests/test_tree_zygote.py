@@ -429,29 +429,37 @@ def test_a_death_its_stopped_zygote_cannot_tell_is_seen_and_the_child_restarted(
 
 
 # TWO, b non-essential (sup.shed stops it and starts it again: a start asked at will), and a
-# zygote's answer to a spawn waited for 1.5 s
-ONE_SHED = TWO.replace("[supervisor]\n", "[supervisor]\nstart_timeout_ms = 1500\n") + \
+# zygote's answer to a spawn waited for a minute (longer than any wait of the tests)
+ONE_SHED = TWO.replace("[supervisor]\n", "[supervisor]\nstart_timeout_ms = 60000\n") + \
     "essential = false\n"
 
 
+@pytest.mark.parametrize("spare", ["running", "stopped"])
 def test_a_start_its_stopped_zygote_leaves_unanswered_is_asked_again_of_its_successor(
-        make_tree):
+        make_tree, spare):
     """A spawn the zygote never answers (stopped: no fork, no `spawned`) leaves the child
-    starting with no process, and every start and restart queued behind it. After
-    start_timeout_ms the zygote is replaced and the start asked of the new one."""
+    starting with no process, and every start and restart queued behind it. A zygote
+    stopped for as many ticks as a child's missed beats while a fork waits is replaced (not
+    after start_timeout_ms), and the start asked of the new one: its spare, or a new
+    program when the spare is stopped too."""
     tree = make_tree(ONE_SHED).start()
     a = tree.child("a")["pid"]
     assert tree.call("supervisor", "sup.shed", {"on": True})["shed"] == ["b"]
     wait_for(lambda: tree.child("b")["state"] == "shed", "b shed")
-    zygote = tree.status()["zygote"]["pid"]
-    with _stopped(zygote):
+    os.kill(tree.status()["zygote"]["pid"], signal.SIGKILL)  # from now on, a spare
+    z = wait_for(lambda: (z := tree.status()["zygote"])["spare"] and z, "a spare")
+    with _stopped(z["pid"]), _stopped(z["spare"] if spare == "stopped" else z["pid"]):
         assert tree.call("supervisor", "sup.shed", {"on": False})["resumed"] == ["b"]
-        ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted")
-        assert ev["old_pid"] == zygote, ev
-        assert ev["reason"] == "b's spawn went unanswered for 1500 ms", ev
+        ev = tree.wait_event(lambda e: e["event"] == "zygote_restarted"
+                             and e["old_pid"] == z["pid"])
+        assert ev["old_pid"] == z["pid"], ev
+        assert ev["reason"] == "stopped for 3 ticks while a fork waited for it", ev
+        assert (ev["zygote_pid"] == z["spare"]) is (spare == "running")
         up = tree.wait_event(lambda e: e["event"] == "started" and e["child"] == "b")
         assert psutil.Process(up["pid"]).ppid() == ev["zygote_pid"]
-        assert wait_pid_exit(zygote, 10)
+        assert wait_pid_exit(z["pid"], 10)
+        if spare == "stopped":
+            assert wait_pid_exit(z["spare"], 10)  # (killed, though stopped)
     assert tree.call("b", "fake.work")["pid"] == up["pid"]
     assert tree.child("a")["pid"] == a  # adopted, serving on
     assert tree.call("a", "fake.work")["pid"] == a
