@@ -14,7 +14,9 @@ and keeps the SLO record (seed 11) across its own restarts.
                                                 rto_s, children, since, now, file}
 
 `lifetime` and `window` are {count, ok, error, error_rate, p50, p90, p99, p999, max}, latencies
-in microseconds; `window` adds `seconds`. query's filters match exactly. All but reset are
+in microseconds; `window` adds `seconds`. query's filters match exactly. The ops that walk
+every series or every key (query, prometheus, slo) beat (`progress`) as they go: a table or a
+record full of busy keys is long to read, not a hung loop. All but reset are
 idempotent; reset is not (it also publishes every active alert as cleared). reset forgets the
 recent figures, not the SLO record.
 
@@ -52,9 +54,14 @@ Each is raised once when its condition starts and cleared once when the value fa
 A third kind, data_loss, is raised when an actor's loss counter (`op` names the counter) is
 above zero over the last hour and cleared when it is back to zero.
 
-The SLO record (actors/metering/slo.py, recovery.py, slo_report.py): every push and this
-actor's own figures also go into minute and hour buckets for the 1 h, 24 h and 30 d windows,
-with the loss counters of each push header; the root supervisor's `sup.event` stream is
+The SLO record (actors/metrics/slo.py, recovery.py, slo_report.py): every push of the tree's
+actors and this actor's own figures also go into minute and hour buckets for the 1 h, 24 h and
+30 d windows, with the loss counters of each push header. A client's pushes do not: they time
+its calls end to end, the service time included, and are shown beside it by metrics.query and
+metrics.prometheus, never counted in the tree's SLO. The record keeps at most `max_keys`
+(actor, op) keys of its own, whatever the resets and restarts (slo.py); sys.info's
+`slo_keys` and `slo_dropped_keys` say how many it holds and how many entries it refused. The
+root supervisor's `sup.event` stream is
 followed (from seq 1, skipping what the saved cursor says was taken) to time each recovery
 from the exit the supervisor saw to the successor's first good reply. It is saved to
 `<state_dir>/<slo_file>` (actors/runtime/logs.state_dir) every `slo_save_s` when it changed
@@ -91,6 +98,7 @@ from moorage.actors.metrics.settings import Settings
 from moorage.actors.metrics.slo_report import build_report
 from moorage.actors.runtime import Actor, Call, op
 from moorage.actors.runtime.actor import TURN_BUDGET_S
+from moorage.actors.runtime.beat import progress
 from moorage.actors.runtime.follow import Follow
 from moorage.actors.runtime.logs import state_dir
 from moorage.actors.runtime.outbound import Outbound
@@ -194,7 +202,8 @@ class MetricsActor(Actor):
         return {"received_pushes": self.received_pushes, "bad_pushes": self.bad_pushes,
                 "keys": len(self.table.series), "dropped_keys": self.table.dropped_keys,
                 "slo_file": str(self.record.path), "slo_saves": self.record.saves,
-                "slo_save_ms": round(self.record.save_cost_s * 1000, 3)}
+                "slo_save_ms": round(self.record.save_cost_s * 1000, 3),
+                "slo_keys": len(self.slo.hours.keys), "slo_dropped_keys": self.slo.dropped_keys}
 
     # --- merging ---------------------------------------------------------------------------
 
@@ -244,10 +253,12 @@ class MetricsActor(Actor):
         now = time.time()
         for s in samples:
             series = self.table.merge(actor, s, idx)
-            if series is not None:  # the table's key bound holds for the SLO record too
-                self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now, s.caller)
+            if series is None:
+                continue
+            # (the record takes the tree's actors' figures only, under its own key bound)
+            if self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now, s.caller):
                 self.record.dirty = True
-                self._evaluate(series)
+            self._evaluate(series)
 
     def _take_losses(self, actor: str, loss: dict[str, int]) -> None:
         # (the actor bound, max_keys, holds here too; this actor's own are always kept: it
@@ -360,6 +371,7 @@ class MetricsActor(Actor):
         self._advance()
         rows = []
         for s in self.table.select(actor, op):
+            progress()  # a series at a time: a full table's percentiles outlast a loop turn
             w = s.window
             rows.append({"actor": s.actor, "op": s.op,
                          "lifetime": summarize(s.ok, s.error, s.counts, s.caller),

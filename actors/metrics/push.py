@@ -186,6 +186,16 @@ def fold_histogram(encoded: Any, budget: Budget | None = None) -> Counter[int]:
     return counts
 
 
+def _zero_as_one(counts: Counter[int]) -> Counter[int]:
+    """`counts` with its times of 0 µs taken as 1 µs (PROTOCOL.md section 2: a time of 0 is
+    recorded as 1). Our recorders never write a 0, but an HdrHistogram library's records it
+    at index 0, whose value is 0."""
+    zeros = counts.pop(0, 0)
+    if zeros:
+        counts[1] += zeros
+    return counts
+
+
 def decode_ops(body: Any) -> list[OpSample]:
     """`{op: {ok, error, caller?, hist}}` (an `OpStats.drain`) -> samples, or BadPush."""
     if type(body) is not dict or len(body) > limits.MAX_OPS_PER_PUSH:
@@ -198,15 +208,19 @@ def decode_ops(body: Any) -> list[OpSample]:
     budget = Budget()
     out = []
     for name, d in body.items():
-        if type(name) is not str or not 0 < len(name) <= limits.MAX_OP_LEN:
-            raise BadPush(f"op name must be a non-empty string: {name!r:.40}")
+        # (like a client's name, an op name goes into query answers, the Prometheus text,
+        # `moorage metrics` and `moorage top`: on a terminal, a control character is a command)
+        if type(name) is not str or not 0 < len(name) <= limits.MAX_OP_LEN \
+                or CONTROL.search(name):
+            raise BadPush(f"op name must be a non-empty string without a control character: "
+                          f"{name!r:.40}")
         if type(d) is not dict:
             raise BadPush(f"{name}: entry must be a map")
         ok, error = _count(d.get("ok"), f"{name}.ok"), _count(d.get("error"), f"{name}.error")
         caller = _count(d.get("caller", 0), f"{name}.caller")
         if caller > error:
             raise BadPush(f"{name}: {caller} caller errors of {error} errors")
-        counts = fold_histogram(d.get("hist"), budget)
+        counts = _zero_as_one(fold_histogram(d.get("hist"), budget))
         total = sum(counts.values())
         if total != ok + error:  # every request, ok or not, records its service time
             raise BadPush(f"{name}: hist holds {total} values for {ok + error} requests")

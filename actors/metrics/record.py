@@ -35,7 +35,7 @@ class SloRecord:
     def __init__(self, path: Path, settings: Settings) -> None:
         self.path = path
         self.settings = settings
-        self.store = SloStore()
+        self.store = SloStore(settings.max_keys)
         self.tracker = self._new_tracker()
         self.dirty = False
         self.saves = 0
@@ -53,7 +53,7 @@ class SloRecord:
             state = load_state(self.path)
             if state is None:
                 return
-            store = SloStore.from_state(state.get("slo"))
+            store = SloStore.from_state(state.get("slo"), self.settings.max_keys)
             tracker = self._new_tracker()
             tracker.load(state.get("recovery"))
         except (ValueError, OSError) as exc:
@@ -65,6 +65,12 @@ class SloRecord:
             return
         self.store, self.tracker, self.loaded = store, tracker, True
         logger.info("SLO record loaded from {} (since {})", self.path, store.first)
+        if store.unloaded_keys:
+            # Clients' keys (kept by older versions) or more than max_keys: left out, and the
+            # record saved without them, so that no later start reads them again.
+            logger.warning("SLO record {}: {} (actor, op) keys left out (clients' or past "
+                           "max_keys {})", self.path, store.unloaded_keys, store.max_keys)
+            self.dirty = True
         for inc in list(tracker.open.values()):
             if inc.ready_at is not None:  # its probe was on the way when we stopped
                 self.close(inc, inc.ready_at, "ready")

@@ -10,9 +10,17 @@ Every figure lands in its minute bucket (the last MINUTES_KEPT: the 1 h window a
 current minute) and in its hour bucket (the last HOURS_KEPT: 30 d and the current hour). The
 1 h window reads minutes; 24 h and 30 d read hours, so their far edges fall on whole hours.
 Latencies are kept in log bins 2^(1/16) wide (4.4%) and a percentile is reported as its bin's
-highest integer: never below the true value, at most 4.4% above it. The size is bounded by
-the (actor, op) keys the metrics table accepts (its max_keys) times the buckets kept, and a
-bucket holds only the keys that saw traffic in it.
+highest integer: never below the true value, at most 4.4% above it.
+
+The record holds the tree's own actors' figures only (`of_the_tree`), and at most `max_keys`
+(actor, op) keys over all its buckets: a key is taken while the buckets kept hold fewer, and
+its room comes back when the last bucket holding it is dropped. Its own bound, not the metrics
+table's: the table forgets its keys at every reset and restart, the record keeps them for
+30 days. A key refused for want of room is counted (`dropped_keys`); a saved record holding
+more keys, or a client's, loads without them. So its size is at most max_keys times the
+buckets kept (a bucket holds only the keys that saw traffic in it), and what reading it costs
+is bounded too; folding and reporting it also beat (`progress`) key by key, so a window of
+many busy keys never looks like a hung loop.
 
 Every count here saturates at MAX_ID (2^53 - 1, what the protocol carries exactly): a window sums
 buckets over hours, keys over actors, and outlives both the metrics table's reset and this
@@ -27,11 +35,12 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moorage.actors.metrics.push import CLIENT_PREFIX
 from moorage.actors.runtime.beat import progress
 from moorage.actors.runtime.statefile import write_atomic
 from moorage.protocol.envelope import DecodeError, packb, unpackb
@@ -45,6 +54,16 @@ WINDOWS = {"1h": HOUR, "24h": 24 * HOUR, "30d": 30 * 24 * HOUR}
 STATE_VERSION = 2  # 2: buckets packed one by one
 MAX_STATE_BYTES = 256 * 1024 * 1024
 OBSERVE_MAX_GAP_S = 60.0  # a longer gap between two ticks is not counted as observed time
+MAX_KEYS = 2000  # (actor, op) keys in the whole record (the metrics actor passes its max_keys)
+Key = tuple[str, str]  # (actor, op)
+
+
+def of_the_tree(actor: str) -> bool:
+    """Do `actor`'s figures belong in the record? A client (`client.<name>`) times its calls
+    end to end, the tree's service time and the waits around it together, under `<actor>/<op>`
+    names: metrics.query shows them beside the service time, but counted here each call would
+    count twice and its time would escape `p99_exclude` (PROTOCOL.md section 2)."""
+    return not actor.startswith(CLIENT_PREFIX)
 
 
 def latency_bin(us: int) -> int:
@@ -123,11 +142,14 @@ class OpFigures:
         self.caller = caller
         self.bins: Counter[int] = bins if bins is not None else Counter()
 
-    def add(self, other: OpFigures) -> None:
+    def add(self, other: OpFigures, latencies: bool = True) -> None:
+        """`other` added to these; without `latencies`, its counts only (for a total whose
+        percentiles are never read: its bins are most of what adding costs)."""
         self.ok = capped(self.ok + other.ok)
         self.error = capped(self.error + other.error)
         self.caller = capped(self.caller + other.caller)
-        add_capped(self.bins, other.bins)
+        if latencies:
+            add_capped(self.bins, other.bins)
 
     @property
     def requests(self) -> int:
@@ -153,6 +175,7 @@ class Figures:
             if mine is None:
                 mine = self.ops[key] = OpFigures()
             mine.add(f)
+            progress()  # a key's bins at a time: max_keys busy keys outlast one loop turn
         add_capped(self.loss, other.loss)
         self.down.update(other.down)
         self.observed += other.observed
@@ -165,6 +188,7 @@ class Ring:
         self.width = width
         self.keep = keep
         self.buckets: dict[int, Figures] = {}
+        self.keys: Counter[Key] = Counter()  # key -> the buckets holding it
         self.newest = -1
         self._dirty: set[int] = set()  # buckets written since they were last packed
         self._packed: dict[int, bytes] = {}
@@ -198,9 +222,38 @@ class Ring:
             b = self.buckets[idx] = Figures()
             if idx > self.newest:
                 self.newest = idx
-                for old in [i for i in self.buckets if i <= idx - self.keep]:
-                    del self.buckets[old]
+                self.drop_older()
         return b
+
+    def entry(self, b: Figures, key: Key) -> OpFigures:
+        """`key`'s figures in `b`, one of this ring's buckets (made empty when new)."""
+        f = b.ops.get(key)
+        if f is None:
+            f = b.ops[key] = OpFigures()
+            self.keys[key] += 1
+        return f
+
+    def put(self, idx: int, b: Figures, packed: bytes | None) -> None:
+        """Bucket `idx` as loaded, and its saved bytes if they still say what it holds (else
+        it is packed again at the next save). The caller drops the buckets past `keep` once
+        all are in (`drop_older`)."""
+        self.buckets[idx] = b
+        self.keys.update(b.ops.keys())
+        self.newest = max(self.newest, idx)
+        if packed is None:
+            self._dirty.add(idx)
+        else:
+            self._packed[idx] = packed
+
+    def drop_older(self) -> None:
+        """Forget the buckets the ring has moved past, and the keys only they held."""
+        for old in [i for i in self.buckets if i <= self.newest - self.keep]:
+            for key in self.buckets.pop(old).ops:
+                left = self.keys[key] - 1
+                if left:
+                    self.keys[key] = left
+                else:
+                    del self.keys[key]
 
     def fold(self, since: float) -> Figures:
         """The buckets from `since` on. The closed buckets' sum is kept until the ring moves
@@ -226,30 +279,42 @@ class Ring:
 
 
 class SloStore:
-    def __init__(self) -> None:
+    def __init__(self, max_keys: int = MAX_KEYS) -> None:
         self.minutes = Ring(MINUTE, MINUTES_KEPT)
         self.hours = Ring(HOUR, HOURS_KEPT)
+        self.max_keys = max_keys
+        self.dropped_keys = 0  # op entries refused (at load: keys) for want of room
+        self.unloaded_keys = 0  # keys of the saved record left out when it was loaded
         self.first: float | None = None  # when the first figure came in
         self.last_observed: float | None = None
 
-    def _buckets(self, t: float) -> list[Figures]:
+    def _buckets(self, t: float) -> list[tuple[Ring, Figures]]:
         if self.first is None or t < self.first:
             self.first = t
-        return [b for b in (self.minutes.at(t), self.hours.at(t)) if b is not None]
+        return [(ring, b) for ring in (self.minutes, self.hours)
+                if (b := ring.at(t)) is not None]
 
     def add_ops(self, actor: str, op: str, ok: int, error: int, counts: Mapping[int, int],
-                now: float, caller: int = 0) -> None:
+                now: float, caller: int = 0) -> bool:
+        """Add one push's figures of (actor, op); False when they are not the record's (a
+        client's: `of_the_tree`) or the key is new and the record holds max_keys keys (an
+        hour bucket holds every key of its minutes, so the hours' keys are all of them)."""
+        key = (actor, op)
+        if not of_the_tree(actor):
+            return False
+        buckets = self._buckets(now)  # (first: the rings move on, dropping old keys)
+        if key not in self.hours.keys and len(self.hours.keys) >= self.max_keys:
+            self.dropped_keys += 1
+            return False
         bins = bins_of(counts)
-        for b in self._buckets(now):
-            f = b.ops.get((actor, op))
-            if f is None:
-                f = b.ops[(actor, op)] = OpFigures()
-            f.add(OpFigures(ok, error, bins, caller))
+        for ring, b in buckets:
+            ring.entry(b, key).add(OpFigures(ok, error, bins, caller))
+        return True
 
     def add_loss(self, actor: str, counts: Mapping[str, int], now: float) -> None:
         if not any(counts.values()):
             return
-        for b in self._buckets(now):
+        for _, b in self._buckets(now):
             for name, n in counts.items():
                 b.loss[(actor, name)] = capped(b.loss[(actor, name)] + n)
 
@@ -271,7 +336,7 @@ class SloStore:
         last, self.last_observed = self.last_observed, now
         if last is None or not 0 < now - last <= OBSERVE_MAX_GAP_S:
             return
-        for b in self._buckets(now):
+        for _, b in self._buckets(now):
             b.observed += now - last
 
     def window(self, name: str, now: float) -> Figures:
@@ -290,27 +355,46 @@ class SloStore:
                 "hours": self.hours.packed_rows()}
 
     @classmethod
-    def from_state(cls, d: Any) -> SloStore:
-        """Raises ValueError on anything not of the shape `to_state` writes."""
+    def from_state(cls, d: Any, max_keys: int | None = None) -> SloStore:
+        """Raises ValueError on anything not of the shape `to_state` writes. A record saved
+        with more than `max_keys` keys (None: every key, as a reader of any record wants; the
+        store then takes new ones up to MAX_KEYS), or with a client's (saved before they were
+        kept out), loads without them, newest bucket first (the keys seen last are kept);
+        `unloaded_keys` says how many, and the buckets that lost some are packed again at
+        the next save."""
         _want(isinstance(d, dict), "slo state must be a map")
-        s = cls()
+        s = cls(MAX_KEYS if max_keys is None else max_keys)
+        room = math.inf if max_keys is None else max_keys
         first = d.get("first")
         _want(first is None or isinstance(first, (int, float)), "first must be a time")
         s.first = first
-        for ring, key in ((s.minutes, "minutes"), (s.hours, "hours")):
-            rows = d.get(key)
-            _want(isinstance(rows, list), f"{key} must be a list")
-            for row in rows:
+        kept: set[Key] = set()
+        left_out: set[Key] = set()
+
+        def admit(key: Key) -> bool:
+            if key in kept:
+                return True
+            if of_the_tree(key[0]) and len(kept) < room:
+                kept.add(key)
+                return True
+            if key not in left_out:
+                left_out.add(key)
+                s.dropped_keys += of_the_tree(key[0])  # (a client's was never the record's)
+            return False
+
+        for ring, name in ((s.minutes, "minutes"), (s.hours, "hours")):
+            rows = d.get(name)
+            _want(isinstance(rows, list), f"{name} must be a list")
+            for row in reversed(rows):  # (`to_state` writes them oldest first)
                 _want(isinstance(row, bytes), "a bucket is packed msgpack")
                 try:
-                    idx, fig = _bucket_from(unpackb(row, MAX_STATE_BYTES))
+                    idx, fig, whole = _bucket_from(unpackb(row, MAX_STATE_BYTES), admit)
                 except DecodeError as exc:
                     raise ValueError(exc.error.message) from exc
-                ring.buckets[idx] = fig
-                ring._packed[idx] = row
-                ring.newest = max(ring.newest, idx)
-            for old in [i for i in ring.buckets if i <= ring.newest - ring.keep]:
-                del ring.buckets[old]
+                ring.put(idx, fig, row if whole else None)
+                progress()  # a record of many busy keys takes more than one loop turn to read
+            ring.drop_older()
+        s.unloaded_keys = len(left_out)
         return s
 
 
@@ -336,7 +420,9 @@ def _bucket_state(idx: int, b: Figures) -> list[Any]:
             [[c, s] for c, s in sorted(b.down.items())]]
 
 
-def _bucket_from(row: Any) -> tuple[int, Figures]:
+def _bucket_from(row: Any, admit: Callable[[Key], bool]) -> tuple[int, Figures, bool]:
+    """A bucket as `_bucket_state` packs it, with the ops whose key `admit` takes (the others
+    are not read further); the bool says whether it holds all of them."""
     _want(isinstance(row, list) and len(row) == 5, "a bucket is [idx, observed, ops, loss, down]")
     idx, observed, ops, loss, down = row
     _want(type(idx) is int and isinstance(observed, (int, float)) and observed >= 0,
@@ -344,15 +430,19 @@ def _bucket_from(row: Any) -> tuple[int, Figures]:
     _want(isinstance(ops, list) and isinstance(loss, list) and isinstance(down, list),
           "bucket lists")
     f = Figures(observed=float(observed))
+    whole = True
     for op_row in ops:
         # (a record written before caller errors were counted apart has five fields)
         _want(isinstance(op_row, list) and len(op_row) in (5, 6),
               "an op is [actor, op, ok, error, bins, caller?]")
         actor, op, ok, error, bins = op_row[:5]
-        caller = _figure(op_row[5]) if len(op_row) == 6 else 0
-        _want(caller <= _count(error), "more caller errors than errors")
         _want(isinstance(actor, str) and isinstance(op, str) and isinstance(bins, list),
               "op names and bins")
+        if not admit((actor, op)):
+            whole = False
+            continue
+        caller = _figure(op_row[5]) if len(op_row) == 6 else 0
+        _want(caller <= _count(error), "more caller errors than errors")
         counts: Counter[int] = Counter()
         for pair in bins:
             _want(isinstance(pair, list) and len(pair) == 2, "a bin is [bin, count]")
@@ -369,7 +459,7 @@ def _bucket_from(row: Any) -> tuple[int, Figures]:
               and isinstance(down_row[1], (int, float)) and down_row[1] >= 0,
               "a downtime is [child, seconds]")
         f.down[down_row[0]] += float(down_row[1])
-    return idx, f
+    return idx, f, whole
 
 
 # --- the file ----------------------------------------------------------------------------------

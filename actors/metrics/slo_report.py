@@ -15,7 +15,9 @@
                  on the worst incident of 30 d
   data loss      the loss counters pushed by every actor; judged over 30 d: zero or not met
 
-Pure: everything is passed in.
+Pure: everything is passed in. What a report costs grows with the keys of the record (at most
+its max_keys, slo.py); it beats (`progress`) op by op, so a long one is not taken for a hung
+loop.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from moorage.actors.metrics.slo import (
     loss_totals,
     percentile,
 )
+from moorage.actors.runtime.beat import progress
 from moorage.actors.runtime.stats import LOSS_COUNTERS
 
 
@@ -73,16 +76,17 @@ def _window(name: str, f: Figures, store_now: float, tracker: RecoveryTracker,
     availability = None
     if f.observed > 0:
         availability = max(0.0, 1 - down_s / (f.observed * children))
-    per_op: dict[str, OpFigures] = {}
-    everything = OpFigures()
+    per_op = _by_op(f)
+    everything = OpFigures()  # (its counts: only `timed` has a percentile read)
     timed = OpFigures()  # the ops whose latency is ours
-    for (_, op), figs in f.ops.items():
-        per_op.setdefault(op, OpFigures()).add(figs)
-        everything.add(figs)
+    for op, figs in per_op.items():  # (op names, not keys: the sums saturate all the same)
+        everything.add(figs, latencies=False)
         if op not in p99_exclude:
             timed.add(figs)
+        progress()
     ops = []
     for op, figs in sorted(per_op.items()):
+        progress()
         target = targets.get(op)
         p99 = percentile(figs.bins, 99)
         ops.append({"op": op, "requests": figs.requests, "errors": figs.service_errors,
@@ -103,6 +107,24 @@ def _window(name: str, f: Figures, store_now: float, tracker: RecoveryTracker,
             "loss": loss, "loss_total": capped(sum(loss.values())),
             "loss_by_actor": {f"{a}/{c}": n for (a, c), n in sorted(f.loss.items())},
             "recovery": tracker.summary(since), "ops": ops}
+
+
+def _by_op(f: Figures) -> dict[str, OpFigures]:
+    """Each op's figures summed over the actors that serve it; an op that one actor serves
+    (most of them) is its figures in `f` as they are, read and never written."""
+    keys: dict[str, list[OpFigures]] = {}
+    for (_, op), figs in f.ops.items():
+        keys.setdefault(op, []).append(figs)
+    per_op: dict[str, OpFigures] = {}
+    for op, served in keys.items():
+        if len(served) == 1:
+            per_op[op] = served[0]
+            continue
+        total = per_op[op] = OpFigures()
+        for figs in served:
+            total.add(figs)
+            progress()  # one key's bins at a time
+    return per_op
 
 
 def build_report(store: SloStore, tracker: RecoveryTracker, now: float,
