@@ -285,6 +285,35 @@ def test_a_shell_slower_than_the_detection_to_its_first_prompt_gets_its_integrat
     assert term.call("term.list", {})["sessions"][0]["integration_back"] == 1
 
 
+@pytest.mark.parametrize("term_config", [{"quiet_ms": 200, "integration_detect_ms": 400}])
+def test_a_command_sent_before_the_integration_came_back_ends_at_its_own_marker(
+        term, tmp_path):
+    """A command sent while the slow rc file still runs (the session settled without
+    integration) is read after the first prompt, whose marker brings the integration back:
+    it ends at its own D, not at a quiet spell, so the next command is not typed into it
+    and answered by its D (another command's output, marked trusted)."""
+    gate = tmp_path / "rc-gate"
+    os.mkfifo(gate)
+    (term.home / ".bashrc").write_text(f"read _ < {gate}\n")
+    sid = term.create("bash")["session"]
+    assert term.call("term.list", {})["sessions"][0]["mode"] == "no_integration"
+    t, box = term.exec_in_thread(sid, "echo one; sleep 1; echo two")
+
+    def typed_ahead() -> bool:  # (the tty echoes what waits to be read)
+        r = term.client.request("terminal", "term.scrollback", {"session": sid})
+        return b"echo two" in r.attachments[0]
+
+    wait_for(typed_ahead, "the command typed ahead of the rc file's end")
+    open_gate(gate)
+    t.join(60)
+    r = box["reply"]
+    assert (r["exit_code"], r["mode"], r["trusted"], r["output"]) == \
+        (None, "no_integration", False, "one\ntwo")
+    r = term.exec(sid, "echo three")
+    assert (r["exit_code"], r["mode"], r["trusted"], r["output"]) == \
+        (0, "integration", True, "three")
+
+
 @pytest.mark.parametrize("term_config", [{"quiet_ms": 200}])
 def test_without_integration_a_shell_that_marks_its_commands_ends_each_at_its_marker(term):
     """Quality 1 turns the integration off: no exit code, no trust. The shell still marks

@@ -382,6 +382,13 @@ class Session:
                     self.id)
         self.set_mode("integration")
         self.integration_back += 1
+        ex = self.exec
+        if ex is not None and not ex.done and ex.mode == "no_integration":
+            # Sent while the shell was not yet marking (read after this prompt): it ends at
+            # its own D now, not at a quiet spell, which would let the next command be typed
+            # into it and answered by its D. (Its markers are waited for afresh.)
+            ex.until_marked = True
+            ex.detect_by = time.monotonic() + self.host.detect_s
 
     def _on_prompt(self) -> None:
         if self.state != "exited":
@@ -580,8 +587,8 @@ class Session:
         self.wait_quiet(lambda: self._quiet_done(ex))
 
     def _quiet_done(self, ex: Exec) -> None:
-        if ex is not self.exec or ex.done:
-            return
+        if ex is not self.exec or ex.done or ex.until_marked:
+            return  # (until_marked: its D ends it, whatever quiet came)
         if self.state == "running" and ex.mode == "no_integration":
             self.state = "prompt"
         # a shell that still marks its prompt (integration turned off by degradation) shows
