@@ -779,9 +779,10 @@ class Supervisor(Actor):
         # (one that never came up is young whatever stable_after_s says, 0 included)
         young = child.ready_at is None or serving < self.spec.stable_after_s
         escalated = child.spec.type == "supervisor" and reason.code == ESCALATED_EXIT_CODE
-        if not young and not escalated:
-            # It had been serving: whatever the root tried worked. (A supervisor that gave
-            # up had served too, but only until its own children failed again.)
+        if not young and (not escalated or serving >= self.spec.period_s):
+            # It had been serving: whatever the root tried worked. A supervisor that gave up
+            # had served too, but maybe only until its children failed again: that is a new
+            # episode only after a whole intensity period of service (it exits no other way).
             child.last_resort = 0
         was = child.state
         pid = child.pid

@@ -237,6 +237,36 @@ def test_the_roots_retries_of_a_nested_supervisor_that_gave_up_after_serving_bac
     assert retries == [1.0, 2.0]
 
 
+def test_a_nested_supervisor_that_served_a_whole_period_before_giving_up_is_retried_soon(
+        make_tree):
+    """The root's back-off of a nested supervisor's retries counts one storm: once the
+    supervisor has served for a whole intensity period (the storm passed) and then gives up
+    again, the root starts over at 1 s, not where the last storm left it."""
+    tree = make_tree(NESTED_KILLED.replace("period_s = 60\nstable_after_s", "period_s = 2\n"
+                                           "stable_after_s", 1)).start()
+    killed: set[int] = set()
+
+    def storm() -> float:
+        """Kill the victim until the root's retry of its supervisor: its delay."""
+        while True:
+            victim = wait_for(lambda: (p := running_pid(tree, "victim")) not in killed and p,
+                              "the victim running (again)")
+            killed.add(victim)
+            os.kill(victim, signal.SIGKILL)
+            ev = tree.wait_event(
+                lambda e: (e["event"] == "restarted" and e["child"] == "victim")
+                or (e["supervisor"] == "supervisor" and e["child"] == "group"
+                    and e["event"] in ("restarted", "escalated")), 30)
+            if ev["event"] == "escalated":
+                return ev["retry_in_s"]
+
+    assert [storm(), storm()] == [1.0, 2.0]
+    wait_for(lambda: running_pid(tree, "victim") not in killed | {None}, "the group back")
+    wait_for(lambda: next(c for c in tree.status()["children"] if c["id"] == "group")[
+        "uptime_s"] > 2.5, "the group serving for more than its period (2 s)", timeout=30)
+    assert storm() == 1.0
+
+
 ORDER = """
 [[children]]
 id = "one"
