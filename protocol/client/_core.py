@@ -4,10 +4,17 @@ A call is a `CallPlan`: it owns the request id (kept across retries, so the acto
 cache can answer a retry without running it again), the deadline, and the rules for what to
 do on a reply, a timeout or a disconnect. The adapters only move frames and wait.
 
+A call given no timeout gets its op's own (the `timeout_ms` the actor's sys.info declares,
+learned with its idempotent ops), plus TRIP_MARGIN for the way there and back, at most
+MAX_OP_TIMEOUT, when that is longer than the client's `timeout`; else the client's
+(PROTOCOL.md section 9).
+
 Retry rules (see PROTOCOL.md, "Retries"):
   - an error reply is retried only when it says `retryable` and the op is idempotent, or when
-    it says the request was not run and may run later (busy, stopping); `deadline_expired` is
-    final: a retry resends the same frames, so the same deadline, which has passed;
+    it says the request was not run and may run later (busy, stopping, session_busy);
+    `deadline_expired` is final: a retry resends the same frames, so the same deadline, which
+    has passed. `session_busy` is an op's own answer, which the actor's reply cache keeps
+    under the request's id: its resend is a new request (a fresh id, the same deadline);
   - an attempt that timed out is resent with the attempt timeout doubled, at most
     TIMEOUT_RETRIES times (the seed's Timeout row: increase timeout, then cancel); the last
     resend waits to the call's deadline (an op that is slow, not lost, answers late: any copy's
@@ -72,7 +79,17 @@ LEARN_SHARE = 0.5
 # Errors that mean "the actor did not run it, and the same frames may run later": safe to
 # resend whatever the op. (`deadline_expired` was not run either, but a resend carries the same
 # deadline_ms, which has passed: it would only be refused again.)
-NOT_RUN = frozenset({"busy", "stopping"})
+NOT_RUN = frozenset({"busy", "stopping", "session_busy"})
+# Of those, the refusals an op answers itself (before it ran anything): the actor's reply cache
+# keeps an op's answers under the request's id (only the runtime's own refusals are left out),
+# so the same frames would only hear the refusal again. Such a call is resent as a new request:
+# a fresh id under the same deadline (the refused id ran nothing, so nothing is lost with it).
+RENEWED = frozenset({"session_busy"})
+# A call given no timeout waits for its op's declared `timeout_ms` plus this, the way there and
+# back (queues, a busy loop), and never longer than MAX_OP_TIMEOUT (an op declaring a day, as
+# term.exec does, bounds its own work with an argument instead).
+TRIP_MARGIN = 0.5
+MAX_OP_TIMEOUT = 60.0
 _TIMEOUT_ROW = recovery_for("timeout", "recoverable")
 TIMEOUT_RETRIES = _TIMEOUT_ROW.max_retries if _TIMEOUT_ROW and _TIMEOUT_ROW.max_retries else 2
 _CLOSED = BreakerState.CLOSED
@@ -82,7 +99,9 @@ _time = time.time
 
 @dataclass
 class ClientOptions:
-    timeout: float = 5.0  # whole call, all attempts, seconds
+    # Whole call, all attempts, seconds, for an op whose own timeout is not known (a call's
+    # `timeout` wins; else the op's sys.info `timeout_ms`, ClientCore.call_timeout).
+    timeout: float = 5.0
     attempt_timeout: float = 1.0  # one attempt of an idempotent call before it is resent
     backoff: Backoff = field(default_factory=lambda: Backoff(0.01, 2.0, 0.5, jitter=0.2))
     breaker_threshold: int = 5
@@ -127,9 +146,9 @@ class Wait:
 
 
 class CallPlan:
-    __slots__ = ("actor", "attempts", "core", "deadline", "deadline_ms", "frames", "id",
-                 "idempotent", "last_error", "op", "pin", "pinned_by", "resumable", "retries",
-                 "session", "started", "timeout", "timeout_retries")
+    __slots__ = ("actor", "args", "attachments", "attempts", "core", "deadline", "deadline_ms",
+                 "frames", "id", "idempotent", "last_error", "op", "pin", "pinned_by",
+                 "resumable", "retries", "session", "started", "timeout", "timeout_retries")
 
     def __init__(
         self,
@@ -147,7 +166,7 @@ class CallPlan:
         self.id = rid = next(core._ids)
         self.started = started = _monotonic()
         if timeout is None:
-            timeout = core.options.timeout
+            timeout = core.call_timeout(actor, op)
         self.timeout = timeout
         self.deadline = started + timeout
         self.deadline_ms = deadline_ms = int((_time() + timeout) * 1000)
@@ -156,6 +175,8 @@ class CallPlan:
                 or op in core.learned.get(actor, ())
         self.idempotent = idempotent
         self.resumable = resumable = op in core.resumable.get(actor, ())
+        self.args = args  # (kept for a resend as a new request: RENEWED)
+        self.attachments = attachments
         self.frames = encode_request(rid, core.sid, op, args, deadline_ms, attachments)
         # The actor life a non-idempotent call goes to, as known now, which its resends are
         # pinned to; None: resent never (not known) or freely (safe to repeat, or resumable:
@@ -253,8 +274,21 @@ class CallPlan:
                 delay = max(delay, err.retry_after_ms / 1000)
             if now + delay < self.deadline:
                 self.retries += 1
+                if err.name in RENEWED:
+                    self.renew()
                 return Resend(delay)
         return self.done(now, error=err)
+
+    def renew(self) -> None:
+        """Make the resend a new request: a fresh id, the same deadline, not pinned (the
+        refused id ran nothing, so no life holds an effect of it), and pinned from then on
+        to the life known now, as a first send is. The adapter waits for the new id."""
+        core = self.core
+        self.id = rid = next(core._ids)
+        self.frames = encode_request(rid, core.sid, self.op, self.args, self.deadline_ms,
+                                     self.attachments)
+        self.pinned_by = None
+        self.pin = None if self.idempotent or self.resumable else core.epochs.get(self.actor)
 
     def on_timeout(self, now: float) -> Done | Resend:
         """The attempt's wait ran out with no reply."""
@@ -342,6 +376,16 @@ class CallPlan:
         return Wait(self.attempt_deadline(now))
 
 
+def declared_timeouts(ops: Any) -> dict[str, float]:
+    """op -> seconds, from sys.info's `ops` (`timeout_ms`, a positive int; anything else is
+    left out, and the op's calls get the client's timeout)."""
+    if not isinstance(ops, dict):
+        return {}
+    return {name: d["timeout_ms"] / 1000 for name, d in ops.items()
+            if isinstance(name, str) and isinstance(d, dict)
+            and type(d.get("timeout_ms")) is int and d["timeout_ms"] > 0}
+
+
 def refusal_retry_after_ms(br: CircuitBreaker, now: float) -> int:
     """The `retry_after_ms` of a call the breaker refused before its first send (PROTOCOL.md
     section 11): while open, the cooldown left; while half-open (its probe is out), the
@@ -398,6 +442,7 @@ class ClientCore:
         self.superseded: dict[str, str] = {}  # ipc: a life a newer one answered after
         self.learned: dict[str, frozenset[str]] = {}  # actor -> its idempotent ops (sys.info)
         self.resumable: dict[str, frozenset[str]] = {}  # ... and its resumable ones
+        self.op_timeouts: dict[str, dict[str, float]] = {}  # ... and each op's timeout, s
         self.restarts_seen: dict[str, int] = {}
         # Every reply held against protocol/schema/ops.json, when $MOORAGE_SCHEMA_CHECK says so
         self.reply_check: ReplyCheck | None = reply_check_from_env()
@@ -410,13 +455,24 @@ class ClientCore:
         return (idempotent is None and self.options.learn_ops and actor not in self.learned
                 and op not in BUILTIN_IDEMPOTENT and op not in self.options.idempotent_ops)
 
-    def after_learning(self, timeout: float | None,
+    def after_learning(self, actor: str, op: str, timeout: float | None,
                        learn: Callable[[float], object]) -> float:
-        """Run `learn` within a share of the call's time; what is left is the call's."""
+        """Run `learn` within a share of the call's time; what is left is the call's (given
+        no timeout, of its op's own, which learning has just told)."""
         started = _monotonic()
-        whole = timeout if timeout is not None else self.options.timeout
-        learn(LEARN_SHARE * whole)
+        learn(LEARN_SHARE * (timeout if timeout is not None else self.options.timeout))
+        whole = timeout if timeout is not None else self.call_timeout(actor, op)
         return max(0.001, whole - (_monotonic() - started))
+
+    def call_timeout(self, actor: str, op: str) -> float:
+        """The time of a call of `op` given none: the op's declared `timeout_ms` (sys.info,
+        run-time overrides included, as learned) plus TRIP_MARGIN, at most MAX_OP_TIMEOUT,
+        when that is longer than the client's `timeout`; else the client's (no call ends
+        sooner than the client was told: a busy machine's sys.info may take seconds)."""
+        declared = self.op_timeouts.get(actor, {}).get(op)
+        if declared is None:
+            return self.options.timeout
+        return max(self.options.timeout, min(declared + TRIP_MARGIN, MAX_OP_TIMEOUT))
 
     def learn(self, actor: str, info: Any) -> frozenset[str]:
         """Take the idempotent ops from a sys.info reply (PROTOCOL.md section 10)."""
@@ -427,6 +483,7 @@ class ClientCore:
         self.resumable[actor] = frozenset(
             name for name, d in (ops or {}).items()
             if isinstance(name, str) and isinstance(d, dict) and d.get("resumable"))
+        self.op_timeouts[actor] = declared_timeouts(ops)
         return known
 
     def replay_timeout(self, end: float | None) -> float | None:

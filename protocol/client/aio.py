@@ -183,13 +183,15 @@ class AsyncClient(FromConnectionFile):
     ) -> Reply:
         if self.core.should_learn(actor, op, idempotent):
             started = time.monotonic()
-            whole = timeout if timeout is not None else self.core.options.timeout
-            await self.learn_ops(actor, min(whole, LEARN_SHARE * whole))
+            share = LEARN_SHARE * (timeout if timeout is not None else self.core.options.timeout)
+            await self.learn_ops(actor, share)
+            whole = timeout if timeout is not None else self.core.call_timeout(actor, op)
             timeout = max(0.001, whole - (time.monotonic() - started))
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
         conn = self._conn(actor)
         inbox: asyncio.Queue = asyncio.Queue()
-        conn.waiters[plan.id] = inbox
+        rid = plan.id  # the id its replies come under
+        conn.waiters[rid] = inbox
         sent_in = conn.generation  # the connection the last send went out on
         try:
             verdict: Done | Wait | Resend = plan.start(time.monotonic())
@@ -207,6 +209,10 @@ class AsyncClient(FromConnectionFile):
                     verdict = plan.resend(time.monotonic())
                     if isinstance(verdict, Wait):
                         sent_in = conn.generation
+                        if plan.id != rid:  # resent as a new request (_core.RENEWED)
+                            conn.waiters.pop(rid, None)
+                            rid = plan.id
+                            conn.waiters[rid] = inbox
                         await _send(conn.sock, plan.frames)
                     continue
                 if conn.key_refused:  # (the tree does not take this key: no reply can come)
@@ -238,7 +244,7 @@ class AsyncClient(FromConnectionFile):
                     continue
                 verdict = plan.on_reply(item, time.monotonic())
         finally:
-            conn.waiters.pop(plan.id, None)
+            conn.waiters.pop(rid, None)
 
     async def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         return (await self.request(actor, op, args, **kw)).body

@@ -155,7 +155,8 @@ class Client(FromConnectionFile):
     ) -> Reply:
         """One call; returns the whole reply (body and attachments) or raises MoorageError."""
         if self.core.should_learn(actor, op, idempotent):
-            timeout = self.core.after_learning(timeout, lambda t: self.learn_ops(actor, t))
+            timeout = self.core.after_learning(actor, op, timeout,
+                                               lambda t: self.learn_ops(actor, t))
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
         verdict: Done | Wait | Resend = plan.start(plan.started)
         conn = self._conns.get(actor) or self._conn(actor)
@@ -288,7 +289,9 @@ class Client(FromConnectionFile):
                 i, p = entry
                 v = p.on_reply(reply, now)
                 if isinstance(v, Resend):
-                    due[reply.id] = now + v.delay  # type: ignore[index]
+                    if p.id != reply.id:  # resent as a new request (_core.RENEWED)
+                        plans[p.id] = plans.pop(reply.id)  # type: ignore[arg-type]
+                    due[p.id] = now + v.delay
                     continue
                 del plans[reply.id]  # type: ignore[arg-type]
                 results[i] = v.error if v.error is not None else v.reply.body
@@ -327,8 +330,9 @@ class Client(FromConnectionFile):
                 return results
             if due:
                 resend_due()  # (looked at every WAIT_SLICE_MS at most: the poll below)
-            # Plans share one timeout and are kept in creation order: the first is due first.
-            deadline = next(iter(plans.values()))[1].deadline
+            # Plans given one timeout are due in creation order; given none, each has its op's.
+            deadline = next(iter(plans.values()))[1].deadline if timeout is not None \
+                else min(p.deadline for _, p in plans.values())
             left = deadline - time.monotonic()
             if conn.disconnected():
                 take_replies()  # (sent before the drop: read before it is told, as in _wait)

@@ -91,7 +91,10 @@ def cmd_call(args: argparse.Namespace) -> int:
     budget = Budget(args.timeout)
     with connect(args) as c:
         check_actor(c, args.actor, budget)
-        reply = c.request(args.actor, args.op, payload, timeout=budget.left(),
+        # --timeout bounds the whole command; without it the call has its op's own timeout
+        # (sys.info's timeout_ms, `config set` overrides included: the client's choice).
+        reply = c.request(args.actor, args.op, payload,
+                          timeout=budget.left() if args.timeout_given else None,
                           attachments=attachments)
     body = json.dumps(reply.body, indent=2, default=jsonable)
     atts = reply.attachments

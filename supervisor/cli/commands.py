@@ -55,6 +55,8 @@ from moorage.supervisor.spec import ConfigError
 
 __all__ = ["all_children_running", "main", "parse_duration_ms", "parser"]
 
+DEFAULT_TIMEOUT = 5.0  # seconds: a command's whole time when --timeout is not given
+
 
 def all_children_running(tree: dict[str, Any]) -> bool:
     """Every child up, or held down on purpose by a shed (sup.shed)."""
@@ -141,7 +143,8 @@ def global_options(defaults: bool) -> argparse.ArgumentParser:
                    "else 'default')", **default(None))
     g.add_argument("--instance-dir", help=argparse.SUPPRESS, **default(None))
     g.add_argument("--timeout", type=seconds, metavar="SECONDS",
-                   help="the whole command's time budget (default 5)", **default(5.0))
+                   help=f"the whole command's time budget (default {DEFAULT_TIMEOUT:g}; "
+                   "`call`: the op's own timeout, as `config get` shows it)", **default(None))
     g.add_argument("--connection", metavar="FILE",
                    help="drive the tree elsewhere that FILE (its tree.json, copied here) "
                    "describes, over tcp with CURVE (" + ", ".join(sorted(REMOTE_COMMANDS))
@@ -379,6 +382,11 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
     if (args.keys or args.host) and not args.connection:
         print("moorage: --keys and --host go with --connection FILE", file=sys.stderr)
         return EXIT_USAGE
+    # Without --timeout a command has DEFAULT_TIMEOUT, and `call` gives its op the op's own
+    # timeout (the client's choice for a call given none).
+    args.timeout_given = args.timeout is not None
+    if args.timeout is None:
+        args.timeout = DEFAULT_TIMEOUT
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe is found here, not at exit

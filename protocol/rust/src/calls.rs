@@ -23,8 +23,18 @@ use crate::recovery::{max_retries_for, Backoff, BreakerState, CircuitBreaker};
 
 /// Ops every actor serves that are safe to repeat (section 10).
 pub const BUILTIN_IDEMPOTENT: &[&str] = &["sys.ping", "sys.hello", "sys.info", "replay"];
-/// Error replies meaning "not run, and the same frames may run later".
-pub const NOT_RUN: &[&str] = &["busy", "stopping"];
+/// Error replies meaning "not run, and it may run later": resent whatever the op.
+pub const NOT_RUN: &[&str] = &["busy", "stopping", "session_busy"];
+/// Of those, the refusals an op answers itself (before it ran anything): the actor's reply
+/// cache keeps an op's answers under the request's id (only the runtime's own refusals are left
+/// out), so the same frames would only hear the refusal again. Such a call is resent as a new
+/// request: a fresh id under the same deadline (the refused id ran nothing).
+pub const RENEWED: &[&str] = &["session_busy"];
+/// A call given no timeout waits for its op's declared `timeout_ms` plus this (the way there
+/// and back), never longer than MAX_OP_TIMEOUT (an op declaring a day, as term.exec does,
+/// bounds its own work with an argument instead); seconds (section 9).
+pub const TRIP_MARGIN: f64 = 0.5;
+pub const MAX_OP_TIMEOUT: f64 = 60.0;
 /// The matrix's Timeout row: timed-out attempts of an idempotent call resent at most this often.
 pub const TIMEOUT_RETRIES: u32 = 2;
 /// Ops whose `session` argument goes into an early failure's detail.
@@ -60,7 +70,12 @@ pub fn unix_ms() -> i64 {
 }
 
 pub struct CallPlan {
+    /// The id its replies come under: a new one when it is resent as a new request (`renew`).
     pub id: u64,
+    /// Its first id, under which the client files its outcome.
+    pub key: u64,
+    /// Its next resend is a new request (a refusal in RENEWED answered it): see `renew`.
+    pub renewing: bool,
     pub actor: String,
     pub op: String,
     pub idempotent: bool,
@@ -103,6 +118,8 @@ impl CallPlan {
         };
         CallPlan {
             id,
+            key: id,
+            renewing: false,
             actor: actor.to_string(),
             op: op.to_string(),
             idempotent,
@@ -141,6 +158,19 @@ impl CallPlan {
         let ok = matches!(&outcome, Ok(r) if r.ok);
         self.recorded = Some((((now - self.started) * 1e6).max(0.0) as u64, ok));
         Verdict::Done(outcome.map_err(|e| self.error(e)))
+    }
+
+    /// Resent as a new request (`renewing`): under `id`, with the same deadline, not pinned
+    /// (the refused id ran nothing, so no life holds an effect of it), and pinned from then
+    /// on to `epoch`, the life known now, as a first send is. Only the header changes.
+    pub fn renew(&mut self, id: u64, sid: &str, epoch: Option<&str>) {
+        self.id = id;
+        self.renewing = false;
+        self.frames[1] = encode_request(id, sid, &self.op, &[], Some(self.deadline_ms), &[]).swap_remove(1);
+        self.pinned_by = None;
+        if self.settings.remote && !self.idempotent && !self.resumable {
+            self.pin = epoch.map(str::to_string);
+        }
     }
 
     /// Before the first send: the breaker may refuse at once. `epoch`: the actor's as known
@@ -195,6 +225,7 @@ impl CallPlan {
             }
             if now + delay < self.deadline {
                 self.retries += 1;
+                self.renewing = RENEWED.contains(&err.name.as_str());
                 return Verdict::Resend(delay);
             }
         }
@@ -347,6 +378,24 @@ pub fn learned_ops(info: &Value) -> (HashSet<String>, HashSet<String>) {
             .filter_map(|(k, _)| k.as_str().map(str::to_string)).collect()
     };
     (with("idempotent"), with("resumable"))
+}
+
+/// Each op's declared timeout in seconds, from a sys.info reply (`ops.<name>.timeout_ms`, a
+/// positive integer; anything else is left out: the op's calls get the client's timeout).
+pub fn declared_timeouts(info: &Value) -> HashMap<String, f64> {
+    get(info, "ops").and_then(Value::as_map).into_iter().flatten()
+        .filter_map(|(k, d)| {
+            let ms = get(d, "timeout_ms").and_then(Value::as_u64).filter(|ms| *ms > 0)?;
+            Some((k.as_str()?.to_string(), ms as f64 / 1000.0))
+        })
+        .collect()
+}
+
+/// The time of a call given none (section 9): its op's declared timeout (seconds, as sys.info
+/// said it; None: not known) plus TRIP_MARGIN, at most MAX_OP_TIMEOUT, when that is longer
+/// than the client's; else the client's (no call ends sooner than the client was told).
+pub fn call_timeout(declared: Option<f64>, client_timeout: f64) -> f64 {
+    declared.map_or(client_timeout, |d| (d + TRIP_MARGIN).min(MAX_OP_TIMEOUT).max(client_timeout))
 }
 
 /// One actor as the client knows it: the epoch recorded, the generation (a drop or a new

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rmpv::Value;
 
-use crate::calls::{learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
+use crate::calls::{call_timeout, declared_timeouts, learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
 use crate::codec::{self, get};
 use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, tree_running, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
@@ -133,6 +133,8 @@ pub struct Client {
     learned: HashMap<String, HashSet<String>>,
     /// ... and its resumable ones (sys.info), learned with them.
     resumable: HashMap<String, HashSet<String>>,
+    /// ... and each op's declared timeout, seconds (sys.info's `timeout_ms`).
+    op_timeouts: HashMap<String, HashMap<String, f64>>,
     next_id: u64,
     latency: Arc<Mutex<LatencyBook>>,
     _pusher: Option<Pusher>,
@@ -208,6 +210,7 @@ impl Client {
             breakers: HashMap::new(),
             learned: HashMap::new(),
             resumable: HashMap::new(),
+            op_timeouts: HashMap::new(),
             next_id: 1,
             latency,
             _pusher: pusher,
@@ -289,6 +292,13 @@ impl Client {
         self.resumable.get(actor).is_some_and(|s| s.contains(op))
     }
 
+    /// The time of a call of `op` given none: its op's declared timeout (as learned from
+    /// sys.info, run-time overrides included) plus a margin, at most 60 s; the client's
+    /// `timeout` when the actor has not told it (section 9).
+    pub fn call_timeout(&self, actor: &str, op: &str) -> f64 {
+        call_timeout(self.op_timeouts.get(actor).and_then(|t| t.get(op)).copied(), self.options.timeout)
+    }
+
     fn settings(&self) -> PlanSettings {
         PlanSettings { timeout: self.options.timeout, attempt_timeout: self.options.attempt_timeout, backoff: self.options.backoff,
                        remote: self.options.remote.is_some() }
@@ -307,23 +317,23 @@ impl Client {
     }
 
     /// Learning first, when the op's idempotency is only the actor's to tell: the call keeps
-    /// the rest of its time.
+    /// the rest of its time (given none, of its op's own, which learning has just told).
     fn learn_first(&mut self, actor: &str, op: &str, opts: &CallOptions) -> Option<f64> {
-        let whole = opts.timeout.unwrap_or(self.options.timeout);
         if opts.idempotent.is_none() && self.options.learn_ops && !self.learned.contains_key(actor)
             && !BUILTIN_IDEMPOTENT.contains(&op) && !self.options.idempotent_ops.contains(op) {
             let t0 = self.now();
-            self.learn_ops(actor, Some(LEARN_SHARE * whole));
+            self.learn_ops(actor, Some(LEARN_SHARE * opts.timeout.unwrap_or(self.options.timeout)));
+            let whole = opts.timeout.unwrap_or_else(|| self.call_timeout(actor, op));
             return Some((whole - (self.now() - t0)).max(0.001));
         }
-        Some(whole)
+        Some(opts.timeout.unwrap_or_else(|| self.call_timeout(actor, op)))
     }
 
     /// One call: the whole reply (body and attachments), or a classified error.
     pub fn request(&mut self, actor: &str, op: &str, args: Value, opts: CallOptions) -> Result<Reply, Error> {
         let timeout = self.learn_first(actor, op, &opts);
         let plan = self.plan(actor, op, &args, &opts, timeout);
-        let id = plan.id;
+        let id = plan.key;
         let mut out = self.drive(actor, vec![plan], 1)?;
         out.remove(&id).expect("every plan ends with an outcome")
     }
@@ -352,8 +362,13 @@ impl Client {
         if let Some((op, _)) = calls.first() {
             self.learn_first(actor, op, &CallOptions::default());
         }
-        let plans: Vec<CallPlan> = calls.iter().map(|(op, args)| self.plan(actor, op, args, &CallOptions::default(), None)).collect();
-        let ids: Vec<u64> = plans.iter().map(|p| p.id).collect();
+        let plans: Vec<CallPlan> = calls.iter()
+            .map(|(op, args)| {
+                let timeout = self.call_timeout(actor, op);
+                self.plan(actor, op, args, &CallOptions::default(), Some(timeout))
+            })
+            .collect();
+        let ids: Vec<u64> = plans.iter().map(|p| p.key).collect();
         let mut out = self.drive(actor, plans, window.max(1))?;
         Ok(ids.iter().map(|id| out.remove(id).unwrap().map(|r| r.body)).collect())
     }
@@ -375,6 +390,7 @@ impl Client {
         match self.request(actor, "sys.info", Value::Nil, opts) {
             Ok(r) => {
                 let (ops, resumable) = learned_ops(&r.body);
+                self.op_timeouts.insert(actor.to_string(), declared_timeouts(&r.body));
                 self.learned.insert(actor.to_string(), ops.clone());
                 self.resumable.insert(actor.to_string(), resumable);
                 ops
@@ -442,7 +458,16 @@ impl Client {
                     (Err(e), Some(key)) if conn.key_refused => Err(unauthorized(e, key)),
                     (r, _) => r,
                 };
-                out.insert(plan.id, result);
+                out.insert(plan.key, result);
+            }
+            Verdict::Resend(_) if plan.renewing => {
+                // A new request (calls::RENEWED): its replies come under a new id.
+                let id = self.next_id;
+                self.next_id += 1;
+                let conn = self.conns.get_mut(actor).unwrap();
+                conn.link.finished(plan.id);
+                plan.renew(id, &self.sid, conn.link.epoch.as_deref());
+                return self.apply(actor, plan, v, flying, out);
             }
             Verdict::Resend(delay) if delay <= 0.0 => {
                 let now = self.now();

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use moorage_client::envelope::{decode_request, encode_reply, encode_stream, Request};
+use moorage_client::envelope::{decode_request, encode_error, encode_reply, encode_stream, Request};
+use moorage_client::errors::WireError;
 use moorage_client::limits::MAX_MESSAGE_SIZE;
 use moorage_client::{CallOptions, Client, CurveKeys, Options, Remote, StreamEvent, SubscribeOptions, Value};
 
@@ -259,5 +260,75 @@ fn over_tcp_a_frame_of_the_whole_limit_gets_through_curve_both_ways() {
         Some(StreamEvent::Message(m)) => assert_eq!((m.seq, m.body == big), (1, true)),
         other => panic!("the message did not get through: {:?}", other.map(|_| "another event")),
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Milliseconds from now to a request's deadline.
+fn left_ms(req: &Request) -> i64 {
+    req.deadline_ms.unwrap() - moorage_client::calls::unix_ms()
+}
+
+#[test]
+fn a_call_given_no_timeout_carries_its_op_s_declared_timeout_at_most_60_s_a_given_one_as_given() {
+    let dir = scratch("op-timeouts");
+    let life = Life::bind(&format!("ipc://{}/alpha.rpc", dir.display()), A);
+    let mut c = Client::new(Options { runtime_dir: Some(dir.clone()), timeout: 1.0, ..Options::default() }).unwrap();
+    let fake = thread::spawn(move || {
+        let mut left = Vec::new();
+        while left.len() < 4 {
+            let (rid, req) = life.take();
+            if req.op == "sys.info" {
+                let op = |ms: i64| Value::Map(vec![(Value::from("timeout_ms"), Value::from(ms)), (Value::from("idempotent"), Value::from(false))]);
+                let ops = Value::Map(vec![(Value::from("alpha.make"), op(30_000)), (Value::from("alpha.run"), op(86_400_000))]);
+                life.answer(rid, req.id, A, Value::Map(vec![(Value::from("ops"), ops)]));
+                continue;
+            }
+            left.push((req.op.clone(), left_ms(&req)));
+            life.answer(rid, req.id, A, Value::from("done"));
+        }
+        left
+    });
+    c.call("alpha", "alpha.make", Value::Nil).unwrap();
+    c.call("alpha", "alpha.run", Value::Nil).unwrap();
+    c.request("alpha", "alpha.make", Value::Nil, CallOptions { timeout: Some(2.0), ..CallOptions::default() }).unwrap();
+    c.call("alpha", "alpha.other", Value::Nil).unwrap();
+    let left = fake.join().unwrap();
+    let ms: Vec<i64> = left.iter().map(|(_, ms)| *ms).collect();
+    assert!(29_000 < ms[0] && ms[0] <= 30_500, "declared 30 s: {left:?}");
+    assert!(59_000 < ms[1] && ms[1] <= 60_000, "a day, capped: {left:?}");
+    assert!(1_000 < ms[2] && ms[2] <= 2_000, "given: {left:?}");
+    assert!(ms[3] <= 1_000, "not declared, the client's: {left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn session_busy_is_resent_as_a_new_request_a_fresh_id_the_same_deadline_until_its_budget_ends() {
+    let dir = scratch("session-busy");
+    let life = Life::bind(&format!("ipc://{}/alpha.rpc", dir.display()), A);
+    let mut c = client(&dir, 10.0);
+    // Refused twice, then run; then refused for good (past the budget of 3 resends).
+    let fake = thread::spawn(move || {
+        let mut seen = Vec::new();
+        for i in 0..7 {
+            let (rid, req) = life.take();
+            seen.push((req.id, req.deadline_ms));
+            if i == 2 {
+                life.answer(rid, req.id, A, Value::from("ran"));
+            } else {
+                let mut frames = vec![rid];
+                frames.extend(encode_error(Some(req.id), A, &WireError::of("session_busy", "a command is running")));
+                life.sock.send_multipart(frames, 0).unwrap();
+            }
+        }
+        seen
+    });
+    let ran = c.call("alpha", "alpha.exec", Value::Nil).map_err(|e| e.to_string());
+    let refused = c.call("alpha", "alpha.exec", Value::Nil).unwrap_err();
+    let seen = fake.join().unwrap();
+    assert_eq!(ran, Ok(Value::from("ran")));
+    assert_eq!((refused.error.name.as_str(), refused.attempts), ("session_busy", 4));
+    let ids: std::collections::HashSet<u64> = seen.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), 7, "each resend a new request: {seen:?}");
+    assert!(seen[..3].iter().all(|(_, d)| *d == seen[0].1), "one deadline: {seen:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

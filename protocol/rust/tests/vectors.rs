@@ -289,3 +289,47 @@ fn typed_args_encode_as_maps_the_strict_reader_takes() {
     let v = moorage_client::codec::decode(&bytes).unwrap();
     assert_eq!(to_json(&v), json!({"session": "t1", "command": "make", "timeout_ms": null}));
 }
+
+#[test]
+fn every_deadline_vector() {
+    use moorage_client::calls::{call_timeout, declared_timeouts};
+    let doc = load("protocol/vectors/client.json");
+    for v in doc["deadlines"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        let op = v["op"].as_str().unwrap();
+        let declared = if v["ops"].is_null() {
+            None
+        } else {
+            declared_timeouts(&to_wire(&json!({"ops": v["ops"]}))).get(op).copied()
+        };
+        let timeout = v["timeout"].as_f64().unwrap_or_else(|| call_timeout(declared, v["client_timeout"].as_f64().unwrap()));
+        assert!((timeout - v["expect_s"].as_f64().unwrap()).abs() < 1e-9, "{name}: {timeout} s");
+    }
+}
+
+#[test]
+fn every_refusal_vector() {
+    use moorage_client::recovery::max_retries_for;
+    let doc = load("protocol/vectors/client.json");
+    let settings = PlanSettings { timeout: 10.0, attempt_timeout: 1.0, backoff: Backoff::default(), remote: false };
+    for v in doc["refusals"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        let args = to_wire(&json!({"session": "s1"}));
+        let mut p = CallPlan::new(1, "4242-1f2e3d4c5b6a", "terminal", v["op"].as_str().unwrap(), &args,
+                                  moorage_client::codec::encode(&args), v["idempotent"].as_bool().unwrap(), settings, None, &[], 0.0);
+        let mut br = CircuitBreaker::new(5, 0.5);
+        p.start(0.0, &mut br, Some("aaaaaaaaaaaaaaaa"));
+        let err = WireError::of(v["error"].as_str().unwrap(), "refused");
+        let reply = envelope::decode_reply(&envelope::encode_error(Some(1), "aaaaaaaaaaaaaaaa", &err)).unwrap();
+        let verdict = p.on_reply(reply, 0.0, &mut br, 0.5);
+        let renew = p.renewing;
+        if renew {
+            p.renew(2, "4242-1f2e3d4c5b6a", Some("aaaaaaaaaaaaaaaa"));
+            let sent = envelope::decode_request(&p.frames).unwrap();
+            assert_eq!((sent.id, sent.deadline_ms), (2, Some(p.deadline_ms)), "{name}: a new id, the same deadline");
+            assert_eq!(to_json(&sent.args), json!({"session": "s1"}), "{name}: the same body");
+        }
+        let got = json!({"resend": matches!(verdict, Verdict::Resend(_)), "new_id": renew, "budget": max_retries_for(&err)});
+        assert_eq!(got, v["expect"], "{name}");
+    }
+}

@@ -20,8 +20,18 @@ import { Backoff, CircuitBreaker, maxRetriesFor } from "./recovery.js";
 
 /** Ops every actor serves that are safe to repeat (section 10). */
 export const BUILTIN_IDEMPOTENT: ReadonlySet<string> = new Set(["sys.ping", "sys.hello", "sys.info", "replay"]);
-/** Error replies meaning "not run, and the same frames may run later": resent whatever the op. */
-export const NOT_RUN: ReadonlySet<string> = new Set(["busy", "stopping"]);
+/** Error replies meaning "not run, and it may run later": resent whatever the op. */
+export const NOT_RUN: ReadonlySet<string> = new Set(["busy", "stopping", "session_busy"]);
+/** Of those, the refusals an op answers itself (before it ran anything): the actor's reply
+ * cache keeps an op's answers under the request's id (only the runtime's own refusals are left
+ * out), so the same frames would only hear the refusal again. Such a call is resent as a new
+ * request: a fresh id under the same deadline (the refused id ran nothing). */
+export const RENEWED: ReadonlySet<string> = new Set(["session_busy"]);
+/** A call given no timeout waits for its op's declared `timeout_ms` plus this (the way there
+ * and back), never longer than MAX_OP_TIMEOUT (an op declaring a day, as term.exec does,
+ * bounds its own work with an argument instead); seconds (section 9). */
+export const TRIP_MARGIN = 0.5;
+export const MAX_OP_TIMEOUT = 60;
 /** The matrix's Timeout row: an idempotent call's timed-out attempts resent at most this often. */
 export const TIMEOUT_RETRIES = 2;
 /** Ops whose `session` argument goes into an early failure's detail (section 10). */
@@ -29,14 +39,28 @@ const SESSION_OPS: ReadonlySet<string> = new Set(["term.exec", "term.create"]);
 
 /** The ops a sys.info reply says are idempotent, and those it says are resumable (section 10);
  * anything else in it (a malformed entry) says neither. */
-export function opsOfInfo(info: unknown): { idempotent: Set<string>; resumable: Set<string> } {
+export function opsOfInfo(info: unknown): { idempotent: Set<string>; resumable: Set<string>; timeouts: Map<string, number> } {
   const ops = info !== null && typeof info === "object" ? (info as { ops?: unknown }).ops : undefined;
   const entries = ops !== null && typeof ops === "object" && !Array.isArray(ops) && !(ops instanceof Uint8Array)
     ? Object.entries(ops as Record<string, unknown>) : [];
   const saying = (flag: "idempotent" | "resumable"): Set<string> => new Set(entries
     .filter(([, d]) => d !== null && typeof d === "object" && (d as Record<string, unknown>)[flag] === true)
     .map(([n]) => n));
-  return { idempotent: saying("idempotent"), resumable: saying("resumable") };
+  // op -> seconds, from each entry's `timeout_ms` (a positive integer; else not known)
+  const timeouts = new Map<string, number>();
+  for (const [n, d] of entries) {
+    const ms = d !== null && typeof d === "object" ? (d as Record<string, unknown>).timeout_ms : undefined;
+    if (typeof ms === "number" && Number.isInteger(ms) && ms > 0) timeouts.set(n, ms / 1000);
+  }
+  return { idempotent: saying("idempotent"), resumable: saying("resumable"), timeouts };
+}
+
+/** The time of a call given none (section 9): its op's declared timeout (seconds, as sys.info
+ * said it; undefined: not known) plus TRIP_MARGIN, at most MAX_OP_TIMEOUT, when that is longer
+ * than the client's; else the client's (no call ends sooner than the client was told). */
+export function callTimeout(declared: number | undefined, clientTimeout: number): number {
+  return declared === undefined ? clientTimeout
+    : Math.max(clientTimeout, Math.min(declared + TRIP_MARGIN, MAX_OP_TIMEOUT));
 }
 
 export interface CallOptions {
@@ -58,7 +82,7 @@ export interface PlanSettings {
 
 export type Verdict =
   | { kind: "done"; reply?: Reply; error?: MoorageError }
-  | { kind: "resend"; delay: number }
+  | { kind: "resend"; delay: number; renew?: boolean }
   | { kind: "wait"; until: number };
 
 export const now = (): number => performance.now() / 1000;
@@ -79,6 +103,8 @@ export interface Drop {
 }
 
 export class CallPlan {
+  /** The id its replies come under: a new one when it is resent as a new request (renew). */
+  id: number;
   readonly started: number;
   readonly deadline: number;
   readonly deadlineMs: number;
@@ -103,7 +129,7 @@ export class CallPlan {
   resumable = false;
 
   constructor(
-    readonly id: number,
+    id: number,
     readonly actor: string,
     readonly op: string,
     readonly args: unknown,
@@ -112,9 +138,10 @@ export class CallPlan {
     readonly breaker: CircuitBreaker,
     readonly record: (micros: number, ok: boolean) => void,
     timeout: number | undefined,
-    attachments: readonly Uint8Array[] = [],
+    readonly attachments: readonly Uint8Array[] = [],
     startedAt: number = now(),
   ) {
+    this.id = id;
     this.started = startedAt;
     this.timeout = timeout ?? settings.timeout;
     this.deadline = this.started + this.timeout;
@@ -158,6 +185,14 @@ export class CallPlan {
     return ladder ? Math.min(this.deadline, at + this.attemptTimeout()) : this.deadline;
   }
 
+  /** Resent as a new request (a `resend` verdict with `renew`, RENEWED): under `id`, the same
+   * deadline, not pinned (the refused id ran nothing, so no life holds an effect of it). */
+  renew(id: number): void {
+    this.id = id;
+    this.frames = encodeRequest(id, this.settings.sid, this.op, this.args, this.deadlineMs, this.attachments);
+    this.pinnedBy = null;
+  }
+
   /** From now on the frames carry `ep`: only the life they may have run in may take them (its
    * reply cache knows the id); any other refuses them `outcome_unknown`. */
   private pinFrames(why: "drop" | "timeout"): void {
@@ -197,7 +232,7 @@ export class CallPlan {
       if (err.retry_after_ms !== undefined) delay = Math.max(delay, err.retry_after_ms / 1000);
       if (at + delay < this.deadline) {
         this.retries += 1;
-        return { kind: "resend", delay };
+        return RENEWED.has(err.name) ? { kind: "resend", delay, renew: true } : { kind: "resend", delay };
       }
     }
     return this.done(at, undefined, err);
@@ -321,6 +356,14 @@ export class ActorLink {
 
   finished(plan: CallPlan): void {
     this.inFlight.delete(plan.id);
+  }
+
+  /** A call resent as a new request (CallPlan.renew) under `id`: pinned as a first send is. The
+   * resend's `sent` files it under the new id. */
+  renew(plan: CallPlan, id: number): void {
+    this.inFlight.delete(plan.id);
+    plan.renew(id);
+    if (this.remote && !plan.idempotent && !plan.resumable) plan.pin = this.epoch;
   }
 
   /** The DEALER's monitor saw the connection drop. */

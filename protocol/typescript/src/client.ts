@@ -13,7 +13,7 @@ import { dirname } from "node:path";
 
 import { Dealer, Subscriber } from "zeromq";
 
-import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, now, opsOfInfo } from "./calls.js";
+import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, callTimeout, now, opsOfInfo } from "./calls.js";
 import {
   clientKeys,
   type CurveKeys,
@@ -38,7 +38,8 @@ export interface ClientOptions {
   /** An instance name (section 2's row 1). */
   instance?: string;
   sid?: string;
-  /** Whole call, all attempts, seconds. */
+  /** Whole call, all attempts, seconds, of an op whose own timeout is not known (a call's
+   * `timeout` wins; else the op's sys.info `timeout_ms`, section 9). */
   timeout?: number;
   /** One attempt of an idempotent call before it is resent, seconds. */
   attemptTimeout?: number;
@@ -276,6 +277,8 @@ export class Client {
   private readonly learned = new Map<string, Set<string>>();
   /** actor -> its resumable ops (sys.info's `resumable`, learnt with the idempotent ones). */
   private readonly resumableOps = new Map<string, Set<string>>();
+  /** actor -> each op's declared timeout, seconds (sys.info's `timeout_ms`, learnt with them). */
+  private readonly opTimeouts = new Map<string, Map<string, number>>();
   private readonly epochs = new Map<string, string>();
   private readonly restarts = new Map<string, number>();
   private readonly subs = new Set<Subscription>();
@@ -369,21 +372,29 @@ export class Client {
     this.epochs.set(actor, epoch);
   }
 
+  /** The time of a call of `op` given none: its op's declared timeout (as learned from sys.info,
+   * run-time overrides included) plus a margin, at most 60 s; the client's `timeout` when the
+   * actor has not told it (section 9). */
+  callTimeout(actor: string, op: string): number {
+    return callTimeout(this.opTimeouts.get(actor)?.get(op), this.options.timeout);
+  }
+
   private isIdempotent(actor: string, op: string): boolean {
     return BUILTIN_IDEMPOTENT.has(op) || this.idempotentOps.has(op) || (this.learned.get(actor)?.has(op) ?? false);
   }
 
   /** One call; the whole reply (body and attachments), or a MoorageError. */
   async request(actor: string, op: string, args: unknown = null, options: CallOptions = {}): Promise<Reply> {
-    let timeout = options.timeout ?? this.options.timeout;
+    let timeout = options.timeout ?? this.callTimeout(actor, op);
     if (options.idempotent === undefined && this.options.learnOps && !this.learned.has(actor) && !BUILTIN_IDEMPOTENT.has(op) && !this.idempotentOps.has(op)) {
       const t0 = now();
       await this.learnOps(actor, LEARN_SHARE * timeout);
-      timeout = Math.max(0.001, timeout - (now() - t0));
+      // (what learning told: the op's own timeout, when none was given)
+      timeout = Math.max(0.001, (options.timeout ?? this.callTimeout(actor, op)) - (now() - t0));
     }
     const idempotent = options.idempotent ?? this.isIdempotent(actor, op);
     const conn = this.conn(actor);
-    const id = options.id ?? this.nextId++;
+    let id = options.id ?? this.nextId++;
     const plan = new CallPlan(id, actor, op, args,  idempotent,
       { sid: this.sid, timeout: this.options.timeout, attemptTimeout: this.options.attemptTimeout, backoff: this.options.backoff },
       this.breaker(actor), (micros, ok) => this.latency.record(actor, op, micros, ok), timeout, options.attachments);
@@ -402,6 +413,12 @@ export class Client {
           return v.reply!;
         }
         if (v.kind === "resend") {
+          if (v.renew) { // a new request (calls.ts RENEWED): its replies come under a new id
+            conn.inboxes.delete(id);
+            id = this.nextId++;
+            conn.link.renew(plan, id);
+            conn.inboxes.set(id, inbox);
+          }
           const delay = v.delay;
           if (delay > 0) await new Promise((r) => setTimeout(r, delay * 1000));
           v = plan.resend(now());
@@ -443,8 +460,9 @@ export class Client {
   async learnOps(actor: string, timeout?: number): Promise<ReadonlySet<string>> {
     try {
       const info = await this.call(actor, "sys.info", null, { timeout: timeout ?? this.options.timeout });
-      const { idempotent, resumable } = opsOfInfo(info);
+      const { idempotent, resumable, timeouts } = opsOfInfo(info);
       this.learned.set(actor, idempotent);
+      this.opTimeouts.set(actor, timeouts);
       this.resumableOps.set(actor, resumable);
       return idempotent;
     } catch (e) {

@@ -41,3 +41,12 @@ test("an idempotent call is resent with the same id and ends timeout", { skip, t
     await c.close();
   }
 });
+
+test("a call given no timeout waits for its op's declared timeout, not the client's", { skip, timeout: 30_000 }, async () => {
+  const c = new Client({ runtimeDir: DIR, timeout: 1 }); // fake.slow declares the runtime's 5 s
+  try {
+    assert.deepEqual(await c.call("conf", "fake.slow", { ms: 1500 }), { slept_ms: 1500 });
+  } finally {
+    await c.close();
+  }
+});

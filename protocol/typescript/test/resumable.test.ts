@@ -42,7 +42,7 @@ test("sys.info's ops say which are idempotent and which resumable; a malformed e
   assert.deepStrictEqual([...idempotent].sort(), ["term.list"]);
   assert.deepStrictEqual([...resumable].sort(), ["term.create", "term.exec"]);
   for (const odd of [null, 7, "x", { ops: null }, { ops: [] }, {}]) {
-    assert.deepStrictEqual(opsOfInfo(odd), { idempotent: new Set(), resumable: new Set() });
+    assert.deepStrictEqual(opsOfInfo(odd), { idempotent: new Set(), resumable: new Set(), timeouts: new Map() });
   }
 });
 

@@ -1,7 +1,8 @@
 /**
  * protocol/vectors/envelope.json (every vector: decoded to its meaning, encoded to its frames
  * byte for byte, invalid ones refused with their error and echoed id) and client.json (the
- * stream and early-failure scenarios), against this client's pure parts.
+ * stream and early-failure scenarios, a call's deadline, the refusals resent), against this
+ * client's pure parts.
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -9,11 +10,11 @@ import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { ActorLink, CallPlan } from "../src/calls.js";
+import { ActorLink, CallPlan, callTimeout, opsOfInfo } from "../src/calls.js";
 import * as env from "../src/envelope.js";
-import { BY_CODE, DecodeError, KINDS, fromWire, toWire as errorToWire, type WireError } from "../src/errors.js";
+import { BY_CODE, DecodeError, KINDS, fromWire, toWire as errorToWire, type WireError, wireError } from "../src/errors.js";
 import { Float64, decode, type Value } from "../src/msgpack.js";
-import { Backoff, CircuitBreaker, MATRIX } from "../src/recovery.js";
+import { Backoff, CircuitBreaker, MATRIX, maxRetriesFor } from "../src/recovery.js";
 import { StreamTracker, type StreamEvent } from "../src/streams.js";
 import { hex, parseVectorJson, toWire, unhex } from "./json.js";
 
@@ -208,5 +209,32 @@ for (const sc of CLIENT.calls) {
       }
       for (const id of got.keys()) assert.ok(id in step.expect, `step ${i}: call ${id} was touched`);
     });
+  });
+}
+
+for (const v of CLIENT.deadlines) {
+  test(`deadline vector ${v.name}`, () => {
+    const declared = v.ops === null ? undefined : opsOfInfo({ ops: v.ops }).timeouts.get(v.op);
+    const timeout = v.timeout ?? callTimeout(declared, v.client_timeout);
+    assert.ok(Math.abs(timeout - v.expect_s) < 1e-9, `${timeout} s, not ${v.expect_s}`);
+  });
+}
+
+for (const v of CLIENT.refusals) {
+  test(`refusal vector ${v.name}`, () => {
+    const settings = { sid: "4242-1f2e3d4c5b6a", timeout: 10, attemptTimeout: 1, backoff: new Backoff() };
+    const p = new CallPlan(1, "terminal", v.op, { session: "s1" }, v.idempotent, settings, new CircuitBreaker(), () => undefined, undefined);
+    const at = performance.now() / 1000;
+    p.start(at);
+    const err = wireError(v.error, "refused");
+    const verdict = p.onReply({ id: 1, ok: false, epoch: "aaaaaaaaaaaaaaaa", body: errorToWire(err) as Value, attachments: [] }, at);
+    const renew = verdict.kind === "resend" && verdict.renew === true;
+    const deadlineMs = p.deadlineMs;
+    if (renew) p.renew(2);
+    assert.deepStrictEqual({ resend: verdict.kind === "resend", new_id: renew, budget: maxRetriesFor(err) }, v.expect);
+    if (renew) {
+      const sent = env.decodeRequest(p.frames);
+      assert.deepStrictEqual([sent.id, sent.deadlineMs], [2, deadlineMs]); // a new id, the same deadline
+    }
   });
 }
