@@ -3,15 +3,18 @@
 An atomic fs.write answers the version it made, taken from its own temporary, not whatever
 the path holds once the directory's fsync is over; a file whose timestamps move once per
 tick (ramfs, and every file system on kernels before 6.13) is not trusted by its stat key
-within that tick; a write killed before its rename leaves a temporary that the next write
-in that directory removes; a long multibyte name gets a legal temporary name; a pseudo file
-that tells no size is read on an io worker, not on the loop.
+within that tick; a write killed before its rename leaves a temporary that a later write in
+that directory removes, and a write under way, however slow, holds its temporary's lock,
+which keeps another watcher's sweep off it; a long multibyte name gets a legal temporary
+name; a pseudo file that tells no size is read on an io worker, not on the loop, at any
+offset.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +180,91 @@ def test_leftovers_removed_are_counted_and_a_live_temporary_is_not_one(tmp_path:
     assert fs.stats()["temps_removed"] == 1
 
 
+def test_another_watchers_write_leaves_the_temporary_of_a_save_still_syncing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Watcher A's save of a big file is in its temporary's fsync (a slow disk), which keeps
+    that temporary's mtime still past a leftover's age (made so here), when watcher B,
+    another tree on the same project, writes in that directory: B leaves the temporary,
+    whose lock A holds, and A's save goes through."""
+    root = tmp_path / "root"
+    root.mkdir()
+    target = root / "big.bin"
+    target.write_bytes(b"old version")
+    a = FileService(Roots([str(root)]), FileCache(), POLICY, Later())
+    b = FileService(Roots([str(root)]), FileCache(), POLICY, Later())
+    real_fsync = os.fsync
+    b_answers: list[dict] = []
+
+    def the_other_watcher_writes_during_the_sync(fd: int) -> None:
+        real_fsync(fd)
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(".big.bin" + files.TMP_MARK) and not b_answers:
+            st = os.fstat(fd)
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns - 600 * 10**9))
+            b_answers.append(b.write(str(root / "other.txt"), b"b").unwrap())
+
+    monkeypatch.setattr(files.os, "fsync", the_other_watcher_writes_during_the_sync)
+    answer = a.write(str(target), b"the user's save").unwrap()
+    monkeypatch.undo()
+    assert len(b_answers) == 1 and answer["atomic"] is True
+    assert target.read_bytes() == b"the user's save"
+    assert b.stats()["temps_removed"] == 0
+    assert sorted(p.name for p in root.iterdir()) == ["big.bin", "other.txt"]
+
+
+LOCK_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_leftover_is_removed_once_the_process_that_held_its_lock_is_killed(
+        tmp_path: Path) -> None:
+    """A marked temporary past the leftover age whose lock a live process holds (a write
+    under way in another tree) is left; once that process is killed the lock goes with it,
+    and the next look for leftovers removes it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    tmp = leftover(root, ".big.bin.moorage-0123abcd.tmp", 600)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    fs = FileService(Roots([str(root)]), FileCache(), POLICY, Later())
+    now = [1000.0]
+    fs.clock = lambda: now[0]
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        fs.write(str(root / "a.txt"), b"a").unwrap()
+        assert tmp.exists() and fs.stats()["temps_removed"] == 0
+    finally:
+        holder.kill()
+        holder.communicate(timeout=60)
+    now[0] += 30.0
+    fs.write(str(root / "b.txt"), b"b").unwrap()
+    assert not tmp.exists() and fs.stats()["temps_removed"] == 1
+
+
+def test_a_write_looks_for_leftovers_again_once_the_last_look_there_is_30_s_old(
+        tmp_path: Path) -> None:
+    """A leftover made just after a directory was looked through, already past the leftover
+    age, stays through a write there 29 s after that look and is removed by one at 30 s."""
+    root = tmp_path / "root"
+    root.mkdir()
+    fs = FileService(Roots([str(root)]), FileCache(), POLICY, Later())
+    now = [1000.0]
+    fs.clock = lambda: now[0]
+    fs.write(str(root / "a.txt"), b"a").unwrap()  # the first write there: a look
+    left = leftover(root, ".a.txt.moorage-0123abcd.tmp", 31)
+    now[0] += 29.0
+    fs.write(str(root / "b.txt"), b"b").unwrap()
+    assert left.exists()
+    now[0] += 1.0
+    fs.write(str(root / "c.txt"), b"c").unwrap()
+    assert not left.exists() and fs.stats()["temps_removed"] == 1
+
+
 # --- names and pseudo files ----------------------------------------------------------------
 
 
@@ -195,4 +283,15 @@ def test_a_pseudo_file_that_tells_no_size_is_read_on_an_io_worker(start) -> None
     before = w.call("fs.stats")["files"]["reads_offloaded"]
     got = w.client.request("watcher", "fs.read", {"path": "/proc/self/status"})
     assert got.body["size"] == 0 and b"Pid:" in got.attachments[0]
+    assert w.call("fs.stats")["files"]["reads_offloaded"] == before + 1
+
+
+def test_a_pseudo_file_read_past_its_start_is_read_on_an_io_worker(start) -> None:  # noqa: F811
+    """At an offset the kernel makes all of a seq_file before it (/proc/kallsyms: tens of ms)
+    even for a read that finds nothing there: so it is not done on the loop."""
+    w = start(roots=[])
+    before = w.call("fs.stats")["files"]["reads_offloaded"]
+    got = w.client.request("watcher", "fs.read",
+                           {"path": "/proc/self/status", "offset": 1 << 30, "length": 1})
+    assert got.body["size"] == 0 and got.attachments[0] == b""
     assert w.call("fs.stats")["files"]["reads_offloaded"] == before + 1

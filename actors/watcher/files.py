@@ -10,9 +10,10 @@ with `file_too_large`: page them. On the loop a miss takes its bytes from the pa
 (preadv2 RWF_NOWAIT): a file not all in memory is read again on an `offload` worker, so a
 cold file on a slow disk never holds the loop.
 A FIFO, device or socket is refused (`bad_args`, naming it) before it is opened; a file that
-reports no size (procfs) and yet has contents is read to its end within `max_read` on an
-`offload` worker (making /proc/kallsyms takes tens of ms), and a file whose contents are not
-its reported size (procfs, sysfs) is never cached: its stat key does not move with them.
+reports no size (procfs) and yet has contents, or is read past its start, is read to its end
+within `max_read` on an `offload` worker (making /proc/kallsyms takes tens of ms, and a
+read at an offset makes all before it), and a file whose contents are not its reported size
+(procfs, sysfs) is never cached: its stat key does not move with them.
 The stat key moves only once per timestamp tick (cache.py): a file whose ctime is within a
 tick of the read may have changed during it unseen, so it is read twice and the two must
 agree (else torn), and it is cached `racy` (a hit reads it again before it answers).
@@ -22,20 +23,22 @@ FIFO, device or socket is refused by its stat before anything opens it, and the 
 is O_NONBLOCK (a FIFO swapped in meanwhile fails it instead of waiting for a reader). Writes
 happen under a descriptor of the parent directory (no path re-resolution between the check
 and the write). `atomic` writes a temporary file beside the target, gives it the target's
-owner, group, extended attributes and mode, fsyncs it, renames it over the target and fsyncs
-the directory, so a reader sees the old or the new file, never a mix. A target with other
-hard links, or whose owner, group or attributes the temporary cannot be given (another
-user's file), is written in place instead, and the answer says `atomic: false`: a
-replacement would split the links or hand the file to the watcher's user. A new file's mode
-is the umask's. The version answered is the one the write made, taken from its own
-descriptor: a writer that changes the file before that look (its mtime) makes it the
-temporary's, which no file has, and then nothing is cached or told as ours. `if_match` is
-the etag the caller last saw ("" = must not exist): anything else is a `conflict`, checked
-again just before the rename. Both the temporary and the target are reported to
-`on_self_write` so the watcher can tag the events they cause `origin: self`. A temporary
-left by a write killed before its rename (it has the mark and is not written to for
-TMP_MAX_AGE_NS) is removed by the next write in its directory (looked for there at most
-every SWEEP_EVERY_S), and counted (`temps_removed`).
+owner, group, extended attributes (those alone) and mode, fsyncs it, renames it over the
+target and fsyncs the directory, so a reader sees the old or the new file, never a mix. A
+target with other hard links, or whose owner, group or attributes the temporary cannot be
+given (another user's file), is written in place instead and fsynced, and the answer says
+`atomic: false`: a replacement would split the links or hand the file to the watcher's
+user. A new file's mode is the umask's. The version answered is the one the write made,
+taken from its own descriptor: a writer that changes the file before that look (its mtime)
+makes it the temporary's, which no file has, and then nothing is cached or told as ours.
+`if_match` is the etag the caller last saw ("" = must not exist): anything else is a
+`conflict`, checked again just before the rename. Both the temporary and the target are
+reported to `on_self_write` so the watcher can tag the events they cause `origin: self`. A
+write holds a lock on its temporary until it is closed. A temporary left by a write killed
+before its rename (it has the mark, is not written to for TMP_MAX_AGE_NS and no writer holds
+its lock) is removed by a write in its directory that comes SWEEP_EVERY_S or more after the
+last look for leftovers there (the first write there since this process started is one),
+and counted (`temps_removed`).
 
 A path on a slow file system (`slow`: NFS, SMB, FUSE and their kin, mounts.MountTable) may
 not answer at all: every op on one runs wholly on the `remote` workers, its resolution
@@ -44,13 +47,15 @@ mount then holds those workers and its own calls (busy when they are all taken),
 loop or the other files.
 
 Seams for tests (replaced in-process, no sockets needed): `reader(real, offset, length,
-wait=True)`, `stat(path)` and `now_ns()` (the wall clock the racy rule compares ctimes with);
-`schedule(delay, fn)` is the loop's `call_later`.
+wait=True)`, `stat(path)`, `now_ns()` (the wall clock the racy rule compares ctimes with) and
+`clock()` (the monotonic one that spaces the looks for leftovers); `schedule(delay, fn)` is
+the loop's `call_later`.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -144,12 +149,16 @@ TMP_NAME_BYTES = 200
 """The most of a file's name its temporary keeps, in bytes (a name is at most 255 of them)."""
 _LEFTOVER = re.compile(r"\..*" + re.escape(TMP_MARK) + r"[0-9a-f]{8}\.tmp", re.S)
 TMP_MAX_AGE_NS = 30 * 10**9
-"""A temporary with the mark not written to for this long is a leftover (a write killed
-between making it and its rename), not another watcher's write under way. (An unnamed one,
-O_TMPFILE, would leave nothing, but inotify reports its writes under a name, "#<inode>",
-that no file has.)"""
-SWEEP_EVERY_S = 60.0
-"""How often a directory written to is looked through for leftovers."""
+"""A temporary with the mark not written to for this long, whose lock no writer holds, is a
+leftover (a write killed between making it and its rename). The lock tells another
+watcher's write under way, whose fsync of a big file to a slow disk may keep its mtime still
+for longer; the age covers a file system without locks. (An unnamed one, O_TMPFILE, would
+leave nothing, but inotify reports its writes under a name, "#<inode>", that no file has.)"""
+SWEEP_EVERY_S = TMP_MAX_AGE_NS / 1e9
+"""A write looks through its directory for leftovers when that was last done this long ago
+or more (or never, by this process): so a leftover is removed by the first write there once
+it is TMP_MAX_AGE_NS old and the last look there SWEEP_EVERY_S old, which is any write once
+the leftover is as old as the two together (60 s)."""
 
 
 def _tmp_name(name: str) -> str:
@@ -185,46 +194,100 @@ def _conflict(path: str, have: str, if_match: str) -> MoorageError:
 
 
 def _sweep(dfd: int, live: frozenset[str]) -> int:
-    """Remove the leftover temporaries in the directory `dfd` (the mark, a regular file, not
-    written to for TMP_MAX_AGE_NS) but `live`, the watcher's writes under way; how many.
-    A leftover that cannot be removed is logged and left: the write goes on."""
+    """Remove the leftover temporaries in the directory `dfd` (`_remove_leftover`) but `live`, the
+    watcher's writes under way; how many. A leftover that cannot be removed is logged and
+    left: the write goes on."""
     removed = 0
     now = time.time_ns()
     try:
         with os.scandir(dfd) as entries:
-            for e in entries:
-                if e.name in live or not _LEFTOVER.fullmatch(e.name):
-                    continue
-                try:
-                    st = e.stat(follow_symlinks=False)
-                    if stat_mod.S_ISREG(st.st_mode) and now - st.st_mtime_ns > TMP_MAX_AGE_NS:
-                        os.unlink(e.name, dir_fd=dfd)
-                        removed += 1
-                except FileNotFoundError:
-                    continue  # (gone meanwhile)
+            names = [e.name for e in entries
+                     if e.name not in live and _LEFTOVER.fullmatch(e.name)]
     except OSError as exc:
-        logger.warning("watcher: leftover temporaries not removed: {}", exc)
+        logger.warning("watcher: leftover temporaries not looked for: {}", exc)
+        return 0
+    for name in names:
+        try:
+            if _remove_leftover(dfd, name, now):
+                removed += 1
+        except FileNotFoundError:
+            continue  # (renamed by its writer, or removed by another sweep, meanwhile)
+        except OSError as exc:
+            logger.warning("watcher: leftover temporary {} not removed: {}", name, exc)
     return removed
 
 
+def _remove_leftover(dfd: int, name: str, now_ns: int) -> bool:
+    """Remove `name` if it is a leftover: a regular file not written to for TMP_MAX_AGE_NS
+    whose lock it can take (a write under way holds its temporary's from its making to its
+    close, `_open_tmp`, in whatever process; a killed writer's went with it). One this user
+    may not open cannot be told from a live write: it is left to its owner's watcher."""
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if not stat_mod.S_ISREG(st.st_mode) or now_ns - st.st_mtime_ns <= TMP_MAX_AGE_NS:
+        return False
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     dir_fd=dfd)
+    except PermissionError:
+        return False
+    try:
+        if not _lock(fd) or os.fstat(fd).st_ino != st.st_ino:
+            return False  # a write under way, or another file by that name since the stat
+        os.unlink(name, dir_fd=dfd)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive lock of the temporary `fd` without waiting: False when a writer
+    holds it. A file system without locks (ENOLCK, EOPNOTSUPP) says True: there the age
+    alone tells a leftover."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    return True
+
+
 def _open_tmp(dfd: int, tmp: str, new: bool) -> int:
-    """The temporary of an atomic write. A new file's mode is the umask's (and a default
-    ACL's), as for any file made in the directory; a copy of an existing one stays private
-    until it is given that one's."""
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                   0o666 if new else 0o600, dir_fd=dfd)
+    """The temporary of an atomic write, locked until it is closed (another watcher's sweep
+    then leaves it, however long its fsync keeps its mtime still). A new file's mode is the
+    umask's (and a default ACL's), as for any file made in the directory; a copy of an
+    existing one stays private until it is given that one's."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o666 if new else 0o600, dir_fd=dfd)
+    try:
+        _lock(fd)  # (just made, not yet old enough for a sweep to take its lock)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp, dir_fd=dfd)
+        raise
+    return fd
 
 
-def _give_back(fd: int, dfd: int, name: str, cur: os.stat_result) -> bool:
-    """Give the temporary `fd` the owner, group and extended attributes (ACLs, labels) of
-    `name`, the file it replaces; False where that cannot be done (another user's file,
-    a group this user is not in, an attribute it may not set): then it is written in place."""
+def _give_owner(fd: int, cur: os.stat_result) -> bool:
+    """Give the temporary `fd` the owner and group of `cur`, the file it replaces; False
+    where that cannot be done (another user's file, a group this user is not in): then it
+    is written in place."""
     mine = os.fstat(fd)
     if (mine.st_uid, mine.st_gid) != (cur.st_uid, cur.st_gid):
         try:
             os.fchown(fd, cur.st_uid, cur.st_gid)
         except PermissionError:
             return False
+    return True
+
+
+def _give_xattrs(fd: int, dfd: int, name: str) -> bool:
+    """Give the temporary `fd` the extended attributes (ACLs, labels, capabilities) of
+    `name`, the file it replaces, and no others: one it was made with (an access ACL from
+    the directory's default one) would change who may do what with the file. After the data
+    is written: a write drops security.capability. False where that cannot be done (an
+    attribute this user may not set or remove): then it is written in place."""
     where = f"/proc/self/fd/{dfd}/{name}"  # (xattr calls take no dir_fd)
     try:
         keys = os.listxattr(where, follow_symlinks=False)
@@ -236,6 +299,8 @@ def _give_back(fd: int, dfd: int, name: str, cur: os.stat_result) -> bool:
                 same = False
             if not same:
                 os.setxattr(fd, key, value)
+        for key in set(os.listxattr(fd)) - set(keys):
+            os.removexattr(fd, key)
     except OSError as exc:
         return exc.errno == errno.EOPNOTSUPP  # (a file system without them: none to keep)
     return True
@@ -243,21 +308,24 @@ def _give_back(fd: int, dfd: int, name: str, cur: os.stat_result) -> bool:
 
 def _replace(dfd: int, path: str, tmp: str, name: str, data: bytes,
              cur: os.stat_result | None, if_match: str | None) -> Written | None:
-    """An atomic write: a temporary given the file's owner, group, attributes and mode,
-    written, fsynced and renamed over it, then the directory fsynced. Its version is taken
-    from the temporary (an fstat after its fsync, and one after the rename, which changes
-    only its ctime): an editor that writes the new file in place before our look changes its
-    mtime, and then the version answered is the temporary's, which no file has (an if_match
-    with it is a conflict), and nothing is cached or claimed. None: it cannot be given the
-    file's owner or attributes (`_give_back`)."""
+    """An atomic write: a temporary given the file's owner and group, written, given its
+    attributes and mode, fsynced and renamed over it, then the directory fsynced. Its
+    version is taken from the temporary (an fstat after its fsync, and one after the rename,
+    which changes only its ctime): an editor that writes the new file in place before our
+    look changes its mtime, and then the version answered is the temporary's, which no file
+    has (an if_match with it is a conflict), and nothing is cached or claimed. None: it
+    cannot be given the file's owner or attributes (`_give_owner`, `_give_xattrs`)."""
     fd = _open_tmp(dfd, tmp, cur is None)
     renamed = False
     try:
-        if cur is not None and not _give_back(fd, dfd, name, cur):
+        if cur is not None and not _give_owner(fd, cur):
             return None
         _write_all(fd, data)
         if cur is not None:
-            # (after the fchown, which clears setuid and setgid: kept with the owner only)
+            if not _give_xattrs(fd, dfd, name):
+                return None
+            # (after the fchown and the write, which clear setuid and setgid: kept with the
+            # owner only)
             os.fchmod(fd, stat_mod.S_IMODE(cur.st_mode))
         os.fsync(fd)
         ours = os.fstat(fd)
@@ -297,12 +365,15 @@ def _etag_at(dfd: int, name: str) -> str:
 
 
 def _in_place(dfd: int, path: str, name: str, data: bytes, cur: os.stat_result | None,
-              if_match: str | None) -> Written:
-    """A write in place: the file keeps its inode, owner, links and attributes; no fsync.
-    Overwritten, then what is left over cut: truncating to zero first would make ext4 flush
-    the file on close (its replace-via-truncate heuristic). O_NONBLOCK: a FIFO swapped in
-    since the check fails the open instead of waiting. With an if_match, the file opened
-    must be the one checked (a new one: made by this open)."""
+              if_match: str | None, sync: bool) -> Written:
+    """A write in place: the file keeps its inode, owner, links and attributes. Overwritten,
+    then what is left over cut: truncating to zero first would make ext4 flush the file on
+    close (its replace-via-truncate heuristic). `sync`: fsynced before it is answered (an
+    atomic write that could not replace the file still promised that once answered it
+    survives a crash; what a crash during it leaves may be the new bytes over the old
+    tail). O_NONBLOCK: a FIFO swapped in since the check fails the open instead of waiting.
+    With an if_match, the file opened must be the one checked (a new one: made by this
+    open)."""
     mode = stat_mod.S_IMODE(cur.st_mode) if cur is not None else 0o666
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     if cur is None and if_match is not None:
@@ -320,6 +391,8 @@ def _in_place(dfd: int, path: str, name: str, data: bytes, cur: os.stat_result |
         _write_all(fd, data)
         if st.st_size > len(data):
             os.ftruncate(fd, len(data))
+        if sync:
+            os.fsync(fd)
         after = os.fstat(fd)
         # (a size other than ours: another writer at work meanwhile, not our version)
         return Written(after, after.st_size == len(data), atomic=False)
@@ -372,11 +445,14 @@ class FileService:
         self.reads_offloaded = 0  # reads the page cache could not answer at once
         self.temps_removed = 0  # leftover temporaries of killed writes removed (_sweep)
         self._temps: set[str] = set()  # temporaries of the writes under way
-        self._swept: dict[str, float] = {}  # directory -> when its leftovers were looked for
+        # directory -> when its leftovers were looked for (`clock`)
+        self._swept: dict[str, float] = {}
         self.remote_ops = 0  # ops on a slow file system, served on `remote`
         self.stat: Callable[[str], os.stat_result] = os.stat
         # the wall clock the racy rule compares ctimes with (cache.racy)
         self.now_ns: Callable[[], int] = time.time_ns
+        # the monotonic clock, in seconds, that spaces a directory's looks for leftovers
+        self.clock: Callable[[], float] = time.monotonic
 
     # --- reading ------------------------------------------------------------------------
 
@@ -528,8 +604,11 @@ class FileService:
         if not stat_mod.S_ISREG(st.st_mode):
             raise special_file(st.st_mode, real, "read")
         if st.st_size == 0:  # empty, or a pseudo file that tells no size (procfs)
-            if not wait and os.pread(fd, 1, offset):
-                raise WouldWait  # contents made as they are read: not on the loop
+            # Contents made as they are read are read on a worker, not on the loop: at offset
+            # 0 a 1-byte probe tells them from an empty file (a seq_file makes its first page
+            # only); past it the probe alone would make everything up to the offset.
+            if not wait and (offset > 0 or os.pread(fd, 1, 0)):
+                raise WouldWait
             data = self._read_to_eof(fd, real, offset, length)
             after = os.fstat(fd)
             if stat_key(after) != stat_key(st):
@@ -632,9 +711,9 @@ class FileService:
 
     def _sweep_due(self, parent: str) -> frozenset[str] | None:
         """The names of this watcher's live temporaries in `parent` when its leftovers are
-        to be looked for now (the first write there, then at most every SWEEP_EVERY_S), else
-        None."""
-        now = time.monotonic()
+        to be looked for now (its first write since this process started, then any write
+        SWEEP_EVERY_S or more after the last look), else None."""
+        now = self.clock()
         last = self._swept.get(parent)
         if last is not None and now - last < SWEEP_EVERY_S:
             return None
@@ -745,7 +824,7 @@ class FileService:
             if tmp is not None and (cur is None or cur.st_nlink == 1):
                 w = _replace(dfd, path, tmp, name, data, cur, if_match)
             if w is None:
-                w = _in_place(dfd, path, name, data, cur, if_match)
+                w = _in_place(dfd, path, name, data, cur, if_match, sync=tmp is not None)
             w.swept = swept
             return w
         finally:
