@@ -8,6 +8,7 @@ the actor itself runs in a real child process on real sockets, and the tests wai
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import multiprocessing
 import shutil
@@ -15,7 +16,7 @@ import struct
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +184,11 @@ class Tree:
                     p.join(5)
 
 
-@pytest.fixture
-def tree():
-    # pytest's tmp_path can exceed the 107-byte limit of an ipc:// path.
-    rundir = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
+@contextlib.contextmanager
+def forked_tree(prefix: str) -> Iterator[Tree]:
+    """A Tree in a fresh directory under /tmp (pytest's tmp_path can exceed the 107-byte
+    limit of an ipc:// path), closed and removed after."""
+    rundir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     t = Tree(rundir)
     try:
         yield t
@@ -195,6 +197,12 @@ def tree():
             t.close()
         finally:
             shutil.rmtree(rundir)
+
+
+@pytest.fixture
+def tree():
+    with forked_tree("mr-") as t:
+        yield t
 
 
 def query(tree: Tree, **args: Any) -> dict[str, Any]:

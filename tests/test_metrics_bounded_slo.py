@@ -13,8 +13,6 @@ actor, or `moorage up` with its supervisor's heartbeats), and every wait is on a
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +39,15 @@ from moorage.protocol import endpoints
 from moorage.protocol.envelope import TAG, packb
 from moorage.protocol.histogram import new_histogram
 from tests.conftest import Tree as UpTree
-from tests.test_metrics_actor import METRICS, Tree, op_entry, push_frames, query, row
+from tests.test_metrics_actor import (
+    METRICS,
+    Tree,
+    forked_tree,
+    op_entry,
+    push_frames,
+    query,
+    row,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -157,15 +163,8 @@ def test_a_time_of_0_us_is_taken_as_1():
 
 @pytest.fixture
 def tree() -> Iterator[Tree]:
-    rundir = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))  # (an ipc:// path is short)
-    t = Tree(rundir)
-    try:
+    with forked_tree("mb-") as t:
         yield t
-    finally:
-        try:
-            t.close()
-        finally:
-            shutil.rmtree(rundir)
 
 
 def _tree_rows(report: dict[str, Any], window: str) -> dict[str, dict[str, Any]]:

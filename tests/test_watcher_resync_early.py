@@ -33,15 +33,16 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def start(spawn_actor, client, data, tmp_path):
-    """A watcher on `data` whose state lives in tmp_path/state (the same for its successor)."""
+def stateful(spawn_actor: Any, client: Any, data: Path, tmp_path: Path,
+             checkpoint_s: float) -> Any:
+    """A starter of watchers on `data` whose state lives in tmp_path/state (the same for each
+    successor)."""
     state = tmp_path / "state"
 
     def go(**config: Any) -> Watcher:
         config.setdefault("roots", [str(data)])
         config.setdefault("settle_ms", 10)
-        config.setdefault("checkpoint_s", 1.0)
+        config.setdefault("checkpoint_s", checkpoint_s)
         config.setdefault("state_dir", str(state))
         proc = spawn_actor(ENTRY, "watcher", **config)
         client.hello("watcher")
@@ -49,6 +50,11 @@ def start(spawn_actor, client, data, tmp_path):
 
     go.state = state  # type: ignore[attr-defined]
     return go
+
+
+@pytest.fixture
+def start(spawn_actor, client, data, tmp_path):
+    return stateful(spawn_actor, client, data, tmp_path, checkpoint_s=1.0)
 
 
 def old_files(d: Path) -> None:

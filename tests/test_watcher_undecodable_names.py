@@ -32,8 +32,13 @@ from moorage.actors.watcher.state import State
 from moorage.actors.watcher.watches import Watches
 from moorage.actors.watcher.workers import Workers
 from moorage.protocol.envelope import Packed
-from tests.test_watcher import ENTRY, Watcher
-from tests.test_watcher_resync_early import EXACT, die_behind_its_back, old_files, restart_diff
+from tests.test_watcher_resync_early import (
+    EXACT,
+    die_behind_its_back,
+    old_files,
+    restart_diff,
+    stateful,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -226,19 +231,7 @@ def test_a_resync_whose_publish_fails_leaves_the_told_state_and_the_clock_as_the
 
 @pytest.fixture
 def start(spawn_actor, client, data, tmp_path):
-    """A watcher on `data` whose state lives in tmp_path/state (the same for its successor)."""
-    state = tmp_path / "state"
-
-    def go(**config: Any) -> Watcher:
-        config.setdefault("roots", [str(data)])
-        config.setdefault("settle_ms", 10)
-        config.setdefault("checkpoint_s", 0.2)
-        config.setdefault("state_dir", str(state))
-        proc = spawn_actor(ENTRY, "watcher", **config)
-        client.hello("watcher")
-        return Watcher(proc, client, data)
-
-    return go
+    return stateful(spawn_actor, client, data, tmp_path, checkpoint_s=0.2)
 
 
 def make(path: Path, name: bytes, data: bytes = b"x") -> bytes:
