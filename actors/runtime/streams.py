@@ -5,7 +5,9 @@ topic's retention (by count and bytes) before it is sent, and `replay` serves wh
 subscriber missed. What fell out of retention is reported as lost, with the range, never
 skipped silently. A publisher made with `nodrop` turns a full subscriber into backpressure
 instead: messages wait in `backlog` (the owner can stop producing while it is non-empty) and
-go out in order once the socket is writable.
+go out in order once the socket is writable. A send that fails outright (the socket closed,
+the context terminated) publishes nothing: `publish` takes the message back out of retention
+and gives its seq to the next one, so a replay never serves what its caller was told failed.
 
 Retention keeps a message as it went out, its body packed: the bytes it counts are the bytes
 it holds (a watcher's events kept as Python objects took about four times their packed size),
@@ -78,6 +80,17 @@ class Topic:
             if kept and kept[0].packed is body:
                 self.bytes -= kept.popleft().size
 
+    def take_back(self, seq: int) -> None:
+        """Undo `keep` of message `seq`, the newest, whose send failed: no subscriber got
+        it, so neither retention nor the seq may say it was published (a replay would
+        serve it, and the publisher's owner, told it failed, sends something else next).
+        The next message is `seq` again; retention stays consecutive. What `keep` let go
+        to make room for it stays gone: a replay reports it lost."""
+        if self.kept and self.kept[-1].seq == seq:
+            self.bytes -= self.kept.pop().size
+        if self.seq == seq:
+            self.seq -= 1
+
     @property
     def first_seq(self) -> int:
         """Oldest seq still retained (seq + 1 when nothing is)."""
@@ -128,7 +141,10 @@ class Publisher:
                 self.released.popitem(last=False)
 
     def publish(self, topic: str, body: Any, attachments: list[bytes] | None = None) -> int:
-        """Retain, then send (or queue behind the backlog). Returns the message's seq."""
+        """Retain, then send (or queue behind the backlog). Returns the message's seq.
+        A send that raises (the socket closed, the context terminated: not EAGAIN, which
+        is PUB's drop or the backlog) published nothing: the message is taken back out of
+        retention, its seq is the next one's, and the error goes to the caller."""
         atts = attachments or []
         t = self.topic(topic)
         frames = encode_stream(topic, t.seq + 1, self.epoch, body, atts)
@@ -136,7 +152,11 @@ class Publisher:
         if self.backlog:
             self.backlog.append(frames)
             return seq
-        self._send(frames)
+        try:  # (free unless it raises: the common path costs what it did)
+            self._send(frames)
+        except Exception:
+            t.take_back(seq)
+            raise
         return seq
 
     def _send(self, frames: list[bytes]) -> bool:

@@ -125,8 +125,8 @@ from moorage.actors.watcher.retry import FS_ERRORS, Pending, RetryPolicy
 from moorage.actors.watcher.snapshot import Index, wire_fields
 from moorage.actors.watcher.statahead import StatAhead
 from moorage.actors.watcher.state import State, tree_identity
-from moorage.actors.watcher.watch_ops import WatchOps
-from moorage.actors.watcher.watches import Watches
+from moorage.actors.watcher.watch_ops import PATH_ITEM, WatchOps
+from moorage.actors.watcher.watches import Watches, wire_paths
 from moorage.actors.watcher.workers import Job, Workers
 from moorage.protocol.envelope import Packed
 from moorage.protocol.errors import Category, MoorageError, fail
@@ -140,8 +140,8 @@ ENTRY = {"name": str, "type": Literal["file", "dir", "symlink", "other"], "size"
          "mtime_ns": int, "name_bytes?": bytes}  # fs.list: a name relative to `path`, its lstat
 # (`path_bytes`, `name_bytes`: the exact bytes of a path or name that is not valid UTF-8,
 # whose str field is then only readable: snapshot.wire_fields)
-WATCH = Named("watch", {"id": str, "path": str, "recursive": bool,
-                        "exclude": list[str]})  # Watch.spec
+WATCH = Named("watch", {"id": str, "path": str, "path_bytes?": bytes, "recursive": bool,
+                        "exclude": list[str]})  # Watch.wire_spec
 
 
 class WatcherActor(Actor):
@@ -364,7 +364,8 @@ class WatcherActor(Actor):
     # --- stats -----------------------------------------------------------------------------
 
     @op("fs.stats", idempotent=True, result={
-        "mode": str, "fallback": str | None, "roots": list[str], "max_user_watches": int | None,
+        "mode": str, "fallback": str | None, "roots": list[PATH_ITEM],
+        "max_user_watches": int | None,
         "watches": list[WATCH], "index_entries": int, "syncs_answered": int,
         "watches_placing": int, "watch_joins": int, "health": {"ok": int, "failed": int},
         "resyncs": {"count": int, "by_reason": dict[str, int], "last": dict[str, Any] | None,
@@ -394,11 +395,11 @@ class WatcherActor(Actor):
         return {
             "mode": self._mode(),
             "fallback": self.fallback,
-            "roots": list(self.roots.roots),
+            "roots": wire_paths(self.roots.roots),
             "cache": self.fcache.stats(),
             "observer": self.obs.stats() if self.obs is not None else None,
             "max_user_watches": _read_int("/proc/sys/fs/inotify/max_user_watches"),
-            "watches": [w.spec() for w in self.watches],
+            "watches": [w.wire_spec() for w in self.watches],
             "index_entries": len(self.index),
             "journal": self.journal.stats(),
             "pipeline": self.pipeline.stats(),

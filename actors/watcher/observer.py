@@ -59,6 +59,8 @@ from moorage.actors.watcher.guarded import (
     base_walk,
     guarded_emitter,
 )
+from moorage.actors.watcher.snapshot import path_bytes, sendable, wire_fields
+from moorage.actors.watcher.watches import wire_paths
 
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent,
@@ -97,6 +99,27 @@ class Root:
     # how it is placed, whenever it is ("polling" once inotify had no room for it: a root
     # found missing and back must not go back to inotify, to hit the limit again)
     target: str | None = None
+
+
+def wire_roots(roots: dict[str, Root]) -> dict[str, dict[str, Any]]:
+    """fs.stats' map of the roots, path -> {recursive, via}, as an answer holds it: a path
+    that is not valid UTF-8 keys its entry readable, and the entry has the exact bytes
+    (`path`, `path_bytes`: snapshot.wire_fields). Two roots whose readable forms are one
+    (they differ only in such bytes, or one is a name with a real U+FFFD) keep both
+    entries: the plain one keeps its key, the other is keyed by its bytes escaped (`\\xfe`)."""
+    out: dict[str, dict[str, Any]] = {}
+    odd: list[tuple[str, Root]] = []
+    for p, r in roots.items():
+        if sendable(p):
+            out[p] = {"recursive": r.recursive, "via": r.via}
+        else:
+            odd.append((p, r))
+    for p, r in odd:  # (after the plain ones: none of them loses its key)
+        entry: dict[str, Any] = {"recursive": r.recursive, "via": r.via, "path": p}
+        wire_fields(entry, ("path",))
+        key = entry["path"]
+        out[key if key not in out else path_bytes(p).decode("utf-8", "backslashreplace")] = entry
+    return out
 
 
 class _Stale(Exception):
@@ -523,9 +546,10 @@ class ObserverManager:
     def stats(self) -> dict[str, Any]:
         return {
             "mode": self.mode, "guarded": GUARDED,
-            "roots": {p: {"recursive": r.recursive, "via": r.via} for p, r in self.roots.items()},
-            "polled_subtrees": sorted(self.polled),
-            "polled_placing": sorted(p for p, r in self.polled.items() if r.via == "placing"),
+            "roots": wire_roots(self.roots),
+            "polled_subtrees": wire_paths(sorted(self.polled)),
+            "polled_placing": wire_paths(sorted(p for p, r in self.polled.items()
+                                                if r.via == "placing")),
             "raw_events": self.raw_events, "buffer_max": self.buffer_max,
             "buffer_peak": self.peak, "dropped_to_resync": self.dropped,
             "recreated": self.recreated, "inotify_watches": self.inotify_watches(),

@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from moorage.actors.runtime import DEFERRED, Call, op
-from moorage.actors.runtime.shapes import Named
+from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import Sync
 from moorage.actors.watcher.journal import Clock
 from moorage.actors.watcher.mounts import pseudo_refusal
 from moorage.actors.watcher.observer import ObserverManager, Placement
 from moorage.actors.watcher.retry import FS_ERRORS, os_error
-from moorage.actors.watcher.snapshot import Index, Stat, wire_fields
-from moorage.actors.watcher.watches import Watch
+from moorage.actors.watcher.snapshot import Index, Stat
+from moorage.actors.watcher.watches import Watch, wire_paths
 from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
@@ -52,6 +52,9 @@ CLOCK = tuple[str, int, int]  # [instance, epoch, seq] (journal.Clock)
 # warning...) its reason.
 FS_EVENT = Named("fs_event", {"kind": str, "clock": CLOCK, ...: Any})
 WATCH_ERRORS = ("resource_exhausted",)  # watching is off (the cache_only fallback)
+# A path in a list of paths (fs.sync's unsynced roots, fs.stats' roots...): a str, or one
+# that is not valid UTF-8 as {path: readable, path_bytes: exact} (watches.wire_paths).
+PATH_ITEM = OneOf(str, {"path": str, "path_bytes": bytes})
 
 
 class WatchOps:
@@ -133,11 +136,9 @@ class WatchOps:
 
     def _answer(self, obs: ObserverManager, w: Watch) -> dict[str, Any]:
         root = obs.roots.get(obs.root_of(w.path) or "")
-        spec = w.spec()
-        out = {"watch": spec.pop("id"), **spec, "via": root.via if root else "missing",
-               "clock": self.w.journal.clock().to_wire()}
-        wire_fields(out, ("path",))  # (a real path that is not valid UTF-8: snapshot.py)
-        return out
+        spec = w.wire_spec()  # (a real path that is not valid UTF-8: snapshot.wire_fields)
+        return {"watch": spec.pop("id"), **spec, "via": root.via if root else "missing",
+                "clock": self.w.journal.clock().to_wire()}
 
     def _place(self, obs: ObserverManager, path: str, real: str, recursive: bool,
                excl: tuple[str, ...]) -> Job:
@@ -319,7 +320,7 @@ class WatchOps:
         return self.w.journal.since(Clock.from_wire(clock), min(max, 10_000))
 
     @op("fs.sync", args={"timeout_ms": (int, 10_000)}, idempotent=True, timeout_ms=120_000,
-        result={"clock": CLOCK, "roots": int, "unsynced": list[str], "waited_ms": float},
+        result={"clock": CLOCK, "roots": int, "unsynced": list[PATH_ITEM], "waited_ms": float},
         errors=WATCH_ERRORS)
     def _op_sync(self, call: Call, timeout_ms: int) -> Any:
         """Answer once every change made before this call has been published."""
@@ -343,14 +344,14 @@ class WatchOps:
         def done(s: Sync) -> None:
             self.syncs_answered += 1
             call.reply({"clock": self.w.journal.clock().to_wire(), "roots": len(s.cookies),
-                        "unsynced": unsynced,
+                        "unsynced": wire_paths(unsynced),
                         "waited_ms": round((time.monotonic() - s.started) * 1000, 3)})
 
         s, unsynced = self.w.driving.start_sync(done)
         if s is None:
             self.w.pipeline.flush()
             return {"clock": self.w.journal.clock().to_wire(), "roots": 0,
-                    "unsynced": unsynced, "waited_ms": 0.0}
+                    "unsynced": wire_paths(unsynced), "waited_ms": 0.0}
 
         def expire() -> None:
             if not s.finished:

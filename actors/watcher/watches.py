@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+from moorage.actors.watcher.snapshot import sendable, wire_fields
 from moorage.protocol.errors import MoorageError, fail
 
 MAX_PATTERNS = 64
@@ -75,8 +77,31 @@ class Watch:
         return not (self.exclude and self.excluded(rel))
 
     def spec(self) -> dict[str, Any]:
+        """The watch as the state file keeps it (its path exactly: snapshot.PATHS)."""
         return {"id": self.id, "path": self.path, "recursive": self.recursive,
                 "exclude": list(self.exclude)}
+
+    def wire_spec(self) -> dict[str, Any]:
+        """The watch as an answer holds it: `spec` with a path that is not valid UTF-8
+        readable, and exact in `path_bytes` (snapshot.wire_fields)."""
+        spec = self.spec()
+        wire_fields(spec, ("path",))
+        return spec
+
+
+def wire_paths(paths: Iterable[str]) -> list[str | dict[str, Any]]:
+    """A list of paths (roots, polled subtrees, unsynced roots) as an answer holds it: each
+    that is not valid UTF-8 is the map {path, path_bytes} among the plain paths, as
+    fs.query's plain names hold such a name (snapshot.wire_fields)."""
+    out: list[str | dict[str, Any]] = []
+    for p in paths:
+        if sendable(p):
+            out.append(p)
+        else:
+            d: dict[str, Any] = {"path": p}
+            wire_fields(d)
+            out.append(d)
+    return out
 
 
 class Watches:
