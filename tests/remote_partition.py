@@ -57,7 +57,7 @@ class Load:
             self.breaker_states[self.client.breaker_state("alpha").value] += 1
             started = time.monotonic()
             try:
-                self.client.call("alpha", self.op)
+                self.client.call("alpha", self.op, timeout=self.timeout)
                 self.outcomes["ok"] += 1
                 now = time.monotonic()
                 self.answered_times.append(now)

@@ -242,7 +242,9 @@ def test_a_session_closed_while_custody_is_pending_does_not_come_back_with_the_a
     assert client.call("ptykeeper", "sys.info")["custody_pending"] is True
     wait_for(lambda: client.call("ptykeeper", "pty.list")["sessions"], "the terminal's adopt")
     assert client.call("terminal", "term.close", {"session": sid}) == {"closed": sid}
-    assert client.call("ptykeeper", "pty.list")["sessions"] == []
+    # (the terminal answers once it has asked the keeper, over its own link, to close it)
+    wait_for(lambda: client.call("ptykeeper", "pty.list")["sessions"] == [],
+             "the keeper closing the session")
 
     turn_until(loop, lambda: custodian.handed >= 1)  # take (with the session), keep, drop
     wait_for(lambda: client.call("ptykeeper", "sys.info")["custody_pending"] is False,
