@@ -99,8 +99,9 @@ _time = time.time
 
 @dataclass
 class ClientOptions:
-    # Whole call, all attempts, seconds, for an op whose own timeout is not known (a call's
-    # `timeout` wins; else the op's sys.info `timeout_ms`, ClientCore.call_timeout).
+    # Whole call, all attempts, seconds, of a call given no `timeout`; an op that declares a
+    # longer one (its sys.info `timeout_ms`) gets that instead, at most MAX_OP_TIMEOUT
+    # (ClientCore.call_timeout). A call's own `timeout` is kept as given.
     timeout: float = 5.0
     attempt_timeout: float = 1.0  # one attempt of an idempotent call before it is resent
     backoff: Backoff = field(default_factory=lambda: Backoff(0.01, 2.0, 0.5, jitter=0.2))

@@ -40,7 +40,8 @@ pub struct Options {
     /// An instance name (section 2's row 1).
     pub instance: Option<String>,
     pub sid: Option<String>,
-    /// Whole call, all attempts, seconds.
+    /// Whole call, all attempts, seconds, of a call given no timeout; an op that declares a
+    /// longer one (its sys.info `timeout_ms`) gets that instead, at most 60 s (section 9).
     pub timeout: f64,
     /// One attempt of an idempotent call (or, in remote mode, of one resent pinned) before it
     /// is resent, seconds.

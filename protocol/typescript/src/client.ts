@@ -38,8 +38,8 @@ export interface ClientOptions {
   /** An instance name (section 2's row 1). */
   instance?: string;
   sid?: string;
-  /** Whole call, all attempts, seconds, of an op whose own timeout is not known (a call's
-   * `timeout` wins; else the op's sys.info `timeout_ms`, section 9). */
+  /** Whole call, all attempts, seconds, of a call given no `timeout`; an op that declares a
+   * longer one (its sys.info `timeout_ms`) gets that instead, at most 60 s (section 9). */
   timeout?: number;
   /** One attempt of an idempotent call before it is resent, seconds. */
   attemptTimeout?: number;
