@@ -1,7 +1,7 @@
 """The watcher's file service, compiled (actors/watcher/_cfile.c) and in Python.
 
 `read_cached` does in one call what `FileService.read_file` does with `wait` false for the
-common file, and `write_plain` what `_write_once` does for a write in place with no
+common file, and `write_plain` what `_write` does for a write in place with no
 if_match; each leaves everything else to Python (None): both must give the same bytes and
 the same stat, refuse the same paths the same way, and stay confined to the roots whichever
 runs. Real files, FIFOs and symlinks; reads and writes go through `FileService` with an
@@ -166,7 +166,7 @@ def test_the_compiled_write_leaves_the_file_and_stat_the_python_write_leaves(
     assert tuple(st) == tuple(now)
     assert fields(st) == fields(now)
     assert (tree / "c").read_bytes() == data
-    want = on_loop(tree)._write_once("p", str(tree), "p", data, None, None)  # (as Python)
+    want = on_loop(tree)._write("p", str(tree), "p", data, None, None, None).st  # (as Python)
     assert (tree / "p").read_bytes() == data
     assert (st.st_mode, st.st_size) == (want.st_mode, want.st_size)
 

@@ -33,6 +33,11 @@ class Exec:
     # unreported, as without integration.
     until_marked: bool = False
 
+    @property
+    def marked(self) -> bool:
+        """Does it end at its trusted D (with the integration, or `until_marked`)?"""
+        return self.mode == "integration" or self.until_marked
+
 
 def cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:
     """Without markers, the output also holds the shell's echo of the command and the next

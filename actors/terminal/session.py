@@ -406,8 +406,7 @@ class Session:
             self.state = "running"
         self.command_start = (at, time.time())
         ex = self._exec_at(at)
-        if ex is not None and ex.out_start is None and (ex.mode == "integration" or
-                                                        ex.until_marked):
+        if ex is not None and ex.out_start is None and ex.marked:
             ex.out_start = at
         if not replay:
             self._start_record = {"event": "start", "command": None, "cwd": self.cwd,
@@ -458,7 +457,7 @@ class Session:
         if ex is not None and not ex.done:
             if now >= ex.deadline:
                 self._timed_out(ex)
-            elif (ex.mode == "integration" or ex.until_marked) and ex.out_start is None:
+            elif ex.marked and ex.out_start is None:
                 if self.keeper_paused:
                     # (its markers may be in what the keeper does not read while the window
                     # is full: the wait for them counts from when output flows again)

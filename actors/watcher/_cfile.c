@@ -18,7 +18,7 @@
  *
  *     write_plain(parent, name, data) -> stat_result | None
  *
- * A worker's write in place (`FileService._write_once` with no temporary file and no
+ * A worker's write in place (`FileService._write` with no temporary file and no
  * if_match) of a regular file or a new one: the directory opened without symlinks, the
  * name's lstat, the open, write, truncate and fstats, all with the GIL released once. In
  * Python each of those ten calls let the GIL go and took it back, and every take waited for
@@ -191,7 +191,7 @@ fail:
 
 PyDoc_STRVAR(write_plain_doc,
 "write_plain(parent, name, data) -> stat_result | None\n\n"
-"FileService._write_once's write in place of a regular (or new) file, in one call with\n"
+"FileService._write's write in place of a regular (or new) file, in one call with\n"
 "the GIL released once (see the module).");
 
 static PyObject *

@@ -451,6 +451,7 @@ class FileService:
         self.stat: Callable[[str], os.stat_result] = os.stat
         # the wall clock the racy rule compares ctimes with (cache.racy)
         self.now_ns: Callable[[], int] = time.time_ns
+        self._confirm_racy = self._confirm  # (bound once: a cache hit passes it every time)
         # the monotonic clock, in seconds, that spaces a directory's looks for leftovers
         self.clock: Callable[[], float] = time.monotonic
 
@@ -471,7 +472,7 @@ class FileService:
         """The fast path: an answer from the cache, or None. A read of the whole file (the
         common one) answers the entry's body as packed by its first hit."""
         absolute = path if path[:1] == "/" else self.roots.absolute(path)
-        e = self.cache.hit(absolute, self._confirm)
+        e = self.cache.hit(absolute, self._confirm_racy)
         if e is None:
             return None
         data = e.data
@@ -783,11 +784,6 @@ class FileService:
             return {"path": real, "stat": info, "bytes": len(data), "atomic": w.atomic}
 
         return self.remote(blocking, finish)  # type: ignore[misc]
-
-    def _write_once(self, path: str, parent: str, name: str, data: bytes, tmp: str | None,
-                    if_match: str | None) -> os.stat_result:
-        """The version one write leaves (`_write` with no sweep)."""
-        return self._write(path, parent, name, data, tmp, if_match, None).st
 
     def _write(self, path: str, parent: str, name: str, data: bytes, tmp: str | None,
                if_match: str | None, live: frozenset[str] | None) -> Written:

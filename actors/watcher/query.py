@@ -51,11 +51,9 @@ from moorage.actors.watcher.journal import Clock
 from moorage.actors.watcher.snapshot import (
     UNKNOWN,
     Stat,
-    all_sendable,
     file_format,
-    sendable,
     stat_fields,
-    wire_fields,
+    wire_items,
 )
 from moorage.protocol.errors import fail
 
@@ -280,22 +278,6 @@ FILE = {"name?": str, "exists?": bool, "type?": Literal[TYPES], "size?": int | N
         "mtime_ns?": int | None, "ino?": int | None, "name_bytes?": bytes}
 
 
-def wire_names(files: list[Any]) -> int:
-    """A page's files in the wire's form, in place (module doc); returns how many names
-    were not valid UTF-8."""
-    names = [f if type(f) is str else f.get("name", "") for f in files]
-    if all_sendable(names):
-        return 0
-    changed = 0
-    for i, f in enumerate(files):
-        if type(f) is not str:
-            changed += wire_fields(f, ("name",))
-        elif not sendable(f):
-            files[i] = d = {"name": f}
-            changed += wire_fields(d)
-    return changed
-
-
 class QueryOps:
     """fs.query over the watcher's index (`WatcherHost`), with its open cursors."""
 
@@ -305,7 +287,7 @@ class QueryOps:
         self.queries = 0
         self.pages = 0
         self.expired = 0
-        self.undecodable = 0  # names answered with their bytes beside them (wire_names)
+        self.undecodable = 0  # names answered with their bytes beside them (wire_items)
 
     @op("fs.query", args={"path": (str, None), "glob": ((str, list), None),
                           "suffix": ((str, list), None), "type": ((str, list), None),
@@ -382,7 +364,7 @@ class QueryOps:
 
     def _answer(self, q: Query, files: list[Any]) -> dict[str, Any]:
         self.pages += 1
-        self.undecodable += wire_names(files)
+        self.undecodable += wire_items(files, "name")
         cursor = None
         if not q.done:
             while len(self.cursors) >= MAX_CURSORS:

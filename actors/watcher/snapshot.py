@@ -121,6 +121,24 @@ def wire_fields(d: dict[str, Any], keys: Iterable[str] | None = None) -> int:
     return changed
 
 
+def wire_items(items: list[Any], key: str) -> int:
+    """A list of names or paths (plain str, or maps naming one under `key`) in the wire's
+    form, in place: a str that is not valid UTF-8 becomes the map {key, key_bytes} among
+    the plain ones, a map's `key` as `wire_fields` makes it. Returns how many it changed;
+    one pass over the names tells whether any is such (a list without pays nothing more)."""
+    names = [i if type(i) is str else i.get(key, "") for i in items]
+    if all_sendable(names):
+        return 0
+    changed = 0
+    for n, item in enumerate(items):
+        if type(item) is not str:
+            changed += wire_fields(item, (key,))
+        elif not sendable(item):
+            items[n] = d = {key: item}
+            changed += wire_fields(d)
+    return changed
+
+
 def all_sendable(names: list[str]) -> bool:
     """Are all of `names` valid UTF-8? One C-speed pass over a page's names, so that only a
     page holding one that is not pays for looking at each (`wire_fields`)."""

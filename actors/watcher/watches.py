@@ -19,7 +19,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from moorage.actors.watcher.snapshot import sendable, wire_fields
+from moorage.actors.watcher.snapshot import wire_fields, wire_items
 from moorage.protocol.errors import MoorageError, fail
 
 MAX_PATTERNS = 64
@@ -92,15 +92,9 @@ class Watch:
 def wire_paths(paths: Iterable[str]) -> list[str | dict[str, Any]]:
     """A list of paths (roots, polled subtrees, unsynced roots) as an answer holds it: each
     that is not valid UTF-8 is the map {path, path_bytes} among the plain paths, as
-    fs.query's plain names hold such a name (snapshot.wire_fields)."""
-    out: list[str | dict[str, Any]] = []
-    for p in paths:
-        if sendable(p):
-            out.append(p)
-        else:
-            d: dict[str, Any] = {"path": p}
-            wire_fields(d)
-            out.append(d)
+    fs.query's plain names hold such a name (snapshot.wire_items)."""
+    out: list[Any] = list(paths)
+    wire_items(out, "path")
     return out
 
 
