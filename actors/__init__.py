@@ -10,3 +10,7 @@ package per actor (its process in `actor.py`, its parts beside it).
   terminal   sessions and term.exec with shell integration; keeper/ is the pty keeper process
              that owns the shells (posix_spawn, no fork) and their unacknowledged output
 """
+
+from moorage.actors.runtime import loguru_lean
+
+loguru_lean.install()  # before any module here imports loguru: see loguru_lean

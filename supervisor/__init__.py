@@ -10,3 +10,7 @@
   sdnotify    READY/WATCHDOG/STOPPING for systemd
   cli         `moorage up|down|status|restart|kill|call|events|logs|metrics`
 """
+
+from moorage.actors.runtime import loguru_lean
+
+loguru_lean.install()  # before any module here imports loguru: see loguru_lean
