@@ -32,16 +32,20 @@ __moorage_loaded=1
 __moorage_nonce="${MOORAGE_NONCE-}"
 builtin unset MOORAGE_NONCE
 
+# A start-up file's status is not a command's: bash ignores it when it reads the file itself.
+# Hence `!`, or a file that turns errexit on (`set -e`) and ends on a test that failed
+# (`[ -f x ] && . x`) would end the shell here. Unlike `|| :`, `!` leaves errexit in force
+# within the file: a command in it that fails ends the shell, as without us.
 if [ "${MOORAGE_SHELL_LOGIN-}" = 1 ]; then
     builtin unset MOORAGE_SHELL_LOGIN
-    [ -r /etc/profile ] && builtin . /etc/profile
+    [ -r /etc/profile ] && { ! builtin . /etc/profile; }
     for __moorage_f in ~/.bash_profile ~/.bash_login ~/.profile; do
-        if [ -r "$__moorage_f" ]; then builtin . "$__moorage_f"; break; fi
+        if [ -r "$__moorage_f" ]; then ! builtin . "$__moorage_f"; break; fi
     done
     builtin unset __moorage_f
 else
-    [ -r /etc/bash.bashrc ] && builtin . /etc/bash.bashrc
-    [ -r ~/.bashrc ] && builtin . ~/.bashrc
+    [ -r /etc/bash.bashrc ] && { ! builtin . /etc/bash.bashrc; }
+    [ -r ~/.bashrc ] && { ! builtin . ~/.bashrc; }
 fi
 
 # No nonce, no integration: the user's files are read, nothing else changes.
@@ -76,6 +80,9 @@ __moorage_escape() {
     __moorage_esc="$s"
 }
 
+# `$?` set to $1 for a user's hook, as `__moorage_status "$s" && :`: a command that fails
+# before a `&&` is one errexit (`set -e`) lets pass, so a failed command the shell survived
+# does not end it here, and the hook sees its status all the same.
 __moorage_status() { builtin return "${1-0}"; }
 
 __moorage_user_pc=()  # the user's PROMPT_COMMAND (below; bash-preexec keeps its own)
@@ -101,21 +108,23 @@ __moorage_precmd() {
     if ((${#__moorage_user_pc[@]})); then
         __moorage_state=precmd
         for __moorage_c in "${__moorage_user_pc[@]}"; do
-            __moorage_status "$status"
+            __moorage_status "$status" && :
             builtin eval "$__moorage_c"
         done
     fi
     # (two tests in one: the markers are still where we put them, the common case)
-    [[ $PS1 == *"633;B;$__moorage_nonce"* && ${PS0-} == *__moorage_cm* &&
+    [[ ${PS1-} == *"633;B;$__moorage_nonce"* && ${PS0-} == *__moorage_cm* &&
        ${PS2-} == *"133;A;k=s;$__moorage_nonce"* ]] || __moorage_wrap_ps1
     __moorage_state=prompt
-    builtin return "$status"
+    # 0, not `$status`: bash gives the prompt back the `$?` it had before PROMPT_COMMAND,
+    # and under errexit a PROMPT_COMMAND that fails ends the shell.
+    builtin return 0
 }
 
 __moorage_wrap_ps1() {
     # Themes that rebuild PS1 (or PS0) in PROMPT_COMMAND drop our markers: put them back.
-    if [[ $PS1 != *"633;B;$__moorage_nonce"* ]]; then
-        PS1="\[\e]633;A;$__moorage_nonce\a\]$PS1\[\e]633;B;$__moorage_nonce\a\]"
+    if [[ ${PS1-} != *"633;B;$__moorage_nonce"* ]]; then
+        PS1="\[\e]633;A;$__moorage_nonce\a\]${PS1-}\[\e]633;B;$__moorage_nonce\a\]"
     fi
     if [[ ${PS0-} != *__moorage_cm* ]]; then
         PS0="$__moorage_ps0${PS0-}"
@@ -174,7 +183,8 @@ __moorage_debug='if [[ $__moorage_running$__moorage_e_sent == 10 && -z ${COMP_LI
 if [ -n "$__moorage_user_trap" ]; then
     # the user's trap sees `$?` as the last command left it
     builtin trap "__moorage_trap_status=\$?; $__moorage_debug
-        __moorage_status \"\$__moorage_trap_status\"; builtin eval -- \"\$__moorage_user_trap\"" DEBUG
+        __moorage_status \"\$__moorage_trap_status\" && :
+        builtin eval -- \"\$__moorage_user_trap\"" DEBUG
 else
     builtin trap "$__moorage_debug" DEBUG
 fi

@@ -45,7 +45,9 @@ __moorage_precmd() {
       "$__moorage_pwd_esc" "$__moorage_nonce" "$__moorage_nonce"
   fi
   __moorage_state=prompt
-  return $ret
+  # 0, not $ret: zsh gives each precmd function, and the prompt, the `$?` the command left,
+  # and under ERR_EXIT a hook that fails ends the shell.
+  return 0
 }
 
 __moorage_preexec() {
@@ -56,16 +58,19 @@ __moorage_preexec() {
 }
 
 __moorage_wrap_prompt() {
-  if [[ $PS1 != *"633;B;$__moorage_nonce"* ]]; then
-    PS1=$'%{\e]633;A;'$__moorage_nonce$'\a%}'$PS1$'%{\e]633;B;'$__moorage_nonce$'\a%}'
+  # (`${PS1-}`: a user may unset a prompt, and NO_UNSET makes reading it an error)
+  if [[ ${PS1-} != *"633;B;$__moorage_nonce"* ]]; then
+    PS1=$'%{\e]633;A;'$__moorage_nonce$'\a%}'${PS1-}$'%{\e]633;B;'$__moorage_nonce$'\a%}'
   fi
   # a continuation prompt (OSC 133 A, k=s): the line read was not a whole command
-  if [[ $PS2 != *"133;A;k=s;$__moorage_nonce"* ]]; then
-    PS2=$'%{\e]133;A;k=s;'$__moorage_nonce$'\a%}'$PS2
+  if [[ ${PS2-} != *"133;A;k=s;$__moorage_nonce"* ]]; then
+    PS2=$'%{\e]133;A;k=s;'$__moorage_nonce$'\a%}'${PS2-}
   fi
 }
 
-# ours first (D before the user's precmd output), the prompt wrap last
-precmd_functions=(__moorage_precmd $precmd_functions __moorage_wrap_prompt)
-preexec_functions=(__moorage_preexec $preexec_functions)
+# ours first (D before the user's precmd output), the prompt wrap last; `${name[@]-}`: a user
+# with no hooks has no such arrays, which NO_UNSET would not let us read (the empty word the
+# `-` gives is dropped, unquoted)
+precmd_functions=(__moorage_precmd ${precmd_functions[@]-} __moorage_wrap_prompt)
+preexec_functions=(__moorage_preexec ${preexec_functions[@]-})
 __moorage_wrap_prompt
