@@ -143,6 +143,20 @@ def test_an_rc_with_errexit_that_ends_on_a_failed_test_starts_with_integration(s
     assert (r["exit_code"], r["output"]) == (0, "alive")
 
 
+def test_a_user_debug_trap_that_prints_under_extdebug_is_kept_as_it_is(start):
+    """Under extdebug a command substitution inherits the DEBUG trap: reading the user's trap
+    must not take what it prints for its text."""
+    sh = start("bash", "shopt -s extdebug\ntrap 'echo \"dbg:$?\"' DEBUG\n")
+    assert sh.created["mode"] == "integration"
+    r = sh.exec("(exit 2)")
+    assert (r["exit_code"], r["mode"]) == (2, "integration")
+    r = sh.exec("echo hi")
+    assert r["exit_code"] == 0 and "hi" in r["output"].splitlines(), r
+    assert "dbg:" in r["output"] and "not found" not in r["output"], r
+    assert b"command not found" not in sh.scrollback()
+    assert sh.exec("[[ $- == *T* ]]")["exit_code"] == 0  # (function tracing on again)
+
+
 def test_an_rc_with_errexit_stops_at_its_first_failed_command_as_without_integration(start):
     """Reading the rc must not hold errexit off within it: a command in it that fails ends
     the shell there, as bash's own reading of it does (the session then starts on the next

@@ -165,13 +165,18 @@ __moorage_user_pc=("${PROMPT_COMMAND[@]}")
 builtin unset PROMPT_COMMAND
 PROMPT_COMMAND=__moorage_precmd
 
-# The user's DEBUG trap, kept as its command text, runs after ours.
+# The user's DEBUG trap, kept as its command text, runs after ours. Read with function
+# tracing off (`shopt -s extdebug` turns it on): the command substitution would inherit the
+# trap, and what the trap prints would be read as its text.
 __moorage_user_trap=""
+__moorage_ft=""
+[[ $- == *T* ]] && { __moorage_ft=1; builtin set +T; }
 if __moorage_t="$(builtin trap -p DEBUG)" && [ -n "$__moorage_t" ]; then
     builtin eval "__moorage_t=($__moorage_t)"  # trap -- 'text' DEBUG: quoting survives
     __moorage_user_trap="${__moorage_t[2]-}"
 fi
-builtin unset __moorage_t
+[ -n "$__moorage_ft" ] && builtin set -T
+builtin unset __moorage_t __moorage_ft
 
 # The DEBUG trap also fires for PROMPT_COMMAND itself: that is not a command. The test is
 # the trap's own text, not a function's (most commands a trap sees need no E), and an `if`,
