@@ -5,14 +5,22 @@
  * os.stat_result of nineteen fields and the packed stat from six of them, and that was most
  * of its time. Here the reads and the lstats of a batch of entries run without the GIL
  * (the loop serves meanwhile: a watch's walk runs on a worker thread), then the batch's
- * paths and packed stats go into the dict with it. Only `keep` and `on_dir`, when given,
- * call back into Python.
+ * paths and packed stats go into the dict with it. Only `keep`, `on_dir` and `on_error`,
+ * when given, call back into Python.
+ *
+ * A directory is opened by its path, and one whose path is longer than the kernel takes in
+ * one call (PATH_MAX: a tree nested deep by relative mkdirs, a runaway recursive copy) a
+ * part at a time, each part relative to the directory the one before opened: the walk has
+ * no limit on depth, and one such path neither stops it nor hides what is below it.
  */
+#define _GNU_SOURCE  /* memrchr, O_PATH */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -102,12 +110,108 @@ is_true(PyObject *fn, PyObject *path)
     return t;
 }
 
+/* The directory at `path` (`len` bytes, NUL-terminated), opened with `flags`: by its path
+ * when the kernel takes it in one call, else a part of fewer than PATH_MAX bytes at a time,
+ * each ending at a slash and opened relative to the one before (O_PATH: as open(2) of the
+ * whole path, the directories on the way need only be searchable). Returns the
+ * descriptor, or -1 with errno set. No GIL is needed. */
+static int
+open_dir(const char *path, size_t len, int flags)
+{
+    if (len < PATH_MAX)
+        return open(path, flags);
+    char part[PATH_MAX];
+    int fd = AT_FDCWD;
+    size_t at = 0;
+    while (at < len) {
+        size_t n = len - at;
+        int last = n < PATH_MAX;
+        if (!last) {
+            n = PATH_MAX - 1;
+            while (n > 0 && path[at + n] != '/')
+                n--;
+        }
+        int next = -1, err = ENAMETOOLONG;  /* (n == 0: no slash within reach) */
+        if (n > 0) {
+            memcpy(part, path + at, n);
+            part[n] = 0;
+            next = openat(fd, part, last ? flags : O_PATH | O_DIRECTORY | O_CLOEXEC);
+            err = errno;
+        }
+        if (fd != AT_FDCWD)
+            close(fd);
+        if (next < 0) {
+            errno = err;
+            return -1;
+        }
+        fd = next;
+        at += n;
+        while (at < len && path[at] == '/')
+            at++;
+    }
+    return fd;
+}
+
+/* lstat(2) of `path` (`len` bytes), also of one PATH_MAX bytes or longer: its directory
+ * opened by open_dir, its name lstat'ed relative to that (the pipeline's stat of a change
+ * the walk would find past the limit agrees with the walk's). No GIL is needed. */
+static int
+lstat_any(const char *path, size_t len, struct stat *st)
+{
+    if (len < PATH_MAX)
+        return lstat(path, st);
+    const char *slash = memrchr(path, '/', len);
+    size_t dlen = slash == NULL ? 0 : (size_t)(slash - path);
+    if (dlen == 0 || dlen + 1 == len) {  /* (no directory, or no name, to split it into) */
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    char *dir = malloc(dlen + 1);
+    if (dir == NULL)
+        return -1;
+    memcpy(dir, path, dlen);
+    dir[dlen] = 0;
+    int fd = open_dir(dir, dlen, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    if (fd < 0)
+        return -1;
+    int rc = fstatat(fd, slash + 1, st, AT_SYMLINK_NOFOLLOW);
+    int err = errno;
+    close(fd);
+    errno = err;
+    return rc;
+}
+
+/* What the walk could not read (a directory, or an entry's lstat), as OSError(err, path):
+ * given `on_error`, it hears of it and the walk goes on (all of a resync's roots are walked
+ * at once, and one subtree must not sink every one of them); without, it is raised.
+ * Returns 0, or -1 with an exception set. */
+static int
+unread(PyObject *on_error, PyObject *path, int err)
+{
+    if (on_error == Py_None) {
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        return -1;
+    }
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "isO", err, strerror(err), path);
+    if (exc == NULL)
+        return -1;
+    PyObject *r = PyObject_CallFunctionObjArgs(on_error, path, exc, NULL);
+    Py_DECREF(exc);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* One directory: its entries into `out`, the directories to walk next onto `stack`.
  * Returns 0, or -1 with an exception set. A directory that is gone, not one any more or
- * unreadable is skipped (its parent's diff says so), as os.scandir's errors are in Python. */
+ * unreadable is skipped (its parent's diff says so), as os.scandir's errors are in Python;
+ * any other failure to read it, or to lstat an entry, goes to `unread`. */
 static int
 walk_dir(PyObject *top, PyObject *out, PyObject *stack, int recursive, PyObject *keep,
-         PyObject *on_dir, Entry *batch)
+         PyObject *on_dir, PyObject *on_error, Entry *batch)
 {
     PyObject *encoded = PyUnicode_EncodeFSDefault(top);
     if (encoded == NULL)
@@ -115,7 +219,8 @@ walk_dir(PyObject *top, PyObject *out, PyObject *stack, int recursive, PyObject 
     DIR *d = NULL;
     int open_errno = 0;
     Py_BEGIN_ALLOW_THREADS
-    int fd = open(PyBytes_AS_STRING(encoded), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = open_dir(PyBytes_AS_STRING(encoded), (size_t)PyBytes_GET_SIZE(encoded),
+                      O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         d = fdopendir(fd);
         if (d == NULL) {
@@ -131,9 +236,7 @@ walk_dir(PyObject *top, PyObject *out, PyObject *stack, int recursive, PyObject 
         if (open_errno == ENOENT || open_errno == ENOTDIR || open_errno == EACCES
                 || open_errno == EPERM)
             return 0;
-        errno = open_errno;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, top);
-        return -1;
+        return unread(on_error, top, open_errno);
     }
     int dfd = dirfd(d);
     Py_ssize_t tlen = PyUnicode_GET_LENGTH(top);
@@ -145,13 +248,13 @@ walk_dir(PyObject *top, PyObject *out, PyObject *stack, int recursive, PyObject 
     }
     int rc = 0, done = 0;
     while (!done && rc == 0) {
-        int n;
+        int n, read_errno;
         Py_BEGIN_ALLOW_THREADS
         n = read_batch(d, dfd, batch, &done);
+        read_errno = errno;
         Py_END_ALLOW_THREADS
-        if (n < 0) {
-            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, top);
-            rc = -1;
+        if (n < 0) {  /* the listing failed midway: what its earlier batches gave is kept */
+            rc = unread(on_error, top, read_errno);
             break;
         }
         for (int k = 0; k < n && rc == 0; k++) {
@@ -179,11 +282,9 @@ walk_dir(PyObject *top, PyObject *out, PyObject *stack, int recursive, PyObject 
                 }
             }
             if (e->err != 0) {  /* (os.DirEntry.stat raises it too) */
-                errno = e->err;
-                PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+                rc = unread(on_error, path, e->err);
                 Py_DECREF(path);
-                rc = -1;
-                break;
+                continue;
             }
             PyObject *st = packed(&e->st);
             if (st == NULL || PyDict_SetItem(out, path, st) < 0) {
@@ -210,10 +311,10 @@ walk_dir(PyObject *top, PyObject *out, PyObject *stack, int recursive, PyObject 
 static PyObject *
 walk(PyObject *self, PyObject *args)
 {
-    PyObject *root, *out, *keep, *on_dir;
+    PyObject *root, *out, *keep, *on_dir, *on_error = Py_None;
     int recursive;
-    if (!PyArg_ParseTuple(args, "UO!pOO:walk", &root, &PyDict_Type, &out, &recursive, &keep,
-                          &on_dir))
+    if (!PyArg_ParseTuple(args, "UO!pOO|O:walk", &root, &PyDict_Type, &out, &recursive, &keep,
+                          &on_dir, &on_error))
         return NULL;
     Entry *batch = PyMem_RawMalloc(sizeof(Entry) * BATCH);
     if (batch == NULL)
@@ -232,7 +333,7 @@ walk(PyObject *self, PyObject *args)
         if (PyList_SetSlice(stack, last, last + 1, NULL) < 0)
             rc = -1;
         else
-            rc = walk_dir(top, out, stack, recursive, keep, on_dir, batch);
+            rc = walk_dir(top, out, stack, recursive, keep, on_dir, on_error, batch);
         Py_DECREF(top);
     }
     Py_DECREF(stack);
@@ -266,7 +367,7 @@ lstat_fields(PyObject *self, PyObject *arg)
     struct stat st;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = lstat(PyBytes_AS_STRING(path), &st);
+    rc = lstat_any(PyBytes_AS_STRING(path), (size_t)PyBytes_GET_SIZE(path), &st);
     Py_END_ALLOW_THREADS
     Py_DECREF(path);
     if (rc != 0)
@@ -299,7 +400,8 @@ lstat_many(PyObject *self, PyObject *arg)
     }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++)
-        rc[i] = lstat(PyBytes_AS_STRING(encoded[i]), &st[i]);
+        rc[i] = lstat_any(PyBytes_AS_STRING(encoded[i]), (size_t)PyBytes_GET_SIZE(encoded[i]),
+                          &st[i]);
     Py_END_ALLOW_THREADS
     out = PyList_New(n);
     if (out == NULL)
@@ -326,8 +428,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
-     "walk(root, out, recursive, keep, on_dir): every entry below root into out, "
-     "path -> packed stat (snapshot.walk_python's contract)."},
+     "walk(root, out, recursive, keep, on_dir, on_error=None): every entry below root "
+     "into out, path -> packed stat (snapshot.walk_python's contract)."},
     {"lstat_fields", lstat_fields, METH_O,
      "lstat_fields(path): (packed stat, mode, size, mtime_ns), or None (snapshot's "
      "lstat_fields_python)."},

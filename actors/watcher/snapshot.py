@@ -22,10 +22,12 @@ UTF-8), so an answer or an event carries it as `wire_fields` says.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_mod
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import msgpack
@@ -156,10 +158,27 @@ def lstat_fields_python(path: str) -> StatFields | None:
     """The pipeline's lstat of a changed path: its packed stat and what its event says (the
     type, size and mtime), or None when it is gone again (its deletion follows)."""
     try:
-        st = os.lstat(path)
+        st = lstat_any(path)
     except OSError:
         return None
     return as_stat(st), st.st_mode, st.st_size, st.st_mtime_ns
+
+
+def lstat_any(path: str) -> os.stat_result:
+    """os.lstat of `path`, also of one PATH_MAX bytes or longer: its directory opened by
+    `open_dir`, its name lstat'ed relative to that (the pipeline's stat of a change the walk
+    would find past the limit agrees with the walk's)."""
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        parent, _, name = path.rpartition("/")
+        if exc.errno != errno.ENAMETOOLONG or not parent or not name:
+            raise
+    fd = open_dir(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return os.lstat(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def lstat_many_python(paths: list[str]) -> list[StatFields | None]:
@@ -187,9 +206,14 @@ WALK_CORE: str = "python" if _walk_compiled is None else "compiled"
 `pip install` could build it, else "python"."""
 
 
+OnError = Callable[[str, OSError], None]
+PATH_MAX = 4096  # Linux's: the longest path one system call takes (limits.h), its NUL counted
+
+
 def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool = True,
          into: dict[str, Stat] | None = None, *, on_loop: bool = True,
-         on_dir: Callable[[str], bool] | None = None) -> dict[str, Stat]:
+         on_dir: Callable[[str], bool] | None = None,
+         on_error: OnError | None = None) -> dict[str, Stat]:
     """Every entry below `root` (not `root` itself) with its stat; symlinks are entries, not
     followed. `keep(path)` false prunes a path (and, for a directory, what is below it).
     `on_loop` false: a worker thread walks, and must not beat for the loop (that would hide
@@ -201,20 +225,106 @@ def walk(root: str, keep: Callable[[str], bool] | None = None, recursive: bool =
     answers true for is walked even where `keep` prunes it (another watch may need its
     watches), though nothing `keep` prunes is recorded.
 
+    A directory gone, no directory any more or unreadable (EACCES, EPERM) is skipped: its
+    parent's diff says so. Anything else the walk cannot read (a directory it cannot open
+    or list, an entry it cannot lstat) goes to `on_error(path, error)`, and the walk goes on
+    past it; without `on_error` it is raised. A path longer than PATH_MAX is no such error:
+    its directory is opened a part of the path at a time (`open_dir`), so the walk has no
+    limit on depth.
+
     A worker's walk runs the compiled core when this process has it (`WALK_CORE`): the
     same entries and stats, about twice as fast (an lstat per entry is most of what is
     left), with the GIL let go while it reads and lstats. A walk on the loop beats for it
     and so stays in Python."""
     out: dict[str, Stat] = {} if into is None else into
     if _walk_compiled is not None and not on_loop:
-        _walk_compiled(root, out, recursive, keep, on_dir)
+        _walk_compiled(root, out, recursive, keep, on_dir, on_error)
         return out
-    return walk_python(root, keep, recursive, out, on_loop=on_loop, on_dir=on_dir)
+    return walk_python(root, keep, recursive, out, on_loop=on_loop, on_dir=on_dir,
+                       on_error=on_error)
+
+
+def open_dir(path: str, flags: int = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) -> int:
+    """A descriptor of the directory at `path` (opened with `flags`). A path the kernel does
+    not take in one call (PATH_MAX bytes or more) is opened a part of fewer bytes at a time,
+    each ending at a slash and opened relative to the one before (O_PATH: as an open of the
+    whole path, the directories on the way need only be searchable)."""
+    raw = os.fsencode(path)
+    if len(raw) < PATH_MAX:
+        return os.open(raw, flags)
+    fd: int | None = None
+    at = 0
+    try:
+        while at < len(raw):
+            last = len(raw) - at < PATH_MAX
+            end = len(raw) if last else raw.rfind(b"/", at + 1, at + PATH_MAX)
+            if end < 0:  # (a name longer than a path may be: no file system makes one)
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+            nxt = os.open(raw[at:end], flags if last else os.O_PATH | os.O_DIRECTORY
+                          | os.O_CLOEXEC, dir_fd=fd)
+            if fd is not None:
+                os.close(fd)
+            fd = nxt
+            at = end
+            while at < len(raw) and raw[at] == 0x2F:  # "/"
+                at += 1
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    assert fd is not None
+    return fd
+
+
+NAME_MAX = 255  # Linux's longest name
+_SURELY_SHORT = (PATH_MAX - NAME_MAX - 1) // 4  # characters: a character is at most 4 bytes
+
+
+def _scandir(top: str) -> tuple[Iterator[os.DirEntry[str]], int | None]:
+    """os.scandir of `top`, and the descriptor it reads by or None. Where the path of an
+    entry in it may reach PATH_MAX bytes, it reads by a descriptor (`open_dir`), relative to
+    which each entry's stat is then taken (not by a path too long to name): the caller
+    closes it once done with the entries. Each entry's `path` is then its name alone."""
+    if len(top) < _SURELY_SHORT or len(os.fsencode(top)) < PATH_MAX - NAME_MAX - 1:
+        return os.scandir(top), None
+    fd = open_dir(top)
+    try:
+        return os.scandir(fd), fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextmanager
+def _closing(fd: int | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _listed(it: Iterator[os.DirEntry[str]], top: str,
+            on_error: OnError | None) -> Iterator[os.DirEntry[str]]:
+    """The entries of `it`; a listing that fails midway ends with those it gave, the failure
+    told to `on_error` (or raised without it)."""
+    while True:
+        try:
+            e = next(it)
+        except StopIteration:
+            return
+        except OSError as exc:
+            if on_error is None:
+                raise
+            on_error(top, exc)
+            return
+        yield e
 
 
 def walk_python(root: str, keep: Callable[[str], bool] | None = None, recursive: bool = True,
                 into: dict[str, Stat] | None = None, *, on_loop: bool = True,
-                on_dir: Callable[[str], bool] | None = None) -> dict[str, Stat]:
+                on_dir: Callable[[str], bool] | None = None,
+                on_error: OnError | None = None) -> dict[str, Stat]:
     """`walk` in Python: the contract, and the fallback without the compiled core."""
     out: dict[str, Stat] = {} if into is None else into
     progress = _progress if on_loop else _no_beat
@@ -226,15 +336,21 @@ def walk_python(root: str, keep: Callable[[str], bool] | None = None, recursive:
         top = stack.pop()
         progress()  # a big tree takes longer than the hang detection allows one loop turn
         try:
-            it = os.scandir(top)
+            it, fd = _scandir(top)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue  # gone or unreadable since it was listed: its parent's diff says so
-        with it:
-            for e in it:
+        except OSError as exc:
+            if on_error is None:
+                raise
+            on_error(top, exc)
+            continue
+        prefix = top if top.endswith("/") else top + "/"
+        with it, _closing(fd):
+            for e in _listed(it, top, on_error):
                 seen += 1
                 if not seen & 4095:
                     progress()  # (a directory of 100,000 entries too)
-                path = e.path
+                path = prefix + e.name
                 if keep is not None and not keep(path):
                     if on_dir is not None and recursive and e.is_dir(follow_symlinks=False) \
                             and on_dir(path):
@@ -244,6 +360,11 @@ def walk_python(root: str, keep: Callable[[str], bool] | None = None, recursive:
                     st = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                except OSError as exc:
+                    if on_error is None:
+                        raise
+                    on_error(path, exc)
+                    continue
                 out[path] = stat_of(st)
                 if recursive and (st.st_mode & 0o170000) == lstat_dir:
                     if on_dir is not None:
@@ -252,22 +373,31 @@ def walk_python(root: str, keep: Callable[[str], bool] | None = None, recursive:
     return out
 
 
+WARN_MAX = 16  # the warnings one walk gives at most; the last then counts those left out
+
+
 class RootWalks:
     """The walks of several roots (none inside another) into one map. A root's walk may be
     run by the placement that watches it (`base`: ObserverManager.place's base walk, which
     places the root's watches as it reads the tree); `rest` walks each root no placement
-    walked to its end. Worker threads only."""
+    walked to its end. Worker threads only.
+
+    What a walk cannot read is kept (`unread`) and the walk goes on past it: one root's
+    trouble never fails another root's walk, nor the rest of its own. `warnings` says what
+    the map lacks, and what no watch can follow."""
 
     def __init__(self, keep: Callable[[str], bool] | None) -> None:
         self.keep = keep
         self.out: dict[str, Stat] = {}
         self.started: set[str] = set()
         self.done: set[str] = set()
+        self.unread: list[tuple[str, OSError]] = []
 
     def base(self, path: str, recursive: bool) -> Callable[[Callable[[str], bool]], None]:
         def run(on_dir: Callable[[str], bool]) -> None:
             self.started.add(path)
-            walk(path, self.keep, recursive, into=self.out, on_loop=False, on_dir=on_dir)
+            walk(path, self.keep, recursive, into=self.out, on_loop=False, on_dir=on_dir,
+                 on_error=self._unread)
             self.done.add(path)
         return run
 
@@ -280,8 +410,52 @@ class RootWalks:
                 below = path.rstrip("/") + "/"
                 for p in [p for p in self.out if p.startswith(below)]:
                     del self.out[p]
-            walk(path, self.keep, recursive, into=self.out, on_loop=False)
+            walk(path, self.keep, recursive, into=self.out, on_loop=False,
+                 on_error=self._unread)
         return self.out
+
+    def _unread(self, path: str, exc: OSError) -> None:
+        self.unread.append((path, exc))
+
+    def warnings(self) -> list[dict[str, Any]]:
+        """The `warning` events the walks call for, as the fields of each (after `rest`):
+        - `unreadable`: a directory the walk could not read, or an entry it could not
+          lstat (EIO, ELOOP...: not one gone, nor one it may not read); what is below it
+          is not in the map;
+        - `path_too_long`: a directory whose path is PATH_MAX bytes or longer, below one
+          whose path is not. The walk read it (`open_dir`), but inotify takes a watch's
+          path in one call, so no watch is placed on it or below it: what changes there
+          is seen by a resync only.
+        At most WARN_MAX: the last then counts those left out (`more`)."""
+        out: list[dict[str, Any]] = []
+        for path, exc in self.unread:
+            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            out.append({"reason": "unreadable", "path": path, "error": code,
+                        "message": f"{path} could not be read ({exc.strerror}): "
+                                   "left out of the walk"})
+        for path in self._too_long():
+            out.append({"reason": "path_too_long", "path": path,
+                        "message": f"{path} is {len(os.fsencode(path))} bytes long, more than "
+                                   f"a watch's path may be ({PATH_MAX - 1}): what changes "
+                                   "below it is seen by a resync only"})
+        if len(out) > WARN_MAX:
+            left = len(out) - WARN_MAX
+            out = out[:WARN_MAX]
+            out[-1]["more"] = left
+            out[-1]["message"] += f" (and {left} more warnings of this walk left out)"
+        return out
+
+    def _too_long(self) -> list[str]:
+        """The directories of the map at PATH_MAX bytes or more below one that is not."""
+        found = []
+        shortest = PATH_MAX // 4  # (a character is at most 4 bytes: shorter ones fit)
+        for p, s in self.out.items():
+            if len(p) < shortest or not is_dir(s):
+                continue
+            n = len(os.fsencode(p))
+            if n >= PATH_MAX and n - len(os.fsencode(p.rpartition("/")[2])) - 1 < PATH_MAX:
+                found.append(p)
+        return sorted(found)
 
 
 def diff(old: Mapping[str, Stat], new: Mapping[str, Stat]) -> list[tuple[str, str, bool]]:
