@@ -1,9 +1,14 @@
-"""A command run by `term.exec` as its session tracks it, and the text helpers that cut a
-command's output out of the stream when no markers say where it is (session.py)."""
+"""A command run by `term.exec` as its session tracks it, the text helpers that cut a
+command's output out of the stream when no markers say where it is, and what the terminal
+itself says of who reads it (session.py)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import struct
+import termios
 from dataclasses import dataclass
 
 from moorage.actors.runtime import Call
@@ -32,6 +37,9 @@ class Exec:
     # after it would go to no caller, and the next command into this one), its exit code
     # unreported, as without integration.
     until_marked: bool = False
+    # monotonic: since when the shell has been back in its line editor after the command's C
+    # without a D (a shell exec'd in its place, which has no nonce, never marks)
+    editing_since: float | None = None
 
     @property
     def marked(self) -> bool:
@@ -52,6 +60,53 @@ def cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:
         echo = lines.pop(0).rstrip()
         if i == 0 and cmd_line:
             prompts.add(echo[: len(echo) - len(cmd_line)].rstrip())
-    if lines and prompts and lines[-1].rstrip() in prompts - {""}:
+    # (the last line as it shows: what follows its last carriage return)
+    if lines and prompts and lines[-1].rsplit("\r", 1)[-1].rstrip() in prompts - {""}:
         lines.pop()
     return "\n".join(lines)
+
+
+# --- the terminal's word: facts of the PTY, not guesses from the output ----------------------
+# (each None when the terminal cannot be asked: no copy of its master here, or it is gone)
+
+TIOCGPTPEER = getattr(termios, "TIOCGPTPEER", 0x5441)  # Linux 4.13: the master opens its slave
+
+
+def shell_in_foreground(master: int | None, shell_pid: int) -> bool | None:
+    """Is the shell's own process group the terminal's foreground one? Not while a program it
+    started runs (job control gives each its own group): then the shell reads a command line,
+    or runs a builtin itself."""
+    if master is None or shell_pid <= 0:
+        return None
+    try:
+        return os.tcgetpgrp(master) == shell_pid
+    except OSError:
+        return None
+
+
+def line_editing(master: int | None) -> bool | None:
+    """Is the terminal as a line editor (readline, zle) keeps it, neither canonical nor
+    echoing? Commands and builtins such as `read` run with both on."""
+    if master is None:
+        return None
+    try:
+        lflag = termios.tcgetattr(master)[3]
+    except (OSError, termios.error):
+        return None
+    return not lflag & (termios.ICANON | termios.ECHO)
+
+
+def unread_input(master: int | None) -> int | None:
+    """Bytes of input the shell side has not read yet (whole lines, in canonical mode)."""
+    if master is None:
+        return None
+    try:
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(slave, termios.TIOCINQ, b"\0" * 4))[0])
+    except OSError:
+        return None
+    finally:
+        os.close(slave)

@@ -40,7 +40,6 @@ from moorage.actors.runtime import Call
 from moorage.actors.terminal.keeper.ptys import kill_session
 from moorage.actors.terminal.session import Session, SessionHost
 from moorage.actors.terminal.shell import Launch, prepare
-from moorage.actors.vtparse import clean
 from moorage.protocol.errors import WireError, fail
 
 if TYPE_CHECKING:
@@ -171,6 +170,8 @@ class Creation:
                 "no_integration", "kind": launch.kind, "shell": path, "cwd": cwd,
                 "minimal": minimal, "spec": self.spec,
                 "req": [self.call.sid, self.call.id] if self.call is not None else None}
+        if launch.integration:
+            meta["unprompted"] = True  # (until its first trusted prompt: Session.unprompted)
         self.launch = launch
         self.a.keeper.request(
             {"t": "create", "s": self.sid, "path": launch.path, "argv": launch.argv,
@@ -242,9 +243,7 @@ class Creation:
         s = self._starting()
         if s is None:
             return
-        lines = clean(s.scroll.get(s.scroll.base, s.offset)).rstrip("\n").split("\n")
-        s.meta["prompt"] = lines[-1] if lines else ""
-        self.a.keeper_meta(s)
+        s.note_prompt()
         try:
             self._succeed(s)
         finally:

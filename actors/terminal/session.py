@@ -17,17 +17,24 @@ published, not too far ahead of its parser, and taken by every consumer that ack
 holds the session for good). Only this session's shell is slowed down by it.
 
 How a command completes, by the session's mode (seed 2.1: the fallback chain):
-  integration     the command is sent (a multi-line one as one bracketed paste); the exec
-                  completes on the first trusted D after it, with D's exit code, the text
-                  between C and D, and the cwd of the P;Cwd before D. Markers without the
-                  session's nonce are ignored: program output cannot end a command.
-                  No trusted C or D within `integration_detect_ms` (5 s) of sending means the
-                  integration is broken: the session drops to no_integration and this exec
-                  completes as one (the command is not sent again: it may have run).
+  integration     the command is sent (a multi-line or long one as one bracketed paste); the
+                  exec completes on the first trusted D after it, with D's exit code, the
+                  text between C and D, and the cwd of the P;Cwd before D. Markers without
+                  the session's nonce are ignored: program output cannot end a command.
+                  No trusted C or D within `integration_detect_ms` (5 s) of sending, its
+                  input read, means the integration is broken: the session drops to
+                  no_integration and this exec completes as one (the command is not sent
+                  again: it may have run). So does a C whose shell is back in its line
+                  editor for that long without a D (`exec bash`: a shell without the nonce).
   no_integration  sent as typed; output collected until the session is quiet for `quiet_ms`;
-                  exit code None; the echoed command and the next prompt are cut off.
+                  exit code None; the echoed command and the next prompt are cut off. A
+                  shell started with the integration that has not shown its first prompt
+                  yet (a slow rc file) is not guessed at: the command ends at its D.
   raw_output      as no_integration, with escape sequences left in (the parser failed).
-A command past its timeout gets SIGINT in its process group and the caller a `timeout` error.
+A command past its timeout gets SIGINT in its process group and the caller a `timeout` error;
+one whose C has not come yet gets ^C typed instead, which also drops what the shell has not
+read of it. A trusted marker is then due within `integration_detect_ms`; with none, and the
+shell itself in the foreground, the session goes on without the integration.
 """
 
 from __future__ import annotations
@@ -41,7 +48,14 @@ import msgpack
 from loguru import logger
 
 from moorage.actors.runtime import Call
-from moorage.actors.terminal.execs import ZSH_PROMPT_SP, Exec, cut_echo_and_prompt
+from moorage.actors.terminal.execs import (
+    ZSH_PROMPT_SP,
+    Exec,
+    cut_echo_and_prompt,
+    line_editing,
+    shell_in_foreground,
+    unread_input,
+)
 from moorage.actors.terminal.outbuf import OutputBuffer, Timers
 from moorage.actors.terminal.parsehop import ParseHop, ParserLink
 from moorage.actors.terminal.ring import SessionRing
@@ -61,6 +75,10 @@ from moorage.protocol.errors import WireError
 
 MODES = ("integration", "no_integration", "raw_output")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+# A line longer than this goes as a paste too: zle redraws the line for each character typed
+# (a 20 KB line typed takes zsh 3 s, pasted 60 ms), and a command typed more slowly than its
+# timeout was cut in two by the SIGINT, its tail then run as a command of its own.
+PASTE_FROM = 1024
 
 
 class HostLoop(Timers, Protocol):
@@ -97,6 +115,7 @@ PUBLISH_CHUNK = 128 << 10  # the largest term.out message
 # bytes cost it about a microsecond each: a megabyte in one go held the loop for a second).
 CLEAN_SLICE = 16 << 10
 TIMEOUT_TAIL = 16 << 10  # what a timed-out command's answer is cleaned from (it keeps 4096)
+PROMPT_TAIL = 4096  # where the prompt of a shell that does not mark it is looked for
 
 
 class RingScroll:
@@ -223,6 +242,8 @@ class Session:
         self._quiet_from = 0.0  # monotonic: quiet counts from here or the last output
         self.last_prompt_at = -1  # offset of the last trusted prompt start
         self.integration_back = 0  # times a trusted prompt undid "no_integration"
+        # monotonic: a trusted D or prompt is due by then (a timed-out command was interrupted)
+        self.answer_by: float | None = None
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
         self._via = "local"  # the parser whose markers are being applied
         self._records: list[dict[str, Any]] = []  # term.cmd records, published after a batch
@@ -340,6 +361,9 @@ class Session:
                             self._on_continuation(ev.start)
                         continue
                     self.last_prompt_at = ev.start
+                    self.answer_by = None
+                    if self.meta.pop("unprompted", None) is not None:
+                        self.host.keeper_meta(self)
                     if self.mode == "no_integration" and not replay:
                         self._integration_back()
                 self._on_prompt()
@@ -350,6 +374,7 @@ class Session:
             elif isinstance(ev, OutputStart):
                 self._on_output_start(ev.end, replay)
             elif isinstance(ev, CommandFinished):
+                self.answer_by = None
                 self._on_finished(ev.start, ev.exit_code, replay)
             elif isinstance(ev, Cwd):
                 self.cwd = ev.path
@@ -464,10 +489,15 @@ class Session:
                     ex.detect_by = now + self.host.detect_s
                 elif now >= ex.detect_by:
                     self._detect(ex)
+            elif ex.marked:
+                self._watch_editing(ex, now)
+        if self.answer_by is not None and now >= self.answer_by:
+            self._unanswered(now)
         if self.on_quiet and now >= max(self.last_output, self._quiet_from) + \
                 self.host.quiet_s:
             self._quiet()
-        return bool(self.on_quiet) or (self.exec is not None and not self.exec.done)
+        return bool(self.on_quiet) or (self.exec is not None and not self.exec.done) or \
+            self.answer_by is not None
 
     def wait_quiet(self, cb: Any) -> None:
         self._quiet_from = time.monotonic()
@@ -479,6 +509,12 @@ class Session:
         _run_each(callbacks, self.id)
 
     # --- exec -----------------------------------------------------------------------------------
+
+    @property
+    def unprompted(self) -> bool:
+        """Started with the integration, and no trusted prompt seen yet: its start-up (the
+        rc file) may still run, and read what is typed meanwhile at its first prompt."""
+        return self.meta.get("unprompted") is True
 
     def busy_reason(self) -> str | None:
         if self.exited is not None:
@@ -499,7 +535,7 @@ class Session:
         # a command ends)
         marked = self.mode == "integration" and self.hop.via is not None
         data = command.encode()
-        pasted = marked and b"\n" in data
+        pasted = marked and (b"\n" in data or len(data) > PASTE_FROM)
         if pasted:
             payload = PASTE_START + data.replace(b"\r\n", b"\n") + PASTE_END + b"\r"
         else:
@@ -508,7 +544,11 @@ class Session:
         ex = Exec(call, command, mode, now, self.offset, now + timeout_s,
                   now + self.host.detect_s)
         ex.whole = marked and (pasted or b"\r" not in data)
-        ex.until_marked = marked and mode == "no_integration"
+        # A shell still marking its commands ends each at its D; so does a command typed ahead
+        # of a slow rc file (read at the first prompt, whose marker brings the integration
+        # back): a quiet spell there says nothing of it, and would answer it before it ran.
+        ex.until_marked = mode == "no_integration" and (
+            marked or (self.unprompted and self.hop.via is not None))
         # Written down with the keeper before the command goes to the shell, so that a
         # successor of ours knows it is running and answers a resend of it (term.exec is
         # resumable: restore.py).
@@ -575,8 +615,13 @@ class Session:
             self._fail(err)
 
     def _detect(self, ex: Exec) -> None:
-        """No trusted C or D in time: the integration is not working in this session."""
+        """No trusted C or D in time: the integration is not working in this session, unless
+        the shell has not read the command yet (its rc file still runs): then that says
+        nothing, and the command waits on (its timeout ends the wait)."""
         if ex is not self.exec or ex.done or ex.out_start is not None:
+            return
+        if unread_input(self.master):
+            ex.detect_by = time.monotonic() + self.host.detect_s
             return
         logger.warning("session {}: no trusted marker {} s after a command; no integration "
                        "from now on", self.id, self.host.detect_s)
@@ -597,10 +642,89 @@ class Session:
         self._complete(None, ex.sent_off, end, raw=ex.mode == "raw_output",
                        shape=lambda text: cut_echo_and_prompt(text, ex.command, prompt))
 
+    def _watch_editing(self, ex: Exec, now: float) -> None:
+        """After the command's C, its shell back in its line editor (the foreground group,
+        the terminal neither canonical nor echoing) and quiet, with no D for detect_s: what
+        reads commands there draws no markers (`exec bash`: a shell without this session's
+        nonce), and the D never comes. The integration is lost then. A program that runs
+        (its own process group), a builtin such as `read`, or output keeps it waiting."""
+        if now - self.last_output < self.host.quiet_s or self.keeper_paused or not (
+                shell_in_foreground(self.master, self.pid) and line_editing(self.master)):
+            ex.editing_since = None
+            return
+        if ex.editing_since is None:
+            ex.editing_since = now
+        elif now - ex.editing_since >= self.host.detect_s:
+            ex.editing_since = float("inf")  # (once: a D still being parsed may end it)
+            self.hop.when_parsed(self.offset, lambda: self._integration_lost(ex))
+
+    def _integration_lost(self, ex: Exec) -> None:
+        """The command's shell reads commands without marking them: it ends as a command
+        without the integration does, and so does the session (a trusted prompt later, the
+        session's own shell back, brings the integration back)."""
+        if ex is not self.exec or ex.done or not ex.marked:
+            return
+        logger.warning("session {}: the shell reads commands again without a marker after "
+                       "{!r}; no integration from now on", self.id, ex.command[:80])
+        self.set_mode("no_integration")
+        ex.mode = "no_integration"
+        ex.until_marked = False
+        self.note_prompt()
+        self.wait_quiet(lambda: self._quiet_done(ex))
+
+    def _unanswered(self, now: float) -> None:
+        """No trusted marker since a timed-out command was interrupted: the shell there does
+        not mark (a shell exec'd in place of the session's, or one whose start-up never
+        reached its hooks). Once it is the terminal's foreground group again, the session
+        takes commands without the integration (a trusted prompt brings it back); while a
+        program still holds the terminal, a command runs, and the session says busy."""
+        if self.exited is not None or self.exec is not None:
+            self.answer_by = None  # (a command in flight has deadlines of its own)
+            return
+        if shell_in_foreground(self.master, self.pid) is False:
+            self.answer_by = now + self.host.detect_s
+            return
+        self.answer_by = None
+        logger.warning("session {}: no marker {} s after a command was interrupted; no "
+                       "integration from now on", self.id, self.host.detect_s)
+        self.set_mode("no_integration")
+        self.note_prompt()
+        if self.state == "running":
+            self.state = "prompt"
+        self.settle()
+
+    def note_prompt(self) -> None:
+        """The last line shown, as the prompt of a shell that does not mark its own: the
+        commands run without markers cut it from the end of their output."""
+        text = clean(self.scroll.get(max(self.scroll.base, self.offset - PROMPT_TAIL),
+                                     self.offset))
+        # (what follows the line's last carriage return is what shows: zsh draws its prompt
+        # after "\r \r", bash after the "\r" that ends its bracketed paste mode)
+        self.meta["prompt"] = text.rstrip("\n").rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]
+        self.host.keeper_meta(self)
+
     def _timed_out(self, ex: Exec) -> None:
         if ex is not self.exec or ex.done:
             return
-        self.host.keeper_signal(self, "SIGINT", "fg")
+        if ex.marked and ex.out_start is None:
+            # Not started: its input may still wait, whole or in part (the shell not reading
+            # yet, or still reading a long line). A SIGINT would cancel only what the line
+            # editor holds, and the rest be read as a command of its own; ^C typed makes
+            # the terminal drop what was not read, with the SIGINT. The next command waits
+            # for the prompt that brings, as a starting shell's first.
+            self.host.keeper_write(self, b"\x03", lambda _err: None)
+            if self.state != "exited":
+                self.state = "starting"
+            what = (f"{ex.command[:80]!r} had not started by its timeout"
+                    f"{' (the shell has shown no prompt yet)' if self.unprompted else ''}: "
+                    "its input was cancelled (^C: SIGINT to the foreground process group, "
+                    "what the shell had not read of it dropped)")
+        else:
+            self.host.keeper_signal(self, "SIGINT", "fg")
+            what = (f"{ex.command[:80]!r} still running after its timeout: sent SIGINT to "
+                    "its process group")
+        if ex.marked:
+            self.answer_by = time.monotonic() + self.host.detect_s
         first = ex.out_start or ex.sent_off
         begin = max(first, self.offset - TIMEOUT_TAIL)
         if begin > first:  # cut: start where a sequence or a line does, not inside one
@@ -609,10 +733,8 @@ class Session:
                      default=0)
             begin += at
         so_far = self._text(begin, self.offset)
-        self._fail(WireError.of(
-            "timeout", f"{ex.command[:80]!r} still running after its timeout: sent SIGINT to "
-            "its process group", detail={"output": so_far[-4096:], "mode": ex.mode,
-                                         "signalled": "SIGINT"}))
+        self._fail(WireError.of("timeout", what, detail={
+            "output": so_far[-4096:], "mode": ex.mode, "signalled": "SIGINT"}))
 
     def _text(self, start: int, end: int, raw: bool = False) -> str:
         """The clean text of [start, end), at once: for ranges the caller bounded."""

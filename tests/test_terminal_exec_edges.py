@@ -1,0 +1,214 @@
+"""term.exec where the shell's integration stops showing or has not shown yet, and command
+lines too long to type: a shell exec'd in place of the session's (it has no nonce, so no
+marker ever comes from it), an rc file slower than integration_detect_ms (commands typed ahead
+of its first prompt), and a line of a hundred kilobytes. Real keeper, real bash and zsh."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moorage.protocol.client import Client
+from moorage.protocol.errors import MoorageError
+from tests.terminal_support import env_for, make_home
+from tests.waiting import open_gate, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+SHELLS = ["bash", pytest.param("zsh", marks=pytest.mark.skipif(
+    shutil.which("zsh") is None, reason="zsh is not installed (.ci/run installs it)"))]
+RC = {"bash": ".bashrc", "zsh": ".zshrc"}
+# an rc file held at a FIFO until the test opens it, deaf to SIGINT meanwhile (so that what
+# a timeout does to the input typed ahead is all that decides whether that input runs)
+GATED_RC = "trap '' INT\nread -r line < \"$HOME/gate\"\ntrap - INT\n"
+
+
+class Term:
+    def __init__(self, client: Client, home: Path) -> None:
+        self.client = client
+        self.home = home
+
+    def call(self, op: str, args: dict, timeout: float = 30.0) -> Any:
+        return self.client.call("terminal", op, args, timeout=timeout)
+
+    def create(self, shell: str) -> str:
+        return self.call("term.create", {"shell": shell, "env": env_for(self.home)})["session"]
+
+    def exec(self, sid: str, command: str, timeout_ms: int = 20_000) -> dict:
+        return self.call("term.exec", {"session": sid, "command": command,
+                                       "timeout_ms": timeout_ms}, timeout=timeout_ms / 1000 + 10)
+
+    def info(self, sid: str) -> dict:
+        return next(s for s in self.call("term.list", {})["sessions"] if s["session"] == sid)
+
+    def integrated(self, sid: str) -> None:
+        """Until the session's integration shows (a loaded machine may start zsh past the
+        detection; its first prompt's marker then brings the integration back)."""
+        wait_for(lambda: self.info(sid)["mode"] == "integration" and
+                 self.info(sid)["state"] == "prompt", "the session's integration")
+
+    def gated(self, shell: str) -> tuple[str, Path]:
+        """A session whose rc file waits at a gate: it settles without the integration."""
+        (self.home / RC[shell]).write_text(GATED_RC)
+        gate = self.home / "gate"
+        os.mkfifo(gate)
+        sid = self.create(shell)
+        assert self.info(sid)["mode"] == "no_integration"
+        return sid, gate
+
+    def typed_ahead(self, sid: str, text: bytes) -> bool:
+        """The terminal echoes input nobody has read yet (canonical mode)."""
+        r = self.client.request("terminal", "term.scrollback", {"session": sid})
+        return text in r.attachments[0]
+
+
+@pytest.fixture
+def term(spawn_actor, client, tmp_path):
+    spawn_actor("moorage.actors.parser.actor:ParserActor", "parser")
+    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+    spawn_actor("moorage.actors.terminal.actor:TerminalActor", "terminal", quiet_ms=200,
+                integration_detect_ms=1000, shells=["bash"])
+    return Term(client, make_home(tmp_path))
+
+
+def opened(gate: Path) -> bool:
+    """The FIFO's writing end opened and closed, if a reader waits there (its read ends)."""
+    try:
+        os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        return False
+    return True
+
+
+def expect_error(name: str, fn, *args, **kw) -> MoorageError:
+    with pytest.raises(MoorageError) as e:
+        fn(*args, **kw)
+    assert e.value.name == name, e.value
+    return e.value
+
+
+# --- a shell that stops marking ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_shell_execd_in_place_of_the_sessions_ends_the_command_and_the_session_goes_on(
+        term, shell):
+    """`exec bash` (or zsh): its C came, but the new shell has no nonce, so no D ever does.
+    Back at its line editor and quiet, it is known to read commands: the exec ends without
+    the integration (no exit code) and the next commands run, where the exec waited for its
+    timeout and the session then refused every command as busy, for good."""
+    sid = term.create(shell)
+    term.integrated(sid)
+    r = term.exec(sid, f"exec {shell}")
+    assert (r["mode"], r["trusted"], r["exit_code"]) == ("no_integration", False, None)
+    assert (term.info(sid)["mode"], term.info(sid)["state"]) == ("no_integration", "prompt")
+    r = term.exec(sid, "echo after-$((6*7))")
+    assert (r["output"], r["mode"]) == ("after-42", "no_integration")
+
+
+def test_a_session_whose_shell_stops_marking_takes_commands_again_after_a_timeout(term):
+    """`exec sh` reads its commands in canonical mode, as a running command would: the exec
+    waits for its timeout (SIGINT). No marker within integration_detect_ms after that, and
+    the shell the terminal's foreground group: the session takes commands without the
+    integration, instead of answering session_busy for good."""
+    sid = term.create("bash")
+    term.integrated(sid)
+    err = expect_error("timeout", term.exec, sid, "exec sh", timeout_ms=1500)
+    assert err.error.detail["signalled"] == "SIGINT"
+    wait_for(lambda: (term.info(sid)["mode"], term.info(sid)["state"]) ==
+             ("no_integration", "prompt"), "the session free again")
+    r = term.exec(sid, "echo after-$((6*7))")
+    assert (r["output"], r["mode"], r["exit_code"]) == ("after-42", "no_integration", None)
+
+
+def test_a_long_command_that_prints_nothing_is_waited_for_to_its_end(term):
+    """A program in the foreground is no sign of a lost integration, however quiet."""
+    sid = term.create("bash")
+    term.integrated(sid)
+    r = term.exec(sid, "sleep 3; (exit 4)")
+    assert (r["exit_code"], r["mode"]) == (4, "integration")
+
+
+# --- an rc file slower than the detection -------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_command_typed_ahead_of_a_slow_rc_file_is_not_answered_before_it_runs(term, shell):
+    """The session settled without the integration while its rc file still runs. The command
+    typed ahead is not answered after a quiet spell (empty, run seconds later for nobody):
+    no prompt yet, and its input unread, it waits; here its timeout comes first, and its
+    input is dropped with ^C, so it never runs. The rc file's end brings the integration
+    back, and the next command runs with it."""
+    sid, gate = term.gated(shell)
+    ran = term.home / "ran"
+    err = expect_error("timeout", term.exec, sid, f"touch {ran}; echo typed-$((6*7))",
+                       timeout_ms=1500)
+    assert "had not started" in str(err) and "no prompt yet" in str(err)
+    # (bash's rc file waits on at its gate; zsh gives its rc file up at the SIGINT)
+    wait_for(lambda: opened(gate) or term.info(sid)["mode"] == "integration",
+             "the rc file's end")
+    term.integrated(sid)
+    r = term.exec(sid, "echo next-$((6*7)); (exit 3)")
+    assert (r["output"], r["exit_code"], r["mode"]) == ("next-42", 3, "integration")
+    assert not ran.exists()
+
+
+def test_a_command_typed_ahead_of_a_slow_rc_file_ends_at_its_marker_with_its_output(term):
+    """Typed while the rc file waits, read at the first prompt: the answer is its output,
+    ended by its own D (a pause in it is no end), whenever the rc file ends."""
+    sid, gate = term.gated("bash")
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        with Client(term.client.runtime_dir, timeout=60.0) as c:
+            box["reply"] = c.call("terminal", "term.exec", {
+                "session": sid, "command": "echo one-$((6*7)); sleep 1; echo two",
+                "timeout_ms": 40_000}, timeout=50)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_for(lambda: term.typed_ahead(sid, b"echo two"), "the command typed ahead")
+        open_gate(gate)
+    finally:
+        t.join(60)
+    r = box["reply"]
+    assert (r["output"], r["mode"], r["trusted"]) == ("one-42\ntwo", "no_integration", False)
+    r = term.exec(sid, "echo three")
+    assert (r["output"], r["exit_code"], r["mode"]) == ("three", 0, "integration")
+
+
+def test_a_shell_that_reads_the_command_without_marking_still_answers_at_quiet(term):
+    """An rc file that replaces the shell with one that has no integration: the command is
+    read (nothing waits unread), so after integration_detect_ms it ends at quiet."""
+    (term.home / ".bashrc").write_text("exec sh\n")
+    sid = term.create("bash")
+    r = term.exec(sid, "echo test")
+    assert (r["exit_code"], r["output"], r["mode"]) == (None, "test", "no_integration")
+
+
+# --- long command lines -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_long_command_line_goes_as_one_paste_and_runs_whole(term, shell):
+    """150 KB on one line: typed, zsh's line editor redraws the line for every character
+    (minutes), so the command outlived its timeout and its tail then ran on its own. As one
+    bracketed paste it is read at once, runs whole, and is one history entry."""
+    sid = term.create(shell)
+    term.integrated(sid)
+    n = 150_000
+    r = term.exec(sid, f"echo {'x' * n} | wc -c", timeout_ms=30_000)
+    assert (r["output"].strip(), r["exit_code"], r["mode"]) == (str(n + 1), 0, "integration")
+    r = term.exec(sid, "fc -ln -1 | wc -c")
+    assert int(r["output"].strip()) >= len(f"echo {'x' * n} | wc -c")
+    r = term.exec(sid, "echo next")
+    assert (r["output"], r["exit_code"]) == ("next", 0)
