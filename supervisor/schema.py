@@ -5,41 +5,113 @@ loops on it later.
 
 The tables are TypedDicts (every key optional: the actors own the defaults); `check` walks a
 value against a type: int (not bool), float (an int is taken; nan and inf are not), bool, str,
-Literal, list[T], dict[str, T], a union, or a nested table. The tree itself (`supervisor`,
-`children`) is read by spec.py, which names its keys' paths the same way. An `[actor.<id>]`
-table is checked against the schema of the class that child starts (ACTOR_TABLES); a child of
-a class this package does not ship (allowed with --allow-external-actors) takes the runtime's
-keys and any others.
+Literal, list[T], dict[str, T], a union, a nested table, or `Annotated[T, Min(lo)]` (a value
+below `lo` is refused as the actor would refuse it at start). `Annotated[str, ChildRef(...)]`
+names another child of the tree: checked against the tree (`check_document`), so a terminal
+whose keeper is misspelt is refused before it starts rather than failing every request. The
+tree itself (`supervisor`, `children`) is read by spec.py, which names its keys' paths the
+same way. An `[actor.<id>]` table is checked against the schema of the class that child
+starts (ACTOR_TABLES); a child of a class this package does not ship (allowed with
+--allow-external-actors) takes the runtime's keys and any others, and any fallback names.
+A child of ours may name only the fallbacks its class declares (its `fallbacks` attribute).
+
+What passes is what can be started: the document goes whole to every nested supervisor and,
+with the shared tables, to every actor, each in one datagram to its zygote; so `targets` and
+`timeouts` name at most MAX_TABLE_ENTRIES ops and the document, packed, is at most
+MAX_PACKED_BYTES.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import types
-from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints
 
-from moorage.supervisor.spec import ConfigError, SupervisorSpec
+import msgpack
+
+from moorage.protocol.limits import MAX_OP_LEN
+from moorage.supervisor.spec import ChildSpec, ConfigError, SupervisorSpec
 
 Number = float  # an int is taken where a float is asked
+
+# Ops named in `targets` and in `timeouts`, at most: a tree has a few dozen ops (as for the
+# run-time overrides, supervisor/overrides.py).
+MAX_TABLE_ENTRIES = 256
+# The document packed, at most. A nested supervisor is spawned with all of it, an actor with
+# its own table and the shared ones, each in one datagram to its zygote, which the socket's
+# send buffer bounds (net.core.wmem_default, 208 KiB on Linux): this leaves room for the
+# run-time overrides and the spawn's own keys. The default document packs to about 2 KiB.
+MAX_PACKED_BYTES = 128 * 1024
+
+METRICS = "moorage.actors.metrics.actor:MetricsActor"
+RESOURCE = "moorage.actors.resource.actor:ResourceActor"
+PARSER = "moorage.actors.parser.actor:ParserActor"
+WATCHER = "moorage.actors.watcher.actor:WatcherActor"
+TERMINAL = "moorage.actors.terminal.actor:TerminalActor"
+KEEPER = "moorage.actors.terminal.keeper.actor:PtyKeeper"
+ROOT = "supervisor"  # the root supervisor's id
+
+
+@dataclass(frozen=True)
+class Min:
+    """`Annotated[int, Min(1)]`: the least value a setting may take; with `exclusive`, the
+    value must be more than `lo`."""
+
+    lo: float
+    exclusive: bool = False
+
+    def check(self, value: float, where: str) -> None:
+        if value < self.lo or (self.exclusive and value == self.lo):
+            word = "more than" if self.exclusive else "at least"
+            raise ConfigError(f"{where}: must be {word} {self.lo:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """`Annotated[str, ChildRef(KEEPER)]`: the id of another child of the tree, one that
+    starts the class `start` (a child of a class from elsewhere is taken on trust: it may
+    serve the same ops); `ChildRef(ROOT)`: the root or a nested supervisor."""
+
+    start: str
+
+    def fits(self, name: str, ids: dict[str, ChildSpec]) -> bool:
+        child = ids.get(name)
+        if self.start == ROOT:
+            return name == ROOT or (child is not None and child.supervisor is not None)
+        return child is not None and child.supervisor is None and (
+            child.start == self.start or child.start not in ACTOR_TABLES)
+
+    def what(self) -> str:
+        return "a supervisor of this tree" if self.start == ROOT else \
+            f"a child of this tree that starts {self.start}"
+
+
+NonNegative = Annotated[int, Min(0)]
+Positive = Annotated[int, Min(1)]
+# loguru's levels, as `moorage up --log-level` takes them (upper case here: as the actor
+# hands it to loguru, which knows no other spelling)
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
 
 class RuntimeTable(TypedDict, total=False):
     """What every actor's runtime reads (actors/runtime/actor.py, process.py)."""
 
-    timeouts: dict[str, int]
+    timeouts: dict[str, Positive]
     targets: dict[str, list[Number]]
-    reply_cache_entries: int
-    reply_cache_bytes: int
-    queue_limit: int
-    busy_retry_ms: int
-    shed_below_quality: int
-    shed_retry_ms: int
-    pub_hwm: int
-    retention_messages: int
-    retention_bytes: int
+    reply_cache_entries: NonNegative
+    reply_cache_bytes: NonNegative
+    queue_limit: Positive
+    busy_retry_ms: NonNegative
+    shed_below_quality: NonNegative
+    shed_retry_ms: NonNegative
+    pub_hwm: NonNegative  # (0: no limit, as ZeroMQ reads it; below, the socket refuses it)
+    retention_messages: NonNegative
+    retention_bytes: NonNegative
     push_metrics: bool
-    metrics_interval_s: Number
-    log_level: str
+    metrics_interval_s: Annotated[Number, Min(0, exclusive=True)]
+    log_level: LogLevel
     io_threads_sched: Literal["batch", "normal"]
 
 
@@ -61,7 +133,7 @@ class MetricsTable(RuntimeTable, total=False):
     alert_failure_rate: Number
     alert_latency_factor: Number
     alert_clear_ratio: Number
-    supervisor: str
+    supervisor: Annotated[str, ChildRef(ROOT)]  # whose events are followed
     slo_file: str
     slo_save_s: Number
     probe_timeout_s: Number
@@ -74,7 +146,7 @@ class ResourceTable(RuntimeTable, total=False):
     interval_s: Number
     calm_interval_s: Number
     calm_after_samples: int
-    memory_budget_mb: Number
+    memory_budget_mb: Annotated[Number, Min(0, exclusive=True)]
     memory_metric: Literal["rss", "pss", "pss_tracked"]
     pss_every: int
     cpu_budget_cores: Number
@@ -96,7 +168,7 @@ class ResourceTable(RuntimeTable, total=False):
     tell_timeout_s: Number
     status_timeout_s: Number
     rescan_every: int
-    supervisor: str
+    supervisor: Annotated[str, ChildRef(ROOT)]  # whose status and events are read
 
 
 class ParserTable(RuntimeTable, total=False):
@@ -156,7 +228,7 @@ class WatcherTable(RuntimeTable, total=False):
 
 
 class TerminalTable(RuntimeTable, total=False):
-    keeper: str
+    keeper: Annotated[str, ChildRef(KEEPER)]
     shells: list[str]
     default_shell: str
     term: str
@@ -174,7 +246,7 @@ class TerminalTable(RuntimeTable, total=False):
     republish_bytes: int
     consumer_timeout_ms: int
     parse: Literal["actor", "local"]
-    parser: str
+    parser: Annotated[str, ChildRef(PARSER)]
     parse_timeout_ms: int
     parse_feed_bytes: int
     parse_lag_bytes: int
@@ -194,12 +266,12 @@ class KeeperTable(RuntimeTable, total=False):
 
 
 ACTOR_TABLES: dict[str, type] = {
-    "moorage.actors.metrics.actor:MetricsActor": MetricsTable,
-    "moorage.actors.resource.actor:ResourceActor": ResourceTable,
-    "moorage.actors.parser.actor:ParserActor": ParserTable,
-    "moorage.actors.watcher.actor:WatcherActor": WatcherTable,
-    "moorage.actors.terminal.actor:TerminalActor": TerminalTable,
-    "moorage.actors.terminal.keeper.actor:PtyKeeper": KeeperTable,
+    METRICS: MetricsTable,
+    RESOURCE: ResourceTable,
+    PARSER: ParserTable,
+    WATCHER: WatcherTable,
+    TERMINAL: TerminalTable,
+    KEEPER: KeeperTable,
 }
 
 
@@ -231,6 +303,8 @@ class Document(TypedDict, total=False):
 
 
 def _describe(t: Any) -> str:
+    if get_origin(t) is Annotated:
+        return _describe(get_args(t)[0])
     if t is Any:
         return "anything"
     if t is float:
@@ -270,6 +344,13 @@ def _fits(value: Any, t: Any) -> bool:
 def check(value: Any, t: Any, where: str) -> None:
     """ConfigError naming `where` (and the key below it) if `value` is not a `t`."""
     if t is Any:
+        return
+    if get_origin(t) is Annotated:
+        base, *marks = get_args(t)
+        check(value, base, where)
+        for mark in marks:
+            if isinstance(mark, Min):
+                mark.check(value, where)
         return
     if t is bool:
         ok = type(value) is bool
@@ -317,7 +398,7 @@ def check(value: Any, t: Any, where: str) -> None:
 def check_table(value: Any, table: type, where: str, extra_ok: bool = False) -> None:
     if type(value) is not dict:
         raise ConfigError(f"{where}: must be a table, got {value!r:.80}")
-    hints = get_type_hints(table)
+    hints = get_type_hints(table, include_extras=True)
     for k, v in value.items():
         path = f"{where}.{k}" if where else str(k)
         if k not in hints:
@@ -337,9 +418,11 @@ def check_document(doc: dict[str, Any], tree: SupervisorSpec,
     table for a child the tree does not have is an error when the user's file (`user`) has
     it; the embedded default's tables for its own children are left unused by a tree that
     replaces them."""
+    check_shared(doc)
     ids = {c.id: c for _, c in tree.walk()}
+    tables = doc.get("actor") or {}
     users = (user or {}).get("actor") or {}
-    for cid, table in (doc.get("actor") or {}).items():
+    for cid, table in tables.items():
         child = ids.get(cid)
         if child is None and cid not in users:
             continue
@@ -351,11 +434,20 @@ def check_document(doc: dict[str, Any], tree: SupervisorSpec,
                               "its [[children]] entry")
         schema = ACTOR_TABLES.get(child.start)
         check_table(table, schema or RuntimeTable, f"actor.{cid}", extra_ok=schema is None)
-    for _, child in tree.walk():  # an inline `config = {...}` of a [[children]] entry too
+    for owner, child in tree.walk():  # an inline `config = {...}` of a [[children]] entry too
         if child.supervisor is None:
             schema = ACTOR_TABLES.get(child.start)
             check_table(child.config, schema or RuntimeTable, f"{child.id}.config",
                         extra_ok=schema is None)
+            check_child_refs(child, ids, tables.get(child.id) or {})
+            check_fallbacks(child, f"{owner.id}.children.{child.id}.fallbacks")
+    check_packed(doc)
+
+
+def check_shared(doc: dict[str, Any]) -> None:
+    """The top-level tables every actor is given (`targets`, `timeouts`), and `lifecycle`."""
+    for name in ("targets", "timeouts"):
+        check_op_names(doc.get(name) or {}, name)
     for op, t in (doc.get("targets") or {}).items():
         if not 2 <= len(t) <= 3 or not all(x > 0 for x in t):
             raise ConfigError(f"targets.{op}: must be [p50_us, p99_us] or [p50_us, p99_us, "
@@ -366,3 +458,66 @@ def check_document(doc: dict[str, Any], tree: SupervisorSpec,
     grace = (doc.get("lifecycle") or {}).get("grace_s", 60)
     if not grace >= 0:
         raise ConfigError(f"lifecycle.grace_s: must be seconds >= 0, got {grace!r}")
+
+
+def check_child_refs(child: ChildSpec, ids: dict[str, ChildSpec], table: dict) -> None:
+    """Each setting of `child` that names another child (a ChildRef) names one that fits."""
+    schema = ACTOR_TABLES.get(child.start)
+    if schema is None:
+        return
+    for key, t in get_type_hints(schema, include_extras=True).items():
+        refs = [m for m in get_args(t)[1:] if isinstance(m, ChildRef)] \
+            if get_origin(t) is Annotated else []
+        name = child.config.get(key)
+        if not refs or name is None or refs[0].fits(name, ids):
+            continue
+        where = f"actor.{child.id}.{key}" if key in table else f"{child.id}.config.{key}"
+        fit = sorted(n for n in (ROOT, *ids) if refs[0].fits(n, ids))
+        raise ConfigError(f"{where}: {name!r} is not {refs[0].what()} (those that are: "
+                          f"{', '.join(fit) or 'none'})")
+
+
+def declared_fallbacks(start: str) -> tuple[str, ...] | None:
+    """The fallbacks the class `start` declares (its `fallbacks` attribute; none if it has
+    none), or None for a class this package does not ship: its module is not imported here
+    (its code runs in the tree, not in `moorage up` before it), and it may name any."""
+    if start not in ACTOR_TABLES:
+        return None
+    module, _, name = start.partition(":")
+    return tuple(getattr(getattr(importlib.import_module(module), name), "fallbacks", ()))
+
+
+def check_fallbacks(child: ChildSpec, where: str) -> None:
+    if not child.fallbacks:
+        return  # (its class is not imported for nothing)
+    declared = declared_fallbacks(child.start)
+    if declared is None:
+        return
+    for i, name in enumerate(child.fallbacks):
+        if name not in declared:
+            raise ConfigError(f"{where}[{i}]: unknown fallback {name!r} (known: "
+                              f"{', '.join(declared) or 'none: its class declares none'})")
+
+
+def check_op_names(table: dict[str, Any], where: str) -> None:
+    """A table keyed by op name: no more ops than a tree has, each a name an op can have."""
+    if len(table) > MAX_TABLE_ENTRIES:
+        raise ConfigError(f"{where}: {len(table)} ops, more than {MAX_TABLE_ENTRIES} (a tree "
+                          "has a few dozen)")
+    for op in table:
+        if not 0 < len(op) <= MAX_OP_LEN or not op.isprintable():
+            raise ConfigError(f"{where}.{op[:80]!r}: an op name is 1 to {MAX_OP_LEN} printable "
+                              "characters")
+
+
+def check_packed(doc: dict[str, Any]) -> None:
+    """The document can be sent to the tree's processes as it is: packed as a spawn request
+    packs it, within MAX_PACKED_BYTES (a TOML date, an integer past 64 bits or a value nested
+    past msgpack's limit, in the settings of a class from elsewhere, cannot be packed)."""
+    try:
+        size = len(msgpack.packb(doc, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"a value cannot be sent to the tree's processes: {exc}") from None
+    if size > MAX_PACKED_BYTES:
+        raise ConfigError(f"the configuration packs to {size} bytes, more than the "
+                          f"{MAX_PACKED_BYTES} a process of the tree is started with")

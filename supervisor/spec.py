@@ -90,6 +90,11 @@ RESERVED = {"supervisor"}
 # The resource actor decides when shed actors come back: it cannot be shed itself.
 NEVER_SHED = ("moorage.actors.resource.actor:",)
 CHILD_KEYS = ("id", "type", "restart", "shutdown_ms", "config", "fallbacks", "essential")
+BACKOFF_KEYS = ("factor", "initial_ms", "max_ms")
+HEARTBEAT_KEYS = ("idle_interval_ms", "interval_ms", "misses")
+# Supervisors below the root, at most: each is a process, and the tree is read (here, by every
+# nested supervisor from the document it is given) by recursion. OTP trees are a few deep.
+MAX_NESTING = 16
 
 
 def _want(cond: bool, where: str, msg: str) -> None:
@@ -104,17 +109,36 @@ def _num(d: dict, key: str, where: str, default: float, lo: float = 0) -> float:
     return v
 
 
+def _int(d: dict, key: str, where: str, default: int, lo: int = 0) -> int:
+    """A count or a number of milliseconds: an integer (2.7 restarts, or `true` for 1, is a
+    mistake to name, not a value to truncate)."""
+    v = d.get(key, default)
+    _want(type(v) is int and v >= lo, f"{where}.{key}", f"must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _known(d: dict, keys: tuple[str, ...], where: str) -> None:
+    for k in d:
+        _want(k in keys, f"{where}.{k}", f"unknown key (known: {', '.join(keys)})")
+
+
 def _backoff(d: Any, where: str) -> Backoff:
     _want(isinstance(d, dict), where, "must be a table")
-    initial = _num(d, "initial_ms", where, 20) / 1000
+    _known(d, BACKOFF_KEYS, where)
+    initial_ms = _num(d, "initial_ms", where, 20)
     factor = _num(d, "factor", where, 2.0, 1)
-    cap = _num(d, "max_ms", where, 2000) / 1000
-    return Backoff(initial, factor, cap)
+    max_ms = _num(d, "max_ms", where, 2000)
+    _want(initial_ms <= max_ms, f"{where}.initial_ms",
+          f"the first delay ({initial_ms} ms) is more than the longest, max_ms ({max_ms} ms)")
+    return Backoff(initial_ms / 1000, factor, max_ms / 1000)
 
 
 def parse_supervisor(
-    sid: str, d: dict, children: list, where: str, actor_config: dict, seen: set[str]
+    sid: str, d: dict, children: list, where: str, actor_config: dict, seen: set[str],
+    depth: int = 0,
 ) -> SupervisorSpec:
+    _want(depth <= MAX_NESTING, where,
+          f"supervisors are nested more than {MAX_NESTING} deep below the root")
     known = {"strategy", "intensity", "period_s", "stable_after_s", "start_timeout_ms",
              "backoff", "heartbeat"}
     for k in d:
@@ -124,32 +148,31 @@ def parse_supervisor(
           f"must be one of {[s.value for s in Strategy]}, got {strategy!r}")
     hb = d.get("heartbeat", {})
     _want(isinstance(hb, dict), f"{where}.heartbeat", "must be a table")
-    for k in hb:
-        _want(k in ("interval_ms", "misses", "idle_interval_ms"), f"{where}.heartbeat.{k}",
-              "unknown key (known: idle_interval_ms, interval_ms, misses)")
+    _known(hb, HEARTBEAT_KEYS, f"{where}.heartbeat")
     _want(isinstance(children, list), f"{where}.children", "must be a list of tables")
     kids = tuple(
-        parse_child(c, f"{where}.children[{i}]", actor_config, seen)
+        parse_child(c, f"{where}.children[{i}]", actor_config, seen, depth)
         for i, c in enumerate(children)
     )
     return SupervisorSpec(
         id=sid,
         strategy=Strategy(strategy),
-        intensity=int(_num(d, "intensity", where, 5)),
+        intensity=_int(d, "intensity", where, 5),
         period_s=_num(d, "period_s", where, 10, 0.001),
         stable_after_s=_num(d, "stable_after_s", where, STABLE_AFTER_S),
-        start_timeout_ms=int(_num(d, "start_timeout_ms", where, 10_000, 1)),
+        start_timeout_ms=_int(d, "start_timeout_ms", where, 10_000, 1),
         backoff=_backoff(d.get("backoff", {}), f"{where}.backoff"),
         heartbeat=HeartbeatSpec(
-            int(_num(hb, "interval_ms", f"{where}.heartbeat", 200, 10)),
-            int(_num(hb, "misses", f"{where}.heartbeat", 3, 1)),
-            int(_num(hb, "idle_interval_ms", f"{where}.heartbeat", 1000, 10)),
+            _int(hb, "interval_ms", f"{where}.heartbeat", 200, 10),
+            _int(hb, "misses", f"{where}.heartbeat", 3, 1),
+            _int(hb, "idle_interval_ms", f"{where}.heartbeat", 1000, 10),
         ),
         children=kids,
     )
 
 
-def parse_child(d: Any, where: str, actor_config: dict, seen: set[str]) -> ChildSpec:
+def parse_child(d: Any, where: str, actor_config: dict, seen: set[str],
+                depth: int = 0) -> ChildSpec:
     _want(isinstance(d, dict), where, "must be a table")
     cid = d.get("id")
     _want(isinstance(cid, str) and cid != "" and set(cid) <= _ID_OK and len(cid) <= 32,
@@ -163,7 +186,7 @@ def parse_child(d: Any, where: str, actor_config: dict, seen: set[str]) -> Child
     _want(restart in RestartType.__members__.values(), f"{where}.restart",
           f"must be one of {[r.value for r in RestartType]}, got {restart!r}")
     shutdown = d.get("shutdown_ms", 5000 if ctype == "worker" else 30_000)
-    _want(shutdown == BRUTAL_KILL or (isinstance(shutdown, int) and shutdown >= 0),
+    _want(shutdown == BRUTAL_KILL or (type(shutdown) is int and shutdown >= 0),
           f"{where}.shutdown_ms", f"must be milliseconds or {BRUTAL_KILL!r}")
     _want(isinstance(d.get("config", {}), dict), f"{where}.config", "must be a table")
     config = dict(d.get("config", {}))
@@ -176,8 +199,11 @@ def parse_child(d: Any, where: str, actor_config: dict, seen: set[str]) -> Child
     sup = None
     start = d.get("start", "")
     if ctype == "supervisor":
+        # (a supervisor has no fallback: past its intensity it escalates to its own)
+        _want(not fallbacks, f"{where}.fallbacks", "a supervisor has no fallbacks")
         sd = {k: v for k, v in d.items() if k not in (*CHILD_KEYS, "children")}
-        sup = parse_supervisor(cid, sd, d.get("children", []), where, actor_config, seen)
+        sup = parse_supervisor(cid, sd, d.get("children", []), where, actor_config, seen,
+                               depth + 1)
     else:
         _want(isinstance(start, str) and ":" in start, f"{where}.start",
               f"must be 'module:Class', got {start!r}")

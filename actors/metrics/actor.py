@@ -156,6 +156,7 @@ OBJECTIVE = Named("objective", {
 
 class MetricsActor(Actor):
     name = "metrics"
+    fallbacks: tuple[str, ...] = ()  # none: `fallbacks =` of its child spec must be empty
 
     def __init__(self, name: str | None, runtime_dir: Path | str,
                  config: dict | None = None) -> None:

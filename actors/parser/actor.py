@@ -285,6 +285,8 @@ STREAM_STATE = Named("stream_state", {"stream": str, "offset": int, "mode": MODE
 class ParserActor(Actor):
     name = "parser"
     category = Category.PARSER
+    # What `fallbacks =` of its child spec may name (checked with the config, before start).
+    fallbacks = FALLBACKS
 
     def __init__(self, name: str | None, runtime_dir: Any, config: dict | None = None) -> None:
         self.settings = Settings.from_config(config or {})

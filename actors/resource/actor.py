@@ -125,6 +125,7 @@ RESOURCE_ALERT = Named("resource_alert", {"kind": str, "action": str, "time": fl
 class ResourceActor(Actor):
     name = "resource"
     category = Category.RESOURCE
+    fallbacks: tuple[str, ...] = ()  # none: `fallbacks =` of its child spec must be empty
 
     def __init__(self, name: str | None, runtime_dir: Path | str,
                  config: dict | None = None) -> None:

@@ -155,6 +155,7 @@ class TerminalActor(Actor):
     # A slow subscriber loses messages at its own queue's limit (a gap it repairs by replay),
     # never the others': flow control is per session, by the consumers' acks (term.ack).
     nodrop = False
+    fallbacks: tuple[str, ...] = ()  # none: its degraded modes are its own (session.py)
 
     def __init__(self, name: str | None, runtime_dir: Path | str,
                  config: dict | None = None) -> None:

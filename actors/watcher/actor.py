@@ -148,6 +148,8 @@ class WatcherActor(Actor):
     name = "watcher"
     category = Category.FILESYSTEM
     op_providers = (WatchOps, QueryOps)
+    # What `fallbacks =` of its child spec may name (checked with the config, before start).
+    fallbacks = ("polling", "cache_only")
 
     def __init__(self, name: str | None, runtime_dir: Path | str,
                  config: dict | None = None) -> None:
