@@ -56,14 +56,44 @@ def state_dir(runtime: Path, instance: str | None = None,
     if env.get("MOORAGE_STATE_DIR"):
         return Path(os.path.abspath(env["MOORAGE_STATE_DIR"]))
     name = check_instance(instance or runtime.name or DEFAULT_INSTANCE)
-    base = xdg_dir(env, "XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home())
-                                                   / ".local" / "state")
+    base = xdg_dir(env, "XDG_STATE_HOME") or str(
+        home(env, "MOORAGE_STATE_DIR or XDG_STATE_HOME") / ".local" / "state")
     return Path(base) / "moorage" / name
+
+
+def home(env: Mapping[str, str], instead: str) -> Path:
+    """$HOME, else the user database's; ValueError, naming `instead` (what makes a home
+    unneeded), when neither says: a container started with `--user N` and no HOME."""
+    if env.get("HOME"):
+        return Path(env["HOME"])
+    try:
+        return Path.home()
+    except RuntimeError:  # (pathlib's word for "no HOME, and no passwd entry")
+        raise ValueError(f"no home directory: HOME is not set and uid {os.getuid()} has no "
+                         f"entry in the user database; set HOME, or {instead}") from None
+
+
+def make_private_dirs(path: Path) -> Path:
+    """Create `path` and every missing directory above it, one level at a time, each 0700
+    whatever the umask (`mkdir(parents=True)` gives those above the umask's mode: 0777 under
+    umask 000). Directories that exist are left as they are."""
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile (another `up`): whoever made it chose
+            continue
+        os.chmod(d, 0o700)  # (a umask may take the owner's bits too)
+    return path
 
 
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and a private parent) with mode 0700; refuse one owned by someone else."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path)
     for p in (path, path.parent):
         st = p.stat()
         if p == path or p.name.startswith("moorage"):
@@ -90,16 +120,29 @@ class PathTooLong(ValueError):
     """A socket path that a Unix socket cannot bind or connect to (sun_path is 107 bytes)."""
 
 
-def socket_paths(rdir: Path | str, names: Iterable[str]) -> list[str]:
-    """Every socket file an instance with these actors binds in `rdir`."""
+def ipc_path(endpoint: str) -> str:
+    """The socket file of an `ipc://` endpoint."""
+    return endpoint.removeprefix("ipc://")
+
+
+def socket_paths(rdir: Path | str, names: Iterable[str],
+                 also: Iterable[Path | str] = ()) -> list[str]:
+    """Every socket file an instance with these members may bind in `rdir`: each one's rpc and
+    pub, the metrics actor's metrics.in, the pty keeper's `<name>.sock` (any worker may be
+    one: its class decides, which the root does not import), and `also`, the sockets named
+    elsewhere (each supervisor's custody socket, actors/runtime/custody.py)."""
     names = list(names)
-    out = [f"{rdir}/{n}{suffix}" for n in names for suffix in (".rpc", ".pub")]
-    return [*out, f"{rdir}/metrics.in"] if "metrics" in names else out
+    out = [ipc_path(f(rdir, n)) for n in names for f in (rpc, pub)]
+    out += [f"{rdir}/{n}.sock" for n in names]
+    if "metrics" in names:
+        out.append(ipc_path(metrics_in(rdir)))
+    return [*out, *(str(p) for p in also)]
 
 
-def check_socket_paths(rdir: Path | str, names: Iterable[str]) -> None:
+def check_socket_paths(rdir: Path | str, names: Iterable[str],
+                       also: Iterable[Path | str] = ()) -> None:
     """PathTooLong naming the longest path and the limit, if any socket would not fit."""
-    paths = socket_paths(rdir, list(names))
+    paths = socket_paths(rdir, list(names), also)
     longest = max(paths, key=lambda p: len(os.fsencode(p)), default="")
     size = len(os.fsencode(longest))
     if size > SUN_PATH_MAX:

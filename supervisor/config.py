@@ -6,7 +6,10 @@ in the user's workspace, and a file there must not replace the tree or name code
 run. For the same reason `start =` may name only modules of this package unless the caller
 allows external actors (`moorage up --allow-external-actors`), and those are looked up on the
 interpreter's path as it is (`PYTHONPATH`), which never holds the working directory
-(supervisor/cli/__main__.py).
+(supervisor/cli/commands.py, keep_workspace_off_path).
+
+A file another user could have written is refused, as ssh refuses such a config of its own
+(`check_owner`): it names the programs the tree runs (a terminal's shells, `start =`).
 
 The whole merged document is checked (schema.py) before it is used.
 """
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from moorage.protocol import endpoints
 from moorage.supervisor.schema import Document, check_document, check_table
 from moorage.supervisor.spec import ConfigError, SupervisorSpec, parse_tree
 
@@ -57,9 +62,38 @@ def find_config(explicit: str | Path | None,
     # A relative $XDG_CONFIG_HOME is ignored, as the XDG spec says: it would name a file in
     # the working directory (an editor's workspace).
     xdg = env.get("XDG_CONFIG_HOME") or ""
-    base = xdg if os.path.isabs(xdg) else str(Path(env.get("HOME") or Path.home()) / ".config")
+    if os.path.isabs(xdg):
+        base = xdg
+    else:
+        try:
+            base = str(endpoints.home(env, "XDG_CONFIG_HOME") / ".config")
+        except ValueError:  # no home, so no file in it to find: the embedded default
+            return None
     p = Path(base) / "moorage" / "moorage.toml"
     return p if p.is_file() else None
+
+
+def check_owner(path: Path) -> None:
+    """ConfigError unless only this user (or root) can have written `path`: the file owned by
+    either and writable by neither group nor others, and the directory holding it (the
+    link's and the file's, when it is a symbolic link) owned by either and writable by
+    others only when sticky (/tmp). Root-owned files in root's directories (/etc) pass."""
+    uid = os.getuid()
+    st = path.stat()
+    if st.st_uid not in (uid, 0):
+        raise ConfigError(f"{path}: owned by uid {st.st_uid}, not by uid {uid} or root: "
+                          "another user may have chosen what it says")
+    if st.st_mode & 0o022:
+        raise ConfigError(f"{path}: writable by group or others (mode "
+                          f"{stat.S_IMODE(st.st_mode):o}); `chmod go-w` it")
+    for d in dict.fromkeys([path.absolute().parent, path.resolve().parent]):
+        ds = d.stat()
+        if ds.st_uid not in (uid, 0):
+            raise ConfigError(f"{path}: its directory {d} is owned by uid {ds.st_uid}, not "
+                              f"by uid {uid} or root: another user may replace the file")
+        if ds.st_mode & stat.S_IWOTH and not ds.st_mode & stat.S_ISVTX:
+            raise ConfigError(f"{path}: its directory {d} is writable by others (mode "
+                              f"{stat.S_IMODE(ds.st_mode):o}): any user may replace the file")
 
 
 def check_starts(tree: SupervisorSpec, allow_external: bool) -> None:
@@ -104,9 +138,12 @@ def load(explicit: str | Path | None = None, *, allow_external: bool = False,
     path = find_config(explicit, env)
     if path is not None:
         try:
+            check_owner(path)
             over = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        except RecursionError:  # (tomllib reads nested arrays and tables by recursion)
+            raise ConfigError(f"{path}: values nested too deep to read") from None
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from exc
         doc = merge(doc, over)

@@ -417,6 +417,23 @@ def start_zygote(preload: Iterable[str] = (), close_fds: Iterable[int] = (),
     return ZygoteHandle(pid, parent_end, beats, preload, owner)
 
 
+def new_interpreter(code: str) -> tuple[list[str], dict[str, str]]:
+    """The command line (arguments follow it) and environment of a new Python program of the
+    tree that runs `code`: a replacement zygote, or the detached root (supervisor/cli/up.py).
+
+    It imports what this process can: this process's sys.path, exactly, set before anything
+    is imported. PYTHONPATH is kept out of its interpreter's start, where an empty or relative
+    element (`:/x`, the usual `export PYTHONPATH=$PYTHONPATH:/x` with none set before) would
+    put its working directory, an editor's workspace, ahead of the standard library; and it
+    is put back in os.environ, as it was, before `code` runs: the environment is the
+    children's, and the shells' after them, which keep the user's PYTHONPATH."""
+    env = dict(os.environ)
+    given = env.pop("PYTHONPATH", None)
+    restore = "" if given is None else f"os.environ['PYTHONPATH'] = {given!r}; "
+    boot = f"import os, sys; sys.path[:] = {sys.path!r}; {restore}{code}"
+    return [sys.executable, "-P", "-c", boot], env
+
+
 def spawn_zygote(preload: list[str], beats: BeatBoard, owner: str = "") -> ZygoteHandle:
     """Start a zygote as a new program (posix_spawn: no Python runs in a child of this
     threaded process), handing it the board's fd and, first on its socket, the tree's key."""
@@ -424,14 +441,12 @@ def spawn_zygote(preload: list[str], beats: BeatBoard, owner: str = "") -> Zygot
     zygote_end.set_inheritable(True)
     os.set_inheritable(beats.fd, True)
     try:
-        # It imports what its predecessor could: this process's sys.path, exactly, set before
-        # anything is imported (not through PYTHONPATH: the environment is the children's,
-        # and the shells' after them).
-        boot = (f"import sys; sys.path[:] = {sys.path!r}; "
-                "from moorage.supervisor import zygote; zygote.main(sys.argv[1:])")
-        argv = [sys.executable, "-P", "-c", boot, str(os.getpid()), str(zygote_end.fileno()),
-                str(beats.fd), str(beats.slots), owner, *preload]
-        pid = os.posix_spawn(sys.executable, argv, dict(os.environ))
+        # It imports what its predecessor could (new_interpreter).
+        argv, env = new_interpreter("from moorage.supervisor import zygote; "
+                                    "zygote.main(sys.argv[1:])")
+        argv += [str(os.getpid()), str(zygote_end.fileno()), str(beats.fd), str(beats.slots),
+                 owner, *preload]
+        pid = os.posix_spawn(sys.executable, argv, env)
     except BaseException:
         parent_end.close()
         raise

@@ -211,6 +211,11 @@ def test_supervisors_nested_past_the_limit_are_refused_however_deep(tmp_path):
             tmp_path, nested(depth))
 
 
+def test_a_file_nested_too_deep_to_read_is_refused_as_a_bad_config(tmp_path):
+    assert "values nested too deep to read" in refused(
+        tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+
+
 @pytest.mark.parametrize(("text", "says"), [
     ("[actor.parser]\nlog_level = 'LOUD'\n", "actor.parser.log_level: must be one of 'TRACE'"),
     ("[actor.parser]\nlog_level = 'debug'\n", "actor.parser.log_level: must be one of"),

@@ -6,14 +6,57 @@ or an error from the tree is one line on stderr and its exit code; a reader that
 pipe early ends the command quietly. The commands themselves are in up.py (up, adopt),
 tree.py (down, status, restart, kill, config), calls.py (call, ops, subscribe, events, logs),
 here (metrics, top), slo_view.py (slo) and completion.py (shell completion).
+
+This module is where both entry points come in (the `moorage` console script imports it, and
+`python -m moorage.supervisor.cli` through __main__), so the first thing it does is take the
+working directory off sys.path (`keep_workspace_off_path`), before anything else is imported:
+the imports below included, the standard library's too.
 """
+
+# ruff: noqa: E402 (the imports come after keep_workspace_off_path, on purpose)
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+
+
+def implicit_entries(pythonpath: str | None, cwd: str | None) -> set[str]:
+    """The sys.path entries the interpreter made of the working directory without being told
+    its name: `""`, and PYTHONPATH's empty and relative elements (`:/x`, `/x:`, `.`, `src`)
+    both as given and as site.py makes them absolute. A directory PYTHONPATH names by its
+    absolute path stays, even the working directory: that one was named on purpose."""
+    elements = pythonpath.split(os.pathsep) if pythonpath else []
+    named = {os.path.normpath(e) for e in elements if os.path.isabs(e)}
+    implicit = {""}
+    for e in elements:
+        if not os.path.isabs(e):
+            implicit.add(e)
+            if cwd is not None:
+                implicit.add(os.path.normpath(os.path.join(cwd, e)))
+    return implicit - named
+
+
+def keep_workspace_off_path() -> None:
+    """Take the working directory (an editor's workspace) off sys.path, and what lies under
+    it: the entries `implicit_entries` names, and any other relative entry that names a file
+    or directory there. A relative entry naming nothing there stays: it is an import hook's
+    key (an editable install's finder), not a place. The tree's own new programs are given
+    this path as it is then (zygote.new_interpreter)."""
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # a working directory removed: no entry resolves to it any more
+        cwd = None
+    drop = implicit_entries(os.environ.get("PYTHONPATH"), cwd)
+    sys.path[:] = [p for p in sys.path
+                   if p not in drop and os.path.normpath(p) not in drop
+                   and (os.path.isabs(p) or not os.path.exists(p))]
+
+
+keep_workspace_off_path()
+
+import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +93,8 @@ from moorage.supervisor.cli.tree import (
     cmd_status,
     parse_duration_ms,
 )
-from moorage.supervisor.cli.up import cmd_adopt, cmd_up, package_version
+from moorage.supervisor.cli.up import StartFailed, cmd_adopt, cmd_up, package_version
+from moorage.supervisor.cli.up import refuse as refuse_start
 from moorage.supervisor.spec import ConfigError
 
 __all__ = ["all_children_running", "main", "parse_duration_ms", "parser"]
@@ -360,6 +404,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def refuse(args: argparse.Namespace, message: str) -> int:
+    """A command refused before it runs (its arguments or the environment): one line on
+    stderr and exit 2; for `up`, its failed line too, where the ready line would have gone."""
+    if args.command == "up":
+        return refuse_start(StartFailed("bad_config", message, EXIT_USAGE),
+                            None if args.detach else args.ready_fd)
+    print(f"moorage: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = p.parse_args(keys_after_options(sys.argv[1:] if argv is None else argv))
     # Absolute: the ready line, the connection file and every endpoint name them to
@@ -371,17 +425,14 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
         args.state_dir = Path(os.path.abspath(
             running_state_dir(args.runtime_dir)
             or endpoints.state_dir(args.runtime_dir, args.instance)))
-    except ValueError as exc:
-        print(f"moorage: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except ValueError as exc:  # a bad instance name; no home to find the state dir in
+        return refuse(args, str(exc))
     if (args.connection or args.keys or args.host) and args.command not in REMOTE_COMMANDS:
         given = "--connection" if args.connection else "--keys" if args.keys else "--host"
-        print(f"moorage: {given}: `{args.command}` works on this host's trees only; "
-              f"with --connection: {', '.join(sorted(REMOTE_COMMANDS))}", file=sys.stderr)
-        return EXIT_USAGE
+        return refuse(args, f"{given}: `{args.command}` works on this host's trees only; "
+                      f"with --connection: {', '.join(sorted(REMOTE_COMMANDS))}")
     if (args.keys or args.host) and not args.connection:
-        print("moorage: --keys and --host go with --connection FILE", file=sys.stderr)
-        return EXIT_USAGE
+        return refuse(args, "--keys and --host go with --connection FILE")
     # Without --timeout a command has DEFAULT_TIMEOUT, and `call` gives its op the op's own
     # timeout (the client's choice for a call given none).
     args.timeout_given = args.timeout is not None

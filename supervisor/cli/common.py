@@ -7,6 +7,7 @@ show it).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def connect(args: argparse.Namespace) -> Client:
     describes, over tcp with CURVE (the Python client's remote mode, PROTOCOL.md section 2,
     "Remote"): a refused key then ends a call `unauthorized`, naming the key to allow."""
     if getattr(args, "connection", None):
-        keys = Path(args.keys) if args.keys else curve.keys_dir()
+        keys = Path(args.keys) if args.keys else keys_dir()
         try:
             pair = curve.load_pair(keys, curve.CLIENT)
             return Client.remote(args.connection, client_keys=pair, host=args.host,
@@ -79,6 +80,17 @@ def connect(args: argparse.Namespace) -> Client:
             raise CliError(f"--connection: {exc}", EXIT_USAGE) from None
     need_tree(args.runtime_dir)
     return Client(args.runtime_dir, timeout=args.timeout)
+
+
+def keys_dir() -> Path:
+    """This user's keys directory (curve.keys_dir); a CliError when no variable names it and
+    there is no home to find it in."""
+    try:
+        return curve.keys_dir()
+    except RuntimeError:  # (pathlib's word for "no HOME, and no passwd entry")
+        raise CliError(f"no keys directory: HOME is not set and uid {os.getuid()} has no "
+                       f"entry in the user database; set {curve.KEYS_ENV}, XDG_CONFIG_HOME "
+                       "or HOME") from None
 
 
 class Budget:

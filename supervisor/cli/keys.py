@@ -22,17 +22,19 @@ from typing import Any
 
 from zmq.utils import z85
 
-from moorage.protocol import curve
-from moorage.supervisor.cli.common import EXIT_ERROR, EXIT_OK, CliError
+from moorage.protocol import curve, endpoints
+from moorage.supervisor.cli.common import EXIT_ERROR, EXIT_OK, CliError, keys_dir
 
 
 def _dir() -> Any:
-    return curve.keys_dir()
+    return keys_dir()
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
     d = _dir()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Each level made 0700 (the config dir above the keys included): a umask of 000 would
+    # leave a directory others may write to, and a moorage.toml put there.
+    endpoints.make_private_dirs(d)
     os.chmod(d, 0o700)
     (d / curve.ALLOWED).mkdir(exist_ok=True, mode=0o700)
     made = []

@@ -6,6 +6,10 @@ one line, then end of file: `{"moorage": "ready", ...}` once every child answers
 sends the line there instead). Everything else this process and the tree's write on stdout
 goes to stderr: fd 1 is pointed at fd 2 as soon as the line's channel is taken from it.
 
+A start refused before the tree runs (a bad argument, a `--parent` that is gone, a state dir
+that cannot be made) says so the same way: the failed line, where the ready line would have
+gone (`refuse`).
+
 `up --detach` starts the same command in a new session with the line's pipe as its
 `--ready-fd`, and prints what comes back: the ready line (exit 0), or the failed line after
 stopping everything it started (its process group). It never asks the tree anything, so a tree
@@ -25,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zmq
 
@@ -45,6 +49,7 @@ from moorage.supervisor.spec import ConfigError
 
 if TYPE_CHECKING:
     from moorage.supervisor.lifecycle import LifecycleOptions
+    from moorage.supervisor.spec import SupervisorSpec
 
 DETACH_START_S = 60.0  # on top of --timeout: a loaded machine may take this long to start
 
@@ -81,7 +86,8 @@ def take_ready_channel(ready_fd: int | None) -> int:
             # A copy: the number given may be 1 (stdout), which is about to become stderr.
             fd = os.dup(ready_fd)
         except (OSError, OverflowError):
-            raise CliError(f"--ready-fd {ready_fd}: not an open file descriptor") from None
+            raise StartFailed("bad_config", f"--ready-fd {ready_fd}: not an open file "
+                              "descriptor", EXIT_USAGE) from None
         if ready_fd > 2:  # only the copy stays, so the reader sees end of file after the line
             os.close(ready_fd)
     else:
@@ -90,6 +96,22 @@ def take_ready_channel(ready_fd: int | None) -> int:
     sys.stdout.flush()
     os.dup2(2, 1)
     return fd
+
+
+def refuse(exc: StartFailed, ready_fd: int | None = None) -> int:
+    """A start that ends before the ready line's channel is taken: the failed line where the
+    ready line would have gone (`ready_fd` when that is an open descriptor, else stdout), the
+    message on stderr; the exit code."""
+    from moorage.supervisor.lifecycle import write_line
+
+    sys.stdout.flush()
+    try:
+        fd = os.dup(1 if ready_fd is None else ready_fd)
+    except (OSError, OverflowError):  # --ready-fd names no open file: stdout, as without it
+        fd = os.dup(1)
+    write_line(fd, exc.line())
+    print(f"moorage: {exc}", file=sys.stderr)
+    return exc.code
 
 
 def check_parent(pid: int | None) -> None:
@@ -101,14 +123,22 @@ def check_parent(pid: int | None) -> None:
         raise CliError(f"--parent {pid}: no such process of this user")
 
 
+def check_parent_for_start(pid: int | None) -> None:
+    """check_parent, as `up` says it: an editor that died while starting the tree, or one
+    whose pid the tree cannot see (a sandbox), is told on the line it reads."""
+    try:
+        check_parent(pid)
+    except CliError as exc:
+        raise StartFailed("start_failed", str(exc), exc.code) from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     if args.detach:
-        if args.exit_on_stdin_eof or args.ready_fd is not None:
-            raise CliError("--detach takes neither --exit-on-stdin-eof nor --ready-fd: the "
-                           "detached tree's stdin is /dev/null and its line is printed here")
         return detach(args)
-    check_parent(args.parent)
-    fd = take_ready_channel(args.ready_fd)
+    try:
+        fd = take_ready_channel(args.ready_fd)
+    except StartFailed as exc:
+        return refuse(exc, args.ready_fd)
     from moorage.supervisor.lifecycle import LifecycleOptions
 
     # The tree clears `ready_fd` when it says ready there and closes it: from then on the
@@ -144,6 +174,7 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
     from moorage.supervisor.remote import listen_plan
     from moorage.supervisor.sdnotify import check_env
 
+    check_parent_for_start(opts.parent)
     try:  # systemd's variables, read by the root once it runs
         check_env()
     except ValueError as exc:
@@ -168,6 +199,8 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
         raise StartFailed("bad_config", f"cannot listen: {exc}", EXIT_USAGE) from None
     opts.grace_s = float((doc.get("lifecycle") or {}).get("grace_s", 60))
     try:
+        check_socket_paths(args.runtime_dir, spec)
+        endpoints.make_private_dirs(args.state_dir)
         code, why = run_root(doc, spec, args.runtime_dir, args.log_level, opts,
                              args.state_dir)
     except endpoints.PathTooLong as exc:
@@ -193,23 +226,67 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
     return code
 
 
+def custody_sockets(runtime_dir: Path, spec: SupervisorSpec) -> list[Path]:
+    """Each supervisor's custody socket, named by the function the supervisor binds it by."""
+    from moorage.actors.runtime.custody import custody_path
+
+    supervisors = [spec.id, *(c.id for _, c in spec.walk() if c.supervisor is not None)]
+    return [custody_path(runtime_dir, s) for s in supervisors]
+
+
+def check_socket_paths(runtime_dir: Path, spec: SupervisorSpec) -> None:
+    """PathTooLong for any socket of this tree that would not fit in sun_path (the root
+    checks its actors' again, endpoints.socket_paths, without the custody sockets)."""
+    from moorage.supervisor.launch import tree_names
+
+    endpoints.check_socket_paths(runtime_dir, tree_names(spec),
+                                 also=custody_sockets(runtime_dir, spec))
+
+
 # --- --detach ------------------------------------------------------------------------------
 
 
 def detach(args: argparse.Namespace) -> int:
     """Start `up` in a new session; print its ready line once it is ready, or stop what it
-    started and print why it failed."""
-    check_parent(args.parent)
-    log_dir = args.state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    out = log_dir / "up.out"
+    started and print why it failed (a failure before it is started too: `refuse`)."""
+    if args.exit_on_stdin_eof or args.ready_fd is not None:
+        return refuse(StartFailed(
+            "bad_config", "--detach takes neither --exit-on-stdin-eof nor --ready-fd: the "
+            "detached tree's stdin is /dev/null and its line is printed here", EXIT_USAGE))
+    try:
+        check_parent_for_start(args.parent)
+        return run_detached(args)
+    except StartFailed as exc:
+        return refuse(exc)
+
+
+def open_console(state_dir: Path) -> BinaryIO:
+    """The detached tree's console, `<state dir>/logs/up.out` (its directories 0700, made
+    one level at a time); StartFailed if it cannot be had."""
+    log_dir = state_dir / "logs"
+    try:
+        endpoints.make_private_dirs(log_dir)
+        return open(log_dir / "up.out", "ab")
+    except OSError as exc:
+        raise StartFailed("start_failed", f"cannot open the tree's console in {log_dir}: "
+                          f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename
+                                                     else ""), EXIT_ERROR) from None
+
+
+def run_detached(args: argparse.Namespace) -> int:
+    from moorage.supervisor.zygote import new_interpreter
+
+    console = open_console(args.state_dir)
+    out = Path(console.name)
     r, w = os.pipe2(os.O_CLOEXEC)
-    # -P: the working directory (an editor's workspace) is never on the tree's sys.path.
-    cmd = [sys.executable, "-P", "-m", "moorage.supervisor.cli",
-           "--instance-dir", str(args.runtime_dir), "up", "--ready-fd", str(w),
+    # The tree imports what this process can, never from the working directory (an editor's
+    # workspace), and keeps this environment, the user's PYTHONPATH included.
+    argv, base_env = new_interpreter("from moorage.supervisor.cli.commands import main; "
+                                     "sys.exit(main())")
+    cmd = [*argv, "--instance-dir", str(args.runtime_dir), "up", "--ready-fd", str(w),
            "--log-level", args.log_level]
     if args.instance:
-        cmd[4:4] = ["--instance", args.instance]
+        cmd[len(argv):len(argv)] = ["--instance", args.instance]
     if args.config:
         cmd += ["--config", str(Path(args.config).resolve())]
     if args.metrics_http:
@@ -223,12 +300,18 @@ def detach(args: argparse.Namespace) -> int:
     from moorage.actors.runtime.logs import CONSOLE_MAX_BYTES, CONSOLE_ROTATE_ENV
 
     # The tree's console is `out`, for as long as it runs: kept under a size (rotated).
-    env = {CONSOLE_ROTATE_ENV: str(CONSOLE_MAX_BYTES), **os.environ,
+    env = {CONSOLE_ROTATE_ENV: str(CONSOLE_MAX_BYTES), **base_env,
            "MOORAGE_STATE_DIR": str(args.state_dir)}
-    with open(out, "ab") as f:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env,
-                                start_new_session=True, pass_fds=(w,))
-    os.close(w)
+    try:
+        with console:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console,
+                                    stderr=console, env=env, start_new_session=True,
+                                    pass_fds=(w,))
+    except OSError as exc:
+        os.close(r)
+        raise StartFailed("start_failed", f"cannot start the tree: {exc}", EXIT_ERROR) from None
+    finally:
+        os.close(w)
     try:
         line = read_line(r, args.timeout + DETACH_START_S)
     finally:
