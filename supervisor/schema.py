@@ -23,7 +23,6 @@ MAX_PACKED_BYTES.
 
 from __future__ import annotations
 
-import importlib
 import math
 import types
 from dataclasses import dataclass
@@ -477,14 +476,24 @@ def check_child_refs(child: ChildSpec, ids: dict[str, ChildSpec], table: dict) -
                           f"{', '.join(fit) or 'none'})")
 
 
+# The fallbacks each of our classes declares (its `fallbacks` attribute), here as its settings
+# table is: `moorage up` checks a document without importing the actors (their modules are
+# the zygote's to import, beside the root's start-up, not before it); a test holds the two
+# equal.
+ACTOR_FALLBACKS: dict[str, tuple[str, ...]] = {
+    METRICS: (),
+    RESOURCE: (),
+    PARSER: ("raw_passthrough",),
+    WATCHER: ("polling", "cache_only"),
+    TERMINAL: (),
+    KEEPER: (),
+}
+
+
 def declared_fallbacks(start: str) -> tuple[str, ...] | None:
-    """The fallbacks the class `start` declares (its `fallbacks` attribute; none if it has
-    none), or None for a class this package does not ship: its module is not imported here
-    (its code runs in the tree, not in `moorage up` before it), and it may name any."""
-    if start not in ACTOR_TABLES:
-        return None
-    module, _, name = start.partition(":")
-    return tuple(getattr(getattr(importlib.import_module(module), name), "fallbacks", ()))
+    """The fallbacks the class `start` declares, or None for a class this package does not
+    ship: it may name any."""
+    return ACTOR_FALLBACKS.get(start)
 
 
 def check_fallbacks(child: ChildSpec, where: str) -> None:

@@ -6,6 +6,7 @@ supervisors nested without end, and runtime settings an actor would refuse at st
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import select
@@ -71,6 +72,25 @@ def test_a_fallback_its_class_does_not_declare_is_refused_naming_those_it_does(t
         assert f"{cid}.fallbacks[0]: unknown fallback 'degraded' (known: none" in msg
     assert load(tmp_path, default_with('fallbacks = ["polling", "cache_only"]',
                                        'fallbacks = ["cache_only"]'))
+
+
+def test_the_fallbacks_the_check_knows_are_those_each_class_declares():
+    for start, names in schema.ACTOR_FALLBACKS.items():
+        module, _, name = start.partition(":")
+        klass = getattr(importlib.import_module(module), name)
+        assert tuple(getattr(klass, "fallbacks", ())) == names, start
+
+
+def test_checking_the_default_document_imports_no_actor():
+    """The check runs in `moorage up` before the zygote forks: an actor's module imported
+    there would hold the start-up for it (the zygote imports them beside the root's work)."""
+    script = ("import sys\nfrom moorage.supervisor import config\nconfig.load(None, env={})\n"
+              "print(sorted(m for m in sys.modules if m.startswith('moorage.actors.')"
+              " and m.endswith('.actor')))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_class_from_elsewhere_may_name_any_fallback_and_a_supervisor_names_none(tmp_path):
