@@ -9,14 +9,17 @@ reaches them through `WatcherHost`; everything here runs on the actor's loop.
                 cookies in the same batch wait for its diff), events go to the pipeline, a
                 handler error and the observer's problems ask for a resync
   _on_problem   ENOSPC below a root polls that subtree (or, past `max_polled_subtrees`, the
-                whole root) with a `warning` event; every problem asks for a resync
+                whole root) with a `warning` event; a root's own directory moved away or
+                deleted marks it missing at once (`root_missing` warning); every problem
+                but a root deleted (whose deletions were reported) asks for a resync
   resync        watches first (in place, or recreated), then the walk (on the walker
                 thread: the loop serves meanwhile, and what the observer hands over waits),
                 the diff against the told state, the markers; it answers the syncs that
                 began before its walk
   health_check  the seed's 3.2 check: a cookie that does not come back recreates the
                 observer and resyncs
-  liveness      dead observer threads (recreate + resync), roots gone and back
+  liveness      dead observer threads (recreate + resync), roots gone (a root is the
+                directory placed, by device and inode) and back
   checkpoint    the lagging checkpoint of the told state (state.py), and `persist`, the
                 same written at once when no event told what the told state gained
 """
@@ -33,11 +36,19 @@ from loguru import logger
 
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import COOKIE, Cookies, Sync
-from moorage.actors.watcher.mounts import DirProbe
-from moorage.actors.watcher.observer import BaseWalk, ObserverManager, Placement, Root
+from moorage.actors.watcher.observer import (
+    GONE,
+    ROOT_GONE,
+    BaseWalk,
+    Ident,
+    ObserverManager,
+    Placement,
+    Root,
+    dir_identity,
+)
 from moorage.actors.watcher.resync import ResyncScheduler
 from moorage.actors.watcher.snapshot import Index, Stat
-from moorage.actors.watcher.workers import Job
+from moorage.actors.watcher.workers import Job, Offload
 from moorage.protocol.errors import MoorageError
 
 if TYPE_CHECKING:
@@ -81,6 +92,38 @@ class WatcherHost(Protocol):
     heap: HeapTrim
 
 
+class RootProbe:
+    """`dir_identity` for the question the loop asks every second (the liveness check): a
+    path on a slow file system is looked at on a remote worker, never on the loop, and the
+    answer is what that look last found (None until one has: "not known yet"). One look
+    per path at a time; a look the workers cannot take (all busy behind a stalled mount) is
+    simply not made, and asked for again next time. (mounts.DirProbe's way, for the
+    directory itself: a symlink now at a root's path is not the root's directory.)"""
+
+    def __init__(self, slow: Callable[[str], bool], remote: Offload) -> None:
+        self.slow = slow
+        self.remote = remote
+        self.known: dict[str, Ident] = {}
+        self.out: set[str] = set()
+
+    def look(self, path: str) -> Ident | None:
+        if not self.slow(path):
+            return dir_identity(path)
+        if path not in self.out:
+            try:
+                job = self.remote(lambda: dir_identity(path), lambda v: v)
+            except MoorageError:
+                return self.known.get(path)
+            self.out.add(path)
+            job.then(lambda j: self._found(path, j))
+        return self.known.get(path)
+
+    def _found(self, path: str, job: Job) -> None:
+        self.out.discard(path)
+        if job.error is None:
+            self.known[path] = job.value
+
+
 class Driving:
     """The loop side of the watcher (`WatcherHost`): what the observer hands over, resyncs,
     cookies, health and liveness, and the counters of each."""
@@ -98,13 +141,18 @@ class Driving:
         self._after_resync: list[Callable[[], None]] = []
         self.walking = False  # a resync's walk is under way on the walker thread
         self.recreating = False  # ... and before it, the observers are being made anew
-        self._again: tuple[str, bool] | None = None  # resync asked for meanwhile
+        # Resyncs asked for meanwhile: their reasons (each once, however often asked), and
+        # whether one asked to recreate the observers.
+        self._again: set[str] = set()
+        self._again_recreate = False
+        # Placements whose end runs `_after_placements` (each one hooked once).
+        self._awaited: set[Job] = set()
         # Placements for polling under way: what they place has no observer to see an
         # fs.sync's cookie yet, so a sync waits for the resync that follows them.
         self.polling_placements = 0
-        # the liveness check's isdir: a path on a slow file system looked at on the remote
-        # workers, not on the loop
-        self.probe = DirProbe(w.mounts.slow, w.remote.submit)
+        # the liveness check's look at each root: a path on a slow file system looked at on
+        # the remote workers, not on the loop
+        self.probe = RootProbe(w.mounts.slow, w.remote.submit)
 
     def _capture(self) -> dict[str, Any]:
         # (the Index, not its dict: a crawl or a resync puts a new dict in it, and the
@@ -177,6 +225,9 @@ class Driving:
             self.w.loop.call_later(0, self.drain)
 
     def _on_problem(self, kind: str, detail: str) -> None:
+        if kind in ROOT_GONE:
+            self._root_gone(kind, detail)
+            return
         if kind == "enospc" and self.w.obs is not None:
             got = self.w.obs.poll_subtree(detail)
             if got is not None:
@@ -191,6 +242,21 @@ class Driving:
                 self.place([placing], "enospc", via="polling")
         # (directories the observer lost track of are watched again by observers made anew)
         self.request_resync(kind, recreate=kind == "unplaced")
+
+    def _root_gone(self, kind: str, path: str) -> None:
+        """A root's emitter stopped as its directory left: the root is missing now, not at
+        the next liveness check. A root moved away took its tree along unreported: the
+        resync tells it gone (a root with no directory at its path is not walked); a root
+        deleted had its deletions reported before its own."""
+        obs = self.w.obs
+        if obs is not None and obs.lose_root(path, stopped=True):
+            self.warn_missing(path)
+        if kind == "root_moved":
+            self.request_resync(kind)
+
+    def warn_missing(self, path: str) -> None:
+        self.w.pipeline.marker("warning", reason="root_missing", path=path,
+                               message=f"{path} is gone; watching resumes when it is back")
 
     def request_resync(self, reason: str, recreate: bool = False) -> None:
         self.resyncs.request(reason, recreate)
@@ -216,14 +282,15 @@ class Driving:
             return None
         placing = self.w.watch_ops.placing
         if self.walking or placing:
-            self._again = (f"{self._again[0]}+{reason}" if self._again else reason,
-                           recreate or (self._again[1] if self._again else False))
+            self._again.update(reason.split("+"))
+            self._again_recreate = self._again_recreate or recreate
             if not self.walking:
                 # A new watch's base is in the index once its placement ends: the told state
                 # taken now would lack it, and the diff would report its whole tree as
                 # created. After the placements, then.
-                for job in list(placing.values()):
-                    job.then(lambda _j: self._after_placements())
+                for job in [j for j in placing.values() if j not in self._awaited]:
+                    self._awaited.add(job)
+                    job.then(self._placement_ended)
             return None
         t0 = time.perf_counter()
         # recreated: the old observers detached now, stopped and placed anew on the walker
@@ -252,7 +319,10 @@ class Driving:
             if recreation is not None:
                 # watches first, then the walk: one walk of each root placed anew does both
                 recreation.run(base_for)
-            out = walks.rest(roots)
+            # A root with no directory at its path holds nothing: what the told state has
+            # under it is reported deleted. (A symlink there is not walked through: the
+            # directory it names is not the root's, and no watch would see it.)
+            out = walks.rest({p: r for p, r in roots.items() if dir_identity(p) != GONE})
             for p in [p for p in out if ours(p)]:
                 del out[p]
             t2 = time.perf_counter()
@@ -267,6 +337,8 @@ class Driving:
                 for w in recreation.record():
                     self.w.pipeline.marker("warning", reason="inotify_unavailable", message=w,
                                            mode="polling")
+                for path in recreation.missing:
+                    self.warn_missing(path)
             summary = self.w.pipeline.resync(reason, new, told, changes=changes,
                                              index=index, walk_ms=round(walk_ms, 3))
             if told is None and new:
@@ -296,9 +368,9 @@ class Driving:
             if cookies:
                 self.w.pipeline.feed(cookies)
             for kind, detail in problems:
-                # (an overflow is covered by the walk; directories left unwatched are not,
-                # unless this resync placed every watch anew)
-                if kind == "enospc" or (kind == "unplaced" and recreation is None):
+                # (an overflow is covered by the walk; directories left unwatched and roots
+                # whose emitter stopped are not, unless this resync placed them all anew)
+                if kind == "enospc" or (kind in ("unplaced", *ROOT_GONE) and recreation is None):
                     self._on_problem(kind, detail)
             return summary
 
@@ -338,20 +410,27 @@ class Driving:
         """Run `fn` once the resync under way has published its diff."""
         self._after_resync.append(fn)
 
+    def _placement_ended(self, job: Job) -> None:
+        self._awaited.discard(job)
+        self._after_placements()
+
     def _after_placements(self) -> None:
-        if self.w.watch_ops.placing or self.walking or self._again is None:
+        if self.w.watch_ops.placing or self.walking:
             return  # (another placement still runs: its end comes here too)
-        reason, recreate = self._again
-        self._again = None
-        self.request_resync(reason, recreate)
+        self._request_again()
 
     def _walk_done(self) -> None:
         self.walking = self.recreating = False
         self.resyncs.done()
         self.w.loop.call_later(0, self.drain)  # what waited for the walk
-        if self._again is not None:
-            reason, recreate = self._again
-            self._again = None
+        self._request_again()
+
+    def _request_again(self) -> None:
+        """The resyncs asked for during a walk or a placement, asked for now: one resync
+        (ResyncScheduler joins them), each reason once."""
+        reasons, recreate = sorted(self._again), self._again_recreate
+        self._again, self._again_recreate = set(), False
+        for reason in reasons:
             self.request_resync(reason, recreate)
 
     # --- cookies: fs.sync and the health check --------------------------------------------
@@ -370,7 +449,7 @@ class Driving:
             self.complete_sync(s)
 
     def complete_sync(self, s: Sync) -> None:
-        if self.resyncs.pending or self.walking or self._again is not None \
+        if self.resyncs.pending or self.walking or self._again \
                 or self.polling_placements:
             self._after_resync.append(lambda: s.done(s))  # the diff must go out first
         else:
@@ -407,10 +486,11 @@ class Driving:
         self.w.pipeline.expire_self_writes()
         if self.w.obs is None or self.w.paused:
             return
-        found = self.w.obs.check(self.probe.isdir)
+        found = self.w.obs.check(self.probe.look)
         for path in found["missing"]:
-            self.w.pipeline.marker("warning", reason="root_missing", path=path,
-                                 message=f"{path} is gone; watching resumes when it is back")
+            self.warn_missing(path)
+        if found["moved"]:  # (their trees left unreported: the walk tells them gone)
+            self.request_resync("root_moved")
         if found["dead"]:
             logger.error("watcher: observer threads dead: {}", found["dead"])
             self.request_resync("observer_dead", recreate=True)  # (places `back` too)
@@ -453,6 +533,8 @@ class Driving:
                 warning = obs.placed(r, got, generation)
                 if warning:
                     logger.warning("watcher: {}", warning)
+                if got.gone and r.via == "missing" and obs.roots.get(r.path) is r:
+                    self.warn_missing(r.path)
             self.request_resync(reason)
 
         def unplaced() -> None:  # looked for again at the next check

@@ -3,7 +3,9 @@
 watchdog 7.x logs an inotify queue overflow and nothing else, and swallows a failed watch on
 a subdirectory (ENOSPC: the user's watch limit). The group here reports both (`report(kind,
 path)`, kinds "overflow" and "enospc"); the observer manager (moorage.actors.watcher.observer) turns
-them into resyncs and a polled subtree. It also places no watch in, and does not even walk,
+them into resyncs and a polled subtree. A root's own directory moved away or deleted stops
+its emitter, which reports it ("root_moved", "root_deleted"): the manager marks the root
+missing at once. It also places no watch in, and does not even walk,
 a directory `wanted` says no watch needs (inside an excluded subtree), and `add_missing`
 watches the ones a new watch needs. A new root's watches below it are placed by the walk
 that reads its tree for the index (`base_walk`), after watchdog's schedule has returned. The
@@ -93,6 +95,10 @@ if GUARDED:
     _IN_IGNORED, _IN_DELETE_SELF = int(_C.IN_IGNORED), int(_C.IN_DELETE_SELF)
     _IN_MOVED_FROM = int(_C.IN_MOVED_FROM)
     _WATCH_GONE = _IN_IGNORED | _IN_DELETE_SELF
+    # Asked for on a root's own watch alone (Group._place): a directory below the root moved
+    # says so in its parent's IN_MOVED_FROM already, and its IN_MOVE_SELF would only send
+    # each such move down watchdog's slower path.
+    _IN_MOVE_SELF = int(_C.IN_MOVE_SELF)
 
 
 def plain_kind(mask: int) -> str:
@@ -566,12 +572,16 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
 
         def _place(self, path: bytes, add: AddWatch | None = None) -> int | None:
             """The inotify watch of `path` (through `add`, or the instance's locked add):
-            its descriptor, or None when it could not be placed."""
+            its descriptor, or None when it could not be placed. The root's own watch also
+            asks for IN_MOVE_SELF: the kernel's watch follows the directory, so a root moved
+            away would go on reporting its tree's changes under the root's path
+            (Emitter._left stops it)."""
+            mask = self.event_mask | _IN_MOVE_SELF if path == self.path else self.event_mask
             try:
                 if add_watch_fault is not None:
                     add_watch_fault(path)
-                return (add or self._inotify_fd.add_callback)(path, self.event_mask,
-                                                              self._callback, self._id)
+                return (add or self._inotify_fd.add_callback)(path, mask, self._callback,
+                                                              self._id)
             except OSError as exc:
                 if path == self.path:
                     raise
@@ -665,13 +675,32 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     if kind:
                         hand_over((kind, os.fsdecode(event.path), "",  # type: ignore[attr-defined]
                                    bool(mask & _IN_ISDIR)))
-                    elif not self._carried(event):
+                    elif not self._carried(event) and not self._left(event):
                         super().build_and_queue_event(event, full_events=full_events)
+                        if self._is_root(event, _IN_DELETE_SELF):  # (watchdog stopped it)
+                            report("root_deleted", self.watch.path)
                 finally:
                     group = self._inotify
                     if group is not None:
                         # (one event, or a move's pair: PathedInotifyEvent is a tuple too)
                         group.handled(1 if isinstance(event, PathedInotifyEvent) else 2)
+
+            def _is_root(self, event: Any, mask: int) -> bool:
+                """`event` is one of the root's own watch with `mask` (not a pair)."""
+                return isinstance(event, PathedInotifyEvent) and bool(event.ev.mask & mask) \
+                    and os.fsdecode(event.path) == self.watch.path
+
+            def _left(self, event: Any) -> bool:
+                """The root's own directory moved away (IN_MOVE_SELF of its watch): taken as
+                watchdog takes the root deleted, the emitter stops (its watches go with its
+                group) after what came before it, and what the tree does at its new path is
+                never reported under the root's. Reported "root_moved": the manager marks
+                the root missing at once, and resyncs (no event said its tree left)."""
+                if not self._is_root(event, _IN_MOVE_SELF):
+                    return False
+                self.stop()
+                report("root_moved", self.watch.path)
+                return True
 
             def _carried(self, event: Any) -> bool:
                 """A directory moved within the watch (a pair) or moved in (its

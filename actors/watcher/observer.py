@@ -18,7 +18,12 @@ kills the dispatch thread. So, here:
     left) is observed by a PollingObserver instead, and so is one `to_polling` moves there;
     a subdirectory whose watch cannot be placed (ENOSPC below the root) is polled by itself
     (`poll_subtree`) while inotify keeps the rest of its root, up to `max_polled` subtrees
-    per root (each polling emitter is a thread): past that the whole root is polled.
+    per root (each polling emitter is a thread): past that the whole root is polled;
+  - a root is the directory its path named when it was placed (its device and inode,
+    `dir_identity`): one moved away, deleted or replaced (by another directory, or by a
+    symlink, which is not followed: fs.watch resolved the root's path once, and a watch of
+    the link names its target) is missing (`lose_root`), at once when its emitter reports
+    it, else at the liveness check (`check`), and placed again once a directory is back.
 Everything here runs on watchdog's threads (and, for plain inotify events, on the loop)
 except the methods the actor calls; shared state is guarded by one lock. The inotify
 subclasses are in moorage.actors.watcher.guarded.
@@ -27,6 +32,7 @@ subclasses are in moorage.actors.watcher.guarded.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +74,22 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
 EVENT_KINDS = tuple(EVENT_FILTER)
 _monotonic = time.monotonic
 Raw = tuple[str, str, str, bool]  # (watchdog event type, src, dest, is_dir)
+Ident = tuple[int, int]  # (st_dev, st_ino) of a root's directory
+GONE: Ident = (-1, -1)  # no directory at the path: nothing, a file, a symlink
+# What an emitter reports when its root's own directory left (guarded.py): "root_moved"
+# (its tree left without an event for what it held) or "root_deleted" (after the
+# deletions of what it held).
+ROOT_GONE = ("root_moved", "root_deleted")
+
+
+def dir_identity(path: str) -> Ident:
+    """The directory at `path` itself, by an lstat (a symlink there is not followed: it is
+    not the directory the root's path named), or GONE."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return GONE
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else GONE
 
 
 def _watchdog_version() -> str:
@@ -99,6 +121,7 @@ class Root:
     # how it is placed, whenever it is ("polling" once inotify had no room for it: a root
     # found missing and back must not go back to inotify, to hit the limit again)
     target: str | None = None
+    ident: Ident | None = None  # the directory it was placed on (`dir_identity`)
 
 
 def wire_roots(roots: dict[str, Root]) -> dict[str, dict[str, Any]]:
@@ -129,11 +152,18 @@ class _Stale(Exception):
 @dataclass(frozen=True)
 class Placement:
     """What `ObserverManager.place` did: the observer that took the root (or "missing"),
-    its watch, and a warning when inotify had no room."""
+    its watch, a warning when inotify had no room, and the directory it found at the path
+    (GONE: none, so "missing"; None: not looked at)."""
 
     via: str
     watch: ObservedWatch | None
     warning: str | None
+    ident: Ident | None = None
+
+    @property
+    def gone(self) -> bool:
+        """No directory was at the path (a symlink there included)."""
+        return self.ident == GONE
 
 
 class ObserverManager:
@@ -300,9 +330,12 @@ class ObserverManager:
         on a worker thread (passing the `generation` it began in); `placed` records the
         outcome on the loop. `base`, the walk that reads the tree for the index, is the
         walk that places the watches too when inotify takes a recursive root
-        (guarded.base_walk); otherwise it is not run here."""
-        if not os.path.isdir(path):
-            return Placement("missing", None, None)
+        (guarded.base_walk); otherwise it is not run here. The directory's identity is
+        taken first: one replaced while it is placed differs from it, and the liveness
+        check places it again."""
+        ident = dir_identity(path)
+        if ident == GONE:
+            return Placement("missing", None, None, GONE)
         warning = None
         try:
             if via == "inotify":
@@ -318,12 +351,12 @@ class ObserverManager:
                 else:
                     if claim is not None:
                         claim.run()
-                    return Placement("inotify", watch, None)
+                    return Placement("inotify", watch, None, ident)
             watch = self._observer("polling", generation).schedule(
                 self.handler, path, recursive=recursive, event_filter=EVENT_FILTER)
         except _Stale:  # stopped meanwhile (quality 0, a recreate): nothing placed
             return Placement("missing", None, None)
-        return Placement("polling", watch, warning)
+        return Placement("polling", watch, warning, ident)
 
     def placed(self, root: Root, got: Placement, generation: int) -> str | None:
         """Record a placement made off the loop; returns its warning. One that lost its
@@ -341,7 +374,7 @@ class ObserverManager:
             # dropped, or moved to polling whole meanwhile (ENOSPC in too many subtrees)
             self._unschedule(Root(root.path, root.recursive, got.via, got.watch))
             return None
-        root.via, root.watch = got.via, got.watch
+        root.via, root.watch, root.ident = got.via, got.watch, got.ident
         if got.via != "inotify":  # subtrees polled during the placement: polled whole now
             self._drop_polled(root.path)
         return got.warning
@@ -354,6 +387,31 @@ class ObserverManager:
             except KeyError:
                 pass  # its emitter already stopped itself (the root was deleted)
         root.watch = None
+
+    def lose_root(self, path: str, stopped: bool = False) -> bool:
+        """The root `path` is no longer the directory it was placed on (moved away, deleted,
+        replaced): stop observing it and mark it missing; the liveness check places it
+        again once a directory is at its path (`check`'s `back`). With `stopped`, only
+        when its emitter has stopped (its own report: a stale one, from an emitter that a
+        placement has replaced since, leaves the new one be). False when nothing changed
+        (not observed now: missing already, or being placed)."""
+        root = self.roots.get(path)
+        if root is None or root.via not in ("inotify", "polling"):
+            return False
+        if stopped and not self._stopped(root):
+            return False
+        self._drop_polled(path)
+        self._unschedule(root)
+        root.via = "missing"
+        return True
+
+    def _stopped(self, root: Root) -> bool:
+        obs = self.inotify if root.via == "inotify" else self.polling
+        if obs is None:
+            return False
+        # (a watch is its path's: one placed anew has a new emitter, running, for it)
+        return any(em.watch == root.watch and not em.should_keep_running()
+                   for em in list(obs.emitters))
 
     def adopt_roots(self, wanted: dict[str, bool]) -> list[Root]:
         """Stop observing what `wanted` no longer has, and register its new roots as
@@ -443,15 +501,18 @@ class ObserverManager:
                 best = p
         return best
 
-    def check(self, isdir: Callable[[str], bool | None] = os.path.isdir
+    def check(self, look: Callable[[str], Ident | None] = dir_identity
               ) -> dict[str, list[Any]]:
-        """The liveness check: threads that died while their root still exists (`dead`),
-        roots that disappeared (`missing`: a deleted root stops its own emitter, which is
-        not a failure) and missing roots that exist again (`back`: Root objects, marked
-        placing, for the caller to `place` off the loop and record with `placed`).
-        `isdir` may answer None, "not known yet" (a path on a slow file system, whose
-        probe runs on a worker): nothing is decided about that path this time."""
-        out: dict[str, list[Any]] = {"dead": [], "missing": [], "back": []}
+        """The liveness check: threads that died while their root is still the directory
+        they watched (`dead`), roots that are not (`missing`: a root deleted or moved away
+        stops its own emitter, which is not a failure; and `moved`, those of them whose
+        emitter still ran, the tree having left unreported: a directory above the root
+        renamed, say) and missing roots whose path holds a directory again (`back`: Root
+        objects, marked placing, for the caller to `place` off the loop and record with
+        `placed`). `look` (dir_identity) may answer None, "not known yet" (a path on a slow
+        file system, whose probe runs on a worker): nothing is decided about that path this
+        time."""
+        out: dict[str, list[Any]] = {"dead": [], "missing": [], "moved": [], "back": []}
         for name, obs in (("inotify", self.inotify), ("polling", self.polling)):
             if obs is None:
                 continue
@@ -460,29 +521,39 @@ class ObserverManager:
             if name == "inotify" and not obs.inotify_fd.is_alive():  # type: ignore[union-attr]
                 out["dead"].append("inotify lane")
             for em in list(obs.emitters):
-                if em.is_alive():
-                    continue
-                there = isdir(em.watch.path)
-                if there is None:
-                    continue
-                sub = self.polled.get(em.watch.path) if name == "polling" else None
-                if sub is not None and not there:
-                    # A polled subtree was deleted (its emitter stops itself); inotify on
-                    # the root reported that, and watches it anew if it comes back.
-                    self._unschedule(self.polled.pop(sub.path))
-                    continue
-                root = self.roots.get(em.watch.path)
-                if there or root is None:
-                    out["dead"].append(f"{name} emitter {em.watch.path}")
-                else:
-                    self._unschedule(root)
-                    root.via = "missing"
+                if not em.is_alive():
+                    self._check_stopped(name, em.watch.path, look, out)
+        for root in list(self.roots.values()):
+            if root.via in ("inotify", "polling") and root.ident is not None:
+                there = look(root.path)
+                if there is not None and there != root.ident and self.lose_root(root.path):
                     out["missing"].append(root.path)
-        for root in self.roots.values():
-            if root.via == "missing" and root.path not in out["missing"] and isdir(root.path):
-                root.via = "placing"
-                out["back"].append(root)
+                    out["moved"].append(root.path)
+            elif root.via == "missing" and root.path not in out["missing"]:
+                there = look(root.path)
+                if there is not None and there != GONE:
+                    root.via = "placing"
+                    out["back"].append(root)
         return out
+
+    def _check_stopped(self, name: str, path: str, look: Callable[[str], Ident | None],
+                       out: dict[str, list[Any]]) -> None:
+        """An emitter whose thread ended: its root gone or replaced (missing), a polled
+        subtree gone (forgotten), else a thread that died (dead)."""
+        there = look(path)
+        if there is None:
+            return
+        sub = self.polled.get(path) if name == "polling" else None
+        if sub is not None and there == GONE:
+            # A polled subtree was deleted (its emitter stops itself); inotify on the root
+            # reported that, and watches it anew if it comes back.
+            self._unschedule(self.polled.pop(sub.path))
+            return
+        root = self.roots.get(path)
+        if root is not None and there != root.ident and self.lose_root(path):
+            out["missing"].append(path)
+        else:
+            out["dead"].append(f"{name} emitter {path}")
 
     def detach(self) -> list[Any]:
         """Take the observers out, at once and on the loop: a placement under way makes no
@@ -571,6 +642,7 @@ class Recreation:
                  generation: int) -> None:
         self.obs, self.old, self.todo, self.generation = obs, old, todo, generation
         self.placements: list[Placement | OSError] = []
+        self.missing: list[str] = []  # roots `record` found no directory at
 
     def run(self, base_for: Callable[[str, bool], BaseWalk | None] | None = None) -> None:
         """Off the loop: the old observers stopped, then every root and polled subtree
@@ -597,4 +669,6 @@ class Recreation:
             warning = obs.placed(root, got, self.generation)
             if warning:
                 warnings.append(warning)
+            if got.gone and root.via == "missing" and obs.roots.get(root.path) is root:
+                self.missing.append(root.path)
         return warnings
