@@ -234,3 +234,37 @@ def test_a_watch_of_a_tree_holding_a_path_past_path_max_is_placed_and_answers_it
     (deep / "later.txt").write_text("x")
     assert ("created", str(deep / "later.txt")) in [
         (e["kind"], e.get("path")) for e in w.sync()]
+
+
+# --- the warning (once driving.py and watch_ops.py publish RootWalks.warnings) ---------------
+
+
+def too_long_warnings(events: list[dict]) -> list[str]:
+    return [e["path"] for e in events
+            if e["kind"] == "warning" and e.get("reason") == "path_too_long"]
+
+
+def test_a_watch_of_a_tree_holding_a_path_past_path_max_warns_of_its_first_such_directory(
+        start, data):
+    deep = data / "deep"
+    deep.mkdir()
+    made = chain(deep, 5000)
+    w = start()
+    w.watch(deep)
+    assert too_long_warnings(w.sync()) == [first_too_long(made)]
+
+
+def test_a_restart_warns_of_each_path_past_path_max_once_its_resync_is_out(start, data):
+    deep, other = data / "deep", data / "other"
+    deep.mkdir()
+    old_files(other)
+    w = start()
+    w.watch(deep)
+    w.watch(other)
+    made = chain(deep, 5000)
+    w.sync()
+    die_behind_its_back(w, other)
+    w2 = start()
+    evs = w2.sync()
+    end = next(i for i, e in enumerate(evs) if e["kind"] == "resync_end")
+    assert too_long_warnings(evs[end:]) == [first_too_long(made)]

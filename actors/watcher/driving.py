@@ -308,9 +308,10 @@ class Driving:
         # goes on; nothing is published meanwhile, so it is what subscribers were told).
         told = dict(self.w.index.entries) if base is INDEX else base
 
+        walks = snapshot.RootWalks(keep)  # (its warnings are read in `finish`, on the loop)
+
         def blocking() -> tuple[dict[str, Stat], float, list, Index, float]:
             t1 = time.perf_counter()
-            walks = snapshot.RootWalks(keep)
 
             def base_for(path: str, recursive: bool) -> BaseWalk | None:
                 # (a polled subtree is not a root: its placement walks nothing of ours)
@@ -341,6 +342,8 @@ class Driving:
                     self.warn_missing(path)
             summary = self.w.pipeline.resync(reason, new, told, changes=changes,
                                              index=index, walk_ms=round(walk_ms, 3))
+            for fields in walks.warnings():  # what the walk could not read or no watch follows
+                self.w.pipeline.marker("warning", **fields)
             if told is None and new:
                 # a fresh resync (the first start): the told state is the walk, which no
                 # event told (no wal generation has it): on disk at once, not a capture and

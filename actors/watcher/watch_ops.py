@@ -165,9 +165,10 @@ class WatchOps:
         # are refreshed: theirs go first, then the walk.
         one_walk = not refresh and [(r.path, r.recursive) for r in roots] == [(real, recursive)]
 
+        walks = snapshot.RootWalks(keep)  # (its warnings are read in `finish`, on the loop)
+
         def blocking() -> tuple[list[Placement | OSError], dict[str, Stat] | Index]:
             placements: list[Placement | OSError] = []
-            walks = snapshot.RootWalks(keep)
             for r in roots:
                 try:
                     placements.append(obs.place(r.path, r.recursive, obs.mode, generation,
@@ -213,6 +214,8 @@ class WatchOps:
             for msg in warnings:
                 self.w.pipeline.marker("warning", reason="inotify_unavailable", message=msg,
                                        path=real, mode="polling")
+            for fields in walks.warnings():  # what the walk could not read or no watch follows
+                self.w.pipeline.marker("warning", **fields)
             answer = self._answer(obs, w)
 
             def persist(_merged: Job | None = None) -> None:  # (the walk all in the index)
