@@ -13,6 +13,11 @@
          next clock in the journal, applied to the told-state index, and published; a path
          whose events cancelled out (created + deleted) but that the index holds (a resync
          walk reported it before its own `created` event came through) is published deleted
+  telling  a directory gone while the index holds paths below it that no event of their own
+         tells gone (moved out of every watch: a delete-to-trash, or into an excluded
+         directory) has each of them published deleted before the flush, deepest first,
+         TELL_SLICE a loop turn (`_Telling`); the flush, what comes meanwhile and the cookies
+         wait behind it
   resync replaces the index with a fresh walk and publishes resync_begin, the diff (events
          marked synthetic) and resync_end, all journaled like live events
 
@@ -44,7 +49,7 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Any
 
 import msgpack
@@ -62,6 +67,7 @@ from moorage.actors.watcher.snapshot import (
     Stat,
     StatFields,
     diff,
+    file_format,
     is_dir,
     lstat_fields,
     stat_fields,
@@ -144,6 +150,36 @@ SELF_WRITE_TTL = 10.0
 # latest, instead of up to a millisecond after.
 TIMER_SLACK_S = 0.001
 _NONE: dict = {}  # (no stat-ahead: nothing is ready)
+# Deletions a telling publishes per loop turn (`_Telling`): about what a turn drains of the
+# observer (driving.DRAIN_CHUNK), a few ms.
+TELL_SLICE = 5000
+# Directories told gone with their contents kept in mind (the newest): a deletion that comes
+# later for a path below one, which the index no longer holds, was told with it.
+TOLD_KEEP = 1024
+
+
+def _under(path: str, dirs: Container[str]) -> bool:
+    """Whether a directory above `path` is in `dirs`."""
+    while True:
+        path = path.rpartition("/")[0]
+        if not path:
+            return False
+        if path in dirs:
+            return True
+
+
+class _Telling:
+    """A flush held back while the paths the index holds below directories gone unseen
+    (`Pipeline._gone_unseen`) are told deleted, TELL_SLICE a loop turn: a node_modules moved
+    to the trash is 50,000 of them. The flush goes out after them (its own deletion of
+    those directories last), then what came meanwhile, then the cookies that waited."""
+
+    __slots__ = ("batch", "pos", "untold")
+
+    def __init__(self, batch: tuple[Any, ...], untold: list[str]) -> None:
+        self.batch = batch  # what `Pipeline._publish` takes
+        self.untold = untold  # each path after everything below it
+        self.pos = 0  # the next to tell
 
 
 class Pipeline:
@@ -210,6 +246,12 @@ class Pipeline:
         self.batches = 0
         self.fed = 0
         self.told_deletes = 0  # cancelled-out paths published deleted: the index held them
+        self.told_below = 0  # deleted with a directory gone unseen (`_Telling`)
+        self.told_with_dir = 0  # deletions not published again: told with their directory
+        self._dirs_gone = False  # the window has a directory deleted or moved away
+        self._telling: _Telling | None = None
+        self._told_dirs: dict[str, None] = {}  # the newest TOLD_KEEP tops of tellings
+        self._cookies: list[tuple[str, str]] = []  # waiting for the telling (`_resume`)
 
     # --- own writes -------------------------------------------------------------------
 
@@ -237,16 +279,28 @@ class Pipeline:
         # (at settle 0 the flush follows at once: nothing to stat ahead of it)
         want: list[str] | None = [] if self.ahead is not None and self.settle_s > 0 else None
         gone_dirs: list[str] = []  # (their cached files dropped once, after the batch)
+        dir_gone = False  # a directory deleted or moved away: the flush looks below it
         self.fed += len(raws)
         for etype, src, dest, d in raws:
             if ignore and (src.startswith(ignore) or (dest and dest.startswith(ignore))):
                 continue
             if COOKIE in src or (dest and COOKIE in dest):
+                if want:
+                    # Handed over before the flush takes the window: a path changed again
+                    # in this batch (a directory made, then another renamed over it) may
+                    # hold a stat taken ahead for its earlier change, which only a later
+                    # want marks as no longer current. The flush stats these itself.
+                    self._want(want)
+                    want = []
+                if dir_gone:  # (the window the flush takes holds it)
+                    self._dirs_gone = True
+                    dir_gone = False
                 self.flush()
                 pending = self.coalescer.pending  # the flush took the old window
-                if want:
-                    want = []  # (stat'ed by that flush)
-                self.on_cookie(dest or src, etype)
+                if self._telling is None:
+                    self.on_cookie(dest or src, etype)
+                else:  # answered once what the telling holds back is out (`_resume`)
+                    self._cookies.append((dest or src, etype))
                 continue
             kind = kinds.get(etype)
             if kind is not None:
@@ -256,6 +310,8 @@ class Pipeline:
                     pending[src] = [kind, d, None]
                 if want is not None and kind != DELETED:
                     want.append(src)
+                if d and kind == DELETED:
+                    dir_gone = True
                 if cache is not None:
                     if d and kind == DELETED:
                         gone_dirs.append(src)
@@ -266,6 +322,8 @@ class Pipeline:
                 add(dest, CREATED, d, src)
                 if want is not None:
                     want.append(dest)
+                if d:
+                    dir_gone = True  # (its path made again in this window: `replaced`)
                 if cache is not None:
                     if d:
                         gone_dirs.append(src)
@@ -273,6 +331,8 @@ class Pipeline:
                     cache.changed(dest)
         if gone_dirs and cache is not None:
             cache.invalidate_trees(gone_dirs)
+        if dir_gone:
+            self._dirs_gone = True
         if want:
             self._want(want)
         if not self.coalescer.pending and not self.coalescer.cancelled:
@@ -293,11 +353,16 @@ class Pipeline:
 
     def hold(self) -> None:
         """Drop what is pending without publishing it (a resync's walk starts: it covers
-        all of it), and close the window."""
+        all of it), and close the window. A telling under way goes too: what it has not
+        told is still in the index, so the resync's diff tells its deletion; the cookies
+        that waited behind it belong to syncs the resync answers (cookies.py)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.coalescer.clear()
+        self._telling = None
+        self._cookies = []
+        self._dirs_gone = False
         if self.ahead is not None:
             self.ahead.take_window()  # (dropped with the window)
 
@@ -312,19 +377,139 @@ class Pipeline:
         self.flush()
 
     def flush(self) -> int:
-        """Publish everything pending now; returns how many events went out."""
+        """Publish everything pending now; returns how many events went out. While a
+        telling goes on (`_Telling`), nothing: it publishes what is pending once done."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.last_flush = self.now()
         if self.after_flush is not None:
             self.after_flush()  # (it only schedules: nothing runs inside this flush)
+        if self._telling is not None:
+            return 0
         cancelled = self.coalescer.take_cancelled()
         replaced = self.coalescer.take_replaced()
         items = self.coalescer.take()
         done, wanted = self.ahead.take_window() if self.ahead is not None else (_NONE, _NONE)
         if not items and not cancelled:
             return 0
+        if self._dirs_gone:
+            self._dirs_gone = False
+            tops = self._gone_unseen(items, cancelled, replaced)
+            if tops:
+                told = self._told_dirs
+                told.update(dict.fromkeys(tops))
+                while len(told) > TOLD_KEEP:
+                    del told[next(iter(told))]
+                return self._tell_on(_Telling((cancelled, replaced, items, done, wanted),
+                                              self._below(tops)))
+        return self._publish(cancelled, replaced, items, done, wanted)
+
+    # --- what a directory held when it went away unseen ------------------------------------
+
+    def _gone_unseen(self, items: dict[str, list], cancelled: dict[str, bool],
+                     replaced: set[str]) -> set[str]:
+        """The directories this window took away while the index still holds paths below
+        them that no event of their own tells gone: one moved out of every watch (the
+        kernel reports the directory alone; watchdog adds each subdirectory, never a file),
+        made again in the window (`replaced`) or cancelled out (`_told_gone`). After an
+        `rm -rf` nothing is left below (each path had its event), and a directory moved
+        within the watches has a deletion with `moved_to` for each path below (watchdog's):
+        neither is one. Outermost only: one inside another is told with it."""
+        children = self.index.children
+
+        def unseen(p: str) -> bool:
+            kids = children.get(p)
+            return bool(kids) and not any(
+                (ev := items.get(k)) is not None and ev[0] == DELETED and ev[2] is not None
+                for k in kids)
+
+        gone = [p for p, (kind, _d, hint) in items.items()
+                if kind == DELETED and hint is None and unseen(p)]
+        gone += [p for p in replaced if unseen(p)]
+        gone += [p for p in cancelled if p not in items and unseen(p)]
+        tops = set(gone)
+        return {p for p in tops if not _under(p, tops)}
+
+    def _below(self, tops: set[str]) -> list[str]:
+        """What the index holds below `tops`, each path after everything below it (the
+        order `rm -rf` deletes in: a consumer never hears of a directory's deletion while
+        it still believes something is in it). A pass over the directories at C speed: a
+        set's copy for each and an intersection with the index's directories."""
+        children = self.index.children
+        dirs = children.keys()
+        order: list[str] = []  # each path after its directory
+        for top in tops:
+            stack = [top]
+            while stack:
+                kids = children.get(stack.pop())
+                if kids:
+                    order += kids
+                    stack += kids & dirs
+        order.reverse()
+        return order
+
+    def _tell_on(self, t: _Telling) -> int:
+        """Tell the next TELL_SLICE deletions of `t`; once the last is told, publish the
+        flush it holds back. Returns how many events went out."""
+        n = self._tell(t)
+        if t.pos < len(t.untold):
+            self._telling = t
+            self.call_later(0, lambda: self._resume(t))
+            return n
+        self._telling = None
+        return n + self._publish(*t.batch)
+
+    def _resume(self, t: _Telling) -> None:
+        """The next turn of a telling; at its end, what came meanwhile, then the cookies
+        that waited for it."""
+        if self._telling is not t:
+            return  # (dropped by `hold`: the resync tells the rest)
+        self._tell_on(t)
+        if self._telling is None:
+            self.flush()
+        if self._telling is None and self._cookies:
+            cookies, self._cookies = self._cookies, []
+            for path, etype in cookies:
+                self.on_cookie(path, etype)
+
+    def _tell(self, t: _Telling) -> int:
+        """One slice of `t`: a deletion for each path the index still holds (an unwatch
+        forgets paths meanwhile), which it then forgets."""
+        entries = self.index.entries
+        discard = self.index.discard
+        matching = self.watches.matching
+        journal = self.journal
+        inst, epoch, seq = journal.instance, journal.epoch, journal.seq
+        out: list[Any] = []
+        paths: list[str] = []
+        stop = min(len(t.untold), t.pos + TELL_SLICE)
+        for path in t.untold[t.pos:stop]:
+            s = entries.get(path)
+            if s is None:
+                continue
+            ids = matching(path)
+            if ids:
+                seq += 1
+                typ = "unknown" if s == UNKNOWN else _TYPES.get(file_format(s), "other")
+                out.append((DELETED, path, typ, "external", ids, None, None, seq, None, None))
+                paths.append(path)
+            discard(path)
+        t.pos = stop
+        self.told_below += len(out)
+        if not out:
+            return 0
+        try:
+            self._send(out, paths, (inst, epoch))
+        except SendFailed as exc:
+            self._untold(paths[exc.sent:], exc)
+            return exc.sent
+        return len(out)
+
+    def _publish(self, cancelled: dict[str, bool], replaced: set[str],
+                 items: dict[str, list], done: Mapping[str, tuple[int, StatFields | None]],
+                 wanted: Mapping[str, int]) -> int:
+        """A window's events: stat'ed, stamped, applied to the index and published."""
         # The hot path of P10: `Watches.matching`'s per-directory memo, `Index.set` and the
         # journal's stamping are inlined here, sharing one split of the path and one pass.
         watches = self.watches
@@ -336,6 +521,7 @@ class Pipeline:
         lstat = self.lstat
         slow = self.slow_check()
         mine = self.self_writes
+        told = self._told_dirs
         types = _TYPES
         journal = self.journal
         inst, epoch, seq = journal.instance, journal.epoch, journal.seq
@@ -358,6 +544,12 @@ class Pipeline:
             if not ids:
                 continue
             if kind == DELETED:
+                if told and path not in entries and _under(path, told):
+                    # Told gone already, with a directory above it, by a telling (watchdog's
+                    # own event for each subdirectory of a directory moved out comes after
+                    # it, in this window or a later one).
+                    self.told_with_dir += 1
+                    continue
                 seq += 1
                 out.append((kind, path, "dir" if d else "file",
                             "self" if mine and path in mine and mine[path][0] is None
@@ -636,6 +828,9 @@ class Pipeline:
         return {"fed": self.fed, "published": self.published, "messages": self.batches,
                 "coalesced_away": self.coalescer.absorbed, "pending": len(self.coalescer),
                 "told_deletes": self.told_deletes, "unstatted": self.unstatted,
+                "told_below": self.told_below, "told_with_dir": self.told_with_dir,
+                "telling": (len(self._telling.untold) - self._telling.pos
+                            if self._telling is not None else 0),
                 "orphans_dropped": self.orphans_dropped,
                 "parents_filled": self.parents_filled,
                 "statted_ahead": self.statted_ahead,
