@@ -137,6 +137,41 @@ def test_a_long_command_that_prints_nothing_is_waited_for_to_its_end(term):
     assert (r["exit_code"], r["mode"]) == (4, "integration")
 
 
+@pytest.mark.parametrize(("shell", "command"), [
+    ("bash", "read -rsn1 -p 'Delete? [y/n] ' k; echo; echo got=$k"),
+    pytest.param("zsh", "read -k1 '?Delete? [y/n] ' k; echo; echo got=$k", marks=SHELLS[1].marks),
+])
+def test_a_command_the_shell_reads_keys_for_itself_waits_for_them(term, shell, command):
+    """A builtin reading keys (bash's `read -n1`, zsh's `read -k`, its `rm *` question) has
+    the terminal as a line editor keeps it, in the shell's own process group, quiet: yet the
+    shell is the session's own, whose D comes once it is answered. The command waits for
+    its key (it was answered after integration_detect_ms, and the next command's first
+    character taken for the answer)."""
+    sid = term.create(shell)
+    term.integrated(sid)
+    box: dict[str, Any] = {}
+    answered = threading.Event()
+
+    def run() -> None:
+        with Client(term.client.runtime_dir, timeout=60.0) as c:
+            box["reply"] = c.call("terminal", "term.exec", {
+                "session": sid, "command": command, "timeout_ms": 40_000}, timeout=50)
+        answered.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_for(lambda: term.typed_ahead(sid, b"Delete? [y/n] "), "the question asked")
+        # four times integration_detect_ms, the key not given: still waiting for it
+        assert not answered.wait(4.0), box
+        term.call("term.write", {"session": sid, "data": "y"})
+    finally:
+        t.join(60)
+    r = box["reply"]
+    assert (r["output"].splitlines()[-1], r["exit_code"], r["mode"]) == (
+        "got=y", 0, "integration"), r
+
+
 # --- an rc file slower than the detection -------------------------------------------------------
 
 

@@ -61,20 +61,22 @@ def park_an_exec(tree, home: Path, box: dict[str, Any], exec_args: dict[str, Any
     return threads
 
 
-def test_an_exec_waiting_for_the_first_prompt_goes_when_the_session_settles_without_one(
+def test_an_exec_waiting_for_the_first_prompt_is_not_answered_before_its_shell_reads_it(
         make_tree, tmp_path):
     """No prompt marker within integration_detect_ms: the creation gives the integration up
-    and answers; the exec that waited for the first prompt goes then, without integration.
-    (It used to wait on for a prompt that had been given up, until its caller's deadline.)"""
+    and answers; the exec that waited for the first prompt is then typed, but the shell
+    still runs its rc file and reads nothing: it is not answered at quiet as if it had run
+    (it used to be, with empty output), nor kept past its own timeout, which answers that it
+    had not started (its input dropped: nothing of it runs later)."""
     tree = make_tree(terminal_tree("integration_detect_ms = 5000\nquiet_ms = 200")).start()
     box: dict[str, Any] = {}
-    threads = park_an_exec(tree, gated_home(tmp_path), box, {})
+    threads = park_an_exec(tree, gated_home(tmp_path), box, {"timeout_ms": 8000})
     try:
         threads[0].join(60)
         assert box["created"]["mode"] == "no_integration", box
         threads[1].join(60)
-        assert not isinstance(box["exec"], MoorageError), box
-        assert box["exec"]["mode"] == "no_integration" and box["exec"]["exit_code"] is None
+        assert isinstance(box["exec"], MoorageError) and box["exec"].name == "timeout", box
+        assert "had not started" in box["exec"].error.message, box
     finally:
         tree.call("terminal", "term.close", {"session": "slow"})
         for t in threads:

@@ -96,6 +96,19 @@ def line_editing(master: int | None) -> bool | None:
     return not lflag & (termios.ICANON | termios.ECHO)
 
 
+def runs_its_launch(pid: int, nonce: str) -> bool | None:
+    """Is the session's shell still the program it was started as? Its first environment
+    (/proc/PID/environ, fixed at its exec) holds the nonce it was given, which the
+    integration removes from the environment at once: a shell exec'd in its place (`exec
+    bash`) starts without it. None when that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    return f"MOORAGE_NONCE={nonce}".encode() in env.split(b"\0")
+
+
 def unread_input(master: int | None) -> int | None:
     """Bytes of input the shell side has not read yet (whole lines, in canonical mode)."""
     if master is None:

@@ -53,6 +53,7 @@ from moorage.actors.terminal.execs import (
     Exec,
     cut_echo_and_prompt,
     line_editing,
+    runs_its_launch,
     shell_in_foreground,
     unread_input,
 )
@@ -628,6 +629,11 @@ class Session:
         self.set_mode("no_integration")
         ex.mode = "no_integration"
         ex.until_marked = False
+        if self.meta.pop("unprompted", None) is not None:
+            # (its shell read the command and drew no marker: its start-up is over, and a
+            # shell that draws none there, as an rc's `exec zsh`, would cost every command
+            # this wait)
+            self.host.keeper_meta(self)
         self.wait_quiet(lambda: self._quiet_done(ex))
 
     def _quiet_done(self, ex: Exec) -> None:
@@ -644,10 +650,12 @@ class Session:
 
     def _watch_editing(self, ex: Exec, now: float) -> None:
         """After the command's C, its shell back in its line editor (the foreground group,
-        the terminal neither canonical nor echoing) and quiet, with no D for detect_s: what
-        reads commands there draws no markers (`exec bash`: a shell without this session's
-        nonce), and the D never comes. The integration is lost then. A program that runs
-        (its own process group), a builtin such as `read`, or output keeps it waiting."""
+        the terminal neither canonical nor echoing) and quiet, with no D for detect_s, and
+        no longer the program the session started (`exec bash`: a shell without this
+        session's nonce, which never marks): the D never comes, and the integration is lost.
+        A program that runs (its own process group), output, or the session's own shell
+        reading keys itself (`read -n1`, zsh's `rm *` confirmation: its D comes once it is
+        answered) keeps it waiting."""
         if now - self.last_output < self.host.quiet_s or self.keeper_paused or not (
                 shell_in_foreground(self.master, self.pid) and line_editing(self.master)):
             ex.editing_since = None
@@ -655,6 +663,9 @@ class Session:
         if ex.editing_since is None:
             ex.editing_since = now
         elif now - ex.editing_since >= self.host.detect_s:
+            if runs_its_launch(self.pid, self.nonce) is not False:
+                ex.editing_since = now  # (asked again detect_s later: it may exec yet)
+                return
             ex.editing_since = float("inf")  # (once: a D still being parsed may end it)
             self.hop.when_parsed(self.offset, lambda: self._integration_lost(ex))
 
@@ -706,12 +717,13 @@ class Session:
     def _timed_out(self, ex: Exec) -> None:
         if ex is not self.exec or ex.done:
             return
-        if ex.marked and ex.out_start is None:
-            # Not started: its input may still wait, whole or in part (the shell not reading
+        if ex.marked and ex.out_start is None and unread_input(self.master) != 0:
+            # Not started: its input still waits, whole or in part (the shell not reading
             # yet, or still reading a long line). A SIGINT would cancel only what the line
             # editor holds, and the rest be read as a command of its own; ^C typed makes
             # the terminal drop what was not read, with the SIGINT. The next command waits
-            # for the prompt that brings, as a starting shell's first.
+            # for the prompt that brings, as a starting shell's first. (All of it read and
+            # no C: a shell that does not mark runs it: SIGINT, as to any command.)
             self.host.keeper_write(self, b"\x03", lambda _err: None)
             if self.state != "exited":
                 self.state = "starting"
