@@ -157,6 +157,22 @@ def test_a_user_debug_trap_that_prints_under_extdebug_is_kept_as_it_is(start):
     assert sh.exec("[[ $- == *T* ]]")["exit_code"] == 0  # (function tracing on again)
 
 
+@pytest.mark.parametrize("rc", [
+    "set -e\nPROMPT_COMMAND='[ -n \"${VIRTUAL_ENV-}\" ] && echo venv'\n",
+    "set -e\ntrap '[ -n \"${VIRTUAL_ENV-}\" ] && echo venv' DEBUG\n",
+])
+def test_under_errexit_a_user_hook_whose_last_test_fails_leaves_the_shell_as_without_us(start,
+                                                                                       rc):
+    """bash ignores the last status of PROMPT_COMMAND and of a DEBUG trap under errexit when
+    it is an `&&` list's (`[ -n "$X" ] && f`, a virtualenv or direnv hook): run by the
+    integration, the hook must not end the shell either (bash used to exit at its first
+    prompt, and the session started as /bin/sh without the integration)."""
+    sh = start("bash", rc)
+    assert (sh.created["kind"], sh.created["mode"]) == ("bash", "integration"), sh.created
+    r = sh.exec("echo alive")
+    assert (r["exit_code"], r["output"]) == (0, "alive")
+
+
 def test_an_rc_with_errexit_stops_at_its_first_failed_command_as_without_integration(start):
     """Reading the rc must not hold errexit off within it: a command in it that fails ends
     the shell there, as bash's own reading of it does (the session then starts on the next

@@ -109,7 +109,9 @@ __moorage_precmd() {
         __moorage_state=precmd
         for __moorage_c in "${__moorage_user_pc[@]}"; do
             __moorage_status "$status" && :
-            builtin eval "$__moorage_c"
+            # (`&& :`: what bash does with PROMPT_COMMAND itself: a command in it that fails
+            # ends the shell under errexit, its last status, `[ -n "$X" ] && f`, does not)
+            builtin eval "$__moorage_c" && :
         done
     fi
     # (two tests in one: the markers are still where we put them, the common case)
@@ -186,10 +188,11 @@ __moorage_debug='if [[ $__moorage_running$__moorage_e_sent == 10 && -z ${COMP_LI
         $BASH_COMMAND != __moorage_precmd ]]; then __moorage_preexec "$BASH_COMMAND"; fi'
 
 if [ -n "$__moorage_user_trap" ]; then
-    # the user's trap sees `$?` as the last command left it
+    # the user's trap sees `$?` as the last command left it; its status is the trap's (extdebug
+    # skips a command on it), and `&& :` keeps a last one that failed from ending the shell
     builtin trap "__moorage_trap_status=\$?; $__moorage_debug
         __moorage_status \"\$__moorage_trap_status\" && :
-        builtin eval -- \"\$__moorage_user_trap\"" DEBUG
+        builtin eval -- \"\$__moorage_user_trap\" && :" DEBUG
 else
     builtin trap "$__moorage_debug" DEBUG
 fi
