@@ -16,8 +16,10 @@ The whole merged document is checked (schema.py) before it is used.
 
 from __future__ import annotations
 
+import grp
 import importlib.util
 import os
+import pwd
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -73,9 +75,22 @@ def find_config(explicit: str | Path | None,
     return p if p.is_file() else None
 
 
+def private_group(gid: int, uid: int) -> bool:
+    """Is `gid` the user's own group, which no one else is in? Where each user has one (the
+    umask 002 of Fedora's, RHEL's and Ubuntu's users), a file the user writes is group
+    writable, and no one else can write it (the rule those systems' ssh keeps)."""
+    try:
+        group, user = grp.getgrgid(gid), pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return (group.gr_gid == user.pw_gid and group.gr_name == user.pw_name
+            and all(m == user.pw_name for m in group.gr_mem))
+
+
 def check_owner(path: Path) -> None:
     """ConfigError unless only this user (or root) can have written `path`: the file owned by
-    either and writable by neither group nor others, and the directory holding it (the
+    either and writable by neither others nor a group (the user's private group aside), and
+    the directory holding it (the
     link's and the file's, when it is a symbolic link) owned by either and writable by
     others only when sticky (/tmp). Root-owned files in root's directories (/etc) pass."""
     uid = os.getuid()
@@ -83,7 +98,7 @@ def check_owner(path: Path) -> None:
     if st.st_uid not in (uid, 0):
         raise ConfigError(f"{path}: owned by uid {st.st_uid}, not by uid {uid} or root: "
                           "another user may have chosen what it says")
-    if st.st_mode & 0o022:
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and not private_group(st.st_gid, uid)):
         raise ConfigError(f"{path}: writable by group or others (mode "
                           f"{stat.S_IMODE(st.st_mode):o}); `chmod go-w` it")
     for d in dict.fromkeys([path.absolute().parent, path.resolve().parent]):

@@ -129,7 +129,8 @@ def _backoff(d: Any, where: str) -> Backoff:
     factor = _num(d, "factor", where, 2.0, 1)
     max_ms = _num(d, "max_ms", where, 2000)
     _want(initial_ms <= max_ms, f"{where}.initial_ms",
-          f"the first delay ({initial_ms} ms) is more than the longest, max_ms ({max_ms} ms)")
+          f"the first delay ({initial_ms} ms) is more than the longest, max_ms ({max_ms} ms; "
+          "a key the file does not set is the embedded default's: set max_ms too)")
     return Backoff(initial_ms / 1000, factor, max_ms / 1000)
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
+from moorage.supervisor import config
 from moorage.supervisor.config import load
 from moorage.supervisor.launch import tree_names
 from tests.conftest import ROOT, kill_instance
@@ -401,9 +402,10 @@ def test_directories_moorage_makes_are_0700_at_every_level_under_umask_000(
 
 
 def test_a_config_another_user_could_have_written_is_refused(tmp_path):
-    """As ssh refuses its own config: a file writable by group or others, one owned by
-    another user, or one in a directory others may write to (unless sticky, as /tmp) is
-    bad_config, exit 2, naming why; a root-owned file in a root-owned directory is fine."""
+    """As ssh refuses its own config: a file writable by others or by a group other than the
+    user's private one, one owned by another user, or one in a directory others may write
+    to (unless sticky, as /tmp) is bad_config, exit 2, naming why; a root-owned file in a
+    root-owned directory is fine."""
     def top(cfg: Path) -> subprocess.CompletedProcess:  # reads the config as `up` does
         return subprocess.run([*AS_MODULE, "--instance-dir", str(tmp_path / "rt"), "top",
                                "--once", "--config", str(cfg)],
@@ -415,8 +417,16 @@ def test_a_config_another_user_could_have_written_is_refused(tmp_path):
     cfg.write_text("[lifecycle]\ngrace_s = 5\n")
     assert top(cfg).returncode == 4  # read, and no tree to show
     cfg.chmod(0o664)
-    out = top(cfg)
-    assert out.returncode == 2 and "writable by group or others" in out.stderr, out.stderr
+    if config.private_group(cfg.stat().st_gid, os.getuid()):
+        # (umask 002 where each user has a group of their own: no one else can write it)
+        assert top(cfg).returncode == 4
+    if os.getuid() == 0:
+        os.chown(cfg, 0, NOBODY)  # (a group with others in it, or another's)
+    if not config.private_group(cfg.stat().st_gid, os.getuid()):
+        out = top(cfg)
+        assert out.returncode == 2 and "writable by group or others" in out.stderr, out.stderr
+    if os.getuid() == 0:
+        os.chown(cfg, 0, 0)
     cfg.chmod(0o644)
     d.chmod(0o777)
     out = top(cfg)
