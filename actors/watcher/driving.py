@@ -494,7 +494,9 @@ class Driving:
             self.warn_missing(path)
         if found["moved"]:  # (their trees left unreported: the walk tells them gone)
             self.request_resync("root_moved")
-        if found["dead"]:
+        if found["dead"] and not (self.recreating or self._again_recreate):
+            # (threads of observers being made anew are the old ones', stopped: a resume
+            # after quality 0, a recreate waiting for a walk; their recreation replaces them)
             logger.error("watcher: observer threads dead: {}", found["dead"])
             self.request_resync("observer_dead", recreate=True)  # (places `back` too)
         elif found["back"]:
