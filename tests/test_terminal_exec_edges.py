@@ -5,7 +5,6 @@ of its first prompt), and a line of a hundred kilobytes. Real keeper, real bash 
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import threading
@@ -17,7 +16,7 @@ import pytest
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 from tests.terminal_support import env_for, make_home
-from tests.waiting import open_gate, wait_for
+from tests.waiting import gate_opened, open_gate, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,17 +74,6 @@ def term(spawn_actor, client, tmp_path):
     spawn_actor("moorage.actors.terminal.actor:TerminalActor", "terminal", quiet_ms=200,
                 integration_detect_ms=1000, shells=["bash"])
     return Term(client, make_home(tmp_path))
-
-
-def opened(gate: Path) -> bool:
-    """The FIFO's writing end opened and closed, if a reader waits there (its read ends)."""
-    try:
-        os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:
-            raise
-        return False
-    return True
 
 
 def expect_error(name: str, fn, *args, **kw) -> MoorageError:
@@ -188,7 +176,7 @@ def test_a_command_typed_ahead_of_a_slow_rc_file_is_not_answered_before_it_runs(
                        timeout_ms=1500)
     assert "had not started" in str(err) and "no prompt yet" in str(err)
     # (bash's rc file waits on at its gate; zsh gives its rc file up at the SIGINT)
-    wait_for(lambda: opened(gate) or term.info(sid)["mode"] == "integration",
+    wait_for(lambda: gate_opened(gate) or term.info(sid)["mode"] == "integration",
              "the rc file's end")
     term.integrated(sid)
     r = term.exec(sid, "echo next-$((6*7)); (exit 3)")

@@ -549,14 +549,14 @@ def test_the_probe_looks_at_a_slow_path_only_on_a_worker_and_answers_what_it_fou
     handed: SimpleQueue = SimpleQueue()
     workers = Workers("remote", handed.put, threads=1)
     probe = DirProbe(table.slow, workers.submit)
-    assert probe.isdir(str(tree)) is True and workers.done == 0
-    assert probe.isdir(str(far)) is None and probe.isdir(str(far)) is None
+    assert probe.look(str(tree)) is True and workers.done == 0
+    assert probe.look(str(far)) is None and probe.look(str(far)) is None
     handed.get(timeout=10)()  # the worker's look, handed back as the loop would run it
     assert workers.in_flight == 0 and workers.done == 1  # one look for the two questions
     far.rmdir()
-    assert probe.isdir(str(far)) is True  # what was found last, while the next look is out
+    assert probe.look(str(far)) is True  # what was found last, while the next look is out
     handed.get(timeout=10)()
-    assert probe.isdir(str(far)) is False and workers.done == 2
+    assert probe.look(str(far)) is False and workers.done == 2
     workers.shutdown()
 
 

@@ -35,17 +35,19 @@ def turn_until(loop: Any, fact: Callable[[], Any], turns: int = 2000) -> Any:
     raise AssertionError("the fact never came true")
 
 
-def open_gate(gate: Path) -> None:
-    """Let the child held at the FIFO `gate` go: its writing end opened once the child waits
-    there to read (a non-blocking open fails ENXIO until then), within wait_for's time, so
-    that a child that never comes fails the test instead of hanging it."""
-    def opened() -> bool:
-        try:
-            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            return False
-        return True
+def gate_opened(gate: Path) -> bool:
+    """The FIFO `gate`'s writing end opened and closed, if a reader waits there (its read
+    ends); False if none does yet (a non-blocking open fails ENXIO until then)."""
+    try:
+        os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        return False
+    return True
 
-    wait_for(opened, "the child waiting at its gate")
+
+def open_gate(gate: Path) -> None:
+    """Let the child held at the FIFO `gate` go, once it waits there, within wait_for's
+    time, so that a child that never comes fails the test instead of hanging it."""
+    wait_for(lambda: gate_opened(gate), "the child waiting at its gate")

@@ -36,11 +36,11 @@ from loguru import logger
 
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import COOKIE, Cookies, Sync
+from moorage.actors.watcher.mounts import DirProbe
 from moorage.actors.watcher.observer import (
     GONE,
     ROOT_GONE,
     BaseWalk,
-    Ident,
     ObserverManager,
     Placement,
     Root,
@@ -48,7 +48,7 @@ from moorage.actors.watcher.observer import (
 )
 from moorage.actors.watcher.resync import ResyncScheduler
 from moorage.actors.watcher.snapshot import Index, Stat
-from moorage.actors.watcher.workers import Job, Offload
+from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import MoorageError
 
 if TYPE_CHECKING:
@@ -92,38 +92,6 @@ class WatcherHost(Protocol):
     heap: HeapTrim
 
 
-class RootProbe:
-    """`dir_identity` for the question the loop asks every second (the liveness check): a
-    path on a slow file system is looked at on a remote worker, never on the loop, and the
-    answer is what that look last found (None until one has: "not known yet"). One look
-    per path at a time; a look the workers cannot take (all busy behind a stalled mount) is
-    simply not made, and asked for again next time. (mounts.DirProbe's way, for the
-    directory itself: a symlink now at a root's path is not the root's directory.)"""
-
-    def __init__(self, slow: Callable[[str], bool], remote: Offload) -> None:
-        self.slow = slow
-        self.remote = remote
-        self.known: dict[str, Ident] = {}
-        self.out: set[str] = set()
-
-    def look(self, path: str) -> Ident | None:
-        if not self.slow(path):
-            return dir_identity(path)
-        if path not in self.out:
-            try:
-                job = self.remote(lambda: dir_identity(path), lambda v: v)
-            except MoorageError:
-                return self.known.get(path)
-            self.out.add(path)
-            job.then(lambda j: self._found(path, j))
-        return self.known.get(path)
-
-    def _found(self, path: str, job: Job) -> None:
-        self.out.discard(path)
-        if job.error is None:
-            self.known[path] = job.value
-
-
 class Driving:
     """The loop side of the watcher (`WatcherHost`): what the observer hands over, resyncs,
     cookies, health and liveness, and the counters of each."""
@@ -152,7 +120,7 @@ class Driving:
         self.polling_placements = 0
         # the liveness check's look at each root: a path on a slow file system looked at on
         # the remote workers, not on the loop
-        self.probe = RootProbe(w.mounts.slow, w.remote.submit)
+        self.probe = DirProbe(w.mounts.slow, w.remote.submit, dir_identity)
 
     def _capture(self) -> dict[str, Any]:
         # (the Index, not its dict: a crawl or a resync puts a new dict in it, and the

@@ -19,9 +19,12 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 from moorage.actors.watcher.workers import Job, Offload
 from moorage.protocol.errors import MoorageError, fail
+
+T = TypeVar("T")
 
 # Kernel file systems whose contents change without inotify events.
 PSEUDO = frozenset({
@@ -158,25 +161,29 @@ class MountTable:
         return False
 
 
-class DirProbe:
-    """`isdir` for questions the loop asks again and again (the liveness check, every
+class DirProbe(Generic[T]):
+    """`look` (`os.path.isdir` unless given another, as the liveness check's directory
+    identity) for questions the loop asks again and again (the liveness check, every
     second): a path on a slow file system is looked at on a remote worker, never on the
     loop, and the answer is what that look last found (None until one has: "not known
     yet"). One look per path at a time; a look the workers cannot take (all busy behind a
     stalled mount) is simply not made, and asked for again next time."""
 
-    def __init__(self, slow: Callable[[str], bool], remote: Offload) -> None:
+    def __init__(self, slow: Callable[[str], bool], remote: Offload,
+                 check: Callable[[str], T] = os.path.isdir) -> None:  # type: ignore[assignment]
         self.slow = slow
         self.remote = remote
-        self.known: dict[str, bool] = {}
+        self.check = check
+        self.known: dict[str, T] = {}
         self.out: set[str] = set()
 
-    def isdir(self, path: str) -> bool | None:
+    def look(self, path: str) -> T | None:
+        check = self.check
         if not self.slow(path):
-            return os.path.isdir(path)
+            return check(path)
         if path not in self.out:
             try:
-                job = self.remote(lambda: os.path.isdir(path), lambda v: v)
+                job = self.remote(lambda: check(path), lambda v: v)
             except MoorageError:
                 return self.known.get(path)
             self.out.add(path)
@@ -186,4 +193,4 @@ class DirProbe:
     def _found(self, path: str, job: Job) -> None:
         self.out.discard(path)
         if job.error is None:
-            self.known[path] = bool(job.value)
+            self.known[path] = job.value
