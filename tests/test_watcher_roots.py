@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,34 @@ def test_resyncs_asked_for_while_a_watch_is_placed_run_once_per_reason(
         reasons
     enospc = sum("enospc" in r.split("+") for r in reasons)
     assert w.call("fs.stats")["resyncs"]["by_reason"]["enospc"] == enospc, reasons
+
+
+def test_a_root_that_is_a_mount_point_unmounted_and_mounted_again_is_watched_anew(
+        start, data):  # noqa: F811
+    """A tmpfs mounted at the root, unmounted and another mounted there: the new one has the
+    same device and inode numbers, so only the root watch's IN_UNMOUNT says its tree left.
+    The root is missing at once and watched again: a file made in the new mount is seen (it
+    was not until the 30 s health check)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    root = data / "mnt"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], check=True)
+    try:
+        (root / "old").write_text("x")
+        w = start(health_interval_s=3600)
+        w.watch(root)
+        subprocess.run(["umount", str(root)], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)],
+                       check=True)
+        root_missing(w, root)  # (at once: it was blind until the health check)
+        (root / "new").write_text("y")
+        seen: set = set()
+
+        def reported() -> bool:
+            seen.update(kinds(w.sync(), root))
+            return ("created", "new") in seen
+
+        wait_for(reported, "the new mount's file reported")
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)

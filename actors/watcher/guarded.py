@@ -99,6 +99,10 @@ if GUARDED:
     # says so in its parent's IN_MOVED_FROM already, and its IN_MOVE_SELF would only send
     # each such move down watchdog's slower path.
     _IN_MOVE_SELF = int(_C.IN_MOVE_SELF)
+    # The file system the root's directory is on unmounted (the root a mount point): its
+    # tree left as a move's does, and one mounted there again may have the same device and
+    # inode numbers (a tmpfs's), which the liveness check could not tell from the old.
+    _IN_UNMOUNT = int(_C.IN_UNMOUNT)
 
 
 def plain_kind(mask: int) -> str:
@@ -691,12 +695,13 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     and os.fsdecode(event.path) == self.watch.path
 
             def _left(self, event: Any) -> bool:
-                """The root's own directory moved away (IN_MOVE_SELF of its watch): taken as
+                """The root's own directory moved away (IN_MOVE_SELF of its watch), or the
+                file system it is on unmounted (IN_UNMOUNT, always reported): taken as
                 watchdog takes the root deleted, the emitter stops (its watches go with its
                 group) after what came before it, and what the tree does at its new path is
                 never reported under the root's. Reported "root_moved": the manager marks
                 the root missing at once, and resyncs (no event said its tree left)."""
-                if not self._is_root(event, _IN_MOVE_SELF):
+                if not self._is_root(event, _IN_MOVE_SELF | _IN_UNMOUNT):
                     return False
                 self.stop()
                 report("root_moved", self.watch.path)
