@@ -161,6 +161,14 @@ def raise_descriptor_limit() -> None:
     logger.info("open-file limit raised from {} to {}", soft, hard)
 
 
+def custody_sockets(runtime_dir: Path, spec: SupervisorSpec) -> list[Path]:
+    """Each supervisor's custody socket, named by the function the supervisor binds it by."""
+    from moorage.actors.runtime.custody import custody_path
+
+    supervisors = [spec.id, *(c.id for _, c in spec.walk() if c.supervisor is not None)]
+    return [custody_path(runtime_dir, s) for s in supervisors]
+
+
 def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
              log_level: str = "INFO", lifecycle: LifecycleOptions | None = None,
              state: Path | None = None) -> tuple[int, str]:
@@ -172,7 +180,8 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
     the kernel's PR_SET_PDEATHSIG takes every process it started with it."""
     from moorage.supervisor.supervisor import Supervisor
 
-    endpoints.check_socket_paths(runtime_dir, tree_names(spec))
+    endpoints.check_socket_paths(runtime_dir, tree_names(spec),
+                                 also=custody_sockets(runtime_dir, spec))
     endpoints.ensure_private_dir(runtime_dir)
     lock_fd = acquire_instance_lock(runtime_dir)
     try:

@@ -331,7 +331,7 @@ def test_a_runtime_dir_too_long_for_a_supervisors_custody_socket_is_refused_nami
 def test_every_socket_a_running_tree_binds_is_one_the_length_check_knows(make_tree):
     """The default tree (a nested supervisor, the pty keeper, metrics): each socket file in
     its runtime dir is among those checked against sun_path before the start."""
-    from moorage.supervisor.cli.up import custody_sockets
+    from moorage.supervisor.launch import custody_sockets
 
     text = resources.files("moorage.supervisor").joinpath("default.toml").read_text()
     tree = make_tree(text).start()

@@ -49,7 +49,6 @@ from moorage.supervisor.spec import ConfigError
 
 if TYPE_CHECKING:
     from moorage.supervisor.lifecycle import LifecycleOptions
-    from moorage.supervisor.spec import SupervisorSpec
 
 DETACH_START_S = 60.0  # on top of --timeout: a loaded machine may take this long to start
 
@@ -199,7 +198,6 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
         raise StartFailed("bad_config", f"cannot listen: {exc}", EXIT_USAGE) from None
     opts.grace_s = float((doc.get("lifecycle") or {}).get("grace_s", 60))
     try:
-        check_socket_paths(args.runtime_dir, spec)
         endpoints.make_private_dirs(args.state_dir)
         code, why = run_root(doc, spec, args.runtime_dir, args.log_level, opts,
                              args.state_dir)
@@ -224,23 +222,6 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
         print(f"moorage: the tree gave up: {why or 'a child kept dying'} (see "
               "`moorage logs`)", file=sys.stderr)
     return code
-
-
-def custody_sockets(runtime_dir: Path, spec: SupervisorSpec) -> list[Path]:
-    """Each supervisor's custody socket, named by the function the supervisor binds it by."""
-    from moorage.actors.runtime.custody import custody_path
-
-    supervisors = [spec.id, *(c.id for _, c in spec.walk() if c.supervisor is not None)]
-    return [custody_path(runtime_dir, s) for s in supervisors]
-
-
-def check_socket_paths(runtime_dir: Path, spec: SupervisorSpec) -> None:
-    """PathTooLong for any socket of this tree that would not fit in sun_path (the root
-    checks its actors' again, endpoints.socket_paths, without the custody sockets)."""
-    from moorage.supervisor.launch import tree_names
-
-    endpoints.check_socket_paths(runtime_dir, tree_names(spec),
-                                 also=custody_sockets(runtime_dir, spec))
 
 
 # --- --detach ------------------------------------------------------------------------------
