@@ -199,13 +199,10 @@ def names(w: Any, root: Path) -> set[str]:
     return set(got["files"])
 
 
-def test_a_restart_resyncs_every_root_when_one_holds_a_path_past_path_max(start, data):
-    """Two roots watched; a chain past the limit made in one while watched; the watcher
-    killed, the other root changed meanwhile: the restart's resync reports those changes,
-    and both trees are answered whole."""
-    deep, other = data / "deep", data / "other"
-    deep.mkdir()
-    (deep / "ok").write_text("ok")
+def restarted_with_a_chain(start, deep: Path, other: Path):
+    """`deep` (made) and `other` watched, a chain past PATH_MAX made in `deep`; the watcher
+    killed and `other` changed behind its back (die_behind_its_back): its successor, and
+    the chain."""
     old_files(other)
     w = start()
     w.watch(deep)
@@ -213,7 +210,17 @@ def test_a_restart_resyncs_every_root_when_one_holds_a_path_past_path_max(start,
     made = chain(deep, 5000)
     w.sync()
     die_behind_its_back(w, other)
-    w2 = start()
+    return start(), made
+
+
+def test_a_restart_resyncs_every_root_when_one_holds_a_path_past_path_max(start, data):
+    """Two roots watched; a chain past the limit made in one while watched; the watcher
+    killed, the other root changed meanwhile: the restart's resync reports those changes,
+    and both trees are answered whole."""
+    deep, other = data / "deep", data / "other"
+    deep.mkdir()
+    (deep / "ok").write_text("ok")
+    w2, made = restarted_with_a_chain(start, deep, other)
     assert restart_diff(w2, other) == EXACT
     assert names(w2, other) == {"new0", "new1", "new2", "old1", "old2"}
     assert names(w2, deep) == {"ok", *(os.path.relpath(p, deep) for p in made)}
@@ -257,14 +264,7 @@ def test_a_watch_of_a_tree_holding_a_path_past_path_max_warns_of_its_first_such_
 def test_a_restart_warns_of_each_path_past_path_max_once_its_resync_is_out(start, data):
     deep, other = data / "deep", data / "other"
     deep.mkdir()
-    old_files(other)
-    w = start()
-    w.watch(deep)
-    w.watch(other)
-    made = chain(deep, 5000)
-    w.sync()
-    die_behind_its_back(w, other)
-    w2 = start()
+    w2, made = restarted_with_a_chain(start, deep, other)
     evs = w2.sync()
     end = next(i for i, e in enumerate(evs) if e["kind"] == "resync_end")
     assert too_long_warnings(evs[end:]) == [first_too_long(made)]

@@ -55,12 +55,8 @@ def paths(events: list[dict]) -> set[str]:
     return {e["path"] for e in events if "path" in e}
 
 
-def test_a_root_renamed_away_is_missing_at_once_and_its_tree_no_longer_reported(
-        start, data):  # noqa: F811
-    """Its own watch's IN_MOVE_SELF, not the liveness check (kept out of the way here) nor
-    the health cookie: the root is missing at once, its entries are told deleted, and a file
-    written into the tree at its new path is not published under the root's."""
-    w = start(liveness_s=NEVER, health_interval_s=NEVER)
+def watched_and_moved(w: Watcher, data: Path) -> tuple[Path, Path]:
+    """`proj` (src/main.c) watched and synced, then renamed to `proj.bak`: both paths."""
     root = data / "proj"
     (root / "src").mkdir(parents=True)
     (root / "src" / "main.c").write_text("1")
@@ -68,6 +64,16 @@ def test_a_root_renamed_away_is_missing_at_once_and_its_tree_no_longer_reported(
     w.sync()
     away = data / "proj.bak"
     root.rename(away)
+    return root, away
+
+
+def test_a_root_renamed_away_is_missing_at_once_and_its_tree_no_longer_reported(
+        start, data):  # noqa: F811
+    """Its own watch's IN_MOVE_SELF, not the liveness check (kept out of the way here) nor
+    the health cookie: the root is missing at once, its entries are told deleted, and a file
+    written into the tree at its new path is not published under the root's."""
+    w = start(liveness_s=NEVER, health_interval_s=NEVER)
+    root, away = watched_and_moved(w, data)
     warning = root_missing(w, root)
     assert warning["reason"] == "root_missing"
     (away / "src" / "old.c").write_text("written where the tree went")
@@ -88,13 +94,7 @@ def test_a_root_renamed_away_and_made_again_reports_the_new_tree_not_the_old_one
     """`mv proj proj.bak && mkdir proj` (a fresh clone in its place): the new directory is
     watched again, what is made in it is published, what is made in the old one is not."""
     w = start(liveness_s=0.1, health_interval_s=NEVER)
-    root = data / "proj"
-    (root / "src").mkdir(parents=True)
-    (root / "src" / "main.c").write_text("1")
-    w.watch(root)
-    w.sync()
-    away = data / "proj.bak"
-    root.rename(away)
+    root, away = watched_and_moved(w, data)
     (root / "src").mkdir(parents=True)
     (root / "src" / "new.c").write_text("2")
     root_missing(w, root)
