@@ -76,6 +76,11 @@ class Watcher:
             if isinstance(m, StreamMessage):
                 self.seen.extend(m.body["events"])
 
+    def resync(self, kind: str, reason: str) -> dict:
+        """The first resync_begin or resync_end that `reason` asked for: resyncs asked for
+        while one is scheduled run as one, their reasons joined ("root_back+root_moved")."""
+        return self.wait_for(lambda e: e["kind"] == kind and reason in e["reason"].split("+"))
+
     def watch(self, path: Path | None = None, **kw: Any) -> dict:
         return self.call("fs.watch", {"path": str(path or self.data), **kw})
 
@@ -605,7 +610,7 @@ def test_a_deleted_root_is_announced_and_watched_again_when_it_is_back(start, da
     assert warning["reason"] == "root_missing" and warning["path"] == str(root)
     root.mkdir()
     (root / "b").write_text("2")
-    begin = w.wait_for(lambda e: e["kind"] == "resync_begin" and e["reason"] == "root_back")
+    begin = w.resync("resync_begin", "root_back")
     assert begin["epoch"] == 2
     evs = w.seen + w.sync()
     assert reported(evs) == {str(root / "b")}

@@ -78,7 +78,7 @@ def test_a_root_renamed_away_is_missing_at_once_and_its_tree_no_longer_reported(
     assert warning["reason"] == "root_missing"
     (away / "src" / "old.c").write_text("written where the tree went")
     # (with no root left to write a cookie in, fs.sync does not wait for that resync)
-    w.wait_for(lambda e: e["kind"] == "resync_end" and e["reason"] == "root_moved")
+    w.resync("resync_end", "root_moved")
     synced = w.call("fs.sync", {"timeout_ms": 10_000}, timeout=60)
     assert synced["unsynced"] == [str(root)]
     evs = seen_until(w, synced["clock"])
@@ -99,7 +99,7 @@ def test_a_root_renamed_away_and_made_again_reports_the_new_tree_not_the_old_one
     (root / "src" / "new.c").write_text("2")
     root_missing(w, root)
     (away / "src" / "old.c").write_text("3")
-    w.wait_for(lambda e: e["kind"] == "resync_begin" and e["reason"] == "root_back")
+    w.resync("resync_begin", "root_back")
     (root / "src" / "later.c").write_text("4")
     synced = w.call("fs.sync", {"timeout_ms": 10_000}, timeout=60)
     assert synced["unsynced"] == []
@@ -130,7 +130,7 @@ def test_a_root_whose_parent_is_renamed_is_found_missing_by_the_liveness_check(
     (moved / "proj" / "phantom").write_text("written where the tree went")
     root.mkdir(parents=True)
     (root / "b").write_text("2")
-    w.wait_for(lambda e: e["kind"] == "resync_begin" and e["reason"] == "root_back")
+    w.resync("resync_begin", "root_back")
     evs = seen_until(w)
     assert not [p for p in paths(evs) if p.endswith("phantom")], evs
     assert ("deleted", "ws/proj/a") in kinds(evs, data)
@@ -168,7 +168,7 @@ def test_a_root_replaced_by_a_symlink_while_the_watcher_was_down_is_missing_not_
     root.unlink()
     root.mkdir()
     (root / "b").write_text("2")
-    w2.wait_for(lambda e: e["kind"] == "resync_begin" and e["reason"] == "root_back")
+    w2.resync("resync_begin", "root_back")
     (root / "c").write_text("3")  # directly in the root: its own watch is the directory's
     evs = seen_until(w2)
     assert {str(root / "b"), str(root / "c")} <= reported(evs)
