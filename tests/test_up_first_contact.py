@@ -231,6 +231,26 @@ def test_a_bad_instance_or_ready_fd_or_option_is_a_failed_line_for_up_and_one_li
         out = subprocess.run(moorage(rdir, *args), capture_output=True, text=True, cwd=ROOT,
                              timeout=60)
         assert failed_line(out)["name"] == "bad_config" and out.returncode == 2, args
+    # (what argparse refuses: its usage on stderr as well)
+    for args in (["up", "--no-such-option"], ["up", "--timeout", "x"],
+                 ["up", "--detach", "--log-level", "loud"], ["up", "extra"]):
+        out = subprocess.run(moorage(rdir, *args), capture_output=True, text=True, cwd=ROOT,
+                             timeout=60)
+        assert failed_line(out)["name"] == "bad_config" and out.returncode == 2, args
+        assert "usage:" in out.stderr, out.stderr
+    out = subprocess.run(moorage(rdir, "status", "--no-such-option"), capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    assert "unrecognized arguments: --no-such-option" in out.stderr
+    r, w = os.pipe()
+    with os.fdopen(r) as line:
+        out = subprocess.run(moorage(rdir, "up", f"--ready-fd={w}", "--timeout", "x"),
+                             capture_output=True, text=True, cwd=ROOT, timeout=60,
+                             pass_fds=(w,))
+        os.close(w)
+        assert out.returncode == 2 and out.stdout == "" and "usage:" in out.stderr
+        error = json.loads(line.read())["error"]
+        assert error["name"] == "bad_config" and "--timeout" in error["message"], error
 
 
 def test_up_detach_with_a_state_dir_it_cannot_make_says_failed_and_starts_nothing(

@@ -58,7 +58,7 @@ keep_workspace_off_path()
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from moorage.protocol import endpoints
 from moorage.protocol.client.connection import read_connection_file
@@ -235,8 +235,29 @@ def log_level(text: str) -> str:
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
+class BadArguments(Exception):
+    """A command line argparse would print its usage for and exit 2 on, raised instead: for
+    `up` that is a start refused, said on the failed line where the ready line would have
+    gone (an editor reads that line, not the usage on stderr)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str,
+                 command: str | None = None) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+        words = parser.prog.split()
+        self.command = command or (words[1] if len(words) > 1 else None)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, its usage errors raised (BadArguments); its subparsers are too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BadArguments(self, message)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moorage", description=__doc__.split("\n")[0],
+    p = Parser(prog="moorage", description=__doc__.split("\n")[0],
                                 parents=[global_options(True)], epilog=exit_table_text(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version",
@@ -414,8 +435,32 @@ def refuse(args: argparse.Namespace, message: str) -> int:
     return EXIT_USAGE
 
 
+def bad_arguments(exc: BadArguments, argv: list[str]) -> int:
+    """argparse's usage and error on stderr, exit 2; for `up` the failed line as well, on
+    --ready-fd as given (an fd that is not open, or --detach: stdout)."""
+    exc.parser.print_usage(sys.stderr)
+    if exc.command != "up":
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    ready_fd = None
+    for i, word in enumerate(argv):
+        given = (word.partition("=")[2] if word.startswith("--ready-fd=")
+                 else argv[i + 1] if word == "--ready-fd" and i + 1 < len(argv) else None)
+        if given is not None:
+            ready_fd = int(given) if given.isdigit() else None
+    if "--detach" in argv:
+        ready_fd = None
+    return refuse_start(StartFailed("bad_config", exc.message, EXIT_USAGE), ready_fd)
+
+
 def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    args = p.parse_args(keys_after_options(sys.argv[1:] if argv is None else argv))
+    words = keys_after_options(sys.argv[1:] if argv is None else argv)
+    try:
+        args, extra = p.parse_known_args(words)
+        if extra:  # (argparse's parse_args says so with the top level's usage, as here)
+            raise BadArguments(p, f"unrecognized arguments: {' '.join(extra)}", args.command)
+    except BadArguments as exc:
+        return bad_arguments(exc, words)
     # Absolute: the ready line, the connection file and every endpoint name them to
     # processes that do not share our working directory (endpoints ignores a relative
     # $XDG_*, as the XDG spec says).
