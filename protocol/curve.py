@@ -32,7 +32,7 @@ import zmq
 from zmq.auth.certs import load_certificate
 from zmq.utils import z85
 
-from moorage.protocol.endpoints import xdg_dir
+from moorage.protocol.endpoints import home, xdg_dir
 
 KEYS_ENV = "MOORAGE_KEYS_DIR"
 SERVER = "server"
@@ -65,11 +65,13 @@ class KeyPair:
 
 
 def keys_dir(env: Mapping[str, str] | None = None) -> Path:
+    """$MOORAGE_KEYS_DIR, else moorage/keys under the XDG config home; ValueError (saying
+    what to set) where neither is set and there is no home to find it in."""
     env = os.environ if env is None else env
     if env.get(KEYS_ENV):
         return Path(os.path.abspath(env[KEYS_ENV]))
-    base = xdg_dir(env, "XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home())
-                                                    / ".config")
+    base = xdg_dir(env, "XDG_CONFIG_HOME") or str(
+        home(env, f"{KEYS_ENV} or XDG_CONFIG_HOME") / ".config")
     return Path(base) / "moorage" / "keys"
 
 

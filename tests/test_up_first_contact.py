@@ -312,6 +312,13 @@ def test_with_no_home_to_be_found_up_says_failed_and_other_commands_say_one_line
         error = failed_line(out)
         assert error["name"] == "bad_config" and "MOORAGE_STATE_DIR" in error["message"]
         assert out.returncode == 2
+    # (a state dir given, the keys --listen needs are what has no home)
+    out = subprocess.run([*cmd, "up", "--listen", "tcp://127.0.0.1:1"], capture_output=True,
+                         text=True, env={**env, "MOORAGE_STATE_DIR": str(d / "st")},
+                         cwd="/tmp", timeout=60)
+    error = failed_line(out)
+    assert error["name"] == "bad_config" and "MOORAGE_KEYS_DIR" in error["message"], error
+    assert out.returncode == 2
     for args in (["status"], ["keys", "list"]):
         out = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env,
                              cwd="/tmp", timeout=60)

@@ -7,7 +7,6 @@ show it).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -87,10 +86,8 @@ def keys_dir() -> Path:
     there is no home to find it in."""
     try:
         return curve.keys_dir()
-    except RuntimeError:  # (pathlib's word for "no HOME, and no passwd entry")
-        raise CliError(f"no keys directory: HOME is not set and uid {os.getuid()} has no "
-                       f"entry in the user database; set {curve.KEYS_ENV}, XDG_CONFIG_HOME "
-                       "or HOME") from None
+    except ValueError as exc:
+        raise CliError(f"no keys directory: {exc}") from None
 
 
 class Budget:
