@@ -53,7 +53,8 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def find_config(explicit: str | Path | None,
                 env: Mapping[str, str] | None = None) -> Path | None:
-    """The user's moorage.toml, if any: --config, $MOORAGE_CONFIG, $XDG_CONFIG_HOME."""
+    """The user's moorage.toml, if any: --config, $MOORAGE_CONFIG, $XDG_CONFIG_HOME. Something
+    there that is not a file is a ConfigError, as a --config that is not one."""
     env = os.environ if env is None else env
     for given, what in ((explicit, "--config"), (env.get("MOORAGE_CONFIG"), "MOORAGE_CONFIG")):
         if given:
@@ -72,7 +73,14 @@ def find_config(explicit: str | Path | None,
         except ValueError:  # no home, so no file in it to find: the embedded default
             return None
     p = Path(base) / "moorage" / "moorage.toml"
-    return p if p.is_file() else None
+    if p.is_file():
+        return p
+    if os.path.lexists(p):  # (a dangling link to a dotfiles checkout: not the defaults, unsaid)
+        what = (f"a symbolic link to {os.readlink(p)}, which is not a file"
+                if p.is_symlink() else "not a file")
+        raise ConfigError(f"{p}: {what}; fix it, remove it to run on the defaults, or name "
+                          "another with --config")
+    return None
 
 
 def private_group(gid: int, uid: int) -> bool:

@@ -384,6 +384,26 @@ def modes(top: Path, path: Path) -> dict[str, str]:
     return out
 
 
+def test_a_config_home_whose_moorage_toml_is_a_dangling_link_is_refused_not_run_on_defaults(
+        runtime_dir, tmp_path):
+    """A dotfiles checkout not there yet: the link says the user has a config, so `up` says
+    bad_config naming it rather than start on the defaults without a word."""
+    xdg = tmp_path / "config"
+    (xdg / "moorage").mkdir(parents=True)
+    (xdg / "moorage" / "moorage.toml").symlink_to(tmp_path / "dotfiles" / "moorage.toml")
+    rdir = runtime_dir / "dl"
+    try:
+        out = subprocess.run(moorage(rdir, "up", "--detach"), capture_output=True, text=True,
+                             cwd=ROOT, timeout=90,
+                             env={**os.environ, "XDG_CONFIG_HOME": str(xdg)})
+    finally:
+        take_down(rdir)  # (on the defaults, as before the check, it would have come up)
+    error = failed_line(out)
+    assert error["name"] == "bad_config" and out.returncode == 2, error
+    assert "symbolic link" in error["message"] and "dotfiles" in error["message"], error
+    assert not (rdir / endpoints.LOCK_FILE).exists()
+
+
 def under_umask_000(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", 'umask 000 && exec "$@"', "sh", *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=90, **kw)
