@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,28 @@ class ListenPlan:
 def make_plan(listen: str, names: Sequence[str], keys_dir: Path) -> ListenPlan:
     host, port = parse_listen(listen)
     return ListenPlan(listen, tcp_endpoints(host, port, names), str(keys_dir))
+
+
+def unbindable(plan: ListenPlan) -> list[str]:
+    """The plan's endpoints that cannot be bound now ("tcp://H:P (alpha's rpc): Address
+    already in use"), found by binding each as ZeroMQ will (SO_REUSEADDR, so a port left
+    in TIME_WAIT is free) and letting it go: a port another process listens on, or an
+    address not this host's, refuses the start at once rather than after an actor's
+    restarts run out."""
+    out = []
+    for actor, table in plan.endpoints.items():
+        for role, endpoint in table.items():
+            host, _, port = endpoint[len("tcp://"):].rpartition(":")
+            try:
+                family, kind, proto, _, address = socket.getaddrinfo(
+                    host.strip("[]"), int(port), 0, socket.SOCK_STREAM, 0,
+                    socket.AI_PASSIVE)[0]
+                with socket.socket(family, kind, proto) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(address)
+            except OSError as exc:
+                out.append(f"{endpoint} ({actor}'s {role}): {exc.strerror or exc}")
+    return out
 
 
 def write_plan(runtime_dir: Path, plan: ListenPlan) -> None:

@@ -25,7 +25,7 @@ from moorage.actors.runtime.logs import STATE_ENV, setup_logging
 from moorage.actors.runtime.process import resolve
 from moorage.protocol import endpoints
 from moorage.protocol.client.connection import read_connection_file
-from moorage.protocol.remote import LISTEN_FILE, remove_plan, write_plan
+from moorage.protocol.remote import LISTEN_FILE, remove_plan, unbindable, write_plan
 from moorage.supervisor.lifecycle import LifecycleOptions, remove_connection_file
 from moorage.supervisor.remote import listen_plan
 from moorage.supervisor.spec import SupervisorSpec, parse_tree
@@ -40,6 +40,14 @@ from moorage.supervisor.zygote import (
 
 class AlreadyRunning(RuntimeError):
     """Another live tree holds this instance's lock."""
+
+
+class Unbindable(RuntimeError):
+    """Endpoints of the listen plan that cannot be bound (remote.unbindable's words)."""
+
+    def __init__(self, endpoints: list[str]) -> None:
+        more = f"; and {len(endpoints) - 3} more" if len(endpoints) > 3 else ""
+        super().__init__("cannot bind " + "; ".join(endpoints[:3]) + more)
 
 
 def lock_instance(runtime_dir: Path) -> int | str:
@@ -174,10 +182,10 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
              state: Path | None = None) -> tuple[int, str]:
     """Run the tree in this process until it stops; returns the exit code and why it ended:
     when it gave up, the child and its last exit; when it could not say ready, why; when
-    asked to stop, by what (a signal's name, or sys.stop); else "". Raises
-    PathTooLong or AlreadyRunning before anything starts. However it ends (a clean stop, an
-    escalation, an exception), it leaves no socket file, connection file or lock behind;
-    the kernel's PR_SET_PDEATHSIG takes every process it started with it."""
+    asked to stop, by what (a signal's name, or sys.stop); else "". Raises PathTooLong,
+    AlreadyRunning or Unbindable before anything starts. However it ends (a clean stop,
+    an escalation, an exception), it leaves no socket file, connection file or lock
+    behind; the kernel's PR_SET_PDEATHSIG takes every process it started with it."""
     from moorage.supervisor.supervisor import Supervisor
 
     endpoints.check_socket_paths(runtime_dir, tree_names(spec),
@@ -190,6 +198,9 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         remove_plan(runtime_dir)
         planned = listen_plan(doc, tree_names(spec))
         if planned is not None:  # every actor binds its tcp endpoints by this (remote.py)
+            taken = unbindable(planned[0])
+            if taken:
+                raise Unbindable(taken)
             write_plan(runtime_dir, planned[0])
         instance = lifecycle.instance if lifecycle is not None else runtime_dir.name
         # Every process of the tree inherits these: where its logs go, and its title's name.

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from moorage.protocol.client import Client
 from moorage.protocol.client.aio import AsyncClient
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_instance
 from tests.remote_support import (
     FAKE_TREE,
     TREE_PORTS,
@@ -166,6 +167,30 @@ def test_up_refuses_to_listen_on_keys_others_can_read_or_on_a_bad_address(
     shutil.rmtree(server_dir)
     assert "moorage keys init" in _up_fails(runtime_dir, server_dir,
                                             f"tcp://127.0.0.1:{port}")["error"]["message"]
+
+
+def test_up_refuses_at_once_a_port_of_its_plan_another_process_listens_on(
+        runtime_dir: Path, tmp_path: Path, keys: tuple) -> None:
+    """Not after beta's restarts run out (exit 3, "the tree gave up"): the endpoint, whose
+    it is and why, exit 1, nothing started and no plan or connection file left."""
+    port = free_port_block(TREE_PORTS)
+    cfg = tmp_path / "tree.toml"
+    cfg.write_text(FAKE_TREE.format(host="127.0.0.1", port=port))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port + 4))  # (beta's rpc: supervisor, alpha, beta)
+        other.listen()
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir",
+                 str(runtime_dir), "up", "--allow-external-actors", "--config", str(cfg)],
+                capture_output=True, text=True, cwd=ROOT, timeout=90)
+        finally:
+            kill_instance(runtime_dir)
+    error = json.loads(out.stdout)["error"]
+    assert out.returncode == 1 and error["name"] == "start_failed", (out.returncode, error)
+    assert f"tcp://127.0.0.1:{port + 4} (beta's rpc)" in error["message"], error
+    assert "in use" in error["message"] and "gave up" not in error["message"], error
+    assert not (runtime_dir / "tree.json").exists() and not (runtime_dir / "listen.json").exists()
 
 
 def test_an_allowed_client_calls_and_follows_a_stream_from_a_copied_connection_file(

@@ -169,7 +169,7 @@ def say_failed(opts: LifecycleOptions, exc: StartFailed) -> None:
 def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
     """Load the config, run the tree; StartFailed for anything that ends it before ready."""
     from moorage.supervisor.config import load
-    from moorage.supervisor.launch import AlreadyRunning, run_root, tree_names
+    from moorage.supervisor.launch import AlreadyRunning, Unbindable, run_root, tree_names
     from moorage.supervisor.remote import listen_plan
     from moorage.supervisor.sdnotify import check_env
 
@@ -205,6 +205,8 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
         raise StartFailed("start_failed", str(exc), EXIT_USAGE) from None
     except AlreadyRunning as exc:
         raise StartFailed("already_running", str(exc), EXIT_ERROR) from None
+    except Unbindable as exc:
+        raise StartFailed("start_failed", str(exc), EXIT_ERROR) from None
     except PermissionError as exc:
         raise StartFailed("start_failed", str(exc), EXIT_ERROR) from None
     except OSError as exc:
