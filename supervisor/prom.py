@@ -212,7 +212,10 @@ class MetricsHttp:
         host, port = parse_listen(listen)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(TreeCollector(runtime_dir))
-        self.server = BoundedServer((host, port))
+        try:
+            self.server = BoundedServer((host, port))
+        except OSError as exc:  # (a port taken: say which, for the failed line)
+            raise OSError(exc.errno, f"--metrics-http {listen}: {exc.strerror}") from None
         self.server.set_app(make_wsgi_app(registry))
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name="metrics-http-accept")

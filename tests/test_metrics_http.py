@@ -4,6 +4,7 @@ with prometheus_client's own parser."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import select
 import socket
@@ -17,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from moorage.supervisor.prom import ADDR_FILE, SLOTS, parse_listen
-from tests.conftest import ROOT, Tree
+from tests.conftest import ROOT, Tree, kill_instance
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -144,6 +145,23 @@ def test_metrics_http_listens_on_loopback_only(runtime_dir):
          "--metrics-http", "0.0.0.0:9464"], capture_output=True, text=True, cwd=ROOT,
         timeout=60)
     assert out.returncode == 2 and "loopback only" in out.stderr
+
+
+def test_metrics_http_on_a_port_taken_is_a_failed_start_naming_it(runtime_dir):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        listen = f"127.0.0.1:{other.getsockname()[1]}"
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir",
+                 str(runtime_dir), "up", "--metrics-http", listen], capture_output=True,
+                text=True, cwd=ROOT, timeout=90)
+        finally:
+            kill_instance(runtime_dir)
+    error = json.loads(out.stdout)["error"]
+    assert out.returncode == 1 and error["name"] == "start_failed", (out.returncode, error)
+    assert f"--metrics-http {listen}: Address already in use" in error["message"], error
 
 
 def threads(pid: int) -> int:
