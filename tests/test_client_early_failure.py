@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from moorage.protocol import limits
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 from tests.waiting import wait_for
@@ -55,3 +56,20 @@ def test_a_call_safe_to_repeat_is_resent_to_the_successor(make_tree):
     r = tree.call("a", "fake.slow", {"ms": 50}, timeout=60, idempotent=True)
     killer.join()
     assert r == {"slept_ms": 50} and tree.child("a")["pid"] != first
+
+
+def test_a_frame_over_what_an_actor_takes_is_refused_unsent_not_told_outcome_unknown(
+        make_tree):
+    """Over MAXMSGSIZE the actor's socket drops the connection unread, which would end the
+    call `outcome_unknown` ("may have run"): it is refused before it is sent, as not run, and
+    the connection and the actor's life are as they were."""
+    tree = make_tree(ONE).start()
+    with Client(tree.runtime_dir, timeout=10.0) as c:
+        epoch = c.call("a", "sys.info")["ep"]
+        with pytest.raises(MoorageError) as e:
+            c.call("a", "fake.effect", attachments=[b"\0" * (limits.MAX_MESSAGE_SIZE + 1)])
+        assert e.value.name == "message_too_large" and e.value.attempts == 0, e.value
+        assert str(limits.MAX_MESSAGE_SIZE + 1) in str(e.value)
+        assert c.call("a", "sys.info")["ep"] == epoch
+        assert c.call("a", "fake.count")["effects"] == 0
+

@@ -204,7 +204,15 @@ class CallPlan:
         return Done(reply, error)
 
     def start(self, now: float) -> Done | Wait:
-        """Before the first send: the breaker may refuse at once."""
+        """Before the first send: the breaker may refuse at once, and so is a frame no actor
+        takes (its socket drops the connection on one over MAXMSGSIZE, which would end the
+        call outcome_unknown although it cannot have run)."""
+        if len(self.frames) > 3 or len(self.frames[2]) > limits.MAX_MESSAGE_SIZE:
+            big = max(len(f) for f in self.frames[2:])
+            if big > limits.MAX_MESSAGE_SIZE:
+                return self.done(now, error=WireError.of(
+                    "message_too_large", f"a frame of {big} bytes, over the "
+                    f"{limits.MAX_MESSAGE_SIZE} an actor takes (MAXMSGSIZE): not sent"))
         br = self.core.breaker(self.actor)
         # A closed breaker allows without changing (CircuitBreaker.allow): asked only when not.
         if br.state is not _CLOSED and not br.allow(now):
