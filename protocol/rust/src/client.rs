@@ -701,7 +701,11 @@ impl Subscription {
                     self.ready.extend(events);
                     need = more.map(|n| (n.topic, n.from_seq));
                 }
-                Err(_) => self.ready.extend(self.tracker.on_replay_failed(&topic)),
+                Err(_) => {
+                    let (events, more) = self.tracker.replay_failed(&topic);
+                    self.ready.extend(events);
+                    need = more.map(|n| (n.topic, n.from_seq));
+                }
             }
         }
     }

@@ -14,19 +14,31 @@ use crate::limits::MAX_ID;
 pub const OFFSET_TOPIC_PREFIX: &str = "term.out.";
 
 /// A `replay` answer as section 12 has it: a map whose `epoch` is a string, `lost` nil or
-/// `[first, last]`, `messages` `[seq, body, n_attachments]` triples and `more` a bool, every
-/// integer in [0, 2^53). Any other is no answer to go on: the replay failed.
-fn answer_ok(answer: &Value) -> bool {
+/// `[first, last]` with `first <= last`, `messages` `[seq, body, n_attachments]` triples that
+/// claim no more attachments than came, and `more` a bool, every integer in [0, 2^53). Any
+/// other is no answer to go on (a publisher's bug, or a hostile one): the replay failed, and
+/// no message is ever delivered without the bytes it says it has.
+fn answer_ok(answer: &Value, n_attachments: usize) -> bool {
     let int = |v: &Value| v.as_u64().is_some_and(|n| n <= MAX_ID);
     let absent_or = |key: &str, ok: &dyn Fn(&Value) -> bool| match get(answer, key) {
         None | Some(Value::Nil) => true,
         Some(v) => ok(v),
     };
+    let lost = |v: &Value| match v.as_array().map(Vec::as_slice) {
+        Some([a, b]) => int(a) && int(b) && a.as_u64() <= b.as_u64(),
+        _ => false,
+    };
     let message = |m: &Value| matches!(m.as_array().map(Vec::as_slice), Some([seq, _, n]) if int(seq) && int(n));
+    let messages = |v: &Value| {
+        v.as_array().is_some_and(|ms| {
+            ms.iter().all(message)
+                && ms.iter().map(|m| m[2].as_u64().unwrap_or(0)).fold(0u64, u64::saturating_add) <= n_attachments as u64
+        })
+    };
     answer.is_map()
         && absent_or("epoch", &|v| v.is_str())
-        && absent_or("lost", &|v| matches!(v.as_array().map(Vec::as_slice), Some([a, b]) if int(a) && int(b)))
-        && absent_or("messages", &|v| v.as_array().is_some_and(|ms| ms.iter().all(message)))
+        && absent_or("lost", &lost)
+        && absent_or("messages", &messages)
         && absent_or("more", &|v| v.is_bool())
 }
 
@@ -51,6 +63,9 @@ struct TopicState {
     last: u64,
     superseded: HashSet<String>,
     successor: Option<String>,
+    /// The last replay page moved `last` on by nothing (the publisher had nothing new, or a
+    /// held message came after it): one more such page for this gap is a failed replay.
+    stalled: bool,
 }
 
 type Step = (Vec<StreamEvent>, Option<NeedReplay>);
@@ -94,9 +109,26 @@ impl StreamTracker {
         (self.dedup(events), need)
     }
 
-    /// The replay call failed, or its answer was not one (`answer_ok`): the gap is a loss.
+    /// The replay call failed (its publisher gone, say): the gap is a loss, and the held
+    /// messages go on; returns events and maybe the replay a later gap among them needs.
+    pub fn replay_failed(&mut self, topic: &str) -> Step {
+        let (events, need) = self.failed(topic);
+        if need.is_some() {
+            self.replays_asked += 1;
+        }
+        (self.dedup(events), need)
+    }
+
+    /// As `replay_failed`, for a caller that asks no further replay (it is giving up, or
+    /// cannot): a later gap among the held messages is a loss too, so the topic is never left
+    /// waiting for a replay nobody sends.
     pub fn on_replay_failed(&mut self, topic: &str) -> Vec<StreamEvent> {
-        let events = self.replay_failed(topic);
+        let (mut events, mut need) = self.failed(topic);
+        while let Some(n) = need {
+            let (more, next) = self.failed(&n.topic);
+            events.extend(more);
+            need = next;
+        }
         self.dedup(events)
     }
 
@@ -210,9 +242,11 @@ impl StreamTracker {
         (vec![], Some(NeedReplay { topic, from_seq: from }))
     }
 
+    /// An answer this tracker cannot follow (not of the op's shape, or a page that does not
+    /// move the topic on) is a failed replay: the gap is reported lost.
     fn replay(&mut self, topic: &str, answer: &Value, attachments: &[Vec<u8>]) -> Step {
-        if !answer_ok(answer) {
-            return (self.replay_failed(topic), None);
+        if !answer_ok(answer, attachments.len()) {
+            return self.failed(topic);
         }
         let mut out = vec![];
         let st = self.topics.get_mut(topic).expect("a replay of a tracked topic");
@@ -220,11 +254,15 @@ impl StreamTracker {
         match &st.epoch {
             None => st.epoch = Some(epoch.clone()),
             Some(e) if *e != epoch => {
+                // The publisher restarted: what this epoch missed cannot be replayed any more,
+                // but its messages still queued in our socket come first; the newer epoch
+                // starts (with a Reset) at its first message or welcome.
                 st.successor = Some(epoch);
-                return (self.replay_failed(topic), None);
+                return self.failed(topic);
             }
             _ => {}
         }
+        let before = st.last;
         if let Some([a, b]) = get(answer, "lost").and_then(|v| v.as_array()).map(Vec::as_slice) {
             let (a, b) = (a.as_u64().unwrap_or(0), b.as_u64().unwrap_or(0));
             if b > st.last {
@@ -239,8 +277,9 @@ impl StreamTracker {
                 continue;
             }
             let (seq, n) = (parts[0].as_u64().unwrap_or(0), parts[2].as_u64().unwrap_or(0) as usize);
-            let atts = attachments.get(i..(i + n).min(attachments.len())).unwrap_or(&[]).to_vec();
-            i += n;
+            // (`answer_ok` saw every claimed attachment come: this slice is whole)
+            let atts = attachments.get(i..i.saturating_add(n)).unwrap_or(&[]).to_vec();
+            i = i.saturating_add(n);
             if seq == st.last + 1 {
                 st.last = seq;
                 out.push(StreamEvent::Message(StreamMessage {
@@ -248,12 +287,54 @@ impl StreamTracker {
                 }));
             }
         }
-        if matches!(get(answer, "more"), Some(Value::Boolean(true))) {
+        let more = matches!(get(answer, "more"), Some(Value::Boolean(true)));
+        if st.last == before && (more || st.stalled) {
+            // A page cut with nothing in it, or a second answer in a row that leaves the gap
+            // where it was: asking again would loop for as long as the publisher answers so.
+            // (One answer with nothing new is honest when the held message that still shows
+            // a gap was published after it: that one is asked again.)
+            st.stalled = false;
+            return self.failed(topic);
+        }
+        if more {
+            st.stalled = false;
             return (out, Some(NeedReplay { topic: topic.to_string(), from_seq: st.last + 1 }));
         }
+        st.stalled = st.last == before;
         self.replaying.remove(topic);
+        let (events, need) = self.deliver_held(topic);
+        if need.is_none() {
+            self.topics.get_mut(topic).unwrap().stalled = false;
+        }
+        out.extend(events);
+        (out, need)
+    }
+
+    /// The gap before the first held message is lost; the held ones go on, and maybe the
+    /// replay a later gap among them needs.
+    fn failed(&mut self, topic: &str) -> Step {
+        self.replaying.remove(topic);
+        let first = self.held.get(topic).and_then(|h| h.iter().min_by_key(|m| m.seq).map(|m| (m.seq, &m.epoch)));
+        let st = self.topics.get_mut(topic).unwrap();
+        st.stalled = false; // (a later gap's replay starts afresh)
+        let mut out = vec![];
+        if let Some((seq, epoch)) = first {
+            if Some(epoch) == st.epoch.as_ref() && seq > st.last + 1 {
+                out.push(StreamEvent::Loss { topic: topic.to_string(), first: st.last + 1, last: seq - 1, epoch: epoch.clone() });
+                st.last = seq - 1;
+            }
+        }
+        let (events, need) = self.deliver_held(topic);
+        out.extend(events);
+        (out, need)
+    }
+
+    /// The messages held during a replay, in seq order, as if they came now; one that shows
+    /// a gap holds itself and the rest again, and returns the replay it needs.
+    fn deliver_held(&mut self, topic: &str) -> Step {
         let mut held = self.held.remove(topic).unwrap_or_default();
         held.sort_by_key(|m| m.seq);
+        let mut out = vec![];
         let mut rest = held.into_iter();
         while let Some(m) = rest.next() {
             let (events, need) = self.message(m);
@@ -264,24 +345,6 @@ impl StreamTracker {
             }
         }
         (out, None)
-    }
-
-    fn replay_failed(&mut self, topic: &str) -> Vec<StreamEvent> {
-        let mut held = self.held.remove(topic).unwrap_or_default();
-        held.sort_by_key(|m| m.seq);
-        self.replaying.remove(topic);
-        let mut out = vec![];
-        let st = self.topics.get_mut(topic).unwrap();
-        if let Some(first) = held.first() {
-            if Some(&first.epoch) == st.epoch.as_ref() && first.seq > st.last + 1 {
-                out.push(StreamEvent::Loss { topic: topic.to_string(), first: st.last + 1, last: first.seq - 1, epoch: first.epoch.clone() });
-                st.last = first.seq - 1;
-            }
-        }
-        for m in held {
-            out.extend(self.message(m).0);
-        }
-        out
     }
 
     /// Replays that would reveal a lost tail (section 12, "Tail loss"): for every topic seen and
@@ -381,6 +444,22 @@ mod tests {
             assert_eq!((events, need), (vec![lost, StreamEvent::Message(msg("t", 5, Value::Nil, vec![]))], None), "{answer}");
             assert_eq!(t.on_message(msg("t", 6, Value::Nil, vec![])).0, vec![StreamEvent::Message(msg("t", 6, Value::Nil, vec![]))], "{answer}");
         }
+    }
+
+    #[test]
+    fn a_failed_replay_returns_the_replay_a_later_held_gap_needs() {
+        let mut t = StreamTracker::new(None, &[String::new()]);
+        let m = |seq| StreamEvent::Message(msg("t", seq, Value::Nil, vec![]));
+        t.on_message(msg("t", 1, Value::Nil, vec![]));
+        assert_eq!(t.catch_up(), vec![NeedReplay { topic: "t".into(), from_seq: 2 }]);
+        for seq in [5, 6, 9] {
+            t.on_message(msg("t", seq, Value::Nil, vec![])); // (7 and 8 dropped)
+        }
+        let lost = StreamEvent::Loss { topic: "t".into(), first: 2, last: 4, epoch: "e".into() };
+        assert_eq!(t.replay_failed("t"), (vec![lost, m(5), m(6)], ask("t", 7)));
+        let page = map_of([("messages", Value::Array([7, 8].map(|s| Value::Array(vec![Value::from(s), Value::Nil, Value::from(0)])).to_vec()))]);
+        assert_eq!(t.on_replay("t", &page, &[]), (vec![m(7), m(8), m(9)], None));
+        assert_eq!(t.on_message(msg("t", 10, Value::Nil, vec![])), (vec![m(10)], None));
     }
 
     #[test]
