@@ -79,6 +79,16 @@ def take_down(rdir: Path) -> None:
     kill_instance(rdir)
 
 
+def refused(cmd: list[str], rdir: Path, **kw) -> subprocess.CompletedProcess:
+    """A start that should be refused, run; whatever it started if it was not, taken down
+    (a detached tree would outlive the test)."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60, **kw)
+    finally:
+        if (rdir / endpoints.LOCK_FILE).exists():
+            take_down(rdir)
+
+
 def failed_line(out: subprocess.CompletedProcess) -> dict:
     """The one failed line on stdout, with no traceback anywhere."""
     assert "Traceback" not in out.stderr, out.stderr
@@ -200,8 +210,7 @@ def test_a_parent_that_is_gone_is_said_on_the_failed_line_wherever_the_line_goes
     rdir = runtime_dir / "par"
     for parent in (str(dead_pid()), "0"):
         for how in ([], ["--detach"]):
-            out = subprocess.run(moorage(rdir, "up", *how, "--parent", parent),
-                                 capture_output=True, text=True, cwd=ROOT, timeout=60)
+            out = refused(moorage(rdir, "up", *how, "--parent", parent), rdir)
             error = failed_line(out)
             assert error["name"] == "start_failed" and f"--parent {parent}" in error["message"]
             assert out.returncode == 2
@@ -228,14 +237,12 @@ def test_a_bad_instance_or_ready_fd_or_option_is_a_failed_line_for_up_and_one_li
     rdir = runtime_dir / "opts"
     for args in (["up", "--ready-fd", "99"], ["up", "--detach", "--exit-on-stdin-eof"],
                  ["up", "--host", "h"]):
-        out = subprocess.run(moorage(rdir, *args), capture_output=True, text=True, cwd=ROOT,
-                             timeout=60)
+        out = refused(moorage(rdir, *args), rdir)
         assert failed_line(out)["name"] == "bad_config" and out.returncode == 2, args
     # (what argparse refuses: its usage on stderr as well)
     for args in (["up", "--no-such-option"], ["up", "--timeout", "x"],
                  ["up", "--detach", "--log-level", "loud"], ["up", "extra"]):
-        out = subprocess.run(moorage(rdir, *args), capture_output=True, text=True, cwd=ROOT,
-                             timeout=60)
+        out = refused(moorage(rdir, *args), rdir)
         assert failed_line(out)["name"] == "bad_config" and out.returncode == 2, args
         assert "usage:" in out.stderr, out.stderr
     out = subprocess.run(moorage(rdir, "status", "--no-such-option"), capture_output=True,
