@@ -40,6 +40,9 @@ class Exec:
     # monotonic: since when the shell has been back in its line editor after the command's C
     # without a D (a shell exec'd in its place, which has no nonce, never marks)
     editing_since: float | None = None
+    # the shell's CPU time (clock ticks) when the detection last looked: a shell whose time
+    # moved on is still at work on the command (reading a long paste, running its hooks)
+    shell_cpu: int | None = None
 
     @property
     def marked(self) -> bool:
@@ -107,6 +110,23 @@ def runs_its_launch(pid: int, nonce: str) -> bool | None:
     except OSError:
         return None
     return f"MOORAGE_NONCE={nonce}".encode() in env.split(b"\0")
+
+
+def shell_activity(pid: int) -> tuple[bool, int] | None:
+    """(runnable now, CPU time used in clock ticks) of the process `pid`, from
+    /proc/PID/stat; None when that cannot be read. A shell waiting in its line editor
+    sleeps and its time stands still; one reading or running is runnable, or its time
+    moves, even on a machine too loaded to give it much."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # (the name, in parentheses, may hold spaces)
+    try:
+        return fields[0] == b"R", int(fields[11]) + int(fields[12])  # state, utime + stime
+    except (IndexError, ValueError):
+        return None
 
 
 def unread_input(master: int | None) -> int | None:

@@ -54,6 +54,7 @@ from moorage.actors.terminal.execs import (
     cut_echo_and_prompt,
     line_editing,
     runs_its_launch,
+    shell_activity,
     shell_in_foreground,
     unread_input,
 )
@@ -617,12 +618,26 @@ class Session:
 
     def _detect(self, ex: Exec) -> None:
         """No trusted C or D in time: the integration is not working in this session, unless
-        the shell has not read the command yet (its rc file still runs): then that says
-        nothing, and the command waits on (its timeout ends the wait)."""
+        the shell has not read the command yet (its rc file still runs) or is still at work
+        on it (a long paste, a loaded machine): then that says nothing, and the command
+        waits on (its timeout ends the wait). A shell idle with the command read has its
+        markers, if it drew any, parsed before the verdict."""
         if ex is not self.exec or ex.done or ex.out_start is not None:
             return
+        now = time.monotonic()
         if unread_input(self.master):
-            ex.detect_by = time.monotonic() + self.host.detect_s
+            ex.detect_by = now + self.host.detect_s
+            return
+        seen = shell_activity(self.pid)
+        if seen is not None and (seen[0] or seen[1] != ex.shell_cpu):
+            ex.shell_cpu = seen[1]
+            ex.detect_by = now + self.host.quiet_s  # (looked at again soon)
+            return
+        ex.detect_by = float("inf")  # (once: the markers being parsed may start it yet)
+        self.hop.when_parsed(self.offset, lambda: self._no_marker(ex))
+
+    def _no_marker(self, ex: Exec) -> None:
+        if ex is not self.exec or ex.done or ex.out_start is not None or not ex.marked:
             return
         logger.warning("session {}: no trusted marker {} s after a command; no integration "
                        "from now on", self.id, self.host.detect_s)
