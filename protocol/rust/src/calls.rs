@@ -19,6 +19,7 @@ use rmpv::Value;
 use crate::codec::{get, map_of};
 use crate::envelope::{encode_request, pin_request, Reply};
 use crate::errors::{Error, WireError};
+use crate::limits::MAX_MESSAGE_SIZE;
 use crate::recovery::{max_retries_for, Backoff, BreakerState, CircuitBreaker};
 
 /// Ops every actor serves that are safe to repeat (section 10).
@@ -176,6 +177,13 @@ impl CallPlan {
     /// Before the first send: the breaker may refuse at once. `epoch`: the actor's as known
     /// now, the life this call goes to.
     pub fn start(&mut self, now: f64, br: &mut CircuitBreaker, epoch: Option<&str>) -> Verdict {
+        // A frame no actor takes: its socket drops the connection on one over MAXMSGSIZE,
+        // which would end the call outcome_unknown although it cannot have run.
+        if let Some(big) = self.frames[2..].iter().map(Vec::len).max().filter(|&n| n > MAX_MESSAGE_SIZE) {
+            let e = WireError::of("message_too_large", format!(
+                "a frame of {big} bytes, over the {MAX_MESSAGE_SIZE} an actor takes (MAXMSGSIZE): not sent"));
+            return self.done(now, Err(e));
+        }
         if self.settings.remote && !self.idempotent && !self.resumable {
             self.pin = epoch.map(str::to_string);
         }
@@ -631,6 +639,18 @@ mod tests {
         assert_eq!(p.pinned_by, Some(Pinned::Timeout));
         let e = failed(p.on_reply(refusal(SUCCESSOR, Value::Nil), 1.2, &mut br, 0.5));
         assert!(e.error.message.starts_with("alpha restarted"), "{}", e.error.message);
+    }
+
+    #[test]
+    fn a_frame_over_what_an_actor_takes_is_refused_unsent() {
+        let mut br = CircuitBreaker::new(5, 0.5);
+        let settings = PlanSettings { timeout: 30.0, attempt_timeout: 1.0, backoff: Backoff::default(), remote: false };
+        let big = vec![vec![0u8; MAX_MESSAGE_SIZE + 1]];
+        let mut p = CallPlan::new(7, "4242-1f2e3d4c5b6a", "alpha", "fake.effect", &Value::Nil, vec![0xc0], false, settings, None, &big, 0.0);
+        let e = failed(p.start(0.0, &mut br, Some(EP)));
+        assert_eq!((e.error.name.as_str(), p.attempts), ("message_too_large", 0), "{}", e.error.message);
+        assert!(e.error.message.contains(&(MAX_MESSAGE_SIZE + 1).to_string()), "{}", e.error.message);
+        assert_eq!(br.state, BreakerState::Closed);
     }
 
     #[test]
