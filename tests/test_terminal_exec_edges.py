@@ -206,6 +206,26 @@ def test_a_command_typed_ahead_of_a_slow_rc_file_is_not_answered_before_it_runs(
     assert not ran.exists()
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_timeout_drops_what_the_keeper_still_holds_of_a_command_not_started(term, shell):
+    """A command longer than the terminal's input queue: the rest of it waits in the keeper.
+    The ^C its timeout types drops what the terminal holds, and the keeper drops the rest:
+    none of its lines runs when the shell reads again (they ran, after the ^C)."""
+    sid, gate = term.gated(shell)
+    made = term.home / "made"
+    made.mkdir()
+    lines = [f"touch {made}/f{i}" for i in range(600)]  # (about 20 KB: 4 KB fit in the queue)
+    expect_error("timeout", term.exec, sid, "\n".join(lines), timeout_ms=1500)
+    # (the ^C goes through the keeper, after the answer: the rc file let go before it lands
+    # would have its SIGINT end the shell's start-up files there)
+    wait_for(lambda: term.typed_ahead(sid, b"^C"), "the ^C taken by the terminal")
+    wait_for(lambda: gate_opened(gate) or term.info(sid)["mode"] == "integration",
+             "the rc file's end")
+    term.integrated(sid)
+    r = term.exec(sid, f"ls {made} | wc -l")
+    assert (r["output"].strip(), r["exit_code"]) == ("0", 0), r
+
+
 def test_a_command_typed_ahead_of_a_slow_rc_file_ends_at_its_marker_with_its_output(term):
     """Typed while the rc file waits, read at the first prompt: the answer is its output,
     ended by its own D (a pause in it is no end), whenever the rc file ends."""

@@ -350,6 +350,9 @@ class TerminalActor(Actor):
                      refused: Callable[[WireError], None]) -> bool:
         return self.keeper.write(s, data, refused)
 
+    def keeper_interrupt(self, s: Session) -> None:
+        self.keeper.interrupt(s)
+
     def keeper_signal(self, s: Session, sig: str, to: str) -> None:
         self.keeper.signal(s, sig, to)
 

@@ -12,6 +12,7 @@ import termios
 from dataclasses import dataclass
 
 from moorage.actors.runtime import Call
+from moorage.actors.terminal.keeper.ptys import TIOCGPTPEER
 
 # zsh's PROMPT_SP: after a command, the end-of-line mark, spaces to the margin, "\r \r"
 ZSH_PROMPT_SP = re.compile(r"[%#]? *\r \r$")
@@ -72,7 +73,6 @@ def cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:
 # --- the terminal's word: facts of the PTY, not guesses from the output ----------------------
 # (each None when the terminal cannot be asked: no copy of its master here, or it is gone)
 
-TIOCGPTPEER = getattr(termios, "TIOCGPTPEER", 0x5441)  # Linux 4.13: the master opens its slave
 
 
 def shell_in_foreground(master: int | None, shell_pid: int) -> bool | None:

@@ -46,6 +46,7 @@ from loguru import logger
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.custody import close_all
 from moorage.actors.runtime.signals import parse_signal
+from moorage.actors.terminal.keeper.ptys import drop_unread_input
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
 from moorage.actors.terminal.ring import RingError, SessionRing
 from moorage.protocol.errors import KINDS, WireError
@@ -239,6 +240,23 @@ class KeeperClient:
 
         self.input(s, data, done)
         return True
+
+    def interrupt(self, s: Session) -> None:
+        """^C typed, to cancel a command not started: the terminal drops what the shell had
+        not read of its input, and the keeper what it still holds of it (it would be
+        written after the ^C, and read as a command of its own)."""
+        if s.master is not None and not s.keeper_writes and not s.keeper_backlog:
+            drop_unread_input(s.master)
+            self.write(s, b"\x03", lambda _err: None)
+            return
+        s.keeper_writes += 1
+
+        def done(r: dict[str, Any] | None, _err: WireError | None) -> None:
+            s.keeper_writes = max(0, s.keeper_writes - 1)
+            if r is not None:
+                s.keeper_backlog = bool(r.get("pending"))
+
+        self.request({"t": "write", "s": s.id, "data": b"\x03", "drop": True}, done)
 
     def input(self, s: Session, data: bytes, cb: KeeperCallback) -> None:
         """Input through the keeper, counted, so that no input written here directly can

@@ -107,6 +107,7 @@ class SessionHost(Protocol):
     def keeper_write(self, s: Session, data: bytes,
                      refused: Callable[[WireError], None]) -> bool: ...
     def keeper_signal(self, s: Session, sig: str, to: str) -> None: ...
+    def keeper_interrupt(self, s: Session) -> None: ...
     def keeper_meta(self, s: Session) -> None: ...
     def when_keeper(self, fn: Callable[[bool], None]) -> None: ...
     def acks_ready(self) -> None: ...
@@ -390,7 +391,7 @@ class Session:
         ex = self._exec_at(at)
         if ex is None or ex.done or ex.out_start is not None or not ex.whole:
             return  # (a command sent line by line asks for its next lines so: no sign)
-        self.host.keeper_write(self, b"\x03", lambda _err: None)
+        self.host.keeper_interrupt(self)
         # The next command waits for the prompt the ^C brings, as a starting shell's first
         # (sent before it, it would be read into the cancelled line, or find its end).
         if self.state != "exited":
@@ -739,7 +740,7 @@ class Session:
             # the terminal drop what was not read, with the SIGINT. The next command waits
             # for the prompt that brings, as a starting shell's first. (All of it read and
             # no C: a shell that does not mark runs it: SIGINT, as to any command.)
-            self.host.keeper_write(self, b"\x03", lambda _err: None)
+            self.host.keeper_interrupt(self)
             if self.state != "exited":
                 self.state = "starting"
             what = (f"{ex.command[:80]!r} had not started by its timeout"

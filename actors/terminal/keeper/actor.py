@@ -71,6 +71,7 @@ from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.terminal.keeper.ptys import (
     Ptys,
     PtySession,
+    drop_unread_input,
     foreground_group,
     process_start,
 )
@@ -619,6 +620,12 @@ class PtyKeeper(Actor):
         if s.eof or s.closing:
             self._reply_err(msg, "shell_exited", f"session {s.id} has ended")
             return
+        if msg.get("drop") is True:
+            # (^C typed to cancel a command not started: what waits here of its input goes
+            # too, and what the shell had not read)
+            if s.inq:
+                self.ptys.drop_input(s, "dropped by an interrupt")
+            drop_unread_input(s.master)
         if s.inq_bytes + len(data) > self.input_limit:
             self._reply_err(msg, "busy", f"session {s.id}: input queue over "
                             f"{self.input_limit} bytes")

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import select
 import signal
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,23 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
 
 EXIT_WITHOUT_EOF_S = 1.0  # a reaped shell whose PTY another process still holds
+TIOCGPTPEER = getattr(termios, "TIOCGPTPEER", 0x5441)  # Linux 4.13: the master opens its slave
+
+
+def drop_unread_input(master: int) -> None:
+    """Drop the input the shell side has not read: the line discipline's and what the
+    kernel still holds for it (a ^C written after a long input is only taken, and flushes
+    only what is queued before it, once the reader has made room for what comes first)."""
+    try:
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        termios.tcflush(slave, termios.TCIFLUSH)
+    except (OSError, termios.error):
+        pass
+    finally:
+        os.close(slave)
 
 
 class PtySession:
@@ -234,7 +253,7 @@ class Ptys:
             if ev & (select.EPOLLHUP | select.EPOLLERR) and s.inq:
                 # Every slave fd is closed: no one will read that input. (Not dropped, the
                 # hang-up, reported whatever the mask, would wake this loop at every turn.)
-                self._drop_input(s, "the terminal has hung up")
+                self.drop_input(s, "the terminal has hung up")
             elif ev & select.EPOLLOUT and s.inq:
                 self.writable(s)
 
@@ -261,7 +280,7 @@ class Ptys:
         if eof:
             s.eof = True
             if s.inq:
-                self._drop_input(s, "the terminal has hung up")
+                self.drop_input(s, "the terminal has hung up")
             self.watch(s)
             self._maybe_finished(s)
         elif s.paused:
@@ -284,7 +303,7 @@ class Ptys:
             self._tell_out(s)  # (the exit comes after the session's last output)
         self._tell({"t": "exit", "s": s.id, **(s.exit_info() or {})})
 
-    def _drop_input(self, s: PtySession, why: str) -> None:
+    def drop_input(self, s: PtySession, why: str) -> None:
         logger.warning("session {}: {} bytes of input dropped: {}", s.id, s.inq_bytes, why)
         s.inq.clear()
         s.inq_bytes = 0
@@ -298,7 +317,7 @@ class Ptys:
             except BlockingIOError:
                 break
             except OSError as exc:
-                self._drop_input(s, f"write: {exc}")
+                self.drop_input(s, f"write: {exc}")
                 break
             s.inq_bytes -= n
             if n == len(head):
