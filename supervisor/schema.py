@@ -5,8 +5,13 @@ loops on it later.
 
 The tables are TypedDicts (every key optional: the actors own the defaults); `check` walks a
 value against a type: int (not bool), float (an int is taken; nan and inf are not), bool, str,
-Literal, list[T], dict[str, T], a union, a nested table, or `Annotated[T, Min(lo)]` (a value
-below `lo` is refused as the actor would refuse it at start). `Annotated[str, ChildRef(...)]`
+Literal, list[T], dict[str, T], a union, a nested table, or `Annotated[T, Bound...]`: a Min,
+Max, Length, AbsolutePath or FileName refuses what the actor would refuse as it starts (or what
+would break it later: a zero interval it would spin on, a silent clamp to another value), with
+the same bounds, written here (the root does not import the actors to check a document; a test,
+tests/test_config_bounds.py, holds each bound to the actor's own reading of it). A table's
+rule across its keys (RULES: metrics' window over its buckets) is checked once its keys are.
+`Annotated[str, ChildRef(...)]`
 names another child of the tree: checked against the tree (`check_document`), so a terminal
 whose keeper is misspelt is refused before it starts rather than failing every request. The
 tree itself (`supervisor`, `children`) is read by spec.py, which names its keys' paths the
@@ -30,7 +35,7 @@ from typing import Annotated, Any, Literal, TypedDict, Union, get_args, get_orig
 
 import msgpack
 
-from moorage.protocol.limits import MAX_OP_LEN
+from moorage.protocol.limits import MAX_MESSAGE_SIZE, MAX_OP_LEN
 from moorage.supervisor.spec import ChildSpec, ConfigError, SupervisorSpec
 
 Number = float  # an int is taken where a float is asked
@@ -53,8 +58,21 @@ KEEPER = "moorage.actors.terminal.keeper.actor:PtyKeeper"
 ROOT = "supervisor"  # the root supervisor's id
 
 
+def _num(x: float) -> str:
+    """A bound as written: 67108864, not 6.71089e+07; 9.5367431640625e-07 in full."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+class Bound:
+    """A mark on a setting's type that refuses some of its values; `check` raises ConfigError
+    naming `where`."""
+
+    def check(self, value: Any, where: str) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class Min:
+class Min(Bound):
     """`Annotated[int, Min(1)]`: the least value a setting may take; with `exclusive`, the
     value must be more than `lo`."""
 
@@ -64,7 +82,74 @@ class Min:
     def check(self, value: float, where: str) -> None:
         if value < self.lo or (self.exclusive and value == self.lo):
             word = "more than" if self.exclusive else "at least"
-            raise ConfigError(f"{where}: must be {word} {self.lo:g}, got {value!r}")
+            raise ConfigError(f"{where}: must be {word} {_num(self.lo)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Max(Bound):
+    """`Annotated[float, Max(1)]`: the largest value a setting may take; with `exclusive`, the
+    value must be less than `hi`."""
+
+    hi: float
+    exclusive: bool = False
+
+    def check(self, value: float, where: str) -> None:
+        if value > self.hi or (self.exclusive and value == self.hi):
+            word = "less than" if self.exclusive else "at most"
+            raise ConfigError(f"{where}: must be {word} {_num(self.hi)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Length(Bound):
+    """`Annotated[list[T], Length(2, 3)]`: a list of `lo` to `hi` items."""
+
+    lo: int
+    hi: int
+
+    def check(self, value: list[Any], where: str) -> None:
+        if not self.lo <= len(value) <= self.hi:
+            raise ConfigError(f"{where}: must have {self.lo} to {self.hi} items, got "
+                              f"{len(value)}")
+
+
+@dataclass(frozen=True)
+class AbsolutePath(Bound):
+    """`Annotated[str, AbsolutePath()]`: a path from `/`, without a NUL (no file has one)."""
+
+    def check(self, value: str, where: str) -> None:
+        if not value.startswith("/") or "\0" in value:
+            raise ConfigError(f"{where}: must be an absolute path, got {value!r:.200}")
+
+
+@dataclass(frozen=True)
+class FileName(Bound):
+    """`Annotated[str, FileName()]`: one file's name in a directory the actor chooses, not a
+    path."""
+
+    def check(self, value: str, where: str) -> None:
+        if "/" in value or "\0" in value or value in ("", ".", ".."):
+            raise ConfigError(f"{where}: must be a file name (no '/'), got {value!r:.200}")
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A rule across two keys of a table: `lo <= key / per <= hi`, each key absent taken at
+    the actor's default (`defaults`: key's, per's)."""
+
+    key: str
+    per: str
+    lo: float
+    hi: float
+    defaults: tuple[float, float]
+
+    def check(self, table: dict[str, Any], where: str) -> None:
+        value, per = table.get(self.key, self.defaults[0]), table.get(self.per, self.defaults[1])
+        if not self.lo * per <= value <= self.hi * per:
+            at = f"{where}.{self.key}" if self.key in table else f"{where}.{self.per}"
+            span = f"at least {_num(self.lo)}" if self.hi == math.inf else \
+                f"{_num(self.lo)} to {_num(self.hi)}"
+            raise ConfigError(f"{at}: {self.key} must be {span} x {self.per} ({per!r}), got "
+                              f"{value!r}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +174,11 @@ class ChildRef:
 
 NonNegative = Annotated[int, Min(0)]
 Positive = Annotated[int, Min(1)]
+PositiveNumber = Annotated[Number, Min(0, exclusive=True)]  # (an interval: 0 would spin)
+NonNegativeNumber = Annotated[Number, Min(0)]
+Share = Annotated[Number, Min(0), Max(1)]
+# [p50_us, p99_us] or [p50_us, p99_us, p999_us], each > 0 (as check_shared takes the tree's)
+Target = Annotated[list[Annotated[Number, Min(0, exclusive=True)]], Length(2, 3)]
 # loguru's levels, as `moorage up --log-level` takes them (upper case here: as the actor
 # hands it to loguru, which knows no other spelling)
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
@@ -98,7 +188,7 @@ class RuntimeTable(TypedDict, total=False):
     """What every actor's runtime reads (actors/runtime/actor.py, process.py)."""
 
     timeouts: dict[str, Positive]
-    targets: dict[str, list[Number]]
+    targets: dict[str, Target]
     reply_cache_entries: NonNegative
     reply_cache_bytes: NonNegative
     queue_limit: Positive
@@ -109,75 +199,87 @@ class RuntimeTable(TypedDict, total=False):
     retention_messages: NonNegative
     retention_bytes: NonNegative
     push_metrics: bool
-    metrics_interval_s: Annotated[Number, Min(0, exclusive=True)]
+    metrics_interval_s: PositiveNumber
     log_level: LogLevel
     io_threads_sched: Literal["batch", "normal"]
 
 
 class SloObjectives(TypedDict, total=False):
-    availability: Number
-    error_rate: Number
-    p99_us: int
-    recovery_s: Number
+    availability: Annotated[Number, Min(0, exclusive=True), Max(1)]
+    error_rate: Annotated[Number, Min(0), Max(1, exclusive=True)]
+    p99_us: Positive
+    recovery_s: PositiveNumber
     p99_exclude: list[str]
 
 
+# The metrics actor's buckets in one window, at most (actors/metrics/series.py MAX_SPAN).
+METRICS_MAX_SPAN = 86_400
+
+
 class MetricsTable(RuntimeTable, total=False):
-    window_s: Number
-    bucket_s: Number
-    max_keys: int
-    max_client_keys: int
-    alert_history: int
-    alert_min_samples: int
+    """actors/metrics/settings.py; and RULES: window_s is 1 to METRICS_MAX_SPAN buckets."""
+
+    window_s: PositiveNumber
+    bucket_s: PositiveNumber
+    max_keys: Positive
+    max_client_keys: NonNegative
+    alert_history: Positive
+    alert_min_samples: Positive
     alert_failure_rate: Number
     alert_latency_factor: Number
-    alert_clear_ratio: Number
+    alert_clear_ratio: Annotated[Number, Min(0, exclusive=True), Max(1)]
     supervisor: Annotated[str, ChildRef(ROOT)]  # whose events are followed
-    slo_file: str
-    slo_save_s: Number
-    probe_timeout_s: Number
-    rto_s: dict[str, Number]
-    rto_default_s: Number
+    slo_file: Annotated[str, FileName()]  # in the state dir
+    slo_save_s: PositiveNumber
+    probe_timeout_s: PositiveNumber
+    rto_s: dict[str, PositiveNumber]
+    rto_default_s: PositiveNumber
     slo: SloObjectives
 
 
 class ResourceTable(RuntimeTable, total=False):
-    interval_s: Number
-    calm_interval_s: Number
-    calm_after_samples: int
-    memory_budget_mb: Annotated[Number, Min(0, exclusive=True)]
+    """actors/resource/settings.py, and the parts the actor builds from it (levels.py,
+    escalation.py, sampler.py)."""
+
+    interval_s: Annotated[Number, Min(0.01), Max(3600)]
+    calm_interval_s: Annotated[Number, Min(0), Max(3600)]  # (0: never calm)
+    calm_after_samples: Positive
+    # (one byte: the budget in bytes, MiB x 2**20 cut to an integer, is at least one)
+    memory_budget_mb: Annotated[Number, Min(2 ** -20)]
     memory_metric: Literal["rss", "pss", "pss_tracked"]
-    pss_every: int
-    cpu_budget_cores: Number
-    cpu_weight: Number
-    cpu_samples: int
-    system_reserve: Number
-    margin: int
-    up_samples: int
-    down_samples: int
-    quality_up_samples: int
+    pss_every: Positive
+    cpu_budget_cores: PositiveNumber
+    cpu_weight: Share
+    cpu_samples: Positive
+    system_reserve: Annotated[Number, Min(0), Max(1, exclusive=True)]
+    margin: NonNegative
+    up_samples: Positive
+    down_samples: Positive
+    quality_up_samples: Positive
     kill_runaways: bool
-    kill_after_samples: int
-    runaway_min_share: Number
-    persist_after_samples: int
+    kill_after_samples: Positive
+    runaway_min_share: NonNegativeNumber
+    persist_after_samples: Positive
     shed_nonessential: bool
-    restore_level: Literal["normal", "moderate", "high", "critical"]
-    restore_after_samples: int
+    restore_level: Literal["normal", "moderate", "high"]  # (below critical: it is restored from)
+    restore_after_samples: Positive
     quality_file: bool
-    tell_timeout_s: Number
-    status_timeout_s: Number
-    rescan_every: int
+    tell_timeout_s: PositiveNumber
+    status_timeout_s: PositiveNumber
+    rescan_every: Positive
     supervisor: Annotated[str, ChildRef(ROOT)]  # whose status and events are read
 
 
 class ParserTable(RuntimeTable, total=False):
-    max_streams: int
-    max_streams_per_session: int
-    max_buffer: int
-    max_feed_bytes: int
-    max_events_per_feed: int
-    idle_timeout_s: Number
-    pressure_idle_s: Number
+    """actors/parser/actor.py Settings.from_config."""
+
+    max_streams: Positive
+    max_streams_per_session: Positive
+    max_buffer: Annotated[int, Min(16)]
+    max_feed_bytes: Annotated[int, Min(1), Max(MAX_MESSAGE_SIZE)]  # (a feed is one message)
+    max_events_per_feed: Positive
+    idle_timeout_s: PositiveNumber
+    pressure_idle_s: NonNegativeNumber
 
 
 class WatchEntry(TypedDict, total=False):
@@ -194,12 +296,17 @@ class RetryTable(TypedDict, total=False):
 
 
 class WatcherTable(RuntimeTable, total=False):
-    roots: list[str]
+    """actors/watcher/actor.py reads these as it starts, into the parts it builds: it refuses
+    a relative root and a switch interval of 0 itself; the other bounds are where it would
+    break (a chunk of 0 publishes nothing, a worker pool of no thread never runs a job, an
+    observer's buffer of no room overflows on every event, a timer of 0 fires every turn)."""
+
+    roots: list[Annotated[str, AbsolutePath()]]
     watch: list[str | WatchEntry]
     settle_ms: Number
-    buffer_max: int
+    buffer_max: Positive
     journal_max: int
-    chunk: int
+    chunk: Positive
     cache_max_bytes: int
     cache_max_file_bytes: int
     max_read_bytes: int
@@ -207,33 +314,37 @@ class WatcherTable(RuntimeTable, total=False):
     list_max_scanned: int
     list_loop_entries: int
     slow_fs_types: list[str]
-    remote_threads: int
-    remote_queue: int
+    remote_threads: Positive
+    remote_queue: NonNegative
     retry: RetryTable
-    liveness_s: Number
-    health_interval_s: Number
+    liveness_s: PositiveNumber
+    health_interval_s: PositiveNumber
     health_timeout_s: Number
-    poll_interval_s: Number
+    poll_interval_s: PositiveNumber
     max_polled_subtrees: int
     checkpoint_s: Number
     resync_backoff_max_s: Number
-    io_threads: int
-    io_queue: int
-    walk_queue: int
+    io_threads: Positive
+    io_queue: NonNegative
+    walk_queue: NonNegative
     write_bytes_in_flight: int
-    switch_interval_s: Number
+    switch_interval_s: PositiveNumber
     stat_ahead: bool
     state_dir: str
 
 
 class TerminalTable(RuntimeTable, total=False):
+    """actors/terminal/actor.py and parsehop.py ParserLink: a value the actor would raise to
+    another (its least, or, RULES, parse_lag_bytes to parse_feed_bytes) is refused rather than
+    changed in silence; consumer_timeout_ms 0 drops every consumer at once."""
+
     keeper: Annotated[str, ChildRef(KEEPER)]
     shells: list[str]
     default_shell: str
     term: str
     integration_detect_ms: int
     quiet_ms: int
-    output_coalesce_ms: int
+    output_coalesce_ms: NonNegative
     exec_timeout_ms: int
     scrollback_bytes: int
     max_output_bytes: int
@@ -243,26 +354,36 @@ class TerminalTable(RuntimeTable, total=False):
     ack_bytes: int
     resume_wait_ms: int
     republish_bytes: int
-    consumer_timeout_ms: int
+    consumer_timeout_ms: Positive
     parse: Literal["actor", "local"]
     parser: Annotated[str, ChildRef(PARSER)]
     parse_timeout_ms: int
-    parse_feed_bytes: int
+    parse_feed_bytes: Annotated[int, Min(4096)]
     parse_lag_bytes: int
     parse_retry_ms: int
     parse_retry_max_ms: int
 
 
 class KeeperTable(RuntimeTable, total=False):
-    window_bytes: int
-    scrollback_bytes: int
-    create_per_turn: int
+    """actors/terminal/keeper/actor.py: a value it would raise to its least is refused rather
+    than changed in silence; an input limit of 0 refuses every write."""
+
+    window_bytes: Annotated[int, Min(4096)]
+    scrollback_bytes: NonNegative
+    create_per_turn: Positive
     keep_bytes: int
-    input_limit_bytes: int
-    read_batch_bytes: int
+    input_limit_bytes: Positive
+    read_batch_bytes: Annotated[int, Min(4096)]
     stop_grace_ms: int
     close_grace_ms: int
 
+
+# Rules across the keys of a table, checked once each key is (check_table).
+RULES: dict[type, tuple[Ratio, ...]] = {
+    MetricsTable: (Ratio("window_s", "bucket_s", 1, METRICS_MAX_SPAN, defaults=(60, 1)),),
+    TerminalTable: (Ratio("parse_lag_bytes", "parse_feed_bytes", 1, math.inf,
+                          defaults=(4 << 20, 1 << 20)),),
+}
 
 ACTOR_TABLES: dict[str, type] = {
     METRICS: MetricsTable,
@@ -348,7 +469,7 @@ def check(value: Any, t: Any, where: str) -> None:
         base, *marks = get_args(t)
         check(value, base, where)
         for mark in marks:
-            if isinstance(mark, Min):
+            if isinstance(mark, Bound):
                 mark.check(value, where)
         return
     if t is bool:
@@ -405,6 +526,8 @@ def check_table(value: Any, table: type, where: str, extra_ok: bool = False) -> 
                 continue
             raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(hints))})")
         check(v, hints[k], path)
+    for rule in RULES.get(table, ()):
+        rule.check(value, where)
 
 
 # --- the document ----------------------------------------------------------------------------

@@ -244,11 +244,27 @@ def test_a_file_nested_too_deep_to_read_is_refused_as_a_bad_config(tmp_path):
     ("[actor.metrics]\nmetrics_interval_s = 0\n",
      "actor.metrics.metrics_interval_s: must be more than 0"),
     ("[actor.resource]\nmemory_budget_mb = 0\n",
-     "actor.resource.memory_budget_mb: must be more than 0, got 0"),
+     "actor.resource.memory_budget_mb: must be at least 9.5367431640625e-07, got 0"),
     ("[actor.parser]\ntimeouts = { 'sys.ping' = 0 }\n",
      "actor.parser.timeouts.sys.ping: must be at least 1"),
 ])
 def test_a_runtime_setting_the_actor_would_refuse_at_start_is_refused_by_the_schema(
+        tmp_path, text, says):
+    assert says in refused(tmp_path, text)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[actor.metrics]\nbucket_s = 61\n",  # (the default's window_s is 60)
+     "actor.metrics.window_s: window_s must be 1 to 86400 x bucket_s (61), got 60"),
+    ("[actor.resource]\nrestore_level = 'critical'\n", "actor.resource.restore_level: must be"),
+    ("[actor.resource]\nsystem_reserve = 1.0\n",
+     "actor.resource.system_reserve: must be less than 1, got 1.0"),
+    ("[actor.watcher]\nroots = ['src']\n", "actor.watcher.roots[0]: must be an absolute path"),
+    ('[[children]]\nid = "p"\nstart = "moorage.actors.parser.actor:ParserActor"\n'
+     "config = { max_feed_bytes = 67108865 }\n",
+     "p.config.max_feed_bytes: must be at most 67108864, got 67108865"),
+])
+def test_an_actors_own_setting_it_would_refuse_is_refused_in_the_whole_document(
         tmp_path, text, says):
     assert says in refused(tmp_path, text)
 
@@ -270,7 +286,14 @@ def test_runtime_settings_at_their_bounds_pass(tmp_path):
     ("[timeouts]\n" + "".join(f'"op.{i}" = 1000\n' for i in range(20_000)), "timeouts"),
     (nested(40), "supervisors are nested"),
     ("[actor.parser]\nlog_level = 'LOUD'\n", "actor.parser.log_level"),
-], ids=["fallback", "backoff", "keeper", "timeouts", "nesting", "log_level"])
+    # an actor's own settings: where it would refuse them as it starts (a crash loop, then
+    # the tree gives up), break on them later, or change them in silence
+    ("[actor.parser]\nmax_streams = 0\n", "actor.parser.max_streams: must be at least 1, got 0"),
+    ("[actor.watcher]\nchunk = 0\n", "actor.watcher.chunk: must be at least 1, got 0"),
+    ("[actor.ptykeeper]\nwindow_bytes = 0\n",
+     "actor.ptykeeper.window_bytes: must be at least 4096, got 0"),
+], ids=["fallback", "backoff", "keeper", "timeouts", "nesting", "log_level", "parser_bound",
+        "watcher_bound", "ptykeeper_bound"])
 def test_up_refuses_each_with_bad_config_and_exit_2_before_anything_starts(
         runtime_dir, text, key):
     rdir = runtime_dir / "bad"
