@@ -113,6 +113,8 @@ export class CallPlan {
   attempts = 0;
   retries = 0;
   timeoutRetries = 0;
+  /** The error the last attempt was answered with, while the call waits to send it again;
+   * null once it is sent again, or when the last attempt was not answered. */
   lastError: WireError | null = null;
   /** The actor link's generation when this was last sent (section 10, early failure). */
   generation = 0;
@@ -288,9 +290,16 @@ export class CallPlan {
       `no reply: the tree refused this client's key (${this.attempts} attempts)`));
   }
 
-  /** The client was closed while this waited: no reply can reach it now. A call that may
-   * have run ends `outcome_unknown`, one safe to repeat `timeout`, as at its deadline. */
+  /** The client was closed while this waited: no reply can reach it now. A call waiting out a
+   * back-off after an answer (busy, session_busy, a retryable error of an idempotent op) has
+   * nothing in flight: the caller ended it before it was sent again, `cancelled`. Any other may
+   * have run: `outcome_unknown`, or `timeout` when it is safe to repeat, as at its deadline. */
   onClosed(at: number): Verdict {
+    const last = this.lastError;
+    if (last !== null) {
+      return this.done(at, undefined, wireError("cancelled",
+        `the client was closed before ${this.op} was sent again (${this.attempts} attempts; the last was answered ${last.name}: ${last.message})`));
+    }
     this.breaker.giveBack();
     return this.done(at, undefined, wireError(this.idempotent ? "timeout" : "outcome_unknown",
       `no reply: the client was closed (${this.attempts} attempts)`));
@@ -313,6 +322,7 @@ export class CallPlan {
           { detail: this.detail(this.pin, null, {}) }));
     }
     this.attempts += 1;
+    this.lastError = null; // (sent again: its last attempt is not answered yet)
     return { kind: "wait", until: this.attemptDeadline(at) };
   }
 }

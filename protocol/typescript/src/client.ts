@@ -16,6 +16,7 @@ import { Dealer, Subscriber } from "zeromq";
 import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, callTimeout, now, opsOfInfo } from "./calls.js";
 import {
   clientKeys,
+  connectOrClose,
   type CurveKeys,
   endpointsOf,
   type Endpoints,
@@ -30,7 +31,7 @@ import { HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
 import { Backoff, type BreakerState, CircuitBreaker } from "./recovery.js";
-import { type ReplayAnswer, type StreamEvent, StreamTracker } from "./streams.js";
+import { type NeedReplay, type ReplayAnswer, type StreamEvent, StreamTracker } from "./streams.js";
 
 export interface ClientOptions {
   /** The runtime directory itself (wins over everything, section 2). */
@@ -72,13 +73,23 @@ const LEARN_SHARE = 0.5;
 
 type Item = { kind: "reply"; reply: Reply } | { kind: "undecodable"; error: DecodeError } | { kind: "verdict"; verdict: Verdict };
 
+/** What an item of its inbox means for a call. */
+function verdictOf(plan: CallPlan, item: Item): Verdict {
+  if (item.kind === "verdict") return item.verdict;
+  if (item.kind === "undecodable") return plan.done(now(), undefined, item.error.error);
+  return plan.onReply(item.reply, now());
+}
+
 /** One call's inbox: what its actor's connection hands it, awaited with a deadline (seconds
  * on the `now()` clock). Deadlines are checked by the connection's one timer, not by a timer
- * per wait: a timer per call costs more than the rest of a call's own work. */
+ * per wait: a timer per call costs more than the rest of a call's own work. It holds its call's
+ * plan, which close() settles wherever the call is (in flight, or waiting out a back-off). */
 class Inbox {
   private items: Item[] = [];
   private waiter: ((item: Item | null) => void) | null = null;
   until = Infinity;
+
+  constructor(readonly plan: CallPlan) {}
 
   push(item: Item): void {
     if (this.waiter !== null) {
@@ -112,6 +123,12 @@ class Inbox {
   }
 }
 
+/** The call of `op` to `actor` on a closed client: refused, never sent (nothing reads replies
+ * any more, and a socket made now would keep Node alive). */
+function closedError(actor: string, op: string): MoorageError {
+  return new MoorageError(wireError("cancelled", `the client is closed: ${op} to ${actor} not sent`), actor, op, 0);
+}
+
 class Conn {
   readonly sock: Dealer;
   readonly link: ActorLink;
@@ -122,9 +139,9 @@ class Conn {
   private timerAt = Infinity;
   private closed = false;
 
-  constructor(readonly client: Client, readonly actor: string) {
+  constructor(readonly client: Client, readonly actor: string, op: string) {
     const o = client.options;
-    this.sock = new Dealer({
+    const sock = new Dealer({
       linger: 0,
       reconnectInterval: o.reconnectIvlMs,
       reconnectMaxInterval: o.reconnectIvlMaxMs,
@@ -134,8 +151,9 @@ class Conn {
       ...client.endpoints.socketOptions("rpc"), // (last: a tcp endpoint's limit, with CURVE's room, wins)
     });
     this.link = new ActorLink(actor, null, client.remote);
+    this.sock = sock;
     this.watch();
-    this.sock.connect(client.endpoints.rpc(actor));
+    connectOrClose(sock, () => client.endpoints.rpc(actor), "rpc", actor, op);
     void this.read();
   }
 
@@ -251,11 +269,11 @@ class Conn {
     this.closed = true;
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
-    // Nothing reads replies or looks at deadlines from now on: every call still waiting ends.
+    // Nothing reads replies or looks at deadlines from now on: every call still waiting ends,
+    // in flight or waiting out a back-off (its inbox is its wait either way).
     const at = now();
-    for (const [id, inbox] of this.inboxes) {
-      const plan = this.link.inFlight.get(id);
-      if (plan !== undefined && !plan.finished) inbox.push({ kind: "verdict", verdict: plan.onClosed(at) });
+    for (const inbox of this.inboxes.values()) {
+      if (!inbox.plan.finished) inbox.push({ kind: "verdict", verdict: inbox.plan.onClosed(at) });
     }
     this.sock.close();
   }
@@ -285,6 +303,7 @@ export class Client {
   private readonly latency: LatencyBook;
   private readonly pusher: LatencyPusher | null = null;
   private nextId = 1;
+  private closed = false;
 
   constructor(options: ClientOptions = {}) {
     const remote = options.remote;
@@ -332,9 +351,12 @@ export class Client {
     return new Client({ ...options, runtimeDir: runtimeDirOfConnectionFile(path) });
   }
 
-  private conn(actor: string): Conn {
+  /** `actor`'s connection, made on first use; refused once the client is closed (a call that
+   * waited to learn the actor's ops while close() ran included). */
+  private conn(actor: string, op: string): Conn {
+    if (this.closed) throw closedError(actor, op);
     let c = this.conns.get(actor);
-    if (c === undefined) this.conns.set(actor, (c = new Conn(this, actor)));
+    if (c === undefined) this.conns.set(actor, (c = new Conn(this, actor, op)));
     return c;
   }
 
@@ -385,6 +407,7 @@ export class Client {
 
   /** One call; the whole reply (body and attachments), or a MoorageError. */
   async request(actor: string, op: string, args: unknown = null, options: CallOptions = {}): Promise<Reply> {
+    if (this.closed) throw closedError(actor, op);
     let timeout = options.timeout ?? this.callTimeout(actor, op);
     if (options.idempotent === undefined && this.options.learnOps && !this.learned.has(actor) && !BUILTIN_IDEMPOTENT.has(op) && !this.idempotentOps.has(op)) {
       const t0 = now();
@@ -393,13 +416,13 @@ export class Client {
       timeout = Math.max(0.001, (options.timeout ?? this.callTimeout(actor, op)) - (now() - t0));
     }
     const idempotent = options.idempotent ?? this.isIdempotent(actor, op);
-    const conn = this.conn(actor);
+    const conn = this.conn(actor, op);
     let id = options.id ?? this.nextId++;
     const plan = new CallPlan(id, actor, op, args,  idempotent,
       { sid: this.sid, timeout: this.options.timeout, attemptTimeout: this.options.attemptTimeout, backoff: this.options.backoff },
       this.breaker(actor), (micros, ok) => this.latency.record(actor, op, micros, ok), timeout, options.attachments);
     plan.resumable = this.resumableOps.get(actor)?.has(op) ?? false;
-    const inbox = new Inbox();
+    const inbox = new Inbox(plan);
     conn.inboxes.set(id, inbox);
     try {
       let v = conn.link.start(plan, plan.started);
@@ -419,8 +442,17 @@ export class Client {
             conn.link.renew(plan, id);
             conn.inboxes.set(id, inbox);
           }
-          const delay = v.delay;
-          if (delay > 0) await new Promise((r) => setTimeout(r, delay * 1000));
+          if (v.delay > 0) {
+            // The back-off is a wait on the call's inbox: what comes meanwhile (close()'s
+            // verdict, a drop's) ends it; nothing by its end, and the call is sent again.
+            const until = now() + v.delay;
+            conn.waiting(until);
+            const item = await inbox.next(until);
+            if (item !== null) {
+              v = verdictOf(plan, item);
+              continue;
+            }
+          }
           v = plan.resend(now());
           if (v.kind === "wait") {
             conn.link.sent(plan);
@@ -430,10 +462,7 @@ export class Client {
         }
         conn.waiting(v.until);
         const item = await inbox.next(v.until);
-        if (item === null) v = plan.onTimeout(now());
-        else if (item.kind === "verdict") v = item.verdict;
-        else if (item.kind === "undecodable") v = plan.done(now(), undefined, item.error.error);
-        else v = plan.onReply(item.reply, now());
+        v = item === null ? plan.onTimeout(now()) : verdictOf(plan, item);
       }
     } finally {
       conn.inboxes.delete(id);
@@ -473,6 +502,7 @@ export class Client {
 
   /** Subscribe to `topics` (prefixes; [""] for all) of `actor`; `fromSeq` 1 for all retained. */
   subscribe(actor: string, topics: readonly string[] = [""], options: SubscribeOptions = {}): Subscription {
+    if (this.closed) throw closedError(actor, "subscribe");
     const sub = new Subscription(this, actor, topics.length ? topics : [""], options);
     this.subs.add(sub);
     return sub;
@@ -493,13 +523,20 @@ export class Client {
     return this.pusher === null ? 0 : this.pusher.pushNow();
   }
 
+  /** Close every socket: calls still waiting end (Conn.close), subscriptions' `next()` returns
+   * null, and calls or subscriptions from now on are refused `cancelled`. */
   async close(): Promise<void> {
+    this.closed = true;
     for (const s of [...this.subs]) s.close();
     for (const c of this.conns.values()) c.close();
     this.conns.clear();
     if (this.pusher !== null) await this.pusher.close();
   }
 }
+
+/** What a subscription's wait for frames ended on besides frames. */
+const WOKEN = Symbol("woken");
+const TIMED_OUT = Symbol("timed out");
 
 /**
  * Ordered, gap-repaired events of one actor's topics: messages, losses and resets (section
@@ -511,6 +548,11 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   private readonly ready: StreamEvent[] = [];
   private pending: Promise<Buffer[]> | null = null;
   private closed = false;
+  /** Settles when events come from elsewhere than the socket (catchUp's replays) or the
+   * subscription closes: a `next()` waiting on the socket looks again (a quiet stream may
+   * send nothing more). */
+  private wakeSignal: Promise<typeof WOKEN> | null = null;
+  private wakeUp: (() => void) | null = null;
 
   constructor(readonly client: Client, readonly actor: string, readonly topics: readonly string[], options: SubscribeOptions) {
     for (const t of topics) {
@@ -532,7 +574,7 @@ export class Subscription implements AsyncIterable<StreamEvent> {
       ...client.endpoints.socketOptions("pub"), // (last: a tcp endpoint's limit, with CURVE's room, wins)
     });
     for (const t of topics) this.sock.subscribe(t);
-    this.sock.connect(client.endpoints.pub(actor));
+    connectOrClose(this.sock, () => client.endpoints.pub(actor), "pub", actor, "subscribe");
     this.tracker = new StreamTracker(options.fromSeq ?? null, topics);
   }
 
@@ -541,57 +583,86 @@ export class Subscription implements AsyncIterable<StreamEvent> {
     return this.topics.every((t) => this.tracker.live.has(t));
   }
 
+  private woken(): Promise<typeof WOKEN> {
+    return (this.wakeSignal ??= new Promise((resolve) => (this.wakeUp = () => resolve(WOKEN))));
+  }
+
+  private wake(): void {
+    const wakeUp = this.wakeUp;
+    this.wakeSignal = null;
+    this.wakeUp = null;
+    wakeUp?.();
+  }
+
+  private deliver(events: StreamEvent[]): void {
+    if (events.length === 0) return;
+    this.ready.push(...events);
+    this.wake();
+  }
+
+  /** Replay until the gap is filled or reported lost. A failed call reports the gap lost and
+   * goes on with the held messages (a later gap among them is replayed in turn); anything
+   * else, or a closed subscription, reports every held gap lost: the topic is never left held. */
   private async replay(topic: string, fromSeq: number): Promise<void> {
-    let need: { topic: string; fromSeq: number } | null = { topic, fromSeq };
+    let need: NeedReplay | null = { topic, fromSeq };
     while (need !== null) {
-      const asked: { topic: string; fromSeq: number } = need;
+      const asked: NeedReplay = need;
+      let step: [StreamEvent[], NeedReplay | null];
       try {
         const reply = await this.client.request(this.actor, "replay", { topic: asked.topic, from_seq: asked.fromSeq });
-        const [events, more] = this.tracker.onReplay(asked.topic, reply.body as ReplayAnswer, reply.attachments);
-        this.ready.push(...events);
-        need = more;
-      } catch {
-        // Whatever went wrong, the topic goes on (the gap reported lost), not held for ever.
-        this.ready.push(...this.tracker.onReplayFailed(asked.topic));
-        return;
+        step = this.tracker.onReplay(asked.topic, reply.body as ReplayAnswer, reply.attachments);
+      } catch (e) {
+        if (!(e instanceof MoorageError) || this.closed) {
+          this.deliver(this.tracker.onReplayFailed(asked.topic));
+          return;
+        }
+        step = this.tracker.replayFailed(asked.topic);
       }
+      this.deliver(step[0]);
+      need = step[1];
     }
   }
 
-  /** The next event, or null when `timeout` seconds pass with none (null timeout: wait). */
+  /** The next event, or null when `timeout` seconds pass with none (null timeout: wait), and
+   * null once the subscription (or its client) is closed: a `for await` then ends. */
   async next(timeout: number | null = null): Promise<StreamEvent | null> {
-    const end = timeout === null ? null : now() + timeout;
-    while (this.ready.length === 0) {
-      if (this.closed) return null;
-      this.pending ??= this.sock.receive();
-      let frames: Buffer[] | null;
-      if (end === null) frames = await this.pending;
-      else {
-        let timer: NodeJS.Timeout | undefined;
-        frames = await Promise.race([
-          this.pending,
-          new Promise<null>((r) => (timer = setTimeout(() => r(null), Math.max(0, (end - now()) * 1000)))),
-        ]);
-        clearTimeout(timer);
-        if (frames === null) return null;
+    let timer: NodeJS.Timeout | undefined;
+    const expiry = timeout === null ? null
+      : new Promise<typeof TIMED_OUT>((r) => (timer = setTimeout(() => r(TIMED_OUT), Math.max(0, timeout * 1000))));
+    try {
+      while (!this.closed && this.ready.length === 0) {
+        const pending = (this.pending ??= this.sock.receive());
+        let got: Buffer[] | typeof WOKEN | typeof TIMED_OUT;
+        try {
+          got = await Promise.race(expiry === null ? [pending, this.woken()] : [pending, this.woken(), expiry]);
+        } catch (e) {
+          if (this.pending === pending) this.pending = null;
+          if (this.closed) return null; // (the socket closed under the receive)
+          throw e;
+        }
+        if (got === TIMED_OUT) return null;
+        if (got === WOKEN || this.pending !== pending) continue; // (another next() took these frames)
+        this.pending = null;
+        let msg;
+        try {
+          msg = decodeStream(got);
+        } catch {
+          continue;
+        }
+        const [events, need] = this.tracker.onMessage(msg);
+        this.ready.push(...events);
+        if (need !== null) await this.replay(need.topic, need.fromSeq);
       }
-      this.pending = null;
-      let msg;
-      try {
-        msg = decodeStream(frames);
-      } catch {
-        continue;
-      }
-      const [events, need] = this.tracker.onMessage(msg);
-      this.ready.push(...events);
-      if (need !== null) await this.replay(need.topic, need.fromSeq);
+      return this.closed ? null : this.ready.shift()!;
+    } finally {
+      clearTimeout(timer);
     }
-    return this.ready.shift()!;
   }
 
   /** Ask for what may have been lost at the end of a burst (the stream went quiet): the
-   * events, if any, come from `next()` (section 12, "Tail loss"). */
+   * events, if any, come from `next()`, one already waiting included (section 12, "Tail loss"). */
   async catchUp(): Promise<void> {
+    if (this.closed) return;
     for (const need of this.tracker.catchUp()) await this.replay(need.topic, need.fromSeq);
   }
 
@@ -600,7 +671,7 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   async untilLive(timeout: number): Promise<StreamEvent[]> {
     const end = now() + timeout;
     const early: StreamEvent[] = [];
-    while (!this.live) {
+    while (!this.live && !this.closed) {
       const left = end - now();
       if (left <= 0) throw new MoorageError({ code: 200, name: "timeout", category: "timeout", severity: "recoverable", retryable: true, fallback_available: false, message: `${this.actor}: subscription not live in ${timeout}s` }, this.actor, "subscribe");
       const ev = await this.next(Math.min(left, 0.05));
@@ -621,8 +692,10 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    // A receive still waiting ends with the socket: nobody wants its answer now.
+    // A receive still waiting ends with the socket: nobody wants its answer now, and a
+    // next() waiting on it returns null.
     this.pending?.catch(() => undefined);
+    this.wake();
     this.sock.close();
     this.client.forget(this);
   }

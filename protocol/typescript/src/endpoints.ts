@@ -8,6 +8,7 @@ import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs
 import { homedir } from "node:os";
 import { join } from "node:path";
 
+import { MoorageError, wireError } from "./errors.js";
 import { CURVE_ROOM, MAX_MESSAGE_SIZE } from "./limits.js";
 
 export const DEFAULT_INSTANCE = "default";
@@ -162,4 +163,19 @@ export function runtimeDirOfConnectionFile(path: string): string {
   const doc = JSON.parse(readFileSync(path, "utf8")) as { runtime_dir?: unknown };
   if (typeof doc.runtime_dir === "string") return doc.runtime_dir;
   return join(path, "..");
+}
+
+/** Connect `sock` to `endpoint()`, or close it as the error is raised: an endpoint it cannot
+ * connect to (an ipc path longer than a Unix socket's, an actor a remote tree's connection file
+ * does not name) is the caller's `bad_args` (of `op` to `actor`; `what` names the socket), and
+ * a socket left open would keep Node alive. */
+export function connectOrClose(sock: { connect(endpoint: string): void; close(): void }, endpoint: () => string,
+  what: string, actor: string, op: string): void {
+  try {
+    sock.connect(endpoint());
+  } catch (e) {
+    sock.close();
+    const why = e instanceof Error ? e.message : String(e);
+    throw new MoorageError(wireError("bad_args", `${actor}: no ${what} socket to connect to: ${why}`), actor, op, 0);
+  }
 }

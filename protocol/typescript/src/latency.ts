@@ -5,6 +5,7 @@
  */
 import { Push } from "zeromq";
 
+import { connectOrClose } from "./endpoints.js";
 import { TAG } from "./envelope.js";
 import { Recorder } from "./histogram.js";
 import { MAX_OPS_PER_PUSH, MAX_OP_LEN, MAX_PUSH_BUCKETS, MAX_PUSH_HIST_BYTES } from "./limits.js";
@@ -147,7 +148,7 @@ export class LatencyPusher {
   constructor(readonly book: LatencyBook, endpoint: string, name: string, sid: string, interval: number,
     options: Record<string, string | number> = {}) {
     this.sock = new Push({ ...options, linger: 250, sendHighWaterMark: 100 });
-    this.sock.connect(endpoint);
+    connectOrClose(this.sock, () => endpoint, "metrics.in", "metrics", "push");
     this.header = encode({ actor: `client.${checkMetricsName(name)}`, pid: process.pid, ep: sid });
     this.timer = setInterval(() => void this.pushNow(), interval * 1000);
     this.timer.unref();

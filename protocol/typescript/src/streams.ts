@@ -44,6 +44,9 @@ interface TopicState {
   last: number;
   superseded: Set<string>;
   successor: string | null;
+  /** The last replay page moved `last` on by nothing (the publisher had nothing new, or a held
+   * message came after it): one more such page for this gap is a failed replay. */
+  stalled: boolean;
 }
 
 type Step = [StreamEvent[], NeedReplay | null];
@@ -57,18 +60,24 @@ export interface ReplayAnswer {
   more?: boolean;
 }
 
-/** A `replay` answer as section 12 has it: a map whose `epoch` is a string, `lost` nil or
- * `[first, last]`, `messages` `[seq, body, n_attachments]` triples and `more` a boolean, every
- * integer in [0, 2^53). Any other is no answer to go on: the replay failed. */
-function answerOk(answer: unknown): boolean {
+/** A `replay` answer as section 12 has it: a map whose `epoch` is a string, `lost` nil or an
+ * ordered `[first, last]`, `messages` `[seq, body, n_attachments]` triples claiming no more
+ * attachments than came (`nAttachments`), and `more` a boolean, every integer in [0, 2^53). Any
+ * other is no answer to go on (a message would be delivered without its bytes): the replay
+ * failed. */
+function wellFormed(answer: unknown, nAttachments: number): boolean {
   if (answer === null || typeof answer !== "object" || Array.isArray(answer) || answer instanceof Uint8Array) return false;
   const a = answer as Record<string, unknown>;
   const int = (v: unknown): boolean => typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
   const absentOr = (v: unknown, ok: (v: unknown) => boolean): boolean => v === undefined || v === null || ok(v);
-  return absentOr(a.epoch, (v) => typeof v === "string")
-    && absentOr(a.lost, (v) => Array.isArray(v) && v.length === 2 && v.every(int))
-    && absentOr(a.messages, (v) => Array.isArray(v) && v.every((m) => Array.isArray(m) && m.length === 3 && int(m[0]) && int(m[2])))
+  const triple = (m: unknown): m is [number, Value, number] => Array.isArray(m) && m.length === 3 && int(m[0]) && int(m[2]);
+  const shaped = absentOr(a.epoch, (v) => typeof v === "string")
+    && absentOr(a.lost, (v) => Array.isArray(v) && v.length === 2 && v.every(int) && v[0] <= v[1])
+    && absentOr(a.messages, (v) => Array.isArray(v) && v.every(triple))
     && absentOr(a.more, (v) => typeof v === "boolean");
+  if (!shaped) return false;
+  const messages = (a.messages ?? []) as [number, Value, number][];
+  return messages.reduce((claimed, m) => claimed + m[2], 0) <= nAttachments;
 }
 
 function asMessage(m: StreamMessage): Message {
@@ -99,15 +108,34 @@ export class StreamTracker {
     return [this.dedup(events), need];
   }
 
+  /** Feed the `replay` op's answer: events, and maybe the next page to ask for. An answer this
+   * tracker cannot follow (not of the op's shape, or a page that does not move the topic on)
+   * is a failed replay: the gap is reported lost. */
   onReplay(topic: string, answer: ReplayAnswer, attachments: Uint8Array[]): Step {
     const [events, need] = this.replay(topic, answer, attachments);
     if (need) this.replaysAsked += 1;
     return [this.dedup(events), need];
   }
 
-  /** The replay call failed, or its answer was not one (`answerOk`): the gap is a loss. */
+  /** The replay call failed: the gap is reported lost and the held messages go on; a later gap
+   * among them returns the replay it needs. */
+  replayFailed(topic: string): Step {
+    const [events, need] = this.failReplay(topic);
+    if (need) this.replaysAsked += 1;
+    return [this.dedup(events), need];
+  }
+
+  /** As `replayFailed`, for a caller that asks no further replay (it gives up, or cannot): a
+   * later gap among the held messages is reported lost too, so the topic is never left waiting
+   * for a replay nobody sends. */
   onReplayFailed(topic: string): StreamEvent[] {
-    return this.dedup(this.replayFailed(topic));
+    let [events, need] = this.failReplay(topic);
+    while (need !== null) {
+      const [more, next] = this.failReplay(need.topic);
+      events = [...events, ...more];
+      need = next;
+    }
+    return this.dedup(events);
   }
 
   private isLive(topic: string): boolean {
@@ -153,7 +181,7 @@ export class StreamTracker {
   }
 
   private state(epoch: string | null, last: number): TopicState {
-    return { epoch, last, superseded: new Set(), successor: null };
+    return { epoch, last, superseded: new Set(), successor: null, stalled: false };
   }
 
   private welcome(msg: StreamMessage): Step {
@@ -200,15 +228,16 @@ export class StreamTracker {
   }
 
   private replay(topic: string, answer: ReplayAnswer, attachments: Uint8Array[]): Step {
-    if (!answerOk(answer)) return [this.replayFailed(topic), null];
+    if (!wellFormed(answer, attachments.length)) return this.failReplay(topic);
     const st = this.topics.get(topic)!;
     const out: StreamEvent[] = [];
     const epoch = typeof answer.epoch === "string" ? answer.epoch : (st.epoch ?? "");
     if (st.epoch === null) st.epoch = epoch;
     else if (epoch !== st.epoch) {
       st.successor = epoch;
-      return [this.replayFailed(topic), null];
+      return this.failReplay(topic);
     }
+    const before = st.last;
     const lost = answer.lost;
     if (lost && lost[1] > st.last) {
       out.push({ kind: "loss", topic, first: Math.max(lost[0], st.last + 1), last: lost[1], epoch });
@@ -223,10 +252,49 @@ export class StreamTracker {
         out.push({ kind: "message", topic, seq, epoch, body, attachments: atts, welcome: false });
       }
     }
-    if (answer.more) return [out, { topic, fromSeq: st.last + 1 }];
+    const more = answer.more === true;
+    if (st.last === before && (more || st.stalled)) {
+      // A page cut with nothing in it, or a second answer in a row that leaves the gap where
+      // it was: asking again would loop for as long as the publisher answers so. (One answer
+      // with nothing new is honest when the held message that still shows a gap was published
+      // after it: that one is asked again.)
+      st.stalled = false;
+      return this.failReplay(topic);
+    }
+    if (more) {
+      st.stalled = false;
+      return [out, { topic, fromSeq: st.last + 1 }];
+    }
+    st.stalled = st.last === before;
     this.replaying.delete(topic);
+    const [events, need] = this.deliverHeld(topic);
+    if (need === null) st.stalled = false;
+    return [[...out, ...events], need];
+  }
+
+  private failReplay(topic: string): Step {
+    const st = this.topics.get(topic)!;
+    st.stalled = false; // (a later gap's replay starts afresh)
+    const held = this.held.get(topic) ?? [];
+    this.replaying.delete(topic);
+    const out: StreamEvent[] = [];
+    if (held.length > 0) {
+      const first = held.reduce((a, b) => (b.seq < a.seq ? b : a));
+      if (first.epoch === st.epoch && first.seq > st.last + 1) {
+        out.push({ kind: "loss", topic, first: st.last + 1, last: first.seq - 1, epoch: st.epoch ?? "" });
+        st.last = first.seq - 1;
+      }
+    }
+    const [events, need] = this.deliverHeld(topic);
+    return [[...out, ...events], need];
+  }
+
+  /** The messages held during a replay, in seq order, as if they came now; one that shows a gap
+   * holds itself and the rest again, and returns the replay it needs. */
+  private deliverHeld(topic: string): Step {
     const held = (this.held.get(topic) ?? []).sort((a, b) => a.seq - b.seq);
     this.held.delete(topic);
+    const out: StreamEvent[] = [];
     for (let k = 0; k < held.length; k++) {
       const [events, need] = this.message(held[k]);
       out.push(...events);
@@ -236,20 +304,6 @@ export class StreamTracker {
       }
     }
     return [out, null];
-  }
-
-  private replayFailed(topic: string): StreamEvent[] {
-    const st = this.topics.get(topic)!;
-    const held = (this.held.get(topic) ?? []).sort((a, b) => a.seq - b.seq);
-    this.held.delete(topic);
-    this.replaying.delete(topic);
-    const out: StreamEvent[] = [];
-    if (held.length > 0 && (held[0].epoch === st.epoch) && held[0].seq > st.last + 1) {
-      out.push({ kind: "loss", topic, first: st.last + 1, last: held[0].seq - 1, epoch: st.epoch ?? "" });
-      st.last = held[0].seq - 1;
-    }
-    for (const m of held) out.push(...this.message(m)[0]);
-    return out;
   }
 
   /** Replays that would reveal a lost tail (section 12, "Tail loss"): for every topic seen and
