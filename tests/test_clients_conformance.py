@@ -96,7 +96,7 @@ def errors(c: Client, tree: Tree, spec: dict) -> None:
 def retry_same_id(c: Client, tree: Tree, spec: dict) -> None:
     before = c.call(spec["actor"], spec["count_op"])["effects"]
     # The client's own DEALER, a request sent twice with one id (what a resend is).
-    conn = c._conn(spec["actor"])
+    conn = c._conn(spec["actor"], spec["op"])
     rid = c.core.next_id()
     frames = encode_request(rid, c.sid, spec["op"], None, int((time.time() + 5) * 1000))
     replies = []

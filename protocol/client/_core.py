@@ -364,6 +364,23 @@ class CallPlan:
         return self.done(now, error=WireError.of(
             name, f"no reply: the tree refused this client's key ({self.attempts} attempts)"))
 
+    def on_closed(self, now: float) -> Done:
+        """The client was closed while the call waited: waiting out a back-off after a
+        refusal (nothing of it runs) it is `cancelled`; in flight, `timeout` (idempotent) or
+        `outcome_unknown`, as for any attempt left unanswered."""
+        last = self.last_error
+        if last is not None:
+            return self.done(now, error=WireError.of(
+                "cancelled", f"the client was closed before {self.op} was sent again "
+                f"({self.attempts} attempts; the last was answered {last.name}: "
+                f"{last.message})"))
+        self.core.breaker(self.actor).give_back()
+        why = f"no reply: the client was closed ({self.attempts} attempts)"
+        if self.idempotent:
+            return self.done(now, error=WireError.of("timeout", why))
+        return self.done(now, error=WireError.of("outcome_unknown", why,
+                                                 detail=self._detail(None)))
+
     def resend(self, now: float) -> Done | Wait:
         """Send again, if the breaker lets it (a pinned resend is not asked). This call was
         sent, so a refusal ends it with its own outcome, never `circuit_open` ("not sent"):
@@ -382,6 +399,7 @@ class CallPlan:
                 "outcome_unknown", f"no reply; the request may or may not have run; {why}",
                 detail=self._detail(None)))
         self.attempts += 1
+        self.last_error = None  # (sent again: its last attempt is not answered yet)
         return Wait(self.attempt_deadline(now))
 
 
@@ -642,15 +660,28 @@ class ClientCore:
 SocketT = TypeVar("SocketT", bound=zmq.Socket)
 
 
-def closed_on_error(sock: SocketT, configure: Callable[[], None]) -> SocketT:
+def closed_on_error(sock: SocketT, configure: Callable[[], None], actor: str, role: str,
+                    op: str) -> SocketT:
     """`sock` once `configure` ran; closed if it raised (an ipc path too long, an actor the
-    connection file does not name): a socket left open would hold the context's term()."""
+    connection file does not name): a socket left open would hold the context's term().
+    ZeroMQ's refusal of the endpoint is `bad_args`: the caller named what cannot be reached."""
     try:
         configure()
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise MoorageError(WireError.of(
+            "bad_args", f"{actor}: no {role} socket to connect to: {exc}"),
+            op=op, actor=actor, attempts=0) from None
     except BaseException:
         sock.close(0)
         raise
     return sock
+
+
+def closed_client(actor: str, op: str) -> MoorageError:
+    """A call or a subscription on a client already closed: refused, not sent."""
+    return MoorageError(WireError.of("cancelled", f"the client is closed: {op} to {actor} not "
+                                     "sent"), op=op, actor=actor, attempts=0)
 
 
 def monitor_events() -> int:

@@ -24,6 +24,7 @@ from moorage.protocol.client._core import (
     Done,
     Resend,
     Wait,
+    closed_client,
     closed_on_error,
     monitor_events,
 )
@@ -41,6 +42,7 @@ from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
 
 _REFUSED = object()  # the tree refused our key at a handshake while the call waited
+_CLOSED = object()  # the client was closed while the call waited
 
 
 class _Dropped:
@@ -64,9 +66,10 @@ async def _send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
 
 
 class _AConn:
-    def __init__(self, core: ClientCore, ctx: zmq.asyncio.Context, actor: str) -> None:
+    def __init__(self, core: ClientCore, ctx: zmq.asyncio.Context, actor: str, op: str) -> None:
         sock = ctx.socket(zmq.DEALER)
-        self.sock = closed_on_error(sock, lambda: core.configure_dealer(sock, actor))
+        self.sock = closed_on_error(sock, lambda: core.configure_dealer(sock, actor),
+                                    actor, "rpc", op)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.waiters: dict[int, asyncio.Queue] = {}
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
@@ -154,6 +157,7 @@ class AsyncClient(FromConnectionFile):
         self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts,
                                remote=remote)
         self.ctx = zmq.asyncio.Context()
+        self._closed = asyncio.Event()  # (set by close: calls waiting out a back-off end)
         self._conns: dict[str, _AConn] = {}
         self._subs: set[AsyncSubscription] = set()
         self.core.start_pusher(self.ctx)
@@ -162,10 +166,12 @@ class AsyncClient(FromConnectionFile):
     def sid(self) -> str:
         return self.core.sid
 
-    def _conn(self, actor: str) -> _AConn:
+    def _conn(self, actor: str, op: str) -> _AConn:
         c = self._conns.get(actor)
         if c is None:
-            c = self._conns[actor] = _AConn(self.core, self.ctx, actor)
+            if self._closed.is_set():
+                raise closed_client(actor, op)
+            c = self._conns[actor] = _AConn(self.core, self.ctx, actor, op)
         return c
 
     def breaker_state(self, actor: str) -> BreakerState:
@@ -188,7 +194,7 @@ class AsyncClient(FromConnectionFile):
             whole = timeout if timeout is not None else self.core.call_timeout(actor, op)
             timeout = max(0.001, whole - (time.monotonic() - started))
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
-        conn = self._conn(actor)
+        conn = self._conn(actor, op)
         inbox: asyncio.Queue = asyncio.Queue()
         rid = plan.id  # the id its replies come under
         conn.waiters[rid] = inbox
@@ -205,7 +211,11 @@ class AsyncClient(FromConnectionFile):
                     return verdict.reply
                 if isinstance(verdict, Resend):
                     if verdict.delay > 0:
-                        await asyncio.sleep(verdict.delay)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._closed.wait(), verdict.delay)
+                    if self._closed.is_set():
+                        verdict = plan.on_closed(time.monotonic())
+                        continue
                     verdict = plan.resend(time.monotonic())
                     if isinstance(verdict, Wait):
                         sent_in = conn.generation
@@ -238,6 +248,9 @@ class AsyncClient(FromConnectionFile):
                     continue
                 if item is _REFUSED:
                     verdict = plan.on_refused(time.monotonic())
+                    continue
+                if item is _CLOSED:
+                    verdict = plan.on_closed(time.monotonic())
                     continue
                 if isinstance(item, DecodeError):  # ours, but unreadable
                     verdict = plan.done(time.monotonic(), error=item.error)
@@ -272,14 +285,21 @@ class AsyncClient(FromConnectionFile):
     def subscribe(
         self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None
     ) -> AsyncSubscription:
+        if self._closed.is_set():
+            raise closed_client(actor, "subscribe")
         sub = AsyncSubscription(self, actor, topics, from_seq)
         self._subs.add(sub)
         return sub
 
     async def close(self) -> None:
+        """Close every socket; calls still waiting end (CallPlan.on_closed), and calls and
+        subscriptions from now on are refused `cancelled`."""
+        self._closed.set()
         for s in list(self._subs):
             s.close()
         for c in self._conns.values():
+            for q in c.waiters.values():
+                q.put_nowait(_CLOSED)
             await c.close()
         self._conns.clear()
         self.core.close()
@@ -299,7 +319,9 @@ class AsyncSubscription:
         self.client = client
         self.actor = actor
         sock = client.ctx.socket(zmq.SUB)
-        self.sock = closed_on_error(sock, lambda: client.core.configure_sub(sock, actor, topics))
+        self.sock = closed_on_error(
+            sock, lambda: client.core.configure_sub(sock, actor, topics), actor, "pub",
+            "subscribe")
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 

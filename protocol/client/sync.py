@@ -19,6 +19,7 @@ from moorage.protocol.client._core import (
     Done,
     Resend,
     Wait,
+    closed_client,
     closed_on_error,
     monitor_events,
 )
@@ -77,9 +78,10 @@ def _dropped_at_send(plan: CallPlan, verdict: Wait) -> Wait | Resend | Done:
 
 
 class _Conn:
-    def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str) -> None:
+    def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str, op: str) -> None:
         sock = ctx.socket(zmq.DEALER)
-        self.sock = closed_on_error(sock, lambda: core.configure_dealer(sock, actor))
+        self.sock = closed_on_error(sock, lambda: core.configure_dealer(sock, actor),
+                                    actor, "rpc", op)
         self.sock.setsockopt(zmq.RCVTIMEO, WAIT_SLICE_MS)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
@@ -132,10 +134,12 @@ class Client(FromConnectionFile):
     def runtime_dir(self) -> Path:
         return self.core.runtime_dir
 
-    def _conn(self, actor: str) -> _Conn:
+    def _conn(self, actor: str, op: str) -> _Conn:
         c = self._conns.get(actor)
         if c is None:
-            c = self._conns[actor] = _Conn(self.core, self.ctx, actor)
+            if self.ctx.closed:
+                raise closed_client(actor, op)
+            c = self._conns[actor] = _Conn(self.core, self.ctx, actor, op)
         return c
 
     def breaker_state(self, actor: str) -> BreakerState:
@@ -159,7 +163,7 @@ class Client(FromConnectionFile):
                                                lambda t: self.learn_ops(actor, t))
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
         verdict: Done | Wait | Resend = plan.start(plan.started)
-        conn = self._conns.get(actor) or self._conn(actor)
+        conn = self._conns.get(actor) or self._conn(actor, op)
         if isinstance(verdict, Wait):
             _send(conn.sock, plan.frames)
             # Drops told before now. Looked at once the request is on its way, not before:
@@ -263,7 +267,7 @@ class Client(FromConnectionFile):
         call order."""
         if self.core.should_learn(actor, "", idempotent):
             self.learn_ops(actor, timeout)
-        conn = self._conn(actor)
+        conn = self._conn(actor, "pipeline")
         if conn.disconnected():  # a drop before these calls is not theirs
             self.core.dropped(actor)
         it = iter(calls)
@@ -367,6 +371,8 @@ class Client(FromConnectionFile):
     def subscribe(
         self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None
     ) -> Subscription:
+        if self.ctx.closed:
+            raise closed_client(actor, "subscribe")
         sub = Subscription(self, actor, topics, from_seq)
         self._subs.add(sub)
         return sub
@@ -398,7 +404,9 @@ class Subscription:
         self.client = client
         self.actor = actor
         sock = client.ctx.socket(zmq.SUB)
-        self.sock = closed_on_error(sock, lambda: client.core.configure_sub(sock, actor, topics))
+        self.sock = closed_on_error(
+            sock, lambda: client.core.configure_sub(sock, actor, topics), actor, "pub",
+            "subscribe")
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
