@@ -16,6 +16,7 @@
  */
 import { encodeRequest, pinRequest, type Reply } from "./envelope.js";
 import { MoorageError, type WireError, fromWire, wireError } from "./errors.js";
+import { MAX_MESSAGE_SIZE } from "./limits.js";
 import { Backoff, CircuitBreaker, maxRetriesFor } from "./recovery.js";
 
 /** Ops every actor serves that are safe to repeat (section 10). */
@@ -166,6 +167,14 @@ export class CallPlan {
   /** Before the first send: the breaker may refuse at once, `circuit_open` ("not sent") with
    * `retry_after_ms` (refusalRetryAfterMs: never 0). */
   start(at: number): Verdict {
+    // A frame no actor takes: its socket drops the connection on one over MAXMSGSIZE, which
+    // would end the call outcome_unknown although it cannot have run.
+    let big = 0;
+    for (let i = 2; i < this.frames.length; i++) big = Math.max(big, this.frames[i].length);
+    if (big > MAX_MESSAGE_SIZE) {
+      return this.done(at, undefined, wireError("message_too_large",
+        `a frame of ${big} bytes, over the ${MAX_MESSAGE_SIZE} an actor takes (MAXMSGSIZE): not sent`));
+    }
     const br = this.breaker;
     if (br.state !== "closed" && !br.allow(at)) {
       return this.done(at, undefined, wireError("circuit_open", `${this.actor}: breaker ${br.state}`, {

@@ -11,6 +11,7 @@ import { test } from "node:test";
 
 import { CallPlan, type Verdict } from "../src/calls.js";
 import { toWire, wireError, type MoorageError } from "../src/errors.js";
+import { MAX_MESSAGE_SIZE } from "../src/limits.js";
 import { Backoff, CircuitBreaker } from "../src/recovery.js";
 
 test("a probe whose connection dropped gives its place back to its resend", () => {
@@ -90,4 +91,15 @@ test("a call refused before its send is circuit_open with the cooldown left; whi
   assert.equal(plan(4, "fake.read", true, br).start(2.7).kind, "wait");
   e = errorOf(plan(5, "fake.read", true, br).start(2.8));
   assert.deepEqual([e.error.name, e.error.retry_after_ms], ["circuit_open", 1000]);
+});
+
+test("a frame over what an actor takes is refused before it is sent, message_too_large, not outcome_unknown", () => {
+  const br = new CircuitBreaker(5, 60);
+  const settings = { sid: "4242-1f2e3d4c5b6a", timeout: 30, attemptTimeout: 1, backoff: new Backoff(0.01, 2, 0.5, 0) };
+  const p = new CallPlan(1, "alpha", "fake.effect", null, false, settings, br, () => undefined, 30,
+    [new Uint8Array(MAX_MESSAGE_SIZE + 1)], 0);
+  const e = errorOf(p.start(0));
+  assert.deepEqual([e.error.name, e.attempts], ["message_too_large", 0]);
+  assert.ok(e.error.message.includes(String(MAX_MESSAGE_SIZE + 1)), e.error.message);
+  assert.equal(br.current(0), "closed");
 });
