@@ -254,7 +254,10 @@ impl Client {
             monitor.set_linger(0).map_err(zerr)?;
             monitor.connect(&addr).map_err(zerr)?;
             self.endpoints.secure(&sock, true).map_err(zerr)?;
-            sock.connect(&self.endpoints.rpc(actor)).map_err(zerr)?;
+            // (ZeroMQ refusing the endpoint, an ipc path past a socket's 107 bytes: the caller
+            // named what cannot be reached)
+            sock.connect(&self.endpoints.rpc(actor))
+                .map_err(|e| local_error("bad_args", format!("{actor}: no rpc socket to connect to: {e}"), actor, ""))?;
             self.conns.insert(actor.to_string(), Conn { sock, monitor, link: ActorLink::new(None), key_refused: false });
         }
         Ok(self.conns.get_mut(actor).unwrap())
@@ -614,7 +617,8 @@ impl Client {
             sock.set_subscribe(t.as_bytes()).map_err(zerr)?;
         }
         self.endpoints.secure(&sock, false).map_err(zerr)?;
-        sock.connect(&self.endpoints.publisher(actor)).map_err(zerr)?;
+        sock.connect(&self.endpoints.publisher(actor))
+            .map_err(|e| local_error("bad_args", format!("{actor}: no pub socket to connect to: {e}"), actor, "subscribe"))?;
         let replayer = Client::with_context(self.ctx.clone(), Options {
             runtime_dir: Some(self.runtime_dir.clone()),
             sid: Some(format!("{}-r{}", self.sid, self.monitors + 1)),
