@@ -17,6 +17,7 @@ import { type Request, decodeRequest, encodeReply, encodeStream, encodeWelcome }
 import { MoorageError } from "../src/errors.js";
 import { MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "../src/limits.js";
 import { type StreamEvent, StreamTracker } from "../src/streams.js";
+import { within } from "./fake_actor.js";
 
 const A = "aaaaaaaaaaaaaaaa";
 const B = "bbbbbbbbbbbbbbbb";
@@ -42,17 +43,6 @@ async function answer(life: Router, epoch: string, body: unknown = "done"): Prom
   const [rid, req] = await take(life);
   await life.send([rid, ...encodeReply(req.id, epoch, body)]);
   return req;
-}
-
-/** `p`, or a failure if it has not settled within `seconds`. */
-async function within<T>(p: Promise<T>, seconds: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not within ${seconds} s`)), seconds * 1000)));
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Until `done`, with this thread's event loop held (nothing of the client's runs meanwhile). */
