@@ -142,10 +142,13 @@ def unbindable(plan: ListenPlan) -> list[str]:
     for actor, table in plan.endpoints.items():
         for role, endpoint in table.items():
             host, _, port = endpoint[len("tcp://"):].rpartition(":")
+            # (the family ZeroMQ binds in: IPv6 only for an address in brackets, bind_ipv6;
+            # a name, `localhost` with an ::1 record first, is bound by its IPv4 address)
+            v6 = host.startswith("[")
             try:
                 family, kind, proto, _, address = socket.getaddrinfo(
-                    host.strip("[]"), int(port), 0, socket.SOCK_STREAM, 0,
-                    socket.AI_PASSIVE)[0]
+                    host.strip("[]"), int(port), socket.AF_INET6 if v6 else socket.AF_INET,
+                    socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
                 with socket.socket(family, kind, proto) as s:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(address)

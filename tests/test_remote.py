@@ -193,6 +193,46 @@ def test_up_refuses_at_once_a_port_of_its_plan_another_process_listens_on(
     assert not (runtime_dir / "tree.json").exists() and not (runtime_dir / "listen.json").exists()
 
 
+IN_NAMESPACE = """
+import json, socket, subprocess, sys
+subprocess.run(["mount", "--bind", sys.argv[1], "/etc/hosts"], check=True)
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+other = socket.socket()
+other.bind(("127.0.0.1", int(sys.argv[2])))
+other.listen()
+out = subprocess.run(sys.argv[3:], capture_output=True, text=True, timeout=90)
+print(json.dumps([out.returncode, out.stdout]))
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None,
+                    reason="needs unshare and ip (util-linux, iproute2)")
+def test_the_port_probe_binds_a_name_in_the_family_zeromq_binds_it_in(
+        runtime_dir: Path, tmp_path: Path, keys: tuple) -> None:
+    """`localhost` with its ::1 record first (Debian's /etc/hosts): ZeroMQ binds a name by
+    its IPv4 address, so beta's port held there by another process is the refusal, not a
+    probe of ::1 that finds it free and a tree that gives up (a network and mount namespace
+    of the test's own, with that /etc/hosts)."""
+    port = free_port_block(TREE_PORTS)
+    cfg = tmp_path / "tree.toml"
+    cfg.write_text(FAKE_TREE.format(host="localhost", port=port))
+    hosts = tmp_path / "hosts"
+    hosts.write_text("::1\tlocalhost ip6-localhost\n127.0.0.1\tlocalhost\n")
+    up = [sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir", str(runtime_dir),
+          "up", "--allow-external-actors", "--config", str(cfg)]
+    try:
+        out = subprocess.run(["unshare", "-rmn", sys.executable, "-c", IN_NAMESPACE,
+                              str(hosts), str(port + 4), *up],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        kill_instance(runtime_dir)
+    assert out.returncode == 0, out.stderr
+    code, line = json.loads(out.stdout)
+    error = json.loads(line)["error"]
+    assert code == 1 and error["name"] == "start_failed", (code, error)
+    assert f"tcp://localhost:{port + 4} (beta's rpc)" in error["message"], error
+
+
 def test_an_allowed_client_calls_and_follows_a_stream_from_a_copied_connection_file(
         tcp_tree: NetnsTree, keys: tuple, tmp_path: Path) -> None:
     server_dir, _, client_pair = keys
