@@ -131,6 +131,36 @@ def test_plain_output_goes_to_the_parser_actor_all_the_same(make_tree, tmp_path)
     s.check_records()
 
 
+def test_a_count_the_parser_refuses_inside_an_osc_past_its_cap_goes_as_bytes(make_tree,
+                                                                              tmp_path):
+    """An OSC longer than the parser's cap (the 150 KB command line of an E marker) is
+    consumed to its end without being held, so the parser says it buffers nothing: plain
+    text within it, sent as a count, is refused ("send them"). The bytes go instead and the
+    session stays on the parser actor, where it went to parsing in-process."""
+    tree = make_tree(TREE).start()
+    s = Session(tree, tmp_path)
+    s.exec(0)
+    x = "head -c 100000 /dev/zero | tr '\\0' x"
+    out = Output(s.c, s.sid)
+    s.c.call("terminal", "term.write", {"session": s.sid, "data": (
+        f"printf '\\033]777;'; {x}; while [ ! -e ~/go ]; do sleep 0.01; done; {x}; "
+        "printf '\\007'; echo osc-''done\r")})
+    wait_for(lambda: listed(s)["state"] == "running" and listed(s)["offset"] > 100_000 and
+             listed(s)["parsed"] == listed(s)["offset"],
+             "the OSC's first 100 KB parsed, the command still running", timeout=30)
+    (s.home / "go").write_text("")
+    out.until(lambda d: b"osc-done\r\n" in d)
+    out.close()
+    s.codes.append(0)
+    wait_for(lambda: listed(s)["state"] == "prompt" and
+             listed(s)["parsed"] == listed(s)["offset"], "the command ends", timeout=30)
+    parse = tree.call("terminal", "sys.info")["parse"]
+    assert parse.get("to_local", 0) == 0, parse
+    assert parse.get("inert_refused", 0) >= 1, parse
+    assert s.exec(1)["parser"] == "actor"
+    s.check_records()
+
+
 PLAIN_LOG = b"".join(b"line %07d of a plain log\n" % i for i in range(60_000))
 COLOURED_LOG = b"".join(b"\x1b[1;32mline\x1b[0m %07d of a \x1b[33mcoloured\x1b[m log\n" % i
                         for i in range(60_000))

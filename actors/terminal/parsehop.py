@@ -512,6 +512,21 @@ class ParseHop:
             self.link.counts["reopened"] += 1
             self._to_actor(self.ground())
             return
+        expected = err.detail.get("expected") if isinstance(err.detail, dict) else None
+        if err.name == "bad_args" and op == "parse.feed" and expected == self.parsed:
+            # A count of inert bytes the stream could not take where our replies said it was
+            # clean (inside an OSC dropped past the parser's cap, which holds nothing to read
+            # again: `buffered` 0, the 150 KB command line of an E marker): the bytes go
+            # instead, from where it stands; the feeds sent after the count are sent again.
+            self.link.counts["inert_refused"] += 1
+            self.wave += 1
+            self.flying = 0
+            self.sent = self.parsed
+            self.clean_at = None
+            self.inert = False
+            self.inert_run = (self.sent, self.sent)
+            self._pump()
+            return
         if err.name not in TRANSPORT:  # (the breaker has heard it already, in `done`)
             logger.warning("session {}: {} answered {}: {}", self.sid, op, err.name,
                            err.message)
