@@ -444,7 +444,10 @@ export class Client {
           }
           if (v.delay > 0) {
             // The back-off is a wait on the call's inbox: what comes meanwhile (close()'s
-            // verdict, a drop's) ends it; nothing by its end, and the call is sent again.
+            // verdict) ends it; nothing by its end, and the call is sent again. Refused, it is
+            // not in flight meanwhile: a drop then (an actor that answered `stopping` exits)
+            // is none of its business, and the resend goes to the successor.
+            if (plan.lastError !== null) conn.link.finished(plan);
             const until = now() + v.delay;
             conn.waiting(until);
             const item = await inbox.next(until);
@@ -546,13 +549,16 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   readonly tracker: StreamTracker;
   private readonly sock: Subscriber;
   private readonly ready: StreamEvent[] = [];
-  private pending: Promise<Buffer[]> | null = null;
+  /** Frames the socket handed over, not read yet; a receive failed (the socket closed). */
+  private readonly arrived: Buffer[][] = [];
+  private failure: { error: unknown } | null = null;
+  private receiving = false;
   private closed = false;
-  /** Settles when events come from elsewhere than the socket (catchUp's replays) or the
-   * subscription closes: a `next()` waiting on the socket looks again (a quiet stream may
-   * send nothing more). */
-  private wakeSignal: Promise<typeof WOKEN> | null = null;
-  private wakeUp: (() => void) | null = null;
+  /** The `next()` calls waiting, each woken by what comes: frames, events from elsewhere
+   * than the socket (catchUp's replays), the close. Each wait is a promise of its own that
+   * only its call holds: a promise raced again by every `next()` (the socket's receive, or
+   * one wake-up signal) keeps every race's result, and so every message, reachable. */
+  private readonly wakers = new Set<() => void>();
 
   constructor(readonly client: Client, readonly actor: string, readonly topics: readonly string[], options: SubscribeOptions) {
     for (const t of topics) {
@@ -583,15 +589,45 @@ export class Subscription implements AsyncIterable<StreamEvent> {
     return this.topics.every((t) => this.tracker.live.has(t));
   }
 
-  private woken(): Promise<typeof WOKEN> {
-    return (this.wakeSignal ??= new Promise((resolve) => (this.wakeUp = () => resolve(WOKEN))));
+  private wake(): void {
+    const wakers = [...this.wakers];
+    this.wakers.clear();
+    for (const w of wakers) w();
   }
 
-  private wake(): void {
-    const wakeUp = this.wakeUp;
-    this.wakeSignal = null;
-    this.wakeUp = null;
-    wakeUp?.();
+  /** One receive at a time (the socket takes no other), its frames kept for `next()`. */
+  private receive(): void {
+    if (this.receiving || this.closed) return;
+    this.receiving = true;
+    this.sock.receive().then(
+      (frames) => {
+        this.receiving = false;
+        this.arrived.push(frames);
+        this.wake();
+      },
+      (error: unknown) => {
+        this.receiving = false;
+        if (!this.closed) this.failure = { error };
+        this.wake();
+      });
+  }
+
+  /** Until something comes (WOKEN) or `end` (the `now()` clock; null: no end) passes. */
+  private wait(end: number | null): Promise<typeof WOKEN | typeof TIMED_OUT> {
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const woken = (): void => {
+        clearTimeout(timer);
+        resolve(WOKEN);
+      };
+      this.wakers.add(woken);
+      if (end !== null) {
+        timer = setTimeout(() => {
+          this.wakers.delete(woken);
+          resolve(TIMED_OUT);
+        }, Math.max(0, (end - now()) * 1000));
+      }
+    });
   }
 
   private deliver(events: StreamEvent[]): void {
@@ -626,37 +662,30 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   /** The next event, or null when `timeout` seconds pass with none (null timeout: wait), and
    * null once the subscription (or its client) is closed: a `for await` then ends. */
   async next(timeout: number | null = null): Promise<StreamEvent | null> {
-    let timer: NodeJS.Timeout | undefined;
-    const expiry = timeout === null ? null
-      : new Promise<typeof TIMED_OUT>((r) => (timer = setTimeout(() => r(TIMED_OUT), Math.max(0, timeout * 1000))));
-    try {
-      while (!this.closed && this.ready.length === 0) {
-        const pending = (this.pending ??= this.sock.receive());
-        let got: Buffer[] | typeof WOKEN | typeof TIMED_OUT;
-        try {
-          got = await Promise.race(expiry === null ? [pending, this.woken()] : [pending, this.woken(), expiry]);
-        } catch (e) {
-          if (this.pending === pending) this.pending = null;
-          if (this.closed) return null; // (the socket closed under the receive)
-          throw e;
+    const end = timeout === null ? null : now() + timeout;
+    while (!this.closed && this.ready.length === 0) {
+      const frames = this.arrived.shift();
+      if (frames === undefined) {
+        if (this.failure !== null) {
+          const { error } = this.failure;
+          this.failure = null;
+          throw error;
         }
-        if (got === TIMED_OUT) return null;
-        if (got === WOKEN || this.pending !== pending) continue; // (another next() took these frames)
-        this.pending = null;
-        let msg;
-        try {
-          msg = decodeStream(got);
-        } catch {
-          continue;
-        }
-        const [events, need] = this.tracker.onMessage(msg);
-        this.ready.push(...events);
-        if (need !== null) await this.replay(need.topic, need.fromSeq);
+        this.receive();
+        if ((await this.wait(end)) === TIMED_OUT) return null;
+        continue;
       }
-      return this.closed ? null : this.ready.shift()!;
-    } finally {
-      clearTimeout(timer);
+      let msg;
+      try {
+        msg = decodeStream(frames);
+      } catch {
+        continue;
+      }
+      const [events, need] = this.tracker.onMessage(msg);
+      this.ready.push(...events);
+      if (need !== null) await this.replay(need.topic, need.fromSeq);
     }
+    return this.closed ? null : this.ready.shift()!;
   }
 
   /** Ask for what may have been lost at the end of a burst (the stream went quiet): the
@@ -692,9 +721,8 @@ export class Subscription implements AsyncIterable<StreamEvent> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    // A receive still waiting ends with the socket: nobody wants its answer now, and a
-    // next() waiting on it returns null.
-    this.pending?.catch(() => undefined);
+    // A receive still waiting ends with the socket (its rejection is not kept), and a
+    // next() waiting returns null.
     this.wake();
     this.sock.close();
     this.client.forget(this);

@@ -144,3 +144,30 @@ test("a socket that cannot connect (an ipc path over 107 bytes) is closed, its c
   const { code, out } = await runNode(program, 30);
   assert.deepEqual([code, out.trim()], [0, JSON.stringify(["bad_args", "bad_args", "bad_args"])]);
 });
+
+test("a call refused stopping whose actor exits during the back-off is sent to the successor, not told outcome_unknown", async () => {
+  const dir = scratch();
+  const first = await FakeActor.bind(dir);
+  const c = new Client({ runtimeDir: dir, learnOps: false, timeout: 30 });
+  let second: FakeActor | null = null;
+  try {
+    first.serve((r) => (r.op === "x.op"
+      ? encodeError(r.id, A, wireError("stopping", "exiting", { retry_after_ms: 1500 }))
+      : encodeReply(r.id, A, "pong")));
+    assert.equal(await c.call("alpha", "sys.ping"), "pong"); // (the actor's life known, as ever)
+    const call = c.call("alpha", "x.op", { n: 1 }).then((r) => `answered ${String(r)}`, (e: unknown) => e);
+    await until(() => first.requests.length === 2, 10, "x.op at the actor");
+    // (its answer came before the ping's, on the same connection: the refusal is read, and
+    // the call waits out its back-off while the actor exits)
+    assert.equal(await c.call("alpha", "sys.ping"), "pong");
+    first.close();
+    second = await FakeActor.bind(dir);
+    second.serve((r) => encodeReply(r.id, "bbbbbbbbbbbbbbbb", "done"));
+    const outcome = await within(call, 20, "the call");
+    assert.equal(outcome, "answered done", outcome instanceof MoorageError ? outcome.message : String(outcome));
+    assert.deepEqual(second.requests.map((r) => r.op), ["x.op"]);
+  } finally {
+    await c.close();
+    second?.close();
+  }
+});

@@ -97,8 +97,8 @@ export class FakeActor {
 
 /** A Node program (an ES module's text) run to its end: its exit code, or null when it was
  * still running `seconds` later (then killed), and what it printed. */
-export function runNode(program: string, seconds: number): Promise<{ code: number | null; out: string }> {
-  const child = spawn(process.execPath, ["--input-type=module", "-e", program], { stdio: ["ignore", "pipe", "inherit"] });
+export function runNode(program: string, seconds: number, flags: readonly string[] = []): Promise<{ code: number | null; out: string }> {
+  const child = spawn(process.execPath, [...flags, "--input-type=module", "-e", program], { stdio: ["ignore", "pipe", "inherit"] });
   let out = "";
   child.stdout.on("data", (d: Buffer) => (out += d.toString()));
   return new Promise((resolve) => {
@@ -112,3 +112,5 @@ export function runNode(program: string, seconds: number): Promise<{ code: numbe
 
 /** The built client's entry point, for a program `runNode` runs. */
 export const CLIENT_MODULE = new URL("../src/index.js", import.meta.url).href;
+/** The built envelope module (a program's own fake publisher packs its messages with it). */
+export const ENVELOPE_MODULE = new URL("../src/envelope.js", import.meta.url).href;
