@@ -28,8 +28,19 @@ def run_tool(tool: str, cwd: Path, *args: str, env: dict[str, str] | None = None
     done = subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
     out = done.stdout + done.stderr
-    assert done.returncode == 0, f"{tool} {' '.join(args)} failed:\n{out[-8000:]}"
+    assert done.returncode == 0, f"{tool} {' '.join(args)} failed:\n{failures(out)}{out[-4000:]}"
     return out
+
+
+def failures(out: str) -> str:
+    """What a long run says of its failures, before its tail: node's `not ok` entries with
+    the lines after each, cargo's `panicked` and `---- ... stdout ----` ones."""
+    lines = out.splitlines()
+    picked: list[str] = []
+    for i, line in enumerate(lines):
+        if line.startswith("not ok") or "panicked at" in line or line.startswith("---- "):
+            picked += [*lines[i:i + 40], "..."]
+    return "\n".join(picked)[:12000] + ("\n" if picked else "")
 
 
 @pytest.fixture(scope="module")
