@@ -113,7 +113,7 @@ test("closing the client ends its calls still waiting: timeout when safe to repe
     await take(life);
     await take(life); // both reached the actor, which never answers
     await c.close();
-    const ended = await within(Promise.all([ping, write]), 2, "the calls after close");
+    const ended = await within(Promise.all([ping, write]), 15, "the calls after close"); // (their deadline: 30 s)
     const names = ended.map((e) => {
       assert.ok(e instanceof MoorageError, String(e));
       assert.match(e.error.message, /the client was closed/);
@@ -172,7 +172,7 @@ test("with no tree holding the instance lock a client is not_running at once; a 
 
 test("a restart heard in a reply after a drop the same life outlived ends what was sent before it", async () => {
   const dir = scratch();
-  const c = new Client({ runtimeDir: dir, learnOps: false, timeout: 3 });
+  const c = new Client({ runtimeDir: dir, learnOps: false, timeout: 30 });
   let life = new Router({ linger: 0 });
   try {
     await life.bind(`ipc://${dir}/alpha.rpc`);
@@ -198,7 +198,7 @@ test("a restart heard in a reply after a drop the same life outlived ends what w
     const [rid, req] = taken.find(([, r]) => r.op === "sys.ping")!;
     await life.send([rid, ...encodeReply(req.id, B, "pong")]);
     assert.equal(await ping, "pong");
-    const e = await within(write, 2, "fs.write ended by the restart");
+    const e = await within(write, 15, "fs.write ended by the restart"); // (its deadline: 30 s)
     assert.ok(e instanceof MoorageError && e.error.name === "outcome_unknown", String(e));
     assert.deepEqual(e.error.detail, { old_epoch: A, new_epoch: B });
   } finally {
