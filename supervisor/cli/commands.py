@@ -258,8 +258,8 @@ class Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="moorage", description=__doc__.split("\n")[0],
-                                parents=[global_options(True)], epilog=exit_table_text(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               parents=[global_options(True)], epilog=exit_table_text(),
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version",
                    version=f"moorage {package_version()} (protocol {PROTO_VERSION})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
