@@ -12,7 +12,7 @@ import zmq
 
 from moorage.protocol.client import AsyncClient, Client
 from moorage.protocol.errors import MoorageError, WireError
-from tests.bare_actor import ACTOR, EPOCH, Router
+from tests.bare_actor import ACTOR, Router
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,10 +66,13 @@ def test_an_asyncio_call_waiting_when_its_client_closes_ends_then(runtime_dir, a
         if answer is not None:
             peer, req = got
             router.error(peer, req, WireError.of(answer, "held", retry_after_ms=BACK_OFF_MS))
-            # (the refusal read, looked at between turns of the loop: the call takes it before
-            # it takes what close() hands it)
-            while c.core.epochs.get(ACTOR) != EPOCH:
-                await asyncio.sleep(0.001)
+            # A ping answered after the refusal, on the same connection: once it is back, the
+            # refusal is in the call's queue, ahead of what close() puts there.
+            ping = asyncio.ensure_future(c.call(ACTOR, "bare.ping", idempotent=True))
+            pinged = await asyncio.to_thread(router.recv)
+            assert pinged is not None
+            router.reply(*pinged, "pong")
+            assert await ping == "pong"
         await c.close()
         with pytest.raises(MoorageError) as e:
             await call
