@@ -201,6 +201,15 @@ def assert_all_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
     assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
 
 
+def printed_by(script: str) -> str:
+    """What `script` prints, run by a fresh interpreter in the project root (its imports its
+    own, none of this process's), which must exit 0."""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def kill_instance(runtime_dir: Path) -> None:
     """Whatever holds the instance in `runtime_dir` (a tree's root) is killed with its
     descendants, and they are checked gone."""

@@ -22,7 +22,7 @@ from moorage.protocol.limits import MAX_OP_LEN
 from moorage.supervisor import config, schema, spec
 from moorage.supervisor.cli.common import tree_pid
 from moorage.supervisor.spec import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, printed_by
 
 LINE_WAIT_S = 60
 
@@ -87,10 +87,7 @@ def test_checking_the_default_document_imports_no_actor():
     script = ("import sys\nfrom moorage.supervisor import config\nconfig.load(None, env={})\n"
               "print(sorted(m for m in sys.modules if m.startswith('moorage.actors.')"
               " and m.endswith('.actor')))")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert printed_by(script) == "[]"
 
 
 def test_a_class_from_elsewhere_may_name_any_fallback_and_a_supervisor_names_none(tmp_path):

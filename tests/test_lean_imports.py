@@ -4,14 +4,12 @@ libcrypto's initialisation) stays out until a coroutine sink asks for it
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from importlib import resources
 
 import psutil
 
-from tests.conftest import ROOT, descendants
+from tests.conftest import descendants, printed_by
 
 
 def mapped_extensions(pid: int) -> set[str]:
@@ -52,10 +50,7 @@ def test_a_coroutine_sink_works_with_the_lean_import():
         asyncio.run(main())
         print(got)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['one']"
+    assert printed_by(script) == "['one']"
 
 
 def test_importing_the_packages_leaves_asyncio_out():
@@ -63,7 +58,4 @@ def test_importing_the_packages_leaves_asyncio_out():
               "from loguru import logger\n"
               "logger.info('x')\n"
               "print(sorted(m for m in ('asyncio', 'ssl') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert printed_by(script) == "[]"
