@@ -10,7 +10,8 @@ Max, Length, AbsolutePath or FileName refuses what the actor would refuse as it 
 would break it later: a zero interval it would spin on, a silent clamp to another value), with
 the same bounds, written here (the root does not import the actors to check a document; a test,
 tests/test_config_bounds.py, holds each bound to the actor's own reading of it). A table's
-rule across its keys (RULES: metrics' window over its buckets) is checked once its keys are.
+rule across its keys (RULES: metrics' window over its buckets, the watcher's watches within
+its roots) is checked once its keys are, on an actor's settings whole.
 `Annotated[str, ChildRef(...)]`
 names another child of the tree: checked against the tree (`check_document`), so a terminal
 whose keeper is misspelt is refused before it starts rather than failing every request. The
@@ -29,6 +30,7 @@ MAX_PACKED_BYTES.
 from __future__ import annotations
 
 import math
+import os
 import types
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints
@@ -129,6 +131,45 @@ class FileName(Bound):
     def check(self, value: str, where: str) -> None:
         if "/" in value or "\0" in value or value in ("", ".", ".."):
             raise ConfigError(f"{where}: must be a file name (no '/'), got {value!r:.200}")
+
+
+@dataclass(frozen=True)
+class PathText(Bound):
+    """`Annotated[str, PathText()]`: a path, absolute or relative (to a root the actor
+    chooses), not empty and without a NUL."""
+
+    def check(self, value: str, where: str) -> None:
+        if not value or "\0" in value:
+            raise ConfigError(f"{where}: must be a path, got {value!r:.200}")
+
+
+@dataclass(frozen=True)
+class WithinRoots:
+    """A rule across two keys of a table: each path of `key` (a string, or a table's `path`)
+    lies within one of `roots` as the actor resolves it as it starts: a relative one against
+    the first root (none: refused), each through its symbolic links as the disk has them now.
+    Without roots, any absolute path is taken."""
+
+    key: str
+    roots: str
+
+    def check(self, table: dict[str, Any], where: str) -> None:
+        roots = [os.path.realpath(r) for r in table.get(self.roots) or ()]
+        for i, entry in enumerate(table.get(self.key) or ()):
+            at = f"{where}.{self.key}[{i}]"
+            if isinstance(entry, dict) and "path" not in entry:
+                raise ConfigError(f"{at}: has no path")
+            path = entry["path"] if isinstance(entry, dict) else entry
+            if not path.startswith("/"):
+                if not roots:
+                    raise ConfigError(f"{at}: {path!r:.200} is relative, and there are no "
+                                      f"{self.roots} to take it from")
+                path = os.path.join(table[self.roots][0], path)
+            real = os.path.realpath(path)
+            if roots and not any(real == r or real.startswith(r.rstrip("/") + "/")
+                                 for r in roots):
+                raise ConfigError(f"{at}: {path!r:.200} resolves to {real!r:.200}, outside "
+                                  f"the {self.roots} ({', '.join(roots)[:400]})")
 
 
 @dataclass(frozen=True)
@@ -283,7 +324,7 @@ class ParserTable(RuntimeTable, total=False):
 
 
 class WatchEntry(TypedDict, total=False):
-    path: str
+    path: Annotated[str, PathText()]
     recursive: bool
     exclude: list[str]
 
@@ -302,7 +343,7 @@ class WatcherTable(RuntimeTable, total=False):
     observer's buffer of no room overflows on every event, a timer of 0 fires every turn)."""
 
     roots: list[Annotated[str, AbsolutePath()]]
-    watch: list[str | WatchEntry]
+    watch: list[Annotated[str, PathText()] | WatchEntry]
     settle_ms: Number
     buffer_max: Positive
     journal_max: int
@@ -351,7 +392,6 @@ class TerminalTable(RuntimeTable, total=False):
     keeper_wait_ms: int
     idle_close_s: Number
     closed_stream_keep_s: Number
-    ack_bytes: int
     resume_wait_ms: int
     republish_bytes: int
     consumer_timeout_ms: Positive
@@ -371,7 +411,6 @@ class KeeperTable(RuntimeTable, total=False):
     window_bytes: Annotated[int, Min(4096)]
     scrollback_bytes: NonNegative
     create_per_turn: Positive
-    keep_bytes: int
     input_limit_bytes: Positive
     read_batch_bytes: Annotated[int, Min(4096)]
     stop_grace_ms: int
@@ -379,7 +418,8 @@ class KeeperTable(RuntimeTable, total=False):
 
 
 # Rules across the keys of a table, checked once each key is (check_table).
-RULES: dict[type, tuple[Ratio, ...]] = {
+RULES: dict[type, tuple[Ratio | WithinRoots, ...]] = {
+    WatcherTable: (WithinRoots("watch", "roots"),),
     MetricsTable: (Ratio("window_s", "bucket_s", 1, METRICS_MAX_SPAN, defaults=(60, 1)),),
     TerminalTable: (Ratio("parse_lag_bytes", "parse_feed_bytes", 1, math.inf,
                           defaults=(4 << 20, 1 << 20)),),
@@ -505,17 +545,22 @@ def check(value: Any, t: Any, where: str) -> None:
                 return
         elif origin in (Union, types.UnionType):
             ok = any(_fits(value, a) for a in args)
-            if not ok:  # a table alternative names the deeper key that is wrong
+            if not ok:  # the alternative of the value's own type names what is wrong
                 for a in args:
                     if _is_table(a) and type(value) is dict:
                         check_table(value, a, where)
+                    elif get_origin(a) is Annotated and type(value) is get_args(a)[0]:
+                        check(value, a, where)
         else:
             raise TypeError(f"schema type {t!r} not supported")
     if not ok:
         raise ConfigError(f"{where}: must be {_describe(t)}, got {value!r:.80}")
 
 
-def check_table(value: Any, table: type, where: str, extra_ok: bool = False) -> None:
+def check_table(value: Any, table: type, where: str, extra_ok: bool = False,
+                rules: bool = True) -> None:
+    """`value` against `table`; and, with `rules`, its RULES (for the whole of an actor's
+    settings, not for a part of them whose other part may hold a key a rule reads)."""
     if type(value) is not dict:
         raise ConfigError(f"{where}: must be a table, got {value!r:.80}")
     hints = get_type_hints(table, include_extras=True)
@@ -526,7 +571,7 @@ def check_table(value: Any, table: type, where: str, extra_ok: bool = False) -> 
                 continue
             raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(hints))})")
         check(v, hints[k], path)
-    for rule in RULES.get(table, ()):
+    for rule in RULES.get(table, ()) if rules else ():
         rule.check(value, where)
 
 
@@ -555,11 +600,14 @@ def check_document(doc: dict[str, Any], tree: SupervisorSpec,
             raise ConfigError(f"actor.{cid}: {cid!r} is a supervisor; its settings go in "
                               "its [[children]] entry")
         schema = ACTOR_TABLES.get(child.start)
-        check_table(table, schema or RuntimeTable, f"actor.{cid}", extra_ok=schema is None)
+        check_table(table, schema or RuntimeTable, f"actor.{cid}", extra_ok=schema is None,
+                    rules=False)
     for owner, child in tree.walk():  # an inline `config = {...}` of a [[children]] entry too
         if child.supervisor is None:
+            # (its settings whole: the [actor.<id>] table's with the entry's inline ones)
             schema = ACTOR_TABLES.get(child.start)
-            check_table(child.config, schema or RuntimeTable, f"{child.id}.config",
+            check_table(child.config, schema or RuntimeTable,
+                        f"actor.{child.id}" if child.id in tables else f"{child.id}.config",
                         extra_ok=schema is None)
             check_child_refs(child, ids, tables.get(child.id) or {})
             check_fallbacks(child, f"{owner.id}.children.{child.id}.fallbacks")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import importlib
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -168,6 +169,18 @@ def read(runtime_dir: Path) -> Iterator[Callable[[str, dict[str, Any]], Any]]:
     yield build
     sys.setswitchinterval(switch)
     gc.set_threshold(*thresholds)
+
+
+@pytest.mark.parametrize("start", sorted(schema.ACTOR_TABLES))
+def test_every_key_of_an_actors_table_is_read_by_that_actor(start):
+    """A key the schema takes and no code reads would be a setting that does nothing, taken
+    in silence: each of an actor's own keys is named in its package's source (as a string,
+    or as a field of a settings class read field by field)."""
+    package = Path(importlib.import_module(start.split(":")[0]).__file__).parent
+    source = "\n".join(p.read_text() for p in package.rglob("*.py"))
+    own = set(get_type_hints(schema.ACTOR_TABLES[start])) - RUNTIME_KEYS
+    unread = {k for k in own if not re.search(rf'"{k}"|^ +{k}: ', source, re.MULTILINE)}
+    assert own and not unread
 
 
 def test_every_bound_of_an_actors_table_is_found_and_each_has_a_case():
