@@ -649,6 +649,24 @@ def test_a_restarted_watcher_reports_what_changed_while_it_was_dead(start, data,
     assert w2.call("fs.stats")["watches"][0]["path"] == str(data)  # restored, not re-asked
 
 
+def test_a_configured_watch_led_out_of_the_roots_is_not_placed_and_the_rest_served(
+        start, data, tmp_path):
+    """`moorage up` refuses such a watch; a symbolic link on its way can lead out of the
+    roots after that (here: before a restart). The watcher starts all the same, places the
+    other watches, and says which it could not place."""
+    (data / "src").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (data / "out").symlink_to(outside)
+    w = start(watch=[str(data / "src"), {"path": "out", "recursive": False}, str(outside)])
+    info = w.call("sys.info")
+    assert [u["path"] for u in info["unplaced"]] == ["out", str(outside)]
+    assert all("resolves outside the configured roots" in u["error"] for u in info["unplaced"])
+    assert [x["path"] for x in w.call("fs.stats")["watches"]] == [str(data / "src")]
+    (data / "src" / "f").write_text("x")
+    assert ("created", "src/f") in kinds(w.sync(), data)
+
+
 # --- the file service ----------------------------------------------------------------------
 
 

@@ -84,7 +84,9 @@ work (the cache revalidates by stat), watch ops answer resource_exhausted with t
 Quality 0 (sys.pressure) pauses watching (watch ops answer busy) and resyncs when it returns;
 pressure "moderate" halves the cache, "high"/"critical" clears it.
 
-Config: roots [], watch [] (static watches: path or {path, recursive, exclude}), settle_ms 20,
+Config: roots [], watch [] (static watches: path or {path, recursive, exclude}; one that
+cannot be placed as the actor starts, a path its symbolic links lead out of the roots, is
+logged and listed in sys.info's `unplaced`, and the rest served), settle_ms 20,
 buffer_max 65536, journal_max 50000, chunk 1000, cache_max_bytes 64 MiB, cache_max_file_bytes
 4 MiB, max_read_bytes 16 MiB, list_max 50000 (entries returned), list_max_scanned 1000000
 (entries looked at), list_loop_entries 2000 (looked at on the loop; the rest of a walk runs
@@ -162,6 +164,7 @@ class WatcherActor(Actor):
         sys.setswitchinterval(float(c.get("switch_interval_s", 0.001)))
         self.fallback = c.get("fallback")
         self.roots = Roots(c.get("roots", []))
+        self.unplaced: list[dict[str, str]] = []  # configured watches this start could not place
         self.fcache = FileCache(int(c.get("cache_max_bytes", 64 << 20)),
                                 int(c.get("cache_max_file_bytes", 4 << 20)))
         # Syscalls that may block go to worker threads (moorage.actors.watcher.workers):
@@ -219,13 +222,19 @@ class WatcherActor(Actor):
             self.watches.load(saved_watches)
         for spec in self.config.get("watch", []):
             spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-            absolute = self.roots.absolute(spec["path"])
             exclude = tuple(spec.get("exclude", ()))
             recursive = bool(spec.get("recursive", True))
-            if self.roots.on_slow(absolute):  # resolved where a stalled mount may wait
-                self._watch_once_resolved(absolute, recursive, exclude)
+            try:
+                absolute = self.roots.absolute(spec.get("path"))  # type: ignore[arg-type]
+                if self.roots.on_slow(absolute):  # resolved where a stalled mount may wait
+                    self._watch_once_resolved(absolute, recursive, exclude)
+                    continue
+                real = self.roots.resolve(absolute)
+            except MoorageError as exc:
+                # (`moorage up` refuses such a path; a symbolic link on the way may lead out
+                # of the roots since: the rest is served, and sys.info says what was not)
+                self._not_placed(spec.get("path"), exc)
                 continue
-            real = self.roots.resolve(absolute)
             if self.watches.find(real, recursive, exclude) is None:
                 self.watches.add(real, recursive, exclude)
         self.state.save_watches(self.watches.to_wire())
@@ -264,7 +273,7 @@ class WatcherActor(Actor):
         start does not wait for a stalled mount), then observed like a saved one."""
         def resolved(job: Job) -> None:
             if job.error is not None:
-                logger.error("watcher: configured watch {} not placed: {}", absolute, job.error)
+                self._not_placed(absolute, job.error)
                 return
             real = job.value
             if self.watches.find(real, recursive, exclude) is not None:
@@ -277,9 +286,15 @@ class WatcherActor(Actor):
         try:
             job = self.remote.submit(lambda: self.roots.resolve(absolute), lambda real: real)
         except MoorageError as exc:  # busy: every remote worker waits on a stalled mount
-            logger.error("watcher: configured watch {} not placed: {}", absolute, exc)
+            self._not_placed(absolute, exc)
             return
         job.then(resolved)
+
+    def _not_placed(self, path: Any, error: BaseException) -> None:
+        """A configured watch this start could not place, said once in the log and kept for
+        sys.info (`unplaced`) until the next start."""
+        logger.error("watcher: configured watch {!r:.200} not placed: {}", path, error)
+        self.unplaced.append({"path": str(path)[:4096], "error": str(error)[:4096]})
 
     def on_stop(self) -> None:
         if self.pipeline.ahead is not None:
@@ -422,7 +437,7 @@ class WatcherActor(Actor):
         }
 
     def info(self) -> dict[str, Any]:
-        return {"mode": self._mode(), "watches": len(self.watches),
+        return {"mode": self._mode(), "watches": len(self.watches), "unplaced": self.unplaced,
                 "clock": self.journal.clock().to_wire(),
                 "walk_core": snapshot.WALK_CORE,  # the tree walk: compiled or Python
                 "file_core": FILE_CORE,  # the file service's read and write: the same
