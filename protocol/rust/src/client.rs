@@ -691,15 +691,25 @@ impl Subscription {
     /// events, if any, come from `next` (section 12, "Tail loss").
     pub fn catch_up(&mut self) {
         for n in self.tracker.catch_up() {
-            self.replay(n.topic, n.from_seq);
+            self.replay(n.topic, n.from_seq, None);
         }
     }
 
-    fn replay(&mut self, topic: String, from: u64) {
+    /// The time of one replay page asked for by a `next()` that must return by `end` (None:
+    /// no bound, the client's timeout): what is left of it, never more than a call's timeout,
+    /// and at least one attempt's, so that a caller polling with a zero timeout still gets a
+    /// gap repaired rather than reported lost.
+    fn replay_timeout(&self, end: Option<Instant>) -> Option<f64> {
+        let opts = &self.replayer.options;
+        end.map(|e| opts.timeout.min(opts.attempt_timeout.max(e.saturating_duration_since(Instant::now()).as_secs_f64())))
+    }
+
+    fn replay(&mut self, topic: String, from: u64, end: Option<Instant>) {
         let mut need = Some((topic, from));
         while let Some((topic, from)) = need.take() {
             let args = crate::args([("topic", Value::from(topic.as_str())), ("from_seq", Value::from(from))]);
-            match self.replayer.request(&self.actor, "replay", args, CallOptions::default()) {
+            let opts = CallOptions { timeout: self.replay_timeout(end), ..CallOptions::default() };
+            match self.replayer.request(&self.actor, "replay", args, opts) {
                 Ok(r) => {
                     let (events, more) = self.tracker.on_replay(&topic, &r.body, &r.attachments);
                     self.ready.extend(events);
@@ -734,7 +744,7 @@ impl Subscription {
             let (events, need) = self.tracker.on_message(msg);
             self.ready.extend(events);
             if let Some(n) = need {
-                self.replay(n.topic, n.from_seq);
+                self.replay(n.topic, n.from_seq, end);
             }
         }
         Ok(self.ready.pop_front())

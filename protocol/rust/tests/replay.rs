@@ -192,3 +192,34 @@ fn a_gap_after_a_failed_replay_gets_its_one_honest_empty_answer_again() {
     let (events, need) = t.on_replay("t", &answer(&[], None, false), &[]);
     assert_eq!(need, Some(NeedReplay { topic: "t".into(), from_seq: 5 }), "{events:?}");
 }
+
+#[test]
+fn a_replay_nobody_answers_takes_what_is_left_of_next_not_a_whole_call() {
+    // The client's calls may take a minute; a `next()` of a second that meets a gap gives the
+    // replay what is left of its second (at least one attempt), then reports the gap lost.
+    let dir = scratch("unanswered");
+    let fake = Fake::start(&dir, 0, || unreachable!("no replay is answered"));
+    let mut c = Client::new(Options {
+        runtime_dir: Some(dir.clone()), learn_ops: false, timeout: 60.0, attempt_timeout: 0.5,
+        ..Options::default()
+    }).unwrap();
+    let mut sub = c.subscribe("alpha", &["t"], SubscribeOptions::default()).unwrap();
+    assert_eq!(fake.publisher.recv_bytes(0).expect("no subscription came"), b"\x01t");
+    fake.publish(1);
+    assert_eq!(sub.next(Some(PATIENCE)).unwrap(), Some(StreamEvent::Message(message(1))));
+    fake.publish(3);
+    let asked = std::time::Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match sub.next(Some(Duration::from_secs(1))).unwrap() {
+            Some(ev) => got.push(ev),
+            None => assert!(asked.elapsed() < PATIENCE, "nothing came for message 3"),
+        }
+    }
+    // (one page's wait, not the call's 60 s: PATIENCE is a third of it)
+    assert!(asked.elapsed() < PATIENCE, "{:?}", asked.elapsed());
+    assert_eq!(got, vec![loss(2, 2), StreamEvent::Message(message(3))]);
+    let replays = fake.replays(); // (an attempt or two, within the second: each asks for 2)
+    assert!(!replays.is_empty() && replays.iter().all(|&seq| seq == 2), "{replays:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
