@@ -10,8 +10,8 @@ Max, Length, AbsolutePath or FileName refuses what the actor would refuse as it 
 would break it later: a zero interval it would spin on, a silent clamp to another value), with
 the same bounds, written here (the root does not import the actors to check a document; a test,
 tests/test_config_bounds.py, holds each bound to the actor's own reading of it). A table's
-rule across its keys (RULES: metrics' window over its buckets, the watcher's watches within
-its roots) is checked once its keys are, on an actor's settings whole.
+rule across its keys (RULES: metrics' window over its buckets, the watcher's relative watches
+taken from its roots) is checked once its keys are, on an actor's settings whole.
 `Annotated[str, ChildRef(...)]`
 names another child of the tree: checked against the tree (`check_document`), so a terminal
 whose keeper is misspelt is refused before it starts rather than failing every request. The
@@ -30,7 +30,6 @@ MAX_PACKED_BYTES.
 from __future__ import annotations
 
 import math
-import os
 import types
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints
@@ -144,32 +143,24 @@ class PathText(Bound):
 
 
 @dataclass(frozen=True)
-class WithinRoots:
+class RelativeTo:
     """A rule across two keys of a table: each path of `key` (a string, or a table's `path`)
-    lies within one of `roots` as the actor resolves it as it starts: a relative one against
-    the first root (none: refused), each through its symbolic links as the disk has them now.
-    Without roots, any absolute path is taken."""
+    that is relative is taken from the first of `roots`, so it needs one. Where a path leads
+    is not looked at here: resolving it may wait on a stalled mount, and its symbolic links
+    may change before the actor starts (the watcher reports a watch it cannot place)."""
 
     key: str
     roots: str
 
     def check(self, table: dict[str, Any], where: str) -> None:
-        roots = [os.path.realpath(r) for r in table.get(self.roots) or ()]
         for i, entry in enumerate(table.get(self.key) or ()):
             at = f"{where}.{self.key}[{i}]"
             if isinstance(entry, dict) and "path" not in entry:
                 raise ConfigError(f"{at}: has no path")
             path = entry["path"] if isinstance(entry, dict) else entry
-            if not path.startswith("/"):
-                if not roots:
-                    raise ConfigError(f"{at}: {path!r:.200} is relative, and there are no "
-                                      f"{self.roots} to take it from")
-                path = os.path.join(table[self.roots][0], path)
-            real = os.path.realpath(path)
-            if roots and not any(real == r or real.startswith(r.rstrip("/") + "/")
-                                 for r in roots):
-                raise ConfigError(f"{at}: {path!r:.200} resolves to {real!r:.200}, outside "
-                                  f"the {self.roots} ({', '.join(roots)[:400]})")
+            if not path.startswith("/") and not table.get(self.roots):
+                raise ConfigError(f"{at}: {path!r:.200} is relative, and there are no "
+                                  f"{self.roots} to take it from")
 
 
 @dataclass(frozen=True)
@@ -418,8 +409,8 @@ class KeeperTable(RuntimeTable, total=False):
 
 
 # Rules across the keys of a table, checked once each key is (check_table).
-RULES: dict[type, tuple[Ratio | WithinRoots, ...]] = {
-    WatcherTable: (WithinRoots("watch", "roots"),),
+RULES: dict[type, tuple[Ratio | RelativeTo, ...]] = {
+    WatcherTable: (RelativeTo("watch", "roots"),),
     MetricsTable: (Ratio("window_s", "bucket_s", 1, METRICS_MAX_SPAN, defaults=(60, 1)),),
     TerminalTable: (Ratio("parse_lag_bytes", "parse_feed_bytes", 1, math.inf,
                           defaults=(4 << 20, 1 << 20)),),

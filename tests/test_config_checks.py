@@ -267,26 +267,21 @@ def test_an_actors_own_setting_it_would_refuse_is_refused_in_the_whole_document(
 
 
 def test_a_watch_the_watcher_could_not_place_as_it_starts_is_refused(tmp_path):
-    inside, outside = tmp_path / "ws", tmp_path / "elsewhere"
-    (inside / "src").mkdir(parents=True)
-    outside.mkdir()
-    (inside / "out").symlink_to(outside)
+    inside = tmp_path / "ws"
     says = {
         "watch = ['']": "actor.watcher.watch[0]: must be a path, got ''",
         'watch = [{ path = "a\\u0000b" }]': "actor.watcher.watch[0].path: must be a path",
         "watch = [{ recursive = false }]": "actor.watcher.watch[0]: has no path",
-        "watch = ['src']": "actor.watcher.watch[0]: 'src' is relative, and there are no roots",
-        f"roots = ['{inside}']\nwatch = ['src', '{outside}']":
-            f"actor.watcher.watch[1]: '{outside}' resolves to '{outside}', outside the roots",
-        f"roots = ['{inside}']\nwatch = [{{ path = 'out' }}]":
-            f"actor.watcher.watch[0]: '{inside}/out' resolves to '{outside}', outside",
+        "watch = ['/abs', 'src']": "actor.watcher.watch[1]: 'src' is relative, and there are "
+                                   "no roots",
     }
     for text, message in says.items():
         assert message in refused(tmp_path, f"[actor.watcher]\n{text}\n"), text
     # The rule reads the watcher's settings whole: its roots in [actor.watcher], a relative
-    # watch in its [[children]] entry's inline config.
+    # watch in its [[children]] entry's inline config. (Where a watch leads is the watcher's
+    # to find as it starts: test_watcher.py.)
     text = default_with('fallbacks = ["polling", "cache_only"]', 'fallbacks = ["polling", '
-                        f'"cache_only"]\nconfig = {{ watch = ["src", "{inside}"] }}')
+                        '"cache_only"]\nconfig = { watch = ["src", "/elsewhere"] }')
     text = text.replace("\nroots = []", f"\nroots = ['{inside}']", 1)
     assert load(tmp_path, text)["actor"]["watcher"]["roots"] == [str(inside)]
 
