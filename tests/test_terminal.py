@@ -518,15 +518,24 @@ def test_a_timed_out_commands_output_starts_where_a_sequence_or_a_line_does(term
     """The answer keeps the output's last characters, cleaned from its last 16 KiB: cut
     inside a long sequence (a sixel image), that sequence's bytes came out as text."""
     sid = term.create("bash")["session"]
-    sixel = "\\x1bPq" + "#0;2;0;0;0~~@@" * 3000 + "\\x1b\\\\"
-    # (the command outlives its timeout: that is what the test is about)
-    outlives = "time.sleep(30)"  # sleep-ok: the command's own, not a wait of the test's
+    sixel = "\\033Pq" + "#0;2;0;0;0~~@@" * 3000 + "\\033\\\\"
+    # (printed by the shell itself at once; the command outlives its timeout: that is what
+    # the test is about)
+    outlives = "sleep 30"  # sleep-ok: the command's own, not a wait of the test's
     err = expect_error("timeout", term.exec, sid,
-                       f"python3 -c \"import sys, time; sys.stdout.write('hello\\n{sixel}"
-                       f"waiting\\n'); sys.stdout.flush(); {outlives}\"",
-                       timeout_ms=1500)
+                       f"printf 'hello\\n{sixel}waiting\\n'; {outlives}", timeout_ms=5000)
     output = err.error.detail["output"]
     assert output.rstrip("\n").endswith("waiting") and "#0;2;0" not in output, output[:200]
+
+
+def test_a_timed_out_command_with_a_long_line_and_no_output_answers_no_output(term):
+    """Cut inside the shell's 633;E, which carries the command line (longer than the 16 KiB
+    kept), before any output: the line's text is not the command's output."""
+    sid = term.create("bash")["session"]
+    outlives = "sleep 30"  # sleep-ok: the command's own, not a wait of the test's
+    err = expect_error("timeout", term.exec, sid, f": {'x' * 20_000}; {outlives}",
+                       timeout_ms=5000)
+    assert err.error.detail["output"] == ""
 
 
 def test_exit_inside_a_session_ends_it_with_its_code(term):

@@ -756,9 +756,11 @@ class Session:
         first = ex.out_start or ex.sent_off
         begin = max(first, self.offset - TIMEOUT_TAIL)
         if begin > first:  # cut: start where a sequence or a line does, not inside one
+            # (or after a BEL, which ends an OSC: the shell's 633;E carries the command line,
+            # as long as the command, before any output of it)
             tail = self.scroll.get(begin, self.offset)
-            at = min((i for i in (tail.find(b"\x1b"), tail.find(b"\n") + 1) if i > 0),
-                     default=0)
+            at = min((i for i in (tail.find(b"\x1b"), tail.find(b"\n") + 1,
+                                  tail.find(b"\x07") + 1) if i > 0), default=0)
             begin += at
         so_far = self._text(begin, self.offset)
         self._fail(WireError.of("timeout", what, detail={
