@@ -341,6 +341,9 @@ def test_a_stalled_mount_holds_no_loop_of_the_watcher(make_tree, data, stalling_
         c.call("watcher", "fs.watch", {"path": str(mnt / "made")}, timeout=1)
     with pytest.raises(MoorageError):  # through the symlink: resolved there too
         c.call("watcher", "fs.read", {"path": str(local / "link" / "made")}, timeout=1)
+    for path in (mnt, local / "link"):  # a query's scope too
+        with pytest.raises(MoorageError):
+            c.call("watcher", "fs.query", {"path": str(path)}, timeout=1)
     stats = c.call("watcher", "fs.stats")
     assert stats["pipeline"]["unstatted"] >= 1 and stats["files"]["remote_ops"] >= 1
     assert stats["workers"]["remote"]["in_flight"] >= 3
@@ -351,6 +354,8 @@ def test_a_stalled_mount_holds_no_loop_of_the_watcher(make_tree, data, stalling_
     synced = c.call("watcher", "fs.sync", {"timeout_ms": 20_000}, timeout=30)
     assert synced["unsynced"] == []
     assert tree.child("watcher")["pid"] == pid
+    assert "made" in c.call("watcher", "fs.query", {"path": str(mnt), "fields": ["name"]},
+                            timeout=30)["files"]
     # the cookie of the sync that timed out was removed after its write: none is left
     wait_for(lambda: not [n for n in os.listdir(mnt) if n.startswith(".moorage-cookie-")],
              "no cookie left in the mount", timeout=30)

@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from moorage.actors.watcher.query import Filter, Query, glob_regex, page
+from moorage.actors.watcher.query import (
+    CHUNK,
+    CHUNK_BARE,
+    MAX_CURSORS_PER_CLIENT,
+    MAX_GLOB_CHARS,
+    Filter,
+    Query,
+    glob_regex,
+    page,
+)
 from moorage.actors.watcher.snapshot import make_stat
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
@@ -248,3 +257,67 @@ def test_a_page_looks_at_no_more_candidates_than_its_budget():
     assert (len(got), full, q.pos) == (30, False, 30)
     rest, full = page(q, entries, budget=1000, want=1000)
     assert full and q.done and len(got + rest) == 100
+
+
+def test_a_page_past_its_time_looks_at_one_chunk_more():
+    """A slice stops at SLICE_S on the loop whatever its budget: here its time is up before
+    it starts, and it still moves on by one chunk (described, or names only)."""
+    entries = {f"/r/f{i}": make_stat(0o100644, 1, i, 1, 1, 1) for i in range(40_000)}
+    for fields, glob, step in [(("name",), None, CHUNK_BARE), (("name", "size"), None, CHUNK),
+                               (("name",), "f*", CHUNK)]:
+        q = Query("/r", Filter.build(glob, None, None), fields, ["i", 0, 0], True,
+                  list(entries), 100_000)
+        got, full = page(q, entries, budget=100_000, want=100_000, until=0.0)
+        assert (len(got), full, q.pos) == (step, False, step), (fields, glob)
+
+
+def test_globs_past_their_length_are_refused_and_the_watcher_serves_on(watcher, data):
+    """Compiled on the loop: a glob of 400 KB took it for seconds, and every resend of the
+    query again. fs.list's glob too (its translation is quadratic in `[`)."""
+    c = watcher()
+    c.call("watcher", "fs.watch", {"path": str(data)})
+    for glob in ("x" * (MAX_GLOB_CHARS + 1), ["*.py"] * 4 + ["x" * (MAX_GLOB_CHARS - 15)]):
+        with pytest.raises(MoorageError) as e:
+            c.call("watcher", "fs.query", {"path": str(data), "glob": glob})
+        assert e.value.name == "bad_args" and "characters in all" in str(e.value)
+    assert c.call("watcher", "fs.query", {"path": str(data), "glob": "[" * MAX_GLOB_CHARS})
+    with pytest.raises(MoorageError) as e:
+        c.call("watcher", "fs.list", {"path": str(data), "glob": "[" * 8000})
+    assert e.value.name == "bad_args"
+    assert c.call("watcher", "sys.ping")
+
+
+def test_a_query_while_the_start_walks_the_tree_waits_for_the_whole_index(watcher, data):
+    """Its configured watch walked as the watcher starts: a query asked meanwhile answered
+    an index still empty (with a clock after which nothing changed, for good)."""
+    for d in range(20):
+        sub = data / f"d{d:02d}"
+        sub.mkdir()
+        for i in range(1000):
+            os.close(os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
+    c = watcher(watch=[str(data)])
+    files = everything(c, path=str(data), fields=["name"], max=100_000)
+    assert len(files) == 20_020
+
+
+def test_a_clients_cursor_is_not_ended_by_other_clients_queries(watcher, data, runtime_dir):
+    populate(data)
+    c = watcher()
+    c.call("watcher", "fs.watch", {"path": str(data)})
+    first = c.call("watcher", "fs.query", {"path": str(data), "fields": ["name"], "max": 1})
+    others = [Client(runtime_dir, timeout=10.0) for _ in range(MAX_CURSORS_PER_CLIENT + 4)]
+    try:
+        for o in others:  # (each a quick-open of its own, leaving a cursor)
+            assert o.call("watcher", "fs.query", {"path": str(data), "max": 1})["more"]
+    finally:
+        for o in others:
+            o.close()
+    rest = c.call("watcher", "fs.query", {"cursor": first["cursor"], "max": 100})
+    assert len(first["files"] + rest["files"]) == len(on_disk(data))
+    # One client's own are at most MAX_CURSORS_PER_CLIENT: its oldest goes.
+    mine = [c.call("watcher", "fs.query", {"path": str(data), "max": 1})["cursor"]
+            for _ in range(MAX_CURSORS_PER_CLIENT + 1)]
+    with pytest.raises(MoorageError) as e:
+        c.call("watcher", "fs.query", {"cursor": mine[0]})
+    assert e.value.name == "bad_args"
+    assert c.call("watcher", "fs.query", {"cursor": mine[-1]})["files"]

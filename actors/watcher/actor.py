@@ -29,6 +29,7 @@ in silence.
   fs.query    {path, glob?, suffix?, type?,    {files, clock,                 watch_not_found
                since? (clock), fields?,         fresh_instance, cursor,       bad_args
                max?=10000} or {cursor, max?}    more, scanned}                resource_exhausted
+                                                                              forbidden busy
   fs.sync     {timeout_ms?=10000}              {clock, roots, waited_ms,      timeout busy
                                                 unsynced}                     resource_exhausted
   fs.stats    {}                               {mode, cache, observer,

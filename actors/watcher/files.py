@@ -78,7 +78,7 @@ from moorage.actors.watcher.cache import (
     stat_key,
 )
 from moorage.actors.watcher.confine import Roots
-from moorage.actors.watcher.listing import Listing
+from moorage.actors.watcher.listing import MAX_GLOB_CHARS, Listing
 from moorage.actors.watcher.retry import Attempts, Pending, RetryPolicy, Schedule, os_error
 from moorage.actors.watcher.workers import Offload
 from moorage.protocol.envelope import Packed, packb
@@ -855,6 +855,9 @@ class FileService:
         """Entries under a directory (relative names), symlinks listed but not followed: the
         first `list_loop_entries` looked at here, the rest of a bigger walk on a worker
         (listing.py)."""
+        if glob is not None and len(glob) > MAX_GLOB_CHARS:
+            raise fail("bad_args", f"fs.list: a glob of at most {MAX_GLOB_CHARS} characters",
+                       detail={"max": MAX_GLOB_CHARS})
         absolute = self.roots.absolute(path)
         if self._on_slow_fs(absolute):
             def whole() -> dict[str, Any]:

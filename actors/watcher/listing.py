@@ -27,6 +27,9 @@ from moorage.actors.watcher.snapshot import all_sendable, wire_fields
 
 _TYPES = {0o100000: "file", 0o040000: "dir", 0o120000: "symlink"}
 _DIR = 0o040000
+# A glob's length, at most: fnmatch translates it on the loop, in time quadratic in its `[`s
+# (8,000 of them took seconds; 256 take a few ms).
+MAX_GLOB_CHARS = 256
 
 
 class Listing:

@@ -24,14 +24,19 @@ it has one: a page without pays nothing more.
 
 Bounded in time and size: the candidates (the index's paths under the scope, gathered from
 its per-directory sets at C speed, or the paths the journal names after `since`) are taken
-at once, then filtered SCAN_SLICE at a time (SCAN_SLICE_BARE when nothing but the name is
-asked of them: about 10 ms), one slice per loop turn, so a 100,000-file query never holds
-the loop for long. An answer carries at most `max` files (default 10,000, at most
-MAX_PAGE); when there are more it gives a `cursor`, and `fs.query {cursor}` continues where
-it stopped.
+at once, then filtered and described a slice at a time: at most SCAN_SLICE candidates
+(SCAN_SLICE_BARE when nothing but the name is asked of them) and SLICE_S of the loop, one
+slice of one query per loop turn, the queries under way taking turns; at most MAX_RUNNING
+are under way (another is answered `busy`, which clients retry), each holding its page.
+The globs of a query are at most MAX_GLOB_CHARS together (they are compiled on the loop).
+An answer carries at most `max` files (default 10,000, at most MAX_PAGE); when there are
+more it gives a `cursor`, and `fs.query {cursor}` continues where it stopped. A query asked
+while the watcher (re)starts its watches waits for that walk: the index is not whole before.
 Every page carries the clock the query started at: changes made while a client pages
-through arrive as events after it, or through `fs.since` from it. At most MAX_CURSORS
-cursors are open at a time (the oldest goes), each for CURSOR_TTL_S after its last page.
+through arrive as events after it, or through `fs.since` from it. At most
+MAX_CURSORS_PER_CLIENT cursors of one client (its session id) are open at a time, and
+MAX_CURSORS in all (past either, the oldest of them goes), each for CURSOR_TTL_S after its
+last page.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import itemgetter
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from moorage.actors.runtime import DEFERRED, Call, op
@@ -55,15 +62,21 @@ from moorage.actors.watcher.snapshot import (
     stat_fields,
     wire_items,
 )
-from moorage.protocol.errors import fail
+from moorage.protocol.errors import MoorageError, fail
 
 if TYPE_CHECKING:
     from moorage.actors.watcher.driving import WatcherHost
 
 SCAN_SLICE = 20_000  # candidates looked at per loop turn (filters: about 1 us each)
-SCAN_SLICE_BARE = 100_000  # the same with nothing but the scope to check (about 0.1 us each)
+SCAN_SLICE_BARE = 100_000  # the same with nothing but the name asked (about 0.1 us each)
+SLICE_S = 0.01  # and no longer than this on the loop (looked at between chunks)
+CHUNK = 1024  # candidates between two looks at the clock (described: ~3 us each)
+CHUNK_BARE = 16_384  # the same for names only
 MAX_PAGE = 100_000  # names of a 100,000-file tree in one answer: about 2 MB
-MAX_CURSORS = 16
+MAX_RUNNING = 4  # queries under way at once (a described page of 100,000 files: ~30 MB)
+MAX_GLOB_CHARS = 1024  # a query's globs together: compiled on the loop in ~10 ms at most
+MAX_CURSORS = 64
+MAX_CURSORS_PER_CLIENT = 16
 CURSOR_TTL_S = 60.0
 FIELDS = ("name", "exists", "type", "size", "mtime_ns", "ino")
 DEFAULT_FIELDS = ("name", "exists", "type", "size", "mtime_ns")
@@ -151,6 +164,9 @@ def _names(v: str | list | None, what: str) -> tuple[str, ...]:
     if not items or len(items) > 64 or not all(isinstance(x, str) and x for x in items):
         raise fail("bad_args", f"fs.query: {what} must be a non-empty string or a list of "
                    "at most 64 of them")
+    if sum(map(len, items)) > MAX_GLOB_CHARS:
+        raise fail("bad_args", f"fs.query: {what}: at most {MAX_GLOB_CHARS} characters in "
+                   "all", detail={"max": MAX_GLOB_CHARS})
     return tuple(items)
 
 
@@ -190,6 +206,7 @@ class Query:
     candidates: list[str]
     max: int
     inside: bool = False  # every candidate is under `root` (taken from the index's subtree)
+    sid: str = ""  # the client's, whose cursors it counts among
     pos: int = 0
     scanned: int = 0
     touched: float = field(default_factory=time.monotonic)
@@ -199,9 +216,11 @@ class Query:
         return self.pos >= len(self.candidates)
 
 
-def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bool]:
-    """Up to `want` more files, looking at no more than `budget` candidates; returns them
-    and whether the page is complete (full, or no candidates left)."""
+def page(q: Query, entries: dict, budget: int, want: int,
+         until: float = float("inf")) -> tuple[list[Any], bool]:
+    """Up to `want` more files, looking at no more than `budget` candidates and past `until`
+    (perf_counter) at no more than a chunk; returns them and whether the page is complete
+    (full, or no candidates left)."""
     prefix = q.root.rstrip("/") + "/"
     cut = len(prefix)
     f = q.filter
@@ -219,8 +238,11 @@ def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bo
         # test and the cut are C calls over the chunk, not a bytecode loop (a 100,000-file
         # page is most of a full query's time).
         rel = itemgetter(slice(cut, None))
+        step = CHUNK_BARE if names_only else CHUNK
         while i < stop and len(out) < want:
-            end = min(stop, i + want - len(out))
+            if i > q.pos and perf_counter() > until:
+                break
+            end = min(stop, i + want - len(out), i + step)
             chunk = cands[i:end]
             i = end
             inside = chunk if q.inside else compress(
@@ -230,7 +252,12 @@ def page(q: Query, entries: dict, budget: int, want: int) -> tuple[list[Any], bo
             else:
                 out += [_describe(p[cut:], entries.get(p), fields) for p in inside]
     else:
+        look = i + CHUNK
         while i < stop:
+            if i >= look:
+                if perf_counter() > until:
+                    break
+                look = i + CHUNK
             path = cands[i]
             i += 1
             if not path.startswith(prefix):
@@ -284,9 +311,13 @@ class QueryOps:
     def __init__(self, w: WatcherHost) -> None:
         self.w = w
         self.cursors: dict[str, Query] = {}
+        # queries under way past their first slice, taking turns a slice a loop turn
+        self.running: deque[tuple[Call, Query, list[Any]]] = deque()
+        self._turn_due = False
         self.queries = 0
         self.pages = 0
         self.expired = 0
+        self.busy = 0  # queries refused while MAX_RUNNING were under way
         self.undecodable = 0  # names answered with their bytes beside them (wire_items)
 
     @op("fs.query", args={"path": (str, None), "glob": ((str, list), None),
@@ -296,7 +327,7 @@ class QueryOps:
         idempotent=True, timeout_ms=30_000, checked=False,
         result={"files": list[OneOf(str, FILE)], "clock": tuple[str, int, int],
                 "fresh_instance": bool, "cursor": str | None, "more": bool, "scanned": int},
-        errors=("watch_not_found", "resource_exhausted"))
+        errors=("watch_not_found", "resource_exhausted", "forbidden", "busy"))
     def _op_query(self, call: Call, path: str | None, glob: str | list | None,
                   suffix: str | list | None, type: str | list | None, since: list | None,
                   fields: list | None, max: int, cursor: str | None) -> Any:
@@ -304,6 +335,10 @@ class QueryOps:
         self._expire()
         if not 1 <= max <= MAX_PAGE:
             raise fail("bad_args", f"fs.query: max must be in [1, {MAX_PAGE}]")
+        if len(self.running) >= MAX_RUNNING:
+            self.busy += 1
+            raise fail("busy", f"fs.query: {MAX_RUNNING} queries are under way; retry",
+                       detail={"running": len(self.running)})
         if cursor is not None:
             if any(v is not None for v in (path, glob, suffix, type, since, fields)):
                 raise fail("bad_args", "fs.query: a cursor continues a query; give it alone "
@@ -313,60 +348,117 @@ class QueryOps:
                 raise fail("bad_args", "fs.query: unknown or expired cursor; query again",
                            detail={"cursor": cursor})
             q.max = max
-        else:
-            if path is None:
-                raise fail("bad_args", "fs.query: give `path` (a watched directory) or a "
-                           "`cursor`")
-            q = self._start(path, Filter.build(glob, suffix, type), fields, since, max)
-        return self._run(call, q, [], first=True)
-
-    def _start(self, path: str, filt: Filter, fields: list | None, since: list | None,
-               max: int) -> Query:
+            return self._run(call, q, [], first=True)
+        if path is None:
+            raise fail("bad_args", "fs.query: give `path` (a watched directory) or a "
+                       "`cursor`")
+        filt = Filter.build(glob, suffix, type)
+        chosen = tuple(fields) if fields else DEFAULT_FIELDS
+        if not all(isinstance(f, str) and f in FIELDS for f in chosen):
+            raise fail("bad_args", f"fs.query: fields must be among {FIELDS}")
+        clock = Clock.from_wire(since) if since is not None else None
         w = self.w
         if w.obs is None:
             raise fail("resource_exhausted", "watching is off: the watcher runs in its "
                        "cache_only fallback", detail={"fallback": "cache_only"})
-        real = w.roots.resolve_fast(path)
+        absolute = w.roots.absolute(path)
+
+        def begin(real: str) -> Any:
+            q = self._start(path, real, filt, chosen, clock, max)
+            q.sid = call.sid
+            return self._run(call, q, [], first=True)
+
+        def resolve() -> Any:
+            if w.roots.on_slow(absolute):  # resolved where a stalled mount may wait
+                w.remote.submit(lambda: w.roots.resolve(absolute), lambda real: real).then(
+                    lambda job: settle(lambda: begin(job.result())))
+                return DEFERRED
+            return begin(w.roots.resolve_fast(path))
+
+        def settle(step: Callable[[], Any]) -> None:
+            if call.answered:  # (its deadline passed meanwhile: the runtime answered it)
+                return
+            try:
+                got = step()
+            except MoorageError as exc:
+                call.fail(exc)
+                return
+            if got is not DEFERRED:
+                call.reply(got)
+
+        if w.driving.recreating or w.driving.polling_placements:
+            # the watches are being placed anew and walked: the index is whole after that
+            w.driving.after_resync(lambda: settle(resolve))
+            return DEFERRED
+        return resolve()
+
+    def _start(self, path: str, real: str, filt: Filter, chosen: tuple[str, ...],
+               since: Clock | None, max: int) -> Query:
+        w = self.w
         below = real.rstrip("/") + "/"
         if not any(x.path == real or x.covers(real) or x.path.startswith(below)
                    for x in w.watches):
             raise fail("watch_not_found", f"fs.query: no watch covers {path}; fs.watch it "
                        "first", detail={"path": path})
-        chosen = tuple(fields) if fields else DEFAULT_FIELDS
-        if not all(isinstance(f, str) and f in FIELDS for f in chosen):
-            raise fail("bad_args", f"fs.query: fields must be among {FIELDS}")
         journal = w.journal
         now = journal.clock().to_wire()
-        fresh = True
-        if since is not None:
-            clock = Clock.from_wire(since)
-            fresh = clock.instance != journal.instance or clock.seq > journal.seq \
-                or clock.seq < journal.first_seq - 1
+        fresh = since is None or since.instance != journal.instance or \
+            since.seq > journal.seq or since.seq < journal.first_seq - 1
         self.queries += 1
         if fresh:
             return Query(real, filt, chosen, now, True, w.index.below(real), max, inside=True)
-        return Query(real, filt, chosen, now, False, journal.paths_since(clock.seq), max)
+        assert since is not None
+        return Query(real, filt, chosen, now, False, journal.paths_since(since.seq), max)
+
+    def _slice(self, q: Query, got: list[Any]) -> bool:
+        """One slice of `q`'s page into `got`; whether the page is complete."""
+        f = q.filter
+        names_only = q.fields == ("name",)
+        budget = SCAN_SLICE if (f.match or f.suffixes or f.types or not names_only) \
+            else SCAN_SLICE_BARE
+        more, full = page(q, self.w.index.entries, budget, q.max - len(got),
+                          perf_counter() + SLICE_S)
+        got.extend(more)
+        return full
 
     def _run(self, call: Call, q: Query, got: list[Any], first: bool) -> Any:
-        """One slice of a page; the rest of it on later loop turns (the reply deferred)."""
-        f = q.filter
-        budget = SCAN_SLICE if (f.match or f.suffixes or f.types) else SCAN_SLICE_BARE
-        more, full = page(q, self.w.index.entries, budget, q.max - len(got))
-        got.extend(more)
-        if not full:
-            self.w.loop.call_later(0, lambda: self._run(call, q, got, first=False))
-            return DEFERRED if first else None
-        answer = self._answer(q, got)
-        if first:
-            return answer
-        call.reply(answer)
-        return None
+        """The page's first slice now; the rest of it on later loop turns, in turn with the
+        other queries under way (the reply deferred)."""
+        if not self._slice(q, got):
+            self.running.append((call, q, got))
+            self._turn_later()
+            return DEFERRED
+        return self._answer(q, got)
+
+    def _turn_later(self) -> None:
+        if not self._turn_due:
+            self._turn_due = True
+            self.w.loop.call_later(0, self._turn)
+
+    def _turn(self) -> None:
+        """One slice of the query whose turn it is."""
+        self._turn_due = False
+        if not self.running:
+            return
+        call, q, got = self.running.popleft()
+        if call.answered:  # (its deadline passed: the runtime answered it)
+            pass
+        elif self._slice(q, got):
+            call.reply(self._answer(q, got))
+        else:
+            self.running.append((call, q, got))
+        if self.running:
+            self._turn_later()
 
     def _answer(self, q: Query, files: list[Any]) -> dict[str, Any]:
         self.pages += 1
         self.undecodable += wire_items(files, "name")
         cursor = None
         if not q.done:
+            mine = [c for c, o in self.cursors.items() if o.sid == q.sid]
+            for c in mine[:max(0, len(mine) - MAX_CURSORS_PER_CLIENT + 1)]:
+                del self.cursors[c]  # (the client's oldest: another's are not its to end)
+                self.expired += 1
             while len(self.cursors) >= MAX_CURSORS:
                 self.cursors.pop(next(iter(self.cursors)))
                 self.expired += 1
@@ -384,5 +476,6 @@ class QueryOps:
 
     def stats(self) -> dict[str, Any]:
         return {"queries": self.queries, "pages": self.pages, "open_cursors": len(self.cursors),
-                "expired_cursors": self.expired, "undecodable_names": self.undecodable}
+                "expired_cursors": self.expired, "undecodable_names": self.undecodable,
+                "running": len(self.running), "busy": self.busy}
 
