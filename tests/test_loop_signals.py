@@ -46,3 +46,20 @@ def test_a_handler_that_interrupts_a_wake_up_half_sent_returns_and_its_call_runs
     finally:
         signal.signal(signal.SIGUSR1, old)
 
+
+
+def test_a_signal_handled_while_the_context_is_destroyed_is_not_an_error() -> None:
+    """A second ^C (the terminal signals the whole group) can land while the actor's
+    context closes its sockets, the loop done: the wake-up it sends has no socket left, and
+    the process went on to exit 1 with a traceback."""
+    ctx = zmq.Context()
+    loop = Loop()
+    rpc = ctx.socket(zmq.ROUTER)
+    loop.set_primary(rpc, lambda batch: None, ctx, 8)
+    ctx.destroy(linger=0)  # (every socket of it closed, the wake-up's too)
+    ran: list[str] = []
+    try:
+        loop.call_soon_from_signal(lambda: ran.append("stop"))
+        assert ran == []  # queued for a loop that will not run again; nothing raised
+    finally:
+        loop.close()

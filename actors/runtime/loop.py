@@ -317,6 +317,10 @@ class Loop:
                 send_frames(sock, _WAKE_FRAMES, NOBLOCK)
             except zmq.Again:
                 pass  # wake-ups are queued already; the loop will run `fn` with them
+            except zmq.ZMQError:
+                # The context is being destroyed under us: a signal (a second ^C) handled
+                # while the process closes its sockets, its loop done. Nothing to wake.
+                pass
             finally:
                 self.wake_lock.release()
             return
