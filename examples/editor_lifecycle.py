@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,12 +101,25 @@ def tree_processes(instance: str) -> list[psutil.Process]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--instance", default=f"editor-demo-{os.getpid()}")
+    ap.add_argument("--instance", help="a named instance (default: one of this run's own, "
+                    "its runtime and state directories removed at the end)")
     ap.add_argument("--grace", type=float, default=30.0, help="[lifecycle] grace_s")
     ap.add_argument("--no-adopter", action="store_true")
     ap.add_argument("--role", choices=["first", "second"], help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.role is None and a.instance is None:
+        a.instance = f"editor-demo-{os.getpid()}"
+        try:
+            return demo(a)
+        finally:
+            for d in (endpoints.runtime_dir(a.instance), endpoints.state_dir(
+                    endpoints.runtime_dir(a.instance), a.instance)):
+                shutil.rmtree(d, ignore_errors=True)
+    return demo(a)
+
+
+def demo(a: argparse.Namespace) -> int:
     rdir = endpoints.runtime_dir(a.instance)
     if a.role == "first":
         first_editor(a.instance, a.config)

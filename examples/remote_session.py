@@ -56,6 +56,9 @@ def main() -> None:
                     e.get("path") == path for e in ev.body.get("events", [])):
                 print(f"fs.event for {path} (watch {watch['watch']} via {watch['via']})")
                 break
+        # (what the demo made goes with it: the file, by the shell there; the watch)
+        c.call("terminal", "term.exec", {"session": session, "command": f"rm -f '{path}'"})
+        c.call("watcher", "fs.unwatch", {"watch": watch["watch"]})
         c.call("terminal", "term.close", {"session": session})
 
 

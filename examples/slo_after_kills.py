@@ -48,7 +48,8 @@ def prompt_session(c: Client) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--instance", default="default")
+    ap.add_argument("--instance", help="a named instance (default: the one "
+                    "$MOORAGE_RUNTIME_DIR names, else the default instance)")
     args = ap.parse_args()
     with Client(instance=args.instance, timeout=30) as c:
         sid = c.call("terminal", "term.create", {"shell": "bash"})["session"]

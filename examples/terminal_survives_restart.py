@@ -70,7 +70,8 @@ def session(c: Client, sid: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--instance", default="default")
+    ap.add_argument("--instance", help="a named instance (default: the one "
+                    "$MOORAGE_RUNTIME_DIR names, else the default instance)")
     args = ap.parse_args()
     with Client(instance=args.instance, timeout=30) as c:
         s = c.call("terminal", "term.create", {"shell": "bash", "cols": 80, "rows": 24})

@@ -31,7 +31,10 @@ async function adoptOrStart(client) {
     return null;
   }
   const bin = process.env.MOORAGE_BIN ?? "moorage";
-  const child = spawn(bin, ["--instance-dir", dir, "up"], { stdio: "ignore" });
+  // --parent: the tree follows this process (gone, it is orphaned for its grace, then
+  // stops), as an editor's must
+  const child = spawn(bin, ["--instance-dir", dir, "up", "--parent", String(process.pid)],
+    { stdio: "ignore" });
   console.log(`started the tree in ${dir} (pid ${child.pid})`);
   for (const actor of ["supervisor", "watcher", "terminal"]) {
     for (;;) {

@@ -35,7 +35,10 @@ fn adopt_or_start(c: &mut Client) -> Result<Option<Child>> {
         return Ok(None);
     }
     let bin = std::env::var("MOORAGE_BIN").unwrap_or_else(|_| "moorage".into());
+    // --parent: the tree follows this process (gone, it is orphaned for its grace, then
+    // stops), as an editor's must
     let mut child = Command::new(bin).arg("--instance-dir").arg(&c.runtime_dir).arg("up")
+        .arg("--parent").arg(std::process::id().to_string())
         .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     println!("started the tree in {} (pid {})", c.runtime_dir.display(), child.id());
     for actor in ["supervisor", "watcher", "terminal"] {
