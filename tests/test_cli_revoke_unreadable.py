@@ -44,3 +44,12 @@ def test_revoke_still_refuses_a_directory_open_to_others(tmp_path):
     out = keys_cli(server_dir, "revoke", "editor")
     assert out.returncode == 2 and "open to group or others" in out.stderr, out
     assert (allowed / "editor.key").exists()
+
+
+def test_revoking_a_key_that_is_not_allowed_is_bad_input(tmp_path):
+    """Exit 2, as every command's input that names nothing there (the exit code table)."""
+    server_dir, _, _ = make_keys(tmp_path)
+    out = keys_cli(server_dir, "revoke", "nobody")
+    assert out.returncode == 2 and "no allowed key is named or equal to 'nobody'" in \
+        out.stderr, out
+    assert (server_dir / curve.ALLOWED / "editor.key").exists()

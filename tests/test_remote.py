@@ -110,7 +110,7 @@ def test_keys_init_allow_revoke_and_list_keep_every_file_private(tmp_path: Path)
     out = keys_cli(server_dir, "revoke", "editor")
     assert out.returncode == 0, out.stderr
     assert json.loads(keys_cli(server_dir, "list", "--json").stdout)["allowed"] == {}
-    assert keys_cli(server_dir, "revoke", "editor").returncode == 1
+    assert keys_cli(server_dir, "revoke", "editor").returncode == 2  # (none there: bad input)
 
 
 def test_keys_allow_and_revoke_in_a_keys_dir_open_to_others_say_so(tmp_path: Path) -> None:

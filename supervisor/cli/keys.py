@@ -23,7 +23,7 @@ from typing import Any
 from zmq.utils import z85
 
 from moorage.protocol import curve, endpoints
-from moorage.supervisor.cli.common import EXIT_ERROR, EXIT_OK, CliError, keys_dir
+from moorage.supervisor.cli.common import EXIT_OK, EXIT_USAGE, CliError, keys_dir
 
 
 def _dir() -> Any:
@@ -107,9 +107,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         print(f"removed {path}")
     for problem in unread:  # (its key unknown: it may be the one revoked)
         print(f"moorage: not compared, could not be read: {problem}", file=sys.stderr)
-    if not gone:
+    if not gone:  # (the caller's: a name, or a key, that is not there, as `not_found`)
         print(f"moorage: no allowed key is named or equal to {target!r}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE
     print(f"revoked {', '.join(gone)}")
     return EXIT_OK
 
