@@ -271,3 +271,22 @@ def test_top_stays_readable_in_80x24_and_uses_200x50(make_tree, screen, size):
         assert "FALLBACK" in text and "CLIENT P99" in text
     screen.tmux("send-keys", "-t", "top", "q")
     assert screen.wait_exit() == 0
+
+
+def test_rows_of_dropped_columns_only_are_not_printed_as_blank_lines():
+    """An op with two clients is two rows, the second with its CLIENT cells only: where the
+    CLIENT columns do not fit (a narrow screen), that row printed as a blank line, and took
+    one of the screen's few."""
+    from rich.console import Console
+
+    from moorage.supervisor.cli.top_view import OPS_COLS, table
+
+    rows = [["watcher", "fs.read", "9.0", "0.0%", "24", "427", "editor", "30", "500"],
+            ["", "", "", "", "", "", "cli", "40", "600"],
+            ["metrics", "metrics.query", "0.1", "0.0%", "687", "851", "-", "-", "-"]]
+    for width, rows_shown in ((60, 2), (200, 3)):  # (60: no CLIENT column fits)
+        with open(os.devnull, "w") as null:
+            console = Console(width=width, record=True, file=null)
+            console.print(table("ops", OPS_COLS, rows, width))
+        lines = console.export_text().splitlines()[3:]  # (below the title and the header)
+        assert len(lines) == rows_shown and all(ln.strip() for ln in lines), lines

@@ -110,7 +110,9 @@ def table(title: str, cols: list[Col], rows: list[list[Cell]], width: int | None
     for i in keep:
         t.add_column(cols[i].name, no_wrap=True, justify="right" if cols[i].right else "left")
     for r in rows:
-        t.add_row(*(r[i] for i in keep))
+        cells = [r[i] for i in keep]
+        if any(str(c) for c in cells):  # (a row of dropped columns only, a second client's
+            t.add_row(*cells)           # of an op without its CLIENT columns: not a blank)
     return t
 
 
