@@ -232,6 +232,8 @@ def test_a_query_of_the_cache_only_fallback_says_watching_is_off(watcher, data):
     ("a**b", ["ab", "axxb"], ["a/b", "a/x/b"]),  # (within a component, ** is *)
     ("[!]a].c", ["b.c"], ["].c", "a.c", "/.c"]),
     ("*a*b*c", ["abc", "xaybzc", "aabbcc"], ["acb", "a/b/c", "abcx"]),
+    ("a\\*b\\[c].\\?", ["a*b[c].?"], ["axb[c].?", "a*bc.?", "a*b[c].x"]),  # escapes
+    ("a[.-0]b", ["a.b", "a0b"], ["a/b"]),  # (a range across `/` never matches it)
 ])
 def test_globs_keep_star_within_a_component_and_double_star_across(glob, yes, no):
     rx = re.compile(glob_regex(glob))

@@ -134,6 +134,9 @@ def _component_regex(glob: str) -> str:
         if c == "?":
             runs[-1] += "[^/]"
             i += 1
+        elif c == "\\" and i + 1 < n:  # the next character as itself (`\*`, `\[`)
+            runs[-1] += re.escape(glob[i + 1])
+            i += 2
         elif c == "[":
             j = i + 1 + (glob[i + 1:i + 2] in ("!", "^"))
             j = glob.find("]", j + (glob[j:j + 1] == "]"))  # (a `]` first is in the class)
@@ -142,8 +145,8 @@ def _component_regex(glob: str) -> str:
                 i += 1
                 continue
             body = glob[i + 1:j].replace("\\", "\\\\")
-            # (negated, it must not match the separator either)
-            runs[-1] += f"[^{body[1:]}/]" if body[0] in "!^" else f"[{body}]"
+            # (never the separator: negated, or a range across it, as `[.-0]`)
+            runs[-1] += f"[^{body[1:]}/]" if body[0] in "!^" else f"(?!/)[{body}]"
             i = j + 1
         else:
             runs[-1] += re.escape(c)
