@@ -506,8 +506,10 @@ def test_a_spare_its_zygote_reaped_is_not_taken_for_a_live_one(make_tree):
 def test_a_stop_while_a_spawn_is_unanswered_still_ends_the_tree(make_tree):
     """A child asked of a stopped zygote has no process to signal: its stop waits for the
     fork, which never comes. After start_timeout_ms the zygote is replaced, there is nothing
-    to stop, and the tree ends, leaving nothing behind."""
-    tree = make_tree(ONE_SHED).start()
+    to stop, and the tree ends, leaving nothing behind. (start_timeout_ms 10 s: its whole
+    wait, and still far above a child's start on a loaded machine.)"""
+    tree = make_tree(ONE_SHED.replace("start_timeout_ms = 60000", "start_timeout_ms = 10000"))
+    tree.start()
     assert tree.call("supervisor", "sup.shed", {"on": True})["shed"] == ["b"]
     wait_for(lambda: tree.child("b")["state"] == "shed", "b shed")
     procs = [psutil.Process(tree.pid), *descendants(tree.pid)]
