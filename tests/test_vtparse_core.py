@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moorage.actors.vtparse import Event, Parser
+from moorage.actors.vtparse._machine import MEMO_BYTES
 from moorage.actors.vtparse._scan import CORE, SCANNERS, scan_python
 from perf.p5_parser import chunks_of, shell_corpus
 from tests.interpreter import printed
@@ -123,6 +124,10 @@ def test_the_memo_stays_bounded_whatever_the_payloads() -> None:
     parser.feed(b"\x1b]633;E;" + b"x" * 10_000 + b";N\x07")
     assert 0 < len(parser._memo) <= 256
     assert max(map(len, parser._memo)) <= 256
+    # payloads of the most it remembers, each new: bounded by their bytes too
+    for k in range(2000):
+        parser.feed(b"\x1b]633;E;%s;N\x07" % (b"%05d" % k * 48))
+    assert 0 < sum(map(len, parser._memo)) <= MEMO_BYTES
 
 
 @pytest.mark.parametrize("core", CORES)

@@ -65,7 +65,11 @@ from moorage.actors.vtparse._markers import MARKER_COMMANDS, decode_marker
 from moorage.actors.vtparse._scan import MISS, Spec
 
 MEMO_PAYLOAD = 256  # bytes: a longer OSC payload is decoded each time it comes
-MEMO_ENTRIES = 256  # payloads remembered per parser (at most 64 KiB of them)
+MEMO_ENTRIES = 256  # payloads remembered per parser, at most ...
+# ... and at most this many bytes of them: an entry holds its payload and what it decodes to
+# (a command line twice), about 3.5 times its payload's size in all (256 entries of 256 bytes
+# were 220 KiB a stream; a shell's markers repeat, and fit many times over)
+MEMO_BYTES = 16 * 1024
 
 
 def osc_command(payload: bytes) -> int | None:
@@ -125,6 +129,7 @@ class Machine:
         self._state = GROUND
         self._params = ParamReader()
         self._memo: dict[bytes, Spec | None] = {}  # payload -> what it emits (_decode)
+        self._memo_bytes = 0  # the payloads' bytes in it
         self._clear()
 
     def _clear(self) -> None:
@@ -223,9 +228,12 @@ class Machine:
             if event is not None:
                 spec = (type(event), fields_after_span(event))
         if len(payload) <= MEMO_PAYLOAD:
-            if len(self._memo) >= MEMO_ENTRIES:
+            if len(self._memo) >= MEMO_ENTRIES or \
+                    self._memo_bytes + len(payload) > MEMO_BYTES:
                 self._memo.clear()
+                self._memo_bytes = 0
             self._memo[payload] = spec
+            self._memo_bytes += len(payload)
         return spec
 
     def _end_string(self, end: int, bell: bool) -> None:
