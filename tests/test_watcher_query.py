@@ -178,6 +178,20 @@ def test_a_query_outside_every_watch_or_without_watching_is_refused(watcher, dat
     assert c.call("watcher", "fs.query", {"path": str(data)})["files"] == []
 
 
+def test_a_query_of_a_file_or_of_nothing_inside_a_watch_says_so(watcher, data):
+    (data / "d").mkdir()
+    (data / "f").write_text("x")
+    (data / "loop").symlink_to(data / "loop")
+    c = watcher()
+    c.call("watcher", "fs.watch", {"path": str(data)})
+    assert c.call("watcher", "fs.query", {"path": str(data / "d")})["files"] == []
+    for path, name in (("f", "not_a_directory"), ("missing", "not_found"),
+                       ("loop", "not_a_directory")):  # (a symlink to itself)
+        with pytest.raises(MoorageError) as e:
+            c.call("watcher", "fs.query", {"path": str(data / path)})
+        assert e.value.name == name, path
+
+
 def test_unwatching_one_watch_forgets_only_what_no_other_watch_covers(watcher, data):
     (data / "sub" / "deep").mkdir(parents=True)
     for name in ("top.txt", "sub/y", "sub/deep/x"):

@@ -30,6 +30,8 @@ in silence.
                since? (clock), fields?,         fresh_instance, cursor,       bad_args
                max?=10000} or {cursor, max?}    more, scanned}                resource_exhausted
                                                                               forbidden busy
+                                                                              not_found
+                                                                              not_a_directory
   fs.sync     {timeout_ms?=10000}              {clock, roots, waited_ms,      timeout busy
                                                 unsynced}                     resource_exhausted
   fs.stats    {}                               {mode, cache, observer,

@@ -330,7 +330,8 @@ class QueryOps:
         idempotent=True, timeout_ms=30_000, checked=False,
         result={"files": list[OneOf(str, FILE)], "clock": tuple[str, int, int],
                 "fresh_instance": bool, "cursor": str | None, "more": bool, "scanned": int},
-        errors=("watch_not_found", "resource_exhausted", "forbidden", "busy"))
+        errors=("watch_not_found", "resource_exhausted", "forbidden", "busy", "not_found",
+                "not_a_directory"))
     def _op_query(self, call: Call, path: str | None, glob: str | list | None,
                   suffix: str | list | None, type: str | list | None, since: list | None,
                   fields: list | None, max: int, cursor: str | None) -> Any:
@@ -403,6 +404,16 @@ class QueryOps:
                    for x in w.watches):
             raise fail("watch_not_found", f"fs.query: no watch covers {path}; fs.watch it "
                        "first", detail={"path": path})
+        if not any(x.path == real for x in w.watches) and \
+                any(x.covers(real) for x in w.watches):
+            # inside a watch: the index says what it is (told, as the events are)
+            s = w.index.entries.get(real)
+            if s is None:
+                raise fail("not_found", f"fs.query: {path} is not in the watched tree",
+                           detail={"path": path})
+            if s != UNKNOWN and _FMT.get(file_format(s)) != "dir":
+                raise fail("not_a_directory", f"fs.query: {path} is not a directory",
+                           detail={"path": path})
         journal = w.journal
         now = journal.clock().to_wire()
         fresh = since is None or since.instance != journal.instance or \
