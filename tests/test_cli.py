@@ -143,6 +143,9 @@ def test_one_exit_code_table_for_every_command(make_tree):
     assert moorage(tree, "call", "alpha", "fake.work", '{"n": "x"}').returncode == 2
     assert moorage(tree, "restart", "nosuch").returncode == 2
     assert moorage(tree, "kill", "supervisor").returncode == 2
+    nosuch = moorage(tree, "metrics", "nosuch.op")  # no actor has it: not an empty table
+    assert nosuch.returncode == 2 and b"no actor of the tree has an op" in nosuch.stderr
+    assert moorage(tree, "metrics", "fake.publish").returncode == 0  # not called yet: no rows
     up = moorage(tree, "up", "--config", str(tree.config_path), "--allow-external-actors")
     assert up.returncode == 1 and json.loads(up.stdout)["error"]["name"] == "already_running"
     assert "stop it with `moorage down`" in json.loads(up.stdout)["error"]["message"]
