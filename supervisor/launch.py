@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import resource
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from loguru import logger
 from moorage.actors.runtime.custody import custody_path
 from moorage.actors.runtime.logs import STATE_ENV, setup_logging
 from moorage.actors.runtime.process import resolve
+from moorage.actors.runtime.statefile import SUCCESSION
 from moorage.protocol import endpoints
 from moorage.protocol.client.connection import read_connection_file
 from moorage.protocol.remote import LISTEN_FILE, remove_plan, unbindable, write_plan
@@ -222,6 +224,8 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         remove_connection_file(runtime_dir)
         remove_plan(runtime_dir)
         remove_stale_sockets(runtime_dir, tree_names(spec))
+        # the tree ended (not killed): what its actors kept for successors names nothing now
+        shutil.rmtree(runtime_dir / SUCCESSION, ignore_errors=True)
         with contextlib.suppress(OSError):
             (runtime_dir / endpoints.LOCK_FILE).unlink()
         os.close(lock_fd)

@@ -114,7 +114,7 @@ def test_a_creation_whose_records_cannot_be_written_is_answered_and_its_session_
     creation was never answered and that output never published. The records stay in
     memory and the error is logged; the session is made and runs commands."""
     tree = make_tree(terminal_tree()).start()
-    records = tree.runtime_dir / "terminal.sessions"
+    records = tree.runtime_dir / "succession" / "terminal.sessions"
     records.mkdir()
     (records / "in-the-way").write_bytes(b"")
     c = tree.client

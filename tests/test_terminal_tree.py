@@ -280,6 +280,36 @@ def test_a_session_restored_after_a_restart_by_hand_then_lost_takes_its_own_jobs
             os.kill(job, signal.SIGKILL)
 
 
+def test_a_restart_by_hand_of_the_terminals_reports_each_session_lost_and_starts_it_again(
+        make_tree, tmp_path):
+    """`moorage restart terminals`: the keeper's stop hangs every session up. Its successor
+    finds them in the records, reports them lost and starts them again, as after a crash
+    (they ended with no word, their ids then unknown). The tree stopped, the records go
+    with it: the next tree starts none of them."""
+    tree = make_tree(TREE).start()
+    home = make_home(tmp_path)
+    c = tree.client
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home),
+                                           "cwd": str(tmp_path)}, timeout=30)
+    events = c.subscribe("terminal", ["term.session"], from_seq=1)
+    old = tree.child("terminals")["pid"]
+    c.call("supervisor", "sup.restart", {"child": "terminals"})
+    lost = next_loss(events)
+    assert lost["session"] == s["session"], lost
+    while True:
+        ev = events.next(timeout=30)
+        assert ev is not None, "no recreated session"
+        if isinstance(ev, StreamMessage) and ev.body.get("event") == "recreated":
+            break
+    assert ev.body["session"] == s["session"] and ev.body["pid"] != s["pid"]
+    assert tree.child("terminals")["pid"] != old and not pid_running(s["pid"])
+    r = c.call("terminal", "term.exec", {"session": s["session"], "command": "pwd"}, timeout=30)
+    assert (r["exit_code"], r["output"]) == (0, str(tmp_path))
+    events.close()
+    tree.stop()
+    assert not (tree.runtime_dir / "succession").exists()
+
+
 def kill_the_holders_behind_a_stopped_supervisor(tree: Tree) -> int:
     """Every holder of the sessions' PTYs killed, none with time to clean up (a keeper that
     sees its supervisor go kills its sessions itself), the terminals supervisor held still
@@ -317,7 +347,7 @@ def test_a_lost_session_whose_shell_pid_runs_another_session_now_leaves_that_one
     try:
         events = c.subscribe("terminal", ["term.session"], from_seq=1)
         sup = kill_the_holders_behind_a_stopped_supervisor(tree)
-        records = tree.runtime_dir / "terminal.sessions"
+        records = tree.runtime_dir / "succession" / "terminal.sessions"
         specs = msgpack.unpackb(records.read_bytes())
         started = specs[sid]["started"]
         assert isinstance(started, int)  # the shell's, kept with its pid

@@ -14,6 +14,19 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+SUCCESSION = "succession"  # a runtime dir's directory of records kept for successors
+
+
+def succession_dir(runtime_dir: Path) -> Path:
+    """Where an actor keeps what a successor within the same tree's life must find (the
+    terminal's session records): kept through any death and restart of the actor and of its
+    supervisors, which may lose what the records name; removed by the root when the tree
+    ends (launch.run_root), not when it is killed, so the next tree recovers a killed one's
+    and starts afresh after a stop."""
+    d = runtime_dir / SUCCESSION
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
 
 def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> int:
     """Replace `path` with `data`; returns the bytes written."""

@@ -59,8 +59,10 @@ waited for at all: it loses messages at its own queue's limit, a gap it repairs 
 Creation walks the shells (seed 2.2): the one asked for, the configured ones (`shells`,
 default $SHELL), `default_shell` (/bin/sh), then a minimal PTY (/bin/sh, bare environment, no
 integration). A shell that exits before its first prompt counts as failed. Sessions are
-recorded in `<runtime_dir>/<name>.sessions`, so that a successor can tell that the keeper lost
-them, alert, and start each once more (seed 1.2: Terminal Critical, recreate, alert, 1 retry).
+recorded in `<runtime_dir>/succession/<name>.sessions`, so that a successor can tell that the
+keeper lost them (died, or was stopped with the actor: a restart by hand of their supervisor),
+alert, and start each once more (seed 1.2: Terminal Critical, recreate, alert, 1 retry); the
+root removes the records when the tree stops.
 Output is parsed by the parser actor (`parse.feed` with absolute offsets), or in this
 process with the same library when that actor is down or its breaker is open, or not at all
 (raw output) when that fails too: parsehop.py. Pressure (sys.pressure): high and
@@ -97,6 +99,7 @@ from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
 from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.runtime.signals import parse_signal
+from moorage.actors.runtime.statefile import succession_dir
 from moorage.actors.terminal.keeper_client import FDS_WAIT_S, KeeperClient
 from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.parsehop import ParserLink
@@ -199,7 +202,7 @@ class TerminalActor(Actor):
         self.unsettled: dict[str, list[Callable[[], None]]] = {}
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
-        self.specs = SpecStore(self.runtime_dir / f"{self.name}.sessions")
+        self.specs = SpecStore(succession_dir(self.runtime_dir) / f"{self.name}.sessions")
         self.execs = ExecRecords(self.runtime_dir, self.name)
         # What pressure made us drop, for sys.info (`shed`, the runtime's, counts requests).
         self.pressure_shed: Counter[str] = Counter()
@@ -233,13 +236,14 @@ class TerminalActor(Actor):
             cb()
 
     def on_stop(self) -> None:
-        # Stopped on purpose (a restart by hand, or the tree stopping): the keeper holds the
-        # sessions and their specs; a tree started afresh must not find them lost.
+        # Stopped on purpose: the keeper holds the sessions. The records stay for a successor
+        # (succession_dir): restarted alone, it finds them held; restarted with the keeper
+        # (`moorage restart terminals`), whose stop hangs them up, it reports them lost and
+        # starts them again, as after a crash; the tree stopping, the root removes them.
         for s in self.sessions.values():
             s.out.flush()
             s.finish_cleaning()
             s.abort(WireError.of("outcome_unknown", f"{self.name} stopped while it ran"))
-        self.specs.clear()
         self.execs.clear()
         self.keeper.close("terminal stopping")
         self.parse_link.close()
