@@ -391,7 +391,22 @@ def test_a_watcher_restarted_while_a_watched_mount_is_stalled_starts_and_serves(
     wait_for(serving, "the restarted watcher answering", timeout=30)
     assert c.request("watcher", "fs.read", {"path": str(local / "f")}).attachments == [
         b"local bytes"]
+    # A query meanwhile waits for the walk (it answered the index still empty: no files,
+    # and a clock after which nothing changed)
+    box: dict[str, Any] = {}
+
+    def query() -> None:
+        with Client(tree.runtime_dir, timeout=60.0) as mine:
+            box["files"] = mine.call("watcher", "fs.query", {"path": str(local),
+                                                             "fields": ["name"]})["files"]
+
+    waiting = threading.Thread(target=query)
+    waiting.start()
+    wait_for(lambda: c.call("watcher", "fs.stats")["query"]["awaiting_walk"] == 1,
+             "the query waiting for the walk", timeout=30)
     stalling_mount.resume()
+    waiting.join(60)
+    assert box.get("files") == ["f"], box
     synced = c.call("watcher", "fs.sync", {"timeout_ms": 30_000}, timeout=60)
     assert synced["unsynced"] == []
     after = tree.child("watcher")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import pytest
 from moorage.actors.watcher.query import (
     CHUNK,
     CHUNK_BARE,
+    CHUNK_FILTERED,
     MAX_CURSORS_PER_CLIENT,
     MAX_GLOB_CHARS,
+    MAX_RUNNING,
     Filter,
     Query,
     glob_regex,
@@ -280,7 +283,7 @@ def test_a_page_past_its_time_looks_at_one_chunk_more():
     it starts, and it still moves on by one chunk (described, or names only)."""
     entries = {f"/r/f{i}": make_stat(0o100644, 1, i, 1, 1, 1) for i in range(40_000)}
     for fields, glob, step in [(("name",), None, CHUNK_BARE), (("name", "size"), None, CHUNK),
-                               (("name",), "f*", CHUNK)]:
+                               (("name",), "f*", CHUNK_FILTERED)]:
         q = Query("/r", Filter.build(glob, None, None), fields, ["i", 0, 0], True,
                   list(entries), 100_000)
         got, full = page(q, entries, budget=100_000, want=100_000, until=0.0)
@@ -337,3 +340,34 @@ def test_a_clients_cursor_is_not_ended_by_other_clients_queries(watcher, data, r
         c.call("watcher", "fs.query", {"cursor": mine[0]})
     assert e.value.name == "bad_args"
     assert c.call("watcher", "fs.query", {"cursor": mine[-1]})["files"]
+
+
+def test_queries_past_those_under_way_wait_in_line_and_each_is_answered(watcher, data,
+                                                                           runtime_dir):
+    """At most MAX_RUNNING are made at once (each holds its page); the others wait for a
+    place rather than being refused, and every one gets the whole tree."""
+    for d in range(10):
+        sub = data / f"d{d}"
+        sub.mkdir()
+        for i in range(1000):
+            os.close(os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
+    c = watcher()
+    c.call("watcher", "fs.watch", {"path": str(data)}, timeout=60)
+    got: list[Any] = []
+
+    def one() -> None:
+        with Client(runtime_dir, timeout=60.0) as mine:
+            try:
+                got.append(len(mine.call("watcher", "fs.query", {"path": str(data),
+                                                                  "max": 100_000})["files"]))
+            except MoorageError as exc:
+                got.append(exc.name)
+
+    threads = [threading.Thread(target=one) for _ in range(4 * MAX_RUNNING)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert got == [10_010] * len(threads)
+    stats = c.call("watcher", "fs.stats")["query"]
+    assert stats["busy"] == 0 and stats["running"] == stats["waiting"] == 0

@@ -27,7 +27,8 @@ its per-directory sets at C speed, or the paths the journal names after `since`)
 at once, then filtered and described a slice at a time: at most SCAN_SLICE candidates
 (SCAN_SLICE_BARE when nothing but the name is asked of them) and SLICE_S of the loop, one
 slice of one query per loop turn, the queries under way taking turns; at most MAX_RUNNING
-are under way (another is answered `busy`, which clients retry), each holding its page.
+are under way, each holding its page, and MAX_WAITING more wait in line for a place (holding
+nothing); past them a query is answered `busy` with `retry_after_ms`.
 The globs of a query are at most MAX_GLOB_CHARS together (they are compiled on the loop).
 An answer carries at most `max` files (default 10,000, at most MAX_PAGE); when there are
 more it gives a `cursor`, and `fs.query {cursor}` continues where it stopped. A query asked
@@ -72,8 +73,11 @@ SCAN_SLICE_BARE = 100_000  # the same with nothing but the name asked (about 0.1
 SLICE_S = 0.01  # and no longer than this on the loop (looked at between chunks)
 CHUNK = 1024  # candidates between two looks at the clock (described: ~3 us each)
 CHUNK_BARE = 16_384  # the same for names only
+CHUNK_FILTERED = 16  # ... and through filters (64 globs over a deep path: ~300 us a name)
 MAX_PAGE = 100_000  # names of a 100,000-file tree in one answer: about 2 MB
 MAX_RUNNING = 4  # queries under way at once (a described page of 100,000 files: ~30 MB)
+MAX_WAITING = 64  # queries in line for a place (holding nothing yet); past them: busy
+BUSY_RETRY_MS = 100
 MAX_GLOB_CHARS = 1024  # a query's globs together: compiled on the loop in ~10 ms at most
 MAX_CURSORS = 64
 MAX_CURSORS_PER_CLIENT = 16
@@ -255,12 +259,12 @@ def page(q: Query, entries: dict, budget: int, want: int,
             else:
                 out += [_describe(p[cut:], entries.get(p), fields) for p in inside]
     else:
-        look = i + CHUNK
+        look = i + CHUNK_FILTERED
         while i < stop:
             if i >= look:
                 if perf_counter() > until:
                     break
-                look = i + CHUNK
+                look = i + CHUNK_FILTERED
             path = cands[i]
             i += 1
             if not path.startswith(prefix):
@@ -316,11 +320,13 @@ class QueryOps:
         self.cursors: dict[str, Query] = {}
         # queries under way past their first slice, taking turns a slice a loop turn
         self.running: deque[tuple[Call, Query, list[Any]]] = deque()
+        self.waiting: deque[tuple[Call, Callable[[], Query]]] = deque()  # for a place
         self._turn_due = False
         self.queries = 0
         self.pages = 0
         self.expired = 0
-        self.busy = 0  # queries refused while MAX_RUNNING were under way
+        self.busy = 0  # queries refused, MAX_RUNNING under way and MAX_WAITING in line
+        self.awaiting_walk = 0  # queries asked while the watches are placed anew and walked
         self.undecodable = 0  # names answered with their bytes beside them (wire_items)
 
     @op("fs.query", args={"path": (str, None), "glob": ((str, list), None),
@@ -339,10 +345,6 @@ class QueryOps:
         self._expire()
         if not 1 <= max <= MAX_PAGE:
             raise fail("bad_args", f"fs.query: max must be in [1, {MAX_PAGE}]")
-        if len(self.running) >= MAX_RUNNING:
-            self.busy += 1
-            raise fail("busy", f"fs.query: {MAX_RUNNING} queries are under way; retry",
-                       detail={"running": len(self.running)})
         if cursor is not None:
             if any(v is not None for v in (path, glob, suffix, type, since, fields)):
                 raise fail("bad_args", "fs.query: a cursor continues a query; give it alone "
@@ -352,7 +354,7 @@ class QueryOps:
                 raise fail("bad_args", "fs.query: unknown or expired cursor; query again",
                            detail={"cursor": cursor})
             q.max = max
-            return self._run(call, q, [], first=True)
+            return self._admit(call, lambda: q)
         if path is None:
             raise fail("bad_args", "fs.query: give `path` (a watched directory) or a "
                        "`cursor`")
@@ -368,9 +370,12 @@ class QueryOps:
         absolute = w.roots.absolute(path)
 
         def begin(real: str) -> Any:
-            q = self._start(path, real, filt, chosen, clock, max)
-            q.sid = call.sid
-            return self._run(call, q, [], first=True)
+            def make() -> Query:
+                q = self._start(path, real, filt, chosen, clock, max)
+                q.sid = call.sid
+                return q
+
+            return self._admit(call, make)
 
         def resolve() -> Any:
             if w.roots.on_slow(absolute):  # resolved where a stalled mount may wait
@@ -392,7 +397,13 @@ class QueryOps:
 
         if w.driving.recreating or w.driving.polling_placements:
             # the watches are being placed anew and walked: the index is whole after that
-            w.driving.after_resync(lambda: settle(resolve))
+            self.awaiting_walk += 1
+
+            def walked() -> None:
+                self.awaiting_walk -= 1
+                settle(resolve)
+
+            w.driving.after_resync(walked)
             return DEFERRED
         return resolve()
 
@@ -435,14 +446,24 @@ class QueryOps:
         got.extend(more)
         return full
 
-    def _run(self, call: Call, q: Query, got: list[Any], first: bool) -> Any:
-        """The page's first slice now; the rest of it on later loop turns, in turn with the
-        other queries under way (the reply deferred)."""
-        if not self._slice(q, got):
+    def _admit(self, call: Call, make: Callable[[], Query]) -> Any:
+        """A query under way now if fewer than MAX_RUNNING are (its first slice at once when
+        it is the only one), else in line for a place (at most MAX_WAITING: `busy` past
+        them). `make` takes its candidates when it starts: the index as it is then."""
+        if len(self.running) < MAX_RUNNING:
+            q, got = make(), []
+            if not self.running and self._slice(q, got):
+                return self._answer(q, got)
             self.running.append((call, q, got))
             self._turn_later()
             return DEFERRED
-        return self._answer(q, got)
+        if len(self.waiting) >= MAX_WAITING:
+            self.busy += 1
+            raise fail("busy", f"fs.query: {MAX_RUNNING} queries are under way and "
+                       f"{MAX_WAITING} wait; retry", retry_after_ms=BUSY_RETRY_MS,
+                       detail={"running": len(self.running), "waiting": len(self.waiting)})
+        self.waiting.append((call, make))
+        return DEFERRED
 
     def _turn_later(self) -> None:
         if not self._turn_due:
@@ -450,17 +471,25 @@ class QueryOps:
             self.w.loop.call_later(0, self._turn)
 
     def _turn(self) -> None:
-        """One slice of the query whose turn it is."""
+        """One slice of the query whose turn it is; then a query in line takes a place that
+        came free."""
         self._turn_due = False
-        if not self.running:
-            return
-        call, q, got = self.running.popleft()
-        if call.answered:  # (its deadline passed: the runtime answered it)
-            pass
-        elif self._slice(q, got):
-            call.reply(self._answer(q, got))
-        else:
-            self.running.append((call, q, got))
+        if self.running:
+            call, q, got = self.running.popleft()
+            if call.answered:  # (its deadline passed: the runtime answered it)
+                pass
+            elif self._slice(q, got):
+                call.reply(self._answer(q, got))
+            else:
+                self.running.append((call, q, got))
+        while self.waiting and len(self.running) < MAX_RUNNING:
+            call, make = self.waiting.popleft()
+            if call.answered:
+                continue
+            try:
+                self.running.append((call, make(), []))
+            except MoorageError as exc:  # (its scope gone meanwhile, say)
+                call.fail(exc)
         if self.running:
             self._turn_later()
 
@@ -491,5 +520,6 @@ class QueryOps:
     def stats(self) -> dict[str, Any]:
         return {"queries": self.queries, "pages": self.pages, "open_cursors": len(self.cursors),
                 "expired_cursors": self.expired, "undecodable_names": self.undecodable,
-                "running": len(self.running), "busy": self.busy}
+                "running": len(self.running), "waiting": len(self.waiting), "busy": self.busy,
+                "awaiting_walk": self.awaiting_walk}
 
