@@ -75,6 +75,15 @@ def everything(c: Client, **args: Any) -> list[Any]:
     return files
 
 
+def empty_files(root: Path, dirs: int, each: int = 1000) -> None:
+    """`dirs` directories of `each` empty files under `root` (d00/f0000...)."""
+    for d in range(dirs):
+        sub = root / f"d{d:02d}"
+        sub.mkdir()
+        for i in range(each):
+            os.close(os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
+
+
 def populate(root: Path) -> None:
     for d in ("src", "src/pkg", "docs", "build"):
         (root / d).mkdir(parents=True)
@@ -147,11 +156,7 @@ def test_since_a_clock_answers_what_changed_and_another_instance_every_file(watc
 
 
 def test_a_big_answer_comes_in_pages_that_add_up_to_every_file_once(watcher, data):
-    for d in range(25):
-        sub = data / f"d{d:02d}"
-        sub.mkdir()
-        for i in range(1000):
-            os.close(os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
+    empty_files(data, 25)
     c = watcher()
     c.call("watcher", "fs.watch", {"path": str(data)}, timeout=60)
     first = c.call("watcher", "fs.query", {"path": str(data), "fields": ["name"],
@@ -309,11 +314,7 @@ def test_globs_past_their_length_are_refused_and_the_watcher_serves_on(watcher, 
 def test_a_query_while_the_start_walks_the_tree_waits_for_the_whole_index(watcher, data):
     """Its configured watch walked as the watcher starts: a query asked meanwhile answered
     an index still empty (with a clock after which nothing changed, for good)."""
-    for d in range(20):
-        sub = data / f"d{d:02d}"
-        sub.mkdir()
-        for i in range(1000):
-            os.close(os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
+    empty_files(data, 20)
     c = watcher(watch=[str(data)])
     files = everything(c, path=str(data), fields=["name"], max=100_000)
     assert len(files) == 20_020
@@ -346,11 +347,7 @@ def test_queries_past_those_under_way_wait_in_line_and_each_is_answered(watcher,
                                                                            runtime_dir):
     """At most MAX_RUNNING are made at once (each holds its page); the others wait for a
     place rather than being refused, and every one gets the whole tree."""
-    for d in range(10):
-        sub = data / f"d{d}"
-        sub.mkdir()
-        for i in range(1000):
-            os.close(os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644))
+    empty_files(data, 10)
     c = watcher()
     c.call("watcher", "fs.watch", {"path": str(data)}, timeout=60)
     got: list[Any] = []
