@@ -9,6 +9,7 @@ asserted: a loaded machine may be slow, it may not be wrong.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import signal
@@ -23,7 +24,9 @@ from typing import Any
 import pytest
 
 from moorage.actors.watcher import guarded, mounts
+from moorage.actors.watcher.query import MAX_WAITING
 from moorage.protocol.client import Client
+from moorage.protocol.client.aio import AsyncClient
 from moorage.protocol.errors import MoorageError
 from tests import fuse_mount
 from tests.waiting import wait_for
@@ -400,13 +403,28 @@ def test_a_watcher_restarted_while_a_watched_mount_is_stalled_starts_and_serves(
             box["files"] = mine.call("watcher", "fs.query", {"path": str(local),
                                                              "fields": ["name"]})["files"]
 
-    waiting = threading.Thread(target=query)
-    waiting.start()
-    wait_for(lambda: c.call("watcher", "fs.stats")["query"]["awaiting_walk"] == 1,
-             "the query waiting for the walk", timeout=30)
+    def more() -> None:  # as many again as may wait: the one past them is told busy
+        async def asked() -> list[Any]:
+            async with AsyncClient(tree.runtime_dir, timeout=60.0) as ac:
+                return await asyncio.gather(*(ac.call("watcher", "fs.query", {
+                    "path": str(local), "fields": ["name"]}) for _ in range(MAX_WAITING - 1)),
+                    return_exceptions=True)
+
+        box["more"] = asyncio.run(asked())
+
+    waiting = [threading.Thread(target=query), threading.Thread(target=more)]
+    for t in waiting:
+        t.start()
+    wait_for(lambda: c.call("watcher", "fs.stats")["query"]["awaiting_walk"] == MAX_WAITING,
+             "the queries waiting for the walk", timeout=30)
+    with pytest.raises(MoorageError) as past:
+        c.call("watcher", "fs.query", {"path": str(local)}, timeout=5)
+    assert past.value.name == "busy"
     stalling_mount.resume()
-    waiting.join(60)
-    assert box.get("files") == ["f"], box
+    for t in waiting:
+        t.join(60)
+    assert box.get("files") == ["f"], box.get("files")
+    assert all(isinstance(r, dict) and r["files"] == ["f"] for r in box["more"]), box["more"]
     synced = c.call("watcher", "fs.sync", {"timeout_ms": 30_000}, timeout=60)
     assert synced["unsynced"] == []
     after = tree.child("watcher")

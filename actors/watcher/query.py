@@ -397,6 +397,12 @@ class QueryOps:
 
         if w.driving.recreating or w.driving.polling_placements:
             # the watches are being placed anew and walked: the index is whole after that
+            # (as many wait for it as may wait in line after it)
+            if self.awaiting_walk >= MAX_WAITING:
+                self.busy += 1
+                raise fail("busy", f"fs.query: {MAX_WAITING} queries wait for the walk of "
+                           "the watches placed anew; retry", retry_after_ms=BUSY_RETRY_MS,
+                           detail={"awaiting_walk": self.awaiting_walk})
             self.awaiting_walk += 1
 
             def walked() -> None:
