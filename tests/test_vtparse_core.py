@@ -92,6 +92,21 @@ def test_every_core_gives_the_events_of_the_byte_machine(
         assert parse(core, cut(data, points), nonce, cap) == want, core
 
 
+@settings(max_examples=300, deadline=None)
+@given(data=stream, points=st.lists(st.integers(0, 10_000), max_size=8),
+       nonce=st.sampled_from([None, "N0NCE"]))
+def test_every_core_holds_the_same_bytes_after_each_chunk(
+    data: bytes, points: list[int], nonce: str | None
+) -> None:
+    """Not only the same events: the same offset, mode and bytes held between chunks (the
+    compiled core handed `ESC ESC` to the machine, the Python one passed over it)."""
+    parsers = [Parser(nonce, core=core) for core in CORES]
+    for chunk in cut(data, points):
+        first, *others = [(p.feed(chunk), p.offset, p.mode, p.buffered_bytes())
+                          for p in parsers]
+        assert all(o == first for o in others), (first, others)
+
+
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, int, str]:
     return shell_corpus(400, tmp_path_factory.mktemp("prompts"))
@@ -236,6 +251,8 @@ ENDINGS = [
     (b"ab\x1b]0;t\x07\x1b[1", 19),  # the last sequence after a quiet OSC
     (b"ab\x1b[1\x1b]0;t\x07", -1),  # a cut CSI ended by the next ESC is no one's
     (b"ab\x1bPq", 2),  # a DCS, as before
+    (b"ab\x1b\x1b^pm", 2),  # an ESC before a C0 control, ESC itself included: the machine's
+    (b"ab\x1b\x1b[1m", 2),
 ]
 
 

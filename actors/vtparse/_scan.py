@@ -63,7 +63,7 @@ OSC = rb"\x1b\]([^\x07\x18\x1a\x1b]{0,%d})(\x07|\x1b\\)"
 # starts a marker's command or an OSC not complete within the cap. The single literal ESC first
 # lets the regex engine skip to each ESC at memchr speed and reject a CSI on the next byte.
 INTEREST = (
-    rb"\x1b(?:[P\x00-\x17\x19\x1c-\x1f\x7f]|\](?:(?=0*(?:7|133|633|1337)[;\x07\x1b])"
+    rb"\x1b(?:[P\x00-\x1f\x7f]|\](?:(?=0*(?:7|133|633|1337)[;\x07\x1b])"
     rb"|(?![^\x07\x18\x1a\x1b]{0,%d}(?:\x07|\x1b\\))))"
 )
 # How the chunk's last sequence stands when the scan is done: complete (a CSI or ESC sequence,
