@@ -92,6 +92,7 @@ from moorage.supervisor.cli.tree import (
     cmd_restart,
     cmd_status,
     parse_duration_ms,
+    tree_ops,
 )
 from moorage.supervisor.cli.up import StartFailed, cmd_adopt, cmd_up, package_version
 from moorage.supervisor.cli.up import refuse as refuse_start
@@ -115,20 +116,6 @@ def all_children_running(tree: dict[str, Any]) -> bool:
 # --- metrics, top ----------------------------------------------------------------------------
 
 
-def _some_actor_has(c: Any, op: str, budget: Any) -> bool:
-    """Whether an actor answering now declares `op` (sys.info): an op with no calls yet has
-    no row, and neither has a name no actor knows, which is the caller's mistake."""
-    from moorage.supervisor.cli.common import read
-
-    for actor in read(c, "supervisor", "sup.endpoints", budget=budget):
-        try:
-            if op in read(c, actor, "sys.info", budget=budget, cap=2.0)["ops"]:
-                return True
-        except MoorageError:
-            continue  # (one that does not answer now may have it: not told as unknown)
-    return False
-
-
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Service time per (actor, op), with the end-to-end time of clients that push theirs
     (`client.<name>` rows, op `<actor>/<op>`) beside it."""
@@ -144,8 +131,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             return EXIT_OK
         # Unfiltered: a client's row for `op` is named `<actor>/<op>`, so the filter is ours.
         q = join_clients(read(c, "metrics", "metrics.query", budget=budget), args.op)
-        if args.op is not None and not q["services"] and not _some_actor_has(c, args.op,
-                                                                             budget):
+        # (no row: an op not called yet, or one no actor answering now declares)
+        if args.op is not None and not q["services"] and args.op not in tree_ops(c, budget):
             raise CliError(f"no actor of the tree has an op {args.op!r} (moorage ops)")
     if args.op is not None:
         q["ops"] = [r for r in q["ops"] if r["op"] == args.op]
