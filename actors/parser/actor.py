@@ -55,10 +55,12 @@ of that session, or else of all, first. A stream unused for `idle_timeout_s` is 
 published on `parse.evicted` {sid, stream, reason: lru | idle | pressure, offset, idle_s}.
 A stream holds at most `max_buffer` bytes between feeds (the library's cap); a feed carries at
 most `max_feed_bytes` (`message_too_large`) and answers at most about `max_events_per_feed`
-events and what FEED_BUDGET_S (20 ms) of parsing covers (checked after each library call, on
-slices of SLICE_FIRST bytes that double while the bytes parse fast, up to SLICE, and shrink to
-SLICE_MIN when they do not: escape-dense bytes go through the library's Python state machine
-at a few µs a byte), which bounds both the reply's size and the time one feed holds the loop;
+events and what FEED_BUDGET_S (20 ms) of parsing and of packing the answer covers (checked
+after each library call, the packing at what the stream's answers have cost an event; on
+slices of SLICE_FIRST bytes, SLICE_MIN with tokens or text, that double while the bytes parse
+fast, up to SLICE, and shrink to SLICE_MIN when they do not: escape-dense bytes go through the
+library's Python state machine at a few µs a byte), which bounds both the reply's size and
+the time one feed holds the loop;
 the rest is `unparsed`, for the caller to send again. A feed's answer is kept for its resend
 up to RESEND_KEEP_BYTES (64 KiB): a resend of a feed whose answer was bigger is answered
 `outcome_unknown` (it ran; its events cannot be given again), never with its bytes skipped.
@@ -103,7 +105,10 @@ SLICE_TOKENS = 16 * 1024  # ... and with tokens or text, where a byte can be an 
 SLICE_FIRST = 16 * 1024  # a feed's first call: fast bytes then double the slice, up to those
 SLICE_MIN = 2 * 1024  # ... slow ones (escape-dense: the library's Python machine) shrink it
 SLICE_SLOW_S = 0.002  # a call that took longer than this is slow
-FEED_BUDGET_S = 0.02  # a feed's time on the loop; the rest is `unparsed`, sent again
+FEED_BUDGET_S = 0.02  # a feed's time on the loop, its answer's packing counted; the rest
+# is `unparsed`, sent again
+PACK_S_FIRST = 2e-6  # a new stream's guess at an event's packing (a token's, unremembered) ...
+PACK_LEARN_MIN = 64  # ... learned from each answer of at least this many events
 RESEND_KEEP_BYTES = 64 * 1024  # a feed's answer kept for its resend up to this size
 EVICTED = "parse.evicted"
 CLOSED_KEEP = 256  # parse.close answers kept for a resend ...
@@ -176,6 +181,10 @@ class Stream:
     # all, instead of `skipped` and none. A new call with the same bytes goes on.
     last_feed: int | None = None
     last_answer: Packed | None = None
+    # What packing an event of this stream's answers costs (seconds, learned): the feed's
+    # budget counts it, since a token stream's answer of 20,000 events took longer to pack
+    # (36 ms) than its parse's whole budget.
+    pack_s: float = PACK_S_FIRST
 
     def wire_state(self, now: float) -> dict[str, Any]:
         return {"stream": self.name, "offset": self.parser.offset,
@@ -445,7 +454,11 @@ class ParserActor(Actor):
         self.counts["events"] += len(events)
         if events_from:
             events = [e for e in events if e.start >= events_from]
-        return self._keep(s, call, self._answer(s, events, skipped, size - skipped - parsed))
+        t0 = time.perf_counter()
+        answer = self._answer(s, events, skipped, size - skipped - parsed)
+        if len(events) >= PACK_LEARN_MIN:
+            s.pack_s = (3 * s.pack_s + (time.perf_counter() - t0) / len(events)) / 4
+        return self._keep(s, call, answer)
 
     @staticmethod
     def _keep(s: Stream, call: Call, answer: Packed) -> Packed:
@@ -519,15 +532,19 @@ class ParserActor(Actor):
         (the module docstring); a library error becomes `parse_error` and a rebuilt stream
         past the data."""
         parser = s.parser
-        most = SLICE_TOKENS if s.options.tokens or s.options.text else SLICE
+        # (with tokens or text a byte can be an event, each with its packing to pay: such a
+        # stream's slices start small and are held to the events left, so one slice cannot
+        # overspend either budget)
+        dense = s.options.tokens or s.options.text
         budget = self.settings.max_events_per_feed
+        most, step = (SLICE_TOKENS, min(SLICE_MIN, budget)) if dense else (SLICE, SLICE_FIRST)
         first = parser.offset
         events: list[Event] = []
         try:
-            if len(data) - start <= SLICE_FIRST:
+            if len(data) - start <= step:
                 return parser.feed(data[start:] if start else data)
             clock = time.perf_counter
-            step, end = SLICE_FIRST, len(data)
+            end = len(data)
             began = clock()
             i = start
             while i < end:
@@ -535,10 +552,13 @@ class ParserActor(Actor):
                 events += parser.feed(data[i : i + step])
                 i += step
                 now = clock()
-                if len(events) >= budget or now - began > FEED_BUDGET_S:
+                if len(events) >= budget \
+                        or now - began + len(events) * s.pack_s > FEED_BUDGET_S:
                     break
                 step = max(SLICE_MIN, step // 4) if now - t0 > SLICE_SLOW_S \
                     else min(most, step * 2)
+                if dense:
+                    step = min(step, budget - len(events))
             return events
         except Exception as exc:
             end = first + len(data) - start
