@@ -8,7 +8,9 @@
   R5   `frames` fuzzed frames at every actor: random bytes, wrong types, huge declared lengths,
        deep nesting, unknown ops, hostile bodies; every well-framed one must get an error reply
   R12  local abuse: 1 MB subscription topics on every publisher, forged metrics pushes, a
-       stranger on the keeper's socket, 4 MiB hostile bodies, 100 term.create in flight
+       stranger on the keeper's socket, 4 MiB hostile bodies, token streams of NULs (an event
+       a byte) fed to the parser, 100 term.create in flight; every actor's sys.ping within
+       PING_MS throughout (the row fails past it)
   R14  (within R1) the sessions' original shells: alive at the end unless the terminals
        supervisor itself was killed (a row of R1 spares it: "R1 kill -terminals"), and no
        output byte lost or doubled; and on its own, the keeper, the terminal actor and both
@@ -58,6 +60,7 @@ from perf._report import RESULTS_DIR
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("ping", "files", "term", "query")
 MIN_SUCCESS = 0.999  # R1, R2: calls answered right within the deadline, with retries
+PING_MS = 50.0  # R12: every loop answers sys.ping within this throughout the abuse
 TICKER = "i=0; while :; do echo tick-$i; i=$((i+1)); sleep 0.02; done"
 
 
@@ -637,18 +640,23 @@ def abuse(big: bool) -> Result:
             _big_topics(tree, names)
             _stranger(tree)
             _hostile_bodies(tree, names)
+            fed = _hostile_feeds(tree, (4 << 20) if big else (256 << 10))
             creates = _creates_in_flight(tree, 100 if big else 20)
             stop.set()
             pt.join(10)
             after = {n: c.call(n, "sys.info")["pid"] for n in names}
             res.notes = {"max_ping_ms": {n: round(v, 1) for n, v in sorted(worst.items())},
                          "restarted": [n for n in names if before[n] != after[n]],
+                         "token_bytes_parsed": fed,
                          "forged_pushes_refused": forged,
                          "creates_ok": creates,
                          "keeper_strangers_refused":
                              c.call("ptykeeper", "sys.info")["strangers_refused"]}
+            slow = {n: round(v, 1) for n, v in worst.items() if v > PING_MS}
             if res.notes["restarted"]:
                 res.notes["failures"] = "an actor died under abuse"
+            elif slow:
+                res.notes["failures"] = f"sys.ping over {PING_MS:.0f} ms under abuse: {slow}"
             slo = c.call("metrics", "metrics.slo")
             lost = sum(slo.get("data_loss", {}).get("30d", {}).values()) \
                 if isinstance(slo.get("data_loss"), dict) else 0
@@ -730,6 +738,20 @@ def _hostile_bodies(tree: DefaultTree, names: list[str]) -> None:
         push.close()
     finally:
         ctx.destroy(linger=0)
+
+
+def _hostile_feeds(tree: DefaultTree, size: int) -> int:
+    """`size` NULs on a parser stream that reads tokens: an event a byte, so each feed's
+    answer is as big as the parser's budget lets it be; the bytes parsed."""
+    data = b"\0" * size
+    with tree.client(timeout=30.0) as c:
+        c.call("parser", "parse.open", {"stream": "abuse", "tokens": True})
+        offset = 0
+        while offset < size:
+            offset = c.request("parser", "parse.feed", {"stream": "abuse", "offset": offset},
+                               attachments=[data[offset:]]).body["offset"]
+        c.call("parser", "parse.close", {"stream": "abuse"})
+        return offset
 
 
 def _creates_in_flight(tree: DefaultTree, n: int) -> int:

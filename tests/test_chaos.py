@@ -45,6 +45,7 @@ def test_local_abuse_kills_no_actor_and_forges_nothing():
     assert r.notes["restarted"] == [] and r.orphans == 0, r
     assert r.notes["forged_pushes_refused"] >= 50 and r.notes["slo_data_lost"] == 0, r.notes
     assert r.notes["keeper_strangers_refused"] == 1 and r.notes["creates_ok"] == 20, r.notes
+    assert r.notes["token_bytes_parsed"] == 256 << 10, r.notes
 
 
 def test_kills_of_the_keeper_the_terminal_and_both_at_once_keep_every_shell_and_every_byte():
