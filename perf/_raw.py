@@ -1,8 +1,14 @@
-"""The physical limit the IPC benchmarks are compared against: bare pyzmq, same frames.
+"""The physical limit the IPC benchmarks are compared against: the fastest bare echo Python and
+ZeroMQ make on this machine, same frames.
 
 A ROUTER in its own process echoes every message back; a DEALER in this process sends the
 same three frames a `sys.ping` request has (tag, header, body). No decoding, no dispatch:
-what remains is libzmq, the ipc transport and pyzmq's Python layer on this machine, now.
+what remains is libzmq, the ipc transport and the cheapest way Python moves a multipart
+message through it, now. That is the tree's own frame mover (moorage.protocol.wire: a whole
+message per call through pyzmq's libzmq, `_cwire.c`) on both ends, where it was built: pyzmq's
+`send_multipart`/`recv_multipart` cost about 30 µs more a round trip here and a sixth of the
+pipelined rate, and an echo the tree's own sockets outrun is no limit. `api="pyzmq"` measures
+that echo too (informative rows beside the limit's).
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from typing import Any
 import zmq
 
 from moorage.protocol.envelope import encode_request
+from moorage.protocol.wire import WIRE_CORE, recv_frames, send_frames, try_recv
 from moorage.supervisor.zygote import die_with_parent
+
+LIMIT_ECHO = f"bare echo ({'compiled' if WIRE_CORE == 'compiled' else 'pyzmq'} frames)"
+"""What the limit is, for a row's note."""
 
 
 def _dying_with(parent: int, target: Callable[..., None], *args: Any) -> None:
@@ -35,16 +45,32 @@ def forked(target: Callable[..., None], *args: Any) -> multiprocessing.Process:
     return proc
 
 
-def _echo(endpoint: str, server_secret: bytes | None = None) -> None:
+def _movers(api: str) -> tuple[Callable[..., None], Callable[..., list[bytes]],
+                               Callable[[Any], list[bytes] | None]]:
+    """(send, recv, try_recv) of a whole multipart message, by the tree's frame mover or
+    by pyzmq's own calls."""
+    if api == "wire":
+        return send_frames, recv_frames, try_recv
+
+    def try_multipart(s: Any) -> list[bytes] | None:
+        try:
+            return s.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+    return (lambda s, f: s.send_multipart(f)), (lambda s: s.recv_multipart()), try_multipart
+
+
+def _echo(endpoint: str, server_secret: bytes | None = None, api: str = "wire") -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.ROUTER)
     if server_secret is not None:  # tcp: a CURVE server, as the tree's sockets are
         s.setsockopt(zmq.CURVE_SERVER, 1)
         s.setsockopt(zmq.CURVE_SECRETKEY, server_secret)
     s.bind(endpoint)
+    send, recv, _ = _movers(api)
     while True:
-        frames = s.recv_multipart()
-        s.send_multipart(frames)
+        frames = recv(s)
+        send(s, frames)
         if frames[-1] == b"stop":
             break
     s.close(0)
@@ -52,12 +78,15 @@ def _echo(endpoint: str, server_secret: bytes | None = None) -> None:
 
 
 class RawEcho:
-    def __init__(self, directory: Path, tcp_endpoint: str | None = None) -> None:
+    def __init__(self, directory: Path, tcp_endpoint: str | None = None,
+                 api: str = "wire") -> None:
         """Over ipc in `directory`; or, given `tcp_endpoint`, over tcp with CURVE (fresh keys,
-        no ZAP handler: it only costs at the handshake)."""
-        self.endpoint = tcp_endpoint or f"ipc://{directory}/raw-echo.sock"
+        no ZAP handler: it only costs at the handshake). `api`: "wire" (the limit) or
+        "pyzmq" (send_multipart and recv_multipart on both ends)."""
+        self.endpoint = tcp_endpoint or f"ipc://{directory}/raw-echo-{api}.sock"
         server_public, server_secret = zmq.curve_keypair() if tcp_endpoint else (None, None)
-        self.proc = forked(_echo, self.endpoint, server_secret)
+        self._send, self._recv, self._try_recv = _movers(api)
+        self.proc = forked(_echo, self.endpoint, server_secret, api)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -73,41 +102,39 @@ class RawEcho:
             self.round_trip()
 
     def round_trip(self) -> None:
-        self.sock.send_multipart(self.frames)
-        self.sock.recv_multipart()
+        self._send(self.sock, self.frames)
+        self._recv(self.sock)
 
     def latencies(self, n: int) -> list[float]:
         out = []
         pc = time.perf_counter
+        s, frames, send, recv = self.sock, self.frames, self._send, self._recv
         for _ in range(n):
             t0 = pc()
-            self.sock.send_multipart(self.frames)
-            self.sock.recv_multipart()
+            send(s, frames)
+            recv(s)
             out.append((pc() - t0) * 1e6)
         return out
 
     def pipelined(self, n: int, window: int = 256) -> float:
         """Messages per second with up to `window` in flight."""
-        s = self.sock
+        s, frames, send, recv, try_next = self.sock, self.frames, self._send, self._recv, \
+            self._try_recv
         sent = got = 0
         t0 = time.perf_counter()
         while got < n:
             while sent < n and sent - got < window:
-                s.send_multipart(self.frames)
+                send(s, frames)
                 sent += 1
-            s.recv_multipart()
+            recv(s)
             got += 1
-            try:
-                while got < sent:
-                    s.recv_multipart(zmq.NOBLOCK)
-                    got += 1
-            except zmq.Again:
-                pass
+            while got < sent and try_next(s) is not None:
+                got += 1
         return n / (time.perf_counter() - t0)
 
     def close(self) -> None:
-        self.sock.send_multipart([b"stop"])
-        self.sock.recv_multipart()
+        self._send(self.sock, [b"stop"])
+        self._recv(self.sock)
         self.proc.join(5)
         self.sock.close(0)
         self.ctx.term()

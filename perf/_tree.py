@@ -66,9 +66,12 @@ class BenchTree:
         cmd += self.extra_args
         compile_package()
         t0 = time.perf_counter()
+        # (its logs and SLO record in its own dir, removed with it: not one more
+        # ~/.local/state/moorage/mp-* a run)
+        env = dict(os.environ, MOORAGE_STATE_DIR=str(self.dir / "state"))
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
         with Client(self.dir, timeout=30.0) as c:
             names = c.call("supervisor", "sup.endpoints")
             for name in names:

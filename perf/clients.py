@@ -25,6 +25,7 @@ import zmq
 
 from moorage.protocol import endpoints
 from moorage.protocol.envelope import encode_request
+from moorage.protocol.wire import recv_frames, send_frames
 from perf._raw import RawEcho
 from perf._report import Report, Row, percentiles
 from perf._tree import BenchTree
@@ -48,8 +49,8 @@ def python_side(tree: BenchTree, raw: RawEcho, n: int) -> dict:
         for _ in range(2000):
             raw.round_trip()
             client.call(ACTOR, "sys.ping")
-            bare.send_multipart(bare_frames)
-            bare.recv_multipart()
+            send_frames(bare, bare_frames)
+            recv_frames(bare)
         ours: list[float] = []
         limit: list[float] = []
         direct: list[float] = []
@@ -62,8 +63,8 @@ def python_side(tree: BenchTree, raw: RawEcho, n: int) -> dict:
         # between the two compared slows whichever comes after it (perf/p1_p2_tcp.py).
         for _ in range(n):
             t0 = pc()
-            bare.send_multipart(bare_frames)
-            bare.recv_multipart()
+            send_frames(bare, bare_frames)
+            recv_frames(bare)
             direct.append((pc() - t0) * 1e6)
         rates_ours, rates_raw = [], []
         for _ in range(3):

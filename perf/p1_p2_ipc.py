@@ -1,6 +1,8 @@
 """P1 (sys.ping round trip through the client) and P2 (pipelined throughput), each beside
-bare pyzmq on the same frames in the same run: P1 alternates one raw and one client round
-trip, so both see the same machine (this one is shared and its latency drifts by 2x).
+the bare echo on the same frames in the same run (perf/_raw.py: the tree's own frame mover on
+both ends; pyzmq's multipart calls measured beside it, informative): P1 alternates one raw
+and one client round trip, so both see the same machine (this one is shared and its latency
+drifts by 2x), in an order that turns each time (what runs just before a sample slows it).
 
     python -m perf.p1_p2_ipc [--n 20000]      (or: python perf/p1_p2_ipc.py)
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 if not __package__:  # run as a file: the repository root is what `-m` would have put first
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from perf._raw import P2_TARGET, RawEcho, p2_passes, pipelined_rates
+from perf._raw import LIMIT_ECHO, P2_TARGET, RawEcho, p2_passes, pipelined_rates
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = BenchTree(f'[actor.{ACTOR}]\nio_threads_sched = "batch"\n')
     batch.start()
     raw = RawEcho(tree.dir)
+    multipart = RawEcho(tree.dir, api="pyzmq")
     client = tree.client(timeout=10.0)
     batch_client = batch.client(timeout=10.0)
     try:
@@ -43,18 +46,31 @@ def main(argv: list[str] | None = None) -> int:
         ours: list[float] = []
         batched: list[float] = []
         limit: list[float] = []
+        pyzmq: list[float] = []
         call, batch_call = client.call, batch_client.call
-        for _ in range(args.n):
-            limit += raw.latencies(1)
+
+        def one_ours() -> None:
             t0 = pc()
             call(ACTOR, "sys.ping")
-            t1 = pc()
+            ours.append((pc() - t0) * 1e6)
+
+        def one_batched() -> None:
+            t0 = pc()
             batch_call(ACTOR, "sys.ping")
-            batched.append((pc() - t1) * 1e6)
-            ours.append((t1 - t0) * 1e6)
-        po, pl, pb = percentiles(ours), percentiles(limit), percentiles(batched)
+            batched.append((pc() - t0) * 1e6)
+
+        turns = [lambda: limit.extend(raw.latencies(1)), one_ours,
+                 lambda: pyzmq.extend(multipart.latencies(1)), one_batched]
+        for i in range(args.n):
+            for k in range(len(turns)):
+                turns[(i + k) % len(turns)]()
+        po, pl, pb, pm = (percentiles(x) for x in (ours, limit, batched, pyzmq))
         report.add(Row("P1", "sys.ping p50 via client (ipc)", "µs", "<= 1.15x limit",
-                       po[50], pl[50], po[50] <= 1.15 * pl[50]))
+                       po[50], pl[50], po[50] <= 1.15 * pl[50], note=f"limit: {LIMIT_ECHO}"))
+        report.add(Row("P1", "bare echo with pyzmq's multipart calls, p50", "µs",
+                       "(informative)", pm[50], pl[50], True,
+                       note=f"p99 {pm[99]:.0f} µs; the client's p50 is "
+                            f"{po[50] / pm[50]:.2f}x of it"))
         report.add(Row("P1", "sys.ping p99 via client (ipc)", "µs", "<= 500 µs",
                        po[99], pl[99], po[99] <= 500))
         report.add(Row("P1", "same, I/O threads SCHED_BATCH, p50", "µs", "(informative)",
@@ -62,19 +78,26 @@ def main(argv: list[str] | None = None) -> int:
                        note=f"p99 {pb[99]:.0f} µs; default tree p50 {po[50]:.0f} µs"))
         report.add(Row("P1", "sys.ping p99.9 via client (ipc)", "µs", "(seed 2 ms)",
                        po[99.9], pl[99.9], po[99.9] <= 2000))
-        plot_percentiles("p1_ping", {"moorage client sys.ping": ours, "raw pyzmq echo": limit})
+        plot_percentiles("p1_ping", {"moorage client sys.ping": ours, "bare echo": limit,
+                                     "bare echo, pyzmq multipart": pyzmq})
 
         n = args.n * 2
         rates_ours, rates_raw = pipelined_rates(raw, client, ACTOR, n)
-        ro, rl = max(rates_ours), max(rates_raw)
+        rates_pyzmq = [multipart.pipelined(n) for _ in range(3)]
+        ro, rl, rm = max(rates_ours), max(rates_raw), max(rates_pyzmq)
         report.add(Row("P2", "pipelined sys.ping through client", "/s", P2_TARGET, ro, rl,
-                       p2_passes(ro, rl), note="best of 3"))
-        report.extra = {"p1_us": {"ours": po, "limit": pl, "io_threads_batch": pb},
-                        "p2_per_run": {"ours": rates_ours, "limit": rates_raw}}
+                       p2_passes(ro, rl), note=f"best of 3; limit: {LIMIT_ECHO}"))
+        report.add(Row("P2", "bare echo with pyzmq's multipart calls, pipelined", "/s",
+                       "(informative)", rm, rl, True, note="best of 3"))
+        report.extra = {"p1_us": {"ours": po, "limit": pl, "io_threads_batch": pb,
+                                  "pyzmq_multipart": pm},
+                        "p2_per_run": {"ours": rates_ours, "limit": rates_raw,
+                                       "pyzmq_multipart": rates_pyzmq}}
     finally:
         client.close()
         batch_client.close()
         raw.close()
+        multipart.close()
         tree.stop()
         batch.stop()
     return report.finish()

@@ -1,7 +1,7 @@
 """P1 and P2 in remote mode: `sys.ping` round trips and pipelined calls through the client
-over tcp with CURVE on loopback, beside bare pyzmq tcp+CURVE on the same frames in the same
-run (the same alternation as perf/p1_p2_ipc.py). The ipc limit is measured in the same run
-too, after them, so the cost of tcp+CURVE itself is visible beside ours.
+over tcp with CURVE on loopback, beside the bare echo (perf/_raw.py) over tcp+CURVE on the
+same frames in the same run (the same alternation as perf/p1_p2_ipc.py). The ipc limit is
+measured in the same run too, after them, so the cost of tcp+CURVE itself is visible beside ours.
 
     python -m perf.p1_p2_tcp [--n 20000]
 """
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         report.add(Row("P1", "sys.ping p99.9 via client (tcp+CURVE)", "µs", "(seed 2 ms)",
                        po[99.9], pl[99.9], po[99.9] <= 2000))
         plot_percentiles("p1_ping_tcp", {"moorage client sys.ping, tcp+CURVE": ours,
-                                         "raw pyzmq echo, tcp+CURVE": limit,
-                                         "raw pyzmq echo, ipc": limit_ipc})
+                                         "bare echo, tcp+CURVE": limit,
+                                         "bare echo, ipc": limit_ipc})
         n = args.n * 2
         rates_ours, rates_raw = pipelined_rates(raw, client, ACTOR, n)
         ro, rl = max(rates_ours), max(rates_raw)

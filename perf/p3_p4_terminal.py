@@ -7,7 +7,7 @@ default tree) and in-process (a second default tree with `parse = "local"`), in 
 blocks.
 
   P3 limit: a raw PTY round trip (write `echo test`, read to the shell's trusted D marker, in
-            this process, same bash and integration script) + P1's limit (a bare pyzmq echo),
+            this process, same bash and integration script) + P1's limit (the bare echo),
             taken one after the other, as an exec takes them: the median of their sums. (The
             echo alone, back to back, is also reported: on this class of VM it reads 35 µs
             when the scheduler puts both its processes on one core and 110-130 across two,

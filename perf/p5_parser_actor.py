@@ -7,12 +7,12 @@ Input: p5_parser's coloured compiler-like output (SGR-heavy, a shell-integration
 lines, with the session nonce). Each run opens a fresh stream with the nonce, markers only.
 
   P5  parse.feed of 64 KiB chunks, one after the other, MB/s. Limit: the serial sum of what
-      the actor cannot avoid, each measured here on the same chunks: a bare pyzmq round trip
+      the actor cannot avoid, each measured here on the same chunks: a bare round trip
       of the same request frames (an echo that answers with the small frames only) plus the
       library (`Parser.feed`) in this process. The markers found must equal those generated.
       The seed's 100 MB/s is the library's target (perf/p5_parser.py); through the actor the
       target is a ratio, as P2's is.
-  P1  parse.feed of 4 KiB chunks, round trip p50 and p99 (µs). Limit: the same bare pyzmq
+  P1  parse.feed of 4 KiB chunks, round trip p50 and p99 (µs). Limit: the same bare
       round trip of the same frames: P1's limit at this size. Printed beside it, from the
       same blocks: the library's own time for these chunks, and sys.ping through the client
       (what the runtime costs without parsing).
@@ -33,6 +33,7 @@ import zmq
 
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import encode_request
+from moorage.protocol.wire import recv_frames, send_frames
 from perf._raw import forked
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
@@ -60,8 +61,8 @@ def _echo_small(endpoint: str) -> None:
     s = ctx.socket(zmq.ROUTER)
     s.bind(endpoint)
     while True:
-        frames = s.recv_multipart(copy=False)
-        s.send_multipart(frames[:4])
+        frames = recv_frames(s)
+        send_frames(s, frames[:4])
         if len(frames) == 2:
             break
     s.close(0)
@@ -69,7 +70,8 @@ def _echo_small(endpoint: str) -> None:
 
 
 class RawFeed:
-    """The transport limit: bare pyzmq DEALER -> ROUTER with parse.feed's request frames."""
+    """The transport limit: a bare DEALER -> ROUTER (the tree's frame mover, as perf/_raw.py)
+    with parse.feed's request frames."""
 
     def __init__(self, directory: Path) -> None:
         endpoint = f"ipc://{directory}/raw-feed.sock"
@@ -89,14 +91,14 @@ class RawFeed:
             frames = encode_request(i + 1, "raw-feed-0123456789", "parse.feed",
                                     {"stream": "s", "offset": offset}, deadline, [chunk])
             t0 = pc()
-            self.sock.send_multipart(frames, copy=False)
-            self.sock.recv_multipart()
+            send_frames(self.sock, frames)
+            recv_frames(self.sock)
             out.append(pc() - t0)
             offset += len(chunk)
         return out
 
     def close(self) -> None:
-        self.sock.send_multipart([b"stop"])
+        send_frames(self.sock, [b"stop"])
         self.proc.join(5)
         self.sock.close(0)
         self.ctx.term()
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         ok_markers = all(f == expected for f in found)
         report.add(Row("P5", "parse.feed 64 KiB coloured via client", "MB/s",
                        ">= 50% of limit", mo, ml, mo >= 0.5 * ml and ok_markers,
-                       note=f"median of {args.repeat}; limit = bare pyzmq round trip of the "
+                       note=f"median of {args.repeat}; limit = bare round trip of the "
                             f"same frames + the library, serially; markers {found[0]} of "
                             f"{expected}"))
 
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                        po[99], pl[99], po[99] <= 500))
         plot_percentiles("p5_parser_actor_feed_4k", {
             "parse.feed 4 KiB via client": ours_us,
-            "bare pyzmq round trip, same frames": limit_us,
+            "bare round trip, same frames": limit_us,
             "sys.ping via client": ping_us,
         })
 

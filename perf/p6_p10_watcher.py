@@ -1,6 +1,6 @@
 """The watcher's figures, each beside a limit measured in the same run:
 
-  P6   fs.read cache hit: end to end (client round trip) against P1's limit (raw pyzmq echo of
+  P6   fs.read cache hit: end to end (client round trip) against P1's limit (the bare echo of
        a sys.ping-sized frame), and the in-actor service time the runtime records (metrics)
   P7   fs.read of a 4 KB file from disk (page cache), from a watcher whose cache is off,
        against the same limit
@@ -145,7 +145,7 @@ def read_rows(report: Report, raw: RawEcho, client: Any, work: Path, n: int, blo
                                 f"send), n={life['count']}, p99 {life['p99']} µs; the "
                                 f"handler's lookup alone costs {lookup:.1f} µs back to back "
                                 f"and {cold:.1f} after a 300 µs sleep (rows below)"))
-            plot_percentiles("p6_read_hit", {"fs.read hit": ours, "raw pyzmq echo": limit})
+            plot_percentiles("p6_read_hit", {"fs.read hit": ours, "bare echo": limit})
         else:
             report.add(Row("P7", "fs.read 4 KB from disk p50, end to end", "µs",
                            "<= 1.5x P1 limit", po[50], pl[50], po[50] <= 1.5 * pl[50],
@@ -153,7 +153,7 @@ def read_rows(report: Report, raw: RawEcho, client: Any, work: Path, n: int, blo
                                 f"p99 {life['p99']} µs; {context}"))
             report.add(Row("P7", "fs.read 4 KB from disk p99, end to end", "µs",
                            "(seed 1 ms)", po[99], pl[99], po[99] <= 1000))
-            plot_percentiles("p7_read_disk", {"fs.read disk": ours, "raw pyzmq echo": limit})
+            plot_percentiles("p7_read_disk", {"fs.read disk": ours, "bare echo": limit})
         report.extra[f"read_{actor}_us"] = {"ours": po, "limit": pl, "ping": pp,
                                             "in_actor": life}
     stat_us = min(_stat_cost(str(hot)) for _ in range(5))

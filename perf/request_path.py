@@ -169,16 +169,17 @@ class ActorBench:
 
 SEND_PROBE = r"""
 import os, sys, time, zmq
+from moorage.protocol.wire import recv_frames, send_frames
 ctx = zmq.Context()
 if sys.argv[2] == "batch":
     ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_BATCH); ctx.set(zmq.THREAD_PRIORITY, 0)
 r = ctx.socket(zmq.ROUTER); r.bind(sys.argv[1])
 pc = time.perf_counter; took = []
 while True:
-    f = r.recv_multipart()
+    f = recv_frames(r)
     if f[-1] == b"stop":
         break
-    t0 = pc(); r.send_multipart(f); took.append(pc() - t0)
+    t0 = pc(); send_frames(r, f); took.append(pc() - t0)
 took.sort()
 print(f"{took[len(took) // 2] * 1e6:.2f} {took[int(len(took) * 0.9)] * 1e6:.2f}")
 """
