@@ -79,6 +79,11 @@ RPC_LINGER_MS = 200
 # would make the cache answer outcome_unknown to every pinned resend until then.
 MAX_DEADLINE_AHEAD_MS = 24 * 3600 * 1000
 TURN_BUDGET_S = 0.02  # requests handled per loop turn, in time (see `handle_batch`)
+# Frames a subscriber sent that one drain of the publisher socket reads (`_drain_subscriptions`),
+# within TURN_BUDGET_S too: a whole connection's allowed subscriptions (a SUB resends them all
+# when it reconnects) in one turn. A flood waits for later turns, so the loop still beats and
+# serves requests between them.
+SUBSCRIPTION_FRAMES_PER_TURN = 256
 MAX_ROUTES = 16  # copies of one call under way that wait for its answer (the first, resends)
 CORK_S = 0.001  # the longest a batch's reply waits for the others to leave with it
 
@@ -189,7 +194,8 @@ INFO = {
     "reply_cache": {"entries": int, "bytes": int, "hits": int},
     "heap": {"trims": int, "released_bytes": int, "last_trim_ms": float, "noted_bytes": int},
     "topics": dict[str, int],
-    "subscriptions": {"connections": int, "applied": int, "refused": int},
+    "subscriptions": {"connections": int, "applied": int, "refused": int, "deferred": int,
+                      "largest_drain": int},
     "shape_core": Literal["compiled", "python"],
     "wire_core": Literal["compiled", "python"],
     "envelope_core": Literal["compiled", "python"],
@@ -278,8 +284,15 @@ class Actor:
         self.bind_socket(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))
         self.max_subscriptions = int(self.config.get("max_subscriptions",
                                                      limits.MAX_SUBSCRIPTIONS))
-        self._subs_by_fd: dict[int, int] = {}  # subscriptions applied, per connection (fd)
+        # The topics applied, per connection (fd): libzmq holds a connection's subscriptions
+        # as a set (a second subscribe of a topic adds nothing, one unsubscribe removes it),
+        # and so does this, so that what is counted is what libzmq holds.
+        self._subs_by_fd: dict[int, set[bytes]] = {}
         self.subscriptions_refused = 0
+        self.subscriptions_deferred = 0  # drains cut short, the rest read on a later turn
+        self.largest_drain = 0  # the most frames one drain read
+        self._drain_queued = False  # a drain cut short has the next turn's drain queued
+        self._frame_continues = False  # the last frame read had more parts after it
         # (and over tcp, the handshakes that fail before ZAP: TcpSide counts them)
         self._pub_monitor = self.pub_socket.get_monitor_socket(
             zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
@@ -331,48 +344,100 @@ class Actor:
             self.loop.remove_writer(self.pub_socket)
             self.on_backlog_drained()
 
+    def _on_pub_readable(self) -> None:
+        # As requests held past a turn's budget (`_hold`): while a drain is queued for the
+        # next turn, what arrived waits for it, so one turn reads at most one drain's worth.
+        if not self._drain_queued:
+            self._drain_subscriptions()
+
+    def _drain_queued_subscriptions(self) -> None:
+        self._drain_queued = False
+        self._drain_subscriptions()
+
     def _drain_subscriptions(self) -> None:
+        """Read what subscribers sent, SUBSCRIPTION_FRAMES_PER_TURN frames and TURN_BUDGET_S at
+        most; the rest is read on the next turn. With XPUB_MANUAL every frame a peer sends
+        comes here (subscriptions, unsubscriptions, anything else): a peer that keeps sending
+        them would otherwise hold the loop for as long as it likes."""
         # Connections come and go on the monitor, subscriptions on the socket: both are fed by
         # libzmq's I/O thread, a connection's events before its messages, so the monitor goes
         # first (a new connection may have the fd of one just gone).
         self._on_pub_monitor()
         pub = self.pub_socket
-        counts = self._subs_by_fd
-        while True:
+        stop = _perf_counter() + TURN_BUDGET_S
+        read = 0
+        while read < SUBSCRIPTION_FRAMES_PER_TURN and _perf_counter() <= stop:
             try:
                 frame = pub.recv(NOBLOCK, copy=False)
             except zmq.Again:
-                return
-            data = frame.bytes
-            try:
-                fd = frame.get(zmq.SRCFD)
-            except zmq.ZMQError:
-                fd = None  # its connection is gone (libzmq dropped what it had)
-            if data[:1] == b"\x01":
-                n = counts.get(fd, 0) if fd is not None else 0
-                # (over tcp libzmq's own limit has room for CURVE: the topic's is held here)
-                if fd is None or n >= self.max_subscriptions \
-                        or len(data) > 1 + limits.MAX_TOPIC_LEN:
-                    self.subscriptions_refused += 1
-                    continue
-                pub.setsockopt(zmq.SUBSCRIBE, data[1:])  # for that connection only
-                counts[fd] = n + 1
-                topic = data[1:].decode(errors="replace")
-                self.publisher.welcome(topic)
-                self.on_subscribed(topic)
-            elif data[:1] == b"\x00" and fd is not None and counts.get(fd):
-                pub.setsockopt(zmq.UNSUBSCRIBE, data[1:])
-                counts[fd] -= 1
+                break
+            read += 1
+            self._apply_subscription_frame(frame)
+        else:
+            if pub.get(zmq.EVENTS) & zmq.POLLIN:
+                self.subscriptions_deferred += 1
+                self._drain_queued = True
+                self.loop.defer(self._drain_queued_subscriptions)
+        self.largest_drain = max(self.largest_drain, read)
+
+    def _apply_subscription_frame(self, frame: zmq.Frame) -> None:
+        """A subscription is applied (for its connection only) and welcomed when its topic
+        is new to that connection and the connection holds fewer than `max_subscriptions`;
+        an unsubscription when the connection holds the topic. A subscription past the
+        bound, too long, or from a connection gone, and a frame that is neither, are
+        refused (counted); a topic subscribed again or never held changes nothing, so no
+        welcome round goes out again for what a connection holds already."""
+        data = frame.bytes
+        kind, topic = data[:1], data[1:]
+        # Only a message's first part can be a subscription (libzmq passes later parts up
+        # as they are, whatever their first byte, having recorded no subscription for them).
+        continued, self._frame_continues = self._frame_continues, frame.more
+        if continued:
+            kind = b""
+        if kind == b"\x00":
+            held = self._topics_of(frame)
+            if held is not None and topic in held:
+                self.pub_socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+                held.discard(topic)
+            return
+        if kind != b"\x01":
+            self.subscriptions_refused += 1
+            return
+        # A connection accepted since the drain began has its event read before its first
+        # subscription is counted: so every connection is counted under its own fd.
+        self._on_pub_monitor()
+        held = self._topics_of(frame)
+        if held is not None and topic in held:
+            return
+        # (over tcp libzmq's own limit has room for CURVE: the topic's is held here)
+        if held is None or len(held) >= self.max_subscriptions \
+                or len(topic) > limits.MAX_TOPIC_LEN:
+            self.subscriptions_refused += 1
+            return
+        self.pub_socket.setsockopt(zmq.SUBSCRIBE, topic)
+        held.add(topic)
+        name = topic.decode(errors="replace")
+        self.publisher.welcome(name)
+        self.on_subscribed(name)
+
+    def _topics_of(self, frame: zmq.Frame) -> set[bytes] | None:
+        """The topics applied for the connection that sent `frame`; None when it is gone
+        (libzmq's own unsubscriptions of a closed connection carry no fd)."""
+        try:
+            fd = frame.get(zmq.SRCFD)
+        except zmq.ZMQError:
+            return None
+        return self._subs_by_fd.get(fd)
 
     def _on_pub_monitor(self) -> None:
-        # A connection's count starts and ends with it.
+        # A connection's topics start and end with it (libzmq drops its subscriptions then).
         while True:
             try:
                 event = recv_event(self._pub_monitor, NOBLOCK)
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_ACCEPTED:
-                self._subs_by_fd[event["value"]] = 0
+                self._subs_by_fd[event["value"]] = set()
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._subs_by_fd.pop(event["value"], None)
             elif self.tcp is not None:
@@ -512,8 +577,10 @@ class Actor:
             "heap": self.heap.info(),
             "topics": {t.name: t.seq for t in self.publisher.topics.values()},
             "subscriptions": {"connections": len(self._subs_by_fd),
-                              "applied": sum(self._subs_by_fd.values()),
-                              "refused": self.subscriptions_refused},
+                              "applied": sum(map(len, self._subs_by_fd.values())),
+                              "refused": self.subscriptions_refused,
+                              "deferred": self.subscriptions_deferred,
+                              "largest_drain": self.largest_drain},
             # the protocol-value check this process runs (envelope.SHAPE_CORE): the optional
             # extension, or the Python walk without it; both give the same answers
             "shape_core": SHAPE_CORE,
@@ -936,7 +1003,7 @@ class Actor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.loop.set_primary(self.rpc, self.handle_batch, self.ctx, self.queue_limit * 2)
-        self.loop.add_reader(self.pub_socket, self._drain_subscriptions)
+        self.loop.add_reader(self.pub_socket, self._on_pub_readable)
         self.loop.add_reader(self._pub_monitor, self._on_pub_monitor)
         # A push goes out one interval after the first thing recorded since the last one:
         # an idle actor has no timer for it.
