@@ -20,15 +20,20 @@
  *
  * A worker's write in place (`FileService._write` with no temporary file and no
  * if_match) of a regular file or a new one: the directory opened without symlinks, the
- * name's lstat, the open, write, truncate and fstats, all with the GIL released once. In
- * Python each of those ten calls let the GIL go and took it back, and every take waited for
- * the watcher's loop, which holds it while it serves requests: three futex calls on the loop
- * per write, and the loop's time shared out with the workers' waits. None: the Python path
- * (openat2 refused; the name is a directory, a symlink or a special file, which it refuses
- * by name; a file swapped for a special one). Any other failure is its OSError. A new file
- * is made 0666 under the umask, as the Python path and any other program make one. The
- * stat_result is the fstat right after the write (no fsync between): whether it is our
- * version is the caller's to judge (its size).
+ * name's lstat, the open, the reservation of the room for the new bytes (fallocate, as
+ * files.py's `_make_room`: a full disk fails it before any old byte is overwritten), write,
+ * truncate and fstats, all with the GIL released once. In Python each of those calls let
+ * the GIL go and took it back, and every take waited for the watcher's loop, which holds it
+ * while it serves requests: three futex calls on the loop per write, and the loop's time
+ * shared out with the workers' waits. None: the Python path (openat2 refused; the name is
+ * a directory, a symlink or a special file, which it refuses by name; a file swapped for a
+ * special one; a new file made by another writer since the lstat; no room for the file or
+ * its bytes, the file put back as it was first: the Python path then answers the error and
+ * says the file is as it was). Any other failure is its OSError (one of room, then, came
+ * after the first byte: where the file system cannot reserve). A new file is made 0666
+ * under the umask, as the Python path and any other program make one. The stat_result is
+ * the fstat right after the write (no fsync between): whether it is our version is the
+ * caller's to judge (its size).
  *
  * Every stat_result is the one os.fstat would give (the tests compare every field).
  */
@@ -194,6 +199,46 @@ PyDoc_STRVAR(write_plain_doc,
 "FileService._write's write in place of a regular (or new) file, in one call with\n"
 "the GIL released once (see the module).");
 
+static int
+no_room(int e)
+{
+    return e == ENOSPC || e == EDQUOT;
+}
+
+/* Reserve the room for `len` bytes from the start of the open file `fd`, whose fstat after
+ * the open was `opened` (`made`: that open created it, as `name` in `dfd`), as files.py's
+ * `_make_room` does. 0: reserved, or the file system cannot reserve (the write goes on
+ * without); 1: it failed and the file is put back as it was (its size, which a reservation
+ * that ran out partway may have grown, or no file at all for one it made), for the Python
+ * path to try again and say so; -1 with errno set: it failed and could not be put back. */
+static int
+reserve(int dfd, const char *name, int fd, const struct stat *opened, int made, off_t len)
+{
+    struct stat now;
+    int r, e;
+
+    if (len == 0)
+        return 0;
+    do {
+        r = fallocate(fd, 0, 0, len);
+    } while (r < 0 && errno == EINTR);
+    if (r == 0 || errno == EOPNOTSUPP || errno == ENOSYS)
+        return 0;
+    e = errno;
+    if (made) {
+        if (fstatat(dfd, name, &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+            now.st_ino == opened->st_ino && unlinkat(dfd, name, 0) < 0)
+            goto stuck;
+    } else if (fstat(fd, &now) < 0 ||
+               (now.st_size != opened->st_size && ftruncate(fd, opened->st_size) < 0)) {
+        goto stuck;
+    }
+    return 1;
+stuck:
+    errno = e;
+    return -1;
+}
+
 static PyObject *
 write_plain(PyObject *module, PyObject *args)
 {
@@ -222,16 +267,29 @@ write_plain(PyObject *module, PyObject *args)
         if (!err && existed && !S_ISREG(cur.st_mode)) {
             python = 1;  /* a directory, symlink or special file: refused by name there */
         } else if (!err) {
-            /* O_NONBLOCK: a FIFO swapped in since the lstat fails the open, not waits */
+            /* O_NONBLOCK: a FIFO swapped in since the lstat fails the open, not waits;
+               O_EXCL: a new file is one this open made (a failed reservation removes it) */
             fd = openat(dfd, PyBytes_AS_STRING(name_bytes),
-                        O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+                        O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
+                        (existed ? 0 : O_EXCL),
                         existed ? (cur.st_mode & 07777) : 0666);  /* new: the umask's */
-            if (fd < 0)
+            if (fd < 0) {
+                if (no_room(errno) || (!existed && errno == EEXIST))
+                    python = 1;  /* nothing made: the Python path says why */
+                else
+                    err = errno;
+            } else if (fstat(fd, &after) < 0) {
                 err = errno;
-            else if (fstat(fd, &after) < 0)
-                err = errno;
-            else if (!S_ISREG(after.st_mode))
+            } else if (!S_ISREG(after.st_mode)) {
                 python = 1;
+            } else {
+                int r = reserve(dfd, PyBytes_AS_STRING(name_bytes), fd, &after, !existed,
+                                (off_t)data.len);
+                if (r > 0)
+                    python = 1;
+                else if (r < 0)
+                    err = errno;
+            }
         }
         if (fd >= 0 && !err && !python) {
             const char *p = data.buf;

@@ -28,9 +28,13 @@ target and fsyncs the directory, so a reader sees the old or the new file, never
 target with other hard links, or whose owner, group or attributes the temporary cannot be
 given (another user's file), is written in place instead and fsynced, and the answer says
 `atomic: false`: a replacement would split the links or hand the file to the watcher's
-user. A new file's mode is the umask's. The version answered is the one the write made,
-taken from its own descriptor: a writer that changes the file before that look (its mtime)
-makes it the temporary's, which no file has, and then nothing is cached or told as ours.
+user. A write in place first reserves the room for its bytes (fallocate), so a disk without
+it answers `no_space` while the file is still as it was (a hard-linked file saved with
+`atomic` included), and a new file it made is removed; every `no_space` says whether the
+file is as it was (`_raise_for_room`). A new file's mode is the umask's. The version
+answered is the one the write made, taken from its own descriptor: a writer that changes
+the file before that look (its mtime) makes it the temporary's, which no file has, and then
+nothing is cached or told as ours.
 `if_match` is the etag the caller last saw ("" = must not exist): anything else is a
 `conflict`, checked again just before the rename. Both the temporary and the target are
 reported to `on_self_write` so the watcher can tag the events they cause `origin: self`. A
@@ -54,6 +58,7 @@ the loop's `call_later`.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -63,7 +68,7 @@ import stat as stat_mod
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from loguru import logger
 
@@ -173,6 +178,74 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+# fallocate(2) itself: os.posix_fallocate falls back, where a file system has no fallocate,
+# to glibc's emulation, which preads the descriptor (a write-only one fails it, EBADF) and
+# writes a zero byte into each block a concurrent writer may be filling.
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate64
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+_CANNOT_RESERVE = (errno.EOPNOTSUPP, errno.ENOSYS)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Make the room for `size` bytes from the start of the file `fd` before any of its
+    bytes is overwritten (blocks for its holes and for its growth; its size grows too):
+    the want of room is then an error while the file is still as it was, not halfway
+    through it. Where the file system cannot reserve (NFSv3, some FUSE mounts) nothing is,
+    and the write goes on as it did before there was a reservation."""
+    while _fallocate(fd, 0, 0, size) != 0:
+        code = ctypes.get_errno()
+        if code in _CANNOT_RESERVE:
+            return
+        if code != errno.EINTR:
+            raise OSError(code, os.strerror(code))
+
+
+def _raise_for_room(exc: OSError, path: str, unchanged: bool) -> NoReturn:
+    """Raise a write's failure `exc`: a want of room as `no_space` saying whether the file is
+    still as it was (`detail.unchanged`), since a caller whose save failed must know whether
+    it still has its old contents; any other error as it is (classified, or retried, by
+    `Attempts`)."""
+    if exc.errno not in _NO_ROOM:
+        raise exc
+    err = os_error(exc, path)
+    err.error.message += ("; the file is as it was" if unchanged else
+                          "; the file may hold the first part of the new bytes")
+    err.error.detail["unchanged"] = unchanged
+    raise err from exc
+
+
+def _make_room(dfd: int, fd: int, path: str, name: str, st: os.stat_result, size: int,
+               made: bool) -> None:
+    """`_reserve` for a write in place of `size` bytes into the file `fd` (`st` its fstat
+    after the open; `made`: this write's open created it); when there is no room, the file
+    put back as it was (`_put_back`) before the error is raised."""
+    if size == 0:
+        return
+    try:
+        _reserve(fd, size)
+    except OSError as exc:
+        _raise_for_room(exc, path, unchanged=_put_back(dfd, fd, path, name, st, made))
+
+
+def _put_back(dfd: int, fd: int, path: str, name: str, st: os.stat_result, made: bool
+              ) -> bool:
+    """Undo a failed reservation: the file's size (one that ran out partway may have grown
+    it) or, one this write made, the file itself. False, logged, where that failed."""
+    try:
+        if made:
+            if _ino_at(dfd, name) == st.st_ino:
+                os.unlink(name, dir_fd=dfd)
+        elif os.fstat(fd).st_size != st.st_size:
+            os.ftruncate(fd, st.st_size)
+    except OSError as exc:
+        logger.warning("watcher: {} not put back after a failed reservation: {}", path, exc)
+        return False
+    return True
 
 
 @dataclass(slots=True)
@@ -315,7 +388,10 @@ def _replace(dfd: int, path: str, tmp: str, name: str, data: bytes,
     look changes its mtime, and then the version answered is the temporary's, which no file
     has (an if_match with it is a conflict), and nothing is cached or claimed. None: it
     cannot be given the file's owner or attributes (`_give_owner`, `_give_xattrs`)."""
-    fd = _open_tmp(dfd, tmp, cur is None)
+    try:
+        fd = _open_tmp(dfd, tmp, cur is None)
+    except OSError as exc:
+        _raise_for_room(exc, path, unchanged=True)
     renamed = False
     try:
         if cur is not None and not _give_owner(fd, cur):
@@ -336,6 +412,10 @@ def _replace(dfd: int, path: str, tmp: str, name: str, data: bytes,
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         renamed = True
         after = os.fstat(fd)
+    except OSError as exc:
+        if renamed:
+            raise
+        _raise_for_room(exc, path, unchanged=True)  # (the target was not touched)
     finally:
         os.close(fd)
         if not renamed:
@@ -347,6 +427,14 @@ def _replace(dfd: int, path: str, tmp: str, name: str, data: bytes,
     same = ((after.st_ino, after.st_size, after.st_mtime_ns)
             == (ours.st_ino, ours.st_size, ours.st_mtime_ns))
     return Written(after if same else ours, same, atomic=True)
+
+
+def _ino_at(dfd: int, name: str) -> int | None:
+    """The inode `name` is now (None = nothing)."""
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _still(dfd: int, path: str, name: str, cur: os.stat_result | None, if_match: str) -> None:
@@ -366,33 +454,44 @@ def _etag_at(dfd: int, name: str) -> str:
 
 def _in_place(dfd: int, path: str, name: str, data: bytes, cur: os.stat_result | None,
               if_match: str | None, sync: bool) -> Written:
-    """A write in place: the file keeps its inode, owner, links and attributes. Overwritten,
-    then what is left over cut: truncating to zero first would make ext4 flush the file on
-    close (its replace-via-truncate heuristic). `sync`: fsynced before it is answered (an
-    atomic write that could not replace the file still promised that once answered it
-    survives a crash; what a crash during it leaves may be the new bytes over the old
-    tail). O_NONBLOCK: a FIFO swapped in since the check fails the open instead of waiting.
-    With an if_match, the file opened must be the one checked (a new one: made by this
-    open)."""
+    """A write in place: the file keeps its inode, owner, links and attributes. Its room is
+    reserved first (`_make_room`), so a disk without it leaves the file as it was; then it
+    is overwritten and what is left over cut: truncating to zero first would make ext4
+    flush the file on close (its replace-via-truncate heuristic). `sync`: fsynced before it
+    is answered (an atomic write that could not replace the file still promised that once
+    answered it survives a crash; what a crash during it leaves may be the new bytes over
+    the old tail). O_NONBLOCK: a FIFO swapped in since the check fails the open instead of
+    waiting. A new file is made by this open alone (O_EXCL: a failed write removes only
+    what it made); with an if_match, the file opened must be the one checked."""
     mode = stat_mod.S_IMODE(cur.st_mode) if cur is not None else 0o666
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-    if cur is None and if_match is not None:
+    if cur is None:
         flags |= os.O_EXCL
     try:
         fd = os.open(name, flags, mode, dir_fd=dfd)
     except FileExistsError:
-        raise _conflict(path, _etag_at(dfd, name), if_match or "") from None
+        if if_match is not None:
+            raise _conflict(path, _etag_at(dfd, name), if_match) from None
+        # (made by another writer since the look: the next try writes over it)
+        raise BlockingIOError(errno.EAGAIN, "made meanwhile by another writer; retrying",
+                              path) from None
+    except OSError as exc:
+        _raise_for_room(exc, path, unchanged=True)
     try:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
             raise special_file(st.st_mode, path, "written")
         if if_match is not None and cur is not None and stat_key(st) != stat_key(cur):
             raise _conflict(path, etag(stat_key(st)), if_match)
-        _write_all(fd, data)
-        if st.st_size > len(data):
-            os.ftruncate(fd, len(data))
-        if sync:
-            os.fsync(fd)
+        _make_room(dfd, fd, path, name, st, len(data), made=cur is None)
+        try:
+            _write_all(fd, data)
+            if st.st_size > len(data):
+                os.ftruncate(fd, len(data))
+            if sync:
+                os.fsync(fd)
+        except OSError as exc:
+            _raise_for_room(exc, path, unchanged=False)
         after = os.fstat(fd)
         # (a size other than ours: another writer at work meanwhile, not our version)
         return Written(after, after.st_size == len(data), atomic=False)
@@ -795,7 +894,12 @@ class FileService:
         replacement could not be given, is made in place (`atomic` false in the answer)."""
         if (tmp is None and if_match is None and live is None and _write_plain is not None
                 and self.roots.opens_without_symlinks):
-            st = _write_plain(parent, name, data)
+            try:
+                st = _write_plain(parent, name, data)
+            except OSError as exc:
+                # (a want of room before its first byte is handed back here, None: this
+                # one came after it, where the file system could not reserve)
+                _raise_for_room(exc, path, unchanged=False)
             if st is not None:
                 return Written(st, st.st_size == len(data), atomic=False)
         dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
