@@ -8,14 +8,17 @@ machine's load of the moment:
 
   echo test    one command and its answer, one at a time. node-pty (perf/peers/node_pty/
                bench.js): `echo test\\r` written to a bare bash, the clock stopped in the
-               onData callback that brings "test" on a line of its own and the prompt after
-               it. Ours: `term.exec "echo test"` through the Python client on the default tree
-               (the parser actor on the path), answered at the command's end marker, as P3;
-               the next command waits for the prompt on the session's stream, as P3's do.
+               onData callback that brings "test" on a line of its own (the command's
+               output: where ours is answered), the prompt after it awaited off the clock
+               before the next command. Ours: `term.exec "echo test"` through the Python
+               client on the default tree (the parser actor on the path), answered at the
+               command's end marker, as P3; the next command waits for the prompt on the
+               session's stream, as P3's do.
                Beside them, informative, on a PTY read by this process: our integrated bash
                alone (P3's limit without its zmq part: what the shell integration costs
                before moorage does anything; to its end marker, as term.exec), and node-pty's
-               bare bash (to the prompt, as bench.js: node-pty's own cost is the difference).
+               bare bash (to its output line, as bench.js: node-pty's own cost is the
+               difference).
   cat          `cat` of a file of `--mb` MB of "Q" at the prompt: the time from the command
                written until every "Q" has arrived (node-pty: in onData; ours: in a
                subscriber of the session's output stream, as P4), then the prompt awaited;
@@ -85,24 +88,28 @@ class BarePty:
         self.prompt = PROMPT.encode()
         self.read_until(lambda buf: self.prompt in buf)
 
-    def read_until(self, done: Callable[[bytes], bool], timeout: float = 10.0) -> None:
-        buf = b""
+    def read_until(self, done: Callable[[bytes], bool], buf: bytes = b"",
+                   timeout: float = 10.0) -> bytes:
+        """Read until `done` holds of what was read (after `buf`, read before); all of it."""
         end = time.monotonic() + timeout
         while not done(buf):
             if not select.select([self.sp.master], [], [], max(0, end - time.monotonic()))[0]:
-                raise TimeoutError(f"bare bash: no prompt in {timeout} s: {buf[-200:]!r}")
+                raise TimeoutError(f"bare bash: not done in {timeout} s: {buf[-200:]!r}")
             buf += os.read(self.sp.master, 1 << 16)
+        return buf
 
     def round_trip(self) -> float:
-        """As bench.js's: `echo test` written, until "test" on a line and the prompt after."""
-        def done(buf: bytes) -> bool:
-            i = max(buf.find(b"\ntest\r\n"), buf.find(b"\rtest\r\n"))
-            return i >= 0 and self.prompt in buf[i + 7:]
+        """As bench.js's: `echo test` written, timed until "test" on a line of its own (the
+        command's output), then the prompt after it awaited off the clock."""
+        def output(buf: bytes) -> int:
+            return max(buf.find(b"\ntest\r\n"), buf.find(b"\rtest\r\n"))
 
         t0 = time.perf_counter()
         os.write(self.sp.master, b"echo test\r")
-        self.read_until(done)
-        return (time.perf_counter() - t0) * 1e6
+        buf = self.read_until(lambda b: output(b) >= 0)
+        took = (time.perf_counter() - t0) * 1e6
+        self.read_until(lambda b: self.prompt in b, buf[output(buf) + 7:])
+        return took
 
     def close(self) -> None:
         os.close(self.sp.master)

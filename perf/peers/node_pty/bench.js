@@ -8,8 +8,9 @@
 // {ready, version, pid}, then answers each command read on stdin with one JSON line:
 //
 //   echo N       N round trips of `echo test`: the command written, the clock stopped in the
-//                onData callback that brings its output ("test" on a line of its own) and the
-//                prompt after it: {echo_us: [...]}
+//                onData callback that brings its output ("test" on a line of its own), where
+//                moorage's term.exec answers (at the command's end, before the prompt); the
+//                prompt after it awaited, off the clock, before the next: {echo_us: [...]}
 //   cat PATH N   `cat PATH` written (a file of N bytes of "Q"): seconds until N "Q" were seen
 //                in onData (the same clock as moorage's P4), then the prompt awaited:
 //                {cat_s, bytes}
@@ -67,8 +68,9 @@ function until(test) {
   });
 }
 
-// The prompt, after `after` in the output (or anywhere when after is null).
-function promptAfter(after) {
+// The prompt, after `after` in the output (or anywhere when after is null); `found`, when
+// given, is called in the onData callback that brings `after`.
+function promptAfter(after, found = null) {
   let buf = "";
   let from = -1;
   return (data) => {
@@ -79,6 +81,7 @@ function promptAfter(after) {
         const i = Math.max(buf.indexOf("\n" + after), buf.indexOf("\r" + after));
         if (i < 0) return false;
         from = i + after.length + 1;
+        if (found !== null) found();
       }
     }
     return buf.indexOf(PROMPT, from) >= 0;
@@ -88,11 +91,12 @@ function promptAfter(after) {
 async function echo(n) {
   const out = [];
   for (let i = 0; i < n; i++) {
-    const done = until(promptAfter("test\r\n"));
+    let t1 = null;
+    const done = until(promptAfter("test\r\n", () => (t1 = process.hrtime.bigint())));
     const t0 = process.hrtime.bigint();
     term.write("echo test\r");
     await done;
-    out.push(Number(process.hrtime.bigint() - t0) / 1e3);
+    out.push(Number(t1 - t0) / 1e3);
   }
   return { echo_us: out };
 }
