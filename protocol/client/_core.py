@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 import zmq
 
 from moorage.protocol import endpoints, limits
+from moorage.protocol.client._known_ops import SCHEMA_IDEMPOTENT
 from moorage.protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
 from moorage.protocol.client.connection import Connection, locate
 from moorage.protocol.envelope import Reply, encode_request, pin_request
@@ -71,7 +72,9 @@ from moorage.protocol.remote import RemoteTarget, secure_client
 from moorage.protocol.schema.live import ReplyCheck
 from moorage.protocol.schema.live import from_env as reply_check_from_env
 
-# Ops every actor serves that are safe to repeat.
+# Ops every actor serves that are safe to repeat, whatever it says (sys.info itself among them:
+# learning never waits on learning). The others an actor declares idempotent are known from the
+# schema (_known_ops.py) until its sys.info is learned.
 BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
 # Of a call's time, the share that learning the actor's idempotent ops may take first (an
 # actor slow to start answers late, not never; a call still has the rest of its time).
@@ -173,7 +176,7 @@ class CallPlan:
         self.deadline_ms = deadline_ms = int((_time() + timeout) * 1000)
         if idempotent is None:
             idempotent = op in BUILTIN_IDEMPOTENT or op in core.options.idempotent_ops \
-                or op in core.learned.get(actor, ())
+                or op in core.known_idempotent(actor)
         self.idempotent = idempotent
         self.resumable = resumable = op in core.resumable.get(actor, ())
         self.args = args  # (kept for a resend as a new request: RENEWED)
@@ -481,6 +484,14 @@ class ClientCore:
         """Is this the first call to `actor` of an op whose idempotency only it can tell?"""
         return (idempotent is None and self.options.learn_ops and actor not in self.learned
                 and op not in BUILTIN_IDEMPOTENT and op not in self.options.idempotent_ops)
+
+    def known_idempotent(self, actor: str) -> frozenset[str]:
+        """The ops of `actor` known to be idempotent: what its sys.info said, once learned;
+        until then the schema's (ops.json), so that a read-only call to an actor that cannot
+        answer sys.info now (restarting, crash-looping, stopped) is still resent and ends
+        `timeout`, not `outcome_unknown`. The actor's own table wins: it may be another
+        build, or an actor outside the default tree that serves an op of the same name."""
+        return self.learned.get(actor, SCHEMA_IDEMPOTENT)
 
     def after_learning(self, actor: str, op: str, timeout: float | None,
                        learn: Callable[[float], object]) -> float:

@@ -1,14 +1,18 @@
-"""Write `ops.json` and PROTOCOL.md's op tables from the actors' `@op` declarations.
+"""Write `ops.json`, PROTOCOL.md's op tables and the clients' known ops from the actors' `@op`
+declarations.
 
-    python -m moorage.protocol.schema.generate           write both
-    python -m moorage.protocol.schema.generate --check   exit 1 if either is stale
+    python -m moorage.protocol.schema.generate           write them
+    python -m moorage.protocol.schema.generate --check   exit 1 if any is stale
 
 The declarations are read from the classes of the default tree (supervisor/default.toml's
 `start` entries, their `op_providers`, and the supervisor): nothing is started, no socket is
 opened. `ops.json` holds, per op, a JSON Schema (draft 2020-12 subset, validate.py) of its
 arguments and of its result, with the attachments, errors and retry facts; PROTOCOL.md gets one
 table per actor between `<!-- ops:NAME begin -->` and `<!-- ops:NAME end -->` markers, so the
-prose around them is kept and the tables cannot drift from the code.
+prose around them is kept and the tables cannot drift from the code. Each client (Python,
+TypeScript, Rust) gets one source file naming the ops declared idempotent: what it knows of an
+actor's ops before that actor's `sys.info` has told it (an actor that is down or restarting
+cannot), so that a read-only call to it is resent and ends `timeout`, never `outcome_unknown`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from moorage.supervisor.supervisor import Supervisor
 HERE = Path(__file__).resolve().parent
 OPS_JSON = HERE / "ops.json"
 PROTOCOL_MD = HERE.parent / "PROTOCOL.md"
+KNOWN_OPS_PY = HERE.parent / "client" / "_known_ops.py"
+KNOWN_OPS_TS = HERE.parent / "typescript" / "src" / "knownOps.ts"
+KNOWN_OPS_RS = HERE.parent / "rust" / "src" / "known_ops.rs"
 BUILTIN = "builtin"  # the table of the ops every actor serves
 _ARG_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
               dict: "object", type(None): "null"}
@@ -234,6 +241,53 @@ def protocol_text(current: str) -> str:
     return out
 
 
+# --- the clients' known ops ------------------------------------------------------------------
+
+# What each generated file says of itself, before its list.
+_KNOWN_OPS_ABOUT = (
+    "The ops the default tree's actors declare idempotent (protocol/schema/ops.json): what a",
+    "client knows of an actor's ops before that actor's sys.info has told it (PROTOCOL.md",
+    "section 10). Once it has, the actor's own table replaces this one for that actor.",
+    "",
+    "Generated from the actors' @op declarations by `python -m",
+    "moorage.protocol.schema.generate`; do not edit.",
+)
+
+
+def idempotent_ops() -> list[str]:
+    """The names of the ops declared idempotent, sorted (as ops.json says them)."""
+    ops, _ = tree_ops()
+    return [name for name, spec in ops.items() if spec.idempotent]
+
+
+def known_ops_python(names: list[str]) -> str:
+    about = "\n".join(_KNOWN_OPS_ABOUT)
+    items = "".join(f"    {json.dumps(n)},\n" for n in names)
+    return f'"""{about}\n"""\n\nSCHEMA_IDEMPOTENT = frozenset({{\n{items}}})\n'
+
+
+def known_ops_typescript(names: list[str]) -> str:
+    about = "".join(f" *{' ' + line if line else ''}\n" for line in _KNOWN_OPS_ABOUT)
+    items = "".join(f"  {json.dumps(n)},\n" for n in names)
+    return (f"/**\n{about} */\nexport const SCHEMA_IDEMPOTENT: ReadonlySet<string> = "
+            f"new Set([\n{items}]);\n")
+
+
+def known_ops_rust(names: list[str]) -> str:
+    about = "".join(f"//!{' ' + line if line else ''}\n" for line in _KNOWN_OPS_ABOUT)
+    items = "".join(f"    {json.dumps(n)},\n" for n in names)
+    return (f"{about}\n/// The ops declared idempotent, sorted.\n"
+            f"pub const SCHEMA_IDEMPOTENT: &[&str] = &[\n{items}];\n")
+
+
+def known_ops_texts() -> dict[Path, str]:
+    """Each client's generated source file and its text."""
+    names = idempotent_ops()
+    return {KNOWN_OPS_PY: known_ops_python(names),
+            KNOWN_OPS_TS: known_ops_typescript(names),
+            KNOWN_OPS_RS: known_ops_rust(names)}
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -242,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if a generated file is stale")
     args = p.parse_args(argv)
     wanted = {OPS_JSON: ops_json_text(),
-              PROTOCOL_MD: protocol_text(PROTOCOL_MD.read_text())}
+              PROTOCOL_MD: protocol_text(PROTOCOL_MD.read_text()),
+              **known_ops_texts()}
     stale = [path for path, text in wanted.items()
              if not path.exists() or path.read_text() != text]
     if args.check:

@@ -19,11 +19,25 @@ use rmpv::Value;
 use crate::codec::{get, map_of};
 use crate::envelope::{encode_request, pin_request, Reply};
 use crate::errors::{Error, WireError};
+use crate::known_ops::SCHEMA_IDEMPOTENT;
 use crate::limits::MAX_MESSAGE_SIZE;
 use crate::recovery::{max_retries_for, Backoff, BreakerState, CircuitBreaker};
 
-/// Ops every actor serves that are safe to repeat (section 10).
+/// Ops every actor serves that are safe to repeat, whatever it says (sys.info among them:
+/// learning never waits on learning); section 10.
 pub const BUILTIN_IDEMPOTENT: &[&str] = &["sys.ping", "sys.hello", "sys.info", "replay"];
+
+/// Is `op` safe to repeat (section 10)? A built-in, one the client was configured with, or one
+/// the actor's sys.info said (`learned`); until the actor has told, one the schema declares
+/// (`known_ops`), so that a read-only call to an actor that cannot answer its sys.info now
+/// (stopped, restarting, crash-looping) is resent and ends `timeout`, never `outcome_unknown`.
+/// The actor's own table wins once learned: another build, or an actor outside the default
+/// tree serving an op of the same name, may say otherwise.
+pub fn known_idempotent(op: &str, learned: Option<&HashSet<String>>, configured: &HashSet<String>) -> bool {
+    BUILTIN_IDEMPOTENT.contains(&op) || configured.contains(op)
+        || learned.map_or_else(|| SCHEMA_IDEMPOTENT.contains(&op), |s| s.contains(op))
+}
+
 /// Error replies meaning "not run, and it may run later": resent whatever the op.
 pub const NOT_RUN: &[&str] = &["busy", "stopping", "session_busy"];
 /// Of those, the refusals an op answers itself (before it ran anything): the actor's reply

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rmpv::Value;
 
-use crate::calls::{call_timeout, declared_timeouts, learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
+use crate::calls::{call_timeout, declared_timeouts, known_idempotent, learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
 use crate::codec::{self, get};
 use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, tree_running, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
@@ -286,9 +286,10 @@ impl Client {
         self.conns.get(actor).map_or(0, |c| c.link.restarts_seen)
     }
 
-    fn is_idempotent(&self, actor: &str, op: &str) -> bool {
-        BUILTIN_IDEMPOTENT.contains(&op) || self.options.idempotent_ops.contains(op)
-            || self.learned.get(actor).is_some_and(|s| s.contains(op))
+    /// Is `op` of `actor` safe to repeat, as this client knows now (`calls::known_idempotent`:
+    /// the actor's sys.info once learned, the schema's until then)?
+    pub fn is_idempotent(&self, actor: &str, op: &str) -> bool {
+        known_idempotent(op, self.learned.get(actor), &self.options.idempotent_ops)
     }
 
     /// Did `actor`'s sys.info say `op` is resumable (answered by any of its lives)?
@@ -388,7 +389,8 @@ impl Client {
     }
 
     /// Ask `actor` which of its ops are idempotent (returned) and which resumable (see
-    /// `is_resumable`); until it can say, none are either (the safe side).
+    /// `is_resumable`); until it can say, those the schema declares idempotent count as such
+    /// (`known_ops`), and none as resumable (the safe side).
     pub fn learn_ops(&mut self, actor: &str, timeout: Option<f64>) -> HashSet<String> {
         let opts = CallOptions { timeout, ..CallOptions::default() };
         match self.request(actor, "sys.info", Value::Nil, opts) {

@@ -2,8 +2,9 @@
 //!
 //! Layout: `codec` (the strict msgpack reader and the writer), `envelope` (frames), `errors`
 //! and `recovery` (the taxonomy, the matrix, back-off, breaker), `calls` (every decision of a
-//! call), `streams` (every decision of a subscription), `histogram` and `latency` (latency
-//! recording and pushing), `endpoints` (the runtime directory), `client` (sockets and waiting).
+//! call) and `known_ops` (the ops the schema declares idempotent, generated), `streams` (every
+//! decision of a subscription), `histogram` and `latency` (latency recording and pushing),
+//! `endpoints` (the runtime directory), `client` (sockets and waiting).
 
 pub mod calls;
 pub mod client;
@@ -12,6 +13,7 @@ pub mod endpoints;
 pub mod envelope;
 pub mod errors;
 pub mod histogram;
+pub mod known_ops;
 pub mod latency;
 pub mod limits;
 pub mod recovery;

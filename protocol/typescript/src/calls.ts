@@ -16,11 +16,24 @@
  */
 import { encodeRequest, pinRequest, type Reply } from "./envelope.js";
 import { MoorageError, type WireError, fromWire, wireError } from "./errors.js";
+import { SCHEMA_IDEMPOTENT } from "./knownOps.js";
 import { MAX_MESSAGE_SIZE } from "./limits.js";
 import { Backoff, CircuitBreaker, maxRetriesFor } from "./recovery.js";
 
-/** Ops every actor serves that are safe to repeat (section 10). */
+/** Ops every actor serves that are safe to repeat, whatever it says (sys.info among them:
+ * learning never waits on learning); section 10. */
 export const BUILTIN_IDEMPOTENT: ReadonlySet<string> = new Set(["sys.ping", "sys.hello", "sys.info", "replay"]);
+
+/** Is `op` safe to repeat (section 10)? A built-in, one the client was configured with, or one
+ * the actor's sys.info said (`learned`); until the actor has told, one the schema declares
+ * (knownOps.ts), so that a read-only call to an actor that cannot answer its sys.info now
+ * (stopped, restarting, crash-looping) is resent and ends `timeout`, never `outcome_unknown`.
+ * The actor's own table wins once learned: another build, or an actor outside the default
+ * tree serving an op of the same name, may say otherwise. */
+export function knownIdempotent(op: string, learned: ReadonlySet<string> | undefined, configured: ReadonlySet<string>): boolean {
+  return BUILTIN_IDEMPOTENT.has(op) || configured.has(op) || (learned ?? SCHEMA_IDEMPOTENT).has(op);
+}
+
 /** Error replies meaning "not run, and it may run later": resent whatever the op. */
 export const NOT_RUN: ReadonlySet<string> = new Set(["busy", "stopping", "session_busy"]);
 /** Of those, the refusals an op answers itself (before it ran anything): the actor's reply

@@ -13,7 +13,7 @@ import { dirname } from "node:path";
 
 import { Dealer, Subscriber } from "zeromq";
 
-import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, callTimeout, now, opsOfInfo } from "./calls.js";
+import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, callTimeout, knownIdempotent, now, opsOfInfo } from "./calls.js";
 import {
   clientKeys,
   connectOrClose,
@@ -402,7 +402,7 @@ export class Client {
   }
 
   private isIdempotent(actor: string, op: string): boolean {
-    return BUILTIN_IDEMPOTENT.has(op) || this.idempotentOps.has(op) || (this.learned.get(actor)?.has(op) ?? false);
+    return knownIdempotent(op, this.learned.get(actor), this.idempotentOps);
   }
 
   /** One call; the whole reply (body and attachments), or a MoorageError. */
@@ -488,7 +488,8 @@ export class Client {
   }
 
   /** Ask `actor` which of its ops are idempotent (returned) and which resumable; until it can
-   * say, none are (the safe side). */
+   * say, those the schema declares idempotent count as such (knownOps.ts), and none as
+   * resumable (the safe side). */
   async learnOps(actor: string, timeout?: number): Promise<ReadonlySet<string>> {
     try {
       const info = await this.call(actor, "sys.info", null, { timeout: timeout ?? this.options.timeout });

@@ -2,12 +2,14 @@
  * moorage-client: a client of a moorage process tree (protocol/PROTOCOL.md), for Node 18+.
  *
  * Layout: msgpack.ts (the strict codec), envelope.ts (frames), errors.ts and recovery.ts (the
- * taxonomy, the matrix, back-off, breaker), calls.ts (every decision of a call), streams.ts
- * (every decision of a subscription), histogram.ts and latency.ts (latency recording and
- * pushing), endpoints.ts (the runtime directory), client.ts (sockets and waiting).
+ * taxonomy, the matrix, back-off, breaker), calls.ts (every decision of a call) and knownOps.ts
+ * (the ops the schema declares idempotent, generated), streams.ts (every decision of a
+ * subscription), histogram.ts and latency.ts (latency recording and pushing), endpoints.ts
+ * (the runtime directory), client.ts (sockets and waiting).
  */
 export { Client, Subscription, type ClientOptions, type SubscribeOptions } from "./client.js";
-export { ActorLink, CallPlan, type CallOptions, type Verdict } from "./calls.js";
+export { ActorLink, CallPlan, knownIdempotent, type CallOptions, type Verdict } from "./calls.js";
+export { SCHEMA_IDEMPOTENT } from "./knownOps.js";
 export * as envelope from "./envelope.js";
 export type { Reply, Request, StreamMessage } from "./envelope.js";
 export { DecodeError, MoorageError, type WireError, KINDS, BY_CODE, fromWire, wireError, unauthorized } from "./errors.js";
