@@ -243,8 +243,8 @@ class Client(FromConnectionFile):
 
     def learn_ops(self, actor: str, timeout: float | None = None) -> frozenset[str]:
         """Ask `actor` which of its ops are idempotent (done once, before the first call that
-        needs it). An actor that cannot say now is asked again next time; meanwhile its ops
-        count as not idempotent, the safe side."""
+        needs it). An actor that cannot say now is asked again next time; meanwhile the ops
+        the schema declares idempotent count as such (ClientCore.known_idempotent)."""
         t = timeout if timeout is not None else self.core.options.timeout
         try:
             return self.core.learn(actor, self.call(actor, "sys.info", timeout=t))
