@@ -20,6 +20,7 @@ sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -148,11 +149,22 @@ def write_certificate(path: Path, pair: KeyPair, what: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:  # (a nearly full disk takes part of a write before it refuses)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        # A failed write leaves nothing (a later run writes the file whole), and says
+        # which file it was: os.write's error names none.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def read_certificate(path: Path, secret: bool) -> KeyPair:

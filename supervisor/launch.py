@@ -91,7 +91,16 @@ def acquire_instance_lock(runtime_dir: Path) -> int:
             + ("try again once it has ended, or stop it with `moorage down`"
                if stopping else "stop it with `moorage down`")
             + " or pick another --instance")
-    os.write(fd, str(os.getpid()).encode())
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as exc:
+        # (a full runtime dir: the file was made, its pid could not be written) Removed
+        # while still held, so no start that came meanwhile holds it: nothing is left.
+        with contextlib.suppress(OSError):
+            (runtime_dir / endpoints.LOCK_FILE).unlink()
+        os.close(fd)
+        raise OSError(exc.errno, f"cannot write the instance lock: {exc.strerror}",
+                      str(runtime_dir / endpoints.LOCK_FILE)) from exc
     return fd
 
 

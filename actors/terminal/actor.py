@@ -40,7 +40,8 @@ its resend gets `outcome_unknown` (the records on disk that say so: specs.ExecRe
 Streams: `term.out.<session>` body {offset, replay?} with the raw bytes as an attachment;
 `term.cmd.<session>` {event: start|end, command, cwd, exit_code, offsets, times};
 `term.session` {session, event: exited|lost|recreated|gone|closed|consumer_dropped, ...};
-`term.alert` {kind: "sessions_lost", sessions, ...} when the shells themselves were lost.
+`term.alert` {kind: "sessions_lost", sessions, ...} when the shells themselves were lost;
+"sessions_unrecorded", then "sessions_recorded", while sessions' records miss the disk (specs.py).
 Offsets continue across restarts of this actor and of the keeper; a recreated session's new
 shell starts at the next multiple of 2^40 (nothing of the lost shell's output is mistaken for
 it). Seqs do not continue: a seq numbers a message of one publisher's life (its epoch,
@@ -204,7 +205,9 @@ class TerminalActor(Actor):
         self.unsettled: dict[str, list[Callable[[], None]]] = {}
         self.parse_link = ParserLink(self, cfg)
         self.sessions: dict[str, Session] = {}
-        self.specs = SpecStore(succession_dir(self.runtime_dir) / f"{self.name}.sessions")
+        self.specs = SpecStore(succession_dir(self.runtime_dir) / f"{self.name}.sessions",
+                               self.loop.call_later,
+                               lambda body: self.publisher.publish("term.alert", body))
         self.execs = ExecRecords(self.runtime_dir, self.name)
         # What pressure made us drop, for sys.info (`shed`, the runtime's, counts requests).
         self.pressure_shed: Counter[str] = Counter()
@@ -256,6 +259,7 @@ class TerminalActor(Actor):
                 "sessions_adopted_by_keeper": self.keeper.adopted,
                 "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
                 "exec_records_failed": self.execs.failed,
+                "session_records": self.specs.info(),
                 "output": {k: sum(getattr(s.out, k) for s in self.sessions.values())
                            for k in ("pieces", "messages", "held_bytes")},
                 "output_skipped": sum(s.output_skipped for s in self.sessions.values()),

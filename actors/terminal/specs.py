@@ -4,23 +4,48 @@ successor."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from loguru import logger
 
 from moorage.actors.runtime.statefile import write_atomic
 
+if TYPE_CHECKING:
+    from moorage.actors.runtime.loop import Timer
+
+# A record that could not be written (the runtime directory full, or read-only) is written
+# again this often until it lands: space may come back with nothing changing in the sessions.
+RETRY_S = 1.0
+UNRECORDED_MESSAGE = ("not recorded (the runtime directory takes no write): lost with every "
+                      "holder of its PTY, it would not be recreated, nor reported lost")
+
 
 class SpecStore:
     """What each session was created from, on disk, for a successor (msgpack, 0600): a
     terminal actor that finds a session here that the keeper no longer holds knows that the
-    keeper died with it, and starts it again from this."""
+    keeper died with it, and starts it again from this.
 
-    def __init__(self, path: Path) -> None:
+    A write that fails leaves the store `dirty`: it is tried again every RETRY_S on the
+    actor's loop (`call_later`) until it lands. Meanwhile the sessions that are not on disk
+    are told through `alert` (a `term.alert` `sessions_unrecorded`: the terminals supervisor
+    dying now would lose them with no record of them, so with no `lost` event), and once
+    they are on disk, `sessions_recorded`."""
+
+    def __init__(self, path: Path,
+                 call_later: Callable[[float, Callable[[], None]], Timer] | None = None,
+                 alert: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = path
         self.specs: dict[str, dict[str, Any]] = {}
+        self.call_later = call_later
+        self.alert = alert
+        self.dirty = False  # what is on disk is not `specs`
+        self.failed = 0  # writes that failed, over the actor's life
+        self.error: str | None = None  # why the last write failed, while dirty
+        self._retry: Timer | None = None
+        self._alerted: set[str] = set()  # sessions told unrecorded, not yet told recorded
         try:
             loaded = msgpack.unpackb(path.read_bytes())
             if isinstance(loaded, dict):
@@ -29,6 +54,7 @@ class SpecStore:
             pass
         except Exception as exc:
             logger.warning("session records {} unreadable, ignored: {}", path, exc)
+        self.recorded: set[str] = set(self.specs)  # the sessions the file on disk names
 
     def put(self, sid: str, spec: dict[str, Any]) -> None:
         self.specs[sid] = spec
@@ -45,19 +71,70 @@ class SpecStore:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             self._unsaved(exc)
+            return
+        self._saved()
+
+    def unrecorded(self) -> list[str]:
+        """The sessions a successor would not know of: made, or made again, since the file
+        on disk was last written."""
+        return sorted(set(self.specs) - self.recorded)
+
+    def info(self) -> dict[str, Any]:
+        """For the actor's sys.info."""
+        return {"dirty": self.dirty, "unrecorded": self.unrecorded(), "failed": self.failed,
+                "error": self.error}
 
     def _save(self) -> None:
         try:
             write_atomic(self.path, msgpack.packb(self.specs, use_bin_type=True))
         except OSError as exc:
             self._unsaved(exc)
+            return
+        self._saved()
+
+    def _saved(self) -> None:
+        if self.dirty:
+            logger.info("session records {} saved again, after {} failed write(s)",
+                        self.path, self.failed)
+        self.dirty, self.error = False, None
+        self.recorded = set(self.specs)
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        landed = sorted(self._alerted & self.recorded)
+        self._alerted.clear()  # (the others were closed meanwhile: nothing left to record)
+        if landed:
+            self._tell("sessions_recorded", "info", landed,
+                       "recorded again: recreated if every holder of its PTY dies")
 
     def _unsaved(self, exc: OSError) -> None:
-        """The records stay right in memory, and every session keeps working; what is lost
-        is that a successor of ours would not know them (a session lost with every holder of
-        its PTY meanwhile is not started again). Said, and tried again at the next change."""
-        logger.error("session records {} not saved: {}; a session lost with every holder "
-                     "of its PTY is not recreated until they are", self.path, exc)
+        """The records stay right in memory, and every session keeps working; what is lost,
+        until a retry lands, is that a successor of ours would not know them. Said once
+        (the log, and an alert naming each session that is not on disk), then tried again
+        every RETRY_S and at each change."""
+        if not self.dirty:
+            logger.error("session records {} not saved: {}; tried again every {} s; a "
+                         "session lost with every holder of its PTY meanwhile is not "
+                         "recreated", self.path, exc, RETRY_S)
+        self.dirty, self.error = True, f"{type(exc).__name__}: {exc}"
+        self.failed += 1
+        fresh = set(self.unrecorded()) - self._alerted
+        if fresh:
+            self._alerted |= fresh
+            logger.warning("session(s) {} {}", sorted(fresh), UNRECORDED_MESSAGE)
+            self._tell("sessions_unrecorded", "warning", sorted(fresh), UNRECORDED_MESSAGE)
+        if self._retry is None and self.call_later is not None:
+            self._retry = self.call_later(RETRY_S, self._again)
+
+    def _again(self) -> None:
+        self._retry = None
+        if self.dirty:
+            self._save()
+
+    def _tell(self, kind: str, severity: str, sessions: list[str], message: str) -> None:
+        if self.alert is not None:
+            self.alert({"kind": kind, "severity": severity, "sessions": sessions,
+                        "message": message, "path": str(self.path), "error": self.error})
 
 
 Call = tuple[str, int]  # a call's (sid, id)

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from zmq.utils import z85
@@ -37,17 +38,8 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     endpoints.make_private_dirs(d)
     os.chmod(d, 0o700)
     (d / curve.ALLOWED).mkdir(exist_ok=True, mode=0o700)
-    made = []
-    for name in (curve.SERVER, curve.CLIENT):
-        secret = d / f"{name}{curve.SECRET_SUFFIX}"
-        if secret.exists():
-            continue
-        pair = curve.new_pair()
-        curve.write_certificate(secret, pair, f"moorage {name}")
-        curve.write_certificate(d / f"{name}{curve.PUBLIC_SUFFIX}", curve.KeyPair(pair.public),
-                                f"moorage {name}")
-        made.append(name)
     try:
+        made = [name for name in (curve.SERVER, curve.CLIENT) if _make_pair(d, name)]
         server = curve.load_pair(d, curve.SERVER)
         client = curve.load_pair(d, curve.CLIENT)
     except curve.KeyFileError as exc:
@@ -55,6 +47,23 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     print(json.dumps({"keys_dir": str(d), "made": made, "server": server.public.decode(),
                       "client": client.public.decode()}, indent=1))
     return EXIT_OK
+
+
+def _make_pair(d: Path, name: str) -> bool:
+    """The pair `name` in `d`, made unless its secret exists (True when made); its public
+    half written from the secret when missing: a run stopped between the two files (a full
+    disk) is completed by the next, never left without the public key to hand out."""
+    secret = d / f"{name}{curve.SECRET_SUFFIX}"
+    public = d / f"{name}{curve.PUBLIC_SUFFIX}"
+    if secret.exists():
+        if not public.exists():
+            pair = curve.read_certificate(secret, secret=True)
+            curve.write_certificate(public, curve.KeyPair(pair.public), f"moorage {name}")
+        return False
+    pair = curve.new_pair()
+    curve.write_certificate(secret, pair, f"moorage {name}")
+    curve.write_certificate(public, curve.KeyPair(pair.public), f"moorage {name}")
+    return True
 
 
 def default_name(public: bytes) -> str:
