@@ -12,6 +12,7 @@ weeks would otherwise grow it without end (the root logs every supervisor event 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -19,6 +20,9 @@ import shutil
 import socket
 import stat
 import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +31,7 @@ from loguru import logger
 FILE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level:<7} {extra[actor]}[{process}] {message}"
 CONSOLE_FORMAT = "{time:HH:mm:ss.SSS} {extra[actor]} {level} {message}"
 MAX_BYTES = 10 * 1024 * 1024
+RETRY_S = 1.0  # how often a log file that cannot be had is tried again, at most
 KEEP = 2  # rotated files kept: name.log.1 .. name.log.KEEP
 CONSOLE_ROTATE_ENV = "MOORAGE_CONSOLE_ROTATE"  # bytes a console file is kept under; unset: no
 CONSOLE_MAX_BYTES = 2 * 1024 * 1024  # what `up --detach` sets it to unless given
@@ -41,32 +46,135 @@ def shift_rotated(path: Path) -> None:
 
 
 class RotatingFile:
-    """A loguru sink: one file, renamed to .1 (.2, ...) when it passes MAX_BYTES."""
+    """A loguru sink: one file, renamed to .1 (.2, ...) when it passes MAX_BYTES.
 
-    def __init__(self) -> None:
+    A log is never a reason for a process not to run, nor to stop logging for good: a file
+    that cannot be opened, written or rotated (its disk read-only, full, out of inodes) leaves
+    the process logging to the console only, which is told so once (`say`), and the file is
+    tried again at the first line after RETRY_S, so that a disk that fails costs one open a
+    second at most. The lines it missed meanwhile are counted, and the first line written
+    again is preceded by a note of how many and since when."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 say: Callable[[str], None] | None = None) -> None:
+        """`say` takes a console line (CONSOLE_FORMAT's); by default it goes to stderr."""
         self.path: Path | None = None
         self.file: TextIO | None = None
+        self.clock = clock
+        self.say = say or _to_stderr
+        self.lost = 0  # lines the file missed since `lost_from` (a wall-clock time)
+        self.lost_from = ""
+        self.failing: str | None = None  # what went wrong, told once; None: the file works
+        self.torn = False  # a write failed part-way: the file may end inside a line
+        self.retry_at = 0.0  # (on `clock`) the first time the file may be opened again
 
     def open(self, path: Path) -> None:
-        if self.file is not None:
-            self.file.close()
+        """Log into `path` from now on, its directory made if missing. Never raises: a file
+        that cannot be had is the class docstring's case (the console is told why)."""
+        self._drop()
         self.path = path
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as we do
+        self.lost, self.lost_from, self.failing, self.torn = 0, "", None, False
+        self._reopen()
 
     def write(self, message: str) -> None:
-        if self.file is None:
+        if self.path is None:
             return
-        self.file.write(message)
-        self.file.flush()
-        if self.file.tell() > MAX_BYTES:
-            self._rotate()
+        if self.file is None and (self.clock() < self.retry_at or not self._reopen()):
+            self._miss()
+            return
+        assert self.file is not None
+        try:
+            self.file.write(self._gap_note() + message)
+            self.file.flush()
+        except OSError as exc:
+            self._miss()
+            self.torn = True
+            self._fail("cannot be written", exc)
+            return
+        self.lost, self.torn = 0, False  # (the note told them)
+        try:
+            if self.file.tell() > MAX_BYTES:
+                self._rotate()
+        except OSError as exc:
+            self._fail("cannot be rotated", exc)
+            return
+        if self.failing is not None:  # (only now: a rotation that keeps failing is one outage)
+            self.failing = None
+            self._tell(f"log file {self.path} is written again")
 
     def _rotate(self) -> None:
         assert self.path is not None and self.file is not None
         self.file.close()
         shift_rotated(self.path)
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self.file = _open_log(self.path)
+
+    def _reopen(self) -> bool:
+        assert self.path is not None
+        try:
+            self.file = _open_log(self.path)
+        except OSError as exc:
+            self._fail("cannot be opened", exc)
+            return False
+        return True
+
+    def _fail(self, what: str, exc: OSError) -> None:
+        """The file is given up until RETRY_S from now; the console hears of it once per
+        outage (not at each retry that fails again)."""
+        self._drop()
+        self.retry_at = self.clock() + RETRY_S
+        if self.failing is None:
+            self.failing = f"{what}: {exc.strerror or exc}"
+            self._tell(f"log file {self.path} {self.failing}; logging to the console only, "
+                       f"and trying the file again every {RETRY_S:g} s")
+
+    def _tell(self, text: str) -> None:
+        """A warning on the console, written there directly: loguru refuses a log call from
+        inside one of its sinks."""
+        assert self.path is not None
+        self.say(f"{_now()[11:]} {self.path.stem} WARNING {text}\n")
+
+    def close(self) -> None:
+        """The file closed; nothing more is written (until `open`)."""
+        self._drop()
+        self.path = None
+
+    def _drop(self) -> None:
+        if self.file is not None:
+            # (closing flushes: what a full disk did not take goes with it, its line counted)
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
+
+    def _miss(self) -> None:
+        if not self.lost:
+            self.lost_from = _now()
+        self.lost += 1
+
+    def _gap_note(self) -> str:
+        """A log line saying what the file missed, before its first line after an outage."""
+        if not self.lost:
+            return ""
+        assert self.path is not None
+        return ("\n" if self.torn else "") + (
+            f"{_now()} WARNING {self.path.stem}[{os.getpid()}] {self.lost} log lines since "
+            f"{self.lost_from} are missing here: the file {self.failing}\n")
+
+
+def _open_log(path: Path) -> TextIO:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return open(path, "a", encoding="utf-8")
+
+
+def _now() -> str:
+    """The wall-clock time as FILE_FORMAT writes it."""
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _to_stderr(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # (no console: nobody to tell)
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 class ConsoleSink:
@@ -243,10 +351,10 @@ def state_dir(runtime_dir: Path) -> Path:
 def setup_logging(
     runtime_dir: Path, name: str, level: str = "INFO", console_level: str = "WARNING"
 ) -> None:
-    """Log as `name` into `<state_dir>/logs/<name>.log` (console: warnings and worse)."""
+    """Log as `name` into `<state_dir>/logs/<name>.log` (console: warnings and worse). A log
+    file that cannot be opened does not stop the process: it logs to the console until the
+    file can be had (RotatingFile)."""
     if _installed != (level, console_level):
         install_handlers(level, console_level)
-    logs = state_dir(runtime_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    SINK.open(logs / f"{name}.log")
+    SINK.open(state_dir(runtime_dir) / "logs" / f"{name}.log")
     logger.configure(extra={"actor": name})
