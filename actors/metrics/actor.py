@@ -196,6 +196,7 @@ class MetricsActor(Actor):
     def on_stop(self) -> None:
         self._follow.close()
         self.outbound.close()
+        self.record.report_replayed()  # a replay cut short by the stop is still told
         self.record.dirty = True
         self.record.save(time.time(), force=True)
 
@@ -309,6 +310,7 @@ class MetricsActor(Actor):
 
     def _tick(self) -> None:
         idx = self._advance()
+        self._report_replay()
         self.slo.observe(time.time())
         self._take_losses(self.name, self.losses.drain())
         if self.stats.pending():  # our own ops: no push socket to ourselves
@@ -340,7 +342,14 @@ class MetricsActor(Actor):
         elif inc.ready_at >= self.serving_since:
             self._probe(inc)
         else:
-            self._close_incident(inc, inc.ready_at, "ready")
+            self.record.close_replayed(inc)  # from the retention: history, summed up
+
+    def _report_replay(self) -> None:
+        # The retention comes in replay pages of up to 1000 events, a round trip apart: the
+        # summary waits until no page is still to come, so that a start writes one line
+        # however long the retention is.
+        if not self._follow.tracker.replaying:
+            self.record.report_replayed()
 
     def _probe(self, inc: Incident) -> None:
         """Ask the successor for a first good reply, on a socket connected just now."""

@@ -12,12 +12,20 @@ again; the rest are kept packed) and writes on a thread of its own: the write an
 not stall the loop, whose reply times are the recovery figures. One write at a time; a save
 asked while one is in flight waits for the next tick. Saves are spaced at least
 SAVE_COST_FACTOR times the last one's cost apart.
+
+Each incident closed as it happens gets its INFO line. Those a start of the metrics actor
+closes from before it served (replayed from the supervisor's retention, or loaded with their
+probe on the way) are history: they go to the debug level, and one INFO line per replay says
+how many there were and when their exits happened. A kill loop replays all that is retained
+since the last save (up to 10,000 events) at every start, and a line each would push
+everything else out of the rotated log.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,27 @@ from moorage.actors.metrics.slo import STATE_VERSION, SloStore, load_state, set_
 from moorage.protocol.envelope import packb
 
 SAVE_COST_FACTOR = 20
+
+
+@dataclass(slots=True)
+class ReplayTally:
+    """The replayed incidents closed since the last summary line (the module docstring)."""
+
+    count: int = 0
+    first_exit: float = float("inf")  # wall time
+    last_exit: float = float("-inf")
+    over_rto: int = 0
+
+    def add(self, inc: Incident, rto_s: float) -> None:
+        self.count += 1
+        self.first_exit = min(self.first_exit, inc.exited_at)
+        self.last_exit = max(self.last_exit, inc.exited_at)
+        self.over_rto += inc.recovery_ms > rto_s * 1000
+
+
+def _wall(t: float) -> str:
+    """A wall time as the log file's lines show theirs (local time, to the millisecond)."""
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}.{int(t * 1000) % 1000:03d}"
 
 
 class SloRecord:
@@ -43,6 +72,7 @@ class SloRecord:
         self.save_cost_s = 0.0  # what the last save took
         self._last_save = float("-inf")  # monotonic
         self._writer: threading.Thread | None = None
+        self.replayed = ReplayTally()  # closed from history, not yet summed up
 
     def _new_tracker(self) -> RecoveryTracker:
         return RecoveryTracker(self.settings.rto_s, self.settings.rto_default_s)
@@ -73,7 +103,7 @@ class SloRecord:
             self.dirty = True
         for inc in list(tracker.open.values()):
             if inc.ready_at is not None:  # its probe was on the way when we stopped
-                self.close(inc, inc.ready_at, "ready")
+                self.close_replayed(inc)
 
     def save(self, now: float, force: bool = False) -> None:
         """Write the record if it changed (and, unless `force`, the last save's cost allows
@@ -116,10 +146,36 @@ class SloRecord:
         self.save_cost_s = self._last_save - started
 
     def close(self, inc: Incident, answered_at: float, how: str) -> None:
-        """`inc`'s successor first answered at `answered_at`: the outage goes on record."""
-        if not self.tracker.close(inc, answered_at, how):
+        """`inc`'s successor first answered at `answered_at`, seen as it happened: the outage
+        goes on record, with its INFO line."""
+        if self._close(inc, answered_at, how):
+            logger.info("{} recovered from {} in {:.1f} ms ({}; RTO {:.0f} ms)", inc.child,
+                        inc.kind, inc.recovery_ms, how, self.tracker.rto(inc.child) * 1000)
+
+    def close_replayed(self, inc: Incident) -> None:
+        """`inc`, an outage from before this process served, closes at its successor's ready
+        time (recovery.py, `ready`): on record, but counted for `report_replayed`'s summary
+        rather than logged at INFO one by one."""
+        assert inc.ready_at is not None
+        if not self._close(inc, inc.ready_at, "ready"):
             return
+        rto_s = self.tracker.rto(inc.child)
+        self.replayed.add(inc, rto_s)
+        logger.debug("{} recovered from {} in {:.1f} ms (ready, replayed; RTO {:.0f} ms)",
+                     inc.child, inc.kind, inc.recovery_ms, rto_s * 1000)
+
+    def report_replayed(self) -> None:
+        """One INFO line for the replayed incidents closed since the last one, if any."""
+        done, self.replayed = self.replayed, ReplayTally()
+        if done.count:
+            logger.info("replayed {} incidents from before this start, closed at their "
+                        "successors' ready times (exits {} to {}; {} over their RTO)",
+                        done.count, _wall(done.first_exit), _wall(done.last_exit),
+                        done.over_rto)
+
+    def _close(self, inc: Incident, answered_at: float, how: str) -> bool:
+        if not self.tracker.close(inc, answered_at, how):
+            return False
         self.store.add_down(inc.child, inc.exited_at, answered_at)
         self.dirty = True
-        logger.info("{} recovered from {} in {:.1f} ms ({}; RTO {:.0f} ms)", inc.child,
-                    inc.kind, inc.recovery_ms, how, self.tracker.rto(inc.child) * 1000)
+        return True
