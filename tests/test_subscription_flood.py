@@ -182,3 +182,22 @@ def test_a_connections_topics_go_with_it_and_a_new_connection_has_the_whole_boun
     finally:
         ctx.term()
     assert subscriptions(client)["refused"] == 0
+
+
+def test_a_subscriber_waiting_for_the_actor_to_bind_gets_its_welcome(spawn_actor, runtime_dir):
+    """A subscriber that connects as soon as the actor binds (retrying every millisecond
+    before: an editor started beside the tree) is served, whether or not the connection's
+    event reached the monitor: such a subscription was once refused as from a connection
+    gone, and the subscriber waited for ever."""
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.SUB)
+    try:
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 1)
+        s.setsockopt(zmq.SUBSCRIBE, b"early")
+        s.connect(endpoints.pub(runtime_dir, "fake"))
+        spawn_actor()
+        assert [m.topic for m in welcomes_until(s, "early")][-1] == "early"
+    finally:
+        s.close(0)
+        ctx.term()

@@ -281,6 +281,9 @@ class Actor:
         self.pub_socket.setsockopt(zmq.MAXMSGSIZE, SUBSCRIBE_COMMAND + limits.MAX_TOPIC_LEN)
         if self.nodrop:
             self.pub_socket.setsockopt(zmq.XPUB_NODROP, 1)
+        # (watched before the bind: a subscriber waiting to connect is accepted at once)
+        self._pub_monitor = self.pub_socket.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
         self.bind_socket(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))
         self.max_subscriptions = int(self.config.get("max_subscriptions",
                                                      limits.MAX_SUBSCRIPTIONS))
@@ -288,14 +291,14 @@ class Actor:
         # as a set (a second subscribe of a topic adds nothing, one unsubscribe removes it),
         # and so does this, so that what is counted is what libzmq holds.
         self._subs_by_fd: dict[int, set[bytes]] = {}
+        self._fds_gone: set[int] = set()  # connections the monitor told ended, by fd
         self.subscriptions_refused = 0
         self.subscriptions_deferred = 0  # drains cut short, the rest read on a later turn
         self.largest_drain = 0  # the most frames one drain read
         self._drain_queued = False  # a drain cut short has the next turn's drain queued
         self._frame_continues = False  # the last frame read had more parts after it
-        # (and over tcp, the handshakes that fail before ZAP: TcpSide counts them)
-        self._pub_monitor = self.pub_socket.get_monitor_socket(
-            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
+        # (the monitor also tells, over tcp, the handshakes that fail before ZAP: TcpSide
+        # counts them)
         # Remote mode: the same two sockets on tcp too, CURVE only (runtime/remote.py).
         self.tcp: TcpSide | None = open_tcp_side(
             self.name, self.runtime_dir, self.ctx, self.loop,
@@ -406,7 +409,7 @@ class Actor:
         # A connection accepted since the drain began has its event read before its first
         # subscription is counted: so every connection is counted under its own fd.
         self._on_pub_monitor()
-        held = self._topics_of(frame)
+        held = self._topics_of(frame, new=True)
         if held is not None and topic in held:
             return
         # (over tcp libzmq's own limit has room for CURVE: the topic's is held here)
@@ -420,13 +423,17 @@ class Actor:
         self.publisher.welcome(name)
         self.on_subscribed(name)
 
-    def _topics_of(self, frame: zmq.Frame) -> set[bytes] | None:
+    def _topics_of(self, frame: zmq.Frame, new: bool = False) -> set[bytes] | None:
         """The topics applied for the connection that sent `frame`; None when it is gone
-        (libzmq's own unsubscriptions of a closed connection carry no fd)."""
+        (libzmq's own unsubscriptions of a closed connection carry no fd) or the monitor told
+        it ended (its frames read after that). `new`: a connection the monitor never told of
+        (its event lost) starts with none."""
         try:
             fd = frame.get(zmq.SRCFD)
         except zmq.ZMQError:
             return None
+        if new and fd not in self._fds_gone:
+            return self._subs_by_fd.setdefault(fd, set())
         return self._subs_by_fd.get(fd)
 
     def _on_pub_monitor(self) -> None:
@@ -438,8 +445,10 @@ class Actor:
                 return
             if event["event"] == zmq.EVENT_ACCEPTED:
                 self._subs_by_fd[event["value"]] = set()
+                self._fds_gone.discard(event["value"])
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._subs_by_fd.pop(event["value"], None)
+                self._fds_gone.add(event["value"])
             elif self.tcp is not None:
                 self.tcp.stream_refused(event)
 
