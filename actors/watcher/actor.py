@@ -74,11 +74,15 @@ after its checkpoint and what changed while it was down (at least once: a path r
 least one `checkpoint_s` before the death, and to the entries of every watch whose fs.watch
 was answered before it, however soon before: fs.watch answers once the new watch's entries
 (its crawl, which no event tells) are in the index and the told state with them is on disk
-(a checkpoint written at once, which keeps the last interval's events unknown). One
-condition remains: a first start's walk (its fresh resync: configured watches) is written
-so right after that resync is published, and a death within that write (milliseconds)
-leaves the restart no base for it (its paths reported created, a deletion made meanwhile
-not reported). A consumer that lagged further behind, or saw a Loss, lists again (as after
+(a checkpoint written at once, which keeps the last interval's events unknown). A restart
+that finds no state it can take for whole resyncs fresh (`fresh: true`: a consumer lists
+again), never a diff against less than was told: after a death within the write of a first
+start's walk (its fresh resync, written so right after it is published: milliseconds), and
+after one while the state was given up (a state directory that refused a write, a full
+runtime disk: the watches, the log or a checkpoint; fs.stats `checkpoints.lost`) and not
+yet rebuilt (the first checkpoint the directory takes writes at again captures it, written
+an interval later: `checkpoints.rebuilt`). Ops and the start go on whether the state is
+saved or not. A consumer that lagged further behind, or saw a Loss, lists again (as after
 fresh_instance).
 
 Fallbacks (`config["fallback"]`, set by the supervisor): "polling" observes every root with
@@ -240,7 +244,11 @@ class WatcherActor(Actor):
                 continue
             if self.watches.find(real, recursive, exclude) is None:
                 self.watches.add(real, recursive, exclude)
+        # (a state directory that refuses the save, a full runtime disk, does not stop the
+        # start: the state is given up, and each checkpoint tries to rebuild it: state.py)
         self.state.save_watches(self.watches.to_wire())
+        d = self.driving
+        self.loop.call_later(float(self.config.get("checkpoint_s", 1.0)), d.checkpoint)
         if self.fallback == "cache_only":
             logger.warning("watcher: cache_only fallback: not watching")
             return
@@ -262,13 +270,11 @@ class WatcherActor(Actor):
         self.cookies.remove_stale(list(self.obs.roots))
         if saved_watches is None:  # the first life in this tree: nothing to diff against
             self.driving.resync("start", base=None, place=True)
-        else:
+        else:  # (no snapshot, or one not whole: no base either, and a fresh resync)
             base = self.state.restart_base(saved, self.watches.in_scope)
             self.driving.resync("restart", base=base, place=True)
-        d = self.driving
         self.loop.call_every(float(self.config.get("liveness_s", 1.0)), d.liveness)
         self.loop.call_every(float(self.config.get("health_interval_s", 30.0)), d.health_check)
-        self.loop.call_later(float(self.config.get("checkpoint_s", 1.0)), d.checkpoint)
 
     def _watch_once_resolved(self, absolute: str, recursive: bool,
                              exclude: tuple[str, ...]) -> None:

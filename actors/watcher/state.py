@@ -27,13 +27,22 @@ its current state is reported again. Changes in flight when the process died and
 while it was down differ from the snapshot and are reported by the same diff.
 
 State written by another `moorage up` (another tree: the instance's lock file tells) is not
-continued; neither is a file that cannot be read (then the restart has no base to diff against
-and reports every watched path as created: complete, if noisy).
+continued; neither is a snapshot that cannot be read or is not there: the restart then has
+no base (`restart_base` None) and its resync is fresh (`fresh: true`: its consumers list
+again). A diff against no snapshot would report what exists as created and nothing that
+went away while the watcher was down, under a claim of continuity it has not got.
 
-A log or a checkpoint that cannot be written or packed, whatever the reason, gives the state
-up (`lose`): the events go on, the next start resyncs from no base, and fs.stats says why
-(`checkpoints.lost`). It never stops a flush, nor leaves the worker writing a checkpoint
-waiting for a part that will not come.
+A log, a checkpoint or the watches that cannot be written or packed, whatever the reason,
+give the state up (`lose`): the snapshot goes (so a restart is fresh), the log is closed, the
+events go on, and fs.stats says why (`checkpoints.lost`). It never stops a flush or an op,
+nor leaves the worker writing a checkpoint waiting for a part that will not come. A cause
+in the state directory (a full or read-only disk, the directory gone: an OSError) passes,
+so each checkpoint tries to rebuild the state (`_rebuild`): the watches saved, a new log
+generation opened, a capture taken; that capture is written an interval later, as every
+capture is (what was published just before it may not have left the process yet, and no
+log generation has the events of the lost time), and the state is kept again
+(`checkpoints.rebuilt`). A restart before then is fresh. A cause in the state itself (a
+part that cannot be packed) would fail every rebuild the same way: none is tried.
 """
 
 from __future__ import annotations
@@ -158,7 +167,19 @@ class State:
         # of it to pack a turn at a time (None: all of it packed)
         self._inflight: tuple[dict[str, Any], _Parts] | None = None
         self._rest: Iterator[bytes] | None = None
-        self.lost: str | None = None  # why the state is no longer kept (the log failed)
+        # Why the state on disk is not whole (None: it is); cleared once a rebuild's capture
+        # is written. Events are logged only while `_logging` (the log open, and the state
+        # kept or being rebuilt); `wal` stays after a loss, closed, for reading the
+        # generations a restart's base needs.
+        self.lost: str | None = None
+        self._logging = False
+        self._logs = False  # this life logs events (not cache_only): a rebuild reopens the log
+        self._lasting = False  # the loss's cause would fail any rebuild the same way
+        # Bumped by each loss: a write begun before one must not stand, nor be tried again.
+        self._era = 0
+        self.rebuilt = 0  # times the state was kept again after a loss
+        self._watches: dict[str, Any] | None = None  # the watches as last given
+        self._watches_unsaved = False  # ... and not on disk
         # The generation the snapshot on disk is labelled with: every wal generation from it
         # on is on disk (a write deletes only those before its own label). 0: none.
         self._kept = 0
@@ -187,20 +208,54 @@ class State:
         return watches, saved
 
     def save_watches(self, doc: dict[str, Any]) -> None:
+        """Save the watches as they now are. Called at the start and by the ops that change
+        them, which are done whether or not this gets to disk: one that does not (a full
+        state disk) gives the state up (a restart from the older watches file must not
+        claim continuity) and is tried again by the rebuild; it never raises."""
         self.watch_version += 1
-        snapshot.save(self._path("watches"), {"tree": self.tree, **doc})
+        self._watches = {"tree": self.tree, **doc}
+        self._watches_unsaved = True
+        failed = self._save_watches()
+        if failed is not None:
+            self.lose(f"the watches: {failed}", lasting=not isinstance(failed, OSError))
 
-    def open_wal(self) -> Wal:
-        self.wal = Wal(str(self.dir))
+    def _save_watches(self) -> Exception | None:
+        """Write the watches as last given (if given at all): what failed, or None."""
+        if self._watches is None:
+            return None
+        try:
+            snapshot.save(self._path("watches"), self._watches)
+        except Exception as exc:  # (a disk full or read-only; a doc msgpack refuses)
+            return exc
+        self._watches_unsaved = False
+        return None
+
+    def open_wal(self) -> Wal | None:
+        """Open the log of this life's events (not in cache_only). A log that cannot be
+        opened gives the state up, as one that cannot be written does; after a loss at the
+        start (the watches' save) it is opened all the same, closed, for the restart's base
+        (`restart_base` reads the older generations through it)."""
+        self._logs = True
+        try:
+            self.wal = Wal(str(self.dir))
+        except OSError as exc:
+            self.lose(f"the write-ahead log could not be opened: {exc}")
+            return None
+        if self.lost is None:
+            self._logging = True
+        else:
+            self.wal.close()
         return self.wal
 
     def restart_base(self, saved: dict | None, in_scope: Callable[[str], bool]
-                     ) -> dict[str, Stat]:
-        """The told state to diff a restart against (see the module doc)."""
-        assert self.wal is not None
-        entries = dict(saved.get("entries", {})) if saved is not None else {}
-        gen = int(saved.get("gen", 0)) if saved is not None else 0
-        for p in self.wal.touched(gen):
+                     ) -> dict[str, Stat] | None:
+        """The told state to diff a restart against (see the module doc); None when there is
+        no snapshot to diff against (or no log to read): the restart's resync is then fresh,
+        never a diff against a base that is not whole."""
+        if saved is None or self.wal is None:
+            return None
+        entries = dict(saved.get("entries", {}))
+        for p in self.wal.touched(int(saved.get("gen", 0))):
             entries[p] = UNKNOWN
         return {p: s for p, s in entries.items() if in_scope(p)}
 
@@ -208,23 +263,27 @@ class State:
         """The write-ahead log: the paths of a batch of events, before it is published. A
         log that cannot be written (its directory removed, its disk full) must not stop the
         events: the state is given up instead (`lose`)."""
-        assert self.wal is not None
-        if self.lost is not None:
+        if not self._logging:
             return
+        assert self.wal is not None
         try:
             self.wal.append(paths)
         except Exception as exc:  # (a disk full; a path msgpack refuses) never the events
-            self.lose(f"the write-ahead log: {type(exc).__name__}: {exc}")
+            self.lose(f"the write-ahead log: {type(exc).__name__}: {exc}",
+                      lasting=not isinstance(exc, OSError))
 
-    def lose(self, why: str) -> None:
-        """Keep no state from now on, and leave none that a restart could take for whole:
-        the snapshot goes, so the next process has no base, and reports every watched path
-        (complete, if noisy) instead of missing what only the lost log knew."""
-        if self.lost is not None:
-            return
+    def lose(self, why: str, lasting: bool = False) -> None:
+        """Keep no state until it is rebuilt, and leave none that a restart could take for
+        whole: the snapshot goes, so the next process has no base and resyncs fresh instead
+        of missing what only the lost log knew. `lasting`: the cause is in the state, not
+        the disk, and a rebuild would fail the same way (module doc)."""
+        self._era += 1
+        self._lasting = self._lasting or lasting
+        if self.lost is not None and not self._logging:
+            return  # (lost already, and nothing written since)
         self.lost = why
-        logger.error("watcher: state no longer kept ({}); a restart resyncs from no base",
-                     why)
+        logger.error("watcher: state no longer kept ({}); a restart resyncs fresh until it "
+                     "is rebuilt", why)
         self._captured = None
         asked, self._asked = self._asked, []  # (nothing will be written for them)
         later = self._now_args[3] if self._now_args is not None else None
@@ -233,8 +292,42 @@ class State:
         else:
             _answer_all(asked)
         self._drop_snapshot()
-        if self.wal is not None:
+        if self._logging and self.wal is not None:
             self.wal.close()
+        self._logging = False
+
+    def _rebuild(self) -> bool:
+        """At a checkpoint of a lost state: may it go on? True once the log is open again
+        (the checkpoint then captures, and the capture's write keeps the state again:
+        `_written`); False while the state directory still refuses (tried again at the
+        next checkpoint) or the loss is lasting."""
+        if self._logging or self.lost is None:
+            return True
+        if self._lasting:  # (never rebuilt; the watches still saved, for the next start)
+            if self._watches_unsaved:
+                self._save_watches()
+            return False
+        # The watches written first, saved or not: a write that needs room, which tells
+        # whether the disk takes writes again before a log generation is opened for nothing
+        # (a full tmpfs still makes empty files) and every next event gives the state up.
+        if self._save_watches() is not None:
+            return False
+        if not self._logs:  # (cache_only: the watches were all there was to keep)
+            self._kept_again()
+            return True
+        try:
+            self.wal = Wal(str(self.dir))  # (a new generation, past the lost ones)
+        except OSError:
+            return False
+        self._logging = True
+        self._mark = (-1, -1)  # (a capture at once: its write, an interval later, is whole)
+        logger.info("watcher: the state directory takes writes again; rebuilding the state")
+        return True
+
+    def _kept_again(self) -> None:
+        logger.info("watcher: state kept again (it was lost: {})", self.lost)
+        self.lost = None
+        self.rebuilt += 1
 
     def _drop_snapshot(self) -> None:
         try:
@@ -261,8 +354,9 @@ class State:
         here.
 
         A checkpoint asked for at once (`now`) that could not start (the workers were full)
-        is written first; this call's then waits for the next."""
-        if self.writing or self.lost is not None:
+        is written first; this call's then waits for the next. A lost state is rebuilt
+        from here (`_rebuild`)."""
+        if self.writing or not self._rebuild():
             return self.last_cost
         if self._asked:
             self._write_now()
@@ -271,11 +365,12 @@ class State:
         captured, self._captured = self._captured, None
         if captured is not None:
             if write is None or later is None:
-                self._written(captured, self._save(captured))
+                era = self._era
+                self._written(captured, self._save(captured), era)
             else:
                 self._stream(captured, write, later, wake)
         mark = (seq, self.watch_version)
-        if mark != self._mark and self.wal is not None:
+        if mark != self._mark and self._logging and self.wal is not None:
             self._mark = mark
             try:
                 gen = self.wal.rotate()
@@ -312,7 +407,8 @@ class State:
         asked, self._asked = self._asked, []
         doc = {"tree": self.tree, "seq": seq, "gen": self._kept, **capture()}
         if write is None or later is None:
-            self._written(doc, self._save(doc), at_once=True)
+            era = self._era
+            self._written(doc, self._save(doc), era, at_once=True)
             _answer_all(asked)
         elif not self._stream(doc, write, later, _wake, asked):
             self._asked[:0] = asked  # the workers are full: at the next checkpoint call
@@ -326,16 +422,17 @@ class State:
         written at once (`now`), for them. False: not started (the workers are full)."""
         parts = _Parts(wake)
         at_once = answers is not None
+        era = self._era
 
         def written(got: tuple[int, float] | None) -> None:
             if self._inflight is not None and self._inflight[1] is parts:
                 self._inflight = self._rest = None  # (a write that failed: no more to pack)
             self._written(captured, None if got is None else (
-                got[0], got[1] - parts.waited + parts.packing), at_once=at_once)
+                got[0], got[1] - parts.waited + parts.packing), era, at_once=at_once)
             self._answer()
 
         try:
-            job = write(lambda: self._write_streamed(captured, parts), written)
+            job = write(lambda: self._write_streamed(captured, parts, era), written)
         except MoorageError:  # the workers are full: next time (or a newer capture)
             if self._captured is None and not at_once:
                 self._captured = captured
@@ -377,11 +474,11 @@ class State:
             return
         later(lambda: self._pack(parts, later))
 
-    def _write_streamed(self, captured: dict[str, Any], parts: _Parts
+    def _write_streamed(self, captured: dict[str, Any], parts: _Parts, era: int
                         ) -> tuple[int, float] | None:
         """On the worker: write the parts as the loop packs them."""
         try:
-            parts.result = self._save_parts(captured, parts, 0.0)
+            parts.result = self._save_parts(captured, parts, 0.0, era)
             return parts.result
         finally:
             parts.done.set()
@@ -398,14 +495,15 @@ class State:
 
     def _save(self, captured: dict[str, Any]) -> tuple[int, float] | None:
         """Pack and write `captured` here (at a stop, or without a worker)."""
-        return self._save_parts(captured, self._packed(captured), 0.0)
+        return self._save_parts(captured, self._packed(captured), 0.0, self._era)
 
-    def _save_parts(self, captured: dict[str, Any], parts: Iterable[bytes], spent: float
-                    ) -> tuple[int, float] | None:
+    def _save_parts(self, captured: dict[str, Any], parts: Iterable[bytes], spent: float,
+                    era: int) -> tuple[int, float] | None:
         """Write the packed `captured` (`parts`: packed already, or as they are written)
         and drop the wal generations it makes useless: (bytes, seconds spent packing and
         writing), or None when it could not be written. Touches only files (it may run on
-        a worker)."""
+        a worker). `era`: the losses when its write began; one since (`lose` on the loop)
+        means it is not whole."""
         t0 = time.perf_counter()
         try:
             n = write_atomic_parts(self._path("snapshot"), parts)
@@ -414,7 +512,7 @@ class State:
             return None
         except Unpacked:  # (the state was given up where it was packed, and logged there)
             return None
-        if self.lost is not None:  # (lost while it was written: it must not stay)
+        if era != self._era:  # (lost while it was written: it must not stay)
             self._drop_snapshot()
             return None
         if self.wal is not None:
@@ -422,8 +520,12 @@ class State:
         return n, spent + time.perf_counter() - t0
 
     def _written(self, captured: dict[str, Any], got: tuple[int, float] | None,
-                 at_once: bool = False) -> None:
+                 era: int, at_once: bool = False) -> None:
+        """A write ended (`got`: what it wrote, None: nothing). One begun before a loss
+        counts for nothing: it was dropped, and is not written again."""
         self.writing = False
+        if era != self._era:
+            return
         if got is None:
             # not written: again next time, unless superseded (one written at once is not
             # written again: the next capture's write has all it had)
@@ -437,6 +539,8 @@ class State:
             self.at_once += 1
         else:
             self._kept = captured["gen"]
+            if self.lost is not None:  # (the rebuild's capture: the state is whole again)
+                self._kept_again()
 
     def _write_settled(self, job: Job) -> None:
         if job.error is not None:  # (a bug: `_save` answers None for what it expects)
@@ -472,18 +576,23 @@ class State:
             if not parts.done.wait(CLOSE_WAIT_S):
                 logger.warning("watcher: the last checkpoint's write did not end within {} s",
                                CLOSE_WAIT_S)
-                if self.wal is not None and self.lost is None:
+                if self._logging and self.wal is not None:
                     self.wal.close()
                 return
             self.writing = False
             if parts.result is None and self._captured is None:  # failed: once more, here
                 self._captured = captured
         if self._captured is not None and not self.writing and self.lost is None:
-            self._written(self._captured, self._save(self._captured))
-        if self.wal is not None and self.lost is None:
+            era = self._era
+            self._written(self._captured, self._save(self._captured), era)
+        if self._watches_unsaved:  # (once more; a restart still resyncs fresh)
+            self._save_watches()
+        if self._logging and self.wal is not None:
             self.wal.close()
 
     def stats(self) -> dict[str, Any]:
         return {"dir": str(self.dir), "written": self.written, "last_ms": self.last_ms,
                 "bytes": self.bytes, "wal_records": self.wal.records if self.wal else 0,
-                "lost": self.lost, "at_once": self.at_once, "asked": len(self._asked)}
+                "lost": self.lost, "rebuilt": self.rebuilt,
+                "watches_unsaved": self._watches_unsaved,
+                "at_once": self.at_once, "asked": len(self._asked)}

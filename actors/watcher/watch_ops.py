@@ -12,7 +12,10 @@ fs.watch asked again meanwhile (a resend after a timeout, another client) waits 
 placement. A path on a pseudo file system (procfs, sysfs...: no inotify events) is refused.
 The reply also waits for the walk's entries to be in the index (merged a slice a turn) and
 then on disk (`Driving.persist`): they are told state no event told, so no wal generation
-has them, and a restart after the answer diffs against them (state.py).
+has them, and a restart after the answer diffs against them (state.py). A state directory
+that refuses the save (a full runtime disk) fails neither fs.watch nor fs.unwatch, whose
+watches are in force: the state is given up until a checkpoint rebuilds it, and a restart
+meanwhile resyncs fresh (State.save_watches).
 A path on a slow file system (NFS, SMB, FUSE: mounts.MountTable) is resolved and checked on
 the `remote` workers, whose calls may wait for a stalled server without holding the loop.
 """
