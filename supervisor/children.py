@@ -65,7 +65,10 @@ class Child:
     sched: tuple[int, tuple[int, int, bool]] | None = None
     starved_ticks: int = 0
     down_since: float | None = None  # wall time its outage began (a hang: its last life)
-    last_resort: int = 0  # the root's retries of a child that exhausted its fallbacks
+    last_resort: int = 0  # last-resort retries (the root, retry_forever) since it last served
+    # Its supervisor gave up restarting it at once (past its intensity, no fallback left):
+    # its last-resort retry is planned; until that start, sup.status says so.
+    past_intensity: bool = False
     # bound to its current process (its start's timeout, a stop's SIGKILL): they end with it
     timers: list[Timer] = field(default_factory=list)
     # what is planned for it while it is down (a restart of its group, the root's retry), and
@@ -165,7 +168,19 @@ class Child:
             "fallback": self.fallback,
             "essential": self.spec.essential,
             "sheds": self.sheds,
+            **self._planned_restart(now),
         }
+
+    def _planned_restart(self, now: float) -> dict[str, Any]:
+        """While it waits out a restart delay: when that ends, and whether it is a
+        last-resort retry (up to LAST_RESORT's 60 s away) rather than a back-off's step: a
+        client that polls status tells "restarting now" from "down for the next minute"."""
+        if self.state is not ChildState.BACKOFF or self.plan is None:
+            return {}
+        out: dict[str, Any] = {"retry_in_s": round(max(0.0, self.plan[0].when - now), 3)}
+        if self.past_intensity:
+            out["past_intensity"] = True
+        return out
 
 
 def new_child(spec: ChildSpec, owner: SupervisorSpec, slot: int = 0) -> Child:

@@ -31,6 +31,9 @@ _CHILD_FIELDS: dict[str, object] = {
                      "unknown"],
     "pid": int | None, "uptime_s": float, "restarts": int, "last_exit": str | None,
     "fallback": str | None, "essential": bool, "sheds": int,
+    # in backoff: seconds to its planned start; past_intensity: that start is a last-resort
+    # retry (children.Child._planned_restart)
+    "retry_in_s?": float, "past_intensity?": bool,
 }
 CHILD = Named("child", _CHILD_FIELDS)
 _TREE_FIELDS: dict[str, object] = {

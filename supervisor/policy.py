@@ -16,12 +16,20 @@ tree under chaos, a process killed now and then by hand or by the OOM killer):
     starting, or within `stable_after` seconds of being ready (or, a nested supervisor, it
     escalated). A child that had been serving for a while was killed, not crashing: it is
     restarted at once, and many such deaths spread over the tree never add up to a give-up;
+  - a child whose start was cut short by its zygote's death (the zygote that forked it died
+    before it was ready, and it died starting, unless its supervisor killed it for a hang) is
+    the zygote's failure: restarted at once, counted against nothing, its back-off left as
+    it was (as a start the dead zygote never confirmed is asked again of its successor);
   - the restarts of a young child wait a capped exponential back-off (so a crash loop is not
     a restart storm), reset by a death after a stable run;
   - a child may name fallbacks, engaged in order instead of escalating;
   - the root supervisor has no parent to escalate to: once the tree has come up, its last
     resort is to keep retrying the child, `LAST_RESORT` apart (doubling), never to stop the
-    tree (during the first start it still gives up: the tree cannot come up).
+    tree (during the first start it still gives up: the tree cannot come up). A nested
+    supervisor whose spec says `retry_forever` does the same once it has come up: its
+    escalation would stop every child of it, and children that hold the user's state (the
+    shells of `terminals`) must not be given up over a sibling's crash loop. Its strategy
+    still says which siblings restart with the one retried (rest_for_one, one_for_all).
 """
 
 from __future__ import annotations
@@ -112,8 +120,36 @@ LAST_RESORT = Backoff(1.0, 2.0, 60.0)  # the root retrying a child that exhauste
 
 
 def counts_against_intensity(young: bool, escalated: bool) -> bool:
-    """Does this death count towards its child's intensity (see the module docstring)?"""
+    """Does this death count towards its child's intensity (see the module docstring)?
+    (A start cut short by its zygote's death is not asked: start_cut_by_zygote.)"""
     return young or escalated
+
+
+def start_cut_by_zygote(starting: bool, zygote_died: bool, killed_for: str) -> bool:
+    """A child that died starting, forked by a zygote that has died since, died with its
+    zygote: its start was cut short (the zygote never told it to go on, or what killed the
+    zygote took it too), unless its supervisor killed it for a reason of its own
+    (`killed_for`: a hang, a start that timed out)."""
+    return starting and zygote_died and not killed_for
+
+
+class PastIntensity(StrEnum):
+    """What a supervisor does with a child that died young once too often."""
+
+    FALLBACK = "fallback"  # its next fallback is engaged
+    RETRY = "retry"  # retried LAST_RESORT apart, the rest of the tree serving
+    ESCALATE = "escalate"  # the supervisor stops every child and exits (its parent decides)
+
+
+def past_intensity(fallback_left: bool, retries: bool, started: bool) -> PastIntensity:
+    """The decision past a child's intensity. `retries`: the supervisor retries rather than
+    escalates (the root; a nested one whose spec says retry_forever); `started`: it has come
+    up once (one that cannot come up says so: its parent, or the editor, is waiting)."""
+    if fallback_left:
+        return PastIntensity.FALLBACK
+    if retries and started:
+        return PastIntensity.RETRY
+    return PastIntensity.ESCALATE
 
 
 class Intensity:

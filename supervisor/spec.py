@@ -65,6 +65,12 @@ class SupervisorSpec:
     backoff: Backoff = field(default_factory=lambda: Backoff(0.02, 2.0, 2.0))
     heartbeat: HeartbeatSpec = field(default_factory=HeartbeatSpec)
     children: tuple[ChildSpec, ...] = ()
+    # Past its intensity, with no fallback left, a child is retried as the root retries one
+    # (policy.LAST_RESORT) instead of this supervisor escalating: for a supervisor whose
+    # children hold what the user cannot get back (the `terminals` keeper's shells), which
+    # its escalation would stop with the one that fails. Nested supervisors only: the root
+    # has no parent and always retries.
+    retry_forever: bool = False
 
     def walk(self) -> list[tuple[SupervisorSpec, ChildSpec]]:
         """Every (owner, child) pair in the tree, depth first in start order."""
@@ -141,9 +147,14 @@ def parse_supervisor(
     _want(depth <= MAX_NESTING, where,
           f"supervisors are nested more than {MAX_NESTING} deep below the root")
     known = {"strategy", "intensity", "period_s", "stable_after_s", "start_timeout_ms",
-             "backoff", "heartbeat"}
+             "backoff", "heartbeat", "retry_forever"}
     for k in d:
         _want(k in known, f"{where}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+    retry_forever = d.get("retry_forever", False)
+    _want(isinstance(retry_forever, bool), f"{where}.retry_forever", "must be true or false")
+    _want(depth > 0 or "retry_forever" not in d, f"{where}.retry_forever",
+          "only for a nested supervisor: the root has no parent to escalate to, and always "
+          "retries a child past its intensity")
     strategy = d.get("strategy", "one_for_one")
     _want(strategy in Strategy.__members__.values(), f"{where}.strategy",
           f"must be one of {[s.value for s in Strategy]}, got {strategy!r}")
@@ -169,6 +180,7 @@ def parse_supervisor(
             _int(hb, "idle_interval_ms", f"{where}.heartbeat", 1000, 10),
         ),
         children=kids,
+        retry_forever=retry_forever,
     )
 
 
@@ -249,4 +261,4 @@ def _with_shared(spec: SupervisorSpec, shared: dict) -> SupervisorSpec:
                               c.fallbacks, sup, c.essential))
     return SupervisorSpec(spec.id, spec.strategy, spec.intensity, spec.period_s,
                           spec.stable_after_s, spec.start_timeout_ms, spec.backoff,
-                          spec.heartbeat, tuple(kids))
+                          spec.heartbeat, tuple(kids), spec.retry_forever)

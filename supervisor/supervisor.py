@@ -79,12 +79,15 @@ from moorage.supervisor.policy import (
     STARVED_TICKS_MAX,
     ExitKind,
     ExitReason,
+    PastIntensity,
     RestartType,
     affected,
     classify_exit,
     counts_against_intensity,
+    past_intensity,
     sched_sample,
     should_restart,
+    start_cut_by_zygote,
     starved,
 )
 from moorage.supervisor.relay import ALERT_TOPICS, EVENT_TOPIC, EventRelay
@@ -305,6 +308,7 @@ class Supervisor(Actor):
     def _spawn(self, child: Child) -> None:
         child.generation += 1
         child.state = ChildState.STARTING
+        child.past_intensity = False
         child.stop_requested = False
         child.stop_stage = ""
         child.heartbeat.reset()
@@ -766,10 +770,15 @@ class Supervisor(Actor):
 
     def _on_exit(self, child: Child, reason: ExitReason) -> None:
         now = time.monotonic()
+        # (adopted: the zygote that forked it died while this process lived)
+        zygote_cut = reason.kind is ExitKind.ABNORMAL and start_cut_by_zygote(
+            child.state is ChildState.STARTING, child.adopted, child.kill_reason)
         detail = child.kill_reason or reason.detail
         if not detail and reason.kind is ExitKind.ABNORMAL and child.state is ChildState.STARTING:
             detail = "died during start" + (f": {child.start_error}" if child.start_error
                                             else "")
+            if zygote_cut:
+                detail += "; its zygote had died"
         if detail != reason.detail:
             reason = ExitReason(reason.kind, reason.code, reason.signal, detail)
         child.kill_reason = child.start_error = ""
@@ -809,17 +818,27 @@ class Supervisor(Actor):
                 else ChildState.STOPPED
             self.next_job()
             return
+        if zygote_cut:
+            # Not its failure: started again at once, from the zygote that serves now, its
+            # back-off where it was (a crash loop cut by a zygote's death goes on slowing).
+            self._restart_group(child, 0.0)
+            self.next_job()
+            return
         if counts_against_intensity(young, escalated) and not child.intensity.add(now):
-            if child.fallback_index + 1 < len(child.spec.fallbacks):
+            decision = past_intensity(
+                child.fallback_index + 1 < len(child.spec.fallbacks),
+                self.root or self.spec.retry_forever, self.initial_start_done)
+            if decision is PastIntensity.FALLBACK:
                 child.fallback_index += 1
                 child.intensity.clear()
                 child.backoff.consecutive = 0
                 self.event("fallback", child, fallback=child.fallback,
                            reason=f"more than {self.spec.intensity} restarts in "
                            f"{self.spec.period_s}s")
-            elif self.root and self.initial_start_done:
-                # A tree that came up never gives up; one that cannot come up says so (its
-                # editor is waiting for the ready line, or a failure).
+            elif decision is PastIntensity.RETRY:
+                # A tree that came up never gives up, nor does a supervisor whose children
+                # hold the user's state; one that cannot come up says so (its editor is
+                # waiting for the ready line, or a failure; its parent for its ready).
                 self._last_resort(child)
                 return
             else:
@@ -897,10 +916,11 @@ class Supervisor(Actor):
         return dropped
 
     def _last_resort(self, child: Child) -> None:
-        """The root has no parent to escalate to, and the tree is what an editor relies on:
-        the child is retried, further and further apart, and the rest of the tree keeps
-        serving. Its group (rest_for_one, one_for_all) is restarted with it, after it: its
-        dependants stay stopped meanwhile, as through any of its restarts."""
+        """The root has no parent to escalate to, and the tree is what an editor relies on;
+        a supervisor that retries forever (spec) must not stop its other children, which hold
+        the user's state: the child is retried, further and further apart, and the rest of
+        the tree keeps serving. Its group (rest_for_one, one_for_all) is restarted with it,
+        after it: its dependants stay stopped meanwhile, as through any of its restarts."""
         delay = LAST_RESORT.delay(child.last_resort)
         child.last_resort += 1
         child.intensity.clear()
@@ -910,6 +930,7 @@ class Supervisor(Actor):
         logger.error("{}: {}", self.name, msg)
         self.event("escalated", child, reason=msg, action="retry", retry_in_s=delay)
         self._restart_group(child, delay)
+        child.past_intensity = True  # (until its retry starts: sup.status says so)
         self.next_job()
 
     def _plan(self, child: Child, delay: float, work: Callable[[], None]) -> None:

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from moorage.actors.resource.levels import FEATURES_OFF
 from moorage.supervisor.cli.frame import Frame, join_clients
+from moorage.supervisor.cli.tree import state_text
 
 STATE_STYLE = {"running": "green", "starting": "yellow", "backoff": "yellow",
                "stopping": "yellow", "stopped": "red", "failed": "bold red", "shed": "magenta",
@@ -127,10 +128,13 @@ def _tree_rows(tree: dict[str, Any], depth: int) -> list[list[Cell]]:
     for ch in tree.get("children", []):
         sub = ch.get("tree") if isinstance(ch.get("tree"), dict) else None
         state = "unknown" if sub is not None and "error" in sub else ch["state"]
+        # (given up on for now, down until its last-resort retry: shown as a failure)
+        style = "bold red" if ch.get("past_intensity") else STATE_STYLE.get(state, "")
+        text = state_text(ch) if state == ch["state"] else state
         restarts = Text(str(ch["restarts"]), style="bold yellow" if ch["restarts"] else "")
-        rows.append(["  " * depth + ch["id"], ch["type"],
-                     Text(state, style=STATE_STYLE.get(state, "")), str(ch["pid"] or "-"),
-                     f"{ch['uptime_s']:.1f}s", restarts, ch["last_exit"] or "-",
+        rows.append(["  " * depth + ch["id"], ch["type"], Text(text, style=style),
+                     str(ch["pid"] or "-"), f"{ch['uptime_s']:.1f}s", restarts,
+                     ch["last_exit"] or "-",
                      ch.get("fallback") or "-"])
         if sub is not None:
             rows.extend(_tree_rows(sub, depth + 1))

@@ -121,13 +121,22 @@ def force_stop(pidfd: int, pid: int, grace: float) -> None:
 # --- status ----------------------------------------------------------------------------------
 
 
+def state_text(ch: dict[str, Any]) -> str:
+    """A child's state, with when its planned start is due and whether that is a
+    last-resort retry: `backoff` alone would read the same 20 ms or 60 s from a start."""
+    if "retry_in_s" not in ch:
+        return str(ch["state"])
+    given_up = "past intensity, " if ch.get("past_intensity") else ""
+    return f"{ch['state']} ({given_up}retry in {ch['retry_in_s']:.1f}s)"
+
+
 def status_rows(tree: dict[str, Any], depth: int = 0) -> list[list[str]]:
     """One row per child, nested supervisors' children indented under them; a nested
     supervisor that did not answer is `unknown`, and so are its last known children."""
     rows = []
     for ch in tree.get("children", []):
         sub = ch.get("tree") if isinstance(ch.get("tree"), dict) else None
-        state = UNKNOWN if sub is not None and "error" in sub else ch["state"]
+        state = UNKNOWN if sub is not None and "error" in sub else state_text(ch)
         rows.append([
             "  " * depth + ch["id"], ch["type"], state, str(ch["pid"] or "-"),
             f"{ch['uptime_s']:.1f}s", str(ch["restarts"]), ch["last_exit"] or "-",
