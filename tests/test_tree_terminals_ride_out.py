@@ -81,54 +81,35 @@ def _same_shell_answers(tree: Tree, session: str, shell: int, job: int) -> None:
     assert r["output"].split() == ["FOO=kept", f"SH={shell}", "JOB-ALIVE"], r
 
 
-def test_a_crash_looping_terminal_actor_is_retried_and_the_keeper_keeps_every_shell(
-        make_tree, tmp_path):
+@pytest.mark.parametrize(("failing", "other"), [("terminal", "ptykeeper"),
+                                               ("ptykeeper", "terminal")])
+def test_a_crash_looping_child_of_terminals_is_retried_and_the_other_keeps_every_shell(
+        make_tree, tmp_path, failing, other):
+    """The terminal actor or the keeper in a crash loop: retried past its intensity as the
+    root retries, while the other one and the terminals supervisor are never stopped (the
+    shells live on either one's copy of their PTYs)."""
     tree = make_tree(CONFIG).start()
     session, shell, job = _shell_with_a_job(tree, tmp_path)
-    keeper = tree.child("ptykeeper")
+    kept = tree.child(other)
     terminals = tree.child("terminals")
 
-    rpc = _crash_loop(tree, "terminal")
-    ev = _given_up_on(tree, "terminal")
+    rpc = _crash_loop(tree, failing)
+    ev = _given_up_on(tree, failing)
     assert ev.get("action") == "retry" and ev["retry_in_s"] >= 1.0, ev
 
-    st = _waiting_its_retry(tree, "terminal")
+    st = _waiting_its_retry(tree, failing)
     assert st["state"] == "backoff" and st["retry_in_s"] > 0, st
-    line = wait_for(lambda: "past intensity" in (ln := _status_line(tree, "terminal")) and ln,
-                    "`moorage status` showing the terminal given up on for now")
+    line = wait_for(lambda: "past intensity" in (ln := _status_line(tree, failing)) and ln,
+                    f"`moorage status` showing the {failing} given up on for now")
     assert "backoff (past intensity, retry in " in line, line
-    # the keeper and the terminals supervisor were never stopped; the shell and its job live
-    assert tree.child("ptykeeper")["pid"] == keeper["pid"]
-    assert tree.child("ptykeeper")["restarts"] == 0
+    # the other one and the terminals supervisor were never stopped; the shell and its job live
+    assert tree.child(other)["pid"] == kept["pid"]
+    assert tree.child(other)["restarts"] == kept["restarts"]
     assert tree.child("terminals")["pid"] == terminals["pid"]
     assert pid_running(shell) and pid_running(job)
 
     rpc.rmdir()
-    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "terminal",
+    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == failing,
                     timeout=70)
     _same_shell_answers(tree, session, shell, job)
-    assert tree.child("ptykeeper")["pid"] == keeper["pid"]
-
-
-def test_a_crash_looping_keeper_is_retried_and_the_terminal_actor_keeps_every_shell(
-        make_tree, tmp_path):
-    tree = make_tree(CONFIG).start()
-    session, shell, job = _shell_with_a_job(tree, tmp_path)
-    terminal = tree.child("terminal")
-    terminals = tree.child("terminals")
-
-    rpc = _crash_loop(tree, "ptykeeper")
-    ev = _given_up_on(tree, "ptykeeper")
-    assert ev.get("action") == "retry" and ev["retry_in_s"] >= 1.0, ev
-
-    st = _waiting_its_retry(tree, "ptykeeper")
-    assert st["state"] == "backoff" and st["retry_in_s"] > 0, st
-    assert tree.child("terminal")["pid"] == terminal["pid"]
-    assert tree.child("terminals")["pid"] == terminals["pid"]
-    assert pid_running(shell) and pid_running(job)
-
-    rpc.rmdir()
-    tree.wait_event(lambda e: e["event"] == "restarted" and e["child"] == "ptykeeper",
-                    timeout=70)
-    _same_shell_answers(tree, session, shell, job)
-    assert tree.child("terminal")["pid"] == terminal["pid"]
+    assert tree.child(other)["pid"] == kept["pid"]
