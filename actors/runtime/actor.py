@@ -385,11 +385,11 @@ class Actor:
 
     def _apply_subscription_frame(self, frame: zmq.Frame) -> None:
         """A subscription is applied (for its connection only) and welcomed when its topic
-        is new to that connection and the connection holds fewer than `max_subscriptions`;
-        an unsubscription when the connection holds the topic. A subscription past the
-        bound, too long, or from a connection gone, and a frame that is neither, are
-        refused (counted); a topic subscribed again or never held changes nothing, so no
-        welcome round goes out again for what a connection holds already."""
+        is new to that connection and the connection holds fewer than `max_subscriptions`,
+        or is one it holds (applied and welcomed again, counted once); an unsubscription
+        when the connection holds the topic. A subscription past the bound, too long, or
+        from a connection gone, and a frame that is neither, are refused (counted); an
+        unsubscription of a topic never held changes nothing."""
         data = frame.bytes
         kind, topic = data[:1], data[1:]
         # Only a message's first part can be a subscription (libzmq passes later parts up
@@ -410,10 +410,13 @@ class Actor:
         # subscription is counted: so every connection is counted under its own fd.
         self._on_pub_monitor()
         held = self._topics_of(frame, new=True)
-        if held is not None and topic in held:
-            return
+        # A topic the fd holds already is applied and welcomed again, not counted again: the
+        # fd may be a new connection's, taken over from one that closed after its frame was
+        # queued (libzmq applies that one's to nothing), and its own must not be dropped as
+        # a repeat; on the same connection libzmq ignores the repeat.
+        again = held is not None and topic in held
         # (over tcp libzmq's own limit has room for CURVE: the topic's is held here)
-        if held is None or len(held) >= self.max_subscriptions \
+        if held is None or (not again and len(held) >= self.max_subscriptions) \
                 or len(topic) > limits.MAX_TOPIC_LEN:
             self.subscriptions_refused += 1
             return
