@@ -79,9 +79,10 @@ window in which output that follows other output waits for the rest of its burst
 scrollback_bytes (2 MiB), max_output_bytes (1 MiB), keeper_wait_ms (3000), idle_close_s
 (600), closed_stream_keep_s (60: a closed session's streams kept for late readers, then
 let go), resume_wait_ms (5000), republish_bytes (2 MiB), consumer_timeout_ms (5000),
-pub_hwm (twice what retention_bytes holds in the largest messages: 128; ZeroMQ counts a
-subscriber's queue in messages, and at 1000 one that stopped reading held 125 MiB of the
-actor's memory, for bytes it could only have had from a replay's 8 MiB anyway),
+pub_hwm (1000: ZeroMQ counts a subscriber's queue in messages, and one turn of a few busy
+sessions publishes hundreds of small ones, which a queue of 128 dropped for a subscriber
+reading as fast as it could; the price is a subscriber that stops reading, which holds up
+to 1000 messages, 125 MiB at the largest, until it reads or goes),
 retention_messages (2000) and retention_bytes (8 MiB) per topic, reply_cache_entries (1024).
 """
 
@@ -107,7 +108,7 @@ from moorage.actors.terminal.keeper_client import FDS_WAIT_S, KeeperClient
 from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.parsehop import ParserLink
 from moorage.actors.terminal.restore import Creation, base_env, reconcile, restore
-from moorage.actors.terminal.session import PUBLISH_CHUNK, Session
+from moorage.actors.terminal.session import Session
 from moorage.actors.terminal.specs import ExecRecords, SpecStore, exec_call
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
@@ -170,7 +171,7 @@ class TerminalActor(Actor):
         # count (the runtime's 10,000 would hold 10,000 records of `echo test` per session)
         config.setdefault("retention_messages", 2000)
         config.setdefault("retention_bytes", 8 * 1024 * 1024)
-        config.setdefault("pub_hwm", max(64, 2 * int(config["retention_bytes"]) // PUBLISH_CHUNK))
+        config.setdefault("pub_hwm", 1000)
         config.setdefault("reply_cache_entries", 1024)
         super().__init__(name, runtime_dir, config)
         cfg = self.config
