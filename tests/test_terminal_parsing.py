@@ -92,6 +92,22 @@ def listed(s: Session) -> dict:
     return one
 
 
+def test_a_closed_sessions_stream_is_closed_in_the_parser_actor(make_tree, tmp_path):
+    """term.close closes the session's stream in the parser actor at once (it named a stream
+    never opened, so each closed session's stream stayed until the parser's idle reaper, 300
+    s on, counted against the terminal's streams: a churn of sessions evicted live ones)."""
+    tree = make_tree(TREE).start()
+    s = Session(tree, tmp_path)
+    assert s.exec(1)["parser"] == "actor"
+    before = tree.call("parser", "parse.stats")
+    assert before["streams"] == 1, before
+    tree.call("terminal", "term.close", {"session": s.sid})
+    after = wait_for(lambda: (st := tree.call("parser", "parse.stats"))["streams"] == 0 and st,
+                     "the closed session's stream closed in the parser actor")
+    assert after["closed"] == before["closed"] + 1 and after["reaped"] == 0, after
+    s.cmds.close()
+
+
 def test_plain_output_goes_to_the_parser_actor_all_the_same(make_tree, tmp_path):
     """Output with no ESC in it, arriving when the parser is in ground state, waits to go
     with the next chunk that has one (it cannot hold a marker), or a moment when none

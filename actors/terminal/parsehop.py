@@ -368,13 +368,20 @@ class ParseHop:
     def close(self) -> None:
         """The session is gone: its stream in the parser actor goes too (best effort)."""
         self._unhold()
+        self._close_stream()
         self.gen += 1
+        self.via = None
+        self._parsed_to()  # an exec waiting for the parser learns that the session is gone
+
+    def _close_stream(self) -> None:
+        """The stream in the parser actor this hop is done with, closed there (best effort;
+        before `gen` moves on, since the stream is named by it): left open, it would hold
+        its parser and buffer until the actor's idle reaper, 300 s on, counted against the
+        terminal's streams the while (a churn of sessions had live ones evicted)."""
         if self.via == "actor" and self.opened and self.link.outbound is not None:
             self.link.outbound.call(self.link.target, "parse.close",
                                     {"stream": self._stream()}, timeout=self.link.timeout_s,
                                     on_done=lambda _r, _e: None)
-        self.via = None
-        self._parsed_to()  # an exec waiting for the parser learns that the session is gone
 
     # --- the parser actor ------------------------------------------------------------------
 
@@ -383,6 +390,7 @@ class ParseHop:
 
     def _to_actor(self, start: int) -> None:
         self._unhold()
+        self._close_stream()  # (a stream jumped: the new one starts where the old one ends)
         self.gen += 1
         self.via = "actor"
         self.inert = False
@@ -537,6 +545,7 @@ class ParseHop:
     def _to_local(self, start: int, reason: str) -> None:
         self._unhold()
         self._ahead_parser = None
+        self._close_stream()
         self.gen += 1  # a reply still on its way is dropped
         self.flying = 0
         self.inert = False
