@@ -115,6 +115,12 @@ class FakeActor(Actor):
         self.held.append((call, self.side_effects))
         return DEFERRED
 
+    @op("fake.held_read", idempotent=True)
+    def hold_read(self, call: Call) -> object:
+        """An idempotent call whose reply is held back until fake.release (no side effect)."""
+        self.held.append((call, self.side_effects))
+        return DEFERRED
+
     @op("fake.release", idempotent=True)
     def release(self, call: Call) -> dict[str, Any]:
         """Answer every held call (each with the effect count its run made)."""

@@ -107,6 +107,17 @@ def test_a_stopping_actor_s_last_replies_leave_before_its_socket_closes(fake, ra
     assert fake.proc.exitcode == 0
 
 
+def test_an_idempotent_call_under_way_when_its_actor_stops_is_answered_stopping(fake, raw):
+    """Safe to run again whatever ran: `stopping`, which a client sends again to the
+    successor (`outcome_unknown`, as for a call with effects, ended a read for good)."""
+    raw.send_multipart(encode_request(1, "s1", "fake.held_read"))
+    raw.send_multipart(encode_request(2, "s1", "sys.stop"))
+    got = {r.id: r for r in (recv(raw), recv(raw))}
+    assert got[2].ok and not got[1].ok and got[1].body["name"] == "stopping", got[1].body
+    fake.proc.join(10)
+    assert fake.proc.exitcode == 0
+
+
 def test_a_result_that_cannot_be_encoded_is_answered_internal_and_the_rest_are_served(
         fake, client, raw):
     """msgpack refuses an int of 2^64 with OverflowError: once the reply was taken as made,

@@ -1061,9 +1061,16 @@ class Actor:
             self._handle_isolated(frames)
         for call in list(self.pending.values()):
             # These had started: their effects may have happened, so not "stopping" (which
-            # tells a client it is safe to resend anything).
-            self._finish(call, None, WireError.of(
-                "outcome_unknown", f"{self.name} stopped while {call.op} was running"))
+            # tells a client it is safe to resend), unless the op is idempotent: running it
+            # again is safe whatever ran, and `outcome_unknown` would end a read that its
+            # client may send again to the successor.
+            if call.spec is not None and call.spec.idempotent:
+                err = WireError.of("stopping", f"{self.name} stopped while {call.op} was "
+                                   "running; an idempotent op: safe to send again")
+            else:
+                err = WireError.of("outcome_unknown",
+                                   f"{self.name} stopped while {call.op} was running")
+            self._finish(call, None, err)
         self._push_metrics()
         logger.info("{} stopped", self.name)
 
