@@ -297,3 +297,28 @@ def test_a_loss_whose_cause_is_in_the_state_is_not_rebuilt(tmp_path):
     assert st.lost is not None and st.stats()["rebuilt"] == 0
     assert not (tmp_path / "state" / "snapshot.msgpack").exists()
     st.close()
+
+
+def test_a_log_record_the_full_disk_takes_only_part_of_is_taken_back_and_refused(disk):
+    """A full tmpfs still takes bytes into the room left in a file's last page: a record
+    longer than that room is written in part. The part is taken back and the append fails
+    (the state is then given up, as on any refused write), so the log stays whole: a half
+    record would hide every later record of its generation from a restart."""
+    state = disk.root / "state"
+    state.mkdir()
+    wal = snapshot.Wal(str(state))
+    try:
+        wal.append(["/before"])
+        log = Path(wal._path(wal.gen))
+        size = log.stat().st_size
+        disk.fill()
+        big = [f"/p{i:03d}{LONG}" for i in range(40)]  # 7.5 KB: more than a page's room
+        with pytest.raises(OSError) as refused:
+            wal.append(big)
+        assert refused.value.errno == errno.ENOSPC
+        assert log.stat().st_size == size
+        disk.free()
+        wal.append(["/after"])
+        assert wal.touched(wal.gen) == {"/before", "/after"}
+    finally:
+        wal.close()

@@ -22,6 +22,7 @@ UTF-8), so an answer or an event carries it as `wire_fields` says.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat as stat_mod
@@ -664,8 +665,19 @@ class Wal:
         return sorted(out)
 
     def append(self, paths: list[str]) -> None:
+        """Raises OSError when the record is not all written. A full disk takes a record's
+        first bytes into the room left in the file's last page: kept, that half record
+        would hide every later record of its generation from `touched`, and a restart
+        would take paths whose events went out for paths the checkpoint knows. The part
+        written is taken back, so the caller can give the state up on a whole log."""
         if paths:
-            os.write(self.fd, msgpack.packb(paths, use_bin_type=True, unicode_errors=PATHS))
+            record = msgpack.packb(paths, use_bin_type=True, unicode_errors=PATHS)
+            n = os.write(self.fd, record)
+            if n < len(record):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - n)
+                raise OSError(errno.ENOSPC, f"the write-ahead log took {n} of a record's "
+                                            f"{len(record)} bytes")
             self.records += 1
 
     def rotate(self) -> int:
