@@ -6,10 +6,12 @@ undone however the test ends."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from moorage.actors.runtime import logs
 from moorage.actors.runtime.logs import RotatingFile
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.commands import all_children_running
+from tests.conftest import ROOT, kill_instance
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -258,3 +261,30 @@ def test_an_actor_and_a_supervisor_restarted_on_a_read_only_state_disk_start_and
     assert "fake.work raised" in text.split("are missing here")[-1]
     wait_for(lambda: f"log file {log} is written again" in tree.output(),
              "alpha telling its console that its log file is written again")
+
+
+def test_up_detach_on_a_read_only_state_dir_comes_up_with_its_console_in_the_runtime_dir(
+        mounts: Mounts, runtime_dir: Path, tmp_path: Path):
+    """(`up --detach` opened its console in the state dir only, and refused to start where a
+    tree in the foreground runs: on a read-only state dir, its processes on the console.)"""
+    state = mounts.tmpfs(tmp_path / "statedisk", "size=16m") / "state"
+    state.mkdir()
+    mounts.read_only(state)
+    rdir = runtime_dir / "det"
+    cfg = tmp_path / "det.toml"
+    cfg.write_text(TREE)
+    cli = [sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir", str(rdir)]
+    out = subprocess.run([*cli, "up", "--detach", "--config", str(cfg),
+                          "--allow-external-actors"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "MOORAGE_STATE_DIR": str(state)}, timeout=90)
+    try:
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["moorage"] == "ready"
+        console = rdir / "up.out"
+        assert f"the tree's console is {console}: none could be opened in {state}" \
+            in out.stderr
+        wait_for(lambda: "alpha.log cannot be opened: Read-only file system"
+                 in console.read_text(), "alpha telling the console its log file is missing")
+    finally:
+        subprocess.run([*cli, "down"], capture_output=True, timeout=60)
+        kill_instance(rdir)

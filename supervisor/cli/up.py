@@ -14,7 +14,8 @@ gone (`refuse`).
 `--ready-fd`, and prints what comes back: the ready line (exit 0), or the failed line after
 stopping everything it started (its process group). It never asks the tree anything, so a tree
 that cannot come up cannot make it wait past `--timeout` plus the start. The detached tree's
-stdout and stderr are `<state dir>/logs/up.out`, kept under MOORAGE_CONSOLE_ROTATE bytes
+stdout and stderr are `<state dir>/logs/up.out` (or the runtime dir's, where the state dir
+takes no file: a tree runs on a read-only state dir), kept under MOORAGE_CONSOLE_ROTATE bytes
 (default 2 MiB) with two older copies, up.out.1 and up.out.2 (moorage.actors.runtime.logs).
 """
 
@@ -243,23 +244,33 @@ def detach(args: argparse.Namespace) -> int:
         return refuse(exc)
 
 
-def open_console(state_dir: Path) -> BinaryIO:
+def open_console(state_dir: Path, runtime_dir: Path) -> BinaryIO:
     """The detached tree's console, `<state dir>/logs/up.out` (its directories 0700, made
-    one level at a time); StartFailed if it cannot be had."""
-    log_dir = state_dir / "logs"
-    try:
-        endpoints.make_private_dirs(log_dir)
-        return open(log_dir / "up.out", "ab")
-    except OSError as exc:
-        raise StartFailed("start_failed", f"cannot open the tree's console in {log_dir}: "
-                          f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename
-                                                     else ""), EXIT_ERROR) from None
+    one level at a time). Where the state dir takes no file (read-only, full), the runtime
+    dir's `up.out`, said on stderr: the tree runs there too, its processes logging to the
+    console until their log files can be had. StartFailed if neither can be had."""
+    tried = []
+    for where in (state_dir / "logs", runtime_dir):
+        try:
+            endpoints.make_private_dirs(where)
+            return _told(open(where / "up.out", "ab"), tried)
+        except OSError as exc:
+            tried.append(f"{where}: {exc.strerror or exc}")
+    raise StartFailed("start_failed", "cannot open the tree's console: " + "; ".join(tried),
+                      EXIT_ERROR)
+
+
+def _told(console: BinaryIO, tried: list[str]) -> BinaryIO:
+    if tried:
+        print(f"moorage: the tree's console is {console.name}: none could be opened in "
+              f"{tried[0]}", file=sys.stderr)
+    return console
 
 
 def run_detached(args: argparse.Namespace) -> int:
     from moorage.supervisor.zygote import new_interpreter
 
-    console = open_console(args.state_dir)
+    console = open_console(args.state_dir, args.runtime_dir)
     out = Path(console.name)
     r, w = os.pipe2(os.O_CLOEXEC)
     # The tree imports what this process can, never from the working directory (an editor's
