@@ -124,10 +124,18 @@ class SloRecord:
         self.dirty = False  # what changes from here on goes in the next save
         if force:
             self._write(data, started)
-        else:
-            self._writer = threading.Thread(target=self._write, args=(data, started),
-                                            name="slo-writer", daemon=True)
-            self._writer.start()
+            return
+        writer = threading.Thread(target=self._write, args=(data, started),
+                                  name="slo-writer", daemon=True)
+        try:
+            writer.start()
+        except RuntimeError as exc:  # the process's or the user's thread limit: next time
+            self.dirty = True
+            self._last_save = started  # (tried again after a save's usual spacing)
+            logger.warning("SLO record not saved to {}: no thread for the write ({}); "
+                           "tried again at the next save", self.path, exc)
+            return
+        self._writer = writer
 
     def flush(self) -> None:
         """Wait for the write in flight, if any."""

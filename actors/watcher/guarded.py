@@ -1034,8 +1034,20 @@ class InotifyObserver(BaseObserver):
 
     def __init__(self, emitter_class: type, timeout: float) -> None:
         self.inotify_fd = LoopInotifyFD()
-        self.inotify_fd.start()
+        try:
+            self.inotify_fd.start()
+        except BaseException:  # (no thread: the user's limit) its instance and pipe go too
+            self.inotify_fd.close()
+            raise
         super().__init__(emitter_class, timeout=timeout, inotify_fd=self.inotify_fd)
+
+    def start(self) -> None:
+        try:
+            super().start()
+        except BaseException:  # the instance's lane thread stops, and closes the instance
+            self.inotify_fd.stop()
+            self.inotify_fd.join(2.0)
+            raise
 
     def on_thread_stop(self) -> None:
         super().on_thread_stop()

@@ -296,16 +296,20 @@ class ObserverManager:
             if generation is not None and generation != self.generation:
                 raise _Stale
             if via == "inotify":
+                # (assigned once started: a start the thread limit refuses leaves nothing
+                # half made, and the next placement tries again)
                 if self.inotify is None:
-                    self.inotify = InotifyObserver(guarded_emitter(
+                    observer = InotifyObserver(guarded_emitter(
                         self.report, self.wanted, self.push, EVENT_KINDS), 1.0)
-                    self.inotify.inotify_fd.deliver = self.push_many
-                    self.inotify.start()
-                    self._read_on_loop(self.inotify)
+                    observer.inotify_fd.deliver = self.push_many
+                    observer.start()
+                    self.inotify = observer
+                    self._read_on_loop(observer)
                 return self.inotify
             if self.polling is None:
-                self.polling = PollingObserver(timeout=self.poll_interval)
-                self.polling.start()
+                polling = PollingObserver(timeout=self.poll_interval)
+                polling.start()
+                self.polling = polling
             return self.polling
 
     def _read_on_loop(self, observer: InotifyObserver) -> None:

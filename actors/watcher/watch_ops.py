@@ -43,6 +43,7 @@ from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
 # Index entries merged (after a new watch's walk) or dropped (after fs.unwatch) per turn.
 MERGE_SLICE = 20_000
+NO_THREAD = "can't start new thread"  # CPython's RuntimeError when no thread can be made
 PERSIST_WAIT_S = 2.0  # a new watch answered once saved, or after this, whichever first
 
 if TYPE_CHECKING:
@@ -279,6 +280,11 @@ class WatchOps:
             call.fail(err)
         elif isinstance(err, OSError):
             call.fail(os_error(err, path))
+        elif isinstance(err, RuntimeError) and str(err) == NO_THREAD:
+            call.fail(WireError.of(
+                "resource_exhausted", f"{path}: the watch needs a thread, and the process is "
+                "at its thread limit (RLIMIT_NPROC, or the user's tasks); it was not placed",
+                detail={"path": path, "limit": "threads"}))
         else:
             logger.opt(exception=err).error("watcher: placing a watch on {} failed", path)
             call.fail(WireError.of("internal", f"{type(err).__name__}: {err}",
