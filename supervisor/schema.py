@@ -406,6 +406,9 @@ class KeeperTable(RuntimeTable, total=False):
     read_batch_bytes: Annotated[int, Min(4096)]
     stop_grace_ms: int
     close_grace_ms: int
+    custody_wait_ms: NonNegative
+    # at most link.CUSTODY_GIVE_UP_S: a terminal waits no longer for its sessions to settle
+    custody_give_up_ms: Annotated[int, Min(0), Max(30_000)]
 
 
 # Rules across the keys of a table, checked once each key is (check_table).

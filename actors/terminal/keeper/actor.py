@@ -21,13 +21,13 @@ terminal actor connected at a time; the PTY side is ptys.py. The keeper
   does. When the keeper dies, its shells go to the terminals supervisor (a subreaper); its
   successor takes the sessions back from that supervisor (and from the terminal actor,
   `adopt`, should the supervisor lack one), watches the shells through pidfds and asks that
-  supervisor for their exit status (`sup.orphan_exit`). It waits CUSTODY_WAIT_S for the
+  supervisor for their exit status (`sup.orphan_exit`). It waits `custody_wait_ms` for the
   supervisor's answer before it lets a terminal in; a terminal let in before it (a loaded
   machine, a busy supervisor) is told so in the welcome (`custody: true`), and the sessions
   that come with the answer in a `custody` message once it is there: only then may the
   terminal decide that a session it recorded is lost (a shell taken for lost while the
   supervisor still holds it would be killed and started anew, and the old one kept here for
-  no one). An answer not there CUSTODY_GIVE_UP_S after start is given up: the terminal is
+  no one). An answer not there `custody_give_up_ms` after start is given up: the terminal is
   told (`custody` with what came), and what the supervisor hands over after that is let go
   (dropped from its custody: the terminal has settled those sessions as lost);
 - writes input without blocking, from a bounded queue per session (a 1 MB paste waits for
@@ -40,8 +40,11 @@ terminal actor connected at a time; the PTY side is ptys.py. The keeper
 Config: window_bytes (1 MiB), scrollback_bytes (2 MiB: the ring holds this much before the
 window, unless the terminal's `create` asks for another size), input_limit_bytes (16 MiB),
 read_batch_bytes (128 KiB a turn per session), create_per_turn (4), stop_grace_ms (1000),
-close_grace_ms (2000), supervised_by (set by the tree: who reaps the shells of a dead
-keeper).
+close_grace_ms (2000), custody_wait_ms (2000: CUSTODY_WAIT_S; longer keeps a terminal out
+longer on a busy machine, shorter lets it in sooner, told to wait for the answer),
+custody_give_up_ms (30000, which is also the most: a terminal waits no longer than
+link.CUSTODY_GIVE_UP_S for its sessions to settle), supervised_by (set by the tree: who reaps
+the shells of a dead keeper).
 """
 
 from __future__ import annotations
@@ -82,9 +85,10 @@ from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import Category, WireError
 
 HELLO_WAIT_S = 2.0  # a new connection's first message, the hello, within this
-CUSTODY_WAIT_S = 2.0  # what the supervisor holds, before the terminal is let in
-# (and CUSTODY_GIVE_UP_S, link.py: after it, the terminal settles its sessions without what
-# did not come; a supervisor that never answers must not leave them unsettled for ever)
+CUSTODY_WAIT_S = 2.0  # what the supervisor holds, before the terminal is let in (default)
+# (and CUSTODY_GIVE_UP_S, link.py, the default and the most of custody_give_up_ms: after it,
+# the terminal settles its sessions without what did not come; a supervisor that never
+# answers must not leave them unsettled for ever)
 EXIT_STATUS_TRIES = 10  # an adopted shell's status, asked of the supervisor this often ...
 EXIT_STATUS_RETRY_S = 0.05  # ... this far apart (it reaps on SIGCHLD, a moment later)
 
@@ -115,6 +119,14 @@ class PtyKeeper(Actor):
         self.create_per_turn = max(1, int(cfg.get("create_per_turn", 4)))
         self.stop_grace = int(cfg.get("stop_grace_ms", 1000)) / 1000
         self.close_grace = int(cfg.get("close_grace_ms", 2000)) / 1000
+        self.custody_wait = int(cfg.get("custody_wait_ms", round(CUSTODY_WAIT_S * 1000))) / 1000
+        self.custody_give_up = int(cfg.get("custody_give_up_ms",
+                                           round(CUSTODY_GIVE_UP_S * 1000))) / 1000
+        if self.custody_wait < 0 or not 0 <= self.custody_give_up <= CUSTODY_GIVE_UP_S:
+            # (a terminal gives up waiting for its sessions to settle at CUSTODY_GIVE_UP_S: a
+            # keeper giving up later would hand it sessions it has already settled as lost)
+            raise ValueError(f"custody_wait_ms >= 0 and 0 <= custody_give_up_ms <= "
+                             f"{round(CUSTODY_GIVE_UP_S * 1000)}")
         self.supervisor = cfg.get("supervised_by")
         self.sessions: dict[str, PtySession] = {}
         self.link: Link | None = None
@@ -177,15 +189,15 @@ class PtyKeeper(Actor):
         # is welcomed without sessions that are alive, so it is told to wait for them.
         self.custody_pending = True
         self.custody.take(self._from_custody, lambda n: self._custody_over(f"{n} held"))
-        self.loop.call_later(CUSTODY_WAIT_S, self._listen)
-        self._custody_timer = self.loop.call_later(CUSTODY_GIVE_UP_S, self._custody_given_up)
+        self.loop.call_later(self.custody_wait, self._listen)
+        self._custody_timer = self.loop.call_later(self.custody_give_up, self._custody_given_up)
 
     def _listen(self) -> None:
         self.acceptor.start()
 
     def _custody_given_up(self) -> None:
         logger.warning("custody: no answer from supervisor {} in {} s; the terminal settles "
-                       "its sessions without it", self.supervisor, CUSTODY_GIVE_UP_S)
+                       "its sessions without it", self.supervisor, self.custody_give_up)
         self._custody_over("given up")
 
     def _custody_over(self, why: str) -> None:
