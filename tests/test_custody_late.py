@@ -1,5 +1,5 @@
 """A custody answer that comes late: the successor of a dead pty keeper lets the terminal in
-after CUSTODY_WAIT_S without what its supervisor holds (a loaded machine, a busy supervisor).
+after its custody wait without what its supervisor holds (a loaded machine, a busy supervisor).
 The terminal is told so in the welcome, gets the sessions that come with the answer in a
 `custody` message, and only then settles which of its sessions are lost: a session whose
 shell lives on is never reported lost, killed and started anew, and no shell is adopted by
@@ -7,14 +7,16 @@ a keeper for no one.
 
 The supervisor's side is real throughout: a whole tree whose custody answers late
 ($MOORAGE_TEST_CUSTODY_TAKE_DELAY_MS, supervisor/custody.py), and a keeper alone with a
-Custodian whose loop the test turns only when the answer is to go."""
+Custodian whose loop the test turns only when the answer is to go. The keepers here wait
+WAIT_MS for the answer (`custody_wait_ms`) before they let a terminal in, and a tree's
+answers come DELAY_MS late: the tests rely on the margins between those, not their size."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,11 @@ import pytest
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.loop import Loop
-from moorage.actors.terminal.keeper.actor import CUSTODY_GIVE_UP_S, CUSTODY_WAIT_S
+from moorage.actors.terminal.keeper.actor import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.link import LINK_TOKEN_NAME
 from moorage.protocol.client import Client
 from moorage.supervisor.custody import TAKE_DELAY_ENV, Custodian
-from tests.conftest import wait_pid_exit
+from tests.conftest import ActorProcess, wait_pid_exit
 from tests.terminal_support import RawLink, env_for, make_home, terminal_tree
 from tests.waiting import turn_until, wait_for
 
@@ -36,10 +38,19 @@ pytestmark = pytest.mark.timeout(180)
 KEEPER = "moorage.actors.terminal.keeper.actor:PtyKeeper"
 HELLO = {"t": "hello", "tok": trust.token(LINK_TOKEN_NAME)}
 ENV = {"PATH": os.defpath, "TERM": "dumb", "PS1": "$ "}
+# The keeper's wait for its custody answer before it lets a terminal in (custody_wait_ms).
+WAIT_MS = 500
 # Each `take` of the tree's custody answered this late: well past the keeper's wait before it
-# lets the terminal in, well within its bound.
-DELAY_MS = 10_000
-assert CUSTODY_WAIT_S * 1000 + 4000 <= DELAY_MS <= CUSTODY_GIVE_UP_S * 1000 - 10_000
+# lets the terminal in (over 5 s for a loaded machine to restart the actors and let the terminal
+# in, before the answer), well within its bound (the default custody_give_up_ms).
+DELAY_MS = 6000
+assert WAIT_MS + 4000 <= DELAY_MS <= CUSTODY_GIVE_UP_S * 1000 - 10_000
+# The bound of a keeper whose custody never answers (custody_give_up_ms): well past its wait,
+# so that the terminal is let in before it.
+GIVE_UP_MS = 5000
+assert WAIT_MS + 4000 <= GIVE_UP_MS
+# A tree's keeper, with that wait.
+KEEPER_CONFIG = f"\n[actor.ptykeeper]\ncustody_wait_ms = {WAIT_MS}\n"
 
 
 def test_a_session_custody_hands_back_late_is_the_same_shell_and_not_lost(make_tree,
@@ -47,7 +58,8 @@ def test_a_session_custody_hands_back_late_is_the_same_shell_and_not_lost(make_t
     """The keeper and the terminal SIGKILLed at once, the supervisor's custody answering
     the new keeper long after it let the new terminal in: the session comes back with its
     shell (same pid, same state), serves a command, and is never reported lost."""
-    tree = make_tree(terminal_tree()).start(env={**os.environ, TAKE_DELAY_ENV: str(DELAY_MS)})
+    tree = make_tree(terminal_tree(KEEPER_CONFIG)).start(
+        env={**os.environ, TAKE_DELAY_ENV: str(DELAY_MS)})
     c = tree.client
     s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
                timeout=30)
@@ -101,9 +113,16 @@ def links() -> Iterator[list[RawLink]]:
         link.close()
 
 
+def spawn_keeper(spawn_actor: Callable[..., ActorProcess], **config: Any) -> ActorProcess:
+    """A keeper whose custody is with the test's Custodian ("sup"), letting a terminal in
+    after WAIT_MS."""
+    return spawn_actor(KEEPER, "ptykeeper", supervised_by="sup", custody_wait_ms=WAIT_MS,
+                       **config)
+
+
 def hello(client: Client, runtime_dir: Path, links: list[RawLink]) -> tuple[RawLink, dict]:
-    """A terminal's link to the keeper, and the keeper's welcome (after CUSTODY_WAIT_S at
-    most: the keeper's socket takes the connection at once, and answers once it listens)."""
+    """A terminal's link to the keeper, and the keeper's welcome (after WAIT_MS at most: the
+    keeper's socket takes the connection at once, and answers once it listens)."""
     client.call("ptykeeper", "sys.ping")  # bound: the socket exists once it answers
     link = RawLink(runtime_dir / "ptykeeper.sock")
     links.append(link)
@@ -118,7 +137,7 @@ def a_session_left_in_custody(spawn_actor, client: Client, runtime_dir: Path, lo
     """A keeper that made a session (a shell waiting for a line) and left it with the
     custodian, then died with the terminal side's copies closed: the custodian's are the
     last. The shell's pid."""
-    first = spawn_actor(KEEPER, "ptykeeper", supervised_by="sup")
+    first = spawn_keeper(spawn_actor)
     client.call("ptykeeper", "sys.ping")
     turn_until(loop, lambda: "ptykeeper" in custodian.held)  # its `take`, answered
     link, welcome = hello(client, runtime_dir, links)
@@ -144,7 +163,7 @@ def a_session_left_in_custody(spawn_actor, client: Client, runtime_dir: Path, lo
 def test_a_terminal_let_in_before_the_custody_answer_gets_its_sessions_with_it(
         spawn_actor, client, runtime_dir, loop, custodian, links):
     pid = a_session_left_in_custody(spawn_actor, client, runtime_dir, loop, custodian, links)
-    spawn_actor(KEEPER, "ptykeeper", supervised_by="sup")
+    spawn_keeper(spawn_actor)
     # The custodian's loop is not turned: the new keeper's `take` waits unanswered.
     link, welcome = hello(client, runtime_dir, links)
     assert (welcome["custody"], welcome["sessions"]) == (True, [])
@@ -171,7 +190,7 @@ def test_custody_that_fails_ends_the_wait_at_once_and_says_so(
     """The supervisor gone before it answered (its custody socket closed): the terminal is
     told at once that nothing more comes (then it settles its sessions), and the keeper
     serves on."""
-    spawn_actor(KEEPER, "ptykeeper", supervised_by="sup")
+    spawn_keeper(spawn_actor)
     turn_until(loop, lambda: len(custodian.conns) == 1)  # accepted, `take` unread
     link, welcome = hello(client, runtime_dir, links)
     assert (welcome["custody"], welcome["sessions"]) == (True, [])
@@ -188,14 +207,14 @@ def test_custody_that_fails_ends_the_wait_at_once_and_says_so(
 
 def test_custody_that_never_answers_is_given_up_and_what_it_hands_over_later_let_go(
         spawn_actor, client, runtime_dir, loop, custodian, links):
-    """The bound: CUSTODY_GIVE_UP_S without an answer, the terminal is told that nothing
+    """The bound: custody_give_up_ms without an answer, the terminal is told that nothing
     more comes (it settles: the session is lost to it); the answer, when it does come, is
     not adopted for no one: the supervisor's copies are dropped, and the shell hangs up."""
     pid = a_session_left_in_custody(spawn_actor, client, runtime_dir, loop, custodian, links)
-    keeper = spawn_actor(KEEPER, "ptykeeper", supervised_by="sup")
+    keeper = spawn_keeper(spawn_actor, custody_give_up_ms=GIVE_UP_MS)
     link, welcome = hello(client, runtime_dir, links)
     assert (welcome["custody"], welcome["sessions"]) == (True, [])
-    given_up = link.wait(lambda m: m["t"] == "custody", timeout=CUSTODY_GIVE_UP_S + 10)
+    given_up = link.wait(lambda m: m["t"] == "custody", timeout=GIVE_UP_MS / 1000 + 10)
     assert given_up == {"t": "custody", "sessions": []}
     assert client.call("ptykeeper", "sys.info")["custody_pending"] is False
     turn_until(loop, lambda: custodian.handed == 1)  # the answer, at last
@@ -222,7 +241,7 @@ def test_a_session_closed_while_custody_is_pending_does_not_come_back_with_the_a
     with what it held when the take came (in order, before that keep and drop), the session
     among it. The keeper lets it go rather than adopt it again for no one: a later terminal
     is not handed a session the user closed."""
-    k1 = spawn_actor(KEEPER, "ptykeeper", supervised_by="sup")
+    k1 = spawn_keeper(spawn_actor)
     client.call("ptykeeper", "sys.ping")
     turn_until(loop, lambda: "ptykeeper" in custodian.held)  # the first take, answered
     spawn_actor("moorage.actors.parser.actor:ParserActor", "parser")
@@ -236,7 +255,7 @@ def test_a_session_closed_while_custody_is_pending_does_not_come_back_with_the_a
     assert wait_pid_exit(k1.pid, 10)
     turn_until(loop, lambda: not custodian.conns)  # (the first keeper's connection ended)
 
-    k2 = spawn_actor(KEEPER, "ptykeeper", supervised_by="sup")  # its take waits, unread
+    k2 = spawn_keeper(spawn_actor)  # its take waits, unread
     wait_for(lambda: (lambda i: i["keeper_pid"] == k2.pid and i["keeper_connected"])(
         client.call("terminal", "sys.info")), "the terminal welcomed by the new keeper")
     assert client.call("ptykeeper", "sys.info")["custody_pending"] is True
@@ -270,7 +289,8 @@ def test_a_create_resent_while_custody_is_pending_gets_the_session_its_first_att
     answer. The resend waits for that answer, which brings the first attempt's session, and
     is answered with it: no second shell."""
     tree = make_tree(terminal_tree(terminal="keeper_wait_ms = 20000\n"
-                                            "integration_detect_ms = 60000\n")).start(
+                                            "integration_detect_ms = 60000\n"
+                                   + KEEPER_CONFIG)).start(
         env={**os.environ, TAKE_DELAY_ENV: str(DELAY_MS)})
     c = tree.client
     wait_for(lambda: c.call("ptykeeper", "sys.info")["custody_pending"] is False,
@@ -318,7 +338,8 @@ def test_term_list_answers_while_custody_is_pending_when_no_session_waits_for_it
     """A keeper-only restart, the custody answer late: the terminal outlived the keeper and
     holds every session it records, so term.list answers at once, not `unavailable`; so
     does a fresh tree's, which records none."""
-    tree = make_tree(terminal_tree()).start(env={**os.environ, TAKE_DELAY_ENV: str(DELAY_MS)})
+    tree = make_tree(terminal_tree(KEEPER_CONFIG)).start(
+        env={**os.environ, TAKE_DELAY_ENV: str(DELAY_MS)})
     c = tree.client
     wait_for(lambda: c.call("terminal", "sys.info")["keeper_connected"], "welcome")
     assert c.call("ptykeeper", "sys.info")["custody_pending"] is True

@@ -132,7 +132,9 @@ def test_a_consumer_that_took_everything_is_not_dropped_by_the_first_output_afte
     quiet: its silence counts from when it falls behind. (It counted from its last ack, so
     an editor's view of a session idle for consumer_timeout_ms was dropped by the session's
     next output within a check, before it could acknowledge it.)"""
-    timeout_s = 8.0
+    # (long enough for the command, the 2 s watch for a drop and the ack after it on a loaded
+    # machine, which must come before the consumer's silence behind the output runs out)
+    timeout_s = 6.0
     tree = make_tree(terminal_tree(terminal=f"consumer_timeout_ms = {int(timeout_s * 1000)}")
                      ).start()
     c = tree.client

@@ -846,7 +846,9 @@ def test_quality_zero_pauses_watching_and_its_return_resyncs(start, data):
     done = w.call("sys.pressure", {"level": "normal", "quality": 0})["done"]
     assert done["watching"] == "paused"
     with pytest.raises(MoorageError) as e:
-        w.call("fs.watch", {"path": str(data), "recursive": False})
+        # (a call shorter than the refusal's retry_after_ms, 5 s: the client hands the busy
+        # on at once, instead of asking again every 5 s within the op's own timeout)
+        w.call("fs.watch", {"path": str(data), "recursive": False}, timeout=4.0)
     assert e.value.name == "busy"
     (data / "while-paused").write_text("x")
     done = w.call("sys.pressure", {"level": "normal", "quality": 3})["done"]
