@@ -341,7 +341,7 @@ class WatcherTable(RuntimeTable, total=False):
     chunk: Positive
     cache_max_bytes: int
     cache_max_file_bytes: int
-    max_read_bytes: int
+    max_read_bytes: Annotated[int, Min(1), Max(MAX_MESSAGE_SIZE)]  # (a read is one frame)
     list_max: int
     list_max_scanned: int
     list_loop_entries: int

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgpack
 
-from moorage.actors.runtime import DEFERRED, Actor, Call, op
+from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
 from moorage.actors.runtime.custody import CustodyClient, custody_path
 from moorage.protocol.errors import fail
 
@@ -128,6 +128,11 @@ class FakeActor(Actor):
         for c, effects in held:
             c.reply({"effects": effects})
         return {"released": len(held)}
+
+    @op("fake.attach", args={"size": int})
+    def attach(self, call: Call, size: int) -> Attached:
+        """A reply with one attachment of `size` bytes."""
+        return Attached({"size": size}, [b"a" * size])
 
     @op("fake.publish", args={"topic": str, "n": int, "size": (int, 0)})
     def publish(self, call: Call, topic: str, n: int, size: int) -> dict[str, Any]:

@@ -73,3 +73,21 @@ def test_a_frame_over_what_an_actor_takes_is_refused_unsent_not_told_outcome_unk
         assert c.call("a", "sys.info")["ep"] == epoch
         assert c.call("a", "fake.count")["effects"] == 0
 
+
+
+def test_a_reply_over_the_frame_limit_is_refused_by_its_actor_and_the_next_call_is_served(
+        make_tree):
+    """(The actor sent it: the client's socket dropped the connection on the frame over
+    MAXMSGSIZE and libzmq did not connect it again, so the call, and every later one of that
+    client to the actor, waited in vain.)"""
+    tree = make_tree(ONE).start()
+    c = tree.client
+    assert c.call("a", "fake.attach", {"size": 1000}) == {"size": 1000}
+    with pytest.raises(MoorageError) as e:
+        c.call("a", "fake.attach", {"size": limits.MAX_MESSAGE_SIZE + 1}, timeout=30)
+    err = e.value.error
+    assert err.name == "message_too_large", err
+    assert err.detail == {"bytes": limits.MAX_MESSAGE_SIZE + 1,
+                          "limit": limits.MAX_MESSAGE_SIZE}
+    assert c.call("a", "fake.attach", {"size": 1000}, timeout=10) == {"size": 1000}
+    c.call("a", "sys.ping", timeout=10)

@@ -59,6 +59,7 @@ from moorage.protocol.envelope import (
 )
 from moorage.protocol.errors import Category, Fault, MoorageError, WireError, fail, fault_of
 from moorage.protocol.histogram import push_bodies
+from moorage.protocol.limits import MAX_MESSAGE_SIZE
 from moorage.protocol.monitor import recv_event
 from moorage.protocol.wire import NOBLOCK, WIRE_CORE, send_frames
 
@@ -936,6 +937,20 @@ class Actor:
                 frames = encode_error(call.id, self.epoch, WireError.of(
                     "internal", f"{call.op} failed with {error.name}, whose detail could "
                     f"not be sent ({type(exc).__name__})", category=self.category))
+        size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+        if size > MAX_MESSAGE_SIZE and max(map(len, frames)) > MAX_MESSAGE_SIZE:
+            # Every client's socket drops the connection on a frame over MAXMSGSIZE, and
+            # libzmq does not connect it again: the caller would wait in vain, and so would
+            # every later call of its to this actor.
+            big = max(map(len, frames))
+            logger.error("{}: reply not sent: a frame of {} bytes, over {}", call.op, big,
+                         MAX_MESSAGE_SIZE)
+            error = WireError.of("message_too_large", f"{call.op}: its reply has a frame of "
+                                 f"{big} bytes, over the {MAX_MESSAGE_SIZE} a client takes",
+                                 detail={"bytes": big, "limit": MAX_MESSAGE_SIZE},
+                                 category=self.category)
+            frames = encode_error(call.id, self.epoch, error)
+            size = len(frames[0])
         # The service time ends here, with the reply made: the send hands it to ZeroMQ's I/O
         # thread, which on a busy machine often runs in this thread's stead as soon as it is
         # woken (P6's cache hit read 53-104 µs with the send in it, for a few µs of work);
@@ -943,7 +958,6 @@ class Actor:
         done = _perf_counter()
         for route in call.routes:
             self.send_reply(route, frames)
-        size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
         if size >= NOTE_MIN:
             self.heap.note(size)
         # Only a non-idempotent op's reply must survive for a retry; an idempotent one may
