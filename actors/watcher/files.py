@@ -88,6 +88,7 @@ from moorage.actors.watcher.retry import Attempts, Pending, RetryPolicy, Schedul
 from moorage.actors.watcher.workers import Offload
 from moorage.protocol.envelope import Packed, packb
 from moorage.protocol.errors import MoorageError, fail
+from moorage.protocol.limits import MAX_MESSAGE_SIZE
 
 TMP_MARK = ".moorage-"
 _SPECIAL = {stat_mod.S_IFIFO: "fifo", stat_mod.S_IFCHR: "character device",
@@ -522,6 +523,8 @@ class FileService:
         self.cache = cache
         self.policy = policy
         self.schedule = schedule
+        if not 1 <= max_read <= MAX_MESSAGE_SIZE:  # (a read's bytes go as one frame)
+            raise ValueError(f"max_read_bytes must be 1..{MAX_MESSAGE_SIZE}")
         self.max_read = max_read
         self.max_list = max_list
         self.max_list_scanned = max_list_scanned
