@@ -148,9 +148,11 @@ def entry(sid: str, pid: int) -> dict[str, Any]:
 
 def test_a_session_whose_fds_never_come_is_asked_for_again_then_reported_lost(
         spawn_actor, client, runtime_dir):
-    """`late` comes when asked for again (`pass`); `never` does not: the keeper is told to
-    close it, its shell is ended, and it is reported lost (and started anew: refused here,
-    so `gone`), as a session lost with every holder is."""
+    """`late` comes when asked for again (`pass`); `never` does not, the keeper no longer
+    holding it: the keeper is told to close it, its shell is ended, and it is reported lost
+    (and started anew: refused here, so `gone`), as a session lost with every holder is. (A
+    session the keeper still holds whose descriptors cannot come is asked for again instead:
+    tests/test_fd_limit.py.)"""
     keeper = FakeKeeper(runtime_dir / "ptykeeper.sock")
     shells = [subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2)]
     ring = SessionRing.create(1 << 16, 1 << 15)
@@ -171,9 +173,9 @@ def test_a_session_whose_fds_never_come_is_asked_for_again_then_reported_lost(
             if msg["s"] == "late":
                 keeper.send({"t": "fds", "s": "late"}, [master, ring.fd])
                 keeper.send({"t": "ok", "r": msg["r"], "s": "late"})
-            else:  # (as a keeper out of descriptors answers)
+            else:  # (as a keeper that no longer holds it answers)
                 keeper.send({"t": "err", "r": msg["r"], "s": "never",
-                             "name": "resource_exhausted", "message": "no descriptor left"})
+                             "name": "session_not_found", "message": "no session"})
         closed = keeper.next("close")
         assert closed["s"] == "never"
         keeper.send({"t": "ok", "r": closed["r"], "s": "never"})

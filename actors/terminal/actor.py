@@ -221,6 +221,7 @@ class TerminalActor(Actor):
             on_restore=lambda e, master, ring: restore(self, e, master, ring),
             on_welcome=lambda entries, settled: reconcile(self, entries, settled),
             on_ready=self._announce_ready, on_exit=self.session_exited,
+            on_available=self._available,
             # No keeper to wait for (it died too, and its restart may be queued behind
             # ours at the supervisor): ready now; ops wait for the keeper as ever.
             on_absent=self._announce_ready)
@@ -258,6 +259,9 @@ class TerminalActor(Actor):
         return {"sessions": len(self.sessions), "keeper_connected": self.keeper.welcomed,
                 "keeper_pid": self.keeper.pid, "keeper_connections": self.keeper.connections,
                 "sessions_adopted_by_keeper": self.keeper.adopted,
+                # held by the keeper, their PTYs not come here yet (out of descriptors):
+                # asked for again, ops on them answer `unavailable` meanwhile
+                "sessions_unavailable": sorted(self.keeper.unavailable),
                 "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
                 "exec_records_failed": self.execs.failed,
                 "session_records": self.specs.info(),
@@ -391,6 +395,9 @@ class TerminalActor(Actor):
             if session is not None and session in waiting:
                 waiting[session].append(lambda: self._answer(call, fn, session))
                 return DEFERRED
+        if session is not None and session in self.keeper.unavailable:
+            raise fail("unavailable", f"session {session}: the pty keeper holds it, but its "
+                       "PTY has not come here yet (out of descriptors); asked for again")
         ready = self.keeper.ready
         if ready and (settled is None or settled()):
             return fn()
@@ -442,6 +449,12 @@ class TerminalActor(Actor):
         if result is not DEFERRED and not call.answered:
             call.reply(result)
 
+    def _available(self, sid: str) -> None:
+        """A session that was unavailable (keeper_client) is restored and caught up on: the
+        ops that came meanwhile go on."""
+        for fn in self.unsettled.pop(sid, []):
+            fn()
+
     def recreated(self, sid: str) -> None:
         """A recreation is over (done or gone): the ops that waited for it go on."""
         for fn in self.recreating.pop(sid, []):
@@ -477,7 +490,7 @@ class TerminalActor(Actor):
                              "env": (dict, None), "cols": (int, 80), "rows": (int, 24),
                              "integration": (bool, True), "session": (str, None)},
         timeout_ms=30_000, resumable=True, result=CREATED,
-        errors=("pty_failed", "conflict", "unavailable", "shell_exited"))
+        errors=("pty_failed", "conflict", "unavailable", "shell_exited", "resource_exhausted"))
     def _op_create(self, call: Call, shell: str | None, args: list | None, cwd: str | None,
                    env: dict | None, cols: int, rows: int, integration: bool,
                    session: str | None) -> Any:

@@ -6,8 +6,12 @@ side holds a copy of every session's PTY master and ring too, so a session outli
 of the two processes dies:
 - a new terminal actor (ours died) gets every session the keeper holds, fds included, and
   `on_restore` makes a session of each from its ring (caught up on a slice a loop turn:
-  `catch_up`); fds that do not come are asked for again (`pass`), then the session is taken
-  for lost (closed in the keeper, reported and started anew: restore.reconcile); a keeper
+  `catch_up`); fds that do not come are asked for again (`pass`); a session the keeper
+  still holds whose fds do not come even then (out of descriptors, on either side) is
+  `unavailable` here: never closed, asked for again with back-off until its fds come and it
+  is restored, ops on it answered `unavailable` meanwhile; one the keeper no longer holds
+  (`pass` answered session_not_found), or whose ring cannot be used, is taken for lost
+  (closed in the keeper, reported and started anew: restore.reconcile); a keeper
   still waiting for what its supervisor keeps (custody, keeper/actor.py) says so in its
   welcome, and sends the sessions that come with the answer later (`custody`): until then no
   other session is taken for lost;
@@ -63,8 +67,10 @@ RECONNECT_S = 0.02
 FDS_WAIT_S = 2.0
 FDS_UNREAD_WAITS = 3  # waits added, at most, while the link holds what we have not read yet
 CATCH_UP_TURN_S = 0.02  # catching restored sessions up takes at most about this much a turn
-COPIES_TRIES = 6  # a session's copies asked for again (ask_copies) at most this often ...
-COPIES_RETRY_S = 0.25  # ... the first time this long after the keeper could not send them
+COPIES_TRIES = 6  # a session's copies asked for again (ask_copies) this often, further apart
+COPIES_RETRY_S = 0.25  # ... the first time this long after the keeper could not send them,
+# then every COPIES_RETRY_S x 2^(COPIES_TRIES - 1) (8 s) for as long as they do not come
+UNAVAILABLE_RETRY_MAX_S = 5.0  # an unavailable session's fds: asked for at most this far apart
 
 
 def _nothing() -> None:
@@ -89,7 +95,8 @@ class KeeperClient:
                  on_welcome: Callable[[list[dict[str, Any]], bool], None],
                  on_ready: Callable[[], None],
                  on_exit: Callable[[Session, dict[str, Any]], None],
-                 on_absent: Callable[[], None] = lambda: None) -> None:
+                 on_absent: Callable[[], None] = lambda: None,
+                 on_available: Callable[[str], None] = lambda sid: None) -> None:
         self.loop = loop
         self.path = path
         self.sessions = sessions
@@ -100,6 +107,7 @@ class KeeperClient:
         self.on_ready = on_ready
         self.on_exit = on_exit
         self.on_absent = on_absent
+        self.on_available = on_available  # an unavailable session, restored at last
         self.link: Link | None = None
         self.welcomed = False
         self.pid: int | None = None
@@ -127,9 +135,19 @@ class KeeperClient:
         self._overdue: Timer | None = None
         self._unread_waits = 0
         self._passed_again: set[str] = set()  # (this round's, asked for with `pass`)
+        # the keeper's answer to the last `pass` of a session this round asked for again
+        # ("ok" or the error's name): session_not_found, and only that, says it is lost
+        self._pass_answers: dict[str, str] = {}
+        self._broken: set[str] = set()  # (this round's: copies came, their ring unusable)
+        # Sessions the keeper holds whose fds did not come, even asked for again (out of
+        # descriptors, theirs or ours): their entries, asked for again with back-off (never
+        # closed: their shells are alive), restored when they come; ops on them answer
+        # `unavailable` meanwhile. A new link's welcome names them again.
+        self.unavailable: dict[str, dict[str, Any]] = {}
         # Restored sessions whose rings are still being caught up on, one at a time, a slice
         # a turn (their next slice: restore.py), and the exits the keeper told of meanwhile.
         self._catching_up: dict[str, tuple[Session, Callable[[float], bool]]] = {}
+        self._late_restored: set[str] = set()  # (unavailable ones: on_available once done)
         self._catch_up_armed = False
         self._exits: dict[str, dict[str, Any]] = {}
         self._keeper = {"welcome": self._k_welcome, "out": self._k_out, "exit": self._k_exit,
@@ -170,6 +188,9 @@ class KeeperClient:
         self._round += 1
         self._awaiting_fds.clear()
         self._passed_again.clear()
+        self._pass_answers.clear()
+        self._broken.clear()
+        self.unavailable.clear()  # (named again by the next welcome, fds with it)
         self._asking.clear()  # (the next link's welcome passes every session we lack)
         waiting, self._waiting = self._waiting, {}
         for cb in waiting.values():
@@ -295,8 +316,10 @@ class KeeperClient:
         err = None
         if msg["t"] == "err":
             name = msg.get("name") if msg.get("name") in KINDS else "internal"
-            err = WireError.of(name, str(msg.get("message", "")),
-                               detail={"errno": msg["errno"]} if "errno" in msg else None)
+            detail = msg.get("detail") if isinstance(msg.get("detail"), dict) else None
+            if "errno" in msg:
+                detail = {**(detail or {}), "errno": msg["errno"]}
+            err = WireError.of(name, str(msg.get("message", "")), detail=detail)
         if cb is not None:
             cb(None, err) if err is not None else cb(msg, None)
         elif err is not None:  # (its request's callback was answered when the link went)
@@ -358,7 +381,11 @@ class KeeperClient:
         self._entries = entries
         self._then = then
         self._awaiting_fds = {e["s"] for e in entries if e["s"] not in self.sessions}
+        for sid in self._awaiting_fds:  # (this round's entry is the one to restore from)
+            self.unavailable.pop(sid, None)
         self._passed_again.clear()
+        self._pass_answers.clear()
+        self._broken.clear()
         if self._awaiting_fds:
             self._progress()
         else:
@@ -390,10 +417,13 @@ class KeeperClient:
             if err is not None:
                 logger.error("session {}: the keeper could not take it: {}", s.id, err)
 
+        master, ring = s.master, s.ring
         if not self.link.send_fds({"t": "adopt", "r": r, "s": s.id, "pid": s.pid,
                                    "started": s.started, "tty": s.tty,
                                    "cols": s.cols, "rows": s.rows, "meta": s.meta},
-                                  [s.master, s.ring.fd]):  # type: ignore[list-item]
+                                  [master, ring.fd],  # type: ignore[list-item, union-attr]
+                                  still=lambda: self.sessions.get(s.id) is s and
+                                  s.master == master and s.ring is ring):
             # (no descriptor to send it with: the session stays ours alone, and is offered
             # again at the next keeper link's welcome)
             logger.error("session {}: not handed to the new keeper", s.id)
@@ -410,9 +440,10 @@ class KeeperClient:
             logger.error("session {}: its master and ring did not come", sid)
             if s is not None and s.ring is None:
                 self.ask_copies(s)
-            elif s is None and sid in self._awaiting_fds:
-                self._pass_again(sid)
-            return
+            elif s is None and sid in self._awaiting_fds and sid not in self._passed_again:
+                self._pass_again(sid)  # (once a round: asked again at once, each answer
+                # cut off again would be a loop; the round's timer decides after that)
+            return  # (an unavailable one is asked for again on its own timer)
         master, ring_fd = fds
         if s is not None and sid in self._catching_up:
             close_all(fds)  # (asked for again, while the first copies are in use)
@@ -432,8 +463,10 @@ class KeeperClient:
                 s.on_ring(s.ring.write_off)
                 self.flush_acks(s)
             return
-        entry = next((e for e in self._entries if e["s"] == sid), None)
-        if entry is None or sid not in self._awaiting_fds:
+        late = sid not in self._awaiting_fds
+        entry = self.unavailable.get(sid) if late else next(
+            (e for e in self._entries if e["s"] == sid), None)
+        if entry is None:
             for fd in fds:
                 os.close(fd)
             return
@@ -442,10 +475,25 @@ class KeeperClient:
         except (RingError, OSError) as exc:
             logger.error("session {}: unreadable ring: {}", sid, exc)
             close_all(fds)
-            self._pass_again(sid)
+            if late:
+                if isinstance(exc, RingError):  # (never usable: not a limit that passes)
+                    self._lose_unavailable(sid, close=True)
+                return  # (else asked for again on its timer)
+            if isinstance(exc, RingError):
+                self._broken.add(sid)
+            if sid not in self._passed_again:  # (once a round, as above)
+                self._pass_again(sid)
             return
         os.set_blocking(master, False)
-        self._progress()
+        if late:
+            # What the keeper read since its entry was made went unheard here (its `out`
+            # found no session), and it may have stopped at a full window: taken as
+            # stopped, so that an ack wakes it once the catch-up has handled the ring.
+            del self.unavailable[sid]
+            entry = {**entry, "paused": True}
+            logger.info("session {}: its master and ring came at last; restored", sid)
+        else:
+            self._progress()
         try:
             # (registered at once; caught up on later, through catch_up, which says when)
             self.on_restore(entry, master, ring)
@@ -455,6 +503,10 @@ class KeeperClient:
                 ring.close()
                 os.close(master)
                 return
+        if late and sid in self.sessions and sid not in self._catching_up:
+            self.on_available(sid)
+        elif late and sid in self._catching_up:
+            self._late_restored.add(sid)
         if sid not in self._catching_up:
             self._restored(sid)
 
@@ -473,8 +525,11 @@ class KeeperClient:
             return
         self._passed_again.add(sid)
         self._progress()
+        this = self._round
 
         def done(_r: dict[str, Any] | None, err: WireError | None) -> None:
+            if this == self._round:
+                self._pass_answers[sid] = "ok" if err is None else err.name
             if err is not None:
                 logger.warning("session {}: asked for again: {}", sid, err.message)
 
@@ -501,9 +556,17 @@ class KeeperClient:
             self._unread_waits = waits
             return
         missing = sorted(self._awaiting_fds)
-        lost = [sid for sid in missing if sid in self._passed_again]
+        asked = [sid for sid in missing if sid in self._passed_again]
+        # Lost: the keeper does not hold it (any more), or its ring cannot be used. A
+        # session it holds whose fds did not come (out of descriptors, on either side)
+        # is not: its shell is alive, and it is asked for again later.
+        lost = [sid for sid in asked if sid in self._broken
+                or self._pass_answers.get(sid) == "session_not_found"]
         if lost:
             self._give_up(lost)
+        held = [sid for sid in asked if sid not in lost]
+        if held:
+            self._make_unavailable(held)
         again = [sid for sid in missing if sid not in self._passed_again]
         if again:
             logger.warning("keeper sent no fds for {} in {} s; asked for again", again,
@@ -514,15 +577,64 @@ class KeeperClient:
             self._completed()
 
     def _give_up(self, sids: list[str]) -> None:
-        """Sessions the keeper holds whose fds never came, even asked for again: its shell is
-        ended (`close`), and they are told of as given up, so that restore.reconcile
-        reports them lost and starts them anew, as it does sessions no one holds."""
-        logger.error("keeper sent no fds for {}, even asked for again; taken for lost", sids)
+        """Sessions the keeper no longer holds, or whose rings cannot be used: whatever is
+        left of each is ended (`close`), and they are told of as given up, so that
+        restore.reconcile reports them lost and starts them anew, as it does sessions no
+        one holds."""
+        logger.error("sessions {}: not held by the keeper, or their rings unusable; taken "
+                     "for lost", sids)
         for sid in sids:
             self._awaiting_fds.discard(sid)
             self._send({"t": "close", "s": sid}, lambda _r, _e: None)
         gone = set(sids)
         self._told = [{**e, "given_up": True} if e["s"] in gone else e for e in self._told]
+
+    def _make_unavailable(self, sids: list[str]) -> None:
+        """Sessions the keeper holds whose fds did not come, even asked for again: the
+        round goes on without them; each is asked for again with back-off, and restored
+        when its fds come (_k_fds)."""
+        logger.warning("keeper holds {} but their fds did not come, even asked for again "
+                       "(out of descriptors?): unavailable, asked for again later", sids)
+        for sid in sids:
+            self._awaiting_fds.discard(sid)
+            entry = next((e for e in self._entries if e["s"] == sid), None)
+            if entry is None:
+                continue
+            self.unavailable[sid] = entry
+            link = self.link
+            self.loop.call_later(COPIES_RETRY_S, lambda sid=sid, link=link:
+                                 self._ask_unavailable(sid, 0, link))
+
+    def _ask_unavailable(self, sid: str, tries: int, link: Link | None) -> None:
+        """Ask for an unavailable session's fds again (on the link it became so on), and
+        again after its answer, further apart each time: until they come, or the keeper
+        says it does not hold it."""
+        if sid not in self.unavailable or link is None or self.link is not link:
+            return
+
+        def answered(_r: dict[str, Any] | None, err: WireError | None) -> None:
+            if sid not in self.unavailable or self.link is not link:
+                return  # (came, and restored; or the link went: its welcome names it)
+            if err is not None and err.name == "session_not_found":
+                self._lose_unavailable(sid, close=False)
+                return
+            wait = min(UNAVAILABLE_RETRY_MAX_S, COPIES_RETRY_S * 2 ** (tries + 1))
+            self.loop.call_later(wait, lambda: self._ask_unavailable(sid, tries + 1, link))
+
+        self._send({"t": "pass", "s": sid}, answered)
+
+    def _lose_unavailable(self, sid: str, close: bool) -> None:
+        """An unavailable session the keeper says it no longer holds (or whose ring cannot
+        be used: `close`, whatever is left of it is ended): lost, as restore.reconcile
+        settles those given up."""
+        if self.unavailable.pop(sid, None) is None:
+            return
+        logger.error("session {}: unavailable, and {}; taken for lost", sid,
+                     "its ring cannot be used" if close else "the keeper no longer holds it")
+        if close:
+            self._send({"t": "close", "s": sid}, lambda _r, _e: None)
+        self._told = [{**e, "given_up": True} if e["s"] == sid else e for e in self._told]
+        self._tell_welcome(self.settled)
 
     # --- restored sessions' catch-up ------------------------------------------------------------
 
@@ -562,6 +674,9 @@ class KeeperClient:
         info = self._exits.pop(s.id, None)
         if info is not None and self.sessions.get(s.id) is s:
             self._k_exit({"s": s.id, **info})
+        if s.id in self._late_restored:
+            self._late_restored.discard(s.id)
+            self.on_available(s.id)
         self._restored(s.id)
 
     def _welcome_done(self) -> None:
@@ -626,8 +741,8 @@ class KeeperClient:
         """Ask the keeper again for `s`'s master and ring, which we lack (they could not be
         sent or used: out of descriptors, on either side): without the ring no output of
         the session is read here. One round of asking a session at a time: asked again,
-        further apart, while they have not come and been used, at most COPIES_TRIES
-        times."""
+        further apart (up to 8 s), for as long as they have not come and been used: a
+        session that stopped asking would answer every exec without its output."""
         if s.id not in self._asking:
             self._asking[s.id] = 0
             self._ask_copies(s)
@@ -638,18 +753,18 @@ class KeeperClient:
                 s.ring is not None:
             self._asking.pop(s.id, None)  # (a new link's welcome passes every one we lack)
             return
-        if tries >= COPIES_TRIES:
-            self._asking.pop(s.id, None)
+        if tries == COPIES_TRIES:
             logger.error("session {}: no copies of its master and ring after {} tries; its "
-                         "output is not read until the keeper link is made again", s.id, tries)
-            return
+                         "output is not read until they come (asked for every {} s)", s.id,
+                         tries, COPIES_RETRY_S * 2 ** (COPIES_TRIES - 1))
         self._asking[s.id] = tries + 1
 
         def again(_r: dict[str, Any] | None, _err: WireError | None) -> None:
             # (whatever the answer: copies that came are in use by then, and the next round
             # finds the ring; copies that did not come, or could not be used, are asked for
             # again, never at once)
-            self.loop.call_later(COPIES_RETRY_S * 2 ** tries, lambda: self._ask_copies(s))
+            wait = COPIES_RETRY_S * 2 ** min(tries, COPIES_TRIES - 1)
+            self.loop.call_later(wait, lambda: self._ask_copies(s))
 
         self.request({"t": "pass", "s": s.id}, again)
 
@@ -663,6 +778,9 @@ class KeeperClient:
 
     def _k_exit(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
+        if s is None and msg["s"] in self.unavailable:  # (told once it is restored)
+            self._exits[msg["s"]] = {k: v for k, v in msg.items() if k != "s"}
+            return
         if s is None or s.exited is not None:
             return
         if s.id in self._catching_up:  # (after the output it is catching up on)

@@ -165,6 +165,24 @@ class FrameReader:
         return out
 
 
+class _Passing:
+    """A frame waiting to be sent with descriptors: duplicates of its own (`still` None,
+    closed once sent), or, when none could be made, the caller's, which `still()` says are
+    still what the frame names when its turn comes (never closed here)."""
+
+    __slots__ = ("data", "fds", "still")
+
+    def __init__(self, data: bytes, fds: list[int], still: Callable[[], bool] | None) -> None:
+        self.data = data
+        self.fds = fds
+        self.still = still
+
+    def release(self) -> None:
+        if self.still is None:
+            close_all(self.fds)
+        self.fds = []
+
+
 class Link:
     """One connected socket on the loop: `send(msg)` queues, the loop writes when it can;
     `on_message(msg)` per frame received; `on_close(reason)` once, when it ends."""
@@ -199,11 +217,15 @@ class Link:
         if accept_fds:
             self.take_passed_fds()
         self.fds: deque[int] = deque()
-        # what waits to be written: frames' bytes, and (bytes, fds) where descriptors must
-        # ride with the first byte of those bytes
+        # passed descriptors were cut off (MSG_CTRUNC: out of descriptors, or over MAX_FDS)
+        # since the last `take_fds` that found too few; `cut_short`: that take's were
+        self._cut = False
+        self.cut_short = False
+        # what waits to be written: frames' bytes, and _Passing where descriptors must ride
+        # with the first byte of a frame
         # (what a send took part of goes on as a view: a frame of megabytes sent in pieces
         # is not copied again for each)
-        self.out: deque[bytes | memoryview | tuple[bytes | memoryview, list[int]]] = deque()
+        self.out: deque[bytes | memoryview | _Passing] = deque()
         self.out_bytes = 0
         self.closed = False
         loop.add_reader(self.fd, self._readable)
@@ -213,23 +235,48 @@ class Link:
         closes them at each receive)."""
         self._anc = socket.CMSG_SPACE(MAX_FDS * 4)
 
-    def send_fds(self, msg: dict[str, Any], fds: list[int]) -> bool:
-        """`msg` with descriptors: the peer gets its own duplicates (ours stay open), taken
-        with `take_fds(len(fds))` when it handles `msg`. What waits to be sent holds
-        duplicates of its own: the caller may close its descriptors meanwhile (a session
-        closed while the socket was full), and their numbers be taken by others. False
-        when it could not be sent (no descriptor left to duplicate: the peer may ask for
-        them again)."""
+    def send_fds(self, msg: dict[str, Any], fds: list[int],
+                 still: Callable[[], bool] | None = None) -> bool:
+        """`msg` with descriptors: the peer gets its own (ours stay open), taken with
+        `take_fds(len(fds))` when it handles `msg`.
+
+        Sent at once when nothing waits before it: the kernel takes ours as they are, and
+        no descriptor is spent (at the open-file limit, a hand-over of every session must
+        still go). What has to wait holds duplicates of its own: the caller may close its
+        descriptors meanwhile (a session closed while the socket was full), and their
+        numbers be taken by others. With no descriptor left to duplicate, and `still`
+        given, it waits with the caller's own, and goes only if `still()` says they are
+        the same ones when its turn comes (else the frame is dropped whole). False when it
+        could not be sent (the peer may ask for them again)."""
         if self.closed:
             return False
-        try:
-            dups = dup_all(fds)
-        except OSError as exc:
-            logger.warning("link: {} not sent: its descriptors: {}", msg.get("t"), exc)
-            return False
         head, body = encode_parts(msg)
-        self.out.append((head + body, dups))
-        self.out_bytes += len(head) + len(body)
+        data = head + body
+        if not self.out:
+            try:
+                n = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                array.array("i", fds))])
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                self.close(f"send: {exc}")
+                return False
+            if n == len(data):
+                return True
+            if n:  # (the descriptors went with the first byte: the rest is plain bytes)
+                self.out.append(memoryview(data)[n:])
+                self.out_bytes += len(data) - n
+                self.loop.add_writer(self.fd, self._writable)
+                return True
+        try:
+            passing = _Passing(data, dup_all(fds), None)
+        except OSError as exc:
+            if still is None:
+                logger.warning("link: {} not sent: its descriptors: {}", msg.get("t"), exc)
+                return False
+            passing = _Passing(data, list(fds), still)
+        self.out.append(passing)
+        self.out_bytes += len(data)
         self._writable()
         return True
 
@@ -262,18 +309,23 @@ class Link:
     def _writable(self) -> None:
         while self.out:
             first = self.out[0]
-            if isinstance(first, tuple):  # descriptors go with the first byte of these
-                data, fds = first
+            if isinstance(first, _Passing):  # descriptors go with the first byte of these
+                data = first.data
+                if first.still is not None and not first.still():
+                    # (the caller's own, closed or taken for another since: not sent at all)
+                    self.out.popleft()
+                    self.out_bytes -= len(data)
+                    continue
                 try:
                     n = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                    array.array("i", fds))])
+                                                    array.array("i", first.fds))])
                 except BlockingIOError:
                     self.loop.add_writer(self.fd, self._writable)
                     return
                 except OSError as exc:
                     self.close(f"send: {exc}")
                     return
-                close_all(fds)  # (the peer has its own now)
+                first.release()  # (the peer has its own now)
                 self.out_bytes -= n
                 if n < len(data):
                     self.out[0] = memoryview(data)[n:]  # sent: the rest is plain bytes
@@ -282,7 +334,7 @@ class Link:
                 continue
             batch = []
             for item in self.out:
-                if isinstance(item, tuple) or len(batch) == IOV_BATCH:
+                if isinstance(item, _Passing) or len(batch) == IOV_BATCH:
                     break
                 batch.append(item)
             try:
@@ -296,7 +348,7 @@ class Link:
             self.out_bytes -= n
             while n:
                 head = self.out[0]
-                assert not isinstance(head, tuple)
+                assert not isinstance(head, _Passing)
                 if n >= len(head):
                     n -= len(head)
                     self.out.popleft()
@@ -350,16 +402,19 @@ class Link:
                 fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
                 self.fds.extend(fds)
         if flags & socket.MSG_CTRUNC:
-            # more than MAX_FDS at once: the kernel closed the rest; their frames find none
-            # and their sessions write through the peer instead
+            # no descriptor free here, or more than MAX_FDS at once: the kernel closed the
+            # rest; their frames find none and their sessions write through the peer instead
+            self._cut = True
             logger.warning("link: passed descriptors were cut off (MSG_CTRUNC)")
 
     def take_fds(self, n: int) -> list[int] | None:
         """The next `n` descriptors the peer passed (for the frame that says it carries
-        them), or None when fewer came (those are closed)."""
+        them), or None when fewer came (those are closed; `cut_short` says whether the
+        kernel cut them off: a limit, not a fault of the peer's)."""
         if len(self.fds) < n:
             close_all(self.fds)
             self.fds.clear()
+            self.cut_short, self._cut = self._cut, False
             return None
         return [self.fds.popleft() for _ in range(n)]
 
@@ -377,8 +432,8 @@ class Link:
         with contextlib.suppress(OSError):
             self.sock.close()
         for item in self.out:
-            if isinstance(item, tuple):
-                close_all(item[1])
+            if isinstance(item, _Passing):
+                item.release()
         self.out.clear()
         self.out_bytes = 0
         close_all(self.fds)

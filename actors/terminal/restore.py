@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from loguru import logger
 
 from moorage.actors.runtime import Call
+from moorage.actors.terminal.keeper import fdroom
 from moorage.actors.terminal.keeper.ptys import kill_session
 from moorage.actors.terminal.session import Session, SessionHost
 from moorage.actors.terminal.shell import Launch, prepare
@@ -160,6 +161,14 @@ class Creation:
                                 detail={"attempts": self.attempts}))
 
     def _try(self, path: str, args: list[str], env: dict[str, str], minimal: bool) -> None:
+        # This process holds copies of each session's master and ring too: no session is
+        # asked for that would take them into the descriptors kept free (keeper/fdroom.py)
+        room = fdroom.room_for(fdroom.TERMINAL_SESSION_FDS)
+        if not room.ok:
+            logger.warning("session {}: {}", self.sid, room.message("create refused"))
+            self._fail(WireError.of("resource_exhausted", room.message("terminal"),
+                                    detail=room.detail()))
+            return
         nonce = secrets.token_hex(16)
         integrate = self.spec.get("integration", True) and not minimal
         launch = prepare(path, args, env, nonce if integrate else None)
@@ -183,7 +192,8 @@ class Creation:
     def _created(self, r: dict[str, Any] | None, err: WireError | None, launch: Launch,
                  meta: dict[str, Any]) -> None:
         if err is not None:
-            if err.name in ("unavailable", "outcome_unknown"):
+            # (a limit of the keeper's is no fault of this shell: the next would meet it too)
+            if err.name in ("unavailable", "outcome_unknown", "resource_exhausted"):
                 self._fail(err)
                 return
             self.attempts.append({"shell": launch.path, "error": err.message})

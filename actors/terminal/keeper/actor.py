@@ -45,6 +45,15 @@ longer on a busy machine, shorter lets it in sooner, told to wait for the answer
 custody_give_up_ms (30000, which is also the most: a terminal waits no longer than
 link.CUSTODY_GIVE_UP_S for its sessions to settle), supervised_by (set by the tree: who reaps
 the shells of a dead keeper).
+
+Descriptors: a `create` is refused (`resource_exhausted`, nothing spawned) unless the
+session's descriptors stay below the soft RLIMIT_NOFILE less a reserve of 64 or 1/8 of the
+limit, whichever is more (fdroom.py: the reserve is for what comes and goes, libzmq's
+connections above all, which abort the process when they find no descriptor, and a new
+terminal's link). A session's descriptors go to a new terminal without copies when they can
+be sent at once (link.send_fds), so a hand-over at the limit of sessions needs none. A limit
+hit anyway (out of descriptors or memory: EMFILE, ENFILE, ENOMEM) is answered
+`resource_exhausted` with the errno, never `bad_args`.
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.orphans import on_orphaned
 from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.shapes import Named, OneOf
+from moorage.actors.terminal.keeper import fdroom
 from moorage.actors.terminal.keeper.ptys import (
     Ptys,
     PtySession,
@@ -356,6 +366,11 @@ class PtyKeeper(Actor):
             handler(msg)
         except (KeyError, TypeError, ValueError) as exc:
             self._reply_err(msg, "bad_args", f"{msg['t']}: {type(exc).__name__}: {exc}")
+        except OSError as exc:  # (out of descriptors or memory: a limit, not a fault of ours)
+            if not fdroom.exhausted(exc):
+                logger.exception("keeper: {} failed", msg["t"])
+            self._reply_err(msg, fdroom.error_name(exc, "internal"),
+                            f"{msg['t']}: {exc.strerror or exc}", errno=exc.errno)
         except Exception as exc:  # (answered, and the frames after it in the read still run)
             logger.exception("keeper: {} failed", msg["t"])
             self._reply_err(msg, "internal", f"{msg['t']}: {type(exc).__name__}: {exc}")
@@ -370,11 +385,15 @@ class PtyKeeper(Actor):
             self._reply_err(msg, "session_not_found", f"no session {msg['s']!r}")
         return s
 
-    def _pass(self, s: PtySession) -> None:
+    def _pass(self, s: PtySession) -> bool:
         """The session's master and ring to the terminal actor, which keeps copies: either of
-        the two then keeps the session alive."""
-        if self.link is not None:
-            self.link.send_fds({"t": "fds", "s": s.id}, [s.master, s.ring.fd])
+        the two then keeps the session alive. Ours go as they are when they can be sent at
+        once; what waits to be sent is checked to be the session's still when its turn
+        comes (no copies needed: at the limit of sessions a hand-over still goes)."""
+        if self.link is None:
+            return False
+        return self.link.send_fds({"t": "fds", "s": s.id}, [s.master, s.ring.fd],
+                                  still=lambda: self.sessions.get(s.id) is s and not s.closing)
 
     # --- messages -------------------------------------------------------------------------------
 
@@ -411,9 +430,9 @@ class PtyKeeper(Actor):
         s = self._session(msg)
         if s is None:
             return
-        if self.link is not None and not self.link.send_fds({"t": "fds", "s": s.id},
-                                                            [s.master, s.ring.fd]):
-            self._reply_err(msg, "resource_exhausted", f"pass {s.id}: no descriptor left")
+        if self.link is not None and not self._pass(s):
+            self._reply_err(msg, "resource_exhausted", f"pass {s.id}: no descriptor left",
+                            errno=errno.EMFILE)
             return
         self._tell({"t": "ok", "r": msg.get("r"), "s": s.id})
 
@@ -422,6 +441,11 @@ class PtyKeeper(Actor):
         ring come with this message."""
         fds = self.link.take_fds(2) if self.link is not None else None
         sid = msg.get("s")
+        if fds is None and self.link is not None and self.link.cut_short:
+            # (the kernel had no descriptor here for them: the terminal keeps the session)
+            self._reply_err(msg, "resource_exhausted", f"adopt {sid!r}: its master and ring "
+                            "were cut off: no descriptor left", errno=errno.EMFILE)
+            return
         if fds is None or not isinstance(sid, str):
             close_all(fds or [])  # (a bad message's descriptors are not kept: nor leaked)
             self._reply_err(msg, "bad_args", f"adopt {sid!r}: a session id, with its master "
@@ -430,7 +454,9 @@ class PtyKeeper(Actor):
         held = self.sessions.get(sid)
         error = self._adopt(sid, fds, msg)
         if error is not None:
-            self._reply_err(msg, error[0], f"adopt {sid}: {error[1]}")
+            kind, why, code = error
+            extra = {} if code is None else {"errno": code}
+            self._reply_err(msg, kind, f"adopt {sid}: {why}", **extra)
             return
         if held is None:  # (one taken from the supervisor is held there already)
             self._keep(self.sessions[sid])
@@ -456,7 +482,8 @@ class PtyKeeper(Actor):
         held = sid in self.sessions
         error = self._adopt(sid, fds, info)
         if error is not None:
-            logger.warning("session {}: not taken from custody: {}", sid, error[1])
+            logger.warning("session {}: not taken from custody: {} ({})", sid, error[1],
+                           error[0])
         elif not held:
             self.from_custody += 1
             if self.link is not None:  # a terminal welcomed without it: told with `custody`
@@ -474,10 +501,10 @@ class PtyKeeper(Actor):
             self.custody.drop(sid)
 
     def _adopt(self, sid: str, fds: list[int], info: dict[str, Any]
-               ) -> tuple[str, str] | None:
+               ) -> tuple[str, str, int | None] | None:
         """Hold a session that is not ours yet: its master and ring fd, and `info` (pid,
         tty, cols, rows, meta). One already held keeps what it has; returns an error (its
-        kind and message)."""
+        kind, message and errno)."""
         master, ring_fd = fds
         if sid in self.sessions:
             close_all(fds)
@@ -490,8 +517,11 @@ class PtyKeeper(Actor):
             cols, rows = winsize(info.get("cols", 80), info.get("rows", 24))
             ring = SessionRing.open(ring_fd)
         except (RingError, OSError, KeyError, TypeError, ValueError) as exc:
+            # (mapping the ring takes memory and may take a descriptor: at a limit the
+            # session is no worse than it was, and is asked for again, never refused for good)
             close_all(fds)
-            return "bad_args", str(exc)
+            return (fdroom.error_name(exc, "bad_args"), str(exc),
+                    exc.errno if fdroom.exhausted(exc) else None)
         os.set_blocking(master, False)
         try:
             pidfd: int | None = os.pidfd_open(pid)
@@ -506,9 +536,8 @@ class PtyKeeper(Actor):
             # the sender keeps its copy, and the supervisor its own)
             ring.close()
             os.close(master)
-            kind = "resource_exhausted" if exc.errno in (errno.EMFILE, errno.ENFILE,
-                                                         errno.ENOMEM) else "bad_args"
-            return kind, f"pidfd_open({pid}): {exc.strerror or exc}"
+            return (fdroom.error_name(exc, "bad_args"),
+                    f"pidfd_open({pid}): {exc.strerror or exc}", exc.errno)
         recovered = ring.recover()  # a read our predecessor made and did not commit
         if recovered:
             logger.info("session {}: took in {} bytes read before the last keeper died", sid,
@@ -551,8 +580,8 @@ class PtyKeeper(Actor):
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     self._reply_err(msg, "bad_args", f"create: {type(exc).__name__}: {exc}")
                 except OSError as exc:  # (the ring or the pidfd: _create undid the spawn)
-                    self._reply_err(msg, "pty_failed", f"create: {exc.strerror or exc}",
-                                    errno=exc.errno)
+                    self._reply_err(msg, fdroom.error_name(exc, "pty_failed"),
+                                    f"create: {exc.strerror or exc}", errno=exc.errno)
         finally:  # (whatever else escapes, the creates queued behind still get their turn)
             if self._creates:
                 self.loop.defer(self._run_creates)
@@ -566,13 +595,20 @@ class PtyKeeper(Actor):
             return
         argv = [str(a) for a in msg["argv"]]
         cols, rows = winsize(msg["cols"], msg["rows"])
+        room = fdroom.room_for(fdroom.KEEPER_SESSION_FDS)
+        if not room.ok:
+            # (before the spawn: nothing is made, no shell is left to kill)
+            logger.warning("session {}: {}", sid, room.message("create refused"))
+            self._reply_err(msg, "resource_exhausted", room.message(self.name),
+                            detail=room.detail())
+            return
         try:
             sp = spawn_on_pty(str(msg["path"]), argv,
                               {str(k): str(v) for k, v in msg["env"].items()},
                               msg.get("cwd"), cols, rows)
         except (SpawnError, OSError) as exc:
-            self._reply_err(msg, "pty_failed", f"{msg['path']}: {exc.strerror or exc}",
-                            errno=exc.errno)
+            self._reply_err(msg, fdroom.error_name(exc, "pty_failed"),
+                            f"{msg['path']}: {exc.strerror or exc}", errno=exc.errno)
             return
         ring: SessionRing | None = None
         try:
