@@ -221,3 +221,36 @@ def test_input_for_a_terminal_that_hung_up_is_dropped_and_the_keeper_rests(make_
     wait_for(lambda: session(c, sid)["state"] == "exited", "the session ended")
     wait_for(lambda: pending() == 0, "the input no one can read dropped")
     assert c.call("ptykeeper", "sys.ping") is not None
+
+
+def test_a_session_keeps_at_most_64_consumers_and_a_new_one_pushes_out_the_least_heard(
+        make_tree, tmp_path):
+    """(Clients that acked and went away stayed registered until output left them behind,
+    without a bound: 20,000 of them froze the terminal's loop for 0.8 s at the next output,
+    and their drops flooded term.session's retention and the log.)"""
+    tree = make_tree(TREE).start()
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
+                 timeout=30)["session"]
+    events = c.subscribe("terminal", ["term.session"], from_seq=1)
+    try:
+        offset = session(c, sid)["offset"]
+        for i in range(64):
+            with Client(tree.runtime_dir, timeout=10.0, sid=f"gone-{i:02d}") as one:
+                r = one.call("terminal", "term.ack", {"session": sid, "offset": offset})
+            assert r["consumers"] == i + 1
+        with Client(tree.runtime_dir, timeout=10.0, sid="new") as one:
+            r = one.call("terminal", "term.ack", {"session": sid, "offset": offset})
+        assert r["consumers"] == 64
+        consumers = session(c, sid)["consumers"]
+        assert "new" in consumers and "gone-00" not in consumers and len(consumers) == 64
+        while True:
+            ev = events.next(timeout=30)
+            assert ev is not None, "no consumer_dropped"
+            body = getattr(ev, "body", None) or {}
+            if body.get("event") == "consumer_dropped":
+                assert body["consumer"] == "gone-00", body
+                break
+        assert c.call("terminal", "sys.info")["consumers_dropped"] == 1
+    finally:
+        events.close()

@@ -108,7 +108,7 @@ from moorage.actors.terminal.keeper_client import FDS_WAIT_S, KeeperClient
 from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.parsehop import ParserLink
 from moorage.actors.terminal.restore import Creation, base_env, reconcile, restore
-from moorage.actors.terminal.session import Session
+from moorage.actors.terminal.session import MAX_CONSUMERS, Session
 from moorage.actors.terminal.specs import ExecRecords, SpecStore, exec_call
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
@@ -286,16 +286,23 @@ class TerminalActor(Actor):
         self._consumer_timer = None
         now = time.monotonic()
         for s in self.sessions.values():
-            for consumer in s.silent_consumers(now, self.consumer_timeout_s):
-                self.counters["consumers_dropped"] += 1
-                self.publisher.publish("term.session", {
-                    "session": s.id, "event": "consumer_dropped", "consumer": consumer,
-                    "offset": s.offset})
-                logger.warning("session {}: consumer {} dropped (silent for {} s)", s.id,
-                               consumer, self.consumer_timeout_s)
-                self.keeper.flush_acks(s)
+            gone = s.silent_consumers(now, self.consumer_timeout_s)
+            if gone:
+                self._consumers_dropped(s, gone, f"silent for {self.consumer_timeout_s} s")
         if any(s.consumers for s in self.sessions.values()):
             self._watch_consumers()
+
+    def _consumers_dropped(self, s: Session, gone: list[str], why: str) -> None:
+        """An event each (a client looks for its own sid), one log line for them all."""
+        self.counters["consumers_dropped"] += len(gone)
+        for consumer in gone:
+            self.publisher.publish("term.session", {
+                "session": s.id, "event": "consumer_dropped", "consumer": consumer,
+                "offset": s.offset})
+        logger.warning("session {}: {} dropped ({})", s.id,
+                       f"consumer {gone[0]}" if len(gone) == 1 else
+                       f"{len(gone)} consumers ({', '.join(gone[:3])}, ...)", why)
+        self.keeper.flush_acks(s)
 
     # --- pressure (seed 6 and 9.2) -----------------------------------------------------------
 
@@ -730,7 +737,10 @@ class TerminalActor(Actor):
 
         def run() -> Any:
             s = self.session(session)
-            acked = s.consumer_ack(call.sid, offset, time.monotonic())
+            acked, pushed_out = s.consumer_ack(call.sid, offset, time.monotonic())
+            if pushed_out is not None:
+                self._consumers_dropped(s, [pushed_out], f"pushed out by a new one, past "
+                                        f"{MAX_CONSUMERS} consumers")
             self._watch_consumers()
             self.keeper.flush_acks(s)
             return {"session": session, "acked": acked, "offset": s.out.published,

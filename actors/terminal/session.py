@@ -151,6 +151,9 @@ class RingScroll:
         return 0 if ring is None else ring.trim(keep)
 
 
+MAX_CONSUMERS = 64  # clients acknowledging one session's output at a time
+
+
 class Consumer:
     """One client that acknowledges a session's output (`term.ack`)."""
 
@@ -905,15 +908,23 @@ class Session:
             floor = min(floor, c.acked)
         return floor
 
-    def consumer_ack(self, consumer: str, offset: int, now: float) -> int:
+    def consumer_ack(self, consumer: str, offset: int, now: float) -> tuple[int, str | None]:
         """A consumer took the output up to `offset` (it registers with its first ack);
-        returns what it has acknowledged (never more than was published)."""
+        returns what it has acknowledged (never more than was published), and the consumer
+        its registration pushed out, if any: past MAX_CONSUMERS, the one heard from least
+        recently goes (a client that acked and went away stays registered until output
+        leaves it behind; without a bound, a stream of such clients grew the session's
+        consumers, and then the sweep that drops them, without end)."""
         offset = min(offset, self.out.published)
         c = self.consumers.get(consumer)
+        pushed_out = None
         if c is None:
+            if len(self.consumers) >= MAX_CONSUMERS:
+                pushed_out = min(self.consumers, key=lambda k: self.consumers[k].heard)
+                del self.consumers[pushed_out]
             c = self.consumers[consumer] = Consumer(offset, now)
         c.acked, c.heard = max(c.acked, offset), now
-        return c.acked
+        return c.acked, pushed_out
 
     def silent_consumers(self, now: float, timeout: float) -> list[str]:
         """Consumers behind that have not acknowledged for `timeout`: dropped (they catch up
