@@ -68,7 +68,8 @@ def test_stats_and_sync_answer_a_watch_whose_root_is_not_utf8_with_its_bytes(sta
     assert w.call("fs.watch", {"path": str(lnk)})["path_bytes"] == real  # (asked again)
     stats = w.call("fs.stats")
     [spec] = stats["watches"]
-    assert spec == {"id": watched["watch"], "recursive": True, "exclude": [], **as_wire(real)}
+    assert spec == {"id": watched["watch"], "recursive": True, "exclude": [], "holders": 1,
+                    **as_wire(real)}
     assert stats["roots"] == [str(data), as_wire(real)]
     assert stats["observer"]["roots"] == {str(data / READABLE): {
         "recursive": True, "via": "inotify", **as_wire(real)}}

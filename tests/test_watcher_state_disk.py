@@ -203,7 +203,8 @@ def test_watch_and_unwatch_on_a_full_runtime_disk_answer_and_are_saved_once_ther
     disk.fill()  # (what the loss freed: fs.unwatch's save is refused too)
     (data / "p2" / "new").write_text("x")
     assert ("created", "p2/new") in kinds(w.sync(), data)
-    assert w.call("fs.unwatch", {"watch": w1}) == {"removed": w1}
+    assert w.call("fs.unwatch", {"watch": w1}) == {"removed": w1, "holders": 0, "held": True,
+                                                   "dropped": 0}
     with pytest.raises(MoorageError) as again:  # (taken effect: a retry finds it gone)
         w.call("fs.unwatch", {"watch": w1})
     assert again.value.name == "watch_not_found"

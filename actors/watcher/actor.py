@@ -20,10 +20,11 @@ in silence.
   fs.list     {path, recursive?=false, glob?}  {path, entries: [{name, type,  not_a_directory
                                                 size, mtime_ns}], truncated}  not_found forbidden
   fs.watch    {path, recursive?=true,          {watch, path, recursive,       not_a_directory busy
-               exclude?}                        exclude, via, clock}          resource_exhausted
-                                                                              bad_args (pseudo
+               exclude?}                        exclude, holders, via,        resource_exhausted
+                                                clock}                        bad_args (pseudo
                                                                               file system)
-  fs.unwatch  {watch}                          {removed}                      watch_not_found
+  fs.unwatch  {watch}                          {removed, holders, held,       watch_not_found
+                                                dropped}
   fs.since    {clock, max?=10000}              {fresh_instance, clock,        bad_args busy
                                                 events, more, reason?}        resource_exhausted
   fs.query    {path, glob?, suffix?, type?,    {files, clock,                 watch_not_found
@@ -41,6 +42,18 @@ in silence.
 
 A path or name that is not valid UTF-8 in a reply or an event is readable in its field and
 exact in the field beside it (`path_bytes`, `name_bytes`...: snapshot.wire_fields).
+
+Watches are shared and held (watches.py, watch_ops.py): fs.watch of a directory already
+watched the same way answers that watch and takes the caller's hold on it (by session id);
+fs.unwatch lets go of the caller's hold, and the watch stops with its last one (`holders` in
+both answers: how many hold it now). One from a session that holds none stops it for all
+(`held: false`, `dropped`: the holds taken away). The config's `watch` entries are held by
+"config", taken again at each start. A watch keeps at most 64 holds (MAX_HOLDERS: past it the
+oldest client's goes; a client that died never lets go), saved with the watches. A watcher
+holds at most 1,024 watches (MAX_WATCHES): one more fs.watch answers resource_exhausted until
+one is removed. Watches survive a restart of the watcher (not a new tree), so those of
+clients gone without fs.unwatch count until an fs.unwatch removes them (fs.stats lists each
+watch with its holders' count).
 
 Nothing blocks the loop: fs.write's syscalls (fsync, rename), the walk of an fs.list past
 its first `list_loop_entries` and an fs.read whose file is not all in the page cache run on
@@ -135,7 +148,7 @@ from moorage.actors.watcher.snapshot import Index, wire_fields
 from moorage.actors.watcher.statahead import StatAhead
 from moorage.actors.watcher.state import State, tree_identity
 from moorage.actors.watcher.watch_ops import PATH_ITEM, WatchOps
-from moorage.actors.watcher.watches import Watches, wire_paths
+from moorage.actors.watcher.watches import CONFIG_HOLDER, Watches, wire_paths
 from moorage.actors.watcher.workers import Job, Workers
 from moorage.protocol.envelope import Packed
 from moorage.protocol.errors import Category, MoorageError, fail
@@ -150,7 +163,7 @@ ENTRY = {"name": str, "type": Literal["file", "dir", "symlink", "other"], "size"
 # (`path_bytes`, `name_bytes`: the exact bytes of a path or name that is not valid UTF-8,
 # whose str field is then only readable: snapshot.wire_fields)
 WATCH = Named("watch", {"id": str, "path": str, "path_bytes?": bytes, "recursive": bool,
-                        "exclude": list[str]})  # Watch.wire_spec
+                        "exclude": list[str], "holders": int})  # Watch.wire_spec
 
 
 class WatcherActor(Actor):
@@ -242,8 +255,14 @@ class WatcherActor(Actor):
                 # of the roots since: the rest is served, and sys.info says what was not)
                 self._not_placed(spec.get("path"), exc)
                 continue
-            if self.watches.find(real, recursive, exclude) is None:
-                self.watches.add(real, recursive, exclude)
+            w = self.watches.find(real, recursive, exclude)
+            if w is None:
+                try:  # (1,024 watches saved by clients: the configured one is not placed)
+                    w = self.watches.add(real, recursive, exclude)
+                except MoorageError as exc:
+                    self._not_placed(spec.get("path"), exc)
+                    continue
+            w.hold(CONFIG_HOLDER)  # (no client's fs.unwatch ends it: watches.py)
         # (a state directory that refuses the save, a full runtime disk, does not stop the
         # start: the state is given up, and each checkpoint tries to rebuild it: state.py)
         self.state.save_watches(self.watches.to_wire())
@@ -285,9 +304,16 @@ class WatcherActor(Actor):
                 self._not_placed(absolute, job.error)
                 return
             real = job.value
-            if self.watches.find(real, recursive, exclude) is not None:
+            w = self.watches.find(real, recursive, exclude)
+            if w is not None:
+                if w.hold(CONFIG_HOLDER):
+                    self.state.save_watches(self.watches.to_wire(), holds=True)
                 return
-            self.watches.add(real, recursive, exclude)
+            try:
+                self.watches.add(real, recursive, exclude).hold(CONFIG_HOLDER)
+            except MoorageError as exc:
+                self._not_placed(absolute, exc)
+                return
             self.state.save_watches(self.watches.to_wire())
             if self.obs is not None and not self.paused:
                 self.driving.reobserve("config_watch")

@@ -1,6 +1,6 @@
 """What outlives the watcher's process, in its state directory, and how a restart uses it.
 
-  watches.msgpack   the watches, saved as soon as they change
+  watches.msgpack   the watches and their holders, saved as soon as they change
   wal.<g>.msgpack   the paths of every event, appended before the event is published
                     (snapshot.Wal; a generation starts at each capture)
   snapshot.msgpack  the told state (path -> stat), captured every interval and written one
@@ -207,17 +207,31 @@ class State:
         self._kept = int(saved.get("gen", 0)) if saved is not None else 0
         return watches, saved
 
-    def save_watches(self, doc: dict[str, Any]) -> None:
+    def save_watches(self, doc: dict[str, Any], holds: bool = False) -> None:
         """Save the watches as they now are. Called at the start and by the ops that change
         them, which are done whether or not this gets to disk: one that does not (a full
         state disk) gives the state up (a restart from the older watches file must not
-        claim continuity) and is tried again by the rebuild; it never raises."""
-        self.watch_version += 1
-        self._watches = {"tree": self.tree, **doc}
+        claim continuity) and is tried again by the rebuild; it never raises.
+
+        `holds`: only who holds the watches changed (watches.Watch.hold), not what is
+        watched. The told state does not depend on that, so no new capture is due, and a
+        save the disk refuses does not give the state up: it is tried again with the next
+        save, and at the stop. The same doc again writes nothing."""
+        watches = {"tree": self.tree, **doc}
+        if holds and not self._watches_unsaved and watches == self._watches:
+            return
+        if not holds:
+            self.watch_version += 1
+        self._watches = watches
         self._watches_unsaved = True
         failed = self._save_watches()
-        if failed is not None:
-            self.lose(f"the watches: {failed}", lasting=not isinstance(failed, OSError))
+        if failed is None:
+            return
+        if holds and isinstance(failed, OSError):
+            logger.warning("watcher: the watches' holders not saved ({}); tried again with "
+                           "the next save", failed)
+            return
+        self.lose(f"the watches: {failed}", lasting=not isinstance(failed, OSError))
 
     def _save_watches(self) -> Exception | None:
         """Write the watches as last given (if given at all): what failed, or None."""

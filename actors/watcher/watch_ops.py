@@ -18,6 +18,14 @@ watches are in force: the state is given up until a checkpoint rebuilds it, and 
 meanwhile resyncs fresh (State.save_watches).
 A path on a slow file system (NFS, SMB, FUSE: mounts.MountTable) is resolved and checked on
 the `remote` workers, whose calls may wait for a stalled server without holding the loop.
+
+A watch is shared by whoever asked for it (watches.py): fs.watch takes the caller's hold, by
+its session id, on the watch it answers (placed now, being placed, or placed already), and
+fs.unwatch lets go of the caller's hold; the watch goes with its last hold. An fs.unwatch from
+a session that holds nothing (a CLI call from another process than the one that watched, an
+admin, a client back with a new session id) removes the watch for every holder, and its
+answer says so (`held: false`, `dropped`: the holds it took away).
+Both answers say how many hold the watch now (`holders`; 0: it is gone).
 """
 
 from __future__ import annotations
@@ -84,10 +92,11 @@ class WatchOps:
     @op("fs.watch", args={"path": str, "recursive": (bool, True), "exclude": (list, None)},
         idempotent=True, timeout_ms=120_000, errors=(*FS_ERRORS, *WATCH_ERRORS),
         result={"watch": str, "path": str, "path_bytes?": bytes, "recursive": bool,
-                "exclude": list[str], "via": str, "clock": CLOCK})
+                "exclude": list[str], "holders": int, "via": str, "clock": CLOCK})
     def _op_watch(self, call: Call, path: str, recursive: bool,
                   exclude: list | None) -> Any:
-        """Watch a directory; events for it are published on fs.event."""
+        """Watch a directory, or hold the watch of it already made; events for it are
+        published on fs.event."""
         self._need_watching()
         excl = tuple(exclude or ())
         if not self.w.roots.on_slow(self.w.roots.absolute(path)):
@@ -129,14 +138,25 @@ class WatchOps:
         if job is None:
             w = self.w.watches.find(real, recursive, excl)
             if w is not None:
+                if w.hold(call.sid):
+                    self._save_holds()
                 return self._answer(obs, w)
-            job = self._place(obs, path, real, recursive, excl)
+            job = self._place(obs, path, real, recursive, excl, call.sid)
             self.placing[key] = job
             job.then(lambda _j: self.placing.pop(key, None))
         else:
             self.joined += 1  # the same watch asked again while it is placed: one placement
+            # (among the watches since its placement began: held now, and saved by the
+            # placement's own save, or by `_reply` when this came after that)
+            w = self.w.watches.find(real, recursive, excl)
+            if w is not None:
+                w.hold(call.sid)
         job.then(lambda j: self._reply(call, j, path))
         return DEFERRED
+
+    def _save_holds(self) -> None:
+        """The watches saved for a change of their holders alone (State.save_watches)."""
+        self.w.state.save_watches(self.w.watches.to_wire(), holds=True)
 
     def _answer(self, obs: ObserverManager, w: Watch) -> dict[str, Any]:
         root = obs.roots.get(obs.root_of(w.path) or "")
@@ -145,7 +165,7 @@ class WatchOps:
                 "clock": self.w.journal.clock().to_wire()}
 
     def _place(self, obs: ObserverManager, path: str, real: str, recursive: bool,
-               excl: tuple[str, ...]) -> Job:
+               excl: tuple[str, ...], sid: str) -> Job:
         """A new watch: its inotify watches, then the walk that is its base, both on the
         walker thread (a tree of 150,000 entries takes seconds); the loop turns meanwhile
         and takes the result in `finish`. Watches first, then the walk: a change made
@@ -154,9 +174,11 @@ class WatchOps:
 
         The job returned settles once the walk is in the index and the told state with it
         on disk (`Driving.persist`, after `finish` and the merge's last slice): a watch
-        answered is one a restart diffs against exactly, however soon it dies."""
+        answered is one a restart diffs against exactly, however soon it dies. `sid`, who
+        asked, holds it from now on."""
         before = list(self.w.watches)
         w = self.w.watches.add(real, recursive, excl)
+        w.hold(sid)
         roots = obs.adopt_roots(self.w.watches.observed_roots())
         generation = obs.generation
         refresh = any(o.exclude for o in before)  # they may have left out what w needs
@@ -271,11 +293,17 @@ class WatchOps:
         slice_()
         return merged
 
-    @staticmethod
-    def _reply(call: Call, job: Job, path: str) -> None:
+    def _reply(self, call: Call, job: Job, path: str) -> None:
         err = job.error
         if err is None:
-            call.reply(job.value)
+            # (one answer for all who asked while it was placed: each is told the holders
+            # as they are now; a hold taken after the placement's own save is saved here)
+            answer = job.value
+            w = self.w.watches.by_id.get(answer["watch"])
+            if w is not None:
+                answer = {**answer, "holders": len(w.holders)}
+                self._save_holds()
+            call.reply(answer)
         elif isinstance(err, MoorageError):
             call.fail(err)
         elif isinstance(err, OSError):
@@ -290,17 +318,33 @@ class WatchOps:
             call.fail(WireError.of("internal", f"{type(err).__name__}: {err}",
                                    category=Category.FILESYSTEM))
 
-    @op("fs.unwatch", args={"watch": str}, result={"removed": str},
+    @op("fs.unwatch", args={"watch": str},
+        result={"removed": str, "holders": int, "held": bool, "dropped": int},
         errors=("watch_not_found", *WATCH_ERRORS))
     def _op_unwatch(self, call: Call, watch: str) -> dict[str, Any]:
-        """Stop a watch (the directories no other watch needs are no longer observed)."""
+        """Let go of the caller's hold on a watch; the watch stops with its last hold (the
+        directories no other watch needs are then no longer observed). From a session that
+        holds none, the watch stops for every holder (`held: false`, `dropped`)."""
         self._need_watching()
+        w = self.w.watches.by_id.get(watch)
+        if w is None:
+            raise fail("watch_not_found", f"no watch {watch!r}")
+        held = w.release(call.sid)
+        if held and w.holders:  # others hold it still: it stays
+            self._save_holds()
+            return {"removed": watch, "holders": len(w.holders), "held": True, "dropped": 0}
+        dropped = 0 if held else len(w.holders)
+        if dropped:
+            logger.warning("watcher: fs.unwatch of {} ({}) from session {!r}, which held none"
+                           " of it, removed it for its {} holder(s)", watch,
+                           snapshot.readable(w.path), call.sid, dropped)
+        w.holders.clear()
         gone = self.w.watches.remove(watch)
         self.w.driving.reobserve("unwatch")
         # (the index's paths under it by its per-directory sets, not a scan of every path)
         self._forget(self.w.index.below(gone.path), gone.path)
         self.w.state.save_watches(self.w.watches.to_wire())
-        return {"removed": watch}
+        return {"removed": watch, "holders": 0, "held": held, "dropped": dropped}
 
     def _forget(self, paths: list[str], tree: str) -> None:
         """Drop from the index what no watch covers any more, in slices (a big tree's

@@ -8,6 +8,14 @@ the watch or one of its ancestors (`.git/objects` excludes that directory and ev
 it). Overlapping watches are observed once: a recursive watch makes every watch below it
 free. A directory that no watch needs (`needs`: inside a subtree every watch over it excludes)
 gets no inotify watch at all.
+
+A watch is shared: an fs.watch of a directory already watched (the same path, recursive and
+exclude) answers the same watch. So that one client's fs.unwatch does not end another's, each
+watch keeps its holders, by session id (a call's `sid`; CONFIG_HOLDER for the config file's
+`watch` entries), and goes only when the last one lets go. A client that dies never lets go:
+past MAX_HOLDERS the oldest hold is dropped, so the holders of a watch many short-lived
+clients asked for stay few. A watch no one holds (one in a watches file saved without
+holders) goes at any fs.unwatch.
 """
 
 from __future__ import annotations
@@ -24,8 +32,14 @@ from moorage.protocol.errors import MoorageError, fail
 
 MAX_PATTERNS = 64
 # Watches a watcher holds at most: each event with excludes is matched against every one,
-# and each watch added or removed recomputes what to observe.
+# and each watch added or removed recomputes what to observe. One more is refused
+# (resource_exhausted) until one is removed; the watches are saved, so a restart keeps them.
 MAX_WATCHES = 1024
+# Holds a watch keeps at most (each a session id, saved with the watches): past it the
+# oldest client's hold goes, never the config's.
+MAX_HOLDERS = 64
+# The holder of the watches the config file names (`watch`): taken at each start.
+CONFIG_HOLDER = "config"
 
 
 def _compile(patterns: tuple[str, ...]) -> tuple[re.Pattern | None, re.Pattern | None]:
@@ -41,6 +55,8 @@ class Watch:
     path: str  # real path of a directory
     recursive: bool = True
     exclude: tuple[str, ...] = ()
+    # Session ids holding the watch, oldest first (a dict: ordered, one hold a session)
+    holders: dict[str, None] = field(default_factory=dict)
     _names: re.Pattern | None = field(default=None, repr=False)
     _paths: re.Pattern | None = field(default=None, repr=False)
     _prefix: str = field(default="", repr=False)
@@ -76,15 +92,38 @@ class Watch:
             return False
         return not (self.exclude and self.excluded(rel))
 
+    def hold(self, sid: str) -> bool:
+        """`sid` holds the watch (again: its hold becomes the newest). Past MAX_HOLDERS the
+        oldest client's hold is dropped: a client that died holds it no longer. True when
+        the holds changed (they are saved then)."""
+        if sid in self.holders:
+            if next(reversed(self.holders)) == sid:
+                return False
+            del self.holders[sid]
+        self.holders[sid] = None
+        if len(self.holders) > MAX_HOLDERS:
+            del self.holders[next(h for h in self.holders if h != CONFIG_HOLDER)]
+        return True
+
+    def release(self, sid: str) -> bool:
+        """`sid` lets go of the watch: whether it held it."""
+        if sid not in self.holders:
+            return False
+        del self.holders[sid]
+        return True
+
     def spec(self) -> dict[str, Any]:
-        """The watch as the state file keeps it (its path exactly: snapshot.PATHS)."""
+        """The watch as the state file keeps it (its path exactly: snapshot.PATHS), its
+        holders with it, oldest first."""
         return {"id": self.id, "path": self.path, "recursive": self.recursive,
-                "exclude": list(self.exclude)}
+                "exclude": list(self.exclude), "holders": list(self.holders)}
 
     def wire_spec(self) -> dict[str, Any]:
-        """The watch as an answer holds it: `spec` with a path that is not valid UTF-8
-        readable, and exact in `path_bytes` (snapshot.wire_fields)."""
-        spec = self.spec()
+        """The watch as an answer holds it: how many hold it, not who (a session id is the
+        key of its replies in the reply cache); a path that is not valid UTF-8 readable,
+        and exact in `path_bytes` (snapshot.wire_fields)."""
+        spec = {"id": self.id, "path": self.path, "recursive": self.recursive,
+                "exclude": list(self.exclude), "holders": len(self.holders)}
         wire_fields(spec, ("path",))
         return spec
 
@@ -190,12 +229,18 @@ class Watches:
         return {"next_id": self.next_id, "watches": [w.spec() for w in self._list]}
 
     def load(self, doc: dict[str, Any]) -> None:
+        """The watches as `to_wire` saved them. One saved without holders (by a watcher
+        that kept none) is held by no one: any fs.unwatch removes it, as it did then."""
         for spec in doc.get("watches", []):
             try:
-                self.add(spec["path"], bool(spec["recursive"]), tuple(spec["exclude"]),
-                         wid=str(spec["id"]))
+                w = self.add(spec["path"], bool(spec["recursive"]), tuple(spec["exclude"]),
+                             wid=str(spec["id"]))
             except (KeyError, TypeError, MoorageError):
                 continue  # a saved watch we cannot read back is dropped, not fatal
+            holders = spec.get("holders", ())
+            if isinstance(holders, (list, tuple)):
+                for sid in [h for h in holders if isinstance(h, str)][-MAX_HOLDERS:]:
+                    w.hold(sid)
         self.next_id = max(int(doc.get("next_id", 1)), self.next_id)
 
 
