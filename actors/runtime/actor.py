@@ -427,6 +427,12 @@ class Actor:
         self.publisher.welcome(name)
         self.on_subscribed(name)
 
+    def subscribed_to(self, topic: str) -> bool:
+        """Whether a subscriber connected now holds a prefix of `topic` (the topics of each
+        connection end with it: section 12 of PROTOCOL.md)."""
+        name = topic.encode()
+        return any(name.startswith(t) for held in self._subs_by_fd.values() for t in held)
+
     def _topics_of(self, frame: zmq.Frame, new: bool = False) -> set[bytes] | None:
         """The topics applied for the connection that sent `frame`; None when it is gone
         (libzmq's own unsubscriptions of a closed connection carry no fd) or the monitor told

@@ -221,7 +221,7 @@ class TerminalActor(Actor):
             on_restore=lambda e, master, ring: restore(self, e, master, ring),
             on_welcome=lambda entries, settled: reconcile(self, entries, settled),
             on_ready=self._announce_ready, on_exit=self.session_exited,
-            on_available=self._available,
+            on_available=self._available, subscribed_to=self.subscribed_to,
             # No keeper to wait for (it died too, and its restart may be queued behind
             # ours at the supervisor): ready now; ops wait for the keeper as ever.
             on_absent=self._announce_ready)

@@ -96,7 +96,8 @@ class KeeperClient:
                  on_ready: Callable[[], None],
                  on_exit: Callable[[Session, dict[str, Any]], None],
                  on_absent: Callable[[], None] = lambda: None,
-                 on_available: Callable[[str], None] = lambda sid: None) -> None:
+                 on_available: Callable[[str], None] = lambda sid: None,
+                 subscribed_to: Callable[[str], bool] = lambda topic: False) -> None:
         self.loop = loop
         self.path = path
         self.sessions = sessions
@@ -116,7 +117,9 @@ class KeeperClient:
         self._waiting: dict[int, KeeperCallback] = {}
         self._asking: dict[str, int] = {}  # session -> `pass` asked so far (ask_copies)
         self._next_r = 1
-        self.subscribed: set[str] = set()  # topic prefixes subscribers asked for, ever
+        # Whether a subscriber connected now covers a topic (the actor's own record of its
+        # connections' subscriptions: no set here that would keep every topic ever asked)
+        self.subscribed_to = subscribed_to
         self._until_ready: list[Callable[[bool], None]] = []
         self._until_settled: list[Callable[[bool], None]] = []
         # The keeper's custody answer is still to come (its welcome said so): a session
@@ -818,7 +821,6 @@ class KeeperClient:
     def on_subscribed(self, topic: str) -> None:
         """A subscription to `topic` (a prefix): the sessions whose output it covers are
         watched, and those waiting for their subscribers after a restart may go on."""
-        self.subscribed.add(topic)
         for s in self.sessions.values():
             if f"term.out.{s.id}".startswith(topic):
                 self.watched(s)
@@ -833,7 +835,7 @@ class KeeperClient:
 
     def hold_until_watched(self, s: Session) -> None:
         """After a restart: no acks for `s` until its output has a subscriber again."""
-        if any(f"term.out.{s.id}".startswith(t) for t in self.subscribed):
+        if self.subscribed_to(f"term.out.{s.id}"):
             return
         s.hold_acks = True
 

@@ -206,7 +206,7 @@ class Creation:
         self.a.sessions[self.sid] = s
         self.a.keeper.expect_copies(s)
         self.session = s
-        if any(f"term.out.{s.id}".startswith(t) for t in self.a.keeper.subscribed):
+        if self.a.subscribed_to(f"term.out.{s.id}"):
             self.a.keeper.watched(s)
         loop = self.a.loop
         if launch.integration:
