@@ -476,3 +476,31 @@ def test_an_up_while_the_tree_stops_says_it_is_stopping_not_just_running(make_tr
     finally:
         os.kill(stubborn, signal.SIGKILL)  # (the stop then ends at once)
     assert wait_pid_exit(tree.pid, 30)
+
+
+def test_down_of_a_tree_stopped_whole_continues_it_and_stops_it_cleanly(make_tree):
+    """(A tree stopped whole, as Ctrl-Z on `moorage up` stops it, got SIGTERM and SIGCONT at
+    its root alone: the root asked its stopped children to stop, waited out each one's
+    shutdown and killed them for hung, 36 s in all.)"""
+    tree = make_tree(SMALL).start()
+    procs = [psutil.Process(tree.pid), *descendants(tree.pid)]
+    os.killpg(os.getpgid(tree.pid), signal.SIGSTOP)  # (the fixture kills it should this fail)
+    out = moorage(tree, "down", "--timeout", "5")
+    assert out.returncode == 0, out.stderr
+    assert b"did not stop when asked" not in out.stderr and b"moorage tree stopped" in out.stdout
+    assert wait_pid_exit(tree.pid, 30)
+    assert_all_gone(procs)
+    assert "hung" not in tree.output()
+    nothing_left(tree.runtime_dir)
+
+
+def test_a_call_to_an_actor_is_made_while_the_root_is_stopped(make_tree):
+    """(The CLI asked the root for the actor's name first: with the root stopped, a call to
+    an actor serving all along failed after 5 s.)"""
+    tree = make_tree(SMALL).start()
+    os.kill(tree.pid, signal.SIGSTOP)
+    try:
+        out = moorage(tree, "call", "alpha", "fake.work", timeout=30)
+        assert out.returncode == 0, out.stderr
+    finally:
+        os.kill(tree.pid, signal.SIGCONT)

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moorage.protocol import curve
+from moorage.protocol import curve, endpoints
 from moorage.protocol.client import Client
-from moorage.protocol.client.connection import tree_pid
+from moorage.protocol.client.connection import read_connection_file, tree_pid
 
 EXIT_OK = 0  # done
 EXIT_ERROR = 1  # the tree answered with an error, or could not do what was asked
@@ -116,6 +116,15 @@ def known_actors(client: Client, budget: Budget | None = None) -> dict[str, Any]
 
 
 def check_actor(client: Client, actor: str, budget: Budget | None = None) -> None:
+    """`actor` is one of the tree's: read from its connection file when it is there (the
+    root need not answer for a call to another actor: it may be stopped, or busy), asked of
+    the root otherwise (a name the file does not list, a remote tree)."""
+    try:
+        listed = read_connection_file(client.runtime_dir / endpoints.CONNECTION_FILE)
+    except (OSError, ValueError):
+        listed = {"endpoints": {}}
+    if actor in listed["endpoints"]:
+        return
     names = known_actors(client, budget)
     if actor not in names:
         raise CliError(f"unknown actor {actor!r}; the tree has: {', '.join(sorted(names))}")
