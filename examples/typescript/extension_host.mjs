@@ -5,6 +5,7 @@
 //   node extension_host.mjs            MOORAGE_RUNTIME_DIR picks the tree (PROTOCOL.md section 2);
 //                                      MOORAGE_BIN the `moorage` command used to start one.
 import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -35,6 +36,16 @@ async function adoptOrStart(client) {
   // stops), as an editor's must
   const child = spawn(bin, ["--instance-dir", dir, "up", "--parent", String(process.pid)],
     { stdio: "ignore" });
+  // A command that cannot run (no `moorage` on PATH): say what to set, and stop.
+  const failed = await once(child, "spawn").then(() => null, (e) => e);
+  if (failed !== null) {
+    const why = failed.code ?? failed.message;
+    console.error(process.env.MOORAGE_BIN === undefined
+      ? `cannot start a tree: no \`moorage\` on PATH (${why}); set MOORAGE_BIN to the moorage command`
+      : `cannot start a tree: MOORAGE_BIN=${bin} cannot be run (${why})`);
+    await client.close();
+    process.exit(1);
+  }
   console.log(`started the tree in ${dir} (pid ${child.pid})`);
   for (const actor of ["supervisor", "watcher", "terminal"]) {
     for (;;) {

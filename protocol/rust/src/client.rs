@@ -244,6 +244,10 @@ impl Client {
             sock.set_sndhwm(HWM).map_err(zerr)?;
             sock.set_rcvhwm(HWM).map_err(zerr)?;
             sock.set_rcvtimeo(WAIT_SLICE_MS).map_err(zerr)?;
+            // A send never blocks (see `apply`): a DEALER whose connection libzmq ended for good
+            // (a frame over MAXMSGSIZE is a protocol error, never reconnected) has nowhere to
+            // queue, and a blocking send would outlast every deadline.
+            sock.set_sndtimeo(0).map_err(zerr)?;
             self.monitors += 1;
             let addr = format!("inproc://moorage-monitor-{}-{}-{}", self.sid, actor, self.monitors);
             // (the handshake events only over tcp, where the tree's ZAP handler judges our key)
@@ -481,13 +485,22 @@ impl Client {
                 return self.apply(actor, plan, v, flying, out);
             }
             Verdict::Resend(delay) => {
+                // Answered with an error it is resent after (busy, stopping: not run): that
+                // attempt is over, and the call is not in flight while it waits out its back-off.
+                // A drop meanwhile (an actor that answered `stopping` exits a moment later) is
+                // none of its business: it is sent again, to the successor.
+                if plan.last_error.is_some() {
+                    self.conns.get_mut(actor).unwrap().link.finished(plan.id);
+                }
                 let at = self.now() + delay;
                 flying.insert(plan.id, (plan, Due::Resend(at)));
             }
             Verdict::Wait(until) => {
                 let conn = self.conns.get_mut(actor).unwrap();
                 // Sent only when the verdict is a fresh attempt (start or resend), not a re-wait.
-                // (EAGAIN: a remote socket whose key was refused; see Endpoints::secure)
+                // EAGAIN (the socket has SNDTIMEO 0): nowhere to queue the frames, a remote
+                // socket whose key was refused (Endpoints::secure) or a connection libzmq ended
+                // for good. The attempt is then left to its deadline, where the plan decides.
                 match conn.sock.send_multipart(plan.frames.iter(), 0) {
                     Ok(()) | Err(zmq::Error::EAGAIN) => {}
                     Err(e) => return Err(local_error("unavailable", e.to_string(), actor, &plan.op)),

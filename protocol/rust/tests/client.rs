@@ -332,3 +332,100 @@ fn session_busy_is_resent_as_a_new_request_a_fresh_id_the_same_deadline_until_it
     assert!(seen[..3].iter().all(|(_, d)| *d == seen[0].1), "one deadline: {seen:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A scratch directory (`scratch`) removed when the test ends, failed or not.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        Dir(scratch(name))
+    }
+
+    fn rpc(&self) -> String {
+        format!("ipc://{}/alpha.rpc", self.0.display())
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_call_refused_stopping_or_busy_is_sent_to_the_successor_when_the_refusing_life_ends_during_its_back_off() {
+    for refusal in ["stopping", "busy"] {
+        let dir = Dir::new(&format!("refused-{refusal}"));
+        let mut c = client(&dir.0, 10.0);
+        let (ep, first) = (dir.rpc(), Life::bind(&dir.rpc(), A));
+        let fake = thread::spawn(move || {
+            let (rid, ping) = first.take();
+            first.answer(rid, ping.id, A, Value::from("pong"));
+            let (rid, req) = first.take();
+            // A back-off far longer than the client takes to notice the drop: the drop comes
+            // while the call waits it out.
+            let e = WireError::of(refusal, "alpha is on its way out").with_retry_after(1500);
+            let mut frames = vec![rid];
+            frames.extend(encode_error(Some(req.id), A, &e));
+            first.sock.set_linger(5000).unwrap(); // (the refusal goes out before the connection ends)
+            first.sock.send_multipart(frames, 0).unwrap();
+            first.end(); // the actor exits a moment after its refusal
+            let second = Life::bind(&ep, B);
+            let (rid, again) = second.take();
+            second.answer(rid, again.id, B, Value::from("ran once"));
+            (req, again, second)
+        });
+        c.call("alpha", "sys.ping", Value::Nil).unwrap(); // the life the refusal comes from is known
+        let once = CallOptions { idempotent: Some(false), ..CallOptions::default() };
+        let r = c.request("alpha", "fs.write", Value::Nil, once);
+        assert_eq!(r.as_ref().map(|r| &r.body).map_err(|e| e.to_string()), Ok(&Value::from("ran once")), "refused {refusal}");
+        let (req, again, second) = fake.join().unwrap();
+        assert_eq!((again.id, again.epoch), (req.id, None), "the same request, not pinned: {refusal}");
+        assert_eq!(c.restarts_seen("alpha"), 1);
+        second.end();
+    }
+}
+
+#[test]
+fn a_call_to_a_connection_libzmq_ended_for_good_ends_at_its_deadline_never_blocked_in_send() {
+    let dir = Dir::new("ended-link");
+    let life = Life::bind(&dir.rpc(), A);
+    let c = Client::new(Options {
+        runtime_dir: Some(dir.0.clone()), learn_ops: false, timeout: 1.5, attempt_timeout: 0.5, ..Options::default()
+    }).unwrap();
+    // A reply frame over the client's MAXMSGSIZE: libzmq ends the connection as a protocol error
+    // and never makes it again, so the DEALER has nowhere to queue a request from then on.
+    let fake = thread::spawn(move || {
+        let (rid, req) = life.take();
+        let mut frames = vec![rid];
+        frames.extend(encode_reply(Some(req.id), A, &Value::Binary(vec![0; MAX_MESSAGE_SIZE + 16]), &[]));
+        life.sock.send_multipart(frames, 0).unwrap();
+        life
+    });
+    // The calls run on a thread of their own: one blocked in send for good fails the test
+    // instead of hanging it.
+    let (told, outcomes) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut c = c;
+        // (the first is resent after the drop, the others are sent after it: each ends as its
+        // plan says at its deadline, a call that may have run outcome_unknown)
+        for (op, idempotent) in [("sys.ping", true), ("sys.ping", true), ("fs.write", false)] {
+            let opts = CallOptions { idempotent: Some(idempotent), ..CallOptions::default() };
+            let r = c.request("alpha", op, Value::Nil, opts);
+            if told.send(r.map(|_| ()).map_err(|e| (e.error.name, e.attempts))).is_err() {
+                return;
+            }
+        }
+    });
+    let mut ended = Vec::new();
+    for n in 0..3 {
+        // (a bound on a hang, many times the calls' 1.5 s: no timing is asserted)
+        match outcomes.recv_timeout(Duration::from_secs(30)) {
+            Ok(r) => ended.push(r),
+            Err(_) => panic!("call {n} still not ended 30 s later (its timeout: 1.5 s); ended before it: {ended:?}"),
+        }
+    }
+    let names: Vec<_> = ended.iter().map(|r| r.as_ref().map_err(|(name, _)| name.as_str())).collect();
+    assert_eq!(names, vec![Err("timeout"), Err("timeout"), Err("outcome_unknown")], "{ended:?}");
+    fake.join().unwrap().end();
+}

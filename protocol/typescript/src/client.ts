@@ -71,11 +71,13 @@ export interface SubscribeOptions {
 /** Of a call's time, the share that learning the actor's idempotent ops may take first. */
 const LEARN_SHARE = 0.5;
 
-type Item = { kind: "reply"; reply: Reply } | { kind: "undecodable"; error: DecodeError } | { kind: "verdict"; verdict: Verdict };
+type Item = { kind: "reply"; reply: Reply } | { kind: "undecodable"; error: DecodeError } | { kind: "verdict"; verdict: Verdict }
+  | { kind: "unsent"; error: unknown };
 
-/** What an item of its inbox means for a call. */
+/** What an item of its inbox means for a call (a send that failed is thrown: the call's end). */
 function verdictOf(plan: CallPlan, item: Item): Verdict {
   if (item.kind === "verdict") return item.verdict;
+  if (item.kind === "unsent") throw item.error;
   if (item.kind === "undecodable") return plan.done(now(), undefined, item.error.error);
   return plan.onReply(item.reply, now());
 }
@@ -123,6 +125,14 @@ class Inbox {
   }
 }
 
+/** One send of a call's frames, for the attempt that waits for its reply until `until` (the
+ * `now()` clock); a failure goes to the call's `inbox`. */
+interface SendJob {
+  readonly frames: Uint8Array[];
+  readonly until: number;
+  readonly inbox: Inbox;
+}
+
 /** The call of `op` to `actor` on a closed client: refused, never sent (nothing reads replies
  * any more, and a socket made now would keep Node alive). */
 function closedError(actor: string, op: string): MoorageError {
@@ -134,7 +144,7 @@ class Conn {
   readonly link: ActorLink;
   readonly inboxes = new Map<number, Inbox>();
   private sendingNow = false;
-  private readonly sendQueue: [Uint8Array[], () => void, (e: unknown) => void][] = [];
+  private readonly sendQueue: SendJob[] = [];
   private timer: NodeJS.Timeout | null = null;
   private timerAt = Infinity;
   private closed = false;
@@ -168,25 +178,33 @@ class Conn {
     });
   }
 
-  /** Queue frames; zeromq.js takes one send at a time per socket, so they go in order. */
-  send(frames: Uint8Array[]): Promise<void> {
-    if (!this.sendingNow) {
-      this.sendingNow = true;
-      const p = this.sendOne(frames);
-      p.then(() => this.drainSends(), () => this.drainSends());
-      return p;
-    }
-    return new Promise((resolve, reject) => this.sendQueue.push([frames, resolve, reject]));
+  /** Send the frames of an attempt that waits for its reply until `until`, in order: zeromq.js
+   * takes one send at a time per socket. The call does not wait for the send, only for its
+   * reply, and that wait ends at `until` whatever became of the send: a DEALER with nowhere to
+   * put frames (a connection libzmq ended for good, as a frame over MAXMSGSIZE is a protocol
+   * error it never reconnects after) waits for room for ever, and would hold the call as long.
+   * The call then ends as its plan says. Frames still queued here when their attempt's wait is
+   * over are dropped, never sent after it; a send that fails ends its call with the error. */
+  send(frames: Uint8Array[], until: number, inbox: Inbox): void {
+    const job: SendJob = { frames, until, inbox };
+    if (this.sendingNow) this.sendQueue.push(job);
+    else this.start(job);
+  }
+
+  private start(job: SendJob): void {
+    this.sendingNow = true;
+    this.sendOne(job.frames).then(() => this.drainSends(), (error: unknown) => {
+      job.inbox.push({ kind: "unsent", error });
+      this.drainSends();
+    });
   }
 
   private drainSends(): void {
-    const next = this.sendQueue.shift();
-    if (next === undefined) {
-      this.sendingNow = false;
-      return;
-    }
-    const [frames, resolve, reject] = next;
-    this.sendOne(frames).then(resolve, reject).finally(() => this.drainSends());
+    let next = this.sendQueue.shift();
+    const at = next === undefined ? 0 : now();
+    while (next !== undefined && next.until <= at) next = this.sendQueue.shift();
+    if (next === undefined) this.sendingNow = false;
+    else this.start(next);
   }
 
   /** A call waits until `until`: one timer per connection, armed for the earliest deadline
@@ -426,7 +444,7 @@ export class Client {
     conn.inboxes.set(id, inbox);
     try {
       let v = conn.link.start(plan, plan.started);
-      if (v.kind === "wait") await conn.send(plan.frames);
+      if (v.kind === "wait") conn.send(plan.frames, v.until, inbox);
       for (;;) {
         if (v.kind === "done") {
           if (v.error !== undefined) {
@@ -459,7 +477,7 @@ export class Client {
           v = plan.resend(now());
           if (v.kind === "wait") {
             conn.link.sent(plan);
-            await conn.send(plan.frames);
+            conn.send(plan.frames, v.until, inbox);
           }
           continue;
         }
@@ -637,16 +655,28 @@ export class Subscription implements AsyncIterable<StreamEvent> {
     this.wake();
   }
 
-  /** Replay until the gap is filled or reported lost. A failed call reports the gap lost and
-   * goes on with the held messages (a later gap among them is replayed in turn); anything
-   * else, or a closed subscription, reports every held gap lost: the topic is never left held. */
-  private async replay(topic: string, fromSeq: number): Promise<void> {
+  /** The time of one replay page asked for by a caller that must return by `end` (the `now()`
+   * clock; null: no bound, the client's timeout): what is left of it, never more than a call's
+   * timeout, and at least one attempt's, so that a caller polling with `next(0)` still gets a
+   * gap repaired rather than reported lost (section 12; the Python and Rust clients' rule). */
+  private replayTimeout(end: number | null): number | undefined {
+    if (end === null) return undefined;
+    const o = this.client.options;
+    return Math.min(o.timeout, Math.max(o.attemptTimeout, end - now()));
+  }
+
+  /** Replay until the gap is filled or reported lost, each page by `end` (`replayTimeout`).
+   * A failed call reports the gap lost and goes on with the held messages (a later gap among
+   * them is replayed in turn); anything else, or a closed subscription, reports every held gap
+   * lost: the topic is never left held. */
+  private async replay(topic: string, fromSeq: number, end: number | null): Promise<void> {
     let need: NeedReplay | null = { topic, fromSeq };
     while (need !== null) {
       const asked: NeedReplay = need;
       let step: [StreamEvent[], NeedReplay | null];
       try {
-        const reply = await this.client.request(this.actor, "replay", { topic: asked.topic, from_seq: asked.fromSeq });
+        const reply = await this.client.request(this.actor, "replay", { topic: asked.topic, from_seq: asked.fromSeq },
+          { timeout: this.replayTimeout(end) });
         step = this.tracker.onReplay(asked.topic, reply.body as ReplayAnswer, reply.attachments);
       } catch (e) {
         if (!(e instanceof MoorageError) || this.closed) {
@@ -684,16 +714,19 @@ export class Subscription implements AsyncIterable<StreamEvent> {
       }
       const [events, need] = this.tracker.onMessage(msg);
       this.ready.push(...events);
-      if (need !== null) await this.replay(need.topic, need.fromSeq);
+      if (need !== null) await this.replay(need.topic, need.fromSeq, end);
     }
     return this.closed ? null : this.ready.shift()!;
   }
 
   /** Ask for what may have been lost at the end of a burst (the stream went quiet): the
-   * events, if any, come from `next()`, one already waiting included (section 12, "Tail loss"). */
-  async catchUp(): Promise<void> {
+   * events, if any, come from `next()`, one already waiting included (section 12, "Tail loss").
+   * Given `timeout` seconds, its replays take what is left of them (each page at least one
+   * attempt's time), as a `next(timeout)` does; else each page the client's call timeout. */
+  async catchUp(timeout: number | null = null): Promise<void> {
     if (this.closed) return;
-    for (const need of this.tracker.catchUp()) await this.replay(need.topic, need.fromSeq);
+    const end = timeout === null ? null : now() + timeout;
+    for (const need of this.tracker.catchUp()) await this.replay(need.topic, need.fromSeq, end);
   }
 
   /** Until every prefix is live (its welcomes arrived). The events meanwhile are returned and

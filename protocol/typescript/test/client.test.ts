@@ -17,7 +17,7 @@ import { type Request, decodeRequest, encodeReply, encodeStream, encodeWelcome }
 import { MoorageError } from "../src/errors.js";
 import { MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "../src/limits.js";
 import { type StreamEvent, StreamTracker } from "../src/streams.js";
-import { within } from "./fake_actor.js";
+import { settled, within } from "./fake_actor.js";
 
 const A = "aaaaaaaaaaaaaaaa";
 const B = "bbbbbbbbbbbbbbbb";
@@ -334,5 +334,30 @@ test("an answer that is not a replay answer is a failed replay, and the topic go
     assert.deepEqual([events, need], [[{ kind: "loss", topic: "t", first: 1, last: 4, epoch: A }, { kind: "message", ...msg(5) }], null],
       JSON.stringify(answer));
     assert.deepEqual(t.onMessage(msg(6))[0], [{ kind: "message", ...msg(6) }], JSON.stringify(answer));
+  }
+});
+
+test("a call to a connection libzmq ended for good ends at its deadline, never waiting in send for ever", async () => {
+  const dir = scratch();
+  const life = new Router({ linger: 0 });
+  await life.bind(`ipc://${dir}/alpha.rpc`);
+  const c = new Client({ runtimeDir: dir, learnOps: false, timeout: 1.5, attemptTimeout: 0.5 });
+  try {
+    const first = settled(c.call("alpha", "sys.ping"));
+    // A reply frame over the client's MAXMSGSIZE: libzmq ends the connection as a protocol
+    // error and never makes it again, so the DEALER has nowhere to put a request from then on.
+    const [rid, req] = await take(life);
+    await life.send([rid, ...encodeReply(req.id, A, new Uint8Array(MAX_MESSAGE_SIZE + 16))]);
+    // (the first is resent after the drop, the others are sent after it: each ends as its plan
+    // says at its deadline, a call that may have run outcome_unknown; the bounds only catch a
+    // hang, many times the calls' 1.5 s)
+    const ended = [await within(first, 30, "the call answered over the limit")];
+    ended.push(await within(settled(c.call("alpha", "sys.ping")), 30, "an idempotent call after it"));
+    ended.push(await within(settled(c.call("alpha", "fs.write", null, { idempotent: false })), 30, "a call that may run once"));
+    const names = ended.map((e) => (e instanceof MoorageError ? e.error.name : String(e)));
+    assert.deepEqual(names, ["timeout", "timeout", "outcome_unknown"]);
+  } finally {
+    await c.close();
+    life.close();
   }
 });

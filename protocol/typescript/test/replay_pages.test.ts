@@ -89,6 +89,41 @@ test("what catchUp() recovers reaches a next() already waiting on a quiet stream
   }
 });
 
+test("a replay nobody answers takes what is left of next(), not a whole call; catchUp(t) the same", async () => {
+  // The client's calls may take a minute; a next() of a second that meets a gap gives the
+  // replay what is left of its second (at least one attempt), then reports the gap lost.
+  const actor = await FakeActor.bind(scratch());
+  actor.serve(() => null); // no replay is answered
+  const c = new Client({ runtimeDir: actor.dir, learnOps: false, timeout: 60, attemptTimeout: 0.5 });
+  try {
+    const sub = c.subscribe("alpha", ["t"]);
+    await actor.pub.receive();
+    await actor.pub.send(encodeStream("t", 1, A, { n: 1 }));
+    assert.deepEqual(await within(sub.next(20), 10, "message 1"), message(1));
+    await actor.pub.send(encodeStream("t", 3, A, { n: 3 }));
+    const got: StreamEvent[] = [];
+    // (one page's wait, not the call's 60 s: the bound is a third of it; a few rounds of
+    // next(1) at most, so that the loop ends once a failed wait closed the subscription)
+    await within((async () => {
+      for (let round = 0; got.length < 2 && round < 20; round++) {
+        const ev = await sub.next(1);
+        if (ev !== null) got.push(ev);
+      }
+    })(), 20, "the loss and message 3");
+    assert.deepEqual(got, [loss(2, 2), message(3)]);
+    const asked = actor.requests.length;
+    assert.ok(asked >= 1 && actor.requests.every((r) => (r.args as { from_seq: number }).from_seq === 2),
+      JSON.stringify(actor.requests.map((r) => r.args)));
+    // A catch-up given a second: its replay (of 4 on, nobody answers) ends within it too.
+    await within(sub.catchUp(1), 20, "catchUp(1)");
+    assert.ok(actor.requests.length > asked && actor.requests.slice(asked).every((r) => (r.args as { from_seq: number }).from_seq === 4),
+      JSON.stringify(actor.requests.map((r) => r.args)));
+  } finally {
+    await c.close();
+    actor.close();
+  }
+});
+
 // --- the tracker alone ------------------------------------------------------------------------
 
 function msg(seq: number) {
