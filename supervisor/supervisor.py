@@ -48,6 +48,12 @@ idle (not stopped, its wait not overdue) for `heartbeat.misses` ticks in a row i
 and restarted. A stop is reported by the zygote, the stopped child's parent, as it happens.
 No message is sent and no idle child is woken for it (`sys.heartbeat` stays an op, for
 clients that probe an actor themselves).
+
+A pause of the whole tree (Ctrl-Z on `moorage up`, `kill -STOP -PGID`, a cgroup freezer) is
+not a failure of its children: the timers that kill or give up on a child (its start timeout,
+a spawn or an exit its zygote leaves untold, a stop's shutdown_ms) count only the time this
+loop was awake (Loop.call_later_awake: a stall of it pushes them out), a supervisor continued
+continues its children and zygote, and every SIGTERM it sends is followed by a SIGCONT.
 """
 
 from __future__ import annotations
@@ -183,6 +189,11 @@ class Supervisor(Actor):
         # a dead zygote (we are a subreaper); anything else orphaned below us is reaped too.
         signal.signal(signal.SIGCHLD,
                       lambda *_: self.loop.call_soon_from_signal(self._reap_children))
+        # Continued, we continue what is ours: a tree stopped whole and continued through
+        # its root alone (or a nested supervisor, continued by its parent as its stop
+        # begins) would otherwise find its children stopped, and kill them for hung.
+        signal.signal(signal.SIGCONT,
+                      lambda *_: self.loop.call_soon_from_signal(self._continue_all))
         self._beat_timer = self.loop.call_later(self.spec.heartbeat.interval_ms / 1000,
                                                 self._heartbeat)
         if self.notify is not None:
@@ -224,6 +235,7 @@ class Supervisor(Actor):
             self.lifecycle.stopping()
         if self.notify is not None:
             self.notify.send("STOPPING=1")
+        self._continue_all()
         self.jobs.clear()
         for cid in reversed(self.order):
             child = self.children[cid]
@@ -234,6 +246,27 @@ class Supervisor(Actor):
         if self.current_job is None or self.current_job[0] == "start":
             self.current_job = None
             self.next_job()
+
+    def _continue_all(self) -> None:
+        """SIGCONT to every child, the zygote and its spare: as the stop begins, and when we
+        are continued ourselves. A tree stopped whole (Ctrl-Z on `moorage up`, `kill -STOP
+        -PGID`) and then told to stop through its root alone (`systemctl stop`, `moorage
+        down` of a root that does not answer: SIGTERM and SIGCONT to it) otherwise stops
+        children that cannot act on it: the ones waiting for their turn are beat-checked and
+        killed for hung, each asked one waits out its shutdown_ms, and a stopped zygote
+        leaves their exits untold. (A child stopped while we run is a hang, killed within
+        `misses` ticks: continuing it costs nothing that would have been kept.)"""
+        for child in self.children.values():
+            if child.pid is not None:
+                child.signal(signal.SIGCONT)
+        for z in (self.zygote, self.spare):
+            if z is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                if z.pidfd is not None:
+                    signal.pidfd_send_signal(z.pidfd, signal.SIGCONT)
+                elif z.pid > 0:
+                    os.kill(z.pid, signal.SIGCONT)
 
     def on_adopt(self, parent: int | None) -> dict[str, Any]:
         if self.lifecycle is None:
@@ -321,7 +354,8 @@ class Supervisor(Actor):
         beat = child.slot
         gen = child.generation
         timeout = self.spec.start_timeout_ms / 1000
-        child.timers.append(self.loop.call_later(timeout, lambda: self._start_timeout(child, gen)))
+        child.timers.append(self.loop.call_later_awake(
+            timeout, lambda: self._start_timeout(child, gen), lambda: self._cpu_waits(child, gen)))
         zygote = child.asked_of = self.zygote
         if child.spec.type == "supervisor":
             err = zygote.spawn(child.id, "supervisor", {
@@ -344,6 +378,19 @@ class Supervisor(Actor):
             logger.error("{}: spawn request not sent: {}", child.id, err)
             self._on_exit(child, ExitReason(ExitKind.ABNORMAL,
                                             detail=f"spawn request not sent: {err}"))
+
+    def _cpu_waits(self, child: Child, gen: int) -> float:
+        """Seconds the process of `child`'s start `gen` has waited for a CPU since its fork
+        (its run delay, which schedstat counts from there), up to the start timeout: time
+        its start timeout does not count, as the heartbeat does not count a tick its loop
+        spent waiting (starved). A start on a machine saturated by the user's builds is
+        slow, not hung; one that sleeps still times out, and one that spins gets its share
+        of the CPU too, so at most twice its time however busy the machine is."""
+        if child.generation != gen or child.pid is None:
+            return 0.0
+        sample = sched_sample(child.pid)
+        waited = sample[1] / 1e9 if sample is not None else 0.0
+        return min(waited, self.spec.start_timeout_ms / 1000)
 
     def _start_timeout(self, child: Child, gen: int) -> None:
         if child.generation != gen or child.state is not ChildState.STARTING:
@@ -685,7 +732,7 @@ class Supervisor(Actor):
             if child.pid == pid and child.generation == gen and not child.adopted:
                 self._zygote_lost(zygote, f"{child.id}'s exit went untold for {EXIT_TELL_S} s")
 
-        self.loop.call_later(EXIT_TELL_S, untold)
+        self.loop.call_later_awake(EXIT_TELL_S, untold)
 
     def _forget_process(self, child: Child) -> None:
         if child.pidfd is not None:
@@ -742,8 +789,8 @@ class Supervisor(Actor):
                     self._on_exit(child, ExitReason(ExitKind.SHUTDOWN,
                                                     detail="stopped before it was forked"))
 
-            child.timers.append(self.loop.call_later(self.spec.start_timeout_ms / 1000,
-                                                     unanswered))
+            child.timers.append(self.loop.call_later_awake(
+                self.spec.start_timeout_ms / 1000, unanswered))
             return
         self._signal_stop(child)
 
@@ -755,6 +802,8 @@ class Supervisor(Actor):
         child.stop_stage = "term"
         if not child.signal(signal.SIGTERM):
             return
+        # (as systemd does: a stopped process acts on SIGTERM once it is continued)
+        child.signal(signal.SIGCONT)
         gen = child.generation
 
         def escalate_to_kill() -> None:
@@ -764,7 +813,8 @@ class Supervisor(Actor):
                 child.stop_stage = "kill"
                 child.signal(signal.SIGKILL)
 
-        child.timers.append(self.loop.call_later(child.spec.shutdown_ms / 1000, escalate_to_kill))
+        child.timers.append(self.loop.call_later_awake(child.spec.shutdown_ms / 1000,
+                                                       escalate_to_kill))
 
     # --- deaths ---------------------------------------------------------------------------------
 

@@ -28,6 +28,13 @@ caller waits for, and no request may come to end the fast path's recv sooner.
 A supervised process's loop also beats (actors.runtime.beat): before each wait it writes when
 the wait will end at the latest, after it that it turned, so its supervisor sees it alive
 without sending it anything or waking it; a loop stuck in a handler stops turning.
+
+A loop keeps its stalls (`stalls`): a turn that reaches its timers more than STALL_S after the
+earliest was due. Its process was stopped (SIGSTOP, Ctrl-Z, a cgroup freezer), went without a
+CPU, or one turn's work held it: in each case nothing it waits for was heard meanwhile, and a
+timeout that gives up on a peer must not count that time against it (`call_later_awake`; the
+terminal's consumer sweep). Only a turn that runs a timer looks: a subtraction and a
+comparison, no clock read of its own.
 """
 
 from __future__ import annotations
@@ -56,6 +63,11 @@ HOUSEKEEPING_MS = 250
 MAX_WAIT_MS = 3_600_000  # the longest one wait (zmq_poll takes an int: a timer a month away
 #                          would raise OverflowError there); the loop then looks again
 OTHERS_EVERY_S = 0.001  # the fast path looks at its other sockets at most this often
+# A turn that runs its timers this long after the earliest was due is a stall (the process
+# was stopped, or had no CPU): far above a loaded machine's scheduling delays, far below the
+# timeouts that must not count one (a start's 10 s, a consumer's 5 s).
+STALL_S = 1.0
+STALLS_KEPT = 16  # the last stalls, for timers armed before them (call_later_awake)
 LOOK_EVERY = 16  # outside a burst, the fast path looks for more requests every 16th turn
 WAKE_ID = b"\xffmoorage-wake"
 _WAKE_FRAMES = [b"w"]  # what a wake-up sends on the primary socket
@@ -88,6 +100,22 @@ class Timer:
         loop, self.loop = self.loop, None
         if loop is not None:
             loop._timer_cancelled()
+
+
+class _AwakeTimer(Timer):
+    """`call_later_awake`'s handle: cancelling it cancels the timer now in the heap for it."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, when: float, fn: Callback) -> None:
+        super().__init__(when, fn)
+        self.inner: Timer | None = None
+
+    def cancel(self) -> None:
+        super().cancel()
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            inner.cancel()
 
 
 class Loop:
@@ -135,6 +163,9 @@ class Loop:
         self._idle = False  # no request for HOUSEKEEPING_MS: wait in zmq_poll, not the fast path
         self._others_due = 0.0  # the fast path's next look at its other sockets (clock)
         self._beat = beat.installed()
+        # The loop's last stalls, oldest first: (when its earliest timer was due, when the
+        # turn that ran it began its timers), in `clock` time. stalls[-1] is the last.
+        self.stalls: deque[tuple[float, float]] = deque(maxlen=STALLS_KEPT)
 
     def set_primary(
         self,
@@ -248,6 +279,45 @@ class Loop:
         t = Timer(self.clock() + delay, fn, self)
         heapq.heappush(self._timers, (t.when, next(self._seq), t))
         return t
+
+    def call_later_awake(self, delay: float, fn: Callback,
+                         lost: Callable[[], float] | None = None) -> Timer:
+        """`call_later` for a timeout that gives up on another process (a child's start, its
+        exit): only time this loop was awake counts. When it comes due, the loop's stalls
+        since it was armed (`stalls`: the process was stopped, as the whole tree is by Ctrl-Z
+        or a freezer, and the other process with it) and what `lost()` says the other process
+        lost besides (its waits for a CPU, in seconds since it was armed) push it out by as
+        much, and it waits again for the rest: a pause is not taken for the other's failure,
+        and a real one is still seen, that much later."""
+        armed = self.clock()
+        due = armed + delay
+        handle = _AwakeTimer(due, fn)
+
+        def check() -> None:
+            if handle.cancelled:
+                return
+            now = self.clock()
+            later = due + self.stalled_since(armed) + (lost() if lost is not None else 0.0)
+            if later > now:
+                handle.when = later
+                handle.inner = self.call_later(later - now, check)
+                return
+            handle.inner = None
+            handle.fn()
+
+        handle.inner = self.call_later(delay, check)
+        return handle
+
+    def stalled_since(self, t: float) -> float:
+        """Seconds of the loop's stalls after `t` (`clock` time; only the last STALLS_KEPT
+        are kept)."""
+        return sum(seen - max(began, t) for began, seen in self.stalls if seen > t)
+
+    def _stalled(self, began: float, seen: float) -> None:
+        self.stalls.append((began, seen))
+        logger.info("the loop ran its timers {:.1f} s late (its process was stopped, or had "
+                    "no CPU, or a turn held it): timeouts on others do not count that time",
+                    seen - began)
 
     def _timer_cancelled(self) -> None:
         """Rebuild the heap once most of it is cancelled timers: every deferred call has a
@@ -431,6 +501,12 @@ class Loop:
 
     def _run_timers(self) -> None:
         now = self.clock()
+        if not self._timers or self._timers[0][0] > now:
+            self._run_soon()  # (what a wake-up queued: every turn ends here)
+            return
+        first = self._timers[0][0]
+        if now - first > STALL_S:  # (the turn's one cost of it, only when a timer is due)
+            self._stalled(first, now)
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             if timer.cancelled:

@@ -235,6 +235,7 @@ class TerminalActor(Actor):
         self._ready_callback, self.ready_hook = self.ready_hook, None
         self.loop.call_later(self.keeper_wait_s, self._announce_ready)
         self._consumer_timer: Timer | None = None  # armed while any session has consumers
+        self._swept_at = 0.0  # (loop clock) the consumer sweep's last run, or its arming
         self.keeper.connect()
 
     def _announce_ready(self) -> None:
@@ -279,14 +280,21 @@ class TerminalActor(Actor):
 
     def _watch_consumers(self) -> None:
         if self._consumer_timer is None:
+            self._swept_at = self.loop.clock()
             self._consumer_timer = self.loop.call_later(
                 min(1.0, self.consumer_timeout_s / 2), self._drop_silent_consumers)
 
     def _drop_silent_consumers(self) -> None:
+        """Drop the consumers silent for consumer_timeout_s while behind; after a stall of
+        this loop since the last sweep (the process stopped with its tree, or without a CPU:
+        Loop.stalls), hear them all anew instead. No ack was heard meanwhile (those sent
+        wait in the queue, and expire there): a pause longer than the timeout would drop
+        every consumer at the resume, each one that acked all along included."""
         self._consumer_timer = None
         now = time.monotonic()
+        stalled = self.loop.stalled_since(self._swept_at) > 0
         for s in self.sessions.values():
-            gone = s.silent_consumers(now, self.consumer_timeout_s)
+            gone = s.silent_consumers(now, self.consumer_timeout_s, stalled)
             if gone:
                 self._consumers_dropped(s, gone, f"silent for {self.consumer_timeout_s} s")
         if any(s.consumers for s in self.sessions.values()):

@@ -926,15 +926,17 @@ class Session:
         c.acked, c.heard = max(c.acked, offset), now
         return c.acked, pushed_out
 
-    def silent_consumers(self, now: float, timeout: float) -> list[str]:
+    def silent_consumers(self, now: float, timeout: float, stalled: bool = False) -> list[str]:
         """Consumers behind that have not acknowledged for `timeout`: dropped (they catch up
         by replay or term.scrollback; the session goes on without them). One that has
         taken everything owes nothing: its silence counts from when it falls behind (from
         this check on), not from its last ack (an editor's view of an idle session, dropped
-        by the first output after the timeout)."""
+        by the first output after the timeout). `stalled`: the terminal's own loop stalled
+        since the last check (its process was stopped), so no consumer could be heard: every
+        one's silence counts from now."""
         published = self.out.published
         for c in self.consumers.values():
-            if c.acked >= published:
+            if stalled or c.acked >= published:
                 c.heard = now
         gone = [k for k, c in self.consumers.items()
                 if c.acked < published and now - c.heard > timeout]
