@@ -316,13 +316,13 @@ def test_the_cli_drives_a_tree_elsewhere_from_a_copied_connection_file_and_a_key
     stranger = tmp_path / "stranger-keys"
     assert keys_cli(stranger, "init").returncode == 0
     key = curve.load_pair(stranger, curve.CLIENT).public.decode()
-    # (the CLI asks the supervisor which actors there are first: that is the refused call)
-    refused = info(tcp_tree, "supervisor")["remote"]["refused"].get("unknown_key", 0)
+    # (the CLI finds alpha in the connection file, and asks it alone: the refused call)
+    refused = info(tcp_tree, "alpha")["remote"]["refused"].get("unknown_key", 0)
     out = moorage(stranger, "--timeout", "2", "call", "alpha", "sys.ping")
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "unauthorized (118)" in out.stderr and f"moorage keys allow '{key}'" in out.stderr
     assert "Traceback" not in out.stderr
-    assert info(tcp_tree, "supervisor")["remote"]["refused"]["unknown_key"] > refused
+    assert info(tcp_tree, "alpha")["remote"]["refused"]["unknown_key"] > refused
 
     out = moorage(client_dir, "down")
     assert out.returncode == 2 and "this host's trees only" in out.stderr, out.stderr
