@@ -50,9 +50,10 @@ def park_an_exec(tree, home: Path, box: dict[str, Any], exec_args: dict[str, Any
     c = tree.client
     threads = [in_thread(tree.runtime_dir, box, "created", "terminal", "term.create",
                          {"shell": "bash", "env": env_for(home), "session": "slow"})]
+    # (a minute: the suite's other trees on 2 cores once held this create past 20 s)
     wait_for(lambda: any(x["session"] == "slow"
                          for x in c.call("terminal", "term.list")["sessions"]),
-             "the session made, its shell not ready")
+             "the session made, its shell not ready", timeout=60)
     threads.append(in_thread(tree.runtime_dir, box, "exec", "terminal", "term.exec",
                              {"session": "slow", "command": "echo parked", **exec_args}))
     if see_parked:
