@@ -48,8 +48,11 @@ def cmd_down(args: argparse.Namespace) -> int:
         clean_up_after(args.runtime_dir)
         return EXIT_OK
     fd = root_pidfd(args.runtime_dir, pid)
-    if fd is not None:
-        resume_tree(pid, whole=True)  # (a tree stopped whole, by Ctrl-Z say: then asked)
+    if fd is not None and stopped_whole(pid):
+        # continued, then asked: the root continues what is its own, each supervisor its
+        # children (supervisor.py: Supervisor._continue_all)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGCONT)
     try:
         try:
             with Client(args.runtime_dir, timeout=args.timeout) as c:
@@ -104,52 +107,39 @@ def gone(pidfd: int, timeout: float) -> bool:
     return readable(pidfd, timeout)
 
 
-def resume_tree(pid: int, whole: bool = False) -> None:
-    """SIGCONT to the root `pid` and every process below it in its process group: a tree
-    stopped whole (Ctrl-Z on `moorage up`, a `kill -STOP` of its group) then stops as it
-    would running. Resumed alone, the root asked its children to stop and waited out each
-    one's shutdown as they stayed stopped, and killed them for hung (36 s). With `whole`,
-    only when the root and one process below it at least are stopped (a root stopped alone
-    is one that does not answer: SIGTERM's turn). The shells are left as they are: each
-    leads a session of its own, and a job the user stopped in one stays stopped."""
+def stopped_whole(pid: int) -> bool:
+    """Whether the tree of root `pid` is stopped whole (Ctrl-Z on `moorage up`, a `kill
+    -STOP` of its group): the root and a process of its group below it. A root stopped
+    alone is one that does not answer: SIGTERM's turn (force_stop)."""
     import psutil  # (a dependency; only `down` needs it here)
 
     try:
         root = psutil.Process(pid)
+        if root.status() != psutil.STATUS_STOPPED:
+            return False
         group = os.getpgid(pid)
-        tree = [root, *root.children(recursive=True)]
+        below = root.children(recursive=True)
     except (psutil.Error, ProcessLookupError):
-        return
-    ours = []
-    for p in tree:
+        return False
+    for p in below:
         with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == group:
-                ours.append(p)
-    if whole:
-        stopped = []
-        for p in ours:
-            with contextlib.suppress(psutil.Error):
-                if p.status() == psutil.STATUS_STOPPED:
-                    stopped.append(p)
-        if root not in stopped or len(stopped) < 2:
-            return
-    for p in ours:
-        with contextlib.suppress(psutil.Error):
-            p.send_signal(signal.SIGCONT)
+            if os.getpgid(p.pid) == group and p.status() == psutil.STATUS_STOPPED:
+                return True
+    return False
 
 
 def force_stop(pidfd: int, pid: int, grace: float) -> None:
-    """SIGTERM (and SIGCONT to the tree, so a stopped one can act on it), `grace` seconds to
-    exit, then SIGKILL."""
+    """SIGTERM (and SIGCONT, so a stopped root can act on it), `grace` seconds to exit, then
+    SIGKILL."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
         print(f"moorage: the tree (pid {pid}) did not stop when asked: {sig.name}",
               file=sys.stderr)
         try:
             signal.pidfd_send_signal(pidfd, sig)
+            if sig == signal.SIGTERM:  # (continued, the root continues its children too)
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
         except ProcessLookupError:
             return
-        if sig == signal.SIGTERM:
-            resume_tree(pid)
         if gone(pidfd, wait):
             return
     raise CliError(f"the tree (pid {pid}) is still there after SIGKILL", EXIT_ERROR)
