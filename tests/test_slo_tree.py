@@ -10,6 +10,7 @@ import json
 import os
 import signal
 
+import psutil
 import pytest
 import zmq
 
@@ -141,16 +142,27 @@ def test_a_reply_whose_caller_gave_up_and_went_is_not_counted_as_lost(make_tree)
     before the answer: nothing is lost that it could still take, so no data_loss in the
     SLO; `sys.info` counts such replies apart."""
     tree = make_tree(CONFIG).start()
+    actor = psutil.Process(tree.child("alpha")["pid"])
+    rpc = endpoints.rpc(tree.runtime_dir, "alpha")
+
+    def accepted() -> int:  # (the actor's ends of the connections to its request socket)
+        return sum(1 for c in actor.net_connections(kind="unix") if c.laddr == rpc[6:])
+
+    tree.call("alpha", "fake.count")  # (the tree's client connected first: counted here)
+    before = accepted()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoints.rpc(tree.runtime_dir, "alpha"))
+    sock.connect(rpc)
     sock.send_multipart(encode_request(1, "sid-gone", "fake.held", {}))
     wait_for(lambda: tree.call("alpha", "fake.count")["held"] == 1, "the call held")
     sock.close(0)
     ctx.term()  # (its descriptor closed when this returns)
-    # Two requests over another connection after the close: the actor's socket has taken
-    # the closed connection's end by then (its pipe's end is queued before their data).
+    # The actor's I/O thread closes its end once it has read the end of the connection, the
+    # end of the connection's pipe queued for the socket by then; a request after that has
+    # the socket take it (on a loaded machine, requests over another connection could be
+    # read first: the reply then went into the closing pipe, counted nowhere).
+    wait_for(lambda: accepted() == before, "the actor's end of the closed connection closed")
     tree.call("alpha", "fake.count")
     tree.call("alpha", "fake.count")
     assert tree.call("alpha", "fake.release")["released"] == 1
