@@ -10,8 +10,10 @@ change its uid), skipped elsewhere.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -66,20 +68,23 @@ def test_an_inotify_observer_whose_threads_cannot_start_closes_its_instance():
 def test_an_slo_save_that_gets_no_thread_is_kept_for_the_next_save():
     """(The record was marked saved before its writer thread failed to start: that save was
     skipped in silence, and the failure came back as a traceback every 5 s.)"""
-    out = run_limited("""
-        import os
-        import tempfile
-        from pathlib import Path
-        from moorage.actors.metrics.record import SloRecord
-        from moorage.actors.metrics.settings import Settings
-        where = Path(tempfile.mkdtemp())
-        os.chmod(where, 0o777)
-    """, """
-        rec = SloRecord(where / "slo.msgpack", Settings.from_config({}))
-        rec.dirty = True
-        rec.save(1.0)
-        print("dirty:", rec.dirty, "saves:", rec.saves)
-        rec.save(2.0, force=True)  # (on this thread: no thread needed)
-        print("dirty:", rec.dirty, "saves:", rec.saves)
-    """)
-    assert "dirty: True saves: 0" in out and "dirty: False saves: 1" in out, out
+    # (a folder the unprivileged uid can reach: pytest's tmp_path is under a 0700 one)
+    where = tempfile.mkdtemp()
+    os.chmod(where, 0o777)
+    try:
+        out = run_limited(f"""
+            from pathlib import Path
+            from moorage.actors.metrics.record import SloRecord
+            from moorage.actors.metrics.settings import Settings
+            where = Path({where!r})
+        """, """
+            rec = SloRecord(where / "slo.msgpack", Settings.from_config({}))
+            rec.dirty = True
+            rec.save(1.0)
+            print("dirty:", rec.dirty, "saves:", rec.saves)
+            rec.save(2.0, force=True)  # (on this thread: no thread needed)
+            print("dirty:", rec.dirty, "saves:", rec.saves)
+        """)
+        assert "dirty: True saves: 0" in out and "dirty: False saves: 1" in out, out
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
