@@ -129,8 +129,17 @@ def test_a_start_that_times_out_after_its_zygote_died_is_counted(make_tree, tmp_
     held = wait_for(lambda: (c := tree.child("a"))["state"] == "starting" and c["pid"],
                     "a forked, held at its gate")
     _new_zygote(tree)
-    os.unlink(gate)  # (held in its open of the FIFO still; its fallback's start passes)
+    # The gate stays until `a`'s start is cut: its zygote's death interrupts its open of the
+    # FIFO (the reparent signal), which is then tried again on the path, found gone had it
+    # been unlinked, and the start would fail of itself, no timeout.
     cut = tree.wait_event(lambda e: e["event"] == "exited" and e["pid"] == held)
     assert cut["detail"] == "start timeout", cut
     engaged = tree.wait_event(lambda e: e["event"] == "fallback" and e["child"] == "a")
     assert engaged["fallback"] == "degraded"
+    # A writer that never blocks (O_RDWR), kept until its fallback runs: that start passes.
+    writer = os.open(gate, os.O_RDWR)
+    try:
+        wait_for(lambda: (c := tree.child("a"))["state"] == "running"
+                 and c["fallback"] == "degraded", "a running on its fallback")
+    finally:
+        os.close(writer)
