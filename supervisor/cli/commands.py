@@ -457,6 +457,23 @@ def bad_arguments(exc: BadArguments, argv: list[str]) -> int:
     return refuse_start(StartFailed("bad_config", exc.message, EXIT_USAGE), ready_fd)
 
 
+def given_instance(args: argparse.Namespace) -> None:
+    """ValueError for an empty `--instance` or `--instance-dir` (what an editor passes for a
+    setting left unset: `--instance "$name"`). Taken for the default instance, it would
+    drive the user's default tree, and `down` it, in place of the editor's own, even over
+    $MOORAGE_RUNTIME_DIR. An instance's name is never empty (PROTOCOL.md section 2): the
+    default is asked for by leaving the option out."""
+    if args.instance is not None:
+        try:
+            endpoints.check_instance(args.instance)
+        except ValueError as exc:
+            raise ValueError(f"--instance: {exc}: a name is never empty, has no '/' and is "
+                             "neither . nor ..; leave --instance out for the default "
+                             "instance") from None
+    if args.instance_dir == "":
+        raise ValueError("--instance-dir '': an empty path names no directory")
+
+
 def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
     words = keys_after_options(sys.argv[1:] if argv is None else argv)
     try:
@@ -469,8 +486,10 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
     # processes that do not share our working directory (endpoints ignores a relative
     # $XDG_*, as the XDG spec says).
     try:
+        given_instance(args)
         args.runtime_dir = Path(os.path.abspath(
-            args.instance_dir or endpoints.runtime_dir(args.instance)))
+            args.instance_dir if args.instance_dir is not None
+            else endpoints.runtime_dir(args.instance)))
         args.state_dir = Path(os.path.abspath(
             running_state_dir(args.runtime_dir)
             or endpoints.state_dir(args.runtime_dir, args.instance)))

@@ -10,13 +10,19 @@ A start refused before the tree runs (a bad argument, a `--parent` that is gone,
 that cannot be made) says so the same way: the failed line, where the ready line would have
 gone (`refuse`).
 
+A stop signal (SIGINT, SIGTERM, SIGHUP) before the tree is ready is a failed start too, named
+on the failed line: the root's own handlers say so once it serves, and until then the signal
+is raised where the start is (`interrupt_start`), so that it ends as any failed start ends.
+
 `up --detach` starts the same command in a new session with the line's pipe as its
 `--ready-fd`, and prints what comes back: the ready line (exit 0), or the failed line after
 stopping everything it started (its process group). It never asks the tree anything, so a tree
-that cannot come up cannot make it wait past `--timeout` plus the start. The detached tree's
-stdout and stderr are `<state dir>/logs/up.out` (or the runtime dir's, where the state dir
-takes no file: a tree runs on a read-only state dir), kept under MOORAGE_CONSOLE_ROTATE bytes
-(default 2 MiB) with two older copies, up.out.1 and up.out.2 (moorage.actors.runtime.logs).
+that cannot come up cannot make it wait past `--timeout` plus the start. A stop signal while it
+waits (`StopSignals`) stops the tree it started, and the failed line says by what. The
+detached tree's stdout and stderr are `<state dir>/logs/up.out` (or the runtime dir's, where
+the state dir takes no file: a tree runs on a read-only state dir), kept under
+MOORAGE_CONSOLE_ROTATE bytes (default 2 MiB) with two older copies, up.out.1 and up.out.2
+(moorage.actors.runtime.logs).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zmq
@@ -52,6 +60,9 @@ if TYPE_CHECKING:
     from moorage.supervisor.lifecycle import LifecycleOptions
 
 DETACH_START_S = 60.0  # on top of --timeout: a loaded machine may take this long to start
+# What an editor, a terminal or a user sends to end `up`: before the tree is ready, each is a
+# failed start (and, once the tree serves, a stop it answers itself: Actor.serve).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def package_version() -> str:
@@ -115,12 +126,24 @@ def refuse(exc: StartFailed, ready_fd: int | None = None) -> int:
 
 
 def check_parent(pid: int | None) -> None:
+    """A `--parent` the tree can follow: a process of this user that a pidfd can be had for.
+    A thread's id passes the first test (/proc shows it too), not the second, and a tree
+    started to follow one would say ready, then find it cannot and stop itself as orphaned."""
     if pid is None:
         return
     from moorage.supervisor.lifecycle import same_user
 
-    if pid <= 0 or not same_user(pid):
+    if pid <= 0 or not same_user(pid) or not followable(pid):
         raise CliError(f"--parent {pid}: no such process of this user")
+
+
+def followable(pid: int) -> bool:
+    """A pidfd can be opened for `pid` (closed at once): it is a process, not a thread."""
+    try:
+        os.close(os.pidfd_open(pid))
+    except (OSError, OverflowError):
+        return False
+    return True
 
 
 def check_parent_for_start(pid: int | None) -> None:
@@ -135,27 +158,90 @@ def check_parent_for_start(pid: int | None) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     if args.detach:
         return detach(args)
+    from moorage.supervisor.lifecycle import LifecycleOptions
+
     try:
         fd = take_ready_channel(args.ready_fd)
     except StartFailed as exc:
         return refuse(exc, args.ready_fd)
-    from moorage.supervisor.lifecycle import LifecycleOptions
-
     # The tree clears `ready_fd` when it says ready there and closes it: from then on the
     # number may be another file's, and nothing more may be written to it.
     opts = LifecycleOptions(
         instance=args.instance or args.runtime_dir.name, ready_fd=fd, parent=args.parent,
         stdin_eof=args.exit_on_stdin_eof, version=package_version())
+    restore = interrupt_start()
     try:
         return start(args, opts)
     except StartFailed as exc:
         say_failed(opts, exc)
         print(f"moorage: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt as exc:  # Interrupted, or Ctrl-C's default handler's own
+        if opts.ready_fd is None:  # (said ready: the tree's to answer, not a failed start)
+            raise
+        failed = asked_to_stop(getattr(exc, "signum", signal.SIGINT))
+        say_failed(opts, failed)
+        print(f"moorage: {failed}", file=sys.stderr)
+        return failed.code
     except Exception as exc:  # a bug of ours: main says so; an editor waiting is told too
         say_failed(opts, StartFailed("start_failed", f"unexpected {type(exc).__name__}: "
                                      f"{exc}", EXIT_ERROR))
         raise
+    finally:
+        restore()
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal that came while `up` started the tree, before the root's own handlers:
+    a KeyboardInterrupt, as SIGINT's default handler raises, that says which signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def asked_to_stop(signum: int) -> StartFailed:
+    """The failed line of a start cut by a signal, worded as the root says it once it serves
+    (launch.run_root's stop cause), with its exit code: the same whenever the signal came."""
+    return StartFailed("start_failed", f"the tree was asked to stop "
+                       f"({signal.Signals(signum).name}) before it was ready", EXIT_ERROR)
+
+
+def handled_stop_signals(handler: Callable[[int, FrameType | None], Any]) -> dict[int, Any]:
+    """Put `handler` on each stop signal not ignored (a job started with SIGINT ignored, as
+    a shell starts one in the background, or under nohup, keeps it ignored); the handlers
+    it replaced, by signal."""
+    old = {}
+    for sig in STOP_SIGNALS:
+        was = signal.getsignal(sig)
+        if was is signal.SIG_IGN or was is None:  # (None: not one Python can put back)
+            continue
+        old[sig] = signal.signal(sig, handler)
+    return old
+
+
+def interrupt_start() -> Callable[[], None]:
+    """Until the root serves (Actor.serve puts its own handlers on these signals), a stop
+    signal raises Interrupted where the start is, as Ctrl-C's KeyboardInterrupt would: the
+    start ends as a failed one, run_root's clean-up included (SIGTERM and SIGHUP would end
+    the process at once, with no line). Only the first raises: what follows it is that
+    clean-up and the failed line, which a second must not cut short. Returns what puts the
+    replaced handlers back, where they are still these."""
+    raised: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signum)
+
+    old = handled_stop_signals(on_signal)
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, handler)
+
+    return restore
 
 
 def say_failed(opts: LifecycleOptions, exc: StartFailed) -> None:
@@ -296,20 +382,45 @@ def run_detached(args: argparse.Namespace) -> int:
     # The tree's console is `out`, for as long as it runs: kept under a size (rotated).
     env = {CONSOLE_ROTATE_ENV: str(CONSOLE_MAX_BYTES), **base_env,
            "MOORAGE_STATE_DIR": str(args.state_dir)}
-    try:
-        with console:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console,
-                                    stderr=console, env=env, start_new_session=True,
-                                    pass_fds=(w,))
-    except OSError as exc:
-        os.close(r)
-        raise StartFailed("start_failed", f"cannot start the tree: {exc}", EXIT_ERROR) from None
-    finally:
-        os.close(w)
-    try:
-        line = read_line(r, args.timeout + DETACH_START_S)
-    finally:
-        os.close(r)
+    # From before the tree exists to the line said: a stop signal is ours to answer (the tree,
+    # in its own session, would outlive us and run on unseen).
+    with StopSignals() as stop:
+        try:
+            with console:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console,
+                                        stderr=console, env=env, start_new_session=True,
+                                        pass_fds=(w,))
+        except OSError as exc:
+            os.close(r)
+            raise StartFailed("start_failed", f"cannot start the tree: {exc}",
+                              EXIT_ERROR) from None
+        finally:
+            os.close(w)
+        try:
+            line = read_line(r, args.timeout + DETACH_START_S, wake=stop.fd)
+        finally:
+            os.close(r)
+        if stop.signum is not None:
+            return interrupted(proc, stop.signum)
+        return said(proc, line, out)
+
+
+def interrupted(proc: subprocess.Popen, signum: int) -> int:
+    """`up --detach` asked to stop before it could print the ready line: the tree it started
+    is stopped, and the failed line says by what, with the foreground's exit code (as
+    `asked_to_stop`)."""
+    stop_group(proc)
+    failed = StartFailed("start_failed", f"`moorage up --detach` was asked to stop "
+                         f"({signal.Signals(signum).name}) before the tree was ready; the "
+                         "tree it started was stopped", EXIT_ERROR)
+    print(json.dumps(failed.line(), separators=(",", ":")), flush=True)
+    print(f"moorage: {failed}", file=sys.stderr)
+    return failed.code
+
+
+def said(proc: subprocess.Popen, line: str, out: Path) -> int:
+    """What the detached tree said (`line`: the ready line, the failed line, or nothing it
+    could finish) printed, and on anything but ready, the tree stopped."""
     try:
         msg = json.loads(line) if line else None
     except ValueError:
@@ -335,19 +446,53 @@ def run_detached(args: argparse.Namespace) -> int:
     return code
 
 
-def read_line(fd: int, timeout: float) -> str:
-    """The first line written to `fd`, or what came before end of file or the timeout."""
+def read_line(fd: int, timeout: float, wake: int | None = None) -> str:
+    """The first line written to `fd`, or what came before end of file, the timeout, or
+    `wake` turning readable (StopSignals.fd)."""
     data = b""
     end = time.monotonic() + timeout
+    watched = [fd] if wake is None else [fd, wake]
     while b"\n" not in data:
         left = end - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        readable = select.select(watched, [], [], left)[0] if left > 0 else []
+        if fd not in readable:
             break
         chunk = os.read(fd, 65536)
         if not chunk:
             break
         data += chunk
     return data.split(b"\n", 1)[0].decode(errors="replace")
+
+
+class StopSignals:
+    """While `up --detach` starts its tree and waits for the line: the first stop signal
+    (STOP_SIGNALS) is noted and wakes the wait (a byte on `fd`), and is never raised where
+    the process happens to be (between the tree's fork and Popen's return, it would leave a
+    tree no one knows of). A later one changes nothing: the first is being answered."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.fd, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._old: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+            try:
+                os.write(self._w, b"\0")
+            except OSError:  # (a full pipe already wakes the wait)
+                pass
+
+    def __enter__(self) -> StopSignals:
+        self._old = handled_stop_signals(self._on_signal)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        os.close(self.fd)
+        os.close(self._w)
 
 
 def stop_group(proc: subprocess.Popen) -> None:
