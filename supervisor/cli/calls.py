@@ -2,14 +2,16 @@
 following streams and logs until the tree stops.
 
 Bytes: `call ... --attach FILE` (repeatable; `-` is stdin) sends raw attachment frames, and
-`--data @FILE` (or `--data TEXT`) fills a bytes argument `data` (fs.write, parse.feed,
-term.write). A result's attachments (fs.read's contents, term.scrollback's bytes) go to
-stdout as they are with `--raw` (the body then goes to stderr), to a file with `--out FILE`,
-or are shown as text after the body when stdout is a terminal and they are UTF-8; otherwise
-their sizes are said on stderr.
+`--data @FILE` (or `--data TEXT`, the bytes the command line has, UTF-8 or not) fills a bytes
+argument `data` (fs.write, parse.feed, term.write). Arguments msgpack cannot carry are bad
+input, refused before anything is sent. A result's attachments (fs.read's contents,
+term.scrollback's bytes) go to stdout as they are with `--raw` (the body then goes to stderr),
+to a file with `--out FILE`, or are shown as text after the body when stdout is a terminal and
+they are UTF-8; otherwise their sizes are said on stderr.
 
 A follower (`subscribe`, `events`, `logs -f`) watches the root's pidfd beside its input and
-ends with 0 once the tree has stopped and what it had said is written out.
+ends with 0 once the tree has stopped and what it had said is written out; `logs -f` follows
+the log by its name, across its rotations.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, BinaryIO
 
 import zmq
 
+from moorage.protocol import limits
 from moorage.protocol.client import Loss, Reset, Subscription
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
@@ -69,18 +72,102 @@ def read_input(spec: str) -> bytes:
 # --- call ------------------------------------------------------------------------------------
 
 
+# The integers msgpack carries: int64 and uint64 (the packer refuses any other).
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+
+
 def call_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The call's arguments, refused here (a usage error, exit 2) when the JSON cannot be
+    parsed or holds what msgpack cannot carry: the request would otherwise fail to pack
+    after the command had already connected, as an error of ours."""
     try:
         payload = json.loads(args.json) if args.json else None
+    except RecursionError:
+        raise CliError("the arguments nest too deeply to be parsed (an op takes at most "
+                       f"{limits.MAX_DEPTH} levels)") from None
     except json.JSONDecodeError as exc:
         raise CliError(f"bad JSON for the arguments: {exc}") from None
+    except ValueError:  # (json reads integers with int(), which refuses this many digits)
+        raise CliError("the arguments cannot be sent: an integer of more than "
+                       f"{sys.get_int_max_str_digits()} digits is outside the integers "
+                       f"msgpack carries ({INT_MIN} to {INT_MAX})") from None
     if payload is not None and not isinstance(payload, dict):
         raise CliError("the arguments must be a JSON object ({\"name\": value, ...})")
+    problem = unsendable(payload)
+    if problem is not None:
+        raise CliError(f"the arguments cannot be sent: {problem}")
     if args.data is not None:
         payload = dict(payload or {})
         payload["data"] = read_input(args.data[1:]) if args.data.startswith("@") \
-            else args.data.encode()
+            else data_bytes(args.data)
     return payload
+
+
+def data_bytes(text: str) -> bytes:
+    """`--data TEXT` as the bytes it was given on the command line: argv is bytes, which
+    Python decodes with the file system encoding and surrogateescape, so os.fsencode gives
+    back exactly those bytes, UTF-8 or not."""
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError as exc:  # (a str that never was argv: main() given a list)
+        raise CliError(f"--data: {exc.reason} (character {exc.start}); give bytes that are "
+                       "not text with --data @FILE") from None
+
+
+def unsendable(value: Any) -> str | None:
+    """Where and why parsed JSON cannot be packed (msgpack: integers in [-2**63, 2**64),
+    strings and keys that encode as UTF-8, which a lone surrogate such as "\\ud800" or an
+    argument's bytes that were not UTF-8 do not); None when it can. Walked without recursion:
+    what json parsed may be nested about as deep as the interpreter's stack allows."""
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:
+        path, v = todo.pop()
+        if isinstance(v, bool) or v is None or isinstance(v, float):
+            continue
+        if isinstance(v, int):
+            if not INT_MIN <= v <= INT_MAX:
+                digits = str(v) if len(str(v)) <= 40 else f"an integer of {len(str(v))} digits"
+                return (f"{_at(path)}{digits} is outside the integers msgpack carries "
+                        f"({INT_MIN} to {INT_MAX})")
+        elif isinstance(v, str):
+            if not _utf8(v):
+                return f"{_at(path)}a string that is not UTF-8 text ({_first_bad(v)})"
+        elif isinstance(v, dict):
+            for k in v:
+                if not _utf8(k):
+                    return f"{_at(path)}a key that is not UTF-8 text ({_first_bad(k)})"
+            todo.extend((f"{path}{_step(k)}", x) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            todo.extend((f"{path}[{i}]", x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def _at(path: str) -> str:
+    """Where in the arguments, as a message's prefix (none for the object itself)."""
+    return f"{path.lstrip('.')}: " if path else ""
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_bad(text: str) -> str:
+    """The first character UTF-8 cannot encode and where it is, escaped (a lone surrogate
+    cannot be printed as it is)."""
+    i = next(i for i, ch in enumerate(text) if not _utf8(ch))
+    return f"{ascii(text[i])[1:-1]} at character {i}"
+
+
+def _step(key: str) -> str:
+    """A key as a step of a path in a message: `.name`, or `["odd key"]` escaped."""
+    if key.isidentifier() and key.isascii():
+        return f".{key}"
+    return f"[{json.dumps(key)}]"
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -332,24 +419,112 @@ def cmd_logs(args: argparse.Namespace) -> int:
         have = sorted(p.stem for p in logs.glob("*.log")) if logs.exists() else []
         raise CliError(f"no log for {name!r} in {logs}" +
                        (f"; there are: {', '.join(have)}" if have else ""))
-    watch = TreeWatch(args) if args.follow else None
-    try:
+    out = sys.stdout.buffer
+    if not args.follow:
         with open(path, "rb") as f:
-            while True:
-                chunk = f.read(65536)
-                if chunk:
-                    sys.stdout.buffer.write(chunk)
-                    continue
-                sys.stdout.buffer.flush()
-                if watch is None:
-                    return EXIT_OK
-                # The file grows by the tree's own writes: look again a little later, or
-                # end once the tree has stopped (after its last lines).
-                if watch.stopped(0.2):
-                    sys.stdout.buffer.write(f.read())
-                    sys.stdout.buffer.flush()
-                    return EXIT_OK
+            copy_out(f, out)
+        return EXIT_OK
+    watch = TreeWatch(args)
+    try:
+        return LogFollower(path, out).run(watch)
     finally:
-        if watch is not None:
-            watch.close()
+        watch.close()
 
+
+def copy_out(f: BinaryIO, out: BinaryIO) -> int:
+    """What `f` has from where it is to its end, to `out`; how many bytes that was."""
+    copied = 0
+    while chunk := f.read(65536):
+        out.write(chunk)
+        copied += len(chunk)
+    out.flush()
+    return copied
+
+
+class LogFollower:
+    """A log file followed by its name, as `tail -F` does, until the tree stops: the
+    actor's RotatingFile renames a full log to NAME.log.1 (.1 to .2 before it) and goes on in
+    a new NAME.log, so the file opened first stops growing for good.
+
+    Idle, it looks at the path once per poll (one stat): another file there (its inode
+    changed) is a rotation, and the old file's last lines are read before the new one from
+    its start, with any file rotated past in between (now NAME.log.1, when the old one is
+    .2), so no line is lost or repeated; the same file shorter than what was read was
+    truncated (by someone else: the tree only appends), and is read again from its start.
+    A path missing for a moment (between a rename and the new file) is waited for."""
+
+    def __init__(self, path: Path, out: BinaryIO) -> None:
+        self.path = path
+        self.out = out
+        self.file: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed by run)
+        self.held = identity(os.fstat(self.file.fileno()))  # which file self.file is
+        self.read = 0  # how far self.file has been read (kept: tell() is a system call)
+
+    def run(self, watch: TreeWatch) -> int:
+        """Follow until the tree stops, then write what it said last and end (EXIT_OK)."""
+        try:
+            while True:
+                self.read += copy_out(self.file, self.out)
+                stopped = watch.stopped(0.2)
+                self.check()  # (after the tree stopped too: its last lines may be in a new file)
+                if stopped:
+                    copy_out(self.file, self.out)
+                    return EXIT_OK
+        finally:
+            self.file.close()
+
+    def check(self) -> None:
+        """Go on to the file now at the path if it is another one; read again from the start
+        a file that was truncated."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return  # (rotated, and the new file not made yet: the old one still has its end)
+        if identity(now) == self.held:
+            if now.st_size < self.read:
+                print(f"moorage: {self.path} was truncated; following it from its start",
+                      file=sys.stderr, flush=True)
+                self.file.seek(0)
+                self.read = 0
+            return
+        try:
+            new: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (kept as self.file)
+        except FileNotFoundError:
+            return  # (gone again since the stat: looked at on the next poll)
+        new_id = identity(os.fstat(new.fileno()))
+        copy_out(self.file, self.out)  # the old file's last lines, then the ones between
+        for older in self.rotated_between(new_id):
+            with older:
+                copy_out(older, self.out)
+        self.file.close()
+        self.file, self.held, self.read = new, new_id, 0
+
+    def rotated_between(self, new_id: tuple[int, int]) -> list[BinaryIO]:
+        """The rotated files newer than the one held and older than the new one, opened,
+        oldest first: if the held file is now NAME.log.N, the files .N-1 down to .1 were
+        written after it (several rotations within one poll). Empty when the held file is
+        no longer among them (removed: which files came after it cannot be told)."""
+        found: list[BinaryIO] = []
+        n = 0
+        while True:
+            n += 1
+            try:
+                f: BinaryIO = open(f"{self.path}.{n}", "rb")  # noqa: SIM115 (closed by the caller)
+            except FileNotFoundError:
+                break
+            got = identity(os.fstat(f.fileno()))
+            if got == self.held:
+                f.close()
+                return found[::-1]
+            if got == new_id:
+                f.close()  # (rotated again since: read as the new file)
+            else:
+                found.append(f)
+        for f in found:
+            f.close()
+        return []
+
+
+def identity(st: os.stat_result) -> tuple[int, int]:
+    """A file, whatever its name now: its device and inode."""
+    return st.st_dev, st.st_ino
