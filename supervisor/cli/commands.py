@@ -329,7 +329,7 @@ def parser() -> argparse.ArgumentParser:
                    help="send FILE's bytes as an attachment (repeatable; - is stdin)")
     c.add_argument("--data", metavar="@FILE|TEXT",
                    help="the bytes argument `data`: a file's bytes (@FILE, @- for stdin) or "
-                   "TEXT as UTF-8")
+                   "TEXT as the command line gave its bytes")
     c.add_argument("--raw", action="store_true",
                    help="the reply's attachments to stdout as they are (the body to stderr)")
     c.add_argument("--out", metavar="FILE", help="the reply's attachments to FILE")
