@@ -3,7 +3,9 @@
 Order matters in the root: check that every socket path fits, take the instance lock, fork
 the zygote (before any thread exists), then create the ZeroMQ context by building the
 Supervisor actor. On the way out, whatever the way, the root removes what it left in the
-runtime dir: sockets, the connection file, the lock.
+runtime dir: sockets, the connection file, the records its actors kept for their successors,
+the lock. Those records are removed on the way in as well, and by `down`'s clean-up: a tree
+whose root was killed left them, and they name its sessions, which died with it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from moorage.actors.runtime.custody import custody_path
 from moorage.actors.runtime.logs import STATE_ENV, setup_logging
 from moorage.actors.runtime.process import resolve
 from moorage.actors.runtime.statefile import SUCCESSION
+from moorage.actors.terminal.specs import is_exec_record, remove_exec_records
 from moorage.protocol import endpoints
 from moorage.protocol.client.connection import read_connection_file
 from moorage.protocol.remote import LISTEN_FILE, remove_plan, unbindable, write_plan
@@ -119,16 +122,47 @@ def remove_stale_sockets(runtime_dir: Path, names: list[str]) -> list[str]:
     return gone
 
 
+def successor_records_left(runtime_dir: Path) -> bool:
+    """Are any of the records a tree's actors keep for their successors in `runtime_dir`?"""
+    try:
+        return (runtime_dir / SUCCESSION).is_dir() or any(
+            is_exec_record(name) for name in os.listdir(runtime_dir))
+    except OSError:
+        return False
+
+
+def remove_successor_records(runtime_dir: Path) -> list[str]:
+    """Remove what a tree's actors keep in `runtime_dir` for a successor within the tree's
+    life, and only a live tree may use; returns what went. With the instance lock held: no
+    process of a tree is left to read them, and what they name died with the tree that
+    wrote them. `succession/` (the terminal's session records: a new tree that read them
+    would start the dead tree's sessions again, their args run a second time; PROTOCOL: the
+    next tree starts none of them) and every actor's exec records (specs.ExecRecords)."""
+    gone = []
+    succession = runtime_dir / SUCCESSION
+    if succession.is_symlink():  # (not ours: rmtree refuses one; the link alone goes)
+        with contextlib.suppress(OSError):
+            succession.unlink()
+            gone.append(SUCCESSION)
+    elif succession.is_dir():
+        shutil.rmtree(succession, ignore_errors=True)
+        if not succession.exists():
+            gone.append(SUCCESSION)
+    return gone + remove_exec_records(runtime_dir)
+
+
 def remove_dead_tree(runtime_dir: Path) -> list[str]:
     """What a tree whose root died without its clean-up (SIGKILL) left in `runtime_dir`, as
     the next `up` would remove it: the sockets of the actors its connection file names, that
-    file, the listen plan, the lock. The lock is held meanwhile, so a live tree's files, or a
-    starting one's, are never touched (and after a clean stop, with none of them left, it is
-    not taken: an `up` meanwhile finds it free)."""
+    file, the listen plan, the records its actors kept for their successors, the lock. The
+    lock is held meanwhile, so a live tree's files, or a starting one's, are never touched
+    (and after a clean stop, with none of them left, it is not taken: an `up` meanwhile
+    finds it free)."""
     lock = runtime_dir / endpoints.LOCK_FILE
     had_lock = lock.exists()
     if not had_lock and not (runtime_dir / endpoints.CONNECTION_FILE).exists() \
-            and not (runtime_dir / LISTEN_FILE).exists():
+            and not (runtime_dir / LISTEN_FILE).exists() \
+            and not successor_records_left(runtime_dir):
         return []
     try:
         fd = lock_instance(runtime_dir)
@@ -147,6 +181,7 @@ def remove_dead_tree(runtime_dir: Path) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 (runtime_dir / name).unlink()
                 gone.append(name)
+        gone += remove_successor_records(runtime_dir)
         lock.unlink(missing_ok=True)
         if had_lock:
             gone.append(endpoints.LOCK_FILE)
@@ -194,9 +229,11 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
     """Run the tree in this process until it stops; returns the exit code and why it ended:
     when it gave up, the child and its last exit; when it could not say ready, why; when
     asked to stop, by what (a signal's name, or sys.stop); else "". Raises PathTooLong,
-    AlreadyRunning or Unbindable before anything starts. However it ends (a clean stop,
-    an escalation, an exception), it leaves no socket file, connection file or lock
-    behind; the kernel's PR_SET_PDEATHSIG takes every process it started with it."""
+    AlreadyRunning or Unbindable before anything starts. It starts from none of the records
+    a tree's actors keep for their successors (a killed tree's: its sessions died with it).
+    However it ends (a clean stop, an escalation, an exception), it leaves no socket file,
+    connection file, such record or lock behind; the kernel's PR_SET_PDEATHSIG takes every
+    process it started with it."""
     from moorage.supervisor.supervisor import Supervisor
 
     endpoints.check_socket_paths(runtime_dir, tree_names(spec),
@@ -207,6 +244,7 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         remove_stale_sockets(runtime_dir, tree_names(spec))
         remove_connection_file(runtime_dir)
         remove_plan(runtime_dir)
+        remove_successor_records(runtime_dir)
         planned = listen_plan(doc, tree_names(spec))
         if planned is not None:  # every actor binds its tcp endpoints by this (remote.py)
             taken = unbindable(planned[0])
@@ -233,8 +271,9 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         remove_connection_file(runtime_dir)
         remove_plan(runtime_dir)
         remove_stale_sockets(runtime_dir, tree_names(spec))
-        # the tree ended (not killed): what its actors kept for successors names nothing now
-        shutil.rmtree(runtime_dir / SUCCESSION, ignore_errors=True)
+        # the tree ended: what its actors kept for successors names nothing now (exec records
+        # too: an actor drops only those it wrote itself, not a killed predecessor's)
+        remove_successor_records(runtime_dir)
         with contextlib.suppress(OSError):
             (runtime_dir / endpoints.LOCK_FILE).unlink()
         os.close(lock_fd)

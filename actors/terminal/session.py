@@ -558,10 +558,14 @@ class Session:
         # Written down with the keeper before the command goes to the shell, so that a
         # successor of ours knows it is running and answers a resend of it (term.exec is
         # resumable: restore.py).
+        # (its start by the wall clock, which a successor shares, as its end: the duration
+        # it answers counts from here, not from its restore)
+        wall = time.time()
         self.meta["exec"] = {"sid": call.sid, "id": call.id, "command": command,
                              "sent_off": self.offset, "mode": mode,
                              "deadline_ms": call.deadline_ms,
-                             "ends_ms": int((time.time() + timeout_s) * 1000)}
+                             "started_ms": int(wall * 1000),
+                             "ends_ms": int((wall + timeout_s) * 1000)}
         if ex.until_marked:
             self.meta["exec"]["until_marked"] = True
         self.host.keeper_meta(self)
@@ -598,8 +602,12 @@ class Session:
 
     def resume_exec(self, call: Call, record: dict[str, Any]) -> None:
         """A predecessor's exec, from its record: it completes here as it would have there
-        (on the markers after `sent_off`, or by the mode's rule), answering `call`."""
+        (on the markers after `sent_off`, or by the mode's rule), answering `call` with its
+        whole duration (from its start there, by the wall clock)."""
         now = time.monotonic()
+        # (a record of an earlier version kept no start: the duration then counts from here)
+        begun = record.get("started_ms")
+        started = now - max(0.0, time.time() - begun / 1000) if type(begun) is int else now
         # (what is left of its time, not its time again: the predecessor ran it a while)
         ends = record.get("ends_ms")
         if isinstance(ends, int):
@@ -611,7 +619,7 @@ class Session:
             timeout_s = min(timeout_s, deadline / 1000 - time.time() - 0.1)
         timeout_s = max(0.0, timeout_s)
         ex = Exec(call, str(record.get("command", "")), str(record.get("mode", self.mode)),
-                  now, int(record["sent_off"]), now + timeout_s, now + self.host.detect_s,
+                  started, int(record["sent_off"]), now + timeout_s, now + self.host.detect_s,
                   sent=True, until_marked=record.get("until_marked") is True)
         self._run(ex)
 

@@ -226,6 +226,37 @@ class ExecRecords:
             self.drop(session)
 
 
+def is_exec_record(name: str) -> bool:
+    """Does `name`, an entry of a runtime dir, name an actor's exec record (`<actor>.exec.
+    <session>`)? An actor's id has no dot (supervisor.spec), so the first `.exec.` after a
+    name without one says so, whichever actor of whichever tree wrote it."""
+    actor, sep, session = name.partition(_RECORD_PREFIX)
+    return bool(sep and actor and session and "." not in actor)
+
+
+def remove_exec_records(directory: Path) -> list[str]:
+    """Remove every actor's exec records in `directory` (a runtime dir), whoever wrote them;
+    returns their names. For the root alone, with the instance lock held: no live actor then
+    writes or reads them, and the sessions and calls they name died with the tree that made
+    them. A terminal drops only the records it wrote itself (`clear`), or those of sessions
+    it has no record of once it has settled (`prune`): those of a killed predecessor, or of
+    an actor the next tree does not have, would stay for good."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    gone = []
+    for entry in entries:
+        try:
+            if not (is_exec_record(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        gone.append(entry.name)
+    return sorted(gone)
+
+
 def exec_call(record: Any) -> Call | None:
     """The call of a session's exec record (its meta's "exec" or "exec_ran")."""
     return (record["sid"], record["id"]) if record else None
