@@ -63,7 +63,9 @@ integration). A shell that exits before its first prompt counts as failed. Sessi
 recorded in `<runtime_dir>/succession/<name>.sessions`, so that a successor can tell that the
 keeper lost them (died, or was stopped with the actor: a restart by hand of their supervisor),
 alert, and start each once more (seed 1.2: Terminal Critical, recreate, alert, 1 retry); the
-root removes the records when the tree stops.
+root removes the records when the tree stops. A close is recorded there too
+(`<name>.closed`) until a keeper confirms it: a close lost with a keeper that died or hung is
+sent again, and the session is never restored, whoever dies (keeper_client.Tombstones).
 Output is parsed by the parser actor (`parse.feed` with absolute offsets), or in this
 process with the same library when that actor is down or its breaker is open, or not at all
 (raw output) when that fails too: parsehop.py. Pressure (sys.pressure): high and
@@ -104,7 +106,7 @@ from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.runtime.signals import parse_signal
 from moorage.actors.runtime.statefile import succession_dir
-from moorage.actors.terminal.keeper_client import FDS_WAIT_S, KeeperClient
+from moorage.actors.terminal.keeper_client import FDS_WAIT_S, KeeperClient, Tombstones
 from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.parsehop import ParserLink
 from moorage.actors.terminal.restore import Creation, base_env, reconcile, restore
@@ -210,13 +212,24 @@ class TerminalActor(Actor):
                                self.loop.call_later,
                                lambda body: self.publisher.publish("term.alert", body))
         self.execs = ExecRecords(self.runtime_dir, self.name)
+        # closed sessions whose close no keeper has confirmed yet (keeper_client.py)
+        tombstones = Tombstones(succession_dir(self.runtime_dir) / f"{self.name}.closed",
+                                self.loop.defer)
+        for sid in list(self.specs.specs):
+            spec = self.specs.specs[sid]
+            if isinstance(spec, dict) and tombstones.names(sid, spec.get("pid"),
+                                                           spec.get("started")):
+                # (a predecessor died between the two writes of a close: the record of a
+                # closed session, which no one is to restore or start again)
+                self.specs.drop(sid)
         # What pressure made us drop, for sys.info (`shed`, the runtime's, counts requests).
         self.pressure_shed: Counter[str] = Counter()
         self._ticking: set[Session] = set()
         self._tick_timer: Timer | None = None
         self._ready_callback: Callable[[], None] | None = None
         self.keeper = KeeperClient(
-            self.loop, self.keeper_path, self.sessions, resume_wait_s=self.resume_wait_s,
+            self.loop, self.keeper_path, self.sessions, tombstones=tombstones,
+            resume_wait_s=self.resume_wait_s,
             stopping=lambda: self.stopping,
             on_restore=lambda e, master, ring: restore(self, e, master, ring),
             on_welcome=lambda entries, settled: reconcile(self, entries, settled),
@@ -263,6 +276,10 @@ class TerminalActor(Actor):
                 # held by the keeper, their PTYs not come here yet (out of descriptors):
                 # asked for again, ops on them answer `unavailable` meanwhile
                 "sessions_unavailable": sorted(self.keeper.unavailable),
+                # closed here, their close not confirmed by a keeper yet (keeper_client.py);
+                # closed again when a keeper named them after the close was lost
+                "closes_unconfirmed": sorted(self.keeper.tombstones.closed),
+                "closed_again": self.keeper.closed_again,
                 "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
                 "exec_records_failed": self.execs.failed,
                 "session_records": self.specs.info(),
@@ -485,9 +502,12 @@ class TerminalActor(Actor):
         s = self.sessions.pop(sid, None)
         if s is not None:  # (first: failing its exec writes the session's records again)
             s.close(WireError.of("shell_exited", f"session {sid} was closed ({reason})"))
+        # Its tombstone before its record goes: a successor of ours that found neither would
+        # restore the shell the keeper's custody still holds, should this close be lost.
+        self.keeper.close_session(sid, s.pid if s is not None else None,
+                                  s.started if s is not None else None)
         self.specs.drop(sid)
         self.execs.drop(sid)
-        self.keeper.request({"t": "close", "s": sid}, lambda _r, _e: None)
         self.publisher.publish("term.session", {"session": sid, "event": "closed",
                                                 "reason": reason})
         # Each topic's retention (up to retention_bytes) would stay for the actor's life:

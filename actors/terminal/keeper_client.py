@@ -16,7 +16,14 @@ of the two processes dies:
   welcome, and sends the sessions that come with the answer later (`custody`): until then no
   other session is taken for lost;
 - a new keeper (its predecessor died) gets from us, with `adopt`, every session we hold that it
-  does not: master, ring, the shell's pid, the actor's state.
+  does not: master, ring, the shell's pid, the actor's state;
+- a session closed here stays closed: a `close` sent to a keeper that dies (or hangs, and is
+  killed) before it answers is lost with it, while the supervisor's custody still holds the
+  PTY and hands it to the next keeper, which names it in its welcome. So each close leaves a
+  tombstone (`Tombstones`, on disk beside the session records: a successor of ours needs it
+  too) until a keeper answers it; a tombstoned session a keeper names is closed again, never
+  restored, and the tombstone goes once a keeper confirms the close, names another shell
+  under that id, or holds no such session (its custody answer in).
 While no keeper is connected the sessions stay as they are (the shells block once the PTY's
 buffer is full: nothing is read, nothing is lost), execs in flight go on waiting, and ops that
 need the keeper wait for it (`when_ready`).
@@ -45,11 +52,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from loguru import logger
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.custody import close_all
 from moorage.actors.runtime.signals import parse_signal
+from moorage.actors.runtime.statefile import write_atomic
 from moorage.actors.terminal.keeper.ptys import drop_unread_input
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
 from moorage.actors.terminal.ring import RingError, SessionRing
@@ -77,6 +86,72 @@ def _nothing() -> None:
     pass
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+class Tombstones:
+    """The sessions closed here whose close no keeper has confirmed yet: by id, the shell
+    that was closed (pid, start time), so that a session made again under the same id is
+    never taken for it. On disk (msgpack, 0600), written before the close is answered: a
+    successor of this actor, which may get the shell back from the keeper's custody, must
+    know it was closed. Those a keeper confirms go in one write a loop turn (`defer`); a
+    write that fails is logged and counted (`failed`), and what is in memory still serves
+    until the next write lands."""
+
+    def __init__(self, path: Path, defer: Callable[[Callable[[], None]], Any]) -> None:
+        self.path = path
+        self.defer = defer
+        self.closed: dict[str, dict[str, int | None]] = {}
+        self.failed = 0  # writes that failed, over the actor's life
+        self._save_armed = False
+        try:
+            loaded = msgpack.unpackb(path.read_bytes())
+        except FileNotFoundError:
+            loaded = {}
+        except Exception as exc:
+            logger.warning("closed-session records {} unreadable, ignored: {}", path, exc)
+            loaded = {}
+        if isinstance(loaded, dict):
+            self.closed = {sid: {"pid": _int_or_none(v.get("pid")),
+                                 "started": _int_or_none(v.get("started"))}
+                           for sid, v in loaded.items()
+                           if isinstance(sid, str) and isinstance(v, dict)}
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self.closed
+
+    def add(self, sid: str, pid: int | None, started: int | None) -> None:
+        self.closed[sid] = {"pid": pid or None, "started": started}
+        self._save()
+
+    def drop(self, sid: str) -> None:
+        if self.closed.pop(sid, None) is not None and not self._save_armed:
+            self._save_armed = True
+            self.defer(self._save)
+
+    def names(self, sid: str, pid: Any, started: Any) -> bool:
+        """Whether the session `sid` with this shell (pid, start time: either unknown
+        matches) is the one closed here."""
+        t = self.closed.get(sid)
+        if t is None:
+            return False
+        return (t["pid"] is None or pid is None or t["pid"] == pid) and (
+            t["started"] is None or started is None or t["started"] == started)
+
+    def _save(self) -> None:
+        self._save_armed = False
+        try:
+            if self.closed:
+                write_atomic(self.path, msgpack.packb(self.closed, use_bin_type=True))
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            self.failed += 1
+            logger.error("closed-session records {} not saved: {}; a successor of this actor "
+                         "may restore a session closed here", self.path, exc)
+
+
 class KeeperClient:
     """The link to the keeper, its messages, and the acks, for the sessions the actor holds.
 
@@ -90,7 +165,7 @@ class KeeperClient:
     whether to stop reconnecting."""
 
     def __init__(self, loop: Loop, path: Path, sessions: dict[str, Session], *,
-                 resume_wait_s: float, stopping: Callable[[], bool],
+                 tombstones: Tombstones, resume_wait_s: float, stopping: Callable[[], bool],
                  on_restore: Callable[[dict[str, Any], int, SessionRing], None],
                  on_welcome: Callable[[list[dict[str, Any]], bool], None],
                  on_ready: Callable[[], None],
@@ -114,6 +189,9 @@ class KeeperClient:
         self.pid: int | None = None
         self.connections = 0  # links made: more than one means a keeper (or we) restarted
         self.adopted = 0  # sessions handed to a keeper that had lost them (its predecessor's)
+        self.tombstones = tombstones  # sessions closed here, their close not confirmed yet
+        self._closing: dict[str, Link] = {}  # session -> the link its `close` is waiting on
+        self.closed_again = 0  # closed sessions a keeper named again, and closed again
         self._waiting: dict[int, KeeperCallback] = {}
         self._asking: dict[str, int] = {}  # session -> `pass` asked so far (ask_copies)
         self._next_r = 1
@@ -226,6 +304,63 @@ class KeeperClient:
             return
         self._send(msg, cb)
 
+    def close_session(self, sid: str, pid: int | None, started: int | None) -> None:
+        """End a session in the keeper for good: its tombstone first (on disk), then
+        `close`; should the keeper not answer it (it dies, or hangs and is killed, with the
+        close unread), the next welcome that names the session has it closed again."""
+        self.tombstones.add(sid, pid, started)
+        self._send_close(sid)
+
+    def _send_close(self, sid: str) -> None:
+        """`close` a tombstoned session, unless one is on its way on this link already
+        (welcomed or not yet: the keeper answers a hello first, then this)."""
+        link = self.link
+        if link is None or self._closing.get(sid) is link:
+            return
+        self._closing[sid] = link
+        self._send({"t": "close", "s": sid}, lambda _r, err: self._close_answered(sid, link, err))
+
+    def _close_answered(self, sid: str, link: Link, err: WireError | None) -> None:
+        """A keeper's answer to a tombstoned session's `close`: `ok` confirms it (the
+        keeper kills what is left at the grace's end, or its successor does); so does
+        `session_not_found` from a keeper that has its custody's answer (it holds no such
+        session, and none will come to it). Anything else (the link lost), and a keeper
+        still waiting for its custody, leave the tombstone for the next welcome, or for
+        that answer."""
+        if self._closing.get(sid) is link:
+            del self._closing[sid]
+        if err is None or (err.name == "session_not_found" and link is self.link
+                           and not self.custody_pending):
+            self.tombstones.drop(sid)
+
+    def _less_closed(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A welcome's (or `custody`'s) entries less the sessions closed here: each that
+        is the very shell a tombstone names is closed again, not restored; a tombstone
+        whose id the keeper holds with another shell (made again under it) goes."""
+        if not self.tombstones.closed:
+            return entries
+        kept = []
+        for e in entries:
+            sid = e["s"]
+            if sid in self.tombstones and sid not in self.sessions:
+                if self.tombstones.names(sid, e.get("pid"), e.get("started")):
+                    logger.warning("session {}: closed here, but the keeper holds it still "
+                                   "(its close was lost with a keeper): closed again", sid)
+                    self.closed_again += 1
+                    self._send_close(sid)
+                    continue
+                self.tombstones.drop(sid)
+            kept.append(e)
+        return kept
+
+    def _unheld_closed(self) -> None:
+        """The keeper's whole list is in (its custody answered): a tombstone whose session
+        it did not name, whose close is not on its way, is of a session no keeper holds."""
+        for sid in [sid for sid in self.tombstones.closed
+                    if self.link is None or self._closing.get(sid) is not self.link]:
+            logger.info("session {}: closed here, and held by no keeper", sid)
+            self.tombstones.drop(sid)
+
     def _send(self, msg: dict[str, Any], cb: KeeperCallback) -> None:
         """A request on the link, welcomed or not yet (the welcome's own business)."""
         assert self.link is not None
@@ -331,7 +466,9 @@ class KeeperClient:
     def _k_welcome(self, msg: dict[str, Any]) -> None:
         self.pid = msg.get("pid")
         self.custody_pending = bool(msg.get("custody"))
-        entries = msg.get("sessions", [])
+        entries = self._less_closed(msg.get("sessions", []))
+        if not self.custody_pending:
+            self._unheld_closed()
         self._told = list(entries)
         held = {e["s"]: e for e in entries}
         for s in self.sessions.values():
@@ -352,7 +489,7 @@ class KeeperClient:
         if not self.welcomed:  # (the welcome's fds are still awaited: it comes after them)
             self._late = msg
             return
-        entries = msg.get("sessions", [])
+        entries = self._less_closed(msg.get("sessions", []))
         self._told.extend(entries)
         for e in entries:
             s = self.sessions.get(e["s"])
@@ -695,6 +832,7 @@ class KeeperClient:
 
     def _settle(self) -> None:
         self.custody_pending = False
+        self._unheld_closed()
         self._tell_welcome(True)
         self._release(self._until_settled)
 

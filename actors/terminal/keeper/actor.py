@@ -36,6 +36,11 @@ terminal actor connected at a time; the PTY side is ptys.py. The keeper
   SIGKILLs whatever is left in their sessions and reaps; a session closed by the terminal
   (`close`) gets `close_grace_ms`; if its supervisor is gone (the tree died under it), it kills
   every session outright before it follows (no job that ignores SIGHUP survives the tree).
+  A closed session's entry in custody becomes a `closing` record until its grace is over
+  (CLOSING_KEY: the shell's pid and start time, and when the grace ends; no descriptor, so
+  the PTY hangs up): a keeper that dies within the grace leaves the kill to its successor,
+  which takes the record with the sessions, kills what is left of that session (if the pid
+  is still that process, by its start time) when the grace ends, and drops the record.
 
 Config: window_bytes (1 MiB), scrollback_bytes (2 MiB: the ring holds this much before the
 window, unless the terminal's `create` asks for another size), input_limit_bytes (16 MiB),
@@ -86,6 +91,7 @@ from moorage.actors.terminal.keeper.ptys import (
     PtySession,
     drop_unread_input,
     foreground_group,
+    kill_session,
     process_start,
 )
 from moorage.actors.terminal.keeper.spawn import SpawnError, set_winsize, spawn_on_pty, winsize
@@ -96,6 +102,7 @@ from moorage.protocol.errors import Category, WireError
 
 HELLO_WAIT_S = 2.0  # a new connection's first message, the hello, within this
 CUSTODY_WAIT_S = 2.0  # what the supervisor holds, before the terminal is let in (default)
+CLOSING_KEY = "closing:"  # + the shell's pid: a closed session's record in custody (`closing`)
 # (and CUSTODY_GIVE_UP_S, link.py, the default and the most of custody_give_up_ms: after it,
 # the terminal settles its sessions without what did not come; a supervisor that never
 # answers must not leave them unsettled for ever)
@@ -112,6 +119,21 @@ HELD = Named("held", {
     "s": str, "pid": int, "started": int | None, "tty": str, "cols": int, "rows": int,
     "read": int, "acked": int, "base": int, "paused": bool, "pending": int, "adopted": bool,
     "exited": OneOf({"code": int | None, "signal": int | None}, None)})
+
+
+def closing_key(pid: int) -> str:
+    """The custody key of a closed session's `closing` record: by its shell's pid (no two
+    live sessions have one, and a session id may be used again within the grace)."""
+    return f"{CLOSING_KEY}{pid}"
+
+
+def kill_closed(record: dict[str, Any]) -> int:
+    """SIGKILL what is left of a closed session a `closing` record names: only while its pid
+    is still that shell (its start time), or is no process at all and its jobs are left (no
+    new process gets a pid that is a live session's id); a record without the start time
+    kills only such jobs."""
+    started = record.get("started")
+    return kill_session(record["pid"], leader_reaped=started is None, started=started)
 
 
 class PtyKeeper(Actor):
@@ -174,6 +196,10 @@ class PtyKeeper(Actor):
                          exit_status=self._exit_status)
         self.ptys.backlogged = lambda: self.link is not None and bool(self.link.out)
         self.in_grace: set[PtySession] = set()  # closed, `close_grace` not over yet
+        # closed by a predecessor that died within their grace (their `closing` records in
+        # custody, by key): what is left of each is killed here when the grace ends
+        self.closes_inherited: dict[str, dict[str, Any]] = {}
+        self.closes_finished = 0  # such closes this keeper finished, over its life
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "hello": self._m_hello, "create": self._m_create, "write": self._m_write,
             "resize": self._m_resize, "signal": self._m_signal, "close": self._m_close,
@@ -239,6 +265,9 @@ class PtyKeeper(Actor):
                 "custody": self.custody is not None and not self.custody.out.broken,
                 "custody_pending": self.custody_pending, "custody_late": self.custody_late,
                 "creates_queued": len(self._creates),
+                # closed sessions whose grace is not over: ours, and a predecessor's
+                "closes_pending": len(self.in_grace) + len(self.closes_inherited),
+                "closes_finished": self.closes_finished,
                 # what waits for the terminal to read: bytes, and sessions whose word of new
                 # output waits for those to go (Ptys.deferred)
                 "link_queued_bytes": self.link.out_bytes if self.link is not None else 0,
@@ -286,11 +315,17 @@ class PtyKeeper(Actor):
             if s.pidfd is not None:
                 with contextlib.suppress(OSError):
                     os.close(s.pidfd)
+        # (the `closing` records stay in custody: a successor finds nothing left of them, and
+        # one whose kill this stop did not get to is finished by it)
+        for record in self.closes_inherited.values():
+            kill_closed(record)
 
     def _kill_everything(self) -> None:
         """The tree is gone from under us (our supervisor died): no session may outlive it."""
         for s in self._every_session():
             s.kill_left()
+        for record in self.closes_inherited.values():
+            kill_closed(record)
 
     def _every_session(self) -> list[PtySession]:
         """Held, closing, or closed within its grace: whatever may still have processes."""
@@ -464,7 +499,13 @@ class PtyKeeper(Actor):
 
     def _from_custody(self, sid: str, info: dict[str, Any], fds: list[int]) -> None:
         """A session our predecessor left with the supervisor (both it and the terminal
-        actor may have died since)."""
+        actor may have died since), or a session it closed whose grace may not be over."""
+        if "closing" in info:
+            # (taken in whenever it comes, after a custody given up too: a close is never
+            # undone, and what is left of the session dies at the grace's end)
+            close_all(fds)
+            self._inherit_close(sid, info["closing"])
+            return
         if len(fds) != 2:
             close_all(fds)
             logger.warning("session {}: custody gave {} descriptors, not 2", sid, len(fds))
@@ -723,12 +764,19 @@ class PtyKeeper(Actor):
         self._tell({"t": "ok", "r": msg.get("r"), "s": s.id, "pgid": pgid, "sig": sig})
 
     def _m_close(self, msg: dict[str, Any]) -> None:
+        """Hang the session up; `close_grace` later, kill what is left of it. Its entry in
+        custody becomes a `closing` record meanwhile (first: the supervisor holds one or
+        the other at every moment), without the master (the PTY must hang up): should we
+        die within the grace, our successor does the kill."""
         s = self._session(msg)
         if s is None:
             return
         del self.sessions[s.id]
         self.ptys.hangup(s)
         if self.custody is not None:
+            until = time.monotonic() + self.close_grace  # (CLOCK_MONOTONIC: the machine's)
+            self.custody.keep(closing_key(s.pid), {"closing": {
+                "s": s.id, "pid": s.pid, "started": s.started, "until": until}}, [])
             self.custody.drop(s.id)
             if self.custody_pending:
                 self._gone_pending.add(s.id)
@@ -743,6 +791,40 @@ class PtyKeeper(Actor):
         self.ptys.finish_closed(s)
         if s.status is not None:
             self.ptys.closing.pop(s.pid, None)
+        if self.custody is not None:
+            self.custody.drop(closing_key(s.pid))
+
+    def _inherit_close(self, key: str, record: Any) -> None:
+        """A `closing` record a predecessor left in custody: what is left of that session is
+        killed when its grace ends (at once if it is over), then the record dropped."""
+        try:
+            pid, until = int(record["pid"]), float(record["until"])
+            started = record.get("started")
+            started = None if started is None else int(started)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            logger.warning("custody: closing record {} unreadable ({}); dropped", key, exc)
+            if self.custody is not None:
+                self.custody.drop(key)
+            return
+        if key in self.closes_inherited:
+            return
+        self.closes_inherited[key] = {"s": record.get("s"), "pid": pid, "started": started}
+        # (at most our own grace: a record that says later is not to keep a shell for ever)
+        left = min(max(0.0, until - time.monotonic()), self.close_grace)
+        logger.info("session {}: closed by the last keeper, its grace over in {:.1f} s; what "
+                    "is left of it is killed then", record.get("s"), left)
+        self.loop.call_later(left, lambda: self._finish_inherited(key))
+
+    def _finish_inherited(self, key: str) -> None:
+        record = self.closes_inherited.pop(key, None)
+        if record is None:
+            return
+        killed = kill_closed(record)
+        self.closes_finished += 1
+        logger.info("session {}: its close finished ({} process(es) left of it killed)",
+                    record["s"], killed)
+        if self.custody is not None:
+            self.custody.drop(key)
 
     def _m_ack(self, msg: dict[str, Any]) -> None:
         s = self.sessions.get(msg["s"])
