@@ -9,6 +9,7 @@ itself and what it sent meanwhile waits in its queue. The runtime dir is on tmpf
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def runtime_dir(instance: str | None = None, env: Mapping[str, str] | None = Non
     env = os.environ if env is None else env
     if instance is None and env.get("MOORAGE_RUNTIME_DIR"):
         return Path(os.path.abspath(env["MOORAGE_RUNTIME_DIR"]))
-    name = check_instance(instance or DEFAULT_INSTANCE)
+    name = check_instance(instance if instance is not None else DEFAULT_INSTANCE)
     base = xdg_dir(env, "XDG_RUNTIME_DIR")
     if base:
         return Path(base) / "moorage" / name
@@ -91,17 +92,66 @@ def make_private_dirs(path: Path) -> Path:
     return path
 
 
+def private_dirs(path: Path) -> list[Path]:
+    """The directories whose owner decides who reaches an instance in `path`: `path`, and its
+    parent when that is moorage's own (named `moorage...`: `$XDG_RUNTIME_DIR/moorage`,
+    `/tmp/moorage-<uid>`), whose owner could rename `path` away and put another there."""
+    parent = path.parent
+    return [path, parent] if parent != path and parent.name.startswith("moorage") else [path]
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and a private parent) with mode 0700; refuse one owned by someone else."""
     make_private_dirs(path)
-    for p in (path, path.parent):
-        st = p.stat()
-        if p == path or p.name.startswith("moorage"):
-            if st.st_uid != os.getuid():
-                raise PermissionError(f"{p} is owned by uid {st.st_uid}, not {os.getuid()}")
-            if st.st_mode & 0o077:
-                os.chmod(p, 0o700)
+    for p in private_dirs(path):
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):  # (a client would refuse it: check_private_dir)
+            raise PermissionError(f"{p} is a symbolic link: give the directory it names")
+        if st.st_uid != os.getuid():
+            raise PermissionError(f"{p} is owned by uid {st.st_uid}, not {os.getuid()}")
+        if st.st_mode & 0o077:
+            os.chmod(p, 0o700)
     return path
+
+
+class NotPrivate(PermissionError):
+    """A runtime dir a client must not trust: its lock, connection file and sockets may be
+    another user's (PROTOCOL.md section 2)."""
+
+
+FILE_TYPES = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO",
+              stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory",
+              stat.S_IFREG: "a regular file"}
+
+
+def file_type(mode: int) -> str:
+    return FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def check_private_dir(path: Path) -> None:
+    """Read-only, for a client about to trust what `path` holds: each of `private_dirs(path)`
+    must be a directory (not a symbolic link, which is not followed) owned by this user that
+    no group or other can write, else NotPrivate naming it, its owner and its mode. (Another
+    local user who made `/tmp/moorage-<uid>/NAME` first would otherwise be sent every call.)
+    FileNotFoundError or NotADirectoryError when there is no such directory. `moorage up`
+    makes them so (`ensure_private_dir`)."""
+    uid = os.getuid()
+    for p in private_dirs(path):
+        st = os.lstat(p)
+        mode, owner = stat.S_IMODE(st.st_mode), st.st_uid
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotPrivate(f"{p} is {file_type(st.st_mode)} (owner uid {owner}, mode "
+                             f"{mode:04o}), not a directory: a client does not follow one to "
+                             "find an instance")
+        if owner != uid:
+            raise NotPrivate(f"{p} (mode {mode:04o}) is owned by uid {owner}, not by this "
+                             f"user (uid {uid}): another user may have made it to be sent "
+                             "this user's calls; remove it, or use another instance")
+        if mode & 0o022:
+            raise NotPrivate(f"{p} (owner uid {owner}, mode {mode:04o}) can be written by "
+                             "group or others, who could put a lock and sockets of theirs "
+                             f"there; chmod 700 {p}")
 
 
 def rpc(rdir: Path | str, name: str) -> str:

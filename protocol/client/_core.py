@@ -58,7 +58,7 @@ import zmq
 from moorage.protocol import endpoints, limits
 from moorage.protocol.client._known_ops import SCHEMA_IDEMPOTENT
 from moorage.protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
-from moorage.protocol.client.connection import Connection, locate
+from moorage.protocol.client.connection import Connection, check_runtime_dir, locate
 from moorage.protocol.envelope import Reply, encode_request, pin_request
 from moorage.protocol.errors import MoorageError, WireError
 from moorage.protocol.recovery import (
@@ -442,13 +442,14 @@ class ClientCore:
         # endpoints its connection file names, and never looks for a local tree.
         self.remote = remote
         # Given a directory, the client connects there whatever runs (a tree may come up
-        # later); given an instance (or nothing), it finds the running tree or raises
-        # `not_running` now (connection.py).
+        # later), unless it is one this user must not trust (`forbidden`); given an instance
+        # (or nothing), it finds the running tree or raises `not_running` now (connection.py).
         self.connection: Connection | None = None
         if remote is not None:
             self.runtime_dir = Path(remote.runtime_dir or ".")  # the tree's, on its host
         elif runtime_dir:
             self.runtime_dir = Path(runtime_dir)
+            check_runtime_dir(self.runtime_dir)
         else:
             self.connection = locate(instance)
             self.runtime_dir = self.connection.runtime_dir

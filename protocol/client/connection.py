@@ -7,6 +7,12 @@ ready line said, plus the root's epoch. A client given an instance name reads bo
 tree running (the lock free) it raises `not_running` at once instead of waiting for a reply
 that cannot come. A tree still starting (lock held, no file yet) is connected to at its runtime
 dir: ZeroMQ queues the requests until the sockets are bound.
+
+Before it trusts any of it, a client checks the runtime dir (`check_runtime_dir`): another
+local user who made it first (`/tmp/moorage-<uid>/NAME`, where there is no XDG_RUNTIME_DIR)
+would serve a lock, a connection file and sockets of theirs and be sent every call. The lock is
+opened without blocking or following a link, and must be a regular file of this user's: a FIFO
+named `lock` would otherwise hang every command, `down` too. Refused: `forbidden`, at once.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +35,53 @@ def not_running(message: str) -> MoorageError:
     return MoorageError(WireError.of("not_running", message))
 
 
+def forbidden(message: str) -> MoorageError:
+    return MoorageError(WireError.of("forbidden", message))
+
+
+def check_runtime_dir(runtime_dir: Path) -> bool:
+    """Whether there is a runtime dir at `runtime_dir`; `forbidden` if there is one this user
+    must not trust (endpoints.check_private_dir: another's, writable by others, a link)."""
+    try:
+        endpoints.check_private_dir(runtime_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except endpoints.NotPrivate as exc:
+        raise forbidden(f"refusing the runtime dir: {exc}") from None
+    return True
+
+
+def open_lock(path: Path) -> int | None:
+    """The instance lock open for reading, None if there is none; `forbidden` if it is not a
+    regular file of this user's. Never blocks: a FIFO opens at once, and is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:  # a symbolic link (ELOOP), a socket (ENXIO), ...
+        try:
+            what = endpoints.file_type(os.lstat(path).st_mode)
+        except OSError:
+            what = "unreadable"
+        raise forbidden(f"refusing the instance lock {path}: it is {what} "
+                        f"({exc.strerror}); a tree's lock is a regular file") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise forbidden(f"refusing the instance lock {path}: it is "
+                        f"{endpoints.file_type(st.st_mode)} owned by uid {st.st_uid} (mode "
+                        f"{stat.S_IMODE(st.st_mode):04o}); a tree's lock is a regular file "
+                        f"of this user's (uid {os.getuid()})")
+    return fd
+
+
 def tree_pid(runtime_dir: Path) -> int | None:
     """The root's pid if a live tree holds the instance lock (-1 if it has not written its
-    pid yet), else None."""
-    try:
-        fd = os.open(runtime_dir / endpoints.LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
+    pid yet), else None; `forbidden` for a runtime dir or a lock this user must not trust."""
+    if not check_runtime_dir(runtime_dir):
+        return None
+    fd = open_lock(runtime_dir / endpoints.LOCK_FILE)
+    if fd is None:
         return None
     try:
         try:

@@ -52,6 +52,9 @@ class CliError(Exception):
 
 
 def need_tree(runtime_dir: Path) -> int:
+    """The live tree's root pid, or exit 4. A runtime dir or lock this user must not trust
+    (another's, open to others, a link, a FIFO) is `forbidden` from tree_pid: exit 2, before
+    any command sends anything there."""
     pid = tree_pid(runtime_dir)
     if pid is None:
         raise CliError(f"no moorage tree is running in {runtime_dir}; start one with "

@@ -40,20 +40,127 @@ extern "C" {
 const LOCK_SH: i32 = 1;
 const LOCK_NB: i32 = 4;
 
+fn file_type(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn missing(e: &std::io::Error) -> bool {
+    const ENOTDIR: i32 = 20; // (the same on Linux and the BSDs)
+    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(ENOTDIR)
+}
+
+/// Is there a runtime directory at `dir`, one this user may trust? `dir`, and its parent when
+/// that is moorage's own (`$XDG_RUNTIME_DIR/moorage`, `/tmp/moorage-<uid>`), must each be a
+/// directory (not a symbolic link) owned by this user that no group or other can write:
+/// another local user who made it first would otherwise serve a lock, a connection file and
+/// sockets of theirs, and be sent every call (PROTOCOL.md section 2). Ok(false) when there is
+/// none; Err naming the path, its owner and its mode when it is not to be trusted.
+pub fn check_runtime_dir(dir: &Path) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc_getuid() };
+    let mut dirs = vec![dir];
+    if let Some(parent) = dir.parent() {
+        if parent.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("moorage")) {
+            dirs.push(parent);
+        }
+    }
+    for p in dirs {
+        let meta = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) if missing(&e) => return Ok(false),
+            Err(e) => return Err(format!("refusing the runtime dir: {}: {e}", p.display())),
+        };
+        let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+        if !meta.file_type().is_dir() {
+            return Err(format!("refusing the runtime dir: {} is {} (owner uid {owner}, mode {mode:04o}), not a \
+                directory: a client does not follow one to find an instance", p.display(), file_type(meta.file_type())));
+        }
+        if owner != uid {
+            return Err(format!("refusing the runtime dir: {} (mode {mode:04o}) is owned by uid {owner}, not by this \
+                user (uid {uid}): another user may have made it to be sent this user's calls; remove it, or use \
+                another instance", p.display()));
+        }
+        if mode & 0o022 != 0 {
+            return Err(format!("refusing the runtime dir: {} (owner uid {owner}, mode {mode:04o}) can be written by \
+                group or others, who could put a lock and sockets of theirs there; chmod 700 {}", p.display(), p.display()));
+        }
+    }
+    Ok(true)
+}
+
+/// `dir/lock` open for reading, None when there is none; Err when it is not a regular file of
+/// this user's, or cannot be opened. Looked at (lstat) before it is opened, so a FIFO named
+/// `lock`, whose open would wait for a writer for good, or a link, is never opened: in a
+/// directory `check_runtime_dir` passed, no one else can put another file there meanwhile.
+pub fn open_lock(dir: &Path) -> Result<Option<std::fs::File>, String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc_getuid() };
+    let path = dir.join(LOCK_FILE);
+    let refuse = |meta: &std::fs::Metadata| format!(
+        "refusing the instance lock {}: it is {} owned by uid {} (mode {:04o}); a tree's lock is a regular file \
+        of this user's (uid {uid})", path.display(), file_type(meta.file_type()), meta.uid(), meta.mode() & 0o7777);
+    let seen = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if missing(&e) => return Ok(None),
+        Err(e) => return Err(format!("refusing the instance lock {}: {e}", path.display())),
+    };
+    if !seen.file_type().is_file() || seen.uid() != uid {
+        return Err(refuse(&seen));
+    }
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if missing(&e) => return Ok(None), // (removed meanwhile: its tree stopped)
+        Err(e) => return Err(format!("refusing the instance lock {}: {e}", path.display())),
+    };
+    let opened = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    if !opened.file_type().is_file() || opened.uid() != uid {
+        return Err(refuse(&opened));
+    }
+    Ok(Some(file))
+}
+
 /// Does a tree run in `dir`? Its root holds an exclusive flock on `dir/lock` for as long as it
 /// lives (the kernel drops it however the root ends), so a shared one that can be had, or no
-/// lock file, means none does. A lock that cannot be looked at counts as held: the client then
-/// connects, as it does to a tree still starting.
+/// lock file, means none does. A runtime dir or a lock this user must not trust
+/// (`check_runtime_dir`, `open_lock`: another's, open to others, a link, a FIFO) counts as no
+/// tree: nothing is sent there, and `trusted_tree_running` says why.
 pub fn tree_running(dir: &Path) -> bool {
+    trusted_tree_running(dir).unwrap_or(false)
+}
+
+/// `tree_running`, with Err (the path, its owner and its mode) for a runtime dir or a lock this
+/// user must not trust.
+pub fn trusted_tree_running(dir: &Path) -> Result<bool, String> {
     use std::os::unix::io::AsRawFd;
-    let file = match std::fs::File::open(dir.join(LOCK_FILE)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || !dir.is_dir() => return false,
-        Err(_) => return true,
+    if !check_runtime_dir(dir)? {
+        return Ok(false);
+    }
+    let file = match open_lock(dir)? {
+        Some(f) => f,
+        None => return Ok(false),
     };
     // SAFETY: the descriptor is open for the call; the shared lock, if taken, goes with the
     // file when it is dropped here.
-    unsafe { libc_flock(file.as_raw_fd(), LOCK_SH | LOCK_NB) != 0 }
+    Ok(unsafe { libc_flock(file.as_raw_fd(), LOCK_SH | LOCK_NB) != 0 })
 }
 
 /// The endpoints of the tree in `dir`.
@@ -280,6 +387,121 @@ mod tests {
             assert!(err.contains("metrics.in"), "{name}: {err}");
             std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
         }
+    }
+
+    /// A directory of this test's own (0700, this user's), made afresh and removed with
+    /// everything in it when the test ends, passed or failed.
+    struct Private(PathBuf);
+
+    impl Private {
+        fn new(name: &str) -> Private {
+            let dir = std::env::temp_dir().join(format!("mre-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            set_mode(&dir, 0o700);
+            Private(dir)
+        }
+    }
+
+    impl Drop for Private {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn run(cmd: &str, args: &[&Path]) {
+        let status = std::process::Command::new(cmd).args(args).status().unwrap();
+        assert!(status.success(), "{cmd} {args:?}: {status}");
+    }
+
+    /// `f(dir)` on a thread of its own, bounded: an open that hangs fails the test.
+    fn within_10s<T: Send + 'static>(dir: &Path, f: fn(&Path) -> T) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || tx.send(f(&dir)));
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("hung on the lock")
+    }
+
+    #[test]
+    fn the_users_own_runtime_dir_is_trusted_and_a_missing_one_is_no_tree() {
+        let own = Private::new("own");
+        let dir = &own.0;
+        assert_eq!(check_runtime_dir(dir), Ok(true));
+        assert_eq!(trusted_tree_running(dir), Ok(false)); // no lock: no tree
+        std::fs::write(dir.join(LOCK_FILE), "").unwrap();
+        assert_eq!(trusted_tree_running(dir), Ok(false)); // a lock nobody holds
+        assert_eq!(check_runtime_dir(&dir.join("none")), Ok(false));
+    }
+
+    #[test]
+    fn a_runtime_dir_group_or_others_can_write_or_a_link_is_refused() {
+        let top = Private::new("open");
+        let dir = top.0.join("rt");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(LOCK_FILE), "").unwrap();
+        for mode in [0o770, 0o777, 0o1777] {
+            set_mode(&dir, mode);
+            let err = check_runtime_dir(&dir).unwrap_err();
+            assert!(err.contains(&dir.display().to_string()) && err.contains(&format!("{mode:04o}"))
+                && err.contains("group or others"), "{err}");
+            assert!(!tree_running(&dir));
+        }
+        set_mode(&dir, 0o700);
+        assert_eq!(check_runtime_dir(&dir), Ok(true));
+        let link = top.0.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = check_runtime_dir(&link).unwrap_err();
+        assert!(err.contains("symbolic link") && err.contains(&link.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_named_lock_is_refused_at_once() {
+        let fifo = Private::new("fifo");
+        let (dir, lock) = (&fifo.0, fifo.0.join(LOCK_FILE));
+        run("mkfifo", &[&lock]);
+        let err = within_10s(dir, trusted_tree_running).unwrap_err();
+        assert!(err.contains("a FIFO") && err.contains(&lock.display().to_string()), "{err}");
+        assert!(!within_10s(dir, tree_running));
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::write(dir.join("held"), "").unwrap();
+        std::os::unix::fs::symlink(dir.join("held"), &lock).unwrap();
+        let err = trusted_tree_running(dir).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_runtime_dir_or_a_lock_of_another_users_is_refused() {
+        extern "C" {
+            fn geteuid() -> u32;
+        }
+        // SAFETY: geteuid cannot fail.
+        if unsafe { geteuid() } != 0 {
+            return; // (a folder of another uid's is made by root)
+        }
+        let top = Private::new("other");
+        let dir = top.0.join("rt");
+        let lock = dir.join(LOCK_FILE);
+        std::fs::create_dir(&dir).unwrap();
+        set_mode(&dir, 0o700);
+        std::fs::write(&lock, "").unwrap();
+        run("chown", &[Path::new("65534:65534"), &lock]);
+        let err = trusted_tree_running(&dir).unwrap_err();
+        assert!(err.contains("uid 65534") && err.contains(&lock.display().to_string()), "{err}");
+        run("chown", &[Path::new("65534:65534"), &dir]);
+        let err = check_runtime_dir(&dir).unwrap_err();
+        assert!(err.contains("uid 65534") && err.contains("0700"), "{err}");
+        // moorage's own folder above the instance ($XDG_RUNTIME_DIR/moorage), of another user's
+        let (ours, below) = (top.0.join("moorage"), top.0.join("moorage").join("sq"));
+        std::fs::create_dir_all(&below).unwrap();
+        assert_eq!(check_runtime_dir(&below), Ok(true));
+        run("chown", &[Path::new("65534:65534"), &ours]);
+        let err = check_runtime_dir(&below).unwrap_err();
+        assert!(err.contains(&format!("{} (mode", ours.display())) && err.contains("uid 65534"), "{err}");
     }
 
     #[test]

@@ -4,9 +4,9 @@
  * fixed names).
  */
 import { spawnSync } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
+import { type Stats, closeSync, constants, existsSync, fstatSync, lstatSync, openSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 
 import { MoorageError, wireError } from "./errors.js";
 import { CURVE_ROOM, MAX_MESSAGE_SIZE } from "./limits.js";
@@ -27,22 +27,103 @@ export function runtimeDir(instance?: string | null, env: NodeJS.ProcessEnv = pr
   return join(`/tmp/moorage-${uid}`, name);
 }
 
+const myUid = (): number => (typeof process.getuid === "function" ? process.getuid() : 0);
+const mode4 = (st: Stats): string => (st.mode & 0o7777).toString(8).padStart(4, "0");
+const missing = (e: unknown): boolean => {
+  const code = (e as { code?: string }).code;
+  return code === "ENOENT" || code === "ENOTDIR";
+};
+
+function fileType(st: Stats): string {
+  if (st.isSymbolicLink()) return "a symbolic link";
+  if (st.isFIFO()) return "a FIFO";
+  if (st.isSocket()) return "a socket";
+  if (st.isCharacterDevice()) return "a character device";
+  if (st.isBlockDevice()) return "a block device";
+  if (st.isDirectory()) return "a directory";
+  return st.isFile() ? "a regular file" : "not a regular file";
+}
+
+function forbidden(message: string): MoorageError {
+  return new MoorageError(wireError("forbidden", message), "", "", 0);
+}
+
+/**
+ * Is there a runtime directory at `dir`, one this user may trust? `dir`, and its parent when
+ * that is moorage's own (`$XDG_RUNTIME_DIR/moorage`, `/tmp/moorage-<uid>`), must each be a
+ * directory (not a symbolic link) owned by this user that no group or other can write: another
+ * local user who made it first would otherwise serve a lock, a connection file and sockets of
+ * theirs, and be sent every call (PROTOCOL.md section 2). False when there is none; a
+ * `forbidden` MoorageError, naming the path, its owner and its mode, when it is not to be
+ * trusted.
+ */
+export function checkRuntimeDir(dir: string): boolean {
+  const parent = dirname(dir);
+  const dirs = parent !== dir && basename(parent).startsWith("moorage") ? [dir, parent] : [dir];
+  for (const p of dirs) {
+    let st: Stats;
+    try {
+      st = lstatSync(p);
+    } catch (e) {
+      if (missing(e)) return false;
+      throw e;
+    }
+    if (!st.isDirectory()) {
+      throw forbidden(`refusing the runtime dir: ${p} is ${fileType(st)} (owner uid ${st.uid}, mode ${mode4(st)}), ` +
+        "not a directory: a client does not follow one to find an instance");
+    }
+    if (st.uid !== myUid()) {
+      throw forbidden(`refusing the runtime dir: ${p} (mode ${mode4(st)}) is owned by uid ${st.uid}, not by this ` +
+        `user (uid ${myUid()}): another user may have made it to be sent this user's calls; remove it, or use another instance`);
+    }
+    if (st.mode & 0o022) {
+      throw forbidden(`refusing the runtime dir: ${p} (owner uid ${st.uid}, mode ${mode4(st)}) can be written by ` +
+        `group or others, who could put a lock and sockets of theirs there; chmod 700 ${p}`);
+    }
+  }
+  return true;
+}
+
+/** `dir/lock` open for reading, or null when there is none; `forbidden` when it is not a
+ * regular file of this user's. Never blocks: a FIFO named `lock` opens at once, and is refused. */
+function openLock(dir: string): number | null {
+  const path = join(dir, LOCK_FILE);
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+  } catch (e) {
+    if (missing(e)) return null;
+    let what = "unreadable";
+    try {
+      what = fileType(lstatSync(path));
+    } catch {
+      // (gone meanwhile: unreadable)
+    }
+    throw forbidden(`refusing the instance lock ${path}: it is ${what} (${(e as { code?: string }).code}); ` +
+      "a tree's lock is a regular file");
+  }
+  const st = fstatSync(fd);
+  if (!st.isFile() || st.uid !== myUid()) {
+    closeSync(fd);
+    throw forbidden(`refusing the instance lock ${path}: it is ${fileType(st)} owned by uid ${st.uid} ` +
+      `(mode ${mode4(st)}); a tree's lock is a regular file of this user's (uid ${myUid()})`);
+  }
+  return fd;
+}
+
 /**
  * Does a tree run in `dir`? Its root holds an exclusive flock(2) on `dir/lock` for as long as
  * it lives (the kernel drops it however the root ends), so a shared one that can be had, or no
  * lock file, means none does. Node has no flock: the `flock` program (util-linux, busybox)
  * makes the same call on this process's descriptor of the file. Only a lock taken says that
  * none runs; held, or not to be looked at (no `flock` here), the client connects, as it does
- * to a tree still starting.
+ * to a tree still starting. A runtime dir or a lock this user must not trust is `forbidden`
+ * (checkRuntimeDir).
  */
 export function treeRunning(dir: string): boolean {
-  let fd: number;
-  try {
-    fd = openSync(join(dir, LOCK_FILE), "r");
-  } catch (e) {
-    const code = (e as { code?: string }).code;
-    return !(code === "ENOENT" || code === "ENOTDIR");
-  }
+  if (!checkRuntimeDir(dir)) return false;
+  const fd = openLock(dir);
+  if (fd === null) return false;
   try {
     // (a shared lock taken there is this descriptor's, and goes when it is closed below)
     return spawnSync("flock", ["-s", "-n", "3"], { stdio: ["ignore", "ignore", "ignore", fd] }).status !== 0;
@@ -63,8 +144,10 @@ export interface Endpoints {
   readonly clientKey: string | null;
 }
 
-/** The endpoints of the tree in `dir`: from `dir/tree.json` where it names them, else fixed paths. */
+/** The endpoints of the tree in `dir`: from `dir/tree.json` where it names them, else fixed paths;
+ * `forbidden` for a directory this user must not trust (checkRuntimeDir). */
 export function endpointsOf(dir: string, connectionFile: string = join(dir, "tree.json")): Endpoints {
+  checkRuntimeDir(dir); // (a directory given that is not there yet: a tree may come up later)
   let named: Record<string, { rpc?: string; pub?: string }> = {};
   if (existsSync(connectionFile)) {
     try {
