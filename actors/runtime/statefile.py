@@ -20,9 +20,9 @@ SUCCESSION = "succession"  # a runtime dir's directory of records kept for succe
 def succession_dir(runtime_dir: Path) -> Path:
     """Where an actor keeps what a successor within the same tree's life must find (the
     terminal's session records): kept through any death and restart of the actor and of its
-    supervisors, which may lose what the records name; removed by the root when the tree
-    ends (launch.run_root), not when it is killed, so the next tree recovers a killed one's
-    and starts afresh after a stop."""
+    supervisors, which may lose what the records name; removed with the instance lock held
+    (launch.remove_successor_records: as a tree starts, by `down`'s clean-up, when the root
+    ends): what a killed tree's records name died with it, and the next tree starts none."""
     d = runtime_dir / SUCCESSION
     d.mkdir(mode=0o700, exist_ok=True)
     return d

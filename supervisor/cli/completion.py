@@ -34,16 +34,20 @@ def autocomplete(p: argparse.ArgumentParser) -> None:
 def _runtime_dir(parsed: argparse.Namespace) -> Path | None:
     try:
         given = getattr(parsed, "instance_dir", None)
-        return Path(given) if given else endpoints.runtime_dir(getattr(parsed, "instance", None))
+        if given is not None:  # ('' names no directory: up and every command refuse it)
+            return Path(given) if given else None
+        return endpoints.runtime_dir(getattr(parsed, "instance", None))
     except ValueError:
         return None
 
 
 def _ask(parsed: argparse.Namespace, actor: str, op: str) -> Any:
     rdir = _runtime_dir(parsed)
-    if rdir is None or tree_pid(rdir) is None:
+    if rdir is None:
         return None
-    try:
+    try:  # (a runtime dir not the user's: refused by tree_pid, completes nothing)
+        if tree_pid(rdir) is None:
+            return None
         with Client(rdir, timeout=ASK_TIMEOUT, learn_ops=False) as c:
             return c.call(actor, op, idempotent=True)
     except MoorageError:

@@ -19,7 +19,7 @@ use rmpv::Value;
 
 use crate::calls::{call_timeout, declared_timeouts, known_idempotent, learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
 use crate::codec::{self, get};
-use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, tree_running, CurveKeys, Endpoints};
+use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, trusted_tree_running, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
 use crate::errors::{unauthorized, Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
@@ -153,7 +153,8 @@ impl Client {
     /// if that tree does not run (its instance lock, beside the file, is free).
     pub fn from_connection_file(path: &Path, mut options: Options) -> Result<Client, Error> {
         let folder = path.parent().unwrap_or(Path::new("."));
-        if !tree_running(folder) {
+        // (a folder not this user's, or a forged lock: `forbidden`, nothing sent there)
+        if !trusted_tree_running(folder).map_err(|m| local_error("forbidden", m, "", ""))? {
             let m = format!("no moorage tree is running for {} (its instance lock in {} is free)", path.display(), folder.display());
             return Err(local_error("not_running", m, "", ""));
         }
@@ -170,7 +171,7 @@ impl Client {
                 // Given no directory, the client finds the running tree or says at once that
                 // none runs: a request to a socket with no tree would only ever time out.
                 let dir = runtime_dir(options.instance.as_deref()).map_err(|m| local_error("bad_args", m, "", ""))?;
-                if !tree_running(&dir) {
+                if !trusted_tree_running(&dir).map_err(|m| local_error("forbidden", m, "", ""))? {
                     let what = options.instance.as_ref().map_or_else(|| dir.display().to_string(), |n| format!("instance {n:?}"));
                     let m = format!("no moorage tree is running for {what} (no live lock in {}); start one with `moorage up`", dir.display());
                     return Err(local_error("not_running", m, "", ""));

@@ -182,6 +182,26 @@ extern "C" {
 }
 
 #[test]
+fn a_runtime_dir_others_can_write_is_forbidden_and_nothing_is_sent_there() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::io::AsRawFd;
+    let dir = scratch("open");
+    let file = dir.join("tree.json");
+    let doc = serde_json::json!({"moorage": "ready", "runtime_dir": dir, "endpoints": {}});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    assert_eq!(unsafe { flock(lock.as_raw_fd(), 2 | 4) }, 0); // held, as a live tree's is
+    assert!(Client::from_connection_file(&file, Options::default()).is_ok());
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    match Client::from_connection_file(&file, Options::default()) {
+        Ok(_) => panic!("trusted a runtime dir anyone can write"),
+        Err(e) => assert_eq!(e.name(), "forbidden", "{e}"),
+    }
+    drop(lock);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn with_no_tree_holding_the_instance_lock_a_client_is_not_running_at_once() {
     let not_running = |made: Result<Client, moorage_client::Error>| match made {
         Ok(_) => panic!("made a client of a tree that does not run"),
