@@ -60,7 +60,7 @@ from moorage.protocol.client._known_ops import SCHEMA_IDEMPOTENT
 from moorage.protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
 from moorage.protocol.client.connection import Connection, check_runtime_dir, locate
 from moorage.protocol.envelope import Reply, encode_request, pin_request
-from moorage.protocol.errors import MoorageError, WireError
+from moorage.protocol.errors import Fault, MoorageError, WireError, fault_of
 from moorage.protocol.recovery import (
     Backoff,
     BreakerState,
@@ -199,11 +199,16 @@ class CallPlan:
 
     def done(self, now: float, reply: Reply | None = None,
              error: MoorageError | WireError | None = None) -> Done:
-        """The call is over: its client time is recorded once, whatever the outcome."""
+        """The call is over: its client time is recorded once, whatever the outcome, and an
+        error as the caller's or the service's by the error table (as the actors count theirs)."""
+        if error is None:
+            self.core.latency.record(self.actor, self.op, int((now - self.started) * 1e6),
+                                     reply is not None and reply.ok)
+            return Done(reply, None)
         if isinstance(error, WireError):
             error = self._error(error)
-        self.core.latency.record(self.actor, self.op, int((now - self.started) * 1e6),
-                                 error is None and reply is not None and reply.ok)
+        self.core.latency.record(self.actor, self.op, int((now - self.started) * 1e6), False,
+                                 fault_of(error.name) is Fault.CALLER)
         return Done(reply, error)
 
     def start(self, now: float) -> Done | Wait:
@@ -584,8 +589,9 @@ class ClientCore:
         if br is not None and (br.failures or br.state is not _CLOSED):
             br.record_success(now)
 
-    def record_call(self, actor: str, op: str, seconds: float, ok: bool) -> None:
-        self.latency.record(actor, op, int(seconds * 1e6), ok)
+    def record_call(self, actor: str, op: str, seconds: float, ok: bool,
+                    caller: bool = False) -> None:
+        self.latency.record(actor, op, int(seconds * 1e6), ok, caller)
 
     def latency_report(self) -> list[dict[str, Any]]:
         """End-to-end latency per (actor, op) as this client saw it, over its life:

@@ -4,7 +4,10 @@ A call's client time runs from the moment its plan is made to the moment it is o
 actor's service time plus both hops, the client's own encoding and decoding, waits in a queue
 while the actor restarted, and every retry. `LatencyBook` records one value per finished call
 (ok or error) on the calling thread, into a per-op `Recorder` (a counter increment: protocol/
-histogram.py explains why not an HDR histogram on the hot path).
+histogram.py explains why not an HDR histogram on the hot path). Of the errors it also counts
+those that were the caller's (protocol.errors.Fault: a missing file, an unknown op), as every
+actor does for its own pushes, so the metrics actor's failure rate for the client's row counts
+only the service's.
 
 Pushing is opt-in (`ClientOptions.metrics_name`): a client that opts in also counts each call
 into a pending table, and a `LatencyPusher` thread takes that table once an interval and sends
@@ -49,16 +52,18 @@ def check_metrics_name(name: Any) -> str:
 
 
 class _Pending:
-    __slots__ = ("error", "ok", "times")
+    __slots__ = ("caller", "error", "ok", "times")
 
     def __init__(self) -> None:
         self.ok = 0
         self.error = 0
+        self.caller = 0  # of `error`, those that were the caller's fault
         self.times = Recorder()
 
     def add(self, other: _Pending) -> None:
         self.ok += other.ok
         self.error += other.error
+        self.caller += other.caller
         self.times.counts.update(other.times.counts)
 
 
@@ -86,7 +91,9 @@ class LatencyBook:
         self._unsent: dict[tuple[str, str], _Pending] = {}  # taken, not sent: goes next time
         self._lock = threading.Lock()
 
-    def record(self, actor: str, op: str, micros: int, ok: bool) -> None:
+    def record(self, actor: str, op: str, micros: int, ok: bool, caller: bool = False) -> None:
+        """One finished call; `caller`: it failed with an error that is the caller's (only
+        looked at for an error, so an ok call pays nothing for it)."""
         pushing = self.pushing
         if pushing:
             self._lock.acquire()
@@ -97,6 +104,8 @@ class LatencyBook:
             c.ok += 1
         else:
             c.error += 1
+            if caller:
+                c.caller += 1
         c.times.record(micros)
         if pushing:
             self._lock.release()
@@ -139,13 +148,15 @@ class LatencyBook:
                     p = self._unsent[(actor, op)] = _Pending()
                 p.ok += d["ok"]
                 p.error += d["error"]
+                p.caller += d.get("caller", 0)
                 p.times.add_histogram(decode(d["hist"]))
 
 
 def encode_pending(taken: dict[tuple[str, str], _Pending]) -> Iterator[dict[str, dict]]:
-    """Push bodies `{<actor>/<op>: {ok, error, hist}}`, each within what the metrics actor
-    takes (histogram.push_bodies). Two keys cut to the same name are merged rather than sent
-    twice."""
+    """Push bodies `{<actor>/<op>: {ok, error, caller?, hist}}`, each within what the metrics
+    actor takes (histogram.push_bodies); `caller` only when some errors were the caller's, as
+    an actor's own push (actors/runtime/stats.py). Two keys cut to the same name are merged
+    rather than sent twice."""
     merged: dict[str, _Pending] = {}
     for (actor, op), c in taken.items():
         name = pushed_op(actor, op)
@@ -153,12 +164,15 @@ def encode_pending(taken: dict[tuple[str, str], _Pending]) -> Iterator[dict[str,
         if m is None:
             merged[name] = c
             continue
-        m.ok += c.ok
-        m.error += c.error
-        m.times.counts.update(c.times.counts)
-    yield from push_bodies(
-        (name, {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()},
-         len(c.times.counts)) for name, c in merged.items())
+        m.add(c)
+    yield from push_bodies((name, _entry(c), len(c.times.counts)) for name, c in merged.items())
+
+
+def _entry(c: _Pending) -> dict[str, Any]:
+    d: dict[str, Any] = {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()}
+    if c.caller:
+        d["caller"] = c.caller
+    return d
 
 
 class LatencyPusher:

@@ -18,7 +18,7 @@ use rmpv::Value;
 
 use crate::codec::{get, map_of};
 use crate::envelope::{encode_request, pin_request, Reply};
-use crate::errors::{Error, WireError};
+use crate::errors::{kind, Error, WireError};
 use crate::known_ops::SCHEMA_IDEMPOTENT;
 use crate::limits::MAX_MESSAGE_SIZE;
 use crate::recovery::{max_retries_for, Backoff, BreakerState, CircuitBreaker};
@@ -79,6 +79,13 @@ pub enum Verdict {
     Wait(f64),
 }
 
+/// Whether an error of this name is the caller's (section 6's `fault`), as the actors count
+/// theirs; a name the table lacks (a newer peer's) is the service's, the side that does not
+/// flatter it.
+pub fn is_caller_fault(name: &str) -> bool {
+    kind(name).is_some_and(|k| k.fault == "caller")
+}
+
 /// Seconds of wall-clock time since 1970, for `deadline_ms`.
 pub fn unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -116,8 +123,9 @@ pub struct CallPlan {
     pub pinned_by: Option<Pinned>,
     pub finished: bool,
     settings: PlanSettings,
-    /// The call's end-to-end time and outcome, once: (micros, ok).
-    pub recorded: Option<(u64, bool)>,
+    /// The call's end-to-end time and outcome, once: (micros, ok, caller), `caller` when it
+    /// failed with an error that is the caller's by the error table (as the actors count theirs).
+    pub recorded: Option<(u64, bool, bool)>,
 }
 
 impl CallPlan {
@@ -171,7 +179,8 @@ impl CallPlan {
     pub fn done(&mut self, now: f64, outcome: Result<Reply, WireError>) -> Verdict {
         self.finished = true;
         let ok = matches!(&outcome, Ok(r) if r.ok);
-        self.recorded = Some((((now - self.started) * 1e6).max(0.0) as u64, ok));
+        let caller = matches!(&outcome, Err(e) if is_caller_fault(&e.name));
+        self.recorded = Some((((now - self.started) * 1e6).max(0.0) as u64, ok, caller));
         Verdict::Done(outcome.map_err(|e| self.error(e)))
     }
 

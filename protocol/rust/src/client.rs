@@ -460,8 +460,8 @@ impl Client {
     fn apply(&mut self, actor: &str, mut plan: CallPlan, v: Verdict, flying: &mut HashMap<u64, (CallPlan, Due)>, out: &mut HashMap<u64, Result<Reply, Error>>) -> Result<(), Error> {
         match v {
             Verdict::Done(result) => {
-                if let Some((micros, ok)) = plan.recorded {
-                    self.latency.lock().unwrap().record(actor, &plan.op, micros, ok);
+                if let Some((micros, ok, caller)) = plan.recorded {
+                    self.latency.lock().unwrap().record(actor, &plan.op, micros, ok, caller);
                 }
                 let conn = self.conns.get_mut(actor).unwrap();
                 conn.link.finished(plan.id);

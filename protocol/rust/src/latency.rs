@@ -1,6 +1,9 @@
 //! End-to-end latency per (actor, op) as this client sees it, optionally pushed to the metrics
 //! actor (PROTOCOL.md section 2, "A client's own latency"): header {actor: client.<name>, pid,
-//! ep: sid}, ops named `<actor>/<op>`, from a background thread.
+//! ep: sid}, ops named `<actor>/<op>`, from a background thread. Of each op's errors, those
+//! that were the caller's by the error table's `fault` column (section 6) go as `caller`, as
+//! every actor counts its own, so the metrics actor's failure rate for the client's row counts
+//! only the service's.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -23,6 +26,8 @@ pub const MAX_NAME: usize = 100;
 pub struct Counts {
     pub ok: u64,
     pub error: u64,
+    /// Of `error`, those that were the caller's fault.
+    pub caller: u64,
     pub times: Recorder,
 }
 
@@ -30,6 +35,7 @@ impl Counts {
     fn add(&mut self, other: &Counts) {
         self.ok += other.ok;
         self.error += other.error;
+        self.caller += other.caller;
         self.times.add(&other.times);
     }
 }
@@ -66,12 +72,17 @@ impl LatencyBook {
         LatencyBook { pushing, ..LatencyBook::default() }
     }
 
-    pub fn record(&mut self, actor: &str, op: &str, micros: u64, ok: bool) {
+    /// One finished call; `caller`: it failed with an error that is the caller's (looked at
+    /// only for an error).
+    pub fn record(&mut self, actor: &str, op: &str, micros: u64, ok: bool, caller: bool) {
         let add = |c: &mut Counts| {
             if ok {
                 c.ok += 1;
             } else {
                 c.error += 1;
+                if caller {
+                    c.caller += 1;
+                }
             }
             c.times.record(micros);
         };
@@ -177,17 +188,22 @@ pub fn split_push(ops: Vec<PushedOp>) -> Vec<Vec<PushedOp>> {
     bodies
 }
 
+/// An op of a push body: `{ok, error, caller?, hist}`, `caller` only when some errors were the
+/// caller's (absent = 0, as an actor pushes it).
+fn entry(op: &PushedOp) -> Value {
+    let mut fields = vec![("ok", Value::from(op.counts.ok)), ("error", Value::from(op.counts.error))];
+    if op.counts.caller > 0 {
+        fields.push(("caller", Value::from(op.counts.caller)));
+    }
+    fields.push(("hist", Value::Binary(op.hist.clone())));
+    map_of(fields)
+}
+
 fn push(sock: &zmq::Socket, header: &[u8], book: &Mutex<LatencyBook>) {
     let taken = book.lock().unwrap().take();
     let mut rest = split_push(taken.into_iter().map(|(name, c)| PushedOp::new(name, c)).collect()).into_iter();
     while let Some(chunk) = rest.next() {
-        let body = map_of(chunk.iter().map(|op| {
-            (op.name.clone(), map_of([
-                ("ok", Value::from(op.counts.ok)),
-                ("error", Value::from(op.counts.error)),
-                ("hist", Value::Binary(op.hist.clone())),
-            ]))
-        }));
+        let body = map_of(chunk.iter().map(|op| (op.name.clone(), entry(op))));
         let frames: [&[u8]; 3] = [TAG, header, &encode(&body)];
         if sock.send_multipart(frames, zmq::DONTWAIT).is_err() {
             let mut b = book.lock().unwrap();

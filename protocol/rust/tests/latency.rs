@@ -8,10 +8,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moorage_client::codec::get;
+use moorage_client::calls::{CallPlan, PlanSettings};
+use moorage_client::codec::{decode, get};
 use moorage_client::endpoints::Endpoints;
+use moorage_client::envelope::Reply;
+use moorage_client::errors::{WireError, KINDS};
 use moorage_client::histogram::{counts_index, value_at, Recorder, COUNTS_LEN};
 use moorage_client::latency::{split_push, Counts, LatencyBook, PushedOp, Pusher, MAX_PUSH_BUCKETS};
+use moorage_client::recovery::Backoff;
 use moorage_client::{args, Client, Options, Value};
 
 #[test]
@@ -39,7 +43,7 @@ fn fat(seed: u64) -> Counts {
         times.counts.insert(value_at(i), n);
         times.total += n;
     }
-    Counts { ok: times.total, error: 0, times }
+    Counts { ok: times.total, error: 0, caller: 0, times }
 }
 
 fn names(ops: &[PushedOp]) -> Vec<String> {
@@ -161,7 +165,7 @@ fn wide_ops(actor: &str) -> LatencyBook {
     let mut book = LatencyBook::new(true);
     for i in 0..40 {
         for k in 0..1_500 {
-            book.record(actor, &format!("op.{i}"), wide(k), true);
+            book.record(actor, &format!("op.{i}"), wide(k), true, false);
         }
     }
     book
@@ -295,4 +299,103 @@ fn a_client_that_called_300_distinct_ops_has_all_300_in_the_metrics_actor() {
         }
         assert!(Instant::now() < end, "{} of 300 ops showed up", got.len());
     }
+}
+
+/// How a call of watcher's fs.stat that ended with `outcome` is recorded: (ok, caller).
+fn recorded(outcome: Result<Reply, WireError>) -> (bool, bool) {
+    let settings = PlanSettings { timeout: 30.0, attempt_timeout: 1.0, backoff: Backoff::default(), remote: false };
+    let mut p = CallPlan::new(1, "4242-1f2e3d4c5b6a", "watcher", "fs.stat", &Value::Nil, vec![0xc0], true, settings, None, &[], 0.0);
+    p.done(0.001, outcome);
+    let (_, ok, caller) = p.recorded.expect("recorded once it is done");
+    (ok, caller)
+}
+
+#[test]
+fn a_calls_error_counts_as_the_callers_exactly_when_the_error_tables_fault_says_so() {
+    for k in KINDS {
+        let want = (false, k.fault == "caller");
+        assert_eq!(recorded(Err(WireError::of(k.name, ""))), want, "{}", k.name);
+        // (as an error reply read from the wire)
+        assert_eq!(recorded(Err(WireError::from_wire(&WireError::of(k.name, "").to_wire()))), want, "{}", k.name);
+    }
+    // A code this client does not know (a newer actor's) counts as the service's.
+    let newer = args([("code", Value::from(450)), ("name", Value::from("quota_exceeded")), ("message", Value::from("m"))]);
+    assert_eq!(recorded(Err(WireError::from_wire(&newer))), (false, false));
+    let reply = Reply { id: Some(1), ok: true, epoch: "e".into(), body: Value::Nil, attachments: vec![] };
+    assert_eq!(recorded(Ok(reply)), (true, false));
+}
+
+#[test]
+fn a_push_carries_caller_for_an_op_some_of_whose_errors_were_the_callers_and_only_then() {
+    let dir = std::env::temp_dir().join(format!("mrl-{}-caller", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ctx = zmq::Context::new();
+    let pull = ctx.socket(zmq::PULL).unwrap();
+    let endpoint = format!("ipc://{}", dir.join("metrics.in").display());
+    pull.bind(&endpoint).unwrap();
+    pull.set_rcvtimeo(20_000).unwrap();
+    let mut book = LatencyBook::new(true);
+    for _ in 0..40 {
+        book.record("watcher", "fs.stat", 80, false, true);
+    }
+    book.record("watcher", "fs.stat", 90, false, false); // e.g. a timeout: the service's
+    book.record("watcher", "fs.stat", 70, true, false);
+    book.record("parser", "sys.ping", 70, true, false);
+    book.record("parser", "parse.feed", 70, true, true); // (an ok call is only ok)
+    // An interval longer than the test: the one push is the pusher's last, when it is dropped.
+    let pusher = Pusher::start(&ctx, &Endpoints::of(&dir), &endpoint, Arc::new(Mutex::new(book)), "editor", "4242-s",
+                               Duration::from_secs(3600)).unwrap();
+    drop(pusher);
+    let frames = pull.recv_multipart(0).expect("the push");
+    let body = decode(&frames[2]).unwrap();
+    let figures = |op: &str, k: &str| get(get(&body, op).unwrap(), k).and_then(|v| v.as_u64());
+    assert_eq!([figures("watcher/fs.stat", "ok"), figures("watcher/fs.stat", "error"), figures("watcher/fs.stat", "caller")],
+               [Some(1), Some(41), Some(40)]);
+    for op in ["parser/sys.ping", "parser/parse.feed"] {
+        assert_eq!(figures(op, "caller"), None, "{op}"); // absent = 0, as an actor pushes it
+    }
+    drop(pull);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_editors_fs_stat_of_missing_files_counts_as_the_callers_and_raises_no_failure_rate_alert() {
+    let Some(dir) = std::env::var_os("MOORAGE_CONFORMANCE_DIR").map(PathBuf::from) else {
+        println!("latency: no tree (MOORAGE_CONFORMANCE_DIR unset): skipped");
+        return;
+    };
+    let name = format!("rust-probe-{}", std::process::id());
+    // An interval longer than the test: the one push is the client's last, when it is dropped.
+    let mut c = Client::new(Options {
+        runtime_dir: Some(dir.clone()), timeout: 10.0, metrics_name: Some(name.clone()),
+        metrics_interval: Duration::from_secs(3600), ..Options::default()
+    }).unwrap();
+    // 25: past the alert's 20 requests (the tree's alert_min_samples), every one failed
+    for i in 0..25 {
+        let path = dir.join(format!("{name}-{i}")).join(".editorconfig");
+        let e = c.call("watcher", "fs.stat", args([("path", Value::from(path.to_str().unwrap()))])).unwrap_err();
+        assert_eq!(e.name(), "not_found", "{e:?}");
+    }
+    drop(c);
+    let mut asker = Client::new(Options { runtime_dir: Some(dir), timeout: 10.0, ..Options::default() }).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = asker.call("metrics", "metrics.query", args([("actor", Value::from(format!("client.{name}")))])).unwrap();
+        let rows = get(&q, "ops").and_then(|o| o.as_array()).cloned().unwrap_or_default();
+        if let Some(row) = rows.iter().find(|r| get(r, "op").and_then(|x| x.as_str()) == Some("watcher/fs.stat")) {
+            let life = |k: &str| get(get(row, "lifetime").unwrap(), k).unwrap().as_u64();
+            assert_eq!((life("error"), life("caller_errors")), (Some(25), Some(25)));
+            break;
+        }
+        assert!(Instant::now() < end, "the client's row never showed up: {q:?}");
+    }
+    // (the push is merged, and its alerts evaluated, before the query that showed it)
+    let alerts = asker.call("metrics", "metrics.alerts", Value::Nil).unwrap();
+    let recent = get(&alerts, "recent").and_then(|r| r.as_array()).cloned().unwrap_or_default();
+    let mine: Vec<&Value> = recent.iter().filter(|e| {
+        get(e, "actor").and_then(|a| a.as_str()) == Some(&format!("client.{name}"))
+            && get(e, "op").and_then(|o| o.as_str()) == Some("watcher/fs.stat")
+    }).collect();
+    assert!(mine.is_empty(), "{mine:?}");
+    println!("latency: caller errors pushed as the caller's, no alert");
 }

@@ -15,7 +15,7 @@
  * the same id, so it is resent as it is on a drop or a new epoch, never pinned.
  */
 import { encodeRequest, pinRequest, type Reply } from "./envelope.js";
-import { MoorageError, type WireError, fromWire, wireError } from "./errors.js";
+import { KINDS, MoorageError, type WireError, fromWire, wireError } from "./errors.js";
 import { SCHEMA_IDEMPOTENT } from "./knownOps.js";
 import { MAX_MESSAGE_SIZE } from "./limits.js";
 import { Backoff, CircuitBreaker, maxRetriesFor } from "./recovery.js";
@@ -110,6 +110,13 @@ export function refusalRetryAfterMs(br: CircuitBreaker, at: number): number {
   return Math.max(1, Math.ceil(left * 1000));
 }
 
+/** Whether an error of this name is the caller's (section 6's `fault`), as the actors count
+ * theirs; a name the table lacks (a newer peer's) is the service's, the side that does not
+ * flatter it. */
+export function isCallerFault(name: string): boolean {
+  return KINDS.get(name)?.fault === "caller";
+}
+
 /** A drop as it was told (ActorLink.dropTold): the generation it started, the epoch it ended. */
 export interface Drop {
   generation: number;
@@ -152,7 +159,7 @@ export class CallPlan {
     readonly idempotent: boolean,
     readonly settings: PlanSettings,
     readonly breaker: CircuitBreaker,
-    readonly record: (micros: number, ok: boolean) => void,
+    readonly record: (micros: number, ok: boolean, caller: boolean) => void,
     timeout: number | undefined,
     readonly attachments: readonly Uint8Array[] = [],
     startedAt: number = now(),
@@ -169,11 +176,13 @@ export class CallPlan {
     return new MoorageError(e, this.actor, this.op, this.attempts);
   }
 
-  /** Over: recorded once, whatever the outcome. */
+  /** Over: recorded once, whatever the outcome, and an error as the caller's or the
+   * service's by the error table (as the actors count theirs). */
   done(at: number, reply?: Reply, error?: WireError | MoorageError): Verdict {
     const err = error === undefined ? undefined : error instanceof MoorageError ? error : this.error(error);
     this.finished = true;
-    this.record(Math.trunc((at - this.started) * 1e6), err === undefined && reply !== undefined && reply.ok);
+    this.record(Math.trunc((at - this.started) * 1e6), err === undefined && reply !== undefined && reply.ok,
+      err !== undefined && isCallerFault(err.error.name));
     return { kind: "done", reply, error: err };
   }
 

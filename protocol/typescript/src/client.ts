@@ -438,7 +438,7 @@ export class Client {
     let id = options.id ?? this.nextId++;
     const plan = new CallPlan(id, actor, op, args,  idempotent,
       { sid: this.sid, timeout: this.options.timeout, attemptTimeout: this.options.attemptTimeout, backoff: this.options.backoff },
-      this.breaker(actor), (micros, ok) => this.latency.record(actor, op, micros, ok), timeout, options.attachments);
+      this.breaker(actor), (micros, ok, caller) => this.latency.record(actor, op, micros, ok, caller), timeout, options.attachments);
     plan.resumable = this.resumableOps.get(actor)?.has(op) ?? false;
     const inbox = new Inbox(plan);
     conn.inboxes.set(id, inbox);

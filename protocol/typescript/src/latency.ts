@@ -1,7 +1,9 @@
 /**
  * End-to-end latency per (actor, op) as this client sees it, optionally pushed to the metrics
  * actor (PROTOCOL.md section 2, "A client's own latency"): header {actor: client.<name>, pid,
- * ep: sid}, ops named `<actor>/<op>`.
+ * ep: sid}, ops named `<actor>/<op>`. Of each op's errors, those that were the caller's by the
+ * error table's `fault` column (section 6) go as `caller`, as every actor counts its own, so the
+ * metrics actor's failure rate for the client's row counts only the service's.
  */
 import { Push } from "zeromq";
 
@@ -16,11 +18,20 @@ export const MAX_NAME = 100;
 export interface Counts {
   ok: number;
   error: number;
+  /** Of `error`, those that were the caller's fault. */
+  caller: number;
   times: Recorder;
 }
 
 function fresh(): Counts {
-  return { ok: 0, error: 0, times: new Recorder() };
+  return { ok: 0, error: 0, caller: 0, times: new Recorder() };
+}
+
+function addTo(into: Counts, c: Counts): void {
+  into.ok += c.ok;
+  into.error += c.error;
+  into.caller += c.caller;
+  into.times.add(c.times);
 }
 
 export function checkMetricsName(name: unknown): string {
@@ -49,13 +60,18 @@ export class LatencyBook {
 
   constructor(readonly pushing: boolean) {}
 
-  record(actor: string, op: string, micros: number, ok: boolean): void {
+  /** One finished call; `caller`: it failed with an error that is the caller's (looked at
+   * only for an error). */
+  record(actor: string, op: string, micros: number, ok: boolean, caller = false): void {
     const key = `${actor}\u0000${op}`;
     for (const table of this.pushing ? [this.life, this.pending] : [this.life]) {
       let c = table.get(key);
       if (c === undefined) table.set(key, (c = fresh()));
       if (ok) c.ok += 1;
-      else c.error += 1;
+      else {
+        c.error += 1;
+        if (caller) c.caller += 1;
+      }
       c.times.record(micros);
     }
   }
@@ -75,11 +91,7 @@ export class LatencyBook {
       const name = `${actor}/${op}`.slice(0, MAX_OP_LEN);
       const m = merged.get(name);
       if (m === undefined) merged.set(name, c);
-      else {
-        m.ok += c.ok;
-        m.error += c.error;
-        m.times.add(c.times);
-      }
+      else addTo(m, c);
     }
     this.pending = new Map();
     return [...merged.entries()];
@@ -91,11 +103,7 @@ export class LatencyBook {
     const key = `${name.slice(0, slash)}\u0000${name.slice(slash + 1)}`;
     const mine = this.pending.get(key);
     if (mine === undefined) this.pending.set(key, c);
-    else {
-      mine.ok += c.ok;
-      mine.error += c.error;
-      mine.times.add(c.times);
-    }
+    else addTo(mine, c);
   }
 }
 
@@ -164,8 +172,12 @@ export class LatencyPusher {
     const bodies = splitPush(this.book.take());
     let sent = 0;
     for (let i = 0; i < bodies.length; i++) {
-      const body: Record<string, { ok: number; error: number; hist: Uint8Array }> = {};
-      for (const { name, counts, hist } of bodies[i]) body[name] = { ok: counts.ok, error: counts.error, hist };
+      const body: Record<string, { ok: number; error: number; caller?: number; hist: Uint8Array }> = {};
+      for (const { name, counts, hist } of bodies[i]) {
+        // (`caller` only when some errors were the caller's: absent = 0, as an actor pushes)
+        body[name] = counts.caller > 0 ? { ok: counts.ok, error: counts.error, caller: counts.caller, hist }
+          : { ok: counts.ok, error: counts.error, hist };
+      }
       const send = this.sock.send([TAG, this.header, encode(body)]);
       this.sending = send;
       const left = await Promise.race([

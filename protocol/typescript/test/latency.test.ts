@@ -6,14 +6,23 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { inflateSync } from "node:zlib";
 
+import { Pull } from "zeromq";
+
+import { CallPlan } from "../src/calls.js";
 import { Client } from "../src/client.js";
 import { endpointsOf } from "../src/endpoints.js";
+import { KINDS, MoorageError, fromWire, toWire, wireError } from "../src/errors.js";
 import { COUNTS_LEN, Recorder, countsIndex, valueAt } from "../src/histogram.js";
 import { type Counts, LatencyBook, LatencyPusher, checkMetricsName, splitPush } from "../src/latency.js";
 import { MAX_PUSH_BUCKETS } from "../src/limits.js";
+import { decode } from "../src/msgpack.js";
+import { Backoff, CircuitBreaker } from "../src/recovery.js";
 
 const DIR = process.env.MOORAGE_CONFORMANCE_DIR;
 
@@ -41,7 +50,7 @@ function fat(seed: number): Counts {
     times.counts.set(valueAt(i), n);
     times.total += n;
   }
-  return { ok: times.total, error: 0, times };
+  return { ok: times.total, error: 0, caller: 0, times };
 }
 
 test("a metrics name the metrics actor would refuse is refused when the client is made", () => {
@@ -84,7 +93,7 @@ test("a push's histograms are cut at 1 MiB a body, and one bigger alone still go
       return new Uint8Array(400_000);
     }
   }
-  const big = splitPush(Array.from({ length: 7 }, (_, i): [string, Counts] => [`a/big.${i}`, { ok: 1, error: 0, times: new Big() }]));
+  const big = splitPush(Array.from({ length: 7 }, (_, i): [string, Counts] => [`a/big.${i}`, { ok: 1, error: 0, caller: 0, times: new Big() }]));
   assert.deepEqual(big.map((b) => b.length), [2, 2, 2, 1]);
 
   class Huge extends Recorder {
@@ -92,8 +101,8 @@ test("a push's histograms are cut at 1 MiB a body, and one bigger alone still go
       return new Uint8Array((1 << 20) + 1);
     }
   }
-  const small = (): Counts => ({ ok: 1, error: 0, times: new Recorder() });
-  const alone = splitPush([["a/x", small()], ["a/huge", { ok: 1, error: 0, times: new Huge() }], ["a/y", small()]]);
+  const small = (): Counts => ({ ok: 1, error: 0, caller: 0, times: new Recorder() });
+  const alone = splitPush([["a/x", small()], ["a/huge", { ok: 1, error: 0, caller: 0, times: new Huge() }], ["a/y", small()]]);
   assert.deepEqual(alone.map((b) => b.map((o) => o.name)), [["a/x"], ["a/huge"], ["a/y"]]);
   assert.deepEqual(splitPush([]), []);
 });
@@ -165,8 +174,8 @@ test("a push's histograms are cut at 32,768 non-zero counts a body", () => {
       return 32_769;
     }
   }
-  const small = (): Counts => ({ ok: 1, error: 0, times: new Recorder() });
-  const alone = splitPush([["a/x", small()], ["a/wide", { ok: 1, error: 0, times: new Wider() }], ["a/y", small()]]);
+  const small = (): Counts => ({ ok: 1, error: 0, caller: 0, times: new Recorder() });
+  const alone = splitPush([["a/x", small()], ["a/wide", { ok: 1, error: 0, caller: 0, times: new Wider() }], ["a/y", small()]]);
   assert.deepEqual(alone.map((b) => b.map((o) => o.name)), [["a/x"], ["a/wide"], ["a/y"]]);
 });
 
@@ -263,6 +272,100 @@ test("histograms past 1 MiB in one interval reach the metrics actor, cut into bo
     }
   } finally {
     await pusher.close();
+    await c.close();
+  }
+});
+
+/** A call of watcher's fs.stat ended with `error` (or an ok reply), recorded into `book` as the
+ * client records it. */
+function endCall(book: LatencyBook, error?: Parameters<CallPlan["done"]>[2]): void {
+  const settings = { sid: "4242-1f2e3d4c5b6a", timeout: 30, attemptTimeout: 1, backoff: new Backoff(0.01, 2, 0.5, 0) };
+  const p = new CallPlan(1, "watcher", "fs.stat", { path: "/x" }, true, settings, new CircuitBreaker(),
+    (micros, ok, caller) => book.record("watcher", "fs.stat", micros, ok, caller), 30, [], 0);
+  p.done(0.001, error === undefined ? { id: 1, ok: true, epoch: "e", body: {}, attachments: [] } : undefined, error);
+}
+
+function taken(book: LatencyBook): [number, number, number] {
+  const [[name, c]] = book.take();
+  assert.equal(name, "watcher/fs.stat");
+  return [c.ok, c.error, c.caller];
+}
+
+test("a call's error counts as the caller's exactly when the error table's fault says so (section 6)", () => {
+  const book = new LatencyBook(true);
+  for (const [name, kind] of KINDS) {
+    const want = [0, 1, kind.fault === "caller" ? 1 : 0];
+    endCall(book, wireError(name));
+    assert.deepEqual(taken(book), want, name);
+    // (as an error reply read from the wire, and as the client's own error)
+    endCall(book, fromWire(toWire(wireError(name))));
+    assert.deepEqual(taken(book), want, name);
+    endCall(book, new MoorageError(wireError(name), "watcher", "fs.stat"));
+    assert.deepEqual(taken(book), want, name);
+  }
+  // A code this client does not know (a newer actor's) counts as the service's.
+  endCall(book, fromWire({ code: 450, name: "quota_exceeded", category: "x", severity: "critical", retryable: false, fallback_available: false, message: "m" }));
+  assert.deepEqual(taken(book), [0, 1, 0]);
+  endCall(book);
+  assert.deepEqual(taken(book), [1, 0, 0]);
+});
+
+test("a push carries `caller` for an op some of whose errors were the caller's, and only then", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mlat-"));
+  const pull = new Pull();
+  const endpoint = `ipc://${join(dir, "metrics.in")}`;
+  await pull.bind(endpoint);
+  const book = new LatencyBook(true);
+  const pusher = new LatencyPusher(book, endpoint, "editor", "4242-s", 3600);
+  try {
+    for (let i = 0; i < 40; i++) book.record("watcher", "fs.stat", 80, false, true);
+    book.record("watcher", "fs.stat", 90, false); // e.g. a timeout: the service's
+    book.record("watcher", "fs.stat", 70, true);
+    book.record("parser", "sys.ping", 70, true);
+    book.record("parser", "parse.feed", 70, true, true); // (an ok call is only ok)
+    assert.equal(await pusher.pushNow(), 1);
+    const [, , body] = await pull.receive();
+    const ops = decode(body) as Record<string, Record<string, unknown>>;
+    assert.deepEqual([ops["watcher/fs.stat"].ok, ops["watcher/fs.stat"].error, ops["watcher/fs.stat"].caller], [1, 41, 40]);
+    for (const op of ["parser/sys.ping", "parser/parse.feed"]) {
+      assert.ok(!("caller" in ops[op]), op); // absent = 0, as an actor pushes it
+    }
+    // A push that could not leave keeps its caller count for the next one.
+    book.record("watcher", "fs.stat", 80, false, true);
+    const [[name, counts]] = book.take();
+    book.putBack(name, counts);
+    book.record("watcher", "fs.stat", 80, false, true);
+    assert.deepEqual(book.take().map(([n, c]) => [n, c.error, c.caller]), [["watcher/fs.stat", 2, 2]]);
+  } finally {
+    await pusher.close();
+    pull.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("an editor's fs.stat of missing files counts as the caller's at the metrics actor and raises no failure_rate alert", { skip: DIR === undefined ? "no tree" : false, timeout: 60_000 }, async () => {
+  const name = `ts-probe-${randomBytes(3).toString("hex")}`;
+  const c = new Client({ runtimeDir: DIR, timeout: 10, metricsName: name, metricsInterval: 3600 });
+  try {
+    // 25: past the alert's 20 requests (the tree's alert_min_samples), every one failed
+    for (let i = 0; i < 25; i++) {
+      await assert.rejects(c.call("watcher", "fs.stat", { path: join(DIR!, `${name}-${i}`, ".editorconfig") }),
+        (e: unknown) => e instanceof MoorageError && e.errorName === "not_found");
+    }
+    assert.ok((await c.pushLatency()) >= 1);
+    const end = Date.now() + 20_000;
+    for (;;) {
+      const q = (await c.call("metrics", "metrics.query", { actor: `client.${name}` })) as { ops: { op: string; lifetime: { error: number; caller_errors: number } }[] };
+      const row = q.ops.find((r) => r.op === "watcher/fs.stat");
+      if (row === undefined && Date.now() < end) continue;
+      assert.deepEqual([row?.lifetime.error, row?.lifetime.caller_errors], [25, 25]);
+      break;
+    }
+    // (the push is merged, and its alerts evaluated, before the query that showed it)
+    const alerts = (await c.call("metrics", "metrics.alerts")) as { recent: { kind: string; state: string; actor: string; op: string }[] };
+    const mine = alerts.recent.filter((e) => e.actor === `client.${name}` && e.op === "watcher/fs.stat");
+    assert.deepEqual(mine, []);
+  } finally {
     await c.close();
   }
 });
