@@ -38,11 +38,24 @@ says why it is refused rather than saturated), is counted in `bad_pushes`, logge
 dropped. The SLO record's sums saturate there instead (slo.py says why).
 
 Per (actor, op): lifetime counts and latency counts, plus a window of `window_s` seconds made of
-`bucket_s` intervals with a running total, so reading the window sums no intervals. Latencies are
-kept as counts of HDR-equivalent microsecond values (protocol.histogram's shape), decoded once
-per push. At most `max_keys` (actor, op) pairs of the tree's actors and `max_client_keys` of
-clients' (`client.<name>`) are kept, and as many pushers of each: entries for more count in
-`dropped_keys`; a client pushing name after name fills only the clients' share.
+`bucket_s` intervals, folded into at most 12 slots (a slot leaves whole once its last interval
+has: the window holds `window_s` to `window_s` + a slot), with a running total, so reading the
+window sums no slots. Latencies are kept as counts of HDR-equivalent microsecond values
+(protocol.histogram's shape), decoded once per push. At most `max_keys` (actor, op) pairs of
+the tree's actors and `max_client_keys` of clients' (`client.<name>`) are kept, and as many
+pushers of each: entries for more count in `dropped_keys`; a client pushing name after name
+fills only the clients' share.
+
+What the series hold is bounded too (series.py): 250,000 distinct latency values over every
+lifetime, window and slot, 25,000 of them the clients'. A share past its budget after a push
+folds its largest series to the SLO record's precision (at most 4.4% above), then drops the
+latencies of its least recently merged; counts stay exact and no row goes. A client's first
+push of an interval is taken whole; a further one in the same interval is merged, counts only
+once the clients' share went past its budget in that interval. sys.info tells all of it:
+`held_values`, `held_budget`, `client_held_values`, `client_budget`, `over_budget_pushes`
+(`client_over_budget_pushes` of them the clients'), `folded_series`,
+`latencies_dropped_series`, `latencies_dropped_values`, `client_pushes_extra`,
+`client_pushes_counts_only`; the first ten of each kind and every thousandth are logged.
 
 Alerts (seed 8.1), evaluated over the window after each merge and each interval:
   failure_rate  raised when requests >= alert_min_samples and errors/requests > alert_failure_rate
@@ -93,7 +106,7 @@ from moorage.actors.metrics.push import (
 )
 from moorage.actors.metrics.record import SloRecord
 from moorage.actors.metrics.recovery import Incident
-from moorage.actors.metrics.series import MetricsTable, Series, summarize
+from moorage.actors.metrics.series import HELD_VALUE_BYTES, MetricsTable, Series, summarize
 from moorage.actors.metrics.settings import Settings
 from moorage.actors.metrics.slo_report import build_report
 from moorage.actors.runtime import Actor, Call, op
@@ -167,6 +180,9 @@ class MetricsActor(Actor):
         self.alerts = Alerts(st.policy, st.window_s, st.history)
         self.received_pushes = 0  # every message on metrics.in, bad ones included
         self.bad_pushes = 0
+        self.client_pushes_extra = 0  # a client's further pushes in one interval
+        self.client_pushes_counts_only = 0  # of them, merged without their latencies
+        self._client_interval: dict[str, int] = {}  # client -> interval of its last push
         self.actors: dict[str, dict[str, Any]] = {}
         self.client_pushers = 0  # of self.actors, the clients
         self.record = SloRecord(state_dir(self.runtime_dir) / st.slo_file, st)
@@ -203,6 +219,8 @@ class MetricsActor(Actor):
     def info(self) -> dict[str, Any]:
         return {"received_pushes": self.received_pushes, "bad_pushes": self.bad_pushes,
                 "keys": len(self.table.series), "dropped_keys": self.table.dropped_keys,
+                **self.table.info(), "client_pushes_extra": self.client_pushes_extra,
+                "client_pushes_counts_only": self.client_pushes_counts_only,
                 "slo_file": str(self.record.path), "slo_saves": self.record.saves,
                 "slo_save_ms": round(self.record.save_cost_s * 1000, 3),
                 "slo_keys": len(self.slo.hours.keys), "slo_dropped_keys": self.slo.dropped_keys}
@@ -230,14 +248,37 @@ class MetricsActor(Actor):
                 if self.bad_pushes <= 10 or self.bad_pushes % 1000 == 0:
                     logger.warning("bad metrics push (#{}): {}", self.bad_pushes, exc)
                 continue
-            self._note_actor(push)
-            self._merge(push.actor, push.ops, idx)
+            latencies = (not push.actor.startswith(CLIENT_PREFIX)
+                         or self._client_latencies(push.actor, idx))
+            self._note_actor(push, idx)
+            self._merge(push.actor, push.ops, idx, latencies)
             self._take_losses(push.actor, push.loss)
 
-    def _note_actor(self, push: Push) -> None:
+    def _client_latencies(self, name: str, idx: int) -> bool:
+        """Whether a push of client `name` in interval `idx` brings its latencies in
+        (PROTOCOL.md section 2: a client pushes at most once an interval). Its first push of
+        an interval does; a further one (as every push of a client past the
+        `max_client_keys` pushers kept) is merged into that interval's figures, its counts
+        always and its latencies only while the clients' share of the table has not gone
+        past its budget in that interval. Each is counted."""
+        if self._client_interval.get(name, idx) != idx or (
+                name not in self.actors and self.client_pushers < self.settings.max_client_keys):
+            return True
+        self.client_pushes_extra += 1
+        if self.table.pressed[True] != idx:
+            return True
+        self.client_pushes_counts_only += 1
+        n = self.client_pushes_counts_only
+        if n <= 10 or n % 1000 == 0:
+            logger.warning("client push merged without its latencies (#{}): {} pushed again "
+                           "in an interval in which the clients' share of the table went "
+                           "past its budget", n, name)
+        return False
+
+    def _note_actor(self, push: Push, idx: int) -> None:
         seen = self.actors.get(push.actor)
+        client = push.actor.startswith(CLIENT_PREFIX)
         if seen is None:
-            client = push.actor.startswith(CLIENT_PREFIX)
             if client:
                 if self.client_pushers >= self.settings.max_client_keys:
                     return
@@ -250,17 +291,37 @@ class MetricsActor(Actor):
             seen["epochs"] += 1  # the actor restarted
         seen.update(pid=push.pid, ep=push.ep, last_push=time.time())
         seen["pushes"] += 1
+        if client:
+            self._client_interval[push.actor] = idx
 
-    def _merge(self, actor: str, samples: list[OpSample], idx: int) -> None:
+    def _merge(self, actor: str, samples: list[OpSample], idx: int,
+               latencies: bool = True) -> None:
         now = time.time()
         for s in samples:
-            series = self.table.merge(actor, s, idx)
+            series = self.table.merge(actor, s, idx, latencies)
             if series is None:
                 continue
             # (the record takes the tree's actors' figures only, under its own key bound)
             if self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now, s.caller):
                 self.record.dirty = True
             self._evaluate(series)
+        self._bound(actor.startswith(CLIENT_PREFIX), idx)
+
+    def _bound(self, client: bool, idx: int) -> None:
+        """Back within the budget of the clients' (or the actors') share of the table, if
+        the merge just made went past it: counted, and logged."""
+        table = self.table
+        held = table.held
+        if not table.bound(idx, client):
+            return
+        self.heap.note((held - table.held) * HELD_VALUE_BYTES)
+        n = table.over_budget[client]
+        if n <= 10 or n % 1000 == 0:
+            logger.warning("metrics table: the {} share went past its budget of {} values "
+                           "(#{}); {} held now; series folded {}, latencies dropped of {} "
+                           "({} values) so far", "clients'" if client else "actors'",
+                           table.budget(client), n, table.held_by(client),
+                           table.folded_series, table.dropped_series, table.dropped_values)
 
     def _take_losses(self, actor: str, loss: dict[str, int]) -> None:
         # (the actor bound, max_keys, holds here too; this actor's own are always kept: it
@@ -304,8 +365,11 @@ class MetricsActor(Actor):
     def _advance(self) -> int:
         """Expire old intervals everywhere and re-evaluate the series that changed."""
         idx = self.table.interval(time.monotonic())
+        held = self.table.held
         for s in self.table.expire(idx):
             self._evaluate(s)
+        if held > self.table.held:  # (the heap is trimmed once such frees add up)
+            self.heap.note((held - self.table.held) * HELD_VALUE_BYTES)
         return idx
 
     def _tick(self) -> None:
@@ -442,7 +506,9 @@ class MetricsActor(Actor):
         self.table.clear()
         self.stats.drain()
         self.actors.clear()
+        self._client_interval.clear()
         self.client_pushers = 0
         self.received_pushes = self.bad_pushes = 0
+        self.client_pushes_extra = self.client_pushes_counts_only = 0
         logger.info("metrics reset (pid {})", os.getpid())
         return {"reset": True}

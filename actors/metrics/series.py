@@ -1,7 +1,24 @@
-"""Per (actor, op) series: lifetime figures and a recent window of per-interval buckets.
+"""Per (actor, op) series: lifetime figures and a recent window of coarse slots.
 
-The window keeps a running total and subtracts buckets as they expire, so a query never sums
-buckets, and the number of series is capped so junk op names cannot grow memory.
+The window keeps a running total and subtracts slots as they expire, so a query never sums
+slots, and the number of series is capped so junk op names cannot grow memory.
+
+What the table holds is bounded in values, not only in keys. A series' latencies are counts
+of HDR values, up to 3,328 distinct ones per counter, and a series holds one counter for its
+lifetime, one for its window's total and one per slot of its window: a push of every bucket
+into a series of one-second intervals made that 62 x 3,328 values (about 2 MiB of heap for a
+1 KB push). So a window folds its intervals into at most SLOTS slots (their width,
+`slot_width`, is one interval for a window of at most SLOTS intervals, so a short window
+expires exactly interval by interval), and the table counts the values it holds (`held`:
+the distinct values of every counter of every series) against a budget (`max_held`), of
+which the clients' series (`client.<name>`: anyone who can reach metrics.in) may hold at most
+`client_budget`. When a share is over its budget after a merge (`bound`), its largest series
+are folded first, to the SLO record's precision (slo.py: 16 bins an octave, a value read as
+its bin's highest integer, at most 4.4% above it), and if that is not enough the latencies of
+its least recently merged series are dropped. No series is dropped for the budget, and its
+counts (ok, error, caller errors, summed microseconds) stay exact whatever happens to its
+latencies: its percentiles are then those of the latencies it still holds (the ones merged
+since). Each fold, drop and push that went past a budget is counted.
 
 Every figure stays within MAX_ID (2^53 - 1, what the protocol carries exactly) by refusal, not
 saturation: `MetricsTable.check` refuses samples that would carry a series' lifetime requests or
@@ -17,13 +34,21 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from moorage.actors.metrics.push import CLIENT_PREFIX, BadPush, OpSample
+from moorage.actors.metrics.slo import bin_top, latency_bin
 from moorage.protocol.limits import MAX_ID
 
 MAX_SPAN = 86_400  # intervals in one window
+SLOTS = 12  # a window's intervals are folded into at most this many slots
+# Values held by the whole table (about 80 bytes of heap each: 20 MB), and by the clients'
+# series among them (2 MB). An op's real latencies take a few hundred values a counter; an
+# idle default tree's own series hold about a hundred in all.
+MAX_HELD = 250_000
+CLIENT_BUDGET = 25_000
+HELD_VALUE_BYTES = 80  # heap a held value costs, about (a dict entry and its count)
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
 
@@ -50,55 +75,110 @@ def summarize(ok: int, error: int, counts: Counter[int], caller: int = 0) -> dic
     return out
 
 
-class _Bucket:
-    __slots__ = ("caller", "counts", "error", "idx", "ok", "sum_us")
+_COARSE: dict[int, int] = {}  # microsecond value -> its coarse value, for the values seen first
+_COARSE_MAX = 8192  # the values of our HDR buckets are 3,328
 
-    def __init__(self, idx: int) -> None:
-        self.idx = idx
+
+def coarse_value(us: int) -> int:
+    """The value `us` is held as once its series is folded: the highest integer of its
+    latency bin (slo.py), never below it, at most 4.4% above. Folding it again changes
+    nothing."""
+    c = _COARSE.get(us)
+    if c is None:
+        c = bin_top(latency_bin(us))
+        if len(_COARSE) < _COARSE_MAX:
+            _COARSE[us] = c
+    return c
+
+
+def coarsen(counts: Mapping[int, int]) -> Counter[int]:
+    """`counts` with each value as its coarse value (at most 508 distinct ones)."""
+    out: dict[int, int] = {}  # (a dict's item assignment is half the cost of a Counter's)
+    get = out.get
+    for us, n in counts.items():
+        c = coarse_value(us)
+        out[c] = get(c, 0) + n
+    return Counter(out)
+
+
+class _Slot:
+    """The figures of the intervals [n x width, (n + 1) x width) of one window."""
+
+    __slots__ = ("caller", "counts", "error", "n", "ok", "sum_us")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
         self.ok = self.error = self.sum_us = self.caller = 0
         self.counts: Counter[int] = Counter()
 
 
 class Window:
-    """The last `span` intervals of one series and their running total (read in O(1))."""
+    """The last `span` intervals of one series, in slots of `width` intervals, and their
+    running total (read in O(1)). A slot leaves once its last interval has: the window holds
+    at least `span` intervals and fewer than `span + width`."""
 
-    __slots__ = ("buckets", "caller", "counts", "error", "ok", "span", "sum_us")
+    __slots__ = ("caller", "counts", "error", "held", "ok", "slots", "span", "sum_us", "width")
 
-    def __init__(self, span: int) -> None:
+    def __init__(self, span: int, width: int = 1) -> None:
         self.span = span
-        self.buckets: deque[_Bucket] = deque()
+        self.width = width
+        self.slots: deque[_Slot] = deque()
         self.ok = self.error = self.sum_us = self.caller = 0
         self.counts: Counter[int] = Counter()
+        self.held = 0  # distinct values of `counts` and of every slot's
 
-    def add(self, idx: int, s: OpSample) -> None:
+    def add(self, idx: int, s: OpSample, counts: Mapping[int, int]) -> None:
+        """`s`'s counts, its latencies as `counts` (the series' own precision), at `idx`."""
         self.expire(idx)
-        if not self.buckets or self.buckets[-1].idx < idx:
-            self.buckets.append(_Bucket(idx))
-        b = self.buckets[-1]  # a clock that went back (it cannot: monotonic) lands here too
+        n = idx // self.width
+        if not self.slots or self.slots[-1].n < n:
+            self.slots.append(_Slot(n))
+        b = self.slots[-1]  # a clock that went back (it cannot: monotonic) lands here too
+        before = len(b.counts) + len(self.counts)
         for target in (b, self):
             target.ok += s.ok
             target.error += s.error
             target.caller += s.caller
             target.sum_us += s.sum_us
-            target.counts.update(s.counts)
+            target.counts.update(counts)
+        self.held += len(b.counts) + len(self.counts) - before
 
     def expire(self, idx: int) -> bool:
-        """Drop intervals that left the window ending at interval `idx`; True if any did."""
+        """Drop slots that left the window ending at interval `idx`; True if any did."""
         gone = False
-        while self.buckets and self.buckets[0].idx <= idx - self.span:
-            b = self.buckets.popleft()
+        last = idx - self.span + 1  # slots whose last interval is before this have left
+        while self.slots and (self.slots[0].n + 1) * self.width <= last:
+            b = self.slots.popleft()
             self.ok -= b.ok
             self.error -= b.error
             self.caller -= b.caller
             self.sum_us -= b.sum_us
+            before = len(self.counts)
             for v, n in b.counts.items():
                 left = self.counts[v] - n
                 if left:
                     self.counts[v] = left
                 else:
                     del self.counts[v]
+            self.held -= len(b.counts) + before - len(self.counts)
             gone = True
         return gone
+
+    def fold(self) -> None:
+        """Every counter at the coarse precision (the total stays the slots' sum: both are
+        folded the same way)."""
+        self.counts = coarsen(self.counts)
+        held = len(self.counts)
+        for b in self.slots:
+            b.counts = coarsen(b.counts)
+            held += len(b.counts)
+        self.held = held
+
+    def drop_latencies(self) -> None:
+        self.counts = Counter()
+        for b in self.slots:
+            b.counts = Counter()
+        self.held = 0
 
     @property
     def requests(self) -> int:
@@ -106,45 +186,89 @@ class Window:
 
 
 class Series:
-    """One (actor, op): lifetime totals and the recent window."""
+    """One (actor, op): lifetime totals and the recent window. `coarse` once folded: what
+    comes in after is folded too. `last`: the interval of the latest merge."""
 
-    __slots__ = ("actor", "caller", "counts", "error", "ok", "op", "sum_us", "window")
+    __slots__ = ("actor", "caller", "client", "coarse", "counts", "error", "last", "ok", "op",
+                 "sum_us", "window")
 
-    def __init__(self, actor: str, op: str, span: int) -> None:
+    def __init__(self, actor: str, op: str, span: int, width: int = 1) -> None:
         self.actor = actor
         self.op = op
+        self.client = actor.startswith(CLIENT_PREFIX)
         self.ok = self.error = self.sum_us = self.caller = 0
         self.counts: Counter[int] = Counter()
-        self.window = Window(span)
+        self.window = Window(span, width)
+        self.coarse = False
+        self.last = 0
 
-    def add(self, idx: int, s: OpSample) -> None:
+    @property
+    def held(self) -> int:
+        """Distinct values held: the lifetime's and the window's."""
+        return len(self.counts) + self.window.held
+
+    def add(self, idx: int, s: OpSample, latencies: bool = True) -> None:
+        """`s` at interval `idx`; without `latencies`, its counts only."""
+        counts: Mapping[int, int] = {}
+        if latencies:
+            counts = coarsen(s.counts) if self.coarse else s.counts
         self.ok += s.ok
         self.error += s.error
         self.caller += s.caller
         self.sum_us += s.sum_us
-        self.counts.update(s.counts)
-        self.window.add(idx, s)
+        self.counts.update(counts)
+        self.window.add(idx, s, counts)
+        self.last = max(self.last, idx)
+
+    def fold(self) -> None:
+        self.counts = coarsen(self.counts)
+        self.window.fold()
+        self.coarse = True
+
+    def drop_latencies(self) -> None:
+        """Forget every latency held (the counts stay); what comes in after is held again."""
+        self.counts = Counter()
+        self.window.drop_latencies()
 
 
 class MetricsTable:
     """Every series, keyed (actor, op): at most `max_keys` of the tree's actors and at most
     `max_client_keys` of clients' (pushers named `client.<name>`, which anyone who can reach
     metrics.in may be), so that no client, however many names it pushes, costs the tree's
-    own actors a key. Time is an interval number the caller computes (`interval(now)`), so
-    tests need no clock."""
+    own actors a key; and at most `max_held` values, `client_budget` of them the clients'
+    (the module's docstring), so that no client, however wide its histograms, costs the tree
+    its memory. Time is an interval number the caller computes (`interval(now)`), so tests
+    need no clock."""
 
     def __init__(self, window_s: float, bucket_s: float, max_keys: int,
-                 max_client_keys: int = 0) -> None:
+                 max_client_keys: int = 0, max_held: int = MAX_HELD,
+                 client_budget: int = CLIENT_BUDGET) -> None:
         self.bucket_s = bucket_s
         self.span = max(1, math.ceil(window_s / bucket_s))
+        self.slot_width = max(1, math.ceil(self.span / SLOTS))
         self.max_keys = max_keys
         self.max_client_keys = max_client_keys
+        self.max_held = max_held
+        self.client_budget = min(client_budget, max_held)
         self.series: dict[tuple[str, str], Series] = {}
         self.client_keys = 0  # of self.series, those of clients
         self.dropped_keys = 0  # op entries not kept because their share of the table was full
+        self.held = 0  # values held by every series (Series.held)
+        self.client_held = 0  # of them, by the clients' series
+        self.folded_series = 0  # series folded to the coarse precision to stay in budget
+        self.dropped_series = 0  # drops of a series' latencies to stay in budget
+        self.dropped_values = 0  # the values they held
+        self.over_budget = {False: 0, True: 0}  # bounds that found a share past its budget
+        self.pressed = {False: -1, True: -1}  # the interval a share was last past its budget
 
     def interval(self, now: float) -> int:
         return int(now // self.bucket_s)
+
+    def budget(self, client: bool) -> int:
+        return self.client_budget if client else self.max_held - self.client_budget
+
+    def held_by(self, client: bool) -> int:
+        return self.client_held if client else self.held - self.client_held
 
     def check(self, actor: str, samples: Iterable[OpSample]) -> None:
         """BadPush if merging `samples` (one push's) would carry a series' lifetime requests
@@ -156,7 +280,12 @@ class MetricsTable:
                 raise BadPush(f"{actor}/{s.op}: the push would carry its lifetime "
                               "requests or microseconds past 2^53 - 1")
 
-    def merge(self, actor: str, s: OpSample, idx: int) -> Series | None:
+    def merge(self, actor: str, s: OpSample, idx: int,
+              latencies: bool = True) -> Series | None:
+        """Merge `s` (without `latencies`, its counts only); the series, or None when its
+        share of the keys is full. What the share holds may then be past its budget until
+        `bound` is called (once a push: a push's own values, at most
+        limits.MAX_PUSH_BUCKETS a counter, are the most it goes past)."""
         key = (actor, s.op)
         series = self.series.get(key)
         if series is None:
@@ -165,21 +294,73 @@ class MetricsTable:
                     else len(self.series) - self.client_keys >= self.max_keys):
                 self.dropped_keys += 1
                 return None
-            series = self.series[key] = Series(actor, s.op, self.span)
+            series = self.series[key] = Series(actor, s.op, self.span, self.slot_width)
             self.client_keys += client
-        series.add(idx, s)
+        before = series.held
+        series.add(idx, s, latencies)
+        self._held(series, series.held - before)
         return series
 
+    def _held(self, series: Series, delta: int) -> None:
+        self.held += delta
+        if series.client:
+            self.client_held += delta
+
+    def bound(self, idx: int, client: bool) -> bool:
+        """Bring the share of the clients (or of the tree's actors) back within its budget:
+        its largest series folded first, then the latencies of its least recently merged
+        (the largest first among those) dropped. False when it was within it already."""
+        budget = self.budget(client)
+        if self.held_by(client) <= budget:
+            return False
+        self.over_budget[client] += 1
+        self.pressed[client] = idx
+        mine = [s for s in self.series.values() if s.client == client]
+        for s in sorted((s for s in mine if not s.coarse), key=lambda s: s.held,
+                        reverse=True):
+            if self.held_by(client) <= budget:
+                return True
+            before = s.held
+            s.fold()
+            self._held(s, s.held - before)
+            self.folded_series += 1
+        for s in sorted((s for s in mine if s.held), key=lambda s: (s.last, -s.held)):
+            if self.held_by(client) <= budget:
+                break
+            self.dropped_values += s.held
+            self._held(s, -s.held)
+            s.drop_latencies()
+            self.dropped_series += 1
+        return True
+
     def expire(self, idx: int) -> list[Series]:
-        """Series whose window lost an interval (their alerts need a new look)."""
-        return [s for s in self.series.values() if s.window.expire(idx)]
+        """Series whose window lost a slot (their alerts need a new look)."""
+        out = []
+        for s in self.series.values():
+            before = s.window.held
+            if s.window.expire(idx):
+                self._held(s, s.window.held - before)
+                out.append(s)
+        return out
 
     def select(self, actor: str | None = None, op: str | None = None) -> list[Series]:
         return [s for (a, o), s in sorted(self.series.items())
                 if (actor is None or a == actor) and (op is None or o == op)]
 
+    def info(self) -> dict[str, int]:
+        """What the table holds against its budgets, and what staying in them took."""
+        return {"held_values": self.held, "held_budget": self.max_held,
+                "client_held_values": self.client_held, "client_budget": self.client_budget,
+                "over_budget_pushes": sum(self.over_budget.values()),
+                "client_over_budget_pushes": self.over_budget[True],
+                "folded_series": self.folded_series,
+                "latencies_dropped_series": self.dropped_series,
+                "latencies_dropped_values": self.dropped_values}
+
     def clear(self) -> None:
         self.series.clear()
         self.client_keys = self.dropped_keys = 0
-
-
+        self.held = self.client_held = 0
+        self.folded_series = self.dropped_series = self.dropped_values = 0
+        self.over_budget = {False: 0, True: 0}
+        self.pressed = {False: -1, True: -1}
