@@ -13,6 +13,9 @@
   exit_normally_after: int   exit(0) on the Nth `fake.work` (transient children)
   forge_from: path           at start, when that file holds a pid: on the zygote's socket it
                              inherited, say that pid exited, and that it is ready
+
+and, on request, holds memory of its own (`fake.memory`) or tells another actor a pressure
+state with the tree's token (`fake.pressure`), for the resource actor's tests.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from typing import Any
 
 import msgpack
 
-from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
+from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op, trust
+from moorage.actors.runtime.actor import PRESSURE_TOKEN_NAME
 from moorage.actors.runtime.custody import CustodyClient, custody_path
-from moorage.protocol.errors import fail
+from moorage.actors.runtime.outbound import Outbound
+from moorage.protocol.envelope import Reply
+from moorage.protocol.errors import WireError, fail
 
 
 class Unprintable(Exception):
@@ -61,11 +67,17 @@ class FakeActor(Actor):
         self.work_done = 0
         self.side_effects = 0
         self.held: list[tuple[Call, int]] = []  # fake.held calls and their effect counts
+        self.ballast = b""  # fake.memory: memory this process holds, as a bloated cache would
+        self._outbound: Outbound | None = None  # fake.pressure's calls
 
     def on_start(self) -> None:
         # Runs after Actor.serve installed its SIGTERM handler, so this replaces it.
         if self.config.get("ignore_sigterm"):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def on_stop(self) -> None:
+        if self._outbound is not None:
+            self._outbound.close()
 
     @op("fake.work", args={"n": (int, 0), "fail": (bool, False)})
     def work(self, call: Call, n: int, fail: bool) -> dict[str, Any]:
@@ -190,6 +202,37 @@ class FakeActor(Actor):
         """Fail with a detail msgpack refuses (a path's surrogate escapes, as
         os.path.realpath gives a non-UTF-8 name)."""
         raise fail("not_found", "no such thing", detail={"path": "out\udcff"})
+
+    @op("fake.memory", args={"mb": int})
+    def memory(self, call: Call, mb: int) -> dict[str, Any]:
+        """Hold `mb` MB (written, so resident and private) instead of what was held: the
+        actor's own memory, a cache that has bloated, which no kill of a user's process
+        gives back. Answers once it is all allocated."""
+        if not 0 <= mb <= 4096:
+            raise fail("bad_args", "fake.memory: mb must be 0..4096")
+        self.ballast = b""  # (the old block goes first: the two are never held together)
+        self.ballast = b"y" * (mb << 20)
+        return {"mb": mb, "pid": os.getpid()}
+
+    @op("fake.pressure", args={"actor": str, "level": str, "quality": int})
+    def tell_pressure(self, call: Call, actor: str, level: str, quality: int) -> object:
+        """Tell `actor` a pressure level and quality with the tree's token, which only a
+        process of the tree can make: a tell that is not the resource actor's, leaving that
+        actor holding a state the tree is not in. Answers with its `sys.pressure` answer."""
+        if self._outbound is None:
+            self._outbound = Outbound(self)
+
+        def done(reply: Reply | None, err: WireError | None) -> None:
+            if err is not None:
+                call.fail(err)
+            else:
+                call.reply(reply.body if reply is not None else None)
+
+        self._outbound.call(actor, "sys.pressure",
+                            {"level": level, "quality": quality,
+                             "tok": trust.token(PRESSURE_TOKEN_NAME)},
+                            timeout=5.0, on_done=done)
+        return DEFERRED
 
     @op("fake.fail")
     def fail_op(self, call: Call) -> None:

@@ -25,6 +25,7 @@ from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, encode_request, packb
 from moorage.protocol.errors import MoorageError
+from tests.pressure_support import told
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -563,9 +564,9 @@ def test_under_high_pressure_idle_streams_are_closed_and_announced(spawn_actor, 
     sub = client.subscribe("parser", ["parse.evicted"], from_seq=1)
     feed(client, "a", 0, A)
     feed(client, "b", 0, A)
-    calm = client.call("parser", "sys.pressure", {"level": "moderate", "quality": 3})
+    calm = client.call("parser", "sys.pressure", told("moderate", 3))
     assert "streams_closed" not in calm["done"]
-    high = client.call("parser", "sys.pressure", {"level": "high", "quality": 2})
+    high = client.call("parser", "sys.pressure", told("high", 2))
     assert high["done"]["streams_closed"] == 2
     assert {next_event(sub)["reason"], next_event(sub)["reason"]} == {"pressure"}
     assert client.call("parser", "parse.stats")["pressure_closed"] == 2
@@ -573,7 +574,7 @@ def test_under_high_pressure_idle_streams_are_closed_and_announced(spawn_actor, 
 
 def test_default_pressure_reaction_spares_streams_used_in_the_last_ten_seconds(parser, client):
     feed(client, "a", 0, A)
-    done = client.call("parser", "sys.pressure", {"level": "critical", "quality": 0})["done"]
+    done = client.call("parser", "sys.pressure", told("critical", 0))["done"]
     assert done["streams_closed"] == 0
     assert len(client.call("parser", "parse.list")["streams"]) == 1
 

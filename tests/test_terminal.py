@@ -16,6 +16,7 @@ from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.envelope import decode_reply, encode_request
 from moorage.protocol.errors import MoorageError
+from tests.pressure_support import told
 from tests.terminal_support import Commands, Output, RawOutput, env_for, make_home
 from tests.waiting import open_gate, wait_for
 
@@ -320,7 +321,7 @@ def test_without_integration_a_shell_that_marks_its_commands_ends_each_at_its_ma
     where each command ends, so a pause in a command's output is not its end (its output
     after the pause would reach no caller, and the next command would be typed into it)."""
     sid = term.create("bash")["session"]
-    assert term.call("sys.pressure", {"level": "high", "quality": 1})["done"][
+    assert term.call("sys.pressure", told("high", 1))["done"][
         "integration"] is False
     r = term.exec(sid, "echo one; sleep 1; echo two")  # (a pause longer than quiet_ms)
     assert (r["exit_code"], r["mode"], r["trusted"]) == (None, "no_integration", False)
@@ -329,7 +330,7 @@ def test_without_integration_a_shell_that_marks_its_commands_ends_each_at_its_ma
     assert r["output"] == "three"
     r = term.exec(sid, "echo a; sleep 1\necho b")  # two lines: one paste, one end
     assert r["output"] == "a\nb"
-    term.call("sys.pressure", {"level": "normal", "quality": 3})
+    term.call("sys.pressure", told("normal", 3))
     assert term.exec(sid, "false")["exit_code"] == 1
 
 
@@ -494,11 +495,11 @@ def test_a_command_sent_line_by_line_runs_whole_though_the_shell_asks_for_its_li
     continuation prompt between them is no sign of an incomplete command."""
     sid = term.create("bash")["session"]
     marker = term.home / "lines"
-    term.call("sys.pressure", {"level": "normal", "quality": 1})
+    term.call("sys.pressure", told("normal", 1))
     r = term.exec(sid, f"echo first > {marker}\nfor i in 1 2\ndo echo $i >> {marker}\ndone")
     assert r["mode"] == "no_integration"
     assert marker.read_text() == "first\n1\n2\n"
-    term.call("sys.pressure", {"level": "normal", "quality": 3})
+    term.call("sys.pressure", told("normal", 3))
 
 
 def test_an_answer_being_cleaned_when_the_terminal_stops_is_sent_not_lost(term):
@@ -597,11 +598,11 @@ def test_scrollback_is_addressed_by_absolute_offset_and_reports_what_it_lost(ter
 
 def test_degraded_quality_turns_integration_off_and_the_reply_says_so(term):
     sid = term.create("bash")["session"]
-    done = term.call("sys.pressure", {"level": "high", "quality": 1})["done"]
+    done = term.call("sys.pressure", told("high", 1))["done"]
     assert done["integration"] is False and "scrollback_trimmed" in done
     r = term.exec(sid, "echo test")
     assert (r["exit_code"], r["output"], r["mode"]) == (None, "test", "no_integration")
-    term.call("sys.pressure", {"level": "normal", "quality": 3})
+    term.call("sys.pressure", told("normal", 3))
     r = term.exec(sid, "echo test")
     assert (r["exit_code"], r["output"], r["mode"]) == (0, "test", "integration")
 

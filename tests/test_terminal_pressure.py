@@ -8,17 +8,18 @@ import pytest
 
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
+from tests.pressure_support import TELLER, tell
 from tests.terminal_support import Commands, env_for, make_home, terminal_tree
 
 pytestmark = pytest.mark.timeout(120)
 
 TREE = terminal_tree(terminal="""
 idle_close_s = 0       # any session not running a command counts as idle
-scrollback_bytes = 65536""")
+scrollback_bytes = 65536""") + TELLER
 
 
 def pressure(tree, level: str, quality: int) -> dict:
-    return tree.call("terminal", "sys.pressure", {"level": level, "quality": quality})["done"]
+    return tell(tree, "terminal", level, quality)["done"]
 
 
 def create(tree, home) -> str:

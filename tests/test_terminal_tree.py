@@ -23,6 +23,7 @@ from moorage.protocol.client import Client
 from moorage.protocol.envelope import Reply, StreamMessage, decode_reply, encode_request
 from moorage.protocol.errors import MoorageError
 from tests.conftest import Tree, pid_running, wait_pid_exit
+from tests.pressure_support import TELLER, tell
 from tests.terminal_support import (
     Commands,
     Output,
@@ -405,12 +406,12 @@ def test_an_exec_in_flight_when_the_terminal_dies_is_answered_by_its_successor(
     """term.exec is resumable: the client resends it to the successor, which had taken the
     command over from the keeper's record of it and answers it once it completes (at
     quality 1, without integration, at its D all the same: its silent loop is no end)."""
-    tree = make_tree(TREE).start()
+    tree = make_tree(TREE + TELLER).start()
     home = make_home(tmp_path)
     c = tree.client
     sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(home)},
                  timeout=30)["session"]
-    c.call("terminal", "sys.pressure", {"level": "normal", "quality": quality})
+    tell(tree, "terminal", "normal", quality)
     c.learn_ops("terminal")
     assert c.core.resumable["terminal"] >= {"term.exec", "term.create"}
     (home / "go").write_text("")

@@ -26,6 +26,7 @@ from moorage.protocol.client import Loss
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from tests.conftest import wait_pid_exit
+from tests.pressure_support import told
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -843,7 +844,7 @@ def test_the_polling_fallback_still_delivers_every_change(start, data):
 def test_quality_zero_pauses_watching_and_its_return_resyncs(start, data):
     w = start()
     w.watch()
-    done = w.call("sys.pressure", {"level": "normal", "quality": 0})["done"]
+    done = w.call("sys.pressure", told("normal", 0))["done"]
     assert done["watching"] == "paused"
     with pytest.raises(MoorageError) as e:
         # (a call shorter than the refusal's retry_after_ms, 5 s: the client hands the busy
@@ -851,7 +852,7 @@ def test_quality_zero_pauses_watching_and_its_return_resyncs(start, data):
         w.call("fs.watch", {"path": str(data), "recursive": False}, timeout=4.0)
     assert e.value.name == "busy"
     (data / "while-paused").write_text("x")
-    done = w.call("sys.pressure", {"level": "normal", "quality": 3})["done"]
+    done = w.call("sys.pressure", told("normal", 3))["done"]
     assert done["watching"] == "resumed" and done["resync"]["reason"] == "resumed"
     evs = w.sync()
     assert ("created", "while-paused") in kinds(evs, data)
@@ -865,8 +866,8 @@ def test_pressure_halves_then_clears_the_cache(start, data):
     for i in range(8):
         (data / f"f{i}").write_bytes(b"x" * 1000)
         w.call("fs.read", {"path": f"f{i}"})
-    done = w.call("sys.pressure", {"level": "moderate", "quality": 3})["done"]
+    done = w.call("sys.pressure", told("moderate", 3))["done"]
     assert done["cache"]["entries_dropped"] == 4
-    done = w.call("sys.pressure", {"level": "high", "quality": 3})["done"]
+    done = w.call("sys.pressure", told("high", 3))["done"]
     assert done["cache"]["entries_dropped"] == 4
     assert w.call("fs.stats")["cache"]["bytes"] == 0

@@ -29,6 +29,7 @@ from moorage.protocol.client import Client
 from moorage.protocol.client.aio import AsyncClient
 from moorage.protocol.errors import MoorageError
 from tests import fuse_mount
+from tests.pressure_support import TELLER, tell
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -665,7 +666,7 @@ def test_a_resync_of_a_big_tree_walks_while_the_loop_answers(make_tree, tmpfs_pa
     big = data / "big"
     big.mkdir(parents=True)
     entries = make_big_tree(big, BIG_DIRS, 4)
-    tree = make_tree(STRICT_TREE.format(data=data)).start()
+    tree = make_tree(STRICT_TREE.format(data=data) + TELLER).start()
     pid = tree.child("watcher")["pid"]
     with Client(tree.runtime_dir, timeout=60.0) as c:
         c.call("watcher", "fs.watch", {"path": str(big)}, timeout=120)
@@ -673,10 +674,10 @@ def test_a_resync_of_a_big_tree_walks_while_the_loop_answers(make_tree, tmpfs_pa
         # asked for meanwhile would run after it, not be the one this test follows
         wait_for(lambda: not c.call("watcher", "fs.stats")["resyncs"]["walking"],
                  "the first walk of the tree", 120)
-        c.call("watcher", "sys.pressure", {"level": "normal", "quality": 0})
+        tell(tree, "watcher", "normal", 0)
         (big / "d000" / "e00" / "while-paused").write_bytes(b"x")
         before = c.call("watcher", "fs.stats")["resyncs"]["count"]
-        done = c.call("watcher", "sys.pressure", {"level": "normal", "quality": 3})["done"]
+        done = tell(tree, "watcher", "normal", 3)["done"]
         assert done.get("resync") == {"reason": "resumed", "walking": True}, (
             done, tree.output())
         seen_walking = 0

@@ -27,10 +27,12 @@ Streams:
                   The first sample always publishes (previous None): a restarted resource
                   actor tells the tree where it stands.
   resource.alert  {kind: "runaway", action: "warn" | "killed" | "gone", pid, name, id,
-                  memory, rss, ...}, {kind: "critical", action: "no_runaway" |
-                  "persisting", ...} and {kind: "shed", action: "stopped" | "restored" |
-                  "failed", actors, failed, reason}. The supervisors republish them on
-                  `supervisor.pub` as `alert` events.
+                  memory, rss, ...}, {kind: "critical", action: "no_runaway", top,
+                  descendants_share, spared?: {pid, name, id, memory, rss,
+                  pressure_without}}, {kind: "critical", action: "persisting", ...} and
+                  {kind: "shed", action: "stopped" | "restored" | "failed", actors, failed,
+                  reason}. The supervisors republish them on `supervisor.pub` as `alert`
+                  events.
 
 Every `interval_s` (`calm_interval_s` once the tree is calm: `_interval`) the actor samples
 the tree with psutil (moorage.actors.resource.sampler; it asks the root supervisor for
@@ -39,11 +41,24 @@ sample found a process the status did not account for, or a nested supervisor wh
 did not answer: the sampler's doc), computes the pressure, level and quality
 (moorage.actors.resource.levels) and acts (moorage.actors.resource.escalation):
   - a change of level or quality is told to every running worker as `sys.pressure {level,
-    quality}` (the runtime trims its reply cache and calls the actor's `on_pressure`); a
-    worker restarted since is told the current state on its own;
+    quality, tok}` (`tok`: the tree's token, without which a worker refuses it; the runtime
+    trims its reply cache and calls the actor's `on_pressure`). Each worker's answer says
+    what it holds now; at each sample a worker that does not hold the tree's state is told
+    again: one restarted since (a new process starts at normal/3), one whose tell failed
+    (timed out in a busy queue, refused), one found holding something else. That last is
+    checked by asking `sys.info` of one worker every VERIFY_EVERY (5) samples, each in turn
+    (its `pressure`). Only a process of the tree can tell a worker anything, so that is
+    rare, and a sys.info is costly: 0.2-0.3 ms of a warm worker's CPU and as much here to
+    decode its op table, more in an idle tree's cold processes. Asked at every sample, it
+    took the idle default tree from about 0.13% to 0.18-0.22% of a core (P14, whose limit is
+    0.3%); every 5 samples it is within that measurement's noise;
   - at critical, the largest process of the tree that is not an actor, supervisor or zygote
     is alerted, then killed with SIGKILL if the pressure stays critical (81 or more in each
-    sample, whatever hysteresis holds the level at) for `kill_after_samples` samples;
+    sample, whatever hysteresis holds the level at) for `kill_after_samples` samples, but only
+    if killing it ends the critical level: the pressure without its memory is under 81, or
+    the tree's non-actor processes hold most of its memory (escalation.choose_runaway).
+    Otherwise the memory is the actors' own: it is alerted as `no_runaway` at once, naming
+    the process spared, and the actors' own shedding does the work;
   - critical for `persist_after_samples` samples in a row: the supervisors stop the
     non-essential actors (`sup.shed {on: true}`, children with `essential = false`); they
     are started again (`sup.shed {on: false}`) once the held level has stayed at or below
@@ -73,7 +88,7 @@ from typing import Any, Literal
 from loguru import logger
 
 from moorage.actors.resource.critical import CriticalActions
-from moorage.actors.resource.escalation import Escalation, Shedder, pick_runaway
+from moorage.actors.resource.escalation import Escalation, Shedder, choose_runaway
 from moorage.actors.resource.levels import (
     ENTER,
     FEATURES_OFF,
@@ -90,7 +105,8 @@ from moorage.actors.resource.levels import (
 from moorage.actors.resource.override_file import OverrideFile
 from moorage.actors.resource.sampler import Roles, Sample, TreeSampler, roles_from_status
 from moorage.actors.resource.settings import MB, Settings
-from moorage.actors.runtime import DEFERRED, Actor, Call, op
+from moorage.actors.runtime import DEFERRED, Actor, Call, op, trust
+from moorage.actors.runtime.actor import PRESSURE_TOKEN_NAME
 from moorage.actors.runtime.follow import Follow
 from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.outbound import Outbound
@@ -99,6 +115,7 @@ from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import Category, WireError, fail
 
 MAX_OVERRIDE_S = 86_400.0
+VERIFY_EVERY = 5  # samples between two sys.info checks of a worker's state (one each, in turn)
 RECENT_ALERTS = 20
 
 
@@ -109,6 +126,27 @@ class Broadcast:
     body: dict[str, Any]
     waiting: set[str]
     actions: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Worker:
+    """One worker process as the telling knows it: what (level, quality) it holds."""
+
+    pid: int
+    holds: tuple[int, int] | None  # as its last answer said; None: unknown (a tell failed)
+    out: int = 0  # sys.pressure calls to it under way
+    tells: int = 0  # sent to it so far: a sys.info asked before the last one is stale
+
+
+def _held(body: object) -> tuple[int, int] | None:
+    """(level, quality) from a `{level, quality}` answer (sys.pressure's, sys.info's
+    `pressure`); None if it is not one."""
+    if not isinstance(body, dict):
+        return None
+    level, quality = body.get("level"), body.get("quality")
+    if level not in LEVELS or type(quality) is not int:
+        return None
+    return LEVELS.index(level), quality
 
 
 # --- the shapes of the answers ----------------------------------------------------------------
@@ -155,7 +193,9 @@ class ResourceActor(Actor):
         self.level = NORMAL
         self.effective_quality = 3
         self._told: tuple[int, int] | None = None  # the (level, quality) last broadcast
-        self._told_pids: dict[str, int] = {}  # worker -> the pid that was told
+        self._workers: dict[str, Worker] = {}  # the running workers, as told
+        self._verified = ""  # the worker whose sys.info was asked last (they take turns)
+        self._token = trust.token(PRESSURE_TOKEN_NAME)  # without it sys.pressure is refused
         self._broadcasts: deque[Broadcast] = deque()
         self._status_pending = False
         self._fresh_next: list[Call] = []  # resource.status {fresh}: waiting for a tick
@@ -290,19 +330,22 @@ class ResourceActor(Actor):
             # for a runaway until a newer status says who is who; it is asked next tick.
             self._roles_stale = True
             self.counters["samples_in_doubt"] += 1
-        self.pressure = self.model.feed(sample.reading())
+        reading = sample.reading()
+        self.pressure = self.model.feed(reading)
         self.level = self.levels.feed(self.pressure.value)
         self.qualities.feed(self.level)
         budget = int(self.settings.memory_budget_mb * MB)
-        candidate = pick_runaway(sample.rows, int(budget * self.settings.runaway_min_share))
+        choice = choose_runaway(sample.rows, int(budget * self.settings.runaway_min_share),
+                                lambda freed: self.model.without(reading, freed))
         # The kill decision follows the pressure itself, not the level hysteresis holds.
-        for decision in self.escalation.feed(raw_level(self.pressure.value), candidate):
-            self.critical.carry_out(decision, sample)
+        for decision in self.escalation.feed(raw_level(self.pressure.value), choice.candidate):
+            self.critical.carry_out(decision, sample, choice)
         shed = self.shedder.feed(self.escalation.episode, self.level)
         if shed is not None and not self.critical.shed_pending:
             self.critical.shed(shed == "shed")
         self._publish_if_changed()
-        self._tell_restarted()
+        self._reconcile()
+        self._verify()
         p = self.pressure
         calm = (self.level == NORMAL and p.value < ENTER[MODERATE] - self.settings.margin
                 and p.memory < self._calm_memory + 1.0
@@ -343,28 +386,46 @@ class ResourceActor(Actor):
         workers = dict(self.roles.workers)
         b = Broadcast(body, set(workers))
         self._broadcasts.append(b)
-        self._told_pids = workers
-        for w in workers:
+        for w, pid in workers.items():
+            self._worker(w, pid)
             self._tell(w, b)
         self._flush()
 
+    def _worker(self, name: str, pid: int) -> tuple[Worker, bool]:
+        """The record of the worker `name` running as `pid`, and whether it is new (a
+        process not seen before starts at normal/3, as the runtime does)."""
+        w = self._workers.get(name)
+        if w is not None and w.pid == pid:
+            return w, False
+        w = self._workers[name] = Worker(pid, (NORMAL, MAX_QUALITY))
+        return w, True
+
     def _tell(self, worker: str, b: Broadcast | None) -> None:
-        level, quality = self._told or (NORMAL, 3)
+        level, quality = self._told or (NORMAL, MAX_QUALITY)
+        w = self._workers[worker]
+        w.out += 1
+        w.tells += 1
 
         def done(reply: Reply | None, err: WireError | None) -> None:
+            w.out -= 1
             if err is None and reply is not None and isinstance(reply.body, dict):
                 did = reply.body.get("done", {})
+                holds = _held(reply.body)
                 self.counters["told_ok"] += 1
                 self._count_actions(did)
             else:
                 did = {"error": err.name if err else "bad_reply"}
+                holds = None  # (told again at the next sample: `_reconcile`)
                 self.counters["told_failed"] += 1
+            if self._workers.get(worker) is w:
+                w.holds = holds
             if b is not None:
                 b.actions[worker] = did
                 b.waiting.discard(worker)
                 self._flush()
 
-        self.outbound.call(worker, "sys.pressure", {"level": LEVELS[level], "quality": quality},
+        self.outbound.call(worker, "sys.pressure",
+                           {"level": LEVELS[level], "quality": quality, "tok": self._token},
                            timeout=self.settings.tell_timeout_s, on_done=done)
 
     def _count_actions(self, did: Any) -> None:
@@ -384,16 +445,53 @@ class ResourceActor(Actor):
             b = self._broadcasts.popleft()
             self.publisher.publish("resource.level", {**b.body, "actions": b.actions})
 
-    def _tell_restarted(self) -> None:
-        """A worker restarted since the last broadcast starts at normal/3: tell it where the
-        tree stands (nothing to tell while the tree is at normal/3 itself)."""
-        for w, pid in self.roles.workers.items():
-            if self._told_pids.get(w) == pid:
+    def _reconcile(self) -> None:
+        """Tell the tree's state again to each running worker that does not hold it, as far
+        as its last answer says: one restarted since (it starts at normal/3: `retold`), one
+        whose tell failed or that was found holding something else (`tells_retried`). Not
+        while a tell to it is under way: its answer says. Costs nothing when all agree."""
+        told = self._told
+        if told is None:
+            return  # (the first sample tells every worker)
+        workers = self.roles.workers
+        for name in [n for n in self._workers if n not in workers]:
+            del self._workers[name]  # stopped: a process that comes back is a new one
+        for name, pid in workers.items():
+            w, new = self._worker(name, pid)
+            if w.out or w.holds == told:
                 continue
-            self._told_pids[w] = pid
-            if self._told is not None and self._told != (NORMAL, 3):
-                self.counters["retold"] += 1
-                self._tell(w, None)
+            self.counters["retold" if new else "tells_retried"] += 1
+            self._tell(name, None)
+
+    def _verify(self) -> None:
+        """Every VERIFY_EVERY samples, ask one worker (each in turn) for its `sys.info`: one
+        found holding another state than the tree's is told again at once (`drifts`)."""
+        if self._told is None or self.sampler.samples % VERIFY_EVERY:
+            return
+        idle = sorted(n for n, w in self._workers.items() if not w.out)
+        if not idle:
+            return
+        name = next((n for n in idle if n > self._verified), idle[0])
+        self._verified = name
+        w = self._workers[name]
+        tells = w.tells
+        self.counters["verified"] += 1
+
+        def done(reply: Reply | None, err: WireError | None) -> None:
+            body = reply.body if reply is not None else None
+            if err is not None or not isinstance(body, dict) or body.get("pid") != w.pid:
+                return  # (unanswered, or another process now: its turn comes again)
+            if self._workers.get(name) is not w or w.tells != tells or w.out:
+                return  # told since it answered: that tell's answer says
+            w.holds = _held(body.get("pressure"))
+            if w.holds != self._told:
+                self.counters["drifts"] += 1
+                logger.warning("{} holds {} while the tree is at {}: told again", name,
+                               body.get("pressure"), self._told)
+                self._tell(name, None)
+
+        self.outbound.call(name, "sys.info", timeout=self.settings.tell_timeout_s,
+                           on_done=done)
 
     # --- the quality override ---------------------------------------------------------------
 

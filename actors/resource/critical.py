@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
-from moorage.actors.resource.escalation import Decision, Escalation, Shedder
+from moorage.actors.resource.escalation import Choice, Decision, Escalation, Shedder
 from moorage.actors.resource.levels import LEVELS, Pressure
 from moorage.actors.resource.sampler import ProcRow, Sample, TreeSampler
 from moorage.actors.resource.settings import Settings
@@ -61,12 +61,20 @@ class CriticalActions:
         logger.warning("resource alert {}", body)
         self.r.publisher.publish("resource.alert", body)
 
-    def carry_out(self, d: Decision, sample: Sample) -> None:
+    def carry_out(self, d: Decision, sample: Sample, choice: Choice | None = None) -> None:
+        """`choice`: this sample's `choose_runaway`, for what a "no_runaway" alert says of
+        the largest non-actor process it spared (and of the pressure without it)."""
         row = next((r for r in sample.rows if r.pid == d.pid), None)
         if d.kind == "no_runaway":
             top = sorted(sample.rows, key=lambda r: r.memory, reverse=True)[:3]
-            self.alert({"kind": "critical", "action": "no_runaway",
-                         "top": [r.describe() for r in top]})
+            body: dict[str, Any] = {"kind": "critical", "action": "no_runaway",
+                                    "top": [r.describe() for r in top]}
+            if choice is not None:
+                body["descendants_share"] = round(choice.descendants_share, 3)
+                if isinstance(choice.spared, ProcRow):
+                    body["spared"] = {**_who(choice.spared),
+                                      "pressure_without": choice.pressure_without}
+            self.alert(body)
         elif d.kind == "persisting":
             self.alert({"kind": "critical", "action": "persisting", "samples": d.streak,
                          "next": "shed" if self.r.shedder.enabled else None})

@@ -5,12 +5,15 @@ what is left to the resource actor is the process that no actor owns the memory 
 largest runaway process inside the tree that is not an actor, supervisor or zygote (a
 shell's child, or any process an actor started). In one critical episode:
 
-  every critical sample    streak + 1
+  a critical sample with  streak + 1
+    a candidate
   a candidate not alerted  alert "warn" (pid, name, owner, memory) before anything is done
   streak >= kill_after     "kill" the candidate (it was alerted at the latest in this same
                            sample); the streak starts again, so the next kill needs the
                            critical level to persist as long again
-  no candidate             alert "no_runaway" once: the memory is the actors' own
+  no candidate             alert "no_runaway" once: the memory is the actors' own; the
+                           streak starts again (a kill needs `kill_after` critical samples
+                           in a row that each found a candidate)
   persist_after samples    alert "persisting" once; `Shedder` then asks the supervisors to
                            stop the non-essential actors gracefully (`sup.shed`)
 Leaving critical ends the episode (its counts start again); what was alerted is forgotten
@@ -28,16 +31,24 @@ memory, and those samples must not kill the next process. A kill needs the press
 to stay at 81 or above.
 
 A candidate must hold at least `min_bytes` (a share of the budget): killing a 4 MB shell
-frees nothing and destroys a user's session state.
+frees nothing and destroys a user's session state. And killing it must be what ends the
+critical level (`choose_runaway`): either the pressure without it falls under critical's
+boundary, or the tree's descendants (the user's processes) hold most of its memory, so that
+killing the largest of them, one after another, is what brings the tree back. Otherwise the
+memory is the actors' own (a bloated actor's cache, say): a user's process killed then frees
+a fraction of it, the tree stays critical, and the user has lost their work for nothing. The
+largest descendant is then spared (`Choice.spared`, named in the "no_runaway" alert) and the
+actors' own remedies do the work: each one sheds at the level it is told, and if critical
+persists the non-essential actors are stopped (`Shedder`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from moorage.actors.resource.levels import CRITICAL, LEVELS
+from moorage.actors.resource.levels import CRITICAL, LEVELS, raw_level
 
 
 class Row(Protocol):
@@ -63,6 +74,35 @@ def pick_runaway(rows: Iterable[Row], min_bytes: int) -> Row | None:
     return best
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What one sample says of the largest non-actor process (`choose_runaway`)."""
+
+    candidate: Row | None  # the runaway whose kill would end the critical level
+    spared: Row | None  # the largest one, not a candidate: killing it would not end it
+    pressure_without: int | None  # the pressure had the largest one's memory been freed
+    descendants_share: float  # of the tree's memory, held by non-actor processes (0..1)
+
+
+def choose_runaway(rows: Sequence[Row], min_bytes: int,
+                   pressure_without: Callable[[int], int]) -> Choice:
+    """`pick_runaway`'s process, as a candidate only if killing it is what ends the
+    critical level: the pressure without its memory (`pressure_without(bytes)`) is under
+    critical's boundary, or the descendants hold more than half of the tree's memory (they,
+    not the actors, put it over; the largest goes first, the next one after as long again).
+    Otherwise it is `spared`: the memory is the actors' own."""
+    total = sum(r.memory for r in rows)
+    held = sum(r.memory for r in rows if r.role == "descendant")
+    share = held / total if total > 0 else 0.0
+    best = pick_runaway(rows, min_bytes)
+    if best is None:
+        return Choice(None, None, None, share)
+    without = pressure_without(best.memory)
+    if raw_level(without) < CRITICAL or 2 * held > total:
+        return Choice(best, None, without, share)
+    return Choice(None, best, without, share)
+
+
 class Escalation:
     def __init__(self, *, kill_after: int = 2, persist_after: int = 10,
                  kill: bool = True, forget_after: int = 3) -> None:
@@ -73,7 +113,7 @@ class Escalation:
         self.kill = kill
         self.forget_after = forget_after
         self.below = 0  # samples in a row under critical
-        self.streak = 0  # critical samples since the episode began or the last kill
+        self.streak = 0  # critical samples in a row with a candidate, since the last kill
         self.episode = 0  # critical samples in this episode
         self._alerted: int | None = None
         self._told_no_runaway = False
@@ -89,14 +129,15 @@ class Escalation:
                 self._told_no_runaway = self._told_persisting = False
             return []
         self.below = 0
-        self.streak += 1
         self.episode += 1
         out: list[Decision] = []
         if candidate is None:
+            self.streak = 0  # (a candidate found again needs kill_after samples of its own)
             if not self._told_no_runaway:
                 self._told_no_runaway = True
-                out.append(Decision("no_runaway", None, self.streak))
+                out.append(Decision("no_runaway", None, self.episode))
         else:
+            self.streak += 1
             if candidate.pid != self._alerted:
                 self._alerted = candidate.pid
                 out.append(Decision("warn", candidate.pid, self.streak))

@@ -104,12 +104,22 @@ class PressureModel:
 
     def feed(self, r: Reading) -> Pressure:
         self._cpu.append(max(0.0, r.cpu_cores))
-        memory = 100.0 * r.memory_bytes / self.budget_bytes
-        cores = sum(self._cpu) / len(self._cpu)
+        return self._pressure(r.memory_bytes, r.system_total, r.system_available)
+
+    def without(self, r: Reading, freed: int) -> int:
+        """The pressure `r` (already fed) would have given with `freed` bytes of the tree's
+        memory gone (a process killed): its memory term lower, the machine's available memory
+        higher, the CPU average as it is. Changes nothing."""
+        available = min(r.system_total, r.system_available + freed)
+        return self._pressure(max(0, r.memory_bytes - freed), r.system_total, available).value
+
+    def _pressure(self, memory_bytes: int, system_total: int, system_available: int) -> Pressure:
+        memory = 100.0 * memory_bytes / self.budget_bytes
+        cores = sum(self._cpu) / len(self._cpu) if self._cpu else 0.0
         cpu = 100.0 * self.cpu_weight * min(1.0, cores / self.cpu_budget_cores)
         system = 0.0
-        if self.system_reserve > 0 and r.system_total > 0:
-            available = r.system_available / r.system_total
+        if self.system_reserve > 0 and system_total > 0:
+            available = system_available / system_total
             if available < self.system_reserve:
                 system = 100.0 * (self.system_reserve - available) / self.system_reserve
         value = round(max(memory, cpu, system))

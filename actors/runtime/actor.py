@@ -73,6 +73,11 @@ DEFERRED = object()  # a handler's return value: "I will answer through call.rep
 # of an effect, and a resend of it must get that answer, not a second run.
 UNCACHED = frozenset({"unknown_op", "bad_args"})
 PRESSURE_LEVELS = ("normal", "moderate", "high", "critical")
+# `sys.pressure` is taken only with `tok: trust.token(PRESSURE_TOKEN_NAME)`, which only a
+# process of the tree can make (the resource actor tells it): a level or quality told by
+# anyone else would hold an actor degraded (watching paused, sessions refused and closed)
+# while the tree stands at normal.
+PRESSURE_TOKEN_NAME = "resource.pressure"
 PUB_LINGER_MS = 500
 SUBSCRIBE_COMMAND = len(b"\x09SUBSCRIBE")  # ZMTP 3.1's form of a subscription, before it
 RPC_LINGER_MS = 200
@@ -612,11 +617,17 @@ class Actor:
             **self.info(),
         }
 
-    @op("sys.pressure", args={"level": str, "quality": int}, idempotent=True, timeout_ms=2000,
+    @op("sys.pressure", args={"level": str, "quality": int, "tok": (str, None)},
+        idempotent=True, timeout_ms=2000, errors=("forbidden",),
         result={"actor": str, "level": Literal["normal", "moderate", "high", "critical"],
                 "quality": int, "done": dict[str, Any]})
-    def _op_pressure(self, call: Call, level: str, quality: int) -> dict[str, Any]:
-        """Told by the resource actor: shed memory and features as the level asks."""
+    def _op_pressure(self, call: Call, level: str, quality: int,
+                     tok: str | None) -> dict[str, Any]:
+        """Told by the resource actor, with the tree's token (anyone else: forbidden): shed
+        memory and features as the level asks."""
+        if not trust.verify(PRESSURE_TOKEN_NAME, tok):
+            raise fail("forbidden", "sys.pressure is told by the tree's resource actor "
+                       "(resource.quality.set holds a quality)")
         if level not in PRESSURE_LEVELS or not 0 <= quality <= 3:
             raise fail("bad_args", f"level must be one of {PRESSURE_LEVELS}, quality 0..3")
         done: dict[str, Any] = {}
