@@ -4,7 +4,8 @@
   term.create      {shell?, args?, cwd?, env?, cols?,   {session, pid, tty, shell, bad_args,
                     rows?, integration?, session?}       kind, mode, attempts}      pty_failed,
                                                                                     busy,
-                                                                                    conflict
+                                                                                    conflict,
+                                                                                    outcome_unknown+
   term.exec        {session, command, timeout_ms?}      {session, exit_code,       not_found*,
                                                          output, cwd, duration_ms,  session_busy,
                                                          mode, trusted, parser}     shell_exited,
@@ -12,11 +13,13 @@
                                                                                     outcome_unknown
   term.write       {session, data: str|bin}             {queued}                   not_found*,
                                                                                     shell_exited,
-                                                                                    busy
+                                                                                    busy,
+                                                                                    outcome_unknown+
   term.resize      {session, cols, rows}                {cols, rows}               not_found*
   term.signal      {session, signal?: "SIGINT",         {pgid, signal}             not_found*,
                     target?: foreground|shell}                                      shell_exited,
-                                                                                    bad_args
+                                                                                    bad_args,
+                                                                                    outcome_unknown+
   term.close       {session}                            {closed}                   not_found*
   term.list        {}                                   {sessions, keeper}         -
   term.ack         {session, offset}                    {session, acked, offset,   not_found*
@@ -27,6 +30,14 @@
 not_found* is session_not_found. Every op that needs the keeper waits for it (up to
 `keeper_wait_ms`), then answers `unavailable`; ops on a session being recreated wait for it,
 and so do ops on one the keeper's custody may still hand back (both died; restore.py).
+A keeper that dies (or hangs, and is killed) with a create, write, resize or signal
+unanswered is a pause for it: it waits for the next keeper, and is done there once
+(keeper_client.SessionOps: the keeper writes down in the session's ring what it wrote and
+signalled, keeper/ledger.py; a create is settled by the next keeper's custody, restore.py).
+outcome_unknown+ is only for what no record can tell: a write or signal caught between the
+dead keeper's syscall and its note of it, or a create whose next keeper (or its custody) did
+not answer within keeper_wait_ms or the caller's time; a write or signal no keeper came back
+for in time, and that the dead one had not done, is `unavailable` (never done later).
 `mode` is the fallback step that served: integration, no_integration, raw_output (session.py);
 `parser` which parser serves the session: actor (the parser actor; the terminal reads the chunk
 that ends a command itself, at once, from the actor's last ground point: parsehop.py), local, or nil
@@ -229,7 +240,7 @@ class TerminalActor(Actor):
         self._ready_callback: Callable[[], None] | None = None
         self.keeper = KeeperClient(
             self.loop, self.keeper_path, self.sessions, tombstones=tombstones,
-            resume_wait_s=self.resume_wait_s,
+            resume_wait_s=self.resume_wait_s, lost_wait_s=self.keeper_wait_s,
             stopping=lambda: self.stopping,
             on_restore=lambda e, master, ring: restore(self, e, master, ring),
             on_welcome=lambda entries, settled: reconcile(self, entries, settled),
@@ -280,6 +291,12 @@ class TerminalActor(Actor):
                 # closed again when a keeper named them after the close was lost
                 "closes_unconfirmed": sorted(self.keeper.tombstones.closed),
                 "closed_again": self.keeper.closed_again,
+                # input, resizes and signals not answered yet (sent to the keeper, or waiting
+                # for the next); those a keeper died with (or hung, and was killed) before
+                # doing them, sent to the next; and those whose fate no record told
+                "keeper_ops_waiting": self.keeper.ops_waiting,
+                "keeper_ops_resent": self.keeper.ops_resent,
+                "keeper_ops_in_doubt": self.keeper.ops_in_doubt,
                 "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
                 "exec_records_failed": self.execs.failed,
                 "session_records": self.specs.info(),
@@ -450,6 +467,17 @@ class TerminalActor(Actor):
         return DEFERRED
 
     @staticmethod
+    def _deadline(call: Call) -> float:
+        """When `call` is to be answered by (monotonic), a margin before its caller's
+        deadline, or its op's timeout: how long it may wait for a keeper that died with
+        it to be replaced."""
+        left_ms = call.remaining_ms()
+        if left_ms is None:
+            timeout_ms = call.spec.timeout_ms if call.spec is not None else 5000
+            left_ms = timeout_ms - (time.perf_counter() - call.started) * 1000
+        return time.monotonic() + left_ms / 1000 - SETTLE_MARGIN_S
+
+    @staticmethod
     def _settle_wait_s(call: Call) -> float:
         """How long `call` may wait for the keeper's custody answer: until the keeper gives
         it up (and the sessions' fds that come with it), answering before the caller's
@@ -525,7 +553,8 @@ class TerminalActor(Actor):
                              "env": (dict, None), "cols": (int, 80), "rows": (int, 24),
                              "integration": (bool, True), "session": (str, None)},
         timeout_ms=30_000, resumable=True, result=CREATED,
-        errors=("pty_failed", "conflict", "unavailable", "shell_exited", "resource_exhausted"))
+        errors=("pty_failed", "conflict", "unavailable", "shell_exited", "resource_exhausted",
+                "outcome_unknown"))
     def _op_create(self, call: Call, shell: str | None, args: list | None, cwd: str | None,
                    env: dict | None, cols: int, rows: int, integration: bool,
                    session: str | None) -> Any:
@@ -667,9 +696,10 @@ class TerminalActor(Actor):
         return self._when_ready(call, run, session)
 
     @op("term.write", args={"session": str, "data": (str, bytes)}, timeout_ms=10_000,
-        result={"queued": int}, errors=KEEPER_ERRORS)
+        result={"queued": int}, errors=(*KEEPER_ERRORS, "outcome_unknown"))
     def _op_write(self, call: Call, session: str, data: str | bytes) -> Any:
-        """Type into a session (keystrokes, a paste); queued without blocking."""
+        """Type into a session (keystrokes, a paste); queued without blocking, and written
+        once, should the pty keeper die before it is written."""
         raw = data.encode() if isinstance(data, str) else data
 
         def run() -> Any:
@@ -679,7 +709,7 @@ class TerminalActor(Actor):
             def done(_r: dict | None, err: WireError | None) -> None:
                 call.fail(err) if err is not None else call.reply({"queued": len(raw)})
 
-            self.keeper.input(s, raw, done)
+            self.keeper.input(s, raw, done, deadline=self._deadline(call))
             return DEFERRED
 
         return self._when_ready(call, run, session)
@@ -701,14 +731,14 @@ class TerminalActor(Actor):
                 s.cols, s.rows = cols, rows
                 call.reply({"cols": cols, "rows": rows})
 
-            self.keeper.request({"t": "resize", "s": s.id, "cols": cols, "rows": rows}, done)
+            self.keeper.resize(s, cols, rows, done, deadline=self._deadline(call))
             return DEFERRED
 
         return self._when_ready(call, run, session)
 
     @op("term.signal", args={"session": str, "signal": ((str, int), "SIGINT"),
                              "target": (str, "foreground")},
-        result={"pgid": int, "signal": int}, errors=KEEPER_ERRORS)
+        result={"pgid": int, "signal": int}, errors=(*KEEPER_ERRORS, "outcome_unknown"))
     def _op_signal(self, call: Call, session: str, signal: str | int, target: str) -> Any:
         """Signal the session's foreground process group (or the shell's)."""
         if target not in ("foreground", "shell"):
@@ -725,8 +755,8 @@ class TerminalActor(Actor):
                     assert r is not None
                     call.reply({"pgid": r["pgid"], "signal": sig})
 
-            self.keeper.request({"t": "signal", "s": s.id, "sig": sig,
-                                 "to": "fg" if target == "foreground" else "shell"}, done)
+            self.keeper.signal(s, sig, "fg" if target == "foreground" else "shell", done,
+                               deadline=self._deadline(call))
             return DEFERRED
 
         return self._when_ready(call, run, session)

@@ -28,6 +28,17 @@ While no keeper is connected the sessions stay as they are (the shells block onc
 buffer is full: nothing is read, nothing is lost), execs in flight go on waiting, and ops that
 need the keeper wait for it (`when_ready`).
 
+A keeper's death is a pause for the requests it had too (`SessionOps`): input, resizes and
+signals are kept, in order, until a keeper answers them (input until it is written: what a
+keeper queued dies with it), and what the dead one had not done is sent again to the next,
+once welcomed. The keeper writes down in the session's ring how far it has written the input
+and which signal it sent last (keeper/ledger.py), so nothing is done twice; the one thing no
+record tells (a keeper killed between its write(2) or kill(2) and writing that down) is
+answered `outcome_unknown`. A request whose caller cannot wait for the next keeper (no keeper
+within keeper_wait_ms, or its deadline first) is answered by the record too, and one the dead
+keeper had not done is dropped (`unavailable`). A `create` waits for the next keeper's word
+(restore.Creation): the session it made, or nothing, and the create sent again.
+
 Output: the keeper says how far the ring has been written (`out {end}`); the actor reads the
 new bytes from the ring and, once they are handled (published, parsed, and taken by the
 consumers that acknowledge, see actor.py), moves the ring's `ack_off` (shared memory: no
@@ -59,7 +70,9 @@ from moorage.actors.runtime import trust
 from moorage.actors.runtime.custody import close_all
 from moorage.actors.runtime.signals import parse_signal
 from moorage.actors.runtime.statefile import write_atomic
+from moorage.actors.terminal.keeper.ledger import Ledger, LedgerState
 from moorage.actors.terminal.keeper.ptys import drop_unread_input
+from moorage.actors.terminal.keeper.spawn import get_winsize
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
 from moorage.actors.terminal.ring import RingError, SessionRing
 from moorage.protocol.errors import KINDS, WireError
@@ -84,6 +97,61 @@ UNAVAILABLE_RETRY_MAX_S = 5.0  # an unavailable session's fds: asked for at most
 
 def _nothing() -> None:
     pass
+
+
+def _process_gone(pid: int | None) -> bool:
+    """Whether the process `pid` has exited (a zombie too); False when that cannot be told."""
+    if pid is None:
+        return False
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    finally:
+        os.close(fd)
+
+
+class KeeperOp:
+    """A request of one session's that a keeper's death must not lose: a `write` (its bytes
+    kept until the keeper's ledger says they are written, answered or not), a `resize` or a
+    `signal` (until answered). `r`: its number on the live link, None while it waits to be
+    sent again; `cb`: None once answered; `deadline`: when its caller stops waiting
+    (monotonic), None for the actor's own."""
+
+    __slots__ = ("cb", "deadline", "end", "kind", "msg", "r", "timer")
+
+    def __init__(self, kind: str, msg: dict[str, Any], cb: KeeperCallback | None,
+                 deadline: float | None, end: int = 0) -> None:
+        self.kind = kind
+        self.msg = msg
+        self.cb = cb
+        self.deadline = deadline
+        self.end = end  # a write: the end of its bytes in the session's input numbering
+        self.r: int | None = None
+        self.timer: Timer | None = None
+
+    @property
+    def at(self) -> int:
+        return int(self.msg.get("at", 0))
+
+
+class SessionOps:
+    """A session's requests to the keeper that a keeper's death must not lose (KeeperOp),
+    in the order they were made, and where its numbering of input bytes and signals goes on
+    (keeper/ledger.py: from 0 for a session made here, from the keeper's word for one
+    restored)."""
+
+    __slots__ = ("next_at", "next_sig", "ops", "session")
+
+    def __init__(self, session: Session, next_at: int = 0, signals: int = 0) -> None:
+        self.session = session
+        self.next_at = next_at
+        self.next_sig = signals + 1
+        self.ops: list[KeeperOp] = []
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -166,6 +234,7 @@ class KeeperClient:
 
     def __init__(self, loop: Loop, path: Path, sessions: dict[str, Session], *,
                  tombstones: Tombstones, resume_wait_s: float, stopping: Callable[[], bool],
+                 lost_wait_s: float = 3.0,
                  on_restore: Callable[[dict[str, Any], int, SessionRing], None],
                  on_welcome: Callable[[list[dict[str, Any]], bool], None],
                  on_ready: Callable[[], None],
@@ -193,6 +262,18 @@ class KeeperClient:
         self._closing: dict[str, Link] = {}  # session -> the link its `close` is waiting on
         self.closed_again = 0  # closed sessions a keeper named again, and closed again
         self._waiting: dict[int, KeeperCallback] = {}
+        # what a request does when the link goes before its answer, if not fail
+        # `outcome_unknown` (a create, input, a resize, a signal: they wait for the next keeper)
+        self._on_lost: dict[int, Callable[[], None]] = {}
+        # Each session's requests that a keeper's death must not lose (SessionOps); the pid
+        # of the keeper they went to, when its link was lost; how long one whose caller waits
+        # waits for the next keeper; and how many were sent again, and how many answered
+        # outcome_unknown (killed between doing it and writing that down), over our life.
+        self._ops: dict[str, SessionOps] = {}
+        self._lost_pid: int | None = None
+        self.lost_wait_s = lost_wait_s
+        self.ops_resent = 0
+        self.ops_in_doubt = 0
         self._asking: dict[str, int] = {}  # session -> `pass` asked so far (ask_copies)
         self._next_r = 1
         # Whether a subscriber connected now covers a topic (the actor's own record of its
@@ -273,14 +354,23 @@ class KeeperClient:
         self._broken.clear()
         self.unavailable.clear()  # (named again by the next welcome, fds with it)
         self._asking.clear()  # (the next link's welcome passes every session we lack)
+        self._lost_pid = self.pid  # (the keeper our requests went to: its welcome's pid)
         waiting, self._waiting = self._waiting, {}
-        for cb in waiting.values():
-            cb(None, WireError.of("outcome_unknown", f"pty keeper connection lost ({reason})"))
+        on_lost, self._on_lost = self._on_lost, {}
+        for r, cb in waiting.items():
+            lost = on_lost.get(r)
+            if lost is not None:
+                lost()
+            else:
+                cb(None, WireError.of("outcome_unknown",
+                                      f"pty keeper connection lost ({reason})"))
         for s in self.sessions.values():
-            # The sessions stay: we hold their masters and rings. A write the keeper was
-            # holding is gone with it; a command waits for its output as before.
+            # The sessions stay: we hold their masters and rings, and the requests the keeper
+            # had not done (SessionOps), for the next one; meanwhile input goes after them.
+            ops = self._ops.get(s.id)
             s.keeper_writes = 0
-            s.keeper_backlog = False
+            s.keeper_backlog = ops is not None and ops.session is s and any(
+                op.kind == "write" for op in ops.ops)
             s.keeper_paused = False
         if not self.stopping():
             self.loop.call_later(RECONNECT_S, self.connect)
@@ -298,17 +388,22 @@ class KeeperClient:
 
     # --- requests --------------------------------------------------------------------------------
 
-    def request(self, msg: dict[str, Any], cb: KeeperCallback) -> None:
+    def request(self, msg: dict[str, Any], cb: KeeperCallback,
+                lost: Callable[[], None] | None = None) -> None:
+        """Send `msg`, `cb` to have the keeper's answer; `lost`: called instead, should the
+        link go before it (else `cb` gets `outcome_unknown`)."""
         if self.link is None or not self.welcomed:
             cb(None, WireError.of("unavailable", "the pty keeper is not connected"))
             return
-        self._send(msg, cb)
+        self._send(msg, cb, lost)
 
     def close_session(self, sid: str, pid: int | None, started: int | None) -> None:
         """End a session in the keeper for good: its tombstone first (on disk), then
         `close`; should the keeper not answer it (it dies, or hangs and is killed, with the
-        close unread), the next welcome that names the session has it closed again."""
+        close unread), the next welcome that names the session has it closed again. What
+        was still to be sent again for it goes (its callers told the session is closed)."""
         self.tombstones.add(sid, pid, started)
+        self._forget_ops(sid)
         self._send_close(sid)
 
     def _send_close(self, sid: str) -> None:
@@ -361,14 +456,19 @@ class KeeperClient:
             logger.info("session {}: closed here, and held by no keeper", sid)
             self.tombstones.drop(sid)
 
-    def _send(self, msg: dict[str, Any], cb: KeeperCallback) -> None:
-        """A request on the link, welcomed or not yet (the welcome's own business)."""
+    def _send(self, msg: dict[str, Any], cb: KeeperCallback,
+              lost: Callable[[], None] | None = None) -> int:
+        """A request on the link, welcomed or not yet (the welcome's own business); its
+        number."""
         assert self.link is not None
         r = self._next_r
         self._next_r += 1
         msg["r"] = r
         self._waiting[r] = cb
+        if lost is not None:
+            self._on_lost[r] = lost
         self.link.send(msg)
+        return r
 
     def write(self, s: Session, data: bytes, refused: Callable[[WireError], None]) -> bool:
         """Input for a command, written to the PTY here, through our copy of the master, when
@@ -408,32 +508,264 @@ class KeeperClient:
             drop_unread_input(s.master)
             self.write(s, b"\x03", lambda _err: None)
             return
-        s.keeper_writes += 1
+        self.input(s, b"\x03", lambda _r, _err: None, drop=True)
 
-        def done(r: dict[str, Any] | None, _err: WireError | None) -> None:
-            s.keeper_writes = max(0, s.keeper_writes - 1)
-            if r is not None:
-                s.keeper_backlog = bool(r.get("pending"))
-
-        self.request({"t": "write", "s": s.id, "data": b"\x03", "drop": True}, done)
-
-    def input(self, s: Session, data: bytes, cb: KeeperCallback) -> None:
+    def input(self, s: Session, data: bytes, cb: KeeperCallback, *, drop: bool = False,
+              deadline: float | None = None) -> None:
         """Input through the keeper, counted, so that no input written here directly can
-        overtake it: its reply says what still waits there (`pending`)."""
-        s.keeper_writes += 1
+        overtake it: its reply says what still waits there (`pending`). Numbered in the
+        session's input (keeper/ledger.py) and kept until the keeper has written it: a
+        keeper's death does not lose it (SessionOps). `deadline` (monotonic): when the
+        caller stops waiting for a keeper that died to be replaced."""
+        ops = self.session_ops(s)
+        msg: dict[str, Any] = {"t": "write", "s": s.id, "data": data, "at": ops.next_at}
+        if drop:
+            msg["drop"] = True
+        ops.next_at += len(data)
+        self._issue(s, KeeperOp("write", msg, cb, deadline, ops.next_at))
 
-        def done(r: dict[str, Any] | None, err: WireError | None) -> None:
+    def resize(self, s: Session, cols: int, rows: int, cb: KeeperCallback,
+               deadline: float | None = None) -> None:
+        """Set the session's window size through the keeper (which keeps it for its
+        successor); a keeper's death does not lose it (SessionOps)."""
+        self._issue(s, KeeperOp("resize", {"t": "resize", "s": s.id, "cols": cols,
+                                           "rows": rows}, cb, deadline))
+
+    def signal(self, s: Session, sig: str | int, to: str, cb: KeeperCallback | None = None,
+               deadline: float | None = None) -> None:
+        """Have the keeper signal the session's foreground process group (`to` "fg") or its
+        shell; numbered (keeper/ledger.py), so that a keeper's death neither loses it nor
+        has it sent twice (SessionOps). Without `cb` (the actor's own), a refusal is
+        logged."""
+        if cb is None:
+            def cb(_r: dict[str, Any] | None, err: WireError | None) -> None:
+                if err is not None:
+                    logger.info("session {}: signal not sent: {}", s.id, err.message)
+
+        ops = self.session_ops(s)
+        seq = ops.next_sig
+        ops.next_sig += 1
+        self._issue(s, KeeperOp("signal", {"t": "signal", "s": s.id, "sig": parse_signal(sig),
+                                           "to": to, "seq": seq}, cb, deadline))
+
+    # --- requests that outlive a keeper ------------------------------------------------------
+
+    def session_ops(self, s: Session, input_end: int = 0, signals: int = 0) -> SessionOps:
+        """`s`'s SessionOps, made (numbered from `input_end` and `signals`) if it has none:
+        a session made or restored here, not one of the same id before it."""
+        ops = self._ops.get(s.id)
+        if ops is None or ops.session is not s:
+            ops = self._ops[s.id] = SessionOps(s, input_end, signals)
+        return ops
+
+    @property
+    def ops_waiting(self) -> int:
+        """Requests of the sessions' (SessionOps) not answered yet: sent to the keeper, or
+        waiting for the next one."""
+        return sum(op.cb is not None for ops in self._ops.values() for op in ops.ops)
+
+    def _forget_ops(self, sid: str) -> None:
+        """A session closed here: what waits to be sent again for it never will be."""
+        ops = self._ops.pop(sid, None)
+        if ops is None:
+            return
+        for op in ops.ops:
+            if op.r is None:
+                self._answer(op, None, WireError.of(
+                    "shell_exited", f"session {sid} was closed before the pty keeper that "
+                    "died with this request was replaced; it was not done"))
+
+    def _issue(self, s: Session, op: KeeperOp) -> None:
+        if self.link is None or not self.welcomed:
+            self._answer(op, None, WireError.of("unavailable", "the pty keeper is not connected"))
+            return
+        self.session_ops(s).ops.append(op)
+        self._send_op(s, op)
+
+    def _send_op(self, s: Session, op: KeeperOp) -> None:
+        if op.kind == "write":
+            s.keeper_writes += 1
+        if op.timer is not None:
+            op.timer.cancel()
+            op.timer = None
+        op.r = self._send(dict(op.msg), lambda rep, err: self._op_answered(s, op, rep, err),
+                          lambda: self._op_lost(s, op))
+
+    def _op_answered(self, s: Session, op: KeeperOp, rep: dict[str, Any] | None,
+                     err: WireError | None) -> None:
+        op.r = None
+        ops = self._ops.get(s.id)
+        if op.kind == "write":
             s.keeper_writes = max(0, s.keeper_writes - 1)
-            if r is not None:
-                s.keeper_backlog = bool(r.get("pending"))
-            cb(r, err)
+            if rep is not None:
+                s.keeper_backlog = bool(rep.get("pending"))
+        keep = op.kind == "write" and err is None  # (until the keeper has written it)
+        self._answer(op, rep, err)
+        if ops is None or ops.session is not s:
+            return
+        done = rep.get("done") if rep is not None else None
+        ops.ops = [o for o in ops.ops if not (o is op and not keep) and not (
+            type(done) is int and o.kind == "write" and o.cb is None and o.r is None
+            and o.end <= done)]
 
-        self.request({"t": "write", "s": s.id, "data": data}, done)
+    def _op_lost(self, s: Session, op: KeeperOp) -> None:
+        """The link went with `op` unanswered: it waits for the next keeper's welcome
+        (`_resend_ops`), or, if its caller cannot wait that long, is answered by the dead
+        keeper's ledger (`_op_overdue`)."""
+        op.r = None
+        if self._ops.get(s.id) is None or self.sessions.get(s.id) is not s:
+            self._answer(op, None, WireError.of("shell_exited", f"session {s.id} was closed"))
+            return
+        if op.cb is None:
+            return  # (an answered write, kept until written: it has no caller waiting)
+        wait = self.lost_wait_s
+        if op.deadline is not None:
+            wait = min(wait, op.deadline - time.monotonic())
+        op.timer = self.loop.call_later(max(0.0, wait), lambda: self._op_overdue(s, op))
 
-    def signal(self, s: Session, sig: str, to: str) -> None:
-        self.request({"t": "signal", "s": s.id, "sig": parse_signal(sig), "to": to},
-                     lambda _r, err: err is None or logger.info(
-                         "session {}: signal not sent: {}", s.id, err.message))
+    def _answer(self, op: KeeperOp, rep: dict[str, Any] | None,
+                err: WireError | None) -> None:
+        cb, op.cb = op.cb, None
+        if op.timer is not None:
+            op.timer.cancel()
+            op.timer = None
+        if cb is not None:
+            cb(rep, err)
+
+    def _ledger(self, s: Session) -> LedgerState | None:
+        """What the keeper that held `s` last wrote down in its ring (None: no ring here)."""
+        if s.ring is None:
+            return None
+        try:
+            return Ledger.read(s.ring.fd)
+        except (OSError, ValueError) as exc:
+            logger.error("session {}: its ring's ledger cannot be read: {}", s.id, exc)
+            return None
+
+    def _settle_op(self, s: Session, op: KeeperOp, state: LedgerState | None) -> bool:
+        """`op`, lost with a keeper that is dead, as its ledger tells: done (answered as
+        done), in doubt (answered `outcome_unknown`) or not done (False: to be sent again,
+        from where the ledger says it was not written, for input written in part)."""
+        if op.kind == "resize":
+            return False  # (setting a size again sets nothing new: no SIGWINCH either)
+        if state is None:  # (no ring here to read it from: nothing can be told)
+            self._in_doubt(s, op, "its session's ring is not held here to tell")
+            return True
+        if op.kind == "signal":
+            sent = state.signal_sent(int(op.msg["seq"]))
+            if sent:
+                self._answer(op, {"pgid": state.pgid, "sig": op.msg["sig"]}, None)
+            elif sent is None:
+                self._in_doubt(s, op, "it was being sent when the keeper was killed")
+            return sent is not False
+        if op.end <= state.done:
+            self._answer(op, {"queued": len(op.msg["data"]), "pending": 0}, None)
+            return True
+        doubt = state.doubt
+        if doubt is not None and op.at < doubt[0] + doubt[1] and doubt[0] < op.end:
+            self._in_doubt(s, op, "the keeper was killed while it wrote it to the PTY, "
+                           "before it could write down how much it wrote")
+            return True
+        if op.at < state.done:  # (written in part: the rest comes again)
+            data = op.msg["data"]
+            op.msg = {**op.msg, "at": state.done, "data": data[state.done - op.at:]}
+        return False
+
+    def _in_doubt(self, s: Session, op: KeeperOp, why: str) -> None:
+        self.ops_in_doubt += 1
+        what = "input" if op.kind == "write" else op.kind
+        if op.cb is None:
+            logger.error("session {}: {} queued by a pty keeper that died may or may not have "
+                         "reached the shell ({})", s.id, what, why)
+        self._answer(op, None, WireError.of(
+            "outcome_unknown", f"session {s.id}: the pty keeper died with this {what}, which "
+            f"may or may not have reached the shell: {why}; it is not sent again",
+            detail={"session": s.id}))
+
+    def _op_overdue(self, s: Session, op: KeeperOp) -> None:
+        """No keeper welcomed in time for `op`'s caller: answered by what the dead keeper
+        wrote down. Not done: dropped, never sent again (`unavailable`); input written in
+        part: its rest stays for the next keeper, and it is answered as queued."""
+        op.timer = None
+        if op.cb is None or op.r is not None:
+            return
+        ops = self._ops.get(s.id)
+        if ops is None or ops.session is not s or self.sessions.get(s.id) is not s:
+            self._answer(op, None, WireError.of(
+                "shell_exited", f"session {s.id} was closed, or lost, before the pty keeper "
+                "that died with this request was replaced; it was not done"))
+            return
+        if op not in ops.ops:
+            return
+        if not _process_gone(self._lost_pid) and op.kind != "resize":
+            # (our link went, not the keeper: it may still take what it had been sent; a
+            # size set or not is told below, and is no harm set again)
+            ops.ops.remove(op)
+            self._in_doubt(s, op, "no pty keeper could be reached since its link was lost")
+            return
+        if op.kind == "resize":
+            if self._winsize(s) == (op.msg["cols"], op.msg["rows"]):
+                ops.ops.remove(op)
+                self._answer(op, {}, None)
+                return
+        else:
+            at = op.at
+            if self._settle_op(s, op, self._ledger(s)):
+                ops.ops.remove(op)
+                return
+            if op.kind == "write" and op.at > at:  # (written in part: the rest is queued)
+                self._answer(op, {"queued": op.end - at, "pending": op.end - op.at}, None)
+                return
+        ops.ops.remove(op)
+        self._answer(op, None, WireError.of(
+            "unavailable", f"the pty keeper died before it did this {op.kind}, and no keeper "
+            "came back in time; it was not done, and is not sent again"))
+
+    @staticmethod
+    def _winsize(s: Session) -> tuple[int, int] | None:
+        if s.master is None:
+            return None
+        try:
+            return get_winsize(s.master)
+        except OSError:
+            return None
+
+    def _resend_ops(self, held: dict[str, dict[str, Any]], previous: int | None) -> None:
+        """A keeper's welcome: what the keeper before it had not done goes to it, in order.
+        The same keeper (its link went, not it) still has the input it took (its welcome's
+        `input_end`: queued or written); a new one has none of it, and its predecessor's
+        ledger says what that one did."""
+        same = previous is not None and previous == self.pid
+        for sid, ops in list(self._ops.items()):
+            s = ops.session
+            if self.sessions.get(sid) is not s:
+                self._forget_ops(sid)
+                continue
+            lost = [op for op in ops.ops if op.r is None]
+            if not lost:
+                continue
+            e = held.get(sid)
+            taken = int(e.get("input_end") or 0) if same and e is not None else None
+            state = self._ledger(s)
+            again: list[KeeperOp] = []
+            settled: list[KeeperOp] = []
+            for op in lost:
+                if taken is not None and op.kind == "write":
+                    if op.end > taken:
+                        again.append(op)
+                    else:  # (it has it: kept here until written, as any answered input)
+                        self._answer(op, {"queued": len(op.msg["data"]), "pending": 0}, None)
+                elif self._settle_op(s, op, state):
+                    settled.append(op)
+                else:
+                    again.append(op)
+            ops.ops = [op for op in ops.ops if not any(op is o for o in settled)]
+            for op in again:
+                self.ops_resent += 1
+                self._send_op(s, op)
+            if again:
+                logger.warning("session {}: {} request(s) the last pty keeper had not done "
+                               "sent to the new one", sid, len(again))
 
     def meta(self, s: Session) -> None:
         """The session's state where a successor finds it: in its ring (ring.py: no message,
@@ -451,6 +783,7 @@ class KeeperClient:
 
     def _k_reply(self, msg: dict[str, Any]) -> None:
         cb = self._waiting.pop(msg.get("r"), None)  # type: ignore[arg-type]
+        self._on_lost.pop(msg.get("r"), None)  # type: ignore[arg-type]
         err = None
         if msg["t"] == "err":
             name = msg.get("name") if msg.get("name") in KINDS else "internal"
@@ -464,7 +797,7 @@ class KeeperClient:
             logger.warning("keeper: {}", err.message)
 
     def _k_welcome(self, msg: dict[str, Any]) -> None:
-        self.pid = msg.get("pid")
+        previous, self.pid = self.pid, msg.get("pid")
         self.custody_pending = bool(msg.get("custody"))
         entries = self._less_closed(msg.get("sessions", []))
         if not self.custody_pending:
@@ -478,6 +811,8 @@ class KeeperClient:
             s.keeper_backlog = False
             if s.exited is None and s.ring is not None:
                 self._adopt(s)  # the keeper restarted: it gets our copy of the session
+        # (after the adoptions: the keeper holds the sessions by the time it reads these)
+        self._resend_ops(held, previous)
         self._complete(entries, self._welcome_done)
 
     def _k_custody(self, msg: dict[str, Any]) -> None:
@@ -637,6 +972,10 @@ class KeeperClient:
         try:
             # (registered at once; caught up on later, through catch_up, which says when)
             self.on_restore(entry, master, ring)
+            restored = self.sessions.get(sid)
+            if restored is not None:  # (its input and signals numbered on from the keeper's)
+                self.session_ops(restored, int(entry.get("input_end") or 0),
+                                 int(entry.get("signals") or 0))
         except Exception:
             logger.exception("session {}: not restored", sid)
             if sid not in self.sessions:  # (asked for again, then taken for lost)
@@ -725,7 +1064,10 @@ class KeeperClient:
                      "for lost", sids)
         for sid in sids:
             self._awaiting_fds.discard(sid)
-            self._send({"t": "close", "s": sid}, lambda _r, _e: None)
+            entry = next((e for e in self._entries if e["s"] == sid), {})
+            # (a close lost with this keeper must not have the next one hand that shell
+            # back: its tombstone names it, not the one started anew under its id)
+            self.close_session(sid, entry.get("pid"), entry.get("started"))
         gone = set(sids)
         self._told = [{**e, "given_up": True} if e["s"] in gone else e for e in self._told]
 
@@ -767,12 +1109,13 @@ class KeeperClient:
         """An unavailable session the keeper says it no longer holds (or whose ring cannot
         be used: `close`, whatever is left of it is ended): lost, as restore.reconcile
         settles those given up."""
-        if self.unavailable.pop(sid, None) is None:
+        entry = self.unavailable.pop(sid, None)
+        if entry is None:
             return
         logger.error("session {}: unavailable, and {}; taken for lost", sid,
                      "its ring cannot be used" if close else "the keeper no longer holds it")
-        if close:
-            self._send({"t": "close", "s": sid}, lambda _r, _e: None)
+        if close:  # (with its tombstone, as _give_up's)
+            self.close_session(sid, entry.get("pid"), entry.get("started"))
         self._told = [{**e, "given_up": True} if e["s"] == sid else e for e in self._told]
         self._tell_welcome(self.settled)
 

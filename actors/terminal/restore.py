@@ -39,6 +39,8 @@ from loguru import logger
 from moorage.actors.runtime import Call
 from moorage.actors.terminal.keeper import fdroom
 from moorage.actors.terminal.keeper.ptys import kill_session
+from moorage.actors.terminal.keeper_client import FDS_WAIT_S
+from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.session import Session, SessionHost
 from moorage.actors.terminal.shell import Launch, prepare
 from moorage.protocol.errors import WireError, fail
@@ -54,6 +56,9 @@ if TYPE_CHECKING:
 
 MINIMAL_SHELL = "/bin/sh"
 RECREATED_SHIFT = 40
+# a create waiting for the keeper that replaces one that died with it gives up this long
+# before its caller would (its answer reaches the caller, not the runtime's `timeout`)
+ANSWER_MARGIN_S = 0.1
 # what a restored session's catch-up takes between two looks at the clock (ESC-heavy output
 # parses at about 1.5 MB/s in-process: some 10 ms)
 CATCH_UP_PIECE = 16 << 10
@@ -67,6 +72,7 @@ class RestoreHost(SessionHost, Protocol):
 
     term: str
     scrollback_bytes: int
+    keeper_wait_s: float
     shells: list[str]
     default_shell: str
     loop: Loop
@@ -141,6 +147,9 @@ class Creation:
         self.launch: Launch | None = None
         self.timer: Timer | None = None
         self.done = False
+        # the shell being tried (path, args, env, minimal): tried again should the keeper
+        # die with its create unanswered, and its successor not hold it
+        self._attempt: tuple[str, list[str], dict[str, str], bool] | None = None
 
     def next(self) -> None:
         while self.queue:
@@ -182,12 +191,14 @@ class Creation:
         if launch.integration:
             meta["unprompted"] = True  # (until its first trusted prompt: Session.unprompted)
         self.launch = launch
+        self._attempt = (path, args, env, minimal)
         self.a.keeper.request(
             {"t": "create", "s": self.sid, "path": launch.path, "argv": launch.argv,
              "env": launch.env, "cwd": cwd, "cols": self.spec["cols"],
              "rows": self.spec["rows"], "meta": meta, "scrollback": self.a.scrollback_bytes,
              "base": self.base},
-            lambda r, err: self._created(r, err, launch, meta))
+            lambda r, err: self._created(r, err, launch, meta),
+            lambda: self._lost(launch, meta))
 
     def _created(self, r: dict[str, Any] | None, err: WireError | None, launch: Launch,
                  meta: dict[str, Any]) -> None:
@@ -205,16 +216,96 @@ class Creation:
         s.cols, s.rows = self.spec["cols"], self.spec["rows"]
         self.a.sessions[self.sid] = s
         self.a.keeper.expect_copies(s)
+        self._watch(s, launch)
+
+    def _watch(self, s: Session, launch: Launch) -> None:
+        """The session made: it counts as started at its first prompt (or quiet)."""
         self.session = s
         if self.a.subscribed_to(f"term.out.{s.id}"):
             self.a.keeper.watched(s)
         loop = self.a.loop
         if launch.integration:
+            if s.state == "prompt":  # (one taken from a keeper's successor: its output,
+                self._prompted()  # caught up on, may have had the prompt already)
+                return
             s.on_prompt.append(self._prompted)
             self.timer = loop.call_later(self.a.detect_s, self._no_prompt)
         else:
             s.wait_quiet(self._quiet)
             self.timer = loop.call_later(self.a.detect_s, self._quiet)
+
+    def _lost(self, launch: Launch, meta: dict[str, Any]) -> None:
+        """The keeper died (or hung, and was killed) with the create unanswered: it may
+        have made the shell or not. Its successor's word settles it, once its custody has
+        answered (a shell made is in the supervisor's custody from its start): the session
+        it names is taken (the one this create made: its nonce), or, named by none, the
+        create goes again; never a second shell. Waited for as the caller's time allows,
+        the keeper for at most keeper_wait_ms; not told in time, the answer is
+        `outcome_unknown` (a resend of the very request finds the session, if it was made)."""
+        keeper = self.a.keeper
+        logger.warning("session {}: the pty keeper died with its create unanswered; waiting "
+                       "for the next keeper's word of it", self.sid)
+        deadline = self._deadline()
+
+        def left(bound: float) -> float:
+            return bound if deadline is None else max(0.0, min(bound,
+                                                               deadline - time.monotonic()))
+
+        def unknown(what: str) -> None:
+            self._fail(WireError.of(
+                "outcome_unknown", f"session {self.sid}: the pty keeper died with the create "
+                f"unanswered, and {what} in time to tell whether it made the shell; a resend "
+                "of this request gets the session if it was made", detail={
+                    "session": self.sid}))
+
+        def settled(ok: bool) -> None:
+            if self.done:
+                return
+            if not ok:
+                unknown("the new keeper's custody did not answer")
+                return
+            s = self.a.sessions.get(self.sid)
+            if s is not None and s.meta.get("nonce") == meta.get("nonce"):
+                logger.info("session {}: made by the keeper that died; taken from the next",
+                            self.sid)
+                self.a.counters["creates_taken_from_next_keeper"] += 1
+                self._watch(s, launch)
+            elif s is not None:
+                self._fail(WireError.of("conflict", f"session {self.sid} exists already"))
+            elif self.sid in keeper.unavailable:  # (made, its PTY not here yet: restored
+                # once it comes, out of descriptors as we are)
+                unknown("the session the keeper holds under its id has not come here")
+            else:
+                logger.info("session {}: not made by the keeper that died; created again",
+                            self.sid)
+                self.a.counters["creates_sent_again"] += 1
+                assert self._attempt is not None
+                self._try(*self._attempt)
+
+        def ready(ok: bool) -> None:
+            if self.done:
+                return
+            if not ok:
+                unknown("no pty keeper came back")
+            elif keeper.settled:
+                settled(True)
+            else:
+                keeper.when_ready(settled, left(CUSTODY_GIVE_UP_S + FDS_WAIT_S),
+                                  settled=True)
+
+        keeper.when_ready(ready, left(self.a.keeper_wait_s))
+
+    def _deadline(self) -> float | None:
+        """When the call must be answered by (monotonic), if there is a call and it says."""
+        if self.call is None:
+            return None
+        left_ms = self.call.remaining_ms()
+        if left_ms is None:
+            if self.call.spec is None:
+                return None
+            left_ms = self.call.spec.timeout_ms - (time.perf_counter() -
+                                                   self.call.started) * 1000
+        return time.monotonic() + left_ms / 1000 - ANSWER_MARGIN_S
 
     def _starting(self) -> Session | None:
         """The session still being started; None when it is settled, or when its shell died
@@ -266,7 +357,9 @@ class Creation:
         self.a.sessions.pop(self.sid, None)
         self.session = None  # (first: the close lets its waiters go, ours among them)
         s.close(WireError.of("shell_exited", f"session {self.sid}'s shell exited at start"))
-        self.a.keeper.request({"t": "close", "s": self.sid}, lambda _r, _e: None)
+        # (with its tombstone: a close lost with the keeper must not have the next one
+        # hand this shell back, under the id the next candidate takes)
+        self.a.keeper.close_session(self.sid, s.pid, s.started)
         self.next()
 
     def _succeed(self, s: Session) -> None:

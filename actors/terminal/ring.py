@@ -7,7 +7,8 @@ over the keeper link (SCM_RIGHTS) to whichever process is the newcomer.
 
   header  magic, cap, write_off, ack_off, floor_off, the read in progress (its offset, length
           and canary), the meta slots' size and the current one: 8-byte cells, each written
-          by one side
+          by one side; cells 12-15 are the keeper's ledger of the input and signals it has
+          done (keeper/ledger.py), which a successor keeper reads to do only the rest
   data    `cap` bytes: the byte at absolute offset `o` is at data[o % cap]
   meta    two slots of META_SLOT bytes: the terminal actor's state for the session (its
           `meta`: nonce, mode, the command in flight...), msgpack, written by the terminal

@@ -86,6 +86,7 @@ from moorage.actors.runtime.orphans import on_orphaned
 from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.terminal.keeper import fdroom
+from moorage.actors.terminal.keeper.ledger import Ledger
 from moorage.actors.terminal.keeper.ptys import (
     Ptys,
     PtySession,
@@ -447,8 +448,11 @@ class PtyKeeper(Actor):
 
     @staticmethod
     def _entry(s: PtySession) -> dict[str, Any]:
-        """A session as a welcome (or `custody`) tells it."""
-        return s.describe() | {"meta": s.current_meta()}
+        """A session as a welcome (or `custody`) tells it: with where the terminal's
+        numbering of its input and signals goes on (ledger.py; a new terminal's starts
+        there)."""
+        return s.describe() | {"meta": s.current_meta(), "input_end": s.in_end,
+                               "signals": s.ledger.state().sig_done}
 
     def _offer(self, sessions: list[PtySession], held: set[str]) -> None:
         """What follows the sessions' entries: the fds of each the terminal does not hold
@@ -550,6 +554,7 @@ class PtyKeeper(Actor):
         if sid in self.sessions:
             close_all(fds)
             return None
+        ring: SessionRing | None = None
         try:
             # every field first: nothing is mapped or opened for a message that is refused
             pid = int(info["pid"])
@@ -557,10 +562,15 @@ class PtyKeeper(Actor):
             started = None if started is None else int(started)
             cols, rows = winsize(info.get("cols", 80), info.get("rows", 24))
             ring = SessionRing.open(ring_fd)
+            ledger = Ledger(ring_fd)
         except (RingError, OSError, KeyError, TypeError, ValueError) as exc:
             # (mapping the ring takes memory and may take a descriptor: at a limit the
             # session is no worse than it was, and is asked for again, never refused for good)
-            close_all(fds)
+            if ring is not None:
+                ring.close()  # (and its descriptor)
+                os.close(master)
+            else:
+                close_all(fds)
             return (fdroom.error_name(exc, "bad_args"), str(exc),
                     exc.errno if fdroom.exhausted(exc) else None)
         os.set_blocking(master, False)
@@ -575,6 +585,7 @@ class PtyKeeper(Actor):
         except OSError as exc:
             # (out of descriptors: a live shell must not be taken for one that has ended;
             # the sender keeps its copy, and the supervisor its own)
+            ledger.close()
             ring.close()
             os.close(master)
             return (fdroom.error_name(exc, "bad_args"),
@@ -584,12 +595,12 @@ class PtyKeeper(Actor):
             logger.info("session {}: took in {} bytes read before the last keeper died", sid,
                         recovered)
         s = PtySession(sid, pid, master, str(info.get("tty", "")), pidfd, ring, cols, rows,
-                       info.get("meta"), adopted=True, started=started)
+                       info.get("meta"), ledger=ledger, adopted=True, started=started)
         self.sessions[sid] = s
         self.adopted += 1
         self.ptys.add(s)
-        logger.info("session {}: adopted (shell pid {}, output from {})", sid, pid,
-                    ring.write_off)
+        logger.info("session {}: adopted (shell pid {}, output from {}, input from {})", sid,
+                    pid, ring.write_off, s.in_end)
         return None
 
     def _keep(self, s: PtySession) -> None:
@@ -652,6 +663,7 @@ class PtyKeeper(Actor):
                             f"{msg['path']}: {exc.strerror or exc}", errno=exc.errno)
             return
         ring: SessionRing | None = None
+        ledger: Ledger | None = None
         try:
             # the window, and the scrollback the terminal asked for before it
             scrollback = min(int(msg.get("scrollback", self.scrollback)), 256 << 20)
@@ -660,16 +672,19 @@ class PtyKeeper(Actor):
             base = int(msg.get("base") or 0)
             if base:  # a session recreated after a loss: its stream goes on past the old one's
                 ring.start_at(base)
+            ledger = Ledger(ring.fd)
             pidfd = os.pidfd_open(sp.pid)
         except BaseException:
             # no session for it (out of fds or memory, a bad field): the shell goes
+            if ledger is not None:
+                ledger.close()
             if ring is not None:
                 ring.close()
             self._discard_spawned(sp.pid, sp.master)
             raise
         # (our child, not reaped yet: its pid is its own while this is read)
         s = PtySession(sid, sp.pid, sp.master, sp.tty, pidfd, ring, cols, rows,
-                       msg.get("meta"), started=process_start(sp.pid))
+                       msg.get("meta"), ledger=ledger, started=process_start(sp.pid))
         self.sessions[sid] = s
         self.ptys.add(s)
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)
@@ -709,25 +724,33 @@ class PtyKeeper(Actor):
         if s.eof or s.closing:
             self._reply_err(msg, "shell_exited", f"session {s.id} has ended")
             return
-        if msg.get("drop") is True:
+        # `at`: where the terminal numbers it in the session's input (ledger.py); what lies
+        # before our `in_end` was taken already (a resend after a keeper's death: only what
+        # its ledger says was not written comes again, and a write in doubt never does)
+        at = msg.get("at")
+        at = s.in_end if at is None else int(at)
+        taken = max(0, min(len(data), s.in_end - at))
+        if msg.get("drop") is True and (taken < len(data) or not data):
             # (^C typed to cancel a command not started: what waits here of its input goes
             # too, and what the shell had not read)
             if s.inq:
                 self.ptys.drop_input(s, "dropped by an interrupt")
             drop_unread_input(s.master)
+        data = data[taken:]
         if s.inq_bytes + len(data) > self.input_limit:
             self._reply_err(msg, "busy", f"session {s.id}: input queue over "
                             f"{self.input_limit} bytes")
             return
         if data:
             was_empty = not s.inq
-            s.inq.append(bytes(data))
+            s.inq.append((at + taken, bytes(data)))
             s.inq_bytes += len(data)
+            s.in_end = at + taken + len(data)
             if was_empty:
                 self.ptys.writable(s)
         if msg.get("r") is not None:
             self._tell({"t": "ok", "r": msg["r"], "s": s.id, "queued": len(data),
-                        "pending": s.inq_bytes})
+                        "pending": s.inq_bytes, "done": s.ledger.done})
 
     def _m_resize(self, msg: dict[str, Any]) -> None:
         s = self._session(msg)
@@ -750,6 +773,16 @@ class PtyKeeper(Actor):
         if s is None:
             return
         sig = int(msg["sig"])
+        # `seq`: the terminal's number of the signal, recorded around the kill (ledger.py);
+        # one the ledger says was sent (a resend after a keeper's death) is not sent again
+        seq = msg.get("seq")
+        seq = None if seq is None else int(seq)
+        if seq is not None:
+            done = s.ledger.state()
+            if done.signal_sent(seq):
+                self._tell({"t": "ok", "r": msg.get("r"), "s": s.id, "pgid": done.pgid,
+                            "sig": sig})
+                return
         try:
             if msg.get("to", "fg") == "fg":
                 pgid = foreground_group(s)
@@ -757,10 +790,16 @@ class PtyKeeper(Actor):
                 pgid = s.pid
             else:
                 raise ProcessLookupError(f"session {s.id}'s shell has exited")
+            if seq is not None:
+                s.ledger.signalling(seq)
             os.killpg(pgid, sig)
         except OSError as exc:
+            if seq is not None:
+                s.ledger.not_signalled()
             self._reply_err(msg, "shell_exited", f"signal: {exc.strerror or exc}")
             return
+        if seq is not None:
+            s.ledger.signalled(seq, pgid)
         self._tell({"t": "ok", "r": msg.get("r"), "s": s.id, "pgid": pgid, "sig": sig})
 
     def _m_close(self, msg: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ import msgpack
 from loguru import logger
 
 from moorage.actors.runtime.procstat import SESSION, START, stat_fields
+from moorage.actors.terminal.keeper.ledger import Ledger
 from moorage.actors.terminal.ring import SessionRing
 
 if TYPE_CHECKING:
@@ -60,12 +61,12 @@ class PtySession:
     """One shell on its PTY: the master fd, the output ring, the input waiting to be written,
     and the shell's process (`pid`, also its session id: every job it starts is in it)."""
 
-    __slots__ = ("adopted", "closing", "cols", "eof", "exit_sent", "id", "inq", "inq_bytes",
-                 "mask", "master", "meta", "paused", "pid", "pidfd", "ring", "rows", "started",
-                 "status", "tty")
+    __slots__ = ("adopted", "closing", "cols", "eof", "exit_sent", "id", "in_end", "inq",
+                 "inq_bytes", "ledger", "mask", "master", "meta", "paused", "pid", "pidfd",
+                 "ring", "rows", "started", "status", "tty")
 
     def __init__(self, sid: str, pid: int, master: int, tty: str, pidfd: int | None,
-                 ring: SessionRing, cols: int, rows: int, meta: Any,
+                 ring: SessionRing, cols: int, rows: int, meta: Any, *, ledger: Ledger,
                  adopted: bool = False, started: int | None = None) -> None:
         self.id = sid
         self.pid = pid
@@ -83,10 +84,16 @@ class PtySession:
         self.status: tuple[int | None, int | None] | None = None  # (code, signal) once reaped
         self.exit_sent = False
         self.closing = False
-        # (the rest of a chunk a write took part of is a view: a paste of megabytes that the
-        # PTY takes 4 KiB at a time is not copied again at each write)
-        self.inq: deque[bytes | memoryview] = deque()
+        # Each chunk with the offset of its first byte in the terminal's numbering of the
+        # session's input (ledger.py). (The rest of a chunk a write took part of is a view: a
+        # paste of megabytes that the PTY takes 4 KiB at a time is not copied again.)
+        self.inq: deque[tuple[int, bytes | memoryview]] = deque()
         self.inq_bytes = 0
+        # what this keeper did with the input and signals, where a successor reads it
+        self.ledger = ledger
+        # the end of the input taken (queued, written or dropped): what the terminal sends
+        # from (its welcome says so); a predecessor's, for an adopted session
+        self.in_end = self.ledger.state().input_end
         self.mask = 0  # what the keeper's epoll watches on `master` (0: not registered)
 
     def describe(self) -> dict[str, Any]:
@@ -305,25 +312,34 @@ class Ptys:
 
     def drop_input(self, s: PtySession, why: str) -> None:
         logger.warning("session {}: {} bytes of input dropped: {}", s.id, s.inq_bytes, why)
+        if s.inq:
+            at, last = s.inq[-1]
+            s.ledger.dropped(at + len(last))
         s.inq.clear()
         s.inq_bytes = 0
         self.watch(s)
 
     def writable(self, s: PtySession) -> None:
+        """Write what waits, as far as the PTY takes it; each write(2) recorded in the
+        ledger before and after (a successor of ours must know whether it happened)."""
         while s.inq:
-            head = s.inq[0]
+            at, head = s.inq[0]
+            s.ledger.writing(at, len(head))
             try:
                 n = os.write(s.master, head)
             except BlockingIOError:
+                s.ledger.wrote(at)
                 break
             except OSError as exc:
+                s.ledger.wrote(at)
                 self.drop_input(s, f"write: {exc}")
                 break
+            s.ledger.wrote(at + n)
             s.inq_bytes -= n
             if n == len(head):
                 s.inq.popleft()
             else:
-                s.inq[0] = memoryview(head)[n:]
+                s.inq[0] = (at + n, memoryview(head)[n:])
         self.watch(s)
 
     # --- the shell's end ------------------------------------------------------------------
@@ -398,6 +414,7 @@ class Ptys:
 
     def release(self, s: PtySession) -> None:
         """Forget a closed session's ring (our mapping; the terminal's copy is its own)."""
+        s.ledger.close()
         s.ring.close()
 
     def finish_closed(self, s: PtySession) -> None:
