@@ -77,6 +77,15 @@ def instance(runtime_dir: Path) -> Iterator[Path]:
         p.kill()
 
 
+# The command run with SIGINT and SIGHUP at their defaults, as an editor starts it: `up` leaves
+# an ignored stop signal ignored (a job started under nohup), and a test runner's worker may
+# run with them ignored (pytest-xdist's do), which every child inherits through exec.
+WITH_STOP_SIGNALS = [sys.executable, "-c",
+                     "import os, signal, sys\n"
+                     "for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n"
+                     "os.execv(sys.argv[1], sys.argv[1:])"]
+
+
 class Up:
     """`moorage up ...` as an editor starts it: stdout a pipe it reads the line from, in a
     session of its own (so a signal reaches it alone, and the clean-up takes all it made);
@@ -84,7 +93,8 @@ class Up:
 
     def __init__(self, rdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
-        self.proc = subprocess.Popen(moorage(rdir, "up", "--allow-external-actors", *args),
+        self.proc = subprocess.Popen([*WITH_STOP_SIGNALS,
+                                      *moorage(rdir, "up", "--allow-external-actors", *args)],
                                      stdout=subprocess.PIPE, stderr=self.err,
                                      stdin=subprocess.DEVNULL, cwd=ROOT, env=env,
                                      start_new_session=True)
