@@ -189,3 +189,25 @@ def test_a_closing_record_kills_its_session_only_while_the_pid_is_that_process(
             victim.kill()
             victim.wait(10)
         custodian.close()
+
+
+def test_a_tombstone_names_a_shell_or_is_not_kept(tmp_path):
+    """A tombstone that named no shell would match whatever is made again under its id (a
+    successor's spec dropped, a live session closed again): one whose pid is unknown is not
+    written, and one on disk without a pid is not taken."""
+    from moorage.actors.terminal.keeper_client import Tombstones
+
+    path = tmp_path / "terminal.closed"
+    path.write_bytes(msgpack.packb({"none": {"pid": None, "started": None},
+                                    "shell": {"pid": 4242, "started": 7}}))
+    deferred: list = []
+    tombstones = Tombstones(path, deferred.append)
+    assert sorted(tombstones.closed) == ["shell"]
+    assert not tombstones.names("none", 999, 1)  # (a session made again under that id)
+    assert tombstones.names("shell", 4242, 7) and tombstones.names("shell", 4242, None)
+    assert not tombstones.names("shell", 999, 7)  # (made again: another shell)
+
+    assert tombstones.add("unknown", None, None) is False
+    assert "unknown" not in tombstones and not tombstones.names("unknown", 999, 1)
+    assert tombstones.add("known", 5151, 9) is True
+    assert set(msgpack.unpackb(path.read_bytes())) == {"shell", "known"}

@@ -224,6 +224,45 @@ def test_input_queued_in_a_killed_keeper_is_written_on_by_the_next(make_tree, tm
             gate_opened(gate)  # (the shell is not left at its gate)
 
 
+def test_input_kept_for_a_keeper_s_death_is_let_go_of_once_the_shell_has_read_it(make_tree,
+                                                                                 tmp_path):
+    """Writes the keeper queues (the shell reads nothing) are kept in the terminal until
+    written: no more of them than the keeper has not written yet, and none once the shell
+    has read them all, with no write after it (the keeper says its queue is empty)."""
+    tree = make_tree(terminal_tree()).start()
+    c = tree.client
+    sid = a_session(c, tmp_path)["session"]
+    ready, gate, out = tmp_path / "ready", tmp_path / "gate", tmp_path / "out"
+    os.mkfifo(gate)
+    size, writes = 1023, 300  # (far more than the PTY takes while no one reads it)
+    total = size * writes
+    c.call("terminal", "term.write", {"session": sid, "data": (
+        f"stty raw -echo; touch {ready}; cat {gate} > /dev/null; head -c {total} > {out}; "
+        "stty sane\n")})
+    try:
+        wait_for(ready.exists, "the shell in raw mode, its reader at the gate")
+        for i in range(writes):
+            chunk = bytes([0x41 + i % 26]) * size
+            assert c.call("terminal", "term.write", {"session": sid, "data": chunk},
+                          timeout=30) == {"queued": size}
+        pending = wait_for(lambda: c.call("ptykeeper", "pty.list")["sessions"][0]["pending"],
+                           "the writes queued in the keeper")
+        kept = c.call("terminal", "sys.info")["keeper_input_kept"]
+        # (each kept write has bytes the keeper has not written: at most one starts before
+        # the first of those)
+        assert 0 < kept <= pending // size + 1
+        open_gate(gate)
+        wait_for(lambda: out.exists() and out.stat().st_size == total, "the writes read")
+        wait_for(lambda: c.call("terminal", "sys.info")["keeper_input_kept"] == 0,
+                 "the kept copies let go of")
+        assert c.call("ptykeeper", "pty.list")["sessions"][0]["pending"] == 0
+        assert out.read_bytes() == b"".join(bytes([0x41 + i % 26]) * size
+                                            for i in range(writes))
+    finally:
+        if not out.exists():
+            gate_opened(gate)  # (the shell is not left at its gate)
+
+
 def test_a_create_sent_to_a_hung_keeper_makes_one_shell_with_the_next(make_tree, tmp_path):
     """The create sits unread in the stopped keeper, which is killed as hung: the next
     keeper's custody holds no shell of it, so the create goes again and is answered with
@@ -368,6 +407,51 @@ def test_the_keeper_does_what_its_ledger_says_it_did_not_and_only_that(spawn_act
         link.close()
 
 
+def test_the_keeper_does_not_send_a_signal_its_ledger_says_may_have_been_sent(
+        spawn_actor, client, runtime_dir, tmp_path):
+    """A signal whose seq the ledger holds in doubt (a keeper killed between its kill(2)
+    and its note: written into the real ring here) is answered `outcome_unknown`, not sent
+    again; the next is sent (and is the fence: a SIGUSR1 sent first is taken before it)."""
+    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+    client.call("ptykeeper", "sys.ping")
+    script = tmp_path / "counting.py"
+    script.write_text(COUNTING)
+    link = RawLink(runtime_dir / "ptykeeper.sock")
+    try:
+        link.send(HELLO)
+        assert link.recv()["t"] == "welcome"
+        link.send({"t": "create", "r": 1, "s": "a", "path": sys.executable,
+                   "argv": [sys.executable, "-u", str(script)], "env": {"PATH": os.defpath},
+                   "cwd": "/", "cols": 80, "rows": 24, "meta": {}})
+        assert link.wait(lambda m: m.get("r") == 1)["t"] == "ok"
+        seen: dict[str, bytearray] = {}
+
+        def output_has(text: bytes) -> bool:
+            while text not in seen.get("a", b""):
+                msg = link.recv()
+                if msg["t"] == "out":
+                    link.read_out(msg, seen)
+            return True
+
+        output_has(b"listening")
+        ledger = Ledger(link.rings["a"].fd)
+        try:
+            ledger.signalling(1)  # (a predecessor killed before its note that it sent it)
+        finally:
+            ledger.close()
+        link.send({"t": "signal", "r": 2, "s": "a", "sig": int(signal.SIGUSR1), "to": "fg",
+                   "seq": 1})
+        reply = link.wait(lambda m: m.get("r") == 2)
+        assert (reply["t"], reply["name"]) == ("err", "outcome_unknown")
+        link.send({"t": "signal", "r": 3, "s": "a", "sig": int(signal.SIGUSR2), "to": "fg",
+                   "seq": 2})
+        assert link.wait(lambda m: m.get("r") == 3)["t"] == "ok"
+        output_has(b"SIGUSR2 1")
+        assert re.findall(rb"SIGUSR\d \d", bytes(seen["a"])) == [b"SIGUSR2 1"]
+    finally:
+        link.close()
+
+
 # --- the ledger on a real ring ------------------------------------------------------------
 
 
@@ -410,4 +494,29 @@ def test_the_ledger_tells_a_write_cut_short_from_one_done_and_one_not_begun():
         assert (state.signal_sent(65536 + 3), state.signal_sent(65536 + 4)) == (True, False)
     finally:
         keeper.close()
+        ring.close()
+
+
+def test_a_successor_folds_its_predecessors_doubt_into_what_is_done():
+    """A predecessor's doubt stays in the ledger (for the terminal to read) until the
+    successor folds it: past it, never written again, and no length left standing that a
+    note of the successor's own could be paired with."""
+    ring = SessionRing.create(1 << 16, 4096)
+    dead, successor = Ledger(ring.fd), Ledger(ring.fd)
+    try:
+        dead.writing(0, 100)
+        dead.wrote(100)
+        dead.writing(100, 4096)  # (killed here)
+        state = Ledger.read(ring.fd)
+        assert (state.done, state.doubt, state.input_end) == (100, (100, 4096), 4196)
+        successor.fold(state.input_end)
+        state = Ledger.read(ring.fd)
+        assert (state.done, state.doubt, state.input_end) == (4196, None, 4196)
+        successor.writing(4196, 10)  # (killed here: its own write in doubt, no other)
+        assert Ledger.read(ring.fd)[:2] == (4196, (4196, 10))
+        successor.wrote(4206)
+        assert Ledger.read(ring.fd)[:2] == (4206, None)
+    finally:
+        dead.close()
+        successor.close()
         ring.close()

@@ -297,6 +297,8 @@ class TerminalActor(Actor):
                 "keeper_ops_waiting": self.keeper.ops_waiting,
                 "keeper_ops_resent": self.keeper.ops_resent,
                 "keeper_ops_in_doubt": self.keeper.ops_in_doubt,
+                # input answered `queued` whose copy is kept until the keeper has written it
+                "keeper_input_kept": self.keeper.input_kept,
                 "parse": self.parse_link.info(), "pressure_shed": dict(self.pressure_shed),
                 "exec_records_failed": self.execs.failed,
                 "session_records": self.specs.info(),

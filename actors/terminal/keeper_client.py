@@ -59,6 +59,7 @@ import os
 import select
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,9 +121,10 @@ class KeeperOp:
     kept until the keeper's ledger says they are written, answered or not), a `resize` or a
     `signal` (until answered). `r`: its number on the live link, None while it waits to be
     sent again; `cb`: None once answered; `deadline`: when its caller stops waiting
-    (monotonic), None for the actor's own."""
+    (monotonic), None for the actor's own; `n`: its place among the session's requests (the
+    order they are sent again in); `kept`: an answered write in SessionOps.kept."""
 
-    __slots__ = ("cb", "deadline", "end", "kind", "msg", "r", "timer")
+    __slots__ = ("cb", "deadline", "end", "kept", "kind", "msg", "n", "r", "timer")
 
     def __init__(self, kind: str, msg: dict[str, Any], cb: KeeperCallback | None,
                  deadline: float | None, end: int = 0) -> None:
@@ -133,6 +135,8 @@ class KeeperOp:
         self.end = end  # a write: the end of its bytes in the session's input numbering
         self.r: int | None = None
         self.timer: Timer | None = None
+        self.n = 0
+        self.kept = False
 
     @property
     def at(self) -> int:
@@ -141,17 +145,60 @@ class KeeperOp:
 
 class SessionOps:
     """A session's requests to the keeper that a keeper's death must not lose (KeeperOp),
-    in the order they were made, and where its numbering of input bytes and signals goes on
-    (keeper/ledger.py: from 0 for a session made here, from the keeper's word for one
-    restored)."""
+    and where its numbering of input bytes and signals goes on (keeper/ledger.py: from 0 for
+    a session made here, from the keeper's word for one restored).
 
-    __slots__ = ("next_at", "next_sig", "ops", "session")
+    `ops`: those not answered yet, in the order they were made (the keeper answers in that
+    order: the one answered is at the front); `kept`: writes answered `queued` whose bytes
+    the keeper has not written yet, in the order of their ends, let go of from the front as
+    the keeper's `done` passes them. A shell that reads nothing for a while has thousands of
+    these: no reply walks them all."""
+
+    __slots__ = ("kept", "made", "next_at", "next_sig", "ops", "session")
 
     def __init__(self, session: Session, next_at: int = 0, signals: int = 0) -> None:
         self.session = session
         self.next_at = next_at
         self.next_sig = signals + 1
-        self.ops: list[KeeperOp] = []
+        self.made = 0  # requests made, numbering them (KeeperOp.n)
+        self.ops: deque[KeeperOp] = deque()
+        self.kept: deque[KeeperOp] = deque()
+
+    def unlist(self, op: KeeperOp) -> None:
+        """`op` is no longer waiting for an answer (or for the keeper to write it)."""
+        if op.kept:
+            if self.kept and self.kept[0] is op:
+                self.kept.popleft()
+            elif op in self.kept:
+                self.kept.remove(op)
+        elif self.ops and self.ops[0] is op:
+            self.ops.popleft()
+        elif op in self.ops:
+            self.ops.remove(op)
+
+    def keep(self, op: KeeperOp) -> None:
+        """`op`, a write answered `queued` (out of `ops`), kept until the keeper has
+        written it: in the order of the ends (answers come in order, so almost always at
+        the back)."""
+        op.kept = True
+        if not self.kept or self.kept[-1].end <= op.end:
+            self.kept.append(op)
+            return
+        i = len(self.kept)
+        while i > 0 and self.kept[i - 1].end > op.end:
+            i -= 1
+        self.kept.insert(i, op)
+
+    def written(self, done: int) -> None:
+        """The keeper's word that the input before `done` is written (or dropped)."""
+        while self.kept and self.kept[0].end <= done:
+            self.kept.popleft()
+
+    def unanswered(self) -> list[KeeperOp]:
+        """Every request not on the link (waiting for the next keeper), kept writes too, in
+        the order they were made."""
+        return sorted([op for op in self.ops if op.r is None]
+                      + [op for op in self.kept if op.r is None], key=lambda op: op.n)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -165,7 +212,8 @@ class Tombstones:
     successor of this actor, which may get the shell back from the keeper's custody, must
     know it was closed. Those a keeper confirms go in one write a loop turn (`defer`); a
     write that fails is logged and counted (`failed`), and what is in memory still serves
-    until the next write lands."""
+    until the next write lands. A tombstone always names its shell's pid: one that named
+    none would match whatever shell is made again under the id, and close it."""
 
     def __init__(self, path: Path, defer: Callable[[Callable[[], None]], Any]) -> None:
         self.path = path
@@ -184,14 +232,19 @@ class Tombstones:
             self.closed = {sid: {"pid": _int_or_none(v.get("pid")),
                                  "started": _int_or_none(v.get("started"))}
                            for sid, v in loaded.items()
-                           if isinstance(sid, str) and isinstance(v, dict)}
+                           if isinstance(sid, str) and isinstance(v, dict)
+                           and _int_or_none(v.get("pid"))}
 
     def __contains__(self, sid: str) -> bool:
         return sid in self.closed
 
-    def add(self, sid: str, pid: int | None, started: int | None) -> None:
-        self.closed[sid] = {"pid": pid or None, "started": started}
+    def add(self, sid: str, pid: int | None, started: int | None) -> bool:
+        """A tombstone for the shell `pid` of `sid`; none (False) when its pid is unknown."""
+        if not pid:
+            return False
+        self.closed[sid] = {"pid": pid, "started": started}
         self._save()
+        return True
 
     def drop(self, sid: str) -> None:
         if self.closed.pop(sid, None) is not None and not self._save_armed:
@@ -199,12 +252,13 @@ class Tombstones:
             self.defer(self._save)
 
     def names(self, sid: str, pid: Any, started: Any) -> bool:
-        """Whether the session `sid` with this shell (pid, start time: either unknown
-        matches) is the one closed here."""
+        """Whether the session `sid` with this shell (pid, start time: either unknown to
+        the caller matches) is the one closed here. A tombstone that names no pid matches
+        no shell."""
         t = self.closed.get(sid)
-        if t is None:
+        if t is None or t["pid"] is None:
             return False
-        return (t["pid"] is None or pid is None or t["pid"] == pid) and (
+        return (pid is None or t["pid"] == pid) and (
             t["started"] is None or started is None or t["started"] == started)
 
     def _save(self) -> None:
@@ -314,7 +368,7 @@ class KeeperClient:
         self._exits: dict[str, dict[str, Any]] = {}
         self._keeper = {"welcome": self._k_welcome, "out": self._k_out, "exit": self._k_exit,
                         "ok": self._k_reply, "err": self._k_reply, "fds": self._k_fds,
-                        "custody": self._k_custody}
+                        "custody": self._k_custody, "written": self._k_written}
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -369,8 +423,8 @@ class KeeperClient:
             # had not done (SessionOps), for the next one; meanwhile input goes after them.
             ops = self._ops.get(s.id)
             s.keeper_writes = 0
-            s.keeper_backlog = ops is not None and ops.session is s and any(
-                op.kind == "write" for op in ops.ops)
+            s.keeper_backlog = ops is not None and ops.session is s and (
+                bool(ops.kept) or any(op.kind == "write" for op in ops.ops))
             s.keeper_paused = False
         if not self.stopping():
             self.loop.call_later(RECONNECT_S, self.connect)
@@ -401,8 +455,17 @@ class KeeperClient:
         """End a session in the keeper for good: its tombstone first (on disk), then
         `close`; should the keeper not answer it (it dies, or hangs and is killed, with the
         close unread), the next welcome that names the session has it closed again. What
-        was still to be sent again for it goes (its callers told the session is closed)."""
-        self.tombstones.add(sid, pid, started)
+        was still to be sent again for it goes (its callers told the session is closed).
+        A shell not known here (`pid` None) is looked for in what the keeper told of the
+        session; if not found, the close goes without a tombstone: one naming no shell
+        would close whatever is made again under the id."""
+        if pid is None:
+            entry = self.unavailable.get(sid) or next(
+                (e for e in (*self._entries, *self._told) if e.get("s") == sid), {})
+            pid, started = _int_or_none(entry.get("pid")), _int_or_none(entry.get("started"))
+        if not self.tombstones.add(sid, pid, started):
+            logger.warning("session {}: closed with its shell unknown here; no tombstone, so "
+                           "a close lost with the keeper is not sent again", sid)
         self._forget_ops(sid)
         self._send_close(sid)
 
@@ -559,6 +622,12 @@ class KeeperClient:
         return ops
 
     @property
+    def input_kept(self) -> int:
+        """Writes answered `queued` whose copies are kept here until the keeper has written
+        them (SessionOps.kept)."""
+        return sum(len(ops.kept) for ops in self._ops.values())
+
+    @property
     def ops_waiting(self) -> int:
         """Requests of the sessions' (SessionOps) not answered yet: sent to the keeper, or
         waiting for the next one."""
@@ -579,7 +648,10 @@ class KeeperClient:
         if self.link is None or not self.welcomed:
             self._answer(op, None, WireError.of("unavailable", "the pty keeper is not connected"))
             return
-        self.session_ops(s).ops.append(op)
+        ops = self.session_ops(s)
+        ops.made += 1
+        op.n = ops.made
+        ops.ops.append(op)
         self._send_op(s, op)
 
     def _send_op(self, s: Session, op: KeeperOp) -> None:
@@ -603,10 +675,28 @@ class KeeperClient:
         self._answer(op, rep, err)
         if ops is None or ops.session is not s:
             return
-        done = rep.get("done") if rep is not None else None
-        ops.ops = [o for o in ops.ops if not (o is op and not keep) and not (
-            type(done) is int and o.kind == "write" and o.cb is None and o.r is None
-            and o.end <= done)]
+        if not op.kept:
+            ops.unlist(op)
+            if keep:
+                ops.keep(op)
+        elif not keep:  # (a kept write sent again to a new keeper, and refused there)
+            ops.unlist(op)
+        if rep is None:
+            return
+        done = rep.get("done")
+        if type(done) is int:
+            ops.written(done)
+        if keep and rep.get("pending") == 0:  # (the keeper holds none of it, nor before it)
+            ops.written(op.end)
+
+    def _k_written(self, msg: dict[str, Any]) -> None:
+        """The keeper has written (or dropped) all the input it held for a session: the
+        copies kept of it go, not at the session's next write."""
+        s = self.sessions.get(msg["s"])
+        ops = self._ops.get(msg["s"])
+        done = msg.get("done")
+        if s is not None and ops is not None and ops.session is s and type(done) is int:
+            ops.written(done)
 
     def _op_lost(self, s: Session, op: KeeperOp) -> None:
         """The link went with `op` unanswered: it waits for the next keeper's welcome
@@ -695,28 +785,30 @@ class KeeperClient:
                 "shell_exited", f"session {s.id} was closed, or lost, before the pty keeper "
                 "that died with this request was replaced; it was not done"))
             return
-        if op not in ops.ops:
+        if op.kept or op not in ops.ops:
             return
         if not _process_gone(self._lost_pid) and op.kind != "resize":
             # (our link went, not the keeper: it may still take what it had been sent; a
             # size set or not is told below, and is no harm set again)
-            ops.ops.remove(op)
+            ops.unlist(op)
             self._in_doubt(s, op, "no pty keeper could be reached since its link was lost")
             return
         if op.kind == "resize":
             if self._winsize(s) == (op.msg["cols"], op.msg["rows"]):
-                ops.ops.remove(op)
+                ops.unlist(op)
                 self._answer(op, {}, None)
                 return
         else:
             at = op.at
             if self._settle_op(s, op, self._ledger(s)):
-                ops.ops.remove(op)
+                ops.unlist(op)
                 return
             if op.kind == "write" and op.at > at:  # (written in part: the rest is queued)
+                ops.unlist(op)
+                ops.keep(op)  # (its rest, for the next keeper)
                 self._answer(op, {"queued": op.end - at, "pending": op.end - op.at}, None)
                 return
-        ops.ops.remove(op)
+        ops.unlist(op)
         self._answer(op, None, WireError.of(
             "unavailable", f"the pty keeper died before it did this {op.kind}, and no keeper "
             "came back in time; it was not done, and is not sent again"))
@@ -741,25 +833,31 @@ class KeeperClient:
             if self.sessions.get(sid) is not s:
                 self._forget_ops(sid)
                 continue
-            lost = [op for op in ops.ops if op.r is None]
+            lost = ops.unanswered()
             if not lost:
                 continue
             e = held.get(sid)
             taken = int(e.get("input_end") or 0) if same and e is not None else None
+            # (the same keeper holding none of its input: all it took is written, or dropped)
+            written = taken is not None and e is not None and not e.get("pending")
             state = self._ledger(s)
             again: list[KeeperOp] = []
-            settled: list[KeeperOp] = []
             for op in lost:
                 if taken is not None and op.kind == "write":
                     if op.end > taken:
                         again.append(op)
-                    else:  # (it has it: kept here until written, as any answered input)
-                        self._answer(op, {"queued": len(op.msg["data"]), "pending": 0}, None)
+                        continue
+                    # (it has it: kept here until written, as any answered input)
+                    self._answer(op, {"queued": len(op.msg["data"]), "pending": 0}, None)
+                    if written:
+                        ops.unlist(op)
+                    elif not op.kept:
+                        ops.unlist(op)
+                        ops.keep(op)
                 elif self._settle_op(s, op, state):
-                    settled.append(op)
+                    ops.unlist(op)
                 else:
                     again.append(op)
-            ops.ops = [op for op in ops.ops if not any(op is o for o in settled)]
             for op in again:
                 self.ops_resent += 1
                 self._send_op(s, op)

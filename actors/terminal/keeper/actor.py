@@ -729,6 +729,7 @@ class PtyKeeper(Actor):
         # its ledger says was not written comes again, and a write in doubt never does)
         at = msg.get("at")
         at = s.in_end if at is None else int(at)
+        s.fold_doubt()  # (the terminal, welcomed, has read a predecessor's doubt by now)
         taken = max(0, min(len(data), s.in_end - at))
         if msg.get("drop") is True and (taken < len(data) or not data):
             # (^C typed to cancel a command not started: what waits here of its input goes
@@ -774,12 +775,19 @@ class PtyKeeper(Actor):
             return
         sig = int(msg["sig"])
         # `seq`: the terminal's number of the signal, recorded around the kill (ledger.py);
-        # one the ledger says was sent (a resend after a keeper's death) is not sent again
+        # one the ledger says was sent (a resend after a keeper's death) is not sent again,
+        # nor is one it says may have been (a keeper killed between its kill(2) and its note)
         seq = msg.get("seq")
         seq = None if seq is None else int(seq)
         if seq is not None:
             done = s.ledger.state()
-            if done.signal_sent(seq):
+            sent = done.signal_sent(seq)
+            if sent is None:
+                self._reply_err(msg, "outcome_unknown", f"session {s.id}: signal {seq} may "
+                                "or may not have been sent by a keeper killed while it sent "
+                                "it; not sent again")
+                return
+            if sent:
                 self._tell({"t": "ok", "r": msg.get("r"), "s": s.id, "pgid": done.pgid,
                             "sig": sig})
                 return

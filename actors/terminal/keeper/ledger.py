@@ -19,6 +19,12 @@ twice, or never). So the keeper writes down
             after IN_DONE has moved past it. A keeper killed between the write(2) and that
             leaves IN_LEN set with IN_AT not before IN_DONE: those bytes may or may not have
             reached the PTY, in part or in whole (`doubt`), the one thing no record can tell.
+            A write(2) is at most PTY_WRITE_MAX bytes (ptys.py), so that is all a doubt
+            spans: not the rest of a paste queued behind it. IN_LEN is cleared before IN_AT
+            moves, so a keeper killed between those stores leaves no doubt rather than a
+            wrong one; a keeper that takes the session over folds a predecessor's doubt into
+            IN_DONE (`fold`) once the terminal has read it (its first input after the
+            welcome), so a later note never pairs with that stale length.
   SIG       the signal it is about to send and the last one sent, as the low 16 bits of their
             seqs, and the process group that last one went to: (intent << 48 | done << 32 |
             pgid), one store, before killpg(2) and after it. intent != done: a keeper killed
@@ -98,7 +104,9 @@ class Ledger:
     # --- the keeper's side ------------------------------------------------------------------
 
     def writing(self, at: int, n: int) -> None:
-        """A write(2) of `n` bytes at offset `at` is about to be made."""
+        """A write(2) of `n` bytes at offset `at` is about to be made. The length goes to 0
+        first: until the new one is stored, no stale length pairs with the new offset."""
+        self._cells[IN_LEN] = 0
         if self._cells[IN_DONE] < at:
             self._cells[IN_DONE] = at  # (the bytes before it were refused: none to write)
         self._cells[IN_AT] = at
@@ -106,6 +114,14 @@ class Ledger:
 
     def wrote(self, end: int) -> None:
         """The write(2) returned: everything before `end` is written (`end` = at: none)."""
+        if end > self._cells[IN_DONE]:
+            self._cells[IN_DONE] = end
+        self._cells[IN_LEN] = 0
+
+    def fold(self, end: int) -> None:
+        """A keeper that took the session over goes on from `end` (its predecessor's
+        `input_end`): what lies before it, a predecessor's doubt included, is done with
+        (never written again), and no doubt is left standing."""
         if end > self._cells[IN_DONE]:
             self._cells[IN_DONE] = end
         self._cells[IN_LEN] = 0

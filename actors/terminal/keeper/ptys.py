@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
 
 EXIT_WITHOUT_EOF_S = 1.0  # a reaped shell whose PTY another process still holds
+# The most one write(2) to a master is given: about what a PTY takes at once (its line
+# discipline's buffer is 4 KiB), and so all that a keeper killed between that write(2) and
+# its note of it leaves in doubt (ledger.py), not the rest of a paste queued behind it.
+PTY_WRITE_MAX = 4096
 TIOCGPTPEER = getattr(termios, "TIOCGPTPEER", 0x5441)  # Linux 4.13: the master opens its slave
 
 
@@ -63,7 +67,7 @@ class PtySession:
 
     __slots__ = ("adopted", "closing", "cols", "eof", "exit_sent", "id", "in_end", "inq",
                  "inq_bytes", "ledger", "mask", "master", "meta", "paused", "pid", "pidfd",
-                 "ring", "rows", "started", "status", "tty")
+                 "ring", "rows", "started", "status", "tty", "unfolded")
 
     def __init__(self, sid: str, pid: int, master: int, tty: str, pidfd: int | None,
                  ring: SessionRing, cols: int, rows: int, meta: Any, *, ledger: Ledger,
@@ -93,8 +97,21 @@ class PtySession:
         self.ledger = ledger
         # the end of the input taken (queued, written or dropped): what the terminal sends
         # from (its welcome says so); a predecessor's, for an adopted session
-        self.in_end = self.ledger.state().input_end
+        state = self.ledger.state()
+        self.in_end = state.input_end
+        # A predecessor's doubt still in the ledger: the terminal reads it when we welcome
+        # it (to answer the input in doubt `outcome_unknown`), so it is folded into the
+        # ledger only with the first input after that (`fold_doubt`), not at adoption.
+        self.unfolded = state.doubt is not None
         self.mask = 0  # what the keeper's epoll watches on `master` (0: not registered)
+
+    def fold_doubt(self) -> None:
+        """Input comes from a terminal that has read the ledger since we welcomed it: a
+        predecessor's doubt goes into IN_DONE (it is never written again), its length is
+        cleared, and `done` in our replies is where the input goes on."""
+        if self.unfolded:
+            self.unfolded = False
+            self.ledger.fold(self.in_end)
 
     def describe(self) -> dict[str, Any]:
         r = self.ring
@@ -263,6 +280,10 @@ class Ptys:
                 self.drop_input(s, "the terminal has hung up")
             elif ev & select.EPOLLOUT and s.inq:
                 self.writable(s)
+                if not s.inq:
+                    # (the terminal keeps a copy of input we queued until it is written: it
+                    # may let go of them now, rather than at the session's next write)
+                    self._tell({"t": "written", "s": s.id, "done": s.ledger.done})
 
     def resume(self, s: PtySession) -> None:
         """The terminal moved the ring's `ack_off`: read again if the window has room."""
@@ -321,12 +342,14 @@ class Ptys:
 
     def writable(self, s: PtySession) -> None:
         """Write what waits, as far as the PTY takes it; each write(2) recorded in the
-        ledger before and after (a successor of ours must know whether it happened)."""
+        ledger before and after (a successor of ours must know whether it happened), and
+        at most PTY_WRITE_MAX bytes: all that a kill between the two can leave in doubt."""
         while s.inq:
             at, head = s.inq[0]
-            s.ledger.writing(at, len(head))
+            size = min(len(head), PTY_WRITE_MAX)
+            s.ledger.writing(at, size)
             try:
-                n = os.write(s.master, head)
+                n = os.write(s.master, head[:size])
             except BlockingIOError:
                 s.ledger.wrote(at)
                 break
