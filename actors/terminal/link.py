@@ -20,12 +20,18 @@ the session's output stream):
                                                     -> ok {pid, started, tty}, then fds {s}
                                                        | err (`started`: the shell's start
                                                        time, keeper/ptys.process_start)
-    write   {r?, s, data}                           input, queued -> ok {queued, pending}
-                                                    when `r` is given (`pending`: input still
-                                                    queued for the PTY after it); err {r?, s,
-                                                    what: "write"} always
+    write   {r?, s, data, at?}                      input, queued -> ok {queued, pending,
+                                                    done} when `r` is given (`pending`: input
+                                                    still queued for the PTY after it; `at`:
+                                                    the input's offset, `done`: how far the
+                                                    keeper has written or dropped it, as its
+                                                    ledger says, keeper/ledger.py); err {r?,
+                                                    s, what: "write"} always
     resize  {r?, s, cols, rows}                     -> ok | err
-    signal  {r, s, sig, to: "fg"|"shell"}           -> ok {pgid} | err
+    signal  {r, s, sig, to: "fg"|"shell", seq?}     -> ok {pgid} | err (`seq`: the ledger
+                                                    notes it, so a successor sends it only
+                                                    if it was not; one that may have been
+                                                    sent: err outcome_unknown)
     close   {r, s}                                  -> ok   (hangs the session up)
     pass    {r, s}                                  -> fds {s}, then ok | err: the session's
                                                        master and ring again (they did not
@@ -37,7 +43,9 @@ the session's output stream):
                                                     does not fit the ring's slot (ring.py)
   keeper -> terminal
     welcome {pid, custody, sessions: [{s, pid, started, tty, cols, rows, meta, base, acked,
-                                       exited, pending}]}
+                                       exited, pending, input_end, signals}]}
+                                                    (`input_end`, `signals`: what the ring's
+                                                    ledger says was done)
                                                     `custody` true: the supervisor's custody
                                                     (a predecessor's sessions) has not
                                                     answered yet; a session missing here may
@@ -59,6 +67,8 @@ the session's output stream):
     out     {s, end, paused}                        the session's ring holds output up to
                                                     `end` (read it there); `paused`: the
                                                     keeper stopped reading, its window full
+    written {s, done}                               the session's queued input is all
+                                                    written (or dropped) up to `done`
     exit    {s, code, signal}                       after the last `out` of the session
     ok      {r, ...} / err {r, name, message}       a request's reply
 """
