@@ -321,6 +321,28 @@ def env_for(home: Path) -> dict[str, str]:
     return {"HOME": str(home), "PATH": os.environ.get("PATH", os.defpath)}
 
 
+# The default tree's terminals supervisor (the keeper first), its terminal's table last open:
+# a test tree's lines for [actor.terminal] follow it.
+TERMINALS = """[[children]]
+id = "terminals"
+type = "supervisor"
+strategy = "one_for_one"
+
+[[children.children]]
+id = "ptykeeper"
+start = "moorage.actors.terminal.keeper.actor:PtyKeeper"
+shutdown_ms = 5000
+
+[[children.children]]
+id = "terminal"
+start = "moorage.actors.terminal.actor:TerminalActor"
+shutdown_ms = 3000
+
+[actor.terminal]
+shells = ["bash"]
+"""
+
+
 def terminal_tree(terminal: str = "", parser: str = "") -> str:
     """The default tree's terminal part (metrics, parser, and the terminals supervisor with
     the keeper first), with test heartbeats; `parser` lines go into the parser's child table,
@@ -339,22 +361,5 @@ id = "parser"
 start = "moorage.actors.parser.actor:ParserActor"
 {parser}
 
-[[children]]
-id = "terminals"
-type = "supervisor"
-strategy = "one_for_one"
-
-[[children.children]]
-id = "ptykeeper"
-start = "moorage.actors.terminal.keeper.actor:PtyKeeper"
-shutdown_ms = 5000
-
-[[children.children]]
-id = "terminal"
-start = "moorage.actors.terminal.actor:TerminalActor"
-shutdown_ms = 3000
-
-[actor.terminal]
-shells = ["bash"]
-{terminal}
+{TERMINALS}{terminal}
 """

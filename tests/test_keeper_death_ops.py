@@ -20,6 +20,7 @@ import string
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -354,33 +355,48 @@ COUNTING = ("import signal, sys; seen = {}\n"
             "for line in sys.stdin: print('read', line.strip(), flush=True)\n")
 
 
+class Counting:
+    """A keeper of its own on a raw link, with one session `a` running COUNTING (it says what
+    it reads and which signals it took), listening: `output_has` reads the session's output
+    until it holds `text`."""
+
+    def __init__(self, spawn_actor: Any, client: Any, runtime_dir: Path,
+                 tmp_path: Path) -> None:
+        spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+        client.call("ptykeeper", "sys.ping")
+        script = tmp_path / "counting.py"
+        script.write_text(COUNTING)
+        self.link = link = RawLink(runtime_dir / "ptykeeper.sock")
+        self.seen: dict[str, bytearray] = {}
+        try:
+            link.send(HELLO)
+            assert link.recv()["t"] == "welcome"
+            link.send({"t": "create", "r": 1, "s": "a", "path": sys.executable,
+                       "argv": [sys.executable, "-u", str(script)],
+                       "env": {"PATH": os.defpath}, "cwd": "/", "cols": 80, "rows": 24,
+                       "meta": {}})
+            assert link.wait(lambda m: m.get("r") == 1)["t"] == "ok"
+            self.output_has(b"listening")
+        except BaseException:
+            link.close()
+            raise
+
+    def output_has(self, text: bytes) -> bool:
+        while text not in self.seen.get("a", b""):
+            msg = self.link.recv()
+            if msg["t"] == "out":
+                self.link.read_out(msg, self.seen)
+        return True
+
+
 def test_the_keeper_does_what_its_ledger_says_it_did_not_and_only_that(spawn_actor, client,
                                                                         runtime_dir, tmp_path):
     """Input numbered by the terminal (`at`): what the keeper took already is not taken
     again, the rest is; the ledger in the ring says how far it wrote. A signal numbered
     (`seq`) that the ledger says was sent is answered, not sent again."""
-    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
-    client.call("ptykeeper", "sys.ping")
-    script = tmp_path / "counting.py"
-    script.write_text(COUNTING)
-    link = RawLink(runtime_dir / "ptykeeper.sock")
+    counting = Counting(spawn_actor, client, runtime_dir, tmp_path)
+    link, seen, output_has = counting.link, counting.seen, counting.output_has
     try:
-        link.send(HELLO)
-        assert link.recv()["t"] == "welcome"
-        link.send({"t": "create", "r": 1, "s": "a", "path": sys.executable,
-                   "argv": [sys.executable, "-u", str(script)], "env": {"PATH": os.defpath},
-                   "cwd": "/", "cols": 80, "rows": 24, "meta": {}})
-        assert link.wait(lambda m: m.get("r") == 1)["t"] == "ok"
-        seen: dict[str, bytearray] = {}
-
-        def output_has(text: bytes) -> bool:
-            while text not in seen.get("a", b""):
-                msg = link.recv()
-                if msg["t"] == "out":
-                    link.read_out(msg, seen)
-            return True
-
-        output_has(b"listening")
         replies = []
         for r, at, data in ((2, 0, b"one\n"), (3, 0, b"one\n"), (4, 2, b"e\ntwo\n")):
             link.send({"t": "write", "r": r, "s": "a", "at": at, "data": data})
@@ -412,28 +428,9 @@ def test_the_keeper_does_not_send_a_signal_its_ledger_says_may_have_been_sent(
     """A signal whose seq the ledger holds in doubt (a keeper killed between its kill(2)
     and its note: written into the real ring here) is answered `outcome_unknown`, not sent
     again; the next is sent (and is the fence: a SIGUSR1 sent first is taken before it)."""
-    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
-    client.call("ptykeeper", "sys.ping")
-    script = tmp_path / "counting.py"
-    script.write_text(COUNTING)
-    link = RawLink(runtime_dir / "ptykeeper.sock")
+    counting = Counting(spawn_actor, client, runtime_dir, tmp_path)
+    link, seen, output_has = counting.link, counting.seen, counting.output_has
     try:
-        link.send(HELLO)
-        assert link.recv()["t"] == "welcome"
-        link.send({"t": "create", "r": 1, "s": "a", "path": sys.executable,
-                   "argv": [sys.executable, "-u", str(script)], "env": {"PATH": os.defpath},
-                   "cwd": "/", "cols": 80, "rows": 24, "meta": {}})
-        assert link.wait(lambda m: m.get("r") == 1)["t"] == "ok"
-        seen: dict[str, bytearray] = {}
-
-        def output_has(text: bytes) -> bool:
-            while text not in seen.get("a", b""):
-                msg = link.recv()
-                if msg["t"] == "out":
-                    link.read_out(msg, seen)
-            return True
-
-        output_has(b"listening")
         ledger = Ledger(link.rings["a"].fd)
         try:
             ledger.signalling(1)  # (a predecessor killed before its note that it sent it)

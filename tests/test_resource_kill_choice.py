@@ -23,7 +23,7 @@ from moorage.actors.resource.escalation import Escalation, choose_runaway
 from moorage.actors.resource.levels import CRITICAL, HIGH, PressureModel, Reading
 from moorage.protocol.envelope import StreamMessage
 from tests.conftest import pid_running
-from tests.terminal_support import env_for, make_home
+from tests.terminal_support import TERMINALS, env_for, make_home
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -129,24 +129,7 @@ start = "moorage.actors.resource.actor:ResourceActor"
 id = "fat"
 start = "tests.fakes:FakeActor"
 
-[[children]]
-id = "terminals"
-type = "supervisor"
-strategy = "one_for_one"
-
-[[children.children]]
-id = "ptykeeper"
-start = "moorage.actors.terminal.keeper.actor:PtyKeeper"
-shutdown_ms = 5000
-
-[[children.children]]
-id = "terminal"
-start = "moorage.actors.terminal.actor:TerminalActor"
-shutdown_ms = 3000
-
-[actor.terminal]
-shells = ["bash"]
-parse = "local"
+{TERMINALS}parse = "local"
 
 [actor.resource]
 interval_s = 0.2

@@ -20,7 +20,7 @@ import pytest
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.actor import PRESSURE_TOKEN_NAME
 from moorage.protocol.errors import MoorageError
-from tests.terminal_support import env_for, make_home
+from tests.terminal_support import TERMINALS, env_for, make_home
 from tests.test_resource_tree import Watch
 from tests.waiting import wait_for
 
@@ -46,24 +46,7 @@ start = "moorage.actors.watcher.actor:WatcherActor"
 id = "fake"
 start = "tests.fakes:FakeActor"
 
-[[children]]
-id = "terminals"
-type = "supervisor"
-strategy = "one_for_one"
-
-[[children.children]]
-id = "ptykeeper"
-start = "moorage.actors.terminal.keeper.actor:PtyKeeper"
-shutdown_ms = 5000
-
-[[children.children]]
-id = "terminal"
-start = "moorage.actors.terminal.actor:TerminalActor"
-shutdown_ms = 3000
-
-[actor.terminal]
-shells = ["bash"]
-parse = "local"
+{TERMINALS}parse = "local"
 
 [actor.resource]
 interval_s = 0.2
