@@ -31,12 +31,12 @@ from typing import Any
 
 import msgpack
 
-from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op, trust
-from moorage.actors.runtime.actor import PRESSURE_TOKEN_NAME
+from moorage.actors.runtime import DEFERRED, Actor, Attached, Call, op
 from moorage.actors.runtime.custody import CustodyClient, custody_path
 from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import WireError, fail
+from tests.pressure_support import told
 
 
 class Unprintable(Exception):
@@ -228,10 +228,8 @@ class FakeActor(Actor):
             else:
                 call.reply(reply.body if reply is not None else None)
 
-        self._outbound.call(actor, "sys.pressure",
-                            {"level": level, "quality": quality,
-                             "tok": trust.token(PRESSURE_TOKEN_NAME)},
-                            timeout=5.0, on_done=done)
+        self._outbound.call(actor, "sys.pressure", told(level, quality), timeout=5.0,
+                            on_done=done)
         return DEFERRED
 
     @op("fake.fail")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.client._streams import Loss, Reset
 from moorage.protocol.envelope import StreamMessage, decode_stream
+from tests.waiting import wait_for
 
 
 def make_home(tmp: Path, bashrc: str = "", zshrc: str = "") -> Path:
@@ -363,3 +365,25 @@ start = "moorage.actors.parser.actor:ParserActor"
 
 {TERMINALS}{terminal}
 """
+
+
+def a_session_in_custody(c: Client, tmp_path: Path) -> dict[str, Any]:
+    """A bash session (term.create's answer), its PTY held by the supervisor's custody too."""
+    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
+               timeout=30)
+    wait_for(lambda: c.call("terminals", "sys.info")["custody"]["held"] == {"ptykeeper": 1},
+             "the session in the supervisor's custody")
+    return s
+
+
+def welcomed_by_another_keeper(c: Client, old_keeper: int) -> bool:
+    """The terminal is connected to a keeper other than `old_keeper`."""
+    info = c.call("terminal", "sys.info")
+    return bool(info["keeper_connected"]) and info["keeper_pid"] not in (None, old_keeper)
+
+
+def hang_keeper(tree: Any) -> int:
+    """SIGSTOP the keeper (its supervisor kills it as hung within a second or so); its pid."""
+    keeper = tree.child("ptykeeper")["pid"]
+    os.kill(keeper, signal.SIGSTOP)
+    return keeper

@@ -51,7 +51,7 @@ start = "tests.fakes:FakeActor"
 """
 
 
-def moorage(tree: Tree, *args: str, stdout: Any = subprocess.PIPE,
+def moorage(tree: Tree, *args: str | bytes, stdout: Any = subprocess.PIPE,
             stdin: Any = subprocess.DEVNULL, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "moorage.supervisor.cli",
                            "--instance-dir", str(tree.runtime_dir), *args],

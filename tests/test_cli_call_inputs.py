@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Tree
+from tests.conftest import ROOT
+from tests.test_cli import moorage
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,13 +27,6 @@ start = "moorage.actors.watcher.actor:WatcherActor"
 id = "alpha"
 start = "tests.fakes:FakeActor"
 """
-
-
-def moorage(tree: Tree, *args: str | bytes) -> subprocess.CompletedProcess:
-    """The CLI with these arguments as bytes on its command line (as a shell gives them)."""
-    return subprocess.run([sys.executable, "-m", "moorage.supervisor.cli",
-                           "--instance-dir", str(tree.runtime_dir), *args],
-                          capture_output=True, stdin=subprocess.DEVNULL, cwd=ROOT, timeout=60)
 
 
 def nested(depth: int) -> str:

@@ -33,7 +33,14 @@ from moorage.actors.terminal.keeper.ptys import process_start
 from moorage.protocol.client import Client
 from moorage.supervisor.custody import Custodian
 from tests.conftest import pid_running, wait_pid_exit
-from tests.terminal_support import env_for, make_home, terminal_tree
+from tests.terminal_support import (
+    a_session_in_custody,
+    env_for,
+    hang_keeper,
+    make_home,
+    terminal_tree,
+    welcomed_by_another_keeper,
+)
 from tests.waiting import turn_until, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,18 +56,8 @@ def session_events(c: Client, sid: str) -> list[str]:
     return [m[1]["event"] for m in body["messages"] if m[1].get("session") == sid]
 
 
-def welcomed_by_another_keeper(c: Client, old_keeper: int) -> bool:
-    info = c.call("terminal", "sys.info")
-    return bool(info["keeper_connected"]) and info["keeper_pid"] not in (None, old_keeper)
 
 
-def a_session_in_custody(c: Client, tmp_path: Path) -> tuple[str, int]:
-    """A bash session, its PTY held by the supervisor too; its id and shell pid."""
-    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
-               timeout=30)
-    wait_for(lambda: c.call("terminals", "sys.info")["custody"]["held"] == {"ptykeeper": 1},
-             "the session in the supervisor's custody")
-    return s["session"], s["pid"]
 
 
 def test_a_close_sent_to_a_hung_keeper_is_not_undone_by_its_successor(make_tree, tmp_path):
@@ -69,9 +66,9 @@ def test_a_close_sent_to_a_hung_keeper_is_not_undone_by_its_successor(make_tree,
     terminal closes it there, does not list it, and the shell ends; no event but `closed`."""
     tree = make_tree(terminal_tree()).start()
     c = tree.client
-    sid, pid = a_session_in_custody(c, tmp_path)
-    keeper = tree.child("ptykeeper")["pid"]
-    os.kill(keeper, signal.SIGSTOP)  # (the supervisor kills it as hung, stopped or not)
+    made = a_session_in_custody(c, tmp_path)
+    sid, pid = made["session"], made["pid"]
+    keeper = hang_keeper(tree)  # (the supervisor kills it as hung, stopped or not)
     assert c.call("terminal", "term.close", {"session": sid}) == {"closed": sid}
     assert wait_pid_exit(keeper, 30)
     wait_for(lambda: welcomed_by_another_keeper(c, keeper), "the terminal welcomed anew")
@@ -96,9 +93,10 @@ def test_a_close_lost_with_the_keeper_stays_closed_when_the_terminal_dies_too(ma
     writes no record of it back (a later loss would start it again)."""
     tree = make_tree(terminal_tree()).start()
     c = tree.client
-    sid, pid = a_session_in_custody(c, tmp_path)
-    keeper, terminal = tree.child("ptykeeper")["pid"], tree.child("terminal")["pid"]
-    os.kill(keeper, signal.SIGSTOP)
+    made = a_session_in_custody(c, tmp_path)
+    sid, pid = made["session"], made["pid"]
+    terminal = tree.child("terminal")["pid"]
+    keeper = hang_keeper(tree)
     assert c.call("terminal", "term.close", {"session": sid}) == {"closed": sid}
     os.kill(terminal, signal.SIGKILL)
     assert wait_pid_exit(keeper, 30) and wait_pid_exit(terminal, 30)
@@ -125,7 +123,7 @@ def test_a_closed_sessions_job_is_killed_at_the_grace_end_by_the_next_keeper(mak
     tree = make_tree(terminal_tree(f"\n[actor.ptykeeper]\nclose_grace_ms = {GRACE_MS}\n")
                      ).start()
     c = tree.client
-    sid, _ = a_session_in_custody(c, tmp_path)
+    sid = a_session_in_custody(c, tmp_path)["session"]
     r = c.call("terminal", "term.exec", {
         "session": sid, "command": "(trap '' HUP TERM; exec sleep 1000) & echo JOB=$!"},
         timeout=30)

@@ -32,7 +32,15 @@ from moorage.actors.terminal.ring import SessionRing
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 from tests.conftest import descendants, wait_pid_exit
-from tests.terminal_support import RawLink, env_for, make_home, terminal_tree
+from tests.terminal_support import (
+    RawLink,
+    a_session_in_custody,
+    env_for,
+    hang_keeper,
+    make_home,
+    terminal_tree,
+    welcomed_by_another_keeper,
+)
 from tests.waiting import gate_opened, open_gate, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,25 +49,10 @@ pytestmark = pytest.mark.timeout(180)
 # --- a real tree, its keeper hung, then killed ----------------------------------------------
 
 
-def a_session(c: Client, tmp_path: Path) -> dict:
-    """A bash session, its PTY held by the supervisor's custody too."""
-    s = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
-               timeout=30)
-    wait_for(lambda: c.call("terminals", "sys.info")["custody"]["held"] == {"ptykeeper": 1},
-             "the session in the supervisor's custody")
-    return s
 
 
-def welcomed_by_another_keeper(c: Client, old_keeper: int) -> bool:
-    info = c.call("terminal", "sys.info")
-    return bool(info["keeper_connected"]) and info["keeper_pid"] not in (None, old_keeper)
 
 
-def hang_keeper(tree) -> int:
-    """SIGSTOP the keeper (its supervisor kills it as hung within a second or so); its pid."""
-    keeper = tree.child("ptykeeper")["pid"]
-    os.kill(keeper, signal.SIGSTOP)
-    return keeper
 
 
 def scrollback(c: Client, sid: str) -> bytes:
@@ -77,7 +70,7 @@ def test_a_line_typed_to_a_hung_keeper_is_written_once_by_the_next(make_tree, tm
     write is answered as queued, sent to the next keeper, and the shell runs the line once."""
     tree = make_tree(terminal_tree()).start()
     c = tree.client
-    sid = a_session(c, tmp_path)["session"]
+    sid = a_session_in_custody(c, tmp_path)["session"]
     typed = tmp_path / "typed"
     keeper = hang_keeper(tree)
     line = f"echo TYPED >> {typed}\n"
@@ -104,7 +97,7 @@ def test_a_line_no_keeper_came_back_for_in_time_is_unavailable_and_never_written
     config = terminal_tree("keeper_wait_ms = 1000").replace("misses = 5", "misses = 100")
     tree = make_tree(config).start()
     c = tree.client
-    sid = a_session(c, tmp_path)["session"]
+    sid = a_session_in_custody(c, tmp_path)["session"]
     typed = tmp_path / "typed"
     keeper, terminals = tree.child("ptykeeper")["pid"], tree.child("terminals")["pid"]
 
@@ -155,7 +148,7 @@ def test_a_write_a_killed_keeper_may_have_made_is_outcome_unknown_and_not_sent_a
     # (its supervisor slow to take the stopped keeper for hung: the test kills it, after)
     tree = make_tree(terminal_tree().replace("misses = 5", "misses = 100")).start()
     c = tree.client
-    sid = a_session(c, tmp_path)["session"]
+    sid = a_session_in_custody(c, tmp_path)["session"]
     typed, after = tmp_path / "typed", tmp_path / "after"
     line = f"echo TYPED >> {typed}\n"
     keeper = hang_keeper(tree)
@@ -196,7 +189,7 @@ def test_input_queued_in_a_killed_keeper_is_written_on_by_the_next(make_tree, tm
     it gets every byte once, in order."""
     tree = make_tree(terminal_tree()).start()
     c = tree.client
-    sid = a_session(c, tmp_path)["session"]
+    sid = a_session_in_custody(c, tmp_path)["session"]
     ready, gate, out = tmp_path / "ready", tmp_path / "gate", tmp_path / "out"
     os.mkfifo(gate)
     n = 1 << 20
@@ -232,7 +225,7 @@ def test_input_kept_for_a_keeper_s_death_is_let_go_of_once_the_shell_has_read_it
     has read them all, with no write after it (the keeper says its queue is empty)."""
     tree = make_tree(terminal_tree()).start()
     c = tree.client
-    sid = a_session(c, tmp_path)["session"]
+    sid = a_session_in_custody(c, tmp_path)["session"]
     ready, gate, out = tmp_path / "ready", tmp_path / "gate", tmp_path / "out"
     os.mkfifo(gate)
     size, writes = 1023, 300  # (far more than the PTY takes while no one reads it)
@@ -291,7 +284,7 @@ def test_a_create_sent_to_a_hung_keeper_makes_one_shell_with_the_next(make_tree,
 def test_a_resize_sent_to_a_hung_keeper_is_set_by_the_next(make_tree, tmp_path):
     tree = make_tree(terminal_tree()).start()
     c = tree.client
-    sid = a_session(c, tmp_path)["session"]
+    sid = a_session_in_custody(c, tmp_path)["session"]
     keeper = hang_keeper(tree)
     assert c.call("terminal", "term.resize", {"session": sid, "cols": 101, "rows": 33},
                   timeout=30) == {"cols": 101, "rows": 33}
@@ -319,7 +312,7 @@ def test_a_signal_sent_to_a_hung_keeper_is_sent_once_by_the_next(make_tree, tmp_
     the program gets it once (a SIGUSR1 after it is the fence: it comes after any copy)."""
     tree = make_tree(terminal_tree()).start()
     c = tree.client
-    sid = a_session(c, tmp_path)["session"]
+    sid = a_session_in_custody(c, tmp_path)["session"]
     script = tmp_path / "signalled.py"
     script.write_text(SIGNALLED)
     c.call("terminal", "term.write", {"session": sid,

@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from moorage.actors.runtime import trust
-from moorage.actors.runtime.actor import PRESSURE_TOKEN_NAME
 from moorage.protocol.errors import MoorageError
+from tests.pressure_support import told
 from tests.terminal_support import TERMINALS, env_for, make_home
 from tests.test_resource_tree import Watch
 from tests.waiting import wait_for
@@ -77,8 +77,7 @@ def test_a_clients_sys_pressure_is_refused_and_the_actors_stay_as_the_tree_is(
         forbidden(lambda a=actor: tree.call(a, "sys.pressure", crit))
         forbidden(lambda a=actor: tree.call(a, "sys.pressure", {**crit, "tok": "0" * 32}))
         # the right name under another key (this process's: the tree drew its own)
-        forbidden(lambda a=actor: tree.call(a, "sys.pressure",
-                                            {**crit, "tok": trust.token(PRESSURE_TOKEN_NAME)}))
+        forbidden(lambda a=actor: tree.call(a, "sys.pressure", told("critical", 0)))
         assert held(tree, actor) == NORMAL_3
     level = tree.call("resource", "resource.level")
     assert (level["level"], level["quality"]) == ("normal", 3)
@@ -93,14 +92,14 @@ def test_the_trees_token_is_what_sys_pressure_takes(spawn_actor, client):
     """An actor forked from this process holds its key, as a tree's actors hold theirs: the
     same call with the token is taken."""
     spawn_actor("tests.fakes:FakeActor", "fake")
-    told = {"level": "high", "quality": 1}
-    forbidden(lambda: client.call("fake", "sys.pressure", told))
+    high = {"level": "high", "quality": 1}
+    forbidden(lambda: client.call("fake", "sys.pressure", high))
     # the right key for another name (the actor's own, as its metrics pushes carry)
-    forbidden(lambda: client.call("fake", "sys.pressure", {**told, "tok": trust.token("fake")}))
+    forbidden(lambda: client.call("fake", "sys.pressure", {**high, "tok": trust.token("fake")}))
     assert client.call("fake", "sys.info")["pressure"] == NORMAL_3
-    r = client.call("fake", "sys.pressure", {**told, "tok": trust.token(PRESSURE_TOKEN_NAME)})
+    r = client.call("fake", "sys.pressure", told("high", 1))
     assert (r["level"], r["quality"]) == ("high", 1)
-    assert client.call("fake", "sys.info")["pressure"] == told
+    assert client.call("fake", "sys.info")["pressure"] == high
 
 
 def test_a_worker_told_another_state_is_told_the_trees_again(make_tree, tmp_path):
