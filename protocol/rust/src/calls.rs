@@ -18,7 +18,7 @@ use rmpv::Value;
 
 use crate::codec::{get, map_of};
 use crate::envelope::{encode_request, pin_request, Reply};
-use crate::errors::{kind, Error, WireError};
+use crate::errors::{is_caller_fault, Error, WireError};
 use crate::known_ops::SCHEMA_IDEMPOTENT;
 use crate::limits::MAX_MESSAGE_SIZE;
 use crate::recovery::{max_retries_for, Backoff, BreakerState, CircuitBreaker};
@@ -77,13 +77,6 @@ pub enum Verdict {
     Done(Result<Reply, Error>),
     Resend(f64),
     Wait(f64),
-}
-
-/// Whether an error of this name is the caller's (section 6's `fault`), as the actors count
-/// theirs; a name the table lacks (a newer peer's) is the service's, the side that does not
-/// flatter it.
-pub fn is_caller_fault(name: &str) -> bool {
-    kind(name).is_some_and(|k| k.fault == "caller")
 }
 
 /// Seconds of wall-clock time since 1970, for `deadline_ms`.

@@ -73,6 +73,13 @@ pub fn kind(name: &str) -> Option<&'static ErrorKind> {
     KINDS.iter().find(|k| k.name == name)
 }
 
+/// Whether an error of this name is the caller's (section 6's `fault`), as the actors count
+/// theirs; a name the table lacks (a newer peer's) is the service's, the side that does not
+/// flatter it.
+pub fn is_caller_fault(name: &str) -> bool {
+    kind(name).is_some_and(|k| k.fault == "caller")
+}
+
 pub fn kind_of_code(code: i64) -> Option<&'static ErrorKind> {
     KINDS.iter().find(|k| k.code == code)
 }

@@ -15,7 +15,7 @@
  * the same id, so it is resent as it is on a drop or a new epoch, never pinned.
  */
 import { encodeRequest, pinRequest, type Reply } from "./envelope.js";
-import { KINDS, MoorageError, type WireError, fromWire, wireError } from "./errors.js";
+import { MoorageError, type WireError, fromWire, isCallerFault, wireError } from "./errors.js";
 import { SCHEMA_IDEMPOTENT } from "./knownOps.js";
 import { MAX_MESSAGE_SIZE } from "./limits.js";
 import { Backoff, CircuitBreaker, maxRetriesFor } from "./recovery.js";
@@ -108,13 +108,6 @@ export const now = (): number => performance.now() / 1000;
 export function refusalRetryAfterMs(br: CircuitBreaker, at: number): number {
   const left = br.state === "open" ? br.retryAfter(at) : br.cooldown;
   return Math.max(1, Math.ceil(left * 1000));
-}
-
-/** Whether an error of this name is the caller's (section 6's `fault`), as the actors count
- * theirs; a name the table lacks (a newer peer's) is the service's, the side that does not
- * flatter it. */
-export function isCallerFault(name: string): boolean {
-  return KINDS.get(name)?.fault === "caller";
 }
 
 /** A drop as it was told (ActorLink.dropTold): the generation it started, the epoch it ended. */

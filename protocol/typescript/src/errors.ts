@@ -69,6 +69,13 @@ export const KINDS: ReadonlyMap<string, ErrorKind> = new Map(
 );
 export const BY_CODE: ReadonlyMap<number, ErrorKind> = new Map([...KINDS.values()].map((k) => [k.code, k]));
 
+/** Whether an error of this name is the caller's (section 6's `fault`), as the actors count
+ * theirs; a name the table lacks (a newer peer's) is the service's, the side that does not
+ * flatter it. */
+export function isCallerFault(name: string): boolean {
+  return KINDS.get(name)?.fault === "caller";
+}
+
 /** An error as it travels (section 6): the code's classification plus this instance's message. */
 export interface WireError {
   code: number;
