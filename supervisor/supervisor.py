@@ -260,13 +260,8 @@ class Supervisor(Actor):
             if child.pid is not None:
                 child.signal(signal.SIGCONT)
         for z in (self.zygote, self.spare):
-            if z is None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                if z.pidfd is not None:
-                    signal.pidfd_send_signal(z.pidfd, signal.SIGCONT)
-                elif z.pid > 0:
-                    os.kill(z.pid, signal.SIGCONT)
+            if z is not None:
+                z.signal(signal.SIGCONT)
 
     def on_adopt(self, parent: int | None) -> dict[str, Any]:
         if self.lifecycle is None:

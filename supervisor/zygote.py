@@ -246,6 +246,14 @@ class ZygoteHandle:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
+    def signal(self, sig: int) -> None:
+        """Send it `sig` (by its pidfd, else its pid; one gone already is not an error)."""
+        with contextlib.suppress(ProcessLookupError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            elif self.pid > 0:
+                os.kill(self.pid, sig)
+
     def reap(self) -> int | None:
         """Its exit code (negative: the signal) if it has ended and is our child, reaped
         now; None if it lives, or is not ours to reap."""

@@ -110,8 +110,10 @@ def _process_gone(pid: int | None) -> bool:
         return True
     except OSError:
         return False
-    try:
-        return bool(select.select([fd], [], [], 0)[0])
+    try:  # (poll, not select: a terminal of many sessions holds descriptors past 1024)
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        return bool(p.poll(0))
     finally:
         os.close(fd)
 

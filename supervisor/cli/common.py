@@ -121,12 +121,18 @@ def known_actors(client: Client, budget: Budget | None = None) -> dict[str, Any]
 def check_actor(client: Client, actor: str, budget: Budget | None = None) -> None:
     """`actor` is one of the tree's: read from its connection file when it is there (the
     root need not answer for a call to another actor: it may be stopped, or busy), asked of
-    the root otherwise (a name the file does not list, a remote tree)."""
-    try:
-        listed = read_connection_file(client.runtime_dir / endpoints.CONNECTION_FILE)
-    except (OSError, ValueError):
-        listed = {"endpoints": {}}
-    if actor in listed["endpoints"]:
+    the root otherwise (a name the file does not list). A remote tree's are those of the
+    connection file the client was given (this machine's runtime dir is another tree's)."""
+    remote = client.core.remote
+    if remote is not None:
+        listed: dict[str, Any] = remote.endpoints
+    else:
+        try:
+            listed = read_connection_file(client.runtime_dir / endpoints.CONNECTION_FILE)[
+                "endpoints"]
+        except (OSError, ValueError, KeyError):
+            listed = {}
+    if actor in listed:
         return
     names = known_actors(client, budget)
     if actor not in names:
