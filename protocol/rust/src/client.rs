@@ -19,7 +19,7 @@ use rmpv::Value;
 
 use crate::calls::{call_timeout, declared_timeouts, known_idempotent, learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
 use crate::codec::{self, get};
-use crate::endpoints::{client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, trusted_tree_running, CurveKeys, Endpoints};
+use crate::endpoints::{check_runtime_dir, client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, trusted_tree_running, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
 use crate::errors::{unauthorized, Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
@@ -166,7 +166,13 @@ impl Client {
     pub fn with_context(ctx: zmq::Context, options: Options) -> Result<Client, Error> {
         let dir = match (&options.remote, &options.runtime_dir) {
             (Some(r), _) => runtime_dir_of_connection_file(&r.connection_file).map_err(|m| local_error("bad_args", m, "", ""))?,
-            (None, Some(d)) => d.clone(),
+            (None, Some(d)) => {
+                // A directory given is used whether or not a tree runs there yet (it may start
+                // later), unless it is one this user must not trust: another's, open to others,
+                // a link (as the Python and TypeScript clients refuse it).
+                check_runtime_dir(d).map_err(|m| local_error("forbidden", m, "", ""))?;
+                d.clone()
+            }
             (None, None) => {
                 // Given no directory, the client finds the running tree or says at once that
                 // none runs: a request to a socket with no tree would only ever time out.

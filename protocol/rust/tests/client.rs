@@ -202,6 +202,28 @@ fn a_runtime_dir_others_can_write_is_forbidden_and_nothing_is_sent_there() {
 }
 
 #[test]
+fn a_runtime_dir_given_that_others_can_write_is_forbidden() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("given");
+    let given = || Client::new(Options { runtime_dir: Some(dir.clone()), ..Options::default() });
+    assert!(given().is_ok(), "the user's own dir, no tree there yet: a client of it");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    match given() {
+        Ok(_) => panic!("trusted a runtime dir anyone can write"),
+        Err(e) => assert_eq!(e.name(), "forbidden", "{e}"),
+    }
+    let link = dir.with_extension("link");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    match Client::new(Options { runtime_dir: Some(link.clone()), ..Options::default() }) {
+        Ok(_) => panic!("followed a link to a runtime dir"),
+        Err(e) => assert_eq!(e.name(), "forbidden", "{e}"),
+    }
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn with_no_tree_holding_the_instance_lock_a_client_is_not_running_at_once() {
     let not_running = |made: Result<Client, moorage_client::Error>| match made {
         Ok(_) => panic!("made a client of a tree that does not run"),
