@@ -58,6 +58,7 @@ BENCHES = (
     Bench("p14_idle", ("--seconds", "4", "--warmup", "2")),
     Bench("p15_startup", ("--runs", "2")),
     Bench("r10_levels", ("--max-seconds", "30")),
+    Bench("metrics_flood", ("--pushes", "150", "--after-s", "10")),
     Bench("clients", ("--n", "2000")),
     Bench("chaos", ("--short",)),
     Bench("r9_relay", ("--duration-s", "10")),

@@ -7,7 +7,10 @@ histogram of every HDR bucket (3,327 non-zero counts), op names cycling over 500
 tree is brought up by `moorage up`; `--pushes` of them are sent in one burst; the metrics
 actor's resident memory (/proc: VmRSS, and VmHWM for its peak) is read before, once every
 push is taken, and again once its window has gone by, with the tree's level and
-the actor's own account of what it holds (`sys.info`).
+the actor's own account of what it holds (`sys.info`). Two R12 rows a flood: the tree stays
+at `normal` with the actor serving throughout, and the actor's memory once the flood is
+taken stays within MEMORY_ROOM_MB of its baseline (the budget of held latency values bounds
+it; 150 pushes took it from 32 to 331 MB before there was one).
 
     python -m perf.metrics_flood [--pushes 150 525] [--names 1] [--after-s 75]
 """
@@ -29,9 +32,11 @@ from moorage.protocol.client import Client
 from moorage.protocol.envelope import TAG
 from moorage.protocol.errors import MoorageError
 from moorage.protocol.histogram import new_histogram
+from perf._report import Report, Row
 
 OPS_PER_PUSH = 9
 OP_NAMES = 500
+MEMORY_ROOM_MB = 32.0  # above the baseline, what a flood may leave held (R12's bound)
 
 
 def every_bucket_hist() -> tuple[bytes, int]:
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after-s", type=float, default=75.0,
                    help="how long to wait after the flood before the last reading")
     args = p.parse_args(argv)
+    report = Report("metrics_flood")
     for n in args.pushes:
         r = run(n, args.after_s, args.names)
         print(f"{n} pushes: metrics RSS {r['rss_before_mb']:.1f} MB before "
@@ -201,7 +207,26 @@ def main(argv: list[str] | None = None) -> int:
         if "note" in r:
             print(f"  {r['note']}")
         sys.stdout.flush()
-    return 0
+        rows(report, r, args.after_s)
+    return report.finish()
+
+
+def rows(report: Report, r: dict[str, Any], after_s: float) -> None:
+    """R12's two rows for one flood `r` (run's answer)."""
+    n, base = r["pushes"], r["rss_before_mb"]
+    levels = [r.get("level_taken"), *r.get("levels_after", [])]
+    served = "note" not in r
+    above = [lv for lv in levels if not str(lv).startswith("normal/")]
+    report.add(Row("R12", f"{n} forged metrics pushes: levels above normal", "readings",
+                   "0, actor serving", float(len(above)), None, served and not above,
+                   note=r.get("note", f"levels seen: {' '.join(map(str, levels))}")))
+    held = r.get("rss_after_mb", r.get("rss_taken_mb", float("nan")))
+    report.add(Row("R12", f"{n} forged metrics pushes: metrics RSS {after_s:g} s later", "MB",
+                   f"<= baseline + {MEMORY_ROOM_MB:g} MB", held, base,
+                   served and held <= base + MEMORY_ROOM_MB,
+                   note=f"baseline {base:.1f} MB, {r.get('rss_max_taking_mb', 0):.1f} MB at "
+                        f"most while taking, {r.get('rss_taken_mb', float('nan')):.1f} once "
+                        f"taken"))
 
 
 if __name__ == "__main__":
