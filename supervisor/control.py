@@ -86,8 +86,9 @@ class ControlOps:
     @op("sup.status", idempotent=True, timeout_ms=5000, result=STATUS)
     def _op_status(self, call: Call) -> object:
         """The tree: state, pid, uptime, restarts and last exit of every child. A nested
-        supervisor that does not answer in half of the time left gets `tree` with its last
-        known children, each in state `unknown`, and `tree.error`."""
+        supervisor that does not answer in half of the time left, or that dies before it
+        answers (at once, `unavailable`), gets `tree` with its last known children, each in
+        state `unknown`, and `tree.error`."""
         now = time.monotonic()
         me = {"id": self.sup.name, "strategy": str(self.sup.spec.strategy), "pid": os.getpid(),
               "intensity": self.sup.spec.intensity, "period_s": self.sup.spec.period_s,

@@ -848,6 +848,9 @@ class Supervisor(Actor):
                    signal=reason.signal, detail=reason.detail, stage=child.stop_stage or None,
                    uptime_s=round(uptime, 3), **({"down_since": down_since}
                                                  if down_since is not None else {}))
+        # What we asked of it will not be answered: its callers hear so now, not at their
+        # timeouts (sup.status waited 2 s on a nested supervisor killed as it was asked).
+        self.outbound.peer_gone(child.id, f"ended ({reason.describe()})")
         if was is ChildState.STOPPING or self.shutting_down:
             child.state = ChildState.SHED if child.shed else ChildState.STOPPED
             self._job_done(child)

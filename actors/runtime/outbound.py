@@ -12,6 +12,12 @@ its answer), and counting those would report losses that did not happen.
 A `fresh` call goes out on a socket of its own, connected just for it: a probe of an actor
 that has just restarted must not wait out the shared socket's reconnect back-off (up to
 RECONNECT_IVL_MAX after its peer died), or it would measure that back-off.
+
+A caller that knows a peer died (a supervisor, of its child) says so (`peer_gone`): the calls
+still waiting on it are answered `unavailable` then, not at their timeout (a request the dead
+process had taken, or that was queued toward it, gets no reply), and its socket is made anew,
+so nothing queued toward the dead one reaches its successor after its caller was told it
+failed.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class Outbound:
         self.sid = f"{actor.name}-{actor.epoch}"
         self._ids = itertools.count(1)
         self._socks: dict[str, zmq.Socket] = {}
-        self._waiting: dict[int, tuple[OnDone, Timer]] = {}
+        self._waiting: dict[int, tuple[OnDone, Timer, str]] = {}  # rid -> ..., its target
         self._oneshot: dict[int, zmq.Socket] = {}  # rid -> the socket of a `fresh` call
         actor.loop.awaited.append(self._waiting)  # (the loop polls while a call is out)
 
@@ -101,7 +107,7 @@ class Outbound:
                 entry[0](None, WireError.of("timeout", f"{target}:{op}: no reply in {timeout}s"))
 
         timer = self.actor.loop.call_later(max(0.0, deadline / 1000 - time.time()), expire)
-        self._waiting[rid] = (on_done, timer)
+        self._waiting[rid] = (on_done, timer, target)
         try:
             if fresh:
                 sock = self._oneshot[rid] = self._new_socket(target)
@@ -124,13 +130,29 @@ class Outbound:
             entry = self._waiting.pop(reply.id, None)  # type: ignore[arg-type]
             if entry is None:
                 continue  # late: its caller was already told "timeout"
-            on_done, timer = entry
+            on_done, timer, _ = entry
             timer.cancel()
             if reply.id in self._oneshot:
                 self._close_oneshot(reply.id)  # type: ignore[arg-type]
                 self._deliver(reply, on_done)
                 return  # that socket is closed: nothing more to read from it
             self._deliver(reply, on_done)
+
+    def peer_gone(self, target: str, why: str) -> int:
+        """`target`'s process is gone (`why`: how it ended): each call waiting on it is
+        answered `unavailable` now, and its shared socket is closed, to be made anew by the
+        next call (to its successor). Returns how many calls were answered."""
+        s = self._socks.pop(target, None)
+        if s is not None:
+            self.actor.loop.remove_reader(s)
+            s.close(0)
+        gone = [rid for rid, (_, _, t) in self._waiting.items() if t == target]
+        for rid in gone:
+            on_done, timer, _ = self._waiting.pop(rid)
+            timer.cancel()
+            self._close_oneshot(rid)
+            on_done(None, WireError.of("unavailable", f"{target} {why} before it answered"))
+        return len(gone)
 
     @staticmethod
     def _deliver(reply: Reply, on_done: OnDone) -> None:
