@@ -64,18 +64,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from loguru import logger
 
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.custody import close_all
 from moorage.actors.runtime.signals import parse_signal
-from moorage.actors.runtime.statefile import write_atomic
 from moorage.actors.terminal.keeper.ledger import Ledger, LedgerState
 from moorage.actors.terminal.keeper.ptys import drop_unread_input
 from moorage.actors.terminal.keeper.spawn import get_winsize
 from moorage.actors.terminal.link import LINK_TOKEN_NAME, Link
 from moorage.actors.terminal.ring import RingError, SessionRing
+from moorage.actors.terminal.specs import SpecStore
 from moorage.protocol.errors import KINDS, WireError
 
 if TYPE_CHECKING:
@@ -207,73 +206,73 @@ def _int_or_none(value: Any) -> int | None:
     return value if type(value) is int else None
 
 
-class Tombstones:
+class Tombstones(SpecStore):
     """The sessions closed here whose close no keeper has confirmed yet: by id, the shell
     that was closed (pid, start time), so that a session made again under the same id is
-    never taken for it. On disk (msgpack, 0600), written before the close is answered: a
-    successor of this actor, which may get the shell back from the keeper's custody, must
-    know it was closed. Those a keeper confirms go in one write a loop turn (`defer`); a
-    write that fails is logged and counted (`failed`), and what is in memory still serves
-    until the next write lands. A tombstone always names its shell's pid: one that named
-    none would match whatever shell is made again under the id, and close it."""
+    never taken for it. On disk as the session records are (SpecStore: msgpack, 0600, one
+    file replaced whole, a failed write tried again every RETRY_S), written before the close
+    is sent: a successor of this actor, which may get the shell back from the keeper's
+    custody, must know it was closed. Those a keeper confirms go in one write a loop turn
+    (`drop_soon`, through `defer`); until a write lands, what is in memory serves. No file
+    while there are none. A tombstone always names its shell's pid: one that named none
+    would match whatever shell is made again under the id, and close it.
 
-    def __init__(self, path: Path, defer: Callable[[Callable[[], None]], Any]) -> None:
-        self.path = path
-        self.defer = defer
-        self.closed: dict[str, dict[str, int | None]] = {}
-        self.failed = 0  # writes that failed, over the actor's life
-        self._save_armed = False
-        try:
-            loaded = msgpack.unpackb(path.read_bytes())
-        except FileNotFoundError:
-            loaded = {}
-        except Exception as exc:
-            logger.warning("closed-session records {} unreadable, ignored: {}", path, exc)
-            loaded = {}
-        if isinstance(loaded, dict):
-            self.closed = {sid: {"pid": _int_or_none(v.get("pid")),
-                                 "started": _int_or_none(v.get("started"))}
-                           for sid, v in loaded.items()
-                           if isinstance(sid, str) and isinstance(v, dict)
-                           and _int_or_none(v.get("pid"))}
+    `call_later`, for the retries, is the keeper client's loop's when not given (the actor
+    makes its tombstones before its KeeperClient)."""
+
+    NOUN = "closed-session records"
+    UNSAVED = "a successor of this actor may restore a session closed here"
+    UNRECORDED = ("closed, and not recorded so (the runtime directory takes no write): a "
+                  "successor of this actor may restore it")
+
+    def __init__(self, path: Path, defer: Callable[[Callable[[], None]], Any],
+                 call_later: Callable[[float, Callable[[], None]], Timer] | None = None
+                 ) -> None:
+        super().__init__(path, call_later, defer=defer)
+
+    @staticmethod
+    def _valid(loaded: dict[Any, Any]) -> dict[str, dict[str, Any]]:
+        """Those that name their shell's pid (see the class docstring)."""
+        return {sid: {"pid": _int_or_none(v.get("pid")),
+                      "started": _int_or_none(v.get("started"))}
+                for sid, v in loaded.items()
+                if isinstance(sid, str) and isinstance(v, dict) and _int_or_none(v.get("pid"))}
+
+    def _write(self) -> None:
+        if self.specs:
+            super()._write()
+        else:
+            self.path.unlink(missing_ok=True)
+
+    @property
+    def closed(self) -> dict[str, dict[str, Any]]:
+        """sid -> {"pid", "started"} of the shell closed."""
+        return self.specs
 
     def __contains__(self, sid: str) -> bool:
-        return sid in self.closed
+        return sid in self.specs
 
     def add(self, sid: str, pid: int | None, started: int | None) -> bool:
         """A tombstone for the shell `pid` of `sid`; none (False) when its pid is unknown."""
-        if not pid:
-            return False
-        self.closed[sid] = {"pid": pid, "started": started}
-        self._save()
-        return True
+        return sid in self.add_many({sid: (pid, started)})
 
-    def drop(self, sid: str) -> None:
-        if self.closed.pop(sid, None) is not None and not self._save_armed:
-            self._save_armed = True
-            self.defer(self._save)
+    def add_many(self, shells: dict[str, tuple[int | None, int | None]]) -> set[str]:
+        """A tombstone for each session's shell (pid, start time), in one write; returns
+        the sessions that have one (not those whose pid is unknown)."""
+        stones = {sid: {"pid": pid, "started": started}
+                  for sid, (pid, started) in shells.items() if pid}
+        self.put_many(stones)
+        return set(stones)
 
     def names(self, sid: str, pid: Any, started: Any) -> bool:
         """Whether the session `sid` with this shell (pid, start time: either unknown to
         the caller matches) is the one closed here. A tombstone that names no pid matches
         no shell."""
-        t = self.closed.get(sid)
+        t = self.specs.get(sid)
         if t is None or t["pid"] is None:
             return False
         return (pid is None or t["pid"] == pid) and (
             t["started"] is None or started is None or t["started"] == started)
-
-    def _save(self) -> None:
-        self._save_armed = False
-        try:
-            if self.closed:
-                write_atomic(self.path, msgpack.packb(self.closed, use_bin_type=True))
-            else:
-                self.path.unlink(missing_ok=True)
-        except OSError as exc:
-            self.failed += 1
-            logger.error("closed-session records {} not saved: {}; a successor of this actor "
-                         "may restore a session closed here", self.path, exc)
 
 
 class KeeperClient:
@@ -315,6 +314,8 @@ class KeeperClient:
         self.connections = 0  # links made: more than one means a keeper (or we) restarted
         self.adopted = 0  # sessions handed to a keeper that had lost them (its predecessor's)
         self.tombstones = tombstones  # sessions closed here, their close not confirmed yet
+        if tombstones.call_later is None:  # (their failed writes tried again on our loop)
+            tombstones.call_later = loop.call_later
         self._closing: dict[str, Link] = {}  # session -> the link its `close` is waiting on
         self.closed_again = 0  # closed sessions a keeper named again, and closed again
         self._waiting: dict[int, KeeperCallback] = {}
@@ -461,15 +462,28 @@ class KeeperClient:
         A shell not known here (`pid` None) is looked for in what the keeper told of the
         session; if not found, the close goes without a tombstone: one naming no shell
         would close whatever is made again under the id."""
-        if pid is None:
-            entry = self.unavailable.get(sid) or next(
-                (e for e in (*self._entries, *self._told) if e.get("s") == sid), {})
-            pid, started = _int_or_none(entry.get("pid")), _int_or_none(entry.get("started"))
-        if not self.tombstones.add(sid, pid, started):
-            logger.warning("session {}: closed with its shell unknown here; no tombstone, so "
-                           "a close lost with the keeper is not sent again", sid)
-        self._forget_ops(sid)
-        self._send_close(sid)
+        self.close_sessions({sid: (pid, started)})
+
+    def close_sessions(self, shells: dict[str, tuple[int | None, int | None]]) -> None:
+        """`close_session` for each session's shell (pid, start time): every tombstone in
+        one write, before any of the closes."""
+        known: dict[str, tuple[int | None, int | None]] = {}
+        told: dict[Any, dict[str, Any]] | None = None
+        for sid, (pid, started) in shells.items():
+            if pid is None:
+                if told is None:  # (one index of what the keeper told, for all of them)
+                    told = {e.get("s"): e for e in reversed((*self._entries, *self._told))}
+                    told.update(self.unavailable)  # (the first of each wins, these first)
+                entry = told.get(sid, {})
+                pid, started = _int_or_none(entry.get("pid")), _int_or_none(entry.get("started"))
+            known[sid] = (pid, started)
+        stoned = self.tombstones.add_many(known)
+        for sid in known:
+            if sid not in stoned:
+                logger.warning("session {}: closed with its shell unknown here; no tombstone, "
+                               "so a close lost with the keeper is not sent again", sid)
+            self._forget_ops(sid)
+            self._send_close(sid)
 
     def _send_close(self, sid: str) -> None:
         """`close` a tombstoned session, unless one is on its way on this link already
@@ -491,7 +505,7 @@ class KeeperClient:
             del self._closing[sid]
         if err is None or (err.name == "session_not_found" and link is self.link
                            and not self.custody_pending):
-            self.tombstones.drop(sid)
+            self.tombstones.drop_soon(sid)
 
     def _less_closed(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A welcome's (or `custody`'s) entries less the sessions closed here: each that
@@ -509,7 +523,7 @@ class KeeperClient:
                     self.closed_again += 1
                     self._send_close(sid)
                     continue
-                self.tombstones.drop(sid)
+                self.tombstones.drop_soon(sid)
             kept.append(e)
         return kept
 
@@ -519,7 +533,7 @@ class KeeperClient:
         for sid in [sid for sid in self.tombstones.closed
                     if self.link is None or self._closing.get(sid) is not self.link]:
             logger.info("session {}: closed here, and held by no keeper", sid)
-            self.tombstones.drop(sid)
+            self.tombstones.drop_soon(sid)
 
     def _send(self, msg: dict[str, Any], cb: KeeperCallback,
               lost: Callable[[], None] | None = None) -> int:
@@ -729,7 +743,7 @@ class KeeperClient:
         if s.ring is None:
             return None
         try:
-            return Ledger.read(s.ring.fd)
+            return Ledger(s.ring).state()  # (the ring's own mapping: none made)
         except (OSError, ValueError) as exc:
             logger.error("session {}: its ring's ledger cannot be read: {}", s.id, exc)
             return None
@@ -1162,12 +1176,12 @@ class KeeperClient:
         one holds."""
         logger.error("sessions {}: not held by the keeper, or their rings unusable; taken "
                      "for lost", sids)
-        for sid in sids:
-            self._awaiting_fds.discard(sid)
-            entry = next((e for e in self._entries if e["s"] == sid), {})
-            # (a close lost with this keeper must not have the next one hand that shell
-            # back: its tombstone names it, not the one started anew under its id)
-            self.close_session(sid, entry.get("pid"), entry.get("started"))
+        entries = {e["s"]: e for e in reversed(self._entries)}  # (the first of each wins)
+        self._awaiting_fds.difference_update(sids)
+        # (a close lost with this keeper must not have the next one hand that shell back:
+        # its tombstone names it, not the one started anew under its id; all in one write)
+        self.close_sessions({sid: (entries.get(sid, {}).get("pid"),
+                                   entries.get(sid, {}).get("started")) for sid in sids})
         gone = set(sids)
         self._told = [{**e, "given_up": True} if e["s"] in gone else e for e in self._told]
 

@@ -163,6 +163,13 @@ class SessionRing:
         return self._header[_WINDOW]
 
     @property
+    def cells(self) -> ctypes.Array[ctypes.c_uint64]:
+        """The header's cells as this mapping holds them (unmapped by `close`): the keeper's
+        ledger is kept in cells 12-15 (keeper/ledger.py), through this mapping rather than
+        another of the same page."""
+        return self._header
+
+    @property
     def base(self) -> int:
         """The oldest byte safely held: not before `floor_off`, and not where the keeper may
         write next (the writer may reach `ack_off + window`, which wraps onto the bytes a

@@ -26,43 +26,80 @@ UNRECORDED_MESSAGE = ("not recorded (the runtime directory takes no write): lost
 class SpecStore:
     """What each session was created from, on disk, for a successor (msgpack, 0600): a
     terminal actor that finds a session here that the keeper no longer holds knows that the
-    keeper died with it, and starts it again from this.
+    keeper died with it, and starts it again from this. One file for every session, replaced
+    whole (write_atomic): a kill at any moment leaves the old records or the new ones.
 
     A write that fails leaves the store `dirty`: it is tried again every RETRY_S on the
     actor's loop (`call_later`) until it lands. Meanwhile the sessions that are not on disk
     are told through `alert` (a `term.alert` `sessions_unrecorded`: the terminals supervisor
     dying now would lose them with no record of them, so with no `lost` event), and once
-    they are on disk, `sessions_recorded`."""
+    they are on disk, `sessions_recorded`.
+
+    Many records that change at once go in one write (`put_many`; `drop_soon`, with `defer`,
+    the drops of a loop turn): a write each would cost a batch the square of its size. A
+    store of other records (keeper_client.Tombstones) says what they are in its log lines
+    (NOUN, UNSAVED, UNRECORDED), which records it takes from the file (`_valid`) and how an
+    empty store is kept (`_write`)."""
+
+    NOUN = "session records"
+    UNSAVED = "a session lost with every holder of its PTY meanwhile is not recreated"
+    UNRECORDED = UNRECORDED_MESSAGE
 
     def __init__(self, path: Path,
                  call_later: Callable[[float, Callable[[], None]], Timer] | None = None,
-                 alert: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 alert: Callable[[dict[str, Any]], None] | None = None,
+                 defer: Callable[[Callable[[], None]], Any] | None = None) -> None:
         self.path = path
         self.specs: dict[str, dict[str, Any]] = {}
         self.call_later = call_later
         self.alert = alert
+        self.defer = defer
         self.dirty = False  # what is on disk is not `specs`
         self.failed = 0  # writes that failed, over the actor's life
         self.error: str | None = None  # why the last write failed, while dirty
         self._retry: Timer | None = None
+        self._soon = False  # a drop_soon's write is due (deferred), none since
         self._alerted: set[str] = set()  # sessions told unrecorded, not yet told recorded
         try:
             loaded = msgpack.unpackb(path.read_bytes())
             if isinstance(loaded, dict):
-                self.specs = loaded
+                self.specs = self._valid(loaded)
         except FileNotFoundError:
             pass
         except Exception as exc:
-            logger.warning("session records {} unreadable, ignored: {}", path, exc)
+            logger.warning("{} {} unreadable, ignored: {}", self.NOUN, path, exc)
         self.recorded: set[str] = set(self.specs)  # the sessions the file on disk names
+
+    @staticmethod
+    def _valid(loaded: dict[Any, Any]) -> dict[str, dict[str, Any]]:
+        """The records of a file as read (a dict) that this store takes: every one."""
+        return loaded
 
     def put(self, sid: str, spec: dict[str, Any]) -> None:
         self.specs[sid] = spec
         self._save()
 
+    def put_many(self, specs: dict[str, dict[str, Any]]) -> None:
+        """`put` each, in one write (none when `specs` is empty)."""
+        if specs:
+            self.specs.update(specs)
+            self._save()
+
     def drop(self, sid: str) -> None:
         if self.specs.pop(sid, None) is not None:
             self._save()
+
+    def drop_soon(self, sid: str) -> None:
+        """`drop`, written with the other drops of this loop turn in one write (`defer`; at
+        once without it). For records a successor that still finds them only does again
+        what is done with them already: the window is a loop turn's."""
+        if self.specs.pop(sid, None) is None:
+            return
+        if self.defer is None:
+            self._save()
+        elif not self._soon:
+            self._soon = True
+            self.defer(self._save_soon)
 
     def clear(self) -> None:
         """Forget every record (the sessions are in the keeper's hands, or gone on purpose)."""
@@ -84,9 +121,18 @@ class SpecStore:
         return {"dirty": self.dirty, "unrecorded": self.unrecorded(), "failed": self.failed,
                 "error": self.error}
 
+    def _write(self) -> None:
+        """Put `specs` on disk whole; raises OSError when it is not."""
+        write_atomic(self.path, msgpack.packb(self.specs, use_bin_type=True))
+
+    def _save_soon(self) -> None:
+        if self._soon:  # (else a write since has taken the drops in)
+            self._save()
+
     def _save(self) -> None:
+        self._soon = False
         try:
-            write_atomic(self.path, msgpack.packb(self.specs, use_bin_type=True))
+            self._write()
         except OSError as exc:
             self._unsaved(exc)
             return
@@ -94,8 +140,8 @@ class SpecStore:
 
     def _saved(self) -> None:
         if self.dirty:
-            logger.info("session records {} saved again, after {} failed write(s)",
-                        self.path, self.failed)
+            logger.info("{} {} saved again, after {} failed write(s)", self.NOUN, self.path,
+                        self.failed)
         self.dirty, self.error = False, None
         self.recorded = set(self.specs)
         if self._retry is not None:
@@ -113,16 +159,15 @@ class SpecStore:
         (the log, and an alert naming each session that is not on disk), then tried again
         every RETRY_S and at each change."""
         if not self.dirty:
-            logger.error("session records {} not saved: {}; tried again every {} s; a "
-                         "session lost with every holder of its PTY meanwhile is not "
-                         "recreated", self.path, exc, RETRY_S)
+            logger.error("{} {} not saved: {}; tried again every {} s; {}", self.NOUN,
+                         self.path, exc, RETRY_S, self.UNSAVED)
         self.dirty, self.error = True, f"{type(exc).__name__}: {exc}"
         self.failed += 1
         fresh = set(self.unrecorded()) - self._alerted
         if fresh:
             self._alerted |= fresh
-            logger.warning("session(s) {} {}", sorted(fresh), UNRECORDED_MESSAGE)
-            self._tell("sessions_unrecorded", "warning", sorted(fresh), UNRECORDED_MESSAGE)
+            logger.warning("session(s) {} {}", sorted(fresh), self.UNRECORDED)
+            self._tell("sessions_unrecorded", "warning", sorted(fresh), self.UNRECORDED)
         if self._retry is None and self.call_later is not None:
             self._retry = self.call_later(RETRY_S, self._again)
 

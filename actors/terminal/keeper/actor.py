@@ -86,7 +86,6 @@ from moorage.actors.runtime.orphans import on_orphaned
 from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.terminal.keeper import fdroom
-from moorage.actors.terminal.keeper.ledger import Ledger
 from moorage.actors.terminal.keeper.ptys import (
     Ptys,
     PtySession,
@@ -562,7 +561,6 @@ class PtyKeeper(Actor):
             started = None if started is None else int(started)
             cols, rows = winsize(info.get("cols", 80), info.get("rows", 24))
             ring = SessionRing.open(ring_fd)
-            ledger = Ledger(ring_fd)
         except (RingError, OSError, KeyError, TypeError, ValueError) as exc:
             # (mapping the ring takes memory and may take a descriptor: at a limit the
             # session is no worse than it was, and is asked for again, never refused for good)
@@ -585,7 +583,6 @@ class PtyKeeper(Actor):
         except OSError as exc:
             # (out of descriptors: a live shell must not be taken for one that has ended;
             # the sender keeps its copy, and the supervisor its own)
-            ledger.close()
             ring.close()
             os.close(master)
             return (fdroom.error_name(exc, "bad_args"),
@@ -595,7 +592,7 @@ class PtyKeeper(Actor):
             logger.info("session {}: took in {} bytes read before the last keeper died", sid,
                         recovered)
         s = PtySession(sid, pid, master, str(info.get("tty", "")), pidfd, ring, cols, rows,
-                       info.get("meta"), ledger=ledger, adopted=True, started=started)
+                       info.get("meta"), adopted=True, started=started)
         self.sessions[sid] = s
         self.adopted += 1
         self.ptys.add(s)
@@ -663,7 +660,6 @@ class PtyKeeper(Actor):
                             f"{msg['path']}: {exc.strerror or exc}", errno=exc.errno)
             return
         ring: SessionRing | None = None
-        ledger: Ledger | None = None
         try:
             # the window, and the scrollback the terminal asked for before it
             scrollback = min(int(msg.get("scrollback", self.scrollback)), 256 << 20)
@@ -672,19 +668,16 @@ class PtyKeeper(Actor):
             base = int(msg.get("base") or 0)
             if base:  # a session recreated after a loss: its stream goes on past the old one's
                 ring.start_at(base)
-            ledger = Ledger(ring.fd)
             pidfd = os.pidfd_open(sp.pid)
         except BaseException:
             # no session for it (out of fds or memory, a bad field): the shell goes
-            if ledger is not None:
-                ledger.close()
             if ring is not None:
                 ring.close()
             self._discard_spawned(sp.pid, sp.master)
             raise
         # (our child, not reaped yet: its pid is its own while this is read)
         s = PtySession(sid, sp.pid, sp.master, sp.tty, pidfd, ring, cols, rows,
-                       msg.get("meta"), ledger=ledger, started=process_start(sp.pid))
+                       msg.get("meta"), started=process_start(sp.pid))
         self.sessions[sid] = s
         self.ptys.add(s)
         logger.info("session {}: {} pid {} on {}", sid, argv[0], sp.pid, sp.tty)

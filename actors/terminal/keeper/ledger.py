@@ -43,6 +43,8 @@ import ctypes
 import mmap
 from typing import NamedTuple
 
+from moorage.actors.terminal.ring import SessionRing
+
 CELLS = 16  # ring.py's header: 128 bytes
 IN_DONE, IN_AT, IN_LEN, SIG = 12, 13, 14, 15
 SEQ_MASK = 0xFFFF
@@ -72,22 +74,41 @@ class LedgerState(NamedTuple):
         return (self.sig_done - s) & SEQ_MASK < 0x8000
 
 
-class Ledger:
-    """The cells of one session's ring, mapped from its descriptor (a mapping of its own,
-    unmapped by `close`: the ring's lifetime is not tied to it)."""
+class _Header:
+    """The header of a ring no SessionRing maps here: its cells, mapped for one Ledger."""
 
     def __init__(self, ring_fd: int) -> None:
         self._map = mmap.mmap(ring_fd, CELLS * 8)
-        self._cells = (ctypes.c_uint64 * CELLS).from_buffer(self._map)
+        self.cells = (ctypes.c_uint64 * CELLS).from_buffer(self._map)
+
+    def close(self) -> None:
+        del self.cells
+        self._map.close()
+
+
+class Ledger:
+    """The cells of one session's ring: its SessionRing's own (`ring` a SessionRing: nothing
+    is mapped again, and they go with the ring's mapping), or, given only the ring's
+    descriptor, a mapping of the header for this ledger alone, unmapped by `close` (the
+    ring's lifetime is not tied to it)."""
+
+    def __init__(self, ring: SessionRing | int) -> None:
+        self._header = ring if isinstance(ring, SessionRing) else _Header(ring)
 
     @classmethod
-    def read(cls, ring_fd: int) -> LedgerState:
-        """The cells of the ring `ring_fd`, mapped for the moment."""
-        ledger = cls(ring_fd)
+    def read(cls, ring: SessionRing | int) -> LedgerState:
+        """The cells of the ring `ring` (a descriptor: mapped for the moment)."""
+        ledger = cls(ring)
         try:
             return ledger.state()
         finally:
             ledger.close()
+
+    @property
+    def _cells(self) -> ctypes.Array[ctypes.c_uint64]:
+        # (looked up, never kept: a reference kept here would keep the ring's mapping from
+        # being closed)
+        return self._header.cells
 
     @property
     def done(self) -> int:
@@ -106,17 +127,19 @@ class Ledger:
     def writing(self, at: int, n: int) -> None:
         """A write(2) of `n` bytes at offset `at` is about to be made. The length goes to 0
         first: until the new one is stored, no stale length pairs with the new offset."""
-        self._cells[IN_LEN] = 0
-        if self._cells[IN_DONE] < at:
-            self._cells[IN_DONE] = at  # (the bytes before it were refused: none to write)
-        self._cells[IN_AT] = at
-        self._cells[IN_LEN] = n
+        c = self._cells
+        c[IN_LEN] = 0
+        if c[IN_DONE] < at:
+            c[IN_DONE] = at  # (the bytes before it were refused: none to write)
+        c[IN_AT] = at
+        c[IN_LEN] = n
 
     def wrote(self, end: int) -> None:
         """The write(2) returned: everything before `end` is written (`end` = at: none)."""
-        if end > self._cells[IN_DONE]:
-            self._cells[IN_DONE] = end
-        self._cells[IN_LEN] = 0
+        c = self._cells
+        if end > c[IN_DONE]:
+            c[IN_DONE] = end
+        c[IN_LEN] = 0
 
     def fold(self, end: int) -> None:
         """A keeper that took the session over goes on from `end` (its predecessor's
@@ -146,5 +169,6 @@ class Ledger:
         self._cells[SIG] = sent << 48 | (sig & ((1 << 48) - 1))
 
     def close(self) -> None:
-        del self._cells
-        self._map.close()
+        """Unmap the header mapped for this ledger alone (a ring's own stays with it)."""
+        if isinstance(self._header, _Header):
+            self._header.close()

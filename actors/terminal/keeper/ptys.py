@@ -70,7 +70,7 @@ class PtySession:
                  "ring", "rows", "started", "status", "tty", "unfolded")
 
     def __init__(self, sid: str, pid: int, master: int, tty: str, pidfd: int | None,
-                 ring: SessionRing, cols: int, rows: int, meta: Any, *, ledger: Ledger,
+                 ring: SessionRing, cols: int, rows: int, meta: Any, *,
                  adopted: bool = False, started: int | None = None) -> None:
         self.id = sid
         self.pid = pid
@@ -93,8 +93,9 @@ class PtySession:
         # paste of megabytes that the PTY takes 4 KiB at a time is not copied again.)
         self.inq: deque[tuple[int, bytes | memoryview]] = deque()
         self.inq_bytes = 0
-        # what this keeper did with the input and signals, where a successor reads it
-        self.ledger = ledger
+        # what this keeper did with the input and signals, where a successor reads it: in
+        # the ring's header, through the ring's own mapping
+        self.ledger = Ledger(ring)
         # the end of the input taken (queued, written or dropped): what the terminal sends
         # from (its welcome says so); a predecessor's, for an adopted session
         state = self.ledger.state()
@@ -437,7 +438,6 @@ class Ptys:
 
     def release(self, s: PtySession) -> None:
         """Forget a closed session's ring (our mapping; the terminal's copy is its own)."""
-        s.ledger.close()
         s.ring.close()
 
     def finish_closed(self, s: PtySession) -> None:
