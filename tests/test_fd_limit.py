@@ -183,7 +183,8 @@ def test_a_terminal_restart_with_the_keeper_at_its_limit_keeps_every_shell(make_
             info = c.call("terminal", "sys.info", timeout=5)
             if info["pid"] == victim or not info["keeper_connected"]:
                 return False
-            return len(c.call("terminal", "term.list", timeout=10)["sessions"]) >= len(made)
+            listed = c.call("terminal", "term.list", timeout=10)["sessions"]
+            return sum(x["state"] != "unavailable" for x in listed) >= len(made)
 
         wait_for(restored, "the new terminal actor with every session", timeout=40)
         listed = c.call("terminal", "term.list")["sessions"]
@@ -203,8 +204,8 @@ def test_sessions_a_new_terminal_cannot_take_at_its_limit_are_kept_and_come_when
     sessions' rings, ENOMEM): the keeper holds the sessions and sends their fds, and they
     cannot be used here. They are not taken for lost (the terminal used to close them in
     the keeper, ending healthy shells, and start them anew): ops on them answer
-    `unavailable`, they are asked for again, and once the limit is raised they come, the
-    same shells."""
+    `unavailable` (term.list lists them so), they are asked for again, and once the limit is
+    raised they come, the same shells."""
     spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
     first = spawn_actor("moorage.actors.terminal.actor:TerminalActor", "terminal")
     env = env_for(make_home(tmp_path))
@@ -216,7 +217,9 @@ def test_sessions_a_new_terminal_cannot_take_at_its_limit_are_kept_and_come_when
     tight = spawn_actor("tests.test_fd_limit:TightTerminal", "terminal", room_bytes=2 << 20)
     # (the keeper's welcome round is over once term.list answers: it waited for the
     # sessions, asked for them again, and decided)
-    assert client.call("terminal", "term.list", timeout=30)["sessions"] == []
+    listed = client.call("terminal", "term.list", timeout=30)["sessions"]
+    assert {x["session"]: (x["pid"], x["state"]) for x in listed} == {
+        sid: (pid, "unavailable") for sid, pid in made.items()}
     info = client.call("terminal", "sys.info")
     assert info["sessions_unavailable"] == sorted(made), info
     assert info.get("sessions_lost", 0) == 0
@@ -230,9 +233,55 @@ def test_sessions_a_new_terminal_cannot_take_at_its_limit_are_kept_and_come_when
     resource.prlimit(tight.pid, resource.RLIMIT_AS,
                      (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     wait_for(lambda: {x["session"]: x["pid"] for x in client.call(
-        "terminal", "term.list", timeout=10)["sessions"]} == made,
-        "the sessions restored in the terminal actor", timeout=30)
+        "terminal", "term.list", timeout=10)["sessions"] if x["state"] != "unavailable"}
+        == made, "the sessions restored in the terminal actor", timeout=30)
     assert client.call("terminal", "sys.info")["sessions_unavailable"] == []
     out = client.call("terminal", "term.exec", {"session": sid, "command": "echo still-$$"},
                       timeout=20)
     assert out["output"].strip() == f"still-{made[sid]}"
+
+
+def test_term_list_shows_a_session_kept_unavailable_with_what_the_keeper_told_of_it(
+        spawn_actor, client, tmp_path):
+    """A session the keeper holds whose PTY a new terminal actor cannot take (its address
+    space) is listed by term.list with `state` `unavailable`, the same shell, tty, size and
+    mode as before: it was left out, so a client listing sessions after a reconnect never
+    learned of it while ops on its id answered `unavailable`. Nothing of it is claimed to be
+    served here (no scrollback, parser, consumers or cwd), and `offset` is how far the keeper
+    read its output. Once its PTY comes it is listed as any other session, at its prompt."""
+    spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
+    first = spawn_actor("moorage.actors.terminal.actor:TerminalActor", "terminal")
+    sid = client.call("terminal", "term.create", {
+        "shell": "bash", "env": env_for(make_home(tmp_path)), "cols": 101, "rows": 31},
+        timeout=30)["session"]
+    client.call("terminal", "term.exec", {"session": sid, "command": "echo before"},
+                timeout=20)
+    (before,) = client.call("terminal", "term.list")["sessions"]
+    first.stop()
+    tight = spawn_actor("tests.test_fd_limit:TightTerminal", "terminal", room_bytes=2 << 20)
+    (kept,) = client.call("terminal", "term.list", timeout=30)["sessions"]
+    assert kept["state"] == "unavailable", kept
+    same = ("session", "pid", "tty", "shell", "kind", "mode", "cols", "rows", "exited")
+    assert {k: kept[k] for k in same} == {k: before[k] for k in same}
+    assert (kept["cols"], kept["rows"]) == (101, 31)
+    assert kept["offset"] >= before["offset"] and kept["scrollback_from"] == kept["offset"]
+    assert kept["parsed"] <= kept["offset"]
+    assert (kept["cwd"], kept["parser"], kept["consumers"], kept["busy"]) == (
+        None, None, {}, False)
+    assert client.call("terminal", "sys.info")["sessions_unavailable"] == [sid]
+    with pytest.raises(MoorageError) as refused:  # (what the state it is listed with says)
+        client.request("terminal", "term.scrollback", {"session": sid})
+    assert refused.value.error.name == "unavailable"
+    resource.prlimit(tight.pid, resource.RLIMIT_AS,
+                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    def listed_state() -> str:
+        (s,) = client.call("terminal", "term.list", timeout=10)["sessions"]
+        assert s["pid"] == before["pid"], s
+        return str(s["state"])
+
+    wait_for(lambda: listed_state() == "prompt", "the session restored, at its prompt",
+             timeout=30)
+    (back,) = client.call("terminal", "term.list")["sessions"]
+    assert back["offset"] >= kept["offset"] and back["parser"] is not None
+    assert client.call("terminal", "sys.info")["sessions_unavailable"] == []

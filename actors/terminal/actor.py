@@ -22,6 +22,9 @@
                                                                                     outcome_unknown+
   term.close       {session}                            {closed}                   not_found*
   term.list        {}                                   {sessions, keeper}         -
+                                                         (state unavailable: held
+                                                         by the keeper, its PTY
+                                                         not come here yet)
   term.ack         {session, offset}                    {session, acked, offset,   not_found*
                                                          consumers}
   term.scrollback  {session, from_offset?, max_bytes?}  {session, from, to,        not_found*
@@ -121,7 +124,7 @@ from moorage.actors.terminal.keeper_client import FDS_WAIT_S, KeeperClient, Tomb
 from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.parsehop import ParserLink
 from moorage.actors.terminal.restore import Creation, base_env, reconcile, restore
-from moorage.actors.terminal.session import MAX_CONSUMERS, Session
+from moorage.actors.terminal.session import MAX_CONSUMERS, Session, describe_unavailable
 from moorage.actors.terminal.specs import ExecRecords, SpecStore, exec_call
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
@@ -147,7 +150,9 @@ CREATED = Named("created", {
     "attempts": list[ATTEMPT]})  # the shells tried before the one that runs, and why they failed
 SESSION = Named("session", {
     "session": str, "pid": int, "tty": str, "shell": str, "kind": str, "mode": MODE,
-    "state": Literal["starting", "prompt", "running", "exited"], "cwd": str | None,
+    # `unavailable`: held by the keeper, its PTY not come here yet (describe_unavailable)
+    "state": Literal["starting", "prompt", "running", "exited", "unavailable"],
+    "cwd": str | None,
     "cols": int, "rows": int, "offset": int, "scrollback_from": int,
     "exited": OneOf(EXIT_STATUS, None), "busy": bool, "untrusted_markers": int,
     "parser": Literal["actor", "local"] | None, "parsed": int, "repeated_markers": int,
@@ -779,11 +784,17 @@ class TerminalActor(Actor):
     def _op_list(self, call: Call) -> Any:
         """Every session with its state, mode, cwd and output offset; after a restart, once
         the keeper's sessions are restored, those of its custody too (before, the list
-        would be wrong, not short)."""
-        return self._when_ready(call, lambda: {
-            "sessions": [s.describe() for s in self.sessions.values()],
-            "keeper": {"connected": self.keeper.welcomed, "pid": self.keeper.pid}},
-            settled=self.known)
+        would be wrong, not short). A session the keeper holds whose PTY has not come here
+        (out of descriptors) is listed too, `unavailable`: left out, it would be unknown to
+        a client that lists sessions, while ops on its id answer `unavailable`."""
+        def answer() -> dict[str, Any]:
+            listed = [s.describe() for s in self.sessions.values()]
+            listed += [describe_unavailable(e) for sid, e in self.keeper.unavailable.items()
+                       if sid not in self.sessions]
+            return {"sessions": listed,
+                    "keeper": {"connected": self.keeper.welcomed, "pid": self.keeper.pid}}
+
+        return self._when_ready(call, answer, settled=self.known)
 
     @op("term.ack", args={"session": str, "offset": int}, idempotent=True, timeout_ms=2000,
         result={"session": str, "acked": int, "offset": int, "consumers": int},

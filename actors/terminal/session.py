@@ -1000,6 +1000,40 @@ class Session:
         }
 
 
+def describe_unavailable(entry: dict[str, Any]) -> dict[str, Any]:
+    """term.list's entry for a session the keeper holds whose PTY has not come here yet
+    (keeper_client: `unavailable`), made from what the keeper told of it: its welcome's
+    entry and, in it, the terminal's last state from the session's ring. Listed, not left
+    out, so that a client that lists sessions (an editor after a reconnect) learns that the
+    session exists and why ops on it answer `unavailable`, not `session_not_found`.
+
+    What only a session held here has is told as nothing yet: no scrollback served here
+    (`scrollback_from` is `offset`, as for a session without its ring), no parser, no
+    consumers, nothing counted, and no cwd (the one its state records is where it started;
+    where the shell is now is read from output this actor has not taken). `offset` is how
+    far the keeper has read the shell's output (where the session goes on once it comes),
+    `parsed` how far a terminal had handled it (the ring's ack): behind `offset` while
+    there is output no terminal has parsed."""
+    meta = entry.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
+    # (as restore.restore takes it: a state without a nonce is served without integration)
+    mode = meta.get("mode", "integration") if meta.get("nonce") else "no_integration"
+    shell, kind = meta.get("shell"), meta.get("kind")
+    offset = int(entry["read"])
+    return {
+        "session": entry["s"], "pid": entry["pid"], "tty": entry["tty"],
+        "shell": shell if isinstance(shell, str) else "",
+        "kind": kind if isinstance(kind, str) else "other",
+        "mode": mode if mode in MODES else "no_integration", "state": "unavailable",
+        "cwd": None, "cols": entry["cols"], "rows": entry["rows"], "offset": offset,
+        "scrollback_from": offset, "exited": entry.get("exited"),
+        # (a command the last terminal to hold it was running: its record in the state)
+        "busy": isinstance(meta.get("exec"), dict), "untrusted_markers": 0,
+        "parser": None, "parsed": min(int(entry["acked"]), offset), "repeated_markers": 0,
+        "integration_back": 0, "consumers": {},
+    }
+
+
 def _run_each(callbacks: list[Callable[[], Any]], sid: str) -> None:
     """Run one-shot callbacks, each whatever the others do: they answer different calls
     (a creation, an exec waiting for the prompt), and they run from the middle of taking
