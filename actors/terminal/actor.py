@@ -123,7 +123,7 @@ from moorage.actors.runtime.statefile import succession_dir
 from moorage.actors.terminal.keeper_client import FDS_WAIT_S, KeeperClient, Tombstones
 from moorage.actors.terminal.link import CUSTODY_GIVE_UP_S
 from moorage.actors.terminal.parsehop import ParserLink
-from moorage.actors.terminal.restore import Creation, base_env, reconcile, restore
+from moorage.actors.terminal.restore import Creation, answer_by, base_env, reconcile, restore
 from moorage.actors.terminal.session import MAX_CONSUMERS, Session, describe_unavailable
 from moorage.actors.terminal.specs import ExecRecords, SpecStore, exec_call
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
@@ -135,9 +135,6 @@ MAX_EXEC_TIMEOUT_MS = 24 * 3600 * 1000  # as a deadline may be (runtime MAX_DEAD
 # A create's args and env, in bytes: the kernel takes at most 128 KiB a string and about
 # 2 MiB in all an exec; a session's spec is rewritten with every session's at each change.
 MAX_SPAWN_BYTES = 256 << 10
-# an op waiting for the keeper's custody answer gives up this long before its caller would
-# (its `unavailable` reaches the caller, not the runtime's `timeout`)
-SETTLE_MARGIN_S = 0.1
 
 
 # --- the shapes of the answers ----------------------------------------------------------------
@@ -474,28 +471,11 @@ class TerminalActor(Actor):
         return DEFERRED
 
     @staticmethod
-    def _deadline(call: Call) -> float:
-        """When `call` is to be answered by (monotonic), a margin before its caller's
-        deadline, or its op's timeout: how long it may wait for a keeper that died with
-        it to be replaced."""
-        left_ms = call.remaining_ms()
-        if left_ms is None:
-            timeout_ms = call.spec.timeout_ms if call.spec is not None else 5000
-            left_ms = timeout_ms - (time.perf_counter() - call.started) * 1000
-        return time.monotonic() + left_ms / 1000 - SETTLE_MARGIN_S
-
-    @staticmethod
     def _settle_wait_s(call: Call) -> float:
         """How long `call` may wait for the keeper's custody answer: until the keeper gives
         it up (and the sessions' fds that come with it), answering before the caller's
         deadline (or the op's own timeout) does."""
-        bound = CUSTODY_GIVE_UP_S + FDS_WAIT_S
-        left_ms = call.remaining_ms()
-        if left_ms is None and call.spec is not None:
-            left_ms = call.spec.timeout_ms
-        if left_ms is not None:
-            bound = min(bound, max(0.0, left_ms / 1000 - SETTLE_MARGIN_S))
-        return bound
+        return min(CUSTODY_GIVE_UP_S + FDS_WAIT_S, max(0.0, answer_by(call) - time.monotonic()))
 
     def known(self) -> bool:
         """Every session we recorded is here (or settled lost): the keeper's welcome is in,
@@ -716,7 +696,7 @@ class TerminalActor(Actor):
             def done(_r: dict | None, err: WireError | None) -> None:
                 call.fail(err) if err is not None else call.reply({"queued": len(raw)})
 
-            self.keeper.input(s, raw, done, deadline=self._deadline(call))
+            self.keeper.input(s, raw, done, deadline=answer_by(call))
             return DEFERRED
 
         return self._when_ready(call, run, session)
@@ -738,7 +718,7 @@ class TerminalActor(Actor):
                 s.cols, s.rows = cols, rows
                 call.reply({"cols": cols, "rows": rows})
 
-            self.keeper.resize(s, cols, rows, done, deadline=self._deadline(call))
+            self.keeper.resize(s, cols, rows, done, deadline=answer_by(call))
             return DEFERRED
 
         return self._when_ready(call, run, session)
@@ -763,7 +743,7 @@ class TerminalActor(Actor):
                     call.reply({"pgid": r["pgid"], "signal": sig})
 
             self.keeper.signal(s, sig, "fg" if target == "foreground" else "shell", done,
-                               deadline=self._deadline(call))
+                               deadline=answer_by(call))
             return DEFERRED
 
         return self._when_ready(call, run, session)

@@ -56,8 +56,9 @@ if TYPE_CHECKING:
 
 MINIMAL_SHELL = "/bin/sh"
 RECREATED_SHIFT = 40
-# a create waiting for the keeper that replaces one that died with it gives up this long
-# before its caller would (its answer reaches the caller, not the runtime's `timeout`)
+# what waits for a keeper on a call's behalf (a create whose keeper died with it, an op
+# waiting for the custody answer) gives up this long before the call's caller would: its
+# own answer reaches the caller, not the runtime's `timeout`
 ANSWER_MARGIN_S = 0.1
 # what a restored session's catch-up takes between two looks at the clock (ESC-heavy output
 # parses at about 1.5 MB/s in-process: some 10 ms)
@@ -95,6 +96,18 @@ class RestoreHost(SessionHost, Protocol):
                     args: Any = None) -> Call: ...
 
     def session_exited(self, s: Session, info: dict[str, Any]) -> None: ...
+
+
+def answer_by(call: Call) -> float:
+    """When `call` is to be answered by (monotonic): ANSWER_MARGIN_S before its caller's
+    deadline, or without one, before its op's timeout from its start. What waits on its
+    behalf (for a keeper that died with it to be replaced, for the custody answer) waits no
+    longer."""
+    left_ms = call.remaining_ms()
+    if left_ms is None:
+        timeout_ms = call.spec.timeout_ms if call.spec is not None else 5000
+        left_ms = timeout_ms - (time.perf_counter() - call.started) * 1000
+    return time.monotonic() + left_ms / 1000 - ANSWER_MARGIN_S
 
 
 def base_env(term: str, env: dict[str, Any] | None) -> dict[str, str]:
@@ -296,16 +309,8 @@ class Creation:
         keeper.when_ready(ready, left(self.a.keeper_wait_s))
 
     def _deadline(self) -> float | None:
-        """When the call must be answered by (monotonic), if there is a call and it says."""
-        if self.call is None:
-            return None
-        left_ms = self.call.remaining_ms()
-        if left_ms is None:
-            if self.call.spec is None:
-                return None
-            left_ms = self.call.spec.timeout_ms - (time.perf_counter() -
-                                                   self.call.started) * 1000
-        return time.monotonic() + left_ms / 1000 - ANSWER_MARGIN_S
+        """When the call must be answered by (monotonic), if there is a call."""
+        return None if self.call is None else answer_by(self.call)
 
     def _starting(self) -> Session | None:
         """The session still being started; None when it is settled, or when its shell died
