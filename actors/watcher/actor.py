@@ -160,6 +160,7 @@ _STAT = {"type": Literal["file", "dir", "symlink", "other"], "size": int, "mtime
 STAT = Named("stat", _STAT)
 ENTRY = {"name": str, "type": Literal["file", "dir", "symlink", "other"], "size": int,
          "mtime_ns": int, "name_bytes?": bytes}  # fs.list: a name relative to `path`, its lstat
+UNREADABLE = {"name": str, "error": str, "name_bytes?": bytes}  # fs.list: left out, errno
 # (`path_bytes`, `name_bytes`: the exact bytes of a path or name that is not valid UTF-8,
 # whose str field is then only readable: snapshot.wire_fields)
 WATCH = Named("watch", {"id": str, "path": str, "path_bytes?": bytes, "recursive": bool,
@@ -408,9 +409,15 @@ class WatcherActor(Actor):
     @op("fs.list", args={"path": str, "recursive": (bool, False), "glob": (str, None)},
         idempotent=True, timeout_ms=30_000, errors=FS_ERRORS, checked=False,
         result={"path": str, "path_bytes?": bytes, "entries": list[ENTRY],
-                "truncated": bool})
+                "truncated": bool,
+                "unreadable?": list[UNREADABLE],
+                "unreadable_more?": int})
     def _op_list(self, call: Call, path: str, recursive: bool, glob: str | None) -> Any:
-        """Entries of a directory, optionally recursive and filtered by a glob."""
+        """Entries of a directory, optionally recursive and filtered by a glob. A directory
+        below it that cannot be read (gone, forbidden, EINVAL in /proc), or an entry whose
+        lstat fails, is left out and named in `unreadable` with its errno (at most 1,000,
+        the rest counted in `unreadable_more`): the walk goes on past it, and only the
+        directory asked for failing fails the call."""
         return self._settle(call, self.files.list_dir(path, recursive, glob))
 
     # --- stats -----------------------------------------------------------------------------
