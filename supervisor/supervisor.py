@@ -45,9 +45,11 @@ the child's own loop keeps its slot on a board shared through the zygote (it tur
 blocked in its wait until a given time). Read every `heartbeat.interval_ms` while any child
 works (every `idle_interval_ms` while all are idle), a child that neither turned nor waits
 idle (not stopped, its wait not overdue) for `heartbeat.misses` ticks in a row is SIGKILLed
-and restarted. A stop is reported by the zygote, the stopped child's parent, as it happens.
-No message is sent and no idle child is woken for it (`sys.heartbeat` stays an op, for
-clients that probe an actor themselves).
+and restarted; first, unless it is stopped, it is asked for its last words (SIGUSR2, up to
+200 ms: actors.runtime.last_words), the request its loop is stuck in, which the `hung`
+event names and its successor refuses to run again. A stop is reported by the zygote, the
+stopped child's parent, as it happens. No message is sent and no idle child is woken for it
+(`sys.heartbeat` stays an op, for clients that probe an actor themselves).
 
 A pause of the whole tree (Ctrl-Z on `moorage up`, `kill -STOP -PGID`, a cgroup freezer) is
 not a failure of its children: the timers that kill or give up on a child (its start timeout,
@@ -69,7 +71,7 @@ from typing import Any
 
 from loguru import logger
 
-from moorage.actors.runtime import Actor
+from moorage.actors.runtime import Actor, last_words
 from moorage.actors.runtime.beat import stopped
 from moorage.actors.runtime.logs import CONSOLE
 from moorage.actors.runtime.outbound import Outbound
@@ -1087,13 +1089,56 @@ class Supervisor(Actor):
                                                 self._heartbeat)
 
     def _hung(self, child: Child) -> None:
+        """Kill a hung child, having first asked it for its last words (last_words.py): the
+        request its loop is stuck in, which its successor then refuses rather than run
+        again when the client resends it. Asked unless it is stopped (it could not answer)
+        or does not catch the signal; answered within ASK_S, or killed without them (its
+        loop stuck in a C call that holds the GIL). Not watched meanwhile (`kill_sent`):
+        one hang is one `hung` event and one kill."""
         misses = child.heartbeat.misses
-        logger.warning("{}: {} heartbeats unanswered; SIGKILL", child.id, misses)
         # The outage began at the last sign of life, not now: what a client saw.
         since = time.time() - max(0, time.monotonic_ns() - child.alive_at) / 1e9 \
             if child.alive_at else None
         child.down_since = since
-        self.event("hung", child, misses=misses, down_since=since)
         child.kill_reason = "missed heartbeats"
         child.kill_sent = True
-        child.signal(signal.SIGKILL)
+        pid, gen = child.pid, child.generation
+        if pid is None or child.stopped or stopped(pid) or not last_words.catches(pid) \
+                or not child.signal(last_words.LAST_WORDS_SIGNAL):
+            self._kill_hung(child, pid, misses, since, None)
+            return
+        asked = time.monotonic()
+
+        def look() -> None:
+            words = last_words.read(self.runtime_dir, child.id, pid)
+            if child.generation != gen or child.pid != pid:
+                # its exit was reported first: the event still tells of the hang
+                self._kill_hung(child, pid, misses, since, words, kill=False)
+            elif words is None and time.monotonic() - asked < last_words.ASK_S \
+                    and not child.stopped:
+                self.loop.call_later(last_words.POLL_S, look)
+            else:
+                self._kill_hung(child, pid, misses, since, words)
+
+        self.loop.call_later(last_words.POLL_S, look)
+
+    def _kill_hung(self, child: Child, pid: int | None, misses: int, since: float | None,
+                   words: dict[str, Any] | None, kill: bool = True) -> None:
+        """The `hung` event (naming the request its last words name) and the SIGKILL."""
+        said: dict[str, Any] = {}
+        request = words.get("request") if words is not None else None
+        if isinstance(request, dict):
+            said = {"op": request.get("op"), "client": request.get("sid"),
+                    "request_id": request.get("id"), "ran_ms": request.get("ran_ms")}
+        if words is not None:
+            said["stack"] = words.get("stack")
+        if "op" in said:
+            doing = (f" running {said['op']} for {said['ran_ms']} ms (client "
+                     f"{said['client']}, id {said['request_id']})")
+        else:
+            doing = " (no request on its loop)" if words is not None else " (no last words)"
+        logger.warning("{}: {} heartbeats unanswered{}; {}", child.id, misses, doing,
+                       "SIGKILL" if kill else "it died meanwhile")
+        self.event("hung", child, pid=pid, misses=misses, down_since=since, **said)
+        if kill:
+            child.signal(signal.SIGKILL)

@@ -170,6 +170,16 @@ class FakeActor(Actor):
             pass
         return {"burnt_ms": ms}
 
+    @op("fake.spin", args={"ms": int}, idempotent=True)
+    def spin(self, call: Call, ms: int) -> dict[str, Any]:
+        """Hold the loop for `ms` milliseconds in Python code (a request whose input makes
+        an op's work explode, on the loop): idempotent, so a client resends it to a
+        successor of an actor killed as hung."""
+        end = time.perf_counter() + ms / 1000
+        while time.perf_counter() < end:
+            pass
+        return {"spun_ms": ms, "pid": os.getpid()}
+
     @op("fake.custody", args={"keys": int, "fds": (int, 2)})
     def custody(self, call: Call, keys: int, fds: int) -> dict[str, Any]:
         """Leave `keys` entries of `fds` descriptors each with the supervisor (as a pty

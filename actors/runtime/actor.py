@@ -6,6 +6,9 @@ Request path, in order (each step answers and stops when it applies):
                                   run in that life: only its reply cache could tell)
   (sid, id) in the reply cache -> the cached reply, not run again
   same (sid, id) still running -> attached to the running call, answered with it
+  (sid, id) hung a predecessor -> internal (not idempotent: outcome_unknown), not run (its
+                                  last words, runtime/last_words.py: the request under way
+                                  is kept in `current` for them)
   pinned, and its reply may    -> outcome_unknown, not run (deadline passed, or the reply
     have been let go              cache let an entry go that a resend could still need)
   deadline passed              -> deadline_expired, not run
@@ -33,7 +36,7 @@ from typing import Any, Literal
 import zmq
 from loguru import logger
 
-from moorage.actors.runtime import trust
+from moorage.actors.runtime import last_words, trust
 from moorage.actors.runtime.heap import NOTE_MIN, HeapTrim
 from moorage.actors.runtime.loop import Loop, Timer
 from moorage.actors.runtime.registry import OpSpec, collect, op
@@ -240,6 +243,12 @@ class Actor:
         self.queue_limit = int(self.config.get("queue_limit", 1000))
         self.busy_retry_ms = int(self.config.get("busy_retry_ms", 50))
         self.pending: dict[tuple[str, int], Call] = {}
+        # The request whose handler runs on the loop now (None between handlers): what a
+        # hung actor names in its last words (runtime/last_words.py).
+        self.current: Call | None = None
+        # Requests a predecessor was killed as hung running: a resend of one is refused, not
+        # run again (read before the socket is bound: no request comes before it).
+        self.poisoned = last_words.take(self.runtime_dir, self.name, self.loop)
         self._held: dict[bytes, deque[list[bytes]]] = {}  # requests past a turn's budget
         self._held_count = 0
         self._serving_held = False
@@ -806,6 +815,11 @@ class Actor:
                     "busy", f"{req.op}: {MAX_ROUTES} copies of this call wait for it already",
                     retry_after_ms=self.busy_retry_ms))
             return
+        if self.poisoned and key in self.poisoned:  # it hung a predecessor: not run again
+            spec = self.ops.get(req.op)
+            self._refuse(route, req, last_words.refusal(
+                self.poisoned[key], self.name, self.category, spec is None or spec.idempotent))
+            return
         if pinned is not None and self._reply_may_be_gone(req):
             self._refuse(route, req, WireError.of(
                 "outcome_unknown", f"{req.op} may have run in this life of {self.name}, "
@@ -839,19 +853,23 @@ class Actor:
             err = WireError.of("unknown_op", f"{self.name} has no op {req.op!r}")
             self._finish(call, None, err)
             return
+        self.current = call
         try:
             kwargs = spec.bind(req.args)
             if req.attachments or spec.request_attachments[0]:
                 spec.check_attachments(len(req.attachments))
             result = spec.handler(call, **kwargs)
         except MoorageError as exc:
+            self.current = None
             self._finish(call, None, exc.error)
             return
         except Exception as exc:
+            self.current = None
             logger.exception("{} raised", req.op)
             self._finish(call, None, WireError.of(
                 "internal", f"{type(exc).__name__}: {exc}", category=self.category))
             return
+        self.current = None
         if result is DEFERRED:
             if not call.answered:
                 self.pending[key] = call
@@ -1045,6 +1063,7 @@ class Actor:
         # once, the root's ordered stop and the keeper's kill of its sessions' jobs undone.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        last_words.install(self)
         self.loop.set_primary(self.rpc, self.handle_batch, self.ctx, self.queue_limit * 2)
         self.loop.add_reader(self.pub_socket, self._on_pub_readable)
         self.loop.add_reader(self._pub_monitor, self._on_pub_monitor)
