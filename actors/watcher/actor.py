@@ -152,6 +152,7 @@ from moorage.actors.watcher.watches import CONFIG_HOLDER, Watches, wire_paths
 from moorage.actors.watcher.workers import Job, Workers
 from moorage.protocol.envelope import Packed
 from moorage.protocol.errors import Category, MoorageError, fail
+from moorage.protocol.limits import MAX_ID
 
 # --- the shapes of the answers ----------------------------------------------------------------
 CLOCK = tuple[str, int, int]  # [instance, epoch, seq] of the journal (journal.Clock)
@@ -378,7 +379,8 @@ class WatcherActor(Actor):
                 "length": int})
     def _op_read(self, call: Call, path: str, offset: int, length: int | None) -> Any:
         """Contents (one raw attachment) and stat; `stale` when served from the cache."""
-        if offset >= 0 and (length is None or length >= 0) and path:
+        # (an offset or length out of range is refused by FileService.read, as bad_args)
+        if 0 <= offset <= MAX_ID and (length is None or 0 <= length <= MAX_ID) and path:
             ans = self.files.read_cached(path, offset, length)
             if ans is not None:
                 return ans
@@ -483,7 +485,9 @@ class WatcherActor(Actor):
                 "clock": self.journal.clock().to_wire(),
                 "walk_core": snapshot.WALK_CORE,  # the tree walk: compiled or Python
                 "file_core": FILE_CORE,  # the file service's read and write: the same
-                "events_core": pipeline.EVENTS_CORE}  # a flush's packing: the same
+                "events_core": pipeline.EVENTS_CORE,  # a flush's packing: the same
+                # the resolutions remembered (confine.Roots: bounded in entries and bytes)
+                "resolve_memo": self.roots.memo_stats()}
 
     # --- pressure -------------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ again: if the stat tuple moved during the read (a writer was busy) the read is t
 retried as a transient error, so no caller gets half of one version and half of another. A
 read that still fails after the retries, while an earlier copy is cached, answers that copy
 with `stale: true` (the seed's "cache previous"). Reads over `max_read` bytes are refused
-with `file_too_large`: page them. On the loop a miss takes its bytes from the page cache only
-(preadv2 RWF_NOWAIT): a file not all in memory is read again on an `offload` worker, so a
-cold file on a slow disk never holds the loop.
+with `file_too_large`: page them. An offset or length outside [0, 2^53) (MAX_ID: what the
+protocol's ints carry exactly) is `bad_args` before anything is read. On the loop a miss
+takes its bytes from the page cache only (preadv2 RWF_NOWAIT): a file not all in memory is
+read again on an `offload` worker, so a cold file on a slow disk never holds the loop.
 A FIFO, device or socket is refused (`bad_args`, naming it) before it is opened; a file that
 reports no size (procfs) and yet has contents, or is read past its start, is read to its end
 within `max_read` on an `offload` worker (making /proc/kallsyms takes tens of ms, and a
@@ -26,15 +27,20 @@ and the write). `atomic` writes a temporary file beside the target, gives it the
 owner, group, extended attributes (those alone) and mode, fsyncs it, renames it over the
 target and fsyncs the directory, so a reader sees the old or the new file, never a mix. A
 target with other hard links, or whose owner, group or attributes the temporary cannot be
-given (another user's file), is written in place instead and fsynced, and the answer says
-`atomic: false`: a replacement would split the links or hand the file to the watcher's
-user. A write in place first reserves the room for its bytes (fallocate), so a disk without
-it answers `no_space` while the file is still as it was (a hard-linked file saved with
-`atomic` included), and a new file it made is removed; every `no_space` says whether the
-file is as it was (`_raise_for_room`). A new file's mode is the umask's. The version
-answered is the one the write made, taken from its own descriptor: a writer that changes
-the file before that look (its mtime) makes it the temporary's, which no file has, and then
-nothing is cached or told as ours.
+given (another user's file), or beside which no temporary may be made (a writable file in a
+directory the user may not write: EACCES, EPERM), is written in place instead and fsynced,
+and the answer says `atomic: false`: a replacement would split the links or hand the file to
+the watcher's user, and the save would fail where an editor's in-place save works. A write
+in place first reserves the room for its bytes (fallocate), so a disk without it answers
+`no_space` while the file is still as it was (a hard-linked file saved with `atomic`
+included), and a new file it made is removed; every `no_space` says whether the file is as
+it was (`_raise_for_room`). A new file's mode is the umask's. The version answered is the
+one the write made, taken from its own descriptor: a writer that changes the file before
+that look (its mtime) makes it the temporary's, which no file has, and then nothing is
+cached or told as ours.
+A path whose last name is empty or `.` (`f.txt/`) names a directory, as the kernel reads it:
+fs.write of one is `not_a_directory` where a file is, `is_directory` where nothing is (EISDIR,
+as open(2) says of such a creation) or a directory is, and writes nothing.
 `if_match` is the etag the caller last saw ("" = must not exist): anything else is a
 `conflict`, checked again just before the rename. Both the temporary and the target are
 reported to `on_self_write` so the watcher can tag the events they cause `origin: self`. A
@@ -88,7 +94,7 @@ from moorage.actors.watcher.retry import Attempts, Pending, RetryPolicy, Schedul
 from moorage.actors.watcher.workers import Offload
 from moorage.protocol.envelope import Packed, packb
 from moorage.protocol.errors import MoorageError, fail
-from moorage.protocol.limits import MAX_MESSAGE_SIZE
+from moorage.protocol.limits import MAX_ID, MAX_MESSAGE_SIZE
 
 TMP_MARK = ".moorage-"
 _SPECIAL = {stat_mod.S_IFIFO: "fifo", stat_mod.S_IFCHR: "character device",
@@ -174,6 +180,26 @@ def _tmp_name(name: str) -> str:
     return f".{base}{TMP_MARK}{secrets.token_hex(4)}.tmp"
 
 
+def _names_a_directory(path: str) -> bool:
+    """Does `path` end in a name that makes it a directory's (`f.txt/`, `f.txt/.`)? The
+    kernel takes such a path for a directory, whatever realpath makes of it."""
+    last = path.rpartition("/")[2]
+    return not last or last == "."
+
+
+def _refuse_directory_name(real: str) -> NoReturn:
+    """The error of a write to a path that names a directory (`_names_a_directory`), `real`
+    what it resolved to: as open(2) answers it, ENOTDIR where a file (or anything but a
+    directory) is, EISDIR where a directory or nothing is (a file is never made)."""
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat_mod.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory (the path ends in '/')", real)
+    raise IsADirectoryError(errno.EISDIR, "Is a directory (the path ends in '/')", real)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -190,6 +216,8 @@ _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int6
 _fallocate.restype = ctypes.c_int
 _CANNOT_RESERVE = (errno.EOPNOTSUPP, errno.ENOSYS)
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+# What refuses an atomic write its temporary while the file may still be written in place.
+_NO_TEMPORARY = (errno.EACCES, errno.EPERM)
 
 
 def _reserve(fd: int, size: int) -> None:
@@ -388,10 +416,14 @@ def _replace(dfd: int, path: str, tmp: str, name: str, data: bytes,
     which changes only its ctime): an editor that writes the new file in place before our
     look changes its mtime, and then the version answered is the temporary's, which no file
     has (an if_match with it is a conflict), and nothing is cached or claimed. None: it
-    cannot be given the file's owner or attributes (`_give_owner`, `_give_xattrs`)."""
+    cannot be given the file's owner or attributes (`_give_owner`, `_give_xattrs`), or,
+    the file being there, no temporary may be made beside it (EACCES, EPERM: a directory
+    the user may not write, where the file itself may be writable)."""
     try:
         fd = _open_tmp(dfd, tmp, cur is None)
     except OSError as exc:
+        if cur is not None and exc.errno in _NO_TEMPORARY:
+            return None
         _raise_for_room(exc, path, unchanged=True)
     renamed = False
     try:
@@ -603,8 +635,10 @@ class FileService:
         return True
 
     def read(self, path: str, offset: int = 0, length: int | None = None) -> Pending:
-        if offset < 0 or (length is not None and length < 0):
-            raise fail("bad_args", "offset and length must be >= 0")
+        if not 0 <= offset <= MAX_ID or (length is not None and not 0 <= length <= MAX_ID):
+            # (past 2^63 a pread overflows, and no reply could carry such an offset exactly)
+            raise fail("bad_args", f"offset and length must be in [0, {MAX_ID}]",
+                       detail={"offset": offset, "length": length, "max": MAX_ID})
         absolute = self.roots.absolute(path)
         self.cache.misses += 1
         if self._on_slow_fs(absolute):
@@ -894,7 +928,11 @@ class FileService:
         write in place with no if_match and no sweep is one compiled call where this process
         has it (`FILE_CORE`), which leaves the rest (see _cfile.c) to this. An atomic write
         of a file with other hard links, or whose owner, group or extended attributes its
-        replacement could not be given, is made in place (`atomic` false in the answer)."""
+        replacement could not be given, or beside which no temporary may be made, is made in
+        place (`atomic` false in the answer). A `path` that names a directory (`f.txt/`:
+        `_names_a_directory`) writes nothing."""
+        if _names_a_directory(path):
+            _refuse_directory_name(os.path.join(parent, name))
         if (tmp is None and if_match is None and live is None and _write_plain is not None
                 and self.roots.opens_without_symlinks):
             try:

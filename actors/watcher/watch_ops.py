@@ -45,7 +45,7 @@ from moorage.actors.watcher.mounts import pseudo_refusal
 from moorage.actors.watcher.observer import ObserverManager, Placement
 from moorage.actors.watcher.retry import FS_ERRORS, os_error
 from moorage.actors.watcher.snapshot import Index, Stat
-from moorage.actors.watcher.watches import Watch, wire_paths
+from moorage.actors.watcher.watches import Watch, check_exclude, wire_paths
 from moorage.actors.watcher.workers import Job
 from moorage.protocol.errors import Category, MoorageError, WireError, fail
 
@@ -99,6 +99,7 @@ class WatchOps:
         published on fs.event."""
         self._need_watching()
         excl = tuple(exclude or ())
+        check_exclude(excl)  # (bounded before the path costs anything, or a pattern compiles)
         if not self.w.roots.on_slow(self.w.roots.absolute(path)):
             return self._watch(call, path, self._checked(path), recursive, excl)
 

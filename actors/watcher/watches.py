@@ -5,9 +5,12 @@ at least one watch covers its path, and names those watches. Patterns are globs 
 also crosses `/`): one without a `/` matches any path component below the watch (so
 `node_modules` or `*.log` exclude at any depth), one with a `/` matches the path relative to
 the watch or one of its ancestors (`.git/objects` excludes that directory and everything in
-it). Overlapping watches are observed once: a recursive watch makes every watch below it
-free. A directory that no watch needs (`needs`: inside a subtree every watch over it excludes)
-gets no inotify watch at all.
+it). A watch has at most MAX_PATTERNS of them, each of at most MAX_PATTERN_CHARS characters
+and MAX_EXCLUDE_CHARS in all: they are compiled on the loop, where fnmatch takes seconds for
+a pattern of a few thousand `[` (fs.list's glob and fs.query's globs are bounded alike).
+Overlapping watches are observed once: a recursive watch makes every watch below it free. A
+directory that no watch needs (`needs`: inside a subtree every watch over it excludes) gets
+no inotify watch at all.
 
 A watch is shared: an fs.watch of a directory already watched (the same path, recursive and
 exclude) answers the same watch. So that one client's fs.unwatch does not end another's, each
@@ -27,10 +30,14 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+from loguru import logger
+
 from moorage.actors.watcher.snapshot import wire_fields, wire_items
 from moorage.protocol.errors import MoorageError, fail
 
 MAX_PATTERNS = 64
+MAX_PATTERN_CHARS = 256  # one exclude pattern (as fs.list's glob: listing.MAX_GLOB_CHARS)
+MAX_EXCLUDE_CHARS = 1024  # a watch's patterns together (as fs.query's: query.MAX_GLOB_CHARS)
 # Watches a watcher holds at most: each event with excludes is matched against every one,
 # and each watch added or removed recomputes what to observe. One more is refused
 # (resource_exhausted) until one is removed; the watches are saved, so a restart keeps them.
@@ -166,8 +173,7 @@ class Watches:
 
     def add(self, path: str, recursive: bool, exclude: list[str] | tuple[str, ...],
             wid: str | None = None) -> Watch:
-        if len(exclude) > MAX_PATTERNS or not all(isinstance(p, str) and p for p in exclude):
-            raise fail("bad_args", f"exclude: at most {MAX_PATTERNS} non-empty strings")
+        check_exclude(exclude)
         if wid is None and len(self.by_id) >= MAX_WATCHES:
             raise fail("resource_exhausted", f"fs.watch: {MAX_WATCHES} watches are held "
                        "(the most); remove one first")
@@ -235,13 +241,32 @@ class Watches:
             try:
                 w = self.add(spec["path"], bool(spec["recursive"]), tuple(spec["exclude"]),
                              wid=str(spec["id"]))
-            except (KeyError, TypeError, MoorageError):
-                continue  # a saved watch we cannot read back is dropped, not fatal
+            except (KeyError, TypeError, MoorageError) as exc:
+                # (a saved watch we cannot read back is dropped, not fatal)
+                logger.warning("watcher: saved watch {!r:.300} dropped: {}", spec, exc)
+                continue
             holders = spec.get("holders", ())
             if isinstance(holders, (list, tuple)):
                 for sid in [h for h in holders if isinstance(h, str)][-MAX_HOLDERS:]:
                     w.hold(sid)
         self.next_id = max(int(doc.get("next_id", 1)), self.next_id)
+
+
+def check_exclude(exclude: list[str] | tuple[str, ...]) -> None:
+    """`bad_args` unless `exclude` is at most MAX_PATTERNS non-empty strings, each of at
+    most MAX_PATTERN_CHARS characters and MAX_EXCLUDE_CHARS in all: checked before any is
+    compiled (module docstring)."""
+    if len(exclude) > MAX_PATTERNS or not all(isinstance(p, str) and p for p in exclude):
+        raise fail("bad_args", f"exclude: at most {MAX_PATTERNS} non-empty strings",
+                   detail={"max": MAX_PATTERNS})
+    longest = max(map(len, exclude), default=0)
+    if longest > MAX_PATTERN_CHARS:
+        raise fail("bad_args", f"exclude: a pattern of {longest} characters; at most "
+                   f"{MAX_PATTERN_CHARS} each", detail={"max": MAX_PATTERN_CHARS})
+    total = sum(map(len, exclude))
+    if total > MAX_EXCLUDE_CHARS:
+        raise fail("bad_args", f"exclude: {total} characters in all; at most "
+                   f"{MAX_EXCLUDE_CHARS}", detail={"max": MAX_EXCLUDE_CHARS})
 
 
 def under_any(path: str, dirs: AbstractSet[str]) -> bool:
