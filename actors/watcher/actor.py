@@ -18,7 +18,9 @@ in silence.
                                                 ctime_ns, ino, dev, mode,
                                                 etag}
   fs.list     {path, recursive?=false, glob?}  {path, entries: [{name, type,  not_a_directory
-                                                size, mtime_ns}], truncated}  not_found forbidden
+                                                size, mtime_ns}], truncated,  not_found forbidden
+                                                unreadable?,
+                                                unreadable_more?}
   fs.watch    {path, recursive?=true,          {watch, path, recursive,       not_a_directory busy
                exclude?}                        exclude, holders, via,        resource_exhausted
                                                 clock}                        bad_args (pseudo
