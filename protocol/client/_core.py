@@ -663,7 +663,7 @@ class ClientCore:
         except LookupError as exc:
             raise MoorageError(WireError.of("bad_args", str(exc))) from None
         secure_client(sock, self.remote.server_key, self.remote.client, endpoint)
-        sock.setsockopt(zmq.SNDTIMEO, 0)  # see sync._send
+        sock.setsockopt(zmq.SNDTIMEO, 0)  # see aio._raise_failure
         return endpoint
 
     def failed(self, exc: MoorageError, key_refused: bool) -> MoorageError:

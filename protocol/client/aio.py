@@ -2,6 +2,11 @@
 
 Any number of calls may be in flight at once from one task or many; a reader task per actor
 hands each reply to the call that owns its id.
+
+No call waits on its send: a request the socket has no room for (its SNDHWM reached, toward
+an actor that reads nothing) is sent when room comes while its attempt waits for a reply,
+and when that wait ends its send is cancelled, never made after (as the blocking client's,
+sync.py).
 """
 
 from __future__ import annotations
@@ -55,14 +60,44 @@ class _Dropped:
         self.generation = generation
 
 
-async def _send(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
-    """Queue a request. A remote (tcp) socket has SNDTIMEO 0 and raises Again at once after
-    the tree refused its key (libzmq then keeps no queue for it): the attempt then times out
-    and ends as its plan says (sync._send)."""
-    try:
-        await sock.send_multipart(frames)
-    except zmq.Again:
-        pass
+class _Queued:
+    """A send that waited for room is over (`sending`: sent, or failed)."""
+
+    __slots__ = ("sending",)
+
+    def __init__(self, sending: asyncio.Future) -> None:
+        self.sending = sending
+
+
+def _send(sock: zmq.asyncio.Socket, frames: list[bytes], inbox: asyncio.Queue
+          ) -> asyncio.Future | None:
+    """Queue a request: None once it is queued, else its send, waiting for room in the
+    socket (its SNDHWM reached), which tells `inbox` (_Queued) when it is over. The call does
+    not wait on it, only for its reply (or room) until its attempt's wait ends, and then
+    cancels it: pyzmq drops a cancelled send from the socket's queue, so it is never made
+    after. A message goes whole or not at all (libzmq takes the later frames of one whose
+    first it took)."""
+    sending = sock.send_multipart(frames)
+    if sending.done():
+        _raise_failure(sending)
+        return None
+    sending.add_done_callback(lambda f: f.cancelled() or inbox.put_nowait(_Queued(f)))
+    return sending
+
+
+def _raise_failure(sending: asyncio.Future) -> None:
+    """Raise what a send ended with, but Again: a remote (tcp) socket has SNDTIMEO 0 and
+    fails it when the tree refused its key (libzmq then keeps no queue for it); the attempt
+    then times out and ends as its plan says (sync._send)."""
+    error = sending.exception()
+    if error is not None and not isinstance(error, zmq.Again):
+        raise error
+
+
+def _cancel(sending: asyncio.Future | None) -> None:
+    """The attempt's wait is over: a send still waiting for room is never made."""
+    if sending is not None:
+        sending.cancel()
 
 
 class _AConn:
@@ -199,10 +234,11 @@ class AsyncClient(FromConnectionFile):
         rid = plan.id  # the id its replies come under
         conn.waiters[rid] = inbox
         sent_in = conn.generation  # the connection the last send went out on
+        sending: asyncio.Future | None = None  # the attempt's send, while it waits for room
         try:
             verdict: Done | Wait | Resend = plan.start(time.monotonic())
             if isinstance(verdict, Wait):
-                await _send(conn.sock, plan.frames)
+                sending = _send(conn.sock, plan.frames, inbox)
             while True:
                 if isinstance(verdict, Done):
                     if verdict.error is not None:
@@ -210,6 +246,8 @@ class AsyncClient(FromConnectionFile):
                     assert verdict.reply is not None
                     return verdict.reply
                 if isinstance(verdict, Resend):
+                    _cancel(sending)  # (that attempt is over)
+                    sending = None
                     if verdict.delay > 0:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._closed.wait(), verdict.delay)
@@ -223,7 +261,7 @@ class AsyncClient(FromConnectionFile):
                             conn.waiters.pop(rid, None)
                             rid = plan.id
                             conn.waiters[rid] = inbox
-                        await _send(conn.sock, plan.frames)
+                        sending = _send(conn.sock, plan.frames, inbox)
                     continue
                 if conn.key_refused:  # (the tree does not take this key: no reply can come)
                     verdict = plan.on_refused(time.monotonic())
@@ -234,14 +272,24 @@ class AsyncClient(FromConnectionFile):
                         # (with a timeout of 0, wait_for gives up before get() has run)
                         item = await asyncio.wait_for(inbox.get(), max(0.0, left))
                     except TimeoutError:
+                        _cancel(sending)
+                        sending = None
                         verdict = plan.on_timeout(time.monotonic())
                         continue
                 else:
                     item = inbox.get_nowait()
+                if type(item) is _Queued:
+                    if item.sending is not sending:  # an earlier attempt's: of no use now
+                        item.sending.exception()  # (its failure, if any, is not raised)
+                        continue
+                    sending = None
+                    _raise_failure(item.sending)
+                    continue
                 if type(item) is _Dropped:
-                    if item.generation <= sent_in:
-                        # Dropped before the last send: not under it. The epoch it was
-                        # pinned to (if any) may be the life that drop ended.
+                    if item.generation <= sent_in or sending is not None:
+                        # Dropped before the last send (or before a send that waits for
+                        # room yet): not under it. The epoch it was pinned to (if any) may be
+                        # the life that drop ended.
                         verdict = plan.unpin(verdict, time.monotonic())
                         continue
                     verdict = plan.on_disconnect(time.monotonic())
@@ -257,6 +305,7 @@ class AsyncClient(FromConnectionFile):
                     continue
                 verdict = plan.on_reply(item, time.monotonic())
         finally:
+            _cancel(sending)
             conn.waiters.pop(rid, None)
 
     async def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:

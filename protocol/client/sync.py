@@ -1,6 +1,12 @@
 """The blocking client: one DEALER per actor, one call at a time (plus `pipeline`).
 
 Not thread-safe: give each thread its own `Client` (ZeroMQ sockets belong to one thread).
+
+No send blocks. A DEALER at its SNDHWM (an actor that reads nothing: stopped, or far behind a
+pipeline) would hold a blocking send for as long as the actor does, past any deadline: a
+request the socket has no room for is kept, and sent when room comes (POLLOUT) while its
+attempt waits for a reply; when that wait ends it is dropped unsent, and the call ends as an
+attempt with no reply does (PROTOCOL.md section 10), as in the TypeScript and Rust clients.
 """
 
 from __future__ import annotations
@@ -35,23 +41,27 @@ from moorage.protocol.errors import MoorageError
 from moorage.protocol.monitor import recv_event
 from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
-from moorage.protocol.wire import readable, send_frames, try_recv
+from moorage.protocol.wire import NOBLOCK, readable, send_frames, try_recv
 
 # A waiting call blocks in recv for at most this long before it looks at the connection's
 # monitor: a blocking recv is the cheapest way to wait for a reply (no poll call), and the
 # slice bounds how late a disconnect (the actor died) is noticed.
 WAIT_SLICE_MS = 10
+_POLL_BOTH = zmq.POLLIN | zmq.POLLOUT
 _monotonic = time.monotonic
 
 
-def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
-    """Queue a request. A remote (tcp) socket never blocks here (SNDTIMEO 0): after the tree
-    refused its key, libzmq keeps no queue for it, and the attempt then times out and ends
-    as its plan says instead of hanging in send."""
+def _send(sock: zmq.Socket, frames: list[bytes]) -> list[bytes] | None:
+    """Queue a request without waiting: None once it is queued, else `frames`, which the
+    socket has no room for now (its SNDHWM reached; or, over tcp, a peer that refused our key,
+    for which libzmq keeps no queue). The caller sends them when the socket has room, until
+    its attempt's wait ends (module docstring). A message goes whole or not at all: libzmq
+    takes the later frames of one whose first it took, so nothing is ever sent in part."""
     try:
-        send_frames(sock, frames)
+        send_frames(sock, frames, NOBLOCK)
     except zmq.Again:
-        pass
+        return frames
+    return None
 
 
 def _answer(frames: list[bytes], plan: CallPlan) -> Done | Resend | None:
@@ -69,10 +79,11 @@ def _answer(frames: list[bytes], plan: CallPlan) -> Done | Resend | None:
     return plan.on_reply(reply, _monotonic())
 
 
-def _dropped_at_send(plan: CallPlan, verdict: Wait) -> Wait | Resend | Done:
+def _dropped_at_send(plan: CallPlan, verdict: Wait, unsent: bool) -> Wait | Resend | Done:
     """A drop told right after `plan` was sent: it may be older than the send, or may have
-    taken it along (see Client.request)."""
-    if plan.idempotent or plan.resumable:
+    taken it along (see Client.request). A request the socket had no room for (`unsent`) is
+    not on its way yet: the drop is older than its send, whenever that is."""
+    if (plan.idempotent or plan.resumable) and not unsent:
         return plan.on_disconnect(_monotonic())
     return plan.unpin(verdict, _monotonic())
 
@@ -85,6 +96,8 @@ class _Conn:
         self.sock.setsockopt(zmq.RCVTIMEO, WAIT_SLICE_MS)
         self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
+        # The request of the attempt waiting now, while the socket has no room for it (_send)
+        self.unsent: list[bytes] | None = None
 
     def disconnected(self) -> bool:
         """Did the actor's connection drop since we last looked? (The caller tells the core,
@@ -165,7 +178,7 @@ class Client(FromConnectionFile):
         verdict: Done | Wait | Resend = plan.start(plan.started)
         conn = self._conns.get(actor) or self._conn(actor, op)
         if isinstance(verdict, Wait):
-            _send(conn.sock, plan.frames)
+            conn.unsent = _send(conn.sock, plan.frames)
             # Drops told before now. Looked at once the request is on its way, not before:
             # the look (a system call in libzmq) then overlaps the actor's work instead of
             # delaying the send (P1's p50: 3.5-6 µs less). A drop told here may be older than
@@ -179,11 +192,13 @@ class Client(FromConnectionFile):
             # taken before the send, may name a life the drop ended: it is not pinned.
             if conn.disconnected():
                 self.core.dropped(actor)
-                verdict = _dropped_at_send(plan, verdict)
+                verdict = _dropped_at_send(plan, verdict, conn.unsent is not None)
         while True:
             if isinstance(verdict, Wait):
                 verdict = self._wait(conn, plan, verdict.until)
             elif isinstance(verdict, Done):
+                # (what it could not send is dropped: each attempt sets its own, _wait sends)
+                conn.unsent = None
                 if verdict.error is not None:
                     raise self.core.failed(verdict.error, conn.key_refused)
                 assert verdict.reply is not None
@@ -191,20 +206,30 @@ class Client(FromConnectionFile):
             else:
                 if verdict.delay > 0:
                     time.sleep(verdict.delay)
+                conn.unsent = None  # (that attempt is over)
                 verdict = plan.resend(_monotonic())
                 if isinstance(verdict, Wait):
-                    _send(conn.sock, plan.frames)
+                    conn.unsent = _send(conn.sock, plan.frames)
                     # As at the first send: a drop told now may be older than the resend
                     # (the actor was replaced while the call waited out a `busy`), and the
                     # resend then runs on the successor.
                     if conn.disconnected():
                         self.core.dropped(actor)
-                        verdict = _dropped_at_send(plan, verdict)
+                        verdict = _dropped_at_send(plan, verdict, conn.unsent is not None)
 
     def _wait(self, conn: _Conn, plan: CallPlan, until: float) -> Done | Wait | Resend:
         sock = conn.sock
         while True:
-            frames = try_recv(sock, 0)  # (blocks for WAIT_SLICE_MS at most)
+            if conn.unsent is None:
+                frames = try_recv(sock, 0)  # (blocks for WAIT_SLICE_MS at most)
+            else:
+                # No room for the request yet: room or a reply (to an earlier attempt) is
+                # waited for, a slice at a time, as a reply is.
+                slice_ms = max(1, min(WAIT_SLICE_MS, int((until - _monotonic()) * 1000)))
+                events = sock.poll(slice_ms, _POLL_BOTH)
+                if events & zmq.POLLOUT:
+                    conn.unsent = _send(sock, conn.unsent)
+                frames = try_recv(sock) if events & zmq.POLLIN else None
             if frames is not None:
                 verdict = _answer(frames, plan)
                 if verdict is not None:
@@ -225,6 +250,8 @@ class Client(FromConnectionFile):
                         self.core.dropped(plan.actor)
                         return verdict
                 self.core.dropped(plan.actor)
+                if conn.unsent is not None:  # not on its way: the drop is older than its send
+                    return plan.unpin(Wait(until), now)
                 return plan.on_disconnect(now)
             if conn.key_refused:  # (the tree does not take this key: no reply can come)
                 return plan.on_refused(now)
@@ -264,7 +291,8 @@ class Client(FromConnectionFile):
         idempotent: bool | None = None,
     ) -> list[Any]:
         """Many calls with up to `window` in flight; results (or MoorageError instances) in
-        call order."""
+        call order. No send blocks: what the socket has no room for is sent as room comes,
+        in order, until its call's deadline (module docstring)."""
         if self.core.should_learn(actor, "", idempotent):
             self.learn_ops(actor, timeout)
         conn = self._conn(actor, "pipeline")
@@ -275,9 +303,23 @@ class Client(FromConnectionFile):
         # Calls refused `busy` or `stopping`: when each is sent again (its back-off, or the
         # actor's retry_after_ms, as for a single call). Not in flight meanwhile.
         due: dict[int, float] = {}
+        # Requests the socket had no room for yet (its SNDHWM reached), in the order they were
+        # made: not in flight, so a drop is not theirs; dropped unsent when their call ends.
+        unsent: dict[int, CallPlan] = {}
         results: list[Any] = []
         index = 0
         exhausted = False
+
+        def send(p: CallPlan) -> None:
+            # (behind those waiting already: the calls go out in the order they were made)
+            if unsent or _send(conn.sock, p.frames) is not None:
+                unsent[p.id] = p
+
+        def send_unsent() -> None:
+            for rid, p in list(unsent.items()):
+                if _send(conn.sock, p.frames) is not None:
+                    return
+                del unsent[rid]
 
         def take_replies() -> None:
             while (frames := try_recv(conn.sock)) is not None:
@@ -291,6 +333,7 @@ class Client(FromConnectionFile):
                     self.core.late_reply(actor, now)
                     continue
                 i, p = entry
+                unsent.pop(reply.id, None)  # (answered: an earlier copy of it was sent)
                 v = p.on_reply(reply, now)
                 if isinstance(v, Resend):
                     if p.id != reply.id:  # resent as a new request (_core.RENEWED)
@@ -309,7 +352,7 @@ class Client(FromConnectionFile):
                 i, p = plans[rid]
                 v = p.resend(now)
                 if isinstance(v, Wait):
-                    _send(conn.sock, p.frames)
+                    send(p)
                 else:
                     results[i] = v.error
                     del plans[rid]
@@ -328,7 +371,7 @@ class Client(FromConnectionFile):
                     results[index] = v.error
                 else:
                     plans[plan.id] = (index, plan)
-                    _send(conn.sock, plan.frames)
+                    send(plan)
                 index += 1
             if not plans:
                 return results
@@ -343,7 +386,7 @@ class Client(FromConnectionFile):
                 self.core.dropped(actor)
                 now = time.monotonic()
                 for rid, (i, p) in list(plans.items()):
-                    if rid in due:  # not in flight: its resend goes to whoever is there then
+                    if rid in due or rid in unsent:  # not in flight: sent to whoever is there
                         continue
                     v = p.on_disconnect(now)
                     if isinstance(v, Resend):
@@ -352,9 +395,14 @@ class Client(FromConnectionFile):
                         results[i] = v.error
                         del plans[rid]
                     else:
-                        _send(conn.sock, p.frames)
+                        send(p)
                 continue
-            if left <= 0 or not conn.sock.poll(max(1, min(int(left * 1000), WAIT_SLICE_MS))):
+            events = 0 if left <= 0 else conn.sock.poll(
+                max(1, min(int(left * 1000), WAIT_SLICE_MS)),
+                _POLL_BOTH if unsent else zmq.POLLIN)
+            if events & zmq.POLLOUT:
+                send_unsent()
+            if not events & zmq.POLLIN:
                 now = time.monotonic()
                 for rid, (i, p) in list(plans.items()):
                     if p.deadline <= now:
@@ -363,6 +411,7 @@ class Client(FromConnectionFile):
                             results[i] = v.error
                             del plans[rid]
                             due.pop(rid, None)
+                            unsent.pop(rid, None)
                 continue
             take_replies()
 
