@@ -33,6 +33,7 @@ from moorage.protocol.client.connection import read_connection_file
 from moorage.protocol.remote import LISTEN_FILE, remove_plan, unbindable, write_plan
 from moorage.supervisor.lifecycle import LifecycleOptions, remove_connection_file
 from moorage.supervisor.remote import listen_plan
+from moorage.supervisor.runtime_files import still_ours
 from moorage.supervisor.spec import SupervisorSpec, parse_tree
 from moorage.supervisor.zygote import (
     INSTANCE_ENV,
@@ -268,14 +269,21 @@ def run_root(doc: dict[str, Any], spec: SupervisorSpec, runtime_dir: Path,
         sup.serve()
         return sup.exit_code, sup.escalation or sup.failed_start or sup.stop_cause
     finally:
-        remove_connection_file(runtime_dir)
-        remove_plan(runtime_dir)
-        remove_stale_sockets(runtime_dir, tree_names(spec))
-        # the tree ended: what its actors kept for successors names nothing now (exec records
-        # too: an actor drops only those it wrote itself, not a killed predecessor's)
-        remove_successor_records(runtime_dir)
-        with contextlib.suppress(OSError):
-            (runtime_dir / endpoints.LOCK_FILE).unlink()
+        # (only while they are this tree's: a lock of another inode there is another tree's,
+        # started once ours was removed, and so are the files beside it: runtime_files)
+        if still_ours(runtime_dir, lock_fd):
+            remove_connection_file(runtime_dir)
+            remove_plan(runtime_dir)
+            remove_stale_sockets(runtime_dir, tree_names(spec))
+            # the tree ended: what its actors kept for successors names nothing now (exec
+            # records too: an actor drops only those it wrote itself, not a killed
+            # predecessor's)
+            remove_successor_records(runtime_dir)
+            with contextlib.suppress(OSError):
+                (runtime_dir / endpoints.LOCK_FILE).unlink()
+        else:
+            logger.warning("{}: another tree's lock stands there now; its files are left to it",
+                           runtime_dir)
         os.close(lock_fd)
 
 

@@ -76,7 +76,7 @@ from moorage.actors.runtime.beat import stopped
 from moorage.actors.runtime.logs import CONSOLE
 from moorage.actors.runtime.outbound import Outbound
 from moorage.protocol.errors import WireError
-from moorage.supervisor import sdnotify
+from moorage.supervisor import runtime_files, sdnotify
 from moorage.supervisor.children import Child, ChildState, new_child
 from moorage.supervisor.control import ControlOps
 from moorage.supervisor.custody import Custodian
@@ -225,6 +225,14 @@ class Supervisor(Actor):
             cb()
         if self.notify is not None:
             self.notify.send("READY=1", f"STATUS=moorage tree up ({len(self.children)} children)")
+        if self.root:
+            self._keep_files()
+
+    def _keep_files(self) -> None:
+        """The instance's files kept from tmp cleaners (runtime_files), now and every
+        KEEP_EVERY_S."""
+        runtime_files.keep(self.runtime_dir)
+        self.loop.call_later(runtime_files.KEEP_EVERY_S, self._keep_files)
 
     def stop(self) -> None:
         """Stop every child in reverse start order (asks, waits, kills), then ourselves."""
