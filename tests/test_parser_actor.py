@@ -856,3 +856,19 @@ def test_in_a_tree_the_supervisors_fallback_turns_parsing_into_raw_passthrough(m
     reply = feed(tree.client, "t", 0, A)
     assert reply["events"] == [] and reply["mode"] == "raw_passthrough"
     assert tree.child("parser")["fallback"] == "raw_passthrough"
+
+
+def test_a_feed_that_would_take_a_stream_past_2_to_the_53_is_refused(parser, client):
+    """Offsets stay within the protocol's integers: a stream opened near 2^53 - 1 takes
+    feeds up to it, and a feed past it is `bad_args`, the stream left where it was (before, it
+    went past, and its answers carried offsets no client may send back)."""
+    top = (1 << 53) - 1
+    client.call("parser", "parse.open", {"stream": "edge", "offset": top - 4})
+    assert feed(client, "edge", top - 4, b"abcd")["offset"] == top
+    err = error(feed, client, "edge", top, b"e")
+    assert err.name == "bad_args" and "2^53" in str(err), err
+    err = error(client.call, "parser", "parse.feed",
+                {"stream": "edge", "offset": top, "inert": 1})
+    assert err.name == "bad_args", err
+    streams = client.call("parser", "parse.list")["streams"]
+    assert [s["offset"] for s in streams if s["stream"] == "edge"] == [top]

@@ -441,7 +441,7 @@ class ParserActor(Actor):
             raise fail("message_too_large", f"a feed carries at most "
                        f"{self.settings.max_feed_bytes} bytes, not {size}",
                        detail={"limit": self.settings.max_feed_bytes, "size": size})
-        s = self._fed_stream(call, stream, offset, create)
+        s = self._fed_stream(call, stream, offset, create, size)
         if s.last_feed == call.id:
             return self._resent(s)
         expected = s.parser.offset
@@ -485,11 +485,17 @@ class ParserActor(Actor):
             "offset": s.parser.offset, "mode": s.parser.mode.value, "skipped": skipped,
             "unparsed": unparsed, "buffered": s.parser.buffered_bytes()})
 
-    def _fed_stream(self, call: Call, stream: str, offset: int, create: bool) -> Stream:
-        """The stream a feed at `offset` goes on (opened by it at 0 with `create`), or the
-        error that says why there is none to go on."""
+    def _fed_stream(self, call: Call, stream: str, offset: int, create: bool,
+                    size: int) -> Stream:
+        """The stream a feed of `size` bytes at `offset` goes on (opened by it at 0 with
+        `create`), or the error that says why there is none to go on. A stream's offsets stay
+        within the protocol's integers: a feed that would take it past 2^53 - 1 is refused
+        (its answer's offset, and the next feed's, could not be sent)."""
         if not 0 <= offset <= limits.MAX_ID:
             raise fail("bad_args", f"offset must be in [0, 2^53), not {offset}")
+        if offset + size > limits.MAX_ID:
+            raise fail("bad_args", f"a feed of {size} bytes at {offset} would take the stream "
+                       "past offset 2^53 - 1", detail={"offset": offset, "size": size})
         s = self.table.get(call.sid, stream)
         if s is not None:
             self.table.touch(s)
@@ -513,7 +519,7 @@ class ParserActor(Actor):
         the stream reads markers only and holds nothing at its offset."""
         if not 0 < inert <= limits.MAX_ID:
             raise fail("bad_args", f"inert must be in (0, 2^53), not {inert}")
-        s = self._fed_stream(call, stream, offset, create)
+        s = self._fed_stream(call, stream, offset, create, inert)
         if s.last_feed == call.id:
             return self._resent(s)
         expected = s.parser.offset
