@@ -288,6 +288,16 @@ def client(runtime_dir: Path) -> Iterator[Client]:
 # --- a whole tree, started by the CLI ----------------------------------------------------------
 
 
+# What starts `moorage up` with SIGINT and SIGHUP at their defaults whatever ran the tests:
+# pytest-xdist's workers ignore both, and `nohup` SIGHUP, and a root keeps a stop signal it
+# started with ignored (as `nohup moorage up` asks): a test that stops a tree by one of them
+# starts it through this.
+WITH_STOP_SIGNALS = [sys.executable, "-c",
+                     "import os, signal, sys\n"
+                     "for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n"
+                     "os.execv(sys.argv[1], sys.argv[1:])"]
+
+
 class Tree:
     """`moorage up` in a subprocess on a test config, with a client and the event stream."""
 

@@ -24,7 +24,14 @@ import pytest
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.common import tree_pid
-from tests.conftest import ROOT, assert_all_gone, descendants, kill_instance, running
+from tests.conftest import (
+    ROOT,
+    WITH_STOP_SIGNALS,
+    assert_all_gone,
+    descendants,
+    kill_instance,
+    running,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -80,12 +87,6 @@ def instance(runtime_dir: Path) -> Iterator[Path]:
 # The command run with SIGINT and SIGHUP at their defaults, as an editor starts it: `up` leaves
 # an ignored stop signal ignored (a job started under nohup), and a test runner's worker may
 # run with them ignored (pytest-xdist's do), which every child inherits through exec.
-WITH_STOP_SIGNALS = [sys.executable, "-c",
-                     "import os, signal, sys\n"
-                     "for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n"
-                     "os.execv(sys.argv[1], sys.argv[1:])"]
-
-
 class Up:
     """`moorage up ...` as an editor starts it: stdout a pipe it reads the line from, in a
     session of its own (so a signal reaches it alone, and the clean-up takes all it made);

@@ -14,7 +14,13 @@ import pytest
 
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
-from tests.conftest import assert_all_gone, descendants, pid_running, wait_pid_exit
+from tests.conftest import (
+    WITH_STOP_SIGNALS,
+    assert_all_gone,
+    descendants,
+    pid_running,
+    wait_pid_exit,
+)
 from tests.terminal_support import env_for, make_home, terminal_tree
 from tests.waiting import wait_for
 
@@ -186,8 +192,11 @@ def test_a_hang_up_stops_the_tree_in_order_and_leaves_no_process_of_any_session(
         make_tree, tmp_path, whom):
     """SIGHUP to `moorage up`'s process group (the terminal it ran in closed) or to the root
     alone is a stop, as SIGTERM is: the root stops its children, the keeper kills its
-    sessions' jobs, the runtime dir is left clean, and the exit is not a death by signal."""
-    tree = make_tree(TREE).start()
+    sessions' jobs, the runtime dir is left clean, and the exit is not a death by signal.
+    (Started with SIGHUP at its default: one ignored at the start stays ignored.)"""
+    tree = make_tree(TREE)
+    tree.launcher = WITH_STOP_SIGNALS
+    tree.start()
     _, shell, job = start_stubborn_job(tree.client, tmp_path)
     procs = [*session_processes(shell), psutil.Process(tree.pid), *descendants(tree.pid)]
     try:

@@ -1062,7 +1062,10 @@ class Actor:
         # group) is a stop like the others: its default action would end the process at
         # once, the root's ordered stop and the keeper's kill of its sessions' jobs undone.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+            # One ignored from the start stays so: the root of `nohup moorage up` (a child
+            # starts from the defaults: the zygote's fork resets them)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._on_signal)
         last_words.install(self)
         self.loop.set_primary(self.rpc, self.handle_batch, self.ctx, self.queue_limit * 2)
         self.loop.add_reader(self.pub_socket, self._on_pub_readable)

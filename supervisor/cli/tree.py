@@ -40,8 +40,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     """Stop the tree and wait for its root to be gone; a tree that is not running is already
     where `down` would put it (0, as `systemctl stop` of a stopped unit), once what a root
     that died (SIGKILL) left is removed. A root that does not answer (wedged, stopped) gets
-    SIGTERM, then SIGKILL, through a pidfd: never a process that reused its pid. Its
-    children follow it (PR_SET_PDEATHSIG)."""
+    SIGTERM, then SIGKILL, through a pidfd: never a process that reused its pid; so does
+    one that cannot be reached (its socket gone) or that refuses. Its children follow it
+    (PR_SET_PDEATHSIG)."""
     pid = tree_pid(args.runtime_dir)
     if pid is None:
         print(f"moorage: not running ({args.runtime_dir})")
@@ -58,11 +59,15 @@ def cmd_down(args: argparse.Namespace) -> int:
             with Client(args.runtime_dir, timeout=args.timeout) as c:
                 c.call("supervisor", "sup.stop")
         except MoorageError as exc:
-            if exc.name in ("timeout", "outcome_unknown") and fd is not None:
-                # (as long to stop after SIGTERM as after an answer: a busy root's clean
-                # stop is not cut short)
+            if exc.name in ("stopping", "not_running"):  # (on its way down; gone)
+                pass
+            elif fd is not None:
+                # The lock names a live root that did not stop when asked: it did not answer
+                # (wedged), could not be reached (its socket removed from the runtime dir),
+                # or refused. It is stopped all the same (as long to stop after SIGTERM as
+                # after an answer: a busy root's clean stop is not cut short).
                 force_stop(fd, pid, args.timeout + 30)
-            elif exc.name not in ("stopping", "not_running"):  # (on its way down; gone)
+            else:
                 raise
         # It answered: its own stop asks, waits for and kills every child; wait for it.
         if fd is not None and not gone(fd, args.timeout + 30):

@@ -13,6 +13,10 @@ gone (`refuse`).
 A stop signal (SIGINT, SIGTERM, SIGHUP) before the tree is ready is a failed start too, named
 on the failed line: the root's own handlers say so once it serves, and until then the signal
 is raised where the start is (`interrupt_start`), so that it ends as any failed start ends.
+A stop signal ignored when `up` started (`nohup`, a non-interactive shell's `&`) stays ignored,
+before and after the tree is ready. A tree that follows an editor (`--parent`,
+`--exit-on-stdin-eof`) is in a session of its own (`own_session`): what the editor's process
+group is sent is not the tree's.
 
 `up --detach` starts the same command in a new session with the line's pipe as its
 `--ready-fd`, and prints what comes back: the ready line (exit 0), or the failed line after
@@ -158,6 +162,8 @@ def check_parent_for_start(pid: int | None) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     if args.detach:
         return detach(args)
+    if args.parent is not None or args.exit_on_stdin_eof:
+        own_session()
     from moorage.supervisor.lifecycle import LifecycleOptions
 
     try:
@@ -189,6 +195,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise
     finally:
         restore()
+
+
+def own_session() -> None:
+    """A tree that follows an editor lives as long as the editor does (--parent, or its pipe
+    on stdin), and a signal to the editor's process group must not end it sooner: a hang-up
+    of the terminal the editor was started from, a Ctrl-C there, a launcher's kill of the
+    group would reach every process of the tree, each taking it as a stop, and the grace
+    period that keeps sessions through the editor's death would never begin. So the root
+    leaves that group for a session of its own, as `--detach`'s tree is in, before it forks
+    anything (every process of the tree is then in it). One that leads its group already
+    cannot (setsid fails), and needs not: the editor spawned it detached (a session of its
+    own already), or an interactive shell started it as a job (a group of its own, which no
+    signal to the editor's group reaches; the terminal's hang-up does: `nohup` for that)."""
+    if os.getpgrp() == os.getpid():
+        return
+    try:
+        os.setsid()
+    except OSError as exc:  # (a group of our pid's number left by an earlier process)
+        print(f"moorage: the tree stays in the editor's process group: {exc}",
+              file=sys.stderr)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -291,7 +317,12 @@ def start(args: argparse.Namespace, opts: LifecycleOptions) -> int:
     except endpoints.PathTooLong as exc:
         raise StartFailed("start_failed", str(exc), EXIT_USAGE) from None
     except AlreadyRunning as exc:
-        raise StartFailed("already_running", str(exc), EXIT_ERROR) from None
+        # (`down` alone is the wrong advice for an editor's second window, which would stop
+        # the first's tree: it can use the running one, and adopt it to be followed)
+        running = (args.runtime_dir / endpoints.CONNECTION_FILE).exists()
+        raise StartFailed("already_running", f"{exc}" + (
+            "; a second editor window can use it as it is, and `moorage adopt --parent <its "
+            "pid>` has the tree follow that window" if running else ""), EXIT_ERROR) from None
     except Unbindable as exc:
         raise StartFailed("start_failed", str(exc), EXIT_ERROR) from None
     except PermissionError as exc:
