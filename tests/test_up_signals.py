@@ -182,9 +182,11 @@ def test_the_editors_group_hang_up_and_ctrl_c_leave_the_tree_and_its_shells_runn
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
 def test_a_stop_signal_ignored_at_the_start_stays_ignored_for_the_roots_life(
         sig, runtime_dir, tmp_path, left):
-    """`nohup moorage up &`, then `kill -HUP <root>`: the tree stopped, the SIG_IGN it
-    started with put aside once it served. It is kept; the stop signals it started with
-    handled still stop it in order."""
+    """`nohup moorage up &`, then a hang-up of its terminal (SIGHUP to its process group):
+    the tree stopped, the SIG_IGN it started with put aside once the root served, and each
+    actor, started from the defaults, stopped (and was restarted: a keeper's shells with
+    it). It is kept in every process of the tree; the stop signals it started with handled
+    still stop it in order."""
     rdir = runtime_dir / "ign"
     config = tmp_path / "tree.toml"
     config.write_text(SMALL)
@@ -201,11 +203,13 @@ def test_a_stop_signal_ignored_at_the_start_stays_ignored_for_the_roots_life(
         tree = [psutil.Process(root), *descendants(root)]
         left.extend(tree)
         with Client(rdir, timeout=30.0) as c:
-            os.kill(root, sig)
+            os.killpg(root, sig)  # (the root leads the group every process of the tree is in)
             assert ignored(root, sig), f"the root does not ignore {sig.name}"
             assert c.call("supervisor", "sys.ping") is not None
             assert c.call("alpha", "sys.ping") is not None
-            assert c.call("supervisor", "sup.status")["lifecycle"]["state"] == "attached"
+            status = c.call("supervisor", "sup.status")
+            assert status["lifecycle"]["state"] == "attached"
+            assert [ch["restarts"] for ch in status["children"]] == [0], status["children"]
             assert all(pid_running(p.pid) for p in tree)
         os.kill(root, signal.SIGTERM)
         assert up.wait(60) == 0, text_of(err)

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import zmq
 from loguru import logger
 
-from moorage.actors.runtime import last_words, trust
+from moorage.actors.runtime import last_words, signals, trust
 from moorage.actors.runtime.heap import NOTE_MIN, HeapTrim
 from moorage.actors.runtime.loop import Loop, Timer
 from moorage.actors.runtime.registry import OpSpec, collect, op
@@ -1061,11 +1061,16 @@ class Actor:
         # A hang-up (the terminal `moorage up` ran in closed, or a launcher signalled its
         # group) is a stop like the others: its default action would end the process at
         # once, the root's ordered stop and the keeper's kill of its sessions' jobs undone.
+        ignored = signals.ignored_at_start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            # One ignored from the start stays so: the root of `nohup moorage up` (a child
-            # starts from the defaults: the zygote's fork resets them)
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, self._on_signal)
+            # One ignored when `moorage up` started stays so in every process of the tree
+            # (`nohup moorage up &`: a hang-up of its terminal reaches the whole group): the
+            # root keeps its SIG_IGN; a child, started from the defaults by the zygote's fork,
+            # gets a handler that does nothing (not SIG_IGN: the shells a keeper starts must
+            # not inherit it)
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue
+            signal.signal(sig, signals.ignore if sig.name in ignored else self._on_signal)
         last_words.install(self)
         self.loop.set_primary(self.rpc, self.handle_batch, self.ctx, self.queue_limit * 2)
         self.loop.add_reader(self.pub_socket, self._on_pub_readable)

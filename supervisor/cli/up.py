@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zmq
 
+from moorage.actors.runtime.signals import IGNORED_STOP_ENV
 from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.client.connection import adopt
@@ -160,6 +161,9 @@ def check_parent_for_start(pid: int | None) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    # (before anything is forked: every process of the tree keeps these ignored, Actor.serve)
+    os.environ[IGNORED_STOP_ENV] = ",".join(
+        s.name for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN)
     if args.detach:
         return detach(args)
     if args.parent is not None or args.exit_on_stdin_eof:
