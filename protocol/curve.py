@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 import re
 import stat
@@ -45,6 +46,9 @@ Z85_KEY_LEN = 40  # a 32-byte key in Z85
 MAX_CERT_BYTES = 4096  # a certificate is a few hundred bytes; a bigger file is not one
 MAX_ALLOWED = 1024  # allow-list entries read; more is refused, not read half
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
+# A read that failed for want of something (a descriptor, memory) or on the device, not
+# because of what the file is: it says nothing of the file, which may be read a moment later.
+READ_FAILURES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EIO})
 
 
 class KeyFileError(ValueError):
@@ -169,7 +173,8 @@ def write_certificate(path: Path, pair: KeyPair, what: str) -> None:
 
 def read_certificate(path: Path, secret: bool) -> KeyPair:
     """The key pair in a certificate file; with `secret`, the file must hold the secret key
-    and be private. KeyFileError says what is wrong."""
+    and be private. KeyFileError says what is wrong; OSError when it could not be read
+    (READ_FAILURES: nothing is known of it then)."""
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -184,6 +189,8 @@ def read_certificate(path: Path, secret: bool) -> KeyPair:
         public, secret_key = load_certificate(path)
         public = decode_public(public)
     except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno in READ_FAILURES:
+            raise
         raise KeyFileError(f"{path}: not a CURVE certificate ({exc})") from None
     if secret:
         if secret_key is None or len(secret_key) != Z85_KEY_LEN:
@@ -221,7 +228,11 @@ def read_allowed_files(directory: Path, trusted_only: bool = True
 
     With `trusted_only` False, a file others may write or that is not this user's is read
     too: a key is revoked by removing every file that holds it, and one that is not trusted
-    today would be after a `chmod 600`. The directory must be private either way."""
+    today would be after a `chmod 600`. The directory must be private either way.
+
+    OSError when the list could not be read: the directory (any error but its absence, an
+    empty list), or a file for want of a descriptor or memory (READ_FAILURES), which is not
+    a file left out: its key may be on the list."""
     allowed = directory / ALLOWED
     try:
         check_private_dir(allowed)
@@ -244,6 +255,8 @@ def read_allowed_files(directory: Path, trusted_only: bool = True
                 raise KeyFileError(f"{path} is writable by others or not this user's")
             pair = read_certificate(path, secret=False)
         except (OSError, KeyFileError) as exc:
+            if isinstance(exc, OSError) and exc.errno in READ_FAILURES:
+                raise
             problems.append(str(exc))
             continue
         out.append((z85.decode(pair.public), fname.removesuffix(PUBLIC_SUFFIX)))

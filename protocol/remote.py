@@ -38,7 +38,12 @@ ZAP_DOMAIN = "moorage"
 HEARTBEAT_IVL_MS = 1000  # a ZMTP PING each second on an idle connection ...
 HEARTBEAT_TIMEOUT_MS = 3000  # ... and a connection with no traffic for 3 s is closed
 HEARTBEAT_TTL_MS = 3000  # asks the peer to close it after 3 s of nothing from us
-HANDSHAKE_IVL_MS = 5000  # a peer that opens tcp but never finishes CURVE is dropped
+# A peer that opens tcp and does not finish the handshake within this is dropped. An actor's
+# is short, as each such peer holds one of its descriptors meanwhile, and long enough for a
+# CURVE handshake (about 2.5 round trips after the accept) over a link with 200 ms each way
+# (perf.r9_relay's; 1 s let none through); a client's is how long it waits for a tree's.
+SERVER_HANDSHAKE_IVL_MS = 2000
+CLIENT_HANDSHAKE_IVL_MS = 5000
 MAX_PLAN_BYTES = 1 << 20
 # libzmq holds a tcp frame to ZMQ_MAXMSGSIZE as it is on the wire: CURVE wraps each message
 # in a MESSAGE command (33 bytes more) and its handshake's INITIATE is some 300 bytes, more
@@ -183,11 +188,11 @@ def read_plan(runtime_dir: Path) -> ListenPlan | None:
 # --- sockets ------------------------------------------------------------------------------
 
 
-def _heartbeats(sock: zmq.Socket) -> None:
+def _heartbeats(sock: zmq.Socket, handshake_ivl_ms: int) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
-    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, handshake_ivl_ms)
 
 
 def _room(sock: zmq.Socket) -> None:
@@ -212,7 +217,7 @@ def secure_server(sock: zmq.Socket, server: curve.KeyPair, endpoint: str = "") -
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler answering: nobody gets in
     if endpoint.startswith("tcp://["):  # (libzmq's sockets are IPv4 only unless told; a
         sock.setsockopt(zmq.IPV6, 1)    # dual one would name IPv4 peers ::ffff:a.b.c.d)
-    _heartbeats(sock)
+    _heartbeats(sock, SERVER_HANDSHAKE_IVL_MS)
 
 
 def secure_client(sock: zmq.Socket, server_key: bytes, client: curve.KeyPair,
@@ -231,7 +236,7 @@ def secure_client(sock: zmq.Socket, server_key: bytes, client: curve.KeyPair,
         sock.setsockopt(zmq.IPV6, 1)    # with an IPv6 record, localhost's, is tried only so)
     sock.setsockopt(zmq.RECONNECT_IVL, REMOTE_RECONNECT_IVL_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, REMOTE_RECONNECT_IVL_MAX_MS)
-    _heartbeats(sock)
+    _heartbeats(sock, CLIENT_HANDSHAKE_IVL_MS)
 
 
 @dataclass(frozen=True)
@@ -258,7 +263,10 @@ def target_from_file(path: str | Path, client: curve.KeyPair | None = None,
     """The tree a connection file (copied from the tree's host) describes, reached over tcp
     with `client` (default: this user's client pair, `moorage keys init`). `host` replaces
     the address the tree bound, for a tree bound to 0.0.0.0 or reached through a forwarded
-    port. ValueError or curve.KeyFileError when the file or the key cannot be used."""
+    port. ValueError or curve.KeyFileError when the file or the key cannot be used: an
+    endpoint is taken only as `moorage up --listen` takes an address (tcp://HOST:PORT, a port
+    from 1 to 65535), and one that is not is named with the file (else ZeroMQ refuses it
+    at the first call, blaming the op, or connects to nothing until the call times out)."""
     from moorage.protocol.client.connection import read_connection_file
 
     info = read_connection_file(Path(path))
@@ -272,6 +280,14 @@ def target_from_file(path: str | Path, client: curve.KeyPair | None = None,
             isinstance(v, dict) and str(v.get("rpc", "")).startswith("tcp://")
             and str(v.get("pub", "")).startswith("tcp://") for v in eps.values()):
         raise ValueError(f"{path}: its remote endpoints are not tcp endpoints")
+    for actor, kinds in eps.items():
+        for kind, endpoint in kinds.items():
+            try:
+                parse_listen(endpoint)
+            except ListenError as exc:
+                why = str(exc).removeprefix(f"{endpoint!r}: ").removeprefix(f"{endpoint}: ")
+                raise ValueError(f"{path}: {actor}'s {kind} endpoint {endpoint!r}: {why}") \
+                    from None
     if host is not None:
         eps = {n: {k: _with_host(v, host) for k, v in e.items()} for n, e in eps.items()}
     if client is None:

@@ -298,7 +298,7 @@ class Actor:
             self.pub_socket.setsockopt(zmq.XPUB_NODROP, 1)
         # (watched before the bind: a subscriber waiting to connect is accepted at once)
         self._pub_monitor = self.pub_socket.get_monitor_socket(
-            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | HANDSHAKE_FAILURES)
         self.bind_socket(self.pub_socket, endpoints.pub(self.runtime_dir, self.name))
         self.max_subscriptions = int(self.config.get("max_subscriptions",
                                                      limits.MAX_SUBSCRIPTIONS))
@@ -312,8 +312,8 @@ class Actor:
         self.largest_drain = 0  # the most frames one drain read
         self._drain_queued = False  # a drain cut short has the next turn's drain queued
         self._frame_continues = False  # the last frame read had more parts after it
-        # (the monitor also tells, over tcp, the handshakes that fail before ZAP: TcpSide
-        # counts them)
+        # (the monitor also tells TcpSide the stream's tcp connections, and the handshakes
+        # that fail there before ZAP)
         # Remote mode: the same two sockets on tcp too, CURVE only (runtime/remote.py).
         self.tcp: TcpSide | None = open_tcp_side(
             self.name, self.runtime_dir, self.ctx, self.loop,
@@ -473,8 +473,8 @@ class Actor:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._subs_by_fd.pop(event["value"], None)
                 self._fds_gone.add(event["value"])
-            elif self.tcp is not None:
-                self.tcp.stream_refused(event)
+            if self.tcp is not None:  # (it counts tcp connections, and refusals)
+                self.tcp.stream_event(event)
 
     # --- hooks for subclasses -----------------------------------------------------------------
 

@@ -9,11 +9,24 @@ Its work is a dict lookup per handshake. It also reads the request socket's moni
 other socket's bound on tcp: the metrics actor's `in`) to count handshakes that fail before
 ZAP is asked (plain ZMTP, a client with no key or the wrong server key); the stream socket's
 monitor is the actor's own (a socket has one), whose loop hands such failures to
-`TcpSide.stream_refused`. It notices a changed allow-list (one stat
+`TcpSide.stream_event`. It notices a changed allow-list (one stat
 per handshake, and one per second) and reloads it; a key that left the list gets its
 connections closed: the loop unbinds the tcp endpoints (which closes every connection accepted
 on them) and binds them again, and the clients still allowed reconnect by themselves within
 milliseconds.
+
+An actor holds at most its budget of open tcp connections (`connection_budget`: a quarter
+of its open-file limit, at most 1,024), counted from its tcp sockets' monitors. A peer that
+opens tcp and never begins a handshake holds a descriptor until the handshake interval ends
+(2 s), and a flood of them fills an actor's table: libzmq then aborts the process at the
+next local connection (its ipc listener asserts on EMFILE), the root with the whole tree.
+Past its budget the actor stops accepting on tcp (it unbinds its tcp endpoints, which closes
+every connection accepted there) for a second, longer when it comes again soon after, and
+binds them again; its ipc endpoints are not touched.
+
+A list that cannot be read (out of descriptors in such a flood, or any read error) is not a
+list that changed: the keys last read are kept, nothing is revoked, and it is read again
+until it can be.
 
 Refusals are counted by reason and logged with the peer's address and the key's
 fingerprint (a handshake that fails before ZAP is asked is logged with the endpoint it came
@@ -27,9 +40,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +54,7 @@ from zmq.utils import z85
 
 from moorage.actors.runtime.loop import Loop
 from moorage.protocol import curve, remote
-from moorage.protocol.monitor import recv_event
+from moorage.protocol.monitor import MonitorEvent, recv_event
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # RFC 27: the one address libzmq asks
 RECHECK_S = 1.0  # the allow-list is looked at this often even with no handshake
@@ -55,6 +70,89 @@ HANDSHAKE_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",  # refused by our own ZAP answer (counted there)
 }
 HANDSHAKE_FAILURES = sum(HANDSHAKE_EVENTS)  # the monitor mask of those events
+# A tcp connection's life as a monitor tells it. An unbound endpoint's connections are closed
+# with it and no DISCONNECTED is told of them: its CLOSED ends them all.
+CONNECTION_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+MONITOR_EVENTS = HANDSHAKE_FAILURES | CONNECTION_EVENTS
+MONITOR_HWM = 100_000  # events a tcp socket's monitor holds unread (libzmq's own: 2,000)
+MAX_TCP_CONNECTIONS = 1024  # an actor's budget of open tcp connections, at most ...
+MIN_TCP_CONNECTIONS = 16  # ... and at least, whatever its open-file limit
+PAUSE_FIRST_S = 1.0  # an actor past its budget stops accepting on tcp this long ...
+PAUSE_MAX_S = 16.0  # ... twice as long each time it is past it again soon after, up to this
+PAUSE_CALM_S = 60.0  # accepting this long since the last pause: the next is short again
+RESUME_RETRY_S = 0.05  # the end of a pause waits this long for closed connections' events ...
+RESUME_WAIT_MAX_S = 1.0  # ... at most this long in all
+
+
+def connection_budget() -> int:
+    """The open tcp connections an actor holds at most: a quarter of its open-file limit,
+    between MIN_TCP_CONNECTIONS and MAX_TCP_CONNECTIONS, so that a flood leaves the rest of
+    its table to its local clients, its own files and its children."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_TCP_CONNECTIONS
+    return max(MIN_TCP_CONNECTIONS, min(MAX_TCP_CONNECTIONS, soft // 4))
+
+
+def tcp_monitor(sock: zmq.Socket) -> zmq.Socket:
+    """A monitor of `sock`'s MONITOR_EVENTS whose reading end holds MONITOR_HWM events: an
+    event dropped at libzmq's 2,000 (a flood's, read late) would be a connection's end
+    missed, counted open until its descriptor number is used again."""
+    address = f"inproc://moorage-tcp-monitor-{id(sock)}"
+    sock.monitor(address, MONITOR_EVENTS)
+    mon = sock.context.socket(zmq.PAIR)
+    mon.setsockopt(zmq.LINGER, 0)
+    mon.setsockopt(zmq.RCVHWM, MONITOR_HWM)
+    mon.connect(address)
+    return mon
+
+
+class TcpConnections:
+    """The tcp connections open on an actor's sockets, by socket and descriptor, as their
+    monitors tell them (ACCEPTED, DISCONNECTED; CLOSED: an unbound endpoint's all). Any
+    thread."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.most = 0  # the most open at once
+        self._lock = threading.Lock()
+        self._open: dict[object, set[int]] = {}
+        self._over = False
+
+    def count(self, sock: object, event: MonitorEvent) -> bool:
+        """One monitor event of `sock` (a key: one for each socket, whose one tcp endpoint
+        it is); an ipc endpoint's, and any other event, counts for nothing. True the first
+        time more than the budget are open (and again only after `rearm`): the counter
+        stops accepting at once, not after the rest of a flood's events are read."""
+        kind = event["event"]
+        if not kind & CONNECTION_EVENTS or not event["endpoint"].startswith(b"tcp://"):
+            return False
+        with self._lock:
+            fds = self._open.setdefault(sock, set())
+            if kind == zmq.EVENT_ACCEPTED:
+                fds.add(event["value"])
+            elif kind == zmq.EVENT_DISCONNECTED:
+                fds.discard(event["value"])
+            else:
+                fds.clear()
+            now = sum(map(len, self._open.values()))
+            self.most = max(self.most, now)
+            over = now > self.budget and not self._over
+            self._over = self._over or over
+        return over
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return sum(map(len, self._open.values()))
+
+    def rearm(self, forget: bool = False) -> None:
+        """`count` may say True again; with `forget`, nothing is counted open (every tcp
+        endpoint is unbound, so every connection accepted there is closed)."""
+        with self._lock:
+            self._over = False
+            if forget:
+                self._open.clear()
 
 
 class AllowList:
@@ -67,6 +165,8 @@ class AllowList:
         self.keys: dict[bytes, str] = {}
         self._stamp: tuple[Any, ...] | None = None
         self._refused = ""  # why the list was last refused, if it was
+        self.unread = 0  # reads that failed (the keys read before were kept)
+        self.unreadable: str | None = None  # why it cannot be read now, while it cannot
         self.reload()
 
     def _stamp_now(self) -> tuple[Any, ...] | None:
@@ -92,21 +192,35 @@ class AllowList:
 
     def reload(self) -> set[bytes]:
         """Read the list if it changed; the keys that left it (their connections must go).
-        A list that cannot be trusted any more (opened to others) or read is read as
-        empty."""
+        A list that cannot be trusted any more (opened to others) is read as empty. One that
+        cannot be read (any OSError: out of descriptors, as in a flood of connections) has
+        not changed: the keys last read are kept and nothing is revoked, said once, and it
+        is read again at the next look (each handshake, each second) until it can be."""
         stamp = self._stamp_now()
         if stamp == self._stamp and stamp is not None:
             return set()
-        self._stamp = stamp
         try:
             keys, problems = curve.read_allowed_with_problems(self.dir.parent)
-        except (curve.KeyFileError, OSError) as exc:
+        except curve.KeyFileError as exc:
             if str(exc) != self._refused:  # (once, not at every handshake while it lasts)
                 logger.error("allow-list refused, nobody is let in: {}", exc)
             self._refused = str(exc)
             keys, problems = {}, []
+        except OSError as exc:
+            self.unread += 1
+            if self.unreadable is None:  # (once, not at every handshake while it lasts)
+                logger.error("allow-list could not be read ({}): the {} key(s) read before "
+                             "are kept, and it is read again until it can be", exc,
+                             len(self.keys))
+            self.unreadable = str(exc)
+            self._stamp = None  # (read again at the next look, whatever its stamp)
+            return set()
         else:
             self._refused = ""
+        self._stamp = stamp
+        if self.unreadable is not None:
+            logger.info("allow-list read again after {} failed read(s)", self.unread)
+            self.unreadable = None
         for p in problems:
             logger.warning("allow-list entry skipped: {}", p)
         gone = set(self.keys) - set(keys)
@@ -120,9 +234,14 @@ class Gatekeeper(threading.Thread):
     """The ZAP handler and the handshake counters of one actor process."""
 
     def __init__(self, ctx: zmq.Context, keys_dir: Path, monitors: list[zmq.Socket],
-                 on_revoked: Any) -> None:
+                 on_revoked: Any, connections: TcpConnections | None = None,
+                 on_over_budget: Callable[[], None] | None = None) -> None:
         super().__init__(name="zap", daemon=True)
         self.allowed = AllowList(keys_dir)
+        # Connections counted from `monitors` too, when given; `on_over_budget` is called
+        # (on this thread) when they pass the budget.
+        self.connections = connections
+        self._on_over_budget = on_over_budget
         self.zap = ctx.socket(zmq.ROUTER)
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)
@@ -256,6 +375,9 @@ class Gatekeeper(threading.Thread):
                 ev = recv_event(mon, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if self.connections is not None and self.connections.count(mon, ev) \
+                    and self._on_over_budget is not None:
+                self._on_over_budget()
             reason = HANDSHAKE_EVENTS.get(ev["event"])
             if reason is None or reason == "auth":
                 continue  # (a ZAP refusal was counted and logged when it was answered)
@@ -264,8 +386,9 @@ class Gatekeeper(threading.Thread):
     # --- from the actor's thread --------------------------------------------------------------
 
     def watch(self, monitor: zmq.Socket) -> None:
-        """Count the failed handshakes `monitor` reports too (a socket bound on tcp after
-        this thread started): handed over under the lock, the thread woken to poll it."""
+        """Count the failed handshakes and the connections `monitor` reports too (a socket
+        bound on tcp after this thread started): handed over under the lock, the thread
+        woken to poll it."""
         with self._refusals_lock:
             self._added.append(monitor)
         self._wake()
@@ -284,7 +407,8 @@ class Gatekeeper(threading.Thread):
 
 
 class TcpSide:
-    """The tcp endpoints of one actor, bound as CURVE servers under a gatekeeper."""
+    """The tcp endpoints of one actor, bound as CURVE servers under a gatekeeper, and held
+    to its budget of open connections."""
 
     def __init__(self, name: str, ctx: zmq.Context, loop: Loop, plan: remote.ListenPlan,
                  sockets: dict[str, zmq.Socket]) -> None:
@@ -296,17 +420,24 @@ class TcpSide:
         self.endpoints = plan.endpoints[name]
         self.server = server
         self.bound: list[tuple[zmq.Socket, str]] = []
+        self.rebinds = 0
+        self.pauses = 0  # times it stopped accepting on tcp, past its budget
+        self.paused = False
+        self._pause_s = PAUSE_FIRST_S
+        self._last_resume: float | None = None
+        self._unbound: list[tuple[zmq.Socket, str]] = []
+        self._binding = 0  # which retries of a bind again may still run (older ones stop)
+        self.connections = TcpConnections(connection_budget())
         # The request socket's monitor is ours; the stream socket's is the actor's own
-        # (a socket has one): its loop hands us that socket's failed handshakes.
+        # (a socket has one): its loop hands us that socket's events.
         self._monitored = [sockets["rpc"]]
-        monitors = [sockets["rpc"].get_monitor_socket(HANDSHAKE_FAILURES)]
-        self.gatekeeper = Gatekeeper(ctx, keys_dir, monitors,
-                                     lambda: loop.call_soon_threadsafe(self.rebind))
+        self.gatekeeper = Gatekeeper(ctx, keys_dir, [tcp_monitor(sockets["rpc"])],
+                                     lambda: loop.call_soon_threadsafe(self.rebind),
+                                     self.connections,
+                                     lambda: loop.call_soon_threadsafe(self._over_budget))
         self.gatekeeper.start()
         for kind, sock in sockets.items():
             self.bind(kind, sock)
-        self.rebinds = 0
-        self._unbound: list[tuple[zmq.Socket, str]] = []
 
     def bind(self, kind: str, sock: zmq.Socket) -> None:
         """Bind `sock` on this actor's tcp endpoint of `kind` as a CURVE server (an actor's
@@ -315,15 +446,18 @@ class TcpSide:
         remote.secure_server(sock, self.server, endpoint)
         if kind not in ("rpc", "pub"):  # (those two are monitored as __init__ says)
             self._monitored.append(sock)
-            self.gatekeeper.watch(sock.get_monitor_socket(HANDSHAKE_FAILURES))
+            self.gatekeeper.watch(tcp_monitor(sock))
         sock.bind(endpoint)
         self.bound.append((sock, endpoint))
 
-    def stream_refused(self, event: dict[str, Any]) -> None:
-        """A monitor event of the stream socket (the actor's loop reads that monitor): a
-        handshake that failed before ZAP was asked on a tcp endpoint is counted as the request
-        socket's are; anything else is not a refusal (a ZAP refusal was counted when it was
-        answered; an ipc peer is not a remote one)."""
+    def stream_event(self, event: MonitorEvent) -> None:
+        """A monitor event of the stream socket (the actor's loop reads that monitor): its
+        tcp connections are counted as the other sockets' are, and a handshake that failed
+        before ZAP was asked on a tcp endpoint is counted as the request socket's are;
+        anything else is not a refusal (a ZAP refusal was counted when it was answered; an
+        ipc peer is not a remote one)."""
+        if self.connections.count("pub", event):
+            self._over_budget()  # (this is the loop's thread: at once)
         reason = HANDSHAKE_EVENTS.get(event["event"])
         if reason is None or reason == "auth" or not event["endpoint"].startswith(b"tcp://"):
             return
@@ -332,17 +466,71 @@ class TcpSide:
     def rebind(self) -> None:
         """Close every tcp connection (a key was revoked); bind again once the ports are free."""
         if self._unbound:
-            return  # a rebind is under way: it closes the same connections
-        for sock, endpoint in self.bound:
-            sock.unbind(endpoint)
-            self._unbound.append((sock, endpoint))
+            return  # a rebind or a pause is under way: it closes the same connections
+        self._unbind_all()
         self.rebinds += 1
-        self.loop.call_later(REBIND_RETRY_S, self._bind_again)
+        self._schedule_bind(REBIND_RETRY_S, 1)
 
-    def _bind_again(self, tries: int = 1) -> None:
-        """Bind what a revoke unbound again; while the port is not free (libzmq's I/O thread
-        closes it a moment later, or another process took it), tried again further apart, up
-        to REBIND_RETRY_MAX_S, and said once it has lasted REBIND_SAY_AFTER tries."""
+    def _unbind_all(self) -> None:
+        for sock, endpoint in self.bound:
+            if (sock, endpoint) in self._unbound:
+                continue
+            try:
+                sock.unbind(endpoint)
+            except zmq.ZMQError as exc:  # (then it is not bound: bound again with the rest)
+                logger.warning("unbinding {}: {}", endpoint, exc)
+            self._unbound.append((sock, endpoint))
+
+    def _over_budget(self) -> None:
+        """More tcp connections are open than the budget (a flood of peers that never finish
+        a handshake, each holding a descriptor): stop accepting on tcp for a while. The
+        unbind closes every connection accepted there, the flood's and an allowed client's
+        (which reconnects once the actor listens again); ipc endpoints are not touched. A
+        pause that comes within PAUSE_CALM_S of the last one's end is twice as long, up to
+        PAUSE_MAX_S."""
+        if self.paused:
+            return
+        calm = self._last_resume is None or \
+            time.monotonic() - self._last_resume >= PAUSE_CALM_S
+        self._pause_s = PAUSE_FIRST_S if calm else min(PAUSE_MAX_S, self._pause_s * 2)
+        self.paused = True
+        self.pauses += 1
+        self._binding += 1  # (a rebind's retries stop: the pause's end binds everything)
+        self._unbind_all()
+        logger.error("{} tcp connections open, over this actor's budget of {} (a quarter of "
+                     "its open-file limit, at most {}): not accepting on tcp for {:g} s, its "
+                     "tcp connections closed (allowed clients reconnect after it; local "
+                     "clients are not affected); {} pause(s) so far",
+                     self.connections.open, self.connections.budget, MAX_TCP_CONNECTIONS,
+                     self._pause_s, self.pauses)
+        self.loop.call_later(self._pause_s, self._resume)
+
+    def _resume(self, waited: float = 0.0) -> None:
+        """The pause is over: accept on tcp again, once the connections the unbind closed
+        are counted closed (at most half the budget open: their endpoints' CLOSED events
+        read), or RESUME_WAIT_MAX_S later in any case (nothing can be open on an endpoint
+        that is not bound)."""
+        if self.connections.open > self.connections.budget // 2 \
+                and waited < RESUME_WAIT_MAX_S:
+            self.loop.call_later(RESUME_RETRY_S, lambda: self._resume(waited + RESUME_RETRY_S))
+            return
+        self.connections.rearm(forget=True)
+        self.paused = False
+        self._last_resume = time.monotonic()
+        logger.info("accepting on tcp again after a pause of {:g} s", self._pause_s)
+        self._bind_again(1, self._binding)
+
+    def _schedule_bind(self, delay: float, tries: int) -> None:
+        binding = self._binding
+        self.loop.call_later(delay, lambda: self._bind_again(tries, binding))
+
+    def _bind_again(self, tries: int, binding: int) -> None:
+        """Bind what a revoke or a pause unbound again; while the port is not free (libzmq's
+        I/O thread closes it a moment later, or another process took it), tried again
+        further apart, up to REBIND_RETRY_MAX_S, and said once it has lasted
+        REBIND_SAY_AFTER tries. Retries of a bind that a pause cut short stop."""
+        if binding != self._binding or self.paused:
+            return
         still: list[tuple[zmq.Socket, str]] = []
         for sock, endpoint in self._unbound:
             try:
@@ -357,14 +545,18 @@ class TcpSide:
                     logger.info("bound {} again", endpoint)
         self._unbound = still
         if still:
-            self.loop.call_later(min(REBIND_RETRY_MAX_S, REBIND_RETRY_S * 2 ** tries),
-                                 lambda: self._bind_again(tries + 1))
+            self._schedule_bind(min(REBIND_RETRY_MAX_S, REBIND_RETRY_S * 2 ** tries), tries + 1)
 
     def info(self) -> dict[str, Any]:
         g = self.gatekeeper
+        c = self.connections
         return {"endpoints": [ep for _, ep in self.bound],
                 "accepted": g.accepted, "refused": g.refusals(),
-                "allowed": len(g.allowed.keys), "rebinds": self.rebinds}
+                "allowed": len(g.allowed.keys), "rebinds": self.rebinds,
+                "allow_list_unread": g.allowed.unread,
+                "allow_list_unreadable": g.allowed.unreadable,
+                "connections": {"open": c.open, "most": c.most, "budget": c.budget,
+                                "pauses": self.pauses, "paused": self.paused}}
 
     def connection_table(self) -> dict[str, Any]:
         """The connection file's `remote` table (the root's)."""
