@@ -1,26 +1,33 @@
-"""The root's life beside an editor: the ready line, the connection file, following the editor,
-the orphaned grace period and adoption.
+"""The root's life beside an editor: the ready line, the connection file, following the editors
+that hold the tree, the orphaned grace period and adoption.
 
 A component of the root Supervisor (supervisor.py), reached through host.py's interface:
 
   ready      once every child has come up: `tree.json` in the runtime dir (0600, replaced
              atomically; what the ready line says plus the root's epoch), then the ready line
              on the channel `moorage up` gave (stdout or --ready-fd), which is closed after it
-  following  `--parent PID`: the editor's pidfd is polled by the loop, so its death is seen at
-             once, whatever kills it; `--exit-on-stdin-eof`: end of file on stdin means the
-             same (an editor whose pipe to us closed is gone; the tree is then orphaned with
-             no parent, whether or not the --parent pid lives on)
-  orphaned   the editor gone: event `orphaned`, `lifecycle.state` "orphaned" in sup.status,
-             and a timer of `[lifecycle] grace_s` (default 60 s). Sessions keep running
-             meanwhile. When it fires: event `orphan_timeout`, and the tree stops cleanly
-             (ask, wait, kill); the root then removes sockets, connection file and lock.
-  adopted    `sys.hello {adopt: true, parent?: pid}` (or `moorage adopt`) cancels the timer;
-             the new parent's pid is followed from then on (none given: the tree follows no
-             one and runs until `moorage down`); stdin is no longer watched. Event
-             `adopted`.
+  holders    the processes the tree lives for: `--parent PID`, and each pid that adopted it
+             since (several editor windows on one instance). Each is followed through its
+             own pidfd, polled by the loop, so its death is seen at once, whatever kills it;
+             the tree is orphaned only when the last one is gone, so that closing one window
+             never stops the tree under another. `--exit-on-stdin-eof`: end of file on stdin
+             means the editor that ran `up` is gone (its --parent let go whether or not that
+             pid lives on; with no other holder the tree is orphaned with no parent). At most
+             MAX_HOLDERS at once: each costs a descriptor of the root's.
+  orphaned   the last holder gone: event `orphaned`, `lifecycle.state` "orphaned" in
+             sup.status, and a timer of `[lifecycle] grace_s` (default 60 s). Sessions keep
+             running meanwhile. When it fires: event `orphan_timeout`, and the tree stops
+             cleanly (ask, wait, kill); the root then removes sockets, connection file and lock.
+  adopted    `sys.hello {adopt: true, parent?: pid}` (or `moorage adopt`) cancels the timer
+             and adds `parent` to the holders (a pid that holds it already stays one holder:
+             a resent hello counts once); none given: the tree lets every holder go, follows
+             no one and runs until `moorage down`. Event `adopted`. A holder lets go by
+             exiting.
 
-States (`lifecycle.state`): attached (following a parent), standalone (following no one),
-orphaned (stopping when the grace period is over unless adopted).
+States (`lifecycle.state`): attached (held by one process or more), standalone (following no
+one), orphaned (stopping when the grace period is over unless adopted). `parent` is the holder
+that took the tree last (what an adopter is told it now follows); `holders`, when more than
+one process holds it, every one of them in that order.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ from moorage.protocol.errors import fail
 from moorage.supervisor.host import SupervisorHost
 
 DEFAULT_GRACE_S = 60.0
+# The most processes that may hold the tree at once (one pidfd each): editor windows on one
+# instance number a few, and a client adopting in a loop with new pids must not take every
+# descriptor of the root's.
+MAX_HOLDERS = 64
+HOLDERS_FULL_RETRY_MS = 1000  # `busy` past MAX_HOLDERS: a slot frees when a holder exits
 START_FAILED_EXIT_CODE = 1  # (the CLI's EXIT_ERROR: the tree could not finish its start)
 
 
@@ -85,8 +97,10 @@ class Lifecycle:
         self.opts = opts
         self.connection_file = sup.runtime_dir / endpoints.CONNECTION_FILE
         self.state = "standalone"
-        self.parent: int | None = None
-        self._pidfd: int | None = None
+        # pid -> its pidfd, in the order each took the tree (the last is `parent`)
+        self.holders: dict[int, int] = {}
+        self._first: int | None = None  # `up --parent`, while it holds the tree
+        self._gone: int | None = None  # orphaned: the holder whose death left none (None: EOF)
         self._grace: Timer | None = None
         self._orphaned_at: float | None = None
         self.ready_at: float | None = None
@@ -94,10 +108,19 @@ class Lifecycle:
 
     # --- start and ready ---------------------------------------------------------------------
 
+    @property
+    def parent(self) -> int | None:
+        """The holder that took the tree last; orphaned, the one whose death left none."""
+        if self.holders:
+            return next(reversed(self.holders))
+        return self._gone if self.state == "orphaned" else None
+
     def start(self) -> None:
         """On the root's first loop turn: follow the editor from now on."""
         if self.opts.parent is not None:
             self._follow(self.opts.parent)
+            if self.opts.parent in self.holders:
+                self._first = self.opts.parent
         if self.opts.stdin_eof:
             # Non-blocking, since a wake-up another reader of the same file took first must
             # not hold the loop; the flag is the open file's, shared with whoever gave it us
@@ -149,30 +172,40 @@ class Lifecycle:
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
-            self._unfollow()
-            self.parent = pid
+            self._gone = pid
             why = "was gone" if isinstance(exc, ProcessLookupError) else \
                 f"could not be followed ({exc.strerror or exc})"
             self._orphan(f"parent {pid} {why} when the tree started following it")
             return
-        self._attach(pid, pidfd)
+        self._hold(pid, pidfd)
 
-    def _attach(self, pid: int, pidfd: int) -> None:
-        self._unfollow()
-        self._pidfd = pidfd
-        self.parent = pid
+    def _hold(self, pid: int, pidfd: int) -> None:
+        """`pid` holds the tree from now on (the newest holder: `parent`)."""
+        self.holders[pid] = pidfd
         self.state = "attached"
-        self.sup.loop.add_reader(pidfd, self._parent_gone)
+        self._gone = None
+        self.sup.loop.add_reader(pidfd, lambda: self._holder_gone(pid))
 
-    def _unfollow(self) -> None:
-        if self._pidfd is not None:
-            self.sup.loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+    def _let_go(self, pid: int) -> None:
+        pidfd = self.holders.pop(pid, None)
+        if pidfd is not None:
+            self.sup.loop.remove_reader(pidfd)
+            os.close(pidfd)
+        if pid == self._first:
+            self._first = None
 
-    def _parent_gone(self) -> None:
-        self._unfollow()
-        self._orphan(f"parent {self.parent} exited")
+    def _let_all_go(self) -> None:
+        for pid in list(self.holders):
+            self._let_go(pid)
+
+    def _holder_gone(self, pid: int) -> None:
+        self._let_go(pid)
+        if self.holders:
+            logger.info("holder {} exited; {} still hold the tree (parent now {})", pid,
+                        len(self.holders), self.parent)
+            return
+        self._gone = pid
+        self._orphan(f"parent {pid} exited")
 
     def _on_stdin(self) -> None:
         try:
@@ -185,11 +218,18 @@ class Lifecycle:
         if data:
             return  # what the editor writes there means nothing to us
         self._unwatch_stdin()
-        if self.state != "orphaned":
-            # The editor is gone whatever its pid does now: the tree is orphaned with no
-            # parent, so that nobody reads "parent P is gone" of a P still alive.
-            self._unfollow()
-            self.parent = None
+        if self.state == "orphaned":
+            return
+        # The editor that ran `up` is gone whatever its pid does now: its hold ends. With
+        # nobody else holding the tree, it is orphaned with no parent, so that nobody reads
+        # "parent P is gone" of a P still alive.
+        if self._first is not None:
+            self._let_go(self._first)
+        if self.holders:
+            logger.info("end of file on stdin: the first editor let go; {} still hold the "
+                        "tree (parent {})", len(self.holders), self.parent)
+            return
+        self._gone = None
         self._orphan("end of file on stdin")
 
     def _unwatch_stdin(self) -> None:
@@ -221,14 +261,20 @@ class Lifecycle:
     # --- adoption ----------------------------------------------------------------------------
 
     def adopt(self, parent: int | None) -> dict[str, Any]:
-        """`sys.hello {adopt: true}`: cancel an orphaned tree's shutdown; follow `parent`."""
+        """`sys.hello {adopt: true}`: cancel an orphaned tree's shutdown; `parent` holds the
+        tree from now on, beside whoever held it (None: nobody does; it runs until stopped).
+        Idempotent, as hello is: a pid that holds the tree already stays one holder."""
         if self.sup.shutting_down:
             raise fail("stopping", "the tree is already stopping; start a new one")
         if parent is not None and (parent <= 0 or not same_user(parent)):
             raise fail("bad_args", f"adopt: parent {parent} is not a live process of this "
                        "user")
         pidfd = None
-        if parent is not None:
+        if parent is not None and parent not in self.holders:
+            if len(self.holders) >= MAX_HOLDERS:
+                raise fail("busy", f"adopt: {MAX_HOLDERS} processes hold the tree already "
+                           "(the most it follows); retry when one has exited",
+                           retry_after_ms=HOLDERS_FULL_RETRY_MS)
             # First, before anything changes: a parent that cannot be followed (gone since,
             # a thread's id, no descriptor left) leaves the tree as it was, its grace
             # running if it is orphaned, and the caller told why.
@@ -244,24 +290,31 @@ class Lifecycle:
             self._grace.cancel()
             self._grace = None
         self._orphaned_at = None
-        # The new parent (or nobody) is followed from now on: the first editor's stdin closing
-        # says nothing of it any more.
-        self._unwatch_stdin()
         if parent is None:
-            self._unfollow()
-            self.parent, self.state = None, "standalone"
+            # Nobody is followed from now on: neither the holders' deaths nor the first
+            # editor's stdin closing say anything of the tree any more.
+            self._unwatch_stdin()
+            self._let_all_go()
+            self._gone, self.state = None, "standalone"
+        elif pidfd is None:
+            # (a holder already: it took the tree last now, and keeps its one pidfd)
+            self.holders[parent] = self.holders.pop(parent)
         else:
-            assert pidfd is not None
-            self._attach(parent, pidfd)
-        logger.info("adopted (was {}); parent now {}", was, self.parent)
-        self.sup.event("adopted", parent=self.parent, was=was)
+            self._hold(parent, pidfd)
+        logger.info("adopted (was {}); parent now {}; {} hold the tree", was, self.parent,
+                    len(self.holders))
+        self.sup.event("adopted", parent=self.parent, was=was, holders=len(self.holders))
         if self.sup.notify is not None:
-            self.sup.notify.send(f"STATUS=moorage tree up, adopted by {self.parent}")
+            self.sup.notify.send(f"STATUS=moorage tree up, adopted by {self.parent}"
+                                 + (f" ({len(self.holders)} hold it)"
+                                    if len(self.holders) > 1 else ""))
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"state": self.state, "parent": self.parent,
                                "grace_s": self.opts.grace_s}
+        if len(self.holders) > 1:  # (one: it is `parent`)
+            out["holders"] = list(self.holders)
         if self._orphaned_at is not None:
             left = self.opts.grace_s - (self.sup.loop.clock() - self._orphaned_at)
             out["stops_in_s"] = round(max(0.0, left), 3)
@@ -279,7 +332,7 @@ class Lifecycle:
     def close(self) -> None:
         # A ready channel still open (stopped before it was ready) is launch.py's: it says
         # why on it.
-        self._unfollow()
+        self._let_all_go()
         self._unwatch_stdin()
 
 

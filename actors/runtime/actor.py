@@ -190,7 +190,9 @@ OP_ENTRY = Named("op_entry", {
 # A root supervisor's life-cycle (supervisor/lifecycle.py), in sys.hello {adopt} and sup.status.
 LIFECYCLE = Named("lifecycle", {
     "state": Literal["standalone", "attached", "orphaned"], "parent": int | None,
-    "grace_s": float, "stops_in_s?": float})
+    "grace_s": float, "stops_in_s?": float,
+    # every pid holding the tree, in the order each took it, when more than one does
+    "holders?": list[int]})
 INFO = {
     "actor": str, "pid": int, "ep": str, "uptime_s": float, "version": str,
     "ops": dict[str, OP_ENTRY], "received": int, "rejected_busy": int,

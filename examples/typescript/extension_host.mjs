@@ -1,6 +1,7 @@
 // What a VS Code extension host does with moorage, as a script an editor author can copy:
-// adopt the tree if one runs (else start one, as an editor starts it beside itself), open a
-// terminal session, run a command, stream its output, watch a folder.
+// adopt the tree if one runs (hold it beside the window that started it, or take it over when
+// that window is gone; else start one, as an editor starts it beside itself), open a terminal
+// session, run a command, stream its output, watch a folder.
 //
 //   node extension_host.mjs            MOORAGE_RUNTIME_DIR picks the tree (PROTOCOL.md section 2);
 //                                      MOORAGE_BIN the `moorage` command used to start one.
@@ -10,25 +11,37 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { Client, MoorageError, runtimeDir } from "moorage-client";
+import { Client, MoorageError, adopt, runtimeDir } from "moorage-client";
 
 const dir = runtimeDir();
 const decoder = new TextDecoder();
 
-async function answers(client) {
+/** The running tree's lifecycle (`{}`: a tree that has none); null when no tree answers. */
+async function lifecycleOf(client) {
   try {
-    await client.call("supervisor", "sys.ping", null, { timeout: 0.5 });
-    return true;
+    const status = await client.call("supervisor", "sup.status", null, { timeout: 0.5 });
+    return status.lifecycle ?? {};
   } catch (e) {
-    if (e instanceof MoorageError) return false;
+    if (e instanceof MoorageError) return null;
     throw e;
   }
 }
 
 /** Adopt the tree in `dir`, or start one there and wait until every actor answers. */
 async function adoptOrStart(client) {
-  if (await answers(client)) {
-    console.log(`adopted the tree in ${dir}`);
+  const life = await lifecycleOf(client);
+  if (life !== null) {
+    if (life.state === "attached" || life.state === "orphaned") {
+      // Held by another window (or by nobody, and stopping at the end of its grace): this
+      // process holds it too from now on, so that the tree runs as long as one window does.
+      const { lifecycle } = await adopt(client);
+      const holders = lifecycle.holders?.length ?? 1;
+      console.log(`adopted the tree in ${dir} (it was ${life.state}; ${holders} hold it now)`);
+    } else {
+      // Standalone: it follows no editor and runs until `moorage down`; adopting would make
+      // it stop when this process does.
+      console.log(`using the tree in ${dir} (it follows no editor)`);
+    }
     return null;
   }
   const bin = process.env.MOORAGE_BIN ?? "moorage";

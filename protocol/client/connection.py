@@ -167,9 +167,11 @@ def locate(instance: str | None = None, env: dict[str, str] | None = None) -> Co
 
 def adopt(client: Any, parent: int | None = None) -> dict[str, Any]:
     """Say `sys.hello {adopt: true}` to the root supervisor through `client` (a `Client`):
-    an orphaned tree cancels its shutdown, and from now on follows `parent` (default: this
-    process) as it followed the editor that started it. Returns the hello's reply, whose
-    `lifecycle` says the state the tree is now in."""
+    `parent` (default: this process) holds the tree from now on, beside whoever held it
+    already, as the editor that started it does: the tree is orphaned only when the last of
+    them has exited, and an orphaned tree cancels its shutdown. Saying it again adds no
+    holder. Returns the hello's reply, whose `lifecycle` says the state the tree is now in
+    (`holders`, when more than one process holds it)."""
     return client.call("supervisor", "sys.hello", {
         "client": f"adopt {os.getpid()}", "adopt": True,
         "parent": os.getpid() if parent is None else parent})

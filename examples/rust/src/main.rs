@@ -1,6 +1,7 @@
 //! What an editor written in Rust does with moorage, as a binary an editor author can copy:
-//! adopt the tree if one runs (else start one beside itself), open a terminal session, run a
-//! command, stream its output, watch a folder.
+//! adopt the tree if one runs (hold it beside the window that started it, or take it over when
+//! that window is gone; else start one beside itself), open a terminal session, run a command,
+//! stream its output, watch a folder.
 //!
 //!   cargo run --bin editor       MOORAGE_RUNTIME_DIR picks the tree (PROTOCOL.md section 2);
 //!                                MOORAGE_BIN the `moorage` command used to start one.
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use moorage_client::codec::get;
 use moorage_client::endpoints::runtime_dir;
-use moorage_client::{args, CallOptions, Client, Options, StreamEvent, SubscribeOptions, Value};
+use moorage_client::{adopt, args, CallOptions, Client, Options, StreamEvent, SubscribeOptions, Value};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -29,9 +30,22 @@ struct ExecResult {
 
 /// Adopt the tree, or start one and wait until the actors this editor uses answer.
 fn adopt_or_start(c: &mut Client) -> Result<Option<Child>> {
-    let ping = CallOptions { timeout: Some(0.5), ..CallOptions::default() };
-    if c.request("supervisor", "sys.ping", Value::Nil, ping).is_ok() {
-        println!("adopted the tree in {}", c.runtime_dir.display());
+    let quick = CallOptions { timeout: Some(0.5), ..CallOptions::default() };
+    if let Ok(status) = c.request("supervisor", "sup.status", Value::Nil, quick) {
+        let state = get(&status.body, "lifecycle").map(|life| text(life, "state")).unwrap_or_default();
+        if state == "attached" || state == "orphaned" {
+            // Held by another window (or by nobody, and stopping at the end of its grace):
+            // this process holds it too from now on, so that the tree runs as long as one
+            // window does.
+            let adopted = adopt(c, None)?;
+            let life = get(&adopted, "lifecycle").ok_or("adopt: no lifecycle in the answer")?;
+            let holders = get(life, "holders").and_then(|h| h.as_array()).map_or(1, |h| h.len());
+            println!("adopted the tree in {} (it was {state}; {holders} hold it now)", c.runtime_dir.display());
+        } else {
+            // Standalone: it follows no editor and runs until `moorage down`; adopting would
+            // make it stop when this process does.
+            println!("using the tree in {} (it follows no editor)", c.runtime_dir.display());
+        }
         return Ok(None);
     }
     let bin = std::env::var("MOORAGE_BIN").unwrap_or_else(|_| "moorage".into());

@@ -4,7 +4,8 @@
 //! and `recovery` (the taxonomy, the matrix, back-off, breaker), `calls` (every decision of a
 //! call) and `known_ops` (the ops the schema declares idempotent, generated), `streams` (every
 //! decision of a subscription), `histogram` and `latency` (latency recording and pushing),
-//! `endpoints` (the runtime directory), `client` (sockets and waiting).
+//! `endpoints` (the runtime directory), `client` (sockets and waiting), `lifecycle` (holding a
+//! tree beside an editor: `adopt`).
 
 pub mod calls;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod errors;
 pub mod histogram;
 pub mod known_ops;
 pub mod latency;
+pub mod lifecycle;
 pub mod limits;
 pub mod recovery;
 pub mod streams;
@@ -23,6 +25,7 @@ pub use client::{CallOptions, Client, Options, Remote, SubscribeOptions, Subscri
 pub use endpoints::CurveKeys;
 pub use envelope::{Reply, StreamMessage};
 pub use errors::{Error, WireError};
+pub use lifecycle::adopt;
 pub use recovery::BreakerState;
 pub use rmpv::Value;
 pub use streams::StreamEvent;

@@ -5,7 +5,8 @@
  * taxonomy, the matrix, back-off, breaker), calls.ts (every decision of a call) and knownOps.ts
  * (the ops the schema declares idempotent, generated), streams.ts (every decision of a
  * subscription), histogram.ts and latency.ts (latency recording and pushing), endpoints.ts
- * (the runtime directory), client.ts (sockets and waiting).
+ * (the runtime directory), client.ts (sockets and waiting), lifecycle.ts (holding a tree beside
+ * an editor: adopt).
  */
 export { Client, Subscription, type ClientOptions, type SubscribeOptions } from "./client.js";
 export { ActorLink, CallPlan, knownIdempotent, type CallOptions, type Verdict } from "./calls.js";
@@ -18,3 +19,4 @@ export { Backoff, CircuitBreaker, MATRIX, maxRetriesFor, type BreakerState } fro
 export { StreamTracker, type Loss, type Message, type Reset, type StreamEvent } from "./streams.js";
 export { Recorder } from "./histogram.js";
 export { runtimeDir, endpointsOf, remoteEndpointsOf, clientKeys, keysDir, type CurveKeys } from "./endpoints.js";
+export { adopt, type Adopted, type Lifecycle } from "./lifecycle.js";
