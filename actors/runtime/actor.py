@@ -571,7 +571,8 @@ class Actor:
     def _op_hello(self, call: Call, client: str, adopt: bool,
                   parent: int | None) -> dict[str, Any]:
         """Who answers here: a new epoch means the actor restarted since the last hello. With
-        adopt, the caller takes an orphaned tree over (said to the root supervisor)."""
+        adopt, the caller holds the tree beside whoever holds it already, an orphaned one's
+        shutdown cancelled (said to the root supervisor)."""
         out = {
             "actor": self.name,
             "ep": self.epoch,
