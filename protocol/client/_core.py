@@ -35,7 +35,11 @@ Retry rules (see PROTOCOL.md, "Retries"):
     first send ends with it, always with `retry_after_ms` (the cooldown left; while half-open,
     the breaker's current cooldown). A call that was sent and whose resend the breaker refuses
     ends with its own outcome: the error its last attempt was answered with, else (no reply)
-    `timeout` when idempotent, `outcome_unknown` when it may have run.
+    `timeout` when idempotent, `outcome_unknown` when it may have run;
+  - a call that got no reply on a DEALER on which no handshake ever completed (a stale or
+    wrong server key, a tree down: LinkLog) was never delivered: once the adapter has closed
+    the socket (its queue gone) and read its monitor to the end, it says so (`undelivered`:
+    `unavailable` where it would have been `outcome_unknown`, `timeout` told the same).
 
 Each call's end-to-end time is recorded once, when its plan says it is over (`Done`), with its
 outcome: see _latency.py for what is kept and how it can reach the metrics actor.
@@ -696,6 +700,32 @@ def closed_on_error(sock: SocketT, configure: Callable[[], None], actor: str, ro
     return sock
 
 
+_monitor_ids = itertools.count(1)
+
+
+def watched(sock: SocketT, events: int | None, configure: Callable[[], None], actor: str,
+            role: str, op: str) -> tuple[SocketT, Any]:
+    """`sock` configured (closed_on_error) with a monitor of `events` (None: none) started
+    before its connect, so that no handshake goes untold (LinkLog); each monitor at an inproc
+    address of its own (pyzmq's default names it after the socket's descriptor, which a
+    socket made while a closed one's monitor is still being let go may reuse: EADDRINUSE)."""
+    monitor = None
+    if events is not None:
+        try:
+            monitor = sock.get_monitor_socket(
+                events, f"inproc://moorage.monitor-{os.getpid()}-{next(_monitor_ids)}")
+        except BaseException:
+            sock.close(0)
+            raise
+    try:
+        closed_on_error(sock, configure, actor, role, op)
+    except BaseException:
+        if monitor is not None:
+            monitor.close(0)
+        raise
+    return sock, monitor
+
+
 def closed_client(actor: str, op: str) -> MoorageError:
     """A call or a subscription on a client already closed: refused, not sent."""
     return MoorageError(WireError.of("cancelled", f"the client is closed: {op} to {actor} not "
@@ -703,9 +733,110 @@ def closed_client(actor: str, op: str) -> MoorageError:
 
 
 def monitor_events() -> int:
-    # (HANDSHAKE_FAILED_AUTH: only over tcp, where the tree's ZAP handler judges our key)
+    """A DEALER's monitor: drops; handshakes made (ipc's NULL mechanism reports them too);
+    HANDSHAKE_FAILED_AUTH, only over tcp, where the tree's ZAP handler judges our key; the
+    other failed handshakes (a connection made and ended before it got in: a wrong server
+    key); MONITOR_STOPPED, the last event of a closed socket (Undelivered)."""
+    return zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH | _ENDED_EARLY | zmq.EVENT_MONITOR_STOPPED
+
+
+def stream_monitor_events() -> int:
+    """A remote subscription's monitor: its link dropping, coming back, or its key refused."""
     return zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
         | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+
+_ENDED_EARLY = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+# How long a client waits for a closed socket's last monitor event (MONITOR_STOPPED, sent
+# once libzmq has let the socket go: milliseconds) before it gives up telling whether a call
+# was delivered; past it the call keeps the error it ended with.
+UNDELIVERED_CHECK = 2.0
+# The errors of a call that got no reply, which may have been delivered or not.
+NO_REPLY_SENT = frozenset({"timeout", "outcome_unknown"})
+
+
+class LinkLog:
+    """What a socket's monitor told of its connections. libzmq sends nothing on a connection
+    before its handshake has completed (the ZMTP greeting and, over tcp, CURVE's), and says
+    HANDSHAKE_SUCCEEDED before it sends anything, on ipc as on tcp: while `succeeded` is 0,
+    nothing the socket was given has left it. `ended_early` counts the connections made that
+    ended before their handshake (a CURVE server that cannot read our HELLO, for a server
+    key that is not its own, closes it; so does a port where something else listens)."""
+
+    __slots__ = ("ended_early", "refused", "succeeded", "up")
+
+    def __init__(self) -> None:
+        self.succeeded = 0
+        self.ended_early = 0
+        self.refused = False  # the last handshake: the tree refused our key (tcp only)
+        self.up = False  # a connection is made (as the events read so far tell)
+
+    def note(self, event: int) -> str | None:
+        """Take one event; say what changed for a reader of a stream: "dropped" (a link that
+        was up went down), "back" (up again after a drop), "refused" (the key), or None."""
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.succeeded += 1
+            self.refused = False
+            self.up = True
+            return "back" if self.succeeded > 1 else None
+        if event == zmq.EVENT_DISCONNECTED:
+            was, self.up = self.up, False
+            return "dropped" if was else None
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self.refused = True
+            return "refused"
+        if event & _ENDED_EARLY:
+            self.ended_early += 1
+        return None
+
+
+def undelivered(exc: MoorageError, endpoint: str, log: LinkLog, remote: bool) -> MoorageError:
+    """The error of a call that got no reply (`exc`: timeout, outcome_unknown) on a socket
+    on which no handshake ever completed, now closed (its queue, the request with it, gone)
+    and its last monitor event read: nothing of it left this client, so it did not run. A
+    call that may not be repeated ends `unavailable` (retryable: "not run"), never
+    `outcome_unknown`; an idempotent one keeps `timeout`, told the same. Either names the
+    endpoint and what the monitor saw; over tcp, that the connection file's server_key may
+    be stale (a CURVE server that cannot read our handshake ends the connection:
+    `ended_early`)."""
+    stale = ("the connection file's server_key is likely stale (the tree's keys were remade: "
+             "compare it with `moorage keys list` on the tree's host), or what listens there "
+             "is not this tree")
+    if log.ended_early:
+        why = f"{log.ended_early} connection(s) ended before it" + (f": {stale}" if remote
+                                                                     else "")
+    elif remote:
+        why = ("the tree is down, not reachable from here or not answering (or the connection "
+               "file's server_key is stale: compare it with `moorage keys list` on the tree's "
+               "host)")
+    else:
+        why = "the actor is not running there, or not answering"
+    told = (f"nothing was delivered to {exc.actor} at {endpoint}: no connection there "
+            f"completed its handshake; {why}")
+    detail = {"delivered": False, "endpoint": endpoint, "ended_early": log.ended_early}
+    if exc.error.name == "timeout":
+        err = WireError.of("timeout", f"{exc.error.message}; {told}", detail=detail)
+    else:
+        err = WireError.of("unavailable", f"{exc.op} did not run: {told}",
+                           detail={**detail, "instead_of": exc.error.name})
+    out = MoorageError(err, op=exc.op, actor=exc.actor, attempts=exc.attempts,
+                       extra=exc.extra)
+    out.__cause__ = exc
+    return out
+
+
+def stream_refused(actor: str, endpoint: str, client_public: bytes) -> MoorageError:
+    """What a remote subscription's `next()` raises once the tree refused its key at the
+    CURVE handshake of its stream socket: `unauthorized`, as a call on a refused connection."""
+    key = client_public.decode()
+    return MoorageError(WireError.of(
+        "unauthorized",
+        f"the tree refused this client's key {key} at the CURVE handshake of {actor}'s "
+        f"stream ({endpoint}): allow it on the tree's host with `moorage keys allow '{key}'`, "
+        "then subscribe from a new client (this subscription's connection is not tried "
+        "again); what it delivered before is all it will"), op="subscribe", actor=actor,
+        attempts=0)
 
 
 # What a call that got no reply can end with; when the tree refused this client's key, that

@@ -23,15 +23,21 @@ import zmq.asyncio
 
 from moorage.protocol.client._core import (
     LEARN_SHARE,
+    NO_REPLY_SENT,
+    UNDELIVERED_CHECK,
     CallPlan,
     ClientCore,
     ClientOptions,
     Done,
+    LinkLog,
     Resend,
     Wait,
     closed_client,
-    closed_on_error,
     monitor_events,
+    stream_monitor_events,
+    stream_refused,
+    undelivered,
+    watched,
 )
 from moorage.protocol.client._streams import (
     IDLE_FRAMES_PAST_DEADLINE,
@@ -103,11 +109,15 @@ def _cancel(sending: asyncio.Future | None) -> None:
 class _AConn:
     def __init__(self, core: ClientCore, ctx: zmq.asyncio.Context, actor: str, op: str) -> None:
         sock = ctx.socket(zmq.DEALER)
-        self.sock = closed_on_error(sock, lambda: core.configure_dealer(sock, actor),
-                                    actor, "rpc", op)
-        self.monitor = self.sock.get_monitor_socket(monitor_events())
+        self.sock, self.monitor = watched(sock, monitor_events(),
+                                          lambda: core.configure_dealer(sock, actor),
+                                          actor, "rpc", op)
         self.waiters: dict[int, asyncio.Queue] = {}
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
+        self.log = LinkLog()  # (whether anything given to the socket may have left it)
+        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.closing = False  # never_delivered closed the socket: only the monitor is read
+        self.stopped = asyncio.Event()  # the monitor's last event (MONITOR_STOPPED) was read
         self.core, self.actor = core, actor
         self.generation = 0  # drops told so far
         self.tasks = [
@@ -151,6 +161,12 @@ class _AConn:
     async def _watch(self) -> None:
         while True:
             ev = parse(await self.monitor.recv_multipart())
+            self.log.note(ev["event"])
+            if ev["event"] == zmq.EVENT_MONITOR_STOPPED:
+                self.stopped.set()
+                return
+            if self.closing:
+                continue
             if ev["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                 self.key_refused = ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
                 if self.key_refused:  # the calls waiting now end on it
@@ -173,6 +189,25 @@ class _AConn:
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close(0)
+
+    async def never_delivered(self) -> bool:
+        """Close the socket (whatever it holds is dropped unsent) and read its monitor to the
+        last event: True if no handshake ever completed on it, so nothing it was given left
+        it (sync._Conn.never_delivered)."""
+        self.closing = True
+        reader = self.tasks[0]
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        self.sock.close(0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopped.wait(), UNDELIVERED_CHECK)
+        watcher = self.tasks[1]
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        self.monitor.close(0)
+        return self.stopped.is_set() and not self.log.succeeded
 
 
 class AsyncClient(FromConnectionFile):
@@ -242,7 +277,7 @@ class AsyncClient(FromConnectionFile):
             while True:
                 if isinstance(verdict, Done):
                     if verdict.error is not None:
-                        raise self.core.failed(verdict.error, conn.key_refused)
+                        raise await self._failed(actor, conn, rid, verdict.error)
                     assert verdict.reply is not None
                     return verdict.reply
                 if isinstance(verdict, Resend):
@@ -308,6 +343,23 @@ class AsyncClient(FromConnectionFile):
             _cancel(sending)
             conn.waiters.pop(rid, None)
 
+    async def _failed(self, actor: str, conn: _AConn, rid: int,
+                      exc: MoorageError) -> MoorageError:
+        """What a call that ended with `exc` raises: `unauthorized` for a refused key; for a
+        call with no reply on a connection that never completed a handshake, once the socket
+        is closed, the error that says nothing was delivered (sync.Client._failed). While
+        other calls still wait on that socket, it is left open for them (closing it would
+        drop their requests): the call keeps its error, and the last of them to end closes
+        it."""
+        if conn.key_refused or exc.error.name not in NO_REPLY_SENT or conn.log.succeeded:
+            return self.core.failed(exc, conn.key_refused)
+        if self._conns.get(actor) is not conn or any(w != rid for w in conn.waiters):
+            return exc
+        del self._conns[actor]
+        if not await conn.never_delivered():
+            return exc
+        return undelivered(exc, conn.endpoint, conn.log, self.core.remote is not None)
+
     async def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         return (await self.request(actor, op, args, **kw)).body
 
@@ -368,11 +420,52 @@ class AsyncSubscription:
         self.client = client
         self.actor = actor
         sock = client.ctx.socket(zmq.SUB)
-        self.sock = closed_on_error(
-            sock, lambda: client.core.configure_sub(sock, actor, topics), actor, "pub",
-            "subscribe")
+        # Over tcp, the stream socket's monitor: a refused key ends the subscription, as in
+        # the blocking client (sync.Subscription); a task reads it and wakes next() on it.
+        self.sock, self.monitor = watched(
+            sock, stream_monitor_events() if client.core.remote is not None else None,
+            lambda: client.core.configure_sub(sock, actor, topics), actor, "pub", "subscribe")
+        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._log = LinkLog()
+        self._changes: list[str] = []
+        self._refused = asyncio.Event()
+        self._watcher: asyncio.Future | None = None
+        if self.monitor is not None:
+            self._watcher = asyncio.ensure_future(self._watch(self.monitor))
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        while True:
+            change = self._log.note(parse(await monitor.recv_multipart())["event"])
+            if change in ("dropped", "back"):
+                self._changes.append(change)
+            elif change == "refused":
+                self._refused.set()
+
+    def _check(self) -> None:
+        if self._log.refused:
+            remote = self.client.core.remote
+            assert remote is not None
+            raise stream_refused(self.actor, self.endpoint, remote.client.public)
+
+    def link_changes(self) -> list[str]:
+        """What became of the link since the last ask: see Subscription.link_changes."""
+        changes, self._changes = self._changes, []
+        return changes
+
+    async def _recv_or_refused(self, left: float | None) -> list[bytes] | None:
+        """The next frames, or None when `left` seconds pass or the key is refused first."""
+        recv = asyncio.ensure_future(self.sock.recv_multipart())
+        refused = asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait((recv, refused), timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            if not recv.done():
+                recv.cancel()
+        return recv.result() if recv.done() and not recv.cancelled() else None
 
     async def _replay(self, need: NeedReplay | None, end: float | None = None) -> None:
         """See Subscription._replay; a cancellation (a caller's wait_for around next()) ends
@@ -396,10 +489,18 @@ class AsyncSubscription:
         idle = 0  # frames read past `end` that gave no event (see Subscription.next)
         while not self._ready:
             left = None if end is None else max(0.0, end - time.monotonic())
-            try:
-                frames = await asyncio.wait_for(self.sock.recv_multipart(), left)
-            except TimeoutError:
-                return None
+            if self._watcher is None:
+                try:
+                    frames = await asyncio.wait_for(self.sock.recv_multipart(), left)
+                except TimeoutError:
+                    return None
+            else:
+                self._check()
+                got = await self._recv_or_refused(left)
+                if got is None:
+                    self._check()
+                    return None
+                frames = got
             try:
                 msg = decode_stream(frames)
             except DecodeError:
@@ -429,5 +530,10 @@ class AsyncSubscription:
     def close(self) -> None:
         if self.sock.closed:
             return
+        if self.monitor is not None:
+            assert self._watcher is not None
+            self._watcher.cancel()
+            self.sock.disable_monitor()
+            self.monitor.close(0)
         self.sock.close(0)
         self.client._subs.discard(self)

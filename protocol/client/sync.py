@@ -19,15 +19,21 @@ from typing import Any
 import zmq
 
 from moorage.protocol.client._core import (
+    NO_REPLY_SENT,
+    UNDELIVERED_CHECK,
     CallPlan,
     ClientCore,
     ClientOptions,
     Done,
+    LinkLog,
     Resend,
     Wait,
     closed_client,
-    closed_on_error,
     monitor_events,
+    stream_monitor_events,
+    stream_refused,
+    undelivered,
+    watched,
 )
 from moorage.protocol.client._streams import (
     IDLE_FRAMES_PAST_DEADLINE,
@@ -91,11 +97,13 @@ def _dropped_at_send(plan: CallPlan, verdict: Wait, unsent: bool) -> Wait | Rese
 class _Conn:
     def __init__(self, core: ClientCore, ctx: zmq.Context, actor: str, op: str) -> None:
         sock = ctx.socket(zmq.DEALER)
-        self.sock = closed_on_error(sock, lambda: core.configure_dealer(sock, actor),
-                                    actor, "rpc", op)
+        self.sock, self.monitor = watched(sock, monitor_events(),
+                                          lambda: core.configure_dealer(sock, actor),
+                                          actor, "rpc", op)
         self.sock.setsockopt(zmq.RCVTIMEO, WAIT_SLICE_MS)
-        self.monitor = self.sock.get_monitor_socket(monitor_events())
         self.key_refused = False  # the last handshake over tcp: the tree refused our key
+        self.log = LinkLog()  # (whether anything given to the socket may have left it)
+        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         # The request of the attempt waiting now, while the socket has no room for it (_send)
         self.unsent: list[bytes] | None = None
 
@@ -108,7 +116,25 @@ class _Conn:
             dropped = dropped or ev == zmq.EVENT_DISCONNECTED
             if ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                 self.key_refused = ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            self.log.note(ev)
         return dropped
+
+    def never_delivered(self) -> bool:
+        """Close the socket (with it, whatever it holds is dropped unsent) and read its
+        monitor to the last event (MONITOR_STOPPED, once libzmq has let the socket go): True
+        if no handshake ever completed on it, so nothing it was given ever left it (LinkLog).
+        False if one did, or if the last event is not read within UNDELIVERED_CHECK."""
+        self.sock.close(0)
+        stopped = False
+        end = _monotonic() + UNDELIVERED_CHECK
+        while not stopped and self.monitor.poll(max(1, int((end - _monotonic()) * 1000))):
+            ev = recv_event(self.monitor)["event"]
+            stopped = ev == zmq.EVENT_MONITOR_STOPPED
+            self.log.note(ev)
+            if _monotonic() >= end:
+                break
+        self.monitor.close(0)
+        return stopped and not self.log.succeeded
 
     def close(self) -> None:
         self.sock.disable_monitor()
@@ -200,7 +226,7 @@ class Client(FromConnectionFile):
                 # (what it could not send is dropped: each attempt sets its own, _wait sends)
                 conn.unsent = None
                 if verdict.error is not None:
-                    raise self.core.failed(verdict.error, conn.key_refused)
+                    raise self._failed(actor, conn, verdict.error)
                 assert verdict.reply is not None
                 return verdict.reply
             else:
@@ -255,6 +281,21 @@ class Client(FromConnectionFile):
                 return plan.on_disconnect(now)
             if conn.key_refused:  # (the tree does not take this key: no reply can come)
                 return plan.on_refused(now)
+
+    def _failed(self, actor: str, conn: _Conn, exc: MoorageError) -> MoorageError:
+        """What a call that ended with `exc` raises: `unauthorized` for a refused key
+        (ClientCore.failed); for a call with no reply on a connection that never completed a
+        handshake (a wrong server key, a tree down or unreachable), once the socket is closed
+        and nothing it held can leave any more, the error that says nothing was delivered
+        (_core.undelivered: `unavailable`, or `timeout` for an idempotent call): the next
+        call connects anew."""
+        if conn.key_refused or exc.error.name not in NO_REPLY_SENT or conn.log.succeeded:
+            return self.core.failed(exc, conn.key_refused)
+        if self._conns.get(actor) is conn:
+            del self._conns[actor]
+        if not conn.never_delivered():
+            return exc
+        return undelivered(exc, conn.endpoint, conn.log, self.core.remote is not None)
 
     def call(self, actor: str, op: str, args: Any = None, **kw: Any) -> Any:
         """One call; returns the reply body or raises MoorageError."""
@@ -374,7 +415,7 @@ class Client(FromConnectionFile):
                     send(plan)
                 index += 1
             if not plans:
-                return results
+                return self._pipeline_failed(actor, conn, results)
             if due:
                 resend_due()  # (looked at every WAIT_SLICE_MS at most: the poll below)
             # Plans given one timeout are due in creation order; given none, each has its op's.
@@ -415,6 +456,22 @@ class Client(FromConnectionFile):
                 continue
             take_replies()
 
+    def _pipeline_failed(self, actor: str, conn: _Conn, results: list[Any]) -> list[Any]:
+        """A pipeline's results, those of its calls that got no reply on a connection that
+        never completed a handshake told that nothing was delivered, as a single call is
+        (_failed)."""
+        if conn.key_refused or conn.log.succeeded or not any(
+                isinstance(r, MoorageError) and r.error.name in NO_REPLY_SENT for r in results):
+            return results
+        if self._conns.get(actor) is conn:
+            del self._conns[actor]
+        if not conn.never_delivered():
+            return results
+        remote = self.core.remote is not None
+        return [undelivered(r, conn.endpoint, conn.log, remote)
+                if isinstance(r, MoorageError) and r.error.name in NO_REPLY_SENT else r
+                for r in results]
+
     # --- streams -------------------------------------------------------------------------
 
     def subscribe(
@@ -453,9 +510,21 @@ class Subscription:
         self.client = client
         self.actor = actor
         sock = client.ctx.socket(zmq.SUB)
-        self.sock = closed_on_error(
-            sock, lambda: client.core.configure_sub(sock, actor, topics), actor, "pub",
-            "subscribe")
+        # Over tcp, the stream socket's monitor (watched from before its connect): a key the
+        # tree refused ends the subscription (next() raises `unauthorized`), and the link's
+        # drops and returns are told (link_changes). On ipc a drop is the publisher's end,
+        # which its successor's Reset tells.
+        self.sock, self.monitor = watched(
+            sock, stream_monitor_events() if client.core.remote is not None else None,
+            lambda: client.core.configure_sub(sock, actor, topics), actor, "pub", "subscribe")
+        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._log = LinkLog()
+        self._changes: list[str] = []
+        self._poller: zmq.Poller | None = None
+        if self.monitor is not None:
+            self._poller = zmq.Poller()
+            self._poller.register(self.sock, zmq.POLLIN)
+            self._poller.register(self.monitor, zmq.POLLIN)
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
 
@@ -485,7 +554,12 @@ class Subscription:
             frames = try_recv(self.sock)  # (a burst is read without a poll per message)
             if frames is None:
                 left = None if end is None else max(0, int((end - time.monotonic()) * 1000))
-                if not self.sock.poll(left):
+                if self._poller is None:
+                    if not self.sock.poll(left):
+                        return None
+                    continue
+                self._look()
+                if not self._poller.poll(left):
                     return None
                 continue
             try:
@@ -506,6 +580,27 @@ class Subscription:
                     return None
         return self._ready.pop(0)
 
+    def _look(self) -> None:
+        """Read the stream socket's monitor (remote only); raise `unauthorized` once the
+        tree has refused this client's key there: no message can come any more."""
+        assert self.monitor is not None
+        while readable(self.monitor):
+            change = self._log.note(recv_event(self.monitor)["event"])
+            if change in ("dropped", "back"):
+                self._changes.append(change)
+        if self._log.refused:
+            remote = self.client.core.remote
+            assert remote is not None
+            raise stream_refused(self.actor, self.endpoint, remote.client.public)
+
+    def link_changes(self) -> list[str]:
+        """What became of the link to a tree elsewhere since the last ask, as `next` saw it:
+        "dropped" (it went down; the socket reconnects by itself, and what was published
+        meanwhile is replayed or reported lost once it is back), "back". Always empty on
+        ipc."""
+        changes, self._changes = self._changes, []
+        return changes
+
     def catch_up(self) -> None:
         """Ask for what may have been lost at the end of a burst (the stream went quiet): the
         events, if any, come from `next`."""
@@ -521,5 +616,8 @@ class Subscription:
     def close(self) -> None:
         if self.sock.closed:
             return
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(0)
         self.sock.close(0)
         self.client._subs.discard(self)

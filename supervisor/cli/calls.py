@@ -290,7 +290,8 @@ def first_sentence(doc: str) -> str:
 class TreeWatch:
     """The root's pidfd: readable once the tree has stopped. A tree elsewhere
     (`--connection`) has no pid here: its follower runs until it is stopped or its count is
-    reached."""
+    reached, says on stderr when its link drops or comes back, and ends (exit 2) when the
+    tree refuses its key (`unauthorized`: follow)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.fd: int | None = None  # no tree (or gone already): nothing to wait for
@@ -315,14 +316,20 @@ class TreeWatch:
 
 
 def follow(sub: Subscription, watch: TreeWatch, emit: Any, count: int | None = None) -> int:
-    """Emit every event until `count` of them, or the tree stops (then 0)."""
+    """Emit every event until `count` of them, or the tree stops (then 0). Following a tree
+    elsewhere, a refused key ends it (`next` raises `unauthorized`: exit 2), and each drop
+    and return of its link is said on stderr (the stream's own output stays on stdout)."""
     poller = zmq.Poller()
     poller.register(sub.sock, zmq.POLLIN)
+    if sub.monitor is not None:
+        poller.register(sub.monitor, zmq.POLLIN)
     if watch.fd is not None:
         poller.register(watch.fd, zmq.POLLIN)
     seen = 0
     while count is None or seen < count:
         ev = sub.next(timeout=0)
+        for change in sub.link_changes():
+            say_link(sub, change)
         if ev is not None:
             emit(ev)
             seen += 1
@@ -333,6 +340,28 @@ def follow(sub: Subscription, watch: TreeWatch, emit: Any, count: int | None = N
                 emit(ev)
             return EXIT_OK
     return EXIT_OK
+
+
+def say_link(sub: Subscription, change: str) -> None:
+    """One line on stderr for a drop ("dropped") or return ("back") of a remote stream's link."""
+    where = f"{sub.actor}'s stream at {sub.endpoint}"
+    if change == "dropped":
+        print(f"moorage: the link to {where} dropped; reconnecting (what is published "
+              "meanwhile is replayed, or reported lost, once it is back)", file=sys.stderr,
+              flush=True)
+    else:
+        print(f"moorage: the link to {where} is back", file=sys.stderr, flush=True)
+
+
+def hello_elsewhere(args: argparse.Namespace, client: Any, actor: str, budget: Budget) -> None:
+    """Before following a tree elsewhere (`--connection`), one `sys.hello` to `actor` within
+    the command's --timeout: a refused key (`unauthorized`, exit 2), a wrong server key or a
+    tree that does not answer (`timeout`, saying whether anything was delivered) is said
+    now, not by a follower that prints nothing for ever. A tree on this host needs none:
+    its lock said it runs."""
+    if getattr(args, "connection", None):
+        read(client, actor, "sys.hello", {"client": f"moorage-cli {client.sid}"},
+             budget=budget)
 
 
 def write_raw(out: BinaryIO, chunks: list[bytes]) -> None:
@@ -351,6 +380,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             check_actor(c, args.actor, budget)
             sub = c.subscribe(args.actor, [args.topic], from_seq=args.from_seq)
             try:
+                hello_elsewhere(args, c, args.actor, budget)
                 return follow(sub, watch, lambda ev: emit_stream(ev, args))
             finally:
                 sub.close()
@@ -391,10 +421,12 @@ def emit_stream(ev: Any, args: argparse.Namespace) -> None:
 
 def cmd_events(args: argparse.Namespace) -> int:
     watch = TreeWatch(args)
+    budget = Budget(args.timeout)
     try:
         with connect(args) as c:
             sub = c.subscribe("supervisor", ["sup.event"], from_seq=1 if args.replay else None)
             try:
+                hello_elsewhere(args, c, "supervisor", budget)
                 return follow(sub, watch, emit_event, args.count)
             finally:
                 sub.close()

@@ -21,7 +21,7 @@ use crate::calls::{call_timeout, declared_timeouts, known_idempotent, learned_op
 use crate::codec::{self, get};
 use crate::endpoints::{check_runtime_dir, client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, trusted_tree_running, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
-use crate::errors::{unauthorized, Error, WireError};
+use crate::errors::{unauthorized, undelivered, Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
 use crate::limits::{HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN};
 use crate::recovery::{Backoff, BreakerState, CircuitBreaker};
@@ -32,6 +32,9 @@ const LEARN_SHARE: f64 = 0.5;
 /// A waiting call blocks in receive for at most this long before it looks at the connection's
 /// monitor and its deadlines: how late a drop (the actor died) or a deadline is noticed.
 const WAIT_SLICE_MS: i32 = 10;
+/// How long a client waits for a closed socket's last monitor event (MONITOR_STOPPED) before
+/// it gives up telling whether a call was delivered (`Client::undelivered`), milliseconds.
+const UNDELIVERED_CHECK_MS: u64 = 2000;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -115,6 +118,13 @@ struct Conn {
     link: ActorLink,
     /// The last handshake over tcp: the tree refused our key (HANDSHAKE_FAILED_AUTH).
     key_refused: bool,
+    /// Handshakes completed on this socket: libzmq sends nothing on a connection before its
+    /// handshake, and says so before it sends anything (ipc too). While 0, nothing left it.
+    handshakes: u32,
+    /// Connections made that ended before their handshake (a wrong server key: the CURVE
+    /// server cannot read our HELLO and closes it).
+    ended_early: u32,
+    endpoint: String,
 }
 
 enum Due {
@@ -257,9 +267,11 @@ impl Client {
             sock.set_sndtimeo(0).map_err(zerr)?;
             self.monitors += 1;
             let addr = format!("inproc://moorage-monitor-{}-{}-{}", self.sid, actor, self.monitors);
-            // (the handshake events only over tcp, where the tree's ZAP handler judges our key)
+            // (HANDSHAKE_FAILED_AUTH only over tcp, where the tree's ZAP handler judges our key;
+            // MONITOR_STOPPED: a closed socket's last event, `undelivered`)
             let events = zmq::SocketEvent::DISCONNECTED as i32 | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
-                | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32;
+                | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32 | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
+                | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32 | zmq::SocketEvent::MONITOR_STOPPED as i32;
             sock.monitor(&addr, events).map_err(zerr)?;
             let monitor = self.ctx.socket(zmq::PAIR).map_err(zerr)?;
             monitor.set_linger(0).map_err(zerr)?;
@@ -267,9 +279,12 @@ impl Client {
             self.endpoints.secure(&sock, true).map_err(zerr)?;
             // (ZeroMQ refusing the endpoint, an ipc path past a socket's 107 bytes: the caller
             // named what cannot be reached)
-            sock.connect(&self.endpoints.rpc(actor))
+            let endpoint = self.endpoints.rpc(actor);
+            sock.connect(&endpoint)
                 .map_err(|e| local_error("bad_args", format!("{actor}: no rpc socket to connect to: {e}"), actor, ""))?;
-            self.conns.insert(actor.to_string(), Conn { sock, monitor, link: ActorLink::new(None), key_refused: false });
+            self.conns.insert(actor.to_string(), Conn {
+                sock, monitor, link: ActorLink::new(None), key_refused: false, handshakes: 0, ended_early: 0, endpoint,
+            });
         }
         Ok(self.conns.get_mut(actor).unwrap())
     }
@@ -434,7 +449,7 @@ impl Client {
                 self.apply(actor, plan, v, &mut flying, &mut out)?;
             }
             if flying.is_empty() && queue.is_empty() {
-                return Ok(out);
+                return Ok(self.undelivered(actor, out));
             }
             if flying.is_empty() {
                 continue;
@@ -460,6 +475,54 @@ impl Client {
                 self.apply(actor, plan, v, &mut flying, &mut out)?;
             }
         }
+    }
+
+    /// The outcomes of calls that got no reply (`timeout`, `outcome_unknown`) on a connection
+    /// that never completed a handshake (a stale or wrong server key, a tree down), once its
+    /// socket is closed (what it queued is dropped unsent) and its monitor read to its last
+    /// event: nothing of them left this client, so they did not run, and each says so
+    /// (`errors::undelivered`: `unavailable` instead of `outcome_unknown`). The next call
+    /// connects anew. PROTOCOL.md section 10, "A request that never left the client".
+    fn undelivered(&mut self, actor: &str, mut out: HashMap<u64, Result<Reply, Error>>) -> HashMap<u64, Result<Reply, Error>> {
+        let no_reply = |r: &Result<Reply, Error>| matches!(r, Err(e) if e.name() == "timeout" || e.name() == "outcome_unknown");
+        let Some(conn) = self.conns.get(actor) else { return out };
+        if conn.key_refused || conn.handshakes > 0 || !out.values().any(no_reply) {
+            return out;
+        }
+        let Conn { sock, monitor, mut handshakes, mut ended_early, endpoint, .. } = self.conns.remove(actor).unwrap();
+        drop(sock);
+        let end = Instant::now() + Duration::from_millis(UNDELIVERED_CHECK_MS);
+        let mut stopped = false;
+        while !stopped {
+            let left = end.saturating_duration_since(Instant::now()).as_millis() as i64;
+            if left == 0 || !matches!(monitor.poll(zmq::POLLIN, left), Ok(n) if n > 0) {
+                break;
+            }
+            let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) else { continue };
+            if frames[0].len() < 2 {
+                continue;
+            }
+            let event = u16::from_le_bytes([frames[0][0], frames[0][1]]);
+            if event == zmq::SocketEvent::MONITOR_STOPPED.to_raw() {
+                stopped = true;
+            } else if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() {
+                handshakes += 1;
+            } else if event == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
+                || event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw() {
+                ended_early += 1;
+            }
+        }
+        if !stopped || handshakes > 0 {
+            return out;
+        }
+        let remote = self.endpoints.is_remote();
+        let ended: Vec<u64> = out.iter().filter(|(_, r)| no_reply(r)).map(|(k, _)| *k).collect();
+        for k in ended {
+            if let Some(Err(e)) = out.remove(&k) {
+                out.insert(k, Err(undelivered(e, &endpoint, ended_early, remote)));
+            }
+        }
+        out
     }
 
     /// Act on a verdict: send, schedule, or end (recording the call's time once).
@@ -534,6 +597,10 @@ impl Client {
                     conn.key_refused = true;
                 } else if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() {
                     conn.key_refused = false;
+                    conn.handshakes += 1;
+                } else if event == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
+                    || event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw() {
+                    conn.ended_early += 1;
                 }
             }
         }

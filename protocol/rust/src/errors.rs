@@ -223,6 +223,39 @@ pub fn unauthorized(e: Error, public_key: &str) -> Error {
     Error { error, ..e }
 }
 
+/// The error of a call that got no reply (`e`: timeout, outcome_unknown) on a socket on which
+/// no handshake ever completed, now closed and its monitor read to the end: nothing of it left
+/// the client, so it did not run (PROTOCOL.md section 10, "A request that never left the
+/// client"). A call that may not be repeated ends `unavailable` (retryable: "not run"), never
+/// `outcome_unknown`; an idempotent one keeps `timeout`, told the same. Either names the
+/// endpoint and what the monitor saw: over tcp, connections that ended before their handshake
+/// mean the connection file's server_key is likely stale.
+pub fn undelivered(e: Error, endpoint: &str, ended_early: u32, remote: bool) -> Error {
+    let stale = "the connection file's server_key is likely stale (the tree's keys were remade: compare it with \
+                 `moorage keys list` on the tree's host), or what listens there is not this tree";
+    let why = if ended_early > 0 {
+        format!("{ended_early} connection(s) ended before it{}", if remote { format!(": {stale}") } else { String::new() })
+    } else if remote {
+        "the tree is down, not reachable from here or not answering (or the connection file's server_key is stale: \
+         compare it with `moorage keys list` on the tree's host)".to_string()
+    } else {
+        "the actor is not running there, or not answering".to_string()
+    };
+    let told = format!("nothing was delivered to {} at {endpoint}: no connection there completed its handshake; {why}", e.actor);
+    let mut detail = vec![
+        (Value::from("delivered"), Value::from(false)),
+        (Value::from("endpoint"), Value::from(endpoint)),
+        (Value::from("ended_early"), Value::from(ended_early)),
+    ];
+    let error = if e.error.name == "timeout" {
+        WireError::of("timeout", format!("{}; {told}", e.error.message))
+    } else {
+        detail.push((Value::from("instead_of"), Value::from(e.error.name.as_str())));
+        WireError::of("unavailable", format!("{} did not run: {told}", e.op))
+    };
+    Error { error: error.with_detail(Value::Map(detail)), ..e }
+}
+
 /// A frame that cannot be taken; `request_id` is the id its error reply echoes.
 #[derive(Debug, Clone)]
 pub struct DecodeError {

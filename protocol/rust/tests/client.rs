@@ -305,6 +305,51 @@ fn over_tcp_a_frame_of_the_whole_limit_gets_through_curve_both_ways() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn a_call_on_a_connection_that_never_got_in_says_nothing_was_delivered_never_outcome_unknown() {
+    // A CURVE server whose key is not the connection file's (a stale file: the tree's keys
+    // were remade): it cannot read the client's handshake, and closes each connection.
+    let (server, stale, mine) = (zmq::CurveKeyPair::new().unwrap(), zmq::CurveKeyPair::new().unwrap(), zmq::CurveKeyPair::new().unwrap());
+    let z85 = |k: &[u8]| zmq::z85_encode(k).unwrap();
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.set_curve_server(true).unwrap();
+    router.set_curve_secretkey(&server.secret_key).unwrap();
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let rpc = router.get_last_endpoint().unwrap().unwrap();
+    let dir = scratch("never-in");
+    let file = dir.join("tree.json");
+    let remote = serde_json::json!({"transport": "tcp", "curve": true, "server_key": z85(&stale.public_key),
+                                    "endpoints": {"alpha": {"rpc": rpc, "pub": rpc}}});
+    std::fs::write(&file, serde_json::json!({"runtime_dir": "/nonexistent", "remote": remote}).to_string()).unwrap();
+    let keys = CurveKeys { public: z85(&mine.public_key), secret: z85(&mine.secret_key) };
+    let mut c = Client::new(Options {
+        remote: Some(Remote { connection_file: file, keys: Some(keys), host: None }), learn_ops: false, timeout: 1.0,
+        ..Options::default()
+    }).unwrap();
+    let once = CallOptions { idempotent: Some(false), ..CallOptions::default() };
+    let e = c.request("alpha", "fs.write", Value::Nil, once.clone()).unwrap_err();
+    assert_eq!(e.name(), "unavailable", "{e}");
+    for said in ["nothing was delivered", rpc.as_str(), "server_key is likely stale"] {
+        assert!(e.error.message.contains(said), "{e}");
+    }
+    assert_eq!(e.detail().and_then(|d| moorage_client::codec::get(d, "delivered")), Some(&Value::from(false)), "{e}");
+    let read = CallOptions { idempotent: Some(true), ..CallOptions::default() };
+    let e = c.request("alpha", "sys.ping", Value::Nil, read).unwrap_err();
+    assert_eq!(e.name(), "timeout", "{e}");
+    assert!(e.error.message.contains("nothing was delivered"), "{e}");
+    router.set_rcvtimeo(0).unwrap();
+    assert!(router.recv_multipart(0).is_err(), "a request reached the server");
+
+    // On ipc, nothing listening where the actor would be
+    let mut c = client(&dir, 1.0);
+    let e = c.request("alpha", "fs.write", Value::Nil, once).unwrap_err();
+    assert_eq!(e.name(), "unavailable", "{e}");
+    assert!(e.error.message.contains("the actor is not running there"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Milliseconds from now to a request's deadline.
 fn left_ms(req: &Request) -> i64 {
     req.deadline_ms.unwrap() - moorage_client::calls::unix_ms()

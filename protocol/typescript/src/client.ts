@@ -26,7 +26,7 @@ import {
   treeRunning,
 } from "./endpoints.js";
 import { type Reply, decodeReply, decodeStream } from "./envelope.js";
-import { DecodeError, MoorageError, unauthorized, wireError } from "./errors.js";
+import { DecodeError, MoorageError, NO_REPLY_SENT, unauthorized, undelivered, wireError } from "./errors.js";
 import { HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
@@ -70,6 +70,9 @@ export interface SubscribeOptions {
 
 /** Of a call's time, the share that learning the actor's idempotent ops may take first. */
 const LEARN_SHARE = 0.5;
+/** How long a closed socket's last monitor event ("end", MONITOR_STOPPED) is waited for before
+ * a client gives up telling whether a call was delivered (Conn.neverDelivered), ms. */
+const UNDELIVERED_CHECK_MS = 2000;
 
 type Item = { kind: "reply"; reply: Reply } | { kind: "undecodable"; error: DecodeError } | { kind: "verdict"; verdict: Verdict }
   | { kind: "unsent"; error: unknown };
@@ -148,6 +151,16 @@ class Conn {
   private timer: NodeJS.Timeout | null = null;
   private timerAt = Infinity;
   private closed = false;
+  /** Handshakes completed on this socket: libzmq sends nothing on a connection before its
+   * handshake, and says so before it sends anything (ipc too). While 0, nothing left it. */
+  handshakes = 0;
+  /** Connections made that ended before their handshake (a wrong server key: the CURVE server
+   * cannot read our HELLO and closes it). */
+  endedEarly = 0;
+  /** The endpoint this DEALER connects to. */
+  readonly endpoint: string;
+  private monitorEnded = false;
+  private onMonitorEnd: (() => void) | null = null;
 
   constructor(readonly client: Client, readonly actor: string, op: string) {
     const o = client.options;
@@ -164,7 +177,28 @@ class Conn {
     this.sock = sock;
     this.watch();
     connectOrClose(sock, () => client.endpoints.rpc(actor), "rpc", actor, op);
+    this.endpoint = client.endpoints.rpc(actor);
     void this.read();
+  }
+
+  /** Close the socket (what it queued is dropped unsent) and wait for its monitor's last event:
+   * true if no handshake ever completed on it, so nothing it was given left it; false if one
+   * did, or if that event does not come within UNDELIVERED_CHECK_MS. */
+  async neverDelivered(): Promise<boolean> {
+    this.closed = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.sock.close();
+    if (!this.monitorEnded) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, UNDELIVERED_CHECK_MS);
+        this.onMonitorEnd = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    return this.monitorEnded && this.handshakes === 0;
   }
 
   /** One send. A remote (tcp) socket has sendTimeout 0: after the tree refused its key
@@ -276,7 +310,20 @@ class Conn {
     });
     // (only over tcp, where the tree's ZAP handler judges our key at every handshake)
     events.on("handshake:error:auth", () => this.dispatch(this.link.onRefused(now())));
-    events.on("handshake", () => this.link.onHandshake());
+    events.on("handshake", () => {
+      this.handshakes += 1;
+      this.link.onHandshake();
+    });
+    events.on("handshake:error:protocol", () => {
+      this.endedEarly += 1;
+    });
+    events.on("handshake:error:other", () => {
+      this.endedEarly += 1;
+    });
+    events.on("end", () => {
+      this.monitorEnded = true;
+      this.onMonitorEnd?.();
+    });
   }
 
   private dispatch(changes: [CallPlan, Verdict][]): void {
@@ -449,7 +496,7 @@ export class Client {
         if (v.kind === "done") {
           if (v.error !== undefined) {
             const key = this.endpoints.clientKey;
-            throw conn.link.refused && key !== null ? unauthorized(v.error, key) : v.error;
+            throw conn.link.refused && key !== null ? unauthorized(v.error, key) : await this.undelivered(conn, id, v.error);
           }
           return v.reply!;
         }
@@ -489,6 +536,20 @@ export class Client {
       conn.inboxes.delete(id);
       conn.link.finished(plan);
     }
+  }
+
+  /** What a call that ended with `e` throws: for a call with no reply on a connection that
+   * never completed a handshake (a stale or wrong server key, a tree down), `undelivered`'s
+   * error once the socket is closed and nothing it held can leave any more; the next call
+   * connects anew. While other calls still wait on that socket it is left open for them
+   * (closing it would drop their requests): the call keeps its error, and the last of them to
+   * end closes it. */
+  private async undelivered(conn: Conn, id: number, e: MoorageError): Promise<MoorageError> {
+    if (!NO_REPLY_SENT.has(e.error.name) || conn.handshakes > 0 || conn.link.refused) return e;
+    if (this.conns.get(conn.actor) !== conn || [...conn.inboxes.keys()].some((k) => k !== id)) return e;
+    this.conns.delete(conn.actor);
+    if (!(await conn.neverDelivered())) return e;
+    return undelivered(e, conn.endpoint, conn.endedEarly, this.remote);
   }
 
   /** One call; the reply's body, or a MoorageError. */

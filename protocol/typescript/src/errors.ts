@@ -200,6 +200,31 @@ export function unauthorized(e: MoorageError, publicKey: string): MoorageError {
   return new MoorageError(err, e.actor, e.op, e.attempts);
 }
 
+/** The errors of a call that got no reply, which may have been delivered or not. */
+export const NO_REPLY_SENT: ReadonlySet<string> = new Set(["timeout", "outcome_unknown"]);
+
+/** The error of a call that got no reply (`e`: timeout, outcome_unknown) on a socket on which no
+ * handshake ever completed, now closed and its monitor read to the end: nothing of it left the
+ * client, so it did not run (PROTOCOL.md section 10, "A request that never left the client"). A
+ * call that may not be repeated ends `unavailable` (retryable: "not run"), never
+ * `outcome_unknown`; an idempotent one keeps `timeout`, told the same. Either names the endpoint
+ * and what the monitor saw: over tcp, connections that ended before their handshake mean the
+ * connection file's server_key is likely stale. */
+export function undelivered(e: MoorageError, endpoint: string, endedEarly: number, remote: boolean): MoorageError {
+  const stale = "the connection file's server_key is likely stale (the tree's keys were remade: compare it with " +
+    "`moorage keys list` on the tree's host), or what listens there is not this tree";
+  const why = endedEarly > 0 ? `${endedEarly} connection(s) ended before it${remote ? `: ${stale}` : ""}`
+    : remote ? "the tree is down, not reachable from here or not answering (or the connection file's server_key is " +
+      "stale: compare it with `moorage keys list` on the tree's host)"
+    : "the actor is not running there, or not answering";
+  const told = `nothing was delivered to ${e.actor} at ${endpoint}: no connection there completed its handshake; ${why}`;
+  const detail: Record<string, unknown> = { delivered: false, endpoint, ended_early: endedEarly };
+  const err = e.error.name === "timeout"
+    ? wireError("timeout", `${e.error.message}; ${told}`, { detail })
+    : wireError("unavailable", `${e.op} did not run: ${told}`, { detail: { ...detail, instead_of: e.error.name } });
+  return new MoorageError(err, e.actor, e.op, e.attempts);
+}
+
 /** A frame that cannot be taken; `requestId` is the id the error reply echoes (or null). */
 export class DecodeError extends Error {
   override readonly name = "DecodeError";

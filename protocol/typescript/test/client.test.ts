@@ -240,6 +240,45 @@ test("over tcp a frame of the whole limit gets through CURVE, to the DEALER and 
   }
 });
 
+test("a call on a connection that never got in says nothing was delivered, never outcome_unknown", async () => {
+  // A CURVE server whose key is not the connection file's (a stale file: the tree's keys were
+  // remade): it cannot read the client's handshake, and closes each connection.
+  const server = curveKeyPair();
+  const router = new Router({ linger: 0, curveServer: true, curveSecretKey: server.secretKey });
+  await router.bind("tcp://127.0.0.1:*");
+  const rpc = router.lastEndpoint!;
+  const dir = scratch();
+  const file = join(dir, "tree.json");
+  writeFileSync(file, JSON.stringify({ runtime_dir: "/nonexistent", remote: {
+    transport: "tcp", curve: true, server_key: curveKeyPair().publicKey, endpoints: { alpha: { rpc, pub: rpc } } } }));
+  const c = new Client({ remote: { connectionFile: file, keys: curveKeyPair() }, learnOps: false, timeout: 1 });
+  const local = new Client({ runtimeDir: dir, learnOps: false, timeout: 1 }); // nothing listens there
+  try {
+    const failure = async (client: Client, op: string, idempotent: boolean): Promise<MoorageError> => {
+      const e = await client.call("alpha", op, null, { idempotent }).then(() => null, (err: unknown) => err);
+      assert.ok(e instanceof MoorageError, String(e));
+      return e;
+    };
+    let e = await failure(c, "fs.write", false);
+    assert.equal(e.error.name, "unavailable", e.message);
+    for (const said of ["nothing was delivered", rpc, "server_key is likely stale"]) assert.ok(e.error.message.includes(said), e.message);
+    assert.equal((e.error.detail as { delivered: boolean }).delivered, false);
+    e = await failure(c, "sys.ping", true);
+    assert.equal(e.error.name, "timeout", e.message);
+    assert.ok(e.error.message.includes("nothing was delivered"), e.message);
+    e = await failure(local, "fs.write", false);
+    assert.equal(e.error.name, "unavailable", e.message);
+    assert.ok(e.error.message.includes("the actor is not running there"), e.message);
+    router.receiveTimeout = 0;
+    const nothing = await router.receive().then(() => "a request reached the server", (err: { code?: string }) => err.code);
+    assert.equal(nothing, "EAGAIN");
+  } finally {
+    await c.close();
+    await local.close();
+    router.close();
+  }
+});
+
 test("a subscription whose replay gets an answer that is none reports the gap lost and goes on", async () => {
   const dir = scratch();
   const rpc = new Router({ linger: 0 });
