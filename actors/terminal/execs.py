@@ -30,6 +30,10 @@ class Exec:
     out_start: int | None = None  # after the trusted C
     done: bool = False
     sent: bool = False  # its input reached the keeper: from then on it may have run
+    # Not sent yet: its shell was not at its prompt (the last trusted marker not B), and a
+    # command typed then goes into whatever the shell reads (a question, a line of its own,
+    # a prompt not yet drawn). It goes at the next B; `sent_off` is set then.
+    held: bool = False
     # Its input went as one unit the shell reads whole (a line, or a bracketed paste): only
     # then does a continuation prompt before its start say the command is incomplete.
     whole: bool = False

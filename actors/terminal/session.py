@@ -17,19 +17,30 @@ published, not too far ahead of its parser, and taken by every consumer that ack
 holds the session for good). Only this session's shell is slowed down by it.
 
 How a command completes, by the session's mode (seed 2.1: the fallback chain):
-  integration     the command is sent (a multi-line or long one as one bracketed paste); the
-                  exec completes on the first trusted D after it, with D's exit code, the
-                  text between C and D, and the cwd of the P;Cwd before D. Markers without
-                  the session's nonce are ignored: program output cannot end a command.
+  integration     the command is sent once the last trusted marker is the prompt's B (the
+                  shell reads a new command line: not a question, a line of its own, a prompt
+                  still being drawn), as one bracketed paste when it has more than one line,
+                  a control character or over PASTE_FROM bytes; the exec completes on the
+                  first trusted D after it, with D's exit code, the text between C and D, and
+                  the cwd of the P;Cwd before D. Markers without the session's nonce are
+                  ignored: program output cannot end a command. A trusted prompt after it
+                  with no C, its line editor having let the line go (bash: a failed history
+                  expansion, histverify, histreedit), means nothing ran: answered at once, as
+                  a D without an exit code is, and the line the shell may hold again
+                  cancelled (^C) before the next command. A spelling question (zsh's
+                  SPROMPT, marked) is answered `n`: the command runs as it was given.
                   No trusted C or D within `integration_detect_ms` (5 s) of sending, its
                   input read, means the integration is broken: the session drops to
                   no_integration and this exec completes as one (the command is not sent
                   again: it may have run). So does a C whose shell is back in its line
                   editor for that long without a D (`exec bash`: a shell without the nonce).
-  no_integration  sent as typed; output collected until the session is quiet for `quiet_ms`;
-                  exit code None; the echoed command and the next prompt are cut off. A
-                  shell started with the integration that has not shown its first prompt
-                  yet (a slow rc file) is not guessed at: the command ends at its D.
+  no_integration  sent as typed (no control character but line ends); output collected
+                  until the session is quiet for `quiet_ms`; exit code None; the echoed
+                  command and the next prompt are cut off. A shell started with the
+                  integration that has not shown its first prompt yet (a slow rc file) is not
+                  guessed at: the command ends at its D. A trusted C or D brings the
+                  integration back (so does a trusted prompt), and a one-line command whose C
+                  or D it is ends at its D.
   raw_output      as no_integration, with escape sequences left in (the parser failed).
 A command past its timeout gets SIGINT in its process group and the caller a `timeout` error;
 one whose C has not come yet gets ^C typed instead, which also drops what the shell has not
@@ -40,6 +51,7 @@ shell itself in the foreground, the session goes on without the integration.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -73,10 +85,24 @@ from moorage.actors.vtparse import (
     clean,
     clean_fast,
 )
-from moorage.protocol.errors import WireError
+from moorage.protocol.errors import WireError, fail
 
 MODES = ("integration", "no_integration", "raw_output")
 PASTE_START, PASTE_END = b"\x1b[200~", b"\x1b[201~"
+# A command with any of these goes as a paste (with the integration): typed, a tab completes,
+# ^A/^U/ESC edit the line, ^D ends the shell; pasted, a line editor takes each as text.
+CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+# Bytes the terminal acts on itself, before any shell reads them, paste or not (with the usual
+# stty settings: ^C, ^\ and ^Z signal the foreground group, ^S and ^Q stop and start output,
+# and what follows such a byte is read outside the paste): refused.
+TERMINAL_ACTS_ON = re.compile(rb"[\x03\x1c\x1a\x13\x11]")
+# Without the integration a command is typed: only its line ends may be control characters.
+TYPED_REFUSED = re.compile(rb"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
+# What a line editor writes when it hands a line to its shell and leaves the terminal (bash's
+# readline and zsh's zle, bracketed paste on: moorage's bash.sh turns it on)
+LINE_TAKEN = b"\x1b[?2004l"
+# 133 A's option on zsh's spelling-correction question (SPROMPT, moorage.zsh)
+QUESTION = ("k", "q")
 # A line longer than this goes as a paste too: zle redraws the line for each character typed
 # (a 20 KB line typed takes zsh 3 s, pasted 60 ms), and a command typed more slowly than its
 # timeout was cut in two by the SIGINT, its tail then run as a command of its own.
@@ -247,7 +273,17 @@ class Session:
         self.on_quiet: list[Callable[[], Any]] = []  # one-shot callbacks: output went quiet
         self._quiet_from = 0.0  # monotonic: quiet counts from here or the last output
         self.last_prompt_at = -1  # offset of the last trusted prompt start
-        self.integration_back = 0  # times a trusted prompt undid "no_integration"
+        self.integration_back = 0  # times a trusted marker undid "no_integration"
+        # Where the last trusted marker says the shell is: "prompt" (B: it reads a new command
+        # line), "drawing" (A), "more" (a continuation prompt), "question" (zsh's spelling
+        # question), "running" (C), "finished" (D); None before any (a command then goes as
+        # it always did). A command goes to the shell only at "prompt".
+        self.shell_at: str | None = None
+        # A line the shell holds is being cancelled (_cancel_line): the ^C's D is due, and no
+        # prompt before it is one the next command may go to. `cancel_typed`: when the ^C
+        # was typed (monotonic), None while it waits for the line editor to read keys.
+        self.cancel_pending = False
+        self.cancel_typed: float | None = None
         # monotonic: a trusted D or prompt is due by then (a timed-out command was interrupted)
         self.answer_by: float | None = None
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
@@ -360,30 +396,45 @@ class Session:
                 if isinstance(ev, (CommandFinished, OutputStart, PromptStart, CommandLine)):
                     self.untrusted += 1
                 continue
-            if isinstance(ev, (PromptStart, PromptEnd)):
-                if isinstance(ev, PromptStart):
-                    if ev.continuation:  # (PS2: not a prompt for a new command)
-                        if not replay:
-                            self._on_continuation(ev.start)
-                        continue
-                    self.last_prompt_at = ev.start
-                    self.answer_by = None
-                    if self.meta.pop("unprompted", None) is not None:
-                        self.host.keeper_meta(self)
-                    if self.mode == "no_integration" and not replay:
-                        self._integration_back()
+            if isinstance(ev, PromptStart):
+                if ev.continuation:  # (PS2: not a prompt for a new command)
+                    self.shell_at = "more"
+                    if not replay:
+                        self._on_continuation(ev.start)
+                    continue
+                if QUESTION in ev.options:  # (nor is a question before the command runs)
+                    self.shell_at = "question"
+                    if not replay:
+                        self._on_question(ev.start)
+                    continue
+                self._on_prompt_start(ev.start, replay)
+                self._on_prompt()
+            elif isinstance(ev, PromptEnd):
+                self.shell_at = "prompt"
                 self._on_prompt()
             elif isinstance(ev, CommandLine):
                 self.command_line = ev.command
                 if self._start_record is not None:
                     self._publish_start()
             elif isinstance(ev, OutputStart):
+                self.shell_at = "running"
                 self._on_output_start(ev.end, replay)
+                if self.mode == "no_integration" and not replay:
+                    self._integration_back()
             elif isinstance(ev, CommandFinished):
+                self.shell_at = "finished"
                 self.answer_by = None
+                self.cancel_pending = False
                 self._on_finished(ev.start, ev.exit_code, replay)
+                if self.mode == "no_integration" and not replay:
+                    self._integration_back()
             elif isinstance(ev, Cwd):
                 self.cwd = ev.path
+        ex = self.exec
+        if ex is not None and ex.held:
+            # (after the whole batch, and on the next turn, when what a read-ahead parsed
+            # counts as parsed: a marker after a B may say the shell is not at it any more)
+            self.host.loop.defer(lambda: self._try_send(ex))
 
     def _on_continuation(self, at: int) -> None:
         """The shell asks for more of a command it has not started: one sent by term.exec is
@@ -394,7 +445,7 @@ class Session:
         ex = self._exec_at(at)
         if ex is None or ex.done or ex.out_start is not None or not ex.whole:
             return  # (a command sent line by line asks for its next lines so: no sign)
-        self.host.keeper_interrupt(self)
+        self._cancel_line()
         # The next command waits for the prompt the ^C brings, as a starting shell's first
         # (sent before it, it would be read into the cancelled line, or find its end).
         if self.state != "exited":
@@ -404,22 +455,108 @@ class Session:
             "more of it (an open quote, a trailing backslash, an unfinished block or "
             "here-document); its input was cancelled, nothing ran"), ran=False)
 
+    def _on_question(self, at: int) -> None:
+        """The shell asks whether to correct a word of the line it read (zsh's CORRECT and
+        CORRECT_ALL; its SPROMPT is marked) and waits for a key. For a command of term.exec
+        the answer is `n`: the command runs as it was given, as in a shell without the
+        option (a wrong name then fails as one, `command not found`, 127). Unanswered, the
+        question took the command's time, and the next command typed answered it. A question
+        to whoever types at the terminal is left to them."""
+        ex = self._exec_at(at)
+        if ex is not None and not ex.done:
+            self.host.keeper_write(self, b"n", lambda _err: None)
+
+    def _on_prompt_start(self, at: int, replay: bool) -> None:
+        """A trusted prompt (A) for a new command line."""
+        self.shell_at = "drawing"
+        self.last_prompt_at = at
+        if not self.cancel_pending:  # (a cancelled line is answered by its D, not a prompt)
+            self.answer_by = None
+        unprompted = self.meta.pop("unprompted", None) is not None
+        if unprompted:
+            self.host.keeper_meta(self)
+        if replay:
+            return
+        ex = self._exec_at(at)
+        if ex is not None and not unprompted and self._went_back(ex, at):
+            self._not_run(ex, at)
+        if self.mode == "no_integration":
+            self._integration_back()
+            ex = self.exec
+            if ex is not None and not ex.done and ex.mode == "no_integration" and \
+                    ex.out_start is None:
+                # Sent while the shell was not yet marking (read after this prompt): it ends
+                # at its own D now, not at a quiet spell, which would let the next command be
+                # typed into it and answered by its D. (Its markers are waited for afresh.)
+                ex.until_marked = True
+                ex.detect_by = time.monotonic() + self.host.detect_s
+
+    def _went_back(self, ex: Exec, at: int) -> bool:
+        """Did the shell come back to its prompt at `at` without running `ex`? No C since it
+        was sent (a D would have answered it), and its line editor let a line go since:
+        the new prompt is the next command line's, not the same prompt drawn again (a
+        resize, a theme's redraw) while the command is still being read."""
+        return ex.sent and not ex.done and ex.out_start is None and \
+            LINE_TAKEN in self.scroll.get(ex.sent_off, at)
+
+    def _not_run(self, ex: Exec, at: int) -> None:
+        """The shell read the command and drew its next prompt without running it and
+        without the D that says so (bash, when history expansion fails: `echo "fix!x"`, event
+        not found; with histverify or histreedit, the line put back for editing; bash runs
+        no PROMPT_COMMAND then). Answered now as the D without an exit code answers: nothing
+        ran, `exit_code` None, the shell's message as the output; the integration stays.
+        Waiting for a D there would have dropped the session to no_integration after
+        integration_detect_ms. The line the shell may hold again is cancelled (^C) before
+        the next command goes, which would be added to it."""
+        self._complete(None, ex.sent_off, at, self._via, shape=lambda text:
+                       cut_echo_and_prompt(text, ex.command, None))
+        self._cancel_line()
+
+    def _cancel_line(self) -> None:
+        """Drop the line the shell holds (its input, a continuation, a question) with a ^C:
+        the shell draws a new prompt after a D without an exit code. The next command waits
+        for that prompt's B; with no D within integration_detect_ms, the session goes on
+        without the integration (`_unanswered`)."""
+        self.cancel_pending = True
+        self.cancel_typed = None
+        now = time.monotonic()
+        self.answer_by = now + self.host.detect_s
+        self.host.need_tick(self)
+        self._type_cancel(now)
+
+    def _type_cancel(self, now: float) -> None:
+        """Type the ^C of a cancel once the shell's line editor waits for a key (the shell in
+        the foreground, sleeping, the terminal neither canonical nor echoing): a SIGINT that
+        finds the shell elsewhere (zsh running its precmd hooks, a line editor not yet
+        reading) may be lost, and the line kept. Typed again when no D came of it, all the
+        output parsed, with the line editor waiting again `quiet_s` on."""
+        typed = self.cancel_typed
+        if typed is not None and now - typed < self.host.quiet_s:
+            return
+        master = self.master
+        seen = shell_activity(self.pid)
+        if shell_in_foreground(master, self.pid) is False or \
+                line_editing(master) is False or (seen is not None and seen[0]):
+            return
+
+        def type_it() -> None:
+            if self.cancel_pending and self.cancel_typed == typed:
+                self.cancel_typed = time.monotonic()
+                self.host.keeper_interrupt(self)
+
+        if typed is None:
+            type_it()
+        else:  # (its D may be in output the parser actor has not answered for yet)
+            self.hop.when_parsed(self.offset, type_it)
+
     def _integration_back(self) -> None:
-        """A trusted prompt in a session whose integration was given up (its shell took
+        """A trusted marker in a session whose integration was given up (its shell took
         longer than integration_detect_ms to its first prompt: a slow rc file; or a command
-        showed no marker in time): only a shell given this session's nonce draws one, so its
+        showed no marker in time): only a shell given this session's nonce prints one, so its
         integration works, and the next command runs with it (exit codes, records)."""
-        logger.info("session {}: a trusted prompt marker came after all; integration back",
-                    self.id)
+        logger.info("session {}: a trusted marker came after all; integration back", self.id)
         self.set_mode("integration")
         self.integration_back += 1
-        ex = self.exec
-        if ex is not None and not ex.done and ex.mode == "no_integration":
-            # Sent while the shell was not yet marking (read after this prompt): it ends at
-            # its own D now, not at a quiet spell, which would let the next command be typed
-            # into it and answered by its D. (Its markers are waited for afresh.)
-            ex.until_marked = True
-            ex.detect_by = time.monotonic() + self.host.detect_s
 
     def _on_prompt(self) -> None:
         if self.state != "exited":
@@ -428,17 +565,24 @@ class Session:
 
     def _exec_at(self, at: int) -> Exec | None:
         """The exec a marker at `at` belongs to: none if it came before the command was
-        sent (the parser actor's markers can arrive after the next command went out)."""
+        sent (the parser actor's markers can arrive after the next command went out), nor
+        while the command waits for the prompt to be sent."""
         ex = self.exec
-        return ex if ex is not None and at >= ex.sent_off else None
+        return ex if ex is not None and not ex.held and at >= ex.sent_off else None
 
     def _on_output_start(self, at: int, replay: bool) -> None:
         if self.exited is None:
             self.state = "running"
         self.command_start = (at, time.time())
         ex = self._exec_at(at)
-        if ex is not None and ex.out_start is None and ex.marked:
-            ex.out_start = at
+        if ex is not None and ex.out_start is None:
+            if ex.marked:
+                ex.out_start = at
+            elif not replay and _one_line(ex.command):
+                # (a session without the integration whose shell marks after all: the
+                # command ends at its D, not at a quiet spell; its mode stays as it was sent)
+                ex.out_start = at
+                ex.until_marked = True
         if not replay:
             self._start_record = {"event": "start", "command": None, "cwd": self.cwd,
                                   "offset": at, "time": self.command_start[1]}
@@ -470,9 +614,21 @@ class Session:
                 "start": start[1], "end": time.time()})
         self.command_line = None
         if ex is not None and ex.mode == "integration":
-            begin = ex.out_start if ex.out_start is not None else ex.sent_off
-            self._complete(exit_code, begin, at, self._via)
-        elif ex is not None and ex.until_marked:
+            if ex.out_start is not None:
+                self._complete(exit_code, ex.out_start, at, self._via)
+                return
+            # No C: nothing ran (an empty line, a syntax error, zsh's failed history
+            # expansion); the output is what the shell said, its echo of the command cut.
+            self._complete(exit_code, ex.sent_off, at, self._via, shape=lambda text:
+                           cut_echo_and_prompt(text, ex.command, None))
+            if exit_code is None and ex.command.strip() and not replay:
+                # zsh's HIST_VERIFY puts the expanded line back in the editor after this D:
+                # the next command would be added to it
+                self._cancel_line()
+            return
+        if ex is not None and not ex.marked and not replay and _one_line(ex.command):
+            ex.until_marked = True  # (a shell that marks after all: this D ends it)
+        if ex is not None and ex.until_marked:
             if ex.out_start is not None:
                 self._complete(None, ex.out_start, at, self._via)
             else:  # (no C: the output begins with the shell's echo of the command)
@@ -488,6 +644,8 @@ class Session:
         if ex is not None and not ex.done:
             if now >= ex.deadline:
                 self._timed_out(ex)
+            elif ex.held:
+                pass  # (nothing sent: only its timeout)
             elif ex.marked and ex.out_start is None:
                 if self.keeper_paused:
                     # (its markers may be in what the keeper does not read while the window
@@ -497,13 +655,15 @@ class Session:
                     self._detect(ex)
             elif ex.marked:
                 self._watch_editing(ex, now)
+        if self.cancel_pending:
+            self._type_cancel(now)
         if self.answer_by is not None and now >= self.answer_by:
             self._unanswered(now)
         if self.on_quiet and now >= max(self.last_output, self._quiet_from) + \
                 self.host.quiet_s:
             self._quiet()
         return bool(self.on_quiet) or (self.exec is not None and not self.exec.done) or \
-            self.answer_by is not None
+            self.answer_by is not None or self.cancel_pending
 
     def wait_quiet(self, cb: Any) -> None:
         self._quiet_from = time.monotonic()
@@ -534,42 +694,86 @@ class Session:
         return None
 
     def start_exec(self, call: Call, command: str, timeout_s: float) -> None:
+        """Run `command` for `call` (the session is not busy). A command whose bytes cannot
+        reach the shell as one command line is refused `bad_args` before anything is sent
+        (`_unsendable`). With the integration it goes when the shell is at its prompt: at
+        once, or at the next trusted B (a question or a line of the shell's own is cancelled
+        first: ^C)."""
         mode = self.mode if self.host.integration_allowed() else "no_integration"
         if mode == "integration" and self.hop.via is None:
             mode = "raw_output"
         # (the shell's markers are read whatever the mode: where they work, they say where
         # a command ends)
         marked = self.mode == "integration" and self.hop.via is not None
-        data = command.encode()
-        pasted = marked and (b"\n" in data or len(data) > PASTE_FROM)
-        if pasted:
-            payload = PASTE_START + data.replace(b"\r\n", b"\n") + PASTE_END + b"\r"
-        else:
-            payload = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r") + b"\r"
+        why = _unsendable(command.encode(), marked)
+        if why is not None:
+            raise fail("bad_args", f"{command[:80]!r}: {why}; nothing was sent")
         now = time.monotonic()
         ex = Exec(call, command, mode, now, self.offset, now + timeout_s,
                   now + self.host.detect_s)
-        ex.whole = marked and (pasted or b"\r" not in data)
         # A shell still marking its commands ends each at its D; so does a command typed ahead
         # of a slow rc file (read at the first prompt, whose marker brings the integration
         # back): a quiet spell there says nothing of it, and would answer it before it ran.
         ex.until_marked = mode == "no_integration" and (
             marked or (self.unprompted and self.hop.via is not None))
+        self._run(ex)
+        if marked:
+            ex.held = True
+            self._try_send(ex)
+        else:
+            self._dispatch(ex, marked)
+
+    def _at_prompt(self) -> bool:
+        """Is the shell reading a new command line, by its last trusted marker (B, and no
+        ^C of ours on its way)? Not known before any marker: then yes, as it always was."""
+        return self.shell_at in ("prompt", None) and not self.cancel_pending
+
+    def _try_send(self, ex: Exec) -> None:
+        """Send held `ex` if the shell is at its prompt, by every marker in the output so
+        far (parsed first, when some of it is still with the parser actor). Typed at any
+        other time it would answer a question, be added to a line the shell holds, or be
+        read before the prompt is drawn (and any prompt after it would look like the shell
+        gone back without running it): it waits for the next B, a question or a line of the
+        shell's own cancelled first (^C)."""
+        def decide() -> None:
+            if ex is not self.exec or ex.done or not ex.held:
+                return
+            if self._at_prompt():
+                ex.held = False
+                self._dispatch(ex, True)
+            elif self.shell_at in ("more", "question") and not self.cancel_pending:
+                self._cancel_line()
+
+        self.hop.when_parsed(self.offset, decide)
+
+    def _dispatch(self, ex: Exec, marked: bool) -> None:
+        """Send `ex`'s command: a bracketed paste (marked, and it has more than one line, a
+        control character, or over PASTE_FROM bytes), else typed, and Enter."""
+        data = ex.command.encode()
+        pasted = marked and (len(data) > PASTE_FROM or CONTROL.search(data) is not None)
+        if pasted:
+            payload = PASTE_START + data.replace(b"\r\n", b"\n") + PASTE_END + b"\r"
+        else:
+            payload = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r") + b"\r"
+        # (marked: its input is one line, or one paste, which the shell reads whole)
+        ex.whole = marked
+        now = time.monotonic()
+        ex.sent_off = self.offset
+        ex.detect_by = now + self.host.detect_s  # (from when it goes, not from the call)
         # Written down with the keeper before the command goes to the shell, so that a
         # successor of ours knows it is running and answers a resend of it (term.exec is
         # resumable: restore.py).
         # (its start by the wall clock, which a successor shares, as its end: the duration
-        # it answers counts from here, not from its restore)
+        # it answers counts from the call's start, not from its restore)
         wall = time.time()
-        self.meta["exec"] = {"sid": call.sid, "id": call.id, "command": command,
-                             "sent_off": self.offset, "mode": mode,
-                             "deadline_ms": call.deadline_ms,
-                             "started_ms": int(wall * 1000),
-                             "ends_ms": int((wall + timeout_s) * 1000)}
+        self.meta["exec"] = {"sid": ex.call.sid, "id": ex.call.id, "command": ex.command,
+                             "sent_off": ex.sent_off, "mode": ex.mode,
+                             "deadline_ms": ex.call.deadline_ms,
+                             "started_ms": int((wall - (now - ex.started)) * 1000),
+                             "ends_ms": int((wall + (ex.deadline - now)) * 1000)}
         if ex.until_marked:
             self.meta["exec"]["until_marked"] = True
         self.host.keeper_meta(self)
-        self._run(ex)
         self._send_command(ex, payload)
 
     def _send_command(self, ex: Exec, payload: bytes) -> None:
@@ -716,7 +920,8 @@ class Session:
         reached its hooks). Once it is the terminal's foreground group again, the session
         takes commands without the integration (a trusted prompt brings it back); while a
         program still holds the terminal, a command runs, and the session says busy."""
-        if self.exited is not None or self.exec is not None:
+        held = self.exec if self.exec is not None and self.exec.held else None
+        if self.exited is not None or (self.exec is not None and held is None):
             self.answer_by = None  # (a command in flight has deadlines of its own)
             return
         if shell_in_foreground(self.master, self.pid) is False:
@@ -730,6 +935,13 @@ class Session:
         if self.state == "running":
             self.state = "prompt"
         self.settle()
+        if held is not None:
+            # (it waited for a prompt with the integration, which no longer comes; sent as
+            # it is, it would be pasted into a shell that may take no paste)
+            self._fail(WireError.of(
+                "session_busy", f"session {self.id}: its shell showed no prompt after its "
+                "line was cancelled, and goes on without the integration; the command was "
+                "not sent"), ran=False, cache=False)
 
     def note_prompt(self) -> None:
         """The last line shown, as the prompt of a shell that does not mark its own: the
@@ -743,6 +955,17 @@ class Session:
 
     def _timed_out(self, ex: Exec) -> None:
         if ex is not self.exec or ex.done:
+            return
+        if ex.held:
+            where = {"more": "it asks for more of a line of its own",
+                     "question": "it asks a question",
+                     "running": "a command of its own runs"}.get(str(self.shell_at),
+                                                                 "its prompt is not drawn")
+            self._fail(WireError.of(
+                "timeout", f"{ex.command[:80]!r} could not be sent within its timeout: the "
+                f"shell did not come back to its prompt ({where}); it was not sent",
+                detail={"output": "", "mode": ex.mode, "signalled": None}),
+                ran=False, cache=False)
             return
         if ex.marked and ex.out_start is None and unread_input(self.master) != 0:
             # Not started: its input still waits, whole or in part (the shell not reading
@@ -857,14 +1080,16 @@ class Session:
 
         self._text_then(start, end, raw, reply)
 
-    def _fail(self, err: WireError, ran: bool | None = None) -> None:
-        """`ran`: whether the command ran, if known better than by its input being sent."""
+    def _fail(self, err: WireError, ran: bool | None = None, cache: bool = True) -> None:
+        """`ran`: whether the command ran, if known better than by its input being sent;
+        `cache`: the answer kept for a resend (not when nothing was sent: a resend gets a
+        fresh chance)."""
         ex = self.exec
         if ex is None or ex.done:
             return
         ex.done = True
         self.exec = None
-        ex.call.fail(err)
+        ex.call.fail(err, cache=cache)
         self._answered(ex, ran=ex.sent if ran is None else ran)
 
     def _answered(self, ex: Exec, ran: bool) -> None:
@@ -886,12 +1111,16 @@ class Session:
         session look alive again)."""
         self.exited = info
         self.state = "exited"
+        self.cancel_pending = False  # (no line left to cancel)
         self.out.flush()  # the shell's last words
         self.hop.when_parsed(self.offset, lambda: self._shell_gone(info))
 
     def _shell_gone(self, info: dict[str, Any]) -> None:
         ex = self.exec
-        if ex is not None and not ex.done:
+        if ex is not None and ex.held and not ex.done:
+            self._fail(WireError.of("shell_exited", f"session {self.id}'s shell has exited "
+                                    "before the command was sent"), ran=False)
+        elif ex is not None and not ex.done:
             # `exit` (or a crash) ended the shell: the command's result is the shell's.
             begin = ex.out_start if ex.out_start is not None else ex.sent_off
             self._complete(info.get("code"), begin, self.offset)
@@ -958,6 +1187,7 @@ class Session:
         let go, to find it gone."""
         self.drop_custody()  # before the keeper hangs the PTY up: ours would keep it open
         self.out.flush()
+        self.cancel_pending = False
         self.abort(err)
         self.hop.close()
         self._release_prompt_waiters()
@@ -976,6 +1206,8 @@ class Session:
         _run_each(callbacks, self.id)
 
     def set_mode(self, mode: str) -> None:
+        if mode != "integration":
+            self.cancel_pending = False  # (no prompt is waited for without the markers)
         if mode != self.mode:
             self.mode = mode
             self.meta["mode"] = mode
@@ -1032,6 +1264,35 @@ def describe_unavailable(entry: dict[str, Any]) -> dict[str, Any]:
         "parser": None, "parsed": min(int(entry["acked"]), offset), "repeated_markers": 0,
         "integration_back": 0, "consumers": {},
     }
+
+
+def _one_line(command: str) -> bool:
+    """Typed, is `command` one line (one command line the shell reads, one C and one D)?"""
+    return "\n" not in command and "\r" not in command
+
+
+def _unsendable(data: bytes, marked: bool) -> str | None:
+    """Why the command `data` cannot go to the shell as the command line it is, if it cannot.
+    With the integration it is pasted (control characters and all), but not past the end of
+    the paste, nor with a byte the terminal itself acts on; without it, typed as keys, only
+    its line ends may be control characters (a tab completes, ^A/^U/ESC edit the line, ^D
+    ends the shell)."""
+    if marked:
+        if PASTE_END in data:
+            return ("it holds ESC [ 2 0 1 ~, the end of a bracketed paste: what follows would "
+                    "be read as typed keys, outside the command")
+        found = TERMINAL_ACTS_ON.search(data)
+        if found is not None:
+            return (f"it holds the control character 0x{found.group()[0]:02x} (^C, ^\\, ^Z, "
+                    "^S and ^Q are acted on by the terminal itself: a signal, or flow "
+                    "control)")
+        return None
+    found = TYPED_REFUSED.search(data)
+    if found is not None:
+        return (f"it holds the control character 0x{found.group()[0]:02x}: without the shell "
+                "integration a command is typed as keys, and only its line ends may be "
+                "control characters")
+    return None
 
 
 def _run_each(callbacks: list[Callable[[], Any]], sid: str) -> None:

@@ -66,6 +66,11 @@ __moorage_wrap_prompt() {
   if [[ ${PS2-} != *"133;A;k=s;$__moorage_nonce"* ]]; then
     PS2=$'%{\e]133;A;k=s;'$__moorage_nonce$'\a%}'${PS2-}
   fi
+  # a spelling question (CORRECT, CORRECT_ALL: OSC 133 A, k=q): the shell reads a key before
+  # it runs the line
+  if [[ ${SPROMPT-} != *"133;A;k=q;$__moorage_nonce"* ]]; then
+    SPROMPT=$'%{\e]133;A;k=q;'$__moorage_nonce$'\a%}'${SPROMPT-}
+  fi
 }
 
 # ours first (D before the user's precmd output), the prompt wrap last; `${name[@]-}`: a user
