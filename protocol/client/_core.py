@@ -39,7 +39,9 @@ Retry rules (see PROTOCOL.md, "Retries"):
   - a call that got no reply on a DEALER on which no handshake ever completed (a stale or
     wrong server key, a tree down: LinkLog) was never delivered: once the adapter has closed
     the socket (its queue gone) and read its monitor to the end, it says so (`undelivered`:
-    `unavailable` where it would have been `outcome_unknown`, `timeout` told the same).
+    `unavailable` where it would have been `outcome_unknown`, `timeout` told the same). Not
+    while a connection's handshake is still under way and none has ended before its own
+    (LinkLog.may_get_in: a slow link): the socket is kept for it, and the call keeps its error.
 
 Each call's end-to-end time is recorded once, when its plan says it is over (`Done`), with its
 outcome: see _latency.py for what is kept and how it can reach the metrics actor.
@@ -733,11 +735,12 @@ def closed_client(actor: str, op: str) -> MoorageError:
 
 
 def monitor_events() -> int:
-    """A DEALER's monitor: drops; handshakes made (ipc's NULL mechanism reports them too);
-    HANDSHAKE_FAILED_AUTH, only over tcp, where the tree's ZAP handler judges our key; the
-    other failed handshakes (a connection made and ended before it got in: a wrong server
-    key); MONITOR_STOPPED, the last event of a closed socket (Undelivered)."""
-    return zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
+    """A DEALER's monitor: connections made (their handshake then under way: LinkLog); drops;
+    handshakes made (ipc's NULL mechanism reports them too); HANDSHAKE_FAILED_AUTH, only over
+    tcp, where the tree's ZAP handler judges our key; the other failed handshakes (a
+    connection made and ended before it got in: a wrong server key); MONITOR_STOPPED, the
+    last event of a closed socket (Undelivered)."""
+    return zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
         | zmq.EVENT_HANDSHAKE_FAILED_AUTH | _ENDED_EARLY | zmq.EVENT_MONITOR_STOPPED
 
 
@@ -762,19 +765,27 @@ class LinkLog:
     HANDSHAKE_SUCCEEDED before it sends anything, on ipc as on tcp: while `succeeded` is 0,
     nothing the socket was given has left it. `ended_early` counts the connections made that
     ended before their handshake (a CURVE server that cannot read our HELLO, for a server
-    key that is not its own, closes it; so does a port where something else listens)."""
+    key that is not its own, closes it; so does a port where something else listens).
+    `handshaking`: a connection is made (CONNECTED, where the monitor asks for it) and its
+    handshake has neither completed nor failed yet."""
 
-    __slots__ = ("ended_early", "refused", "succeeded", "up")
+    __slots__ = ("ended_early", "handshaking", "refused", "succeeded", "up")
 
     def __init__(self) -> None:
         self.succeeded = 0
         self.ended_early = 0
+        self.handshaking = False
         self.refused = False  # the last handshake: the tree refused our key (tcp only)
         self.up = False  # a connection is made (as the events read so far tell)
 
     def note(self, event: int) -> str | None:
         """Take one event; say what changed for a reader of a stream: "dropped" (a link that
         was up went down), "back" (up again after a drop), "refused" (the key), or None."""
+        if event == zmq.EVENT_CONNECTED:
+            self.handshaking = True
+            return None
+        if event != zmq.EVENT_MONITOR_STOPPED:  # (each other event ends a handshake or a link)
+            self.handshaking = False
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.succeeded += 1
             self.refused = False
@@ -789,6 +800,16 @@ class LinkLog:
         if event & _ENDED_EARLY:
             self.ended_early += 1
         return None
+
+    def may_get_in(self) -> bool:
+        """Is a connection's handshake under way, with none before it ended early? It may
+        yet complete (a CURVE handshake is some three round trips: over a link with 200 ms
+        each way, longer than a replay page's 1 s), and what the socket holds then leaves
+        with it. A call that got no reply meanwhile is not told undelivered: that would
+        close the socket and throw the handshake away, and the next call's connection would
+        start over, as slow: on such a link no call would ever get through. A connection
+        that ended early (a stale server key) or none made (a tree down) is no such hope."""
+        return self.handshaking and not self.ended_early
 
 
 def undelivered(exc: MoorageError, endpoint: str, log: LinkLog, remote: bool) -> MoorageError:

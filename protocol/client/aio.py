@@ -350,8 +350,10 @@ class AsyncClient(FromConnectionFile):
         is closed, the error that says nothing was delivered (sync.Client._failed). While
         other calls still wait on that socket, it is left open for them (closing it would
         drop their requests): the call keeps its error, and the last of them to end closes
-        it."""
-        if conn.key_refused or exc.error.name not in NO_REPLY_SENT or conn.log.succeeded:
+        it. So does a call while a handshake is under way (LinkLog.may_get_in), the socket
+        kept for it."""
+        if conn.key_refused or exc.error.name not in NO_REPLY_SENT or conn.log.succeeded \
+                or conn.log.may_get_in():
             return self.core.failed(exc, conn.key_refused)
         if self._conns.get(actor) is not conn or any(w != rid for w in conn.waiters):
             return exc

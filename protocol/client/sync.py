@@ -288,8 +288,10 @@ class Client(FromConnectionFile):
         handshake (a wrong server key, a tree down or unreachable), once the socket is closed
         and nothing it held can leave any more, the error that says nothing was delivered
         (_core.undelivered: `unavailable`, or `timeout` for an idempotent call): the next
-        call connects anew."""
-        if conn.key_refused or exc.error.name not in NO_REPLY_SENT or conn.log.succeeded:
+        call connects anew. Not while a handshake is under way (LinkLog.may_get_in: a slow
+        link): the socket is kept for the next call, and the call keeps its error."""
+        if conn.key_refused or exc.error.name not in NO_REPLY_SENT or conn.log.succeeded \
+                or conn.log.may_get_in():
             return self.core.failed(exc, conn.key_refused)
         if self._conns.get(actor) is conn:
             del self._conns[actor]
@@ -460,7 +462,7 @@ class Client(FromConnectionFile):
         """A pipeline's results, those of its calls that got no reply on a connection that
         never completed a handshake told that nothing was delivered, as a single call is
         (_failed)."""
-        if conn.key_refused or conn.log.succeeded or not any(
+        if conn.key_refused or conn.log.succeeded or conn.log.may_get_in() or not any(
                 isinstance(r, MoorageError) and r.error.name in NO_REPLY_SENT for r in results):
             return results
         if self._conns.get(actor) is conn:
