@@ -21,7 +21,10 @@
 # Chaining, so the user's setup keeps working: the user's PROMPT_COMMAND (string or array)
 # runs after ours with `$?` as the command left it; the user's DEBUG trap runs after ours;
 # the user's PS0 is kept after ours; with bash-preexec loaded, ours go into its
-# precmd_functions/preexec_functions instead. Nothing forks per command: builtins only.
+# precmd_functions/preexec_functions instead. A PROMPT_COMMAND set again after start-up (an
+# rc read again: `PROMPT_COMMAND="history -a; $PROMPT_COMMAND"`, or one without ours) is
+# taken over again (__moorage_take_pc), and the command that set it gets its D from PS1 if
+# ours does not give it (__moorage_ps1_d). Nothing forks per command: builtins only.
 # And few of them: bash spends some 5 us on every simple command it runs (expansions, the
 # builtin's lookup, `$_`), so the DEBUG trap's test is in the trap itself, a plain command
 # line is sent as it is, the prompt hook is one function, and assignments that go together
@@ -57,6 +60,16 @@ __moorage_running=0  # set to 1 by PS0 when a command line has been read
 __moorage_e_sent=0
 __moorage_cm=($'\e]633;C;'"$__moorage_nonce"$'\a' "")
 __moorage_ps0='${__moorage_cm[__moorage_running]-}${__moorage_nil[__moorage_running=1]-}'
+# The D of a command that ours did not end (a PROMPT_COMMAND set again while it ran, which
+# runs ours late in a line of the user's, or not at all), from PS1: bash expands it with the
+# command's `$?` whatever PROMPT_COMMAND ran. First in PS1 where that may happen (armed:
+# __moorage_arm), taken out by ours when it ends a command itself (its expansion costs every
+# prompt). It gives a D while `__moorage_running` is still 1, and sets that to 0,
+# `__moorage_e_sent` too, as ours does: a prompt drawn again (no PROMPT_COMMAND then) gives
+# none. Arithmetic in an array subscript, as PS0's.
+__moorage_lt=("" 1)
+__moorage_armed=""
+__moorage_ps1_d='\[${__moorage_lt[__moorage_running]:+\e]633;P;Cwd=${__moorage_pwd_esc-};'"$__moorage_nonce"'\a\e]633;D;$?;'"$__moorage_nonce"'\a}${__moorage_nil[__moorage_running=__moorage_e_sent=0]-}\]'
 
 __moorage_escape() {
     # The escaped value of $1 in __moorage_esc (a variable: no subshell). No `local
@@ -86,6 +99,7 @@ __moorage_escape() {
 __moorage_status() { builtin return "${1-0}"; }
 
 __moorage_user_pc=()  # the user's PROMPT_COMMAND (below; bash-preexec keeps its own)
+__moorage_theirs=""   # 1: PROMPT_COMMAND has ours among the user's commands (set again)
 
 __moorage_precmd() {
     # D ends the command, with `$?` as it left it; P;Cwd first, so the terminal actor has
@@ -97,9 +111,12 @@ __moorage_precmd() {
         __moorage_escape "$PWD"
         __moorage_pwd="$PWD" __moorage_pwd_esc="$__moorage_esc"
     fi
-    if [[ $__moorage_running == 1 ]]; then
+    if [[ $__moorage_running$__moorage_theirs == 1 ]]; then
         builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s;%s\a' \
             "$__moorage_pwd_esc" "$__moorage_nonce" "$status" "$__moorage_nonce"
+    elif [[ -n $__moorage_theirs ]]; then
+        __moorage_pc_again  # (run from a PROMPT_COMMAND set again; it reads `status`)
+        builtin return 0
     elif [[ $__moorage_state == prompt ]]; then
         builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s\a' \
             "$__moorage_pwd_esc" "$__moorage_nonce" "$__moorage_nonce"
@@ -114,9 +131,10 @@ __moorage_precmd() {
             builtin eval "$__moorage_c" && :
         done
     fi
-    # (two tests in one: the markers are still where we put them, the common case)
-    [[ ${PS1-} == *"633;B;$__moorage_nonce"* && ${PS0-} == *__moorage_cm* &&
-       ${PS2-} == *"133;A;k=s;$__moorage_nonce"* ]] || __moorage_wrap_ps1
+    # (one test: PS1 not armed, the markers still where we put them, the common case)
+    [[ -z $__moorage_armed && ${PS1-} == *"633;B;$__moorage_nonce"* &&
+       ${PS0-} == *__moorage_cm* && ${PS2-} == *"133;A;k=s;$__moorage_nonce"* ]] ||
+        __moorage_fix_prompts
     __moorage_state=prompt
     # 0, not `$status`: bash gives the prompt back the `$?` it had before PROMPT_COMMAND,
     # and under errexit a PROMPT_COMMAND that fails ends the shell.
@@ -138,8 +156,124 @@ __moorage_wrap_ps1() {
     fi
 }
 
+__moorage_fix_prompts() {
+    # Ours ended the command: PS1 need not (disarmed); and our markers back where they went.
+    builtin local ps1="${PS1-}"
+    if [[ -n $__moorage_armed ]]; then
+        PS1="${ps1//"$__moorage_ps1_d"/}" __moorage_armed=""
+    fi
+    __moorage_wrap_ps1
+}
+
+__moorage_arm() {
+    # PS1 to give the D should ours not (__moorage_ps1_d); with promptvars only, which the
+    # expansions in a prompt need (as PS0's).
+    __moorage_wrap_ps1
+    if [[ $PS1 != *"$__moorage_ps1_d"* ]] && builtin shopt -q promptvars; then
+        PS1="$__moorage_ps1_d$PS1"
+    fi
+    __moorage_armed=1
+}
+
+__moorage_squash() {
+    # $1 with each run of blanks and `;` one `;`, and one at each end: what a comparison of
+    # command lists goes by
+    __moorage_sq=";${1//[[:space:]]/;};"
+    while [[ $__moorage_sq == *";;"* ]]; do __moorage_sq="${__moorage_sq//;;/;}"; done
+}
+
+__moorage_take_pc() {
+    # PROMPT_COMMAND (string or array: bash 5.1 allows both) becomes the user's, and ours
+    # alone: at start-up, and when it is set again (the DEBUG trap sees ours gone from it,
+    # ours sees others in it). Our name in it stood for the user's PROMPT_COMMAND as the code
+    # that set it saw it (`"history -a; $PROMPT_COMMAND"`): the user's commands go in its
+    # place, unless that code had them already (an rc read again adds its own again). A
+    # command that keeps `$?` closes them, or takes their place, so the line parses as before
+    # and what follows gets the same `$?` (with `&& :`, as the hooks' own: under errexit).
+    # Set in one command: with function tracing on (`set -T`) the trap runs in here too.
+    builtin local e rest IFS=$'\n' prev="${__moorage_user_pc[*]-}"
+    builtin local -a new
+    __moorage_held=""  # (1: the new value holds the user's commands already)
+    if [[ ${PROMPT_COMMAND[*]-} == *__moorage_precmd* ]]; then
+        __moorage_squash "${PROMPT_COMMAND[*]//__moorage_precmd/}"
+        rest="$__moorage_sq"
+        __moorage_squash "$prev"
+        [[ $rest != *"$__moorage_sq"* ]] || __moorage_held=1
+    fi
+    for e in "${PROMPT_COMMAND[@]}"; do
+        if [[ $e == __moorage_precmd ]]; then
+            [[ -n $__moorage_held ]] || new+=("${__moorage_user_pc[@]}")
+            builtin continue
+        fi
+        if [[ $e == *__moorage_precmd* ]]; then
+            rest='__moorage_status $? && :'
+            [[ -n $__moorage_held ]] || rest="{ $prev"$'\n'"$rest; }"
+            # (quoted: bash 5.2 reads `&` in a replacement as the match)
+            e="${e//__moorage_precmd/"$rest"}"
+        fi
+        new+=("$e")
+    done
+    # (a readonly one is left as it is: assigning it would end the command line)
+    [[ -z ${PROMPT_COMMAND+x} || ${PROMPT_COMMAND@a} != *r* ]] || builtin return 0
+    PROMPT_COMMAND=(__moorage_precmd) __moorage_user_pc=("${new[@]}")
+    if [[ $__moorage_running == 1 ]]; then
+        # Set while a command ran, or in the PROMPT_COMMAND run after it, where ours may not
+        # come, or late: PS1 gives the D then, with the cwd as it is now.
+        __moorage_state=prompt
+        if [[ $PWD != "${__moorage_pwd-}" ]]; then
+            __moorage_escape "$PWD"
+            __moorage_pwd="$PWD" __moorage_pwd_esc="$__moorage_esc"
+        fi
+        __moorage_arm
+    fi
+}
+
+__moorage_pc_again() {
+    # Ours, run from a PROMPT_COMMAND set again while the command ran that has the user's
+    # commands in it too (`"history -a; $PROMPT_COMMAND"`), which run anyway: ours is alone
+    # in it again from the next prompt. Our name there stands for ours and for the user's
+    # commands it had, which run here (unless the new ones hold them), given the `$?` ours
+    # was given (`status`, ours' local). The D now if that is the command's (ours first, or
+    # an element of an array); else PS1 gives it.
+    builtin local -a __moorage_prev
+    builtin local __moorage_c
+    __moorage_prev=("${__moorage_user_pc[@]}") __moorage_theirs=""
+    if [[ $__moorage_running == 1 ]]; then
+        if __moorage_given_status; then
+            builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s;%s\a' \
+                "$__moorage_pwd_esc" "$__moorage_nonce" "$status" "$__moorage_nonce"
+            __moorage_running=0 __moorage_e_sent=0
+        fi
+    elif [[ $__moorage_state == prompt ]]; then
+        builtin printf '\e]633;P;Cwd=%s;%s\a\e]633;D;%s\a' \
+            "$__moorage_pwd_esc" "$__moorage_nonce" "$__moorage_nonce"
+    fi
+    __moorage_take_pc
+    if [[ -z $__moorage_held ]]; then
+        __moorage_state=precmd
+        for __moorage_c in "${__moorage_prev[@]}"; do
+            __moorage_status "$status" && :
+            builtin eval "$__moorage_c" && :
+        done
+    fi
+    [[ $__moorage_running == 1 ]] || __moorage_fix_prompts
+    __moorage_state=prompt
+}
+
+__moorage_given_status() {
+    # Did the PROMPT_COMMAND running ours give it the command's `$?`? Yes when ours comes
+    # first in it, or is an element of an array (bash gives each element the command's).
+    builtin local e="${PROMPT_COMMAND[0]-}"
+    e="${e#"${e%%[![:space:]]*}"}"
+    [[ $e != __moorage_precmd && $e != __moorage_precmd[\;[:space:]]* ]] || builtin return 0
+    for e in "${PROMPT_COMMAND[@]}"; do
+        [[ $e != __moorage_precmd ]] || builtin return 0
+    done
+    builtin return 1
+}
+
 __moorage_preexec() {
-    # $1: the command line (bash-preexec passes it; the DEBUG trap passes $BASH_COMMAND).
+    # $1: the command line, from bash-preexec (__moorage_on_debug does the same itself).
     # The caller made sure an E is due: once per command line, after C (`__moorage_running`
     # 1, `__moorage_e_sent` 0), and not for programmable completion (COMP_LINE).
     __moorage_e_sent=1 __moorage_state=running __moorage_esc="$1"
@@ -162,10 +296,7 @@ if [[ -n "${bash_preexec_imported-}${__bp_imported-}" ]]; then
     builtin return 0
 fi
 
-# The user's PROMPT_COMMAND, kept as an array (bash 5.1 allows both forms).
-__moorage_user_pc=("${PROMPT_COMMAND[@]}")
-builtin unset PROMPT_COMMAND
-PROMPT_COMMAND=__moorage_precmd
+__moorage_take_pc
 
 # The user's DEBUG trap, kept as its command text, runs after ours. Read with function
 # tracing off (`shopt -s extdebug` turns it on): the command substitution would inherit the
@@ -180,12 +311,43 @@ fi
 [ -n "$__moorage_ft" ] && builtin set -T
 builtin unset __moorage_t __moorage_ft
 
-# The DEBUG trap also fires for PROMPT_COMMAND itself: that is not a command. The test is
-# the trap's own text, not a function's (most commands a trap sees need no E), and an `if`,
-# so the trap's status is 0 when it does nothing (under `shopt -s extdebug` a DEBUG trap
-# that fails skips the command).
-__moorage_debug='if [[ $__moorage_running$__moorage_e_sent == 10 && -z ${COMP_LINE-} &&
-        $BASH_COMMAND != __moorage_precmd ]]; then __moorage_preexec "$BASH_COMMAND"; fi'
+__moorage_on_debug() {
+    # What the DEBUG trap does when its test holds. Its status is 0 (under `shopt -s
+    # extdebug` a DEBUG trap that fails skips the command): each branch ends on a command
+    # that succeeds, and none taken is 0. The E of a command line, once, after C (not for the
+    # trap's firing for PROMPT_COMMAND itself, nor in programmable completion): as
+    # __moorage_preexec, written out (a call costs as much as all the rest).
+    if [[ $__moorage_running$__moorage_e_sent == 10 && -z ${COMP_LINE-} &&
+          $BASH_COMMAND != __moorage_precmd ]]; then
+        __moorage_e_sent=1 __moorage_state=running __moorage_esc="$BASH_COMMAND"
+        # (one test for two rare cases: something to escape; a command that may leave
+        # PROMPT_COMMAND without ours, with nothing after it for this trap to see that:
+        # `unset PROMPT_COMMAND`, when PS1 is to give the D)
+        [[ $__moorage_esc != *[\\\;[:cntrl:]]* && $__moorage_esc != *PROMPT_COMMAND* ]] ||
+            __moorage_e_rare
+        builtin printf '\e]633;E;%s;%s\a' "$__moorage_esc" "$__moorage_nonce"
+    elif [[ ${PROMPT_COMMAND[*]-} != __moorage_precmd ]]; then
+        # PROMPT_COMMAND set again: with ours among the user's commands ours sees to it
+        # when it runs from there; without ours, it is taken over now
+        if [[ ${PROMPT_COMMAND[*]-} == *__moorage_precmd* ]]; then
+            __moorage_theirs=1
+        else
+            __moorage_take_pc
+        fi
+    fi
+}
+
+__moorage_e_rare() {
+    [[ $__moorage_esc != *[\\\;[:cntrl:]]* ]] || __moorage_escape "$__moorage_esc"
+    [[ $__moorage_esc != *PROMPT_COMMAND* ]] || __moorage_arm
+}
+
+# The test is the trap's own text, not a function's (most commands a trap sees need
+# neither), one `[[ ]]` of plain strings (`${PROMPT_COMMAND-}`, element 0: joining an array
+# costs more, and an array with ours first runs ours first, given `$?`, as it should), and
+# an `if`, so the trap's status is 0 when it does nothing.
+__moorage_debug='if [[ $__moorage_running$__moorage_e_sent == 10 ||
+        ${PROMPT_COMMAND-} != __moorage_precmd ]]; then __moorage_on_debug; fi'
 
 if [ -n "$__moorage_user_trap" ]; then
     # the user's trap sees `$?` as the last command left it; its status is the trap's (extdebug

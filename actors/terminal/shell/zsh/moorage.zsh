@@ -57,7 +57,33 @@ __moorage_preexec() {
   __moorage_state=running
 }
 
+__moorage_hooks_first() {
+  # zsh runs a function named precmd before every hook of precmd_functions, so what it
+  # prints came before our D, in the command's output: it becomes the first hook after ours
+  # (zsh gives each the same `$?`). And ours goes first again when an rc read again put a
+  # hook before it. (A function named preexec stays: it runs before our C, and what it
+  # prints stays out of the command's output, as it should.)
+  emulate -L zsh
+  local -a rest
+  rest=(${precmd_functions:#__moorage_precmd})
+  if (( $+functions[precmd] )); then
+    # (`functions -c`: zsh 5.8 and later)
+    functions -c precmd __moorage_user_precmd 2>/dev/null ||
+      functions[__moorage_user_precmd]=$functions[precmd]
+    unfunction precmd
+    rest=(__moorage_user_precmd ${rest:#__moorage_user_precmd})
+  fi
+  precmd_functions=(__moorage_precmd $rest)
+  typeset -g __moorage_nhooks=${#precmd_functions[@]}
+}
+
 __moorage_wrap_prompt() {
+  # Every prompt, after the user's hooks: a precmd function, or hooks added since (one may
+  # be before ours), came before our D this time, not the next (__moorage_hooks_first).
+  # (`[@]`: KSH_ARRAYS makes `${#name}` the first element's length)
+  if [[ -n ${functions[precmd]+1} || ${#precmd_functions[@]} != $__moorage_nhooks ]]; then
+    __moorage_hooks_first
+  fi
   # (`${PS1-}`: a user may unset a prompt, and NO_UNSET makes reading it an error)
   if [[ ${PS1-} != *"633;B;$__moorage_nonce"* ]]; then
     PS1=$'%{\e]633;A;'$__moorage_nonce$'\a%}'${PS1-}$'%{\e]633;B;'$__moorage_nonce$'\a%}'
@@ -77,5 +103,6 @@ __moorage_wrap_prompt() {
 # with no hooks has no such arrays, which NO_UNSET would not let us read (the empty word the
 # `-` gives is dropped, unquoted)
 precmd_functions=(__moorage_precmd ${precmd_functions[@]-} __moorage_wrap_prompt)
+typeset -g __moorage_nhooks=0
 preexec_functions=(__moorage_preexec ${preexec_functions[@]-})
 __moorage_wrap_prompt
