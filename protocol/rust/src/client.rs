@@ -124,7 +124,22 @@ struct Conn {
     /// Connections made that ended before their handshake (a wrong server key: the CURVE
     /// server cannot read our HELLO and closes it).
     ended_early: u32,
+    /// A connection is made (CONNECTED) and its handshake has neither completed nor failed yet.
+    handshaking: bool,
     endpoint: String,
+}
+
+impl Conn {
+    /// Is a connection's handshake under way, with none before it ended early? It may yet
+    /// complete (a CURVE handshake is some three round trips: over a link with 200 ms each way,
+    /// longer than a replay page's 1 s), and what the socket holds then leaves with it. A call
+    /// that got no reply meanwhile is not told undelivered: that would close the socket and
+    /// throw the handshake away, and the next call's connection would start over, as slow: on
+    /// such a link no call would ever get through. A connection that ended early (a stale
+    /// server key) or none made (a tree down) is no such hope.
+    fn may_get_in(&self) -> bool {
+        self.handshaking && self.ended_early == 0
+    }
 }
 
 enum Due {
@@ -267,9 +282,10 @@ impl Client {
             sock.set_sndtimeo(0).map_err(zerr)?;
             self.monitors += 1;
             let addr = format!("inproc://moorage-monitor-{}-{}-{}", self.sid, actor, self.monitors);
-            // (HANDSHAKE_FAILED_AUTH only over tcp, where the tree's ZAP handler judges our key;
-            // MONITOR_STOPPED: a closed socket's last event, `undelivered`)
-            let events = zmq::SocketEvent::DISCONNECTED as i32 | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
+            // (CONNECTED: a handshake then under way, `Conn::may_get_in`; HANDSHAKE_FAILED_AUTH
+            // only over tcp, where the tree's ZAP handler judges our key; MONITOR_STOPPED: a
+            // closed socket's last event, `undelivered`)
+            let events = zmq::SocketEvent::CONNECTED as i32 | zmq::SocketEvent::DISCONNECTED as i32 | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
                 | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32 | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
                 | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32 | zmq::SocketEvent::MONITOR_STOPPED as i32;
             sock.monitor(&addr, events).map_err(zerr)?;
@@ -283,7 +299,7 @@ impl Client {
             sock.connect(&endpoint)
                 .map_err(|e| local_error("bad_args", format!("{actor}: no rpc socket to connect to: {e}"), actor, ""))?;
             self.conns.insert(actor.to_string(), Conn {
-                sock, monitor, link: ActorLink::new(None), key_refused: false, handshakes: 0, ended_early: 0, endpoint,
+                sock, monitor, link: ActorLink::new(None), key_refused: false, handshakes: 0, ended_early: 0, handshaking: false, endpoint,
             });
         }
         Ok(self.conns.get_mut(actor).unwrap())
@@ -482,11 +498,13 @@ impl Client {
     /// socket is closed (what it queued is dropped unsent) and its monitor read to its last
     /// event: nothing of them left this client, so they did not run, and each says so
     /// (`errors::undelivered`: `unavailable` instead of `outcome_unknown`). The next call
-    /// connects anew. PROTOCOL.md section 10, "A request that never left the client".
+    /// connects anew. PROTOCOL.md section 10, "A request that never left the client". Not while
+    /// a handshake is under way (`Conn::may_get_in`: a slow link): the socket is kept for the
+    /// next call, and the calls keep their errors.
     fn undelivered(&mut self, actor: &str, mut out: HashMap<u64, Result<Reply, Error>>) -> HashMap<u64, Result<Reply, Error>> {
         let no_reply = |r: &Result<Reply, Error>| matches!(r, Err(e) if e.name() == "timeout" || e.name() == "outcome_unknown");
         let Some(conn) = self.conns.get(actor) else { return out };
-        if conn.key_refused || conn.handshakes > 0 || !out.values().any(no_reply) {
+        if conn.key_refused || conn.handshakes > 0 || conn.may_get_in() || !out.values().any(no_reply) {
             return out;
         }
         let Conn { sock, monitor, mut handshakes, mut ended_early, endpoint, .. } = self.conns.remove(actor).unwrap();
@@ -591,6 +609,8 @@ impl Client {
                     continue;
                 }
                 let event = u16::from_le_bytes([frames[0][0], frames[0][1]]);
+                // (each event but CONNECTED ends a handshake under way, or its connection)
+                conn.handshaking = event == zmq::SocketEvent::CONNECTED.to_raw();
                 if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
                     dropped = true;
                 } else if event == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw() {

@@ -157,6 +157,8 @@ class Conn {
   /** Connections made that ended before their handshake (a wrong server key: the CURVE server
    * cannot read our HELLO and closes it). */
   endedEarly = 0;
+  /** A connection is made ("connect") and its handshake has neither completed nor failed yet. */
+  private handshaking = false;
   /** The endpoint this DEALER connects to. */
   readonly endpoint: string;
   private monitorEnded = false;
@@ -199,6 +201,17 @@ class Conn {
       });
     }
     return this.monitorEnded && this.handshakes === 0;
+  }
+
+  /** Is a connection's handshake under way, with none before it ended early? It may yet
+   * complete (a CURVE handshake is some three round trips: over a link with 200 ms each way,
+   * longer than a replay page's 1 s), and what the socket holds then leaves with it. A call
+   * that got no reply meanwhile is not told undelivered: that would close the socket and throw
+   * the handshake away, and the next call's connection would start over, as slow: on such a
+   * link no call would ever get through. A connection that ended early (a stale server key) or
+   * none made (a tree down) is no such hope. */
+  mayGetIn(): boolean {
+    return this.handshaking && this.endedEarly === 0;
   }
 
   /** One send. A remote (tcp) socket has sendTimeout 0: after the tree refused its key
@@ -300,7 +313,12 @@ class Conn {
 
   private watch(): void {
     const events = this.sock.events;
+    // (each event below but "end" ends a handshake under way, or the connection it was on)
+    events.on("connect", () => {
+      this.handshaking = true;
+    });
     events.on("disconnect", () => {
+      this.handshaking = false;
       // The actor's I/O thread queues a reply before it ends the connection, but the monitor
       // may be read first: the drop is acted on once this turn of the event loop has handed
       // out what the socket already holds (a reply that came before the drop is its call's,
@@ -309,15 +327,21 @@ class Conn {
       setImmediate(() => this.dispatch(this.link.onDropped(now(), drop)));
     });
     // (only over tcp, where the tree's ZAP handler judges our key at every handshake)
-    events.on("handshake:error:auth", () => this.dispatch(this.link.onRefused(now())));
+    events.on("handshake:error:auth", () => {
+      this.handshaking = false;
+      this.dispatch(this.link.onRefused(now()));
+    });
     events.on("handshake", () => {
+      this.handshaking = false;
       this.handshakes += 1;
       this.link.onHandshake();
     });
     events.on("handshake:error:protocol", () => {
+      this.handshaking = false;
       this.endedEarly += 1;
     });
     events.on("handshake:error:other", () => {
+      this.handshaking = false;
       this.endedEarly += 1;
     });
     events.on("end", () => {
@@ -543,9 +567,10 @@ export class Client {
    * error once the socket is closed and nothing it held can leave any more; the next call
    * connects anew. While other calls still wait on that socket it is left open for them
    * (closing it would drop their requests): the call keeps its error, and the last of them to
-   * end closes it. */
+   * end closes it. So does a call while a handshake is under way (Conn.mayGetIn: a slow link),
+   * the socket kept for it. */
   private async undelivered(conn: Conn, id: number, e: MoorageError): Promise<MoorageError> {
-    if (!NO_REPLY_SENT.has(e.error.name) || conn.handshakes > 0 || conn.link.refused) return e;
+    if (!NO_REPLY_SENT.has(e.error.name) || conn.handshakes > 0 || conn.link.refused || conn.mayGetIn()) return e;
     if (this.conns.get(conn.actor) !== conn || [...conn.inboxes.keys()].some((k) => k !== id)) return e;
     this.conns.delete(conn.actor);
     if (!(await conn.neverDelivered())) return e;
