@@ -115,7 +115,7 @@ class TcpConnections:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.most = 0  # the most open at once
-        self._lock = threading.Lock()
+        self._allowed_lock = threading.Lock()
         self._open: dict[object, set[int]] = {}
         self._over = False
 
@@ -127,7 +127,7 @@ class TcpConnections:
         kind = event["event"]
         if not kind & CONNECTION_EVENTS or not event["endpoint"].startswith(b"tcp://"):
             return False
-        with self._lock:
+        with self._allowed_lock:
             fds = self._open.setdefault(sock, set())
             if kind == zmq.EVENT_ACCEPTED:
                 fds.add(event["value"])
@@ -143,13 +143,13 @@ class TcpConnections:
 
     @property
     def open(self) -> int:
-        with self._lock:
+        with self._allowed_lock:
             return sum(map(len, self._open.values()))
 
     def rearm(self, forget: bool = False) -> None:
         """`count` may say True again; with `forget`, nothing is counted open (every tcp
         endpoint is unbound, so every connection accepted there is closed)."""
-        with self._lock:
+        with self._allowed_lock:
             self._over = False
             if forget:
                 self._open.clear()
