@@ -46,6 +46,7 @@ from moorage.actors.runtime.logs import STATE_ENV
 from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.statefile import write_atomic
 from moorage.protocol import endpoints
+from moorage.protocol.client.connection import read_connection_file
 from moorage.protocol.errors import fail
 from moorage.supervisor.host import SupervisorHost
 
@@ -327,7 +328,7 @@ class Lifecycle:
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        remove_connection_file(self.sup.runtime_dir)
+        remove_connection_file(self.sup.runtime_dir, os.getpid())
 
     def close(self) -> None:
         # A ready channel still open (stopped before it was ready) is launch.py's: it says
@@ -336,5 +337,15 @@ class Lifecycle:
         self._unwatch_stdin()
 
 
-def remove_connection_file(runtime_dir: Path) -> None:
-    (runtime_dir / endpoints.CONNECTION_FILE).unlink(missing_ok=True)
+def remove_connection_file(runtime_dir: Path, pid: int | None = None) -> None:
+    """The instance's connection file removed; given `pid`, only if it names that root (a
+    tree stopping whose instance another tree took meanwhile, its lock removed by a
+    cleaner: supervisor.runtime_files, leaves the other's file alone)."""
+    path = runtime_dir / endpoints.CONNECTION_FILE
+    if pid is not None:
+        try:
+            if read_connection_file(path).get("pid") != pid:
+                return
+        except (OSError, ValueError):
+            return
+    path.unlink(missing_ok=True)

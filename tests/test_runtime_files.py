@@ -10,6 +10,7 @@ import stat
 
 import pytest
 
+from moorage.protocol.client.connection import read_connection_file
 from tests.conftest import wait_pid_exit
 from tests.waiting import wait_for
 
@@ -21,6 +22,14 @@ CONFIG = """
 id = "one"
 start = "tests.fakes:FakeActor"
 """
+
+
+def ready_pid(d) -> int | None:
+    """The root pid the instance's connection file names, if there is one now."""
+    try:
+        return read_connection_file(d / "tree.json").get("pid")
+    except (OSError, ValueError):
+        return None
 
 
 def sticky(path) -> bool:
@@ -45,7 +54,11 @@ def test_a_tree_ending_leaves_the_files_of_a_tree_started_after_its_lock_was_rem
     first = make_tree(CONFIG).start()
     d = first.runtime_dir
     (d / "lock").unlink()
-    second = make_tree(CONFIG).start()
+    # (not start(): its status calls would reach the first tree, whose sockets are there
+    # until the second's start replaces them)
+    second = make_tree(CONFIG).start(wait=False)
+    wait_for(lambda: ready_pid(d) == second.pid,
+             "the second tree ready (its connection file names its root)")
     assert second.call("one", "sys.ping")
     os.kill(first.pid, signal.SIGTERM)
     assert wait_pid_exit(first.pid, 60), "the first tree did not end"
