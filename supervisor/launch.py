@@ -16,6 +16,7 @@ import fcntl
 import os
 import resource
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,8 @@ def lock_instance(runtime_dir: Path) -> int | str:
             same = False
         if same:
             os.ftruncate(fd, 0)  # (no pid while it is held without one: not a dead root's)
+            # sticky: left alone by tmp cleaners (runtime_files); marked now, never after
+            os.fchmod(fd, 0o600 | stat.S_ISVTX)
             return fd
         os.close(fd)
 

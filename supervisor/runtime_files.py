@@ -13,7 +13,10 @@ processes nobody could find). So:
                   such files alone, as the XDG spec asks of cleaners) and touches it (atime and
                   mtime, for cleaners that go by age), once the tree is ready and every
                   KEEP_EVERY_S after: a socket an actor's restart made anew is marked at the
-                  next pass, hours before any cleaner's age
+                  next pass, hours before any cleaner's age. The lock is marked once, as it is
+                  taken (launch.lock_instance), and never touched after: its ctime is part of
+                  the tree's identity (watcher/state.tree_identity: a watcher restarted in the
+                  same tree takes its saved watches back by it)
   still_ours      at its end the root removes the instance's files only while the lock there
                   is the file it holds (or none is there): a lock of another inode is another
                   tree's, and so are the files beside it
@@ -49,7 +52,8 @@ def keep(runtime_dir: Path) -> int:
         for e in entries:
             try:
                 st = e.stat(follow_symlinks=False)
-                if st.st_uid != uid or stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                if st.st_uid != uid or stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode) \
+                        or (folder == runtime_dir and e.name == LOCK_FILE):
                     continue
                 if not st.st_mode & stat.S_ISVTX:
                     os.chmod(e.path, stat.S_IMODE(st.st_mode) | stat.S_ISVTX)
