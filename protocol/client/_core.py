@@ -728,6 +728,20 @@ def watched(sock: SocketT, events: int | None, configure: Callable[[], None], ac
     return sock, monitor
 
 
+def stream_socket(core: ClientCore, ctx: Any, actor: str, topics: Sequence[str]
+                  ) -> tuple[Any, Any, str]:
+    """A subscription's SUB to `actor`, configured and connected, with, over tcp, its monitor
+    (watched from before its connect: a key the tree refused ends the subscription, the
+    link's drops and returns are told; on ipc a drop is the publisher's end, which its
+    successor's Reset tells), and the endpoint it connected to. For the blocking and the
+    asyncio subscriptions alike (`ctx` either's context)."""
+    sock = ctx.socket(zmq.SUB)
+    sock, monitor = watched(
+        sock, stream_monitor_events() if core.remote is not None else None,
+        lambda: core.configure_sub(sock, actor, topics), actor, "pub", "subscribe")
+    return sock, monitor, sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+
 def closed_client(actor: str, op: str) -> MoorageError:
     """A call or a subscription on a client already closed: refused, not sent."""
     return MoorageError(WireError.of("cancelled", f"the client is closed: {op} to {actor} not "

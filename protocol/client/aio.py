@@ -34,8 +34,8 @@ from moorage.protocol.client._core import (
     Wait,
     closed_client,
     monitor_events,
-    stream_monitor_events,
     stream_refused,
+    stream_socket,
     undelivered,
     watched,
 )
@@ -421,13 +421,9 @@ class AsyncSubscription:
     ) -> None:
         self.client = client
         self.actor = actor
-        sock = client.ctx.socket(zmq.SUB)
-        # Over tcp, the stream socket's monitor: a refused key ends the subscription, as in
-        # the blocking client (sync.Subscription); a task reads it and wakes next() on it.
-        self.sock, self.monitor = watched(
-            sock, stream_monitor_events() if client.core.remote is not None else None,
-            lambda: client.core.configure_sub(sock, actor, topics), actor, "pub", "subscribe")
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        # (over tcp with its monitor: a task reads it and wakes next() on a refused key)
+        self.sock, self.monitor, self.endpoint = stream_socket(client.core, client.ctx, actor,
+                                                               topics)
         self._log = LinkLog()
         self._changes: list[str] = []
         self._refused = asyncio.Event()

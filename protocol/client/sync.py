@@ -30,8 +30,8 @@ from moorage.protocol.client._core import (
     Wait,
     closed_client,
     monitor_events,
-    stream_monitor_events,
     stream_refused,
+    stream_socket,
     undelivered,
     watched,
 )
@@ -511,15 +511,10 @@ class Subscription:
     ) -> None:
         self.client = client
         self.actor = actor
-        sock = client.ctx.socket(zmq.SUB)
-        # Over tcp, the stream socket's monitor (watched from before its connect): a key the
-        # tree refused ends the subscription (next() raises `unauthorized`), and the link's
-        # drops and returns are told (link_changes). On ipc a drop is the publisher's end,
-        # which its successor's Reset tells.
-        self.sock, self.monitor = watched(
-            sock, stream_monitor_events() if client.core.remote is not None else None,
-            lambda: client.core.configure_sub(sock, actor, topics), actor, "pub", "subscribe")
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        # (over tcp with its monitor: a refused key makes next() raise `unauthorized`, and
+        # the link's drops and returns are told by link_changes)
+        self.sock, self.monitor, self.endpoint = stream_socket(client.core, client.ctx, actor,
+                                                               topics)
         self._log = LinkLog()
         self._changes: list[str] = []
         self._poller: zmq.Poller | None = None
