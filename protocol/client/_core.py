@@ -64,7 +64,7 @@ import zmq
 from moorage.protocol import endpoints, limits
 from moorage.protocol.client._known_ops import SCHEMA_IDEMPOTENT
 from moorage.protocol.client._latency import LatencyBook, LatencyPusher, check_metrics_name
-from moorage.protocol.client.connection import Connection, check_runtime_dir, locate
+from moorage.protocol.client.connection import Connection, check_runtime_dir, locate, tree_pid
 from moorage.protocol.envelope import Reply, encode_request, pin_request
 from moorage.protocol.errors import Fault, MoorageError, WireError, fault_of
 from moorage.protocol.recovery import (
@@ -315,6 +315,8 @@ class CallPlan:
 
     def on_timeout(self, now: float) -> Done | Resend:
         """The attempt's wait ran out with no reply."""
+        if self.core.tree_gone():
+            return self.done(now, error=self.core.not_running())
         self.core.breaker(self.actor).record_failure(now)
         self.last_error = None  # (the last attempt was not answered)
         if now >= self.deadline:
@@ -350,6 +352,8 @@ class CallPlan:
         naming a session, which session to look at."""
         self.core.breaker(self.actor).give_back()
         self.last_error = None  # (the last attempt was not answered)
+        if self.core.tree_gone():
+            return self.done(now, error=self.core.not_running())
         if self.idempotent or self.resumable:
             return Resend(0.0)
         if self.pin is not None and self.core.remote is not None:
@@ -545,6 +549,24 @@ class ClientCore:
             return None
         opts = self.options
         return min(opts.timeout, max(opts.attempt_timeout, end - _monotonic()))
+
+    def tree_gone(self) -> bool:
+        """Has the tree this client found (by its instance: `locate`) ended, its instance lock
+        free? Looked at only when a call's attempt went unanswered or its connection dropped:
+        a call then ends `not_running` (the tree will not answer it; an editor polling a
+        stopped tree learned it only at each call's whole budget, as `unavailable`). A client
+        given a directory, which waits for a tree to come up there, and a remote one never
+        take a tree for gone."""
+        if self.connection is None or self.remote is not None:
+            return False
+        try:
+            return tree_pid(self.runtime_dir) is None
+        except MoorageError:
+            return False
+
+    def not_running(self) -> WireError:
+        return WireError.of("not_running", f"the moorage tree in {self.runtime_dir} has ended "
+                            "(its instance lock is free); start one with `moorage up`")
 
     def breaker(self, actor: str) -> CircuitBreaker:
         b = self.breakers.get(actor)
