@@ -113,13 +113,13 @@ def test_exclude_patterns_are_bounded_in_length_before_they_are_compiled(make_tr
     life = watcher_life(tree)
     for exclude in (["[" * 8000],  # fnmatch took seconds of the old loop on this one
                     ["x" * 257],  # one pattern past 256 characters
-                    ["x" * 256] * 4 + ["y"],  # 1,025 characters in all
+                    ["x" * 256] * 16 + ["y"],  # 4,097 characters in all
                     ["x"] * 65, [""]):
         err = refused(tree, "fs.watch", {"path": str(data), "exclude": exclude})
         assert "exclude" in err.error.message
-    w = tree.call("watcher", "fs.watch", {"path": str(data), "exclude": ["x" * 256] * 4},
+    w = tree.call("watcher", "fs.watch", {"path": str(data), "exclude": ["x" * 256] * 16},
                   timeout=60)
-    assert w["exclude"] == ["x" * 256] * 4  # 256 each, 1,024 in all: taken
+    assert w["exclude"] == ["x" * 256] * 16  # 256 each, 4,096 in all: taken
     assert watcher_life(tree) == life, tree.output()[-3000:]
 
 

@@ -283,7 +283,9 @@ def _memo_cost(absolute: str, real: str) -> int:
     """The bytes a remembered resolution holds: its strings (one, when the path is its own
     real path) and its entry."""
     cost = sys.getsizeof(absolute) + MEMO_ENTRY_BYTES
-    return cost if real is absolute else cost + sys.getsizeof(real)
+    # (equal strings are one stored string: _remember keeps the absolute path as its own real
+    # path; `is` would count a second one when an equal string replaces the entry)
+    return cost if real == absolute else cost + sys.getsizeof(real)
 
 
 class Roots:

@@ -37,7 +37,9 @@ from moorage.protocol.errors import MoorageError, fail
 
 MAX_PATTERNS = 64
 MAX_PATTERN_CHARS = 256  # one exclude pattern (as fs.list's glob: listing.MAX_GLOB_CHARS)
-MAX_EXCLUDE_CHARS = 1024  # a watch's patterns together (as fs.query's: query.MAX_GLOB_CHARS)
+# a watch's patterns together: 64 patterns of 64 characters (an editor's list); at most 16
+# of the slowest 256-character ones to compile, ~30 ms of the loop
+MAX_EXCLUDE_CHARS = 4096
 # Watches a watcher holds at most: each event with excludes is matched against every one,
 # and each watch added or removed recomputes what to observe. One more is refused
 # (resource_exhausted) until one is removed; the watches are saved, so a restart keeps them.
@@ -173,7 +175,8 @@ class Watches:
 
     def add(self, path: str, recursive: bool, exclude: list[str] | tuple[str, ...],
             wid: str | None = None) -> Watch:
-        check_exclude(exclude)
+        if wid is None:  # (a saved watch, `load`'s, was taken when it was made)
+            check_exclude(exclude)
         if wid is None and len(self.by_id) >= MAX_WATCHES:
             raise fail("resource_exhausted", f"fs.watch: {MAX_WATCHES} watches are held "
                        "(the most); remove one first")
