@@ -195,18 +195,21 @@ class _AConn:
         last event: True if no handshake ever completed on it, so nothing it was given left
         it (sync._Conn.never_delivered)."""
         self.closing = True
-        reader = self.tasks[0]
+        reader, watcher = self.tasks[0], self.tasks[1]
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        self.sock.close(0)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopped.wait(), UNDELIVERED_CHECK)
-        watcher = self.tasks[1]
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        self.monitor.close(0)
+        try:
+            # (the reader's end awaited without taking a cancel of our caller's for its own)
+            await asyncio.wait([reader])
+            self.sock.close(0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), UNDELIVERED_CHECK)
+        finally:
+            # (however this ends, a caller's cancel included: this connection is out of the
+            # client's table, and a socket or monitor left open would hold ctx.term for ever)
+            self.sock.close(0)
+            watcher.cancel()
+            self.monitor.close(0)
+        await asyncio.wait([watcher])
         return self.stopped.is_set() and not self.log.succeeded
 
 
@@ -400,7 +403,7 @@ class AsyncClient(FromConnectionFile):
         self._closed.set()
         for s in list(self._subs):
             s.close()
-        for c in self._conns.values():
+        for c in list(self._conns.values()):  # (a call's _failed may drop one meanwhile)
             for q in c.waiters.values():
                 q.put_nowait(_CLOSED)
             await c.close()
