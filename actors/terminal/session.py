@@ -496,7 +496,9 @@ class Session:
         was sent (a D would have answered it), and its line editor let a line go since:
         the new prompt is the next command line's, not the same prompt drawn again (a
         resize, a theme's redraw) while the command is still being read."""
-        return ex.sent and not ex.done and ex.out_start is None and \
+        # (marked only: a command typed line by line without the integration has prompts
+        # between its lines, each with its own line let go)
+        return ex.sent and ex.marked and not ex.done and ex.out_start is None and \
             LINE_TAKEN in self.scroll.get(ex.sent_off, at)
 
     def _not_run(self, ex: Exec, at: int) -> None:

@@ -58,6 +58,7 @@ if [ -z "$__moorage_nonce" ]; then builtin return; fi
 __moorage_state=start
 __moorage_running=0  # set to 1 by PS0 when a command line has been read
 __moorage_e_sent=0
+__moorage_pc_ro=""  # set once PROMPT_COMMAND is found readonly: never taken over
 __moorage_cm=($'\e]633;C;'"$__moorage_nonce"$'\a' "")
 __moorage_ps0='${__moorage_cm[__moorage_running]-}${__moorage_nil[__moorage_running=1]-}'
 # The D of a command that ours did not end (a PROMPT_COMMAND set again while it ran, which
@@ -213,8 +214,15 @@ __moorage_take_pc() {
         fi
         new+=("$e")
     done
-    # (a readonly one is left as it is: assigning it would end the command line)
-    [[ -z ${PROMPT_COMMAND+x} || ${PROMPT_COMMAND@a} != *r* ]] || builtin return 0
+    # (a readonly one is left as it is, for good: assigning it would end the command line,
+    # and trying at each command would cost each command the attempt; `declare -p` for an
+    # unset one, which `${...@a}` cannot read under `set -u`)
+    if [[ -n ${PROMPT_COMMAND+x} ]]; then
+        [[ ${PROMPT_COMMAND@a} != *r* ]] || { __moorage_pc_ro=1; builtin return 0; }
+    elif [[ $(builtin declare -p PROMPT_COMMAND 2>/dev/null) == "declare -r"* ]]; then
+        __moorage_pc_ro=1
+        builtin return 0
+    fi
     PROMPT_COMMAND=(__moorage_precmd) __moorage_user_pc=("${new[@]}")
     if [[ $__moorage_running == 1 ]]; then
         # Set while a command ran, or in the PROMPT_COMMAND run after it, where ours may not
@@ -347,7 +355,8 @@ __moorage_e_rare() {
 # costs more, and an array with ours first runs ours first, given `$?`, as it should), and
 # an `if`, so the trap's status is 0 when it does nothing.
 __moorage_debug='if [[ $__moorage_running$__moorage_e_sent == 10 ||
-        ${PROMPT_COMMAND-} != __moorage_precmd ]]; then __moorage_on_debug; fi'
+        ( ${PROMPT_COMMAND-} != __moorage_precmd && -z $__moorage_pc_ro ) ]]; then
+        __moorage_on_debug; fi'
 
 if [ -n "$__moorage_user_trap" ]; then
     # the user's trap sees `$?` as the last command left it; its status is the trap's (extdebug
