@@ -80,7 +80,8 @@ def lock_instance(runtime_dir: Path) -> int | str:
         if same:
             os.ftruncate(fd, 0)  # (no pid while it is held without one: not a dead root's)
             # sticky: left alone by tmp cleaners (runtime_files); marked now, never after
-            os.fchmod(fd, 0o600 | stat.S_ISVTX)
+            with contextlib.suppress(OSError):  # (a file system that refuses it: unmarked)
+                os.fchmod(fd, 0o600 | stat.S_ISVTX)
             return fd
         os.close(fd)
 

@@ -142,10 +142,16 @@ class Outbound:
         """`target`'s process is gone (`why`: how it ended): each call waiting on it is
         answered `unavailable` now, and its shared socket is closed, to be made anew by the
         next call (to its successor). Returns how many calls were answered."""
+        # What it answered before it ended is taken first (its exit may be seen in the same
+        # turn as its reply, and before it): only what it did not answer is told it ended.
         s = self._socks.pop(target, None)
         if s is not None:
+            self._on_readable(s)
             self.actor.loop.remove_reader(s)
             s.close(0)
+        for rid, (_, _, t) in list(self._waiting.items()):
+            if t == target and rid in self._oneshot:
+                self._on_readable(self._oneshot[rid])
         gone = [rid for rid, (_, _, t) in self._waiting.items() if t == target]
         for rid in gone:
             on_done, timer, _ = self._waiting.pop(rid)
