@@ -10,7 +10,8 @@ alone (65,536 of 4 KB paths, misses included: hundreds of MB), now by bytes, mis
 remembered. An atomic save of a writable file in a directory the user cannot write was
 `forbidden`; it is written in place (`atomic: false`). A read at an offset past 2^63 answered
 `internal`; offsets and lengths outside [0, 2^53) are `bad_args`. A write to `f.txt/` wrote
-`f.txt`; it writes nothing.
+`f.txt`; it writes nothing, and a read or stat of it is `not_a_directory` (they answered
+`f.txt`).
 
 Real trees under a supervisor with a strict hang budget (5 missed 100 ms beats), real files:
 a case that held the loop shows the call answered `bad_args` with the watcher's pid and
@@ -248,6 +249,27 @@ def test_a_write_to_a_path_ending_in_a_slash_writes_nothing(make_tree, data):
         assert err.error.detail["errno"] == "EISDIR"
     assert sorted(os.listdir(data)) == ["d", "f.txt"]
     assert os.listdir(data / "d") == []
+
+
+def test_a_read_or_stat_of_a_file_named_as_a_directory_is_not_a_directory(make_tree, data):
+    """`f.txt/` names a directory: the kernel answers ENOTDIR, where the resolution (which
+    drops the slash) read and stat'ed `f.txt`. Read first whole, so that a cached entry of
+    `f.txt` is there to be wrongly answered; a symlink to the file named with a slash too."""
+    f = data / "f.txt"
+    f.write_bytes(b"old\n")
+    (data / "d").mkdir()
+    (data / "link").symlink_to("f.txt")
+    tree = strict_tree(make_tree, data)
+    assert tree.client.request("watcher", "fs.read", {"path": str(f)}).attachments[0] == \
+        b"old\n"
+    for path in (f"{f}/", f"{f}/.", "f.txt/", f"{data}/link/"):
+        for op in ("fs.read", "fs.stat"):
+            err = refused(tree, op, {"path": path}, "not_a_directory")
+            assert err.error.detail["errno"] == "ENOTDIR", (op, path)
+    assert tree.call("watcher", "fs.stat", {"path": f"{data}/d/"})["type"] == "dir"
+    refused(tree, "fs.read", {"path": f"{data}/d/"}, "is_directory")
+    refused(tree, "fs.read", {"path": f"{data}/none.txt/"}, "not_found")
+    assert tree.call("watcher", "fs.stat", {"path": str(f)})["size"] == 4
 
 
 # --- the resolution: what realpath makes of a path, at a cost linear in it ------------------

@@ -200,6 +200,15 @@ def _refuse_directory_name(real: str) -> NoReturn:
     raise IsADirectoryError(errno.EISDIR, "Is a directory (the path ends in '/')", real)
 
 
+def refuse_file_as_directory(st: os.stat_result | None, path: str, real: str) -> None:
+    """ENOTDIR for a path that names a directory (`f.txt/`) where something else is, `st`
+    the stat of what it resolved to (None: nothing there, for the attempt to classify). The
+    resolution drops the slash (realpath does); the kernel would not open such a path, and a
+    read or stat of `f.txt/` must not answer `f.txt`."""
+    if st is not None and not stat_mod.S_ISDIR(st.st_mode) and _names_a_directory(path):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory (the path ends in '/')", real)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -645,6 +654,10 @@ class FileService:
             return self._read_remote(path, absolute, offset, length)
         real, lst = self.roots.resolve_lstat(absolute)
         refuse_special(lst, path, "read")
+        try:
+            refuse_file_as_directory(lst, path, real)
+        except OSError as exc:
+            raise os_error(exc, path) from None
         since = 0  # when the try began (the racy rule's moment: an earlier one is safe)
 
         def settle(got: tuple[bytes, os.stat_result]) -> Attached:
@@ -697,6 +710,7 @@ class FileService:
         def blocking() -> tuple[bytes, os.stat_result]:
             real, lst = self.roots.resolve_lstat(absolute)
             refuse_special(lst, path, "read")
+            refuse_file_as_directory(lst, path, real)
             return self.reader(real, offset, length)
 
         def settle(got: tuple[bytes, os.stat_result]) -> Attached:
@@ -981,19 +995,26 @@ class FileService:
     def stat_path(self, path: str) -> Pending:
         absolute = self.roots.absolute(path)
         if self._on_slow_fs(absolute):
-            return self._on_remote(path, lambda: self._stat_of(self.roots.resolve_fast(
-                absolute)))
+            return self._on_remote(path, lambda: self._stat_of(
+                self.roots.resolve_fast(absolute), path))
         real, lst = self.roots.resolve_lstat(absolute)
         if lst is not None and not stat_mod.S_ISLNK(lst.st_mode):
+            try:
+                refuse_file_as_directory(lst, path, real)
+            except OSError as exc:
+                raise os_error(exc, path) from None
             # The resolution's lstat of the real path, whose last name is no symlink: what a
             # stat of it says, one syscall instead of two.
             out = Pending()
             out.resolve({"path": real, **stat_info(lst)})
             return out
-        return Attempts(self.policy, lambda: self._stat_of(real), self.schedule, path).run()
+        return Attempts(self.policy, lambda: self._stat_of(real, path), self.schedule,
+                        path).run()
 
-    def _stat_of(self, real: str) -> dict[str, Any]:
-        return {"path": real, **stat_info(self.stat(real))}
+    def _stat_of(self, real: str, path: str) -> dict[str, Any]:
+        st = self.stat(real)
+        refuse_file_as_directory(st, path, real)
+        return {"path": real, **stat_info(st)}
 
     def list_dir(self, path: str, recursive: bool = False, glob: str | None = None
                  ) -> Pending:
