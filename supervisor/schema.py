@@ -6,10 +6,11 @@ loops on it later.
 The tables are TypedDicts (every key optional: the actors own the defaults); `check` walks a
 value against a type: int (not bool), float (an int is taken; nan and inf are not), bool, str,
 Literal, list[T], dict[str, T], a union, a nested table, or `Annotated[T, Bound...]`: a Min,
-Max, Length, AbsolutePath or FileName refuses what the actor would refuse as it starts (or what
-would break it later: a zero interval it would spin on, a silent clamp to another value), with
-the same bounds, written here (the root does not import the actors to check a document; a test,
-tests/test_config_bounds.py, holds each bound to the actor's own reading of it). A table's
+Max, Length, Patterns, AbsolutePath or FileName refuses what the actor would refuse as it starts
+(or what would break it later: a zero interval it would spin on, a silent clamp to another
+value), with the same bounds, written here (the root does not import the actors to check a
+document; a test, tests/test_config_bounds.py, holds each bound to the actor's own reading of
+it). A table's
 rule across its keys (RULES: metrics' window over its buckets, the watcher's relative watches
 taken from its roots) is checked once its keys are, on an actor's settings whole.
 `Annotated[str, ChildRef(...)]`
@@ -111,6 +112,28 @@ class Length(Bound):
         if not self.lo <= len(value) <= self.hi:
             raise ConfigError(f"{where}: must have {self.lo} to {self.hi} items, got "
                               f"{len(value)}")
+
+
+@dataclass(frozen=True)
+class Patterns(Bound):
+    """`Annotated[list[str], Patterns(most, each, total)]`: at most `most` non-empty patterns
+    of at most `each` characters, `total` in all (the watcher's excludes: it refuses more
+    before compiling any, and would list such a configured watch as not placed)."""
+
+    most: int
+    each: int
+    total: int
+
+    def check(self, value: list[str], where: str) -> None:
+        if len(value) > self.most:
+            raise ConfigError(f"{where}: at most {self.most} patterns, got {len(value)}")
+        for i, pattern in enumerate(value):
+            if not pattern or len(pattern) > self.each:
+                raise ConfigError(f"{where}[{i}]: must be 1 to {self.each} characters, got "
+                                  f"{len(pattern)}")
+        total = sum(map(len, value))
+        if total > self.total:
+            raise ConfigError(f"{where}: at most {self.total} characters in all, got {total}")
 
 
 @dataclass(frozen=True)
@@ -317,7 +340,8 @@ class ParserTable(RuntimeTable, total=False):
 class WatchEntry(TypedDict, total=False):
     path: Annotated[str, PathText()]
     recursive: bool
-    exclude: list[str]
+    # (actors/watcher/watches.py MAX_PATTERNS, MAX_PATTERN_CHARS, MAX_EXCLUDE_CHARS)
+    exclude: Annotated[list[str], Patterns(64, 256, 4096)]
 
 
 class RetryTable(TypedDict, total=False):

@@ -290,3 +290,30 @@ def test_every_value_a_choice_of_an_actors_table_offers_is_one_the_actor_takes_a
                 actor = read(start, {key: value})
                 assert not isinstance(actor, Exception), (start, key, value, actor)
             assert isinstance(read(start, {key: "nonsense"}), ValueError), (start, key)
+
+
+def test_a_configured_watchs_excludes_are_held_to_the_watchers_own_bounds():
+    """The schema's copy of the watcher's exclude bounds (watches.check_exclude), at each edge
+    and just past it, either way: a configured watch past them is refused by `moorage up`
+    rather than started and listed as not placed."""
+    from moorage.actors.watcher import watches
+    from moorage.protocol.errors import MoorageError
+
+    most, each, total = watches.MAX_PATTERNS, watches.MAX_PATTERN_CHARS, watches.MAX_EXCLUDE_CHARS
+    fill = total // each  # patterns of `each` characters that fit the total
+    edges = [  # (at the bound, just past it)
+        (["p"] * most, ["p"] * (most + 1)),
+        (["x" * each], ["x" * (each + 1)]),
+        (["x" * each] * fill + ["y"] * (total - fill * each),
+         ["x" * each] * fill + ["y"] * (total - fill * each + 1)),
+        (["p"], [""]),
+    ]
+    for at, past in edges:
+        watches.check_exclude(at)
+        schema.check_table({"watch": [{"path": "/w", "exclude": at}]}, schema.WatcherTable,
+                           "actor.watcher")
+        with pytest.raises(MoorageError):
+            watches.check_exclude(past)
+        with pytest.raises(ConfigError, match=r"actor\.watcher\.watch\[0\]\.exclude"):
+            schema.check_table({"watch": [{"path": "/w", "exclude": past}]},
+                               schema.WatcherTable, "actor.watcher")
