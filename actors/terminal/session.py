@@ -684,12 +684,24 @@ class Session:
         rc file) may still run, and read what is typed meanwhile at its first prompt."""
         return self.meta.get("unprompted") is True
 
+    @property
+    def busy(self) -> bool:
+        """Does a command run in the session: term.exec's, or, with the integration, one the
+        shell started (its C) and has not ended (no D yet) that no exec waits for any more, as
+        a program a timed-out exec left in the foreground (deaf to its SIGINT, or at a prompt
+        of its own) or one typed with term.write? term.exec refuses the session then
+        (`busy_reason`), and term.list says so: an editor that took `busy` false would send
+        its next command into that program. False again at the command's D (it ended, or was
+        interrupted), or once the session goes on without the integration."""
+        return self.exec is not None or (self.state == "running" and
+                                         self.mode == "integration")
+
     def busy_reason(self) -> str | None:
         if self.exited is not None:
             return "exited"
         if self.exec is not None:
             return "a command is running (term.exec)"
-        if self.state == "running" and self.mode == "integration":
+        if self.busy:
             return "a command is running"
         if self.state == "starting":
             return "the shell is starting"
@@ -1226,7 +1238,7 @@ class Session:
             "kind": self.kind, "mode": self.mode, "state": self.state, "cwd": self.cwd,
             "cols": self.cols, "rows": self.rows, "offset": self.offset,
             "scrollback_from": self.scroll.base, "exited": self.exited,
-            "busy": self.exec is not None, "untrusted_markers": self.untrusted,
+            "busy": self.busy, "untrusted_markers": self.untrusted,
             "parser": self.hop.via, "parsed": self.hop.parsed,
             "repeated_markers": self.repeated_markers,
             "integration_back": self.integration_back,
