@@ -310,6 +310,18 @@ impl CallPlan {
         self.done(now, Err(e))
     }
 
+    /// The tree this call's client found (by instance, or from a connection file) has ended,
+    /// its instance lock free, when an attempt went unanswered or the connection dropped: that
+    /// tree will not answer, so the call ends now with `e` (`not_running`), not at its whole
+    /// budget. Asked instead of `on_timeout` (before the breaker hears of it: the actor did not
+    /// fail, and the next call is told `not_running` too, not `circuit_open`) or of
+    /// `on_actor_gone` on a drop (whose breaker the client gave back). A client given a
+    /// directory (it waits for a tree to come up there) or a remote one never asks it.
+    pub fn on_tree_gone(&mut self, now: f64, e: WireError) -> Verdict {
+        self.last_error = None; // (the last attempt was not answered)
+        self.done(now, Err(e))
+    }
+
     /// The tree refused this client's key at the CURVE handshake while the call waited (remote
     /// mode): no attempt with this key can reach the actor, so the call ends now, not at its
     /// deadline (the client names it `unauthorized`). A non-idempotent one may have run on a

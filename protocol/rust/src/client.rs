@@ -167,6 +167,10 @@ pub struct Client {
     clock: Instant,
     rng: u64,
     monitors: u64,
+    /// This client found its tree (by instance, or from a connection file: its lock was held),
+    /// so it may take that tree for ended (`tree_gone`); one given a directory or a remote one
+    /// never does.
+    found: bool,
 }
 
 impl Client {
@@ -185,10 +189,13 @@ impl Client {
         }
         let dir = runtime_dir_of_connection_file(path).map_err(|m| local_error("bad_args", m, "", ""))?;
         options.runtime_dir = Some(dir);
-        Client::new(options)
+        let mut client = Client::new(options)?;
+        client.found = client.options.remote.is_none();
+        Ok(client)
     }
 
     pub fn with_context(ctx: zmq::Context, options: Options) -> Result<Client, Error> {
+        let found = options.remote.is_none() && options.runtime_dir.is_none();
         let dir = match (&options.remote, &options.runtime_dir) {
             (Some(r), _) => runtime_dir_of_connection_file(&r.connection_file).map_err(|m| local_error("bad_args", m, "", ""))?,
             (None, Some(d)) => {
@@ -250,7 +257,23 @@ impl Client {
             clock: Instant::now(),
             rng: seed | 1,
             monitors: 0,
+            found,
         })
+    }
+
+    /// Has the tree this client found (by instance, or from a connection file) ended, its
+    /// instance lock free? Then the `not_running` a call ends with, else None. Looked at only
+    /// when a call's attempt went unanswered or its connection dropped (`CallPlan::on_tree_gone`):
+    /// that tree will not answer it, and an editor polling a stopped tree would hear so only at
+    /// each call's whole budget, as `timeout` or `unavailable`. A client given a
+    /// directory, which waits for a tree to come up there, and a remote one never take their
+    /// tree for gone; nor does a lock this user must not trust.
+    fn tree_gone(&self) -> Option<WireError> {
+        if !self.found || self.options.remote.is_some() || trusted_tree_running(&self.runtime_dir) != Ok(false) {
+            return None;
+        }
+        Some(WireError::of("not_running", format!(
+            "the moorage tree in {} has ended (its instance lock is free); start one with `moorage up`", self.runtime_dir.display())))
     }
 
     fn now(&self) -> f64 {
@@ -485,7 +508,10 @@ impl Client {
                 let (mut plan, d) = flying.remove(&id).unwrap();
                 let unit = self.unit();
                 let v = match d {
-                    Due::Reply(_) => plan.on_timeout(now, self.breaker(actor), unit),
+                    Due::Reply(_) => match self.tree_gone() {
+                        Some(e) => plan.on_tree_gone(now, e),
+                        None => plan.on_timeout(now, self.breaker(actor), unit),
+                    },
                     Due::Resend(_) => plan.resend(now, self.breaker(actor)),
                 };
                 self.apply(actor, plan, v, &mut flying, &mut out)?;
@@ -651,7 +677,11 @@ impl Client {
             if let Some((mut plan, _)) = flying.remove(&ch.id) {
                 let now = self.now();
                 self.breaker(actor).give_back();
-                let v = plan.on_actor_gone(now, ch.old_epoch.as_deref(), ch.new_epoch.as_deref());
+                let gone = if ch.new_epoch.is_none() { self.tree_gone() } else { None }; // (a drop)
+                let v = match gone {
+                    Some(e) => plan.on_tree_gone(now, e),
+                    None => plan.on_actor_gone(now, ch.old_epoch.as_deref(), ch.new_epoch.as_deref()),
+                };
                 self.apply(actor, plan, v, flying, out)?;
             }
         }
@@ -728,13 +758,14 @@ impl Client {
         self.endpoints.secure(&sock, false).map_err(zerr)?;
         sock.connect(&self.endpoints.publisher(actor))
             .map_err(|e| local_error("bad_args", format!("{actor}: no pub socket to connect to: {e}"), actor, "subscribe"))?;
-        let replayer = Client::with_context(self.ctx.clone(), Options {
+        let mut replayer = Client::with_context(self.ctx.clone(), Options {
             runtime_dir: Some(self.runtime_dir.clone()),
             sid: Some(format!("{}-r{}", self.sid, self.monitors + 1)),
             metrics_name: None,
             learn_ops: false,
             ..self.options.clone()
         })?;
+        replayer.found = self.found; // (its replays are this client's calls: the same tree)
         self.monitors += 1;
         Ok(Subscription { actor: actor.to_string(), topics: topics.clone(), sock, tracker: StreamTracker::new(opts.from_seq, &topics), ready: VecDeque::new(), replayer })
     }

@@ -92,6 +92,12 @@ export interface PlanSettings {
   timeout: number;
   attemptTimeout: number;
   backoff: Backoff;
+  /** Has the tree this call's client found (by instance, or from a connection file) ended,
+   * its instance lock free? Then the error the call ends with (`not_running`), else null.
+   * Asked only when an attempt went unanswered or the connection dropped: that tree will not
+   * answer, and the call would otherwise spend its whole budget. Absent for a client given a
+   * directory (it waits for a tree to come up there) or a remote one: never gone. */
+  treeGone?: () => WireError | null;
 }
 
 export type Verdict =
@@ -265,6 +271,10 @@ export class CallPlan {
   }
 
   onTimeout(at: number): Verdict {
+    // (before the breaker hears of it: the actor did not fail, its tree ended, and the next
+    // call is told so too, not `circuit_open`)
+    const gone = this.settings.treeGone?.() ?? null;
+    if (gone !== null) return this.done(at, undefined, gone);
     this.breaker.recordFailure(at);
     this.lastError = null; // (the last attempt was not answered)
     if (at >= this.deadline) {
@@ -287,13 +297,16 @@ export class CallPlan {
   }
 
   /** The actor this was sent to is gone (section 10, early failure on a dead actor): a new
-   * epoch answered, or the connection dropped (`newEpoch` null). An idempotent or resumable
-   * call is resent at once, as it is (a successor answers it). A pinned call is resent on a
-   * drop, at once and on each drop until answered (only a remote link pins: over tcp the
-   * actor may live on, and its life answers the pinned frames once). */
+   * epoch answered, or the connection dropped (`newEpoch` null). A drop once the client's
+   * tree has ended ends the call `not_running` (PlanSettings.treeGone). An idempotent or
+   * resumable call is resent at once, as it is (a successor answers it). A pinned call is
+   * resent on a drop, at once and on each drop until answered (only a remote link pins: over
+   * tcp the actor may live on, and its life answers the pinned frames once). */
   onActorGone(at: number, oldEpoch: string | null, newEpoch: string | null): Verdict {
     this.breaker.giveBack();
     this.lastError = null; // (the last attempt was not answered)
+    const gone = newEpoch === null ? this.settings.treeGone?.() ?? null : null;
+    if (gone !== null) return this.done(at, undefined, gone);
     if (this.idempotent || this.resumable) return { kind: "resend", delay: 0 };
     if (newEpoch === null && this.pin !== null) {
       this.pinFrames("drop");

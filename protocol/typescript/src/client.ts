@@ -26,7 +26,7 @@ import {
   treeRunning,
 } from "./endpoints.js";
 import { type Reply, decodeReply, decodeStream } from "./envelope.js";
-import { DecodeError, MoorageError, NO_REPLY_SENT, unauthorized, undelivered, wireError } from "./errors.js";
+import { DecodeError, MoorageError, NO_REPLY_SENT, type WireError, unauthorized, undelivered, wireError } from "./errors.js";
 import { HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
@@ -70,6 +70,11 @@ export interface SubscribeOptions {
 
 /** Of a call's time, the share that learning the actor's idempotent ops may take first. */
 const LEARN_SHARE = 0.5;
+/** How long one look at the instance lock (Client.treeGone) answers for, seconds: Node has no
+ * flock(2), so a look spawns `flock`, and the calls whose attempts end together (a pipeline to
+ * a stalled actor) share one. A tree that ended is told at most this much later: one more
+ * attempt. */
+const TREE_LOOK_S = 0.1;
 /** How long a closed socket's last monitor event ("end", MONITOR_STOPPED) is waited for before
  * a client gives up telling whether a call was delivered (Conn.neverDelivered), ms. */
 const UNDELIVERED_CHECK_MS = 2000;
@@ -393,6 +398,14 @@ export class Client {
   private readonly pusher: LatencyPusher | null = null;
   private nextId = 1;
   private closed = false;
+  /** This client found its tree (by instance, or from a connection file: its lock was held),
+   * so it may take that tree for ended (treeGone); one given a directory or a remote one never
+   * does. */
+  private found = false;
+  /** The last look at the lock: when (the `now()` clock), and whether the tree had ended. */
+  private lookedAt = -Infinity;
+  private lookedGone = false;
+  private readonly treeGoneCheck = (): WireError | null => this.treeGone();
 
   constructor(options: ClientOptions = {}) {
     const remote = options.remote;
@@ -405,6 +418,7 @@ export class Client {
       throw new MoorageError(wireError("not_running",
         `no moorage tree is running for ${what} (no live lock in ${this.runtimeDir}); start one with \`moorage up\``), "", "", 0);
     }
+    this.found = !remote && options.runtimeDir === undefined;
     this.endpoints = remote
       ? remoteEndpointsOf(remote.connectionFile, remote.keys ?? clientKeys(), remote.host)
       : endpointsOf(this.runtimeDir);
@@ -437,7 +451,33 @@ export class Client {
       throw new MoorageError(wireError("not_running",
         `no moorage tree is running for ${path} (its instance lock in ${folder} is free)`), "", "", 0);
     }
-    return new Client({ ...options, runtimeDir: runtimeDirOfConnectionFile(path) });
+    const client = new Client({ ...options, runtimeDir: runtimeDirOfConnectionFile(path) });
+    client.found = !client.remote;
+    return client;
+  }
+
+  /** Has the tree this client found (by instance, or from a connection file) ended, its
+   * instance lock free? Then the `not_running` a call ends with, else null. Asked by a call
+   * whose attempt went unanswered or whose connection dropped (CallPlan): that tree will not
+   * answer it, and an editor polling a stopped tree would hear so only at each call's whole
+   * budget, as `timeout` or `unavailable`. A client given a directory, which waits for
+   * a tree to come up there, and a remote one never take their tree for gone; nor does a look
+   * that cannot be made (a lock not to be trusted, no `flock` here). */
+  private treeGone(): WireError | null {
+    if (!this.found) return null;
+    const at = now();
+    if (at - this.lookedAt >= TREE_LOOK_S) {
+      let running = true;
+      try {
+        running = treeRunning(this.runtimeDir);
+      } catch {
+        // (forbidden now, or unreadable: not a tree seen to end)
+      }
+      this.lookedAt = at;
+      this.lookedGone = !running;
+    }
+    return this.lookedGone ? wireError("not_running",
+      `the moorage tree in ${this.runtimeDir} has ended (its instance lock is free); start one with \`moorage up\``) : null;
   }
 
   /** `actor`'s connection, made on first use; refused once the client is closed (a call that
@@ -508,7 +548,8 @@ export class Client {
     const conn = this.conn(actor, op);
     let id = options.id ?? this.nextId++;
     const plan = new CallPlan(id, actor, op, args,  idempotent,
-      { sid: this.sid, timeout: this.options.timeout, attemptTimeout: this.options.attemptTimeout, backoff: this.options.backoff },
+      { sid: this.sid, timeout: this.options.timeout, attemptTimeout: this.options.attemptTimeout, backoff: this.options.backoff,
+        treeGone: this.found ? this.treeGoneCheck : undefined },
       this.breaker(actor), (micros, ok, caller) => this.latency.record(actor, op, micros, ok, caller), timeout, options.attachments);
     plan.resumable = this.resumableOps.get(actor)?.has(op) ?? false;
     const inbox = new Inbox(plan);
