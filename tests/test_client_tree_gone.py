@@ -1,12 +1,16 @@
 """A client that found its tree by instance, once that tree has ended, is told `not_running`
 at the call's first unanswered attempt or dropped connection, not `unavailable` (or
-`timeout`) at its whole budget. On a real tree."""
+`timeout`) at its whole budget; a call not safe to repeat that was in flight as the tree
+ended may have run there: `outcome_unknown`. On a real tree."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ import pytest
 from moorage.protocol.client import Client
 from moorage.protocol.errors import MoorageError
 from tests.conftest import Tree
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,7 +30,10 @@ start = "tests.fakes:FakeActor"
 """
 
 
-def test_a_client_of_a_tree_that_ended_is_told_not_running(monkeypatch):
+@pytest.fixture
+def gone_tree(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tree]:
+    """A tree of instance `gone` (found by name, as an editor's client finds it), stopped at
+    the end however the test went."""
     xdg = Path(tempfile.mkdtemp(prefix="nr-", dir="/tmp"))  # (short: socket paths)
     tree = None
     try:
@@ -36,17 +44,62 @@ def test_a_client_of_a_tree_that_ended_is_told_not_running(monkeypatch):
         rdir.mkdir(parents=True, mode=0o700)
         os.chmod(rdir.parent, 0o700)
         tree = Tree(rdir, CONFIG).start()
-        with Client(instance="gone", timeout=20.0) as c:
-            assert c.call("one", "sys.ping")
-            down = tree.cli("down")
-            assert down.returncode == 0, (down.stdout, down.stderr)
-            with pytest.raises(MoorageError) as gone:
-                c.call("one", "sys.ping")
-            assert gone.value.name == "not_running", gone.value
-            with pytest.raises(MoorageError) as again:  # (not circuit_open)
-                c.call("one", "sys.ping")
-            assert again.value.name == "not_running", again.value
+        yield tree
     finally:
         if tree is not None:
             tree.stop()
         shutil.rmtree(xdg, ignore_errors=True)
+
+
+def test_a_client_of_a_tree_that_ended_is_told_not_running(gone_tree):
+    tree = gone_tree
+    with Client(instance="gone", timeout=20.0) as c:
+        assert c.call("one", "sys.ping")
+        down = tree.cli("down")
+        assert down.returncode == 0, (down.stdout, down.stderr)
+        with pytest.raises(MoorageError) as gone:
+            c.call("one", "sys.ping")
+        assert gone.value.name == "not_running", gone.value
+        with pytest.raises(MoorageError) as again:  # (not circuit_open)
+            c.call("one", "sys.ping")
+        assert again.value.name == "not_running", again.value
+
+
+def test_a_call_not_safe_to_repeat_in_flight_as_the_tree_ended_may_have_run(gone_tree):
+    """fake.held (not idempotent; it counts a side effect, its reply held) is under way when
+    the tree's root is killed: it may have run, so `outcome_unknown`, not `not_running`; one
+    begun after its client saw the tree gone reached none: `not_running`."""
+    ended: list[BaseException] = []
+
+    def held() -> None:
+        with Client(instance="gone", timeout=20.0) as h:
+            try:
+                h.call("one", "fake.held")
+            except BaseException as exc:  # (kept for the test's thread)
+                ended.append(exc)
+
+    with Client(instance="gone", timeout=20.0) as c:
+        t = threading.Thread(target=held)
+        t.start()
+        try:
+            wait_for(lambda: c.call("one", "fake.count")["held"] == 1, "fake.held under way")
+            # (SIGKILL: a stop would answer the held call itself; the root's lock is let go
+            # as it dies, before its children learn of its death and end, with their links)
+            os.kill(gone_tree.pid, signal.SIGKILL)
+        finally:
+            t.join(60)
+        assert len(ended) == 1 and isinstance(ended[0], MoorageError), ended
+        assert ended[0].name == "outcome_unknown", ended[0]
+        assert "ended" in str(ended[0]), ended[0]
+        with pytest.raises(MoorageError) as seen:  # (this client sees the tree gone)
+            c.call("one", "sys.ping")
+        assert seen.value.name == "not_running", seen.value
+        with pytest.raises(MoorageError) as after:
+            c.call("one", "fake.effect")
+        assert after.value.name == "not_running", after.value
+        again = Tree(gone_tree.runtime_dir, CONFIG).start()  # (the instance taken again)
+        try:
+            assert c.call("one", "fake.effect") == {"effects": 1}
+            assert c.call("one", "sys.ping")
+        finally:
+            again.stop()

@@ -220,14 +220,20 @@ class CallPlan:
     def start(self, now: float) -> Done | Wait:
         """Before the first send: the breaker may refuse at once, and so is a frame no actor
         takes (its socket drops the connection on one over MAXMSGSIZE, which would end the
-        call outcome_unknown although it cannot have run)."""
+        call outcome_unknown although it cannot have run), and any call once the client saw
+        its tree ended (`not_running`, until a tree holds the instance again)."""
         if len(self.frames) > 3 or len(self.frames[2]) > limits.MAX_MESSAGE_SIZE:
             big = max(len(f) for f in self.frames[2:])
             if big > limits.MAX_MESSAGE_SIZE:
                 return self.done(now, error=WireError.of(
                     "message_too_large", f"a frame of {big} bytes, over the "
                     f"{limits.MAX_MESSAGE_SIZE} an actor takes (MAXMSGSIZE): not sent"))
-        br = self.core.breaker(self.actor)
+        core = self.core
+        if core.gone_since is not None and core.tree_gone():
+            # (the tree was seen ended, and no other has taken the instance since: nothing
+            # can answer, and a call not safe to repeat would wait its whole budget)
+            return self.done(now, error=core.not_running())
+        br = core.breaker(self.actor)
         # A closed breaker allows without changing (CircuitBreaker.allow): asked only when not.
         if br.state is not _CLOSED and not br.allow(now):
             return self.done(now, error=WireError.of(
@@ -313,10 +319,26 @@ class CallPlan:
         self.pinned_by = None
         self.pin = None if self.idempotent or self.resumable else core.epochs.get(self.actor)
 
+    def on_tree_gone(self, now: float) -> Done | None:
+        """The call's end when the tree it went to has ended (ClientCore.tree_gone), else
+        None: `not_running` for a call safe to repeat, or begun after the tree was seen gone
+        (no tree received it); one that may have run there before it ended is
+        `outcome_unknown`, as it would be at its deadline."""
+        core = self.core
+        if not core.tree_gone():
+            return None
+        gone_since = core.gone_since
+        if self.idempotent or self.resumable or (gone_since is not None
+                                                 and self.started >= gone_since):
+            return self.done(now, error=core.not_running())
+        return self.done(now, error=WireError.of(
+            "outcome_unknown", f"the moorage tree in {core.runtime_dir} ended while {self.op} "
+            "was in flight; it may or may not have run", detail=self._detail(None)))
+
     def on_timeout(self, now: float) -> Done | Resend:
         """The attempt's wait ran out with no reply."""
-        if self.core.tree_gone():
-            return self.done(now, error=self.core.not_running())
+        if (gone := self.on_tree_gone(now)) is not None:
+            return gone
         self.core.breaker(self.actor).record_failure(now)
         self.last_error = None  # (the last attempt was not answered)
         if now >= self.deadline:
@@ -352,8 +374,8 @@ class CallPlan:
         naming a session, which session to look at."""
         self.core.breaker(self.actor).give_back()
         self.last_error = None  # (the last attempt was not answered)
-        if self.core.tree_gone():
-            return self.done(now, error=self.core.not_running())
+        if (gone := self.on_tree_gone(now)) is not None:
+            return gone
         if self.idempotent or self.resumable:
             return Resend(0.0)
         if self.pin is not None and self.core.remote is not None:
@@ -456,6 +478,9 @@ class ClientCore:
         # Given a tcp target (remote mode), the client connects over tcp with CURVE to the
         # endpoints its connection file names, and never looks for a local tree.
         self.remote = remote
+        # When a look at the instance lock first found the tree ended (tree_gone; None while
+        # it runs): a call begun after it can have reached no tree.
+        self.gone_since: float | None = None
         # Given a directory, the client connects there whatever runs (a tree may come up
         # later), unless it is one this user must not trust (`forbidden`); given an instance
         # (or nothing), it finds the running tree or raises `not_running` now (connection.py).
@@ -560,9 +585,14 @@ class ClientCore:
         if self.connection is None or self.remote is not None:
             return False
         try:
-            return tree_pid(self.runtime_dir) is None
+            gone = tree_pid(self.runtime_dir) is None
         except MoorageError:
             return False
+        if not gone:
+            self.gone_since = None
+        elif self.gone_since is None:
+            self.gone_since = _monotonic()
+        return gone
 
     def not_running(self) -> WireError:
         return WireError.of("not_running", f"the moorage tree in {self.runtime_dir} has ended "
