@@ -299,8 +299,9 @@ def parser() -> argparse.ArgumentParser:
                     "keys allow`: actor i on PORT+2i and PORT+2i+1 (see `moorage keys`)")
     up.set_defaults(func=cmd_up)
 
-    ad = command("adopt", "hold the tree beside its other holders (an orphaned one's "
-                 "shutdown cancelled): it runs while --parent does")
+    ad = command("adopt", "cancel an orphaned tree's shutdown; with --parent, hold the tree "
+                 "beside its other holders (it runs while one of them does); without, let "
+                 "every holder go (it runs until `moorage down`)")
     ad.add_argument("--parent", type=int, metavar="PID", help="the process to follow from now "
                     "on (default: none; the tree then runs until `moorage down`)")
     ad.add_argument("--json", action="store_true")
