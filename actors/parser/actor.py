@@ -419,7 +419,8 @@ class ParserActor(Actor):
         request_attachments=(0, 1), checked=False,
         result={"events": list[EVENT], "offset": int, "mode": MODE, "skipped": int,
                 "unparsed": int, "buffered": int},
-        errors=("stream_not_found", "stream_gap", "parse_error", "outcome_unknown"))
+        errors=("stream_not_found", "stream_gap", "parse_error", "message_too_large",
+                "outcome_unknown"))
     def _op_feed(self, call: Call, stream: str, offset: int, data: bytes | None,
                  create: bool, events_from: int, inert: int) -> Packed:
         """Parse the stream's next bytes; the events they complete."""
