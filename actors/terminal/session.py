@@ -33,7 +33,8 @@ How a command completes, by the session's mode (seed 2.1: the fallback chain):
                   input read, means the integration is broken: the session drops to
                   no_integration and this exec completes as one (the command is not sent
                   again: it may have run). So does a C whose shell is back in its line
-                  editor for that long without a D (`exec bash`: a shell without the nonce).
+                  editor for that long without a D (`exec bash`: a shell without the nonce);
+                  the session, too, when that C is of a command typed (term.write).
   no_integration  sent as typed (no control character but line ends); output collected
                   until the session is quiet for `quiet_ms`; exit code None; the echoed
                   command and the next prompt are cut off. A shell started with the
@@ -286,6 +287,10 @@ class Session:
         self.cancel_typed: float | None = None
         # monotonic: a trusted D or prompt is due by then (a timed-out command was interrupted)
         self.answer_by: float | None = None
+        # as Exec.editing_since, for a command no exec waits for (typed with term.write),
+        # looked at every quiet_s while it runs (_watch_typed)
+        self.editing_since: float | None = None
+        self._typed_timer: Any = None
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
         self._via = "local"  # the parser whose markers are being applied
         self._records: list[dict[str, Any]] = []  # term.cmd records, published after a batch
@@ -577,6 +582,11 @@ class Session:
             self.state = "running"
         self.command_start = (at, time.time())
         ex = self._exec_at(at)
+        if self.exec is None:
+            self.editing_since = None
+            if self._typed_timer is None:
+                self._typed_timer = self.host.loop.call_later(self.host.quiet_s,
+                                                              self._watch_typed)
         if ex is not None and ex.out_start is None:
             if ex.marked:
                 ex.out_start = at
@@ -666,6 +676,22 @@ class Session:
             self._quiet()
         return bool(self.on_quiet) or (self.exec is not None and not self.exec.done) or \
             self.answer_by is not None or self.cancel_pending
+
+    def _typed_running(self) -> bool:
+        """Does a command no exec waits for run (its trusted C came, no D yet: typed with
+        term.write, or left by a timed-out exec), in a session held here?"""
+        return self.exec is None and self.state == "running" and \
+            self.mode == "integration" and self.master is not None
+
+    def _watch_typed(self) -> None:
+        """`_watch_editing` for a command no exec waits for, every quiet_s until its D: not
+        every tick, as an exec's, which for a long program typed (an editor, a server) would
+        wake the actor 50 times a second for as long as it ran."""
+        self._typed_timer = None
+        if not self._typed_running():
+            return
+        self._watch_editing(None, time.monotonic())
+        self._typed_timer = self.host.loop.call_later(self.host.quiet_s, self._watch_typed)
 
     def wait_quiet(self, cb: Any) -> None:
         self._quiet_from = time.monotonic()
@@ -893,39 +919,49 @@ class Session:
         self._complete(None, ex.sent_off, end, raw=ex.mode == "raw_output",
                        shape=lambda text: cut_echo_and_prompt(text, ex.command, prompt))
 
-    def _watch_editing(self, ex: Exec, now: float) -> None:
+    def _watch_editing(self, ex: Exec | None, now: float) -> None:
         """After the command's C, its shell back in its line editor (the foreground group,
         the terminal neither canonical nor echoing) and quiet, with no D for detect_s, and
         no longer the program the session started (`exec bash`: a shell without this
         session's nonce, which never marks): the D never comes, and the integration is lost.
         A program that runs (its own process group), output, or the session's own shell
         reading keys itself (`read -n1`, zsh's `rm *` confirmation: its D comes once it is
-        answered) keeps it waiting."""
+        answered) keeps it waiting. `ex` None: a command no exec waits for (`exec bash`
+        typed with term.write), which would leave the session busy for good."""
+        w: Exec | Session = self if ex is None else ex
         if now - self.last_output < self.host.quiet_s or self.keeper_paused or not (
                 shell_in_foreground(self.master, self.pid) and line_editing(self.master)):
-            ex.editing_since = None
+            w.editing_since = None
             return
-        if ex.editing_since is None:
-            ex.editing_since = now
-        elif now - ex.editing_since >= self.host.detect_s:
+        if w.editing_since is None:
+            w.editing_since = now
+        elif now - w.editing_since >= self.host.detect_s:
             if runs_its_launch(self.pid, self.nonce) is not False:
-                ex.editing_since = now  # (asked again detect_s later: it may exec yet)
+                w.editing_since = now  # (asked again detect_s later: it may exec yet)
                 return
-            ex.editing_since = float("inf")  # (once: a D still being parsed may end it)
+            w.editing_since = float("inf")  # (once: a D still being parsed may end it)
             self.hop.when_parsed(self.offset, lambda: self._integration_lost(ex))
 
-    def _integration_lost(self, ex: Exec) -> None:
+    def _integration_lost(self, ex: Exec | None) -> None:
         """The command's shell reads commands without marking them: it ends as a command
         without the integration does, and so does the session (a trusted prompt later, the
-        session's own shell back, brings the integration back)."""
-        if ex is not self.exec or ex.done or not ex.marked:
+        session's own shell back, brings the integration back). `ex` None: the command was
+        typed, and the session is free for the next one at once."""
+        if ex is None:
+            if not self._typed_running():
+                return  # (its D came after all)
+        elif ex is not self.exec or ex.done or not ex.marked:
             return
         logger.warning("session {}: the shell reads commands again without a marker after "
-                       "{!r}; no integration from now on", self.id, ex.command[:80])
+                       "{!r}; no integration from now on", self.id,
+                       "a command typed" if ex is None else ex.command[:80])
         self.set_mode("no_integration")
+        self.note_prompt()
+        if ex is None:
+            self.state = "prompt"
+            return
         ex.mode = "no_integration"
         ex.until_marked = False
-        self.note_prompt()
         self.wait_quiet(lambda: self._quiet_done(ex))
 
     def _unanswered(self, now: float) -> None:
