@@ -12,6 +12,7 @@
 //! id, so on a drop or a new epoch it is resent freely, never pinned.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rmpv::Value;
@@ -63,6 +64,24 @@ pub struct PlanSettings {
     /// Over tcp (remote mode) a link may drop under a live actor, so a call that may have run
     /// is resent pinned; on ipc a connection drops only when the actor's process ends.
     pub remote: bool,
+}
+
+/// A tree a client found (by instance, or from a connection file), seen ended: its instance
+/// lock free (`Client::tree_gone`). `since`: when a look at the lock first found it so, on
+/// the client's clock (a call begun after it can have reached no tree); `dir`: its directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeEnded {
+    pub since: f64,
+    pub dir: PathBuf,
+}
+
+impl TreeEnded {
+    /// What a call to it ends with when no tree received the call (in the Python client's
+    /// words).
+    pub fn not_running(&self) -> WireError {
+        WireError::of("not_running", format!(
+            "the moorage tree in {} has ended (its instance lock is free); start one with `moorage up`", self.dir.display()))
+    }
 }
 
 /// Why a call's frames carry `ep`: its connection dropped, or an attempt got no reply.
@@ -190,14 +209,18 @@ impl CallPlan {
         }
     }
 
+    /// A frame no actor takes: its socket drops the connection on one over MAXMSGSIZE, which
+    /// would end the call outcome_unknown although it cannot have run. Not sent.
+    fn too_large(&self) -> Option<WireError> {
+        let big = self.frames[2..].iter().map(Vec::len).max().filter(|&n| n > MAX_MESSAGE_SIZE)?;
+        Some(WireError::of("message_too_large", format!(
+            "a frame of {big} bytes, over the {MAX_MESSAGE_SIZE} an actor takes (MAXMSGSIZE): not sent")))
+    }
+
     /// Before the first send: the breaker may refuse at once. `epoch`: the actor's as known
     /// now, the life this call goes to.
     pub fn start(&mut self, now: f64, br: &mut CircuitBreaker, epoch: Option<&str>) -> Verdict {
-        // A frame no actor takes: its socket drops the connection on one over MAXMSGSIZE,
-        // which would end the call outcome_unknown although it cannot have run.
-        if let Some(big) = self.frames[2..].iter().map(Vec::len).max().filter(|&n| n > MAX_MESSAGE_SIZE) {
-            let e = WireError::of("message_too_large", format!(
-                "a frame of {big} bytes, over the {MAX_MESSAGE_SIZE} an actor takes (MAXMSGSIZE): not sent"));
+        if let Some(e) = self.too_large() {
             return self.done(now, Err(e));
         }
         if self.settings.remote && !self.idempotent && !self.resumable {
@@ -238,7 +261,7 @@ impl CallPlan {
         if self.pinned_by == Some(Pinned::Drop) && err.name == "outcome_unknown" {
             // (the life that answered says why; the caller hears first what happened here)
             err = WireError::of("outcome_unknown", format!("{}'s connection dropped while {} was in flight; {}", self.actor, self.op, err.message))
-                .with_detail(self.unknown_detail(err.detail.as_ref()));
+                .with_detail(self.unknown_detail(err.detail.as_ref(), None));
         }
         self.last_error = Some(err.clone());
         let may_retry = NOT_RUN.contains(&err.name.as_str()) || (self.idempotent && err.retryable);
@@ -310,15 +333,34 @@ impl CallPlan {
         self.done(now, Err(e))
     }
 
-    /// The tree this call's client found (by instance, or from a connection file) has ended,
-    /// its instance lock free, when an attempt went unanswered or the connection dropped: that
-    /// tree will not answer, so the call ends now with `e` (`not_running`), not at its whole
-    /// budget. Asked instead of `on_timeout` (before the breaker hears of it: the actor did not
-    /// fail, and the next call is told `not_running` too, not `circuit_open`) or of
-    /// `on_actor_gone` on a drop (whose breaker the client gave back). A client given a
-    /// directory (it waits for a tree to come up there) or a remote one never asks it.
-    pub fn on_tree_gone(&mut self, now: f64, e: WireError) -> Verdict {
+    /// Instead of `start`, once the client has seen its tree ended (`ended`) and a look at
+    /// the lock finds no tree holding the instance again: nothing can answer, and a call not
+    /// safe to repeat would wait its whole budget, so it ends `not_running` now, unsent (a
+    /// frame no actor takes is still told `message_too_large`, as `start` tells it).
+    pub fn start_on_ended_tree(&mut self, now: f64, ended: &TreeEnded) -> Verdict {
+        let e = self.too_large().unwrap_or_else(|| ended.not_running());
+        self.done(now, Err(e))
+    }
+
+    /// The tree this call's client found (by instance, or from a connection file) has ended
+    /// (`ended`), its instance lock free, when an attempt went unanswered or the connection
+    /// dropped: that tree will not answer, so the call ends now, not at its whole budget.
+    /// `not_running` for a call safe to repeat (idempotent or resumable), or begun after the
+    /// client first saw the tree ended (no tree received it); one not safe to repeat that was
+    /// under way before may have run there before it ended: `outcome_unknown`, as it would be
+    /// at its deadline (`epoch`: the actor's as the client knew it, for the detail). Asked
+    /// instead of `on_timeout` (before the breaker hears of it: the actor did not fail, and the
+    /// next call is told `not_running` too, not `circuit_open`) or of `on_actor_gone` on a drop
+    /// (whose breaker the client gave back). A client given a directory (it waits for a tree
+    /// to come up there) or a remote one never asks it.
+    pub fn on_tree_gone(&mut self, now: f64, ended: &TreeEnded, epoch: Option<&str>) -> Verdict {
         self.last_error = None; // (the last attempt was not answered)
+        if self.idempotent || self.resumable || self.started >= ended.since {
+            return self.done(now, Err(ended.not_running()));
+        }
+        let e = WireError::of("outcome_unknown", format!(
+            "the moorage tree in {} ended while {} was in flight; it may or may not have run", ended.dir.display(), self.op))
+            .with_detail(self.unknown_detail(None, epoch));
         self.done(now, Err(e))
     }
 
@@ -341,11 +383,12 @@ impl CallPlan {
         }
     }
 
-    /// A pinned call's outcome_unknown detail: the epoch it went to, none answered here, its
-    /// id and the session it names; what the actor `told` is kept over these.
-    fn unknown_detail(&self, told: Option<&Value>) -> Value {
+    /// An outcome_unknown detail: the epoch it went to (its pin, else `heard`: the actor's as
+    /// the client knew it), none answered here, its id and the session it names; what the
+    /// actor `told` is kept over these.
+    fn unknown_detail(&self, told: Option<&Value>, heard: Option<&str>) -> Value {
         let mut pairs = vec![
-            (Value::from("old_epoch"), self.pin.as_deref().map_or(Value::Nil, Value::from)),
+            (Value::from("old_epoch"), self.pin.as_deref().or(heard).map_or(Value::Nil, Value::from)),
             (Value::from("new_epoch"), Value::Nil),
             (Value::from("request_id"), Value::from(self.id)),
         ];
@@ -379,7 +422,7 @@ impl CallPlan {
                 WireError::of("timeout", format!("no reply; {why}"))
             } else {
                 WireError::of("outcome_unknown", format!("no reply; the request may or may not have run; {why}"))
-                    .with_detail(self.unknown_detail(None))
+                    .with_detail(self.unknown_detail(None, None))
             };
             return self.done(now, Err(e));
         }
@@ -747,5 +790,49 @@ mod tests {
         assert_eq!(res, HashSet::from(["term.exec".to_string()]));
         assert_eq!(learned_ops(&Value::Nil), (HashSet::new(), HashSet::new()));
         assert_eq!(learned_ops(&map_of([("ops", Value::from(3))])), (HashSet::new(), HashSet::new()));
+    }
+
+    #[test]
+    fn a_call_to_a_tree_that_ended_is_not_running_unless_it_may_have_run_there() {
+        let ended = TreeEnded { since: 0.5, dir: PathBuf::from("/run/x") };
+        let mut br = CircuitBreaker::new(1, 60.0);
+        // Safe to repeat (idempotent, or resumable): no tree will answer it, not_running.
+        let mut ping = plan("sys.ping", true, false);
+        wait(ping.start(0.0, &mut br, Some(EP)));
+        let e = failed(ping.on_tree_gone(1.0, &ended, Some(EP)));
+        assert_eq!(e.error.name, "not_running");
+        assert!(e.error.message.starts_with("the moorage tree in /run/x has ended (its instance lock is free)"), "{}", e.error.message);
+        let mut exec = plan("term.exec", false, false).with_resumable(true);
+        wait(exec.start(0.0, &mut br, Some(EP)));
+        assert_eq!(failed(exec.on_tree_gone(1.0, &ended, Some(EP))).error.name, "not_running");
+        // Not safe to repeat, under way before the tree was seen ended: it may have run there.
+        let mut effect = plan("fake.effect", false, false);
+        wait(effect.start(0.0, &mut br, Some(EP)));
+        let e = failed(effect.on_tree_gone(1.0, &ended, Some(EP)));
+        assert_eq!(e.error.name, "outcome_unknown");
+        assert_eq!(e.error.message, "the moorage tree in /run/x ended while fake.effect was in flight; it may or may not have run");
+        let detail = map_of([("old_epoch", Value::from(EP)), ("new_epoch", Value::Nil), ("request_id", Value::from(7))]);
+        assert_eq!(e.error.detail, Some(detail));
+        // Begun after the client first saw it ended: no tree received it.
+        let settings = PlanSettings { timeout: 30.0, attempt_timeout: 1.0, backoff: Backoff::default(), remote: false };
+        let mut late = CallPlan::new(8, "4242-1f2e3d4c5b6a", "alpha", "fake.effect", &Value::Nil, vec![0xc0], false, settings, None, &[], 0.5);
+        wait(late.start(0.5, &mut br, Some(EP)));
+        assert_eq!(failed(late.on_tree_gone(1.0, &ended, Some(EP))).error.name, "not_running");
+        // None of it counted against the breaker: the next call is not refused circuit_open.
+        assert_eq!((br.failures, br.current(1.0)), (0, BreakerState::Closed));
+    }
+
+    #[test]
+    fn a_call_begun_once_its_tree_was_seen_ended_is_not_running_unsent() {
+        let ended = TreeEnded { since: 0.0, dir: PathBuf::from("/run/x") };
+        for (op, idempotent) in [("sys.ping", true), ("fake.effect", false)] {
+            let mut p = plan(op, idempotent, false);
+            let e = failed(p.start_on_ended_tree(0.0, &ended));
+            assert_eq!((e.error.name.as_str(), e.attempts, p.attempts), ("not_running", 0, 0), "{op}");
+        }
+        // (a frame no actor takes is told so, as start tells it)
+        let mut big = plan("fake.effect", false, false);
+        big.frames.push(vec![0; MAX_MESSAGE_SIZE + 1]);
+        assert_eq!(failed(big.start_on_ended_tree(0.0, &ended)).error.name, "message_too_large");
     }
 }

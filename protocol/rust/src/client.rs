@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rmpv::Value;
 
-use crate::calls::{call_timeout, declared_timeouts, known_idempotent, learned_ops, ActorLink, CallPlan, PlanSettings, Verdict, BUILTIN_IDEMPOTENT};
+use crate::calls::{call_timeout, declared_timeouts, known_idempotent, learned_ops, ActorLink, CallPlan, PlanSettings, TreeEnded, Verdict, BUILTIN_IDEMPOTENT};
 use crate::codec::{self, get};
 use crate::endpoints::{check_runtime_dir, client_keys, keys_dir, runtime_dir, runtime_dir_of_connection_file, trusted_tree_running, CurveKeys, Endpoints};
 use crate::envelope::{decode_reply, decode_stream, Reply};
@@ -171,6 +171,10 @@ pub struct Client {
     /// so it may take that tree for ended (`tree_gone`); one given a directory or a remote one
     /// never does.
     found: bool,
+    /// When a look at the lock first found that tree ended (`tree_gone`, on `now()`'s clock);
+    /// None while it runs: a call begun after it can have reached no tree, and one begun
+    /// while it is set looks at the lock before it is sent.
+    gone_since: Option<f64>,
 }
 
 impl Client {
@@ -258,22 +262,41 @@ impl Client {
             rng: seed | 1,
             monitors: 0,
             found,
+            gone_since: None,
         })
     }
 
     /// Has the tree this client found (by instance, or from a connection file) ended, its
-    /// instance lock free? Then the `not_running` a call ends with, else None. Looked at only
-    /// when a call's attempt went unanswered or its connection dropped (`CallPlan::on_tree_gone`):
-    /// that tree will not answer it, and an editor polling a stopped tree would hear so only at
-    /// each call's whole budget, as `timeout` or `unavailable`. A client given a
-    /// directory, which waits for a tree to come up there, and a remote one never take their
-    /// tree for gone; nor does a lock this user must not trust.
-    fn tree_gone(&self) -> Option<WireError> {
-        if !self.found || self.options.remote.is_some() || trusted_tree_running(&self.runtime_dir) != Ok(false) {
+    /// instance lock free? Then since when it is seen so (`gone_since`), else None. Looked at
+    /// when a call's attempt went unanswered or its connection dropped (`CallPlan::on_tree_gone`),
+    /// and before a call's first send once the tree was seen ended (`seen_ended`): that tree
+    /// will not answer it, and an editor polling a stopped tree would hear so only at each
+    /// call's whole budget, as `timeout` or `unavailable`. A look that finds a tree holding the
+    /// instance again forgets the end. A client given a directory, which waits for a tree to
+    /// come up there, and a remote one never take their tree for gone; nor does a lock this
+    /// user must not trust, which leaves what was seen before as it was.
+    fn tree_gone(&mut self) -> Option<TreeEnded> {
+        if !self.found || self.options.remote.is_some() {
             return None;
         }
-        Some(WireError::of("not_running", format!(
-            "the moorage tree in {} has ended (its instance lock is free); start one with `moorage up`", self.runtime_dir.display())))
+        match trusted_tree_running(&self.runtime_dir) {
+            Ok(true) => self.gone_since = None,
+            Ok(false) => {
+                let now = self.now();
+                let since = *self.gone_since.get_or_insert(now);
+                return Some(TreeEnded { since, dir: self.runtime_dir.clone() });
+            }
+            Err(_) => {}
+        }
+        None
+    }
+
+    /// Before a call's first send: once this client has seen its tree ended, a look at the
+    /// lock (`tree_gone`), which ends the call `not_running` unsent while no tree holds the
+    /// instance again; none while the tree was not seen ended (a call costs no look then).
+    fn seen_ended(&mut self) -> Option<TreeEnded> {
+        self.gone_since?; // (not seen ended: no look)
+        self.tree_gone()
     }
 
     fn now(&self) -> f64 {
@@ -484,7 +507,10 @@ impl Client {
                 let Some(mut plan) = queue.pop_front() else { break };
                 let now = self.now();
                 let epoch = self.epoch(actor).map(str::to_string);
-                let v = plan.start(now, self.breaker(actor), epoch.as_deref());
+                let v = match self.seen_ended() {
+                    Some(ended) => plan.start_on_ended_tree(now, &ended),
+                    None => plan.start(now, self.breaker(actor), epoch.as_deref()),
+                };
                 self.apply(actor, plan, v, &mut flying, &mut out)?;
             }
             if flying.is_empty() && queue.is_empty() {
@@ -509,7 +535,7 @@ impl Client {
                 let unit = self.unit();
                 let v = match d {
                     Due::Reply(_) => match self.tree_gone() {
-                        Some(e) => plan.on_tree_gone(now, e),
+                        Some(ended) => plan.on_tree_gone(now, &ended, self.epoch(actor)),
                         None => plan.on_timeout(now, self.breaker(actor), unit),
                     },
                     Due::Resend(_) => plan.resend(now, self.breaker(actor)),
@@ -679,7 +705,7 @@ impl Client {
                 self.breaker(actor).give_back();
                 let gone = if ch.new_epoch.is_none() { self.tree_gone() } else { None }; // (a drop)
                 let v = match gone {
-                    Some(e) => plan.on_tree_gone(now, e),
+                    Some(ended) => plan.on_tree_gone(now, &ended, ch.old_epoch.as_deref()),
                     None => plan.on_actor_gone(now, ch.old_epoch.as_deref(), ch.new_epoch.as_deref()),
                 };
                 self.apply(actor, plan, v, flying, out)?;

@@ -92,12 +92,38 @@ export interface PlanSettings {
   timeout: number;
   attemptTimeout: number;
   backoff: Backoff;
-  /** Has the tree this call's client found (by instance, or from a connection file) ended,
-   * its instance lock free? Then the error the call ends with (`not_running`), else null.
-   * Asked only when an attempt went unanswered or the connection dropped: that tree will not
-   * answer, and the call would otherwise spend its whole budget. Absent for a client given a
-   * directory (it waits for a tree to come up there) or a remote one: never gone. */
-  treeGone?: () => WireError | null;
+  /** The tree this call's client found (by instance, or from a connection file), watched for
+   * its end. Absent for a client given a directory (it waits for a tree to come up there) or
+   * a remote one: never gone. */
+  tree?: TreeWatch;
+}
+
+/** A tree a client found, seen ended (its instance lock free): since when a look at the lock
+ * first found it so (the `now()` clock), and its directory. */
+export interface TreeEnded {
+  since: number;
+  dir: string;
+}
+
+/** What a client knows of the end of the tree it found. */
+export interface TreeWatch {
+  /** Looks at the instance lock (or takes a recent look): the tree's end, or null while it
+   * runs or cannot be told ended. A look that finds it running forgets an end seen before (a
+   * tree holds the instance again). Asked when an attempt went unanswered or the connection
+   * dropped (that tree will not answer, and the call would otherwise spend its whole budget),
+   * and before a first send once `goneSince` is set. */
+  gone(): TreeEnded | null;
+  /** When a look first found the tree ended; null before one did, and again once a look finds
+   * a tree holding the instance. No look is made: a call's first send asks the lock only once
+   * its client has seen the tree end. */
+  goneSince(): number | null;
+}
+
+/** What a call to a tree seen ended ends with, in the Python client's words: no tree can
+ * answer it. */
+export function notRunning(ended: TreeEnded): WireError {
+  return wireError("not_running",
+    `the moorage tree in ${ended.dir} has ended (its instance lock is free); start one with \`moorage up\``);
 }
 
 export type Verdict =
@@ -186,7 +212,9 @@ export class CallPlan {
   }
 
   /** Before the first send: the breaker may refuse at once, `circuit_open` ("not sent") with
-   * `retry_after_ms` (refusalRetryAfterMs: never 0). */
+   * `retry_after_ms` (refusalRetryAfterMs: never 0); and once the client has seen its tree
+   * ended, while no tree holds the instance again, the call ends `not_running` unsent (nothing
+   * can answer it, and one not safe to repeat would wait its whole budget). */
   start(at: number): Verdict {
     // A frame no actor takes: its socket drops the connection on one over MAXMSGSIZE, which
     // would end the call outcome_unknown although it cannot have run.
@@ -195,6 +223,11 @@ export class CallPlan {
     if (big > MAX_MESSAGE_SIZE) {
       return this.done(at, undefined, wireError("message_too_large",
         `a frame of ${big} bytes, over the ${MAX_MESSAGE_SIZE} an actor takes (MAXMSGSIZE): not sent`));
+    }
+    const tree = this.settings.tree;
+    if (tree !== undefined && tree.goneSince() !== null) {
+      const ended = tree.gone();
+      if (ended !== null) return this.done(at, undefined, notRunning(ended));
     }
     const br = this.breaker;
     if (br.state !== "closed" && !br.allow(at)) {
@@ -270,11 +303,29 @@ export class CallPlan {
     return this.done(at, undefined, err);
   }
 
-  onTimeout(at: number): Verdict {
+  /** The call's end when the tree its client found has ended (TreeWatch.gone), else null:
+   * `not_running` for a call safe to repeat (idempotent or resumable), or begun after the
+   * client first saw the tree ended (no tree received it); one not safe to repeat that was
+   * under way before may have run there before it ended: `outcome_unknown`, as it would be at
+   * its deadline. `epoch`: the actor's as the client knew it (the error's detail). */
+  private onTreeGone(at: number, epoch: string | null): Verdict | null {
+    const ended = this.settings.tree?.gone() ?? null;
+    if (ended === null) return null;
+    if (this.idempotent || this.resumable || this.started >= ended.since) {
+      return this.done(at, undefined, notRunning(ended));
+    }
+    return this.done(at, undefined, wireError("outcome_unknown",
+      `the moorage tree in ${ended.dir} ended while ${this.op} was in flight; it may or may not have run`,
+      { detail: this.detail(this.pin ?? epoch, null, {}) }));
+  }
+
+  /** The attempt's wait ran out with no reply. `epoch`: the actor's as the client knows it,
+   * named in the error's detail should its tree have ended meanwhile. */
+  onTimeout(at: number, epoch: string | null = null): Verdict {
     // (before the breaker hears of it: the actor did not fail, its tree ended, and the next
     // call is told so too, not `circuit_open`)
-    const gone = this.settings.treeGone?.() ?? null;
-    if (gone !== null) return this.done(at, undefined, gone);
+    const gone = this.onTreeGone(at, epoch);
+    if (gone !== null) return gone;
     this.breaker.recordFailure(at);
     this.lastError = null; // (the last attempt was not answered)
     if (at >= this.deadline) {
@@ -298,15 +349,16 @@ export class CallPlan {
 
   /** The actor this was sent to is gone (section 10, early failure on a dead actor): a new
    * epoch answered, or the connection dropped (`newEpoch` null). A drop once the client's
-   * tree has ended ends the call `not_running` (PlanSettings.treeGone). An idempotent or
+   * tree has ended ends the call there (onTreeGone: `not_running`, or `outcome_unknown` for
+   * one not safe to repeat that may have run before the tree ended). An idempotent or
    * resumable call is resent at once, as it is (a successor answers it). A pinned call is
    * resent on a drop, at once and on each drop until answered (only a remote link pins: over
    * tcp the actor may live on, and its life answers the pinned frames once). */
   onActorGone(at: number, oldEpoch: string | null, newEpoch: string | null): Verdict {
     this.breaker.giveBack();
     this.lastError = null; // (the last attempt was not answered)
-    const gone = newEpoch === null ? this.settings.treeGone?.() ?? null : null;
-    if (gone !== null) return this.done(at, undefined, gone);
+    const gone = newEpoch === null ? this.onTreeGone(at, oldEpoch) : null;
+    if (gone !== null) return gone;
     if (this.idempotent || this.resumable) return { kind: "resend", delay: 0 };
     if (newEpoch === null && this.pin !== null) {
       this.pinFrames("drop");

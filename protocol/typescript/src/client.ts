@@ -13,7 +13,7 @@ import { dirname } from "node:path";
 
 import { Dealer, Subscriber } from "zeromq";
 
-import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type Verdict, callTimeout, knownIdempotent, now, opsOfInfo } from "./calls.js";
+import { ActorLink, BUILTIN_IDEMPOTENT, type CallOptions, CallPlan, type TreeEnded, type TreeWatch, type Verdict, callTimeout, knownIdempotent, now, opsOfInfo } from "./calls.js";
 import {
   clientKeys,
   connectOrClose,
@@ -26,7 +26,7 @@ import {
   treeRunning,
 } from "./endpoints.js";
 import { type Reply, decodeReply, decodeStream } from "./envelope.js";
-import { DecodeError, MoorageError, NO_REPLY_SENT, type WireError, unauthorized, undelivered, wireError } from "./errors.js";
+import { DecodeError, MoorageError, NO_REPLY_SENT, unauthorized, undelivered, wireError } from "./errors.js";
 import { HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
@@ -72,8 +72,8 @@ export interface SubscribeOptions {
 const LEARN_SHARE = 0.5;
 /** How long one look at the instance lock (Client.treeGone) answers for, seconds: Node has no
  * flock(2), so a look spawns `flock`, and the calls whose attempts end together (a pipeline to
- * a stalled actor) share one. A tree that ended is told at most this much later: one more
- * attempt. */
+ * a stalled actor), or that start together at a tree seen ended, share one. A tree that ended,
+ * or one that took the instance again, is told at most this much later. */
 const TREE_LOOK_S = 0.1;
 /** How long a closed socket's last monitor event ("end", MONITOR_STOPPED) is waited for before
  * a client gives up telling whether a call was delivered (Conn.neverDelivered), ms. */
@@ -405,7 +405,11 @@ export class Client {
   /** The last look at the lock: when (the `now()` clock), and whether the tree had ended. */
   private lookedAt = -Infinity;
   private lookedGone = false;
-  private readonly treeGoneCheck = (): WireError | null => this.treeGone();
+  /** When a look first found the tree ended (the `now()` clock); null while it runs: a call
+   * begun after it can have reached no tree, and one begun while it is set looks at the lock
+   * before it is sent. */
+  private goneSince: number | null = null;
+  private readonly treeWatch: TreeWatch = { gone: () => this.treeGone(), goneSince: () => this.goneSince };
 
   constructor(options: ClientOptions = {}) {
     const remote = options.remote;
@@ -457,27 +461,30 @@ export class Client {
   }
 
   /** Has the tree this client found (by instance, or from a connection file) ended, its
-   * instance lock free? Then the `not_running` a call ends with, else null. Asked by a call
-   * whose attempt went unanswered or whose connection dropped (CallPlan): that tree will not
-   * answer it, and an editor polling a stopped tree would hear so only at each call's whole
-   * budget, as `timeout` or `unavailable`. A client given a directory, which waits for
-   * a tree to come up there, and a remote one never take their tree for gone; nor does a look
-   * that cannot be made (a lock not to be trusted, no `flock` here). */
-  private treeGone(): WireError | null {
+   * instance lock free? Then since when it is seen so (`goneSince`), else null. Asked by a
+   * call whose attempt went unanswered or whose connection dropped, and by a call's first
+   * send once the tree was seen ended (CallPlan): that tree will not answer it, and an editor
+   * polling a stopped tree would hear so only at each call's whole budget, as `timeout` or
+   * `unavailable`. A look that finds a tree holding the instance again forgets the end. A
+   * client given a directory, which waits for a tree to come up there, and a remote one never
+   * take their tree for gone; nor does a look that cannot be made (a lock not to be trusted,
+   * no `flock` here), which leaves what was seen before as it was. */
+  private treeGone(): TreeEnded | null {
     if (!this.found) return null;
     const at = now();
     if (at - this.lookedAt >= TREE_LOOK_S) {
-      let running = true;
+      let running: boolean | null = null;
       try {
         running = treeRunning(this.runtimeDir);
       } catch {
         // (forbidden now, or unreadable: not a tree seen to end)
       }
       this.lookedAt = at;
-      this.lookedGone = !running;
+      this.lookedGone = running === false;
+      if (running === true) this.goneSince = null;
+      else if (running === false && this.goneSince === null) this.goneSince = at;
     }
-    return this.lookedGone ? wireError("not_running",
-      `the moorage tree in ${this.runtimeDir} has ended (its instance lock is free); start one with \`moorage up\``) : null;
+    return this.lookedGone && this.goneSince !== null ? { since: this.goneSince, dir: this.runtimeDir } : null;
   }
 
   /** `actor`'s connection, made on first use; refused once the client is closed (a call that
@@ -549,7 +556,7 @@ export class Client {
     let id = options.id ?? this.nextId++;
     const plan = new CallPlan(id, actor, op, args,  idempotent,
       { sid: this.sid, timeout: this.options.timeout, attemptTimeout: this.options.attemptTimeout, backoff: this.options.backoff,
-        treeGone: this.found ? this.treeGoneCheck : undefined },
+        tree: this.found ? this.treeWatch : undefined },
       this.breaker(actor), (micros, ok, caller) => this.latency.record(actor, op, micros, ok, caller), timeout, options.attachments);
     plan.resumable = this.resumableOps.get(actor)?.has(op) ?? false;
     const inbox = new Inbox(plan);
@@ -595,7 +602,7 @@ export class Client {
         }
         conn.waiting(v.until);
         const item = await inbox.next(v.until);
-        v = item === null ? plan.onTimeout(now()) : verdictOf(plan, item);
+        v = item === null ? plan.onTimeout(now(), conn.link.epoch) : verdictOf(plan, item);
       }
     } finally {
       conn.inboxes.delete(id);
