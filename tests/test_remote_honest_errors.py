@@ -98,7 +98,7 @@ def test_a_wrong_server_key_or_a_tree_down_ends_a_call_unavailable_and_nothing_r
     stale = "the connection file's server_key is likely stale"
 
     # fake.effect is not idempotent: it would end outcome_unknown ("may or may not have run")
-    with Client.remote(wrong, client_keys=client_pair, timeout=3.0) as c:
+    with Client.remote(wrong, client_keys=client_pair, timeout=2.0) as c:
         with pytest.raises(MoorageError) as caught:
             c.call("alpha", "fake.effect")
         assert_not_delivered(caught.value, endpoint, stale)
@@ -108,7 +108,7 @@ def test_a_wrong_server_key_or_a_tree_down_ends_a_call_unavailable_and_nothing_r
         assert_not_delivered(caught.value, endpoint, stale, name="timeout")
 
     async def async_call() -> MoorageError:
-        async with AsyncClient.remote(wrong, client_keys=client_pair, timeout=3.0) as ac:
+        async with AsyncClient.remote(wrong, client_keys=client_pair, timeout=2.0) as ac:
             with pytest.raises(MoorageError) as caught:
                 await ac.call("alpha", "fake.effect")
             return caught.value
@@ -116,7 +116,7 @@ def test_a_wrong_server_key_or_a_tree_down_ends_a_call_unavailable_and_nothing_r
     assert_not_delivered(asyncio.run(async_call()), endpoint, stale)
 
     here = tmp_path / "no-tree-here"
-    out = moorage(wrong, client_dir, here, "--timeout", "3", "call", "alpha", "fake.effect")
+    out = moorage(wrong, client_dir, here, "--timeout", "2", "call", "alpha", "fake.effect")
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert "unavailable (110)" in out.stderr and stale in out.stderr, out.stderr
     assert "outcome_unknown" not in out.stderr and "Traceback" not in out.stderr
@@ -127,7 +127,7 @@ def test_a_wrong_server_key_or_a_tree_down_ends_a_call_unavailable_and_nothing_r
                    "pub": f"tcp://127.0.0.1:{base + 2 * i + 1}"}
             for i, name in enumerate(["supervisor", "alpha", "beta"])}
     down = copied_file(tcp_tree, tmp_path / "down.json", endpoints=gone)
-    with Client.remote(down, client_keys=client_pair, timeout=2.0) as c:
+    with Client.remote(down, client_keys=client_pair, timeout=1.0) as c:
         with pytest.raises(MoorageError) as caught:
             c.call("alpha", "fake.effect")
         assert_not_delivered(caught.value, gone["alpha"]["rpc"], "the tree is down")

@@ -69,9 +69,11 @@ def test_an_exec_waiting_for_the_first_prompt_is_not_answered_before_its_shell_r
     still runs its rc file and reads nothing: it is not answered at quiet as if it had run
     (it used to be, with empty output), nor kept past its own timeout, which answers that it
     had not started (its input dropped: nothing of it runs later)."""
-    tree = make_tree(terminal_tree("integration_detect_ms = 5000\nquiet_ms = 200")).start()
+    # (the exec's timeout well past the creation's detection, and its quiet well within the
+    # time between them: an exec answered at quiet would be answered long before its timeout)
+    tree = make_tree(terminal_tree("integration_detect_ms = 2500\nquiet_ms = 200")).start()
     box: dict[str, Any] = {}
-    threads = park_an_exec(tree, gated_home(tmp_path), box, {"timeout_ms": 8000})
+    threads = park_an_exec(tree, gated_home(tmp_path), box, {"timeout_ms": 4000})
     try:
         threads[0].join(60)
         assert box["created"]["mode"] == "no_integration", box
@@ -134,8 +136,11 @@ def test_a_command_whose_markers_wait_behind_a_full_window_keeps_its_integration
     is full, the shell blocks in write): a command sent meanwhile cannot show its markers
     until the consumer is dropped. The wait for them counts from when output flows again,
     not through the pause (which took the session to no_integration for good)."""
+    # (the consumer's timeout three times the detection: the pause the command sees, from
+    # when it is sent until the consumer is dropped, is well past the detection; counted
+    # through the pause, the command would have gone to no_integration)
     tree = make_tree(terminal_tree(
-        "consumer_timeout_ms = 12000\nintegration_detect_ms = 4000\n\n"
+        "consumer_timeout_ms = 6000\nintegration_detect_ms = 2000\n\n"
         "[actor.ptykeeper]\nwindow_bytes = 65536")).start()
     c = tree.client
     home = make_home(tmp_path)
