@@ -167,7 +167,11 @@ def test_ten_megabytes_of_output_arrive_whole_and_the_reply_keeps_the_end(term):
     t.join(60)
     r = box["reply"]
     assert r["exit_code"] == 0
-    assert r["output"].startswith("[output truncated]") and r["output"].endswith("y\nend")
+    # (the last max_output_bytes, 1 MiB, of it, said in `truncated`, not in the text)
+    assert r["truncated"] is True and r["output"].endswith("y\nend")
+    assert r["output"] == "y" * (len(r["output"]) - 4) + "\nend"
+    small = term.exec(sid, "echo small")
+    assert (small["output"], small["truncated"]) == ("small", False)
 
 
 def test_a_user_prompt_command_and_debug_trap_still_run_with_the_status(spawn_actor, client,

@@ -596,8 +596,8 @@ class TerminalActor(Actor):
     # None; its output and cwd are decoded with replacement: nothing in it fails to encode)
     @op("term.exec", args={"session": str, "command": str, "timeout_ms": (int, None)},
         timeout_ms=24 * 3600 * 1000, resumable=True, checked=False,
-        result={"session": str, "exit_code": int | None, "output": str, "cwd": str | None,
-                "duration_ms": float, "mode": MODE, "trusted": bool,
+        result={"session": str, "exit_code": int | None, "output": str, "truncated": bool,
+                "cwd": str | None, "duration_ms": float, "mode": MODE, "trusted": bool,
                 "parser": Literal["actor", "local"] | None},
         errors=(*KEEPER_ERRORS, "session_busy", "outcome_unknown"))
     def _op_exec(self, call: Call, session: str, command: str, timeout_ms: int | None) -> Any:

@@ -1052,29 +1052,32 @@ class Session:
 
     def _text(self, start: int, end: int, raw: bool = False) -> str:
         """The clean text of [start, end), at once: for ranges the caller bounded."""
-        data, truncated = self._range(start, end)
+        data, _ = self._range(start, end)
         text = data.decode("utf-8", "replace") if raw else clean(data)
-        return self._shaped(text, truncated)
+        return self._shaped(text)
 
     def _range(self, start: int, end: int) -> tuple[bytes, bool]:
+        """The bytes of [start, end), at most the last max_output of them (and none the
+        scrollback no longer holds); whether any was left out."""
         limit = self.host.max_output
         truncated = start < max(self.scroll.base, end - limit)
         return self.scroll.get(max(start, end - limit), end), truncated
 
-    def _shaped(self, text: str, truncated: bool) -> str:
+    def _shaped(self, text: str) -> str:
         if self.kind == "zsh":
             text = ZSH_PROMPT_SP.sub("", text)
-        if truncated:
-            text = "[output truncated]\n" + text
         return text
 
-    def _text_then(self, start: int, end: int, raw: bool, then: Callable[[str], None]) -> None:
-        """The clean text of [start, end) to `then`: at once when no sequence in it needs the
-        parser, else a CLEAN_SLICE a loop turn (a command's output is up to max_output)."""
+    def _text_then(self, start: int, end: int, raw: bool,
+                   then: Callable[[str, bool], None]) -> None:
+        """The clean text of [start, end) to `then`, with whether its start was left out
+        (past max_output, or gone from the scrollback): at once when no sequence in it needs
+        the parser, else a CLEAN_SLICE a loop turn (a command's output is up to
+        max_output)."""
         data, truncated = self._range(start, end)
         text = data.decode("utf-8", "replace") if raw else clean_fast(data)
         if text is not None:
-            then(self._shaped(text, truncated))
+            then(self._shaped(text), truncated)
             return
         cleaner = Cleaner()
         view = memoryview(data)
@@ -1089,7 +1092,7 @@ class Session:
                 done += CLEAN_SLICE
                 if done >= len(data):
                     self.cleaning.remove(step)
-                    then(self._shaped(cleaner.text(), truncated))
+                    then(self._shaped(cleaner.text()), truncated)
                     return
                 if not at_once:
                     self.host.loop.defer(step)
@@ -1121,12 +1124,12 @@ class Session:
                   "parser": parser if ex.mode == "integration" else self.hop.via}
         self._answered(ex, ran=True)
 
-        def reply(output: str) -> None:
+        def reply(output: str, truncated: bool) -> None:
             if shape is not None:
                 output = shape(output)
             if output.endswith("\n"):
                 output = output[:-1]
-            ex.call.reply({**result, "output": output})
+            ex.call.reply({**result, "output": output, "truncated": truncated})
 
         self._text_then(start, end, raw, reply)
 
