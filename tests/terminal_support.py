@@ -20,6 +20,7 @@ from moorage.protocol import endpoints
 from moorage.protocol.client import Client
 from moorage.protocol.client._streams import Loss, Reset
 from moorage.protocol.envelope import StreamMessage, decode_stream
+from moorage.protocol.errors import MoorageError
 from tests.waiting import wait_for
 
 
@@ -387,3 +388,42 @@ def hang_keeper(tree: Any) -> int:
     keeper = tree.child("ptykeeper")["pid"]
     os.kill(keeper, signal.SIGSTOP)
     return keeper
+
+
+class ListedSession:
+    """One session of a tree, driven through its client, and what term.list says of it."""
+
+    def __init__(self, client: Client, sid: str) -> None:
+        self.client = client
+        self.sid = sid
+
+    def call(self, op: str, args: dict[str, Any], timeout: float = 30.0) -> Any:
+        return self.client.call("terminal", op, {"session": self.sid, **args},
+                                timeout=timeout)
+
+    def listed(self) -> dict[str, Any]:
+        return next(s for s in self.client.call("terminal", "term.list")["sessions"]
+                    if s["session"] == self.sid)
+
+    def where(self) -> tuple[str, bool, str]:
+        s = self.listed()
+        return s["state"], s["busy"], s["mode"]
+
+    def exec(self, command: str, timeout_ms: int = 20_000) -> dict[str, Any]:
+        return self.call("term.exec", {"command": command, "timeout_ms": timeout_ms},
+                         timeout=timeout_ms / 1000 + 10)
+
+    def refused(self, command: str, timeout_ms: int = 20_000) -> MoorageError:
+        """The error a term.exec of `command` ends with (it must end with one)."""
+        try:
+            self.exec(command, timeout_ms)
+        except MoorageError as exc:
+            return exc
+        raise AssertionError(f"term.exec {command!r} was not refused")
+
+    def type(self, line: str) -> None:
+        self.call("term.write", {"data": line + "\r"})
+
+    def shown(self, text: bytes) -> bool:
+        r = self.client.request("terminal", "term.scrollback", {"session": self.sid})
+        return text in r.attachments[0]

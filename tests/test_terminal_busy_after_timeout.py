@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from moorage.protocol.client import Client
-from moorage.protocol.errors import MoorageError
-from tests.terminal_support import env_for, make_home, terminal_tree
+from tests.terminal_support import ListedSession, env_for, make_home, terminal_tree
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -30,48 +27,15 @@ SHELLS = ["bash", pytest.param("zsh", marks=pytest.mark.skipif(
 EXEC_TIMEOUT_MS = 2000
 
 
-class Session:
-    """One session of the tree, and what term.list says of it."""
-
-    def __init__(self, client: Client, sid: str) -> None:
-        self.client = client
-        self.sid = sid
-
-    def call(self, op: str, args: dict[str, Any], timeout: float = 30.0) -> Any:
-        return self.client.call("terminal", op, {"session": self.sid, **args},
-                                timeout=timeout)
-
-    def listed(self) -> dict[str, Any]:
-        return next(s for s in self.client.call("terminal", "term.list")["sessions"]
-                    if s["session"] == self.sid)
-
-    def where(self) -> tuple[str, bool, str]:
-        s = self.listed()
-        return s["state"], s["busy"], s["mode"]
-
-    def exec(self, command: str, timeout_ms: int = 20_000) -> dict[str, Any]:
-        return self.call("term.exec", {"command": command, "timeout_ms": timeout_ms},
-                         timeout=timeout_ms / 1000 + 10)
-
-    def refused(self, command: str, timeout_ms: int = 20_000) -> MoorageError:
-        with pytest.raises(MoorageError) as e:
-            self.exec(command, timeout_ms)
-        return e.value
-
-    def shown(self, text: bytes) -> bool:
-        r = self.client.request("terminal", "term.scrollback", {"session": self.sid})
-        return text in r.attachments[0]
-
-
-def end_by_eof(s: Session) -> None:
+def end_by_eof(s: ListedSession) -> None:
     s.call("term.write", {"data": "\x04"})  # (cat ends at the end of its input)
 
 
-def end_by_signal(s: Session) -> None:
+def end_by_signal(s: ListedSession) -> None:
     s.call("term.signal", {"signal": "SIGTERM", "target": "foreground"})
 
 
-def outlive_a_timeout(s: Session, word: str, end: Callable[[Session], None]) -> None:
+def outlive_a_timeout(s: ListedSession, word: str, end: Callable[[ListedSession], None]) -> None:
     """Run `cat`, deaf to SIGINT, past its exec's timeout; check what term.list and a second
     term.exec say while it runs; end it with `end`, and check the session free again."""
     err = s.refused("cat", timeout_ms=EXEC_TIMEOUT_MS)
@@ -111,7 +75,7 @@ def test_a_program_left_running_by_a_timed_out_exec_keeps_the_session_busy_to_th
     sid = c.call("terminal", "term.create", {"shell": shell,
                                              "env": env_for(make_home(tmp_path))},
                  timeout=30)["session"]
-    s = Session(c, sid)
+    s = ListedSession(c, sid)
     wait_for(lambda: s.where() == ("prompt", False, "integration"),
              "the session's integration and its first prompt")
     assert s.exec("trap '' INT")["exit_code"] == 0

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from moorage.protocol.client import Client
-from tests.terminal_support import env_for, make_home, terminal_tree
+from tests.terminal_support import ListedSession, env_for, make_home, terminal_tree
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,39 +38,12 @@ LONG = {
 }
 
 
-class Session:
-    """One session of the tree, and what term.list says of it."""
-
-    def __init__(self, client: Client, sid: str) -> None:
-        self.client = client
-        self.sid = sid
-
-    def call(self, op: str, args: dict[str, Any], timeout: float = 30.0) -> Any:
-        return self.client.call("terminal", op, {"session": self.sid, **args},
-                                timeout=timeout)
-
-    def listed(self) -> dict[str, Any]:
-        return next(s for s in self.client.call("terminal", "term.list")["sessions"]
-                    if s["session"] == self.sid)
-
-    def where(self) -> tuple[str, bool, str]:
-        s = self.listed()
-        return s["state"], s["busy"], s["mode"]
-
-    def exec(self, command: str, timeout_ms: int = 20_000) -> dict[str, Any]:
-        return self.call("term.exec", {"command": command, "timeout_ms": timeout_ms},
-                         timeout=timeout_ms / 1000 + 10)
-
-    def type(self, line: str) -> None:
-        self.call("term.write", {"data": line + "\r"})
-
-
-def integrated_session(tree: Any, tmp_path: Any, shell: str) -> Session:
+def integrated_session(tree: Any, tmp_path: Any, shell: str) -> ListedSession:
     c = tree.client
     sid = c.call("terminal", "term.create", {"shell": shell,
                                              "env": env_for(make_home(tmp_path))},
                  timeout=30)["session"]
-    s = Session(c, sid)
+    s = ListedSession(c, sid)
     wait_for(lambda: s.where() == ("prompt", False, "integration"),
              "the session's integration and its first prompt")
     return s
