@@ -15,7 +15,10 @@ out starts afresh (at the end) if it changes again in the same window.
 "Nothing" is right only for a subscriber that never heard of the path. One that did (a resync
 walk saw the file and reported it, and the file's own `created` event, queued behind the
 walk, then met its deletion in one window) must hear the deletion: so cancelled paths are
-kept aside (`take_cancelled`) for the pipeline to check against what it told.
+kept aside (`take_cancelled`) for the pipeline to check against what it told. Nor does a
+cancel-out whose deletion was a rename away (`take_renamed_away`) say the path is gone: two
+files exchanged (`mv --exchange a b`) are two renames, a -> b and b -> a, and b is still
+there; the pipeline looks at the disk for those.
 
 The window itself is the pipeline's business (when to `take`); this is only the table.
 """
@@ -40,12 +43,13 @@ _RULES: dict[tuple[str, str], str | None] = {
 class Coalescer:
     """Pending events by path: [kind, is_dir, hint] where hint is the other end of a move."""
 
-    __slots__ = ("absorbed", "cancelled", "pending", "replaced")
+    __slots__ = ("absorbed", "cancelled", "pending", "renamed_away", "replaced")
 
     def __init__(self) -> None:
         self.pending: dict[str, list] = {}
         self.cancelled: dict[str, bool] = {}  # path -> is_dir, events that cancelled out
         self.replaced: set[str] = set()  # directories deleted, then created again
+        self.renamed_away: set[str] = set()  # cancelled, the deletion a rename away
         self.absorbed = 0  # events folded into another or cancelled (a statistic)
 
     def __len__(self) -> int:
@@ -64,6 +68,10 @@ class Coalescer:
         if new is None:
             del self.pending[path]
             self.cancelled[path] = is_dir
+            if hint is not None:  # (its deletion a rename away: the path may be taken)
+                self.renamed_away.add(path)
+            elif self.renamed_away:
+                self.renamed_away.discard(path)
             self.absorbed += 1
             return
         p[0] = new
@@ -92,9 +100,18 @@ class Coalescer:
             self.cancelled = {}
         return out
 
+    def take_renamed_away(self) -> set[str]:
+        """Paths of `take_cancelled` whose last cancel-out was a rename away (created, then
+        renamed to elsewhere): something else may stand there now (an exchange)."""
+        out = self.renamed_away
+        if out:
+            self.renamed_away = set()
+        return out
+
     def clear(self) -> int:
         n = len(self.pending)
         self.pending = {}
         self.cancelled = {}
         self.replaced = set()
+        self.renamed_away = set()
         return n

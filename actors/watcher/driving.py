@@ -17,7 +17,11 @@ reaches them through `WatcherHost`; everything here runs on the actor's loop.
                 the diff against the told state, the markers; it answers the syncs that
                 began before its walk
   health_check  the seed's 3.2 check: a cookie that does not come back recreates the
-                observer and resyncs
+                observer and resyncs; and the back-up for directories not watched for
+                their permissions (`unreadable`): each tried again, on the walker
+  unreadable    a directory no watch may be placed on (EACCES, EPERM) is warned of (with
+                the warnings of each walk that meets it, or at once when met later), and
+                is in fs.sync's `unsynced` until it is watched (watch_ops.py)
   liveness      dead observer threads (recreate + resync), roots gone (a root is the
                 directory placed, by device and inode) and back
   checkpoint    the lagging checkpoint of the told state (state.py), and `persist`, the
@@ -176,6 +180,10 @@ class Driving:
             self.w.loop.call_later(0, self.drain)
         if overflowed:
             self.request_resync("overflow")  # first, so syncs in `raws` wait for it
+        if any(kind == "unreadable" for kind, _ in problems):
+            # (first too: a sync whose cookie is in `raws` comes after their warnings)
+            self._on_problem("unreadable", "")
+            problems = [(k, d) for k, d in problems if k != "unreadable"]
         if raws:
             try:
                 self.w.pipeline.feed(raws, obs.taken_first_at)
@@ -193,6 +201,11 @@ class Driving:
             self.w.loop.call_later(0, self.drain)
 
     def _on_problem(self, kind: str, detail: str) -> None:
+        if kind == "unreadable":
+            # (a walk under way, a resync's or a new watch's, warns with its own warnings)
+            if not (self.walking or self.w.watch_ops.placing):
+                self.warn_unreadable()
+            return
         if kind in ROOT_GONE:
             self._root_gone(kind, detail)
             return
@@ -221,6 +234,20 @@ class Driving:
             self.warn_missing(path)
         if kind == "root_moved":
             self.request_resync(kind)
+
+    def warn_unreadable(self, walked: list[str] | None = None,
+                        walks: snapshot.RootWalks | None = None) -> None:
+        """Publish the `unreadable` warnings of directories no watch may be placed on for
+        their permissions: those not warned of yet, or, after a walk (`walks`, of the roots
+        `walked`), its own warnings with every such directory below those roots."""
+        obs = self.w.obs
+        denied = obs.take_unwarned(walked) if obs is not None else []
+        if walks is not None:
+            fields = walks.warnings(denied)
+        else:
+            fields = snapshot.RootWalks.bounded(snapshot.denied_warnings(denied))
+        for f in fields:
+            self.w.pipeline.marker("warning", **f)
 
     def warn_missing(self, path: str) -> None:
         self.w.pipeline.marker("warning", reason="root_missing", path=path,
@@ -310,8 +337,8 @@ class Driving:
                     self.warn_missing(path)
             summary = self.w.pipeline.resync(reason, new, told, changes=changes,
                                              index=index, walk_ms=round(walk_ms, 3))
-            for fields in walks.warnings():  # what the walk could not read or no watch follows
-                self.w.pipeline.marker("warning", **fields)
+            # what the walk could not read or no watch follows
+            self.warn_unreadable(list(roots), walks)
             if told is None and new:
                 # a fresh resync (the first start): the told state is the walk, which no
                 # event told (no wal generation has it): on disk at once, not a capture and
@@ -429,7 +456,11 @@ class Driving:
     def health_check(self) -> None:
         """The seed's 3.2 health check: a cookie that does not come back means the observer
         is not delivering; recreate it and resync."""
-        if self.w.obs is None or self.w.paused or self._health_wait is not None:
+        if self.w.obs is None or self.w.paused:
+            return
+        if self.w.obs.unreadable and not self.recreating:
+            self._retry_unreadable()
+        if self._health_wait is not None:
             return
 
         def ok(_s: Sync) -> None:
@@ -452,6 +483,18 @@ class Driving:
                 self.request_resync("health_cookie", recreate=True)
 
         self.w.loop.call_later(float(self.w.config.get("health_timeout_s", 10.0)), check)
+
+    def _retry_unreadable(self) -> None:
+        """The back-up for a directory not watched for its permissions whose IN_ATTRIB
+        (the chmod that lets it be read) was not seen: each group tries them again, on the
+        walker (a directory's watches and its read may take long); what is below one
+        watched now is reported created, as on its IN_ATTRIB (guarded.py)."""
+        obs = self.w.obs
+        assert obs is not None
+        try:
+            self.w.walker.submit(obs.retry_unreadable, lambda _n: None)
+        except MoorageError:  # the walker's queue is full: at the next check
+            pass
 
     def liveness(self) -> None:
         self.w.pipeline.expire_self_writes()

@@ -7,7 +7,11 @@ them into resyncs and a polled subtree. A root's own directory moved away or del
 its emitter, which reports it ("root_moved", "root_deleted"): the manager marks the root
 missing at once. It also places no watch in, and does not even walk,
 a directory `wanted` says no watch needs (inside an excluded subtree), and `add_missing`
-watches the ones a new watch needs. A new root's watches below it are placed by the walk
+watches the ones a new watch needs. A directory it may not read (EACCES, EPERM) gets no
+watch and nothing below it is read: the group keeps it and reports it ("unreadable:EACCES",
+path; "unreadable_cleared" once it keeps it no more), and watches it, what it holds reported
+created, on the IN_ATTRIB of a chmod or chown, or when the manager asks again
+(`retry_unreadable`). A new root's watches below it are placed by the walk
 that reads its tree for the index (`base_walk`), after watchdog's schedule has returned. The
 inotify instance is read by the actor's loop (`LoopInotifyFD`); its lane thread, which takes
 what the loop must not, is kept reachable for the liveness check. Events go straight to the
@@ -19,8 +23,10 @@ may raise (tests set it in the test process before forking the actor, to inject 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import stat as stat_mod
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,6 +70,16 @@ CREATED_SCAN_MAX = 256
 # kept up to this many; one more, and those under a directory removed since are dropped;
 # if most are still kept then, all are dropped and the watcher resyncs anew.
 UNPLACED_MAX = 4096
+# Directories a group could not watch for their permissions (EACCES, EPERM: Group._unreadable),
+# kept to be watched once they can be read, up to this many; one past it is reported all the
+# same (listed unsynced, warned about) but not tried again until the observers are made anew.
+UNREADABLE_MAX = 4096
+DENIED_ERRNOS = (errno.EACCES, errno.EPERM)
+# Where a directory moved or moved in stands once its group has tried to watch it
+# (Group.place_here): watched; OUT, no watch will follow it there (no watch needs it, or it
+# may not be read), so what it held left the watches; or LOST (gone again, the group
+# stopped, no watch left), which the events that follow settle.
+WATCHED, OUT, LOST = "watched", "out", "lost"
 # Events waiting for the inotify lane at most (LoopInotifyFD): about 15 MB of them.
 LANE_MAX = 65536
 
@@ -275,6 +291,8 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             self._count_lock = threading.Lock()
             # directories not watched: (id of its directory's node, name) -> that node
             self._unplaced: dict[tuple[int, bytes], DirNode] = {}
+            # ... and those it may not read, keyed alike: -> (that node, the path reported)
+            self._unreadable: dict[tuple[int, bytes], tuple[DirNode, str]] = {}
             if push is not None:
                 self._move_event_grouper = Grouper(self)
             # The callbacks of each of its watches that it alone holds (LeanWatch): one map,
@@ -296,6 +314,9 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                 report("handler_error", f"the move grouper's count fell below zero ({left})")
 
         def on_event(self, event: object) -> None:
+            if self._unreadable and event.mask & _IN_ISDIR and \
+                    self._unreadable_event(event):  # type: ignore[attr-defined]
+                return
             if push is not None:
                 mask = event.mask  # type: ignore[attr-defined]
                 kind = plain_kind(mask)
@@ -403,6 +424,128 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     if here is not None:
                         self._add_all_callbacks(os.path.join(here, key[1]))
 
+        def _unreadable_at(self, path: bytes, err: int) -> None:
+            """A directory whose watch its permissions refused (EACCES, EPERM): nothing
+            below it is watched or read, and no event of its own would have it tried again.
+            Kept by the node of its directory and its name (as `_unplaced`: its parent's
+            IN_ATTRIB names it so), and reported once (the manager lists it unsynced and
+            warns of it), for `_unreadable_event` and `retry_unreadable` to watch it."""
+            if not NODE_TREE:
+                return
+            norm = os.path.normpath(path)
+            parent = self._find_node_by_path(os.path.dirname(norm))
+            if parent is None:  # (its directory is not watched either)
+                return
+            key = (id(parent), os.path.basename(norm))
+            if key in self._unreadable:
+                return
+            shown = os.fsdecode(norm)
+            if len(self._unreadable) < UNREADABLE_MAX:
+                self._unreadable[key] = (parent, shown)
+            report(f"unreadable:{errno.errorcode.get(err, str(err))}", shown)
+
+        def _clear_unreadable(self, key: tuple[int, bytes]) -> None:
+            """`key` is kept no more (watched now, gone, or no watch needs it)."""
+            _parent, shown = self._unreadable.pop(key)
+            if not any(s == shown for _n, s in self._unreadable.values()):
+                report("unreadable_cleared", shown)
+
+        def _unreadable_keys(self, wd: int, name: bytes) -> list[tuple[int, bytes]]:
+            """The directories kept unreadable that a change of the attributes of `name` in
+            the directory `wd` watches (of that directory itself: no name) may have made
+            readable: the one it names, and those right inside it (their path goes
+            through it). The group's lock held."""
+            node = self._nodes_by_wd.get(wd)
+            if node is None:
+                return []
+            own, inner = ((id(node), name), node.children.get(name)) if name else (None, node)
+            inside = id(inner) if inner is not None else None
+            return [k for k in self._unreadable if k == own or k[0] == inside]
+
+        def _unreadable_event(self, event: Any) -> bool:
+            """A directory event while directories are kept unreadable. An IN_ATTRIB that
+            lets one be read (`_watch_unreadable`) is queued as watchdog queues a directory
+            created, with what the directories now watched hold as created after it: True,
+            taken. One deleted or moved away is kept no more (where it went, its watch is
+            tried again). False: the event goes its usual way."""
+            mask = event.mask
+            with self._lock:
+                if not self.is_active or not self._unreadable:
+                    return False
+                if mask & _IN_ATTRIB and not mask & _SLOW:
+                    keys = self._unreadable_keys(event.wd, event.name)
+                    src = self._build_event_source_path(event) if keys else None
+                    if src is None:
+                        return False
+                    placed = [p for k in keys if (p := self._watch_unreadable(k)) is not None]
+                    if not placed:
+                        return False
+                    self._move_event_grouper.put_event(PathedInotifyEvent(event, src))
+                    self._simulate(placed)
+                    return True
+                if mask & (_IN_DELETE | _IN_MOVED_FROM) and event.name:
+                    node = self._nodes_by_wd.get(event.wd)
+                    key = (id(node), event.name)
+                    if node is not None and key in self._unreadable:
+                        self._clear_unreadable(key)
+                return False
+
+        def _watch_unreadable(self, key: tuple[int, bytes]) -> bytes | None:
+            """Watch the directory kept unreadable as `key`, and what is below it: its path
+            once watched (kept no more), or None (still unreadable, and kept; or gone,
+            not a directory, or no watch needs it: kept no more). The group's lock held."""
+            parent, _shown = self._unreadable[key]
+            here = self._reconstruct_path_iterative(parent)
+            path = os.path.join(here, key[1]) if here is not None else None
+            try:
+                is_dir = path is not None and stat_mod.S_ISDIR(os.lstat(path).st_mode)
+            except OSError:
+                is_dir = False
+            if path is None or not is_dir or skip(path):
+                self._clear_unreadable(key)
+                return None
+            self._add_all_callbacks(path)  # (refused again: kept, not reported again)
+            if not self._watched(path):
+                return None
+            self._clear_unreadable(key)
+            return path
+
+        def _simulate(self, placed: list[bytes]) -> None:
+            """What the directories `placed` (watched just now) hold, queued as watchdog
+            queues a new directory's contents (created), behind what is queued already. The
+            group's lock held."""
+            put = self._move_event_grouper.put_event
+            for path in placed:
+                for sub in self._recursive_simulate(path):
+                    sub_path = self._build_event_source_path(sub)
+                    if sub_path is not None:
+                        put(PathedInotifyEvent(sub, sub_path))
+
+        def retry_unreadable(self) -> int:
+            """Try again to watch every directory kept unreadable (the manager's back-up for
+            an IN_ATTRIB not seen: a permission given back while its events were lost);
+            what is below those watched now is reported created. Returns how many."""
+            with self._lock:
+                if not self.is_active or not self._unreadable:
+                    return 0
+                placed = [p for k in list(self._unreadable)
+                          if k in self._unreadable and (p := self._watch_unreadable(k))]
+                self._simulate(placed)
+                return len(placed)
+
+        def on_queue_overflow(self) -> None:
+            report("overflow", os.fsdecode(self.path))
+            with self._lock:  # (its watches are placed anew: those refused, reported again)
+                for key in list(self._unreadable):
+                    self._clear_unreadable(key)
+            super().on_queue_overflow()
+
+        def deactivate(self) -> None:
+            super().deactivate()
+            with self._lock:  # (a root no longer observed: nothing of it is kept)
+                for key in list(self._unreadable):
+                    self._clear_unreadable(key)
+
         def prefix_of(self, wd: int) -> str | None:
             """The path of the directory `wd` watches, and "/" (the group's lock held), or
             None when it is not the group's."""
@@ -461,10 +604,6 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
 
         def _recursive_simulate(self, src_path: bytes) -> list:
             return [] if skip(src_path) else super()._recursive_simulate(src_path)
-
-        def on_queue_overflow(self) -> None:
-            report("overflow", os.fsdecode(self.path))
-            super().on_queue_overflow()
 
         def created_here(self, wd: int, name: bytes, path: str, add: AddWatch,
                          out: list[tuple[str, str, str, bool]]) -> bool:
@@ -554,6 +693,8 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if parent is None:
                 return False
             parent.children.pop(name, None)
+            if self._unreadable and (id(parent), name) in self._unreadable:
+                self._clear_unreadable((id(parent), name))
             out.append(("deleted", path, "", True))
             return True
 
@@ -588,11 +729,17 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                                                               self._id)
             except OSError as exc:
                 if path == self.path:
+                    if exc.errno == errno.EACCES:
+                        return -1  # (the root's node stands, unwatched: fs.sync cannot
+                        # write its cookie there, so lists it unsynced; once it can, the
+                        # health check's cookie that never comes back has it placed anew)
                     raise
                 if exc.errno in WATCH_LIMIT_ERRNOS:
                     report("enospc", os.fsdecode(path))
                 elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     self._unplaced_at(path)
+                elif exc.errno in DENIED_ERRNOS:
+                    self._unreadable_at(path, exc.errno)
                 return None  # vanished or unreadable since listed: the walk and diff cover it
 
         def _add_callback(self, path: bytes) -> None:
@@ -646,17 +793,27 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             return NODE_TREE and self._find_node_by_path(move_src_path) is None and \
                 self._met_there(move_dst_path)
 
-        def watch_here(self, path: bytes) -> bool:
+        def place_here(self, path: bytes) -> str:
             """Watch the directory at `path` before it is read (the emitter's walk of a
             directory moved): a directory watched already, met here, has its node moved
-            here (_rehang). False: no watch (gone, unwanted, or the group stopped)."""
+            here (_rehang). WATCHED; OUT when no watch will follow it here: no watch needs
+            it (the watches its node brought along, moved here by watchdog, are dropped) or
+            its permissions refuse one (kept: `_unreadable_at`); LOST when gone again, the
+            group stopped or no watch was left."""
             if skip(path):
-                return False
+                self.remove_watched_directory(path)
+                return OUT
             with self._lock:
                 if not self.is_active:
-                    return False
+                    return LOST
                 self._add_callback(path)
-                return self._watched(path)
+                if self._watched(path):
+                    return WATCHED
+                norm = os.path.normpath(path)
+                parent = self._find_node_by_path(os.path.dirname(norm))
+                refused = parent is not None and \
+                    (id(parent), os.path.basename(norm)) in self._unreadable
+                return OUT if refused else LOST
 
         def _watched(self, path: bytes) -> bool:
             if NODE_TREE:
@@ -713,32 +870,49 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                 anything else (watchdog's way)."""
                 if not NODE_TREE or not self.watch.is_recursive:
                     return False
+                group = self._inotify
                 if isinstance(event, PathedInotifyEvent):
                     if not (event.ev.is_moved_to and event.ev.is_directory):
                         return False
                     src, dest = "", os.fsdecode(event.path)
                     hand_over(("created", dest, "", True))
+                    where = group.place_here(event.path) if group is not None else WATCHED
                 else:
                     was, now = event
                     if not was.ev.is_directory:
                         return False
                     src, dest = os.fsdecode(was.path), os.fsdecode(now.path)
-                    hand_over(("moved", src, dest, True))
-                self._below(src, dest)
+                    where = group.place_here(now.path) if group is not None else WATCHED
+                    self._moved(src, dest, where)
+                if where == WATCHED:
+                    self._below(src, dest)
                 return True
 
+            def _moved(self, src: str, dest: str, where: str) -> None:
+                """A directory renamed from `src` to `dest`, where its group placed it
+                (`Group.place_here`). Where no watch follows it (OUT: renamed to a name no
+                watch needs, `mv dist.tmp build` with `build` excluded, or one it may not
+                read) it left the watches as a directory moved out does: its deletion,
+                without `moved_to`, has the pipeline tell gone what it held, which no event
+                of theirs will; and its new path is created (told where a watch covers it).
+                Else the move, whose own events (`_below`) tell what it holds."""
+                if where == OUT:
+                    hand_over(("deleted", src, "", True))
+                    hand_over(("created", dest, "", True))
+                else:
+                    hand_over(("moved", src, dest, True))
+
             def _below(self, src: str, dest: str) -> None:
-                """What a directory moved from `src` (or moved in: "") to `dest` holds, as
-                moved (or created) from where it was, read from the disk now: watchdog's
-                sub-moved and sub-created events, except that each directory is watched
-                before it is read (Group.watch_here), as a new watch's walk does. The disk
-                runs ahead of the events: a directory made there since had no watch yet
-                (its own event not taken), and what it held went into the index with
-                nothing to say it left again (a file moved out of it before its watch came
-                stayed in the index)."""
+                """What a directory moved from `src` (or moved in: "") to `dest`, watched
+                there, holds, as moved (or created) from where it was, read from the disk
+                now: watchdog's sub-moved and sub-created events, except that each
+                directory is watched before it is read (Group.place_here), as a new
+                watch's walk does, and one no watch follows where it is now is told as moved
+                out (`_moved`). The disk runs ahead of the events: a directory made there
+                since had no watch yet (its own event not taken), and what it held went
+                into the index with nothing to say it left again (a file moved out of it
+                before its watch came stayed in the index)."""
                 group = self._inotify
-                if group is not None and not group.watch_here(os.fsencode(dest)):
-                    return
                 stack = [dest]
                 while stack:
                     top = stack.pop()
@@ -750,10 +924,15 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     for entry in entries:
                         path = f"{top}/{entry.name}"
                         is_dir = entry.is_dir(follow_symlinks=False)
-                        hand_over(("moved", src + path[len(dest):], path, is_dir) if src
-                                  else ("created", path, "", is_dir))
-                        if is_dir and group is not None and group.watch_here(
-                                os.fsencode(path)):
+                        where = WATCHED if group is None or not is_dir else \
+                            group.place_here(os.fsencode(path))
+                        if not src:
+                            hand_over(("created", path, "", is_dir))
+                        elif is_dir:
+                            self._moved(src + path[len(dest):], path, where)
+                        else:
+                            hand_over(("moved", src + path[len(dest):], path, False))
+                        if is_dir and group is not None and where == WATCHED:
                             stack.append(path)
 
         def on_thread_start(self) -> None:
@@ -849,9 +1028,13 @@ if GUARDED:
             return watch.wd  # type: ignore[no-any-return]
 
         def _get_or_create_watch(self, path: bytes, mask: int) -> LeanWatch:
-            """watchdog's, with a LeanWatch for a new watch."""
+            """watchdog's, with a LeanWatch for a new watch, and a watch its permissions
+            refuse raised as such (EACCES: watchdog's passes it over, and records a watch
+            of descriptor -1, which every directory so refused then shared)."""
             wd = inotify_add_watch(self._inotify_fd, path, mask)
             if wd == -1:
+                if ctypes.get_errno() == errno.EACCES:
+                    raise OSError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
                 InotifyFD._raise_error()
             watch = self._watch_for_wd.get(wd)
             if watch is None:
@@ -952,6 +1135,9 @@ if GUARDED:
                                 prefix = prefixes[wd]
                             else:
                                 prefix = prefixes[wd] = group.prefix_of(wd)
+                            if mask & _IN_ISDIR and group._unreadable and kind == "attrib" \
+                                    and group._unreadable_keys(wd, name):
+                                break  # (a directory it could not read may be now: the lane)
                             if mask & _IN_ISDIR and walked_dir(mask, kind, group.is_recursive):
                                 if prefix is None or not name:
                                     break

@@ -19,6 +19,10 @@ kills the dispatch thread. So, here:
     a subdirectory whose watch cannot be placed (ENOSPC below the root) is polled by itself
     (`poll_subtree`) while inotify keeps the rest of its root, up to `max_polled` subtrees
     per root (each polling emitter is a thread): past that the whole root is polled;
+  - a directory below a root that inotify may not watch for its permissions (EACCES,
+    EPERM: nothing below it is watched or read) is kept by its group, which reports it:
+    `unreadable` lists it (fs.sync's unsynced, a `warning` event) until the group watches it,
+    at the IN_ATTRIB of a chmod or chown, or when `retry_unreadable` asks it again;
   - a root is the directory its path named when it was placed (its device and inode,
     `dir_identity`): one moved away, deleted or replaced (by another directory, or by a
     symlink, which is not followed: fs.watch resolved the root's path once, and a watch of
@@ -220,6 +224,11 @@ class ObserverManager:
         self.dropped = 0
         self.peak = 0
         self.recreated = 0
+        # Directories the groups may not watch for their permissions (guarded.py,
+        # Group._unreadable): path -> its errno's name, as their reports say (`report`); and
+        # those not yet warned of (`take_unwarned`). Made anew with the observers.
+        self.unreadable: dict[str, str] = {}
+        self._unwarned: dict[str, str] = {}
 
     # --- watchdog's threads call these ------------------------------------------------
 
@@ -252,8 +261,28 @@ class ObserverManager:
         else:
             self.wake(self.on_ready)
 
-    def report(self, kind: str, detail: str) -> None:
-        logger.warning("watcher: {} ({})", kind, detail)
+    def report(self, kind: str, detail: str, generation: int | None = None) -> None:
+        """A problem a group or emitter reports (`generation`: that of its observer). A
+        directory it may not watch (`unreadable:ERRNO`) or keeps no more
+        (`unreadable_cleared`) changes `unreadable`; one of an observer that was detached
+        since is not its to change. The loop hears of a new one only (its warning)."""
+        if kind.startswith("unreadable"):
+            with self._lock:
+                if generation is not None and generation != self.generation:
+                    return
+                if kind == "unreadable_cleared":
+                    self.unreadable.pop(detail, None)
+                    self._unwarned.pop(detail, None)
+                    return
+                if detail in self.unreadable:
+                    return
+                code = kind.partition(":")[2]
+                self.unreadable[detail] = self._unwarned[detail] = code
+            logger.warning("watcher: {} cannot be watched ({}): nothing below it is until it "
+                           "can be read", detail, code)
+            kind = "unreadable"
+        else:
+            logger.warning("watcher: {} ({})", kind, detail)
         with self._lock:
             self.problems.append((kind, detail))
             if self._wake_pending:
@@ -299,8 +328,13 @@ class ObserverManager:
                 # (assigned once started: a start the thread limit refuses leaves nothing
                 # half made, and the next placement tries again)
                 if self.inotify is None:
+                    made_in = self.generation
+
+                    def report(kind: str, detail: str) -> None:
+                        self.report(kind, detail, made_in)
+
                     observer = InotifyObserver(guarded_emitter(
-                        self.report, self.wanted, self.push, EVENT_KINDS), 1.0)
+                        report, self.wanted, self.push, EVENT_KINDS), 1.0)
                     observer.inotify_fd.deliver = self.push_many
                     observer.start()
                     self.inotify = observer
@@ -497,6 +531,40 @@ class ObserverManager:
                 added += group.add_missing()
         return added
 
+    def retry_unreadable(self) -> int:
+        """Have each inotify group try again to watch the directories it may not read
+        (the back-up for a chmod whose IN_ATTRIB was not seen): off the loop, as a
+        directory's watches and its read may take long. Returns how many it watched."""
+        obs = self.inotify
+        if obs is None or not GUARDED:
+            return 0
+        watched = 0
+        for em in list(obs.emitters):
+            group = getattr(em, "_inotify", None)
+            if group is not None and hasattr(group, "retry_unreadable"):
+                watched += group.retry_unreadable()
+        return watched
+
+    def unreadable_paths(self) -> list[str]:
+        """The directories no watch is placed on for their permissions, sorted."""
+        with self._lock:
+            return sorted(self.unreadable)
+
+    def take_unwarned(self, under: list[str] | None = None) -> list[tuple[str, str]]:
+        """The unreadable directories (path, errno name) not warned of yet, or every one
+        below `under` (a walk's roots: each walk says what it could not read), each marked
+        warned."""
+        with self._lock:
+            if under is None:
+                out = sorted(self._unwarned.items())
+            else:
+                tops = [p.rstrip("/") + "/" for p in under]
+                out = sorted((p, c) for p, c in self.unreadable.items()
+                             if any(p.startswith(t) for t in tops))
+            for p, _code in out:
+                self._unwarned.pop(p, None)
+            return out
+
     def root_of(self, path: str) -> str | None:
         best = None
         for p in self.roots:
@@ -565,7 +633,10 @@ class ObserverManager:
         `halt` then stops their threads, anywhere: closing an inotify instance of 100,000
         watches and joining its threads takes longer than a loop turn may."""
         with self._create_lock:
-            self.generation += 1
+            with self._lock:  # (the new observers' groups report theirs)
+                self.generation += 1
+                self.unreadable.clear()
+                self._unwarned.clear()
             observers = [o for o in (self.inotify, self.polling) if o is not None]
             if self.inotify is not None and self.loop is not None:
                 # (before `halt` closes it, anywhere: the loop must not poll a closed fd,
@@ -628,6 +699,7 @@ class ObserverManager:
             "raw_events": self.raw_events, "buffer_max": self.buffer_max,
             "buffer_peak": self.peak, "dropped_to_resync": self.dropped,
             "recreated": self.recreated, "inotify_watches": self.inotify_watches(),
+            "unreadable": wire_paths(self.unreadable_paths()),
             **self._dispatched(),
         }
 

@@ -50,6 +50,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Container, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import msgpack
@@ -388,6 +389,7 @@ class Pipeline:
         if self._telling is not None:
             return 0
         cancelled = self.coalescer.take_cancelled()
+        renamed = self.coalescer.take_renamed_away()
         replaced = self.coalescer.take_replaced()
         items = self.coalescer.take()
         done, wanted = self.ahead.take_window() if self.ahead is not None else (_NONE, _NONE)
@@ -401,9 +403,9 @@ class Pipeline:
                 told.update(dict.fromkeys(tops))
                 while len(told) > TOLD_KEEP:
                     del told[next(iter(told))]
-                return self._tell_on(_Telling((cancelled, replaced, items, done, wanted),
-                                              self._below(tops)))
-        return self._publish(cancelled, replaced, items, done, wanted)
+                return self._tell_on(_Telling(
+                    (cancelled, replaced, items, done, wanted, renamed), self._below(tops)))
+        return self._publish(cancelled, replaced, items, done, wanted, renamed)
 
     # --- what a directory held when it went away unseen ------------------------------------
 
@@ -508,8 +510,9 @@ class Pipeline:
 
     def _publish(self, cancelled: dict[str, bool], replaced: set[str],
                  items: dict[str, list], done: Mapping[str, tuple[int, StatFields | None]],
-                 wanted: Mapping[str, int]) -> int:
-        """A window's events: stat'ed, stamped, applied to the index and published."""
+                 wanted: Mapping[str, int], renamed: AbstractSet[str] = frozenset()) -> int:
+        """A window's events: stat'ed, stamped, applied to the index and published
+        (`renamed`: the cancelled paths whose deletion was a rename away)."""
         # The hot path of P10: `Watches.matching`'s per-directory memo, `Index.set` and the
         # journal's stamping are inlined here, sharing one split of the path and one pass.
         watches = self.watches
@@ -531,7 +534,7 @@ class Pipeline:
         roots = {w.path for w in watches}
         held: str | None = None  # the last path found to be a directory the index holds
         if cancelled or replaced:
-            self._told_gone(cancelled, items, out, replaced)
+            self._told_gone(cancelled, items, out, replaced, renamed, slow)
             for ev in out:
                 seq += 1
                 ev["clock"] = (inst, epoch, seq)
@@ -671,16 +674,25 @@ class Pipeline:
         return out
 
     def _told_gone(self, cancelled: dict[str, bool], items: dict[str, list],
-                   out: list[dict[str, Any]], replaced: set[str]) -> None:
+                   out: list[dict[str, Any]], replaced: set[str], renamed: AbstractSet[str],
+                   slow: Callable[[str], bool] | None) -> None:
         """Deletions for paths whose created + deleted cancelled out in this window although
         the subscribers had been told they exist (the index holds them): a resync walk saw
         the file, then its own `created` event, queued behind the walk, met its deletion.
-        And for directories replaced in it (`mv build away && mkdir build`): the old one and
-        what was under it are gone, told before the new one's creation."""
+        A cancel-out whose deletion was a rename away (`renamed`) does not say the path is
+        gone, though: two files exchanged (`mv --exchange a b`, renameat2's
+        RENAME_EXCHANGE) are two renames, a -> b and b -> a, which leave b created then
+        renamed away, and b is there. Such a path is looked at first (an lstat; not on a
+        slow file system, where it is told gone as before, and a resync's diff corrects
+        it): one there is `modified`, with its stat, and stays in the index (`deleted`,
+        then `created`, where a directory stands where a file was told, or the other way
+        round). And for directories replaced in it (`mv build away && mkdir build`): the
+        old one and what was under it are gone, told before the new one's creation."""
         entries = self.index.entries
         gone = [(p, d) for p, d in cancelled.items() if p not in items]  # (not changed since)
+        looked = len(gone) if renamed else 0
         gone += [(p, True) for p in replaced if p in items]
-        for path, d in gone:
+        for n, (path, d) in enumerate(gone):
             told = entries.get(path)
             if told is None:  # never told
                 continue
@@ -689,6 +701,23 @@ class Pipeline:
                 continue
             kind = ("dir" if is_dir(told) else "file") if told != UNKNOWN else (
                 "dir" if d else "file")
+            st = self.lstat(path) if n < looked and path in renamed and (
+                slow is None or not slow(path)) else None
+            if st is not None:
+                s, mode, size, mtime_ns = st
+                typ = _TYPES.get(mode & 0o170000, "other")
+                there = {"path": path, "type": typ, "origin": "external", "watches": ids,
+                         "size": size, "mtime_ns": mtime_ns}
+                if (typ == "dir") == (kind == "dir"):
+                    out.append({"kind": MODIFIED, **there})
+                    self.index.set(path, s)
+                    continue
+                out.append({"kind": DELETED, "path": path, "type": kind,
+                            "origin": "external", "watches": ids})
+                self.index.remove(path)
+                out.append({"kind": CREATED, **there})
+                self.index.set(path, s)
+                continue
             out.append({"kind": DELETED, "path": path, "type": kind, "origin": "external",
                         "watches": ids})
             self.index.remove(path)

@@ -377,6 +377,15 @@ def walk_python(root: str, keep: Callable[[str], bool] | None = None, recursive:
 WARN_MAX = 16  # the warnings one walk gives at most; the last then counts those left out
 
 
+def denied_warnings(denied: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The `unreadable` warnings of directories no watch may be placed on for their
+    permissions (path, errno name): nothing below one is watched nor walked until it can
+    be read (a chmod, a chown), and then what it holds is reported created."""
+    return [{"reason": "unreadable", "path": path, "error": code,
+             "message": f"{path} could not be read ({code}): left out of the walks, and "
+                        "not watched until it can be read"} for path, code in denied]
+
+
 class RootWalks:
     """The walks of several roots (none inside another) into one map. A root's walk may be
     run by the placement that watches it (`base`: ObserverManager.place's base walk, which
@@ -418,11 +427,13 @@ class RootWalks:
     def _unread(self, path: str, exc: OSError) -> None:
         self.unread.append((path, exc))
 
-    def warnings(self) -> list[dict[str, Any]]:
+    def warnings(self, denied: Iterable[tuple[str, str]] = ()) -> list[dict[str, Any]]:
         """The `warning` events the walks call for, as the fields of each (after `rest`):
         - `unreadable`: a directory the walk could not read, or an entry it could not
           lstat (EIO, ELOOP...: not one gone, nor one it may not read); what is below it
-          is not in the map;
+          is not in the map. And each of `denied` (path, errno name): a directory it may
+          not read (EACCES, EPERM), which the walk passes over and no inotify watch is
+          placed on (observer.py's `unreadable`) until it can be read;
         - `path_too_long`: a directory whose path is PATH_MAX bytes or longer, below one
           whose path is not. The walk read it (`open_dir`), but inotify takes a watch's
           path in one call, so no watch is placed on it or below it: what changes there
@@ -434,11 +445,17 @@ class RootWalks:
             out.append({"reason": "unreadable", "path": path, "error": code,
                         "message": f"{path} could not be read ({exc.strerror}): "
                                    "left out of the walk"})
+        out += denied_warnings(denied)
         for path in self._too_long():
             out.append({"reason": "path_too_long", "path": path,
                         "message": f"{path} is {len(os.fsencode(path))} bytes long, more than "
                                    f"a watch's path may be ({PATH_MAX - 1}): what changes "
                                    "below it is seen by a resync only"})
+        return self.bounded(out)
+
+    @staticmethod
+    def bounded(out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """At most WARN_MAX of `out`: the last then counts those left out (`more`)."""
         if len(out) > WARN_MAX:
             left = len(out) - WARN_MAX
             out = out[:WARN_MAX]

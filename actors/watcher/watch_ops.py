@@ -155,6 +155,14 @@ class WatchOps:
         job.then(lambda j: self._reply(call, j, path))
         return DEFERRED
 
+    def _unsynced(self, roots: list[str]) -> list[Any]:
+        """fs.sync's `unsynced`: the roots it could not wait for, then the directories no
+        watch may be placed on for their permissions (nothing below one is seen), as they
+        are once the sync is answered: one a chmod let be read before the call is watched
+        by then (its IN_ATTRIB came before the cookie)."""
+        obs = self.w.obs
+        return wire_paths([*roots, *(obs.unreadable_paths() if obs is not None else ())])
+
     def _save_holds(self) -> None:
         """The watches saved for a change of their holders alone (State.save_watches)."""
         self.w.state.save_watches(self.w.watches.to_wire(), holds=True)
@@ -241,8 +249,9 @@ class WatchOps:
             for msg in warnings:
                 self.w.pipeline.marker("warning", reason="inotify_unavailable", message=msg,
                                        path=real, mode="polling")
-            for fields in walks.warnings():  # what the walk could not read or no watch follows
-                self.w.pipeline.marker("warning", **fields)
+            # what the walk could not read or no watch follows, and what was met meanwhile
+            self.w.driving.warn_unreadable([real], walks)
+            self.w.driving.warn_unreadable()
             answer = self._answer(obs, w)
 
             def persist(_merged: Job | None = None) -> None:  # (the walk all in the index)
@@ -401,14 +410,14 @@ class WatchOps:
         def done(s: Sync) -> None:
             self.syncs_answered += 1
             call.reply({"clock": self.w.journal.clock().to_wire(), "roots": len(s.cookies),
-                        "unsynced": wire_paths(unsynced),
+                        "unsynced": self._unsynced(unsynced),
                         "waited_ms": round((time.monotonic() - s.started) * 1000, 3)})
 
         s, unsynced = self.w.driving.start_sync(done)
         if s is None:
             self.w.pipeline.flush()
             return {"clock": self.w.journal.clock().to_wire(), "roots": 0,
-                    "unsynced": wire_paths(unsynced), "waited_ms": 0.0}
+                    "unsynced": self._unsynced(unsynced), "waited_ms": 0.0}
 
         def expire() -> None:
             if not s.finished:
