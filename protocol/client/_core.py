@@ -83,7 +83,8 @@ from moorage.protocol.schema.live import from_env as reply_check_from_env
 # schema (_known_ops.py) until its sys.info is learned.
 BUILTIN_IDEMPOTENT = frozenset({"sys.ping", "sys.hello", "sys.info", "replay"})
 # Of a call's time, the share that learning the actor's idempotent ops may take first (an
-# actor slow to start answers late, not never; a call still has the rest of its time).
+# actor slow to start answers late, not never; a call still has the rest of its time, however
+# long its wait for the learning took: ClientCore.left_after_learning).
 LEARN_SHARE = 0.5
 # Errors that mean "the actor did not run it, and the same frames may run later": safe to
 # resend whatever the op. (`deadline_expired` was not run either, but a resend carries the same
@@ -534,14 +535,30 @@ class ClientCore:
         build, or an actor outside the default tree that serves an op of the same name."""
         return self.learned.get(actor, SCHEMA_IDEMPOTENT)
 
+    def learning_share(self, timeout: float | None) -> float:
+        """The most a call given `timeout` (None: the client's) waits for its actor's ops to
+        be learned before it is sent: LEARN_SHARE of its time."""
+        return LEARN_SHARE * (timeout if timeout is not None else self.options.timeout)
+
+    def left_after_learning(self, actor: str, op: str, timeout: float | None, started: float,
+                            share: float) -> float:
+        """A call's own time once its wait for learning, begun at `started` (monotonic), is
+        over: its whole time (given no timeout, its op's own, which learning may just have
+        told) less that wait, and never less than its whole time less its `share`. A wait
+        longer than the share is not the learning's (which ends within it) but a loop too
+        busy to turn (a burst of first calls): charged to the call, it could leave the call
+        a millisecond, too little for any reply, and a burst of writes would end unanswered."""
+        whole = timeout if timeout is not None else self.call_timeout(actor, op)
+        return max(0.001, whole - min(share, _monotonic() - started))
+
     def after_learning(self, actor: str, op: str, timeout: float | None,
                        learn: Callable[[float], object]) -> float:
-        """Run `learn` within a share of the call's time; what is left is the call's (given
-        no timeout, of its op's own, which learning has just told)."""
+        """Run `learn` within a share of the call's time; what is left is the call's
+        (left_after_learning)."""
         started = _monotonic()
-        learn(LEARN_SHARE * (timeout if timeout is not None else self.options.timeout))
-        whole = timeout if timeout is not None else self.call_timeout(actor, op)
-        return max(0.001, whole - (_monotonic() - started))
+        share = self.learning_share(timeout)
+        learn(share)
+        return self.left_after_learning(actor, op, timeout, started, share)
 
     def call_timeout(self, actor: str, op: str) -> float:
         """The time of a call of `op` given none: the op's declared `timeout_ms` (sys.info,

@@ -22,7 +22,6 @@ import zmq
 import zmq.asyncio
 
 from moorage.protocol.client._core import (
-    LEARN_SHARE,
     NO_REPLY_SENT,
     UNDELIVERED_CHECK,
     CallPlan,
@@ -233,6 +232,8 @@ class AsyncClient(FromConnectionFile):
         self._closed = asyncio.Event()  # (set by close: calls waiting out a back-off end)
         self._conns: dict[str, _AConn] = {}
         self._subs: set[AsyncSubscription] = set()
+        # actor -> its sys.info in flight, asked by a first call (_learned), and by when it ends
+        self._learning: dict[str, tuple[asyncio.Future, float]] = {}
         self.core.start_pusher(self.ctx)
 
     @property
@@ -262,10 +263,9 @@ class AsyncClient(FromConnectionFile):
     ) -> Reply:
         if self.core.should_learn(actor, op, idempotent):
             started = time.monotonic()
-            share = LEARN_SHARE * (timeout if timeout is not None else self.core.options.timeout)
-            await self.learn_ops(actor, share)
-            whole = timeout if timeout is not None else self.core.call_timeout(actor, op)
-            timeout = max(0.001, whole - (time.monotonic() - started))
+            share = self.core.learning_share(timeout)
+            await self._learned(actor, share)
+            timeout = self.core.left_after_learning(actor, op, timeout, started, share)
         plan = CallPlan(self.core, actor, op, args, timeout, idempotent, attachments)
         conn = self._conn(actor, op)
         inbox: asyncio.Queue = asyncio.Queue()
@@ -376,6 +376,33 @@ class AsyncClient(FromConnectionFile):
         """Push the latencies recorded since the last push now (with `metrics_name` set);
         it does not wait on the metrics actor, so it is safe on the event loop."""
         return self.core.push_latency()
+
+    async def _learned(self, actor: str, share: float) -> None:
+        """Wait, `share` seconds at most, for `actor`'s ops to be learned. One sys.info per
+        actor is in flight at a time, with the share of the call that asked first; each
+        first call made meanwhile waits for its answer (a burst of first calls each asking
+        for itself would double what the actor receives, and fill its queue). On its
+        failure each goes on as a call to an actor whose ops are not known, and the next
+        first call asks again. A call whose share ends sooner goes on then, and the learning
+        goes on for the others; a caller that cancels its call does not cancel the
+        learning."""
+        learning = self._learning.get(actor)
+        if learning is None:
+            task = asyncio.ensure_future(self.learn_ops(actor, share))
+            learning = self._learning[actor] = (task, time.monotonic() + share)
+            task.add_done_callback(lambda t: self._learning_over(actor, t))
+        task, until = learning
+        if time.monotonic() + share >= until:  # (it ends within this call's share)
+            await asyncio.shield(task)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), share)
+
+    def _learning_over(self, actor: str, task: asyncio.Future) -> None:
+        if self._learning.get(actor, (None,))[0] is task:
+            del self._learning[actor]
+        if not task.cancelled():
+            task.exception()  # (raised to the calls that waited for it, if any did)
 
     async def learn_ops(self, actor: str, timeout: float | None = None) -> frozenset[str]:
         """Ask `actor` which of its ops are idempotent: see Client.learn_ops."""

@@ -387,6 +387,9 @@ export class Client {
   private readonly conns = new Map<string, Conn>();
   private readonly breakers = new Map<string, CircuitBreaker>();
   private readonly learned = new Map<string, Set<string>>();
+  /** actor -> its sys.info in flight, asked by a first call (learnedOps), and by when it ends
+   * (the `now()` clock). */
+  private readonly learning = new Map<string, { asked: Promise<unknown>; until: number }>();
   /** actor -> its resumable ops (sys.info's `resumable`, learnt with the idempotent ones). */
   private readonly resumableOps = new Map<string, Set<string>>();
   /** actor -> each op's declared timeout, seconds (sys.info's `timeout_ms`, learnt with them). */
@@ -547,9 +550,13 @@ export class Client {
     let timeout = options.timeout ?? this.callTimeout(actor, op);
     if (options.idempotent === undefined && this.options.learnOps && !this.learned.has(actor) && !BUILTIN_IDEMPOTENT.has(op) && !this.idempotentOps.has(op)) {
       const t0 = now();
-      await this.learnOps(actor, LEARN_SHARE * timeout);
-      // (what learning told: the op's own timeout, when none was given)
-      timeout = Math.max(0.001, (options.timeout ?? this.callTimeout(actor, op)) - (now() - t0));
+      const share = LEARN_SHARE * timeout;
+      await this.learnedOps(actor, share);
+      // What learning told (the op's own timeout, when none was given), less the wait, never
+      // more of it than the share: a longer wait is an event loop too busy to turn (a burst of
+      // first calls), not the learning, and charged to the call it could leave it a
+      // millisecond, too little for any reply.
+      timeout = Math.max(0.001, (options.timeout ?? this.callTimeout(actor, op)) - Math.min(share, now() - t0));
     }
     const idempotent = options.idempotent ?? this.isIdempotent(actor, op);
     const conn = this.conn(actor, op);
@@ -637,6 +644,34 @@ export class Client {
     };
     if (r.proto !== 1) throw new MoorageError({ code: 103, name: "unsupported_version", category: "network", severity: "critical", retryable: false, fallback_available: false, message: `${actor} speaks protocol ${r.proto}` }, actor, "sys.hello");
     return r;
+  }
+
+  /** Wait, `share` seconds at most, for `actor`'s ops to be learned. One sys.info per actor is
+   * in flight at a time, with the share of the call that asked first; each first call made
+   * meanwhile waits for its answer (a burst of first calls each asking for itself would double
+   * what the actor receives, and fill its queue). On its failure each goes on as a call to an actor whose ops are not known,
+   * and the next first call asks again. A call whose share ends sooner goes on then, and the
+   * learning goes on for the others. */
+  private async learnedOps(actor: string, share: number): Promise<void> {
+    let learning = this.learning.get(actor);
+    if (learning === undefined) {
+      const asked: Promise<unknown> = this.learnOps(actor, share).finally(() => {
+        if (this.learning.get(actor)?.asked === asked) this.learning.delete(actor);
+      });
+      asked.catch(() => undefined); // (thrown to the calls that wait for it, if any do)
+      this.learning.set(actor, (learning = { asked, until: now() + share }));
+    }
+    if (now() + share >= learning.until) { // (it ends within this call's share)
+      await learning.asked;
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const over = new Promise<void>((resolve) => (timer = setTimeout(resolve, share * 1000)));
+    try {
+      await Promise.race([learning.asked, over]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Ask `actor` which of its ops are idempotent (returned) and which resumable; until it can
