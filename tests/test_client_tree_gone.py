@@ -10,6 +10,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,28 @@ def test_a_call_not_safe_to_repeat_in_flight_as_the_tree_ended_may_have_run(gone
             assert c.call("one", "sys.ping")
         finally:
             again.stop()
+
+
+def test_a_breakers_probe_that_timed_out_on_an_ended_tree_is_given_back(runtime_dir):
+    """A half-open breaker's probe whose attempt timed out once the tree had ended told
+    nothing of the actor: it is given back, so a tree started again takes calls at once, not
+    `circuit_open` until the probe's lease (30 s) runs out. The lock looked at is real (no
+    tree holds this runtime dir's)."""
+    from moorage.protocol.client._core import CallPlan, ClientCore, Done
+    from moorage.protocol.client.connection import Connection
+    from moorage.protocol.recovery import BreakerState
+
+    core = ClientCore(runtime_dir)
+    core.connection = Connection(runtime_dir, -1)  # (as one found by its instance)
+    br = core.breaker("one")
+    now = time.monotonic()
+    for _ in range(br.threshold):
+        br.record_failure(now)
+    later = now + br.cooldown + 1
+    plan = CallPlan(core, "one", "fake.effect", None, 5.0, False, ())
+    assert not isinstance(plan.start(later), Done)  # (the half-open breaker's one probe)
+    assert br.current(later) is BreakerState.HALF_OPEN and not br.allow(later)
+    ended = plan.on_timeout(later + 1)
+    assert isinstance(ended, Done) and ended.error is not None
+    assert ended.error.name == "outcome_unknown", ended.error
+    assert br.allow(later + 1)  # (the probe free again for the next call)

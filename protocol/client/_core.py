@@ -339,6 +339,9 @@ class CallPlan:
     def on_timeout(self, now: float) -> Done | Resend:
         """The attempt's wait ran out with no reply."""
         if (gone := self.on_tree_gone(now)) is not None:
+            # (a half-open breaker's probe given back: it told nothing of the actor, and a
+            # tree started again must not find it out, refusing calls circuit_open)
+            self.core.breaker(self.actor).give_back()
             return gone
         self.core.breaker(self.actor).record_failure(now)
         self.last_error = None  # (the last attempt was not answered)
@@ -603,7 +606,8 @@ class ClientCore:
             return False
         try:
             gone = tree_pid(self.runtime_dir) is None
-        except MoorageError:
+        except MoorageError:  # (a lock not to be trusted: no tree seen ended, from now on)
+            self.gone_since = None
             return False
         if not gone:
             self.gone_since = None

@@ -286,7 +286,7 @@ impl Client {
                 let since = *self.gone_since.get_or_insert(now);
                 return Some(TreeEnded { since, dir: self.runtime_dir.clone() });
             }
-            Err(_) => {}
+            Err(_) => self.gone_since = None, // (a lock not to be trusted: none seen ended)
         }
         None
     }
@@ -535,7 +535,11 @@ impl Client {
                 let unit = self.unit();
                 let v = match d {
                     Due::Reply(_) => match self.tree_gone() {
-                        Some(ended) => plan.on_tree_gone(now, &ended, self.epoch(actor)),
+                        Some(ended) => {
+                            // (a half-open breaker's probe: it told nothing of the actor)
+                            self.breaker(actor).give_back();
+                            plan.on_tree_gone(now, &ended, self.epoch(actor))
+                        }
                         None => plan.on_timeout(now, self.breaker(actor), unit),
                     },
                     Due::Resend(_) => plan.resend(now, self.breaker(actor)),

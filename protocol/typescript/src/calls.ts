@@ -325,7 +325,10 @@ export class CallPlan {
     // (before the breaker hears of it: the actor did not fail, its tree ended, and the next
     // call is told so too, not `circuit_open`)
     const gone = this.onTreeGone(at, epoch);
-    if (gone !== null) return gone;
+    if (gone !== null) {
+      this.breaker.giveBack(); // (a half-open breaker's probe: it told nothing of the actor)
+      return gone;
+    }
     this.breaker.recordFailure(at);
     this.lastError = null; // (the last attempt was not answered)
     if (at >= this.deadline) {

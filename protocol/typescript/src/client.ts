@@ -480,7 +480,8 @@ export class Client {
       try {
         running = treeRunning(this.runtimeDir);
       } catch {
-        // (forbidden now, or unreadable: not a tree seen to end)
+        // (forbidden now, or unreadable: not a tree seen to end, from now on)
+        this.goneSince = null;
       }
       this.lookedAt = at;
       this.lookedGone = running === false;
