@@ -7,6 +7,11 @@ No call waits on its send: a request the socket has no room for (its SNDHWM reac
 an actor that reads nothing) is sent when room comes while its attempt waits for a reply,
 and when that wait ends its send is cancelled, never made after (as the blocking client's,
 sync.py).
+
+Every wait a caller's task makes in here (for a reply, a back-off, learning, a stream message)
+is bounded by `asyncio.timeout`, never `asyncio.wait_for`: in Python 3.11, wait_for returns
+what it waited for when that came in the same turn as a cancel of the caller's, and drops
+the cancel (a task looping on calls ran on past `task.cancel()` and `asyncio.timeout`).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from moorage.protocol.client._streams import (
 )
 from moorage.protocol.client.constructors import FromConnectionFile
 from moorage.protocol.envelope import DecodeError, Reply, decode_reply, decode_stream
-from moorage.protocol.errors import MoorageError
+from moorage.protocol.errors import MoorageError, WireError
 from moorage.protocol.monitor import parse
 from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
@@ -201,7 +206,8 @@ class _AConn:
             await asyncio.wait([reader])
             self.sock.close(0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopped.wait(), UNDELIVERED_CHECK)
+                async with asyncio.timeout(UNDELIVERED_CHECK):
+                    await self.stopped.wait()
         finally:
             # (however this ends, a caller's cancel included: this connection is out of the
             # client's table, and a socket or monitor left open would hold ctx.term for ever)
@@ -213,6 +219,14 @@ class _AConn:
 
 
 class AsyncClient(FromConnectionFile):
+    """A client for one event loop: its reader tasks run there, and a reply is handed to
+    its call there (not thread-safe). It is bound to the loop of its first call or
+    subscription; from any other (a later `asyncio.run`, a worker thread's own loop) a call
+    or subscription is refused `bad_args` before anything is sent, where it went out and
+    its reply, handed to a loop that was not waiting for it, came late or never. Hand such
+    a coroutine to the client's loop with `asyncio.run_coroutine_threadsafe`, or make a
+    client per loop."""
+
     def __init__(
         self,
         runtime_dir: Path | str | None = None,
@@ -234,6 +248,7 @@ class AsyncClient(FromConnectionFile):
         self._subs: set[AsyncSubscription] = set()
         # actor -> its sys.info in flight, asked by a first call (_learned), and by when it ends
         self._learning: dict[str, tuple[asyncio.Future, float]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # (the loop of its first use)
         self.core.start_pusher(self.ctx)
 
     @property
@@ -248,6 +263,22 @@ class AsyncClient(FromConnectionFile):
             c = self._conns[actor] = _AConn(self.core, self.ctx, actor, op)
         return c
 
+    def _on_own_loop(self, actor: str, op: str) -> None:
+        """Bind the client to the running loop on its first use; refuse any other. Made
+        with no loop running (a subscription made before its loop starts) it binds nothing."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise MoorageError(WireError.of(
+                "bad_args", "this AsyncClient is bound to the event loop of its first use, "
+                "not the one running here: hand the coroutine to that loop with "
+                "asyncio.run_coroutine_threadsafe, or make a client per loop: "
+                f"{op} to {actor} not sent"), op=op, actor=actor, attempts=0)
+
     def breaker_state(self, actor: str) -> BreakerState:
         return self.core.breaker(actor).current(time.monotonic())
 
@@ -261,6 +292,7 @@ class AsyncClient(FromConnectionFile):
         idempotent: bool | None = None,
         attachments: Sequence[bytes] = (),
     ) -> Reply:
+        self._on_own_loop(actor, op)
         if self.core.should_learn(actor, op, idempotent):
             started = time.monotonic()
             share = self.core.learning_share(timeout)
@@ -288,7 +320,8 @@ class AsyncClient(FromConnectionFile):
                     sending = None
                     if verdict.delay > 0:
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._closed.wait(), verdict.delay)
+                            async with asyncio.timeout(verdict.delay):
+                                await self._closed.wait()
                     if self._closed.is_set():
                         verdict = plan.on_closed(time.monotonic())
                         continue
@@ -307,13 +340,15 @@ class AsyncClient(FromConnectionFile):
                 if inbox.empty():
                     left = verdict.until - time.monotonic()
                     try:
-                        # (with a timeout of 0, wait_for gives up before get() has run)
-                        item = await asyncio.wait_for(inbox.get(), max(0.0, left))
+                        async with asyncio.timeout(max(0.0, left)):
+                            item = await inbox.get()
                     except TimeoutError:
-                        _cancel(sending)
-                        sending = None
-                        verdict = plan.on_timeout(time.monotonic())
-                        continue
+                        if inbox.empty():
+                            _cancel(sending)
+                            sending = None
+                            verdict = plan.on_timeout(time.monotonic())
+                            continue
+                        item = inbox.get_nowait()  # (it came as the wait ran out: taken)
                 else:
                     item = inbox.get_nowait()
                 if type(item) is _Queued:
@@ -396,7 +431,8 @@ class AsyncClient(FromConnectionFile):
             await asyncio.shield(task)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), share)
+            async with asyncio.timeout(share):
+                await asyncio.shield(task)
 
     def _learning_over(self, actor: str, task: asyncio.Future) -> None:
         if self._learning.get(actor, (None,))[0] is task:
@@ -420,6 +456,7 @@ class AsyncClient(FromConnectionFile):
     ) -> AsyncSubscription:
         if self._closed.is_set():
             raise closed_client(actor, "subscribe")
+        self._on_own_loop(actor, "subscribe")
         sub = AsyncSubscription(self, actor, topics, from_seq)
         self._subs.add(sub)
         return sub
@@ -462,6 +499,8 @@ class AsyncSubscription:
             self._watcher = asyncio.ensure_future(self._watch(self.monitor))
         self.tracker = StreamTracker(from_seq, list(topics) or [""])
         self._ready: list[StreamEvent] = []
+        self._closed = False  # (close() ran: next() returns None)
+        self._held: list[bytes] | None = None  # a message read as a next() was cancelled
 
     async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
         while True:
@@ -482,18 +521,36 @@ class AsyncSubscription:
         changes, self._changes = self._changes, []
         return changes
 
-    async def _recv_or_refused(self, left: float | None) -> list[bytes] | None:
-        """The next frames, or None when `left` seconds pass or the key is refused first."""
-        recv = asyncio.ensure_future(self.sock.recv_multipart())
-        refused = asyncio.ensure_future(self._refused.wait())
+    async def _frames(self, left: float | None) -> list[bytes] | None:
+        """The next frames, or None when `left` seconds pass, the key is refused (with a
+        monitor) or the subscription is closed first. A receive is waited for with
+        asyncio.wait, which takes neither its end (pyzmq cancels it at close) for a cancel of
+        ours nor a cancel of ours for its end; one that completed in the turn our task was
+        cancelled keeps its frames for the next call (pyzmq has taken them off the socket).
+        A receive not completed is cancelled: pyzmq then reads nothing for it."""
+        if self._held is not None:
+            frames, self._held = self._held, None
+            return frames
+        recv = self.sock.recv_multipart()
+        waits = [recv]
+        if self._watcher is not None:
+            waits.append(asyncio.ensure_future(self._refused.wait()))
         try:
-            await asyncio.wait((recv, refused), timeout=left,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if recv.done() and not recv.cancelled() and recv.exception() is None:
+                self._held = recv.result()
+            raise
         finally:
-            refused.cancel()
-            if not recv.done():
-                recv.cancel()
-        return recv.result() if recv.done() and not recv.cancelled() else None
+            for w in waits:
+                if not w.done():
+                    w.cancel()
+        if not recv.done() or recv.cancelled():
+            return None
+        if self._closed:  # (what a receive on a socket closed under it ended with)
+            recv.exception()
+            return None
+        return recv.result()
 
     async def _replay(self, need: NeedReplay | None, end: float | None = None) -> None:
         """See Subscription._replay; a cancellation (a caller's wait_for around next()) ends
@@ -513,22 +570,22 @@ class AsyncSubscription:
             self._ready.extend(events)
 
     async def next(self, timeout: float | None = None) -> StreamEvent | None:
+        """The next event, or None when `timeout` seconds pass with none, or once the
+        subscription (or its client) is closed, a next() waiting then included. A cancel of
+        the caller's task is raised, whenever it comes; a message read in that instant is
+        the next call's."""
         end = None if timeout is None else time.monotonic() + timeout
         idle = 0  # frames read past `end` that gave no event (see Subscription.next)
         while not self._ready:
+            if self._closed:
+                return None
             left = None if end is None else max(0.0, end - time.monotonic())
-            if self._watcher is None:
-                try:
-                    frames = await asyncio.wait_for(self.sock.recv_multipart(), left)
-                except TimeoutError:
-                    return None
-            else:
-                self._check()
-                got = await self._recv_or_refused(left)
-                if got is None:
+            self._check()
+            frames = await self._frames(left)
+            if frames is None:
+                if not self._closed:
                     self._check()
-                    return None
-                frames = got
+                return None
             try:
                 msg = decode_stream(frames)
             except DecodeError:
@@ -542,6 +599,8 @@ class AsyncSubscription:
                 idle += 1
                 if idle > IDLE_FRAMES_PAST_DEADLINE:
                     return None
+        if self._closed:
+            return None
         return self._ready.pop(0)
 
     async def catch_up(self) -> None:
@@ -556,6 +615,9 @@ class AsyncSubscription:
                 raise
 
     def close(self) -> None:
+        """Close the socket; a next() waiting returns None, as every later one does."""
+        self._closed = True
+        self._held = None
         if self.sock.closed:
             return
         if self.monitor is not None:

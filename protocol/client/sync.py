@@ -544,7 +544,10 @@ class Subscription:
             self._ready.extend(events)
 
     def next(self, timeout: float | None = None) -> StreamEvent | None:
-        """The next event, or None when `timeout` seconds pass with none."""
+        """The next event, or None when `timeout` seconds pass with none, or once the
+        subscription (or its client) is closed."""
+        if self.sock.closed:
+            return None
         end = None if timeout is None else time.monotonic() + timeout
         idle = 0  # frames read past `end` that gave no event
         while not self._ready:
