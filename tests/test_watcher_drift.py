@@ -9,7 +9,10 @@ index (`fs.query`) and the disk agreeing path for path.
   events cancel out for one of them: both files are still there.
 - A directory the watcher may not read (mode 000 to it) gets no inotify watch. It is warned
   of and listed unsynced, and is watched, with what it holds reported created, once a chmod
-  lets it be read (its IN_ATTRIB), or at the health check's back-up.
+  lets it be read (its IN_ATTRIB), or at the health check's back-up. It is listed where it
+  is (a directory above it renamed takes it along), no more once no path of the watch
+  leads to it or a directory renamed over it is watched, and a directory's IN_ATTRIB looks
+  up only the ones it may concern.
 """
 
 from __future__ import annotations
@@ -313,3 +316,164 @@ def test_a_directory_it_may_not_read_renamed_or_removed_is_unsynced_where_it_is(
     w.until(synced["clock"])
     assert synced["unsynced"] == []
     assert_as_disk(w, data, base=base)
+
+
+def dirs_back(top: Path) -> None:
+    """Every directory under `top` given its modes back, so that it can be removed."""
+    for d, dirs, _files in os.walk(top):
+        for n in dirs:
+            os.chmod(os.path.join(d, n), 0o755)
+
+
+# (no health check in the test's time: only the events keep what it lists true)
+NO_HEALTH = TREE + "health_interval_s = 3600\n"
+
+
+def locked_in(data: Path, names: tuple[str, ...]) -> dict[str, Path]:
+    """`data/NAME/vol` for each name, mode 000, holding `d/f.txt`."""
+    tops = {name: data / name / "vol" for name in names}
+    for vol in tops.values():
+        (vol / "d").mkdir(parents=True)
+        (vol / "d" / "f.txt").write_text("x")
+        os.chmod(vol, 0)
+    return tops
+
+
+def test_one_it_may_not_read_is_unsynced_where_a_rename_above_it_took_it(make_tree, data):
+    """What holds one it may not read renamed (`mv outer outer2`): it is unsynced, and
+    warned of, at its new path, not at the old one, which names nothing; made readable
+    there, it is watched there."""
+    try:
+        tops = locked_in(data, ("outer", "other"))
+        tree = make_tree(NO_HEALTH.format(data=data))
+        tree.launcher = launcher_refused(tops["outer"])
+        tree.start()
+        w = Watcher(tree.proc, tree.client, data)
+        w.watch()
+        assert w.call("fs.sync", timeout=60)["unsynced"] == sorted(map(str, tops.values()))
+        (data / "outer").rename(data / "outer2")
+        synced = w.call("fs.sync", timeout=60)
+        w.until(synced["clock"])
+        now = str(data / "outer2" / "vol")
+        assert synced["unsynced"] == [str(tops["other"]), now]
+        assert w.call("fs.stats")["observer"]["unreadable"] == synced["unsynced"]
+        assert unreadable_warnings(w) == [str(tops["other"]), str(tops["outer"]), now]
+        os.chmod(now, 0o755)
+        synced = w.call("fs.sync", timeout=60)
+        w.until(synced["clock"])
+        assert synced["unsynced"] == [str(tops["other"])]
+        assert str(data / "outer2" / "vol" / "d" / "f.txt") in queried(w, data)
+    finally:
+        dirs_back(data)
+
+
+def test_one_it_may_not_read_is_unsynced_no_more_once_what_holds_it_left_the_watch(
+        make_tree, data, tmp_path):
+    """What holds one it may not read renamed to an excluded name (`mv side build`) or
+    moved out of the watch: no path of the watch leads to it any more, so it is unsynced
+    no more, at once (not at the next health check)."""
+    try:
+        tops = locked_in(data, ("side", "far", "stays"))
+        tree = make_tree(NO_HEALTH.format(data=data))
+        tree.launcher = launcher_refused(tops["side"])
+        tree.start()
+        w = Watcher(tree.proc, tree.client, data)
+        w.watch(exclude=["build"])
+        assert w.call("fs.sync", timeout=60)["unsynced"] == sorted(map(str, tops.values()))
+        (data / "side").rename(data / "build")
+        (data / "far").rename(tmp_path / "far")
+        left = [str(tops["stays"])]
+        wait_for(lambda: w.call("fs.sync", timeout=60)["unsynced"] == left,
+                 "only stays/vol unsynced")
+        assert w.call("fs.stats")["observer"]["unreadable"] == left
+    finally:
+        dirs_back(data)
+        dirs_back(tmp_path)
+
+
+def test_one_it_may_not_read_renamed_over_is_watched_and_its_contents_told_once(
+        make_tree, data):
+    """`mv new vol`, `vol` an empty directory it may not read: the directory there now is
+    watched (the move's), so it is unsynced no more, and the health check's retry does not
+    tell what it holds created a second time."""
+    vol = data / "vol"
+    vol.mkdir(0)
+    try:
+        tree = make_tree(TREE.format(data=data) + "health_interval_s = 0.2\n")
+        tree.launcher = launcher_refused(vol)
+        tree.start()
+        w = Watcher(tree.proc, tree.client, data)
+        w.watch()
+        base = set(queried(w, data))
+        assert w.call("fs.sync", timeout=60)["unsynced"] == [str(vol)]
+        (data / "new").mkdir()
+        (data / "new" / "f.txt").write_text("x")
+        w.sync()
+        (data / "new").rename(vol)
+        synced = w.call("fs.sync", timeout=60)
+        w.until(synced["clock"])
+        assert synced["unsynced"] == []
+        assert w.call("fs.stats")["observer"]["unreadable"] == []
+        # Health checks go by (each would retry it, were it still kept); a write there is
+        # told, and nothing told it created again.
+        checks = w.call("fs.stats")["health"]["ok"]
+        wait_for(lambda: w.call("fs.stats")["health"]["ok"] >= checks + 2, "two health checks")
+        (vol / "f.txt").write_text("xy")
+        w.sync()
+        created = [e for e in w.seen if e["kind"] == "created"
+                   and e["path"] == str(vol / "f.txt")]
+        assert len(created) == 1, created
+        assert_as_disk(w, data, base=base)
+    finally:
+        dirs_back(data)
+
+
+class LooksCounted(dict):
+    """The group's directories kept unreadable, counting each key a scan of them yields."""
+
+    looks = 0
+
+    def __iter__(self) -> Iterator:
+        for key in super().__iter__():
+            self.looks += 1
+            yield key
+
+
+@pytest.mark.skipif(not guarded_mod.GUARDED, reason="watchdog's inotify classes are not there")
+def test_a_directory_s_attributes_changed_look_up_only_the_ones_it_may_concern(
+        tmp_path, monkeypatch):
+    """With 64 directories kept unreadable, `tar -x` setting the times of 40 directories
+    (IN_ATTRIB each) elsewhere: each event looks up the ones its directory holds (none),
+    where it scanned all 64, on the loop (and again on the lane for those it hands there).
+    The refusal is the placement seam's (as in the health check's test): the group is in
+    this process, for its looks to be counted."""
+    from tests.test_watcher_parts import LoopRead
+
+    def refused(path: bytes) -> None:
+        if os.path.basename(path).startswith(b"locked"):
+            raise OSError(errno.EACCES, "Permission denied")
+
+    for i in range(64):
+        (tmp_path / "locks" / f"locked{i}").mkdir(parents=True)
+    for i in range(40):
+        (tmp_path / "unpacked" / f"d{i}").mkdir(parents=True)
+    monkeypatch.setattr(guarded_mod, "add_watch_fault", refused)
+    r = LoopRead(tmp_path)
+    try:
+        assert len(r.group._unreadable) == 64
+        with r.group._lock:
+            counted = r.group._unreadable = LooksCounted(r.group._unreadable)
+        for i in range(40):
+            os.utime(tmp_path / "unpacked" / f"d{i}")
+        (tmp_path / "last").touch()
+        seen = r.sources_until(tmp_path / "last")
+        assert str(tmp_path / "unpacked" / "d39") in seen
+        r.caught_up()
+        assert counted.looks < 40, f"{counted.looks} records looked at for 40 directories"
+        # still kept, and the IN_ATTRIB of their directory (a chmod) still finds them all
+        assert len(r.group._unreadable) == 64
+        with r.group._lock:
+            root = r.group._find_node_by_path(os.fsencode(tmp_path))
+            assert len(r.group._unreadable_keys(root.wd, b"locks")) == 64
+    finally:
+        r.mgr.stop()

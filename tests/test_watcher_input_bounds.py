@@ -11,7 +11,8 @@ remembered. An atomic save of a writable file in a directory the user cannot wri
 `forbidden`; it is written in place (`atomic: false`). A read at an offset past 2^63 answered
 `internal`; offsets and lengths outside [0, 2^53) are `bad_args`. A write to `f.txt/` wrote
 `f.txt`; it writes nothing, and a read or stat of it is `not_a_directory` (they answered
-`f.txt`).
+`f.txt`). `f.txt/..` is `not_a_directory` too (read, stat and write answered the directory
+holding `f.txt`, and a write of `f.txt/../g.txt` wrote `g.txt`).
 
 Real trees under a supervisor with a strict hang budget (5 missed 100 ms beats), real files:
 a case that held the loop shows the call answered `bad_args` with the watcher's pid and
@@ -270,6 +271,40 @@ def test_a_read_or_stat_of_a_file_named_as_a_directory_is_not_a_directory(make_t
     refused(tree, "fs.read", {"path": f"{data}/d/"}, "is_directory")
     refused(tree, "fs.read", {"path": f"{data}/none.txt/"}, "not_found")
     assert tree.call("watcher", "fs.stat", {"path": str(f)})["size"] == 4
+
+
+def test_a_name_followed_by_dotdot_must_be_a_directory(make_tree, data):
+    """`f.txt/..` and `f.txt/../g.txt`: the kernel walks `..` from `f.txt` and answers
+    ENOTDIR, `none/..` ENOENT; realpath takes the name before `..` away whatever it is, so
+    a read or stat answered the directory holding `f.txt`, and a write of
+    `f.txt/../g.txt` wrote `g.txt`. `sub/..` is the directory it names: a stat of it is
+    that directory's, a read or write of it is_directory."""
+    d = data / "d"
+    (d / "sub").mkdir(parents=True)
+    f = d / "f.txt"
+    f.write_bytes(b"old\n")
+    (d / "g.txt").write_bytes(b"g\n")
+    (data / "link").symlink_to("d/f.txt")
+    tree = strict_tree(make_tree, data)
+    for path in (f"{f}/..", f"{f}/../g.txt", "d/f.txt/..", f"{f}/../..", f"{data}/link/..",
+                 f"{f}/../sub/."):
+        for op in ("fs.read", "fs.stat"):
+            err = refused(tree, op, {"path": path}, "not_a_directory")
+            assert err.error.detail["errno"] == "ENOTDIR", (op, path)
+        for atomic in (True, False):
+            err = refused(tree, "fs.write", {"path": path, "data": b"new\n",
+                                             "atomic": atomic}, "not_a_directory")
+            assert err.error.detail["errno"] == "ENOTDIR", (path, atomic)
+    for op, args in (("fs.read", {}), ("fs.stat", {}), ("fs.write", {"data": b"new\n"})):
+        err = refused(tree, op, {"path": f"{d}/none/../g.txt", **args}, "not_found")
+        assert err.error.detail["errno"] == "ENOENT", op
+    assert tree.call("watcher", "fs.stat", {"path": f"{d}/sub/.."})["type"] == "dir"
+    assert tree.call("watcher", "fs.stat", {"path": f"{d}/sub/../g.txt"})["size"] == 2
+    refused(tree, "fs.read", {"path": f"{d}/sub/.."}, "is_directory")
+    refused(tree, "fs.write", {"path": f"{d}/sub/..", "data": b"new\n"}, "is_directory")
+    assert (f.read_bytes(), (d / "g.txt").read_bytes()) == (b"old\n", b"g\n")
+    assert sorted(os.listdir(d)) == ["f.txt", "g.txt", "sub"]
+    assert os.listdir(d / "sub") == []
 
 
 # --- the resolution: what realpath makes of a path, at a cost linear in it ------------------

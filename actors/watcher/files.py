@@ -181,10 +181,29 @@ def _tmp_name(name: str) -> str:
 
 
 def _names_a_directory(path: str) -> bool:
-    """Does `path` end in a name that makes it a directory's (`f.txt/`, `f.txt/.`)? The
-    kernel takes such a path for a directory, whatever realpath makes of it."""
+    """Does `path` end in a name that makes it a directory's (`f.txt/`, `f.txt/.`,
+    `d/..`)? The kernel takes such a path for a directory, whatever realpath makes of it."""
     last = path.rpartition("/")[2]
-    return not last or last == "."
+    return last in ("", ".", "..")
+
+
+def refuse_climb_past_non_directory(absolute: str) -> None:
+    """ENOTDIR for an absolute path with a `..` right after a name that is no directory
+    (`f.txt/..`, `f.txt/../g.txt`), ENOENT after one that is nothing (`none/..`), as the
+    kernel answers it: realpath takes the name before a `..` away whatever it is, so the
+    path resolved to the directory holding `f.txt`. The path up to its last `..` names a
+    directory wherever it leads; its stat is the kernel's own walk of every name before
+    it. Only a path with a `..` in it pays that syscall."""
+    at = absolute.rfind("/..")
+    while at != -1 and absolute[at + 3:at + 4] not in ("", "/"):
+        at = absolute.rfind("/..", 0, at)  # (`..b` is a name like any other)
+    if at == -1:
+        return
+    try:
+        os.stat(absolute[:at + 3])
+    except OSError as exc:  # (anything else: the resolution's own answer stands)
+        if exc.errno in (errno.ENOTDIR, errno.ENOENT):
+            raise
 
 
 def _refuse_directory_name(real: str) -> NoReturn:
@@ -652,6 +671,10 @@ class FileService:
         self.cache.misses += 1
         if self._on_slow_fs(absolute):
             return self._read_remote(path, absolute, offset, length)
+        try:
+            refuse_climb_past_non_directory(absolute)
+        except OSError as exc:
+            raise os_error(exc, path) from None
         real, lst = self.roots.resolve_lstat(absolute)
         refuse_special(lst, path, "read")
         try:
@@ -708,6 +731,7 @@ class FileService:
         """A read on a slow file system: resolved, checked and read on a `remote` worker;
         not cached."""
         def blocking() -> tuple[bytes, os.stat_result]:
+            refuse_climb_past_non_directory(absolute)
             real, lst = self.roots.resolve_lstat(absolute)
             refuse_special(lst, path, "read")
             refuse_file_as_directory(lst, path, real)
@@ -806,6 +830,11 @@ class FileService:
               if_match: str | None = None) -> Pending:
         absolute = self.roots.absolute(path)
         remote = self._on_slow_fs(absolute)
+        if not remote:
+            try:
+                refuse_climb_past_non_directory(absolute)
+            except OSError as exc:
+                raise os_error(exc, path) from None
         # (on a slow file system the path is resolved on the worker: its writes are kept in
         # order by the path as given)
         real = absolute if remote else self.roots.resolve_fast(absolute)
@@ -917,6 +946,7 @@ class FileService:
         self.on_self_write(absolute, None)
 
         def blocking() -> tuple[str, Written, dict[str, Any]]:
+            refuse_climb_past_non_directory(absolute)
             real = self.roots.resolve(absolute)
             if real in self.roots.roots:
                 raise fail("is_directory", f"{path}: is a root directory")
@@ -995,8 +1025,15 @@ class FileService:
     def stat_path(self, path: str) -> Pending:
         absolute = self.roots.absolute(path)
         if self._on_slow_fs(absolute):
-            return self._on_remote(path, lambda: self._stat_of(
-                self.roots.resolve_fast(absolute), path))
+            def blocking() -> dict[str, Any]:
+                refuse_climb_past_non_directory(absolute)
+                return self._stat_of(self.roots.resolve_fast(absolute), path)
+
+            return self._on_remote(path, blocking)
+        try:
+            refuse_climb_past_non_directory(absolute)
+        except OSError as exc:
+            raise os_error(exc, path) from None
         real, lst = self.roots.resolve_lstat(absolute)
         if lst is not None and not stat_mod.S_ISLNK(lst.st_mode):
             try:

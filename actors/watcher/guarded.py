@@ -291,8 +291,14 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             self._count_lock = threading.Lock()
             # directories not watched: (id of its directory's node, name) -> that node
             self._unplaced: dict[tuple[int, bytes], DirNode] = {}
-            # ... and those it may not read, keyed alike: -> (that node, the path reported)
+            # ... and those it may not read, keyed alike: -> (that node, the path reported);
+            # their names by the id of their directory's node (an IN_ATTRIB looks up the
+            # ones it may concern, `_unreadable_keys`, where a scan of them all would cost
+            # each directory's event of an archive unpacked 4,096 looks); and how many of
+            # them are reported at each path (one is cleared when none is left there)
             self._unreadable: dict[tuple[int, bytes], tuple[DirNode, str]] = {}
+            self._unreadable_in: dict[int, set[bytes]] = {}
+            self._unreadable_shown: dict[str, int] = {}
             if push is not None:
                 self._move_event_grouper = Grouper(self)
             # The callbacks of each of its watches that it alone holds (LeanWatch): one map,
@@ -437,18 +443,58 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if parent is None:  # (its directory is not watched either)
                 return
             key = (id(parent), os.path.basename(norm))
-            if key in self._unreadable:
-                return
             shown = os.fsdecode(norm)
+            kept = self._unreadable.get(key)
+            if kept is not None:
+                if kept[1] == shown:
+                    return
+                # (a directory above it was renamed: its node, and so the key, went along,
+                # and the walk of the move's destination met it here; the path reported
+                # was the old one, which names nothing now)
+                self._clear_unreadable(key)
             if len(self._unreadable) < UNREADABLE_MAX:
                 self._unreadable[key] = (parent, shown)
+                self._unreadable_in.setdefault(key[0], set()).add(key[1])
+                self._unreadable_shown[shown] = self._unreadable_shown.get(shown, 0) + 1
             report(f"unreadable:{errno.errorcode.get(err, str(err))}", shown)
 
         def _clear_unreadable(self, key: tuple[int, bytes]) -> None:
-            """`key` is kept no more (watched now, gone, or no watch needs it)."""
-            _parent, shown = self._unreadable.pop(key)
-            if not any(s == shown for _n, s in self._unreadable.values()):
+            """`key` is kept no more (watched now, gone, or no watch needs it), if it was."""
+            kept = self._unreadable.pop(key, None)
+            if kept is None:
+                return
+            names = self._unreadable_in[key[0]]
+            names.discard(key[1])
+            if not names:
+                del self._unreadable_in[key[0]]
+            shown = kept[1]
+            left = self._unreadable_shown.pop(shown) - 1
+            if left:
+                self._unreadable_shown[shown] = left
+            else:
                 report("unreadable_cleared", shown)
+
+        def _placed_for(self, node: DirNode | None) -> None:
+            """A watch stands for the directory of `node` now (placed, or there already, or
+            moved there with its node): it is kept unreadable no more, if it was (a
+            directory renamed over one it may not read: `mv new vol`), nor is its content
+            told created again by `retry_unreadable`. The group's lock held."""
+            if self._unreadable and node is not None and node.parent is not None:
+                self._clear_unreadable((id(node.parent), node.name))
+
+        def _remove_node_and_watches(self, node: DirNode, path: bytes) -> list[bytes]:
+            """watchdog's (the node of a directory moved out of the watch, renamed to a name
+            no watch needs, or replaced, taken out of the tree with those below it), and
+            the directories kept unreadable in any of them kept no more: no path leads to
+            them, nor will an event of this group."""
+            if self._unreadable_in and node is not self._root:
+                stack = [node]
+                while stack:
+                    curr = stack.pop()
+                    for name in list(self._unreadable_in.get(id(curr), ())):
+                        self._clear_unreadable((id(curr), name))
+                    stack.extend(curr.children.values())
+            return super()._remove_node_and_watches(node, path)
 
         def _unreadable_keys(self, wd: int, name: bytes) -> list[tuple[int, bytes]]:
             """The directories kept unreadable that a change of the attributes of `name` in
@@ -458,9 +504,14 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             node = self._nodes_by_wd.get(wd)
             if node is None:
                 return []
-            own, inner = ((id(node), name), node.children.get(name)) if name else (None, node)
-            inside = id(inner) if inner is not None else None
-            return [k for k in self._unreadable if k == own or k[0] == inside]
+            kept = self._unreadable_in
+            if not name:
+                return [(id(node), n) for n in kept.get(id(node), ())]
+            keys = [(id(node), name)] if name in kept.get(id(node), ()) else []
+            inner = node.children.get(name)
+            if inner is not None and id(inner) in kept:
+                keys += [(id(inner), n) for n in kept[id(inner)]]
+            return keys
 
         def _unreadable_event(self, event: Any) -> bool:
             """A directory event while directories are kept unreadable. An IN_ATTRIB that
@@ -477,7 +528,8 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                     src = self._build_event_source_path(event) if keys else None
                     if src is None:
                         return False
-                    placed = [p for k in keys if (p := self._watch_unreadable(k)) is not None]
+                    placed = [p for k in keys if k in self._unreadable
+                              and (p := self._watch_unreadable(k)) is not None]
                     if not placed:
                         return False
                     self._move_event_grouper.put_event(PathedInotifyEvent(event, src))
@@ -501,13 +553,13 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                 is_dir = path is not None and stat_mod.S_ISDIR(os.lstat(path).st_mode)
             except OSError:
                 is_dir = False
-            if path is None or not is_dir or skip(path):
-                self._clear_unreadable(key)
-                return None
+            if path is None or not is_dir or skip(path) or self._watched(path):
+                self._clear_unreadable(key)  # (watched already: who placed it told what
+                return None  # it holds)
             self._add_all_callbacks(path)  # (refused again: kept, not reported again)
             if not self._watched(path):
                 return None
-            self._clear_unreadable(key)
+            self._clear_unreadable(key)  # (`_placed_for` did, unless its node was there)
             return path
 
         def _simulate(self, placed: list[bytes]) -> None:
@@ -536,15 +588,22 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
         def on_queue_overflow(self) -> None:
             report("overflow", os.fsdecode(self.path))
             with self._lock:  # (its watches are placed anew: those refused, reported again)
-                for key in list(self._unreadable):
-                    self._clear_unreadable(key)
+                self._clear_all_unreadable()
             super().on_queue_overflow()
 
         def deactivate(self) -> None:
             super().deactivate()
             with self._lock:  # (a root no longer observed: nothing of it is kept)
-                for key in list(self._unreadable):
-                    self._clear_unreadable(key)
+                self._clear_all_unreadable()
+
+        def _clear_all_unreadable(self) -> None:
+            """Nothing is kept unreadable any more: each path reported cleared once."""
+            shown = list(self._unreadable_shown)
+            self._unreadable.clear()
+            self._unreadable_in.clear()
+            self._unreadable_shown.clear()
+            for path in shown:
+                report("unreadable_cleared", path)
 
         def prefix_of(self, wd: int) -> str | None:
             """The path of the directory `wd` watches, and "/" (the group's lock held), or
@@ -655,12 +714,14 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
                 return True
             met = self._nodes_by_wd.get(new_wd)
             if met is not None:
-                if met is not self._root:
-                    self._rehang(met, bpath)
+                if met is not self._root and self._rehang(met, bpath):
+                    self._placed_for(met)
                 return False
             node = DirNode(name=name, wd=new_wd, parent=parent)
             parent.children[name] = node
             self._nodes_by_wd[new_wd] = node
+            if self._unreadable:
+                self._placed_for(node)
             try:
                 with os.scandir(bpath) as it:
                     entries = list(islice(it, budget[0] + 1))
@@ -744,6 +805,8 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
 
         def _add_callback(self, path: bytes) -> None:
             if NODE_TREE and self._watched(path):
+                if self._unreadable:
+                    self._placed_for(self._find_node_by_path(path))
                 return  # (watchdog 7.1.1 places no second watch either)
             wd = self._place(path)
             if wd is None:
@@ -751,9 +814,13 @@ def guarded_emitter(report: Report, wanted: Wanted | None = None,
             if NODE_TREE:
                 old = self._nodes_by_wd.get(wd)
                 if old is not None and old is not self._root and self._rehang(old, path):
+                    self._placed_for(old)
                     return
-                if self._insert_node(path, wd) is None:  # not under the root (it says so)
+                node = self._insert_node(path, wd)
+                if node is None:  # not under the root (it says so)
                     self._inotify_fd.remove_callbacks([(wd, self._id)])
+                else:
+                    self._placed_for(node)
             else:
                 self._active_callbacks_by_path[path] = wd
                 self._active_callbacks_by_watch[wd] = path
