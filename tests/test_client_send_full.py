@@ -38,10 +38,7 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.timeout(90)
 
 ACTOR = "fake"
-# A call's deadline, twice its attempt's wait: an idempotent call's first attempt times out
-# and is resent (as an unsent request, it too waits for room) before the deadline ends it.
-TIMEOUT = 1.0
-ATTEMPT = TIMEOUT / 2
+TIMEOUT = 2.0
 FILL_IDS = 1 << 40  # far above the ids a client's calls take (1, 2, ...)
 # The breaker is not this test's: its calls time out on purpose, and an open breaker would
 # refuse the calls that show the client works again (`circuit_open`) for its cooldown.
@@ -91,7 +88,7 @@ def names(results: list[Any]) -> list[str]:
 def test_a_call_and_a_pipeline_end_at_their_deadlines_while_the_queue_is_full(
         runtime_dir, spawn_actor):
     actor = spawn_actor()
-    with Client(runtime_dir, attempt_timeout=ATTEMPT, **OPTIONS) as c:
+    with Client(runtime_dir, **OPTIONS) as c:
         c.learn_ops(ACTOR)  # (connected, and its ops known: nothing of that waits below)
         with stopped(actor.pid):
             fill(c._conns[ACTOR].sock)
@@ -149,7 +146,7 @@ def test_asyncio_calls_end_at_their_deadlines_while_the_queue_is_full(
     actor = spawn_actor()
 
     async def main() -> None:
-        async with AsyncClient(runtime_dir, attempt_timeout=ATTEMPT, **OPTIONS) as c:
+        async with AsyncClient(runtime_dir, **OPTIONS) as c:
             await c.learn_ops(ACTOR)
             with stopped(actor.pid):
                 fill(c._conns[ACTOR].sock)
