@@ -23,6 +23,8 @@ ZSH = pytest.mark.skipif(shutil.which("zsh") is None,
                          reason="zsh is not installed (.ci/run installs it)")
 RC = {"bash": ".bashrc", "zsh": ".zshrc"}
 PROMPT = {"bash": "PS1='$ '\n", "zsh": "PS1='%# '\n"}
+UNBIND = {"bash": "PROMPT_COMMAND=\"bind -r '\\e[\\C-?'\"\n",
+          "zsh": "precmd() { bindkey -r '\\e[^?'; }\n"}
 SHELLS = ["bash", pytest.param("zsh", marks=ZSH)]
 
 
@@ -102,7 +104,7 @@ def test_a_bash_line_whose_history_expansion_fails_is_answered_at_once_and_nothi
     exec is answered so (exit_code nil, trusted, the shell's message), where it waited for
     integration_detect_ms and the session lost its integration for good (every command
     after it 5 s and no exit code)."""
-    sh = start("bash")
+    sh = start("bash", UNBIND["bash"])
     r = sh.exec('echo "fix!important"')
     assert (r["exit_code"], r["trusted"], r["mode"]) == (None, True, "integration"), r
     assert r["output"].endswith("!important: event not found"), r
@@ -120,7 +122,7 @@ def test_a_line_put_back_for_editing_is_not_run_and_the_next_command_is_not_adde
     run, with histreedit (bash) the line whose expansion failed: nothing ran, and the line
     the shell holds is cancelled before the next command, which would have been added to it
     (bash ran `echo echo firsttouch ...`: the touch never ran)."""
-    sh = start(shell, rc)
+    sh = start(shell, rc + UNBIND[shell])
     assert sh.exec("echo first")["output"] == "first"
     r = sh.exec(command)
     assert (r["exit_code"], r["trusted"], r["mode"]) == (None, True, "integration"), r
@@ -145,19 +147,32 @@ def test_zsh_spelling_correction_is_answered_no_and_the_command_runs_as_given(st
     codes_after(sh)
 
 
-@pytest.mark.parametrize("shell, rc, typed, shows", [
-    pytest.param("zsh", "setopt CORRECT\n", "ecoh by-hand\r", b"[nyae]? ", marks=ZSH),
-    ("bash", "", "echo 'open\r", b"\x1b]133;A;k=s;"),
+@pytest.mark.parametrize("shell, rc, typed, shows, end, ran", [
+    pytest.param("zsh", "setopt CORRECT\n", "ecoh by-hand\r", b"[nyae]? ", "n",
+                 b"command not found: ecoh", marks=ZSH),
+    ("bash", "", "echo 'open\r", b"\x1b]133;A;k=s;", "shut'\r", b"open\r\nshut\r\n"),
 ])
-def test_a_question_or_line_of_the_shells_own_is_cancelled_before_a_command_goes(
-        start, shell, rc, typed, shows):
+def test_a_question_or_line_of_the_shells_own_is_left_to_whoever_typed_it(
+        start, shell, rc, typed, shows, end, ran):
     """Someone at the terminal left the shell at a question (a spelling correction) or in
     the middle of a quoted line: the command does not go into it (its first letter answered
-    the question; it was read into the quote). The shell is interrupted (^C) and the
-    command goes at the prompt that brings; nothing of the line typed by hand runs."""
+    the question; it was read into the quote), nor is that line cancelled (it is theirs):
+    term.exec is refused `session_busy`, nothing sent, until they end it; the command then
+    runs alone."""
     sh = start(shell, rc)
     sh.write(typed)
     wait_for(lambda: sh.shown(shows), "the shell waiting on the line typed by hand")
+    err = sh.refused("echo after-$((6*7))")
+    assert err.name == "session_busy" and "typed" in err.error.message, err
+    sh.write(end)
+
+    def prompt_after_it() -> bool:
+        reply = sh.tree.client.request("terminal", "term.scrollback", {"session": sh.sid})
+        data = bytes(reply.attachments[0])
+        at = data.rfind(ran)
+        return at >= 0 and b"\x1b]633;B;" in data[at:]
+
+    wait_for(prompt_after_it, "the line typed by hand run as its typist ended it")
     r = sh.exec("echo after-$((6*7))")
     assert (r["exit_code"], r["output"], r["trusted"]) == (0, "after-42", True), r
     codes_after(sh)
@@ -174,7 +189,8 @@ def test_a_session_without_its_integration_gets_it_back_at_the_next_commands_own
     the ones after it have their exit codes: before, its C and D were ignored, the prompt
     after them waited afresh for a D gone by, and every command after took the detection
     time and had no exit code, for good."""
-    sh = start_quick("bash", "PROMPT_COMMAND=\"bind 'set enable-bracketed-paste off'\"\n")
+    sh = start_quick("bash", "PROMPT_COMMAND=\"bind 'set enable-bracketed-paste off'; "
+                             "bind -r '\\e[\\C-?'\"\n")
     r = sh.exec('echo "fix!important"')
     assert (r["exit_code"], r["mode"], r["trusted"]) == (None, "no_integration", False), r
     assert sh.listed()["mode"] == "no_integration"

@@ -421,6 +421,11 @@ class TerminalActor(Actor):
     def keeper_interrupt(self, s: Session) -> None:
         self.keeper.interrupt(s)
 
+    def keeper_drop_input(self, s: Session) -> None:
+        """Drop the input the keeper holds for `s` and what its shell side has not read,
+        writing nothing (no ^C: no signal)."""
+        self.keeper.input(s, b"", lambda _r, _err: None, drop=True)
+
     def keeper_signal(self, s: Session, sig: str, to: str) -> None:
         self.keeper.signal(s, sig, to)
 
@@ -693,7 +698,11 @@ class TerminalActor(Actor):
             s = self.session(session)
             s.last_use = time.monotonic()
 
+            answered = s.note_typed() if raw else None
+
             def done(_r: dict | None, err: WireError | None) -> None:
+                if answered is not None:
+                    answered()
                 call.fail(err) if err is not None else call.reply({"queued": len(raw)})
 
             self.keeper.input(s, raw, done, deadline=answer_by(call))

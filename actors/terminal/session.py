@@ -19,8 +19,10 @@ holds the session for good). Only this session's shell is slowed down by it.
 How a command completes, by the session's mode (seed 2.1: the fallback chain):
   integration     the command is sent once the last trusted marker is the prompt's B (the
                   shell reads a new command line: not a question, a line of its own, a prompt
-                  still being drawn), as one bracketed paste when it has more than one line,
-                  a control character or over PASTE_FROM bytes; the exec completes on the
+                  still being drawn; and no input typed with term.write since waits there: it
+                  is refused `session_busy` then, the line left as typed, until a B after a
+                  line was let go), as one bracketed paste when it has more than one line, a
+                  control character or over PASTE_FROM bytes; the exec completes on the
                   first trusted D after it, with D's exit code, the text between C and D, and
                   the cwd of the P;Cwd before D. Markers without the session's nonce are
                   ignored: program output cannot end a command. A trusted prompt after it
@@ -108,6 +110,17 @@ QUESTION = ("k", "q")
 # (a 20 KB line typed takes zsh 3 s, pasted 60 ms), and a command typed more slowly than its
 # timeout was cut in two by the SIGINT, its tail then run as a command of its own.
 PASTE_FROM = 1024
+# Sent before a command with the integration, which binds it (bash.sh, moorage.zsh) to turn
+# history expansion off for the line that follows: the command runs as it was sent (`echo
+# "fix!x"` ran a line of the user's history), while a line typed with term.write expands as
+# the user's shell has it. A line editor without the binding drops all three keys. Not sent
+# for a command of letters, digits, blanks and the shell's own punctuation only (NO_HISTORY_
+# CHARACTER): a history character (`!`, a first `^`, or one of the user's choosing) is one
+# that has no other use on a command line, or every use of it would be expanded. bash draws
+# its prompt again after the binding's function, output that costs the command some 100 µs
+# more on its way through the terminal.
+VERBATIM = b"\x1b[\x7f"
+NO_HISTORY_CHARACTER = re.compile(rb"[\w\s./,:=+\-\"'$|&;()<>*?\[\]{}~`#]*")
 
 
 class HostLoop(Timers, Protocol):
@@ -135,6 +148,7 @@ class SessionHost(Protocol):
                      refused: Callable[[WireError], None]) -> bool: ...
     def keeper_signal(self, s: Session, sig: str, to: str) -> None: ...
     def keeper_interrupt(self, s: Session) -> None: ...
+    def keeper_drop_input(self, s: Session) -> None: ...
     def keeper_meta(self, s: Session) -> None: ...
     def when_keeper(self, fn: Callable[[bool], None]) -> None: ...
     def acks_ready(self) -> None: ...
@@ -291,6 +305,14 @@ class Session:
         # looked at every quiet_s while it runs (_watch_typed)
         self.editing_since: float | None = None
         self._typed_timer: Any = None
+        # Input typed with term.write since the last prompt that took it: the output offset
+        # when it was written (None: none). With the integration no command goes while it is
+        # set: it would be added to a line the shell holds, or typed into what that input
+        # started. Cleared by a trusted B drawn after a line was let go since (its D, or the
+        # line editor's LINE_TAKEN: not a prompt drawn again), with none of it left unread.
+        self.typed_at: int | None = None
+        self.typed_ended = False  # a trusted D came since typed_at
+        self.typed_writes = 0  # term.write input the keeper has not answered for yet
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
         self._via = "local"  # the parser whose markers are being applied
         self._records: list[dict[str, Any]] = []  # term.cmd records, published after a batch
@@ -416,6 +438,8 @@ class Session:
                 self._on_prompt()
             elif isinstance(ev, PromptEnd):
                 self.shell_at = "prompt"
+                if self.typed_at is not None and not replay:
+                    self._typed_prompt(ev.start)
                 self._on_prompt()
             elif isinstance(ev, CommandLine):
                 self.command_line = ev.command
@@ -430,6 +454,8 @@ class Session:
                 self.shell_at = "finished"
                 self.answer_by = None
                 self.cancel_pending = False
+                if self.typed_at is not None and ev.start >= self.typed_at:
+                    self.typed_ended = True
                 self._on_finished(ev.start, ev.exit_code, replay)
                 if self.mode == "no_integration" and not replay:
                     self._integration_back()
@@ -510,7 +536,8 @@ class Session:
         """The shell read the command and drew its next prompt without running it and
         without the D that says so (bash, when history expansion fails: `echo "fix!x"`, event
         not found; with histverify or histreedit, the line put back for editing; bash runs
-        no PROMPT_COMMAND then). Answered now as the D without an exit code answers: nothing
+        no PROMPT_COMMAND then; a command is expanded only where its line editor lost the
+        VERBATIM binding). Answered now as the D without an exit code answers: nothing
         ran, `exit_code` None, the shell's message as the output; the integration stays.
         Waiting for a D there would have dropped the session to no_integration after
         integration_detect_ms. The line the shell may hold again is cancelled (^C) before
@@ -570,6 +597,35 @@ class Session:
             self.state = "prompt"
         self._release_prompt_waiters()
 
+    def note_typed(self) -> Callable[[], None]:
+        """Input typed with term.write is on its way to the shell: with the integration, no
+        command of term.exec goes until a prompt has taken it (`_typed_prompt`). Returns
+        what to call once the keeper has answered for it (written, or queued, or refused)."""
+        self.typed_at = self.offset
+        self.typed_ended = False
+        self.typed_writes += 1
+
+        def answered() -> None:
+            self.typed_writes = max(0, self.typed_writes - 1)
+
+        return answered
+
+    def _typed_prompt(self, at: int) -> None:
+        """A trusted B at `at` with input typed since the last one that took it: this one
+        has if a line was let go after that input was typed (a D, or the line editor's
+        LINE_TAKEN; a prompt drawn again, as on a resize, still holds the line) and none of
+        it is still on its way to the keeper or unread by the shell (read after this B, it
+        would be this prompt's line)."""
+        typed = self.typed_at
+        if typed is None or at < typed:
+            return
+        if not self.typed_ended and LINE_TAKEN not in self.scroll.get(typed, at):
+            return
+        if self.typed_writes or unread_input(self.master):
+            return
+        self.typed_at = None
+        self.typed_ended = False
+
     def _exec_at(self, at: int) -> Exec | None:
         """The exec a marker at `at` belongs to: none if it came before the command was
         sent (the parser actor's markers can arrive after the next command went out), nor
@@ -618,6 +674,14 @@ class Session:
             self.state = "prompt"
         self.command_start = None
         ex = self._exec_at(at)
+        if ex is not None and ex.marked and ex.out_start is None and ex.command and \
+                not replay and self.ring is not None and self.scroll.base <= ex.sent_off \
+                and b"\n" not in self.scroll.get(ex.sent_off, at):
+            # Not the command's: the shell has not read its line (a line editor that takes
+            # one ends it, but an empty one with readline's erase-empty-line). bash draws its
+            # prompt again after VERBATIM's function, and a D that PS1 gave is drawn with it
+            # (the previous command's, once PROMPT_COMMAND was set again while it ran).
+            ex = None
         if not replay and start is not None:
             command = self.command_line or (ex.command if ex is not None else None)
             self._records.append({
@@ -718,9 +782,20 @@ class Session:
         of its own) or one typed with term.write? term.exec refuses the session then
         (`busy_reason`), and term.list says so: an editor that took `busy` false would send
         its next command into that program. False again at the command's D (it ended, or was
-        interrupted), or once the session goes on without the integration."""
-        return self.exec is not None or (self.state == "running" and
-                                         self.mode == "integration")
+        interrupted). Without the integration (no markers say where a command ends): while
+        the shell is not the terminal's foreground process group (a program it started holds
+        the terminal: vim, less, one a command left running past its quiet spell)."""
+        if self.exec is not None:
+            return True
+        if self.mode == "integration":
+            return self.state == "running"
+        return self._program_holds()
+
+    def _program_holds(self) -> bool:
+        """Is a program the shell started the terminal's foreground process group (so a
+        command typed would be keys to it)? Not known (no master here, the shell gone):
+        no."""
+        return self.exited is None and shell_in_foreground(self.master, self.pid) is False
 
     def busy_reason(self) -> str | None:
         if self.exited is not None:
@@ -728,9 +803,15 @@ class Session:
         if self.exec is not None:
             return "a command is running (term.exec)"
         if self.busy:
-            return "a command is running"
+            return "a command is running" if self.mode == "integration" else (
+                "a program holds the terminal (the shell is not its foreground process "
+                "group): a command would be typed into it")
         if self.state == "starting":
             return "the shell is starting"
+        if self.typed_at is not None and self.mode == "integration":
+            return ("input was typed at the prompt (term.write) that the shell has not taken "
+                    "as a line yet: a command would be added to it; it goes once a prompt "
+                    "comes after that line")
         return None
 
     def start_exec(self, call: Call, command: str, timeout_s: float) -> None:
@@ -765,8 +846,11 @@ class Session:
 
     def _at_prompt(self) -> bool:
         """Is the shell reading a new command line, by its last trusted marker (B, and no
-        ^C of ours on its way)? Not known before any marker: then yes, as it always was."""
-        return self.shell_at in ("prompt", None) and not self.cancel_pending
+        ^C of ours on its way, and no input typed since that the shell has not taken: the
+        command would be added to it)? Not known before any marker: then yes, as it always
+        was."""
+        return self.shell_at in ("prompt", None) and not self.cancel_pending and \
+            self.typed_at is None
 
     def _try_send(self, ex: Exec) -> None:
         """Send held `ex` if the shell is at its prompt, by every marker in the output so
@@ -774,27 +858,32 @@ class Session:
         other time it would answer a question, be added to a line the shell holds, or be
         read before the prompt is drawn (and any prompt after it would look like the shell
         gone back without running it): it waits for the next B, a question or a line of the
-        shell's own cancelled first (^C)."""
+        shell's own cancelled first (^C); one left by input typed (term.write) is the
+        user's, never cancelled."""
         def decide() -> None:
             if ex is not self.exec or ex.done or not ex.held:
                 return
             if self._at_prompt():
                 ex.held = False
                 self._dispatch(ex, True)
-            elif self.shell_at in ("more", "question") and not self.cancel_pending:
+            elif self.shell_at in ("more", "question") and not self.cancel_pending and \
+                    self.typed_at is None:
                 self._cancel_line()
 
         self.hop.when_parsed(self.offset, decide)
 
     def _dispatch(self, ex: Exec, marked: bool) -> None:
         """Send `ex`'s command: a bracketed paste (marked, and it has more than one line, a
-        control character, or over PASTE_FROM bytes), else typed, and Enter."""
+        control character, or over PASTE_FROM bytes), else typed, and Enter; marked, after
+        VERBATIM when it may hold a history character (no history expansion)."""
         data = ex.command.encode()
         pasted = marked and (len(data) > PASTE_FROM or CONTROL.search(data) is not None)
         if pasted:
             payload = PASTE_START + data.replace(b"\r\n", b"\n") + PASTE_END + b"\r"
         else:
             payload = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r") + b"\r"
+        if marked and NO_HISTORY_CHARACTER.fullmatch(data) is None:
+            payload = VERBATIM + payload
         # (marked: its input is one line, or one paste, which the shell reads whole)
         ex.whole = marked
         now = time.monotonic()
@@ -1011,11 +1100,25 @@ class Session:
                      "question": "it asks a question",
                      "running": "a command of its own runs"}.get(str(self.shell_at),
                                                                  "its prompt is not drawn")
+            if self.typed_at is not None and self.shell_at == "prompt":
+                where = "input typed at its prompt is not taken yet"
             self._fail(WireError.of(
                 "timeout", f"{ex.command[:80]!r} could not be sent within its timeout: the "
                 f"shell did not come back to its prompt ({where}); it was not sent",
                 detail={"output": "", "mode": ex.mode, "signalled": None}),
                 ran=False, cache=False)
+            return
+        if ex.marked and ex.out_start is None and self._program_holds() and \
+                LINE_TAKEN not in self.scroll.get(ex.sent_off, self.offset):
+            # Never read by the shell: a program holds the terminal (no C of the command,
+            # and no line let go since it was sent). The signal would be the program's, not
+            # the command's; what waits unread of it is dropped, not read later as a command.
+            self.host.keeper_drop_input(self)
+            self._fail(WireError.of(
+                "timeout", f"{ex.command[:80]!r} had not started by its timeout: a program "
+                "holds the terminal, and the shell never read it; nothing was signalled, and "
+                "what the program had not read of it was dropped",
+                detail={"output": "", "mode": ex.mode, "signalled": None}))
             return
         if ex.marked and ex.out_start is None and unread_input(self.master) != 0:
             # Not started: its input still waits, whole or in part (the shell not reading
@@ -1261,6 +1364,7 @@ class Session:
     def set_mode(self, mode: str) -> None:
         if mode != "integration":
             self.cancel_pending = False  # (no prompt is waited for without the markers)
+            self.typed_at = None  # (nor one to take typed input: `busy` looks at the shell)
         if mode != self.mode:
             self.mode = mode
             self.meta["mode"] = mode

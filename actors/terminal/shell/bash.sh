@@ -29,6 +29,11 @@
 # builtin's lookup, `$_`), so the DEBUG trap's test is in the trap itself, a plain command
 # line is sent as it is, the prompt hook is one function, and assignments that go together
 # are one command.
+# The terminal actor sends ESC [ DEL before a command of term.exec that may hold a history
+# character: bound here (__moorage_verbatim) to turn history expansion off for the line that
+# follows, so that the
+# command runs as it was sent (`echo "fix!x"` ran a command of the history list); the
+# user's setting is back at the next prompt, for the lines a person types.
 
 if [ -n "${__moorage_loaded-}" ]; then builtin return; fi
 __moorage_loaded=1
@@ -59,6 +64,7 @@ __moorage_state=start
 __moorage_running=0  # set to 1 by PS0 when a command line has been read
 __moorage_e_sent=0
 __moorage_pc_ro=""  # set once PROMPT_COMMAND is found readonly: never taken over
+__moorage_hx=""  # 1: histexpand turned off for a command of term.exec, on again at the prompt
 __moorage_cm=($'\e]633;C;'"$__moorage_nonce"$'\a' "")
 __moorage_ps0='${__moorage_cm[__moorage_running]-}${__moorage_nil[__moorage_running=1]-}'
 # The D of a command that ours did not end (a PROMPT_COMMAND set again while it ran, which
@@ -108,6 +114,7 @@ __moorage_precmd() {
     # that `$?` too, and our markers put back if a theme rebuilt the prompt. With
     # bash-preexec this is one of its precmd functions (it gives them `$?`).
     builtin local status="$?" __moorage_c
+    [[ -z $__moorage_hx ]] || { builtin set -H; __moorage_hx=""; }
     if [[ $PWD != "${__moorage_pwd-}" ]]; then
         __moorage_escape "$PWD"
         __moorage_pwd="$PWD" __moorage_pwd_esc="$__moorage_esc"
@@ -289,8 +296,28 @@ __moorage_preexec() {
     builtin printf '\e]633;E;%s;%s\a' "$__moorage_esc" "$__moorage_nonce"
 }
 
+__moorage_verbatim() {
+    # ESC [ DEL, which the terminal actor sends before a command of term.exec: that line is
+    # read without history expansion (bash makes it when it takes the line, after this), so
+    # `!` and a first `^` are text, as in a script. Turned on again by __moorage_precmd when
+    # the user had it on. (Its caller passes `$_`, which it leaves as it was; `$?` stays.)
+    [[ $- != *H* ]] || { builtin set +H; __moorage_hx=1; }
+}
+# (in each keymap a prompt may start in; ESC [ then a key no terminal sends after it: where
+# the binding is gone, readline drops all three with a beep)
+for __moorage_t in emacs vi-insert vi-command; do
+    builtin bind -m "$__moorage_t" -x '"\e[\C-?": __moorage_verbatim "$_"' 2>/dev/null || :
+done
+builtin unset __moorage_t
+
 if [[ -n "${bash_preexec_imported-}${__bp_imported-}" ]]; then
     # bash-preexec owns PROMPT_COMMAND and the DEBUG trap.
+    __moorage_verbatim() {
+        [[ $- != *H* ]] || { builtin set +H; __moorage_hx=1; }
+        # (bash-preexec before 0.5.1 runs its preexec functions for a `bind -x` command, as
+        # for a command line, and the line after it then gets none, no E: its mode back)
+        __bp_preexec_interactive_mode=on
+    }
     __moorage_wrap_bp() { __moorage_wrap_ps1; }
     __moorage_preexec_bp() {
         if [[ $__moorage_running$__moorage_e_sent == 10 && -z ${COMP_LINE-} ]]; then

@@ -10,6 +10,7 @@ if [[ -z $__moorage_nonce ]]; then
   return 0
 fi
 typeset -g __moorage_state=start  # start, prompt (reading a command), running (after C)
+typeset -g __moorage_hc=""  # x and the user's histchars while a command of term.exec has them
 
 __moorage_escape() {
   if [[ $1 != *[\\\;$'\001'-$'\037']* ]]; then
@@ -33,6 +34,10 @@ __moorage_escape() {
 
 __moorage_precmd() {
   local ret=$?
+  if [[ -n $__moorage_hc ]]; then
+    histchars=${__moorage_hc#x}
+    __moorage_hc=
+  fi
   if [[ $PWD != ${__moorage_pwd-} ]]; then
     __moorage_escape "$PWD"
     typeset -g __moorage_pwd=$PWD __moorage_pwd_esc=$__moorage_esc
@@ -55,6 +60,18 @@ __moorage_preexec() {
   builtin printf '\e]633;E;%s;%s\a\e]633;C;%s\a' \
     "$__moorage_esc" "$__moorage_nonce" "$__moorage_nonce"
   __moorage_state=running
+}
+
+__moorage_verbatim() {
+  # A widget on ESC [ DEL, which the terminal actor sends before a command of term.exec: that
+  # line is read without history expansion, so `!` and a first `^` are text, as in a script.
+  # zsh expands as it reads the line after the editor, by histchars' first two (BANG_HIST is
+  # read before the prompt, too early), which are NUL until the next prompt (__moorage_precmd
+  # puts the user's back); the third, the comment character, stays.
+  if [[ -z $__moorage_hc ]]; then
+    typeset -g __moorage_hc=x$histchars
+  fi
+  histchars=$'\0\0'${${__moorage_hc#x}:2:1}
 }
 
 __moorage_hooks_first() {
@@ -103,6 +120,12 @@ __moorage_wrap_prompt() {
 # with no hooks has no such arrays, which NO_UNSET would not let us read (the empty word the
 # `-` gives is dropped, unquoted)
 precmd_functions=(__moorage_precmd ${precmd_functions[@]-} __moorage_wrap_prompt)
+# (in each keymap a prompt may start in; ESC [ then a key no terminal sends after it: where
+# the binding is gone, zle drops all three)
+zle -N __moorage_verbatim
+bindkey -M emacs $'\e[\x7f' __moorage_verbatim
+bindkey -M viins $'\e[\x7f' __moorage_verbatim
+bindkey -M vicmd $'\e[\x7f' __moorage_verbatim
 typeset -g __moorage_nhooks=0
 preexec_functions=(__moorage_preexec ${preexec_functions[@]-})
 __moorage_wrap_prompt
