@@ -701,8 +701,8 @@ class TerminalActor(Actor):
             answered = s.note_typed() if raw else None
 
             def done(_r: dict | None, err: WireError | None) -> None:
-                if answered is not None:
-                    answered()
+                if answered is not None:  # (outcome_unknown: it may have reached the shell)
+                    answered(err is None or err.name == "outcome_unknown")
                 call.fail(err) if err is not None else call.reply({"queued": len(raw)})
 
             self.keeper.input(s, raw, done, deadline=answer_by(call))

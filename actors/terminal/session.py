@@ -313,6 +313,7 @@ class Session:
         self.typed_at: int | None = None
         self.typed_ended = False  # a trusted D came since typed_at
         self.typed_writes = 0  # term.write input the keeper has not answered for yet
+        self._typed_notes = 0  # term.writes noted so far (note_typed: which is the last)
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
         self._via = "local"  # the parser whose markers are being applied
         self._records: list[dict[str, Any]] = []  # term.cmd records, published after a batch
@@ -597,16 +598,23 @@ class Session:
             self.state = "prompt"
         self._release_prompt_waiters()
 
-    def note_typed(self) -> Callable[[], None]:
+    def note_typed(self) -> Callable[[bool], None]:
         """Input typed with term.write is on its way to the shell: with the integration, no
         command of term.exec goes until a prompt has taken it (`_typed_prompt`). Returns
-        what to call once the keeper has answered for it (written, or queued, or refused)."""
-        self.typed_at = self.offset
+        what to call once the keeper has answered for it: `written` False when it never
+        reached the shell (refused, or no keeper came back for it), which, if no other input
+        was typed since, lets the mark go (nothing of it waits for a prompt to take it)."""
+        self.typed_at = at = self.offset
         self.typed_ended = False
         self.typed_writes += 1
+        self._typed_notes += 1
+        note = self._typed_notes
 
-        def answered() -> None:
+        def answered(written: bool) -> None:
             self.typed_writes = max(0, self.typed_writes - 1)
+            if not written and note == self._typed_notes and self.typed_at == at:
+                self.typed_at = None
+                self.typed_ended = False
 
         return answered
 
