@@ -200,5 +200,8 @@ def test_without_the_integration_a_program_in_the_foreground_makes_the_session_b
     s.call("term.write", {"data": "hello\r\x04"})
     wait_for(lambda: not s.listed()["busy"], "cat ended, the session free")
     r = s.exec("echo MARK")
-    assert (r["output"], r["mode"], r["exit_code"]) == ("MARK", "no_integration", None), r
+    # (without the integration a command's output is a guess, by silence: what cat's end and
+    # the prompt after it drew may still come before it on a loaded machine)
+    assert (r["output"].splitlines()[-1:], r["mode"], r["exit_code"]) == (
+        ["MARK"], "no_integration", None), r
     assert target.read_bytes() == b"hello\n"
