@@ -427,3 +427,15 @@ class ListedSession:
     def shown(self, text: bytes) -> bool:
         r = self.client.request("terminal", "term.scrollback", {"session": self.sid})
         return text in r.attachments[0]
+
+
+def integrated_session(tree: Any, tmp_path: Path, shell: str) -> ListedSession:
+    """A new session of `shell` on `tree`, its integration marking and its first prompt drawn."""
+    c = tree.client
+    sid = c.call("terminal", "term.create", {"shell": shell,
+                                             "env": env_for(make_home(tmp_path))},
+                 timeout=30)["session"]
+    s = ListedSession(c, sid)
+    wait_for(lambda: s.where() == ("prompt", False, "integration"),
+             "the session's integration and its first prompt")
+    return s

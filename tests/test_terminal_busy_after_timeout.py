@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.terminal_support import ListedSession, env_for, make_home, terminal_tree
+from tests.terminal_support import ListedSession, integrated_session, terminal_tree
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -70,14 +70,7 @@ def test_a_program_left_running_by_a_timed_out_exec_keeps_the_session_busy_to_th
     integration, and a second term.exec is refused `session_busy` (nothing of it reaches
     cat); once cat ends (at EOF, or killed by a signal) and the shell's prompt is back, the
     session is listed free and runs the next command with its exit code."""
-    tree = make_tree(TREE).start()
-    c = tree.client
-    sid = c.call("terminal", "term.create", {"shell": shell,
-                                             "env": env_for(make_home(tmp_path))},
-                 timeout=30)["session"]
-    s = ListedSession(c, sid)
-    wait_for(lambda: s.where() == ("prompt", False, "integration"),
-             "the session's integration and its first prompt")
+    s = integrated_session(make_tree(TREE).start(), tmp_path, shell)
     assert s.exec("trap '' INT")["exit_code"] == 0
     for n, end in enumerate((end_by_eof, end_by_signal)):
         outlive_a_timeout(s, f"alive-{n}", end)

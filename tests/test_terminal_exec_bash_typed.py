@@ -10,11 +10,10 @@ Real tree, real bash and zsh."""
 from __future__ import annotations
 
 import shutil
-from typing import Any
 
 import pytest
 
-from tests.terminal_support import ListedSession, env_for, make_home, terminal_tree
+from tests.terminal_support import integrated_session, terminal_tree
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,17 +35,6 @@ LONG = {
     "sleep": {"bash": f"sleep {HELD_SECONDS}", "zsh": f"sleep {HELD_SECONDS}"},
     "read": {"bash": f"read -rsn1 -t {HELD_SECONDS} k", "zsh": f"read -sk1 -t {HELD_SECONDS} k"},
 }
-
-
-def integrated_session(tree: Any, tmp_path: Any, shell: str) -> ListedSession:
-    c = tree.client
-    sid = c.call("terminal", "term.create", {"shell": shell,
-                                             "env": env_for(make_home(tmp_path))},
-                 timeout=30)["session"]
-    s = ListedSession(c, sid)
-    wait_for(lambda: s.where() == ("prompt", False, "integration"),
-             "the session's integration and its first prompt")
-    return s
 
 
 @pytest.mark.parametrize("shell", SHELLS)

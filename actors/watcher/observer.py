@@ -521,29 +521,25 @@ class ObserverManager:
     def refresh(self) -> int:
         """After a watch was added: place the inotify watches it needs that the others'
         excludes had left out (`wanted` changed); returns how many were added."""
-        obs = self.inotify
-        if obs is None or not GUARDED:
-            return 0
-        added = 0
-        for em in list(obs.emitters):
-            group = getattr(em, "_inotify", None)
-            if group is not None and hasattr(group, "add_missing"):
-                added += group.add_missing()
-        return added
+        return self._each_group("add_missing")
 
     def retry_unreadable(self) -> int:
         """Have each inotify group try again to watch the directories it may not read
         (the back-up for a chmod whose IN_ATTRIB was not seen): off the loop, as a
         directory's watches and its read may take long. Returns how many it watched."""
+        return self._each_group("retry_unreadable")
+
+    def _each_group(self, method: str) -> int:
+        """The sum of what `method` of each guarded inotify group answers (0 without one)."""
         obs = self.inotify
         if obs is None or not GUARDED:
             return 0
-        watched = 0
+        total = 0
         for em in list(obs.emitters):
             group = getattr(em, "_inotify", None)
-            if group is not None and hasattr(group, "retry_unreadable"):
-                watched += group.retry_unreadable()
-        return watched
+            if group is not None and hasattr(group, method):
+                total += getattr(group, method)()
+        return total
 
     def unreadable_paths(self) -> list[str]:
         """The directories no watch is placed on for their permissions, sorted."""
