@@ -1,11 +1,12 @@
 //! perf/clients.py's Rust side: sys.ping through this client beside a raw zmq DEALER sending
 //! the same frames to a bare echo, in one process, alternating, so both see the same machine.
-//! Prints one JSON line: {client: {p50, p99, rate}, raw: {p50, p99, rate}} (µs, /s).
+//! Prints one JSON line: {client: {p50, p99, rate}, raw: {p50, p99, rate}, actor_direct: {p50, p99,
+//! raw_p50}} (µs, /s).
 //!
 //!   cargo run --release --example bench -- <runtime dir> <actor> <raw echo endpoint> <n>
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use moorage_client::envelope::encode_request;
 use moorage_client::{Client, Options, Value};
@@ -30,12 +31,16 @@ fn main() {
         raw.send_multipart(frames.iter(), 0).unwrap();
         raw.recv_multipart(0).unwrap();
     };
-    let bare = ctx.socket(zmq::DEALER).unwrap(); // the same frames straight to the actor
+    // The frames a client sends (a new id and a deadline each) straight to the actor.
+    let bare = ctx.socket(zmq::DEALER).unwrap();
     bare.set_linger(0).unwrap();
     bare.connect(&format!("ipc://{}/{actor}.rpc", dir.display())).unwrap();
-    let bare_frames = encode_request(1, "bare-dealer-0123456789", "sys.ping", &[0xc0], None, &[]);
-    let bare_trip = || {
-        bare.send_multipart(bare_frames.iter(), 0).unwrap();
+    let mut bare_id = 0u64;
+    let mut bare_trip = || {
+        bare_id += 1;
+        let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 + 10_000;
+        let frames = encode_request(bare_id, "bare-dealer-0123456789", "sys.ping", &[0xc0], Some(deadline), &[]);
+        bare.send_multipart(frames.iter(), 0).unwrap();
         bare.recv_multipart(0).unwrap();
     };
     let mut client = Client::new(Options { runtime_dir: Some(dir), timeout: 10.0, ..Options::default() }).unwrap();
@@ -53,9 +58,13 @@ fn main() {
         client.call(actor, "sys.ping", Value::Nil).unwrap();
         ours.push(t0.elapsed().as_secs_f64() * 1e6);
     }
-    // The actor's own share, in a block of its own: a third round trip between the two
-    // compared slows whichever comes after it.
+    // The actor's own share, in a block of its own (a third round trip between the two
+    // compared slows whichever comes after it), alternated with the raw echo as the client was.
+    let mut limit_beside = Vec::with_capacity(n);
     for _ in 0..n {
+        let t0 = Instant::now();
+        raw_trip();
+        limit_beside.push(t0.elapsed().as_secs_f64() * 1e6);
         let t0 = Instant::now();
         bare_trip();
         direct.push(t0.elapsed().as_secs_f64() * 1e6);
@@ -84,8 +93,8 @@ fn main() {
         assert!(out.iter().all(Result::is_ok));
     }
     println!(
-        "{{\"client\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"rate\": {:.0}}}, \"raw\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"rate\": {:.0}}}, \"actor_direct\": {{\"p50\": {:.1}, \"p99\": {:.1}}}}}",
+        "{{\"client\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"rate\": {:.0}}}, \"raw\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"rate\": {:.0}}}, \"actor_direct\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"raw_p50\": {:.1}}}}}",
         pct(&mut ours, 50.0), pct(&mut ours, 99.0), rate_client, pct(&mut limit, 50.0), pct(&mut limit, 99.0), rate_raw,
-        pct(&mut direct, 50.0), pct(&mut direct, 99.0)
+        pct(&mut direct, 50.0), pct(&mut direct, 99.0), pct(&mut limit_beside, 50.0)
     );
 }
