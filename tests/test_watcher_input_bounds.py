@@ -276,9 +276,10 @@ def test_a_read_or_stat_of_a_file_named_as_a_directory_is_not_a_directory(make_t
 def test_a_name_followed_by_dotdot_must_be_a_directory(make_tree, data):
     """`f.txt/..` and `f.txt/../g.txt`: the kernel walks `..` from `f.txt` and answers
     ENOTDIR, `none/..` ENOENT; realpath takes the name before `..` away whatever it is, so
-    a read or stat answered the directory holding `f.txt`, and a write of
-    `f.txt/../g.txt` wrote `g.txt`. `sub/..` is the directory it names: a stat of it is
-    that directory's, a read or write of it is_directory."""
+    a read or stat answered the directory holding `f.txt`, a write of `f.txt/../g.txt`
+    wrote `g.txt`, and a list, a watch or a query of `f.txt/..` took the directory holding
+    it. `sub/..` is the directory it names: a stat of it is that directory's, a read or
+    write of it is_directory, a list of it lists it."""
     d = data / "d"
     (d / "sub").mkdir(parents=True)
     f = d / "f.txt"
@@ -295,9 +296,19 @@ def test_a_name_followed_by_dotdot_must_be_a_directory(make_tree, data):
             err = refused(tree, "fs.write", {"path": path, "data": b"new\n",
                                              "atomic": atomic}, "not_a_directory")
             assert err.error.detail["errno"] == "ENOTDIR", (path, atomic)
+    tree.call("watcher", "fs.watch", {"path": str(data)})  # (a query needs a watch)
+    for path in (f"{f}/..", "d/f.txt/..", f"{data}/link/.."):
+        for op in ("fs.list", "fs.watch", "fs.query"):
+            err = refused(tree, op, {"path": path}, "not_a_directory")
+            assert err.error.detail["errno"] == "ENOTDIR", (op, path)
     for op, args in (("fs.read", {}), ("fs.stat", {}), ("fs.write", {"data": b"new\n"})):
         err = refused(tree, op, {"path": f"{d}/none/../g.txt", **args}, "not_found")
         assert err.error.detail["errno"] == "ENOENT", op
+    for op in ("fs.list", "fs.watch", "fs.query"):
+        err = refused(tree, op, {"path": f"{d}/none/.."}, "not_found")
+        assert err.error.detail["errno"] == "ENOENT", op
+    listed = tree.call("watcher", "fs.list", {"path": f"{d}/sub/.."})["entries"]
+    assert sorted(e["name"] for e in listed) == ["f.txt", "g.txt", "sub"]
     assert tree.call("watcher", "fs.stat", {"path": f"{d}/sub/.."})["type"] == "dir"
     assert tree.call("watcher", "fs.stat", {"path": f"{d}/sub/../g.txt"})["size"] == 2
     refused(tree, "fs.read", {"path": f"{d}/sub/.."}, "is_directory")

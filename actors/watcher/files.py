@@ -1064,11 +1064,16 @@ class FileService:
         absolute = self.roots.absolute(path)
         if self._on_slow_fs(absolute):
             def whole() -> dict[str, Any]:
+                refuse_climb_past_non_directory(absolute)
                 listing = self._listing(self.roots.resolve_fast(absolute), recursive, glob)
                 listing.step(None)
                 return listing.answer()
 
             return self._on_remote(path, whole)
+        try:
+            refuse_climb_past_non_directory(absolute)  # (`f.txt/..` is no directory)
+        except OSError as exc:
+            raise os_error(exc, path) from None
         real = self.roots.resolve_fast(absolute)
 
         def attempt() -> Any:

@@ -40,6 +40,7 @@ from moorage.actors.runtime import DEFERRED, Call, op
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.watcher import snapshot
 from moorage.actors.watcher.cookies import Sync
+from moorage.actors.watcher.files import refuse_climb_past_non_directory
 from moorage.actors.watcher.journal import Clock
 from moorage.actors.watcher.mounts import pseudo_refusal
 from moorage.actors.watcher.observer import ObserverManager, Placement
@@ -118,9 +119,11 @@ class WatchOps:
         return DEFERRED
 
     def _checked(self, path: str) -> str:
-        """`path` resolved, and checked to be a directory on a file system inotify sees."""
+        """`path` resolved, and checked to be a directory on a file system inotify sees
+        (`f.txt/..` is none: the resolution made it the directory holding `f.txt`)."""
         real = self.w.roots.resolve_fast(path)
         try:
+            refuse_climb_past_non_directory(self.w.roots.absolute(path))
             if not os.path.isdir(real):
                 os.stat(real)
                 raise NotADirectoryError(20, "Not a directory", real)
