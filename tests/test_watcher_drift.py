@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from moorage.actors.watcher import guarded as guarded_mod
+from moorage.protocol.errors import MoorageError
 from tests.test_fs_list_unreadable import launcher_refused
 from tests.test_watcher import Watcher, start  # noqa: F401  (the fixture)
 from tests.test_watcher_moved_out import assert_told_gone_once_deepest_first, since_answers
@@ -328,6 +329,32 @@ def dirs_back(top: Path) -> None:
 # (no health check in the test's time: only the events keep what it lists true)
 NO_HEALTH = TREE + "health_interval_s = 3600\n"
 
+
+
+def test_a_watch_of_a_directory_it_may_not_read_is_forbidden_until_a_chmod_lets_it(
+        make_tree, data, locked):
+    """fs.watch of `vol` (mode 000) itself answered success, via inotify, and then said
+    nothing of it (its inotify watch refused, a query of it empty): it is `forbidden`
+    (EACCES), as fs.list of it is. Once a chmod lets it be read, the same call places the
+    watch; made unreadable again while watched, the watch goes on and may be held again."""
+    tree = make_tree(TREE.format(data=data))
+    tree.launcher = launcher_refused(locked)
+    tree.start()
+    w = Watcher(tree.proc, tree.client, data)
+    with pytest.raises(MoorageError) as got:
+        w.watch(locked)
+    assert (got.value.error.name, got.value.error.detail["errno"]) == ("forbidden", "EACCES")
+    assert w.call("fs.stats")["watches"] == []
+    os.chmod(locked, 0o755)
+    placed = w.watch(locked)
+    assert (placed["path"], placed["holders"]) == (str(locked), 1)
+    os.chmod(locked, 0)
+    again = w.watch(locked)
+    assert (again["watch"], again["holders"]) == (placed["watch"], 1)  # (one client: held)
+    os.chmod(locked, 0o755)
+    (locked / "new.txt").write_text("n")
+    got_events = {(e["kind"], e["path"]) for e in w.sync() if "path" in e}
+    assert ("created", str(locked / "new.txt")) in got_events
 
 def locked_in(data: Path, names: tuple[str, ...]) -> dict[str, Path]:
     """`data/NAME/vol` for each name, mode 000, holding `d/f.txt`."""

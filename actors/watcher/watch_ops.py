@@ -101,8 +101,9 @@ class WatchOps:
         self._need_watching()
         excl = tuple(exclude or ())
         check_exclude(excl)  # (bounded before the path costs anything, or a pattern compiles)
+        watched = frozenset(w.path for w in self.w.watches)  # (read on the loop only)
         if not self.w.roots.on_slow(self.w.roots.absolute(path)):
-            return self._watch(call, path, self._checked(path), recursive, excl)
+            return self._watch(call, path, self._checked(path, watched), recursive, excl)
 
         def checked(job: Job) -> None:
             if call.answered:
@@ -115,18 +116,27 @@ class WatchOps:
             if got is not DEFERRED:
                 call.reply(got)
 
-        self.w.remote.submit(lambda: self._checked(path), lambda real: real).then(checked)
+        self.w.remote.submit(lambda: self._checked(path, watched), lambda real: real).then(
+            checked)
         return DEFERRED
 
-    def _checked(self, path: str) -> str:
+    def _checked(self, path: str, watched: frozenset[str]) -> str:
         """`path` resolved, and checked to be a directory on a file system inotify sees
-        (`f.txt/..` is none: the resolution made it the directory holding `f.txt`)."""
+        (`f.txt/..` is none: the resolution made it the directory holding `f.txt`), that
+        this process may read: a watch of one it may not would say nothing while it may
+        not (its inotify watch is refused, and what it holds cannot be listed), as fs.list says
+        `forbidden` of it. (A directory below it that it may not read is kept and told
+        when a chmod lets it: the watch of the rest stands; and a watch placed before its
+        mode changed goes on hearing it, and may be held again: `watched`, the paths of
+        the watches.)"""
         real = self.w.roots.resolve_fast(path)
         try:
             refuse_climb_past_non_directory(self.w.roots.absolute(path))
             if not os.path.isdir(real):
                 os.stat(real)
                 raise NotADirectoryError(20, "Not a directory", real)
+            if real not in watched:
+                os.close(os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         except OSError as exc:
             raise os_error(exc, path) from exc
         refusal = pseudo_refusal(real, path)
