@@ -154,6 +154,54 @@ def test_a_line_just_entered_is_not_given_the_exec_nor_its_exit_code(make_tree, 
 
 
 @pytest.mark.parametrize("shell", SHELLS)
+def test_a_line_typed_ahead_while_a_command_runs_holds_the_exec_at_the_next_prompt(
+        make_tree, tmp_path, shell):
+    """`echo ahead-` typed (no Enter) while a command runs that reads nothing from the
+    terminal: the shell takes it at its next prompt, as the start of that prompt's line. The
+    command's D came after the typing, which counted as the line let go: term.exec then ran
+    joined to it (`echo ahead-echo EXEC`). Now the prompt after the command holds it (the
+    integration says input waits for the line editor), term.exec is refused `session_busy`
+    until that line is taken, and then runs alone."""
+    s = session(make_tree(TREE).start(), tmp_path, shell)
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    s.call("term.write", {"data": f"read x < {fifo}; echo user-done\r"})
+    wait_for(lambda: s.where()[:2] == ("running", True), "the user's command running")
+    s.call("term.write", {"data": "echo ahead-"})
+    open_gate(fifo)
+    wait_for(lambda: prompt_after(s, b"user-done\r\n"),
+             "the user's command ended, its prompt back")
+    refused = s.refused("echo EXEC")
+    assert refused.name == "session_busy", refused
+    assert b"EXEC" not in scrollback(s)
+    s.call("term.write", {"data": "\r"})
+    wait_for(lambda: prompt_after(s, OUTPUT + b"ahead-\r\n"),
+             "the line typed ahead run, its prompt back")
+    r = s.exec("echo EXEC")
+    assert (r["output"], r["exit_code"], r["trusted"]) == ("EXEC", 0, True), r
+    assert b"ahead-echo" not in scrollback(s)
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("command", "answer", "said"), [
+    ({"bash": "read -p 'Name? ' x; echo got=$x", "zsh": "read '?Name? ' x; echo got=$x"},
+     "yes\r", "got=yes"),  # a line, read whole
+    ({"bash": "read -rsn1 -p 'Sure? ' k; echo; echo key=$k",
+      "zsh": "read -k1 '?Sure? ' k; echo; echo key=$k"}, "y", "key=y"),  # a key as it comes
+])
+def test_input_a_command_read_leaves_no_line_for_the_next_prompt(
+        make_tree, tmp_path, shell, command, answer, said):
+    """What a running command asked for and read (a line, or a key with the terminal out of
+    canonical mode, as both shells set it before they ask) is not type-ahead: term.exec
+    runs at the next prompt."""
+    s = session(make_tree(TREE).start(), tmp_path, shell)
+    s.call("term.write", {"data": command[shell] + "\r"})
+    wait_for(lambda: scrollback(s).endswith(b"? "), "the command asking")
+    s.call("term.write", {"data": answer})
+    wait_for(lambda: prompt_after(s, said.encode() + b"\r\n"), "the command ended, its prompt")
+    r = s.exec("echo EXEC")
+    assert (r["output"], r["exit_code"], r["trusted"]) == ("EXEC", 0, True), r
+
+@pytest.mark.parametrize("shell", SHELLS)
 def test_a_program_reading_the_terminal_is_not_given_the_exec(make_tree, tmp_path, shell):
     """`cat > file` entered and a term.exec right after it: the exec's line went into the
     file, and its timeout then interrupted cat. Now it is refused (or waits, and runs alone

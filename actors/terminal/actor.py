@@ -698,7 +698,7 @@ class TerminalActor(Actor):
             s = self.session(session)
             s.last_use = time.monotonic()
 
-            answered = s.note_typed() if raw else None
+            answered = s.note_typed(raw) if raw else None
 
             def done(_r: dict | None, err: WireError | None) -> None:
                 if answered is not None:  # (outcome_unknown: it may have reached the shell)

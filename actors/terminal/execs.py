@@ -103,6 +103,48 @@ def line_editing(master: int | None) -> bool | None:
     return not lflag & (termios.ICANON | termios.ECHO)
 
 
+def canonical(master: int | None) -> bool | None:
+    """Is the terminal in canonical mode (the kernel's line editor: a reader gets whole
+    lines), as a shell leaves it for the commands it runs? A program reading keys one at a
+    time (vim, `read -n1`, readline itself) turns it off."""
+    if master is None:
+        return None
+    try:
+        return bool(termios.tcgetattr(master)[3] & termios.ICANON)
+    except (OSError, termios.error):
+        return None
+
+
+# What ends, sends or drops the line the kernel's line editor holds (canonical mode): a line
+# end, ^D (sends what is there), ^C, ^\ and ^Z (their signals flush the input), ^U (kills it)
+_LINE_OVER = frozenset(b"\n\r\x04\x03\x1c\x1a\x15")
+_ERASE = frozenset(b"\x7f\x08")
+
+
+def pending_line(typed: bytes) -> bool:
+    """Does what was typed to a terminal in canonical mode leave a line begun and not ended
+    in the kernel's line editor? No reader gets it until it ends: the shell's line editor
+    takes it at the next prompt, as the start of that prompt's line. (Erase and ^W edit it,
+    one character or word at a time; UTF-8 characters erased whole, as with IUTF8.)"""
+    line = bytearray()
+    for b in typed:
+        if b in _LINE_OVER:
+            line.clear()
+        elif b in _ERASE:
+            while line and 0x80 <= line[-1] < 0xC0:  # (a UTF-8 character's continuation)
+                line.pop()
+            if line:
+                line.pop()
+        elif b == 0x17:  # ^W: the word before, and the blanks after it
+            while line and line[-1] in b" \t":
+                line.pop()
+            while line and line[-1] not in b" \t":
+                line.pop()
+        else:
+            line.append(b)
+    return bool(line)
+
+
 def runs_its_launch(pid: int, nonce: str) -> bool | None:
     """Is the session's shell still the program it was started as? Its first environment
     (/proc/PID/environ, fixed at its exec) holds the nonce it was given, which the

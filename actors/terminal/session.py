@@ -66,8 +66,10 @@ from moorage.actors.runtime import Call
 from moorage.actors.terminal.execs import (
     ZSH_PROMPT_SP,
     Exec,
+    canonical,
     cut_echo_and_prompt,
     line_editing,
+    pending_line,
     runs_its_launch,
     shell_activity,
     shell_in_foreground,
@@ -104,6 +106,7 @@ TYPED_REFUSED = re.compile(rb"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
 # What a line editor writes when it hands a line to its shell and leaves the terminal (bash's
 # readline and zsh's zle, bracketed paste on: moorage's bash.sh turns it on)
 LINE_TAKEN = b"\x1b[?2004l"
+AHEAD_MAX = 4096  # of what is typed while a command runs, the tail looked at (Session._ahead)
 # 133 A's option on zsh's spelling-correction question (SPROMPT, moorage.zsh)
 QUESTION = ("k", "q")
 # A line longer than this goes as a paste too: zle redraws the line for each character typed
@@ -312,6 +315,11 @@ class Session:
         # line editor's LINE_TAKEN: not a prompt drawn again), with none of it left unread.
         self.typed_at: int | None = None
         self.typed_ended = False  # a trusted D came since typed_at
+        # What was typed while a command ran with the terminal in canonical mode (its last
+        # AHEAD_MAX bytes): a line begun there and not ended is type-ahead (`pending_line`),
+        # which the shell takes at its next prompt as the start of that prompt's line; the
+        # command's D then does not count as that input's line let go.
+        self._ahead = b""
         self.typed_writes = 0  # term.write input the keeper has not answered for yet
         self._typed_notes = 0  # term.writes noted so far (note_typed: which is the last)
         self._start_record: dict[str, Any] | None = None  # waiting for its E (bash)
@@ -455,8 +463,10 @@ class Session:
                 self.shell_at = "finished"
                 self.answer_by = None
                 self.cancel_pending = False
-                if self.typed_at is not None and ev.start >= self.typed_at:
+                if self.typed_at is not None and ev.start >= self.typed_at and \
+                        not pending_line(self._ahead):
                     self.typed_ended = True
+                self._ahead = b""
                 self._on_finished(ev.start, ev.exit_code, replay)
                 if self.mode == "no_integration" and not replay:
                     self._integration_back()
@@ -598,12 +608,17 @@ class Session:
             self.state = "prompt"
         self._release_prompt_waiters()
 
-    def note_typed(self) -> Callable[[bool], None]:
-        """Input typed with term.write is on its way to the shell: with the integration, no
-        command of term.exec goes until a prompt has taken it (`_typed_prompt`). Returns
-        what to call once the keeper has answered for it: `written` False when it never
-        reached the shell (refused, or no keeper came back for it), which, if no other input
-        was typed since, lets the mark go (nothing of it waits for a prompt to take it)."""
+    def note_typed(self, data: bytes) -> Callable[[bool], None]:
+        """Input typed with term.write (`data`) is on its way to the shell: with the
+        integration, no command of term.exec goes until a prompt has taken it
+        (`_typed_prompt`). Returns what to call once the keeper has answered for it:
+        `written` False when it never reached the shell (refused, or no keeper came back for
+        it), which, if no other input was typed since, lets the mark go (nothing of it waits
+        for a prompt to take it)."""
+        if self.shell_at == "running" and self.exec is None and canonical(self.master):
+            self._ahead = (self._ahead + data)[-AHEAD_MAX:]
+        else:  # (at a line editor, or to a program that reads keys: taken as they come)
+            self._ahead = b""
         self.typed_at = at = self.offset
         self.typed_ended = False
         self.typed_writes += 1
