@@ -90,6 +90,19 @@ def typed_then_exec(s: ListedSession, typed: str, command: str,
     return t, out
 
 
+def held_then_run_alone(s: ListedSession, output: bytes) -> bytes:
+    """term.exec refused `session_busy` while the line typed waits at the prompt, nothing of
+    it sent; then Enter runs that line (its `output`), and once its prompt is back the
+    command runs alone. The scrollback then."""
+    refused = s.refused("echo EXEC")
+    assert refused.name == "session_busy", refused
+    assert b"EXEC" not in scrollback(s)
+    s.call("term.write", {"data": "\r"})
+    wait_for(lambda: prompt_after(s, OUTPUT + output), "the line typed run, its prompt back")
+    r = s.exec("echo EXEC")
+    assert (r["output"], r["exit_code"], r["trusted"]) == ("EXEC", 0, True), r
+    return scrollback(s)
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_a_half_typed_line_refuses_term_exec_and_is_left_as_typed(make_tree, tmp_path, shell):
     """`echo partial-` typed, no Enter: term.exec is refused `session_busy` (it would have
@@ -105,15 +118,7 @@ def test_a_half_typed_line_refuses_term_exec_and_is_left_as_typed(make_tree, tmp
     s.call("term.resize", {"cols": 100, "rows": 30})
     wait_for(lambda: scrollback(s).count(PROMPT_END) > prompts,
              "the prompt drawn again on the resize, with the line")
-    refused = s.refused("echo EXEC")
-    assert refused.name == "session_busy", refused
-    assert b"EXEC" not in scrollback(s)
-    s.call("term.write", {"data": "\r"})
-    wait_for(lambda: prompt_after(s, OUTPUT + b"partial-\r\n"),
-             "the user's line run, its prompt back")
-    r = s.exec("echo EXEC")
-    assert (r["output"], r["exit_code"], r["trusted"]) == ("EXEC", 0, True), r
-    data = scrollback(s)
+    data = held_then_run_alone(s, b"partial-\r\n")
     assert b"partial-echo" not in data, data[-600:]
     assert data.count(OUTPUT + b"partial-\r\n") == 1, data[-600:]
 
@@ -171,15 +176,7 @@ def test_a_line_typed_ahead_while_a_command_runs_holds_the_exec_at_the_next_prom
     open_gate(fifo)
     wait_for(lambda: prompt_after(s, b"user-done\r\n"),
              "the user's command ended, its prompt back")
-    refused = s.refused("echo EXEC")
-    assert refused.name == "session_busy", refused
-    assert b"EXEC" not in scrollback(s)
-    s.call("term.write", {"data": "\r"})
-    wait_for(lambda: prompt_after(s, OUTPUT + b"ahead-\r\n"),
-             "the line typed ahead run, its prompt back")
-    r = s.exec("echo EXEC")
-    assert (r["output"], r["exit_code"], r["trusted"]) == ("EXEC", 0, True), r
-    assert b"ahead-echo" not in scrollback(s)
+    assert b"ahead-echo" not in held_then_run_alone(s, b"ahead-\r\n")
 
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize(("command", "answer", "said"), [
