@@ -74,6 +74,61 @@ def cut_echo_and_prompt(text: str, command: str, prompt: str | None) -> str:
     return "\n".join(lines)
 
 
+CUT_BEFORE = 512  # how far before it the start of a sequence the cut fell in is looked for
+
+
+def clean_cut(before: bytes, after: bytes) -> int:
+    """How many bytes of `after` to leave out so that output cut at a byte count (`before`
+    the bytes just ahead of the cut, `after` those from it on) starts as text does: not in
+    the middle of an escape sequence (a colour's `38;5;196m` would be its text; an OSC's
+    payload, the shell's 633;E carrying the command line) nor of a UTF-8 character (one or
+    two U+FFFD). A sequence that does not end in `after` is left as cut; a string begun
+    more than CUT_BEFORE ahead is known by its terminator."""
+    esc = before.rfind(b"\x1b")
+    if esc >= 0:
+        seq = before[esc + 1:] + after
+        done = len(before) - esc - 1  # (bytes of the sequence before the cut, ESC aside)
+        end = _sequence_end(seq)
+        if end > done:
+            return end - done
+    else:
+        # No ESC so far back: inside a string longer than that (an OSC's payload, as a long
+        # command line in the shell's 633;E, or a DCS's, as sixel's) when its terminator
+        # (BEL, ST) comes before any other ESC
+        nxt = after.find(b"\x1b")
+        bel = after.find(b"\x07", 0, len(after) if nxt < 0 else nxt)
+        if bel >= 0:
+            return bel + 1
+        if nxt >= 0 and after[nxt + 1:nxt + 2] == b"\\":
+            return nxt + 2
+    at = 0
+    while at < min(len(after), 3) and 0x80 <= after[at] < 0xC0:
+        at += 1
+    return at
+
+
+def _sequence_end(seq: bytes) -> int:
+    """The length of the escape sequence whose ESC came just before `seq` (CSI to its final
+    byte, OSC to its BEL or ST, others to their final byte); 0 when it does not end in
+    `seq`."""
+    if seq[:1] == b"[":
+        for i in range(1, len(seq)):
+            if 0x40 <= seq[i] <= 0x7E:
+                return i + 1
+            if not 0x20 <= seq[i] <= 0x3F:
+                return i  # (broken off: what follows is no part of it)
+        return 0
+    if seq[:1] in (b"]", b"P", b"_", b"^", b"X"):  # OSC, DCS and other strings
+        bel = seq.find(b"\x07") if seq[:1] == b"]" else -1
+        st = seq.find(b"\x1b\\")
+        ends = [i + 1 for i in (bel,) if i >= 0] + [i + 2 for i in (st,) if i >= 0]
+        return min(ends, default=0)
+    i = 0
+    while i < len(seq) and 0x20 <= seq[i] <= 0x2F:  # intermediates, then the final byte
+        i += 1
+    return i + 1 if i < len(seq) else 0
+
+
 # --- the terminal's word: facts of the PTY, not guesses from the output ----------------------
 # (each None when the terminal cannot be asked: no copy of its master here, or it is gone)
 

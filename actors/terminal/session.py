@@ -64,9 +64,11 @@ from loguru import logger
 
 from moorage.actors.runtime import Call
 from moorage.actors.terminal.execs import (
+    CUT_BEFORE,
     ZSH_PROMPT_SP,
     Exec,
     canonical,
+    clean_cut,
     cut_echo_and_prompt,
     line_editing,
     pending_line,
@@ -1165,13 +1167,8 @@ class Session:
             self.answer_by = time.monotonic() + self.host.detect_s
         first = ex.out_start or ex.sent_off
         begin = max(first, self.offset - TIMEOUT_TAIL)
-        if begin > first:  # cut: start where a sequence or a line does, not inside one
-            # (or after a BEL, which ends an OSC: the shell's 633;E carries the command line,
-            # as long as the command, before any output of it)
-            tail = self.scroll.get(begin, self.offset)
-            at = min((i for i in (tail.find(b"\x1b"), tail.find(b"\n") + 1,
-                                  tail.find(b"\x07") + 1) if i > 0), default=0)
-            begin += at
+        if begin > first:  # cut: not inside a sequence or a character
+            begin += self._clean_cut(begin, self.offset)
         so_far = self._text(begin, self.offset)
         self._fail(WireError.of("timeout", what, detail={
             "output": so_far[-4096:], "mode": ex.mode, "signalled": "SIGINT"}))
@@ -1184,10 +1181,19 @@ class Session:
 
     def _range(self, start: int, end: int) -> tuple[bytes, bool]:
         """The bytes of [start, end), at most the last max_output of them (and none the
-        scrollback no longer holds); whether any was left out."""
+        scrollback no longer holds), starting where a sequence, a line or a character does
+        when cut (`clean_cut`); whether any was left out."""
         limit = self.host.max_output
         truncated = start < max(self.scroll.base, end - limit)
-        return self.scroll.get(max(start, end - limit), end), truncated
+        begin = max(start, end - limit, self.scroll.base)
+        if truncated:
+            begin += self._clean_cut(begin, end)
+        return self.scroll.get(begin, end), truncated
+
+    def _clean_cut(self, at: int, end: int) -> int:
+        """`clean_cut` of output cut at `at` (of the bytes up to `end`)."""
+        before = self.scroll.get(max(self.scroll.base, at - CUT_BEFORE), at)
+        return clean_cut(before, self.scroll.get(at, end))
 
     def _shaped(self, text: str) -> str:
         if self.kind == "zsh":
