@@ -93,12 +93,15 @@ def acquire_instance_lock(runtime_dir: Path) -> int:
         # (held while it starts and while it stops too: a start right after a `down` may
         # find one that has not ended yet)
         stopping = not (runtime_dir / endpoints.CONNECTION_FILE).exists()
+        # (an editor that lost a race to start it wants it: `adopt`, which waits for one
+        # starting, not a wait for its end)
         raise AlreadyRunning(
             f"a moorage tree is already running in {runtime_dir} (pid {fd}"
-            f"{', starting or stopping' if stopping else ''}); "
-            + ("try again once it has ended, or stop it with `moorage down`"
-               if stopping else "stop it with `moorage down`")
-            + " or pick another --instance")
+            f"{', starting or stopping' if stopping else ''}); use it with `moorage adopt "
+            "--parent PID` (an editor), "
+            + ("or try again once it has ended, or stop it with `moorage down`"
+               if stopping else "or stop it with `moorage down`")
+            + ", or pick another --instance")
     try:
         os.write(fd, str(os.getpid()).encode())
     except OSError as exc:
