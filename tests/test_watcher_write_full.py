@@ -149,3 +149,22 @@ def test_the_compiled_write_hands_a_want_of_room_back_with_the_file_as_it_was(
     st = files._write_plain(str(disk), "old.txt", NEW)
     assert st is not None and st.st_size == len(NEW)
     assert (disk / "old.txt").read_bytes() == NEW
+
+
+def test_a_reservation_holds_the_room_and_leaves_the_size(disk):
+    """The room for a write in place is reserved without growing the file: grown at once
+    to its new size, it showed readers (a `tail -f`, another editor) zeros where the new
+    bytes were still to come, and a watcher killed mid-write left a file of the new size,
+    mostly zeros, none of the old bytes. The blocks are taken all the same (a full disk is
+    still told before a byte changes)."""
+    f = disk / "f.txt"
+    f.write_bytes(OLD)
+    before = shutil.disk_usage(disk).free
+    fd = os.open(f, os.O_RDWR)
+    try:
+        files._reserve(fd, len(NEW))
+        assert os.fstat(fd).st_size == len(OLD)
+        assert f.read_bytes() == OLD
+        assert before - shutil.disk_usage(disk).free >= len(NEW) - len(OLD) - 4096
+    finally:
+        os.close(fd)

@@ -41,6 +41,7 @@
 #include <Python.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/openat2.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -219,8 +220,8 @@ reserve(int dfd, const char *name, int fd, const struct stat *opened, int made, 
 
     if (len == 0)
         return 0;
-    do {
-        r = fallocate(fd, 0, 0, len);
+    do {  /* (the size left: it grows as the bytes are written, never with zeros first) */
+        r = fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, len);
     } while (r < 0 && errno == EINTR);
     if (r == 0 || errno == EOPNOTSUPP || errno == ENOSYS)
         return 0;
@@ -229,8 +230,7 @@ reserve(int dfd, const char *name, int fd, const struct stat *opened, int made, 
         if (fstatat(dfd, name, &now, AT_SYMLINK_NOFOLLOW) == 0 &&
             now.st_ino == opened->st_ino && unlinkat(dfd, name, 0) < 0)
             goto stuck;
-    } else if (fstat(fd, &now) < 0 ||
-               (now.st_size != opened->st_size && ftruncate(fd, opened->st_size) < 0)) {
+    } else if (ftruncate(fd, opened->st_size) < 0) {  /* (blocks taken past its size too) */
         goto stuck;
     }
     return 1;

@@ -242,6 +242,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate64
 _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 _fallocate.restype = ctypes.c_int
+# The room is reserved, the size left: a file grown at once to its new size would show its
+# readers, and leave after a crash, zeros where the new bytes were still to come.
+FALLOC_FL_KEEP_SIZE = 0x01  # <linux/falloc.h>
 _CANNOT_RESERVE = (errno.EOPNOTSUPP, errno.ENOSYS)
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 # What refuses an atomic write its temporary while the file may still be written in place.
@@ -250,11 +253,12 @@ _NO_TEMPORARY = (errno.EACCES, errno.EPERM)
 
 def _reserve(fd: int, size: int) -> None:
     """Make the room for `size` bytes from the start of the file `fd` before any of its
-    bytes is overwritten (blocks for its holes and for its growth; its size grows too):
-    the want of room is then an error while the file is still as it was, not halfway
-    through it. Where the file system cannot reserve (NFSv3, some FUSE mounts) nothing is,
-    and the write goes on as it did before there was a reservation."""
-    while _fallocate(fd, 0, 0, size) != 0:
+    bytes is overwritten (blocks for its holes and for its growth; its size stays, and
+    grows as the bytes are written): the want of room is then an error while the file is
+    still as it was, not halfway through it. Where the file system cannot reserve (NFSv3,
+    some FUSE mounts) nothing is, and the write goes on as it did before there was a
+    reservation."""
+    while _fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) != 0:
         code = ctypes.get_errno()
         if code in _CANNOT_RESERVE:
             return
@@ -297,7 +301,7 @@ def _put_back(dfd: int, fd: int, path: str, name: str, st: os.stat_result, made:
         if made:
             if _ino_at(dfd, name) == st.st_ino:
                 os.unlink(name, dir_fd=dfd)
-        elif os.fstat(fd).st_size != st.st_size:
+        else:  # (its size, and the blocks a reservation that ran out partway took past it)
             os.ftruncate(fd, st.st_size)
     except OSError as exc:
         logger.warning("watcher: {} not put back after a failed reservation: {}", path, exc)
