@@ -1011,6 +1011,13 @@ class FileService:
                     raise _conflict(path, have, if_match)
             w = None
             if tmp is not None and (cur is None or cur.st_nlink == 1):
+                if cur is not None and not os.access(name, os.W_OK, dir_fd=dfd,
+                                                     effective_ids=True,
+                                                     follow_symlinks=False):
+                    # (a read-only file, 0444: the directory would let a new one take its
+                    # place, but its mode says no, as an in-place write's open would)
+                    raise PermissionError(errno.EACCES, "Permission denied (the file is "
+                                          "read-only)", os.path.join(parent, name))
                 w = _replace(dfd, path, tmp, name, data, cur, if_match)
             if w is None:
                 w = _in_place(dfd, path, name, data, cur, if_match, sync=tmp is not None)
