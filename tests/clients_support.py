@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Tree
+from tests.conftest import Tree, module_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = ROOT / "protocol" / "conformance"
@@ -45,12 +43,4 @@ def failures(out: str) -> str:
 
 @pytest.fixture(scope="module")
 def conformance_tree() -> Iterator[Tree]:
-    # Short paths: a Unix socket path must fit in 107 bytes.
-    rdir = Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
-    tree = Tree(rdir, (CONFORMANCE / "tree.toml").read_text(encoding="utf-8"))
-    try:
-        tree.start()
-        yield tree
-    finally:
-        tree.stop()
-        shutil.rmtree(rdir, ignore_errors=True)
+    yield from module_tree((CONFORMANCE / "tree.toml").read_text(encoding="utf-8"), "mc-")

@@ -449,3 +449,17 @@ def make_tree(runtime_dir: Path) -> Iterator[Callable[[str], Tree]]:
     yield make
     for t in trees:
         t.stop()
+
+
+def module_tree(config: str, prefix: str = "mt-") -> Iterator[Tree]:
+    """A started tree of `config` for a whole module's tests (a fixture of scope "module"
+    yields from it), in a runtime dir of its own under /tmp (a socket path must fit in 107
+    bytes), stopped and removed after, whatever the tests did."""
+    rdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    t = Tree(rdir, config)
+    try:
+        t.start()
+        yield t
+    finally:
+        t.stop()
+        shutil.rmtree(rdir, ignore_errors=True)

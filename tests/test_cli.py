@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.commands import parser
 from moorage.supervisor.cli.tree import force_stop
-from tests.conftest import ROOT, Tree, assert_all_gone, descendants, wait_pid_exit
+from tests.conftest import ROOT, Tree, assert_all_gone, descendants, module_tree, wait_pid_exit
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -104,20 +106,31 @@ READERS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def shared_tree() -> Iterator[Tree]:
+    """One TREE for the tests that only read it, or write files of their own through it:
+    none changes what another looks at (the SLO test, which counts calls, has its own)."""
+    yield from module_tree(TREE)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_no_command_ends_in_a_traceback_on_bad_input_or_a_reader_gone_early(make_tree):
-    tree = make_tree(TREE).start()
+def test_no_command_ends_in_a_traceback_on_bad_input_or_a_reader_gone_early(
+        shared_tree: Tree) -> None:
+    tree = shared_tree
     seen = []
-    for args in BAD_INPUT:
-        out = moorage(tree, *args)
+    # Each case its own process, none changing the tree: a few run at once, as several
+    # users' commands do (most of each one's time is its interpreter starting).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        bad = list(pool.map(lambda args: moorage(tree, *args), BAD_INPUT))
+        readers = list(pool.map(lambda args: closed_early(tree, *args), READERS))
+    for args, out in zip(BAD_INPUT, bad, strict=True):
         err = out.stderr.decode()
         assert "Traceback" not in err and "Exception ignored" not in err, (args, err)
         assert out.returncode != 0 and err.strip(), args
         assert out.returncode in (1, 2), (args, out.returncode, err)
         seen.append(args[0] if args else "")
-    for args in READERS:
-        out = closed_early(tree, *args)
+    for args, out in zip(READERS, readers, strict=True):
         err = out.stderr.decode()
         assert "Traceback" not in err and "Exception ignored" not in err, (args, err)
         assert out.returncode == 0, (args, out.returncode, err)
@@ -128,10 +141,12 @@ def test_no_command_ends_in_a_traceback_on_bad_input_or_a_reader_gone_early(make
 
 def test_one_exit_code_table_for_every_command(make_tree):
     tree = make_tree(TREE)
-    for args in (("status",), ("call", "alpha", "sys.ping"), ("ops",), ("restart", "alpha"),
-                 ("subscribe", "alpha", "t"), ("events",), ("metrics",), ("config", "get"),
-                 ("slo",), ("adopt",), ("top", "--once")):
-        out = moorage(tree, *args)
+    no_tree = (("status",), ("call", "alpha", "sys.ping"), ("ops",), ("restart", "alpha"),
+               ("subscribe", "alpha", "t"), ("events",), ("metrics",), ("config", "get"),
+               ("slo",), ("adopt",), ("top", "--once"))
+    with ThreadPoolExecutor(max_workers=4) as pool:  # (independent: a few at once)
+        outs = list(pool.map(lambda args: moorage(tree, *args), no_tree))
+    for args, out in zip(no_tree, outs, strict=True):
         assert out.returncode == 4 and b"no moorage tree is running" in out.stderr, args
     out = moorage(tree, "down")
     assert out.returncode == 0 and b"not running" in out.stdout
@@ -235,8 +250,8 @@ def test_a_time_that_is_not_finite_or_over_a_day_is_a_usage_error(tmp_path):
         assert "this is a bug" not in out.stderr and "Traceback" not in out.stderr, args
 
 
-def test_global_options_anywhere_and_the_version(make_tree):
-    tree = make_tree(TREE).start()
+def test_global_options_anywhere_and_the_version(shared_tree: Tree) -> None:
+    tree = shared_tree
     assert moorage(tree, "status", "--timeout", "3").returncode == 0
     out = subprocess.run([sys.executable, "-m", "moorage.supervisor.cli", "status",
                           "--instance-dir", str(tree.runtime_dir)], capture_output=True,
@@ -249,8 +264,8 @@ def test_global_options_anywhere_and_the_version(make_tree):
     assert v.startswith("moorage ") and "(protocol 1)" in v
 
 
-def test_ops_lists_every_op_with_its_arguments_and_whole_description(make_tree):
-    tree = make_tree(TREE).start()
+def test_ops_lists_every_op_with_its_arguments_and_whole_description(shared_tree: Tree) -> None:
+    tree = shared_tree
     out = text(moorage(tree, "ops"))
     assert "alpha" in out and "fake.work" in out and "n: int?, fail: bool?" in out
     out = text(moorage(tree, "ops", "alpha", "fake.work"))
@@ -266,8 +281,8 @@ def test_ops_lists_every_op_with_its_arguments_and_whole_description(make_tree):
     assert err.rstrip().endswith("see `moorage ops alpha`")
 
 
-def test_bytes_go_in_and_come_out_whole(make_tree, tmp_path):
-    tree = make_tree(TREE).start()
+def test_bytes_go_in_and_come_out_whole(shared_tree: Tree, tmp_path: Path) -> None:
+    tree = shared_tree
     blob = bytes(range(256)) * 40 + b"\xff\xfe not utf-8"
     src = tmp_path / "blob.bin"
     src.write_bytes(blob)
@@ -395,8 +410,9 @@ def test_status_shows_a_stopped_nested_supervisor_as_unknown_with_its_children_i
         os.kill(group, signal.SIGCONT)
 
 
-def test_completion_offers_commands_actors_and_ops_in_bash(make_tree, tmp_path):
-    tree = make_tree(TREE).start()
+def test_completion_offers_commands_actors_and_ops_in_bash(shared_tree: Tree,
+                                                           tmp_path: Path) -> None:
+    tree = shared_tree
 
     def complete(line: str) -> list[str]:
         out = tmp_path / "completions"

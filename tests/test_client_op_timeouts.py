@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from moorage.protocol.client._core import CallPlan, ClientCore, ClientOptions, R
 from moorage.protocol.envelope import Reply
 from moorage.protocol.errors import MoorageError, WireError, fail
 from moorage.protocol.recovery import max_retries_for
-from tests.conftest import Tree
+from tests.conftest import Tree, module_tree
 from tests.terminal_support import env_for, make_home, terminal_tree
 
 pytestmark = pytest.mark.timeout(120)
@@ -193,14 +191,7 @@ start = "tests.fakes:FakeActor"
 
 @pytest.fixture(scope="module")
 def tree() -> Iterator[Tree]:
-    rdir = Path(tempfile.mkdtemp(prefix="mt-", dir="/tmp"))  # (a socket path fits 107 bytes)
-    t = Tree(rdir, TREE)
-    try:
-        t.start()
-        yield t
-    finally:
-        t.stop()
-        shutil.rmtree(rdir, ignore_errors=True)
+    yield from module_tree(TREE)
 
 
 def test_a_slow_shell_is_created_by_a_call_given_no_timeout(tree: Tree, tmp_path: Path) -> None:

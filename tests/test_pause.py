@@ -127,14 +127,14 @@ def test_a_tree_stopped_whole_and_told_to_stop_at_its_root_alone_stops_every_chi
 
 GATED = """
 [supervisor]
-start_timeout_ms = 4000
+start_timeout_ms = 3000
 heartbeat = {{ interval_ms = 100, misses = 3 }}
 [[children]]
 id = "gated"
 start = "tests.fakes:FakeActor"
 config = {{ start_gate = "{gate}" }}
 """
-START_PAUSE_S = 5.0  # longer than the start timeout
+START_PAUSE_S = 4.0  # longer than the start timeout
 
 
 def test_a_start_caught_by_a_pause_longer_than_its_start_timeout_is_not_killed_on_resume(
@@ -162,8 +162,8 @@ def test_a_start_caught_by_a_pause_longer_than_its_start_timeout_is_not_killed_o
 
 # --- 3. a consumer acking all along, and a pause longer than consumer_timeout_ms -------------
 
-CONSUMER_TIMEOUT_MS = 3000
-CONSUMER_PAUSE_S = 5.0  # longer than the timeout and the sweep's interval (1 s) together
+CONSUMER_TIMEOUT_MS = 2000
+CONSUMER_PAUSE_S = 4.0  # longer than the timeout and the sweep's interval (1 s) together
 
 
 def test_a_consumer_acking_all_along_is_not_dropped_by_a_pause_longer_than_its_timeout(

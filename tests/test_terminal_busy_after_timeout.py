@@ -8,10 +8,11 @@ tree, real bash and zsh."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.conftest import Tree, module_tree
 from tests.terminal_support import ListedSession, integrated_session, terminal_tree
 from tests.waiting import wait_for
 
@@ -23,8 +24,9 @@ SHELLS = ["bash", pytest.param("zsh", marks=pytest.mark.skipif(
     shutil.which("zsh") is None, reason="zsh is not installed (.ci/run installs it)"))]
 
 # Long enough for an idle shell to read the line and start the program (its C) on a loaded
-# machine: the command then times out while it runs, not before it started.
-EXEC_TIMEOUT_MS = 2000
+# machine (tens of milliseconds, or a stall of a second): the command then times out while it
+# runs, not before it started.
+EXEC_TIMEOUT_MS = 1500
 
 
 def end_by_eof(s: ListedSession) -> None:
@@ -62,15 +64,21 @@ def outlive_a_timeout(s: ListedSession, word: str, end: Callable[[ListedSession]
              f"the session free once cat ended ({end.__name__})")
 
 
+@pytest.fixture(scope="module")
+def tree() -> Iterator[Tree]:
+    """One tree for the module: each test has its own session, and looks at nothing else."""
+    yield from module_tree(TREE)
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_a_program_left_running_by_a_timed_out_exec_keeps_the_session_busy_to_the_prompt(
-        make_tree, tmp_path, shell):
+        tree, tmp_path, shell):
     """`cat` deaf to SIGINT (the shell ignores it, and its commands inherit that) outlives
     its exec's timeout. While it runs the session is listed `busy`, `running`, with the
     integration, and a second term.exec is refused `session_busy` (nothing of it reaches
     cat); once cat ends (at EOF, or killed by a signal) and the shell's prompt is back, the
     session is listed free and runs the next command with its exit code."""
-    s = integrated_session(make_tree(TREE).start(), tmp_path, shell)
+    s = integrated_session(tree, tmp_path, shell)
     assert s.exec("trap '' INT")["exit_code"] == 0
     for n, end in enumerate((end_by_eof, end_by_signal)):
         outlive_a_timeout(s, f"alive-{n}", end)

@@ -67,7 +67,15 @@ class Term:
         return text in r.attachments[0]
 
 
-def start_term(spawn_actor, client, tmp_path, quiet_ms: int, detect_ms: int = 1000) -> Term:
+# integration_detect_ms: with quiet_ms (200 ms, or 1000) what a quiet shell at its line editor
+# must outlast to be taken for one that stopped marking; the tests that hold a quiet program
+# hold it for four of these. A shell slower than this to its first prompt gets the
+# integration back at it (Term.integrated waits for that).
+DETECT_MS = 500
+
+
+def start_term(spawn_actor, client, tmp_path, quiet_ms: int,
+               detect_ms: int = DETECT_MS) -> Term:
     spawn_actor("moorage.actors.parser.actor:ParserActor", "parser")
     spawn_actor("moorage.actors.terminal.keeper.actor:PtyKeeper", "ptykeeper")
     spawn_actor("moorage.actors.terminal.actor:TerminalActor", "terminal", quiet_ms=quiet_ms,
@@ -143,7 +151,7 @@ def test_a_long_command_that_prints_nothing_is_waited_for_to_its_end(term):
     """A program in the foreground is no sign of a lost integration, however quiet."""
     sid = term.create("bash")
     term.integrated(sid)
-    r = term.exec(sid, "sleep 3; (exit 4)")
+    r = term.exec(sid, f"sleep {4 * DETECT_MS / 1000}; (exit 4)")
     assert (r["exit_code"], r["mode"]) == (4, "integration")
 
 
@@ -173,7 +181,7 @@ def test_a_command_the_shell_reads_keys_for_itself_waits_for_them(term, shell, c
     try:
         wait_for(lambda: term.typed_ahead(sid, b"Delete? [y/n] "), "the question asked")
         # four times integration_detect_ms, the key not given: still waiting for it
-        assert not answered.wait(4.0), box
+        assert not answered.wait(4 * DETECT_MS / 1000), box
         term.call("term.write", {"session": sid, "data": "y"})
     finally:
         t.join(60)
@@ -197,6 +205,9 @@ def test_a_command_typed_ahead_of_a_slow_rc_file_is_not_answered_before_it_runs(
     err = expect_error("timeout", term.exec, sid, f"touch {ran}; echo typed-$((6*7))",
                        timeout_ms=1500)
     assert "had not started" in str(err) and "no prompt yet" in str(err)
+    # (the ^C goes through the keeper, after the answer: the rc file let go before it lands
+    # would have its SIGINT end the shell's start-up files there, the integration's too)
+    wait_for(lambda: term.typed_ahead(sid, b"^C"), "the ^C taken by the terminal")
     # (bash's rc file waits on at its gate; zsh gives its rc file up at the SIGINT)
     wait_for(lambda: gate_opened(gate) or term.info(sid)["mode"] == "integration",
              "the rc file's end")

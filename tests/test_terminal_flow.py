@@ -133,8 +133,9 @@ def test_a_consumer_that_took_everything_is_not_dropped_by_the_first_output_afte
     an editor's view of a session idle for consumer_timeout_ms was dropped by the session's
     next output within a check, before it could acknowledge it.)"""
     # (long enough for the command, the 2 s watch for a drop and the ack after it on a loaded
-    # machine, which must come before the consumer's silence behind the output runs out)
-    timeout_s = 6.0
+    # machine, which must come before the consumer's silence behind the output runs out:
+    # 2 s to spare, tens of milliseconds used)
+    timeout_s = 4.0
     tree = make_tree(terminal_tree(terminal=f"consumer_timeout_ms = {int(timeout_s * 1000)}")
                      ).start()
     c = tree.client
@@ -177,7 +178,8 @@ def test_a_shell_gone_while_its_last_output_waits_behind_a_full_window_exits_aft
     full: the rest waits in the PTY. Its exit is reported once that output is read (after
     the consumer is dropped), not a second after the shell was reaped, which answered the
     command without its last words."""
-    tree = make_tree(terminal_tree(terminal="consumer_timeout_ms = 4000") +
+    # (the consumer dropped 1.5 s after the bug's answer, a second after the shell's reaping)
+    tree = make_tree(terminal_tree(terminal="consumer_timeout_ms = 2500") +
                      "\n[actor.ptykeeper]\nwindow_bytes = 65536\n").start()
     c = tree.client
     sid = c.call("terminal", "term.create", {"shell": "bash", "env": env_for(make_home(tmp_path))},
