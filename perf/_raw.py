@@ -160,6 +160,9 @@ def pipelined_rates(raw: RawEcho, client: Any, actor: str, n: int,
     for _ in range(rounds):
         limit.append(raw.pipelined(n))
         t0 = time.perf_counter()
-        client.pipeline(actor, [("sys.ping", None)] * n, window=256)
+        results = client.pipeline(actor, [("sys.ping", None)] * n, window=256)
         ours.append(n / (time.perf_counter() - t0))
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:  # (an error reply is no call done: a rate of them would flatter us)
+            raise RuntimeError(f"{len(failed)} of {n} pipelined sys.ping failed: {failed[0]}")
     return ours, limit

@@ -84,8 +84,11 @@ def python_side(tree: BenchTree, raw: RawEcho, n: int) -> dict:
         for _ in range(3):
             rates_raw.append(raw.pipelined(2 * n))
             t0 = pc()
-            client.pipeline(ACTOR, [("sys.ping", None)] * (2 * n), window=256)
+            results = client.pipeline(ACTOR, [("sys.ping", None)] * (2 * n), window=256)
             rates_ours.append(2 * n / (pc() - t0))
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:  # (an error reply is no call done)
+                raise RuntimeError(f"{len(failed)} pipelined sys.ping failed: {failed[0]}")
     finally:
         client.close()
         bare.close(0)

@@ -295,10 +295,14 @@ def main(argv: list[str] | None = None) -> int:
             counted_rates.append(raw_cat_mb_s(data, size, counted=True))
             ours_rates.append(streamed_mb_s(client, sid, data, size))
         ro, rl, rc = max(ours_rates), max(raw_rates), max(counted_rates)
+        limit = max(rl, rc)  # (the faster of the two raw loops: the machine's limit)
         report.add(Row("P4", f"cat {args.mb} MB streamed to a subscriber", "MB/s",
-                       ">= 30 MB/s, >= 60% limit", ro, rl, ro >= 30 and ro >= 0.6 * rl,
+                       ">= 30 MB/s, >= 60% limit", ro, limit,
+                       ro >= 30 and ro >= 0.6 * limit,
                        note=f"best of 5; ours {[round(r, 1) for r in ours_rates]}, "
-                            f"raw {[round(r, 1) for r in raw_rates]}"))
+                            f"raw {[round(r, 1) for r in raw_rates]}, raw reading what "
+                            f"FIONREAD counts {[round(r, 1) for r in counted_rates]}; the "
+                            "limit the faster raw loop"))
         report.add(Row("P4", "raw PTY loop reading only what FIONREAD counts", "MB/s",
                        "(informative: the keeper's rule)", rc, rl, True,
                        note=f"best of 5, {[round(r, 1) for r in counted_rates]}; the same "
