@@ -9,7 +9,8 @@ set against a bare echo's says what the runtime adds there. A thread preempted i
 has the preemption inside any wall-clock time it records around that point: an actor's main
 thread is, in most round trips, by its own ZeroMQ I/O thread, which the reply's hand-off
 wakes (`perf sched` named that thread in all but 3 of 1,755 preemptions of a watcher serving
-sys.ping), so the runtime's "decode .. reply sent" service time holds the I/O thread's run.
+sys.ping): a service time that ran to the reply's send held the I/O thread's run, which is why
+the runtime's ends with the reply made, before the send (actors/runtime/actor.py).
 """
 
 from __future__ import annotations
