@@ -162,7 +162,7 @@ def test_a_reservation_holds_the_room_and_leaves_the_size(disk):
     before = shutil.disk_usage(disk).free
     fd = os.open(f, os.O_RDWR)
     try:
-        files._reserve(fd, len(NEW))
+        files.reserve(fd, len(NEW))
         assert os.fstat(fd).st_size == len(OLD)
         assert f.read_bytes() == OLD
         assert before - shutil.disk_usage(disk).free >= len(NEW) - len(OLD) - 4096

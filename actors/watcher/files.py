@@ -251,7 +251,7 @@ _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 _NO_TEMPORARY = (errno.EACCES, errno.EPERM)
 
 
-def _reserve(fd: int, size: int) -> None:
+def reserve(fd: int, size: int) -> None:
     """Make the room for `size` bytes from the start of the file `fd` before any of its
     bytes is overwritten (blocks for its holes and for its growth; its size stays, and
     grows as the bytes are written): the want of room is then an error while the file is
@@ -282,13 +282,13 @@ def _raise_for_room(exc: OSError, path: str, unchanged: bool) -> NoReturn:
 
 def _make_room(dfd: int, fd: int, path: str, name: str, st: os.stat_result, size: int,
                made: bool) -> None:
-    """`_reserve` for a write in place of `size` bytes into the file `fd` (`st` its fstat
+    """`reserve` for a write in place of `size` bytes into the file `fd` (`st` its fstat
     after the open; `made`: this write's open created it); when there is no room, the file
     put back as it was (`_put_back`) before the error is raised."""
     if size == 0:
         return
     try:
-        _reserve(fd, size)
+        reserve(fd, size)
     except OSError as exc:
         _raise_for_room(exc, path, unchanged=_put_back(dfd, fd, path, name, st, made))
 
