@@ -53,7 +53,7 @@ BENCHES = (
     Bench("p3_p4_terminal", ("--n", "300", "--mb", "10", "--p13", "500", "--sessions", "10")),
     Bench("p5_parser", ("--mb", "1", "--commands", "2000", "--repeat", "1")),
     Bench("p5_parser_actor", ("--mb", "1", "--n", "300", "--repeat", "1")),
-    Bench("p6_p10_watcher", ("--n", "3000", "--blocks", "3", "--files", "10000")),
+    Bench("p6_p10_watcher", ("--n", "3000", "--files", "10000")),
     Bench("p11_p12_recovery", ("--kills", "10", "--stops", "2")),
     Bench("p14_idle", ("--seconds", "4", "--warmup", "2")),
     Bench("p15_startup", ("--runs", "2")),

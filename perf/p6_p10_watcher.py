@@ -1,7 +1,8 @@
 """The watcher's figures, each beside a limit measured in the same run:
 
   P6   fs.read cache hit: end to end (client round trip) against P1's limit (the bare echo of
-       a sys.ping-sized frame), and the in-actor service time the runtime records (metrics)
+       a sys.ping-sized frame, measured as P1 does: one echo, one read and one sys.ping in
+       turn), and the in-actor service time the runtime records (metrics)
   P7   fs.read of a 4 KB file from disk (page cache), from a watcher whose cache is off,
        against the same limit
   P8   mixed file ops (read, stat, list, write) pipelined through the client, against the raw
@@ -104,8 +105,35 @@ def cold_lookups(fs: FileService, path: str, gap_s: float, n: int = 2000) -> lis
     return out
 
 
-def read_rows(report: Report, raw: RawEcho, client: Any, work: Path, n: int, blocks: int
-              ) -> None:
+def reads_in_turn(raw: RawEcho, client: Any, actor: str, path: str, n: int
+                  ) -> tuple[list[float], list[float], list[float]]:
+    """`n` samples each of fs.read of `path`, the bare echo and sys.ping through the client
+    (µs), one of each in turn in an order that turns each time, as P1 measures its limit
+    (perf/p1_p2_ipc.py): the echo run back to back is several times faster than after other
+    work, so a limit taken in blocks of its own would not be P1's."""
+    reads: list[float] = []
+    limit: list[float] = []
+    ping: list[float] = []
+    call, request, args = client.call, client.request, {"path": path}
+
+    def one_ping() -> None:
+        t0 = pc()
+        call(actor, "sys.ping")
+        ping.append((pc() - t0) * 1e6)
+
+    def one_read() -> None:
+        t0 = pc()
+        request(actor, "fs.read", args)
+        reads.append((pc() - t0) * 1e6)
+
+    turns = [lambda: limit.extend(raw.latencies(1)), one_read, one_ping]
+    for i in range(n):
+        for k in range(len(turns)):
+            turns[(i + k) % len(turns)]()
+    return reads, limit, ping
+
+
+def read_rows(report: Report, raw: RawEcho, client: Any, work: Path, n: int) -> None:
     hot = work / "hot.bin"
     hot.write_bytes(os.urandom(4096))
     # The seed's own benchmark (benchmark_file_cache): the cache lookup in process, back to
@@ -123,19 +151,10 @@ def read_rows(report: Report, raw: RawEcho, client: Any, work: Path, n: int, blo
     for actor in ("watcher", "nocache"):
         client.call("metrics", "metrics.reset")
         timed_reads(client, actor, str(hot), 2000)  # warm: connection, page cache, cache
-        ours: list[float] = []
-        limit: list[float] = []
-        ping: list[float] = []
-        for _ in range(blocks):
-            limit += raw.latencies(n // blocks)
-            for _ in range(n // blocks):
-                t0 = pc()
-                client.call(actor, "sys.ping")
-                ping.append((pc() - t0) * 1e6)
-            ours += timed_reads(client, actor, str(hot), n // blocks)
+        ours, limit, ping = reads_in_turn(raw, client, actor, str(hot), n)
         po, pl, pp = percentiles(ours), percentiles(limit), percentiles(ping)
         life = in_actor_p50(client, actor, n + 2000)
-        context = (f"same blocks: sys.ping via client p50 {pp[50]:.0f} µs "
+        context = (f"in turn: sys.ping via client p50 {pp[50]:.0f} µs "
                    f"(= {pp[50] / pl[50]:.2f}x raw); fs.read / sys.ping = {po[50] / pp[50]:.2f}")
         if actor == "watcher":
             report.add(Row("P6", "fs.read 4 KB cache hit p50, end to end", "µs",
@@ -465,7 +484,6 @@ def resync_rows(report: Report, client: Any, work: Path, files: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20_000, help="reads per side for P6/P7")
-    ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--files", type=int, default=100_000, help="files for the resync")
     ap.add_argument("--bursts", type=int, default=5,
                     help="P10 bursts, each in turn with the writer alone")
@@ -478,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = RawEcho(tree.dir)
     client = tree.client(timeout=30.0)
     try:
-        read_rows(report, raw, client, work, args.n, args.blocks)
+        read_rows(report, raw, client, work, args.n)
         mixed_row(report, raw, client, work, args.n * 2)
         p10_row(report, work)
         burst_row(report, client, work, args.bursts)

@@ -68,7 +68,7 @@ def test_node_pty_script_runs_both_sides_and_writes_its_rows(tmp_path: Path) -> 
                          "echo test p99: term.exec vs node-pty",
                          "echo test p50: integrated bash, raw PTY",
                          "echo test p50: bare bash, raw PTY",
-                         "cat 5 MB to the prompt"}, rows
+                         "cat 5 MB, last byte"}, rows
     assert all(r["measured"] > 0 and r["limit"] > 0 for r in rows.values()), rows
     assert doc["extra"]["node_pty"] == "1.1.0"
     assert list(tmp.glob("x5-*")) == [], "the script left its temporary directory"

@@ -11,9 +11,13 @@
 //                onData callback that brings its output ("test" on a line of its own), where
 //                moorage's term.exec answers (at the command's end, before the prompt); the
 //                prompt after it awaited, off the clock, before the next: {echo_us: [...]}
-//   cat PATH N   `cat PATH` written (a file of N bytes of "Q"): seconds until N "Q" were seen
-//                in onData (the same clock as moorage's P4), then the prompt awaited:
-//                {cat_s, bytes}
+//   cat PATH N   `cat PATH` written (a file of N bytes of "Q"): seconds until the output
+//                reached the file's last byte in onData (the same clock as moorage's P4),
+//                then the prompt awaited: {cat_s, boundary}. As P4, the bytes are not
+//                scanned: the first "Q" gives the file's offset in the output (the prompt, the
+//                command and its path hold none), then only the chunks' lengths are added up.
+//                `boundary`: the character before that end is a "Q" and the one after it is
+//                not, so the lengths met the file's end (looked at once, not per byte).
 //   quit         (or end of file on stdin) the pty killed, the process gone
 //
 // Data arrives as node-pty gives it by default (UTF-8 decoded strings, no flow control), as a
@@ -102,23 +106,39 @@ async function echo(n) {
 }
 
 async function cat(file, size) {
-  let seen = 0;
+  let seen = 0; // characters of output so far (one a byte: the output is ASCII)
+  let start = -1; // where the file's first byte is in the output
   let t1 = null;
+  let boundary = null; // the file's end fell between a "Q" and something else
+  let after = false; // the character after the file's end is the next chunk's first
   const prompt = promptAfter(null);
   const done = until((data) => {
     if (t1 === null) {
-      const other = data.match(/[^Q]/g); // the echoed command line; the file is all "Q"
-      seen += data.length - (other === null ? 0 : other.length);
-      if (seen < size) return false;
+      const base = seen;
+      seen += data.length;
+      if (start < 0) {
+        const i = data.indexOf("Q");
+        if (i < 0) return false;
+        start = base + i;
+      }
+      if (seen < start + size) return false;
       t1 = process.hrtime.bigint();
-      return prompt(data.slice(data.lastIndexOf("Q") + 1));
+      const end = start + size - base; // the file's end, in this chunk
+      boundary = end > 0 && data[end - 1] === "Q";
+      if (end < data.length) boundary = boundary && data[end] !== "Q";
+      else after = true;
+      return prompt(data.slice(end));
+    }
+    if (after && data.length > 0) {
+      boundary = boundary && data[0] !== "Q";
+      after = false;
     }
     return prompt(data);
   });
   const t0 = process.hrtime.bigint();
   term.write(`cat ${file}\r`);
   await done;
-  return { cat_s: Number(t1 - t0) / 1e9, bytes: seen };
+  return { cat_s: Number(t1 - t0) / 1e9, boundary };
 }
 
 function quit() {
