@@ -143,6 +143,28 @@ class RawEcho:
 P2_TARGET = ">= 80% limit; 100k/s where the limit reaches it"
 
 
+def timed(fn: Callable[[], Any], into: list[float]) -> Callable[[], None]:
+    """`fn` as one turn of `in_turn` that adds its wall time (µs) to `into`."""
+    pc = time.perf_counter
+
+    def turn() -> None:
+        t0 = pc()
+        fn()
+        into.append((pc() - t0) * 1e6)
+
+    return turn
+
+
+def in_turn(turns: list[Callable[[], None]], n: int) -> None:
+    """Each of `turns` `n` times, one of each in turn, in an order that turns each time: what
+    runs just before a sample slows it (an echo back to back is several times faster than
+    after other work), so each side is measured after each other side alike (P1's way, and
+    the limit of every row judged against P1's)."""
+    for i in range(n):
+        for k in range(len(turns)):
+            turns[(i + k) % len(turns)]()
+
+
 def p2_passes(ours: float, limit: float) -> bool:
     """shared/targets.md's P2: at least 80% of the raw pipelined echo's rate, and 100k/s
     where the raw echo itself reaches that (on this kind of VM it does 22-43k/s)."""

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 if not __package__:  # run as a file: the repository root is what `-m` would have put first
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from perf._raw import LIMIT_ECHO, P2_TARGET, RawEcho, p2_passes, pipelined_rates
+from perf._raw import (
+    LIMIT_ECHO,
+    P2_TARGET,
+    RawEcho,
+    in_turn,
+    p2_passes,
+    pipelined_rates,
+    timed,
+)
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 
@@ -39,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     client = tree.client(timeout=10.0)
     batch_client = batch.client(timeout=10.0)
     try:
-        pc = __import__("time").perf_counter
         for _ in range(2000):
             client.call(ACTOR, "sys.ping")
             batch_client.call(ACTOR, "sys.ping")
@@ -47,23 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         batched: list[float] = []
         limit: list[float] = []
         pyzmq: list[float] = []
-        call, batch_call = client.call, batch_client.call
-
-        def one_ours() -> None:
-            t0 = pc()
-            call(ACTOR, "sys.ping")
-            ours.append((pc() - t0) * 1e6)
-
-        def one_batched() -> None:
-            t0 = pc()
-            batch_call(ACTOR, "sys.ping")
-            batched.append((pc() - t0) * 1e6)
-
-        turns = [lambda: limit.extend(raw.latencies(1)), one_ours,
-                 lambda: pyzmq.extend(multipart.latencies(1)), one_batched]
-        for i in range(args.n):
-            for k in range(len(turns)):
-                turns[(i + k) % len(turns)]()
+        in_turn([lambda: limit.extend(raw.latencies(1)),
+                 timed(partial(client.call, ACTOR, "sys.ping"), ours),
+                 lambda: pyzmq.extend(multipart.latencies(1)),
+                 timed(partial(batch_client.call, ACTOR, "sys.ping"), batched)], args.n)
         po, pl, pb, pm = (percentiles(x) for x in (ours, limit, batched, pyzmq))
         report.add(Row("P1", "sys.ping p50 via client (ipc)", "µs", "<= 1.15x limit",
                        po[50], pl[50], po[50] <= 1.15 * pl[50], note=f"limit: {LIMIT_ECHO}"))

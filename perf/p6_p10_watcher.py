@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from moorage.actors.watcher.retry import RetryPolicy
 from moorage.actors.watcher.snapshot import Index, Wal, make_stat
 from moorage.actors.watcher.watches import Watches
 from moorage.protocol.envelope import Packed, StreamMessage
-from perf._raw import RawEcho
+from perf._raw import RawEcho, in_turn, timed
 from perf._report import Report, Row, percentiles, plot_percentiles
 from perf._tree import BenchTree
 
@@ -114,22 +115,9 @@ def reads_in_turn(raw: RawEcho, client: Any, actor: str, path: str, n: int
     reads: list[float] = []
     limit: list[float] = []
     ping: list[float] = []
-    call, request, args = client.call, client.request, {"path": path}
-
-    def one_ping() -> None:
-        t0 = pc()
-        call(actor, "sys.ping")
-        ping.append((pc() - t0) * 1e6)
-
-    def one_read() -> None:
-        t0 = pc()
-        request(actor, "fs.read", args)
-        reads.append((pc() - t0) * 1e6)
-
-    turns = [lambda: limit.extend(raw.latencies(1)), one_read, one_ping]
-    for i in range(n):
-        for k in range(len(turns)):
-            turns[(i + k) % len(turns)]()
+    in_turn([lambda: limit.extend(raw.latencies(1)),
+             timed(partial(client.request, actor, "fs.read", {"path": path}), reads),
+             timed(partial(client.call, actor, "sys.ping"), ping)], n)
     return reads, limit, ping
 
 
