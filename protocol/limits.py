@@ -21,11 +21,6 @@ MAX_TOPIC_LEN = 256  # a subscription's topic, in bytes: longer ones close the c
 MAX_SUBSCRIPTIONS = 256  # per connection to a publisher: more are not applied (no welcome)
 MAX_ID = 2**53 - 1  # request ids and seqs stay exact in JavaScript
 HWM = 100_000  # socket high-water marks, in messages
-# A subscription's own queue, in messages: one whose reader stops holds this many in its
-# process and the publisher's `pub_hwm` in the actor, and then loses messages (a gap it
-# repairs by replay or reports), instead of taking in the whole stream (100,000 messages
-# of a busy terminal's 128 KiB each would be 12 GiB)
-STREAM_HWM = 1000
 # A metric push (metrics.in) is refused whole past either: a pusher splits what it has.
 MAX_OPS_PER_PUSH = 256  # an actor has a few dozen ops; a client's are (actor, op) pairs
 MAX_PUSH_HIST_BYTES = 1 << 20  # all histograms of one push, encoded: bounds its cost

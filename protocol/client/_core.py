@@ -723,7 +723,7 @@ class ClientCore:
         sock.setsockopt(zmq.RECONNECT_IVL, self.options.reconnect_ivl_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.options.reconnect_ivl_max_ms)
         sock.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
-        sock.setsockopt(zmq.RCVHWM, limits.STREAM_HWM)
+        sock.setsockopt(zmq.RCVHWM, limits.HWM)
         for t in encoded:
             sock.setsockopt(zmq.SUBSCRIBE, t)
         sock.connect(self.endpoint(sock, actor, "pub"))

@@ -8,10 +8,6 @@ pub const MAX_TOPIC_LEN: usize = 256; // a subscription's topic, in bytes: longe
 pub const MAX_SID_LEN: usize = 128;
 pub const MAX_ID: u64 = (1 << 53) - 1;
 pub const HWM: i32 = 100_000;
-/// A subscription's own queue, in messages: a reader that stops holds this many in its
-/// process (and the publisher's `pub_hwm` in the actor), then loses messages, as a gap it
-/// repairs by replay or reports, instead of taking in the whole stream.
-pub const STREAM_HWM: i32 = 1000;
 /// A metric push (`metrics.in`) past any of these is refused whole: a pusher splits what it has.
 pub const MAX_OPS_PER_PUSH: usize = 256;
 pub const MAX_PUSH_HIST_BYTES: usize = 1 << 20; // all encoded histograms of one push

@@ -9,10 +9,6 @@ export const MAX_TOPIC_LEN = 256; // a subscription's topic, in bytes: longer on
 export const MAX_SID_LEN = 128;
 export const MAX_ID = Number.MAX_SAFE_INTEGER;
 export const HWM = 100_000;
-/** A subscription's own queue, in messages: a reader that stops holds this many in its
- * process (and the publisher's `pub_hwm` in the actor), then loses messages, as a gap it
- * repairs by replay or reports, instead of taking in the whole stream. */
-export const STREAM_HWM = 1000;
 /** A metric push (`metrics.in`) past any of these is refused whole: a pusher splits what it has. */
 export const MAX_OPS_PER_PUSH = 256;
 export const MAX_PUSH_HIST_BYTES = 1 << 20; // all encoded histograms of one push
