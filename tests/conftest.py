@@ -63,15 +63,6 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     compile_package()
 
 
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto` (pyproject.toml): one worker more than the cores this process may run on.
-    Most of a test's time is spent waiting on what it started (a tree's actors, shells, the
-    timeouts it must see pass), so a worker per core leaves them idle: on 2 cores the suite
-    took 550 s with two workers and 433 s with three, every test passing (they are written to
-    pass on a loaded machine)."""
-    return len(os.sched_getaffinity(0)) + 1
-
 # --- every reply the tests see, held against protocol/schema/ops.json -------------------------
 # The Python client of this process and of every process the tests start (the CLI, a tree's
 # supervisors) checks each reply against its op's declaration (protocol/schema/live.py) and
