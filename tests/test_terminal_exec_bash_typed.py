@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 # integration_detect_ms: the window the shell must stay at its line editor without a D, once
 # quiet for quiet_ms (a shell slower than it to its first prompt gets the integration back
 # there: integrated_session waits for that).
-DETECT_MS = 500
+DETECT_MS = 1000
 TREE = terminal_tree(f"quiet_ms = 1000\nintegration_detect_ms = {DETECT_MS}\n")
 # The long programs' tree: every command there ends at its D, none at a quiet spell, so a
 # short quiet_ms (the session's lookout for a line editor starts after it) lets a program

@@ -71,7 +71,7 @@ class Term:
 # must outlast to be taken for one that stopped marking; the tests that hold a quiet program
 # hold it for four of these. A shell slower than this to its first prompt gets the
 # integration back at it (Term.integrated waits for that).
-DETECT_MS = 500
+DETECT_MS = 1000
 
 
 def start_term(spawn_actor, client, tmp_path, quiet_ms: int,
