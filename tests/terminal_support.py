@@ -424,9 +424,12 @@ class ListedSession:
     def type(self, line: str) -> None:
         self.call("term.write", {"data": line + "\r"})
 
+    def scrollback(self) -> bytes:
+        return self.client.request("terminal", "term.scrollback",
+                                   {"session": self.sid}).attachments[0]
+
     def shown(self, text: bytes) -> bool:
-        r = self.client.request("terminal", "term.scrollback", {"session": self.sid})
-        return text in r.attachments[0]
+        return text in self.scrollback()
 
 
 def integrated_session(tree: Any, tmp_path: Path, shell: str) -> ListedSession:

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.terminal_support import Commands, env_for, make_home, terminal_tree
+from tests.terminal_support import (
+    Commands,
+    ListedSession,
+    env_for,
+    make_home,
+    terminal_tree,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -30,38 +36,27 @@ HISTORY = {"bash": ".bash_history", "zsh": ".zsh_history"}
 FROM_HISTORY = "xmarks-the-spot-from-history"  # what `!x` finds in the history file
 
 
-class Shell:
+class Shell(ListedSession):
     """A session of `shell` in the test's tree, with `rc` in a HOME of its own."""
 
     def __init__(self, tree: Any, home: Path, shell: str, rc: str) -> None:
-        self.tree = tree
         self.home = home
         (home / RC[shell]).write_text(BASE_RC[shell] + rc)
         (home / HISTORY[shell]).write_text(f"echo early\n{FROM_HISTORY}\necho late\n")
-        self.sid = self.call("term.create", {"shell": shell, "env": env_for(home)})["session"]
+        super().__init__(tree.client, tree.client.call(
+            "terminal", "term.create", {"shell": shell, "env": env_for(home)},
+            timeout=90.0)["session"])
         wait_for(lambda: self.listed()["mode"] == "integration", "the session's integration")
 
-    def call(self, op: str, args: dict) -> Any:
-        return self.tree.call("terminal", op, args, timeout=90.0)
-
-    def exec(self, command: str) -> dict:
-        r = self.call("term.exec", {"session": self.sid, "command": command,
-                                    "timeout_ms": 60_000})
+    def exec(self, command: str, timeout_ms: int = 60_000) -> dict:
+        r = super().exec(command, timeout_ms)
         assert (r["trusted"], r["mode"]) == (True, "integration"), (command, r)
         return r
-
-    def listed(self) -> dict:
-        (s,) = [s for s in self.call("term.list", {})["sessions"] if s["session"] == self.sid]
-        return s
-
-    def scrollback(self) -> bytes:
-        reply = self.tree.client.request("terminal", "term.scrollback", {"session": self.sid})
-        return reply.attachments[0]
 
     def typed(self, line: str, shows: bytes) -> None:
         """`line` typed with term.write, as a person would, and run: the terminal `shows`
         what it says, its command over (a D after that), and the session not busy."""
-        self.call("term.write", {"session": self.sid, "data": line + "\r"})
+        self.type(line)
 
         def over() -> bool:
             out = self.scrollback()

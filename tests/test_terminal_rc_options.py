@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from moorage.protocol.errors import MoorageError
-from tests.terminal_support import env_for, make_home, terminal_tree
+from tests.terminal_support import ListedSession, env_for, make_home, terminal_tree
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,32 +23,17 @@ ZSH = pytest.mark.skipif(shutil.which("zsh") is None,
 RC = {"bash": ".bashrc", "zsh": ".zshrc"}
 
 
-class Shell:
+class Shell(ListedSession):
     """One session of `shell` (with `args`) in a tree of its own, `rc` its start-up file
     (`rc_file`, else the shell's rc) in a HOME of its own."""
 
     def __init__(self, tree: Any, tmp_path: Path, shell: str, rc: str, rc_file: str = "",
                  args: tuple[str, ...] = ()) -> None:
-        self.tree = tree
         self.home = make_home(tmp_path)
         (self.home / (rc_file or RC[shell])).write_text(rc)
-        self.created = self.call("term.create", {"shell": shell, "args": list(args),
-                                                 "env": env_for(self.home)})
-        self.sid = self.created["session"]
-
-    def call(self, op: str, args: dict) -> Any:
-        return self.tree.call("terminal", op, args, timeout=30.0)
-
-    def exec(self, command: str) -> dict:
-        return self.call("term.exec", {"session": self.sid, "command": command})
-
-    def listed(self) -> dict:
-        (s,) = [s for s in self.call("term.list", {})["sessions"] if s["session"] == self.sid]
-        return s
-
-    def scrollback(self) -> bytes:
-        reply = self.tree.client.request("terminal", "term.scrollback", {"session": self.sid})
-        return reply.attachments[0]
+        self.created = tree.client.call("terminal", "term.create", {
+            "shell": shell, "args": list(args), "env": env_for(self.home)}, timeout=30.0)
+        super().__init__(tree.client, self.created["session"])
 
     def log(self) -> list[str]:
         path = self.home / "hooks.log"
