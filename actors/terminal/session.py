@@ -1168,7 +1168,7 @@ class Session:
         first = ex.out_start or ex.sent_off
         begin = max(first, self.offset - TIMEOUT_TAIL)
         if begin > first:  # cut: not inside a sequence or a character
-            begin += self._clean_cut(begin, self.offset)
+            begin += self._clean_cut(begin, self.scroll.get(begin, self.offset))
         so_far = self._text(begin, self.offset)
         self._fail(WireError.of("timeout", what, detail={
             "output": so_far[-4096:], "mode": ex.mode, "signalled": "SIGINT"}))
@@ -1186,14 +1186,12 @@ class Session:
         limit = self.host.max_output
         truncated = start < max(self.scroll.base, end - limit)
         begin = max(start, end - limit, self.scroll.base)
-        if truncated:
-            begin += self._clean_cut(begin, end)
-        return self.scroll.get(begin, end), truncated
+        data = self.scroll.get(begin, end)
+        return (data[self._clean_cut(begin, data):] if truncated else data), truncated
 
-    def _clean_cut(self, at: int, end: int) -> int:
-        """`clean_cut` of output cut at `at` (of the bytes up to `end`)."""
-        before = self.scroll.get(max(self.scroll.base, at - CUT_BEFORE), at)
-        return clean_cut(before, self.scroll.get(at, end))
+    def _clean_cut(self, at: int, after: bytes) -> int:
+        """`clean_cut` of output cut at `at`, `after` its bytes from there."""
+        return clean_cut(self.scroll.get(max(self.scroll.base, at - CUT_BEFORE), at), after)
 
     def _shaped(self, text: str) -> str:
         if self.kind == "zsh":

@@ -206,6 +206,15 @@ def refuse_climb_past_non_directory(absolute: str) -> None:
             raise
 
 
+def climb_checked(absolute: str, path: str) -> None:
+    """`refuse_climb_past_non_directory`, its error classified for `path` (the ops that
+    resolve on the loop: on a worker, the job's error is classified where it is taken)."""
+    try:
+        refuse_climb_past_non_directory(absolute)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+
+
 def _refuse_directory_name(real: str) -> NoReturn:
     """The error of a write to a path that names a directory (`_names_a_directory`), `real`
     what it resolved to: as open(2) answers it, ENOTDIR where a file (or anything but a
@@ -675,10 +684,7 @@ class FileService:
         self.cache.misses += 1
         if self._on_slow_fs(absolute):
             return self._read_remote(path, absolute, offset, length)
-        try:
-            refuse_climb_past_non_directory(absolute)
-        except OSError as exc:
-            raise os_error(exc, path) from None
+        climb_checked(absolute, path)
         real, lst = self.roots.resolve_lstat(absolute)
         refuse_special(lst, path, "read")
         try:
@@ -835,10 +841,7 @@ class FileService:
         absolute = self.roots.absolute(path)
         remote = self._on_slow_fs(absolute)
         if not remote:
-            try:
-                refuse_climb_past_non_directory(absolute)
-            except OSError as exc:
-                raise os_error(exc, path) from None
+            climb_checked(absolute, path)
         # (on a slow file system the path is resolved on the worker: its writes are kept in
         # order by the path as given)
         real = absolute if remote else self.roots.resolve_fast(absolute)
@@ -1041,10 +1044,7 @@ class FileService:
                 return self._stat_of(self.roots.resolve_fast(absolute), path)
 
             return self._on_remote(path, blocking)
-        try:
-            refuse_climb_past_non_directory(absolute)
-        except OSError as exc:
-            raise os_error(exc, path) from None
+        climb_checked(absolute, path)
         real, lst = self.roots.resolve_lstat(absolute)
         if lst is not None and not stat_mod.S_ISLNK(lst.st_mode):
             try:
@@ -1081,10 +1081,7 @@ class FileService:
                 return listing.answer()
 
             return self._on_remote(path, whole)
-        try:
-            refuse_climb_past_non_directory(absolute)  # (`f.txt/..` is no directory)
-        except OSError as exc:
-            raise os_error(exc, path) from None
+        climb_checked(absolute, path)
         real = self.roots.resolve_fast(absolute)
 
         def attempt() -> Any:

@@ -55,9 +55,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from moorage.actors.runtime import DEFERRED, Call, op
 from moorage.actors.runtime.shapes import OneOf
-from moorage.actors.watcher.files import refuse_climb_past_non_directory
+from moorage.actors.watcher.files import climb_checked
 from moorage.actors.watcher.journal import Clock
-from moorage.actors.watcher.retry import os_error
 from moorage.actors.watcher.snapshot import (
     UNKNOWN,
     Stat,
@@ -379,24 +378,16 @@ class QueryOps:
 
             return self._admit(call, make)
 
-        def climbed() -> None:
-            """`f.txt/..` names no directory, though the resolution makes it the one
-            holding `f.txt`."""
-            try:
-                refuse_climb_past_non_directory(absolute)
-            except OSError as exc:
-                raise os_error(exc, path) from None
-
-        def resolve() -> Any:
+        def resolve() -> Any:  # (`f.txt/..` names no directory: climb_checked)
             if w.roots.on_slow(absolute):  # resolved where a stalled mount may wait
                 def resolved() -> str:
-                    climbed()
+                    climb_checked(absolute, path)
                     return w.roots.resolve(absolute)
 
                 w.remote.submit(resolved, lambda real: real).then(
                     lambda job: settle(lambda: begin(job.result())))
                 return DEFERRED
-            climbed()
+            climb_checked(absolute, path)
             return begin(w.roots.resolve_fast(path))
 
         def settle(step: Callable[[], Any]) -> None:
