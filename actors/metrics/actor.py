@@ -114,6 +114,7 @@ from moorage.actors.runtime.actor import TURN_BUDGET_S
 from moorage.actors.runtime.beat import progress
 from moorage.actors.runtime.follow import Follow
 from moorage.actors.runtime.logs import state_dir
+from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.outbound import Outbound
 from moorage.actors.runtime.shapes import Named
 from moorage.protocol import endpoints, limits
@@ -121,6 +122,7 @@ from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import WireError
 
 PUSH_BATCH = 256  # pushes taken per wake-up, so requests are not starved
+IDLE_TICK_S = 30.0  # the longest sleep between two ticks (see `_tick_due`)
 
 __all__ = [
     "AlertPolicy", "Alerts", "BadPush", "MetricsActor", "MetricsTable", "OpSample", "Push",
@@ -202,9 +204,12 @@ class MetricsActor(Actor):
         # must not wait for the request socket's next wake-up (runtime/loop.py).
         self.loop.fast_path = False
         self.loop.add_reader(self.pull, self._on_pushes)
-        self.loop.call_every(self.settings.bucket_s, self._tick)
+        self._tick_timer: Timer | None = None
+        self._tick_at = float("inf")  # (monotonic) when the armed tick runs
+        self._saved_at = time.monotonic()  # the last tick that looked at the record
+        self.stats.wake = self.losses.wake = self._tick_soon  # our own ops, as others' pushes
+        self._arm_tick(self.settings.bucket_s)
         self.loop.call_later(0, self._first_turn)
-        self.loop.call_every(self.settings.slo_save_s, lambda: self.record.save(time.time()))
         self.loop.call_every(60.0, self._evaluate_losses)  # the 1 h window moves per minute
         self._follow = Follow(self, self.outbound, self.settings.supervisor, "sup.event",
                               self._on_tree_event)
@@ -304,6 +309,7 @@ class MetricsActor(Actor):
             # (the record takes the tree's actors' figures only, under its own key bound)
             if self.slo.add_ops(actor, s.op, s.ok, s.error, s.counts, now, s.caller):
                 self.record.dirty = True
+                self._save_soon()
             self._evaluate(series)
         self._bound(actor.startswith(CLIENT_PREFIX), idx)
 
@@ -331,6 +337,7 @@ class MetricsActor(Actor):
         now = time.time()
         self.slo.add_loss(actor, loss, now)
         self.record.dirty = True
+        self._save_soon()
         logger.warning("data loss reported by {}: {}", actor, loss)
         for counter in loss:
             self._publish_alerts(self.alerts.evaluate_loss(
@@ -373,9 +380,19 @@ class MetricsActor(Actor):
         return idx
 
     def _tick(self) -> None:
+        self._tick_timer, self._tick_at = None, float("inf")
+        try:
+            self._tick_once()
+        finally:
+            self._arm_tick(self._tick_due())
+
+    def _tick_once(self) -> None:
         idx = self._advance()
         self._report_replay()
         self.slo.observe(time.time())
+        if time.monotonic() - self._saved_at >= self.settings.slo_save_s:
+            self._saved_at = time.monotonic()
+            self.record.save(time.time())
         self._take_losses(self.name, self.losses.drain())
         if self.stats.pending():  # our own ops: no push socket to ourselves
             try:
@@ -385,6 +402,42 @@ class MetricsActor(Actor):
                 logger.exception("own op stats not taken")
                 return
             self._merge(self.name, samples, idx)
+
+    # An idle tree's metrics actor sleeps: a tick runs when something is due (a slot leaving
+    # a window, the record to save, our own figures to take, a replay going on), at least
+    # every IDLE_TICK_S (the SLO record's observed time, counted between two ticks up to
+    # slo.OBSERVE_MAX_GAP_S), not every bucket_s: between two slot boundaries a tick changed
+    # nothing, and each cost the process a wake-up (P14's idle CPU).
+
+    def _tick_due(self) -> float:
+        """Seconds from now to the next tick."""
+        st = self.settings
+        if self.stats.pending() or self.losses.pending() or self._follow.tracker.replaying:
+            return st.bucket_s
+        due = min(IDLE_TICK_S, st.window_s)  # (a slot merged from now on leaves after that)
+        if self.record.dirty:
+            due = min(due, self._saved_at + st.slo_save_s - time.monotonic())
+        leaves = self.table.next_expiry
+        if leaves is not None:  # (the interval's start, and a millisecond: it is there then)
+            due = min(due, leaves * st.bucket_s - time.monotonic() + 0.001)
+        return max(due, 0.0)
+
+    def _arm_tick(self, delay: float) -> None:
+        """The next tick in `delay` s, unless one is armed sooner."""
+        at = time.monotonic() + delay
+        if at >= self._tick_at:
+            return
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+        self._tick_at = at
+        self._tick_timer = self.loop.call_later(delay, self._tick)
+
+    def _tick_soon(self) -> None:
+        self._arm_tick(self.settings.bucket_s)
+
+    def _save_soon(self) -> None:
+        """The record changed: saved by the tick due `slo_save_s` after the last save."""
+        self._arm_tick(max(0.0, self._saved_at + self.settings.slo_save_s - time.monotonic()))
 
     # --- the SLO record ----------------------------------------------------------------------
 
@@ -398,6 +451,7 @@ class MetricsActor(Actor):
             return
         inc = self.recovery.take(ev.epoch, ev.seq, ev.body)
         self.record.dirty = True
+        self._save_soon()
         if inc is None:
             return
         assert inc.ready_at is not None
@@ -493,6 +547,7 @@ class MetricsActor(Actor):
     def _op_slo(self, call: Call) -> dict[str, Any]:
         """The SLO report over 1 h, 24 h and 30 d, recovery incidents and data-loss counts."""
         self._advance()
+        self.slo.observe(time.time())  # (the time since the last tick: watched too)
         report = build_report(self.slo, self.recovery, time.time(),
                               self.alerts.policy.p99_targets, self.settings.objectives)
         report["file"] = str(self.record.path)

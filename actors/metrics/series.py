@@ -143,6 +143,10 @@ class Window:
             target.counts.update(counts)
         self.held += len(b.counts) + len(self.counts) - before
 
+    def leaves_at(self) -> int | None:
+        """The interval at which the oldest slot leaves (`expire` drops it there), if any."""
+        return (self.slots[0].n + 1) * self.width + self.span - 1 if self.slots else None
+
     def expire(self, idx: int) -> bool:
         """Drop slots that left the window ending at interval `idx`; True if any did."""
         gone = False
@@ -260,6 +264,7 @@ class MetricsTable:
         self.dropped_values = 0  # the values they held
         self.over_budget = {False: 0, True: 0}  # bounds that found a share past its budget
         self.pressed = {False: -1, True: -1}  # the interval a share was last past its budget
+        self.next_expiry: int | None = None  # set by `expire`
 
     def interval(self, now: float) -> int:
         return int(now // self.bucket_s)
@@ -334,13 +339,20 @@ class MetricsTable:
         return True
 
     def expire(self, idx: int) -> list[Series]:
-        """Series whose window lost a slot (their alerts need a new look)."""
+        """Series whose window lost a slot (their alerts need a new look). Sets
+        `next_expiry`: the first interval at which another slot leaves, None if no window
+        holds one (a slot merged later leaves at least a whole window after its interval)."""
         out = []
+        soonest: int | None = None
         for s in self.series.values():
             before = s.window.held
             if s.window.expire(idx):
                 self._held(s, s.window.held - before)
                 out.append(s)
+            at = s.window.leaves_at()
+            if at is not None and (soonest is None or at < soonest):
+                soonest = at
+        self.next_expiry = soonest
         return out
 
     def select(self, actor: str | None = None, op: str | None = None) -> list[Series]:
