@@ -358,6 +358,22 @@ def test_resize_reaches_the_pty(term):
     assert term.exec(sid, "stty size")["output"] == "40 100"
 
 
+def test_a_resize_is_told_to_every_window_of_the_session(term):
+    """Another window showing the session learns its new size (and only from a resize that
+    took effect: a refused one tells nothing)."""
+    sid = term.create("bash")["session"]
+    other = term.client.subscribe("terminal", ["term.session"], from_seq=1)
+    term.opened.append(other)
+    with pytest.raises(MoorageError):
+        term.call("term.resize", {"session": sid, "cols": 0, "rows": 40})
+    term.call("term.resize", {"session": sid, "cols": 132, "rows": 50})
+    ev = other.next(timeout=30)
+    assert ev is not None and ev.body == {"session": sid, "event": "resized", "cols": 132,
+                                          "rows": 50}
+    [listed] = [x for x in term.call("term.list", {})["sessions"] if x["session"] == sid]
+    assert (listed["cols"], listed["rows"]) == (132, 50)
+
+
 # Prints once it is the foreground job (job control has given it the terminal before exec);
 # `st''arted` so that the terminal's echo of the typed line does not match.
 FOREGROUND_SLEEP = "sh -c 'echo st''arted; exec sleep 30'"

@@ -53,7 +53,8 @@ its resend gets `outcome_unknown` (the records on disk that say so: specs.ExecRe
 
 Streams: `term.out.<session>` body {offset, replay?} with the raw bytes as an attachment;
 `term.cmd.<session>` {event: start|end, command, cwd, exit_code, offsets, times};
-`term.session` {session, event: exited|lost|recreated|gone|closed|consumer_dropped, ...};
+`term.session` {session, event: exited|lost|recreated|gone|closed|consumer_dropped|resized,
+...};
 `term.alert` {kind: "sessions_lost", sessions, ...} when the shells themselves were lost;
 "sessions_unrecorded", then "sessions_recorded", while sessions' records miss the disk (specs.py).
 Offsets continue across restarts of this actor and of the keeper; a recreated session's new
@@ -726,6 +727,9 @@ class TerminalActor(Actor):
                     return
                 s.cols, s.rows = cols, rows
                 call.reply({"cols": cols, "rows": rows})
+                # (every window of the session draws it at this size from now on)
+                self.publisher.publish("term.session", {"session": s.id, "event": "resized",
+                                                        "cols": cols, "rows": rows})
 
             self.keeper.resize(s, cols, rows, done, deadline=answer_by(call))
             return DEFERRED
