@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from moorage.protocol.client._streams import Loss, NeedReplay, Reset, StreamTracker
+from moorage.protocol.client._streams import (
+    FILL_PAGE,
+    ByteGap,
+    BytesLost,
+    GapFill,
+    Loss,
+    NeedReplay,
+    Reset,
+    StreamTracker,
+)
 from moorage.protocol.envelope import StreamMessage
 
 pytestmark = pytest.mark.timeout(10)
@@ -73,3 +82,61 @@ def test_a_replay_answered_by_a_successor_lets_the_old_epochs_queued_messages_th
     # Then the new epoch's welcome: the Reset, and its history from the start.
     events, need = t.on_message(msg(2, "new", welcome=True))
     assert events == [Reset("t", "old", "new")] and need == NeedReplay("t", 1)
+
+
+# --- terminal output: bytes by offset ----------------------------------------------------------
+
+
+def out(seq: int, offset: int, data: bytes, epoch: str = "e1") -> StreamMessage:
+    return StreamMessage("term.out.s1", seq, epoch, {"offset": offset}, [data])
+
+
+def test_bytes_skipped_across_a_reset_come_after_a_byte_gap_and_a_new_shell_is_none():
+    t = StreamTracker()
+    assert t.on_message(out(1, 0, b"abc"))[0] == [out(1, 0, b"abc")]
+    # the old life's tail (offsets 3..9) was dropped before it died: no seq says so
+    events, _ = t.on_message(out(1, 10, b"xyz", epoch="e2"))
+    assert events == [Reset("term.out.s1", "e1", "e2"), ByteGap("term.out.s1", 3, 10, "e2", 1),
+                      out(1, 10, b"xyz", epoch="e2")]
+    assert t.byte_gaps == 1
+    # a recreated session's shell starts at a multiple of 2^40: a new stream, not a gap
+    events, _ = t.on_message(out(2, 1 << 40, b"new", epoch="e2"))
+    assert events == [out(2, 1 << 40, b"new", epoch="e2")]
+    # bytes republished after a gap are still dropped by offset
+    assert t.on_message(out(3, (1 << 40) + 1, b"ew!", epoch="e2"))[0] == [
+        out(3, (1 << 40) + 3, b"!", epoch="e2")._replace(
+            body={"offset": (1 << 40) + 3})]
+
+
+def scrollback(frm: int, data: bytes, lost: list[int] | None = None) -> tuple[dict, list]:
+    body = {"session": "s1", "from": frm, "to": frm + len(data), "first": frm, "end": 99}
+    if lost is not None:
+        body["lost"] = lost
+    return body, [data]
+
+
+def test_a_gap_is_filled_from_the_scrollback_and_what_it_no_longer_holds_is_lost():
+    gap = ByteGap("term.out.s1", 3, 10, "e2", 1)
+    fill = GapFill(gap)
+    assert fill.ask() == {"session": "s1", "from_offset": 3, "max_bytes": 7}
+    fill.take(*scrollback(5, b"fghij", lost=[3, 5]))
+    assert fill.ask() is None
+    assert fill.events == [
+        BytesLost("term.out.s1", 3, 5),
+        StreamMessage("term.out.s1", 1, "e2", {"offset": 5, "replay": True}, [b"fghij"])]
+
+
+def test_a_gap_filled_in_pages_and_a_failed_or_malformed_answer_reports_the_rest_lost():
+    fill = GapFill(ByteGap("term.out.s1", 0, 3 * FILL_PAGE, "e1", 7))
+    fill.take(*scrollback(0, b"a" * FILL_PAGE))
+    assert fill.ask() == {"session": "s1", "from_offset": FILL_PAGE, "max_bytes": FILL_PAGE}
+    fill.take({"from": FILL_PAGE, "to": FILL_PAGE + 5}, [b"abc"])  # says 5, carries 3
+    assert fill.ask() is None
+    assert fill.events[1] == BytesLost("term.out.s1", FILL_PAGE, 3 * FILL_PAGE)
+    failed = GapFill(ByteGap("term.out.s1", 4, 6, "e1", 2))
+    failed.failed()
+    assert failed.events == [BytesLost("term.out.s1", 4, 6)] and failed.ask() is None
+    # a session whose end is before the gap's answers no bytes: lost, not asked for ever
+    short = GapFill(ByteGap("term.out.s1", 4, 6, "e1", 2))
+    short.take(*scrollback(4, b""))
+    assert short.events == [BytesLost("term.out.s1", 4, 6)] and short.ask() is None

@@ -1,10 +1,11 @@
 """Python clients: `Client` (blocking) and `AsyncClient` (asyncio), over one shared core."""
 
 from moorage.protocol.client._core import ClientOptions
-from moorage.protocol.client._streams import Loss, Reset
+from moorage.protocol.client._streams import BytesLost, Loss, Reset
 from moorage.protocol.client.sync import Client, Subscription
 
-__all__ = ["AsyncClient", "Client", "ClientOptions", "Loss", "Reset", "Subscription"]
+__all__ = ["AsyncClient", "BytesLost", "Client", "ClientOptions", "Loss", "Reset",
+           "Subscription"]
 
 
 def __getattr__(name: str) -> object:

@@ -126,6 +126,9 @@ class ClientOptions:
     # Push this client's latencies to the metrics actor as `client.<metrics_name>` (opt-in).
     metrics_name: str | None = None
     metrics_interval: float = 1.0  # seconds between pushes
+    # A subscription's queue in this process, in messages (its SUB's RCVHWM): past it, what
+    # comes is dropped, a gap its subscription repairs or reports (PROTOCOL.md section 12).
+    stream_hwm: int = limits.HWM
 
 
 class Done:
@@ -723,7 +726,7 @@ class ClientCore:
         sock.setsockopt(zmq.RECONNECT_IVL, self.options.reconnect_ivl_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.options.reconnect_ivl_max_ms)
         sock.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
-        sock.setsockopt(zmq.RCVHWM, limits.HWM)
+        sock.setsockopt(zmq.RCVHWM, self.options.stream_hwm)
         for t in encoded:
             sock.setsockopt(zmq.SUBSCRIBE, t)
         sock.connect(self.endpoint(sock, actor, "pub"))

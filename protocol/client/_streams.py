@@ -14,7 +14,10 @@ as a `Loss` event, and a new epoch (the publisher restarted; its seqs begin agai
 
 Terminal output (`term.out.<session>`) is also de-duplicated by byte offset, across epochs: a
 restarted terminal actor republishes bytes its predecessor may have published (`replay: true`),
-and a subscriber must show each byte once.
+and a subscriber must show each byte once. A message whose offset is past the next byte not
+yet delivered (bytes no seq told missing: the tail of a publisher's life, dropped before it
+died) comes after a `ByteGap`, which the adapter fills from the terminal's scrollback
+(`GapFill`: the bytes as messages, what is no longer held as `BytesLost`).
 """
 
 from __future__ import annotations
@@ -46,15 +49,42 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
+class BytesLost:
+    """Bytes [`from_offset`, `to_offset`) of the terminal output `topic` were never delivered
+    and can no longer be had (the terminal's scrollback no longer held them when asked)."""
+
+    topic: str
+    from_offset: int
+    to_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ByteGap:
+    """Bytes [`from_offset`, `to_offset`) of `topic` were skipped by the message that follows:
+    a subscription's adapter replaces this with what `GapFill` gets (never delivered as is)."""
+
+    topic: str
+    from_offset: int
+    to_offset: int
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class NeedReplay:
     topic: str
     from_seq: int
 
 
-StreamEvent = StreamMessage | Loss | Reset
+StreamEvent = StreamMessage | Loss | Reset | BytesLost | ByteGap
 
 # Topics whose messages carry `{offset}` and the bytes as attachment 0, de-duplicated by offset.
 OFFSET_TOPIC_PREFIX = "term.out."
+# A recreated session's output starts at a multiple of this (PROTOCOL.md section 12): a jump
+# of the offset there is a new shell, not a gap.
+NEW_SHELL_OFFSET = 1 << 40
+# What one `term.scrollback` asked by a GapFill returns at most (the op's own default).
+FILL_PAGE = 1 << 20
 # Frames that give no event (duplicates, welcomes, undecodable ones) a subscription's `next()`
 # reads on past its timeout: as many as a topic retains, the duplicates a repaired gap can
 # leave queued behind its replay.
@@ -93,6 +123,7 @@ class StreamTracker:
         self.next_offset: dict[str, int] = {}  # term.out.*: the next byte not yet delivered
         self.replays_asked = 0  # gaps and welcomes past what was seen: a subscription's record
         self.duplicate_bytes = 0  # term.out.*: bytes dropped as already delivered (by offset)
+        self.byte_gaps = 0  # term.out.*: ByteGaps given (bytes skipped that no seq told)
 
     def on_message(self, msg: StreamMessage) -> tuple[list[StreamEvent], NeedReplay | None]:
         events, need = self._on_message(msg)
@@ -305,30 +336,78 @@ class StreamTracker:
 
     def _dedup(self, events: list[StreamEvent]) -> list[StreamEvent]:
         """Terminal output by byte offset: drop bytes already delivered, trim a message that
-        straddles the next expected offset (PROTOCOL.md section 14, `term.out`)."""
-        out = events
+        straddles the next expected offset, put a `ByteGap` before one past it (PROTOCOL.md
+        section 12, `term.out`). The common case (no message changed) returns `events`."""
+        out: list[StreamEvent] | None = None
         for i, ev in enumerate(events):
-            if not (isinstance(ev, StreamMessage) and ev.topic.startswith(OFFSET_TOPIC_PREFIX)):
-                continue
-            body = ev.body
-            if not (isinstance(body, dict) and type(body.get("offset")) is int
-                    and ev.attachments):
-                continue
-            off, data = body["offset"], ev.attachments[0]
-            end = off + len(data)
-            expected = self.next_offset.get(ev.topic)
-            if expected is not None and off < expected:
-                if out is events:
-                    out = list(events)
-                self.duplicate_bytes += min(end, expected) - off
-                if end <= expected:
-                    out[i] = None  # type: ignore[call-overload]
-                    continue
-                cut = expected - off
-                out[i] = ev._replace(body={**body, "offset": expected},
-                                     attachments=[data[cut:], *ev.attachments[1:]])
-            self.next_offset[ev.topic] = max(end, expected or 0)
-        return out if out is events else [e for e in out if e is not None]
+            keep: list[StreamEvent] | None = None  # (None: `ev` as it is)
+            if isinstance(ev, StreamMessage) and ev.topic.startswith(OFFSET_TOPIC_PREFIX) \
+                    and isinstance(ev.body, dict) and type(ev.body.get("offset")) is int \
+                    and ev.attachments:
+                body = ev.body
+                off, data = body["offset"], ev.attachments[0]
+                end = off + len(data)
+                expected = self.next_offset.get(ev.topic)
+                if expected is not None and off > expected and off % NEW_SHELL_OFFSET:
+                    keep = [ByteGap(ev.topic, expected, off, ev.epoch, ev.seq), ev]
+                    self.byte_gaps += 1
+                elif expected is not None and off < expected:
+                    self.duplicate_bytes += min(end, expected) - off
+                    cut = expected - off
+                    keep = [] if end <= expected else [ev._replace(
+                        body={**body, "offset": expected},
+                        attachments=[data[cut:], *ev.attachments[1:]])]
+                self.next_offset[ev.topic] = max(end, expected or 0)
+            if out is None and keep is not None:
+                out = list(events[:i])
+            if out is not None:
+                out.extend([ev] if keep is None else keep)
+        return events if out is None else out
+
+
+class GapFill:
+    """The bytes of a `ByteGap`, asked of the terminal (`term.scrollback`, a page at a time)
+    by a subscription's adapter, which does the I/O: `ask()` gives the next request's args
+    (None: done), `take()` its answer, `failed()` a request that failed. `events`: the bytes
+    as `term.out` messages of the gap's epoch and seq (`replay: true`, as a successor's
+    republished ones), and a `BytesLost` for what the scrollback no longer held or could
+    not be had, in offset order."""
+
+    def __init__(self, gap: ByteGap) -> None:
+        self.gap = gap
+        self.at = gap.from_offset
+        self.events: list[StreamEvent] = []
+
+    def ask(self) -> dict[str, Any] | None:
+        if self.at >= self.gap.to_offset:
+            return None
+        return {"session": self.gap.topic[len(OFFSET_TOPIC_PREFIX):], "from_offset": self.at,
+                "max_bytes": min(FILL_PAGE, self.gap.to_offset - self.at)}
+
+    def take(self, answer: Any, attachments: list[bytes]) -> None:
+        g, at = self.gap, self.at
+        frm, to = (answer.get("from"), answer.get("to")) if type(answer) is dict else (0, 0)
+        if not (type(frm) is int and type(to) is int and at <= frm <= to and attachments
+                and len(attachments[0]) == to - frm):
+            self.failed()  # (not the op's answer: what is left is not to be had from it)
+            return
+        if frm > at:  # (no longer held: its `lost`)
+            self._lost(min(frm, g.to_offset))
+        if to > self.at:
+            data = attachments[0][: g.to_offset - self.at]
+            self.events.append(StreamMessage(g.topic, g.seq, g.epoch,
+                                             {"offset": self.at, "replay": True}, [data]))
+            self.at += len(data)
+        elif frm == at:  # (nothing: the session's end is before the gap's)
+            self.failed()
+
+    def failed(self) -> None:
+        self._lost(self.gap.to_offset)
+
+    def _lost(self, upto: int) -> None:
+        if upto > self.at:
+            self.events.append(BytesLost(self.gap.topic, self.at, upto))
+            self.at = upto
 
 
 def _well_formed(answer: Any, n_attachments: int) -> bool:

@@ -45,6 +45,8 @@ from moorage.protocol.client._core import (
 )
 from moorage.protocol.client._streams import (
     IDLE_FRAMES_PAST_DEADLINE,
+    ByteGap,
+    GapFill,
     NeedReplay,
     StreamEvent,
     StreamTracker,
@@ -601,7 +603,30 @@ class AsyncSubscription:
                     return None
         if self._closed:
             return None
-        return self._ready.pop(0)
+        ev = self._ready.pop(0)
+        while isinstance(ev, ByteGap):
+            self._ready[:0] = await self._fill(ev, end)
+            ev = self._ready.pop(0)
+        return ev
+
+    async def _fill(self, gap: ByteGap, end: float | None) -> list[StreamEvent]:
+        """See Subscription._fill."""
+        fill = GapFill(gap)
+        try:
+            while (args := fill.ask()) is not None:
+                try:
+                    reply = await self.client.request(
+                        self.actor, "term.scrollback", args,
+                        timeout=self.client.core.replay_timeout(end))
+                except MoorageError:
+                    fill.failed()
+                    break
+                fill.take(reply.body, reply.attachments)
+        except BaseException:
+            fill.failed()
+            self._ready[:0] = fill.events
+            raise
+        return fill.events
 
     async def catch_up(self) -> None:
         """Ask for what may have been lost at the end of a burst: see Subscription.catch_up."""

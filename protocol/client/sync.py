@@ -37,6 +37,8 @@ from moorage.protocol.client._core import (
 )
 from moorage.protocol.client._streams import (
     IDLE_FRAMES_PAST_DEADLINE,
+    ByteGap,
+    GapFill,
     NeedReplay,
     StreamEvent,
     StreamTracker,
@@ -504,7 +506,8 @@ class Client(FromConnectionFile):
 
 
 class Subscription:
-    """Ordered, gap-repaired stream events from one actor: `StreamMessage`, `Loss`, `Reset`."""
+    """Ordered, gap-repaired stream events from one actor: `StreamMessage`, `Loss`, `Reset`,
+    `BytesLost` (terminal output only)."""
 
     def __init__(
         self, client: Client, actor: str, topics: Sequence[str], from_seq: int | None
@@ -578,7 +581,32 @@ class Subscription:
                 idle += 1
                 if idle > IDLE_FRAMES_PAST_DEADLINE:
                     return None
-        return self._ready.pop(0)
+        ev = self._ready.pop(0)
+        while isinstance(ev, ByteGap):
+            self._ready[:0] = self._fill(ev, end)
+            ev = self._ready.pop(0)
+        return ev
+
+    def _fill(self, gap: ByteGap, end: float | None) -> list[StreamEvent]:
+        """Terminal output skipped with no seq missing (PROTOCOL.md section 12, "Byte
+        streams"): asked of the terminal's scrollback, by `end` as a replay is; what it no
+        longer holds, or could not give, is a `BytesLost`. Whatever ends it early reports
+        the rest lost first: the gap is never left undelivered."""
+        fill = GapFill(gap)
+        try:
+            while (args := fill.ask()) is not None:
+                try:
+                    reply = self.client.request(self.actor, "term.scrollback", args,
+                                                timeout=self.client.core.replay_timeout(end))
+                except MoorageError:
+                    fill.failed()
+                    break
+                fill.take(reply.body, reply.attachments)
+        except BaseException:
+            fill.failed()
+            self._ready[:0] = fill.events
+            raise
+        return fill.events
 
     def _look(self) -> None:
         """Read the stream socket's monitor (remote only); raise `unauthorized` once the
