@@ -133,6 +133,20 @@ def test_an_io_error_is_retryable_only_when_transient_and_tried_once():
     assert permanent.error.name == "io_error" and not permanent.error.retryable
 
 
+def test_a_retried_read_that_stays_torn_says_so_in_its_message():
+    """A read a tight appender tore at every try fails `io_error`; its message says why (the
+    errno's text alone, "Resource temporarily unavailable", does not)."""
+    def torn() -> None:
+        raise BlockingIOError(errno.EAGAIN, "changed while it was read (torn)", "/f")
+
+    p = Attempts(POLICY, torn, Later(), "/f").run()
+    assert p.error.name == "io_error" and p.error.error.message == (
+        "/f: Resource temporarily unavailable: changed while it was read (torn)")
+    # (an errno raised by the system keeps its one text)
+    plain = Attempts(POLICY, failing(errno.ENOENT), Later(), "/f").run()
+    assert plain.error.error.message == "/f: No such file or directory"
+
+
 def test_back_off_is_capped():
     later = Later()
     policy = RetryPolicy(retries=6, backoff=Backoff(0.125, 2.0, 0.5))

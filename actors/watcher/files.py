@@ -547,7 +547,7 @@ def _in_place(dfd: int, path: str, name: str, data: bytes, cur: os.stat_result |
         if if_match is not None:
             raise _conflict(path, _etag_at(dfd, name), if_match) from None
         # (made by another writer since the look: the next try writes over it)
-        raise BlockingIOError(errno.EAGAIN, "made meanwhile by another writer; retrying",
+        raise BlockingIOError(errno.EAGAIN, "made meanwhile by another writer",
                               path) from None
     except OSError as exc:
         _raise_for_room(exc, path, unchanged=True)
@@ -773,7 +773,7 @@ class FileService:
             if sized and racy(st, since):
                 again, st_again, _ = self._read_fd(fd, real, offset, length, wait)
                 if again != data or stat_key(st_again) != stat_key(st):
-                    raise BlockingIOError(11, "changed during the read (torn); retrying", real)
+                    raise BlockingIOError(11, "changed while it was read (torn)", real)
             return data, st
         finally:
             os.close(fd)
@@ -797,7 +797,7 @@ class FileService:
             data = self._read_to_eof(fd, real, offset, length)
             after = os.fstat(fd)
             if stat_key(after) != stat_key(st):
-                raise BlockingIOError(11, "changed during the read (torn); retrying", real)
+                raise BlockingIOError(11, "changed while it was read (torn)", real)
             return data, after, not data
         end = st.st_size if length is None else min(st.st_size, offset + length)
         n = max(0, end - offset)
@@ -815,7 +815,7 @@ class FileService:
             data += more
         after = os.fstat(fd)
         if stat_key(after) != stat_key(st):
-            raise BlockingIOError(11, "changed during the read (torn); retrying", real)
+            raise BlockingIOError(11, "changed while it was read (torn)", real)
         return data, after, len(data) == n
 
     def _read_to_eof(self, fd: int, real: str, offset: int, length: int | None) -> bytes:

@@ -77,7 +77,12 @@ def os_error(exc: OSError, path: str, attempts: int = 1) -> MoorageError:
     permanent (EINVAL, ENXIO, ...) fails the same way every time."""
     verdict, name = classify(exc)
     code = exc.errno or 0
-    err = fail(name, f"{path}: {os.strerror(code) if code else exc}",
+    reason = os.strerror(code) if code else str(exc)
+    if code and exc.strerror and exc.strerror != reason:
+        # our own reason for the errno (a read torn by a writer, a file made meanwhile):
+        # what the caller can act on, which the errno's text alone does not say
+        reason = f"{reason}: {exc.strerror}"
+    err = fail(name, f"{path}: {reason}",
                detail={"path": path, "errno": errno.errorcode.get(code, str(code)),
                        "attempts": attempts})
     err.error.retryable = err.error.retryable and verdict is Verdict.TRANSIENT \
