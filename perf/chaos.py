@@ -52,7 +52,7 @@ import psutil
 import zmq
 
 from moorage.protocol import endpoints
-from moorage.protocol.client import Client, Loss, Reset
+from moorage.protocol.client import BytesLost, Client, Loss, Reset
 from moorage.protocol.envelope import TAG, StreamMessage, decode_reply, encode_request, packb
 from moorage.protocol.errors import MoorageError
 from perf._report import RESULTS_DIR
@@ -350,7 +350,7 @@ class StreamCheck(SessionFollower):
         while not self.stop.is_set():
             self._session_events()
             ev = self.sub.next(timeout=0.2)
-            if isinstance(ev, Loss):
+            if isinstance(ev, (Loss, BytesLost)):  # (bytes the scrollback no longer held)
                 self.losses += 1
                 loss_since = True
             elif isinstance(ev, Reset):
@@ -784,7 +784,7 @@ class Collector(SessionFollower):
     def _run(self) -> None:
         while not self.stop.is_set():
             ev = self.sub.next(timeout=0.2)
-            if isinstance(ev, Loss):
+            if isinstance(ev, (Loss, BytesLost)):
                 self.losses += 1
             elif isinstance(ev, StreamMessage):
                 self.data += b"".join(ev.attachments)

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import zmq
 
 from moorage.protocol import limits
-from moorage.protocol.client import Loss, Reset, Subscription
+from moorage.protocol.client import BytesLost, Loss, Reset, Subscription
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from moorage.supervisor.cli.common import (
@@ -409,6 +409,10 @@ def emit_stream(ev: Any, args: argparse.Namespace) -> None:
     elif isinstance(ev, Reset):
         line = {"reset": ev.new_epoch}
         text = f"RESET: the publisher restarted (epoch {ev.new_epoch}); seqs start again"
+    elif isinstance(ev, BytesLost):
+        line = {"lost_bytes": [ev.from_offset, ev.to_offset], "topic": ev.topic}
+        text = (f"LOSS: bytes {ev.from_offset}-{ev.to_offset} of {ev.topic} are gone (no "
+                "longer in the terminal's scrollback)")
     else:
         return
     if args.raw:
