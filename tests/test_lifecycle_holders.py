@@ -245,6 +245,15 @@ def test_a_pid_that_adopts_again_is_one_holder_and_takes_the_tree_last(started, 
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["holders"] == [w1.pid, w2.pid]
+    # Said to a person too: every holder, not only the last.
+    for cmd, said in ((["adopt", "--parent", str(w1.pid)], "adopted: the tree is attached, "),
+                      (["status"], "")):
+        out = subprocess.run([sys.executable, "-m", "moorage.supervisor.cli", "--instance-dir",
+                              str(u.rdir), *cmd], capture_output=True, text=True, cwd=ROOT,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert f"{said}following pids {w2.pid}, {w1.pid} (it runs while one of them does; " \
+               f"{w1.pid} took it last)" in out.stdout, out.stdout
 
 
 def test_holders_are_bounded_and_a_slot_frees_when_one_exits(started, runtime_dir):

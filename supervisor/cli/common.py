@@ -143,3 +143,14 @@ def print_table(head: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def followed(life: dict[str, Any]) -> str:
+    """Whom the tree follows, every holder said (`holders` comes only when more than one
+    process holds it: editor windows on one instance, each of which keeps it running)."""
+    pids = life.get("holders") or ([life["parent"]] if life.get("parent") else [])
+    if len(pids) > 1:
+        return (f"following pids {', '.join(map(str, pids))} (it runs while one of them "
+                f"does; {life['parent']} took it last)")
+    return f"following pid {pids[0]}" if pids else \
+        "following no one (it runs until `moorage down`)"

@@ -28,6 +28,7 @@ from moorage.supervisor.cli.common import (
     CliError,
     check_actor,
     connect,
+    followed,
     print_table,
     read,
     tree_pid,
@@ -212,7 +213,7 @@ def lifecycle_line(life: dict[str, Any]) -> str:
         return (f"ORPHANED: {why}; stopping in {life.get('stops_in_s', 0):.1f} s unless "
                 "adopted (`moorage adopt`)")
     if life["state"] == "attached":
-        return f"following parent pid {life['parent']} (grace {life['grace_s']:g} s)"
+        return f"{followed(life)} (grace {life['grace_s']:g} s)"
     return "following no parent (runs until `moorage down`)"
 
 

@@ -57,6 +57,7 @@ from moorage.supervisor.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    followed,
     need_tree,
 )
 from moorage.supervisor.spec import ConfigError
@@ -554,8 +555,6 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(life))
         return EXIT_OK
-    who = f"following pid {life['parent']}" if life["parent"] else "following no one (it " \
-        "runs until `moorage down`)"
-    print(f"adopted: the tree is {life['state']}, {who}")
+    print(f"adopted: the tree is {life['state']}, {followed(life)}")
     return EXIT_OK
 
