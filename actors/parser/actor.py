@@ -86,6 +86,7 @@ from loguru import logger
 
 from moorage.actors.parser.packing import PACK_CORE, EventPacker
 from moorage.actors.runtime import Actor, Call, op
+from moorage.actors.runtime.loop import Timer
 from moorage.actors.runtime.shapes import Named, OneOf
 from moorage.actors.vtparse import (
     CORE,
@@ -311,8 +312,13 @@ class ParserActor(Actor):
             OrderedDict()
 
     def on_start(self) -> None:
-        interval = min(max(self.settings.idle_timeout_s / 4, 0.02), 5.0)
-        self.loop.call_every(interval, self._reap)
+        # Idle streams are looked for while there are streams: an idle parser sleeps (P14).
+        self._reap_every = min(max(self.settings.idle_timeout_s / 4, 0.02), 5.0)
+        self._reap_timer: Timer | None = None
+
+    def _reap_later(self) -> None:
+        if self._reap_timer is None:
+            self._reap_timer = self.loop.call_later(self._reap_every, self._reap)
 
     def info(self) -> dict[str, Any]:
         # core: the markers-only scan this process runs, "compiled" (the optional extension
@@ -359,6 +365,7 @@ class ParserActor(Actor):
         for old in self.table.add(s):
             self._evicted(old, "lru")
         self.counts["opened"] += 1
+        self._reap_later()
         return s
 
     def _stream(self, call: Call, name: str) -> Stream:
@@ -376,8 +383,11 @@ class ParserActor(Actor):
             "idle_s": round(self.table.clock() - s.last_use, 3)})
 
     def _reap(self) -> None:
+        self._reap_timer = None
         for s in self.table.unused_since(self.table.clock() - self.settings.idle_timeout_s):
             self._evicted(s, "idle")
+        if len(self.table):
+            self._reap_later()
 
     def _rebuild(self, s: Stream, offset: int) -> int:
         """Ground state at `offset`; returns the bytes that were held and are now dropped.
