@@ -136,6 +136,10 @@ def test_a_gap_filled_in_pages_and_a_failed_or_malformed_answer_reports_the_rest
     failed = GapFill(ByteGap("term.out.s1", 4, 6, "e1", 2))
     failed.failed()
     assert failed.events == [BytesLost("term.out.s1", 4, 6)] and failed.ask() is None
+    # a scrollback that begins past the gap's end: all of it lost, no empty message
+    past = GapFill(ByteGap("term.out.s1", 4, 6, "e1", 2))
+    past.take(*scrollback(8, b"zz", lost=[4, 8]))
+    assert past.events == [BytesLost("term.out.s1", 4, 6)] and past.ask() is None
     # a session whose end is before the gap's answers no bytes: lost, not asked for ever
     short = GapFill(ByteGap("term.out.s1", 4, 6, "e1", 2))
     short.take(*scrollback(4, b""))

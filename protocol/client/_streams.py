@@ -393,7 +393,7 @@ class GapFill:
             return
         if frm > at:  # (no longer held: its `lost`)
             self._lost(min(frm, g.to_offset))
-        if to > self.at:
+        if to > self.at < g.to_offset:  # (bytes of the gap's: not past its end)
             data = attachments[0][: g.to_offset - self.at]
             self.events.append(StreamMessage(g.topic, g.seq, g.epoch,
                                              {"offset": self.at, "replay": True}, [data]))
