@@ -31,7 +31,7 @@ import { HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
 import { Backoff, type BreakerState, CircuitBreaker } from "./recovery.js";
-import { type NeedReplay, type ReplayAnswer, type StreamEvent, StreamTracker } from "./streams.js";
+import { type ByteGap, GapFill, type NeedReplay, type ReplayAnswer, type StreamEvent, StreamTracker, type SubscriptionEvent } from "./streams.js";
 
 export interface ClientOptions {
   /** The runtime directory itself (wins over everything, section 2). */
@@ -732,12 +732,15 @@ const TIMED_OUT = Symbol("timed out");
 
 /**
  * Ordered, gap-repaired events of one actor's topics: messages, losses and resets (section
- * 12), by `next()` or `for await`.
+ * 12), and for terminal output the bytes a gap skipped that its scrollback no longer held
+ * (`bytes_lost`), by `next()` or `for await`.
  */
-export class Subscription implements AsyncIterable<StreamEvent> {
+export class Subscription implements AsyncIterable<SubscriptionEvent> {
   readonly tracker: StreamTracker;
   private readonly sock: Subscriber;
   private readonly ready: StreamEvent[] = [];
+  /** A `next()` is filling the ByteGap at the head of `ready`: the others wait for its bytes. */
+  private filling = false;
   /** Frames the socket handed over, not read yet; a receive failed (the socket closed). */
   private readonly arrived: Buffer[][] = [];
   private failure: { error: unknown } | null = null;
@@ -860,10 +863,58 @@ export class Subscription implements AsyncIterable<StreamEvent> {
     }
   }
 
+  /** Terminal output skipped with no seq missing (PROTOCOL.md section 12, "Byte streams"),
+   * the `ByteGap` at the head of `ready`: asked of the terminal's scrollback, each page by `end`
+   * as a replay's is, and replaced there by its bytes and a `BytesLost` for what the scrollback
+   * no longer held or could not give. Whatever ends it early (a close, an error that is no
+   * call's failure) reports the rest lost first: the gap is never left undelivered. */
+  private async fill(gap: ByteGap, end: number | null): Promise<void> {
+    this.filling = true;
+    const fill = new GapFill(gap);
+    try {
+      for (let args = fill.ask(); args !== null && !this.closed; args = fill.ask()) {
+        let reply: Reply;
+        try {
+          reply = await this.client.request(this.actor, "term.scrollback", args, { timeout: this.replayTimeout(end) });
+        } catch (e) {
+          if (!(e instanceof MoorageError)) throw e;
+          break;
+        }
+        fill.take(reply.body, reply.attachments);
+      }
+    } finally {
+      fill.failed(); // (the rest, if any: lost)
+      const at = this.ready.indexOf(gap);
+      if (at >= 0) this.ready.splice(at, 1, ...fill.events);
+      this.filling = false;
+    }
+  }
+
   /** The next event, or null when `timeout` seconds pass with none (null timeout: wait), and
    * null once the subscription (or its client) is closed: a `for await` then ends. */
-  async next(timeout: number | null = null): Promise<StreamEvent | null> {
+  async next(timeout: number | null = null): Promise<SubscriptionEvent | null> {
     const end = timeout === null ? null : now() + timeout;
+    for (;;) {
+      const ev = await this.arrive(end);
+      if (ev === null || ev.kind !== "byte_gap") return ev;
+      if (this.filling) {
+        // (another next() fills it: its bytes come before what follows)
+        if ((await this.wait(end)) === TIMED_OUT) return null;
+      } else {
+        try {
+          await this.fill(ev, end);
+        } finally {
+          // (the others waiting for its bytes: woken now, so that this call, the first to
+          // come to the gap, takes the first of them)
+          this.wake();
+        }
+      }
+    }
+  }
+
+  /** The event at the head of `ready` (taken, unless a ByteGap: that one stays there until its
+   * fill replaces it), read from the socket until there is one; null as `next()` returns it. */
+  private async arrive(end: number | null): Promise<StreamEvent | null> {
     while (!this.closed && this.ready.length === 0) {
       const frames = this.arrived.shift();
       if (frames === undefined) {
@@ -886,7 +937,8 @@ export class Subscription implements AsyncIterable<StreamEvent> {
       this.ready.push(...events);
       if (need !== null) await this.replay(need.topic, need.fromSeq, end);
     }
-    return this.closed ? null : this.ready.shift()!;
+    if (this.closed) return null;
+    return this.ready[0].kind === "byte_gap" ? this.ready[0] : this.ready.shift()!;
   }
 
   /** Ask for what may have been lost at the end of a burst (the stream went quiet): the
@@ -901,9 +953,9 @@ export class Subscription implements AsyncIterable<StreamEvent> {
 
   /** Until every prefix is live (its welcomes arrived). The events meanwhile are returned and
    * also kept for `next()`, which hands them on first (as the Rust client's `until_live`). */
-  async untilLive(timeout: number): Promise<StreamEvent[]> {
+  async untilLive(timeout: number): Promise<SubscriptionEvent[]> {
     const end = now() + timeout;
-    const early: StreamEvent[] = [];
+    const early: SubscriptionEvent[] = [];
     while (!this.live && !this.closed) {
       const left = end - now();
       if (left <= 0) throw new MoorageError({ code: 200, name: "timeout", category: "timeout", severity: "recoverable", retryable: true, fallback_available: false, message: `${this.actor}: subscription not live in ${timeout}s` }, this.actor, "subscribe");
@@ -914,7 +966,7 @@ export class Subscription implements AsyncIterable<StreamEvent> {
     return early;
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<StreamEvent> {
+  async *[Symbol.asyncIterator](): AsyncIterator<SubscriptionEvent> {
     for (;;) {
       const ev = await this.next();
       if (ev === null) return;

@@ -16,7 +16,7 @@ export type { Reply, Request, StreamMessage } from "./envelope.js";
 export { DecodeError, MoorageError, type WireError, KINDS, BY_CODE, fromWire, wireError, unauthorized } from "./errors.js";
 export { CodecError, Float64, decode, encode, type Value } from "./msgpack.js";
 export { Backoff, CircuitBreaker, MATRIX, maxRetriesFor, type BreakerState } from "./recovery.js";
-export { StreamTracker, type Loss, type Message, type Reset, type StreamEvent } from "./streams.js";
+export { StreamTracker, type ByteGap, type BytesLost, type Loss, type Message, type Reset, type StreamEvent, type SubscriptionEvent } from "./streams.js";
 export { Recorder } from "./histogram.js";
 export { runtimeDir, endpointsOf, remoteEndpointsOf, clientKeys, keysDir, type CurveKeys } from "./endpoints.js";
 export { adopt, type Adopted, type Lifecycle } from "./lifecycle.js";

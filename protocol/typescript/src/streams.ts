@@ -3,6 +3,12 @@
  * resets, and the byte-offset rule of `term.out.*`. The subscription feeds it messages and
  * replay answers; it answers with events to deliver and the replay to ask for next. A port of
  * the Python client's tracker, held to the same scenarios (protocol/vectors/client.json).
+ *
+ * Terminal output (`term.out.<session>`) is also de-duplicated by byte offset, across epochs. A
+ * message whose offset is past the next byte not yet delivered (bytes no seq told missing: the
+ * tail of a publisher's life, dropped before it died) comes after a `ByteGap`, which the
+ * subscription fills from the terminal's scrollback (`GapFill`: the bytes as messages, what is
+ * no longer held as `BytesLost`).
  */
 import type { StreamMessage } from "./envelope.js";
 import { MAX_ID } from "./limits.js";
@@ -25,11 +31,37 @@ export interface Reset {
   newEpoch: string;
 }
 
+/** Bytes [`fromOffset`, `toOffset`) of the terminal output `topic` were never delivered and
+ * can no longer be had (the terminal's scrollback no longer held them, or could not be asked). */
+export interface BytesLost {
+  kind: "bytes_lost";
+  topic: string;
+  fromOffset: number;
+  toOffset: number;
+}
+
+/** Bytes [`fromOffset`, `toOffset`) of `topic` were skipped by the message that follows (of
+ * `epoch` and `seq`): a subscription replaces this with what `GapFill` gets, and never delivers
+ * it as is. */
+export interface ByteGap {
+  kind: "byte_gap";
+  topic: string;
+  fromOffset: number;
+  toOffset: number;
+  epoch: string;
+  seq: number;
+}
+
 export interface Message extends StreamMessage {
   kind: "message";
 }
 
-export type StreamEvent = Message | Loss | Reset;
+/** What a subscription delivers. */
+export type SubscriptionEvent = Message | Loss | Reset | BytesLost;
+
+/** What the tracker returns: a subscription's events, and the gaps in terminal output it has
+ * to fill before the message after each. */
+export type StreamEvent = SubscriptionEvent | ByteGap;
 
 export interface NeedReplay {
   topic: string;
@@ -38,6 +70,11 @@ export interface NeedReplay {
 
 /** Topics whose messages carry `{offset}` and bytes as attachment 0: de-duplicated by offset. */
 export const OFFSET_TOPIC_PREFIX = "term.out.";
+/** A recreated session's output starts at a multiple of this (PROTOCOL.md section 12): a jump of
+ * the offset there is a new shell, not a gap. */
+export const NEW_SHELL_OFFSET = 2 ** 40;
+/** What one `term.scrollback` asked by a `GapFill` returns at most (the op's own default). */
+export const FILL_PAGE = 1 << 20;
 
 interface TopicState {
   epoch: string | null;
@@ -93,6 +130,8 @@ export class StreamTracker {
   readonly nextOffset = new Map<string, number>();
   /** Replays asked for (gaps, welcomes past what was seen): a subscription's record. */
   replaysAsked = 0;
+  /** `term.out.*`: ByteGaps given (bytes skipped that no seq told). */
+  byteGaps = 0;
 
   /** `fromSeq`: a new topic's start (1: all that is retained); `prefixes`: the subscribed ones. */
   constructor(
@@ -320,7 +359,8 @@ export class StreamTracker {
     return needs;
   }
 
-  /** `term.out.*`: drop bytes already delivered, trim a message straddling the next offset. */
+  /** `term.out.*`: drop bytes already delivered, trim a message straddling the next offset, put
+   * a `ByteGap` before one past it (PROTOCOL.md section 12, "Byte streams"). */
   private dedup(events: StreamEvent[]): StreamEvent[] {
     const out: StreamEvent[] = [];
     for (const ev of events) {
@@ -330,14 +370,17 @@ export class StreamTracker {
       }
       const body = ev.body as Record<string, Value> | null;
       const off = body !== null && typeof body === "object" && !Array.isArray(body) ? body.offset : undefined;
-      if (typeof off !== "number") {
+      if (typeof off !== "number" || !Number.isInteger(off)) {
         out.push(ev);
         continue;
       }
       const data = ev.attachments[0];
       const end = off + data.length;
       const expected = this.nextOffset.get(ev.topic);
-      if (expected !== undefined && off < expected) {
+      if (expected !== undefined && off > expected && off % NEW_SHELL_OFFSET !== 0) {
+        out.push({ kind: "byte_gap", topic: ev.topic, fromOffset: expected, toOffset: off, epoch: ev.epoch, seq: ev.seq }, ev);
+        this.byteGaps += 1;
+      } else if (expected !== undefined && off < expected) {
         if (end <= expected) continue;
         const cut = expected - off;
         out.push({ ...ev, body: { ...body, offset: expected }, attachments: [data.subarray(cut), ...ev.attachments.slice(1)] });
@@ -347,5 +390,61 @@ export class StreamTracker {
       this.nextOffset.set(ev.topic, Math.max(end, expected ?? 0));
     }
     return out;
+  }
+}
+
+/** The bytes of a `ByteGap`, asked of the terminal (`term.scrollback`, a page at a time) by a
+ * subscription, which does the I/O: `ask()` gives the next request's args (null: done), `take()`
+ * its answer, `failed()` a request that failed (or what ended the fill early). `events`: the
+ * bytes as `term.out` messages of the gap's epoch and seq (`replay: true`, as a successor's
+ * republished ones), and a `BytesLost` for what the scrollback no longer held or could not be
+ * had, in offset order: together they cover the gap exactly once. */
+export class GapFill {
+  readonly events: (Message | BytesLost)[] = [];
+  /** The first byte of the gap neither delivered nor reported lost. */
+  at: number;
+
+  constructor(readonly gap: ByteGap) {
+    this.at = gap.fromOffset;
+  }
+
+  ask(): { session: string; from_offset: number; max_bytes: number } | null {
+    if (this.at >= this.gap.toOffset) return null;
+    return { session: this.gap.topic.slice(OFFSET_TOPIC_PREFIX.length), from_offset: this.at,
+      max_bytes: Math.min(FILL_PAGE, this.gap.toOffset - this.at) };
+  }
+
+  take(answer: unknown, attachments: readonly Uint8Array[]): void {
+    const g = this.gap;
+    const at = this.at;
+    const a = answer !== null && typeof answer === "object" && !Array.isArray(answer) && !(answer instanceof Uint8Array)
+      ? (answer as Record<string, unknown>) : {};
+    const frm = a.from;
+    const to = a.to;
+    if (!(typeof frm === "number" && Number.isInteger(frm) && typeof to === "number" && Number.isInteger(to)
+      && at <= frm && frm <= to && attachments.length > 0 && attachments[0].length === to - frm)) {
+      this.failed(); // (not the op's answer: what is left is not to be had from it)
+      return;
+    }
+    if (frm > at) this.lost(Math.min(frm, g.toOffset)); // (no longer held: its `lost`)
+    if (to > this.at && this.at < g.toOffset) {
+      const data = attachments[0].subarray(0, g.toOffset - this.at);
+      this.events.push({ kind: "message", topic: g.topic, seq: g.seq, epoch: g.epoch,
+        body: { offset: this.at, replay: true }, attachments: [data], welcome: false });
+      this.at += data.length;
+    } else if (frm === at) {
+      this.failed(); // (nothing: the session's end is before the gap's)
+    }
+  }
+
+  failed(): void {
+    this.lost(this.gap.toOffset);
+  }
+
+  private lost(upto: number): void {
+    if (upto > this.at) {
+      this.events.push({ kind: "bytes_lost", topic: this.gap.topic, fromOffset: this.at, toOffset: upto });
+      this.at = upto;
+    }
   }
 }
