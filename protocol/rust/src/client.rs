@@ -25,7 +25,7 @@ use crate::errors::{unauthorized, undelivered, Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
 use crate::limits::{HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN};
 use crate::recovery::{Backoff, BreakerState, CircuitBreaker};
-use crate::streams::{StreamEvent, StreamTracker};
+use crate::streams::{ByteGap, GapFill, StreamEvent, StreamTracker};
 
 /// Of a call's time, the share that learning the actor's idempotent ops may take first.
 const LEARN_SHARE: f64 = 0.5;
@@ -822,7 +822,8 @@ pub struct SubscribeOptions {
     pub rcvhwm: Option<i32>,
 }
 
-/// Ordered, gap-repaired events of one actor's topics: messages, losses, resets (section 12).
+/// Ordered, gap-repaired events of one actor's topics (section 12): `StreamEvent::Message`,
+/// `Loss`, `Reset`, and `BytesLost` (terminal output only); never a `ByteGap`.
 pub struct Subscription {
     pub actor: String,
     pub topics: Vec<String>,
@@ -870,8 +871,7 @@ impl Subscription {
     /// and at least one attempt's, so that a caller polling with a zero timeout still gets a
     /// gap repaired rather than reported lost.
     fn replay_timeout(&self, end: Option<Instant>) -> Option<f64> {
-        let opts = &self.replayer.options;
-        end.map(|e| opts.timeout.min(opts.attempt_timeout.max(e.saturating_duration_since(Instant::now()).as_secs_f64())))
+        page_timeout(&self.replayer.options, end)
     }
 
     fn replay(&mut self, topic: String, from: u64, end: Option<Instant>) {
@@ -894,10 +894,31 @@ impl Subscription {
         }
     }
 
+    /// Terminal output skipped with no seq missing (section 12, "Byte streams"): asked of
+    /// the terminal's scrollback, by `end` as a replay is; what it no longer holds, or could
+    /// not give, is a `BytesLost`. The fill's events go first in `ready` however it ends (a
+    /// panic unwinding included: the rest reported lost), so the gap is never left
+    /// undelivered.
+    fn fill(&mut self, gap: ByteGap, end: Option<Instant>) {
+        let mut filling = Filling { fill: GapFill::new(gap), ready: &mut self.ready };
+        while let Some(args) = filling.fill.ask() {
+            let opts = CallOptions { timeout: page_timeout(&self.replayer.options, end), ..CallOptions::default() };
+            match self.replayer.request(&self.actor, "term.scrollback", args, opts) {
+                Ok(r) => filling.fill.take(&r.body, &r.attachments),
+                Err(_) => filling.fill.failed(),
+            }
+        }
+    }
+
     /// The next event, or None when `timeout` passes with none (None timeout: wait).
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<StreamEvent>, Error> {
         let end = timeout.map(|t| Instant::now() + t);
-        while self.ready.is_empty() {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                let StreamEvent::ByteGap(gap) = ev else { return Ok(Some(ev)) };
+                self.fill(gap, end); // (its events, then the message after the gap, are next)
+                continue;
+            }
             let wait_ms = match end {
                 None => -1,
                 Some(e) => e.saturating_duration_since(Instant::now()).as_millis() as i64,
@@ -917,7 +938,28 @@ impl Subscription {
                 self.replay(n.topic, n.from_seq, end);
             }
         }
-        Ok(self.ready.pop_front())
+    }
+}
+
+/// The time of one page (a replay's, a scrollback's) asked for by a `next()` that must return
+/// by `end`: see `Subscription::replay_timeout`.
+fn page_timeout(opts: &Options, end: Option<Instant>) -> Option<f64> {
+    end.map(|e| opts.timeout.min(opts.attempt_timeout.max(e.saturating_duration_since(Instant::now()).as_secs_f64())))
+}
+
+/// A gap being filled: on drop its events go to the front of the subscription's queue, the
+/// rest of the gap reported lost when the fill did not end (a panic unwinding through it).
+struct Filling<'a> {
+    fill: GapFill,
+    ready: &'a mut VecDeque<StreamEvent>,
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        self.fill.failed(); // (nothing once the whole gap is delivered or lost)
+        for ev in self.fill.events.drain(..).rev() {
+            self.ready.push_front(ev);
+        }
     }
 }
 

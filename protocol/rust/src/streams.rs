@@ -1,17 +1,27 @@
 //! Stream bookkeeping (PROTOCOL.md section 12), pure: order, gaps, welcomes, replay, loss,
 //! resets, and the byte-offset rule of `term.out.*`. A port of the Python client's tracker,
 //! held to the same scenarios (protocol/vectors/client.json).
+//!
+//! A `term.out.*` message whose offset is past the next byte not yet delivered (bytes no seq
+//! told missing: the tail of a publisher's life, dropped before it died) comes after a
+//! `ByteGap`, which a subscription fills from the terminal's scrollback (`GapFill`: the bytes
+//! as messages, what is no longer held as `BytesLost`).
 
 use std::collections::{HashMap, HashSet};
 
 use rmpv::Value;
 
-use crate::codec::get;
+use crate::codec::{get, map_of};
 use crate::envelope::StreamMessage;
 use crate::limits::MAX_ID;
 
 /// Topics whose messages carry `{offset}` and bytes as attachment 0: de-duplicated by offset.
 pub const OFFSET_TOPIC_PREFIX: &str = "term.out.";
+/// A recreated session's output starts at a multiple of this (PROTOCOL.md section 12): a jump
+/// of the offset there is a new shell, not a gap.
+pub const NEW_SHELL_OFFSET: u64 = 1 << 40;
+/// What one `term.scrollback` asked by a `GapFill` returns at most (the op's own default).
+pub const FILL_PAGE: u64 = 1 << 20;
 
 /// A `replay` answer as section 12 has it: a map whose `epoch` is a string, `lost` nil or
 /// `[first, last]` with `first <= last`, `messages` `[seq, body, n_attachments]` triples that
@@ -49,6 +59,24 @@ pub enum StreamEvent {
     Loss { topic: String, first: u64, last: u64, epoch: String },
     /// The publisher restarted: the topic continues in `new_epoch` from seq 1.
     Reset { topic: String, old_epoch: String, new_epoch: String },
+    /// Bytes `[from_offset, to_offset)` of the terminal output `topic` were never delivered and
+    /// can no longer be had (the terminal's scrollback no longer held them when asked, or
+    /// could not be asked).
+    BytesLost { topic: String, from_offset: u64, to_offset: u64 },
+    /// The tracker's word that the message after it skipped bytes: a `Subscription` replaces
+    /// it with what a `GapFill` gets, and never returns it from `next`.
+    ByteGap(ByteGap),
+}
+
+/// Bytes `[from_offset, to_offset)` of `topic` were skipped by the message that follows, of
+/// `epoch` and `seq` (the filled bytes are delivered as that epoch's and seq's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByteGap {
+    pub topic: String,
+    pub from_offset: u64,
+    pub to_offset: u64,
+    pub epoch: String,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +109,8 @@ pub struct StreamTracker {
     next_offset: HashMap<String, u64>,
     /// Replays asked for (gaps, welcomes past what was seen).
     pub replays_asked: u64,
+    /// `term.out.*`: `ByteGap`s given (bytes skipped that no seq told).
+    pub byte_gaps: u64,
 }
 
 fn state(epoch: &str, last: u64) -> TopicState {
@@ -366,7 +396,8 @@ impl StreamTracker {
         needs
     }
 
-    /// `term.out.*`: drop bytes already delivered, trim a message straddling the next offset.
+    /// `term.out.*`: drop bytes already delivered, trim a message straddling the next offset,
+    /// put a `ByteGap` before one past it (PROTOCOL.md section 12, "Byte streams").
     fn dedup(&mut self, events: Vec<StreamEvent>) -> Vec<StreamEvent> {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
@@ -388,7 +419,12 @@ impl StreamTracker {
             let expected = self.next_offset.get(&m.topic).copied();
             let mut m = m;
             if let Some(exp) = expected {
-                if off < exp {
+                if off > exp && off % NEW_SHELL_OFFSET != 0 {
+                    self.byte_gaps += 1;
+                    out.push(StreamEvent::ByteGap(ByteGap {
+                        topic: m.topic.clone(), from_offset: exp, to_offset: off, epoch: m.epoch.clone(), seq: m.seq,
+                    }));
+                } else if off < exp {
                     if end <= exp {
                         continue;
                     }
@@ -410,10 +446,80 @@ impl StreamTracker {
     }
 }
 
+/// The bytes of a `ByteGap`, asked of the terminal (`term.scrollback`, a page at a time) by a
+/// subscription, which does the I/O: `ask()` gives the next request's args (None: done),
+/// `take()` its answer, `failed()` a request that failed. `events`: the bytes as `term.out`
+/// messages of the gap's epoch and seq (`replay: true`, as a successor's republished ones),
+/// and a `BytesLost` for what the scrollback no longer held or could not be had, in offset
+/// order. Every `take` or `failed` moves the fill on, so it ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GapFill {
+    pub gap: ByteGap,
+    /// The first byte of the gap neither delivered nor reported lost yet.
+    pub at: u64,
+    pub events: Vec<StreamEvent>,
+}
+
+impl GapFill {
+    pub fn new(gap: ByteGap) -> GapFill {
+        GapFill { at: gap.from_offset, gap, events: vec![] }
+    }
+
+    /// The next `term.scrollback` args, or None once the whole gap is delivered or lost.
+    pub fn ask(&self) -> Option<Value> {
+        if self.at >= self.gap.to_offset {
+            return None;
+        }
+        let session = self.gap.topic.strip_prefix(OFFSET_TOPIC_PREFIX).unwrap_or(&self.gap.topic);
+        Some(map_of([
+            ("session", Value::from(session)),
+            ("from_offset", Value::from(self.at)),
+            ("max_bytes", Value::from(FILL_PAGE.min(self.gap.to_offset - self.at))),
+        ]))
+    }
+
+    /// A `term.scrollback` answer: what it no longer holds (`from` past what was asked) is
+    /// lost, its bytes up to the gap's end delivered. One not of the op's shape, or that
+    /// brings nothing, leaves the rest to be had from nowhere: lost.
+    pub fn take(&mut self, answer: &Value, attachments: &[Vec<u8>]) {
+        let at = self.at;
+        let int = |k: &str| get(answer, k).and_then(Value::as_u64);
+        let (frm, to) = match (int("from"), int("to"), attachments.first()) {
+            (Some(f), Some(t), Some(a)) if at <= f && f <= t && a.len() as u64 == t - f => (f, t),
+            _ => return self.failed(),
+        };
+        if frm > at {
+            self.lost(frm.min(self.gap.to_offset));
+        }
+        if to > frm && frm < self.gap.to_offset {
+            let n = (to.min(self.gap.to_offset) - frm) as usize;
+            self.events.push(StreamEvent::Message(StreamMessage {
+                topic: self.gap.topic.clone(), seq: self.gap.seq, epoch: self.gap.epoch.clone(),
+                body: map_of([("offset", Value::from(frm)), ("replay", Value::from(true))]),
+                attachments: vec![attachments[0][..n].to_vec()], welcome: false,
+            }));
+            self.at = frm + n as u64;
+        } else if frm == at {
+            self.failed(); // (nothing: the session's end is before the gap's)
+        }
+    }
+
+    /// The ask failed (or was given up): the rest of the gap is lost.
+    pub fn failed(&mut self) {
+        self.lost(self.gap.to_offset);
+    }
+
+    fn lost(&mut self, upto: u64) {
+        if upto > self.at {
+            self.events.push(StreamEvent::BytesLost { topic: self.gap.topic.clone(), from_offset: self.at, to_offset: upto });
+            self.at = upto;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::map_of;
     use crate::envelope::{decode_stream, encode_stream};
 
     fn msg(topic: &str, seq: u64, body: Value, attachments: Vec<Vec<u8>>) -> StreamMessage {

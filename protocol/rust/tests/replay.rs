@@ -5,6 +5,8 @@
 //! delivered without the attachments it says it has. The actor is a fake in this process: a
 //! real XPUB and a ROUTER that answers `replay` as each test says.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,14 +61,7 @@ struct Fake {
 
 impl Fake {
     fn start(dir: &Path, most: usize, answer: impl Fn() -> Answer + Send + 'static) -> Fake {
-        let ctx = zmq::Context::new();
-        let publisher = ctx.socket(zmq::XPUB).unwrap();
-        publisher.set_linger(0).unwrap();
-        publisher.set_rcvtimeo(PATIENCE.as_millis() as i32).unwrap();
-        publisher.bind(&format!("ipc://{}/alpha.pub", dir.display())).unwrap();
-        let router = ctx.socket(zmq::ROUTER).unwrap();
-        router.set_linger(0).unwrap();
-        router.bind(&format!("ipc://{}/alpha.rpc", dir.display())).unwrap();
+        let (ctx, publisher, router) = common::alpha_sockets(dir, PATIENCE);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let router = thread::spawn(move || {

@@ -138,6 +138,8 @@ fn event_json(e: &StreamEvent) -> serde_json::Value {
     match e {
         StreamEvent::Loss { topic, first, last, epoch } => json!({"loss": {"topic": topic, "first": first, "last": last, "ep": epoch}}),
         StreamEvent::Reset { topic, old_epoch, new_epoch } => json!({"reset": {"topic": topic, "old_epoch": old_epoch, "new_epoch": new_epoch}}),
+        StreamEvent::BytesLost { topic, from_offset, to_offset } => json!({"bytes_lost": {"topic": topic, "from_offset": from_offset, "to_offset": to_offset}}),
+        StreamEvent::ByteGap(g) => json!({"byte_gap": {"topic": g.topic, "from_offset": g.from_offset, "to_offset": g.to_offset, "ep": g.epoch, "seq": g.seq}}),
         StreamEvent::Message(m) => json!({"message": {"topic": m.topic, "seq": m.seq, "ep": m.epoch, "body": to_json(&m.body),
                                                        "attachments": m.attachments.iter().map(|a| hex(a)).collect::<Vec<_>>()}}),
     }

@@ -2,7 +2,8 @@
 //! vector files mean them (PROTOCOL.md section 17).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use moorage_client::Value;
 
@@ -66,4 +67,18 @@ pub fn to_json(v: &Value) -> serde_json::Value {
         Value::Map(m) => serde_json::Value::Object(m.iter().map(|(k, v)| (k.as_str().unwrap().to_string(), to_json(v))).collect()),
         Value::Ext(..) => panic!("no ext in the protocol"),
     }
+}
+
+/// The sockets of a fake actor `alpha` in `dir`: its context, its publisher (an XPUB, which
+/// hands over each subscription, waited for up to `patience`) and its ROUTER.
+pub fn alpha_sockets(dir: &Path, patience: Duration) -> (zmq::Context, zmq::Socket, zmq::Socket) {
+    let ctx = zmq::Context::new();
+    let publisher = ctx.socket(zmq::XPUB).unwrap();
+    publisher.set_linger(0).unwrap();
+    publisher.set_rcvtimeo(patience.as_millis() as i32).unwrap();
+    publisher.bind(&format!("ipc://{}/alpha.pub", dir.display())).unwrap();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.bind(&format!("ipc://{}/alpha.rpc", dir.display())).unwrap();
+    (ctx, publisher, router)
 }
