@@ -13,7 +13,7 @@ import pytest
 
 from moorage.supervisor.zygote import UNTOLD_EXIT
 from tests.test_tree_zygote import _traced
-from tests.waiting import wait_for
+from tests.waiting import wait_for, waiting_at_gate
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -105,7 +105,10 @@ def test_a_child_killed_starting_after_its_zygote_died_is_restarted_uncounted(
     os.mkfifo(gate)
     os.kill(tree.child("a")["pid"], signal.SIGKILL)
     held = wait_for(lambda: (c := tree.child("a"))["state"] == "starting" and c["pid"],
-                    "a forked, held at its gate")
+                    "a forked")
+    # (at its gate, not on its way there: a zygote dying before the fork's start reached it
+    # would cut the start short, which is the other tests' case)
+    wait_for(lambda: waiting_at_gate(held), "a held at its gate")
     _new_zygote(tree)
     os.kill(held, signal.SIGKILL)
     cut = tree.wait_event(lambda e: e["event"] == "exited" and e["pid"] == held)
@@ -127,7 +130,10 @@ def test_a_start_that_times_out_after_its_zygote_died_is_counted(make_tree, tmp_
     os.mkfifo(gate)
     os.kill(tree.child("a")["pid"], signal.SIGKILL)
     held = wait_for(lambda: (c := tree.child("a"))["state"] == "starting" and c["pid"],
-                    "a forked, held at its gate")
+                    "a forked")
+    # (at its gate, not on its way there: a zygote dying before the fork's start reached it
+    # would cut the start short, which is the other tests' case)
+    wait_for(lambda: waiting_at_gate(held), "a held at its gate")
     _new_zygote(tree)
     # The gate stays until `a`'s start is cut: its zygote's death interrupts its open of the
     # FIFO (the reparent signal), which is then tried again on the path, found gone had it

@@ -53,3 +53,13 @@ def open_gate(gate: Path) -> None:
     """Let the child held at the FIFO `gate` go, once it waits there, within wait_for's
     time, so that a child that never comes fails the test instead of hanging it."""
     wait_for(lambda: gate_opened(gate), "the child waiting at its gate")
+
+
+def waiting_at_gate(pid: int) -> bool:
+    """Process `pid` is blocked opening a FIFO until a writer comes (the kernel's
+    wait_for_partner): held at its gate, not on its way there, without opening the gate as
+    `gate_opened` would."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text() == "wait_for_partner"
+    except OSError:
+        return False
