@@ -347,7 +347,8 @@ test("a topic longer than MAX_TOPIC_LEN bytes is refused with bad_args before a 
         assert.match(e.error.message, new RegExp(`^alpha: a topic of ${bytes} bytes \\(at most 256\\)`));
         return true;
       });
-      assert.deepEqual([...fds()].filter((fd) => !before.has(fd)), []);
+      // (an fd closed while it was listed has no target: not one this subscribe holds)
+      assert.deepEqual([...fds()].filter((fd) => !before.has(fd) && fd.includes(" ")), []);
     }
     const topic = "é".repeat(MAX_TOPIC_LEN / 2); // 256 bytes
     const sub = c.subscribe("alpha", [topic]);
