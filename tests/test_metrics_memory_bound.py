@@ -98,6 +98,20 @@ def test_a_windows_intervals_are_folded_into_slots_that_leave_whole():
     assert recount(table) == (table.held, table.client_held) == (60, 0)  # the lifetime's
 
 
+def test_expiring_says_when_the_next_slot_leaves_so_an_idle_actor_can_sleep_till_then():
+    table = MetricsTable(window_s=60, bucket_s=1, max_keys=10)
+    table.expire(0)
+    assert table.next_expiry is None  # nothing held: nothing to wake for
+    table.merge("watcher", sample("fs.read", [100]), 7)  # slot 1 (intervals 5-9)
+    table.merge("parser", sample("parse.feed", [100]), 12)  # slot 2 (10-14)
+    table.expire(12)
+    leaves = table.next_expiry
+    assert leaves == 2 * table.slot_width + 60 - 1  # slot 1's last interval leaves the window
+    assert table.expire(leaves - 1) == [] and table.next_expiry == leaves
+    [gone] = table.expire(leaves)
+    assert gone.op == "fs.read" and table.next_expiry == 3 * table.slot_width + 60 - 1
+
+
 def test_a_short_window_still_expires_interval_by_interval():
     table = MetricsTable(window_s=SLOTS, bucket_s=1, max_keys=10)
     assert table.slot_width == 1
@@ -261,6 +275,9 @@ def test_a_clients_flood_is_held_within_its_share_counted_and_its_counts_stay_ex
     assert sum(r["lifetime"]["count"] for r in q["ops"]) == FLOOD * OPS_PER_PUSH * per_op
     assert {r["lifetime"]["error"] for r in q["ops"]} == {0}
     assert _metrics_pid(tree) == pid  # never restarted
+    # Taken at its CPU share (PUSH_SHARE): the flood (~10 ms of CPU a push here, past the
+    # burst's 0.1 s many times over) waited in the socket between turns, and nothing was lost.
+    assert info["push_pauses"] >= 1
     # Its memory: unbounded, this flood took it 193 MB up (300 MB with the default 60 s
     # window); bounded, about 10.
     grown_mb = (proc_kb(pid, "VmHWM") - base_kb) / MB

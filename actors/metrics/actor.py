@@ -56,6 +56,9 @@ once the clients' share went past its budget in that interval. sys.info tells al
 (`client_over_budget_pushes` of them the clients'), `folded_series`,
 `latencies_dropped_series`, `latencies_dropped_values`, `client_pushes_extra`,
 `client_pushes_counts_only`; the first ten of each kind and every thousandth are logged.
+Taking pushes costs at most PUSH_SHARE of a core over time (a burst of PUSH_BURST_S): a flood
+waits in the socket meanwhile (`push_pauses` counts the waits), its senders keeping their
+counts for the next push, rather than take the tree to a CPU pressure level.
 
 Alerts (seed 8.1), evaluated over the window after each merge and each interval:
   failure_rate  raised when requests >= alert_min_samples and errors/requests > alert_failure_rate
@@ -122,6 +125,12 @@ from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import WireError
 
 PUSH_BATCH = 256  # pushes taken per wake-up, so requests are not starved
+# Taking pushes costs at most this share of a core over time, with a burst of PUSH_BURST_S:
+# a flood (forged latency pushes, every client of a build farm at once) waits in the
+# socket, its senders keeping their counts, instead of taking the tree's CPU to a pressure
+# level that turns features off (R12).
+PUSH_SHARE = 0.4
+PUSH_BURST_S = 0.1
 IDLE_TICK_S = 30.0  # the longest sleep between two ticks (see `_tick_due`)
 
 __all__ = [
@@ -184,6 +193,9 @@ class MetricsActor(Actor):
         self.bad_pushes = 0
         self.client_pushes_extra = 0  # a client's further pushes in one interval
         self.client_pushes_counts_only = 0  # of them, merged without their latencies
+        self.push_pauses = 0  # times the pushes waited for their CPU share (PUSH_SHARE)
+        self._push_allowance = PUSH_BURST_S  # seconds of taking pushes allowed now
+        self._push_taken_at = time.perf_counter()
         self._client_interval: dict[str, int] = {}  # client -> interval of its last push
         self.actors: dict[str, dict[str, Any]] = {}
         self.client_pushers = 0  # of self.actors, the clients
@@ -226,6 +238,7 @@ class MetricsActor(Actor):
                 "keys": len(self.table.series), "dropped_keys": self.table.dropped_keys,
                 **self.table.info(), "client_pushes_extra": self.client_pushes_extra,
                 "client_pushes_counts_only": self.client_pushes_counts_only,
+                "push_pauses": self.push_pauses,
                 "slo_file": str(self.record.path), "slo_saves": self.record.saves,
                 "slo_save_ms": round(self.record.save_cost_s * 1000, 3),
                 "slo_keys": len(self.slo.hours.keys), "slo_dropped_keys": self.slo.dropped_keys}
@@ -233,10 +246,25 @@ class MetricsActor(Actor):
     # --- merging ---------------------------------------------------------------------------
 
     def _on_pushes(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._take_pushes(started)
+        finally:
+            self._push_allowance = min(
+                PUSH_BURST_S, self._push_allowance
+                + (started - self._push_taken_at) * PUSH_SHARE) - (time.perf_counter() - started)
+            self._push_taken_at = started
+            if self._push_allowance < 0:  # (back once the share has paid it)
+                self.push_pauses += 1
+                self.loop.remove_reader(self.pull)
+                self.loop.call_later(-self._push_allowance / PUSH_SHARE,
+                                     lambda: self.loop.add_reader(self.pull, self._on_pushes))
+
+    def _take_pushes(self, started: float) -> None:
         # At most PUSH_BATCH pushes and TURN_BUDGET_S a turn: the rest stays queued in the
         # socket, which the loop finds readable again on its next turn.
         idx = self.table.interval(time.monotonic())
-        stop = time.perf_counter() + TURN_BUDGET_S
+        stop = started + TURN_BUDGET_S
         for _ in range(PUSH_BATCH):
             if time.perf_counter() > stop:
                 return
