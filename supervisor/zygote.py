@@ -653,16 +653,22 @@ class _Zygote:
         # successor: it exits at once, before it binds its endpoint over its twin's. And its
         # "ready" cannot overtake our "spawned" on the shared socket.
         told_r, told_w = os.pipe2(os.O_CLOEXEC)
+        # The supervisor may stop the child as soon as it has its pid, before the child has
+        # left our SIG_IGN: blocked, a SIGTERM waits for the child's own disposition instead
+        # of being discarded (the child then served on, and its stop waited out the grace).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(told_r)
             os.close(told_w)
             self.send({"ev": "spawn_failed", "child": msg["child"], "error": str(exc)})
             return
         if pid == 0:
             os.close(told_w)
-            self._become_child(me, kind, msg["payload"], msg.get("beat"), told_r)
+            self._become_child(me, kind, msg["payload"], msg.get("beat"), told_r, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(told_r)
         self.children.add(pid)
         if self.send({"ev": "spawned", "child": msg["child"], "pid": pid}):
@@ -671,7 +677,7 @@ class _Zygote:
         os.close(told_w)
 
     def _become_child(self, zygote: int, kind: str, payload: dict,
-                      beat: int | None, told: int) -> None:
+                      beat: int | None, told: int, mask: set[signal.Signals]) -> None:
         code = 0
         sock: socket.socket | None = None
         said_ready = False
@@ -686,6 +692,7 @@ class _Zygote:
             os.close(self.wake_w)
             for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(s, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM held: we end here
             follow_supervisor(zygote, self.supervisor)
             sock = self.sock
             sock.set_inheritable(False)
