@@ -63,6 +63,16 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     compile_package()
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` (addopts): half as many workers again as there are cores. A tree's test
+    spends a third of its time waiting (a shell's prompt, a restart, a timeout that is the
+    point), so workers only as many as the cores left the machine a third idle."""
+    if config.option.numprocesses != "auto":
+        return None
+    cores = len(os.sched_getaffinity(0))
+    return cores + cores // 2
+
+
 # --- every reply the tests see, held against protocol/schema/ops.json -------------------------
 # The Python client of this process and of every process the tests start (the CLI, a tree's
 # supervisors) checks each reply against its op's declaration (protocol/schema/live.py) and
