@@ -16,6 +16,7 @@ still holds the PTY.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import fcntl
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
 
 EXIT_WITHOUT_EOF_S = 1.0  # a reaped shell whose PTY another process still holds
+EXIT_LOOK_AGAIN_S = 0.02  # ... while what it read last may not be all the PTY had
+# What a PTY holds of its slave's output at most: the line discipline's 4 KiB and the
+# kernel's 64 KiB of flip buffers. Read past where it was when the shell was reaped, all the
+# shell wrote is read: output after it is another process's.
+PTY_HOLDS = 68 * 1024
 # The most one write(2) to a master is given: about what a PTY takes at once (its line
 # discipline's buffer is 4 KiB), and so all that a keeper killed between that write(2) and
 # its note of it leaves in doubt (ledger.py), not the rest of a paste queued behind it.
@@ -65,9 +71,10 @@ class PtySession:
     """One shell on its PTY: the master fd, the output ring, the input waiting to be written,
     and the shell's process (`pid`, also its session id: every job it starts is in it)."""
 
-    __slots__ = ("adopted", "closing", "cols", "eof", "exit_sent", "id", "in_end", "inq",
-                 "inq_bytes", "ledger", "mask", "master", "meta", "paused", "pid", "pidfd",
-                 "ring", "rows", "started", "status", "tty", "unfolded")
+    __slots__ = ("adopted", "closing", "cols", "eof", "exit_look", "exit_sent", "id",
+                 "in_end", "inq", "inq_bytes", "ledger", "mask", "master", "meta", "paused",
+                 "pid", "pidfd", "reaped_at", "ring", "rows", "started", "status", "tty",
+                 "unfolded")
 
     def __init__(self, sid: str, pid: int, master: int, tty: str, pidfd: int | None,
                  ring: SessionRing, cols: int, rows: int, meta: Any, *,
@@ -87,6 +94,10 @@ class PtySession:
         self.eof = False
         self.status: tuple[int | None, int | None] | None = None  # (code, signal) once reaped
         self.exit_sent = False
+        # Where the ring's output ended when the shell was reaped, and at the last look for
+        # its exit without an EOF (PtySet._exit_anyway).
+        self.reaped_at = 0
+        self.exit_look = 0
         self.closing = False
         # Each chunk with the offset of its first byte in the terminal's numbering of the
         # session's input (ledger.py). (The rest of a chunk a write took part of is a view: a
@@ -149,6 +160,17 @@ class PtySession:
         shell itself was reaped (its pid may be another's then)."""
         return kill_session(self.pid, leader_reaped=self.status is not None,
                             started=self.started)
+
+
+def unread(master: int) -> int:
+    """Bytes of output the PTY's line discipline holds for us (FIONREAD; 0 when it cannot be
+    told). What its flip buffers hold behind them is not counted."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(master, termios.FIONREAD, buf)
+    except OSError:
+        return 0
+    return buf[0]
 
 
 def foreground_group(s: PtySession) -> int:
@@ -397,18 +419,25 @@ class Ptys:
         if self.closing.pop(s.pid, None) is not None:
             return
         if not s.eof:
+            s.reaped_at = s.exit_look = s.ring.write_off
             self.loop.call_later(EXIT_WITHOUT_EOF_S, lambda: self._exit_anyway(s))
         self._maybe_finished(s)
 
     def _exit_anyway(self, s: PtySession) -> None:
         # The shell is gone but something it started still holds the PTY: report the exit;
-        # output keeps flowing until that process lets go. Not while output waits to be
-        # read (a full window): the exit comes after the shell's last words, which may be
-        # in it; the EOF that follows them says so then.
+        # output keeps flowing until that process lets go. Not while the shell's last words
+        # may still be in the PTY: behind a full window, waiting to be read, or on their
+        # way (a read that drained the line discipline is followed by what the kernel's
+        # flip buffers held: the window opening a moment before this look read only part of
+        # it); the EOF that follows them says so then. Once the reads have gone as far past
+        # the reaping as a PTY holds, what comes is another process's.
         if s.exit_sent or self.sessions.get(s.id) is not s or s.eof:
             return
-        if s.paused:
-            self.loop.call_later(EXIT_WITHOUT_EOF_S, lambda: self._exit_anyway(s))
+        end = s.ring.write_off
+        moved, s.exit_look = end != s.exit_look, end
+        if end - s.reaped_at < PTY_HOLDS and (s.paused or moved or unread(s.master)):
+            wait = EXIT_WITHOUT_EOF_S if s.paused else EXIT_LOOK_AGAIN_S
+            self.loop.call_later(wait, lambda: self._exit_anyway(s))
             return
         self._tell_exit(s)
 
