@@ -21,6 +21,13 @@ MAX_TOPIC_LEN = 256  # a subscription's topic, in bytes: longer ones close the c
 MAX_SUBSCRIPTIONS = 256  # per connection to a publisher: more are not applied (no welcome)
 MAX_ID = 2**53 - 1  # request ids and seqs stay exact in JavaScript
 HWM = 100_000  # socket high-water marks, in messages
+# A subscription's queue in a client's process (its SUB's RCVHWM), in messages. ZeroMQ counts
+# messages, not bytes, and a terminal's run to 125 KiB: a subscriber that stops reading holds
+# at most 125 MiB, not HWM's 12 GiB. What comes past it waits in the publisher's queue
+# (`pub_hwm`), and past that is dropped: a gap the subscription repairs from the publisher's
+# retention (a terminal's 2,000 messages: this queue and its `pub_hwm` of 1,000) or reports
+# (PROTOCOL.md section 12).
+STREAM_HWM = 1_000
 # A metric push (metrics.in) is refused whole past either: a pusher splits what it has.
 MAX_OPS_PER_PUSH = 256  # an actor has a few dozen ops; a client's are (actor, op) pairs
 MAX_PUSH_HIST_BYTES = 1 << 20  # all histograms of one push, encoded: bounds its cost

@@ -128,7 +128,7 @@ class ClientOptions:
     metrics_interval: float = 1.0  # seconds between pushes
     # A subscription's queue in this process, in messages (its SUB's RCVHWM): past it, what
     # comes is dropped, a gap its subscription repairs or reports (PROTOCOL.md section 12).
-    stream_hwm: int = limits.HWM
+    stream_hwm: int = limits.STREAM_HWM
 
 
 class Done:

@@ -23,7 +23,7 @@ use crate::endpoints::{check_runtime_dir, client_keys, keys_dir, runtime_dir, ru
 use crate::envelope::{decode_reply, decode_stream, Reply};
 use crate::errors::{unauthorized, undelivered, Error, WireError};
 use crate::latency::{check_metrics_name, LatencyBook, LatencyRow, Pusher};
-use crate::limits::{HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN};
+use crate::limits::{HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN, STREAM_HWM};
 use crate::recovery::{Backoff, BreakerState, CircuitBreaker};
 use crate::streams::{ByteGap, GapFill, StreamEvent, StreamTracker};
 
@@ -780,7 +780,7 @@ impl Client {
         sock.set_reconnect_ivl(self.options.reconnect_ivl_ms).map_err(zerr)?;
         sock.set_reconnect_ivl_max(self.options.reconnect_ivl_max_ms).map_err(zerr)?;
         sock.set_maxmsgsize(MAX_MESSAGE_SIZE as i64).map_err(zerr)?;
-        sock.set_rcvhwm(opts.rcvhwm.unwrap_or(HWM)).map_err(zerr)?;
+        sock.set_rcvhwm(opts.rcvhwm.unwrap_or(STREAM_HWM)).map_err(zerr)?;
         let topics: Vec<String> = if topics.is_empty() { vec![String::new()] } else { topics.iter().map(|t| t.to_string()).collect() };
         for t in &topics {
             sock.set_subscribe(t.as_bytes()).map_err(zerr)?;
@@ -818,7 +818,7 @@ fn random_u64(mut x: u64) -> u64 {
 pub struct SubscribeOptions {
     /// A new topic's first seq wanted (1: all that is retained); None: from now.
     pub from_seq: Option<u64>,
-    /// The SUB's receive high-water mark (default 100000).
+    /// The SUB's receive high-water mark (default 1000, `STREAM_HWM`).
     pub rcvhwm: Option<i32>,
 }
 

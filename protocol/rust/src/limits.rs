@@ -8,6 +8,8 @@ pub const MAX_TOPIC_LEN: usize = 256; // a subscription's topic, in bytes: longe
 pub const MAX_SID_LEN: usize = 128;
 pub const MAX_ID: u64 = (1 << 53) - 1;
 pub const HWM: i32 = 100_000;
+/// A subscription's queue (its SUB's RCVHWM), in messages: section 15.
+pub const STREAM_HWM: i32 = 1_000;
 /// A metric push (`metrics.in`) past any of these is refused whole: a pusher splits what it has.
 pub const MAX_OPS_PER_PUSH: usize = 256;
 pub const MAX_PUSH_HIST_BYTES: usize = 1 << 20; // all encoded histograms of one push

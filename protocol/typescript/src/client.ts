@@ -27,7 +27,7 @@ import {
 } from "./endpoints.js";
 import { type Reply, decodeReply, decodeStream } from "./envelope.js";
 import { DecodeError, MoorageError, NO_REPLY_SENT, unauthorized, undelivered, wireError } from "./errors.js";
-import { HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN } from "./limits.js";
+import { HWM, MAX_MESSAGE_SIZE, MAX_TOPIC_LEN, STREAM_HWM } from "./limits.js";
 import { LatencyBook, type LatencyRow, LatencyPusher, checkMetricsName } from "./latency.js";
 import type { Value } from "./msgpack.js";
 import { Backoff, type BreakerState, CircuitBreaker } from "./recovery.js";
@@ -64,7 +64,7 @@ export interface ClientOptions {
 export interface SubscribeOptions {
   /** A new topic's first seq wanted (1: all that is retained); none: from now. */
   fromSeq?: number;
-  /** The SUB's receive high-water mark (default 100000). */
+  /** The SUB's receive high-water mark (default 1000, `STREAM_HWM`). */
   receiveHighWaterMark?: number;
 }
 
@@ -768,7 +768,7 @@ export class Subscription implements AsyncIterable<SubscriptionEvent> {
       reconnectInterval: o.reconnectIvlMs,
       reconnectMaxInterval: o.reconnectIvlMaxMs,
       maxMessageSize: MAX_MESSAGE_SIZE,
-      receiveHighWaterMark: options.receiveHighWaterMark ?? HWM,
+      receiveHighWaterMark: options.receiveHighWaterMark ?? STREAM_HWM,
       ...client.endpoints.socketOptions("pub"), // (last: a tcp endpoint's limit, with CURVE's room, wins)
     });
     for (const t of topics) this.sock.subscribe(t);

@@ -9,6 +9,8 @@ export const MAX_TOPIC_LEN = 256; // a subscription's topic, in bytes: longer on
 export const MAX_SID_LEN = 128;
 export const MAX_ID = Number.MAX_SAFE_INTEGER;
 export const HWM = 100_000;
+/** A subscription's queue (its SUB's receive high-water mark), in messages: section 15. */
+export const STREAM_HWM = 1_000;
 /** A metric push (`metrics.in`) past any of these is refused whole: a pusher splits what it has. */
 export const MAX_OPS_PER_PUSH = 256;
 export const MAX_PUSH_HIST_BYTES = 1 << 20; // all encoded histograms of one push

@@ -1,0 +1,43 @@
+"""A subscription's queue in the client's process is bounded (`STREAM_HWM` messages, not the
+sockets' 100,000): a subscriber that stops reading holds at most that many, and what comes
+past it and past the publisher's own queue is dropped and repaired from the publisher's
+retention, every message once and in order. On a real actor, its `pub_hwm` small."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from moorage.protocol import limits
+from moorage.protocol.envelope import StreamMessage
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+N = 3000  # 1 KiB each: three times the queue, a tenth of the actor's retention
+
+
+def test_a_subscriber_that_stops_reading_holds_its_bound_and_gets_every_message(
+        spawn_actor, client):
+    spawn_actor(pub_hwm=10)
+    sub = client.subscribe("fake", ["q."])
+    try:
+        assert sub.sock.getsockopt(zmq.RCVHWM) == limits.STREAM_HWM
+        wait_for(lambda: sub.next(timeout=0.05) is None and "q." in sub.tracker.live,
+                 "the subscription live")
+        # Published in one turn of the actor while nothing is read here.
+        assert client.call("fake", "fake.publish",
+                           {"topic": "q.a", "n": N, "size": 1024})["last_seq"] == N
+        bodies = []
+        while len(bodies) < N:
+            ev = sub.next(timeout=1)
+            if ev is None:  # quiet before the end: the tail was dropped (section 12)
+                sub.catch_up()
+                ev = sub.next(timeout=10)
+            assert isinstance(ev, StreamMessage) and ev.topic == "q.a", ev
+            assert len(ev.attachments[0]) == 1024
+            bodies.append(ev.body["i"])
+        assert bodies == list(range(N))
+        assert sub.tracker.replays_asked >= 1  # it was overrun: the queue held its bound
+    finally:
+        sub.close()
