@@ -14,7 +14,7 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
-N = 3000  # 1 KiB each: three times the queue, a tenth of the actor's retention
+N = 3000  # 1 KiB each: three times the queue, under a third of the actor's retention
 
 
 def test_a_subscriber_that_stops_reading_holds_its_bound_and_gets_every_message(

@@ -39,11 +39,14 @@ if TYPE_CHECKING:
     from moorage.actors.runtime.loop import Loop
 
 EXIT_WITHOUT_EOF_S = 1.0  # a reaped shell whose PTY another process still holds
-EXIT_LOOK_AGAIN_S = 0.02  # ... while what it read last may not be all the PTY had
-# What a PTY holds of its slave's output at most: the line discipline's 4 KiB and the
-# kernel's 64 KiB of flip buffers. Read past where it was when the shell was reaped, all the
-# shell wrote is read: output after it is another process's.
-PTY_HOLDS = 68 * 1024
+# ... while what it read last may not be all the PTY had: the rest of its flip buffers
+# moves on when a kernel worker runs, which a loaded machine can hold back for a while.
+EXIT_LOOK_AGAIN_S = 0.1
+# What a PTY holds of its slave's output at most: the line discipline's 4 KiB and the 8 KiB
+# its flip buffers are limited to (pty_common_install), and one buffer past it. Read past
+# where it was when the shell was reaped, all the shell wrote is read: what comes after is
+# another process's.
+PTY_HOLDS = 16 * 1024
 # The most one write(2) to a master is given: about what a PTY takes at once (its line
 # discipline's buffer is 4 KiB), and so all that a keeper killed between that write(2) and
 # its note of it leaves in doubt (ledger.py), not the rest of a paste queued behind it.
