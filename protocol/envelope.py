@@ -75,6 +75,8 @@ def _decode_error(name: str, message: str, request_id: int | None = None) -> Dec
 
 
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_NIL = _pack(None)
+_join = b"".join
 
 
 def packb(obj: Any) -> bytes:
@@ -257,15 +259,16 @@ def encode_request(
         if epoch is not None:
             header["ep"] = epoch
         return [TAG, _pack(header), _pack(args), *attachments]
-    has_deadline = deadline_ms is not None
-    tail = _request_tails.get((sid, op, has_deadline))
-    if tail is None:
-        tail = _request_tail(sid, op, has_deadline)
-    if has_deadline:
-        header_bytes = _REQUEST_HEAD_4 + _pack(id) + tail + _pack(deadline_ms)
+    if deadline_ms is not None:
+        tail = _request_tails.get((sid, op, True)) or _request_tail(sid, op, True)
+        header_bytes = _join((_REQUEST_HEAD_4, _pack(id), tail, _pack(deadline_ms)))
     else:
-        header_bytes = _REQUEST_HEAD_3 + _pack(id) + tail
-    return [TAG, header_bytes, _pack(args), *attachments]
+        tail = _request_tails.get((sid, op, False)) or _request_tail(sid, op, False)
+        header_bytes = _join((_REQUEST_HEAD_3, _pack(id), tail))
+    body = _NIL if args is None else _pack(args)
+    if attachments:
+        return [TAG, header_bytes, body, *attachments]
+    return [TAG, header_bytes, body]
 
 
 # A header is a msgpack map, whose bytes are its head byte and then each key and value packed
@@ -367,13 +370,13 @@ def pin_request(frames: Sequence[bytes], epoch: str) -> list[bytes]:
 def encode_reply(
     id: int | None, epoch: str, result: Any = None, attachments: Sequence[bytes] = ()
 ) -> list[bytes]:
-    body = result.data if type(result) is Packed else _pack(result)
+    body = _NIL if result is None else result.data if type(result) is Packed else _pack(result)
     if type(epoch) is not str:
         return [TAG, _pack({"id": id, "ok": True, "ep": epoch}), body, *attachments]
-    tail = _reply_tails.get(epoch)
-    if tail is None:
-        tail = _reply_tail(epoch)
-    return [TAG, _REPLY_HEAD + _pack(id) + tail, body, *attachments]
+    tail = _reply_tails.get(epoch) or _reply_tail(epoch)
+    if attachments:
+        return [TAG, _join((_REPLY_HEAD, _pack(id), tail)), body, *attachments]
+    return [TAG, _join((_REPLY_HEAD, _pack(id), tail)), body]
 
 
 def encode_error(id: int | None, epoch: str, error: WireError) -> list[bytes]:

@@ -75,6 +75,17 @@ def _try_recv_py(sock: zmq.Socket, flags: int = NOBLOCK) -> list[bytes] | None:
         return None
 
 
+def _try_send_py(sock: zmq.Socket, frames: Sequence[bytes]) -> bool:
+    """Queue one whole message without waiting: False when the socket has no room for it
+    (its SNDHWM reached), which a sender that queues many (a pipeline) meets in the normal
+    course, so it is an answer rather than an exception."""
+    try:
+        _send_frames_py(sock, frames, NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
 def _readable_py(sock: zmq.Socket) -> bool:
     """Does a whole message wait in `sock`? Read from ZMQ_EVENTS (a `poll` and a `getpid` in
     libzmq): for a look without receiving; a loop that receives until its socket is empty
@@ -136,6 +147,7 @@ if _cw is None:
     send_frames = _send_frames_py
     recv_frames = _recv_frames_py
     try_recv = _try_recv_py
+    try_send = _try_send_py
     readable = _readable_py
 else:
     _csend, _crecv = _cw.send, _cw.recv
@@ -162,3 +174,10 @@ else:
     def try_recv(sock: zmq.Socket, flags: int = NOBLOCK) -> list[bytes] | None:
         """As `_try_recv_py`."""
         return _crecv(sock, flags)  # type: ignore[no-any-return]
+
+    def try_send(sock: zmq.Socket, frames: Sequence[bytes]) -> bool:
+        """As `_try_send_py`."""
+        sent = _csend(sock, frames, NOBLOCK)
+        if sent is True or sent is False:
+            return sent
+        return _try_send_py(sock, frames)  # a frame to send zero-copy, or not bytes

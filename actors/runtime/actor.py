@@ -790,7 +790,7 @@ class Actor:
             self.undecodable += 1
             self.send_reply(route, encode_error(exc.request_id, self.epoch, exc.error))
             return
-        if len(frames) > 2 or len(frames[1]) >= NOTE_MIN:  # attachments, or a big body
+        if len(frames) > 4 or len(frames[3]) >= NOTE_MIN:  # attachments, or a big body
             size = sum(map(len, frames))
             if size >= NOTE_MIN:
                 self.heap.note(size)

@@ -49,7 +49,7 @@ from moorage.protocol.errors import MoorageError
 from moorage.protocol.monitor import recv_event
 from moorage.protocol.recovery import BreakerState
 from moorage.protocol.remote import RemoteTarget
-from moorage.protocol.wire import NOBLOCK, readable, send_frames, try_recv
+from moorage.protocol.wire import readable, try_recv, try_send
 
 # A waiting call blocks in recv for at most this long before it looks at the connection's
 # monitor: a blocking recv is the cheapest way to wait for a reply (no poll call), and the
@@ -65,11 +65,7 @@ def _send(sock: zmq.Socket, frames: list[bytes]) -> list[bytes] | None:
     for which libzmq keeps no queue). The caller sends them when the socket has room, until
     its attempt's wait ends (module docstring). A message goes whole or not at all: libzmq
     takes the later frames of one whose first it took, so nothing is ever sent in part."""
-    try:
-        send_frames(sock, frames, NOBLOCK)
-    except zmq.Again:
-        return frames
-    return None
+    return None if try_send(sock, frames) else frames
 
 
 def _answer(frames: list[bytes], plan: CallPlan) -> Done | Resend | None:
@@ -355,30 +351,34 @@ class Client(FromConnectionFile):
         index = 0
         exhausted = False
 
+        sock = conn.sock
+
         def send(p: CallPlan) -> None:
             # (behind those waiting already: the calls go out in the order they were made)
-            if unsent or _send(conn.sock, p.frames) is not None:
+            if unsent or not try_send(sock, p.frames):
                 unsent[p.id] = p
 
         def send_unsent() -> None:
             for rid, p in list(unsent.items()):
-                if _send(conn.sock, p.frames) is not None:
+                if not try_send(sock, p.frames):
                     return
                 del unsent[rid]
 
         def take_replies() -> None:
-            while (frames := try_recv(conn.sock)) is not None:
+            # (the replies read in one go came by one time: the clock is read once for them)
+            now = time.monotonic()
+            while (frames := try_recv(sock)) is not None:
                 try:
                     reply = decode_reply(frames)
                 except DecodeError:
                     continue
-                now = time.monotonic()
                 entry = plans.get(reply.id)  # type: ignore[arg-type]
-                if entry is None or reply.id in due:
+                if entry is None or (due and reply.id in due):
                     self.core.late_reply(actor, now)
                     continue
                 i, p = entry
-                unsent.pop(reply.id, None)  # (answered: an earlier copy of it was sent)
+                if unsent:
+                    unsent.pop(reply.id, None)  # (answered: an earlier copy of it was sent)
                 v = p.on_reply(reply, now)
                 if isinstance(v, Resend):
                     if p.id != reply.id:  # resent as a new request (_core.RENEWED)
@@ -402,6 +402,7 @@ class Client(FromConnectionFile):
                     results[i] = v.error
                     del plans[rid]
 
+        core = self.core
         while True:
             while not exhausted and len(plans) < window:
                 try:
@@ -409,14 +410,15 @@ class Client(FromConnectionFile):
                 except StopIteration:
                     exhausted = True
                     break
-                plan = CallPlan(self.core, actor, op, args, timeout, idempotent)
-                v = plan.start(time.monotonic())
-                results.append(None)
+                plan = CallPlan(core, actor, op, args, timeout, idempotent)
+                v = plan.start(plan.started)
                 if isinstance(v, Done):
-                    results[index] = v.error
+                    results.append(v.error)
                 else:
+                    results.append(None)
                     plans[plan.id] = (index, plan)
-                    send(plan)
+                    if unsent or not try_send(sock, plan.frames):
+                        unsent[plan.id] = plan
                 index += 1
             if not plans:
                 return self._pipeline_failed(actor, conn, results)
