@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from moorage.protocol import limits
 from moorage.protocol.client import Client, Loss, Reset
 from moorage.protocol.envelope import StreamMessage, decode_reply, encode_request
 from moorage.protocol.errors import MoorageError
@@ -123,7 +124,10 @@ def gap_repaired(c: Client, tree: Tree, spec: dict) -> None:
     topic = f"{spec['topic']}.{RUN}"
     import zmq
     sub = c.subscribe(spec["actor"], [topic])
-    sub.sock.setsockopt(zmq.RCVHWM, spec["rcvhwm"])
+    if spec["rcvhwm"] is None:  # the client's default
+        assert sub.sock.getsockopt(zmq.RCVHWM) == limits.STREAM_HWM
+    else:
+        sub.sock.setsockopt(zmq.RCVHWM, spec["rcvhwm"])
     try:
         assert until_live(sub) == []
         c.call(spec["actor"], spec["publish_op"], {"topic": topic, "n": spec["n"],

@@ -834,6 +834,13 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The SUB's receive high-water mark: at most this many messages wait here unread
+    /// (`STREAM_HWM` unless `SubscribeOptions::rcvhwm` says otherwise; PROTOCOL.md section
+    /// 15); what comes past it is dropped, a gap `next` repairs or reports.
+    pub fn rcvhwm(&self) -> Result<i32, Error> {
+        self.sock.get_rcvhwm().map_err(|e| local_error("unavailable", format!("{}: {e}", self.actor), &self.actor, "subscribe"))
+    }
+
     /// True once every subscribed prefix's round of welcomes has ended.
     pub fn live(&self) -> bool {
         self.topics.iter().all(|t| self.tracker.live.contains(t))

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use moorage_client::codec::get;
+use moorage_client::limits::STREAM_HWM;
 use moorage_client::{args, CallOptions, Client, Error, Options, StreamEvent, SubscribeOptions, Value};
 
 type Spec = serde_json::Value;
@@ -122,7 +123,9 @@ fn gap_repaired(c: &mut Client, spec: &Spec, _: &PathBuf) {
     let actor = spec["actor"].as_str().unwrap();
     let topic = format!("{}.{}", spec["topic"].as_str().unwrap(), token());
     let (n, size) = (spec["n"].as_u64().unwrap(), spec["size"].as_u64().unwrap());
-    let mut sub = c.subscribe(actor, &[&topic], SubscribeOptions { rcvhwm: Some(spec["rcvhwm"].as_i64().unwrap() as i32), ..Default::default() }).unwrap();
+    let rcvhwm = spec["rcvhwm"].as_i64().map(|v| v as i32); // (null: the client's default)
+    let mut sub = c.subscribe(actor, &[&topic], SubscribeOptions { rcvhwm, ..Default::default() }).unwrap();
+    assert_eq!(sub.rcvhwm().unwrap(), rcvhwm.unwrap_or(STREAM_HWM));
     assert!(sub.until_live(Duration::from_secs(10)).unwrap().is_empty());
     c.call(actor, spec["publish_op"].as_str().unwrap(), args([("topic", Value::from(topic.as_str())), ("n", Value::from(n)), ("size", Value::from(size))])).unwrap();
     let quiet = Duration::from_secs_f64(spec["quiet_s"].as_f64().unwrap());

@@ -776,6 +776,13 @@ export class Subscription implements AsyncIterable<SubscriptionEvent> {
     this.tracker = new StreamTracker(options.fromSeq ?? null, topics);
   }
 
+  /** The SUB's receive high-water mark: at most this many messages wait here unread
+   * (`STREAM_HWM` unless `receiveHighWaterMark` said otherwise; section 15); what comes past
+   * it is dropped, a gap `next` repairs or reports. */
+  get receiveHighWaterMark(): number {
+    return this.sock.receiveHighWaterMark;
+  }
+
   /** True once every subscribed prefix's round of welcomes has ended (section 12). */
   get live(): boolean {
     return this.topics.every((t) => this.tracker.live.has(t));

@@ -14,6 +14,7 @@ import { fileURLToPath } from "node:url";
 
 import { Client } from "../src/client.js";
 import { MoorageError } from "../src/errors.js";
+import { STREAM_HWM } from "../src/limits.js";
 import type { Value } from "../src/msgpack.js";
 import type { StreamEvent } from "../src/streams.js";
 
@@ -99,8 +100,10 @@ const KINDS: Record<string, (c: Client, spec: Spec) => Promise<void>> = {
 
   async gap_repaired(c, spec) {
     const topic = `${spec.topic}.${RUN}`;
-    const sub = c.subscribe(spec.actor, [topic], { receiveHighWaterMark: spec.rcvhwm });
+    // (rcvhwm null: the client's default)
+    const sub = c.subscribe(spec.actor, [topic], spec.rcvhwm === null ? {} : { receiveHighWaterMark: spec.rcvhwm });
     try {
+      assert.equal(sub.receiveHighWaterMark, spec.rcvhwm ?? STREAM_HWM);
       assert.deepEqual(await sub.untilLive(10), []);
       await c.call(spec.actor, spec.publish_op, { topic, n: spec.n, size: spec.size });
       for (let seq = 1; seq <= spec.n; seq++) {
