@@ -15,12 +15,15 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import zmq
 
 from moorage.actors.metrics.push import decode_push
 from moorage.protocol import limits
 from moorage.protocol.client import AsyncClient, Client
 from moorage.protocol.client._latency import (
+    IDLE_PUSH_S,
     LatencyBook,
+    LatencyPusher,
     check_metrics_name,
     encode_pending,
     pushed_op,
@@ -196,6 +199,55 @@ def test_a_recorder_given_more_distinct_values_folds_them_and_keeps_its_percenti
 # --- a real client against real actors -------------------------------------------------------
 
 
+def pusher_to_pull(tmp_path: Any, interval: float) -> tuple[LatencyBook, LatencyPusher,
+                                                             zmq.Socket, zmq.Context]:
+    """A pushing book whose pusher sends to a PULL socket of the test's."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_path}/pull.sock"
+    pull.bind(endpoint)
+    book = LatencyBook(pushing=True)
+    return book, LatencyPusher(book, ctx, lambda _s: endpoint, "inline", "sid-1", interval), \
+        pull, ctx
+
+
+def test_a_call_that_ends_once_a_push_is_due_makes_it_before_it_returns(tmp_path):
+    book, pusher, pull, ctx = pusher_to_pull(tmp_path, 60.0)  # (its thread: a minute away)
+    try:
+        book.record("alpha", "fake.work", 120, True)
+        assert pusher.sent == 0  # not due
+        book.due_at = time.monotonic()  # due now, as it is a minute on
+        book.record("alpha", "fake.work", 130, True)
+        assert pusher.sent == 1  # sent by that record, on its own thread
+        assert book.due_at > time.monotonic() + 59  # and the next one a minute on
+        assert pull.poll(10_000)
+        push = decode_push(pull.recv_multipart())  # what the metrics actor takes
+        assert push.actor == "client.inline"
+        assert [(s.op, s.ok, s.counts.total()) for s in push.ops] == [("alpha/fake.work", 2, 2)]
+        book.record("alpha", "fake.work", 140, True)
+        assert pusher.sent == 1
+    finally:
+        pusher.close()
+        pull.close()
+        ctx.term()
+
+
+def test_what_a_client_that_stopped_calling_recorded_is_pushed_by_the_thread(tmp_path):
+    book, pusher, pull, ctx = pusher_to_pull(tmp_path, 0.01)
+    try:
+        assert pusher.interval < IDLE_PUSH_S
+        book.record("alpha", "fake.work", 120, True)  # (due 10 ms later: no call ends then)
+        assert pull.poll(30_000), "the thread never pushed"
+        push = decode_push(pull.recv_multipart())
+        assert [(s.op, s.ok) for s in push.ops] == [("alpha/fake.work", 1)]
+        assert pusher.sent == 1
+    finally:
+        pusher.close()
+        pull.close()
+        ctx.term()
+
+
 def test_calls_are_recorded_once_each_with_retries_and_errors_counted(spawn_actor, client):
     spawn_actor(FAKE, "alpha")
     for _ in range(20):
@@ -218,7 +270,8 @@ def test_a_pushing_client_shows_up_in_metrics_beside_the_service(spawn_actor, ru
                 metrics_interval=0.1) as c:
         for _ in range(40):
             c.call("alpha", "fake.work")
-        # No explicit push: the pusher's thread sends within an interval.
+        # No explicit push: a call past the push's time sends it (or the pusher's thread,
+        # within IDLE_PUSH_S).
         rows = wait_for(lambda: (r := client_rows(c, "editor")).get("alpha/fake.work")
                         and r["alpha/fake.work"]["lifetime"]["count"] == 40 and r,
                         "the client's pushed row")

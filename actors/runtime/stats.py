@@ -63,7 +63,7 @@ class OpStats:
         histogram.push_bodies cuts into pushes the metrics actor takes."""
         out = []
         for name, c in self._ops.items():
-            d = {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()}
+            d = {"ok": c.ok, "error": c.error, "hist": c.times.encode()}
             if c.caller:
                 d["caller"] = c.caller
             out.append((name, d, len(c.times.counts)))

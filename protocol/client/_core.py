@@ -687,7 +687,7 @@ class ClientCore:
 
     def start_pusher(self, ctx: zmq.Context) -> None:
         """With `metrics_name` set, start pushing on a socket of `ctx` (an asyncio context is
-        shadowed: the pusher's thread uses a plain socket)."""
+        shadowed: the pusher sends on a plain socket, from its thread and from calls)."""
         name = self.options.metrics_name
         if name is None or self.pusher is not None:
             return

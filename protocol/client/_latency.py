@@ -10,20 +10,26 @@ actor does for its own pushes, so the metrics actor's failure rate for the clien
 only the service's.
 
 Pushing is opt-in (`ClientOptions.metrics_name`): a client that opts in also counts each call
-into a pending table, and a `LatencyPusher` thread takes that table once an interval and sends
-it to `metrics.in` in the same frames every actor pushes, under the actor name
+into a pending table, and a `LatencyPusher` takes that table once an interval and sends it to
+`metrics.in` in the same frames every actor pushes, under the actor name
 `client.<metrics_name>` and with op names `<actor>/<op>`, so the metrics actor keeps the client
-view of watcher's fs.read apart from its service view. The thread, not the call, folds and
-encodes the histograms and sends without blocking; the call pays one uncontended lock. A push
-that cannot be sent (metrics away, its queue full) goes back into the table and leaves with the
-next one. Opt-in because every name becomes keys in the metrics actor's bounded table: a short-
+view of watcher's fs.read apart from its service view. The call that ends once a push is due
+makes it, on its own thread (folding and encoding the histograms, tens of µs, and a send that
+does not block); a thread of the pusher's covers a client that stopped calling, waking once an
+interval but never more often than IDLE_PUSH_S. A thread that woke a hundred times a second
+took a fifth of a busy client's calls from it (each wake-up takes Python's lock from the
+calling thread), where the same pushes made by the calls cost them nothing measurable. A push
+that cannot be sent (metrics away, its queue full) goes back into the table and leaves with
+the next one. Opt-in because every name becomes keys in the metrics actor's bounded table: a short-
 lived client (a CLI command) would only add noise to it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,6 +42,10 @@ from moorage.protocol.histogram import Recorder, decode, push_bodies, summary
 MAX_NAME = 100  # `client.<name>` must fit the push header's 128 characters
 SNDHWM = 100  # as actors' PUSH sockets: past this a push is kept and merged into the next
 CLOSE_LINGER_MS = 250  # how long closing may wait for the last push when metrics is away
+# The pusher's thread wakes at most this often: with calls going on, the calls push (module
+# docstring); the thread only sends what a client that stopped calling left, this late at most.
+IDLE_PUSH_S = 0.25
+_monotonic = time.monotonic
 
 
 def pushed_op(actor: str, op: str) -> str:
@@ -90,6 +100,10 @@ class LatencyBook:
         self._older: dict[tuple[str, str], _Pending] = {}  # taken by the pusher, pushing only
         self._unsent: dict[tuple[str, str], _Pending] = {}  # taken, not sent: goes next time
         self._lock = threading.Lock()
+        # When the next push is due (monotonic) and what makes it: set by the pusher; the
+        # call that ends past it pushes.
+        self.due_at = math.inf
+        self.push_due: Callable[[], object] | None = None
 
     def record(self, actor: str, op: str, micros: int, ok: bool, caller: bool = False) -> None:
         """One finished call; `caller`: it failed with an error that is the caller's (only
@@ -109,6 +123,8 @@ class LatencyBook:
         c.times.record(micros)
         if pushing:
             self._lock.release()
+            if _monotonic() >= self.due_at and self.push_due is not None:
+                self.push_due()
         elif len(c.times.counts) > c.times.limit:
             c.times.bound()
 
@@ -169,15 +185,16 @@ def encode_pending(taken: dict[tuple[str, str], _Pending]) -> Iterator[dict[str,
 
 
 def _entry(c: _Pending) -> dict[str, Any]:
-    d: dict[str, Any] = {"ok": c.ok, "error": c.error, "hist": c.times.histogram().encode()}
+    d: dict[str, Any] = {"ok": c.ok, "error": c.error, "hist": c.times.encode()}
     if c.caller:
         d["caller"] = c.caller
     return d
 
 
 class LatencyPusher:
-    """A daemon thread that pushes the book's pending table every `interval` seconds, and
-    once more when closed. It owns its PUSH socket; `push_now` and the thread share it under a
+    """Pushes the book's pending table every `interval` seconds: from the call that ends once
+    a push is due, or from its daemon thread (a client not calling), and once more when
+    closed. It owns its PUSH socket; the calls, `push_now` and the thread share it under a
     lock, so it is used by one thread at a time."""
 
     def __init__(self, book: LatencyBook, ctx: zmq.Context,
@@ -199,30 +216,52 @@ class LatencyPusher:
         self.sock.setsockopt(zmq.SNDHWM, SNDHWM)
         self.sock.connect(endpoint_for(self.sock))
         self._stop = threading.Event()
+        book.due_at = _monotonic() + interval
+        book.push_due = self._push_due
         self._thread = threading.Thread(target=self._run, name="moorage-latency-push",
                                         daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.push_now()
+        period = max(self.interval, IDLE_PUSH_S)
+        while not self._stop.wait(period):
+            if _monotonic() >= self.book.due_at:
+                self.push_now()
+
+    def _push_due(self) -> None:
+        """A call ended past the push's time: it pushes, unless a push is under way (the
+        thread's, or another thread's call's), which takes its latency too. Nothing of the
+        push's may fail the call: its socket gone (the client closing) only stops it."""
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            self._push()
+        except zmq.ZMQError:
+            self.book.due_at = math.inf
+        finally:
+            self._send_lock.release()
 
     def push_now(self) -> int:
         """Send what is pending now; returns the number of messages sent (0: nothing pending,
         or kept for the next push because the metrics actor is not taking them)."""
         with self._send_lock:
-            if self.sock.closed:
-                return 0
-            sent = 0
-            for body in encode_pending(self.book.take()):
-                try:
-                    self.sock.send_multipart([TAG, self.header, packb(body)], zmq.NOBLOCK)
-                    sent += 1
-                except zmq.Again:
-                    self.deferred += 1
-                    self.book.put_back(body)
-            self.sent += sent
-            return sent
+            return self._push()
+
+    def _push(self) -> int:
+        self.book.due_at = _monotonic() + self.interval
+        if self.sock.closed:
+            self.book.due_at = math.inf
+            return 0
+        sent = 0
+        for body in encode_pending(self.book.take()):
+            try:
+                self.sock.send_multipart([TAG, self.header, packb(body)], zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                self.deferred += 1
+                self.book.put_back(body)
+        self.sent += sent
+        return sent
 
     def close(self) -> None:
         """Stop the thread, push the rest, close: the context's term waits up to
@@ -231,4 +270,6 @@ class LatencyPusher:
         self._thread.join()
         self.push_now()
         with self._send_lock:
+            self.book.push_due = None
+            self.book.due_at = math.inf
             self.sock.close(CLOSE_LINGER_MS)
