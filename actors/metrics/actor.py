@@ -123,6 +123,7 @@ from moorage.actors.runtime.shapes import Named
 from moorage.protocol import endpoints, limits
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import WireError
+from moorage.protocol.wire import try_recv
 
 PUSH_BATCH = 256  # pushes taken per wake-up, so requests are not starved
 # Taking pushes costs at most this share of a core over time, with a burst of PUSH_BURST_S:
@@ -268,9 +269,8 @@ class MetricsActor(Actor):
         for _ in range(PUSH_BATCH):
             if time.perf_counter() > stop:
                 return
-            try:
-                frames = self.pull.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = try_recv(self.pull)  # (the compiled mover: None, not an exception)
+            if frames is None:
                 return
             self.received_pushes += 1
             try:
