@@ -15,8 +15,8 @@ into a pending table, and a `LatencyPusher` takes that table once an interval an
 `client.<metrics_name>` and with op names `<actor>/<op>`, so the metrics actor keeps the client
 view of watcher's fs.read apart from its service view. The call that ends once a push is due
 makes it, on its own thread (folding and encoding the histograms, tens of µs, and a send that
-does not block); a thread of the pusher's covers a client that stopped calling, waking once an
-interval but never more often than IDLE_PUSH_S. A thread that woke a hundred times a second
+does not block); a thread of the pusher's covers a client that stopped calling, waking when
+the push is due but never more often than IDLE_PUSH_S. A thread that woke a hundred times a second
 took a fifth of a busy client's calls from it (each wake-up takes Python's lock from the
 calling thread), where the same pushes made by the calls cost them nothing measurable. A push
 that cannot be sent (metrics away, its queue full) goes back into the table and leaves with
@@ -223,8 +223,12 @@ class LatencyPusher:
         self._thread.start()
 
     def _run(self) -> None:
-        period = max(self.interval, IDLE_PUSH_S)
-        while not self._stop.wait(period):
+        # It wakes when the push is due, never sooner than IDLE_PUSH_S after its last look:
+        # the calls move `due_at` on as they push (it is infinite once the socket is gone).
+        while True:
+            left = self.book.due_at - _monotonic()
+            if self._stop.wait(max(IDLE_PUSH_S, left) if left < math.inf else None):
+                return
             if _monotonic() >= self.book.due_at:
                 self.push_now()
 
