@@ -10,6 +10,7 @@ import zmq
 
 from moorage.protocol import limits
 from moorage.protocol.envelope import StreamMessage
+from moorage.protocol.errors import MoorageError
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,3 +42,17 @@ def test_a_subscriber_that_stops_reading_holds_its_bound_and_gets_every_message(
         assert sub.tracker.replays_asked >= 1  # it was overrun: the queue held its bound
     finally:
         sub.close()
+
+
+def test_a_subscription_given_its_own_queue_holds_that_and_a_bad_one_is_refused(
+        spawn_actor, client):
+    spawn_actor(pub_hwm=10)
+    sub = client.subscribe("fake", ["q."], rcvhwm=5)
+    try:
+        assert sub.sock.getsockopt(zmq.RCVHWM) == 5
+    finally:
+        sub.close()
+    for bad in (-1, 2.5, "10"):
+        with pytest.raises(MoorageError) as err:
+            client.subscribe("fake", ["q."], rcvhwm=bad)
+        assert err.value.error.name == "bad_args"

@@ -123,12 +123,10 @@ def _recv(sock: Any) -> Any:
 def gap_repaired(c: Client, tree: Tree, spec: dict) -> None:
     topic = f"{spec['topic']}.{RUN}"
     import zmq
-    sub = c.subscribe(spec["actor"], [topic])
-    if spec["rcvhwm"] is None:  # the client's default
-        assert sub.sock.getsockopt(zmq.RCVHWM) == limits.STREAM_HWM
-    else:
-        sub.sock.setsockopt(zmq.RCVHWM, spec["rcvhwm"])
+    sub = c.subscribe(spec["actor"], [topic], rcvhwm=spec["rcvhwm"])  # (null: the default)
     try:
+        assert sub.sock.getsockopt(zmq.RCVHWM) == (spec["rcvhwm"] if spec["rcvhwm"] is not None
+                                                   else limits.STREAM_HWM)
         assert until_live(sub) == []
         c.call(spec["actor"], spec["publish_op"], {"topic": topic, "n": spec["n"],
                                                    "size": spec["size"]})

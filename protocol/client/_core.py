@@ -717,7 +717,14 @@ class ClientCore:
         sock.setsockopt(zmq.RCVHWM, limits.HWM)
         sock.connect(self.endpoint(sock, actor, "rpc"))
 
-    def configure_sub(self, sock: zmq.Socket, actor: str, topics: Sequence[str]) -> None:
+    def configure_sub(self, sock: zmq.Socket, actor: str, topics: Sequence[str],
+                      rcvhwm: int | None = None) -> None:
+        """`rcvhwm`: the subscription's queue, in messages (None: `stream_hwm`), set before
+        the connect: libzmq gives a connection the high-water mark set when it is made."""
+        if rcvhwm is not None and (type(rcvhwm) is not int or rcvhwm < 0):
+            raise MoorageError(WireError.of(
+                "bad_args", f"{actor}: rcvhwm must be a count of messages (0: no bound), "
+                f"not {rcvhwm!r:.40}"))
         encoded = [t.encode() for t in topics or [""]]
         for t in encoded:
             # The publisher closes a connection that subscribes a longer topic, and the SUB
@@ -730,7 +737,7 @@ class ClientCore:
         sock.setsockopt(zmq.RECONNECT_IVL, self.options.reconnect_ivl_ms)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.options.reconnect_ivl_max_ms)
         sock.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_SIZE)
-        sock.setsockopt(zmq.RCVHWM, self.options.stream_hwm)
+        sock.setsockopt(zmq.RCVHWM, self.options.stream_hwm if rcvhwm is None else rcvhwm)
         for t in encoded:
             sock.setsockopt(zmq.SUBSCRIBE, t)
         sock.connect(self.endpoint(sock, actor, "pub"))
@@ -808,8 +815,8 @@ def watched(sock: SocketT, events: int | None, configure: Callable[[], None], ac
     return sock, monitor
 
 
-def stream_socket(core: ClientCore, ctx: Any, actor: str, topics: Sequence[str]
-                  ) -> tuple[Any, Any, str]:
+def stream_socket(core: ClientCore, ctx: Any, actor: str, topics: Sequence[str],
+                  rcvhwm: int | None = None) -> tuple[Any, Any, str]:
     """A subscription's SUB to `actor`, configured and connected, with, over tcp, its monitor
     (watched from before its connect: a key the tree refused ends the subscription, the
     link's drops and returns are told; on ipc a drop is the publisher's end, which its
@@ -818,7 +825,7 @@ def stream_socket(core: ClientCore, ctx: Any, actor: str, topics: Sequence[str]
     sock = ctx.socket(zmq.SUB)
     sock, monitor = watched(
         sock, stream_monitor_events() if core.remote is not None else None,
-        lambda: core.configure_sub(sock, actor, topics), actor, "pub", "subscribe")
+        lambda: core.configure_sub(sock, actor, topics, rcvhwm), actor, "pub", "subscribe")
     return sock, monitor, sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 

@@ -454,12 +454,16 @@ class AsyncClient(FromConnectionFile):
         return await self.call(actor, "sys.hello", {"client": f"python-asyncio {self.sid}"})
 
     def subscribe(
-        self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None
+        self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None,
+        rcvhwm: int | None = None,
     ) -> AsyncSubscription:
+        """A subscription to `topics` (prefixes) of `actor`'s stream, from `from_seq` (None:
+        from now); `rcvhwm`: its queue in this process, in messages (None: the client's
+        `stream_hwm`, STREAM_HWM by default; PROTOCOL.md sections 12 and 15)."""
         if self._closed.is_set():
             raise closed_client(actor, "subscribe")
         self._on_own_loop(actor, "subscribe")
-        sub = AsyncSubscription(self, actor, topics, from_seq)
+        sub = AsyncSubscription(self, actor, topics, from_seq, rcvhwm)
         self._subs.add(sub)
         return sub
 
@@ -486,13 +490,14 @@ class AsyncClient(FromConnectionFile):
 
 class AsyncSubscription:
     def __init__(
-        self, client: AsyncClient, actor: str, topics: Sequence[str], from_seq: int | None
+        self, client: AsyncClient, actor: str, topics: Sequence[str], from_seq: int | None,
+        rcvhwm: int | None = None,
     ) -> None:
         self.client = client
         self.actor = actor
         # (over tcp with its monitor: a task reads it and wakes next() on a refused key)
         self.sock, self.monitor, self.endpoint = stream_socket(client.core, client.ctx, actor,
-                                                               topics)
+                                                               topics, rcvhwm)
         self._log = LinkLog()
         self._changes: list[str] = []
         self._refused = asyncio.Event()

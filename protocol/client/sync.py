@@ -480,11 +480,15 @@ class Client(FromConnectionFile):
     # --- streams -------------------------------------------------------------------------
 
     def subscribe(
-        self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None
+        self, actor: str, topics: Sequence[str] = ("",), *, from_seq: int | None = None,
+        rcvhwm: int | None = None,
     ) -> Subscription:
+        """A subscription to `topics` (prefixes) of `actor`'s stream, from `from_seq` (None:
+        from now); `rcvhwm`: its queue in this process, in messages (None: the client's
+        `stream_hwm`, STREAM_HWM by default; PROTOCOL.md sections 12 and 15)."""
         if self.ctx.closed:
             raise closed_client(actor, "subscribe")
-        sub = Subscription(self, actor, topics, from_seq)
+        sub = Subscription(self, actor, topics, from_seq, rcvhwm)
         self._subs.add(sub)
         return sub
 
@@ -511,14 +515,15 @@ class Subscription:
     `BytesLost` (terminal output only)."""
 
     def __init__(
-        self, client: Client, actor: str, topics: Sequence[str], from_seq: int | None
+        self, client: Client, actor: str, topics: Sequence[str], from_seq: int | None,
+        rcvhwm: int | None = None,
     ) -> None:
         self.client = client
         self.actor = actor
         # (over tcp with its monitor: a refused key makes next() raise `unauthorized`, and
         # the link's drops and returns are told by link_changes)
         self.sock, self.monitor, self.endpoint = stream_socket(client.core, client.ctx, actor,
-                                                               topics)
+                                                               topics, rcvhwm)
         self._log = LinkLog()
         self._changes: list[str] = []
         self._poller: zmq.Poller | None = None
