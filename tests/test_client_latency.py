@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ import zmq
 from moorage.actors.metrics.push import decode_push
 from moorage.protocol import limits
 from moorage.protocol.client import AsyncClient, Client
+from moorage.protocol.client import _latency as latency
 from moorage.protocol.client._latency import (
     IDLE_PUSH_S,
     LatencyBook,
@@ -228,6 +230,27 @@ def test_a_call_that_ends_once_a_push_is_due_makes_it_before_it_returns(tmp_path
         book.record("alpha", "fake.work", 140, True)
         assert pusher.sent == 1
     finally:
+        pusher.close()
+        pull.close()
+        ctx.term()
+
+
+def test_a_push_that_raises_in_a_call_stops_the_pushes_and_the_call_goes_on(
+        tmp_path, monkeypatch):
+    book, pusher, pull, ctx = pusher_to_pull(tmp_path, 60.0)
+    try:
+        def broken(taken: Any) -> Any:  # (a fault of the encoder's, injected)
+            raise ValueError("no push today")
+
+        monkeypatch.setattr(latency, "encode_pending", broken)
+        book.due_at = time.monotonic()
+        book.record("alpha", "fake.work", 120, True)  # returns: the fault is the push's
+        assert isinstance(pusher.failure, ValueError)
+        assert book.due_at == math.inf  # no call tries again
+        book.record("alpha", "fake.work", 130, True)
+        assert pusher.sent == 0
+    finally:
+        monkeypatch.undo()
         pusher.close()
         pull.close()
         ctx.term()

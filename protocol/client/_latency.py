@@ -210,6 +210,7 @@ class LatencyPusher:
         self.interval = interval
         self.sent = 0  # pushes handed to ZeroMQ
         self.deferred = 0  # pushes kept for later because the queue was full
+        self.failure: Exception | None = None  # what stopped a call's push, if one raised
         self._send_lock = threading.Lock()
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -235,12 +236,14 @@ class LatencyPusher:
     def _push_due(self) -> None:
         """A call ended past the push's time: it pushes, unless a push is under way (the
         thread's, or another thread's call's), which takes its latency too. Nothing of the
-        push's may fail the call: its socket gone (the client closing) only stops it."""
+        push's may fail the call: a push that raises (its socket gone as the client closes,
+        or a fault of ours) stops the pushes, and `failure` says why."""
         if not self._send_lock.acquire(blocking=False):
             return
         try:
             self._push()
-        except zmq.ZMQError:
+        except Exception as exc:
+            self.failure = exc
             self.book.due_at = math.inf
         finally:
             self._send_lock.release()
