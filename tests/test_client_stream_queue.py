@@ -1,14 +1,19 @@
 """A subscription's queue in the client's process is bounded (`STREAM_HWM` messages, not the
 sockets' 100,000): a subscriber that stops reading holds at most that many, and what comes
 past it and past the publisher's own queue is dropped and repaired from the publisher's
-retention, every message once and in order. On a real actor, its `pub_hwm` small."""
+retention, every message once and in order. On a real actor, its `pub_hwm` small. A
+subscription given its own queue (`rcvhwm`, in both Python clients) holds that instead, and
+anything but a count of messages is refused."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 import zmq
 
 from moorage.protocol import limits
+from moorage.protocol.client import AsyncClient
 from moorage.protocol.envelope import StreamMessage
 from moorage.protocol.errors import MoorageError
 from tests.waiting import wait_for
@@ -56,3 +61,18 @@ def test_a_subscription_given_its_own_queue_holds_that_and_a_bad_one_is_refused(
         with pytest.raises(MoorageError) as err:
             client.subscribe("fake", ["q."], rcvhwm=bad)
         assert err.value.error.name == "bad_args"
+
+
+def test_the_asyncio_client_takes_a_subscription_queue_too(spawn_actor, runtime_dir):
+    spawn_actor(pub_hwm=10)
+
+    async def main() -> tuple[int, int]:
+        async with AsyncClient(runtime_dir, timeout=10.0) as ac:
+            own, default = ac.subscribe("fake", ["q."], rcvhwm=7), ac.subscribe("fake", ["q."])
+            try:
+                return own.sock.getsockopt(zmq.RCVHWM), default.sock.getsockopt(zmq.RCVHWM)
+            finally:
+                own.close()
+                default.close()
+
+    assert asyncio.run(main()) == (7, limits.STREAM_HWM)
