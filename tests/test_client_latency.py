@@ -8,11 +8,13 @@ real actors, a real metrics actor and the real CLI, and waits for a reply showin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -201,22 +203,27 @@ def test_a_recorder_given_more_distinct_values_folds_them_and_keeps_its_percenti
 # --- a real client against real actors -------------------------------------------------------
 
 
-def pusher_to_pull(tmp_path: Any, interval: float) -> tuple[LatencyBook, LatencyPusher,
-                                                             zmq.Socket, zmq.Context]:
-    """A pushing book whose pusher sends to a PULL socket of the test's."""
+@contextlib.contextmanager
+def pusher_to_pull(tmp_path: Any, interval: float
+                   ) -> Iterator[tuple[LatencyBook, LatencyPusher, zmq.Socket]]:
+    """A pushing book whose pusher sends to a PULL socket of the test's; all closed after."""
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
     endpoint = f"ipc://{tmp_path}/pull.sock"
     pull.bind(endpoint)
     book = LatencyBook(pushing=True)
-    return book, LatencyPusher(book, ctx, lambda _s: endpoint, "inline", "sid-1", interval), \
-        pull, ctx
+    pusher = LatencyPusher(book, ctx, lambda _s: endpoint, "inline", "sid-1", interval)
+    try:
+        yield book, pusher, pull
+    finally:
+        pusher.close()
+        pull.close()
+        ctx.term()
 
 
 def test_a_call_that_ends_once_a_push_is_due_makes_it_before_it_returns(tmp_path):
-    book, pusher, pull, ctx = pusher_to_pull(tmp_path, 60.0)  # (its thread: a minute away)
-    try:
+    with pusher_to_pull(tmp_path, 60.0) as (book, pusher, pull):  # (its thread: a minute on)
         book.record("alpha", "fake.work", 120, True)
         assert pusher.sent == 0  # not due
         book.due_at = time.monotonic()  # due now, as it is a minute on
@@ -229,46 +236,34 @@ def test_a_call_that_ends_once_a_push_is_due_makes_it_before_it_returns(tmp_path
         assert [(s.op, s.ok, s.counts.total()) for s in push.ops] == [("alpha/fake.work", 2, 2)]
         book.record("alpha", "fake.work", 140, True)
         assert pusher.sent == 1
-    finally:
-        pusher.close()
-        pull.close()
-        ctx.term()
 
 
 def test_a_push_that_raises_in_a_call_stops_the_pushes_and_the_call_goes_on(
         tmp_path, monkeypatch):
-    book, pusher, pull, ctx = pusher_to_pull(tmp_path, 60.0)
-    try:
+    with pusher_to_pull(tmp_path, 60.0) as (book, pusher, _pull):
         def broken(taken: Any) -> Any:  # (a fault of the encoder's, injected)
             raise ValueError("no push today")
 
         monkeypatch.setattr(latency, "encode_pending", broken)
-        book.due_at = time.monotonic()
-        book.record("alpha", "fake.work", 120, True)  # returns: the fault is the push's
-        assert isinstance(pusher.failure, ValueError)
-        assert book.due_at == math.inf  # no call tries again
-        book.record("alpha", "fake.work", 130, True)
-        assert pusher.sent == 0
-    finally:
-        monkeypatch.undo()
-        pusher.close()
-        pull.close()
-        ctx.term()
+        try:
+            book.due_at = time.monotonic()
+            book.record("alpha", "fake.work", 120, True)  # returns: the fault is the push's
+            assert isinstance(pusher.failure, ValueError)
+            assert book.due_at == math.inf  # no call tries again
+            book.record("alpha", "fake.work", 130, True)
+            assert pusher.sent == 0
+        finally:
+            monkeypatch.undo()  # (before the pusher's last push, as it closes)
 
 
 def test_what_a_client_that_stopped_calling_recorded_is_pushed_by_the_thread(tmp_path):
-    book, pusher, pull, ctx = pusher_to_pull(tmp_path, 0.01)
-    try:
+    with pusher_to_pull(tmp_path, 0.01) as (book, pusher, pull):
         assert pusher.interval < IDLE_PUSH_S
         book.record("alpha", "fake.work", 120, True)  # (due 10 ms later: no call ends then)
         assert pull.poll(30_000), "the thread never pushed"
         push = decode_push(pull.recv_multipart())
         assert [(s.op, s.ok) for s in push.ops] == [("alpha/fake.work", 1)]
         assert pusher.sent == 1
-    finally:
-        pusher.close()
-        pull.close()
-        ctx.term()
 
 
 def test_calls_are_recorded_once_each_with_retries_and_errors_counted(spawn_actor, client):
