@@ -238,7 +238,7 @@ class CallPlan:
             # (the tree was seen ended, and no other has taken the instance since: nothing
             # can answer, and a call not safe to repeat would wait its whole budget)
             return self.done(now, error=core.not_running())
-        br = core.breakers.get(self.actor) or core.breaker(self.actor)
+        br = core.breaker(self.actor)
         # A closed breaker allows without changing (CircuitBreaker.allow): asked only when not.
         if br.state is not _CLOSED and not br.allow(now):
             return self.done(now, error=WireError.of(
@@ -254,11 +254,9 @@ class CallPlan:
     def attempt_deadline(self, now: float) -> float:
         """The ladder's attempts are resent when they time out; past them (and for a call
         that may not be resent at all) the attempt lasts to the call's deadline."""
-        deadline = self.deadline
         if (self.idempotent or self.pin is not None) and self.timeout_retries < TIMEOUT_RETRIES:
-            until = now + self.core.options.attempt_timeout * (1 << self.timeout_retries)
-            return until if until < deadline else deadline
-        return deadline
+            return min(self.deadline, now + self.attempt_timeout())
+        return self.deadline
 
     def unpin(self, wait: Wait, now: float) -> Wait | Resend | Done:
         """A drop was told right after this call was sent, and may be older than the send.
@@ -285,7 +283,7 @@ class CallPlan:
 
     def on_reply(self, reply: Reply, now: float) -> Done | Resend:
         core, actor = self.core, self.actor
-        br = core.breakers.get(actor) or core.breaker(actor)
+        br = core.breaker(actor)
         # Any reply proves the actor alive; a closed breaker with no failures counted is
         # already where a success would put it.
         if br.failures or br.state is not _CLOSED:
@@ -294,9 +292,8 @@ class CallPlan:
             core.note_epoch(actor, reply.epoch)
         if core.reply_check is not None:  # only where the tests turned it on (live.py)
             core.reply_check(actor, self.op, reply)
-        if reply.ok:  # (`done`'s own path for a reply, without its call)
-            core.latency.record(actor, self.op, int((now - self.started) * 1e6), True)
-            return Done(reply, None)
+        if reply.ok:
+            return self.done(now, reply=reply)
         err = WireError.from_wire(reply.body)
         if self.pinned_by == "drop" and err.name == "outcome_unknown":
             # (the life that answered says why; the caller hears first what happened here)

@@ -416,8 +416,7 @@ class Client(FromConnectionFile):
                 else:
                     results.append(None)
                     plans[plan.id] = (index, plan)
-                    if unsent or not try_send(sock, plan.frames):
-                        unsent[plan.id] = plan
+                    send(plan)
                 index += 1
             if not plans:
                 return self._pipeline_failed(actor, conn, results)
