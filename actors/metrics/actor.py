@@ -58,7 +58,13 @@ once the clients' share went past its budget in that interval. sys.info tells al
 `client_pushes_counts_only`; the first ten of each kind and every thousandth are logged.
 Taking pushes costs at most PUSH_SHARE of a core over time (a burst of PUSH_BURST_S): a flood
 waits in the socket meanwhile (`push_pauses` counts the waits), its senders keeping their
-counts for the next push, rather than take the tree to a CPU pressure level.
+counts for the next push, rather than take the tree to a CPU pressure level. And pushes that
+come less than PUSH_PACE_S apart are taken together, that far apart, until a turn finds none
+(`push_paced_turns` counts those turns): a push comes up to that much later into the figures,
+and the loop wakes for pushes at most 1 / PUSH_PACE_S times a second however many pushers
+there are, each turn taking its batch warm (a push taken alone, its caches cold, cost this
+actor ~300 µs; and any process woken 100 times a second costs a round trip between two
+others on the same two cores 8% of its median: perf.client_latency_overhead's C2 rows).
 
 Alerts (seed 8.1), evaluated over the window after each merge and each interval:
   failure_rate  raised when requests >= alert_min_samples and errors/requests > alert_failure_rate
@@ -90,6 +96,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +139,9 @@ PUSH_BATCH = 256  # pushes taken per wake-up, so requests are not starved
 # level that turns features off (R12).
 PUSH_SHARE = 0.4
 PUSH_BURST_S = 0.1
+# Pushes closer together than this are taken in turns this far apart (none is merged later
+# than this after it came): well inside a bucket (bucket_s, 1 s by default).
+PUSH_PACE_S = 0.05
 IDLE_TICK_S = 30.0  # the longest sleep between two ticks (see `_tick_due`)
 
 __all__ = [
@@ -197,6 +207,8 @@ class MetricsActor(Actor):
         self.push_pauses = 0  # times the pushes waited for their CPU share (PUSH_SHARE)
         self._push_allowance = PUSH_BURST_S  # seconds of taking pushes allowed now
         self._push_taken_at = time.perf_counter()
+        self.push_paced_turns = 0  # turns that took pushes PUSH_PACE_S after the last
+        self._pushes_paced = False  # the pushes are taken on a timer, not as they come
         self._client_interval: dict[str, int] = {}  # client -> interval of its last push
         self.actors: dict[str, dict[str, Any]] = {}
         self.client_pushers = 0  # of self.actors, the clients
@@ -240,6 +252,7 @@ class MetricsActor(Actor):
                 **self.table.info(), "client_pushes_extra": self.client_pushes_extra,
                 "client_pushes_counts_only": self.client_pushes_counts_only,
                 "push_pauses": self.push_pauses,
+                "push_paced_turns": self.push_paced_turns,
                 "slo_file": str(self.record.path), "slo_saves": self.record.saves,
                 "slo_save_ms": round(self.record.save_cost_s * 1000, 3),
                 "slo_keys": len(self.slo.hours.keys), "slo_dropped_keys": self.slo.dropped_keys}
@@ -247,31 +260,52 @@ class MetricsActor(Actor):
     # --- merging ---------------------------------------------------------------------------
 
     def _on_pushes(self) -> None:
+        """A turn of taking pushes: when the socket is readable, or on the pace's timer."""
         started = time.perf_counter()
+        took = 0
         try:
-            self._take_pushes(started)
+            took = self._take_pushes(started)
         finally:
+            since = started - self._push_taken_at
             self._push_allowance = min(
-                PUSH_BURST_S, self._push_allowance
-                + (started - self._push_taken_at) * PUSH_SHARE) - (time.perf_counter() - started)
+                PUSH_BURST_S, self._push_allowance + since * PUSH_SHARE
+            ) - (time.perf_counter() - started)
             self._push_taken_at = started
+            if self._pushes_paced:
+                self.push_paced_turns += 1
             if self._push_allowance < 0:  # (back once the share has paid it)
                 self.push_pauses += 1
-                self.loop.remove_reader(self.pull)
-                self.loop.call_later(-self._push_allowance / PUSH_SHARE,
-                                     lambda: self.loop.add_reader(self.pull, self._on_pushes))
+                self._await_pushes(-self._push_allowance / PUSH_SHARE, self._read_pushes)
+            elif took > 0 and (self._pushes_paced or since < PUSH_PACE_S):
+                self._await_pushes(PUSH_PACE_S, self._on_pushes)
+            elif self._pushes_paced:  # (none came in the pace, or more wait: read at once)
+                self._read_pushes()
 
-    def _take_pushes(self, started: float) -> None:
-        # At most PUSH_BATCH pushes and TURN_BUDGET_S a turn: the rest stays queued in the
-        # socket, which the loop finds readable again on its next turn.
+    def _await_pushes(self, delay: float, then: Callable[[], None]) -> None:
+        """Leave the pushes in the socket for `delay` seconds, then run `then`."""
+        if not self._pushes_paced:
+            self._pushes_paced = True
+            self.loop.remove_reader(self.pull)
+        self.loop.call_later(delay, then)
+
+    def _read_pushes(self) -> None:
+        """Take each push as it comes again."""
+        self._pushes_paced = False
+        self.loop.add_reader(self.pull, self._on_pushes)
+
+    def _take_pushes(self, started: float) -> int:
+        """The pushes taken, the socket emptied; or PUSH_BATCH or TURN_BUDGET_S's worth
+        and -1, the rest left queued for the next turn (which then comes at once)."""
         idx = self.table.interval(time.monotonic())
         stop = started + TURN_BUDGET_S
+        took = 0
         for _ in range(PUSH_BATCH):
             if time.perf_counter() > stop:
-                return
+                return -1
             frames = try_recv(self.pull)  # (the compiled mover: None, not an exception)
             if frames is None:
-                return
+                return took
+            took += 1
             self.received_pushes += 1
             try:
                 push = decode_push(frames)
@@ -286,6 +320,7 @@ class MetricsActor(Actor):
             self._note_actor(push, idx)
             self._merge(push.actor, push.ops, idx, latencies)
             self._take_losses(push.actor, push.loss)
+        return -1
 
     def _client_latencies(self, name: str, idx: int) -> bool:
         """Whether a push of client `name` in interval `idx` brings its latencies in
