@@ -104,6 +104,7 @@ import zmq
 from loguru import logger
 
 from moorage.actors.metrics.alerts import AlertPolicy, Alerts
+from moorage.actors.metrics.counts import COUNTS_CORE
 from moorage.actors.metrics.prometheus import CONTENT_TYPE, render_prometheus
 from moorage.actors.metrics.push import (
     CLIENT_PREFIX,
@@ -252,7 +253,7 @@ class MetricsActor(Actor):
                 **self.table.info(), "client_pushes_extra": self.client_pushes_extra,
                 "client_pushes_counts_only": self.client_pushes_counts_only,
                 "push_pauses": self.push_pauses,
-                "push_paced_turns": self.push_paced_turns,
+                "push_paced_turns": self.push_paced_turns, "counts_core": COUNTS_CORE,
                 "slo_file": str(self.record.path), "slo_saves": self.record.saves,
                 "slo_save_ms": round(self.record.save_cost_s * 1000, 3),
                 "slo_keys": len(self.slo.hours.keys), "slo_dropped_keys": self.slo.dropped_keys}

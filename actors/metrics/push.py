@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.actors.metrics.counts import read_counts
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.stats import LOSS_COUNTERS
 from moorage.protocol import limits
@@ -45,8 +46,6 @@ _PAYLOAD_HEADER = struct.Struct(">IIIIQQd")  # cookie, len, offset, digits, lowe
 _COOKIE_BASE_MASK = ~0xF0  # the high nibble of the low byte is the word size
 _COMPRESSED_COOKIE = 0x1C849304  # V2, compressed (the base64'd header), as hdrh checks it
 _PAYLOAD_COOKIE = 0x1C849303  # V2 encoding (the inflated payload)
-_VARINT_BYTES = 8  # 56 bits: a count past 2^54 cannot match a push's ok + error anyway
-_PAST_END = "hist: more counts than the histogram's shape has"
 
 
 def _values_by_index() -> tuple[int, ...]:
@@ -137,63 +136,23 @@ def _inflate(encoded: Any) -> bytes:
     return payload
 
 
-def _read_counts(payload: bytes) -> tuple[Counter[int], int]:
-    """The counts array after the payload header (ZigZag LEB128 varints, a negative one a run
-    of zero counts) as {value: count}, and the varints it took. Every varint moves the index
-    on and none may move it past the array's end, so one array costs at most its length in
-    varints whatever it holds."""
-    counts: dict[int, int] = {}  # (a dict's item assignment is half the cost of a Counter's)
-    value_at, size = _VALUE_AT, len(_VALUE_AT)
-    body = payload[_PAYLOAD_HEADER.size:]
-    idx = varints = 0
-    it = iter(body)
+def _read(encoded: Any, budget: Budget) -> tuple[dict[int, int], int, int]:
+    """An encoded histogram's counts (counts.read_counts), their total and their sum of
+    microseconds; what reading it cost charged to `budget`."""
+    payload = _inflate(encoded)
     try:
-        for b in it:
-            varints += 1
-            if b > 0x7F:
-                v, shift = b & 0x7F, 7
-                for b in it:  # the rest of this varint
-                    v |= (b & 0x7F) << shift
-                    if b < 0x80:
-                        break
-                    shift += 7
-                    if shift == 7 * _VARINT_BYTES:
-                        raise BadPush("hist: a count's varint is too long")
-                else:
-                    raise BadPush("hist: the counts end inside a varint")
-                b = v
-            if not b:  # one zero count
-                idx += 1
-                if idx > size:
-                    raise BadPush(_PAST_END)
-            elif b & 1:  # ZigZag -n: n zero counts
-                idx += (b + 1) >> 1
-                if idx > size:
-                    raise BadPush(_PAST_END)
-            else:
-                counts[value_at[idx]] = b >> 1
-                idx += 1
-    except IndexError:  # a non-zero count at or past the end
-        raise BadPush(_PAST_END) from None
-    return Counter(counts), varints
+        counts, varints, total, total_us = read_counts(payload, _PAYLOAD_HEADER.size,
+                                                       _VALUE_AT)
+    except ValueError as exc:  # (a malformed counts array)
+        raise BadPush(str(exc)) from None
+    budget.charge(len(counts), varints)
+    return counts, total, total_us
 
 
 def fold_histogram(encoded: Any, budget: Budget | None = None) -> Counter[int]:
     """An encoded histogram as counts of values, equal to `Recorder.add_histogram`'s; what it
     cost is charged to `budget` (by default, one push's worth for this histogram alone)."""
-    counts, varints = _read_counts(_inflate(encoded))
-    (budget if budget is not None else Budget()).charge(len(counts), varints)
-    return counts
-
-
-def _zero_as_one(counts: Counter[int]) -> Counter[int]:
-    """`counts` with its times of 0 µs taken as 1 µs (PROTOCOL.md section 2: a time of 0 is
-    recorded as 1). Our recorders never write a 0, but an HdrHistogram library's records it
-    at index 0, whose value is 0."""
-    zeros = counts.pop(0, 0)
-    if zeros:
-        counts[1] += zeros
-    return counts
+    return Counter(_read(encoded, budget if budget is not None else Budget())[0])
 
 
 def decode_ops(body: Any) -> list[OpSample]:
@@ -220,12 +179,16 @@ def decode_ops(body: Any) -> list[OpSample]:
         caller = _count(d.get("caller", 0), f"{name}.caller")
         if caller > error:
             raise BadPush(f"{name}: {caller} caller errors of {error} errors")
-        counts = _zero_as_one(fold_histogram(d.get("hist"), budget))
-        total = sum(counts.values())
+        counts, total, total_us = _read(d.get("hist"), budget)
         if total != ok + error:  # every request, ok or not, records its service time
             raise BadPush(f"{name}: hist holds {total} values for {ok + error} requests")
-        out.append(OpSample(name, ok, error, counts, sum(v * n for v, n in counts.items()),
-                            caller))
+        # (PROTOCOL.md section 2: a time of 0 is recorded as 1. Our recorders never write a
+        # 0, but an HdrHistogram library's records it at index 0, whose value is 0.)
+        zeros = counts.pop(0, 0)
+        if zeros:
+            counts[1] = counts.get(1, 0) + zeros
+            total_us += zeros
+        out.append(OpSample(name, ok, error, Counter(counts), total_us, caller))
     return out
 
 

@@ -37,6 +37,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from moorage.actors.metrics.counts import add_counts
 from moorage.actors.metrics.push import CLIENT_PREFIX, BadPush, OpSample
 from moorage.actors.metrics.slo import bin_top, latency_bin
 from moorage.protocol.limits import MAX_ID
@@ -127,7 +128,7 @@ class Window:
         self.counts: Counter[int] = Counter()
         self.held = 0  # distinct values of `counts` and of every slot's
 
-    def add(self, idx: int, s: OpSample, counts: Mapping[int, int]) -> None:
+    def add(self, idx: int, s: OpSample, counts: dict[int, int]) -> None:
         """`s`'s counts, its latencies as `counts` (the series' own precision), at `idx`."""
         self.expire(idx)
         n = idx // self.width
@@ -140,7 +141,7 @@ class Window:
             target.error += s.error
             target.caller += s.caller
             target.sum_us += s.sum_us
-            target.counts.update(counts)
+            add_counts(target.counts, counts)
         self.held += len(b.counts) + len(self.counts) - before
 
     def leaves_at(self) -> int | None:
@@ -213,14 +214,14 @@ class Series:
 
     def add(self, idx: int, s: OpSample, latencies: bool = True) -> None:
         """`s` at interval `idx`; without `latencies`, its counts only."""
-        counts: Mapping[int, int] = {}
+        counts: dict[int, int] = {}
         if latencies:
             counts = coarsen(s.counts) if self.coarse else s.counts
         self.ok += s.ok
         self.error += s.error
         self.caller += s.caller
         self.sum_us += s.sum_us
-        self.counts.update(counts)
+        add_counts(self.counts, counts)
         self.window.add(idx, s, counts)
         self.last = max(self.last, idx)
 
