@@ -11,6 +11,7 @@ import base64
 import contextlib
 import math
 import multiprocessing
+import random
 import shutil
 import struct
 import tempfile
@@ -38,6 +39,7 @@ from moorage.actors.metrics.actor import (
     render_prometheus,
     summarize,
 )
+from moorage.actors.metrics.series import percentile
 from moorage.actors.runtime import trust
 from moorage.actors.runtime.process import run_actor
 from moorage.actors.runtime.stats import OpStats
@@ -375,6 +377,18 @@ def test_percentiles_are_those_of_protocol_histogram_summary(values):
     mine = summarize(len(values), 0, counts)
     theirs = summary(r.histogram())
     assert {k: mine[k] for k in theirs} == theirs
+
+
+def test_one_percentile_walked_from_the_top_is_summarizes():
+    rng = random.Random(3)
+    cases = [Counter(), Counter({7: 1}), Counter({5: 99, 900: 1}), Counter({5: 98, 900: 2})]
+    cases += [Counter({rng.randrange(1, 10**6): rng.randrange(1, 50)
+                       for _ in range(rng.randrange(1, 300))}) for _ in range(300)]
+    for counts in cases:
+        n = sum(counts.values())
+        whole = summarize(n, 0, counts)
+        for name, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9)):
+            assert percentile(counts, p) == whole[name], (counts, p)
 
 
 # --- windows and the table ---------------------------------------------------------------------

@@ -117,7 +117,13 @@ from moorage.actors.metrics.push import (
 )
 from moorage.actors.metrics.record import SloRecord
 from moorage.actors.metrics.recovery import Incident
-from moorage.actors.metrics.series import HELD_VALUE_BYTES, MetricsTable, Series, summarize
+from moorage.actors.metrics.series import (
+    HELD_VALUE_BYTES,
+    MetricsTable,
+    Series,
+    percentile,
+    summarize,
+)
 from moorage.actors.metrics.settings import Settings
 from moorage.actors.metrics.slo_report import build_report
 from moorage.actors.runtime import Actor, Call, op
@@ -426,7 +432,7 @@ class MetricsActor(Actor):
         w = s.window
         p99 = None
         if self.alerts.policy.latency_threshold(s.op) is not None:
-            p99 = summarize(w.ok, w.error, w.counts)["p99"]
+            p99 = percentile(w.counts, 99.0)
         # A failure rate is the service's: errors that were the caller's (a missing file, a
         # typo in an op) say nothing about its health.
         self._publish_alerts(self.alerts.evaluate(s.actor, s.op, requests=w.requests,
