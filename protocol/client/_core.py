@@ -130,6 +130,44 @@ class ClientOptions:
     # comes is dropped, a gap its subscription repairs or reports (PROTOCOL.md section 12).
     stream_hwm: int = limits.STREAM_HWM
 
+    def __post_init__(self) -> None:
+        """Each option checked where it is given (ValueError naming it), not where it is
+        first used: a timeout of "5" would fail a call's deadline arithmetic, a negative
+        queue libzmq's setsockopt in a subscribe, far from the mistake."""
+        for name in ("timeout", "attempt_timeout", "metrics_interval"):
+            _check_option(name, getattr(self, name), _positive_seconds, "seconds > 0")
+        _check_option("breaker_cooldown", self.breaker_cooldown, _seconds, "seconds >= 0")
+        _check_option("breaker_threshold", self.breaker_threshold, _count(1), "a count >= 1")
+        for name in ("reconnect_ivl_ms", "reconnect_ivl_max_ms"):
+            _check_option(name, getattr(self, name), _count(0), "milliseconds, an int >= 0")
+        _check_option("stream_hwm", self.stream_hwm, _count(0),
+                      "a count of messages (0: no bound)")
+        _check_option("backoff", self.backoff, lambda v: isinstance(v, Backoff), "a Backoff")
+        _check_option("learn_ops", self.learn_ops, lambda v: type(v) is bool, "a bool")
+        ops = self.idempotent_ops
+        _check_option("idempotent_ops", ops, lambda v: isinstance(v, (set, frozenset, list, tuple))
+                      and all(type(op) is str for op in v), "a set of op names")
+        self.idempotent_ops = frozenset(ops)
+        if self.metrics_name is not None:
+            check_metrics_name(self.metrics_name)
+
+
+def _check_option(name: str, value: Any, ok: Callable[[Any], bool], want: str) -> None:
+    if not ok(value):
+        raise ValueError(f"ClientOptions.{name} must be {want}, not {value!r:.60}")
+
+
+def _seconds(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and v >= 0
+
+
+def _positive_seconds(v: Any) -> bool:
+    return _seconds(v) and v > 0
+
+
+def _count(least: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and v >= least
+
 
 class Done:
     """The plan's verdict: the call is over with `result` or `error`."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -239,9 +240,9 @@ class AsyncClient(FromConnectionFile):
         remote: RemoteTarget | None = None,
         **option_overrides: Any,
     ) -> None:
-        opts = options or ClientOptions()
-        for k, v in option_overrides.items():
-            setattr(opts, k, v)
+        # (a copy: the caller's options are not changed, and each override is checked as
+        # a field: a misspelt one is a TypeError, not an attribute nobody reads)
+        opts = dataclasses.replace(options or ClientOptions(), **option_overrides)
         self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts,
                                remote=remote)
         self.ctx = zmq.asyncio.Context()

@@ -11,6 +11,7 @@ attempt with no reply does (PROTOCOL.md section 10), as in the TypeScript and Ru
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -153,9 +154,9 @@ class Client(FromConnectionFile):
         remote: RemoteTarget | None = None,
         **option_overrides: Any,
     ) -> None:
-        opts = options or ClientOptions()
-        for k, v in option_overrides.items():
-            setattr(opts, k, v)
+        # (a copy: the caller's options are not changed, and each override is checked as
+        # a field: a misspelt one is a TypeError, not an attribute nobody reads)
+        opts = dataclasses.replace(options or ClientOptions(), **option_overrides)
         self.core = ClientCore(runtime_dir, instance=instance, sid=sid, options=opts,
                                remote=remote)
         self.ctx = zmq.Context()
