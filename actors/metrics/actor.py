@@ -61,9 +61,8 @@ waits in the socket meanwhile (`push_pauses` counts the waits), its senders keep
 counts for the next push, rather than take the tree to a CPU pressure level. And pushes that
 come less than PUSH_PACE_S apart are taken together, that far apart, until a turn finds none
 (`push_paced_turns` counts those turns): a push comes up to that much later into the figures,
-and the loop wakes for pushes at most 1 / PUSH_PACE_S times a second however many pushers
-there are, each turn taking its batch warm (a push taken alone, its caches cold, cost this
-actor ~300 µs; and any process woken 100 times a second costs a round trip between two
+and a steady stream of pushes wakes the loop about 1 / PUSH_PACE_S times a second however
+many pushers there are (any process woken 100 times a second costs a round trip between two
 others on the same two cores 8% of its median: perf.client_latency_overhead's C2 rows).
 
 Alerts (seed 8.1), evaluated over the window after each merge and each interval:
