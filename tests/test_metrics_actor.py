@@ -96,7 +96,8 @@ def spread_hist(buckets: int, step: int = 1, first: int = 256) -> bytes:
     return h.encode()
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """`n` as HdrHistogram writes a count: ZigZag, then LEB128."""
     z, out = (n << 1) ^ (n >> 63), bytearray()
     while z >= 0x80:
         out.append(z & 0x7F | 0x80)
@@ -108,7 +109,7 @@ def _varint(n: int) -> bytes:
 def hand_hist(entries: list[int]) -> bytes:
     """Our shape's encoding of a counts array written as given: n >= 0 a count, -n a run of n
     zero counts (as PROTOCOL.md describes it for a language without an HDR library)."""
-    body = b"".join(_varint(n) for n in entries)
+    body = b"".join(varint(n) for n in entries)
     payload = struct.pack(">IIIIQQd", 0x1C849313, len(body), 0, 2, 1, 3_600_000_000, 1.0) + body
     deflated = zlib.compress(payload)
     return base64.b64encode(struct.pack(">II", 0x1C849314, len(deflated)) + deflated)

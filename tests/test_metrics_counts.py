@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -19,41 +20,35 @@ from moorage.actors.metrics.counts import (
     read_counts_python,
 )
 from tests.interpreter import printed
+from tests.test_metrics_actor import varint
 
 VALUES = tuple(range(0, 3000, 3))  # an array of 1,000 buckets, their values increasing
 HEADER = b"\x01\x02\x03"  # what comes before the counts: skipped by `start`
 
 
-def zigzag(n: int) -> bytes:
-    z, out = (n << 1) if n >= 0 else ((-n) << 1) - 1, bytearray()
-    while z >= 0x80:
-        out.append(z & 0x7F | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def array(entries: list[int]) -> bytes:
     """n >= 0 a count, -n a run of n zero counts, after HEADER."""
-    return HEADER + b"".join(zigzag(n) for n in entries)
+    return HEADER + b"".join(varint(n) for n in entries)
 
 
 @pytest.fixture(params=["python", "compiled"])
-def read(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def loops(request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    """(read_counts, add_counts) of the Python loops, or of the compiled ones."""
     if request.param == "python":
-        return read_counts_python
+        return read_counts_python, add_counts_python
     if counts.COUNTS_CORE != "compiled":
         pytest.skip("the optional extension actors/metrics/_ccounts.c was not built")
-    return counts.read_counts
+    return counts.read_counts, counts.add_counts
 
 
-@pytest.fixture(params=["python", "compiled"])
-def add(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    if request.param == "python":
-        return add_counts_python
-    if counts.COUNTS_CORE != "compiled":
-        pytest.skip("the optional extension actors/metrics/_ccounts.c was not built")
-    return counts.add_counts
+@pytest.fixture
+def read(loops: tuple[Any, Any]) -> Any:
+    return loops[0]
+
+
+@pytest.fixture
+def add(loops: tuple[Any, Any]) -> Any:
+    return loops[1]
 
 
 def test_counts_runs_and_single_zeros_land_on_their_values(read) -> None:  # type: ignore[no-untyped-def]
@@ -90,7 +85,7 @@ def test_a_malformed_array_is_refused_with_its_reason(read, entries, tail, error
 
 def test_an_eight_byte_varint_is_read_whole(read) -> None:  # type: ignore[no-untyped-def]
     n = 2**55 - 1
-    assert len(zigzag(n)) == 8
+    assert len(varint(n)) == 8
     assert read(array([n]), len(HEADER), VALUES)[0] == {0: n}
 
 
