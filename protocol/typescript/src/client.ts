@@ -374,6 +374,36 @@ class Conn {
 }
 
 /** A client of one tree. Any number of calls may be in flight; close() when done. */
+/** Each option checked where it is given (a RangeError naming it), not where it is first
+ * used: a timeout of "5" or NaN would fail a call's deadline arithmetic, a negative interval
+ * the socket's options, far from the mistake. The idempotent ops, as a set. */
+function checkOptions(o: Client["options"], idempotentOps: unknown): Set<string> {
+  const seconds = (v: unknown, least: number): boolean =>
+    typeof v === "number" && Number.isFinite(v) && (least > 0 ? v > 0 : v >= 0);
+  const count = (v: unknown, least: number): boolean => Number.isSafeInteger(v) && (v as number) >= least;
+  const given = idempotentOps ?? [];
+  // (read once: a generator given would be empty the second time)
+  const ops = typeof given === "object" && given !== null && Symbol.iterator in given
+    ? [...(given as Iterable<unknown>)] : null;
+  const isOps = ops !== null && ops.every((op) => typeof op === "string");
+  const checks: [string, unknown, boolean, string][] = [
+    ["timeout", o.timeout, seconds(o.timeout, 1), "seconds > 0"],
+    ["attemptTimeout", o.attemptTimeout, seconds(o.attemptTimeout, 1), "seconds > 0"],
+    ["metricsInterval", o.metricsInterval, seconds(o.metricsInterval, 1), "seconds > 0"],
+    ["breakerCooldown", o.breakerCooldown, seconds(o.breakerCooldown, 0), "seconds >= 0"],
+    ["breakerThreshold", o.breakerThreshold, count(o.breakerThreshold, 1), "a count >= 1"],
+    ["reconnectIvlMs", o.reconnectIvlMs, count(o.reconnectIvlMs, 0), "milliseconds, an integer >= 0"],
+    ["reconnectIvlMaxMs", o.reconnectIvlMaxMs, count(o.reconnectIvlMaxMs, 0), "milliseconds, an integer >= 0"],
+    ["backoff", o.backoff, o.backoff instanceof Backoff, "a Backoff"],
+    ["learnOps", o.learnOps, typeof o.learnOps === "boolean", "a boolean"],
+    ["idempotentOps", idempotentOps, isOps, "an iterable of op names"],
+  ];
+  for (const [name, value, ok, want] of checks) {
+    if (!ok) throw new RangeError(`ClientOptions.${name} must be ${want}, not ${String(value).slice(0, 60)}`);
+  }
+  return new Set(ops as string[]);
+}
+
 export class Client {
   readonly options: Required<Omit<ClientOptions, "runtimeDir" | "instance" | "sid" | "metricsName" | "idempotentOps" | "remote">> & {
     metricsName: string | undefined;
@@ -415,6 +445,19 @@ export class Client {
   private readonly treeWatch: TreeWatch = { gone: () => this.treeGone(), goneSince: () => this.goneSince };
 
   constructor(options: ClientOptions = {}) {
+    const opts = {
+      timeout: options.timeout ?? 5,
+      attemptTimeout: options.attemptTimeout ?? 1,
+      backoff: options.backoff ?? new Backoff(0.01, 2, 0.5, 0.2),
+      breakerThreshold: options.breakerThreshold ?? 5,
+      breakerCooldown: options.breakerCooldown ?? 0.5,
+      reconnectIvlMs: options.reconnectIvlMs ?? 5,
+      reconnectIvlMaxMs: options.reconnectIvlMaxMs ?? 0,
+      learnOps: options.learnOps ?? true,
+      metricsName: options.metricsName === undefined ? undefined : checkMetricsName(options.metricsName),
+      metricsInterval: options.metricsInterval ?? 1,
+    };
+    const idempotentOps = checkOptions(opts, options.idempotentOps);
     const remote = options.remote;
     this.remote = remote !== undefined;
     this.runtimeDir = remote ? runtimeDirOfConnectionFile(remote.connectionFile) : options.runtimeDir ?? runtimeDir(options.instance);
@@ -430,19 +473,8 @@ export class Client {
       ? remoteEndpointsOf(remote.connectionFile, remote.keys ?? clientKeys(), remote.host)
       : endpointsOf(this.runtimeDir);
     this.sid = options.sid ?? `${process.pid}-${randomBytes(6).toString("hex")}`;
-    this.options = {
-      timeout: options.timeout ?? 5,
-      attemptTimeout: options.attemptTimeout ?? 1,
-      backoff: options.backoff ?? new Backoff(0.01, 2, 0.5, 0.2),
-      breakerThreshold: options.breakerThreshold ?? 5,
-      breakerCooldown: options.breakerCooldown ?? 0.5,
-      reconnectIvlMs: options.reconnectIvlMs ?? 5,
-      reconnectIvlMaxMs: options.reconnectIvlMaxMs ?? 0,
-      learnOps: options.learnOps ?? true,
-      metricsName: options.metricsName === undefined ? undefined : checkMetricsName(options.metricsName),
-      metricsInterval: options.metricsInterval ?? 1,
-    };
-    this.idempotentOps = new Set(options.idempotentOps ?? []);
+    this.options = opts;
+    this.idempotentOps = idempotentOps;
     this.latency = new LatencyBook(this.options.metricsName !== undefined);
     if (this.options.metricsName !== undefined) {
       this.pusher = new LatencyPusher(this.latency, this.endpoints.metricsIn(), this.options.metricsName, this.sid,
