@@ -108,6 +108,26 @@ pub struct CallOptions {
     pub id: Option<u64>,
 }
 
+/// Each option checked where it is given (`bad_args` naming it), before the client looks for a
+/// tree: a NaN or negative timeout would fail a call's deadline arithmetic, a negative
+/// reconnection interval libzmq's setsockopt, far from the mistake.
+fn check_options(o: &Options) -> Result<(), String> {
+    let seconds = |v: f64, positive: bool| v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };
+    let checks: [(&str, bool, &str, String); 7] = [
+        ("timeout", seconds(o.timeout, true), "seconds > 0", o.timeout.to_string()),
+        ("attempt_timeout", seconds(o.attempt_timeout, true), "seconds > 0", o.attempt_timeout.to_string()),
+        ("breaker_cooldown", seconds(o.breaker_cooldown, false), "seconds >= 0", o.breaker_cooldown.to_string()),
+        ("breaker_threshold", o.breaker_threshold >= 1, "a count >= 1", o.breaker_threshold.to_string()),
+        ("reconnect_ivl_ms", o.reconnect_ivl_ms >= 0, "milliseconds >= 0", o.reconnect_ivl_ms.to_string()),
+        ("reconnect_ivl_max_ms", o.reconnect_ivl_max_ms >= 0, "milliseconds >= 0", o.reconnect_ivl_max_ms.to_string()),
+        ("metrics_interval", !o.metrics_interval.is_zero(), "a duration > 0", format!("{:?}", o.metrics_interval)),
+    ];
+    match checks.iter().find(|c| !c.1) {
+        Some((name, _, want, value)) => Err(format!("Options.{name} must be {want}, not {value}")),
+        None => Ok(()),
+    }
+}
+
 fn local_error(name: &str, message: String, actor: &str, op: &str) -> Error {
     Error { error: WireError::of(name, message), actor: actor.to_string(), op: op.to_string(), attempts: 0 }
 }
@@ -199,6 +219,7 @@ impl Client {
     }
 
     pub fn with_context(ctx: zmq::Context, options: Options) -> Result<Client, Error> {
+        check_options(&options).map_err(|m| local_error("bad_args", m, "", ""))?;
         let found = options.remote.is_none() && options.runtime_dir.is_none();
         let dir = match (&options.remote, &options.runtime_dir) {
             (Some(r), _) => runtime_dir_of_connection_file(&r.connection_file).map_err(|m| local_error("bad_args", m, "", ""))?,

@@ -516,3 +516,29 @@ fn a_call_to_a_connection_libzmq_ended_for_good_ends_at_its_deadline_never_block
     assert_eq!(names, vec![Err("timeout"), Err("timeout"), Err("outcome_unknown")], "{ended:?}");
     fake.join().unwrap().end();
 }
+
+/// A bad option is refused by name (`bad_args`), before the client looks for a tree: given
+/// no directory, it would otherwise say `not_running`.
+#[test]
+fn a_bad_option_is_refused_by_name_before_any_tree_is_looked_for() {
+    let bad: Vec<(&str, Options)> = vec![
+        ("timeout", Options { timeout: 0.0, ..Options::default() }),
+        ("timeout", Options { timeout: f64::NAN, ..Options::default() }),
+        ("timeout", Options { timeout: f64::INFINITY, ..Options::default() }),
+        ("attempt_timeout", Options { attempt_timeout: -1.0, ..Options::default() }),
+        ("breaker_cooldown", Options { breaker_cooldown: -0.5, ..Options::default() }),
+        ("breaker_threshold", Options { breaker_threshold: 0, ..Options::default() }),
+        ("reconnect_ivl_ms", Options { reconnect_ivl_ms: -1, ..Options::default() }),
+        ("reconnect_ivl_max_ms", Options { reconnect_ivl_max_ms: -5, ..Options::default() }),
+        ("metrics_interval", Options { metrics_interval: Duration::ZERO, ..Options::default() }),
+    ];
+    for (name, options) in bad {
+        let e = Client::new(options).err().unwrap_or_else(|| panic!("{name}: taken"));
+        assert_eq!(e.error.name, "bad_args", "{name}");
+        assert!(e.error.message.starts_with(&format!("Options.{name} must be")), "{name}: {}", e.error.message);
+    }
+    let dir = scratch("options");
+    let good = Options { runtime_dir: Some(dir.clone()), timeout: 0.5, breaker_cooldown: 0.0, reconnect_ivl_ms: 0, ..Options::default() };
+    assert!(Client::new(good).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
