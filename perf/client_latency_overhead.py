@@ -96,10 +96,10 @@ def block(tree: BenchTree, name: str, calls: int, min_s: float
     with beside(BESIDE.get(name)) as sink:
         c = tree.client(timeout=10.0, **options)  # type: ignore[arg-type]
         try:
+            assert (c.core.pusher is None) == (not options), f"{name}: pusher as not asked"
             if sink is not None:  # its pushes go to the sink instead of the metrics actor
                 core = c.core
-                assert core.pusher is not None
-                core.pusher.close()
+                core.pusher.close()  # type: ignore[union-attr]
                 core.pusher = LatencyPusher(core.latency, c.ctx, lambda sock: sink,
                                             str(options["metrics_name"]), core.sid,
                                             float(options["metrics_interval"]))  # type: ignore[arg-type]
